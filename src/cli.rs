@@ -1,0 +1,1 @@
+//! The command line (clap): `run`, `validate`, `plan`, `status`, `jobs`, `replay`, `emulator`.

@@ -1,0 +1,2 @@
+//! Wiring and supervision: startup order, the cancellation token and task tracker, two-phase
+//! shutdown, and the fatal error type.

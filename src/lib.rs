@@ -1,0 +1,32 @@
+//! claid-hotfolder: a crash-safe hot-folder daemon that edits product images in bulk through the
+//! Claid.ai image API.
+//!
+//! # Layout
+//!
+//! The stages, in the order a job passes through them:
+//!
+//! - [`config`]: the validated configuration (with [`yaml`] for line numbers).
+//! - [`watcher`]: finds stable manifests in the inbox.
+//! - [`manifest`]: parses and validates a manifest into job specs.
+//! - [`store`]: the sled job store and its durability points.
+//! - [`pipeline`]: schedules jobs through submit, poll, download and output.
+//! - [`claid`]: the API client (and the wire types shared with the emulator).
+//! - [`output`]: atomic output writes; [`report`]: per-manifest reports.
+//! - [`daemon`]: wiring, supervision and shutdown; [`signal`], [`logging`].
+//! - [`cli`]: the command line.
+//! - [`emulator`]: the bundled Claid-compatible emulator.
+
+pub mod claid;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod emulator;
+pub mod logging;
+pub mod manifest;
+pub mod output;
+pub mod pipeline;
+pub mod report;
+pub mod signal;
+pub mod store;
+pub mod watcher;
+pub mod yaml;

@@ -1,0 +1,1 @@
+//! The tracing subscriber: journald-friendly text under systemd, json on request.

@@ -1,0 +1,1 @@
+//! Per-manifest reports (`<name>.report.json` and `.report.csv`, SPEC §5.5).

@@ -1,0 +1,1 @@
+//! Shared test support: temp dirs, config builder, emulator handle, wait_until.
