@@ -1,2 +1,1204 @@
-//! The job scheduler: drives each job submit → poll → download → output → done, with bounded
-//! concurrency, interruptible waits and error classification.
+//! The job scheduler: turns accepted manifests into jobs in the store, and drives each job
+//! submit → poll → download → output → done with bounded concurrency, interruptible waits and
+//! error classification (SPEC §5).
+//!
+//! Concurrency: a job holds an owned permit of `in_flight` (size `api.max_in_flight`) from the
+//! moment it is taken for submission until it is terminal or parked, so at most that many tasks
+//! exist at Claid at once; downloads additionally hold a permit of `downloads`. Waits (queue,
+//! permits, poll intervals, backoff) are interruptible by the cancellation token; units of work
+//! ("submit → record the task id", "write output → mark done") are not.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use crate::claid::wire::TaskStatus;
+use crate::claid::{ClaidError, Client, ErrorClass};
+use crate::config::{InDoubtPolicy, Limits, OnManifestDone, OnOutputExists, PollConfig, Profile};
+use crate::manifest::{self, Input, ManifestError, ManifestSpec};
+use crate::output::{self, ExistsPolicy};
+use crate::report::{self, Report, ReportRow};
+use crate::store::records::{JobState, JobV1, ManifestState, ManifestV1};
+use crate::store::{JobId, ManifestId, Store, StoreError};
+
+/// A submit that keeps failing transiently gives up after this many attempts (it stays
+/// replayable from the store); polls and downloads of a task that exists never give up.
+const MAX_TRANSIENT_SUBMITS: u32 = 12;
+/// How often a paused daemon lets one submit through to see whether the API is back.
+const PAUSE_PROBE_INTERVAL: Duration = Duration::from_secs(5);
+/// Observed task durations kept for scheduling first polls.
+const DURATION_SAMPLES: usize = 256;
+
+/// Everything the pipeline needs, built by `daemon`.
+pub struct Deps {
+    pub store: Store,
+    pub client: Client,
+    pub folders: Folders,
+    pub policies: Policies,
+    pub poll: PollConfig,
+    pub limits: Limits,
+    pub profiles: BTreeMap<String, Profile>,
+    pub max_in_flight: usize,
+    pub max_downloads: usize,
+    pub cancel: CancellationToken,
+    pub tracker: TaskTracker,
+}
+
+/// The folders the pipeline reads from and writes to (absolute).
+#[derive(Debug, Clone)]
+pub struct Folders {
+    pub inbox: PathBuf,
+    pub outbox: PathBuf,
+    pub archive: PathBuf,
+    pub rejected: PathBuf,
+}
+
+/// The operator's choices from the config.
+#[derive(Debug, Clone, Copy)]
+pub struct Policies {
+    pub on_output_exists: OnOutputExists,
+    pub on_manifest_done: OnManifestDone,
+    pub in_doubt: InDoubtPolicy,
+}
+
+/// Whether the daemon may submit. Systemic API errors (401/402/403) pause submitting until a
+/// probe submit succeeds; queued jobs are kept, never failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    Healthy,
+    Paused { reason: String },
+}
+
+/// What resuming from the store found (logged, and shown by `status`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ResumeSummary {
+    pub queued: usize,
+    pub polling: usize,
+    pub downloading: usize,
+    pub in_doubt_resubmitted: usize,
+    pub in_doubt_held: usize,
+    pub manifests: usize,
+}
+
+/// Totals over the manifests this process has handled, for `run --once`'s exit code.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    pub manifests: usize,
+    pub rejected: usize,
+    pub jobs: u64,
+    pub done: u64,
+    pub unchanged: u64,
+    pub failed: u64,
+    pub held: u64,
+}
+
+/// A cheap-to-clone handle on the running pipeline.
+#[derive(Clone)]
+pub struct Handle {
+    ctx: Arc<Ctx>,
+}
+
+struct Ctx {
+    store: Store,
+    client: Client,
+    folders: Folders,
+    policies: Policies,
+    poll: PollConfig,
+    limits: Limits,
+    profiles: std::sync::RwLock<BTreeMap<String, Profile>>,
+    /// One permit per task at Claid (submitted, not yet finished). Owned permits move into the
+    /// job task; dropping the permit is what frees the slot.
+    in_flight: Arc<Semaphore>,
+    /// Bounds concurrent downloads + output writes.
+    downloads: Arc<Semaphore>,
+    /// Jobs waiting to be submitted, FIFO; systemically refused jobs go back to the front.
+    queue: Mutex<VecDeque<JobId>>,
+    /// Wakes the submitter when the queue grows.
+    queue_wake: Notify,
+    health: watch::Sender<Health>,
+    /// Per-manifest progress, so completion is O(1) per job instead of a store scan.
+    progress: Mutex<Progress>,
+    /// Fires whenever a manifest settles (all its jobs terminal or held).
+    settled: Notify,
+    durations: Mutex<Durations>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+#[derive(Default)]
+struct Progress {
+    manifests: HashMap<ManifestId, ManifestProgress>,
+    totals: Totals,
+}
+
+struct ManifestProgress {
+    rel: PathBuf,
+    total: u64,
+    /// Jobs that are neither terminal nor held.
+    open: u64,
+    held: u64,
+    started: Instant,
+}
+
+/// Observed task durations (submit → DONE seen), for scheduling first polls.
+#[derive(Default)]
+struct Durations {
+    samples: VecDeque<Duration>,
+}
+
+impl Durations {
+    fn record(&mut self, d: Duration) {
+        if self.samples.len() == DURATION_SAMPLES {
+            self.samples.pop_front();
+        }
+        self.samples.push_back(d);
+    }
+
+    /// The `q` quantile of recent durations, if any were observed.
+    fn quantile(&self, q: f64) -> Option<Duration> {
+        if self.samples.is_empty() {
+            return None;
+        }
+        let mut sorted: Vec<Duration> = self.samples.iter().copied().collect();
+        sorted.sort_unstable();
+        let idx = ((sorted.len() - 1) as f64 * q).round() as usize;
+        Some(sorted[idx.min(sorted.len() - 1)])
+    }
+}
+
+/// How a job step ended.
+enum Step {
+    /// The job moved to another state; run the next step.
+    Continue,
+    /// The job is terminal, held, or the daemon is stopping: the task ends.
+    Stop,
+}
+
+impl Handle {
+    pub fn new(deps: Deps) -> Handle {
+        let (health, _) = watch::channel(Health::Healthy);
+        let ctx = Ctx {
+            store: deps.store,
+            client: deps.client,
+            folders: deps.folders,
+            policies: deps.policies,
+            poll: deps.poll,
+            limits: deps.limits,
+            profiles: std::sync::RwLock::new(deps.profiles),
+            in_flight: Arc::new(Semaphore::new(deps.max_in_flight)),
+            downloads: Arc::new(Semaphore::new(deps.max_downloads)),
+            queue: Mutex::new(VecDeque::new()),
+            queue_wake: Notify::new(),
+            health,
+            progress: Mutex::new(Progress::default()),
+            settled: Notify::new(),
+            durations: Mutex::new(Durations::default()),
+            cancel: deps.cancel,
+            tracker: deps.tracker,
+        };
+        Handle { ctx: Arc::new(ctx) }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.ctx.store
+    }
+
+    pub fn health(&self) -> Health {
+        self.ctx.health.borrow().clone()
+    }
+
+    pub fn totals(&self) -> Totals {
+        lock(&self.ctx.progress).totals
+    }
+
+    /// Replaces the profiles used for manifests registered from now on (SIGHUP reload).
+    pub fn set_profiles(&self, profiles: BTreeMap<String, Profile>) {
+        *self.ctx.profiles.write().unwrap_or_else(|e| e.into_inner()) = profiles;
+    }
+
+    /// Resumes every unfinished job of the store (SPEC §5.3): `Submitted` → poll,
+    /// `Downloading` → download again, `Queued` → submit, `Submitting` → in doubt.
+    pub async fn resume(&self) -> Result<ResumeSummary, StoreError> {
+        let ctx = &self.ctx;
+        let store = ctx.store.clone();
+        let unfinished = blocking(move || store.unfinished()).await?;
+        let mut summary = ResumeSummary::default();
+        let mut to_drive = Vec::new();
+        let mut to_queue = Vec::new();
+        for (id, job) in unfinished {
+            match job.state {
+                JobState::Queued => {
+                    summary.queued += 1;
+                    to_queue.push(id);
+                }
+                JobState::Submitting { .. } => match ctx.policies.in_doubt {
+                    InDoubtPolicy::Resubmit => {
+                        let store = ctx.store.clone();
+                        blocking(move || store.requeue(id, true)).await?;
+                        warn!(job_id = id, input = %job.input, "Job was caught mid-submit by a crash; resubmitting (in doubt)");
+                        summary.in_doubt_resubmitted += 1;
+                        to_queue.push(id);
+                    }
+                    InDoubtPolicy::Hold => {
+                        let store = ctx.store.clone();
+                        blocking(move || store.mark_in_doubt(id)).await?;
+                        warn!(job_id = id, input = %job.input, "Job was caught mid-submit by a crash; held for `replay --in-doubt`");
+                        summary.in_doubt_held += 1;
+                    }
+                },
+                JobState::Submitted { .. } => {
+                    summary.polling += 1;
+                    to_drive.push(id);
+                }
+                JobState::Downloading { .. } => {
+                    summary.downloading += 1;
+                    to_drive.push(id);
+                }
+                JobState::InDoubt { .. } | JobState::Done { .. } | JobState::Failed { .. } => {}
+            }
+        }
+        // Progress for every manifest that is not finished yet.
+        let store = ctx.store.clone();
+        let manifests = blocking(move || store.manifests()).await?;
+        for (mid, m) in manifests {
+            if matches!(m.state, ManifestState::Finished { .. }) {
+                continue;
+            }
+            summary.manifests += 1;
+            let store = ctx.store.clone();
+            let jobs = blocking(move || store.jobs_of_manifest(mid)).await?;
+            self.track_manifest(mid, &m, &jobs);
+        }
+        for id in to_drive {
+            // Resumed tasks exist at Claid already: they take their permits first.
+            let permit = tokio::select! {
+                permit = ctx.in_flight.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+                _ = ctx.cancel.cancelled() => return Ok(summary),
+            };
+            self.spawn_job(id, permit);
+        }
+        self.enqueue(to_queue, false);
+        // Manifests whose jobs all ended before the crash still need their report and move.
+        let settled: Vec<ManifestId> = lock(&ctx.progress)
+            .manifests
+            .iter()
+            .filter(|(_, p)| p.open == 0)
+            .map(|(id, _)| *id)
+            .collect();
+        for mid in settled {
+            self.finish_manifest(mid).await;
+        }
+        Ok(summary)
+    }
+
+    fn track_manifest(&self, mid: ManifestId, m: &ManifestV1, jobs: &[(JobId, JobV1)]) {
+        let mut progress = lock(&self.ctx.progress);
+        let mut entry = ManifestProgress {
+            rel: PathBuf::from(&m.rel),
+            total: jobs.len() as u64,
+            open: 0,
+            held: 0,
+            started: Instant::now(),
+        };
+        for (_, job) in jobs {
+            match &job.state {
+                JobState::Done { unchanged, .. } => {
+                    progress.totals.done += 1;
+                    if *unchanged {
+                        progress.totals.unchanged += 1;
+                    }
+                }
+                JobState::Failed { .. } => progress.totals.failed += 1,
+                JobState::InDoubt { .. } => {
+                    entry.held += 1;
+                    progress.totals.held += 1;
+                }
+                _ => entry.open += 1,
+            }
+        }
+        progress.totals.jobs += entry.total;
+        progress.totals.manifests += 1;
+        progress.manifests.insert(mid, entry);
+    }
+
+    /// Takes one stable manifest found by the watcher: validates it, rejects it, or registers
+    /// its jobs and queues them. Never fails the daemon: every problem is about this file only.
+    pub async fn intake(&self, path: PathBuf) {
+        let ctx = &self.ctx;
+        let rel = match path.strip_prefix(&ctx.folders.inbox) {
+            Ok(rel) => rel.to_path_buf(),
+            Err(_) => {
+                warn!(path = %path.display(), "Ignoring a candidate outside the inbox");
+                return;
+            }
+        };
+        let span = info_span!("manifest", manifest = %rel.display());
+        self.intake_inner(path, rel).instrument(span).await;
+    }
+
+    async fn intake_inner(&self, path: PathBuf, rel: PathBuf) {
+        let ctx = &self.ctx;
+        let inbox = ctx.folders.inbox.clone();
+        let profiles = ctx.profiles.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let limits = ctx.limits.clone();
+        let load_path = path.clone();
+        let loaded = blocking(move || manifest::load(&inbox, &load_path, &profiles, &limits)).await;
+        let spec = match loaded {
+            Ok(spec) => spec,
+            Err(err) => {
+                self.reject(&path, &rel, &err).await;
+                return;
+            }
+        };
+        let rel_str = rel.to_string_lossy().into_owned();
+        let store = ctx.store.clone();
+        let lookup = rel_str.clone();
+        match blocking(move || store.latest_manifest_by_rel(&lookup)).await {
+            Ok(Some((mid, prev))) if prev.sha256 == spec.sha256 => {
+                if matches!(prev.state, ManifestState::Finished { .. }) {
+                    info!("Manifest is unchanged and already finished; nothing to do");
+                    self.dispose_manifest(&rel).await;
+                } else {
+                    debug!(manifest_id = mid, "Manifest is already being processed");
+                }
+                return;
+            }
+            Ok(_) => {}
+            Err(err) => {
+                error!(error = %err, "Cannot read the store; will retry this manifest at the next scan");
+                return;
+            }
+        }
+        if let Err(err) = self.register(spec, rel_str).await {
+            error!(error = %err, "Cannot record the manifest in the store; will retry at the next scan");
+        }
+    }
+
+    /// Records the manifest and its jobs (one durable step), marking jobs whose identical
+    /// output already exists as done-unchanged, then queues the rest.
+    async fn register(&self, spec: ManifestSpec, rel: String) -> Result<(), StoreError> {
+        let ctx = &self.ctx;
+        let store = ctx.store.clone();
+        let outbox = ctx.folders.outbox.clone();
+        let sha256 = spec.sha256.clone();
+        let n_jobs = spec.jobs.len();
+        let record_for_track = ManifestV1 {
+            rel: rel.clone(),
+            sha256: sha256.clone(),
+            registered_at_ms: now_ms(),
+            n_jobs: n_jobs as u32,
+            state: ManifestState::Active,
+        };
+        let (mid, ids, jobs) = blocking(move || -> Result<_, StoreError> {
+            let now = now_ms();
+            let mut jobs = Vec::with_capacity(spec.jobs.len());
+            for job in spec.jobs {
+                let state = unchanged_state(&store, &outbox, &job.key)?.unwrap_or(JobState::Queued);
+                let (input, local) = match &job.input {
+                    Input::Remote(url) => (url.clone(), false),
+                    Input::Local { rel, .. } => (rel.to_string_lossy().into_owned(), true),
+                };
+                jobs.push(JobV1 {
+                    manifest: 0,
+                    idx: job.idx as u32,
+                    key: job.key,
+                    input,
+                    local,
+                    body: job.body,
+                    output_rel: job.output_rel.to_string_lossy().into_owned(),
+                    state,
+                    attempts: 0,
+                    in_doubt: 0,
+                    polls: 0,
+                    request_ids: Vec::new(),
+                    updated_at_ms: now,
+                });
+            }
+            let record = ManifestV1 {
+                rel,
+                sha256,
+                registered_at_ms: now,
+                n_jobs: jobs.len() as u32,
+                state: ManifestState::Active,
+            };
+            let (mid, ids) = store.register_manifest(record, jobs.clone())?;
+            Ok((mid, ids, jobs))
+        })
+        .await?;
+        let pairs: Vec<(JobId, JobV1)> = ids.iter().copied().zip(jobs).collect();
+        let queued: Vec<JobId> = pairs
+            .iter()
+            .filter(|(_, job)| matches!(job.state, JobState::Queued))
+            .map(|(id, _)| *id)
+            .collect();
+        let unchanged = n_jobs - queued.len();
+        self.track_manifest(mid, &record_for_track, &pairs);
+        info!(manifest_id = mid, jobs = n_jobs, unchanged, to_submit = queued.len(), "Manifest accepted");
+        self.enqueue(queued, false);
+        if lock(&ctx.progress).manifests.get(&mid).is_some_and(|p| p.open == 0) {
+            self.finish_manifest(mid).await;
+        }
+        Ok(())
+    }
+
+    /// Moves an invalid manifest to `rejected/` (mirrored) with `<name>.error.txt` beside it.
+    async fn reject(&self, path: &Path, rel: &Path, err: &ManifestError) {
+        let ctx = &self.ctx;
+        error!(error = %err, "Manifest rejected; nothing was submitted");
+        let text = err.error_txt();
+        let src = path.to_path_buf();
+        let inbox = ctx.folders.inbox.clone();
+        let rejected = ctx.folders.rejected.clone();
+        let rel = rel.to_path_buf();
+        let moved = blocking(move || -> Result<PathBuf, output::OutputError> {
+            let dest = output::move_mirrored(&inbox, &src, &rejected)?;
+            let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let error_path = dest.with_file_name(format!("{name}.error.txt"));
+            output::write_text_atomic(&error_path, &text)?;
+            Ok(dest)
+        })
+        .await;
+        match moved {
+            Ok(dest) => info!(to = %dest.display(), "Moved the rejected manifest"),
+            Err(err) => error!(error = %err, manifest = %rel.display(), "Cannot move the rejected manifest out of the inbox"),
+        }
+        lock(&ctx.progress).totals.rejected += 1;
+        ctx.settled.notify_waiters();
+    }
+
+    fn enqueue(&self, ids: Vec<JobId>, front: bool) {
+        if ids.is_empty() {
+            return;
+        }
+        let mut queue = lock(&self.ctx.queue);
+        if front {
+            for id in ids.into_iter().rev() {
+                queue.push_front(id);
+            }
+        } else {
+            queue.extend(ids);
+        }
+        drop(queue);
+        self.ctx.queue_wake.notify_one();
+    }
+
+    /// Requeues jobs from the store (replay) and schedules them.
+    pub async fn replay(&self, ids: Vec<JobId>) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for id in ids {
+            let store = self.ctx.store.clone();
+            let job = blocking(move || store.requeue(id, false)).await?;
+            {
+                let mut progress = lock(&self.ctx.progress);
+                if let Some(p) = progress.manifests.get_mut(&job.manifest) {
+                    p.open += 1;
+                }
+            }
+            self.enqueue(vec![id], false);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// The submitter loop: takes queued jobs in order, waits for an in-flight permit and a
+    /// healthy API, and spawns the job's task. Ends when the daemon stops.
+    pub async fn run_submitter(self) {
+        let ctx = &self.ctx;
+        let mut health = ctx.health.subscribe();
+        loop {
+            // Wait for a job.
+            let id = loop {
+                let next = lock(&ctx.queue).pop_front();
+                if let Some(id) = next {
+                    break id;
+                }
+                tokio::select! {
+                    _ = ctx.queue_wake.notified() => {}
+                    _ = ctx.cancel.cancelled() => return,
+                }
+            };
+            // Wait for a slot at Claid.
+            let permit = tokio::select! {
+                permit = ctx.in_flight.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+                _ = ctx.cancel.cancelled() => return,
+            };
+            // While paused, let one probe submit through every PAUSE_PROBE_INTERVAL.
+            let paused = matches!(*health.borrow_and_update(), Health::Paused { .. });
+            if paused {
+                let wait = tokio::time::sleep(PAUSE_PROBE_INTERVAL);
+                tokio::select! {
+                    _ = wait => {}
+                    _ = health.changed() => {}
+                    _ = ctx.cancel.cancelled() => return,
+                }
+            }
+            self.spawn_job(id, permit);
+            if paused {
+                // The probe's outcome decides whether the next job goes out at once.
+                tokio::select! {
+                    _ = health.changed() => {}
+                    _ = tokio::time::sleep(PAUSE_PROBE_INTERVAL) => {}
+                    _ = ctx.cancel.cancelled() => return,
+                }
+            }
+        }
+    }
+
+    fn spawn_job(&self, id: JobId, permit: OwnedSemaphorePermit) {
+        let this = self.clone();
+        let span = info_span!("job", job_id = id, input = tracing::field::Empty, task_id = tracing::field::Empty);
+        self.ctx.tracker.spawn(
+            async move {
+                this.drive(id).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Runs a job's steps until it is terminal, held, parked for shutdown, or requeued.
+    async fn drive(&self, id: JobId) {
+        loop {
+            let store = self.ctx.store.clone();
+            let job = match blocking(move || store.job(id)).await {
+                Ok(Some(job)) => job,
+                Ok(None) => {
+                    error!("Job vanished from the store");
+                    return;
+                }
+                Err(err) => {
+                    error!(error = %err, "Cannot read the job from the store; it resumes at the next start");
+                    return;
+                }
+            };
+            tracing::Span::current().record("input", job.input.as_str());
+            let step = match &job.state {
+                JobState::Queued => self.submit(id, &job).await,
+                JobState::Submitted { task_id, result_url, at_ms } => {
+                    tracing::Span::current().record("task_id", task_id);
+                    self.poll(id, result_url.clone(), *at_ms).await
+                }
+                JobState::Downloading { url, width, height, task_id } => {
+                    self.download(id, &job, url.clone(), *width, *height, *task_id).await
+                }
+                JobState::Submitting { .. } | JobState::InDoubt { .. } | JobState::Done { .. } | JobState::Failed { .. } => {
+                    Step::Stop
+                }
+            };
+            match step {
+                Step::Continue => continue,
+                Step::Stop => return,
+            }
+        }
+    }
+
+    /// Durability point 1, the submit, durability point 2 (SPEC §5.1).
+    async fn submit(&self, id: JobId, job: &JobV1) -> Step {
+        let ctx = &self.ctx;
+        let mut transient_failures = 0u32;
+        let local_bytes = if job.local {
+            let path = ctx.folders.inbox.join(&job.input);
+            match tokio::fs::read(&path).await {
+                Ok(bytes) => Some(bytes),
+                Err(err) => {
+                    let message = format!("cannot read {}: {err}", path.display());
+                    return self.fail(id, "input-unreadable", &message).await;
+                }
+            }
+        } else {
+            None
+        };
+        loop {
+            let store = ctx.store.clone();
+            if let Err(err) = blocking(move || store.mark_submitting(id)).await {
+                error!(error = %err, "Cannot record the submit intent; job left queued");
+                return Step::Stop;
+            }
+            let res = match &local_bytes {
+                Some(bytes) => self.upload(job, bytes.clone()).await,
+                None => self.submit_remote(job).await,
+            };
+            match res {
+                Ok(Submitted::Task { task_id, result_url, request_id }) => {
+                    let store = ctx.store.clone();
+                    let recorded = blocking(move || store.mark_submitted(id, task_id, &result_url, request_id.as_deref())).await;
+                    if let Err(err) = recorded {
+                        // The task exists but is not recorded: the job stays Submitting, which the
+                        // next start treats as in doubt. Stop here rather than guess.
+                        error!(error = %err, task_id, "Cannot record the task id; the job is in doubt");
+                        return Step::Stop;
+                    }
+                    self.set_healthy();
+                    debug!(task_id, "Submitted");
+                    return Step::Continue;
+                }
+                Ok(Submitted::Result { url, width, height, request_id }) => {
+                    let store = ctx.store.clone();
+                    let recorded = blocking(move || {
+                        if let Some(rid) = request_id.as_deref() {
+                            store.record_request_id(id, rid)?;
+                        }
+                        store.mark_downloading(id, None, &url, width, height)
+                    })
+                    .await;
+                    if let Err(err) = recorded {
+                        error!(error = %err, "Cannot record the upload result; the job is in doubt");
+                        return Step::Stop;
+                    }
+                    self.set_healthy();
+                    return Step::Continue;
+                }
+                Err(err) => {
+                    if let Some(rid) = err.request_id() {
+                        let store = ctx.store.clone();
+                        let rid = rid.to_owned();
+                        let _ = blocking(move || store.record_request_id(id, &rid)).await;
+                    }
+                    match err.class() {
+                        ErrorClass::Job => {
+                            self.set_healthy();
+                            return self.fail(id, err.code(), &err.to_string()).await;
+                        }
+                        ErrorClass::Ambiguous => match ctx.policies.in_doubt {
+                            InDoubtPolicy::Resubmit => {
+                                warn!(error = %err, "Submit outcome unknown; resubmitting (in doubt)");
+                                let store = ctx.store.clone();
+                                if blocking(move || store.requeue(id, true)).await.is_err() {
+                                    return Step::Stop;
+                                }
+                                if !self.wait(backoff(1, ctx.poll.max)).await {
+                                    return Step::Stop;
+                                }
+                            }
+                            InDoubtPolicy::Hold => {
+                                warn!(error = %err, "Submit outcome unknown; held for `replay --in-doubt`");
+                                let store = ctx.store.clone();
+                                let _ = blocking(move || store.mark_in_doubt(id)).await;
+                                self.job_settled(job.manifest, Settle::Held).await;
+                                return Step::Stop;
+                            }
+                        },
+                        ErrorClass::Systemic => {
+                            let store = ctx.store.clone();
+                            let _ = blocking(move || store.requeue(id, false)).await;
+                            self.pause(&err);
+                            self.enqueue(vec![id], true);
+                            return Step::Stop;
+                        }
+                        ErrorClass::Transient => {
+                            let store = ctx.store.clone();
+                            if blocking(move || store.requeue(id, false)).await.is_err() {
+                                return Step::Stop;
+                            }
+                            transient_failures += 1;
+                            if transient_failures >= MAX_TRANSIENT_SUBMITS {
+                                return self.fail(id, err.code(), &err.to_string()).await;
+                            }
+                            warn!(error = %err, attempt = transient_failures, "Submit failed; retrying");
+                            if !self.wait(backoff(transient_failures, ctx.poll.max)).await {
+                                return Step::Stop;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn submit_remote(&self, job: &JobV1) -> Result<Submitted, ClaidError> {
+        let mut body = job.body.clone();
+        if let Some(obj) = body.as_object_mut() {
+            obj.insert("input".to_owned(), serde_json::Value::String(job.input.clone()));
+        }
+        let accepted = self.ctx.client.submit(&body).await?;
+        Ok(Submitted::Task {
+            task_id: accepted.task_id,
+            result_url: accepted.result_url,
+            request_id: accepted.request_id,
+        })
+    }
+
+    /// Local files go through the synchronous upload endpoint (the API has no async upload).
+    async fn upload(&self, job: &JobV1, bytes: Vec<u8>) -> Result<Submitted, ClaidError> {
+        let path = Path::new(&job.input);
+        let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "image".to_owned());
+        let uploaded = self.ctx.client.upload(&file_name, bytes, &job.body).await?;
+        let output = uploaded.response.output;
+        let url = output.tmp_url.clone().unwrap_or_default();
+        Ok(Submitted::Result { url, width: output.width, height: output.height, request_id: uploaded.request_id })
+    }
+
+    /// Waits and polls until the task ends; DONE moves the job to Downloading.
+    async fn poll(&self, id: JobId, result_url: String, submitted_at_ms: u64) -> Step {
+        let ctx = &self.ctx;
+        let elapsed = Duration::from_millis(now_ms().saturating_sub(submitted_at_ms));
+        let mut n_poll = 0u32;
+        let mut transient_failures = 0u32;
+        let mut delay = self.first_poll_delay(elapsed);
+        loop {
+            if !self.wait(delay).await {
+                return Step::Stop;
+            }
+            match ctx.client.poll(&result_url).await {
+                Ok(polled) => {
+                    transient_failures = 0;
+                    self.set_healthy();
+                    let store = ctx.store.clone();
+                    let rid = polled.request_id.clone();
+                    let _ = blocking(move || store.record_poll(id, rid.as_deref())).await;
+                    let task = polled.task;
+                    match task.status {
+                        TaskStatus::Done => {
+                            let took = Duration::from_millis(now_ms().saturating_sub(submitted_at_ms));
+                            lock(&ctx.durations).record(took);
+                            let Some(output) = task.result.output_object else {
+                                return self.fail(id, "bad-response", "task is DONE but has no output_object").await;
+                            };
+                            let Some(url) = output.tmp_url.clone() else {
+                                return self.fail(id, "bad-response", "task is DONE but its output has no tmp_url").await;
+                            };
+                            let store = ctx.store.clone();
+                            let (w, h, task_id) = (output.width, output.height, task.id);
+                            return match blocking(move || store.mark_downloading(id, Some(task_id), &url, w, h)).await {
+                                Ok(_) => Step::Continue,
+                                Err(err) => {
+                                    error!(error = %err, "Cannot record the result; it is polled again at the next start");
+                                    Step::Stop
+                                }
+                            };
+                        }
+                        TaskStatus::Error | TaskStatus::Cancelled => {
+                            let message = task
+                                .errors
+                                .iter()
+                                .map(|e| e.error.as_str())
+                                .collect::<Vec<_>>()
+                                .join("; ");
+                            let message = if message.is_empty() { format!("task ended {:?}", task.status) } else { message };
+                            return self.fail(id, "claid-error", &message).await;
+                        }
+                        TaskStatus::Other(ref status) => {
+                            warn!(status = %status, "Unknown task status; polling again");
+                        }
+                        _ => {}
+                    }
+                    n_poll += 1;
+                    delay = self.next_poll_delay(n_poll);
+                }
+                Err(err) => match err.class() {
+                    ErrorClass::Job => {
+                        // The task id is unknown to Claid: its result cannot be fetched. Failing
+                        // keeps the promise not to pay twice; `replay` can resubmit.
+                        return self.fail(id, "task-lost", &err.to_string()).await;
+                    }
+                    ErrorClass::Systemic => {
+                        self.pause(&err);
+                        delay = ctx.poll.max;
+                    }
+                    ErrorClass::Transient | ErrorClass::Ambiguous => {
+                        transient_failures += 1;
+                        warn!(error = %err, "Poll failed; retrying");
+                        delay = backoff(transient_failures, ctx.poll.max);
+                    }
+                },
+            }
+        }
+    }
+
+    /// The first poll comes when similar tasks have usually finished (SPEC §5.2).
+    fn first_poll_delay(&self, elapsed: Duration) -> Duration {
+        let poll = &self.ctx.poll;
+        let expected = lock(&self.ctx.durations).quantile(0.8).unwrap_or(poll.min);
+        expected.max(poll.min).min(poll.max).saturating_sub(elapsed).max(Duration::from_millis(10))
+    }
+
+    fn next_poll_delay(&self, n_poll: u32) -> Duration {
+        let poll = &self.ctx.poll;
+        let factor = 1.5f64.powi(n_poll.saturating_sub(1).min(20) as i32);
+        poll.min.mul_f64(factor).min(poll.max)
+    }
+
+    /// Downloads the result, checks it is the image the result describes, writes it atomically
+    /// and marks the job done: one unit that a shutdown does not interrupt.
+    async fn download(&self, id: JobId, job: &JobV1, url: String, width: u32, height: u32, task_id: Option<u64>) -> Step {
+        let ctx = &self.ctx;
+        let permit = tokio::select! {
+            permit = ctx.downloads.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+            _ = ctx.cancel.cancelled() => return Step::Stop,
+        };
+        let mut failures = 0u32;
+        let bytes = loop {
+            match ctx.client.download(&url).await {
+                Ok(bytes) => match image_dimensions(&bytes) {
+                    Some((w, h)) if (w, h) == (width, height) => break bytes,
+                    found => {
+                        failures += 1;
+                        let message = match found {
+                            Some((w, h)) => format!("downloaded image is {w}x{h}, the result says {width}x{height}"),
+                            None => "downloaded bytes are not a decodable image".to_owned(),
+                        };
+                        if failures >= 3 {
+                            return self.fail(id, "result-mismatch", &message).await;
+                        }
+                        warn!(message = %message, "Download does not match the result; retrying");
+                    }
+                },
+                Err(err) => match err.class() {
+                    ErrorClass::Job => return self.fail(id, "result-expired", &err.to_string()).await,
+                    _ => {
+                        failures += 1;
+                        if failures >= MAX_TRANSIENT_SUBMITS {
+                            return self.fail(id, err.code(), &err.to_string()).await;
+                        }
+                        warn!(error = %err, "Download failed; retrying");
+                    }
+                },
+            }
+            if !self.wait(backoff(failures, ctx.poll.max)).await {
+                return Step::Stop;
+            }
+        };
+        let outbox = ctx.folders.outbox.clone();
+        let rel = PathBuf::from(&job.output_rel);
+        let policy = match ctx.policies.on_output_exists {
+            OnOutputExists::Replace => ExistsPolicy::Replace,
+            OnOutputExists::Skip => ExistsPolicy::Skip,
+            OnOutputExists::Fail => ExistsPolicy::Fail,
+        };
+        let store = ctx.store.clone();
+        let written = blocking(move || -> Result<Result<u64, output::OutputError>, StoreError> {
+            let written = match output::write_atomic(&outbox, &rel, &bytes, policy) {
+                Ok(written) => written,
+                Err(err) => return Ok(Err(err)),
+            };
+            store.mark_done(id, written.path.to_string_lossy().into_owned(), written.bytes, written.sha256, width, height, task_id, false)?;
+            Ok(Ok(written.bytes))
+        })
+        .await;
+        drop(permit);
+        match written {
+            Ok(Ok(bytes)) => {
+                info!(bytes, width, height, "Output written");
+                self.job_settled(job.manifest, Settle::Done).await;
+                Step::Stop
+            }
+            Ok(Err(err)) => {
+                let code = err.code();
+                if code == "output-exists" {
+                    return self.fail(id, code, &err.to_string()).await;
+                }
+                // Disk full or an I/O error: the job stays Downloading and is retried; the
+                // operator sees the error. Nothing is lost.
+                error!(error = %err, code, "Cannot write the output; retrying later");
+                if self.wait(ctx.poll.max).await { Step::Continue } else { Step::Stop }
+            }
+            Err(err) => {
+                error!(error = %err, "Output written but not recorded; it is rewritten at the next start");
+                Step::Stop
+            }
+        }
+    }
+
+    async fn fail(&self, id: JobId, code: &str, message: &str) -> Step {
+        let store = self.ctx.store.clone();
+        let (code_owned, message_owned) = (code.to_owned(), message.to_owned());
+        match blocking(move || store.mark_failed(id, &code_owned, &message_owned)).await {
+            Ok(job) => {
+                warn!(code, reason = %message, "Job failed");
+                self.job_settled(job.manifest, Settle::Failed).await;
+            }
+            Err(err) => error!(error = %err, "Cannot record the job failure"),
+        }
+        Step::Stop
+    }
+
+    async fn job_settled(&self, mid: ManifestId, how: Settle) {
+        let finished = {
+            let mut progress = lock(&self.ctx.progress);
+            match how {
+                Settle::Done => progress.totals.done += 1,
+                Settle::Failed => progress.totals.failed += 1,
+                Settle::Held => progress.totals.held += 1,
+            }
+            match progress.manifests.get_mut(&mid) {
+                Some(p) => {
+                    p.open = p.open.saturating_sub(1);
+                    if matches!(how, Settle::Held) {
+                        p.held += 1;
+                    }
+                    p.open == 0
+                }
+                None => false,
+            }
+        };
+        if finished {
+            self.finish_manifest(mid).await;
+        }
+    }
+
+    /// Writes the report; when no job is held, moves the manifest per `on_manifest_done` and
+    /// records the manifest as finished.
+    async fn finish_manifest(&self, mid: ManifestId) {
+        let ctx = &self.ctx;
+        let store = ctx.store.clone();
+        let outbox = ctx.folders.outbox.clone();
+        let made = blocking(move || -> Result<Option<(ManifestV1, Report)>, StoreError> {
+            let Some(m) = store.manifest(mid)? else { return Ok(None) };
+            let jobs = store.jobs_of_manifest(mid)?;
+            let report = build_report(&m, &jobs);
+            Ok(Some((m, report)))
+        })
+        .await;
+        let (m, report) = match made {
+            Ok(Some(made)) => made,
+            Ok(None) => return,
+            Err(err) => {
+                error!(error = %err, manifest_id = mid, "Cannot read the manifest's jobs for its report");
+                return;
+            }
+        };
+        let rel = PathBuf::from(&m.rel);
+        let held = lock(&ctx.progress).manifests.get(&mid).map_or(0, |p| p.held);
+        let counts = report.counts.clone();
+        let rel_for_report = rel.clone();
+        match blocking(move || report::write(&outbox, &rel_for_report, &report)).await {
+            Ok((json, _csv)) => info!(manifest = %m.rel, report = %json.display(), ?counts, "Manifest report written"),
+            Err(err) => error!(error = %err, manifest = %m.rel, "Cannot write the manifest report"),
+        }
+        if held == 0 {
+            self.dispose_manifest(&rel).await;
+            let store = ctx.store.clone();
+            let state = ManifestState::Finished { at_ms: now_ms() };
+            if let Err(err) = blocking(move || store.set_manifest_state(mid, state)).await {
+                error!(error = %err, "Cannot record the manifest as finished");
+            }
+        }
+        if let Some(p) = lock(&ctx.progress).manifests.get(&mid) {
+            debug!(manifest = %p.rel.display(), total = p.total, took = ?p.started.elapsed(), "Manifest settled");
+        }
+        ctx.settled.notify_waiters();
+    }
+
+    /// Applies `on_manifest_done` to the manifest file still in the inbox (if it is).
+    async fn dispose_manifest(&self, rel: &Path) {
+        let ctx = &self.ctx;
+        let src = ctx.folders.inbox.join(rel);
+        let inbox = ctx.folders.inbox.clone();
+        let archive = ctx.folders.archive.clone();
+        let policy = ctx.policies.on_manifest_done;
+        let res = blocking(move || -> Result<Option<PathBuf>, String> {
+            if !src.is_file() {
+                return Ok(None);
+            }
+            match policy {
+                OnManifestDone::Keep => Ok(None),
+                OnManifestDone::Archive => output::move_mirrored(&inbox, &src, &archive).map(Some).map_err(|e| e.to_string()),
+                OnManifestDone::Delete => std::fs::remove_file(&src)
+                    .map(|()| None)
+                    .map_err(|e| format!("cannot delete {}: {e}", src.display())),
+            }
+        })
+        .await;
+        match res {
+            Ok(Some(dest)) => info!(to = %dest.display(), "Manifest archived"),
+            Ok(None) => {}
+            Err(err) => error!(error = %err, "Cannot move the finished manifest"),
+        }
+    }
+
+    /// Completes when every tracked manifest has settled and no job is queued or running.
+    pub async fn wait_settled(&self) {
+        loop {
+            let notified = self.ctx.settled.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let busy = {
+                let progress = lock(&self.ctx.progress);
+                progress.manifests.values().any(|p| p.open > 0)
+            } || !lock(&self.ctx.queue).is_empty();
+            if !busy {
+                return;
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = self.ctx.cancel.cancelled() => return,
+            }
+        }
+    }
+
+    /// Per-manifest progress for `status`: (rel, total, open, held).
+    pub fn progress(&self) -> Vec<(PathBuf, u64, u64, u64)> {
+        lock(&self.ctx.progress)
+            .manifests
+            .values()
+            .map(|p| (p.rel.clone(), p.total, p.open, p.held))
+            .collect()
+    }
+
+    fn pause(&self, err: &ClaidError) {
+        let reason = err.to_string();
+        let changed = self.ctx.health.send_if_modified(|h| {
+            if matches!(h, Health::Paused { .. }) {
+                return false;
+            }
+            *h = Health::Paused { reason: reason.clone() };
+            true
+        });
+        if changed {
+            error!(error = %err, "The API refused the daemon's credentials or credits; submitting is paused, queued jobs are kept");
+        }
+    }
+
+    fn set_healthy(&self) {
+        let changed = self.ctx.health.send_if_modified(|h| {
+            if *h == Health::Healthy {
+                return false;
+            }
+            *h = Health::Healthy;
+            true
+        });
+        if changed {
+            info!("The API accepts requests again; submitting resumed");
+        }
+    }
+
+    /// Sleeps `d` unless the daemon stops first; returns false when it stopped.
+    async fn wait(&self, d: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => true,
+            _ = self.ctx.cancel.cancelled() => false,
+        }
+    }
+}
+
+enum Settle {
+    Done,
+    Failed,
+    Held,
+}
+
+enum Submitted {
+    /// An async task exists at Claid.
+    Task { task_id: u64, result_url: String, request_id: Option<String> },
+    /// A sync upload already produced the result.
+    Result { url: String, width: u32, height: u32, request_id: Option<String> },
+}
+
+/// A `Done { unchanged }` state when a job with the same key is done and its output file is
+/// still there with the recorded content (SPEC §5.4).
+fn unchanged_state(store: &Store, outbox: &Path, key: &str) -> Result<Option<JobState>, StoreError> {
+    let Some((_, prev)) = store.done_by_key(key)? else { return Ok(None) };
+    let JobState::Done { path, bytes, sha256, width, height, task_id, .. } = prev.state else {
+        return Ok(None);
+    };
+    let path_buf = PathBuf::from(&path);
+    if !path_buf.starts_with(outbox) {
+        return Ok(None);
+    }
+    match std::fs::metadata(&path_buf) {
+        Ok(meta) if meta.len() == bytes => {}
+        _ => return Ok(None),
+    }
+    match output::sha256_file(&path_buf) {
+        Ok(found) if found == sha256 => Ok(Some(JobState::Done { path, bytes, sha256, width, height, task_id, unchanged: true })),
+        _ => Ok(None),
+    }
+}
+
+fn build_report(m: &ManifestV1, jobs: &[(JobId, JobV1)]) -> Report {
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    let mut in_doubt = 0u64;
+    let rows = jobs
+        .iter()
+        .map(|(_, job)| {
+            in_doubt += u64::from(job.in_doubt);
+            let mut row = ReportRow {
+                input: job.input.clone(),
+                output: job.output_rel.clone(),
+                status: String::new(),
+                reason: String::new(),
+                task_id: None,
+                width: None,
+                height: None,
+                bytes: None,
+                in_doubt: job.in_doubt,
+            };
+            row.status = match &job.state {
+                JobState::Done { bytes, width, height, task_id, unchanged, .. } => {
+                    row.task_id = *task_id;
+                    row.width = Some(*width);
+                    row.height = Some(*height);
+                    row.bytes = Some(*bytes);
+                    if *unchanged { "unchanged" } else { "done" }
+                }
+                JobState::Failed { code, message, .. } => {
+                    row.reason = format!("{code}: {message}");
+                    "failed"
+                }
+                JobState::InDoubt { .. } => {
+                    row.reason = "in-doubt: the submit may have reached Claid; see `replay --in-doubt`".to_owned();
+                    "in-doubt"
+                }
+                JobState::Queued => "queued",
+                JobState::Submitting { .. } => "submitting",
+                JobState::Submitted { task_id, .. } => {
+                    row.task_id = Some(*task_id);
+                    "submitted"
+                }
+                JobState::Downloading { task_id, .. } => {
+                    row.task_id = *task_id;
+                    "downloading"
+                }
+            }
+            .to_owned();
+            *counts.entry(row.status.clone()).or_default() += 1;
+            row
+        })
+        .collect();
+    Report {
+        manifest: m.rel.clone(),
+        sha256: m.sha256.clone(),
+        generated_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        counts,
+        in_doubt,
+        jobs: rows,
+    }
+}
+
+/// Reads the dimensions from an encoded image's header without decoding it.
+fn image_dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
+    image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().ok()?.into_dimensions().ok()
+}
+
+/// Exponential backoff with full jitter, capped.
+fn backoff(attempt: u32, cap: Duration) -> Duration {
+    let base = Duration::from_millis(250).saturating_mul(1u32 << attempt.min(10));
+    let capped = base.min(cap).max(Duration::from_millis(50));
+    capped.mul_f64(0.5 + rand::random::<f64>() * 0.5)
+}
+
+/// Runs blocking store and file work off the async worker threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(value) => value,
+        Err(err) => std::panic::resume_unwind(err.into_panic()),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Wall-clock milliseconds since the epoch, for records that must survive a restart.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,1 +1,184 @@
-//! Shared test support: temp dirs, config builder, emulator handle, wait_until.
+//! Shared test support: a `TestEnv` with temp folders, a config builder, an in-process emulator,
+//! the real daemon binary as a child process, and `wait_until` (never a bare sleep).
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use claid_hotfolder::emulator::{self, Scenario, Stats};
+use tokio::process::{Child, Command};
+
+/// Path of the daemon binary built for these tests.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_claid-hotfolder")
+}
+
+/// Polls `check` until it returns true or `deadline` passes (then panics naming `what`).
+pub async fn wait_until(what: &str, deadline: Duration, mut check: impl FnMut() -> bool) {
+    let start = tokio::time::Instant::now();
+    loop {
+        if check() {
+            return;
+        }
+        if start.elapsed() > deadline {
+            panic!("timed out after {deadline:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A daemon's folders under one temp dir, plus an emulator serving on 127.0.0.1:0.
+pub struct TestEnv {
+    pub dir: tempfile::TempDir,
+    pub inbox: PathBuf,
+    pub outbox: PathBuf,
+    pub archive: PathBuf,
+    pub rejected: PathBuf,
+    pub state: PathBuf,
+    pub emulator: emulator::Handle,
+}
+
+impl TestEnv {
+    pub async fn new(scenario: Scenario) -> TestEnv {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path().to_path_buf();
+        let emulator = emulator::spawn(scenario).await.expect("emulator starts");
+        let env = TestEnv {
+            inbox: root.join("inbox"),
+            outbox: root.join("outbox"),
+            archive: root.join("archive"),
+            rejected: root.join("rejected"),
+            state: root.join("state"),
+            dir,
+            emulator,
+        };
+        std::fs::create_dir_all(&env.inbox).expect("inbox");
+        env
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.emulator.stats()
+    }
+
+    /// Writes a config for this env; `extra` is YAML appended at the top level (it may not
+    /// repeat `api` or `folders`; use `api_extra` for keys under `api`).
+    pub fn config(&self, api_extra: &str, extra: &str) -> PathBuf {
+        let key_file = self.dir.path().join("api-key");
+        std::fs::write(&key_file, "test-key\n").expect("key file");
+        let mut api = format!(
+            "api:\n  base_url: {}\n  api_key_file: {}\n  requests_per_second: 1000\n  requests_per_minute: 60000\n  poll: {{ min: 50ms, max: 500ms }}\n",
+            self.emulator.base_url(),
+            key_file.display()
+        );
+        for line in api_extra.lines() {
+            api.push_str("  ");
+            api.push_str(line);
+            api.push('\n');
+        }
+        let text = format!(
+            "{api}folders:\n  inbox: {}\n  outbox: {}\n  archive: {}\n  rejected: {}\n  state: {}\nwatch: {{ settle: 100ms, rescan: 500ms }}\nshutdown_grace: 5s\n{extra}\n",
+            self.inbox.display(),
+            self.outbox.display(),
+            self.archive.display(),
+            self.rejected.display(),
+            self.state.display(),
+        );
+        let path = self.dir.path().join("config.yaml");
+        std::fs::write(&path, text).expect("config");
+        path
+    }
+
+    /// Drops a file into the inbox the way a careful user does: written beside, then renamed.
+    pub fn drop_file(&self, rel: &str, bytes: &[u8]) -> PathBuf {
+        let path = self.inbox.join(rel);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("dirs");
+        let tmp = path.with_extension("part");
+        std::fs::write(&tmp, bytes).expect("write");
+        std::fs::rename(&tmp, &path).expect("rename");
+        path
+    }
+
+    /// `run --once` to completion; returns (exit code, stderr).
+    pub async fn run_once(&self, config: &Path) -> (i32, String) {
+        let out = Command::new(bin())
+            .args(["run", "--once", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .expect("daemon runs");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code().unwrap_or(-1), stderr)
+    }
+
+    /// Starts the daemon (`run`) as a child process; its stderr goes to `<dir>/daemon-N.log`.
+    pub fn spawn_daemon(&self, config: &Path, n: usize) -> Child {
+        let log = std::fs::File::create(self.dir.path().join(format!("daemon-{n}.log"))).expect("log");
+        Command::new(bin())
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("daemon starts")
+    }
+
+    pub fn daemon_log(&self, n: usize) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("daemon-{n}.log"))).unwrap_or_default()
+    }
+
+    /// Every regular file under `root`, relative, sorted.
+    pub fn files_under(root: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if let Ok(rel) = path.strip_prefix(root) {
+                    out.push(rel.to_path_buf());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    pub fn report(&self, manifest_stem_rel: &str) -> serde_json::Value {
+        let path = self.outbox.join(format!("{manifest_stem_rel}.report.json"));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("report {}: {e}", path.display()));
+        serde_json::from_str(&text).expect("report is json")
+    }
+}
+
+/// Sends SIGTERM to a child process.
+pub fn sigterm(child: &Child) {
+    let pid = child.id().expect("child is running");
+    let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill runs");
+    assert!(status.success(), "kill -TERM {pid} failed");
+}
+
+/// Dimensions of an encoded image file.
+pub fn dimensions(path: &Path) -> (u32, u32) {
+    image::ImageReader::open(path)
+        .and_then(|r| r.with_guessed_format())
+        .expect("open image")
+        .into_dimensions()
+        .unwrap_or_else(|e| panic!("{} is not an image: {e}", path.display()))
+}
+
+/// A small PNG of the given size.
+pub fn png(width: u32, height: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(width, height, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 128]));
+    let mut bytes = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).expect("encode png");
+    bytes
+}
