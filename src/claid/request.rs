@@ -26,8 +26,17 @@ use serde_json::{Map, Value};
 /// One validation problem: `path` is the dotted field path (`operations.resizing.width`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FieldError {
+    /// Dotted path from the body root; `body` when the body itself is not an object. Used as the
+    /// `error_details` key of a 422 and in manifest error files.
     pub path: String,
+    /// Says what is wrong and what is allowed (values, range or pattern).
     pub message: String,
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
 }
 
 /// Whether the body must carry `input` (sync/async edits) or must not (the upload `data` part).
@@ -513,7 +522,8 @@ impl Validator {
         ignored: &[&str],
     ) -> Option<&'a Map<String, Value>> {
         let Some(map) = value.as_object() else {
-            self.err(path, format!("must be an object, got {}", type_name(value)));
+            let at = if path.is_empty() { "body" } else { path };
+            self.err(at, format!("must be an object, got {}", type_name(value)));
             return None;
         };
         for key in map.keys() {
@@ -618,6 +628,37 @@ impl Validator {
                 other => type_name(other).to_owned(),
             };
             self.err(path, format!("must be one of {}, got {got}", quoted(names)));
+        }
+        found
+    }
+
+    /// The `type` of a tagged object (`fit`, `format`, `compression`, ...). When it is missing or
+    /// invalid, the other keys are still checked against `all_keys` (the union over variants)
+    /// so that unknown fields are reported too.
+    fn tag(
+        &mut self,
+        map: &Map<String, Value>,
+        path: &str,
+        names: &[&str],
+        all_keys: &[&str],
+    ) -> Option<usize> {
+        let found = match map.get("type") {
+            Some(t) => self.enumeration(t, &join(path, "type"), names),
+            None => {
+                self.err(
+                    &join(path, "type"),
+                    format!("required: one of {}", quoted(names)),
+                );
+                None
+            }
+        };
+        if found.is_none() {
+            for key in map.keys().filter(|k| !all_keys.contains(&k.as_str())) {
+                self.err(
+                    &join(path, key),
+                    format!("unknown field; allowed fields: {}", all_keys.join(", ")),
+                );
+            }
         }
         found
     }
@@ -1012,14 +1053,12 @@ impl Validator {
                 },
             }),
             Value::Object(map) => {
-                let Some(t) = map.get("type") else {
-                    self.err(
-                        &join(path, "type"),
-                        format!("required: one of {}", quoted(&NAMES)),
-                    );
-                    return None;
-                };
-                let i = self.enumeration(t, &join(path, "type"), &NAMES)?;
+                let i = self.tag(
+                    map,
+                    path,
+                    &NAMES,
+                    &["type", "crop", "feathering", "outpaint_by"],
+                )?;
                 match i {
                     0 => {
                         let m = self.object(value, path, &["type", "crop"], &[])?;
@@ -1228,14 +1267,12 @@ impl Validator {
                 .enumeration(value, path, &NAMES)
                 .map(|i| FormatOptions::default_for(FORMATS[i])),
             Value::Object(map) => {
-                let Some(t) = map.get("type") else {
-                    self.err(
-                        &join(path, "type"),
-                        format!("required: one of {}", quoted(&NAMES)),
-                    );
-                    return None;
-                };
-                let format = FORMATS[self.enumeration(t, &join(path, "type"), &NAMES)?];
+                let format = FORMATS[self.tag(
+                    map,
+                    path,
+                    &NAMES,
+                    &["type", "quality", "progressive", "compression"],
+                )?];
                 match format {
                     OutputFormat::Jpeg => {
                         let m =
@@ -1325,11 +1362,7 @@ impl Validator {
                 }
             }),
             Value::Object(map) => {
-                let Some(t) = map.get("type") else {
-                    self.err(&join(path, "type"), "required: \"lossy\" or \"lossless\"");
-                    return None;
-                };
-                if self.enumeration(t, &join(path, "type"), &NAMES)? == 0 {
+                if self.tag(map, path, &NAMES, &["type", "quality"])? == 0 {
                     let m = self.object(value, path, &["type", "quality"], &[])?;
                     let quality = match m.get("quality") {
                         Some(q) => self.int_in(q, &join(path, "quality"), 1, 100)? as u8,

@@ -75,8 +75,9 @@ fn top_level_and_input_rules() {
     check(json!({"operations": {}}), &["input"]);
     check(json!({"input": "https://x.com/a.jpg"}), &["operations"]);
     check(json!({}), &["input", "operations"]);
-    check(json!([]), &[""]);
-    check(json!("x"), &[""]);
+    check(json!([]), &["body"]);
+    check(json!("x"), &["body"]);
+    check(json!(null), &["body"]);
     check(json!({"input": "", "operations": {}}), &["input"]);
     check(json!({"input": 5, "operations": {}}), &["input"]);
     check(
@@ -664,6 +665,10 @@ fn output_table() {
         &["output.format.type"],
     );
     check(out(json!({"format": {}})), &["output.format.type"]);
+    check(
+        out(json!({"format": {"type": "bmp", "quality": 5, "level": 1}})),
+        &["output.format.type", "output.format.level"],
+    );
     check(out(json!({"format": 1})), &["output.format"]);
     for q in [1, 100] {
         check(
