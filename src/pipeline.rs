@@ -25,7 +25,7 @@ use crate::config::{InDoubtPolicy, Limits, OnManifestDone, OnOutputExists, PollC
 use crate::manifest::{self, Input, ManifestError, ManifestSpec};
 use crate::output::{self, ExistsPolicy};
 use crate::report::{self, Report, ReportRow};
-use crate::store::records::{JobState, JobV1, ManifestState, ManifestV1};
+use crate::store::records::{DoneInfo, JobState, JobV1, ManifestState, ManifestV1};
 use crate::store::{JobId, ManifestId, Store, StoreError};
 
 /// A submit that keeps failing transiently gives up after this many attempts (it stays
@@ -878,7 +878,18 @@ impl Handle {
                 Ok(written) => written,
                 Err(err) => return Ok(Err(err)),
             };
-            store.mark_done(id, written.path.to_string_lossy().into_owned(), written.bytes, written.sha256, width, height, task_id, false)?;
+            store.mark_done(
+                id,
+                DoneInfo {
+                    path: written.path.to_string_lossy().into_owned(),
+                    bytes: written.bytes,
+                    sha256: written.sha256,
+                    width,
+                    height,
+                    task_id,
+                    unchanged: false,
+                },
+            )?;
             Ok(Ok(written.bytes))
         })
         .await;
