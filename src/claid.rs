@@ -465,8 +465,8 @@ impl Client {
         let url = self.endpoint_url("image/edit/async")?;
         let (task, request_id) = self
             .with_retries(|| async {
-                let req = self.api.post(url.clone()).json(body);
-                let answer = self.call(Endpoint::Submit, req).await?;
+                let build = || Ok(self.api.post(url.clone()).json(body));
+                let answer = self.call(Endpoint::Submit, build).await?;
                 expect_ok::<wire::AsyncTask>(Endpoint::Submit, answer)
             })
             .await?;
@@ -492,7 +492,8 @@ impl Client {
         }
         let (task, request_id) = self
             .with_retries(|| async {
-                let answer = self.call(Endpoint::Poll, self.api.get(url.clone())).await?;
+                let build = || Ok(self.api.get(url.clone()));
+                let answer = self.call(Endpoint::Poll, build).await?;
                 expect_ok::<wire::AsyncTask>(Endpoint::Poll, answer)
             })
             .await?;
@@ -512,18 +513,21 @@ impl Client {
         let data = data.to_string();
         let (response, request_id) = self
             .with_retries(|| async {
-                let file =
-                    reqwest::multipart::Part::stream(bytes.clone()).file_name(file_name.to_owned());
-                let data_part = reqwest::multipart::Part::text(data.clone())
-                    .mime_str("application/json")
-                    .map_err(|_| ClaidError::Config {
-                        about: "multipart mime",
-                    })?;
-                let form = reqwest::multipart::Form::new()
-                    .part("file", file)
-                    .part("data", data_part);
-                let req = self.api.post(url.clone()).multipart(form);
-                let answer = self.call(Endpoint::Upload, req).await?;
+                // Multipart bodies are streams and cannot be cloned: build afresh per send.
+                let build = || {
+                    let file = reqwest::multipart::Part::bytes(bytes.to_vec())
+                        .file_name(file_name.to_owned());
+                    let data_part = reqwest::multipart::Part::text(data.clone())
+                        .mime_str("application/json")
+                        .map_err(|_| ClaidError::Config {
+                            about: "multipart mime",
+                        })?;
+                    let form = reqwest::multipart::Form::new()
+                        .part("file", file)
+                        .part("data", data_part);
+                    Ok(self.api.post(url.clone()).multipart(form))
+                };
+                let answer = self.call(Endpoint::Upload, build).await?;
                 expect_ok::<wire::EditResponse>(Endpoint::Upload, answer)
             })
             .await?;
@@ -538,7 +542,8 @@ impl Client {
     /// waits): the caller probes periodically anyway.
     pub async fn probe(&self) -> Result<(), ClaidError> {
         let url = self.endpoint_url("image/edit/async/0")?;
-        let answer = self.call(Endpoint::Probe, self.api.get(url)).await?;
+        let build = || Ok(self.api.get(url.clone()));
+        let answer = self.call(Endpoint::Probe, build).await?;
         match answer.status.as_u16() {
             200..=299 | 404 | 422 => Ok(()),
             _ => Err(status_error(Endpoint::Probe, &answer)),
@@ -610,14 +615,8 @@ impl Client {
     async fn call(
         &self,
         endpoint: Endpoint,
-        request: reqwest::RequestBuilder,
+        build: impl Fn() -> Result<reqwest::RequestBuilder, ClaidError>,
     ) -> Result<Answer, ClaidError> {
-        let request = request
-            .header(header::AUTHORIZATION, self.auth.clone())
-            .build()
-            .map_err(|_| ClaidError::Config {
-                about: "request could not be built",
-            })?;
         let mut attempts = 0u32;
         loop {
             let waited = self.limiter.acquire().await;
@@ -627,19 +626,22 @@ impl Client {
                     s.limiter_wait_total += waited.0;
                 });
             }
-            let Some(this_try) = request.try_clone() else {
-                return Err(ClaidError::Config {
-                    about: "request body cannot be replayed",
-                });
-            };
+            let request = build()?
+                .header(header::AUTHORIZATION, self.auth.clone())
+                .build()
+                .map_err(|_| ClaidError::BadUrl {
+                    endpoint,
+                    about: "request could not be built for this url",
+                })?;
+            let method = request.method().clone();
             let started = Instant::now();
-            let result = self.api.execute(this_try).await;
+            let result = self.api.execute(request).await;
             let response = match result {
                 Ok(response) => response,
                 Err(err) => {
                     self.with_stats(|s| *s.transport_errors.entry(endpoint).or_default() += 1);
                     tracing::debug!(
-                        method = %request.method(), endpoint = endpoint.as_str(),
+                        method = %method, endpoint = endpoint.as_str(),
                         latency_ms = started.elapsed().as_millis() as u64, error = %err,
                         "Claid call failed without a response"
                     );
@@ -656,7 +658,7 @@ impl Client {
                 }
             });
             tracing::debug!(
-                method = %request.method(), endpoint = endpoint.as_str(), status = status.as_u16(),
+                method = %method, endpoint = endpoint.as_str(), status = status.as_u16(),
                 request_id = request_id.as_deref().unwrap_or("-"),
                 latency_ms = started.elapsed().as_millis() as u64,
                 "Claid call answered"
