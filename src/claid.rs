@@ -223,7 +223,17 @@ impl ClaidError {
                     ErrorClass::Transient
                 }
             }
-            RateLimited { .. } | Server { .. } => ErrorClass::Transient,
+            RateLimited { .. } => ErrorClass::Transient,
+            // A gateway that gave up (502/504) may have handed a POST on to Claid already.
+            Server {
+                endpoint, status, ..
+            } => {
+                if endpoint.is_billable_post() && matches!(status, 502 | 504) {
+                    ErrorClass::Ambiguous
+                } else {
+                    ErrorClass::Transient
+                }
+            }
             Rejected { .. } => ErrorClass::Job,
             Account { .. } => ErrorClass::Systemic,
             BadResponse {
@@ -432,6 +442,9 @@ impl Client {
             .timeout(cfg.request_timeout)
             .connect_timeout(cfg.request_timeout)
             .redirect(reqwest::redirect::Policy::none())
+            // Shorter than common server keep-alives (60-75 s), so a submit is rarely written
+            // onto a connection the server is closing (which would make it ambiguous).
+            .pool_idle_timeout(Duration::from_secs(20))
             .build()
             .map_err(|_| ClaidError::Config {
                 about: "http client could not be built",
@@ -921,6 +934,87 @@ fn request_id_of(headers: &HeaderMap) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// `RateLimit-Reset` (Claid), else `Retry-After` in seconds, else [`DEFAULT_RESET`].
 fn reset_of(headers: &HeaderMap) -> Duration {
-    parse_reset(header_str(headers, "ratelimit-reset")).unwrap_or(DEFAULT_RESET)
+    parse_reset(header_str(headers, "ratelimit-reset"))
+        .or_else(|| parse_reset(header_str(headers, "retry-after")))
+        .unwrap_or(DEFAULT_RESET)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16, body: &str) -> Answer {
+        Answer {
+            status: StatusCode::from_u16(status).unwrap(),
+            request_id: Some("rid".into()),
+            body: Bytes::copy_from_slice(body.as_bytes()),
+        }
+    }
+
+    /// The status table: (endpoint, status) → class and code.
+    #[test]
+    fn status_classification_table() {
+        let envelope = r#"{"error_code":"9000","error_type":"validation","error_message":"bad."}"#;
+        let check = |endpoint: Endpoint, status: u16, class: ErrorClass, code: &str| {
+            let err = status_error(endpoint, &answer(status, envelope));
+            assert_eq!(err.class(), class, "{endpoint} {status}");
+            assert_eq!(err.code(), code, "{endpoint} {status}");
+            assert_eq!(err.request_id(), Some("rid"));
+        };
+        use ErrorClass::*;
+        for endpoint in [Endpoint::Submit, Endpoint::Poll, Endpoint::Upload] {
+            check(endpoint, 400, Job, "claid-bad-request");
+            check(endpoint, 401, Systemic, "claid-unauthorized");
+            check(endpoint, 402, Systemic, "claid-out-of-credits");
+            check(endpoint, 403, Systemic, "claid-forbidden");
+            check(endpoint, 404, Job, "claid-not-found");
+            check(endpoint, 409, Job, "claid-conflict");
+            check(endpoint, 413, Job, "claid-too-large");
+            check(endpoint, 415, Job, "claid-unsupported-media");
+            check(endpoint, 422, Job, "claid-invalid-request");
+            check(endpoint, 418, Job, "claid-rejected");
+            check(endpoint, 408, Transient, "server-error");
+            check(endpoint, 500, Transient, "server-error");
+            check(endpoint, 503, Transient, "server-error");
+            check(endpoint, 304, Transient, "bad-response");
+        }
+        check(Endpoint::Submit, 502, Ambiguous, "server-error");
+        check(Endpoint::Submit, 504, Ambiguous, "server-error");
+        check(Endpoint::Upload, 504, Ambiguous, "server-error");
+        check(Endpoint::Poll, 502, Transient, "server-error");
+        check(Endpoint::Poll, 504, Transient, "server-error");
+    }
+
+    #[test]
+    fn unparseable_success_is_ambiguous_only_for_billable_posts() {
+        for (endpoint, class) in [
+            (Endpoint::Submit, ErrorClass::Ambiguous),
+            (Endpoint::Upload, ErrorClass::Ambiguous),
+            (Endpoint::Poll, ErrorClass::Transient),
+        ] {
+            let err = expect_ok::<wire::AsyncTask>(endpoint, answer(200, "{}")).unwrap_err();
+            assert_eq!(err.class(), class, "{endpoint}");
+            assert_eq!(err.code(), "bad-response");
+        }
+    }
+
+    #[test]
+    fn error_without_envelope_keeps_the_text() {
+        let err = status_error(Endpoint::Submit, &answer(400, "  input not fetchable \n"));
+        assert_eq!(err.claid_message(), Some("input not fetchable"));
+        let err = status_error(Endpoint::Submit, &answer(400, ""));
+        assert_eq!(err.claid_message(), Some("Bad Request"));
+    }
+
+    #[test]
+    fn reset_falls_back_to_retry_after_then_one_second() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(reset_of(&headers), DEFAULT_RESET);
+        headers.insert("retry-after", HeaderValue::from_static("3"));
+        assert_eq!(reset_of(&headers), Duration::from_secs(3));
+        headers.insert("ratelimit-reset", HeaderValue::from_static("2"));
+        assert_eq!(reset_of(&headers), Duration::from_secs(2));
+    }
 }

@@ -561,6 +561,7 @@ async fn dropped_connection_after_submit_is_ambiguous_and_sent_once() {
     let client = client(&format!("{root}/v1"));
     let err = client.submit(&edit_body()).await.unwrap_err();
     assert_eq!(err.class(), ErrorClass::Ambiguous, "{err:?}");
+    assert_eq!(err.code(), "connection-lost");
     assert_eq!(count.load(Ordering::SeqCst), 1);
     assert_eq!(client.stats().retries, 0);
 }
