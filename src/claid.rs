@@ -394,8 +394,9 @@ pub struct Client {
     downloads: reqwest::Client,
     /// `base_url` parsed, without a trailing slash; also the only origin polls may target.
     base: Url,
-    /// `Bearer <key>`, marked sensitive so reqwest never prints it.
-    auth: HeaderValue,
+    /// `Bearer <key>`, marked sensitive so reqwest never prints it; `None` for an empty key
+    /// (e.g. against a local emulator), so no `Authorization` header is sent at all.
+    auth: Option<HeaderValue>,
     limiter: Arc<Limiter>,
     stats: Arc<Mutex<ClientStats>>,
     max_download_bytes: u64,
@@ -429,18 +430,26 @@ impl Client {
                 about: "base_url must be http(s)",
             });
         }
-        let mut auth =
-            HeaderValue::from_str(&format!("Bearer {}", cfg.api_key.trim())).map_err(|_| {
+        let key = cfg.api_key.trim();
+        let auth = if key.is_empty() {
+            None
+        } else {
+            let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
                 ClaidError::Config {
                     about: "api key has characters not allowed in a header",
                 }
             })?;
-        auth.set_sensitive(true);
+            value.set_sensitive(true);
+            Some(value)
+        };
+        // Shorter than the total timeout, so a connect that hangs ends as a connect error
+        // (nothing sent, safe to retry) rather than as an ambiguous timeout.
+        let connect_timeout = (cfg.request_timeout / 2).min(Duration::from_secs(10));
         let user_agent = concat!("claid-hotfolder/", env!("CARGO_PKG_VERSION"));
         let api = reqwest::Client::builder()
             .user_agent(user_agent)
             .timeout(cfg.request_timeout)
-            .connect_timeout(cfg.request_timeout)
+            .connect_timeout(connect_timeout)
             .redirect(reqwest::redirect::Policy::none())
             // Shorter than common server keep-alives (60-75 s), so a submit is rarely written
             // onto a connection the server is closing (which would make it ambiguous).
@@ -452,7 +461,7 @@ impl Client {
         let downloads = reqwest::Client::builder()
             .user_agent(user_agent)
             .timeout(cfg.request_timeout)
-            .connect_timeout(cfg.request_timeout)
+            .connect_timeout(connect_timeout)
             .redirect(reqwest::redirect::Policy::limited(5))
             .build()
             .map_err(|_| ClaidError::Config {
@@ -639,13 +648,14 @@ impl Client {
                     s.limiter_wait_total += waited.0;
                 });
             }
-            let request = build()?
-                .header(header::AUTHORIZATION, self.auth.clone())
-                .build()
-                .map_err(|_| ClaidError::BadUrl {
-                    endpoint,
-                    about: "request could not be built for this url",
-                })?;
+            let mut builder = build()?;
+            if let Some(auth) = &self.auth {
+                builder = builder.header(header::AUTHORIZATION, auth.clone());
+            }
+            let request = builder.build().map_err(|_| ClaidError::BadUrl {
+                endpoint,
+                about: "request could not be built for this url",
+            })?;
             let method = request.method().clone();
             let started = Instant::now();
             let result = self.api.execute(request).await;

@@ -867,3 +867,18 @@ async fn the_limiter_keeps_a_burst_at_or_below_the_configured_rate() {
     assert!(started.elapsed() >= Duration::from_secs(2));
     assert!(client.stats().limiter_waits >= (calls as u64) - 2);
 }
+
+#[tokio::test]
+async fn an_empty_key_sends_no_authorization_header() {
+    let mock = Mock::default();
+    let root = mock.start().await;
+    let client = Client::new(ClientConfig {
+        api_key: "  ".into(),
+        ..config(&format!("{root}/v1"))
+    })
+    .unwrap();
+    client.probe().await.unwrap();
+    let seen = mock.seen_on("GET", "/v1/image/edit/async/0");
+    assert_eq!(seen.len(), 1);
+    assert!(!seen[0].headers.contains_key("authorization"));
+}
