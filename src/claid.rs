@@ -397,8 +397,11 @@ pub struct Client {
     /// `Bearer <key>`, marked sensitive so reqwest never prints it; `None` for an empty key
     /// (e.g. against a local emulator), so no `Authorization` header is sent at all.
     auth: Option<HeaderValue>,
+    /// Shared by every clone: Claid's quotas are per account, not per caller.
     limiter: Arc<Limiter>,
+    /// Shared counters for `/metrics`; a std mutex held only to bump a few numbers.
     stats: Arc<Mutex<ClientStats>>,
+    /// Cap on one download, from `limits.max_download_bytes`.
     max_download_bytes: u64,
 }
 
@@ -420,7 +423,14 @@ struct Answer {
 }
 
 impl Client {
+    /// Builds the client; fails (Systemic, `client-config`) on a bad base URL, a key that cannot
+    /// be a header, or a zero timeout. No request is made.
     pub fn new(cfg: ClientConfig) -> Result<Client, ClaidError> {
+        if cfg.request_timeout.is_zero() {
+            return Err(ClaidError::Config {
+                about: "request_timeout must be positive",
+            });
+        }
         let base =
             Url::parse(cfg.base_url.trim_end_matches('/')).map_err(|_| ClaidError::Config {
                 about: "base_url is not a url",

@@ -815,6 +815,12 @@ async fn bad_config_is_refused() {
     .unwrap_err();
     assert_eq!(err.code(), "client-config");
     assert!(!err.to_string().contains("bad\nkey"));
+    let err = Client::new(ClientConfig {
+        request_timeout: Duration::ZERO,
+        ..config("http://127.0.0.1:9/v1")
+    })
+    .unwrap_err();
+    assert_eq!(err.code(), "client-config");
 }
 
 #[tokio::test]
