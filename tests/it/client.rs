@@ -858,7 +858,8 @@ async fn the_limiter_keeps_a_burst_at_or_below_the_configured_rate() {
     }
     let seen = mock.seen();
     assert_eq!(seen.len(), calls);
-    // No one-second window holds more than rps (+1 for a call exactly on the edge).
+    // No one-second window holds more than rps (+1 for a call exactly on the edge, +1 margin
+    // for scheduling jitter on a loaded machine).
     for first in &seen {
         let in_window = seen
             .iter()
