@@ -57,15 +57,9 @@ impl EditRequest {
 }
 
 /// Validates `body` against the contract and returns the typed request, or every problem found.
-pub fn validate(
-    body: &serde_json::Value,
-    input: InputRule,
-) -> Result<EditRequest, Vec<FieldError>> {
+pub fn validate(body: &serde_json::Value, input: InputRule) -> Result<EditRequest, Vec<FieldError>> {
     let _ = input;
     Ok(EditRequest {
-        input: body
-            .get("input")
-            .and_then(|v| v.as_str())
-            .map(str::to_owned),
+        input: body.get("input").and_then(|v| v.as_str()).map(str::to_owned),
     })
 }

@@ -30,10 +30,7 @@ pub fn render(input: &[u8], req: &EditRequest) -> Result<Rendered, ImagingError>
     let (w, h) = (img.width(), img.height());
     let mut bytes = Vec::new();
     img.to_rgb8()
-        .write_to(
-            &mut std::io::Cursor::new(&mut bytes),
-            image::ImageFormat::Jpeg,
-        )
+        .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Jpeg)
         .map_err(|e| ImagingError::Encode(e.to_string()))?;
     let object = |format: &str, ext: &str, mime: &str| ImageObject {
         ext: ext.to_owned(),
@@ -48,9 +45,5 @@ pub fn render(input: &[u8], req: &EditRequest) -> Result<Rendered, ImagingError>
         object_uri: None,
         claid_storage_uri: None,
     };
-    Ok(Rendered {
-        bytes,
-        input: object("png", "png", "image/png"),
-        output: object("jpeg", "jpg", "image/jpeg"),
-    })
+    Ok(Rendered { bytes, input: object("png", "png", "image/png"), output: object("jpeg", "jpg", "image/jpeg") })
 }
