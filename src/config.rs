@@ -1060,7 +1060,7 @@ const SYNONYMS: &[(&str, &str)] = &[
 
 /// Levenshtein distance, with a bonus for a shared prefix (`rate` ~ `requests_per_second`).
 fn similarity_distance(a: &str, b: &str) -> usize {
-    let lev = levenshtein(a, b);
+    let lev = yaml::levenshtein(a, b);
     // A known key that starts like the typed one, or contains it, is a likely meaning.
     if b.starts_with(a) || b.contains(a) || a.contains(b) {
         return lev.min(1);
@@ -1072,22 +1072,6 @@ fn similarity_distance(a: &str, b: &str) -> usize {
         return lev.min(a.len().max(3) / 2);
     }
     lev
-}
-
-fn levenshtein(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    let mut cur = vec![0; b.len() + 1];
-    for (i, ca) in a.iter().enumerate() {
-        cur[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != cb);
-            cur[j + 1] = (prev[j + 1] + 1).min(cur[j] + 1).min(prev[j] + cost);
-        }
-        std::mem::swap(&mut prev, &mut cur);
-    }
-    prev[b.len()]
 }
 
 #[cfg(test)]

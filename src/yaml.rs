@@ -159,6 +159,33 @@ impl LineMap {
     }
 }
 
+/// The known name closest to `typed` (edit distance at most half its length), for hints.
+pub fn closest<'k>(typed: &str, known: &[&'k str]) -> Option<&'k str> {
+    known
+        .iter()
+        .map(|candidate| (levenshtein(typed, candidate), *candidate))
+        .filter(|(distance, _)| *distance <= typed.chars().count().max(3) / 2)
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, candidate)| candidate)
+}
+
+/// Edit distance between two short strings.
+pub fn levenshtein(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur = vec![0; b.len() + 1];
+    for (i, ca) in a.iter().enumerate() {
+        cur[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != cb);
+            cur[j + 1] = (prev[j + 1] + 1).min(cur[j] + 1).min(prev[j] + cost);
+        }
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    prev[b.len()]
+}
+
 /// `a.b[3].c` → `a.b[3]` → `a.b` → `a` → None.
 pub fn parent(path: &str) -> Option<&str> {
     let cut = path.rfind(['.', '['])?;
