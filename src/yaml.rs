@@ -34,10 +34,19 @@ pub fn parse(text: &str) -> Result<serde_json::Value, ParseError> {
 
 /// Removes serde_norway's " at line N column M" suffix: the line is reported separately.
 fn clean_message(message: &str) -> String {
-    match message.find(" at line ") {
-        Some(idx) => message[..idx].to_owned(),
-        None => message.to_owned(),
+    let message = match message.find(" at line ") {
+        Some(idx) => &message[..idx],
+        None => message,
+    };
+    if message.contains("repetition limit exceeded") {
+        return format!(
+            "{message}: anchors and aliases (`&a`, `*a`) expand to too much data; write the values out"
+        );
     }
+    if message.contains("recursion limit exceeded") {
+        return format!("{message}: the document nests too deeply");
+    }
+    message.to_owned()
 }
 
 fn to_json(value: serde_yaml::Value) -> Result<serde_json::Value, ParseError> {
