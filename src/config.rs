@@ -551,15 +551,14 @@ impl Checker {
         if !root.is_object() {
             self.problem(
                 "",
-                format!(
-                    "the config must be a mapping of keys, found {}",
-                    kind(root)
-                ),
+                format!("the config must be a mapping of keys, found {}", kind(root)),
             );
             return None;
         }
         self.section(root, "");
-        for section in ["api", "api.poll", "folders", "watch", "admin", "log", "limits"] {
+        for section in [
+            "api", "api.poll", "folders", "watch", "admin", "log", "limits",
+        ] {
             self.section(root, section);
         }
         let base_dir = origin
@@ -727,10 +726,7 @@ impl Checker {
             Some(other) => {
                 self.problem(
                     "profiles",
-                    format!(
-                        "expected a mapping of profile names, found {}",
-                        kind(other)
-                    ),
+                    format!("expected a mapping of profile names, found {}", kind(other)),
                 );
                 return profiles;
             }
@@ -1066,9 +1062,11 @@ fn similarity_distance(a: &str, b: &str) -> usize {
         return lev.min(1);
     }
     let a_words: Vec<&str> = a.split('_').collect();
-    if b.split('_')
-        .any(|word| a_words.iter().any(|w| w.len() >= 3 && word.starts_with(&w[..3])))
-    {
+    if b.split('_').any(|word| {
+        a_words
+            .iter()
+            .any(|w| w.len() >= 3 && word.starts_with(&w[..3]))
+    }) {
         return lev.min(a.len().max(3) / 2);
     }
     lev
@@ -1081,15 +1079,15 @@ mod tests {
     #[test]
     fn suggestions() {
         assert_eq!(
-            suggest("api.rate", &SCHEMA[1].1, "api").as_deref(),
+            suggest("api.rate", SCHEMA[1].1, "api").as_deref(),
             Some("api.requests_per_second")
         );
         assert_eq!(
-            suggest("api.max_inflight", &SCHEMA[1].1, "api").as_deref(),
+            suggest("api.max_inflight", SCHEMA[1].1, "api").as_deref(),
             Some("api.max_in_flight")
         );
         assert_eq!(
-            suggest("api.settle", &SCHEMA[1].1, "api").as_deref(),
+            suggest("api.settle", SCHEMA[1].1, "api").as_deref(),
             Some("watch.settle")
         );
     }

@@ -333,7 +333,11 @@ impl Collector {
     }
 }
 
-fn parse_bytes(bytes: &[u8], is_json: bool, ctx: &Context<'_>) -> Result<Vec<JobSpec>, Vec<Problem>> {
+fn parse_bytes(
+    bytes: &[u8],
+    is_json: bool,
+    ctx: &Context<'_>,
+) -> Result<Vec<JobSpec>, Vec<Problem>> {
     let single = |line: Option<usize>, message: String| vec![Problem { line, message }];
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(single(
@@ -470,7 +474,10 @@ fn validate(root: &Value, ctx: &Context<'_>, problems: &mut Collector) -> Vec<Jo
 
     let images = match top.get("images") {
         None => {
-            problems.add("", "missing `images`: list the images to edit under `images:`".to_owned());
+            problems.add(
+                "",
+                "missing `images`: list the images to edit under `images:`".to_owned(),
+            );
             return Vec::new();
         }
         Some(Value::Array(images)) if images.is_empty() => {
@@ -599,12 +606,7 @@ fn validate(root: &Value, ctx: &Context<'_>, problems: &mut Collector) -> Vec<Jo
         }
 
         let (body, canonical, format, body_ok) = if own_ops.is_none() && own_options.is_none() {
-            (
-                shared_body.clone(),
-                None,
-                shared_format,
-                shared_ok,
-            )
+            (shared_body.clone(), None, shared_format, shared_ok)
         } else {
             let mut ops = base_ops.clone();
             match own_ops {
@@ -619,7 +621,10 @@ fn validate(root: &Value, ctx: &Context<'_>, problems: &mut Collector) -> Vec<Jo
                     fields.remove("path");
                 }
                 merge_opt(&mut output, &options);
-                if output.as_ref().is_some_and(|o| o.as_object().is_some_and(Map::is_empty)) {
+                if output
+                    .as_ref()
+                    .is_some_and(|o| o.as_object().is_some_and(Map::is_empty))
+                {
                     output = None;
                 }
             }
@@ -737,11 +742,17 @@ fn check_input(
 ) -> Option<Input> {
     let trimmed = text.trim();
     if trimmed.is_empty() {
-        problems.add(path, "is empty; give a URL, a storage:// URI or a relative path".into());
+        problems.add(
+            path,
+            "is empty; give a URL, a storage:// URI or a relative path".into(),
+        );
         return None;
     }
     let lower = trimmed.to_ascii_lowercase();
-    if lower.starts_with("http://") || lower.starts_with("https://") || lower.starts_with("storage://") {
+    if lower.starts_with("http://")
+        || lower.starts_with("https://")
+        || lower.starts_with("storage://")
+    {
         let rest = &trimmed[trimmed.find("://").map_or(0, |i| i + 3)..];
         if rest.is_empty() || rest.starts_with('/') {
             problems.add(path, format!("`{trimmed}` has no host or storage name"));
@@ -750,7 +761,10 @@ fn check_input(
         if trimmed.len() > MAX_INPUT_LEN {
             problems.add(
                 path,
-                format!("the URL is {} characters; Claid accepts at most {MAX_INPUT_LEN}", trimmed.len()),
+                format!(
+                    "the URL is {} characters; Claid accepts at most {MAX_INPUT_LEN}",
+                    trimmed.len()
+                ),
             );
             return None;
         }
@@ -787,7 +801,10 @@ fn check_input(
             return None;
         }
         Err(err) => {
-            problems.add(path, format!("local file `{trimmed}` cannot be resolved: {err}"));
+            problems.add(
+                path,
+                format!("local file `{trimmed}` cannot be resolved: {err}"),
+            );
             return None;
         }
     };
@@ -813,7 +830,10 @@ fn check_input(
             return None;
         }
         Err(err) => {
-            problems.add(path, format!("local file `{trimmed}` cannot be read: {err}"));
+            problems.add(
+                path,
+                format!("local file `{trimmed}` cannot be read: {err}"),
+            );
             return None;
         }
     }
@@ -883,10 +903,7 @@ fn default_output_name(
     let stem = match input {
         Input::Remote(url) => {
             let after_scheme = url.find("://").map_or(url.as_str(), |i| &url[i + 3..]);
-            let path_part = after_scheme
-                .split(['?', '#'])
-                .next()
-                .unwrap_or_default();
+            let path_part = after_scheme.split(['?', '#']).next().unwrap_or_default();
             let last = path_part
                 .split('/')
                 .skip(1)
@@ -935,7 +952,9 @@ fn safe_relative(name: &str) -> Result<PathBuf, String> {
     if name.trim().is_empty() {
         return Err("is empty; give a file name like `sku-1.webp` or remove the key".into());
     }
-    if name.starts_with('/') || name.starts_with('\\') || Path::new(name).is_absolute()
+    if name.starts_with('/')
+        || name.starts_with('\\')
+        || Path::new(name).is_absolute()
         || (name.len() >= 2 && name.as_bytes()[1] == b':')
     {
         return Err(format!(
@@ -1162,7 +1181,10 @@ fn value_at<'v>(root: &'v Value, path: &str) -> Option<&'v Value> {
     let mut value = root;
     for part in path.split('.') {
         let (name, index) = match part.find('[') {
-            Some(i) => (&part[..i], part[i + 1..].trim_end_matches(']').parse::<usize>().ok()),
+            Some(i) => (
+                &part[..i],
+                part[i + 1..].trim_end_matches(']').parse::<usize>().ok(),
+            ),
             None => (part, None),
         };
         if !name.is_empty() {
@@ -1205,7 +1227,10 @@ fn relative_to(inbox: &Path, manifest: &Path) -> PathBuf {
     if let Ok(rel) = manifest.strip_prefix(inbox) {
         return rel.to_owned();
     }
-    if let (Ok(inbox), Ok(manifest_c)) = (std::fs::canonicalize(inbox), std::fs::canonicalize(manifest)) {
+    if let (Ok(inbox), Ok(manifest_c)) = (
+        std::fs::canonicalize(inbox),
+        std::fs::canonicalize(manifest),
+    ) {
         if let Ok(rel) = manifest_c.strip_prefix(inbox) {
             return rel.to_owned();
         }
@@ -1224,23 +1249,41 @@ mod tests {
     #[test]
     fn merge_rules() {
         let mut base = json!({"a": {"x": 1, "y": 2}, "b": [1, 2], "c": "s"});
-        merge(&mut base, &json!({"a": {"y": null, "z": 3}, "b": [3], "c": {"k": null, "v": 1}}));
-        assert_eq!(base, json!({"a": {"x": 1, "z": 3}, "b": [3], "c": {"v": 1}}));
+        merge(
+            &mut base,
+            &json!({"a": {"y": null, "z": 3}, "b": [3], "c": {"k": null, "v": 1}}),
+        );
+        assert_eq!(
+            base,
+            json!({"a": {"x": 1, "z": 3}, "b": [3], "c": {"v": 1}})
+        );
     }
 
     #[test]
     fn canonical_is_sorted() {
-        assert_eq!(canonical_json(&json!({"b": 1, "a": {"d": [1, {"f": 1, "e": 2}], "c": null}})),
-            r#"{"a":{"c":null,"d":[1,{"e":2,"f":1}]},"b":1}"#);
+        assert_eq!(
+            canonical_json(&json!({"b": 1, "a": {"d": [1, {"f": 1, "e": 2}], "c": null}})),
+            r#"{"a":{"c":null,"d":[1,{"e":2,"f":1}]},"b":1}"#
+        );
     }
 
     #[test]
     fn names() {
         for (name, ok) in [
-            ("a.yaml", true), ("b/c.YML", true), ("d.json", true), (".hidden.yaml", false),
-            ("x.yaml.tmp", false), ("x.part", false), ("x.yaml.crdownload", false), ("~$x.yaml", false),
-            (".x.yaml.swp", false), ("x.yaml~", false), (".claid.yaml", false), ("x.report.json", false),
-            ("x.txt", false), ("x.png", false),
+            ("a.yaml", true),
+            ("b/c.YML", true),
+            ("d.json", true),
+            (".hidden.yaml", false),
+            ("x.yaml.tmp", false),
+            ("x.part", false),
+            ("x.yaml.crdownload", false),
+            ("~$x.yaml", false),
+            (".x.yaml.swp", false),
+            ("x.yaml~", false),
+            (".claid.yaml", false),
+            ("x.report.json", false),
+            ("x.txt", false),
+            ("x.png", false),
         ] {
             assert_eq!(is_manifest_name(Path::new(name)), ok, "{name}");
         }

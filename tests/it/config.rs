@@ -93,9 +93,18 @@ fn every_bad_config_fixture_is_rejected_with_its_problems() {
 #[test]
 fn production_example_is_valid_and_documents_defaults() {
     let cfg = config::load(&repo().join("config/claid-hotfolder.yaml")).expect("valid example");
-    assert_eq!(cfg.api.base_url, BaseUrl::Url(config::DEFAULT_BASE_URL.into()));
-    assert_eq!(cfg.api.requests_per_second.get(), config::DEFAULT_REQUESTS_PER_SECOND);
-    assert_eq!(cfg.api.requests_per_minute.get(), config::DEFAULT_REQUESTS_PER_MINUTE);
+    assert_eq!(
+        cfg.api.base_url,
+        BaseUrl::Url(config::DEFAULT_BASE_URL.into())
+    );
+    assert_eq!(
+        cfg.api.requests_per_second.get(),
+        config::DEFAULT_REQUESTS_PER_SECOND
+    );
+    assert_eq!(
+        cfg.api.requests_per_minute.get(),
+        config::DEFAULT_REQUESTS_PER_MINUTE
+    );
     assert_eq!(cfg.api.max_in_flight.get(), config::DEFAULT_MAX_IN_FLIGHT);
     assert_eq!(cfg.api.max_downloads.get(), config::DEFAULT_MAX_DOWNLOADS);
     assert_eq!(cfg.api.request_timeout, config::DEFAULT_REQUEST_TIMEOUT);
@@ -107,7 +116,10 @@ fn production_example_is_valid_and_documents_defaults() {
     assert_eq!(cfg.on_manifest_done, OnManifestDone::Archive);
     assert_eq!(cfg.on_output_exists, OnOutputExists::Replace);
     assert_eq!(cfg.in_doubt, InDoubtPolicy::Resubmit);
-    assert_eq!(cfg.admin.socket, PathBuf::from(config::DEFAULT_ADMIN_SOCKET));
+    assert_eq!(
+        cfg.admin.socket,
+        PathBuf::from(config::DEFAULT_ADMIN_SOCKET)
+    );
     assert_eq!(cfg.admin.metrics_listen, None);
     assert_eq!(cfg.log.format, LogFormat::Text);
     assert_eq!(cfg.limits, config::Limits::default());
@@ -121,16 +133,40 @@ fn production_example_documents_every_key() {
     // Every key the loader knows appears in the example, with a comment line above it.
     let text = std::fs::read_to_string(repo().join("config/claid-hotfolder.yaml")).unwrap();
     for key in [
-        "base_url:", "api_key_file:", "requests_per_second:", "requests_per_minute:",
-        "max_in_flight:", "max_downloads:", "request_timeout:", "poll:", "inbox:", "outbox:",
-        "archive:", "rejected:", "state:", "settle:", "rescan:", "poll_only:",
-        "on_manifest_done:", "on_output_exists:", "in_doubt:", "socket:", "metrics_listen:",
-        "format:", "max_manifest_bytes:", "max_images:", "max_download_bytes:",
-        "shutdown_grace:", "profiles:",
+        "base_url:",
+        "api_key_file:",
+        "requests_per_second:",
+        "requests_per_minute:",
+        "max_in_flight:",
+        "max_downloads:",
+        "request_timeout:",
+        "poll:",
+        "inbox:",
+        "outbox:",
+        "archive:",
+        "rejected:",
+        "state:",
+        "settle:",
+        "rescan:",
+        "poll_only:",
+        "on_manifest_done:",
+        "on_output_exists:",
+        "in_doubt:",
+        "socket:",
+        "metrics_listen:",
+        "format:",
+        "max_manifest_bytes:",
+        "max_images:",
+        "max_download_bytes:",
+        "shutdown_grace:",
+        "profiles:",
     ] {
         assert!(text.contains(key), "example lacks {key}");
-        assert!(text.contains(&format!("Default")), "example lacks defaults");
     }
+    assert!(
+        text.matches("Default").count() >= 20,
+        "example lacks defaults"
+    );
     assert!(text.contains("CLAID_API_KEY"));
     assert!(text.contains("CLAID_HOTFOLDER_CONFIG"));
 }
@@ -171,7 +207,10 @@ fn embedded_base_url_and_custom_values() {
     assert_eq!(cfg.watch.rescan, Duration::from_secs(90));
     assert!(cfg.watch.poll_only);
     assert_eq!(cfg.admin.socket, PathBuf::from("/etc/claid/admin.sock"));
-    assert_eq!(cfg.admin.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
+    assert_eq!(
+        cfg.admin.metrics_listen,
+        Some("127.0.0.1:9464".parse().unwrap())
+    );
     assert_eq!(cfg.log.format, LogFormat::Json);
     assert_eq!(cfg.limits.max_images, 10);
     assert_eq!(cfg.shutdown_grace, Duration::ZERO);
@@ -185,7 +224,10 @@ fn base_url_trailing_slash_is_trimmed() {
     let text = "api: { base_url: \"http://127.0.0.1:9/v1/\" }\n\
                 folders: { inbox: /i, outbox: /o, archive: /a, rejected: /r, state: /s }\n";
     let cfg = config::parse(text, Path::new("/c.yaml")).unwrap();
-    assert_eq!(cfg.api.base_url, BaseUrl::Url("http://127.0.0.1:9/v1".into()));
+    assert_eq!(
+        cfg.api.base_url,
+        BaseUrl::Url("http://127.0.0.1:9/v1".into())
+    );
 }
 
 #[test]
@@ -217,13 +259,17 @@ fn api_key_comes_from_the_key_file_trimmed() {
     assert!(!err.to_string().contains("sk-test"));
 
     std::fs::remove_file(&key).unwrap();
-    assert_eq!(config::load_api_key(&cfg.api).unwrap_err().code(), "api-key-unreadable");
+    assert_eq!(
+        config::load_api_key(&cfg.api).unwrap_err().code(),
+        "api-key-unreadable"
+    );
 }
 
 #[test]
 fn profile_operations_are_checked_by_the_request_schema() {
     use claid_hotfolder::claid::request::{self, InputRule};
-    let probe = serde_json::json!({"input": "https://x/a.jpg", "operations": {"resizing": {"width": -5}}});
+    let probe =
+        serde_json::json!({"input": "https://x/a.jpg", "operations": {"resizing": {"width": -5}}});
     if request::validate(&probe, InputRule::Required).is_ok() {
         eprintln!("request::validate is still a stub; schema-driven profile checks not exercised");
         return;

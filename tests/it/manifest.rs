@@ -95,8 +95,7 @@ struct Expect {
 }
 
 fn read_expect(path: &Path) -> Vec<Expect> {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
@@ -127,7 +126,10 @@ fn check_problems(name: &str, err: &ManifestError, expect: &[Expect]) {
             want.line, want.needle
         );
         if let Some(line) = want.line {
-            assert!(txt.contains(&format!("line {line}: ")), "{name}: error.txt lacks line {line}:\n{txt}");
+            assert!(
+                txt.contains(&format!("line {line}: ")),
+                "{name}: error.txt lacks line {line}:\n{txt}"
+            );
         }
     }
     assert!(txt.contains(name), "error.txt names the file:\n{txt}");
@@ -243,7 +245,10 @@ fn merge_profile_then_manifest_then_image() {
         },
         "output": {"format": "webp"}
     });
-    assert_eq!(spec.jobs[0].body, shared, "scalar replaces object, null removes");
+    assert_eq!(
+        spec.jobs[0].body, shared,
+        "scalar replaces object, null removes"
+    );
     assert_eq!(spec.jobs[1].body, shared);
     assert_eq!(
         spec.jobs[2].body,
@@ -253,7 +258,10 @@ fn merge_profile_then_manifest_then_image() {
         }),
         "image operations deep-merge over the manifest's"
     );
-    assert_eq!(spec.jobs[3].body["output"], json!({"format": {"type": "png"}}));
+    assert_eq!(
+        spec.jobs[3].body["output"],
+        json!({"format": {"type": "png"}})
+    );
     assert!(spec.jobs.iter().all(|j| j.body.get("input").is_none()));
 
     let outs: Vec<_> = spec.jobs.iter().map(|j| j.output_rel.clone()).collect();
@@ -278,7 +286,10 @@ fn merge_profile_then_manifest_then_image() {
         spec.jobs[2].input,
         Input::Remote("storage://my-s3/raw/125.jpg".into())
     );
-    assert_eq!(spec.jobs.iter().map(|j| j.idx).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
+    assert_eq!(
+        spec.jobs.iter().map(|j| j.idx).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3]
+    );
 }
 
 #[test]
@@ -300,17 +311,50 @@ fn default_output_names() {
     let env = env();
     let check = |format: &str, input: &str, output: Option<&str>, want: &str| {
         let output_line = output.map_or(String::new(), |o| format!("    output: \"{o}\"\n"));
-        let text = format!("output: {{ format: {format} }}\nimages:\n  - input: \"{input}\"\n{output_line}");
-        let spec = env.load_text("d.yaml", &text).unwrap_or_else(|e| panic!("{input}: {}", e.error_txt()));
-        assert_eq!(spec.jobs[0].output_rel, PathBuf::from("d").join(want), "{format} {input} {output:?}");
+        let text = format!(
+            "output: {{ format: {format} }}\nimages:\n  - input: \"{input}\"\n{output_line}"
+        );
+        let spec = env
+            .load_text("d.yaml", &text)
+            .unwrap_or_else(|e| panic!("{input}: {}", e.error_txt()));
+        assert_eq!(
+            spec.jobs[0].output_rel,
+            PathBuf::from("d").join(want),
+            "{format} {input} {output:?}"
+        );
     };
-    check("jpeg", "https://c.example/a/b/shoe.png?w=1#x", None, "shoe.jpg");
-    check("webp", "storage://demo/shoe-800x600.png", None, "shoe-800x600.webp");
-    check("png", "https://c.example/archive.tar.gz", None, "archive.tar.png");
+    check(
+        "jpeg",
+        "https://c.example/a/b/shoe.png?w=1#x",
+        None,
+        "shoe.jpg",
+    );
+    check(
+        "webp",
+        "storage://demo/shoe-800x600.png",
+        None,
+        "shoe-800x600.webp",
+    );
+    check(
+        "png",
+        "https://c.example/archive.tar.gz",
+        None,
+        "archive.tar.png",
+    );
     check("avif", "https://c.example/noext", None, "noext.avif");
     check("tiff", "photos/sku-1.png", None, "sku-1.tiff");
-    check("{ type: jpeg, quality: 80 }", "https://c.example/a.png", None, "a.jpg");
-    check("jpeg", "https://c.example/a.png", Some("x/y.jpeg"), "x/y.jpeg");
+    check(
+        "{ type: jpeg, quality: 80 }",
+        "https://c.example/a.png",
+        None,
+        "a.jpg",
+    );
+    check(
+        "jpeg",
+        "https://c.example/a.png",
+        Some("x/y.jpeg"),
+        "x/y.jpeg",
+    );
     check("jpeg", "https://c.example/a.png", Some("./y"), "y.jpg");
     check("webp", "https://c.example/a.png", Some("v1.2"), "v1.2.webp");
     check("tiff", "https://c.example/a.png", Some("t.tif"), "t.tif");
@@ -347,27 +391,49 @@ fn keys_are_stable_and_change_with_input_ops_output() {
     assert_eq!(reordered.jobs[0].key, a.jobs[0].key);
     assert_ne!(reordered.sha256, a.sha256);
 
-    let ops = env.load_text("k.yaml", &base.replace("100", "200")).unwrap();
+    let ops = env
+        .load_text("k.yaml", &base.replace("100", "200"))
+        .unwrap();
     assert_ne!(ops.jobs[0].key, a.jobs[0].key, "operations change the key");
     assert_ne!(ops.jobs[1].key, a.jobs[1].key);
 
-    let input = env.load_text("k.yaml", &base.replace("a.jpg", "b.jpg")).unwrap();
-    assert_ne!(input.jobs[0].key, a.jobs[0].key, "input URL changes the key");
-    assert_eq!(input.jobs[1].key, a.jobs[1].key, "other jobs keep their key");
+    let input = env
+        .load_text("k.yaml", &base.replace("a.jpg", "b.jpg"))
+        .unwrap();
+    assert_ne!(
+        input.jobs[0].key, a.jobs[0].key,
+        "input URL changes the key"
+    );
+    assert_eq!(
+        input.jobs[1].key, a.jobs[1].key,
+        "other jobs keep their key"
+    );
 
     std::fs::write(env.inbox.join("photos/sku-1.png"), b"changed content").unwrap();
     let content = env.load_text("k.yaml", base).unwrap();
-    assert_ne!(content.jobs[1].key, a.jobs[1].key, "local content changes the key");
+    assert_ne!(
+        content.jobs[1].key, a.jobs[1].key,
+        "local content changes the key"
+    );
     assert_eq!(content.jobs[0].key, a.jobs[0].key);
 
     let out = env
-        .load_text("k.yaml", &base.replace("a.jpg\n", "a.jpg\n    output: other.jpg\n"))
+        .load_text(
+            "k.yaml",
+            &base.replace("a.jpg\n", "a.jpg\n    output: other.jpg\n"),
+        )
         .unwrap();
-    assert_ne!(out.jobs[0].key, a.jobs[0].key, "output path changes the key");
+    assert_ne!(
+        out.jobs[0].key, a.jobs[0].key,
+        "output path changes the key"
+    );
 
     // The key is what key_for computes from the public parts.
     let job = &a.jobs[0];
-    assert_eq!(manifest::key_for(&job.input, &job.body, &job.output_rel), job.key);
+    assert_eq!(
+        manifest::key_for(&job.input, &job.body, &job.output_rel),
+        job.key
+    );
 }
 
 #[test]
@@ -392,7 +458,12 @@ fn problems_are_reported_for_the_whole_manifest_not_the_first() {
         )
         .unwrap_err();
     let lines: Vec<_> = err.problems().iter().map(|p| p.line).collect();
-    assert_eq!(lines, vec![Some(3), Some(4), Some(6)], "{}", err.error_txt());
+    assert_eq!(
+        lines,
+        vec![Some(3), Some(4), Some(6)],
+        "{}",
+        err.error_txt()
+    );
     assert!(env.root.join("outside.png").exists());
 }
 
@@ -402,7 +473,9 @@ fn hundred_thousand_images_load_fast() {
     let mut text = String::with_capacity(6_000_000);
     text.push_str("profile: white-1000\noutput: { format: webp }\nimages:\n");
     for i in 0..100_000 {
-        text.push_str(&format!("  - input: https://cdn.example.com/catalogue/sku-{i}.jpg\n"));
+        text.push_str(&format!(
+            "  - input: https://cdn.example.com/catalogue/sku-{i}.jpg\n"
+        ));
     }
     let path = env.write("big/catalogue.yaml", &text);
     let limits = Limits {
@@ -414,14 +487,20 @@ fn hundred_thousand_images_load_fast() {
     let spec = manifest::load(&env.inbox, &path, &profiles(), &limits).expect("valid");
     let elapsed = started.elapsed();
     assert_eq!(spec.jobs.len(), 100_000);
-    assert_eq!(spec.jobs[99_999].output_rel, PathBuf::from("big/catalogue/sku-99999.webp"));
+    assert_eq!(
+        spec.jobs[99_999].output_rel,
+        PathBuf::from("big/catalogue/sku-99999.webp")
+    );
     // Release builds take a fraction of a second; the bound leaves room for debug builds on a
     // busy two-core machine.
     eprintln!("100,000-image manifest loaded in {elapsed:?}");
     assert!(elapsed.as_secs() < 30, "took {elapsed:?}");
 
     // One image over the limit is rejected without validating the others.
-    let limits = Limits { max_images: 99_999, ..limits };
+    let limits = Limits {
+        max_images: 99_999,
+        ..limits
+    };
     let err = manifest::load(&env.inbox, &path, &profiles(), &limits).unwrap_err();
     assert_eq!(err.problems().len(), 1);
     assert_eq!(err.problems()[0].line, Some(3));
@@ -442,11 +521,15 @@ fn schema_problems_map_to_image_and_manifest_lines() {
         .unwrap_err();
     let txt = err.error_txt();
     assert!(
-        err.problems().iter().any(|p| p.line == Some(2) && p.message.starts_with("operations.resizing.width")),
+        err.problems()
+            .iter()
+            .any(|p| p.line == Some(2) && p.message.starts_with("operations.resizing.width")),
         "{txt}"
     );
     assert!(
-        err.problems().iter().any(|p| p.line == Some(7) && p.message.starts_with("images[1].operations.adjustments.exposure")),
+        err.problems().iter().any(|p| p.line == Some(7)
+            && p.message
+                .starts_with("images[1].operations.adjustments.exposure")),
         "{txt}"
     );
 }

@@ -132,8 +132,18 @@ async fn changed_file_is_emitted_again() {
 async fn hidden_temp_and_non_manifest_files_are_ignored() {
     let (_dir, inbox) = canonical_tempdir();
     for name in [
-        ".hidden.yaml", "a.yaml.tmp", "b.part", "c.yaml.crdownload", "~$d.yaml", ".e.yaml.swp",
-        "f.yaml~", ".claid.yaml", "g.report.json", "photo.png", "notes.txt", ".git/h.yaml",
+        ".hidden.yaml",
+        "a.yaml.tmp",
+        "b.part",
+        "c.yaml.crdownload",
+        "~$d.yaml",
+        ".e.yaml.swp",
+        "f.yaml~",
+        ".claid.yaml",
+        "g.report.json",
+        "photo.png",
+        "notes.txt",
+        ".git/h.yaml",
         "sub/.hidden/i.yaml",
     ] {
         write_old(&inbox.join(name), "x\n");
@@ -144,7 +154,10 @@ async fn hidden_temp_and_non_manifest_files_are_ignored() {
         .await
         .unwrap();
     let paths: Vec<_> = found.iter().map(|c| c.path.clone()).collect();
-    assert_eq!(paths, vec![inbox.join("real.yaml"), inbox.join("sub/real.json")]);
+    assert_eq!(
+        paths,
+        vec![inbox.join("real.yaml"), inbox.join("sub/real.json")]
+    );
 }
 
 #[tokio::test]
@@ -179,7 +192,10 @@ async fn nested_folders_are_walked() {
     let mut running = start(&inbox, watch(50, 50, true));
     let mut got = vec![running.next().await.path, running.next().await.path];
     got.sort();
-    assert_eq!(got, vec![inbox.join("a/b/c/deep.yaml"), inbox.join("a/top.yml")]);
+    assert_eq!(
+        got,
+        vec![inbox.join("a/b/c/deep.yaml"), inbox.join("a/top.yml")]
+    );
     // A folder created later is found too.
     write_old(&inbox.join("x/y/new.yaml"), "images: []\n");
     assert_eq!(running.next().await.path, inbox.join("x/y/new.yaml"));
@@ -209,7 +225,10 @@ async fn scan_stable_is_instant_on_an_old_inbox_and_waits_for_fresh_files() {
         .await
         .unwrap();
     assert_eq!(found.len(), 1);
-    assert!(started.elapsed() < Duration::from_secs(5), "an old inbox must not wait for settle");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "an old inbox must not wait for settle"
+    );
 
     std::fs::write(inbox.join("fresh.yaml"), "images: []\n").unwrap();
     let started = tokio::time::Instant::now();
@@ -217,7 +236,10 @@ async fn scan_stable_is_instant_on_an_old_inbox_and_waits_for_fresh_files() {
         .await
         .unwrap();
     assert_eq!(found.len(), 2);
-    assert!(started.elapsed() >= Duration::from_millis(100), "a fresh file waits for settle");
+    assert!(
+        started.elapsed() >= Duration::from_millis(100),
+        "a fresh file waits for settle"
+    );
 }
 
 #[tokio::test]
