@@ -717,7 +717,10 @@ fn check_schema(
         };
         let from_profile = profile.is_some() && image.is_none();
         let message = match (from_profile, profile) {
-            (true, Some(name)) => format!("{} (after merging profile `{name}`)", error.message),
+            (true, Some(name)) => format!(
+                "{} (after merging profile `{name}`; set the key to null here to drop the profile's value)",
+                error.message
+            ),
             _ => error.message,
         };
         let fallback = if profile.is_some() {
