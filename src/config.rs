@@ -763,6 +763,23 @@ impl Checker {
                 }
             };
             let output = fields.get("output").filter(|v| !v.is_null()).cloned();
+            match &output {
+                Some(Value::String(_)) => {
+                    self.problem(
+                        &format!("{key}.output"),
+                        "a destination URI is not supported: results are downloaded into the outbox; give output options like `{ format: webp }`",
+                    );
+                    continue;
+                }
+                Some(Value::Object(fields)) if fields.contains_key("destination") => {
+                    self.problem(
+                        &format!("{key}.output.destination"),
+                        "not supported: results are downloaded into the outbox; remove it",
+                    );
+                    continue;
+                }
+                _ => {}
+            }
             let mut body = serde_json::Map::new();
             body.insert(
                 "input".into(),

@@ -510,7 +510,8 @@ fn validate(root: &Value, ctx: &Context<'_>, problems: &mut Collector) -> Vec<Jo
 
     // The shared body is validated once: a problem in it is reported once, not per image.
     let shared_body = make_body(&base_ops, base_output.as_ref());
-    let shared_ok = check_schema(&shared_body, "", None, profile_name.as_deref(), problems);
+    let shared_ok = check_schema(&shared_body, "", None, profile_name.as_deref(), problems)
+        & check_no_destination(base_output.as_ref(), "output", problems);
     let shared_canonical = canonical_json(&shared_body);
     let shared_format = output_format(base_output.as_ref());
 
@@ -629,7 +630,9 @@ fn validate(root: &Value, ctx: &Context<'_>, problems: &mut Collector) -> Vec<Jo
                 }
             }
             let body = make_body(&ops, output.as_ref());
-            let ok = check_schema(&body, &at, Some(image), profile_name.as_deref(), problems);
+            let ok = check_schema(&body, &at, Some(image), profile_name.as_deref(), problems)
+                & (own_options.is_none()
+                    || check_no_destination(output.as_ref(), &format!("{at}.output"), problems));
             let format = output_format(output.as_ref());
             let canonical = canonical_json(&body);
             (body, Some(canonical), format, ok)
@@ -685,6 +688,29 @@ fn make_body(ops: &Value, output: Option<&Value>) -> Value {
         body.insert("output".into(), output.clone());
     }
     Value::Object(body)
+}
+
+/// The daemon downloads every result into the outbox, so a Claid-side `destination` (or the
+/// string shorthand for one) would leave nothing to download.
+fn check_no_destination(output: Option<&Value>, path: &str, problems: &mut Collector) -> bool {
+    match output {
+        Some(Value::String(_)) => {
+            problems.add(
+                path,
+                "a destination URI is not supported: results are downloaded into the outbox; give output options like `{ format: webp }`".into(),
+            );
+            false
+        }
+        Some(Value::Object(fields)) if fields.contains_key("destination") => {
+            problems.push(
+                format!("{path}.destination"),
+                Some(path.to_owned()),
+                "not supported: results are downloaded into the outbox; remove it".into(),
+            );
+            false
+        }
+        _ => true,
+    }
 }
 
 /// Validates a body with the request schema; maps each field error to the image's path when
