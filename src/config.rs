@@ -367,14 +367,29 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             .map(|dir| dir.join(path))
             .unwrap_or_else(|_| path.to_owned())
     };
-    parse(&text, &origin)
+    parse_with_env(&text, &origin, std::env::vars())
 }
 
-/// Validates config text; `origin` is the file it came from (relative folders resolve against
-/// its directory, and messages name it).
+/// Validates config text without environment overrides; `origin` is the file it came from
+/// (relative folders resolve against its directory, and messages name it).
 pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+    parse_with_env(text, origin, std::iter::empty())
+}
+
+/// Validates config text, then layers `CLAID_HOTFOLDER__SECTION__KEY` variables from `env`
+/// over it (values are YAML scalars or flow collections: `8`, `2s`, `true`, `{ min: 1s }`).
+pub fn parse_with_env(
+    text: &str,
+    origin: &Path,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigError> {
     let mut checker = Checker::default();
-    let config = match yaml::parse(text) {
+    let mut env_keys: Vec<(String, String)> = Vec::new();
+    let parsed = yaml::parse(text).map(|mut value| {
+        env_keys = apply_env(&mut value, env);
+        value
+    });
+    let config = match parsed {
         Ok(Value::Null) => {
             checker.problem("", "the config file is empty; it needs at least `folders`");
             None
@@ -395,7 +410,12 @@ pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
             let lines = LineMap::build(text);
             let mut problems = checker.problems;
             for problem in &mut problems {
-                if problem.line.is_none() && !problem.key.is_empty() {
+                let from_env = env_keys.iter().find(|(key, _)| {
+                    problem.key == *key || problem.key.starts_with(&format!("{key}."))
+                });
+                if let Some((_, var)) = from_env {
+                    problem.message.push_str(&format!(" (set by ${var})"));
+                } else if problem.line.is_none() && !problem.key.is_empty() {
                     problem.line = lines.line(&problem.key);
                 }
             }
@@ -406,6 +426,52 @@ pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
             })
         }
     }
+}
+
+/// Prefix of environment overrides: `CLAID_HOTFOLDER__API__MAX_IN_FLIGHT=8` sets
+/// `api.max_in_flight` (double underscores separate the levels; names are lowercased).
+pub const ENV_PREFIX: &str = "CLAID_HOTFOLDER__";
+
+/// Layers the `CLAID_HOTFOLDER__*` variables of `env` over `root`; returns (dotted key, var).
+fn apply_env(
+    root: &mut Value,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Vec<(String, String)> {
+    let mut applied = Vec::new();
+    let mut vars: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(name, _)| name.starts_with(ENV_PREFIX))
+        .collect();
+    vars.sort();
+    for (name, raw) in vars {
+        let parts: Vec<String> = name[ENV_PREFIX.len()..]
+            .split("__")
+            .map(str::to_ascii_lowercase)
+            .collect();
+        if parts.iter().any(String::is_empty) {
+            continue;
+        }
+        let value = yaml::parse(&raw).unwrap_or_else(|_| Value::String(raw.clone()));
+        if !root.is_object() {
+            *root = Value::Object(Default::default());
+        }
+        let mut node = &mut *root;
+        for part in &parts[..parts.len() - 1] {
+            let Value::Object(map) = node else { break };
+            let child = map
+                .entry(part.clone())
+                .or_insert_with(|| Value::Object(Default::default()));
+            if !child.is_object() {
+                *child = Value::Object(Default::default());
+            }
+            node = child;
+        }
+        if let (Value::Object(map), Some(last)) = (node, parts.last()) {
+            map.insert(last.clone(), value);
+        }
+        applied.push((parts.join("."), name));
+    }
+    applied
 }
 
 /// Reads the API key: `api_key_file` when set, else `$CLAID_API_KEY`. Never logged.

@@ -167,6 +167,7 @@ fn production_example_documents_every_key() {
         text.matches("Default").count() >= 20,
         "example lacks defaults"
     );
+    assert!(text.matches("# Env: CLAID_HOTFOLDER__").count() >= 26, "env var per key");
     assert!(text.contains("CLAID_API_KEY"));
     assert!(text.contains("CLAID_HOTFOLDER_CONFIG"));
 }
@@ -283,4 +284,56 @@ fn profile_operations_are_checked_by_the_request_schema() {
         .find(|p| p.key.starts_with("profiles.p.operations.resizing"))
         .unwrap_or_else(|| panic!("no resizing problem: {err}"));
     assert_eq!(problem.line, Some(5), "{err}");
+}
+
+#[test]
+fn environment_overrides_layer_over_the_file_and_name_their_variable() {
+    let text = "api: { max_in_flight: 4 }\n\
+                folders: { inbox: /i, outbox: /o, archive: /a, rejected: /r, state: /s }\n";
+    let env = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect::<Vec<_>>()
+    };
+    let cfg = config::parse_with_env(
+        text,
+        Path::new("/c.yaml"),
+        env(&[
+            ("CLAID_HOTFOLDER__API__MAX_IN_FLIGHT", "8"),
+            ("CLAID_HOTFOLDER__WATCH__POLL_ONLY", "true"),
+            ("CLAID_HOTFOLDER__API__POLL", "{ min: 2s, max: 4s }"),
+            ("CLAID_HOTFOLDER__FOLDERS__INBOX", "/srv/in"),
+            ("CLAID_HOTFOLDER_CONFIG", "/ignored.yaml"),
+            ("UNRELATED", "x"),
+        ]),
+    )
+    .expect("valid");
+    assert_eq!(cfg.api.max_in_flight.get(), 8);
+    assert!(cfg.watch.poll_only);
+    assert_eq!(cfg.api.poll.min, Duration::from_secs(2));
+    assert_eq!(cfg.folders.inbox, PathBuf::from("/srv/in"));
+
+    let err = config::parse_with_env(
+        text,
+        Path::new("/c.yaml"),
+        env(&[
+            ("CLAID_HOTFOLDER__API__MAX_IN_FLIGHT", "0"),
+            ("CLAID_HOTFOLDER__API__RATE", "5"),
+        ]),
+    )
+    .unwrap_err();
+    let shown = err.to_string();
+    assert!(
+        shown.contains(
+            "`api.max_in_flight`: must be at least 1 (set by $CLAID_HOTFOLDER__API__MAX_IN_FLIGHT)"
+        ),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("`api.rate`: unknown key; did you mean `api.requests_per_second`? (set by $CLAID_HOTFOLDER__API__RATE)"),
+        "{shown}"
+    );
+    // A value from the environment has no line in the file.
+    assert!(err.problems().iter().all(|p| p.line.is_none()), "{shown}");
 }
