@@ -240,7 +240,7 @@ pub fn load(
         .extension()
         .is_some_and(|ext| ext.eq_ignore_ascii_case("json"));
     let ctx = Context {
-        inbox,
+        inbox_canonical: std::fs::canonicalize(inbox).unwrap_or_else(|_| inbox.to_owned()),
         manifest_dir: manifest.parent().unwrap_or(inbox),
         out_dir: rel.with_extension(""),
         profiles,
@@ -258,7 +258,8 @@ pub fn load(
 
 /// Inputs of one validation that do not change per image.
 struct Context<'a> {
-    inbox: &'a Path,
+    /// The inbox with symlinks resolved: local inputs must resolve inside it.
+    inbox_canonical: PathBuf,
     /// Local inputs are relative to this folder.
     manifest_dir: &'a Path,
     /// The manifest's output folder relative to the outbox (`a/b/shoes`).
@@ -837,8 +838,7 @@ fn check_input(
             return None;
         }
     };
-    let inbox = std::fs::canonicalize(ctx.inbox).unwrap_or_else(|_| ctx.inbox.to_owned());
-    let Ok(rel) = canonical.strip_prefix(&inbox) else {
+    let Ok(rel) = canonical.strip_prefix(&ctx.inbox_canonical) else {
         problems.add(
             path,
             format!(
