@@ -167,7 +167,10 @@ fn production_example_documents_every_key() {
         text.matches("Default").count() >= 20,
         "example lacks defaults"
     );
-    assert!(text.matches("# Env: CLAID_HOTFOLDER__").count() >= 26, "env var per key");
+    assert!(
+        text.matches("# Env: CLAID_HOTFOLDER__").count() >= 26,
+        "env var per key"
+    );
     assert!(text.contains("CLAID_API_KEY"));
     assert!(text.contains("CLAID_HOTFOLDER_CONFIG"));
 }
