@@ -311,6 +311,9 @@ fn walk(
 /// (then the periodic scan alone finds files).
 fn start_notify(inbox: &Path, wake: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
     use notify::{EventKind, RecursiveMode, Watcher};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // The limit error is logged once, not once per folder that could not be watched.
+    let limit_logged = AtomicBool::new(false);
     let handler = move |res: notify::Result<notify::Event>| match res {
         Ok(event) => {
             if matches!(
@@ -326,6 +329,9 @@ fn start_notify(inbox: &Path, wake: mpsc::Sender<()>) -> Option<notify::Recommen
         }
         Err(err) => {
             if is_watch_limit(&err) {
+                if limit_logged.swap(true, Ordering::Relaxed) {
+                    return;
+                }
                 error!(error = %err, "Inotify watch limit reached; raise fs.inotify.max_user_watches (sysctl); new folders are found by the periodic rescan");
             } else {
                 warn!(error = %err, "Watch error; the periodic rescan still finds files");
