@@ -329,10 +329,9 @@ fn start_notify(inbox: &Path, wake: mpsc::Sender<()>) -> Option<notify::Recommen
         }
         Err(err) => {
             if is_watch_limit(&err) {
-                if limit_logged.swap(true, Ordering::Relaxed) {
-                    return;
+                if !limit_logged.swap(true, Ordering::Relaxed) {
+                    error!(error = %err, "Inotify watch limit reached; raise fs.inotify.max_user_watches (sysctl); new folders are found by the periodic rescan");
                 }
-                error!(error = %err, "Inotify watch limit reached; raise fs.inotify.max_user_watches (sysctl); new folders are found by the periodic rescan");
             } else {
                 warn!(error = %err, "Watch error; the periodic rescan still finds files");
             }
