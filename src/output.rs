@@ -98,7 +98,9 @@ pub fn clean_stale_tmp(root: &Path) -> Result<usize, OutputError> {
         for entry in entries {
             let entry = entry.map_err(|err| OutputError::io(&dir, err))?;
             let path = entry.path();
-            let file_type = entry.file_type().map_err(|err| OutputError::io(&path, err))?;
+            let file_type = entry
+                .file_type()
+                .map_err(|err| OutputError::io(&path, err))?;
             if file_type.is_dir() {
                 dirs.push(path);
             } else if file_type.is_file() && is_tmp_name(&entry.file_name()) {
@@ -402,7 +404,14 @@ mod tests {
     fn tmp_names_are_recognised() {
         let tmp = tmp_name(OsStr::new("a.webp"));
         assert!(is_tmp_name(&tmp), "{tmp:?}");
-        for name in ["a.webp", ".hidden", ".a.tmp-", "a.tmp-123", ".tmp-123", ".a.tmp-x.y"] {
+        for name in [
+            "a.webp",
+            ".hidden",
+            ".a.tmp-",
+            "a.tmp-123",
+            ".tmp-123",
+            ".a.tmp-x.y",
+        ] {
             assert!(!is_tmp_name(OsStr::new(name)), "{name}");
         }
     }

@@ -213,7 +213,10 @@ impl Store {
         if n_removed > 0 {
             self.jobs.apply_batch(batch_jobs)?;
             self.jobs_by_manifest.apply_batch(batch_index)?;
-            tracing::warn!(n_removed, "Removed jobs of an unfinished manifest registration");
+            tracing::warn!(
+                n_removed,
+                "Removed jobs of an unfinished manifest registration"
+            );
         }
         Ok(n_removed)
     }
@@ -411,10 +414,8 @@ impl Store {
         width: u32,
         height: u32,
     ) -> Result<JobV1, StoreError> {
-        self.transition(
-            id,
-            "submitting|submitted|downloading",
-            |job| match job.state {
+        self.transition(id, "submitting|submitted|downloading", |job| {
+            match job.state {
                 JobState::Submitting { .. }
                 | JobState::Submitted { .. }
                 | JobState::Downloading { .. } => Some(JobV1 {
@@ -427,8 +428,8 @@ impl Store {
                     ..job.clone()
                 }),
                 _ => None,
-            },
-        )
+            }
+        })
     }
 
     /// Downloading → Done, or Queued → Done when `done.unchanged` (no API call was made).

@@ -74,11 +74,15 @@ fn put_in_state(store: &Store, id: JobId, state: &str) {
         "submitting" => drop(store.mark_submitting(id).expect("submitting")),
         "submitted" => {
             put_in_state(store, id, "submitting");
-            store.mark_submitted(id, 7, "http://x/7", Some("r1")).expect("submitted");
+            store
+                .mark_submitted(id, 7, "http://x/7", Some("r1"))
+                .expect("submitted");
         }
         "downloading" => {
             put_in_state(store, id, "submitted");
-            store.mark_downloading(id, Some(7), "http://x/t.webp", 32, 32).expect("dl");
+            store
+                .mark_downloading(id, Some(7), "http://x/t.webp", 32, 32)
+                .expect("dl");
         }
         "in_doubt" => {
             put_in_state(store, id, "submitting");
@@ -88,7 +92,11 @@ fn put_in_state(store: &Store, id: JobId, state: &str) {
             put_in_state(store, id, "downloading");
             store.mark_done(id, done_info(false)).expect("done");
         }
-        "failed" => drop(store.mark_failed(id, "claid-error", "boom").expect("failed")),
+        "failed" => drop(
+            store
+                .mark_failed(id, "claid-error", "boom")
+                .expect("failed"),
+        ),
         other => panic!("unknown state {other}"),
     }
     assert_eq!(store.job(id).unwrap().unwrap().state.kind(), state);
@@ -145,7 +153,10 @@ fn check_transition(from: &str, op: Op, expect: Option<&str>) {
         (None, Err(StoreError::Conflict { job, found, .. })) => {
             assert_eq!(job, id);
             assert_eq!(found, from, "{from} --{op:?}--> conflict names the state");
-            assert_eq!(after, before, "{from} --{op:?}--> a conflict changes nothing");
+            assert_eq!(
+                after, before,
+                "{from} --{op:?}--> a conflict changes nothing"
+            );
         }
         (expect, res) => panic!("{from} --{op:?}-->: expected {expect:?}, got {res:?}"),
     }
@@ -165,7 +176,13 @@ fn every_transition_is_checked() {
         (Op::DoneUnchanged, &["queued", "downloading"], "done"),
         (
             Op::Failed,
-            &["queued", "submitting", "submitted", "downloading", "in_doubt"],
+            &[
+                "queued",
+                "submitting",
+                "submitted",
+                "downloading",
+                "in_doubt",
+            ],
             "failed",
         ),
         (Op::InDoubt, &["submitting"], "in_doubt"),
@@ -184,7 +201,10 @@ fn every_transition_is_checked() {
 fn unknown_job_is_not_found() {
     let (_dir, store) = open_tmp();
     let res = store.mark_submitting(12345);
-    assert!(matches!(res, Err(StoreError::JobNotFound(12345))), "{res:?}");
+    assert!(
+        matches!(res, Err(StoreError::JobNotFound(12345))),
+        "{res:?}"
+    );
     assert!(store.job(12345).unwrap().is_none());
 }
 
@@ -194,7 +214,9 @@ fn reopen_sees_every_flushed_change() {
     let (manifest_id, ids) = {
         let store = Store::open(dir.path()).unwrap();
         let jobs = (0..4).map(|i| job(i, &format!("k{i}"))).collect();
-        let (manifest_id, ids) = store.register_manifest(manifest("a/shoes.yaml"), jobs).unwrap();
+        let (manifest_id, ids) = store
+            .register_manifest(manifest("a/shoes.yaml"), jobs)
+            .unwrap();
         store.mark_submitting(ids[0]).unwrap();
         put_in_state(&store, ids[1], "submitted");
         put_in_state(&store, ids[2], "done");
@@ -217,12 +239,19 @@ fn reopen_sees_every_flushed_change() {
     let job0 = store.job(ids[0]).unwrap().unwrap();
     assert_eq!((job0.attempts, job0.manifest), (1, manifest_id));
     match store.job(ids[1]).unwrap().unwrap().state {
-        JobState::Submitted { task_id, ref result_url, .. } => {
+        JobState::Submitted {
+            task_id,
+            ref result_url,
+            ..
+        } => {
             assert_eq!((task_id, result_url.as_str()), (7, "http://x/7"));
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(store.done_by_key("k2").unwrap().map(|(id, _)| id), Some(ids[2]));
+    assert_eq!(
+        store.done_by_key("k2").unwrap().map(|(id, _)| id),
+        Some(ids[2])
+    );
 }
 
 #[test]
@@ -254,10 +283,18 @@ fn orphan_jobs_without_a_manifest_record_are_swept_on_open() {
     }
     let store = Store::open(dir.path()).unwrap();
     for job_id in orphan_jobs {
-        assert!(store.job(job_id).unwrap().is_none(), "orphan {job_id} swept");
+        assert!(
+            store.job(job_id).unwrap().is_none(),
+            "orphan {job_id} swept"
+        );
     }
     assert!(store.jobs_of_manifest(orphan_manifest).unwrap().is_empty());
-    let unfinished: Vec<_> = store.unfinished().unwrap().into_iter().map(|(id, _)| id).collect();
+    let unfinished: Vec<_> = store
+        .unfinished()
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
     assert_eq!(unfinished, kept_ids);
     assert_eq!(store.jobs_of_manifest(kept_manifest).unwrap().len(), 2);
 }
@@ -271,7 +308,10 @@ fn second_open_is_locked() {
         Err(err @ StoreError::Locked { .. }) => {
             assert_eq!(err.code(), "store-locked");
             let text = err.to_string();
-            assert!(text.contains(&dir.path().join("v1").display().to_string()), "{text}");
+            assert!(
+                text.contains(&dir.path().join("v1").display().to_string()),
+                "{text}"
+            );
         }
         other => panic!("expected Locked, got {other:?}"),
     }
@@ -285,7 +325,13 @@ fn done_by_key_follows_done_and_requeue() {
     put_in_state(&store, first, "done");
     let (id, job) = store.done_by_key("same-key").unwrap().unwrap();
     assert_eq!(id, first);
-    assert!(matches!(job.state, JobState::Done { unchanged: false, .. }));
+    assert!(matches!(
+        job.state,
+        JobState::Done {
+            unchanged: false,
+            ..
+        }
+    ));
 
     // A later manifest's job with the same key, skipped as unchanged, takes over the key.
     let second = one_job(&store, "same-key");
@@ -313,21 +359,38 @@ fn unfinished_is_fifo_and_skips_terminal_jobs() {
     put_in_state(&store, b[1], "failed");
     put_in_state(&store, b[2], "in_doubt");
     put_in_state(&store, a[2], "submitted");
-    let ids: Vec<_> = store.unfinished().unwrap().into_iter().map(|(id, _)| id).collect();
+    let ids: Vec<_> = store
+        .unfinished()
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
     assert_eq!(ids, [a[1], a[2], b[0], b[2]]);
-    assert!(a.iter().chain(&b).is_sorted(), "ids grow in registration order");
+    assert!(
+        a.iter().chain(&b).is_sorted(),
+        "ids grow in registration order"
+    );
 }
 
 #[test]
 fn latest_manifest_by_rel_is_the_newest_registration() {
     let (_dir, store) = open_tmp();
     assert!(store.latest_manifest_by_rel("x/s.yaml").unwrap().is_none());
-    let (first, _) = store.register_manifest(manifest("x/s.yaml"), vec![job(0, "k")]).unwrap();
-    let (second, _) = store.register_manifest(manifest("x/s.yaml"), vec![]).unwrap();
+    let (first, _) = store
+        .register_manifest(manifest("x/s.yaml"), vec![job(0, "k")])
+        .unwrap();
+    let (second, _) = store
+        .register_manifest(manifest("x/s.yaml"), vec![])
+        .unwrap();
     assert!(second > first);
     let (id, m) = store.latest_manifest_by_rel("x/s.yaml").unwrap().unwrap();
     assert_eq!((id, m.rel.as_str(), m.n_jobs), (second, "x/s.yaml", 0));
-    let all: Vec<_> = store.manifests().unwrap().into_iter().map(|(id, _)| id).collect();
+    let all: Vec<_> = store
+        .manifests()
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
     assert_eq!(all, [first, second]);
 }
 
@@ -346,7 +409,15 @@ fn counts_and_in_doubt_total() {
     let counts = store.counts().unwrap();
     let c = counts[&m];
     assert_eq!(
-        (c.queued, c.submitting, c.submitted, c.downloading, c.in_doubt, c.done, c.failed),
+        (
+            c.queued,
+            c.submitting,
+            c.submitted,
+            c.downloading,
+            c.in_doubt,
+            c.done,
+            c.failed
+        ),
         (2, 0, 0, 1, 1, 1, 1)
     );
     assert_eq!((c.total(), c.terminal()), (6, 2));
@@ -366,9 +437,16 @@ fn polls_and_request_ids_are_recorded_keeping_the_last_eight() {
     store.record_request_id(id, "last").unwrap();
     let job = store.job(id).unwrap().unwrap();
     assert_eq!(job.polls, 11);
-    let expected: Vec<String> = (3..10).map(|i| format!("p{i}")).chain(["last".into()]).collect();
+    let expected: Vec<String> = (3..10)
+        .map(|i| format!("p{i}"))
+        .chain(["last".into()])
+        .collect();
     assert_eq!(job.request_ids, expected);
-    assert_eq!(job.state.kind(), "submitted", "polls do not change the state");
+    assert_eq!(
+        job.state.kind(),
+        "submitted",
+        "polls do not change the state"
+    );
 }
 
 #[test]
@@ -381,7 +459,12 @@ fn registers_and_lists_100k_jobs() {
     let unfinished = store.unfinished().unwrap();
     assert_eq!(unfinished.len(), n as usize);
     assert!(unfinished.iter().map(|(id, _)| id).eq(ids.iter()));
-    assert!(unfinished.iter().enumerate().all(|(i, (_, j))| j.idx == i as u32));
+    assert!(
+        unfinished
+            .iter()
+            .enumerate()
+            .all(|(i, (_, j))| j.idx == i as u32)
+    );
     assert_eq!(store.counts_of_manifest(m).unwrap().queued, u64::from(n));
     assert_eq!(store.manifest(m).unwrap().unwrap().n_jobs, n);
 }
