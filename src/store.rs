@@ -9,6 +9,8 @@
 //! - `jobs`: job id → [`records::JobRecord`] (JSON).
 //! - `jobs_by_manifest`: manifest id ‖ job id → empty.
 //! - `done_by_key`: job key → job id of the job that made the output.
+//! - `unfinished`: job id → empty, for every job not Done or Failed, so a restart does not
+//!   read the whole history.
 //! - `meta`: schema information.
 //!
 //! Ids come from `Db::generate_id` and are stored big-endian, so a scan is FIFO.
@@ -35,8 +37,13 @@ pub const TREE_JOBS: &str = "jobs";
 pub const TREE_JOBS_BY_MANIFEST: &str = "jobs_by_manifest";
 pub const TREE_DONE_BY_KEY: &str = "done_by_key";
 pub const TREE_META: &str = "meta";
+pub const TREE_UNFINISHED: &str = "unfinished";
 /// How many request ids a job keeps (the most recent ones).
 pub const MAX_REQUEST_IDS: usize = 8;
+/// sled page-cache budget; the default (1 GiB) is far more than a job table needs.
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// Jobs per write batch in `register_manifest`.
+const REGISTER_BATCH: usize = 4096;
 
 /// Errors of the store boundary.
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +142,7 @@ pub struct Store {
     jobs: Tree,
     jobs_by_manifest: Tree,
     done_by_key: Tree,
+    unfinished: Tree,
     /// Where the database lives, for error messages.
     path: PathBuf,
 }
@@ -161,13 +169,18 @@ impl Store {
         if let Err(err) = std::fs::create_dir_all(&path) {
             return Err(open_err(sled::Error::Io(err)));
         }
-        let db = sled::Config::new().path(&path).open().map_err(open_err)?;
+        let db = sled::Config::new()
+            .path(&path)
+            .cache_capacity(CACHE_BYTES)
+            .open()
+            .map_err(open_err)?;
         let store = Store {
             manifests: db.open_tree(TREE_MANIFESTS)?,
             manifest_by_rel: db.open_tree(TREE_MANIFEST_BY_REL)?,
             jobs: db.open_tree(TREE_JOBS)?,
             jobs_by_manifest: db.open_tree(TREE_JOBS_BY_MANIFEST)?,
             done_by_key: db.open_tree(TREE_DONE_BY_KEY)?,
+            unfinished: db.open_tree(TREE_UNFINISHED)?,
             path,
             db,
         };
@@ -189,6 +202,7 @@ impl Store {
         let mut known: BTreeMap<ManifestId, bool> = BTreeMap::new();
         let mut batch_index = Batch::default();
         let mut batch_jobs = Batch::default();
+        let mut batch_unfinished = Batch::default();
         let mut n_removed = 0;
         for entry in self.jobs_by_manifest.iter().keys() {
             let key = entry?;
@@ -207,11 +221,13 @@ impl Store {
             if !exists {
                 batch_index.remove(key);
                 batch_jobs.remove(&id_key(job_id));
+                batch_unfinished.remove(&id_key(job_id));
                 n_removed += 1;
             }
         }
         if n_removed > 0 {
             self.jobs.apply_batch(batch_jobs)?;
+            self.unfinished.apply_batch(batch_unfinished)?;
             self.jobs_by_manifest.apply_batch(batch_index)?;
             tracing::warn!(
                 n_removed,
@@ -232,16 +248,30 @@ impl Store {
         let manifest_id = self.db.generate_id()?;
         m.n_jobs = u32::try_from(jobs.len()).unwrap_or(u32::MAX);
         let mut job_ids = Vec::with_capacity(jobs.len());
+        // Batches of bounded size keep memory flat for 100k-job manifests; atomicity across
+        // them is not needed because the manifest record below is the commit point.
         let mut batch_index = Batch::default();
         let mut batch_jobs = Batch::default();
-        for mut job in jobs {
+        let mut batch_unfinished = Batch::default();
+        for (n, mut job) in jobs.into_iter().enumerate() {
             job.manifest = manifest_id;
             let job_id = self.db.generate_id()?;
             batch_index.insert(&pair_key(manifest_id, job_id), &[]);
+            if !job.state.is_terminal() {
+                batch_unfinished.insert(&id_key(job_id), &[]);
+            }
             batch_jobs.insert(&id_key(job_id), encode_job(job));
             job_ids.push(job_id);
+            if (n + 1) % REGISTER_BATCH == 0 {
+                self.jobs_by_manifest
+                    .apply_batch(std::mem::take(&mut batch_index))?;
+                self.unfinished
+                    .apply_batch(std::mem::take(&mut batch_unfinished))?;
+                self.jobs.apply_batch(std::mem::take(&mut batch_jobs))?;
+            }
         }
         self.jobs_by_manifest.apply_batch(batch_index)?;
+        self.unfinished.apply_batch(batch_unfinished)?;
         self.jobs.apply_batch(batch_jobs)?;
         self.db.flush()?;
         let rel = m.rel.clone();
@@ -537,14 +567,13 @@ impl Store {
     /// Every job that is not Done or Failed, FIFO by id.
     pub fn unfinished(&self) -> Result<Vec<(JobId, JobV1)>, StoreError> {
         let mut out = Vec::new();
-        for entry in self.jobs.iter() {
-            let (key, bytes) = entry?;
-            let job = decode_job(&bytes)?;
-            if job.state.is_terminal() {
+        for entry in self.unfinished.iter().keys() {
+            let Some(id) = read_id(&entry?) else {
                 continue;
-            }
-            if let Some(id) = read_id(&key) {
-                out.push((id, job));
+            };
+            match self.job(id)? {
+                Some(job) if !job.state.is_terminal() => out.push((id, job)),
+                _ => {}
             }
         }
         Ok(out)
@@ -563,8 +592,8 @@ impl Store {
     }
 
     /// Applies `next` to the job's current record atomically (a serializable transaction over
-    /// `jobs` and `done_by_key`): `None` from `next` is a `Conflict`. Keeps `done_by_key` in
-    /// step with the Done state and stamps `updated_at_ms`.
+    /// `jobs`, `done_by_key` and `unfinished`): `None` from `next` is a `Conflict`. Keeps the
+    /// indexes in step with the state and stamps `updated_at_ms`.
     fn transition(
         &self,
         id: JobId,
@@ -572,8 +601,8 @@ impl Store {
         next: impl Fn(&JobV1) -> Option<JobV1>,
     ) -> Result<JobV1, StoreError> {
         let key = id_key(id);
-        (&self.jobs, &self.done_by_key)
-            .transaction(|(jobs, done_by_key)| {
+        (&self.jobs, &self.done_by_key, &self.unfinished)
+            .transaction(|(jobs, done_by_key, unfinished)| {
                 let Some(bytes) = jobs.get(key)? else {
                     return abort(StoreError::JobNotFound(id));
                 };
@@ -587,6 +616,11 @@ impl Store {
                 };
                 new.updated_at_ms = now_ms();
                 update_done_index(done_by_key, id, &job, &new)?;
+                match (job.state.is_terminal(), new.state.is_terminal()) {
+                    (false, true) => drop(unfinished.remove(&key)?),
+                    (true, false) => drop(unfinished.insert(&key, &[])?),
+                    _ => {}
+                }
                 jobs.insert(&key, encode_job(new.clone()))?;
                 Ok(new)
             })

@@ -137,6 +137,19 @@ fn check_transition(from: &str, op: Op, expect: Option<&str>) {
     let before = store.job(id).unwrap().unwrap();
     let res = apply(&store, id, op);
     let after = store.job(id).unwrap().unwrap();
+    let listed = store.unfinished().unwrap().iter().any(|(j, _)| *j == id);
+    assert_eq!(
+        listed,
+        !after.state.is_terminal(),
+        "{from} --{op:?}--> unfinished index"
+    );
+    let by_key = store.done_by_key("k").unwrap().map(|(j, _)| j);
+    let is_done = matches!(after.state, JobState::Done { .. });
+    assert_eq!(
+        by_key,
+        is_done.then_some(id),
+        "{from} --{op:?}--> done_by_key"
+    );
     match (expect, res) {
         (Some(to), Ok(job)) => {
             assert_eq!(job.state.kind(), to, "{from} --{op:?}-->");
