@@ -75,8 +75,8 @@ struct Task {
 
 enum Outcome {
     Done {
-        input: ImageObject,
-        output: ImageObject,
+        input: Box<ImageObject>,
+        output: Box<ImageObject>,
     },
     Error {
         message: String,
@@ -470,7 +470,10 @@ fn host_of(headers: &HeaderMap, fallback: SocketAddr) -> String {
 }
 
 /// The JSON body of an edit request, or the 400/413 answer.
-fn json_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Value, Response> {
+fn json_body(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Value, Box<Response>> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -482,9 +485,9 @@ fn json_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result
         } else {
             content_type
         };
-        return Err(bad_request(format!(
+        return Err(Box::new(bad_request(format!(
             "Content-Type must be application/json (got {shown})."
-        )));
+        ))));
     }
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -498,15 +501,19 @@ fn json_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result
             bad_request(format!("Cannot read request body: {e}."))
         }
     })?;
-    serde_json::from_slice(&body).map_err(|e| bad_request(format!("Malformed JSON body: {e}.")))
+    serde_json::from_slice(&body)
+        .map_err(|e| Box::new(bad_request(format!("Malformed JSON body: {e}."))))
 }
 
 /// Validates and returns the request plus its input string.
-fn validated(body: &Value, rule: InputRule) -> Result<(EditRequest, Option<String>), Response> {
+fn validated(
+    body: &Value,
+    rule: InputRule,
+) -> Result<(EditRequest, Option<String>), Box<Response>> {
     let req = request::validate(body, rule).map_err(|errors| validation_error(&errors))?;
     let input = req.input.clone();
     if rule == InputRule::Required && input.as_deref().is_none_or(str::is_empty) {
-        return Err(field_error("input", "field required"));
+        return Err(Box::new(field_error("input", "field required")));
     }
     Ok((req, input))
 }
@@ -581,11 +588,11 @@ async fn submit(
 ) -> Response {
     let value = match json_body(&headers, body) {
         Ok(v) => v,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let (req, input) = match validated(&value, InputRule::Required) {
         Ok(ok) => ok,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let input = input.unwrap_or_default();
     let host = host_of(&headers, state.local_addr);
@@ -659,7 +666,10 @@ async fn run_task(
     let outcome = match result {
         Ok(rendered) => {
             let (input, output) = finish(&state, &host, rendered);
-            Outcome::Done { input, output }
+            Outcome::Done {
+                input: Box::new(input),
+                output: Box::new(output),
+            }
         }
         Err(message) => {
             state.recorder.update(|s| s.tasks_errored += 1);
@@ -701,8 +711,8 @@ async fn poll(
             TaskStatus::Done,
             Vec::new(),
             TaskResult {
-                input_object: Some(input.clone()),
-                output_object: Some(output.clone()),
+                input_object: Some(ImageObject::clone(input)),
+                output_object: Some(ImageObject::clone(output)),
             },
         ),
         Some(Outcome::Error { message, at }) => (
@@ -741,11 +751,11 @@ async fn sync_edit(
 ) -> Response {
     let value = match json_body(&headers, body) {
         Ok(v) => v,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let (req, input) = match validated(&value, InputRule::Required) {
         Ok(ok) => ok,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let input = input.unwrap_or_default();
     let deadline = Instant::now() + state.sample_latency();
@@ -827,7 +837,7 @@ async fn upload(
     };
     let (req, _) = match validated(&value, InputRule::Forbidden) {
         Ok(ok) => ok,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     if state.is_corrupt(&file_name) {
         return api_error(
