@@ -112,7 +112,8 @@ pub struct FaultShares {
 
 /// Everything that shapes the emulator's behaviour. `Default` is a well-behaved Claid: no
 /// limits, no faults, 20 ms fixed latency, 24 h tmp_url lifetime, any non-empty API key.
-#[derive(Debug, Clone)]
+/// `Debug` never shows the API key.
+#[derive(Clone)]
 pub struct Scenario {
     /// The accepted Bearer key; `None` accepts any non-empty key.
     pub api_key: Option<String>,
@@ -239,6 +240,42 @@ impl Scenario {
     }
 }
 
+fn redacted(key: &Option<String>) -> &'static str {
+    if key.is_some() {
+        "Some(<redacted>)"
+    } else {
+        "None"
+    }
+}
+
+impl std::fmt::Debug for Scenario {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scenario")
+            .field("api_key", &format_args!("{}", redacted(&self.api_key)))
+            .field("latency", &self.latency)
+            .field("seed", &self.seed)
+            .field("error_share", &self.error_share)
+            .field("fault_5xx", &self.fault_5xx)
+            .field("drop_share", &self.drop_share)
+            .field("rps", &self.rps)
+            .field("rpm", &self.rpm)
+            .field("tmp_url_ttl", &self.tmp_url_ttl)
+            .field("corrupt_patterns", &self.corrupt_patterns)
+            .field("storage_root", &self.storage_root)
+            .field("static_dir", &self.static_dir)
+            .field("credits_exhausted", &self.credits_exhausted)
+            .field("forbidden", &self.forbidden)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for ScenarioArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Same content as the scenario it becomes.
+        std::fmt::Debug::fmt(&self.clone().into_scenario(), f)
+    }
+}
+
 fn parse_share(text: &str) -> Result<f64, String> {
     let v: f64 = text
         .parse()
@@ -250,8 +287,9 @@ fn parse_share(text: &str) -> Result<f64, String> {
     }
 }
 
-/// The scenario flags of `claid-hotfolder emulator` (the lead adds `--listen`).
-#[derive(Debug, Clone, clap::Args)]
+/// The scenario flags of `claid-hotfolder emulator` (the lead adds `--listen`). `Debug` never
+/// shows the API key.
+#[derive(Clone, clap::Args)]
 pub struct ScenarioArgs {
     /// The only accepted API key; when neither this nor CLAID_API_KEY is set, any non-empty key works.
     #[arg(long, env = "CLAID_API_KEY", hide_env_values = true)]
@@ -365,6 +403,16 @@ mod tests {
         );
         assert!("gauss:1s".parse::<Latency>().is_err());
         assert!("lognormal:1s,-1".parse::<Latency>().is_err());
+    }
+
+    #[test]
+    fn debug_never_shows_the_key() {
+        let s = Scenario::default().api_key("hunter2-secret");
+        let shown = format!("{s:?}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("redacted"),
+            "{shown}"
+        );
     }
 
     #[test]

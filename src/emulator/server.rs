@@ -28,12 +28,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use super::imaging::{self, Rendered};
+use super::imaging::{self, ImagingError, Rendered};
 use super::inputs::{self, HttpClient};
 use super::limits::{RateLimiter, Verdict};
 use super::scenario::Scenario;
 use super::stats::{Control, ControlState, Recorder, submit_key};
-use crate::claid::request::{self, EditRequest, FieldError, InputRule};
+use crate::claid::request::{self, EditRequest, FieldError, InputRule, OutputFormat};
 use crate::claid::wire::{
     AsyncTask, EditResponse, Envelope, ErrorBody, ImageObject, NestedErrorBody, TaskError,
     TaskResult, TaskStatus,
@@ -238,6 +238,7 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/image/edit", post(sync_edit))
         .route("/image/edit/upload", post(upload))
         .fallback(api_not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(Arc::clone(&state), api_gate));
     Router::new()
         .nest("/v1", api.clone().layer(Extension(Prefix("/v1"))))
@@ -515,14 +516,23 @@ fn validated(
     if rule == InputRule::Required && input.as_deref().is_none_or(str::is_empty) {
         return Err(Box::new(field_error("input", "field required")));
     }
+    if req.output_format() == OutputFormat::Avif {
+        return Err(Box::new(field_error(
+            "output.format",
+            "avif output is not supported by the emulator (use jpeg, png, webp or tiff)",
+        )));
+    }
     Ok((req, input))
 }
 
-async fn render_blocking(bytes: Vec<u8>, req: EditRequest) -> Result<Rendered, String> {
+async fn render_blocking(bytes: Vec<u8>, req: EditRequest) -> Result<Rendered, ProcessError> {
     match tokio::task::spawn_blocking(move || imaging::render(&bytes, &req)).await {
         Ok(Ok(rendered)) => Ok(rendered),
-        Ok(Err(err)) => Err(err.to_string()),
-        Err(err) => Err(format!("rendering failed: {err}")),
+        Ok(Err(err @ (ImagingError::Decode(_) | ImagingError::Encode(_)))) => {
+            Err(ProcessError::Image(err.to_string()))
+        }
+        Ok(Err(err)) => Err(ProcessError::Rejected(err.to_string())),
+        Err(err) => Err(ProcessError::Image(format!("rendering failed: {err}"))),
     }
 }
 
@@ -540,9 +550,7 @@ async fn process_input(
     let bytes = inputs::fetch(&state.http, state.scenario.storage_root.as_deref(), input)
         .await
         .map_err(|e| ProcessError::Input(e.to_string()))?;
-    render_blocking(bytes, req)
-        .await
-        .map_err(ProcessError::Image)
+    render_blocking(bytes, req).await
 }
 
 enum ProcessError {
@@ -550,18 +558,23 @@ enum ProcessError {
     Input(String),
     /// The input could not be decoded or rendered.
     Image(String),
+    /// The request cannot be honoured for this image (too large, unsupported format).
+    Rejected(String),
 }
 
 impl ProcessError {
     fn message(self) -> String {
         match self {
-            ProcessError::Input(m) | ProcessError::Image(m) => m,
+            ProcessError::Input(m) | ProcessError::Image(m) | ProcessError::Rejected(m) => m,
         }
     }
     fn response(self) -> Response {
         match self {
             ProcessError::Input(m) => input_error(m),
             ProcessError::Image(m) => api_error(StatusCode::BAD_REQUEST, "1002", "image", m),
+            ProcessError::Rejected(m) => {
+                api_error(StatusCode::UNPROCESSABLE_ENTITY, "9000", "validation", m)
+            }
         }
     }
 }
@@ -861,8 +874,17 @@ async fn upload(
             })
             .into_response()
         }
-        Err(message) => api_error(StatusCode::BAD_REQUEST, "1002", "image", message),
+        Err(err) => err.response(),
     }
+}
+
+async fn method_not_allowed() -> Response {
+    api_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "1405",
+        "general",
+        "Method not allowed.",
+    )
 }
 
 async fn api_not_found() -> Response {

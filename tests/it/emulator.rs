@@ -1136,3 +1136,125 @@ fn scenario_flags_parse_into_a_scenario() {
     assert!(Cli::try_parse_from(["x", "--error-share", "1.5"]).is_err());
     assert!(Cli::try_parse_from(["x", "--latency", "sometimes"]).is_err());
 }
+
+#[tokio::test]
+async fn schema_problems_are_all_reported_by_field_path() {
+    let h = start(quick()).await;
+    let body = json!({
+        "input": "storage://demo/v-10x10.png",
+        "operations": {"adjustments": {"exposure": 500}, "resizing": {"fit": "stretch"}, "bogus": 1},
+    });
+    for path in ["/image/edit/async", "/image/edit"] {
+        let resp = post_json(&format!("{}{path}", h.base_url()), &body).await;
+        let env = envelope(resp, StatusCode::UNPROCESSABLE_ENTITY, "9000").await;
+        assert_eq!(env["error_type"], "validation");
+        let details = env["error_details"].as_object().expect("details");
+        for key in ["operations.adjustments.exposure", "operations.resizing.fit"] {
+            assert!(
+                details.get(key).is_some_and(Value::is_array),
+                "{key} missing in {env}"
+            );
+            assert!(
+                env["error_message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains(key)),
+                "{env}"
+            );
+        }
+        assert!(details.keys().any(|k| k.contains("bogus")), "{env}");
+    }
+    // The upload `data` part must not carry `input`.
+    let form = upload_form(
+        Some(png_bytes(4, 4)),
+        Some(r#"{"input":"storage://demo/a-4x4.png","operations":{}}"#),
+    );
+    let resp = client()
+        .post(format!("{}/image/edit/upload", h.base_url()))
+        .bearer_auth(KEY)
+        .multipart(form)
+        .send()
+        .await
+        .expect("sent");
+    let env = envelope(resp, StatusCode::UNPROCESSABLE_ENTITY, "9000").await;
+    assert!(env["error_details"]["input"].is_array(), "{env}");
+    // avif cannot be produced here: refused up front, no task.
+    let avif = json!({"input": "storage://demo/v-10x10.png", "operations": {}, "output": {"format": "avif"}});
+    let env = envelope(
+        post_json(&format!("{}/image/edit/async", h.base_url()), &avif).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "9000",
+    )
+    .await;
+    assert!(env["error_details"]["output.format"].is_array(), "{env}");
+    assert_eq!(h.stats().submits, 0);
+    // Wrong method on an API path.
+    let resp = client()
+        .delete(format!("{}/image/edit/async", h.base_url()))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .expect("sent");
+    envelope(resp, StatusCode::METHOD_NOT_ALLOWED, "1405").await;
+}
+
+#[tokio::test]
+async fn every_fit_mode_produces_claid_dimensions() {
+    use claid_hotfolder::claid::request::{InputRule, validate};
+    use claid_hotfolder::emulator::imaging::output_dimensions;
+    let h = start(quick()).await;
+    // Input 400x300, box 200x200 (or one side only).
+    let check = |resizing: Value, expected: Option<(u64, u64)>| {
+        let base = h.base_url();
+        async move {
+            let body = json!({"input": "storage://demo/fit-400x300.png", "operations": {"resizing": resizing}, "output": {"format": "png"}});
+            let req = validate(&body, InputRule::Required).expect("valid request");
+            let (w, h) = output_dimensions(400, 300, &req);
+            if let Some(expected) = expected {
+                assert_eq!(
+                    (u64::from(w), u64::from(h)),
+                    expected,
+                    "output_dimensions for {resizing}"
+                );
+            }
+            let accepted = submit(&base, &body).await;
+            let done = wait_terminal(accepted["result_url"].as_str().expect("url")).await;
+            assert_eq!(done["status"], "DONE", "{resizing}: {done}");
+            let out = &done["result"]["output_object"];
+            assert_eq!(
+                (out["width"].as_u64(), out["height"].as_u64()),
+                (Some(u64::from(w)), Some(u64::from(h))),
+                "{resizing}"
+            );
+            download_matches(out).await;
+        }
+    };
+    check(
+        json!({"width": 200, "height": 200, "fit": "crop"}),
+        Some((200, 200)),
+    )
+    .await;
+    check(
+        json!({"width": 200, "height": 200, "fit": {"type": "crop", "crop": "center"}}),
+        Some((200, 200)),
+    )
+    .await;
+    check(
+        json!({"width": 200, "height": 200, "fit": "bounds"}),
+        Some((200, 150)),
+    )
+    .await;
+    check(
+        json!({"width": 200, "height": 200, "fit": "canvas"}),
+        Some((200, 200)),
+    )
+    .await;
+    check(
+        json!({"width": 200, "height": 200, "fit": "outpaint"}),
+        Some((200, 200)),
+    )
+    .await;
+    check(json!({"width": 200, "height": 200, "fit": "cover"}), None).await;
+    check(json!({"width": "50%", "height": "50%"}), Some((200, 150))).await;
+    check(json!({"width": 200, "fit": "bounds"}), Some((200, 150))).await;
+    check(json!({"width": 200}), Some((200, 300))).await;
+}
