@@ -1258,3 +1258,35 @@ async fn every_fit_mode_produces_claid_dimensions() {
     check(json!({"width": 200, "fit": "bounds"}), Some((200, 150))).await;
     check(json!({"width": 200}), Some((200, 300))).await;
 }
+
+#[tokio::test]
+async fn a_seed_reproduces_the_random_decisions() {
+    async fn outcomes(seed: u64) -> Vec<String> {
+        let h = start(quick().error_share(0.5).seed(seed)).await;
+        let mut urls = Vec::new();
+        for i in 0..12 {
+            let accepted = submit(
+                &h.base_url(),
+                &edit_body(&format!("storage://demo/seed{i}-8x8.png")),
+            )
+            .await;
+            urls.push(accepted["result_url"].as_str().expect("url").to_owned());
+        }
+        let mut statuses = Vec::new();
+        for url in &urls {
+            statuses.push(
+                wait_terminal(url).await["status"]
+                    .as_str()
+                    .expect("status")
+                    .to_owned(),
+            );
+        }
+        statuses
+    }
+    let first = outcomes(11).await;
+    assert_eq!(first, outcomes(11).await);
+    assert!(
+        first.iter().any(|s| s == "ERROR") && first.iter().any(|s| s == "DONE"),
+        "{first:?}"
+    );
+}
