@@ -31,7 +31,11 @@ pub const EX_INTERRUPTED: i32 = 75;
 pub const DEFAULT_CONFIG: &str = "/etc/claid-hotfolder/claid-hotfolder.yaml";
 
 #[derive(Debug, Parser)]
-#[command(name = "claid-hotfolder", version, about = "Edit product images in bulk through the Claid.ai API from a watched folder")]
+#[command(
+    name = "claid-hotfolder",
+    version,
+    about = "Edit product images in bulk through the Claid.ai API from a watched folder"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -130,11 +134,23 @@ pub struct ReplaySelect {
 /// Runs the parsed command and returns the process exit code.
 pub fn execute(cli: Cli) -> i32 {
     match cli.command {
-        Command::Run { config, once, print_config } => cmd_run(&config.config, once, print_config),
+        Command::Run {
+            config,
+            once,
+            print_config,
+        } => cmd_run(&config.config, once, print_config),
         Command::Validate { config, files } => report(cmd_validate(config.as_deref(), &files)),
         Command::Plan { config, file } => report(cmd_plan(&config.config, &file)),
         Command::Status { config, json } => report(cmd_status(&config.config, json)),
-        Command::Jobs { config, state, manifest } => report(cmd_jobs(&config.config, state.as_deref(), manifest.as_deref())),
+        Command::Jobs {
+            config,
+            state,
+            manifest,
+        } => report(cmd_jobs(
+            &config.config,
+            state.as_deref(),
+            manifest.as_deref(),
+        )),
         Command::Replay { config, select } => report(cmd_replay(&config.config, &select)),
         Command::Emulator { listen, scenario } => report(cmd_emulator(listen, scenario)),
     }
@@ -145,13 +161,20 @@ fn report(res: anyhow::Result<i32>) -> i32 {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
-            if err.downcast_ref::<config::ConfigError>().is_some() { EX_CONFIG } else { EX_FAILURE }
+            if err.downcast_ref::<config::ConfigError>().is_some() {
+                EX_CONFIG
+            } else {
+                EX_FAILURE
+            }
         }
     }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 fn load_config(path: &Path) -> anyhow::Result<Config> {
@@ -181,7 +204,10 @@ fn cmd_run(path: &Path, once: bool, print_config: bool) -> i32 {
             return EX_FAILURE;
         }
     };
-    let opts = RunOptions { once, progress_bar: once && std::io::stderr().is_terminal() };
+    let opts = RunOptions {
+        once,
+        progress_bar: once && std::io::stderr().is_terminal(),
+    };
     match rt.block_on(daemon::run(config, opts, signal::shutdown())) {
         Ok(Outcome::AllDone) => EX_OK,
         Ok(Outcome::SomeFailed) => EX_JOBS_FAILED,
@@ -189,7 +215,11 @@ fn cmd_run(path: &Path, once: bool, print_config: bool) -> i32 {
         Err(err) => {
             tracing::error!(error = %error_chain(&err), "Fatal error; the daemon stops");
             eprintln!("error: {}", error_chain(&err));
-            if matches!(err, FatalError::Config(_)) { EX_CONFIG } else { EX_FAILURE }
+            if matches!(err, FatalError::Config(_)) {
+                EX_CONFIG
+            } else {
+                EX_FAILURE
+            }
         }
     }
 }
@@ -207,8 +237,12 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 
 /// A file is a config when its top level has a `folders` key; otherwise a manifest.
 fn looks_like_config(path: &Path) -> bool {
-    let Ok(text) = std::fs::read_to_string(path) else { return false };
-    let Ok(value) = serde_yaml::from_str::<serde_yaml::Value>(&text) else { return false };
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    let Ok(value) = serde_yaml::from_str::<serde_yaml::Value>(&text) else {
+        return false;
+    };
     value.get("folders").is_some()
 }
 
@@ -229,13 +263,17 @@ fn cmd_validate(config_path: Option<&Path>, files: &[PathBuf]) -> anyhow::Result
             }
             continue;
         }
-        let file = std::path::absolute(file).with_context(|| format!("cannot resolve {}", file.display()))?;
+        let file = std::path::absolute(file)
+            .with_context(|| format!("cannot resolve {}", file.display()))?;
         let inbox = match &config {
             Some(config) if file.starts_with(&config.folders.inbox) => config.folders.inbox.clone(),
             _ => file.parent().map(Path::to_path_buf).unwrap_or_default(),
         };
-        let profiles = config.as_ref().map(|c| c.profiles.clone()).unwrap_or_default();
-        let limits = config.as_ref().map(|c| c.limits.clone()).unwrap_or_default();
+        let profiles = config
+            .as_ref()
+            .map(|c| c.profiles.clone())
+            .unwrap_or_default();
+        let limits = config.as_ref().map(|c| c.limits).unwrap_or_default();
         match manifest::load(&inbox, &file, &profiles, &limits) {
             Ok(spec) => println!("{}: ok ({} images)", file.display(), spec.jobs.len()),
             Err(err) => {
@@ -293,7 +331,13 @@ fn cmd_plan(config_path: &Path, file: &Path) -> anyhow::Result<i32> {
             }
             "new"
         };
-        println!("{:>6}  {:<9}  {:<50}  {}", job.idx, plan, input, job.output_rel.display());
+        println!(
+            "{:>6}  {:<9}  {:<50}  {}",
+            job.idx,
+            plan,
+            input,
+            job.output_rel.display()
+        );
     }
     let n_async = n_new - n_uploads;
     println!();
@@ -346,7 +390,11 @@ fn cmd_status(config_path: &Path, json: bool) -> anyhow::Result<i32> {
     }
     for (mid, rel, finished, counts) in rows {
         let counts: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        println!("{mid:>20}  {:<8}  {rel}  ({})", if finished { "finished" } else { "active" }, counts.join(", "));
+        println!(
+            "{mid:>20}  {:<8}  {rel}  ({})",
+            if finished { "finished" } else { "active" },
+            counts.join(", ")
+        );
     }
     Ok(EX_OK)
 }
@@ -354,19 +402,33 @@ fn cmd_status(config_path: &Path, json: bool) -> anyhow::Result<i32> {
 fn manifest_ids(store: &Store, manifest: Option<&Path>) -> anyhow::Result<Option<Vec<u64>>> {
     let Some(rel) = manifest else { return Ok(None) };
     let rel = rel.to_string_lossy();
-    let ids: Vec<u64> = store.manifests()?.into_iter().filter(|(_, m)| m.rel == rel).map(|(id, _)| id).collect();
+    let ids: Vec<u64> = store
+        .manifests()?
+        .into_iter()
+        .filter(|(_, m)| m.rel == rel)
+        .map(|(id, _)| id)
+        .collect();
     if ids.is_empty() {
-        anyhow::bail!("no manifest `{rel}` in the store (give the path relative to the inbox; see `status`)");
+        anyhow::bail!(
+            "no manifest `{rel}` in the store (give the path relative to the inbox; see `status`)"
+        );
     }
     Ok(Some(ids))
 }
 
-fn cmd_jobs(config_path: &Path, state: Option<&str>, manifest: Option<&Path>) -> anyhow::Result<i32> {
+fn cmd_jobs(
+    config_path: &Path,
+    state: Option<&str>,
+    manifest: Option<&Path>,
+) -> anyhow::Result<i32> {
     let config = load_config(config_path)?;
     let store = open_store(&config)?;
     let ids = manifest_ids(&store, manifest)?;
     let manifests = store.manifests()?;
-    println!("{:>20}  {:<11}  {:<8}  {:<40}  detail", "job", "state", "attempts", "input");
+    println!(
+        "{:>20}  {:<11}  {:<8}  {:<40}  detail",
+        "job", "state", "attempts", "input"
+    );
     for (mid, m) in manifests {
         if ids.as_ref().is_some_and(|ids| !ids.contains(&mid)) {
             continue;
@@ -382,7 +444,10 @@ fn cmd_jobs(config_path: &Path, state: Option<&str>, manifest: Option<&Path>) ->
                 JobState::Submitted { task_id, .. } => format!("task {task_id}"),
                 _ => String::new(),
             };
-            println!("{id:>20}  {name:<11}  {:<8}  {:<40}  {detail}   [{}]", job.attempts, job.input, m.rel);
+            println!(
+                "{id:>20}  {name:<11}  {:<8}  {:<40}  {detail}   [{}]",
+                job.attempts, job.input, m.rel
+            );
         }
     }
     Ok(EX_OK)
@@ -419,13 +484,19 @@ fn cmd_replay(config_path: &Path, select: &ReplaySelect) -> anyhow::Result<i32> 
         store.requeue(*id, false)?;
     }
     for (mid, m) in store.manifests()? {
-        let touched = store.jobs_of_manifest(mid)?.iter().any(|(id, _)| chosen.contains(id));
+        let touched = store
+            .jobs_of_manifest(mid)?
+            .iter()
+            .any(|(id, _)| chosen.contains(id));
         if touched && matches!(m.state, ManifestState::Finished { .. }) {
             store.set_manifest_state(mid, ManifestState::Active)?;
         }
     }
     store.flush()?;
-    println!("Requeued {} jobs; they run at the daemon's next start.", chosen.len());
+    println!(
+        "Requeued {} jobs; they run at the daemon's next start.",
+        chosen.len()
+    );
     Ok(EX_OK)
 }
 
@@ -433,10 +504,14 @@ fn cmd_emulator(listen: SocketAddr, scenario: emulator::ScenarioArgs) -> anyhow:
     logging::init(logging::Format::Text);
     let rt = runtime()?;
     rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
         println!("http://{addr}/v1");
-        emulator::run(listener, scenario.into_scenario(), signal::shutdown()).await.context("emulator failed")?;
+        emulator::run(listener, scenario.into_scenario(), signal::shutdown())
+            .await
+            .context("emulator failed")?;
         Ok(EX_OK)
     })
 }

@@ -67,14 +67,20 @@ pub enum Outcome {
 }
 
 /// Runs the daemon until `shutdown` completes (or, with `once`, until the inbox is processed).
-pub async fn run(config: Config, opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result<Outcome, FatalError> {
+pub async fn run(
+    config: Config,
+    opts: RunOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Outcome, FatalError> {
     let api_key = crate::config::load_api_key(&config.api)?;
 
     // The embedded emulator lives as long as this function.
     let mut embedded = None;
     let (base_url, api_key) = match &config.api.base_url {
         BaseUrl::Embedded => {
-            let handle = emulator::spawn(emulator::Scenario::default()).await.map_err(FatalError::Emulator)?;
+            let handle = emulator::spawn(emulator::Scenario::default())
+                .await
+                .map_err(FatalError::Emulator)?;
             let url = handle.base_url();
             info!(base_url = %url, "Started the embedded Claid emulator");
             embedded = Some(handle);
@@ -84,8 +90,17 @@ pub async fn run(config: Config, opts: RunOptions, shutdown: impl Future<Output 
     };
 
     let folders = &config.folders;
-    for path in [&folders.inbox, &folders.outbox, &folders.archive, &folders.rejected, &folders.state] {
-        std::fs::create_dir_all(path).map_err(|source| FatalError::Folder { path: path.clone(), source })?;
+    for path in [
+        &folders.inbox,
+        &folders.outbox,
+        &folders.archive,
+        &folders.rejected,
+        &folders.state,
+    ] {
+        std::fs::create_dir_all(path).map_err(|source| FatalError::Folder {
+            path: path.clone(),
+            source,
+        })?;
     }
     let removed = output::clean_stale_tmp(&folders.outbox).map_err(FatalError::CleanOutbox)?;
     info!(removed, outbox = %folders.outbox.display(), "Removed stale temporary files");
@@ -119,8 +134,8 @@ pub async fn run(config: Config, opts: RunOptions, shutdown: impl Future<Output 
             on_manifest_done: config.on_manifest_done,
             in_doubt: config.in_doubt,
         },
-        poll: config.api.poll.clone(),
-        limits: config.limits.clone(),
+        poll: config.api.poll,
+        limits: config.limits,
         profiles: config.profiles.clone(),
         max_in_flight: config.api.max_in_flight.get(),
         max_downloads: config.api.max_downloads.get(),
@@ -186,8 +201,14 @@ pub async fn run(config: Config, opts: RunOptions, shutdown: impl Future<Output 
 }
 
 /// `run --once`: every manifest in the inbox now, then wait for all jobs.
-async fn run_once(pipeline: &pipeline::Handle, config: &Config, opts: RunOptions) -> Result<(), FatalError> {
-    let candidates = watcher::scan_stable(&config.folders.inbox, &config.watch).await.map_err(FatalError::Watcher)?;
+async fn run_once(
+    pipeline: &pipeline::Handle,
+    config: &Config,
+    opts: RunOptions,
+) -> Result<(), FatalError> {
+    let candidates = watcher::scan_stable(&config.folders.inbox, &config.watch)
+        .await
+        .map_err(FatalError::Watcher)?;
     info!(manifests = candidates.len(), "Scanned the inbox");
     for candidate in candidates {
         pipeline.intake(candidate.path).await;
@@ -212,10 +233,19 @@ async fn run_once(pipeline: &pipeline::Handle, config: &Config, opts: RunOptions
 }
 
 /// The daemon proper: the watcher feeds candidates until shutdown.
-async fn run_watching(pipeline: &pipeline::Handle, config: &Config, cancel: &CancellationToken) -> Result<(), FatalError> {
+async fn run_watching(
+    pipeline: &pipeline::Handle,
+    config: &Config,
+    cancel: &CancellationToken,
+) -> Result<(), FatalError> {
     // Bounded: a burst of drops waits in the watcher rather than in memory here.
     let (tx, mut rx) = mpsc::channel(64);
-    let watch = tokio::spawn(watcher::run(config.folders.inbox.clone(), config.watch.clone(), tx, cancel.child_token()));
+    let watch = tokio::spawn(watcher::run(
+        config.folders.inbox.clone(),
+        config.watch,
+        tx,
+        cancel.child_token(),
+    ));
     info!(inbox = %config.folders.inbox.display(), "Watching the inbox");
     while let Some(candidate) = rx.recv().await {
         pipeline.intake(candidate.path).await;
@@ -236,8 +266,10 @@ fn progress_bar(pipeline: &pipeline::Handle) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} images {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} images {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {

@@ -346,8 +346,12 @@ impl Handle {
     async fn intake_inner(&self, path: PathBuf, rel: PathBuf) {
         let ctx = &self.ctx;
         let inbox = ctx.folders.inbox.clone();
-        let profiles = ctx.profiles.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let limits = ctx.limits.clone();
+        let profiles = ctx
+            .profiles
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let limits = ctx.limits;
         let load_path = path.clone();
         let loaded = blocking(move || manifest::load(&inbox, &load_path, &profiles, &limits)).await;
         let spec = match loaded {
@@ -440,9 +444,19 @@ impl Handle {
             .collect();
         let unchanged = n_jobs - queued.len();
         self.track_manifest(mid, &record_for_track, &pairs);
-        info!(manifest_id = mid, jobs = n_jobs, unchanged, to_submit = queued.len(), "Manifest accepted");
+        info!(
+            manifest_id = mid,
+            jobs = n_jobs,
+            unchanged,
+            to_submit = queued.len(),
+            "Manifest accepted"
+        );
         self.enqueue(queued, false);
-        if lock(&ctx.progress).manifests.get(&mid).is_some_and(|p| p.open == 0) {
+        if lock(&ctx.progress)
+            .manifests
+            .get(&mid)
+            .is_some_and(|p| p.open == 0)
+        {
             self.finish_manifest(mid).await;
         }
         Ok(())
@@ -459,7 +473,10 @@ impl Handle {
         let rel = rel.to_path_buf();
         let moved = blocking(move || -> Result<PathBuf, output::OutputError> {
             let dest = output::move_mirrored(&inbox, &src, &rejected)?;
-            let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = dest
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let error_path = dest.with_file_name(format!("{name}.error.txt"));
             output::write_text_atomic(&error_path, &text)?;
             Ok(dest)
@@ -467,7 +484,9 @@ impl Handle {
         .await;
         match moved {
             Ok(dest) => info!(to = %dest.display(), "Moved the rejected manifest"),
-            Err(err) => error!(error = %err, manifest = %rel.display(), "Cannot move the rejected manifest out of the inbox"),
+            Err(err) => {
+                error!(error = %err, manifest = %rel.display(), "Cannot move the rejected manifest out of the inbox")
+            }
         }
         lock(&ctx.progress).totals.rejected += 1;
         ctx.settled.notify_waiters();
@@ -553,7 +572,12 @@ impl Handle {
 
     fn spawn_job(&self, id: JobId, permit: OwnedSemaphorePermit) {
         let this = self.clone();
-        let span = info_span!("job", job_id = id, input = tracing::field::Empty, task_id = tracing::field::Empty);
+        let span = info_span!(
+            "job",
+            job_id = id,
+            input = tracing::field::Empty,
+            task_id = tracing::field::Empty
+        );
         self.ctx.tracker.spawn(
             async move {
                 this.drive(id).await;
@@ -581,16 +605,27 @@ impl Handle {
             tracing::Span::current().record("input", job.input.as_str());
             let step = match &job.state {
                 JobState::Queued => self.submit(id, &job).await,
-                JobState::Submitted { task_id, result_url, at_ms } => {
+                JobState::Submitted {
+                    task_id,
+                    result_url,
+                    at_ms,
+                } => {
                     tracing::Span::current().record("task_id", task_id);
                     self.poll(id, result_url.clone(), *at_ms).await
                 }
-                JobState::Downloading { url, width, height, task_id } => {
-                    self.download(id, &job, url.clone(), *width, *height, *task_id).await
+                JobState::Downloading {
+                    url,
+                    width,
+                    height,
+                    task_id,
+                } => {
+                    self.download(id, &job, url.clone(), *width, *height, *task_id)
+                        .await
                 }
-                JobState::Submitting { .. } | JobState::InDoubt { .. } | JobState::Done { .. } | JobState::Failed { .. } => {
-                    Step::Stop
-                }
+                JobState::Submitting { .. }
+                | JobState::InDoubt { .. }
+                | JobState::Done { .. }
+                | JobState::Failed { .. } => Step::Stop,
             };
             match step {
                 Step::Continue => continue,
@@ -626,9 +661,16 @@ impl Handle {
                 None => self.submit_remote(job).await,
             };
             match res {
-                Ok(Submitted::Task { task_id, result_url, request_id }) => {
+                Ok(Submitted::Task {
+                    task_id,
+                    result_url,
+                    request_id,
+                }) => {
                     let store = ctx.store.clone();
-                    let recorded = blocking(move || store.mark_submitted(id, task_id, &result_url, request_id.as_deref())).await;
+                    let recorded = blocking(move || {
+                        store.mark_submitted(id, task_id, &result_url, request_id.as_deref())
+                    })
+                    .await;
                     if let Err(err) = recorded {
                         // The task exists but is not recorded: the job stays Submitting, which the
                         // next start treats as in doubt. Stop here rather than guess.
@@ -639,7 +681,12 @@ impl Handle {
                     debug!(task_id, "Submitted");
                     return Step::Continue;
                 }
-                Ok(Submitted::Result { url, width, height, request_id }) => {
+                Ok(Submitted::Result {
+                    url,
+                    width,
+                    height,
+                    request_id,
+                }) => {
                     let store = ctx.store.clone();
                     let recorded = blocking(move || {
                         if let Some(rid) = request_id.as_deref() {
@@ -715,7 +762,10 @@ impl Handle {
     async fn submit_remote(&self, job: &JobV1) -> Result<Submitted, ClaidError> {
         let mut body = job.body.clone();
         if let Some(obj) = body.as_object_mut() {
-            obj.insert("input".to_owned(), serde_json::Value::String(job.input.clone()));
+            obj.insert(
+                "input".to_owned(),
+                serde_json::Value::String(job.input.clone()),
+            );
         }
         let accepted = self.ctx.client.submit(&body).await?;
         Ok(Submitted::Task {
@@ -728,11 +778,19 @@ impl Handle {
     /// Local files go through the synchronous upload endpoint (the API has no async upload).
     async fn upload(&self, job: &JobV1, bytes: Vec<u8>) -> Result<Submitted, ClaidError> {
         let path = Path::new(&job.input);
-        let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "image".to_owned());
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "image".to_owned());
         let uploaded = self.ctx.client.upload(&file_name, bytes, &job.body).await?;
         let output = uploaded.response.output;
         let url = output.tmp_url.clone().unwrap_or_default();
-        Ok(Submitted::Result { url, width: output.width, height: output.height, request_id: uploaded.request_id })
+        Ok(Submitted::Result {
+            url,
+            width: output.width,
+            height: output.height,
+            request_id: uploaded.request_id,
+        })
     }
 
     /// Waits and polls until the task ends; DONE moves the job to Downloading.
@@ -756,17 +814,34 @@ impl Handle {
                     let task = polled.task;
                     match task.status {
                         TaskStatus::Done => {
-                            let took = Duration::from_millis(now_ms().saturating_sub(submitted_at_ms));
+                            let took =
+                                Duration::from_millis(now_ms().saturating_sub(submitted_at_ms));
                             lock(&ctx.durations).record(took);
                             let Some(output) = task.result.output_object else {
-                                return self.fail(id, "bad-response", "task is DONE but has no output_object").await;
+                                return self
+                                    .fail(
+                                        id,
+                                        "bad-response",
+                                        "task is DONE but has no output_object",
+                                    )
+                                    .await;
                             };
                             let Some(url) = output.tmp_url.clone() else {
-                                return self.fail(id, "bad-response", "task is DONE but its output has no tmp_url").await;
+                                return self
+                                    .fail(
+                                        id,
+                                        "bad-response",
+                                        "task is DONE but its output has no tmp_url",
+                                    )
+                                    .await;
                             };
                             let store = ctx.store.clone();
                             let (w, h, task_id) = (output.width, output.height, task.id);
-                            return match blocking(move || store.mark_downloading(id, Some(task_id), &url, w, h)).await {
+                            return match blocking(move || {
+                                store.mark_downloading(id, Some(task_id), &url, w, h)
+                            })
+                            .await
+                            {
                                 Ok(_) => Step::Continue,
                                 Err(err) => {
                                     error!(error = %err, "Cannot record the result; it is polled again at the next start");
@@ -781,7 +856,11 @@ impl Handle {
                                 .map(|e| e.error.as_str())
                                 .collect::<Vec<_>>()
                                 .join("; ");
-                            let message = if message.is_empty() { format!("task ended {:?}", task.status) } else { message };
+                            let message = if message.is_empty() {
+                                format!("task ended {:?}", task.status)
+                            } else {
+                                message
+                            };
                             return self.fail(id, "claid-error", &message).await;
                         }
                         TaskStatus::Other(ref status) => {
@@ -816,7 +895,11 @@ impl Handle {
     fn first_poll_delay(&self, elapsed: Duration) -> Duration {
         let poll = &self.ctx.poll;
         let expected = lock(&self.ctx.durations).quantile(0.8).unwrap_or(poll.min);
-        expected.max(poll.min).min(poll.max).saturating_sub(elapsed).max(Duration::from_millis(10))
+        expected
+            .max(poll.min)
+            .min(poll.max)
+            .saturating_sub(elapsed)
+            .max(Duration::from_millis(10))
     }
 
     fn next_poll_delay(&self, n_poll: u32) -> Duration {
@@ -827,7 +910,15 @@ impl Handle {
 
     /// Downloads the result, checks it is the image the result describes, writes it atomically
     /// and marks the job done: one unit that a shutdown does not interrupt.
-    async fn download(&self, id: JobId, job: &JobV1, url: String, width: u32, height: u32, task_id: Option<u64>) -> Step {
+    async fn download(
+        &self,
+        id: JobId,
+        job: &JobV1,
+        url: String,
+        width: u32,
+        height: u32,
+        task_id: Option<u64>,
+    ) -> Step {
         let ctx = &self.ctx;
         let permit = tokio::select! {
             permit = ctx.downloads.clone().acquire_owned() => permit.expect("semaphore is never closed"),
@@ -841,7 +932,9 @@ impl Handle {
                     found => {
                         failures += 1;
                         let message = match found {
-                            Some((w, h)) => format!("downloaded image is {w}x{h}, the result says {width}x{height}"),
+                            Some((w, h)) => format!(
+                                "downloaded image is {w}x{h}, the result says {width}x{height}"
+                            ),
                             None => "downloaded bytes are not a decodable image".to_owned(),
                         };
                         if failures >= 3 {
@@ -873,25 +966,27 @@ impl Handle {
             OnOutputExists::Fail => ExistsPolicy::Fail,
         };
         let store = ctx.store.clone();
-        let written = blocking(move || -> Result<Result<u64, output::OutputError>, StoreError> {
-            let written = match output::write_atomic(&outbox, &rel, &bytes, policy) {
-                Ok(written) => written,
-                Err(err) => return Ok(Err(err)),
-            };
-            store.mark_done(
-                id,
-                DoneInfo {
-                    path: written.path.to_string_lossy().into_owned(),
-                    bytes: written.bytes,
-                    sha256: written.sha256,
-                    width,
-                    height,
-                    task_id,
-                    unchanged: false,
-                },
-            )?;
-            Ok(Ok(written.bytes))
-        })
+        let written = blocking(
+            move || -> Result<Result<u64, output::OutputError>, StoreError> {
+                let written = match output::write_atomic(&outbox, &rel, &bytes, policy) {
+                    Ok(written) => written,
+                    Err(err) => return Ok(Err(err)),
+                };
+                store.mark_done(
+                    id,
+                    DoneInfo {
+                        path: written.path.to_string_lossy().into_owned(),
+                        bytes: written.bytes,
+                        sha256: written.sha256,
+                        width,
+                        height,
+                        task_id,
+                        unchanged: false,
+                    },
+                )?;
+                Ok(Ok(written.bytes))
+            },
+        )
         .await;
         drop(permit);
         match written {
@@ -908,7 +1003,11 @@ impl Handle {
                 // Disk full or an I/O error: the job stays Downloading and is retried; the
                 // operator sees the error. Nothing is lost.
                 error!(error = %err, code, "Cannot write the output; retrying later");
-                if self.wait(ctx.poll.max).await { Step::Continue } else { Step::Stop }
+                if self.wait(ctx.poll.max).await {
+                    Step::Continue
+                } else {
+                    Step::Stop
+                }
             }
             Err(err) => {
                 error!(error = %err, "Output written but not recorded; it is rewritten at the next start");
@@ -960,12 +1059,16 @@ impl Handle {
         let ctx = &self.ctx;
         let store = ctx.store.clone();
         let outbox = ctx.folders.outbox.clone();
-        let made = blocking(move || -> Result<Option<(ManifestV1, Report)>, StoreError> {
-            let Some(m) = store.manifest(mid)? else { return Ok(None) };
-            let jobs = store.jobs_of_manifest(mid)?;
-            let report = build_report(&m, &jobs);
-            Ok(Some((m, report)))
-        })
+        let made = blocking(
+            move || -> Result<Option<(ManifestV1, Report)>, StoreError> {
+                let Some(m) = store.manifest(mid)? else {
+                    return Ok(None);
+                };
+                let jobs = store.jobs_of_manifest(mid)?;
+                let report = build_report(&m, &jobs);
+                Ok(Some((m, report)))
+            },
+        )
         .await;
         let (m, report) = match made {
             Ok(Some(made)) => made,
@@ -976,11 +1079,16 @@ impl Handle {
             }
         };
         let rel = PathBuf::from(&m.rel);
-        let held = lock(&ctx.progress).manifests.get(&mid).map_or(0, |p| p.held);
+        let held = lock(&ctx.progress)
+            .manifests
+            .get(&mid)
+            .map_or(0, |p| p.held);
         let counts = report.counts.clone();
         let rel_for_report = rel.clone();
         match blocking(move || report::write(&outbox, &rel_for_report, &report)).await {
-            Ok((json, _csv)) => info!(manifest = %m.rel, report = %json.display(), ?counts, "Manifest report written"),
+            Ok((json, _csv)) => {
+                info!(manifest = %m.rel, report = %json.display(), ?counts, "Manifest report written")
+            }
             Err(err) => error!(error = %err, manifest = %m.rel, "Cannot write the manifest report"),
         }
         if held == 0 {
@@ -1010,7 +1118,9 @@ impl Handle {
             }
             match policy {
                 OnManifestDone::Keep => Ok(None),
-                OnManifestDone::Archive => output::move_mirrored(&inbox, &src, &archive).map(Some).map_err(|e| e.to_string()),
+                OnManifestDone::Archive => output::move_mirrored(&inbox, &src, &archive)
+                    .map(Some)
+                    .map_err(|e| e.to_string()),
                 OnManifestDone::Delete => std::fs::remove_file(&src)
                     .map(|()| None)
                     .map_err(|e| format!("cannot delete {}: {e}", src.display())),
@@ -1059,7 +1169,9 @@ impl Handle {
             if matches!(h, Health::Paused { .. }) {
                 return false;
             }
-            *h = Health::Paused { reason: reason.clone() };
+            *h = Health::Paused {
+                reason: reason.clone(),
+            };
             true
         });
         if changed {
@@ -1097,16 +1209,40 @@ enum Settle {
 
 enum Submitted {
     /// An async task exists at Claid.
-    Task { task_id: u64, result_url: String, request_id: Option<String> },
+    Task {
+        task_id: u64,
+        result_url: String,
+        request_id: Option<String>,
+    },
     /// A sync upload already produced the result.
-    Result { url: String, width: u32, height: u32, request_id: Option<String> },
+    Result {
+        url: String,
+        width: u32,
+        height: u32,
+        request_id: Option<String>,
+    },
 }
 
 /// A `Done { unchanged }` state when a job with the same key is done and its output file is
 /// still there with the recorded content (SPEC §5.4).
-fn unchanged_state(store: &Store, outbox: &Path, key: &str) -> Result<Option<JobState>, StoreError> {
-    let Some((_, prev)) = store.done_by_key(key)? else { return Ok(None) };
-    let JobState::Done { path, bytes, sha256, width, height, task_id, .. } = prev.state else {
+fn unchanged_state(
+    store: &Store,
+    outbox: &Path,
+    key: &str,
+) -> Result<Option<JobState>, StoreError> {
+    let Some((_, prev)) = store.done_by_key(key)? else {
+        return Ok(None);
+    };
+    let JobState::Done {
+        path,
+        bytes,
+        sha256,
+        width,
+        height,
+        task_id,
+        ..
+    } = prev.state
+    else {
         return Ok(None);
     };
     let path_buf = PathBuf::from(&path);
@@ -1118,7 +1254,15 @@ fn unchanged_state(store: &Store, outbox: &Path, key: &str) -> Result<Option<Job
         _ => return Ok(None),
     }
     match output::sha256_file(&path_buf) {
-        Ok(found) if found == sha256 => Ok(Some(JobState::Done { path, bytes, sha256, width, height, task_id, unchanged: true })),
+        Ok(found) if found == sha256 => Ok(Some(JobState::Done {
+            path,
+            bytes,
+            sha256,
+            width,
+            height,
+            task_id,
+            unchanged: true,
+        })),
         _ => Ok(None),
     }
 }
@@ -1142,7 +1286,14 @@ fn build_report(m: &ManifestV1, jobs: &[(JobId, JobV1)]) -> Report {
                 in_doubt: job.in_doubt,
             };
             row.status = match &job.state {
-                JobState::Done { bytes, width, height, task_id, unchanged, .. } => {
+                JobState::Done {
+                    bytes,
+                    width,
+                    height,
+                    task_id,
+                    unchanged,
+                    ..
+                } => {
                     row.task_id = *task_id;
                     row.width = Some(*width);
                     row.height = Some(*height);
@@ -1154,7 +1305,9 @@ fn build_report(m: &ManifestV1, jobs: &[(JobId, JobV1)]) -> Report {
                     "failed"
                 }
                 JobState::InDoubt { .. } => {
-                    row.reason = "in-doubt: the submit may have reached Claid; see `replay --in-doubt`".to_owned();
+                    row.reason =
+                        "in-doubt: the submit may have reached Claid; see `replay --in-doubt`"
+                            .to_owned();
                     "in-doubt"
                 }
                 JobState::Queued => "queued",
@@ -1185,7 +1338,11 @@ fn build_report(m: &ManifestV1, jobs: &[(JobId, JobV1)]) -> Report {
 
 /// Reads the dimensions from an encoded image's header without decoding it.
 fn image_dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
-    image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().ok()?.into_dimensions().ok()
+    image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .ok()?
+        .into_dimensions()
+        .ok()
 }
 
 /// Exponential backoff with full jitter, capped.

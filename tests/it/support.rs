@@ -116,7 +116,8 @@ impl TestEnv {
 
     /// Starts the daemon (`run`) as a child process; its stderr goes to `<dir>/daemon-N.log`.
     pub fn spawn_daemon(&self, config: &Path, n: usize) -> Child {
-        let log = std::fs::File::create(self.dir.path().join(format!("daemon-{n}.log"))).expect("log");
+        let log =
+            std::fs::File::create(self.dir.path().join(format!("daemon-{n}.log"))).expect("log");
         Command::new(bin())
             .args(["run", "--config"])
             .arg(config)
@@ -138,7 +139,9 @@ impl TestEnv {
         let mut out = Vec::new();
         let mut stack = vec![root.to_path_buf()];
         while let Some(dir) = stack.pop() {
-            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
             for entry in entries.flatten() {
                 let path = entry.path();
                 if path.is_dir() {
@@ -154,7 +157,8 @@ impl TestEnv {
 
     pub fn report(&self, manifest_stem_rel: &str) -> serde_json::Value {
         let path = self.outbox.join(format!("{manifest_stem_rel}.report.json"));
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("report {}: {e}", path.display()));
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("report {}: {e}", path.display()));
         serde_json::from_str(&text).expect("report is json")
     }
 }
@@ -162,7 +166,10 @@ impl TestEnv {
 /// Sends SIGTERM to a child process.
 pub fn sigterm(child: &Child) {
     let pid = child.id().expect("child is running");
-    let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill runs");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill runs");
     assert!(status.success(), "kill -TERM {pid} failed");
 }
 
@@ -177,8 +184,14 @@ pub fn dimensions(path: &Path) -> (u32, u32) {
 
 /// A small PNG of the given size.
 pub fn png(width: u32, height: u32) -> Vec<u8> {
-    let img = image::RgbImage::from_fn(width, height, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 128]));
+    let img = image::RgbImage::from_fn(width, height, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, 128])
+    });
     let mut bytes = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).expect("encode png");
+    img.write_to(
+        &mut std::io::Cursor::new(&mut bytes),
+        image::ImageFormat::Png,
+    )
+    .expect("encode png");
     bytes
 }
