@@ -41,7 +41,7 @@ pub const TREE_UNFINISHED: &str = "unfinished";
 /// How many request ids a job keeps (the most recent ones).
 pub const MAX_REQUEST_IDS: usize = 8;
 /// sled page-cache budget; the default (1 GiB) is far more than a job table needs.
-const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+const CACHE_BYTES: u64 = 128 * 1024 * 1024;
 /// Jobs per write batch in `register_manifest`.
 const REGISTER_BATCH: usize = 4096;
 
