@@ -189,7 +189,7 @@ pub fn write_atomic(
 ) -> Result<Written, OutputError> {
     let path = safe_join(root, rel)?;
     let (dir, name) = split_dir_name(&path)?;
-    fs::create_dir_all(dir).map_err(|err| OutputError::io(dir, err))?;
+    create_dirs_synced(dir)?;
     // Created directories may not be symlinks, but check again now they exist.
     safe_join(root, rel)?;
     let skip_existing = |path: &Path| -> Result<Written, OutputError> {
@@ -261,7 +261,7 @@ pub fn move_mirrored(src_root: &Path, src: &Path, dst_root: &Path) -> Result<Pat
         })?;
     let first = safe_join(dst_root, rel)?;
     let (dir, name) = split_dir_name(&first)?;
-    fs::create_dir_all(dir).map_err(|err| OutputError::io(dir, err))?;
+    create_dirs_synced(dir)?;
     safe_join(dst_root, rel)?;
     for n in 0..MAX_SUFFIX {
         let candidate = if n == 0 {
@@ -295,7 +295,7 @@ pub fn move_mirrored(src_root: &Path, src: &Path, dst_root: &Path) -> Result<Pat
 /// fsync of the directory), creating parent directories.
 pub fn write_text_atomic(path: &Path, text: &str) -> Result<(), OutputError> {
     let (dir, name) = split_dir_name(path)?;
-    fs::create_dir_all(dir).map_err(|err| OutputError::io(dir, err))?;
+    create_dirs_synced(dir)?;
     let tmp = write_tmp(dir, name, text.as_bytes())?;
     if let Err(err) = fs::rename(&tmp, path) {
         let _ = fs::remove_file(&tmp);
@@ -380,6 +380,30 @@ fn suffixed(name: &OsStr, n: u32) -> OsString {
             out
         }
     }
+}
+
+/// `create_dir_all`, then fsync the parent of every directory it created, so a new directory
+/// entry survives a crash together with the file renamed into it.
+fn create_dirs_synced(dir: &Path) -> Result<(), OutputError> {
+    let mut missing = Vec::new();
+    let mut cur = Some(dir);
+    while let Some(path) = cur {
+        if exists(path)? {
+            break;
+        }
+        missing.push(path);
+        cur = path.parent();
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    fs::create_dir_all(dir).map_err(|err| OutputError::io(dir, err))?;
+    for created in missing.iter().rev() {
+        if let Some(parent) = created.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+    }
+    Ok(())
 }
 
 fn exists(path: &Path) -> Result<bool, OutputError> {

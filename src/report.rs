@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::output::{self, OutputError};
+use crate::store::records::{JobState, JobV1, ManifestV1};
 
 /// Header of the CSV report, in column order.
 pub const CSV_HEADER: [&str; 9] = [
@@ -49,6 +50,68 @@ pub struct Report {
     pub in_doubt: u64,
     /// One row per image, in manifest order.
     pub jobs: Vec<ReportRow>,
+}
+
+/// Builds a manifest's report from its jobs (in manifest order). `generated_at` is RFC 3339,
+/// e.g. from [`now_rfc3339`].
+pub fn build(manifest: &ManifestV1, jobs: &[JobV1], generated_at: String) -> Report {
+    let rows: Vec<ReportRow> = jobs.iter().map(row).collect();
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for r in &rows {
+        *counts.entry(r.status.clone()).or_default() += 1;
+    }
+    Report {
+        manifest: manifest.rel.clone(),
+        sha256: manifest.sha256.clone(),
+        generated_at,
+        counts,
+        in_doubt: rows.iter().map(|r| u64::from(r.in_doubt)).sum(),
+        jobs: rows,
+    }
+}
+
+/// The report row of one job. Status is the state kind, except `unchanged` for a job done
+/// without an API call; `reason` is `<code>: <message>` for failed jobs.
+pub fn row(job: &JobV1) -> ReportRow {
+    let mut row = ReportRow {
+        input: job.input.clone(),
+        output: job.output_rel.clone(),
+        status: job.state.kind().to_owned(),
+        reason: String::new(),
+        task_id: None,
+        width: None,
+        height: None,
+        bytes: None,
+        in_doubt: job.in_doubt,
+    };
+    match &job.state {
+        JobState::Submitted { task_id, .. } => row.task_id = Some(*task_id),
+        JobState::Downloading { task_id, .. } => row.task_id = *task_id,
+        JobState::Done {
+            bytes,
+            width,
+            height,
+            task_id,
+            unchanged,
+            ..
+        } => {
+            if *unchanged {
+                row.status = "unchanged".to_owned();
+            }
+            row.task_id = *task_id;
+            row.width = Some(*width);
+            row.height = Some(*height);
+            row.bytes = Some(*bytes);
+        }
+        JobState::Failed { code, message, .. } => row.reason = format!("{code}: {message}"),
+        JobState::Queued | JobState::Submitting { .. } | JobState::InDoubt { .. } => {}
+    }
+    row
+}
+
+/// The current time as RFC 3339 (UTC, seconds).
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
 
 /// The JSON and CSV report paths of a manifest: `a/b/shoes.yaml` →

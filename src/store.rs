@@ -41,7 +41,7 @@ pub const TREE_UNFINISHED: &str = "unfinished";
 /// How many request ids a job keeps (the most recent ones).
 pub const MAX_REQUEST_IDS: usize = 8;
 /// sled page-cache budget; the default (1 GiB) is far more than a job table needs.
-const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+const CACHE_BYTES: u64 = 128 * 1024 * 1024;
 /// Jobs per write batch in `register_manifest`.
 const REGISTER_BATCH: usize = 4096;
 
@@ -90,7 +90,8 @@ impl StoreError {
     }
 }
 
-/// Number of jobs per state kind (see [`JobState::kind`]).
+/// Number of jobs per state kind (see [`JobState::kind`]); `in_doubt` counts jobs held in
+/// doubt now, not the historical counter.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct StateCounts {
     pub queued: u64,
@@ -197,8 +198,9 @@ impl Store {
     }
 
     /// Deletes jobs whose manifest record does not exist (a registration cut short by a
-    /// crash). Returns how many jobs were removed.
-    pub fn sweep_orphans(&self) -> Result<usize, StoreError> {
+    /// crash). Returns how many jobs were removed. Only safe before any registration runs,
+    /// hence private and called from `open`.
+    fn sweep_orphans(&self) -> Result<usize, StoreError> {
         let mut known: BTreeMap<ManifestId, bool> = BTreeMap::new();
         let mut batch_index = Batch::default();
         let mut batch_jobs = Batch::default();

@@ -242,3 +242,18 @@ fn disk_full_has_its_own_code() {
     let err = OutputError::io(Path::new("x"), std::io::Error::other("x"));
     assert_eq!(err.code(), "output-io");
 }
+
+#[test]
+fn a_failed_rename_leaves_no_temp_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    // The final name is taken by a non-empty directory: the rename must fail.
+    fs::create_dir_all(root.join("m/x.png/inner")).unwrap();
+    let err = write_atomic(root, Path::new("m/x.png"), b"data", ExistsPolicy::Replace).unwrap_err();
+    assert_eq!(err.code(), "output-io");
+    let names: Vec<_> = fs::read_dir(root.join("m"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, ["x.png"]);
+}

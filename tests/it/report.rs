@@ -5,6 +5,7 @@ use std::fs;
 use std::path::Path;
 
 use claid_hotfolder::report::{self, Report, ReportRow};
+use claid_hotfolder::store::records::{JobState, JobV1, ManifestState, ManifestV1};
 
 fn sample() -> Report {
     Report {
@@ -118,4 +119,125 @@ fn a_manifest_path_escaping_the_outbox_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let err = report::write(tmp.path(), Path::new("../evil.yaml"), &sample()).unwrap_err();
     assert_eq!(err.code(), "output-unsafe-path");
+}
+
+fn job(input: &str, state: JobState, in_doubt: u32) -> JobV1 {
+    JobV1 {
+        manifest: 1,
+        idx: 0,
+        key: "k".to_owned(),
+        input: input.to_owned(),
+        local: false,
+        body: serde_json::json!({}),
+        output_rel: format!("m/{input}.webp"),
+        state,
+        attempts: 1,
+        in_doubt,
+        polls: 0,
+        request_ids: Vec::new(),
+        updated_at_ms: 0,
+    }
+}
+
+#[test]
+fn build_maps_job_states_to_rows_and_counts() {
+    let done = |unchanged| JobState::Done {
+        path: "/out/m/x.webp".to_owned(),
+        bytes: 99,
+        sha256: String::new(),
+        width: 10,
+        height: 20,
+        task_id: if unchanged { None } else { Some(5) },
+        unchanged,
+    };
+    let jobs = [
+        job("a", done(false), 1),
+        job("b", done(true), 0),
+        job(
+            "c",
+            JobState::Failed {
+                code: "invalid-operations".to_owned(),
+                message: "width must be positive".to_owned(),
+                attempts: 1,
+            },
+            0,
+        ),
+        job("d", JobState::InDoubt { since_ms: 1 }, 2),
+        job(
+            "e",
+            JobState::Submitted {
+                task_id: 8,
+                result_url: String::new(),
+                at_ms: 0,
+            },
+            0,
+        ),
+    ];
+    let manifest = ManifestV1 {
+        rel: "m.yaml".to_owned(),
+        sha256: "ff".to_owned(),
+        registered_at_ms: 0,
+        n_jobs: 5,
+        state: ManifestState::Active,
+    };
+    let report = report::build(&manifest, &jobs, report::now_rfc3339());
+    assert_eq!(
+        (report.manifest.as_str(), report.sha256.as_str()),
+        ("m.yaml", "ff")
+    );
+    assert!(
+        report.generated_at.ends_with('Z'),
+        "{}",
+        report.generated_at
+    );
+    let summary: Vec<_> = report
+        .jobs
+        .iter()
+        .map(|r| {
+            (
+                r.input.as_str(),
+                r.status.as_str(),
+                r.task_id,
+                r.bytes,
+                r.reason.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("a", "done", Some(5), Some(99), ""),
+            ("b", "unchanged", None, Some(99), ""),
+            (
+                "c",
+                "failed",
+                None,
+                None,
+                "invalid-operations: width must be positive"
+            ),
+            ("d", "in_doubt", None, None, ""),
+            ("e", "submitted", Some(8), None, ""),
+        ]
+    );
+    assert_eq!(
+        (report.jobs[0].width, report.jobs[0].height),
+        (Some(10), Some(20))
+    );
+    assert_eq!(report.jobs[0].output, "m/a.webp");
+    let counts: Vec<_> = report
+        .counts
+        .iter()
+        .map(|(k, v)| (k.as_str(), *v))
+        .collect();
+    assert_eq!(
+        counts,
+        [
+            ("done", 1),
+            ("failed", 1),
+            ("in_doubt", 1),
+            ("submitted", 1),
+            ("unchanged", 1)
+        ]
+    );
+    assert_eq!(report.in_doubt, 3);
 }

@@ -1,7 +1,9 @@
 //! Tests for store: the transition table, durability across reopen, orphan sweeping, locking,
 //! `done_by_key`, FIFO order and a 100k-job manifest.
 
-use claid_hotfolder::store::records::{JobRecord, JobState, JobV1, ManifestState, ManifestV1};
+use claid_hotfolder::store::records::{
+    JobRecord, JobState, JobV1, ManifestRecord, ManifestState, ManifestV1,
+};
 use claid_hotfolder::store::{DoneInfo, JobId, Store, StoreError};
 
 const ALL_STATES: [&str; 7] = [
@@ -488,4 +490,30 @@ async fn flush_async_completes() {
     one_job(&store, "k");
     store.flush_async().await.unwrap();
     store.flush().unwrap();
+}
+
+/// The stored JSON format of V1 records: this literal must keep decoding in later versions.
+#[test]
+fn v1_records_keep_their_json_format() {
+    let stored = r#"{"v":"V1","manifest":3,"idx":0,"key":"k","input":"storage://demo/a-8x8.png",
+        "local":false,"body":{"operations":{}},"output_rel":"m/a.webp",
+        "state":{"kind":"done","path":"/o/m/a.webp","bytes":5,"sha256":"ab","width":8,
+        "height":8,"task_id":null,"unchanged":true},
+        "attempts":0,"in_doubt":0,"polls":0,"request_ids":[],"updated_at_ms":1}"#;
+    let JobRecord::V1(job) = serde_json::from_str(stored).unwrap();
+    assert!(matches!(
+        job.state,
+        JobState::Done {
+            unchanged: true,
+            ..
+        }
+    ));
+    let again = serde_json::to_value(JobRecord::V1(job)).unwrap();
+    let stored: serde_json::Value = serde_json::from_str(stored).unwrap();
+    assert_eq!(again, stored);
+
+    let manifest = r#"{"v":"V1","rel":"a.yaml","sha256":"ab","registered_at_ms":1,"n_jobs":2,
+        "state":{"kind":"finished","at_ms":9}}"#;
+    let ManifestRecord::V1(m) = serde_json::from_str(manifest).unwrap();
+    assert_eq!(m.state, ManifestState::Finished { at_ms: 9 });
 }
