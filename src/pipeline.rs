@@ -294,7 +294,11 @@ impl Handle {
         metrics
             .in_doubt
             .set(self.ctx.store.in_doubt_total()? as i64);
-        metrics.in_flight.set(self.in_flight() as i64);
+        let in_flight: u64 = ["submitting", "submitted", "downloading"]
+            .iter()
+            .map(|state| by_state.get(*state).copied().unwrap_or(0))
+            .sum();
+        metrics.in_flight.set(in_flight as i64);
         metrics
             .paused
             .set(i64::from(matches!(self.health(), Health::Paused { .. })));

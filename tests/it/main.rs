@@ -1,5 +1,6 @@
 //! The one integration-test binary: a module per area (STYLE.md point 22).
 
+mod admin;
 mod client;
 mod config;
 mod emulator;
