@@ -692,6 +692,7 @@ impl Handle {
         let span = info_span!(
             "job",
             job_id = id,
+            manifest = tracing::field::Empty,
             input = tracing::field::Empty,
             task_id = tracing::field::Empty
         );
@@ -706,6 +707,9 @@ impl Handle {
 
     /// Runs a job's steps until it is terminal, held, parked for shutdown, or requeued.
     async fn drive(&self, id: JobId) {
+        let span = tracing::Span::current();
+        let mut recorded_input = false;
+        let mut recorded_task = false;
         loop {
             let store = self.ctx.store.clone();
             let job = match blocking(move || store.job(id)).await {
@@ -719,7 +723,13 @@ impl Handle {
                     return;
                 }
             };
-            tracing::Span::current().record("input", job.input.as_str());
+            if !recorded_input {
+                recorded_input = true;
+                span.record("input", job.input.as_str());
+                if let Some(p) = lock(&self.ctx.progress).manifests.get(&job.manifest) {
+                    span.record("manifest", p.rel.to_string_lossy().as_ref());
+                }
+            }
             let step = match &job.state {
                 JobState::Queued => self.submit(id, &job).await,
                 JobState::Submitted {
@@ -727,7 +737,10 @@ impl Handle {
                     result_url,
                     at_ms,
                 } => {
-                    tracing::Span::current().record("task_id", task_id);
+                    if !recorded_task {
+                        recorded_task = true;
+                        span.record("task_id", task_id);
+                    }
                     self.poll(id, result_url.clone(), *at_ms).await
                 }
                 JobState::Downloading {
