@@ -87,6 +87,9 @@ const WAKE_CAPACITY: usize = 16;
 /// for so it can be watched again (never later than `watch.rescan`).
 const REARM_RETRY: Duration = Duration::from_secs(1);
 
+/// Shortest delay of the follow-up scan after a folder was created.
+const FOLLOW_UP_MIN: Duration = Duration::from_millis(50);
+
 /// Test hook: set to `1` in the daemon's environment to make adding inotify watches fail as
 /// when `fs.inotify.max_user_watches` is reached, without changing the machine's sysctl.
 #[doc(hidden)]
@@ -137,6 +140,9 @@ pub async fn run_with(
         wake: wake_tx,
         rearm: AtomicBool::new(false),
         limit_logged: AtomicBool::new(false),
+        folder_created: AtomicBool::new(false),
+        inbox: inbox.clone(),
+        root_gone: AtomicBool::new(false),
     });
     let (source, injected) = match source {
         EventSource::Injected(rx) => (Source::Injected, Some(rx)),
@@ -200,6 +206,9 @@ pub async fn run_with(
         if matches!(watching, Watching::Lost { .. }) {
             deadline = deadline.min(Instant::now() + REARM_RETRY);
         }
+        if shared.folder_created.swap(false, Ordering::Relaxed) {
+            deadline = deadline.min(Instant::now() + watch.settle.max(FOLLOW_UP_MIN));
+        }
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = tokio::time::sleep_until(deadline) => {}
@@ -222,6 +231,14 @@ struct Shared {
     rearm: AtomicBool,
     /// The watch-limit error is logged once, not once per folder that could not be watched.
     limit_logged: AtomicBool,
+    /// The watched inbox path: an event that removes or renames it means the watch is dead.
+    inbox: PathBuf,
+    /// Set when the inbox folder itself was deleted or moved away: its watch is gone (even if a
+    /// new folder at the same path happens to reuse the inode number).
+    root_gone: AtomicBool,
+    /// A folder was created: notify adds its watch only after the event, so a file written
+    /// into it meanwhile sends no event; one follow-up scan a settle window later finds it.
+    folder_created: AtomicBool,
 }
 
 /// The event source without the injected receiver (which moved into the forwarder).
@@ -273,11 +290,12 @@ fn rearm_if_needed(
         Watching::PollOnly | Watching::FallenBack => return watching,
         Watching::Armed { id, .. } => {
             let overflowed = shared.rearm.swap(false, Ordering::Relaxed);
+            let root_gone = shared.root_gone.swap(false, Ordering::Relaxed);
             let current = folder_id(inbox);
-            if current == Some(id) && !overflowed {
+            if current == Some(id) && !overflowed && !root_gone {
                 return watching;
             }
-            if overflowed {
+            if overflowed && !root_gone && current == Some(id) {
                 info!(inbox = %inbox.display(), "Watch events were lost (queue overflow); rebuilding the watch and rescanning the inbox");
             } else {
                 warn!(inbox = %inbox.display(), "The inbox folder was deleted or replaced; watching it again once it exists");
@@ -289,6 +307,7 @@ fn rearm_if_needed(
         Watching::Lost { announced } => announced,
     };
     shared.rearm.store(false, Ordering::Relaxed);
+    shared.root_gone.store(false, Ordering::Relaxed);
     let Some(id) = folder_id(inbox) else {
         return Watching::Lost { announced };
     };
@@ -349,6 +368,17 @@ fn handle_event(shared: &Shared, res: notify::Result<notify::Event>) {
         Ok(event) => {
             if event.need_rescan() {
                 shared.rearm.store(true, Ordering::Relaxed);
+            } else if matches!(
+                event.kind,
+                EventKind::Remove(_) | EventKind::Modify(notify::event::ModifyKind::Name(_))
+            ) && event.paths.iter().any(|p| p == &shared.inbox)
+            {
+                shared.root_gone.store(true, Ordering::Relaxed);
+            } else if matches!(
+                event.kind,
+                EventKind::Create(notify::event::CreateKind::Folder)
+            ) {
+                shared.folder_created.store(true, Ordering::Relaxed);
             } else if matches!(event.kind, EventKind::Access(kind) if kind != AccessKind::Close(AccessMode::Write))
             {
                 // Opens and reads (including our own scans) change nothing.
