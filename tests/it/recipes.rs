@@ -295,3 +295,194 @@ async fn the_daemon_processes_live_drops_and_keeps_working_after_a_bad_recipe() 
         "one.png, two.jpeg, the fixed one.png"
     );
 }
+
+// ---- `manifest::load_recipe_image` and `is_image_name` directly -------------------------------
+
+mod load {
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+
+    use claid_hotfolder::config::{Limits, Profile};
+    use claid_hotfolder::manifest::{self, Input, ManifestError, ManifestSpec};
+    use serde_json::json;
+
+    use crate::support::png;
+
+    fn profiles() -> BTreeMap<String, Profile> {
+        BTreeMap::from([(
+            "square".to_owned(),
+            Profile {
+                operations: json!({"resizing": {"width": 500, "height": 500, "fit": "canvas"}}),
+                output: Some(json!({"format": "png"})),
+            },
+        )])
+    }
+
+    /// A canonical inbox with `a/b/<image>` and `a/b/.claid.yaml` holding `recipe`.
+    fn setup(recipe: &str, image: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = dir.path().canonicalize().unwrap().join("inbox");
+        std::fs::create_dir_all(inbox.join("a/b")).unwrap();
+        std::fs::write(inbox.join("a/b/.claid.yaml"), recipe).unwrap();
+        let path = inbox.join("a/b").join(image);
+        std::fs::write(&path, png(20, 10)).unwrap();
+        (dir, inbox, path)
+    }
+
+    fn load(inbox: &Path, image: &Path) -> Result<ManifestSpec, ManifestError> {
+        manifest::load_recipe_image(inbox, image, &profiles(), &Limits::default())
+    }
+
+    #[test]
+    fn one_job_at_the_mirrored_path_with_the_recipe_format() {
+        for (recipe, image, output, format) in [
+            (
+                "output: { format: jpeg }\n",
+                "shoe.png",
+                "a/b/shoe.jpg",
+                None,
+            ),
+            (
+                "output: { format: webp }\n",
+                "Shoe.Big.PNG",
+                "a/b/Shoe.Big.webp",
+                None,
+            ),
+            ("operations: {}\n", "s.tif", "a/b/s.jpg", None),
+            ("", "empty.png", "a/b/empty.jpg", None),
+            ("profile: square\n", "p.jpg", "a/b/p.png", Some("png")),
+            (
+                "profile: square\noutput: { format: avif }\n",
+                "q.png",
+                "a/b/q.avif",
+                Some("avif"),
+            ),
+        ] {
+            let (_dir, inbox, path) = setup(recipe, image);
+            let spec =
+                load(&inbox, &path).unwrap_or_else(|e| panic!("{recipe:?}: {}", e.error_txt()));
+            assert_eq!(spec.rel, Path::new("a/b").join(image), "{recipe:?}");
+            assert_eq!(spec.jobs.len(), 1);
+            let job = &spec.jobs[0];
+            assert_eq!(job.output_rel, Path::new(output), "{recipe:?}");
+            assert!(
+                matches!(&job.input, Input::Local { path: p, .. } if p == &path),
+                "{:?}",
+                job.input
+            );
+            if let Some(format) = format {
+                assert_eq!(job.body["output"]["format"], format, "{recipe:?}");
+                assert_eq!(job.body["operations"]["resizing"]["width"], 500);
+            }
+        }
+    }
+
+    #[test]
+    fn the_drop_hash_covers_the_recipe_and_the_image() {
+        let (_dir, inbox, path) = setup("output: { format: jpeg }\n", "shoe.png");
+        let first = load(&inbox, &path).unwrap();
+        assert_eq!(load(&inbox, &path).unwrap().sha256, first.sha256, "stable");
+        std::fs::write(inbox.join("a/b/.claid.yaml"), "output: { format: png }\n").unwrap();
+        let recipe_changed = load(&inbox, &path).unwrap();
+        assert_ne!(recipe_changed.sha256, first.sha256);
+        std::fs::write(&path, png(21, 10)).unwrap();
+        let image_changed = load(&inbox, &path).unwrap();
+        assert_ne!(image_changed.sha256, recipe_changed.sha256);
+        assert_ne!(image_changed.jobs[0].key, recipe_changed.jobs[0].key);
+    }
+
+    #[test]
+    fn recipe_problems_name_the_recipe_the_line_and_the_fix() {
+        for (recipe, line, needle) in [
+            ("images:\n  - x.png\n", Some(1), "no `images`"),
+            (
+                "operations: {}\nprofle: square\n",
+                Some(2),
+                "did you mean `profile`",
+            ),
+            ("profile: nope\n", Some(1), "unknown profile `nope`"),
+            (
+                "output: { format: webp }\noperations:\n  resizing: { width: -3 }\n",
+                Some(3),
+                "operations.resizing.width",
+            ),
+            ("output: { destination: s3://x }\n", Some(1), "destination"),
+            ("operations: [1, 2]\n", Some(1), "expected a mapping"),
+            ("operations: {\n", None, "not valid YAML"),
+            ("- a\n- b\n", None, "must be a mapping"),
+        ] {
+            let (_dir, inbox, path) = setup(recipe, "img.png");
+            let err = load(&inbox, &path).expect_err(recipe);
+            assert_eq!(err.code(), "recipe-invalid", "{recipe:?}");
+            let problem = err
+                .problems()
+                .iter()
+                .find(|p| p.message.contains(needle))
+                .unwrap_or_else(|| panic!("{recipe:?}: no problem with {needle:?}: {err:?}"));
+            if line.is_some() {
+                assert_eq!(problem.line, line, "{recipe:?}: {problem:?}");
+            }
+            let text = err.error_txt();
+            assert!(
+                text.contains("recipe: ") && text.contains(".claid.yaml"),
+                "{text}"
+            );
+            assert!(text.contains("image: "), "{text}");
+            if let Some(line) = line {
+                assert!(
+                    text.contains(&format!(".claid.yaml line {line}: ")),
+                    "{text}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_missing_recipe_or_image_is_a_clear_problem() {
+        let (_dir, inbox, path) = setup("operations: {}\n", "img.png");
+        std::fs::remove_file(inbox.join("a/b/.claid.yaml")).unwrap();
+        let err = load(&inbox, &path).unwrap_err();
+        assert!(
+            err.error_txt().contains("cannot read the folder recipe"),
+            "{}",
+            err.error_txt()
+        );
+
+        let (_dir, inbox, path) = setup("operations: {}\n", "img.png");
+        std::fs::remove_file(&path).unwrap();
+        let err = load(&inbox, &path).unwrap_err();
+        assert!(
+            err.error_txt().contains("image `img.png`"),
+            "{}",
+            err.error_txt()
+        );
+    }
+
+    #[test]
+    fn image_names() {
+        for (name, ok) in [
+            ("a.png", true),
+            ("a.JPG", true),
+            ("b/c.jpeg", true),
+            ("d.webp", true),
+            ("e.tiff", true),
+            ("e.tif", true),
+            ("f.bmp", true),
+            ("g.gif", true),
+            ("h.avif", true),
+            ("i.HEIC", true),
+            (".hidden.png", false),
+            ("~$lock.png", false),
+            ("x.png.part", false),
+            ("x.png.tmp", false),
+            ("x.png.crdownload", false),
+            ("png", false),
+            (".png", false),
+            ("x.yaml", false),
+            ("x.txt", false),
+            (".claid.yaml", false),
+        ] {
+            assert_eq!(manifest::is_image_name(Path::new(name)), ok, "{name}");
+        }
+    }
+}
