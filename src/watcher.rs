@@ -175,7 +175,13 @@ pub async fn run_with(
             next_rescan = now + watch.rescan;
         }
         // Watches first, then the walk: whatever is created after the walk starts has a watch.
-        watching = rearm_if_needed(watching, &inbox, source, &shared);
+        // Off the async workers: arming walks the whole tree.
+        watching = {
+            let (inbox, shared) = (inbox.clone(), shared.clone());
+            tokio::task::spawn_blocking(move || rearm_if_needed(watching, &inbox, source, &shared))
+                .await
+                .map_err(WatchError::ScanTask)?
+        };
         // Every scan is a full scan: events only decide when it runs.
         let stable = match scan(&inbox, &watch, &mut tracker).await {
             Ok(stable) => {
@@ -258,6 +264,7 @@ enum Watching {
     /// A live watch on the inbox folder identified by `id`; a different folder at the same
     /// path (deleted and re-created) needs a new watch.
     Armed {
+        /// Kept only to stay alive: dropping it removes the watches.
         _watcher: Box<dyn std::any::Any + Send>,
         id: FolderId,
     },
