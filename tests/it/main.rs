@@ -9,6 +9,7 @@ mod imaging;
 mod manifest;
 mod output;
 mod pipeline;
+mod recipes;
 mod report;
 mod request;
 mod restart;
