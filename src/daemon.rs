@@ -243,7 +243,12 @@ pub async fn run(
     result?;
 
     let totals = pipeline.totals();
-    if shutdown_requested && opts.once {
+    if !opts.once {
+        // The daemon ran until told to stop: a clean stop is success, whatever jobs failed
+        // along the way (they are in the store and the reports), so systemd sees exit 0.
+        return Ok(Outcome::AllDone);
+    }
+    if shutdown_requested {
         return Ok(Outcome::Interrupted);
     }
     if totals.failed > 0 || totals.held > 0 || totals.rejected > 0 {
