@@ -25,11 +25,19 @@ pub struct ParseError {
 /// Mapping keys must be strings (numbers and booleans are turned into their text). Tags are
 /// refused, and so are non-finite floats, because neither survives a JSON request body.
 pub fn parse(text: &str) -> Result<serde_json::Value, ParseError> {
+    let text = strip_bom(text);
     let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|err| ParseError {
         line: err.location().map(|loc| loc.line()),
         message: clean_message(&err.to_string()),
     })?;
     to_json(value)
+}
+
+/// Drops a leading UTF-8 byte order mark (Windows editors write one). Neither parser skips it:
+/// serde_norway then misreads a config as several documents, and yaml-rust2 makes it part of
+/// the first key, so no line is found for it. A BOM holds no newline: lines are unchanged.
+pub fn strip_bom(text: &str) -> &str {
+    text.strip_prefix('\u{feff}').unwrap_or(text)
 }
 
 /// Removes serde_norway's " at line N column M" suffix: the line is reported separately.
@@ -133,6 +141,7 @@ pub struct LineMap {
 impl LineMap {
     /// Builds the map from YAML text. Best effort: on a syntax error it keeps what it saw.
     pub fn build(text: &str) -> LineMap {
+        let text = strip_bom(text);
         let mut builder = Builder::default();
         let mut parser = Parser::new_from_str(text);
         let _ = parser.load(&mut builder, false);
