@@ -40,6 +40,9 @@ pub fn strip_bom(text: &str) -> &str {
     text.strip_prefix('\u{feff}').unwrap_or(text)
 }
 
+/// Nesting beyond which the yaml-rust2 passes stop: above serde_norway's limit of 128.
+const MAX_LINE_DEPTH: usize = 256;
+
 /// Removes serde_norway's " at line N column M" suffix: the line is reported separately.
 fn clean_message(message: &str) -> String {
     let message = match message.find(" at line ") {
@@ -144,7 +147,18 @@ impl LineMap {
         let text = strip_bom(text);
         let mut builder = Builder::default();
         let mut parser = Parser::new_from_str(text);
-        let _ = parser.load(&mut builder, false);
+        // Event by event: `Parser::load` recurses once per nesting level and overflows the
+        // stack on a few thousand levels of `- - - …`, which serde_norway refuses but this pass
+        // still sees (a config with any problem is mapped, whatever its shape).
+        // Deeper than serde_norway's limit means the document was refused anyway; stopping
+        // there also keeps yaml-rust2's scanner, whose cost grows with the square of the
+        // nesting, from spending minutes and gigabytes on `- - - …` 100,000 deep.
+        while !builder.done && builder.stack.len() <= MAX_LINE_DEPTH {
+            match parser.next_token() {
+                Ok((Event::StreamEnd, _)) | Err(_) => break,
+                Ok((event, mark)) => builder.on_event(event, mark),
+            }
+        }
         LineMap {
             lines: builder.lines,
         }
