@@ -181,10 +181,12 @@ impl ManifestError {
 /// Whether a file in the inbox is a manifest: `*.yaml`, `*.yml`, `*.json`, but not hidden,
 /// temporary, partial, office lock, editor swap or backup files, folder recipes, or reports.
 pub fn is_manifest_name(path: &Path) -> bool {
-    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+    let Some(name) = path.file_name() else {
         return false;
     };
-    let lower = name.to_ascii_lowercase();
+    // By bytes, not `to_str`: a name that is not UTF-8 (Latin-1 from an SMB share) is still a
+    // manifest, which `load` rejects with a message instead of it lying unseen in the inbox.
+    let lower = String::from_utf8_lossy(name.as_encoded_bytes()).to_ascii_lowercase();
     if lower.starts_with('.') || lower.starts_with("~$") || lower.ends_with('~') {
         return false;
     }
@@ -214,6 +216,12 @@ pub fn load(
             message,
         }],
     };
+    if relative_to(inbox, manifest).to_str().is_none() {
+        return Err(invalid(format!(
+            "the path `{}` is not valid UTF-8; rename the file (and its folders) using UTF-8 names",
+            relative_to(inbox, manifest).to_string_lossy()
+        )));
+    }
     let meta = std::fs::metadata(manifest).map_err(read_err)?;
     if !meta.is_file() {
         return Err(invalid("the manifest is not a regular file".into()));
