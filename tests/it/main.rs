@@ -2,6 +2,7 @@
 
 mod client;
 mod config;
+mod corpus;
 mod emulator;
 mod imaging;
 mod manifest;
