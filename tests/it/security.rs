@@ -359,3 +359,51 @@ async fn only_http_urls_are_downloaded() {
         "Debug shows the key"
     );
 }
+
+/// A symlink planted at a report's name is not followed: the file it points to is unchanged.
+#[tokio::test(flavor = "multi_thread")]
+async fn symlink_planted_at_a_report_name_is_not_followed() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let victim = env.dir.path().join("victim.txt");
+    std::fs::write(&victim, b"ORIGINAL").expect("victim");
+    std::fs::create_dir_all(&env.outbox).expect("outbox");
+    for name in ["good.report.json", "good.report.csv"] {
+        std::os::unix::fs::symlink(&victim, env.outbox.join(name)).expect("plant");
+    }
+    env.drop_file("good.yaml", GOOD.as_bytes());
+    let config = env.config("", "");
+    let (code, stderr) = env.run_once(&config).await;
+    assert_ne!(code, 101, "panicked:\n{stderr}");
+    assert!(env.outbox.join("good/hat-32x32.png").is_file(), "{stderr}");
+    assert_eq!(
+        std::fs::read(&victim).expect("victim"),
+        b"ORIGINAL",
+        "the report was written through the symlink"
+    );
+}
+
+/// A manifest that is a symlink to a file outside the inbox is never read: nothing of it is
+/// submitted, and its content shows up in no error file.
+#[tokio::test(flavor = "multi_thread")]
+async fn manifest_symlinked_from_outside_the_inbox_is_not_read() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let outside = env.dir.path().join("outside.yaml");
+    std::fs::write(
+        &outside,
+        b"images:\n  - input: storage://demo/TOP-SECRET-64x64.png\n  - input: ftp://TOP-SECRET/x.jpg\n",
+    )
+    .expect("outside");
+    std::os::unix::fs::symlink(&outside, env.inbox.join("evil.yaml")).expect("plant");
+    let config = env.config("", "");
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "nothing to do:\n{stderr}");
+    assert_eq!(env.stats().submits, 0);
+    assert!(files_containing(&env.rejected, b"TOP-SECRET").is_empty());
+    assert!(files_containing(&env.outbox, b"TOP-SECRET").is_empty());
+    assert!(!stderr.contains("TOP-SECRET"), "{stderr}");
+    assert!(
+        std::fs::read(&outside)
+            .expect("outside")
+            .starts_with(b"images:")
+    );
+}
