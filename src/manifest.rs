@@ -198,10 +198,12 @@ impl ManifestError {
 /// Whether a file in the inbox is a manifest: `*.yaml`, `*.yml`, `*.json`, but not hidden,
 /// temporary, partial, office lock, editor swap or backup files, folder recipes, or reports.
 pub fn is_manifest_name(path: &Path) -> bool {
-    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+    let Some(name) = path.file_name() else {
         return false;
     };
-    let lower = name.to_ascii_lowercase();
+    // By bytes, not `to_str`: a name that is not UTF-8 (Latin-1 from an SMB share) is still a
+    // manifest, which `load` rejects with a message instead of it lying unseen in the inbox.
+    let lower = String::from_utf8_lossy(name.as_encoded_bytes()).to_ascii_lowercase();
     if lower.starts_with('.') || lower.starts_with("~$") || lower.ends_with('~') {
         return false;
     }
@@ -231,6 +233,12 @@ pub fn load(
             message,
         }],
     };
+    if relative_to(inbox, manifest).to_str().is_none() {
+        return Err(invalid(format!(
+            "the path `{}` is not valid UTF-8; rename the file (and its folders) using UTF-8 names",
+            relative_to(inbox, manifest).to_string_lossy()
+        )));
+    }
     let meta = std::fs::metadata(manifest).map_err(read_err)?;
     if !meta.is_file() {
         return Err(invalid("the manifest is not a regular file".into()));
@@ -270,6 +278,86 @@ pub fn load(
             path: manifest.to_owned(),
             problems,
         }),
+    }
+}
+
+/// Parses JSON like `serde_json::from_str::<Value>`, but refuses duplicate keys: serde_json
+/// keeps the last one silently, so a second `"images"` list would drop the first one's images
+/// without a word (YAML manifests refuse duplicates the same way).
+fn json_strict(text: &str) -> Result<Value, serde_json::Error> {
+    use serde::de::DeserializeSeed as _;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let value = StrictJson.deserialize(&mut de)?;
+    de.end()?;
+    Ok(value)
+}
+
+/// A `serde_json::Value` seed that errors on a repeated object key.
+struct StrictJson;
+
+impl<'de> serde::de::DeserializeSeed<'de> for StrictJson {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<Value, D::Error> {
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for StrictJson {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(StrictJson)? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                return Err(serde::de::Error::custom(format_args!(
+                    "duplicate key `{key}`"
+                )));
+            }
+            let value = map.next_value_seed(StrictJson)?;
+            out.insert(key, value);
+        }
+        Ok(Value::Object(out))
     }
 }
 
@@ -387,7 +475,7 @@ fn parse_bytes(
         }
     };
     let parsed = if is_json {
-        serde_json::from_str::<Value>(text).map_err(|err| yaml::ParseError {
+        json_strict(yaml::strip_bom(text)).map_err(|err| yaml::ParseError {
             line: Some(err.line()).filter(|l| *l > 0),
             message: {
                 let m = err.to_string();

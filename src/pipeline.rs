@@ -633,19 +633,46 @@ impl Handle {
 
     /// Requeues jobs from the store (replay) and schedules them.
     pub async fn replay(&self, ids: Vec<JobId>) -> Result<usize, StoreError> {
-        let mut n = 0;
+        let mut requeued = Vec::new();
+        let mut untracked = std::collections::BTreeSet::new();
         for id in ids {
             let store = self.ctx.store.clone();
+            let before = blocking(move || store.job(id)).await?;
+            // Only finished or held jobs are replayed: requeueing a job under way would lose
+            // its task id and pay for it twice.
+            let Some(before) = before.filter(|job| job.state.is_replayable()) else {
+                continue;
+            };
+            let store = self.ctx.store.clone();
             let job = blocking(move || store.requeue(id, false)).await?;
-            {
-                let mut progress = lock(&self.ctx.progress);
-                if let Some(p) = progress.manifests.get_mut(&job.manifest) {
+            let mut progress = lock(&self.ctx.progress);
+            match progress.manifests.get_mut(&job.manifest) {
+                Some(p) => {
                     p.open += 1;
+                    if matches!(before.state, JobState::InDoubt { .. }) {
+                        p.held = p.held.saturating_sub(1);
+                    }
+                }
+                None => {
+                    untracked.insert(job.manifest);
                 }
             }
-            self.enqueue(vec![id], false);
-            n += 1;
+            requeued.push(id);
         }
+        // A finished manifest becomes active again, so its report is rewritten at the end.
+        for mid in untracked {
+            let store = self.ctx.store.clone();
+            let (m, jobs) = blocking(move || -> Result<_, StoreError> {
+                store.set_manifest_state(mid, ManifestState::Active)?;
+                Ok((store.manifest(mid)?, store.jobs_of_manifest(mid)?))
+            })
+            .await?;
+            if let Some(m) = m {
+                self.track_manifest(mid, &m, &jobs);
+            }
+        }
+        let n = requeued.len();
+        self.enqueue(requeued, false);
         Ok(n)
     }
 

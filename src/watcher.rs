@@ -587,7 +587,9 @@ fn walk(root: &Path, reported: &mut HashSet<PathBuf>) -> std::io::Result<Vec<Fou
             let Ok(entry) = entry else { continue };
             let path = entry.path();
             let name = entry.file_name();
-            let hidden = name.to_str().is_none_or(|n| n.starts_with('.'));
+            // By bytes: a name that is not UTF-8 is not hidden; the manifest loader rejects it
+            // with a message rather than leaving it unseen in the inbox forever.
+            let hidden = name.as_encoded_bytes().first() == Some(&b'.');
             let Ok(file_type) = entry.file_type() else {
                 continue;
             };

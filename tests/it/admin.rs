@@ -489,3 +489,46 @@ async fn the_unit_verifies_and_scores_at_most_two_in_systemd_analyze_security() 
         .expect("a score");
     assert!(score <= 2.0, "exposure {score} > 2.0: {line}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replay_over_the_socket_reopens_a_finished_manifest_and_rewrites_its_report() {
+    let storage = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(storage.path().join("shop")).unwrap();
+    std::fs::write(storage.path().join("shop/here.png"), png(80, 60)).unwrap();
+    let env = TestEnv::new(Scenario::default().storage_root(storage.path())).await;
+    env.drop_file(
+        "r.yaml",
+        b"images:\n  - input: storage://shop/here.png\n  - input: storage://shop/late.png\n",
+    );
+    let config = env.config("", "");
+    let mut daemon = env.spawn_daemon(&config, 0);
+    wait_socket(&env).await;
+    wait_until("the manifest finished", Duration::from_secs(30), || {
+        env.archive.join("r.yaml").is_file()
+    })
+    .await;
+    assert_eq!(env.report("r")["counts"]["failed"], 1);
+    std::fs::write(storage.path().join("shop/late.png"), png(80, 60)).unwrap();
+    let (code, out, err) = cli(&[
+        "replay",
+        "--failed",
+        "--since",
+        "1h",
+        "--config",
+        config.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("Requeued 1 jobs in the running daemon"),
+        "{out}"
+    );
+    wait_until("the report rewritten", Duration::from_secs(30), || {
+        std::fs::read_to_string(env.outbox.join("r.report.json"))
+            .is_ok_and(|t| t.contains("\"done\": 2"))
+    })
+    .await;
+    assert!(env.outbox.join("r/late.jpg").is_file());
+    signal(&daemon, "-TERM");
+    assert_eq!(daemon.wait().await.unwrap().code(), Some(0));
+}
