@@ -231,15 +231,85 @@ fn cmd_run(path: &Path, once: bool, print_config: bool) -> i32 {
     }
 }
 
-/// A file is a config when its top level has a `folders` key; otherwise a manifest.
-fn looks_like_config(path: &Path) -> bool {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return false;
+/// What `validate` takes a file for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FileKind {
+    Manifest,
+    Config,
+    /// Unreadable as YAML, empty, or not a mapping: reported both ways.
+    Unknown,
+}
+
+/// Top-level keys only a config has.
+const CONFIG_KEYS: [&str; 11] = [
+    "api",
+    "folders",
+    "watch",
+    "on_manifest_done",
+    "on_output_exists",
+    "in_doubt",
+    "admin",
+    "profiles",
+    "log",
+    "limits",
+    "shutdown_grace",
+];
+
+/// A mapping with `images` is a manifest, one with a config key a config; anything else that
+/// parses as a mapping is taken for a manifest.
+fn kind_of(path: &Path) -> FileKind {
+    let Ok(bytes) = std::fs::read(path) else {
+        return FileKind::Unknown;
     };
-    let Ok(value) = serde_yaml::from_str::<serde_yaml::Value>(&text) else {
-        return false;
+    let text = String::from_utf8_lossy(&bytes);
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let Ok(serde_yaml::Value::Mapping(map)) = serde_yaml::from_str::<serde_yaml::Value>(text)
+    else {
+        return FileKind::Unknown;
     };
-    value.get("folders").is_some()
+    if map.contains_key("images") {
+        FileKind::Manifest
+    } else if CONFIG_KEYS.iter().any(|key| map.contains_key(*key)) {
+        FileKind::Config
+    } else {
+        FileKind::Manifest
+    }
+}
+
+/// Validates one file as a config; `Ok(true)` when valid.
+fn validate_config_file(file: &Path) -> bool {
+    match config::load(file) {
+        Ok(_) => {
+            println!("{}: ok (config)", file.display());
+            true
+        }
+        Err(err) => {
+            println!("{err}");
+            false
+        }
+    }
+}
+
+/// Validates one file as a manifest; `Ok(true)` when valid.
+fn validate_manifest_file(config: Option<&Config>, file: &Path) -> anyhow::Result<bool> {
+    let file =
+        std::path::absolute(file).with_context(|| format!("cannot resolve {}", file.display()))?;
+    let inbox = match config {
+        Some(config) if file.starts_with(&config.folders.inbox) => config.folders.inbox.clone(),
+        _ => file.parent().map(Path::to_path_buf).unwrap_or_default(),
+    };
+    let profiles = config.map(|c| c.profiles.clone()).unwrap_or_default();
+    let limits = config.map(|c| c.limits).unwrap_or_default();
+    match manifest::load(&inbox, &file, &profiles, &limits) {
+        Ok(spec) => {
+            println!("{}: ok ({} images)", file.display(), spec.jobs.len());
+            Ok(true)
+        }
+        Err(err) => {
+            println!("{}", err.error_txt());
+            Ok(false)
+        }
+    }
 }
 
 fn cmd_validate(config_path: Option<&Path>, files: &[PathBuf]) -> anyhow::Result<i32> {
@@ -249,33 +319,23 @@ fn cmd_validate(config_path: Option<&Path>, files: &[PathBuf]) -> anyhow::Result
     };
     let mut n_bad = 0;
     for file in files {
-        if looks_like_config(file) {
-            match config::load(file) {
-                Ok(_) => println!("{}: ok (config)", file.display()),
-                Err(err) => {
-                    n_bad += 1;
-                    println!("{err}");
-                }
+        let ok = match kind_of(file) {
+            FileKind::Config => validate_config_file(file),
+            FileKind::Manifest => validate_manifest_file(config.as_ref(), file)?,
+            FileKind::Unknown => {
+                println!(
+                    "{}: neither a manifest nor a config can be read from it.",
+                    file.display()
+                );
+                println!("As a manifest:");
+                validate_manifest_file(config.as_ref(), file)?;
+                println!("As a config:");
+                validate_config_file(file);
+                false
             }
-            continue;
-        }
-        let file = std::path::absolute(file)
-            .with_context(|| format!("cannot resolve {}", file.display()))?;
-        let inbox = match &config {
-            Some(config) if file.starts_with(&config.folders.inbox) => config.folders.inbox.clone(),
-            _ => file.parent().map(Path::to_path_buf).unwrap_or_default(),
         };
-        let profiles = config
-            .as_ref()
-            .map(|c| c.profiles.clone())
-            .unwrap_or_default();
-        let limits = config.as_ref().map(|c| c.limits).unwrap_or_default();
-        match manifest::load(&inbox, &file, &profiles, &limits) {
-            Ok(spec) => println!("{}: ok ({} images)", file.display(), spec.jobs.len()),
-            Err(err) => {
-                n_bad += 1;
-                println!("{}", err.error_txt());
-            }
+        if !ok {
+            n_bad += 1;
         }
     }
     Ok(if n_bad == 0 { EX_OK } else { EX_FAILURE })

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use sha2::Digest;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -802,13 +803,11 @@ impl Handle {
         let ctx = &self.ctx;
         let mut transient_failures = 0u32;
         let local_bytes = if job.local {
-            let path = ctx.folders.inbox.join(&job.input);
-            match tokio::fs::read(&path).await {
+            let inbox = ctx.folders.inbox.clone();
+            let owned = job.clone();
+            match blocking(move || read_local_input(&inbox, &owned)).await {
                 Ok(bytes) => Some(bytes),
-                Err(err) => {
-                    let message = format!("cannot read {}: {err}", path.display());
-                    return self.fail(id, "input-unreadable", &message).await;
-                }
+                Err((code, message)) => return self.fail(id, code, &message).await,
             }
         } else {
             None
@@ -1163,7 +1162,9 @@ impl Handle {
             }
             Ok(Err(err)) => {
                 let code = err.code();
-                if code == "output-exists" {
+                // A policy refusal or a path that leads out of the outbox (a planted symlink) is
+                // about this job and will not heal by waiting: fail it.
+                if matches!(code, "output-exists" | "output-unsafe-path") {
                     return self.fail(id, code, &err.to_string()).await;
                 }
                 // Disk full or an I/O error: the job stays Downloading and is retried; the
@@ -1562,6 +1563,46 @@ fn build_report(m: &ManifestV1, jobs: &[(JobId, JobV1)]) -> Report {
         in_doubt,
         jobs: rows,
     }
+}
+
+/// Reads a local input for upload and checks it is still the file that was validated: inside
+/// the inbox once links are resolved, and with the content its job key was computed from (so a
+/// file swapped after validation, for a symlink or for other bytes, is never uploaded).
+fn read_local_input(inbox: &Path, job: &JobV1) -> Result<Vec<u8>, (&'static str, String)> {
+    let path = inbox.join(&job.input);
+    let unreadable = |err: std::io::Error| {
+        (
+            "input-unreadable",
+            format!("cannot read {}: {err}", path.display()),
+        )
+    };
+    let inbox = inbox.canonicalize().map_err(unreadable)?;
+    let resolved = path.canonicalize().map_err(unreadable)?;
+    if !resolved.starts_with(&inbox) {
+        return Err((
+            "input-outside-inbox",
+            format!(
+                "{} now leads outside the inbox; it is not uploaded",
+                path.display()
+            ),
+        ));
+    }
+    let bytes = std::fs::read(&resolved).map_err(unreadable)?;
+    let input = Input::Local {
+        path: resolved,
+        rel: PathBuf::from(&job.input),
+        sha256: hex::encode(sha2::Sha256::digest(&bytes)),
+    };
+    if manifest::key_for(&input, &job.body, Path::new(&job.output_rel)) != job.key {
+        return Err((
+            "input-changed",
+            format!(
+                "{} changed after the manifest was validated; drop the manifest again to process the new content",
+                path.display()
+            ),
+        ));
+    }
+    Ok(bytes)
 }
 
 /// Reads the dimensions from an encoded image's header without decoding it.

@@ -730,8 +730,7 @@ async fn validate_exits_1_on_every_bad_config_fixture() {
 /// no-folders-at-all, not-a-mapping). Suggested fix: a `--config`-style flag to force the kind,
 /// or treat a file as a config when it has any config top-level key, and strip a BOM first.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "DEFECT in src/cli.rs: validate takes broken configs for manifests"]
-async fn defect_validate_reports_the_config_problem_of_every_bad_config_fixture() {
+async fn issue5_validate_reports_the_config_problem_of_every_bad_config_fixture() {
     let mut failures = Vec::new();
     for (name, _, text, expect) in validate_each_config().await {
         for want in &expect {

@@ -124,8 +124,7 @@ async fn symlink_planted_in_the_outbox_is_not_followed_out_of_it() {
 /// `poll.max` forever: its manifest never finishes, no report is written and `run --once` never
 /// exits. Expected: the job fails with `output-unsafe-path` and the report says so.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "DEFECT in src/pipeline.rs: output-unsafe-path is retried forever instead of failing the job"]
-async fn defect_symlinked_output_fails_the_job_with_output_unsafe_path() {
+async fn issue5_symlinked_output_fails_the_job_with_output_unsafe_path() {
     let (env, daemon, elsewhere) = symlinked_outbox().await;
     let report = env.outbox.join("team.report.json");
     wait_until(
@@ -200,8 +199,7 @@ async fn local_inputs_outside_the_inbox_are_rejected_before_any_api_call() {
 /// answers 402 and submitting is paused) uploads the outside file to Claid. Expected: the job
 /// fails (input outside the inbox) and nothing is uploaded.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "DEFECT in src/pipeline.rs: local inputs are re-read through symlinks at upload time"]
-async fn defect_local_input_swapped_for_a_symlink_after_validation_is_not_uploaded() {
+async fn issue5_local_input_swapped_for_a_symlink_after_validation_is_not_uploaded() {
     let env = TestEnv::new(Scenario::default().credits_exhausted(true)).await;
     let outside = env.dir.path().join("outside.png");
     std::fs::write(&outside, png(37, 23)).expect("outside image");
