@@ -3,6 +3,7 @@
 mod client;
 mod config;
 mod emulator;
+mod faults;
 mod imaging;
 mod manifest;
 mod output;
@@ -10,6 +11,7 @@ mod pipeline;
 mod report;
 mod request;
 mod restart;
+mod soak;
 mod store;
 mod support;
 mod watcher;
