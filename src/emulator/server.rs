@@ -985,7 +985,11 @@ async fn wrong_image(mime: &str, bytes: &Bytes) -> Option<Bytes> {
         "image/webp" => "webp",
         _ => "png",
     };
-    let name = format!("wrong-{}x{}.{ext}", w.saturating_add(1), h.saturating_add(1));
+    let name = format!(
+        "wrong-{}x{}.{ext}",
+        w.saturating_add(1),
+        h.saturating_add(1)
+    );
     tokio::task::spawn_blocking(move || inputs::demo_image(&name).ok())
         .await
         .ok()

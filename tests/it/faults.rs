@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use claid_hotfolder::emulator::{FaultShares, Latency, Scenario, Stats};
+use tokio_util::sync::CancellationToken;
 
 use crate::support::{PartialFileWatch, TestEnv, dimensions, png, wait_until};
 
@@ -24,14 +25,32 @@ const DEADLINE: Duration = Duration::from_secs(90);
 enum During {
     Nothing,
     /// After `after` API requests the API answers 503 until it has sent `n_503` of them.
-    Down { after: u64, n_503: u64 },
+    Down {
+        after: u64,
+        n_503: u64,
+    },
     /// After `after` submits credits run out until `n_402` answers were 402.
-    OutOfCredits { after: u64, n_402: u64 },
+    OutOfCredits {
+        after: u64,
+        n_402: u64,
+    },
     /// After `after` API requests the key lacks scope until `n_403` answers were 403.
-    Forbidden { after: u64, n_403: u64 },
+    Forbidden {
+        after: u64,
+        n_403: u64,
+    },
+    /// Another client with the same key (Claid's limits are per key) sends `rps` requests a
+    /// second until the daemon is done, so the daemon's view of `RateLimit-Remaining` is stale
+    /// and it runs into 429s, until the daemon has had `daemon_429` of them.
+    Competitor {
+        rps: u64,
+        daemon_429: u64,
+    },
     /// A plain file sits where the manifest's output directory must go until the daemon has
     /// downloaded `extra` more results than there are images (so writes failed and were retried).
-    BlockedOutbox { extra: u64 },
+    BlockedOutbox {
+        extra: u64,
+    },
 }
 
 /// One row of the matrix.
@@ -76,6 +95,8 @@ struct Outcome {
     /// Failure code → count.
     failed: BTreeMap<String, u64>,
     in_doubt: u64,
+    /// 429s the daemon got (the emulator's count minus those of the test's own competitor).
+    daemon_429: u64,
 }
 
 impl Outcome {
@@ -96,11 +117,38 @@ fn manifest(case: &str, remote: usize) -> String {
     text
 }
 
-/// Plays `during` against the emulator while the daemon runs.
-async fn play(env: &TestEnv, during: During, blocker: &std::path::Path, total: u64) {
+/// Plays `during` against the emulator while the daemon runs (until `stop`); returns the
+/// 429s the competitor got.
+async fn play(
+    env: &TestEnv,
+    during: During,
+    blocker: &std::path::Path,
+    total: u64,
+    stop: CancellationToken,
+) -> u64 {
     let control = env.emulator.control();
     match during {
         During::Nothing => {}
+        During::Competitor { rps, daemon_429 } => {
+            let client = reqwest::Client::new();
+            let url = format!("{}/image/edit/async/0", env.emulator.base_url());
+            let mut tick = tokio::time::interval(Duration::from_millis(1000 / rps.max(1)));
+            let mut refused = 0;
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                let answer = client.get(&url).bearer_auth("test-key").send().await;
+                if answer.is_ok_and(|r| r.status() == reqwest::StatusCode::TOO_MANY_REQUESTS) {
+                    refused += 1;
+                }
+                if env.stats().rate_limited - refused >= daemon_429 {
+                    break;
+                }
+            }
+            return refused;
+        }
         During::Down { after, n_503 } => {
             wait_until("requests before the outage", DEADLINE, || {
                 env.stats().requests >= after
@@ -133,13 +181,16 @@ async fn play(env: &TestEnv, during: During, blocker: &std::path::Path, total: u
             control.set_forbidden(false);
         }
         During::BlockedOutbox { extra } => {
-            wait_until("downloads whose write failed and was retried", DEADLINE, || {
-                env.stats().downloads >= total + extra
-            })
+            wait_until(
+                "downloads whose write failed and was retried",
+                DEADLINE,
+                || env.stats().downloads >= total + extra,
+            )
             .await;
             std::fs::remove_file(blocker).expect("remove the obstacle");
         }
     }
+    0
 }
 
 /// Runs one case to completion and checks every common claim, then the case's own.
@@ -165,9 +216,14 @@ async fn check_fault(case: Case) {
     }
     let watch = PartialFileWatch::start(env.outbox.clone());
     let wrapper: Vec<&str> = case.wrapper.iter().map(String::as_str).collect();
-    let ((code, stderr), ()) = tokio::join!(
-        env.run_once_with(&config, case.envs, &wrapper),
-        play(&env, case.during, &blocker, total),
+    let stop = CancellationToken::new();
+    let ((code, stderr), competitor_429) = tokio::join!(
+        async {
+            let ran = env.run_once_with(&config, case.envs, &wrapper).await;
+            stop.cancel();
+            ran
+        },
+        play(&env, case.during, &blocker, total, stop.clone()),
     );
     let partial = watch.finish();
     let stats = env.stats();
@@ -185,6 +241,7 @@ async fn check_fault(case: Case) {
     let jobs = report["jobs"].as_array().expect("jobs");
     assert_eq!(jobs.len() as u64, total, "{name}: one row per image");
     let mut outcome = Outcome {
+        daemon_429: stats.rate_limited - competitor_429,
         in_doubt: report["in_doubt"].as_u64().unwrap_or(0),
         ..Outcome::default()
     };
@@ -197,7 +254,10 @@ async fn check_fault(case: Case) {
                 outcome.done += 1;
                 let rel = job["output"].as_str().expect("output path");
                 let path = env.outbox.join(rel);
-                assert!(path.is_file(), "{name}: {input} is done but {rel} is missing");
+                assert!(
+                    path.is_file(),
+                    "{name}: {input} is done but {rel} is missing"
+                );
                 assert_eq!(dimensions(&path), OUT, "{name}: dimensions of {rel}");
             }
             Some("failed") => {
@@ -249,7 +309,7 @@ async fn check_fault(case: Case) {
 
     eprintln!(
         "fault {name}: images {total}, done {}, failed {:?}, in_doubt {}, duplicates {}; \
-         emulator: requests {}, 5xx {}, 429 {}, dropped {}, errored {}, polls delayed {}, \
+         emulator: requests {}, 5xx {}, 429 {} (daemon {}), dropped {}, errored {}, polls delayed {}, \
          downloads {} (expired {}, truncated {}, wrong image {}), 402 {}, 403 {}",
         outcome.done,
         outcome.failed,
@@ -258,6 +318,7 @@ async fn check_fault(case: Case) {
         stats.requests,
         stats.errors_5xx,
         stats.rate_limited,
+        outcome.daemon_429,
         stats.dropped_responses,
         stats.tasks_errored,
         stats.polls_delayed,
@@ -300,9 +361,15 @@ async fn fault_5xx_on_every_endpoint() {
         check: |s, o| {
             all_done(s, o)?;
             ensure(s.errors_5xx > 0, "5xx were injected")?;
-            ensure(s.duplicate_submits == 0, "a 500 creates no task: no duplicate")
+            ensure(
+                s.duplicate_submits == 0,
+                "a 500 creates no task: no duplicate",
+            )
         },
-        ..Case::new("five-hundreds", Scenario::default().seed(1).fault_5xx(shares))
+        ..Case::new(
+            "five-hundreds",
+            Scenario::default().seed(1).fault_5xx(shares),
+        )
     })
     .await;
 }
@@ -346,20 +413,28 @@ async fn fault_tasks_ending_in_error_fail_with_claid_error() {
     .await;
 }
 
+/// A tight limit (20 rps at the emulator, 200 configured in the daemon) that another client
+/// with the same key keeps full: the daemon gets 429s, waits them out, and no job fails.
+/// (Without the competitor there is no storm: the client reads `RateLimit-Remaining` and waits
+/// before the window is full.)
 #[tokio::test(flavor = "multi_thread")]
 async fn fault_429_storm_under_a_tight_rate_limit() {
     check_fault(Case {
         images: 20,
         envs: &[
-            ("CLAID_HOTFOLDER__API__REQUESTS_PER_SECOND", "100"),
-            ("CLAID_HOTFOLDER__API__REQUESTS_PER_MINUTE", "6000"),
+            ("CLAID_HOTFOLDER__API__REQUESTS_PER_SECOND", "200"),
+            ("CLAID_HOTFOLDER__API__REQUESTS_PER_MINUTE", "12000"),
         ],
+        during: During::Competitor {
+            rps: 200,
+            daemon_429: 10,
+        },
         check: |s, o| {
             all_done(s, o)?;
-            ensure(s.rate_limited > 0, "the emulator answered 429s")?;
+            ensure(o.daemon_429 >= 10, "the daemon got 429s")?;
             ensure(s.duplicate_submits == 0, "a 429 creates no task")
         },
-        ..Case::new("storm", Scenario::default().seed(7).rps(10))
+        ..Case::new("storm", Scenario::default().seed(7).rps(20))
     })
     .await;
 }
@@ -522,7 +597,10 @@ async fn fault_outbox_write_fails_until_the_obstacle_is_removed() {
                 s.downloads >= o.done + 10,
                 "writes failed and the results were fetched again",
             )?;
-            ensure(s.duplicate_submits == 0, "a failed write is never resubmitted")
+            ensure(
+                s.duplicate_submits == 0,
+                "a failed write is never resubmitted",
+            )
         },
         ..Case::new("blocked", Scenario::default().seed(37))
     })

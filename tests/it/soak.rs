@@ -30,11 +30,7 @@ fn env_number(name: &str, default: u64) -> u64 {
 
 /// Work the emulator saw: API requests plus every tmp_url download attempt.
 fn progress(s: &Stats) -> u64 {
-    s.requests
-        + s.downloads
-        + s.downloads_truncated
-        + s.downloads_expired
-        + s.downloads_wrong_image
+    s.requests + s.downloads + s.downloads_truncated + s.downloads_expired + s.downloads_wrong_image
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -89,9 +85,11 @@ async fn soak_sigkill_at_random_moments_loses_nothing_writes_nothing_half_pays_o
         }
         let target = progress(&env.stats()) + rng.random_range(1..=spacing * 3 / 2);
         let mut daemon = env.spawn_daemon(&config, n as usize);
-        wait_until("more work before the next kill", Duration::from_secs(120), || {
-            progress(&env.stats()) >= target || all_archived(&env)
-        })
+        wait_until(
+            "more work before the next kill",
+            Duration::from_secs(120),
+            || progress(&env.stats()) >= target || all_archived(&env),
+        )
         .await;
         daemon.start_kill().expect("SIGKILL");
         let status = daemon.wait().await.expect("wait");
@@ -212,7 +210,11 @@ async fn soak_sigkill_at_random_moments_loses_nothing_writes_nothing_half_pays_o
         "partial files seen under final names: {partial:?}"
     );
     assert!(lost.is_empty(), "lost images: {lost:#?}\n{tail}");
-    assert_eq!(done + failed_total, images as u64, "every image accounted for");
+    assert_eq!(
+        done + failed_total,
+        images as u64,
+        "every image accounted for"
+    );
     assert!(
         failed_total <= stats.tasks_errored,
         "only tasks that ended in ERROR fail"
