@@ -23,6 +23,7 @@ use crate::claid::wire::TaskStatus;
 use crate::claid::{ClaidError, Client, ErrorClass};
 use crate::config::{InDoubtPolicy, Limits, OnManifestDone, OnOutputExists, PollConfig, Profile};
 use crate::manifest::{self, Input, ManifestError, ManifestSpec};
+use crate::metrics::{Metrics, OutcomeLabel};
 use crate::output::{self, ExistsPolicy};
 use crate::report::{self, Report, ReportRow};
 use crate::store::records::{DoneInfo, JobState, JobV1, ManifestState, ManifestV1};
@@ -47,6 +48,7 @@ pub struct Deps {
     pub profiles: BTreeMap<String, Profile>,
     pub max_in_flight: usize,
     pub max_downloads: usize,
+    pub metrics: Arc<Metrics>,
     pub cancel: CancellationToken,
     pub tracker: TaskTracker,
 }
@@ -109,9 +111,13 @@ struct Ctx {
     store: Store,
     client: Client,
     folders: Folders,
-    policies: Policies,
+    /// Reloadable on SIGHUP, like `limits` and `profiles`.
+    policies: std::sync::RwLock<Policies>,
     poll: PollConfig,
-    limits: Limits,
+    limits: std::sync::RwLock<Limits>,
+    metrics: Arc<Metrics>,
+    max_in_flight: usize,
+    started: Instant,
     profiles: std::sync::RwLock<BTreeMap<String, Profile>>,
     /// One permit per task at Claid (submitted, not yet finished). Owned permits move into the
     /// job task; dropping the permit is what frees the slot.
@@ -144,6 +150,8 @@ struct ManifestProgress {
     /// Jobs that are neither terminal nor held.
     open: u64,
     held: u64,
+    /// Jobs this process finished, for images per minute.
+    finished_this_run: u64,
     started: Instant,
 }
 
@@ -188,9 +196,12 @@ impl Handle {
             store: deps.store,
             client: deps.client,
             folders: deps.folders,
-            policies: deps.policies,
+            policies: std::sync::RwLock::new(deps.policies),
             poll: deps.poll,
-            limits: deps.limits,
+            limits: std::sync::RwLock::new(deps.limits),
+            metrics: deps.metrics,
+            max_in_flight: deps.max_in_flight,
+            started: Instant::now(),
             profiles: std::sync::RwLock::new(deps.profiles),
             in_flight: Arc::new(Semaphore::new(deps.max_in_flight)),
             downloads: Arc::new(Semaphore::new(deps.max_downloads)),
@@ -218,9 +229,77 @@ impl Handle {
         lock(&self.ctx.progress).totals
     }
 
-    /// Replaces the profiles used for manifests registered from now on (SIGHUP reload).
-    pub fn set_profiles(&self, profiles: BTreeMap<String, Profile>) {
+    /// Applies a reloaded config (SIGHUP): profiles, policies and limits apply to what is
+    /// registered or decided from now on.
+    pub fn reload(&self, profiles: BTreeMap<String, Profile>, policies: Policies, limits: Limits) {
         *self.ctx.profiles.write().unwrap_or_else(|e| e.into_inner()) = profiles;
+        *self.ctx.policies.write().unwrap_or_else(|e| e.into_inner()) = policies;
+        *self.ctx.limits.write().unwrap_or_else(|e| e.into_inner()) = limits;
+    }
+
+    fn policies(&self) -> Policies {
+        *self.ctx.policies.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Tasks submitted and not yet finished.
+    pub fn in_flight(&self) -> usize {
+        self.ctx.max_in_flight - self.ctx.in_flight.available_permits()
+    }
+
+    /// Jobs waiting to be submitted.
+    pub fn queued(&self) -> usize {
+        lock(&self.ctx.queue).len()
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.ctx.started.elapsed()
+    }
+
+    /// Per manifest this daemon works on: images finished per minute since it started on it,
+    /// and the jobs still open.
+    pub fn rates(&self) -> BTreeMap<ManifestId, (f64, u64)> {
+        lock(&self.ctx.progress)
+            .manifests
+            .iter()
+            .map(|(id, p)| {
+                let minutes = p.started.elapsed().as_secs_f64() / 60.0;
+                let per_min = if minutes > 0.0 {
+                    p.finished_this_run as f64 / minutes
+                } else {
+                    0.0
+                };
+                (*id, (per_min, p.open))
+            })
+            .collect()
+    }
+
+    /// Updates the metrics read at scrape time (store counts, client counters, gauges).
+    /// Blocking: reads the whole store.
+    pub fn refresh_metrics(&self, metrics: &Metrics) -> Result<(), StoreError> {
+        let mut by_state: BTreeMap<String, u64> = BTreeMap::new();
+        for counts in self.ctx.store.counts()?.values() {
+            for (state, n) in [
+                ("queued", counts.queued),
+                ("submitting", counts.submitting),
+                ("submitted", counts.submitted),
+                ("downloading", counts.downloading),
+                ("in_doubt", counts.in_doubt),
+                ("done", counts.done),
+                ("failed", counts.failed),
+            ] {
+                *by_state.entry(state.to_owned()).or_default() += n;
+            }
+        }
+        metrics.set_job_counts(&by_state);
+        metrics
+            .in_doubt
+            .set(self.ctx.store.in_doubt_total()? as i64);
+        metrics.in_flight.set(self.in_flight() as i64);
+        metrics
+            .paused
+            .set(i64::from(matches!(self.health(), Health::Paused { .. })));
+        metrics.fold_client(&self.ctx.client.stats());
+        Ok(())
     }
 
     /// Resumes every unfinished job of the store (SPEC §5.3): `Submitted` → poll,
@@ -238,7 +317,7 @@ impl Handle {
                     summary.queued += 1;
                     to_queue.push(id);
                 }
-                JobState::Submitting { .. } => match ctx.policies.in_doubt {
+                JobState::Submitting { .. } => match self.policies().in_doubt {
                     InDoubtPolicy::Resubmit => {
                         let store = ctx.store.clone();
                         blocking(move || store.requeue(id, true)).await?;
@@ -305,6 +384,7 @@ impl Handle {
             total: jobs.len() as u64,
             open: 0,
             held: 0,
+            finished_this_run: 0,
             started: Instant::now(),
         };
         for (_, job) in jobs {
@@ -345,13 +425,27 @@ impl Handle {
 
     async fn intake_inner(&self, path: PathBuf, rel: PathBuf) {
         let ctx = &self.ctx;
+        let rel_str = rel.to_string_lossy().into_owned();
+        // Fast path: a re-drop of a file already registered is recognised by its hash alone,
+        // without validating it again (a 100,000-image manifest costs seconds to validate).
+        let hash_path = path.clone();
+        if let Ok(sha256) = blocking(move || output::sha256_file(&hash_path)).await {
+            match self.seen_before(&rel, &rel_str, &sha256).await {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(err) => {
+                    error!(error = %err, "Cannot read the store; will retry this manifest at the next scan");
+                    return;
+                }
+            }
+        }
         let inbox = ctx.folders.inbox.clone();
         let profiles = ctx
             .profiles
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let limits = ctx.limits;
+        let limits = *ctx.limits.read().unwrap_or_else(|e| e.into_inner());
         let load_path = path.clone();
         let loaded = blocking(move || manifest::load(&inbox, &load_path, &profiles, &limits)).await;
         let spec = match loaded {
@@ -361,20 +455,9 @@ impl Handle {
                 return;
             }
         };
-        let rel_str = rel.to_string_lossy().into_owned();
-        let store = ctx.store.clone();
-        let lookup = rel_str.clone();
-        match blocking(move || store.latest_manifest_by_rel(&lookup)).await {
-            Ok(Some((mid, prev))) if prev.sha256 == spec.sha256 => {
-                if matches!(prev.state, ManifestState::Finished { .. }) {
-                    info!("Manifest is unchanged and already finished; nothing to do");
-                    self.dispose_manifest(&rel).await;
-                } else {
-                    debug!(manifest_id = mid, "Manifest is already being processed");
-                }
-                return;
-            }
-            Ok(_) => {}
+        match self.seen_before(&rel, &rel_str, &spec.sha256).await {
+            Ok(true) => return,
+            Ok(false) => {}
             Err(err) => {
                 error!(error = %err, "Cannot read the store; will retry this manifest at the next scan");
                 return;
@@ -382,6 +465,30 @@ impl Handle {
         }
         if let Err(err) = self.register(spec, rel_str).await {
             error!(error = %err, "Cannot record the manifest in the store; will retry at the next scan");
+        }
+    }
+
+    /// Whether this exact drop (path and content) is already registered; a finished one is
+    /// disposed of again per `on_manifest_done`, without any API call.
+    async fn seen_before(
+        &self,
+        rel: &Path,
+        rel_str: &str,
+        sha256: &str,
+    ) -> Result<bool, StoreError> {
+        let store = self.ctx.store.clone();
+        let lookup = rel_str.to_owned();
+        match blocking(move || store.latest_manifest_by_rel(&lookup)).await? {
+            Some((mid, prev)) if prev.sha256 == sha256 => {
+                if matches!(prev.state, ManifestState::Finished { .. }) {
+                    info!("Manifest is unchanged and already finished; nothing to do");
+                    self.dispose_manifest(rel).await;
+                } else {
+                    debug!(manifest_id = mid, "Manifest is already being processed");
+                }
+                Ok(true)
+            }
+            _ => Ok(false),
         }
     }
 
@@ -489,6 +596,12 @@ impl Handle {
             }
         }
         lock(&ctx.progress).totals.rejected += 1;
+        ctx.metrics
+            .manifests
+            .get_or_create(&OutcomeLabel {
+                outcome: "rejected".to_owned(),
+            })
+            .inc();
         ctx.settled.notify_waiters();
     }
 
@@ -713,7 +826,7 @@ impl Handle {
                             self.set_healthy();
                             return self.fail(id, err.code(), &err.to_string()).await;
                         }
-                        ErrorClass::Ambiguous => match ctx.policies.in_doubt {
+                        ErrorClass::Ambiguous => match self.policies().in_doubt {
                             InDoubtPolicy::Resubmit => {
                                 warn!(error = %err, "Submit outcome unknown; resubmitting (in doubt)");
                                 let store = ctx.store.clone();
@@ -817,6 +930,7 @@ impl Handle {
                             let took =
                                 Duration::from_millis(now_ms().saturating_sub(submitted_at_ms));
                             lock(&ctx.durations).record(took);
+                            ctx.metrics.task_seconds.observe(took.as_secs_f64());
                             let Some(output) = task.result.output_object else {
                                 return self
                                     .fail(
@@ -960,7 +1074,7 @@ impl Handle {
         };
         let outbox = ctx.folders.outbox.clone();
         let rel = PathBuf::from(&job.output_rel);
-        let policy = match ctx.policies.on_output_exists {
+        let policy = match self.policies().on_output_exists {
             OnOutputExists::Replace => ExistsPolicy::Replace,
             OnOutputExists::Skip => ExistsPolicy::Skip,
             OnOutputExists::Fail => ExistsPolicy::Fail,
@@ -992,6 +1106,8 @@ impl Handle {
         match written {
             Ok(Ok(bytes)) => {
                 info!(bytes, width, height, "Output written");
+                ctx.metrics.bytes_written.inc_by(bytes);
+                ctx.metrics.polls_per_job.observe(f64::from(job.polls));
                 self.job_settled(job.manifest, Settle::Done).await;
                 Step::Stop
             }
@@ -1040,6 +1156,7 @@ impl Handle {
             match progress.manifests.get_mut(&mid) {
                 Some(p) => {
                     p.open = p.open.saturating_sub(1);
+                    p.finished_this_run += 1;
                     if matches!(how, Settle::Held) {
                         p.held += 1;
                     }
@@ -1084,6 +1201,11 @@ impl Handle {
             .get(&mid)
             .map_or(0, |p| p.held);
         let counts = report.counts.clone();
+        let outcome = if counts.get("failed").copied().unwrap_or(0) > 0 {
+            "with_failures"
+        } else {
+            "done"
+        };
         let rel_for_report = rel.clone();
         match blocking(move || report::write(&outbox, &rel_for_report, &report)).await {
             Ok((json, _csv)) => {
@@ -1092,6 +1214,12 @@ impl Handle {
             Err(err) => error!(error = %err, manifest = %m.rel, "Cannot write the manifest report"),
         }
         if held == 0 {
+            ctx.metrics
+                .manifests
+                .get_or_create(&OutcomeLabel {
+                    outcome: outcome.to_owned(),
+                })
+                .inc();
             self.dispose_manifest(&rel).await;
             let store = ctx.store.clone();
             let state = ManifestState::Finished { at_ms: now_ms() };
@@ -1111,7 +1239,7 @@ impl Handle {
         let src = ctx.folders.inbox.join(rel);
         let inbox = ctx.folders.inbox.clone();
         let archive = ctx.folders.archive.clone();
-        let policy = ctx.policies.on_manifest_done;
+        let policy = self.policies().on_manifest_done;
         let res = blocking(move || -> Result<Option<PathBuf>, String> {
             if !src.is_file() {
                 return Ok(None);
