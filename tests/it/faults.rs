@@ -560,8 +560,9 @@ async fn fault_api_down_for_a_while_then_back() {
 async fn fault_api_down_longer_than_the_retry_budget() {
     check_fault(Case {
         images: 5,
+        // Down before the first submit, so every job meets the outage while submitting.
         during: During::Down {
-            after: 5,
+            after: 0,
             n_503: 700,
         },
         check: |s, o| {
