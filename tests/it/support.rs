@@ -268,7 +268,7 @@ pub fn png(width: u32, height: u32) -> Vec<u8> {
 }
 
 /// Watches the outbox continuously from a thread: every file under a final name (not a dot
-/// temp file) must decode completely the moment it is seen.
+/// temp file) must be whole the moment it is seen: images decode, JSON reports parse.
 pub struct PartialFileWatch {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<Vec<String>>>,
@@ -287,7 +287,7 @@ impl PartialFileWatch {
                         .file_name()
                         .map(|n| n.to_string_lossy().into_owned())
                         .unwrap_or_default();
-                    if name.starts_with('.') || name.ends_with(".json") || name.ends_with(".csv") {
+                    if name.starts_with('.') || name.ends_with(".csv") {
                         continue;
                     }
                     let path = root.join(&rel);
@@ -297,7 +297,16 @@ impl PartialFileWatch {
                     if seen.get(&rel) == Some(&(bytes.len() as u64)) {
                         continue;
                     }
-                    if let Err(err) = image::load_from_memory(&bytes) {
+                    let whole = if name.ends_with(".json") {
+                        serde_json::from_slice::<serde_json::Value>(&bytes)
+                            .map(drop)
+                            .map_err(|e| e.to_string())
+                    } else {
+                        image::load_from_memory(&bytes)
+                            .map(drop)
+                            .map_err(|e| e.to_string())
+                    };
+                    if let Err(err) = whole {
                         violations.push(format!(
                             "{}: {} bytes, does not decode: {err}",
                             rel.display(),
