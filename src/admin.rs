@@ -250,6 +250,8 @@ pub enum ReplayError {
     NothingSelected,
     #[error("no job {0} in the store (see `jobs`)")]
     UnknownJob(u64),
+    #[error("job {0} is still under way ({1}); it finishes on its own")]
+    UnderWay(u64, &'static str),
     #[error("no manifest `{0}` in the store (give its path relative to the inbox; see `status`)")]
     UnknownManifest(String),
     #[error(transparent)]
@@ -260,7 +262,8 @@ pub enum ReplayError {
 pub fn select_replay(store: &Store, req: &ReplayRequest) -> Result<Vec<JobId>, ReplayError> {
     if let Some(id) = req.job {
         return match store.job(id)? {
-            Some(_) => Ok(vec![id]),
+            Some(job) if job.state.is_replayable() => Ok(vec![id]),
+            Some(job) => Err(ReplayError::UnderWay(id, state_name(&job.state))),
             None => Err(ReplayError::UnknownJob(id)),
         };
     }

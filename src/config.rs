@@ -356,7 +356,7 @@ fn render_problems(path: &Path, problems: &[ConfigProblem]) -> String {
 
 /// Reads and validates the config file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
     })?;
@@ -366,6 +366,26 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         std::env::current_dir()
             .map(|dir| dir.join(path))
             .unwrap_or_else(|_| path.to_owned())
+    };
+    // Not UTF-8 (a Latin-1 editor, a binary file): a problem with its line, not a bare
+    // "cannot read" that hides the reason.
+    let text = match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(err) => {
+            let valid = &err.as_bytes()[..err.utf8_error().valid_up_to()];
+            let line = valid.iter().filter(|b| **b == b'\n').count() + 1;
+            return Err(ConfigError::Invalid {
+                path: origin,
+                problems: vec![ConfigProblem {
+                    key: String::new(),
+                    line: Some(line),
+                    message: format!(
+                        "the config is not UTF-8 text (invalid byte at offset {}); save it as UTF-8",
+                        valid.len()
+                    ),
+                }],
+            });
+        }
     };
     parse_with_env(&text, &origin, std::env::vars())
 }
@@ -971,11 +991,11 @@ impl Checker {
             }
             Some(Value::String(text)) => {
                 let path = Path::new(text.trim());
-                Some(if path.is_absolute() {
+                Some(normalize(&if path.is_absolute() {
                     path.to_owned()
                 } else {
                     base_dir.join(path)
-                })
+                }))
             }
             Some(other) => {
                 self.problem(key, format!("expected a path, found {}", kind(other)));
@@ -1040,6 +1060,24 @@ fn nonzero_usize(value: usize) -> NonZeroUsize {
 }
 
 /// `a.b` + `c` → `a.b.c`; `` + `c` → `c`.
+/// Removes `.` and `..` components lexically, so logs and error files show
+/// `/srv/target/demo/outbox` rather than `/srv/config/../target/demo/outbox`.
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 fn join(section: &str, key: &str) -> String {
     if section.is_empty() {
         key.to_owned()

@@ -114,6 +114,16 @@ pub enum ManifestError {
         path: PathBuf,
         problems: Vec<Problem>,
     },
+    /// An image dropped into a recipe folder that cannot become a job: the folder's recipe is
+    /// invalid or unreadable, or the image itself is (SPEC §4.3).
+    #[error("image {image} not processed: folder recipe {recipe} ({} problem{})", problems.len(), if problems.len() == 1 { "" } else { "s" })]
+    Recipe {
+        /// The dropped image (it is the file moved to `rejected/`).
+        image: PathBuf,
+        /// The `.claid.yaml` the problems' lines refer to.
+        recipe: PathBuf,
+        problems: Vec<Problem>,
+    },
 }
 
 impl ManifestError {
@@ -122,6 +132,7 @@ impl ManifestError {
         match self {
             ManifestError::Read { .. } => "manifest-unreadable",
             ManifestError::Invalid { .. } => "manifest-invalid",
+            ManifestError::Recipe { .. } => "recipe-invalid",
         }
     }
 
@@ -129,6 +140,7 @@ impl ManifestError {
     pub fn problems(&self) -> &[Problem] {
         match self {
             ManifestError::Invalid { problems, .. } => problems,
+            ManifestError::Recipe { problems, .. } => problems,
             ManifestError::Read { .. } => &[],
         }
     }
@@ -173,6 +185,11 @@ impl ManifestError {
                     }
                 }
             }
+            ManifestError::Recipe {
+                image,
+                recipe,
+                problems,
+            } => recipe_error_txt(&mut out, image, recipe, problems),
         }
         out
     }
@@ -181,10 +198,12 @@ impl ManifestError {
 /// Whether a file in the inbox is a manifest: `*.yaml`, `*.yml`, `*.json`, but not hidden,
 /// temporary, partial, office lock, editor swap or backup files, folder recipes, or reports.
 pub fn is_manifest_name(path: &Path) -> bool {
-    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+    let Some(name) = path.file_name() else {
         return false;
     };
-    let lower = name.to_ascii_lowercase();
+    // By bytes, not `to_str`: a name that is not UTF-8 (Latin-1 from an SMB share) is still a
+    // manifest, which `load` rejects with a message instead of it lying unseen in the inbox.
+    let lower = String::from_utf8_lossy(name.as_encoded_bytes()).to_ascii_lowercase();
     if lower.starts_with('.') || lower.starts_with("~$") || lower.ends_with('~') {
         return false;
     }
@@ -214,6 +233,12 @@ pub fn load(
             message,
         }],
     };
+    if relative_to(inbox, manifest).to_str().is_none() {
+        return Err(invalid(format!(
+            "the path `{}` is not valid UTF-8; rename the file (and its folders) using UTF-8 names",
+            relative_to(inbox, manifest).to_string_lossy()
+        )));
+    }
     let meta = std::fs::metadata(manifest).map_err(read_err)?;
     if !meta.is_file() {
         return Err(invalid("the manifest is not a regular file".into()));
@@ -253,6 +278,86 @@ pub fn load(
             path: manifest.to_owned(),
             problems,
         }),
+    }
+}
+
+/// Parses JSON like `serde_json::from_str::<Value>`, but refuses duplicate keys: serde_json
+/// keeps the last one silently, so a second `"images"` list would drop the first one's images
+/// without a word (YAML manifests refuse duplicates the same way).
+fn json_strict(text: &str) -> Result<Value, serde_json::Error> {
+    use serde::de::DeserializeSeed as _;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let value = StrictJson.deserialize(&mut de)?;
+    de.end()?;
+    Ok(value)
+}
+
+/// A `serde_json::Value` seed that errors on a repeated object key.
+struct StrictJson;
+
+impl<'de> serde::de::DeserializeSeed<'de> for StrictJson {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<Value, D::Error> {
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for StrictJson {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(StrictJson)? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                return Err(serde::de::Error::custom(format_args!(
+                    "duplicate key `{key}`"
+                )));
+            }
+            let value = map.next_value_seed(StrictJson)?;
+            out.insert(key, value);
+        }
+        Ok(Value::Object(out))
     }
 }
 
@@ -370,7 +475,7 @@ fn parse_bytes(
         }
     };
     let parsed = if is_json {
-        serde_json::from_str::<Value>(text).map_err(|err| yaml::ParseError {
+        json_strict(yaml::strip_bom(text)).map_err(|err| yaml::ParseError {
             line: Some(err.line()).filter(|l| *l > 0),
             message: {
                 let m = err.to_string();
@@ -1268,6 +1373,223 @@ fn relative_to(inbox: &Path, manifest: &Path) -> PathBuf {
         .file_name()
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("manifest"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Folder recipes (SPEC §4.3)
+// ---------------------------------------------------------------------------------------------
+
+/// File name of a folder recipe: every image dropped directly into its folder becomes a job.
+pub const RECIPE_NAME: &str = ".claid.yaml";
+
+/// Keys of a recipe: those of a manifest without `images`.
+const RECIPE_KEYS: &[&str] = &["profile", "operations", "output"];
+
+/// Extensions (lowercase) of the files a recipe folder turns into jobs.
+pub const IMAGE_EXTENSIONS: &[&str] = &[
+    "jpg", "jpeg", "png", "webp", "tiff", "tif", "bmp", "gif", "avif", "heic",
+];
+
+/// Whether a file is an image a recipe folder processes: an image extension, and not hidden,
+/// an office lock file or a partial download (those end in another extension).
+pub fn is_image_name(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    if name.starts_with('.') || name.starts_with("~$") {
+        return false;
+    }
+    match name.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() => IMAGE_EXTENSIONS
+            .iter()
+            .any(|known| ext.eq_ignore_ascii_case(known)),
+        _ => false,
+    }
+}
+
+/// The recipe that governs an image: `.claid.yaml` in the image's own folder.
+pub fn recipe_for(image: &Path) -> PathBuf {
+    image
+        .parent()
+        .map_or_else(|| PathBuf::from(RECIPE_NAME), |dir| dir.join(RECIPE_NAME))
+}
+
+/// Validates the image at `image` against its folder's recipe and builds a one-job manifest.
+///
+/// `rel` is the image's inbox-relative path (the store keys drops by it); the output goes to the
+/// mirrored path with the recipe's format extension (`a/b/shoe.png` → `a/b/shoe.jpg`);
+/// `sha256` hashes the recipe bytes and the image content, so a changed recipe or a changed
+/// image is a new drop. The recipe is checked by the same code as a manifest, and every problem
+/// carries its line in the recipe.
+pub fn load_recipe_image(
+    inbox: &Path,
+    image: &Path,
+    profiles: &BTreeMap<String, Profile>,
+    limits: &Limits,
+) -> Result<ManifestSpec, ManifestError> {
+    let recipe = recipe_for(image);
+    let fail = |problems: Vec<Problem>| ManifestError::Recipe {
+        image: image.to_owned(),
+        recipe: recipe.clone(),
+        problems,
+    };
+    let one = |line: Option<usize>, message: String| fail(vec![Problem { line, message }]);
+    let bytes = read_recipe(&recipe, limits.max_manifest_bytes).map_err(|m| one(None, m))?;
+    let text = match std::str::from_utf8(&bytes) {
+        Ok(text) if !text.contains('\0') => text,
+        Ok(_) => {
+            return Err(one(
+                None,
+                "the recipe contains NUL bytes: it is binary, not YAML text".into(),
+            ));
+        }
+        Err(err) => {
+            let line = bytes[..err.valid_up_to()]
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count()
+                + 1;
+            return Err(one(
+                Some(line),
+                "the recipe is not UTF-8 text; save it as UTF-8 YAML".into(),
+            ));
+        }
+    };
+    let root = if text.trim().is_empty() {
+        Value::Object(Map::new())
+    } else {
+        match yaml::parse(text) {
+            Ok(Value::Null) => Value::Object(Map::new()),
+            Ok(root) => root,
+            Err(err) => {
+                return Err(one(err.line, format!("not valid YAML: {}", err.message)));
+            }
+        }
+    };
+    let Value::Object(top) = root else {
+        return Err(one(
+            None,
+            format!(
+                "the recipe must be a mapping of `profile`, `operations` and `output`, found {}",
+                kind(&root)
+            ),
+        ));
+    };
+    let Some(name) = image.file_name().and_then(|n| n.to_str()) else {
+        return Err(one(
+            None,
+            format!(
+                "the image name {} is not UTF-8; rename the file",
+                image.display()
+            ),
+        ));
+    };
+
+    let mut problems = Collector::default();
+    // Unknown keys are reported here (with recipe wording) and left out of the manifest view.
+    let mut view = Map::new();
+    for (key, value) in &top {
+        if RECIPE_KEYS.contains(&key.as_str()) {
+            view.insert(key.clone(), value.clone());
+        } else if key == "images" {
+            problems.add(
+                key,
+                "a folder recipe has no `images`: every image dropped into this folder is one; remove the key (or rename the file to make it a manifest)".into(),
+            );
+        } else {
+            problems.add(key, unknown_key_message(key, RECIPE_KEYS));
+        }
+    }
+    view.insert(
+        "images".into(),
+        Value::Array(vec![Value::String(name.to_owned())]),
+    );
+
+    let rel = relative_to(inbox, image);
+    let out_dir = rel.parent().map(Path::to_path_buf).unwrap_or_default();
+    let ctx = Context {
+        inbox_canonical: std::fs::canonicalize(inbox).unwrap_or_else(|_| inbox.to_owned()),
+        manifest_dir: image.parent().unwrap_or(inbox),
+        out_dir,
+        profiles,
+        limits,
+    };
+    let jobs = validate(&Value::Object(view), &ctx, &mut problems);
+    // Problems about the synthetic `images[0]` are about the dropped image itself.
+    for pending in &mut problems.pending {
+        if pending.path.starts_with("images[0]") {
+            pending.message = format!("image `{name}`: {}", pending.message);
+            pending.path = String::new();
+            pending.fallback = None;
+        }
+    }
+    if !problems.is_empty() {
+        return Err(fail(problems.finish(Some(text))));
+    }
+    let image_sha = match jobs.first().map(|job| &job.input) {
+        Some(Input::Local { sha256, .. }) => sha256.clone(),
+        _ => {
+            return Err(one(
+                None,
+                format!("image `{name}` could not be turned into a job"),
+            ));
+        }
+    };
+    let mut hasher = Sha256::new();
+    hasher.update(&bytes);
+    hasher.update([0u8]);
+    hasher.update(image_sha.as_bytes());
+    Ok(ManifestSpec {
+        rel,
+        sha256: hex::encode(hasher.finalize()),
+        jobs,
+    })
+}
+
+/// Reads a recipe, refusing one over `limit` bytes; the error is the problem's message.
+fn read_recipe(recipe: &Path, limit: u64) -> Result<Vec<u8>, String> {
+    let cannot =
+        |err: std::io::Error| format!("cannot read the folder recipe {}: {err}", recipe.display());
+    let file = std::fs::File::open(recipe).map_err(cannot)?;
+    let mut bytes = Vec::new();
+    file.take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(cannot)?;
+    if bytes.len() as u64 > limit {
+        return Err(format!(
+            "the recipe is over the limit of {limit} bytes (limits.max_manifest_bytes)"
+        ));
+    }
+    Ok(bytes)
+}
+
+/// `rejected/<image>.error.txt` for an image its folder recipe could not process.
+fn recipe_error_txt(out: &mut String, image: &Path, recipe: &Path, problems: &[Problem]) {
+    let recipe_name = recipe
+        .file_name()
+        .map_or_else(|| RECIPE_NAME.into(), |n| n.to_string_lossy());
+    let _ = writeln!(out, "image: {}", image.display());
+    let _ = writeln!(out, "recipe: {}", recipe.display());
+    let _ = writeln!(
+        out,
+        "rejected: {} problem{} found; nothing was submitted.",
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" }
+    );
+    let _ = writeln!(
+        out,
+        "Fix every problem below, then drop the image into the folder again.\n"
+    );
+    for problem in problems {
+        match problem.line {
+            Some(line) => {
+                let _ = writeln!(out, "{recipe_name} line {line}: {}", problem.message);
+            }
+            None => {
+                let _ = writeln!(out, "{}", problem.message);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -25,11 +25,98 @@ pub struct ParseError {
 /// Mapping keys must be strings (numbers and booleans are turned into their text). Tags are
 /// refused, and so are non-finite floats, because neither survives a JSON request body.
 pub fn parse(text: &str) -> Result<serde_json::Value, ParseError> {
+    let text = strip_bom(text);
+    check_alias_expansion(text)?;
     let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|err| ParseError {
         line: err.location().map(|loc| loc.line()),
         message: clean_message(&err.to_string()),
     })?;
     to_json(value)
+}
+
+/// Drops a leading UTF-8 byte order mark (Windows editors write one). Neither parser skips it:
+/// serde_norway then misreads a config as several documents, and yaml-rust2 makes it part of
+/// the first key, so no line is found for it. A BOM holds no newline: lines are unchanged.
+pub fn strip_bom(text: &str) -> &str {
+    text.strip_prefix('\u{feff}').unwrap_or(text)
+}
+
+/// Floor of the data a document may expand to through aliases, in approximate bytes (scalar
+/// length plus [`NODE_COST`] per node); the cap is this or [`ALIAS_EXPANSION_FACTOR`] times
+/// the text, whichever is larger. serde_norway bounds the *number* of alias jumps, not their
+/// size: one 8 MiB string repeated by a million 3-byte aliases (`[*a,*a,…]`) fits a 16 MiB
+/// manifest and would expand to terabytes.
+pub const MIN_ALIAS_EXPANSION: u64 = 64 * 1024 * 1024;
+
+/// How much larger than its text a document may grow through aliases (above the floor).
+pub const ALIAS_EXPANSION_FACTOR: u64 = 8;
+
+/// Nesting beyond which the yaml-rust2 passes stop: above serde_norway's limit of 128.
+const MAX_LINE_DEPTH: usize = 256;
+
+/// Approximate memory of one node besides its text.
+const NODE_COST: u64 = 32;
+
+/// Refuses a document whose aliases expand past the cap (see [`MIN_ALIAS_EXPANSION`]). Runs only
+/// when the text has both an anchor and an alias indicator; one linear pass over yaml-rust2
+/// events that measures each anchored node once and adds that size at every alias.
+fn check_alias_expansion(text: &str) -> Result<(), ParseError> {
+    if !(text.contains('&') && text.contains('*')) {
+        return Ok(());
+    }
+    let cap = MIN_ALIAS_EXPANSION.max((text.len() as u64).saturating_mul(ALIAS_EXPANSION_FACTOR));
+    let mut parser = Parser::new_from_str(text);
+    let mut total: u64 = 0;
+    let mut anchor_sizes: HashMap<usize, u64> = HashMap::new();
+    // Open collections: (anchor id, total when it started).
+    let mut open: Vec<(usize, u64)> = Vec::new();
+    loop {
+        let (event, mark) = match parser.next_token() {
+            Ok(next) => next,
+            // Syntax errors are serde_norway's to report.
+            Err(_) => return Ok(()),
+        };
+        match event {
+            Event::StreamEnd => return Ok(()),
+            Event::Scalar(value, _, anchor, _) => {
+                let size = value.len() as u64 + NODE_COST;
+                total = total.saturating_add(size);
+                if anchor > 0 {
+                    anchor_sizes.insert(anchor, size);
+                }
+            }
+            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
+                if open.len() >= MAX_LINE_DEPTH {
+                    // serde_norway refuses this depth itself; going on would cost yaml-rust2's
+                    // scanner time and memory that grow with the square of the nesting.
+                    return Ok(());
+                }
+                open.push((anchor, total));
+                total = total.saturating_add(NODE_COST);
+            }
+            Event::SequenceEnd | Event::MappingEnd => {
+                if let Some((anchor, start)) = open.pop() {
+                    if anchor > 0 {
+                        anchor_sizes.insert(anchor, total.saturating_sub(start));
+                    }
+                }
+            }
+            Event::Alias(anchor) => {
+                let size = anchor_sizes.get(&anchor).copied().unwrap_or(NODE_COST);
+                total = total.saturating_add(size);
+            }
+            _ => {}
+        }
+        if total > cap {
+            return Err(ParseError {
+                line: Some(mark.line()),
+                message: format!(
+                    "repetition limit exceeded: anchors and aliases (`&a`, `*a`) expand to more than {} MiB; write the values out",
+                    cap / (1024 * 1024)
+                ),
+            });
+        }
+    }
 }
 
 /// Removes serde_norway's " at line N column M" suffix: the line is reported separately.
@@ -133,9 +220,21 @@ pub struct LineMap {
 impl LineMap {
     /// Builds the map from YAML text. Best effort: on a syntax error it keeps what it saw.
     pub fn build(text: &str) -> LineMap {
+        let text = strip_bom(text);
         let mut builder = Builder::default();
         let mut parser = Parser::new_from_str(text);
-        let _ = parser.load(&mut builder, false);
+        // Event by event: `Parser::load` recurses once per nesting level and overflows the
+        // stack on a few thousand levels of `- - - …`, which serde_norway refuses but this pass
+        // still sees (a config with any problem is mapped, whatever its shape).
+        // Deeper than serde_norway's limit means the document was refused anyway; stopping
+        // there also keeps yaml-rust2's scanner, whose cost grows with the square of the
+        // nesting, from spending minutes and gigabytes on `- - - …` 100,000 deep.
+        while !builder.done && builder.stack.len() <= MAX_LINE_DEPTH {
+            match parser.next_token() {
+                Ok((Event::StreamEnd, _)) | Err(_) => break,
+                Ok((event, mark)) => builder.on_event(event, mark),
+            }
+        }
         LineMap {
             lines: builder.lines,
         }

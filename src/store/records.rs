@@ -143,6 +143,15 @@ impl JobState {
         }
     }
 
+    /// Done, Failed or held in doubt: nothing happens to it until a replay requeues it. A job
+    /// under way is never requeued, since its task would be paid for twice.
+    pub fn is_replayable(&self) -> bool {
+        matches!(
+            self,
+            JobState::Done { .. } | JobState::Failed { .. } | JobState::InDoubt { .. }
+        )
+    }
+
     /// Done or Failed: nothing more happens without a requeue.
     pub fn is_terminal(&self) -> bool {
         matches!(self, JobState::Done { .. } | JobState::Failed { .. })
