@@ -111,7 +111,7 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:8787")]
         listen: SocketAddr,
         #[command(flatten)]
-        scenario: emulator::ScenarioArgs,
+        scenario: Box<emulator::ScenarioArgs>,
     },
 }
 
@@ -158,7 +158,7 @@ pub fn execute(cli: Cli) -> i32 {
             select,
             since,
         } => report(cmd_replay(&config.config, &select, since.as_deref())),
-        Command::Emulator { listen, scenario } => report(cmd_emulator(listen, scenario)),
+        Command::Emulator { listen, scenario } => report(cmd_emulator(listen, *scenario)),
     }
 }
 

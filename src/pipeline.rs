@@ -30,8 +30,9 @@ use crate::report::{self, Report, ReportRow};
 use crate::store::records::{DoneInfo, JobState, JobV1, ManifestState, ManifestV1};
 use crate::store::{JobId, ManifestId, Store, StoreError};
 
-/// A submit that keeps failing transiently gives up after this many attempts (it stays
-/// replayable from the store); polls and downloads of a task that exists never give up.
+/// A submit that keeps failing transiently gives up after this many attempts during which the
+/// API answered other calls (it stays replayable from the store); attempts while every call
+/// fails (an outage) do not count. Polls and downloads of a task that exists never give up.
 const MAX_TRANSIENT_SUBMITS: u32 = 12;
 /// How often a paused daemon lets one submit through to see whether the API is back.
 const PAUSE_PROBE_INTERVAL: Duration = Duration::from_secs(5);
@@ -135,6 +136,9 @@ struct Ctx {
     /// Fires whenever a manifest settles (all its jobs terminal or held).
     settled: Notify,
     durations: Mutex<Durations>,
+    /// When the API last answered a call successfully: a submit failing transiently counts
+    /// against its job only if the API answered someone since (else it is an outage).
+    last_api_ok: Mutex<Option<Instant>>,
     cancel: CancellationToken,
     tracker: TaskTracker,
 }
@@ -212,6 +216,7 @@ impl Handle {
             progress: Mutex::new(Progress::default()),
             settled: Notify::new(),
             durations: Mutex::new(Durations::default()),
+            last_api_ok: Mutex::new(None),
             cancel: deps.cancel,
             tracker: deps.tracker,
         };
@@ -802,6 +807,7 @@ impl Handle {
     async fn submit(&self, id: JobId, job: &JobV1) -> Step {
         let ctx = &self.ctx;
         let mut transient_failures = 0u32;
+        let mut attempts = 0u32;
         let local_bytes = if job.local {
             let inbox = ctx.folders.inbox.clone();
             let owned = job.clone();
@@ -818,6 +824,7 @@ impl Handle {
                 error!(error = %err, "Cannot record the submit intent; job left queued");
                 return Step::Stop;
             }
+            let sent_at = Instant::now();
             let res = match &local_bytes {
                 Some(bytes) => self.upload(job, bytes.clone()).await,
                 None => self.submit_remote(job).await,
@@ -906,12 +913,18 @@ impl Handle {
                             if blocking(move || store.requeue(id, false)).await.is_err() {
                                 return Step::Stop;
                             }
-                            transient_failures += 1;
-                            if transient_failures >= MAX_TRANSIENT_SUBMITS {
-                                return self.fail(id, err.code(), &err.to_string()).await;
+                            attempts += 1;
+                            // The failure is this job's only if the API answered other calls
+                            // meanwhile; while every call fails (an outage) the job waits for
+                            // the API without using up its budget.
+                            if self.api_answered_since(sent_at) {
+                                transient_failures += 1;
+                                if transient_failures >= MAX_TRANSIENT_SUBMITS {
+                                    return self.fail(id, err.code(), &err.to_string()).await;
+                                }
                             }
-                            warn!(error = %err, attempt = transient_failures, "Submit failed; retrying");
-                            if !self.wait(backoff(transient_failures, ctx.poll.max)).await {
+                            warn!(error = %err, attempt = attempts, "Submit failed; retrying");
+                            if !self.wait(backoff(attempts, ctx.poll.max)).await {
                                 return Step::Stop;
                             }
                         }
@@ -1408,7 +1421,13 @@ impl Handle {
         }
     }
 
+    /// Whether some API call succeeded after `t`.
+    fn api_answered_since(&self, t: Instant) -> bool {
+        lock(&self.ctx.last_api_ok).is_some_and(|ok| ok > t)
+    }
+
     fn set_healthy(&self) {
+        *lock(&self.ctx.last_api_ok) = Some(Instant::now());
         let changed = self.ctx.health.send_if_modified(|h| {
             if *h == Health::Healthy {
                 return false;

@@ -144,6 +144,17 @@ pub struct Scenario {
     pub credits_exhausted: bool,
     /// Start with every API request answering 403.
     pub forbidden: bool,
+    /// Share of polls held for `poll_delay` before they are answered (longer than the client's
+    /// request timeout, the poll times out on the client side).
+    pub poll_delay_share: f64,
+    /// How long a delayed poll is held.
+    pub poll_delay: Duration,
+    /// Share of tmp_url downloads that announce the full `Content-Length`, send half the body
+    /// and close the connection (a truncated download).
+    pub truncate_share: f64,
+    /// Share of tmp_url downloads that serve another image than the result describes (one
+    /// pixel wider and taller than `output_object` says).
+    pub wrong_image_share: f64,
 }
 
 impl Default for Scenario {
@@ -163,6 +174,10 @@ impl Default for Scenario {
             static_dir: None,
             credits_exhausted: false,
             forbidden: false,
+            poll_delay_share: 0.0,
+            poll_delay: Duration::ZERO,
+            truncate_share: 0.0,
+            wrong_image_share: 0.0,
         }
     }
 }
@@ -238,6 +253,22 @@ impl Scenario {
         self.forbidden = on;
         self
     }
+    /// A share of polls is held for `delay` before being answered.
+    pub fn poll_delay(mut self, share: f64, delay: Duration) -> Self {
+        self.poll_delay_share = share;
+        self.poll_delay = delay;
+        self
+    }
+    /// Share of tmp_url downloads cut off after half the announced bytes.
+    pub fn truncate_share(mut self, share: f64) -> Self {
+        self.truncate_share = share;
+        self
+    }
+    /// Share of tmp_url downloads that serve an image of other dimensions.
+    pub fn wrong_image_share(mut self, share: f64) -> Self {
+        self.wrong_image_share = share;
+        self
+    }
 }
 
 fn redacted(key: &Option<String>) -> &'static str {
@@ -265,6 +296,10 @@ impl std::fmt::Debug for Scenario {
             .field("static_dir", &self.static_dir)
             .field("credits_exhausted", &self.credits_exhausted)
             .field("forbidden", &self.forbidden)
+            .field("poll_delay_share", &self.poll_delay_share)
+            .field("poll_delay", &self.poll_delay)
+            .field("truncate_share", &self.truncate_share)
+            .field("wrong_image_share", &self.wrong_image_share)
             .finish()
     }
 }
@@ -346,6 +381,18 @@ pub struct ScenarioArgs {
     /// Start with the key lacking scope: API requests answer 403.
     #[arg(long)]
     pub forbidden: bool,
+    /// Share (0..1) of polls held for --poll-delay before they are answered.
+    #[arg(long, default_value = "0", value_parser = parse_share)]
+    pub poll_delay_share: f64,
+    /// How long a delayed poll is held (make it longer than the client's request timeout).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub poll_delay: Duration,
+    /// Share (0..1) of tmp_url downloads that send half the announced Content-Length, then close.
+    #[arg(long, default_value = "0", value_parser = parse_share)]
+    pub truncate_share: f64,
+    /// Share (0..1) of tmp_url downloads that serve an image of other dimensions than the result says.
+    #[arg(long, default_value = "0", value_parser = parse_share)]
+    pub wrong_image_share: f64,
 }
 
 impl ScenarioArgs {
@@ -372,6 +419,10 @@ impl ScenarioArgs {
             static_dir: self.static_dir,
             credits_exhausted: self.credits_exhausted,
             forbidden: self.forbidden,
+            poll_delay_share: self.poll_delay_share,
+            poll_delay: self.poll_delay,
+            truncate_share: self.truncate_share,
+            wrong_image_share: self.wrong_image_share,
         }
     }
 }

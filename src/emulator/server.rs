@@ -335,6 +335,10 @@ async fn outer(State(state): State<Arc<AppState>>, req: Request, next: Next) -> 
     let status = response.status();
     if status == StatusCode::TOO_MANY_REQUESTS {
         state.recorder.update(|s| s.rate_limited += 1);
+    } else if status == StatusCode::PAYMENT_REQUIRED {
+        state.recorder.update(|s| s.refused_402 += 1);
+    } else if status == StatusCode::FORBIDDEN {
+        state.recorder.update(|s| s.refused_403 += 1);
     } else if status.is_server_error() {
         state.recorder.update(|s| s.errors_5xx += 1);
     }
@@ -702,6 +706,10 @@ async fn poll(
     id: Result<Path<String>, PathRejection>,
 ) -> Response {
     state.recorder.update(|s| s.polls += 1);
+    if state.roll(state.scenario.poll_delay_share) {
+        state.recorder.update(|s| s.polls_delayed += 1);
+        tokio::time::sleep(state.scenario.poll_delay).await;
+    }
     let raw = match id {
         Ok(Path(raw)) => raw,
         Err(e) => return field_error("task_id", &format!("invalid path parameter: {e}")),
@@ -902,8 +910,17 @@ async fn download(State(state): State<Arc<AppState>>, Path(token): Path<String>)
     if state.roll(state.scenario.fault_5xx.download) {
         return internal_error();
     }
-    let mut results = lock(&state.results);
-    let Some(stored) = results.get_mut(&token) else {
+    // The lock must not live across the await below.
+    let found = {
+        let mut results = lock(&state.results);
+        results.get_mut(&token).map(|stored| {
+            if stored.expires_at <= Instant::now() {
+                stored.bytes = None;
+            }
+            (stored.bytes.clone(), stored.mime.clone())
+        })
+    };
+    let Some((bytes, mime)) = found else {
         return api_error(
             StatusCode::NOT_FOUND,
             "1404",
@@ -911,10 +928,8 @@ async fn download(State(state): State<Arc<AppState>>, Path(token): Path<String>)
             "Result not found.",
         );
     };
-    if stored.expires_at <= Instant::now() {
-        stored.bytes = None;
-    }
-    let Some(bytes) = stored.bytes.clone() else {
+    let Some(bytes) = bytes else {
+        state.recorder.update(|s| s.downloads_expired += 1);
         return api_error(
             StatusCode::GONE,
             "1410",
@@ -922,10 +937,64 @@ async fn download(State(state): State<Arc<AppState>>, Path(token): Path<String>)
             "Temporary result URL has expired.",
         );
     };
-    let mime = stored.mime.clone();
-    drop(results);
+    if state.roll(state.scenario.truncate_share) {
+        state.recorder.update(|s| s.downloads_truncated += 1);
+        return truncated_response(&mime, bytes);
+    }
+    if state.roll(state.scenario.wrong_image_share) {
+        if let Some(wrong) = wrong_image(&mime, &bytes).await {
+            state.recorder.update(|s| s.downloads_wrong_image += 1);
+            return ([(header::CONTENT_TYPE, mime)], wrong).into_response();
+        }
+    }
     state.recorder.update(|s| s.downloads += 1);
     ([(header::CONTENT_TYPE, mime)], bytes).into_response()
+}
+
+/// Announces every byte of `bytes` in `Content-Length`, sends the first half, then fails the
+/// body so the connection is closed mid-response.
+fn truncated_response(mime: &str, bytes: Bytes) -> Response {
+    let full = bytes.len();
+    let half = bytes.slice(..full / 2);
+    let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+        Ok(half),
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "download truncated (injected by the emulator scenario)",
+        )),
+    ];
+    let mut response = Response::new(Body::from_stream(futures_util::stream::iter(chunks)));
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(mime) {
+        headers.insert(header::CONTENT_TYPE, v);
+    }
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(full));
+    response
+}
+
+/// A valid image in the result's format, one pixel wider and taller than the result; `None`
+/// when the stored bytes are not a readable image.
+async fn wrong_image(mime: &str, bytes: &Bytes) -> Option<Bytes> {
+    let (w, h) = image::ImageReader::new(std::io::Cursor::new(bytes.as_ref()))
+        .with_guessed_format()
+        .ok()?
+        .into_dimensions()
+        .ok()?;
+    let ext = match mime {
+        "image/jpeg" => "jpg",
+        "image/webp" => "webp",
+        _ => "png",
+    };
+    let name = format!(
+        "wrong-{}x{}.{ext}",
+        w.saturating_add(1),
+        h.saturating_add(1)
+    );
+    tokio::task::spawn_blocking(move || inputs::demo_image(&name).ok())
+        .await
+        .ok()
+        .flatten()
+        .map(Bytes::from)
 }
 
 async fn stats(State(state): State<Arc<AppState>>) -> Response {

@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 
 /// Exact counters; tests and benchmarks use them to count duplicates and wasted calls.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(default)]
 pub struct Stats {
     /// Async submits that created a task (including those whose response was dropped).
     pub submits: u64,
@@ -25,8 +26,20 @@ pub struct Stats {
     pub polls: u64,
     /// Polls per existing task id.
     pub polls_by_task: BTreeMap<u64, u64>,
-    /// Successful tmp_url downloads.
+    /// Successful tmp_url downloads (the complete, right image; the faults below not included).
     pub downloads: u64,
+    /// tmp_url downloads answered 410 because the result had expired.
+    pub downloads_expired: u64,
+    /// tmp_url downloads cut off after half the announced `Content-Length` (injected).
+    pub downloads_truncated: u64,
+    /// tmp_url downloads that served an image of other dimensions than the result (injected).
+    pub downloads_wrong_image: u64,
+    /// Polls held for the scenario's `poll_delay` before their answer (injected).
+    pub polls_delayed: u64,
+    /// 402 answers sent (credits exhausted).
+    pub refused_402: u64,
+    /// 403 answers sent (forbidden).
+    pub refused_403: u64,
     /// 429 answers sent.
     pub rate_limited: u64,
     /// 5xx answers sent (injected faults and `down`).

@@ -4,75 +4,14 @@
 //! final name, and no second submit except for jobs the store marked in doubt.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::Path;
 use std::time::Duration;
 
 use claid_hotfolder::emulator::{Latency, Scenario};
 
-use crate::support::{TestEnv, dimensions, wait_until};
+use crate::support::{PartialFileWatch, TestEnv, dimensions, wait_until};
 
 const N_IMAGES: usize = 60;
-
-/// Watches the outbox continuously from a thread: every file under a final name (not a dot
-/// temp file) must decode completely the moment it is seen.
-struct PartialFileWatch {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<Vec<String>>>,
-}
-
-impl PartialFileWatch {
-    fn start(root: PathBuf) -> PartialFileWatch {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let mut seen: HashMap<PathBuf, u64> = HashMap::new();
-            let mut violations = Vec::new();
-            while !flag.load(Ordering::Relaxed) {
-                for rel in TestEnv::files_under(&root) {
-                    let name = rel
-                        .file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_default();
-                    if name.starts_with('.') || name.ends_with(".json") || name.ends_with(".csv") {
-                        continue;
-                    }
-                    let path = root.join(&rel);
-                    let Ok(bytes) = std::fs::read(&path) else {
-                        continue;
-                    };
-                    if seen.get(&rel) == Some(&(bytes.len() as u64)) {
-                        continue;
-                    }
-                    if let Err(err) = image::load_from_memory(&bytes) {
-                        violations.push(format!(
-                            "{}: {} bytes, does not decode: {err}",
-                            rel.display(),
-                            bytes.len()
-                        ));
-                    }
-                    seen.insert(rel, bytes.len() as u64);
-                }
-                std::thread::yield_now();
-            }
-            violations
-        });
-        PartialFileWatch {
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn finish(mut self) -> Vec<String> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread
-            .take()
-            .expect("running")
-            .join()
-            .expect("watch thread")
-    }
-}
 
 async fn kill_when(
     env: &TestEnv,

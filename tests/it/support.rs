@@ -3,8 +3,11 @@
 
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use claid_hotfolder::emulator::{self, Scenario, Stats};
@@ -113,6 +116,37 @@ impl TestEnv {
             .arg(config)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
+            .output()
+            .await
+            .expect("daemon runs");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code().unwrap_or(-1), stderr)
+    }
+
+    /// `run --once` to completion with extra environment variables (e.g. `CLAID_HOTFOLDER__*`
+    /// config overrides) and an optional wrapper command (e.g. `strace … --`) in front of the
+    /// binary; returns (exit code, stderr).
+    pub async fn run_once_with(
+        &self,
+        config: &Path,
+        envs: &[(&str, &str)],
+        wrapper: &[&str],
+    ) -> (i32, String) {
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
+        let out = command
+            .args(["run", "--once", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .envs(envs.iter().copied())
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
             .output()
             .await
             .expect("daemon runs");
@@ -231,4 +265,74 @@ pub fn png(width: u32, height: u32) -> Vec<u8> {
     )
     .expect("encode png");
     bytes
+}
+
+/// Watches the outbox continuously from a thread: every file under a final name (not a dot
+/// temp file) must be whole the moment it is seen: images decode, JSON reports parse.
+pub struct PartialFileWatch {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl PartialFileWatch {
+    pub fn start(root: PathBuf) -> PartialFileWatch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut seen: HashMap<PathBuf, u64> = HashMap::new();
+            let mut violations = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                for rel in TestEnv::files_under(&root) {
+                    let name = rel
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    if name.starts_with('.') || name.ends_with(".csv") {
+                        continue;
+                    }
+                    let path = root.join(&rel);
+                    let Ok(bytes) = std::fs::read(&path) else {
+                        continue;
+                    };
+                    if seen.get(&rel) == Some(&(bytes.len() as u64)) {
+                        continue;
+                    }
+                    let whole = if name.ends_with(".json") {
+                        serde_json::from_slice::<serde_json::Value>(&bytes)
+                            .map(drop)
+                            .map_err(|e| e.to_string())
+                    } else {
+                        image::load_from_memory(&bytes)
+                            .map(drop)
+                            .map_err(|e| e.to_string())
+                    };
+                    if let Err(err) = whole {
+                        violations.push(format!(
+                            "{}: {} bytes, does not decode: {err}",
+                            rel.display(),
+                            bytes.len()
+                        ));
+                    }
+                    seen.insert(rel, bytes.len() as u64);
+                }
+                // A short pause between sweeps keeps the watch from eating a shared core; a
+                // partial file under a final name stays there, so it is still seen.
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            violations
+        });
+        PartialFileWatch {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn finish(mut self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .take()
+            .expect("running")
+            .join()
+            .expect("watch thread")
+    }
 }
