@@ -554,9 +554,8 @@ async fn fault_api_down_for_a_while_then_back() {
 /// attempts of 5 client calls each: 60 503s per job, about a minute with this config; 700 503s
 /// over 8 jobs exceed it): jobs must wait for the API, not fail. Slow (about 90 s), so it only
 /// runs when asked:
-/// `cargo test --test it -- --ignored faults::fault_api_down_longer`.
+/// It takes about 90 s: `cargo test --test it -- faults::fault_api_down_longer`.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "about 90 s; run with --ignored"]
 async fn fault_api_down_longer_than_the_retry_budget() {
     check_fault(Case {
         images: 5,
