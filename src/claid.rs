@@ -1,6 +1,1040 @@
 //! The Claid API client: submit, poll (via `result_url`), download and sync upload, behind one
 //! shared rate limiter; maps HTTP status and bodies to classified [`ClaidError`]s. The only
 //! module that names reqwest.
+//!
+//! Classification happens here, at the call site, because only here is it known whether a
+//! request could have reached Claid: a submit that was sent but whose answer was lost is
+//! [`ErrorClass::Ambiguous`] and is never retried by the client (Claid has no idempotency key,
+//! CONTRACT §14). Transient errors are retried with exponential backoff and jitter; a 429 waits
+//! `RateLimit-Reset` through the shared [`limiter`] and is retried without counting as a failure.
 
+pub mod limiter;
 pub mod request;
 pub mod wire;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use bytes::{Bytes, BytesMut};
+use reqwest::header::{self, HeaderMap, HeaderValue};
+use reqwest::{StatusCode, Url};
+use tokio::time::Instant;
+
+use self::limiter::{DEFAULT_RESET, Limiter, parse_remaining, parse_reset};
+
+/// Retries of a transient error after the first attempt (so at most 5 attempts in all).
+pub const RETRY_TIMES: usize = 4;
+/// First backoff delay; doubles per retry, with jitter, up to [`RETRY_MAX_DELAY`].
+pub const RETRY_MIN_DELAY: Duration = Duration::from_millis(200);
+/// Ceiling of one backoff delay.
+pub const RETRY_MAX_DELAY: Duration = Duration::from_secs(10);
+/// Consecutive 429s tolerated for one call before it gives up as `rate-limited` (Transient):
+/// a safety valve against a server that never lets us through, not a normal outcome.
+pub const MAX_CONSECUTIVE_429: u32 = 30;
+/// Largest API answer body read (success or error); real Claid JSON is a few kilobytes.
+const MAX_BODY: usize = 8 * 1024 * 1024;
+
+/// What the client needs to know; built by the daemon from `config::ApiConfig`.
+#[derive(Clone)]
+pub struct ClientConfig {
+    /// API root including the version prefix, e.g. `https://api.claid.ai/v1` (no trailing `/`
+    /// needed). Polls do not use it: they follow the `result_url` Claid returned.
+    pub base_url: String,
+    /// Bearer key. Never printed: `Debug` redacts it and headers carrying it are sensitive.
+    pub api_key: String,
+    /// Claid's per-second quota (4 by default on Claid's side).
+    pub requests_per_second: NonZeroU32,
+    /// Claid's per-minute quota (120 by default on Claid's side).
+    pub requests_per_minute: NonZeroU32,
+    /// Total time for one HTTP request (connect, send, headers, body); per attempt.
+    pub request_timeout: Duration,
+    /// Largest result we accept to download; guards memory against a hostile or broken URL.
+    pub max_download_bytes: u64,
+}
+
+impl fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("base_url", &self.base_url)
+            .field("api_key", &"<redacted>")
+            .field("requests_per_second", &self.requests_per_second)
+            .field("requests_per_minute", &self.requests_per_minute)
+            .field("request_timeout", &self.request_timeout)
+            .field("max_download_bytes", &self.max_download_bytes)
+            .finish()
+    }
+}
+
+/// Which API operation a request served; labels logs and [`ClientStats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Endpoint {
+    Submit,
+    Poll,
+    Download,
+    Upload,
+    Probe,
+}
+
+impl Endpoint {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::Submit => "submit",
+            Endpoint::Poll => "poll",
+            Endpoint::Download => "download",
+            Endpoint::Upload => "upload",
+            Endpoint::Probe => "probe",
+        }
+    }
+
+    /// A POST that may cost money: once sent, a lost answer is ambiguous, not transient.
+    fn is_billable_post(self) -> bool {
+        matches!(self, Endpoint::Submit | Endpoint::Upload)
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the caller should do with a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Try again later; the client already retried within its budget.
+    Transient,
+    /// The request may have reached Claid (and may be billed); the pipeline's in-doubt policy
+    /// decides. Never retried by the client.
+    Ambiguous,
+    /// This job cannot succeed as is; fail it with Claid's message.
+    Job,
+    /// Account-wide trouble (key, credits, scope, configuration): pause submitting.
+    Systemic,
+}
+
+/// Every failure of the client. Messages are short; the stable code is [`ClaidError::code`].
+#[derive(Debug, thiserror::Error)]
+pub enum ClaidError {
+    #[error("invalid client configuration: {about}")]
+    Config { about: &'static str },
+    #[error("invalid {endpoint} url")]
+    BadUrl {
+        endpoint: Endpoint,
+        about: &'static str,
+    },
+    #[error("{endpoint}: could not connect")]
+    Connect {
+        endpoint: Endpoint,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{endpoint}: timed out")]
+    Timeout {
+        endpoint: Endpoint,
+        request_id: Option<String>,
+    },
+    #[error("{endpoint}: connection failed")]
+    Network {
+        endpoint: Endpoint,
+        request_id: Option<String>,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{endpoint}: still rate limited after {attempts} tries")]
+    RateLimited {
+        endpoint: Endpoint,
+        attempts: u32,
+        retry_after: Duration,
+        request_id: Option<String>,
+    },
+    #[error("{endpoint}: server error {status}")]
+    Server {
+        endpoint: Endpoint,
+        status: u16,
+        request_id: Option<String>,
+        message: Option<String>,
+    },
+    #[error("{endpoint}: rejected with {status}: {error_message}")]
+    Rejected {
+        endpoint: Endpoint,
+        status: u16,
+        request_id: Option<String>,
+        /// Claid's own code, e.g. "9000" (empty when the body was not an envelope).
+        error_code: String,
+        error_type: String,
+        error_message: String,
+        /// Dotted field path → messages, for validation errors.
+        error_details: BTreeMap<String, Vec<String>>,
+    },
+    #[error("{endpoint}: account problem {status}: {error_message}")]
+    Account {
+        endpoint: Endpoint,
+        status: u16,
+        request_id: Option<String>,
+        error_code: String,
+        error_message: String,
+    },
+    #[error("{endpoint}: unexpected response {status}: {about}")]
+    BadResponse {
+        endpoint: Endpoint,
+        status: u16,
+        request_id: Option<String>,
+        about: &'static str,
+    },
+    #[error("download: result gone ({status})")]
+    ResultGone {
+        status: u16,
+        request_id: Option<String>,
+    },
+    #[error("download: failed with {status}")]
+    DownloadStatus {
+        status: u16,
+        request_id: Option<String>,
+    },
+    #[error("download: larger than {limit} bytes")]
+    TooLarge {
+        limit: u64,
+        request_id: Option<String>,
+    },
+    #[error("download: truncated at {received} of {expected} bytes")]
+    Truncated {
+        expected: u64,
+        received: u64,
+        request_id: Option<String>,
+    },
+}
+
+impl ClaidError {
+    /// What the caller should do; see the module doc and ARCHITECTURE.md.
+    pub fn class(&self) -> ErrorClass {
+        use ClaidError::*;
+        match self {
+            Config { .. } => ErrorClass::Systemic,
+            BadUrl { .. } => ErrorClass::Job,
+            Connect { .. } => ErrorClass::Transient,
+            Timeout { endpoint, .. } | Network { endpoint, .. } => {
+                if endpoint.is_billable_post() {
+                    ErrorClass::Ambiguous
+                } else {
+                    ErrorClass::Transient
+                }
+            }
+            RateLimited { .. } => ErrorClass::Transient,
+            // A gateway that gave up (502/504) may have handed a POST on to Claid already.
+            Server {
+                endpoint, status, ..
+            } => {
+                if endpoint.is_billable_post() && matches!(status, 502 | 504) {
+                    ErrorClass::Ambiguous
+                } else {
+                    ErrorClass::Transient
+                }
+            }
+            Rejected { .. } => ErrorClass::Job,
+            Account { .. } => ErrorClass::Systemic,
+            BadResponse {
+                endpoint, status, ..
+            } => {
+                if endpoint.is_billable_post() && (200..300).contains(status) {
+                    ErrorClass::Ambiguous
+                } else {
+                    ErrorClass::Transient
+                }
+            }
+            ResultGone { .. } | TooLarge { .. } => ErrorClass::Job,
+            DownloadStatus { status, .. } => {
+                if *status >= 500 || *status == 408 || *status == 429 {
+                    ErrorClass::Transient
+                } else {
+                    ErrorClass::Job
+                }
+            }
+            Truncated { .. } => ErrorClass::Transient,
+        }
+    }
+
+    /// Stable kebab-case code for stores, reports and metrics (never the Display text).
+    pub fn code(&self) -> &'static str {
+        use ClaidError::*;
+        match self {
+            Config { .. } => "client-config",
+            BadUrl { .. } => "bad-url",
+            Connect { .. } => "connect-failed",
+            Timeout { .. } => "timeout",
+            Network { .. } => "connection-lost",
+            RateLimited { .. } => "rate-limited",
+            Server { .. } => "server-error",
+            Rejected { status, .. } => match status {
+                400 => "claid-bad-request",
+                404 => "claid-not-found",
+                409 => "claid-conflict",
+                413 => "claid-too-large",
+                415 => "claid-unsupported-media",
+                422 => "claid-invalid-request",
+                _ => "claid-rejected",
+            },
+            Account { status, .. } => match status {
+                401 => "claid-unauthorized",
+                402 => "claid-out-of-credits",
+                _ => "claid-forbidden",
+            },
+            BadResponse { .. } => "bad-response",
+            ResultGone { .. } => "result-expired",
+            DownloadStatus { .. } => "download-failed",
+            TooLarge { .. } => "download-too-large",
+            Truncated { .. } => "download-truncated",
+        }
+    }
+
+    /// The `x-request-id` of the response that caused this error, when there was one.
+    pub fn request_id(&self) -> Option<&str> {
+        use ClaidError::*;
+        match self {
+            Timeout { request_id, .. }
+            | Network { request_id, .. }
+            | RateLimited { request_id, .. }
+            | Server { request_id, .. }
+            | Rejected { request_id, .. }
+            | Account { request_id, .. }
+            | BadResponse { request_id, .. }
+            | ResultGone { request_id, .. }
+            | DownloadStatus { request_id, .. }
+            | TooLarge { request_id, .. }
+            | Truncated { request_id, .. } => request_id.as_deref(),
+            Config { .. } | BadUrl { .. } | Connect { .. } => None,
+        }
+    }
+
+    /// How long the server asked us to stay away, when it said so.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ClaidError::RateLimited { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
+    /// Claid's own `error_message`, when the server sent one.
+    pub fn claid_message(&self) -> Option<&str> {
+        match self {
+            ClaidError::Rejected { error_message, .. }
+            | ClaidError::Account { error_message, .. } => Some(error_message),
+            ClaidError::Server { message, .. } => message.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Whether the client's own backoff loop may try again.
+    fn retryable(&self) -> bool {
+        self.class() == ErrorClass::Transient && !matches!(self, ClaidError::RateLimited { .. })
+    }
+}
+
+/// A submit Claid accepted.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    pub task_id: u64,
+    /// Poll exactly this URL (it may carry another prefix than `base_url`, CONTRACT §1).
+    pub result_url: String,
+    pub request_id: Option<String>,
+}
+
+/// One poll answer.
+#[derive(Debug, Clone)]
+pub struct Polled {
+    pub task: wire::AsyncTask,
+    pub request_id: Option<String>,
+}
+
+/// A finished sync upload edit.
+#[derive(Debug, Clone)]
+pub struct Uploaded {
+    pub response: wire::EditResponse,
+    pub request_id: Option<String>,
+}
+
+/// Counters for `/metrics`; a snapshot taken by [`Client::stats`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClientStats {
+    /// Responses by endpoint and HTTP status (429s included).
+    pub responses: BTreeMap<(Endpoint, u16), u64>,
+    /// Requests that got no HTTP response (connect error, timeout, reset), by endpoint.
+    pub transport_errors: BTreeMap<Endpoint, u64>,
+    /// 429 answers seen (each was waited out and retried).
+    pub rate_limited: u64,
+    /// Calls that had to wait in the limiter (quota or header gate).
+    pub limiter_waits: u64,
+    /// Sum of those waits.
+    pub limiter_wait_total: Duration,
+    /// Backoff retries of transient errors.
+    pub retries: u64,
+}
+
+impl ClientStats {
+    /// Total responses of one endpoint, any status.
+    pub fn responses_of(&self, endpoint: Endpoint) -> u64 {
+        self.responses
+            .iter()
+            .filter(|((e, _), _)| *e == endpoint)
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+/// The shared Claid client; cheap to clone (everything is behind `Arc`s).
+#[derive(Clone)]
+pub struct Client {
+    /// For API calls: carries no credentials itself and never follows redirects, so the
+    /// per-request `Authorization` header cannot be replayed elsewhere.
+    api: reqwest::Client,
+    /// For downloads of `tmp_url`s: never sees the API key; follows a few redirects.
+    downloads: reqwest::Client,
+    /// `base_url` parsed, without a trailing slash; also the only origin polls may target.
+    base: Url,
+    /// `Bearer <key>`, marked sensitive so reqwest never prints it; `None` for an empty key
+    /// (e.g. against a local emulator), so no `Authorization` header is sent at all.
+    auth: Option<HeaderValue>,
+    /// Shared by every clone: Claid's quotas are per account, not per caller.
+    limiter: Arc<Limiter>,
+    /// Shared counters for `/metrics`; a std mutex held only to bump a few numbers.
+    stats: Arc<Mutex<ClientStats>>,
+    /// Cap on one download, from `limits.max_download_bytes`.
+    max_download_bytes: u64,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base.as_str())
+            .field("api_key", &"<redacted>")
+            .field("max_download_bytes", &self.max_download_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One HTTP answer read in full (API calls only; downloads stream).
+struct Answer {
+    status: StatusCode,
+    request_id: Option<String>,
+    body: Bytes,
+}
+
+impl Client {
+    /// Builds the client; fails (Systemic, `client-config`) on a bad base URL, a key that cannot
+    /// be a header, or a zero timeout. No request is made.
+    pub fn new(cfg: ClientConfig) -> Result<Client, ClaidError> {
+        if cfg.request_timeout.is_zero() {
+            return Err(ClaidError::Config {
+                about: "request_timeout must be positive",
+            });
+        }
+        let base =
+            Url::parse(cfg.base_url.trim_end_matches('/')).map_err(|_| ClaidError::Config {
+                about: "base_url is not a url",
+            })?;
+        if !matches!(base.scheme(), "http" | "https") || base.host().is_none() {
+            return Err(ClaidError::Config {
+                about: "base_url must be http(s)",
+            });
+        }
+        let key = cfg.api_key.trim();
+        let auth = if key.is_empty() {
+            None
+        } else {
+            let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
+                ClaidError::Config {
+                    about: "api key has characters not allowed in a header",
+                }
+            })?;
+            value.set_sensitive(true);
+            Some(value)
+        };
+        // Shorter than the total timeout, so a connect that hangs ends as a connect error
+        // (nothing sent, safe to retry) rather than as an ambiguous timeout.
+        let connect_timeout = (cfg.request_timeout / 2).min(Duration::from_secs(10));
+        let user_agent = concat!("claid-hotfolder/", env!("CARGO_PKG_VERSION"));
+        let api = reqwest::Client::builder()
+            .user_agent(user_agent)
+            .timeout(cfg.request_timeout)
+            .connect_timeout(connect_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            // Shorter than common server keep-alives (60-75 s), so a submit is rarely written
+            // onto a connection the server is closing (which would make it ambiguous).
+            .pool_idle_timeout(Duration::from_secs(20))
+            .build()
+            .map_err(|_| ClaidError::Config {
+                about: "http client could not be built",
+            })?;
+        let downloads = reqwest::Client::builder()
+            .user_agent(user_agent)
+            .timeout(cfg.request_timeout)
+            .connect_timeout(connect_timeout)
+            .redirect(reqwest::redirect::Policy::limited(5))
+            .build()
+            .map_err(|_| ClaidError::Config {
+                about: "http client could not be built",
+            })?;
+        Ok(Client {
+            api,
+            downloads,
+            base,
+            auth,
+            limiter: Arc::new(Limiter::new(
+                cfg.requests_per_second,
+                cfg.requests_per_minute,
+            )),
+            stats: Arc::new(Mutex::new(ClientStats::default())),
+            max_download_bytes: cfg.max_download_bytes,
+        })
+    }
+
+    /// `POST {base}/image/edit/async`. Connect errors, 429 and 5xx are retried; once the
+    /// request may have been received, a lost answer is [`ErrorClass::Ambiguous`].
+    pub async fn submit(&self, body: &serde_json::Value) -> Result<Accepted, ClaidError> {
+        let url = self.endpoint_url("image/edit/async")?;
+        let (task, request_id) = self
+            .with_retries(|| async {
+                let build = || Ok(self.api.post(url.clone()).json(body));
+                let answer = self.call(Endpoint::Submit, build).await?;
+                expect_ok::<wire::AsyncTask>(Endpoint::Submit, answer)
+            })
+            .await?;
+        Ok(Accepted {
+            task_id: task.id,
+            result_url: task.result_url,
+            request_id,
+        })
+    }
+
+    /// `GET result_url` exactly as Claid returned it (same origin as `base_url` only, so the
+    /// key is never sent elsewhere). Transient errors, including an unreadable 200, are retried.
+    pub async fn poll(&self, result_url: &str) -> Result<Polled, ClaidError> {
+        let url = Url::parse(result_url).map_err(|_| ClaidError::BadUrl {
+            endpoint: Endpoint::Poll,
+            about: "result_url is not a url",
+        })?;
+        if url.origin() != self.base.origin() {
+            return Err(ClaidError::BadUrl {
+                endpoint: Endpoint::Poll,
+                about: "result_url is not on the api origin",
+            });
+        }
+        let (task, request_id) = self
+            .with_retries(|| async {
+                let build = || Ok(self.api.get(url.clone()));
+                let answer = self.call(Endpoint::Poll, build).await?;
+                expect_ok::<wire::AsyncTask>(Endpoint::Poll, answer)
+            })
+            .await?;
+        Ok(Polled { task, request_id })
+    }
+
+    /// `POST {base}/image/edit/upload` (multipart `file` + `data`); synchronous on Claid's
+    /// side, so it may take long. Retried like submit.
+    pub async fn upload(
+        &self,
+        file_name: &str,
+        bytes: Vec<u8>,
+        data: &serde_json::Value,
+    ) -> Result<Uploaded, ClaidError> {
+        let url = self.endpoint_url("image/edit/upload")?;
+        let bytes = Bytes::from(bytes);
+        let data = data.to_string();
+        let (response, request_id) = self
+            .with_retries(|| async {
+                // Multipart bodies are streams and cannot be cloned: build afresh per send.
+                let build = || {
+                    let file = reqwest::multipart::Part::bytes(bytes.to_vec())
+                        .file_name(file_name.to_owned());
+                    let data_part = reqwest::multipart::Part::text(data.clone())
+                        .mime_str("application/json")
+                        .map_err(|_| ClaidError::Config {
+                            about: "multipart mime",
+                        })?;
+                    let form = reqwest::multipart::Form::new()
+                        .part("file", file)
+                        .part("data", data_part);
+                    Ok(self.api.post(url.clone()).multipart(form))
+                };
+                let answer = self.call(Endpoint::Upload, build).await?;
+                expect_ok::<wire::EditResponse>(Endpoint::Upload, answer)
+            })
+            .await?;
+        Ok(Uploaded {
+            response,
+            request_id,
+        })
+    }
+
+    /// A cheap authenticated call (`GET {base}/image/edit/async/0`): Ok when Claid answers
+    /// and accepts the key (a 404 for the non-existent task is fine). One attempt (plus 429
+    /// waits): the caller probes periodically anyway.
+    pub async fn probe(&self) -> Result<(), ClaidError> {
+        let url = self.endpoint_url("image/edit/async/0")?;
+        let build = || Ok(self.api.get(url.clone()));
+        let answer = self.call(Endpoint::Probe, build).await?;
+        match answer.status.as_u16() {
+            200..=299 | 404 | 422 => Ok(()),
+            _ => Err(status_error(Endpoint::Probe, &answer)),
+        }
+    }
+
+    /// Downloads a result (`tmp_url`): http(s) only, no API key, not rate limited, at most
+    /// `max_download_bytes`, and exactly `Content-Length` bytes when that header is present.
+    /// Transient failures (connect, timeout, 5xx, truncation) are retried.
+    pub async fn download(&self, url: &str) -> Result<Bytes, ClaidError> {
+        let url = Url::parse(url).map_err(|_| ClaidError::BadUrl {
+            endpoint: Endpoint::Download,
+            about: "not a url",
+        })?;
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            return Err(ClaidError::BadUrl {
+                endpoint: Endpoint::Download,
+                about: "only http(s) urls are downloaded",
+            });
+        }
+        self.with_retries(|| self.download_once(&url)).await
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> ClientStats {
+        self.stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn endpoint_url(&self, path: &str) -> Result<Url, ClaidError> {
+        let text = format!("{}/{path}", self.base.as_str().trim_end_matches('/'));
+        Url::parse(&text).map_err(|_| ClaidError::Config {
+            about: "base_url does not combine with the endpoint path",
+        })
+    }
+
+    fn with_stats(&self, f: impl FnOnce(&mut ClientStats)) {
+        f(&mut self.stats.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    /// Runs `attempt` with the backoff policy: exponential from 200 ms to 10 s with jitter, at
+    /// most [`RETRY_TIMES`] retries, only for retryable (transient) errors.
+    async fn with_retries<T, F, Fut>(&self, attempt: F) -> Result<T, ClaidError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, ClaidError>>,
+    {
+        let policy = ExponentialBuilder::default()
+            .with_min_delay(RETRY_MIN_DELAY)
+            .with_max_delay(RETRY_MAX_DELAY)
+            .with_max_times(RETRY_TIMES)
+            .with_jitter()
+            .with_jitter_seed(rand::random());
+        attempt
+            .retry(policy)
+            .sleep(tokio::time::sleep)
+            .when(ClaidError::retryable)
+            .notify(|err, delay| {
+                self.with_stats(|s| s.retries += 1);
+                tracing::debug!(error = %err, code = err.code(), ?delay, "Retrying a claid call");
+            })
+            .await
+    }
+
+    /// One API call through the limiter, waiting out 429s; returns any other answer for the
+    /// caller to classify. Transport failures are classified here.
+    async fn call(
+        &self,
+        endpoint: Endpoint,
+        build: impl Fn() -> Result<reqwest::RequestBuilder, ClaidError>,
+    ) -> Result<Answer, ClaidError> {
+        let mut attempts = 0u32;
+        loop {
+            let waited = self.limiter.acquire().await;
+            if !waited.0.is_zero() {
+                self.with_stats(|s| {
+                    s.limiter_waits += 1;
+                    s.limiter_wait_total += waited.0;
+                });
+            }
+            let mut builder = build()?;
+            if let Some(auth) = &self.auth {
+                builder = builder.header(header::AUTHORIZATION, auth.clone());
+            }
+            let request = builder.build().map_err(|_| ClaidError::BadUrl {
+                endpoint,
+                about: "request could not be built for this url",
+            })?;
+            let method = request.method().clone();
+            let started = Instant::now();
+            let result = self.api.execute(request).await;
+            let response = match result {
+                Ok(response) => response,
+                Err(err) => {
+                    self.with_stats(|s| *s.transport_errors.entry(endpoint).or_default() += 1);
+                    tracing::debug!(
+                        method = %method, endpoint = endpoint.as_str(),
+                        latency_ms = started.elapsed().as_millis() as u64, error = %err,
+                        "Claid call failed without a response"
+                    );
+                    return Err(transport_error(endpoint, err, None));
+                }
+            };
+            let status = response.status();
+            let request_id = request_id_of(response.headers());
+            self.observe_rate_headers(response.headers(), status);
+            self.with_stats(|s| {
+                *s.responses.entry((endpoint, status.as_u16())).or_default() += 1;
+                if status == StatusCode::TOO_MANY_REQUESTS {
+                    s.rate_limited += 1;
+                }
+            });
+            tracing::debug!(
+                method = %method, endpoint = endpoint.as_str(), status = status.as_u16(),
+                request_id = request_id.as_deref().unwrap_or("-"),
+                latency_ms = started.elapsed().as_millis() as u64,
+                "Claid call answered"
+            );
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                attempts += 1;
+                if attempts >= MAX_CONSECUTIVE_429 {
+                    return Err(ClaidError::RateLimited {
+                        endpoint,
+                        attempts,
+                        retry_after: reset_of(response.headers()),
+                        request_id,
+                    });
+                }
+                // The gate is already closed by observe_rate_headers; loop to wait on it.
+                continue;
+            }
+            let body = read_limited(response, MAX_BODY).await;
+            return match body {
+                Ok(body) => Ok(Answer {
+                    status,
+                    request_id,
+                    body,
+                }),
+                Err(err) => Err(transport_error(endpoint, err, request_id)),
+            };
+        }
+    }
+
+    /// Closes the shared gate after a 429 or `RateLimit-Remaining <= 0`.
+    fn observe_rate_headers(&self, headers: &HeaderMap, status: StatusCode) {
+        let remaining = parse_remaining(header_str(headers, "ratelimit-remaining"));
+        if status == StatusCode::TOO_MANY_REQUESTS || remaining.is_some_and(|r| r <= 0) {
+            self.limiter.block_for(reset_of(headers));
+        }
+    }
+
+    async fn download_once(&self, url: &Url) -> Result<Bytes, ClaidError> {
+        let started = Instant::now();
+        let response = match self.downloads.get(url.clone()).send().await {
+            Ok(response) => response,
+            Err(err) => {
+                self.with_stats(|s| {
+                    *s.transport_errors.entry(Endpoint::Download).or_default() += 1
+                });
+                return Err(transport_error(Endpoint::Download, err, None));
+            }
+        };
+        let status = response.status();
+        let request_id = request_id_of(response.headers());
+        self.with_stats(|s| {
+            *s.responses
+                .entry((Endpoint::Download, status.as_u16()))
+                .or_default() += 1
+        });
+        tracing::debug!(
+            method = "GET",
+            endpoint = "download",
+            status = status.as_u16(),
+            request_id = request_id.as_deref().unwrap_or("-"),
+            latency_ms = started.elapsed().as_millis() as u64,
+            "Download answered"
+        );
+        match status.as_u16() {
+            200..=299 => {}
+            403 | 404 | 410 => {
+                return Err(ClaidError::ResultGone {
+                    status: status.as_u16(),
+                    request_id,
+                });
+            }
+            code => {
+                return Err(ClaidError::DownloadStatus {
+                    status: code,
+                    request_id,
+                });
+            }
+        }
+        let limit = self.max_download_bytes;
+        let expected = response.content_length();
+        if expected.is_some_and(|len| len > limit) {
+            return Err(ClaidError::TooLarge { limit, request_id });
+        }
+        let mut response = response;
+        let mut buf =
+            BytesMut::with_capacity(usize::try_from(expected.unwrap_or(0).min(limit)).unwrap_or(0));
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    if buf.len() as u64 + chunk.len() as u64 > limit {
+                        return Err(ClaidError::TooLarge { limit, request_id });
+                    }
+                    buf.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(err) => {
+                    if let Some(expected) = expected {
+                        if !err.is_timeout() {
+                            return Err(ClaidError::Truncated {
+                                expected,
+                                received: buf.len() as u64,
+                                request_id,
+                            });
+                        }
+                    }
+                    return Err(transport_error(Endpoint::Download, err, request_id));
+                }
+            }
+        }
+        if let Some(expected) = expected {
+            if (buf.len() as u64) < expected {
+                return Err(ClaidError::Truncated {
+                    expected,
+                    received: buf.len() as u64,
+                    request_id,
+                });
+            }
+        }
+        Ok(buf.freeze())
+    }
+}
+
+/// Reads a whole body, refusing more than `limit` bytes (the excess is an error, as a reset).
+async fn read_limited(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Bytes, reqwest::Error> {
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = response.chunk().await? {
+        if buf.len() + chunk.len() > limit {
+            // Keep what fits: the JSON will not parse and the caller reports a bad response.
+            let room = limit.saturating_sub(buf.len());
+            buf.extend_from_slice(&chunk[..room.min(chunk.len())]);
+            break;
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+/// Maps a reqwest failure to a class-bearing error: connect errors mean nothing was sent.
+fn transport_error(
+    endpoint: Endpoint,
+    err: reqwest::Error,
+    request_id: Option<String>,
+) -> ClaidError {
+    if err.is_connect() {
+        ClaidError::Connect {
+            endpoint,
+            source: err,
+        }
+    } else if err.is_timeout() {
+        ClaidError::Timeout {
+            endpoint,
+            request_id,
+        }
+    } else if err.is_builder() {
+        ClaidError::BadUrl {
+            endpoint,
+            about: "request could not be built for this url",
+        }
+    } else {
+        ClaidError::Network {
+            endpoint,
+            request_id,
+            source: err,
+        }
+    }
+}
+
+/// A 2xx answer parsed as `{"data": T}`, or the classified error for anything else.
+fn expect_ok<T: serde::de::DeserializeOwned>(
+    endpoint: Endpoint,
+    answer: Answer,
+) -> Result<(T, Option<String>), ClaidError> {
+    if !answer.status.is_success() {
+        return Err(status_error(endpoint, &answer));
+    }
+    match serde_json::from_slice::<wire::Envelope<T>>(&answer.body) {
+        Ok(envelope) => Ok((envelope.data, answer.request_id)),
+        Err(_) => Err(ClaidError::BadResponse {
+            endpoint,
+            status: answer.status.as_u16(),
+            request_id: answer.request_id,
+            about: "body is not the expected json",
+        }),
+    }
+}
+
+/// Classifies a non-2xx, non-429 answer.
+fn status_error(endpoint: Endpoint, answer: &Answer) -> ClaidError {
+    let status = answer.status.as_u16();
+    let request_id = answer.request_id.clone();
+    let parsed = wire::ErrorBody::parse(&answer.body);
+    let fallback_message = || {
+        let text = String::from_utf8_lossy(&answer.body[..answer.body.len().min(4096)]);
+        let text = text.trim();
+        if text.is_empty() {
+            answer
+                .status
+                .canonical_reason()
+                .unwrap_or("no message")
+                .to_owned()
+        } else {
+            text.chars().take(500).collect()
+        }
+    };
+    match status {
+        401..=403 => {
+            let (error_code, error_message) = match parsed {
+                Some(body) => (body.error_code, body.error_message),
+                None => (String::new(), fallback_message()),
+            };
+            ClaidError::Account {
+                endpoint,
+                status,
+                request_id,
+                error_code,
+                error_message,
+            }
+        }
+        408 | 425 | 500..=599 => ClaidError::Server {
+            endpoint,
+            status,
+            request_id,
+            message: parsed.map(|b| b.error_message),
+        },
+        400..=499 => {
+            let body = parsed.unwrap_or_else(|| wire::ErrorBody {
+                error_message: fallback_message(),
+                ..wire::ErrorBody::default()
+            });
+            ClaidError::Rejected {
+                endpoint,
+                status,
+                request_id,
+                error_code: body.error_code,
+                error_type: body.error_type,
+                error_message: body.error_message,
+                error_details: body.error_details,
+            }
+        }
+        _ => ClaidError::BadResponse {
+            endpoint,
+            status,
+            request_id,
+            about: "unexpected status",
+        },
+    }
+}
+
+fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn request_id_of(headers: &HeaderMap) -> Option<String> {
+    header_str(headers, "x-request-id")
+        .map(str::trim)
+        .filter(|id| !id.is_empty() && id.len() <= 200)
+        .map(str::to_owned)
+}
+
+/// `RateLimit-Reset` (Claid), else `Retry-After` in seconds, else [`DEFAULT_RESET`].
+fn reset_of(headers: &HeaderMap) -> Duration {
+    parse_reset(header_str(headers, "ratelimit-reset"))
+        .or_else(|| parse_reset(header_str(headers, "retry-after")))
+        .unwrap_or(DEFAULT_RESET)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16, body: &str) -> Answer {
+        Answer {
+            status: StatusCode::from_u16(status).unwrap(),
+            request_id: Some("rid".into()),
+            body: Bytes::copy_from_slice(body.as_bytes()),
+        }
+    }
+
+    /// The status table: (endpoint, status) → class and code.
+    #[test]
+    fn status_classification_table() {
+        let envelope = r#"{"error_code":"9000","error_type":"validation","error_message":"bad."}"#;
+        let check = |endpoint: Endpoint, status: u16, class: ErrorClass, code: &str| {
+            let err = status_error(endpoint, &answer(status, envelope));
+            assert_eq!(err.class(), class, "{endpoint} {status}");
+            assert_eq!(err.code(), code, "{endpoint} {status}");
+            assert_eq!(err.request_id(), Some("rid"));
+        };
+        use ErrorClass::*;
+        for endpoint in [Endpoint::Submit, Endpoint::Poll, Endpoint::Upload] {
+            check(endpoint, 400, Job, "claid-bad-request");
+            check(endpoint, 401, Systemic, "claid-unauthorized");
+            check(endpoint, 402, Systemic, "claid-out-of-credits");
+            check(endpoint, 403, Systemic, "claid-forbidden");
+            check(endpoint, 404, Job, "claid-not-found");
+            check(endpoint, 409, Job, "claid-conflict");
+            check(endpoint, 413, Job, "claid-too-large");
+            check(endpoint, 415, Job, "claid-unsupported-media");
+            check(endpoint, 422, Job, "claid-invalid-request");
+            check(endpoint, 418, Job, "claid-rejected");
+            check(endpoint, 408, Transient, "server-error");
+            check(endpoint, 500, Transient, "server-error");
+            check(endpoint, 503, Transient, "server-error");
+            check(endpoint, 304, Transient, "bad-response");
+        }
+        check(Endpoint::Submit, 502, Ambiguous, "server-error");
+        check(Endpoint::Submit, 504, Ambiguous, "server-error");
+        check(Endpoint::Upload, 504, Ambiguous, "server-error");
+        check(Endpoint::Poll, 502, Transient, "server-error");
+        check(Endpoint::Poll, 504, Transient, "server-error");
+    }
+
+    #[test]
+    fn unparseable_success_is_ambiguous_only_for_billable_posts() {
+        for (endpoint, class) in [
+            (Endpoint::Submit, ErrorClass::Ambiguous),
+            (Endpoint::Upload, ErrorClass::Ambiguous),
+            (Endpoint::Poll, ErrorClass::Transient),
+        ] {
+            let err = expect_ok::<wire::AsyncTask>(endpoint, answer(200, "{}")).unwrap_err();
+            assert_eq!(err.class(), class, "{endpoint}");
+            assert_eq!(err.code(), "bad-response");
+        }
+    }
+
+    #[test]
+    fn error_without_envelope_keeps_the_text() {
+        let err = status_error(Endpoint::Submit, &answer(400, "  input not fetchable \n"));
+        assert_eq!(err.claid_message(), Some("input not fetchable"));
+        let err = status_error(Endpoint::Submit, &answer(400, ""));
+        assert_eq!(err.claid_message(), Some("Bad Request"));
+    }
+
+    #[test]
+    fn reset_falls_back_to_retry_after_then_one_second() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(reset_of(&headers), DEFAULT_RESET);
+        headers.insert("retry-after", HeaderValue::from_static("3"));
+        assert_eq!(reset_of(&headers), Duration::from_secs(3));
+        headers.insert("ratelimit-reset", HeaderValue::from_static("2"));
+        assert_eq!(reset_of(&headers), Duration::from_secs(2));
+    }
+}

@@ -851,7 +851,7 @@ impl Handle {
                     }
                 },
                 Err(err) => match err.class() {
-                    ErrorClass::Job => return self.fail(id, "result-expired", &err.to_string()).await,
+                    ErrorClass::Job => return self.fail(id, err.code(), &err.to_string()).await,
                     _ => {
                         failures += 1;
                         if failures >= MAX_TRANSIENT_SUBMITS {

@@ -1,1 +1,891 @@
-//! Tests for client.
+//! Tests for the Claid client (`claid::Client`) against a small scripted axum mock server and,
+//! for broken connections, a raw TCP server; everything on 127.0.0.1:0.
+
+use std::collections::{HashMap, VecDeque};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use bytes::Bytes;
+use claid_hotfolder::claid::wire::TaskStatus;
+use claid_hotfolder::claid::{Client, ClientConfig, Endpoint, ErrorClass, RETRY_TIMES};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+
+const KEY: &str = "sk-test-SECRET-0123456789";
+
+/// One scripted answer.
+#[derive(Clone)]
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    /// Sent in several chunks without a Content-Length (chunked encoding).
+    streamed: bool,
+    delay: Duration,
+}
+
+impl Reply {
+    fn json(status: u16, value: Value) -> Reply {
+        Reply {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: value.to_string().into_bytes(),
+            streamed: false,
+            delay: Duration::ZERO,
+        }
+    }
+    fn raw(status: u16, body: &[u8]) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: body.to_vec(),
+            streamed: false,
+            delay: Duration::ZERO,
+        }
+    }
+    fn header(mut self, name: &str, value: &str) -> Reply {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+    fn delay(mut self, delay: Duration) -> Reply {
+        self.delay = delay;
+        self
+    }
+    fn streamed(mut self) -> Reply {
+        self.streamed = true;
+        self
+    }
+}
+
+/// One request the mock received.
+#[derive(Clone, Debug)]
+struct Seen {
+    method: String,
+    path: String,
+    headers: HeaderMap,
+    body: Bytes,
+    at: Instant,
+}
+
+/// Scripted replies by `"METHOD /path"`: popped in order, the last one repeats.
+#[derive(Clone, Default)]
+struct Mock {
+    script: Arc<Mutex<HashMap<String, VecDeque<Reply>>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Mock {
+    fn on(&self, route: &str, replies: Vec<Reply>) -> &Mock {
+        self.script
+            .lock()
+            .unwrap()
+            .insert(route.to_owned(), replies.into());
+        self
+    }
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+    fn seen_on(&self, method: &str, path: &str) -> Vec<Seen> {
+        self.seen()
+            .into_iter()
+            .filter(|s| s.method == method && s.path == path)
+            .collect()
+    }
+    /// Serves on 127.0.0.1:0; returns `http://127.0.0.1:PORT` (no prefix).
+    async fn start(&self) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(self.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        format!("http://{addr}")
+    }
+}
+
+async fn handle(State(mock): State<Mock>, req: axum::extract::Request) -> Response {
+    let method = req.method().to_string();
+    let path = req.uri().path().to_owned();
+    let headers = req.headers().clone();
+    let body = axum::body::to_bytes(req.into_body(), usize::MAX)
+        .await
+        .unwrap_or_default();
+    mock.seen.lock().unwrap().push(Seen {
+        method: method.clone(),
+        path: path.clone(),
+        headers,
+        body,
+        at: Instant::now(),
+    });
+    let reply = {
+        let mut script = mock.script.lock().unwrap();
+        match script.get_mut(&format!("{method} {path}")) {
+            Some(queue) if queue.len() > 1 => queue.pop_front(),
+            Some(queue) => queue.front().cloned(),
+            None => None,
+        }
+    };
+    let reply = reply.unwrap_or_else(|| {
+        Reply::json(
+            404,
+            json!({"error_code":"404","error_type":"general","error_message":"Not found."}),
+        )
+    });
+    tokio::time::sleep(reply.delay).await;
+    let body = if reply.streamed {
+        let chunks: Vec<Result<Bytes, std::io::Error>> = reply
+            .body
+            .chunks(1024)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        Body::from_stream(futures_util::stream::iter(chunks))
+    } else {
+        Body::from(reply.body)
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = StatusCode::from_u16(reply.status).unwrap();
+    for (name, value) in reply.headers {
+        response.headers_mut().insert(
+            axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    response
+}
+
+/// A raw HTTP/1.1 server: reads each request in full, counts it, writes `answer` verbatim
+/// (possibly nothing) and closes the connection.
+async fn raw_server(answer: &'static [u8]) -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let counter = count.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = socket.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse::<usize>().ok())?
+                            })
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                counter.fetch_add(1, Ordering::SeqCst);
+                let _ = socket.write_all(answer).await;
+                let _ = socket.flush().await;
+            });
+        }
+    });
+    (format!("http://{addr}"), count)
+}
+
+fn config(base_url: &str) -> ClientConfig {
+    ClientConfig {
+        base_url: base_url.to_owned(),
+        api_key: KEY.to_owned(),
+        requests_per_second: NonZeroU32::new(100).unwrap(),
+        requests_per_minute: NonZeroU32::new(100_000).unwrap(),
+        request_timeout: Duration::from_secs(5),
+        max_download_bytes: 1024 * 1024,
+    }
+}
+
+fn client(base_url: &str) -> Client {
+    Client::new(config(base_url)).unwrap()
+}
+
+fn task(id: u64, status: &str, result_url: &str) -> Value {
+    json!({"data": {"id": id, "status": status, "result_url": result_url,
+        "created_at": "2026-01-01T00:00:00Z", "request": {}, "errors": [], "result": {}}})
+}
+
+fn edit_body() -> Value {
+    json!({"input": "storage://demo/shoe-800x600.png",
+        "operations": {"resizing": {"width": 400}}, "output": {"format": "webp"}})
+}
+
+const SUBMIT: &str = "POST /v1/image/edit/async";
+
+#[tokio::test]
+async fn submit_ok_parses_task_id_result_url_and_request_id() {
+    let mock = Mock::default();
+    let root = mock.start().await;
+    let result_url = format!("{root}/v1/image/edit/async/42");
+    mock.on(
+        SUBMIT,
+        vec![
+            Reply::json(200, task(42, "ACCEPTED", &result_url))
+                .header("x-request-id", "req-submit-1"),
+        ],
+    );
+    let client = client(&format!("{root}/v1"));
+    let accepted = client.submit(&edit_body()).await.unwrap();
+    assert_eq!(accepted.task_id, 42);
+    assert_eq!(accepted.result_url, result_url);
+    assert_eq!(accepted.request_id.as_deref(), Some("req-submit-1"));
+
+    let seen = mock.seen_on("POST", "/v1/image/edit/async");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0].headers["authorization"],
+        format!("Bearer {KEY}").as_str()
+    );
+    assert_eq!(seen[0].headers["content-type"], "application/json");
+    let sent: Value = serde_json::from_slice(&seen[0].body).unwrap();
+    assert_eq!(sent, edit_body());
+    assert_eq!(client.stats().responses[&(Endpoint::Submit, 200)], 1);
+}
+
+#[tokio::test]
+async fn poll_follows_the_returned_result_url_even_on_another_prefix() {
+    let mock = Mock::default();
+    let root = mock.start().await;
+    let result_url = format!("{root}/v1-beta1/image/edit/async/7");
+    let done = json!({"data": {"id": 7, "status": "DONE", "result_url": result_url,
+        "created_at": "2026-01-01T00:00:00.123456+00:00", "request": {}, "errors": [],
+        "result": {
+            "input_object": {"ext":"png","mps":0.48,"mime":"image/png","format":"png","width":800,"height":600},
+            "output_object": {"ext":"webp","mps":0.12,"mime":"image/webp","format":"webp","width":400,"height":300,
+                              "tmp_url": format!("{root}/files/7.webp")}}}});
+    mock.on(
+        SUBMIT,
+        vec![Reply::json(200, task(7, "ACCEPTED", &result_url))],
+    )
+    .on(
+        "GET /v1-beta1/image/edit/async/7",
+        vec![
+            Reply::json(200, task(7, "PROCESSING", &result_url)).header("x-request-id", "p1"),
+            Reply::json(200, done).header("x-request-id", "p2"),
+        ],
+    );
+    let client = client(&format!("{root}/v1"));
+    let accepted = client.submit(&edit_body()).await.unwrap();
+    let first = client.poll(&accepted.result_url).await.unwrap();
+    assert_eq!(first.task.status, TaskStatus::Processing);
+    assert_eq!(first.request_id.as_deref(), Some("p1"));
+    let second = client.poll(&accepted.result_url).await.unwrap();
+    assert_eq!(second.task.status, TaskStatus::Done);
+    assert_eq!(second.request_id.as_deref(), Some("p2"));
+    let output = second.task.result.output_object.unwrap();
+    assert_eq!((output.width, output.height), (400, 300));
+    assert_eq!(mock.seen_on("GET", "/v1-beta1/image/edit/async/7").len(), 2);
+    assert!(mock.seen_on("GET", "/v1/image/edit/async/7").is_empty());
+}
+
+#[tokio::test]
+async fn poll_refuses_a_result_url_on_another_origin_without_sending_the_key() {
+    let mock = Mock::default();
+    let root = mock.start().await;
+    let other = Mock::default();
+    let other_root = other.start().await;
+    let client = client(&format!("{root}/v1"));
+    for url in [
+        format!("{other_root}/v1/image/edit/async/1"),
+        "ftp://127.0.0.1/x".to_owned(),
+        "not a url".to_owned(),
+    ] {
+        let err = client.poll(&url).await.unwrap_err();
+        assert_eq!(err.class(), ErrorClass::Job, "{url}");
+        assert_eq!(err.code(), "bad-url");
+    }
+    assert!(other.seen().is_empty());
+}
+
+#[tokio::test]
+async fn rate_limited_429_waits_reset_and_retries_without_an_error() {
+    let mock = Mock::default();
+    let root = mock.start().await;
+    let url = format!("{root}/v1/image/edit/async/1");
+    mock.on(
+        SUBMIT,
+        vec![
+            Reply::json(
+                429,
+                json!({"detail": {"error_code":"2001","error_type":"general",
+                    "error_message":"Too Many Requests. Rate limit exceeded."}}),
+            )
+            .header("ratelimit-limit", "4, 120;w=60, 4;w=1")
+            .header("ratelimit-remaining", "-1")
+            .header("ratelimit-reset", "1"),
+            Reply::json(200, task(1, "ACCEPTED", &url)),
+        ],
+    );
+    let client = client(&format!("{root}/v1"));
+    let accepted = client.submit(&edit_body()).await.unwrap();
+    assert_eq!(accepted.task_id, 1);
+    let seen = mock.seen_on("POST", "/v1/image/edit/async");
+    assert_eq!(seen.len(), 2);
+    let gap = seen[1].at - seen[0].at;
+    assert!(gap >= Duration::from_millis(900), "waited only {gap:?}");
+    let stats = client.stats();
+    assert_eq!(stats.rate_limited, 1);
+    assert_eq!(stats.responses[&(Endpoint::Submit, 429)], 1);
+    assert_eq!(stats.retries, 0, "a 429 is not a failed attempt");
+    assert!(stats.limiter_waits >= 1);
+}
+
+#[tokio::test]
+async fn remaining_zero_makes_every_next_call_wait_for_reset() {
+    let mock = Mock::default();
+    let root = mock.start().await;
+    let url = format!("{root}/v1/image/edit/async/1");
+    mock.on(
+        SUBMIT,
+        vec![
+            Reply::json(200, task(1, "ACCEPTED", &url))
+                .header("ratelimit-remaining", "0")
+                .header("ratelimit-reset", "1"),
+            Reply::json(200, task(2, "ACCEPTED", &url)),
+        ],
+    )
+    .on(
+        "GET /v1/image/edit/async/1",
+        vec![Reply::json(200, task(1, "PROCESSING", &url))],
+    );
+    let client = client(&format!("{root}/v1"));
+    client.submit(&edit_body()).await.unwrap();
+    // Three callers of different endpoints, all behind the same gate.
+    let body = edit_body();
+    let (a, b, c) = tokio::join!(client.submit(&body), client.poll(&url), client.poll(&url));
+    a.unwrap();
+    b.unwrap();
+    c.unwrap();
+    let seen = mock.seen();
+    assert_eq!(seen.len(), 4);
+    for later in &seen[1..] {
+        let gap = later.at - seen[0].at;
+        assert!(
+            gap >= Duration::from_millis(900),
+            "{} came after {gap:?}",
+            later.path
+        );
+    }
+    assert!(client.stats().limiter_waits >= 3);
+    assert_eq!(client.stats().rate_limited, 0);
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_then_succeed() {
+    let mock = Mock::default();
+    let root = mock.start().await;
+    let url = format!("{root}/v1/image/edit/async/3");
+    mock.on(
+        SUBMIT,
+        vec![
+            Reply::json(
+                500,
+                json!({"error_code":"500","error_type":"general","error_message":"Internal."}),
+            ),
+            Reply::raw(503, b"upstream down"),
+            Reply::json(200, task(3, "ACCEPTED", &url)),
+        ],
+    )
+    .on(
+        "GET /v1/image/edit/async/3",
+        vec![
+            Reply::raw(502, b""),
+            Reply::json(200, task(3, "PROCESSING", &url)),
+        ],
+    );
+    let client = client(&format!("{root}/v1"));
+    assert_eq!(client.submit(&edit_body()).await.unwrap().task_id, 3);
+    assert_eq!(mock.seen_on("POST", "/v1/image/edit/async").len(), 3);
+    client.poll(&url).await.unwrap();
+    assert_eq!(mock.seen_on("GET", "/v1/image/edit/async/3").len(), 2);
+    assert_eq!(client.stats().retries, 3);
+}
+
+#[tokio::test]
+async fn persistent_server_errors_end_transient_after_bounded_retries() {
+    let mock = Mock::default();
+    let root = mock.start().await;
+    mock.on(
+        SUBMIT,
+        vec![Reply::raw(500, b"").header("x-request-id", "r500")],
+    );
+    let client = client(&format!("{root}/v1"));
+    let err = client.submit(&edit_body()).await.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Transient);
+    assert_eq!(err.code(), "server-error");
+    assert_eq!(err.request_id(), Some("r500"));
+    assert_eq!(
+        mock.seen_on("POST", "/v1/image/edit/async").len(),
+        1 + RETRY_TIMES
+    );
+}
+
+#[tokio::test]
+async fn account_errors_are_systemic_and_not_retried() {
+    for (status, code) in [
+        (401, "claid-unauthorized"),
+        (402, "claid-out-of-credits"),
+        (403, "claid-forbidden"),
+    ] {
+        let mock = Mock::default();
+        let root = mock.start().await;
+        let reply = Reply::json(
+            status,
+            json!({"error_code":"111","error_type":"auth","error_message":"Authorization is required."}),
+        )
+        .header("x-request-id", "req-auth");
+        mock.on(SUBMIT, vec![reply.clone()])
+            .on("GET /v1/image/edit/async/0", vec![reply]);
+        let client = client(&format!("{root}/v1"));
+        let err = client.submit(&edit_body()).await.unwrap_err();
+        assert_eq!(err.class(), ErrorClass::Systemic, "{status}");
+        assert_eq!(err.code(), code);
+        assert_eq!(err.request_id(), Some("req-auth"));
+        assert_eq!(err.claid_message(), Some("Authorization is required."));
+        assert!(!err.to_string().contains(KEY));
+        assert_eq!(mock.seen().len(), 1, "{status} must not be retried");
+
+        let probe = client.probe().await.unwrap_err();
+        assert_eq!(probe.class(), ErrorClass::Systemic);
+    }
+}
+
+#[tokio::test]
+async fn job_errors_carry_claid_code_message_and_details() {
+    let mock = Mock::default();
+    let root = mock.start().await;
+    mock.on(
+        SUBMIT,
+        vec![
+            Reply::json(
+                422,
+                json!({"error_code":"9000","error_type":"validation",
+                "error_message":"operations.resizing.width: ensure this value is greater than 0.",
+                "error_details":{"operations.resizing.width":["ensure this value is greater than 0"]}}),
+            )
+            .header("x-request-id", "req-422"),
+        ],
+    )
+    .on(
+        "GET /v1/image/edit/async/99",
+        vec![Reply::json(
+            404,
+            json!({"error_code":"404","error_type":"general","error_message":"Batch image edit pipeline not found."}),
+        )],
+    )
+    .on(
+        "GET /v1/image/edit/async/abc",
+        vec![Reply::json(
+            422,
+            json!({"detail":[{"loc":["path","task_id"],"msg":"value is not a valid integer","type":"type_error.integer"}]}),
+        )],
+    );
+    let client = client(&format!("{root}/v1"));
+    let err = client.submit(&edit_body()).await.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Job);
+    assert_eq!(err.code(), "claid-invalid-request");
+    assert_eq!(err.request_id(), Some("req-422"));
+    match &err {
+        claid_hotfolder::claid::ClaidError::Rejected {
+            status,
+            error_code,
+            error_details,
+            ..
+        } => {
+            assert_eq!(*status, 422);
+            assert_eq!(error_code, "9000");
+            assert_eq!(
+                error_details["operations.resizing.width"],
+                vec!["ensure this value is greater than 0".to_owned()]
+            );
+        }
+        other => panic!("expected Rejected, got {other:?}"),
+    }
+    assert_eq!(mock.seen().len(), 1);
+
+    let gone = client
+        .poll(&format!("{root}/v1/image/edit/async/99"))
+        .await
+        .unwrap_err();
+    assert_eq!(gone.class(), ErrorClass::Job);
+    assert_eq!(gone.code(), "claid-not-found");
+    assert_eq!(
+        gone.claid_message(),
+        Some("Batch image edit pipeline not found.")
+    );
+
+    let fastapi = client
+        .poll(&format!("{root}/v1/image/edit/async/abc"))
+        .await
+        .unwrap_err();
+    assert_eq!(fastapi.class(), ErrorClass::Job);
+    assert!(
+        fastapi
+            .claid_message()
+            .unwrap()
+            .contains("path.task_id: value is not a valid integer")
+    );
+    // A 404 on the probe's non-existent task means "the key works".
+    client.probe().await.unwrap();
+}
+
+#[tokio::test]
+async fn dropped_connection_after_submit_is_ambiguous_and_sent_once() {
+    let (root, count) = raw_server(b"").await;
+    let client = client(&format!("{root}/v1"));
+    let err = client.submit(&edit_body()).await.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Ambiguous, "{err:?}");
+    assert_eq!(err.code(), "connection-lost");
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+    assert_eq!(client.stats().retries, 0);
+}
+
+#[tokio::test]
+async fn submit_timeout_after_send_is_ambiguous_and_sent_once() {
+    let mock = Mock::default();
+    let root = mock.start().await;
+    let url = format!("{root}/v1/image/edit/async/1");
+    mock.on(
+        SUBMIT,
+        vec![Reply::json(200, task(1, "ACCEPTED", &url)).delay(Duration::from_secs(3))],
+    );
+    let client = Client::new(ClientConfig {
+        request_timeout: Duration::from_millis(300),
+        ..config(&format!("{root}/v1"))
+    })
+    .unwrap();
+    let err = client.submit(&edit_body()).await.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Ambiguous);
+    assert_eq!(err.code(), "timeout");
+    assert_eq!(mock.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn unreadable_200_is_ambiguous_for_submit_and_retried_for_poll() {
+    let mock = Mock::default();
+    let root = mock.start().await;
+    mock.on(SUBMIT, vec![Reply::raw(200, b"<html>oops</html>")])
+        .on(
+            "GET /v1/image/edit/async/5",
+            vec![Reply::raw(200, b"{\"data\": 1}").header("x-request-id", "bad")],
+        );
+    let client = client(&format!("{root}/v1"));
+    let err = client.submit(&edit_body()).await.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Ambiguous);
+    assert_eq!(err.code(), "bad-response");
+    assert_eq!(mock.seen_on("POST", "/v1/image/edit/async").len(), 1);
+
+    let err = client
+        .poll(&format!("{root}/v1/image/edit/async/5"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Transient);
+    assert_eq!(err.code(), "bad-response");
+    assert_eq!(err.request_id(), Some("bad"));
+    assert_eq!(
+        mock.seen_on("GET", "/v1/image/edit/async/5").len(),
+        1 + RETRY_TIMES
+    );
+}
+
+#[tokio::test]
+async fn connect_error_on_submit_is_transient_and_retried() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let client = client(&format!("http://{addr}/v1"));
+    let err = client.submit(&edit_body()).await.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Transient, "{err:?}");
+    assert_eq!(err.code(), "connect-failed");
+    assert_eq!(client.stats().retries, RETRY_TIMES as u64);
+}
+
+#[tokio::test]
+async fn download_returns_the_bytes_without_the_api_key_and_without_the_limiter() {
+    let mock = Mock::default();
+    let root = mock.start().await;
+    let image: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+    mock.on("GET /files/a.webp", vec![Reply::raw(200, &image)])
+        .on(
+            "GET /files/b.webp",
+            vec![Reply::raw(200, &image).streamed()],
+        );
+    let client = Client::new(ClientConfig {
+        requests_per_second: NonZeroU32::new(1).unwrap(),
+        ..config(&format!("{root}/v1"))
+    })
+    .unwrap();
+    for name in ["a", "b", "a", "b"] {
+        let bytes = client
+            .download(&format!("{root}/files/{name}.webp?sig=abc"))
+            .await
+            .unwrap();
+        assert_eq!(bytes.as_ref(), image.as_slice());
+    }
+    for seen in mock.seen() {
+        assert!(!seen.headers.contains_key("authorization"));
+    }
+    let stats = client.stats();
+    assert_eq!(stats.limiter_waits, 0, "downloads are not rate limited");
+    assert_eq!(stats.responses[&(Endpoint::Download, 200)], 4);
+}
+
+#[tokio::test]
+async fn download_truncated_body_is_a_transient_error() {
+    let (root, count) =
+        raw_server(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nx-request-id: t1\r\n\r\n0123456789")
+            .await;
+    let client = client(&format!("{root}/v1"));
+    let err = client
+        .download(&format!("{root}/files/x.png"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Transient, "{err:?}");
+    assert_eq!(err.code(), "download-truncated");
+    assert_eq!(err.request_id(), Some("t1"));
+    assert_eq!(count.load(Ordering::SeqCst), 1 + RETRY_TIMES);
+}
+
+#[tokio::test]
+async fn download_over_the_cap_is_refused() {
+    let mock = Mock::default();
+    let root = mock.start().await;
+    let big = vec![7u8; 4096];
+    mock.on("GET /files/declared.png", vec![Reply::raw(200, &big)])
+        .on(
+            "GET /files/streamed.png",
+            vec![Reply::raw(200, &big).streamed()],
+        )
+        .on("GET /files/fits.png", vec![Reply::raw(200, &big[..1000])]);
+    let client = Client::new(ClientConfig {
+        max_download_bytes: 1000,
+        ..config(&format!("{root}/v1"))
+    })
+    .unwrap();
+    for name in ["declared", "streamed"] {
+        let err = client
+            .download(&format!("{root}/files/{name}.png"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "download-too-large", "{name}");
+        assert_eq!(err.class(), ErrorClass::Job);
+    }
+    assert_eq!(
+        client
+            .download(&format!("{root}/files/fits.png"))
+            .await
+            .unwrap()
+            .len(),
+        1000
+    );
+    // Not retried: two attempts for the two refused files, one for the good one.
+    assert_eq!(mock.seen().len(), 3);
+}
+
+#[tokio::test]
+async fn download_of_a_non_http_url_is_refused() {
+    let client = client("http://127.0.0.1:9/v1");
+    for url in [
+        "file:///etc/passwd",
+        "ftp://example.com/a.png",
+        "storage://demo/a.png",
+        "data:text/plain,hi",
+        "/relative/path.png",
+    ] {
+        let err = client.download(url).await.unwrap_err();
+        assert_eq!(err.code(), "bad-url", "{url}");
+        assert_eq!(err.class(), ErrorClass::Job);
+    }
+    assert!(client.stats().responses.is_empty());
+}
+
+#[tokio::test]
+async fn expired_result_download_is_a_job_error() {
+    let mock = Mock::default();
+    let root = mock.start().await;
+    mock.on("GET /files/old.png", vec![Reply::raw(403, b"expired")]);
+    let client = client(&format!("{root}/v1"));
+    let err = client
+        .download(&format!("{root}/files/old.png"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "result-expired");
+    assert_eq!(err.class(), ErrorClass::Job);
+    assert_eq!(mock.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn upload_sends_multipart_file_and_json_data() {
+    let mock = Mock::default();
+    let root = mock.start().await;
+    let object = |w: u32| json!({"ext":"png","mps":0.01,"mime":"image/png","format":"png","width":w,"height":w});
+    mock.on(
+        "POST /v1/image/edit/upload",
+        vec![
+            Reply::json(
+                200,
+                json!({"data": {"input": object(100), "output": object(50)}}),
+            )
+            .header("x-request-id", "up-1"),
+        ],
+    );
+    let client = client(&format!("{root}/v1"));
+    let data = json!({"operations": {"resizing": {"width": 50}}, "output": {"format": "png"}});
+    let file = b"\x89PNG fake image bytes".to_vec();
+    let uploaded = client.upload("shoe", file.clone(), &data).await.unwrap();
+    assert_eq!(uploaded.response.output.width, 50);
+    assert_eq!(uploaded.request_id.as_deref(), Some("up-1"));
+
+    let seen = mock.seen_on("POST", "/v1/image/edit/upload");
+    assert_eq!(seen.len(), 1);
+    let content_type = seen[0].headers["content-type"].to_str().unwrap();
+    assert!(content_type.starts_with("multipart/form-data; boundary="));
+    assert_eq!(
+        seen[0].headers["authorization"],
+        format!("Bearer {KEY}").as_str()
+    );
+    let body = String::from_utf8_lossy(&seen[0].body);
+    assert!(
+        body.contains("Content-Disposition: form-data; name=\"file\"; filename=\"shoe\""),
+        "{body}"
+    );
+    assert!(body.contains("\u{FFFD}PNG fake image bytes"));
+    let data_part = body.split("name=\"data\"").nth(1).expect("a data part");
+    assert!(
+        data_part.contains("Content-Type: application/json"),
+        "{body}"
+    );
+    assert!(data_part.contains(&data.to_string()));
+}
+
+#[tokio::test]
+async fn the_api_key_never_shows_in_debug_output() {
+    let cfg = config("http://127.0.0.1:9/v1");
+    let client = Client::new(cfg.clone()).unwrap();
+    for text in [
+        format!("{cfg:?}"),
+        format!("{client:?}"),
+        format!("{client:#?}"),
+    ] {
+        assert!(!text.contains(KEY), "{text}");
+        assert!(!text.contains("SECRET"), "{text}");
+        assert!(text.contains("redacted"), "{text}");
+    }
+    let err = client.probe().await.unwrap_err();
+    assert!(!format!("{err:?}").contains("SECRET"));
+}
+
+#[tokio::test]
+async fn bad_config_is_refused() {
+    for base in ["", "not a url", "ftp://x/v1"] {
+        let err = Client::new(config(base)).unwrap_err();
+        assert_eq!(err.class(), ErrorClass::Systemic, "{base}");
+        assert_eq!(err.code(), "client-config");
+    }
+    let err = Client::new(ClientConfig {
+        api_key: "bad\nkey".into(),
+        ..config("http://127.0.0.1:9/v1")
+    })
+    .unwrap_err();
+    assert_eq!(err.code(), "client-config");
+    assert!(!err.to_string().contains("bad\nkey"));
+    let err = Client::new(ClientConfig {
+        request_timeout: Duration::ZERO,
+        ..config("http://127.0.0.1:9/v1")
+    })
+    .unwrap_err();
+    assert_eq!(err.code(), "client-config");
+}
+
+#[tokio::test]
+async fn the_limiter_keeps_a_burst_at_or_below_the_configured_rate() {
+    let mock = Mock::default();
+    let root = mock.start().await;
+    let url = format!("{root}/v1/image/edit/async/1");
+    mock.on(SUBMIT, vec![Reply::json(200, task(1, "ACCEPTED", &url))])
+        .on(
+            "GET /v1/image/edit/async/1",
+            vec![Reply::json(200, task(1, "PROCESSING", &url))],
+        );
+    let rps = 4;
+    let client = Client::new(ClientConfig {
+        requests_per_second: NonZeroU32::new(rps).unwrap(),
+        ..config(&format!("{root}/v1"))
+    })
+    .unwrap();
+    let started = Instant::now();
+    let calls = 12;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..calls {
+        let client = client.clone();
+        let url = url.clone();
+        tasks.spawn(async move {
+            if i % 2 == 0 {
+                client.submit(&edit_body()).await.map(|_| ())
+            } else {
+                client.poll(&url).await.map(|_| ())
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap().unwrap();
+    }
+    let seen = mock.seen();
+    assert_eq!(seen.len(), calls);
+    // No one-second window holds more than rps (+1 for a call exactly on the edge, +1 margin
+    // for scheduling jitter on a loaded machine).
+    for first in &seen {
+        let in_window = seen
+            .iter()
+            .filter(|s| s.at >= first.at && s.at - first.at < Duration::from_secs(1))
+            .count();
+        assert!(
+            in_window <= rps as usize + 1,
+            "{in_window} calls in one second"
+        );
+    }
+    // 12 calls at 4/s need at least ~2.75 s; a generous lower bound.
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    assert!(client.stats().limiter_waits >= (calls as u64) - 2);
+}
+
+#[tokio::test]
+async fn an_empty_key_sends_no_authorization_header() {
+    let mock = Mock::default();
+    let root = mock.start().await;
+    let client = Client::new(ClientConfig {
+        api_key: "  ".into(),
+        ..config(&format!("{root}/v1"))
+    })
+    .unwrap();
+    client.probe().await.unwrap();
+    let seen = mock.seen_on("GET", "/v1/image/edit/async/0");
+    assert_eq!(seen.len(), 1);
+    assert!(!seen[0].headers.contains_key("authorization"));
+}
