@@ -474,13 +474,16 @@ impl Bench {
             let r = self.run_daemon(&work)?;
             let stats = emu.stats();
             let delays = done_to_outbox(&work, &emu.base_url(), latency, seed, stats.submits)?;
-            let mut d: Vec<f64> = delays.iter().map(|d| *d).collect();
+            let mut d = delays;
             d.sort_by(f64::total_cmp);
+            // A wrong task → latency mapping would show as files written before their task was DONE.
+            let negative = d.iter().filter(|x| **x < 0.0).count();
             let (p50, p99) = (quantile(&d, 0.5), quantile(&d, 0.99));
             notes.add(format!(
-                "delay run {}: {} delays, p50 {:.3} s, p99 {:.3} s, min {:.3} s, max {:.3} s; wall {:.1} s; {} polls = {:.2}/image; exit {}",
+                "delay run {}: {} delays ({} negative: the DONE reconstruction check), p50 {:.3} s, p99 {:.3} s, min {:.3} s, max {:.3} s; wall {:.1} s; {} polls = {:.2}/image; exit {}",
                 run + 1,
                 d.len(),
+                negative,
                 p50,
                 p99,
                 d.first().copied().unwrap_or(f64::NAN),
@@ -567,7 +570,11 @@ impl Bench {
             let mut child = self.spawn(&work, "daemon-1.log")?;
             let t0 = Instant::now();
             let want = UNLIMITED.max_in_flight.min(n) as u64;
+            let mut hwm1 = 0;
             let registered = loop {
+                if let Some(kib) = vm_hwm_kib(child.id()) {
+                    hwm1 = hwm1.max(kib);
+                }
                 if emu.stats().submits >= want {
                     break true;
                 }
@@ -604,16 +611,27 @@ impl Bench {
                 }
                 std::thread::sleep(Duration::from_millis(1));
             };
-            let hwm = vm_hwm_kib(child.id()).unwrap_or(0);
+            // Peak RSS of the second life while it resumes (a few seconds more).
+            let mut hwm = 0;
+            let t2 = Instant::now();
+            while t2.elapsed() < Duration::from_secs(5) && child.try_wait()?.is_none() {
+                if let Some(kib) = vm_hwm_kib(child.id()) {
+                    hwm = hwm.max(kib);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
             child.kill().ok();
             child.wait()?;
-            let resumed = grep_line(&work.root().join("daemon-2.log"), "Resumed").unwrap_or_default();
+            let resumed = grep_line(&work.root().join("daemon-2.log"), "Resumed")
+                .and_then(|l| l.split_once("manifests=").map(|(_, r)| format!("manifests={r}")))
+                .unwrap_or_default();
             notes.add(format!(
-                "restart run {}: {} jobs registered and {} submitted after {:.1} s, killed; restart → first request {}; RSS at that point {:.1} MB; resume log: {}",
+                "restart run {}: {} jobs registered and {} submitted after {:.1} s (peak RSS {:.1} MB), killed; restart → first request {}; peak RSS in the 5 s after it {:.1} MB; resume log: {}",
                 run + 1,
                 n,
                 before.submits,
                 until_submits.as_secs_f64(),
+                hwm1 as f64 / 1024.0,
                 first.map(|d| format!("{:.3} s", d.as_secs_f64())).unwrap_or_else(|| "never (120 s)".into()),
                 hwm as f64 / 1024.0,
                 resumed.trim()
