@@ -403,7 +403,12 @@ pub struct Client {
     stats: Arc<Mutex<ClientStats>>,
     /// Cap on one download, from `limits.max_download_bytes`.
     max_download_bytes: u64,
+    /// Told the latency of every answered call (API and downloads), for `/metrics`.
+    latency_observer: Option<LatencyObserver>,
 }
+
+/// Receives the endpoint and latency of each answered call.
+pub type LatencyObserver = Arc<dyn Fn(Endpoint, Duration) + Send + Sync>;
 
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -488,6 +493,7 @@ impl Client {
             )),
             stats: Arc::new(Mutex::new(ClientStats::default())),
             max_download_bytes: cfg.max_download_bytes,
+            latency_observer: None,
         })
     }
 
@@ -599,6 +605,18 @@ impl Client {
         self.with_retries(|| self.download_once(&url)).await
     }
 
+    /// Reports every answered call's latency to `observer` (the metrics histogram).
+    pub fn with_latency_observer(mut self, observer: LatencyObserver) -> Client {
+        self.latency_observer = Some(observer);
+        self
+    }
+
+    fn observe_latency(&self, endpoint: Endpoint, latency: Duration) {
+        if let Some(observer) = &self.latency_observer {
+            observer(endpoint, latency);
+        }
+    }
+
     /// A snapshot of the counters.
     pub fn stats(&self) -> ClientStats {
         self.stats
@@ -683,6 +701,7 @@ impl Client {
             };
             let status = response.status();
             let request_id = request_id_of(response.headers());
+            self.observe_latency(endpoint, started.elapsed());
             self.observe_rate_headers(response.headers(), status);
             self.with_stats(|s| {
                 *s.responses.entry((endpoint, status.as_u16())).or_default() += 1;
@@ -742,6 +761,7 @@ impl Client {
         };
         let status = response.status();
         let request_id = request_id_of(response.headers());
+        self.observe_latency(Endpoint::Download, started.elapsed());
         self.with_stats(|s| {
             *s.responses
                 .entry((Endpoint::Download, status.as_u16()))

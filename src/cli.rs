@@ -1,7 +1,6 @@
 //! The command line (clap): `run`, `validate`, `plan`, `status`, `jobs`, `replay`, `emulator`,
 //! and the mapping of each command's outcome to an exit code.
 
-use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,9 +11,9 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{self, Config};
 use crate::daemon::{self, FatalError, Outcome, RunOptions};
 use crate::manifest::{self, Input};
-use crate::store::records::{JobState, JobV1, ManifestState};
+use crate::store::records::{JobState, JobV1};
 use crate::store::{Store, StoreError};
-use crate::{emulator, logging, signal};
+use crate::{admin, emulator, logging, signal};
 
 /// Success.
 pub const EX_OK: i32 = 0;
@@ -31,7 +30,11 @@ pub const EX_INTERRUPTED: i32 = 75;
 pub const DEFAULT_CONFIG: &str = "/etc/claid-hotfolder/claid-hotfolder.yaml";
 
 #[derive(Debug, Parser)]
-#[command(name = "claid-hotfolder", version, about = "Edit product images in bulk through the Claid.ai API from a watched folder")]
+#[command(
+    name = "claid-hotfolder",
+    version,
+    about = "Edit product images in bulk through the Claid.ai API from a watched folder"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -98,6 +101,9 @@ pub enum Command {
         config: ConfigArg,
         #[command(flatten)]
         select: ReplaySelect,
+        /// Only jobs that changed since this time (RFC 3339) or this long ago (`2h`).
+        #[arg(long)]
+        since: Option<String>,
     },
     /// Run the Claid-compatible emulator.
     Emulator {
@@ -130,12 +136,28 @@ pub struct ReplaySelect {
 /// Runs the parsed command and returns the process exit code.
 pub fn execute(cli: Cli) -> i32 {
     match cli.command {
-        Command::Run { config, once, print_config } => cmd_run(&config.config, once, print_config),
+        Command::Run {
+            config,
+            once,
+            print_config,
+        } => cmd_run(&config.config, once, print_config),
         Command::Validate { config, files } => report(cmd_validate(config.as_deref(), &files)),
         Command::Plan { config, file } => report(cmd_plan(&config.config, &file)),
         Command::Status { config, json } => report(cmd_status(&config.config, json)),
-        Command::Jobs { config, state, manifest } => report(cmd_jobs(&config.config, state.as_deref(), manifest.as_deref())),
-        Command::Replay { config, select } => report(cmd_replay(&config.config, &select)),
+        Command::Jobs {
+            config,
+            state,
+            manifest,
+        } => report(cmd_jobs(
+            &config.config,
+            state.as_deref(),
+            manifest.as_deref(),
+        )),
+        Command::Replay {
+            config,
+            select,
+            since,
+        } => report(cmd_replay(&config.config, &select, since.as_deref())),
         Command::Emulator { listen, scenario } => report(cmd_emulator(listen, scenario)),
     }
 }
@@ -145,13 +167,20 @@ fn report(res: anyhow::Result<i32>) -> i32 {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
-            if err.downcast_ref::<config::ConfigError>().is_some() { EX_CONFIG } else { EX_FAILURE }
+            if err.downcast_ref::<config::ConfigError>().is_some() {
+                EX_CONFIG
+            } else {
+                EX_FAILURE
+            }
         }
     }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 fn load_config(path: &Path) -> anyhow::Result<Config> {
@@ -181,7 +210,11 @@ fn cmd_run(path: &Path, once: bool, print_config: bool) -> i32 {
             return EX_FAILURE;
         }
     };
-    let opts = RunOptions { once, progress_bar: once && std::io::stderr().is_terminal() };
+    let opts = RunOptions {
+        once,
+        progress_bar: once && std::io::stderr().is_terminal(),
+        config_path: Some(path.to_path_buf()),
+    };
     match rt.block_on(daemon::run(config, opts, signal::shutdown())) {
         Ok(Outcome::AllDone) => EX_OK,
         Ok(Outcome::SomeFailed) => EX_JOBS_FAILED,
@@ -189,7 +222,11 @@ fn cmd_run(path: &Path, once: bool, print_config: bool) -> i32 {
         Err(err) => {
             tracing::error!(error = %error_chain(&err), "Fatal error; the daemon stops");
             eprintln!("error: {}", error_chain(&err));
-            if matches!(err, FatalError::Config(_)) { EX_CONFIG } else { EX_FAILURE }
+            if matches!(err, FatalError::Config(_)) {
+                EX_CONFIG
+            } else {
+                EX_FAILURE
+            }
         }
     }
 }
@@ -207,8 +244,12 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 
 /// A file is a config when its top level has a `folders` key; otherwise a manifest.
 fn looks_like_config(path: &Path) -> bool {
-    let Ok(text) = std::fs::read_to_string(path) else { return false };
-    let Ok(value) = serde_yaml::from_str::<serde_yaml::Value>(&text) else { return false };
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    let Ok(value) = serde_yaml::from_str::<serde_yaml::Value>(&text) else {
+        return false;
+    };
     value.get("folders").is_some()
 }
 
@@ -229,13 +270,17 @@ fn cmd_validate(config_path: Option<&Path>, files: &[PathBuf]) -> anyhow::Result
             }
             continue;
         }
-        let file = std::path::absolute(file).with_context(|| format!("cannot resolve {}", file.display()))?;
+        let file = std::path::absolute(file)
+            .with_context(|| format!("cannot resolve {}", file.display()))?;
         let inbox = match &config {
             Some(config) if file.starts_with(&config.folders.inbox) => config.folders.inbox.clone(),
             _ => file.parent().map(Path::to_path_buf).unwrap_or_default(),
         };
-        let profiles = config.as_ref().map(|c| c.profiles.clone()).unwrap_or_default();
-        let limits = config.as_ref().map(|c| c.limits.clone()).unwrap_or_default();
+        let profiles = config
+            .as_ref()
+            .map(|c| c.profiles.clone())
+            .unwrap_or_default();
+        let limits = config.as_ref().map(|c| c.limits).unwrap_or_default();
         match manifest::load(&inbox, &file, &profiles, &limits) {
             Ok(spec) => println!("{}: ok ({} images)", file.display(), spec.jobs.len()),
             Err(err) => {
@@ -293,7 +338,13 @@ fn cmd_plan(config_path: &Path, file: &Path) -> anyhow::Result<i32> {
             }
             "new"
         };
-        println!("{:>6}  {:<9}  {:<50}  {}", job.idx, plan, input, job.output_rel.display());
+        println!(
+            "{:>6}  {:<9}  {:<50}  {}",
+            job.idx,
+            plan,
+            input,
+            job.output_rel.display()
+        );
     }
     let n_async = n_new - n_uploads;
     println!();
@@ -308,135 +359,207 @@ fn cmd_plan(config_path: &Path, file: &Path) -> anyhow::Result<i32> {
     Ok(EX_OK)
 }
 
-/// A job state's short name, as used by `jobs --state` and the reports.
-pub fn state_name(state: &JobState) -> &'static str {
-    match state {
-        JobState::Queued => "queued",
-        JobState::Submitting { .. } => "submitting",
-        JobState::Submitted { .. } => "submitted",
-        JobState::Downloading { .. } => "downloading",
-        JobState::InDoubt { .. } => "in-doubt",
-        JobState::Done { .. } => "done",
-        JobState::Failed { .. } => "failed",
+/// Asks the running daemon over its admin socket; `None` when no daemon answers there.
+fn ask_daemon(
+    config: &Config,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> anyhow::Result<Option<(u16, Vec<u8>)>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match rt.block_on(admin::request(&config.admin.socket, method, path, body)) {
+        Ok(answer) => Ok(Some(answer)),
+        Err(admin::AdminError::NotRunning { .. }) => Ok(None),
+        Err(err) => Err(err.into()),
     }
+}
+
+fn from_daemon<T: serde::de::DeserializeOwned>(answer: (u16, Vec<u8>)) -> anyhow::Result<T> {
+    let (status, body) = answer;
+    if status != 200 {
+        let message = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+        anyhow::bail!("{message}");
+    }
+    serde_json::from_slice(&body).context("the daemon sent an answer this version cannot read")
 }
 
 fn cmd_status(config_path: &Path, json: bool) -> anyhow::Result<i32> {
     let config = load_config(config_path)?;
-    let store = open_store(&config)?;
-    let mut rows = Vec::new();
-    for (mid, m) in store.manifests()? {
-        let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
-        for (_, job) in store.jobs_of_manifest(mid)? {
-            *counts.entry(state_name(&job.state)).or_default() += 1;
-        }
-        let finished = matches!(m.state, ManifestState::Finished { .. });
-        rows.push((mid, m.rel, finished, counts));
-    }
+    let view: admin::StatusView = match ask_daemon(&config, "GET", "/status", None)? {
+        Some(answer) => from_daemon(answer)?,
+        None => admin::status_view(&open_store(&config)?, None)?,
+    };
     if json {
-        let value: Vec<serde_json::Value> = rows
-            .iter()
-            .map(|(mid, rel, finished, counts)| serde_json::json!({"id": mid, "manifest": rel, "finished": finished, "jobs": counts}))
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        println!("{}", serde_json::to_string_pretty(&view)?);
         return Ok(EX_OK);
     }
-    if rows.is_empty() {
+    match &view.daemon {
+        Some(d) => println!(
+            "daemon: {}{}; {} in flight, {} queued, up {}s",
+            d.health,
+            d.reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default(),
+            d.in_flight,
+            d.queued,
+            d.uptime_secs
+        ),
+        None => println!("daemon: not running (read from the store)"),
+    }
+    if view.manifests.is_empty() {
         println!("No manifests in the store.");
+        return Ok(EX_OK);
     }
-    for (mid, rel, finished, counts) in rows {
-        let counts: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        println!("{mid:>20}  {:<8}  {rel}  ({})", if finished { "finished" } else { "active" }, counts.join(", "));
+    println!(
+        "{:<40} {:>8} {:>7} {:>7} {:>9} {:>7} {:>8} {:>9} {:>8}",
+        "manifest", "state", "total", "done", "in flight", "queued", "failed", "img/min", "eta"
+    );
+    for m in &view.manifests {
+        println!(
+            "{:<40} {:>8} {:>7} {:>7} {:>9} {:>7} {:>8} {:>9} {:>8}",
+            m.manifest,
+            if m.finished { "finished" } else { "active" },
+            m.total,
+            m.done,
+            m.in_flight,
+            m.queued,
+            m.failed,
+            m.images_per_minute
+                .map_or("-".to_owned(), |r| format!("{r:.1}")),
+            m.eta_secs.map_or("-".to_owned(), |s| format!("{s}s")),
+        );
     }
     Ok(EX_OK)
 }
 
-fn manifest_ids(store: &Store, manifest: Option<&Path>) -> anyhow::Result<Option<Vec<u64>>> {
-    let Some(rel) = manifest else { return Ok(None) };
-    let rel = rel.to_string_lossy();
-    let ids: Vec<u64> = store.manifests()?.into_iter().filter(|(_, m)| m.rel == rel).map(|(id, _)| id).collect();
-    if ids.is_empty() {
-        anyhow::bail!("no manifest `{rel}` in the store (give the path relative to the inbox; see `status`)");
+fn cmd_jobs(
+    config_path: &Path,
+    state: Option<&str>,
+    manifest: Option<&Path>,
+) -> anyhow::Result<i32> {
+    let config = load_config(config_path)?;
+    let query = admin::JobsQuery {
+        state: state.map(str::to_owned),
+        manifest: manifest.map(|m| m.to_string_lossy().into_owned()),
+    };
+    let mut path = "/jobs".to_owned();
+    let mut params = Vec::new();
+    if let Some(state) = &query.state {
+        params.push(format!("state={}", url_encode(state)));
     }
-    Ok(Some(ids))
+    if let Some(manifest) = &query.manifest {
+        params.push(format!("manifest={}", url_encode(manifest)));
+    }
+    if !params.is_empty() {
+        path = format!("{path}?{}", params.join("&"));
+    }
+    let jobs: Vec<admin::JobView> = match ask_daemon(&config, "GET", &path, None)? {
+        Some(answer) => from_daemon(answer)?,
+        None => admin::jobs_view(&open_store(&config)?, &query)?,
+    };
+    println!(
+        "{:>20}  {:<11}  {:>8}  {:<44}  {:<30}  detail",
+        "job", "state", "attempts", "input", "manifest"
+    );
+    for j in &jobs {
+        println!(
+            "{:>20}  {:<11}  {:>8}  {:<44}  {:<30}  {}",
+            j.id, j.state, j.attempts, j.input, j.manifest, j.detail
+        );
+    }
+    println!("{} jobs", jobs.len());
+    Ok(EX_OK)
 }
 
-fn cmd_jobs(config_path: &Path, state: Option<&str>, manifest: Option<&Path>) -> anyhow::Result<i32> {
-    let config = load_config(config_path)?;
-    let store = open_store(&config)?;
-    let ids = manifest_ids(&store, manifest)?;
-    let manifests = store.manifests()?;
-    println!("{:>20}  {:<11}  {:<8}  {:<40}  detail", "job", "state", "attempts", "input");
-    for (mid, m) in manifests {
-        if ids.as_ref().is_some_and(|ids| !ids.contains(&mid)) {
-            continue;
-        }
-        for (id, job) in store.jobs_of_manifest(mid)? {
-            let name = state_name(&job.state);
-            if state.is_some_and(|s| s != name) {
-                continue;
+fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                (b as char).to_string()
             }
-            let detail = match &job.state {
-                JobState::Failed { code, message, .. } => format!("{code}: {message}"),
-                JobState::Done { path, .. } => path.clone(),
-                JobState::Submitted { task_id, .. } => format!("task {task_id}"),
-                _ => String::new(),
-            };
-            println!("{id:>20}  {name:<11}  {:<8}  {:<40}  {detail}   [{}]", job.attempts, job.input, m.rel);
-        }
-    }
-    Ok(EX_OK)
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
-fn cmd_replay(config_path: &Path, select: &ReplaySelect) -> anyhow::Result<i32> {
+fn cmd_replay(
+    config_path: &Path,
+    select: &ReplaySelect,
+    since: Option<&str>,
+) -> anyhow::Result<i32> {
     let config = load_config(config_path)?;
-    let store = open_store(&config)?;
-    let mut chosen = Vec::new();
-    if let Some(id) = select.job {
-        if store.job(id)?.is_none() {
-            anyhow::bail!("no job {id} in the store (see `jobs`)");
+    let since_ms = match since {
+        Some(text) => Some(parse_since(text)?),
+        None => None,
+    };
+    let req = admin::ReplayRequest {
+        failed: select.failed,
+        in_doubt: select.in_doubt,
+        manifest: select
+            .manifest
+            .as_ref()
+            .map(|m| m.to_string_lossy().into_owned()),
+        job: select.job,
+        since_ms,
+    };
+    let body = serde_json::to_value(&req)?;
+    let answer: admin::ReplayAnswer = match ask_daemon(&config, "POST", "/replay", Some(&body))? {
+        Some(answer) => {
+            let answer: admin::ReplayAnswer = from_daemon(answer)?;
+            println!("Requeued {} jobs in the running daemon.", answer.requeued);
+            answer
         }
-        chosen.push(id);
+        None => {
+            let answer = admin::replay_offline(&open_store(&config)?, &req)?;
+            println!(
+                "Requeued {} jobs; they run at the daemon's next start.",
+                answer.requeued
+            );
+            answer
+        }
+    };
+    Ok(if answer.requeued == 0 {
+        EX_FAILURE
     } else {
-        let ids = manifest_ids(&store, select.manifest.as_deref())?;
-        for (mid, _) in store.manifests()? {
-            if ids.as_ref().is_some_and(|ids| !ids.contains(&mid)) {
-                continue;
-            }
-            for (id, job) in store.jobs_of_manifest(mid)? {
-                let pick = match &job.state {
-                    JobState::Failed { .. } => select.failed || ids.is_some(),
-                    JobState::InDoubt { .. } => select.in_doubt || ids.is_some(),
-                    _ => ids.is_some(),
-                };
-                if pick {
-                    chosen.push(id);
-                }
-            }
-        }
+        EX_OK
+    })
+}
+
+/// `--since`: an RFC 3339 time (`2026-11-29T10:00:00Z`) or a duration ago (`2h`).
+fn parse_since(text: &str) -> anyhow::Result<u64> {
+    if let Ok(at) = humantime::parse_rfc3339_weak(text) {
+        let ms = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        return Ok(ms);
     }
-    for id in &chosen {
-        store.requeue(*id, false)?;
-    }
-    for (mid, m) in store.manifests()? {
-        let touched = store.jobs_of_manifest(mid)?.iter().any(|(id, _)| chosen.contains(id));
-        if touched && matches!(m.state, ManifestState::Finished { .. }) {
-            store.set_manifest_state(mid, ManifestState::Active)?;
-        }
-    }
-    store.flush()?;
-    println!("Requeued {} jobs; they run at the daemon's next start.", chosen.len());
-    Ok(EX_OK)
+    let ago = humantime::parse_duration(text).with_context(|| {
+        format!("--since {text}: give a time like 2026-11-29T10:00:00Z or a duration like 2h")
+    })?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Ok(now.saturating_sub(ago).as_millis() as u64)
 }
 
 fn cmd_emulator(listen: SocketAddr, scenario: emulator::ScenarioArgs) -> anyhow::Result<i32> {
     logging::init(logging::Format::Text);
     let rt = runtime()?;
     rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
         println!("http://{addr}/v1");
-        emulator::run(listener, scenario.into_scenario(), signal::shutdown()).await.context("emulator failed")?;
+        emulator::run(listener, scenario.into_scenario(), signal::shutdown())
+            .await
+            .context("emulator failed")?;
         Ok(EX_OK)
     })
 }

@@ -1,11 +1,15 @@
-//! Wiring and supervision: builds the components in startup order (clean temp files → open the
-//! store → resume unfinished jobs → first scan → workers), owns the cancellation token and the
-//! task tracker, runs the two-phase shutdown, and defines [`FatalError`], the only errors that
-//! stop the daemon. Per-job errors never reach this module.
+//! Wiring and supervision: builds the components in startup order (open the store, which locks
+//! the state directory → clean temp files → resume unfinished jobs → first scan → READY →
+//! watch), owns the cancellation token and the task tracker, talks to systemd (READY, STATUS,
+//! WATCHDOG), reloads the config on SIGHUP, runs the two-phase shutdown, and defines
+//! [`FatalError`], the only errors that stop the daemon. Per-job errors never reach this module.
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+use sd_notify::NotifyState;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -14,9 +18,15 @@ use tracing::{error, info, warn};
 
 use crate::claid::{ClaidError, Client, ClientConfig};
 use crate::config::{BaseUrl, Config, ConfigError};
+use crate::metrics::Metrics;
 use crate::pipeline::{self, Deps, Folders, Policies};
 use crate::store::{Store, StoreError};
-use crate::{emulator, output, watcher};
+use crate::{admin, emulator, output, watcher};
+
+/// The file in the state directory that names the PID of the daemon holding the store.
+const PID_FILE: &str = "claid-hotfolder.pid";
+/// How often `STATUS=` is refreshed for systemd.
+const STATUS_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The key the embedded emulator accepts when no key is configured.
 const EMBEDDED_API_KEY: &str = "embedded-emulator-key";
@@ -38,8 +48,12 @@ pub enum FatalError {
     CleanOutbox(#[source] output::OutputError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("another daemon (PID {pid}) holds the state directory {path}; stop it first")]
+    AlreadyRunning { path: PathBuf, pid: String },
+    #[error(transparent)]
+    Admin(#[from] admin::AdminError),
     #[error("cannot build the API client")]
-    Client(#[source] ClaidError),
+    Client(#[source] Box<ClaidError>),
     #[error("cannot start the embedded emulator")]
     Emulator(#[source] std::io::Error),
     #[error("the inbox watcher stopped")]
@@ -47,12 +61,14 @@ pub enum FatalError {
 }
 
 /// How `run` was asked to behave.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     /// Process what is in the inbox now, wait for every job, then return.
     pub once: bool,
     /// Draw a progress bar (a TTY is attached).
     pub progress_bar: bool,
+    /// The config file, re-read on SIGHUP.
+    pub config_path: Option<PathBuf>,
 }
 
 /// How a run ended.
@@ -67,14 +83,20 @@ pub enum Outcome {
 }
 
 /// Runs the daemon until `shutdown` completes (or, with `once`, until the inbox is processed).
-pub async fn run(config: Config, opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result<Outcome, FatalError> {
+pub async fn run(
+    config: Config,
+    opts: RunOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Outcome, FatalError> {
     let api_key = crate::config::load_api_key(&config.api)?;
 
     // The embedded emulator lives as long as this function.
     let mut embedded = None;
     let (base_url, api_key) = match &config.api.base_url {
         BaseUrl::Embedded => {
-            let handle = emulator::spawn(emulator::Scenario::default()).await.map_err(FatalError::Emulator)?;
+            let handle = emulator::spawn(emulator::Scenario::default())
+                .await
+                .map_err(FatalError::Emulator)?;
             let url = handle.base_url();
             info!(base_url = %url, "Started the embedded Claid emulator");
             embedded = Some(handle);
@@ -84,14 +106,26 @@ pub async fn run(config: Config, opts: RunOptions, shutdown: impl Future<Output 
     };
 
     let folders = &config.folders;
-    for path in [&folders.inbox, &folders.outbox, &folders.archive, &folders.rejected, &folders.state] {
-        std::fs::create_dir_all(path).map_err(|source| FatalError::Folder { path: path.clone(), source })?;
+    for path in [
+        &folders.inbox,
+        &folders.outbox,
+        &folders.archive,
+        &folders.rejected,
+        &folders.state,
+    ] {
+        std::fs::create_dir_all(path).map_err(|source| FatalError::Folder {
+            path: path.clone(),
+            source,
+        })?;
     }
+    // The store's lock comes first: a second daemon must not touch the outbox of a running one.
+    let store = open_store(&folders.state)?;
+    info!(state = %folders.state.display(), "Opened the job store");
     let removed = output::clean_stale_tmp(&folders.outbox).map_err(FatalError::CleanOutbox)?;
     info!(removed, outbox = %folders.outbox.display(), "Removed stale temporary files");
 
-    let store = Store::open(&folders.state)?;
-    info!(state = %folders.state.display(), "Opened the job store");
+    let metrics = Arc::new(Metrics::new());
+    let observer = metrics.clone();
 
     let client = Client::new(ClientConfig {
         base_url,
@@ -101,7 +135,10 @@ pub async fn run(config: Config, opts: RunOptions, shutdown: impl Future<Output 
         request_timeout: config.api.request_timeout,
         max_download_bytes: config.limits.max_download_bytes,
     })
-    .map_err(FatalError::Client)?;
+    .map_err(|err| FatalError::Client(Box::new(err)))?
+    .with_latency_observer(Arc::new(move |endpoint, latency| {
+        observer.observe_latency(endpoint, latency)
+    }));
 
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -119,11 +156,12 @@ pub async fn run(config: Config, opts: RunOptions, shutdown: impl Future<Output 
             on_manifest_done: config.on_manifest_done,
             in_doubt: config.in_doubt,
         },
-        poll: config.api.poll.clone(),
-        limits: config.limits.clone(),
+        poll: config.api.poll,
+        limits: config.limits,
         profiles: config.profiles.clone(),
         max_in_flight: config.api.max_in_flight.get(),
         max_downloads: config.api.max_downloads.get(),
+        metrics: metrics.clone(),
         cancel: cancel.clone(),
         tracker: tracker.clone(),
     });
@@ -140,11 +178,25 @@ pub async fn run(config: Config, opts: RunOptions, shutdown: impl Future<Output 
     );
     tracker.spawn(pipeline.clone().run_submitter());
 
+    let admin_state = admin::AdminState {
+        pipeline: pipeline.clone(),
+        metrics: metrics.clone(),
+    };
+    let admin_task = tokio::spawn(admin::serve_socket(
+        config.admin.socket.clone(),
+        admin_state.clone(),
+        cancel.clone(),
+    ));
+    let metrics_task = config
+        .admin
+        .metrics_listen
+        .map(|addr| tokio::spawn(admin::serve_metrics(addr, admin_state, cancel.clone())));
+
     let work = async {
         if opts.once {
-            run_once(&pipeline, &config, opts).await
+            run_once(&pipeline, &config, &opts).await
         } else {
-            run_watching(&pipeline, &config, &cancel).await
+            run_watching(&pipeline, &config, &opts, &cancel).await
         }
     };
     tokio::pin!(work);
@@ -155,6 +207,10 @@ pub async fn run(config: Config, opts: RunOptions, shutdown: impl Future<Output 
     };
 
     // Phase 1: stop intake and waits; units of work in progress finish.
+    let _ = sd_notify::notify(&[
+        NotifyState::Stopping,
+        NotifyState::Status("Draining in-flight steps"),
+    ]);
     cancel.cancel();
     tracker.close();
     let grace = config.shutdown_grace;
@@ -171,6 +227,18 @@ pub async fn run(config: Config, opts: RunOptions, shutdown: impl Future<Output 
     } else {
         warn!(grace = ?grace, "Grace period over; parked jobs resume at the next start");
     }
+    for (name, task) in [
+        ("admin socket", Some(admin_task)),
+        ("metrics", metrics_task),
+    ] {
+        let Some(task) = task else { continue };
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => error!(error = %error_chain(&err), "The {name} server failed"),
+            Err(err) => error!(error = %err, "The {name} server panicked"),
+        }
+    }
+    let _ = std::fs::remove_file(folders.state.join(PID_FILE));
     drop(embedded);
     result?;
 
@@ -186,8 +254,14 @@ pub async fn run(config: Config, opts: RunOptions, shutdown: impl Future<Output 
 }
 
 /// `run --once`: every manifest in the inbox now, then wait for all jobs.
-async fn run_once(pipeline: &pipeline::Handle, config: &Config, opts: RunOptions) -> Result<(), FatalError> {
-    let candidates = watcher::scan_stable(&config.folders.inbox, &config.watch).await.map_err(FatalError::Watcher)?;
+async fn run_once(
+    pipeline: &pipeline::Handle,
+    config: &Config,
+    opts: &RunOptions,
+) -> Result<(), FatalError> {
+    let candidates = watcher::scan_stable(&config.folders.inbox, &config.watch)
+        .await
+        .map_err(FatalError::Watcher)?;
     info!(manifests = candidates.len(), "Scanned the inbox");
     for candidate in candidates {
         pipeline.intake(candidate.path).await;
@@ -211,14 +285,56 @@ async fn run_once(pipeline: &pipeline::Handle, config: &Config, opts: RunOptions
     Ok(())
 }
 
-/// The daemon proper: the watcher feeds candidates until shutdown.
-async fn run_watching(pipeline: &pipeline::Handle, config: &Config, cancel: &CancellationToken) -> Result<(), FatalError> {
+/// The daemon proper: the first scan, READY, then the watcher feeds candidates until shutdown,
+/// with SIGHUP reloads, `STATUS=` lines and watchdog pings on the way.
+async fn run_watching(
+    pipeline: &pipeline::Handle,
+    config: &Config,
+    opts: &RunOptions,
+    cancel: &CancellationToken,
+) -> Result<(), FatalError> {
+    // The first scan is done before READY, so `systemctl start` returns once the inbox is known.
+    let first = watcher::scan_stable(&config.folders.inbox, &config.watch)
+        .await
+        .map_err(FatalError::Watcher)?;
+    info!(manifests = first.len(), "Scanned the inbox");
+    for candidate in first {
+        pipeline.intake(candidate.path).await;
+    }
+    let _ = sd_notify::notify(&[
+        NotifyState::Ready,
+        NotifyState::Status(&status_line(pipeline)),
+    ]);
+    info!("Ready");
+
     // Bounded: a burst of drops waits in the watcher rather than in memory here.
     let (tx, mut rx) = mpsc::channel(64);
-    let watch = tokio::spawn(watcher::run(config.folders.inbox.clone(), config.watch.clone(), tx, cancel.child_token()));
+    let watch = tokio::spawn(watcher::run(
+        config.folders.inbox.clone(),
+        config.watch,
+        tx,
+        cancel.child_token(),
+    ));
     info!(inbox = %config.folders.inbox.display(), "Watching the inbox");
-    while let Some(candidate) = rx.recv().await {
-        pipeline.intake(candidate.path).await;
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let watchdog = sd_notify::watchdog_enabled();
+    let mut watchdog_tick =
+        tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |d| d / 2));
+    let mut status_tick = tokio::time::interval(STATUS_INTERVAL);
+    loop {
+        tokio::select! {
+            candidate = rx.recv() => match candidate {
+                Some(candidate) => pipeline.intake(candidate.path).await,
+                None => break,
+            },
+            Some(()) = recv_hangup(&mut hangup) => reload(pipeline, opts.config_path.as_deref()),
+            _ = watchdog_tick.tick(), if watchdog.is_some() => {
+                let _ = sd_notify::notify(&[NotifyState::Watchdog]);
+            }
+            _ = status_tick.tick() => {
+                let _ = sd_notify::notify(&[NotifyState::Status(&status_line(pipeline))]);
+            }
+        }
     }
     match watch.await {
         Ok(Ok(())) => Ok(()),
@@ -230,14 +346,98 @@ async fn run_watching(pipeline: &pipeline::Handle, config: &Config, cancel: &Can
     }
 }
 
+async fn recv_hangup(hangup: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match hangup {
+        Some(signal) => signal.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// SIGHUP: re-reads the config; an invalid one is refused and the running one kept.
+fn reload(pipeline: &pipeline::Handle, path: Option<&Path>) {
+    let Some(path) = path else {
+        warn!("SIGHUP ignored: the daemon was started without a config file to re-read");
+        return;
+    };
+    let _ = sd_notify::notify(&[NotifyState::Reloading]);
+    match crate::config::load(path) {
+        Ok(config) => {
+            pipeline.reload(
+                config.profiles,
+                Policies {
+                    on_output_exists: config.on_output_exists,
+                    on_manifest_done: config.on_manifest_done,
+                    in_doubt: config.in_doubt,
+                },
+                config.limits,
+            );
+            info!(
+                config = %path.display(),
+                "Reloaded the config: profiles, policies and limits apply to new work; api, folders, watch and admin keys need a restart"
+            );
+        }
+        Err(err) => {
+            error!(config = %path.display(), error = %err, "Config reload refused; the running config stays in force");
+        }
+    }
+    let _ = sd_notify::notify(&[NotifyState::Ready]);
+}
+
+/// One `STATUS=` line for systemd.
+fn status_line(pipeline: &pipeline::Handle) -> String {
+    let t = pipeline.totals();
+    let paused = match pipeline.health() {
+        pipeline::Health::Healthy => String::new(),
+        pipeline::Health::Paused { reason } => format!("; PAUSED: {reason}"),
+    };
+    format!(
+        "{} in flight, {} queued, {} done, {} failed, {} rejected manifests{paused}",
+        pipeline.in_flight(),
+        pipeline.queued(),
+        t.done,
+        t.failed,
+        t.rejected
+    )
+}
+
+/// Opens the store; when another daemon holds it, names that daemon's PID. Records our PID.
+fn open_store(state: &Path) -> Result<Store, FatalError> {
+    match Store::open(state) {
+        Ok(store) => {
+            let _ = std::fs::write(state.join(PID_FILE), format!("{}\n", std::process::id()));
+            Ok(store)
+        }
+        Err(StoreError::Locked { path }) => {
+            let pid = std::fs::read_to_string(state.join(PID_FILE))
+                .map(|p| p.trim().to_owned())
+                .unwrap_or_else(|_| "unknown".to_owned());
+            Err(FatalError::AlreadyRunning { path, pid })
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// A progress bar over every tracked job, refreshed from the pipeline's counters.
 fn progress_bar(pipeline: &pipeline::Handle) -> tokio::task::JoinHandle<()> {
     let pipeline = pipeline.clone();
     tokio::spawn(async move {
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} images {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} images {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {

@@ -12,10 +12,13 @@
 //! - [`pipeline`]: schedules jobs through submit, poll, download and output.
 //! - [`claid`]: the API client (and the wire types shared with the emulator).
 //! - [`output`]: atomic output writes; [`report`]: per-manifest reports.
-//! - [`daemon`]: wiring, supervision and shutdown; [`signal`], [`logging`].
+//! - [`daemon`]: wiring, supervision, systemd notifications, reload and shutdown; [`signal`],
+//!   [`logging`].
+//! - [`admin`]: the admin socket (status, jobs, replay, health) and [`metrics`].
 //! - [`cli`]: the command line.
 //! - [`emulator`]: the bundled Claid-compatible emulator.
 
+pub mod admin;
 pub mod claid;
 pub mod cli;
 pub mod config;
@@ -23,6 +26,7 @@ pub mod daemon;
 pub mod emulator;
 pub mod logging;
 pub mod manifest;
+pub mod metrics;
 pub mod output;
 pub mod pipeline;
 pub mod report;

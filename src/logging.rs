@@ -20,7 +20,9 @@ pub enum Format {
 pub fn init(format: Format) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let res = match format {
         Format::Json => builder.json().with_current_span(true).try_init(),
         Format::Text if under_journald => builder.without_time().with_ansi(false).try_init(),

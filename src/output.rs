@@ -1,2 +1,449 @@
 //! Output files: atomic writes (temp file → fsync → rename → fsync dir), the collision policy
-//! and stale temp-file cleanup.
+//! and stale temp-file cleanup; also the no-overwrite move used to archive or reject manifests.
+//!
+//! Architecture invariant: the outbox never holds a partial file under a final name, and no
+//! path built from manifest input leaves its root (no `..`, no absolute paths, no symlinks).
+
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Component, Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+/// What to do when the final output path already exists (mapped from the config's
+/// `on_output_exists`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExistsPolicy {
+    /// Atomically replace the existing file.
+    Replace,
+    /// Keep the existing file and report `skipped: true`.
+    Skip,
+    /// Refuse with [`OutputError::Exists`] (`output-exists`).
+    Fail,
+}
+
+/// The result of [`write_atomic`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Written {
+    /// Final path of the file.
+    pub path: PathBuf,
+    /// Size of the file now at `path` (the existing one when skipped).
+    pub bytes: u64,
+    /// Hex SHA-256 of the file now at `path`.
+    pub sha256: String,
+    /// True when policy `Skip` kept an existing file.
+    pub skipped: bool,
+}
+
+/// Errors of the output boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    #[error("output {path} already exists")]
+    Exists { path: PathBuf },
+    #[error("unsafe output path {path}: {reason}")]
+    UnsafePath { path: PathBuf, reason: &'static str },
+    #[error("disk full writing {path}")]
+    DiskFull {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("i/o error on {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl OutputError {
+    /// Stable kebab-case code, persisted as a failure reason.
+    pub fn code(&self) -> &'static str {
+        match self {
+            OutputError::Exists { .. } => "output-exists",
+            OutputError::UnsafePath { .. } => "output-unsafe-path",
+            OutputError::DiskFull { .. } => "disk-full",
+            OutputError::Io { .. } => "output-io",
+        }
+    }
+
+    /// Wraps an i/o error, telling a full disk (ENOSPC) apart.
+    pub fn io(path: &Path, source: io::Error) -> OutputError {
+        let path = path.to_path_buf();
+        if source.kind() == io::ErrorKind::StorageFull || source.raw_os_error() == Some(28) {
+            OutputError::DiskFull { path, source }
+        } else {
+            OutputError::Io { path, source }
+        }
+    }
+}
+
+/// Marker between the final name and the random id in temp file names.
+const TMP_MARKER: &str = ".tmp-";
+/// How many `.N` suffixes `move_mirrored` tries before giving up.
+const MAX_SUFFIX: u32 = 10_000;
+
+/// Removes stale temp files (`.<name>.tmp-<id>`) under `root`, recursively, without following
+/// symlinks. A missing root is fine. Returns how many files were removed.
+pub fn clean_stale_tmp(root: &Path) -> Result<usize, OutputError> {
+    let mut n_removed = 0;
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+            Err(err) => return Err(OutputError::io(&dir, err)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|err| OutputError::io(&dir, err))?;
+            let path = entry.path();
+            let file_type = entry
+                .file_type()
+                .map_err(|err| OutputError::io(&path, err))?;
+            if file_type.is_dir() {
+                dirs.push(path);
+            } else if file_type.is_file() && is_tmp_name(&entry.file_name()) {
+                match fs::remove_file(&path) {
+                    Ok(()) => n_removed += 1,
+                    Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                    Err(err) => return Err(OutputError::io(&path, err)),
+                }
+            }
+        }
+    }
+    Ok(n_removed)
+}
+
+/// True for names made by [`tmp_name`]: `.<name>.tmp-<id>`.
+pub fn is_tmp_name(name: &OsStr) -> bool {
+    let Some(name) = name.to_str() else {
+        return false;
+    };
+    let Some(rest) = name.strip_prefix('.') else {
+        return false;
+    };
+    match rest.rfind(TMP_MARKER) {
+        Some(at) if at > 0 => {
+            let id = &rest[at + TMP_MARKER.len()..];
+            !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric())
+        }
+        _ => false,
+    }
+}
+
+/// Joins an untrusted relative path onto `root`. Rejects empty, absolute, `.` and `..`
+/// components, and any existing component under `root` that is a symlink (so a symlink planted
+/// in the outbox cannot redirect a write outside it).
+pub fn safe_join(root: &Path, rel: &Path) -> Result<PathBuf, OutputError> {
+    let unsafe_path = |reason| OutputError::UnsafePath {
+        path: rel.to_path_buf(),
+        reason,
+    };
+    let text = rel.as_os_str().as_encoded_bytes();
+    if text.is_empty() {
+        return Err(unsafe_path("empty path"));
+    }
+    if rel.is_absolute() || text.first() == Some(&b'/') {
+        return Err(unsafe_path("absolute path"));
+    }
+    if text.windows(2).any(|w| w == b"//") || text.last() == Some(&b'/') {
+        return Err(unsafe_path("empty path component"));
+    }
+    let mut path = root.to_path_buf();
+    let mut checking = true;
+    for component in rel.components() {
+        match component {
+            Component::Normal(name) => path.push(name),
+            Component::ParentDir => return Err(unsafe_path("`..` component")),
+            Component::CurDir => return Err(unsafe_path("`.` component")),
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(unsafe_path("absolute path"));
+            }
+        }
+        if checking {
+            match fs::symlink_metadata(&path) {
+                Ok(meta) if meta.file_type().is_symlink() => {
+                    return Err(unsafe_path("symlink in path"));
+                }
+                Ok(_) => {}
+                Err(err) if err.kind() == io::ErrorKind::NotFound => checking = false,
+                Err(err) => return Err(OutputError::io(&path, err)),
+            }
+        }
+    }
+    // `a/./b` is normalised away by `components`; refuse it explicitly.
+    if rel.components().count() != text.split(|b| *b == b'/').count() {
+        return Err(unsafe_path("`.` component"));
+    }
+    Ok(path)
+}
+
+/// Writes `bytes` to `root/rel` atomically: a temp file in the same directory, `sync_all`,
+/// rename over the final name, fsync of the directory. Never truncates in place.
+pub fn write_atomic(
+    root: &Path,
+    rel: &Path,
+    bytes: &[u8],
+    policy: ExistsPolicy,
+) -> Result<Written, OutputError> {
+    let path = safe_join(root, rel)?;
+    let (dir, name) = split_dir_name(&path)?;
+    create_dirs_synced(dir)?;
+    // Created directories may not be symlinks, but check again now they exist.
+    safe_join(root, rel)?;
+    let skip_existing = |path: &Path| -> Result<Written, OutputError> {
+        let meta = fs::metadata(path).map_err(|err| OutputError::io(path, err))?;
+        Ok(Written {
+            path: path.to_path_buf(),
+            bytes: meta.len(),
+            sha256: sha256_file(path).map_err(|err| OutputError::io(path, err))?,
+            skipped: true,
+        })
+    };
+    if policy != ExistsPolicy::Replace && exists(&path)? {
+        return match policy {
+            ExistsPolicy::Skip => skip_existing(&path),
+            _ => Err(OutputError::Exists { path }),
+        };
+    }
+    let tmp = write_tmp(dir, name, bytes)?;
+    let placed = match policy {
+        ExistsPolicy::Replace => fs::rename(&tmp, &path).map(|()| true),
+        // A hard link never replaces an existing file; fall back to rename where links are
+        // not supported (the existence check above covers that case).
+        ExistsPolicy::Skip | ExistsPolicy::Fail => match fs::hard_link(&tmp, &path) {
+            Ok(()) => fs::remove_file(&tmp).map(|()| true),
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(_) => fs::rename(&tmp, &path).map(|()| true),
+        },
+    };
+    let placed = match placed {
+        Ok(placed) => placed,
+        Err(err) => {
+            let _ = fs::remove_file(&tmp);
+            return Err(OutputError::io(&path, err));
+        }
+    };
+    if !placed {
+        let _ = fs::remove_file(&tmp);
+        return match policy {
+            ExistsPolicy::Skip => skip_existing(&path),
+            _ => Err(OutputError::Exists { path }),
+        };
+    }
+    sync_dir(dir)?;
+    Ok(Written {
+        path,
+        bytes: bytes.len() as u64,
+        sha256: hex::encode(Sha256::digest(bytes)),
+        skipped: false,
+    })
+}
+
+/// Hex SHA-256 of a file's contents, streamed.
+pub fn sha256_file(path: &Path) -> io::Result<String> {
+    let mut file = File::open(path)?;
+    let mut hasher = Sha256::new();
+    io::copy(&mut file, &mut hasher)?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Moves `src` (a file under `src_root`) to the same relative path under `dst_root`, creating
+/// directories. Never overwrites: `shoes.yaml` becomes `shoes.1.yaml`, `shoes.2.yaml`, … when
+/// taken. Renames, or copies + fsyncs + removes across filesystems. Returns the new path.
+pub fn move_mirrored(src_root: &Path, src: &Path, dst_root: &Path) -> Result<PathBuf, OutputError> {
+    let rel = src
+        .strip_prefix(src_root)
+        .map_err(|_| OutputError::UnsafePath {
+            path: src.to_path_buf(),
+            reason: "not under the source folder",
+        })?;
+    let first = safe_join(dst_root, rel)?;
+    let (dir, name) = split_dir_name(&first)?;
+    create_dirs_synced(dir)?;
+    safe_join(dst_root, rel)?;
+    for n in 0..MAX_SUFFIX {
+        let candidate = if n == 0 {
+            first.clone()
+        } else {
+            dir.join(suffixed(name, n))
+        };
+        if exists(&candidate)? {
+            continue;
+        }
+        match fs::rename(src, &candidate) {
+            Ok(()) => {}
+            Err(err) if is_cross_device(&err) => {
+                if !copy_new(src, &candidate)? {
+                    continue;
+                }
+                fs::remove_file(src).map_err(|err| OutputError::io(src, err))?;
+            }
+            Err(err) => return Err(OutputError::io(src, err)),
+        }
+        sync_dir(dir)?;
+        if let Some(src_dir) = src.parent() {
+            sync_dir(src_dir)?;
+        }
+        return Ok(candidate);
+    }
+    Err(OutputError::Exists { path: first })
+}
+
+/// Writes a whole text file atomically (temp file in the same directory, fsync, rename,
+/// fsync of the directory), creating parent directories.
+pub fn write_text_atomic(path: &Path, text: &str) -> Result<(), OutputError> {
+    let (dir, name) = split_dir_name(path)?;
+    create_dirs_synced(dir)?;
+    let tmp = write_tmp(dir, name, text.as_bytes())?;
+    if let Err(err) = fs::rename(&tmp, path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(OutputError::io(path, err));
+    }
+    sync_dir(dir)
+}
+
+/// The temp name for a final name: `.<name>.tmp-<random>`.
+pub fn tmp_name(name: &OsStr) -> OsString {
+    let mut tmp = OsString::from(".");
+    tmp.push(name);
+    tmp.push(format!("{TMP_MARKER}{:016x}", rand::random::<u64>()));
+    tmp
+}
+
+fn split_dir_name(path: &Path) -> Result<(&Path, &OsStr), OutputError> {
+    match (path.parent(), path.file_name()) {
+        (Some(dir), Some(name)) => Ok((dir, name)),
+        _ => Err(OutputError::UnsafePath {
+            path: path.to_path_buf(),
+            reason: "no file name",
+        }),
+    }
+}
+
+/// Creates a fresh temp file next to the final name, writes and syncs it; removes it again
+/// on failure.
+fn write_tmp(dir: &Path, name: &OsStr, bytes: &[u8]) -> Result<PathBuf, OutputError> {
+    let tmp = dir.join(tmp_name(name));
+    let res = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .and_then(|mut file| {
+            file.write_all(bytes)?;
+            file.sync_all()
+        });
+    match res {
+        Ok(()) => Ok(tmp),
+        Err(err) => {
+            let _ = fs::remove_file(&tmp);
+            Err(OutputError::io(&tmp, err))
+        }
+    }
+}
+
+/// Copies `src` to `dst` only if `dst` does not exist yet, syncing it. `Ok(false)` when taken.
+fn copy_new(src: &Path, dst: &Path) -> Result<bool, OutputError> {
+    let mut out = match OpenOptions::new().write(true).create_new(true).open(dst) {
+        Ok(out) => out,
+        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+        Err(err) => return Err(OutputError::io(dst, err)),
+    };
+    let res = File::open(src)
+        .and_then(|mut input| io::copy(&mut input, &mut out))
+        .and_then(|_| out.sync_all());
+    if let Err(err) = res {
+        let _ = fs::remove_file(dst);
+        return Err(OutputError::io(dst, err));
+    }
+    Ok(true)
+}
+
+fn is_cross_device(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::CrossesDevices || err.raw_os_error() == Some(18)
+}
+
+/// `shoes.yaml` → `shoes.<n>.yaml`; `README` → `README.<n>`; `.hidden` → `.hidden.<n>`.
+fn suffixed(name: &OsStr, n: u32) -> OsString {
+    let path = Path::new(name);
+    match (path.file_stem(), path.extension()) {
+        (Some(stem), Some(ext)) => {
+            let mut out = stem.to_os_string();
+            out.push(format!(".{n}."));
+            out.push(ext);
+            out
+        }
+        _ => {
+            let mut out = name.to_os_string();
+            out.push(format!(".{n}"));
+            out
+        }
+    }
+}
+
+/// `create_dir_all`, then fsync the parent of every directory it created, so a new directory
+/// entry survives a crash together with the file renamed into it.
+fn create_dirs_synced(dir: &Path) -> Result<(), OutputError> {
+    let mut missing = Vec::new();
+    let mut cur = Some(dir);
+    while let Some(path) = cur {
+        if exists(path)? {
+            break;
+        }
+        missing.push(path);
+        cur = path.parent();
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    fs::create_dir_all(dir).map_err(|err| OutputError::io(dir, err))?;
+    for created in missing.iter().rev() {
+        if let Some(parent) = created.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+    }
+    Ok(())
+}
+
+fn exists(path: &Path) -> Result<bool, OutputError> {
+    match fs::symlink_metadata(path) {
+        Ok(_) => Ok(true),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(err) => Err(OutputError::io(path, err)),
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), OutputError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|err| OutputError::io(dir, err))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tmp_names_are_recognised() {
+        let tmp = tmp_name(OsStr::new("a.webp"));
+        assert!(is_tmp_name(&tmp), "{tmp:?}");
+        for name in [
+            "a.webp",
+            ".hidden",
+            ".a.tmp-",
+            "a.tmp-123",
+            ".tmp-123",
+            ".a.tmp-x.y",
+        ] {
+            assert!(!is_tmp_name(OsStr::new(name)), "{name}");
+        }
+    }
+
+    #[test]
+    fn suffixes_go_before_the_extension() {
+        assert_eq!(suffixed(OsStr::new("shoes.yaml"), 2), "shoes.2.yaml");
+        assert_eq!(suffixed(OsStr::new("README"), 1), "README.1");
+        assert_eq!(suffixed(OsStr::new(".hidden"), 1), ".hidden.1");
+    }
+}

@@ -23,6 +23,7 @@ use crate::claid::wire::TaskStatus;
 use crate::claid::{ClaidError, Client, ErrorClass};
 use crate::config::{InDoubtPolicy, Limits, OnManifestDone, OnOutputExists, PollConfig, Profile};
 use crate::manifest::{self, Input, ManifestError, ManifestSpec};
+use crate::metrics::{Metrics, OutcomeLabel};
 use crate::output::{self, ExistsPolicy};
 use crate::report::{self, Report, ReportRow};
 use crate::store::records::{DoneInfo, JobState, JobV1, ManifestState, ManifestV1};
@@ -47,6 +48,7 @@ pub struct Deps {
     pub profiles: BTreeMap<String, Profile>,
     pub max_in_flight: usize,
     pub max_downloads: usize,
+    pub metrics: Arc<Metrics>,
     pub cancel: CancellationToken,
     pub tracker: TaskTracker,
 }
@@ -109,9 +111,13 @@ struct Ctx {
     store: Store,
     client: Client,
     folders: Folders,
-    policies: Policies,
+    /// Reloadable on SIGHUP, like `limits` and `profiles`.
+    policies: std::sync::RwLock<Policies>,
     poll: PollConfig,
-    limits: Limits,
+    limits: std::sync::RwLock<Limits>,
+    metrics: Arc<Metrics>,
+    max_in_flight: usize,
+    started: Instant,
     profiles: std::sync::RwLock<BTreeMap<String, Profile>>,
     /// One permit per task at Claid (submitted, not yet finished). Owned permits move into the
     /// job task; dropping the permit is what frees the slot.
@@ -144,6 +150,8 @@ struct ManifestProgress {
     /// Jobs that are neither terminal nor held.
     open: u64,
     held: u64,
+    /// Jobs this process finished, for images per minute.
+    finished_this_run: u64,
     started: Instant,
 }
 
@@ -188,9 +196,12 @@ impl Handle {
             store: deps.store,
             client: deps.client,
             folders: deps.folders,
-            policies: deps.policies,
+            policies: std::sync::RwLock::new(deps.policies),
             poll: deps.poll,
-            limits: deps.limits,
+            limits: std::sync::RwLock::new(deps.limits),
+            metrics: deps.metrics,
+            max_in_flight: deps.max_in_flight,
+            started: Instant::now(),
             profiles: std::sync::RwLock::new(deps.profiles),
             in_flight: Arc::new(Semaphore::new(deps.max_in_flight)),
             downloads: Arc::new(Semaphore::new(deps.max_downloads)),
@@ -218,9 +229,77 @@ impl Handle {
         lock(&self.ctx.progress).totals
     }
 
-    /// Replaces the profiles used for manifests registered from now on (SIGHUP reload).
-    pub fn set_profiles(&self, profiles: BTreeMap<String, Profile>) {
+    /// Applies a reloaded config (SIGHUP): profiles, policies and limits apply to what is
+    /// registered or decided from now on.
+    pub fn reload(&self, profiles: BTreeMap<String, Profile>, policies: Policies, limits: Limits) {
         *self.ctx.profiles.write().unwrap_or_else(|e| e.into_inner()) = profiles;
+        *self.ctx.policies.write().unwrap_or_else(|e| e.into_inner()) = policies;
+        *self.ctx.limits.write().unwrap_or_else(|e| e.into_inner()) = limits;
+    }
+
+    fn policies(&self) -> Policies {
+        *self.ctx.policies.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Tasks submitted and not yet finished.
+    pub fn in_flight(&self) -> usize {
+        self.ctx.max_in_flight - self.ctx.in_flight.available_permits()
+    }
+
+    /// Jobs waiting to be submitted.
+    pub fn queued(&self) -> usize {
+        lock(&self.ctx.queue).len()
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.ctx.started.elapsed()
+    }
+
+    /// Per manifest this daemon works on: images finished per minute since it started on it,
+    /// and the jobs still open.
+    pub fn rates(&self) -> BTreeMap<ManifestId, (f64, u64)> {
+        lock(&self.ctx.progress)
+            .manifests
+            .iter()
+            .map(|(id, p)| {
+                let minutes = p.started.elapsed().as_secs_f64() / 60.0;
+                let per_min = if minutes > 0.0 {
+                    p.finished_this_run as f64 / minutes
+                } else {
+                    0.0
+                };
+                (*id, (per_min, p.open))
+            })
+            .collect()
+    }
+
+    /// Updates the metrics read at scrape time (store counts, client counters, gauges).
+    /// Blocking: reads the whole store.
+    pub fn refresh_metrics(&self, metrics: &Metrics) -> Result<(), StoreError> {
+        let mut by_state: BTreeMap<String, u64> = BTreeMap::new();
+        for counts in self.ctx.store.counts()?.values() {
+            for (state, n) in [
+                ("queued", counts.queued),
+                ("submitting", counts.submitting),
+                ("submitted", counts.submitted),
+                ("downloading", counts.downloading),
+                ("in_doubt", counts.in_doubt),
+                ("done", counts.done),
+                ("failed", counts.failed),
+            ] {
+                *by_state.entry(state.to_owned()).or_default() += n;
+            }
+        }
+        metrics.set_job_counts(&by_state);
+        metrics
+            .in_doubt
+            .set(self.ctx.store.in_doubt_total()? as i64);
+        metrics.in_flight.set(self.in_flight() as i64);
+        metrics
+            .paused
+            .set(i64::from(matches!(self.health(), Health::Paused { .. })));
+        metrics.fold_client(&self.ctx.client.stats());
+        Ok(())
     }
 
     /// Resumes every unfinished job of the store (SPEC §5.3): `Submitted` → poll,
@@ -238,7 +317,7 @@ impl Handle {
                     summary.queued += 1;
                     to_queue.push(id);
                 }
-                JobState::Submitting { .. } => match ctx.policies.in_doubt {
+                JobState::Submitting { .. } => match self.policies().in_doubt {
                     InDoubtPolicy::Resubmit => {
                         let store = ctx.store.clone();
                         blocking(move || store.requeue(id, true)).await?;
@@ -305,6 +384,7 @@ impl Handle {
             total: jobs.len() as u64,
             open: 0,
             held: 0,
+            finished_this_run: 0,
             started: Instant::now(),
         };
         for (_, job) in jobs {
@@ -345,9 +425,27 @@ impl Handle {
 
     async fn intake_inner(&self, path: PathBuf, rel: PathBuf) {
         let ctx = &self.ctx;
+        let rel_str = rel.to_string_lossy().into_owned();
+        // Fast path: a re-drop of a file already registered is recognised by its hash alone,
+        // without validating it again (a 100,000-image manifest costs seconds to validate).
+        let hash_path = path.clone();
+        if let Ok(sha256) = blocking(move || output::sha256_file(&hash_path)).await {
+            match self.seen_before(&rel, &rel_str, &sha256).await {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(err) => {
+                    error!(error = %err, "Cannot read the store; will retry this manifest at the next scan");
+                    return;
+                }
+            }
+        }
         let inbox = ctx.folders.inbox.clone();
-        let profiles = ctx.profiles.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let limits = ctx.limits.clone();
+        let profiles = ctx
+            .profiles
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let limits = *ctx.limits.read().unwrap_or_else(|e| e.into_inner());
         let load_path = path.clone();
         let loaded = blocking(move || manifest::load(&inbox, &load_path, &profiles, &limits)).await;
         let spec = match loaded {
@@ -357,20 +455,9 @@ impl Handle {
                 return;
             }
         };
-        let rel_str = rel.to_string_lossy().into_owned();
-        let store = ctx.store.clone();
-        let lookup = rel_str.clone();
-        match blocking(move || store.latest_manifest_by_rel(&lookup)).await {
-            Ok(Some((mid, prev))) if prev.sha256 == spec.sha256 => {
-                if matches!(prev.state, ManifestState::Finished { .. }) {
-                    info!("Manifest is unchanged and already finished; nothing to do");
-                    self.dispose_manifest(&rel).await;
-                } else {
-                    debug!(manifest_id = mid, "Manifest is already being processed");
-                }
-                return;
-            }
-            Ok(_) => {}
+        match self.seen_before(&rel, &rel_str, &spec.sha256).await {
+            Ok(true) => return,
+            Ok(false) => {}
             Err(err) => {
                 error!(error = %err, "Cannot read the store; will retry this manifest at the next scan");
                 return;
@@ -378,6 +465,30 @@ impl Handle {
         }
         if let Err(err) = self.register(spec, rel_str).await {
             error!(error = %err, "Cannot record the manifest in the store; will retry at the next scan");
+        }
+    }
+
+    /// Whether this exact drop (path and content) is already registered; a finished one is
+    /// disposed of again per `on_manifest_done`, without any API call.
+    async fn seen_before(
+        &self,
+        rel: &Path,
+        rel_str: &str,
+        sha256: &str,
+    ) -> Result<bool, StoreError> {
+        let store = self.ctx.store.clone();
+        let lookup = rel_str.to_owned();
+        match blocking(move || store.latest_manifest_by_rel(&lookup)).await? {
+            Some((mid, prev)) if prev.sha256 == sha256 => {
+                if matches!(prev.state, ManifestState::Finished { .. }) {
+                    info!("Manifest is unchanged and already finished; nothing to do");
+                    self.dispose_manifest(rel).await;
+                } else {
+                    debug!(manifest_id = mid, "Manifest is already being processed");
+                }
+                Ok(true)
+            }
+            _ => Ok(false),
         }
     }
 
@@ -440,9 +551,19 @@ impl Handle {
             .collect();
         let unchanged = n_jobs - queued.len();
         self.track_manifest(mid, &record_for_track, &pairs);
-        info!(manifest_id = mid, jobs = n_jobs, unchanged, to_submit = queued.len(), "Manifest accepted");
+        info!(
+            manifest_id = mid,
+            jobs = n_jobs,
+            unchanged,
+            to_submit = queued.len(),
+            "Manifest accepted"
+        );
         self.enqueue(queued, false);
-        if lock(&ctx.progress).manifests.get(&mid).is_some_and(|p| p.open == 0) {
+        if lock(&ctx.progress)
+            .manifests
+            .get(&mid)
+            .is_some_and(|p| p.open == 0)
+        {
             self.finish_manifest(mid).await;
         }
         Ok(())
@@ -459,7 +580,10 @@ impl Handle {
         let rel = rel.to_path_buf();
         let moved = blocking(move || -> Result<PathBuf, output::OutputError> {
             let dest = output::move_mirrored(&inbox, &src, &rejected)?;
-            let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = dest
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let error_path = dest.with_file_name(format!("{name}.error.txt"));
             output::write_text_atomic(&error_path, &text)?;
             Ok(dest)
@@ -467,9 +591,17 @@ impl Handle {
         .await;
         match moved {
             Ok(dest) => info!(to = %dest.display(), "Moved the rejected manifest"),
-            Err(err) => error!(error = %err, manifest = %rel.display(), "Cannot move the rejected manifest out of the inbox"),
+            Err(err) => {
+                error!(error = %err, manifest = %rel.display(), "Cannot move the rejected manifest out of the inbox")
+            }
         }
         lock(&ctx.progress).totals.rejected += 1;
+        ctx.metrics
+            .manifests
+            .get_or_create(&OutcomeLabel {
+                outcome: "rejected".to_owned(),
+            })
+            .inc();
         ctx.settled.notify_waiters();
     }
 
@@ -553,7 +685,12 @@ impl Handle {
 
     fn spawn_job(&self, id: JobId, permit: OwnedSemaphorePermit) {
         let this = self.clone();
-        let span = info_span!("job", job_id = id, input = tracing::field::Empty, task_id = tracing::field::Empty);
+        let span = info_span!(
+            "job",
+            job_id = id,
+            input = tracing::field::Empty,
+            task_id = tracing::field::Empty
+        );
         self.ctx.tracker.spawn(
             async move {
                 this.drive(id).await;
@@ -581,16 +718,27 @@ impl Handle {
             tracing::Span::current().record("input", job.input.as_str());
             let step = match &job.state {
                 JobState::Queued => self.submit(id, &job).await,
-                JobState::Submitted { task_id, result_url, at_ms } => {
+                JobState::Submitted {
+                    task_id,
+                    result_url,
+                    at_ms,
+                } => {
                     tracing::Span::current().record("task_id", task_id);
                     self.poll(id, result_url.clone(), *at_ms).await
                 }
-                JobState::Downloading { url, width, height, task_id } => {
-                    self.download(id, &job, url.clone(), *width, *height, *task_id).await
+                JobState::Downloading {
+                    url,
+                    width,
+                    height,
+                    task_id,
+                } => {
+                    self.download(id, &job, url.clone(), *width, *height, *task_id)
+                        .await
                 }
-                JobState::Submitting { .. } | JobState::InDoubt { .. } | JobState::Done { .. } | JobState::Failed { .. } => {
-                    Step::Stop
-                }
+                JobState::Submitting { .. }
+                | JobState::InDoubt { .. }
+                | JobState::Done { .. }
+                | JobState::Failed { .. } => Step::Stop,
             };
             match step {
                 Step::Continue => continue,
@@ -626,9 +774,16 @@ impl Handle {
                 None => self.submit_remote(job).await,
             };
             match res {
-                Ok(Submitted::Task { task_id, result_url, request_id }) => {
+                Ok(Submitted::Task {
+                    task_id,
+                    result_url,
+                    request_id,
+                }) => {
                     let store = ctx.store.clone();
-                    let recorded = blocking(move || store.mark_submitted(id, task_id, &result_url, request_id.as_deref())).await;
+                    let recorded = blocking(move || {
+                        store.mark_submitted(id, task_id, &result_url, request_id.as_deref())
+                    })
+                    .await;
                     if let Err(err) = recorded {
                         // The task exists but is not recorded: the job stays Submitting, which the
                         // next start treats as in doubt. Stop here rather than guess.
@@ -639,7 +794,12 @@ impl Handle {
                     debug!(task_id, "Submitted");
                     return Step::Continue;
                 }
-                Ok(Submitted::Result { url, width, height, request_id }) => {
+                Ok(Submitted::Result {
+                    url,
+                    width,
+                    height,
+                    request_id,
+                }) => {
                     let store = ctx.store.clone();
                     let recorded = blocking(move || {
                         if let Some(rid) = request_id.as_deref() {
@@ -666,7 +826,7 @@ impl Handle {
                             self.set_healthy();
                             return self.fail(id, err.code(), &err.to_string()).await;
                         }
-                        ErrorClass::Ambiguous => match ctx.policies.in_doubt {
+                        ErrorClass::Ambiguous => match self.policies().in_doubt {
                             InDoubtPolicy::Resubmit => {
                                 warn!(error = %err, "Submit outcome unknown; resubmitting (in doubt)");
                                 let store = ctx.store.clone();
@@ -715,7 +875,10 @@ impl Handle {
     async fn submit_remote(&self, job: &JobV1) -> Result<Submitted, ClaidError> {
         let mut body = job.body.clone();
         if let Some(obj) = body.as_object_mut() {
-            obj.insert("input".to_owned(), serde_json::Value::String(job.input.clone()));
+            obj.insert(
+                "input".to_owned(),
+                serde_json::Value::String(job.input.clone()),
+            );
         }
         let accepted = self.ctx.client.submit(&body).await?;
         Ok(Submitted::Task {
@@ -728,11 +891,19 @@ impl Handle {
     /// Local files go through the synchronous upload endpoint (the API has no async upload).
     async fn upload(&self, job: &JobV1, bytes: Vec<u8>) -> Result<Submitted, ClaidError> {
         let path = Path::new(&job.input);
-        let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "image".to_owned());
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "image".to_owned());
         let uploaded = self.ctx.client.upload(&file_name, bytes, &job.body).await?;
         let output = uploaded.response.output;
         let url = output.tmp_url.clone().unwrap_or_default();
-        Ok(Submitted::Result { url, width: output.width, height: output.height, request_id: uploaded.request_id })
+        Ok(Submitted::Result {
+            url,
+            width: output.width,
+            height: output.height,
+            request_id: uploaded.request_id,
+        })
     }
 
     /// Waits and polls until the task ends; DONE moves the job to Downloading.
@@ -756,17 +927,35 @@ impl Handle {
                     let task = polled.task;
                     match task.status {
                         TaskStatus::Done => {
-                            let took = Duration::from_millis(now_ms().saturating_sub(submitted_at_ms));
+                            let took =
+                                Duration::from_millis(now_ms().saturating_sub(submitted_at_ms));
                             lock(&ctx.durations).record(took);
+                            ctx.metrics.task_seconds.observe(took.as_secs_f64());
                             let Some(output) = task.result.output_object else {
-                                return self.fail(id, "bad-response", "task is DONE but has no output_object").await;
+                                return self
+                                    .fail(
+                                        id,
+                                        "bad-response",
+                                        "task is DONE but has no output_object",
+                                    )
+                                    .await;
                             };
                             let Some(url) = output.tmp_url.clone() else {
-                                return self.fail(id, "bad-response", "task is DONE but its output has no tmp_url").await;
+                                return self
+                                    .fail(
+                                        id,
+                                        "bad-response",
+                                        "task is DONE but its output has no tmp_url",
+                                    )
+                                    .await;
                             };
                             let store = ctx.store.clone();
                             let (w, h, task_id) = (output.width, output.height, task.id);
-                            return match blocking(move || store.mark_downloading(id, Some(task_id), &url, w, h)).await {
+                            return match blocking(move || {
+                                store.mark_downloading(id, Some(task_id), &url, w, h)
+                            })
+                            .await
+                            {
                                 Ok(_) => Step::Continue,
                                 Err(err) => {
                                     error!(error = %err, "Cannot record the result; it is polled again at the next start");
@@ -781,7 +970,11 @@ impl Handle {
                                 .map(|e| e.error.as_str())
                                 .collect::<Vec<_>>()
                                 .join("; ");
-                            let message = if message.is_empty() { format!("task ended {:?}", task.status) } else { message };
+                            let message = if message.is_empty() {
+                                format!("task ended {:?}", task.status)
+                            } else {
+                                message
+                            };
                             return self.fail(id, "claid-error", &message).await;
                         }
                         TaskStatus::Other(ref status) => {
@@ -816,7 +1009,11 @@ impl Handle {
     fn first_poll_delay(&self, elapsed: Duration) -> Duration {
         let poll = &self.ctx.poll;
         let expected = lock(&self.ctx.durations).quantile(0.8).unwrap_or(poll.min);
-        expected.max(poll.min).min(poll.max).saturating_sub(elapsed).max(Duration::from_millis(10))
+        expected
+            .max(poll.min)
+            .min(poll.max)
+            .saturating_sub(elapsed)
+            .max(Duration::from_millis(10))
     }
 
     fn next_poll_delay(&self, n_poll: u32) -> Duration {
@@ -827,7 +1024,15 @@ impl Handle {
 
     /// Downloads the result, checks it is the image the result describes, writes it atomically
     /// and marks the job done: one unit that a shutdown does not interrupt.
-    async fn download(&self, id: JobId, job: &JobV1, url: String, width: u32, height: u32, task_id: Option<u64>) -> Step {
+    async fn download(
+        &self,
+        id: JobId,
+        job: &JobV1,
+        url: String,
+        width: u32,
+        height: u32,
+        task_id: Option<u64>,
+    ) -> Step {
         let ctx = &self.ctx;
         let permit = tokio::select! {
             permit = ctx.downloads.clone().acquire_owned() => permit.expect("semaphore is never closed"),
@@ -841,7 +1046,9 @@ impl Handle {
                     found => {
                         failures += 1;
                         let message = match found {
-                            Some((w, h)) => format!("downloaded image is {w}x{h}, the result says {width}x{height}"),
+                            Some((w, h)) => format!(
+                                "downloaded image is {w}x{h}, the result says {width}x{height}"
+                            ),
                             None => "downloaded bytes are not a decodable image".to_owned(),
                         };
                         if failures >= 3 {
@@ -867,36 +1074,40 @@ impl Handle {
         };
         let outbox = ctx.folders.outbox.clone();
         let rel = PathBuf::from(&job.output_rel);
-        let policy = match ctx.policies.on_output_exists {
+        let policy = match self.policies().on_output_exists {
             OnOutputExists::Replace => ExistsPolicy::Replace,
             OnOutputExists::Skip => ExistsPolicy::Skip,
             OnOutputExists::Fail => ExistsPolicy::Fail,
         };
         let store = ctx.store.clone();
-        let written = blocking(move || -> Result<Result<u64, output::OutputError>, StoreError> {
-            let written = match output::write_atomic(&outbox, &rel, &bytes, policy) {
-                Ok(written) => written,
-                Err(err) => return Ok(Err(err)),
-            };
-            store.mark_done(
-                id,
-                DoneInfo {
-                    path: written.path.to_string_lossy().into_owned(),
-                    bytes: written.bytes,
-                    sha256: written.sha256,
-                    width,
-                    height,
-                    task_id,
-                    unchanged: false,
-                },
-            )?;
-            Ok(Ok(written.bytes))
-        })
+        let written = blocking(
+            move || -> Result<Result<u64, output::OutputError>, StoreError> {
+                let written = match output::write_atomic(&outbox, &rel, &bytes, policy) {
+                    Ok(written) => written,
+                    Err(err) => return Ok(Err(err)),
+                };
+                store.mark_done(
+                    id,
+                    DoneInfo {
+                        path: written.path.to_string_lossy().into_owned(),
+                        bytes: written.bytes,
+                        sha256: written.sha256,
+                        width,
+                        height,
+                        task_id,
+                        unchanged: false,
+                    },
+                )?;
+                Ok(Ok(written.bytes))
+            },
+        )
         .await;
         drop(permit);
         match written {
             Ok(Ok(bytes)) => {
                 info!(bytes, width, height, "Output written");
+                ctx.metrics.bytes_written.inc_by(bytes);
+                ctx.metrics.polls_per_job.observe(f64::from(job.polls));
                 self.job_settled(job.manifest, Settle::Done).await;
                 Step::Stop
             }
@@ -908,7 +1119,11 @@ impl Handle {
                 // Disk full or an I/O error: the job stays Downloading and is retried; the
                 // operator sees the error. Nothing is lost.
                 error!(error = %err, code, "Cannot write the output; retrying later");
-                if self.wait(ctx.poll.max).await { Step::Continue } else { Step::Stop }
+                if self.wait(ctx.poll.max).await {
+                    Step::Continue
+                } else {
+                    Step::Stop
+                }
             }
             Err(err) => {
                 error!(error = %err, "Output written but not recorded; it is rewritten at the next start");
@@ -941,6 +1156,7 @@ impl Handle {
             match progress.manifests.get_mut(&mid) {
                 Some(p) => {
                     p.open = p.open.saturating_sub(1);
+                    p.finished_this_run += 1;
                     if matches!(how, Settle::Held) {
                         p.held += 1;
                     }
@@ -960,12 +1176,16 @@ impl Handle {
         let ctx = &self.ctx;
         let store = ctx.store.clone();
         let outbox = ctx.folders.outbox.clone();
-        let made = blocking(move || -> Result<Option<(ManifestV1, Report)>, StoreError> {
-            let Some(m) = store.manifest(mid)? else { return Ok(None) };
-            let jobs = store.jobs_of_manifest(mid)?;
-            let report = build_report(&m, &jobs);
-            Ok(Some((m, report)))
-        })
+        let made = blocking(
+            move || -> Result<Option<(ManifestV1, Report)>, StoreError> {
+                let Some(m) = store.manifest(mid)? else {
+                    return Ok(None);
+                };
+                let jobs = store.jobs_of_manifest(mid)?;
+                let report = build_report(&m, &jobs);
+                Ok(Some((m, report)))
+            },
+        )
         .await;
         let (m, report) = match made {
             Ok(Some(made)) => made,
@@ -976,14 +1196,30 @@ impl Handle {
             }
         };
         let rel = PathBuf::from(&m.rel);
-        let held = lock(&ctx.progress).manifests.get(&mid).map_or(0, |p| p.held);
+        let held = lock(&ctx.progress)
+            .manifests
+            .get(&mid)
+            .map_or(0, |p| p.held);
         let counts = report.counts.clone();
+        let outcome = if counts.get("failed").copied().unwrap_or(0) > 0 {
+            "with_failures"
+        } else {
+            "done"
+        };
         let rel_for_report = rel.clone();
         match blocking(move || report::write(&outbox, &rel_for_report, &report)).await {
-            Ok((json, _csv)) => info!(manifest = %m.rel, report = %json.display(), ?counts, "Manifest report written"),
+            Ok((json, _csv)) => {
+                info!(manifest = %m.rel, report = %json.display(), ?counts, "Manifest report written")
+            }
             Err(err) => error!(error = %err, manifest = %m.rel, "Cannot write the manifest report"),
         }
         if held == 0 {
+            ctx.metrics
+                .manifests
+                .get_or_create(&OutcomeLabel {
+                    outcome: outcome.to_owned(),
+                })
+                .inc();
             self.dispose_manifest(&rel).await;
             let store = ctx.store.clone();
             let state = ManifestState::Finished { at_ms: now_ms() };
@@ -1003,14 +1239,16 @@ impl Handle {
         let src = ctx.folders.inbox.join(rel);
         let inbox = ctx.folders.inbox.clone();
         let archive = ctx.folders.archive.clone();
-        let policy = ctx.policies.on_manifest_done;
+        let policy = self.policies().on_manifest_done;
         let res = blocking(move || -> Result<Option<PathBuf>, String> {
             if !src.is_file() {
                 return Ok(None);
             }
             match policy {
                 OnManifestDone::Keep => Ok(None),
-                OnManifestDone::Archive => output::move_mirrored(&inbox, &src, &archive).map(Some).map_err(|e| e.to_string()),
+                OnManifestDone::Archive => output::move_mirrored(&inbox, &src, &archive)
+                    .map(Some)
+                    .map_err(|e| e.to_string()),
                 OnManifestDone::Delete => std::fs::remove_file(&src)
                     .map(|()| None)
                     .map_err(|e| format!("cannot delete {}: {e}", src.display())),
@@ -1059,7 +1297,9 @@ impl Handle {
             if matches!(h, Health::Paused { .. }) {
                 return false;
             }
-            *h = Health::Paused { reason: reason.clone() };
+            *h = Health::Paused {
+                reason: reason.clone(),
+            };
             true
         });
         if changed {
@@ -1097,16 +1337,40 @@ enum Settle {
 
 enum Submitted {
     /// An async task exists at Claid.
-    Task { task_id: u64, result_url: String, request_id: Option<String> },
+    Task {
+        task_id: u64,
+        result_url: String,
+        request_id: Option<String>,
+    },
     /// A sync upload already produced the result.
-    Result { url: String, width: u32, height: u32, request_id: Option<String> },
+    Result {
+        url: String,
+        width: u32,
+        height: u32,
+        request_id: Option<String>,
+    },
 }
 
 /// A `Done { unchanged }` state when a job with the same key is done and its output file is
 /// still there with the recorded content (SPEC §5.4).
-fn unchanged_state(store: &Store, outbox: &Path, key: &str) -> Result<Option<JobState>, StoreError> {
-    let Some((_, prev)) = store.done_by_key(key)? else { return Ok(None) };
-    let JobState::Done { path, bytes, sha256, width, height, task_id, .. } = prev.state else {
+fn unchanged_state(
+    store: &Store,
+    outbox: &Path,
+    key: &str,
+) -> Result<Option<JobState>, StoreError> {
+    let Some((_, prev)) = store.done_by_key(key)? else {
+        return Ok(None);
+    };
+    let JobState::Done {
+        path,
+        bytes,
+        sha256,
+        width,
+        height,
+        task_id,
+        ..
+    } = prev.state
+    else {
         return Ok(None);
     };
     let path_buf = PathBuf::from(&path);
@@ -1118,7 +1382,15 @@ fn unchanged_state(store: &Store, outbox: &Path, key: &str) -> Result<Option<Job
         _ => return Ok(None),
     }
     match output::sha256_file(&path_buf) {
-        Ok(found) if found == sha256 => Ok(Some(JobState::Done { path, bytes, sha256, width, height, task_id, unchanged: true })),
+        Ok(found) if found == sha256 => Ok(Some(JobState::Done {
+            path,
+            bytes,
+            sha256,
+            width,
+            height,
+            task_id,
+            unchanged: true,
+        })),
         _ => Ok(None),
     }
 }
@@ -1142,7 +1414,14 @@ fn build_report(m: &ManifestV1, jobs: &[(JobId, JobV1)]) -> Report {
                 in_doubt: job.in_doubt,
             };
             row.status = match &job.state {
-                JobState::Done { bytes, width, height, task_id, unchanged, .. } => {
+                JobState::Done {
+                    bytes,
+                    width,
+                    height,
+                    task_id,
+                    unchanged,
+                    ..
+                } => {
                     row.task_id = *task_id;
                     row.width = Some(*width);
                     row.height = Some(*height);
@@ -1154,7 +1433,9 @@ fn build_report(m: &ManifestV1, jobs: &[(JobId, JobV1)]) -> Report {
                     "failed"
                 }
                 JobState::InDoubt { .. } => {
-                    row.reason = "in-doubt: the submit may have reached Claid; see `replay --in-doubt`".to_owned();
+                    row.reason =
+                        "in-doubt: the submit may have reached Claid; see `replay --in-doubt`"
+                            .to_owned();
                     "in-doubt"
                 }
                 JobState::Queued => "queued",
@@ -1185,7 +1466,11 @@ fn build_report(m: &ManifestV1, jobs: &[(JobId, JobV1)]) -> Report {
 
 /// Reads the dimensions from an encoded image's header without decoding it.
 fn image_dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
-    image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().ok()?.into_dimensions().ok()
+    image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .ok()?
+        .into_dimensions()
+        .ok()
 }
 
 /// Exponential backoff with full jitter, capped.

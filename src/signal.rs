@@ -8,7 +8,10 @@ use tokio::signal::unix::{SignalKind, signal};
 /// Completes when the process receives SIGTERM or SIGINT. If the handlers cannot be installed
 /// (which only happens when the runtime has no signal driver), it never completes and says so.
 pub async fn shutdown() {
-    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(term), Ok(int)) => (term, int),
         (Err(error), _) | (_, Err(error)) => {
             tracing::error!(%error, "Cannot install SIGTERM/SIGINT handlers; stop the daemon with SIGKILL");

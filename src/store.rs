@@ -1,3 +1,737 @@
 //! The job store: everything sled. Versioned manifest and job records, lifecycle transitions
 //! with their durability points (SPEC §5.1), resume after a crash and incremental job keys.
 //! The only module that names sled.
+//!
+//! Layout: the database lives at `<state>/v1/` (the schema version is part of the path).
+//! Trees, named in the `TREE_*` constants:
+//! - `manifests`: manifest id → [`records::ManifestRecord`] (JSON).
+//! - `manifest_by_rel`: inbox-relative path → latest manifest id.
+//! - `jobs`: job id → [`records::JobRecord`] (JSON).
+//! - `jobs_by_manifest`: manifest id ‖ job id → empty.
+//! - `done_by_key`: job key → job id of the job that made the output.
+//! - `unfinished`: job id → empty, for every job not Done or Failed, so a restart does not
+//!   read the whole history.
+//! - `meta`: schema information.
+//!
+//! Ids come from `Db::generate_id` and are stored big-endian, so a scan is FIFO.
+
+pub mod records;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::{Batch, Db, Transactional, Tree};
+
+pub use crate::store::records::{
+    DoneInfo, JobId, JobRecord, JobState, JobV1, ManifestId, ManifestRecord, ManifestState,
+    ManifestV1,
+};
+
+/// Directory under the state folder holding this schema version's database.
+pub const SCHEMA_DIR: &str = "v1";
+pub const TREE_MANIFESTS: &str = "manifests";
+pub const TREE_MANIFEST_BY_REL: &str = "manifest_by_rel";
+pub const TREE_JOBS: &str = "jobs";
+pub const TREE_JOBS_BY_MANIFEST: &str = "jobs_by_manifest";
+pub const TREE_DONE_BY_KEY: &str = "done_by_key";
+pub const TREE_META: &str = "meta";
+pub const TREE_UNFINISHED: &str = "unfinished";
+/// How many request ids a job keeps (the most recent ones).
+pub const MAX_REQUEST_IDS: usize = 8;
+/// sled page-cache budget; the default (1 GiB) is far more than a job table needs.
+const CACHE_BYTES: u64 = 128 * 1024 * 1024;
+/// Jobs per write batch in `register_manifest`.
+const REGISTER_BATCH: usize = 4096;
+
+/// Errors of the store boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state database {path} is locked by another process")]
+    Locked { path: PathBuf },
+    #[error("cannot open state database {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("state database error")]
+    Db(#[from] sled::Error),
+    #[error("job {job} is {found}, expected {expected}")]
+    Conflict {
+        job: JobId,
+        expected: &'static str,
+        found: &'static str,
+    },
+    #[error("job {0} not found")]
+    JobNotFound(JobId),
+    #[error("manifest {0} not found")]
+    ManifestNotFound(ManifestId),
+    #[error("corrupt record in tree {tree}")]
+    Corrupt {
+        tree: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl StoreError {
+    /// Stable kebab-case code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            StoreError::Locked { .. } => "store-locked",
+            StoreError::Open { .. } => "store-open",
+            StoreError::Db(_) => "store-io",
+            StoreError::Conflict { .. } => "store-conflict",
+            StoreError::JobNotFound(_) | StoreError::ManifestNotFound(_) => "store-not-found",
+            StoreError::Corrupt { .. } => "store-corrupt",
+        }
+    }
+}
+
+/// Number of jobs per state kind (see [`JobState::kind`]); `in_doubt` counts jobs held in
+/// doubt now, not the historical counter.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StateCounts {
+    pub queued: u64,
+    pub submitting: u64,
+    pub submitted: u64,
+    pub downloading: u64,
+    pub in_doubt: u64,
+    pub done: u64,
+    pub failed: u64,
+}
+
+impl StateCounts {
+    fn add(&mut self, state: &JobState) {
+        let slot = match state {
+            JobState::Queued => &mut self.queued,
+            JobState::Submitting { .. } => &mut self.submitting,
+            JobState::Submitted { .. } => &mut self.submitted,
+            JobState::Downloading { .. } => &mut self.downloading,
+            JobState::InDoubt { .. } => &mut self.in_doubt,
+            JobState::Done { .. } => &mut self.done,
+            JobState::Failed { .. } => &mut self.failed,
+        };
+        *slot += 1;
+    }
+
+    pub fn total(&self) -> u64 {
+        self.queued
+            + self.submitting
+            + self.submitted
+            + self.downloading
+            + self.in_doubt
+            + self.done
+            + self.failed
+    }
+
+    /// Done plus failed.
+    pub fn terminal(&self) -> u64 {
+        self.done + self.failed
+    }
+}
+
+/// A cheap-clone handle on the job store.
+#[derive(Clone, Debug)]
+pub struct Store {
+    /// The database; kept for id generation and flushes (a flush covers every tree).
+    db: Db,
+    manifests: Tree,
+    manifest_by_rel: Tree,
+    jobs: Tree,
+    jobs_by_manifest: Tree,
+    done_by_key: Tree,
+    unfinished: Tree,
+    /// Where the database lives, for error messages.
+    path: PathBuf,
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+impl Store {
+    /// Opens (or creates) the store at `<state_dir>/v1/` and sweeps jobs orphaned by a crash
+    /// during registration. `StoreError::Locked` when another process holds the database.
+    pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
+        let path = state_dir.join(SCHEMA_DIR);
+        let open_err = |source: sled::Error| match &source {
+            sled::Error::Io(io)
+                if io.kind() == std::io::ErrorKind::WouldBlock
+                    || io.to_string().contains("could not acquire lock") =>
+            {
+                StoreError::Locked { path: path.clone() }
+            }
+            _ => StoreError::Open {
+                path: path.clone(),
+                source,
+            },
+        };
+        if let Err(err) = std::fs::create_dir_all(&path) {
+            return Err(open_err(sled::Error::Io(err)));
+        }
+        let db = sled::Config::new()
+            .path(&path)
+            .cache_capacity(CACHE_BYTES)
+            .open()
+            .map_err(open_err)?;
+        let store = Store {
+            manifests: db.open_tree(TREE_MANIFESTS)?,
+            manifest_by_rel: db.open_tree(TREE_MANIFEST_BY_REL)?,
+            jobs: db.open_tree(TREE_JOBS)?,
+            jobs_by_manifest: db.open_tree(TREE_JOBS_BY_MANIFEST)?,
+            done_by_key: db.open_tree(TREE_DONE_BY_KEY)?,
+            unfinished: db.open_tree(TREE_UNFINISHED)?,
+            path,
+            db,
+        };
+        let meta = store.db.open_tree(TREE_META)?;
+        meta.insert("schema", "1")?;
+        store.sweep_orphans()?;
+        store.db.flush()?;
+        Ok(store)
+    }
+
+    /// The database directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Deletes jobs whose manifest record does not exist (a registration cut short by a
+    /// crash). Returns how many jobs were removed. Only safe before any registration runs,
+    /// hence private and called from `open`.
+    fn sweep_orphans(&self) -> Result<usize, StoreError> {
+        let mut known: BTreeMap<ManifestId, bool> = BTreeMap::new();
+        let mut batch_index = Batch::default();
+        let mut batch_jobs = Batch::default();
+        let mut batch_unfinished = Batch::default();
+        let mut n_removed = 0;
+        for entry in self.jobs_by_manifest.iter().keys() {
+            let key = entry?;
+            let Some((manifest_id, job_id)) = split_pair(&key) else {
+                batch_index.remove(key);
+                continue;
+            };
+            let exists = match known.get(&manifest_id) {
+                Some(exists) => *exists,
+                None => {
+                    let exists = self.manifests.contains_key(id_key(manifest_id))?;
+                    known.insert(manifest_id, exists);
+                    exists
+                }
+            };
+            if !exists {
+                batch_index.remove(key);
+                batch_jobs.remove(&id_key(job_id));
+                batch_unfinished.remove(&id_key(job_id));
+                n_removed += 1;
+            }
+        }
+        if n_removed > 0 {
+            self.jobs.apply_batch(batch_jobs)?;
+            self.unfinished.apply_batch(batch_unfinished)?;
+            self.jobs_by_manifest.apply_batch(batch_index)?;
+            tracing::warn!(
+                n_removed,
+                "Removed jobs of an unfinished manifest registration"
+            );
+        }
+        Ok(n_removed)
+    }
+
+    /// Registers a manifest and its jobs, durably. The jobs (and their index) are written and
+    /// flushed first; the manifest record is the commit point, written and flushed last.
+    /// `job.manifest` is overwritten with the new manifest id and `m.n_jobs` with the count.
+    pub fn register_manifest(
+        &self,
+        mut m: ManifestV1,
+        jobs: Vec<JobV1>,
+    ) -> Result<(ManifestId, Vec<JobId>), StoreError> {
+        let manifest_id = self.db.generate_id()?;
+        m.n_jobs = u32::try_from(jobs.len()).unwrap_or(u32::MAX);
+        let mut job_ids = Vec::with_capacity(jobs.len());
+        // Batches of bounded size keep memory flat for 100k-job manifests; atomicity across
+        // them is not needed because the manifest record below is the commit point.
+        let mut batch_index = Batch::default();
+        let mut batch_jobs = Batch::default();
+        let mut batch_unfinished = Batch::default();
+        for (n, mut job) in jobs.into_iter().enumerate() {
+            job.manifest = manifest_id;
+            let job_id = self.db.generate_id()?;
+            batch_index.insert(&pair_key(manifest_id, job_id), &[]);
+            if !job.state.is_terminal() {
+                batch_unfinished.insert(&id_key(job_id), &[]);
+            }
+            batch_jobs.insert(&id_key(job_id), encode_job(job));
+            job_ids.push(job_id);
+            if (n + 1) % REGISTER_BATCH == 0 {
+                self.jobs_by_manifest
+                    .apply_batch(std::mem::take(&mut batch_index))?;
+                self.unfinished
+                    .apply_batch(std::mem::take(&mut batch_unfinished))?;
+                self.jobs.apply_batch(std::mem::take(&mut batch_jobs))?;
+            }
+        }
+        self.jobs_by_manifest.apply_batch(batch_index)?;
+        self.unfinished.apply_batch(batch_unfinished)?;
+        self.jobs.apply_batch(batch_jobs)?;
+        self.db.flush()?;
+        let rel = m.rel.clone();
+        let record = encode_manifest(m);
+        (&self.manifests, &self.manifest_by_rel)
+            .transaction(|(manifests, by_rel)| {
+                manifests.insert(&id_key(manifest_id), record.as_slice())?;
+                by_rel.insert(rel.as_bytes(), &id_key(manifest_id))?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            })
+            .map_err(tx_err)?;
+        self.db.flush()?;
+        Ok((manifest_id, job_ids))
+    }
+
+    /// The most recently registered manifest for an inbox-relative path.
+    pub fn latest_manifest_by_rel(
+        &self,
+        rel: &str,
+    ) -> Result<Option<(ManifestId, ManifestV1)>, StoreError> {
+        let Some(id) = self.manifest_by_rel.get(rel.as_bytes())? else {
+            return Ok(None);
+        };
+        let Some(id) = read_id(&id) else {
+            return Ok(None);
+        };
+        Ok(self.manifest(id)?.map(|m| (id, m)))
+    }
+
+    pub fn manifest(&self, id: ManifestId) -> Result<Option<ManifestV1>, StoreError> {
+        match self.manifests.get(id_key(id))? {
+            Some(bytes) => Ok(Some(decode_manifest(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every manifest, oldest first.
+    pub fn manifests(&self) -> Result<Vec<(ManifestId, ManifestV1)>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.manifests.iter() {
+            let (key, bytes) = entry?;
+            if let Some(id) = read_id(&key) {
+                out.push((id, decode_manifest(&bytes)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Changes a manifest's state; flushed.
+    pub fn set_manifest_state(
+        &self,
+        id: ManifestId,
+        state: ManifestState,
+    ) -> Result<(), StoreError> {
+        let key = id_key(id);
+        self.manifests
+            .transaction(|tree| {
+                let Some(bytes) = tree.get(key)? else {
+                    return abort(StoreError::ManifestNotFound(id));
+                };
+                let mut m = decode_manifest(&bytes).or_else(abort)?;
+                m.state = state.clone();
+                tree.insert(&key, encode_manifest(m))?;
+                Ok(())
+            })
+            .map_err(tx_err)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub fn job(&self, id: JobId) -> Result<Option<JobV1>, StoreError> {
+        match self.jobs.get(id_key(id))? {
+            Some(bytes) => Ok(Some(decode_job(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The jobs of a manifest in registration (= manifest) order.
+    pub fn jobs_of_manifest(&self, id: ManifestId) -> Result<Vec<(JobId, JobV1)>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.jobs_by_manifest.scan_prefix(id_key(id)).keys() {
+            let key = entry?;
+            let Some((_, job_id)) = split_pair(&key) else {
+                continue;
+            };
+            if let Some(job) = self.job(job_id)? {
+                out.push((job_id, job));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Counts of a manifest's jobs by state.
+    pub fn counts_of_manifest(&self, id: ManifestId) -> Result<StateCounts, StoreError> {
+        let mut counts = StateCounts::default();
+        for (_, job) in self.jobs_of_manifest(id)? {
+            counts.add(&job.state);
+        }
+        Ok(counts)
+    }
+
+    /// Counts of every manifest's jobs by state.
+    pub fn counts(&self) -> Result<BTreeMap<ManifestId, StateCounts>, StoreError> {
+        let mut out: BTreeMap<ManifestId, StateCounts> = BTreeMap::new();
+        for entry in self.jobs.iter().values() {
+            let job = decode_job(&entry?)?;
+            out.entry(job.manifest).or_default().add(&job.state);
+        }
+        Ok(out)
+    }
+
+    /// Sum of the `in_doubt` counters of every job: how often a submit may have been
+    /// duplicated by a crash. (Jobs *currently* held in doubt are `counts().in_doubt`.)
+    pub fn in_doubt_total(&self) -> Result<u64, StoreError> {
+        let mut total = 0;
+        for entry in self.jobs.iter().values() {
+            total += u64::from(decode_job(&entry?)?.in_doubt);
+        }
+        Ok(total)
+    }
+
+    /// Queued → Submitting, `attempts += 1`. Flushed: durability point 1 (SPEC §5.1).
+    pub fn mark_submitting(&self, id: JobId) -> Result<JobV1, StoreError> {
+        let now = now_ms();
+        let job = self.transition(id, "queued", |job| match job.state {
+            JobState::Queued => Some(JobV1 {
+                state: JobState::Submitting { since_ms: now },
+                attempts: job.attempts.saturating_add(1),
+                ..job.clone()
+            }),
+            _ => None,
+        })?;
+        self.db.flush()?;
+        Ok(job)
+    }
+
+    /// Submitting → Submitted. Flushed: durability point 2.
+    pub fn mark_submitted(
+        &self,
+        id: JobId,
+        task_id: u64,
+        result_url: &str,
+        request_id: Option<&str>,
+    ) -> Result<JobV1, StoreError> {
+        let now = now_ms();
+        let job = self.transition(id, "submitting", |job| match job.state {
+            JobState::Submitting { .. } => {
+                let mut next = job.clone();
+                next.state = JobState::Submitted {
+                    task_id,
+                    result_url: result_url.to_owned(),
+                    at_ms: now,
+                };
+                push_request_id(&mut next, request_id);
+                Some(next)
+            }
+            _ => None,
+        })?;
+        self.db.flush()?;
+        Ok(job)
+    }
+
+    /// Submitted, Submitting (a synchronous upload) or Downloading (a retry) → Downloading.
+    /// Not flushed: losing it only means polling once more.
+    pub fn mark_downloading(
+        &self,
+        id: JobId,
+        task_id: Option<u64>,
+        url: &str,
+        width: u32,
+        height: u32,
+    ) -> Result<JobV1, StoreError> {
+        self.transition(id, "submitting|submitted|downloading", |job| {
+            match job.state {
+                JobState::Submitting { .. }
+                | JobState::Submitted { .. }
+                | JobState::Downloading { .. } => Some(JobV1 {
+                    state: JobState::Downloading {
+                        task_id,
+                        url: url.to_owned(),
+                        width,
+                        height,
+                    },
+                    ..job.clone()
+                }),
+                _ => None,
+            }
+        })
+    }
+
+    /// Downloading → Done, or Queued → Done when `done.unchanged` (no API call was made).
+    /// Updates `done_by_key`. Flushed: durability point 3.
+    pub fn mark_done(&self, id: JobId, done: DoneInfo) -> Result<JobV1, StoreError> {
+        let unchanged = done.unchanged;
+        let state = JobState::from(done);
+        let expected = if unchanged {
+            "downloading|queued"
+        } else {
+            "downloading"
+        };
+        let job = self.transition(id, expected, |job| match job.state {
+            JobState::Downloading { .. } => Some(with_state(job, state.clone())),
+            JobState::Queued if unchanged => Some(with_state(job, state.clone())),
+            _ => None,
+        })?;
+        self.db.flush()?;
+        Ok(job)
+    }
+
+    /// Any unfinished state → Failed. Flushed.
+    pub fn mark_failed(&self, id: JobId, code: &str, message: &str) -> Result<JobV1, StoreError> {
+        let job = self.transition(id, "unfinished", |job| {
+            if job.state.is_terminal() {
+                return None;
+            }
+            Some(with_state(
+                job,
+                JobState::Failed {
+                    code: code.to_owned(),
+                    message: message.to_owned(),
+                    attempts: job.attempts,
+                },
+            ))
+        })?;
+        self.db.flush()?;
+        Ok(job)
+    }
+
+    /// Submitting → InDoubt (policy `hold`), `in_doubt += 1`. Flushed.
+    pub fn mark_in_doubt(&self, id: JobId) -> Result<JobV1, StoreError> {
+        let now = now_ms();
+        let job = self.transition(id, "submitting", |job| match job.state {
+            JobState::Submitting { .. } => Some(JobV1 {
+                state: JobState::InDoubt { since_ms: now },
+                in_doubt: job.in_doubt.saturating_add(1),
+                ..job.clone()
+            }),
+            _ => None,
+        })?;
+        self.db.flush()?;
+        Ok(job)
+    }
+
+    /// Any state → Queued (resubmit after a crash, replay, expired result).
+    /// `in_doubt += 1` when `count_in_doubt`. A done job leaves `done_by_key`. Flushed.
+    pub fn requeue(&self, id: JobId, count_in_doubt: bool) -> Result<JobV1, StoreError> {
+        let job = self.transition(id, "any", |job| {
+            let mut next = with_state(job, JobState::Queued);
+            if count_in_doubt {
+                next.in_doubt = next.in_doubt.saturating_add(1);
+            }
+            Some(next)
+        })?;
+        self.db.flush()?;
+        Ok(job)
+    }
+
+    /// `polls += 1` and remembers the request id; not flushed (statistics only).
+    pub fn record_poll(&self, id: JobId, request_id: Option<&str>) -> Result<(), StoreError> {
+        self.transition(id, "any", |job| {
+            let mut next = job.clone();
+            next.polls = next.polls.saturating_add(1);
+            push_request_id(&mut next, request_id);
+            Some(next)
+        })?;
+        Ok(())
+    }
+
+    /// Remembers a response's `x-request-id` on the job; not flushed.
+    pub fn record_request_id(&self, id: JobId, request_id: &str) -> Result<(), StoreError> {
+        self.transition(id, "any", |job| {
+            let mut next = job.clone();
+            push_request_id(&mut next, Some(request_id));
+            Some(next)
+        })?;
+        Ok(())
+    }
+
+    /// The done job that produced the output for `key`, if any.
+    pub fn done_by_key(&self, key: &str) -> Result<Option<(JobId, JobV1)>, StoreError> {
+        let Some(id) = self.done_by_key.get(key.as_bytes())? else {
+            return Ok(None);
+        };
+        let Some(id) = read_id(&id) else {
+            return Ok(None);
+        };
+        match self.job(id)? {
+            Some(job) if matches!(job.state, JobState::Done { .. }) => Ok(Some((id, job))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Every job that is not Done or Failed, FIFO by id.
+    pub fn unfinished(&self) -> Result<Vec<(JobId, JobV1)>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.unfinished.iter().keys() {
+            let Some(id) = read_id(&entry?) else {
+                continue;
+            };
+            match self.job(id)? {
+                Some(job) if !job.state.is_terminal() => out.push((id, job)),
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// Flushes every tree to disk.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Flushes every tree to disk without blocking the runtime thread.
+    pub async fn flush_async(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Applies `next` to the job's current record atomically (a serializable transaction over
+    /// `jobs`, `done_by_key` and `unfinished`): `None` from `next` is a `Conflict`. Keeps the
+    /// indexes in step with the state and stamps `updated_at_ms`.
+    fn transition(
+        &self,
+        id: JobId,
+        expected: &'static str,
+        next: impl Fn(&JobV1) -> Option<JobV1>,
+    ) -> Result<JobV1, StoreError> {
+        let key = id_key(id);
+        (&self.jobs, &self.done_by_key, &self.unfinished)
+            .transaction(|(jobs, done_by_key, unfinished)| {
+                let Some(bytes) = jobs.get(key)? else {
+                    return abort(StoreError::JobNotFound(id));
+                };
+                let job = decode_job(&bytes).or_else(abort)?;
+                let Some(mut new) = next(&job) else {
+                    return abort(StoreError::Conflict {
+                        job: id,
+                        expected,
+                        found: job.state.kind(),
+                    });
+                };
+                new.updated_at_ms = now_ms();
+                update_done_index(done_by_key, id, &job, &new)?;
+                match (job.state.is_terminal(), new.state.is_terminal()) {
+                    (false, true) => drop(unfinished.remove(&key)?),
+                    (true, false) => drop(unfinished.insert(&key, &[])?),
+                    _ => {}
+                }
+                jobs.insert(&key, encode_job(new.clone()))?;
+                Ok(new)
+            })
+            .map_err(tx_err)
+    }
+}
+
+fn update_done_index(
+    done_by_key: &TransactionalTree,
+    id: JobId,
+    old: &JobV1,
+    new: &JobV1,
+) -> TxResult<()> {
+    let was_done = matches!(old.state, JobState::Done { .. });
+    let is_done = matches!(new.state, JobState::Done { .. });
+    if is_done {
+        done_by_key.insert(new.key.as_bytes(), &id_key(id))?;
+    } else if was_done {
+        let points_here = done_by_key
+            .get(old.key.as_bytes())?
+            .is_some_and(|v| read_id(&v) == Some(id));
+        if points_here {
+            done_by_key.remove(old.key.as_bytes())?;
+        }
+    }
+    Ok(())
+}
+
+fn with_state(job: &JobV1, state: JobState) -> JobV1 {
+    JobV1 {
+        state,
+        ..job.clone()
+    }
+}
+
+fn push_request_id(job: &mut JobV1, request_id: Option<&str>) {
+    if let Some(request_id) = request_id {
+        job.request_ids.push(request_id.to_owned());
+        let excess = job.request_ids.len().saturating_sub(MAX_REQUEST_IDS);
+        job.request_ids.drain(..excess);
+    }
+}
+
+fn abort<T>(err: StoreError) -> TxResult<T> {
+    Err(ConflictableTransactionError::Abort(err))
+}
+
+fn tx_err(err: TransactionError<StoreError>) -> StoreError {
+    match err {
+        TransactionError::Abort(err) => err,
+        TransactionError::Storage(err) => StoreError::Db(err),
+    }
+}
+
+/// Wall-clock milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn id_key(id: u64) -> [u8; 8] {
+    id.to_be_bytes()
+}
+
+fn pair_key(a: u64, b: u64) -> [u8; 16] {
+    let mut key = [0; 16];
+    key[..8].copy_from_slice(&a.to_be_bytes());
+    key[8..].copy_from_slice(&b.to_be_bytes());
+    key
+}
+
+fn read_id(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.try_into().ok()?))
+}
+
+fn split_pair(bytes: &[u8]) -> Option<(u64, u64)> {
+    if bytes.len() != 16 {
+        return None;
+    }
+    Some((read_id(&bytes[..8])?, read_id(&bytes[8..])?))
+}
+
+fn encode_job(job: JobV1) -> Vec<u8> {
+    // Serializing plain data structs to JSON cannot fail (no non-string map keys).
+    serde_json::to_vec(&JobRecord::V1(job)).unwrap_or_default()
+}
+
+fn encode_manifest(m: ManifestV1) -> Vec<u8> {
+    serde_json::to_vec(&ManifestRecord::V1(m)).unwrap_or_default()
+}
+
+fn decode_job(bytes: &[u8]) -> Result<JobV1, StoreError> {
+    match serde_json::from_slice(bytes) {
+        Ok(JobRecord::V1(job)) => Ok(job),
+        Err(source) => Err(StoreError::Corrupt {
+            tree: TREE_JOBS,
+            source,
+        }),
+    }
+}
+
+fn decode_manifest(bytes: &[u8]) -> Result<ManifestV1, StoreError> {
+    match serde_json::from_slice(bytes) {
+        Ok(ManifestRecord::V1(m)) => Ok(m),
+        Err(source) => Err(StoreError::Corrupt {
+            tree: TREE_MANIFESTS,
+            source,
+        }),
+    }
+}

@@ -30,7 +30,10 @@ pub enum TaskStatus {
 impl TaskStatus {
     /// DONE, ERROR and CANCELLED end a task; everything else means "poll again".
     pub fn is_terminal(&self) -> bool {
-        matches!(self, TaskStatus::Done | TaskStatus::Error | TaskStatus::Cancelled)
+        matches!(
+            self,
+            TaskStatus::Done | TaskStatus::Error | TaskStatus::Cancelled
+        )
     }
 }
 
@@ -132,12 +135,20 @@ impl ErrorBody {
                 .map(|parts| {
                     parts
                         .iter()
-                        .map(|p| p.as_str().map(str::to_owned).unwrap_or_else(|| p.to_string()))
+                        .map(|p| {
+                            p.as_str()
+                                .map(str::to_owned)
+                                .unwrap_or_else(|| p.to_string())
+                        })
                         .collect::<Vec<_>>()
                         .join(".")
                 })
                 .unwrap_or_default();
-            let msg = item.get("msg").and_then(|m| m.as_str()).unwrap_or("invalid").to_owned();
+            let msg = item
+                .get("msg")
+                .and_then(|m| m.as_str())
+                .unwrap_or("invalid")
+                .to_owned();
             messages.push(format!("{loc}: {msg}."));
             details.entry(loc).or_insert_with(Vec::new).push(msg);
         }

@@ -1,15 +1,15 @@
 //! The one integration-test binary: a module per area (STYLE.md point 22).
 
-mod support;
-mod request;
-mod imaging;
-mod emulator;
-mod config;
-mod manifest;
-mod watcher;
-mod store;
-mod output;
-mod report;
 mod client;
+mod config;
+mod emulator;
+mod imaging;
+mod manifest;
+mod output;
 mod pipeline;
+mod report;
+mod request;
 mod restart;
+mod store;
+mod support;
+mod watcher;

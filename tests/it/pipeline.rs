@@ -32,7 +32,10 @@ async fn processed_env() -> (TestEnv, std::path::PathBuf) {
     env.drop_file("top.yaml", TOP.as_bytes());
     let config = env.config("", "");
     let (code, stderr) = env.run_once(&config).await;
-    assert_eq!(code, 0, "run --once exits 0 when all is done; stderr:\n{stderr}");
+    assert_eq!(
+        code, 0,
+        "run --once exits 0 when all is done; stderr:\n{stderr}"
+    );
     (env, config)
 }
 
@@ -47,11 +50,23 @@ async fn nested_inbox_tree_is_processed_into_the_mirrored_outbox() {
         ("top/hat-800x600.jpg", (300, 225)),
     ] {
         let path = out.join(rel);
-        assert!(path.is_file(), "missing output {rel}; outbox has {:?}", TestEnv::files_under(out));
+        assert!(
+            path.is_file(),
+            "missing output {rel}; outbox has {:?}",
+            TestEnv::files_under(out)
+        );
         assert_eq!(dimensions(&path), dims, "dimensions of {rel}");
     }
-    let format = image::ImageReader::open(out.join("top/hat-800x600.jpg")).unwrap().with_guessed_format().unwrap().format();
-    assert_eq!(format, Some(image::ImageFormat::Jpeg), "default output format is jpeg");
+    let format = image::ImageReader::open(out.join("top/hat-800x600.jpg"))
+        .unwrap()
+        .with_guessed_format()
+        .unwrap()
+        .format();
+    assert_eq!(
+        format,
+        Some(image::ImageFormat::Jpeg),
+        "default output format is jpeg"
+    );
     let png_format = image::ImageReader::open(out.join("spring/shoes/catalog/boots/boot.png"))
         .unwrap()
         .with_guessed_format()
@@ -62,14 +77,36 @@ async fn nested_inbox_tree_is_processed_into_the_mirrored_outbox() {
     let report = env.report("spring/shoes/catalog");
     let jobs = report["jobs"].as_array().expect("jobs array");
     assert_eq!(jobs.len(), 3);
-    assert!(jobs.iter().all(|j| j["status"] == "done"), "all done: {report:#}");
-    let local = jobs.iter().find(|j| j["input"].as_str().is_some_and(|i| i.ends_with("local.png"))).expect("local row");
-    assert_eq!((local["width"].as_u64(), local["height"].as_u64()), (Some(200), Some(100)));
-    let csv = std::fs::read_to_string(out.join("spring/shoes/catalog.report.csv")).expect("csv report");
+    assert!(
+        jobs.iter().all(|j| j["status"] == "done"),
+        "all done: {report:#}"
+    );
+    let local = jobs
+        .iter()
+        .find(|j| {
+            j["input"]
+                .as_str()
+                .is_some_and(|i| i.ends_with("local.png"))
+        })
+        .expect("local row");
+    assert_eq!(
+        (local["width"].as_u64(), local["height"].as_u64()),
+        (Some(200), Some(100))
+    );
+    let csv =
+        std::fs::read_to_string(out.join("spring/shoes/catalog.report.csv")).expect("csv report");
     assert_eq!(csv.lines().count(), 4, "header + one row per image:\n{csv}");
-    assert!(csv.lines().next().unwrap().starts_with("input,output,status,reason,task_id,width,height,bytes"));
+    assert!(
+        csv.lines()
+            .next()
+            .unwrap()
+            .starts_with("input,output,status,reason,task_id,width,height,bytes")
+    );
 
-    assert!(env.archive.join("spring/shoes/catalog.yaml").is_file(), "manifest archived, mirrored");
+    assert!(
+        env.archive.join("spring/shoes/catalog.yaml").is_file(),
+        "manifest archived, mirrored"
+    );
     assert!(env.archive.join("top.yaml").is_file());
     assert!(!env.inbox.join("top.yaml").exists());
     let stats = env.stats();
@@ -78,7 +115,10 @@ async fn nested_inbox_tree_is_processed_into_the_mirrored_outbox() {
     assert_eq!(stats.duplicate_submits, 0);
     let leftovers: Vec<_> = TestEnv::files_under(out)
         .into_iter()
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
         .collect();
     assert!(leftovers.is_empty(), "no temp files left: {leftovers:?}");
 }
@@ -91,8 +131,14 @@ async fn a_manifest_redropped_unchanged_costs_zero_api_calls() {
     let (code, stderr) = env.run_once(&config).await;
     assert_eq!(code, 0, "stderr:\n{stderr}");
     let after = env.stats();
-    assert_eq!(after.requests, before.requests, "no API request at all for an unchanged re-drop");
-    assert!(!env.inbox.join("spring/shoes/catalog.yaml").exists(), "the re-drop was archived too");
+    assert_eq!(
+        after.requests, before.requests,
+        "no API request at all for an unchanged re-drop"
+    );
+    assert!(
+        !env.inbox.join("spring/shoes/catalog.yaml").exists(),
+        "the re-drop was archived too"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -106,13 +152,37 @@ async fn a_changed_manifest_bills_only_the_changed_images() {
     let (code, stderr) = env.run_once(&config).await;
     assert_eq!(code, 0, "stderr:\n{stderr}");
     let after = env.stats();
-    assert_eq!(after.submits - before.submits, 1, "only the new remote image is submitted");
-    assert_eq!(after.uploads - before.uploads, 1, "only the changed local image is uploaded");
-    assert_eq!(dimensions(&env.outbox.join("spring/shoes/catalog/local.png")), (100, 100));
+    assert_eq!(
+        after.submits - before.submits,
+        1,
+        "only the new remote image is submitted"
+    );
+    assert_eq!(
+        after.uploads - before.uploads,
+        1,
+        "only the changed local image is uploaded"
+    );
+    assert_eq!(
+        dimensions(&env.outbox.join("spring/shoes/catalog/local.png")),
+        (100, 100)
+    );
     let report = env.report("spring/shoes/catalog");
-    let statuses: Vec<&str> = report["jobs"].as_array().unwrap().iter().map(|j| j["status"].as_str().unwrap()).collect();
-    assert_eq!(statuses.iter().filter(|s| **s == "unchanged").count(), 2, "{statuses:?}");
-    assert_eq!(statuses.iter().filter(|s| **s == "done").count(), 2, "{statuses:?}");
+    let statuses: Vec<&str> = report["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == "unchanged").count(),
+        2,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == "done").count(),
+        2,
+        "{statuses:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -125,15 +195,34 @@ async fn an_invalid_manifest_is_rejected_with_every_problem_and_others_still_run
     env.drop_file("team/good.yaml", TOP.as_bytes());
     let config = env.config("", "");
     let (code, stderr) = env.run_once(&config).await;
-    assert_eq!(code, 2, "a rejected manifest makes --once exit 2; stderr:\n{stderr}");
-    assert!(env.rejected.join("team/bad.yaml").is_file(), "moved to rejected/, mirrored");
-    let error_txt = std::fs::read_to_string(env.rejected.join("team/bad.yaml.error.txt")).expect("error file");
-    assert!(error_txt.contains("line 3"), "names the line of the bad output: {error_txt}");
+    assert_eq!(
+        code, 2,
+        "a rejected manifest makes --once exit 2; stderr:\n{stderr}"
+    );
+    assert!(
+        env.rejected.join("team/bad.yaml").is_file(),
+        "moved to rejected/, mirrored"
+    );
+    let error_txt =
+        std::fs::read_to_string(env.rejected.join("team/bad.yaml.error.txt")).expect("error file");
+    assert!(
+        error_txt.contains("line 3"),
+        "names the line of the bad output: {error_txt}"
+    );
     assert!(error_txt.contains(".."), "names the problem: {error_txt}");
-    assert!(error_txt.contains("line 5"), "every problem, not only the first: {error_txt}");
-    assert!(env.outbox.join("team/good/hat-800x600.jpg").is_file(), "the good manifest still ran");
+    assert!(
+        error_txt.contains("line 5"),
+        "every problem, not only the first: {error_txt}"
+    );
+    assert!(
+        env.outbox.join("team/good/hat-800x600.jpg").is_file(),
+        "the good manifest still ran"
+    );
     let stats = env.stats();
-    assert_eq!(stats.submits, 1, "nothing of the rejected manifest was submitted");
+    assert_eq!(
+        stats.submits, 1,
+        "nothing of the rejected manifest was submitted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -145,18 +234,31 @@ async fn a_job_claid_fails_is_reported_with_its_reason_and_others_finish() {
     );
     let config = env.config("", "");
     let (code, stderr) = env.run_once(&config).await;
-    assert_eq!(code, 2, "a failed job makes --once exit 2; stderr:\n{stderr}");
+    assert_eq!(
+        code, 2,
+        "a failed job makes --once exit 2; stderr:\n{stderr}"
+    );
     let report = env.report("mixed");
     let jobs = report["jobs"].as_array().unwrap();
-    let failed = jobs.iter().find(|j| j["status"] == "failed").expect("one failed row");
-    assert!(failed["reason"].as_str().unwrap().starts_with("claid-error"), "{failed}");
+    let failed = jobs
+        .iter()
+        .find(|j| j["status"] == "failed")
+        .expect("one failed row");
+    assert!(
+        failed["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("claid-error"),
+        "{failed}"
+    );
     assert!(jobs.iter().any(|j| j["status"] == "done"));
     assert!(env.outbox.join("mixed/fine-100x100.jpg").is_file());
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_drains_exits_zero_and_the_rest_resumes_without_double_submits() {
-    let env = TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_millis(400)))).await;
+    let env =
+        TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_millis(400)))).await;
     let mut manifest = String::from("images:\n");
     for i in 0..30 {
         manifest.push_str(&format!("  - input: storage://demo/item{i}-120x80.png\n"));
@@ -164,13 +266,31 @@ async fn sigterm_drains_exits_zero_and_the_rest_resumes_without_double_submits()
     env.drop_file("batch.yaml", manifest.as_bytes());
     let config = env.config("max_in_flight: 4", "");
     let mut daemon = env.spawn_daemon(&config, 0);
-    wait_until("some submits", Duration::from_secs(30), || env.stats().submits >= 4).await;
+    wait_until("some submits", Duration::from_secs(30), || {
+        env.stats().submits >= 4
+    })
+    .await;
     sigterm(&daemon);
-    let status = tokio::time::timeout(Duration::from_secs(20), daemon.wait()).await.expect("exits in time").expect("wait");
-    assert_eq!(status.code(), Some(0), "SIGTERM exits 0; log:\n{}", env.daemon_log(0));
-    assert!(env.stats().submits < 30, "it stopped before finishing everything");
+    let status = tokio::time::timeout(Duration::from_secs(20), daemon.wait())
+        .await
+        .expect("exits in time")
+        .expect("wait");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "SIGTERM exits 0; log:\n{}",
+        env.daemon_log(0)
+    );
+    assert!(
+        env.stats().submits < 30,
+        "it stopped before finishing everything"
+    );
     let (code, stderr) = env.run_once(&config).await;
     assert_eq!(code, 0, "stderr:\n{stderr}");
     assert_eq!(TestEnv::files_under(&env.outbox.join("batch")).len(), 30);
-    assert_eq!(env.stats().duplicate_submits, 0, "a graceful stop never causes a second submit");
+    assert_eq!(
+        env.stats().duplicate_submits,
+        0,
+        "a graceful stop never causes a second submit"
+    );
 }

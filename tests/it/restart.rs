@@ -31,17 +31,26 @@ impl PartialFileWatch {
             let mut violations = Vec::new();
             while !flag.load(Ordering::Relaxed) {
                 for rel in TestEnv::files_under(&root) {
-                    let name = rel.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    let name = rel
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
                     if name.starts_with('.') || name.ends_with(".json") || name.ends_with(".csv") {
                         continue;
                     }
                     let path = root.join(&rel);
-                    let Ok(bytes) = std::fs::read(&path) else { continue };
+                    let Ok(bytes) = std::fs::read(&path) else {
+                        continue;
+                    };
                     if seen.get(&rel) == Some(&(bytes.len() as u64)) {
                         continue;
                     }
                     if let Err(err) = image::load_from_memory(&bytes) {
-                        violations.push(format!("{}: {} bytes, does not decode: {err}", rel.display(), bytes.len()));
+                        violations.push(format!(
+                            "{}: {} bytes, does not decode: {err}",
+                            rel.display(),
+                            bytes.len()
+                        ));
                     }
                     seen.insert(rel, bytes.len() as u64);
                 }
@@ -49,30 +58,50 @@ impl PartialFileWatch {
             }
             violations
         });
-        PartialFileWatch { stop, thread: Some(thread) }
+        PartialFileWatch {
+            stop,
+            thread: Some(thread),
+        }
     }
 
     fn finish(mut self) -> Vec<String> {
         self.stop.store(true, Ordering::Relaxed);
-        self.thread.take().expect("running").join().expect("watch thread")
+        self.thread
+            .take()
+            .expect("running")
+            .join()
+            .expect("watch thread")
     }
 }
 
-async fn kill_when(env: &TestEnv, n: usize, config: &Path, what: &str, cond: impl Fn(&TestEnv) -> bool) {
+async fn kill_when(
+    env: &TestEnv,
+    n: usize,
+    config: &Path,
+    what: &str,
+    cond: impl Fn(&TestEnv) -> bool,
+) {
     let mut daemon = env.spawn_daemon(config, n);
     wait_until(what, Duration::from_secs(60), || cond(env)).await;
     daemon.start_kill().expect("SIGKILL");
     let status = daemon.wait().await.expect("wait");
-    assert_eq!(status.code(), None, "the daemon died from the signal, it did not exit: log\n{}", env.daemon_log(n));
+    assert_eq!(
+        status.code(),
+        None,
+        "the daemon died from the signal, it did not exit: log\n{}",
+        env.daemon_log(n)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_while_submitting_polling_and_downloading_loses_nothing_and_never_pays_twice() {
-    let scenario = Scenario::default()
-        .seed(7)
-        .latency(Latency::LogNormal { median: Duration::from_millis(300), sigma: 0.6 });
+    let scenario = Scenario::default().seed(7).latency(Latency::LogNormal {
+        median: Duration::from_millis(300),
+        sigma: 0.6,
+    });
     let env = TestEnv::new(scenario).await;
-    let mut manifest = String::from("operations: { resizing: { width: 60, height: 40, fit: crop } }\nimages:\n");
+    let mut manifest =
+        String::from("operations: { resizing: { width: 60, height: 40, fit: crop } }\nimages:\n");
     for i in 0..N_IMAGES {
         manifest.push_str(&format!("  - input: storage://demo/sku{i}-120x90.png\n"));
     }
@@ -80,35 +109,75 @@ async fn sigkill_while_submitting_polling_and_downloading_loses_nothing_and_neve
     let config = env.config("max_in_flight: 8\nmax_downloads: 2", "");
     let watch = PartialFileWatch::start(env.outbox.clone());
 
-    kill_when(&env, 0, &config, "submitting", |env| env.stats().submits >= 10).await;
+    kill_when(&env, 0, &config, "submitting", |env| {
+        env.stats().submits >= 10
+    })
+    .await;
     let polls = env.stats().polls;
-    kill_when(&env, 1, &config, "polling", |env| env.stats().polls >= polls + 15).await;
+    kill_when(&env, 1, &config, "polling", |env| {
+        env.stats().polls >= polls + 15
+    })
+    .await;
     let downloads = env.stats().downloads;
-    kill_when(&env, 2, &config, "downloading", |env| env.stats().downloads >= downloads + 10).await;
+    kill_when(&env, 2, &config, "downloading", |env| {
+        env.stats().downloads >= downloads + 10
+    })
+    .await;
     let downloads = env.stats().downloads;
-    kill_when(&env, 3, &config, "downloading again", |env| env.stats().downloads >= downloads + 5).await;
+    kill_when(&env, 3, &config, "downloading again", |env| {
+        env.stats().downloads >= downloads + 5
+    })
+    .await;
 
     let (code, stderr) = env.run_once(&config).await;
-    assert_eq!(code, 0, "the final run completes everything; stderr:\n{stderr}");
+    assert_eq!(
+        code, 0,
+        "the final run completes everything; stderr:\n{stderr}"
+    );
     let violations = watch.finish();
-    assert!(violations.is_empty(), "partial files seen under final names: {violations:?}");
+    assert!(
+        violations.is_empty(),
+        "partial files seen under final names: {violations:?}"
+    );
 
     let outputs = TestEnv::files_under(&env.outbox.join("drops/batch"));
-    assert_eq!(outputs.len(), N_IMAGES, "every image exactly once: {outputs:?}");
+    assert_eq!(
+        outputs.len(),
+        N_IMAGES,
+        "every image exactly once: {outputs:?}"
+    );
     for rel in &outputs {
-        assert_eq!(dimensions(&env.outbox.join("drops/batch").join(rel)), (60, 40), "{}", rel.display());
+        assert_eq!(
+            dimensions(&env.outbox.join("drops/batch").join(rel)),
+            (60, 40),
+            "{}",
+            rel.display()
+        );
     }
 
     let report = env.report("drops/batch");
     let jobs = report["jobs"].as_array().expect("jobs");
     assert_eq!(jobs.len(), N_IMAGES);
     assert!(jobs.iter().all(|j| j["status"] == "done"), "{report:#}");
-    let in_doubt: HashMap<&str, u64> =
-        jobs.iter().map(|j| (j["input"].as_str().unwrap(), j["in_doubt"].as_u64().unwrap_or(0))).collect();
+    let in_doubt: HashMap<&str, u64> = jobs
+        .iter()
+        .map(|j| {
+            (
+                j["input"].as_str().unwrap(),
+                j["in_doubt"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
     let stats = env.stats();
-    assert_eq!(stats.submits_by_key.len(), N_IMAGES, "each image was submitted");
+    assert_eq!(
+        stats.submits_by_key.len(),
+        N_IMAGES,
+        "each image was submitted"
+    );
     for (key, count) in &stats.submits_by_key {
-        let input = key.rsplit_once(' ').map_or(key.as_str(), |(input, _)| input);
+        let input = key
+            .rsplit_once(' ')
+            .map_or(key.as_str(), |(input, _)| input);
         let allowed = in_doubt.get(input).copied().unwrap_or(0);
         assert!(
             count - 1 <= allowed,
@@ -117,5 +186,8 @@ async fn sigkill_while_submitting_polling_and_downloading_loses_nothing_and_neve
     }
     let total_in_doubt: u64 = in_doubt.values().sum();
     assert!(stats.duplicate_submits <= total_in_doubt);
-    assert!(env.archive.join("drops/batch.yaml").is_file(), "the manifest is archived once all is done");
+    assert!(
+        env.archive.join("drops/batch.yaml").is_file(),
+        "the manifest is archived once all is done"
+    );
 }

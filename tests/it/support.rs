@@ -78,16 +78,22 @@ impl TestEnv {
             api.push('\n');
         }
         let text = format!(
-            "{api}folders:\n  inbox: {}\n  outbox: {}\n  archive: {}\n  rejected: {}\n  state: {}\nwatch: {{ settle: 100ms, rescan: 500ms }}\nshutdown_grace: 5s\n{extra}\n",
+            "{api}folders:\n  inbox: {}\n  outbox: {}\n  archive: {}\n  rejected: {}\n  state: {}\nwatch: {{ settle: 100ms, rescan: 500ms }}\nshutdown_grace: 5s\nadmin:\n  socket: {}\n{extra}\n",
             self.inbox.display(),
             self.outbox.display(),
             self.archive.display(),
             self.rejected.display(),
             self.state.display(),
+            self.socket().display(),
         );
         let path = self.dir.path().join("config.yaml");
         std::fs::write(&path, text).expect("config");
         path
+    }
+
+    /// The admin socket of this env's daemon.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("admin.sock")
     }
 
     /// Drops a file into the inbox the way a careful user does: written beside, then renamed.
@@ -116,11 +122,18 @@ impl TestEnv {
 
     /// Starts the daemon (`run`) as a child process; its stderr goes to `<dir>/daemon-N.log`.
     pub fn spawn_daemon(&self, config: &Path, n: usize) -> Child {
-        let log = std::fs::File::create(self.dir.path().join(format!("daemon-{n}.log"))).expect("log");
+        self.spawn_daemon_with(config, n, &[])
+    }
+
+    /// `spawn_daemon` with extra environment variables.
+    pub fn spawn_daemon_with(&self, config: &Path, n: usize, envs: &[(&str, &str)]) -> Child {
+        let log =
+            std::fs::File::create(self.dir.path().join(format!("daemon-{n}.log"))).expect("log");
         Command::new(bin())
             .args(["run", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -138,7 +151,9 @@ impl TestEnv {
         let mut out = Vec::new();
         let mut stack = vec![root.to_path_buf()];
         while let Some(dir) = stack.pop() {
-            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
             for entry in entries.flatten() {
                 let path = entry.path();
                 if path.is_dir() {
@@ -154,15 +169,44 @@ impl TestEnv {
 
     pub fn report(&self, manifest_stem_rel: &str) -> serde_json::Value {
         let path = self.outbox.join(format!("{manifest_stem_rel}.report.json"));
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("report {}: {e}", path.display()));
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("report {}: {e}", path.display()));
         serde_json::from_str(&text).expect("report is json")
     }
+}
+
+/// Runs the CLI with `args`; returns (exit code, stdout, stderr).
+pub async fn cli(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("cli runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Sends a signal (`-TERM`, `-HUP`, …) to a child process.
+pub fn signal(child: &Child, sig: &str) {
+    let pid = child.id().expect("child is running");
+    let status = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill {sig} {pid} failed");
 }
 
 /// Sends SIGTERM to a child process.
 pub fn sigterm(child: &Child) {
     let pid = child.id().expect("child is running");
-    let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill runs");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill runs");
     assert!(status.success(), "kill -TERM {pid} failed");
 }
 
@@ -177,8 +221,14 @@ pub fn dimensions(path: &Path) -> (u32, u32) {
 
 /// A small PNG of the given size.
 pub fn png(width: u32, height: u32) -> Vec<u8> {
-    let img = image::RgbImage::from_fn(width, height, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 128]));
+    let img = image::RgbImage::from_fn(width, height, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, 128])
+    });
     let mut bytes = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).expect("encode png");
+    img.write_to(
+        &mut std::io::Cursor::new(&mut bytes),
+        image::ImageFormat::Png,
+    )
+    .expect("encode png");
     bytes
 }

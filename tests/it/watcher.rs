@@ -1,1 +1,260 @@
-//! Tests for watcher.
+//! The watcher: stable files are emitted once, files still being written wait for the settle
+//! window, hidden and temporary files are ignored, the rescan finds files without events, and
+//! nested folders are walked. Outcomes are awaited on a condition with a deadline.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use claid_hotfolder::config::WatchConfig;
+use claid_hotfolder::watcher::{self, Candidate};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+fn watch(settle_ms: u64, rescan_ms: u64, poll_only: bool) -> WatchConfig {
+    WatchConfig {
+        settle: Duration::from_millis(settle_ms),
+        rescan: Duration::from_millis(rescan_ms),
+        poll_only,
+    }
+}
+
+/// Writes `path` with an mtime an hour ago (an "old" file, stable at first sight).
+fn write_old(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+    let file = std::fs::File::options().write(true).open(path).unwrap();
+    file.set_modified(SystemTime::now() - Duration::from_secs(3600))
+        .unwrap();
+}
+
+/// A running watcher and the receiving end of its candidates.
+struct Running {
+    rx: mpsc::Receiver<Candidate>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), watcher::WatchError>>,
+}
+
+fn start(inbox: &Path, watch: WatchConfig) -> Running {
+    let (tx, rx) = mpsc::channel(64);
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(watcher::run(inbox.to_owned(), watch, tx, shutdown.clone()));
+    Running { rx, shutdown, task }
+}
+
+impl Running {
+    /// The next candidate, or a panic after the deadline.
+    async fn next(&mut self) -> Candidate {
+        tokio::time::timeout(DEADLINE, self.rx.recv())
+            .await
+            .expect("a candidate before the deadline")
+            .expect("watcher alive")
+    }
+
+    /// Asserts nothing is emitted during `window` (several rescans and settle windows).
+    async fn nothing_for(&mut self, window: Duration) {
+        if let Ok(got) = tokio::time::timeout(window, self.rx.recv()).await {
+            panic!("unexpected candidate {got:?}");
+        }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        let res = tokio::time::timeout(DEADLINE, self.task)
+            .await
+            .expect("watcher stops on shutdown")
+            .expect("no panic");
+        assert!(res.is_ok(), "{res:?}");
+    }
+}
+
+fn canonical_tempdir() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let inbox = dir.path().canonicalize().unwrap().join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    (dir, inbox)
+}
+
+#[tokio::test]
+async fn old_stable_file_is_emitted_once() {
+    let (_dir, inbox) = canonical_tempdir();
+    write_old(&inbox.join("a.yaml"), "images: []\n");
+    // Settle is long: an old file must not wait for it.
+    let mut running = start(&inbox, watch(5_000, 50, false));
+    let got = running.next().await;
+    assert_eq!(got.path, inbox.join("a.yaml"));
+    assert_eq!(got.fingerprint.size, 11);
+    running.nothing_for(Duration::from_millis(400)).await;
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn file_still_being_written_is_emitted_only_once_stable() {
+    let (_dir, inbox) = canonical_tempdir();
+    let path = inbox.join("growing.yaml");
+    let mut running = start(&inbox, watch(200, 30, true));
+    // Keep writing for a while, each write well inside the settle window.
+    let mut text = String::from("images:\n");
+    for i in 0..8 {
+        text.push_str(&format!("  - input: https://c.example/{i}.jpg\n"));
+        std::fs::write(&path, &text).unwrap();
+        // Between writes: the file changed less than `settle` ago, so nothing may come out.
+        match tokio::time::timeout(Duration::from_millis(60), running.rx.recv()).await {
+            Err(_) => {}
+            Ok(got) => panic!("emitted while being written: {got:?}"),
+        }
+    }
+    let got = running.next().await;
+    assert_eq!(got.path, path);
+    assert_eq!(got.fingerprint.size, text.len() as u64, "the final version");
+    running.nothing_for(Duration::from_millis(400)).await;
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn changed_file_is_emitted_again() {
+    let (_dir, inbox) = canonical_tempdir();
+    let path = inbox.join("m.yaml");
+    write_old(&path, "v1\n");
+    let mut running = start(&inbox, watch(100, 30, false));
+    let first = running.next().await;
+    std::fs::write(&path, "version 2\n").unwrap();
+    let second = running.next().await;
+    assert_eq!(second.path, path);
+    assert_ne!(second.fingerprint, first.fingerprint);
+    assert_eq!(second.fingerprint.size, 10);
+    running.nothing_for(Duration::from_millis(300)).await;
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn hidden_temp_and_non_manifest_files_are_ignored() {
+    let (_dir, inbox) = canonical_tempdir();
+    for name in [
+        ".hidden.yaml",
+        "a.yaml.tmp",
+        "b.part",
+        "c.yaml.crdownload",
+        "~$d.yaml",
+        ".e.yaml.swp",
+        "f.yaml~",
+        ".claid.yaml",
+        "g.report.json",
+        "photo.png",
+        "notes.txt",
+        ".git/h.yaml",
+        "sub/.hidden/i.yaml",
+    ] {
+        write_old(&inbox.join(name), "x\n");
+    }
+    write_old(&inbox.join("real.yaml"), "images: []\n");
+    write_old(&inbox.join("sub/real.json"), "{}\n");
+    let found = watcher::scan_stable(&inbox, &watch(100, 1000, true))
+        .await
+        .unwrap();
+    let paths: Vec<_> = found.iter().map(|c| c.path.clone()).collect();
+    assert_eq!(
+        paths,
+        vec![inbox.join("real.yaml"), inbox.join("sub/real.json")]
+    );
+}
+
+#[tokio::test]
+async fn rescan_finds_files_without_events_in_poll_only_mode() {
+    let (_dir, inbox) = canonical_tempdir();
+    let mut running = start(&inbox, watch(50, 100, true));
+    running.nothing_for(Duration::from_millis(150)).await;
+    write_old(&inbox.join("late.yaml"), "images: []\n");
+    let got = running.next().await;
+    assert_eq!(got.path, inbox.join("late.yaml"));
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn notify_event_wakes_a_scan_before_the_rescan() {
+    let (_dir, inbox) = canonical_tempdir();
+    // The rescan is far away: only the event can make this fast.
+    let mut running = start(&inbox, watch(50, 600_000, false));
+    // Give notify a moment to be set up by the first loop iteration (condition: first scan done).
+    running.nothing_for(Duration::from_millis(100)).await;
+    write_old(&inbox.join("evented.yaml"), "images: []\n");
+    let got = running.next().await;
+    assert_eq!(got.path, inbox.join("evented.yaml"));
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn nested_folders_are_walked() {
+    let (_dir, inbox) = canonical_tempdir();
+    write_old(&inbox.join("a/b/c/deep.yaml"), "images: []\n");
+    write_old(&inbox.join("a/top.yml"), "images: []\n");
+    let mut running = start(&inbox, watch(50, 50, true));
+    let mut got = vec![running.next().await.path, running.next().await.path];
+    got.sort();
+    assert_eq!(
+        got,
+        vec![inbox.join("a/b/c/deep.yaml"), inbox.join("a/top.yml")]
+    );
+    // A folder created later is found too.
+    write_old(&inbox.join("x/y/new.yaml"), "images: []\n");
+    assert_eq!(running.next().await.path, inbox.join("x/y/new.yaml"));
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn symlinked_folder_outside_the_inbox_is_not_followed() {
+    let (dir, inbox) = canonical_tempdir();
+    let outside = dir.path().canonicalize().unwrap().join("outside");
+    write_old(&outside.join("o.yaml"), "images: []\n");
+    std::os::unix::fs::symlink(&outside, inbox.join("link")).unwrap();
+    write_old(&inbox.join("in.yaml"), "images: []\n");
+    let found = watcher::scan_stable(&inbox, &watch(50, 1000, true))
+        .await
+        .unwrap();
+    let paths: Vec<_> = found.iter().map(|c| c.path.clone()).collect();
+    assert_eq!(paths, vec![inbox.join("in.yaml")]);
+}
+
+#[tokio::test]
+async fn scan_stable_is_instant_on_an_old_inbox_and_waits_for_fresh_files() {
+    let (_dir, inbox) = canonical_tempdir();
+    write_old(&inbox.join("old.yaml"), "images: []\n");
+    let started = tokio::time::Instant::now();
+    let found = watcher::scan_stable(&inbox, &watch(60_000, 60_000, true))
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "an old inbox must not wait for settle"
+    );
+
+    std::fs::write(inbox.join("fresh.yaml"), "images: []\n").unwrap();
+    let started = tokio::time::Instant::now();
+    let found = watcher::scan_stable(&inbox, &watch(150, 60_000, true))
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 2);
+    assert!(
+        started.elapsed() >= Duration::from_millis(100),
+        "a fresh file waits for settle"
+    );
+}
+
+#[tokio::test]
+async fn missing_inbox_is_an_error_for_scan_stable_but_not_for_run() {
+    let (dir, _inbox) = canonical_tempdir();
+    let missing = dir.path().join("nope");
+    let err = watcher::scan_stable(&missing, &watch(50, 50, true))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "inbox-unreadable");
+
+    // `run` keeps going and finds the inbox once it exists.
+    let mut running = start(&missing, watch(50, 50, true));
+    running.nothing_for(Duration::from_millis(120)).await;
+    write_old(&missing.join("a.yaml"), "images: []\n");
+    assert_eq!(running.next().await.path, missing.join("a.yaml"));
+    running.stop().await;
+}

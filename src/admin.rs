@@ -1,0 +1,550 @@
+//! The admin API: HTTP over the Unix socket `admin.socket` (mode 0660, created at start and
+//! removed on exit) with `GET /healthz`, `GET /status`, `GET /jobs`, `POST /replay` and
+//! `GET /metrics`, and `/metrics` alone over TCP when `admin.metrics_listen` is set.
+//!
+//! The views (`StatusView`, `JobView`) and the replay selection are plain functions over the
+//! store, so `status`, `jobs` and `replay` print the same thing whether they asked the running
+//! daemon over the socket or opened the store themselves because no daemon runs.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http_body_util::{BodyExt, Full};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::metrics::Metrics;
+use crate::pipeline::{self, Health};
+use crate::store::records::{JobState, JobV1, ManifestState};
+use crate::store::{JobId, Store, StoreError};
+
+/// Errors of the admin socket, server and client side.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("cannot create the admin socket {path}")]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot listen for metrics on {addr}")]
+    MetricsBind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no daemon answers on {path}")]
+    NotRunning { path: PathBuf },
+    #[error(
+        "permission denied on the admin socket {path}: run as the service user or a member of its group"
+    )]
+    Denied { path: PathBuf },
+    #[error("admin request to {path} failed: {message}")]
+    Request { path: PathBuf, message: String },
+}
+
+/// What `status` shows.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StatusView {
+    /// The running daemon, or `None` when the store was read directly.
+    pub daemon: Option<DaemonView>,
+    pub manifests: Vec<ManifestView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DaemonView {
+    /// `ok` or `paused`.
+    pub health: String,
+    pub reason: Option<String>,
+    pub in_flight: usize,
+    pub queued: usize,
+    pub uptime_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ManifestView {
+    pub id: u64,
+    pub manifest: String,
+    pub finished: bool,
+    pub total: u64,
+    pub done: u64,
+    pub failed: u64,
+    pub in_flight: u64,
+    pub queued: u64,
+    pub in_doubt: u64,
+    /// Images finished per minute since this daemon started on the manifest (live only).
+    pub images_per_minute: Option<f64>,
+    /// Seconds until the manifest is done at that rate (live only).
+    pub eta_secs: Option<u64>,
+}
+
+/// One row of `jobs`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct JobView {
+    pub id: u64,
+    pub manifest: String,
+    pub input: String,
+    pub output: String,
+    pub state: String,
+    pub attempts: u32,
+    pub in_doubt: u32,
+    pub task_id: Option<u64>,
+    pub detail: String,
+}
+
+/// Which jobs `replay` requeues; exactly one selector, or `failed`/`in_doubt` with `since`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ReplayRequest {
+    #[serde(default)]
+    pub failed: bool,
+    #[serde(default)]
+    pub in_doubt: bool,
+    #[serde(default)]
+    pub manifest: Option<String>,
+    #[serde(default)]
+    pub job: Option<u64>,
+    /// Only jobs whose last change is at or after this time (ms since the epoch).
+    #[serde(default)]
+    pub since_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReplayAnswer {
+    pub requeued: usize,
+    pub jobs: Vec<u64>,
+}
+
+/// Filters of `jobs`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct JobsQuery {
+    pub state: Option<String>,
+    pub manifest: Option<String>,
+}
+
+/// Per-manifest progress from the store, enriched with live rates when a pipeline runs.
+pub fn status_view(
+    store: &Store,
+    live: Option<&pipeline::Handle>,
+) -> Result<StatusView, StoreError> {
+    let counts = store.counts()?;
+    let rates: BTreeMap<u64, (f64, u64)> = live.map(|p| p.rates()).unwrap_or_default();
+    let mut manifests = Vec::new();
+    for (id, m) in store.manifests()? {
+        let c = counts.get(&id).copied().unwrap_or_default();
+        let remaining = c.queued + c.submitting + c.submitted + c.downloading;
+        let (images_per_minute, eta_secs) = match rates.get(&id) {
+            Some((per_min, _)) if *per_min > 0.0 => (
+                Some(*per_min),
+                Some((remaining as f64 / per_min * 60.0).round() as u64),
+            ),
+            Some(_) => (Some(0.0), None),
+            None => (None, None),
+        };
+        manifests.push(ManifestView {
+            id,
+            manifest: m.rel,
+            finished: matches!(m.state, ManifestState::Finished { .. }),
+            total: c.total(),
+            done: c.done,
+            failed: c.failed,
+            in_flight: c.submitting + c.submitted + c.downloading,
+            queued: c.queued,
+            in_doubt: c.in_doubt,
+            images_per_minute,
+            eta_secs,
+        });
+    }
+    let daemon = live.map(|p| {
+        let (health, reason) = match p.health() {
+            Health::Healthy => ("ok".to_owned(), None),
+            Health::Paused { reason } => ("paused".to_owned(), Some(reason)),
+        };
+        DaemonView {
+            health,
+            reason,
+            in_flight: p.in_flight(),
+            queued: p.queued(),
+            uptime_secs: p.uptime().as_secs(),
+        }
+    });
+    Ok(StatusView { daemon, manifests })
+}
+
+/// A job state's short name, as `jobs --state` takes it.
+pub fn state_name(state: &JobState) -> &'static str {
+    match state {
+        JobState::Queued => "queued",
+        JobState::Submitting { .. } => "submitting",
+        JobState::Submitted { .. } => "submitted",
+        JobState::Downloading { .. } => "downloading",
+        JobState::InDoubt { .. } => "in-doubt",
+        JobState::Done { .. } => "done",
+        JobState::Failed { .. } => "failed",
+    }
+}
+
+/// The jobs matching `query`, in manifest order.
+pub fn jobs_view(store: &Store, query: &JobsQuery) -> Result<Vec<JobView>, StoreError> {
+    let mut out = Vec::new();
+    for (mid, m) in store.manifests()? {
+        if query.manifest.as_deref().is_some_and(|rel| rel != m.rel) {
+            continue;
+        }
+        for (id, job) in store.jobs_of_manifest(mid)? {
+            let state = state_name(&job.state);
+            if query.state.as_deref().is_some_and(|s| s != state) {
+                continue;
+            }
+            out.push(job_view(id, &m.rel, &job));
+        }
+    }
+    Ok(out)
+}
+
+fn job_view(id: JobId, manifest: &str, job: &JobV1) -> JobView {
+    let (task_id, detail) = match &job.state {
+        JobState::Failed { code, message, .. } => (None, format!("{code}: {message}")),
+        JobState::Done {
+            path,
+            task_id,
+            unchanged,
+            ..
+        } => (
+            *task_id,
+            if *unchanged {
+                format!("unchanged {path}")
+            } else {
+                path.clone()
+            },
+        ),
+        JobState::Submitted { task_id, .. } => (Some(*task_id), String::new()),
+        JobState::Downloading { task_id, .. } => (*task_id, String::new()),
+        _ => (None, String::new()),
+    };
+    JobView {
+        id,
+        manifest: manifest.to_owned(),
+        input: job.input.clone(),
+        output: job.output_rel.clone(),
+        state: state_name(&job.state).to_owned(),
+        attempts: job.attempts,
+        in_doubt: job.in_doubt,
+        task_id,
+        detail,
+    }
+}
+
+/// Problems with a replay request that the operator must fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("choose what to replay: --failed, --in-doubt, --manifest F or --job ID")]
+    NothingSelected,
+    #[error("no job {0} in the store (see `jobs`)")]
+    UnknownJob(u64),
+    #[error("no manifest `{0}` in the store (give its path relative to the inbox; see `status`)")]
+    UnknownManifest(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The jobs a replay request selects: failed or in-doubt ones, every job of a manifest, or one job.
+pub fn select_replay(store: &Store, req: &ReplayRequest) -> Result<Vec<JobId>, ReplayError> {
+    if let Some(id) = req.job {
+        return match store.job(id)? {
+            Some(_) => Ok(vec![id]),
+            None => Err(ReplayError::UnknownJob(id)),
+        };
+    }
+    if !req.failed && !req.in_doubt && req.manifest.is_none() {
+        return Err(ReplayError::NothingSelected);
+    }
+    let manifests = store.manifests()?;
+    if let Some(rel) = &req.manifest {
+        if !manifests.iter().any(|(_, m)| &m.rel == rel) {
+            return Err(ReplayError::UnknownManifest(rel.clone()));
+        }
+    }
+    let mut chosen = Vec::new();
+    for (mid, m) in manifests {
+        if req.manifest.as_ref().is_some_and(|rel| *rel != m.rel) {
+            continue;
+        }
+        for (id, job) in store.jobs_of_manifest(mid)? {
+            if req.since_ms.is_some_and(|since| job.updated_at_ms < since) {
+                continue;
+            }
+            let pick = match &job.state {
+                JobState::Failed { .. } => req.failed || req.manifest.is_some(),
+                JobState::InDoubt { .. } => req.in_doubt || req.manifest.is_some(),
+                JobState::Done { .. } => req.manifest.is_some() && !req.failed && !req.in_doubt,
+                // Jobs still under way are left alone: they finish on their own.
+                _ => false,
+            };
+            if pick {
+                chosen.push(id);
+            }
+        }
+    }
+    Ok(chosen)
+}
+
+/// Requeues the selected jobs in a store no daemon holds; they run at the next start.
+pub fn replay_offline(store: &Store, req: &ReplayRequest) -> Result<ReplayAnswer, ReplayError> {
+    let ids = select_replay(store, req)?;
+    let mut touched = std::collections::BTreeSet::new();
+    for id in &ids {
+        let job = store.requeue(*id, false)?;
+        touched.insert(job.manifest);
+    }
+    for mid in touched {
+        if store
+            .manifest(mid)?
+            .is_some_and(|m| matches!(m.state, ManifestState::Finished { .. }))
+        {
+            store.set_manifest_state(mid, ManifestState::Active)?;
+        }
+    }
+    store.flush()?;
+    Ok(ReplayAnswer {
+        requeued: ids.len(),
+        jobs: ids,
+    })
+}
+
+/// What the admin handlers share.
+#[derive(Clone)]
+pub struct AdminState {
+    pub pipeline: pipeline::Handle,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The admin router (socket): every endpoint.
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/status", get(status))
+        .route("/jobs", get(jobs))
+        .route("/replay", post(replay))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// Serves the admin API on `path` until `cancel`; the socket file is removed on exit.
+pub async fn serve_socket(
+    path: PathBuf,
+    state: AdminState,
+    cancel: CancellationToken,
+) -> Result<(), AdminError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| AdminError::Bind {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    // A socket file left by a killed daemon would make bind fail; a live daemon holds the store
+    // lock, so reaching this point means the old file is stale.
+    match std::fs::remove_file(&path) {
+        Ok(()) => info!(socket = %path.display(), "Removed a stale admin socket"),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => return Err(AdminError::Bind { path, source }),
+    }
+    let listener = tokio::net::UnixListener::bind(&path).map_err(|source| AdminError::Bind {
+        path: path.clone(),
+        source,
+    })?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660)).map_err(|source| {
+        AdminError::Bind {
+            path: path.clone(),
+            source,
+        }
+    })?;
+    info!(socket = %path.display(), "Admin socket listening");
+    let res = axum::serve(listener, router(state))
+        .with_graceful_shutdown(cancel.cancelled_owned())
+        .await;
+    if let Err(err) = std::fs::remove_file(&path) {
+        warn!(error = %err, socket = %path.display(), "Cannot remove the admin socket");
+    }
+    res.map_err(|source| AdminError::Bind { path, source })
+}
+
+/// Serves `/metrics` (and `/healthz`) over TCP until `cancel`.
+pub async fn serve_metrics(
+    addr: SocketAddr,
+    state: AdminState,
+    cancel: CancellationToken,
+) -> Result<(), AdminError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| AdminError::MetricsBind { addr, source })?;
+    info!(addr = %addr, "Metrics listening");
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .with_state(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(cancel.cancelled_owned())
+        .await
+        .map_err(|source| AdminError::MetricsBind { addr, source })
+}
+
+async fn healthz(State(state): State<AdminState>) -> Response {
+    match state.pipeline.health() {
+        Health::Healthy => (
+            StatusCode::OK,
+            axum::Json(serde_json::json!({"status": "ok"})),
+        )
+            .into_response(),
+        Health::Paused { reason } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"status": "paused", "reason": reason})),
+        )
+            .into_response(),
+    }
+}
+
+async fn status(State(state): State<AdminState>) -> Response {
+    let pipeline = state.pipeline.clone();
+    let res =
+        tokio::task::spawn_blocking(move || status_view(pipeline.store(), Some(&pipeline))).await;
+    json_or_500(res)
+}
+
+async fn jobs(State(state): State<AdminState>, Query(query): Query<JobsQuery>) -> Response {
+    let store = state.pipeline.store().clone();
+    let res = tokio::task::spawn_blocking(move || jobs_view(&store, &query)).await;
+    json_or_500(res)
+}
+
+async fn replay(
+    State(state): State<AdminState>,
+    axum::Json(req): axum::Json<ReplayRequest>,
+) -> Response {
+    let store = state.pipeline.store().clone();
+    let selected = tokio::task::spawn_blocking(move || select_replay(&store, &req)).await;
+    let ids = match selected {
+        Ok(Ok(ids)) => ids,
+        Ok(Err(err @ ReplayError::Store(_))) => return internal(&err),
+        Ok(Err(err)) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                axum::Json(serde_json::json!({"error": err.to_string()})),
+            )
+                .into_response();
+        }
+        Err(err) => return internal(&err),
+    };
+    match state.pipeline.replay(ids.clone()).await {
+        Ok(n) => {
+            info!(requeued = n, "Replay requested over the admin socket");
+            axum::Json(ReplayAnswer {
+                requeued: n,
+                jobs: ids,
+            })
+            .into_response()
+        }
+        Err(err) => internal(&err),
+    }
+}
+
+async fn metrics(State(state): State<AdminState>) -> Response {
+    let pipeline = state.pipeline.clone();
+    let metrics = state.metrics.clone();
+    let res = tokio::task::spawn_blocking(move || -> Result<String, StoreError> {
+        pipeline.refresh_metrics(&metrics)?;
+        Ok(metrics.encode())
+    })
+    .await;
+    match res {
+        Ok(Ok(text)) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Ok(Err(err)) => internal(&err),
+        Err(err) => internal(&err),
+    }
+}
+
+fn json_or_500<T: Serialize>(
+    res: Result<Result<T, StoreError>, tokio::task::JoinError>,
+) -> Response {
+    match res {
+        Ok(Ok(value)) => axum::Json(value).into_response(),
+        Ok(Err(err)) => internal(&err),
+        Err(err) => internal(&err),
+    }
+}
+
+fn internal(err: &dyn std::fmt::Display) -> Response {
+    error!(error = %err, "Admin request failed");
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        axum::Json(serde_json::json!({"error": err.to_string()})),
+    )
+        .into_response()
+}
+
+/// Sends one HTTP request to the daemon's admin socket; returns the status and body.
+/// `NotRunning` when nothing listens there (the caller then opens the store itself).
+pub async fn request(
+    socket: &Path,
+    method: &str,
+    path_and_query: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<(u16, Vec<u8>), AdminError> {
+    let stream = match tokio::net::UnixStream::connect(socket).await {
+        Ok(stream) => stream,
+        Err(err) if err.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(AdminError::Denied {
+                path: socket.to_path_buf(),
+            });
+        }
+        Err(_) => {
+            return Err(AdminError::NotRunning {
+                path: socket.to_path_buf(),
+            });
+        }
+    };
+    let fail = |message: String| AdminError::Request {
+        path: socket.to_path_buf(),
+        message,
+    };
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    tokio::spawn(conn);
+    let bytes = body.map(|b| b.to_string()).unwrap_or_default();
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(path_and_query)
+        .header(hyper::header::HOST, "localhost")
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(bytes::Bytes::from(bytes)))
+        .map_err(|e| fail(e.to_string()))?;
+    let res = sender
+        .send_request(req)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let status = res.status().as_u16();
+    let body = res
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| fail(e.to_string()))?
+        .to_bytes();
+    Ok((status, body.to_vec()))
+}

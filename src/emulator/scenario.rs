@@ -1,0 +1,440 @@
+//! Emulator scenarios: how the emulated Claid behaves (latency, faults, limits, inputs), as a
+//! builder for tests and as clap flags (`ScenarioArgs`) for `claid-hotfolder emulator`.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use rand::Rng;
+
+/// How long an async task takes from submit to DONE/ERROR.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Latency {
+    /// Always the same.
+    Fixed(Duration),
+    /// Uniform between `min` and `max` (inclusive).
+    Uniform { min: Duration, max: Duration },
+    /// Log-normal: `median * exp(sigma * N(0,1))`, capped at ten minutes.
+    LogNormal { median: Duration, sigma: f64 },
+}
+
+/// Upper bound for any drawn latency, so a wild sigma cannot stall a test for hours.
+const MAX_LATENCY: Duration = Duration::from_secs(600);
+
+impl Latency {
+    /// Draws one latency from the distribution.
+    pub fn sample(&self, rng: &mut impl Rng) -> Duration {
+        match *self {
+            Latency::Fixed(d) => d,
+            Latency::Uniform { min, max } => {
+                let (lo, hi) = if min <= max { (min, max) } else { (max, min) };
+                let span = (hi - lo).as_secs_f64();
+                lo + Duration::from_secs_f64(span * rng.random::<f64>())
+            }
+            Latency::LogNormal { median, sigma } => {
+                // Box-Muller: u1 in (0, 1] keeps ln finite.
+                let u1 = 1.0 - rng.random::<f64>();
+                let u2 = rng.random::<f64>();
+                let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+                let secs = median.as_secs_f64() * (sigma * z).exp();
+                if secs.is_finite() && secs >= 0.0 {
+                    Duration::from_secs_f64(secs.min(MAX_LATENCY.as_secs_f64()))
+                } else {
+                    median
+                }
+            }
+        }
+    }
+}
+
+/// Parse errors of the `--latency` flag.
+#[derive(Debug, thiserror::Error)]
+pub enum LatencyParseError {
+    #[error("latency must look like fixed:200ms, uniform:100ms..2s or lognormal:500ms,0.6")]
+    Shape,
+    #[error("bad duration {0:?}")]
+    Duration(String),
+    #[error("bad sigma {0:?}")]
+    Sigma(String),
+}
+
+fn parse_duration(text: &str) -> Result<Duration, LatencyParseError> {
+    humantime::parse_duration(text.trim()).map_err(|_| LatencyParseError::Duration(text.to_owned()))
+}
+
+impl FromStr for Latency {
+    type Err = LatencyParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (kind, rest) = s.split_once(':').unwrap_or(("fixed", s));
+        match kind.trim() {
+            "fixed" => Ok(Latency::Fixed(parse_duration(rest)?)),
+            "uniform" => {
+                let (a, b) = rest.split_once("..").ok_or(LatencyParseError::Shape)?;
+                Ok(Latency::Uniform {
+                    min: parse_duration(a)?,
+                    max: parse_duration(b)?,
+                })
+            }
+            "lognormal" => {
+                let (m, s) = rest.split_once(',').ok_or(LatencyParseError::Shape)?;
+                let sigma: f64 = s
+                    .trim()
+                    .parse()
+                    .map_err(|_| LatencyParseError::Sigma(s.to_owned()))?;
+                if !sigma.is_finite() || sigma < 0.0 {
+                    return Err(LatencyParseError::Sigma(s.to_owned()));
+                }
+                Ok(Latency::LogNormal {
+                    median: parse_duration(m)?,
+                    sigma,
+                })
+            }
+            _ => Err(LatencyParseError::Shape),
+        }
+    }
+}
+
+/// Share of injected 5xx answers per endpoint (each in `0.0..=1.0`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct FaultShares {
+    /// `POST …/image/edit/async`: the 5xx comes before a task is created.
+    pub submit: f64,
+    /// `GET …/image/edit/async/{id}`.
+    pub poll: f64,
+    /// `GET /_emulator/results/{token}` (tmp_url downloads).
+    pub download: f64,
+    /// `POST …/image/edit/upload`.
+    pub upload: f64,
+    /// `POST …/image/edit` (sync).
+    pub sync: f64,
+}
+
+/// Everything that shapes the emulator's behaviour. `Default` is a well-behaved Claid: no
+/// limits, no faults, 20 ms fixed latency, 24 h tmp_url lifetime, any non-empty API key.
+/// `Debug` never shows the API key.
+#[derive(Clone)]
+pub struct Scenario {
+    /// The accepted Bearer key; `None` accepts any non-empty key.
+    pub api_key: Option<String>,
+    /// Processing time of async tasks (submit → DONE/ERROR).
+    pub latency: Latency,
+    /// Seed of the one RNG behind every random decision; `None` seeds from the OS.
+    pub seed: Option<u64>,
+    /// Share of async tasks that end in ERROR although their input is fine.
+    pub error_share: f64,
+    /// Share of injected 5xx per endpoint.
+    pub fault_5xx: FaultShares,
+    /// Share of async submits whose task is created but whose connection is closed without
+    /// any response (the client cannot know the task id: an "in doubt" submit).
+    pub drop_share: f64,
+    /// Requests allowed per sliding second (submits, polls, sync edits, uploads); `None` = no limit.
+    pub rps: Option<u32>,
+    /// Requests allowed per sliding minute; `None` = no limit.
+    pub rpm: Option<u32>,
+    /// How long a `tmp_url` stays downloadable.
+    pub tmp_url_ttl: Duration,
+    /// Inputs whose name contains one of these substrings end in ERROR (async) or 400 (sync).
+    pub corrupt_patterns: Vec<String>,
+    /// Root of `storage://NAME/path` inputs (`<root>/NAME/path`); `None` = only `storage://demo`.
+    pub storage_root: Option<PathBuf>,
+    /// Folder served at `/_static/...` so tests can offer `http://` inputs.
+    pub static_dir: Option<PathBuf>,
+    /// Start with every billable request answering 402.
+    pub credits_exhausted: bool,
+    /// Start with every API request answering 403.
+    pub forbidden: bool,
+}
+
+impl Default for Scenario {
+    fn default() -> Self {
+        Scenario {
+            api_key: None,
+            latency: Latency::Fixed(Duration::from_millis(20)),
+            seed: None,
+            error_share: 0.0,
+            fault_5xx: FaultShares::default(),
+            drop_share: 0.0,
+            rps: None,
+            rpm: None,
+            tmp_url_ttl: Duration::from_secs(24 * 3600),
+            corrupt_patterns: vec!["corrupt".to_owned()],
+            storage_root: None,
+            static_dir: None,
+            credits_exhausted: false,
+            forbidden: false,
+        }
+    }
+}
+
+impl Scenario {
+    /// Only this Bearer key is accepted.
+    pub fn api_key(mut self, key: impl Into<String>) -> Self {
+        self.api_key = Some(key.into());
+        self
+    }
+    /// Processing latency distribution of async tasks.
+    pub fn latency(mut self, latency: Latency) -> Self {
+        self.latency = latency;
+        self
+    }
+    /// Makes every random decision reproducible.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+    /// Share of async tasks ending in ERROR.
+    pub fn error_share(mut self, share: f64) -> Self {
+        self.error_share = share;
+        self
+    }
+    /// Share of 5xx per endpoint.
+    pub fn fault_5xx(mut self, shares: FaultShares) -> Self {
+        self.fault_5xx = shares;
+        self
+    }
+    /// Share of async submits whose response is dropped after the task was created.
+    pub fn drop_share(mut self, share: f64) -> Self {
+        self.drop_share = share;
+        self
+    }
+    /// Per-second request limit.
+    pub fn rps(mut self, limit: u32) -> Self {
+        self.rps = Some(limit);
+        self
+    }
+    /// Per-minute request limit.
+    pub fn rpm(mut self, limit: u32) -> Self {
+        self.rpm = Some(limit);
+        self
+    }
+    /// Lifetime of tmp_url downloads.
+    pub fn tmp_url_ttl(mut self, ttl: Duration) -> Self {
+        self.tmp_url_ttl = ttl;
+        self
+    }
+    /// Replaces the "corrupt input" substrings.
+    pub fn corrupt_patterns(mut self, patterns: Vec<String>) -> Self {
+        self.corrupt_patterns = patterns;
+        self
+    }
+    /// Root folder of `storage://` inputs.
+    pub fn storage_root(mut self, root: impl Into<PathBuf>) -> Self {
+        self.storage_root = Some(root.into());
+        self
+    }
+    /// Folder served at `/_static/`.
+    pub fn static_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.static_dir = Some(dir.into());
+        self
+    }
+    /// Start with credits exhausted (402).
+    pub fn credits_exhausted(mut self, on: bool) -> Self {
+        self.credits_exhausted = on;
+        self
+    }
+    /// Start with the key lacking its scope (403).
+    pub fn forbidden(mut self, on: bool) -> Self {
+        self.forbidden = on;
+        self
+    }
+}
+
+fn redacted(key: &Option<String>) -> &'static str {
+    if key.is_some() {
+        "Some(<redacted>)"
+    } else {
+        "None"
+    }
+}
+
+impl std::fmt::Debug for Scenario {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scenario")
+            .field("api_key", &format_args!("{}", redacted(&self.api_key)))
+            .field("latency", &self.latency)
+            .field("seed", &self.seed)
+            .field("error_share", &self.error_share)
+            .field("fault_5xx", &self.fault_5xx)
+            .field("drop_share", &self.drop_share)
+            .field("rps", &self.rps)
+            .field("rpm", &self.rpm)
+            .field("tmp_url_ttl", &self.tmp_url_ttl)
+            .field("corrupt_patterns", &self.corrupt_patterns)
+            .field("storage_root", &self.storage_root)
+            .field("static_dir", &self.static_dir)
+            .field("credits_exhausted", &self.credits_exhausted)
+            .field("forbidden", &self.forbidden)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for ScenarioArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Same content as the scenario it becomes.
+        std::fmt::Debug::fmt(&self.clone().into_scenario(), f)
+    }
+}
+
+fn parse_share(text: &str) -> Result<f64, String> {
+    let v: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{text:?} is not a share between 0 and 1"))
+    }
+}
+
+/// The scenario flags of `claid-hotfolder emulator` (the lead adds `--listen`). `Debug` never
+/// shows the API key.
+#[derive(Clone, clap::Args)]
+pub struct ScenarioArgs {
+    /// The only accepted API key; when neither this nor CLAID_API_KEY is set, any non-empty key works.
+    #[arg(long, env = "CLAID_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Processing latency: fixed:200ms, uniform:100ms..2s or lognormal:500ms,0.6 (median, sigma).
+    #[arg(long, default_value = "fixed:300ms")]
+    pub latency: Latency,
+    /// Seed for every random decision (latency, shares); random when absent.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Share (0..1) of async tasks that end in ERROR.
+    #[arg(long, default_value = "0", value_parser = parse_share)]
+    pub error_share: f64,
+    /// Share (0..1) of async submits answered 500 (no task created).
+    #[arg(long, default_value = "0", value_parser = parse_share)]
+    pub submit_5xx: f64,
+    /// Share (0..1) of polls answered 500.
+    #[arg(long, default_value = "0", value_parser = parse_share)]
+    pub poll_5xx: f64,
+    /// Share (0..1) of tmp_url downloads answered 500.
+    #[arg(long, default_value = "0", value_parser = parse_share)]
+    pub download_5xx: f64,
+    /// Share (0..1) of uploads answered 500.
+    #[arg(long, default_value = "0", value_parser = parse_share)]
+    pub upload_5xx: f64,
+    /// Share (0..1) of sync edits answered 500.
+    #[arg(long, default_value = "0", value_parser = parse_share)]
+    pub sync_5xx: f64,
+    /// Share (0..1) of async submits whose task is created but whose connection is closed
+    /// without a response.
+    #[arg(long, default_value = "0", value_parser = parse_share)]
+    pub drop_share: f64,
+    /// Requests per second before 429 (0 = unlimited); Claid's default is 4.
+    #[arg(long, default_value_t = 4)]
+    pub rps: u32,
+    /// Requests per minute before 429 (0 = unlimited); Claid's default is 120.
+    #[arg(long, default_value_t = 120)]
+    pub rpm: u32,
+    /// How long tmp_url downloads stay available.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    pub tmp_url_ttl: Duration,
+    /// Inputs whose name contains this substring fail (repeatable).
+    #[arg(long = "corrupt-pattern", default_value = "corrupt")]
+    pub corrupt_patterns: Vec<String>,
+    /// Folder behind storage://NAME/path inputs (resolved as <root>/NAME/path).
+    #[arg(long)]
+    pub storage_root: Option<PathBuf>,
+    /// Folder served at /_static/ (handy as http:// inputs).
+    #[arg(long)]
+    pub static_dir: Option<PathBuf>,
+    /// Start with credits exhausted: billable requests answer 402.
+    #[arg(long)]
+    pub credits_exhausted: bool,
+    /// Start with the key lacking scope: API requests answer 403.
+    #[arg(long)]
+    pub forbidden: bool,
+}
+
+impl ScenarioArgs {
+    /// Turns the flags into a scenario.
+    pub fn into_scenario(self) -> Scenario {
+        Scenario {
+            api_key: self.api_key.filter(|k| !k.is_empty()),
+            latency: self.latency,
+            seed: self.seed,
+            error_share: self.error_share,
+            fault_5xx: FaultShares {
+                submit: self.submit_5xx,
+                poll: self.poll_5xx,
+                download: self.download_5xx,
+                upload: self.upload_5xx,
+                sync: self.sync_5xx,
+            },
+            drop_share: self.drop_share,
+            rps: (self.rps > 0).then_some(self.rps),
+            rpm: (self.rpm > 0).then_some(self.rpm),
+            tmp_url_ttl: self.tmp_url_ttl,
+            corrupt_patterns: self.corrupt_patterns,
+            storage_root: self.storage_root,
+            static_dir: self.static_dir,
+            credits_exhausted: self.credits_exhausted,
+            forbidden: self.forbidden,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn latency_parses_every_shape() {
+        assert_eq!(
+            "200ms".parse::<Latency>().ok(),
+            Some(Latency::Fixed(Duration::from_millis(200)))
+        );
+        assert_eq!(
+            "uniform:1s..2s".parse::<Latency>().ok(),
+            Some(Latency::Uniform {
+                min: Duration::from_secs(1),
+                max: Duration::from_secs(2)
+            })
+        );
+        assert_eq!(
+            "lognormal:500ms,0.5".parse::<Latency>().ok(),
+            Some(Latency::LogNormal {
+                median: Duration::from_millis(500),
+                sigma: 0.5
+            })
+        );
+        assert!("gauss:1s".parse::<Latency>().is_err());
+        assert!("lognormal:1s,-1".parse::<Latency>().is_err());
+    }
+
+    #[test]
+    fn debug_never_shows_the_key() {
+        let s = Scenario::default().api_key("hunter2-secret");
+        let shown = format!("{s:?}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("redacted"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn samples_stay_in_range() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let u = Latency::Uniform {
+            min: Duration::from_millis(10),
+            max: Duration::from_millis(20),
+        };
+        for _ in 0..1000 {
+            let d = u.sample(&mut rng);
+            assert!(d >= Duration::from_millis(10) && d <= Duration::from_millis(20));
+        }
+        let l = Latency::LogNormal {
+            median: Duration::from_millis(100),
+            sigma: 0.5,
+        };
+        let mut v: Vec<f64> = (0..2001)
+            .map(|_| l.sample(&mut rng).as_secs_f64())
+            .collect();
+        v.sort_by(f64::total_cmp);
+        let median = v[1000];
+        assert!((0.08..0.12).contains(&median), "median {median}");
+    }
+}

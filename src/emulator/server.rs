@@ -1,0 +1,981 @@
+//! The emulator's HTTP side: the accept loop (hyper, so a submit's connection can be closed
+//! without any response), the axum router for both prefixes, the API gate (auth, limits,
+//! runtime toggles, injected 5xx) and the endpoint handlers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, Multipart, Path, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+use super::imaging::{self, ImagingError, Rendered};
+use super::inputs::{self, HttpClient};
+use super::limits::{RateLimiter, Verdict};
+use super::scenario::Scenario;
+use super::stats::{Control, ControlState, Recorder, submit_key};
+use crate::claid::request::{self, EditRequest, FieldError, InputRule, OutputFormat};
+use crate::claid::wire::{
+    AsyncTask, EditResponse, Envelope, ErrorBody, ImageObject, NestedErrorBody, TaskError,
+    TaskResult, TaskStatus,
+};
+
+/// Largest request body (uploads included).
+const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Shared state of one emulator instance.
+pub struct AppState {
+    scenario: Scenario,
+    /// Runtime toggles (also owned by the `Handle`).
+    pub(crate) control: Control,
+    /// Counters (also read by the `Handle`).
+    pub(crate) recorder: Arc<Recorder>,
+    /// The one RNG behind scenario decisions, so a seed reproduces a run.
+    rng: Mutex<StdRng>,
+    limiter: Mutex<RateLimiter>,
+    tasks: Mutex<HashMap<u64, Task>>,
+    next_id: AtomicU64,
+    /// tmp_url token → stored result.
+    results: Mutex<HashMap<String, Stored>>,
+    http: HttpClient,
+    /// Fallback for `Host` when a request has none.
+    local_addr: SocketAddr,
+}
+
+/// One async task.
+struct Task {
+    created_at: String,
+    request: Value,
+    result_url: String,
+    /// Before this instant the task shows ACCEPTED, after it PROCESSING (until an outcome).
+    processing_at: Instant,
+    /// Set only once the latency elapsed AND the bytes exist (or the task failed).
+    outcome: Option<Outcome>,
+}
+
+enum Outcome {
+    Done {
+        input: Box<ImageObject>,
+        output: Box<ImageObject>,
+    },
+    Error {
+        message: String,
+        at: String,
+    },
+}
+
+/// A rendered result behind a tmp_url; `bytes` is dropped on expiry so the token answers 410.
+struct Stored {
+    bytes: Option<Bytes>,
+    mime: String,
+    expires_at: Instant,
+}
+
+/// Closes the request's connection without a response when notified.
+#[derive(Clone)]
+struct DropConnection(Arc<Notify>);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_micros(SystemTime::now()).to_string()
+}
+
+fn random_hex(n_bytes: usize) -> String {
+    let mut rng = rand::rng();
+    (0..n_bytes)
+        .map(|_| format!("{:02x}", rng.random::<u8>()))
+        .collect()
+}
+
+fn request_id() -> String {
+    let h = random_hex(16);
+    format!(
+        "{}-{}-4{}-a{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[13..16],
+        &h[17..20],
+        &h[20..32]
+    )
+}
+
+impl AppState {
+    pub fn new(scenario: Scenario, local_addr: SocketAddr) -> Arc<AppState> {
+        let rng = match scenario.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_os_rng(),
+        };
+        Arc::new(AppState {
+            control: Control::new(scenario.credits_exhausted, scenario.forbidden),
+            recorder: Arc::new(Recorder::default()),
+            rng: Mutex::new(rng),
+            limiter: Mutex::new(RateLimiter::new(scenario.rpm, scenario.rps)),
+            tasks: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            results: Mutex::new(HashMap::new()),
+            http: inputs::http_client(),
+            local_addr,
+            scenario,
+        })
+    }
+
+    /// True with probability `share`.
+    fn roll(&self, share: f64) -> bool {
+        share > 0.0 && lock(&self.rng).random::<f64>() < share
+    }
+
+    fn sample_latency(&self) -> Duration {
+        self.scenario.latency.sample(&mut *lock(&self.rng))
+    }
+
+    fn is_corrupt(&self, name: &str) -> bool {
+        self.scenario
+            .corrupt_patterns
+            .iter()
+            .any(|p| !p.is_empty() && name.contains(p.as_str()))
+    }
+
+    /// Stores result bytes and returns the tmp_url.
+    fn store_result(&self, host: &str, bytes: Vec<u8>, mime: &str) -> String {
+        let token = random_hex(16);
+        let now = Instant::now();
+        let mut results = lock(&self.results);
+        // Forget the bytes of expired results; keep the token so it answers 410.
+        for stored in results.values_mut() {
+            if stored.expires_at <= now {
+                stored.bytes = None;
+            }
+        }
+        results.insert(
+            token.clone(),
+            Stored {
+                bytes: Some(Bytes::from(bytes)),
+                mime: mime.to_owned(),
+                expires_at: now + self.scenario.tmp_url_ttl,
+            },
+        );
+        format!("http://{host}/_emulator/results/{token}")
+    }
+}
+
+/// Serves `state` on `listener` until `shutdown` completes; then closes every connection.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(state);
+    let connections = CancellationToken::new();
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %err, "emulator accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let app = app.clone();
+        let closed = connections.child_token();
+        tokio::spawn(async move {
+            let kill = Arc::new(Notify::new());
+            let kill_for_requests = Arc::clone(&kill);
+            let service =
+                hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+                    req.extensions_mut()
+                        .insert(DropConnection(Arc::clone(&kill_for_requests)));
+                    app.clone().oneshot(req.map(Body::new))
+                });
+            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            // Dropping `conn` closes the socket: that is how a response is "dropped".
+            tokio::select! {
+                _ = conn => {}
+                () = kill.notified() => {}
+                () = closed.cancelled() => {}
+            }
+        });
+    }
+    connections.cancel();
+    Ok(())
+}
+
+/// Which API prefix a request came through (result URLs repeat it).
+#[derive(Clone, Copy)]
+struct Prefix(&'static str);
+
+fn router(state: Arc<AppState>) -> Router {
+    let api = Router::new()
+        .route("/image/edit/async", post(submit))
+        .route("/image/edit/async/{id}", get(poll))
+        .route("/image/edit", post(sync_edit))
+        .route("/image/edit/upload", post(upload))
+        .fallback(api_not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), api_gate));
+    Router::new()
+        .nest("/v1", api.clone().layer(Extension(Prefix("/v1"))))
+        .nest("/v1-beta1", api.layer(Extension(Prefix("/v1-beta1"))))
+        .route("/_emulator/results/{token}", get(download))
+        .route("/_emulator/stats", get(stats))
+        .route("/_emulator/control", post(set_control).get(get_control))
+        .route("/_static/{*path}", get(static_file))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), outer))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Error envelope
+
+fn api_error(status: StatusCode, code: &str, kind: &str, message: impl Into<String>) -> Response {
+    api_error_details(status, code, kind, message, BTreeMap::new())
+}
+
+fn api_error_details(
+    status: StatusCode,
+    code: &str,
+    kind: &str,
+    message: impl Into<String>,
+    details: BTreeMap<String, Vec<String>>,
+) -> Response {
+    let body = ErrorBody {
+        error_code: code.to_owned(),
+        error_type: kind.to_owned(),
+        error_message: message.into(),
+        error_details: details,
+    };
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        (status, Json(NestedErrorBody { detail: body })).into_response()
+    } else {
+        (status, Json(body)).into_response()
+    }
+}
+
+fn validation_error(errors: &[FieldError]) -> Response {
+    let mut details: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for e in errors {
+        details
+            .entry(e.path.clone())
+            .or_default()
+            .push(e.message.clone());
+    }
+    let message = errors
+        .iter()
+        .map(|e| format!("{}: {}.", e.path, e.message))
+        .collect::<Vec<_>>()
+        .join(" ");
+    api_error_details(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "9000",
+        "validation",
+        message,
+        details,
+    )
+}
+
+fn field_error(path: &str, message: &str) -> Response {
+    validation_error(&[FieldError {
+        path: path.to_owned(),
+        message: message.to_owned(),
+    }])
+}
+
+fn bad_request(message: impl Into<String>) -> Response {
+    api_error(StatusCode::BAD_REQUEST, "1000", "general", message)
+}
+
+fn input_error(message: impl Into<String>) -> Response {
+    api_error(StatusCode::BAD_REQUEST, "1001", "image", message)
+}
+
+fn internal_error() -> Response {
+    api_error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "1500",
+        "general",
+        "Internal server error (injected by the emulator scenario).",
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Middleware
+
+/// Every response: `x-request-id`; counts 429s and 5xx exactly.
+async fn outer(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let mut response = next.run(req).await;
+    let status = response.status();
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        state.recorder.update(|s| s.rate_limited += 1);
+    } else if status.is_server_error() {
+        state.recorder.update(|s| s.errors_5xx += 1);
+    }
+    if let Ok(value) = HeaderValue::from_str(&request_id()) {
+        response.headers_mut().insert(X_REQUEST_ID, value);
+    }
+    response
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Submit,
+    Poll,
+    Sync,
+    Upload,
+    Other,
+}
+
+fn endpoint(method: &Method, path: &str) -> Endpoint {
+    match (method, path.trim_end_matches('/')) {
+        (&Method::POST, "/image/edit/async") => Endpoint::Submit,
+        (&Method::GET, p) if p.starts_with("/image/edit/async/") => Endpoint::Poll,
+        (&Method::POST, "/image/edit") => Endpoint::Sync,
+        (&Method::POST, "/image/edit/upload") => Endpoint::Upload,
+        _ => Endpoint::Other,
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, key) = value.split_once(' ')?;
+    let key = key.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !key.is_empty()).then_some(key)
+}
+
+fn add_rate_headers(response: &mut Response, verdict: &Verdict) {
+    let headers = response.headers_mut();
+    for (name, value) in [
+        ("ratelimit-limit", verdict.limit.clone()),
+        ("ratelimit-remaining", verdict.remaining.to_string()),
+        ("ratelimit-reset", verdict.reset.to_string()),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static(name), v);
+        }
+    }
+}
+
+/// API requests only: down → 503, auth → 401, limits → 429, toggles → 403/402, injected 5xx.
+async fn api_gate(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let _in_flight = state.recorder.enter();
+    if state.control.down() {
+        return api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "1503",
+            "general",
+            "Service temporarily unavailable (emulator is down).",
+        );
+    }
+    let authorized = match (bearer(req.headers()), &state.scenario.api_key) {
+        (None, _) => false,
+        (Some(_), None) => true,
+        (Some(given), Some(expected)) => given == expected,
+    };
+    if !authorized {
+        return api_error(
+            StatusCode::UNAUTHORIZED,
+            "111",
+            "auth",
+            "Authorization is required.",
+        );
+    }
+    let verdict = lock(&state.limiter).check(Instant::now());
+    if let Some(v) = verdict.as_ref().filter(|v| !v.allowed) {
+        let mut response = api_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "2001",
+            "general",
+            "Too Many Requests. Rate limit exceeded.",
+        );
+        add_rate_headers(&mut response, v);
+        return response;
+    }
+    let kind = endpoint(req.method(), req.uri().path());
+    let mut response = if state.control.forbidden() {
+        api_error(
+            StatusCode::FORBIDDEN,
+            "1403",
+            "auth",
+            "The API key lacks the image_editing permission scope.",
+        )
+    } else if state.control.credits_exhausted()
+        && matches!(kind, Endpoint::Submit | Endpoint::Sync | Endpoint::Upload)
+    {
+        api_error(
+            StatusCode::PAYMENT_REQUIRED,
+            "1402",
+            "billing",
+            "No API calls left: credits are exhausted.",
+        )
+    } else {
+        let share = match kind {
+            Endpoint::Submit => state.scenario.fault_5xx.submit,
+            Endpoint::Poll => state.scenario.fault_5xx.poll,
+            Endpoint::Sync => state.scenario.fault_5xx.sync,
+            Endpoint::Upload => state.scenario.fault_5xx.upload,
+            Endpoint::Other => 0.0,
+        };
+        if state.roll(share) {
+            internal_error()
+        } else {
+            next.run(req).await
+        }
+    };
+    if let Some(v) = verdict.as_ref() {
+        add_rate_headers(&mut response, v);
+    }
+    response
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers for handlers
+
+fn host_of(headers: &HeaderMap, fallback: SocketAddr) -> String {
+    headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c))
+        })
+        .map_or_else(|| fallback.to_string(), str::to_owned)
+}
+
+/// The JSON body of an edit request, or the 400/413 answer.
+fn json_body(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Value, Box<Response>> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = content_type.split(';').next().unwrap_or("").trim();
+    if !mime.eq_ignore_ascii_case("application/json") {
+        let shown = if content_type.is_empty() {
+            "none"
+        } else {
+            content_type
+        };
+        return Err(Box::new(bad_request(format!(
+            "Content-Type must be application/json (got {shown})."
+        ))));
+    }
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            api_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "1413",
+                "general",
+                "Request body too large.",
+            )
+        } else {
+            bad_request(format!("Cannot read request body: {e}."))
+        }
+    })?;
+    serde_json::from_slice(&body)
+        .map_err(|e| Box::new(bad_request(format!("Malformed JSON body: {e}."))))
+}
+
+/// Validates and returns the request plus its input string.
+fn validated(
+    body: &Value,
+    rule: InputRule,
+) -> Result<(EditRequest, Option<String>), Box<Response>> {
+    let req = request::validate(body, rule).map_err(|errors| validation_error(&errors))?;
+    let input = req.input.clone();
+    if rule == InputRule::Required && input.as_deref().is_none_or(str::is_empty) {
+        return Err(Box::new(field_error("input", "field required")));
+    }
+    if req.output_format() == OutputFormat::Avif {
+        return Err(Box::new(field_error(
+            "output.format",
+            "avif output is not supported by the emulator (use jpeg, png, webp or tiff)",
+        )));
+    }
+    Ok((req, input))
+}
+
+async fn render_blocking(bytes: Vec<u8>, req: EditRequest) -> Result<Rendered, ProcessError> {
+    match tokio::task::spawn_blocking(move || imaging::render(&bytes, &req)).await {
+        Ok(Ok(rendered)) => Ok(rendered),
+        Ok(Err(err @ (ImagingError::Decode(_) | ImagingError::Encode(_)))) => {
+            Err(ProcessError::Image(err.to_string()))
+        }
+        Ok(Err(err)) => Err(ProcessError::Rejected(err.to_string())),
+        Err(err) => Err(ProcessError::Image(format!("rendering failed: {err}"))),
+    }
+}
+
+/// Fetches and renders one input (shared by async tasks and sync edits).
+async fn process_input(
+    state: &AppState,
+    input: &str,
+    req: EditRequest,
+) -> Result<Rendered, ProcessError> {
+    if state.is_corrupt(input) {
+        return Err(ProcessError::Image(
+            "Input image is corrupt or in an unsupported format.".to_owned(),
+        ));
+    }
+    let bytes = inputs::fetch(&state.http, state.scenario.storage_root.as_deref(), input)
+        .await
+        .map_err(|e| ProcessError::Input(e.to_string()))?;
+    render_blocking(bytes, req).await
+}
+
+enum ProcessError {
+    /// The input could not be fetched.
+    Input(String),
+    /// The input could not be decoded or rendered.
+    Image(String),
+    /// The request cannot be honoured for this image (too large, unsupported format).
+    Rejected(String),
+}
+
+impl ProcessError {
+    fn message(self) -> String {
+        match self {
+            ProcessError::Input(m) | ProcessError::Image(m) | ProcessError::Rejected(m) => m,
+        }
+    }
+    fn response(self) -> Response {
+        match self {
+            ProcessError::Input(m) => input_error(m),
+            ProcessError::Image(m) => api_error(StatusCode::BAD_REQUEST, "1002", "image", m),
+            ProcessError::Rejected(m) => {
+                api_error(StatusCode::UNPROCESSABLE_ENTITY, "9000", "validation", m)
+            }
+        }
+    }
+}
+
+fn finish(state: &AppState, host: &str, rendered: Rendered) -> (ImageObject, ImageObject) {
+    let Rendered {
+        bytes,
+        input,
+        mut output,
+    } = rendered;
+    output.tmp_url = Some(state.store_result(host, bytes, &output.mime));
+    (input, output)
+}
+
+// ---------------------------------------------------------------------------------------------
+// API handlers
+
+async fn submit(
+    State(state): State<Arc<AppState>>,
+    Extension(Prefix(prefix)): Extension<Prefix>,
+    drop_conn: Option<Extension<DropConnection>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let value = match json_body(&headers, body) {
+        Ok(v) => v,
+        Err(response) => return *response,
+    };
+    let (req, input) = match validated(&value, InputRule::Required) {
+        Ok(ok) => ok,
+        Err(response) => return *response,
+    };
+    let input = input.unwrap_or_default();
+    let host = host_of(&headers, state.local_addr);
+    let id = state.next_id.fetch_add(1, Ordering::SeqCst);
+    let result_url = format!("http://{host}{prefix}/image/edit/async/{id}");
+    let latency = state.sample_latency();
+    let forced_error = state.roll(state.scenario.error_share);
+    let dropped = state.roll(state.scenario.drop_share);
+    let started = Instant::now();
+    let created_at = now_rfc3339();
+    lock(&state.tasks).insert(
+        id,
+        Task {
+            created_at: created_at.clone(),
+            request: value.clone(),
+            result_url: result_url.clone(),
+            processing_at: started + latency / 4,
+            outcome: None,
+        },
+    );
+    state.recorder.submitted(submit_key(&value));
+    tokio::spawn(run_task(
+        Arc::clone(&state),
+        id,
+        req,
+        input,
+        started + latency,
+        forced_error,
+        host,
+    ));
+
+    if dropped {
+        if let Some(Extension(DropConnection(kill))) = drop_conn {
+            state.recorder.update(|s| s.dropped_responses += 1);
+            kill.notify_one();
+            return std::future::pending::<Response>().await;
+        }
+    }
+    let accepted = AsyncTask {
+        id,
+        status: TaskStatus::Accepted,
+        result_url,
+        created_at,
+        request: value,
+        errors: Vec::new(),
+        result: TaskResult::default(),
+    };
+    Json(Envelope { data: accepted }).into_response()
+}
+
+/// Processes one async task; the outcome appears only after `deadline` and once bytes exist.
+async fn run_task(
+    state: Arc<AppState>,
+    id: u64,
+    req: EditRequest,
+    input: String,
+    deadline: Instant,
+    forced_error: bool,
+    host: String,
+) {
+    let work = async {
+        if forced_error {
+            Err("Image processing failed (injected by the emulator scenario).".to_owned())
+        } else {
+            process_input(&state, &input, req)
+                .await
+                .map_err(ProcessError::message)
+        }
+    };
+    let (result, ()) = tokio::join!(work, tokio::time::sleep_until(deadline));
+    let outcome = match result {
+        Ok(rendered) => {
+            let (input, output) = finish(&state, &host, rendered);
+            Outcome::Done {
+                input: Box::new(input),
+                output: Box::new(output),
+            }
+        }
+        Err(message) => {
+            state.recorder.update(|s| s.tasks_errored += 1);
+            Outcome::Error {
+                message,
+                at: now_rfc3339(),
+            }
+        }
+    };
+    if let Some(task) = lock(&state.tasks).get_mut(&id) {
+        task.outcome = Some(outcome);
+    }
+}
+
+async fn poll(
+    State(state): State<Arc<AppState>>,
+    id: Result<Path<String>, PathRejection>,
+) -> Response {
+    state.recorder.update(|s| s.polls += 1);
+    let raw = match id {
+        Ok(Path(raw)) => raw,
+        Err(e) => return field_error("task_id", &format!("invalid path parameter: {e}")),
+    };
+    let Ok(id) = raw.parse::<u64>() else {
+        return field_error("task_id", "value is not a valid integer");
+    };
+    let tasks = lock(&state.tasks);
+    let Some(task) = tasks.get(&id) else {
+        drop(tasks);
+        return api_error(
+            StatusCode::NOT_FOUND,
+            "1404",
+            "general",
+            "Batch image edit pipeline not found.",
+        );
+    };
+    let (status, errors, result) = match &task.outcome {
+        Some(Outcome::Done { input, output }) => (
+            TaskStatus::Done,
+            Vec::new(),
+            TaskResult {
+                input_object: Some(ImageObject::clone(input)),
+                output_object: Some(ImageObject::clone(output)),
+            },
+        ),
+        Some(Outcome::Error { message, at }) => (
+            TaskStatus::Error,
+            vec![TaskError {
+                error: message.clone(),
+                created_at: at.clone(),
+            }],
+            TaskResult::default(),
+        ),
+        None if Instant::now() >= task.processing_at => {
+            (TaskStatus::Processing, Vec::new(), TaskResult::default())
+        }
+        None => (TaskStatus::Accepted, Vec::new(), TaskResult::default()),
+    };
+    let view = AsyncTask {
+        id,
+        status,
+        result_url: task.result_url.clone(),
+        created_at: task.created_at.clone(),
+        request: task.request.clone(),
+        errors,
+        result,
+    };
+    drop(tasks);
+    state
+        .recorder
+        .update(|s| *s.polls_by_task.entry(id).or_insert(0) += 1);
+    Json(Envelope { data: view }).into_response()
+}
+
+async fn sync_edit(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let value = match json_body(&headers, body) {
+        Ok(v) => v,
+        Err(response) => return *response,
+    };
+    let (req, input) = match validated(&value, InputRule::Required) {
+        Ok(ok) => ok,
+        Err(response) => return *response,
+    };
+    let input = input.unwrap_or_default();
+    let deadline = Instant::now() + state.sample_latency();
+    let (result, ()) = tokio::join!(
+        process_input(&state, &input, req),
+        tokio::time::sleep_until(deadline)
+    );
+    match result {
+        Ok(rendered) => {
+            let (input, output) = finish(&state, &host_of(&headers, state.local_addr), rendered);
+            state.recorder.update(|s| s.sync_edits += 1);
+            Json(Envelope {
+                data: EditResponse { input, output },
+            })
+            .into_response()
+        }
+        Err(err) => err.response(),
+    }
+}
+
+async fn upload(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Response {
+    let mut multipart = match multipart {
+        Ok(m) => m,
+        Err(e) => {
+            return bad_request(format!(
+                "Expected a multipart/form-data body with parts `file` and `data`: {e}."
+            ));
+        }
+    };
+    let mut file: Option<(String, Bytes)> = None;
+    let mut data: Option<String> = None;
+    loop {
+        let field = match multipart.next_field().await {
+            Ok(Some(field)) => field,
+            Ok(None) => break,
+            Err(e) => return bad_request(format!("Malformed multipart body: {e}.")),
+        };
+        match field.name().unwrap_or("") {
+            "file" => {
+                let name = field.file_name().unwrap_or("").to_owned();
+                match field.bytes().await {
+                    Ok(bytes) => file = Some((name, bytes)),
+                    Err(e) => return bad_request(format!("Cannot read the `file` part: {e}.")),
+                }
+            }
+            "data" => match field.text().await {
+                Ok(text) => data = Some(text),
+                Err(e) => return bad_request(format!("Cannot read the `data` part: {e}.")),
+            },
+            _ => {}
+        }
+    }
+    let mut missing = Vec::new();
+    if file.as_ref().is_none_or(|(_, b)| b.is_empty()) {
+        missing.push(FieldError {
+            path: "file".to_owned(),
+            message: "field required".to_owned(),
+        });
+    }
+    if data.is_none() {
+        missing.push(FieldError {
+            path: "data".to_owned(),
+            message: "field required".to_owned(),
+        });
+    }
+    let (Some((file_name, bytes)), Some(data)) = (file, data) else {
+        return validation_error(&missing);
+    };
+    if !missing.is_empty() {
+        return validation_error(&missing);
+    }
+    let value: Value = match serde_json::from_str(&data) {
+        Ok(v) => v,
+        Err(e) => return bad_request(format!("The `data` part is not valid JSON: {e}.")),
+    };
+    let (req, _) = match validated(&value, InputRule::Forbidden) {
+        Ok(ok) => ok,
+        Err(response) => return *response,
+    };
+    if state.is_corrupt(&file_name) {
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            "1002",
+            "image",
+            "Input image is corrupt or in an unsupported format.",
+        );
+    }
+    let deadline = Instant::now() + state.sample_latency();
+    let (result, ()) = tokio::join!(
+        render_blocking(bytes.to_vec(), req),
+        tokio::time::sleep_until(deadline)
+    );
+    match result {
+        Ok(rendered) => {
+            let (input, output) = finish(&state, &host_of(&headers, state.local_addr), rendered);
+            state.recorder.update(|s| s.uploads += 1);
+            Json(Envelope {
+                data: EditResponse { input, output },
+            })
+            .into_response()
+        }
+        Err(err) => err.response(),
+    }
+}
+
+async fn method_not_allowed() -> Response {
+    api_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "1405",
+        "general",
+        "Method not allowed.",
+    )
+}
+
+async fn api_not_found() -> Response {
+    api_error(StatusCode::NOT_FOUND, "1404", "general", "Not found.")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Emulator-only endpoints
+
+async fn not_found() -> Response {
+    api_error(StatusCode::NOT_FOUND, "1404", "general", "Not found.")
+}
+
+async fn download(State(state): State<Arc<AppState>>, Path(token): Path<String>) -> Response {
+    if state.roll(state.scenario.fault_5xx.download) {
+        return internal_error();
+    }
+    let mut results = lock(&state.results);
+    let Some(stored) = results.get_mut(&token) else {
+        return api_error(
+            StatusCode::NOT_FOUND,
+            "1404",
+            "general",
+            "Result not found.",
+        );
+    };
+    if stored.expires_at <= Instant::now() {
+        stored.bytes = None;
+    }
+    let Some(bytes) = stored.bytes.clone() else {
+        return api_error(
+            StatusCode::GONE,
+            "1410",
+            "general",
+            "Temporary result URL has expired.",
+        );
+    };
+    let mime = stored.mime.clone();
+    drop(results);
+    state.recorder.update(|s| s.downloads += 1);
+    ([(header::CONTENT_TYPE, mime)], bytes).into_response()
+}
+
+async fn stats(State(state): State<Arc<AppState>>) -> Response {
+    Json(state.recorder.snapshot()).into_response()
+}
+
+async fn get_control(State(state): State<Arc<AppState>>) -> Response {
+    Json(state.control.state()).into_response()
+}
+
+async fn set_control(
+    State(state): State<Arc<AppState>>,
+    body: Result<Json<ControlState>, JsonRejection>,
+) -> Response {
+    match body {
+        Ok(Json(change)) => {
+            state.control.apply(&change);
+            Json(state.control.state()).into_response()
+        }
+        Err(e) => bad_request(format!(
+            "Control body must be JSON like {{\"credits_exhausted\":bool,\"forbidden\":bool,\"down\":bool}}: {e}."
+        )),
+    }
+}
+
+async fn static_file(State(state): State<Arc<AppState>>, Path(path): Path<String>) -> Response {
+    let Some(dir) = state.scenario.static_dir.as_deref() else {
+        return not_found().await;
+    };
+    let Some(file) = inputs::safe_rel(dir, std::path::Path::new(&path)) else {
+        return not_found().await;
+    };
+    match tokio::fs::read(&file).await {
+        Ok(bytes) => {
+            let mime = match file
+                .extension()
+                .and_then(|e| e.to_str())
+                .map(str::to_ascii_lowercase)
+                .as_deref()
+            {
+                Some("png") => "image/png",
+                Some("jpg" | "jpeg") => "image/jpeg",
+                Some("webp") => "image/webp",
+                Some("gif") => "image/gif",
+                Some("tif" | "tiff") => "image/tiff",
+                Some("bmp") => "image/bmp",
+                _ => "application/octet-stream",
+            };
+            ([(header::CONTENT_TYPE, mime)], bytes).into_response()
+        }
+        Err(_) => not_found().await,
+    }
+}

@@ -1,0 +1,253 @@
+//! Prometheus metrics (prometheus-client, one explicit registry, no globals): what the pipeline
+//! records as it goes, plus values read at scrape time from the store and the API client.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::claid::{ClientStats, Endpoint};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub endpoint: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabel {
+    pub endpoint: String,
+}
+
+/// Every metric the daemon exports. Cheap to share behind an `Arc`.
+pub struct Metrics {
+    registry: Registry,
+    /// Jobs by state, refreshed from the store at each scrape.
+    pub jobs: Family<StateLabel, Gauge>,
+    /// Manifests by outcome: `done`, `with_failures`, `rejected`.
+    pub manifests: Family<OutcomeLabel, Counter>,
+    /// API responses by endpoint and HTTP status (`error` when no response came).
+    pub api_requests: Family<RequestLabels, Counter>,
+    /// API request latency by endpoint.
+    pub api_latency: Family<EndpointLabel, Histogram>,
+    /// Submit → DONE observed, per task.
+    pub task_seconds: Histogram,
+    /// Polls a job needed, observed when it is done.
+    pub polls_per_job: Histogram,
+    /// Calls that waited in the client's rate limiter, and for how long in all.
+    pub rate_limit_waits: Counter,
+    pub rate_limit_wait_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    /// 429 answers received.
+    pub rate_limited: Counter,
+    /// Tasks submitted and not yet finished (permits of `max_in_flight` in use).
+    pub in_flight: Gauge,
+    /// Submits that may have reached Claid twice (crash or lost response), ever.
+    pub in_doubt: Gauge,
+    /// Output bytes written.
+    pub bytes_written: Counter,
+    /// 1 while submitting is paused by a systemic API error.
+    pub paused: Gauge,
+    /// The last client counters folded into the families above, so scrapes add deltas only.
+    folded: Mutex<ClientStats>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("claid_hotfolder");
+        let jobs = Family::<StateLabel, Gauge>::default();
+        registry.register("jobs", "Jobs in the store by state", jobs.clone());
+        let manifests = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "manifests",
+            "Manifests finished or rejected, by outcome",
+            manifests.clone(),
+        );
+        let api_requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "api_requests",
+            "Claid API responses by endpoint and status",
+            api_requests.clone(),
+        );
+        let api_latency = Family::<EndpointLabel, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "api_request_seconds",
+            "Claid API request latency",
+            api_latency.clone(),
+        );
+        let task_seconds = Histogram::new(exponential_buckets(0.25, 2.0, 12));
+        registry.register(
+            "task_processing_seconds",
+            "Time from submit to the task seen DONE",
+            task_seconds.clone(),
+        );
+        let polls_per_job = Histogram::new([0.0, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0]);
+        registry.register(
+            "polls_per_job",
+            "Polls a job needed before its result was ready",
+            polls_per_job.clone(),
+        );
+        let rate_limit_waits = Counter::default();
+        registry.register(
+            "rate_limit_waits",
+            "API calls that waited in the client rate limiter",
+            rate_limit_waits.clone(),
+        );
+        let rate_limit_wait_seconds = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "rate_limit_wait_seconds",
+            "Time API calls spent waiting in the client rate limiter",
+            rate_limit_wait_seconds.clone(),
+        );
+        let rate_limited = Counter::default();
+        registry.register(
+            "rate_limited",
+            "429 answers received from the API",
+            rate_limited.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "in_flight_tasks",
+            "Tasks submitted and not yet finished",
+            in_flight.clone(),
+        );
+        let in_doubt = Gauge::default();
+        registry.register(
+            "in_doubt_jobs",
+            "Times a submit may have reached Claid twice (crash or lost response)",
+            in_doubt.clone(),
+        );
+        let bytes_written = Counter::default();
+        registry.register(
+            "output_bytes",
+            "Bytes of output images written",
+            bytes_written.clone(),
+        );
+        let paused = Gauge::default();
+        registry.register(
+            "paused",
+            "1 while submitting is paused by a systemic API error",
+            paused.clone(),
+        );
+        Metrics {
+            registry,
+            jobs,
+            manifests,
+            api_requests,
+            api_latency,
+            task_seconds,
+            polls_per_job,
+            rate_limit_waits,
+            rate_limit_wait_seconds,
+            rate_limited,
+            in_flight,
+            in_doubt,
+            bytes_written,
+            paused,
+            folded: Mutex::new(ClientStats::default()),
+        }
+    }
+
+    /// Records one API answer's latency (the client's observer).
+    pub fn observe_latency(&self, endpoint: Endpoint, latency: Duration) {
+        self.api_latency
+            .get_or_create(&EndpointLabel {
+                endpoint: endpoint.as_str().to_owned(),
+            })
+            .observe(latency.as_secs_f64());
+    }
+
+    /// Folds the client's counters into the families (only what changed since the last call).
+    pub fn fold_client(&self, now: &ClientStats) {
+        let mut last = self.folded.lock().unwrap_or_else(|e| e.into_inner());
+        for ((endpoint, status), n) in &now.responses {
+            let before = last
+                .responses
+                .get(&(*endpoint, *status))
+                .copied()
+                .unwrap_or(0);
+            let labels = RequestLabels {
+                endpoint: endpoint.as_str().to_owned(),
+                status: status.to_string(),
+            };
+            self.api_requests
+                .get_or_create(&labels)
+                .inc_by(n.saturating_sub(before));
+        }
+        for (endpoint, n) in &now.transport_errors {
+            let before = last.transport_errors.get(endpoint).copied().unwrap_or(0);
+            let labels = RequestLabels {
+                endpoint: endpoint.as_str().to_owned(),
+                status: "error".to_owned(),
+            };
+            self.api_requests
+                .get_or_create(&labels)
+                .inc_by(n.saturating_sub(before));
+        }
+        self.rate_limit_waits
+            .inc_by(now.limiter_waits.saturating_sub(last.limiter_waits));
+        let waited = now
+            .limiter_wait_total
+            .saturating_sub(last.limiter_wait_total);
+        self.rate_limit_wait_seconds.inc_by(waited.as_secs_f64());
+        self.rate_limited
+            .inc_by(now.rate_limited.saturating_sub(last.rate_limited));
+        *last = now.clone();
+    }
+
+    /// Sets the jobs-by-state gauges from store counts.
+    pub fn set_job_counts(&self, counts: &BTreeMap<String, u64>) {
+        for state in [
+            "queued",
+            "submitting",
+            "submitted",
+            "downloading",
+            "in_doubt",
+            "done",
+            "failed",
+        ] {
+            let n = counts.get(state).copied().unwrap_or(0);
+            self.jobs
+                .get_or_create(&StateLabel {
+                    state: state.to_owned(),
+                })
+                .set(n as i64);
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
+            text.clear();
+        }
+        text
+    }
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 14))
+}
