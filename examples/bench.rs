@@ -17,9 +17,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
-use clap::Parser;
 use claid_hotfolder::config::WatchConfig;
 use claid_hotfolder::emulator::{self, Latency, Scenario, Stats};
+use clap::Parser;
 use rand::SeedableRng;
 
 /// Every row, in table order.
@@ -116,15 +116,24 @@ fn main() -> Result<()> {
     let mut notes = Notes::default();
 
     if wanted("throughput") {
-        eprintln!("== throughput: {} images, no latency, no rate limit", sizes.throughput);
+        eprintln!(
+            "== throughput: {} images, no latency, no rate limit",
+            sizes.throughput
+        );
         rows.extend(bench.throughput(sizes.throughput, args.runs, &mut notes)?);
     }
     if wanted("ratelimit") {
-        eprintln!("== ratelimit: {} images, 4 rps / 120 rpm, lognormal 3 s", sizes.ratelimit);
+        eprintln!(
+            "== ratelimit: {} images, 4 rps / 120 rpm, lognormal 3 s",
+            sizes.ratelimit
+        );
         rows.extend(bench.ratelimit(sizes.ratelimit, args.slow_runs, &mut notes)?);
     }
     if wanted("delay") {
-        eprintln!("== delay: {} images, lognormal 3 s, no rate limit", sizes.delay);
+        eprintln!(
+            "== delay: {} images, lognormal 3 s, no rate limit",
+            sizes.delay
+        );
         rows.extend(bench.delay(sizes.delay, args.runs, &mut notes)?);
     }
     if wanted("rss") {
@@ -138,7 +147,12 @@ fn main() -> Result<()> {
     if wanted("scan") {
         let n = sizes.scan_folders * sizes.scan_files_per_folder;
         eprintln!("== scan: {n} files in {} folders", sizes.scan_folders);
-        rows.extend(bench.scan(sizes.scan_folders, sizes.scan_files_per_folder, args.runs, &mut notes)?);
+        rows.extend(bench.scan(
+            sizes.scan_folders,
+            sizes.scan_files_per_folder,
+            args.runs,
+            &mut notes,
+        )?);
     }
 
     print_report(&args, &rows, &notes)?;
@@ -154,11 +168,20 @@ fn print_report(args: &Args, rows: &[Row], notes: &Notes) -> Result<()> {
     }
     writeln!(out)?;
     writeln!(out, "Machine: {}", machine())?;
+    writeln!(
+        out,
+        "Load average at the end: {} (1, 5, 15 min; other processes share the CPUs: the daemon competes for them)",
+        loadavg()
+    )?;
     writeln!(out, "Command: `{cmd}`")?;
     writeln!(
         out,
         "Counts: {}; figures are medians of {} run(s) (fast rows) / {} run(s) (slow rows).",
-        if args.quick { "QUICK (scaled down, not the issue's counts)" } else { "full (the issue's counts)" },
+        if args.quick {
+            "QUICK (scaled down, not the issue's counts)"
+        } else {
+            "full (the issue's counts)"
+        },
         args.runs,
         args.slow_runs
     )?;
@@ -171,7 +194,11 @@ fn print_report(args: &Args, rows: &[Row], notes: &Notes) -> Result<()> {
             Some(false) => "**no**",
             None => "–",
         };
-        writeln!(out, "| {} | {} | {} | {} | {} |", r.figure, r.scenario, r.measured, r.target, met)?;
+        writeln!(
+            out,
+            "| {} | {} | {} | {} | {} |",
+            r.figure, r.scenario, r.measured, r.target, met
+        )?;
     }
     if !notes.0.is_empty() {
         writeln!(out)?;
@@ -239,7 +266,10 @@ impl Bench {
             }
         };
         if !daemon.is_file() {
-            bail!("daemon binary {} not found: run `cargo build --release` first", daemon.display());
+            bail!(
+                "daemon binary {} not found: run `cargo build --release` first",
+                daemon.display()
+            );
         }
         let clk_tck = Command::new("getconf")
             .arg("CLK_TCK")
@@ -284,6 +314,7 @@ impl Bench {
     fn run_daemon(&self, work: &Work) -> Result<DaemonRun> {
         let children0 = self.children_cpu()?;
         let self0 = self.self_cpu()?;
+        eprintln!("  load average before the run: {}", loadavg());
         let t0 = Instant::now();
         let mut child = self.spawn(work, "daemon.log")?;
         let pid = child.id();
@@ -298,6 +329,7 @@ impl Bench {
             std::thread::sleep(Duration::from_millis(20));
         };
         let wall = t0.elapsed();
+        eprintln!("  load average after the run: {}", loadavg());
         let cpu = self.children_cpu()?.saturating_sub(children0);
         let bench_cpu = self.self_cpu()?.saturating_sub(self0);
         if !status.success() {
@@ -339,7 +371,12 @@ impl Bench {
         let mut emu_ms = Vec::new();
         let mut steady = Vec::new();
         for run in 0..runs.max(1) {
-            let emu = Emu::start(Scenario::default().latency(Latency::Fixed(Duration::ZERO)).seed(1), 2)?;
+            let emu = Emu::start(
+                Scenario::default()
+                    .latency(Latency::Fixed(Duration::ZERO))
+                    .seed(1),
+                2,
+            )?;
             let work = self.workdir()?;
             work.write_config(&emu.base_url(), &UNLIMITED)?;
             work.write_manifest("bulk.yaml", "t", n)?;
@@ -368,7 +405,11 @@ impl Bench {
                 exit_text(r.status),
                 stats_text(&stats),
             ));
-            notes.add(format!("throughput run {}: daemon peak RSS {:.1} MB", run + 1, r.hwm_kib as f64 / 1024.0));
+            notes.add(format!(
+                "throughput run {}: daemon peak RSS {:.1} MB",
+                run + 1,
+                r.hwm_kib as f64 / 1024.0
+            ));
             work.finish(notes);
         }
         let ips = median(&rate);
@@ -376,10 +417,16 @@ impl Bench {
         let emu = median(&emu_ms);
         Ok(vec![Row {
             figure: "images/s, daemon CPU ms per image",
-            scenario: format!("{n} images 64×48, latency 0, no rate limit, fsync on, max_in_flight 256"),
+            scenario: format!(
+                "{n} images 64×48, latency 0, no rate limit, fsync on, max_in_flight 256"
+            ),
             measured: format!(
                 "{ips:.0} images/s; daemon {cpu:.2} ms CPU/image, emulator {emu:.2} ms CPU/image{}",
-                if steady.is_empty() { String::new() } else { format!(" (steady state {:.0} images/s)", median(&steady)) }
+                if steady.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (steady state {:.0} images/s)", median(&steady))
+                }
             ),
             target: "the emulator, not the daemon, saturates; ≥ 300 images/s on 2 cores",
             met: Some(ips >= 300.0 && emu >= cpu),
@@ -474,13 +521,21 @@ impl Bench {
             let r = self.run_daemon(&work)?;
             let stats = emu.stats();
             let delays = done_to_outbox(&work, &emu.base_url(), latency, seed, stats.submits)?;
+            // Jobs in manifest order ≈ submit order: does the delay drift during the run?
+            let quarter = delays.len() / 4;
+            let drift = (quarter > 0).then(|| {
+                (
+                    median(&delays[..quarter]),
+                    median(&delays[delays.len() - quarter..]),
+                )
+            });
             let mut d = delays;
             d.sort_by(f64::total_cmp);
             // A wrong task → latency mapping would show as files written before their task was DONE.
             let negative = d.iter().filter(|x| **x < 0.0).count();
             let (p50, p99) = (quantile(&d, 0.5), quantile(&d, 0.99));
             notes.add(format!(
-                "delay run {}: {} delays ({} negative: the DONE reconstruction check), p50 {:.3} s, p99 {:.3} s, min {:.3} s, max {:.3} s; wall {:.1} s; {} polls = {:.2}/image; exit {}",
+                "delay run {}: {} delays ({} negative: the DONE reconstruction check), p50 {:.3} s, p99 {:.3} s, min {:.3} s, max {:.3} s; median of the first / last quarter of jobs {}; wall {:.1} s; {} polls = {:.2}/image; exit {}",
                 run + 1,
                 d.len(),
                 negative,
@@ -488,6 +543,7 @@ impl Bench {
                 p99,
                 d.first().copied().unwrap_or(f64::NAN),
                 d.last().copied().unwrap_or(f64::NAN),
+                drift.map_or_else(|| "-".to_owned(), |(a, b)| format!("{a:.3} s / {b:.3} s")),
                 r.wall.as_secs_f64(),
                 stats.polls,
                 stats.polls as f64 / n as f64,
@@ -500,7 +556,9 @@ impl Bench {
         let (p50, p99) = (median(&p50s), median(&p99s));
         Ok(vec![Row {
             figure: "delay from task DONE to file in outbox, p50 / p99",
-            scenario: format!("{n} images, latency lognormal (median 3 s, σ 0.5), no rate limit, max_in_flight 256, poll min 1 s"),
+            scenario: format!(
+                "{n} images, latency lognormal (median 3 s, σ 0.5), no rate limit, max_in_flight 256, poll min 1 s"
+            ),
             measured: format!("{p50:.2} s / {p99:.2} s"),
             target: "≤ 1 s / ≤ 3 s",
             met: Some(p50 <= 1.0 && p99 <= 3.0),
@@ -547,8 +605,13 @@ impl Bench {
         let ratio = big / small.max(1e-9);
         Ok(vec![Row {
             figure: "peak RSS of the daemon (VmHWM)",
-            scenario: format!("one manifest of {big_n} images (and {small_n}), processed to the end"),
-            measured: format!("{big:.1} MB ({small:.1} MB at {small_n}: ×{ratio:.2} for ×{} images)", big_n / small_n.max(1)),
+            scenario: format!(
+                "one manifest of {big_n} images (and {small_n}), processed to the end"
+            ),
+            measured: format!(
+                "{big:.1} MB ({small:.1} MB at {small_n}: ×{ratio:.2} for ×{} images)",
+                big_n / small_n.max(1)
+            ),
             target: "≤ 100 MB, flat in the number of images",
             met: Some(big <= 100.0 && ratio <= 1.5),
         }])
@@ -560,7 +623,9 @@ impl Bench {
         let mut firsts = Vec::new();
         for run in 0..runs.max(1) {
             // Nothing finishes: every job stays unfinished in the store.
-            let scenario = Scenario::default().latency(Latency::Fixed(Duration::from_secs(3600))).seed(6);
+            let scenario = Scenario::default()
+                .latency(Latency::Fixed(Duration::from_secs(3600)))
+                .seed(6);
             let emu = Emu::start(scenario, 1)?;
             let work = self.workdir()?;
             work.write_config(&emu.base_url(), &UNLIMITED)?;
@@ -623,7 +688,10 @@ impl Bench {
             child.kill().ok();
             child.wait()?;
             let resumed = grep_line(&work.root().join("daemon-2.log"), "Resumed")
-                .and_then(|l| l.split_once("manifests=").map(|(_, r)| format!("manifests={r}")))
+                .and_then(|l| {
+                    l.split_once("manifests=")
+                        .map(|(_, r)| format!("manifests={r}"))
+                })
                 .unwrap_or_default();
             notes.add(format!(
                 "restart run {}: {} jobs registered and {} submitted after {:.1} s (peak RSS {:.1} MB), killed; restart → first request {}; peak RSS in the 5 s after it {:.1} MB; resume log: {}",
@@ -646,7 +714,9 @@ impl Bench {
         let t = median(&firsts);
         Ok(vec![Row {
             figure: "time to the first request after restart",
-            scenario: format!("{n} unfinished jobs in the store (SIGKILL after the first submits; latency 1 h)"),
+            scenario: format!(
+                "{n} unfinished jobs in the store (SIGKILL after the first submits; latency 1 h)"
+            ),
             measured: format!("{t:.2} s"),
             target: "≤ 2 s",
             met: Some(t <= 2.0),
@@ -655,12 +725,20 @@ impl Bench {
 
     // ---- row 7 -------------------------------------------------------------------------
 
-    fn scan(&self, folders: usize, per_folder: usize, runs: usize, notes: &mut Notes) -> Result<Vec<Row>> {
+    fn scan(
+        &self,
+        folders: usize,
+        per_folder: usize,
+        runs: usize,
+        notes: &mut Notes,
+    ) -> Result<Vec<Row>> {
         let work = self.workdir()?;
         let inbox = work.inbox.clone();
         let mut manifests = 0;
         for f in 0..folders {
-            let dir = inbox.join(format!("dept-{:02}", f % 20)).join(format!("folder-{f:04}"));
+            let dir = inbox
+                .join(format!("dept-{:02}", f % 20))
+                .join(format!("folder-{f:04}"));
             fs::create_dir_all(&dir)?;
             for i in 0..per_folder {
                 if i == 0 && f % 10 == 0 {
@@ -682,7 +760,10 @@ impl Bench {
         };
         // Files must look stable at first sight, as in a real inbox; the settle wait is not timed.
         std::thread::sleep(Duration::from_millis(300));
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
         let mut times = Vec::new();
         for run in 0..runs.max(1) {
             let t0 = Instant::now();
@@ -703,7 +784,9 @@ impl Bench {
         let t = median(&times);
         Ok(vec![Row {
             figure: "time for the first scan",
-            scenario: format!("inbox of {total} files ({manifests} manifests) in {folders} folders, `watcher::scan_stable`"),
+            scenario: format!(
+                "inbox of {total} files ({manifests} manifests) in {folders} folders, `watcher::scan_stable`"
+            ),
             measured: format!("{t:.2} s"),
             target: "≤ 5 s",
             met: Some(t <= 5.0),
@@ -712,7 +795,13 @@ impl Bench {
 }
 
 /// For every done job: output file mtime − (task created_at + its replayed latency), in seconds.
-fn done_to_outbox(work: &Work, base_url: &str, latency: Latency, seed: u64, submits: u64) -> Result<Vec<f64>> {
+fn done_to_outbox(
+    work: &Work,
+    base_url: &str,
+    latency: Latency,
+    seed: u64,
+    submits: u64,
+) -> Result<Vec<f64>> {
     // Task k (ids from 1) drew the k-th latency of the seeded RNG (no other scenario draws:
     // no faults, no error share).
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -732,7 +821,9 @@ fn done_to_outbox(work: &Work, base_url: &str, latency: Latency, seed: u64, subm
             }
         }
     }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let client = reqwest::Client::new();
     let created: Vec<Option<SystemTime>> = rt.block_on(async {
         use futures_util::StreamExt;
@@ -751,7 +842,8 @@ fn done_to_outbox(work: &Work, base_url: &str, latency: Latency, seed: u64, subm
     });
     let mut delays = Vec::new();
     for ((task, out), created) in jobs.iter().zip(created) {
-        let (Some(created), Some(lat)) = (created, latencies.get((*task as usize).wrapping_sub(1))) else {
+        let (Some(created), Some(lat)) = (created, latencies.get((*task as usize).wrapping_sub(1)))
+        else {
             continue;
         };
         let Ok(mtime) = fs::metadata(out).and_then(|m| m.modified()) else {
@@ -778,32 +870,42 @@ impl Emu {
     fn start(scenario: Scenario, workers: usize) -> Result<Emu> {
         let (tx, rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new().name("emulator".into()).spawn(move || {
-            let rt = if workers == 0 {
-                tokio::runtime::Builder::new_current_thread().enable_all().build()
-            } else {
-                tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()
-            };
-            let rt = match rt {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return;
-                }
-            };
-            rt.block_on(async move {
-                match emulator::spawn(scenario).await {
-                    Ok(handle) => {
-                        let _ = tx.send(Ok(handle));
-                        let _ = stop_rx.await;
-                    }
+        let thread = std::thread::Builder::new()
+            .name("emulator".into())
+            .spawn(move || {
+                let rt = if workers == 0 {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                } else {
+                    tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(workers)
+                        .enable_all()
+                        .build()
+                };
+                let rt = match rt {
+                    Ok(rt) => rt,
                     Err(e) => {
                         let _ = tx.send(Err(e));
+                        return;
                     }
-                }
-            });
-        })?;
-        let handle = rx.recv().context("emulator thread ended")?.context("cannot start the emulator")?;
+                };
+                rt.block_on(async move {
+                    match emulator::spawn(scenario).await {
+                        Ok(handle) => {
+                            let _ = tx.send(Ok(handle));
+                            let _ = stop_rx.await;
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                        }
+                    }
+                });
+            })?;
+        let handle = rx
+            .recv()
+            .context("emulator thread ended")?
+            .context("cannot start the emulator")?;
         Ok(Emu {
             handle: Some(handle),
             stop: Some(stop_tx),
@@ -1019,6 +1121,13 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// The 1, 5 and 15 minute load averages.
+fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|t| t.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
 /// `nproc`, CPU model and memory, from /proc.
 fn machine() -> String {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -1039,7 +1148,13 @@ fn machine() -> String {
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|k| k.parse::<f64>().ok())
         })
-        .map_or_else(|| "? GiB".into(), |k| format!("{:.1} GiB", k / 1024.0 / 1024.0));
+        .map_or_else(
+            || "? GiB".into(),
+            |k| format!("{:.1} GiB", k / 1024.0 / 1024.0),
+        );
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!("{cpus} CPUs (nproc), {model}, {mem} RAM, Linux {}", kernel.trim())
+    format!(
+        "{cpus} CPUs (nproc), {model}, {mem} RAM, Linux {}",
+        kernel.trim()
+    )
 }
