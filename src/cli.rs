@@ -220,8 +220,8 @@ fn cmd_run(path: &Path, once: bool, print_config: bool) -> i32 {
         Ok(Outcome::SomeFailed) => EX_JOBS_FAILED,
         Ok(Outcome::Interrupted) => EX_INTERRUPTED,
         Err(err) => {
-            tracing::error!(error = %error_chain(&err), "Fatal error; the daemon stops");
-            eprintln!("error: {}", error_chain(&err));
+            tracing::error!(error = %daemon::error_chain(&err), "Fatal error; the daemon stops");
+            eprintln!("error: {}", daemon::error_chain(&err));
             if matches!(err, FatalError::Config(_)) {
                 EX_CONFIG
             } else {
@@ -229,17 +229,6 @@ fn cmd_run(path: &Path, once: bool, print_config: bool) -> i32 {
             }
         }
     }
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// A file is a config when its top level has a `folders` key; otherwise a manifest.

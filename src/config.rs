@@ -971,11 +971,11 @@ impl Checker {
             }
             Some(Value::String(text)) => {
                 let path = Path::new(text.trim());
-                Some(if path.is_absolute() {
+                Some(normalize(&if path.is_absolute() {
                     path.to_owned()
                 } else {
                     base_dir.join(path)
-                })
+                }))
             }
             Some(other) => {
                 self.problem(key, format!("expected a path, found {}", kind(other)));
@@ -1040,6 +1040,24 @@ fn nonzero_usize(value: usize) -> NonZeroUsize {
 }
 
 /// `a.b` + `c` → `a.b.c`; `` + `c` → `c`.
+/// Removes `.` and `..` components lexically, so logs and error files show
+/// `/srv/target/demo/outbox` rather than `/srv/config/../target/demo/outbox`.
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 fn join(section: &str, key: &str) -> String {
     if section.is_empty() {
         key.to_owned()

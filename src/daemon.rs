@@ -243,7 +243,12 @@ pub async fn run(
     result?;
 
     let totals = pipeline.totals();
-    if shutdown_requested && opts.once {
+    if !opts.once {
+        // The daemon ran until told to stop: a clean stop is success, whatever jobs failed
+        // along the way (they are in the store and the reports), so systemd sees exit 0.
+        return Ok(Outcome::AllDone);
+    }
+    if shutdown_requested {
         return Ok(Outcome::Interrupted);
     }
     if totals.failed > 0 || totals.held > 0 || totals.rejected > 0 {
@@ -259,13 +264,7 @@ async fn run_once(
     config: &Config,
     opts: &RunOptions,
 ) -> Result<(), FatalError> {
-    let candidates = watcher::scan_stable(&config.folders.inbox, &config.watch)
-        .await
-        .map_err(FatalError::Watcher)?;
-    info!(manifests = candidates.len(), "Scanned the inbox");
-    for candidate in candidates {
-        pipeline.intake(candidate.path).await;
-    }
+    first_scan(pipeline, config).await?;
     let bar = opts.progress_bar.then(|| progress_bar(pipeline));
     pipeline.wait_settled().await;
     if let Some(bar) = bar {
@@ -285,6 +284,18 @@ async fn run_once(
     Ok(())
 }
 
+/// Takes in every manifest of the inbox once it is stable.
+async fn first_scan(pipeline: &pipeline::Handle, config: &Config) -> Result<(), FatalError> {
+    let candidates = watcher::scan_stable(&config.folders.inbox, &config.watch)
+        .await
+        .map_err(FatalError::Watcher)?;
+    info!(manifests = candidates.len(), "Scanned the inbox");
+    for candidate in candidates {
+        pipeline.intake(candidate.path).await;
+    }
+    Ok(())
+}
+
 /// The daemon proper: the first scan, READY, then the watcher feeds candidates until shutdown,
 /// with SIGHUP reloads, `STATUS=` lines and watchdog pings on the way.
 async fn run_watching(
@@ -294,13 +305,7 @@ async fn run_watching(
     cancel: &CancellationToken,
 ) -> Result<(), FatalError> {
     // The first scan is done before READY, so `systemctl start` returns once the inbox is known.
-    let first = watcher::scan_stable(&config.folders.inbox, &config.watch)
-        .await
-        .map_err(FatalError::Watcher)?;
-    info!(manifests = first.len(), "Scanned the inbox");
-    for candidate in first {
-        pipeline.intake(candidate.path).await;
-    }
+    first_scan(pipeline, config).await?;
     let _ = sd_notify::notify(&[
         NotifyState::Ready,
         NotifyState::Status(&status_line(pipeline)),
@@ -417,7 +422,8 @@ fn open_store(state: &Path) -> Result<Store, FatalError> {
     }
 }
 
-fn error_chain(err: &dyn std::error::Error) -> String {
+/// An error and its sources, joined with `: ` (for logs and stderr).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {

@@ -114,6 +114,16 @@ pub enum ManifestError {
         path: PathBuf,
         problems: Vec<Problem>,
     },
+    /// An image dropped into a recipe folder that cannot become a job: the folder's recipe is
+    /// invalid or unreadable, or the image itself is (SPEC §4.3).
+    #[error("image {image} not processed: folder recipe {recipe} ({} problem{})", problems.len(), if problems.len() == 1 { "" } else { "s" })]
+    Recipe {
+        /// The dropped image (it is the file moved to `rejected/`).
+        image: PathBuf,
+        /// The `.claid.yaml` the problems' lines refer to.
+        recipe: PathBuf,
+        problems: Vec<Problem>,
+    },
 }
 
 impl ManifestError {
@@ -122,6 +132,7 @@ impl ManifestError {
         match self {
             ManifestError::Read { .. } => "manifest-unreadable",
             ManifestError::Invalid { .. } => "manifest-invalid",
+            ManifestError::Recipe { .. } => "recipe-invalid",
         }
     }
 
@@ -129,6 +140,7 @@ impl ManifestError {
     pub fn problems(&self) -> &[Problem] {
         match self {
             ManifestError::Invalid { problems, .. } => problems,
+            ManifestError::Recipe { problems, .. } => problems,
             ManifestError::Read { .. } => &[],
         }
     }
@@ -173,6 +185,11 @@ impl ManifestError {
                     }
                 }
             }
+            ManifestError::Recipe {
+                image,
+                recipe,
+                problems,
+            } => recipe_error_txt(&mut out, image, recipe, problems),
         }
         out
     }
@@ -1268,6 +1285,223 @@ fn relative_to(inbox: &Path, manifest: &Path) -> PathBuf {
         .file_name()
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("manifest"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Folder recipes (SPEC §4.3)
+// ---------------------------------------------------------------------------------------------
+
+/// File name of a folder recipe: every image dropped directly into its folder becomes a job.
+pub const RECIPE_NAME: &str = ".claid.yaml";
+
+/// Keys of a recipe: those of a manifest without `images`.
+const RECIPE_KEYS: &[&str] = &["profile", "operations", "output"];
+
+/// Extensions (lowercase) of the files a recipe folder turns into jobs.
+pub const IMAGE_EXTENSIONS: &[&str] = &[
+    "jpg", "jpeg", "png", "webp", "tiff", "tif", "bmp", "gif", "avif", "heic",
+];
+
+/// Whether a file is an image a recipe folder processes: an image extension, and not hidden,
+/// an office lock file or a partial download (those end in another extension).
+pub fn is_image_name(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    if name.starts_with('.') || name.starts_with("~$") {
+        return false;
+    }
+    match name.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() => IMAGE_EXTENSIONS
+            .iter()
+            .any(|known| ext.eq_ignore_ascii_case(known)),
+        _ => false,
+    }
+}
+
+/// The recipe that governs an image: `.claid.yaml` in the image's own folder.
+pub fn recipe_for(image: &Path) -> PathBuf {
+    image
+        .parent()
+        .map_or_else(|| PathBuf::from(RECIPE_NAME), |dir| dir.join(RECIPE_NAME))
+}
+
+/// Validates the image at `image` against its folder's recipe and builds a one-job manifest.
+///
+/// `rel` is the image's inbox-relative path (the store keys drops by it); the output goes to the
+/// mirrored path with the recipe's format extension (`a/b/shoe.png` → `a/b/shoe.jpg`);
+/// `sha256` hashes the recipe bytes and the image content, so a changed recipe or a changed
+/// image is a new drop. The recipe is checked by the same code as a manifest, and every problem
+/// carries its line in the recipe.
+pub fn load_recipe_image(
+    inbox: &Path,
+    image: &Path,
+    profiles: &BTreeMap<String, Profile>,
+    limits: &Limits,
+) -> Result<ManifestSpec, ManifestError> {
+    let recipe = recipe_for(image);
+    let fail = |problems: Vec<Problem>| ManifestError::Recipe {
+        image: image.to_owned(),
+        recipe: recipe.clone(),
+        problems,
+    };
+    let one = |line: Option<usize>, message: String| fail(vec![Problem { line, message }]);
+    let bytes = read_recipe(&recipe, limits.max_manifest_bytes).map_err(|m| one(None, m))?;
+    let text = match std::str::from_utf8(&bytes) {
+        Ok(text) if !text.contains('\0') => text,
+        Ok(_) => {
+            return Err(one(
+                None,
+                "the recipe contains NUL bytes: it is binary, not YAML text".into(),
+            ));
+        }
+        Err(err) => {
+            let line = bytes[..err.valid_up_to()]
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count()
+                + 1;
+            return Err(one(
+                Some(line),
+                "the recipe is not UTF-8 text; save it as UTF-8 YAML".into(),
+            ));
+        }
+    };
+    let root = if text.trim().is_empty() {
+        Value::Object(Map::new())
+    } else {
+        match yaml::parse(text) {
+            Ok(Value::Null) => Value::Object(Map::new()),
+            Ok(root) => root,
+            Err(err) => {
+                return Err(one(err.line, format!("not valid YAML: {}", err.message)));
+            }
+        }
+    };
+    let Value::Object(top) = root else {
+        return Err(one(
+            None,
+            format!(
+                "the recipe must be a mapping of `profile`, `operations` and `output`, found {}",
+                kind(&root)
+            ),
+        ));
+    };
+    let Some(name) = image.file_name().and_then(|n| n.to_str()) else {
+        return Err(one(
+            None,
+            format!(
+                "the image name {} is not UTF-8; rename the file",
+                image.display()
+            ),
+        ));
+    };
+
+    let mut problems = Collector::default();
+    // Unknown keys are reported here (with recipe wording) and left out of the manifest view.
+    let mut view = Map::new();
+    for (key, value) in &top {
+        if RECIPE_KEYS.contains(&key.as_str()) {
+            view.insert(key.clone(), value.clone());
+        } else if key == "images" {
+            problems.add(
+                key,
+                "a folder recipe has no `images`: every image dropped into this folder is one; remove the key (or rename the file to make it a manifest)".into(),
+            );
+        } else {
+            problems.add(key, unknown_key_message(key, RECIPE_KEYS));
+        }
+    }
+    view.insert(
+        "images".into(),
+        Value::Array(vec![Value::String(name.to_owned())]),
+    );
+
+    let rel = relative_to(inbox, image);
+    let out_dir = rel.parent().map(Path::to_path_buf).unwrap_or_default();
+    let ctx = Context {
+        inbox_canonical: std::fs::canonicalize(inbox).unwrap_or_else(|_| inbox.to_owned()),
+        manifest_dir: image.parent().unwrap_or(inbox),
+        out_dir,
+        profiles,
+        limits,
+    };
+    let jobs = validate(&Value::Object(view), &ctx, &mut problems);
+    // Problems about the synthetic `images[0]` are about the dropped image itself.
+    for pending in &mut problems.pending {
+        if pending.path.starts_with("images[0]") {
+            pending.message = format!("image `{name}`: {}", pending.message);
+            pending.path = String::new();
+            pending.fallback = None;
+        }
+    }
+    if !problems.is_empty() {
+        return Err(fail(problems.finish(Some(text))));
+    }
+    let image_sha = match jobs.first().map(|job| &job.input) {
+        Some(Input::Local { sha256, .. }) => sha256.clone(),
+        _ => {
+            return Err(one(
+                None,
+                format!("image `{name}` could not be turned into a job"),
+            ));
+        }
+    };
+    let mut hasher = Sha256::new();
+    hasher.update(&bytes);
+    hasher.update([0u8]);
+    hasher.update(image_sha.as_bytes());
+    Ok(ManifestSpec {
+        rel,
+        sha256: hex::encode(hasher.finalize()),
+        jobs,
+    })
+}
+
+/// Reads a recipe, refusing one over `limit` bytes; the error is the problem's message.
+fn read_recipe(recipe: &Path, limit: u64) -> Result<Vec<u8>, String> {
+    let cannot =
+        |err: std::io::Error| format!("cannot read the folder recipe {}: {err}", recipe.display());
+    let file = std::fs::File::open(recipe).map_err(cannot)?;
+    let mut bytes = Vec::new();
+    file.take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(cannot)?;
+    if bytes.len() as u64 > limit {
+        return Err(format!(
+            "the recipe is over the limit of {limit} bytes (limits.max_manifest_bytes)"
+        ));
+    }
+    Ok(bytes)
+}
+
+/// `rejected/<image>.error.txt` for an image its folder recipe could not process.
+fn recipe_error_txt(out: &mut String, image: &Path, recipe: &Path, problems: &[Problem]) {
+    let recipe_name = recipe
+        .file_name()
+        .map_or_else(|| RECIPE_NAME.into(), |n| n.to_string_lossy());
+    let _ = writeln!(out, "image: {}", image.display());
+    let _ = writeln!(out, "recipe: {}", recipe.display());
+    let _ = writeln!(
+        out,
+        "rejected: {} problem{} found; nothing was submitted.",
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" }
+    );
+    let _ = writeln!(
+        out,
+        "Fix every problem below, then drop the image into the folder again.\n"
+    );
+    for problem in problems {
+        match problem.line {
+            Some(line) => {
+                let _ = writeln!(out, "{recipe_name} line {line}: {}", problem.message);
+            }
+            None => {
+                let _ = writeln!(out, "{}", problem.message);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -294,7 +294,11 @@ impl Handle {
         metrics
             .in_doubt
             .set(self.ctx.store.in_doubt_total()? as i64);
-        metrics.in_flight.set(self.in_flight() as i64);
+        let in_flight: u64 = ["submitting", "submitted", "downloading"]
+            .iter()
+            .map(|state| by_state.get(*state).copied().unwrap_or(0))
+            .sum();
+        metrics.in_flight.set(in_flight as i64);
         metrics
             .paused
             .set(i64::from(matches!(self.health(), Health::Paused { .. })));
@@ -447,7 +451,13 @@ impl Handle {
             .clone();
         let limits = *ctx.limits.read().unwrap_or_else(|e| e.into_inner());
         let load_path = path.clone();
-        let loaded = blocking(move || manifest::load(&inbox, &load_path, &profiles, &limits)).await;
+        // The watcher emits images only from folders with a recipe (SPEC §4.3).
+        let loaded = if manifest::is_image_name(&path) {
+            blocking(move || manifest::load_recipe_image(&inbox, &load_path, &profiles, &limits))
+                .await
+        } else {
+            blocking(move || manifest::load(&inbox, &load_path, &profiles, &limits)).await
+        };
         let spec = match loaded {
             Ok(spec) => spec,
             Err(err) => {
@@ -688,6 +698,7 @@ impl Handle {
         let span = info_span!(
             "job",
             job_id = id,
+            manifest = tracing::field::Empty,
             input = tracing::field::Empty,
             task_id = tracing::field::Empty
         );
@@ -702,6 +713,9 @@ impl Handle {
 
     /// Runs a job's steps until it is terminal, held, parked for shutdown, or requeued.
     async fn drive(&self, id: JobId) {
+        let span = tracing::Span::current();
+        let mut recorded_input = false;
+        let mut recorded_task = false;
         loop {
             let store = self.ctx.store.clone();
             let job = match blocking(move || store.job(id)).await {
@@ -715,7 +729,13 @@ impl Handle {
                     return;
                 }
             };
-            tracing::Span::current().record("input", job.input.as_str());
+            if !recorded_input {
+                recorded_input = true;
+                span.record("input", job.input.as_str());
+                if let Some(p) = lock(&self.ctx.progress).manifests.get(&job.manifest) {
+                    span.record("manifest", p.rel.to_string_lossy().as_ref());
+                }
+            }
             let step = match &job.state {
                 JobState::Queued => self.submit(id, &job).await,
                 JobState::Submitted {
@@ -723,7 +743,10 @@ impl Handle {
                     result_url,
                     at_ms,
                 } => {
-                    tracing::Span::current().record("task_id", task_id);
+                    if !recorded_task {
+                        recorded_task = true;
+                        span.record("task_id", task_id);
+                    }
                     self.poll(id, result_url.clone(), *at_ms).await
                 }
                 JobState::Downloading {
@@ -1206,12 +1229,25 @@ impl Handle {
         } else {
             "done"
         };
-        let rel_for_report = rel.clone();
-        match blocking(move || report::write(&outbox, &rel_for_report, &report)).await {
-            Ok((json, _csv)) => {
-                info!(manifest = %m.rel, report = %json.display(), ?counts, "Manifest report written")
+        // A folder-recipe image (SPEC §4.3) gets no report: its output sits beside where the
+        // report would be, and a failure moves the image to rejected/ with the reason.
+        let recipe_failure = manifest::is_image_name(&rel).then(|| {
+            report
+                .jobs
+                .iter()
+                .find(|row| row.status == "failed")
+                .map(|row| row.reason.clone())
+        });
+        if recipe_failure.is_none() {
+            let rel_for_report = rel.clone();
+            match blocking(move || report::write(&outbox, &rel_for_report, &report)).await {
+                Ok((json, _csv)) => {
+                    info!(manifest = %m.rel, report = %json.display(), ?counts, "Manifest report written")
+                }
+                Err(err) => {
+                    error!(error = %err, manifest = %m.rel, "Cannot write the manifest report")
+                }
             }
-            Err(err) => error!(error = %err, manifest = %m.rel, "Cannot write the manifest report"),
         }
         if held == 0 {
             ctx.metrics
@@ -1220,7 +1256,10 @@ impl Handle {
                     outcome: outcome.to_owned(),
                 })
                 .inc();
-            self.dispose_manifest(&rel).await;
+            match recipe_failure {
+                Some(Some(reason)) => self.reject_failed_image(&rel, &reason).await,
+                _ => self.dispose_manifest(&rel).await,
+            }
             let store = ctx.store.clone();
             let state = ManifestState::Finished { at_ms: now_ms() };
             if let Err(err) = blocking(move || store.set_manifest_state(mid, state)).await {
@@ -1231,6 +1270,40 @@ impl Handle {
             debug!(manifest = %p.rel.display(), total = p.total, took = ?p.started.elapsed(), "Manifest settled");
         }
         ctx.settled.notify_waiters();
+    }
+
+    /// Moves a folder-recipe image whose job failed to `rejected/` (mirrored) with
+    /// `<name>.error.txt` giving the reason, so the failure is visible where images are dropped.
+    async fn reject_failed_image(&self, rel: &Path, reason: &str) {
+        let ctx = &self.ctx;
+        let src = ctx.folders.inbox.join(rel);
+        let inbox = ctx.folders.inbox.clone();
+        let rejected = ctx.folders.rejected.clone();
+        let text = format!(
+            "image: {}\nrecipe: {}\nfailed: {reason}\n\nThe edit of this image failed. Retry it with `claid-hotfolder replay --failed`, or fix the image or the recipe and drop the image into the folder again.\n",
+            src.display(),
+            manifest::recipe_for(&src).display()
+        );
+        let res = blocking(move || -> Result<Option<PathBuf>, output::OutputError> {
+            if !src.is_file() {
+                return Ok(None);
+            }
+            let dest = output::move_mirrored(&inbox, &src, &rejected)?;
+            let name = dest
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            output::write_text_atomic(&dest.with_file_name(format!("{name}.error.txt")), &text)?;
+            Ok(Some(dest))
+        })
+        .await;
+        match res {
+            Ok(Some(dest)) => {
+                warn!(to = %dest.display(), reason, "Recipe image failed; moved to rejected")
+            }
+            Ok(None) => {}
+            Err(err) => error!(error = %err, "Cannot move the failed recipe image"),
+        }
     }
 
     /// Applies `on_manifest_done` to the manifest file still in the inbox (if it is).

@@ -173,6 +173,9 @@ impl Store {
         let db = sled::Config::new()
             .path(&path)
             .cache_capacity(CACHE_BYTES)
+            // No background flusher thread: every durability point flushes explicitly, and a
+            // flusher thread outliving a dropped `Db` keeps the file lock for up to its period.
+            .flush_every_ms(None)
             .open()
             .map_err(open_err)?;
         let store = Store {

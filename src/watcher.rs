@@ -1,15 +1,27 @@
 //! Inbox discovery: notify events wake a scan, the periodic full scan is the truth, and a file
 //! becomes a candidate only once it has been stable for `watch.settle`.
 //!
-//! Stability rule: a manifest is stable when its mtime is already older than `settle` when we
+//! Candidates are manifests anywhere in the inbox, and image files lying directly in a folder
+//! that holds a `.claid.yaml` recipe (SPEC §4.3); images elsewhere are ignored.
+//!
+//! Stability rule: a file is stable when its mtime is already older than `settle` when we
 //! look at it (so `run --once` on an old inbox is instant), or when its size and mtime were
-//! unchanged across two looks at least `settle` apart. Each (path, fingerprint) is emitted once;
-//! a file that changes is emitted again once stable again. The notify callback only
-//! `try_send`s a wake-up into a bounded channel; when that is full the event is dropped,
-//! because the scan it would trigger is already pending.
+//! unchanged across two looks at least `settle` apart. For a recipe image the recipe's size and
+//! mtime count too, so an image is never read against a recipe still being written, and a
+//! changed recipe makes the images still in its folder new versions. Each (path, version) is
+//! emitted once; a file that changes is emitted again once stable again.
+//!
+//! Watch robustness: the notify callback only `try_send`s a wake-up into a bounded channel (when
+//! that is full the event is dropped, because the scan it would trigger is already pending). An
+//! event-queue overflow rebuilds the watch and rescans at once. A deleted or replaced inbox
+//! folder is watched again as soon as it exists (looked for every second while missing).
+//! When inotify watches cannot be added (`fs.inotify.max_user_watches`), one error is logged and
+//! the watcher falls back to polling every `watch.rescan` until restarted.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
@@ -18,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::config::WatchConfig;
-use crate::manifest::is_manifest_name;
+use crate::manifest::{RECIPE_NAME, is_image_name, is_manifest_name};
 
 /// What identifies one version of a file: a changed file has a new fingerprint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -27,12 +39,23 @@ pub struct Fingerprint {
     pub mtime: SystemTime,
 }
 
-/// A manifest that has been stable for the settle window.
+/// What a candidate file is, which decides how the pipeline reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CandidateKind {
+    /// A manifest (`*.yaml`, `*.yml`, `*.json`) anywhere in the inbox.
+    Manifest,
+    /// An image directly inside a folder with a `.claid.yaml` recipe: one job.
+    RecipeImage,
+}
+
+/// A file that has been stable for the settle window.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
     /// Absolute path inside the inbox.
     pub path: PathBuf,
+    /// The file's own size and mtime (for a recipe image: the image's, not the recipe's).
     pub fingerprint: Fingerprint,
+    pub kind: CandidateKind,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +83,32 @@ impl WatchError {
 /// Capacity of the wake-up channel: one pending wake-up is enough, a few absorb bursts.
 const WAKE_CAPACITY: usize = 16;
 
-/// Watches `inbox` until `shutdown`, sending each stable manifest version once on `tx`.
+/// While the inbox is missing (deleted, or a share not mounted yet), how often it is looked
+/// for so it can be watched again (never later than `watch.rescan`).
+const REARM_RETRY: Duration = Duration::from_secs(1);
+
+/// Shortest delay of the follow-up scan after a folder was created.
+const FOLLOW_UP_MIN: Duration = Duration::from_millis(50);
+
+/// Test hook: set to `1` in the daemon's environment to make adding inotify watches fail as
+/// when `fs.inotify.max_user_watches` is reached, without changing the machine's sysctl.
+#[doc(hidden)]
+pub const SIMULATE_WATCH_LIMIT_ENV: &str = "CLAID_HOTFOLDER_SIMULATE_WATCH_LIMIT";
+
+/// Where change notifications come from. Only `Notify` is used in production; the others let
+/// tests reach the failure paths without root or a flood of events.
+#[doc(hidden)]
+pub enum EventSource {
+    /// notify's recommended watcher (inotify on Linux), recursive on the inbox.
+    Notify,
+    /// Every watch fails the way notify reports an exhausted inotify watch limit.
+    SimulatedWatchLimit,
+    /// No OS watch: the test sends what notify would send (an overflow, an error).
+    Injected(mpsc::UnboundedReceiver<notify::Result<notify::Event>>),
+}
+
+/// Watches `inbox` until `shutdown`, sending each stable manifest or recipe image version once
+/// on `tx`.
 ///
 /// Returns when `shutdown` fires or the receiver is gone. An unreadable folder is logged and
 /// skipped; a watch that cannot be set up falls back to polling.
@@ -70,13 +118,53 @@ pub async fn run(
     tx: mpsc::Sender<Candidate>,
     shutdown: CancellationToken,
 ) -> Result<(), WatchError> {
-    let (wake_tx, mut wake_rx) = mpsc::channel::<()>(WAKE_CAPACITY);
-    // Kept alive for the whole loop: dropping the watcher stops the events.
-    let _watcher = if watch.poll_only {
-        info!(inbox = %inbox.display(), "Watching the inbox by polling only");
-        None
+    let source = if std::env::var_os(SIMULATE_WATCH_LIMIT_ENV).is_some_and(|v| v == "1") {
+        EventSource::SimulatedWatchLimit
     } else {
-        start_notify(&inbox, wake_tx)
+        EventSource::Notify
+    };
+    run_with(inbox, watch, tx, shutdown, source).await
+}
+
+/// [`run`] with the event source chosen by the caller (tests).
+#[doc(hidden)]
+pub async fn run_with(
+    inbox: PathBuf,
+    watch: WatchConfig,
+    tx: mpsc::Sender<Candidate>,
+    shutdown: CancellationToken,
+    source: EventSource,
+) -> Result<(), WatchError> {
+    let (wake_tx, mut wake_rx) = mpsc::channel::<()>(WAKE_CAPACITY);
+    let shared = Arc::new(Shared {
+        wake: wake_tx,
+        rearm: AtomicBool::new(false),
+        limit_logged: AtomicBool::new(false),
+        folder_created: AtomicBool::new(false),
+        inbox: inbox.clone(),
+        root_gone: AtomicBool::new(false),
+    });
+    let (source, injected) = match source {
+        EventSource::Injected(rx) => (Source::Injected, Some(rx)),
+        EventSource::Notify => (Source::Notify, None),
+        EventSource::SimulatedWatchLimit => (Source::SimulatedWatchLimit, None),
+    };
+    // Injected events go through the same handler as notify's.
+    let forwarder = injected.map(|mut rx| {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            while let Some(event) = rx.recv().await {
+                handle_event(&shared, event);
+            }
+        })
+    });
+    let _forwarder = AbortOnDrop(forwarder);
+    // Holds the live watcher for the whole loop: dropping it stops the events.
+    let mut watching = if watch.poll_only {
+        info!(inbox = %inbox.display(), "Watching the inbox by polling only");
+        Watching::PollOnly
+    } else {
+        Watching::Lost { announced: false }
     };
     let mut tracker = Tracker::default();
     let mut next_rescan = Instant::now();
@@ -86,6 +174,14 @@ pub async fn run(
         if now >= next_rescan {
             next_rescan = now + watch.rescan;
         }
+        // Watches first, then the walk: whatever is created after the walk starts has a watch.
+        // Off the async workers: arming walks the whole tree.
+        watching = {
+            let (inbox, shared) = (inbox.clone(), shared.clone());
+            tokio::task::spawn_blocking(move || rearm_if_needed(watching, &inbox, source, &shared))
+                .await
+                .map_err(WatchError::ScanTask)?
+        };
         // Every scan is a full scan: events only decide when it runs.
         let stable = match scan(&inbox, &watch, &mut tracker).await {
             Ok(stable) => {
@@ -104,15 +200,21 @@ pub async fn run(
             }
         };
         for candidate in stable {
-            debug!(path = %candidate.path.display(), "Manifest is stable");
+            debug!(path = %candidate.path.display(), kind = ?candidate.kind, "File is stable");
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 res = tx.send(candidate) => if res.is_err() { return Ok(()) },
             }
         }
-        let deadline = tracker
+        let mut deadline = tracker
             .next_check(watch.settle)
             .map_or(next_rescan, |at| at.min(next_rescan));
+        if matches!(watching, Watching::Lost { .. }) {
+            deadline = deadline.min(Instant::now() + REARM_RETRY);
+        }
+        if shared.folder_created.swap(false, Ordering::Relaxed) {
+            deadline = deadline.min(Instant::now() + watch.settle.max(FOLLOW_UP_MIN));
+        }
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = tokio::time::sleep_until(deadline) => {}
@@ -122,6 +224,197 @@ pub async fn run(
                     while wake_rx.try_recv().is_ok() {}
                 }
             }
+        }
+    }
+}
+
+/// State shared with the notify callback (which runs on notify's thread).
+struct Shared {
+    /// Wakes the scan loop; `try_send` only, never blocks notify's thread.
+    wake: mpsc::Sender<()>,
+    /// Set when events were lost (queue overflow): watches of folders created meanwhile may be
+    /// missing, so the watch is rebuilt before the next scan.
+    rearm: AtomicBool,
+    /// The watch-limit error is logged once, not once per folder that could not be watched.
+    limit_logged: AtomicBool,
+    /// The watched inbox path: an event that removes or renames it means the watch is dead.
+    inbox: PathBuf,
+    /// Set when the inbox folder itself was deleted or moved away: its watch is gone (even if a
+    /// new folder at the same path happens to reuse the inode number).
+    root_gone: AtomicBool,
+    /// A folder was created: notify adds its watch only after the event, so a file written
+    /// into it meanwhile sends no event; one follow-up scan a settle window later finds it.
+    folder_created: AtomicBool,
+}
+
+/// The event source without the injected receiver (which moved into the forwarder).
+#[derive(Clone, Copy)]
+enum Source {
+    Notify,
+    SimulatedWatchLimit,
+    Injected,
+}
+
+/// How the inbox is being watched.
+enum Watching {
+    /// `watch.poll_only`: the periodic rescan alone.
+    PollOnly,
+    /// Watches could not be added (inotify limit or another error): polling until a restart.
+    FallenBack,
+    /// A live watch on the inbox folder identified by `id`; a different folder at the same
+    /// path (deleted and re-created) needs a new watch.
+    Armed {
+        /// Kept only to stay alive: dropping it removes the watches.
+        _watcher: Box<dyn std::any::Any + Send>,
+        id: FolderId,
+    },
+    /// The inbox is missing or was replaced: it is watched again as soon as it is back.
+    Lost {
+        /// Whether a watch was ever set up (to log "again").
+        announced: bool,
+    },
+}
+
+/// (device, inode) of a folder: changes when the folder is deleted and re-created.
+type FolderId = (u64, u64);
+
+fn folder_id(path: &Path) -> Option<FolderId> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .ok()
+        .filter(|m| m.is_dir())
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// Sets up the watch when the inbox is (back) there, was replaced, or lost events.
+fn rearm_if_needed(
+    watching: Watching,
+    inbox: &Path,
+    source: Source,
+    shared: &Arc<Shared>,
+) -> Watching {
+    let announced = match watching {
+        Watching::PollOnly | Watching::FallenBack => return watching,
+        Watching::Armed { id, .. } => {
+            let overflowed = shared.rearm.swap(false, Ordering::Relaxed);
+            let root_gone = shared.root_gone.swap(false, Ordering::Relaxed);
+            let current = folder_id(inbox);
+            if current == Some(id) && !overflowed && !root_gone {
+                return watching;
+            }
+            if overflowed && !root_gone && current == Some(id) {
+                info!(inbox = %inbox.display(), "Watch events were lost (queue overflow); rebuilding the watch and rescanning the inbox");
+            } else {
+                warn!(inbox = %inbox.display(), "The inbox folder was deleted or replaced; watching it again once it exists");
+            }
+            // The old watch goes before the new one is added (the limit counts both).
+            drop(watching);
+            true
+        }
+        Watching::Lost { announced } => announced,
+    };
+    shared.rearm.store(false, Ordering::Relaxed);
+    shared.root_gone.store(false, Ordering::Relaxed);
+    let Some(id) = folder_id(inbox) else {
+        return Watching::Lost { announced };
+    };
+    match arm(inbox, source, shared) {
+        Ok(watcher) => {
+            if announced {
+                info!(inbox = %inbox.display(), "Watching the inbox for changes again");
+            } else {
+                info!(inbox = %inbox.display(), "Watching the inbox for changes");
+            }
+            Watching::Armed {
+                _watcher: watcher,
+                id,
+            }
+        }
+        Err(err) if matches!(err.kind, notify::ErrorKind::PathNotFound) => {
+            Watching::Lost { announced }
+        }
+        Err(err) => {
+            if is_watch_limit(&err) {
+                shared.limit_logged.store(true, Ordering::Relaxed);
+            }
+            log_watch_failure(inbox, &err);
+            Watching::FallenBack
+        }
+    }
+}
+
+/// Adds a recursive watch on the inbox with the chosen source.
+fn arm(
+    inbox: &Path,
+    source: Source,
+    shared: &Arc<Shared>,
+) -> notify::Result<Box<dyn std::any::Any + Send>> {
+    use notify::Watcher;
+    match source {
+        Source::Notify => {
+            let handler_shared = shared.clone();
+            let mut watcher =
+                notify::recommended_watcher(move |res| handle_event(&handler_shared, res))?;
+            watcher.watch(inbox, notify::RecursiveMode::Recursive)?;
+            Ok(Box::new(watcher))
+        }
+        // What notify returns when inotify_add_watch fails with ENOSPC.
+        Source::SimulatedWatchLimit => {
+            Err(notify::Error::new(notify::ErrorKind::MaxFilesWatch).add_path(inbox.to_owned()))
+        }
+        Source::Injected => Ok(Box::new(())),
+    }
+}
+
+/// The notify callback: every relevant event wakes a scan; an overflow also asks for a new
+/// watch; errors are logged (the watch limit once) and wake a scan too.
+fn handle_event(shared: &Shared, res: notify::Result<notify::Event>) {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode};
+    match res {
+        Ok(event) => {
+            if event.need_rescan() {
+                shared.rearm.store(true, Ordering::Relaxed);
+            } else if matches!(
+                event.kind,
+                EventKind::Remove(_) | EventKind::Modify(notify::event::ModifyKind::Name(_))
+            ) && event.paths.iter().any(|p| p == &shared.inbox)
+            {
+                shared.root_gone.store(true, Ordering::Relaxed);
+            } else if matches!(
+                event.kind,
+                EventKind::Create(notify::event::CreateKind::Folder)
+            ) {
+                shared.folder_created.store(true, Ordering::Relaxed);
+            } else if matches!(event.kind, EventKind::Access(kind) if kind != AccessKind::Close(AccessMode::Write))
+            {
+                // Opens and reads (including our own scans) change nothing.
+                return;
+            }
+            if shared.wake.try_send(()).is_err() {
+                debug!("Dropped a watch event: a scan is already pending");
+            }
+        }
+        Err(err) => {
+            if is_watch_limit(&err) {
+                if !shared.limit_logged.swap(true, Ordering::Relaxed) {
+                    error!(error = %err, "Inotify watch limit reached: raise fs.inotify.max_user_watches (e.g. sysctl fs.inotify.max_user_watches=524288); folders that could not be watched are found by the periodic rescan (watch.rescan)");
+                }
+            } else {
+                warn!(error = %err, "Watch error; the periodic rescan still finds files");
+            }
+            let _ = shared.wake.try_send(());
+        }
+    }
+}
+
+/// Aborts the injected-event forwarder when the watcher ends.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
         }
     }
 }
@@ -148,14 +441,21 @@ pub async fn scan_stable(inbox: &Path, watch: &WatchConfig) -> Result<Vec<Candid
     Ok(out)
 }
 
+/// One version of a candidate: the file's fingerprint and, for a recipe image, its recipe's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Version {
+    file: Fingerprint,
+    recipe: Option<Fingerprint>,
+}
+
 /// What the watcher knows about one file.
 struct Tracked {
-    /// The fingerprint last seen.
-    seen: Fingerprint,
+    /// The version last seen.
+    seen: Version,
     /// When `seen` was first observed (tokio time, so tests can pause it).
     since: Instant,
-    /// The fingerprint last emitted; equal to `seen` means nothing to do.
-    emitted: Option<Fingerprint>,
+    /// The version last emitted; equal to `seen` means nothing to do.
+    emitted: Option<Version>,
 }
 
 #[derive(Default)]
@@ -205,27 +505,44 @@ async fn scan(
     let wall_now = SystemTime::now();
     let mut present = HashSet::with_capacity(listing.len());
     let mut stable = Vec::new();
-    for (path, fingerprint) in listing {
+    for found in listing {
+        let Found {
+            path,
+            fingerprint,
+            kind,
+            recipe,
+        } = found;
+        let version = Version {
+            file: fingerprint,
+            recipe,
+        };
         present.insert(path.clone());
         let tracked = tracker.files.entry(path.clone()).or_insert(Tracked {
-            seen: fingerprint,
+            seen: version,
             since: now,
             emitted: None,
         });
-        if tracked.seen != fingerprint {
-            tracked.seen = fingerprint;
+        if tracked.seen != version {
+            tracked.seen = version;
             tracked.since = now;
         }
-        if tracked.emitted == Some(fingerprint) {
+        if tracked.emitted == Some(version) {
             continue;
         }
-        let old_enough = wall_now
-            .duration_since(fingerprint.mtime)
-            .is_ok_and(|age| age >= watch.settle);
+        let is_old = |fp: &Fingerprint| {
+            wall_now
+                .duration_since(fp.mtime)
+                .is_ok_and(|age| age >= watch.settle)
+        };
+        let old_enough = is_old(&fingerprint) && recipe.as_ref().is_none_or(is_old);
         let unchanged_long_enough = now.duration_since(tracked.since) >= watch.settle;
         if old_enough || unchanged_long_enough {
-            tracked.emitted = Some(fingerprint);
-            stable.push(Candidate { path, fingerprint });
+            tracked.emitted = Some(version);
+            stable.push(Candidate {
+                path,
+                fingerprint,
+                kind,
+            });
         }
     }
     tracker.files.retain(|path, _| present.contains(path));
@@ -233,13 +550,19 @@ async fn scan(
     Ok(stable)
 }
 
-/// Lists manifests under `root` with their fingerprints. Only an unreadable `root` is an error;
-/// unreadable subfolders are logged (once) and skipped. Hidden folders and symlinked folders
-/// are not entered.
-fn walk(
-    root: &Path,
-    reported: &mut HashSet<PathBuf>,
-) -> std::io::Result<Vec<(PathBuf, Fingerprint)>> {
+/// One file a scan found.
+struct Found {
+    path: PathBuf,
+    fingerprint: Fingerprint,
+    kind: CandidateKind,
+    /// The folder recipe's fingerprint, for a recipe image.
+    recipe: Option<Fingerprint>,
+}
+
+/// Lists manifests, and images in recipe folders, under `root` with their fingerprints. Only an
+/// unreadable `root` is an error; unreadable subfolders are logged (once) and skipped. Hidden
+/// folders and symlinked folders are not entered.
+fn walk(root: &Path, reported: &mut HashSet<PathBuf>) -> std::io::Result<Vec<Found>> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_owned()];
     let canonical_root = std::fs::canonicalize(root)?;
@@ -257,6 +580,9 @@ fn walk(
         };
         first = false;
         reported.remove(&dir);
+        // Images count only once we know the folder has a recipe (any order in the listing).
+        let mut images = Vec::new();
+        let mut recipe = None;
         for entry in entries {
             let Ok(entry) = entry else { continue };
             let path = entry.path();
@@ -271,11 +597,20 @@ fn walk(
                 }
                 continue;
             }
-            if hidden || !is_manifest_name(&path) {
+            let is_recipe = name == RECIPE_NAME;
+            let kind = if is_recipe {
+                None
+            } else if hidden {
                 continue;
-            }
+            } else if is_manifest_name(&path) {
+                Some(CandidateKind::Manifest)
+            } else if is_image_name(&path) {
+                Some(CandidateKind::RecipeImage)
+            } else {
+                continue;
+            };
             let meta = if file_type.is_symlink() {
-                // A symlinked manifest counts only when it points inside the inbox.
+                // A symlinked file counts only when it points inside the inbox.
                 match std::fs::canonicalize(&path) {
                     Ok(target) if target.starts_with(&canonical_root) => {
                         match std::fs::metadata(&target) {
@@ -295,62 +630,31 @@ fn walk(
                 continue;
             }
             let Ok(mtime) = meta.modified() else { continue };
-            out.push((
+            let fingerprint = Fingerprint {
+                size: meta.len(),
+                mtime,
+            };
+            match kind {
+                None => recipe = Some(fingerprint),
+                Some(CandidateKind::Manifest) => out.push(Found {
+                    path,
+                    fingerprint,
+                    kind: CandidateKind::Manifest,
+                    recipe: None,
+                }),
+                Some(CandidateKind::RecipeImage) => images.push((path, fingerprint)),
+            }
+        }
+        if let Some(recipe) = recipe {
+            out.extend(images.into_iter().map(|(path, fingerprint)| Found {
                 path,
-                Fingerprint {
-                    size: meta.len(),
-                    mtime,
-                },
-            ));
+                fingerprint,
+                kind: CandidateKind::RecipeImage,
+                recipe: Some(recipe),
+            }));
         }
     }
     Ok(out)
-}
-
-/// Starts notify on the inbox; every relevant event wakes a scan. `None` when it cannot start
-/// (then the periodic scan alone finds files).
-fn start_notify(inbox: &Path, wake: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
-    use notify::{EventKind, RecursiveMode, Watcher};
-    use std::sync::atomic::{AtomicBool, Ordering};
-    // The limit error is logged once, not once per folder that could not be watched.
-    let limit_logged = AtomicBool::new(false);
-    let handler = move |res: notify::Result<notify::Event>| match res {
-        Ok(event) => {
-            if matches!(
-                event.kind,
-                EventKind::Access(notify::event::AccessKind::Open(_))
-                    | EventKind::Access(notify::event::AccessKind::Read)
-            ) {
-                return;
-            }
-            if wake.try_send(()).is_err() {
-                debug!("Dropped a watch event: a scan is already pending");
-            }
-        }
-        Err(err) => {
-            if is_watch_limit(&err) {
-                if !limit_logged.swap(true, Ordering::Relaxed) {
-                    error!(error = %err, "Inotify watch limit reached; raise fs.inotify.max_user_watches (sysctl); new folders are found by the periodic rescan");
-                }
-            } else {
-                warn!(error = %err, "Watch error; the periodic rescan still finds files");
-            }
-            let _ = wake.try_send(());
-        }
-    };
-    let mut watcher = match notify::recommended_watcher(handler) {
-        Ok(watcher) => watcher,
-        Err(err) => {
-            log_watch_failure(inbox, &err);
-            return None;
-        }
-    };
-    if let Err(err) = watcher.watch(inbox, RecursiveMode::Recursive) {
-        log_watch_failure(inbox, &err);
-        return None;
-    }
-    info!(inbox = %inbox.display(), "Watching the inbox for changes");
-    Some(watcher)
 }
 
 fn is_watch_limit(err: &notify::Error) -> bool {
@@ -366,13 +670,13 @@ fn log_watch_failure(inbox: &Path, err: &notify::Error) {
         error!(
             inbox = %inbox.display(),
             error = %err,
-            "Cannot watch the inbox: the inotify watch limit is reached; raise fs.inotify.max_user_watches (e.g. sysctl fs.inotify.max_user_watches=524288); falling back to polling every watch.rescan"
+            "Cannot watch the inbox: the inotify watch limit is reached; raise fs.inotify.max_user_watches (e.g. sysctl fs.inotify.max_user_watches=524288); falling back to polling every watch.rescan until the daemon is restarted"
         );
     } else {
         error!(
             inbox = %inbox.display(),
             error = %err,
-            "Cannot watch the inbox; falling back to polling every watch.rescan"
+            "Cannot watch the inbox; falling back to polling every watch.rescan until the daemon is restarted"
         );
     }
 }

@@ -1,5 +1,7 @@
 //! The one integration-test binary: a module per area (STYLE.md point 22).
 
+mod admin;
+mod cli;
 mod client;
 mod config;
 mod emulator;
@@ -7,6 +9,7 @@ mod imaging;
 mod manifest;
 mod output;
 mod pipeline;
+mod recipes;
 mod report;
 mod request;
 mod restart;

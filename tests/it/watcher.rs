@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use claid_hotfolder::config::WatchConfig;
-use claid_hotfolder::watcher::{self, Candidate};
+use claid_hotfolder::watcher::{self, Candidate, CandidateKind};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -141,7 +141,7 @@ async fn hidden_temp_and_non_manifest_files_are_ignored() {
         "f.yaml~",
         ".claid.yaml",
         "g.report.json",
-        "photo.png",
+        "other/photo.png",
         "notes.txt",
         ".git/h.yaml",
         "sub/.hidden/i.yaml",
@@ -257,4 +257,211 @@ async fn missing_inbox_is_an_error_for_scan_stable_but_not_for_run() {
     write_old(&missing.join("a.yaml"), "images: []\n");
     assert_eq!(running.next().await.path, missing.join("a.yaml"));
     running.stop().await;
+}
+
+// ---- Folder recipes (SPEC §4.3) ---------------------------------------------------------------
+
+#[tokio::test]
+async fn images_are_candidates_only_directly_in_a_folder_with_a_recipe() {
+    let (_dir, inbox) = canonical_tempdir();
+    for name in [
+        "r/.claid.yaml",
+        "r/a.png",
+        "r/B.JPEG",
+        "r/c.webp",
+        "r/notes.txt",
+        "r/.hidden.png",
+        "r/d.png.part",
+        "r/~$e.png",
+        "r/sub/nested.png",
+        "plain/loose.png",
+        "top.png",
+        "m.yaml",
+    ] {
+        write_old(&inbox.join(name), "x\n");
+    }
+    let found = watcher::scan_stable(&inbox, &watch(100, 1000, true))
+        .await
+        .unwrap();
+    let got: Vec<_> = found
+        .iter()
+        .map(|c| (c.path.strip_prefix(&inbox).unwrap().to_owned(), c.kind))
+        .collect();
+    let want: Vec<(PathBuf, CandidateKind)> = [
+        ("m.yaml", CandidateKind::Manifest),
+        ("r/B.JPEG", CandidateKind::RecipeImage),
+        ("r/a.png", CandidateKind::RecipeImage),
+        ("r/c.webp", CandidateKind::RecipeImage),
+    ]
+    .into_iter()
+    .map(|(p, k)| (PathBuf::from(p), k))
+    .collect();
+    assert_eq!(got, want);
+}
+
+#[tokio::test]
+async fn an_image_is_emitted_once_a_recipe_appears_and_again_when_the_recipe_changes() {
+    let (_dir, inbox) = canonical_tempdir();
+    let image = inbox.join("r/pic.png");
+    write_old(&image, "png\n");
+    let mut running = start(&inbox, watch(100, 30, true));
+    // No recipe yet: the image is not a candidate, however many rescans pass.
+    running.nothing_for(Duration::from_millis(300)).await;
+    std::fs::write(inbox.join("r/.claid.yaml"), "operations: {}\n").unwrap();
+    let got = running.next().await;
+    assert_eq!(
+        (got.path.as_path(), got.kind),
+        (image.as_path(), CandidateKind::RecipeImage)
+    );
+    assert_eq!(got.fingerprint.size, 4, "the image's own fingerprint");
+    running.nothing_for(Duration::from_millis(300)).await;
+    // A changed recipe makes the image still in the folder a new version.
+    std::fs::write(inbox.join("r/.claid.yaml"), "output: { format: png }\n").unwrap();
+    let again = running.next().await;
+    assert_eq!(again.path, image);
+    running.stop().await;
+}
+
+// ---- Watch robustness ------------------------------------------------------------------------
+
+fn start_with(inbox: &Path, watch: WatchConfig, source: watcher::EventSource) -> Running {
+    let (tx, rx) = mpsc::channel(64);
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(watcher::run_with(
+        inbox.to_owned(),
+        watch,
+        tx,
+        shutdown.clone(),
+        source,
+    ));
+    Running { rx, shutdown, task }
+}
+
+#[tokio::test]
+async fn an_exhausted_inotify_limit_falls_back_to_polling_and_files_are_still_found() {
+    let (_dir, inbox) = canonical_tempdir();
+    write_old(&inbox.join("first.yaml"), "images: []\n");
+    let mut running = start_with(
+        &inbox,
+        watch(50, 100, false),
+        watcher::EventSource::SimulatedWatchLimit,
+    );
+    assert_eq!(running.next().await.path, inbox.join("first.yaml"));
+    // No watch exists; the periodic rescan finds later drops, in nested folders too.
+    write_old(&inbox.join("later/second.yaml"), "images: []\n");
+    assert_eq!(running.next().await.path, inbox.join("later/second.yaml"));
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn an_event_queue_overflow_triggers_an_immediate_full_scan() {
+    let (_dir, inbox) = canonical_tempdir();
+    write_old(&inbox.join("first.yaml"), "images: []\n");
+    let (events, rx) = tokio::sync::mpsc::unbounded_channel();
+    // The rescan is far away and the injected source sends no events of its own.
+    let mut running = start_with(
+        &inbox,
+        watch(50, 600_000, false),
+        watcher::EventSource::Injected(rx),
+    );
+    assert_eq!(running.next().await.path, inbox.join("first.yaml"));
+    write_old(&inbox.join("unseen.yaml"), "images: []\n");
+    // Its event was "lost": nothing finds it...
+    running.nothing_for(Duration::from_millis(300)).await;
+    // ...until notify reports the overflow, exactly as its inotify backend does.
+    let overflow =
+        notify::Event::new(notify::EventKind::Other).set_flag(notify::event::Flag::Rescan);
+    assert!(overflow.need_rescan());
+    events.send(Ok(overflow)).unwrap();
+    assert_eq!(running.next().await.path, inbox.join("unseen.yaml"));
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_deleted_and_recreated_inbox_and_subfolder_are_watched_again() {
+    let (_dir, inbox) = canonical_tempdir();
+    write_old(&inbox.join("sub/first.yaml"), "images: []\n");
+    // Events only: with this rescan, nothing below can be found by the periodic scan.
+    let mut running = start(&inbox, watch(50, 600_000, false));
+    assert_eq!(running.next().await.path, inbox.join("sub/first.yaml"));
+
+    // The whole inbox tree goes away and comes back.
+    std::fs::remove_dir_all(&inbox).unwrap();
+    write_old(&inbox.join("sub/again.yaml"), "images: []\n");
+    assert_eq!(running.next().await.path, inbox.join("sub/again.yaml"));
+    // The new inbox folder is watched: a later drop is found by its event.
+    write_old(&inbox.join("after.yaml"), "images: []\n");
+    assert_eq!(running.next().await.path, inbox.join("after.yaml"));
+
+    // A sub-folder goes away and comes back, deeper.
+    std::fs::remove_dir_all(inbox.join("sub")).unwrap();
+    write_old(&inbox.join("sub/deeper/third.yaml"), "images: []\n");
+    assert_eq!(
+        running.next().await.path,
+        inbox.join("sub/deeper/third.yaml")
+    );
+    write_old(&inbox.join("sub/deeper/fourth.yaml"), "images: []\n");
+    assert_eq!(
+        running.next().await.path,
+        inbox.join("sub/deeper/fourth.yaml")
+    );
+    running.stop().await;
+}
+
+/// Through the real daemon: the simulated inotify limit logs one error naming the sysctl, and
+/// a manifest dropped afterwards is still processed (found by polling).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemon_logs_the_inotify_limit_once_and_still_processes_drops() {
+    use crate::support::{TestEnv, sigterm, wait_until};
+    let env = TestEnv::new(claid_hotfolder::emulator::Scenario::default()).await;
+    let config = env.config("", "");
+    let log_path = env.dir.path().join("daemon-limit.log");
+    let mut daemon = tokio::process::Command::new(crate::support::bin())
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .env(watcher::SIMULATE_WATCH_LIMIT_ENV, "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("daemon starts");
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let limit_lines = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("fs.inotify.max_user_watches"))
+            .count()
+    };
+    wait_until("the inotify limit error", DEADLINE, || {
+        limit_lines(&log()) > 0
+    })
+    .await;
+    env.drop_file(
+        "late/list.yaml",
+        b"images:\n  - input: storage://demo/cap-100x100.png\n",
+    );
+    env.drop_file(
+        "again/list.yaml",
+        b"images:\n  - input: storage://demo/hat-100x100.png\n",
+    );
+    wait_until("both manifests processed by polling", DEADLINE, || {
+        env.outbox.join("late/list/cap-100x100.jpg").is_file()
+            && env.outbox.join("again/list/hat-100x100.jpg").is_file()
+    })
+    .await;
+    sigterm(&daemon);
+    let status = tokio::time::timeout(Duration::from_secs(20), daemon.wait())
+        .await
+        .expect("exits in time")
+        .expect("wait");
+    let log = log();
+    assert_eq!(status.code(), Some(0), "log:\n{log}");
+    assert_eq!(
+        limit_lines(&log),
+        1,
+        "one clear error, not one per scan:\n{log}"
+    );
+    assert!(log.contains("ERROR"), "{log}");
+    assert!(log.contains("falling back to polling"), "{log}");
 }

@@ -1,0 +1,491 @@
+//! The daemon as a service: the admin socket and the CLI against a running daemon (status,
+//! jobs, replay), health while paused, metrics against the emulator's counts, SIGHUP reloads,
+//! systemd notifications on a test NOTIFY_SOCKET, a second daemon refused, and the unit file.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use claid_hotfolder::admin;
+use claid_hotfolder::emulator::{Latency, Scenario};
+
+use crate::support::{TestEnv, cli, png, signal, wait_until};
+
+/// GET over the admin socket; (status, body).
+async fn get(socket: &Path, path: &str) -> (u16, String) {
+    let (status, body) = admin::request(socket, "GET", path, None)
+        .await
+        .expect("admin answers");
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+async fn status_json(config: &Path) -> serde_json::Value {
+    let (code, out, err) = cli(&["status", "--json", "--config", config.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "status fails: {err}");
+    serde_json::from_str(&out).expect("status --json is JSON")
+}
+
+async fn wait_socket(env: &TestEnv) {
+    let socket = env.socket();
+    wait_until("the admin socket", Duration::from_secs(30), || {
+        socket.exists()
+    })
+    .await;
+}
+
+fn manifest_of(n: usize, prefix: &str) -> String {
+    let mut text = String::from("images:\n");
+    for i in 0..n {
+        text.push_str(&format!(
+            "  - input: storage://demo/{prefix}{i}-64x48.png\n"
+        ));
+    }
+    text
+}
+
+/// A Prometheus sample's value, by its full name with labels.
+fn sample(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(name)
+                .and_then(|rest| rest.trim().parse::<f64>().ok())
+        })
+        .unwrap_or_else(|| panic!("no sample {name} in:\n{metrics}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_and_jobs_answer_while_a_batch_runs_and_match_the_store_afterwards() {
+    let env =
+        TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_millis(300)))).await;
+    env.drop_file("team/batch.yaml", manifest_of(24, "s").as_bytes());
+    let config = env.config("max_in_flight: 4", "");
+    let mut daemon = env.spawn_daemon(&config, 0);
+    wait_socket(&env).await;
+    wait_until("some submits", Duration::from_secs(30), || {
+        env.stats().submits >= 4
+    })
+    .await;
+
+    let live = status_json(&config).await;
+    assert_eq!(live["daemon"]["health"], "ok", "{live:#}");
+    let m = &live["manifests"][0];
+    assert_eq!(m["manifest"], "team/batch.yaml");
+    assert_eq!(m["total"], 24);
+    assert!(
+        m["in_flight"].as_u64().unwrap() <= 4,
+        "max_in_flight bounds in-flight jobs: {m}"
+    );
+    assert!(m["done"].as_u64().unwrap() < 24, "still running: {m}");
+    assert!(
+        m["images_per_minute"].is_number(),
+        "live status has a rate: {m}"
+    );
+
+    let (code, out, _) = cli(&[
+        "jobs",
+        "--state",
+        "queued",
+        "--config",
+        config.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(code, 0);
+    assert!(out.contains("queued"), "{out}");
+
+    wait_until("all done", Duration::from_secs(60), || {
+        TestEnv::files_under(&env.outbox.join("team/batch")).len() == 24
+    })
+    .await;
+    signal(&daemon, "-TERM");
+    let status = daemon.wait().await.expect("exit");
+    assert_eq!(status.code(), Some(0));
+    assert!(!env.socket().exists(), "the socket is removed on exit");
+
+    let offline = status_json(&config).await;
+    assert!(
+        offline["daemon"].is_null(),
+        "no daemon now: read from the store"
+    );
+    assert_eq!(offline["manifests"][0]["done"], 24);
+    assert_eq!(offline["manifests"][0]["finished"], true);
+    let (code, out, _) = cli(&[
+        "jobs",
+        "--manifest",
+        "team/batch.yaml",
+        "--config",
+        config.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(code, 0);
+    assert!(out.contains("24 jobs"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replay_of_failed_jobs_runs_them_to_completion_and_rewrites_the_report() {
+    let storage = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(storage.path().join("shop")).unwrap();
+    std::fs::write(storage.path().join("shop/here.png"), png(80, 60)).unwrap();
+    let env = TestEnv::new(Scenario::default().storage_root(storage.path())).await;
+    env.drop_file(
+        "m.yaml",
+        b"images:\n  - input: storage://shop/here.png\n  - input: storage://shop/late.png\n",
+    );
+    let config = env.config("", "");
+    let (code, _) = env.run_once(&config).await;
+    assert_eq!(code, 2, "one input is missing: a failed job");
+    assert_eq!(env.report("m")["counts"]["failed"], 1);
+
+    // Offline replay (no daemon): requeued in the store, run at the next start.
+    std::fs::write(storage.path().join("shop/late.png"), png(80, 60)).unwrap();
+    let (code, out, err) = cli(&["replay", "--failed", "--config", config.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("Requeued 1 jobs"), "{out}");
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "the replayed job succeeds: {stderr}");
+    let report = env.report("m");
+    assert_eq!(
+        report["counts"]["done"], 2,
+        "the report is rewritten: {report:#}"
+    );
+    assert!(env.outbox.join("m/late.jpg").is_file());
+
+    let (code, _, err) = cli(&[
+        "replay",
+        "--job",
+        "424242",
+        "--config",
+        config.to_str().unwrap(),
+    ])
+    .await;
+    assert_ne!(code, 0);
+    assert!(err.contains("no job 424242"), "{err}");
+    let (code, _, err) = cli(&[
+        "replay",
+        "--manifest",
+        "nope.yaml",
+        "--config",
+        config.to_str().unwrap(),
+    ])
+    .await;
+    assert_ne!(code, 0);
+    assert!(err.contains("no manifest `nope.yaml`"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_doubt_jobs_held_by_policy_are_replayed_over_the_socket_to_completion() {
+    let env = TestEnv::new(Scenario::default().seed(11).drop_share(0.5)).await;
+    env.drop_file("d.yaml", manifest_of(12, "d").as_bytes());
+    let config = env.config("", "in_doubt: hold");
+    let mut daemon = env.spawn_daemon(&config, 0);
+    wait_socket(&env).await;
+    let mut rounds = 0;
+    loop {
+        // Wait until nothing is queued or in flight, then look at what is held.
+        let mut view = serde_json::Value::Null;
+        for _ in 0..500 {
+            view = status_json(&config).await;
+            let m = &view["manifests"][0];
+            if m.is_object() && m["in_flight"] == 0 && m["queued"] == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let held = view["manifests"][0]["in_doubt"].as_u64().unwrap_or(0);
+        if held == 0 {
+            break;
+        }
+        rounds += 1;
+        assert!(rounds < 20, "in-doubt jobs keep coming back: {view:#}");
+        let (code, out, err) =
+            cli(&["replay", "--in-doubt", "--config", config.to_str().unwrap()]).await;
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.contains("in the running daemon"), "{out}");
+    }
+    assert!(
+        rounds > 0,
+        "with half the submit responses dropped some jobs were held"
+    );
+    wait_until("all outputs", Duration::from_secs(30), || {
+        TestEnv::files_under(&env.outbox.join("d")).len() == 12
+    })
+    .await;
+    let report = env.report("d");
+    assert_eq!(report["counts"]["done"], 12, "{report:#}");
+    signal(&daemon, "-TERM");
+    daemon.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn healthz_reports_paused_while_credits_are_out_and_ok_when_they_return() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let config = env.config("", "");
+    let mut daemon = env.spawn_daemon(&config, 0);
+    wait_socket(&env).await;
+    assert_eq!(get(&env.socket(), "/healthz").await.0, 200);
+    env.emulator.control().set_credits_exhausted(true);
+    env.drop_file("c.yaml", manifest_of(3, "c").as_bytes());
+    let socket = env.socket();
+    let mut paused = (0, String::new());
+    for _ in 0..600 {
+        paused = get(&socket, "/healthz").await;
+        if paused.0 == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(paused.0, 503, "paused: {}", paused.1);
+    assert!(paused.1.contains("paused"), "{}", paused.1);
+    env.emulator.control().set_credits_exhausted(false);
+    wait_until(
+        "outputs after credits return",
+        Duration::from_secs(60),
+        || TestEnv::files_under(&env.outbox.join("c")).len() == 3,
+    )
+    .await;
+    wait_until("the manifest archived", Duration::from_secs(10), || {
+        env.archive.join("c.yaml").is_file()
+    })
+    .await;
+    assert_eq!(get(&socket, "/healthz").await.0, 200);
+    assert_eq!(
+        env.report("c")["counts"]["done"],
+        3,
+        "no job failed while paused"
+    );
+    signal(&daemon, "-TERM");
+    daemon.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_match_what_the_emulator_counted() {
+    let env = TestEnv::new(Scenario::default()).await;
+    env.drop_file("m.yaml", manifest_of(10, "m").as_bytes());
+    let config = env.config("", "");
+    let mut daemon = env.spawn_daemon(&config, 0);
+    wait_socket(&env).await;
+    wait_until("outputs", Duration::from_secs(60), || {
+        TestEnv::files_under(&env.outbox.join("m")).len() == 10
+    })
+    .await;
+    // The manifest is archived last, after its report and its outcome metric.
+    wait_until("the manifest archived", Duration::from_secs(10), || {
+        env.archive.join("m.yaml").is_file()
+    })
+    .await;
+    let (code, text) = get(&env.socket(), "/metrics").await;
+    assert_eq!(code, 200);
+    let stats = env.stats();
+    let submits = sample(
+        &text,
+        "claid_hotfolder_api_requests_total{endpoint=\"submit\",status=\"200\"}",
+    );
+    assert_eq!(submits as u64, stats.submits);
+    let polls = sample(
+        &text,
+        "claid_hotfolder_api_requests_total{endpoint=\"poll\",status=\"200\"}",
+    );
+    assert_eq!(polls as u64, stats.polls);
+    let downloads = sample(
+        &text,
+        "claid_hotfolder_api_requests_total{endpoint=\"download\",status=\"200\"}",
+    );
+    assert_eq!(downloads as u64, stats.downloads);
+    assert_eq!(sample(&text, "claid_hotfolder_jobs{state=\"done\"}"), 10.0);
+    assert_eq!(
+        sample(&text, "claid_hotfolder_manifests_total{outcome=\"done\"}"),
+        1.0
+    );
+    assert_eq!(sample(&text, "claid_hotfolder_in_flight_tasks"), 0.0);
+    assert_eq!(
+        sample(&text, "claid_hotfolder_task_processing_seconds_count"),
+        10.0
+    );
+    let bytes: u64 = TestEnv::files_under(&env.outbox.join("m"))
+        .iter()
+        .map(|rel| {
+            std::fs::metadata(env.outbox.join("m").join(rel))
+                .unwrap()
+                .len()
+        })
+        .sum();
+    assert_eq!(
+        sample(&text, "claid_hotfolder_output_bytes_total") as u64,
+        bytes
+    );
+    signal(&daemon, "-TERM");
+    daemon.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_applies_a_good_config_and_refuses_a_bad_one() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let config = env.config("", "");
+    let mut daemon = env.spawn_daemon(&config, 0);
+    wait_socket(&env).await;
+    let good = std::fs::read_to_string(&config).unwrap()
+        + "profiles:\n  square:\n    operations: { resizing: { width: 32, height: 32, fit: crop } }\n";
+    std::fs::write(&config, &good).unwrap();
+    signal(&daemon, "-HUP");
+    wait_until("reload logged", Duration::from_secs(20), || {
+        env.daemon_log(0).contains("Reloaded the config")
+    })
+    .await;
+    env.drop_file(
+        "p.yaml",
+        b"profile: square\nimages:\n  - input: storage://demo/p-64x48.png\n",
+    );
+    wait_until(
+        "output with the new profile",
+        Duration::from_secs(30),
+        || env.outbox.join("p/p-64x48.jpg").is_file(),
+    )
+    .await;
+    assert_eq!(
+        crate::support::dimensions(&env.outbox.join("p/p-64x48.jpg")),
+        (32, 32)
+    );
+
+    std::fs::write(&config, good.replace("fit: crop", "fit: squash")).unwrap();
+    signal(&daemon, "-HUP");
+    wait_until("refusal logged", Duration::from_secs(20), || {
+        env.daemon_log(0).contains("Config reload refused")
+    })
+    .await;
+    assert!(
+        env.daemon_log(0).contains("squash"),
+        "the refusal names the problem"
+    );
+    env.drop_file(
+        "q.yaml",
+        b"profile: square\nimages:\n  - input: storage://demo/q-64x48.png\n",
+    );
+    wait_until(
+        "the old config still works",
+        Duration::from_secs(30),
+        || env.outbox.join("q/q-64x48.jpg").is_file(),
+    )
+    .await;
+    signal(&daemon, "-TERM");
+    assert_eq!(daemon.wait().await.unwrap().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn systemd_gets_ready_status_and_watchdog_on_the_notify_socket() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let config = env.config("", "");
+    let notify_path = env.dir.path().join("notify.sock");
+    let notify = tokio::net::UnixDatagram::bind(&notify_path).unwrap();
+    let mut daemon = env.spawn_daemon_with(
+        &config,
+        0,
+        &[
+            ("NOTIFY_SOCKET", notify_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "200000"),
+        ],
+    );
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut buf = vec![0u8; 4096];
+    while !(seen.contains("READY=1") && seen.contains("STATUS=") && seen.contains("WATCHDOG=1")) {
+        let n = tokio::time::timeout_at(deadline, notify.recv(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("notify messages so far: {seen}"))
+            .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        seen.push('\n');
+    }
+    assert!(
+        seen.find("READY=1") < seen.find("WATCHDOG=1"),
+        "READY comes first: {seen}"
+    );
+    signal(&daemon, "-TERM");
+    let n = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let n = notify.recv(&mut buf).await.unwrap();
+            if String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1") {
+                return n;
+            }
+        }
+    })
+    .await
+    .expect("STOPPING=1 on shutdown");
+    assert!(n > 0);
+    assert_eq!(daemon.wait().await.unwrap().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_daemon_on_the_same_state_is_refused_naming_the_pid() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let config = env.config("", "");
+    let mut first = env.spawn_daemon(&config, 0);
+    wait_socket(&env).await;
+    let mode = std::fs::metadata(env.socket())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o660, "the admin socket is mode 0660");
+    let pid = first.id().unwrap().to_string();
+    let (code, _, err) = cli(&["run", "--config", config.to_str().unwrap()]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("PID {pid}")),
+        "names the PID holding the store: {err}"
+    );
+    assert!(
+        env.socket().exists(),
+        "the refused daemon left the running one's socket alone"
+    );
+    assert_eq!(
+        get(&env.socket(), "/healthz").await.0,
+        200,
+        "the first daemon keeps working"
+    );
+    signal(&first, "-TERM");
+    first.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_unit_verifies_and_scores_at_most_two_in_systemd_analyze_security() {
+    let unit_src = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/claid-hotfolder.service"
+    ))
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Point ExecStart at the binary under test so `verify` can check it exists.
+    let unit = unit_src.replace("/usr/local/bin/claid-hotfolder", crate::support::bin());
+    let path = dir.path().join("claid-hotfolder.service");
+    std::fs::write(&path, unit).unwrap();
+    let verify = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze");
+    let verify_text = String::from_utf8_lossy(&verify.stderr).into_owned()
+        + &String::from_utf8_lossy(&verify.stdout);
+    let relevant: Vec<&str> = verify_text
+        .lines()
+        .filter(|l| l.contains("claid-hotfolder.service"))
+        .collect();
+    assert!(
+        verify.status.success() && relevant.is_empty(),
+        "systemd-analyze verify: {verify_text}"
+    );
+    let security = std::process::Command::new("systemd-analyze")
+        .args(["security", "--offline=true"])
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze security");
+    let text = String::from_utf8_lossy(&security.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_else(|| panic!("{text}"));
+    let score: f64 = line
+        .split_whitespace()
+        .find_map(|w| w.parse().ok())
+        .expect("a score");
+    assert!(score <= 2.0, "exposure {score} > 2.0: {line}");
+}
