@@ -617,6 +617,14 @@ impl Client {
         }
     }
 
+    /// Calls that had to wait in the rate limiter so far (cheap: no snapshot of the maps).
+    pub fn limiter_waits(&self) -> u64 {
+        self.stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .limiter_waits
+    }
+
     /// A snapshot of the counters.
     pub fn stats(&self) -> ClientStats {
         self.stats

@@ -36,6 +36,8 @@ use crate::store::{JobId, ManifestId, Store, StoreError};
 const MAX_TRANSIENT_SUBMITS: u32 = 12;
 /// How often a paused daemon lets one submit through to see whether the API is back.
 const PAUSE_PROBE_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a limiter wait keeps polls rationed.
+const PRESSURE_MEMORY: Duration = Duration::from_secs(10);
 /// Observed task durations kept for scheduling first polls.
 const DURATION_SAMPLES: usize = 256;
 
@@ -136,6 +138,8 @@ struct Ctx {
     /// Fires whenever a manifest settles (all its jobs terminal or held).
     settled: Notify,
     durations: Mutex<Durations>,
+    /// The client's limiter-wait count when last seen, and when it last grew.
+    pressure: Mutex<(u64, Option<Instant>)>,
     /// When the API last answered a call successfully: a submit failing transiently counts
     /// against its job only if the API answered someone since (else it is an outage).
     last_api_ok: Mutex<Option<Instant>>,
@@ -216,6 +220,7 @@ impl Handle {
             progress: Mutex::new(Progress::default()),
             settled: Notify::new(),
             durations: Mutex::new(Durations::default()),
+            pressure: Mutex::new((0, None)),
             last_api_ok: Mutex::new(None),
             cancel: deps.cancel,
             tracker: deps.tracker,
@@ -1067,9 +1072,17 @@ impl Handle {
         }
     }
 
-    /// The first poll comes when similar tasks have usually finished (SPEC §5.2).
+    /// The first poll comes when similar tasks have usually finished (SPEC §5.2), so that
+    /// polls do not spend a rate limit that binds. While the limiter has not made any call wait
+    /// lately, polls are free: the first comes after `poll.min`, so results land sooner.
     fn first_poll_delay(&self, elapsed: Duration) -> Duration {
         let poll = &self.ctx.poll;
+        if !self.budget_is_tight() {
+            return poll
+                .min
+                .saturating_sub(elapsed)
+                .max(Duration::from_millis(10));
+        }
         let expected = lock(&self.ctx.durations).quantile(0.8).unwrap_or(poll.min);
         expected
             .max(poll.min)
@@ -1078,10 +1091,26 @@ impl Handle {
             .max(Duration::from_millis(10))
     }
 
+    /// Later polls back off from `poll.min` to `poll.max` while the rate limit binds, and
+    /// stay at `poll.min` while it does not.
     fn next_poll_delay(&self, n_poll: u32) -> Duration {
         let poll = &self.ctx.poll;
+        if !self.budget_is_tight() {
+            return poll.min;
+        }
         let factor = 1.5f64.powi(n_poll.saturating_sub(1).min(20) as i32);
         poll.min.mul_f64(factor).min(poll.max)
+    }
+
+    /// Whether the client's rate limiter made a call wait within the last
+    /// [`PRESSURE_MEMORY`]: then every poll costs a submit, and polls are rationed.
+    fn budget_is_tight(&self) -> bool {
+        let waits = self.ctx.client.limiter_waits();
+        let mut pressure = lock(&self.ctx.pressure);
+        if waits != pressure.0 {
+            *pressure = (waits, Some(Instant::now()));
+        }
+        pressure.1.is_some_and(|at| at.elapsed() < PRESSURE_MEMORY)
     }
 
     /// Downloads the result, checks it is the image the result describes, writes it atomically
