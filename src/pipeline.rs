@@ -28,7 +28,7 @@ use crate::metrics::{Metrics, OutcomeLabel};
 use crate::output::{self, ExistsPolicy};
 use crate::report::{self, Report, ReportRow};
 use crate::store::records::{DoneInfo, JobState, JobV1, ManifestState, ManifestV1};
-use crate::store::{JobId, ManifestId, Store, StoreError};
+use crate::store::{JobId, ManifestId, StateKind, Store, StoreError};
 
 /// A submit that keeps failing transiently gives up after this many attempts during which the
 /// API answered other calls (it stays replayable from the store); attempts while every call
@@ -322,40 +322,46 @@ impl Handle {
     pub async fn resume(&self) -> Result<ResumeSummary, StoreError> {
         let ctx = &self.ctx;
         let store = ctx.store.clone();
-        let unfinished = blocking(move || store.unfinished()).await?;
+        let unfinished = blocking(move || store.unfinished_summaries()).await?;
         let mut summary = ResumeSummary::default();
         let mut to_drive = Vec::new();
         let mut to_queue = Vec::new();
         for (id, job) in unfinished {
-            match job.state {
-                JobState::Queued => {
+            match job.state.kind {
+                StateKind::Queued => {
                     summary.queued += 1;
                     to_queue.push(id);
                 }
-                JobState::Submitting { .. } => match self.policies().in_doubt {
+                StateKind::Submitting => match self.policies().in_doubt {
                     InDoubtPolicy::Resubmit => {
                         let store = ctx.store.clone();
                         blocking(move || store.requeue(id, true)).await?;
-                        warn!(job_id = id, input = %job.input, "Job was caught mid-submit by a crash; resubmitting (in doubt)");
+                        warn!(
+                            job_id = id,
+                            "Job was caught mid-submit by a crash; resubmitting (in doubt)"
+                        );
                         summary.in_doubt_resubmitted += 1;
                         to_queue.push(id);
                     }
                     InDoubtPolicy::Hold => {
                         let store = ctx.store.clone();
                         blocking(move || store.mark_in_doubt(id)).await?;
-                        warn!(job_id = id, input = %job.input, "Job was caught mid-submit by a crash; held for `replay --in-doubt`");
+                        warn!(
+                            job_id = id,
+                            "Job was caught mid-submit by a crash; held for `replay --in-doubt`"
+                        );
                         summary.in_doubt_held += 1;
                     }
                 },
-                JobState::Submitted { .. } => {
+                StateKind::Submitted => {
                     summary.polling += 1;
                     to_drive.push(id);
                 }
-                JobState::Downloading { .. } => {
+                StateKind::Downloading => {
                     summary.downloading += 1;
                     to_drive.push(id);
                 }
-                JobState::InDoubt { .. } | JobState::Done { .. } | JobState::Failed { .. } => {}
+                StateKind::InDoubt | StateKind::Done | StateKind::Failed => {}
             }
         }
         // Progress for every manifest that is not finished yet.
@@ -367,8 +373,12 @@ impl Handle {
             }
             summary.manifests += 1;
             let store = ctx.store.clone();
-            let jobs = blocking(move || store.jobs_of_manifest(mid)).await?;
-            self.track_manifest(mid, &m, &jobs);
+            let jobs = blocking(move || store.summaries_of_manifest(mid)).await?;
+            self.track_manifest(
+                mid,
+                &m.rel,
+                jobs.iter().map(|(_, j)| (j.state.kind, j.state.unchanged)),
+            );
         }
         for id in to_drive {
             // Resumed tasks exist at Claid already: they take their permits first.
@@ -392,26 +402,33 @@ impl Handle {
         Ok(summary)
     }
 
-    fn track_manifest(&self, mid: ManifestId, m: &ManifestV1, jobs: &[(JobId, JobV1)]) {
+    /// Starts tracking a manifest's progress from the states of its jobs (kind, unchanged).
+    fn track_manifest(
+        &self,
+        mid: ManifestId,
+        rel: &str,
+        jobs: impl Iterator<Item = (StateKind, bool)>,
+    ) {
         let mut progress = lock(&self.ctx.progress);
         let mut entry = ManifestProgress {
-            rel: PathBuf::from(&m.rel),
-            total: jobs.len() as u64,
+            rel: PathBuf::from(rel),
+            total: 0,
             open: 0,
             held: 0,
             finished_this_run: 0,
             started: Instant::now(),
         };
-        for (_, job) in jobs {
-            match &job.state {
-                JobState::Done { unchanged, .. } => {
+        for (kind, unchanged) in jobs {
+            entry.total += 1;
+            match kind {
+                StateKind::Done => {
                     progress.totals.done += 1;
-                    if *unchanged {
+                    if unchanged {
                         progress.totals.unchanged += 1;
                     }
                 }
-                JobState::Failed { .. } => progress.totals.failed += 1,
-                JobState::InDoubt { .. } => {
+                StateKind::Failed => progress.totals.failed += 1,
+                StateKind::InDoubt => {
                     entry.held += 1;
                     progress.totals.held += 1;
                 }
@@ -560,18 +577,30 @@ impl Handle {
                 n_jobs: jobs.len() as u32,
                 state: ManifestState::Active,
             };
-            let (mid, ids) = store.register_manifest(record, jobs.clone())?;
-            Ok((mid, ids, jobs))
+            // Only whether each job is queued is kept: the records themselves go to the store.
+            let queued: Vec<bool> = jobs
+                .iter()
+                .map(|job| matches!(job.state, JobState::Queued))
+                .collect();
+            let (mid, ids) = store.register_manifest(record, jobs)?;
+            Ok((mid, ids, queued))
         })
         .await?;
-        let pairs: Vec<(JobId, JobV1)> = ids.iter().copied().zip(jobs).collect();
-        let queued: Vec<JobId> = pairs
+        let queued: Vec<JobId> = ids
             .iter()
-            .filter(|(_, job)| matches!(job.state, JobState::Queued))
+            .zip(&jobs)
+            .filter(|(_, queued)| **queued)
             .map(|(id, _)| *id)
             .collect();
         let unchanged = n_jobs - queued.len();
-        self.track_manifest(mid, &record_for_track, &pairs);
+        let kinds = jobs.iter().map(|queued| {
+            if *queued {
+                (StateKind::Queued, false)
+            } else {
+                (StateKind::Done, true)
+            }
+        });
+        self.track_manifest(mid, &record_for_track.rel, kinds);
         info!(
             manifest_id = mid,
             jobs = n_jobs,
@@ -675,11 +704,15 @@ impl Handle {
             let store = self.ctx.store.clone();
             let (m, jobs) = blocking(move || -> Result<_, StoreError> {
                 store.set_manifest_state(mid, ManifestState::Active)?;
-                Ok((store.manifest(mid)?, store.jobs_of_manifest(mid)?))
+                Ok((store.manifest(mid)?, store.summaries_of_manifest(mid)?))
             })
             .await?;
             if let Some(m) = m {
-                self.track_manifest(mid, &m, &jobs);
+                self.track_manifest(
+                    mid,
+                    &m.rel,
+                    jobs.iter().map(|(_, j)| (j.state.kind, j.state.unchanged)),
+                );
             }
         }
         let n = requeued.len();

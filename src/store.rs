@@ -25,8 +25,8 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use sled::{Batch, Db, Transactional, Tree};
 
 pub use crate::store::records::{
-    DoneInfo, JobId, JobRecord, JobState, JobV1, ManifestId, ManifestRecord, ManifestState,
-    ManifestV1,
+    DoneInfo, JobId, JobRecord, JobState, JobSummary, JobV1, ManifestId, ManifestRecord,
+    ManifestState, ManifestV1, StateKind,
 };
 
 /// Directory under the state folder holding this schema version's database.
@@ -582,6 +582,52 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Summaries of every job not Done/Failed, FIFO: what resuming needs, without bodies.
+    pub fn unfinished_summaries(&self) -> Result<Vec<(JobId, JobSummary)>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.unfinished.iter().keys() {
+            let Some(id) = read_id(&entry?) else {
+                continue;
+            };
+            if let Some(summary) = self.summary(id)? {
+                if !matches!(summary.state.kind, StateKind::Done | StateKind::Failed) {
+                    out.push((id, summary));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Summaries of a manifest's jobs, in manifest order.
+    pub fn summaries_of_manifest(
+        &self,
+        id: ManifestId,
+    ) -> Result<Vec<(JobId, JobSummary)>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.jobs_by_manifest.scan_prefix(id_key(id)).keys() {
+            let key = entry?;
+            let Some((_, job_id)) = split_pair(&key) else {
+                continue;
+            };
+            if let Some(summary) = self.summary(job_id)? {
+                out.push((job_id, summary));
+            }
+        }
+        Ok(out)
+    }
+
+    fn summary(&self, id: JobId) -> Result<Option<JobSummary>, StoreError> {
+        match self.jobs.get(id_key(id))? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice::<JobSummary>(&bytes)
+                .map(Some)
+                .map_err(|source| StoreError::Corrupt {
+                    tree: TREE_JOBS,
+                    source,
+                }),
+        }
     }
 
     /// Flushes every tree to disk.
