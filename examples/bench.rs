@@ -43,6 +43,9 @@ struct Args {
     /// Keep the temporary folders (their paths are printed) to look at logs and outputs.
     #[arg(long)]
     keep: bool,
+    /// `api.max_in_flight` of the unlimited scenarios (throughput, delay, rss, restart).
+    #[arg(long, default_value_t = 256)]
+    max_in_flight: usize,
     /// The daemon binary; default: `claid-hotfolder` next to the folder of this example.
     #[arg(long)]
     daemon: Option<PathBuf>,
@@ -213,6 +216,8 @@ fn print_report(args: &Args, rows: &[Row], notes: &Notes) -> Result<()> {
 
 /// Shared setup: the daemon binary and the clock tick.
 struct Bench {
+    /// Limits so high that the daemon's limiter never waits.
+    unlimited: Knobs,
     daemon: PathBuf,
     keep: bool,
     clk_tck: f64,
@@ -224,13 +229,6 @@ struct Knobs {
     rpm: u32,
     max_in_flight: usize,
 }
-
-/// Limits so high that the daemon's limiter never waits.
-const UNLIMITED: Knobs = Knobs {
-    rps: 100_000,
-    rpm: 6_000_000,
-    max_in_flight: 256,
-};
 
 /// The rate-limit scenario's client settings: Claid's defaults, the rest of the config default.
 const CLAID_DEFAULT: Knobs = Knobs {
@@ -280,6 +278,11 @@ impl Bench {
             .unwrap_or(100.0);
         eprintln!("daemon: {}", daemon.display());
         Ok(Bench {
+            unlimited: Knobs {
+                rps: 100_000,
+                rpm: 6_000_000,
+                max_in_flight: args.max_in_flight,
+            },
             daemon,
             keep: args.keep,
             clk_tck,
@@ -378,7 +381,7 @@ impl Bench {
                 2,
             )?;
             let work = self.workdir()?;
-            work.write_config(&emu.base_url(), &UNLIMITED)?;
+            work.write_config(&emu.base_url(), &self.unlimited)?;
             work.write_manifest("bulk.yaml", "t", n)?;
             let r = self.run_daemon(&work)?;
             let stats = emu.stats();
@@ -418,7 +421,8 @@ impl Bench {
         Ok(vec![Row {
             figure: "images/s, daemon CPU ms per image",
             scenario: format!(
-                "{n} images 64×48, latency 0, no rate limit, fsync on, max_in_flight 256"
+                "{n} images 64×48, latency 0, no rate limit, fsync on, max_in_flight {}",
+                self.unlimited.max_in_flight
             ),
             measured: format!(
                 "{ips:.0} images/s; daemon {cpu:.2} ms CPU/image, emulator {emu:.2} ms CPU/image{}",
@@ -516,7 +520,7 @@ impl Bench {
             // latency of task k is the k-th draw of the seeded RNG (replayed below).
             let emu = Emu::start(Scenario::default().latency(latency).seed(seed), 0)?;
             let work = self.workdir()?;
-            work.write_config(&emu.base_url(), &UNLIMITED)?;
+            work.write_config(&emu.base_url(), &self.unlimited)?;
             work.write_manifest("delay.yaml", "d", n)?;
             let r = self.run_daemon(&work)?;
             let stats = emu.stats();
@@ -557,7 +561,8 @@ impl Bench {
         Ok(vec![Row {
             figure: "delay from task DONE to file in outbox, p50 / p99",
             scenario: format!(
-                "{n} images, latency lognormal (median 3 s, σ 0.5), no rate limit, max_in_flight 256, poll min 1 s"
+                "{n} images, latency lognormal (median 3 s, σ 0.5), no rate limit, max_in_flight {}, poll min 1 s",
+                self.unlimited.max_in_flight
             ),
             measured: format!("{p50:.2} s / {p99:.2} s"),
             target: "≤ 1 s / ≤ 3 s",
@@ -579,7 +584,7 @@ impl Bench {
                     .seed(5);
                 let emu = Emu::start(scenario, 2)?;
                 let work = self.workdir()?;
-                work.write_config(&emu.base_url(), &UNLIMITED)?;
+                work.write_config(&emu.base_url(), &self.unlimited)?;
                 work.write_manifest("big.yaml", "m", n)?;
                 let r = self.run_daemon(&work)?;
                 let stats = emu.stats();
@@ -628,13 +633,13 @@ impl Bench {
                 .seed(6);
             let emu = Emu::start(scenario, 1)?;
             let work = self.workdir()?;
-            work.write_config(&emu.base_url(), &UNLIMITED)?;
+            work.write_config(&emu.base_url(), &self.unlimited)?;
             work.write_manifest("pending.yaml", "p", n)?;
 
             // First life: register the manifest, submit up to max_in_flight, then die.
             let mut child = self.spawn(&work, "daemon-1.log")?;
             let t0 = Instant::now();
-            let want = UNLIMITED.max_in_flight.min(n) as u64;
+            let want = self.unlimited.max_in_flight.min(n) as u64;
             let mut hwm1 = 0;
             let registered = loop {
                 if let Some(kib) = vm_hwm_kib(child.id()) {
