@@ -35,6 +35,8 @@ pub const RETRY_MAX_DELAY: Duration = Duration::from_secs(10);
 /// Consecutive 429s tolerated for one call before it gives up as `rate-limited` (Transient):
 /// a safety valve against a server that never lets us through, not a normal outcome.
 pub const MAX_CONSECUTIVE_429: u32 = 30;
+/// A limiter wait this long means the rate limit binds (the pipeline then rations polls).
+pub const SIGNIFICANT_WAIT: Duration = Duration::from_millis(20);
 /// Largest API answer body read (success or error); real Claid JSON is a few kilobytes.
 const MAX_BODY: usize = 8 * 1024 * 1024;
 
@@ -369,6 +371,8 @@ pub struct ClientStats {
     pub limiter_waits: u64,
     /// Sum of those waits.
     pub limiter_wait_total: Duration,
+    /// Calls whose wait was at least [`SIGNIFICANT_WAIT`].
+    pub limiter_pressure: u64,
     /// Backoff retries of transient errors.
     pub retries: u64,
 }
@@ -617,12 +621,13 @@ impl Client {
         }
     }
 
-    /// Calls that had to wait in the rate limiter so far (cheap: no snapshot of the maps).
-    pub fn limiter_waits(&self) -> u64 {
+    /// Calls that waited at least [`SIGNIFICANT_WAIT`] in the rate limiter so far: the limit
+    /// binds. (Spacing waits of microseconds under a very high limit do not count.)
+    pub fn limiter_pressure(&self) -> u64 {
         self.stats
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .limiter_waits
+            .limiter_pressure
     }
 
     /// A snapshot of the counters.
@@ -682,6 +687,9 @@ impl Client {
                 self.with_stats(|s| {
                     s.limiter_waits += 1;
                     s.limiter_wait_total += waited.0;
+                    if waited.0 >= SIGNIFICANT_WAIT {
+                        s.limiter_pressure += 1;
+                    }
                 });
             }
             let mut builder = build()?;

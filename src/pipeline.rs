@@ -1135,10 +1135,10 @@ impl Handle {
         poll.min.mul_f64(factor).min(poll.max)
     }
 
-    /// Whether the client's rate limiter made a call wait within the last
+    /// Whether the client's rate limiter made a call wait noticeably within the last
     /// [`PRESSURE_MEMORY`]: then every poll costs a submit, and polls are rationed.
     fn budget_is_tight(&self) -> bool {
-        let waits = self.ctx.client.limiter_waits();
+        let waits = self.ctx.client.limiter_pressure();
         let mut pressure = lock(&self.ctx.pressure);
         if waits != pressure.0 {
             *pressure = (waits, Some(Instant::now()));
