@@ -451,29 +451,7 @@ fn parse_bytes(
             "the manifest is empty; it needs an `images` list (see SPEC §4.1)".into(),
         ));
     }
-    let text = match std::str::from_utf8(bytes) {
-        Ok(text) if !text.contains('\0') => text,
-        Ok(_) => {
-            return Err(single(
-                None,
-                "the manifest contains NUL bytes: it is binary, not YAML or JSON text".into(),
-            ));
-        }
-        Err(err) => {
-            let line = bytes[..err.valid_up_to()]
-                .iter()
-                .filter(|b| **b == b'\n')
-                .count()
-                + 1;
-            return Err(single(
-                Some(line),
-                format!(
-                    "the manifest is not UTF-8 text (invalid byte at offset {}); save it as UTF-8 YAML or JSON",
-                    err.valid_up_to()
-                ),
-            ));
-        }
-    };
+    let text = utf8_text(bytes, "manifest", "YAML or JSON").map_err(|(line, m)| single(line, m))?;
     let parsed = if is_json {
         json_strict(yaml::strip_bom(text)).map_err(|err| yaml::ParseError {
             line: Some(err.line()).filter(|l| *l > 0),
@@ -1306,6 +1284,36 @@ fn job_key(input: &Input, canonical_body: &str, output_rel: &Path) -> String {
 }
 
 /// The job key of an input, body (without `input`) and output path; public for tools and tests.
+/// The text of a manifest or recipe (`what`), or the problem: binary (NUL bytes) or not UTF-8,
+/// with the line of the first bad byte.
+fn utf8_text<'b>(
+    bytes: &'b [u8],
+    what: &str,
+    formats: &str,
+) -> Result<&'b str, (Option<usize>, String)> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) if !text.contains('\0') => Ok(text),
+        Ok(_) => Err((
+            None,
+            format!("the {what} contains NUL bytes: it is binary, not {formats} text"),
+        )),
+        Err(err) => {
+            let line = bytes[..err.valid_up_to()]
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count()
+                + 1;
+            Err((
+                Some(line),
+                format!(
+                    "the {what} is not UTF-8 text (invalid byte at offset {}); save it as UTF-8 {formats}",
+                    err.valid_up_to()
+                ),
+            ))
+        }
+    }
+}
+
 pub fn key_for(input: &Input, body: &Value, output_rel: &Path) -> String {
     job_key(input, &canonical_json(body), output_rel)
 }
@@ -1435,26 +1443,7 @@ pub fn load_recipe_image(
     };
     let one = |line: Option<usize>, message: String| fail(vec![Problem { line, message }]);
     let bytes = read_recipe(&recipe, limits.max_manifest_bytes).map_err(|m| one(None, m))?;
-    let text = match std::str::from_utf8(&bytes) {
-        Ok(text) if !text.contains('\0') => text,
-        Ok(_) => {
-            return Err(one(
-                None,
-                "the recipe contains NUL bytes: it is binary, not YAML text".into(),
-            ));
-        }
-        Err(err) => {
-            let line = bytes[..err.valid_up_to()]
-                .iter()
-                .filter(|b| **b == b'\n')
-                .count()
-                + 1;
-            return Err(one(
-                Some(line),
-                "the recipe is not UTF-8 text; save it as UTF-8 YAML".into(),
-            ));
-        }
-    };
+    let text = utf8_text(&bytes, "recipe", "YAML").map_err(|(line, m)| one(line, m))?;
     let root = if text.trim().is_empty() {
         Value::Object(Map::new())
     } else {
