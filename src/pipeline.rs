@@ -538,13 +538,7 @@ impl Handle {
         let outbox = ctx.folders.outbox.clone();
         let sha256 = spec.sha256.clone();
         let n_jobs = spec.jobs.len();
-        let record_for_track = ManifestV1 {
-            rel: rel.clone(),
-            sha256: sha256.clone(),
-            registered_at_ms: now_ms(),
-            n_jobs: n_jobs as u32,
-            state: ManifestState::Active,
-        };
+        let rel_for_track = rel.clone();
         let (mid, ids, jobs) = blocking(move || -> Result<_, StoreError> {
             let now = now_ms();
             let mut jobs = Vec::with_capacity(spec.jobs.len());
@@ -600,7 +594,7 @@ impl Handle {
                 (StateKind::Done, true)
             }
         });
-        self.track_manifest(mid, &record_for_track.rel, kinds);
+        self.track_manifest(mid, &rel_for_track, kinds);
         info!(
             manifest_id = mid,
             jobs = n_jobs,
