@@ -532,3 +532,35 @@ async fn replay_over_the_socket_reopens_a_finished_manifest_and_rewrites_its_rep
     signal(&daemon, "-TERM");
     assert_eq!(daemon.wait().await.unwrap().code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_outside_the_sockets_group_is_refused_with_a_clear_message() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let config = env.config("", "");
+    let mut daemon = env.spawn_daemon(&config, 0);
+    wait_socket(&env).await;
+    // `nobody` may read the config (as a team member would) but is not in the socket's group.
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = tokio::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(crate::support::bin())
+        .args(["status", "--config"])
+        .arg(&config)
+        .output()
+        .await
+        .expect("setpriv runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "refused: {stderr}");
+    assert!(
+        stderr.contains("permission denied on the admin socket"),
+        "{stderr}"
+    );
+    assert_eq!(
+        get(&env.socket(), "/healthz").await.0,
+        200,
+        "the daemon keeps working"
+    );
+    signal(&daemon, "-TERM");
+    daemon.wait().await.unwrap();
+}
