@@ -251,7 +251,11 @@ pub async fn run(
     if shutdown_requested {
         return Ok(Outcome::Interrupted);
     }
-    if totals.failed > 0 || totals.held > 0 || totals.rejected > 0 {
+    if totals.failed > 0
+        || totals.held > 0
+        || totals.rejected > 0
+        || totals.manifests_with_failures > 0
+    {
         Ok(Outcome::SomeFailed)
     } else {
         Ok(Outcome::AllDone)

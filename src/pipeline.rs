@@ -103,6 +103,9 @@ pub struct Totals {
     pub unchanged: u64,
     pub failed: u64,
     pub held: u64,
+    /// Manifests finished in this run whose report counts a failed job (also ones that
+    /// failed before a restart).
+    pub manifests_with_failures: usize,
 }
 
 /// A cheap-to-clone handle on the running pipeline.
@@ -326,10 +329,14 @@ impl Handle {
         let mut summary = ResumeSummary::default();
         let mut to_drive = Vec::new();
         let mut to_queue = Vec::new();
+        // Per manifest: (open, held) after the in-doubt policy, from this one pass.
+        let mut tallies: HashMap<ManifestId, (u64, u64)> = HashMap::new();
         for (id, job) in unfinished {
+            let tally = tallies.entry(job.manifest).or_default();
             match job.state.kind {
                 StateKind::Queued => {
                     summary.queued += 1;
+                    tally.0 += 1;
                     to_queue.push(id);
                 }
                 StateKind::Submitting => match self.policies().in_doubt {
@@ -341,6 +348,7 @@ impl Handle {
                             "Job was caught mid-submit by a crash; resubmitting (in doubt)"
                         );
                         summary.in_doubt_resubmitted += 1;
+                        tally.0 += 1;
                         to_queue.push(id);
                     }
                     InDoubtPolicy::Hold => {
@@ -351,17 +359,21 @@ impl Handle {
                             "Job was caught mid-submit by a crash; held for `replay --in-doubt`"
                         );
                         summary.in_doubt_held += 1;
+                        tally.1 += 1;
                     }
                 },
                 StateKind::Submitted => {
                     summary.polling += 1;
+                    tally.0 += 1;
                     to_drive.push(id);
                 }
                 StateKind::Downloading => {
                     summary.downloading += 1;
+                    tally.0 += 1;
                     to_drive.push(id);
                 }
-                StateKind::InDoubt | StateKind::Done | StateKind::Failed => {}
+                StateKind::InDoubt => tally.1 += 1,
+                StateKind::Done | StateKind::Failed => {}
             }
         }
         // Progress for every manifest that is not finished yet.
@@ -372,12 +384,19 @@ impl Handle {
                 continue;
             }
             summary.manifests += 1;
-            let store = ctx.store.clone();
-            let jobs = blocking(move || store.summaries_of_manifest(mid)).await?;
-            self.track_manifest(
+            // Jobs not in the unfinished pass ended before the restart (done or failed): the
+            // report written when the manifest finishes counts them exactly.
+            let (open, held) = tallies.get(&mid).copied().unwrap_or_default();
+            let ended = u64::from(m.n_jobs).saturating_sub(open + held);
+            self.track_counts(
                 mid,
                 &m.rel,
-                jobs.iter().map(|(_, j)| (j.state.kind, j.state.unchanged)),
+                Tally {
+                    open,
+                    held,
+                    done: ended,
+                    ..Tally::default()
+                },
             );
         }
         for id in to_drive {
@@ -409,32 +428,35 @@ impl Handle {
         rel: &str,
         jobs: impl Iterator<Item = (StateKind, bool)>,
     ) {
+        let mut tally = Tally::default();
+        for (kind, unchanged) in jobs {
+            match kind {
+                StateKind::Done => {
+                    tally.done += 1;
+                    tally.unchanged += u64::from(unchanged);
+                }
+                StateKind::Failed => tally.failed += 1,
+                StateKind::InDoubt => tally.held += 1,
+                _ => tally.open += 1,
+            }
+        }
+        self.track_counts(mid, rel, tally);
+    }
+
+    fn track_counts(&self, mid: ManifestId, rel: &str, tally: Tally) {
         let mut progress = lock(&self.ctx.progress);
-        let mut entry = ManifestProgress {
+        let entry = ManifestProgress {
             rel: PathBuf::from(rel),
-            total: 0,
-            open: 0,
-            held: 0,
+            total: tally.open + tally.held + tally.done + tally.failed,
+            open: tally.open,
+            held: tally.held,
             finished_this_run: 0,
             started: Instant::now(),
         };
-        for (kind, unchanged) in jobs {
-            entry.total += 1;
-            match kind {
-                StateKind::Done => {
-                    progress.totals.done += 1;
-                    if unchanged {
-                        progress.totals.unchanged += 1;
-                    }
-                }
-                StateKind::Failed => progress.totals.failed += 1,
-                StateKind::InDoubt => {
-                    entry.held += 1;
-                    progress.totals.held += 1;
-                }
-                _ => entry.open += 1,
-            }
-        }
+        progress.totals.done += tally.done;
+        progress.totals.unchanged += tally.unchanged;
+        progress.totals.failed += tally.failed;
+        progress.totals.held += tally.held;
         progress.totals.jobs += entry.total;
         progress.totals.manifests += 1;
         progress.manifests.insert(mid, entry);
@@ -1346,6 +1368,9 @@ impl Handle {
                 }
             }
         }
+        if outcome == "with_failures" {
+            lock(&ctx.progress).totals.manifests_with_failures += 1;
+        }
         if held == 0 {
             ctx.metrics
                 .manifests
@@ -1503,6 +1528,17 @@ impl Handle {
             _ = self.ctx.cancel.cancelled() => false,
         }
     }
+}
+
+/// Job counts of one manifest, by what they mean for its progress.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    /// Neither terminal nor held: the manifest waits for them.
+    open: u64,
+    held: u64,
+    done: u64,
+    unchanged: u64,
+    failed: u64,
 }
 
 enum Settle {

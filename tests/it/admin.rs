@@ -210,8 +210,15 @@ async fn in_doubt_jobs_held_by_policy_are_replayed_over_the_socket_to_completion
         TestEnv::files_under(&env.outbox.join("d")).len() == 12
     })
     .await;
+    // The report written while jobs were held is rewritten once the last replayed job ends.
+    wait_until("the final report", Duration::from_secs(30), || {
+        std::fs::read_to_string(env.outbox.join("d.report.json"))
+            .is_ok_and(|t| t.contains("\"done\": 12"))
+    })
+    .await;
     let report = env.report("d");
     assert_eq!(report["counts"]["done"], 12, "{report:#}");
+    assert!(report["counts"].get("in-doubt").is_none(), "{report:#}");
     signal(&daemon, "-TERM");
     daemon.wait().await.unwrap();
 }
