@@ -356,14 +356,23 @@ impl Store {
 
     /// The jobs of a manifest in registration (= manifest) order.
     pub fn jobs_of_manifest(&self, id: ManifestId) -> Result<Vec<(JobId, JobV1)>, StoreError> {
+        self.each_job_of_manifest(id, |job_id| self.job(job_id))
+    }
+
+    /// Reads every job of a manifest with `read`, in manifest order, skipping missing ones.
+    fn each_job_of_manifest<T>(
+        &self,
+        id: ManifestId,
+        read: impl Fn(JobId) -> Result<Option<T>, StoreError>,
+    ) -> Result<Vec<(JobId, T)>, StoreError> {
         let mut out = Vec::new();
         for entry in self.jobs_by_manifest.scan_prefix(id_key(id)).keys() {
             let key = entry?;
             let Some((_, job_id)) = split_pair(&key) else {
                 continue;
             };
-            if let Some(job) = self.job(job_id)? {
-                out.push((job_id, job));
+            if let Some(value) = read(job_id)? {
+                out.push((job_id, value));
             }
         }
         Ok(out)
@@ -605,17 +614,7 @@ impl Store {
         &self,
         id: ManifestId,
     ) -> Result<Vec<(JobId, JobSummary)>, StoreError> {
-        let mut out = Vec::new();
-        for entry in self.jobs_by_manifest.scan_prefix(id_key(id)).keys() {
-            let key = entry?;
-            let Some((_, job_id)) = split_pair(&key) else {
-                continue;
-            };
-            if let Some(summary) = self.summary(job_id)? {
-                out.push((job_id, summary));
-            }
-        }
-        Ok(out)
+        self.each_job_of_manifest(id, |job_id| self.summary(job_id))
     }
 
     fn summary(&self, id: JobId) -> Result<Option<JobSummary>, StoreError> {
