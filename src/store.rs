@@ -19,6 +19,7 @@ pub mod records;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
@@ -146,6 +147,25 @@ pub struct Store {
     unfinished: Tree,
     /// Where the database lives, for error messages.
     path: PathBuf,
+    /// Group commit for the durability points: concurrent callers share one flush.
+    gate: Arc<FlushGate>,
+}
+
+/// Group commit: a write is durable once a flush that *started after it* has completed, so
+/// jobs reaching a durability point together wait for one flush instead of one each.
+#[derive(Debug, Default)]
+struct FlushGate {
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    /// Flushes started so far; the running one, if any, is number `started`.
+    started: u64,
+    /// The last flush that completed successfully.
+    completed: u64,
+    running: bool,
 }
 
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
@@ -187,6 +207,7 @@ impl Store {
             unfinished: db.open_tree(TREE_UNFINISHED)?,
             path,
             db,
+            gate: Arc::new(FlushGate::default()),
         };
         let meta = store.db.open_tree(TREE_META)?;
         meta.insert("schema", "1")?;
@@ -278,7 +299,7 @@ impl Store {
         self.jobs_by_manifest.apply_batch(batch_index)?;
         self.unfinished.apply_batch(batch_unfinished)?;
         self.jobs.apply_batch(batch_jobs)?;
-        self.db.flush()?;
+        self.durable()?;
         let rel = m.rel.clone();
         let record = encode_manifest(m);
         (&self.manifests, &self.manifest_by_rel)
@@ -288,7 +309,7 @@ impl Store {
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
             })
             .map_err(tx_err)?;
-        self.db.flush()?;
+        self.durable()?;
         Ok((manifest_id, job_ids))
     }
 
@@ -343,7 +364,7 @@ impl Store {
                 Ok(())
             })
             .map_err(tx_err)?;
-        self.db.flush()?;
+        self.durable()?;
         Ok(())
     }
 
@@ -418,7 +439,7 @@ impl Store {
             }),
             _ => None,
         })?;
-        self.db.flush()?;
+        self.durable()?;
         Ok(job)
     }
 
@@ -444,7 +465,7 @@ impl Store {
             }
             _ => None,
         })?;
-        self.db.flush()?;
+        self.durable()?;
         Ok(job)
     }
 
@@ -491,7 +512,7 @@ impl Store {
             JobState::Queued if unchanged => Some(with_state(job, state.clone())),
             _ => None,
         })?;
-        self.db.flush()?;
+        self.durable()?;
         Ok(job)
     }
 
@@ -510,7 +531,7 @@ impl Store {
                 },
             ))
         })?;
-        self.db.flush()?;
+        self.durable()?;
         Ok(job)
     }
 
@@ -525,7 +546,7 @@ impl Store {
             }),
             _ => None,
         })?;
-        self.db.flush()?;
+        self.durable()?;
         Ok(job)
     }
 
@@ -539,7 +560,7 @@ impl Store {
             }
             Some(next)
         })?;
-        self.db.flush()?;
+        self.durable()?;
         Ok(job)
     }
 
@@ -629,9 +650,42 @@ impl Store {
         }
     }
 
+    /// Returns once everything written before the call is on disk, sharing a flush with
+    /// concurrent callers (group commit). A failed flush is retried by the next caller.
+    fn durable(&self) -> Result<(), StoreError> {
+        let gate = &*self.gate;
+        let mut state = gate.state.lock().unwrap_or_else(PoisonError::into_inner);
+        // A flush already running may have started before our write: we need the next one.
+        let needed = state.started + 1;
+        loop {
+            if state.completed >= needed {
+                return Ok(());
+            }
+            if state.running {
+                state = gate
+                    .changed
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
+            state.running = true;
+            state.started += 1;
+            let this = state.started;
+            drop(state);
+            let res = self.db.flush();
+            state = gate.state.lock().unwrap_or_else(PoisonError::into_inner);
+            state.running = false;
+            if res.is_ok() {
+                state.completed = this;
+            }
+            gate.changed.notify_all();
+            res?;
+        }
+    }
+
     /// Flushes every tree to disk.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
+        self.durable()?;
         Ok(())
     }
 

@@ -233,6 +233,12 @@ async fn soak_sigkill_at_random_moments_loses_nothing_writes_nothing_half_pays_o
         images,
         "every image was submitted"
     );
-    assert_eq!(code, if failed_total == 0 { 0 } else { 2 }, "{tail}");
+    // The final `run --once` answers for the manifests it finished: one whose failures were
+    // reported by an earlier (killed) life is not part of its run, so 0 is right then too.
+    if failed_total == 0 {
+        assert_eq!(code, 0, "{tail}");
+    } else {
+        assert!(code == 0 || code == 2, "exit {code}: {tail}");
+    }
     assert!(all_archived(&env), "every manifest is archived at the end");
 }
