@@ -151,11 +151,7 @@ pub async fn run(
             archive: folders.archive.clone(),
             rejected: folders.rejected.clone(),
         },
-        policies: Policies {
-            on_output_exists: config.on_output_exists,
-            on_manifest_done: config.on_manifest_done,
-            in_doubt: config.in_doubt,
-        },
+        policies: policies(&config),
         poll: config.api.poll,
         limits: config.limits,
         profiles: config.profiles.clone(),
@@ -371,15 +367,8 @@ fn reload(pipeline: &pipeline::Handle, path: Option<&Path>) {
     let _ = sd_notify::notify(&[NotifyState::Reloading]);
     match crate::config::load(path) {
         Ok(config) => {
-            pipeline.reload(
-                config.profiles,
-                Policies {
-                    on_output_exists: config.on_output_exists,
-                    on_manifest_done: config.on_manifest_done,
-                    in_doubt: config.in_doubt,
-                },
-                config.limits,
-            );
+            let policies = policies(&config);
+            pipeline.reload(config.profiles, policies, config.limits);
             info!(
                 config = %path.display(),
                 "Reloaded the config: profiles, policies and limits apply to new work; api, folders, watch and admin keys need a restart"
@@ -390,6 +379,15 @@ fn reload(pipeline: &pipeline::Handle, path: Option<&Path>) {
         }
     }
     let _ = sd_notify::notify(&[NotifyState::Ready]);
+}
+
+/// The operator's policy choices of a config, as the pipeline takes them.
+fn policies(config: &Config) -> Policies {
+    Policies {
+        on_output_exists: config.on_output_exists,
+        on_manifest_done: config.on_manifest_done,
+        in_doubt: config.in_doubt,
+    }
 }
 
 /// One `STATUS=` line for systemd.

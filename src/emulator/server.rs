@@ -510,6 +510,17 @@ fn json_body(
         .map_err(|e| Box::new(bad_request(format!("Malformed JSON body: {e}."))))
 }
 
+/// The body of a JSON edit request (sync or async): the raw value, the validated request
+/// and its input, or the 400/413/422 answer.
+fn json_edit(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(Value, EditRequest, String), Box<Response>> {
+    let value = json_body(headers, body)?;
+    let (req, input) = validated(&value, InputRule::Required)?;
+    Ok((value, req, input.unwrap_or_default()))
+}
+
 /// Validates and returns the request plus its input string.
 fn validated(
     body: &Value,
@@ -603,15 +614,10 @@ async fn submit(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let value = match json_body(&headers, body) {
-        Ok(v) => v,
-        Err(response) => return *response,
-    };
-    let (req, input) = match validated(&value, InputRule::Required) {
+    let (value, req, input) = match json_edit(&headers, body) {
         Ok(ok) => ok,
         Err(response) => return *response,
     };
-    let input = input.unwrap_or_default();
     let host = host_of(&headers, state.local_addr);
     let id = state.next_id.fetch_add(1, Ordering::SeqCst);
     let result_url = format!("http://{host}{prefix}/image/edit/async/{id}");
@@ -770,15 +776,10 @@ async fn sync_edit(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let value = match json_body(&headers, body) {
-        Ok(v) => v,
-        Err(response) => return *response,
-    };
-    let (req, input) = match validated(&value, InputRule::Required) {
+    let (_, req, input) = match json_edit(&headers, body) {
         Ok(ok) => ok,
         Err(response) => return *response,
     };
-    let input = input.unwrap_or_default();
     let deadline = Instant::now() + state.sample_latency();
     let (result, ()) = tokio::join!(
         process_input(&state, &input, req),
