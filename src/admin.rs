@@ -182,13 +182,8 @@ pub fn status_view(
 /// A job state's short name, as `jobs --state` takes it.
 pub fn state_name(state: &JobState) -> &'static str {
     match state {
-        JobState::Queued => "queued",
-        JobState::Submitting { .. } => "submitting",
-        JobState::Submitted { .. } => "submitted",
-        JobState::Downloading { .. } => "downloading",
         JobState::InDoubt { .. } => "in-doubt",
-        JobState::Done { .. } => "done",
-        JobState::Failed { .. } => "failed",
+        other => other.kind(),
     }
 }
 

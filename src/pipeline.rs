@@ -26,7 +26,7 @@ use crate::config::{InDoubtPolicy, Limits, OnManifestDone, OnOutputExists, PollC
 use crate::manifest::{self, Input, ManifestError, ManifestSpec};
 use crate::metrics::{Metrics, OutcomeLabel};
 use crate::output::{self, ExistsPolicy};
-use crate::report::{self, Report, ReportRow};
+use crate::report::{self, Report};
 use crate::store::records::{DoneInfo, JobState, JobV1, ManifestState, ManifestV1};
 use crate::store::{JobId, ManifestId, StateKind, Store, StoreError};
 
@@ -1323,8 +1323,12 @@ impl Handle {
                 let Some(m) = store.manifest(mid)? else {
                     return Ok(None);
                 };
-                let jobs = store.jobs_of_manifest(mid)?;
-                let report = build_report(&m, &jobs);
+                let jobs: Vec<JobV1> = store
+                    .jobs_of_manifest(mid)?
+                    .into_iter()
+                    .map(|(_, job)| job)
+                    .collect();
+                let report = report::build(&m, &jobs, report::now_rfc3339());
                 Ok(Some((m, report)))
             },
         )
@@ -1477,15 +1481,6 @@ impl Handle {
         }
     }
 
-    /// Per-manifest progress for `status`: (rel, total, open, held).
-    pub fn progress(&self) -> Vec<(PathBuf, u64, u64, u64)> {
-        lock(&self.ctx.progress)
-            .manifests
-            .values()
-            .map(|p| (p.rel.clone(), p.total, p.open, p.held))
-            .collect()
-    }
-
     fn pause(&self, err: &ClaidError) {
         let reason = err.to_string();
         let changed = self.ctx.health.send_if_modified(|h| {
@@ -1604,75 +1599,6 @@ fn unchanged_state(
             unchanged: true,
         })),
         _ => Ok(None),
-    }
-}
-
-fn build_report(m: &ManifestV1, jobs: &[(JobId, JobV1)]) -> Report {
-    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-    let mut in_doubt = 0u64;
-    let rows = jobs
-        .iter()
-        .map(|(_, job)| {
-            in_doubt += u64::from(job.in_doubt);
-            let mut row = ReportRow {
-                input: job.input.clone(),
-                output: job.output_rel.clone(),
-                status: String::new(),
-                reason: String::new(),
-                task_id: None,
-                width: None,
-                height: None,
-                bytes: None,
-                in_doubt: job.in_doubt,
-            };
-            row.status = match &job.state {
-                JobState::Done {
-                    bytes,
-                    width,
-                    height,
-                    task_id,
-                    unchanged,
-                    ..
-                } => {
-                    row.task_id = *task_id;
-                    row.width = Some(*width);
-                    row.height = Some(*height);
-                    row.bytes = Some(*bytes);
-                    if *unchanged { "unchanged" } else { "done" }
-                }
-                JobState::Failed { code, message, .. } => {
-                    row.reason = format!("{code}: {message}");
-                    "failed"
-                }
-                JobState::InDoubt { .. } => {
-                    row.reason =
-                        "in-doubt: the submit may have reached Claid; see `replay --in-doubt`"
-                            .to_owned();
-                    "in-doubt"
-                }
-                JobState::Queued => "queued",
-                JobState::Submitting { .. } => "submitting",
-                JobState::Submitted { task_id, .. } => {
-                    row.task_id = Some(*task_id);
-                    "submitted"
-                }
-                JobState::Downloading { task_id, .. } => {
-                    row.task_id = *task_id;
-                    "downloading"
-                }
-            }
-            .to_owned();
-            *counts.entry(row.status.clone()).or_default() += 1;
-            row
-        })
-        .collect();
-    Report {
-        manifest: m.rel.clone(),
-        sha256: m.sha256.clone(),
-        generated_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-        counts,
-        in_doubt,
-        jobs: rows,
     }
 }
 

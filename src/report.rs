@@ -71,7 +71,8 @@ pub fn build(manifest: &ManifestV1, jobs: &[JobV1], generated_at: String) -> Rep
 }
 
 /// The report row of one job. Status is the state kind, except `unchanged` for a job done
-/// without an API call; `reason` is `<code>: <message>` for failed jobs.
+/// without an API call and `in-doubt` (with a hint) for a held job; `reason` is
+/// `<code>: <message>` for failed jobs.
 pub fn row(job: &JobV1) -> ReportRow {
     let mut row = ReportRow {
         input: job.input.clone(),
@@ -104,7 +105,12 @@ pub fn row(job: &JobV1) -> ReportRow {
             row.bytes = Some(*bytes);
         }
         JobState::Failed { code, message, .. } => row.reason = format!("{code}: {message}"),
-        JobState::Queued | JobState::Submitting { .. } | JobState::InDoubt { .. } => {}
+        JobState::InDoubt { .. } => {
+            row.status = "in-doubt".to_owned();
+            row.reason =
+                "in-doubt: the submit may have reached Claid; see `replay --in-doubt`".to_owned();
+        }
+        JobState::Queued | JobState::Submitting { .. } => {}
     }
     row
 }

@@ -215,7 +215,13 @@ fn build_maps_job_states_to_rows_and_counts() {
                 None,
                 "invalid-operations: width must be positive"
             ),
-            ("d", "in_doubt", None, None, ""),
+            (
+                "d",
+                "in-doubt",
+                None,
+                None,
+                "in-doubt: the submit may have reached Claid; see `replay --in-doubt`"
+            ),
             ("e", "submitted", Some(8), None, ""),
         ]
     );
@@ -234,7 +240,7 @@ fn build_maps_job_states_to_rows_and_counts() {
         [
             ("done", 1),
             ("failed", 1),
-            ("in_doubt", 1),
+            ("in-doubt", 1),
             ("submitted", 1),
             ("unchanged", 1)
         ]
