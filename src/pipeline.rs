@@ -28,7 +28,7 @@ use crate::metrics::{Metrics, OutcomeLabel};
 use crate::output::{self, ExistsPolicy};
 use crate::report::{self, Report};
 use crate::store::records::{DoneInfo, JobState, JobV1, ManifestState, ManifestV1};
-use crate::store::{JobId, ManifestId, StateKind, Store, StoreError};
+use crate::store::{JobId, ManifestId, StateKind, Store, StoreError, now_ms};
 
 /// A submit that keeps failing transiently gives up after this many attempts during which the
 /// API answered other calls (it stays replayable from the store); attempts while every call
@@ -1668,11 +1668,4 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Wall-clock milliseconds since the epoch, for records that must survive a restart.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
