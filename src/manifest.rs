@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::io::Read as _;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -19,6 +20,10 @@ use sha2::{Digest, Sha256};
 use crate::claid::request::{self, InputRule, OutputFormat};
 use crate::config::{Limits, Profile};
 use crate::yaml::{self, LineMap};
+
+mod doc;
+
+use doc::{Doc, Item};
 
 /// At most this many problems are listed; the rest are counted.
 pub const MAX_PROBLEMS: usize = 200;
@@ -50,8 +55,9 @@ pub struct JobSpec {
     pub idx: usize,
     pub input: Input,
     /// `{"operations": .., "output": ..}` after the merge, WITHOUT `input` (added at submit, or
-    /// sent as the upload's `data` part as is).
-    pub body: Value,
+    /// sent as the upload's `data` part as is). Shared: images without their own operations or
+    /// output hold the manifest's one body, so a 100,000-image manifest keeps one copy.
+    pub body: Arc<Value>,
     /// Output path relative to the outbox root (`a/b/shoes/sku-1.webp`).
     pub output_rel: PathBuf,
     /// Hex sha256 of input identity, canonical body and `output_rel` (SPEC §5.4).
@@ -281,86 +287,6 @@ pub fn load(
     }
 }
 
-/// Parses JSON like `serde_json::from_str::<Value>`, but refuses duplicate keys: serde_json
-/// keeps the last one silently, so a second `"images"` list would drop the first one's images
-/// without a word (YAML manifests refuse duplicates the same way).
-fn json_strict(text: &str) -> Result<Value, serde_json::Error> {
-    use serde::de::DeserializeSeed as _;
-    let mut de = serde_json::Deserializer::from_str(text);
-    let value = StrictJson.deserialize(&mut de)?;
-    de.end()?;
-    Ok(value)
-}
-
-/// A `serde_json::Value` seed that errors on a repeated object key.
-struct StrictJson;
-
-impl<'de> serde::de::DeserializeSeed<'de> for StrictJson {
-    type Value = Value;
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<Value, D::Error> {
-        de.deserialize_any(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for StrictJson {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("any JSON value")
-    }
-
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
-    }
-
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_owned()))
-    }
-
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
-    }
-
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut items = Vec::new();
-        while let Some(item) = seq.next_element_seed(StrictJson)? {
-            items.push(item);
-        }
-        Ok(Value::Array(items))
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut out = Map::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if out.contains_key(&key) {
-                return Err(serde::de::Error::custom(format_args!(
-                    "duplicate key `{key}`"
-                )));
-            }
-            let value = map.next_value_seed(StrictJson)?;
-            out.insert(key, value);
-        }
-        Ok(Value::Object(out))
-    }
-}
-
 /// Inputs of one validation that do not change per image.
 struct Context<'a> {
     /// The inbox with symlinks resolved: local inputs must resolve inside it.
@@ -453,7 +379,7 @@ fn parse_bytes(
     }
     let text = utf8_text(bytes, "manifest", "YAML or JSON").map_err(|(line, m)| single(line, m))?;
     let parsed = if is_json {
-        json_strict(yaml::strip_bom(text)).map_err(|err| yaml::ParseError {
+        doc::parse_json(yaml::strip_bom(text)).map_err(|err| yaml::ParseError {
             line: Some(err.line()).filter(|l| *l > 0),
             message: {
                 let m = err.to_string();
@@ -464,10 +390,10 @@ fn parse_bytes(
             },
         })
     } else {
-        yaml::parse(text)
+        yaml::parse_with(text, doc::parse_yaml)
     };
-    let root = match parsed {
-        Ok(root) => root,
+    let doc = match parsed {
+        Ok(doc) => doc,
         Err(err) => {
             let what = if is_json { "JSON" } else { "YAML" };
             return Err(single(
@@ -477,7 +403,7 @@ fn parse_bytes(
         }
     };
     let mut problems = Collector::default();
-    let jobs = validate(&root, ctx, &mut problems);
+    let jobs = validate(&doc, ctx, &mut problems);
     if problems.is_empty() {
         Ok(jobs)
     } else {
@@ -485,7 +411,8 @@ fn parse_bytes(
     }
 }
 
-fn validate(root: &Value, ctx: &Context<'_>, problems: &mut Collector) -> Vec<JobSpec> {
+fn validate(doc: &Doc, ctx: &Context<'_>, problems: &mut Collector) -> Vec<JobSpec> {
+    let root = &doc.root;
     let Value::Object(top) = root else {
         problems.add(
             "",
@@ -556,23 +483,23 @@ fn validate(root: &Value, ctx: &Context<'_>, problems: &mut Collector) -> Vec<Jo
         ),
     }
 
-    let images = match top.get("images") {
-        None => {
-            problems.add(
-                "",
-                "missing `images`: list the images to edit under `images:`".to_owned(),
-            );
-            return Vec::new();
-        }
-        Some(Value::Array(images)) if images.is_empty() => {
+    let images: &[Item] = match (&doc.images, top.get("images")) {
+        (Some(items), _) if items.is_empty() => {
             problems.add(
                 "images",
                 "the list is empty; add at least one image".to_owned(),
             );
             return Vec::new();
         }
-        Some(Value::Array(images)) => images,
-        Some(other) => {
+        (Some(items), _) => items,
+        (None, None) => {
+            problems.add(
+                "",
+                "missing `images`: list the images to edit under `images:`".to_owned(),
+            );
+            return Vec::new();
+        }
+        (None, Some(other)) => {
             problems.add(
                 "images",
                 format!("expected a list of images, found {}", kind(other)),
@@ -593,7 +520,7 @@ fn validate(root: &Value, ctx: &Context<'_>, problems: &mut Collector) -> Vec<Jo
     }
 
     // The shared body is validated once: a problem in it is reported once, not per image.
-    let shared_body = make_body(&base_ops, base_output.as_ref());
+    let shared_body = Arc::new(make_body(&base_ops, base_output.as_ref()));
     let shared_ok = check_schema(&shared_body, "", None, profile_name.as_deref(), problems)
         & check_no_destination(base_output.as_ref(), "output", problems);
     let shared_canonical = canonical_json(&shared_body);
@@ -602,7 +529,9 @@ fn validate(root: &Value, ctx: &Context<'_>, problems: &mut Collector) -> Vec<Jo
     let mut jobs = Vec::with_capacity(images.len());
     let mut outputs: HashMap<PathBuf, usize> = HashMap::with_capacity(images.len());
     let mut local_hashes: HashMap<PathBuf, String> = HashMap::new();
-    for (idx, image) in images.iter().enumerate() {
+    for (idx, item) in images.iter().enumerate() {
+        let image = item.to_value();
+        let image = image.as_ref();
         let at = format!("images[{idx}]");
         let (input_value, image_map) = match image {
             Value::String(_) => (Some(image), None),
@@ -691,7 +620,7 @@ fn validate(root: &Value, ctx: &Context<'_>, problems: &mut Collector) -> Vec<Jo
         }
 
         let (body, canonical, format, body_ok) = if own_ops.is_none() && own_options.is_none() {
-            (shared_body.clone(), None, shared_format, shared_ok)
+            (Arc::clone(&shared_body), None, shared_format, shared_ok)
         } else {
             let mut ops = base_ops.clone();
             match own_ops {
@@ -719,7 +648,7 @@ fn validate(root: &Value, ctx: &Context<'_>, problems: &mut Collector) -> Vec<Jo
                     || check_no_destination(output.as_ref(), &format!("{at}.output"), problems));
             let format = output_format(output.as_ref());
             let canonical = canonical_json(&body);
-            (body, Some(canonical), format, ok)
+            (Arc::new(body), Some(canonical), format, ok)
         };
 
         let name = match &own_output_name {
@@ -1489,10 +1418,6 @@ pub fn load_recipe_image(
             problems.add(key, unknown_key_message(key, RECIPE_KEYS));
         }
     }
-    view.insert(
-        "images".into(),
-        Value::Array(vec![Value::String(name.to_owned())]),
-    );
 
     let rel = relative_to(inbox, image);
     let out_dir = rel.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -1503,7 +1428,11 @@ pub fn load_recipe_image(
         profiles,
         limits,
     };
-    let jobs = validate(&Value::Object(view), &ctx, &mut problems);
+    let doc = Doc {
+        root: Value::Object(view),
+        images: Some(vec![Item::Other(Value::String(name.to_owned()))]),
+    };
+    let jobs = validate(&doc, &ctx, &mut problems);
     // Problems about the synthetic `images[0]` are about the dropped image itself.
     for pending in &mut problems.pending {
         if pending.path.starts_with("images[0]") {

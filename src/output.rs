@@ -207,7 +207,7 @@ pub fn write_atomic(
             _ => Err(OutputError::Exists { path }),
         };
     }
-    let tmp = write_tmp(dir, name, bytes)?;
+    let tmp = write_tmp(dir, name, |w| w.write_all(bytes))?;
     let placed = match policy {
         ExistsPolicy::Replace => fs::rename(&tmp, &path).map(|()| true),
         // A hard link never replaces an existing file; fall back to rename where links are
@@ -294,9 +294,18 @@ pub fn move_mirrored(src_root: &Path, src: &Path, dst_root: &Path) -> Result<Pat
 /// Writes a whole text file atomically (temp file in the same directory, fsync, rename,
 /// fsync of the directory), creating parent directories.
 pub fn write_text_atomic(path: &Path, text: &str) -> Result<(), OutputError> {
+    write_atomic_with(path, |w| w.write_all(text.as_bytes()))
+}
+
+/// Replaces `path` atomically with what `fill` writes (buffered): temp file, `sync_all`,
+/// rename, fsync of the directory. For files too large to build in memory first (reports).
+pub fn write_atomic_with(
+    path: &Path,
+    fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> Result<(), OutputError> {
     let (dir, name) = split_dir_name(path)?;
     create_dirs_synced(dir)?;
-    let tmp = write_tmp(dir, name, text.as_bytes())?;
+    let tmp = write_tmp(dir, name, fill)?;
     if let Err(err) = fs::rename(&tmp, path) {
         let _ = fs::remove_file(&tmp);
         return Err(OutputError::io(path, err));
@@ -324,14 +333,22 @@ fn split_dir_name(path: &Path) -> Result<(&Path, &OsStr), OutputError> {
 
 /// Creates a fresh temp file next to the final name, writes and syncs it; removes it again
 /// on failure.
-fn write_tmp(dir: &Path, name: &OsStr, bytes: &[u8]) -> Result<PathBuf, OutputError> {
+fn write_tmp(
+    dir: &Path,
+    name: &OsStr,
+    fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> Result<PathBuf, OutputError> {
     let tmp = dir.join(tmp_name(name));
     let res = OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(&tmp)
-        .and_then(|mut file| {
-            file.write_all(bytes)?;
+        .and_then(|file| {
+            let mut buffered = io::BufWriter::with_capacity(64 * 1024, file);
+            fill(&mut buffered)?;
+            let file = buffered
+                .into_inner()
+                .map_err(io::IntoInnerError::into_error)?;
             file.sync_all()
         });
     match res {

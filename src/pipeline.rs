@@ -26,7 +26,7 @@ use crate::config::{InDoubtPolicy, Limits, OnManifestDone, OnOutputExists, PollC
 use crate::manifest::{self, Input, ManifestError, ManifestSpec};
 use crate::metrics::{Metrics, OutcomeLabel};
 use crate::output::{self, ExistsPolicy};
-use crate::report::{self, Report};
+use crate::report;
 use crate::store::records::{DoneInfo, JobState, JobV1, ManifestState, ManifestV1};
 use crate::store::{JobId, ManifestId, StateKind, Store, StoreError, now_ms};
 
@@ -563,14 +563,23 @@ impl Handle {
         let rel_for_track = rel.clone();
         let (mid, ids, jobs) = blocking(move || -> Result<_, StoreError> {
             let now = now_ms();
-            let mut jobs = Vec::with_capacity(spec.jobs.len());
-            for job in spec.jobs {
+            let record = ManifestV1 {
+                rel,
+                sha256,
+                registered_at_ms: now,
+                n_jobs: 0,
+                state: ManifestState::Active,
+            };
+            // Only whether each job is queued is kept: the records stream into the store.
+            let mut queued: Vec<bool> = Vec::with_capacity(spec.jobs.len());
+            let records = spec.jobs.into_iter().map(|job| {
                 let state = unchanged_state(&store, &outbox, &job.key)?.unwrap_or(JobState::Queued);
-                let (input, local) = match &job.input {
-                    Input::Remote(url) => (url.clone(), false),
+                queued.push(matches!(state, JobState::Queued));
+                let (input, local) = match job.input {
+                    Input::Remote(url) => (url, false),
                     Input::Local { rel, .. } => (rel.to_string_lossy().into_owned(), true),
                 };
-                jobs.push(JobV1 {
+                Ok(JobV1 {
                     manifest: 0,
                     idx: job.idx as u32,
                     key: job.key,
@@ -584,21 +593,9 @@ impl Handle {
                     polls: 0,
                     request_ids: Vec::new(),
                     updated_at_ms: now,
-                });
-            }
-            let record = ManifestV1 {
-                rel,
-                sha256,
-                registered_at_ms: now,
-                n_jobs: jobs.len() as u32,
-                state: ManifestState::Active,
-            };
-            // Only whether each job is queued is kept: the records themselves go to the store.
-            let queued: Vec<bool> = jobs
-                .iter()
-                .map(|job| matches!(job.state, JobState::Queued))
-                .collect();
-            let (mid, ids) = store.register_manifest(record, jobs)?;
+                })
+            });
+            let (mid, ids) = store.register_manifest_from(record, records)?;
             Ok((mid, ids, queued))
         })
         .await?;
@@ -804,8 +801,8 @@ impl Handle {
         let mut recorded_input = false;
         let mut recorded_task = false;
         loop {
-            let store = self.ctx.store.clone();
-            let job = match blocking(move || store.job(id)).await {
+            // A store read is in memory (sled's cache) or one page read: no thread hand-off.
+            let job = match self.ctx.store.job(id) {
                 Ok(Some(job)) => job,
                 Ok(None) => {
                     error!("Job vanished from the store");
@@ -873,8 +870,7 @@ impl Handle {
             None
         };
         loop {
-            let store = ctx.store.clone();
-            if let Err(err) = blocking(move || store.mark_submitting(id)).await {
+            if let Err(err) = ctx.store.durably(|s| s.mark_submitting(id)).await {
                 error!(error = %err, "Cannot record the submit intent; job left queued");
                 return Step::Stop;
             }
@@ -889,11 +885,12 @@ impl Handle {
                     result_url,
                     request_id,
                 }) => {
-                    let store = ctx.store.clone();
-                    let recorded = blocking(move || {
-                        store.mark_submitted(id, task_id, &result_url, request_id.as_deref())
-                    })
-                    .await;
+                    let recorded = ctx
+                        .store
+                        .durably(|s| {
+                            s.mark_submitted(id, task_id, &result_url, request_id.as_deref())
+                        })
+                        .await;
                     if let Err(err) = recorded {
                         // The task exists but is not recorded: the job stays Submitting, which the
                         // next start treats as in doubt. Stop here rather than guess.
@@ -910,14 +907,15 @@ impl Handle {
                     height,
                     request_id,
                 }) => {
-                    let store = ctx.store.clone();
-                    let recorded = blocking(move || {
-                        if let Some(rid) = request_id.as_deref() {
-                            store.record_request_id(id, rid)?;
-                        }
-                        store.mark_downloading(id, None, &url, width, height)
-                    })
-                    .await;
+                    let recorded = ctx
+                        .store
+                        .durably(|s| {
+                            if let Some(rid) = request_id.as_deref() {
+                                s.record_request_id(id, rid)?;
+                            }
+                            s.mark_downloading(id, None, &url, width, height)
+                        })
+                        .await;
                     if let Err(err) = recorded {
                         error!(error = %err, "Cannot record the upload result; the job is in doubt");
                         return Step::Stop;
@@ -927,9 +925,7 @@ impl Handle {
                 }
                 Err(err) => {
                     if let Some(rid) = err.request_id() {
-                        let store = ctx.store.clone();
-                        let rid = rid.to_owned();
-                        let _ = blocking(move || store.record_request_id(id, &rid)).await;
+                        let _ = ctx.store.durably(|s| s.record_request_id(id, rid)).await;
                     }
                     match err.class() {
                         ErrorClass::Job => {
@@ -939,8 +935,7 @@ impl Handle {
                         ErrorClass::Ambiguous => match self.policies().in_doubt {
                             InDoubtPolicy::Resubmit => {
                                 warn!(error = %err, "Submit outcome unknown; resubmitting (in doubt)");
-                                let store = ctx.store.clone();
-                                if blocking(move || store.requeue(id, true)).await.is_err() {
+                                if ctx.store.durably(|s| s.requeue(id, true)).await.is_err() {
                                     return Step::Stop;
                                 }
                                 if !self.wait(backoff(1, ctx.poll.max)).await {
@@ -949,22 +944,19 @@ impl Handle {
                             }
                             InDoubtPolicy::Hold => {
                                 warn!(error = %err, "Submit outcome unknown; held for `replay --in-doubt`");
-                                let store = ctx.store.clone();
-                                let _ = blocking(move || store.mark_in_doubt(id)).await;
+                                let _ = ctx.store.durably(|s| s.mark_in_doubt(id)).await;
                                 self.job_settled(job.manifest, Settle::Held).await;
                                 return Step::Stop;
                             }
                         },
                         ErrorClass::Systemic => {
-                            let store = ctx.store.clone();
-                            let _ = blocking(move || store.requeue(id, false)).await;
+                            let _ = ctx.store.durably(|s| s.requeue(id, false)).await;
                             self.pause(&err);
                             self.enqueue(vec![id], true);
                             return Step::Stop;
                         }
                         ErrorClass::Transient => {
-                            let store = ctx.store.clone();
-                            if blocking(move || store.requeue(id, false)).await.is_err() {
+                            if ctx.store.durably(|s| s.requeue(id, false)).await.is_err() {
                                 return Step::Stop;
                             }
                             attempts += 1;
@@ -989,7 +981,7 @@ impl Handle {
     }
 
     async fn submit_remote(&self, job: &JobV1) -> Result<Submitted, ClaidError> {
-        let mut body = job.body.clone();
+        let mut body = (*job.body).clone();
         if let Some(obj) = body.as_object_mut() {
             obj.insert(
                 "input".to_owned(),
@@ -1037,9 +1029,8 @@ impl Handle {
                 Ok(polled) => {
                     transient_failures = 0;
                     self.set_healthy();
-                    let store = ctx.store.clone();
-                    let rid = polled.request_id.clone();
-                    let _ = blocking(move || store.record_poll(id, rid.as_deref())).await;
+                    // Not flushed: a lost poll count only skews statistics.
+                    let _ = ctx.store.record_poll(id, polled.request_id.as_deref());
                     let task = polled.task;
                     match task.status {
                         TaskStatus::Done => {
@@ -1065,13 +1056,9 @@ impl Handle {
                                     )
                                     .await;
                             };
-                            let store = ctx.store.clone();
+                            // Not flushed: losing it only means polling once more.
                             let (w, h, task_id) = (output.width, output.height, task.id);
-                            return match blocking(move || {
-                                store.mark_downloading(id, Some(task_id), &url, w, h)
-                            })
-                            .await
-                            {
+                            return match ctx.store.mark_downloading(id, Some(task_id), &url, w, h) {
                                 Ok(_) => Step::Continue,
                                 Err(err) => {
                                     error!(error = %err, "Cannot record the result; it is polled again at the next start");
@@ -1219,29 +1206,28 @@ impl Handle {
             OnOutputExists::Skip => ExistsPolicy::Skip,
             OnOutputExists::Fail => ExistsPolicy::Fail,
         };
-        let store = ctx.store.clone();
-        let written = blocking(
-            move || -> Result<Result<u64, output::OutputError>, StoreError> {
-                let written = match output::write_atomic(&outbox, &rel, &bytes, policy) {
-                    Ok(written) => written,
-                    Err(err) => return Ok(Err(err)),
-                };
-                store.mark_done(
-                    id,
-                    DoneInfo {
+        // Written (and fsynced) on the blocking pool, then recorded: the job task runs both
+        // to the end (it is never aborted), so a shutdown does not come between them.
+        let written =
+            match blocking(move || output::write_atomic(&outbox, &rel, &bytes, policy)).await {
+                Ok(written) => {
+                    let bytes = written.bytes;
+                    let info = DoneInfo {
                         path: written.path.to_string_lossy().into_owned(),
-                        bytes: written.bytes,
+                        bytes,
                         sha256: written.sha256,
                         width,
                         height,
                         task_id,
                         unchanged: false,
-                    },
-                )?;
-                Ok(Ok(written.bytes))
-            },
-        )
-        .await;
+                    };
+                    ctx.store
+                        .durably(|s| s.mark_done(id, info))
+                        .await
+                        .map(|_| Ok(bytes))
+                }
+                Err(err) => Ok(Err(err)),
+            };
         drop(permit);
         match written {
             Ok(Ok(bytes)) => {
@@ -1275,9 +1261,12 @@ impl Handle {
     }
 
     async fn fail(&self, id: JobId, code: &str, message: &str) -> Step {
-        let store = self.ctx.store.clone();
-        let (code_owned, message_owned) = (code.to_owned(), message.to_owned());
-        match blocking(move || store.mark_failed(id, &code_owned, &message_owned)).await {
+        match self
+            .ctx
+            .store
+            .durably(|s| s.mark_failed(id, code, message))
+            .await
+        {
             Ok(job) => {
                 warn!(code, reason = %message, "Job failed");
                 self.job_settled(job.manifest, Settle::Failed).await;
@@ -1318,22 +1307,22 @@ impl Handle {
         let ctx = &self.ctx;
         let store = ctx.store.clone();
         let outbox = ctx.folders.outbox.clone();
+        // The report is streamed from the store: one pass for the totals, one per file.
         let made = blocking(
-            move || -> Result<Option<(ManifestV1, Report)>, StoreError> {
+            move || -> Result<Option<(ManifestV1, report::Tally)>, StoreError> {
                 let Some(m) = store.manifest(mid)? else {
                     return Ok(None);
                 };
-                let jobs: Vec<JobV1> = store
-                    .jobs_of_manifest(mid)?
-                    .into_iter()
-                    .map(|(_, job)| job)
-                    .collect();
-                let report = report::build(&m, &jobs, report::now_rfc3339());
-                Ok(Some((m, report)))
+                let mut tally = report::Tally::default();
+                store.for_each_job_of_manifest(mid, |_, job| {
+                    tally.add(&report::row(&job));
+                    Ok::<_, StoreError>(())
+                })?;
+                Ok(Some((m, tally)))
             },
         )
         .await;
-        let (m, report) = match made {
+        let (m, tally) = match made {
             Ok(Some(made)) => made,
             Ok(None) => return,
             Err(err) => {
@@ -1346,7 +1335,7 @@ impl Handle {
             .manifests
             .get(&mid)
             .map_or(0, |p| p.held);
-        let counts = report.counts.clone();
+        let counts = tally.counts.clone();
         let outcome = if counts.get("failed").copied().unwrap_or(0) > 0 {
             "with_failures"
         } else {
@@ -1354,16 +1343,26 @@ impl Handle {
         };
         // A folder-recipe image (SPEC §4.3) gets no report: its output sits beside where the
         // report would be, and a failure moves the image to rejected/ with the reason.
-        let recipe_failure = manifest::is_image_name(&rel).then(|| {
-            report
-                .jobs
-                .iter()
-                .find(|row| row.status == "failed")
-                .map(|row| row.reason.clone())
-        });
+        let recipe_failure = manifest::is_image_name(&rel).then(|| tally.first_failure.clone());
         if recipe_failure.is_none() {
             let rel_for_report = rel.clone();
-            match blocking(move || report::write(&outbox, &rel_for_report, &report)).await {
+            let store = ctx.store.clone();
+            let m_for_report = m.clone();
+            let written = blocking(move || {
+                let generated_at = report::now_rfc3339();
+                let header = report::Header {
+                    manifest: &m_for_report.rel,
+                    sha256: &m_for_report.sha256,
+                    generated_at: &generated_at,
+                    counts: &tally.counts,
+                    in_doubt: tally.in_doubt,
+                };
+                report::write_streamed(&outbox, &rel_for_report, &header, |emit| {
+                    store.for_each_job_of_manifest(mid, |_, job| emit(report::row(&job)))
+                })
+            })
+            .await;
+            match written {
                 Ok((json, _csv)) => {
                     info!(manifest = %m.rel, report = %json.display(), ?counts, "Manifest report written")
                 }

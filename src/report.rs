@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -133,45 +134,129 @@ pub fn write(
     manifest_rel: &Path,
     report: &Report,
 ) -> Result<(PathBuf, PathBuf), OutputError> {
+    let header = Header {
+        manifest: &report.manifest,
+        sha256: &report.sha256,
+        generated_at: &report.generated_at,
+        counts: &report.counts,
+        in_doubt: report.in_doubt,
+    };
+    write_streamed(outbox, manifest_rel, &header, |emit| {
+        report.jobs.iter().try_for_each(|row| emit(row.clone()))
+    })
+}
+
+/// Hands every row of a report, in order, to the sink it is given (see [`write_streamed`]).
+pub type RowSource<'a> = dyn Fn(&mut dyn FnMut(ReportRow) -> io::Result<()>) -> io::Result<()> + 'a;
+
+/// Everything of a report but its rows.
+pub struct Header<'a> {
+    pub manifest: &'a str,
+    pub sha256: &'a str,
+    pub generated_at: &'a str,
+    pub counts: &'a BTreeMap<String, u64>,
+    pub in_doubt: u64,
+}
+
+/// Totals of a manifest's rows, gathered in one pass before the report is written.
+#[derive(Default, Debug)]
+pub struct Tally {
+    pub counts: BTreeMap<String, u64>,
+    pub in_doubt: u64,
+    /// The reason of the first failed row.
+    pub first_failure: Option<String>,
+}
+
+impl Tally {
+    pub fn add(&mut self, row: &ReportRow) {
+        *self.counts.entry(row.status.clone()).or_default() += 1;
+        self.in_doubt += u64::from(row.in_doubt);
+        if self.first_failure.is_none() && row.status == "failed" {
+            self.first_failure = Some(row.reason.clone());
+        }
+    }
+}
+
+/// Writes both reports atomically, streaming the rows: `rows` is called once per file and
+/// must hand every row, in order, to the `emit` it gets. Memory stays flat in the number of
+/// rows (a 100,000-image manifest's report is never held whole). Returns (JSON, CSV) paths.
+pub fn write_streamed(
+    outbox: &Path,
+    manifest_rel: &Path,
+    header: &Header<'_>,
+    rows: impl Fn(&mut dyn FnMut(ReportRow) -> io::Result<()>) -> io::Result<()>,
+) -> Result<(PathBuf, PathBuf), OutputError> {
     let (json_rel, csv_rel) = rel_paths(manifest_rel);
     let json_path = output::safe_join(outbox, &json_rel)?;
     let csv_path = output::safe_join(outbox, &csv_rel)?;
-    let mut json = serde_json::to_string_pretty(report).map_err(|err| OutputError::Io {
-        path: json_path.clone(),
-        source: err.into(),
-    })?;
-    json.push('\n');
-    let csv = to_csv(report).map_err(|source| OutputError::Io {
-        path: csv_path.clone(),
-        source,
-    })?;
-    output::write_text_atomic(&json_path, &json)?;
-    output::write_text_atomic(&csv_path, &csv)?;
+    output::write_atomic_with(&json_path, |w| write_json(w, header, &rows))?;
+    output::write_atomic_with(&csv_path, |w| write_csv(w, &rows))?;
     Ok((json_path, csv_path))
 }
 
+/// The JSON of [`Report`] (same fields, same order), with `jobs` streamed.
+fn write_json(w: &mut dyn Write, header: &Header<'_>, rows: &RowSource<'_>) -> io::Result<()> {
+    use serde::ser::{SerializeSeq as _, SerializeStruct, Serializer as _};
+
+    /// `jobs`: a sequence whose elements come from `rows`.
+    struct Rows<'r>(&'r RowSource<'r>);
+
+    impl Serialize for Rows<'_> {
+        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            let mut seq = serializer.serialize_seq(None)?;
+            (self.0)(&mut |row| {
+                seq.serialize_element(&row)
+                    .map_err(|err| io::Error::other(err.to_string()))
+            })
+            .map_err(serde::ser::Error::custom)?;
+            seq.end()
+        }
+    }
+
+    let mut ser = serde_json::Serializer::pretty(&mut *w);
+    // serde_json's errors convert into io::Error (keeping the writer's own I/O errors).
+    let mut map = ser.serialize_struct("Report", 6)?;
+    map.serialize_field("manifest", header.manifest)?;
+    map.serialize_field("sha256", header.sha256)?;
+    map.serialize_field("generated_at", header.generated_at)?;
+    map.serialize_field("counts", header.counts)?;
+    map.serialize_field("in_doubt", &header.in_doubt)?;
+    map.serialize_field("jobs", &Rows(rows))?;
+    SerializeStruct::end(map)?;
+    w.write_all(b"\n")
+}
+
 /// The CSV text of a report (header plus one row per job; RFC 4180 quoting).
-pub fn to_csv(report: &Report) -> std::io::Result<String> {
-    let mut writer = csv::Writer::from_writer(Vec::new());
+pub fn to_csv(report: &Report) -> io::Result<String> {
+    let mut out = Vec::new();
+    write_csv(&mut out, &|emit: &mut dyn FnMut(
+        ReportRow,
+    ) -> io::Result<()>| {
+        report.jobs.iter().try_for_each(|row| emit(row.clone()))
+    })?;
+    String::from_utf8(out).map_err(io::Error::other)
+}
+
+fn write_csv(w: &mut dyn Write, rows: &RowSource<'_>) -> io::Result<()> {
+    let mut writer = csv::Writer::from_writer(w);
     writer.write_record(CSV_HEADER)?;
     let opt = |v: Option<String>| v.unwrap_or_default();
-    for row in &report.jobs {
-        writer.write_record([
-            row.input.clone(),
-            row.output.clone(),
-            row.status.clone(),
-            row.reason.clone(),
-            opt(row.task_id.map(|v| v.to_string())),
-            opt(row.width.map(|v| v.to_string())),
-            opt(row.height.map(|v| v.to_string())),
-            opt(row.bytes.map(|v| v.to_string())),
-            row.in_doubt.to_string(),
-        ])?;
-    }
-    let bytes = writer
-        .into_inner()
-        .map_err(|err| std::io::Error::other(err.to_string()))?;
-    String::from_utf8(bytes).map_err(std::io::Error::other)
+    rows(&mut |row| {
+        writer
+            .write_record([
+                row.input,
+                row.output,
+                row.status,
+                row.reason,
+                opt(row.task_id.map(|v| v.to_string())),
+                opt(row.width.map(|v| v.to_string())),
+                opt(row.height.map(|v| v.to_string())),
+                opt(row.bytes.map(|v| v.to_string())),
+                row.in_doubt.to_string(),
+            ])
+            .map_err(io::Error::from)
+    })?;
+    writer.flush()
 }
 
 fn rel_paths(manifest_rel: &Path) -> (PathBuf, PathBuf) {

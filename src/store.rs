@@ -41,10 +41,12 @@ pub const TREE_META: &str = "meta";
 pub const TREE_UNFINISHED: &str = "unfinished";
 /// How many request ids a job keeps (the most recent ones).
 pub const MAX_REQUEST_IDS: usize = 8;
-/// sled page-cache budget; the default (1 GiB) is far more than a job table needs.
-const CACHE_BYTES: u64 = 128 * 1024 * 1024;
+/// sled page-cache budget, in bytes of stored data (sled's own memory is a few times more).
+/// The default (1 GiB) let a 100,000-job table sit in memory whole; the daemon reads a job
+/// only when it steps it, so a small cache costs little.
+const CACHE_BYTES: u64 = 16 * 1024 * 1024;
 /// Jobs per write batch in `register_manifest`.
-const REGISTER_BATCH: usize = 4096;
+const REGISTER_BATCH: usize = 256;
 
 /// Errors of the store boundary.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +67,8 @@ pub enum StoreError {
         expected: &'static str,
         found: &'static str,
     },
+    #[error("flushing the state database failed: {0}")]
+    Flush(String),
     #[error("job {0} not found")]
     JobNotFound(JobId),
     #[error("manifest {0} not found")]
@@ -77,13 +81,20 @@ pub enum StoreError {
     },
 }
 
+/// For visitors that write files while reading the store (reports).
+impl From<StoreError> for std::io::Error {
+    fn from(err: StoreError) -> std::io::Error {
+        std::io::Error::other(err)
+    }
+}
+
 impl StoreError {
     /// Stable kebab-case code.
     pub fn code(&self) -> &'static str {
         match self {
             StoreError::Locked { .. } => "store-locked",
             StoreError::Open { .. } => "store-open",
-            StoreError::Db(_) => "store-io",
+            StoreError::Db(_) | StoreError::Flush(_) => "store-io",
             StoreError::Conflict { .. } => "store-conflict",
             StoreError::JobNotFound(_) | StoreError::ManifestNotFound(_) => "store-not-found",
             StoreError::Corrupt { .. } => "store-corrupt",
@@ -149,6 +160,9 @@ pub struct Store {
     path: PathBuf,
     /// Group commit for the durability points: concurrent callers share one flush.
     gate: Arc<FlushGate>,
+    /// Set on the handle [`Store::durably`] passes to its writes: their durability points
+    /// do not flush, `durably` does once they are all applied.
+    deferred: bool,
 }
 
 /// Group commit: a write is durable once a flush that *started after it* has completed, so
@@ -156,7 +170,27 @@ pub struct Store {
 #[derive(Debug, Default)]
 struct FlushGate {
     state: Mutex<GateState>,
+    /// Wakes threads waiting in [`Store::durable`].
     changed: Condvar,
+    /// Wakes tasks waiting in [`Store::durable_async`].
+    flushed: tokio::sync::Notify,
+}
+
+impl GateState {
+    /// Marks a flush as running; returns its number.
+    fn start_flush(&mut self) -> u64 {
+        self.running = true;
+        self.started += 1;
+        self.started
+    }
+
+    fn end_flush(&mut self, this: u64, err: Option<&sled::Error>) {
+        self.running = false;
+        match err {
+            None => self.completed = this,
+            Some(err) => self.failed = Some((this, err.to_string())),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -166,6 +200,8 @@ struct GateState {
     /// The last flush that completed successfully.
     completed: u64,
     running: bool,
+    /// The last flush that failed, and why: it fails the waiters whose writes it had to cover.
+    failed: Option<(u64, String)>,
 }
 
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
@@ -208,6 +244,7 @@ impl Store {
             path,
             db,
             gate: Arc::new(FlushGate::default()),
+            deferred: false,
         };
         let meta = store.db.open_tree(TREE_META)?;
         meta.insert("schema", "1")?;
@@ -268,18 +305,31 @@ impl Store {
     /// `job.manifest` is overwritten with the new manifest id and `m.n_jobs` with the count.
     pub fn register_manifest(
         &self,
-        mut m: ManifestV1,
+        m: ManifestV1,
         jobs: Vec<JobV1>,
     ) -> Result<(ManifestId, Vec<JobId>), StoreError> {
+        self.register_manifest_from(m, jobs.into_iter().map(Ok))
+    }
+
+    /// [`Store::register_manifest`] from a stream of jobs, written in small batches as they
+    /// come, so a 100,000-job manifest never exists as records in memory all at once. The
+    /// first error stops the registration before its commit point (the written jobs are
+    /// orphans, swept at the next open).
+    pub fn register_manifest_from(
+        &self,
+        mut m: ManifestV1,
+        jobs: impl IntoIterator<Item = Result<JobV1, StoreError>>,
+    ) -> Result<(ManifestId, Vec<JobId>), StoreError> {
         let manifest_id = self.db.generate_id()?;
-        m.n_jobs = u32::try_from(jobs.len()).unwrap_or(u32::MAX);
-        let mut job_ids = Vec::with_capacity(jobs.len());
-        // Batches of bounded size keep memory flat for 100k-job manifests; atomicity across
-        // them is not needed because the manifest record below is the commit point.
+        let mut job_ids = Vec::new();
+        // Small batches keep memory flat: sled keeps every node version a batch replaces
+        // until the batch ends (4,096-job batches peaked at 1.1 GB for 100,000 jobs).
+        // Atomicity across batches is not needed: the manifest record below is the commit point.
         let mut batch_index = Batch::default();
         let mut batch_jobs = Batch::default();
         let mut batch_unfinished = Batch::default();
-        for (n, mut job) in jobs.into_iter().enumerate() {
+        for (n, job) in jobs.into_iter().enumerate() {
+            let mut job = job?;
             job.manifest = manifest_id;
             let job_id = self.db.generate_id()?;
             batch_index.insert(&pair_key(manifest_id, job_id), &[]);
@@ -296,6 +346,7 @@ impl Store {
                 self.jobs.apply_batch(std::mem::take(&mut batch_jobs))?;
             }
         }
+        m.n_jobs = u32::try_from(job_ids.len()).unwrap_or(u32::MAX);
         self.jobs_by_manifest.apply_batch(batch_index)?;
         self.unfinished.apply_batch(batch_unfinished)?;
         self.jobs.apply_batch(batch_jobs)?;
@@ -387,16 +438,40 @@ impl Store {
         read: impl Fn(JobId) -> Result<Option<T>, StoreError>,
     ) -> Result<Vec<(JobId, T)>, StoreError> {
         let mut out = Vec::new();
+        self.visit_manifest(id, read, |job_id, value| {
+            out.push((job_id, value));
+            Ok::<_, StoreError>(())
+        })?;
+        Ok(out)
+    }
+
+    /// Hands every job of a manifest to `visit`, in manifest order, one at a time: memory
+    /// stays flat however many jobs the manifest has (reports of 100,000-image manifests).
+    /// `visit` may fail with its own error type (a report writer's `io::Error`).
+    pub fn for_each_job_of_manifest<E: From<StoreError>>(
+        &self,
+        id: ManifestId,
+        visit: impl FnMut(JobId, JobV1) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.visit_manifest(id, |job_id| self.job(job_id), visit)
+    }
+
+    fn visit_manifest<T, E: From<StoreError>>(
+        &self,
+        id: ManifestId,
+        read: impl Fn(JobId) -> Result<Option<T>, StoreError>,
+        mut visit: impl FnMut(JobId, T) -> Result<(), E>,
+    ) -> Result<(), E> {
         for entry in self.jobs_by_manifest.scan_prefix(id_key(id)).keys() {
-            let key = entry?;
+            let key = entry.map_err(StoreError::from)?;
             let Some((_, job_id)) = split_pair(&key) else {
                 continue;
             };
             if let Some(value) = read(job_id)? {
-                out.push((job_id, value));
+                visit(job_id, value)?;
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Counts of a manifest's jobs by state.
@@ -652,7 +727,11 @@ impl Store {
 
     /// Returns once everything written before the call is on disk, sharing a flush with
     /// concurrent callers (group commit). A failed flush is retried by the next caller.
+    /// A no-op on the handle of [`Store::durably`], which flushes once its writes are done.
     fn durable(&self) -> Result<(), StoreError> {
+        if self.deferred {
+            return Ok(());
+        }
         let gate = &*self.gate;
         let mut state = gate.state.lock().unwrap_or_else(PoisonError::into_inner);
         // A flush already running may have started before our write: we need the next one.
@@ -668,18 +747,77 @@ impl Store {
                     .unwrap_or_else(PoisonError::into_inner);
                 continue;
             }
-            state.running = true;
-            state.started += 1;
-            let this = state.started;
+            let this = state.start_flush();
             drop(state);
             let res = self.db.flush();
             state = gate.state.lock().unwrap_or_else(PoisonError::into_inner);
-            state.running = false;
-            if res.is_ok() {
-                state.completed = this;
-            }
+            state.end_flush(this, res.as_ref().err());
             gate.changed.notify_all();
+            gate.flushed.notify_waiters();
             res?;
+        }
+    }
+
+    /// Runs `write` on the calling task, with its durability points deferred, then waits,
+    /// without blocking the runtime, for one flush that covers them all; it shares that
+    /// flush with every other caller (group commit). The job steps use this: a sled write
+    /// is an in-memory change (the log reaches the disk in flushes), so it needs no thread
+    /// of its own, and hundreds of jobs reaching a durability point together cost one
+    /// `fsync` and no thread hand-off each. Returns only once the writes are on disk.
+    pub async fn durably<T>(
+        &self,
+        write: impl FnOnce(&Store) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let deferred = Store {
+            deferred: true,
+            ..self.clone()
+        };
+        let out = write(&deferred)?;
+        self.durable_async().await?;
+        Ok(out)
+    }
+
+    /// [`Store::durable`] for async callers. The flush runs on the blocking pool, started by
+    /// the first waiter that finds none running; a waiter that goes away never strands it.
+    async fn durable_async(&self) -> Result<(), StoreError> {
+        let gate = &*self.gate;
+        let needed = gate
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .started
+            + 1;
+        loop {
+            let flushed = gate.flushed.notified();
+            tokio::pin!(flushed);
+            // Registered before the state is read, so a flush ending in between still wakes us.
+            flushed.as_mut().enable();
+            {
+                let mut state = gate.state.lock().unwrap_or_else(PoisonError::into_inner);
+                if state.completed >= needed {
+                    return Ok(());
+                }
+                if let Some((n, why)) = &state.failed
+                    && *n >= needed
+                {
+                    return Err(StoreError::Flush(why.clone()));
+                }
+                if !state.running {
+                    let this = state.start_flush();
+                    drop(state);
+                    let store = self.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let res = store.db.flush();
+                        let gate = &*store.gate;
+                        let mut state = gate.state.lock().unwrap_or_else(PoisonError::into_inner);
+                        state.end_flush(this, res.as_ref().err());
+                        drop(state);
+                        gate.changed.notify_all();
+                        gate.flushed.notify_waiters();
+                    });
+                }
+            }
+            flushed.await;
         }
     }
 

@@ -34,6 +34,20 @@ pub fn parse(text: &str) -> Result<serde_json::Value, ParseError> {
     to_json(value)
 }
 
+/// [`parse`] into another shape than `serde_json::Value` (a manifest's `Doc`): the same BOM,
+/// alias-expansion and error handling, with `from_str` doing the deserializing.
+pub fn parse_with<T>(
+    text: &str,
+    from_str: impl FnOnce(&str) -> Result<T, serde_yaml::Error>,
+) -> Result<T, ParseError> {
+    let text = strip_bom(text);
+    check_alias_expansion(text)?;
+    from_str(text).map_err(|err| ParseError {
+        line: err.location().map(|loc| loc.line()),
+        message: clean_message(&err.to_string()),
+    })
+}
+
 /// Drops a leading UTF-8 byte order mark (Windows editors write one). Neither parser skips it:
 /// serde_norway then misreads a config as several documents, and yaml-rust2 makes it part of
 /// the first key, so no line is found for it. A BOM holds no newline: lines are unchanged.

@@ -59,8 +59,9 @@ pub struct JobV1 {
     pub input: String,
     /// True when `input` is a local file that must be uploaded.
     pub local: bool,
-    /// The request body without `input` (`operations` and `output`).
-    pub body: serde_json::Value,
+    /// The request body without `input` (`operations` and `output`); shared with the
+    /// manifest's other jobs while registering.
+    pub body: std::sync::Arc<serde_json::Value>,
     /// Output path relative to the outbox root.
     pub output_rel: String,
     /// Where the job is in its lifecycle.

@@ -246,12 +246,16 @@ fn merge_profile_then_manifest_then_image() {
         "output": {"format": "webp"}
     });
     assert_eq!(
-        spec.jobs[0].body, shared,
+        *spec.jobs[0].body, shared,
         "scalar replaces object, null removes"
     );
-    assert_eq!(spec.jobs[1].body, shared);
+    assert_eq!(*spec.jobs[1].body, shared);
+    assert!(
+        std::sync::Arc::ptr_eq(&spec.jobs[0].body, &spec.jobs[1].body),
+        "images without their own operations share the manifest's body"
+    );
     assert_eq!(
-        spec.jobs[2].body,
+        *spec.jobs[2].body,
         json!({
             "operations": {"resizing": {"width": 2000, "height": 1000}, "background": {"remove": true}},
             "output": {"format": "webp"}
@@ -301,7 +305,7 @@ fn manifest_null_removes_profile_output() {
             "profile: white-1000\noutput: null\noperations: null\nimages: [\"https://c.example/x.png\"]\n",
         )
         .unwrap();
-    assert_eq!(spec.jobs[0].body, json!({"operations": {}}));
+    assert_eq!(*spec.jobs[0].body, json!({"operations": {}}));
     assert_eq!(spec.jobs[0].output_rel, PathBuf::from("m/x.jpg"));
 }
 

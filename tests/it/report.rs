@@ -128,7 +128,7 @@ fn job(input: &str, state: JobState, in_doubt: u32) -> JobV1 {
         key: "k".to_owned(),
         input: input.to_owned(),
         local: false,
-        body: serde_json::json!({}),
+        body: serde_json::json!({}).into(),
         output_rel: format!("m/{input}.webp"),
         state,
         attempts: 1,

@@ -33,7 +33,7 @@ fn job(idx: u32, key: &str) -> JobV1 {
         key: key.to_owned(),
         input: format!("storage://demo/p{idx}-64x64.png"),
         local: false,
-        body: serde_json::json!({"operations": {"resizing": {"width": 32}}}),
+        body: serde_json::json!({"operations": {"resizing": {"width": 32}}}).into(),
         output_rel: format!("m/p{idx}.webp"),
         state: JobState::Queued,
         attempts: 0,
