@@ -805,10 +805,12 @@ impl Store {
                 if !state.running {
                     let this = state.start_flush();
                     drop(state);
-                    let store = self.clone();
+                    let (db, gate) = (self.db.clone(), Arc::clone(&self.gate));
                     tokio::task::spawn_blocking(move || {
-                        let res = store.db.flush();
-                        let gate = &*store.gate;
+                        let res = db.flush();
+                        // Let go of the database before any waiter can return: a caller that
+                        // drops its store after `durably` must be able to reopen it at once.
+                        drop(db);
                         let mut state = gate.state.lock().unwrap_or_else(PoisonError::into_inner);
                         state.end_flush(this, res.as_ref().err());
                         drop(state);
@@ -827,10 +829,14 @@ impl Store {
         Ok(())
     }
 
-    /// Flushes every tree to disk without blocking the runtime thread.
-    pub async fn flush_async(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
-        Ok(())
+    /// Flushes completed so far by this process (durability points share them): a
+    /// diagnostic, and how tests see that a write was made durable.
+    pub fn flushes(&self) -> u64 {
+        self.gate
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .completed
     }
 
     /// Applies `next` to the job's current record atomically (a serializable transaction over

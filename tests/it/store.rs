@@ -484,12 +484,67 @@ fn registers_and_lists_100k_jobs() {
     assert_eq!(store.manifest(m).unwrap().unwrap().n_jobs, n);
 }
 
+/// `durably` returns only after a flush that started after its writes, and the writes of
+/// many concurrent callers are all on disk afterwards (they share flushes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durably_returns_after_a_flush_that_covers_its_writes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    let (_, ids) = store
+        .register_manifest(
+            manifest("m.yaml"),
+            (0..200).map(|i| job(i, &format!("k{i}"))).collect(),
+        )
+        .expect("register");
+
+    let before = store.flushes();
+    let first = ids[0];
+    let job = store
+        .durably(|s| s.mark_submitting(first))
+        .await
+        .expect("durably");
+    assert_eq!(job.state.kind(), "submitting");
+    assert!(
+        store.flushes() > before,
+        "a flush completed between the write and the return"
+    );
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for &id in &ids[1..] {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let before = store.flushes();
+            store
+                .durably(|s| s.mark_submitting(id))
+                .await
+                .expect("durably");
+            assert!(
+                store.flushes() > before,
+                "job {id}: returned before a flush"
+            );
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("task");
+    }
+    drop(store);
+    let store = Store::open(dir.path()).expect("reopen");
+    for &id in &ids {
+        let job = store.job(id).unwrap().unwrap();
+        assert_eq!(job.state.kind(), "submitting", "job {id} after reopen");
+        assert_eq!(job.attempts, 1);
+    }
+}
+
+/// A write that fails inside `durably` is returned as is, and nothing waits for a flush.
 #[tokio::test]
-async fn flush_async_completes() {
+async fn durably_passes_a_failed_write_through() {
     let (_dir, store) = open_tmp();
-    one_job(&store, "k");
-    store.flush_async().await.unwrap();
-    store.flush().unwrap();
+    let err = store
+        .durably(|s| s.mark_submitting(424242))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::JobNotFound(424242)), "{err:?}");
 }
 
 /// The stored JSON format of V1 records: this literal must keep decoding in later versions.
