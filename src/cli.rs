@@ -176,9 +176,15 @@ fn report(res: anyhow::Result<i32>) -> i32 {
     }
 }
 
+/// Blocking-pool threads at most (tokio's default is 512). Its work is file writes, reads
+/// and store scans; each thread that allocates can get its own glibc arena, and with ~50
+/// threads the arenas held twice the live heap.
+const MAX_BLOCKING_THREADS: usize = 8;
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
         .build()
         .context("cannot start the async runtime")
 }

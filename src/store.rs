@@ -176,6 +176,18 @@ struct FlushGate {
     flushed: tokio::sync::Notify,
 }
 
+impl FlushGate {
+    /// Records the end of flush `this` and wakes every waiter, sync and async.
+    fn finish(&self, this: u64, err: Option<&sled::Error>) {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .end_flush(this, err);
+        self.changed.notify_all();
+        self.flushed.notify_waiters();
+    }
+}
+
 impl GateState {
     /// Marks a flush as running; returns its number.
     fn start_flush(&mut self) -> u64 {
@@ -750,11 +762,9 @@ impl Store {
             let this = state.start_flush();
             drop(state);
             let res = self.db.flush();
-            state = gate.state.lock().unwrap_or_else(PoisonError::into_inner);
-            state.end_flush(this, res.as_ref().err());
-            gate.changed.notify_all();
-            gate.flushed.notify_waiters();
+            gate.finish(this, res.as_ref().err());
             res?;
+            state = gate.state.lock().unwrap_or_else(PoisonError::into_inner);
         }
     }
 
@@ -777,7 +787,7 @@ impl Store {
         Ok(out)
     }
 
-    /// [`Store::durable`] for async callers. The flush runs on the blocking pool, started by
+    /// [`Store::durable`] for async callers. The flush runs on a thread of its own, started by
     /// the first waiter that finds none running; a waiter that goes away never strands it.
     async fn durable_async(&self) -> Result<(), StoreError> {
         let gate = &*self.gate;
@@ -805,18 +815,22 @@ impl Store {
                 if !state.running {
                     let this = state.start_flush();
                     drop(state);
+                    // Its own thread, not the blocking pool: a `durable` caller on the pool
+                    // may be waiting for this flush, so it must never queue behind them.
                     let (db, gate) = (self.db.clone(), Arc::clone(&self.gate));
-                    tokio::task::spawn_blocking(move || {
-                        let res = db.flush();
-                        // Let go of the database before any waiter can return: a caller that
-                        // drops its store after `durably` must be able to reopen it at once.
-                        drop(db);
-                        let mut state = gate.state.lock().unwrap_or_else(PoisonError::into_inner);
-                        state.end_flush(this, res.as_ref().err());
-                        drop(state);
-                        gate.changed.notify_all();
-                        gate.flushed.notify_waiters();
-                    });
+                    let flusher = std::thread::Builder::new()
+                        .name("claid-store-flush".to_owned())
+                        .spawn(move || {
+                            let res = db.flush();
+                            // Let go of the database before any waiter can return: a caller
+                            // that drops its store after `durably` can reopen it at once.
+                            drop(db);
+                            gate.finish(this, res.as_ref().err());
+                        });
+                    if let Err(err) = flusher {
+                        let err = sled::Error::Io(err);
+                        self.gate.finish(this, Some(&err));
+                    }
                 }
             }
             flushed.await;
@@ -839,9 +853,10 @@ impl Store {
             .completed
     }
 
-    /// Applies `next` to the job's current record atomically (a serializable transaction over
-    /// `jobs`, `done_by_key` and `unfinished`): `None` from `next` is a `Conflict`. Keeps the
-    /// indexes in step with the state and stamps `updated_at_ms`.
+    /// Applies `next` to the job's current record atomically: `None` from `next` is a
+    /// `Conflict`. Keeps the indexes in step with the state (a serializable transaction over
+    /// `jobs`, `done_by_key` and `unfinished` when they change, a compare-and-swap on `jobs`
+    /// when they do not) and stamps `updated_at_ms`.
     fn transition(
         &self,
         id: JobId,
@@ -849,6 +864,36 @@ impl Store {
         next: impl Fn(&JobV1) -> Option<JobV1>,
     ) -> Result<JobV1, StoreError> {
         let key = id_key(id);
+        // A change that leaves both indexes alone (every step short of done, failed or a
+        // replay) is a compare-and-swap on `jobs`: a sled transaction writes its log buffer
+        // out and syncs it twice (before and after), and the job steps are the hot path.
+        loop {
+            let Some(bytes) = self.jobs.get(key)? else {
+                return Err(StoreError::JobNotFound(id));
+            };
+            let job = decode_job(&bytes)?;
+            let Some(mut new) = next(&job) else {
+                return Err(StoreError::Conflict {
+                    job: id,
+                    expected,
+                    found: job.state.kind(),
+                });
+            };
+            let touches_indexes = job.state.is_terminal() != new.state.is_terminal()
+                || matches!(job.state, JobState::Done { .. })
+                || matches!(new.state, JobState::Done { .. });
+            if touches_indexes {
+                break;
+            }
+            new.updated_at_ms = now_ms();
+            let swapped =
+                self.jobs
+                    .compare_and_swap(key, Some(bytes), Some(encode_job(new.clone())))?;
+            if swapped.is_ok() {
+                return Ok(new);
+            }
+            // Another step changed the record in between: look again.
+        }
         (&self.jobs, &self.done_by_key, &self.unfinished)
             .transaction(|(jobs, done_by_key, unfinished)| {
                 let Some(bytes) = jobs.get(key)? else {
