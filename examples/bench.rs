@@ -49,6 +49,10 @@ struct Args {
     /// The daemon binary; default: `claid-hotfolder` next to the folder of this example.
     #[arg(long)]
     daemon: Option<PathBuf>,
+    /// Run the daemon with the `Environment=` of `systemd/claid-hotfolder.service` (its
+    /// malloc settings), as the service runs it; without it, as a user running it by hand.
+    #[arg(long)]
+    unit_env: bool,
 }
 
 /// How the run is scaled.
@@ -221,6 +225,8 @@ struct Bench {
     daemon: PathBuf,
     keep: bool,
     clk_tck: f64,
+    /// Extra environment of every daemon run (`--unit-env`).
+    env: Vec<(String, String)>,
 }
 
 /// Client-side knobs written to the daemon's config.
@@ -247,6 +253,20 @@ struct DaemonRun {
     /// Highest VmHWM sampled, in KiB.
     hwm_kib: u64,
     status: Option<ExitStatus>,
+}
+
+/// The `Environment=KEY=VALUE` lines of the systemd unit, except `RUST_LOG`.
+fn unit_env() -> Result<Vec<(String, String)>> {
+    let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/claid-hotfolder.service");
+    let text =
+        fs::read_to_string(&unit).with_context(|| format!("cannot read {}", unit.display()))?;
+    Ok(text
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("Environment="))
+        .filter_map(|pair| pair.split_once('='))
+        .filter(|(key, _)| *key != "RUST_LOG")
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .collect())
 }
 
 impl Bench {
@@ -277,6 +297,14 @@ impl Bench {
             .and_then(|s| s.trim().parse::<f64>().ok())
             .unwrap_or(100.0);
         eprintln!("daemon: {}", daemon.display());
+        let env = if args.unit_env {
+            unit_env()?
+        } else {
+            Vec::new()
+        };
+        if !env.is_empty() {
+            eprintln!("daemon environment from the systemd unit: {env:?}");
+        }
         Ok(Bench {
             unlimited: Knobs {
                 rps: 100_000,
@@ -286,6 +314,7 @@ impl Bench {
             daemon,
             keep: args.keep,
             clk_tck,
+            env,
         })
     }
 
@@ -308,6 +337,7 @@ impl Bench {
             .env_remove("CLAID_HOTFOLDER_CONFIG")
             .env_remove("JOURNAL_STREAM")
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .spawn()
             .with_context(|| format!("cannot start {}", self.daemon.display()))?;
         Ok(child)

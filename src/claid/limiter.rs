@@ -37,7 +37,8 @@ impl Clock for TokioClock {
 
 type Quotas = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Nanos>>;
 
-/// What one `acquire` cost the caller: zero when it went straight through.
+/// How long one `acquire` was made to wait by the quotas and the gate: zero when it went
+/// straight through.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Waited(pub Duration);
 
@@ -80,25 +81,33 @@ impl Limiter {
     }
 
     /// Waits until the header gate is open and both quotas allow one more call, then takes it.
+    /// Returns how long the limiter asked to wait: what the quotas and the gate imposed, not
+    /// the time it took (a busy machine wakes timers late, and that is no rate limit).
     pub async fn acquire(&self) -> Waited {
-        let start = Instant::now();
+        let mut asked = Duration::ZERO;
         loop {
             if let Some(until) = self.gate() {
-                if until > Instant::now() {
+                let now = Instant::now();
+                if until > now {
+                    asked += until - now;
                     tokio::time::sleep_until(until).await;
                     continue;
                 }
             }
             if let Err(not_until) = self.per_second.check() {
-                tokio::time::sleep(not_until.wait_time_from(self.clock.now())).await;
+                let wait = not_until.wait_time_from(self.clock.now());
+                asked += wait;
+                tokio::time::sleep(wait).await;
                 continue;
             }
             if let Err(not_until) = self.per_minute.check() {
                 // The per-second cell just taken is forfeited: conservative, never over quota.
-                tokio::time::sleep(not_until.wait_time_from(self.clock.now())).await;
+                let wait = not_until.wait_time_from(self.clock.now());
+                asked += wait;
+                tokio::time::sleep(wait).await;
                 continue;
             }
-            return Waited(start.elapsed());
+            return Waited(asked);
         }
     }
 
@@ -169,6 +178,19 @@ mod tests {
         limiter.block_for(Duration::from_secs(3));
         let waited = limiter.acquire().await;
         assert!(waited.0 >= Duration::from_secs(3));
+    }
+
+    /// The wait reported is the one the quotas imposed: a call that goes straight through
+    /// reports zero however late its task runs, and a spaced call reports its spacing.
+    #[tokio::test(start_paused = true)]
+    async fn waited_is_what_the_quotas_asked() {
+        let limiter = Limiter::new(NonZeroU32::new(4).unwrap(), NonZeroU32::new(600).unwrap());
+        assert_eq!(limiter.acquire().await, Waited(Duration::ZERO));
+        let second = limiter.acquire().await;
+        assert!(
+            second.0 > Duration::from_millis(200) && second.0 <= Duration::from_millis(250),
+            "{second:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
