@@ -246,21 +246,6 @@ enum FileKind {
     Unknown,
 }
 
-/// Top-level keys only a config has.
-const CONFIG_KEYS: [&str; 11] = [
-    "api",
-    "folders",
-    "watch",
-    "on_manifest_done",
-    "on_output_exists",
-    "in_doubt",
-    "admin",
-    "profiles",
-    "log",
-    "limits",
-    "shutdown_grace",
-];
-
 /// A mapping with `images` is a manifest, one with a config key a config; anything else that
 /// parses as a mapping is taken for a manifest.
 fn kind_of(path: &Path) -> FileKind {
@@ -275,7 +260,7 @@ fn kind_of(path: &Path) -> FileKind {
     };
     if map.contains_key("images") {
         FileKind::Manifest
-    } else if CONFIG_KEYS.iter().any(|key| map.contains_key(*key)) {
+    } else if config::TOP_KEYS.iter().any(|key| map.contains_key(*key)) {
         FileKind::Config
     } else {
         FileKind::Manifest

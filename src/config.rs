@@ -513,24 +513,24 @@ pub fn load_api_key(api: &ApiConfig) -> Result<Option<String>, ConfigError> {
         .filter(|key| !key.is_empty()))
 }
 
+/// The top-level keys of a config file (`validate` tells configs from manifests by them).
+pub const TOP_KEYS: &[&str] = &[
+    "api",
+    "folders",
+    "watch",
+    "on_manifest_done",
+    "on_output_exists",
+    "in_doubt",
+    "admin",
+    "log",
+    "limits",
+    "shutdown_grace",
+    "profiles",
+];
+
 /// The key tree of the config file: `(dotted key, children)`; `*` = any name (profiles).
 const SCHEMA: &[(&str, &[&str])] = &[
-    (
-        "",
-        &[
-            "api",
-            "folders",
-            "watch",
-            "on_manifest_done",
-            "on_output_exists",
-            "in_doubt",
-            "admin",
-            "log",
-            "limits",
-            "shutdown_grace",
-            "profiles",
-        ],
-    ),
+    ("", TOP_KEYS),
     (
         "api",
         &[

@@ -57,16 +57,14 @@ pub struct Report {
 /// e.g. from [`now_rfc3339`].
 pub fn build(manifest: &ManifestV1, jobs: &[JobV1], generated_at: String) -> Report {
     let rows: Vec<ReportRow> = jobs.iter().map(row).collect();
-    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-    for r in &rows {
-        *counts.entry(r.status.clone()).or_default() += 1;
-    }
+    let mut tally = Tally::default();
+    rows.iter().for_each(|r| tally.add(r));
     Report {
         manifest: manifest.rel.clone(),
         sha256: manifest.sha256.clone(),
         generated_at,
-        counts,
-        in_doubt: rows.iter().map(|r| u64::from(r.in_doubt)).sum(),
+        counts: tally.counts,
+        in_doubt: tally.in_doubt,
         jobs: rows,
     }
 }

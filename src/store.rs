@@ -489,9 +489,10 @@ impl Store {
     /// Counts of a manifest's jobs by state.
     pub fn counts_of_manifest(&self, id: ManifestId) -> Result<StateCounts, StoreError> {
         let mut counts = StateCounts::default();
-        for (_, job) in self.jobs_of_manifest(id)? {
+        self.for_each_job_of_manifest(id, |_, job| {
             counts.add(&job.state);
-        }
+            Ok::<_, StoreError>(())
+        })?;
         Ok(counts)
     }
 

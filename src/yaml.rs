@@ -25,13 +25,7 @@ pub struct ParseError {
 /// Mapping keys must be strings (numbers and booleans are turned into their text). Tags are
 /// refused, and so are non-finite floats, because neither survives a JSON request body.
 pub fn parse(text: &str) -> Result<serde_json::Value, ParseError> {
-    let text = strip_bom(text);
-    check_alias_expansion(text)?;
-    let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|err| ParseError {
-        line: err.location().map(|loc| loc.line()),
-        message: clean_message(&err.to_string()),
-    })?;
-    to_json(value)
+    parse_with(text, |text| serde_yaml::from_str::<serde_yaml::Value>(text)).and_then(to_json)
 }
 
 /// [`parse`] into another shape than `serde_json::Value` (a manifest's `Doc`): the same BOM,
