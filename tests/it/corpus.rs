@@ -15,7 +15,7 @@ use claid_hotfolder::emulator::Scenario;
 use claid_hotfolder::manifest::{self, ManifestError};
 use serde_json::json;
 
-use crate::support::{TestEnv, dimensions};
+use crate::support::{Expect, TestEnv, dimensions, read_expect};
 
 /// Stack of tokio's blocking threads, where the daemon parses manifests: parsing must fit it.
 const BLOCKING_STACK: usize = 2 * 1024 * 1024;
@@ -29,41 +29,12 @@ fn fixtures(kind: &str) -> PathBuf {
         .join(kind)
 }
 
-/// One expected problem: its line (None = any) and a substring of its message.
-#[derive(Clone, Debug)]
-struct Expect {
-    /// Needs the real request schema (not the stub).
-    schema: bool,
-    line: Option<usize>,
-    needle: String,
-}
-
 fn expect(line: Option<usize>, needle: &str) -> Vec<Expect> {
     vec![Expect {
         schema: false,
         line,
         needle: needle.to_owned(),
     }]
-}
-
-/// Parses a `.expect` file: `[schema] <line|-> <substring>` per line.
-fn read_expect(path: &Path) -> Vec<Expect> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let (schema, rest) = match l.strip_prefix("schema ") {
-                Some(rest) => (true, rest),
-                None => (false, l),
-            };
-            let (line, needle) = rest.split_once(' ').expect("`<line> <substring>`");
-            Expect {
-                schema,
-                line: (line != "-").then(|| line.parse().expect("line number")),
-                needle: needle.to_owned(),
-            }
-        })
-        .collect()
 }
 
 fn schema_is_real() -> bool {

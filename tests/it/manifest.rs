@@ -11,6 +11,8 @@ use claid_hotfolder::config::{Limits, Profile};
 use claid_hotfolder::manifest::{self, Input, ManifestError, ManifestSpec};
 use serde_json::json;
 
+use crate::support::{Expect, read_expect};
+
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/manifests")
 }
@@ -84,33 +86,6 @@ impl Env {
         let path = self.write(rel, text);
         self.load(&path)
     }
-}
-
-/// One expectation from a `.expect` line: `[schema] <line|-> <substring>`.
-struct Expect {
-    /// Needs the real request schema.
-    schema: bool,
-    line: Option<usize>,
-    needle: String,
-}
-
-fn read_expect(path: &Path) -> Vec<Expect> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let (schema, rest) = match l.strip_prefix("schema ") {
-                Some(rest) => (true, rest),
-                None => (false, l),
-            };
-            let (line, needle) = rest.split_once(' ').expect("`<line> <substring>`");
-            Expect {
-                schema,
-                line: (line != "-").then(|| line.parse().expect("line number")),
-                needle: needle.to_owned(),
-            }
-        })
-        .collect()
 }
 
 /// Checks that `err` holds a problem for each expectation, and that error.txt shows it.

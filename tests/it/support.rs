@@ -336,3 +336,33 @@ impl PartialFileWatch {
             .expect("watch thread")
     }
 }
+
+/// One expected problem from a `.expect` fixture line: its line (None = any) and a substring
+/// of its message.
+#[derive(Clone, Debug)]
+pub struct Expect {
+    /// Needs the real request schema (not the stub).
+    pub schema: bool,
+    pub line: Option<usize>,
+    pub needle: String,
+}
+
+/// Parses a `.expect` file: `[schema] <line|-> <substring>` per line.
+pub fn read_expect(path: &Path) -> Vec<Expect> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let (schema, rest) = match l.strip_prefix("schema ") {
+                Some(rest) => (true, rest),
+                None => (false, l),
+            };
+            let (line, needle) = rest.split_once(' ').expect("`<line> <substring>`");
+            Expect {
+                schema,
+                line: (line != "-").then(|| line.parse().expect("line number")),
+                needle: needle.to_owned(),
+            }
+        })
+        .collect()
+}
