@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use claid_hotfolder::emulator::{Latency, Scenario};
 
-use crate::support::{TestEnv, dimensions, png, sigterm, wait_until};
+use crate::support::{TestEnv, dimensions, png, stop, wait_until};
 
 const CATALOG: &str = "\
 operations: { resizing: { width: 400, height: 400, fit: canvas } }
@@ -270,11 +270,7 @@ async fn sigterm_drains_exits_zero_and_the_rest_resumes_without_double_submits()
         env.stats().submits >= 4
     })
     .await;
-    sigterm(&daemon);
-    let status = tokio::time::timeout(Duration::from_secs(20), daemon.wait())
-        .await
-        .expect("exits in time")
-        .expect("wait");
+    let status = stop(&mut daemon).await;
     assert_eq!(
         status.code(),
         Some(0),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use claid_hotfolder::emulator::Scenario;
 
-use crate::support::{TestEnv, dimensions, png, sigterm, wait_until};
+use crate::support::{TestEnv, dimensions, png, stop, wait_until};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -276,11 +276,7 @@ async fn the_daemon_processes_live_drops_and_keeps_working_after_a_bad_recipe() 
         env.outbox.join("bad/one.jpg").is_file()
     })
     .await;
-    sigterm(&daemon);
-    let status = tokio::time::timeout(Duration::from_secs(20), daemon.wait())
-        .await
-        .expect("exits in time")
-        .expect("wait");
+    let status = stop(&mut daemon).await;
     // The exit code after SIGTERM reflects the earlier rejection (daemon policy); what matters
     // here is that the daemon kept working and stopped cleanly.
     assert!(status.code().is_some(), "log:\n{}", env.daemon_log(0));

@@ -244,6 +244,15 @@ pub fn sigterm(child: &Child) {
     assert!(status.success(), "kill -TERM {pid} failed");
 }
 
+/// SIGTERM, then the daemon's exit status (it must exit within 20 s).
+pub async fn stop(child: &mut Child) -> std::process::ExitStatus {
+    sigterm(child);
+    tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("exits in time")
+        .expect("wait")
+}
+
 /// Dimensions of an encoded image file.
 pub fn dimensions(path: &Path) -> (u32, u32) {
     image::ImageReader::open(path)

@@ -412,7 +412,7 @@ async fn a_deleted_and_recreated_inbox_and_subfolder_are_watched_again() {
 /// a manifest dropped afterwards is still processed (found by polling).
 #[tokio::test(flavor = "multi_thread")]
 async fn the_daemon_logs_the_inotify_limit_once_and_still_processes_drops() {
-    use crate::support::{TestEnv, sigterm, wait_until};
+    use crate::support::{TestEnv, stop, wait_until};
     let env = TestEnv::new(claid_hotfolder::emulator::Scenario::default()).await;
     let config = env.config("", "");
     let log_path = env.dir.path().join("daemon-limit.log");
@@ -450,11 +450,7 @@ async fn the_daemon_logs_the_inotify_limit_once_and_still_processes_drops() {
             && env.outbox.join("again/list/hat-100x100.jpg").is_file()
     })
     .await;
-    sigterm(&daemon);
-    let status = tokio::time::timeout(Duration::from_secs(20), daemon.wait())
-        .await
-        .expect("exits in time")
-        .expect("wait");
+    let status = stop(&mut daemon).await;
     let log = log();
     assert_eq!(status.code(), Some(0), "log:\n{log}");
     assert_eq!(
