@@ -22,9 +22,10 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::codes::StateName;
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Health};
-use crate::store::records::{JobState, JobV1, ManifestState};
+use crate::store::records::{JobState, JobV1, ManifestCounts, ManifestV1};
 use crate::store::{JobId, Store, StoreError};
 
 /// Errors of the admin socket, server and client side.
@@ -130,43 +131,60 @@ pub struct JobsQuery {
     pub manifest: Option<String>,
 }
 
-/// Per-manifest progress from the store, enriched with live rates when a pipeline runs.
-pub fn status_view(
+/// How many ended runs `status` lists besides every active one.
+pub const STATUS_RECENT: usize = 50;
+
+/// Per-manifest progress from the store's counters (every run not ended, plus the newest
+/// [`STATUS_RECENT`] others), enriched with live rates when a pipeline runs. Costs
+/// O(runs active + STATUS_RECENT), whatever the history.
+pub async fn status_view(
     store: &Store,
     live: Option<&pipeline::Handle>,
 ) -> Result<StatusView, StoreError> {
-    let counts = store.counts()?;
-    let rates: BTreeMap<u64, (f64, u64)> = live.map(|p| p.rates()).unwrap_or_default();
-    let mut manifests = Vec::new();
-    for (id, m) in store.manifests()? {
-        let c = counts.get(&id).copied().unwrap_or_default();
-        let remaining = c.queued + c.submitting + c.submitted + c.downloading;
-        let (images_per_minute, eta_secs) = match rates.get(&id) {
-            Some((per_min, _)) if *per_min > 0.0 => (
-                Some(*per_min),
-                Some((remaining as f64 / per_min * 60.0).round() as u64),
-            ),
-            Some(_) => (Some(0.0), None),
-            None => (None, None),
-        };
-        manifests.push(ManifestView {
-            id,
-            manifest: m.rel,
-            finished: matches!(m.state, ManifestState::Finished { .. }),
-            total: c.total(),
-            done: c.done,
-            failed: c.failed,
-            in_flight: c.submitting + c.submitted + c.downloading,
-            queued: c.queued,
-            in_doubt: c.in_doubt,
-            images_per_minute,
-            eta_secs,
-        });
+    let counts = store.counts();
+    let rates: BTreeMap<u64, f64> = live.map(|p| p.rates()).unwrap_or_default();
+    let mut runs: BTreeMap<u64, (ManifestV1, ManifestCounts)> = BTreeMap::new();
+    for (id, c) in &counts.active {
+        if let Some(m) = store.manifest(*id).await? {
+            runs.insert(*id, (m, *c));
+        }
     }
+    for (id, m) in store.recent_manifests(STATUS_RECENT).await? {
+        if let Some(c) = m.counts {
+            runs.entry(id).or_insert((m, c));
+        }
+    }
+    let manifests = runs
+        .into_iter()
+        .map(|(id, (m, c))| {
+            let remaining = c.open();
+            let (images_per_minute, eta_secs) = match rates.get(&id) {
+                Some(per_min) if *per_min > 0.0 => (
+                    Some(*per_min),
+                    Some((remaining as f64 / per_min * 60.0).round() as u64),
+                ),
+                Some(_) => (Some(0.0), None),
+                None => (None, None),
+            };
+            ManifestView {
+                id,
+                manifest: m.rel,
+                finished: m.state.is_ended(),
+                total: c.total(),
+                done: c.done,
+                failed: c.failed,
+                in_flight: c.in_flight(),
+                queued: c.queued,
+                in_doubt: c.in_doubt,
+                images_per_minute,
+                eta_secs,
+            }
+        })
+        .collect();
     let daemon = live.map(|p| {
         let (health, reason) = match p.health() {
             Health::Healthy => ("ok".to_owned(), None),
-            Health::Paused { reason } => ("paused".to_owned(), Some(reason)),
+            Health::Paused { reason, .. } => ("paused".to_owned(), Some(reason)),
         };
         DaemonView {
             health,
@@ -181,28 +199,34 @@ pub fn status_view(
 
 /// A job state's short name, as `jobs --state` takes it.
 pub fn state_name(state: &JobState) -> &'static str {
-    match state {
-        JobState::InDoubt { .. } => "in-doubt",
-        other => other.kind(),
-    }
+    state.kind()
 }
 
 /// The jobs matching `query`, in manifest order.
-pub fn jobs_view(store: &Store, query: &JobsQuery) -> Result<Vec<JobView>, StoreError> {
-    let mut out = Vec::new();
-    for (mid, m) in store.manifests()? {
-        if query.manifest.as_deref().is_some_and(|rel| rel != m.rel) {
-            continue;
-        }
-        for (id, job) in store.jobs_of_manifest(mid)? {
-            let state = state_name(&job.state);
-            if query.state.as_deref().is_some_and(|s| s != state) {
-                continue;
+pub async fn jobs_view(store: &Store, query: &JobsQuery) -> Result<Vec<JobView>, StoreError> {
+    let query = query.clone();
+    store
+        .read(move |reader| {
+            let mut out = Vec::new();
+            for (mid, m) in reader.manifests()? {
+                if query.manifest.as_deref().is_some_and(|rel| rel != m.rel) {
+                    continue;
+                }
+                reader.for_each_job_of_manifest(mid, |id, job| {
+                    let state = state_name(&job.state);
+                    if query
+                        .state
+                        .as_deref()
+                        .is_none_or(|s| StateName::parse(s).is_some_and(|s| s.as_str() == state))
+                    {
+                        out.push(job_view(id, &m.rel, &job));
+                    }
+                    Ok::<_, StoreError>(())
+                })?;
             }
-            out.push(job_view(id, &m.rel, &job));
-        }
-    }
-    Ok(out)
+            Ok(out)
+        })
+        .await
 }
 
 fn job_view(id: JobId, manifest: &str, job: &JobV1) -> JobView {
@@ -254,9 +278,9 @@ pub enum ReplayError {
 }
 
 /// The jobs a replay request selects: failed or in-doubt ones, every job of a manifest, or one job.
-pub fn select_replay(store: &Store, req: &ReplayRequest) -> Result<Vec<JobId>, ReplayError> {
+pub async fn select_replay(store: &Store, req: &ReplayRequest) -> Result<Vec<JobId>, ReplayError> {
     if let Some(id) = req.job {
-        return match store.job(id)? {
+        return match store.job(id).await? {
             Some(job) if job.state.is_replayable() => Ok(vec![id]),
             Some(job) => Err(ReplayError::UnderWay(id, state_name(&job.state))),
             None => Err(ReplayError::UnknownJob(id)),
@@ -265,53 +289,66 @@ pub fn select_replay(store: &Store, req: &ReplayRequest) -> Result<Vec<JobId>, R
     if !req.failed && !req.in_doubt && req.manifest.is_none() {
         return Err(ReplayError::NothingSelected);
     }
-    let manifests = store.manifests()?;
-    if let Some(rel) = &req.manifest {
-        if !manifests.iter().any(|(_, m)| &m.rel == rel) {
-            return Err(ReplayError::UnknownManifest(rel.clone()));
-        }
-    }
-    let mut chosen = Vec::new();
-    for (mid, m) in manifests {
-        if req.manifest.as_ref().is_some_and(|rel| *rel != m.rel) {
-            continue;
-        }
-        for (id, job) in store.jobs_of_manifest(mid)? {
-            if req.since_ms.is_some_and(|since| job.updated_at_ms < since) {
-                continue;
+    let req = req.clone();
+    store
+        .read(move |reader| {
+            let manifests = reader.manifests()?;
+            if let Some(rel) = &req.manifest
+                && !manifests.iter().any(|(_, m)| &m.rel == rel)
+            {
+                return Err(ReplayError::UnknownManifest(rel.clone()));
             }
-            let pick = match &job.state {
-                JobState::Failed { .. } => req.failed || req.manifest.is_some(),
-                JobState::InDoubt { .. } => req.in_doubt || req.manifest.is_some(),
-                JobState::Done { .. } => req.manifest.is_some() && !req.failed && !req.in_doubt,
-                // Jobs still under way are left alone: they finish on their own.
-                _ => false,
-            };
-            if pick {
-                chosen.push(id);
+            let mut chosen = Vec::new();
+            for (mid, m) in manifests {
+                if req.manifest.as_ref().is_some_and(|rel| *rel != m.rel) {
+                    continue;
+                }
+                reader.for_each_job_of_manifest(mid, |id, job| {
+                    if req.since_ms.is_some_and(|since| job.updated_at_ms < since) {
+                        return Ok::<_, StoreError>(());
+                    }
+                    let pick = match &job.state {
+                        JobState::Failed { .. } => req.failed || req.manifest.is_some(),
+                        JobState::InDoubt { .. } => req.in_doubt || req.manifest.is_some(),
+                        JobState::Done { .. } => {
+                            req.manifest.is_some() && !req.failed && !req.in_doubt
+                        }
+                        // Jobs still under way are left alone: they finish on their own.
+                        _ => false,
+                    };
+                    if pick {
+                        chosen.push(id);
+                    }
+                    Ok(())
+                })?;
             }
-        }
-    }
-    Ok(chosen)
+            Ok(chosen)
+        })
+        .await
 }
 
 /// Requeues the selected jobs in a store no daemon holds; they run at the next start.
-pub fn replay_offline(store: &Store, req: &ReplayRequest) -> Result<ReplayAnswer, ReplayError> {
-    let ids = select_replay(store, req)?;
-    let mut touched = std::collections::BTreeSet::new();
+pub async fn replay_offline(
+    store: &Store,
+    req: &ReplayRequest,
+) -> Result<ReplayAnswer, ReplayError> {
+    let ids = select_replay(store, req).await?;
+    let mut reopened = std::collections::BTreeSet::new();
     for id in &ids {
-        let job = store.requeue(*id, false)?;
-        touched.insert(job.manifest);
-    }
-    for mid in touched {
-        if store
-            .manifest(mid)?
-            .is_some_and(|m| matches!(m.state, ManifestState::Finished { .. }))
+        let Some(job) = store.job(*id).await? else {
+            continue;
+        };
+        if reopened.insert(job.manifest)
+            && store
+                .manifest(job.manifest)
+                .await?
+                .is_some_and(|m| m.state.is_ended())
         {
-            store.set_manifest_state(mid, ManifestState::Active)?;
+            store.reopen_run(job.manifest).await?;
         }
+        store.requeue(*id, false).await?;
     }
-    store.flush()?;
+    store.flush().await?;
     Ok(ReplayAnswer {
         requeued: ids.len(),
         jobs: ids,
@@ -402,7 +439,7 @@ async fn healthz(State(state): State<AdminState>) -> Response {
             axum::Json(serde_json::json!({"status": "ok"})),
         )
             .into_response(),
-        Health::Paused { reason } => (
+        Health::Paused { reason, .. } => (
             StatusCode::SERVICE_UNAVAILABLE,
             axum::Json(serde_json::json!({"status": "paused", "reason": reason})),
         )
@@ -411,35 +448,27 @@ async fn healthz(State(state): State<AdminState>) -> Response {
 }
 
 async fn status(State(state): State<AdminState>) -> Response {
-    let pipeline = state.pipeline.clone();
-    let res =
-        tokio::task::spawn_blocking(move || status_view(pipeline.store(), Some(&pipeline))).await;
-    json_or_500(res)
+    json_or_500(status_view(state.pipeline.store(), Some(&state.pipeline)).await)
 }
 
 async fn jobs(State(state): State<AdminState>, Query(query): Query<JobsQuery>) -> Response {
-    let store = state.pipeline.store().clone();
-    let res = tokio::task::spawn_blocking(move || jobs_view(&store, &query)).await;
-    json_or_500(res)
+    json_or_500(jobs_view(state.pipeline.store(), &query).await)
 }
 
 async fn replay(
     State(state): State<AdminState>,
     axum::Json(req): axum::Json<ReplayRequest>,
 ) -> Response {
-    let store = state.pipeline.store().clone();
-    let selected = tokio::task::spawn_blocking(move || select_replay(&store, &req)).await;
-    let ids = match selected {
-        Ok(Ok(ids)) => ids,
-        Ok(Err(err @ ReplayError::Store(_))) => return internal(&err),
-        Ok(Err(err)) => {
+    let ids = match select_replay(state.pipeline.store(), &req).await {
+        Ok(ids) => ids,
+        Err(err @ ReplayError::Store(_)) => return internal(&err),
+        Err(err) => {
             return (
                 StatusCode::BAD_REQUEST,
                 axum::Json(serde_json::json!({"error": err.to_string()})),
             )
                 .into_response();
         }
-        Err(err) => return internal(&err),
     };
     match state.pipeline.replay(ids.clone()).await {
         Ok(n) => {
@@ -454,34 +483,23 @@ async fn replay(
     }
 }
 
+/// `/metrics`: the store's counters are kept as states change, so a scrape costs
+/// O(runs active) whatever the history.
 async fn metrics(State(state): State<AdminState>) -> Response {
-    let pipeline = state.pipeline.clone();
-    let metrics = state.metrics.clone();
-    let res = tokio::task::spawn_blocking(move || -> Result<String, StoreError> {
-        pipeline.refresh_metrics(&metrics)?;
-        Ok(metrics.encode())
-    })
-    .await;
-    match res {
-        Ok(Ok(text)) => (
-            [(
-                axum::http::header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            text,
-        )
-            .into_response(),
-        Ok(Err(err)) => internal(&err),
-        Err(err) => internal(&err),
-    }
+    state.pipeline.refresh_metrics(&state.metrics);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
 }
 
-fn json_or_500<T: Serialize>(
-    res: Result<Result<T, StoreError>, tokio::task::JoinError>,
-) -> Response {
+fn json_or_500<T: Serialize>(res: Result<T, StoreError>) -> Response {
     match res {
-        Ok(Ok(value)) => axum::Json(value).into_response(),
-        Ok(Err(err)) => internal(&err),
+        Ok(value) => axum::Json(value).into_response(),
         Err(err) => internal(&err),
     }
 }

@@ -23,8 +23,14 @@ pub const EX_FAILURE: i32 = 1;
 pub const EX_JOBS_FAILED: i32 = 2;
 /// The configuration is invalid (EX_USAGE).
 pub const EX_CONFIG: i32 = 64;
+/// The API stayed unreachable (EX_UNAVAILABLE): `run --once` gave up; unfinished jobs stay
+/// in the store.
+pub const EX_UNAVAILABLE: i32 = 69;
 /// Stopped by a signal before the work was done (EX_TEMPFAIL: try again).
 pub const EX_INTERRUPTED: i32 = 75;
+/// The API refused the key, the credits or the scope (EX_NOPERM): `run --once` gave up;
+/// unfinished jobs stay in the store.
+pub const EX_REFUSED: i32 = 77;
 
 /// Where the config is read from when neither `--config` nor `CLAID_HOTFOLDER_CONFIG` is set.
 pub const DEFAULT_CONFIG: &str = "/etc/claid-hotfolder/claid-hotfolder.yaml";
@@ -189,6 +195,14 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// A one-thread runtime for the commands that talk to the daemon or read the store.
+fn small_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
 fn load_config(path: &Path) -> anyhow::Result<Config> {
     config::load(path).map_err(anyhow::Error::from)
 }
@@ -225,6 +239,26 @@ fn cmd_run(path: &Path, once: bool, print_config: bool) -> i32 {
         Ok(Outcome::AllDone) => EX_OK,
         Ok(Outcome::SomeFailed) => EX_JOBS_FAILED,
         Ok(Outcome::Interrupted) => EX_INTERRUPTED,
+        Ok(Outcome::Refused { status, reason }) => {
+            let hint = match status {
+                401 => {
+                    "the API key was refused: check the key in `api.api_key_file` (or CLAID_API_KEY)"
+                }
+                402 => "the Claid account has no credits left: top it up, then run again",
+                403 => "the API key lacks the `image_editing` permission: create a key with it",
+                _ => "the API refused the daemon",
+            };
+            eprintln!(
+                "error: {hint} (HTTP {status}: {reason}); unfinished jobs stay in the store and resume at the next run"
+            );
+            EX_REFUSED
+        }
+        Ok(Outcome::Unreachable { why }) => {
+            eprintln!(
+                "error: the Claid API stayed unreachable: {why}; unfinished jobs stay in the store and resume at the next run"
+            );
+            EX_UNAVAILABLE
+        }
         Err(err) => {
             tracing::error!(error = %daemon::error_chain(&err), "Fatal error; the daemon stops");
             eprintln!("error: {}", daemon::error_chain(&err));
@@ -357,11 +391,12 @@ fn cmd_plan(config_path: &Path, file: &Path) -> anyhow::Result<i32> {
         }
     };
     let store = Store::open(&config.folders.state).ok();
+    let rt = small_runtime()?;
     let (mut n_new, mut n_unchanged, mut n_uploads) = (0u64, 0u64, 0u64);
     println!("{:>6}  {:<9}  {:<50}  output", "image", "plan", "input");
     for job in &spec.jobs {
         let unchanged = store.as_ref().is_some_and(|store| {
-            matches!(store.done_by_key(&job.key), Ok(Some((_, JobV1 { state: JobState::Done { ref path, ref sha256, .. }, .. })))
+            matches!(rt.block_on(store.done_by_key(&job.key)), Ok(Some((_, JobV1 { state: JobState::Done { ref path, ref sha256, .. }, .. })))
                 if crate::output::sha256_file(Path::new(path)).is_ok_and(|found| &found == sha256))
         });
         let (input, local) = match &job.input {
@@ -406,9 +441,7 @@ fn ask_daemon(
     path: &str,
     body: Option<&serde_json::Value>,
 ) -> anyhow::Result<Option<(u16, Vec<u8>)>> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = small_runtime()?;
     match rt.block_on(admin::request(&config.admin.socket, method, path, body)) {
         Ok(answer) => Ok(Some(answer)),
         Err(admin::AdminError::NotRunning { .. }) => Ok(None),
@@ -432,7 +465,10 @@ fn cmd_status(config_path: &Path, json: bool) -> anyhow::Result<i32> {
     let config = load_config(config_path)?;
     let view: admin::StatusView = match ask_daemon(&config, "GET", "/status", None)? {
         Some(answer) => from_daemon(answer)?,
-        None => admin::status_view(&open_store(&config)?, None)?,
+        None => {
+            let store = open_store(&config)?;
+            small_runtime()?.block_on(admin::status_view(&store, None))?
+        }
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&view)?);
@@ -501,7 +537,10 @@ fn cmd_jobs(
     }
     let jobs: Vec<admin::JobView> = match ask_daemon(&config, "GET", &path, None)? {
         Some(answer) => from_daemon(answer)?,
-        None => admin::jobs_view(&open_store(&config)?, &query)?,
+        None => {
+            let store = open_store(&config)?;
+            small_runtime()?.block_on(admin::jobs_view(&store, &query))?
+        }
     };
     println!(
         "{:>20}  {:<11}  {:>8}  {:<44}  {:<30}  detail",
@@ -556,7 +595,8 @@ fn cmd_replay(
             answer
         }
         None => {
-            let answer = admin::replay_offline(&open_store(&config)?, &req)?;
+            let store = open_store(&config)?;
+            let answer = small_runtime()?.block_on(admin::replay_offline(&store, &req))?;
             println!(
                 "Requeued {} jobs; they run at the daemon's next start.",
                 answer.requeued

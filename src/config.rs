@@ -31,6 +31,7 @@ pub const DEFAULT_REQUESTS_PER_MINUTE: u32 = 120;
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 32;
 pub const DEFAULT_MAX_DOWNLOADS: usize = 8;
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_UNREACHABLE_TIMEOUT: Duration = Duration::from_secs(120);
 pub const DEFAULT_POLL_MIN: Duration = Duration::from_secs(1);
 pub const DEFAULT_POLL_MAX: Duration = Duration::from_secs(30);
 pub const DEFAULT_SETTLE: Duration = Duration::from_secs(2);
@@ -83,6 +84,9 @@ pub struct ApiConfig {
     pub max_downloads: NonZeroUsize,
     pub request_timeout: Duration,
     pub poll: PollConfig,
+    /// `run --once` gives up when no API call has succeeded for this long (unfinished jobs
+    /// stay in the store); the daemon keeps waiting.
+    pub unreachable_timeout: Duration,
 }
 
 /// Bounds of the poll interval of one task.
@@ -542,6 +546,7 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "max_downloads",
             "request_timeout",
             "poll",
+            "unreachable_timeout",
         ],
     ),
     ("api.poll", &["min", "max"]),
@@ -775,6 +780,12 @@ impl Checker {
                 min: poll_min,
                 max: poll_max,
             },
+            unreachable_timeout: self.duration(
+                root,
+                "api.unreachable_timeout",
+                DEFAULT_UNREACHABLE_TIMEOUT,
+                false,
+            ),
         })
     }
 

@@ -25,6 +25,8 @@ use crate::{admin, emulator, output, watcher};
 
 /// The file in the state directory that names the PID of the daemon holding the store.
 const PID_FILE: &str = "claid-hotfolder.pid";
+/// Where the processed version of each running manifest is kept, under the state folder.
+const COPIES_DIR: &str = "copies";
 /// How often `STATUS=` is refreshed for systemd.
 const STATUS_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -72,7 +74,7 @@ pub struct RunOptions {
 }
 
 /// How a run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// Every job handled in this run is done (or unchanged).
     AllDone,
@@ -80,6 +82,26 @@ pub enum Outcome {
     SomeFailed,
     /// Stopped by a signal before the work was finished (the rest resumes at the next start).
     Interrupted,
+    /// `run --once` stopped because the API refused the key, the credits or the scope
+    /// (`status` 401, 402 or 403); unfinished jobs stay in the store.
+    Refused { status: u16, reason: String },
+    /// `run --once` stopped because the API stayed unreachable for `api.unreachable_timeout`;
+    /// unfinished jobs stay in the store.
+    Unreachable { why: String },
+}
+
+/// How the work of `run --once` ended.
+#[derive(Debug)]
+enum OnceEnd {
+    /// Every run taken in has ended or is held.
+    Settled,
+    Refused {
+        status: u16,
+        reason: String,
+    },
+    Unreachable {
+        why: String,
+    },
 }
 
 /// Runs the daemon until `shutdown` completes (or, with `once`, until the inbox is processed).
@@ -106,12 +128,14 @@ pub async fn run(
     };
 
     let folders = &config.folders;
+    let copies = folders.state.join(COPIES_DIR);
     for path in [
         &folders.inbox,
         &folders.outbox,
         &folders.archive,
         &folders.rejected,
         &folders.state,
+        &copies,
     ] {
         std::fs::create_dir_all(path).map_err(|source| FatalError::Folder {
             path: path.clone(),
@@ -150,6 +174,7 @@ pub async fn run(
             outbox: folders.outbox.clone(),
             archive: folders.archive.clone(),
             rejected: folders.rejected.clone(),
+            copies,
         },
         policies: policies(&config),
         poll: config.api.poll,
@@ -172,7 +197,7 @@ pub async fn run(
         in_doubt_held = summary.in_doubt_held,
         "Resumed unfinished work from the store"
     );
-    tracker.spawn(pipeline.clone().run_submitter());
+    pipeline.start();
 
     let admin_state = admin::AdminState {
         pipeline: pipeline.clone(),
@@ -192,14 +217,16 @@ pub async fn run(
         if opts.once {
             run_once(&pipeline, &config, &opts).await
         } else {
-            run_watching(&pipeline, &config, &opts, &cancel).await
+            run_watching(&pipeline, &config, &opts, &cancel)
+                .await
+                .map(|()| OnceEnd::Settled)
         }
     };
     tokio::pin!(work);
     let shutdown_requested;
     let result = tokio::select! {
         res = &mut work => { shutdown_requested = false; res }
-        () = shutdown => { shutdown_requested = true; Ok(()) }
+        () = shutdown => { shutdown_requested = true; Ok(OnceEnd::Settled) }
     };
 
     // Phase 1: stop intake and waits; units of work in progress finish.
@@ -214,8 +241,18 @@ pub async fn run(
         info!(grace = ?grace, "Shutting down: draining in-flight steps");
     }
     // Phase 2: after the grace period stop waiting; unfinished jobs resume at the next start.
+    let started_drain = tokio::time::Instant::now();
     let graceful = tokio::time::timeout(grace, tracker.wait()).await.is_ok();
-    if let Err(err) = store.flush() {
+    // Runs whose last job ended while draining are finished now, not at the next start.
+    let finished = pipeline
+        .stop_finisher(
+            grace
+                .saturating_sub(started_drain.elapsed())
+                .max(Duration::from_secs(1)),
+        )
+        .await;
+    let graceful = graceful && finished;
+    if let Err(err) = store.flush().await {
         error!(error = %err, "Cannot flush the store at shutdown");
     }
     if graceful {
@@ -236,7 +273,7 @@ pub async fn run(
     }
     let _ = std::fs::remove_file(folders.state.join(PID_FILE));
     drop(embedded);
-    result?;
+    let once_end = result?;
 
     let totals = pipeline.totals();
     if !opts.once {
@@ -246,6 +283,11 @@ pub async fn run(
     }
     if shutdown_requested {
         return Ok(Outcome::Interrupted);
+    }
+    match once_end {
+        OnceEnd::Settled => {}
+        OnceEnd::Refused { status, reason } => return Ok(Outcome::Refused { status, reason }),
+        OnceEnd::Unreachable { why } => return Ok(Outcome::Unreachable { why }),
     }
     if totals.failed > 0
         || totals.held > 0
@@ -258,17 +300,33 @@ pub async fn run(
     }
 }
 
-/// `run --once`: every manifest in the inbox now, then wait for all jobs.
+/// `run --once`: every manifest in the inbox now, then wait for all jobs; gives up at once
+/// when the API refuses the key or credits, and after `api.unreachable_timeout` without any
+/// answer from the API.
 async fn run_once(
     pipeline: &pipeline::Handle,
     config: &Config,
     opts: &RunOptions,
-) -> Result<(), FatalError> {
+) -> Result<OnceEnd, FatalError> {
     first_scan(pipeline, config).await?;
     let bar = opts.progress_bar.then(|| progress_bar(pipeline));
-    pipeline.wait_settled().await;
+    let end = tokio::select! {
+        () = pipeline.wait_settled() => OnceEnd::Settled,
+        end = give_up(pipeline.health_state(), config.api.unreachable_timeout) => end,
+    };
     if let Some(bar) = bar {
         bar.abort();
+    }
+    match &end {
+        OnceEnd::Settled => {}
+        OnceEnd::Refused { reason, .. } => {
+            error!(error = %reason, "The API refuses the daemon; stopping (unfinished jobs stay in the store and resume at the next run)");
+            return Ok(end);
+        }
+        OnceEnd::Unreachable { why } => {
+            error!(error = %why, "The API stayed unreachable; stopping (unfinished jobs stay in the store and resume at the next run)");
+            return Ok(end);
+        }
     }
     let totals = pipeline.totals();
     info!(
@@ -281,7 +339,28 @@ async fn run_once(
         held_in_doubt = totals.held,
         "Inbox processed"
     );
-    Ok(())
+    Ok(end)
+}
+
+/// Completes when `run --once` should stop waiting: the API refused the daemon (paused), or
+/// no call has succeeded for `timeout` while some failed.
+async fn give_up(health: Arc<pipeline::health::HealthState>, timeout: Duration) -> OnceEnd {
+    let mut changes = health.subscribe();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        if let pipeline::Health::Paused { reason, status } = health.current() {
+            return OnceEnd::Refused { status, reason };
+        }
+        if let Some((for_how_long, why)) = health.failing()
+            && for_how_long >= timeout
+        {
+            return OnceEnd::Unreachable { why };
+        }
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = tick.tick() => {}
+        }
+    }
 }
 
 /// Takes in every manifest of the inbox once it is stable.
@@ -291,7 +370,7 @@ async fn first_scan(pipeline: &pipeline::Handle, config: &Config) -> Result<(), 
         .map_err(FatalError::Watcher)?;
     info!(manifests = candidates.len(), "Scanned the inbox");
     for candidate in candidates {
-        pipeline.intake(candidate.path).await;
+        pipeline.offer(candidate).await;
     }
     Ok(())
 }
@@ -320,18 +399,25 @@ async fn run_watching(
         tx,
         cancel.child_token(),
     ));
+    // Candidates go to intake from a task of their own: the loop below never waits for intake.
+    let forward = {
+        let pipeline = pipeline.clone();
+        tokio::spawn(async move {
+            while let Some(candidate) = rx.recv().await {
+                pipeline.offer(candidate).await;
+            }
+        })
+    };
     info!(inbox = %config.folders.inbox.display(), "Watching the inbox");
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let watchdog = sd_notify::watchdog_enabled();
     let mut watchdog_tick =
         tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |d| d / 2));
     let mut status_tick = tokio::time::interval(STATUS_INTERVAL);
+    tokio::pin!(forward);
     loop {
         tokio::select! {
-            candidate = rx.recv() => match candidate {
-                Some(candidate) => pipeline.intake(candidate.path).await,
-                None => break,
-            },
+            _ = &mut forward => break,
             Some(()) = recv_hangup(&mut hangup) => reload(pipeline, opts.config_path.as_deref()),
             _ = watchdog_tick.tick(), if watchdog.is_some() => {
                 let _ = sd_notify::notify(&[NotifyState::Watchdog]);
@@ -395,7 +481,7 @@ fn status_line(pipeline: &pipeline::Handle) -> String {
     let t = pipeline.totals();
     let paused = match pipeline.health() {
         pipeline::Health::Healthy => String::new(),
-        pipeline::Health::Paused { reason } => format!("; PAUSED: {reason}"),
+        pipeline::Health::Paused { reason, .. } => format!("; PAUSED: {reason}"),
     };
     format!(
         "{} in flight, {} queued, {} done, {} failed, {} rejected manifests{paused}",

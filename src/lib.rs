@@ -8,8 +8,11 @@
 //! - [`config`]: the validated configuration (with [`yaml`] for line numbers).
 //! - [`watcher`]: finds stable manifests in the inbox.
 //! - [`manifest`]: parses and validates a manifest into job specs.
-//! - [`store`]: the sled job store and its durability points.
-//! - [`pipeline`]: schedules jobs through submit, poll, download and output.
+//! - [`store`]: the sled job store, its durability points, output reservations and counts.
+//! - [`lifecycle`]: the phases of a manifest run and their transitions.
+//! - [`pipeline`]: intake, the submitter, each job's task (submit, poll, download, output)
+//!   and the finisher (reports, archive).
+//! - [`codes`]: the stable names of failure codes and job states.
 //! - [`claid`]: the API client (and the wire types shared with the emulator).
 //! - [`output`]: atomic output writes; [`report`]: per-manifest reports.
 //! - [`daemon`]: wiring, supervision, systemd notifications, reload and shutdown; [`signal`],
@@ -21,9 +24,11 @@
 pub mod admin;
 pub mod claid;
 pub mod cli;
+pub mod codes;
 pub mod config;
 pub mod daemon;
 pub mod emulator;
+pub mod lifecycle;
 pub mod logging;
 pub mod manifest;
 pub mod metrics;

@@ -1,7 +1,6 @@
 //! Prometheus metrics (prometheus-client, one explicit registry, no globals): what the pipeline
 //! records as it goes, plus values read at scrape time from the store and the API client.
 
-use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -13,6 +12,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::claid::{ClientStats, Endpoint};
+use crate::codes::StateName;
+use crate::store::ManifestCounts;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
@@ -218,23 +219,14 @@ impl Metrics {
         *last = now.clone();
     }
 
-    /// Sets the jobs-by-state gauges from store counts.
-    pub fn set_job_counts(&self, counts: &BTreeMap<String, u64>) {
-        for state in [
-            "queued",
-            "submitting",
-            "submitted",
-            "downloading",
-            "in_doubt",
-            "done",
-            "failed",
-        ] {
-            let n = counts.get(state).copied().unwrap_or(0);
+    /// Sets the jobs-by-state gauges from the store's counts.
+    pub fn set_job_counts(&self, counts: &ManifestCounts) {
+        for state in StateName::ALL {
             self.jobs
                 .get_or_create(&StateLabel {
-                    state: state.to_owned(),
+                    state: state.as_str().to_owned(),
                 })
-                .set(n as i64);
+                .set(counts.of(state) as i64);
         }
     }
 

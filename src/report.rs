@@ -105,7 +105,6 @@ pub fn row(job: &JobV1) -> ReportRow {
         }
         JobState::Failed { code, message, .. } => row.reason = format!("{code}: {message}"),
         JobState::InDoubt { .. } => {
-            row.status = "in-doubt".to_owned();
             row.reason =
                 "in-doubt: the submit may have reached Claid; see `replay --in-doubt`".to_owned();
         }
@@ -257,7 +256,9 @@ fn write_csv(w: &mut dyn Write, rows: &RowSource<'_>) -> io::Result<()> {
     writer.flush()
 }
 
-fn rel_paths(manifest_rel: &Path) -> (PathBuf, PathBuf) {
+/// The report paths of a manifest, relative to the outbox: `a/b/shoes.yaml` →
+/// `a/b/shoes.report.json` and `a/b/shoes.report.csv`.
+pub fn rel_paths(manifest_rel: &Path) -> (PathBuf, PathBuf) {
     let stem = manifest_rel
         .file_stem()
         .map(|s| s.to_os_string())

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::codes::{FailureCode, StateName};
+
 /// A job id: `generate_id()` of the database, stored big-endian so a scan is FIFO.
 pub type JobId = u64;
 /// A manifest id, from the same id generator as job ids.
@@ -34,16 +36,148 @@ pub struct ManifestV1 {
     pub registered_at_ms: u64,
     /// Number of jobs registered with it, to tell when every job is terminal.
     pub n_jobs: u32,
-    /// Whether the manifest still has work (or has been archived/reported).
+    /// Where the run is in its lifecycle (the persisted part of [`crate::lifecycle`]).
     pub state: ManifestState,
+    /// The counts of its jobs, written when the run ends, so that status and metrics never
+    /// read the jobs of an ended run again. `None` while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counts: Option<ManifestCounts>,
 }
 
-/// Lifecycle of a manifest.
+/// The persisted states of a manifest run. `Found`, `Validated`, `Reserved` and `Finishing` of
+/// [`crate::lifecycle::Phase`] live only in memory: a crash there leaves either no record (the
+/// registration never committed) or a `Running` one whose jobs have all ended, which the next
+/// start finishes again.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum ManifestState {
-    Active,
+    /// Jobs are being processed (also: all ended but some are held in doubt).
+    #[serde(alias = "active")]
+    Running,
+    /// The file was saved again: no new submits; tasks at Claid finish and are recorded.
+    Draining { since_ms: u64 },
+    /// Every job ended; the report is written and the manifest moved per `on_manifest_done`.
     Finished { at_ms: u64 },
+    /// Ended after a newer version of the same file replaced it.
+    Superseded { at_ms: u64 },
+}
+
+impl ManifestState {
+    /// Finished or superseded: its outputs are no longer reserved.
+    pub fn is_ended(&self) -> bool {
+        matches!(
+            self,
+            ManifestState::Finished { .. } | ManifestState::Superseded { .. }
+        )
+    }
+}
+
+/// Job counts of one manifest by state, plus what reports and metrics also count.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ManifestCounts {
+    pub queued: u64,
+    pub submitting: u64,
+    pub submitted: u64,
+    pub downloading: u64,
+    pub in_doubt: u64,
+    pub done: u64,
+    pub failed: u64,
+    /// Of `done`: done without an API call (identical output already there).
+    #[serde(default)]
+    pub unchanged: u64,
+    /// Sum of the jobs' `in_doubt` counters: submits that may have been duplicated.
+    #[serde(default)]
+    pub in_doubt_events: u64,
+}
+
+impl ManifestCounts {
+    /// The count of jobs in `state`.
+    pub fn of(&self, state: StateName) -> u64 {
+        match state {
+            StateName::Queued => self.queued,
+            StateName::Submitting => self.submitting,
+            StateName::Submitted => self.submitted,
+            StateName::Downloading => self.downloading,
+            StateName::InDoubt => self.in_doubt,
+            StateName::Done => self.done,
+            StateName::Failed => self.failed,
+        }
+    }
+
+    fn slot(&mut self, state: StateName) -> &mut u64 {
+        match state {
+            StateName::Queued => &mut self.queued,
+            StateName::Submitting => &mut self.submitting,
+            StateName::Submitted => &mut self.submitted,
+            StateName::Downloading => &mut self.downloading,
+            StateName::InDoubt => &mut self.in_doubt,
+            StateName::Done => &mut self.done,
+            StateName::Failed => &mut self.failed,
+        }
+    }
+
+    /// Counts one more job as it is.
+    pub fn add_job(&mut self, job: &JobV1) {
+        *self.slot(job.state.name()) += 1;
+        self.unchanged += u64::from(job.state.is_unchanged());
+        self.in_doubt_events += u64::from(job.in_doubt);
+    }
+
+    /// Counts one more job from its summary.
+    pub fn add_summary(&mut self, job: &JobSummary) {
+        *self.slot(job.state.kind) += 1;
+        self.unchanged += u64::from(job.state.unchanged);
+        self.in_doubt_events += u64::from(job.in_doubt);
+    }
+
+    /// Counts a job as it is now instead of as it was.
+    pub fn apply(&mut self, old: &JobV1, new: &JobV1) {
+        let slot = self.slot(old.state.name());
+        *slot = slot.saturating_sub(1);
+        self.unchanged = self
+            .unchanged
+            .saturating_sub(u64::from(old.state.is_unchanged()));
+        self.in_doubt_events = self.in_doubt_events.saturating_sub(u64::from(old.in_doubt));
+        self.add_job(new);
+    }
+
+    /// Adds another manifest's counts.
+    pub fn add(&mut self, other: &ManifestCounts) {
+        for state in StateName::ALL {
+            *self.slot(state) += other.of(state);
+        }
+        self.unchanged += other.unchanged;
+        self.in_doubt_events += other.in_doubt_events;
+    }
+
+    /// Removes another manifest's counts.
+    pub fn sub(&mut self, other: &ManifestCounts) {
+        for state in StateName::ALL {
+            let slot = self.slot(state);
+            *slot = slot.saturating_sub(other.of(state));
+        }
+        self.unchanged = self.unchanged.saturating_sub(other.unchanged);
+        self.in_doubt_events = self.in_doubt_events.saturating_sub(other.in_doubt_events);
+    }
+
+    pub fn total(&self) -> u64 {
+        StateName::ALL.into_iter().map(|s| self.of(s)).sum()
+    }
+
+    /// Done plus failed.
+    pub fn terminal(&self) -> u64 {
+        self.done + self.failed
+    }
+
+    /// Jobs at Claid or on their way there: submitting, submitted, downloading.
+    pub fn in_flight(&self) -> u64 {
+        self.submitting + self.submitted + self.downloading
+    }
+
+    /// Jobs the manifest still waits for: neither terminal nor held in doubt.
+    pub fn open(&self) -> u64 {
+        self.queued + self.in_flight()
+    }
 }
 
 /// One image job.
@@ -78,9 +212,9 @@ pub struct JobV1 {
     pub updated_at_ms: u64,
 }
 
-/// The job lifecycle (SPEC §5.1).
+/// The job lifecycle (SPEC §5.1). The tag is the state's [`StateName`].
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum JobState {
     Queued,
     Submitting {
@@ -97,6 +231,7 @@ pub enum JobState {
         width: u32,
         height: u32,
     },
+    #[serde(alias = "in_doubt")]
     InDoubt {
         since_ms: u64,
     },
@@ -110,7 +245,7 @@ pub enum JobState {
         unchanged: bool,
     },
     Failed {
-        code: String,
+        code: FailureCode,
         message: String,
         attempts: u32,
     },
@@ -131,17 +266,33 @@ pub struct DoneInfo {
 }
 
 impl JobState {
-    /// The stable snake_case name of the state, as used in counts and conflict errors.
-    pub fn kind(&self) -> &'static str {
+    /// The state's stable name.
+    pub fn name(&self) -> StateName {
         match self {
-            JobState::Queued => "queued",
-            JobState::Submitting { .. } => "submitting",
-            JobState::Submitted { .. } => "submitted",
-            JobState::Downloading { .. } => "downloading",
-            JobState::InDoubt { .. } => "in_doubt",
-            JobState::Done { .. } => "done",
-            JobState::Failed { .. } => "failed",
+            JobState::Queued => StateName::Queued,
+            JobState::Submitting { .. } => StateName::Submitting,
+            JobState::Submitted { .. } => StateName::Submitted,
+            JobState::Downloading { .. } => StateName::Downloading,
+            JobState::InDoubt { .. } => StateName::InDoubt,
+            JobState::Done { .. } => StateName::Done,
+            JobState::Failed { .. } => StateName::Failed,
         }
+    }
+
+    /// The state's stable kebab-case name, as stored, counted and shown.
+    pub fn kind(&self) -> &'static str {
+        self.name().as_str()
+    }
+
+    /// Done without an API call: an identical output was already there.
+    pub fn is_unchanged(&self) -> bool {
+        matches!(
+            self,
+            JobState::Done {
+                unchanged: true,
+                ..
+            }
+        )
     }
 
     /// Done, Failed or held in doubt: nothing happens to it until a replay requeues it. A job
@@ -173,31 +324,20 @@ impl From<DoneInfo> for JobState {
     }
 }
 
-/// A job's lifecycle state without its data, as stored in `state.kind`.
-#[derive(Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum StateKind {
-    Queued,
-    Submitting,
-    Submitted,
-    Downloading,
-    InDoubt,
-    Done,
-    Failed,
-}
-
 /// The few fields of a job record that resuming and counting need. Decoding it skips the
 /// request body and the history, so a scan over 100,000 jobs allocates next to nothing.
 #[derive(Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct JobSummary {
     pub manifest: ManifestId,
     pub state: KindOnly,
+    #[serde(default)]
+    pub in_doubt: u32,
 }
 
 /// `state` reduced to its `kind`.
 #[derive(Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KindOnly {
-    pub kind: StateKind,
+    pub kind: StateName,
     /// Only present on `Done`.
     #[serde(default)]
     pub unchanged: bool,

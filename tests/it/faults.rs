@@ -1,5 +1,6 @@
 //! The fault matrix: one emulator fault per case, each run to completion through the real binary
-//! (`run --once`) and checked against the emulator's exact counters, the report and the outbox.
+//! (`run --once`, or the daemon `run` for refusals of the key or credits, on which `run --once`
+//! ends at once) and checked against the emulator's exact counters, the report and the outbox.
 //! Every image ends `done` (its output there once, whole, with the right dimensions) or `failed`
 //! with the reason code that fault allows; systemic faults (down, 402, 403) and a blocked outbox
 //! pause the work and resume it without failing a job; nothing is submitted twice except jobs
@@ -67,6 +68,9 @@ struct Case {
     images: usize,
     /// Failure codes this fault may legitimately end a job with.
     may_fail: &'static [&'static str],
+    /// Run the daemon (`run`, stopped once the manifest is archived) instead of `run --once`,
+    /// which ends at once when the API refuses the key or credits.
+    daemon: bool,
     during: During,
     /// Case-specific claims about the emulator's counts and the outcome.
     check: fn(&Stats, &Outcome) -> Result<(), String>,
@@ -82,6 +86,7 @@ impl Case {
             wrapper: Vec::new(),
             images: 40,
             may_fail: &[],
+            daemon: false,
             during: During::Nothing,
             check: |_, _| Ok(()),
         }
@@ -225,7 +230,20 @@ async fn check_fault(case: Case) {
     let stop = CancellationToken::new();
     let ((code, stderr), competitor_429) = tokio::join!(
         async {
-            let ran = env.run_once_with(&config, case.envs, &wrapper).await;
+            let ran = if case.daemon {
+                let mut child = env.spawn_daemon_with(&config, 0, case.envs);
+                let archived = env.archive.join(format!("{name}.yaml"));
+                wait_until(
+                    "the manifest is finished and archived",
+                    3 * DEADLINE,
+                    || archived.is_file(),
+                )
+                .await;
+                let status = crate::support::stop(&mut child).await;
+                (status.code().unwrap_or(-1), env.daemon_log(0))
+            } else {
+                env.run_once_with(&config, case.envs, &wrapper).await
+            };
             stop.cancel();
             ran
         },
@@ -584,6 +602,7 @@ async fn fault_out_of_credits_pauses_and_resumes_without_failing_jobs() {
             all_done(s, o)?;
             ensure(s.refused_402 >= 3, "submits were refused with 402")
         },
+        daemon: true,
         ..Case::new(
             "credits",
             Scenario::default()
@@ -605,6 +624,7 @@ async fn fault_forbidden_key_pauses_and_resumes_without_failing_jobs() {
             all_done(s, o)?;
             ensure(s.refused_403 >= 3, "requests were refused with 403")
         },
+        daemon: true,
         ..Case::new(
             "forbidden",
             Scenario::default()

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
+use claid_hotfolder::codes::FailureCode;
 use claid_hotfolder::report::{self, Report, ReportRow};
 use claid_hotfolder::store::records::{JobState, JobV1, ManifestState, ManifestV1};
 
@@ -156,7 +157,7 @@ fn build_maps_job_states_to_rows_and_counts() {
         job(
             "c",
             JobState::Failed {
-                code: "invalid-operations".to_owned(),
+                code: FailureCode::ClaidInvalidRequest,
                 message: "width must be positive".to_owned(),
                 attempts: 1,
             },
@@ -178,7 +179,8 @@ fn build_maps_job_states_to_rows_and_counts() {
         sha256: "ff".to_owned(),
         registered_at_ms: 0,
         n_jobs: 5,
-        state: ManifestState::Active,
+        state: ManifestState::Running,
+        counts: None,
     };
     let report = report::build(&manifest, &jobs, report::now_rfc3339());
     assert_eq!(
@@ -213,7 +215,7 @@ fn build_maps_job_states_to_rows_and_counts() {
                 "failed",
                 None,
                 None,
-                "invalid-operations: width must be positive"
+                "claid-invalid-request: width must be positive"
             ),
             (
                 "d",

@@ -1,17 +1,20 @@
 //! Tests for store: the transition table, durability across reopen, orphan sweeping, locking,
 //! `done_by_key`, FIFO order and a 100k-job manifest.
 
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use claid_hotfolder::codes::FailureCode;
 use claid_hotfolder::store::records::{
     JobRecord, JobState, JobV1, ManifestRecord, ManifestState, ManifestV1,
 };
-use claid_hotfolder::store::{DoneInfo, JobId, Store, StoreError};
+use claid_hotfolder::store::{DoneInfo, JobId, NewRun, Registered, RunEnd, Store, StoreError};
 
 const ALL_STATES: [&str; 7] = [
     "queued",
     "submitting",
     "submitted",
     "downloading",
-    "in_doubt",
+    "in-doubt",
     "done",
     "failed",
 ];
@@ -22,11 +25,15 @@ fn manifest(rel: &str) -> ManifestV1 {
         sha256: "ab".repeat(32),
         registered_at_ms: 1,
         n_jobs: 0,
-        state: ManifestState::Active,
+        state: ManifestState::Running,
+        counts: None,
     }
 }
 
+/// Outputs are distinct per call: runs that are active together may not share one.
 fn job(idx: u32, key: &str) -> JobV1 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
     JobV1 {
         manifest: 0,
         idx,
@@ -34,7 +41,7 @@ fn job(idx: u32, key: &str) -> JobV1 {
         input: format!("storage://demo/p{idx}-64x64.png"),
         local: false,
         body: serde_json::json!({"operations": {"resizing": {"width": 32}}}).into(),
-        output_rel: format!("m/p{idx}.webp"),
+        output_rel: format!("m/{n}/p{idx}.webp"),
         state: JobState::Queued,
         attempts: 0,
         in_doubt: 0,
@@ -62,46 +69,84 @@ fn open_tmp() -> (tempfile::TempDir, Store) {
     (dir, store)
 }
 
-fn one_job(store: &Store, key: &str) -> JobId {
-    let (_, ids) = store
-        .register_manifest(manifest("m.yaml"), vec![job(0, key)])
-        .expect("register");
+/// Registers a run (no job unchanged): its id and every job id.
+async fn register(store: &Store, m: ManifestV1, jobs: Vec<JobV1>) -> (u64, Vec<JobId>) {
+    let run = NewRun {
+        record: m,
+        extra_paths: Vec::new(),
+    };
+    match store
+        .register_run(run, jobs.into_iter(), |_, _| None)
+        .await
+        .expect("register")
+    {
+        Registered::Run { id, queued, .. } => (id, queued),
+        other => panic!("expected a registration, got {other:?}"),
+    }
+}
+
+async fn one_job(store: &Store, key: &str) -> JobId {
+    let (_, ids) = register(store, manifest("m.yaml"), vec![job(0, key)]).await;
     ids[0]
 }
 
+async fn jobs_of_manifest(store: &Store, id: u64) -> Vec<(JobId, JobV1)> {
+    store
+        .read(move |r| {
+            let mut out = Vec::new();
+            r.for_each_job_of_manifest(id, |job_id, job| {
+                out.push((job_id, job));
+                Ok::<_, StoreError>(())
+            })?;
+            Ok::<_, StoreError>(out)
+        })
+        .await
+        .expect("jobs of manifest")
+}
+
+async fn get(store: &Store, id: JobId) -> JobV1 {
+    store.job(id).await.expect("read").expect("job exists")
+}
+
 /// Drives a fresh job into `state` through legal transitions only.
-fn put_in_state(store: &Store, id: JobId, state: &str) {
-    match state {
-        "queued" => {}
-        "submitting" => drop(store.mark_submitting(id).expect("submitting")),
-        "submitted" => {
-            put_in_state(store, id, "submitting");
-            store
-                .mark_submitted(id, 7, "http://x/7", Some("r1"))
-                .expect("submitted");
-        }
-        "downloading" => {
-            put_in_state(store, id, "submitted");
-            store
-                .mark_downloading(id, Some(7), "http://x/t.webp", 32, 32)
-                .expect("dl");
-        }
-        "in_doubt" => {
-            put_in_state(store, id, "submitting");
-            store.mark_in_doubt(id).expect("in doubt");
-        }
-        "done" => {
-            put_in_state(store, id, "downloading");
-            store.mark_done(id, done_info(false)).expect("done");
-        }
-        "failed" => drop(
-            store
-                .mark_failed(id, "claid-error", "boom")
-                .expect("failed"),
-        ),
+async fn put_in_state(store: &Store, id: JobId, state: &str) {
+    let path: &[&str] = match state {
+        "queued" => &[],
+        "submitting" => &["submitting"],
+        "submitted" => &["submitting", "submitted"],
+        "downloading" => &["submitting", "submitted", "downloading"],
+        "in-doubt" => &["submitting", "in-doubt"],
+        "done" => &["submitting", "submitted", "downloading", "done"],
+        "failed" => &["failed"],
         other => panic!("unknown state {other}"),
+    };
+    for step in path {
+        match *step {
+            "submitting" => drop(store.mark_submitting(id).await.expect("submitting")),
+            "submitted" => drop(
+                store
+                    .mark_submitted(id, 7, "http://x/7", Some("r1"))
+                    .await
+                    .expect("submitted"),
+            ),
+            "downloading" => drop(
+                store
+                    .mark_downloading(id, Some(7), "http://x/t.webp", 32, 32)
+                    .await
+                    .expect("dl"),
+            ),
+            "in-doubt" => drop(store.mark_in_doubt(id).await.expect("in doubt")),
+            "done" => drop(store.mark_done(id, done_info(false)).await.expect("done")),
+            "failed" => drop(
+                store
+                    .mark_failed(id, FailureCode::ClaidError, "boom")
+                    .await
+                    .expect("failed"),
+            ),
+            _ => unreachable!(),
+        }
     }
-    assert_eq!(store.job(id).unwrap().unwrap().state.kind(), state);
+    assert_eq!(get(store, id).await.state.kind(), state);
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -117,35 +162,48 @@ enum Op {
     RequeueCounted,
 }
 
-fn apply(store: &Store, id: JobId, op: Op) -> Result<JobV1, StoreError> {
+async fn apply(store: &Store, id: JobId, op: Op) -> Result<JobV1, StoreError> {
     match op {
-        Op::Submitting => store.mark_submitting(id),
-        Op::Submitted => store.mark_submitted(id, 9, "http://x/9", Some("r2")),
-        Op::Downloading => store.mark_downloading(id, Some(9), "http://x/9.webp", 10, 20),
-        Op::Done => store.mark_done(id, done_info(false)),
-        Op::DoneUnchanged => store.mark_done(id, done_info(true)),
-        Op::Failed => store.mark_failed(id, "invalid-operations", "bad width"),
-        Op::InDoubt => store.mark_in_doubt(id),
-        Op::Requeue => store.requeue(id, false),
-        Op::RequeueCounted => store.requeue(id, true),
+        Op::Submitting => store.mark_submitting(id).await,
+        Op::Submitted => store.mark_submitted(id, 9, "http://x/9", Some("r2")).await,
+        Op::Downloading => {
+            store
+                .mark_downloading(id, Some(9), "http://x/9.webp", 10, 20)
+                .await
+        }
+        Op::Done => store.mark_done(id, done_info(false)).await,
+        Op::DoneUnchanged => store.mark_done(id, done_info(true)).await,
+        Op::Failed => {
+            store
+                .mark_failed(id, FailureCode::ClaidInvalidRequest, "bad width")
+                .await
+        }
+        Op::InDoubt => store.mark_in_doubt(id).await,
+        Op::Requeue => store.requeue(id, false).await,
+        Op::RequeueCounted => store.requeue(id, true).await,
     }
 }
 
 /// `expect`: `Some(kind)` for a legal transition, `None` for a conflict.
-fn check_transition(from: &str, op: Op, expect: Option<&str>) {
+async fn check_transition(from: &str, op: Op, expect: Option<&str>) {
     let (_dir, store) = open_tmp();
-    let id = one_job(&store, "k");
-    put_in_state(&store, id, from);
-    let before = store.job(id).unwrap().unwrap();
-    let res = apply(&store, id, op);
-    let after = store.job(id).unwrap().unwrap();
-    let listed = store.unfinished().unwrap().iter().any(|(j, _)| *j == id);
+    let id = one_job(&store, "k").await;
+    put_in_state(&store, id, from).await;
+    let before = get(&store, id).await;
+    let res = apply(&store, id, op).await;
+    let after = get(&store, id).await;
+    let listed = store
+        .unfinished()
+        .await
+        .unwrap()
+        .iter()
+        .any(|(j, _)| *j == id);
     assert_eq!(
         listed,
         !after.state.is_terminal(),
         "{from} --{op:?}--> unfinished index"
     );
-    let by_key = store.done_by_key("k").unwrap().map(|(j, _)| j);
+    let by_key = store.done_by_key("k").await.unwrap().map(|(j, _)| j);
     let is_done = matches!(after.state, JobState::Done { .. });
     assert_eq!(
         by_key,
@@ -167,7 +225,11 @@ fn check_transition(from: &str, op: Op, expect: Option<&str>) {
         }
         (None, Err(StoreError::Conflict { job, found, .. })) => {
             assert_eq!(job, id);
-            assert_eq!(found, from, "{from} --{op:?}--> conflict names the state");
+            assert_eq!(
+                found.as_str(),
+                from,
+                "{from} --{op:?}--> conflict names the state"
+            );
             assert_eq!(
                 after, before,
                 "{from} --{op:?}--> a conflict changes nothing"
@@ -177,8 +239,8 @@ fn check_transition(from: &str, op: Op, expect: Option<&str>) {
     }
 }
 
-#[test]
-fn every_transition_is_checked() {
+#[tokio::test]
+async fn every_transition_is_checked() {
     let table: [(Op, &[&str], &str); 9] = [
         (Op::Submitting, &["queued"], "submitting"),
         (Op::Submitted, &["submitting"], "submitted"),
@@ -196,64 +258,60 @@ fn every_transition_is_checked() {
                 "submitting",
                 "submitted",
                 "downloading",
-                "in_doubt",
+                "in-doubt",
             ],
             "failed",
         ),
-        (Op::InDoubt, &["submitting"], "in_doubt"),
+        (Op::InDoubt, &["submitting"], "in-doubt"),
         (Op::Requeue, &ALL_STATES, "queued"),
         (Op::RequeueCounted, &ALL_STATES, "queued"),
     ];
     for (op, allowed, to) in table {
         for from in ALL_STATES {
             let expect = allowed.contains(&from).then_some(to);
-            check_transition(from, op, expect);
+            check_transition(from, op, expect).await;
         }
     }
 }
 
-#[test]
-fn unknown_job_is_not_found() {
+#[tokio::test]
+async fn unknown_job_is_not_found() {
     let (_dir, store) = open_tmp();
-    let res = store.mark_submitting(12345);
+    let res = store.mark_submitting(12345).await;
     assert!(
         matches!(res, Err(StoreError::JobNotFound(12345))),
         "{res:?}"
     );
-    assert!(store.job(12345).unwrap().is_none());
+    assert!(store.job(12345).await.unwrap().is_none());
 }
 
-#[test]
-fn reopen_sees_every_flushed_change() {
+#[tokio::test]
+async fn reopen_sees_every_flushed_change() {
     let dir = tempfile::tempdir().unwrap();
     let (manifest_id, ids) = {
         let store = Store::open(dir.path()).unwrap();
         let jobs = (0..4).map(|i| job(i, &format!("k{i}"))).collect();
-        let (manifest_id, ids) = store
-            .register_manifest(manifest("a/shoes.yaml"), jobs)
-            .unwrap();
-        store.mark_submitting(ids[0]).unwrap();
-        put_in_state(&store, ids[1], "submitted");
-        put_in_state(&store, ids[2], "done");
-        put_in_state(&store, ids[3], "failed");
-        store
-            .set_manifest_state(manifest_id, ManifestState::Finished { at_ms: 5 })
-            .unwrap();
+        let (manifest_id, ids) = register(&store, manifest("a/shoes.yaml"), jobs).await;
+        store.mark_submitting(ids[0]).await.unwrap();
+        put_in_state(&store, ids[1], "submitted").await;
+        put_in_state(&store, ids[2], "done").await;
+        put_in_state(&store, ids[3], "failed").await;
+        store.end_run(manifest_id, RunEnd::Finished).await.unwrap();
         (manifest_id, ids)
     };
     let store = Store::open(dir.path()).unwrap();
     assert!(dir.path().join("v1").is_dir(), "schema version in the path");
-    let m = store.manifest(manifest_id).unwrap().unwrap();
+    let m = store.manifest(manifest_id).await.unwrap().unwrap();
     assert_eq!(m.n_jobs, 4);
-    assert_eq!(m.state, ManifestState::Finished { at_ms: 5 });
-    let kinds: Vec<_> = ids
-        .iter()
-        .map(|id| store.job(*id).unwrap().unwrap().state.kind())
-        .collect();
+    assert!(matches!(m.state, ManifestState::Finished { .. }), "{m:?}");
+    let mut kinds = Vec::new();
+    for id in &ids {
+        kinds.push(get(&store, *id).await.state.kind());
+    }
     assert_eq!(kinds, ["submitting", "submitted", "done", "failed"]);
-    let job0 = store.job(ids[0]).unwrap().unwrap();
+    let job0 = get(&store, ids[0]).await;
     assert_eq!((job0.attempts, job0.manifest), (1, manifest_id));
-    match store.job(ids[1]).unwrap().unwrap().state {
+    match get(&store, ids[1]).await.state {
         JobState::Submitted {
             task_id,
             ref result_url,
@@ -264,19 +322,22 @@ fn reopen_sees_every_flushed_change() {
         other => panic!("{other:?}"),
     }
     assert_eq!(
-        store.done_by_key("k2").unwrap().map(|(id, _)| id),
+        store.done_by_key("k2").await.unwrap().map(|(id, _)| id),
         Some(ids[2])
     );
 }
 
-#[test]
-fn orphan_jobs_without_a_manifest_record_are_swept_on_open() {
+#[tokio::test]
+async fn orphan_jobs_without_a_manifest_record_are_swept_on_open() {
     let dir = tempfile::tempdir().unwrap();
     let (kept_manifest, kept_ids) = {
         let store = Store::open(dir.path()).unwrap();
-        store
-            .register_manifest(manifest("kept.yaml"), vec![job(0, "a"), job(1, "b")])
-            .unwrap()
+        register(
+            &store,
+            manifest("kept.yaml"),
+            vec![job(0, "a"), job(1, "b")],
+        )
+        .await
     };
     // Simulate a crash between writing the jobs and the manifest record (the commit point).
     let orphan_manifest: u64 = 999_999_000;
@@ -299,19 +360,20 @@ fn orphan_jobs_without_a_manifest_record_are_swept_on_open() {
     let store = Store::open(dir.path()).unwrap();
     for job_id in orphan_jobs {
         assert!(
-            store.job(job_id).unwrap().is_none(),
+            store.job(job_id).await.unwrap().is_none(),
             "orphan {job_id} swept"
         );
     }
-    assert!(store.jobs_of_manifest(orphan_manifest).unwrap().is_empty());
+    assert!(jobs_of_manifest(&store, orphan_manifest).await.is_empty());
     let unfinished: Vec<_> = store
         .unfinished()
+        .await
         .unwrap()
         .into_iter()
         .map(|(id, _)| id)
         .collect();
     assert_eq!(unfinished, kept_ids);
-    assert_eq!(store.jobs_of_manifest(kept_manifest).unwrap().len(), 2);
+    assert_eq!(jobs_of_manifest(&store, kept_manifest).await.len(), 2);
 }
 
 /// sled takes an exclusive `flock` on its database file; a second open, even from the same
@@ -332,13 +394,13 @@ fn second_open_is_locked() {
     }
 }
 
-#[test]
-fn done_by_key_follows_done_and_requeue() {
+#[tokio::test]
+async fn done_by_key_follows_done_and_requeue() {
     let (_dir, store) = open_tmp();
-    let first = one_job(&store, "same-key");
-    assert!(store.done_by_key("same-key").unwrap().is_none());
-    put_in_state(&store, first, "done");
-    let (id, job) = store.done_by_key("same-key").unwrap().unwrap();
+    let first = one_job(&store, "same-key").await;
+    assert!(store.done_by_key("same-key").await.unwrap().is_none());
+    put_in_state(&store, first, "done").await;
+    let (id, job) = store.done_by_key("same-key").await.unwrap().unwrap();
     assert_eq!(id, first);
     assert!(matches!(
         job.state,
@@ -349,33 +411,46 @@ fn done_by_key_follows_done_and_requeue() {
     ));
 
     // A later manifest's job with the same key, skipped as unchanged, takes over the key.
-    let second = one_job(&store, "same-key");
-    store.mark_done(second, done_info(true)).unwrap();
-    assert_eq!(store.done_by_key("same-key").unwrap().unwrap().0, second);
+    let second = one_job(&store, "same-key").await;
+    store.mark_done(second, done_info(true)).await.unwrap();
+    assert_eq!(
+        store.done_by_key("same-key").await.unwrap().unwrap().0,
+        second
+    );
 
     // Requeueing the old job does not drop the newer owner of the key.
-    store.requeue(first, false).unwrap();
-    assert_eq!(store.done_by_key("same-key").unwrap().unwrap().0, second);
+    store.requeue(first, false).await.unwrap();
+    assert_eq!(
+        store.done_by_key("same-key").await.unwrap().unwrap().0,
+        second
+    );
     // Requeueing the owner does.
-    store.requeue(second, false).unwrap();
-    assert!(store.done_by_key("same-key").unwrap().is_none());
+    store.requeue(second, false).await.unwrap();
+    assert!(store.done_by_key("same-key").await.unwrap().is_none());
 }
 
-#[test]
-fn unfinished_is_fifo_and_skips_terminal_jobs() {
+#[tokio::test]
+async fn unfinished_is_fifo_and_skips_terminal_jobs() {
     let (_dir, store) = open_tmp();
-    let (_, a) = store
-        .register_manifest(manifest("a.yaml"), (0..3).map(|i| job(i, "a")).collect())
-        .unwrap();
-    let (_, b) = store
-        .register_manifest(manifest("b.yaml"), (0..3).map(|i| job(i, "b")).collect())
-        .unwrap();
-    put_in_state(&store, a[0], "done");
-    put_in_state(&store, b[1], "failed");
-    put_in_state(&store, b[2], "in_doubt");
-    put_in_state(&store, a[2], "submitted");
+    let (_, a) = register(
+        &store,
+        manifest("a.yaml"),
+        (0..3).map(|i| job(i, "a")).collect(),
+    )
+    .await;
+    let (_, b) = register(
+        &store,
+        manifest("b.yaml"),
+        (0..3).map(|i| job(i, "b")).collect(),
+    )
+    .await;
+    put_in_state(&store, a[0], "done").await;
+    put_in_state(&store, b[1], "failed").await;
+    put_in_state(&store, b[2], "in-doubt").await;
+    put_in_state(&store, a[2], "submitted").await;
     let ids: Vec<_> = store
         .unfinished()
+        .await
         .unwrap()
         .into_iter()
         .map(|(id, _)| id)
@@ -387,21 +462,18 @@ fn unfinished_is_fifo_and_skips_terminal_jobs() {
     );
 }
 
-#[test]
-fn latest_manifest_by_rel_is_the_newest_registration() {
+#[tokio::test]
+async fn latest_manifest_by_rel_is_the_newest_registration() {
     let (_dir, store) = open_tmp();
-    assert!(store.latest_manifest_by_rel("x/s.yaml").unwrap().is_none());
-    let (first, _) = store
-        .register_manifest(manifest("x/s.yaml"), vec![job(0, "k")])
-        .unwrap();
-    let (second, _) = store
-        .register_manifest(manifest("x/s.yaml"), vec![])
-        .unwrap();
+    assert!(store.latest_run("x/s.yaml").await.unwrap().is_none());
+    let (first, _) = register(&store, manifest("x/s.yaml"), vec![job(0, "k")]).await;
+    let (second, _) = register(&store, manifest("x/s.yaml"), vec![]).await;
     assert!(second > first);
-    let (id, m) = store.latest_manifest_by_rel("x/s.yaml").unwrap().unwrap();
+    let (id, m) = store.latest_run("x/s.yaml").await.unwrap().unwrap();
     assert_eq!((id, m.rel.as_str(), m.n_jobs), (second, "x/s.yaml", 0));
     let all: Vec<_> = store
         .manifests()
+        .await
         .unwrap()
         .into_iter()
         .map(|(id, _)| id)
@@ -409,20 +481,28 @@ fn latest_manifest_by_rel_is_the_newest_registration() {
     assert_eq!(all, [first, second]);
 }
 
-#[test]
-fn counts_and_in_doubt_total() {
+#[tokio::test]
+async fn counts_and_in_doubt_total() {
     let (_dir, store) = open_tmp();
-    let (m, ids) = store
-        .register_manifest(manifest("c.yaml"), (0..6).map(|i| job(i, "c")).collect())
-        .unwrap();
-    put_in_state(&store, ids[0], "done");
-    put_in_state(&store, ids[1], "failed");
-    put_in_state(&store, ids[2], "in_doubt");
-    put_in_state(&store, ids[3], "submitting");
-    store.requeue(ids[3], true).unwrap();
-    put_in_state(&store, ids[4], "downloading");
-    let counts = store.counts().unwrap();
-    let c = counts[&m];
+    let (m, ids) = register(
+        &store,
+        manifest("c.yaml"),
+        (0..6).map(|i| job(i, "c")).collect(),
+    )
+    .await;
+    put_in_state(&store, ids[0], "done").await;
+    put_in_state(&store, ids[1], "failed").await;
+    put_in_state(&store, ids[2], "in-doubt").await;
+    put_in_state(&store, ids[3], "submitting").await;
+    store.requeue(ids[3], true).await.unwrap();
+    put_in_state(&store, ids[4], "downloading").await;
+    let counts = store.counts();
+    let c = counts
+        .active
+        .iter()
+        .find(|(id, _)| *id == m)
+        .map(|(_, c)| *c)
+        .expect("counted");
     assert_eq!(
         (
             c.queued,
@@ -436,21 +516,35 @@ fn counts_and_in_doubt_total() {
         (2, 0, 0, 1, 1, 1, 1)
     );
     assert_eq!((c.total(), c.terminal()), (6, 2));
-    assert_eq!(store.counts_of_manifest(m).unwrap(), c);
-    assert_eq!(store.in_doubt_total().unwrap(), 2);
+    assert_eq!(store.counts_of_active(m), Some(c));
+    assert_eq!(store.counts().totals.in_doubt_events, 2);
+    // The same counts after a restart, from the stored records.
+    let dir = _dir;
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.counts_of_active(m), Some(c));
+    // An ended run keeps its counts in its record; the totals do not change.
+    let totals = store.counts().totals;
+    let ended = store.end_run(m, RunEnd::Finished).await.unwrap();
+    assert_eq!(ended, c);
+    assert_eq!(store.counts_of_active(m), None);
+    assert_eq!(store.counts().totals, totals);
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.counts().totals, totals);
 }
 
-#[test]
-fn polls_and_request_ids_are_recorded_keeping_the_last_eight() {
+#[tokio::test]
+async fn polls_and_request_ids_are_recorded_keeping_the_last_eight() {
     let (_dir, store) = open_tmp();
-    let id = one_job(&store, "k");
-    put_in_state(&store, id, "submitted");
+    let id = one_job(&store, "k").await;
+    put_in_state(&store, id, "submitted").await;
     for i in 0..10 {
-        store.record_poll(id, Some(&format!("p{i}"))).unwrap();
+        store.record_poll(id, Some(&format!("p{i}"))).await.unwrap();
     }
-    store.record_poll(id, None).unwrap();
-    store.record_request_id(id, "last").unwrap();
-    let job = store.job(id).unwrap().unwrap();
+    store.record_poll(id, None).await.unwrap();
+    store.record_request_id(id, "last").await.unwrap();
+    let job = get(&store, id).await;
     assert_eq!(job.polls, 11);
     let expected: Vec<String> = (3..10)
         .map(|i| format!("p{i}"))
@@ -464,45 +558,38 @@ fn polls_and_request_ids_are_recorded_keeping_the_last_eight() {
     );
 }
 
-#[test]
-fn registers_and_lists_100k_jobs() {
+#[tokio::test]
+async fn registers_and_lists_100k_jobs() {
     let (_dir, store) = open_tmp();
     let n = 100_000;
     let jobs = (0..n).map(|i| job(i, &format!("key-{i}"))).collect();
-    let (m, ids) = store.register_manifest(manifest("big.yaml"), jobs).unwrap();
+    let (m, ids) = register(&store, manifest("big.yaml"), jobs).await;
     assert_eq!(ids.len(), n as usize);
-    let unfinished = store.unfinished().unwrap();
+    let unfinished = store.unfinished().await.unwrap();
     assert_eq!(unfinished.len(), n as usize);
     assert!(unfinished.iter().map(|(id, _)| id).eq(ids.iter()));
-    assert!(
-        unfinished
-            .iter()
-            .enumerate()
-            .all(|(i, (_, j))| j.idx == i as u32)
-    );
-    assert_eq!(store.counts_of_manifest(m).unwrap().queued, u64::from(n));
-    assert_eq!(store.manifest(m).unwrap().unwrap().n_jobs, n);
+    let all = jobs_of_manifest(&store, m).await;
+    assert!(all.iter().enumerate().all(|(i, (_, j))| j.idx == i as u32));
+    assert_eq!(store.counts_of_active(m).unwrap().queued, u64::from(n));
+    assert_eq!(store.manifest(m).await.unwrap().unwrap().n_jobs, n);
 }
 
-/// `durably` returns only after a flush that started after its writes, and the writes of
-/// many concurrent callers are all on disk afterwards (they share flushes).
+/// A durability point returns only after a flush that started after its write, and the writes
+/// of many concurrent callers are all on disk afterwards (they share flushes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn durably_returns_after_a_flush_that_covers_its_writes() {
+async fn durability_points_return_after_a_flush_that_covers_their_writes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(dir.path()).expect("open");
-    let (_, ids) = store
-        .register_manifest(
-            manifest("m.yaml"),
-            (0..200).map(|i| job(i, &format!("k{i}"))).collect(),
-        )
-        .expect("register");
+    let (_, ids) = register(
+        &store,
+        manifest("m.yaml"),
+        (0..200).map(|i| job(i, &format!("k{i}"))).collect(),
+    )
+    .await;
 
     let before = store.flushes();
     let first = ids[0];
-    let job = store
-        .durably(|s| s.mark_submitting(first))
-        .await
-        .expect("durably");
+    let job = store.mark_submitting(first).await.expect("durable");
     assert_eq!(job.state.kind(), "submitting");
     assert!(
         store.flushes() > before,
@@ -514,10 +601,7 @@ async fn durably_returns_after_a_flush_that_covers_its_writes() {
         let store = store.clone();
         tasks.spawn(async move {
             let before = store.flushes();
-            store
-                .durably(|s| s.mark_submitting(id))
-                .await
-                .expect("durably");
+            store.mark_submitting(id).await.expect("durable");
             assert!(
                 store.flushes() > before,
                 "job {id}: returned before a flush"
@@ -530,21 +614,96 @@ async fn durably_returns_after_a_flush_that_covers_its_writes() {
     drop(store);
     let store = Store::open(dir.path()).expect("reopen");
     for &id in &ids {
-        let job = store.job(id).unwrap().unwrap();
+        let job = get(&store, id).await;
         assert_eq!(job.state.kind(), "submitting", "job {id} after reopen");
         assert_eq!(job.attempts, 1);
     }
 }
 
-/// A write that fails inside `durably` is returned as is, and nothing waits for a flush.
+/// A write that fails at a durability point is returned as is, and nothing waits for a flush.
 #[tokio::test]
-async fn durably_passes_a_failed_write_through() {
+async fn a_failed_write_is_returned_without_a_flush() {
     let (_dir, store) = open_tmp();
-    let err = store
-        .durably(|s| s.mark_submitting(424242))
-        .await
-        .unwrap_err();
+    let before = store.flushes();
+    let err = store.mark_submitting(424242).await.unwrap_err();
     assert!(matches!(err, StoreError::JobNotFound(424242)), "{err:?}");
+    assert_eq!(store.flushes(), before);
+}
+
+/// Two runs active at the same time may not write the same output or report; an ended run's
+/// outputs are free again.
+#[tokio::test]
+async fn reservations_refuse_a_second_writer_until_the_first_run_ends() {
+    let (_dir, store) = open_tmp();
+    let mut a = job(0, "a");
+    a.output_rel = "s/x.jpg".into();
+    let run = |rel: &str, extra: &[&str]| NewRun {
+        record: manifest(rel),
+        extra_paths: extra.iter().map(|p| (*p).to_owned()).collect(),
+    };
+    let first = match store
+        .register_run(
+            run("s.yaml", &["s.report.json"]),
+            vec![a].into_iter(),
+            |_, _| None,
+        )
+        .await
+        .unwrap()
+    {
+        Registered::Run { id, .. } => id,
+        other => panic!("{other:?}"),
+    };
+    // Same report path (`s.json` beside `s.yaml`).
+    let mut b = job(0, "b");
+    b.output_rel = "s/y.jpg".into();
+    match store
+        .register_run(
+            run("s.json", &["s.report.json"]),
+            vec![b].into_iter(),
+            |_, _| None,
+        )
+        .await
+        .unwrap()
+    {
+        Registered::Conflict {
+            path,
+            owner,
+            owner_rel,
+        } => {
+            assert_eq!(path, "s.report.json");
+            assert_eq!(owner, first);
+            assert_eq!(owner_rel.as_deref(), Some("s.yaml"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Same output, and a file where another needs a folder (and the other way round).
+    for output in ["s/x.jpg", "s/x.jpg/inner.jpg", "s"] {
+        let mut c = job(0, "c");
+        c.output_rel = output.into();
+        let res = store
+            .register_run(run("t.yaml", &[]), vec![c].into_iter(), |_, _| None)
+            .await
+            .unwrap();
+        assert!(
+            matches!(res, Registered::Conflict { owner, .. } if owner == first),
+            "{output}: {res:?}"
+        );
+    }
+    // A refused registration leaves nothing behind.
+    assert!(store.latest_run("t.yaml").await.unwrap().is_none());
+    assert_eq!(store.counts().active.len(), 1);
+    store.end_run(first, RunEnd::Finished).await.unwrap();
+    let mut d = job(0, "d");
+    d.output_rel = "s/x.jpg".into();
+    let res = store
+        .register_run(
+            run("t.yaml", &["s.report.json"]),
+            vec![d].into_iter(),
+            |_, _| None,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(res, Registered::Run { .. }), "{res:?}");
 }
 
 /// The stored JSON format of V1 records: this literal must keep decoding in later versions.

@@ -1,0 +1,285 @@
+//! Stable names: the failure codes persisted on failed jobs, and the names of job states. Each is
+//! a Rust enum with exactly one kebab-case spelling (its serde name), used by the store, the
+//! reports, the metrics labels, the CLI and ARCHITECTURE.md (a tidy test compares the list there
+//! with [`FailureCode::ALL`]). Display texts may change; these names may not.
+
+use serde::{Deserialize, Serialize};
+
+/// Why a job failed. Persisted in the store and shown in reports as `<code>: <message>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureCode {
+    /// Claid ended the task with status ERROR or CANCELLED.
+    ClaidError,
+    /// Claid answered 400 (e.g. the input URL could not be fetched).
+    ClaidBadRequest,
+    /// Claid answered 404 to a submit.
+    ClaidNotFound,
+    /// Claid answered 409.
+    ClaidConflict,
+    /// Claid answered 413.
+    ClaidTooLarge,
+    /// Claid answered 415.
+    ClaidUnsupportedMedia,
+    /// Claid answered 422 (its validation refused the request).
+    ClaidInvalidRequest,
+    /// Claid answered another 4xx.
+    ClaidRejected,
+    /// Claid answered 401 (the key was refused).
+    ClaidUnauthorized,
+    /// Claid answered 402 (no credits left).
+    ClaidOutOfCredits,
+    /// Claid answered 403 (the key lacks a scope).
+    ClaidForbidden,
+    /// The client could not be configured (a bad base URL or key).
+    ClientConfig,
+    /// A URL Claid returned (or an input URL) cannot be used.
+    BadUrl,
+    /// No connection could be made (nothing was sent).
+    ConnectFailed,
+    /// The request timed out.
+    Timeout,
+    /// The connection broke after the request was sent.
+    ConnectionLost,
+    /// Claid kept answering 429 beyond the retry budget.
+    RateLimited,
+    /// Claid kept answering 5xx beyond the retry budget.
+    ServerError,
+    /// An answer Claid sent could not be understood.
+    BadResponse,
+    /// The task id is unknown to Claid: its result cannot be fetched.
+    TaskLost,
+    /// The result's temporary URL is gone (it lives 24 h).
+    ResultExpired,
+    /// The result could not be downloaded.
+    DownloadFailed,
+    /// The result is larger than `limits.max_download_bytes`.
+    DownloadTooLarge,
+    /// The download ended before the announced length.
+    DownloadTruncated,
+    /// The downloaded bytes are not the image the result describes.
+    ResultMismatch,
+    /// A local input cannot be read.
+    InputUnreadable,
+    /// A local input now leads outside the inbox (a link was planted after validation).
+    InputOutsideInbox,
+    /// A local input changed after the manifest was validated.
+    InputChanged,
+    /// The output exists and `on_output_exists: fail` forbids replacing it.
+    OutputExists,
+    /// The output path leads outside the outbox (`..`, an absolute path or a symlink).
+    OutputUnsafePath,
+    /// The output name is too long for the outbox's filesystem (ENAMETOOLONG).
+    OutputNameTooLong,
+    /// The outbox is on a read-only filesystem (EROFS).
+    OutputReadOnly,
+    /// A folder of the output path is a file, or the output is a folder (ENOTDIR, EISDIR).
+    OutputNotADirectory,
+    /// The output path is not valid on the outbox's filesystem (EINVAL).
+    OutputInvalidName,
+    /// The disk stayed full beyond the retry budget (ENOSPC).
+    DiskFull,
+    /// Another local I/O error stayed beyond the retry budget (EIO, EMFILE, …).
+    OutputIo,
+    /// The manifest was saved again while it ran: jobs not yet submitted belong to the new version.
+    Superseded,
+    /// A batch result could not be matched to exactly one job; the job is left to a human.
+    BatchUnmatched,
+    /// A finished batch has no result and no error for this image.
+    BatchMissingResult,
+    /// A code this version does not know (a newer version wrote it).
+    #[serde(other)]
+    Unknown,
+}
+
+impl FailureCode {
+    /// Every code, in declaration order (the docs list exactly these).
+    pub const ALL: &[FailureCode] = &[
+        FailureCode::ClaidError,
+        FailureCode::ClaidBadRequest,
+        FailureCode::ClaidNotFound,
+        FailureCode::ClaidConflict,
+        FailureCode::ClaidTooLarge,
+        FailureCode::ClaidUnsupportedMedia,
+        FailureCode::ClaidInvalidRequest,
+        FailureCode::ClaidRejected,
+        FailureCode::ClaidUnauthorized,
+        FailureCode::ClaidOutOfCredits,
+        FailureCode::ClaidForbidden,
+        FailureCode::ClientConfig,
+        FailureCode::BadUrl,
+        FailureCode::ConnectFailed,
+        FailureCode::Timeout,
+        FailureCode::ConnectionLost,
+        FailureCode::RateLimited,
+        FailureCode::ServerError,
+        FailureCode::BadResponse,
+        FailureCode::TaskLost,
+        FailureCode::ResultExpired,
+        FailureCode::DownloadFailed,
+        FailureCode::DownloadTooLarge,
+        FailureCode::DownloadTruncated,
+        FailureCode::ResultMismatch,
+        FailureCode::InputUnreadable,
+        FailureCode::InputOutsideInbox,
+        FailureCode::InputChanged,
+        FailureCode::OutputExists,
+        FailureCode::OutputUnsafePath,
+        FailureCode::OutputNameTooLong,
+        FailureCode::OutputReadOnly,
+        FailureCode::OutputNotADirectory,
+        FailureCode::OutputInvalidName,
+        FailureCode::DiskFull,
+        FailureCode::OutputIo,
+        FailureCode::Superseded,
+        FailureCode::BatchUnmatched,
+        FailureCode::BatchMissingResult,
+        FailureCode::Unknown,
+    ];
+
+    /// The stable kebab-case name (the serde name).
+    pub fn as_str(self) -> &'static str {
+        use FailureCode::*;
+        match self {
+            ClaidError => "claid-error",
+            ClaidBadRequest => "claid-bad-request",
+            ClaidNotFound => "claid-not-found",
+            ClaidConflict => "claid-conflict",
+            ClaidTooLarge => "claid-too-large",
+            ClaidUnsupportedMedia => "claid-unsupported-media",
+            ClaidInvalidRequest => "claid-invalid-request",
+            ClaidRejected => "claid-rejected",
+            ClaidUnauthorized => "claid-unauthorized",
+            ClaidOutOfCredits => "claid-out-of-credits",
+            ClaidForbidden => "claid-forbidden",
+            ClientConfig => "client-config",
+            BadUrl => "bad-url",
+            ConnectFailed => "connect-failed",
+            Timeout => "timeout",
+            ConnectionLost => "connection-lost",
+            RateLimited => "rate-limited",
+            ServerError => "server-error",
+            BadResponse => "bad-response",
+            TaskLost => "task-lost",
+            ResultExpired => "result-expired",
+            DownloadFailed => "download-failed",
+            DownloadTooLarge => "download-too-large",
+            DownloadTruncated => "download-truncated",
+            ResultMismatch => "result-mismatch",
+            InputUnreadable => "input-unreadable",
+            InputOutsideInbox => "input-outside-inbox",
+            InputChanged => "input-changed",
+            OutputExists => "output-exists",
+            OutputUnsafePath => "output-unsafe-path",
+            OutputNameTooLong => "output-name-too-long",
+            OutputReadOnly => "output-read-only",
+            OutputNotADirectory => "output-not-a-directory",
+            OutputInvalidName => "output-invalid-name",
+            DiskFull => "disk-full",
+            OutputIo => "output-io",
+            Superseded => "superseded",
+            BatchUnmatched => "batch-unmatched",
+            BatchMissingResult => "batch-missing-result",
+            Unknown => "unknown",
+        }
+    }
+
+    /// The code with this name, if it is one.
+    pub fn parse(name: &str) -> Option<FailureCode> {
+        FailureCode::ALL
+            .iter()
+            .copied()
+            .find(|c| c.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for FailureCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The name of a job's lifecycle state (SPEC §5.1), as stored, listed by `jobs --state`, shown
+/// in reports and used as the `state` label of metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StateName {
+    Queued,
+    Submitting,
+    Submitted,
+    Downloading,
+    /// Stored as `in_doubt` by earlier versions.
+    #[serde(alias = "in_doubt")]
+    InDoubt,
+    Done,
+    Failed,
+}
+
+impl StateName {
+    /// Every state, in lifecycle order.
+    pub const ALL: [StateName; 7] = [
+        StateName::Queued,
+        StateName::Submitting,
+        StateName::Submitted,
+        StateName::Downloading,
+        StateName::InDoubt,
+        StateName::Done,
+        StateName::Failed,
+    ];
+
+    /// The stable kebab-case name (the serde name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StateName::Queued => "queued",
+            StateName::Submitting => "submitting",
+            StateName::Submitted => "submitted",
+            StateName::Downloading => "downloading",
+            StateName::InDoubt => "in-doubt",
+            StateName::Done => "done",
+            StateName::Failed => "failed",
+        }
+    }
+
+    /// The state with this name (`in_doubt` is accepted for `in-doubt`).
+    pub fn parse(name: &str) -> Option<StateName> {
+        let name = if name == "in_doubt" { "in-doubt" } else { name };
+        StateName::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
+    /// Done or Failed: nothing more happens without a replay.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, StateName::Done | StateName::Failed)
+    }
+}
+
+impl std::fmt::Display for StateName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `as_str` is the serde spelling, for every code and every state, and names are unique.
+    #[test]
+    fn one_spelling_each() {
+        let mut seen = std::collections::BTreeSet::new();
+        for code in FailureCode::ALL {
+            let json = serde_json::to_value(code).expect("serializes");
+            assert_eq!(json, serde_json::Value::from(code.as_str()));
+            assert_eq!(FailureCode::parse(code.as_str()), Some(*code));
+            assert!(seen.insert(code.as_str()), "{code} twice");
+        }
+        for state in StateName::ALL {
+            let json = serde_json::to_value(state).expect("serializes");
+            assert_eq!(json, serde_json::Value::from(state.as_str()));
+            assert_eq!(StateName::parse(state.as_str()), Some(state));
+        }
+        let old: StateName = serde_json::from_str("\"in_doubt\"").expect("old spelling reads");
+        assert_eq!(old, StateName::InDoubt);
+        let unknown: FailureCode = serde_json::from_str("\"from-the-future\"").expect("reads");
+        assert_eq!(unknown, FailureCode::Unknown);
+    }
+}

@@ -1,0 +1,508 @@
+//! The finisher: the one task that hears how every job ended ([`Event::Settled`]), keeps each
+//! run's phase (see [`crate::lifecycle`]), and alone finishes runs: writes the report, moves the
+//! manifest per `on_manifest_done` (archiving the version that was processed, never a newer
+//! one), ends the run in the store (which releases its output reservations), and hands a newer
+//! version of a drained file back to intake. Progress is read from the store's counters, so the
+//! finisher keeps nothing per image.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
+
+use crate::config::OnManifestDone;
+use crate::lifecycle::{Event as LifeEvent, Phase};
+use crate::manifest;
+use crate::metrics::{Metrics, OutcomeLabel};
+use crate::output;
+use crate::pipeline::job::JobOutcome;
+use crate::pipeline::submitter::Queue;
+use crate::pipeline::{Board, Folders, RunView, Settings, on_file_pool};
+use crate::report;
+use crate::store::{ManifestId, ManifestState, ManifestV1, RunEnd, Store, StoreError};
+use crate::watcher::Candidate;
+
+/// What the finisher hears.
+#[derive(Debug)]
+pub enum Event {
+    /// Intake registered a run (its jobs are about to be queued).
+    Registered {
+        id: ManifestId,
+        rel: String,
+        sha256: String,
+        n_jobs: u64,
+        unchanged: u64,
+    },
+    /// A job's task ended.
+    Settled { id: ManifestId, outcome: JobOutcome },
+    /// The run's file was saved again with other content: drain the run, then take `then` in.
+    Supersede { id: ManifestId, then: Candidate },
+    /// Intake refused a file (moved to `rejected/`).
+    Rejected,
+    /// Intake is done with a candidate without handing it on (already known, or retried later).
+    IntakeDone,
+    /// Jobs of the run were requeued by a replay.
+    Replayed { id: ManifestId, rel: String },
+    /// At start: a run that had not ended.
+    Resumed {
+        id: ManifestId,
+        manifest: ManifestV1,
+    },
+    /// Shutdown: every event sent before this one has been handled; stop.
+    Stop,
+}
+
+/// What the finisher needs.
+pub struct FinisherDeps {
+    pub store: Store,
+    pub folders: Folders,
+    pub settings: Arc<RwLock<Settings>>,
+    pub metrics: Arc<Metrics>,
+    /// Where it publishes phases and totals.
+    pub board: Arc<Board>,
+    /// A draining run's queued jobs leave it.
+    pub queue: Arc<Queue>,
+    /// A drained file's newer version goes back here.
+    pub intake: mpsc::Sender<Candidate>,
+}
+
+/// The finisher's own state; only its task touches it.
+pub struct Finisher {
+    deps: FinisherDeps,
+    runs: HashMap<ManifestId, Run>,
+}
+
+/// One run the finisher tracks (no per-image data: counts come from the store).
+struct Run {
+    rel: PathBuf,
+    sha256: String,
+    phase: Phase,
+    /// The newer version of the file to take in once this run has drained.
+    then: Option<Candidate>,
+    started: Instant,
+    finished_this_run: u64,
+}
+
+impl Finisher {
+    pub fn new(deps: FinisherDeps) -> Finisher {
+        Finisher {
+            deps,
+            runs: HashMap::new(),
+        }
+    }
+
+    /// Handles events in order until [`Event::Stop`]: at shutdown every outcome reported
+    /// before the stop (the jobs that ended while draining) is still handled, so a run whose
+    /// last job ended is finished, not left for the next start.
+    pub async fn run(mut self, mut events: mpsc::UnboundedReceiver<Event>) {
+        while let Some(event) = events.recv().await {
+            if matches!(event, Event::Stop) {
+                return;
+            }
+            self.handle(event).await;
+        }
+    }
+
+    async fn handle(&mut self, event: Event) {
+        match event {
+            Event::Registered {
+                id,
+                rel,
+                sha256,
+                n_jobs,
+                unchanged,
+            } => {
+                // The run is on the board before intake's count drops: a waiter never sees
+                // the candidate neither pending nor running.
+                self.track(id, PathBuf::from(rel), sha256, Phase::Running);
+                self.deps.board.update(|s| {
+                    s.intake_pending = s.intake_pending.saturating_sub(1);
+                    s.totals.manifests += 1;
+                    s.totals.jobs += n_jobs;
+                    s.totals.done += unchanged;
+                    s.totals.unchanged += unchanged;
+                });
+                self.settle_if_done(id).await;
+            }
+            Event::Settled { id, outcome } => {
+                self.deps.board.update(|s| match outcome {
+                    JobOutcome::Done => s.totals.done += 1,
+                    JobOutcome::Failed(_) => s.totals.failed += 1,
+                    JobOutcome::Held => s.totals.held += 1,
+                    JobOutcome::Requeued | JobOutcome::Parked | JobOutcome::NotRun => {}
+                });
+                if matches!(
+                    outcome,
+                    JobOutcome::Done | JobOutcome::Failed(_) | JobOutcome::Held
+                ) && let Some(run) = self.runs.get_mut(&id)
+                {
+                    run.finished_this_run += 1;
+                    self.publish(id);
+                }
+                self.settle_if_done(id).await;
+            }
+            Event::Supersede { id, then } => {
+                self.deps
+                    .board
+                    .update(|s| s.intake_pending = s.intake_pending.saturating_sub(1));
+                self.supersede(id, then).await;
+            }
+            Event::Rejected => {
+                self.deps.board.update(|s| {
+                    s.intake_pending = s.intake_pending.saturating_sub(1);
+                    s.totals.rejected += 1;
+                });
+                self.count_manifest("rejected");
+            }
+            Event::IntakeDone => {
+                self.deps
+                    .board
+                    .update(|s| s.intake_pending = s.intake_pending.saturating_sub(1));
+            }
+            Event::Replayed { id, rel } => {
+                match self.runs.get_mut(&id) {
+                    Some(run) => match run.phase.next(LifeEvent::Replayed) {
+                        Ok(next) => run.phase = next,
+                        Err(err) => warn!(error = %err, "Replay of a run in this phase is ignored"),
+                    },
+                    None => {
+                        let sha256 = match self.deps.store.manifest(id).await {
+                            Ok(Some(m)) => m.sha256,
+                            _ => String::new(),
+                        };
+                        self.track(id, PathBuf::from(rel), sha256, Phase::Running);
+                    }
+                }
+                self.publish(id);
+                self.settle_if_done(id).await;
+            }
+            Event::Stop => {}
+            Event::Resumed { id, manifest } => {
+                let phase = match manifest.state {
+                    ManifestState::Draining { .. } => Phase::Draining,
+                    _ => Phase::Running,
+                };
+                self.track(id, PathBuf::from(&manifest.rel), manifest.sha256, phase);
+                self.settle_if_done(id).await;
+            }
+        }
+    }
+
+    fn track(&mut self, id: ManifestId, rel: PathBuf, sha256: String, phase: Phase) {
+        self.runs.insert(
+            id,
+            Run {
+                rel,
+                sha256,
+                phase,
+                then: None,
+                started: Instant::now(),
+                finished_this_run: 0,
+            },
+        );
+        self.publish(id);
+    }
+
+    /// Publishes one run's view (or its removal) to the board.
+    fn publish(&self, id: ManifestId) {
+        let view = self.runs.get(&id).map(|run| RunView {
+            rel: run.rel.to_string_lossy().into_owned(),
+            phase: run.phase,
+            finished_this_run: run.finished_this_run,
+            started: run.started,
+        });
+        self.deps.board.update(|s| match view {
+            Some(view) => drop(s.runs.insert(id, view)),
+            None => drop(s.runs.remove(&id)),
+        });
+    }
+
+    /// A newer version of the run's file arrived: the run drains (its queued jobs are
+    /// cancelled, tasks at Claid finish), and the newer version is taken in afterwards.
+    async fn supersede(&mut self, id: ManifestId, then: Candidate) {
+        let Some(run) = self.runs.get_mut(&id) else {
+            // Not a run this process knows (it ended meanwhile): take the new version in now.
+            self.hand_to_intake(then).await;
+            return;
+        };
+        match run.phase.next(LifeEvent::Changed) {
+            Ok(next) => run.phase = next,
+            Err(err) => {
+                // Finishing already: the newer version follows once it has ended.
+                debug!(error = %err, "The run is ending; the newer version follows");
+            }
+        }
+        run.then = Some(then);
+        let rel = run.rel.clone();
+        self.publish(id);
+        info!(manifest = %rel.display(), "The manifest was saved again while it ran; its unsubmitted images are left to the new version");
+        if let Err(err) = self.deps.store.mark_draining(id).await {
+            error!(error = %err, "Cannot record the run as draining");
+        }
+        self.deps.queue.remove_run(id);
+        match self.deps.store.cancel_queued(id).await {
+            Ok(cancelled) => info!(
+                cancelled = cancelled.len(),
+                "Queued images of the old version cancelled"
+            ),
+            Err(err) => error!(error = %err, "Cannot cancel the old version's queued images"),
+        }
+        self.settle_if_done(id).await;
+    }
+
+    /// Finishes the run when none of its jobs is open any more.
+    async fn settle_if_done(&mut self, id: ManifestId) {
+        let Some(run) = self.runs.get(&id) else {
+            return;
+        };
+        if !matches!(run.phase, Phase::Running | Phase::Draining) {
+            return;
+        }
+        let Some(counts) = self.deps.store.counts_of_active(id) else {
+            return;
+        };
+        if counts.open() > 0 {
+            return;
+        }
+        self.finish(id, counts.in_doubt > 0).await;
+    }
+
+    /// Writes the report; when no job is held, moves the manifest per `on_manifest_done`, ends
+    /// the run in the store, and takes in a newer version of the file if one waits.
+    async fn finish(&mut self, id: ManifestId, held: bool) {
+        let Some(run) = self.runs.get_mut(&id) else {
+            return;
+        };
+        run.phase = match run.phase.next(LifeEvent::AllSettled { held }) {
+            Ok(next) => next,
+            Err(err) => {
+                error!(error = %err, "Finishing a run in this phase is a bug; left as it is");
+                return;
+            }
+        };
+        let superseded = matches!(run.phase, Phase::Finishing { superseded: true });
+        let rel = run.rel.clone();
+        let sha256 = run.sha256.clone();
+        self.publish(id);
+        let recipe_image = manifest::is_image_name(&rel);
+        let tally = match self.write_report(id, &rel, recipe_image).await {
+            Ok(tally) => tally,
+            Err(err) => {
+                error!(error = %err, manifest = %rel.display(), "Cannot read the run's jobs for its report; it is finished again at the next start");
+                return;
+            }
+        };
+        let failed = tally.counts.get("failed").copied().unwrap_or(0) > 0;
+        if held && !superseded {
+            if let Some(run) = self.runs.get_mut(&id)
+                && let Ok(next) = run.phase.held()
+            {
+                run.phase = next;
+            }
+            self.publish(id);
+            if failed {
+                self.deps
+                    .board
+                    .update(|s| s.totals.manifests_with_failures += 1);
+            }
+            info!(manifest = %rel.display(), "Run reported; jobs held in doubt wait for `replay --in-doubt`");
+            return;
+        }
+        match (recipe_image, tally.first_failure.clone()) {
+            (true, Some(reason)) => self.reject_failed_image(&rel, &reason).await,
+            _ => self.dispose(&rel, &sha256, recipe_image).await,
+        }
+        let end = if superseded {
+            RunEnd::Superseded
+        } else {
+            RunEnd::Finished
+        };
+        if let Err(err) = self.deps.store.end_run(id, end).await {
+            error!(error = %err, "Cannot record the run as ended; it is finished again at the next start");
+        }
+        let outcome = if superseded {
+            "superseded"
+        } else if failed {
+            "with_failures"
+        } else {
+            "done"
+        };
+        self.count_manifest(outcome);
+        if failed && !superseded {
+            self.deps
+                .board
+                .update(|s| s.totals.manifests_with_failures += 1);
+        }
+        let then = self.runs.remove(&id).and_then(|run| {
+            debug!(manifest = %rel.display(), took = ?run.started.elapsed(), "Run ended");
+            run.then
+        });
+        self.publish(id);
+        if let Some(then) = then {
+            self.hand_to_intake(then).await;
+        }
+    }
+
+    /// Writes the JSON and CSV report, streamed from the store (a folder-recipe image gets
+    /// none: its output sits beside where the report would be). Returns the tally.
+    async fn write_report(
+        &self,
+        id: ManifestId,
+        rel: &Path,
+        recipe_image: bool,
+    ) -> Result<report::Tally, StoreError> {
+        let outbox = self.deps.folders.outbox.clone();
+        let rel = rel.to_path_buf();
+        self.deps
+            .store
+            .read(move |reader| {
+                let Some(m) = reader.manifest(id)? else {
+                    return Err(StoreError::ManifestNotFound(id));
+                };
+                let mut tally = report::Tally::default();
+                reader.for_each_job_of_manifest(id, |_, job| {
+                    tally.add(&report::row(&job));
+                    Ok::<_, StoreError>(())
+                })?;
+                if recipe_image {
+                    return Ok(tally);
+                }
+                let generated_at = report::now_rfc3339();
+                let header = report::Header {
+                    manifest: &m.rel,
+                    sha256: &m.sha256,
+                    generated_at: &generated_at,
+                    counts: &tally.counts,
+                    in_doubt: tally.in_doubt,
+                };
+                let written = report::write_streamed(&outbox, &rel, &header, |emit| {
+                    reader.for_each_job_of_manifest(id, |_, job| emit(report::row(&job)))
+                });
+                match written {
+                    Ok((json, _csv)) => {
+                        info!(manifest = %m.rel, report = %json.display(), counts = ?tally.counts, "Manifest report written")
+                    }
+                    Err(err) => {
+                        error!(error = %err, manifest = %m.rel, "Cannot write the manifest report")
+                    }
+                }
+                Ok(tally)
+            })
+            .await
+    }
+
+    /// Applies `on_manifest_done` to the version that was processed: the file in the inbox
+    /// when it is still that version, else the copy intake kept (the newer file stays for its
+    /// own run). A recipe image is moved as it is.
+    async fn dispose(&self, rel: &Path, sha256: &str, recipe_image: bool) {
+        let folders = self.deps.folders.clone();
+        let policy = self
+            .deps
+            .settings
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .policies
+            .on_manifest_done;
+        let rel = rel.to_path_buf();
+        let sha256 = sha256.to_owned();
+        let res = on_file_pool(move || -> Result<Option<PathBuf>, String> {
+            let src = folders.inbox.join(&rel);
+            let copy = folders.copies.join(&rel);
+            let is_processed = recipe_image
+                || output::sha256_file(&src).is_ok_and(|found| found == sha256);
+            let moved = match policy {
+                OnManifestDone::Keep => None,
+                OnManifestDone::Delete => {
+                    if is_processed && src.is_file() {
+                        std::fs::remove_file(&src)
+                            .map_err(|e| format!("cannot delete {}: {e}", src.display()))?;
+                    }
+                    None
+                }
+                OnManifestDone::Archive => {
+                    if is_processed && src.is_file() {
+                        Some(
+                            output::move_mirrored(&folders.inbox, &src, &folders.archive)
+                                .map_err(|e| e.to_string())?,
+                        )
+                    } else if copy.is_file() {
+                        // The file changed (or was removed) since it was processed: archive
+                        // the processed version kept at intake.
+                        Some(
+                            output::move_mirrored(&folders.copies, &copy, &folders.archive)
+                                .map_err(|e| e.to_string())?,
+                        )
+                    } else {
+                        None
+                    }
+                }
+            };
+            match std::fs::remove_file(&copy) {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => warn!(copy = %copy.display(), error = %err, "Cannot remove the kept copy of a manifest"),
+            }
+            Ok(moved)
+        })
+        .await;
+        match res {
+            Ok(Some(dest)) => info!(to = %dest.display(), "Manifest archived"),
+            Ok(None) => {}
+            Err(err) => error!(error = %err, "Cannot move the finished manifest"),
+        }
+    }
+
+    /// Moves a folder-recipe image whose job failed to `rejected/` (mirrored) with
+    /// `<name>.error.txt` giving the reason, so the failure is visible where images are dropped.
+    async fn reject_failed_image(&self, rel: &Path, reason: &str) {
+        let folders = self.deps.folders.clone();
+        let src = folders.inbox.join(rel);
+        let text = format!(
+            "image: {}\nrecipe: {}\nfailed: {reason}\n\nThe edit of this image failed. Retry it with `claid-hotfolder replay --failed`, or fix the image or the recipe and drop the image into the folder again.\n",
+            src.display(),
+            manifest::recipe_for(&src).display()
+        );
+        let res = on_file_pool(move || -> Result<Option<PathBuf>, output::OutputError> {
+            if !src.is_file() {
+                return Ok(None);
+            }
+            let dest = output::move_mirrored(&folders.inbox, &src, &folders.rejected)?;
+            let name = dest
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            output::write_text_atomic(&dest.with_file_name(format!("{name}.error.txt")), &text)?;
+            Ok(Some(dest))
+        })
+        .await;
+        match res {
+            Ok(Some(dest)) => {
+                warn!(to = %dest.display(), reason, "Recipe image failed; moved to rejected")
+            }
+            Ok(None) => {}
+            Err(err) => error!(error = %err, "Cannot move the failed recipe image"),
+        }
+    }
+
+    async fn hand_to_intake(&self, candidate: Candidate) {
+        self.deps.board.update(|s| s.intake_pending += 1);
+        if self.deps.intake.send(candidate).await.is_err() {
+            self.deps
+                .board
+                .update(|s| s.intake_pending = s.intake_pending.saturating_sub(1));
+        }
+    }
+
+    fn count_manifest(&self, outcome: &str) {
+        self.deps
+            .metrics
+            .manifests
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+}

@@ -1,0 +1,449 @@
+//! Intake: takes each stable file the watcher found through the first phases of its run
+//! (Found → Validated → Reserved → Running, see [`crate::lifecycle`]) or refuses it into
+//! `rejected/` before anything is spent. Runs beside the supervisor, a few candidates at once,
+//! so one long validation never holds the others, the watchdog or the signals.
+//!
+//! A file is identified by its path and content: the same content again is a no-op (or, once
+//! finished, disposed of again); new content while the previous version still runs makes that
+//! run drain ([`finisher::Event::Supersede`]), and the new content is taken in once it has.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use crate::lifecycle::{Event as LifeEvent, Phase};
+use crate::manifest::{self, Input, ManifestSpec};
+use crate::metrics::Metrics;
+use crate::output;
+use crate::pipeline::finisher::Event;
+use crate::pipeline::submitter::Queue;
+use crate::pipeline::{Board, Folders, Settings, on_file_pool};
+use crate::report;
+use crate::store::{JobState, JobV1, ManifestState, ManifestV1, NewRun, Registered, Store, now_ms};
+use crate::watcher::{Candidate, CandidateKind};
+
+/// Candidates validated at once.
+const WORKERS: usize = 2;
+
+/// Intake's parts.
+pub struct Intake {
+    pub store: Store,
+    pub folders: Folders,
+    pub settings: Arc<RwLock<Settings>>,
+    /// Where intake's count of pending candidates lives.
+    pub board: Arc<Board>,
+    /// Registered jobs go here, after the finisher has heard of their run.
+    pub queue: Arc<Queue>,
+    pub finisher: mpsc::UnboundedSender<Event>,
+    pub metrics: Arc<Metrics>,
+    pub tracker: TaskTracker,
+}
+
+/// What one candidate came to.
+enum Taken {
+    /// Handed on to the finisher (registered, rejected, or the old run told to drain).
+    HandedOn,
+    /// Nothing to do, or retried at the next scan.
+    Done,
+}
+
+impl Intake {
+    /// Takes candidates until the daemon stops. The same path is never taken twice at once: a
+    /// candidate for a path in progress is taken again when that one is done.
+    pub async fn run(self, mut candidates: mpsc::Receiver<Candidate>, cancel: CancellationToken) {
+        let this = Arc::new(self);
+        let workers = Arc::new(Semaphore::new(WORKERS));
+        // Paths being taken, with the newest candidate that arrived meanwhile.
+        let busy: Arc<Mutex<HashMap<PathBuf, Option<Candidate>>>> = Arc::default();
+        loop {
+            let candidate = tokio::select! {
+                c = candidates.recv() => match c {
+                    Some(c) => c,
+                    None => return,
+                },
+                _ = cancel.cancelled() => return,
+            };
+            {
+                let mut busy = busy.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some(waiting) = busy.get_mut(&candidate.path) {
+                    if waiting.replace(candidate).is_some() {
+                        // The older waiting candidate is replaced: it is no longer pending.
+                        this.done_without_handing_on();
+                    }
+                    continue;
+                }
+                busy.insert(candidate.path.clone(), None);
+            }
+            let permit = tokio::select! {
+                p = workers.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+                _ = cancel.cancelled() => return,
+            };
+            let this = this.clone();
+            let busy = busy.clone();
+            let cancel = cancel.clone();
+            this.tracker.clone().spawn(async move {
+                let mut next = Some(candidate);
+                while let Some(candidate) = next.take() {
+                    if cancel.is_cancelled() {
+                        break;
+                    }
+                    let path = candidate.path.clone();
+                    match this.take(candidate).await {
+                        Taken::HandedOn => {}
+                        Taken::Done => this.done_without_handing_on(),
+                    }
+                    let mut busy = busy.lock().unwrap_or_else(PoisonError::into_inner);
+                    next = busy.get_mut(&path).and_then(Option::take);
+                    if next.is_none() {
+                        busy.remove(&path);
+                    }
+                }
+                drop(permit);
+            });
+        }
+    }
+
+    fn done_without_handing_on(&self) {
+        let _ = self.finisher.send(Event::IntakeDone);
+    }
+
+    fn settings(&self) -> Settings {
+        self.settings
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// One candidate, in a `manifest` span.
+    async fn take(&self, candidate: Candidate) -> Taken {
+        let rel = match candidate.path.strip_prefix(&self.folders.inbox) {
+            Ok(rel) => rel.to_path_buf(),
+            Err(_) => {
+                warn!(path = %candidate.path.display(), "Ignoring a candidate outside the inbox");
+                return Taken::Done;
+            }
+        };
+        let span = info_span!("manifest", manifest = %rel.display());
+        self.take_in(candidate, rel).instrument(span).await
+    }
+
+    async fn take_in(&self, candidate: Candidate, rel: PathBuf) -> Taken {
+        let rel_str = rel.to_string_lossy().into_owned();
+        let path = candidate.path.clone();
+        // Fast path: a re-drop of a file already registered is recognised by its hash alone,
+        // without validating it again (a 100,000-image manifest costs seconds to validate).
+        let hash_path = path.clone();
+        let sha256 = on_file_pool(move || output::sha256_file(&hash_path))
+            .await
+            .ok();
+        let latest = match self.store.latest_run(&rel_str).await {
+            Ok(latest) => latest,
+            Err(err) => {
+                error!(error = %err, "Cannot read the store; will retry this manifest at the next scan");
+                return Taken::Done;
+            }
+        };
+        if let (Some(sha256), Some((id, prev))) = (&sha256, &latest)
+            && prev.sha256 == *sha256
+        {
+            if prev.state.is_ended() {
+                info!("Manifest is unchanged and already finished; nothing to do");
+                self.dispose_again(&rel).await;
+            } else {
+                debug!(manifest_id = id, "Manifest is already being processed");
+            }
+            return Taken::Done;
+        }
+        let settings = self.settings();
+        let inbox = self.folders.inbox.clone();
+        let load_path = path.clone();
+        let is_recipe_image = candidate.kind == CandidateKind::RecipeImage;
+        let loaded = on_file_pool(move || {
+            if is_recipe_image {
+                manifest::load_recipe_image(
+                    &inbox,
+                    &load_path,
+                    &settings.profiles,
+                    &settings.limits,
+                )
+            } else {
+                manifest::load(&inbox, &load_path, &settings.profiles, &settings.limits)
+            }
+        })
+        .await;
+        let phase = Phase::Found;
+        let spec = match loaded {
+            Ok(spec) => spec,
+            Err(err) => {
+                let _ = phase.next(LifeEvent::Invalid);
+                self.reject(&path, &rel, &err.error_txt(), &err.to_string())
+                    .await;
+                return Taken::HandedOn;
+            }
+        };
+        let Ok(phase) = phase.next(LifeEvent::Valid) else {
+            return Taken::Done;
+        };
+        // The validated content may differ from the hash read first (saved meanwhile), and a
+        // recipe image's identity hashes its recipe too.
+        if let Some((id, prev)) = &latest {
+            if prev.sha256 == spec.sha256 {
+                if prev.state.is_ended() {
+                    info!("Unchanged and already finished; nothing to do");
+                    self.dispose_again(&rel).await;
+                }
+                return Taken::Done;
+            }
+            if !prev.state.is_ended() {
+                // The file changed while its previous version runs: that run drains first,
+                // then this candidate comes back here.
+                let _ = self.finisher.send(Event::Supersede {
+                    id: *id,
+                    then: candidate,
+                });
+                return Taken::HandedOn;
+            }
+        }
+        self.register(spec, rel_str, phase, &path).await
+    }
+
+    /// Records the run and its jobs (reserving every output and report path), marking jobs
+    /// whose identical output already exists as done-unchanged, then queues the rest.
+    async fn register(&self, spec: ManifestSpec, rel: String, phase: Phase, path: &Path) -> Taken {
+        let outbox = self.folders.outbox.clone();
+        let rel_path = PathBuf::from(&rel);
+        let recipe_image = manifest::is_image_name(&rel_path);
+        let (json, csv) = report::rel_paths(&rel_path);
+        let extra_paths = if recipe_image {
+            Vec::new()
+        } else {
+            vec![
+                json.to_string_lossy().into_owned(),
+                csv.to_string_lossy().into_owned(),
+            ]
+        };
+        let sha256 = spec.sha256.clone();
+        let n_jobs = spec.jobs.len() as u64;
+        let now = now_ms();
+        let record = ManifestV1 {
+            rel: rel.clone(),
+            sha256: sha256.clone(),
+            registered_at_ms: now,
+            n_jobs: 0,
+            state: ManifestState::Running,
+            counts: None,
+        };
+        let jobs = spec.jobs.into_iter().map(move |job| {
+            let (input, local) = match job.input {
+                Input::Remote(url) => (url, false),
+                Input::Local { rel, .. } => (rel.to_string_lossy().into_owned(), true),
+            };
+            JobV1 {
+                manifest: 0,
+                idx: job.idx as u32,
+                key: job.key,
+                input,
+                local,
+                body: job.body,
+                output_rel: job.output_rel.to_string_lossy().into_owned(),
+                state: JobState::Queued,
+                attempts: 0,
+                in_doubt: 0,
+                polls: 0,
+                request_ids: Vec::new(),
+                updated_at_ms: now,
+            }
+        });
+        let registered = self
+            .store
+            .register_run(
+                NewRun {
+                    record,
+                    extra_paths,
+                },
+                jobs,
+                move |_, prev| unchanged_state(&outbox, prev),
+            )
+            .await;
+        let (id, queued, unchanged) = match registered {
+            Ok(Registered::Run {
+                id,
+                queued,
+                unchanged,
+                ..
+            }) => (id, queued, unchanged),
+            Ok(Registered::Conflict {
+                path: taken,
+                owner_rel,
+                ..
+            }) => {
+                let _ = phase.next(LifeEvent::Conflict);
+                let other =
+                    owner_rel.unwrap_or_else(|| "another manifest being taken in".to_owned());
+                let text = format!(
+                    "manifest: {rel}\n\nRefused before anything was submitted: it would write `{taken}` in the outbox, which the manifest `{other}` is still writing.\nTwo manifests that are active at the same time may not write the same output or report (manifests with the same name but another extension, like `s.yaml` and `s.json`, write the same report `s.report.json`).\nWait until `{other}` has finished, or give this manifest another name or other output names, then drop it again.\n"
+                );
+                let why = format!("`{taken}` is being written by the active manifest `{other}`");
+                self.reject(path, &rel_path, &text, &why).await;
+                return Taken::HandedOn;
+            }
+            Err(err) => {
+                error!(error = %err, "Cannot record the manifest in the store; will retry at the next scan");
+                return Taken::Done;
+            }
+        };
+        let _ = phase
+            .next(LifeEvent::Reserved)
+            .and_then(|p| p.next(LifeEvent::Registered));
+        if !recipe_image {
+            self.keep_copy(path, &rel_path, &sha256).await;
+        }
+        info!(
+            manifest_id = id,
+            jobs = n_jobs,
+            unchanged,
+            to_submit = queued.len(),
+            "Manifest accepted"
+        );
+        let _ = self.finisher.send(Event::Registered {
+            id,
+            rel,
+            sha256,
+            n_jobs,
+            unchanged,
+        });
+        self.queue
+            .push_back(queued.into_iter().map(|job| (id, job)).collect());
+        Taken::HandedOn
+    }
+
+    /// Keeps a copy of the processed version of the manifest (under the state folder) so that
+    /// it is what gets archived even if the file is saved again meanwhile.
+    async fn keep_copy(&self, path: &Path, rel: &Path, sha256: &str) {
+        let src = path.to_path_buf();
+        let dst = self.folders.copies.join(rel);
+        let sha256 = sha256.to_owned();
+        let kept = on_file_pool(move || -> std::io::Result<bool> {
+            if let Some(dir) = dst.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::copy(&src, &dst)?;
+            // Saved again since it was validated: this copy is not the processed version.
+            if output::sha256_file(&dst)? != sha256 {
+                std::fs::remove_file(&dst)?;
+                return Ok(false);
+            }
+            Ok(true)
+        })
+        .await;
+        match kept {
+            Ok(true) => {}
+            Ok(false) => debug!("The manifest changed right after validation; no copy kept"),
+            Err(err) => {
+                warn!(error = %err, "Cannot keep a copy of the manifest; if it changes while it runs, the newer version is not archived in its place")
+            }
+        }
+    }
+
+    /// A re-drop of a finished manifest: applies `on_manifest_done` again (no API call).
+    async fn dispose_again(&self, rel: &Path) {
+        let folders = self.folders.clone();
+        let policy = self.settings().policies.on_manifest_done;
+        let rel = rel.to_path_buf();
+        let res = on_file_pool(move || -> Result<Option<PathBuf>, String> {
+            let src = folders.inbox.join(&rel);
+            if !src.is_file() {
+                return Ok(None);
+            }
+            match policy {
+                crate::config::OnManifestDone::Keep => Ok(None),
+                crate::config::OnManifestDone::Archive => {
+                    output::move_mirrored(&folders.inbox, &src, &folders.archive)
+                        .map(Some)
+                        .map_err(|e| e.to_string())
+                }
+                crate::config::OnManifestDone::Delete => std::fs::remove_file(&src)
+                    .map(|()| None)
+                    .map_err(|e| format!("cannot delete {}: {e}", src.display())),
+            }
+        })
+        .await;
+        match res {
+            Ok(Some(dest)) => info!(to = %dest.display(), "Manifest archived"),
+            Ok(None) => {}
+            Err(err) => error!(error = %err, "Cannot move the finished manifest"),
+        }
+    }
+
+    /// Moves a refused file to `rejected/` (mirrored) with `<name>.error.txt` beside it.
+    async fn reject(&self, path: &Path, rel: &Path, text: &str, why: &str) {
+        error!(error = %why, "Manifest rejected; nothing was submitted");
+        let src = path.to_path_buf();
+        let inbox = self.folders.inbox.clone();
+        let rejected = self.folders.rejected.clone();
+        let text = text.to_owned();
+        let moved = on_file_pool(move || -> Result<PathBuf, output::OutputError> {
+            let dest = output::move_mirrored(&inbox, &src, &rejected)?;
+            let name = dest
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let error_path = dest.with_file_name(format!("{name}.error.txt"));
+            output::write_text_atomic(&error_path, &text)?;
+            Ok(dest)
+        })
+        .await;
+        match moved {
+            Ok(dest) => info!(to = %dest.display(), "Moved the rejected manifest"),
+            Err(err) => {
+                error!(error = %err, manifest = %rel.display(), "Cannot move the rejected manifest out of the inbox")
+            }
+        }
+        let _ = self.finisher.send(Event::Rejected);
+    }
+}
+
+/// A `Done { unchanged }` state when the previous done job's output file is still there with
+/// the recorded content (SPEC §5.4).
+fn unchanged_state(outbox: &Path, prev: &JobState) -> Option<JobState> {
+    let JobState::Done {
+        path,
+        bytes,
+        sha256,
+        width,
+        height,
+        task_id,
+        ..
+    } = prev
+    else {
+        return None;
+    };
+    let path_buf = PathBuf::from(path);
+    if !path_buf.starts_with(outbox) {
+        return None;
+    }
+    match std::fs::metadata(&path_buf) {
+        Ok(meta) if meta.len() == *bytes => {}
+        _ => return None,
+    }
+    match output::sha256_file(&path_buf) {
+        Ok(found) if found == *sha256 => Some(JobState::Done {
+            path: path.clone(),
+            bytes: *bytes,
+            sha256: sha256.clone(),
+            width: *width,
+            height: *height,
+            task_id: *task_id,
+            unchanged: true,
+        }),
+        _ => None,
+    }
+}

@@ -1,0 +1,101 @@
+//! Group commit for the store's durability points: a write is durable once a flush that
+//! *started after it* has completed, so jobs that reach a durability point together share one
+//! flush (one `fsync`) instead of paying one each. The one implementation, async: callers
+//! wait without blocking the runtime; the flush runs on a thread of its own.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::store::StoreError;
+
+/// Shared by every clone of a `Store`.
+#[derive(Debug, Default)]
+pub struct GroupCommit {
+    state: Mutex<GateState>,
+    /// Wakes every waiter when a flush ends.
+    flushed: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    /// Flushes started so far; the running one, if any, is number `started`.
+    started: u64,
+    /// The last flush that completed successfully.
+    completed: u64,
+    running: bool,
+    /// The last flush that failed, and why: it fails the waiters whose writes it had to cover.
+    failed: Option<(u64, String)>,
+}
+
+impl GroupCommit {
+    /// Returns once everything written before the call is on disk. A failed flush fails its
+    /// waiters; the next caller starts a new one.
+    pub async fn durable(self: &Arc<Self>, db: &sled::Db) -> Result<(), StoreError> {
+        // A flush already running may have started before our write: we need the next one.
+        let needed = self.lock().started + 1;
+        loop {
+            let flushed = self.flushed.notified();
+            tokio::pin!(flushed);
+            // Registered before the state is read, so a flush ending in between still wakes us.
+            flushed.as_mut().enable();
+            {
+                let mut state = self.lock();
+                if state.completed >= needed {
+                    return Ok(());
+                }
+                if let Some((n, why)) = &state.failed
+                    && *n >= needed
+                {
+                    return Err(StoreError::Flush(why.clone()));
+                }
+                if !state.running {
+                    state.running = true;
+                    state.started += 1;
+                    let this = state.started;
+                    drop(state);
+                    self.start_flush(db.clone(), this);
+                }
+            }
+            flushed.await;
+        }
+    }
+
+    /// Flushes completed so far by this process: a diagnostic, and how tests see that a write
+    /// was made durable.
+    pub fn completed(&self) -> u64 {
+        self.lock().completed
+    }
+
+    /// Runs flush `this` on a thread of its own: never queued behind blocking-pool work that
+    /// may itself be waiting for it, and never stranded by a waiter that goes away.
+    fn start_flush(self: &Arc<Self>, db: sled::Db, this: u64) {
+        let gate = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("claid-store-flush".to_owned())
+            .spawn(move || {
+                let res = db.flush();
+                // Let go of the database before any waiter can return: a caller that drops
+                // its store after a durable write can reopen it at once.
+                drop(db);
+                gate.finish(this, res.err().map(|e| e.to_string()));
+            });
+        if let Err(err) = spawned {
+            self.finish(this, Some(format!("cannot start the flush thread: {err}")));
+        }
+    }
+
+    fn finish(&self, this: u64, err: Option<String>) {
+        {
+            let mut state = self.lock();
+            state.running = false;
+            match err {
+                None => state.completed = this,
+                Some(why) => state.failed = Some((this, why)),
+            }
+        }
+        self.flushed.notify_waiters();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}

@@ -1,0 +1,737 @@
+//! The sled layer of the store: named trees, versioned JSON records, compare-and-swap and
+//! transactional job transitions, streaming registration with output reservations, and scans.
+//! Everything here is synchronous and private to `store`; `store.rs` is its async face.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::{Batch, Db, Transactional, Tree};
+
+use crate::store::StoreError;
+use crate::store::records::{
+    JobId, JobRecord, JobState, JobSummary, JobV1, ManifestCounts, ManifestId, ManifestRecord,
+    ManifestV1,
+};
+
+/// Directory under the state folder holding this schema version's database.
+pub const SCHEMA_DIR: &str = "v1";
+pub const TREE_MANIFESTS: &str = "manifests";
+pub const TREE_MANIFEST_BY_REL: &str = "manifest_by_rel";
+pub const TREE_JOBS: &str = "jobs";
+pub const TREE_JOBS_BY_MANIFEST: &str = "jobs_by_manifest";
+pub const TREE_DONE_BY_KEY: &str = "done_by_key";
+pub const TREE_META: &str = "meta";
+pub const TREE_UNFINISHED: &str = "unfinished";
+pub const TREE_RESERVED: &str = "reserved";
+pub const TREE_RESERVED_BY_MANIFEST: &str = "reserved_by_manifest";
+/// sled page-cache budget, in bytes of stored data (sled's own memory is a few times more).
+/// The default (1 GiB) let a 100,000-job table sit in memory whole; the daemon reads a job
+/// only when it steps it, so a small cache costs little.
+const CACHE_BYTES: u64 = 16 * 1024 * 1024;
+/// Jobs per write batch in `register`.
+const REGISTER_BATCH: usize = 256;
+
+type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+/// Every tree of the database. Cloning is cheap (sled handles are `Arc`s).
+#[derive(Clone, Debug)]
+pub struct Trees {
+    /// The database; kept for id generation and flushes (a flush covers every tree).
+    pub db: Db,
+    manifests: Tree,
+    manifest_by_rel: Tree,
+    jobs: Tree,
+    jobs_by_manifest: Tree,
+    done_by_key: Tree,
+    unfinished: Tree,
+    /// Outbox-relative path → id of the run that will write it (while that run is not ended).
+    reserved: Tree,
+    /// Manifest id ‖ path → empty, so a run's reservations are released by one prefix scan.
+    reserved_by_manifest: Tree,
+    /// Where the database lives, for error messages.
+    pub path: PathBuf,
+}
+
+/// What [`Trees::register`] did.
+#[derive(Debug)]
+pub enum Registration {
+    Registered {
+        id: ManifestId,
+        /// Jobs to submit, in manifest order.
+        queued: Vec<JobId>,
+        /// Jobs marked done without an API call (identical output already there).
+        unchanged: u64,
+        counts: ManifestCounts,
+    },
+    /// A path the run would write is reserved by another run that has not ended; nothing was
+    /// registered.
+    Conflict {
+        path: String,
+        owner: ManifestId,
+        /// The other run's manifest, when its registration has committed.
+        owner_rel: Option<String>,
+    },
+}
+
+impl Trees {
+    /// Opens (or creates) the database at `<state_dir>/v1/`; sweeps what a crash during a
+    /// registration left behind. `StoreError::Locked` when another process holds it.
+    pub fn open(state_dir: &Path) -> Result<Trees, StoreError> {
+        let path = state_dir.join(SCHEMA_DIR);
+        let open_err = |source: sled::Error| match &source {
+            sled::Error::Io(io)
+                if io.kind() == std::io::ErrorKind::WouldBlock
+                    || io.to_string().contains("could not acquire lock") =>
+            {
+                StoreError::Locked { path: path.clone() }
+            }
+            _ => StoreError::Open {
+                path: path.clone(),
+                source,
+            },
+        };
+        if let Err(err) = std::fs::create_dir_all(&path) {
+            return Err(open_err(sled::Error::Io(err)));
+        }
+        let db = sled::Config::new()
+            .path(&path)
+            .cache_capacity(CACHE_BYTES)
+            // No background flusher thread: every durability point flushes explicitly, and a
+            // flusher thread outliving a dropped `Db` keeps the file lock for up to its period.
+            .flush_every_ms(None)
+            .open()
+            .map_err(open_err)?;
+        let trees = Trees {
+            manifests: db.open_tree(TREE_MANIFESTS)?,
+            manifest_by_rel: db.open_tree(TREE_MANIFEST_BY_REL)?,
+            jobs: db.open_tree(TREE_JOBS)?,
+            jobs_by_manifest: db.open_tree(TREE_JOBS_BY_MANIFEST)?,
+            done_by_key: db.open_tree(TREE_DONE_BY_KEY)?,
+            unfinished: db.open_tree(TREE_UNFINISHED)?,
+            reserved: db.open_tree(TREE_RESERVED)?,
+            reserved_by_manifest: db.open_tree(TREE_RESERVED_BY_MANIFEST)?,
+            path,
+            db,
+        };
+        let meta = trees.db.open_tree(TREE_META)?;
+        meta.insert("schema", "1")?;
+        trees.sweep_orphans()?;
+        trees.db.flush()?;
+        Ok(trees)
+    }
+
+    /// Deletes jobs and reservations whose manifest record does not exist (a registration cut
+    /// short by a crash). Only safe before any registration runs, hence called from `open`.
+    fn sweep_orphans(&self) -> Result<usize, StoreError> {
+        let mut known: BTreeMap<ManifestId, bool> = BTreeMap::new();
+        let mut exists = |id: ManifestId| -> Result<bool, StoreError> {
+            if let Some(exists) = known.get(&id) {
+                return Ok(*exists);
+            }
+            let exists = self.manifests.contains_key(id_key(id))?;
+            known.insert(id, exists);
+            Ok(exists)
+        };
+        let mut batch_index = Batch::default();
+        let mut batch_jobs = Batch::default();
+        let mut batch_unfinished = Batch::default();
+        let mut n_removed = 0;
+        for entry in self.jobs_by_manifest.iter().keys() {
+            let key = entry?;
+            let Some((manifest_id, job_id)) = split_pair(&key) else {
+                batch_index.remove(key);
+                continue;
+            };
+            if !exists(manifest_id)? {
+                batch_index.remove(key);
+                batch_jobs.remove(&id_key(job_id));
+                batch_unfinished.remove(&id_key(job_id));
+                n_removed += 1;
+            }
+        }
+        let mut batch_reserved = Batch::default();
+        let mut batch_reserved_index = Batch::default();
+        for entry in self.reserved_by_manifest.iter().keys() {
+            let key = entry?;
+            let Some(owner) = key.get(..8).and_then(read_id) else {
+                batch_reserved_index.remove(key);
+                continue;
+            };
+            if !exists(owner)? {
+                let path = &key[8..];
+                if self
+                    .reserved
+                    .get(path)?
+                    .is_some_and(|v| read_id(&v) == Some(owner))
+                {
+                    batch_reserved.remove(path);
+                }
+                batch_reserved_index.remove(key);
+            }
+        }
+        self.reserved.apply_batch(batch_reserved)?;
+        self.reserved_by_manifest
+            .apply_batch(batch_reserved_index)?;
+        if n_removed > 0 {
+            self.jobs.apply_batch(batch_jobs)?;
+            self.unfinished.apply_batch(batch_unfinished)?;
+            self.jobs_by_manifest.apply_batch(batch_index)?;
+            tracing::warn!(
+                n_removed,
+                "Removed jobs of an unfinished manifest registration"
+            );
+        }
+        Ok(n_removed)
+    }
+
+    /// Registers a run and its jobs. Every job's `output_rel` and every path of `extra_paths`
+    /// (the reports) is reserved for the run first; when one is reserved by a run that has not
+    /// ended, nothing is registered and the conflict is returned. Jobs are written in small
+    /// batches as they stream in (memory stays flat); the manifest record is the commit point,
+    /// written and flushed last. `unchanged` turns a job into `Done { unchanged }` when an
+    /// identical output is already there (it receives the previous done job's state).
+    pub fn register(
+        &self,
+        mut m: ManifestV1,
+        extra_paths: &[String],
+        jobs: impl IntoIterator<Item = JobV1>,
+        unchanged: &dyn Fn(&str, &JobState) -> Option<JobState>,
+    ) -> Result<Registration, StoreError> {
+        let manifest_id = self.db.generate_id()?;
+        let mut reserved_paths: Vec<Vec<u8>> = Vec::new();
+        let mut job_ids: Vec<JobId> = Vec::new();
+        let mut queued: Vec<JobId> = Vec::new();
+        let mut counts = ManifestCounts::default();
+        let mut n_unchanged = 0;
+        // Small batches keep memory flat: sled keeps every node version a batch replaces
+        // until the batch ends (4,096-job batches peaked at 1.1 GB for 100,000 jobs).
+        // Atomicity across batches is not needed: the manifest record below is the commit point.
+        let mut batch_index = Batch::default();
+        let mut batch_jobs = Batch::default();
+        let mut batch_unfinished = Batch::default();
+        let rollback = |this: &Trees, reserved: &[Vec<u8>], ids: &[JobId]| {
+            this.unregister(manifest_id, reserved, ids)
+        };
+        for path in extra_paths {
+            if let Some(conflict) = self.reserve(manifest_id, path, &mut reserved_paths)? {
+                rollback(self, &reserved_paths, &job_ids)?;
+                return Ok(conflict);
+            }
+        }
+        for (n, mut job) in jobs.into_iter().enumerate() {
+            if let Some(conflict) =
+                self.reserve(manifest_id, &job.output_rel, &mut reserved_paths)?
+            {
+                // The batches not yet applied hold nothing that needs undoing.
+                self.jobs_by_manifest.apply_batch(batch_index)?;
+                self.jobs.apply_batch(batch_jobs)?;
+                self.unfinished.apply_batch(batch_unfinished)?;
+                rollback(self, &reserved_paths, &job_ids)?;
+                return Ok(conflict);
+            }
+            job.manifest = manifest_id;
+            if let Some(done) = self.done_by_key(&job.key)?
+                && let Some(state) = unchanged(&job.output_rel, &done.1.state)
+            {
+                job.state = state;
+                n_unchanged += 1;
+            }
+            let job_id = self.db.generate_id()?;
+            batch_index.insert(&pair_key(manifest_id, job_id), &[]);
+            if job.state.is_terminal() {
+                if matches!(job.state, JobState::Done { .. }) {
+                    // The unchanged job now answers for the key (its output is the same file).
+                    self.done_by_key
+                        .insert(job.key.as_bytes(), &id_key(job_id))?;
+                }
+            } else {
+                batch_unfinished.insert(&id_key(job_id), &[]);
+                queued.push(job_id);
+            }
+            counts.add_job(&job);
+            batch_jobs.insert(&id_key(job_id), encode_job(&job));
+            job_ids.push(job_id);
+            if (n + 1) % REGISTER_BATCH == 0 {
+                self.jobs_by_manifest
+                    .apply_batch(std::mem::take(&mut batch_index))?;
+                self.unfinished
+                    .apply_batch(std::mem::take(&mut batch_unfinished))?;
+                self.jobs.apply_batch(std::mem::take(&mut batch_jobs))?;
+            }
+        }
+        drop(reserved_paths);
+        m.n_jobs = u32::try_from(job_ids.len()).unwrap_or(u32::MAX);
+        m.counts = None;
+        self.jobs_by_manifest.apply_batch(batch_index)?;
+        self.unfinished.apply_batch(batch_unfinished)?;
+        self.jobs.apply_batch(batch_jobs)?;
+        self.db.flush()?;
+        let rel = m.rel.clone();
+        let record = encode_manifest(&m);
+        (&self.manifests, &self.manifest_by_rel)
+            .transaction(|(manifests, by_rel)| {
+                manifests.insert(&id_key(manifest_id), record.as_slice())?;
+                by_rel.insert(rel.as_bytes(), &id_key(manifest_id))?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            })
+            .map_err(tx_err)?;
+        self.db.flush()?;
+        Ok(Registration::Registered {
+            id: manifest_id,
+            queued,
+            unchanged: n_unchanged,
+            counts,
+        })
+    }
+
+    /// Reserves `path` for `owner`, unless a run that has not ended holds it, or holds a path
+    /// that is a folder of it or inside it (a file where the other needs a folder).
+    fn reserve(
+        &self,
+        owner: ManifestId,
+        path: &str,
+        reserved: &mut Vec<Vec<u8>>,
+    ) -> Result<Option<Registration>, StoreError> {
+        let conflict =
+            |other: ManifestId, path: &str| -> Result<Option<Registration>, StoreError> {
+                Ok(Some(Registration::Conflict {
+                    path: path.to_owned(),
+                    owner: other,
+                    owner_rel: self.manifest(other)?.map(|m| m.rel),
+                }))
+            };
+        // A folder of this path reserved as a file by a running run.
+        for (at, _) in path.match_indices('/') {
+            let folder = &path[..at];
+            if let Some(other) = self
+                .reserved
+                .get(folder.as_bytes())?
+                .and_then(|v| read_id(&v))
+                && other != owner
+                && self.holds(other)?
+            {
+                return conflict(other, folder);
+            }
+        }
+        // Files inside this path reserved by a running run (this path would be a file).
+        let mut below = path.as_bytes().to_vec();
+        below.push(b'/');
+        for entry in self.reserved.scan_prefix(&below) {
+            let (key, value) = entry?;
+            if let Some(other) = read_id(&value)
+                && other != owner
+                && self.holds(other)?
+            {
+                return conflict(other, &String::from_utf8_lossy(&key));
+            }
+        }
+        let key = path.as_bytes();
+        loop {
+            let current = self.reserved.get(key)?;
+            if let Some(other) = current.as_deref().and_then(read_id)
+                && other != owner
+                && self.holds(other)?
+            {
+                return conflict(other, path);
+            }
+            let swapped = self
+                .reserved
+                .compare_and_swap(key, current, Some(&id_key(owner)))?;
+            if swapped.is_ok() {
+                break;
+            }
+        }
+        let mut index_key = id_key(owner).to_vec();
+        index_key.extend_from_slice(key);
+        self.reserved_by_manifest.insert(index_key, &[])?;
+        reserved.push(key.to_vec());
+        Ok(None)
+    }
+
+    /// Whether run `id` still holds its reservations: it has not ended, or its registration
+    /// has not committed yet (another intake is writing it).
+    fn holds(&self, id: ManifestId) -> Result<bool, StoreError> {
+        Ok(match self.manifest(id)? {
+            Some(m) => !m.state.is_ended(),
+            None => true,
+        })
+    }
+
+    /// Undoes a registration that found a conflict: its reservations and jobs.
+    fn unregister(
+        &self,
+        owner: ManifestId,
+        reserved: &[Vec<u8>],
+        ids: &[JobId],
+    ) -> Result<(), StoreError> {
+        let mut batch = Batch::default();
+        let mut index = Batch::default();
+        for path in reserved {
+            if self
+                .reserved
+                .get(path)?
+                .is_some_and(|v| read_id(&v) == Some(owner))
+            {
+                batch.remove(path.as_slice());
+            }
+            let mut index_key = id_key(owner).to_vec();
+            index_key.extend_from_slice(path);
+            index.remove(index_key);
+        }
+        self.reserved.apply_batch(batch)?;
+        self.reserved_by_manifest.apply_batch(index)?;
+        let mut jobs = Batch::default();
+        let mut by_manifest = Batch::default();
+        let mut unfinished = Batch::default();
+        for id in ids {
+            jobs.remove(&id_key(*id));
+            by_manifest.remove(&pair_key(owner, *id));
+            unfinished.remove(&id_key(*id));
+        }
+        self.jobs.apply_batch(jobs)?;
+        self.jobs_by_manifest.apply_batch(by_manifest)?;
+        self.unfinished.apply_batch(unfinished)?;
+        Ok(())
+    }
+
+    /// Releases every reservation of run `owner` (it ended).
+    pub fn release(&self, owner: ManifestId) -> Result<usize, StoreError> {
+        let mut batch = Batch::default();
+        let mut index = Batch::default();
+        let mut n = 0;
+        for entry in self.reserved_by_manifest.scan_prefix(id_key(owner)).keys() {
+            let key = entry?;
+            let path = &key[8..];
+            if self
+                .reserved
+                .get(path)?
+                .is_some_and(|v| read_id(&v) == Some(owner))
+            {
+                batch.remove(path);
+                n += 1;
+            }
+            index.remove(key);
+        }
+        self.reserved.apply_batch(batch)?;
+        self.reserved_by_manifest.apply_batch(index)?;
+        Ok(n)
+    }
+
+    /// The run `path` is reserved for, if any (whether or not that run has ended).
+    pub fn reserved_by(&self, path: &str) -> Result<Option<ManifestId>, StoreError> {
+        Ok(self
+            .reserved
+            .get(path.as_bytes())?
+            .and_then(|v| read_id(&v)))
+    }
+
+    /// The most recently registered run for an inbox-relative path.
+    pub fn latest_by_rel(&self, rel: &str) -> Result<Option<(ManifestId, ManifestV1)>, StoreError> {
+        let Some(id) = self.manifest_by_rel.get(rel.as_bytes())? else {
+            return Ok(None);
+        };
+        let Some(id) = read_id(&id) else {
+            return Ok(None);
+        };
+        Ok(self.manifest(id)?.map(|m| (id, m)))
+    }
+
+    pub fn manifest(&self, id: ManifestId) -> Result<Option<ManifestV1>, StoreError> {
+        match self.manifests.get(id_key(id))? {
+            Some(bytes) => Ok(Some(decode_manifest(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every manifest, oldest first.
+    pub fn manifests(&self) -> Result<Vec<(ManifestId, ManifestV1)>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.manifests.iter() {
+            let (key, bytes) = entry?;
+            if let Some(id) = read_id(&key) {
+                out.push((id, decode_manifest(&bytes)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The newest `n` manifests, newest first.
+    pub fn recent_manifests(&self, n: usize) -> Result<Vec<(ManifestId, ManifestV1)>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.manifests.iter().rev().take(n) {
+            let (key, bytes) = entry?;
+            if let Some(id) = read_id(&key) {
+                out.push((id, decode_manifest(&bytes)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Applies `change` to a manifest record atomically.
+    pub fn update_manifest(
+        &self,
+        id: ManifestId,
+        change: impl Fn(&mut ManifestV1),
+    ) -> Result<ManifestV1, StoreError> {
+        let key = id_key(id);
+        self.manifests
+            .transaction(|tree| {
+                let Some(bytes) = tree.get(key)? else {
+                    return abort(StoreError::ManifestNotFound(id));
+                };
+                let mut m = decode_manifest(&bytes).or_else(abort)?;
+                change(&mut m);
+                tree.insert(&key, encode_manifest(&m))?;
+                Ok(m)
+            })
+            .map_err(tx_err)
+    }
+
+    pub fn job(&self, id: JobId) -> Result<Option<JobV1>, StoreError> {
+        match self.jobs.get(id_key(id))? {
+            Some(bytes) => Ok(Some(decode_job(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn summary(&self, id: JobId) -> Result<Option<JobSummary>, StoreError> {
+        match self.jobs.get(id_key(id))? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice::<JobSummary>(&bytes)
+                .map(Some)
+                .map_err(|source| StoreError::Corrupt {
+                    tree: TREE_JOBS,
+                    source,
+                }),
+        }
+    }
+
+    /// Hands every job of a manifest to `visit`, in manifest order, one at a time: memory
+    /// stays flat however many jobs the manifest has. `visit` may fail with its own error
+    /// type (a report writer's `io::Error`).
+    pub fn for_each_job_of_manifest<E: From<StoreError>>(
+        &self,
+        id: ManifestId,
+        mut visit: impl FnMut(JobId, JobV1) -> Result<(), E>,
+    ) -> Result<(), E> {
+        for entry in self.jobs_by_manifest.scan_prefix(id_key(id)).keys() {
+            let key = entry.map_err(StoreError::from)?;
+            let Some((_, job_id)) = split_pair(&key) else {
+                continue;
+            };
+            if let Some(job) = self.job(job_id)? {
+                visit(job_id, job)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The counts of a manifest's jobs, from one pass over their summaries.
+    pub fn count_manifest(&self, id: ManifestId) -> Result<ManifestCounts, StoreError> {
+        let mut counts = ManifestCounts::default();
+        for entry in self.jobs_by_manifest.scan_prefix(id_key(id)).keys() {
+            let key = entry?;
+            let Some((_, job_id)) = split_pair(&key) else {
+                continue;
+            };
+            if let Some(summary) = self.summary(job_id)? {
+                counts.add_summary(&summary);
+            }
+        }
+        Ok(counts)
+    }
+
+    /// Summaries of every job not Done/Failed, FIFO: what resuming needs, without bodies.
+    pub fn unfinished_summaries(&self) -> Result<Vec<(JobId, JobSummary)>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.unfinished.iter().keys() {
+            let Some(id) = read_id(&entry?) else {
+                continue;
+            };
+            if let Some(summary) = self.summary(id)?
+                && !summary.state.kind.is_terminal()
+            {
+                out.push((id, summary));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The done job that produced the output for `key`, if any.
+    pub fn done_by_key(&self, key: &str) -> Result<Option<(JobId, JobV1)>, StoreError> {
+        let Some(id) = self.done_by_key.get(key.as_bytes())? else {
+            return Ok(None);
+        };
+        let Some(id) = read_id(&id) else {
+            return Ok(None);
+        };
+        match self.job(id)? {
+            Some(job) if matches!(job.state, JobState::Done { .. }) => Ok(Some((id, job))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Applies `next` to the job's current record atomically: `None` from `next` is a
+    /// `Conflict`. Keeps the indexes in step with the state (a serializable transaction over
+    /// `jobs`, `done_by_key` and `unfinished` when they change, a compare-and-swap on `jobs`
+    /// when they do not) and stamps `updated_at_ms`. Returns the record before and after.
+    pub fn transition(
+        &self,
+        id: JobId,
+        expected: &'static str,
+        next: impl Fn(&JobV1) -> Option<JobV1>,
+    ) -> Result<(JobV1, JobV1), StoreError> {
+        let key = id_key(id);
+        // A change that leaves both indexes alone (every step short of done, failed or a
+        // replay) is a compare-and-swap on `jobs`: a sled transaction writes its log buffer
+        // out and syncs it twice (before and after), and the job steps are the hot path.
+        loop {
+            let Some(bytes) = self.jobs.get(key)? else {
+                return Err(StoreError::JobNotFound(id));
+            };
+            let job = decode_job(&bytes)?;
+            let Some(mut new) = next(&job) else {
+                return Err(conflict(id, expected, &job));
+            };
+            let touches_indexes = job.state.is_terminal() != new.state.is_terminal()
+                || matches!(job.state, JobState::Done { .. })
+                || matches!(new.state, JobState::Done { .. });
+            if touches_indexes {
+                break;
+            }
+            new.updated_at_ms = crate::store::now_ms();
+            let swapped = self
+                .jobs
+                .compare_and_swap(key, Some(bytes), Some(encode_job(&new)))?;
+            if swapped.is_ok() {
+                return Ok((job, new));
+            }
+            // Another step changed the record in between: look again.
+        }
+        (&self.jobs, &self.done_by_key, &self.unfinished)
+            .transaction(|(jobs, done_by_key, unfinished)| {
+                let Some(bytes) = jobs.get(key)? else {
+                    return abort(StoreError::JobNotFound(id));
+                };
+                let job = decode_job(&bytes).or_else(abort)?;
+                let Some(mut new) = next(&job) else {
+                    return abort(conflict(id, expected, &job));
+                };
+                new.updated_at_ms = crate::store::now_ms();
+                update_done_index(done_by_key, id, &job, &new)?;
+                match (job.state.is_terminal(), new.state.is_terminal()) {
+                    (false, true) => drop(unfinished.remove(&key)?),
+                    (true, false) => drop(unfinished.insert(&key, &[])?),
+                    _ => {}
+                }
+                jobs.insert(&key, encode_job(&new))?;
+                Ok((job, new))
+            })
+            .map_err(tx_err)
+    }
+}
+
+fn conflict(id: JobId, expected: &'static str, found: &JobV1) -> StoreError {
+    StoreError::Conflict {
+        job: id,
+        expected,
+        found: found.state.name(),
+    }
+}
+
+fn update_done_index(
+    done_by_key: &TransactionalTree,
+    id: JobId,
+    old: &JobV1,
+    new: &JobV1,
+) -> TxResult<()> {
+    let was_done = matches!(old.state, JobState::Done { .. });
+    let is_done = matches!(new.state, JobState::Done { .. });
+    if is_done {
+        done_by_key.insert(new.key.as_bytes(), &id_key(id))?;
+    } else if was_done {
+        let points_here = done_by_key
+            .get(old.key.as_bytes())?
+            .is_some_and(|v| read_id(&v) == Some(id));
+        if points_here {
+            done_by_key.remove(old.key.as_bytes())?;
+        }
+    }
+    Ok(())
+}
+
+fn abort<T>(err: StoreError) -> TxResult<T> {
+    Err(ConflictableTransactionError::Abort(err))
+}
+
+fn tx_err(err: TransactionError<StoreError>) -> StoreError {
+    match err {
+        TransactionError::Abort(err) => err,
+        TransactionError::Storage(err) => StoreError::Db(err),
+    }
+}
+
+fn id_key(id: u64) -> [u8; 8] {
+    id.to_be_bytes()
+}
+
+fn pair_key(a: u64, b: u64) -> [u8; 16] {
+    let mut key = [0; 16];
+    key[..8].copy_from_slice(&a.to_be_bytes());
+    key[8..].copy_from_slice(&b.to_be_bytes());
+    key
+}
+
+fn read_id(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.try_into().ok()?))
+}
+
+fn split_pair(bytes: &[u8]) -> Option<(u64, u64)> {
+    if bytes.len() != 16 {
+        return None;
+    }
+    Some((read_id(&bytes[..8])?, read_id(&bytes[8..])?))
+}
+
+fn encode_job(job: &JobV1) -> Vec<u8> {
+    // Serializing plain data structs to JSON cannot fail (no non-string map keys).
+    serde_json::to_vec(&JobRecordRef::V1(job)).unwrap_or_default()
+}
+
+fn encode_manifest(m: &ManifestV1) -> Vec<u8> {
+    serde_json::to_vec(&ManifestRecordRef::V1(m)).unwrap_or_default()
+}
+
+/// [`JobRecord`] by reference, so encoding does not clone the job.
+#[derive(serde::Serialize)]
+#[serde(tag = "v")]
+enum JobRecordRef<'a> {
+    V1(&'a JobV1),
+}
+
+#[derive(serde::Serialize)]
+#[serde(tag = "v")]
+enum ManifestRecordRef<'a> {
+    V1(&'a ManifestV1),
+}
+
+fn decode_job(bytes: &[u8]) -> Result<JobV1, StoreError> {
+    match serde_json::from_slice(bytes) {
+        Ok(JobRecord::V1(job)) => Ok(job),
+        Err(source) => Err(StoreError::Corrupt {
+            tree: TREE_JOBS,
+            source,
+        }),
+    }
+}
+
+fn decode_manifest(bytes: &[u8]) -> Result<ManifestV1, StoreError> {
+    match serde_json::from_slice(bytes) {
+        Ok(ManifestRecord::V1(m)) => Ok(m),
+        Err(source) => Err(StoreError::Corrupt {
+            tree: TREE_MANIFESTS,
+            source,
+        }),
+    }
+}
