@@ -131,9 +131,9 @@ pub struct Scenario {
     /// Share of async submits whose task is created but whose connection is closed without
     /// any response (the client cannot know the task id: an "in doubt" submit).
     pub drop_share: f64,
-    /// Requests allowed per sliding second (submits, polls, sync edits, uploads); `None` = no limit.
+    /// Requests allowed per one-second window (submits, polls, sync edits, uploads); `None` = no limit.
     pub rps: Option<u32>,
-    /// Requests allowed per sliding minute; `None` = no limit.
+    /// Requests allowed per one-minute window; `None` = no limit.
     pub rpm: Option<u32>,
     /// How long a `tmp_url` stays downloadable.
     pub tmp_url_ttl: Duration,
@@ -551,10 +551,10 @@ pub struct ScenarioArgs {
     /// without a response.
     #[arg(long, default_value = "0", value_parser = parse_share)]
     pub drop_share: f64,
-    /// Requests per second before 429 (0 = unlimited); Claid's default is 4.
+    /// Requests per one-second window before 429 (0 = unlimited); Claid's default is 4.
     #[arg(long, default_value_t = 4)]
     pub rps: u32,
-    /// Requests per minute before 429 (0 = unlimited); Claid's default is 120.
+    /// Requests per one-minute window before 429 (0 = unlimited); Claid's default is 120.
     #[arg(long, default_value_t = 120)]
     pub rpm: u32,
     /// How long tmp_url downloads stay available.
