@@ -5,12 +5,14 @@
 //! `claid-hotfolder emulator` and `api.base_url: embedded`) and [`spawn`] (tests: bind
 //! `127.0.0.1:0` and get a [`Handle`]). What is real and what is simulated: `docs/emulator.md`.
 
+mod batch;
 pub mod imaging;
 mod inputs;
 mod limits;
 mod scenario;
 mod server;
 mod stats;
+mod webhook;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -19,9 +21,15 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use batch::MAX_BATCH_IMAGES;
 pub use inputs::{MAX_DEMO_SIDE, demo_image};
-pub use scenario::{FaultShares, Latency, LatencyParseError, Scenario, ScenarioArgs};
-pub use stats::{Control, ControlState, Stats, submit_key};
+pub use limits::{RateLimiter, RateWindow, Verdict};
+pub use scenario::{
+    DEFAULT_BATCH_PARALLELISM, DEFAULT_REORDER_HOLD, FaultShares, Latency, LatencyParseError,
+    Scenario, ScenarioArgs, WebhookBody, WebhookDigest,
+};
+pub use stats::{BatchTrace, Control, ControlState, Stats, submit_key};
+pub use webhook::{SIGNATURE_HEADER, signature as webhook_signature};
 
 /// Serves the emulator on `listener` until `shutdown` completes, then closes every connection.
 pub async fn run(

@@ -1,10 +1,14 @@
-//! Wire types of the Claid API (CONTRACT.md §6 and §8): the `data` envelope, async task
-//! records, image objects and the error envelope. Shared by the client and the emulator; kept
-//! separate from domain and stored types and converted by hand at the boundary.
+//! Wire types of the Claid API (CONTRACT.md §4.3, §6 and §8): the `data` envelope, async task
+//! and batch records, batch requests, image objects, the error envelope, and the result object a
+//! webhook delivers. Shared by the client and the emulator; kept separate from domain and stored
+//! types and converted by hand at the boundary.
+//!
+//! Parsing is tolerant: unknown fields are ignored and optional ones default, so a Claid that
+//! adds fields does not break the daemon.
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// Every 2xx JSON body is `{"data": <payload>}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -59,6 +63,21 @@ pub struct TaskError {
     pub error: String,
     #[serde(default)]
     pub created_at: String,
+    /// The failing input, when Claid could read it (`PipelineInputObjectInError`). A malformed
+    /// object is dropped rather than failing the whole answer.
+    #[serde(
+        default,
+        deserialize_with = "lenient_image_object",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub input_object: Option<ImageObject>,
+}
+
+fn lenient_image_object<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<ImageObject>, D::Error> {
+    let value = Option::<serde_json::Value>::deserialize(deserializer)?;
+    Ok(value.and_then(|v| serde_json::from_value(v).ok()))
 }
 
 /// `result`: `{}` until DONE, then both objects.
@@ -89,6 +108,181 @@ pub struct ImageObject {
     pub object_uri: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claid_storage_uri: Option<String>,
+}
+
+impl ImageObject {
+    /// The output's file name as Claid chose it: the last path segment of `tmp_url` (else of
+    /// `object_key`, `object_uri` or `claid_storage_uri`), without query or fragment and without
+    /// percent-decoding. `None` when no location is given or it ends in `/`.
+    pub fn file_name(&self) -> Option<&str> {
+        [
+            &self.tmp_url,
+            &self.object_key,
+            &self.object_uri,
+            &self.claid_storage_uri,
+        ]
+        .into_iter()
+        .flatten()
+        .map(|location| basename(location))
+        .find(|name| !name.is_empty())
+    }
+}
+
+/// The last path segment of a URL or path, without query or fragment (may be empty).
+pub fn basename(location: &str) -> &str {
+    let end = location.find(['?', '#']).unwrap_or(location.len());
+    let path = &location[..end];
+    // Past the scheme's `//` the first segment is the host, not a file.
+    let path = match path.split_once("://") {
+        Some((_, rest)) => rest.split_once('/').map_or("", |(_, p)| p),
+        None => path,
+    };
+    path.rsplit('/').next().unwrap_or("")
+}
+
+/// The file name Claid gives a batch output: the input's basename with the output format's
+/// extension (`…/sku-1.png` with jpeg output → `sku-1.jpg`; no extension → one is added).
+/// `image` stands in for an input without a basename.
+pub fn batch_output_name(input: &str, ext: &str) -> String {
+    let name = basename(input);
+    let stem = match name.rsplit_once('.') {
+        Some((stem, _)) if !stem.is_empty() => stem,
+        _ => name,
+    };
+    let stem = if stem.is_empty() { "image" } else { stem };
+    format!("{stem}.{ext}")
+}
+
+/// `BatchEditRequest.input`: a list of image URLs, one URL or storage folder, or
+/// `{source, recursive}`. Serialized untagged, as Claid spells it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum BatchInput {
+    /// At least one image URL (`http(s)://` or a `storage://` file).
+    Urls(Vec<String>),
+    /// One image URL, or a storage folder (`storage://name/folder/`, see [`BatchInput::is_folder`]).
+    One(String),
+    /// `BatchEditInputOptions`: a folder, walked recursively on request.
+    Source(BatchSource),
+}
+
+/// `BatchEditInputOptions`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchSource {
+    pub source: String,
+    #[serde(default)]
+    pub recursive: bool,
+}
+
+impl BatchInput {
+    /// True for the folder forms: `{source, …}`, or one string ending in `/`.
+    pub fn is_folder(&self) -> bool {
+        match self {
+            BatchInput::Urls(_) => false,
+            BatchInput::One(url) => url.ends_with('/'),
+            BatchInput::Source(_) => true,
+        }
+    }
+
+    /// The image URLs of the list and single-image forms; `None` for folders.
+    pub fn urls(&self) -> Option<Vec<&str>> {
+        match self {
+            BatchInput::Urls(urls) => Some(urls.iter().map(String::as_str).collect()),
+            BatchInput::One(url) if !self.is_folder() => Some(vec![url.as_str()]),
+            BatchInput::One(_) | BatchInput::Source(_) => None,
+        }
+    }
+}
+
+/// `BatchEditRequest`: the body of `POST …/image/edit/batch`. `operations` and `output` are the
+/// async edit's (CONTRACT §4.1, §4.2; `claid::request` validates them), kept as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchEditRequest {
+    pub input: BatchInput,
+    pub operations: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<serde_json::Value>,
+}
+
+/// `BatchAcceptedResponse` and `BatchResultResponse`: one shape for submit and poll answers.
+/// `results` and `errors` are filled once the batch is DONE or ERROR; a DONE batch may carry
+/// both (some images failed), in any order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BatchTask {
+    pub id: u64,
+    pub status: TaskStatus,
+    #[serde(default)]
+    pub result_url: String,
+    #[serde(default)]
+    pub created_at: String,
+    /// The submitted body, echoed.
+    #[serde(default)]
+    pub request: serde_json::Value,
+    #[serde(default)]
+    pub errors: Vec<TaskError>,
+    #[serde(default)]
+    pub results: Vec<BatchResultItem>,
+}
+
+/// One processed image of a batch (`BatchPipelineResultItem`). The output's file name
+/// ([`ImageObject::file_name`]) is what ties it to its input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchResultItem {
+    pub input_object: ImageObject,
+    pub output_object: ImageObject,
+}
+
+/// A finished (or progressing) task as a webhook delivers it, or as a poll answers it: an async
+/// task or a batch.
+#[derive(Debug, Clone)]
+pub enum TaskUpdate {
+    Async(Box<AsyncTask>),
+    Batch(Box<BatchTask>),
+}
+
+impl TaskUpdate {
+    /// Parses a result object, bare or wrapped in `{"data": …}`. It is a batch when it carries
+    /// `results` or its `result_url` is a batch URL, else an async task.
+    pub fn parse(body: &[u8]) -> Result<TaskUpdate, serde_json::Error> {
+        let mut value: serde_json::Value = serde_json::from_slice(body)?;
+        if value.get("id").is_none() {
+            if let Some(data) = value.get_mut("data").map(serde_json::Value::take) {
+                value = data;
+            }
+        }
+        let is_batch = value.get("results").is_some()
+            || value
+                .get("result_url")
+                .and_then(serde_json::Value::as_str)
+                .is_some_and(|url| url.contains("/image/edit/batch/"));
+        if is_batch {
+            serde_json::from_value(value).map(|batch| TaskUpdate::Batch(Box::new(batch)))
+        } else {
+            serde_json::from_value(value).map(|task| TaskUpdate::Async(Box::new(task)))
+        }
+    }
+
+    pub fn id(&self) -> u64 {
+        match self {
+            TaskUpdate::Async(task) => task.id,
+            TaskUpdate::Batch(batch) => batch.id,
+        }
+    }
+
+    pub fn status(&self) -> &TaskStatus {
+        match self {
+            TaskUpdate::Async(task) => &task.status,
+            TaskUpdate::Batch(batch) => &batch.status,
+        }
+    }
+
+    /// The echo of the original submit body.
+    pub fn request(&self) -> &serde_json::Value {
+        match self {
+            TaskUpdate::Async(task) => &task.request,
+            TaskUpdate::Batch(batch) => &batch.request,
+        }
+    }
 }
 
 /// `EditResponse` of the sync edit and upload endpoints.
@@ -158,5 +352,127 @@ impl ErrorBody {
             error_message: messages.join(" "),
             error_details: details,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_input_takes_all_four_shapes() {
+        let parse = |v: serde_json::Value| -> BatchInput {
+            serde_json::from_value(v).expect("batch input parses")
+        };
+        let list = parse(serde_json::json!(["http://h/a.png", "http://h/b.png"]));
+        assert_eq!(list.urls(), Some(vec!["http://h/a.png", "http://h/b.png"]));
+        let one = parse(serde_json::json!("http://h/a.png"));
+        assert_eq!(one.urls(), Some(vec!["http://h/a.png"]));
+        let folder = parse(serde_json::json!("storage://s/folder/"));
+        assert!(folder.is_folder() && folder.urls().is_none());
+        let source = parse(serde_json::json!({"source": "storage://s/f/", "recursive": true}));
+        assert_eq!(
+            source,
+            BatchInput::Source(BatchSource {
+                source: "storage://s/f/".to_owned(),
+                recursive: true
+            })
+        );
+        let defaulted = parse(serde_json::json!({"source": "storage://s/f/"}));
+        assert!(matches!(
+            defaulted,
+            BatchInput::Source(BatchSource {
+                recursive: false,
+                ..
+            })
+        ));
+        // Serialized the way Claid spells it.
+        assert_eq!(
+            serde_json::to_value(&list).expect("serializes"),
+            serde_json::json!(["http://h/a.png", "http://h/b.png"])
+        );
+    }
+
+    #[test]
+    fn batch_result_parses_tolerantly() {
+        let body = serde_json::json!({"data": {
+            "id": 7, "status": "DONE", "created_at": "2024-01-01T00:00:00Z",
+            "request": {"input": ["http://h/a.png"], "operations": {}},
+            "something_new": 1,
+            "errors": [
+                {"error": "b.png: cannot decode", "created_at": "x"},
+                {"error": "c.png: odd", "created_at": "x", "input_object": {"ext": "png"}},
+                {"error": "d.png: too large", "created_at": "x", "input_object":
+                    {"ext": "png", "mps": 1.0, "mime": "image/png", "format": "png", "width": 1000, "height": 1000}}
+            ],
+            "results": [{"input_object": {"ext": "png", "mps": 0.01, "mime": "image/png", "format": "png", "width": 100, "height": 100},
+                         "output_object": {"ext": "jpg", "mps": 0.01, "mime": "image/jpeg", "format": "jpeg", "width": 100, "height": 100,
+                                           "tmp_url": "https://x/tmp/a.jpg?sig=1", "gcs_key": "k", "gcs_bucket": "b"}}]
+        }});
+        let parsed: Envelope<BatchTask> = serde_json::from_value(body).expect("parses");
+        let batch = parsed.data;
+        assert_eq!((batch.id, batch.status.clone()), (7, TaskStatus::Done));
+        assert_eq!(batch.result_url, "");
+        assert_eq!(batch.errors.len(), 3);
+        assert!(batch.errors[0].input_object.is_none());
+        assert!(
+            batch.errors[1].input_object.is_none(),
+            "malformed object dropped"
+        );
+        assert_eq!(
+            batch.errors[2].input_object.as_ref().map(|o| o.width),
+            Some(1000)
+        );
+        assert_eq!(batch.results[0].output_object.file_name(), Some("a.jpg"));
+        let accepted: BatchTask =
+            serde_json::from_value(serde_json::json!({"id": 8, "status": "ACCEPTED"}))
+                .expect("minimal accepted parses");
+        assert!(accepted.results.is_empty() && accepted.errors.is_empty());
+    }
+
+    #[test]
+    fn output_names_follow_the_input_basename() {
+        assert_eq!(
+            batch_output_name("http://h/p/sku-1.png", "jpg"),
+            "sku-1.jpg"
+        );
+        assert_eq!(
+            batch_output_name("storage://demo/a.b-8x8.png", "webp"),
+            "a.b-8x8.webp"
+        );
+        assert_eq!(
+            batch_output_name("http://h/p/noext?x=1.png", "png"),
+            "noext.png"
+        );
+        assert_eq!(batch_output_name("http://h/", "jpg"), "image.jpg");
+        assert_eq!(batch_output_name("http://h", "jpg"), "image.jpg");
+        assert_eq!(basename("http://h/dir/f.png#frag"), "f.png");
+        assert_eq!(basename("folder/key.jpg"), "key.jpg");
+    }
+
+    #[test]
+    fn task_updates_are_told_apart_bare_or_wrapped() {
+        let task = serde_json::json!({"id": 1, "status": "DONE", "result_url": "http://h/v1/image/edit/async/1",
+            "request": {"input": "http://h/a.png", "operations": {}}, "result": {}});
+        let batch = serde_json::json!({"id": 2, "status": "ERROR", "result_url": "http://h/v1/image/edit/batch/2",
+            "request": {"input": ["http://h/a.png"], "operations": {}}});
+        for (value, want_batch, id) in [
+            (task.clone(), false, 1),
+            (serde_json::json!({ "data": task }), false, 1),
+            (batch.clone(), true, 2),
+            (serde_json::json!({ "data": batch }), true, 2),
+        ] {
+            let bytes = serde_json::to_vec(&value).expect("serializes");
+            let update = TaskUpdate::parse(&bytes).expect("parses");
+            assert_eq!(
+                matches!(update, TaskUpdate::Batch(_)),
+                want_batch,
+                "{value}"
+            );
+            assert_eq!(update.id(), id);
+            assert!(update.status().is_terminal());
+            assert!(update.request().get("operations").is_some());
+        }
+        assert!(TaskUpdate::parse(b"{\"data\": 5}").is_err());
     }
 }

@@ -1,11 +1,14 @@
-//! Emulator scenarios: how the emulated Claid behaves (latency, faults, limits, inputs), as a
-//! builder for tests and as clap flags (`ScenarioArgs`) for `claid-hotfolder emulator`.
+//! Emulator scenarios: how the emulated Claid behaves (latency, faults, limits, inputs, batches,
+//! webhooks), as a builder for tests and as clap flags (`ScenarioArgs`) for
+//! `claid-hotfolder emulator`.
 
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
 use rand::Rng;
+
+use crate::emulator::limits::RateWindow;
 
 /// How long an async task takes from submit to DONE/ERROR.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -128,9 +131,9 @@ pub struct Scenario {
     /// Share of async submits whose task is created but whose connection is closed without
     /// any response (the client cannot know the task id: an "in doubt" submit).
     pub drop_share: f64,
-    /// Requests allowed per sliding second (submits, polls, sync edits, uploads); `None` = no limit.
+    /// Requests allowed per one-second window (submits, polls, sync edits, uploads); `None` = no limit.
     pub rps: Option<u32>,
-    /// Requests allowed per sliding minute; `None` = no limit.
+    /// Requests allowed per one-minute window; `None` = no limit.
     pub rpm: Option<u32>,
     /// How long a `tmp_url` stays downloadable.
     pub tmp_url_ttl: Duration,
@@ -155,7 +158,65 @@ pub struct Scenario {
     /// Share of tmp_url downloads that serve another image than the result describes (one
     /// pixel wider and taller than `output_object` says).
     pub wrong_image_share: f64,
+    /// How the rate-limit windows count.
+    pub rate_window: RateWindow,
+    /// Most images of one batch processed at once (at least 1). Claid does not publish its
+    /// per-batch parallelism; this is the emulator's assumption.
+    pub batch_parallelism: usize,
+    /// Batch results in random order instead of input order.
+    pub shuffle_results: bool,
+    /// Share of batch results whose output file name matches no input (a random name).
+    pub batch_rename_share: f64,
+    /// How long the answer to a submit (async or batch) is held after the task was created, so
+    /// the task can finish and its webhook arrive before the client learns the task id.
+    pub submit_response_delay: Duration,
+    /// Where finished async tasks and batches are announced (`http://` only); `None` = no webhooks.
+    pub webhook_url: Option<String>,
+    /// Key of the `X-Claid-Hmac-SHA256` signature; `None` sends no signature header.
+    pub webhook_secret: Option<String>,
+    /// Encoding of the signature.
+    pub webhook_digest: WebhookDigest,
+    /// Whether the result object is sent bare or as `{"data": …}`.
+    pub webhook_body: WebhookBody,
+    /// Share of webhooks never sent.
+    pub webhook_drop_share: f64,
+    /// Share of webhooks sent twice.
+    pub webhook_duplicate_share: f64,
+    /// Share of webhooks sent only after `webhook_delay`.
+    pub webhook_delay_share: f64,
+    /// How long a delayed webhook waits.
+    pub webhook_delay: Duration,
+    /// Share of webhooks held back until the next one has been sent (out of completion order),
+    /// at most `webhook_reorder_hold`.
+    pub webhook_reorder_share: f64,
+    /// Longest a reordered webhook waits for the next one.
+    pub webhook_reorder_hold: Duration,
+    /// Share of webhooks preceded by a forged copy: status ERROR, signed with a wrong key.
+    pub webhook_forged_share: f64,
 }
+
+/// Encoding of the `X-Claid-Hmac-SHA256` digest (Claid does not document it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum WebhookDigest {
+    /// Lowercase hex, 64 characters.
+    #[default]
+    Hex,
+    /// Standard base64 with padding, 44 characters.
+    Base64,
+}
+
+/// Shape of a webhook body (Claid does not document it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum WebhookBody {
+    /// The result object itself, as in `data` of the poll answer.
+    #[default]
+    Bare,
+    /// `{"data": <result object>}`, exactly the poll answer.
+    Wrapped,
+}
+
+/// Default of `batch_parallelism` (`--batch-parallelism`).
+pub const DEFAULT_BATCH_PARALLELISM: usize = 8;
 
 impl Default for Scenario {
     fn default() -> Self {
@@ -178,9 +239,28 @@ impl Default for Scenario {
             poll_delay: Duration::ZERO,
             truncate_share: 0.0,
             wrong_image_share: 0.0,
+            rate_window: RateWindow::Sliding,
+            batch_parallelism: DEFAULT_BATCH_PARALLELISM,
+            shuffle_results: false,
+            batch_rename_share: 0.0,
+            submit_response_delay: Duration::ZERO,
+            webhook_url: None,
+            webhook_secret: None,
+            webhook_digest: WebhookDigest::Hex,
+            webhook_body: WebhookBody::Bare,
+            webhook_drop_share: 0.0,
+            webhook_duplicate_share: 0.0,
+            webhook_delay_share: 0.0,
+            webhook_delay: Duration::ZERO,
+            webhook_reorder_share: 0.0,
+            webhook_reorder_hold: DEFAULT_REORDER_HOLD,
+            webhook_forged_share: 0.0,
         }
     }
 }
+
+/// Default of `webhook_reorder_hold` (`--webhook-reorder-hold`).
+pub const DEFAULT_REORDER_HOLD: Duration = Duration::from_secs(5);
 
 impl Scenario {
     /// Only this Bearer key is accepted.
@@ -269,6 +349,78 @@ impl Scenario {
         self.wrong_image_share = share;
         self
     }
+    /// Sliding (the default) or fixed rate-limit windows.
+    pub fn rate_window(mut self, window: RateWindow) -> Self {
+        self.rate_window = window;
+        self
+    }
+    /// Most images of one batch processed at once (0 is taken as 1).
+    pub fn batch_parallelism(mut self, images: usize) -> Self {
+        self.batch_parallelism = images.max(1);
+        self
+    }
+    /// Batch results in random order.
+    pub fn shuffle_results(mut self, on: bool) -> Self {
+        self.shuffle_results = on;
+        self
+    }
+    /// Share of batch results named after no input.
+    pub fn batch_rename_share(mut self, share: f64) -> Self {
+        self.batch_rename_share = share;
+        self
+    }
+    /// Holds every submit's answer for `delay` after the task was created.
+    pub fn submit_response_delay(mut self, delay: Duration) -> Self {
+        self.submit_response_delay = delay;
+        self
+    }
+    /// Announces finished tasks and batches to `url` (`http://…`).
+    pub fn webhook_url(mut self, url: impl Into<String>) -> Self {
+        self.webhook_url = Some(url.into());
+        self
+    }
+    /// Signs webhooks with `secret`.
+    pub fn webhook_secret(mut self, secret: impl Into<String>) -> Self {
+        self.webhook_secret = Some(secret.into());
+        self
+    }
+    /// Hex (the default) or base64 signatures.
+    pub fn webhook_digest(mut self, digest: WebhookDigest) -> Self {
+        self.webhook_digest = digest;
+        self
+    }
+    /// Bare (the default) or `{"data": …}` bodies.
+    pub fn webhook_body(mut self, body: WebhookBody) -> Self {
+        self.webhook_body = body;
+        self
+    }
+    /// Share of webhooks never sent.
+    pub fn webhook_drop_share(mut self, share: f64) -> Self {
+        self.webhook_drop_share = share;
+        self
+    }
+    /// Share of webhooks sent twice.
+    pub fn webhook_duplicate_share(mut self, share: f64) -> Self {
+        self.webhook_duplicate_share = share;
+        self
+    }
+    /// A share of webhooks is sent `delay` late.
+    pub fn webhook_delay(mut self, share: f64, delay: Duration) -> Self {
+        self.webhook_delay_share = share;
+        self.webhook_delay = delay;
+        self
+    }
+    /// A share of webhooks is held until the next one was sent (at most `max_hold`).
+    pub fn webhook_reorder(mut self, share: f64, max_hold: Duration) -> Self {
+        self.webhook_reorder_share = share;
+        self.webhook_reorder_hold = max_hold;
+        self
+    }
+    /// Share of webhooks preceded by a forged copy (status ERROR, wrong signature).
+    pub fn webhook_forged_share(mut self, share: f64) -> Self {
+        self.webhook_forged_share = share;
+        self
+    }
 }
 
 fn redacted(key: &Option<String>) -> &'static str {
@@ -300,6 +452,25 @@ impl std::fmt::Debug for Scenario {
             .field("poll_delay", &self.poll_delay)
             .field("truncate_share", &self.truncate_share)
             .field("wrong_image_share", &self.wrong_image_share)
+            .field("rate_window", &self.rate_window)
+            .field("batch_parallelism", &self.batch_parallelism)
+            .field("shuffle_results", &self.shuffle_results)
+            .field("batch_rename_share", &self.batch_rename_share)
+            .field("submit_response_delay", &self.submit_response_delay)
+            .field("webhook_url", &self.webhook_url)
+            .field(
+                "webhook_secret",
+                &format_args!("{}", redacted(&self.webhook_secret)),
+            )
+            .field("webhook_digest", &self.webhook_digest)
+            .field("webhook_body", &self.webhook_body)
+            .field("webhook_drop_share", &self.webhook_drop_share)
+            .field("webhook_duplicate_share", &self.webhook_duplicate_share)
+            .field("webhook_delay_share", &self.webhook_delay_share)
+            .field("webhook_delay", &self.webhook_delay)
+            .field("webhook_reorder_share", &self.webhook_reorder_share)
+            .field("webhook_reorder_hold", &self.webhook_reorder_hold)
+            .field("webhook_forged_share", &self.webhook_forged_share)
             .finish()
     }
 }
@@ -319,6 +490,29 @@ fn parse_share(text: &str) -> Result<f64, String> {
         Ok(v)
     } else {
         Err(format!("{text:?} is not a share between 0 and 1"))
+    }
+}
+
+fn parse_parallelism(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "{text:?} is not a whole number of images, at least 1"
+        )),
+    }
+}
+
+fn parse_webhook_url(text: &str) -> Result<String, String> {
+    let valid = text.starts_with("http://")
+        && text
+            .parse::<hyper::Uri>()
+            .is_ok_and(|uri| uri.host().is_some());
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "{text:?} is not an http:// URL (the emulator sends webhooks without TLS; put a TLS proxy in front for https)"
+        ))
     }
 }
 
@@ -357,10 +551,10 @@ pub struct ScenarioArgs {
     /// without a response.
     #[arg(long, default_value = "0", value_parser = parse_share)]
     pub drop_share: f64,
-    /// Requests per second before 429 (0 = unlimited); Claid's default is 4.
+    /// Requests per one-second window before 429 (0 = unlimited); Claid's default is 4.
     #[arg(long, default_value_t = 4)]
     pub rps: u32,
-    /// Requests per minute before 429 (0 = unlimited); Claid's default is 120.
+    /// Requests per one-minute window before 429 (0 = unlimited); Claid's default is 120.
     #[arg(long, default_value_t = 120)]
     pub rpm: u32,
     /// How long tmp_url downloads stay available.
@@ -393,6 +587,54 @@ pub struct ScenarioArgs {
     /// Share (0..1) of tmp_url downloads that serve an image of other dimensions than the result says.
     #[arg(long, default_value = "0", value_parser = parse_share)]
     pub wrong_image_share: f64,
+    /// How rate-limit windows count: sliding (any 1 s / 60 s span) or fixed (reset at each boundary).
+    #[arg(long, value_enum, default_value = "sliding")]
+    pub rate_window: RateWindow,
+    /// Most images of one batch processed at once (Claid does not publish it; an assumption).
+    #[arg(long, default_value_t = DEFAULT_BATCH_PARALLELISM, value_parser = parse_parallelism)]
+    pub batch_parallelism: usize,
+    /// Return batch results in random order instead of input order.
+    #[arg(long)]
+    pub shuffle_results: bool,
+    /// Share (0..1) of batch results whose output file name matches no input.
+    #[arg(long, default_value = "0", value_parser = parse_share)]
+    pub batch_rename_share: f64,
+    /// Hold each submit's answer this long after creating the task (webhooks can arrive first).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub submit_response_delay: Duration,
+    /// POST each finished async task and batch to this http:// URL.
+    #[arg(long, value_parser = parse_webhook_url)]
+    pub webhook_url: Option<String>,
+    /// Sign webhooks with this secret (header X-Claid-Hmac-SHA256); unsigned when absent.
+    #[arg(long, env = "CLAID_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// Encoding of the webhook signature.
+    #[arg(long, value_enum, default_value = "hex")]
+    pub webhook_digest: WebhookDigest,
+    /// Webhook body: the bare result object, or wrapped as {"data": …}.
+    #[arg(long, value_enum, default_value = "bare")]
+    pub webhook_body: WebhookBody,
+    /// Share (0..1) of webhooks never sent.
+    #[arg(long, default_value = "0", value_parser = parse_share)]
+    pub webhook_drop_share: f64,
+    /// Share (0..1) of webhooks sent twice.
+    #[arg(long, default_value = "0", value_parser = parse_share)]
+    pub webhook_duplicate_share: f64,
+    /// Share (0..1) of webhooks sent --webhook-delay late.
+    #[arg(long, default_value = "0", value_parser = parse_share)]
+    pub webhook_delay_share: f64,
+    /// How late a delayed webhook is sent.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub webhook_delay: Duration,
+    /// Share (0..1) of webhooks held until the next one was sent (out of completion order).
+    #[arg(long, default_value = "0", value_parser = parse_share)]
+    pub webhook_reorder_share: f64,
+    /// Longest a reordered webhook waits for the next one.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub webhook_reorder_hold: Duration,
+    /// Share (0..1) of webhooks preceded by a forged copy (status ERROR, wrong signature).
+    #[arg(long, default_value = "0", value_parser = parse_share)]
+    pub webhook_forged_share: f64,
 }
 
 impl ScenarioArgs {
@@ -423,6 +665,22 @@ impl ScenarioArgs {
             poll_delay: self.poll_delay,
             truncate_share: self.truncate_share,
             wrong_image_share: self.wrong_image_share,
+            rate_window: self.rate_window,
+            batch_parallelism: self.batch_parallelism.max(1),
+            shuffle_results: self.shuffle_results,
+            batch_rename_share: self.batch_rename_share,
+            submit_response_delay: self.submit_response_delay,
+            webhook_url: self.webhook_url,
+            webhook_secret: self.webhook_secret.filter(|s| !s.is_empty()),
+            webhook_digest: self.webhook_digest,
+            webhook_body: self.webhook_body,
+            webhook_drop_share: self.webhook_drop_share,
+            webhook_duplicate_share: self.webhook_duplicate_share,
+            webhook_delay_share: self.webhook_delay_share,
+            webhook_delay: self.webhook_delay,
+            webhook_reorder_share: self.webhook_reorder_share,
+            webhook_reorder_hold: self.webhook_reorder_hold,
+            webhook_forged_share: self.webhook_forged_share,
         }
     }
 }
@@ -462,6 +720,18 @@ mod tests {
         let shown = format!("{s:?}");
         assert!(
             !shown.contains("hunter2") && shown.contains("redacted"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn debug_never_shows_the_webhook_secret() {
+        let s = Scenario::default()
+            .webhook_url("http://127.0.0.1:9/hook")
+            .webhook_secret("swordfish-hmac");
+        let shown = format!("{s:?}");
+        assert!(
+            !shown.contains("swordfish") && shown.contains("webhook_secret: Some(<redacted>)"),
             "{shown}"
         );
     }

@@ -1,6 +1,7 @@
 //! The emulator's HTTP side: the accept loop (hyper, so a submit's connection can be closed
 //! without any response), the axum router for both prefixes, the API gate (auth, limits,
-//! runtime toggles, injected 5xx) and the endpoint handlers.
+//! runtime toggles, injected 5xx), the endpoint handlers (batches: `emulator::batch`) and the
+//! hand-off of finished tasks to the webhook sender.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -31,13 +32,15 @@ use tower::ServiceExt;
 use super::imaging::{self, ImagingError, Rendered};
 use super::inputs::{self, HttpClient};
 use super::limits::{RateLimiter, Verdict};
-use super::scenario::Scenario;
+use super::scenario::{Scenario, WebhookBody};
 use super::stats::{Control, ControlState, Recorder, submit_key};
 use crate::claid::request::{self, EditRequest, FieldError, InputRule, OutputFormat};
 use crate::claid::wire::{
     AsyncTask, EditResponse, Envelope, ErrorBody, ImageObject, NestedErrorBody, TaskError,
     TaskResult, TaskStatus,
 };
+use crate::emulator::batch::{self, Batch};
+use crate::emulator::webhook::{Delivery, Outbox, Plan};
 
 /// Largest request body (uploads included).
 const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
@@ -45,7 +48,7 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Shared state of one emulator instance.
 pub struct AppState {
-    scenario: Scenario,
+    pub(crate) scenario: Scenario,
     /// Runtime toggles (also owned by the `Handle`).
     pub(crate) control: Control,
     /// Counters (also read by the `Handle`).
@@ -54,12 +57,18 @@ pub struct AppState {
     rng: Mutex<StdRng>,
     limiter: Mutex<RateLimiter>,
     tasks: Mutex<HashMap<u64, Task>>,
-    next_id: AtomicU64,
+    pub(crate) batches: Mutex<HashMap<u64, Batch>>,
+    /// Ids of async tasks and batches (one sequence, so an id names one or the other).
+    pub(crate) next_id: AtomicU64,
     /// tmp_url token → stored result.
     results: Mutex<HashMap<String, Stored>>,
     http: HttpClient,
     /// Fallback for `Host` when a request has none.
-    local_addr: SocketAddr,
+    pub(crate) local_addr: SocketAddr,
+    /// The webhook queue; `None` when the scenario sends no webhooks.
+    outbox: Option<Outbox>,
+    /// Cancelled when the server stops, which ends webhook deliveries still pending.
+    shutdown: CancellationToken,
 }
 
 /// One async task.
@@ -93,17 +102,25 @@ struct Stored {
 
 /// Closes the request's connection without a response when notified.
 #[derive(Clone)]
-struct DropConnection(Arc<Notify>);
+pub(crate) struct DropConnection(Arc<Notify>);
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+impl DropConnection {
+    /// Closes the connection; the handler then never answers.
+    pub(crate) async fn drop_response(&self) -> Response {
+        self.0.notify_one();
+        std::future::pending::<Response>().await
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     humantime::format_rfc3339_micros(SystemTime::now()).to_string()
 }
 
-fn random_hex(n_bytes: usize) -> String {
+pub(crate) fn random_hex(n_bytes: usize) -> String {
     let mut rng = rand::rng();
     (0..n_bytes)
         .map(|_| format!("{:02x}", rng.random::<u8>()))
@@ -123,32 +140,81 @@ fn request_id() -> String {
 }
 
 impl AppState {
+    /// The state of a new emulator; starts the webhook sender when the scenario has a URL, so
+    /// it must be called inside a tokio runtime.
     pub fn new(scenario: Scenario, local_addr: SocketAddr) -> Arc<AppState> {
         let rng = match scenario.seed {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_os_rng(),
         };
+        let recorder = Arc::new(Recorder::default());
+        let shutdown = CancellationToken::new();
+        let outbox = Outbox::start(&scenario, Arc::clone(&recorder), shutdown.clone());
         Arc::new(AppState {
             control: Control::new(scenario.credits_exhausted, scenario.forbidden),
-            recorder: Arc::new(Recorder::default()),
+            recorder,
             rng: Mutex::new(rng),
-            limiter: Mutex::new(RateLimiter::new(scenario.rpm, scenario.rps)),
+            limiter: Mutex::new(RateLimiter::new(
+                scenario.rpm,
+                scenario.rps,
+                scenario.rate_window,
+                Instant::now(),
+            )),
             tasks: Mutex::new(HashMap::new()),
+            batches: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             results: Mutex::new(HashMap::new()),
             http: inputs::http_client(),
             local_addr,
+            outbox,
+            shutdown,
             scenario,
         })
     }
 
     /// True with probability `share`.
-    fn roll(&self, share: f64) -> bool {
+    pub(crate) fn roll(&self, share: f64) -> bool {
         share > 0.0 && lock(&self.rng).random::<f64>() < share
     }
 
-    fn sample_latency(&self) -> Duration {
+    pub(crate) fn sample_latency(&self) -> Duration {
         self.scenario.latency.sample(&mut *lock(&self.rng))
+    }
+
+    /// Shuffles `items` with the scenario's RNG.
+    pub(crate) fn shuffle<T>(&self, items: &mut [T]) {
+        use rand::seq::SliceRandom;
+        items.shuffle(&mut *lock(&self.rng));
+    }
+
+    /// Hands the result object of a task or batch that reached DONE/ERROR (the `data` of its
+    /// poll answer) to the webhook sender, with the faults rolled for it.
+    pub(crate) fn announce(&self, view: Value) {
+        let Some(outbox) = &self.outbox else {
+            return;
+        };
+        let s = &self.scenario;
+        let plan = Plan {
+            drop: self.roll(s.webhook_drop_share),
+            forge: self.roll(s.webhook_forged_share),
+            delay: self.roll(s.webhook_delay_share),
+            reorder: self.roll(s.webhook_reorder_share),
+            duplicate: self.roll(s.webhook_duplicate_share),
+        };
+        let forged_body = plan.forge.then(|| self.webhook_body(forged(view.clone())));
+        outbox.send(Delivery {
+            body: self.webhook_body(view),
+            forged_body,
+            plan,
+        });
+    }
+
+    fn webhook_body(&self, view: Value) -> Bytes {
+        let value = match self.scenario.webhook_body {
+            WebhookBody::Bare => view,
+            WebhookBody::Wrapped => serde_json::json!({ "data": view }),
+        };
+        Bytes::from(value.to_string())
     }
 
     fn is_corrupt(&self, name: &str) -> bool {
@@ -158,8 +224,15 @@ impl AppState {
             .any(|p| !p.is_empty() && name.contains(p.as_str()))
     }
 
-    /// Stores result bytes and returns the tmp_url.
-    fn store_result(&self, host: &str, bytes: Vec<u8>, mime: &str) -> String {
+    /// Stores result bytes and returns the tmp_url; `name`, when given, is its last path
+    /// segment (the output file name of a batch result).
+    pub(crate) fn store_result(
+        &self,
+        host: &str,
+        bytes: Vec<u8>,
+        mime: &str,
+        name: Option<&str>,
+    ) -> String {
         let token = random_hex(16);
         let now = Instant::now();
         let mut results = lock(&self.results);
@@ -177,8 +250,32 @@ impl AppState {
                 expires_at: now + self.scenario.tmp_url_ttl,
             },
         );
-        format!("http://{host}/_emulator/results/{token}")
+        match name {
+            Some(name) => format!("http://{host}/_emulator/results/{token}/{name}"),
+            None => format!("http://{host}/_emulator/results/{token}"),
+        }
     }
+}
+
+/// The forged variant of a result object: the same id, status ERROR, no results. A receiver
+/// that acted on it without checking the signature would fail the task's jobs.
+fn forged(mut view: Value) -> Value {
+    if let Some(map) = view.as_object_mut() {
+        map.insert("status".to_owned(), Value::from("ERROR"));
+        map.insert(
+            "errors".to_owned(),
+            serde_json::json!([{
+                "error": "Forged webhook (the emulator's webhook_forged_share fault): its signature is wrong and it must be rejected.",
+                "created_at": now_rfc3339(),
+            }]),
+        );
+        if map.contains_key("results") {
+            map.insert("results".to_owned(), Value::Array(Vec::new()));
+        } else {
+            map.insert("result".to_owned(), Value::Object(serde_json::Map::new()));
+        }
+    }
+    view
 }
 
 /// Serves `state` on `listener` until `shutdown` completes; then closes every connection.
@@ -187,6 +284,7 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let stopped = state.shutdown.clone();
     let app = router(state);
     let connections = CancellationToken::new();
     tokio::pin!(shutdown);
@@ -224,12 +322,13 @@ pub async fn serve(
         });
     }
     connections.cancel();
+    stopped.cancel();
     Ok(())
 }
 
 /// Which API prefix a request came through (result URLs repeat it).
 #[derive(Clone, Copy)]
-struct Prefix(&'static str);
+pub(crate) struct Prefix(pub(crate) &'static str);
 
 fn router(state: Arc<AppState>) -> Router {
     let api = Router::new()
@@ -237,6 +336,8 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/image/edit/async/{id}", get(poll))
         .route("/image/edit", post(sync_edit))
         .route("/image/edit/upload", post(upload))
+        .route("/image/edit/batch", post(batch::submit))
+        .route("/image/edit/batch/{id}", get(batch::poll))
         .fallback(api_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(Arc::clone(&state), api_gate));
@@ -244,6 +345,7 @@ fn router(state: Arc<AppState>) -> Router {
         .nest("/v1", api.clone().layer(Extension(Prefix("/v1"))))
         .nest("/v1-beta1", api.layer(Extension(Prefix("/v1-beta1"))))
         .route("/_emulator/results/{token}", get(download))
+        .route("/_emulator/results/{token}/{name}", get(download_named))
         .route("/_emulator/stats", get(stats))
         .route("/_emulator/control", post(set_control).get(get_control))
         .route("/_static/{*path}", get(static_file))
@@ -256,7 +358,12 @@ fn router(state: Arc<AppState>) -> Router {
 // ---------------------------------------------------------------------------------------------
 // Error envelope
 
-fn api_error(status: StatusCode, code: &str, kind: &str, message: impl Into<String>) -> Response {
+pub(crate) fn api_error(
+    status: StatusCode,
+    code: &str,
+    kind: &str,
+    message: impl Into<String>,
+) -> Response {
     api_error_details(status, code, kind, message, BTreeMap::new())
 }
 
@@ -280,7 +387,7 @@ fn api_error_details(
     }
 }
 
-fn validation_error(errors: &[FieldError]) -> Response {
+pub(crate) fn validation_error(errors: &[FieldError]) -> Response {
     let mut details: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for e in errors {
         details
@@ -302,7 +409,7 @@ fn validation_error(errors: &[FieldError]) -> Response {
     )
 }
 
-fn field_error(path: &str, message: &str) -> Response {
+pub(crate) fn field_error(path: &str, message: &str) -> Response {
     validation_error(&[FieldError {
         path: path.to_owned(),
         message: message.to_owned(),
@@ -352,6 +459,8 @@ async fn outer(State(state): State<Arc<AppState>>, req: Request, next: Next) -> 
 enum Endpoint {
     Submit,
     Poll,
+    BatchSubmit,
+    BatchPoll,
     Sync,
     Upload,
     Other,
@@ -361,6 +470,8 @@ fn endpoint(method: &Method, path: &str) -> Endpoint {
     match (method, path.trim_end_matches('/')) {
         (&Method::POST, "/image/edit/async") => Endpoint::Submit,
         (&Method::GET, p) if p.starts_with("/image/edit/async/") => Endpoint::Poll,
+        (&Method::POST, "/image/edit/batch") => Endpoint::BatchSubmit,
+        (&Method::GET, p) if p.starts_with("/image/edit/batch/") => Endpoint::BatchPoll,
         (&Method::POST, "/image/edit") => Endpoint::Sync,
         (&Method::POST, "/image/edit/upload") => Endpoint::Upload,
         _ => Endpoint::Other,
@@ -431,7 +542,10 @@ async fn api_gate(State(state): State<Arc<AppState>>, req: Request, next: Next) 
             "The API key lacks the image_editing permission scope.",
         )
     } else if state.control.credits_exhausted()
-        && matches!(kind, Endpoint::Submit | Endpoint::Sync | Endpoint::Upload)
+        && matches!(
+            kind,
+            Endpoint::Submit | Endpoint::BatchSubmit | Endpoint::Sync | Endpoint::Upload
+        )
     {
         api_error(
             StatusCode::PAYMENT_REQUIRED,
@@ -441,8 +555,8 @@ async fn api_gate(State(state): State<Arc<AppState>>, req: Request, next: Next) 
         )
     } else {
         let share = match kind {
-            Endpoint::Submit => state.scenario.fault_5xx.submit,
-            Endpoint::Poll => state.scenario.fault_5xx.poll,
+            Endpoint::Submit | Endpoint::BatchSubmit => state.scenario.fault_5xx.submit,
+            Endpoint::Poll | Endpoint::BatchPoll => state.scenario.fault_5xx.poll,
             Endpoint::Sync => state.scenario.fault_5xx.sync,
             Endpoint::Upload => state.scenario.fault_5xx.upload,
             Endpoint::Other => 0.0,
@@ -462,7 +576,7 @@ async fn api_gate(State(state): State<Arc<AppState>>, req: Request, next: Next) 
 // ---------------------------------------------------------------------------------------------
 // Helpers for handlers
 
-fn host_of(headers: &HeaderMap, fallback: SocketAddr) -> String {
+pub(crate) fn host_of(headers: &HeaderMap, fallback: SocketAddr) -> String {
     headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -475,7 +589,7 @@ fn host_of(headers: &HeaderMap, fallback: SocketAddr) -> String {
 }
 
 /// The JSON body of an edit request, or the 400/413 answer.
-fn json_body(
+pub(crate) fn json_body(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Value, Box<Response>> {
@@ -551,8 +665,8 @@ async fn render_blocking(bytes: Vec<u8>, req: EditRequest) -> Result<Rendered, P
     }
 }
 
-/// Fetches and renders one input (shared by async tasks and sync edits).
-async fn process_input(
+/// Fetches and renders one input (shared by async tasks, batch images and sync edits).
+pub(crate) async fn process_input(
     state: &AppState,
     input: &str,
     req: EditRequest,
@@ -568,7 +682,7 @@ async fn process_input(
     render_blocking(bytes, req).await
 }
 
-enum ProcessError {
+pub(crate) enum ProcessError {
     /// The input could not be fetched.
     Input(String),
     /// The input could not be decoded or rendered.
@@ -578,7 +692,7 @@ enum ProcessError {
 }
 
 impl ProcessError {
-    fn message(self) -> String {
+    pub(crate) fn message(self) -> String {
         match self {
             ProcessError::Input(m) | ProcessError::Image(m) | ProcessError::Rejected(m) => m,
         }
@@ -600,8 +714,16 @@ fn finish(state: &AppState, host: &str, rendered: Rendered) -> (ImageObject, Ima
         input,
         mut output,
     } = rendered;
-    output.tmp_url = Some(state.store_result(host, bytes, &output.mime));
+    output.tmp_url = Some(state.store_result(host, bytes, &output.mime, None));
     (input, output)
+}
+
+/// Holds a submit's answer for the scenario's `submit_response_delay` (the task already runs).
+pub(crate) async fn delay_submit_response(state: &AppState) {
+    let delay = state.scenario.submit_response_delay;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -648,12 +770,12 @@ async fn submit(
     ));
 
     if dropped {
-        if let Some(Extension(DropConnection(kill))) = drop_conn {
+        if let Some(Extension(conn)) = drop_conn {
             state.recorder.update(|s| s.dropped_responses += 1);
-            kill.notify_one();
-            return std::future::pending::<Response>().await;
+            return conn.drop_response().await;
         }
     }
+    delay_submit_response(&state).await;
     let accepted = AsyncTask {
         id,
         status: TaskStatus::Accepted,
@@ -702,37 +824,23 @@ async fn run_task(
             }
         }
     };
-    if let Some(task) = lock(&state.tasks).get_mut(&id) {
-        task.outcome = Some(outcome);
+    let view = {
+        let mut tasks = lock(&state.tasks);
+        tasks.get_mut(&id).map(|task| {
+            task.outcome = Some(outcome);
+            async_view(id, task)
+        })
+    };
+    if let Some(view) = view {
+        match serde_json::to_value(&view) {
+            Ok(value) => state.announce(value),
+            Err(err) => tracing::warn!(error = %err, "Cannot serialize a task for its webhook"),
+        }
     }
 }
 
-async fn poll(
-    State(state): State<Arc<AppState>>,
-    id: Result<Path<String>, PathRejection>,
-) -> Response {
-    state.recorder.update(|s| s.polls += 1);
-    if state.roll(state.scenario.poll_delay_share) {
-        state.recorder.update(|s| s.polls_delayed += 1);
-        tokio::time::sleep(state.scenario.poll_delay).await;
-    }
-    let raw = match id {
-        Ok(Path(raw)) => raw,
-        Err(e) => return field_error("task_id", &format!("invalid path parameter: {e}")),
-    };
-    let Ok(id) = raw.parse::<u64>() else {
-        return field_error("task_id", "value is not a valid integer");
-    };
-    let tasks = lock(&state.tasks);
-    let Some(task) = tasks.get(&id) else {
-        drop(tasks);
-        return api_error(
-            StatusCode::NOT_FOUND,
-            "1404",
-            "general",
-            "Batch image edit pipeline not found.",
-        );
-    };
+/// The `data` of a poll answer for task `id`.
+fn async_view(id: u64, task: &Task) -> AsyncTask {
     let (status, errors, result) = match &task.outcome {
         Some(Outcome::Done { input, output }) => (
             TaskStatus::Done,
@@ -747,6 +855,7 @@ async fn poll(
             vec![TaskError {
                 error: message.clone(),
                 created_at: at.clone(),
+                input_object: None,
             }],
             TaskResult::default(),
         ),
@@ -755,7 +864,7 @@ async fn poll(
         }
         None => (TaskStatus::Accepted, Vec::new(), TaskResult::default()),
     };
-    let view = AsyncTask {
+    AsyncTask {
         id,
         status,
         result_url: task.result_url.clone(),
@@ -763,7 +872,58 @@ async fn poll(
         request: task.request.clone(),
         errors,
         result,
+    }
+}
+
+/// Holds a share of polls (async and batch) for the scenario's `poll_delay`.
+pub(crate) async fn maybe_delay_poll(state: &AppState) {
+    if state.roll(state.scenario.poll_delay_share) {
+        state.recorder.update(|s| s.polls_delayed += 1);
+        tokio::time::sleep(state.scenario.poll_delay).await;
+    }
+}
+
+/// The integer id of a poll's path, or the 422 answer.
+pub(crate) fn task_id(id: Result<Path<String>, PathRejection>) -> Result<u64, Box<Response>> {
+    let raw = match id {
+        Ok(Path(raw)) => raw,
+        Err(e) => {
+            return Err(Box::new(field_error(
+                "task_id",
+                &format!("invalid path parameter: {e}"),
+            )));
+        }
     };
+    raw.parse::<u64>()
+        .map_err(|_| Box::new(field_error("task_id", "value is not a valid integer")))
+}
+
+/// The 404 of an unknown async task or batch id (Claid's text for both).
+pub(crate) fn pipeline_not_found() -> Response {
+    api_error(
+        StatusCode::NOT_FOUND,
+        "1404",
+        "general",
+        "Batch image edit pipeline not found.",
+    )
+}
+
+async fn poll(
+    State(state): State<Arc<AppState>>,
+    id: Result<Path<String>, PathRejection>,
+) -> Response {
+    state.recorder.update(|s| s.polls += 1);
+    maybe_delay_poll(&state).await;
+    let id = match task_id(id) {
+        Ok(id) => id,
+        Err(response) => return *response,
+    };
+    let tasks = lock(&state.tasks);
+    let Some(task) = tasks.get(&id) else {
+        drop(tasks);
+        return pipeline_not_found();
+    };
+    let view = async_view(id, task);
     drop(tasks);
     state
         .recorder
@@ -905,6 +1065,14 @@ async fn api_not_found() -> Response {
 
 async fn not_found() -> Response {
     api_error(StatusCode::NOT_FOUND, "1404", "general", "Not found.")
+}
+
+/// A batch result's tmp_url: the token, then the output file name (not checked).
+async fn download_named(
+    state: State<Arc<AppState>>,
+    Path((token, _name)): Path<(String, String)>,
+) -> Response {
+    download(state, Path(token)).await
 }
 
 async fn download(State(state): State<Arc<AppState>>, Path(token): Path<String>) -> Response {

@@ -52,6 +52,61 @@ pub struct Stats {
     pub max_concurrent: u64,
     /// API requests received (under `/v1` or `/v1-beta1`), whatever their outcome.
     pub requests: u64,
+    /// Batch submits that created a batch (including those whose response was dropped).
+    pub batch_submits: u64,
+    /// Images in those batches; each is also counted in `submits_by_key` (under the same key an
+    /// async submit of that image would have), so duplicates count across async and batch.
+    pub batch_images: u64,
+    /// Batch poll requests that reached the handler (after auth and rate limiting).
+    pub batch_polls: u64,
+    /// Batch images that ended in `errors` instead of `results`.
+    pub batch_images_failed: u64,
+    /// Batch results given a file name that matches no input (injected).
+    pub batch_results_renamed: u64,
+    /// Per batch id: what the emulator recorded while processing it.
+    pub batches: BTreeMap<u64, BatchTrace>,
+    /// Genuine webhook deliveries (duplicates, delayed and reordered ones included) answered 2xx.
+    pub webhooks_sent: u64,
+    /// Genuine webhook deliveries answered otherwise, or not at all (refused, timed out).
+    pub webhooks_failed: u64,
+    /// Webhooks the drop fault never sent.
+    pub webhooks_dropped: u64,
+    /// Webhooks lost because the delivery queue was full.
+    pub webhooks_overflow: u64,
+    /// Extra copies sent by the duplicate fault.
+    pub webhooks_duplicated: u64,
+    /// Webhooks held back by the delay fault.
+    pub webhooks_delayed: u64,
+    /// Webhooks held back by the reorder fault until a later one was sent.
+    pub webhooks_reordered: u64,
+    /// Forged deliveries sent (status ERROR, wrong signature).
+    pub webhooks_forged: u64,
+    /// Forged deliveries the receiver answered 2xx: it did not check the signature.
+    pub webhooks_forged_accepted: u64,
+}
+
+/// What the emulator recorded about one batch (in [`Stats::batches`]).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(default)]
+pub struct BatchTrace {
+    /// Images submitted in the batch.
+    pub images: u64,
+    /// Images whose output name (input basename) an earlier image of the batch already has:
+    /// their outputs would overwrite each other in a destination folder.
+    pub colliding_names: u64,
+    /// Images that ended in `errors`.
+    pub failed: u64,
+    /// Results given a name that matches no input.
+    pub renamed: u64,
+    /// Most images of the batch processing at once (at most the scenario's `batch_parallelism`).
+    pub peak_parallel: u64,
+    /// Images that started only after another image of the batch had finished (they waited
+    /// for a free slot).
+    pub waited_for_slot: u64,
+    /// Milliseconds from the first image's start to the last image's end (0 until DONE/ERROR).
+    pub busy_ms: u64,
+    /// Polls of this batch.
+    pub polls: u64,
 }
 
 /// The key under which a submit is counted in `submits_by_key`.
@@ -132,6 +187,31 @@ impl Recorder {
             if *count > 1 {
                 s.duplicate_submits += 1;
             }
+        });
+    }
+
+    /// Counts a created batch of images, each under its key; `colliding_names` = images whose
+    /// output name an earlier image of the batch already has.
+    pub fn batch_submitted(&self, id: u64, keys: Vec<String>, colliding_names: u64) {
+        self.update(|s| {
+            s.batch_submits += 1;
+            let images = keys.len() as u64;
+            s.batch_images += images;
+            for key in keys {
+                let count = s.submits_by_key.entry(key).or_insert(0);
+                *count += 1;
+                if *count > 1 {
+                    s.duplicate_submits += 1;
+                }
+            }
+            s.batches.insert(
+                id,
+                BatchTrace {
+                    images,
+                    colliding_names,
+                    ..BatchTrace::default()
+                },
+            );
         });
     }
 
@@ -233,6 +313,18 @@ mod tests {
         assert_eq!(submit_key(&a), submit_key(&b));
         assert_ne!(submit_key(&a), submit_key(&c));
         assert!(submit_key(&a).starts_with("x "));
+    }
+
+    #[test]
+    fn batch_images_count_as_duplicates_of_async_submits() {
+        let r = Recorder::default();
+        r.submitted("a 1".into());
+        r.batch_submitted(7, vec!["a 1".into(), "b 1".into()], 0);
+        r.batch_submitted(8, vec!["b 1".into()], 0);
+        let s = r.snapshot();
+        assert_eq!((s.submits, s.batch_submits, s.batch_images), (1, 2, 3));
+        assert_eq!(s.duplicate_submits, 2);
+        assert_eq!(s.batches[&7].images, 2);
     }
 
     #[test]
