@@ -1,5 +1,6 @@
 //! The command line (clap): `run`, `validate`, `plan`, `status`, `jobs`, `replay`, `emulator`,
-//! and the mapping of each command's outcome to an exit code.
+//! and the mapping of each command's outcome to an exit code; the hidden `generate-assets` writes
+//! the man pages and shell completions generated from this definition (packaging/).
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -119,6 +120,13 @@ pub enum Command {
         #[command(flatten)]
         scenario: Box<emulator::ScenarioArgs>,
     },
+    /// Write the man pages and the bash, zsh and fish completions into a folder (packaging).
+    #[command(hide = true)]
+    GenerateAssets {
+        /// The folder to write them into; created if missing.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 /// Which jobs `replay` requeues.
@@ -165,6 +173,7 @@ pub fn execute(cli: Cli) -> i32 {
             since,
         } => report(cmd_replay(&config.config, &select, since.as_deref())),
         Command::Emulator { listen, scenario } => report(cmd_emulator(listen, *scenario)),
+        Command::GenerateAssets { out } => report(cmd_generate_assets(&out)),
     }
 }
 
@@ -642,4 +651,113 @@ fn cmd_emulator(listen: SocketAddr, scenario: emulator::ScenarioArgs) -> anyhow:
             .context("emulator failed")?;
         Ok(EX_OK)
     })
+}
+
+/// The name of the binary, of its man page and of its completion files.
+pub const BIN_NAME: &str = "claid-hotfolder";
+
+/// The command line as a user sees it: `Cli` without its hidden subcommands. The man pages and
+/// the completions are generated from it, so `generate-assets` documents and completes nothing
+/// that `--help` does not show.
+pub fn documented_command() -> clap::Command {
+    let full = <Cli as clap::CommandFactory>::command();
+    let mut cmd = clap::Command::new(BIN_NAME)
+        .version(env!("CARGO_PKG_VERSION"))
+        .subcommand_required(full.is_subcommand_required_set())
+        .args(full.get_arguments().cloned())
+        .subcommands(full.get_subcommands().filter(|s| !s.is_hide_set()).cloned());
+    if let Some(about) = full.get_about() {
+        cmd = cmd.about(about.clone());
+    }
+    if let Some(long_about) = full.get_long_about() {
+        cmd = cmd.long_about(long_about.clone());
+    }
+    cmd
+}
+
+/// The files a package installs beside the binary, for the FILES section of the man page.
+const MAN_FILES: &[(&str, &str)] = &[
+    (
+        DEFAULT_CONFIG,
+        "The configuration (a conffile of the package); every key is documented in it.",
+    ),
+    (
+        "/etc/claid-hotfolder/claid-api-key",
+        "The Claid API key, one line, mode 0600 root; the unit hands it to the daemon with LoadCredential=.",
+    ),
+    (
+        "/usr/lib/systemd/system/claid-hotfolder.service",
+        "The hardened systemd unit (under /usr/local/lib with cargo install): systemctl enable --now claid-hotfolder.",
+    ),
+    (
+        "/srv/claid/inbox, outbox, archive, rejected",
+        "The default folders, created by tmpfiles.d and writable by the claid-hotfolder group.",
+    ),
+    (
+        "/var/lib/claid-hotfolder",
+        "The job store (StateDirectory= of the unit); back it up with the outbox.",
+    ),
+    (
+        "/run/claid-hotfolder/admin.sock",
+        "The admin socket of the running daemon, used by status, jobs and replay.",
+    ),
+    (
+        "/usr/share/doc/claid-hotfolder/",
+        "README.md (installation, operation), ARCHITECTURE.md, docs/ and an example configuration.",
+    ),
+];
+
+/// Writes `claid-hotfolder.1` (with FILES and SEE ALSO sections), one `claid-hotfolder-<sub>.1`
+/// per subcommand, and the bash, zsh and fish completions into `out`.
+fn cmd_generate_assets(out: &Path) -> anyhow::Result<i32> {
+    use clap_complete::Shell;
+    use clap_mangen::roff::{Roff, bold, roman};
+
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let write = |name: &str, bytes: &[u8]| -> anyhow::Result<()> {
+        let path = out.join(name);
+        std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+        println!("{}", path.display());
+        Ok(())
+    };
+
+    let mut cmd = documented_command().disable_help_subcommand(true);
+    cmd.build();
+    for sub in cmd.get_subcommands() {
+        let man = clap_mangen::Man::new(sub.clone());
+        let mut page = Vec::new();
+        man.render(&mut page)?;
+        write(&man.get_filename(), &page)?;
+    }
+    let man = clap_mangen::Man::new(cmd.clone());
+    let mut page = Vec::new();
+    man.render(&mut page)?;
+    let mut extra = Roff::new();
+    extra.control("SH", ["FILES"]);
+    for (path, what) in MAN_FILES {
+        extra
+            .control("TP", [])
+            .text([bold(*path)])
+            .text([roman(*what)]);
+    }
+    extra
+        .control("SH", ["SEE ALSO"])
+        .text([roman("systemctl(1), journalctl(1), systemd.exec(5)")])
+        .control("PP", [])
+        .text([roman(
+            "README.md in /usr/share/doc/claid-hotfolder/: installation, manifests, operation.",
+        )]);
+    // `to_roff` skips the apostrophe preamble that `render` already wrote once.
+    page.extend_from_slice(extra.to_roff().as_bytes());
+    write(&man.get_filename(), &page)?;
+
+    for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut documented_command(), BIN_NAME, &mut script);
+        write(
+            &clap_complete::Generator::file_name(&shell, BIN_NAME),
+            &script,
+        )?;
+    }
+    Ok(EX_OK)
 }

@@ -10,6 +10,7 @@ mod faults;
 mod imaging;
 mod manifest;
 mod output;
+mod package;
 mod pipeline;
 mod props;
 mod recipes;
