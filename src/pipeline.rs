@@ -10,7 +10,8 @@
 //! - [`finisher`]: the one task that receives every job's outcome, keeps per-run progress, and
 //!   alone writes reports and moves manifests, holding no job permit while it does;
 //! - [`polls`]: when to poll, learned from observed task durations;
-//! - [`health`]: whether the API takes our calls (paused, unreachable).
+//! - [`health`]: whether the API takes our calls (paused, failing);
+//! - [`notices`]: what happened, broadcast to alerts and the dashboard.
 //!
 //! A run's phases and their transitions are [`crate::lifecycle`]. Concurrency: a job holds an
 //! owned permit of `in_flight` (size `api.max_in_flight`) from the moment it is taken for
@@ -23,6 +24,7 @@ pub mod finisher;
 pub mod health;
 pub mod intake;
 pub mod job;
+pub mod notices;
 pub mod polls;
 pub mod submitter;
 
@@ -191,6 +193,7 @@ struct Shared {
     board: Arc<Board>,
     queue: Arc<submitter::Queue>,
     health: Arc<health::HealthState>,
+    notices: notices::Notices,
     /// Candidates for intake; bounded, so a burst of drops waits in the watcher.
     intake: mpsc::Sender<Candidate>,
     /// Events for the finisher; unbounded so a job task never waits to report its outcome.
@@ -228,7 +231,8 @@ impl Handle {
         }));
         let board = Arc::new(Board::default());
         let queue = Arc::new(submitter::Queue::default());
-        let health = Arc::new(health::HealthState::default());
+        let notices = notices::Notices::default();
+        let health = Arc::new(health::HealthState::new(notices.clone()));
         let in_flight = Arc::new(Semaphore::new(deps.max_in_flight));
         let (intake_tx, intake_rx) = mpsc::channel(INTAKE_QUEUE);
         let (finisher_tx, finisher_rx) = mpsc::unbounded_channel();
@@ -265,6 +269,7 @@ impl Handle {
             board: board.clone(),
             queue: queue.clone(),
             intake: intake_tx.clone(),
+            notices: notices.clone(),
         });
         let intake = intake::Intake {
             store: deps.store.clone(),
@@ -275,6 +280,7 @@ impl Handle {
             finisher: finisher_tx.clone(),
             metrics: deps.metrics.clone(),
             tracker: deps.tracker.clone(),
+            notices: notices.clone(),
         };
         let shared = Shared {
             store: deps.store,
@@ -283,6 +289,7 @@ impl Handle {
             board,
             queue,
             health,
+            notices,
             intake: intake_tx,
             finisher: finisher_tx,
             in_flight,
@@ -370,6 +377,11 @@ impl Handle {
 
     pub fn totals(&self) -> Totals {
         self.shared.board.totals()
+    }
+
+    /// Notices of what happens from now on (for alerts and the dashboard).
+    pub fn subscribe_notices(&self) -> tokio::sync::broadcast::Receiver<notices::Notice> {
+        self.shared.notices.subscribe()
     }
 
     /// Hands a stable file found by the watcher to intake. Waits only while intake's queue is

@@ -159,7 +159,10 @@ pub struct Header<'a> {
 #[derive(Default, Debug)]
 pub struct Tally {
     pub counts: BTreeMap<String, u64>,
+    /// Sum of the rows' `in_doubt` counters (submits that may have been duplicated).
     pub in_doubt: u64,
+    /// Rows held in doubt now.
+    pub in_doubt_held: u64,
     /// The reason of the first failed row.
     pub first_failure: Option<String>,
 }
@@ -168,6 +171,7 @@ impl Tally {
     pub fn add(&mut self, row: &ReportRow) {
         *self.counts.entry(row.status.clone()).or_default() += 1;
         self.in_doubt += u64::from(row.in_doubt);
+        self.in_doubt_held += u64::from(row.status == "in-doubt");
         if self.first_failure.is_none() && row.status == "failed" {
             self.first_failure = Some(row.reason.clone());
         }

@@ -5,7 +5,7 @@
 //! version of a drained file back to intake. Progress is read from the store's counters, so the
 //! finisher keeps nothing per image.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -13,16 +13,18 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
+use crate::codes::FailureCode;
 use crate::config::OnManifestDone;
 use crate::lifecycle::{Event as LifeEvent, Phase};
 use crate::manifest;
 use crate::metrics::{Metrics, OutcomeLabel};
 use crate::output;
 use crate::pipeline::job::JobOutcome;
+use crate::pipeline::notices::{Notice, Notices};
 use crate::pipeline::submitter::Queue;
 use crate::pipeline::{Board, Folders, RunView, Settings, on_file_pool};
 use crate::report;
-use crate::store::{ManifestId, ManifestState, ManifestV1, RunEnd, Store, StoreError};
+use crate::store::{JobState, ManifestId, ManifestState, ManifestV1, RunEnd, Store, StoreError};
 use crate::watcher::Candidate;
 
 /// What the finisher hears.
@@ -67,6 +69,8 @@ pub struct FinisherDeps {
     pub queue: Arc<Queue>,
     /// A drained file's newer version goes back here.
     pub intake: mpsc::Sender<Candidate>,
+    /// Told when runs end, jobs fail or are held.
+    pub notices: Notices,
 }
 
 /// The finisher's own state; only its task touches it.
@@ -140,6 +144,13 @@ impl Finisher {
                 ) && let Some(run) = self.runs.get_mut(&id)
                 {
                     run.finished_this_run += 1;
+                    if let JobOutcome::Failed(code) = outcome {
+                        self.deps.notices.send(Notice::JobFailed {
+                            id,
+                            rel: run.rel.to_string_lossy().into_owned(),
+                            code,
+                        });
+                    }
                     self.publish(id);
                 }
                 self.settle_if_done(id).await;
@@ -288,8 +299,8 @@ impl Finisher {
         let sha256 = run.sha256.clone();
         self.publish(id);
         let recipe_image = manifest::is_image_name(&rel);
-        let tally = match self.write_report(id, &rel, recipe_image).await {
-            Ok(tally) => tally,
+        let (tally, failures) = match self.write_report(id, &rel, recipe_image).await {
+            Ok(made) => made,
             Err(err) => {
                 error!(error = %err, manifest = %rel.display(), "Cannot read the run's jobs for its report; it is finished again at the next start");
                 return;
@@ -309,6 +320,11 @@ impl Finisher {
                     .update(|s| s.totals.manifests_with_failures += 1);
             }
             info!(manifest = %rel.display(), "Run reported; jobs held in doubt wait for `replay --in-doubt`");
+            self.deps.notices.send(Notice::InDoubtHeld {
+                id,
+                rel: rel.to_string_lossy().into_owned(),
+                held: tally.in_doubt_held,
+            });
             return;
         }
         match (recipe_image, tally.first_failure.clone()) {
@@ -320,8 +336,17 @@ impl Finisher {
         } else {
             RunEnd::Finished
         };
-        if let Err(err) = self.deps.store.end_run(id, end).await {
-            error!(error = %err, "Cannot record the run as ended; it is finished again at the next start");
+        match self.deps.store.end_run(id, end).await {
+            Ok(counts) => self.deps.notices.send(Notice::ManifestFinished {
+                id,
+                rel: rel.to_string_lossy().into_owned(),
+                counts,
+                failures,
+                superseded,
+            }),
+            Err(err) => {
+                error!(error = %err, "Cannot record the run as ended; it is finished again at the next start")
+            }
         }
         let outcome = if superseded {
             "superseded"
@@ -353,7 +378,7 @@ impl Finisher {
         id: ManifestId,
         rel: &Path,
         recipe_image: bool,
-    ) -> Result<report::Tally, StoreError> {
+    ) -> Result<(report::Tally, BTreeMap<FailureCode, u64>), StoreError> {
         let outbox = self.deps.folders.outbox.clone();
         let rel = rel.to_path_buf();
         self.deps
@@ -363,12 +388,16 @@ impl Finisher {
                     return Err(StoreError::ManifestNotFound(id));
                 };
                 let mut tally = report::Tally::default();
+                let mut failures: BTreeMap<FailureCode, u64> = BTreeMap::new();
                 reader.for_each_job_of_manifest(id, |_, job| {
                     tally.add(&report::row(&job));
+                    if let JobState::Failed { code, .. } = job.state {
+                        *failures.entry(code).or_default() += 1;
+                    }
                     Ok::<_, StoreError>(())
                 })?;
                 if recipe_image {
-                    return Ok(tally);
+                    return Ok((tally, failures));
                 }
                 let generated_at = report::now_rfc3339();
                 let header = report::Header {
@@ -389,7 +418,7 @@ impl Finisher {
                         error!(error = %err, manifest = %m.rel, "Cannot write the manifest report")
                     }
                 }
-                Ok(tally)
+                Ok((tally, failures))
             })
             .await
     }

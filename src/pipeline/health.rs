@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use tracing::{error, info};
 
 use crate::claid::ClaidError;
+use crate::pipeline::notices::{Notice, Notices};
 
 /// Whether the daemon may submit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +27,8 @@ pub enum Health {
 pub struct HealthState {
     health: watch::Sender<Health>,
     inner: Mutex<Inner>,
+    /// Told when submitting pauses and resumes.
+    notices: Notices,
 }
 
 #[derive(Debug, Default)]
@@ -37,16 +40,15 @@ struct Inner {
     failing: Option<(Instant, String)>,
 }
 
-impl Default for HealthState {
-    fn default() -> HealthState {
+impl HealthState {
+    pub fn new(notices: Notices) -> HealthState {
         HealthState {
             health: watch::channel(Health::Healthy).0,
             inner: Mutex::new(Inner::default()),
+            notices,
         }
     }
-}
 
-impl HealthState {
     pub fn current(&self) -> Health {
         self.health.borrow().clone()
     }
@@ -72,6 +74,7 @@ impl HealthState {
         });
         if changed {
             info!("The API accepts requests again; submitting resumed");
+            self.notices.send(Notice::Resumed);
         }
     }
 
@@ -90,6 +93,7 @@ impl HealthState {
         });
         if changed {
             error!(error = %reason, "The API refused the daemon's credentials or credits; submitting is paused, queued jobs are kept");
+            self.notices.send(Notice::Paused { status, reason });
         }
     }
 

@@ -21,6 +21,7 @@ use crate::manifest::{self, Input, ManifestSpec};
 use crate::metrics::Metrics;
 use crate::output;
 use crate::pipeline::finisher::Event;
+use crate::pipeline::notices::{Notice, Notices};
 use crate::pipeline::submitter::Queue;
 use crate::pipeline::{Board, Folders, Settings, on_file_pool};
 use crate::report;
@@ -42,6 +43,7 @@ pub struct Intake {
     pub finisher: mpsc::UnboundedSender<Event>,
     pub metrics: Arc<Metrics>,
     pub tracker: TaskTracker,
+    pub notices: Notices,
 }
 
 /// What one candidate came to.
@@ -389,7 +391,7 @@ impl Intake {
         let src = path.to_path_buf();
         let inbox = self.folders.inbox.clone();
         let rejected = self.folders.rejected.clone();
-        let text = text.to_owned();
+        let error_text = text.to_owned();
         let moved = on_file_pool(move || -> Result<PathBuf, output::OutputError> {
             let dest = output::move_mirrored(&inbox, &src, &rejected)?;
             let name = dest
@@ -397,7 +399,7 @@ impl Intake {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
             let error_path = dest.with_file_name(format!("{name}.error.txt"));
-            output::write_text_atomic(&error_path, &text)?;
+            output::write_text_atomic(&error_path, &error_text)?;
             Ok(dest)
         })
         .await;
@@ -408,6 +410,10 @@ impl Intake {
             }
         }
         let _ = self.finisher.send(Event::Rejected);
+        self.notices.send(Notice::ManifestRejected {
+            rel: rel.to_string_lossy().into_owned(),
+            problems: text.lines().take(12).collect::<Vec<_>>().join("\n"),
+        });
     }
 }
 
