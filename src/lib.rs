@@ -16,6 +16,7 @@
 //!   [`logging`].
 //! - [`admin`]: the admin socket (status, jobs, replay, health) and [`metrics`].
 //! - [`cli`]: the command line.
+//! - [`text`]: untrusted text escaped for logs; [`os_error`]: OS errors named by errno.
 //! - [`emulator`]: the bundled Claid-compatible emulator.
 
 pub mod admin;
@@ -27,10 +28,12 @@ pub mod emulator;
 pub mod logging;
 pub mod manifest;
 pub mod metrics;
+pub mod os_error;
 pub mod output;
 pub mod pipeline;
 pub mod report;
 pub mod signal;
 pub mod store;
+pub mod text;
 pub mod watcher;
 pub mod yaml;
