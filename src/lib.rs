@@ -10,7 +10,8 @@
 //! - [`manifest`]: parses and validates a manifest into job specs.
 //! - [`store`]: the sled job store and its durability points.
 //! - [`pipeline`]: schedules jobs through submit, poll, download and output.
-//! - [`claid`]: the API client (and the wire types shared with the emulator).
+//! - [`claid`]: the API client (and the wire types shared with the emulator); [`retry`]: the
+//!   one retry policy for its calls.
 //! - [`output`]: atomic output writes; [`report`]: per-manifest reports.
 //! - [`daemon`]: wiring, supervision, systemd notifications, reload and shutdown; [`signal`],
 //!   [`logging`].
@@ -32,6 +33,7 @@ pub mod os_error;
 pub mod output;
 pub mod pipeline;
 pub mod report;
+pub mod retry;
 pub mod signal;
 pub mod store;
 pub mod text;
