@@ -290,8 +290,12 @@ async fn first_scan(pipeline: &pipeline::Handle, config: &Config) -> Result<(), 
         .await
         .map_err(FatalError::Watcher)?;
     info!(manifests = candidates.len(), "Scanned the inbox");
+    // Symlinked manifests are not followed (the watcher named them); rejecting the link is
+    // the pipeline's to do.
     for candidate in candidates {
-        pipeline.intake(candidate.path).await;
+        if candidate.kind != watcher::CandidateKind::Link {
+            pipeline.intake(candidate.path).await;
+        }
     }
     Ok(())
 }
@@ -329,6 +333,7 @@ async fn run_watching(
     loop {
         tokio::select! {
             candidate = rx.recv() => match candidate {
+                Some(candidate) if candidate.kind == watcher::CandidateKind::Link => {}
                 Some(candidate) => pipeline.intake(candidate.path).await,
                 None => break,
             },
