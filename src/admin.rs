@@ -2,6 +2,12 @@
 //! removed on exit) with `GET /healthz`, `GET /status`, `GET /jobs`, `POST /replay` and
 //! `GET /metrics`, and `/metrics` alone over TCP when `admin.metrics_listen` is set.
 //!
+//! The server is bounded, so no number of idle or slow clients can exhaust the daemon's file
+//! descriptors or stop `/healthz`: at most [`MAX_CONNECTIONS`] connections per listener are
+//! served at once (more are answered `503` and closed at once), a client has
+//! [`HEADER_TIMEOUT`] to send a request's headers (also the idle keep-alive timeout) and
+//! [`BODY_TIMEOUT`] to send its body.
+//!
 //! The views (`StatusView`, `JobView`) and the replay selection are plain functions over the
 //! store, so `status`, `jobs` and `replay` print the same thing whether they asked the running
 //! daemon over the socket or opened the store themselves because no daemon runs.
@@ -12,44 +18,62 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use axum::Router;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+use tracing::{debug, error, info, warn};
 
 use crate::codes::StateName;
 use crate::metrics::Metrics;
+use crate::os_error::OsCause;
 use crate::pipeline::{self, Health};
 use crate::store::records::{JobState, JobV1, ManifestCounts, ManifestV1};
 use crate::store::{JobId, Store, StoreError};
+use crate::text::Escaped;
 
 /// Errors of the admin socket, server and client side.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
-    #[error("cannot create the admin socket {path}")]
+    #[error(
+        "cannot create the admin socket {}: {}",
+        Escaped::path(path),
+        OsCause(cause)
+    )]
     Bind {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("cannot listen for metrics on {addr}")]
+    #[error("cannot listen for metrics on {addr}: {}", OsCause(cause))]
     MetricsBind {
         addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("no daemon answers on {path}")]
+    #[error("no daemon answers on {}", Escaped::path(path))]
     NotRunning { path: PathBuf },
     #[error(
-        "permission denied on the admin socket {path}: run as the service user or a member of its group"
+        "permission denied on the admin socket {}: run as the service user or a member of its group",
+        Escaped::path(path)
     )]
     Denied { path: PathBuf },
-    #[error("admin request to {path} failed: {message}")]
+    #[error(
+        "admin request to {} failed: {}",
+        Escaped::path(path),
+        Escaped::str(message)
+    )]
     Request { path: PathBuf, message: String },
 }
 
@@ -380,36 +404,34 @@ pub async fn serve_socket(
     cancel: CancellationToken,
 ) -> Result<(), AdminError> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|source| AdminError::Bind {
+        std::fs::create_dir_all(dir).map_err(|cause| AdminError::Bind {
             path: path.clone(),
-            source,
+            cause,
         })?;
     }
     // A socket file left by a killed daemon would make bind fail; a live daemon holds the store
     // lock, so reaching this point means the old file is stale.
     match std::fs::remove_file(&path) {
-        Ok(()) => info!(socket = %path.display(), "Removed a stale admin socket"),
+        Ok(()) => info!(socket = %Escaped::path(&path), "Removed a stale admin socket"),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-        Err(source) => return Err(AdminError::Bind { path, source }),
+        Err(cause) => return Err(AdminError::Bind { path, cause }),
     }
-    let listener = tokio::net::UnixListener::bind(&path).map_err(|source| AdminError::Bind {
+    let listener = tokio::net::UnixListener::bind(&path).map_err(|cause| AdminError::Bind {
         path: path.clone(),
-        source,
+        cause,
     })?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660)).map_err(|source| {
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660)).map_err(|cause| {
         AdminError::Bind {
             path: path.clone(),
-            source,
+            cause,
         }
     })?;
-    info!(socket = %path.display(), "Admin socket listening");
-    let res = axum::serve(listener, router(state))
-        .with_graceful_shutdown(cancel.cancelled_owned())
-        .await;
+    info!(socket = %Escaped::path(&path), "Admin socket listening");
+    serve_bounded(listener, router(state), cancel).await;
     if let Err(err) = std::fs::remove_file(&path) {
-        warn!(error = %err, socket = %path.display(), "Cannot remove the admin socket");
+        warn!(error = %OsCause(&err), socket = %Escaped::path(&path), "Cannot remove the admin socket");
     }
-    res.map_err(|source| AdminError::Bind { path, source })
+    Ok(())
 }
 
 /// Serves `/metrics` (and `/healthz`) over TCP until `cancel`.
@@ -420,16 +442,177 @@ pub async fn serve_metrics(
 ) -> Result<(), AdminError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|source| AdminError::MetricsBind { addr, source })?;
+        .map_err(|cause| AdminError::MetricsBind { addr, cause })?;
     info!(addr = %addr, "Metrics listening");
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .with_state(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(cancel.cancelled_owned())
+    serve_bounded(listener, app, cancel).await;
+    Ok(())
+}
+
+/// Most connections served at once, per listener (the socket and the metrics port each). More
+/// are accepted only to be answered `503` and closed at once, so idle clients can hold at
+/// most this many file descriptors, and the kernel's accept queue is drained, not left full.
+pub const MAX_CONNECTIONS: usize = 32;
+/// How long a client has to send a request's headers: from the connection, and again from the
+/// end of each response while a kept-alive connection sits idle (so this is also the idle
+/// timeout).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a request's body may take to arrive once its headers are in.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest request body read (a replay request is a few dozen bytes).
+pub const MAX_REQUEST_BODY: usize = 64 * 1024;
+/// How long shutdown waits for requests in progress (idle connections close at once).
+const DRAIN: Duration = Duration::from_secs(5);
+/// The whole answer to a connection over [`MAX_CONNECTIONS`].
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 57\r\nconnection: close\r\n\r\n{\"error\":\"the admin server is busy; try again in a while\"}";
+/// How often, at most, the cap and accept failures are logged.
+const LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// A listener the admin server accepts connections from.
+trait Accept: Send + 'static {
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    fn accept_io(&mut self) -> impl Future<Output = std::io::Result<Self::Io>> + Send;
+}
+
+impl Accept for tokio::net::UnixListener {
+    type Io = tokio::net::UnixStream;
+    async fn accept_io(&mut self) -> std::io::Result<Self::Io> {
+        self.accept().await.map(|(io, _)| io)
+    }
+}
+
+impl Accept for tokio::net::TcpListener {
+    type Io = tokio::net::TcpStream;
+    async fn accept_io(&mut self) -> std::io::Result<Self::Io> {
+        self.accept().await.map(|(io, _)| io)
+    }
+}
+
+/// Accepts and serves HTTP/1 connections until `cancel`, at most [`MAX_CONNECTIONS`] at once,
+/// each bounded by [`HEADER_TIMEOUT`] and [`BODY_TIMEOUT`]; then lets requests in progress
+/// finish (up to [`DRAIN`]).
+async fn serve_bounded(mut listener: impl Accept, app: Router, cancel: CancellationToken) {
+    // One permit per connection served; dropping the connection's task frees it.
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let connections = TaskTracker::new();
+    let mut last_busy_log: Option<Instant> = None;
+    let mut last_accept_log: Option<Instant> = None;
+    let logs_now = |last: &mut Option<Instant>| {
+        let due = last.is_none_or(|at| at.elapsed() >= LOG_EVERY);
+        if due {
+            *last = Some(Instant::now());
+        }
+        due
+    };
+    loop {
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => break,
+            accepted = listener.accept_io() => accepted,
+        };
+        let io = match accepted {
+            Ok(io) => io,
+            Err(err) => {
+                // Out of file descriptors (EMFILE) or the like: the connection stays queued;
+                // wait a little rather than spin.
+                if logs_now(&mut last_accept_log) {
+                    warn!(error = %OsCause(&err), "Cannot accept an admin connection; retrying");
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            if logs_now(&mut last_busy_log) {
+                warn!(
+                    max_connections = MAX_CONNECTIONS,
+                    "Too many admin connections at once; answering 503 to new ones"
+                );
+            }
+            refuse(io).await;
+            continue;
+        };
+        let (app, cancel) = (app.clone(), cancel.clone());
+        connections.spawn(async move {
+            serve_connection(io, app, cancel).await;
+            drop(permit);
+        });
+    }
+    connections.close();
+    if tokio::time::timeout(DRAIN, connections.wait())
         .await
-        .map_err(|source| AdminError::MetricsBind { addr, source })
+        .is_err()
+    {
+        warn!("Admin requests still in progress at shutdown were dropped");
+    }
+}
+
+/// Answers a connection over the cap with [`BUSY`] and closes it. Inline in the accept loop
+/// and bounded, so refused connections never pile up as open descriptors.
+async fn refuse(mut io: impl AsyncWrite + Unpin) {
+    let _ = tokio::time::timeout(Duration::from_millis(50), io.write_all(BUSY)).await;
+}
+
+/// One HTTP/1 connection: header-read (and idle) timeout, then each request's body read within
+/// [`BODY_TIMEOUT`] before the router sees it. On `cancel` an idle connection closes at once
+/// and a request in progress finishes.
+async fn serve_connection(
+    io: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    app: Router,
+    cancel: CancellationToken,
+) {
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let app = app.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(app, req).await) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .keep_alive(true);
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    let mut conn = std::pin::pin!(conn);
+    let res = tokio::select! {
+        res = conn.as_mut() => res,
+        _ = cancel.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(err) = res {
+        // Timeouts and clients that go away are routine.
+        debug!(error = %err, "Admin connection ended with an error");
+    }
+}
+
+/// Reads the request body (bounded in time and size), then routes the request.
+async fn handle(app: Router, req: Request<Incoming>) -> Response {
+    let (parts, body) = req.into_parts();
+    let read = Limited::new(body, MAX_REQUEST_BODY).collect();
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, read).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(err)) if err.is::<LengthLimitError>() => {
+            return error_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+        }
+        Ok(Err(_)) => return error_response(StatusCode::BAD_REQUEST, "broken request body"),
+        Err(_) => {
+            return error_response(StatusCode::REQUEST_TIMEOUT, "request body not sent in time");
+        }
+    };
+    let req = Request::from_parts(parts, axum::body::Body::from(bytes));
+    match app.oneshot(req).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
+}
+
+fn error_response(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(serde_json::json!({"error": message}))).into_response()
 }
 
 async fn healthz(State(state): State<AdminState>) -> Response {

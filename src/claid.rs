@@ -4,9 +4,18 @@
 //!
 //! Classification happens here, at the call site, because only here is it known whether a
 //! request could have reached Claid: a submit that was sent but whose answer was lost is
-//! [`ErrorClass::Ambiguous`] and is never retried by the client (Claid has no idempotency key,
-//! CONTRACT §14). Transient errors are retried with exponential backoff and jitter; a 429 waits
-//! `RateLimit-Reset` through the shared [`limiter`] and is retried without counting as a failure.
+//! [`ErrorClass::Ambiguous`] (Claid has no idempotency key, CONTRACT §14). Transport errors
+//! name the host and the OS cause (`connect to 127.0.0.1:9: ECONNREFUSED: connection refused`).
+//!
+//! One retry layer: [`Client::submit_once`], [`Client::poll_once`], [`Client::upload_once`],
+//! [`Client::download_once`] and [`Client::probe`] make exactly one HTTP attempt each and
+//! return the classified error; a 429 closes the shared [`limiter`] gate for its
+//! `RateLimit-Reset` and comes back as [`ClaidError::RateLimited`] (transient). Whether and
+//! when to try again is [`crate::retry`]'s decision, made by its caller.
+//!
+//! Transitional: `submit`, `poll`, `upload` and `download` still retry inside the client
+//! (backoff for transient errors, 429s waited out) for the pipeline that has not moved to
+//! [`crate::retry::Policy`] yet; they go once it has.
 
 pub mod limiter;
 pub mod request;
@@ -18,23 +27,16 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
+use crate::codes::FailureCode;
 use bytes::{Bytes, BytesMut};
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{StatusCode, Url};
 use tokio::time::Instant;
 
 use self::limiter::{DEFAULT_RESET, Limiter, parse_remaining, parse_reset};
+use crate::os_error;
+use crate::text::{self, Escaped};
 
-/// Retries of a transient error after the first attempt (so at most 5 attempts in all).
-pub const RETRY_TIMES: usize = 4;
-/// First backoff delay; doubles per retry, with jitter, up to [`RETRY_MAX_DELAY`].
-pub const RETRY_MIN_DELAY: Duration = Duration::from_millis(200);
-/// Ceiling of one backoff delay.
-pub const RETRY_MAX_DELAY: Duration = Duration::from_secs(10);
-/// Consecutive 429s tolerated for one call before it gives up as `rate-limited` (Transient):
-/// a safety valve against a server that never lets us through, not a normal outcome.
-pub const MAX_CONSECUTIVE_429: u32 = 30;
 /// A limiter wait this long means the rate limit binds (the pipeline then rations polls).
 pub const SIGNIFICANT_WAIT: Duration = Duration::from_millis(20);
 /// Largest API answer body read (success or error); real Claid JSON is a few kilobytes.
@@ -107,7 +109,7 @@ impl fmt::Display for Endpoint {
 /// What the caller should do with a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {
-    /// Try again later; the client already retried within its budget.
+    /// Try again later (the retry policy decides when and how often).
     Transient,
     /// The request may have reached Claid (and may be billed); the pipeline's in-doubt policy
     /// decides. Never retried by the client.
@@ -128,28 +130,32 @@ pub enum ClaidError {
         endpoint: Endpoint,
         about: &'static str,
     },
-    #[error("{endpoint}: could not connect")]
+    /// Nothing was sent: the API could not be reached (refused, unreachable, DNS, TLS).
+    #[error("{endpoint}: connect to {addr}: {cause}")]
     Connect {
         endpoint: Endpoint,
-        #[source]
-        source: reqwest::Error,
+        /// `host:port` of the request.
+        addr: String,
+        /// The OS error (`ECONNREFUSED: connection refused`) or the innermost message.
+        cause: String,
     },
-    #[error("{endpoint}: timed out")]
+    #[error("{endpoint}: no answer from {addr} within the request timeout")]
     Timeout {
         endpoint: Endpoint,
+        addr: String,
         request_id: Option<String>,
     },
-    #[error("{endpoint}: connection failed")]
+    #[error("{endpoint}: connection to {addr} failed: {cause}")]
     Network {
         endpoint: Endpoint,
+        addr: String,
         request_id: Option<String>,
-        #[source]
-        source: reqwest::Error,
+        cause: String,
     },
-    #[error("{endpoint}: still rate limited after {attempts} tries")]
+    /// A 429: the shared limiter's gate is already closed until `retry_after` has passed.
+    #[error("{endpoint}: rate limited (429), retry after {:.1} s", retry_after.as_secs_f64())]
     RateLimited {
         endpoint: Endpoint,
-        attempts: u32,
         retry_after: Duration,
         request_id: Option<String>,
     },
@@ -160,7 +166,7 @@ pub enum ClaidError {
         request_id: Option<String>,
         message: Option<String>,
     },
-    #[error("{endpoint}: rejected with {status}: {error_message}")]
+    #[error("{endpoint}: rejected with {status}: {}", Escaped::str(error_message))]
     Rejected {
         endpoint: Endpoint,
         status: u16,
@@ -172,7 +178,10 @@ pub enum ClaidError {
         /// Dotted field path → messages, for validation errors.
         error_details: BTreeMap<String, Vec<String>>,
     },
-    #[error("{endpoint}: account problem {status}: {error_message}")]
+    #[error(
+        "{endpoint}: account problem {status}: {}",
+        Escaped::str(error_message)
+    )]
     Account {
         endpoint: Endpoint,
         status: u16,
@@ -260,35 +269,36 @@ impl ClaidError {
     }
 
     /// Stable kebab-case code for stores, reports and metrics (never the Display text).
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> FailureCode {
         use ClaidError::*;
+        use FailureCode as C;
         match self {
-            Config { .. } => "client-config",
-            BadUrl { .. } => "bad-url",
-            Connect { .. } => "connect-failed",
-            Timeout { .. } => "timeout",
-            Network { .. } => "connection-lost",
-            RateLimited { .. } => "rate-limited",
-            Server { .. } => "server-error",
+            Config { .. } => C::ClientConfig,
+            BadUrl { .. } => C::BadUrl,
+            Connect { .. } => C::ConnectFailed,
+            Timeout { .. } => C::Timeout,
+            Network { .. } => C::ConnectionLost,
+            RateLimited { .. } => C::RateLimited,
+            Server { .. } => C::ServerError,
             Rejected { status, .. } => match status {
-                400 => "claid-bad-request",
-                404 => "claid-not-found",
-                409 => "claid-conflict",
-                413 => "claid-too-large",
-                415 => "claid-unsupported-media",
-                422 => "claid-invalid-request",
-                _ => "claid-rejected",
+                400 => C::ClaidBadRequest,
+                404 => C::ClaidNotFound,
+                409 => C::ClaidConflict,
+                413 => C::ClaidTooLarge,
+                415 => C::ClaidUnsupportedMedia,
+                422 => C::ClaidInvalidRequest,
+                _ => C::ClaidRejected,
             },
             Account { status, .. } => match status {
-                401 => "claid-unauthorized",
-                402 => "claid-out-of-credits",
-                _ => "claid-forbidden",
+                401 => C::ClaidUnauthorized,
+                402 => C::ClaidOutOfCredits,
+                _ => C::ClaidForbidden,
             },
-            BadResponse { .. } => "bad-response",
-            ResultGone { .. } => "result-expired",
-            DownloadStatus { .. } => "download-failed",
-            TooLarge { .. } => "download-too-large",
-            Truncated { .. } => "download-truncated",
+            BadResponse { .. } => C::BadResponse,
+            ResultGone { .. } => C::ResultExpired,
+            DownloadStatus { .. } => C::DownloadFailed,
+            TooLarge { .. } => C::DownloadTooLarge,
+            Truncated { .. } => C::DownloadTruncated,
         }
     }
 
@@ -329,9 +339,10 @@ impl ClaidError {
         }
     }
 
-    /// Whether the client's own backoff loop may try again.
-    fn retryable(&self) -> bool {
-        self.class() == ErrorClass::Transient && !matches!(self, ClaidError::RateLimited { .. })
+    /// Whether nothing was sent because the API could not be reached: during an outage every
+    /// call fails this way, and it is not the job's fault (see [`crate::retry`]).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, ClaidError::Connect { .. })
     }
 }
 
@@ -365,7 +376,7 @@ pub struct ClientStats {
     pub responses: BTreeMap<(Endpoint, u16), u64>,
     /// Requests that got no HTTP response (connect error, timeout, reset), by endpoint.
     pub transport_errors: BTreeMap<Endpoint, u64>,
-    /// 429 answers seen (each was waited out and retried).
+    /// 429 answers seen.
     pub rate_limited: u64,
     /// Calls that had to wait in the limiter (quota or header gate).
     pub limiter_waits: u64,
@@ -373,7 +384,7 @@ pub struct ClientStats {
     pub limiter_wait_total: Duration,
     /// Calls whose wait was at least [`SIGNIFICANT_WAIT`].
     pub limiter_pressure: u64,
-    /// Backoff retries of transient errors.
+    /// Backoff retries of transient errors made by the legacy retrying calls.
     pub retries: u64,
 }
 
@@ -501,17 +512,13 @@ impl Client {
         })
     }
 
-    /// `POST {base}/image/edit/async`. Connect errors, 429 and 5xx are retried; once the
-    /// request may have been received, a lost answer is [`ErrorClass::Ambiguous`].
-    pub async fn submit(&self, body: &serde_json::Value) -> Result<Accepted, ClaidError> {
+    /// `POST {base}/image/edit/async`: one HTTP attempt. Once the request may have reached
+    /// Claid, a lost answer is [`ErrorClass::Ambiguous`]; a 429 is [`ClaidError::RateLimited`].
+    pub async fn submit_once(&self, body: &serde_json::Value) -> Result<Accepted, ClaidError> {
         let url = self.endpoint_url("image/edit/async")?;
-        let (task, request_id) = self
-            .with_retries(|| async {
-                let build = || Ok(self.api.post(url.clone()).json(body));
-                let answer = self.call(Endpoint::Submit, build).await?;
-                expect_ok::<wire::AsyncTask>(Endpoint::Submit, answer)
-            })
-            .await?;
+        let build = || Ok(self.api.post(url.clone()).json(body));
+        let answer = self.call(Endpoint::Submit, build).await?;
+        let (task, request_id) = expect_ok::<wire::AsyncTask>(Endpoint::Submit, answer)?;
         Ok(Accepted {
             task_id: task.id,
             result_url: task.result_url,
@@ -520,59 +527,41 @@ impl Client {
     }
 
     /// `GET result_url` exactly as Claid returned it (same origin as `base_url` only, so the
-    /// key is never sent elsewhere). Transient errors, including an unreadable 200, are retried.
-    pub async fn poll(&self, result_url: &str) -> Result<Polled, ClaidError> {
-        let url = Url::parse(result_url).map_err(|_| ClaidError::BadUrl {
-            endpoint: Endpoint::Poll,
-            about: "result_url is not a url",
-        })?;
-        if url.origin() != self.base.origin() {
-            return Err(ClaidError::BadUrl {
-                endpoint: Endpoint::Poll,
-                about: "result_url is not on the api origin",
-            });
-        }
-        let (task, request_id) = self
-            .with_retries(|| async {
-                let build = || Ok(self.api.get(url.clone()));
-                let answer = self.call(Endpoint::Poll, build).await?;
-                expect_ok::<wire::AsyncTask>(Endpoint::Poll, answer)
-            })
-            .await?;
+    /// key is never sent elsewhere): one HTTP attempt.
+    pub async fn poll_once(&self, result_url: &str) -> Result<Polled, ClaidError> {
+        let url = self.result_url(result_url)?;
+        let build = || Ok(self.api.get(url.clone()));
+        let answer = self.call(Endpoint::Poll, build).await?;
+        let (task, request_id) = expect_ok::<wire::AsyncTask>(Endpoint::Poll, answer)?;
         Ok(Polled { task, request_id })
     }
 
-    /// `POST {base}/image/edit/upload` (multipart `file` + `data`); synchronous on Claid's
-    /// side, so it may take long. Retried like submit.
-    pub async fn upload(
+    /// `POST {base}/image/edit/upload` (multipart `file` + `data`): one HTTP attempt;
+    /// synchronous on Claid's side, so it may take long. `file_name` is sent with quotes,
+    /// backslashes and control characters percent-encoded (RFC 7578 §4.2), never raw.
+    pub async fn upload_once(
         &self,
         file_name: &str,
-        bytes: Vec<u8>,
+        bytes: Bytes,
         data: &serde_json::Value,
     ) -> Result<Uploaded, ClaidError> {
         let url = self.endpoint_url("image/edit/upload")?;
-        let bytes = Bytes::from(bytes);
         let data = data.to_string();
-        let (response, request_id) = self
-            .with_retries(|| async {
-                // Multipart bodies are streams and cannot be cloned: build afresh per send.
-                let build = || {
-                    let file = reqwest::multipart::Part::bytes(bytes.to_vec())
-                        .file_name(file_name.to_owned());
-                    let data_part = reqwest::multipart::Part::text(data.clone())
-                        .mime_str("application/json")
-                        .map_err(|_| ClaidError::Config {
-                            about: "multipart mime",
-                        })?;
-                    let form = reqwest::multipart::Form::new()
-                        .part("file", file)
-                        .part("data", data_part);
-                    Ok(self.api.post(url.clone()).multipart(form))
-                };
-                let answer = self.call(Endpoint::Upload, build).await?;
-                expect_ok::<wire::EditResponse>(Endpoint::Upload, answer)
-            })
-            .await?;
+        let file_name = multipart_file_name(file_name);
+        let build = || {
+            let file = reqwest::multipart::Part::stream(bytes.clone()).file_name(file_name.clone());
+            let data_part = reqwest::multipart::Part::text(data.clone())
+                .mime_str("application/json")
+                .map_err(|_| ClaidError::Config {
+                    about: "multipart mime",
+                })?;
+            let form = reqwest::multipart::Form::new()
+                .part("file", file)
+                .part("data", data_part);
+            Ok(self.api.post(url.clone()).multipart(form))
+        };
+        let answer = self.call(Endpoint::Upload, build).await?;
+        let (response, request_id) = expect_ok::<wire::EditResponse>(Endpoint::Upload, answer)?;
         Ok(Uploaded {
             response,
             request_id,
@@ -580,8 +569,7 @@ impl Client {
     }
 
     /// A cheap authenticated call (`GET {base}/image/edit/async/0`): Ok when Claid answers
-    /// and accepts the key (a 404 for the non-existent task is fine). One attempt (plus 429
-    /// waits): the caller probes periodically anyway.
+    /// and accepts the key (a 404 for the non-existent task is fine). One HTTP attempt.
     pub async fn probe(&self) -> Result<(), ClaidError> {
         let url = self.endpoint_url("image/edit/async/0")?;
         let build = || Ok(self.api.get(url.clone()));
@@ -592,21 +580,12 @@ impl Client {
         }
     }
 
-    /// Downloads a result (`tmp_url`): http(s) only, no API key, not rate limited, at most
-    /// `max_download_bytes`, and exactly `Content-Length` bytes when that header is present.
-    /// Transient failures (connect, timeout, 5xx, truncation) are retried.
-    pub async fn download(&self, url: &str) -> Result<Bytes, ClaidError> {
-        let url = Url::parse(url).map_err(|_| ClaidError::BadUrl {
-            endpoint: Endpoint::Download,
-            about: "not a url",
-        })?;
-        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-            return Err(ClaidError::BadUrl {
-                endpoint: Endpoint::Download,
-                about: "only http(s) urls are downloaded",
-            });
-        }
-        self.with_retries(|| self.download_once(&url)).await
+    /// Downloads a result (`tmp_url`): one HTTP attempt, http(s) only, no API key, not rate
+    /// limited, at most `max_download_bytes`, and exactly `Content-Length` bytes when that
+    /// header is present.
+    pub async fn download_once(&self, url: &str) -> Result<Bytes, ClaidError> {
+        let url = download_url(url)?;
+        self.fetch(&url).await
     }
 
     /// Reports every answered call's latency to `observer` (the metrics histogram).
@@ -638,6 +617,21 @@ impl Client {
             .clone()
     }
 
+    /// A poll URL, checked: a URL on the API's origin (the key is never sent elsewhere).
+    fn result_url(&self, result_url: &str) -> Result<Url, ClaidError> {
+        let url = Url::parse(result_url).map_err(|_| ClaidError::BadUrl {
+            endpoint: Endpoint::Poll,
+            about: "result_url is not a url",
+        })?;
+        if url.origin() != self.base.origin() {
+            return Err(ClaidError::BadUrl {
+                endpoint: Endpoint::Poll,
+                about: "result_url is not on the api origin",
+            });
+        }
+        Ok(url)
+    }
+
     fn endpoint_url(&self, path: &str) -> Result<Url, ClaidError> {
         let text = format!("{}/{path}", self.base.as_str().trim_end_matches('/'));
         Url::parse(&text).map_err(|_| ClaidError::Config {
@@ -649,110 +643,78 @@ impl Client {
         f(&mut self.stats.lock().unwrap_or_else(PoisonError::into_inner));
     }
 
-    /// Runs `attempt` with the backoff policy: exponential from 200 ms to 10 s with jitter, at
-    /// most [`RETRY_TIMES`] retries, only for retryable (transient) errors.
-    async fn with_retries<T, F, Fut>(&self, attempt: F) -> Result<T, ClaidError>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, ClaidError>>,
-    {
-        let policy = ExponentialBuilder::default()
-            .with_min_delay(RETRY_MIN_DELAY)
-            .with_max_delay(RETRY_MAX_DELAY)
-            .with_max_times(RETRY_TIMES)
-            .with_jitter()
-            .with_jitter_seed(rand::random());
-        attempt
-            .retry(policy)
-            .sleep(tokio::time::sleep)
-            .when(ClaidError::retryable)
-            .notify(|err, delay| {
-                self.with_stats(|s| s.retries += 1);
-                tracing::debug!(error = %err, code = err.code(), ?delay, "Retrying a claid call");
-            })
-            .await
-    }
-
-    /// One API call through the limiter, waiting out 429s; returns any other answer for the
-    /// caller to classify. Transport failures are classified here.
+    /// One API call through the limiter: one HTTP attempt. A 429 closes the shared gate and
+    /// comes back as [`ClaidError::RateLimited`]; any other answer is returned for the caller
+    /// to classify. Transport failures are classified here.
     async fn call(
         &self,
         endpoint: Endpoint,
         build: impl Fn() -> Result<reqwest::RequestBuilder, ClaidError>,
     ) -> Result<Answer, ClaidError> {
-        let mut attempts = 0u32;
-        loop {
-            let waited = self.limiter.acquire().await;
-            if !waited.0.is_zero() {
-                self.with_stats(|s| {
-                    s.limiter_waits += 1;
-                    s.limiter_wait_total += waited.0;
-                    if waited.0 >= SIGNIFICANT_WAIT {
-                        s.limiter_pressure += 1;
-                    }
-                });
-            }
-            let mut builder = build()?;
-            if let Some(auth) = &self.auth {
-                builder = builder.header(header::AUTHORIZATION, auth.clone());
-            }
-            let request = builder.build().map_err(|_| ClaidError::BadUrl {
-                endpoint,
-                about: "request could not be built for this url",
-            })?;
-            let method = request.method().clone();
-            let started = Instant::now();
-            let result = self.api.execute(request).await;
-            let response = match result {
-                Ok(response) => response,
-                Err(err) => {
-                    self.with_stats(|s| *s.transport_errors.entry(endpoint).or_default() += 1);
-                    tracing::debug!(
-                        method = %method, endpoint = endpoint.as_str(),
-                        latency_ms = started.elapsed().as_millis() as u64, error = %err,
-                        "Claid call failed without a response"
-                    );
-                    return Err(transport_error(endpoint, err, None));
-                }
-            };
-            let status = response.status();
-            let request_id = request_id_of(response.headers());
-            self.observe_latency(endpoint, started.elapsed());
-            self.observe_rate_headers(response.headers(), status);
+        let waited = self.limiter.acquire().await;
+        if !waited.0.is_zero() {
             self.with_stats(|s| {
-                *s.responses.entry((endpoint, status.as_u16())).or_default() += 1;
-                if status == StatusCode::TOO_MANY_REQUESTS {
-                    s.rate_limited += 1;
+                s.limiter_waits += 1;
+                s.limiter_wait_total += waited.0;
+                if waited.0 >= SIGNIFICANT_WAIT {
+                    s.limiter_pressure += 1;
                 }
             });
-            tracing::debug!(
-                method = %method, endpoint = endpoint.as_str(), status = status.as_u16(),
-                request_id = request_id.as_deref().unwrap_or("-"),
-                latency_ms = started.elapsed().as_millis() as u64,
-                "Claid call answered"
-            );
-            if status == StatusCode::TOO_MANY_REQUESTS {
-                attempts += 1;
-                if attempts >= MAX_CONSECUTIVE_429 {
-                    return Err(ClaidError::RateLimited {
-                        endpoint,
-                        attempts,
-                        retry_after: reset_of(response.headers()),
-                        request_id,
-                    });
-                }
-                // The gate is already closed by observe_rate_headers; loop to wait on it.
-                continue;
+        }
+        let mut builder = build()?;
+        if let Some(auth) = &self.auth {
+            builder = builder.header(header::AUTHORIZATION, auth.clone());
+        }
+        let request = builder.build().map_err(|_| ClaidError::BadUrl {
+            endpoint,
+            about: "request could not be built for this url",
+        })?;
+        let method = request.method().clone();
+        let started = Instant::now();
+        let response = match self.api.execute(request).await {
+            Ok(response) => response,
+            Err(err) => {
+                self.with_stats(|s| *s.transport_errors.entry(endpoint).or_default() += 1);
+                let err = transport_error(endpoint, &err, None);
+                tracing::debug!(
+                    method = %method, endpoint = endpoint.as_str(),
+                    latency_ms = started.elapsed().as_millis() as u64, error = %err,
+                    "Claid call failed without a response"
+                );
+                return Err(err);
             }
-            let body = read_limited(response, MAX_BODY).await;
-            return match body {
-                Ok(body) => Ok(Answer {
-                    status,
-                    request_id,
-                    body,
-                }),
-                Err(err) => Err(transport_error(endpoint, err, request_id)),
-            };
+        };
+        let status = response.status();
+        let request_id = request_id_of(response.headers());
+        self.observe_latency(endpoint, started.elapsed());
+        self.observe_rate_headers(response.headers(), status);
+        self.with_stats(|s| {
+            *s.responses.entry((endpoint, status.as_u16())).or_default() += 1;
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                s.rate_limited += 1;
+            }
+        });
+        tracing::debug!(
+            method = %method, endpoint = endpoint.as_str(), status = status.as_u16(),
+            request_id = %Escaped::str(request_id.as_deref().unwrap_or("-")),
+            latency_ms = started.elapsed().as_millis() as u64,
+            "Claid call answered"
+        );
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            // The gate is already closed by observe_rate_headers: every caller waits it out.
+            return Err(ClaidError::RateLimited {
+                endpoint,
+                retry_after: reset_of(response.headers()),
+                request_id,
+            });
+        }
+        match read_limited(response, MAX_BODY).await {
+            Ok(body) => Ok(Answer {
+                status,
+                request_id,
+                body,
+            }),
+            Err(err) => Err(transport_error(endpoint, &err, request_id)),
         }
     }
 
@@ -764,7 +726,8 @@ impl Client {
         }
     }
 
-    async fn download_once(&self, url: &Url) -> Result<Bytes, ClaidError> {
+    /// One download of `url` (checked by [`download_url`]).
+    async fn fetch(&self, url: &Url) -> Result<Bytes, ClaidError> {
         let started = Instant::now();
         let response = match self.downloads.get(url.clone()).send().await {
             Ok(response) => response,
@@ -772,7 +735,7 @@ impl Client {
                 self.with_stats(|s| {
                     *s.transport_errors.entry(Endpoint::Download).or_default() += 1
                 });
-                return Err(transport_error(Endpoint::Download, err, None));
+                return Err(transport_error(Endpoint::Download, &err, None));
             }
         };
         let status = response.status();
@@ -787,7 +750,7 @@ impl Client {
             method = "GET",
             endpoint = "download",
             status = status.as_u16(),
-            request_id = request_id.as_deref().unwrap_or("-"),
+            request_id = %Escaped::str(request_id.as_deref().unwrap_or("-")),
             latency_ms = started.elapsed().as_millis() as u64,
             "Download answered"
         );
@@ -833,7 +796,7 @@ impl Client {
                             });
                         }
                     }
-                    return Err(transport_error(Endpoint::Download, err, request_id));
+                    return Err(transport_error(Endpoint::Download, &err, request_id));
                 }
             }
         }
@@ -868,20 +831,25 @@ async fn read_limited(
     Ok(buf.freeze())
 }
 
-/// Maps a reqwest failure to a class-bearing error: connect errors mean nothing was sent.
+/// Maps a reqwest failure to a class-bearing error that names the host and the OS cause:
+/// connect errors mean nothing was sent.
 fn transport_error(
     endpoint: Endpoint,
-    err: reqwest::Error,
+    err: &reqwest::Error,
     request_id: Option<String>,
 ) -> ClaidError {
+    let addr = addr_of(err.url());
+    let cause = || os_error::root_cause(err).unwrap_or_else(|| text::escape(&err.to_string()));
     if err.is_connect() {
         ClaidError::Connect {
             endpoint,
-            source: err,
+            addr,
+            cause: cause(),
         }
     } else if err.is_timeout() {
         ClaidError::Timeout {
             endpoint,
+            addr,
             request_id,
         }
     } else if err.is_builder() {
@@ -892,10 +860,57 @@ fn transport_error(
     } else {
         ClaidError::Network {
             endpoint,
+            addr,
             request_id,
-            source: err,
+            cause: cause(),
         }
     }
+}
+
+/// `host:port` of a request URL, for messages (`127.0.0.1:9`, `api.claid.ai:443`).
+fn addr_of(url: Option<&Url>) -> String {
+    match url.and_then(|u| Some((u.host_str()?, u.port_or_known_default()))) {
+        Some((host, Some(port))) => format!("{host}:{port}"),
+        Some((host, None)) => host.to_owned(),
+        None => "the server".to_owned(),
+    }
+}
+
+/// A download URL, checked: http(s) with a host.
+fn download_url(url: &str) -> Result<Url, ClaidError> {
+    let url = Url::parse(url).map_err(|_| ClaidError::BadUrl {
+        endpoint: Endpoint::Download,
+        about: "not a url",
+    })?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(ClaidError::BadUrl {
+            endpoint: Endpoint::Download,
+            about: "only http(s) urls are downloaded",
+        });
+    }
+    Ok(url)
+}
+
+/// A local file name as the multipart `filename=` parameter: `"`, `\`, CR, LF and every
+/// other control or line-breaking character ([`text::is_unsafe_char`]) percent-encoded as
+/// UTF-8 bytes, the way browsers encode form file names (RFC 7578 §4.2 allows
+/// percent-encoding). reqwest would otherwise send a newline raw. An empty name is `image`.
+fn multipart_file_name(name: &str) -> String {
+    if name.is_empty() {
+        return "image".to_owned();
+    }
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars() {
+        if c == '"' || c == '\\' || text::is_unsafe_char(c) {
+            let mut utf8 = [0u8; 4];
+            for byte in c.encode_utf8(&mut utf8).bytes() {
+                out.push_str(&format!("%{byte:02X}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// A 2xx answer parsed as `{"data": T}`, or the classified error for anything else.
@@ -1062,6 +1077,32 @@ mod tests {
         assert_eq!(err.claid_message(), Some("input not fetchable"));
         let err = status_error(Endpoint::Submit, &answer(400, ""));
         assert_eq!(err.claid_message(), Some("Bad Request"));
+    }
+
+    #[test]
+    fn multipart_file_names_never_carry_quotes_backslashes_or_line_breaks() {
+        let check = |name: &str, expect: &str| assert_eq!(multipart_file_name(name), expect);
+        check("shoe.png", "shoe.png");
+        check("a\nb.png", "a%0Ab.png");
+        check("a\r\nContent-Type: x.png", "a%0D%0AContent-Type: x.png");
+        check("say \"hi\".png", "say %22hi%22.png");
+        check("back\\slash.png", "back%5Cslash.png");
+        check("esc\x1b.png", "esc%1B.png");
+        check("ls\u{2028}.png", "ls%E2%80%A8.png");
+        check("Ünïcödé ✓.png", "Ünïcödé ✓.png");
+        check("", "image");
+    }
+
+    #[test]
+    fn addresses_name_host_and_port() {
+        let url = |s: &str| Url::parse(s).unwrap();
+        assert_eq!(addr_of(Some(&url("http://127.0.0.1:9/v1"))), "127.0.0.1:9");
+        assert_eq!(
+            addr_of(Some(&url("https://api.claid.ai/v1"))),
+            "api.claid.ai:443"
+        );
+        assert_eq!(addr_of(Some(&url("http://[::1]:8080/"))), "[::1]:8080");
+        assert_eq!(addr_of(None), "the server");
     }
 
     #[test]

@@ -73,13 +73,19 @@ pub enum FailureCode {
     OutputNameTooLong,
     /// The outbox is on a read-only filesystem (EROFS).
     OutputReadOnly,
-    /// A folder of the output path is a file, or the output is a folder (ENOTDIR, EISDIR).
+    /// A folder of the output path is a file (ENOTDIR).
     OutputNotADirectory,
+    /// The output path is a folder (EISDIR).
+    OutputIsADirectory,
     /// The output path is not valid on the outbox's filesystem (EINVAL).
     OutputInvalidName,
     /// The disk stayed full beyond the retry budget (ENOSPC).
     DiskFull,
-    /// Another local I/O error stayed beyond the retry budget (EIO, EMFILE, …).
+    /// Too many open files beyond the retry budget (EMFILE, ENFILE).
+    OutputTooManyOpenFiles,
+    /// The outbox refused the write beyond the retry budget (EACCES, EPERM).
+    OutputPermissionDenied,
+    /// Another local I/O error stayed beyond the retry budget (EIO, …).
     OutputIo,
     /// The manifest was saved again while it ran: jobs not yet submitted belong to the new version.
     Superseded,
@@ -128,8 +134,11 @@ impl FailureCode {
         FailureCode::OutputNameTooLong,
         FailureCode::OutputReadOnly,
         FailureCode::OutputNotADirectory,
+        FailureCode::OutputIsADirectory,
         FailureCode::OutputInvalidName,
         FailureCode::DiskFull,
+        FailureCode::OutputTooManyOpenFiles,
+        FailureCode::OutputPermissionDenied,
         FailureCode::OutputIo,
         FailureCode::Superseded,
         FailureCode::BatchUnmatched,
@@ -174,8 +183,11 @@ impl FailureCode {
             OutputNameTooLong => "output-name-too-long",
             OutputReadOnly => "output-read-only",
             OutputNotADirectory => "output-not-a-directory",
+            OutputIsADirectory => "output-is-a-directory",
             OutputInvalidName => "output-invalid-name",
             DiskFull => "disk-full",
+            OutputTooManyOpenFiles => "output-too-many-open-files",
+            OutputPermissionDenied => "output-permission-denied",
             OutputIo => "output-io",
             Superseded => "superseded",
             BatchUnmatched => "batch-unmatched",
@@ -190,6 +202,13 @@ impl FailureCode {
             .iter()
             .copied()
             .find(|c| c.as_str() == name)
+    }
+}
+
+/// Compares with a spelled-out name: `code == "claid-error"`.
+impl PartialEq<&str> for FailureCode {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
     }
 }
 

@@ -13,12 +13,14 @@
 //! - [`pipeline`]: intake, the submitter, each job's task (submit, poll, download, output)
 //!   and the finisher (reports, archive).
 //! - [`codes`]: the stable names of failure codes and job states.
-//! - [`claid`]: the API client (and the wire types shared with the emulator).
+//! - [`claid`]: the API client (and the wire types shared with the emulator); [`retry`]: the
+//!   one retry policy for its calls.
 //! - [`output`]: atomic output writes; [`report`]: per-manifest reports.
 //! - [`daemon`]: wiring, supervision, systemd notifications, reload and shutdown; [`signal`],
 //!   [`logging`].
 //! - [`admin`]: the admin socket (status, jobs, replay, health) and [`metrics`].
 //! - [`cli`]: the command line.
+//! - [`text`]: untrusted text escaped for logs; [`os_error`]: OS errors named by errno.
 //! - [`emulator`]: the bundled Claid-compatible emulator.
 
 pub mod admin;
@@ -32,10 +34,13 @@ pub mod lifecycle;
 pub mod logging;
 pub mod manifest;
 pub mod metrics;
+pub mod os_error;
 pub mod output;
 pub mod pipeline;
 pub mod report;
+pub mod retry;
 pub mod signal;
 pub mod store;
+pub mod text;
 pub mod watcher;
 pub mod yaml;

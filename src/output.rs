@@ -11,6 +11,11 @@ use std::path::{Component, Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use crate::codes::FailureCode;
+
+use crate::os_error::OsCause;
+use crate::text::Escaped;
+
 /// What to do when the final output path already exists (mapped from the config's
 /// `on_output_exists`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,45 +42,68 @@ pub struct Written {
 }
 
 /// Errors of the output boundary.
+///
+/// File-system errors carry the OS error, named in the message (`ENAMETOOLONG: file name too
+/// long`) and classified by errno: [`OutputError::code`] gives a stable code, and
+/// [`OutputError::heals`] says whether trying again later can help.
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
-    #[error("output {path} already exists")]
+    #[error("output {} already exists", Escaped::path(path))]
     Exists { path: PathBuf },
-    #[error("unsafe output path {path}: {reason}")]
+    #[error("unsafe output path {}: {reason}", Escaped::path(path))]
     UnsafePath { path: PathBuf, reason: &'static str },
-    #[error("disk full writing {path}")]
-    DiskFull {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("i/o error on {path}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    /// The cause is part of the message (not a `source`), so a log line with `error = %err`
+    /// names it.
+    #[error("{}: {}", Escaped::path(path), OsCause(cause))]
+    Io { path: PathBuf, cause: io::Error },
 }
 
 impl OutputError {
     /// Stable kebab-case code, persisted as a failure reason.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> FailureCode {
         match self {
-            OutputError::Exists { .. } => "output-exists",
-            OutputError::UnsafePath { .. } => "output-unsafe-path",
-            OutputError::DiskFull { .. } => "disk-full",
-            OutputError::Io { .. } => "output-io",
+            OutputError::Exists { .. } => FailureCode::OutputExists,
+            OutputError::UnsafePath { .. } => FailureCode::OutputUnsafePath,
+            OutputError::Io { cause, .. } => io_class(cause).0,
         }
     }
 
-    /// Wraps an i/o error, telling a full disk (ENOSPC) apart.
-    pub fn io(path: &Path, source: io::Error) -> OutputError {
-        let path = path.to_path_buf();
-        if source.kind() == io::ErrorKind::StorageFull || source.raw_os_error() == Some(28) {
-            OutputError::DiskFull { path, source }
-        } else {
-            OutputError::Io { path, source }
+    /// Whether the same write may succeed later: a full disk, too many open files or an I/O
+    /// error may clear up (retry with a bounded budget); a name that is too long, a read-only
+    /// file system, a path through a file or onto a folder, an existing output or an unsafe
+    /// path will not (fail the job at once).
+    pub fn heals(&self) -> bool {
+        match self {
+            OutputError::Exists { .. } | OutputError::UnsafePath { .. } => false,
+            OutputError::Io { cause, .. } => io_class(cause).1,
         }
+    }
+
+    /// Wraps an i/o error met at `path`.
+    pub fn io(path: &Path, cause: io::Error) -> OutputError {
+        OutputError::Io {
+            path: path.to_path_buf(),
+            cause,
+        }
+    }
+}
+
+/// (code, heals) of a file-system error, by errno. Errors without an errno and errno values
+/// not listed are `output-io` and may heal (the retry budget bounds them).
+fn io_class(cause: &io::Error) -> (FailureCode, bool) {
+    use FailureCode as C;
+    match cause.raw_os_error() {
+        Some(libc::ENAMETOOLONG) => (C::OutputNameTooLong, false),
+        Some(libc::EROFS) => (C::OutputReadOnly, false),
+        Some(libc::ENOTDIR) => (C::OutputNotADirectory, false),
+        Some(libc::EISDIR) => (C::OutputIsADirectory, false),
+        Some(libc::EINVAL) => (C::OutputInvalidName, false),
+        Some(libc::ELOOP) => (C::OutputUnsafePath, false),
+        Some(libc::ENOSPC | libc::EDQUOT) => (C::DiskFull, true),
+        Some(libc::EMFILE | libc::ENFILE) => (C::OutputTooManyOpenFiles, true),
+        Some(libc::EACCES | libc::EPERM) => (C::OutputPermissionDenied, true),
+        _ if cause.kind() == io::ErrorKind::StorageFull => (C::DiskFull, true),
+        _ => (C::OutputIo, true),
     }
 }
 
@@ -252,6 +280,9 @@ pub fn sha256_file(path: &Path) -> io::Result<String> {
 /// Moves `src` (a file under `src_root`) to the same relative path under `dst_root`, creating
 /// directories. Never overwrites: `shoes.yaml` becomes `shoes.1.yaml`, `shoes.2.yaml`, … when
 /// taken. Renames, or copies + fsyncs + removes across filesystems. Returns the new path.
+///
+/// A symlink is moved as a link: its target is never read, written or moved (across file
+/// systems the link is re-created at the destination).
 pub fn move_mirrored(src_root: &Path, src: &Path, dst_root: &Path) -> Result<PathBuf, OutputError> {
     let rel = src
         .strip_prefix(src_root)
@@ -361,7 +392,17 @@ fn write_tmp(
 }
 
 /// Copies `src` to `dst` only if `dst` does not exist yet, syncing it. `Ok(false)` when taken.
+/// A symlink is copied as a link (its target is not opened).
 fn copy_new(src: &Path, dst: &Path) -> Result<bool, OutputError> {
+    let meta = fs::symlink_metadata(src).map_err(|err| OutputError::io(src, err))?;
+    if meta.file_type().is_symlink() {
+        let target = fs::read_link(src).map_err(|err| OutputError::io(src, err))?;
+        return match std::os::unix::fs::symlink(&target, dst) {
+            Ok(()) => Ok(true),
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(err) => Err(OutputError::io(dst, err)),
+        };
+    }
     let mut out = match OpenOptions::new().write(true).create_new(true).open(dst) {
         Ok(out) => out,
         Err(err) if err.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
@@ -378,7 +419,7 @@ fn copy_new(src: &Path, dst: &Path) -> Result<bool, OutputError> {
 }
 
 fn is_cross_device(err: &io::Error) -> bool {
-    err.kind() == io::ErrorKind::CrossesDevices || err.raw_os_error() == Some(18)
+    err.kind() == io::ErrorKind::CrossesDevices || err.raw_os_error() == Some(libc::EXDEV)
 }
 
 /// `shoes.yaml` → `shoes.<n>.yaml`; `README` → `README.<n>`; `.hidden` → `.hidden.<n>`.

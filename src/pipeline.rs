@@ -247,6 +247,12 @@ impl Handle {
             downloads: Arc::new(Semaphore::new(deps.max_downloads)),
             polls,
             poll: deps.poll,
+            // Backoff grows up to `poll.max`, the longest the operator lets a task wait.
+            retry: crate::retry::Policy {
+                cap: deps.poll.max,
+                base: crate::retry::Policy::default().base.min(deps.poll.max),
+                ..crate::retry::Policy::default()
+            },
             health: health.clone(),
             queue: queue.clone(),
             cancel: deps.cancel.clone(),

@@ -4,6 +4,13 @@
 //! Candidates are manifests anywhere in the inbox, and image files lying directly in a folder
 //! that holds a `.claid.yaml` recipe (SPEC §4.3); images elsewhere are ignored.
 //!
+//! Symlinks are never followed: not into a folder, not to a manifest, a recipe or an image,
+//! wherever they point. Each is named once in a WARN (once per path, not every rescan). A
+//! symlink with a manifest's name is still handed over, as [`CandidateKind::Link`], so that the
+//! pipeline can move the link itself (never its target) to `rejected/` with the reason. The
+//! links already named are remembered per process, so the daemon's first scan
+//! and the watcher that follows it do not name a link twice.
+//!
 //! Stability rule: a file is stable when its mtime is already older than `settle` when we
 //! look at it (so `run --once` on an old inbox is instant), or when its size and mtime were
 //! unchanged across two looks at least `settle` apart. For a recipe image the recipe's size and
@@ -18,10 +25,10 @@
 //! When inotify watches cannot be added (`fs.inotify.max_user_watches`), one error is logged and
 //! the watcher falls back to polling every `watch.rescan` until restarted.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
@@ -31,6 +38,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::WatchConfig;
 use crate::manifest::{RECIPE_NAME, is_image_name, is_manifest_name};
+use crate::os_error::OsCause;
+use crate::text::Escaped;
 
 /// What identifies one version of a file: a changed file has a new fingerprint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -46,6 +55,10 @@ pub enum CandidateKind {
     Manifest,
     /// An image directly inside a folder with a `.claid.yaml` recipe: one job.
     RecipeImage,
+    /// A symlink with a manifest's name. It was not followed (its target is unknown, unread and
+    /// may lie outside the inbox): the link itself is to be rejected. Its fingerprint is the
+    /// link's own (`lstat`).
+    Link,
 }
 
 /// A file that has been stable for the settle window.
@@ -53,18 +66,18 @@ pub enum CandidateKind {
 pub struct Candidate {
     /// Absolute path inside the inbox.
     pub path: PathBuf,
-    /// The file's own size and mtime (for a recipe image: the image's, not the recipe's).
+    /// The file's own size and mtime (for a recipe image: the image's, not the recipe's; for a
+    /// link: the link's, not its target's).
     pub fingerprint: Fingerprint,
     pub kind: CandidateKind,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
-    #[error("cannot read inbox {path}")]
+    #[error("cannot read inbox {}: {}", Escaped::path(path), OsCause(cause))]
     Inbox {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("inbox scan task failed")]
     ScanTask(#[source] tokio::task::JoinError),
@@ -161,7 +174,7 @@ pub async fn run_with(
     let _forwarder = AbortOnDrop(forwarder);
     // Holds the live watcher for the whole loop: dropping it stops the events.
     let mut watching = if watch.poll_only {
-        info!(inbox = %inbox.display(), "Watching the inbox by polling only");
+        info!(inbox = %Escaped::path(&inbox), "Watching the inbox by polling only");
         Watching::PollOnly
     } else {
         Watching::Lost { announced: false }
@@ -186,21 +199,21 @@ pub async fn run_with(
         let stable = match scan(&inbox, &watch, &mut tracker).await {
             Ok(stable) => {
                 if inbox_failing {
-                    info!(inbox = %inbox.display(), "The inbox is readable again");
+                    info!(inbox = %Escaped::path(&inbox), "The inbox is readable again");
                     inbox_failing = false;
                 }
                 stable
             }
             Err(err) => {
                 if !inbox_failing {
-                    error!(inbox = %inbox.display(), error = %err, "Cannot scan the inbox; retrying every watch.rescan");
+                    error!(inbox = %Escaped::path(&inbox), error = %err, "Cannot scan the inbox; retrying every watch.rescan");
                     inbox_failing = true;
                 }
                 Vec::new()
             }
         };
         for candidate in stable {
-            debug!(path = %candidate.path.display(), kind = ?candidate.kind, "File is stable");
+            debug!(path = %Escaped::path(&candidate.path), kind = ?candidate.kind, "File is stable");
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 res = tx.send(candidate) => if res.is_err() { return Ok(()) },
@@ -303,9 +316,9 @@ fn rearm_if_needed(
                 return watching;
             }
             if overflowed && !root_gone && current == Some(id) {
-                info!(inbox = %inbox.display(), "Watch events were lost (queue overflow); rebuilding the watch and rescanning the inbox");
+                info!(inbox = %Escaped::path(inbox), "Watch events were lost (queue overflow); rebuilding the watch and rescanning the inbox");
             } else {
-                warn!(inbox = %inbox.display(), "The inbox folder was deleted or replaced; watching it again once it exists");
+                warn!(inbox = %Escaped::path(inbox), "The inbox folder was deleted or replaced; watching it again once it exists");
             }
             // The old watch goes before the new one is added (the limit counts both).
             drop(watching);
@@ -321,9 +334,9 @@ fn rearm_if_needed(
     match arm(inbox, source, shared) {
         Ok(watcher) => {
             if announced {
-                info!(inbox = %inbox.display(), "Watching the inbox for changes again");
+                info!(inbox = %Escaped::path(inbox), "Watching the inbox for changes again");
             } else {
-                info!(inbox = %inbox.display(), "Watching the inbox for changes");
+                info!(inbox = %Escaped::path(inbox), "Watching the inbox for changes");
             }
             Watching::Armed {
                 _watcher: watcher,
@@ -461,9 +474,23 @@ struct Tracked {
 #[derive(Default)]
 struct Tracker {
     files: HashMap<PathBuf, Tracked>,
-    /// Folders already reported unreadable (reported once, not every rescan).
-    reported: HashSet<PathBuf>,
+    /// What was already logged, so each is logged once, not every rescan.
+    reported: Reported,
 }
+
+/// Paths already named in a WARN. A path that is gone (or fine again) is forgotten, so it is
+/// named again if it comes back.
+#[derive(Default)]
+struct Reported {
+    /// Folders that could not be read.
+    unreadable: HashSet<PathBuf>,
+}
+
+/// Symlinks already named in a WARN, for the whole process: the daemon's first scan
+/// ([`scan_stable`]) and [`run`] scan the same inbox one after the other with trackers of
+/// their own, and a link is named once, not once by each. Each scan forgets the links under
+/// its root that are gone. A std mutex: held to look up or update a few paths.
+static NAMED_LINKS: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
 
 impl Tracker {
     /// When the earliest not-yet-stable file should be looked at again.
@@ -497,7 +524,7 @@ async fn scan(
         Err(source) => {
             return Err(WatchError::Inbox {
                 path: inbox.to_owned(),
-                source,
+                cause: source,
             });
         }
     };
@@ -561,28 +588,33 @@ struct Found {
 
 /// Lists manifests, and images in recipe folders, under `root` with their fingerprints. Only an
 /// unreadable `root` is an error; unreadable subfolders are logged (once) and skipped. Hidden
-/// folders and symlinked folders are not entered.
-fn walk(root: &Path, reported: &mut HashSet<PathBuf>) -> std::io::Result<Vec<Found>> {
+/// folders are not entered; symlinks are not followed (see the module doc).
+fn walk(root: &Path, reported: &mut Reported) -> std::io::Result<Vec<Found>> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_owned()];
-    let canonical_root = std::fs::canonicalize(root)?;
+    let mut links = LinkWarnings {
+        root,
+        seen: HashSet::new(),
+    };
     let mut first = true;
     while let Some(dir) = stack.pop() {
         let entries = match std::fs::read_dir(&dir) {
             Ok(entries) => entries,
             Err(err) if first => return Err(err),
             Err(err) => {
-                if reported.insert(dir.clone()) {
-                    warn!(dir = %dir.display(), error = %err, "Skipping an unreadable inbox folder");
+                if reported.unreadable.insert(dir.clone()) {
+                    warn!(dir = %Escaped::path(&dir), error = %OsCause(&err), "Skipping an unreadable inbox folder");
                 }
                 continue;
             }
         };
         first = false;
-        reported.remove(&dir);
+        reported.unreadable.remove(&dir);
         // Images count only once we know the folder has a recipe (any order in the listing).
         let mut images = Vec::new();
         let mut recipe = None;
+        let mut linked_images = Vec::new();
+        let mut linked_recipe = None;
         for entry in entries {
             let Ok(entry) = entry else { continue };
             let path = entry.path();
@@ -590,16 +622,44 @@ fn walk(root: &Path, reported: &mut HashSet<PathBuf>) -> std::io::Result<Vec<Fou
             // By bytes: a name that is not UTF-8 is not hidden; the manifest loader rejects it
             // with a message rather than leaving it unseen in the inbox forever.
             let hidden = name.as_encoded_bytes().first() == Some(&b'.');
+            // The entry's own type (`lstat`): a symlink is a symlink, whatever it points to.
             let Ok(file_type) = entry.file_type() else {
                 continue;
             };
+            let is_recipe = name == RECIPE_NAME;
+            if file_type.is_symlink() {
+                if is_recipe {
+                    linked_recipe = Some(path);
+                } else if hidden {
+                    continue;
+                } else if is_manifest_name(&path) {
+                    let Some(fingerprint) = own_fingerprint(&entry) else {
+                        continue;
+                    };
+                    links.warn_once(&path, LinkKind::Manifest);
+                    out.push(Found {
+                        path,
+                        fingerprint,
+                        kind: CandidateKind::Link,
+                        recipe: None,
+                    });
+                } else if is_image_name(&path) {
+                    linked_images.push(path);
+                } else if std::fs::metadata(&path).is_ok_and(|m| m.is_dir()) {
+                    // Only the target's type is looked at, to name the link as a folder.
+                    links.warn_once(&path, LinkKind::Folder);
+                }
+                continue;
+            }
             if file_type.is_dir() {
                 if !hidden {
                     stack.push(path);
                 }
                 continue;
             }
-            let is_recipe = name == RECIPE_NAME;
+            if !file_type.is_file() {
+                continue;
+            }
             let kind = if is_recipe {
                 None
             } else if hidden {
@@ -611,40 +671,18 @@ fn walk(root: &Path, reported: &mut HashSet<PathBuf>) -> std::io::Result<Vec<Fou
             } else {
                 continue;
             };
-            let meta = if file_type.is_symlink() {
-                // A symlinked file counts only when it points inside the inbox.
-                match std::fs::canonicalize(&path) {
-                    Ok(target) if target.starts_with(&canonical_root) => {
-                        match std::fs::metadata(&target) {
-                            Ok(meta) => meta,
-                            Err(_) => continue,
-                        }
-                    }
-                    _ => continue,
-                }
-            } else {
-                match entry.metadata() {
-                    Ok(meta) => meta,
-                    Err(_) => continue,
-                }
-            };
-            if !meta.is_file() {
+            let Some(fingerprint) = own_fingerprint(&entry) else {
                 continue;
-            }
-            let Ok(mtime) = meta.modified() else { continue };
-            let fingerprint = Fingerprint {
-                size: meta.len(),
-                mtime,
             };
             match kind {
                 None => recipe = Some(fingerprint),
-                Some(CandidateKind::Manifest) => out.push(Found {
+                Some(CandidateKind::RecipeImage) => images.push((path, fingerprint)),
+                Some(kind) => out.push(Found {
                     path,
                     fingerprint,
-                    kind: CandidateKind::Manifest,
+                    kind,
                     recipe: None,
                 }),
-                Some(CandidateKind::RecipeImage) => images.push((path, fingerprint)),
             }
         }
         if let Some(recipe) = recipe {
@@ -654,9 +692,82 @@ fn walk(root: &Path, reported: &mut HashSet<PathBuf>) -> std::io::Result<Vec<Fou
                 kind: CandidateKind::RecipeImage,
                 recipe: Some(recipe),
             }));
+            for path in linked_images {
+                links.warn_once(&path, LinkKind::Image);
+            }
+        }
+        if let Some(recipe_link) = linked_recipe {
+            links.warn_once(&recipe_link, LinkKind::Recipe);
         }
     }
+    links.forget_the_rest();
     Ok(out)
+}
+
+/// Size and mtime of the entry itself (`lstat`: a symlink's own, never its target's).
+fn own_fingerprint(entry: &std::fs::DirEntry) -> Option<Fingerprint> {
+    let meta = entry.metadata().ok()?;
+    Some(Fingerprint {
+        size: meta.len(),
+        mtime: meta.modified().ok()?,
+    })
+}
+
+/// What a symlink that was not followed stood for, to name it in the WARN.
+#[derive(Clone, Copy)]
+enum LinkKind {
+    Manifest,
+    Folder,
+    Recipe,
+    Image,
+}
+
+/// Names each symlink found once in a WARN ([`NAMED_LINKS`]), and forgets links that are gone.
+struct LinkWarnings<'a> {
+    /// The scanned root: only links under it are forgotten when not seen.
+    root: &'a Path,
+    /// The links met in this scan.
+    seen: HashSet<PathBuf>,
+}
+
+impl LinkWarnings<'_> {
+    fn warn_once(&mut self, path: &Path, kind: LinkKind) {
+        self.seen.insert(path.to_owned());
+        let new = NAMED_LINKS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(path.to_owned());
+        if !new {
+            return;
+        }
+        let path = Escaped::path(path);
+        match kind {
+            LinkKind::Manifest => warn!(
+                path = %path,
+                "A manifest in the inbox is a symlink; it is not followed and is rejected (put the file itself in the inbox)"
+            ),
+            LinkKind::Folder => warn!(
+                dir = %path,
+                "A folder in the inbox is a symlink; it is not entered (put the folder itself in the inbox)"
+            ),
+            LinkKind::Recipe => warn!(
+                path = %path,
+                "A folder recipe is a symlink; it is not followed, so the images in its folder are not processed (put the file itself there)"
+            ),
+            LinkKind::Image => warn!(
+                path = %path,
+                "An image in a recipe folder is a symlink; it is not followed (put the file itself there)"
+            ),
+        }
+    }
+
+    fn forget_the_rest(self) {
+        let (root, seen) = (self.root, self.seen);
+        NAMED_LINKS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|path| !path.starts_with(root) || seen.contains(path));
+    }
 }
 
 fn is_watch_limit(err: &notify::Error) -> bool {
@@ -670,13 +781,13 @@ fn is_watch_limit(err: &notify::Error) -> bool {
 fn log_watch_failure(inbox: &Path, err: &notify::Error) {
     if is_watch_limit(err) {
         error!(
-            inbox = %inbox.display(),
+            inbox = %Escaped::path(inbox),
             error = %err,
             "Cannot watch the inbox: the inotify watch limit is reached; raise fs.inotify.max_user_watches (e.g. sysctl fs.inotify.max_user_watches=524288); falling back to polling every watch.rescan until the daemon is restarted"
         );
     } else {
         error!(
-            inbox = %inbox.display(),
+            inbox = %Escaped::path(inbox),
             error = %err,
             "Cannot watch the inbox; falling back to polling every watch.rescan until the daemon is restarted"
         );

@@ -140,6 +140,15 @@ impl Intake {
     async fn take_in(&self, candidate: Candidate, rel: PathBuf) -> Taken {
         let rel_str = rel.to_string_lossy().into_owned();
         let path = candidate.path.clone();
+        if candidate.kind == CandidateKind::Link {
+            // Never followed: the link itself moves out of the inbox, its target is untouched.
+            let text = format!(
+                "manifest: {rel_str}\n\nRefused without reading it: this manifest is a symbolic link, and the daemon never follows links in the inbox (a link could make it read, and archive, a file outside the inbox).\nPut the manifest file itself into the inbox (copy it, do not link it).\n"
+            );
+            let why = "the manifest is a symbolic link; links are not followed";
+            self.reject(&path, &rel, &text, why).await;
+            return Taken::HandedOn;
+        }
         // Fast path: a re-drop of a file already registered is recognised by its hash alone,
         // without validating it again (a 100,000-image manifest costs seconds to validate).
         let hash_path = path.clone();

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::claid::wire::TaskStatus;
-use crate::claid::{ClaidError, Client, ErrorClass};
+use crate::claid::{ClaidError, Client};
 use crate::codes::FailureCode;
 use crate::config::{InDoubtPolicy, OnOutputExists, PollConfig};
 use crate::manifest::{self, Input};
@@ -23,12 +23,14 @@ use crate::pipeline::health::HealthState;
 use crate::pipeline::polls::Polls;
 use crate::pipeline::submitter::Queue;
 use crate::pipeline::{Settings, on_file_pool};
+use crate::retry::{self, Decision, Failure};
 use crate::store::{DoneInfo, JobId, JobState, JobV1, Store, StoreError, now_ms};
 
-/// A submit that keeps failing transiently gives up after this many attempts during which the
-/// API answered other calls (it stays replayable from the store); attempts while every call
-/// fails (an outage) do not count. Polls and downloads of a task that exists never give up.
-const MAX_TRANSIENT_SUBMITS: u32 = 12;
+/// Downloads whose bytes are not the image the result describes, before the job fails.
+const MAX_MISMATCHED_DOWNLOADS: u32 = 3;
+/// Writes of an output that fail with an error that may heal (a full disk, too many open
+/// files, an I/O error), before the job fails with that error's code.
+const MAX_HEALING_WRITES: u32 = 10;
 
 /// How a job's task ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +62,8 @@ pub struct RunnerDeps {
     pub downloads: Arc<Semaphore>,
     pub polls: Arc<Polls>,
     pub poll: PollConfig,
+    /// The one retry policy: every HTTP attempt of a job is made here, once.
+    pub retry: retry::Policy,
     pub health: Arc<HealthState>,
     /// Systemically refused jobs go back to its front.
     pub queue: Arc<Queue>,
@@ -108,6 +112,8 @@ impl Runner {
         let span = tracing::Span::current();
         let mut recorded_input = false;
         let mut recorded_task = false;
+        // Writes of this job's output that failed with an error that may heal.
+        let mut write_failures = 0u32;
         loop {
             let job = match self.deps.store.job(id).await {
                 Ok(Some(job)) => job,
@@ -144,8 +150,8 @@ impl Runner {
                     height,
                     task_id,
                 } => {
-                    self.download(id, &job, url.clone(), *width, *height, *task_id)
-                        .await
+                    let result = (url.clone(), *width, *height, *task_id);
+                    self.download(id, &job, result, &mut write_failures).await
                 }
                 JobState::Submitting { .. }
                 | JobState::InDoubt { .. }
@@ -167,21 +173,26 @@ impl Runner {
             .clone()
     }
 
-    /// Durability point 1, the submit, durability point 2 (SPEC §5.1).
+    /// Durability point 1, the submit, durability point 2 (SPEC §5.1). Every attempt is one
+    /// HTTP request; the retry policy alone decides whether another follows.
     async fn submit(&self, id: JobId, job: &JobV1) -> Step {
         let deps = &*self.deps;
-        let mut transient_failures = 0u32;
-        let mut attempts = 0u32;
         let local_bytes = if job.local {
             let inbox = deps.inbox.clone();
             let owned = job.clone();
             match on_file_pool(move || read_local_input(&inbox, &owned)).await {
-                Ok(bytes) => Some(bytes),
+                Ok(bytes) => Some(bytes::Bytes::from(bytes)),
                 Err((code, message)) => return self.fail(id, code, &message).await,
             }
         } else {
             None
         };
+        let step = if local_bytes.is_some() {
+            retry::Step::Upload
+        } else {
+            retry::Step::Submit
+        };
+        let mut attempts = deps.retry.start(step);
         loop {
             match deps.store.mark_submitting(id).await {
                 Ok(_) => {}
@@ -197,7 +208,7 @@ impl Runner {
                 Some(bytes) => self.upload(job, bytes.clone()).await,
                 None => self.submit_remote(job).await,
             };
-            match res {
+            let err = match res {
                 Ok(Submitted::Task {
                     task_id,
                     result_url,
@@ -234,68 +245,84 @@ impl Runner {
                     deps.health.ok();
                     return Step::Continue;
                 }
-                Err(err) => {
-                    if let Some(rid) = err.request_id() {
-                        let _ = deps.store.record_request_id(id, rid).await;
+                Err(err) => err,
+            };
+            if let Some(rid) = err.request_id() {
+                let _ = deps.store.record_request_id(id, rid).await;
+            }
+            let failure = self.failure_of(&err, sent_at);
+            match failure {
+                Failure::Job => {
+                    // Claid answered and refused this job: the API itself is up.
+                    deps.health.ok();
+                    return self.fail(id, err.code(), &err.to_string()).await;
+                }
+                Failure::Systemic => {
+                    if deps.store.requeue(id, false).await.is_err() {
+                        return Step::End(JobOutcome::Parked);
                     }
-                    match err.class() {
-                        ErrorClass::Job => {
-                            // Claid answered and refused this job: the API itself is up.
-                            deps.health.ok();
-                            return self.fail(id, failure_code(&err), &err.to_string()).await;
+                    deps.health.pause(&err, systemic_status(&err));
+                    deps.queue.push_front((job.manifest, id));
+                    return Step::End(JobOutcome::Requeued);
+                }
+                Failure::Ambiguous => match self.settings().policies.in_doubt {
+                    InDoubtPolicy::Resubmit => {
+                        warn!(error = %err, "Submit outcome unknown; resubmitting (in doubt)");
+                        if deps.store.requeue(id, true).await.is_err() {
+                            return Step::End(JobOutcome::Parked);
                         }
-                        ErrorClass::Ambiguous => match self.settings().policies.in_doubt {
-                            InDoubtPolicy::Resubmit => {
-                                warn!(error = %err, "Submit outcome unknown; resubmitting (in doubt)");
-                                if deps.store.requeue(id, true).await.is_err() {
-                                    return Step::End(JobOutcome::Parked);
-                                }
-                                if !self.wait(backoff(1, deps.poll.max)).await {
-                                    return Step::End(JobOutcome::Parked);
-                                }
-                            }
-                            InDoubtPolicy::Hold => {
-                                warn!(error = %err, "Submit outcome unknown; held for `replay --in-doubt`");
-                                if let Err(err) = deps.store.mark_in_doubt(id).await {
-                                    error!(error = %err, "Cannot record the job as held in doubt");
-                                    return Step::End(JobOutcome::Parked);
-                                }
-                                return Step::End(JobOutcome::Held);
-                            }
-                        },
-                        ErrorClass::Systemic => {
-                            if deps.store.requeue(id, false).await.is_err() {
-                                return Step::End(JobOutcome::Parked);
-                            }
-                            deps.health.pause(&err, systemic_status(&err));
-                            deps.queue.push_front((job.manifest, id));
-                            return Step::End(JobOutcome::Requeued);
+                    }
+                    InDoubtPolicy::Hold => {
+                        warn!(error = %err, "Submit outcome unknown; held for `replay --in-doubt`");
+                        if let Err(err) = deps.store.mark_in_doubt(id).await {
+                            error!(error = %err, "Cannot record the job as held in doubt");
+                            return Step::End(JobOutcome::Parked);
                         }
-                        ErrorClass::Transient => {
-                            if deps.store.requeue(id, false).await.is_err() {
-                                return Step::End(JobOutcome::Parked);
-                            }
-                            attempts += 1;
-                            deps.health.failed(&err);
-                            // The failure is this job's only if the API answered other calls
-                            // meanwhile; while every call fails (an outage) the job waits for
-                            // the API without using up its budget.
-                            if deps.health.succeeded_since(sent_at) {
-                                transient_failures += 1;
-                                if transient_failures >= MAX_TRANSIENT_SUBMITS {
-                                    return self
-                                        .fail(id, failure_code(&err), &err.to_string())
-                                        .await;
-                                }
-                            }
-                            warn!(error = %err, attempt = attempts, "Submit failed; retrying");
-                            if !self.wait(backoff(attempts, deps.poll.max)).await {
-                                return Step::End(JobOutcome::Parked);
-                            }
-                        }
+                        return Step::End(JobOutcome::Held);
+                    }
+                },
+                Failure::Transient | Failure::RateLimited { .. } | Failure::Unreachable => {
+                    if deps.store.requeue(id, false).await.is_err() {
+                        return Step::End(JobOutcome::Parked);
                     }
                 }
             }
+            match decide(&mut attempts, failure) {
+                Decision::Retry { after } => {
+                    warn!(error = %err, attempt = attempts.failed_http_attempts(), "Submit failed; retrying");
+                    if !self.wait(after).await {
+                        return Step::End(JobOutcome::Parked);
+                    }
+                }
+                Decision::Fail(why) => {
+                    warn!(error = %err, why = ?why, "Submit failed; retry budget spent");
+                    return self.fail(id, err.code(), &err.to_string()).await;
+                }
+                Decision::Pause => return Step::End(JobOutcome::Requeued),
+            }
+        }
+    }
+
+    /// The policy's view of a failure, and the health bookkeeping it implies: a transient
+    /// failure while no call has succeeded since the attempt was sent is an outage, not this
+    /// job's failure (it waits for the API without spending its budget).
+    fn failure_of(&self, err: &ClaidError, sent_at: Instant) -> Failure {
+        let health = &self.deps.health;
+        let failure = Failure::of(err);
+        match failure {
+            Failure::Transient | Failure::Unreachable => {
+                health.failed(err);
+                if health.succeeded_since(sent_at) {
+                    failure
+                } else {
+                    Failure::Unreachable
+                }
+            }
+            Failure::Ambiguous => {
+                health.failed(err);
+                failure
+            }
+            Failure::Job | Failure::Systemic | Failure::RateLimited { .. } => failure,
         }
     }
 
@@ -307,7 +334,7 @@ impl Runner {
                 serde_json::Value::String(job.input.clone()),
             );
         }
-        let accepted = self.deps.client.submit(&body).await?;
+        let accepted = self.deps.client.submit_once(&body).await?;
         Ok(Submitted::Task {
             task_id: accepted.task_id,
             result_url: accepted.result_url,
@@ -316,7 +343,7 @@ impl Runner {
     }
 
     /// Local files go through the synchronous upload endpoint (the API has no async upload).
-    async fn upload(&self, job: &JobV1, bytes: Vec<u8>) -> Result<Submitted, ClaidError> {
+    async fn upload(&self, job: &JobV1, bytes: bytes::Bytes) -> Result<Submitted, ClaidError> {
         let path = Path::new(&job.input);
         let file_name = path
             .file_name()
@@ -325,7 +352,7 @@ impl Runner {
         let uploaded = self
             .deps
             .client
-            .upload(&file_name, bytes, &job.body)
+            .upload_once(&file_name, bytes, &job.body)
             .await?;
         let output = uploaded.response.output;
         let url = output.tmp_url.clone().unwrap_or_default();
@@ -342,15 +369,17 @@ impl Runner {
         let deps = &*self.deps;
         let elapsed = Duration::from_millis(now_ms().saturating_sub(submitted_at_ms));
         let mut n_poll = 0u32;
-        let mut transient_failures = 0u32;
+        let mut attempts = deps.retry.start(retry::Step::Poll);
         let mut delay = deps.polls.first_delay(elapsed);
         loop {
             if !self.wait(delay).await {
                 return Step::End(JobOutcome::Parked);
             }
-            match deps.client.poll(&result_url).await {
+            let sent_at = Instant::now();
+            match deps.client.poll_once(&result_url).await {
                 Ok(polled) => {
-                    transient_failures = 0;
+                    // An answered poll ends its step: the next poll has a fresh budget.
+                    attempts = deps.retry.start(retry::Step::Poll);
                     deps.health.ok();
                     // Not flushed: a lost poll count only skews statistics.
                     let _ = deps
@@ -418,22 +447,27 @@ impl Runner {
                     n_poll += 1;
                     delay = deps.polls.next_delay(n_poll);
                 }
-                Err(err) => match err.class() {
-                    ErrorClass::Job => {
+                Err(err) => match self.failure_of(&err, sent_at) {
+                    Failure::Job => {
                         // The task id is unknown to Claid: its result cannot be fetched. Failing
                         // keeps the promise not to pay twice; `replay` can resubmit.
                         return self.fail(id, FailureCode::TaskLost, &err.to_string()).await;
                     }
-                    ErrorClass::Systemic => {
+                    Failure::Systemic => {
                         deps.health.pause(&err, systemic_status(&err));
                         delay = deps.poll.max;
                     }
-                    ErrorClass::Transient | ErrorClass::Ambiguous => {
-                        deps.health.failed(&err);
-                        transient_failures += 1;
-                        warn!(error = %err, "Poll failed; retrying");
-                        delay = backoff(transient_failures, deps.poll.max);
-                    }
+                    failure => match decide(&mut attempts, failure) {
+                        Decision::Retry { after } => {
+                            warn!(error = %err, "Poll failed; retrying");
+                            delay = after;
+                        }
+                        Decision::Fail(why) => {
+                            warn!(error = %err, why = ?why, "Poll failed; retry budget spent");
+                            return self.fail(id, err.code(), &err.to_string()).await;
+                        }
+                        Decision::Pause => delay = deps.poll.max,
+                    },
                 },
             }
         }
@@ -445,10 +479,8 @@ impl Runner {
         &self,
         id: JobId,
         job: &JobV1,
-        url: String,
-        width: u32,
-        height: u32,
-        task_id: Option<u64>,
+        (url, width, height, task_id): (String, u32, u32, Option<u64>),
+        write_failures: &mut u32,
     ) -> Step {
         let deps = &*self.deps;
         let permit = tokio::select! {
@@ -458,39 +490,38 @@ impl Runner {
             },
             _ = deps.cancel.cancelled() => return Step::End(JobOutcome::Parked),
         };
-        let mut failures = 0u32;
+        let mut mismatches = 0u32;
+        let mut attempts = deps.retry.start(retry::Step::Download);
         let bytes = loop {
-            match deps.client.download(&url).await {
+            let delay = match deps.client.download_once(&url).await {
                 Ok(bytes) => match image_dimensions(&bytes) {
                     Some((w, h)) if (w, h) == (width, height) => break bytes,
                     found => {
-                        failures += 1;
+                        mismatches += 1;
                         let message = match found {
                             Some((w, h)) => format!(
                                 "downloaded image is {w}x{h}, the result says {width}x{height}"
                             ),
                             None => "downloaded bytes are not a decodable image".to_owned(),
                         };
-                        if failures >= 3 {
+                        if mismatches >= MAX_MISMATCHED_DOWNLOADS {
                             return self.fail(id, FailureCode::ResultMismatch, &message).await;
                         }
                         warn!(message = %message, "Download does not match the result; retrying");
+                        jitter(mismatches, deps.retry.base, deps.retry.cap)
                     }
                 },
-                Err(err) => match err.class() {
-                    ErrorClass::Job => {
-                        return self.fail(id, failure_code(&err), &err.to_string()).await;
-                    }
-                    _ => {
-                        failures += 1;
-                        if failures >= MAX_TRANSIENT_SUBMITS {
-                            return self.fail(id, failure_code(&err), &err.to_string()).await;
-                        }
+                Err(err) => match decide(&mut attempts, Failure::of(&err)) {
+                    Decision::Retry { after } => {
                         warn!(error = %err, "Download failed; retrying");
+                        after
+                    }
+                    Decision::Fail(_) | Decision::Pause => {
+                        return self.fail(id, err.code(), &err.to_string()).await;
                     }
                 },
-            }
-            if !self.wait(backoff(failures, deps.poll.max)).await {
+            };
+            if !self.wait(delay).await {
                 return Step::End(JobOutcome::Parked);
             }
         };
@@ -530,19 +561,24 @@ impl Runner {
                 Step::End(JobOutcome::Done)
             }
             Ok(Err(err)) => {
-                let code = FailureCode::parse(err.code()).unwrap_or(FailureCode::OutputIo);
-                // A policy refusal or a path that leads out of the outbox (a planted symlink) is
-                // about this job and will not heal by waiting: fail it.
-                if matches!(
-                    code,
-                    FailureCode::OutputExists | FailureCode::OutputUnsafePath
-                ) {
+                let code = err.code();
+                // A policy refusal, a path out of the outbox, a name too long, a read-only
+                // filesystem: about this job, and waiting will not heal it. Fail it at once.
+                if !err.heals() {
                     return self.fail(id, code, &err.to_string()).await;
                 }
-                // Disk full or an I/O error: the job stays Downloading and is retried; the
-                // operator sees the error. Nothing is lost.
-                error!(error = %err, code = %code, "Cannot write the output; retrying later");
-                if self.wait(deps.poll.max).await {
+                // A full disk, too many open files, an I/O error: the job stays Downloading
+                // and is written again after a wait, a bounded number of times.
+                *write_failures += 1;
+                let n = *write_failures;
+                if n >= MAX_HEALING_WRITES {
+                    let message = format!("{err} (still failing after {n} attempts)");
+                    return self.fail(id, code, &message).await;
+                }
+                error!(error = %err, code = %code, attempt = n, "Cannot write the output; retrying later");
+                let after =
+                    jitter(n, deps.retry.base, deps.poll.max).max(Duration::from_millis(50));
+                if self.wait(after).await {
                     Step::Continue
                 } else {
                     Step::End(JobOutcome::Parked)
@@ -577,9 +613,14 @@ impl Runner {
     }
 }
 
-/// The failure code of a client error.
-fn failure_code(err: &ClaidError) -> FailureCode {
-    FailureCode::parse(err.code()).unwrap_or(FailureCode::Unknown)
+/// The retry policy's decision on a failure that happened now.
+fn decide(attempts: &mut retry::Attempts, failure: Failure) -> Decision {
+    attempts.on_failure(failure, Instant::now(), &mut rand::rng())
+}
+
+/// A full-jitter backoff for the `n`-th failure (the policy's shape).
+fn jitter(n: u32, base: Duration, cap: Duration) -> Duration {
+    retry::backoff(n, base, cap, &mut rand::rng())
 }
 
 /// The HTTP status of a systemic refusal (401, 402 or 403).
@@ -637,11 +678,4 @@ fn image_dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
         .ok()?
         .into_dimensions()
         .ok()
-}
-
-/// Exponential backoff with full jitter, capped.
-fn backoff(attempt: u32, cap: Duration) -> Duration {
-    let base = Duration::from_millis(250).saturating_mul(1u32 << attempt.min(10));
-    let capped = base.min(cap).max(Duration::from_millis(50));
-    capped.mul_f64(0.5 + rand::random::<f64>() * 0.5)
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use claid_hotfolder::admin;
 use claid_hotfolder::emulator::{Latency, Scenario};
 
-use crate::support::{TestEnv, cli, png, signal, wait_until};
+use crate::support::{TestEnv, cli, png, signal, stop, wait_until, wait_until_async};
 
 /// GET over the admin socket; (status, body).
 async fn get(socket: &Path, path: &str) -> (u16, String) {
@@ -572,4 +572,141 @@ async fn a_user_outside_the_sockets_group_is_refused_with_a_clear_message() {
     );
     signal(&daemon, "-TERM");
     daemon.wait().await.unwrap();
+}
+
+/// `GET /healthz` answered 200 within a couple of seconds (a server that never accepts the
+/// connection makes the request hang: that is a "no").
+async fn healthz_ok(socket: &Path) -> bool {
+    matches!(
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            admin::request(socket, "GET", "/healthz", None)
+        )
+        .await,
+        Ok(Ok((200, _)))
+    )
+}
+
+/// Issue 11 §6: idle clients of the admin socket were never timed out, so enough of them ran
+/// the daemon out of file descriptors: `/healthz` stopped answering and inbox scans failed.
+/// Under a limit of 128 descriptors, 200 clients connect and go quiet (half of them after half
+/// a request header), and stay connected: the daemon still answers `/healthz`, closes every
+/// one of them on its own (header/idle timeout, or at once over the connection cap), and
+/// processes a manifest dropped afterwards.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue11_idle_admin_clients_cannot_exhaust_descriptors_or_stop_healthz_and_intake() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let env = TestEnv::new(Scenario::default()).await;
+    let config = env.config("", "");
+    let mut daemon =
+        env.spawn_daemon_wrapped(&config, 0, &[], &["prlimit", "--nofile=128:128", "--"]);
+    let socket = env.socket();
+    wait_until_async(
+        "the daemon answers /healthz",
+        Duration::from_secs(30),
+        || healthz_ok(&socket),
+    )
+    .await;
+
+    let mut idle = Vec::new();
+    for i in 0..200 {
+        // A full accept queue refuses a connect: that is a bounded server too.
+        let Ok(mut stream) = tokio::net::UnixStream::connect(&socket).await else {
+            continue;
+        };
+        if i % 2 == 1 {
+            let _ = stream
+                .write_all(b"GET /status HTTP/1.1\r\nhost: localhost\r\n")
+                .await;
+        }
+        idle.push(stream);
+    }
+    assert!(idle.len() > 128, "only {} clients connected", idle.len());
+
+    wait_until_async(
+        "/healthz answers while the idle clients stay connected",
+        Duration::from_secs(60),
+        || healthz_ok(&socket),
+    )
+    .await;
+
+    // The daemon ends every idle connection itself (each read reaches EOF or an error).
+    for (i, stream) in idle.iter_mut().enumerate() {
+        let mut sink = Vec::new();
+        let res =
+            tokio::time::timeout(Duration::from_secs(60), stream.read_to_end(&mut sink)).await;
+        assert!(res.is_ok(), "idle client {i} is still connected");
+    }
+
+    env.drop_file("after.yaml", manifest_of(3, "after").as_bytes());
+    wait_until(
+        "the manifest dropped after the flood is processed",
+        Duration::from_secs(60),
+        || env.outbox.join("after.report.json").is_file(),
+    )
+    .await;
+    assert_eq!(env.report("after")["counts"]["done"], 3);
+    assert_eq!(TestEnv::files_under(&env.outbox.join("after")).len(), 3);
+    drop(idle);
+    let status = stop(&mut daemon).await;
+    assert!(status.success(), "{status:?}\n{}", env.daemon_log(0));
+}
+
+/// Issue 11 §6, the metrics port: a TCP client that connects and sends nothing, or half a
+/// request header, is disconnected by the daemon (header/idle timeout); `/metrics` still answers.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue11_idle_metrics_clients_are_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let env = TestEnv::new(Scenario::default()).await;
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+        probe.local_addr().expect("addr").port()
+    };
+    let config = env.config("", &format!("  metrics_listen: 127.0.0.1:{port}"));
+    let mut daemon = env.spawn_daemon(&config, 0);
+    let addr = format!("127.0.0.1:{port}");
+    let metrics_ok = || async {
+        let Ok(mut stream) = tokio::net::TcpStream::connect(&addr).await else {
+            return false;
+        };
+        let request = b"GET /metrics HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n";
+        if stream.write_all(request).await.is_err() {
+            return false;
+        }
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut answer));
+        read.await.is_ok() && answer.starts_with(b"HTTP/1.1 200")
+    };
+    wait_until_async(
+        "/metrics answers over TCP",
+        Duration::from_secs(30),
+        metrics_ok,
+    )
+    .await;
+
+    let mut silent = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let mut half = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    half.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .expect("half a header");
+    for (name, stream) in [("silent", &mut silent), ("half a header", &mut half)] {
+        let mut sink = Vec::new();
+        let res =
+            tokio::time::timeout(Duration::from_secs(60), stream.read_to_end(&mut sink)).await;
+        assert!(res.is_ok(), "the {name} client is still connected");
+    }
+    wait_until_async(
+        "/metrics still answers",
+        Duration::from_secs(30),
+        metrics_ok,
+    )
+    .await;
+    let status = stop(&mut daemon).await;
+    assert!(status.success(), "{status:?}\n{}", env.daemon_log(0));
 }

@@ -1,5 +1,9 @@
 //! Tests for the Claid client (`claid::Client`) against a small scripted axum mock server and,
 //! for broken connections, a raw TCP server; everything on 127.0.0.1:0.
+//!
+//! Each single-shot call (`submit_once`, `poll_once`, `upload_once`, `download_once`, `probe`)
+//! makes exactly one HTTP attempt: the tests count the requests the server saw. The legacy
+//! retrying calls (`submit`, …) are covered by one test while the pipeline still uses them.
 
 use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU32;
@@ -13,7 +17,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
 use claid_hotfolder::claid::wire::TaskStatus;
-use claid_hotfolder::claid::{Client, ClientConfig, Endpoint, ErrorClass, RETRY_TIMES};
+use claid_hotfolder::claid::{Client, ClientConfig, Endpoint, ErrorClass};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -251,7 +255,7 @@ async fn submit_ok_parses_task_id_result_url_and_request_id() {
         ],
     );
     let client = client(&format!("{root}/v1"));
-    let accepted = client.submit(&edit_body()).await.unwrap();
+    let accepted = client.submit_once(&edit_body()).await.unwrap();
     assert_eq!(accepted.task_id, 42);
     assert_eq!(accepted.result_url, result_url);
     assert_eq!(accepted.request_id.as_deref(), Some("req-submit-1"));
@@ -291,11 +295,11 @@ async fn poll_follows_the_returned_result_url_even_on_another_prefix() {
         ],
     );
     let client = client(&format!("{root}/v1"));
-    let accepted = client.submit(&edit_body()).await.unwrap();
-    let first = client.poll(&accepted.result_url).await.unwrap();
+    let accepted = client.submit_once(&edit_body()).await.unwrap();
+    let first = client.poll_once(&accepted.result_url).await.unwrap();
     assert_eq!(first.task.status, TaskStatus::Processing);
     assert_eq!(first.request_id.as_deref(), Some("p1"));
-    let second = client.poll(&accepted.result_url).await.unwrap();
+    let second = client.poll_once(&accepted.result_url).await.unwrap();
     assert_eq!(second.task.status, TaskStatus::Done);
     assert_eq!(second.request_id.as_deref(), Some("p2"));
     let output = second.task.result.output_object.unwrap();
@@ -316,15 +320,18 @@ async fn poll_refuses_a_result_url_on_another_origin_without_sending_the_key() {
         "ftp://127.0.0.1/x".to_owned(),
         "not a url".to_owned(),
     ] {
-        let err = client.poll(&url).await.unwrap_err();
+        let err = client.poll_once(&url).await.unwrap_err();
         assert_eq!(err.class(), ErrorClass::Job, "{url}");
         assert_eq!(err.code(), "bad-url");
     }
     assert!(other.seen().is_empty());
 }
 
+/// A 429 is not waited out inside the call any more: it comes back at once as a transient
+/// `rate-limited` error carrying the reset, and the shared gate it closed makes the next call
+/// wait for the reset.
 #[tokio::test]
-async fn rate_limited_429_waits_reset_and_retries_without_an_error() {
+async fn a_429_is_one_attempt_returned_as_rate_limited_and_closes_the_gate() {
     let mock = Mock::default();
     let root = mock.start().await;
     let url = format!("{root}/v1/image/edit/async/1");
@@ -338,12 +345,20 @@ async fn rate_limited_429_waits_reset_and_retries_without_an_error() {
             )
             .header("ratelimit-limit", "4, 120;w=60, 4;w=1")
             .header("ratelimit-remaining", "-1")
-            .header("ratelimit-reset", "1"),
+            .header("ratelimit-reset", "1")
+            .header("x-request-id", "rl-1"),
             Reply::json(200, task(1, "ACCEPTED", &url)),
         ],
     );
     let client = client(&format!("{root}/v1"));
-    let accepted = client.submit(&edit_body()).await.unwrap();
+    let err = client.submit_once(&edit_body()).await.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Transient);
+    assert_eq!(err.code(), "rate-limited");
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(1)));
+    assert_eq!(err.request_id(), Some("rl-1"));
+    assert_eq!(mock.seen_on("POST", "/v1/image/edit/async").len(), 1);
+
+    let accepted = client.submit_once(&edit_body()).await.unwrap();
     assert_eq!(accepted.task_id, 1);
     let seen = mock.seen_on("POST", "/v1/image/edit/async");
     assert_eq!(seen.len(), 2);
@@ -352,7 +367,7 @@ async fn rate_limited_429_waits_reset_and_retries_without_an_error() {
     let stats = client.stats();
     assert_eq!(stats.rate_limited, 1);
     assert_eq!(stats.responses[&(Endpoint::Submit, 429)], 1);
-    assert_eq!(stats.retries, 0, "a 429 is not a failed attempt");
+    assert_eq!(stats.retries, 0, "the client retries nothing itself");
     assert!(stats.limiter_waits >= 1);
 }
 
@@ -375,10 +390,14 @@ async fn remaining_zero_makes_every_next_call_wait_for_reset() {
         vec![Reply::json(200, task(1, "PROCESSING", &url))],
     );
     let client = client(&format!("{root}/v1"));
-    client.submit(&edit_body()).await.unwrap();
+    client.submit_once(&edit_body()).await.unwrap();
     // Three callers of different endpoints, all behind the same gate.
     let body = edit_body();
-    let (a, b, c) = tokio::join!(client.submit(&body), client.poll(&url), client.poll(&url));
+    let (a, b, c) = tokio::join!(
+        client.submit_once(&body),
+        client.poll_once(&url),
+        client.poll_once(&url)
+    );
     a.unwrap();
     b.unwrap();
     c.unwrap();
@@ -396,8 +415,10 @@ async fn remaining_zero_makes_every_next_call_wait_for_reset() {
     assert_eq!(client.stats().rate_limited, 0);
 }
 
+/// Server errors are transient and each call is one attempt: the caller's retry policy, not
+/// the client, decides whether to call again.
 #[tokio::test]
-async fn server_errors_are_retried_then_succeed() {
+async fn server_errors_are_transient_and_each_call_is_one_attempt() {
     let mock = Mock::default();
     let root = mock.start().await;
     let url = format!("{root}/v1/image/edit/async/3");
@@ -407,7 +428,8 @@ async fn server_errors_are_retried_then_succeed() {
             Reply::json(
                 500,
                 json!({"error_code":"500","error_type":"general","error_message":"Internal."}),
-            ),
+            )
+            .header("x-request-id", "r500"),
             Reply::raw(503, b"upstream down"),
             Reply::json(200, task(3, "ACCEPTED", &url)),
         ],
@@ -420,30 +442,30 @@ async fn server_errors_are_retried_then_succeed() {
         ],
     );
     let client = client(&format!("{root}/v1"));
-    assert_eq!(client.submit(&edit_body()).await.unwrap().task_id, 3);
-    assert_eq!(mock.seen_on("POST", "/v1/image/edit/async").len(), 3);
-    client.poll(&url).await.unwrap();
-    assert_eq!(mock.seen_on("GET", "/v1/image/edit/async/3").len(), 2);
-    assert_eq!(client.stats().retries, 3);
-}
-
-#[tokio::test]
-async fn persistent_server_errors_end_transient_after_bounded_retries() {
-    let mock = Mock::default();
-    let root = mock.start().await;
-    mock.on(
-        SUBMIT,
-        vec![Reply::raw(500, b"").header("x-request-id", "r500")],
-    );
-    let client = client(&format!("{root}/v1"));
-    let err = client.submit(&edit_body()).await.unwrap_err();
-    assert_eq!(err.class(), ErrorClass::Transient);
-    assert_eq!(err.code(), "server-error");
-    assert_eq!(err.request_id(), Some("r500"));
+    let err = client.submit_once(&edit_body()).await.unwrap_err();
     assert_eq!(
-        mock.seen_on("POST", "/v1/image/edit/async").len(),
-        1 + RETRY_TIMES
+        (err.class(), err.code().as_str(), err.request_id()),
+        (ErrorClass::Transient, "server-error", Some("r500"))
     );
+    assert_eq!(mock.seen_on("POST", "/v1/image/edit/async").len(), 1);
+    let err = client.submit_once(&edit_body()).await.unwrap_err();
+    assert_eq!(
+        (err.class(), err.code().as_str()),
+        (ErrorClass::Transient, "server-error")
+    );
+    assert_eq!(mock.seen_on("POST", "/v1/image/edit/async").len(), 2);
+    assert_eq!(client.submit_once(&edit_body()).await.unwrap().task_id, 3);
+    assert_eq!(mock.seen_on("POST", "/v1/image/edit/async").len(), 3);
+
+    let err = client.poll_once(&url).await.unwrap_err();
+    assert_eq!(
+        (err.class(), err.code().as_str()),
+        (ErrorClass::Transient, "server-error")
+    );
+    assert_eq!(mock.seen_on("GET", "/v1/image/edit/async/3").len(), 1);
+    client.poll_once(&url).await.unwrap();
+    assert_eq!(mock.seen_on("GET", "/v1/image/edit/async/3").len(), 2);
+    assert_eq!(client.stats().retries, 0);
 }
 
 #[tokio::test]
@@ -463,7 +485,7 @@ async fn account_errors_are_systemic_and_not_retried() {
         mock.on(SUBMIT, vec![reply.clone()])
             .on("GET /v1/image/edit/async/0", vec![reply]);
         let client = client(&format!("{root}/v1"));
-        let err = client.submit(&edit_body()).await.unwrap_err();
+        let err = client.submit_once(&edit_body()).await.unwrap_err();
         assert_eq!(err.class(), ErrorClass::Systemic, "{status}");
         assert_eq!(err.code(), code);
         assert_eq!(err.request_id(), Some("req-auth"));
@@ -507,7 +529,7 @@ async fn job_errors_carry_claid_code_message_and_details() {
         )],
     );
     let client = client(&format!("{root}/v1"));
-    let err = client.submit(&edit_body()).await.unwrap_err();
+    let err = client.submit_once(&edit_body()).await.unwrap_err();
     assert_eq!(err.class(), ErrorClass::Job);
     assert_eq!(err.code(), "claid-invalid-request");
     assert_eq!(err.request_id(), Some("req-422"));
@@ -530,7 +552,7 @@ async fn job_errors_carry_claid_code_message_and_details() {
     assert_eq!(mock.seen().len(), 1);
 
     let gone = client
-        .poll(&format!("{root}/v1/image/edit/async/99"))
+        .poll_once(&format!("{root}/v1/image/edit/async/99"))
         .await
         .unwrap_err();
     assert_eq!(gone.class(), ErrorClass::Job);
@@ -541,7 +563,7 @@ async fn job_errors_carry_claid_code_message_and_details() {
     );
 
     let fastapi = client
-        .poll(&format!("{root}/v1/image/edit/async/abc"))
+        .poll_once(&format!("{root}/v1/image/edit/async/abc"))
         .await
         .unwrap_err();
     assert_eq!(fastapi.class(), ErrorClass::Job);
@@ -559,7 +581,7 @@ async fn job_errors_carry_claid_code_message_and_details() {
 async fn dropped_connection_after_submit_is_ambiguous_and_sent_once() {
     let (root, count) = raw_server(b"").await;
     let client = client(&format!("{root}/v1"));
-    let err = client.submit(&edit_body()).await.unwrap_err();
+    let err = client.submit_once(&edit_body()).await.unwrap_err();
     assert_eq!(err.class(), ErrorClass::Ambiguous, "{err:?}");
     assert_eq!(err.code(), "connection-lost");
     assert_eq!(count.load(Ordering::SeqCst), 1);
@@ -580,14 +602,14 @@ async fn submit_timeout_after_send_is_ambiguous_and_sent_once() {
         ..config(&format!("{root}/v1"))
     })
     .unwrap();
-    let err = client.submit(&edit_body()).await.unwrap_err();
+    let err = client.submit_once(&edit_body()).await.unwrap_err();
     assert_eq!(err.class(), ErrorClass::Ambiguous);
     assert_eq!(err.code(), "timeout");
     assert_eq!(mock.seen().len(), 1);
 }
 
 #[tokio::test]
-async fn unreadable_200_is_ambiguous_for_submit_and_retried_for_poll() {
+async fn unreadable_200_is_ambiguous_for_submit_and_transient_for_poll() {
     let mock = Mock::default();
     let root = mock.start().await;
     mock.on(SUBMIT, vec![Reply::raw(200, b"<html>oops</html>")])
@@ -596,34 +618,39 @@ async fn unreadable_200_is_ambiguous_for_submit_and_retried_for_poll() {
             vec![Reply::raw(200, b"{\"data\": 1}").header("x-request-id", "bad")],
         );
     let client = client(&format!("{root}/v1"));
-    let err = client.submit(&edit_body()).await.unwrap_err();
+    let err = client.submit_once(&edit_body()).await.unwrap_err();
     assert_eq!(err.class(), ErrorClass::Ambiguous);
     assert_eq!(err.code(), "bad-response");
     assert_eq!(mock.seen_on("POST", "/v1/image/edit/async").len(), 1);
 
     let err = client
-        .poll(&format!("{root}/v1/image/edit/async/5"))
+        .poll_once(&format!("{root}/v1/image/edit/async/5"))
         .await
         .unwrap_err();
     assert_eq!(err.class(), ErrorClass::Transient);
     assert_eq!(err.code(), "bad-response");
     assert_eq!(err.request_id(), Some("bad"));
-    assert_eq!(
-        mock.seen_on("GET", "/v1/image/edit/async/5").len(),
-        1 + RETRY_TIMES
-    );
+    assert_eq!(mock.seen_on("GET", "/v1/image/edit/async/5").len(), 1);
 }
 
+/// Nothing listens: the error is transient, says it reached nobody, and names the host, the
+/// port and the OS cause.
 #[tokio::test]
-async fn connect_error_on_submit_is_transient_and_retried() {
+async fn connect_error_names_host_port_and_os_cause() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     drop(listener);
     let client = client(&format!("http://{addr}/v1"));
-    let err = client.submit(&edit_body()).await.unwrap_err();
+    let err = client.submit_once(&edit_body()).await.unwrap_err();
     assert_eq!(err.class(), ErrorClass::Transient, "{err:?}");
     assert_eq!(err.code(), "connect-failed");
-    assert_eq!(client.stats().retries, RETRY_TIMES as u64);
+    assert!(err.is_unreachable());
+    assert_eq!(
+        err.to_string(),
+        format!("submit: connect to {addr}: ECONNREFUSED: connection refused")
+    );
+    assert_eq!(client.stats().transport_errors[&Endpoint::Submit], 1);
+    assert_eq!(client.stats().retries, 0);
 }
 
 #[tokio::test]
@@ -643,7 +670,7 @@ async fn download_returns_the_bytes_without_the_api_key_and_without_the_limiter(
     .unwrap();
     for name in ["a", "b", "a", "b"] {
         let bytes = client
-            .download(&format!("{root}/files/{name}.webp?sig=abc"))
+            .download_once(&format!("{root}/files/{name}.webp?sig=abc"))
             .await
             .unwrap();
         assert_eq!(bytes.as_ref(), image.as_slice());
@@ -663,13 +690,13 @@ async fn download_truncated_body_is_a_transient_error() {
             .await;
     let client = client(&format!("{root}/v1"));
     let err = client
-        .download(&format!("{root}/files/x.png"))
+        .download_once(&format!("{root}/files/x.png"))
         .await
         .unwrap_err();
     assert_eq!(err.class(), ErrorClass::Transient, "{err:?}");
     assert_eq!(err.code(), "download-truncated");
     assert_eq!(err.request_id(), Some("t1"));
-    assert_eq!(count.load(Ordering::SeqCst), 1 + RETRY_TIMES);
+    assert_eq!(count.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]
@@ -690,7 +717,7 @@ async fn download_over_the_cap_is_refused() {
     .unwrap();
     for name in ["declared", "streamed"] {
         let err = client
-            .download(&format!("{root}/files/{name}.png"))
+            .download_once(&format!("{root}/files/{name}.png"))
             .await
             .unwrap_err();
         assert_eq!(err.code(), "download-too-large", "{name}");
@@ -698,7 +725,7 @@ async fn download_over_the_cap_is_refused() {
     }
     assert_eq!(
         client
-            .download(&format!("{root}/files/fits.png"))
+            .download_once(&format!("{root}/files/fits.png"))
             .await
             .unwrap()
             .len(),
@@ -718,7 +745,7 @@ async fn download_of_a_non_http_url_is_refused() {
         "data:text/plain,hi",
         "/relative/path.png",
     ] {
-        let err = client.download(url).await.unwrap_err();
+        let err = client.download_once(url).await.unwrap_err();
         assert_eq!(err.code(), "bad-url", "{url}");
         assert_eq!(err.class(), ErrorClass::Job);
     }
@@ -732,7 +759,7 @@ async fn expired_result_download_is_a_job_error() {
     mock.on("GET /files/old.png", vec![Reply::raw(403, b"expired")]);
     let client = client(&format!("{root}/v1"));
     let err = client
-        .download(&format!("{root}/files/old.png"))
+        .download_once(&format!("{root}/files/old.png"))
         .await
         .unwrap_err();
     assert_eq!(err.code(), "result-expired");
@@ -758,7 +785,10 @@ async fn upload_sends_multipart_file_and_json_data() {
     let client = client(&format!("{root}/v1"));
     let data = json!({"operations": {"resizing": {"width": 50}}, "output": {"format": "png"}});
     let file = b"\x89PNG fake image bytes".to_vec();
-    let uploaded = client.upload("shoe", file.clone(), &data).await.unwrap();
+    let uploaded = client
+        .upload_once("shoe", Bytes::from(file.clone()), &data)
+        .await
+        .unwrap();
     assert_eq!(uploaded.response.output.width, 50);
     assert_eq!(uploaded.request_id.as_deref(), Some("up-1"));
 
@@ -782,6 +812,43 @@ async fn upload_sends_multipart_file_and_json_data() {
         "{body}"
     );
     assert!(data_part.contains(&data.to_string()));
+}
+
+/// A local file's name with a newline, quotes and a backslash cannot break the multipart
+/// headers: they are percent-encoded in `filename=`, and the part is still read as the file.
+#[tokio::test]
+async fn upload_file_names_are_percent_encoded_never_raw() {
+    let mock = Mock::default();
+    let root = mock.start().await;
+    let object =
+        json!({"ext":"png","mps":0.01,"mime":"image/png","format":"png","width":1,"height":1});
+    mock.on(
+        "POST /v1/image/edit/upload",
+        vec![Reply::json(
+            200,
+            json!({"data": {"input": object, "output": object}}),
+        )],
+    );
+    let client = client(&format!("{root}/v1"));
+    let data = json!({"operations": {}});
+    client
+        .upload_once(
+            "a\nContent-Type: text/evil\r\n\"q\"\\b.png",
+            Bytes::from_static(b"bytes"),
+            &data,
+        )
+        .await
+        .unwrap();
+    let seen = mock.seen_on("POST", "/v1/image/edit/upload");
+    assert_eq!(seen.len(), 1);
+    let body = String::from_utf8_lossy(&seen[0].body);
+    assert!(
+        body.contains(
+            "name=\"file\"; filename=\"a%0AContent-Type: text/evil%0D%0A%22q%22%5Cb.png\"\r\n"
+        ),
+        "{body}"
+    );
+    assert!(!body.contains("text/evil\r\n"), "{body}");
 }
 
 #[tokio::test]
@@ -847,9 +914,9 @@ async fn the_limiter_keeps_a_burst_at_or_below_the_configured_rate() {
         let url = url.clone();
         tasks.spawn(async move {
             if i % 2 == 0 {
-                client.submit(&edit_body()).await.map(|_| ())
+                client.submit_once(&edit_body()).await.map(|_| ())
             } else {
-                client.poll(&url).await.map(|_| ())
+                client.poll_once(&url).await.map(|_| ())
             }
         });
     }

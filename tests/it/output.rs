@@ -225,6 +225,29 @@ fn move_mirrored_keeps_the_path_and_never_overwrites() {
     assert_eq!(err.unwrap_err().code(), "output-unsafe-path");
 }
 
+/// A symlink is moved as a link (rejecting a symlinked manifest): the target stays where it
+/// is, unread and unchanged.
+#[test]
+fn move_mirrored_moves_a_symlink_not_its_target() {
+    let tmp = tempfile::tempdir().unwrap();
+    let inbox = tmp.path().join("inbox");
+    let rejected = tmp.path().join("rejected");
+    let target = tmp.path().join("target.yaml");
+    fs::create_dir_all(&inbox).unwrap();
+    fs::write(&target, "images: []\n").unwrap();
+    let link = inbox.join("link.yaml");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let moved = move_mirrored(&inbox, &link, &rejected).unwrap();
+    assert_eq!(moved, rejected.join("link.yaml"));
+    assert!(
+        fs::symlink_metadata(&link).is_err(),
+        "the link left the inbox"
+    );
+    assert!(fs::symlink_metadata(&moved).unwrap().is_symlink());
+    assert_eq!(fs::read_link(&moved).unwrap(), target);
+    assert_eq!(fs::read_to_string(&target).unwrap(), "images: []\n");
+}
+
 #[test]
 fn write_text_atomic_replaces_whole_files() {
     let tmp = tempfile::tempdir().unwrap();
@@ -235,12 +258,96 @@ fn write_text_atomic_replaces_whole_files() {
     assert_eq!(files(tmp.path()), ["r/shoes.report.json"]);
 }
 
+/// errno → (code, heals, what the message names): each OS error has a stable code, is told
+/// apart as healing or not, and is named in the message (never a bare "i/o error").
+fn check_os_error(errno: i32, code: &str, heals: bool, message: &str) {
+    let err = OutputError::io(
+        Path::new("m/a\nb.png"),
+        std::io::Error::from_raw_os_error(errno),
+    );
+    assert_eq!(err.code(), code, "errno {errno}");
+    assert_eq!(err.heals(), heals, "errno {errno}");
+    assert_eq!(err.to_string(), format!("m/a\\nb.png: {message}"));
+}
+
 #[test]
-fn disk_full_has_its_own_code() {
-    let err = OutputError::io(Path::new("x"), std::io::Error::from_raw_os_error(28));
-    assert_eq!(err.code(), "disk-full");
-    let err = OutputError::io(Path::new("x"), std::io::Error::other("x"));
-    assert_eq!(err.code(), "output-io");
+fn os_errors_have_their_own_code_and_tell_whether_they_heal() {
+    check_os_error(
+        libc::ENAMETOOLONG,
+        "output-name-too-long",
+        false,
+        "ENAMETOOLONG: file name too long",
+    );
+    check_os_error(
+        libc::EROFS,
+        "output-read-only",
+        false,
+        "EROFS: read-only file system",
+    );
+    check_os_error(
+        libc::ENOTDIR,
+        "output-not-a-directory",
+        false,
+        "ENOTDIR: not a directory",
+    );
+    check_os_error(
+        libc::EISDIR,
+        "output-is-a-directory",
+        false,
+        "EISDIR: is a directory",
+    );
+    check_os_error(
+        libc::EINVAL,
+        "output-invalid-name",
+        false,
+        "EINVAL: invalid argument",
+    );
+    check_os_error(
+        libc::ENOSPC,
+        "disk-full",
+        true,
+        "ENOSPC: no space left on device",
+    );
+    check_os_error(
+        libc::EMFILE,
+        "output-too-many-open-files",
+        true,
+        "EMFILE: too many open files",
+    );
+    check_os_error(
+        libc::ENFILE,
+        "output-too-many-open-files",
+        true,
+        "ENFILE: too many open files in system",
+    );
+    check_os_error(libc::EIO, "output-io", true, "EIO: input/output error");
+    let other = OutputError::io(Path::new("x"), std::io::Error::other("x"));
+    assert_eq!((other.code().as_str(), other.heals()), ("output-io", true));
+    let exists = OutputError::Exists { path: "x".into() };
+    assert!(!exists.heals());
+}
+
+/// A name that fits NAME_MAX but whose temporary name does not fails with the name-too-long
+/// code and names ENAMETOOLONG; nothing is left behind.
+#[test]
+fn a_name_too_long_for_its_temporary_file_is_named_and_does_not_heal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let name = format!("{}.png", "n".repeat(246));
+    assert_eq!(name.len(), 250);
+    let err = write_atomic(
+        tmp.path(),
+        &Path::new("m").join(&name),
+        b"data",
+        ExistsPolicy::Replace,
+    )
+    .unwrap_err();
+    assert_eq!(err.code(), "output-name-too-long", "{err}");
+    assert!(!err.heals());
+    assert!(
+        err.to_string().contains("ENAMETOOLONG: file name too long"),
+        "{err}"
+    );
+    assert!(files(tmp.path()).is_empty());
 }
 
 #[test]
@@ -250,7 +357,7 @@ fn a_failed_rename_leaves_no_temp_file() {
     // The final name is taken by a non-empty directory: the rename must fail.
     fs::create_dir_all(root.join("m/x.png/inner")).unwrap();
     let err = write_atomic(root, Path::new("m/x.png"), b"data", ExistsPolicy::Replace).unwrap_err();
-    assert_eq!(err.code(), "output-io");
+    assert_eq!(err.code(), "output-is-a-directory");
     let names: Vec<_> = fs::read_dir(root.join("m"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())

@@ -237,9 +237,11 @@ async fn issue5_local_input_swapped_for_a_symlink_after_validation_is_not_upload
 const CANARY: &str = "sk-SECRET-canary-123";
 
 /// Every file under `root` whose bytes contain `needle`.
+/// Regular files under `root` whose bytes contain `needle` (links are not read through).
 fn files_containing(root: &Path, needle: &[u8]) -> Vec<PathBuf> {
     files(root)
         .into_iter()
+        .filter(|path| std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file()))
         .filter(|path| {
             std::fs::read(path)
                 .map(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
@@ -349,7 +351,7 @@ async fn only_http_urls_are_downloaded() {
         "/etc/passwd",
         "https://",
     ] {
-        let err = client.download(url).await.expect_err(url);
+        let err = client.download_once(url).await.expect_err(url);
         assert_eq!(err.code(), "bad-url", "{url}: {err}");
     }
     assert!(
@@ -394,8 +396,16 @@ async fn manifest_symlinked_from_outside_the_inbox_is_not_read() {
     std::os::unix::fs::symlink(&outside, env.inbox.join("evil.yaml")).expect("plant");
     let config = env.config("", "");
     let (code, stderr) = env.run_once(&config).await;
-    assert_eq!(code, 0, "nothing to do:\n{stderr}");
+    assert_eq!(code, 2, "the link is refused (issue 11 §7):\n{stderr}");
     assert_eq!(env.stats().submits, 0);
+    // The link itself moved to rejected/ with the reason; it is not read there either.
+    let moved = env.rejected.join("evil.yaml");
+    assert!(
+        std::fs::symlink_metadata(&moved).is_ok_and(|m| m.file_type().is_symlink()),
+        "the link moved, as a link"
+    );
+    let reason = std::fs::read_to_string(env.rejected.join("evil.yaml.error.txt")).expect("reason");
+    assert!(reason.contains("symbolic link"), "{reason}");
     assert!(files_containing(&env.rejected, b"TOP-SECRET").is_empty());
     assert!(files_containing(&env.outbox, b"TOP-SECRET").is_empty());
     assert!(!stderr.contains("TOP-SECRET"), "{stderr}");
@@ -404,4 +414,135 @@ async fn manifest_symlinked_from_outside_the_inbox_is_not_read() {
             .expect("outside")
             .starts_with(b"images:")
     );
+}
+
+/// Issue 11 §7: a symlinked manifest, recipe image, recipe or inbox subfolder is never
+/// followed, wherever it points (today a link pointing inside the inbox was followed and its
+/// target processed), and each is named once in a WARN, not at every rescan.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue11_symlinks_in_the_inbox_are_not_followed_and_each_is_named_once() {
+    use std::os::unix::fs::symlink;
+
+    let env = TestEnv::new(Scenario::default()).await;
+    // Targets inside the inbox, in a hidden folder the watcher does not look into itself.
+    let linked = b"output: { format: png }\nimages:\n  - input: storage://demo/linked-64x48.png\n";
+    env.drop_file(".stash/m.yaml", linked);
+    env.drop_file(".stash/p.png", &png(32, 32));
+    env.drop_file(".stash/recipe.yaml", b"output: { format: png }\n");
+    let outside = env.dir.path().join("outside");
+    std::fs::create_dir_all(&outside).expect("outside");
+    std::fs::write(outside.join("o.yaml"), GOOD).expect("outside manifest");
+    symlink(".stash/m.yaml", env.inbox.join("m-link.yaml")).expect("link");
+    symlink(&outside, env.inbox.join("team")).expect("folder link");
+    env.drop_file("r/.claid.yaml", b"output: { format: png }\n");
+    symlink("../.stash/p.png", env.inbox.join("r/pic.png")).expect("image link");
+    env.drop_file("q/x.png", &png(16, 16));
+    symlink("../.stash/recipe.yaml", env.inbox.join("q/.claid.yaml")).expect("recipe link");
+    let config = env.config("", "");
+    let daemon = env.spawn_daemon(&config, 0);
+    // Each later drop is found by a full scan of its own: the links are seen again and again.
+    for name in ["first", "second", "third"] {
+        env.drop_file(&format!("{name}.yaml"), GOOD.as_bytes());
+        wait_until(&format!("{name}.yaml is finished"), DEADLINE, || {
+            env.outbox.join(format!("{name}.report.json")).is_file()
+        })
+        .await;
+    }
+    assert_eq!(stop(daemon).await, Some(0));
+
+    let log = env.daemon_log(0);
+    for link in ["m-link.yaml", "team", "r/pic.png", "q/.claid.yaml"] {
+        let named = env.inbox.join(link).display().to_string();
+        let warns = log
+            .lines()
+            .filter(|l| l.contains("WARN") && l.contains(&named))
+            .count();
+        assert_eq!(warns, 1, "{link} named {warns} times in WARNs:\n{log}");
+    }
+    // Only the three real manifests were submitted; nothing of the links' targets.
+    assert_eq!(env.stats().submits, 3, "{:?}", env.stats());
+    assert_eq!(env.stats().uploads, 0);
+    for never in ["m-link", "m", ".stash", "team", "o", "r", "q"] {
+        assert!(
+            !env.outbox.join(never).exists(),
+            "outbox/{never} was written:\n{log}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(env.inbox.join(".stash/m.yaml")).expect("target"),
+        linked,
+        "the link's target is untouched"
+    );
+    assert_eq!(
+        std::fs::read_to_string(outside.join("o.yaml")).expect("o"),
+        GOOD
+    );
+}
+
+/// Issue 11 §7: file names, manifest text and Claid's messages cannot forge log lines, in the
+/// text format and in json: a manifest whose name and content hold a newline, a carriage
+/// return, an ANSI escape and a Unicode line separator is logged on single, escaped lines.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue11_file_names_and_manifest_text_cannot_forge_log_lines() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let name = "evil\nERROR FORGED line\r\x1b[2K\u{2028}FORGED too.yaml";
+    let text =
+        "images:\n  - input: \"https://cdn.example.com/a\\nFORGED from text\\e[31m\\L.jpg\"\n";
+    for (round, extra) in [(0, ""), (1, "log: { format: json }")] {
+        env.drop_file(name, text.as_bytes());
+        let config = env.config("", extra);
+        let (code, stderr) = env.run_once(&config).await;
+        assert_eq!(code, 2, "the manifest is rejected; stderr:\n{stderr}");
+        assert!(
+            !stderr
+                .chars()
+                .any(|c| c != '\n' && claid_hotfolder::text::is_unsafe_char(c)),
+            "round {round}: a raw control character reached the log:\n{stderr:?}"
+        );
+        for line in stderr.lines() {
+            assert!(
+                !line.trim_start().starts_with("FORGED") && !line.starts_with("ERROR FORGED"),
+                "round {round}: forged line {line:?} in:\n{stderr}"
+            );
+        }
+        // Escaped as Rust writes it in text, as json writes it in json.
+        let escaped = [
+            "evil\\nERROR FORGED line\\r\\x1b[2K\\u{2028}FORGED too.yaml",
+            "evil\\nERROR FORGED line\\r\\u001b[2K\\u2028FORGED too.yaml",
+        ][round];
+        assert!(
+            stderr.contains(escaped),
+            "round {round}: the name is not shown escaped as {escaped}:\n{stderr}"
+        );
+        if round == 1 {
+            for line in stderr.lines().filter(|l| l.starts_with('{')) {
+                serde_json::from_str::<serde_json::Value>(line)
+                    .unwrap_or_else(|e| panic!("not one json object per line ({e}): {line}"));
+            }
+        }
+    }
+}
+
+/// Issue 11 §7: a newline in a local file's name went raw into the multipart `filename=` of
+/// the upload, which the server cannot parse. Now it is percent-encoded: the upload works, and
+/// the emulator sees the encoded name (its corrupt-file pattern `c%0Ad` matches only that).
+#[tokio::test(flavor = "multi_thread")]
+async fn issue11_a_newline_in_a_local_file_name_is_percent_encoded_in_the_upload() {
+    let env = TestEnv::new(Scenario::default().corrupt_patterns(vec!["c%0Ad".to_owned()])).await;
+    env.drop_file("photos/a\nb.png", &png(40, 30));
+    env.drop_file("photos/c\nd.png", &png(40, 30));
+    env.drop_file(
+        "m.yaml",
+        b"output: { format: png }\nimages:\n  - input: \"photos/a\\nb.png\"\n  - input: \"photos/c\\nd.png\"\n",
+    );
+    let config = env.config("", "");
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 2, "one job fails by design; stderr:\n{stderr}");
+    let rows = report_rows(&env, "m");
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0].0, "done", "{rows:?}\n{stderr}");
+    assert_eq!(dimensions(&env.outbox.join("m/a_b.png")), (40, 30));
+    assert_eq!(rows[1].0, "failed", "{rows:?}");
+    assert!(rows[1].1.contains("corrupt"), "{rows:?}");
+    assert_eq!(env.stats().uploads, 1);
 }

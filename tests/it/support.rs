@@ -32,6 +32,25 @@ pub async fn wait_until(what: &str, deadline: Duration, mut check: impl FnMut() 
     }
 }
 
+/// `wait_until` for a check that has to await (e.g. an HTTP request): polls until it returns
+/// true or `deadline` passes (then panics naming `what`).
+pub async fn wait_until_async<F, Fut>(what: &str, deadline: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = tokio::time::Instant::now();
+    loop {
+        if check().await {
+            return;
+        }
+        if start.elapsed() > deadline {
+            panic!("timed out after {deadline:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A daemon's folders under one temp dir, plus an emulator serving on 127.0.0.1:0.
 pub struct TestEnv {
     pub dir: tempfile::TempDir,
@@ -161,9 +180,29 @@ impl TestEnv {
 
     /// `spawn_daemon` with extra environment variables.
     pub fn spawn_daemon_with(&self, config: &Path, n: usize, envs: &[(&str, &str)]) -> Child {
+        self.spawn_daemon_wrapped(config, n, envs, &[])
+    }
+
+    /// `spawn_daemon_with` behind a wrapper command that execs the binary (e.g.
+    /// `prlimit --nofile=128:128 --`), so the child is still the daemon itself.
+    pub fn spawn_daemon_wrapped(
+        &self,
+        config: &Path,
+        n: usize,
+        envs: &[(&str, &str)],
+        wrapper: &[&str],
+    ) -> Child {
         let log =
             std::fs::File::create(self.dir.path().join(format!("daemon-{n}.log"))).expect("log");
-        Command::new(bin())
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
+        command
             .args(["run", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")

@@ -461,3 +461,55 @@ async fn the_daemon_logs_the_inotify_limit_once_and_still_processes_drops() {
     assert!(log.contains("ERROR"), "{log}");
     assert!(log.contains("falling back to polling"), "{log}");
 }
+
+// ---- Symlinks (issue 11 §7) ------------------------------------------------------------------
+
+/// No symlink is followed, wherever it points: a manifest link (inside or outside the inbox) is
+/// handed over as a `Link` with the link's own fingerprint; a linked folder is not entered; a
+/// linked image in a recipe folder, and the images of a folder whose recipe is a link, are not
+/// candidates. Today's code followed links that point inside the inbox.
+#[tokio::test]
+async fn issue11_symlinks_are_never_followed_and_a_manifest_link_is_a_link_candidate() {
+    use std::os::unix::fs::symlink;
+
+    let (dir, inbox) = canonical_tempdir();
+    let outside = dir.path().canonicalize().unwrap().join("outside");
+    write_old(&outside.join("o.yaml"), "images: []\n");
+    write_old(&inbox.join(".stash/target.yaml"), "images: []\n");
+    write_old(&inbox.join(".stash/p.png"), "png\n");
+    write_old(&inbox.join(".stash/recipe.yaml"), "operations: {}\n");
+    symlink(".stash/target.yaml", inbox.join("inside.yaml")).unwrap();
+    symlink(outside.join("o.yaml"), inbox.join("outside.yaml")).unwrap();
+    symlink(&outside, inbox.join("team")).unwrap();
+    symlink(".stash", inbox.join("stash-link")).unwrap();
+    write_old(&inbox.join("r/.claid.yaml"), "operations: {}\n");
+    write_old(&inbox.join("r/real.png"), "png\n");
+    symlink("../.stash/p.png", inbox.join("r/pic.png")).unwrap();
+    write_old(&inbox.join("q/x.png"), "png\n");
+    symlink("../.stash/recipe.yaml", inbox.join("q/.claid.yaml")).unwrap();
+    write_old(&inbox.join("real.yaml"), "images: []\n");
+
+    let found = watcher::scan_stable(&inbox, &watch(100, 1000, true))
+        .await
+        .unwrap();
+    let got: Vec<_> = found
+        .iter()
+        .map(|c| (c.path.strip_prefix(&inbox).unwrap().to_owned(), c.kind))
+        .collect();
+    let want: Vec<(PathBuf, CandidateKind)> = [
+        ("inside.yaml", CandidateKind::Link),
+        ("outside.yaml", CandidateKind::Link),
+        ("r/real.png", CandidateKind::RecipeImage),
+        ("real.yaml", CandidateKind::Manifest),
+    ]
+    .into_iter()
+    .map(|(p, k)| (PathBuf::from(p), k))
+    .collect();
+    assert_eq!(got, want);
+    // The link's own size (the length of the path it holds), not its target's.
+    assert_eq!(found[0].fingerprint.size, ".stash/target.yaml".len() as u64);
+    assert_eq!(
+        found[1].fingerprint.size,
+        outside.join("o.yaml").as_os_str().len() as u64
+    );
+}

@@ -1,0 +1,174 @@
+//! Untrusted text made safe to print: file names, Claid's messages and manifest text may hold
+//! newlines, carriage returns, terminal escapes or Unicode line separators, and printed raw
+//! they would forge log lines or repaint a terminal.
+//!
+//! [`Escaped`] is the one wrapper for them: its `Display` writes the text with every such
+//! character escaped the way Rust writes it (`\n`, `\r`, `\t`, `\x1b`, `\u{2028}`) and a
+//! backslash doubled, so the escaped form is unambiguous. Bytes of a path that are not UTF-8 are
+//! written as `\xNN`. [`write_unsafe_escaped`] is the lower layer the log formatter uses on
+//! whole field values (it leaves backslashes alone, so text escaped once is not escaped again).
+
+use std::ffi::OsStr;
+use std::fmt::{self, Write};
+use std::path::Path;
+
+/// Untrusted text (a `str`, a path or an OS string) whose `Display` escapes every character
+/// that could break or forge a line: see the module doc.
+#[derive(Clone, Copy)]
+pub struct Escaped<'a>(Source<'a>);
+
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    Str(&'a str),
+    /// Raw bytes of an `OsStr` (a path): mostly UTF-8, possibly not.
+    Bytes(&'a [u8]),
+}
+
+impl<'a> Escaped<'a> {
+    /// Text known to be UTF-8 (a Claid message, a manifest value).
+    pub fn str(text: &'a str) -> Escaped<'a> {
+        Escaped(Source::Str(text))
+    }
+
+    /// A path as the file system holds it; bytes that are not UTF-8 are written as `\xNN`.
+    pub fn path(path: &'a Path) -> Escaped<'a> {
+        Escaped::os(path.as_os_str())
+    }
+
+    /// An OS string (a file name).
+    pub fn os(name: &'a OsStr) -> Escaped<'a> {
+        Escaped(Source::Bytes(name.as_encoded_bytes()))
+    }
+}
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Source::Str(text) => write_escaped(f, text, true),
+            Source::Bytes(bytes) => {
+                for chunk in bytes.utf8_chunks() {
+                    write_escaped(f, chunk.valid(), true)?;
+                    for byte in chunk.invalid() {
+                        write!(f, "\\x{byte:02x}")?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{self}\"")
+    }
+}
+
+/// Whether `c` must never reach a log line or a terminal raw: C0 controls (newline, carriage
+/// return, tab, ESC, …), DEL, C1 controls (including NEL, U+0085), the Unicode line and
+/// paragraph separators (U+2028, U+2029), and the bidirectional overrides and isolates that
+/// make text read differently from what it is (U+202A–U+202E, U+2066–U+2069).
+pub fn is_unsafe_char(c: char) -> bool {
+    matches!(c,
+        '\u{0}'..='\u{1f}'
+        | '\u{7f}'..='\u{9f}'
+        | '\u{2028}' | '\u{2029}'
+        | '\u{202a}'..='\u{202e}'
+        | '\u{2066}'..='\u{2069}'
+    )
+}
+
+/// Writes `text` to `out` with every [`is_unsafe_char`] escaped, leaving backslashes as they
+/// are (for text that may already hold escapes, such as a log field holding an [`Escaped`]).
+pub fn write_unsafe_escaped(out: &mut impl Write, text: &str) -> fmt::Result {
+    write_escaped(out, text, false)
+}
+
+/// `text` with every unsafe character escaped and backslashes doubled (the [`Escaped`] form),
+/// as an owned string: for messages stored or sent on.
+pub fn escape(text: &str) -> String {
+    Escaped::str(text).to_string()
+}
+
+fn write_escaped(out: &mut impl Write, text: &str, backslash: bool) -> fmt::Result {
+    let mut rest = text;
+    while let Some(at) = rest.find(|c: char| is_unsafe_char(c) || (backslash && c == '\\')) {
+        out.write_str(&rest[..at])?;
+        let c = rest[at..]
+            .chars()
+            .next()
+            .expect("find returned a char boundary");
+        match c {
+            '\\' => out.write_str("\\\\")?,
+            '\n' => out.write_str("\\n")?,
+            '\r' => out.write_str("\\r")?,
+            '\t' => out.write_str("\\t")?,
+            c if (c as u32) < 0x80 => write!(out, "\\x{:02x}", c as u32)?,
+            c => write!(out, "\\u{{{:x}}}", c as u32)?,
+        }
+        rest = &rest[at + c.len_utf8()..];
+    }
+    out.write_str(rest)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::ffi::OsStrExt;
+
+    use super::*;
+
+    fn check(input: &str, expect: &str) {
+        assert_eq!(Escaped::str(input).to_string(), expect, "{input:?}");
+    }
+
+    #[test]
+    fn escapes_every_line_breaking_and_terminal_character() {
+        check("plain name.yaml", "plain name.yaml");
+        check("a\nb", "a\\nb");
+        check("a\r\nb", "a\\r\\nb");
+        check("tab\there", "tab\\there");
+        check("\x1b[31mred", "\\x1b[31mred");
+        check("nul\0", "nul\\x00");
+        check("del\x7f", "del\\x7f");
+        check("nel\u{85}", "nel\\u{85}");
+        check("csi\u{9b}", "csi\\u{9b}");
+        check("ls\u{2028}ps\u{2029}", "ls\\u{2028}ps\\u{2029}");
+        check("rlo\u{202e}gpj.exe", "rlo\\u{202e}gpj.exe");
+        check("back\\slash", "back\\\\slash");
+        check("Ünïcödé ok ✓", "Ünïcödé ok ✓");
+        // The escaped form of a literal `\n` differs from the escaped newline.
+        assert_ne!(
+            Escaped::str("a\\nb").to_string(),
+            Escaped::str("a\nb").to_string()
+        );
+    }
+
+    #[test]
+    fn paths_escape_invalid_utf8_as_bytes() {
+        let name = OsStr::from_bytes(b"caf\xe9\n.yaml");
+        assert_eq!(Escaped::os(name).to_string(), "caf\\xe9\\n.yaml");
+        let path = Path::new("team/a\u{2028}b.yaml");
+        assert_eq!(Escaped::path(path).to_string(), "team/a\\u{2028}b.yaml");
+    }
+
+    #[test]
+    fn the_log_layer_leaves_backslashes_alone() {
+        let mut out = String::new();
+        write_unsafe_escaped(&mut out, "already\\nescaped\nraw").unwrap();
+        assert_eq!(out, "already\\nescaped\\nraw");
+    }
+
+    #[test]
+    fn nothing_unsafe_survives_for_any_char() {
+        for code in 0..0x3000u32 {
+            let Some(c) = char::from_u32(code) else {
+                continue;
+            };
+            let text = Escaped::str(&c.to_string()).to_string();
+            assert!(
+                !text.chars().any(is_unsafe_char),
+                "U+{code:04X} survives as {text:?}"
+            );
+        }
+    }
+}
