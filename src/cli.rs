@@ -244,7 +244,10 @@ fn cmd_run(path: &Path, once: bool, print_config: bool) -> i32 {
         progress_bar: once && std::io::stderr().is_terminal(),
         config_path: Some(path.to_path_buf()),
     };
-    match rt.block_on(daemon::run(config, opts, signal::shutdown())) {
+    let outcome = rt.block_on(daemon::run(config, opts, signal::shutdown()));
+    // A validation still running on the blocking pool (abandoned at a stop) is not waited for.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    match outcome {
         Ok(Outcome::AllDone) => EX_OK,
         Ok(Outcome::SomeFailed) => EX_JOBS_FAILED,
         Ok(Outcome::Interrupted) => EX_INTERRUPTED,

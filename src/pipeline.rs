@@ -287,6 +287,7 @@ impl Handle {
             metrics: deps.metrics.clone(),
             tracker: deps.tracker.clone(),
             notices: notices.clone(),
+            cancel: deps.cancel.clone(),
         };
         let shared = Shared {
             store: deps.store,

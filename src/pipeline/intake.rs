@@ -44,6 +44,8 @@ pub struct Intake {
     pub metrics: Arc<Metrics>,
     pub tracker: TaskTracker,
     pub notices: Notices,
+    /// A validation in progress is abandoned when the daemon stops (nothing was registered).
+    pub cancel: CancellationToken,
 }
 
 /// What one candidate came to.
@@ -177,7 +179,11 @@ impl Intake {
         let inbox = self.folders.inbox.clone();
         let load_path = path.clone();
         let is_recipe_image = candidate.kind == CandidateKind::RecipeImage;
-        let loaded = on_file_pool(move || {
+        info!(
+            bytes = candidate.fingerprint.size,
+            "Validating the manifest"
+        );
+        let validation = on_file_pool(move || {
             if is_recipe_image {
                 manifest::load_recipe_image(
                     &inbox,
@@ -188,8 +194,12 @@ impl Intake {
             } else {
                 manifest::load(&inbox, &load_path, &settings.profiles, &settings.limits)
             }
-        })
-        .await;
+        });
+        // A stop does not wait for a validation: the file is found again at the next start.
+        let loaded = tokio::select! {
+            loaded = validation => loaded,
+            () = self.cancel.cancelled() => return Taken::Done,
+        };
         let phase = Phase::Found;
         let spec = match loaded {
             Ok(spec) => spec,

@@ -8,6 +8,7 @@ mod corpus;
 mod emulator;
 mod faults;
 mod imaging;
+mod lifecycle;
 mod manifest;
 mod output;
 mod package;

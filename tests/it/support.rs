@@ -135,6 +135,7 @@ impl TestEnv {
             .arg(config)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
+            .kill_on_drop(true)
             .output()
             .await
             .expect("daemon runs");

@@ -1,0 +1,302 @@
+//! Issue 11: the manifest lifecycle, driven through the real binary. One owner per output,
+//! a manifest is its content, `run --once` always ends, and the supervisor answers signals
+//! while a large manifest is validated.
+
+use std::path::Path;
+use std::time::Duration;
+
+use claid_hotfolder::emulator::{Latency, Scenario};
+use sha2::Digest;
+
+use crate::support::{TestEnv, cli, signal, stop, wait_until};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Every `.error.txt` under `root`, with its text.
+fn error_files(root: &Path) -> Vec<(String, String)> {
+    TestEnv::files_under(root)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".error.txt"))
+        .map(|p| {
+            let text = std::fs::read_to_string(root.join(&p)).expect("error file");
+            (p.to_string_lossy().into_owned(), text)
+        })
+        .collect()
+}
+
+/// `s.yaml` and `s.json` both write `outbox/s.report.json`: while one is active the other is
+/// refused before any API call, with an error file naming the other and the path.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue11_same_stem_manifests_are_not_both_active() {
+    let env =
+        TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_millis(800)))).await;
+    env.drop_file(
+        "s.yaml",
+        b"images:\n  - input: storage://demo/yaml-64x48.png\n",
+    );
+    env.drop_file(
+        "s.json",
+        br#"{"images": [{"input": "storage://demo/json-64x48.png"}]}"#,
+    );
+    let config = env.config("", "");
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 2, "one manifest is refused:\n{stderr}");
+    let errors = error_files(&env.rejected);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let (name, text) = &errors[0];
+    let (refused, other) = if name.starts_with("s.json") {
+        ("json", "s.yaml")
+    } else {
+        ("yaml", "s.json")
+    };
+    assert!(text.contains(other), "names the other manifest: {text}");
+    assert!(
+        text.contains("s.report."),
+        "names the colliding path: {text}"
+    );
+    let stats = env.stats();
+    assert_eq!(stats.submits, 1, "only the accepted manifest was submitted");
+    assert!(
+        !stats
+            .submits_by_key
+            .keys()
+            .any(|k| k.contains(&format!("{refused}-64x48"))),
+        "the refused manifest spent nothing: {:?}",
+        stats.submits_by_key
+    );
+    let report = env.report("s");
+    assert_eq!(
+        report["manifest"], other,
+        "the report is the accepted manifest's"
+    );
+}
+
+/// `a.yaml` writing `b/x.jpg` and `a/b.yaml` writing `x.jpg` both mean `outbox/a/b/x.jpg`.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue11_an_output_another_active_manifest_writes_is_refused() {
+    let env =
+        TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_millis(800)))).await;
+    env.drop_file(
+        "a.yaml",
+        b"images:\n  - input: storage://demo/one-64x48.png\n    output: b/x.jpg\n",
+    );
+    env.drop_file(
+        "a/b.yaml",
+        b"images:\n  - input: storage://demo/two-64x48.png\n    output: x.jpg\n",
+    );
+    let config = env.config("", "");
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 2, "one manifest is refused:\n{stderr}");
+    let errors = error_files(&env.rejected);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let (_, text) = &errors[0];
+    assert!(
+        text.contains("a/b/x.jpg"),
+        "names the colliding output: {text}"
+    );
+    assert!(
+        text.contains("a.yaml") && text.contains("a/b.yaml"),
+        "names both manifests: {text}"
+    );
+    assert_eq!(env.stats().submits, 1, "the refused one spent nothing");
+    assert!(env.outbox.join("a/b/x.jpg").is_file());
+}
+
+/// The everyday "fixed a typo, saved over it": the running version drains (what Claid already
+/// has finishes and is recorded, nothing new is submitted for it), then the new content runs;
+/// rows identical to delivered ones are not billed again; the archive holds exactly the
+/// versions that were processed, and the report is the newest one's.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue11_a_manifest_saved_again_while_it_runs_is_processed_in_its_new_version() {
+    let env =
+        TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_millis(1500))))
+            .await;
+    let v1 = b"images:\n  - input: storage://demo/keep-64x48.png\n  - input: storage://demo/typo-64x48.png\n  - input: storage://demo/also-64x48.png\n".to_vec();
+    let v2 = b"images:\n  - input: storage://demo/keep-64x48.png\n  - input: storage://demo/fixed-64x48.png\n".to_vec();
+    let config = env.config("max_in_flight: 1", "");
+    let mut daemon = env.spawn_daemon(&config, 0);
+    env.drop_file("m.yaml", &v1);
+    wait_until("the first image is submitted", DEADLINE, || {
+        env.stats().submits >= 1
+    })
+    .await;
+    env.drop_file("m.yaml", &v2);
+    let report_is_v2 = || {
+        std::fs::read_to_string(env.outbox.join("m.report.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .is_some_and(|r| r["sha256"] == sha256_hex(&v2).as_str())
+    };
+    wait_until("the new version is reported", DEADLINE, report_is_v2).await;
+    wait_until("the new version is archived", DEADLINE, || {
+        !env.inbox.join("m.yaml").exists()
+    })
+    .await;
+    let status = stop(&mut daemon).await;
+    assert_eq!(status.code(), Some(0), "{}", env.daemon_log(0));
+
+    let report = env.report("m");
+    let inputs: Vec<&str> = report["jobs"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| r["input"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        inputs,
+        [
+            "storage://demo/keep-64x48.png",
+            "storage://demo/fixed-64x48.png"
+        ]
+    );
+    let stats = env.stats();
+    let submits_of = |name: &str| {
+        stats
+            .submits_by_key
+            .iter()
+            .filter(|(k, _)| k.contains(name))
+            .map(|(_, n)| *n)
+            .sum::<u64>()
+    };
+    assert_eq!(
+        submits_of("keep-"),
+        1,
+        "an identical row is not billed again"
+    );
+    assert_eq!(submits_of("fixed-"), 1);
+    assert_eq!(
+        submits_of("typo-") + submits_of("also-"),
+        0,
+        "nothing new is submitted for the old version: {:?}",
+        stats.submits_by_key
+    );
+    // The archive holds the two processed versions, byte for byte, and nothing else.
+    let mut archived: Vec<Vec<u8>> = TestEnv::files_under(&env.archive)
+        .into_iter()
+        .map(|p| std::fs::read(env.archive.join(p)).expect("archived"))
+        .collect();
+    archived.sort();
+    let mut expected = vec![v1.clone(), v2.clone()];
+    expected.sort();
+    assert_eq!(archived, expected, "archive: the versions that ran");
+    assert!(env.outbox.join("m/keep-64x48.jpg").is_file());
+    assert!(env.outbox.join("m/fixed-64x48.jpg").is_file());
+}
+
+/// `run --once` ends at once when Claid refuses the key (401), with a code and a message that
+/// name the cause; the job stays in the store for the next run.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue11_run_once_ends_when_the_key_is_refused() {
+    let env = TestEnv::new(Scenario::default().api_key("the-right-key")).await;
+    env.drop_file(
+        "m.yaml",
+        b"images:\n  - input: storage://demo/a-64x48.png\n",
+    );
+    let config = env.config("", "");
+    let (code, stderr) = tokio::time::timeout(DEADLINE, env.run_once(&config))
+        .await
+        .expect("run --once ends instead of waiting for the key");
+    assert_eq!(code, 77, "EX_NOPERM:\n{stderr}");
+    assert!(stderr.contains("401"), "{stderr}");
+    assert!(stderr.contains("API key was refused"), "{stderr}");
+    let (code, out, err) = cli(&[
+        "jobs",
+        "--state",
+        "queued",
+        "--config",
+        config.to_str().expect("utf-8"),
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("1 jobs"), "the job waits in the store: {out}");
+}
+
+/// `run --once` against an API that cannot be reached gives up after
+/// `api.unreachable_timeout`, naming host, port and the system's reason; the job is kept and a
+/// later run against a working API finishes it.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue11_run_once_gives_up_on_an_unreachable_api() {
+    let env = TestEnv::new(Scenario::default()).await;
+    env.drop_file(
+        "m.yaml",
+        b"images:\n  - input: storage://demo/a-64x48.png\n",
+    );
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let good = env.config("", "");
+    let text = std::fs::read_to_string(&good).expect("config");
+    let down = text.replace(
+        &env.emulator.base_url(),
+        &format!("http://127.0.0.1:{port}/v1"),
+    );
+    let down = down.replace("api:\n", "api:\n  unreachable_timeout: 2s\n");
+    let down_path = env.dir.path().join("down.yaml");
+    std::fs::write(&down_path, down).expect("config");
+    let (code, stderr) = tokio::time::timeout(DEADLINE, env.run_once(&down_path))
+        .await
+        .expect("run --once ends instead of waiting for the API");
+    assert_eq!(code, 69, "EX_UNAVAILABLE:\n{stderr}");
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{port}")),
+        "names host and port: {stderr}"
+    );
+    assert!(
+        stderr.to_lowercase().contains("connection refused"),
+        "names the system's reason: {stderr}"
+    );
+    let (code, stderr) = env.run_once(&good).await;
+    assert_eq!(code, 0, "the kept job finishes:\n{stderr}");
+    assert!(env.outbox.join("m/a-64x48.jpg").is_file());
+    assert_eq!(env.stats().submits, 1);
+}
+
+/// A manifest of ~100,000 rows (under the 16 MiB limit) in the inbox.
+fn large_manifest() -> Vec<u8> {
+    let mut text = String::from("images:\n");
+    for i in 0..99_000 {
+        text.push_str(&format!(
+            "  - {{ input: \"https://cdn.example.com/sku/{i}.jpg\", output: \"o/{i}.webp\", operations: {{ resizing: {{ width: {} }} }} }}\n",
+            100 + i % 900
+        ));
+    }
+    text.into_bytes()
+}
+
+/// The supervisor never waits for intake: SIGHUP is answered while a large manifest is still
+/// being validated, and SIGTERM stops the daemon without registering it.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue11_signals_are_answered_while_a_large_manifest_is_validated() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let config = env.config("", "");
+    let mut daemon = env.spawn_daemon(&config, 0);
+    wait_until("ready", DEADLINE, || env.daemon_log(0).contains("Ready")).await;
+    env.drop_file("big.yaml", &large_manifest());
+    wait_until("validation started", DEADLINE, || {
+        env.daemon_log(0).contains("Validating the manifest")
+    })
+    .await;
+    signal(&daemon, "-HUP");
+    wait_until("the reload", DEADLINE, || {
+        env.daemon_log(0).contains("Reloaded the config")
+    })
+    .await;
+    let log = env.daemon_log(0);
+    assert!(
+        !log.contains("Manifest accepted") && !log.contains("Manifest rejected"),
+        "the reload was answered before the validation ended:\n{log}"
+    );
+    let status = stop(&mut daemon).await;
+    assert_eq!(status.code(), Some(0));
+    let log = env.daemon_log(0);
+    let stopping = log.find("Shutting down").expect("shutdown logged");
+    assert!(
+        log.find("Manifest accepted").is_none_or(|at| at < stopping),
+        "nothing is registered after the stop:\n{log}"
+    );
+}
