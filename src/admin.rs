@@ -93,6 +93,9 @@ pub struct DaemonView {
     pub in_flight: usize,
     pub queued: usize,
     pub uptime_secs: u64,
+    /// Whether batches are on, and the sizes chosen (absent from older daemons).
+    #[serde(default)]
+    pub batching: Option<crate::pipeline::batch::BatchingView>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -216,6 +219,7 @@ pub async fn status_view(
             in_flight: p.in_flight(),
             queued: p.queued(),
             uptime_secs: p.uptime().as_secs(),
+            batching: Some(p.batching()),
         }
     });
     Ok(StatusView { daemon, manifests })

@@ -355,6 +355,22 @@ pub struct Accepted {
     pub request_id: Option<String>,
 }
 
+/// A batch Claid accepted.
+#[derive(Debug, Clone)]
+pub struct BatchAccepted {
+    pub batch_id: u64,
+    /// Poll exactly this URL.
+    pub result_url: String,
+    pub request_id: Option<String>,
+}
+
+/// One poll answer of a batch.
+#[derive(Debug, Clone)]
+pub struct PolledBatch {
+    pub batch: wire::BatchTask,
+    pub request_id: Option<String>,
+}
+
 /// One poll answer.
 #[derive(Debug, Clone)]
 pub struct Polled {
@@ -534,6 +550,41 @@ impl Client {
         let answer = self.call(Endpoint::Poll, build).await?;
         let (task, request_id) = expect_ok::<wire::AsyncTask>(Endpoint::Poll, answer)?;
         Ok(Polled { task, request_id })
+    }
+
+    /// `POST {base}/image/edit/batch` with a list of image URLs: one HTTP attempt, classified
+    /// as a submit (a lost answer is ambiguous: the batch may exist and be billed).
+    pub async fn submit_batch_once(
+        &self,
+        body: &wire::BatchEditRequest,
+    ) -> Result<BatchAccepted, ClaidError> {
+        let url = self.endpoint_url("image/edit/batch")?;
+        let build = || Ok(self.api.post(url.clone()).json(body));
+        let answer = self.call(Endpoint::Submit, build).await?;
+        let (task, request_id) = expect_ok::<wire::BatchTask>(Endpoint::Submit, answer)?;
+        let result_url = if task.result_url.is_empty() {
+            format!(
+                "{}/image/edit/batch/{}",
+                self.base.as_str().trim_end_matches('/'),
+                task.id
+            )
+        } else {
+            task.result_url
+        };
+        Ok(BatchAccepted {
+            batch_id: task.id,
+            result_url,
+            request_id,
+        })
+    }
+
+    /// `GET` a batch's `result_url` (same origin as `base_url` only): one HTTP attempt.
+    pub async fn poll_batch_once(&self, result_url: &str) -> Result<PolledBatch, ClaidError> {
+        let url = self.result_url(result_url)?;
+        let build = || Ok(self.api.get(url.clone()));
+        let answer = self.call(Endpoint::Poll, build).await?;
+        let (batch, request_id) = expect_ok::<wire::BatchTask>(Endpoint::Poll, answer)?;
+        Ok(PolledBatch { batch, request_id })
     }
 
     /// `POST {base}/image/edit/upload` (multipart `file` + `data`): one HTTP attempt;

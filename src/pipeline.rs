@@ -20,6 +20,8 @@
 //! are interruptible by the cancellation token; units of work ("submit → record the task id",
 //! "write output → mark done", "write report → move manifest") are not.
 
+pub mod batch;
+pub mod dispatch;
 pub mod finisher;
 pub mod health;
 pub mod intake;
@@ -60,6 +62,10 @@ pub struct Deps {
     pub max_in_flight: usize,
     pub max_downloads: usize,
     pub metrics: Arc<Metrics>,
+    /// `api.batch`.
+    pub batch: batch::BatchConfig,
+    /// `webhook.poll_fallback` when webhooks are on.
+    pub webhooks: Option<Duration>,
     pub cancel: CancellationToken,
     pub tracker: TaskTracker,
 }
@@ -194,6 +200,9 @@ struct Shared {
     queue: Arc<submitter::Queue>,
     health: Arc<health::HealthState>,
     notices: notices::Notices,
+    /// Results announced by webhook go here.
+    dispatch: Arc<dispatch::Dispatch>,
+    batching: Arc<batch::Batching>,
     /// Candidates for intake; bounded, so a burst of drops waits in the watcher.
     intake: mpsc::Sender<Candidate>,
     /// Events for the finisher; unbounded so a job task never waits to report its outcome.
@@ -237,6 +246,14 @@ impl Handle {
         let (intake_tx, intake_rx) = mpsc::channel(INTAKE_QUEUE);
         let (finisher_tx, finisher_rx) = mpsc::unbounded_channel();
         let polls = Arc::new(polls::Polls::new(deps.poll, deps.client.clone()));
+        let dispatch = Arc::new(dispatch::Dispatch::default());
+        let batching = Arc::new(batch::Batching::new(deps.batch));
+        // Backoff grows up to `poll.max`, the longest the operator lets a task wait.
+        let retry = crate::retry::Policy {
+            cap: deps.poll.max,
+            base: crate::retry::Policy::default().base.min(deps.poll.max),
+            ..crate::retry::Policy::default()
+        };
         let runner = job::Runner::new(job::RunnerDeps {
             store: deps.store.clone(),
             client: deps.client.clone(),
@@ -245,19 +262,36 @@ impl Handle {
             settings: settings.clone(),
             metrics: deps.metrics.clone(),
             downloads: Arc::new(Semaphore::new(deps.max_downloads)),
-            polls,
+            polls: polls.clone(),
             poll: deps.poll,
-            // Backoff grows up to `poll.max`, the longest the operator lets a task wait.
-            retry: crate::retry::Policy {
-                cap: deps.poll.max,
-                base: crate::retry::Policy::default().base.min(deps.poll.max),
-                ..crate::retry::Policy::default()
-            },
+            retry,
+            dispatch: dispatch.clone(),
+            webhooks: deps.webhooks,
             health: health.clone(),
             queue: queue.clone(),
             cancel: deps.cancel.clone(),
         });
+        let batches = batch::BatchRunner::new(batch::BatchDeps {
+            store: deps.store.clone(),
+            client: deps.client.clone(),
+            settings: settings.clone(),
+            batching: batching.clone(),
+            dispatch: dispatch.clone(),
+            webhooks: deps.webhooks,
+            polls: polls.clone(),
+            poll: deps.poll,
+            retry,
+            health: health.clone(),
+            queue: queue.clone(),
+            runner: runner.clone(),
+            finisher: finisher_tx.clone(),
+            tracker: deps.tracker.clone(),
+            cancel: deps.cancel.clone(),
+        });
         let submitter = submitter::Submitter {
+            batches,
+            store: deps.store.clone(),
+            max_in_flight: deps.max_in_flight,
             queue: queue.clone(),
             in_flight: in_flight.clone(),
             health: health.clone(),
@@ -297,6 +331,8 @@ impl Handle {
             queue,
             health,
             notices,
+            dispatch,
+            batching,
             intake: intake_tx,
             finisher: finisher_tx,
             in_flight,
@@ -384,6 +420,20 @@ impl Handle {
 
     pub fn totals(&self) -> Totals {
         self.shared.board.totals()
+    }
+
+    /// Hands a verified webhook update to the task waiting for it (see [`dispatch`]).
+    pub fn deliver(&self, update: crate::claid::wire::TaskUpdate) -> dispatch::Delivery {
+        self.shared.dispatch.deliver(update)
+    }
+
+    pub fn dispatch_stats(&self) -> dispatch::DispatchStats {
+        self.shared.dispatch.stats()
+    }
+
+    /// Whether batching is on, and the sizes it chose (for `/status`).
+    pub fn batching(&self) -> batch::BatchingView {
+        self.shared.batching.view()
     }
 
     /// Notices of what happens from now on (for alerts and the dashboard).
@@ -486,6 +536,8 @@ impl Handle {
         let mut summary = ResumeSummary::default();
         let mut to_drive = Vec::new();
         let mut to_queue = Vec::new();
+        // Batches at Claid: batch id → (result URL, submitted at, jobs).
+        let mut batches: BTreeMap<u64, (String, u64, Vec<batch::Member>)> = BTreeMap::new();
         for (id, job) in store.unfinished().await? {
             use crate::codes::StateName as S;
             match job.state.kind {
@@ -514,7 +566,28 @@ impl Handle {
                 },
                 S::Submitted => {
                     summary.polling += 1;
-                    to_drive.push((job.manifest, id));
+                    match store.job(id).await? {
+                        // A batch's jobs are polled together, by one batch task.
+                        Some(full) if full.batch.is_some() => {
+                            if let crate::store::JobState::Submitted {
+                                task_id,
+                                result_url,
+                                at_ms,
+                            } = &full.state
+                            {
+                                batches
+                                    .entry(*task_id)
+                                    .or_insert_with(|| (result_url.clone(), *at_ms, Vec::new()))
+                                    .2
+                                    .push(batch::Member {
+                                        manifest: job.manifest,
+                                        id,
+                                        job: full,
+                                    });
+                            }
+                        }
+                        _ => to_drive.push((job.manifest, id)),
+                    }
                 }
                 S::Downloading => {
                     summary.downloading += 1;
@@ -550,6 +623,14 @@ impl Handle {
             .as_ref()
             .map(|p| p.submitter.clone());
         if let Some(submitter) = submitter {
+            for (batch_id, (result_url, at_ms, members)) in batches {
+                if !submitter
+                    .resume_batch(batch_id, result_url, at_ms, members)
+                    .await
+                {
+                    return Ok(summary);
+                }
+            }
             for (mid, id) in to_drive {
                 if !submitter.start_job(mid, id).await {
                     return Ok(summary);

@@ -12,8 +12,9 @@ use crate::output::{self, OutputError};
 use crate::store::records::{JobState, JobV1, ManifestV1};
 
 /// Header of the CSV report, in column order.
-pub const CSV_HEADER: [&str; 9] = [
+pub const CSV_HEADER: [&str; 10] = [
     "input", "output", "status", "reason", "task_id", "width", "height", "bytes", "in_doubt",
+    "batch_id",
 ];
 
 /// One image of a manifest.
@@ -34,6 +35,9 @@ pub struct ReportRow {
     pub bytes: Option<u64>,
     /// How often the job's submit may have been duplicated by a crash.
     pub in_doubt: u32,
+    /// The Claid batch the image went in, when it went in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_id: Option<u64>,
 }
 
 /// The report of one manifest.
@@ -83,6 +87,7 @@ pub fn row(job: &JobV1) -> ReportRow {
         height: None,
         bytes: None,
         in_doubt: job.in_doubt,
+        batch_id: job.batch,
     };
     match &job.state {
         JobState::Submitted { task_id, .. } => row.task_id = Some(*task_id),
@@ -254,6 +259,7 @@ fn write_csv(w: &mut dyn Write, rows: &RowSource<'_>) -> io::Result<()> {
                 opt(row.height.map(|v| v.to_string())),
                 opt(row.bytes.map(|v| v.to_string())),
                 row.in_doubt.to_string(),
+                opt(row.batch_id.map(|v| v.to_string())),
             ])
             .map_err(io::Error::from)
     })?;

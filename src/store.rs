@@ -549,11 +549,53 @@ impl Store {
         Ok(job)
     }
 
+    /// A submitted job whose result cannot be told apart from another's (a batch result that
+    /// matches no job, or more than one): held in doubt for a human, `in_doubt += 1`, never
+    /// resubmitted automatically (Claid may have billed it). Durable.
+    pub async fn hold_unmatched(&self, id: JobId) -> Result<JobV1, StoreError> {
+        let now = now_ms();
+        let job = self.step(id, "submitted", |job| match job.state {
+            JobState::Submitting { .. } | JobState::Submitted { .. } => Some(JobV1 {
+                state: JobState::InDoubt { since_ms: now },
+                in_doubt: job.in_doubt.saturating_add(1),
+                ..job.clone()
+            }),
+            _ => None,
+        })?;
+        self.flush().await?;
+        Ok(job)
+    }
+
+    /// A job whose submit answer was lost (Submitting, or held in doubt) adopts the task a
+    /// webhook announced for its very request: → Submitted, without a second submit. Durable.
+    pub async fn adopt_task(
+        &self,
+        id: JobId,
+        task_id: u64,
+        result_url: &str,
+    ) -> Result<JobV1, StoreError> {
+        let now = now_ms();
+        let job = self.step(id, "submitting|in-doubt", |job| match job.state {
+            JobState::Submitting { .. } | JobState::InDoubt { .. } => Some(JobV1 {
+                state: JobState::Submitted {
+                    task_id,
+                    result_url: result_url.to_owned(),
+                    at_ms: now,
+                },
+                ..job.clone()
+            }),
+            _ => None,
+        })?;
+        self.flush().await?;
+        Ok(job)
+    }
+
     /// Any state → Queued (resubmit after a crash, replay, expired result).
     /// `in_doubt += 1` when `count_in_doubt`. A done job leaves `done_by_key`. Durable.
     pub async fn requeue(&self, id: JobId, count_in_doubt: bool) -> Result<JobV1, StoreError> {
         let job = self.step(id, "any", |job| {
             let mut next = with_state(job, JobState::Queued);
+            next.batch = None;
             if count_in_doubt {
                 next.in_doubt = next.in_doubt.saturating_add(1);
             }
@@ -561,6 +603,60 @@ impl Store {
         })?;
         self.flush().await?;
         Ok(job)
+    }
+
+    /// Every job of a batch: Queued → Submitting, `attempts += 1`, in one durable step
+    /// (durability point 1 for all of them, one flush). Jobs not queued any more are left out;
+    /// returns the ids it marked.
+    pub async fn mark_batch_submitting(&self, ids: &[JobId]) -> Result<Vec<JobId>, StoreError> {
+        let now = now_ms();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let res = self.step(*id, "queued", |job| match job.state {
+                JobState::Queued => Some(JobV1 {
+                    state: JobState::Submitting { since_ms: now },
+                    attempts: job.attempts.saturating_add(1),
+                    ..job.clone()
+                }),
+                _ => None,
+            });
+            match res {
+                Ok(_) => out.push(*id),
+                Err(StoreError::Conflict { .. }) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        self.flush().await?;
+        Ok(out)
+    }
+
+    /// Every job of a batch: Submitting → Submitted with the batch's id and result URL, in
+    /// one durable step (durability point 2: the batch id is on disk before anything else).
+    pub async fn mark_batch_submitted(
+        &self,
+        ids: &[JobId],
+        batch_id: u64,
+        result_url: &str,
+        request_id: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        for id in ids {
+            self.step(*id, "submitting", |job| match job.state {
+                JobState::Submitting { .. } => {
+                    let mut next = job.clone();
+                    next.state = JobState::Submitted {
+                        task_id: batch_id,
+                        result_url: result_url.to_owned(),
+                        at_ms: now,
+                    };
+                    next.batch = Some(batch_id);
+                    push_request_id(&mut next, request_id);
+                    Some(next)
+                }
+                _ => None,
+            })?;
+        }
+        self.flush().await
     }
 
     /// `polls += 1` and remembers the request id; not flushed (statistics only).

@@ -280,6 +280,7 @@ impl Intake {
                 in_doubt: 0,
                 polls: 0,
                 request_ids: Vec::new(),
+                batch: None,
                 updated_at_ms: now,
             }
         });

@@ -13,12 +13,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::claid::wire::TaskStatus;
+use crate::claid::wire::TaskUpdate;
 use crate::claid::{ClaidError, Client};
 use crate::codes::FailureCode;
 use crate::config::{InDoubtPolicy, OnOutputExists, PollConfig};
 use crate::manifest::{self, Input};
 use crate::metrics::Metrics;
 use crate::output::{self, ExistsPolicy};
+use crate::pipeline::dispatch::Dispatch;
 use crate::pipeline::health::HealthState;
 use crate::pipeline::polls::Polls;
 use crate::pipeline::submitter::Queue;
@@ -64,6 +66,10 @@ pub struct RunnerDeps {
     pub poll: PollConfig,
     /// The one retry policy: every HTTP attempt of a job is made here, once.
     pub retry: retry::Policy,
+    /// Results announced by webhook.
+    pub dispatch: Arc<Dispatch>,
+    /// `webhook.poll_fallback` when webhooks are on: polling becomes the fallback.
+    pub webhooks: Option<Duration>,
     pub health: Arc<HealthState>,
     /// Systemically refused jobs go back to its front.
     pub queue: Arc<Queue>,
@@ -132,6 +138,8 @@ impl Runner {
                 span.record("manifest", job.manifest);
             }
             let step = match &job.state {
+                // A job at Claid in a batch is the batch task's to poll.
+                JobState::Submitted { .. } if job.batch.is_some() => Step::End(JobOutcome::NotRun),
                 JobState::Queued => self.submit(id, &job).await,
                 JobState::Submitted {
                     task_id,
@@ -142,7 +150,7 @@ impl Runner {
                         recorded_task = true;
                         span.record("task_id", task_id);
                     }
-                    self.poll(id, result_url.clone(), *at_ms).await
+                    self.poll(id, *task_id, result_url.clone(), *at_ms).await
                 }
                 JobState::Downloading {
                     url,
@@ -250,7 +258,7 @@ impl Runner {
             if let Some(rid) = err.request_id() {
                 let _ = deps.store.record_request_id(id, rid).await;
             }
-            let failure = self.failure_of(&err, sent_at);
+            let failure = failure_of(&deps.health, &err, sent_at);
             match failure {
                 Failure::Job => {
                     // Claid answered and refused this job: the API itself is up.
@@ -266,6 +274,26 @@ impl Runner {
                     return Step::End(JobOutcome::Requeued);
                 }
                 Failure::Ambiguous => match self.settings().policies.in_doubt {
+                    // With webhooks on, a lost answer may still be announced: a task created
+                    // by this very request is adopted, so nothing is billed twice.
+                    _ if local_bytes.is_none()
+                        && let Some(update) = self.wait_for_lost(job).await =>
+                    {
+                        let (task_id, result_url) = match &update {
+                            TaskUpdate::Async(task) => (task.id, task.result_url.clone()),
+                            TaskUpdate::Batch(batch) => (batch.id, batch.result_url.clone()),
+                        };
+                        if let Err(err) = deps.store.adopt_task(id, task_id, &result_url).await {
+                            error!(error = %err, task_id, "Cannot record the adopted task; the job is in doubt");
+                            return Step::End(JobOutcome::Parked);
+                        }
+                        info!(
+                            task_id,
+                            "A lost submit answer was recovered from its webhook; nothing is submitted twice"
+                        );
+                        deps.dispatch.keep(update);
+                        return Step::Continue;
+                    }
                     InDoubtPolicy::Resubmit => {
                         warn!(error = %err, "Submit outcome unknown; resubmitting (in doubt)");
                         if deps.store.requeue(id, true).await.is_err() {
@@ -303,38 +331,19 @@ impl Runner {
         }
     }
 
-    /// The policy's view of a failure, and the health bookkeeping it implies: a transient
-    /// failure while no call has succeeded since the attempt was sent is an outage, not this
-    /// job's failure (it waits for the API without spending its budget).
-    fn failure_of(&self, err: &ClaidError, sent_at: Instant) -> Failure {
-        let health = &self.deps.health;
-        let failure = Failure::of(err);
-        match failure {
-            Failure::Transient | Failure::Unreachable => {
-                health.failed(err);
-                if health.succeeded_since(sent_at) {
-                    failure
-                } else {
-                    Failure::Unreachable
-                }
-            }
-            Failure::Ambiguous => {
-                health.failed(err);
-                failure
-            }
-            Failure::Job | Failure::Systemic | Failure::RateLimited { .. } => failure,
+    /// With webhooks on, waits up to the poll fallback for a webhook whose echoed request is
+    /// the one this job sent (its submit answer was lost).
+    async fn wait_for_lost(&self, job: &JobV1) -> Option<TaskUpdate> {
+        let fallback = self.deps.webhooks?;
+        let lost = self.deps.dispatch.lost_submit(&request_of(job))?;
+        tokio::select! {
+            update = lost.wait(fallback) => update,
+            _ = self.deps.cancel.cancelled() => None,
         }
     }
 
     async fn submit_remote(&self, job: &JobV1) -> Result<Submitted, ClaidError> {
-        let mut body = (*job.body).clone();
-        if let Some(obj) = body.as_object_mut() {
-            obj.insert(
-                "input".to_owned(),
-                serde_json::Value::String(job.input.clone()),
-            );
-        }
-        let accepted = self.deps.client.submit_once(&body).await?;
+        let accepted = self.deps.client.submit_once(&request_of(job)).await?;
         Ok(Submitted::Task {
             task_id: accepted.task_id,
             result_url: accepted.result_url,
@@ -365,27 +374,58 @@ impl Runner {
     }
 
     /// Waits and polls until the task ends; DONE moves the job to Downloading.
-    async fn poll(&self, id: JobId, result_url: String, submitted_at_ms: u64) -> Step {
+    async fn poll(
+        &self,
+        id: JobId,
+        task_id: u64,
+        result_url: String,
+        submitted_at_ms: u64,
+    ) -> Step {
         let deps = &*self.deps;
         let elapsed = Duration::from_millis(now_ms().saturating_sub(submitted_at_ms));
         let mut n_poll = 0u32;
         let mut attempts = deps.retry.start(retry::Step::Poll);
-        let mut delay = deps.polls.first_delay(elapsed);
+        // With webhooks on, the task's result usually arrives by itself; a poll comes only
+        // when it is overdue.
+        let watch = deps.webhooks.map(|_| deps.dispatch.watch(task_id));
+        let mut delay = match deps.webhooks {
+            Some(fallback) => deps.polls.overdue_after(elapsed, fallback),
+            None => deps.polls.first_delay(elapsed),
+        };
         loop {
-            if !self.wait(delay).await {
-                return Step::End(JobOutcome::Parked);
-            }
+            let announced = match &watch {
+                Some(watch) => tokio::select! {
+                    update = watch.wait(delay) => update,
+                    _ = deps.cancel.cancelled() => return Step::End(JobOutcome::Parked),
+                },
+                None => {
+                    if !self.wait(delay).await {
+                        return Step::End(JobOutcome::Parked);
+                    }
+                    None
+                }
+            };
             let sent_at = Instant::now();
-            match deps.client.poll_once(&result_url).await {
+            let from_webhook = announced.is_some();
+            let polled = match announced {
+                Some(TaskUpdate::Async(task)) => Ok(crate::claid::Polled {
+                    task: *task,
+                    request_id: None,
+                }),
+                _ => deps.client.poll_once(&result_url).await,
+            };
+            match polled {
                 Ok(polled) => {
                     // An answered poll ends its step: the next poll has a fresh budget.
                     attempts = deps.retry.start(retry::Step::Poll);
                     deps.health.ok();
                     // Not flushed: a lost poll count only skews statistics.
-                    let _ = deps
-                        .store
-                        .record_poll(id, polled.request_id.as_deref())
-                        .await;
+                    if !from_webhook {
+                        let _ = deps
+                            .store
+                            .record_poll(id, polled.request_id.as_deref())
+                            .await;
+                    }
                     let task = polled.task;
                     match task.status {
                         TaskStatus::Done => {
@@ -445,9 +485,12 @@ impl Runner {
                         _ => {}
                     }
                     n_poll += 1;
-                    delay = deps.polls.next_delay(n_poll);
+                    delay = match deps.webhooks {
+                        Some(fallback) => fallback.min(deps.poll.max),
+                        None => deps.polls.next_delay(n_poll),
+                    };
                 }
-                Err(err) => match self.failure_of(&err, sent_at) {
+                Err(err) => match failure_of(&deps.health, &err, sent_at) {
                     Failure::Job => {
                         // The task id is unknown to Claid: its result cannot be fetched. Failing
                         // keeps the promise not to pay twice; `replay` can resubmit.
@@ -623,8 +666,42 @@ fn jitter(n: u32, base: Duration, cap: Duration) -> Duration {
     retry::backoff(n, base, cap, &mut rand::rng())
 }
 
+/// The body a job's async submit sends: its request body with its `input`.
+pub fn request_of(job: &JobV1) -> serde_json::Value {
+    let mut body = (*job.body).clone();
+    if let Some(obj) = body.as_object_mut() {
+        obj.insert(
+            "input".to_owned(),
+            serde_json::Value::String(job.input.clone()),
+        );
+    }
+    body
+}
+
+/// The retry policy's view of a failure, and the health bookkeeping it implies: a transient
+/// failure while no call has succeeded since the attempt was sent is an outage, not this
+/// job's failure (it waits for the API without spending its budget).
+pub fn failure_of(health: &HealthState, err: &ClaidError, sent_at: Instant) -> Failure {
+    let failure = Failure::of(err);
+    match failure {
+        Failure::Transient | Failure::Unreachable => {
+            health.failed(err);
+            if health.succeeded_since(sent_at) {
+                failure
+            } else {
+                Failure::Unreachable
+            }
+        }
+        Failure::Ambiguous => {
+            health.failed(err);
+            failure
+        }
+        Failure::Job | Failure::Systemic | Failure::RateLimited { .. } => failure,
+    }
+}
+
 /// The HTTP status of a systemic refusal (401, 402 or 403).
-fn systemic_status(err: &ClaidError) -> u16 {
+pub fn systemic_status(err: &ClaidError) -> u16 {
     match err {
         ClaidError::Account { status, .. } => *status,
         _ => 0,

@@ -68,6 +68,20 @@ impl Polls {
             .max(Duration::from_millis(10))
     }
 
+    /// With webhooks on, the wait before polling a task whose webhook has not come: until it
+    /// is overdue, i.e. later than the observed spread of task durations (their 0.95
+    /// quantile, half again, plus a second), at least `poll.min` and at most `fallback`.
+    pub fn overdue_after(&self, elapsed: Duration, fallback: Duration) -> Duration {
+        let spread = self
+            .quantile(0.95)
+            .map_or(fallback, |q| q.mul_f64(1.5) + Duration::from_secs(1));
+        spread
+            .max(self.poll.min)
+            .min(fallback)
+            .saturating_sub(elapsed)
+            .max(Duration::from_millis(10))
+    }
+
     /// The wait before poll number `n_poll + 1`: backs off from `poll.min` to `poll.max` while
     /// the rate limit binds, stays at `poll.min` while it does not.
     pub fn next_delay(&self, n_poll: u32) -> Duration {

@@ -1,6 +1,7 @@
 //! The queue of jobs waiting to be submitted and the submitter loop: takes jobs in order,
-//! waits for a `max_in_flight` permit and a healthy API, and starts each job's task, which owns
-//! the permit until it returns. While the API refuses the daemon (paused), one probe submit goes
+//! groups those that may go in a batch (see [`crate::pipeline::batch`]), waits for
+//! `max_in_flight` permits (one per image) and a healthy API, and starts each job's or batch's
+//! task, which owns the permits until it returns. While the API refuses the daemon (paused), one probe submit goes
 //! out every [`PAUSE_PROBE_INTERVAL`]; queued jobs are kept, never failed.
 
 use std::collections::VecDeque;
@@ -13,10 +14,19 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info_span};
 
 use crate::pipeline::Board;
+use crate::pipeline::batch::{BatchRunner, Member, Open};
 use crate::pipeline::finisher::Event;
 use crate::pipeline::health::{Health, HealthState};
 use crate::pipeline::job::{JobOutcome, Runner};
-use crate::store::{JobId, ManifestId};
+use crate::store::{JobId, ManifestId, Store};
+
+/// Sleeps until `at`, or for ever when there is nothing to wait for.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
 
 /// How often a paused daemon lets one submit through to see whether the API is back.
 pub const PAUSE_PROBE_INTERVAL: Duration = Duration::from_secs(5);
@@ -69,6 +79,12 @@ impl Queue {
 /// The submitter's parts.
 #[derive(Clone)]
 pub struct Submitter {
+    /// Batch tasks, and whether batching is on.
+    pub batches: BatchRunner,
+    /// Reads jobs to group them into batches.
+    pub store: Store,
+    /// `api.max_in_flight`, which batch sizes are derived from.
+    pub max_in_flight: usize,
     pub queue: Arc<Queue>,
     /// One permit per task at Claid (submitted, not yet finished). Owned permits move into
     /// the job task; dropping the permit is what frees the slot.
@@ -87,43 +103,161 @@ impl Submitter {
     /// The loop: ends when the daemon stops.
     pub async fn run(self) {
         let mut health = self.health.subscribe();
+        let batching = self.batches.batching().clone();
+        let linger = batching.config.linger;
+        // Batches being filled, one or more per request body.
+        let mut open = Open::default();
         loop {
-            // Wait for a job.
-            let (mid, id) = loop {
-                if let Some(next) = self.queue.pop() {
-                    break next;
+            // Open batches go when batching was switched off, or when they lingered long
+            // enough with nothing more to add (and the canary is not at Claid).
+            if !open.is_empty() && !batching.enabled() {
+                for members in open.take_all() {
+                    for m in members {
+                        if !self.start_job(m.manifest, m.id).await {
+                            return;
+                        }
+                    }
                 }
+            }
+            let next = loop {
+                if let Some(next) = self.queue.pop() {
+                    break Some(next);
+                }
+                let due = if batching.may_send() {
+                    open.deadline(linger)
+                } else {
+                    None
+                };
                 tokio::select! {
                     _ = self.queue.wake.notified() => {}
+                    _ = batching.canary_wake.notified() => {}
+                    () = sleep_until(due) => break None,
                     _ = self.cancel.cancelled() => return,
                 }
+            };
+            let Some((mid, id)) = next else {
+                for members in open.take_all() {
+                    if !self.start_batch(members, &mut health).await {
+                        return;
+                    }
+                }
+                continue;
             };
             if self.board.is_draining(mid) {
                 // Its store record was cancelled with the rest of the run's queued jobs.
                 continue;
             }
-            // While paused, let one probe submit through every PAUSE_PROBE_INTERVAL.
-            let paused = matches!(*health.borrow_and_update(), Health::Paused { .. });
-            if paused {
-                let wait = tokio::time::sleep(PAUSE_PROBE_INTERVAL);
-                tokio::select! {
-                    _ = wait => {}
-                    _ = health.changed() => {}
-                    _ = self.cancel.cancelled() => return,
+            if batching.enabled()
+                && let Ok(Some(job)) = self.store.job(id).await
+                && batching.takes(id, &job)
+            {
+                let target = batching.target_size(self.max_in_flight);
+                let member = Member {
+                    manifest: mid,
+                    id,
+                    job,
+                };
+                if let Some(members) = open.add(member, target)
+                    && batching.may_send()
+                    && !self.start_batch(members, &mut health).await
+                {
+                    return;
                 }
+                continue;
             }
-            if !self.start_job(mid, id).await {
+            if !self.start_single(mid, id, &mut health).await {
                 return;
             }
-            if paused {
-                // The probe's outcome decides whether the next job goes out at once.
-                tokio::select! {
-                    _ = health.changed() => {}
-                    _ = tokio::time::sleep(PAUSE_PROBE_INTERVAL) => {}
-                    _ = self.cancel.cancelled() => return,
-                }
+        }
+    }
+
+    /// Starts one job on its own, after the pause probe when the API refuses the daemon.
+    async fn start_single(
+        &self,
+        mid: ManifestId,
+        id: JobId,
+        health: &mut tokio::sync::watch::Receiver<Health>,
+    ) -> bool {
+        let paused = self.wait_if_paused(health).await;
+        let Some(paused) = paused else { return false };
+        if !self.start_job(mid, id).await {
+            return false;
+        }
+        if paused {
+            // The probe's outcome decides whether the next job goes out at once.
+            tokio::select! {
+                _ = health.changed() => {}
+                _ = tokio::time::sleep(PAUSE_PROBE_INTERVAL) => {}
+                _ = self.cancel.cancelled() => return false,
             }
         }
+        true
+    }
+
+    /// Sends a batch once its permits (one per image) are free; false when the daemon stops.
+    async fn start_batch(
+        &self,
+        members: Vec<Member>,
+        health: &mut tokio::sync::watch::Receiver<Health>,
+    ) -> bool {
+        if members.is_empty() {
+            return true;
+        }
+        if self.wait_if_paused(health).await.is_none() {
+            return false;
+        }
+        let n = u32::try_from(members.len()).unwrap_or(u32::MAX);
+        let permit = tokio::select! {
+            permit = self.in_flight.clone().acquire_many_owned(n) => match permit {
+                Ok(permit) => permit,
+                Err(_) => return false,
+            },
+            _ = self.cancel.cancelled() => return false,
+        };
+        self.batches.batching().dispatched();
+        self.batches.spawn(members, permit);
+        true
+    }
+
+    /// A batch found at Claid at start: its permits first, then a task that polls it.
+    pub async fn resume_batch(
+        &self,
+        batch_id: u64,
+        result_url: String,
+        submitted_at_ms: u64,
+        members: Vec<Member>,
+    ) -> bool {
+        // At most every slot there is (the config may have lowered `max_in_flight`).
+        let n = u32::try_from(members.len().min(self.max_in_flight)).unwrap_or(u32::MAX);
+        let permit = tokio::select! {
+            permit = self.in_flight.clone().acquire_many_owned(n) => match permit {
+                Ok(permit) => permit,
+                Err(_) => return false,
+            },
+            _ = self.cancel.cancelled() => return false,
+        };
+        self.batches.batching().dispatched();
+        self.batches
+            .spawn_resumed(batch_id, result_url, submitted_at_ms, members, permit);
+        true
+    }
+
+    /// While paused, waits for one probe interval (or a change of health); `Some(paused)`, or
+    /// `None` when the daemon stops.
+    async fn wait_if_paused(
+        &self,
+        health: &mut tokio::sync::watch::Receiver<Health>,
+    ) -> Option<bool> {
+        let paused = matches!(*health.borrow_and_update(), Health::Paused { .. });
+        if paused {
+            let wait = tokio::time::sleep(PAUSE_PROBE_INTERVAL);
+            tokio::select! {
+                _ = wait => {}
+                _ = health.changed() => {}
+                _ = self.cancel.cancelled() => return None,
+            }
+        }
+        Some(paused)
     }
 
     /// Waits for a permit and starts the job's task; false when the daemon stops first.

@@ -208,6 +208,10 @@ pub struct JobV1 {
     pub polls: u32,
     /// The last few `x-request-id`s seen for this job, for support tickets.
     pub request_ids: Vec<String>,
+    /// The Claid batch this job was last submitted in, if it went in a batch (the report shows
+    /// it); `Submitted.task_id` is then the batch's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<u64>,
     /// Time of the last change, for reports and stale-state diagnosis.
     pub updated_at_ms: u64,
 }

@@ -26,6 +26,7 @@ fn sample() -> Report {
                 height: Some(48),
                 bytes: Some(1234),
                 in_doubt: 1,
+                batch_id: Some(7),
             },
             ReportRow {
                 input: "https://x.test/a,b \"quoted\".png".to_owned(),
@@ -37,6 +38,7 @@ fn sample() -> Report {
                 height: None,
                 bytes: None,
                 in_doubt: 0,
+                batch_id: None,
             },
         ],
     }
@@ -80,10 +82,10 @@ fn write_produces_json_and_csv() {
 
     let csv = fs::read_to_string(&csv_path).unwrap();
     let expected = concat!(
-        "input,output,status,reason,task_id,width,height,bytes,in_doubt\n",
-        "storage://demo/sku-1-64x48.png,a/b/shoes/sku-1.webp,done,,42,64,48,1234,1\n",
+        "input,output,status,reason,task_id,width,height,bytes,in_doubt,batch_id\n",
+        "storage://demo/sku-1-64x48.png,a/b/shoes/sku-1.webp,done,,42,64,48,1234,1,7\n",
         "\"https://x.test/a,b \"\"quoted\"\".png\",a/b/shoes/odd.webp,failed,",
-        "\"invalid-operations: width, height\nsecond line\",,,,,0\n",
+        "\"invalid-operations: width, height\nsecond line\",,,,,0,\n",
     );
     assert_eq!(csv, expected);
 
@@ -136,6 +138,7 @@ fn job(input: &str, state: JobState, in_doubt: u32) -> JobV1 {
         in_doubt,
         polls: 0,
         request_ids: Vec::new(),
+        batch: None,
         updated_at_ms: 0,
     }
 }

@@ -47,6 +47,7 @@ fn job(idx: u32, key: &str) -> JobV1 {
         in_doubt: 0,
         polls: 0,
         request_ids: Vec::new(),
+        batch: None,
         updated_at_ms: 0,
     }
 }

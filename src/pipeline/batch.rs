@@ -1,0 +1,902 @@
+//! Batches (`api.batch`): jobs with URL inputs and identical request bodies go to Claid in one
+//! `POST /image/edit/batch` (Claid counts requests, not images), with the crash safety of
+//! single tasks: every job of a batch is marked submitting in one durable write before the
+//! request, and the batch id is on disk on every job before anything else happens. Results are
+//! matched to jobs by output file name; a result that matches no job, or several, switches
+//! batching off for the rest of the run and holds the jobs it leaves unexplained in doubt
+//! (Claid may have billed them: they are never resubmitted automatically). The first batch
+//! after start is a canary of at most two images.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, error, info, info_span, warn};
+
+use crate::claid::Client;
+use crate::claid::wire::{self, BatchEditRequest, BatchInput, BatchTask, TaskStatus, TaskUpdate};
+use crate::codes::FailureCode;
+use crate::config::{InDoubtPolicy, PollConfig};
+use crate::pipeline::Settings;
+use crate::pipeline::dispatch::Dispatch;
+use crate::pipeline::finisher::Event;
+use crate::pipeline::health::HealthState;
+use crate::pipeline::job::{JobOutcome, Runner, failure_of, systemic_status};
+use crate::pipeline::polls::Polls;
+use crate::pipeline::submitter::Queue;
+use crate::retry::{self, Decision, Failure};
+use crate::store::{JobId, JobState, JobV1, ManifestId, Store, now_ms};
+
+/// The images of the first batch after a start, at most.
+pub const CANARY_IMAGES: usize = 2;
+/// Batch sizes remembered for `/status`.
+const RECENT_SIZES: usize = 16;
+
+/// `api.batch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchConfig {
+    /// Images per batch at most; 1 turns batching off.
+    pub max_images: usize,
+    /// How long an open batch waits for more jobs with the same body once the queue is empty.
+    pub linger: Duration,
+}
+
+impl Default for BatchConfig {
+    fn default() -> BatchConfig {
+        BatchConfig {
+            max_images: 100,
+            linger: Duration::from_millis(250),
+        }
+    }
+}
+
+/// Whether batching is on for this run, and what it did (for `/status` and metrics).
+#[derive(Debug)]
+pub struct Batching {
+    pub config: BatchConfig,
+    enabled: AtomicBool,
+    /// The canary (the first batch) was sent.
+    canary_sent: AtomicBool,
+    /// The canary's results are in (or it ended otherwise): larger batches may go.
+    canary_settled: AtomicBool,
+    /// Wakes the submitter when the canary settles.
+    pub canary_wake: tokio::sync::Notify,
+    /// Why the safety valve switched batching off.
+    off_reason: Mutex<Option<String>>,
+    recent_sizes: Mutex<VecDeque<usize>>,
+    /// Jobs that go alone: their batch was refused as a whole, each gets its own verdict.
+    singles: Mutex<HashSet<JobId>>,
+    pub batches: AtomicU64,
+    pub images: AtomicU64,
+}
+
+/// What `/status` shows about batching.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BatchingView {
+    pub enabled: bool,
+    pub max_images: usize,
+    /// Why batching was switched off in this run, if it was.
+    pub off_reason: Option<String>,
+    /// Sizes of the most recent batches, newest last.
+    pub recent_sizes: Vec<usize>,
+    pub batches: u64,
+    pub images: u64,
+}
+
+impl Batching {
+    pub fn new(config: BatchConfig) -> Batching {
+        Batching {
+            enabled: AtomicBool::new(config.max_images > 1),
+            config,
+            canary_sent: AtomicBool::new(false),
+            canary_settled: AtomicBool::new(false),
+            canary_wake: tokio::sync::Notify::new(),
+            off_reason: Mutex::new(None),
+            recent_sizes: Mutex::new(VecDeque::new()),
+            singles: Mutex::new(HashSet::new()),
+            batches: AtomicU64::new(0),
+            images: AtomicU64::new(0),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    /// Whether a job may go in a batch: an `http(s)` input, batching on, not sent alone.
+    pub fn takes(&self, id: JobId, job: &JobV1) -> bool {
+        self.enabled()
+            && !job.local
+            && (job.input.starts_with("https://") || job.input.starts_with("http://"))
+            && !self
+                .singles
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(&id)
+    }
+
+    /// Whether a batch may go now: not while the canary is at Claid (a failure to match its
+    /// results must not put more images at risk).
+    pub fn may_send(&self) -> bool {
+        !self.canary_sent.load(Ordering::Relaxed) || self.canary_settled.load(Ordering::Relaxed)
+    }
+
+    /// A batch task ended: if it was the canary, larger batches may go.
+    fn settled(&self) {
+        if self.canary_sent.load(Ordering::Relaxed)
+            && !self.canary_settled.swap(true, Ordering::Relaxed)
+        {
+            self.canary_wake.notify_waiters();
+        }
+    }
+
+    /// The size the next batch aims for: the canary first, then at most a quarter of
+    /// `max_in_flight` (Claid returns a batch's results only when its last image is done, so
+    /// several smaller batches finish sooner than one large one), at most `max_images`.
+    pub fn target_size(&self, max_in_flight: usize) -> usize {
+        if !self.canary_sent.load(Ordering::Relaxed) {
+            return CANARY_IMAGES.min(self.config.max_images).max(1);
+        }
+        self.config
+            .max_images
+            .min((max_in_flight / 4).max(1))
+            .max(1)
+    }
+
+    /// A batch leaves the submitter (the canary counts as sent from here).
+    pub fn dispatched(&self) {
+        self.canary_sent.store(true, Ordering::Relaxed);
+    }
+
+    fn sent(&self, size: usize) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.images.fetch_add(size as u64, Ordering::Relaxed);
+        let mut sizes = self
+            .recent_sizes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if sizes.len() == RECENT_SIZES {
+            sizes.pop_front();
+        }
+        sizes.push_back(size);
+    }
+
+    /// The safety valve: batching is off for the rest of the run.
+    pub fn switch_off(&self, why: &str) {
+        if self.enabled.swap(false, Ordering::Relaxed) {
+            error!(
+                reason = why,
+                "Batching is switched off for the rest of this run"
+            );
+        }
+        let mut reason = self
+            .off_reason
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if reason.is_none() {
+            *reason = Some(why.to_owned());
+        }
+    }
+
+    fn send_alone(&self, ids: impl IntoIterator<Item = JobId>) {
+        self.singles
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(ids);
+    }
+
+    pub fn view(&self) -> BatchingView {
+        BatchingView {
+            enabled: self.enabled(),
+            max_images: self.config.max_images,
+            off_reason: self
+                .off_reason
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+            recent_sizes: self
+                .recent_sizes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .copied()
+                .collect(),
+            batches: self.batches.load(Ordering::Relaxed),
+            images: self.images.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// One job of a batch.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub manifest: ManifestId,
+    pub id: JobId,
+    pub job: JobV1,
+}
+
+impl Member {
+    /// The file name Claid gives this job's output in a batch.
+    pub fn output_name(&self) -> String {
+        wire::batch_output_name(&self.job.input, extension_of(&self.job.body))
+    }
+}
+
+/// The key jobs are grouped by: their request body without `input`, canonical.
+pub fn group_key(job: &JobV1) -> String {
+    crate::manifest::canonical_json(&job.body)
+}
+
+/// Batches being filled by the submitter, one or more per body (names must be distinct).
+#[derive(Debug, Default)]
+pub struct Open {
+    batches: Vec<OpenBatch>,
+}
+
+#[derive(Debug)]
+struct OpenBatch {
+    key: String,
+    members: Vec<Member>,
+    names: HashSet<String>,
+    opened: Instant,
+}
+
+impl Open {
+    /// Adds a job to the first open batch of its body that has room and no output of the same
+    /// name (Claid names outputs after inputs: colliding names go to different batches).
+    /// Returns a batch that reached `target`, ready to go.
+    pub fn add(&mut self, member: Member, target: usize) -> Option<Vec<Member>> {
+        let key = group_key(&member.job);
+        let name = member.output_name();
+        let at = self
+            .batches
+            .iter()
+            .position(|b| b.key == key && b.members.len() < target && !b.names.contains(&name));
+        let at = match at {
+            Some(at) => at,
+            None => {
+                self.batches.push(OpenBatch {
+                    key,
+                    members: Vec::new(),
+                    names: HashSet::new(),
+                    opened: Instant::now(),
+                });
+                self.batches.len() - 1
+            }
+        };
+        let batch = &mut self.batches[at];
+        batch.names.insert(name);
+        batch.members.push(member);
+        if batch.members.len() >= target {
+            return Some(self.batches.remove(at).members);
+        }
+        None
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+
+    /// When the oldest open batch has lingered long enough.
+    pub fn deadline(&self, linger: Duration) -> Option<Instant> {
+        self.batches.iter().map(|b| b.opened + linger).min()
+    }
+
+    /// Every open batch, oldest first (the queue has nothing more to add now).
+    pub fn take_all(&mut self) -> Vec<Vec<Member>> {
+        std::mem::take(&mut self.batches)
+            .into_iter()
+            .map(|b| b.members)
+            .collect()
+    }
+}
+
+/// What a batch task needs.
+pub struct BatchDeps {
+    pub store: Store,
+    pub client: Client,
+    pub settings: Arc<RwLock<Settings>>,
+    pub batching: Arc<Batching>,
+    pub dispatch: Arc<Dispatch>,
+    /// Whether results also come by webhook (then polling is the fallback).
+    pub webhooks: Option<Duration>,
+    pub polls: Arc<Polls>,
+    pub poll: PollConfig,
+    pub retry: retry::Policy,
+    pub health: Arc<HealthState>,
+    pub queue: Arc<Queue>,
+    /// Downloads each matched job on its own task.
+    pub runner: Runner,
+    pub finisher: mpsc::UnboundedSender<Event>,
+    pub tracker: TaskTracker,
+    pub cancel: CancellationToken,
+}
+
+/// Runs batch tasks; cheap to clone.
+#[derive(Clone)]
+pub struct BatchRunner {
+    deps: Arc<BatchDeps>,
+}
+
+/// How the submit part of a batch ended.
+enum Sent {
+    /// Accepted: the batch id and its result URL are on every job.
+    Accepted { batch_id: u64, result_url: String },
+    /// The batch's result came with the adoption of a lost submit.
+    Adopted { update: Box<BatchTask> },
+    /// The jobs went elsewhere (requeued, failed, held); the task ends.
+    Ended,
+}
+
+impl BatchRunner {
+    pub fn new(deps: BatchDeps) -> BatchRunner {
+        BatchRunner {
+            deps: Arc::new(deps),
+        }
+    }
+
+    pub fn batching(&self) -> &Arc<Batching> {
+        &self.deps.batching
+    }
+
+    /// Submits `members` as one batch and sees it through; `permit` holds one slot of
+    /// `max_in_flight` per image.
+    pub fn spawn(&self, members: Vec<Member>, permit: OwnedSemaphorePermit) {
+        let this = self.clone();
+        let span = info_span!(
+            "batch",
+            images = members.len(),
+            batch_id = tracing::field::Empty
+        );
+        self.deps.tracker.spawn(
+            async move {
+                this.run(members, permit).await;
+                this.deps.batching.settled();
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Resumes a batch found submitted at start: polls it and sees it through.
+    pub fn spawn_resumed(
+        &self,
+        batch_id: u64,
+        result_url: String,
+        submitted_at_ms: u64,
+        members: Vec<Member>,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let this = self.clone();
+        let span = info_span!("batch", images = members.len(), batch_id);
+        self.deps.tracker.spawn(
+            async move {
+                let result = this
+                    .wait_result(batch_id, &result_url, submitted_at_ms, &members)
+                    .await;
+                if let Some(result) = result {
+                    this.settle(batch_id, *result, members, permit).await;
+                }
+                this.deps.batching.settled();
+            }
+            .instrument(span),
+        );
+    }
+
+    async fn run(&self, members: Vec<Member>, permit: OwnedSemaphorePermit) {
+        let sent = self.send(&members).await;
+        let (batch_id, result) = match sent {
+            Sent::Accepted {
+                batch_id,
+                result_url,
+            } => {
+                tracing::Span::current().record("batch_id", batch_id);
+                let result = self
+                    .wait_result(batch_id, &result_url, now_ms(), &members)
+                    .await;
+                match result {
+                    Some(result) => (batch_id, *result),
+                    None => return,
+                }
+            }
+            Sent::Adopted { update } => (update.id, *update),
+            Sent::Ended => return,
+        };
+        self.settle(batch_id, result, members, permit).await;
+    }
+
+    /// The submit: durability point 1 for every job, the request, durability point 2.
+    async fn send(&self, members: &[Member]) -> Sent {
+        let deps = &*self.deps;
+        let ids: Vec<JobId> = members.iter().map(|m| m.id).collect();
+        let request = BatchEditRequest {
+            input: BatchInput::Urls(members.iter().map(|m| m.job.input.clone()).collect()),
+            operations: members[0]
+                .job
+                .body
+                .get("operations")
+                .cloned()
+                .unwrap_or_else(|| serde_json::json!({})),
+            output: members[0].job.body.get("output").cloned(),
+        };
+        let mut attempts = deps.retry.start(retry::Step::Submit);
+        loop {
+            match deps.store.mark_batch_submitting(&ids).await {
+                Ok(marked) if marked.len() == ids.len() => {}
+                Ok(marked) => {
+                    // Some were cancelled meanwhile (their run drains): the others go back to
+                    // the queue and are batched again.
+                    let marked: HashSet<JobId> = marked.into_iter().collect();
+                    let rest: Vec<Member> = members
+                        .iter()
+                        .filter(|m| marked.contains(&m.id))
+                        .cloned()
+                        .collect();
+                    self.requeue_all(&rest, false).await;
+                    return Sent::Ended;
+                }
+                Err(err) => {
+                    error!(error = %err, "Cannot record the batch's submit intent; jobs left queued");
+                    return Sent::Ended;
+                }
+            }
+            let sent_at = Instant::now();
+            let err = match deps.client.submit_batch_once(&request).await {
+                Ok(accepted) => {
+                    if let Err(err) = deps
+                        .store
+                        .mark_batch_submitted(
+                            &ids,
+                            accepted.batch_id,
+                            &accepted.result_url,
+                            accepted.request_id.as_deref(),
+                        )
+                        .await
+                    {
+                        error!(error = %err, batch_id = accepted.batch_id, "Cannot record the batch id; its jobs are in doubt");
+                        return Sent::Ended;
+                    }
+                    deps.health.ok();
+                    deps.batching.sent(members.len());
+                    info!(
+                        batch_id = accepted.batch_id,
+                        images = members.len(),
+                        "Batch submitted"
+                    );
+                    return Sent::Accepted {
+                        batch_id: accepted.batch_id,
+                        result_url: accepted.result_url,
+                    };
+                }
+                Err(err) => err,
+            };
+            let failure = failure_of(&deps.health, &err, sent_at);
+            match failure {
+                Failure::Job => {
+                    // Claid refused the batch as a whole: each job gets its own verdict alone.
+                    deps.health.ok();
+                    warn!(error = %err, "Claid refused the batch; its images are sent one by one");
+                    deps.batching.send_alone(ids.iter().copied());
+                    self.requeue_all(members, false).await;
+                    return Sent::Ended;
+                }
+                Failure::Systemic => {
+                    self.requeue_all(members, true).await;
+                    deps.health.pause(&err, systemic_status(&err));
+                    return Sent::Ended;
+                }
+                Failure::Ambiguous => {
+                    if let Some(update) = self.wait_for_lost(&request).await {
+                        let (batch_id, result_url) = (update.id, update.result_url.clone());
+                        if deps
+                            .store
+                            .mark_batch_submitted(&ids, batch_id, &result_url, None)
+                            .await
+                            .is_ok()
+                        {
+                            info!(
+                                batch_id,
+                                "A lost batch answer was recovered from its webhook; nothing is submitted twice"
+                            );
+                            deps.batching.sent(members.len());
+                            return Sent::Adopted { update };
+                        }
+                        return Sent::Ended;
+                    }
+                    match self.in_doubt_policy() {
+                        InDoubtPolicy::Resubmit => {
+                            warn!(error = %err, "Batch submit outcome unknown; resubmitting (in doubt)");
+                            for m in members {
+                                if deps.store.requeue(m.id, true).await.is_err() {
+                                    return Sent::Ended;
+                                }
+                            }
+                        }
+                        InDoubtPolicy::Hold => {
+                            warn!(error = %err, "Batch submit outcome unknown; its images are held for `replay --in-doubt`");
+                            for m in members {
+                                let held = deps.store.mark_in_doubt(m.id).await.is_ok();
+                                self.report(
+                                    m.manifest,
+                                    if held {
+                                        JobOutcome::Held
+                                    } else {
+                                        JobOutcome::Parked
+                                    },
+                                );
+                            }
+                            return Sent::Ended;
+                        }
+                    }
+                }
+                Failure::Transient | Failure::RateLimited { .. } | Failure::Unreachable => {
+                    for m in members {
+                        if deps.store.requeue(m.id, false).await.is_err() {
+                            return Sent::Ended;
+                        }
+                    }
+                }
+            }
+            let decision = attempts.on_failure(failure, Instant::now(), &mut rand::rng());
+            match decision {
+                Decision::Retry { after } => {
+                    warn!(error = %err, "Batch submit failed; retrying");
+                    if !self.wait(after).await {
+                        return Sent::Ended;
+                    }
+                }
+                Decision::Fail(why) => {
+                    warn!(error = %err, why = ?why, "Batch submit failed; retry budget spent");
+                    for m in members {
+                        self.fail(m, err.code(), &err.to_string()).await;
+                    }
+                    return Sent::Ended;
+                }
+                Decision::Pause => return Sent::Ended,
+            }
+        }
+    }
+
+    /// With webhooks on, a lost batch answer may still be announced: waits up to the poll
+    /// fallback for a webhook whose echoed request is this one.
+    async fn wait_for_lost(&self, request: &BatchEditRequest) -> Option<Box<BatchTask>> {
+        let fallback = self.deps.webhooks?;
+        let value = serde_json::to_value(request).ok()?;
+        let lost = self.deps.dispatch.lost_submit(&value)?;
+        match lost.wait(fallback).await? {
+            TaskUpdate::Batch(batch) => Some(batch),
+            TaskUpdate::Async(_) => None,
+        }
+    }
+
+    /// Waits for the batch's final answer: a webhook, else polls (the fallback when webhooks
+    /// are on). `None` when the daemon stops or the jobs were failed meanwhile.
+    async fn wait_result(
+        &self,
+        batch_id: u64,
+        result_url: &str,
+        submitted_at_ms: u64,
+        members: &[Member],
+    ) -> Option<Box<BatchTask>> {
+        let deps = &*self.deps;
+        let watch = deps.webhooks.map(|_| deps.dispatch.watch(batch_id));
+        let elapsed = Duration::from_millis(now_ms().saturating_sub(submitted_at_ms));
+        let mut delay = match deps.webhooks {
+            Some(fallback) => deps.polls.overdue_after(elapsed, fallback),
+            None => deps.polls.first_delay(elapsed),
+        };
+        let mut n_poll = 0u32;
+        let mut attempts = deps.retry.start(retry::Step::Poll);
+        loop {
+            if let Some(watch) = &watch {
+                let update = tokio::select! {
+                    update = watch.wait(delay) => update,
+                    _ = deps.cancel.cancelled() => return None,
+                };
+                if let Some(TaskUpdate::Batch(batch)) = update {
+                    return Some(batch);
+                }
+            } else if !self.wait(delay).await {
+                return None;
+            }
+            let sent_at = Instant::now();
+            match deps.client.poll_batch_once(result_url).await {
+                Ok(polled) => {
+                    attempts = deps.retry.start(retry::Step::Poll);
+                    deps.health.ok();
+                    for m in members {
+                        let _ = deps
+                            .store
+                            .record_poll(m.id, polled.request_id.as_deref())
+                            .await;
+                    }
+                    if polled.batch.status.is_terminal() {
+                        let took = Duration::from_millis(now_ms().saturating_sub(submitted_at_ms));
+                        deps.polls.record(took);
+                        return Some(Box::new(polled.batch));
+                    }
+                    n_poll += 1;
+                    delay = match deps.webhooks {
+                        Some(fallback) => fallback.min(deps.poll.max),
+                        None => deps.polls.next_delay(n_poll),
+                    };
+                }
+                Err(err) => match failure_of(&deps.health, &err, sent_at) {
+                    Failure::Job => {
+                        for m in members {
+                            self.fail(m, FailureCode::TaskLost, &err.to_string()).await;
+                        }
+                        return None;
+                    }
+                    Failure::Systemic => {
+                        deps.health.pause(&err, systemic_status(&err));
+                        delay = deps.poll.max;
+                    }
+                    failure => {
+                        let decision =
+                            attempts.on_failure(failure, Instant::now(), &mut rand::rng());
+                        match decision {
+                            Decision::Retry { after } => delay = after,
+                            Decision::Fail(_) | Decision::Pause => {
+                                for m in members {
+                                    self.fail(m, err.code(), &err.to_string()).await;
+                                }
+                                return None;
+                            }
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// Matches the results to the jobs and moves each on: matched ones download (each on its
+    /// own task, with its own slot of the permit), failed ones fail with Claid's text, and if
+    /// any result cannot be matched to exactly one job, batching is switched off and the jobs
+    /// left unexplained are held in doubt.
+    async fn settle(
+        &self,
+        batch_id: u64,
+        result: BatchTask,
+        members: Vec<Member>,
+        mut permit: OwnedSemaphorePermit,
+    ) {
+        let deps = &*self.deps;
+        let matched = match_results(&result, &members);
+        if !matched.unmatched.is_empty() {
+            deps.batching.switch_off(&format!(
+                "batch {batch_id}: result(s) {:?} match no job or more than one",
+                matched.unmatched
+            ));
+        }
+        let mut handled: HashSet<JobId> = HashSet::new();
+        for (index, object) in &matched.done {
+            let member = &members[*index];
+            handled.insert(member.id);
+            let Some(url) = object.tmp_url.clone() else {
+                self.fail(
+                    member,
+                    FailureCode::BadResponse,
+                    "the batch result has no tmp_url",
+                )
+                .await;
+                continue;
+            };
+            match deps
+                .store
+                .mark_downloading(member.id, Some(batch_id), &url, object.width, object.height)
+                .await
+            {
+                // Each download holds one slot of the batch's permit (a batch resumed under a
+                // smaller `max_in_flight` may have fewer slots than images).
+                Ok(_) => self.download(member.clone(), permit.split(1)),
+                Err(err) => {
+                    error!(error = %err, job_id = member.id, "Cannot record the batch result; it is polled again at the next start");
+                }
+            }
+        }
+        for (index, message) in &matched.failed {
+            let member = &members[*index];
+            if handled.insert(member.id) {
+                self.fail(member, FailureCode::ClaidError, message).await;
+            }
+        }
+        for member in &members {
+            if handled.contains(&member.id) {
+                continue;
+            }
+            if !matched.unmatched.is_empty() {
+                // A result we could not attribute may be this job's: Claid may have billed it.
+                match deps.store.hold_unmatched(member.id).await {
+                    Ok(_) => self.report(member.manifest, JobOutcome::Held),
+                    Err(err) => error!(error = %err, "Cannot hold the job in doubt"),
+                }
+            } else if result.status == TaskStatus::Done {
+                self.fail(
+                    member,
+                    FailureCode::BatchMissingResult,
+                    &format!(
+                        "batch {batch_id} is done but has no result and no error for this image"
+                    ),
+                )
+                .await;
+            } else {
+                let message = result
+                    .errors
+                    .iter()
+                    .map(|e| e.error.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                let message = if message.is_empty() {
+                    format!("batch {batch_id} ended {:?}", result.status)
+                } else {
+                    message
+                };
+                self.fail(member, FailureCode::ClaidError, &message).await;
+            }
+        }
+    }
+
+    fn download(&self, member: Member, permit: Option<OwnedSemaphorePermit>) {
+        let runner = self.deps.runner.clone();
+        let finisher = self.deps.finisher.clone();
+        let span = info_span!("job", job_id = member.id, manifest = member.manifest, input = %member.job.input);
+        self.deps.tracker.spawn(
+            async move {
+                let outcome = runner.run(member.id).await;
+                drop(permit);
+                if !matches!(outcome, JobOutcome::NotRun | JobOutcome::Parked) {
+                    let _ = finisher.send(Event::Settled {
+                        id: member.manifest,
+                        outcome,
+                    });
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    async fn requeue_all(&self, members: &[Member], front: bool) {
+        for m in members {
+            if self.deps.store.requeue(m.id, false).await.is_err() {
+                continue;
+            }
+            if front {
+                self.deps.queue.push_front((m.manifest, m.id));
+            } else {
+                self.deps.queue.push_back(vec![(m.manifest, m.id)]);
+            }
+        }
+    }
+
+    async fn fail(&self, member: &Member, code: FailureCode, message: &str) {
+        match self.deps.store.mark_failed(member.id, code, message).await {
+            Ok(_) => {
+                warn!(job_id = member.id, code = %code, reason = %message, "Job failed");
+                self.report(member.manifest, JobOutcome::Failed(code));
+            }
+            Err(err) => error!(error = %err, "Cannot record the job failure"),
+        }
+    }
+
+    fn report(&self, manifest: ManifestId, outcome: JobOutcome) {
+        if !matches!(outcome, JobOutcome::NotRun | JobOutcome::Parked) {
+            let _ = self.deps.finisher.send(Event::Settled {
+                id: manifest,
+                outcome,
+            });
+        }
+    }
+
+    fn in_doubt_policy(&self) -> InDoubtPolicy {
+        self.deps
+            .settings
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .policies
+            .in_doubt
+    }
+
+    async fn wait(&self, d: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => true,
+            _ = self.deps.cancel.cancelled() => false,
+        }
+    }
+}
+
+/// The results of a batch attributed to its jobs.
+#[derive(Debug, Default)]
+pub struct Matched {
+    /// Member index → its output.
+    pub done: Vec<(usize, wire::ImageObject)>,
+    /// Member index → Claid's error text for it.
+    pub failed: Vec<(usize, String)>,
+    /// Result names that match no member, or more than one.
+    pub unmatched: Vec<String>,
+}
+
+/// Attributes results by output file name (the input's basename; the extension may follow
+/// the output format) and errors by the input URL they name.
+pub fn match_results(result: &BatchTask, members: &[Member]) -> Matched {
+    let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
+    for (index, member) in members.iter().enumerate() {
+        let names = [
+            member.output_name(),
+            wire::basename(&member.job.input).to_owned(),
+            stem(wire::basename(&member.job.input)).to_owned(),
+        ];
+        let mut seen = HashSet::new();
+        for name in names {
+            if seen.insert(name.clone()) {
+                by_name.entry(name).or_default().push(index);
+            }
+        }
+    }
+    let mut out = Matched::default();
+    let mut taken: HashSet<usize> = HashSet::new();
+    for item in &result.results {
+        let name = item
+            .output_object
+            .file_name()
+            .unwrap_or_default()
+            .to_owned();
+        let candidates = by_name
+            .get(&name)
+            .or_else(|| by_name.get(stem(&name)))
+            .cloned()
+            .unwrap_or_default();
+        match candidates.as_slice() {
+            [index] if taken.insert(*index) => out.done.push((*index, item.output_object.clone())),
+            _ => out.unmatched.push(name),
+        }
+    }
+    for err in &result.errors {
+        let owner = members
+            .iter()
+            .enumerate()
+            .filter(|(index, m)| !taken.contains(index) && err.error.contains(m.job.input.as_str()))
+            .map(|(index, _)| index)
+            .collect::<Vec<_>>();
+        if let [index] = owner.as_slice() {
+            taken.insert(*index);
+            out.failed.push((*index, err.error.clone()));
+        }
+    }
+    out
+}
+
+fn stem(name: &str) -> &str {
+    match name.rsplit_once('.') {
+        Some((stem, _)) if !stem.is_empty() => stem,
+        _ => name,
+    }
+}
+
+/// The file extension of the output format a request body asks for (jpeg by default).
+pub fn extension_of(body: &serde_json::Value) -> &'static str {
+    let format = body.get("output").and_then(|o| o.get("format"));
+    let name = match format {
+        Some(serde_json::Value::String(name)) => name.as_str(),
+        Some(serde_json::Value::Object(map)) => {
+            map.get("type").and_then(|t| t.as_str()).unwrap_or("jpeg")
+        }
+        _ => "jpeg",
+    };
+    match name {
+        "png" => "png",
+        "webp" => "webp",
+        "avif" => "avif",
+        "tiff" => "tiff",
+        _ => "jpg",
+    }
+}
+
+/// Whether a job state belongs to a batch still at Claid (resumed by a batch task).
+pub fn is_submitted_batch(job: &JobV1) -> bool {
+    job.batch.is_some() && matches!(job.state, JobState::Submitted { .. })
+}

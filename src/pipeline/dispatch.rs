@@ -1,0 +1,337 @@
+//! Dispatch of task results that Claid announces by webhook: each verified update goes to the
+//! job or batch task that waits for it (which then needs no poll), is kept a while when it came
+//! before its submit response was recorded (so it is not lost), adopts a job whose submit
+//! answer was lost (a task created by a request identical to the job's own), or is counted as
+//! unknown. Duplicates and late arrivals change nothing.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::claid::wire::TaskUpdate;
+use crate::store::{JobId, ManifestId};
+
+/// Updates kept for tasks nobody waits for yet, at most this many.
+const MAX_EARLY: usize = 10_000;
+/// How long an update is kept for a task nobody waits for.
+const EARLY_TTL: Duration = Duration::from_secs(15 * 60);
+
+/// What became of one delivered update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// A task waiting for this id has it.
+    Handed,
+    /// Kept for a task that will wait for it soon (its submit answer is being recorded).
+    Kept,
+    /// It matched a job whose submit answer was lost: the job adopts the task.
+    Adopted,
+    /// Not a final status (ACCEPTED, PROCESSING): nothing to do.
+    NotFinal,
+    /// The task already had its result (a duplicate, or a late arrival after a poll).
+    Duplicate,
+}
+
+/// Counters for `/metrics` and the benchmark.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DispatchStats {
+    pub handed: u64,
+    pub kept: u64,
+    pub adopted: u64,
+    pub duplicates: u64,
+    pub not_final: u64,
+}
+
+/// Shared by the webhook consumer and every job and batch task.
+#[derive(Debug, Default)]
+pub struct Dispatch {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Task ids (async task or batch) a task waits for.
+    waiting: HashMap<u64, Arc<Slot>>,
+    /// Final updates that came before anyone waited, with their arrival.
+    early: HashMap<u64, (Instant, TaskUpdate)>,
+    /// Jobs (or batches) whose submit answer was lost, by the request they sent.
+    lost: HashMap<String, Arc<Slot>>,
+    /// Ids that already got their final update (bounded like `early`), to tell duplicates.
+    done: HashMap<u64, Instant>,
+    stats: DispatchStats,
+}
+
+/// Where one waiter receives its update.
+#[derive(Debug, Default)]
+struct Slot {
+    update: Mutex<Option<TaskUpdate>>,
+    notify: Notify,
+}
+
+impl Slot {
+    fn put(&self, update: TaskUpdate) -> bool {
+        let mut slot = self.update.lock().unwrap_or_else(PoisonError::into_inner);
+        if slot.is_some() {
+            return false;
+        }
+        *slot = Some(update);
+        drop(slot);
+        self.notify.notify_waiters();
+        true
+    }
+
+    async fn wait(&self, timeout: Duration) -> Option<TaskUpdate> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(update) = self
+                .update
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+            {
+                return Some(update);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return None;
+            }
+        }
+    }
+}
+
+/// A task's registration as waiting for one id; dropping it unregisters.
+#[derive(Debug)]
+pub struct Watch {
+    dispatch: Arc<Dispatch>,
+    id: u64,
+    slot: Arc<Slot>,
+}
+
+impl Watch {
+    /// The final update of the task, if one arrives within `timeout`.
+    pub async fn wait(&self, timeout: Duration) -> Option<TaskUpdate> {
+        self.slot.wait(timeout).await
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let mut inner = self.dispatch.lock();
+        if inner
+            .waiting
+            .get(&self.id)
+            .is_some_and(|slot| Arc::ptr_eq(slot, &self.slot))
+        {
+            inner.waiting.remove(&self.id);
+        }
+    }
+}
+
+/// A job (or batch) waiting to learn whether its lost submit created a task.
+#[derive(Debug)]
+pub struct LostSubmit {
+    dispatch: Arc<Dispatch>,
+    key: String,
+    slot: Arc<Slot>,
+}
+
+impl LostSubmit {
+    /// The update of the task the lost submit created, if Claid announces one in `timeout`.
+    pub async fn wait(&self, timeout: Duration) -> Option<TaskUpdate> {
+        self.slot.wait(timeout).await
+    }
+}
+
+impl Drop for LostSubmit {
+    fn drop(&mut self) {
+        let mut inner = self.dispatch.lock();
+        if inner
+            .lost
+            .get(&self.key)
+            .is_some_and(|slot| Arc::ptr_eq(slot, &self.slot))
+        {
+            inner.lost.remove(&self.key);
+        }
+    }
+}
+
+/// The job (or batch) a lost submit belongs to, for logs.
+pub type LostOwner = (ManifestId, JobId);
+
+impl Dispatch {
+    /// Hands a verified update to whoever waits for it (see [`Delivery`]).
+    pub fn deliver(&self, update: TaskUpdate) -> Delivery {
+        let id = update.id();
+        let mut inner = self.lock();
+        if !update.status().is_terminal() {
+            inner.stats.not_final += 1;
+            return Delivery::NotFinal;
+        }
+        if inner.done.contains_key(&id) {
+            inner.stats.duplicates += 1;
+            return Delivery::Duplicate;
+        }
+        if let Some(slot) = inner.waiting.get(&id).cloned() {
+            inner.mark_done(id);
+            return if slot.put(update) {
+                inner.stats.handed += 1;
+                Delivery::Handed
+            } else {
+                inner.stats.duplicates += 1;
+                Delivery::Duplicate
+            };
+        }
+        if let Some(key) = request_key(update.request())
+            && let Some(slot) = inner.lost.remove(&key)
+        {
+            inner.mark_done(id);
+            slot.put(update);
+            inner.stats.adopted += 1;
+            return Delivery::Adopted;
+        }
+        inner.prune_early();
+        if inner.early.len() < MAX_EARLY {
+            inner.early.insert(id, (Instant::now(), update));
+        }
+        inner.stats.kept += 1;
+        Delivery::Kept
+    }
+
+    /// Keeps an update for the task that will wait for it (an adopted task's result, which
+    /// the adopting job polls for next).
+    pub fn keep(&self, update: TaskUpdate) {
+        let mut inner = self.lock();
+        inner.done.remove(&update.id());
+        inner.early.insert(update.id(), (Instant::now(), update));
+    }
+
+    /// Registers interest in task `id`; an update that came early is handed over at once.
+    pub fn watch(self: &Arc<Self>, id: u64) -> Watch {
+        let slot = Arc::new(Slot::default());
+        let mut inner = self.lock();
+        if let Some((_, update)) = inner.early.remove(&id) {
+            inner.mark_done(id);
+            slot.put(update);
+        }
+        inner.waiting.insert(id, slot.clone());
+        Watch {
+            dispatch: self.clone(),
+            id,
+            slot,
+        }
+    }
+
+    /// Registers a submit whose answer was lost, by the body it sent (with its `input`): a
+    /// webhook whose echoed request is the same adopts it.
+    pub fn lost_submit(self: &Arc<Self>, request: &serde_json::Value) -> Option<LostSubmit> {
+        let key = request_key(request)?;
+        let slot = Arc::new(Slot::default());
+        self.lock().lost.insert(key.clone(), slot.clone());
+        Some(LostSubmit {
+            dispatch: self.clone(),
+            key,
+            slot,
+        })
+    }
+
+    pub fn stats(&self) -> DispatchStats {
+        self.lock().stats
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Inner {
+    fn mark_done(&mut self, id: u64) {
+        if self.done.len() >= MAX_EARLY {
+            let cutoff = Instant::now() - EARLY_TTL;
+            self.done.retain(|_, at| *at > cutoff);
+            if self.done.len() >= MAX_EARLY {
+                self.done.clear();
+            }
+        }
+        self.done.insert(id, Instant::now());
+    }
+
+    fn prune_early(&mut self) {
+        let cutoff = Instant::now() - EARLY_TTL;
+        self.early.retain(|_, (at, _)| *at > cutoff);
+    }
+}
+
+/// The identity of a request: its body in canonical JSON (keys sorted, so a server that
+/// echoes the fields in another order still matches). `None` for an empty echo.
+pub fn request_key(request: &serde_json::Value) -> Option<String> {
+    if request.is_null() || request.as_object().is_some_and(|o| o.is_empty()) {
+        return None;
+    }
+    Some(crate::manifest::canonical_json(request))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update(id: u64, status: &str, request: serde_json::Value) -> TaskUpdate {
+        let body = serde_json::json!({
+            "id": id, "status": status, "result_url": format!("http://x/v1/image/edit/async/{id}"),
+            "request": request, "errors": [], "result": {}
+        });
+        TaskUpdate::parse(body.to_string().as_bytes()).expect("parses")
+    }
+
+    #[tokio::test]
+    async fn waiting_early_duplicate_and_adopted_updates() {
+        let dispatch = Arc::new(Dispatch::default());
+        let req = serde_json::json!({"input": "https://x/a.jpg", "operations": {}});
+        // A waiter gets its update; a duplicate changes nothing.
+        let watch = dispatch.watch(1);
+        assert_eq!(
+            dispatch.deliver(update(1, "DONE", req.clone())),
+            Delivery::Handed
+        );
+        assert_eq!(
+            watch.wait(Duration::from_secs(1)).await.map(|u| u.id()),
+            Some(1)
+        );
+        assert_eq!(
+            dispatch.deliver(update(1, "DONE", req.clone())),
+            Delivery::Duplicate
+        );
+        // Before anyone waits: kept, then handed at once.
+        assert_eq!(
+            dispatch.deliver(update(2, "ERROR", req.clone())),
+            Delivery::Kept
+        );
+        let watch = dispatch.watch(2);
+        assert_eq!(
+            watch.wait(Duration::from_millis(1)).await.map(|u| u.id()),
+            Some(2)
+        );
+        // Not final: nothing.
+        assert_eq!(
+            dispatch.deliver(update(3, "PROCESSING", req.clone())),
+            Delivery::NotFinal
+        );
+        // A lost submit with the same request (fields in another order) adopts the task.
+        let other_order: serde_json::Value =
+            serde_json::from_str(r#"{"operations": {}, "input": "https://x/a.jpg"}"#).unwrap();
+        let lost = dispatch.lost_submit(&other_order).expect("a key");
+        assert_eq!(dispatch.deliver(update(4, "DONE", req)), Delivery::Adopted);
+        assert_eq!(
+            lost.wait(Duration::from_millis(1)).await.map(|u| u.id()),
+            Some(4)
+        );
+        let stats = dispatch.stats();
+        assert_eq!(
+            (stats.handed, stats.kept, stats.adopted, stats.duplicates),
+            (1, 1, 1, 1)
+        );
+    }
+}
