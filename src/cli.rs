@@ -291,7 +291,13 @@ fn validate_manifest_file(config: Option<&Config>, file: &Path) -> anyhow::Resul
     };
     let profiles = config.map(|c| c.profiles.clone()).unwrap_or_default();
     let limits = config.map(|c| c.limits).unwrap_or_default();
-    match manifest::load(&inbox, &file, &profiles, &limits) {
+    let load_ctx = manifest::LoadContext {
+        inbox: &inbox,
+        outbox: config.map(|c| c.folders.outbox.as_path()),
+        profiles: &profiles,
+        limits: &limits,
+    };
+    match manifest::load(&load_ctx, &file) {
         Ok(spec) => {
             println!("{}: ok ({} images)", file.display(), spec.jobs.len());
             Ok(true)
@@ -349,7 +355,13 @@ fn cmd_plan(config_path: &Path, file: &Path) -> anyhow::Result<i32> {
     } else {
         file.parent().map(Path::to_path_buf).unwrap_or_default()
     };
-    let spec = match manifest::load(&inbox, &file, &config.profiles, &config.limits) {
+    let load_ctx = manifest::LoadContext {
+        inbox: &inbox,
+        outbox: Some(&config.folders.outbox),
+        profiles: &config.profiles,
+        limits: &config.limits,
+    };
+    let spec = match manifest::load(&load_ctx, &file) {
         Ok(spec) => spec,
         Err(err) => {
             println!("{}", err.error_txt());

@@ -16,7 +16,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::claid::request::{self, InputRule};
-use crate::yaml::{self, LineMap};
+use crate::yaml::lines::LineMap;
+use crate::yaml::value::Bounds;
+use crate::yaml::{self, kind};
+
+/// A config nests like a manifest ([`yaml::MAX_DEPTH`]); its lists are the operator's own.
+const BOUNDS: Bounds = Bounds {
+    max_depth: yaml::MAX_DEPTH,
+    max_entries: usize::MAX,
+    long_list: None,
+};
 
 /// Exit code for a bad configuration (EX_USAGE).
 pub const EX_CONFIG: i32 = 64;
@@ -405,7 +414,7 @@ pub fn parse_with_env(
 ) -> Result<Config, ConfigError> {
     let mut checker = Checker::default();
     let mut env_keys: Vec<(String, String)> = Vec::new();
-    let parsed = yaml::parse(text).map(|mut value| {
+    let parsed = yaml::parse(text, &BOUNDS).map(|mut value| {
         env_keys = apply_env(&mut value, env);
         value
     });
@@ -471,7 +480,7 @@ fn apply_env(
         if parts.iter().any(String::is_empty) {
             continue;
         }
-        let value = yaml::parse(&raw).unwrap_or_else(|_| Value::String(raw.clone()));
+        let value = yaml::parse(&raw, &BOUNDS).unwrap_or_else(|_| Value::String(raw.clone()));
         if !root.is_object() {
             *root = Value::Object(Default::default());
         }
@@ -1104,18 +1113,6 @@ fn lookup<'v>(root: &'v Value, path: &str) -> Option<&'v Value> {
         value = value.as_object()?.get(part)?;
     }
     Some(value)
-}
-
-/// What kind of YAML value this is, for messages.
-pub(crate) fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "a mapping",
-    }
 }
 
 fn display(value: &Value) -> String {

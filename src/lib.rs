@@ -11,7 +11,8 @@
 //! - [`store`]: the sled job store and its durability points.
 //! - [`pipeline`]: schedules jobs through submit, poll, download and output.
 //! - [`claid`]: the API client (and the wire types shared with the emulator).
-//! - [`output`]: atomic output writes; [`report`]: per-manifest reports.
+//! - [`output`]: atomic output writes; [`report`]: per-manifest reports; [`filename`]: the
+//!   outbox filesystem's name limits and the names of report and error files.
 //! - [`daemon`]: wiring, supervision, systemd notifications, reload and shutdown; [`signal`],
 //!   [`logging`].
 //! - [`admin`]: the admin socket (status, jobs, replay, health) and [`metrics`].
@@ -24,6 +25,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod emulator;
+pub mod filename;
 pub mod logging;
 pub mod manifest;
 pub mod metrics;

@@ -500,14 +500,24 @@ impl Handle {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let limits = *ctx.limits.read().unwrap_or_else(|e| e.into_inner());
+        let outbox = ctx.folders.outbox.clone();
         let load_path = path.clone();
-        // The watcher emits images only from folders with a recipe (SPEC §4.3).
-        let loaded = if manifest::is_image_name(&path) {
-            blocking(move || manifest::load_recipe_image(&inbox, &load_path, &profiles, &limits))
-                .await
-        } else {
-            blocking(move || manifest::load(&inbox, &load_path, &profiles, &limits)).await
-        };
+        let is_image = manifest::is_image_name(&path);
+        let loaded = blocking(move || {
+            let load_ctx = manifest::LoadContext {
+                inbox: &inbox,
+                outbox: Some(&outbox),
+                profiles: &profiles,
+                limits: &limits,
+            };
+            // The watcher emits images only from folders with a recipe (SPEC §4.3).
+            if is_image {
+                manifest::load_recipe_image(&load_ctx, &load_path)
+            } else {
+                manifest::load(&load_ctx, &load_path)
+            }
+        })
+        .await;
         let spec = match loaded {
             Ok(spec) => spec,
             Err(err) => {

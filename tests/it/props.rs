@@ -54,7 +54,7 @@ fn inbox() -> Inbox {
     let dir = tempfile::tempdir().expect("temp");
     let inbox = dir.path().join("inbox");
     std::fs::create_dir_all(inbox.join("photos")).expect("photos");
-    std::fs::write(inbox.join("photos/a.png"), b"png").expect("image");
+    std::fs::write(inbox.join("photos/a.png"), crate::support::png(2, 2)).expect("image");
     Inbox { _dir: dir, inbox }
 }
 
@@ -62,7 +62,13 @@ impl Inbox {
     fn load(&self, name: &str, bytes: &[u8]) -> Result<manifest::ManifestSpec, String> {
         let path = self.inbox.join(name);
         std::fs::write(&path, bytes).expect("write");
-        manifest::load(&self.inbox, &path, &profiles(), &limits()).map_err(|e| e.error_txt())
+        let ctx = manifest::LoadContext {
+            inbox: &self.inbox,
+            outbox: None,
+            profiles: &profiles(),
+            limits: &limits(),
+        };
+        manifest::load(&ctx, &path).map_err(|e| e.error_txt())
     }
 }
 
