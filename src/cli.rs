@@ -13,7 +13,7 @@ use crate::daemon::{self, FatalError, Outcome, RunOptions};
 use crate::manifest::{self, Input};
 use crate::store::records::{JobState, JobV1};
 use crate::store::{Store, StoreError};
-use crate::{admin, emulator, logging, signal};
+use crate::{admin, emulator, logging, signal, yaml};
 
 /// Success.
 pub const EX_OK: i32 = 0;
@@ -253,10 +253,19 @@ fn kind_of(path: &Path) -> FileKind {
         return FileKind::Unknown;
     };
     let text = String::from_utf8_lossy(&bytes);
-    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-    let Ok(serde_yaml::Value::Mapping(map)) = serde_yaml::from_str::<serde_yaml::Value>(text)
-    else {
-        return FileKind::Unknown;
+    // Bounded like the daemon's parsing, so a nesting bomb is refused at once, not in minutes.
+    let bounds = yaml::value::Bounds {
+        max_depth: yaml::MAX_DEPTH,
+        max_entries: config::DEFAULT_MAX_IMAGES,
+        long_list: None,
+    };
+    let map = match yaml::parse(&text, &bounds) {
+        Ok(serde_json::Value::Object(map)) => map,
+        Err(yaml::ParseError {
+            kind: yaml::ParseErrorKind::TooManyEntries { within, .. },
+            ..
+        }) if within == "images" => return FileKind::Manifest,
+        _ => return FileKind::Unknown,
     };
     if map.contains_key("images") {
         FileKind::Manifest
