@@ -134,7 +134,9 @@ fn safe_relative(name: &str) -> Result<PathBuf, String> {
     if out.components().next().is_none()
         || out.components().any(|c| !matches!(c, Component::Normal(_)))
     {
-        return Err(format!("`{name}` is not a file name"));
+        return Err(format!(
+            "`{name}` is not a file name; give one like `sku-1.webp`"
+        ));
     }
     Ok(out)
 }

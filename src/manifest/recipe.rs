@@ -130,8 +130,12 @@ pub fn load_image(ctx: &LoadContext<'_>, image: &Path) -> Result<ManifestSpec, M
 
 /// Reads a recipe, refusing one over `limit` bytes; the error is the problem's message.
 fn read_recipe(recipe: &Path, limit: u64) -> Result<Vec<u8>, String> {
-    let cannot =
-        |err: std::io::Error| format!("cannot read the folder recipe {}: {err}", recipe.display());
+    let cannot = |err: std::io::Error| {
+        format!(
+            "cannot read the folder recipe {}: {err}; check its permissions",
+            recipe.display()
+        )
+    };
     let file = std::fs::File::open(recipe).map_err(cannot)?;
     let mut bytes = Vec::new();
     file.take(limit.saturating_add(1))

@@ -92,7 +92,10 @@ pub fn validate(
         },
         Some(other) => problems.add(
             "profile",
-            format!("expected a profile name, found {}", yaml::kind(other)),
+            format!(
+                "expected a profile name, found {}; write `profile: NAME` with a profile of the config",
+                yaml::kind(other)
+            ),
         ),
     }
     match top.get("operations") {
@@ -102,7 +105,7 @@ pub fn validate(
         Some(other) => problems.add(
             "operations",
             format!(
-                "expected a mapping of operations, found {}",
+                "expected a mapping of operations, found {}; write them like `{{ resizing: {{ width: 1000 }} }}`",
                 yaml::kind(other)
             ),
         ),
@@ -139,7 +142,10 @@ pub fn validate(
         (None, Some(other)) => {
             problems.add(
                 "images",
-                format!("expected a list of images, found {}", yaml::kind(other)),
+                format!(
+                    "expected a list of images, found {}; write one `- input: …` line per image under `images:`",
+                    yaml::kind(other)
+                ),
             );
             return Vec::new();
         }
@@ -173,7 +179,7 @@ pub fn validate(
                 problems.add(
                     &at,
                     format!(
-                        "expected a mapping with `input` (and optional `output`, `operations`), found {}",
+                        "expected a mapping with `input` (and optional `output`, `operations`), found {}; write `- input: URL or path`",
                         yaml::kind(other)
                     ),
                 );
@@ -198,7 +204,10 @@ pub fn validate(
             Some(other) => {
                 problems.add(
                     &input_path,
-                    format!("expected a URL or path string, found {}", yaml::kind(other)),
+                    format!(
+                        "expected a URL or path string, found {}; quote it if it looks like a number",
+                        yaml::kind(other)
+                    ),
                 );
                 None
             }
@@ -220,7 +229,10 @@ pub fn validate(
                         }
                         Some(other) => problems.add(
                             &format!("{at}.output.path"),
-                            format!("expected a relative file path, found {}", yaml::kind(other)),
+                            format!(
+                                "expected a relative file path, found {}; give one like `sub/sku-1.webp`",
+                                yaml::kind(other)
+                            ),
                         ),
                     }
                     own_options = Some(options);
@@ -239,7 +251,7 @@ pub fn validate(
                 Some(other) => problems.add(
                     &format!("{at}.operations"),
                     format!(
-                        "expected a mapping of operations, found {}",
+                        "expected a mapping of operations, found {}; write them like `{{ resizing: {{ width: 1000 }} }}`",
                         yaml::kind(other)
                     ),
                 ),
