@@ -23,6 +23,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use crate::claid::wire::TaskStatus;
 use crate::claid::{ClaidError, Client, ErrorClass};
 use crate::config::{InDoubtPolicy, Limits, OnManifestDone, OnOutputExists, PollConfig, Profile};
+use crate::filename;
 use crate::manifest::{self, Input, ManifestError, ManifestSpec};
 use crate::metrics::{Metrics, OutcomeLabel};
 use crate::output::{self, ExistsPolicy};
@@ -657,7 +658,12 @@ impl Handle {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let error_path = dest.with_file_name(format!("{name}.error.txt"));
+            // Shortened with a hash when the name is too long for the suffix (see `filename`).
+            let error_name = filename::error_file_name(
+                std::ffi::OsStr::new(&name),
+                &filename::FsLimits::of(&dest),
+            );
+            let error_path = dest.with_file_name(error_name);
             output::write_text_atomic(&error_path, &text)?;
             Ok(dest)
         })
@@ -1428,7 +1434,11 @@ impl Handle {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            output::write_text_atomic(&dest.with_file_name(format!("{name}.error.txt")), &text)?;
+            let error_name = filename::error_file_name(
+                std::ffi::OsStr::new(&name),
+                &filename::FsLimits::of(&dest),
+            );
+            output::write_text_atomic(&dest.with_file_name(error_name), &text)?;
             Ok(Some(dest))
         })
         .await;

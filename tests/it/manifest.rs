@@ -2,15 +2,18 @@
 //! must produce, merge semantics, default output names, mirrored output paths, job keys, limits
 //! and the speed of a 100,000-image manifest; and, through the real daemon, what is refused
 //! before any spend (issue 11): nesting bombs, an 8-million-image list, output names too long
-//! for the outbox's filesystem, outputs through links in the outbox, empty or non-image files.
+//! for the outbox's filesystem, outputs through links in the outbox, empty or non-image files,
+//! and the shortened report and error-file names of a manifest whose own name is too long.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use claid_hotfolder::claid::request::{self, InputRule};
 use claid_hotfolder::config::{Limits, Profile};
 use claid_hotfolder::emulator::Scenario;
+use claid_hotfolder::filename::{self, FsLimits};
 use claid_hotfolder::manifest::{self, Input, ManifestError, ManifestSpec};
 use serde_json::json;
 
@@ -747,4 +750,46 @@ async fn issue11_empty_and_non_image_local_files_are_refused_before_any_upload()
     assert!(txt.contains("rejected: 2 problems found"), "{txt}");
     let stats = env.stats();
     assert_eq!(stats.requests, 0, "no upload, no call: {stats:?}");
+}
+
+/// A manifest whose own name (250 bytes) leaves no room for the suffix of its report or error
+/// file still gets one, under the name shortened with a hash that `filename` documents (it used
+/// to get neither: the write failed with ENAMETOOLONG).
+#[tokio::test(flavor = "multi_thread")]
+async fn issue11_a_manifest_named_too_long_for_its_suffix_still_gets_its_outcome_file() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let good = format!("{}.yaml", "g".repeat(245));
+    let bad = format!("{}.yaml", "b".repeat(245));
+    env.drop_file(
+        &good,
+        b"output: { format: png }\nimages:\n  - input: storage://demo/a-64x48.png\n",
+    );
+    env.drop_file(&bad, b"images:\n  - input: ftp://x/a.jpg\n");
+    let config = env.config("", "");
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 2, "a rejected manifest exits 2: {stderr}");
+
+    let reports = filename::report_names(Path::new(&good), &FsLimits::of(&env.outbox));
+    let json_name = reports.json.to_str().expect("UTF-8");
+    assert!(json_name.len() < good.len(), "shortened: {json_name}");
+    assert!(json_name.starts_with(&"g".repeat(200)), "{json_name}");
+    let text = std::fs::read_to_string(env.outbox.join(&reports.json))
+        .unwrap_or_else(|e| panic!("report {json_name}: {e}"));
+    let report: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(report["manifest"], good.as_str());
+    assert_eq!(report["counts"]["done"], 1, "{report}");
+    assert!(env.outbox.join(&reports.csv).is_file());
+
+    let error_name = filename::error_file_name(OsStr::new(&bad), &FsLimits::of(&env.rejected));
+    assert_ne!(error_name, OsStr::new(&format!("{bad}.error.txt")));
+    let txt = std::fs::read_to_string(env.rejected.join(&error_name))
+        .unwrap_or_else(|e| panic!("error file {error_name:?}: {e}"));
+    assert!(
+        txt.contains("line 2: images[0].input: unsupported scheme `ftp://`"),
+        "{txt}"
+    );
+    assert!(
+        env.rejected.join(&bad).is_file(),
+        "the manifest is in rejected/"
+    );
 }
