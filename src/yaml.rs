@@ -22,6 +22,9 @@ use crate::yaml::value::{Bounds, Data, Refusal, Rules, Syntax};
 /// A manifest needs five or six; deeper is a mistake (an unclosed `[`) or a bomb.
 pub const MAX_DEPTH: usize = 64;
 
+/// Bytes the event passes (`screen`, `lines`) hand libyaml at a time.
+const READ_CHUNK: usize = 64 * 1024;
+
 /// A document that could not be turned into data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseError {
@@ -129,8 +132,8 @@ pub fn parse_with<T>(
 }
 
 /// Drops a leading UTF-8 byte order mark (Windows editors write one). Neither parser skips it:
-/// serde_norway then misreads a config as several documents, and yaml-rust2 makes it part of
-/// the first key, so no line is found for it. A BOM holds no newline: lines are unchanged.
+/// serde_norway then misreads a config as several documents, and the line pass would make it
+/// part of the first key, so no line is found for it. A BOM holds no newline: lines are unchanged.
 pub fn strip_bom(text: &str) -> &str {
     text.strip_prefix('\u{feff}').unwrap_or(text)
 }

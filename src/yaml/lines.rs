@@ -1,15 +1,16 @@
 //! Dotted field paths of a YAML (or JSON) text mapped to the lines they start on, for problem
 //! messages of configs and manifests.
 //!
-//! A cheap pass over yaml-rust2's events records where each key and sequence item starts.
+//! A cheap pass over libyaml's events (libyaml-safer, the scanner serde_norway runs) records
+//! where each key and sequence item starts.
 //! Aliases are not expanded, so it stays linear in the size of the text, and it stops below
 //! [`MAX_DEPTH`] levels. [`LineMap::build_for`] records only the paths asked for (and their
 //! ancestors), so the problems of a 100,000-image manifest do not cost a map of every path.
 
 use std::collections::{HashMap, HashSet};
+use std::io::BufReader;
 
-use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
-use yaml_rust2::scanner::Marker;
+use libyaml_safer::{EventData, Parser};
 
 use crate::yaml::{MAX_DEPTH, strip_bom};
 
@@ -49,17 +50,29 @@ impl LineMap {
             wanted,
             ..Builder::default()
         };
-        let mut parser = Parser::new_from_str(text);
-        // Event by event: `Parser::load` recurses once per nesting level and overflows the
-        // stack on a few thousand levels of `- - - …`, which serde_norway refuses but this pass
-        // still sees (a config with any problem is mapped, whatever its shape).
-        // Deeper than [`MAX_DEPTH`] means the document was refused anyway; stopping there also
-        // keeps yaml-rust2's scanner, whose cost grows with the square of the nesting, from
-        // spending minutes and gigabytes on `- - - …` 100,000 deep.
+        let mut parser = Parser::new();
+        // In chunks: the scanner decodes all it is handed into a buffer of `char`s, 4 bytes each.
+        parser.set_input(BufReader::with_capacity(
+            crate::yaml::READ_CHUNK,
+            text.as_bytes(),
+        ));
+        // Event by event: a recursive walk overflows the stack on a few thousand levels of
+        // `- - - …`, which this pass still sees (a config with any problem is mapped, whatever
+        // its shape). Deeper than [`MAX_DEPTH`] means the document was refused anyway; stopping
+        // there also keeps the scanner, whose cost per token grows with the open flow levels,
+        // from spending minutes on 1 MB of `[`.
         while !builder.done && builder.stack.len() <= MAX_DEPTH {
-            match parser.next_token() {
-                Ok((Event::StreamEnd, _)) | Err(_) => break,
-                Ok((event, mark)) => builder.on_event(event, mark),
+            match parser.parse() {
+                Ok(event) => {
+                    if matches!(event.data, EventData::StreamEnd) {
+                        break;
+                    }
+                    let line = usize::try_from(event.start_mark.line)
+                        .unwrap_or(usize::MAX)
+                        .saturating_add(1);
+                    builder.on_event(event.data, line);
+                }
+                Err(_) => break,
             }
         }
         LineMap {
@@ -180,15 +193,14 @@ impl Builder {
     }
 }
 
-impl MarkedEventReceiver for Builder {
-    fn on_event(&mut self, ev: Event, mark: Marker) {
+impl Builder {
+    fn on_event(&mut self, ev: EventData, line: usize) {
         if self.done {
             return;
         }
-        let line = mark.line();
         match ev {
-            Event::DocumentEnd => self.done = true,
-            Event::Scalar(text, ..) => {
+            EventData::DocumentEnd { .. } => self.done = true,
+            EventData::Scalar { value: text, .. } => {
                 if let Some(Frame::Mapping {
                     prefix_len,
                     want_key: want_key @ true,
@@ -209,7 +221,7 @@ impl MarkedEventReceiver for Builder {
                 }
                 self.node_end();
             }
-            Event::Alias(_) => {
+            EventData::Alias { .. } => {
                 if let Some(Frame::Mapping { want_key: true, .. }) = self.stack.last() {
                     // An alias used as a key: treat it like an anonymous key.
                     if let Some(Frame::Mapping { want_key, .. }) = self.stack.last_mut() {
@@ -222,8 +234,8 @@ impl MarkedEventReceiver for Builder {
                 }
                 self.node_end();
             }
-            Event::MappingStart(..) | Event::SequenceStart(..) => {
-                let is_map = matches!(ev, Event::MappingStart(..));
+            EventData::MappingStart { .. } | EventData::SequenceStart { .. } => {
+                let is_map = matches!(ev, EventData::MappingStart { .. });
                 if self.node_start(line, true) {
                     if !matches!(self.stack.last(), Some(Frame::Skip { .. })) {
                         // A complex mapping key begins here.
@@ -244,7 +256,7 @@ impl MarkedEventReceiver for Builder {
                     }
                 });
             }
-            Event::MappingEnd | Event::SequenceEnd => match self.stack.last_mut() {
+            EventData::MappingEnd | EventData::SequenceEnd => match self.stack.last_mut() {
                 Some(Frame::Skip { depth }) => {
                     *depth -= 1;
                     if *depth == 0 {

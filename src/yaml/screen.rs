@@ -1,20 +1,21 @@
 //! The screen every YAML text passes before serde_norway sees it: one streaming pass over
-//! yaml-rust2's events that refuses a document nested too deeply, a list or mapping with too
-//! many entries, or aliases that expand to too much data, as soon as the bound is passed.
+//! libyaml's events that refuses a document nested too deeply, a list or mapping with too many
+//! entries, or aliases that expand to too much data, as soon as the bound is passed.
 //!
 //! Why a pass of its own: serde_norway loads every event of a document into memory before the
 //! first value is built (≈ 190 bytes an event: 1.5 GB for a 16 MiB list of 8 million entries),
 //! and its libyaml scanner re-checks every open flow level at each token, so 1 MB of `[` takes
-//! minutes. This pass keeps only the open levels, and stops at the first level past the bound,
-//! so its cost is linear in the part of the text it reads. yaml-rust2's scanner has the same
-//! per-level cost, which the depth bound keeps small.
+//! minutes. This pass runs the same scanner (libyaml-safer) but keeps only the open levels and
+//! stops at the first event past a bound, so its cost is linear in the part of the text it
+//! reads, and the per-level cost stays below [`crate::yaml::MAX_DEPTH`].
 //!
-//! Syntax errors are serde_norway's to report (its messages are the ones users see): on one,
-//! this pass stops and only checks the flow nesting of the text with a byte scan.
+//! Syntax errors are serde_norway's to report (its messages are the ones users see): this pass
+//! stops at one, and serde_norway, reading with the same scanner, stops at the same place.
 
 use std::collections::HashMap;
+use std::io::BufReader;
 
-use yaml_rust2::parser::{Event, Parser};
+use libyaml_safer::{EventData, Parser};
 
 use crate::yaml::value::{Bounds, Refusal};
 use crate::yaml::{ParseError, refused};
@@ -37,8 +38,8 @@ struct Open {
     /// Nodes seen directly in it (keys and values both, for a mapping).
     n_children: usize,
     is_mapping: bool,
-    /// Anchor id (0 = none) and the expanded size when it opened, to size the anchor.
-    anchor: usize,
+    /// Its anchor, if any, and the expanded size when it opened, to size the anchor.
+    anchor: Option<String>,
     total_at_start: u64,
     /// Line of the key it is the value of (top-level values only), else where it starts.
     line: usize,
@@ -48,25 +49,31 @@ struct Open {
 pub fn screen(text: &str, bounds: &Bounds) -> Result<(), ParseError> {
     let alias_cap =
         MIN_ALIAS_EXPANSION.max((text.len() as u64).saturating_mul(ALIAS_EXPANSION_FACTOR));
-    let mut parser = Parser::new_from_str(text);
+    let mut parser = Parser::new();
+    // In chunks: the scanner decodes all it is handed into a buffer of `char`s, 4 bytes each.
+    parser.set_input(BufReader::with_capacity(
+        crate::yaml::READ_CHUNK,
+        text.as_bytes(),
+    ));
     let mut open: Vec<Open> = Vec::new();
     let mut total: u64 = 0;
-    let mut anchor_sizes: HashMap<usize, u64> = HashMap::new();
+    let mut anchor_sizes: HashMap<String, u64> = HashMap::new();
     // The top-level key whose value is being read, and its line.
     let mut top_key = String::new();
     let mut top_key_line = 0;
     loop {
-        let (event, mark) = match parser.next_token() {
-            Ok(next) => next,
-            Err(_) => return check_flow_depth(text, bounds),
+        let Ok(event) = parser.parse() else {
+            return Ok(());
         };
-        let line = mark.line();
+        let line = usize::try_from(event.start_mark.line)
+            .unwrap_or(usize::MAX)
+            .saturating_add(1);
         let is_node = matches!(
-            event,
-            Event::Scalar(..)
-                | Event::Alias(_)
-                | Event::SequenceStart(..)
-                | Event::MappingStart(..)
+            event.data,
+            EventData::Scalar { .. }
+                | EventData::Alias { .. }
+                | EventData::SequenceStart { .. }
+                | EventData::MappingStart { .. }
         );
         if is_node {
             if let Some(parent) = open.last_mut() {
@@ -95,13 +102,11 @@ pub fn screen(text: &str, bounds: &Bounds) -> Result<(), ParseError> {
             }
         }
         // A key of the root mapping (an odd child: keys come first).
-        let is_top_key = open.len() == 1
-            && open[0].is_mapping
-            && open[0].n_children % 2 == 1
-            && matches!(event, Event::Scalar(..));
-        match event {
-            Event::StreamEnd => return Ok(()),
-            Event::Scalar(value, _, anchor, _) => {
+        let is_top_key = open.len() == 1 && open[0].is_mapping && open[0].n_children % 2 == 1;
+        let is_mapping = matches!(event.data, EventData::MappingStart { .. });
+        match event.data {
+            EventData::StreamEnd => return Ok(()),
+            EventData::Scalar { value, anchor, .. } => {
                 if is_top_key {
                     top_key.clear();
                     top_key.push_str(&value);
@@ -109,33 +114,32 @@ pub fn screen(text: &str, bounds: &Bounds) -> Result<(), ParseError> {
                 }
                 let size = value.len() as u64 + NODE_COST;
                 total = total.saturating_add(size);
-                if anchor > 0 {
+                if let Some(anchor) = anchor {
                     anchor_sizes.insert(anchor, size);
                 }
             }
-            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
+            EventData::SequenceStart { anchor, .. } | EventData::MappingStart { anchor, .. } => {
                 if open.len() >= bounds.max_depth {
                     return Err(refused(Refusal::TooDeep, Some(line), None, bounds));
                 }
                 let is_top_value = open.len() == 1;
                 open.push(Open {
                     n_children: 0,
-                    is_mapping: matches!(event, Event::MappingStart(..)),
+                    is_mapping,
                     anchor,
                     total_at_start: total,
                     line: if is_top_value { top_key_line } else { line },
                 });
                 total = total.saturating_add(NODE_COST);
             }
-            Event::SequenceEnd | Event::MappingEnd => {
+            EventData::SequenceEnd | EventData::MappingEnd => {
                 if let Some(closed) = open.pop() {
-                    if closed.anchor > 0 {
-                        anchor_sizes
-                            .insert(closed.anchor, total.saturating_sub(closed.total_at_start));
+                    if let Some(anchor) = closed.anchor {
+                        anchor_sizes.insert(anchor, total.saturating_sub(closed.total_at_start));
                     }
                 }
             }
-            Event::Alias(anchor) => {
+            EventData::Alias { anchor } => {
                 let size = anchor_sizes.get(&anchor).copied().unwrap_or(NODE_COST);
                 total = total.saturating_add(size);
             }
@@ -151,57 +155,6 @@ pub fn screen(text: &str, bounds: &Bounds) -> Result<(), ParseError> {
             ));
         }
     }
-}
-
-/// After a syntax error the events stop; serde_norway's scanner would still read on, so the
-/// flow nesting of the whole text is bounded by a byte scan: `[` and `{` outside quotes and
-/// comments open a level, `]` and `}` close one. Block nesting costs libyaml nothing extra.
-fn check_flow_depth(text: &str, bounds: &Bounds) -> Result<(), ParseError> {
-    let mut depth = 0usize;
-    let mut line = 1;
-    let mut quote: Option<u8> = None;
-    let mut in_comment = false;
-    let mut prev = b'\n';
-    let mut escaped = false;
-    for &byte in text.as_bytes() {
-        if byte == b'\n' {
-            line += 1;
-            in_comment = false;
-        }
-        if in_comment {
-            prev = byte;
-            continue;
-        }
-        match quote {
-            Some(q) => {
-                if q == b'"' && byte == b'\\' && !escaped {
-                    escaped = true;
-                    prev = byte;
-                    continue;
-                }
-                if byte == q && !escaped {
-                    quote = None;
-                }
-                escaped = false;
-            }
-            None => match byte {
-                b'#' if prev.is_ascii_whitespace() => in_comment = true,
-                b'\'' | b'"' if prev.is_ascii_whitespace() || b"[{,:".contains(&prev) => {
-                    quote = Some(byte);
-                }
-                b'[' | b'{' => {
-                    depth += 1;
-                    if depth > bounds.max_depth {
-                        return Err(refused(Refusal::TooDeep, Some(line), None, bounds));
-                    }
-                }
-                b']' | b'}' => depth = depth.saturating_sub(1),
-                _ => {}
-            },
-        }
-        prev = byte;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -263,10 +216,24 @@ mod tests {
     }
 
     #[test]
-    fn a_syntax_error_leaves_the_flow_depth_checked() {
-        let text = format!("a: [\n  - b: c\n: : {}", "[".repeat(100));
-        let err = screen(&text, &BOUNDS).unwrap_err();
-        assert_eq!(err.line, Some(3));
-        assert!(screen("a: \"[[[[[[\" #[[[[[[\nb: ]\n", &BOUNDS).is_ok());
+    fn a_flow_collection_is_read_as_a_stream_wherever_it_starts() {
+        // A flow list at the root or as a list entry could be a key: a scanner that looks
+        // ahead to its end before the first event holds the whole list in memory.
+        for text in [
+            "[a, b, c, d, e]\n",
+            "- [a, b, c, d, e]\n",
+            "{images: [a, b, c, d, e, f]}\n",
+        ] {
+            let err = screen(text, &BOUNDS).unwrap_err();
+            assert!(
+                matches!(err.kind, ParseErrorKind::TooManyEntries { .. }),
+                "{text}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_syntax_error_ends_the_screen_for_serde_norway_to_report() {
+        assert!(screen("a: [\n  - b: c\n", &BOUNDS).is_ok());
     }
 }

@@ -106,15 +106,14 @@ impl Rules {
 
     /// Checks the entry count `n` of a list or mapping at `depth`.
     pub fn count<E: de::Error>(&self, n: usize, depth: usize) -> Result<(), E> {
-        let within = if depth <= 1 {
-            String::new()
-        } else {
-            self.top_key.borrow().clone()
-        };
-        let max = self.bounds.max_entries_at(depth, &within);
+        let top_key = self.top_key.borrow();
+        let within = if depth <= 1 { "" } else { top_key.as_str() };
+        let max = self.bounds.max_entries_at(depth, within);
         if n <= max {
             return Ok(());
         }
+        let within = within.to_owned();
+        drop(top_key);
         Err(self.refuse(Refusal::TooManyEntries {
             within,
             is_top_value: depth == 2,
