@@ -305,6 +305,13 @@ mod tests {
     }
 
     #[test]
+    fn minified_json_lines() {
+        let text = "{\"images\":[{\"input\":\"a\"},\n{\"input\":\"b\",\"output\":7}]}\n";
+        let map = LineMap::build(text);
+        assert_eq!(map.exact("images[1].output"), Some(2));
+    }
+
+    #[test]
     fn complex_keys_are_skipped() {
         let text = "? [a, b]\n: 1\nx: 2\n";
         let map = LineMap::build(text);

@@ -593,6 +593,7 @@ async fn issue11_nesting_bombs_and_an_8_million_image_list_are_refused_and_the_r
     .await;
     let peak_kb = peak_rss_kb(&daemon);
     stop(&mut daemon).await;
+    eprintln!("daemon peak RSS with the bombs and the 8-million list: {peak_kb} kB");
 
     assert_eq!(
         dimensions(&env.outbox.join("good/good-64x48.png")),
