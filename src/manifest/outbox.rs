@@ -1,14 +1,15 @@
 //! What the outbox can hold, checked at validation so that an output that could never be
 //! written is refused before Claid bills its edit: no symbolic link on the way (`output`
-//! refuses to write through one), no file where a folder must be created, no folder where the
-//! file goes, and names within the outbox filesystem's `NAME_MAX` and `PATH_MAX`, counting the
-//! temporary name every write goes through ([`filename::TMP_NAME_OVERHEAD`]).
+//! refuses to write through one), and names within the outbox filesystem's `NAME_MAX` and
+//! `PATH_MAX`, counting the temporary name every write goes through
+//! ([`crate::filename::TMP_NAME_OVERHEAD`]). Obstacles that can be cleared while the edit runs
+//! (a file where a folder goes) are left to the writer, which retries them.
 //!
 //! Each folder is looked at once per manifest (one `lstat` per folder on the way, one listing of
 //! the folder outputs go into), so a 100,000-image manifest costs a few system calls, not
 //! 100,000. A link created after validation is still refused when the output is written.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::path::{Component, Path, PathBuf};
@@ -27,13 +28,14 @@ pub struct Outbox<'a> {
 
 /// What a folder on an output's way is.
 enum Folder {
-    /// Not there yet: it and everything below it will be created.
+    /// Not there yet (or not a folder yet: the writer retries until it is): nothing below it
+    /// can be checked now.
     Missing,
-    /// A folder; the entries of it that are not regular files, read when an output goes into
-    /// it (`None` until then).
-    Present(Option<HashMap<OsString, Odd>>),
-    /// Cannot hold outputs; the message says why and what to do.
-    Unusable(String),
+    /// A folder; the names in it that are symbolic links, read when an output goes into it
+    /// (`None` until then).
+    Present(Option<HashSet<OsString>>),
+    /// A symbolic link: no output may go through it; the message says what to do.
+    Link(String),
 }
 
 /// Where an output's name comes from, which decides the fix a problem suggests.
@@ -61,14 +63,6 @@ impl Naming {
             Naming::FromInput => ", or set another `output` for this image",
         }
     }
-}
-
-/// An entry that cannot be replaced by an output file.
-#[derive(Clone, Copy)]
-enum Odd {
-    Symlink,
-    Folder,
-    Special,
 }
 
 impl<'a> Outbox<'a> {
@@ -101,7 +95,7 @@ impl<'a> Outbox<'a> {
         let mut folder = PathBuf::new();
         match self.folder(root, &folder) {
             Folder::Missing => return Ok(()),
-            Folder::Unusable(why) => return Err(format!("{why}{fix}")),
+            Folder::Link(why) => return Err(format!("{why}{fix}")),
             Folder::Present(_) => {}
         }
         let parents: Vec<&OsStr> = rel
@@ -117,31 +111,17 @@ impl<'a> Outbox<'a> {
             folder.push(part);
             match self.folder(root, &folder) {
                 Folder::Missing => return Ok(()),
-                Folder::Unusable(why) => return Err(format!("{why}{fix}")),
+                Folder::Link(why) => return Err(format!("{why}{fix}")),
                 Folder::Present(_) => {}
             }
         }
-        let odd = self
-            .odd_entries(root, &folder)
-            .map_err(|why| format!("{why}{fix}"))?
-            .get(name)
-            .copied();
-        let path = root.join(rel);
-        match odd {
-            None => Ok(()),
-            Some(Odd::Symlink) => Err(format!(
+        if self.is_link(root, &folder, name) {
+            return Err(format!(
                 "{} in the outbox is a symbolic link, and outputs are never written through links: remove the link{fix}",
-                path.display()
-            )),
-            Some(Odd::Folder) => Err(format!(
-                "{} in the outbox is a folder, so the output cannot be written there: move the folder away{fix}",
-                path.display()
-            )),
-            Some(Odd::Special) => Err(format!(
-                "{} in the outbox is not a regular file (a socket or pipe): remove it{fix}",
-                path.display()
-            )),
+                root.join(rel).display()
+            ));
         }
+        Ok(())
     }
 
     /// Whether a report can be written at `rel`: its path within `PATH_MAX` (its name is
@@ -215,27 +195,16 @@ impl<'a> Outbox<'a> {
         })
     }
 
-    /// The entries of the (present) folder `rel` that an output cannot replace.
-    fn odd_entries(&mut self, root: &Path, rel: &Path) -> Result<&HashMap<OsString, Odd>, String> {
-        let path = root.join(rel);
-        let folder = self
-            .folders
-            .entry(rel.to_owned())
-            .or_insert_with(|| Folder::Present(None));
-        let Folder::Present(entries) = folder else {
-            return Err(format!("{} cannot be listed", path.display()));
-        };
-        if entries.is_none() {
-            *entries = Some(list_odd_entries(&path).map_err(|err| {
-                format!(
-                    "{} in the outbox cannot be listed: {err}; check its permissions",
-                    path.display()
-                )
-            })?);
+    /// Whether `name` in the folder `rel` is a symbolic link; the folder is listed once (none
+    /// is known when it cannot be listed: the writer reports that).
+    fn is_link(&mut self, root: &Path, rel: &Path, name: &OsStr) -> bool {
+        match self.folders.get_mut(rel) {
+            Some(Folder::Present(links)) => links
+                .get_or_insert_with(|| list_links(&root.join(rel)).unwrap_or_default())
+                .contains(name),
+            // Only folders found present are asked about.
+            Some(Folder::Missing | Folder::Link(_)) | None => false,
         }
-        entries
-            .as_ref()
-            .ok_or_else(|| format!("{} cannot be listed", path.display()))
     }
 }
 
@@ -243,54 +212,31 @@ impl<'a> Outbox<'a> {
 fn look_at_root(root: &Path) -> Folder {
     match std::fs::metadata(root) {
         Ok(meta) if meta.is_dir() => Folder::Present(None),
-        Ok(_) => Folder::Unusable(format!(
-            "the outbox {} is not a folder: fix `folders.outbox` in the config",
-            root.display()
-        )),
-        Err(err) if err.kind() == io::ErrorKind::NotFound => Folder::Missing,
-        Err(err) => Folder::Unusable(format!(
-            "the outbox {} cannot be looked at: {err}; check its permissions",
-            root.display()
-        )),
+        _ => Folder::Missing,
     }
 }
 
 fn look_at_folder(path: &Path) -> Folder {
     match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_symlink() => Folder::Unusable(format!(
+        Ok(meta) if meta.file_type().is_symlink() => Folder::Link(format!(
             "{} in the outbox is a symbolic link, and outputs are never written through links: replace the link with a folder",
             path.display()
         )),
         Ok(meta) if meta.is_dir() => Folder::Present(None),
-        Ok(_) => Folder::Unusable(format!(
-            "{} in the outbox is a file where the output needs a folder: move the file away",
-            path.display()
-        )),
-        Err(err) if err.kind() == io::ErrorKind::NotFound => Folder::Missing,
-        Err(err) => Folder::Unusable(format!(
-            "{} in the outbox cannot be looked at: {err}; check its permissions",
-            path.display()
-        )),
+        // Not there, not a folder, or not readable: the writer reports (and retries) that.
+        _ => Folder::Missing,
     }
 }
 
-fn list_odd_entries(dir: &Path) -> io::Result<HashMap<OsString, Odd>> {
-    let mut odd = HashMap::new();
+fn list_links(dir: &Path) -> io::Result<HashSet<OsString>> {
+    let mut links = HashSet::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
-        let file_type = entry.file_type()?;
-        let kind = if file_type.is_symlink() {
-            Odd::Symlink
-        } else if file_type.is_dir() {
-            Odd::Folder
-        } else if file_type.is_file() {
-            continue;
-        } else {
-            Odd::Special
-        };
-        odd.insert(entry.file_name(), kind);
+        if entry.file_type()?.is_symlink() {
+            links.insert(entry.file_name());
+        }
     }
-    Ok(odd)
+    Ok(links)
 }
 
 /// A long name shortened for a message: its first 40 characters, `…`, its last 12.
@@ -310,7 +256,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn links_files_and_folders_in_the_way_are_named() {
+    fn links_on_the_way_are_named_and_other_obstacles_left_to_the_writer() {
         let dir = tempfile::tempdir().expect("temp");
         let root = dir.path();
         std::fs::create_dir_all(root.join("m/real")).expect("dirs");
@@ -342,15 +288,10 @@ mod tests {
             err.contains("m/real/l.jpg in the outbox is a symbolic link"),
             "{err}"
         );
-        let err = outbox
-            .check_output(Path::new("m/file/a.jpg"), fix)
-            .unwrap_err();
-        assert!(
-            err.contains("is a file where the output needs a folder"),
-            "{err}"
-        );
-        let err = outbox.check_output(Path::new("m/real"), fix).unwrap_err();
-        assert!(err.contains("is a folder"), "{err}");
+        // A file where a folder goes, or a folder where the file goes, can be cleared while the
+        // edit runs: the writer retries those.
+        assert_eq!(outbox.check_output(Path::new("m/file/a.jpg"), fix), Ok(()));
+        assert_eq!(outbox.check_output(Path::new("m/real"), fix), Ok(()));
     }
 
     #[test]
