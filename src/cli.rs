@@ -14,7 +14,7 @@ use crate::daemon::{self, FatalError, Outcome, RunOptions};
 use crate::manifest::{self, Input};
 use crate::store::records::{JobState, JobV1};
 use crate::store::{Store, StoreError};
-use crate::{admin, emulator, logging, signal};
+use crate::{admin, emulator, logging, signal, yaml};
 
 /// Success.
 pub const EX_OK: i32 = 0;
@@ -299,10 +299,19 @@ fn kind_of(path: &Path) -> FileKind {
         return FileKind::Unknown;
     };
     let text = String::from_utf8_lossy(&bytes);
-    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-    let Ok(serde_yaml::Value::Mapping(map)) = serde_yaml::from_str::<serde_yaml::Value>(text)
-    else {
-        return FileKind::Unknown;
+    // Bounded like the daemon's parsing, so a nesting bomb is refused at once, not in minutes.
+    let bounds = yaml::value::Bounds {
+        max_depth: yaml::MAX_DEPTH,
+        max_entries: config::DEFAULT_MAX_IMAGES,
+        long_list: None,
+    };
+    let map = match yaml::parse(&text, &bounds) {
+        Ok(serde_json::Value::Object(map)) => map,
+        Err(yaml::ParseError {
+            kind: yaml::ParseErrorKind::TooManyEntries { within, .. },
+            ..
+        }) if within == "images" => return FileKind::Manifest,
+        _ => return FileKind::Unknown,
     };
     if map.contains_key("images") {
         FileKind::Manifest
@@ -337,7 +346,13 @@ fn validate_manifest_file(config: Option<&Config>, file: &Path) -> anyhow::Resul
     };
     let profiles = config.map(|c| c.profiles.clone()).unwrap_or_default();
     let limits = config.map(|c| c.limits).unwrap_or_default();
-    match manifest::load(&inbox, &file, &profiles, &limits) {
+    let load_ctx = manifest::LoadContext {
+        inbox: &inbox,
+        outbox: config.map(|c| c.folders.outbox.as_path()),
+        profiles: &profiles,
+        limits: &limits,
+    };
+    match manifest::load(&load_ctx, &file) {
         Ok(spec) => {
             println!("{}: ok ({} images)", file.display(), spec.jobs.len());
             Ok(true)
@@ -395,7 +410,13 @@ fn cmd_plan(config_path: &Path, file: &Path) -> anyhow::Result<i32> {
     } else {
         file.parent().map(Path::to_path_buf).unwrap_or_default()
     };
-    let spec = match manifest::load(&inbox, &file, &config.profiles, &config.limits) {
+    let load_ctx = manifest::LoadContext {
+        inbox: &inbox,
+        outbox: Some(&config.folders.outbox),
+        profiles: &config.profiles,
+        limits: &config.limits,
+    };
+    let spec = match manifest::load(&load_ctx, &file) {
         Ok(spec) => spec,
         Err(err) => {
             println!("{}", err.error_txt());

@@ -15,7 +15,8 @@
 //! - [`codes`]: the stable names of failure codes and job states.
 //! - [`claid`]: the API client (and the wire types shared with the emulator); [`retry`]: the
 //!   one retry policy for its calls.
-//! - [`output`]: atomic output writes; [`report`]: per-manifest reports.
+//! - [`output`]: atomic output writes; [`report`]: per-manifest reports; [`filename`]: the
+//!   outbox filesystem's name limits and the names of report and error files.
 //! - [`daemon`]: wiring, supervision, systemd notifications, reload and shutdown; [`signal`],
 //!   [`logging`].
 //! - [`admin`]: the admin socket (status, jobs, replay, health) and [`metrics`].
@@ -30,6 +31,7 @@ pub mod codes;
 pub mod config;
 pub mod daemon;
 pub mod emulator;
+pub mod filename;
 pub mod lifecycle;
 pub mod logging;
 pub mod manifest;

@@ -136,8 +136,10 @@ pub struct Board {
 struct BoardState {
     runs: HashMap<ManifestId, RunView>,
     totals: Totals,
-    /// Candidates taken by intake and not yet registered, rejected or handed on.
-    intake_pending: usize,
+    /// Events on their way to the finisher that will put a run on the board or take a
+    /// candidate off it (a candidate in intake, a resumed or replayed run): while any is on
+    /// its way, nothing is settled.
+    pending: usize,
 }
 
 /// One run as others see it.
@@ -175,7 +177,7 @@ impl Board {
     /// No candidate in intake and no run that still waits for jobs or is finishing.
     fn is_settled(&self) -> bool {
         let state = self.lock();
-        state.intake_pending == 0
+        state.pending == 0
             && state.runs.values().all(|r| {
                 matches!(
                     r.phase,
@@ -444,12 +446,12 @@ impl Handle {
     /// Hands a stable file found by the watcher to intake. Waits only while intake's queue is
     /// full (a burst of drops); never for a validation.
     pub async fn offer(&self, candidate: Candidate) {
-        self.shared.board.update(|s| s.intake_pending += 1);
+        self.shared.board.update(|s| s.pending += 1);
         if self.shared.intake.send(candidate).await.is_err() {
             // Intake has stopped (shutdown): the file is found again at the next start.
             self.shared
                 .board
-                .update(|s| s.intake_pending = s.intake_pending.saturating_sub(1));
+                .update(|s| s.pending = s.pending.saturating_sub(1));
         }
     }
 
@@ -674,6 +676,7 @@ impl Handle {
                 }
             }
             n += requeued.len();
+            self.shared.board.update(|s| s.pending += 1);
             let _ = self.shared.finisher.send(finisher::Event::Replayed {
                 id: mid,
                 rel: m.rel.clone(),

@@ -2,12 +2,12 @@
 //! next to the manifest's output folder in the outbox.
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::filename;
 use crate::output::{self, OutputError};
 use crate::store::records::{JobState, JobV1, ManifestV1};
 
@@ -124,9 +124,10 @@ pub fn now_rfc3339() -> String {
 }
 
 /// The JSON and CSV report paths of a manifest: `a/b/shoes.yaml` →
-/// `<outbox>/a/b/shoes.report.json` and `<outbox>/a/b/shoes.report.csv`.
+/// `<outbox>/a/b/shoes.report.json` and `<outbox>/a/b/shoes.report.csv` (a stem too long for
+/// the outbox's `NAME_MAX` is shortened with a hash: `filename::report_names`).
 pub fn paths(outbox: &Path, manifest_rel: &Path) -> (PathBuf, PathBuf) {
-    let (json_rel, csv_rel) = rel_paths(manifest_rel);
+    let (json_rel, csv_rel) = rel_paths(outbox, manifest_rel);
     (outbox.join(json_rel), outbox.join(csv_rel))
 }
 
@@ -192,7 +193,7 @@ pub fn write_streamed(
     header: &Header<'_>,
     rows: impl Fn(&mut dyn FnMut(ReportRow) -> io::Result<()>) -> io::Result<()>,
 ) -> Result<(PathBuf, PathBuf), OutputError> {
-    let (json_rel, csv_rel) = rel_paths(manifest_rel);
+    let (json_rel, csv_rel) = rel_paths(outbox, manifest_rel);
     let json_path = output::safe_join(outbox, &json_rel)?;
     let csv_path = output::safe_join(outbox, &csv_rel)?;
     output::write_atomic_with(&json_path, |w| write_json(w, header, &rows))?;
@@ -266,18 +267,9 @@ fn write_csv(w: &mut dyn Write, rows: &RowSource<'_>) -> io::Result<()> {
     writer.flush()
 }
 
-/// The report paths of a manifest, relative to the outbox: `a/b/shoes.yaml` →
-/// `a/b/shoes.report.json` and `a/b/shoes.report.csv`.
-pub fn rel_paths(manifest_rel: &Path) -> (PathBuf, PathBuf) {
-    let stem = manifest_rel
-        .file_stem()
-        .map(|s| s.to_os_string())
-        .unwrap_or_else(|| OsString::from("manifest"));
-    let dir = manifest_rel.parent().unwrap_or(Path::new(""));
-    let with = |suffix: &str| {
-        let mut name = stem.clone();
-        name.push(suffix);
-        dir.join(name)
-    };
-    (with(".report.json"), with(".report.csv"))
+/// `filename::report_names`, for the outbox's filesystem: a stem too long for the suffix is
+/// shortened with a hash.
+pub fn rel_paths(outbox: &Path, manifest_rel: &Path) -> (PathBuf, PathBuf) {
+    let names = filename::report_names(manifest_rel, &filename::FsLimits::of(outbox));
+    (names.json, names.csv)
 }

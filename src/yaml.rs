@@ -1,130 +1,141 @@
-//! YAML with line numbers: maps dotted field paths of a document to the line they start on.
+//! YAML and JSON text turned into data under fixed bounds, and the line of each field for
+//! problem messages; shared by configs, folder recipes and manifests.
 //!
-//! Data comes from serde_norway (imported as `serde_yaml`), which refuses alias bombs and
-//! duplicate keys. Line numbers come from a second, cheap pass over yaml-rust2's event parser
-//! that records where each key and sequence item starts. Aliases are not expanded in that pass,
-//! so it stays linear in the size of the text. The second pass only runs when there is a
-//! problem to report, so a valid 100,000-image manifest never pays for it.
+//! Data comes from serde_norway (imported as `serde_yaml`), which refuses duplicate keys and
+//! repeated alias jumps, through the one seed of [`value`]. Before serde_norway sees a text,
+//! [`screen`] reads it once as a stream and refuses it past a bound: more than [`MAX_DEPTH`]
+//! levels, too many entries in a list or mapping, or aliases that expand to too much data
+//! (serde_norway loads a whole document before building anything, and its scanner's cost grows
+//! with the square of the nesting). Line numbers come from [`lines`], a second pass that only
+//! runs when there is a problem to report, so a valid 100,000-image manifest never pays for it.
 
-use std::collections::HashMap;
+pub mod lines;
+mod screen;
+pub mod value;
 
-use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
-use yaml_rust2::scanner::Marker;
+use serde::de::DeserializeSeed as _;
+use serde_json::Value;
 
-/// A syntax or shape error found while turning YAML text into data.
+use crate::yaml::value::{Bounds, Data, Refusal, Rules, Syntax};
+
+/// Most lists and mappings open at once in a manifest, recipe or config (the root is one).
+/// A manifest needs five or six; deeper is a mistake (an unclosed `[`) or a bomb.
+pub const MAX_DEPTH: usize = 64;
+
+/// Bytes the event passes (`screen`, `lines`) hand libyaml at a time.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// A document that could not be turned into data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseError {
     /// 1-based line of the error, when the parser knows it.
     pub line: Option<usize>,
     /// What went wrong, as the parser says it (lowercase, no trailing period).
     pub message: String,
+    pub kind: ParseErrorKind,
+}
+
+/// Why a document could not be turned into data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParseErrorKind {
+    /// Not valid YAML or JSON, or past a fixed bound (nesting, alias expansion).
+    Invalid,
+    /// A list or mapping has more than `max` entries: the caller's limit, worded by the caller.
+    TooManyEntries {
+        /// The top-level key it is under (empty: the root itself).
+        within: String,
+        /// Whether it is that key's value itself (`images: [...]`) rather than nested in it.
+        is_top_value: bool,
+        /// The line of the first entry past the limit, when known.
+        entry_line: Option<usize>,
+        max: usize,
+    },
+}
+
+impl ParseError {
+    pub fn invalid(line: Option<usize>, message: String) -> ParseError {
+        ParseError {
+            line,
+            message,
+            kind: ParseErrorKind::Invalid,
+        }
+    }
+}
+
+/// The error for a document a bound refused; `line` is where to point, `entry_line` the line
+/// of the first entry past an entry bound.
+pub fn refused(
+    refusal: Refusal,
+    line: Option<usize>,
+    entry_line: Option<usize>,
+    bounds: &Bounds,
+) -> ParseError {
+    match refusal {
+        Refusal::TooDeep => ParseError::invalid(
+            line,
+            format!(
+                "recursion limit exceeded: nested deeper than {} levels; nothing here needs that many: look for an unclosed `[` or `{{`, or an alias used inside its own anchor",
+                bounds.max_depth
+            ),
+        ),
+        Refusal::TooManyEntries {
+            within,
+            is_top_value,
+            max,
+        } => {
+            let what = match (within.as_str(), is_top_value) {
+                ("", _) => "the document".to_owned(),
+                (key, true) => format!("`{key}`"),
+                (key, false) => format!("a list or mapping under `{key}`"),
+            };
+            ParseError {
+                line,
+                message: format!("{what} has more than {max} entries"),
+                kind: ParseErrorKind::TooManyEntries {
+                    within,
+                    is_top_value,
+                    entry_line,
+                    max,
+                },
+            }
+        }
+    }
 }
 
 /// Parses YAML (or JSON, which is a subset) into a `serde_json::Value`.
 ///
 /// Mapping keys must be strings (numbers and booleans are turned into their text). Tags are
 /// refused, and so are non-finite floats, because neither survives a JSON request body.
-pub fn parse(text: &str) -> Result<serde_json::Value, ParseError> {
-    parse_with(text, |text| serde_yaml::from_str::<serde_yaml::Value>(text)).and_then(to_json)
+pub fn parse(text: &str, bounds: &Bounds) -> Result<Value, ParseError> {
+    parse_with(text, bounds, |de, rules| {
+        Data { rules, depth: 0 }.deserialize(de)
+    })
 }
 
 /// [`parse`] into another shape than `serde_json::Value` (a manifest's `Doc`): the same BOM,
-/// alias-expansion and error handling, with `from_str` doing the deserializing.
+/// screen and error handling, with `deserialize` building the data under the given [`Rules`].
 pub fn parse_with<T>(
     text: &str,
-    from_str: impl FnOnce(&str) -> Result<T, serde_yaml::Error>,
+    bounds: &Bounds,
+    deserialize: impl FnOnce(serde_yaml::Deserializer<'_>, &Rules) -> Result<T, serde_yaml::Error>,
 ) -> Result<T, ParseError> {
     let text = strip_bom(text);
-    check_alias_expansion(text)?;
-    from_str(text).map_err(|err| ParseError {
-        line: err.location().map(|loc| loc.line()),
-        message: clean_message(&err.to_string()),
+    screen::screen(text, bounds)?;
+    let rules = Rules::new(Syntax::Yaml, *bounds);
+    deserialize(serde_yaml::Deserializer::from_str(text), &rules).map_err(|err| {
+        let line = err.location().map(|loc| loc.line());
+        match rules.take_refusal() {
+            Some(refusal) => refused(refusal, line, line, bounds),
+            None => ParseError::invalid(line, clean_message(&err.to_string())),
+        }
     })
 }
 
 /// Drops a leading UTF-8 byte order mark (Windows editors write one). Neither parser skips it:
-/// serde_norway then misreads a config as several documents, and yaml-rust2 makes it part of
-/// the first key, so no line is found for it. A BOM holds no newline: lines are unchanged.
+/// serde_norway then misreads a config as several documents, and the line pass would make it
+/// part of the first key, so no line is found for it. A BOM holds no newline: lines are unchanged.
 pub fn strip_bom(text: &str) -> &str {
     text.strip_prefix('\u{feff}').unwrap_or(text)
-}
-
-/// Floor of the data a document may expand to through aliases, in approximate bytes (scalar
-/// length plus [`NODE_COST`] per node); the cap is this or [`ALIAS_EXPANSION_FACTOR`] times
-/// the text, whichever is larger. serde_norway bounds the *number* of alias jumps, not their
-/// size: one 8 MiB string repeated by a million 3-byte aliases (`[*a,*a,…]`) fits a 16 MiB
-/// manifest and would expand to terabytes.
-pub const MIN_ALIAS_EXPANSION: u64 = 64 * 1024 * 1024;
-
-/// How much larger than its text a document may grow through aliases (above the floor).
-pub const ALIAS_EXPANSION_FACTOR: u64 = 8;
-
-/// Nesting beyond which the yaml-rust2 passes stop: above serde_norway's limit of 128.
-const MAX_LINE_DEPTH: usize = 256;
-
-/// Approximate memory of one node besides its text.
-const NODE_COST: u64 = 32;
-
-/// Refuses a document whose aliases expand past the cap (see [`MIN_ALIAS_EXPANSION`]). Runs only
-/// when the text has both an anchor and an alias indicator; one linear pass over yaml-rust2
-/// events that measures each anchored node once and adds that size at every alias.
-fn check_alias_expansion(text: &str) -> Result<(), ParseError> {
-    if !(text.contains('&') && text.contains('*')) {
-        return Ok(());
-    }
-    let cap = MIN_ALIAS_EXPANSION.max((text.len() as u64).saturating_mul(ALIAS_EXPANSION_FACTOR));
-    let mut parser = Parser::new_from_str(text);
-    let mut total: u64 = 0;
-    let mut anchor_sizes: HashMap<usize, u64> = HashMap::new();
-    // Open collections: (anchor id, total when it started).
-    let mut open: Vec<(usize, u64)> = Vec::new();
-    loop {
-        let (event, mark) = match parser.next_token() {
-            Ok(next) => next,
-            // Syntax errors are serde_norway's to report.
-            Err(_) => return Ok(()),
-        };
-        match event {
-            Event::StreamEnd => return Ok(()),
-            Event::Scalar(value, _, anchor, _) => {
-                let size = value.len() as u64 + NODE_COST;
-                total = total.saturating_add(size);
-                if anchor > 0 {
-                    anchor_sizes.insert(anchor, size);
-                }
-            }
-            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
-                if open.len() >= MAX_LINE_DEPTH {
-                    // serde_norway refuses this depth itself; going on would cost yaml-rust2's
-                    // scanner time and memory that grow with the square of the nesting.
-                    return Ok(());
-                }
-                open.push((anchor, total));
-                total = total.saturating_add(NODE_COST);
-            }
-            Event::SequenceEnd | Event::MappingEnd => {
-                if let Some((anchor, start)) = open.pop() {
-                    if anchor > 0 {
-                        anchor_sizes.insert(anchor, total.saturating_sub(start));
-                    }
-                }
-            }
-            Event::Alias(anchor) => {
-                let size = anchor_sizes.get(&anchor).copied().unwrap_or(NODE_COST);
-                total = total.saturating_add(size);
-            }
-            _ => {}
-        }
-        if total > cap {
-            return Err(ParseError {
-                line: Some(mark.line()),
-                message: format!(
-                    "repetition limit exceeded: anchors and aliases (`&a`, `*a`) expand to more than {} MiB; write the values out",
-                    cap / (1024 * 1024)
-                ),
-            });
-        }
-    }
 }
 
 /// Removes serde_norway's " at line N column M" suffix: the line is reported separately.
@@ -144,134 +155,15 @@ fn clean_message(message: &str) -> String {
     message.to_owned()
 }
 
-fn to_json(value: serde_yaml::Value) -> Result<serde_json::Value, ParseError> {
-    use serde_yaml::Value as Y;
-    Ok(match value {
-        Y::Null => serde_json::Value::Null,
-        Y::Bool(b) => serde_json::Value::Bool(b),
-        Y::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                serde_json::Value::from(i)
-            } else if let Some(u) = n.as_u64() {
-                serde_json::Value::from(u)
-            } else {
-                let f = n.as_f64().unwrap_or(f64::NAN);
-                match serde_json::Number::from_f64(f) {
-                    Some(num) => serde_json::Value::Number(num),
-                    None => {
-                        return Err(ParseError {
-                            line: None,
-                            message: format!("the number `{n}` is not finite"),
-                        });
-                    }
-                }
-            }
-        }
-        Y::String(s) => serde_json::Value::String(s),
-        Y::Sequence(items) => {
-            let mut out = Vec::with_capacity(items.len());
-            for item in items {
-                out.push(to_json(item)?);
-            }
-            serde_json::Value::Array(out)
-        }
-        Y::Mapping(map) => {
-            let mut out = serde_json::Map::new();
-            for (key, value) in map {
-                let key = match key {
-                    Y::String(s) => s,
-                    Y::Number(n) => n.to_string(),
-                    Y::Bool(b) => b.to_string(),
-                    other => {
-                        return Err(ParseError {
-                            line: None,
-                            message: format!(
-                                "mapping keys must be plain strings, found {}",
-                                kind_of(&other)
-                            ),
-                        });
-                    }
-                };
-                out.insert(key, to_json(value)?);
-            }
-            serde_json::Value::Object(out)
-        }
-        Y::Tagged(tagged) => {
-            return Err(ParseError {
-                line: None,
-                message: format!("YAML tags like `{}` are not supported", tagged.tag),
-            });
-        }
-    })
-}
-
-fn kind_of(value: &serde_yaml::Value) -> &'static str {
-    use serde_yaml::Value as Y;
+/// What kind of value this is, in YAML's words, for messages (`expected …, found a list`).
+pub fn kind(value: &Value) -> &'static str {
     match value {
-        Y::Null => "null",
-        Y::Bool(_) => "a boolean",
-        Y::Number(_) => "a number",
-        Y::String(_) => "a string",
-        Y::Sequence(_) => "a list",
-        Y::Mapping(_) => "a mapping",
-        Y::Tagged(_) => "a tagged value",
-    }
-}
-
-/// Dotted path (`images[3].operations.resizing.width`, `api.poll.min`) → 1-based line.
-#[derive(Debug, Default, Clone)]
-pub struct LineMap {
-    /// Where each key or sequence item starts; keys are dotted paths with `[i]` for items.
-    lines: HashMap<String, usize>,
-}
-
-impl LineMap {
-    /// Builds the map from YAML text. Best effort: on a syntax error it keeps what it saw.
-    pub fn build(text: &str) -> LineMap {
-        let text = strip_bom(text);
-        let mut builder = Builder::default();
-        let mut parser = Parser::new_from_str(text);
-        // Event by event: `Parser::load` recurses once per nesting level and overflows the
-        // stack on a few thousand levels of `- - - …`, which serde_norway refuses but this pass
-        // still sees (a config with any problem is mapped, whatever its shape).
-        // Deeper than serde_norway's limit means the document was refused anyway; stopping
-        // there also keeps yaml-rust2's scanner, whose cost grows with the square of the
-        // nesting, from spending minutes and gigabytes on `- - - …` 100,000 deep.
-        while !builder.done && builder.stack.len() <= MAX_LINE_DEPTH {
-            match parser.next_token() {
-                Ok((Event::StreamEnd, _)) | Err(_) => break,
-                Ok((event, mark)) => builder.on_event(event, mark),
-            }
-        }
-        LineMap {
-            lines: builder.lines,
-        }
-    }
-
-    /// The line of `path` exactly, if the document has it.
-    pub fn exact(&self, path: &str) -> Option<usize> {
-        self.lines.get(path).copied()
-    }
-
-    /// The line of `path`, or of its closest ancestor that the document has.
-    pub fn line(&self, path: &str) -> Option<usize> {
-        let mut path = path;
-        loop {
-            if let Some(line) = self.lines.get(path) {
-                return Some(*line);
-            }
-            path = parent(path)?;
-        }
-    }
-
-    /// Number of recorded paths (for tests).
-    pub fn len(&self) -> usize {
-        self.lines.len()
-    }
-
-    /// Whether nothing was recorded.
-    pub fn is_empty(&self) -> bool {
-        self.lines.is_empty()
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
     }
 }
 
@@ -302,201 +194,72 @@ pub fn levenshtein(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
-/// `a.b[3].c` → `a.b[3]` → `a.b` → `a` → None.
-pub fn parent(path: &str) -> Option<&str> {
-    let cut = path.rfind(['.', '['])?;
-    Some(&path[..cut])
-}
-
-/// One open collection while walking the event stream.
-enum Frame {
-    /// A mapping at `prefix_len` (length of the path string of the mapping itself).
-    Mapping {
-        prefix_len: usize,
-        /// True when the next node is a key.
-        want_key: bool,
-    },
-    /// A sequence; `next` is the index of the next item.
-    Sequence { prefix_len: usize, next: usize },
-    /// A complex key (a mapping or list used as a key): ignored with all it contains.
-    Skip { depth: usize },
-}
-
-#[derive(Default)]
-struct Builder {
-    lines: HashMap<String, usize>,
-    path: String,
-    stack: Vec<Frame>,
-    /// Stop after the first document: serde_norway refuses more than one anyway.
-    done: bool,
-}
-
-impl Builder {
-    /// Called for each node start (scalar, alias, mapping, sequence); returns whether the node
-    /// is a complex key that must be skipped.
-    fn node_start(&mut self, line: usize, is_collection: bool) -> bool {
-        match self.stack.last_mut() {
-            None => {
-                self.lines.entry(String::new()).or_insert(line);
-                false
-            }
-            Some(Frame::Skip { depth }) => {
-                if is_collection {
-                    *depth += 1;
-                }
-                true
-            }
-            Some(Frame::Mapping { want_key, .. }) => {
-                if *want_key {
-                    // Keys are handled in `on_event` (scalar) or skipped (complex).
-                    is_collection
-                } else {
-                    false
-                }
-            }
-            Some(Frame::Sequence { prefix_len, next }) => {
-                self.path.truncate(*prefix_len);
-                self.path.push('[');
-                self.path.push_str(&next.to_string());
-                self.path.push(']');
-                *next += 1;
-                self.lines.entry(self.path.clone()).or_insert(line);
-                false
-            }
-        }
-    }
-
-    /// After a node is complete: a mapping value completes, so the mapping wants a key again.
-    fn node_end(&mut self) {
-        if let Some(Frame::Mapping { want_key, .. }) = self.stack.last_mut() {
-            *want_key = true;
-        }
-    }
-}
-
-impl MarkedEventReceiver for Builder {
-    fn on_event(&mut self, ev: Event, mark: Marker) {
-        if self.done {
-            return;
-        }
-        let line = mark.line();
-        match ev {
-            Event::DocumentEnd => self.done = true,
-            Event::Scalar(text, ..) => {
-                if let Some(Frame::Mapping {
-                    prefix_len,
-                    want_key: want_key @ true,
-                }) = self.stack.last_mut()
-                {
-                    *want_key = false;
-                    let prefix_len = *prefix_len;
-                    self.path.truncate(prefix_len);
-                    if prefix_len > 0 {
-                        self.path.push('.');
-                    }
-                    self.path.push_str(&text);
-                    self.lines.entry(self.path.clone()).or_insert(line);
-                    return;
-                }
-                if self.node_start(line, false) {
-                    return;
-                }
-                self.node_end();
-            }
-            Event::Alias(_) => {
-                if let Some(Frame::Mapping { want_key: true, .. }) = self.stack.last() {
-                    // An alias used as a key: treat it like an anonymous key.
-                    if let Some(Frame::Mapping { want_key, .. }) = self.stack.last_mut() {
-                        *want_key = false;
-                    }
-                    return;
-                }
-                if self.node_start(line, false) {
-                    return;
-                }
-                self.node_end();
-            }
-            Event::MappingStart(..) | Event::SequenceStart(..) => {
-                let is_map = matches!(ev, Event::MappingStart(..));
-                if self.node_start(line, true) {
-                    if !matches!(self.stack.last(), Some(Frame::Skip { .. })) {
-                        // A complex mapping key begins here.
-                        self.stack.push(Frame::Skip { depth: 1 });
-                    }
-                    return;
-                }
-                let prefix_len = self.path.len();
-                self.stack.push(if is_map {
-                    Frame::Mapping {
-                        prefix_len,
-                        want_key: true,
-                    }
-                } else {
-                    Frame::Sequence {
-                        prefix_len,
-                        next: 0,
-                    }
-                });
-            }
-            Event::MappingEnd | Event::SequenceEnd => match self.stack.last_mut() {
-                Some(Frame::Skip { depth }) => {
-                    *depth -= 1;
-                    if *depth == 0 {
-                        self.stack.pop();
-                        // The complex key is done; its value comes next.
-                        if let Some(Frame::Mapping { want_key, .. }) = self.stack.last_mut() {
-                            *want_key = false;
-                        }
-                    }
-                }
-                Some(Frame::Mapping { prefix_len, .. } | Frame::Sequence { prefix_len, .. }) => {
-                    let prefix_len = *prefix_len;
-                    self.stack.pop();
-                    self.path.truncate(prefix_len);
-                    self.node_end();
-                }
-                None => {}
-            },
-            _ => {}
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn lines_of_nested_paths() {
-        let text = "api:\n  poll:\n    min: 1s\n    max: 2s\nimages:\n  - input: a\n    operations:\n      resizing: { width: 5 }\n  - input: b\n";
-        let map = LineMap::build(text);
-        assert_eq!(map.exact("api"), Some(1));
-        assert_eq!(map.exact("api.poll.min"), Some(3));
-        assert_eq!(map.exact("api.poll.max"), Some(4));
-        assert_eq!(map.exact("images[0].input"), Some(6));
-        assert_eq!(map.exact("images[0].operations.resizing.width"), Some(8));
-        assert_eq!(map.exact("images[1]"), Some(9));
-        assert_eq!(map.line("images[1].output.x"), Some(9));
-    }
-
-    #[test]
-    fn json_lines() {
-        let text = "{\n  \"images\": [\n    {\"input\": \"a\"},\n    {\"input\": \"b\"}\n  ]\n}\n";
-        let map = LineMap::build(text);
-        assert_eq!(map.exact("images[1].input"), Some(4));
-    }
-
-    #[test]
-    fn complex_keys_are_skipped() {
-        let text = "? [a, b]\n: 1\nx: 2\n";
-        let map = LineMap::build(text);
-        assert_eq!(map.exact("x"), Some(3));
-    }
+    const BOUNDS: Bounds = Bounds {
+        max_depth: MAX_DEPTH,
+        max_entries: usize::MAX,
+        long_list: None,
+    };
 
     #[test]
     fn parse_reports_line() {
-        let err = parse("a: 1\nb: [\n").unwrap_err();
+        let err = parse("a: 1\nb: [\n", &BOUNDS).unwrap_err();
         assert!(err.line.is_some());
         assert!(!err.message.contains("at line"));
+    }
+
+    #[test]
+    fn parse_keeps_the_value_rules() {
+        assert_eq!(parse("", &BOUNDS), Ok(Value::Null));
+        assert_eq!(parse("# only a comment\n", &BOUNDS), Ok(Value::Null));
+        assert_eq!(
+            parse("1: one\ntrue: [x]\n", &BOUNDS),
+            Ok(serde_json::json!({"1": "one", "true": ["x"]}))
+        );
+        let err = parse("a: 1\nb: !env X\n", &BOUNDS).unwrap_err();
+        assert_eq!(err.line, Some(2));
+        assert!(err.message.contains("YAML tags like `!env`"), "{err:?}");
+        let err = parse("a: .inf\n", &BOUNDS).unwrap_err();
+        assert!(
+            err.message.contains("the number `.inf` is not finite"),
+            "{err:?}"
+        );
+        let err = parse("a: 1\na: 2\n", &BOUNDS).unwrap_err();
+        assert!(
+            err.message.contains("duplicate entry with key \"a\""),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn nesting_past_the_limit_is_refused_with_its_line() {
+        let ok = format!("{}x{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+        assert!(
+            parse(&ok, &BOUNDS).is_ok(),
+            "{MAX_DEPTH} levels are allowed"
+        );
+        let deep = format!("a: 1\nb: {}", "[".repeat(MAX_DEPTH));
+        let err = parse(&deep, &BOUNDS).unwrap_err();
+        assert_eq!(err.line, Some(2));
+        assert!(
+            err.message.contains("nested deeper than 64 levels"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn aliases_past_the_limit_are_refused_as_the_value_is_built() {
+        // The screen does not follow aliases; the seed counts the levels they add.
+        let mut text = format!("a: &a {}x{}\nb: ", "[".repeat(40), "]".repeat(40));
+        text.push_str(&format!("{}*a{}\n", "[".repeat(30), "]".repeat(30)));
+        let err = parse(&text, &BOUNDS).unwrap_err();
+        assert!(
+            err.message.contains("nested deeper than 64 levels"),
+            "{err:?}"
+        );
+        assert!(err.line.is_some(), "{err:?}");
     }
 }

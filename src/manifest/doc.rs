@@ -7,11 +7,17 @@
 //! so a 100,000-image manifest held 60 MB of maps before validation started. The validator
 //! sees the same entries either way ([`Item::to_value`]).
 //!
-//! The seed enforces what `yaml::parse` does for configs: duplicate keys, tags and non-finite
-//! numbers are refused; number and boolean keys become their text.
+//! Every value below the root is built by `yaml::value`'s seed, under the same rules as a
+//! config (duplicate keys, tags and non-finite numbers refused) and the manifest's bounds:
+//! [`yaml::MAX_DEPTH`] levels, and no list or mapping (`images` first) longer than
+//! `limits.max_images`, counted as the entries stream in. JSON streams into the seed; YAML is
+//! screened by `yaml::parse_with` first, because serde_norway loads a whole document at once.
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
+
+use crate::yaml::value::{Bounds, Data, Key, Rules, Syntax, duplicate};
+use crate::yaml::{self, ParseError};
 
 /// A parsed manifest: the root without its `images` list when that is a list, and the list.
 #[derive(Debug)]
@@ -45,31 +51,53 @@ impl Item {
     }
 }
 
-/// Which parser's wording the duplicate-key error follows.
-#[derive(Clone, Copy)]
-pub enum Syntax {
-    Yaml,
-    Json,
+/// Parses a manifest's text (a BOM is skipped) into a [`Doc`] within `bounds`.
+pub fn parse(text: &str, syntax: Syntax, bounds: &Bounds) -> Result<Doc, ParseError> {
+    match syntax {
+        Syntax::Yaml => yaml::parse_with(text, bounds, |de, rules| Top { rules }.deserialize(de)),
+        Syntax::Json => parse_json(yaml::strip_bom(text), bounds),
+    }
 }
 
-/// Parses YAML text (BOM already stripped, aliases already checked) into a [`Doc`].
-pub fn parse_yaml(text: &str) -> Result<Doc, serde_yaml::Error> {
-    let de = serde_yaml::Deserializer::from_str(text);
-    Top(Syntax::Yaml).deserialize(de)
-}
-
-/// Parses JSON text (BOM already stripped) into a [`Doc`], refusing trailing data.
-pub fn parse_json(text: &str) -> Result<Doc, serde_json::Error> {
+/// JSON streams straight into the seed; trailing data is refused.
+fn parse_json(text: &str, bounds: &Bounds) -> Result<Doc, ParseError> {
+    let rules = Rules::new(Syntax::Json, *bounds);
     let mut de = serde_json::Deserializer::from_str(text);
-    let doc = Top(Syntax::Json).deserialize(&mut de)?;
-    de.end()?;
-    Ok(doc)
+    let parsed = Top { rules: &rules }
+        .deserialize(&mut de)
+        .and_then(|doc| de.end().map(|()| doc));
+    parsed.map_err(|err| {
+        let line = Some(err.line()).filter(|l| *l > 0);
+        match rules.take_refusal() {
+            Some(refusal) => yaml::refused(refusal, line, line, bounds),
+            None => {
+                // The line is reported on its own; serde_json appends it to the text too.
+                let message = err.to_string();
+                let message = match message.find(" at line ") {
+                    Some(idx) => message[..idx].to_owned(),
+                    None => message,
+                };
+                ParseError::invalid(line, message)
+            }
+        }
+    })
 }
 
 /// The root: a mapping gets its `images` list split off; anything else is kept whole.
-struct Top(Syntax);
+struct Top<'r> {
+    rules: &'r Rules,
+}
 
-impl<'de> DeserializeSeed<'de> for Top {
+impl Top<'_> {
+    fn data(&self, depth: usize) -> Data<'_> {
+        Data {
+            rules: self.rules,
+            depth,
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Top<'_> {
     type Value = Doc;
 
     fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Doc, D::Error> {
@@ -77,7 +105,7 @@ impl<'de> DeserializeSeed<'de> for Top {
     }
 }
 
-impl<'de> Visitor<'de> for Top {
+impl<'de> Visitor<'de> for Top<'_> {
     type Value = Doc;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -85,21 +113,26 @@ impl<'de> Visitor<'de> for Top {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Doc, A::Error> {
+        let depth = self.rules.enter(0)?;
         let mut root = Map::new();
         let mut images = None;
+        let mut n_keys = 0;
         while let Some(key) = map.next_key_seed(Key)? {
             if root.contains_key(&key) || (key == "images" && images.is_some()) {
-                return Err(duplicate(self.0, &key));
+                return Err(duplicate(self.rules.syntax, &key));
             }
+            n_keys += 1;
+            self.rules.count(n_keys, depth)?;
+            self.rules.set_top_key(&key);
             if key == "images" {
-                match map.next_value_seed(Images(self.0))? {
+                match map.next_value_seed(Images { rules: self.rules })? {
                     Field::List(items) => images = Some(items),
                     Field::Other(value) => {
                         root.insert(key, value);
                     }
                 }
             } else {
-                let value = map.next_value_seed(Data(self.0))?;
+                let value = map.next_value_seed(self.data(depth))?;
                 root.insert(key, value);
             }
         }
@@ -110,19 +143,19 @@ impl<'de> Visitor<'de> for Top {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Doc, A::Error> {
-        whole(Data(self.0).visit_seq(seq)?)
+        whole(self.data(0).visit_seq(seq)?)
     }
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<Doc, E> {
-        whole(Data(self.0).visit_bool(v)?)
+        whole(self.data(0).visit_bool(v)?)
     }
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<Doc, E> {
-        whole(Data(self.0).visit_i64(v)?)
+        whole(self.data(0).visit_i64(v)?)
     }
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Doc, E> {
-        whole(Data(self.0).visit_u64(v)?)
+        whole(self.data(0).visit_u64(v)?)
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Doc, E> {
-        whole(Data(self.0).visit_f64(v)?)
+        whole(self.data(0).visit_f64(v)?)
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Doc, E> {
         whole(Value::String(v.to_owned()))
@@ -134,7 +167,7 @@ impl<'de> Visitor<'de> for Top {
         whole(Value::Null)
     }
     fn visit_enum<A: de::EnumAccess<'de>>(self, data: A) -> Result<Doc, A::Error> {
-        whole(Data(self.0).visit_enum(data)?)
+        whole(self.data(0).visit_enum(data)?)
     }
 }
 
@@ -148,9 +181,12 @@ enum Field {
     Other(Value),
 }
 
-struct Images(Syntax);
+/// The value of the top-level `images` key: a list is counted as it streams in.
+struct Images<'r> {
+    rules: &'r Rules,
+}
 
-impl<'de> DeserializeSeed<'de> for Images {
+impl<'de> DeserializeSeed<'de> for Images<'_> {
     type Value = Field;
 
     fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Field, D::Error> {
@@ -158,7 +194,7 @@ impl<'de> DeserializeSeed<'de> for Images {
     }
 }
 
-impl<'de> Visitor<'de> for Images {
+impl<'de> Visitor<'de> for Images<'_> {
     type Value = Field;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -166,15 +202,28 @@ impl<'de> Visitor<'de> for Images {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Field, A::Error> {
-        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-        while let Some(value) = seq.next_element_seed(Data(self.0))? {
+        let depth = self.rules.enter(1)?;
+        let max = self.rules.bounds.max_entries_at(depth, "images");
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(max));
+        let item = Data {
+            rules: self.rules,
+            depth,
+        };
+        while let Some(value) = seq.next_element_seed(item)? {
             items.push(compact(value));
+            self.rules.count(items.len(), depth)?;
         }
         Ok(Field::List(items))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Field, A::Error> {
-        Ok(Field::Other(Data(self.0).visit_map(map)?))
+        Ok(Field::Other(
+            Data {
+                rules: self.rules,
+                depth: 1,
+            }
+            .visit_map(map)?,
+        ))
     }
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<Field, E> {
         Ok(Field::Other(Value::Bool(v)))
@@ -186,7 +235,13 @@ impl<'de> Visitor<'de> for Images {
         Ok(Field::Other(Value::from(v)))
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Field, E> {
-        Ok(Field::Other(Data(self.0).visit_f64(v)?))
+        Ok(Field::Other(
+            Data {
+                rules: self.rules,
+                depth: 1,
+            }
+            .visit_f64(v)?,
+        ))
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Field, E> {
         Ok(Field::Other(Value::String(v.to_owned())))
@@ -198,7 +253,13 @@ impl<'de> Visitor<'de> for Images {
         Ok(Field::Other(Value::Null))
     }
     fn visit_enum<A: de::EnumAccess<'de>>(self, data: A) -> Result<Field, A::Error> {
-        Ok(Field::Other(Data(self.0).visit_enum(data)?))
+        Ok(Field::Other(
+            Data {
+                rules: self.rules,
+                depth: 1,
+            }
+            .visit_enum(data)?,
+        ))
     }
 }
 
@@ -217,176 +278,27 @@ fn compact(value: Value) -> Item {
     }
 }
 
-/// Any value below the root.
-struct Data(Syntax);
-
-impl<'de> DeserializeSeed<'de> for Data {
-    type Value = Value;
-
-    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Value, D::Error> {
-        de.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Data {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("any value")
-    }
-
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
-        serde_json::Number::from_f64(v)
-            .map(Value::Number)
-            .ok_or_else(|| E::custom(format_args!("the number `{}` is not finite", yaml_float(v))))
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_owned()))
-    }
-
-    fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-
-    fn visit_none<E: de::Error>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-
-    fn visit_some<D: Deserializer<'de>>(self, de: D) -> Result<Value, D::Error> {
-        de.deserialize_any(self)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
-        while let Some(item) = seq.next_element_seed(Data(self.0))? {
-            items.push(item);
-        }
-        Ok(Value::Array(items))
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut out = Map::new();
-        while let Some(key) = map.next_key_seed(Key)? {
-            if out.contains_key(&key) {
-                return Err(duplicate(self.0, &key));
-            }
-            let value = map.next_value_seed(Data(self.0))?;
-            out.insert(key, value);
-        }
-        Ok(Value::Object(out))
-    }
-
-    /// serde_norway hands a value with a YAML tag (`!env FOO`) over as an enum.
-    fn visit_enum<A: de::EnumAccess<'de>>(self, data: A) -> Result<Value, A::Error> {
-        let (tag, _rest): (String, _) = data.variant()?;
-        let tag = if tag.starts_with('!') {
-            tag
-        } else {
-            format!("!{tag}")
-        };
-        Err(de::Error::custom(format_args!(
-            "YAML tags like `{tag}` are not supported"
-        )))
-    }
-}
-
-/// A mapping key: strings as they are, numbers and booleans as their text.
-struct Key;
-
-impl<'de> DeserializeSeed<'de> for Key {
-    type Value = String;
-
-    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<String, D::Error> {
-        de.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Key {
-    type Value = String;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a plain string key")
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
-        Ok(v.to_owned())
-    }
-    fn visit_string<E: de::Error>(self, v: String) -> Result<String, E> {
-        Ok(v)
-    }
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<String, E> {
-        Ok(v.to_string())
-    }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<String, E> {
-        Ok(v.to_string())
-    }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<String, E> {
-        Ok(v.to_string())
-    }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<String, E> {
-        Ok(yaml_float(v))
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<String, E> {
-        Err(not_a_key("null"))
-    }
-    fn visit_none<E: de::Error>(self) -> Result<String, E> {
-        Err(not_a_key("null"))
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<String, A::Error> {
-        Err(not_a_key("a list"))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<String, A::Error> {
-        Err(not_a_key("a mapping"))
-    }
-    fn visit_enum<A: de::EnumAccess<'de>>(self, _: A) -> Result<String, A::Error> {
-        Err(not_a_key("a tagged value"))
-    }
-}
-
-fn not_a_key<E: de::Error>(found: &str) -> E {
-    E::custom(format_args!(
-        "mapping keys must be plain strings, found {found}"
-    ))
-}
-
-fn duplicate<E: de::Error>(syntax: Syntax, key: &str) -> E {
-    match syntax {
-        Syntax::Yaml => E::custom(format_args!("duplicate entry with key {key:?}")),
-        Syntax::Json => E::custom(format_args!("duplicate key `{key}`")),
-    }
-}
-
-/// A float as YAML writes it: `.nan`, `.inf`, `-.inf`, or its decimal text.
-fn yaml_float(v: f64) -> String {
-    if v.is_nan() {
-        ".nan".to_owned()
-    } else if v.is_infinite() {
-        if v > 0.0 { ".inf" } else { "-.inf" }.to_owned()
-    } else {
-        v.to_string()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::yaml::value::LongList;
+
+    const BOUNDS: Bounds = Bounds {
+        max_depth: yaml::MAX_DEPTH,
+        max_entries: 10,
+        long_list: Some(LongList {
+            key: "images",
+            max_entries: 4,
+        }),
+    };
+
+    fn parse_yaml(text: &str) -> Result<Doc, ParseError> {
+        parse(text, Syntax::Yaml, &BOUNDS)
+    }
+
+    fn parse_json(text: &str) -> Result<Doc, ParseError> {
+        parse(text, Syntax::Json, &BOUNDS)
+    }
 
     fn yaml(text: &str) -> Doc {
         parse_yaml(text).expect("valid YAML")
@@ -431,34 +343,32 @@ mod tests {
     fn yaml_and_json_refuse_duplicate_keys_anywhere() {
         let err = parse_yaml("images:\n  - input: a\n    input: b\n").unwrap_err();
         assert!(
-            err.to_string()
-                .contains("duplicate entry with key \"input\""),
-            "{err}"
+            err.message.contains("duplicate entry with key \"input\""),
+            "{err:?}"
         );
         let err = parse_yaml("images: []\nimages: []\n").unwrap_err();
         assert!(
-            err.to_string()
-                .contains("duplicate entry with key \"images\""),
-            "{err}"
+            err.message.contains("duplicate entry with key \"images\""),
+            "{err:?}"
         );
         let err = parse_json(r#"{"images": [], "images": []}"#).unwrap_err();
-        assert!(err.to_string().contains("duplicate key `images`"), "{err}");
+        assert!(err.message.contains("duplicate key `images`"), "{err:?}");
     }
 
     #[test]
     fn tags_non_finite_numbers_and_complex_keys_are_refused() {
         let err = parse_yaml("images:\n  - input: !env FOO\n").unwrap_err();
-        assert!(err.to_string().contains("YAML tags like `!env`"), "{err}");
+        assert!(err.message.contains("YAML tags like `!env`"), "{err:?}");
         let err = parse_yaml("output: { quality: .nan }\nimages: []\n").unwrap_err();
         assert!(
-            err.to_string().contains("the number `.nan` is not finite"),
-            "{err}"
+            err.message.contains("the number `.nan` is not finite"),
+            "{err:?}"
         );
         let err = parse_yaml("? [a, b]\n: 1\n").unwrap_err();
         assert!(
-            err.to_string()
+            err.message
                 .contains("keys must be plain strings, found a list"),
-            "{err}"
+            "{err:?}"
         );
         let doc = yaml("1: one\ntrue: yes\n");
         assert_eq!(doc.root["1"], "one");
@@ -468,5 +378,60 @@ mod tests {
     #[test]
     fn json_refuses_trailing_data() {
         assert!(parse_json(r#"{"images": []} {}"#).is_err());
+    }
+
+    #[test]
+    fn images_are_counted_as_they_stream_in_yaml_and_json() {
+        assert_eq!(
+            yaml("images: [a, b, c, d]\n").images.map(|i| i.len()),
+            Some(4)
+        );
+        // The fifth entry is refused before the syntax error after it is read.
+        for (text, syntax) in [
+            (
+                "x: 1\nimages:\n  - a\n  - b\n  - c\n  - d\n  - e\n  - ]]",
+                Syntax::Yaml,
+            ),
+            (
+                "{\"x\": 1,\n \"images\": [\"a\", \"b\", \"c\", \"d\",\n \"e\", ]]",
+                Syntax::Json,
+            ),
+        ] {
+            let err = parse(text, syntax, &BOUNDS).unwrap_err();
+            match err.kind {
+                yaml::ParseErrorKind::TooManyEntries {
+                    within,
+                    is_top_value: true,
+                    entry_line,
+                    max: 4,
+                } => {
+                    assert_eq!(within, "images", "{syntax:?}");
+                    assert!(entry_line.is_some(), "{syntax:?}");
+                }
+                other => panic!("{syntax:?}: {other:?} {}", err.message),
+            }
+        }
+    }
+
+    #[test]
+    fn nesting_past_the_limit_is_refused_in_yaml_and_json() {
+        let depth = yaml::MAX_DEPTH;
+        // The root mapping and `images` are two levels.
+        let fits = format!(
+            "{{\"images\": {}1{}}}",
+            "[".repeat(depth - 1),
+            "]".repeat(depth - 1)
+        );
+        assert!(parse_json(&fits).is_ok());
+        assert!(parse_yaml(&fits).is_ok());
+        let deep = format!("{{\"images\":\n{}", "[".repeat(depth));
+        for syntax in [Syntax::Yaml, Syntax::Json] {
+            let err = parse(&deep, syntax, &BOUNDS).unwrap_err();
+            assert!(
+                err.message.contains("nested deeper than 64 levels"),
+                "{syntax:?}: {err:?}"
+            );
+            assert_eq!(err.line, Some(2), "{syntax:?}");
+        }
     }
 }

@@ -229,7 +229,7 @@ impl Member {
 
 /// The key jobs are grouped by: their request body without `input`, canonical.
 pub fn group_key(job: &JobV1) -> String {
-    crate::manifest::canonical_json(&job.body)
+    crate::manifest::key::canonical_json(&job.body)
 }
 
 /// Batches being filled by the submitter, one or more per body (names must be distinct).

@@ -271,7 +271,7 @@ pub fn request_key(request: &serde_json::Value) -> Option<String> {
     if request.is_null() || request.as_object().is_some_and(|o| o.is_empty()) {
         return None;
     }
-    Some(crate::manifest::canonical_json(request))
+    Some(crate::manifest::key::canonical_json(request))
 }
 
 #[cfg(test)]

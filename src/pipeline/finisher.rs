@@ -15,6 +15,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::codes::FailureCode;
 use crate::config::OnManifestDone;
+use crate::filename;
 use crate::lifecycle::{Event as LifeEvent, Phase};
 use crate::manifest;
 use crate::metrics::{Metrics, OutcomeLabel};
@@ -123,7 +124,7 @@ impl Finisher {
                 // the candidate neither pending nor running.
                 self.track(id, PathBuf::from(rel), sha256, Phase::Running);
                 self.deps.board.update(|s| {
-                    s.intake_pending = s.intake_pending.saturating_sub(1);
+                    s.pending = s.pending.saturating_sub(1);
                     s.totals.manifests += 1;
                     s.totals.jobs += n_jobs;
                     s.totals.done += unchanged;
@@ -158,12 +159,12 @@ impl Finisher {
             Event::Supersede { id, then } => {
                 self.deps
                     .board
-                    .update(|s| s.intake_pending = s.intake_pending.saturating_sub(1));
+                    .update(|s| s.pending = s.pending.saturating_sub(1));
                 self.supersede(id, then).await;
             }
             Event::Rejected => {
                 self.deps.board.update(|s| {
-                    s.intake_pending = s.intake_pending.saturating_sub(1);
+                    s.pending = s.pending.saturating_sub(1);
                     s.totals.rejected += 1;
                 });
                 self.count_manifest("rejected");
@@ -171,7 +172,7 @@ impl Finisher {
             Event::IntakeDone => {
                 self.deps
                     .board
-                    .update(|s| s.intake_pending = s.intake_pending.saturating_sub(1));
+                    .update(|s| s.pending = s.pending.saturating_sub(1));
             }
             Event::Replayed { id, rel } => {
                 match self.runs.get_mut(&id) {
@@ -188,6 +189,7 @@ impl Finisher {
                     }
                 }
                 self.publish(id);
+                self.done_pending();
                 self.settle_if_done(id).await;
             }
             Event::Stop => {}
@@ -197,9 +199,17 @@ impl Finisher {
                     _ => Phase::Running,
                 };
                 self.track(id, PathBuf::from(&manifest.rel), manifest.sha256, phase);
+                self.done_pending();
                 self.settle_if_done(id).await;
             }
         }
+    }
+
+    /// One event that was counted as on its way has arrived (after its run is on the board).
+    fn done_pending(&self) {
+        self.deps
+            .board
+            .update(|s| s.pending = s.pending.saturating_sub(1));
     }
 
     fn track(&mut self, id: ManifestId, rel: PathBuf, sha256: String, phase: Phase) {
@@ -503,7 +513,11 @@ impl Finisher {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            output::write_text_atomic(&dest.with_file_name(format!("{name}.error.txt")), &text)?;
+            let error_name = filename::error_file_name(
+                std::ffi::OsStr::new(&name),
+                &filename::FsLimits::of(&dest),
+            );
+            output::write_text_atomic(&dest.with_file_name(error_name), &text)?;
             Ok(Some(dest))
         })
         .await;
@@ -517,11 +531,11 @@ impl Finisher {
     }
 
     async fn hand_to_intake(&self, candidate: Candidate) {
-        self.deps.board.update(|s| s.intake_pending += 1);
+        self.deps.board.update(|s| s.pending += 1);
         if self.deps.intake.send(candidate).await.is_err() {
             self.deps
                 .board
-                .update(|s| s.intake_pending = s.intake_pending.saturating_sub(1));
+                .update(|s| s.pending = s.pending.saturating_sub(1));
         }
     }
 

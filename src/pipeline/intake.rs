@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use crate::filename;
 use crate::lifecycle::{Event as LifeEvent, Phase};
 use crate::manifest::{self, Input, ManifestSpec};
 use crate::metrics::Metrics;
@@ -183,16 +184,19 @@ impl Intake {
             bytes = candidate.fingerprint.size,
             "Validating the manifest"
         );
+        let outbox = self.folders.outbox.clone();
         let validation = on_file_pool(move || {
+            let ctx = manifest::LoadContext {
+                inbox: &inbox,
+                outbox: Some(&outbox),
+                profiles: &settings.profiles,
+                limits: &settings.limits,
+            };
+            // The watcher emits images only from folders with a recipe (SPEC §4.3).
             if is_recipe_image {
-                manifest::load_recipe_image(
-                    &inbox,
-                    &load_path,
-                    &settings.profiles,
-                    &settings.limits,
-                )
+                manifest::load_recipe_image(&ctx, &load_path)
             } else {
-                manifest::load(&inbox, &load_path, &settings.profiles, &settings.limits)
+                manifest::load(&ctx, &load_path)
             }
         });
         // A stop does not wait for a validation: the file is found again at the next start.
@@ -242,7 +246,7 @@ impl Intake {
         let outbox = self.folders.outbox.clone();
         let rel_path = PathBuf::from(&rel);
         let recipe_image = manifest::is_image_name(&rel_path);
-        let (json, csv) = report::rel_paths(&rel_path);
+        let (json, csv) = report::rel_paths(&self.folders.outbox, &rel_path);
         let extra_paths = if recipe_image {
             Vec::new()
         } else {
@@ -418,8 +422,12 @@ impl Intake {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let error_path = dest.with_file_name(format!("{name}.error.txt"));
-            output::write_text_atomic(&error_path, &error_text)?;
+            // Shortened with a hash when the name is too long for the suffix (see `filename`).
+            let error_name = filename::error_file_name(
+                std::ffi::OsStr::new(&name),
+                &filename::FsLimits::of(&dest),
+            );
+            output::write_text_atomic(&dest.with_file_name(error_name), &error_text)?;
             Ok(dest)
         })
         .await;

@@ -8,37 +8,14 @@ use claid_hotfolder::config::{
     self, BaseUrl, ConfigError, InDoubtPolicy, LogFormat, OnManifestDone, OnOutputExists,
 };
 
+use crate::support::{Expect, read_expect};
+
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 fn fixtures() -> PathBuf {
     repo().join("tests/fixtures/config")
-}
-
-/// One expectation: the problem on `line` (None = any line) whose text contains `needle`.
-struct Expect {
-    line: Option<usize>,
-    needle: String,
-}
-
-/// Parses a `.expect` file: one `<line|-> <substring>` per line.
-fn read_expect(path: &Path) -> Vec<Expect> {
-    let text = std::fs::read_to_string(path).expect("read .expect");
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let (line, needle) = l.split_once(' ').expect("`<line> <substring>`");
-            Expect {
-                line: if line == "-" {
-                    None
-                } else {
-                    Some(line.parse().expect("line number"))
-                },
-                needle: needle.to_owned(),
-            }
-        })
-        .collect()
 }
 
 /// Checks that the config at `path` is rejected with every expected problem.

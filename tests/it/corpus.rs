@@ -15,7 +15,7 @@ use claid_hotfolder::emulator::Scenario;
 use claid_hotfolder::manifest::{self, ManifestError};
 use serde_json::json;
 
-use crate::support::{Expect, TestEnv, dimensions, read_expect};
+use crate::support::{Expect, TestEnv, dimensions, png, read_expect};
 
 /// Stack of tokio's blocking threads, where the daemon parses manifests: parsing must fit it.
 const BLOCKING_STACK: usize = 2 * 1024 * 1024;
@@ -73,6 +73,17 @@ fn limits() -> Limits {
         max_images: 50,
         ..Limits::default()
     }
+}
+
+/// `manifest::load` with the corpus's profiles and limits, and no outbox.
+fn load(inbox: &Path, path: &Path) -> Result<manifest::ManifestSpec, ManifestError> {
+    let ctx = manifest::LoadContext {
+        inbox,
+        outbox: None,
+        profiles: &profiles(),
+        limits: &limits(),
+    };
+    manifest::load(&ctx, path)
 }
 
 /// One bad manifest: its file name in the inbox (bytes: it may not be UTF-8), its content and
@@ -333,7 +344,7 @@ fn committed(real_schema: bool) -> Vec<Bad> {
 /// file beside the inbox, and that file (`../outside.png`).
 fn plant_photos(root: &Path, inbox: &Path) {
     std::fs::create_dir_all(inbox.join("photos")).expect("photos");
-    std::fs::write(inbox.join("photos/sku-1.png"), b"fake png 1").expect("sku-1");
+    std::fs::write(inbox.join("photos/sku-1.png"), png(4, 3)).expect("sku-1");
     std::fs::write(root.join("outside.png"), b"secret").expect("outside");
     std::os::unix::fs::symlink(root.join("outside.png"), inbox.join("photos/escape.png"))
         .expect("symlink");
@@ -380,7 +391,7 @@ fn every_bad_manifest_is_rejected_with_its_problem_without_panic() {
             let path = inbox.join(bad.rel());
             std::fs::create_dir_all(path.parent().expect("parent")).expect("dirs");
             std::fs::write(&path, &bad.bytes).expect("write");
-            match manifest::load(&inbox, &path, &profiles(), &limits()) {
+            match load(&inbox, &path) {
                 Ok(spec) => failures.push(format!(
                     "{}: accepted with {} jobs",
                     bad.display(),
@@ -407,40 +418,34 @@ fn bom_crlf_and_tabs_in_strings_are_accepted() {
     let dir = tempfile::tempdir().expect("temp");
     let inbox = dir.path().join("inbox");
     std::fs::create_dir_all(&inbox).expect("inbox");
-    let load = |name: &str, bytes: &[u8]| {
+    let load_bytes = |name: &str, bytes: &[u8]| {
         let path = inbox.join(name);
         std::fs::write(&path, bytes).expect("write");
-        manifest::load(&inbox, &path, &profiles(), &limits())
-            .unwrap_or_else(|e| panic!("{name}: {}", e.error_txt()))
+        load(&inbox, &path).unwrap_or_else(|e| panic!("{name}: {}", e.error_txt()))
     };
     let yaml = "output: {\tformat: png }\nimages:\n  - input:\thttps://cdn.example.com/a.jpg\n    output: \"a b.png\"\n";
-    let plain = load("m.yaml", yaml.as_bytes());
+    let plain = load_bytes("m.yaml", yaml.as_bytes());
     let mut bom = b"\xef\xbb\xbf".to_vec();
     bom.extend_from_slice(yaml.as_bytes());
     let crlf = yaml.replace('\n', "\r\n");
     for (name, bytes) in [("m.yaml", bom.clone()), ("m.yaml", crlf.into_bytes())] {
-        let spec = load(name, &bytes);
+        let spec = load_bytes(name, &bytes);
         assert_eq!(spec.jobs[0].key, plain.jobs[0].key, "{name}");
     }
     let json = "{\"output\":\t{\"format\": \"png\"},\r\n \"images\": [{\"input\": \"https://cdn.example.com/a.jpg\", \"output\": \"a b.png\"}]}";
     let mut bom_json = b"\xef\xbb\xbf".to_vec();
     bom_json.extend_from_slice(json.as_bytes());
-    let spec = load("m.json", &bom_json);
+    let spec = load_bytes("m.json", &bom_json);
     assert_eq!(spec.jobs[0].key, plain.jobs[0].key, "JSON with a BOM");
 
     // A BOM does not shift or hide the line of a problem.
-    let err = manifest::load(
-        &inbox,
-        &{
-            let path = inbox.join("b.yaml");
-            let mut bytes = b"\xef\xbb\xbf".to_vec();
-            bytes.extend_from_slice(b"images:\n  - input: ftp://x/a.jpg\n");
-            std::fs::write(&path, bytes).expect("write");
-            path
-        },
-        &profiles(),
-        &limits(),
-    )
+    let err = load(&inbox, &{
+        let path = inbox.join("b.yaml");
+        let mut bytes = b"\xef\xbb\xbf".to_vec();
+        bytes.extend_from_slice(b"images:\n  - input: ftp://x/a.jpg\n");
+        std::fs::write(&path, bytes).expect("write");
+        path
+    })
     .expect_err("ftp is refused");
     assert_eq!(err.problems()[0].line, Some(2), "{}", err.error_txt());
 }

@@ -1,17 +1,23 @@
 //! Manifests: every bad-input fixture in `tests/fixtures/manifests/` with the problem and line it
 //! must produce, merge semantics, default output names, mirrored output paths, job keys, limits
-//! and the speed of a 100,000-image manifest.
+//! and the speed of a 100,000-image manifest; and, through the real daemon, what is refused
+//! before any spend (issue 11): nesting bombs, an 8-million-image list, output names too long
+//! for the outbox's filesystem, outputs through links in the outbox, empty or non-image files,
+//! and the shortened report and error-file names of a manifest whose own name is too long.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use claid_hotfolder::claid::request::{self, InputRule};
 use claid_hotfolder::config::{Limits, Profile};
+use claid_hotfolder::emulator::Scenario;
+use claid_hotfolder::filename::{self, FsLimits};
 use claid_hotfolder::manifest::{self, Input, ManifestError, ManifestSpec};
 use serde_json::json;
 
-use crate::support::{Expect, read_expect};
+use crate::support::{Expect, TestEnv, dimensions, png, read_expect, stop, wait_until};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/manifests")
@@ -53,6 +59,7 @@ struct Env {
     _dir: tempfile::TempDir,
     root: PathBuf,
     inbox: PathBuf,
+    outbox: PathBuf,
 }
 
 fn env() -> Env {
@@ -60,11 +67,12 @@ fn env() -> Env {
     let root = dir.path().canonicalize().unwrap();
     let inbox = root.join("inbox");
     std::fs::create_dir_all(inbox.join("photos")).unwrap();
-    std::fs::write(inbox.join("photos/sku-1.png"), b"fake png 1").unwrap();
+    std::fs::write(inbox.join("photos/sku-1.png"), png(4, 3)).unwrap();
     std::fs::write(root.join("outside.png"), b"secret").unwrap();
     std::os::unix::fs::symlink(root.join("outside.png"), inbox.join("photos/escape.png")).unwrap();
     Env {
         _dir: dir,
+        outbox: root.join("outbox"),
         root,
         inbox,
     }
@@ -79,7 +87,17 @@ impl Env {
     }
 
     fn load(&self, path: &Path) -> Result<ManifestSpec, ManifestError> {
-        manifest::load(&self.inbox, path, &profiles(), &limits())
+        self.load_with(path, &limits())
+    }
+
+    fn load_with(&self, path: &Path, limits: &Limits) -> Result<ManifestSpec, ManifestError> {
+        let ctx = manifest::LoadContext {
+            inbox: &self.inbox,
+            outbox: Some(&self.outbox),
+            profiles: &profiles(),
+            limits,
+        };
+        manifest::load(&ctx, path)
     }
 
     fn load_text(&self, rel: &str, text: &str) -> Result<ManifestSpec, ManifestError> {
@@ -174,7 +192,7 @@ fn problem_list_is_capped_at_200() {
         ..limits()
     };
     let path = env.write("many.yaml", &text);
-    let err = manifest::load(&env.inbox, &path, &profiles(), &limits).unwrap_err();
+    let err = env.load_with(&path, &limits).unwrap_err();
     let problems = err.problems();
     assert_eq!(problems.len(), 201);
     assert_eq!(problems[200].message, "… and 100 more problems");
@@ -388,7 +406,7 @@ fn keys_are_stable_and_change_with_input_ops_output() {
         "other jobs keep their key"
     );
 
-    std::fs::write(env.inbox.join("photos/sku-1.png"), b"changed content").unwrap();
+    std::fs::write(env.inbox.join("photos/sku-1.png"), png(5, 3)).unwrap();
     let content = env.load_text("k.yaml", base).unwrap();
     assert_ne!(
         content.jobs[1].key, a.jobs[1].key,
@@ -463,7 +481,7 @@ fn hundred_thousand_images_load_fast() {
         ..Limits::default()
     };
     let started = Instant::now();
-    let spec = manifest::load(&env.inbox, &path, &profiles(), &limits).expect("valid");
+    let spec = env.load_with(&path, &limits).expect("valid");
     let elapsed = started.elapsed();
     assert_eq!(spec.jobs.len(), 100_000);
     assert_eq!(
@@ -480,7 +498,7 @@ fn hundred_thousand_images_load_fast() {
         max_images: 99_999,
         ..limits
     };
-    let err = manifest::load(&env.inbox, &path, &profiles(), &limits).unwrap_err();
+    let err = env.load_with(&path, &limits).unwrap_err();
     assert_eq!(err.problems().len(), 1);
     assert_eq!(err.problems()[0].line, Some(3));
 }
@@ -510,5 +528,269 @@ fn schema_problems_map_to_image_and_manifest_lines() {
             && p.message
                 .starts_with("images[1].operations.adjustments.exposure")),
         "{txt}"
+    );
+}
+
+// ---- issue 11: what can be known before spending money, through the real daemon ----------
+
+/// How long the daemon gets to reject or process the drops of one test.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// The daemon's peak resident memory (`VmHWM`), in kB.
+fn peak_rss_kb(daemon: &tokio::process::Child) -> u64 {
+    let pid = daemon.id().expect("the daemon runs");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in kB")
+}
+
+fn error_txt(env: &TestEnv, name: &str) -> String {
+    let path = env.rejected.join(format!("{name}.error.txt"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A 1 MB nesting bomb in YAML and in JSON and a 16 MB list of 8 million images sit in the
+/// inbox with a normal manifest: the normal one is processed, each bad one is rejected with an
+/// error file that names the bound and the line, nothing of them reaches the API, and the
+/// daemon's memory stays far below the 1.5 GB the 8-million list used to cost.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue11_nesting_bombs_and_an_8_million_image_list_are_refused_and_the_rest_flows() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let mut bomb = b"images:\n  - input: https://cdn.example.com/a.jpg\n    operations: ".to_vec();
+    bomb.resize(bomb.len() + 1024 * 1024, b'[');
+    env.drop_file("bomb.yaml", &bomb);
+    let json_bomb = format!("{{\"images\": {}", "{\"a\": ".repeat(150_000));
+    env.drop_file("bomb.json", json_bomb.as_bytes());
+    let mut huge = b"images: [".to_vec();
+    for _ in 0..8_000_000 {
+        huge.extend_from_slice(b"a,");
+    }
+    huge.extend_from_slice(b"a]\n");
+    assert!(
+        huge.len() < 16 * 1024 * 1024,
+        "under the default size limit"
+    );
+    env.drop_file("huge.yaml", &huge);
+    env.drop_file(
+        "good.yaml",
+        b"output: { format: png }\nimages:\n  - input: storage://demo/good-64x48.png\n",
+    );
+    let config = env.config("", "");
+    let mut daemon = env.spawn_daemon(&config, 0);
+    wait_until(
+        "the good manifest is done and the bad ones rejected",
+        DEADLINE,
+        || {
+            env.archive.join("good.yaml").is_file()
+                && ["bomb.yaml", "bomb.json", "huge.yaml"]
+                    .iter()
+                    .all(|name| env.rejected.join(format!("{name}.error.txt")).is_file())
+        },
+    )
+    .await;
+    let peak_kb = peak_rss_kb(&daemon);
+    stop(&mut daemon).await;
+    eprintln!("daemon peak RSS with the bombs and the 8-million list: {peak_kb} kB");
+
+    assert_eq!(
+        dimensions(&env.outbox.join("good/good-64x48.png")),
+        (64, 48)
+    );
+    let txt = error_txt(&env, "bomb.yaml");
+    assert!(
+        txt.contains(
+            "line 3: not valid YAML: recursion limit exceeded: nested deeper than 64 levels"
+        ),
+        "{txt}"
+    );
+    let txt = error_txt(&env, "bomb.json");
+    assert!(
+        txt.contains(
+            "line 1: not valid JSON: recursion limit exceeded: nested deeper than 64 levels"
+        ),
+        "{txt}"
+    );
+    let txt = error_txt(&env, "huge.yaml");
+    assert!(
+        txt.contains(
+            "line 1: images: more than 100000 images, over the limit of 100000 (limits.max_images)"
+        ),
+        "{txt}"
+    );
+    for name in ["bomb.yaml", "bomb.json", "huge.yaml"] {
+        assert!(
+            env.rejected.join(name).is_file(),
+            "{name} moved to rejected/"
+        );
+    }
+    let stats = env.stats();
+    assert_eq!(stats.submits, 1, "only the good manifest: {stats:?}");
+    assert!(
+        peak_kb < 300 * 1024,
+        "the daemon peaked at {} MB",
+        peak_kb / 1024
+    );
+}
+
+/// An output name that fits NAME_MAX but not with the temporary name of the atomic write
+/// (240 bytes + 22) is refused at intake, naming the limit of the outbox's filesystem, before
+/// any API call (it used to be billed, then retried for ever).
+#[tokio::test(flavor = "multi_thread")]
+async fn issue11_an_output_name_too_long_for_its_temporary_name_is_refused_before_any_call() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let name = format!("{}.png", "n".repeat(236));
+    assert_eq!(name.len(), 240);
+    env.drop_file(
+        "long.yaml",
+        format!(
+            "output: {{ format: png }}\nimages:\n  - input: storage://demo/a-64x48.png\n    output: {name}\n"
+        )
+        .as_bytes(),
+    );
+    let config = env.config("", "");
+    let mut daemon = env.spawn_daemon(&config, 0);
+    wait_until("long.yaml is rejected", DEADLINE, || {
+        env.rejected.join("long.yaml.error.txt").is_file()
+    })
+    .await;
+    stop(&mut daemon).await;
+    let limits = claid_hotfolder::filename::FsLimits::of(&env.outbox);
+    let txt = error_txt(&env, "long.yaml");
+    assert!(
+        txt.contains("line 4: images[0].output: the file name"),
+        "{txt}"
+    );
+    assert!(
+        txt.contains(&format!(
+            "it is longer than {} bytes ({})",
+            limits.name_max,
+            limits.source()
+        )),
+        "{txt}"
+    );
+    assert!(
+        txt.contains(&format!(
+            "an output name may have at most {} bytes: shorten this image's `output`",
+            limits.name_max - 22
+        )),
+        "{txt}"
+    );
+    assert_eq!(env.stats().requests, 0, "no API call: {:?}", env.stats());
+}
+
+/// A row whose output runs through a symlink already in the outbox is refused at intake with
+/// the link named, before Claid bills the edit (it used to fail only when the result was
+/// written); the link's target is untouched.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue11_an_output_through_a_symlink_in_the_outbox_is_refused_before_any_call() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let elsewhere = env.dir.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).expect("elsewhere");
+    std::fs::create_dir_all(env.outbox.join("shop")).expect("outbox/shop");
+    let link = env.outbox.join("shop/linked");
+    std::os::unix::fs::symlink(&elsewhere, &link).expect("link");
+    env.drop_file(
+        "shop.yaml",
+        b"output: { format: png }\nimages:\n  - input: storage://demo/a-64x48.png\n    output: fine.png\n  - input: storage://demo/b-64x48.png\n    output: linked/b.png\n",
+    );
+    let config = env.config("", "");
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 2, "a rejected manifest exits 2: {stderr}");
+    let txt = error_txt(&env, "shop.yaml");
+    assert!(
+        txt.contains(&format!(
+            "line 6: images[1].output: {} in the outbox is a symbolic link",
+            link.display()
+        )),
+        "{txt}"
+    );
+    assert!(
+        txt.contains("replace the link with a folder, or change this image's `output`"),
+        "{txt}"
+    );
+    assert_eq!(env.stats().requests, 0, "no API call: {:?}", env.stats());
+    assert_eq!(
+        std::fs::read_dir(&elsewhere).expect("elsewhere").count(),
+        0,
+        "nothing written through the link"
+    );
+}
+
+/// A 0-byte local file and an SVG saved as `.jpg` are refused at intake, each on its row's
+/// line, and nothing is uploaded (an empty file used to be uploaded and billed).
+#[tokio::test(flavor = "multi_thread")]
+async fn issue11_empty_and_non_image_local_files_are_refused_before_any_upload() {
+    let env = TestEnv::new(Scenario::default()).await;
+    env.drop_file("photos/ok.png", &png(8, 8));
+    env.drop_file("photos/empty.png", b"");
+    env.drop_file(
+        "photos/drawing.jpg",
+        b"<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"8\" height=\"8\"/>\n",
+    );
+    env.drop_file(
+        "local.yaml",
+        b"images:\n  - input: photos/ok.png\n  - input: photos/empty.png\n  - input: photos/drawing.jpg\n",
+    );
+    let config = env.config("", "");
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 2, "a rejected manifest exits 2: {stderr}");
+    let txt = error_txt(&env, "local.yaml");
+    assert!(
+        txt.contains("line 3: images[1].input: local file `photos/empty.png` is empty (0 bytes)"),
+        "{txt}"
+    );
+    assert!(
+        txt.contains(
+            "line 4: images[2].input: local file `photos/drawing.jpg` is not an image Claid accepts: it is an SVG drawing"
+        ),
+        "{txt}"
+    );
+    assert!(txt.contains("rejected: 2 problems found"), "{txt}");
+    let stats = env.stats();
+    assert_eq!(stats.requests, 0, "no upload, no call: {stats:?}");
+}
+
+/// A manifest whose own name (250 bytes) leaves no room for the suffix of its report or error
+/// file still gets one, under the name shortened with a hash that `filename` documents (it used
+/// to get neither: the write failed with ENAMETOOLONG).
+#[tokio::test(flavor = "multi_thread")]
+async fn issue11_a_manifest_named_too_long_for_its_suffix_still_gets_its_outcome_file() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let good = format!("{}.yaml", "g".repeat(245));
+    let bad = format!("{}.yaml", "b".repeat(245));
+    env.drop_file(
+        &good,
+        b"output: { format: png }\nimages:\n  - input: storage://demo/a-64x48.png\n",
+    );
+    env.drop_file(&bad, b"images:\n  - input: ftp://x/a.jpg\n");
+    let config = env.config("", "");
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 2, "a rejected manifest exits 2: {stderr}");
+
+    let reports = filename::report_names(Path::new(&good), &FsLimits::of(&env.outbox));
+    let json_name = reports.json.to_str().expect("UTF-8");
+    assert!(json_name.len() < good.len(), "shortened: {json_name}");
+    assert!(json_name.starts_with(&"g".repeat(200)), "{json_name}");
+    let text = std::fs::read_to_string(env.outbox.join(&reports.json))
+        .unwrap_or_else(|e| panic!("report {json_name}: {e}"));
+    let report: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(report["manifest"], good.as_str());
+    assert_eq!(report["counts"]["done"], 1, "{report}");
+    assert!(env.outbox.join(&reports.csv).is_file());
+
+    let error_name = filename::error_file_name(OsStr::new(&bad), &FsLimits::of(&env.rejected));
+    assert_ne!(error_name, OsStr::new(&format!("{bad}.error.txt")));
+    let txt = std::fs::read_to_string(env.rejected.join(&error_name))
+        .unwrap_or_else(|e| panic!("error file {error_name:?}: {e}"));
+    assert!(
+        txt.contains("line 2: images[0].input: unsupported scheme `ftp://`"),
+        "{txt}"
+    );
+    assert!(
+        env.rejected.join(&bad).is_file(),
+        "the manifest is in rejected/"
     );
 }

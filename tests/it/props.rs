@@ -1,7 +1,8 @@
 //! Property tests (proptest, 256 cases each): `manifest::load` never panics on arbitrary bytes
 //! or YAML-ish text; an arbitrary `output` either fails validation or yields a relative path
 //! that stays inside the outbox; `output::safe_join` never returns a path outside its root,
-//! even with a symlink planted in it.
+//! even with a symlink planted in it; report and error-file names derived from any manifest
+//! name fit NAME_MAX with their temporary name, are deterministic and stay distinct.
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -9,6 +10,7 @@ use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Component, Path, PathBuf};
 
 use claid_hotfolder::config::{Limits, Profile};
+use claid_hotfolder::filename::{self, FsLimits};
 use claid_hotfolder::manifest;
 use claid_hotfolder::output;
 use proptest::prelude::*;
@@ -54,7 +56,7 @@ fn inbox() -> Inbox {
     let dir = tempfile::tempdir().expect("temp");
     let inbox = dir.path().join("inbox");
     std::fs::create_dir_all(inbox.join("photos")).expect("photos");
-    std::fs::write(inbox.join("photos/a.png"), b"png").expect("image");
+    std::fs::write(inbox.join("photos/a.png"), crate::support::png(2, 2)).expect("image");
     Inbox { _dir: dir, inbox }
 }
 
@@ -62,7 +64,13 @@ impl Inbox {
     fn load(&self, name: &str, bytes: &[u8]) -> Result<manifest::ManifestSpec, String> {
         let path = self.inbox.join(name);
         std::fs::write(&path, bytes).expect("write");
-        manifest::load(&self.inbox, &path, &profiles(), &limits()).map_err(|e| e.error_txt())
+        let ctx = manifest::LoadContext {
+            inbox: &self.inbox,
+            outbox: None,
+            profiles: &profiles(),
+            limits: &limits(),
+        };
+        manifest::load(&ctx, &path).map_err(|e| e.error_txt())
     }
 }
 
@@ -260,4 +268,102 @@ proptest! {
             }
         }
     }
+}
+
+/// File-name bytes: anything but `/` and NUL.
+fn name_bytes(len: std::ops::Range<usize>) -> impl Strategy<Value = Vec<u8>> {
+    prop::collection::vec(
+        any::<u8>().prop_filter("a name byte", |b| *b != b'/' && *b != 0),
+        len,
+    )
+}
+
+fn limits_of(name_max: usize) -> FsLimits {
+    FsLimits {
+        name_max,
+        path_max: filename::PATH_MAX,
+        asked: None,
+    }
+}
+
+proptest! {
+    #![proptest_config(cases())]
+
+    /// A report or error-file name, shortened or not, fits NAME_MAX together with the
+    /// temporary name `output` writes it under first, keeps its suffix, and is the same every
+    /// time; a UTF-8 name stays UTF-8 (no character is cut in half).
+    #[test]
+    fn derived_names_fit_name_max_with_the_temporary_name(
+        base in name_bytes(1..700),
+        text in "[^/\\p{C}]{1,300}",
+        name_max in 64usize..=1024,
+        suffix in select(&[filename::ERROR_SUFFIX, filename::REPORT_JSON_SUFFIX, filename::REPORT_CSV_SUFFIX][..]),
+    ) {
+        let limits = limits_of(name_max);
+        for base in [OsStr::from_bytes(&base), OsStr::new(&text)] {
+            let name = filename::derived_name(base, suffix, &limits);
+            prop_assert!(
+                output::tmp_name(&name).len() <= name_max,
+                "{} bytes with its temporary name, NAME_MAX {name_max}",
+                output::tmp_name(&name).len()
+            );
+            prop_assert!(name.as_bytes().ends_with(suffix.as_bytes()));
+            prop_assert!(!name.as_bytes().contains(&b'/') && !name.as_bytes().contains(&0));
+            prop_assert_eq!(&filename::derived_name(base, suffix, &limits), &name);
+            if base.to_str().is_some() {
+                prop_assert!(name.to_str().is_some(), "{name:?} is no longer UTF-8");
+            }
+        }
+        let reports = filename::report_names(Path::new(OsStr::new(&text)), &limits);
+        for report in [&reports.json, &reports.csv] {
+            let name = report.file_name().expect("a name");
+            prop_assert!(output::tmp_name(name).len() <= name_max);
+        }
+    }
+
+    /// Two different long names that share their first 300 bytes get different names.
+    #[test]
+    fn distinct_long_names_stay_distinct(
+        common in name_bytes(300..400),
+        tail_a in name_bytes(0..20),
+        tail_b in name_bytes(0..20),
+    ) {
+        prop_assume!(tail_a != tail_b);
+        let limits = limits_of(255);
+        let a = [common.as_slice(), &tail_a].concat();
+        let b = [common.as_slice(), &tail_b].concat();
+        prop_assert_ne!(
+            filename::error_file_name(OsStr::from_bytes(&a), &limits),
+            filename::error_file_name(OsStr::from_bytes(&b), &limits)
+        );
+    }
+}
+
+/// `filename::TMP_NAME_OVERHEAD` is what `output::tmp_name` really adds (the name checks of
+/// validation and of the derived names count on it).
+#[test]
+fn the_temporary_name_overhead_is_what_output_adds() {
+    for name in ["a", "shoes.report.json", &"x".repeat(200)] {
+        assert_eq!(
+            output::tmp_name(OsStr::new(name)).len(),
+            name.len() + filename::TMP_NAME_OVERHEAD,
+            "{name}"
+        );
+    }
+}
+
+/// Ten thousand names that differ only after the part a shortened name keeps all get a name
+/// of their own, and a short name is never shortened.
+#[test]
+fn shortened_names_of_a_family_are_all_distinct() {
+    let limits = limits_of(255);
+    let common = "catalogue-".repeat(30);
+    let names: std::collections::HashSet<_> = (0..10_000)
+        .map(|i| filename::error_file_name(OsStr::new(&format!("{common}{i}.yaml")), &limits))
+        .collect();
+    assert_eq!(names.len(), 10_000);
+    assert_eq!(
+        filename::error_file_name(OsStr::new("shoes.yaml"), &limits),
+        "shoes.yaml.error.txt"
+    );
 }

@@ -222,7 +222,11 @@ async fn a_bad_recipe_rejects_its_images_with_the_recipe_line_and_others_still_r
 async fn an_image_whose_edit_fails_moves_to_rejected_with_the_reason() {
     let env = TestEnv::new(Scenario::default()).await;
     env.drop_file("r/.claid.yaml", RECIPE.as_bytes());
-    env.drop_file("r/broken.png", b"this is not a png");
+    // A PNG signature, so it passes validation, and nothing after it: the edit fails at Claid.
+    env.drop_file(
+        "r/broken.png",
+        b"\x89PNG\r\n\x1a\n but nothing of an image follows",
+    );
     env.drop_file("r/fine.png", &png(80, 80));
     let config = env.config("", "");
     let (code, stderr) = env.run_once(&config).await;
@@ -326,7 +330,13 @@ mod load {
     }
 
     fn load(inbox: &Path, image: &Path) -> Result<ManifestSpec, ManifestError> {
-        manifest::load_recipe_image(inbox, image, &profiles(), &Limits::default())
+        let ctx = manifest::LoadContext {
+            inbox,
+            outbox: None,
+            profiles: &profiles(),
+            limits: &Limits::default(),
+        };
+        manifest::load_recipe_image(&ctx, image)
     }
 
     #[test]

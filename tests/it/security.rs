@@ -80,7 +80,7 @@ async fn symlinked_outbox() -> (TestEnv, tokio::process::Child, PathBuf) {
 }
 
 /// A symlink planted in the outbox is never followed: nothing lands outside, the daemon
-/// reports why and goes on with other manifests.
+/// reports why (it refuses the manifest at intake, issue 11) and goes on with other manifests.
 #[tokio::test(flavor = "multi_thread")]
 async fn symlink_planted_in_the_outbox_is_not_followed_out_of_it() {
     let (env, daemon, elsewhere) = symlinked_outbox().await;
@@ -91,7 +91,7 @@ async fn symlink_planted_in_the_outbox_is_not_followed_out_of_it() {
         || {
             good.is_file()
                 && env.outbox.join("good.report.json").is_file()
-                && env.daemon_log(0).contains("output-unsafe-path")
+                && env.rejected.join("team.yaml.error.txt").is_file()
         },
     )
     .await;
@@ -118,27 +118,32 @@ async fn symlink_planted_in_the_outbox_is_not_followed_out_of_it() {
     assert!(files(&elsewhere).is_empty(), "{:?}", files(&elsewhere));
 }
 
-/// DEFECT (src/pipeline.rs, `download`): an `output-unsafe-path` error from
-/// `output::write_atomic` is treated like a full disk ("retrying later") instead of failing the
-/// job, so a job whose output goes through a symlink planted in the outbox is retried every
-/// `poll.max` forever: its manifest never finishes, no report is written and `run --once` never
-/// exits. Expected: the job fails with `output-unsafe-path` and the report says so.
+/// Issue 5 found that an output through a symlink planted in the outbox was retried for ever;
+/// issue 11 moves the check before any spend: `team.yaml` is refused at intake with the link
+/// named on each row's line, and nothing of it is submitted (only `good.yaml` is).
 #[tokio::test(flavor = "multi_thread")]
-async fn issue5_symlinked_output_fails_the_job_with_output_unsafe_path() {
+async fn issue5_symlinked_output_is_refused_at_intake_and_never_submitted() {
     let (env, daemon, elsewhere) = symlinked_outbox().await;
-    let report = env.outbox.join("team.report.json");
+    let error_txt = env.rejected.join("team.yaml.error.txt");
     wait_until(
-        "team.yaml is finished with a report",
+        "team.yaml is rejected and good.yaml finished",
         Duration::from_secs(20),
-        || report.is_file(),
+        || error_txt.is_file() && env.outbox.join("good.report.json").is_file(),
     )
     .await;
-    let rows = report_rows(&env, "team");
-    assert_eq!(rows.len(), 2);
-    for (status, reason) in rows {
-        assert_eq!(status, "failed");
-        assert!(reason.starts_with("output-unsafe-path"), "{reason}");
+    let txt = std::fs::read_to_string(&error_txt).expect("error file");
+    let link = env.outbox.join("team");
+    for (line, at) in [(3, "images[0].input"), (5, "images[1].output")] {
+        assert!(
+            txt.contains(&format!(
+                "line {line}: {at}: {} in the outbox is a symbolic link",
+                link.display()
+            )),
+            "{txt}"
+        );
     }
+    assert_eq!(env.stats().submits, 1, "only good.yaml: {:?}", env.stats());
+    assert!(!env.outbox.join("team.report.json").exists());
     assert!(files(&elsewhere).is_empty());
     stop(daemon).await;
 }

@@ -1,0 +1,550 @@
+//! The parsed config value checked key by key into a [`Config`]: types, units, ranges,
+//! folders resolved against the config's directory, profiles checked with the request schema.
+//! Every problem is collected with its dotted key; lines are added by the caller.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::claid::request::{self, InputRule};
+use crate::config::schema::{join, known_keys, suggest};
+use crate::config::{
+    AdminConfig, ApiConfig, BaseUrl, Config, ConfigProblem, DEFAULT_ADMIN_SOCKET, DEFAULT_BASE_URL,
+    DEFAULT_MAX_DOWNLOAD_BYTES, DEFAULT_MAX_DOWNLOADS, DEFAULT_MAX_IMAGES, DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_MAX_MANIFEST_BYTES, DEFAULT_POLL_MAX, DEFAULT_POLL_MIN, DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_REQUESTS_PER_MINUTE, DEFAULT_REQUESTS_PER_SECOND, DEFAULT_RESCAN, DEFAULT_SETTLE,
+    DEFAULT_SHUTDOWN_GRACE, DEFAULT_UNREACHABLE_TIMEOUT, Folders, InDoubtPolicy, Limits, LogConfig,
+    LogFormat, OnManifestDone, OnOutputExists, PollConfig, Profile, WatchConfig,
+};
+use crate::yaml::kind;
+
+/// Turns the parsed value into a [`Config`], collecting every problem on the way.
+#[derive(Default)]
+pub struct Checker {
+    pub problems: Vec<ConfigProblem>,
+}
+
+impl Checker {
+    pub fn problem(&mut self, key: &str, message: impl Into<String>) {
+        self.problems.push(ConfigProblem {
+            key: key.to_owned(),
+            line: None,
+            message: message.into(),
+        });
+    }
+
+    /// Checks that `value` at `section` is a mapping with only known keys; returns it.
+    fn section<'v>(
+        &mut self,
+        root: &'v Value,
+        section: &str,
+    ) -> Option<&'v serde_json::Map<String, Value>> {
+        let value = lookup(root, section)?;
+        match value {
+            Value::Null => None,
+            Value::Object(map) => {
+                let known = known_keys(section);
+                for key in map.keys() {
+                    if !known.contains(&key.as_str()) {
+                        let full = join(section, key);
+                        let message = match suggest(&full, known, section) {
+                            Some(hint) => format!("unknown key; did you mean `{hint}`?"),
+                            None => format!(
+                                "unknown key; known keys here: {}",
+                                known
+                                    .iter()
+                                    .map(|k| format!("`{k}`"))
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        };
+                        self.problem(&full, message);
+                    }
+                }
+                Some(map)
+            }
+            other => {
+                self.problem(
+                    section,
+                    format!("expected a mapping of keys, found {}", kind(other)),
+                );
+                None
+            }
+        }
+    }
+
+    /// The config `root` describes (`origin` is its file: relative folders resolve against
+    /// its directory), or `None` when a required part is missing or wrong.
+    pub fn config(&mut self, root: &Value, origin: &Path) -> Option<Config> {
+        if !root.is_object() {
+            self.problem(
+                "",
+                format!("the config must be a mapping of keys, found {}", kind(root)),
+            );
+            return None;
+        }
+        self.section(root, "");
+        for section in [
+            "api", "api.poll", "folders", "watch", "admin", "log", "limits",
+        ] {
+            self.section(root, section);
+        }
+        let base_dir = origin
+            .parent()
+            .map(Path::to_owned)
+            .unwrap_or_else(|| PathBuf::from("."));
+
+        let api = self.api(root, &base_dir);
+        let folders = self.folders(root, &base_dir);
+        let watch = WatchConfig {
+            settle: self.duration(root, "watch.settle", DEFAULT_SETTLE, true),
+            rescan: self.duration(root, "watch.rescan", DEFAULT_RESCAN, false),
+            poll_only: self.boolean(root, "watch.poll_only", false),
+        };
+        let on_manifest_done = self.choice(root, "on_manifest_done", OnManifestDone::Archive);
+        let on_output_exists = self.choice(root, "on_output_exists", OnOutputExists::Replace);
+        let in_doubt = self.choice(root, "in_doubt", InDoubtPolicy::Resubmit);
+        let admin = AdminConfig {
+            socket: self
+                .path(root, "admin.socket", &base_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_ADMIN_SOCKET)),
+            metrics_listen: self.socket_addr(root, "admin.metrics_listen"),
+        };
+        let log = LogConfig {
+            format: self.choice(root, "log.format", LogFormat::Text),
+        };
+        let limits = Limits {
+            max_manifest_bytes: self.positive_u64(
+                root,
+                "limits.max_manifest_bytes",
+                DEFAULT_MAX_MANIFEST_BYTES,
+            ),
+            max_images: self.positive_usize(root, "limits.max_images", DEFAULT_MAX_IMAGES),
+            max_download_bytes: self.positive_u64(
+                root,
+                "limits.max_download_bytes",
+                DEFAULT_MAX_DOWNLOAD_BYTES,
+            ),
+        };
+        let shutdown_grace = self.duration(root, "shutdown_grace", DEFAULT_SHUTDOWN_GRACE, true);
+        let profiles = self.profiles(root);
+        Some(Config {
+            api: api?,
+            folders: folders?,
+            watch,
+            on_manifest_done,
+            on_output_exists,
+            in_doubt,
+            admin,
+            log,
+            limits,
+            shutdown_grace,
+            profiles,
+        })
+    }
+
+    fn api(&mut self, root: &Value, base_dir: &Path) -> Option<ApiConfig> {
+        let base_url = match lookup(root, "api.base_url") {
+            None | Some(Value::Null) => BaseUrl::Url(DEFAULT_BASE_URL.to_owned()),
+            Some(Value::String(text)) => {
+                let text = text.trim();
+                if text == "embedded" {
+                    BaseUrl::Embedded
+                } else if (text.starts_with("http://") || text.starts_with("https://"))
+                    && text.len() > "https://".len()
+                {
+                    BaseUrl::Url(text.trim_end_matches('/').to_owned())
+                } else {
+                    self.problem(
+                        "api.base_url",
+                        format!(
+                            "`{text}` is not an http(s) URL; use e.g. `{DEFAULT_BASE_URL}`, or `embedded` for the bundled emulator"
+                        ),
+                    );
+                    BaseUrl::Embedded
+                }
+            }
+            Some(other) => {
+                self.problem(
+                    "api.base_url",
+                    format!("expected a URL string, found {}", kind(other)),
+                );
+                BaseUrl::Embedded
+            }
+        };
+        let poll_min = self.duration(root, "api.poll.min", DEFAULT_POLL_MIN, false);
+        let poll_max = self.duration(root, "api.poll.max", DEFAULT_POLL_MAX, false);
+        if poll_min > poll_max {
+            self.problem(
+                "api.poll.min",
+                format!(
+                    "poll.min ({}) is larger than poll.max ({}); make min ≤ max",
+                    humantime::format_duration(poll_min),
+                    humantime::format_duration(poll_max)
+                ),
+            );
+        }
+        Some(ApiConfig {
+            base_url,
+            api_key_file: self.path(root, "api.api_key_file", base_dir),
+            requests_per_second: nonzero_u32(self.positive_u64(
+                root,
+                "api.requests_per_second",
+                u64::from(DEFAULT_REQUESTS_PER_SECOND),
+            )),
+            requests_per_minute: nonzero_u32(self.positive_u64(
+                root,
+                "api.requests_per_minute",
+                u64::from(DEFAULT_REQUESTS_PER_MINUTE),
+            )),
+            max_in_flight: nonzero_usize(self.positive_usize(
+                root,
+                "api.max_in_flight",
+                DEFAULT_MAX_IN_FLIGHT,
+            )),
+            max_downloads: nonzero_usize(self.positive_usize(
+                root,
+                "api.max_downloads",
+                DEFAULT_MAX_DOWNLOADS,
+            )),
+            request_timeout: self.duration(
+                root,
+                "api.request_timeout",
+                DEFAULT_REQUEST_TIMEOUT,
+                false,
+            ),
+            poll: PollConfig {
+                min: poll_min,
+                max: poll_max,
+            },
+            unreachable_timeout: self.duration(
+                root,
+                "api.unreachable_timeout",
+                DEFAULT_UNREACHABLE_TIMEOUT,
+                false,
+            ),
+        })
+    }
+
+    fn folders(&mut self, root: &Value, base_dir: &Path) -> Option<Folders> {
+        let mut get = |name: &str, what: &str| {
+            let key = format!("folders.{name}");
+            let path = self.path(root, &key, base_dir);
+            if path.is_none() && matches!(lookup(root, &key), None | Some(Value::Null)) {
+                self.problem(
+                    &key,
+                    format!("missing; set it to the {what} folder (there is no default)"),
+                );
+            }
+            path
+        };
+        let inbox = get("inbox", "watched inbox");
+        let outbox = get("outbox", "output");
+        let archive = get("archive", "finished-manifest archive");
+        let rejected = get("rejected", "rejected-manifest");
+        let state = get("state", "state store");
+        Some(Folders {
+            inbox: inbox?,
+            outbox: outbox?,
+            archive: archive?,
+            rejected: rejected?,
+            state: state?,
+        })
+    }
+
+    fn profiles(&mut self, root: &Value) -> BTreeMap<String, Profile> {
+        let mut profiles = BTreeMap::new();
+        let map = match lookup(root, "profiles") {
+            None | Some(Value::Null) => return profiles,
+            Some(Value::Object(map)) => map,
+            Some(other) => {
+                self.problem(
+                    "profiles",
+                    format!("expected a mapping of profile names, found {}", kind(other)),
+                );
+                return profiles;
+            }
+        };
+        for (name, value) in map {
+            let key = format!("profiles.{name}");
+            let Value::Object(fields) = value else {
+                self.problem(
+                    &key,
+                    format!(
+                        "expected a mapping with `operations` and/or `output`, found {}",
+                        kind(value)
+                    ),
+                );
+                continue;
+            };
+            for field in fields.keys() {
+                if field != "operations" && field != "output" {
+                    self.problem(
+                        &format!("{key}.{field}"),
+                        "unknown key; a profile has only `operations` and `output`",
+                    );
+                }
+            }
+            let operations = match fields.get("operations") {
+                None | Some(Value::Null) => Value::Object(Default::default()),
+                Some(ops @ Value::Object(_)) => ops.clone(),
+                Some(other) => {
+                    self.problem(
+                        &format!("{key}.operations"),
+                        format!("expected a mapping of operations, found {}", kind(other)),
+                    );
+                    continue;
+                }
+            };
+            let output = fields.get("output").filter(|v| !v.is_null()).cloned();
+            match &output {
+                Some(Value::String(_)) => {
+                    self.problem(
+                        &format!("{key}.output"),
+                        "a destination URI is not supported: results are downloaded into the outbox; give output options like `{ format: webp }`",
+                    );
+                    continue;
+                }
+                Some(Value::Object(fields)) if fields.contains_key("destination") => {
+                    self.problem(
+                        &format!("{key}.output.destination"),
+                        "not supported: results are downloaded into the outbox; remove it",
+                    );
+                    continue;
+                }
+                _ => {}
+            }
+            let mut body = serde_json::Map::new();
+            body.insert(
+                "input".into(),
+                Value::String("https://example.invalid/profile-check.jpg".into()),
+            );
+            body.insert("operations".into(), operations.clone());
+            if let Some(output) = &output {
+                body.insert("output".into(), output.clone());
+            }
+            if let Err(errors) = request::validate(&Value::Object(body), InputRule::Required) {
+                for error in errors {
+                    self.problem(&join(&key, &error.path), error.message);
+                }
+                continue;
+            }
+            profiles.insert(name.clone(), Profile { operations, output });
+        }
+        profiles
+    }
+
+    fn duration(&mut self, root: &Value, key: &str, default: Duration, zero_ok: bool) -> Duration {
+        const FORM: &str = "use a number with a unit, like `500ms`, `2s`, `5m` or `1h`";
+        match lookup(root, key) {
+            None | Some(Value::Null) => default,
+            Some(Value::String(text)) => match humantime::parse_duration(text.trim()) {
+                Ok(duration) if duration.is_zero() && !zero_ok => {
+                    self.problem(key, "must be longer than zero");
+                    default
+                }
+                Ok(duration) => duration,
+                Err(_) => {
+                    self.problem(key, format!("`{text}` is not a duration; {FORM}"));
+                    default
+                }
+            },
+            Some(Value::Number(n)) => {
+                self.problem(key, format!("`{n}` has no unit; {FORM}"));
+                default
+            }
+            Some(other) => {
+                self.problem(
+                    key,
+                    format!("expected a duration, found {}; {FORM}", kind(other)),
+                );
+                default
+            }
+        }
+    }
+
+    fn positive_u64(&mut self, root: &Value, key: &str, default: u64) -> u64 {
+        match lookup(root, key) {
+            None | Some(Value::Null) => default,
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(0) => {
+                    self.problem(key, "must be at least 1");
+                    default
+                }
+                Some(v) if key.starts_with("api.requests_per") && v > u64::from(u32::MAX) => {
+                    self.problem(key, "is too large");
+                    default
+                }
+                Some(v) => v,
+                None => {
+                    self.problem(key, format!("`{n}` must be a positive whole number"));
+                    default
+                }
+            },
+            Some(other) => {
+                self.problem(
+                    key,
+                    format!("expected a positive whole number, found {}", kind(other)),
+                );
+                default
+            }
+        }
+    }
+
+    fn positive_usize(&mut self, root: &Value, key: &str, default: usize) -> usize {
+        let value = self.positive_u64(root, key, default as u64);
+        usize::try_from(value).unwrap_or(default)
+    }
+
+    fn boolean(&mut self, root: &Value, key: &str, default: bool) -> bool {
+        match lookup(root, key) {
+            None | Some(Value::Null) => default,
+            Some(Value::Bool(b)) => *b,
+            Some(other) => {
+                self.problem(
+                    key,
+                    format!("expected `true` or `false`, found {}", kind(other)),
+                );
+                default
+            }
+        }
+    }
+
+    fn choice<T>(&mut self, root: &Value, key: &str, default: T) -> T
+    where
+        T: serde::de::DeserializeOwned + Serialize + Copy + 'static,
+    {
+        match lookup(root, key) {
+            None | Some(Value::Null) => default,
+            Some(value) => match serde_json::from_value::<T>(value.clone()) {
+                Ok(v) => v,
+                Err(_) => {
+                    let options = choices::<T>().join(" | ");
+                    self.problem(
+                        key,
+                        format!("`{}` is not one of: {options}", display(value)),
+                    );
+                    default
+                }
+            },
+        }
+    }
+
+    fn path(&mut self, root: &Value, key: &str, base_dir: &Path) -> Option<PathBuf> {
+        match lookup(root, key) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(text)) if text.trim().is_empty() => {
+                self.problem(key, "is empty; give a path or remove the key");
+                None
+            }
+            Some(Value::String(text)) => {
+                let path = Path::new(text.trim());
+                Some(normalize(&if path.is_absolute() {
+                    path.to_owned()
+                } else {
+                    base_dir.join(path)
+                }))
+            }
+            Some(other) => {
+                self.problem(key, format!("expected a path, found {}", kind(other)));
+                None
+            }
+        }
+    }
+
+    fn socket_addr(&mut self, root: &Value, key: &str) -> Option<SocketAddr> {
+        match lookup(root, key) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(text)) => match text.trim().parse() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    self.problem(
+                        key,
+                        format!("`{text}` is not an address; use e.g. `127.0.0.1:9464`, or null"),
+                    );
+                    None
+                }
+            },
+            Some(other) => {
+                self.problem(
+                    key,
+                    format!(
+                        "expected an address like `127.0.0.1:9464`, found {}",
+                        kind(other)
+                    ),
+                );
+                None
+            }
+        }
+    }
+}
+
+/// The accepted spellings of an enum, from its serde names.
+fn choices<T: Serialize + 'static>() -> Vec<String> {
+    use std::any::TypeId;
+    let names: &[&str] = if TypeId::of::<T>() == TypeId::of::<OnManifestDone>() {
+        &["archive", "delete", "keep"]
+    } else if TypeId::of::<T>() == TypeId::of::<OnOutputExists>() {
+        &["replace", "skip", "fail"]
+    } else if TypeId::of::<T>() == TypeId::of::<InDoubtPolicy>() {
+        &["resubmit", "hold"]
+    } else if TypeId::of::<T>() == TypeId::of::<LogFormat>() {
+        &["text", "json"]
+    } else {
+        &[]
+    };
+    names.iter().map(|s| (*s).to_owned()).collect()
+}
+
+fn nonzero_u32(value: u64) -> NonZeroU32 {
+    u32::try_from(value)
+        .ok()
+        .and_then(NonZeroU32::new)
+        .unwrap_or(NonZeroU32::MIN)
+}
+
+fn nonzero_usize(value: usize) -> NonZeroUsize {
+    NonZeroUsize::new(value).unwrap_or(NonZeroUsize::MIN)
+}
+
+/// Removes `.` and `..` components lexically, so logs and error files show
+/// `/srv/target/demo/outbox` rather than `/srv/config/../target/demo/outbox`.
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// Value at a dotted path (sections and keys have no dots, except profile names).
+fn lookup<'v>(root: &'v Value, path: &str) -> Option<&'v Value> {
+    if path.is_empty() {
+        return Some(root);
+    }
+    let mut value = root;
+    for part in path.split('.') {
+        value = value.as_object()?.get(part)?;
+    }
+    Some(value)
+}
+
+fn display(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}

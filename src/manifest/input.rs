@@ -1,0 +1,300 @@
+//! An image's `input`: a remote URL (`http(s)://`, `storage://`) checked for form, or a local
+//! file that must resolve inside the inbox, be a regular file, not be empty, and start like an
+//! image Claid accepts (so nothing unusable is uploaded and billed). A local file is read once
+//! per manifest: its content hash is part of the job key.
+
+use std::collections::HashMap;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::manifest::Input;
+use crate::manifest::problems::Collector;
+use crate::manifest::validate::Context;
+
+/// Longest input URL the API accepts (CONTRACT §4).
+const MAX_INPUT_LEN: usize = 4096;
+
+/// Bytes read to tell an image's format by its signature.
+const HEAD_LEN: usize = 64;
+
+/// The input formats Claid accepts (CONTRACT §5), as messages name them.
+const ACCEPTED: &str = "BMP, GIF, JPEG, PNG, TIFF, WEBP, AVIF or HEIC";
+
+/// Local files already read in this manifest: their hash, or why they cannot be an input.
+#[derive(Default)]
+pub struct LocalFiles {
+    seen: HashMap<PathBuf, Result<String, Unusable>>,
+}
+
+/// Why a readable local file cannot be uploaded.
+#[derive(Clone, Debug)]
+enum Unusable {
+    Empty,
+    /// Not an image Claid accepts; says what it looks like instead.
+    NotAnImage(String),
+    Unreadable(String),
+}
+
+/// Classifies and checks one input string; `None` after adding its problem.
+pub fn check_input(
+    text: &str,
+    path: &str,
+    ctx: &Context<'_>,
+    local: &mut LocalFiles,
+    problems: &mut Collector,
+) -> Option<Input> {
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        problems.add(
+            path,
+            "is empty; give a URL, a storage:// URI or a relative path".into(),
+        );
+        return None;
+    }
+    let lower = trimmed.to_ascii_lowercase();
+    if lower.starts_with("http://")
+        || lower.starts_with("https://")
+        || lower.starts_with("storage://")
+    {
+        return check_remote(trimmed, path, problems);
+    }
+    if let Some(idx) = trimmed.find("://") {
+        problems.add(
+            path,
+            format!(
+                "unsupported scheme `{}://`; use http(s)://, storage:// or a path relative to the manifest",
+                &trimmed[..idx]
+            ),
+        );
+        return None;
+    }
+    check_local(trimmed, path, ctx, local, problems)
+}
+
+fn check_remote(url: &str, path: &str, problems: &mut Collector) -> Option<Input> {
+    let rest = &url[url.find("://").map_or(0, |i| i + 3)..];
+    if rest.is_empty() || rest.starts_with('/') {
+        problems.add(
+            path,
+            format!(
+                "`{url}` has no host or storage name; write it whole, like `https://cdn.example.com/a.jpg` or `storage://my-storage/a.jpg`"
+            ),
+        );
+        return None;
+    }
+    if url.len() > MAX_INPUT_LEN {
+        problems.add(
+            path,
+            format!(
+                "the URL is {} characters; Claid accepts at most {MAX_INPUT_LEN}: host the image under a shorter URL",
+                url.len()
+            ),
+        );
+        return None;
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        problems.add(
+            path,
+            format!("`{url}` contains spaces; percent-encode them (`%20`)"),
+        );
+        return None;
+    }
+    Some(Input::Remote(url.to_owned()))
+}
+
+fn check_local(
+    trimmed: &str,
+    path: &str,
+    ctx: &Context<'_>,
+    local: &mut LocalFiles,
+    problems: &mut Collector,
+) -> Option<Input> {
+    let joined = ctx.manifest_dir.join(trimmed);
+    let canonical = match std::fs::canonicalize(&joined) {
+        Ok(canonical) => canonical,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            problems.add(
+                path,
+                format!(
+                    "local file `{trimmed}` not found (looked for {}); fix the path, relative to the manifest's folder, or add the file",
+                    joined.display()
+                ),
+            );
+            return None;
+        }
+        Err(err) => {
+            problems.add(
+                path,
+                format!(
+                    "local file `{trimmed}` cannot be resolved: {err}; check the path and the permissions of its folders"
+                ),
+            );
+            return None;
+        }
+    };
+    let Ok(rel) = canonical.strip_prefix(&ctx.inbox_canonical) else {
+        problems.add(
+            path,
+            format!(
+                "local file `{trimmed}` resolves to {}, outside the inbox; local inputs must stay inside the inbox (no `..` or symlinks out of it)",
+                canonical.display()
+            ),
+        );
+        return None;
+    };
+    let rel = rel.to_owned();
+    match std::fs::metadata(&canonical) {
+        Ok(meta) if meta.is_file() => {}
+        Ok(_) => {
+            problems.add(
+                path,
+                format!(
+                    "local input `{trimmed}` is not a regular file; name an image file, not a folder"
+                ),
+            );
+            return None;
+        }
+        Err(err) => {
+            problems.add(
+                path,
+                format!("local file `{trimmed}` cannot be read: {err}; check its permissions"),
+            );
+            return None;
+        }
+    }
+    let read = local
+        .seen
+        .entry(canonical.clone())
+        .or_insert_with(|| read_local(&canonical));
+    match read {
+        Ok(sha256) => Some(Input::Local {
+            path: canonical,
+            rel,
+            sha256: sha256.clone(),
+        }),
+        Err(why) => {
+            let message = match why {
+                Unusable::Empty => format!(
+                    "local file `{trimmed}` is empty (0 bytes): it was probably not copied completely; copy the image again, then drop the manifest again"
+                ),
+                Unusable::NotAnImage(what) => format!(
+                    "local file `{trimmed}` is not an image Claid accepts: {what}; give a {ACCEPTED} file (convert it, or fix the path)"
+                ),
+                Unusable::Unreadable(err) => {
+                    format!("local file `{trimmed}` cannot be read: {err}; check its permissions")
+                }
+            };
+            problems.add(path, message);
+            None
+        }
+    }
+}
+
+/// Hashes a local file, refusing it when empty or not an image Claid accepts.
+fn read_local(path: &Path) -> Result<String, Unusable> {
+    let unreadable = |err: std::io::Error| Unusable::Unreadable(err.to_string());
+    let mut file = std::fs::File::open(path).map_err(unreadable)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut head = Vec::with_capacity(HEAD_LEN);
+    loop {
+        let n = file.read(&mut buf).map_err(unreadable)?;
+        if n == 0 {
+            break;
+        }
+        if head.len() < HEAD_LEN {
+            let take = n.min(HEAD_LEN - head.len());
+            head.extend_from_slice(&buf[..take]);
+        }
+        hasher.update(&buf[..n]);
+    }
+    if head.is_empty() {
+        return Err(Unusable::Empty);
+    }
+    check_image_signature(&head).map_err(Unusable::NotAnImage)?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Whether `head` (a file's first bytes) starts like an image Claid accepts; else what it
+/// looks like, for the message.
+fn check_image_signature(head: &[u8]) -> Result<(), String> {
+    use image::ImageFormat as F;
+    match image::guess_format(head) {
+        Ok(F::Png | F::Jpeg | F::Gif | F::WebP | F::Tiff | F::Bmp | F::Avif) => return Ok(()),
+        Ok(other) => {
+            return Err(format!(
+                "it is {} image, a format Claid does not take",
+                format_name(other)
+            ));
+        }
+        Err(_) => {}
+    }
+    if is_heif(head) {
+        return Ok(());
+    }
+    let text = String::from_utf8_lossy(head);
+    let trimmed = text.trim_start_matches('\u{feff}').trim_start();
+    let lower = trimmed.to_ascii_lowercase();
+    if lower.starts_with("<svg") || (lower.starts_with("<?xml") && lower.contains("<svg")) {
+        return Err("it is an SVG drawing (text), not a bitmap".to_owned());
+    }
+    if lower.starts_with('<') {
+        return Err("it is HTML or XML text, not an image (a saved web page?)".to_owned());
+    }
+    if std::str::from_utf8(head).is_ok() || head.iter().all(|b| b.is_ascii()) {
+        return Err("it is text, not an image".to_owned());
+    }
+    Err(format!(
+        "its first bytes ({}) match no image format",
+        head.iter()
+            .take(8)
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    ))
+}
+
+/// HEIC/HEIF (and AVIF sequences): an ISO-BMFF `ftyp` box with an image brand.
+fn is_heif(head: &[u8]) -> bool {
+    const BRANDS: &[&[u8]] = &[
+        b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis",
+    ];
+    head.len() >= 12 && &head[4..8] == b"ftyp" && BRANDS.contains(&&head[8..12])
+}
+
+fn format_name(format: image::ImageFormat) -> String {
+    let name = format
+        .extensions_str()
+        .first()
+        .map_or_else(|| format!("{format:?}"), |ext| ext.to_ascii_uppercase());
+    let article = if name.starts_with(['A', 'E', 'I', 'O', 'U', 'H']) {
+        "an"
+    } else {
+        "a"
+    };
+    format!("{article} {name}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures() {
+        let png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR";
+        assert!(check_image_signature(png).is_ok());
+        assert!(check_image_signature(b"\xff\xd8\xff\xe0\0\x10JFIF").is_ok());
+        assert!(check_image_signature(b"\0\0\0\x18ftypheic\0\0\0\0").is_ok());
+        assert!(check_image_signature(b"\0\0\0\x1cftypavif\0\0\0\0").is_ok());
+        let svg = check_image_signature(b"<?xml version=\"1.0\"?>\n<svg xmlns=").unwrap_err();
+        assert!(svg.contains("SVG"), "{svg}");
+        let text = check_image_signature(b"this is not a png").unwrap_err();
+        assert!(text.contains("text"), "{text}");
+        let qoi = check_image_signature(b"qoif\0\0\0\x01").unwrap_err();
+        assert!(qoi.contains("a QOI image"), "{qoi}");
+        let binary = check_image_signature(&[0x00, 0xfe, 0x13, 0x80, 0x81]).unwrap_err();
+        assert!(binary.contains("00 fe 13 80 81"), "{binary}");
+    }
+}

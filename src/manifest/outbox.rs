@@ -1,0 +1,327 @@
+//! What the outbox can hold, checked at validation so that an output that could never be
+//! written is refused before Claid bills its edit: no symbolic link on the way (`output`
+//! refuses to write through one), and names within the outbox filesystem's `NAME_MAX` and
+//! `PATH_MAX`, counting the temporary name every write goes through
+//! ([`crate::filename::TMP_NAME_OVERHEAD`]). Obstacles that can be cleared while the edit runs
+//! (a file where a folder goes) are left to the writer, which retries them.
+//!
+//! Each folder is looked at once per manifest (one `lstat` per folder on the way, one listing of
+//! the folder outputs go into), so a 100,000-image manifest costs a few system calls, not
+//! 100,000. A link created after validation is still refused when the output is written.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::path::{Component, Path, PathBuf};
+
+use crate::filename::{FsLimits, TMP_NAME_OVERHEAD};
+
+/// The outbox of one validation, with what has been seen of it.
+pub struct Outbox<'a> {
+    /// `None` when validating without a config (`validate FILE`): only lengths are checked,
+    /// against the fallback limits.
+    root: Option<&'a Path>,
+    limits: FsLimits,
+    /// Folders (relative to the root) already looked at.
+    folders: HashMap<PathBuf, Folder>,
+}
+
+/// What a folder on an output's way is.
+enum Folder {
+    /// Not there yet (or not a folder yet: the writer retries until it is): nothing below it
+    /// can be checked now.
+    Missing,
+    /// A folder; the names in it that are symbolic links, read when an output goes into it
+    /// (`None` until then).
+    Present(Option<HashSet<OsString>>),
+    /// A symbolic link: no output may go through it; the message says what to do.
+    Link(String),
+}
+
+/// Where an output's name comes from, which decides the fix a problem suggests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Naming {
+    /// The image's own `output`.
+    Given,
+    /// Derived from the input's name.
+    FromInput,
+}
+
+impl Naming {
+    /// The fix for a name that is too long.
+    fn shorten(self) -> &'static str {
+        match self {
+            Naming::Given => "shorten this image's `output`",
+            Naming::FromInput => "set a shorter `output` for this image",
+        }
+    }
+
+    /// The alternative to clearing an obstacle in the outbox.
+    fn elsewhere(self) -> &'static str {
+        match self {
+            Naming::Given => ", or change this image's `output`",
+            Naming::FromInput => ", or set another `output` for this image",
+        }
+    }
+}
+
+impl<'a> Outbox<'a> {
+    /// The outbox at `root`; its filesystem's limits are asked once, here.
+    pub fn new(root: Option<&'a Path>) -> Outbox<'a> {
+        let limits = root.map_or_else(FsLimits::fallback, FsLimits::of);
+        Outbox {
+            root,
+            limits,
+            folders: HashMap::new(),
+        }
+    }
+
+    /// The name limits outputs are checked against.
+    pub fn limits(&self) -> &FsLimits {
+        &self.limits
+    }
+
+    /// Whether an output can be written at `rel` (relative to the outbox); else the problem
+    /// and its fix.
+    pub fn check_output(&mut self, rel: &Path, naming: Naming) -> Result<(), String> {
+        self.check_lengths(rel, naming)?;
+        let fix = naming.elsewhere();
+        let Some(root) = self.root else {
+            return Ok(());
+        };
+        let Some(name) = rel.file_name() else {
+            return Ok(());
+        };
+        let mut folder = PathBuf::new();
+        match self.folder(root, &folder) {
+            Folder::Missing => return Ok(()),
+            Folder::Link(why) => return Err(format!("{why}{fix}")),
+            Folder::Present(_) => {}
+        }
+        let parents: Vec<&OsStr> = rel
+            .parent()
+            .into_iter()
+            .flat_map(Path::components)
+            .filter_map(|c| match c {
+                Component::Normal(part) => Some(part),
+                _ => None,
+            })
+            .collect();
+        for part in parents {
+            folder.push(part);
+            match self.folder(root, &folder) {
+                Folder::Missing => return Ok(()),
+                Folder::Link(why) => return Err(format!("{why}{fix}")),
+                Folder::Present(_) => {}
+            }
+        }
+        if self.is_link(root, &folder, name) {
+            return Err(format!(
+                "{} in the outbox is a symbolic link, and outputs are never written through links: remove the link{fix}",
+                root.join(rel).display()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether a report can be written at `rel`: its path within `PATH_MAX` (its name is
+    /// shortened to fit `NAME_MAX` by `filename::report_names`).
+    pub fn check_report(&self, rel: &Path) -> Result<(), String> {
+        let full = self.full_len(rel);
+        let max = self.limits.max_final_path();
+        if full <= max {
+            return Ok(());
+        }
+        Err(format!(
+            "the report {} would be a path of {full} bytes, and with the temporary name of its atomic write ({TMP_NAME_OVERHEAD} bytes more) it is longer than PATH_MAX ({} bytes); move the manifest to a folder nearer the top of the inbox, or use a shorter outbox path",
+            rel.display(),
+            self.limits.path_max
+        ))
+    }
+
+    fn full_len(&self, rel: &Path) -> usize {
+        match self.root {
+            Some(root) => root.join(rel).as_os_str().len(),
+            None => rel.as_os_str().len(),
+        }
+    }
+
+    fn check_lengths(&self, rel: &Path, naming: Naming) -> Result<(), String> {
+        let fix = naming.shorten();
+        let limits = &self.limits;
+        let mut parts = rel.components().peekable();
+        while let Some(part) = parts.next() {
+            let name = part.as_os_str();
+            let is_file = parts.peek().is_none();
+            if is_file && name.len() > limits.max_final_name() {
+                return Err(format!(
+                    "the file name `{}` is {} bytes: with the {TMP_NAME_OVERHEAD} bytes of the temporary name every output is written under first (`.<name>.tmp-<16 hex>`) it is longer than {} bytes ({}), so an output name may have at most {} bytes: {fix}",
+                    shown(name),
+                    name.len(),
+                    limits.name_max,
+                    limits.source(),
+                    limits.max_final_name()
+                ));
+            }
+            if !is_file && name.len() > limits.name_max {
+                return Err(format!(
+                    "the folder name `{}` is {} bytes, longer than {} bytes ({}): {fix}",
+                    shown(name),
+                    name.len(),
+                    limits.name_max,
+                    limits.source()
+                ));
+            }
+        }
+        let full = self.full_len(rel);
+        if full > limits.max_final_path() {
+            return Err(format!(
+                "the output path is {full} bytes: with the {TMP_NAME_OVERHEAD} bytes of its temporary name it is longer than PATH_MAX ({} bytes), so it can have at most {} bytes: {fix}, or move the manifest nearer the top of the inbox",
+                limits.path_max,
+                limits.max_final_path()
+            ));
+        }
+        Ok(())
+    }
+
+    /// What the folder `rel` is (looked at once).
+    fn folder(&mut self, root: &Path, rel: &Path) -> &Folder {
+        self.folders.entry(rel.to_owned()).or_insert_with(|| {
+            if rel.as_os_str().is_empty() {
+                look_at_root(root)
+            } else {
+                look_at_folder(&root.join(rel))
+            }
+        })
+    }
+
+    /// Whether `name` in the folder `rel` is a symbolic link; the folder is listed once (none
+    /// is known when it cannot be listed: the writer reports that).
+    fn is_link(&mut self, root: &Path, rel: &Path, name: &OsStr) -> bool {
+        match self.folders.get_mut(rel) {
+            Some(Folder::Present(links)) => links
+                .get_or_insert_with(|| list_links(&root.join(rel)).unwrap_or_default())
+                .contains(name),
+            // Only folders found present are asked about.
+            Some(Folder::Missing | Folder::Link(_)) | None => false,
+        }
+    }
+}
+
+/// The outbox itself may be a link (the operator's choice); only whether it is there matters.
+fn look_at_root(root: &Path) -> Folder {
+    match std::fs::metadata(root) {
+        Ok(meta) if meta.is_dir() => Folder::Present(None),
+        _ => Folder::Missing,
+    }
+}
+
+fn look_at_folder(path: &Path) -> Folder {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => Folder::Link(format!(
+            "{} in the outbox is a symbolic link, and outputs are never written through links: replace the link with a folder",
+            path.display()
+        )),
+        Ok(meta) if meta.is_dir() => Folder::Present(None),
+        // Not there, not a folder, or not readable: the writer reports (and retries) that.
+        _ => Folder::Missing,
+    }
+}
+
+fn list_links(dir: &Path) -> io::Result<HashSet<OsString>> {
+    let mut links = HashSet::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_symlink() {
+            links.insert(entry.file_name());
+        }
+    }
+    Ok(links)
+}
+
+/// A long name shortened for a message: its first 40 characters, `…`, its last 12.
+fn shown(name: &OsStr) -> String {
+    let text = name.to_string_lossy();
+    let chars: Vec<char> = text.chars().collect();
+    if chars.len() <= 60 {
+        return text.into_owned();
+    }
+    let head: String = chars[..40].iter().collect();
+    let tail: String = chars[chars.len() - 12..].iter().collect();
+    format!("{head}…{tail}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_on_the_way_are_named_and_other_obstacles_left_to_the_writer() {
+        let dir = tempfile::tempdir().expect("temp");
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("m/real")).expect("dirs");
+        std::fs::create_dir_all(root.join("elsewhere")).expect("elsewhere");
+        std::os::unix::fs::symlink(root.join("elsewhere"), root.join("m/link")).expect("link");
+        std::os::unix::fs::symlink(root.join("elsewhere/x.jpg"), root.join("m/real/l.jpg"))
+            .expect("file link");
+        std::fs::write(root.join("m/file"), b"x").expect("file");
+        std::fs::write(root.join("m/real/ok.jpg"), b"x").expect("existing output");
+        let mut outbox = Outbox::new(Some(root));
+        let fix = Naming::Given;
+        assert_eq!(outbox.check_output(Path::new("m/real/ok.jpg"), fix), Ok(()));
+        assert_eq!(outbox.check_output(Path::new("m/new/a/b.jpg"), fix), Ok(()));
+        let err = outbox
+            .check_output(Path::new("m/link/a.jpg"), fix)
+            .unwrap_err();
+        assert!(
+            err.contains(&format!(
+                "{} in the outbox is a symbolic link",
+                root.join("m/link").display()
+            )),
+            "{err}"
+        );
+        assert!(err.ends_with(", or change this image's `output`"), "{err}");
+        let err = outbox
+            .check_output(Path::new("m/real/l.jpg"), fix)
+            .unwrap_err();
+        assert!(
+            err.contains("m/real/l.jpg in the outbox is a symbolic link"),
+            "{err}"
+        );
+        // A file where a folder goes, or a folder where the file goes, can be cleared while the
+        // edit runs: the writer retries those.
+        assert_eq!(outbox.check_output(Path::new("m/file/a.jpg"), fix), Ok(()));
+        assert_eq!(outbox.check_output(Path::new("m/real"), fix), Ok(()));
+    }
+
+    #[test]
+    fn names_count_the_temporary_name() {
+        let mut outbox = Outbox::new(None);
+        let max = 255 - TMP_NAME_OVERHEAD;
+        let fits = format!("{}.jpg", "a".repeat(max - 4));
+        assert_eq!(
+            outbox.check_output(&Path::new("m").join(&fits), Naming::Given),
+            Ok(())
+        );
+        let over = format!("{}.jpg", "a".repeat(max - 3));
+        let err = outbox
+            .check_output(&Path::new("m").join(&over), Naming::Given)
+            .unwrap_err();
+        assert!(err.contains(&format!("is {} bytes", max + 1)), "{err}");
+        assert!(err.contains(&format!("at most {max} bytes")), "{err}");
+        let folder = "f".repeat(256);
+        let err = outbox
+            .check_output(&Path::new(&folder).join("a.jpg"), Naming::FromInput)
+            .unwrap_err();
+        assert!(err.contains("the folder name"), "{err}");
+        assert!(
+            err.ends_with("set a shorter `output` for this image"),
+            "{err}"
+        );
+        let deep: PathBuf = (0..41).map(|_| "d".repeat(100)).collect();
+        let err = outbox
+            .check_output(&deep.join("a.jpg"), Naming::Given)
+            .unwrap_err();
+        assert!(err.contains("PATH_MAX (4096 bytes)"), "{err}");
+    }
+}

@@ -1,0 +1,110 @@
+//! A manifest's (or recipe's) bytes turned into data, or the one problem that stops it: empty,
+//! binary or not UTF-8, not valid YAML or JSON, nested deeper than `yaml::MAX_DEPTH`, or with
+//! more images than `limits.max_images` (refused as the list streams in).
+
+use crate::config::Limits;
+use crate::manifest::Problem;
+use crate::manifest::doc::{self, Doc};
+use crate::yaml::value::{Bounds, LongList, Syntax};
+use crate::yaml::{self, ParseError, ParseErrorKind};
+
+/// Most entries of a list or mapping in a manifest other than `images`: nothing else needs
+/// more than a handful, and a list of millions would cost gigabytes before it is refused.
+pub const MAX_OTHER_ENTRIES: usize = 10_000;
+
+/// The bounds a manifest or recipe is parsed within: [`yaml::MAX_DEPTH`] levels,
+/// `limits.max_images` entries in `images`, [`MAX_OTHER_ENTRIES`] in any other list or mapping.
+pub fn bounds(limits: &Limits) -> Bounds {
+    Bounds {
+        max_depth: yaml::MAX_DEPTH,
+        max_entries: MAX_OTHER_ENTRIES,
+        long_list: Some(LongList {
+            key: "images",
+            max_entries: limits.max_images,
+        }),
+    }
+}
+
+/// Parses a manifest's bytes; its text (for line lookups) and data, or the problem.
+pub fn parse_manifest<'b>(
+    bytes: &'b [u8],
+    syntax: Syntax,
+    limits: &Limits,
+) -> Result<(&'b str, Doc), Problem> {
+    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(Problem {
+            line: None,
+            message: "the manifest is empty; it needs an `images` list (see SPEC §4.1)".into(),
+        });
+    }
+    let text = utf8_text(bytes, "manifest", "YAML or JSON")?;
+    let doc = doc::parse(text, syntax, &bounds(limits)).map_err(|err| problem(err, syntax))?;
+    Ok((text, doc))
+}
+
+/// The problem a parse error is: a syntax or bound error, or too many entries (worded for
+/// `images` and `limits.max_images`).
+pub fn problem(err: ParseError, syntax: Syntax) -> Problem {
+    let message = match err.kind {
+        ParseErrorKind::Invalid => {
+            let what = match syntax {
+                Syntax::Yaml => "YAML",
+                Syntax::Json => "JSON",
+            };
+            format!("not valid {what}: {}", err.message)
+        }
+        ParseErrorKind::TooManyEntries {
+            within,
+            is_top_value,
+            entry_line,
+            max,
+        } => {
+            let at = entry_line.map_or_else(String::new, |line| {
+                format!(" (entry {} is on line {line})", max + 1)
+            });
+            match (within.as_str(), is_top_value) {
+                ("images", true) => format!(
+                    "images: more than {max} images, over the limit of {max} (limits.max_images){at}; split the manifest into manifests of at most {max} images, or raise limits.max_images in the config"
+                ),
+                ("", _) => format!(
+                    "the document has more than {max} entries at its top{at}; a manifest has only `profile`, `operations`, `output` and `images`"
+                ),
+                (key, _) => format!(
+                    "{key}: a list or mapping here has more than {max} entries{at}; only `images` may be that long: check what is under `{key}`"
+                ),
+            }
+        }
+    };
+    Problem {
+        line: err.line,
+        message,
+    }
+}
+
+/// The text of a manifest or recipe (`what`), or the problem: binary (NUL bytes) or not UTF-8,
+/// with the line of the first bad byte.
+pub fn utf8_text<'b>(bytes: &'b [u8], what: &str, formats: &str) -> Result<&'b str, Problem> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) if !text.contains('\0') => Ok(text),
+        Ok(_) => Err(Problem {
+            line: None,
+            message: format!(
+                "the {what} contains NUL bytes: it is binary, not {formats} text; save it as text"
+            ),
+        }),
+        Err(err) => {
+            let line = bytes[..err.valid_up_to()]
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count()
+                + 1;
+            Err(Problem {
+                line: Some(line),
+                message: format!(
+                    "the {what} is not UTF-8 text (invalid byte at offset {}); save it as UTF-8 {formats}",
+                    err.valid_up_to()
+                ),
+            })
+        }
+    }
+}

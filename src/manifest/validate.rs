@@ -1,0 +1,454 @@
+//! Validation of a parsed manifest before any spend: top-level keys, the profile →
+//! manifest → image merge, each image's input, request body (with the schema the emulator also
+//! uses for its 422s) and output path; every problem is collected with the field it concerns.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use crate::claid::request::{self, InputRule};
+use crate::config::Profile;
+use crate::manifest::JobSpec;
+use crate::manifest::doc::{Doc, Item};
+use crate::manifest::input::{LocalFiles, check_input};
+use crate::manifest::key::{canonical_json, job_key};
+use crate::manifest::merge::{merge, merge_opt};
+use crate::manifest::outbox::{Naming, Outbox};
+use crate::manifest::output_name::{check_output_name, default_output_name, output_format};
+use crate::manifest::problems::Collector;
+use crate::yaml;
+
+/// Placeholder input used to validate operations with the request schema: the input itself is
+/// checked here (URL scheme, local file), so the schema only sees a well-formed one.
+const PLACEHOLDER_INPUT: &str = "https://example.invalid/input.jpg";
+
+const TOP_KEYS: &[&str] = &["profile", "operations", "output", "images"];
+const IMAGE_KEYS: &[&str] = &["input", "output", "operations"];
+
+/// Inputs of one validation that do not change per image.
+pub struct Context<'a> {
+    /// The inbox with symlinks resolved: local inputs must resolve inside it.
+    pub inbox_canonical: PathBuf,
+    /// Local inputs are relative to this folder.
+    pub manifest_dir: &'a Path,
+    /// The manifest's output folder relative to the outbox (`a/b/shoes`).
+    pub out_dir: PathBuf,
+    pub profiles: &'a BTreeMap<String, Profile>,
+}
+
+/// Validates a parsed manifest: its keys, the profile merge and each image (input, merged
+/// body, output path); returns the jobs of the images without problems.
+pub fn validate(
+    doc: &Doc,
+    ctx: &Context<'_>,
+    outbox: &mut Outbox<'_>,
+    problems: &mut Collector,
+) -> Vec<JobSpec> {
+    let root = &doc.root;
+    let Value::Object(top) = root else {
+        problems.add(
+            "",
+            format!(
+                "the manifest must be a mapping with an `images` list, found {}",
+                yaml::kind(root)
+            ),
+        );
+        return Vec::new();
+    };
+    for key in top.keys() {
+        if !TOP_KEYS.contains(&key.as_str()) {
+            problems.add(key, unknown_key_message(key, TOP_KEYS));
+        }
+    }
+
+    // The profile, then the manifest's operations and output over it.
+    let mut profile_name = None;
+    let mut base_ops = Value::Object(Map::new());
+    let mut base_output: Option<Value> = None;
+    match top.get("profile") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(name)) => match ctx.profiles.get(name) {
+            Some(profile) => {
+                profile_name = Some(name.clone());
+                base_ops = profile.operations.clone();
+                base_output = profile.output.clone();
+            }
+            None => {
+                let known: Vec<String> = ctx.profiles.keys().map(|k| format!("`{k}`")).collect();
+                problems.add(
+                    "profile",
+                    format!(
+                        "unknown profile `{name}`; {}",
+                        if known.is_empty() {
+                            "the config defines no profiles".to_owned()
+                        } else {
+                            format!("use one of {}", known.join(", "))
+                        }
+                    ),
+                );
+            }
+        },
+        Some(other) => problems.add(
+            "profile",
+            format!(
+                "expected a profile name, found {}; write `profile: NAME` with a profile of the config",
+                yaml::kind(other)
+            ),
+        ),
+    }
+    match top.get("operations") {
+        None => {}
+        Some(Value::Null) => base_ops = Value::Object(Map::new()),
+        Some(ops @ Value::Object(_)) => merge(&mut base_ops, ops),
+        Some(other) => problems.add(
+            "operations",
+            format!(
+                "expected a mapping of operations, found {}; write them like `{{ resizing: {{ width: 1000 }} }}`",
+                yaml::kind(other)
+            ),
+        ),
+    }
+    match top.get("output") {
+        None => {}
+        Some(Value::Null) => base_output = None,
+        Some(out @ (Value::Object(_) | Value::String(_))) => merge_opt(&mut base_output, out),
+        Some(other) => problems.add(
+            "output",
+            format!(
+                "expected output options like `{{ format: webp }}`, found {}",
+                yaml::kind(other)
+            ),
+        ),
+    }
+
+    let images: &[Item] = match (&doc.images, top.get("images")) {
+        (Some(items), _) if items.is_empty() => {
+            problems.add(
+                "images",
+                "the list is empty; add at least one image".to_owned(),
+            );
+            return Vec::new();
+        }
+        (Some(items), _) => items,
+        (None, None) => {
+            problems.add(
+                "",
+                "missing `images`: list the images to edit under `images:`".to_owned(),
+            );
+            return Vec::new();
+        }
+        (None, Some(other)) => {
+            problems.add(
+                "images",
+                format!(
+                    "expected a list of images, found {}; write one `- input: …` line per image under `images:`",
+                    yaml::kind(other)
+                ),
+            );
+            return Vec::new();
+        }
+    };
+
+    // The shared body is validated once: a problem in it is reported once, not per image.
+    let shared_body = Arc::new(make_body(&base_ops, base_output.as_ref()));
+    let shared_ok = check_schema(&shared_body, "", None, profile_name.as_deref(), problems)
+        & check_no_destination(base_output.as_ref(), "output", problems);
+    let shared_canonical = canonical_json(&shared_body);
+    let shared_format = output_format(base_output.as_ref());
+
+    let mut jobs = Vec::with_capacity(images.len());
+    let mut outputs: HashMap<PathBuf, usize> = HashMap::with_capacity(images.len());
+    let mut local = LocalFiles::default();
+    for (idx, item) in images.iter().enumerate() {
+        let image = item.to_value();
+        let image = image.as_ref();
+        let at = format!("images[{idx}]");
+        let (input_value, image_map) = match image {
+            Value::String(_) => (Some(image), None),
+            Value::Object(map) => {
+                for key in map.keys() {
+                    if !IMAGE_KEYS.contains(&key.as_str()) {
+                        problems.add(&format!("{at}.{key}"), unknown_key_message(key, IMAGE_KEYS));
+                    }
+                }
+                (map.get("input"), Some(map))
+            }
+            other => {
+                problems.add(
+                    &at,
+                    format!(
+                        "expected a mapping with `input` (and optional `output`, `operations`), found {}; write `- input: URL or path`",
+                        yaml::kind(other)
+                    ),
+                );
+                continue;
+            }
+        };
+        let input_path = if image_map.is_some() {
+            format!("{at}.input")
+        } else {
+            at.clone()
+        };
+        let input = match input_value {
+            None | Some(Value::Null) => {
+                problems.add(
+                    &at,
+                    "missing `input`: give a URL, a storage:// URI or a path relative to the manifest"
+                        .to_owned(),
+                );
+                None
+            }
+            Some(Value::String(text)) => check_input(text, &input_path, ctx, &mut local, problems),
+            Some(other) => {
+                problems.add(
+                    &input_path,
+                    format!(
+                        "expected a URL or path string, found {}; quote it if it looks like a number",
+                        yaml::kind(other)
+                    ),
+                );
+                None
+            }
+        };
+
+        // Per-image overrides.
+        let mut own_output_name: Option<(&str, String)> = None;
+        let mut own_options: Option<&Value> = None;
+        let mut own_ops: Option<&Value> = None;
+        if let Some(map) = image_map {
+            match map.get("output") {
+                None | Some(Value::Null) => {}
+                Some(Value::String(name)) => own_output_name = Some((name, format!("{at}.output"))),
+                Some(options @ Value::Object(fields)) => {
+                    match fields.get("path") {
+                        None | Some(Value::Null) => {}
+                        Some(Value::String(name)) => {
+                            own_output_name = Some((name, format!("{at}.output.path")))
+                        }
+                        Some(other) => problems.add(
+                            &format!("{at}.output.path"),
+                            format!(
+                                "expected a relative file path, found {}; give one like `sub/sku-1.webp`",
+                                yaml::kind(other)
+                            ),
+                        ),
+                    }
+                    own_options = Some(options);
+                }
+                Some(other) => problems.add(
+                    &format!("{at}.output"),
+                    format!(
+                        "expected a relative file name like `sku-1.webp` (or output options), found {}",
+                        yaml::kind(other)
+                    ),
+                ),
+            }
+            match map.get("operations") {
+                None => {}
+                Some(ops @ (Value::Object(_) | Value::Null)) => own_ops = Some(ops),
+                Some(other) => problems.add(
+                    &format!("{at}.operations"),
+                    format!(
+                        "expected a mapping of operations, found {}; write them like `{{ resizing: {{ width: 1000 }} }}`",
+                        yaml::kind(other)
+                    ),
+                ),
+            }
+        }
+
+        let (body, canonical, format, body_ok) = if own_ops.is_none() && own_options.is_none() {
+            (Arc::clone(&shared_body), None, shared_format, shared_ok)
+        } else {
+            let mut ops = base_ops.clone();
+            match own_ops {
+                Some(Value::Null) => ops = Value::Object(Map::new()),
+                Some(over) => merge(&mut ops, over),
+                None => {}
+            }
+            let mut output = base_output.clone();
+            if let Some(options) = own_options {
+                let mut options = options.clone();
+                if let Value::Object(fields) = &mut options {
+                    fields.remove("path");
+                }
+                merge_opt(&mut output, &options);
+                if output
+                    .as_ref()
+                    .is_some_and(|o| o.as_object().is_some_and(Map::is_empty))
+                {
+                    output = None;
+                }
+            }
+            let body = make_body(&ops, output.as_ref());
+            let ok = check_schema(&body, &at, Some(image), profile_name.as_deref(), problems)
+                & (own_options.is_none()
+                    || check_no_destination(output.as_ref(), &format!("{at}.output"), problems));
+            let format = output_format(output.as_ref());
+            let canonical = canonical_json(&body);
+            (Arc::new(body), Some(canonical), format, ok)
+        };
+
+        let name = match &own_output_name {
+            Some((name, path)) => check_output_name(name, format, path, problems),
+            None => match &input {
+                Some(input) => default_output_name(input, format, &input_path, problems),
+                None => None,
+            },
+        };
+        let (Some(input), Some(name), true) = (input, name, body_ok) else {
+            continue;
+        };
+        let output_rel = ctx.out_dir.join(&name);
+        let (output_at, naming) = match &own_output_name {
+            Some((_, path)) => (path.clone(), Naming::Given),
+            None => (input_path.clone(), Naming::FromInput),
+        };
+        if let Some(first) = outputs.get(&output_rel) {
+            problems.add(
+                &output_at,
+                format!(
+                    "the output `{}` is also written by images[{first}]; give one of them a different `output`",
+                    name.display()
+                ),
+            );
+            continue;
+        }
+        if let Err(why) = outbox.check_output(&output_rel, naming) {
+            problems.add(&output_at, why);
+            continue;
+        }
+        outputs.insert(output_rel.clone(), idx);
+        let key = job_key(
+            &input,
+            canonical.as_deref().unwrap_or(&shared_canonical),
+            &output_rel,
+        );
+        jobs.push(JobSpec {
+            idx,
+            input,
+            body,
+            output_rel,
+            key,
+        });
+    }
+    jobs
+}
+
+/// `{"operations": .., "output": ..}` (output omitted when unset).
+fn make_body(ops: &Value, output: Option<&Value>) -> Value {
+    let mut body = Map::new();
+    body.insert("operations".into(), ops.clone());
+    if let Some(output) = output {
+        body.insert("output".into(), output.clone());
+    }
+    Value::Object(body)
+}
+
+/// The daemon downloads every result into the outbox, so a Claid-side `destination` (or the
+/// string shorthand for one) would leave nothing to download.
+fn check_no_destination(output: Option<&Value>, path: &str, problems: &mut Collector) -> bool {
+    match output {
+        Some(Value::String(_)) => {
+            problems.add(
+                path,
+                "a destination URI is not supported: results are downloaded into the outbox; give output options like `{ format: webp }`".into(),
+            );
+            false
+        }
+        Some(Value::Object(fields)) if fields.contains_key("destination") => {
+            problems.push(
+                format!("{path}.destination"),
+                Some(path.to_owned()),
+                "not supported: results are downloaded into the outbox; remove it".into(),
+            );
+            false
+        }
+        _ => true,
+    }
+}
+
+/// Validates a body with the request schema; maps each field error to the image's path when
+/// the image sets that field, else to the manifest's, else to the profile line.
+fn check_schema(
+    body: &Value,
+    image_at: &str,
+    image: Option<&Value>,
+    profile: Option<&str>,
+    problems: &mut Collector,
+) -> bool {
+    let mut with_input = body.clone();
+    if let Value::Object(map) = &mut with_input {
+        map.insert("input".into(), Value::String(PLACEHOLDER_INPUT.into()));
+    }
+    let Err(errors) = request::validate(&with_input, InputRule::Required) else {
+        return true;
+    };
+    let mut any = false;
+    for error in errors {
+        if error.path == "input" {
+            continue; // The input is checked by this module.
+        }
+        any = true;
+        let in_image = image.is_some_and(|image| value_at(image, &error.path).is_some());
+        let path = if in_image {
+            format!("{image_at}.{}", error.path)
+        } else {
+            error.path.clone()
+        };
+        let from_profile = profile.is_some() && image.is_none();
+        let message = match (from_profile, profile) {
+            (true, Some(name)) => format!(
+                "{} (after merging profile `{name}`; set the key to null here to drop the profile's value)",
+                error.message
+            ),
+            _ => error.message,
+        };
+        let fallback = if profile.is_some() {
+            Some("profile".to_owned())
+        } else if image.is_some() {
+            Some(image_at.to_owned())
+        } else {
+            None
+        };
+        problems.push(path, fallback, message);
+    }
+    !any
+}
+
+/// The value at a dotted path like `operations.resizing.width` or `a[2].b`.
+fn value_at<'v>(root: &'v Value, path: &str) -> Option<&'v Value> {
+    let mut value = root;
+    for part in path.split('.') {
+        let (name, index) = match part.find('[') {
+            Some(i) => (
+                &part[..i],
+                part[i + 1..].trim_end_matches(']').parse::<usize>().ok(),
+            ),
+            None => (part, None),
+        };
+        if !name.is_empty() {
+            value = value.as_object()?.get(name)?;
+        }
+        if let Some(index) = index {
+            value = value.as_array()?.get(index)?;
+        }
+    }
+    Some(value)
+}
+
+/// `unknown key `x`; did you mean `y`?` or the list of keys allowed here.
+pub fn unknown_key_message(key: &str, known: &[&str]) -> String {
+    match yaml::closest(key, known) {
+        Some(hint) => format!("unknown key `{key}`; did you mean `{hint}`?"),
+        None => format!(
+            "unknown key `{key}`; allowed here: {}",
+            known
+                .iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
