@@ -104,6 +104,26 @@ pub struct ApiConfig {
     /// `run --once` gives up when no API call has succeeded for this long (unfinished jobs
     /// stay in the store); the daemon keeps waiting.
     pub unreachable_timeout: Duration,
+    /// `api.batch`: URL inputs with the same body go to Claid in one batch request.
+    pub batch: BatchConfig,
+}
+
+/// `api.batch`: how URL inputs are grouped into batch requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchConfig {
+    /// Images per batch at most; 1 turns batching off.
+    pub max_images: usize,
+    /// How long an open batch waits for more jobs with the same body once the queue is empty.
+    pub linger: Duration,
+}
+
+impl Default for BatchConfig {
+    fn default() -> BatchConfig {
+        BatchConfig {
+            max_images: 100,
+            linger: Duration::from_millis(250),
+        }
+    }
 }
 
 /// Bounds of the poll interval of one task.

@@ -183,7 +183,7 @@ pub async fn run(
         max_in_flight: config.api.max_in_flight.get(),
         max_downloads: config.api.max_downloads.get(),
         metrics: metrics.clone(),
-        batch: pipeline::batch::BatchConfig::default(),
+        batch: config.api.batch,
         webhooks: None,
         cancel: cancel.clone(),
         tracker: tracker.clone(),

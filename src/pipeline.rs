@@ -63,7 +63,7 @@ pub struct Deps {
     pub max_downloads: usize,
     pub metrics: Arc<Metrics>,
     /// `api.batch`.
-    pub batch: batch::BatchConfig,
+    pub batch: crate::config::BatchConfig,
     /// `webhook.poll_fallback` when webhooks are on.
     pub webhooks: Option<Duration>,
     pub cancel: CancellationToken,

@@ -19,7 +19,7 @@
 //! - `unfinished`: job id → empty for every job not Done or Failed, so a restart does not read
 //!   the whole history;
 //! - `reserved`: outbox-relative path → the run that will write it; `reserved_by_manifest`:
-//!   run id ‖ path → empty;
+//!   run id ‖ path → empty; `registering`: run id → its path while its registration is written;
 //! - `meta`: schema information.
 //!
 //! Ids come from `Db::generate_id` and are stored big-endian, so a scan is FIFO.

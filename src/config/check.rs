@@ -14,12 +14,13 @@ use serde_json::Value;
 use crate::claid::request::{self, InputRule};
 use crate::config::schema::{join, known_keys, suggest};
 use crate::config::{
-    AdminConfig, ApiConfig, BaseUrl, Config, ConfigProblem, DEFAULT_ADMIN_SOCKET, DEFAULT_BASE_URL,
-    DEFAULT_MAX_DOWNLOAD_BYTES, DEFAULT_MAX_DOWNLOADS, DEFAULT_MAX_IMAGES, DEFAULT_MAX_IN_FLIGHT,
-    DEFAULT_MAX_MANIFEST_BYTES, DEFAULT_POLL_MAX, DEFAULT_POLL_MIN, DEFAULT_REQUEST_TIMEOUT,
-    DEFAULT_REQUESTS_PER_MINUTE, DEFAULT_REQUESTS_PER_SECOND, DEFAULT_RESCAN, DEFAULT_SETTLE,
-    DEFAULT_SHUTDOWN_GRACE, DEFAULT_UNREACHABLE_TIMEOUT, Folders, InDoubtPolicy, Limits, LogConfig,
-    LogFormat, OnManifestDone, OnOutputExists, PollConfig, Profile, WatchConfig,
+    AdminConfig, ApiConfig, BaseUrl, BatchConfig, Config, ConfigProblem, DEFAULT_ADMIN_SOCKET,
+    DEFAULT_BASE_URL, DEFAULT_MAX_DOWNLOAD_BYTES, DEFAULT_MAX_DOWNLOADS, DEFAULT_MAX_IMAGES,
+    DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_MANIFEST_BYTES, DEFAULT_POLL_MAX, DEFAULT_POLL_MIN,
+    DEFAULT_REQUEST_TIMEOUT, DEFAULT_REQUESTS_PER_MINUTE, DEFAULT_REQUESTS_PER_SECOND,
+    DEFAULT_RESCAN, DEFAULT_SETTLE, DEFAULT_SHUTDOWN_GRACE, DEFAULT_UNREACHABLE_TIMEOUT, Folders,
+    InDoubtPolicy, Limits, LogConfig, LogFormat, OnManifestDone, OnOutputExists, PollConfig,
+    Profile, WatchConfig,
 };
 use crate::yaml::kind;
 
@@ -228,6 +229,19 @@ impl Checker {
                 DEFAULT_UNREACHABLE_TIMEOUT,
                 false,
             ),
+            batch: BatchConfig {
+                max_images: self.positive_usize(
+                    root,
+                    "api.batch.max_images",
+                    BatchConfig::default().max_images,
+                ),
+                linger: self.duration(
+                    root,
+                    "api.batch.linger",
+                    BatchConfig::default().linger,
+                    true,
+                ),
+            },
         })
     }
 

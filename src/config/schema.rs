@@ -19,9 +19,11 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "request_timeout",
             "poll",
             "unreachable_timeout",
+            "batch",
         ],
     ),
     ("api.poll", &["min", "max"]),
+    ("api.batch", &["max_images", "linger"]),
     (
         "folders",
         &["inbox", "outbox", "archive", "rejected", "state"],

@@ -21,7 +21,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 use crate::claid::Client;
 use crate::claid::wire::{self, BatchEditRequest, BatchInput, BatchTask, TaskStatus, TaskUpdate};
 use crate::codes::FailureCode;
-use crate::config::{InDoubtPolicy, PollConfig};
+use crate::config::{BatchConfig, InDoubtPolicy, PollConfig};
 use crate::pipeline::Settings;
 use crate::pipeline::dispatch::Dispatch;
 use crate::pipeline::finisher::Event;
@@ -36,24 +36,6 @@ use crate::store::{JobId, JobState, JobV1, ManifestId, Store, now_ms};
 pub const CANARY_IMAGES: usize = 2;
 /// Batch sizes remembered for `/status`.
 const RECENT_SIZES: usize = 16;
-
-/// `api.batch`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BatchConfig {
-    /// Images per batch at most; 1 turns batching off.
-    pub max_images: usize,
-    /// How long an open batch waits for more jobs with the same body once the queue is empty.
-    pub linger: Duration,
-}
-
-impl Default for BatchConfig {
-    fn default() -> BatchConfig {
-        BatchConfig {
-            max_images: 100,
-            linger: Duration::from_millis(250),
-        }
-    }
-}
 
 /// Whether batching is on for this run, and what it did (for `/status` and metrics).
 #[derive(Debug)]

@@ -337,6 +337,20 @@ impl Finisher {
             });
             return;
         }
+        // Counted before the file moves: whoever sees the archived manifest sees its outcome.
+        let outcome = if superseded {
+            "superseded"
+        } else if failed {
+            "with_failures"
+        } else {
+            "done"
+        };
+        self.count_manifest(outcome);
+        if failed && !superseded {
+            self.deps
+                .board
+                .update(|s| s.totals.manifests_with_failures += 1);
+        }
         match (recipe_image, tally.first_failure.clone()) {
             (true, Some(reason)) => self.reject_failed_image(&rel, &reason).await,
             _ => self.dispose(&rel, &sha256, recipe_image).await,
@@ -357,19 +371,6 @@ impl Finisher {
             Err(err) => {
                 error!(error = %err, "Cannot record the run as ended; it is finished again at the next start")
             }
-        }
-        let outcome = if superseded {
-            "superseded"
-        } else if failed {
-            "with_failures"
-        } else {
-            "done"
-        };
-        self.count_manifest(outcome);
-        if failed && !superseded {
-            self.deps
-                .board
-                .update(|s| s.totals.manifests_with_failures += 1);
         }
         let then = self.runs.remove(&id).and_then(|run| {
             debug!(manifest = %rel.display(), took = ?run.started.elapsed(), "Run ended");

@@ -107,15 +107,21 @@ impl Submitter {
         let linger = batching.config.linger;
         // Batches being filled, one or more per request body.
         let mut open = Open::default();
+        // Full batches waiting for the canary's results.
+        let mut full: Vec<Vec<Member>> = Vec::new();
         loop {
-            // Open batches go when batching was switched off, or when they lingered long
-            // enough with nothing more to add (and the canary is not at Claid).
-            if !open.is_empty() && !batching.enabled() {
+            if batching.may_send() || !batching.enabled() {
+                for members in std::mem::take(&mut full) {
+                    if !self.send(members, &mut health).await {
+                        return;
+                    }
+                }
+            }
+            // Switched off (the safety valve): what was being filled goes one by one.
+            if !batching.enabled() {
                 for members in open.take_all() {
-                    for m in members {
-                        if !self.start_job(m.manifest, m.id).await {
-                            return;
-                        }
+                    if !self.send(members, &mut health).await {
+                        return;
                     }
                 }
             }
@@ -130,15 +136,18 @@ impl Submitter {
                 };
                 tokio::select! {
                     _ = self.queue.wake.notified() => {}
-                    _ = batching.canary_wake.notified() => {}
+                    _ = batching.canary_wake.notified() => break None,
                     () = sleep_until(due) => break None,
                     _ = self.cancel.cancelled() => return,
                 }
             };
             let Some((mid, id)) = next else {
-                for members in open.take_all() {
-                    if !self.start_batch(members, &mut health).await {
-                        return;
+                // Nothing more to add now: open batches go once they may.
+                if batching.may_send() || !batching.enabled() {
+                    for members in open.take_all() {
+                        if !self.send(members, &mut health).await {
+                            return;
+                        }
                     }
                 }
                 continue;
@@ -157,11 +166,14 @@ impl Submitter {
                     id,
                     job,
                 };
-                if let Some(members) = open.add(member, target)
-                    && batching.may_send()
-                    && !self.start_batch(members, &mut health).await
-                {
-                    return;
+                if let Some(members) = open.add(member, target) {
+                    if batching.may_send() {
+                        if !self.send(members, &mut health).await {
+                            return;
+                        }
+                    } else {
+                        full.push(members);
+                    }
                 }
                 continue;
             }
@@ -169,6 +181,23 @@ impl Submitter {
                 return;
             }
         }
+    }
+
+    /// Sends jobs grouped for a batch: as a batch while batching is on, else one by one.
+    async fn send(
+        &self,
+        members: Vec<Member>,
+        health: &mut tokio::sync::watch::Receiver<Health>,
+    ) -> bool {
+        if self.batches.batching().enabled() {
+            return self.start_batch(members, health).await;
+        }
+        for m in members {
+            if !self.start_single(m.manifest, m.id, health).await {
+                return false;
+            }
+        }
+        true
     }
 
     /// Starts one job on its own, after the pause probe when the API refuses the daemon.

@@ -25,6 +25,7 @@ pub const TREE_META: &str = "meta";
 pub const TREE_UNFINISHED: &str = "unfinished";
 pub const TREE_RESERVED: &str = "reserved";
 pub const TREE_RESERVED_BY_MANIFEST: &str = "reserved_by_manifest";
+pub const TREE_REGISTERING: &str = "registering";
 /// sled page-cache budget, in bytes of stored data (sled's own memory is a few times more).
 /// The default (1 GiB) let a 100,000-job table sit in memory whole; the daemon reads a job
 /// only when it steps it, so a small cache costs little.
@@ -49,6 +50,9 @@ pub struct Trees {
     reserved: Tree,
     /// Manifest id ‖ path → empty, so a run's reservations are released by one prefix scan.
     reserved_by_manifest: Tree,
+    /// Manifest id → its inbox-relative path while its registration is being written (its
+    /// record, the commit point, comes last): a conflict can name it meanwhile.
+    registering: Tree,
     /// Where the database lives, for error messages.
     pub path: PathBuf,
 }
@@ -111,6 +115,7 @@ impl Trees {
             unfinished: db.open_tree(TREE_UNFINISHED)?,
             reserved: db.open_tree(TREE_RESERVED)?,
             reserved_by_manifest: db.open_tree(TREE_RESERVED_BY_MANIFEST)?,
+            registering: db.open_tree(TREE_REGISTERING)?,
             path,
             db,
         };
@@ -173,6 +178,8 @@ impl Trees {
         self.reserved.apply_batch(batch_reserved)?;
         self.reserved_by_manifest
             .apply_batch(batch_reserved_index)?;
+        // Registrations a crash cut short.
+        self.registering.clear()?;
         if n_removed > 0 {
             self.jobs.apply_batch(batch_jobs)?;
             self.unfinished.apply_batch(batch_unfinished)?;
@@ -199,6 +206,8 @@ impl Trees {
         unchanged: &dyn Fn(&str, &JobState) -> Option<JobState>,
     ) -> Result<Registration, StoreError> {
         let manifest_id = self.db.generate_id()?;
+        self.registering
+            .insert(id_key(manifest_id), m.rel.as_bytes())?;
         let mut reserved_paths: Vec<Vec<u8>> = Vec::new();
         let mut job_ids: Vec<JobId> = Vec::new();
         let mut queued: Vec<JobId> = Vec::new();
@@ -276,6 +285,7 @@ impl Trees {
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
             })
             .map_err(tx_err)?;
+        self.registering.remove(id_key(manifest_id))?;
         self.db.flush()?;
         Ok(Registration::Registered {
             id: manifest_id,
@@ -298,7 +308,14 @@ impl Trees {
                 Ok(Some(Registration::Conflict {
                     path: path.to_owned(),
                     owner: other,
-                    owner_rel: self.manifest(other)?.map(|m| m.rel),
+                    owner_rel: match self.manifest(other)? {
+                        Some(m) => Some(m.rel),
+                        // Its registration has not committed yet: the name it registers under.
+                        None => self
+                            .registering
+                            .get(id_key(other))?
+                            .map(|v| String::from_utf8_lossy(&v).into_owned()),
+                    },
                 }))
             };
         // A folder of this path reserved as a file by a running run.
@@ -365,6 +382,7 @@ impl Trees {
         reserved: &[Vec<u8>],
         ids: &[JobId],
     ) -> Result<(), StoreError> {
+        self.registering.remove(id_key(owner))?;
         let mut batch = Batch::default();
         let mut index = Batch::default();
         for path in reserved {

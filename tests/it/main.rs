@@ -1,6 +1,7 @@
 //! The one integration-test binary: a module per area (STYLE.md point 22).
 
 mod admin;
+mod batch;
 mod cli;
 mod client;
 mod config;

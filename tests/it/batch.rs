@@ -1,0 +1,321 @@
+//! Issue 12 §1: batches through the real binary against the emulator's batch endpoints. Results
+//! come shuffled and are matched by name; a failing image fails alone; colliding names go to
+//! different batches; a result that matches no job switches batching off and holds the jobs in
+//! doubt; SIGKILL while a batch is submitted or polled loses nothing and pays twice only for
+//! jobs the store counted in doubt.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use claid_hotfolder::emulator::{Latency, Scenario};
+
+use crate::support::{TestEnv, dimensions, png, wait_until};
+
+const DEADLINE: Duration = Duration::from_secs(90);
+
+/// A folder of input images the emulator serves at `/_static/`, and the scenario serving it.
+fn static_images(names: &[&str]) -> (tempfile::TempDir, Scenario) {
+    let dir = tempfile::tempdir().expect("static dir");
+    for name in names {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("dirs");
+        std::fs::write(path, png(64, 48)).expect("image");
+    }
+    let scenario = Scenario::default().static_dir(dir.path());
+    (dir, scenario)
+}
+
+/// A manifest of `http://` inputs (cropped to 32x24), with explicit outputs when given.
+fn manifest(env: &TestEnv, images: &[(&str, Option<&str>)]) -> String {
+    let base = format!("http://{}/_static", env.emulator.addr());
+    let mut text =
+        String::from("operations: { resizing: { width: 32, height: 24, fit: crop } }\nimages:\n");
+    for (name, output) in images {
+        text.push_str(&format!("  - input: {base}/{name}\n"));
+        if let Some(output) = output {
+            text.push_str(&format!("    output: {output}\n"));
+        }
+    }
+    text
+}
+
+/// Report rows as (input's file name, status, batch id).
+fn rows(env: &TestEnv, stem: &str) -> Vec<(String, String, Option<u64>)> {
+    env.report(stem)["jobs"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| {
+            let input = r["input"].as_str().unwrap_or_default();
+            (
+                input.rsplit('/').next().unwrap_or_default().to_owned(),
+                r["status"].as_str().unwrap_or_default().to_owned(),
+                r["batch_id"].as_u64(),
+            )
+        })
+        .collect()
+}
+
+fn names(n: usize, prefix: &str) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i}.png")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn issue12_a_batch_with_shuffled_results_delivers_every_image_once() {
+    let files = names(12, "sku-");
+    let refs: Vec<&str> = files.iter().map(String::as_str).collect();
+    let (_static, scenario) = static_images(&refs);
+    let env = TestEnv::new(scenario.shuffle_results(true).seed(5)).await;
+    let images: Vec<(&str, Option<&str>)> = refs.iter().map(|n| (*n, None)).collect();
+    env.drop_file("m.yaml", manifest(&env, &images).as_bytes());
+    let config = env.config("max_in_flight: 32", "");
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    let stats = env.stats();
+    assert_eq!(
+        stats.submits, 0,
+        "no single submit: every image went in a batch"
+    );
+    assert_eq!(stats.batch_images, 12, "every image submitted once");
+    assert_eq!(stats.duplicate_submits, 0);
+    // The canary first: at most two images; then batches of at most a quarter of 32.
+    let sizes: Vec<u64> = stats.batches.values().map(|b| b.images).collect();
+    assert!(sizes[0] <= 2, "the first batch is a canary: {sizes:?}");
+    assert!(sizes.iter().all(|s| *s <= 8), "{sizes:?}");
+    assert!(stats.batch_submits >= 2, "{sizes:?}");
+    for file in &files {
+        let out = env.outbox.join("m").join(file.replace(".png", ".jpg"));
+        assert_eq!(dimensions(&out), (32, 24), "{}", out.display());
+    }
+    let rows = rows(&env, "m");
+    assert!(
+        rows.iter()
+            .all(|(_, status, batch)| status == "done" && batch.is_some()),
+        "every row done, with its batch id: {rows:?}"
+    );
+    let batch_ids: std::collections::BTreeSet<u64> = stats.batches.keys().copied().collect();
+    assert!(
+        rows.iter()
+            .all(|(_, _, b)| batch_ids.contains(&b.unwrap_or(0)))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn issue12_an_image_that_fails_in_a_batch_fails_alone_with_claids_message() {
+    let files = ["ok-1.png", "ok-2.png", "corrupt-3.png", "ok-4.png"];
+    let (_static, scenario) = static_images(&files);
+    let env = TestEnv::new(scenario).await;
+    let images: Vec<(&str, Option<&str>)> = files.iter().map(|n| (*n, None)).collect();
+    env.drop_file("m.yaml", manifest(&env, &images).as_bytes());
+    let config = env.config("max_in_flight: 32", "");
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 2, "one image failed:\n{stderr}");
+    let report = env.report("m");
+    for row in report["jobs"].as_array().expect("rows") {
+        let input = row["input"].as_str().unwrap_or_default();
+        if input.contains("corrupt") {
+            assert_eq!(row["status"], "failed", "{row}");
+            let reason = row["reason"].as_str().unwrap_or_default();
+            assert!(reason.starts_with("claid-error:"), "{reason}");
+            assert!(reason.contains("corrupt"), "Claid's own text: {reason}");
+        } else {
+            assert_eq!(row["status"], "done", "{row}");
+        }
+    }
+    let stats = env.stats();
+    assert_eq!(stats.submits, 0);
+    assert_eq!(stats.duplicate_submits, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn issue12_inputs_with_the_same_file_name_go_to_different_batches() {
+    let files = ["a/x.png", "b/x.png", "c/x.png", "a/y.png"];
+    let (_static, scenario) = static_images(&files);
+    let env = TestEnv::new(scenario).await;
+    let images = [
+        ("a/x.png", Some("ax.jpg")),
+        ("b/x.png", Some("bx.jpg")),
+        ("c/x.png", Some("cx.jpg")),
+        ("a/y.png", Some("ay.jpg")),
+    ];
+    env.drop_file("m.yaml", manifest(&env, &images).as_bytes());
+    let config = env.config("max_in_flight: 64", "");
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    let stats = env.stats();
+    assert!(
+        stats.batches.values().all(|b| b.colliding_names == 0),
+        "no batch holds two outputs of one name: {:?}",
+        stats.batches
+    );
+    assert_eq!(stats.batch_images, 4);
+    for out in ["ax.jpg", "bx.jpg", "cx.jpg", "ay.jpg"] {
+        assert_eq!(
+            dimensions(&env.outbox.join("m").join(out)),
+            (32, 24),
+            "{out}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn issue12_a_result_that_matches_no_image_switches_batching_off_and_holds_the_batch() {
+    let files = names(6, "p-");
+    let refs: Vec<&str> = files.iter().map(String::as_str).collect();
+    let (_static, scenario) = static_images(&refs);
+    let env = TestEnv::new(scenario.batch_rename_share(1.0)).await;
+    let images: Vec<(&str, Option<&str>)> = refs.iter().map(|n| (*n, None)).collect();
+    env.drop_file("m.yaml", manifest(&env, &images).as_bytes());
+    let config = env.config("max_in_flight: 32", "");
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 2, "jobs are held in doubt:\n{stderr}");
+    assert!(
+        stderr.contains("Batching is switched off"),
+        "an ERROR says so: {stderr}"
+    );
+    let stats = env.stats();
+    assert_eq!(
+        stats.batch_submits, 1,
+        "only the canary went as a batch:\n{stderr}"
+    );
+    let canary = stats.batches.values().next().expect("the canary").images;
+    let rows = rows(&env, "m");
+    let held: Vec<_> = rows.iter().filter(|(_, s, _)| s == "in-doubt").collect();
+    let done: Vec<_> = rows.iter().filter(|(_, s, _)| s == "done").collect();
+    assert_eq!(
+        held.len() as u64,
+        canary,
+        "the canary's images are held: {rows:?}"
+    );
+    assert_eq!(
+        done.len() as u64,
+        6 - canary,
+        "the rest went alone: {rows:?}"
+    );
+    assert_eq!(
+        stats.submits,
+        6 - canary,
+        "the rest were submitted one by one"
+    );
+    assert_eq!(stats.duplicate_submits, 0, "nothing held is resubmitted");
+}
+
+async fn killed(
+    env: &TestEnv,
+    config: &Path,
+    n: usize,
+    what: &str,
+    cond: impl Fn(&TestEnv) -> bool,
+) {
+    let mut daemon = env.spawn_daemon(config, n);
+    wait_until(what, DEADLINE, || cond(env)).await;
+    daemon.start_kill().expect("SIGKILL");
+    let status = daemon.wait().await.expect("wait");
+    assert_eq!(
+        status.code(),
+        None,
+        "died from the signal:\n{}",
+        env.daemon_log(n)
+    );
+}
+
+/// Every image once in the outbox, and no second submit except the ones the store counted in
+/// doubt.
+fn check_exactly_once(env: &TestEnv, files: &[String]) {
+    let report = env.report("m");
+    let mut in_doubt: HashMap<String, u64> = HashMap::new();
+    for row in report["jobs"].as_array().expect("rows") {
+        assert_eq!(row["status"], "done", "{row}");
+        let input = row["input"].as_str().unwrap_or_default().to_owned();
+        in_doubt.insert(input, row["in_doubt"].as_u64().unwrap_or(0));
+    }
+    let stats = env.stats();
+    for (key, count) in &stats.submits_by_key {
+        let input = key.rsplit_once(' ').map_or(key.as_str(), |(i, _)| i);
+        let allowed = in_doubt.get(input).copied().unwrap_or(0);
+        assert!(
+            count - 1 <= allowed,
+            "{input} billed {count} times, in doubt {allowed} times"
+        );
+    }
+    let outputs: Vec<PathBuf> = TestEnv::files_under(&env.outbox.join("m"));
+    assert_eq!(outputs.len(), files.len(), "{outputs:?}");
+    for file in files {
+        let out = env.outbox.join("m").join(file.replace(".png", ".jpg"));
+        assert_eq!(dimensions(&out), (32, 24), "{}", out.display());
+    }
+}
+
+/// SIGKILL while batches are at Claid (after the submit, before the results): the restarted
+/// daemon polls the same batches; nothing is submitted again.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue12_sigkill_while_batches_are_polled_resumes_them_without_a_second_bill() {
+    let files = names(20, "k-");
+    let refs: Vec<&str> = files.iter().map(String::as_str).collect();
+    let (_static, scenario) = static_images(&refs);
+    let env = TestEnv::new(
+        scenario
+            .latency(Latency::Fixed(Duration::from_millis(1500)))
+            .batch_parallelism(4),
+    )
+    .await;
+    let images: Vec<(&str, Option<&str>)> = refs.iter().map(|n| (*n, None)).collect();
+    env.drop_file("m.yaml", manifest(&env, &images).as_bytes());
+    let config = env.config("max_in_flight: 32", "");
+    killed(
+        &env,
+        &config,
+        0,
+        "batches beyond the canary at Claid",
+        |env| env.stats().batch_submits >= 2,
+    )
+    .await;
+    let before = env.stats();
+    let mut daemon = env.spawn_daemon(&config, 1);
+    wait_until("archived", DEADLINE, || {
+        env.archive.join("m.yaml").is_file()
+    })
+    .await;
+    crate::support::stop(&mut daemon).await;
+    let after = env.stats();
+    assert_eq!(
+        after.duplicate_submits, 0,
+        "no image billed twice: {:?}",
+        after.submits_by_key
+    );
+    assert!(
+        after.batch_polls > before.batch_polls,
+        "the restart polled the batches"
+    );
+    check_exactly_once(&env, &files);
+}
+
+/// SIGKILL while a batch request is at Claid but its answer is not back: the jobs are in doubt
+/// (resubmitted under the default policy, and counted); nothing is lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue12_sigkill_during_a_batch_submit_leaves_its_jobs_in_doubt_and_counted() {
+    let files = names(6, "s-");
+    let refs: Vec<&str> = files.iter().map(String::as_str).collect();
+    let (_static, scenario) = static_images(&refs);
+    let env = TestEnv::new(scenario.submit_response_delay(Duration::from_secs(3))).await;
+    let images: Vec<(&str, Option<&str>)> = refs.iter().map(|n| (*n, None)).collect();
+    env.drop_file("m.yaml", manifest(&env, &images).as_bytes());
+    let config = env.config("max_in_flight: 32\nrequest_timeout: 20s", "");
+    killed(&env, &config, 0, "the canary's request at Claid", |env| {
+        env.stats().batch_submits >= 1
+    })
+    .await;
+    let mut daemon = env.spawn_daemon(&config, 1);
+    wait_until("archived", DEADLINE, || {
+        env.archive.join("m.yaml").is_file()
+    })
+    .await;
+    crate::support::stop(&mut daemon).await;
+    let report = env.report("m");
+    assert!(
+        report["in_doubt"].as_u64().unwrap_or(0) >= 1,
+        "the interrupted batch's jobs are counted in doubt: {report:#}"
+    );
+    check_exactly_once(&env, &files);
+}
