@@ -9,6 +9,7 @@ mod emulator;
 mod faults;
 mod imaging;
 mod lifecycle;
+mod limiter;
 mod manifest;
 mod output;
 mod package;
