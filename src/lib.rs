@@ -18,7 +18,8 @@
 //! - [`output`]: atomic output writes; [`report`]: per-manifest reports.
 //! - [`daemon`]: wiring, supervision, systemd notifications, reload and shutdown; [`signal`],
 //!   [`logging`].
-//! - [`admin`]: the admin socket (status, jobs, replay, health) and [`metrics`].
+//! - [`admin`]: the admin socket (status, jobs, replay, health) and [`metrics`]; it runs on
+//!   [`http_server`], the bounded server.
 //! - [`cli`]: the command line.
 //! - [`text`]: untrusted text escaped for logs; [`os_error`]: OS errors named by errno.
 //! - [`emulator`]: the bundled Claid-compatible emulator.
@@ -30,6 +31,7 @@ pub mod codes;
 pub mod config;
 pub mod daemon;
 pub mod emulator;
+pub mod http_server;
 pub mod lifecycle;
 pub mod logging;
 pub mod manifest;
