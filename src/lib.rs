@@ -18,8 +18,8 @@
 //! - [`output`]: atomic output writes; [`report`]: per-manifest reports.
 //! - [`daemon`]: wiring, supervision, systemd notifications, reload and shutdown; [`signal`],
 //!   [`logging`].
-//! - [`admin`]: the admin socket (status, jobs, replay, health) and [`metrics`]; it runs on
-//!   [`http_server`], the bounded server.
+//! - [`admin`]: the admin socket (status, jobs, replay, health) and [`metrics`]; [`webhook`]:
+//!   the receiver of Claid's signed webhooks; both run on [`http_server`], the bounded server.
 //! - [`cli`]: the command line.
 //! - [`text`]: untrusted text escaped for logs; [`os_error`]: OS errors named by errno.
 //! - [`emulator`]: the bundled Claid-compatible emulator.
@@ -45,4 +45,5 @@ pub mod signal;
 pub mod store;
 pub mod text;
 pub mod watcher;
+pub mod webhook;
 pub mod yaml;

@@ -24,3 +24,4 @@ mod soak;
 mod store;
 mod support;
 mod watcher;
+mod webhook;
