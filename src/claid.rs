@@ -33,7 +33,7 @@ use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{StatusCode, Url};
 use tokio::time::Instant;
 
-use self::limiter::{DEFAULT_RESET, Limiter, parse_remaining, parse_reset};
+use self::limiter::{DEFAULT_RESET, Limiter, ServerWord, parse_remaining, parse_reset};
 use crate::os_error;
 use crate::text::{self, Escaped};
 
@@ -703,6 +703,7 @@ impl Client {
         build: impl Fn() -> Result<reqwest::RequestBuilder, ClaidError>,
     ) -> Result<Answer, ClaidError> {
         let waited = self.limiter.acquire().await;
+        let sent_at = Instant::now();
         if !waited.0.is_zero() {
             self.with_stats(|s| {
                 s.limiter_waits += 1;
@@ -738,7 +739,7 @@ impl Client {
         let status = response.status();
         let request_id = request_id_of(response.headers());
         self.observe_latency(endpoint, started.elapsed());
-        self.observe_rate_headers(response.headers(), status);
+        self.observe_rate_headers(sent_at, response.headers(), status);
         self.with_stats(|s| {
             *s.responses.entry((endpoint, status.as_u16())).or_default() += 1;
             if status == StatusCode::TOO_MANY_REQUESTS {
@@ -769,12 +770,18 @@ impl Client {
         }
     }
 
-    /// Closes the shared gate after a 429 or `RateLimit-Remaining <= 0`.
-    fn observe_rate_headers(&self, headers: &HeaderMap, status: StatusCode) {
-        let remaining = parse_remaining(header_str(headers, "ratelimit-remaining"));
-        if status == StatusCode::TOO_MANY_REQUESTS || remaining.is_some_and(|r| r <= 0) {
-            self.limiter.block_for(reset_of(headers));
-        }
+    /// Hands the answer's `RateLimit-*` headers to the shared limiter: a 429 or
+    /// `RateLimit-Remaining <= 0` closes its gate, a `Remaining` below what its log has left
+    /// caps it.
+    fn observe_rate_headers(&self, sent_at: Instant, headers: &HeaderMap, status: StatusCode) {
+        self.limiter.observe(
+            sent_at,
+            ServerWord {
+                rate_limited: status == StatusCode::TOO_MANY_REQUESTS,
+                remaining: parse_remaining(header_str(headers, "ratelimit-remaining")),
+                reset: reset_header(headers),
+            },
+        );
     }
 
     /// One download of `url` (checked by [`download_url`]).
@@ -1058,9 +1065,13 @@ fn request_id_of(headers: &HeaderMap) -> Option<String> {
 
 /// `RateLimit-Reset` (Claid), else `Retry-After` in seconds, else [`DEFAULT_RESET`].
 fn reset_of(headers: &HeaderMap) -> Duration {
+    reset_header(headers).unwrap_or(DEFAULT_RESET)
+}
+
+/// `RateLimit-Reset` (Claid), else `Retry-After` in seconds; `None` when neither is usable.
+fn reset_header(headers: &HeaderMap) -> Option<Duration> {
     parse_reset(header_str(headers, "ratelimit-reset"))
         .or_else(|| parse_reset(header_str(headers, "retry-after")))
-        .unwrap_or(DEFAULT_RESET)
 }
 
 #[cfg(test)]

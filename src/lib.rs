@@ -19,7 +19,8 @@
 //!   outbox filesystem's name limits and the names of report and error files.
 //! - [`daemon`]: wiring, supervision, systemd notifications, reload and shutdown; [`signal`],
 //!   [`logging`].
-//! - [`admin`]: the admin socket (status, jobs, replay, health) and [`metrics`].
+//! - [`admin`]: the admin socket (status, jobs, replay, health) and [`metrics`]; [`webhook`]:
+//!   the receiver of Claid's signed webhooks; both run on [`http_server`], the bounded server.
 //! - [`cli`]: the command line.
 //! - [`text`]: untrusted text escaped for logs; [`os_error`]: OS errors named by errno.
 //! - [`emulator`]: the bundled Claid-compatible emulator.
@@ -32,6 +33,7 @@ pub mod config;
 pub mod daemon;
 pub mod emulator;
 pub mod filename;
+pub mod http_server;
 pub mod lifecycle;
 pub mod logging;
 pub mod manifest;
@@ -45,4 +47,5 @@ pub mod signal;
 pub mod store;
 pub mod text;
 pub mod watcher;
+pub mod webhook;
 pub mod yaml;

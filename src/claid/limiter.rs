@@ -1,16 +1,55 @@
-//! The one rate limiter shared by every Claid API call (submit, poll, upload, probe): two
-//! governor quotas (per second and per minute, both must allow) plus a gate steered by the
-//! server's `RateLimit-*` headers. Runs on tokio time so tests can pause it.
+//! The one rate limiter shared by every Claid API call (submit, poll, upload, probe): a
+//! sliding-window log of the calls it admitted, checked against the per-second and the
+//! per-minute quota, plus a gate and a cap steered by the server's `RateLimit-*` headers.
+//! Runs on tokio time so tests can pause it.
+//!
+//! # The log
+//!
+//! The log keeps the instants of the last `rpm` admissions (never more: that is its memory).
+//! A call is admitted at `t` only if fewer than `rps` admissions lie in
+//! `(t - 1 s - JITTER_MARGIN, t]` and fewer than `rpm` in `(t - 60 s - JITTER_MARGIN, t]`.
+//! So any `rps + 1` admissions span at least `1 s +` [`JITTER_MARGIN`], and any `rpm + 1` at
+//! least `60 s +` [`JITTER_MARGIN`]; within that, calls go as soon as they come. A drop smaller
+//! than the minute quota goes out in bursts of `rps` every `1 s + JITTER_MARGIN` until the
+//! minute's quota is spent (120 calls at 4 rps / 120 rpm: the last leaves 30.45 s after the
+//! first), where governor's refilling quotas (this module until issue 12) let the minute's
+//! quota trickle back at `rpm / 60` per second after a burst of `rps` and took twice as long.
+//!
+//! # Why the log is safe against sliding and fixed server windows
+//!
+//! The server counts a request when it arrives: its admission instant plus a network delay.
+//! - A sliding-window server refuses a request when it has already counted `limit` requests in
+//!   the window's length before it, so it refuses only if `limit + 1` arrivals fall within one
+//!   window length. Any `limit + 1` admissions span at least `length + JITTER_MARGIN`; as long
+//!   as the delays of two requests differ by less than [`JITTER_MARGIN`], their arrivals span
+//!   more than `length`. Never refused.
+//! - A fixed-window server counts from one boundary to the next and forgets at the boundary.
+//!   To refuse, it needs `limit + 1` arrivals inside one fixed window, which is a span shorter
+//!   than the window's length: the same thing the argument above rules out, wherever the
+//!   boundaries lie. So the log needs neither the server's clock nor its boundaries.
+//!
+//! A larger spread of delays than the margin (a cold TLS handshake ahead of calls on warm
+//! connections) is caught by the server's own word: its `RateLimit-Remaining: 0` answer closes
+//! the gate from the moment the answer arrives, which is after the server counted the call.
+//!
+//! # The server's word
+//!
+//! Every answer's headers are handed to [`Limiter::observe`]:
+//! - a 429, or `RateLimit-Remaining <= 0`, closes the gate for everyone for `RateLimit-Reset`
+//!   ([`Limiter::block_for`]);
+//! - `RateLimit-Remaining` lower than what the log has left (another client spends the same
+//!   key) caps the limiter: at most that many more calls until `RateLimit-Reset` has passed.
+//!   Caps only tighten until they expire, so an answer that was overtaken by later ones cannot
+//!   loosen them.
+//!
+//! Callers are admitted in the order they asked (a fair queue): only the first in line sleeps
+//! for its slot.
 
+use std::collections::VecDeque;
 use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use governor::clock::Clock;
-use governor::middleware::NoOpMiddleware;
-use governor::nanos::Nanos;
-use governor::state::{InMemoryState, NotKeyed};
-use governor::{Quota, RateLimiter};
 use tokio::time::Instant;
 
 /// Longest pause a `RateLimit-Reset` header may impose; a bogus huge value must not stall the
@@ -20,94 +59,132 @@ pub const MAX_RESET: Duration = Duration::from_secs(120);
 /// Pause used after a 429 or `Remaining <= 0` when the server sent no usable `RateLimit-Reset`.
 pub const DEFAULT_RESET: Duration = Duration::from_secs(1);
 
-/// A governor clock reading tokio time, so `tokio::time::pause` drives the quotas too.
-#[derive(Debug, Clone)]
-struct TokioClock {
-    /// Zero point of the nanosecond counter governor works with.
-    base: Instant,
-}
+/// How much each window is widened beyond its length: the largest difference in network delay
+/// between two calls that the log alone absorbs (see the module doc). 50 ms covers calls on
+/// warm connections over a continent; it costs 5% of the per-second rate.
+pub const JITTER_MARGIN: Duration = Duration::from_millis(50);
 
-impl Clock for TokioClock {
-    type Instant = Nanos;
+/// Length of the per-second window.
+pub const SECOND_WINDOW: Duration = Duration::from_secs(1);
 
-    fn now(&self) -> Nanos {
-        Nanos::from(self.base.elapsed())
-    }
-}
+/// Length of the per-minute window.
+pub const MINUTE_WINDOW: Duration = Duration::from_secs(60);
 
-type Quotas = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Nanos>>;
-
-/// How long one `acquire` was made to wait by the quotas and the gate: zero when it went
+/// How long one `acquire` was made to wait by the log, the cap and the gate: zero when it went
 /// straight through.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Waited(pub Duration);
 
+/// What one answer's rate-limit headers said, for [`Limiter::observe`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServerWord {
+    /// The answer was a 429.
+    pub rate_limited: bool,
+    /// `RateLimit-Remaining` (Claid sends `-1` once exceeded); `None` when absent.
+    pub remaining: Option<i64>,
+    /// `RateLimit-Reset` (or `Retry-After`); `None` when absent or unusable.
+    pub reset: Option<Duration>,
+}
+
 /// The shared limiter. Cloned behind an `Arc` by [`super::Client`].
 pub struct Limiter {
-    /// Evenly spaced at `1/rps` with a burst of one, so no 1-second window sees more than
-    /// `rps` (+1 at a window edge) calls.
-    per_second: Quotas,
-    /// `rpm` per minute with a burst of at most `rps`: sustained traffic stays under the minute
-    /// quota; the small burst after idling is absorbed by the header gate if Claid objects.
-    per_minute: Quotas,
-    /// Tokio time until which nobody may call: set from `RateLimit-Reset` after a 429 or
-    /// `RateLimit-Remaining <= 0`. A std mutex: held only to read or bump one value.
-    blocked_until: Mutex<Option<Instant>>,
-    /// Time source for both quotas (kept to compute wait durations).
-    clock: TokioClock,
+    /// Callers wait here for their turn, first come first served (tokio's mutex is fair): only
+    /// the holder sleeps for a slot, so a burst of callers is admitted in the order it asked.
+    /// Released when `acquire` returns (or its future is dropped).
+    turn: tokio::sync::Mutex<()>,
+    /// The log, the gate and the cap. A std mutex: held only to read or update them, never
+    /// across an await.
+    state: Mutex<State>,
+    /// Calls per second window: `rps`, at most `rpm` (a higher `rps` could never bind).
+    per_second: usize,
+    /// Calls per minute window; also the most instants the log holds.
+    per_minute: usize,
+}
+
+/// What the limiter knows.
+#[derive(Debug, Default)]
+struct State {
+    /// Admission instants, oldest first; at most `per_minute`.
+    admitted: VecDeque<Instant>,
+    /// Until when nobody may call: set from `RateLimit-Reset` after a 429 or
+    /// `RateLimit-Remaining <= 0`. Never shortened.
+    blocked_until: Option<Instant>,
+    /// The server has fewer calls left than the log thinks.
+    cap: Option<Cap>,
+}
+
+/// At most `left` more admissions before `until`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Cap {
+    left: usize,
+    until: Instant,
 }
 
 impl std::fmt::Debug for Limiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Limiter")
-            .field("blocked_until", &self.blocked_until)
+            .field("per_second", &self.per_second)
+            .field("per_minute", &self.per_minute)
+            .field("state", &self.state)
             .finish_non_exhaustive()
     }
 }
 
 impl Limiter {
     pub fn new(rps: NonZeroU32, rpm: NonZeroU32) -> Limiter {
-        let clock = TokioClock {
-            base: Instant::now(),
-        };
-        let per_second = Quota::per_second(rps).allow_burst(NonZeroU32::MIN);
-        let per_minute = Quota::per_minute(rpm).allow_burst(rps.min(rpm));
+        let per_minute = usize::try_from(rpm.get()).unwrap_or(usize::MAX);
+        let per_second = usize::try_from(rps.get())
+            .unwrap_or(usize::MAX)
+            .min(per_minute);
         Limiter {
-            per_second: RateLimiter::direct_with_clock(per_second, clock.clone()),
-            per_minute: RateLimiter::direct_with_clock(per_minute, clock.clone()),
-            blocked_until: Mutex::new(None),
-            clock,
+            turn: tokio::sync::Mutex::new(()),
+            state: Mutex::new(State {
+                admitted: VecDeque::with_capacity(per_minute.min(1024)),
+                ..State::default()
+            }),
+            per_second,
+            per_minute,
         }
     }
 
-    /// Waits until the header gate is open and both quotas allow one more call, then takes it.
-    /// Returns how long the limiter asked to wait: what the quotas and the gate imposed, not
-    /// the time it took (a busy machine wakes timers late, and that is no rate limit).
+    /// Waits for this caller's turn, then until the gate is open, the cap allows a call and
+    /// the log has room in both windows; then takes the slot. Returns how long the limiter
+    /// asked this caller to wait: from the call to the slot its rules gave it, not the time it
+    /// took (a busy machine wakes timers late, and that is no rate limit).
     pub async fn acquire(&self) -> Waited {
-        let mut asked = Duration::ZERO;
+        let called = Instant::now();
+        let _turn = self.turn.lock().await;
         loop {
-            if let Some(until) = self.gate() {
-                let now = Instant::now();
-                if until > now {
-                    asked += until - now;
-                    tokio::time::sleep_until(until).await;
-                    continue;
+            let now = Instant::now();
+            let ready = {
+                let mut state = self.lock();
+                let earliest = state.earliest(self.per_second, self.per_minute, now);
+                match earliest {
+                    Some(at) if at > now => at,
+                    _ => {
+                        state.admit(now, self.per_minute);
+                        let slot = earliest.unwrap_or(called);
+                        return Waited(slot.saturating_duration_since(called));
+                    }
                 }
+            };
+            tokio::time::sleep_until(ready).await;
+        }
+    }
+
+    /// Takes in one answer's rate-limit headers. `sent_at` is when the answered call was
+    /// admitted (the instant `acquire` returned), so calls admitted after it, which the
+    /// server may not have counted yet, are taken into account.
+    pub fn observe(&self, sent_at: Instant, word: ServerWord) {
+        let reset = word.reset.unwrap_or(DEFAULT_RESET).min(MAX_RESET);
+        match word.remaining {
+            _ if word.rate_limited => self.block_for(reset),
+            Some(remaining) if remaining <= 0 => self.block_for(reset),
+            Some(remaining) => {
+                let remaining = usize::try_from(remaining).unwrap_or(usize::MAX);
+                self.cap_from(sent_at, remaining, reset);
             }
-            if let Err(not_until) = self.per_second.check() {
-                let wait = not_until.wait_time_from(self.clock.now());
-                asked += wait;
-                tokio::time::sleep(wait).await;
-                continue;
-            }
-            if let Err(not_until) = self.per_minute.check() {
-                // The per-second cell just taken is forfeited: conservative, never over quota.
-                let wait = not_until.wait_time_from(self.clock.now());
-                asked += wait;
-                tokio::time::sleep(wait).await;
-                continue;
-            }
-            return Waited(asked);
+            None => {}
         }
     }
 
@@ -115,20 +192,95 @@ impl Limiter {
     /// existing closure.
     pub fn block_for(&self, reset: Duration) {
         let until = Instant::now() + reset.min(MAX_RESET);
-        let mut gate = self
-            .blocked_until
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if gate.is_none_or(|current| current < until) {
-            *gate = Some(until);
+        let mut state = self.lock();
+        if state.blocked_until.is_none_or(|current| current < until) {
+            state.blocked_until = Some(until);
         }
     }
 
-    fn gate(&self) -> Option<Instant> {
-        *self
-            .blocked_until
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// Caps the limiter when the server has fewer calls left than the log: the log counts
+    /// only this client's calls, the server every call made with the key.
+    fn cap_from(&self, sent_at: Instant, remaining: usize, reset: Duration) {
+        let now = Instant::now();
+        let mut state = self.lock();
+        // Calls admitted after the answered one: the server may or may not have counted them.
+        let after = state.admitted.len() - state.admitted.partition_point(|&t| t <= sent_at);
+        // What the log had left when the answered call went: the server, counting only this
+        // client's calls, would say at least that, less the calls made since.
+        let left_then = state.left_at(self.per_second, self.per_minute, sent_at);
+        if remaining.saturating_add(after) >= left_then {
+            return;
+        }
+        let fresh = Cap {
+            left: remaining.saturating_sub(after),
+            until: now + reset,
+        };
+        state.cap = Some(match state.cap {
+            Some(cap) if cap.until > now => Cap {
+                left: cap.left.min(fresh.left),
+                until: cap.until.max(fresh.until),
+            },
+            _ => fresh,
+        });
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How many instants the log holds (tests check its bound).
+    #[cfg(test)]
+    fn logged(&self) -> usize {
+        self.lock().admitted.len()
+    }
+}
+
+impl State {
+    /// The earliest instant the next call may go by every rule (possibly in the past), or
+    /// `None` when no rule has a say yet.
+    fn earliest(&self, per_second: usize, per_minute: usize, now: Instant) -> Option<Instant> {
+        let nth_last = |n: usize| {
+            self.admitted
+                .len()
+                .checked_sub(n)
+                .and_then(|i| self.admitted.get(i))
+                .copied()
+        };
+        let second = nth_last(per_second).map(|t| t + SECOND_WINDOW + JITTER_MARGIN);
+        let minute = nth_last(per_minute).map(|t| t + MINUTE_WINDOW + JITTER_MARGIN);
+        let cap = self
+            .cap
+            .filter(|cap| cap.left == 0 && cap.until > now)
+            .map(|cap| cap.until);
+        [self.blocked_until, second, minute, cap]
+            .into_iter()
+            .flatten()
+            .max()
+    }
+
+    /// Records an admission at `now`.
+    fn admit(&mut self, now: Instant, per_minute: usize) {
+        while self.admitted.len() >= per_minute {
+            self.admitted.pop_front();
+        }
+        self.admitted.push_back(now);
+        match &mut self.cap {
+            Some(cap) if cap.until > now => cap.left = cap.left.saturating_sub(1),
+            Some(_) => self.cap = None,
+            None => {}
+        }
+    }
+
+    /// What the log had left at `at` in its tighter window (admissions at `at` included).
+    fn left_at(&self, per_second: usize, per_minute: usize, at: Instant) -> usize {
+        let end = self.admitted.partition_point(|&t| t <= at);
+        let within = |window: Duration| match at.checked_sub(window + JITTER_MARGIN) {
+            Some(from) => end - self.admitted.partition_point(|&t| t <= from),
+            None => end,
+        };
+        per_second
+            .saturating_sub(within(SECOND_WINDOW))
+            .min(per_minute.saturating_sub(within(MINUTE_WINDOW)))
     }
 }
 
@@ -149,7 +301,30 @@ pub fn parse_remaining(value: Option<&str>) -> Option<i64> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
     use super::*;
+    use crate::emulator::{RateLimiter, RateWindow};
+
+    fn limiter(rps: u32, rpm: u32) -> Limiter {
+        Limiter::new(
+            NonZeroU32::new(rps).expect("rps > 0"),
+            NonZeroU32::new(rpm).expect("rpm > 0"),
+        )
+    }
+
+    /// Admits `n` calls one after the other; returns their admission instants.
+    async fn admit_n(limiter: &Limiter, n: usize) -> Vec<Instant> {
+        let mut at = Vec::with_capacity(n);
+        for _ in 0..n {
+            limiter.acquire().await;
+            at.push(Instant::now());
+        }
+        at
+    }
 
     #[test]
     fn reset_header_parsing() {
@@ -166,46 +341,289 @@ mod tests {
         assert_eq!(parse_remaining(Some("x")), None);
     }
 
+    /// Issue 12 §3: a drop smaller than the minute quota goes at `rps` calls per second (in
+    /// bursts of `rps`, one per widened second) until the minute's quota is spent.
     #[tokio::test(start_paused = true)]
-    async fn quotas_space_calls_and_gate_blocks_everyone() {
-        let limiter = Limiter::new(NonZeroU32::new(4).unwrap(), NonZeroU32::new(600).unwrap());
+    async fn a_drop_under_the_minute_quota_goes_at_rps_until_the_quota_is_spent() {
+        let limiter = limiter(4, 120);
         let start = Instant::now();
-        for _ in 0..5 {
-            limiter.acquire().await;
+        let admitted = admit_n(&limiter, 120).await;
+        let second = SECOND_WINDOW + JITTER_MARGIN;
+        for (i, at) in admitted.iter().enumerate() {
+            let burst = u32::try_from(i / 4).expect("small");
+            assert_eq!(*at - start, second * burst, "call {i}");
         }
-        // 1 immediately, then one every 250 ms.
-        assert_eq!(start.elapsed(), Duration::from_millis(1000));
+        // 30 bursts of 4: the last one 29 widened seconds (30.45 s) after the first, where
+        // governor's refilling minute quota sent the 120th call at ~59 s.
+        assert_eq!(admitted[119] - start, second * 29);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_121st_call_waits_until_the_first_leaves_the_minute_window() {
+        let limiter = limiter(4, 120);
+        let admitted = admit_n(&limiter, 121).await;
+        assert_eq!(
+            admitted[120] - admitted[0],
+            MINUTE_WINDOW + JITTER_MARGIN,
+            "the 121st goes when the first leaves the widened minute"
+        );
+        assert_eq!(limiter.logged(), 120, "the log holds at most rpm instants");
+        // The three others of the first burst leave at the same instant: three more go at once.
+        let next = admit_n(&limiter, 3).await;
+        assert!(next.iter().all(|at| *at == admitted[120]), "{next:?}");
+    }
+
+    /// The wait reported is the one the rules asked: calls that go straight through report
+    /// zero, and the first call past a full second window reports the time to its slot, even
+    /// when it queued behind another waiting caller.
+    #[tokio::test(start_paused = true)]
+    async fn waited_is_what_the_log_asked() {
+        let limiter = Arc::new(limiter(4, 600));
+        for _ in 0..4 {
+            assert_eq!(limiter.acquire().await, Waited(Duration::ZERO));
+        }
+        let callers: Vec<_> = (0..2)
+            .map(|_| {
+                let limiter = Arc::clone(&limiter);
+                tokio::spawn(async move { limiter.acquire().await })
+            })
+            .collect();
+        for caller in callers {
+            let waited = caller.await.expect("caller");
+            assert_eq!(waited, Waited(SECOND_WINDOW + JITTER_MARGIN));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_header_gate_blocks_every_caller() {
+        let limiter = Arc::new(limiter(4, 600));
+        let start = Instant::now();
         limiter.block_for(Duration::from_secs(3));
-        let waited = limiter.acquire().await;
-        assert!(waited.0 >= Duration::from_secs(3));
-    }
-
-    /// The wait reported is the one the quotas imposed: a call that goes straight through
-    /// reports zero however late its task runs, and a spaced call reports its spacing.
-    #[tokio::test(start_paused = true)]
-    async fn waited_is_what_the_quotas_asked() {
-        let limiter = Limiter::new(NonZeroU32::new(4).unwrap(), NonZeroU32::new(600).unwrap());
-        assert_eq!(limiter.acquire().await, Waited(Duration::ZERO));
-        let second = limiter.acquire().await;
-        assert!(
-            second.0 > Duration::from_millis(200) && second.0 <= Duration::from_millis(250),
-            "{second:?}"
+        // A shorter closure never shortens the gate.
+        limiter.observe(
+            start,
+            ServerWord {
+                rate_limited: true,
+                remaining: Some(-1),
+                reset: Some(Duration::from_secs(1)),
+            },
         );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn minute_quota_binds_too() {
-        let limiter = Limiter::new(NonZeroU32::new(10).unwrap(), NonZeroU32::new(6).unwrap());
-        let start = Instant::now();
-        for _ in 0..7 {
-            limiter.acquire().await;
+        let callers: Vec<_> = (0..3)
+            .map(|_| {
+                let limiter = Arc::clone(&limiter);
+                tokio::spawn(async move {
+                    let waited = limiter.acquire().await;
+                    (waited, Instant::now())
+                })
+            })
+            .collect();
+        for caller in callers {
+            let (waited, at) = caller.await.expect("caller");
+            assert_eq!(at - start, Duration::from_secs(3));
+            assert_eq!(waited, Waited(Duration::from_secs(3)));
         }
-        // Burst of 6 (spaced 100 ms by the second quota), then the 7th waits for 10 s of
-        // minute-quota replenishment.
-        assert!(
-            start.elapsed() >= Duration::from_secs(9),
-            "{:?}",
-            start.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn remaining_zero_closes_the_gate_for_the_reset() {
+        let limiter = limiter(4, 120);
+        let start = Instant::now();
+        limiter.observe(
+            start,
+            ServerWord {
+                rate_limited: false,
+                remaining: Some(0),
+                reset: Some(Duration::from_secs(7)),
+            },
         );
+        limiter.acquire().await;
+        assert_eq!(Instant::now() - start, Duration::from_secs(7));
+    }
+
+    /// Another client spends the same key: the server says 2 calls remain while the log has
+    /// 119 left, so 2 more go and the next waits for the server's reset.
+    #[tokio::test(start_paused = true)]
+    async fn server_remaining_below_the_log_caps_calls_until_the_reset() {
+        let limiter = limiter(4, 120);
+        let start = Instant::now();
+        limiter.acquire().await;
+        limiter.observe(
+            start,
+            ServerWord {
+                rate_limited: false,
+                remaining: Some(2),
+                reset: Some(Duration::from_secs(20)),
+            },
+        );
+        let admitted = admit_n(&limiter, 3).await;
+        assert_eq!(&admitted[..2], &[start, start], "two more go at once");
+        assert_eq!(admitted[2] - start, Duration::from_secs(20));
+    }
+
+    /// The answer to a call that later calls overtook (the server counted them first) says
+    /// fewer calls remain than the log had left when it went: no cap, because those later
+    /// calls are this client's own. The log alone decides.
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_counting_this_clients_later_calls_sets_no_cap() {
+        let limiter = limiter(10, 120);
+        let start = Instant::now();
+        admit_n(&limiter, 1).await;
+        tokio::time::advance(Duration::from_millis(100)).await;
+        admit_n(&limiter, 4).await;
+        // The first call's answer: the server counted all five, 5 left in the second.
+        limiter.observe(
+            start,
+            ServerWord {
+                rate_limited: false,
+                remaining: Some(5),
+                reset: Some(Duration::from_secs(1)),
+            },
+        );
+        let before = Instant::now();
+        let admitted = admit_n(&limiter, 6).await;
+        assert!(admitted[..5].iter().all(|at| *at == before), "{admitted:?}");
+        // The 11th call in the second goes when the first leaves the widened second (a cap
+        // would have held it until the answer's reset, 1 s after the answer came).
+        assert_eq!(admitted[5] - start, SECOND_WINDOW + JITTER_MARGIN);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_rps_above_the_rpm_never_binds_and_the_log_stays_bounded() {
+        let limiter = limiter(50, 10);
+        let start = Instant::now();
+        let admitted = admit_n(&limiter, 25).await;
+        assert!(admitted[..10].iter().all(|at| *at == start));
+        assert_eq!(admitted[10] - start, MINUTE_WINDOW + JITTER_MARGIN);
+        assert_eq!(admitted[20] - start, (MINUTE_WINDOW + JITTER_MARGIN) * 2);
+        assert_eq!(limiter.logged(), 10);
+    }
+
+    /// Admission instants of random bursts of demand from several callers over six minutes:
+    /// idle stretches (long enough for the minute window to empty, sometimes), bursts of up to
+    /// 40 calls.
+    async fn random_demand(limiter: Arc<Limiter>, seed: u64) -> Vec<Instant> {
+        let end = Instant::now() + Duration::from_secs(360);
+        let callers: Vec<_> = (0..6)
+            .map(|caller| {
+                let limiter = Arc::clone(&limiter);
+                tokio::spawn(async move {
+                    let mut rng = StdRng::seed_from_u64(seed * 100 + caller);
+                    let mut admitted = Vec::new();
+                    while Instant::now() < end {
+                        let idle = if rng.random_bool(0.1) {
+                            rng.random_range(20_000..70_000)
+                        } else {
+                            rng.random_range(0..4_000)
+                        };
+                        tokio::time::sleep(Duration::from_millis(idle)).await;
+                        for _ in 0..rng.random_range(1..=40) {
+                            limiter.acquire().await;
+                            admitted.push(Instant::now());
+                        }
+                    }
+                    admitted
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for caller in callers {
+            all.extend(caller.await.expect("caller"));
+        }
+        all.sort();
+        all
+    }
+
+    /// Issue 12 §3: the instants the limiter admits, each delayed by a random network delay
+    /// below [`JITTER_MARGIN`], never make the emulator's rate limiter answer over-limit, in
+    /// sliding and in fixed mode, wherever the fixed windows' boundaries lie.
+    #[tokio::test(start_paused = true)]
+    async fn admitted_calls_never_exceed_an_emulated_server_in_either_window_mode() {
+        for (rps, rpm, seed) in [(4, 120, 1), (4, 120, 2), (10, 30, 3), (3, 200, 4)] {
+            let start = Instant::now();
+            let admitted = random_demand(Arc::new(limiter(rps, rpm)), seed).await;
+            assert!(
+                admitted.len() > usize::try_from(rpm * 3).expect("small"),
+                "the demand filled the minute quota several times ({} calls)",
+                admitted.len()
+            );
+            let mut rng = StdRng::seed_from_u64(seed);
+            let margin_ms = u64::try_from(JITTER_MARGIN.as_millis()).expect("small");
+            let mut arrivals: Vec<Instant> = admitted
+                .iter()
+                .map(|at| *at + Duration::from_micros(rng.random_range(0..margin_ms * 1000)))
+                .collect();
+            arrivals.sort();
+            for mode in [RateWindow::Sliding, RateWindow::Fixed] {
+                for offset_ms in [0, 137, 499, 731, 999, 30_001] {
+                    let epoch = start - Duration::from_millis(offset_ms);
+                    let mut server = RateLimiter::new(Some(rpm), Some(rps), mode, epoch);
+                    for (i, at) in arrivals.iter().enumerate() {
+                        let verdict = server.check(*at).expect("limits configured");
+                        assert!(
+                            verdict.allowed,
+                            "{mode:?} (rps {rps}, rpm {rpm}, epoch -{offset_ms} ms) refused \
+                             call {i} at {:?}",
+                            *at - start
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The same demand with the server's answers fed back (as the client does): the headers
+    /// close the gate and cap the log, and the emulated server still never refuses.
+    #[tokio::test(start_paused = true)]
+    async fn with_the_servers_headers_fed_back_the_emulated_server_never_refuses() {
+        for mode in [RateWindow::Sliding, RateWindow::Fixed] {
+            let start = Instant::now();
+            let limiter = Arc::new(limiter(4, 120));
+            let server = Arc::new(Mutex::new(RateLimiter::new(
+                Some(120),
+                Some(4),
+                mode,
+                start - Duration::from_millis(400),
+            )));
+            let callers: Vec<_> = (0..4)
+                .map(|caller| {
+                    let (limiter, server) = (Arc::clone(&limiter), Arc::clone(&server));
+                    tokio::spawn(async move {
+                        let mut rng = StdRng::seed_from_u64(caller + 10);
+                        let mut answered = 0;
+                        while Instant::now() < start + Duration::from_secs(300) {
+                            let idle = rng.random_range(0..9_000);
+                            tokio::time::sleep(Duration::from_millis(idle)).await;
+                            for _ in 0..rng.random_range(1..=30) {
+                                limiter.acquire().await;
+                                let sent_at = Instant::now();
+                                let verdict = server
+                                    .lock()
+                                    .unwrap_or_else(PoisonError::into_inner)
+                                    .check(sent_at)
+                                    .expect("limits configured");
+                                assert!(verdict.allowed, "{mode:?} refused a call");
+                                let latency = rng.random_range(1..400);
+                                tokio::time::sleep(Duration::from_millis(latency)).await;
+                                limiter.observe(
+                                    sent_at,
+                                    ServerWord {
+                                        rate_limited: false,
+                                        remaining: Some(verdict.remaining),
+                                        reset: Some(Duration::from_secs(verdict.reset)),
+                                    },
+                                );
+                                answered += 1;
+                            }
+                        }
+                        answered
+                    })
+                })
+                .collect();
+            let mut answered = 0;
+            for caller in callers {
+                answered += caller.await.expect("caller");
+            }
+            assert!(answered > 300, "{mode:?}: only {answered} calls were made");
+        }
     }
 }
