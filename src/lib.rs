@@ -21,6 +21,7 @@
 //! - [`admin`]: the admin socket (status, jobs, replay, health) and [`metrics`].
 //! - [`cli`]: the command line.
 //! - [`text`]: untrusted text escaped for logs; [`os_error`]: OS errors named by errno.
+//! - [`objects`]: object storage (S3 and S3-compatible) for storage inputs and outputs.
 //! - [`emulator`]: the bundled Claid-compatible emulator.
 
 pub mod admin;
@@ -34,6 +35,7 @@ pub mod lifecycle;
 pub mod logging;
 pub mod manifest;
 pub mod metrics;
+pub mod objects;
 pub mod os_error;
 pub mod output;
 pub mod pipeline;
