@@ -1,8 +1,9 @@
-//! Storage connectors and `storage://` inputs and outputs (issue 15), through the emulator's HTTP
-//! API against a real S3-protocol server (moto, `support::S3Server`): connector CRUD, inputs
-//! read from a bucket and outputs written to it (byte-identical to the tmp_url route), batch
-//! folder inputs, missing objects, unknown connectors, keys that would leave a connector's
-//! prefix, and connectors given in a `--storages` file of the daemon's shape.
+//! Object storage and storage connectors (issue 15) against a real S3-protocol server (moto,
+//! `support::S3Server`): `objects::ObjectStorage` itself (get, put, head, list, delete inside a
+//! prefix), and through the emulator's HTTP API connector CRUD, inputs read from a bucket and
+//! outputs written to it (byte-identical to the tmp_url route), batch folder inputs, missing
+//! objects, unknown connectors, keys that would leave a connector's prefix, and connectors given
+//! in a `--storages` file of the daemon's shape.
 //!
 //! Tests that need S3 start with `let Some(s3) = S3Server::start().await else { return };`: they
 //! are skipped without `moto_server` on the PATH, and fail so under `CI=true`.
@@ -938,5 +939,107 @@ async fn a_storages_file_in_the_daemon_shape_connects_its_buckets() {
         Some(30)
     );
     assert_eq!((h.stats().storage_reads, h.stats().storage_writes), (1, 1));
+    s3.stop().await;
+}
+
+#[tokio::test]
+async fn object_storage_reads_writes_lists_and_deletes_inside_its_prefix() {
+    use claid_hotfolder::objects::ObjectStorage;
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    s3.create_bucket("catalog").await;
+    s3.put_object("catalog", "outside.png", b"not ours").await;
+    let storage =
+        ObjectStorage::new(&s3.connector("cat", "catalog", "/shop/").storage).expect("storage");
+    assert_eq!(storage.prefix(), "shop");
+
+    let info = storage
+        .put("a/one.bin", bytes::Bytes::from_static(b"12345"))
+        .await
+        .expect("put");
+    assert_eq!((info.key.as_str(), info.size), ("a/one.bin", 5));
+    storage
+        .put("a/b/two.bin", bytes::Bytes::from_static(b"xy"))
+        .await
+        .expect("put");
+    storage
+        .put("three.bin", bytes::Bytes::from_static(b"z"))
+        .await
+        .expect("put");
+    assert_eq!(
+        s3.get_object("catalog", "shop/a/one.bin").await.as_deref(),
+        Some(&b"12345"[..])
+    );
+    let head = storage.head("a/one.bin").await.expect("head");
+    assert_eq!(head.size, 5);
+    assert!(head.last_modified.is_some());
+    let keys = |infos: Vec<claid_hotfolder::objects::ObjectInfo>| {
+        infos.into_iter().map(|i| i.key).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        keys(storage.list("a/", false).await.expect("list")),
+        ["a/one.bin"]
+    );
+    assert_eq!(
+        keys(storage.list("a", true).await.expect("list")),
+        ["a/b/two.bin", "a/one.bin"]
+    );
+    assert_eq!(
+        keys(storage.list("", true).await.expect("list")),
+        ["a/b/two.bin", "a/one.bin", "three.bin"],
+        "the whole prefix, and nothing outside it"
+    );
+    assert_eq!(
+        storage.get("a/one.bin", 5).await.expect("get").as_ref(),
+        b"12345"
+    );
+    let too_large = storage.get("a/one.bin", 4).await.expect_err("over the cap");
+    assert_eq!(too_large.code(), "object-too-large", "{too_large}");
+
+    storage.delete("a/one.bin").await.expect("delete");
+    storage
+        .delete("a/one.bin")
+        .await
+        .expect("deleting twice is fine");
+    let gone = storage.head("a/one.bin").await.expect_err("deleted");
+    assert_eq!(gone.code(), "object-not-found");
+    assert!(
+        gone.to_string()
+            .contains("cannot head s3://catalog/shop/a/one.bin: object not found"),
+        "{gone}"
+    );
+    let missing = storage.get("nope.png", 100).await.expect_err("missing");
+    assert_eq!(missing.code(), "object-not-found", "{missing}");
+
+    // Keys that would leave the prefix are refused before any request.
+    for key in ["../outside.png", "a/../../outside.png", "/outside.png", ""] {
+        let err = storage.get(key, 100).await.expect_err(key);
+        assert_eq!(err.code(), "object-unsafe-key", "{key}: {err}");
+        let err = storage
+            .put(key, bytes::Bytes::from_static(b"x"))
+            .await
+            .expect_err(key);
+        assert_eq!(err.code(), "object-unsafe-key", "{key}: {err}");
+    }
+    assert_eq!(
+        s3.get_object("catalog", "outside.png").await.as_deref(),
+        Some(&b"not ours"[..])
+    );
+
+    // An unreachable server: the error names the object and the OS cause.
+    let mut offline = s3.connector("cat", "catalog", "").storage;
+    offline.endpoint = Some(format!("http://127.0.0.1:{}", crate::support::free_port()));
+    let err = ObjectStorage::new(&offline)
+        .expect("storage")
+        .head("x.png")
+        .await
+        .expect_err("nothing listens");
+    assert_eq!(err.code(), "object-storage-io", "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("cannot head s3://catalog/x.png") && text.contains("ECONNREFUSED"),
+        "{text}"
+    );
     s3.stop().await;
 }
