@@ -4,6 +4,7 @@
 //! Entry points: [`run`] (serve a listener until a shutdown future completes, used by
 //! `claid-hotfolder emulator` and `api.base_url: embedded`) and [`spawn`] (tests: bind
 //! `127.0.0.1:0` and get a [`Handle`]). What is real and what is simulated: `docs/emulator.md`.
+//! Both fail only when a storage connector of the scenario cannot be set up.
 
 mod batch;
 pub mod imaging;
@@ -12,6 +13,8 @@ mod limits;
 mod scenario;
 mod server;
 mod stats;
+mod storage;
+mod storage_file;
 mod webhook;
 
 use std::future::Future;
@@ -26,9 +29,11 @@ pub use inputs::{MAX_DEMO_SIDE, demo_image};
 pub use limits::{RateLimiter, RateWindow, Verdict};
 pub use scenario::{
     DEFAULT_BATCH_PARALLELISM, DEFAULT_REORDER_HOLD, FaultShares, Latency, LatencyParseError,
-    Scenario, ScenarioArgs, WebhookBody, WebhookDigest,
+    Scenario, ScenarioArgs, StoragesFile, WebhookBody, WebhookDigest,
 };
 pub use stats::{BatchTrace, Control, ControlState, Stats, submit_key};
+pub use storage::StorageConnector;
+pub use storage_file::{StoragesFileError, load as load_storages_file};
 pub use webhook::{SIGNATURE_HEADER, signature as webhook_signature};
 
 /// Serves the emulator on `listener` until `shutdown` completes, then closes every connection.
@@ -37,7 +42,7 @@ pub async fn run(
     scenario: Scenario,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let state = server::AppState::new(scenario, listener.local_addr()?);
+    let state = server::AppState::new(scenario, listener.local_addr()?)?;
     server::serve(listener, state, shutdown).await
 }
 
@@ -45,7 +50,7 @@ pub async fn run(
 pub async fn spawn(scenario: Scenario) -> std::io::Result<Handle> {
     let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
     let addr = listener.local_addr()?;
-    let state = server::AppState::new(scenario, addr);
+    let state = server::AppState::new(scenario, addr)?;
     let control = state.control.clone();
     let recorder = Arc::clone(&state.recorder);
     let stop = CancellationToken::new();

@@ -23,6 +23,7 @@
 //!   the receiver of Claid's signed webhooks; both run on [`http_server`], the bounded server.
 //! - [`cli`]: the command line.
 //! - [`text`]: untrusted text escaped for logs; [`os_error`]: OS errors named by errno.
+//! - [`objects`]: object storage (S3 and S3-compatible) for storage inputs and outputs.
 //! - [`emulator`]: the bundled Claid-compatible emulator.
 
 pub mod admin;
@@ -38,6 +39,7 @@ pub mod lifecycle;
 pub mod logging;
 pub mod manifest;
 pub mod metrics;
+pub mod objects;
 pub mod os_error;
 pub mod output;
 pub mod pipeline;

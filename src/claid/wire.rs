@@ -1,7 +1,7 @@
-//! Wire types of the Claid API (CONTRACT.md §4.3, §6 and §8): the `data` envelope, async task
-//! and batch records, batch requests, image objects, the error envelope, and the result object a
-//! webhook delivers. Shared by the client and the emulator; kept separate from domain and stored
-//! types and converted by hand at the boundary.
+//! Wire types of the Claid API (CONTRACT.md §4.3, §6, §8 and §12): the `data` envelope, async task
+//! and batch records, batch requests, image objects, the error envelope, the result object a
+//! webhook delivers, and storage connectors. Shared by the client and the emulator; kept
+//! separate from domain and stored types and converted by hand at the boundary.
 //!
 //! Parsing is tolerant: unknown fields are ignored and optional ones default, so a Claid that
 //! adds fields does not break the daemon.
@@ -285,6 +285,67 @@ impl TaskUpdate {
     }
 }
 
+/// `StorageType`: the kinds of storage connector. Unknown values are kept, not rejected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StorageType {
+    WebFolder,
+    S3,
+    Gcs,
+    #[serde(untagged)]
+    Other(String),
+}
+
+impl StorageType {
+    /// The wire spelling (`s3`, `gcs`, `web_folder`).
+    pub fn as_str(&self) -> &str {
+        match self {
+            StorageType::WebFolder => "web_folder",
+            StorageType::S3 => "s3",
+            StorageType::Gcs => "gcs",
+            StorageType::Other(other) => other,
+        }
+    }
+}
+
+/// `StorageOut` / `StorageOutDetailed`: a connected storage as `GET …/storage/storages` lists it
+/// and the single-storage endpoints answer. `parameters.credentials` carries the access key
+/// only, never the secret.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StorageOut {
+    pub id: u64,
+    /// The connector's name, as in `storage://NAME/path`.
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: StorageType,
+    #[serde(default)]
+    pub parameters: StorageParametersOut,
+    #[serde(default)]
+    pub created_at: String,
+}
+
+/// `CloudBaseStorage` / `CloudDetailedBaseStorage` (s3, gcs) or `WebFolderParameters`, in one
+/// tolerant shape: the fields of the other kind are absent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StorageParametersOut {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
+    /// Prefix prepended to every request path (`""` for none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<StorageCredentialsOut>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+}
+
+/// `CredentialsOut`: the access key of a cloud storage (the secret is never returned).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StorageCredentialsOut {
+    #[serde(default)]
+    pub access_key: String,
+}
+
 /// `EditResponse` of the sync edit and upload endpoints.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EditResponse {
@@ -448,6 +509,38 @@ mod tests {
         assert_eq!(batch_output_name("http://h", "jpg"), "image.jpg");
         assert_eq!(basename("http://h/dir/f.png#frag"), "f.png");
         assert_eq!(basename("folder/key.jpg"), "key.jpg");
+    }
+
+    #[test]
+    fn storages_parse_tolerantly_and_keep_unknown_types() {
+        let body = serde_json::json!({"data": [
+            {"id": 1, "name": "catalog", "type": "s3", "created_at": "2024-01-01T00:00:00Z",
+             "parameters": {"bucket": "b", "path": "raw", "credentials": {"access_key": "AK"}}},
+            {"id": 2, "name": "site", "type": "web_folder", "created_at": "x",
+             "parameters": {"base_url": "https://cdn.example/"}},
+            {"id": 3, "name": "new", "type": "azure", "parameters": {}, "extra": true}
+        ]});
+        let parsed: Envelope<Vec<StorageOut>> = serde_json::from_value(body).expect("parses");
+        let [s3, web, other] = &parsed.data[..] else {
+            panic!("three storages: {:?}", parsed.data);
+        };
+        assert_eq!(
+            (s3.kind.as_str(), s3.parameters.path.as_deref()),
+            ("s3", Some("raw"))
+        );
+        assert_eq!(
+            s3.parameters
+                .credentials
+                .as_ref()
+                .map(|c| c.access_key.as_str()),
+            Some("AK")
+        );
+        assert_eq!(web.kind, StorageType::WebFolder);
+        assert_eq!(other.kind, StorageType::Other("azure".to_owned()));
+        assert_eq!(
+            serde_json::to_value(&web.kind).expect("serializes"),
+            serde_json::json!("web_folder")
+        );
     }
 
     #[test]

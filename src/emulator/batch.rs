@@ -1,13 +1,15 @@
 //! The batch endpoints (`POST …/image/edit/batch`, `GET …/image/edit/batch/{id}`, CONTRACT.md
-//! §4.3 and §6): validation of the four input forms, per-image processing with the same fetch
-//! and imaging code as async tasks, at most `batch_parallelism` images of one batch at a time,
-//! and the batch's walk ACCEPTED → PROCESSING → DONE | ERROR.
+//! §4.3 and §6): validation of the four input forms, storage folders listed at submit (direct
+//! children, or every descendant when `recursive`), per-image processing with the same fetch,
+//! imaging and delivery code as async tasks, at most `batch_parallelism` images of one batch at
+//! a time, and the batch's walk ACCEPTED → PROCESSING → DONE | ERROR.
 //!
 //! Assumptions where Claid is silent (documented in `docs/emulator.md`): a batch ends when its
 //! last image ends; it is DONE when at least one image succeeded (with `errors` for the others)
 //! and ERROR when none did; each output is named after its input (basename, extension of the
-//! output format) and that name is the last path segment of its `tmp_url`; each error names its
-//! input URL at the start of `error`. Async tasks and batches share one id sequence.
+//! output format) and that name is the last path segment of its `tmp_url`, or its file name in
+//! the destination folder; a folder input takes the objects with an image extension; each error
+//! names its input URL at the start of `error`. Async tasks and batches share one id sequence.
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -30,11 +32,12 @@ use crate::claid::wire::{
     BatchInput, BatchResultItem, BatchTask, Envelope, TaskError, TaskStatus, batch_output_name,
 };
 use crate::emulator::server::{
-    AppState, DropConnection, Prefix, delay_submit_response, host_of, json_body, lock,
-    maybe_delay_poll, now_rfc3339, pipeline_not_found, process_input, random_hex, task_id,
-    validation_error,
+    AppState, DropConnection, OutputName, Prefix, api_error, delay_submit_response, deliver,
+    host_of, json_body, lock, maybe_delay_poll, now_rfc3339, pipeline_not_found, process_input,
+    random_hex, task_id, validation_error,
 };
 use crate::emulator::stats::submit_key;
+use crate::emulator::storage::{self, Backing};
 
 /// Most images one batch may hold (the emulator's own limit; Claid publishes none).
 pub const MAX_BATCH_IMAGES: usize = 10_000;
@@ -108,8 +111,12 @@ pub async fn submit(
         Ok(value) => value,
         Err(response) => return *response,
     };
-    let (req, inputs) = match validated(&value) {
+    let (req, images) = match validated(&value) {
         Ok(ok) => ok,
+        Err(response) => return *response,
+    };
+    let inputs = match resolve_images(&state, &req, images).await {
+        Ok(inputs) => inputs,
         Err(response) => return *response,
     };
     let host = host_of(&headers, state.local_addr);
@@ -230,9 +237,108 @@ fn batch_view(id: u64, batch: &Batch) -> BatchTask {
 const INPUT_SHAPES: &str =
     "a list of image URLs, one image URL, or {\"source\": <folder>, \"recursive\": <bool>}";
 
+/// The images a batch body names.
+#[derive(Debug, PartialEq)]
+enum Images {
+    /// The list and single-image forms.
+    Urls(Vec<String>),
+    /// A storage folder: `"storage://NAME/folder/"` (`field` = `input`) or `{source, recursive}`
+    /// (`field` = `input.source`).
+    Folder {
+        uri: String,
+        recursive: bool,
+        field: &'static str,
+    },
+}
+
+/// Checks the `storage://` references of a valid batch body against the connectors (422 with
+/// every problem) and lists a folder input (400 when the listing fails, 422 when it holds no
+/// image); returns the image URLs.
+async fn resolve_images(
+    state: &AppState,
+    req: &EditRequest,
+    images: Images,
+) -> Result<Vec<String>, Box<Response>> {
+    let registry = &state.storages;
+    let mut errors: Vec<FieldError> = Vec::new();
+    if let Some(destination) = &req.output.destination {
+        errors.extend(registry.check_destination(destination));
+    }
+    match &images {
+        Images::Urls(urls) => {
+            let listed = urls.len() > 1;
+            for (idx, url) in urls.iter().enumerate() {
+                let field = if listed {
+                    format!("input.{idx}")
+                } else {
+                    "input".to_owned()
+                };
+                errors.extend(registry.check_input(&field, url));
+            }
+        }
+        Images::Folder { uri, field, .. } => errors.extend(registry.check_folder(field, uri)),
+    }
+    if !errors.is_empty() {
+        return Err(Box::new(validation_error(&errors)));
+    }
+    let (uri, recursive, field) = match images {
+        Images::Urls(urls) => return Ok(urls),
+        Images::Folder {
+            uri,
+            recursive,
+            field,
+        } => (uri, recursive, field),
+    };
+    let (name, folder) = storage::split_uri(&uri).unwrap_or_default();
+    let Backing::Bucket(bucket) = registry.backing(name) else {
+        // Checked above: the connector was disconnected in between.
+        return Err(Box::new(validation_error(&[FieldError {
+            path: field.to_owned(),
+            message: format!("storage {name:?} is no longer connected"),
+        }])));
+    };
+    let keys = storage::list_images(&state.recorder, &bucket, folder, recursive)
+        .await
+        .map_err(|err| {
+            Box::new(api_error(
+                axum::http::StatusCode::BAD_REQUEST,
+                "1001",
+                "storage",
+                format!("Cannot list the folder {uri}: {err}."),
+            ))
+        })?;
+    let problem = if keys.is_empty() {
+        Some(format!(
+            "the folder {uri} holds no images (png, jpg, jpeg, webp, gif, bmp, tif, tiff, avif or heic){}",
+            if recursive {
+                ""
+            } else {
+                " directly under it (set recursive: true for subfolders)"
+            }
+        ))
+    } else if keys.len() > MAX_BATCH_IMAGES {
+        Some(format!(
+            "the folder {uri} holds {} images; the emulator takes at most {MAX_BATCH_IMAGES} per batch",
+            keys.len()
+        ))
+    } else {
+        None
+    };
+    if let Some(message) = problem {
+        return Err(Box::new(validation_error(&[FieldError {
+            path: field.to_owned(),
+            message,
+        }])));
+    }
+    Ok(keys
+        .into_iter()
+        .map(|key| format!("storage://{name}/{key}"))
+        .collect())
+}
+
 /// Validates a batch body with the async edit's validator (`operations`, `output`) plus the
-/// batch input forms; returns the request and the image URLs, or the 422 with every problem.
-fn validated(body: &Value) -> Result<(EditRequest, Vec<String>), Box<Response>> {
+/// batch input forms; returns the request and its images, or the 422 with every problem.
+fn validated(body: &Value) -> Result<(EditRequest, Images), Box<Response>> {
     let mut rest = body.clone();
     let input = rest.as_object_mut().and_then(|map| map.remove("input"));
     let (req, mut errors) = match request::validate(&rest, InputRule::Forbidden) {
@@ -243,15 +349,25 @@ fn validated(body: &Value) -> Result<(EditRequest, Vec<String>), Box<Response>> 
         path: "input".to_owned(),
         message,
     };
-    let mut urls: Vec<String> = Vec::new();
+    let mut images = Images::Urls(Vec::new());
     match input.map(serde_json::from_value::<BatchInput>) {
         None if body.is_object() => errors.push(problem(format!("required: {INPUT_SHAPES}"))),
         None => {} // The body is not an object; the validator said so.
         Some(Err(_)) => errors.push(problem(format!("must be {INPUT_SHAPES}"))),
-        Some(Ok(input)) if input.is_folder() => errors.push(problem(
-            "storage inputs are not supported by this emulator yet: send a list of image URLs"
-                .to_owned(),
-        )),
+        Some(Ok(BatchInput::Source(source))) => {
+            images = Images::Folder {
+                uri: folder_uri(&source.source),
+                recursive: source.recursive,
+                field: "input.source",
+            };
+        }
+        Some(Ok(BatchInput::One(uri))) if uri.ends_with('/') => {
+            images = Images::Folder {
+                uri,
+                recursive: false,
+                field: "input",
+            };
+        }
         Some(Ok(input)) => {
             let listed = matches!(input, BatchInput::Urls(_));
             let given = input.urls().unwrap_or_default();
@@ -277,7 +393,7 @@ fn validated(body: &Value) -> Result<(EditRequest, Vec<String>), Box<Response>> 
                     }));
                 }
             }
-            urls = given.into_iter().map(str::to_owned).collect();
+            images = Images::Urls(given.into_iter().map(str::to_owned).collect());
         }
     }
     if req
@@ -291,8 +407,17 @@ fn validated(body: &Value) -> Result<(EditRequest, Vec<String>), Box<Response>> 
         });
     }
     match req {
-        Some(req) if errors.is_empty() => Ok((req, urls)),
+        Some(req) if errors.is_empty() => Ok((req, images)),
         _ => Err(Box::new(validation_error(&errors))),
+    }
+}
+
+/// A `{source}` folder, ending in `/` whether or not it was written so.
+fn folder_uri(source: &str) -> String {
+    if source.ends_with('/') {
+        source.to_owned()
+    } else {
+        format!("{source}/")
     }
 }
 
@@ -406,11 +531,14 @@ async fn process_image(
     } else {
         batch_output_name(&plan.input, &ext)
     };
-    let mut output = rendered.output;
-    output.tmp_url = Some(state.store_result(host, rendered.bytes, &output.mime, Some(&name)));
+    let input_object = rendered.input.clone();
+    let destination = req.output.destination.as_deref();
+    let (input, output) = deliver(state, host, rendered, destination, OutputName::Batch(name))
+        .await
+        .map_err(|err| failed(err.message(), Some(input_object)))?;
     Ok(Processed {
         item: BatchResultItem {
-            input_object: rendered.input,
+            input_object: input,
             output_object: output,
         },
         renamed: plan.renamed,
@@ -426,31 +554,57 @@ mod tests {
         let ok = validated(
             &json!({"input": ["http://h/a.png", "storage://demo/b-8x8.png"], "operations": {}}),
         )
-        .map(|(_, urls)| urls)
+        .map(|(_, images)| images)
         .ok();
         assert_eq!(
             ok,
-            Some(vec![
+            Some(Images::Urls(vec![
                 "http://h/a.png".to_owned(),
                 "storage://demo/b-8x8.png".to_owned()
-            ])
+            ]))
         );
         let one = validated(
             &json!({"input": "http://h/a.png", "operations": {}, "output": {"format": "png"}}),
         )
-        .map(|(req, urls)| (req.output_format(), urls))
+        .map(|(req, images)| (req.output_format(), images))
         .ok();
         assert_eq!(
             one,
-            Some((OutputFormat::Png, vec!["http://h/a.png".to_owned()]))
+            Some((
+                OutputFormat::Png,
+                Images::Urls(vec!["http://h/a.png".to_owned()])
+            ))
         );
     }
 
     #[test]
-    fn folders_empty_lists_and_bad_urls_are_refused() {
+    fn folder_inputs_take_both_forms() {
+        let folder = |input: Value| {
+            validated(&json!({"input": input, "operations": {}}))
+                .map(|(_, images)| images)
+                .ok()
+        };
+        assert_eq!(
+            folder(json!("storage://s/raw/")),
+            Some(Images::Folder {
+                uri: "storage://s/raw/".to_owned(),
+                recursive: false,
+                field: "input"
+            })
+        );
+        assert_eq!(
+            folder(json!({"source": "storage://s/raw", "recursive": true})),
+            Some(Images::Folder {
+                uri: "storage://s/raw/".to_owned(),
+                recursive: true,
+                field: "input.source"
+            })
+        );
+    }
+
+    #[test]
+    fn empty_lists_and_bad_urls_are_refused() {
         for body in [
-            json!({"input": "storage://s/folder/", "operations": {}}),
-            json!({"input": {"source": "storage://s/folder/", "recursive": true}, "operations": {}}),
             json!({"input": [], "operations": {}}),
             json!({"input": ["http://h/a.png", "ftp://h/b.png"], "operations": {}}),
             json!({"input": [1, 2], "operations": {}}),

@@ -1,6 +1,7 @@
 //! Resolving edit inputs to bytes: `http://` URLs (hyper-util client), `storage://NAME/path`
-//! under the storage root, and the built-in virtual storage `storage://demo/<name>-<W>x<H>.<ext>`
-//! that synthesizes a deterministic product-like image.
+//! under the storage root (connectors' buckets are read by `emulator::storage`), and the
+//! built-in virtual storage `storage://demo/<name>-<W>x<H>.<ext>` that synthesizes a
+//! deterministic product-like image.
 
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
@@ -30,7 +31,7 @@ pub enum InputError {
     #[error("cannot fetch {url}: {reason}")]
     Fetch { url: String, reason: String },
     #[error(
-        "storage {0:?} is not connected (no --storage-root, and only storage://demo is built in)"
+        "storage {0:?} is not connected (no connector of that name, no --storage-root, and only storage://demo is built in)"
     )]
     NoStorage(String),
     #[error("object not found in storage: {0}")]

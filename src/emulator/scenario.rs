@@ -9,6 +9,8 @@ use std::time::Duration;
 use rand::Rng;
 
 use crate::emulator::limits::RateWindow;
+use crate::emulator::storage::StorageConnector;
+use crate::emulator::storage_file;
 
 /// How long an async task takes from submit to DONE/ERROR.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -139,8 +141,16 @@ pub struct Scenario {
     pub tmp_url_ttl: Duration,
     /// Inputs whose name contains one of these substrings end in ERROR (async) or 400 (sync).
     pub corrupt_patterns: Vec<String>,
-    /// Root of `storage://NAME/path` inputs (`<root>/NAME/path`); `None` = only `storage://demo`.
+    /// Root of `storage://NAME/path` inputs (`<root>/NAME/path`) for names no connector has;
+    /// `None` = only connectors and `storage://demo`.
     pub storage_root: Option<PathBuf>,
+    /// Storage connectors that exist from the start (ids 1, 2, … in this order).
+    pub storages: Vec<StorageConnector>,
+    /// S3 endpoint of connectors created through `POST …/storage/storages` (Claid's `StorageIn`
+    /// has none); `None` = Amazon S3 itself.
+    pub storage_endpoint: Option<String>,
+    /// Signing region of those connectors; `None` = `us-east-1`.
+    pub storage_region: Option<String>,
     /// Folder served at `/_static/...` so tests can offer `http://` inputs.
     pub static_dir: Option<PathBuf>,
     /// Start with every billable request answering 402.
@@ -232,6 +242,9 @@ impl Default for Scenario {
             tmp_url_ttl: Duration::from_secs(24 * 3600),
             corrupt_patterns: vec!["corrupt".to_owned()],
             storage_root: None,
+            storages: Vec::new(),
+            storage_endpoint: None,
+            storage_region: None,
             static_dir: None,
             credits_exhausted: false,
             forbidden: false,
@@ -316,6 +329,21 @@ impl Scenario {
     /// Root folder of `storage://` inputs.
     pub fn storage_root(mut self, root: impl Into<PathBuf>) -> Self {
         self.storage_root = Some(root.into());
+        self
+    }
+    /// A storage connector that exists from the start.
+    pub fn storage(mut self, connector: StorageConnector) -> Self {
+        self.storages.push(connector);
+        self
+    }
+    /// S3 endpoint (`http://127.0.0.1:9000`) of connectors created through the API.
+    pub fn storage_endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.storage_endpoint = Some(endpoint.into());
+        self
+    }
+    /// Signing region of connectors created through the API.
+    pub fn storage_region(mut self, region: impl Into<String>) -> Self {
+        self.storage_region = Some(region.into());
         self
     }
     /// Folder served at `/_static/`.
@@ -445,6 +473,9 @@ impl std::fmt::Debug for Scenario {
             .field("tmp_url_ttl", &self.tmp_url_ttl)
             .field("corrupt_patterns", &self.corrupt_patterns)
             .field("storage_root", &self.storage_root)
+            .field("storages", &self.storages)
+            .field("storage_endpoint", &self.storage_endpoint)
+            .field("storage_region", &self.storage_region)
             .field("static_dir", &self.static_dir)
             .field("credits_exhausted", &self.credits_exhausted)
             .field("forbidden", &self.forbidden)
@@ -499,6 +530,30 @@ fn parse_parallelism(text: &str) -> Result<usize, String> {
         _ => Err(format!(
             "{text:?} is not a whole number of images, at least 1"
         )),
+    }
+}
+
+/// The connectors of a `--storages` file, read when the flag is parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoragesFile(pub Vec<StorageConnector>);
+
+fn parse_storages_file(text: &str) -> Result<StoragesFile, String> {
+    storage_file::load(std::path::Path::new(text))
+        .map(StoragesFile)
+        .map_err(|err| err.to_string())
+}
+
+fn parse_endpoint(text: &str) -> Result<String, String> {
+    let valid = (text.starts_with("http://") || text.starts_with("https://"))
+        && text
+            .parse::<hyper::Uri>()
+            .is_ok_and(|uri| uri.host().is_some());
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "{text:?} is not an http:// or https:// URL of an S3-compatible server"
+        ))
     }
 }
 
@@ -563,9 +618,18 @@ pub struct ScenarioArgs {
     /// Inputs whose name contains this substring fail (repeatable).
     #[arg(long = "corrupt-pattern", default_value = "corrupt")]
     pub corrupt_patterns: Vec<String>,
-    /// Folder behind storage://NAME/path inputs (resolved as <root>/NAME/path).
+    /// Folder behind storage://NAME/path inputs whose NAME is no connector (<root>/NAME/path).
     #[arg(long)]
     pub storage_root: Option<PathBuf>,
+    /// YAML file of storage connectors that exist from the start (S3 buckets; docs/emulator.md).
+    #[arg(long, value_name = "FILE", value_parser = parse_storages_file)]
+    pub storages: Option<StoragesFile>,
+    /// S3 endpoint of connectors created through POST /v1/storage/storages (default: Amazon S3).
+    #[arg(long, value_name = "URL", value_parser = parse_endpoint)]
+    pub storage_endpoint: Option<String>,
+    /// Signing region of connectors created through POST /v1/storage/storages.
+    #[arg(long, value_name = "REGION", default_value = "us-east-1")]
+    pub storage_region: String,
     /// Folder served at /_static/ (handy as http:// inputs).
     #[arg(long)]
     pub static_dir: Option<PathBuf>,
@@ -658,6 +722,9 @@ impl ScenarioArgs {
             tmp_url_ttl: self.tmp_url_ttl,
             corrupt_patterns: self.corrupt_patterns,
             storage_root: self.storage_root,
+            storages: self.storages.map(|file| file.0).unwrap_or_default(),
+            storage_endpoint: self.storage_endpoint,
+            storage_region: Some(self.storage_region),
             static_dir: self.static_dir,
             credits_exhausted: self.credits_exhausted,
             forbidden: self.forbidden,
@@ -732,6 +799,25 @@ mod tests {
         let shown = format!("{s:?}");
         assert!(
             !shown.contains("swordfish") && shown.contains("webhook_secret: Some(<redacted>)"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn debug_never_shows_a_storage_secret() {
+        let s = Scenario::default().storage(StorageConnector {
+            name: "cat".to_owned(),
+            storage: crate::objects::ObjectStorageConfig {
+                bucket: "b".to_owned(),
+                prefix: String::new(),
+                endpoint: None,
+                region: None,
+                credentials: crate::objects::Credentials::new("AKID", "s3-hunter2"),
+            },
+        });
+        let shown = format!("{s:?}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("AKID") && shown.contains("<redacted>"),
             "{shown}"
         );
     }

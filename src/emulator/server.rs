@@ -1,7 +1,8 @@
 //! The emulator's HTTP side: the accept loop (hyper, so a submit's connection can be closed
 //! without any response), the axum router for both prefixes, the API gate (auth, limits,
-//! runtime toggles, injected 5xx), the endpoint handlers (batches: `emulator::batch`) and the
-//! hand-off of finished tasks to the webhook sender.
+//! runtime toggles, injected 5xx), the endpoint handlers (batches: `emulator::batch`; storage
+//! connectors: `emulator::storage`), the delivery of results (a `tmp_url`, or an object written
+//! to a storage destination) and the hand-off of finished tasks to the webhook sender.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -37,9 +38,10 @@ use super::stats::{Control, ControlState, Recorder, submit_key};
 use crate::claid::request::{self, EditRequest, FieldError, InputRule, OutputFormat};
 use crate::claid::wire::{
     AsyncTask, EditResponse, Envelope, ErrorBody, ImageObject, NestedErrorBody, TaskError,
-    TaskResult, TaskStatus,
+    TaskResult, TaskStatus, batch_output_name,
 };
 use crate::emulator::batch::{self, Batch};
+use crate::emulator::storage::{self, Backing, Registry};
 use crate::emulator::webhook::{Delivery, Outbox, Plan};
 
 /// Largest request body (uploads included).
@@ -65,6 +67,8 @@ pub struct AppState {
     http: HttpClient,
     /// Fallback for `Host` when a request has none.
     pub(crate) local_addr: SocketAddr,
+    /// Storage connectors.
+    pub(crate) storages: Registry,
     /// The webhook queue; `None` when the scenario sends no webhooks.
     outbox: Option<Outbox>,
     /// Cancelled when the server stops, which ends webhook deliveries still pending.
@@ -141,8 +145,16 @@ fn request_id() -> String {
 
 impl AppState {
     /// The state of a new emulator; starts the webhook sender when the scenario has a URL, so
-    /// it must be called inside a tokio runtime.
-    pub fn new(scenario: Scenario, local_addr: SocketAddr) -> Arc<AppState> {
+    /// it must be called inside a tokio runtime. Fails when a storage connector of the scenario
+    /// cannot be set up.
+    pub fn new(scenario: Scenario, local_addr: SocketAddr) -> std::io::Result<Arc<AppState>> {
+        let storages = Registry::new(
+            &scenario.storages,
+            scenario.storage_endpoint.clone(),
+            scenario.storage_region.clone(),
+            scenario.storage_root.is_some(),
+        )
+        .map_err(|message| std::io::Error::new(std::io::ErrorKind::InvalidInput, message))?;
         let rng = match scenario.seed {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_os_rng(),
@@ -150,7 +162,7 @@ impl AppState {
         let recorder = Arc::new(Recorder::default());
         let shutdown = CancellationToken::new();
         let outbox = Outbox::start(&scenario, Arc::clone(&recorder), shutdown.clone());
-        Arc::new(AppState {
+        Ok(Arc::new(AppState {
             control: Control::new(scenario.credits_exhausted, scenario.forbidden),
             recorder,
             rng: Mutex::new(rng),
@@ -166,10 +178,11 @@ impl AppState {
             results: Mutex::new(HashMap::new()),
             http: inputs::http_client(),
             local_addr,
+            storages,
             outbox,
             shutdown,
             scenario,
-        })
+        }))
     }
 
     /// True with probability `share`.
@@ -338,6 +351,17 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/image/edit/upload", post(upload))
         .route("/image/edit/batch", post(batch::submit))
         .route("/image/edit/batch/{id}", get(batch::poll))
+        .route("/storage/storage-types", get(storage::storage_types))
+        .route(
+            "/storage/storages",
+            get(storage::list).post(storage::create),
+        )
+        .route(
+            "/storage/storages/{id}",
+            get(storage::get_one)
+                .patch(storage::update)
+                .delete(storage::delete),
+        )
         .fallback(api_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(Arc::clone(&state), api_gate));
@@ -676,15 +700,56 @@ pub(crate) async fn process_input(
             "Input image is corrupt or in an unsupported format.".to_owned(),
         ));
     }
-    let bytes = inputs::fetch(&state.http, state.scenario.storage_root.as_deref(), input)
-        .await
-        .map_err(|e| ProcessError::Input(e.to_string()))?;
+    let bytes = fetch_input(state, input).await?;
     render_blocking(bytes, req).await
+}
+
+/// The bytes of `input`: an object of an s3 connector, else what `inputs::fetch` resolves.
+async fn fetch_input(state: &AppState, input: &str) -> Result<Vec<u8>, ProcessError> {
+    if let Some((name, key)) = storage::split_uri(input) {
+        match state.storages.backing(name) {
+            Backing::Bucket(bucket) => {
+                let max = inputs::MAX_INPUT_BYTES as u64;
+                return storage::read(&state.recorder, &bucket, key, max)
+                    .await
+                    .map_err(|err| ProcessError::Input(err.to_string()));
+            }
+            Backing::Unsupported(kind) => {
+                return Err(ProcessError::Input(format!(
+                    "storage {name:?} is a {} storage; the emulator reads only s3 storages",
+                    kind.as_str()
+                )));
+            }
+            Backing::Demo | Backing::Root | Backing::Unknown => {}
+        }
+    }
+    inputs::fetch(&state.http, state.scenario.storage_root.as_deref(), input)
+        .await
+        .map_err(|e| ProcessError::Input(e.to_string()))
+}
+
+/// The 422 answer when a `storage://` input or destination of an edit names no usable
+/// connector, or a path that could leave the connector's prefix.
+pub(crate) fn check_storage_refs(state: &AppState, req: &EditRequest) -> Result<(), Box<Response>> {
+    let mut errors = Vec::new();
+    if let Some(input) = &req.input {
+        errors.extend(state.storages.check_input("input", input));
+    }
+    if let Some(destination) = &req.output.destination {
+        errors.extend(state.storages.check_destination(destination));
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(Box::new(validation_error(&errors)))
+    }
 }
 
 pub(crate) enum ProcessError {
     /// The input could not be fetched.
     Input(String),
+    /// The output could not be written to its storage destination.
+    Output(String),
     /// The input could not be decoded or rendered.
     Image(String),
     /// The request cannot be honoured for this image (too large, unsupported format).
@@ -694,12 +759,16 @@ pub(crate) enum ProcessError {
 impl ProcessError {
     pub(crate) fn message(self) -> String {
         match self {
-            ProcessError::Input(m) | ProcessError::Image(m) | ProcessError::Rejected(m) => m,
+            ProcessError::Input(m)
+            | ProcessError::Output(m)
+            | ProcessError::Image(m)
+            | ProcessError::Rejected(m) => m,
         }
     }
     fn response(self) -> Response {
         match self {
             ProcessError::Input(m) => input_error(m),
+            ProcessError::Output(m) => api_error(StatusCode::BAD_REQUEST, "1003", "storage", m),
             ProcessError::Image(m) => api_error(StatusCode::BAD_REQUEST, "1002", "image", m),
             ProcessError::Rejected(m) => {
                 api_error(StatusCode::UNPROCESSABLE_ENTITY, "9000", "validation", m)
@@ -708,14 +777,63 @@ impl ProcessError {
     }
 }
 
-fn finish(state: &AppState, host: &str, rendered: Rendered) -> (ImageObject, ImageObject) {
+/// How the output of one image is named.
+pub(crate) enum OutputName<'a> {
+    /// An edit's: a destination key is used as given; a destination folder gets the file name
+    /// of this input URL or upload file name (basename, extension of the output format).
+    Edit(&'a str),
+    /// A batch image's: this file name, inside the destination folder, and as the last path
+    /// segment of its `tmp_url`.
+    Batch(String),
+}
+
+/// Puts a rendered image where the request asked: behind a `tmp_url`, or (a `storage://`
+/// destination) into the connector's bucket, written whole in one request before the answer,
+/// the output object then carrying `object_key`, `object_bucket`, `object_uri` and
+/// `claid_storage_uri` instead of a `tmp_url`.
+pub(crate) async fn deliver(
+    state: &AppState,
+    host: &str,
+    rendered: Rendered,
+    destination: Option<&str>,
+    name: OutputName<'_>,
+) -> Result<(ImageObject, ImageObject), ProcessError> {
     let Rendered {
         bytes,
         input,
         mut output,
     } = rendered;
-    output.tmp_url = Some(state.store_result(host, bytes, &output.mime, None));
-    (input, output)
+    let Some(uri) = destination.filter(|uri| uri.starts_with("storage://")) else {
+        let tmp_name = match &name {
+            OutputName::Edit(_) => None,
+            OutputName::Batch(file_name) => Some(file_name.as_str()),
+        };
+        output.tmp_url = Some(state.store_result(host, bytes, &output.mime, tmp_name));
+        return Ok((input, output));
+    };
+    let Some(destination) = state.storages.destination(uri) else {
+        return Err(ProcessError::Output(format!(
+            "the destination {uri:?} names no connected s3 storage (was it disconnected?)"
+        )));
+    };
+    let (file_name, as_folder) = match name {
+        OutputName::Edit(source) => (batch_output_name(source, &output.ext), false),
+        OutputName::Batch(file_name) => (file_name, true),
+    };
+    let key = destination.key(&file_name, as_folder);
+    let bucket = &destination.storage;
+    let bucket_key = bucket
+        .bucket_key(&key)
+        .map_err(|err| ProcessError::Output(err.to_string()))?;
+    storage::write(&state.recorder, bucket, &key, bytes)
+        .await
+        .map_err(|err| ProcessError::Output(err.to_string()))?;
+    output.tmp_url = None;
+    output.object_uri = Some(bucket.uri(&key));
+    output.object_bucket = Some(bucket.bucket().to_owned());
+    output.object_key = Some(bucket_key);
+    output.claid_storage_uri = Some(destination.claid_uri(&key));
+    Ok((input, output))
 }
 
 /// Holds a submit's answer for the scenario's `submit_response_delay` (the task already runs).
@@ -740,6 +858,9 @@ async fn submit(
         Ok(ok) => ok,
         Err(response) => return *response,
     };
+    if let Err(response) = check_storage_refs(&state, &req) {
+        return *response;
+    }
     let host = host_of(&headers, state.local_addr);
     let id = state.next_id.fetch_add(1, Ordering::SeqCst);
     let result_url = format!("http://{host}{prefix}/image/edit/async/{id}");
@@ -798,24 +919,25 @@ async fn run_task(
     forced_error: bool,
     host: String,
 ) {
+    let destination = req.output.destination.clone();
     let work = async {
         if forced_error {
-            Err("Image processing failed (injected by the emulator scenario).".to_owned())
-        } else {
-            process_input(&state, &input, req)
-                .await
-                .map_err(ProcessError::message)
+            return Err("Image processing failed (injected by the emulator scenario).".to_owned());
         }
+        let rendered = process_input(&state, &input, req)
+            .await
+            .map_err(ProcessError::message)?;
+        let name = OutputName::Edit(&input);
+        deliver(&state, &host, rendered, destination.as_deref(), name)
+            .await
+            .map_err(ProcessError::message)
     };
     let (result, ()) = tokio::join!(work, tokio::time::sleep_until(deadline));
     let outcome = match result {
-        Ok(rendered) => {
-            let (input, output) = finish(&state, &host, rendered);
-            Outcome::Done {
-                input: Box::new(input),
-                output: Box::new(output),
-            }
-        }
+        Ok((input, output)) => Outcome::Done {
+            input: Box::new(input),
+            output: Box::new(output),
+        },
         Err(message) => {
             state.recorder.update(|s| s.tasks_errored += 1);
             Outcome::Error {
@@ -940,14 +1062,20 @@ async fn sync_edit(
         Ok(ok) => ok,
         Err(response) => return *response,
     };
+    if let Err(response) = check_storage_refs(&state, &req) {
+        return *response;
+    }
+    let destination = req.output.destination.clone();
+    let host = host_of(&headers, state.local_addr);
+    let work = async {
+        let rendered = process_input(&state, &input, req).await?;
+        let name = OutputName::Edit(&input);
+        deliver(&state, &host, rendered, destination.as_deref(), name).await
+    };
     let deadline = Instant::now() + state.sample_latency();
-    let (result, ()) = tokio::join!(
-        process_input(&state, &input, req),
-        tokio::time::sleep_until(deadline)
-    );
+    let (result, ()) = tokio::join!(work, tokio::time::sleep_until(deadline));
     match result {
-        Ok(rendered) => {
-            let (input, output) = finish(&state, &host_of(&headers, state.local_addr), rendered);
+        Ok((input, output)) => {
             state.recorder.update(|s| s.sync_edits += 1);
             Json(Envelope {
                 data: EditResponse { input, output },
@@ -1021,6 +1149,9 @@ async fn upload(
         Ok(ok) => ok,
         Err(response) => return *response,
     };
+    if let Err(response) = check_storage_refs(&state, &req) {
+        return *response;
+    }
     if state.is_corrupt(&file_name) {
         return api_error(
             StatusCode::BAD_REQUEST,
@@ -1029,14 +1160,17 @@ async fn upload(
             "Input image is corrupt or in an unsupported format.",
         );
     }
+    let destination = req.output.destination.clone();
+    let host = host_of(&headers, state.local_addr);
+    let work = async {
+        let rendered = render_blocking(bytes.to_vec(), req).await?;
+        let name = OutputName::Edit(&file_name);
+        deliver(&state, &host, rendered, destination.as_deref(), name).await
+    };
     let deadline = Instant::now() + state.sample_latency();
-    let (result, ()) = tokio::join!(
-        render_blocking(bytes.to_vec(), req),
-        tokio::time::sleep_until(deadline)
-    );
+    let (result, ()) = tokio::join!(work, tokio::time::sleep_until(deadline));
     match result {
-        Ok(rendered) => {
-            let (input, output) = finish(&state, &host_of(&headers, state.local_addr), rendered);
+        Ok((input, output)) => {
             state.recorder.update(|s| s.uploads += 1);
             Json(Envelope {
                 data: EditResponse { input, output },

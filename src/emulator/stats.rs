@@ -83,6 +83,18 @@ pub struct Stats {
     pub webhooks_forged: u64,
     /// Forged deliveries the receiver answered 2xx: it did not check the signature.
     pub webhooks_forged_accepted: u64,
+    /// Input objects read from a storage connector's bucket.
+    pub storage_reads: u64,
+    /// Bytes of those objects.
+    pub storage_read_bytes: u64,
+    /// Output objects written to a storage connector's bucket (each in one request, whole).
+    pub storage_writes: u64,
+    /// Bytes of those objects.
+    pub storage_written_bytes: u64,
+    /// Folder listings (batch folder inputs).
+    pub storage_lists: u64,
+    /// Storage reads, writes and listings that failed (missing object, denied, unreachable).
+    pub storage_errors: u64,
 }
 
 /// What the emulator recorded about one batch (in [`Stats::batches`]).

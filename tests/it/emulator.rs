@@ -695,18 +695,19 @@ async fn corrupt_and_unfetchable_inputs_fail() {
     check("https://example.com/a.png", "ERROR").await;
     assert_eq!(h.stats().tasks_errored, 6);
 
-    // Without a storage root only the demo storage exists; sync edits answer 400.
+    // Without a storage root or a connector only the demo storage exists: any other storage
+    // name is refused up front with 422 (no task is created).
     let bare = start(quick()).await;
     let resp = post_json(
         &format!("{}/image/edit", bare.base_url()),
         &edit_body("storage://shop/ok.png"),
     )
     .await;
-    let env = envelope(resp, StatusCode::BAD_REQUEST, "1001").await;
+    let env = envelope(resp, StatusCode::UNPROCESSABLE_ENTITY, "9000").await;
     assert!(
-        env["error_message"]
+        env["error_details"]["input"][0]
             .as_str()
-            .is_some_and(|m| m.contains("shop")),
+            .is_some_and(|m| m.contains("\"shop\" is not connected")),
         "{env}"
     );
     let resp = post_json(
@@ -1601,7 +1602,8 @@ async fn batch_polls_of_unknown_or_non_integer_ids() {
 async fn bad_batch_bodies_get_422_with_every_problem() {
     let h = start(quick()).await;
     let url = format!("{}/image/edit/batch", h.base_url());
-    let storage = "storage inputs are not supported by this emulator yet";
+    // No connector is called shop (folder inputs are tested against S3 in tests/it/storage.rs).
+    let storage = "storage \"shop\" is not connected";
     let cases: Vec<(Value, &str, &str)> = vec![
         (
             json!({"input": "storage://shop/folder/", "operations": {}}),
@@ -1610,7 +1612,7 @@ async fn bad_batch_bodies_get_422_with_every_problem() {
         ),
         (
             json!({"input": {"source": "storage://shop/folder/", "recursive": true}, "operations": {}}),
-            "input",
+            "input.source",
             storage,
         ),
         (

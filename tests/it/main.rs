@@ -22,6 +22,7 @@ mod request;
 mod restart;
 mod security;
 mod soak;
+mod storage;
 mod store;
 mod support;
 mod watcher;

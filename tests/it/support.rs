@@ -415,3 +415,226 @@ pub fn read_expect(path: &Path) -> Vec<Expect> {
         })
         .collect()
 }
+
+/// The pinned moto release `.ci/run` installs (`pip install 'moto[server]==…'`).
+pub const MOTO_VERSION: &str = "5.2.5";
+
+/// Access keys every test connector uses; moto accepts any signed request.
+pub const S3_ACCESS_KEY: &str = "test-access-key";
+pub const S3_SECRET_KEY: &str = "test-secret-key-never-shown";
+
+/// A real S3-protocol server for tests: moto's server mode (`moto_server`, from PyPI's
+/// `moto[server]`) on 127.0.0.1 and a free port, with its own empty state, stopped when dropped.
+/// Its helpers talk S3 over plain HTTP (not through `claid_hotfolder::objects`), so what a test
+/// reads back does not depend on the code under test.
+pub struct S3Server {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    http: reqwest::Client,
+    /// moto's output, shown when it fails to start.
+    _log_dir: tempfile::TempDir,
+}
+
+/// moto checks that a request is signed, not the signature: a well-formed header will do.
+const S3_AUTHORIZATION: &str = "AWS4-HMAC-SHA256 Credential=test-access-key/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0000";
+
+impl S3Server {
+    /// Starts moto and waits (with a deadline) until it answers. Every storage test starts with
+    /// this: when `moto_server` is not on the PATH the test is skipped (`None`, after saying so
+    /// on stderr), unless the environment variable `CI` is `true`, where it fails: CI installs
+    /// moto (`.ci/run`) and must run these tests.
+    pub async fn start() -> Option<S3Server> {
+        let Some(program) = find_on_path("moto_server") else {
+            let install = format!("pip install 'moto[server]=={MOTO_VERSION}'");
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!(
+                    "moto_server is not on the PATH, and CI=true must run the storage tests: {install}"
+                );
+            }
+            // Straight to stderr: the test harness captures only the print macros.
+            let note = format!(
+                "skipped: moto_server is not on the PATH (the S3 tests need it: {install})\n"
+            );
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), note.as_bytes());
+            return None;
+        };
+        let log_dir = tempfile::tempdir().expect("temp dir");
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("http client");
+        // A free port can be taken between probing it and moto binding it: try a few.
+        for attempt in 0..3 {
+            let port = free_port();
+            let log_path = log_dir.path().join(format!("moto-{attempt}.log"));
+            let log = std::fs::File::create(&log_path).expect("moto log");
+            let mut child = Command::new(&program)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("log handle"))
+                .stderr(log)
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+            let endpoint = format!("http://127.0.0.1:{port}");
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // Exited (port taken?): try another port.
+                }
+                let answered = http
+                    .get(format!("{endpoint}/"))
+                    .header("authorization", S3_AUTHORIZATION)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                if answered {
+                    return Some(S3Server {
+                        child,
+                        endpoint,
+                        http,
+                        _log_dir: log_dir,
+                    });
+                }
+                if tokio::time::Instant::now() > deadline {
+                    let _ = child.kill().await;
+                    panic!(
+                        "moto_server did not answer on {endpoint} within 60 s:\n{}",
+                        std::fs::read_to_string(&log_path).unwrap_or_default()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        panic!(
+            "moto_server exited at start three times; its log is in {}",
+            log_dir.path().display()
+        );
+    }
+
+    /// A connector named `name` for `bucket` and `prefix` on this server.
+    pub fn connector(&self, name: &str, bucket: &str, prefix: &str) -> emulator::StorageConnector {
+        emulator::StorageConnector {
+            name: name.to_owned(),
+            storage: claid_hotfolder::objects::ObjectStorageConfig {
+                bucket: bucket.to_owned(),
+                prefix: prefix.to_owned(),
+                endpoint: Some(self.endpoint.clone()),
+                region: None,
+                credentials: claid_hotfolder::objects::Credentials::new(
+                    S3_ACCESS_KEY,
+                    S3_SECRET_KEY,
+                ),
+            },
+        }
+    }
+
+    /// Creates an empty bucket.
+    pub async fn create_bucket(&self, bucket: &str) {
+        let resp = self
+            .http
+            .put(format!("{}/{bucket}", self.endpoint))
+            .header("authorization", S3_AUTHORIZATION)
+            .send()
+            .await
+            .expect("create bucket");
+        assert!(
+            resp.status().is_success(),
+            "create bucket {bucket}: {}",
+            resp.status()
+        );
+    }
+
+    /// Writes an object (its key is the full key in the bucket).
+    pub async fn put_object(&self, bucket: &str, key: &str, bytes: &[u8]) {
+        let resp = self
+            .http
+            .put(format!("{}/{bucket}/{key}", self.endpoint))
+            .header("authorization", S3_AUTHORIZATION)
+            .header("content-type", "application/octet-stream")
+            .body(bytes.to_vec())
+            .send()
+            .await
+            .expect("put object");
+        assert!(
+            resp.status().is_success(),
+            "put {bucket}/{key}: {}",
+            resp.status()
+        );
+    }
+
+    /// The bytes of an object, or `None` when it does not exist.
+    pub async fn get_object(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
+        let resp = self
+            .http
+            .get(format!("{}/{bucket}/{key}", self.endpoint))
+            .header("authorization", S3_AUTHORIZATION)
+            .send()
+            .await
+            .expect("get object");
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return None;
+        }
+        assert!(
+            resp.status().is_success(),
+            "get {bucket}/{key}: {}",
+            resp.status()
+        );
+        Some(resp.bytes().await.expect("object body").to_vec())
+    }
+
+    /// Every key in `bucket` that starts with `prefix`, sorted.
+    pub async fn list_keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let resp = self
+            .http
+            .get(format!("{}/{bucket}", self.endpoint))
+            .query(&[("list-type", "2"), ("prefix", prefix), ("max-keys", "1000")])
+            .header("authorization", S3_AUTHORIZATION)
+            .send()
+            .await
+            .expect("list objects");
+        assert!(
+            resp.status().is_success(),
+            "list {bucket}/{prefix}: {}",
+            resp.status()
+        );
+        let xml = resp.text().await.expect("listing");
+        assert!(
+            !xml.contains("<IsTruncated>true"),
+            "more than 1000 keys: {xml}"
+        );
+        let mut keys: Vec<String> = xml
+            .split("<Key>")
+            .skip(1)
+            .filter_map(|rest| rest.split_once("</Key>").map(|(key, _)| key.to_owned()))
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// Stops moto.
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// The first executable `name` in a folder of `PATH`.
+pub fn find_on_path(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| {
+            std::fs::metadata(candidate)
+                .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+        })
+}

@@ -1,0 +1,665 @@
+//! Object storage access (Amazon S3 and S3-compatible servers) through the `object_store` crate.
+//!
+//! One [`ObjectStorage`] is one bucket and one key prefix in it (`s3://bucket/prefix`); every
+//! operation (get, put, head, list, delete) takes a key *relative to that prefix*, and the key is
+//! checked before any request is made ([`check_key`]), so no key can leave the prefix: empty,
+//! `.` and `..` segments, a leading `/` and control characters are refused.
+//!
+//! Used by the emulator (its storage connectors read inputs from and write outputs to a real
+//! S3-protocol server) and by the daemon (its `storages`).
+//!
+//! Credentials are always explicit ([`Credentials`]: given, read from a YAML file, or from the
+//! standard `AWS_*` environment variables): the instance-metadata lookups `object_store` would
+//! otherwise fall back to are never made. Errors ([`ObjectError`]) name the operation, the
+//! object's `s3://` URI and the cause, and carry a stable kebab-case [`ObjectError::code`].
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as StorePath;
+use object_store::{BackoffConfig, ClientOptions, ObjectStore, PutPayload, RetryConfig};
+
+use crate::text::escape;
+
+/// Longest key S3 accepts (bytes, prefix included).
+pub const MAX_KEY_BYTES: usize = 1024;
+/// How long one request may take, body included.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long connecting may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often `object_store` retries a request that failed with a 5xx or a transport error.
+pub const MAX_RETRIES: usize = 3;
+/// Longest time spent retrying one request.
+pub const RETRY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Access keys of an S3 account. `Debug` never shows the secret.
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    /// Temporary credentials also carry a session token.
+    #[serde(default)]
+    pub session_token: Option<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .field(
+                "session_token",
+                &self.session_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+impl Credentials {
+    /// Static keys.
+    pub fn new(access_key_id: impl Into<String>, secret_access_key: impl Into<String>) -> Self {
+        Credentials {
+            access_key_id: access_key_id.into(),
+            secret_access_key: secret_access_key.into(),
+            session_token: None,
+        }
+    }
+
+    /// The standard environment variables `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`
+    /// (and `AWS_SESSION_TOKEN` when set).
+    pub fn from_env() -> Result<Credentials, ObjectError> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        match (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) {
+            (Some(access_key_id), Some(secret_access_key)) => Ok(Credentials {
+                access_key_id,
+                secret_access_key,
+                session_token: var("AWS_SESSION_TOKEN"),
+            }),
+            _ => Err(ObjectError::NoCredentials),
+        }
+    }
+
+    /// A YAML file `{access_key_id: …, secret_access_key: …}` (and optionally `session_token`).
+    pub fn from_file(path: &Path) -> Result<Credentials, ObjectError> {
+        let fail = |cause: String| ObjectError::CredentialsFile {
+            path: path.to_path_buf(),
+            cause,
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|err| fail(crate::os_error::OsCause(&err).to_string()))?;
+        let credentials: Credentials = serde_yaml::from_str(&text).map_err(|err| {
+            let message = err.to_string();
+            // A type error quotes the value, which may be the secret: say where, not what.
+            if message.contains("invalid type") || message.contains("invalid value") {
+                let line = err.location().map_or(0, |at| at.line());
+                fail(format!("line {line}: both keys take a string value"))
+            } else {
+                fail(format!(
+                    "{message} (expected access_key_id and secret_access_key)"
+                ))
+            }
+        })?;
+        if credentials.access_key_id.trim().is_empty()
+            || credentials.secret_access_key.trim().is_empty()
+        {
+            return Err(fail(
+                "access_key_id and secret_access_key must not be empty".to_owned(),
+            ));
+        }
+        Ok(credentials)
+    }
+}
+
+/// The bucket and prefix of an `s3://bucket/prefix` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Url {
+    pub bucket: String,
+    /// Without leading or trailing `/`; empty for the whole bucket.
+    pub prefix: String,
+}
+
+impl S3Url {
+    /// Parses `s3://bucket` or `s3://bucket/prefix/…` (a trailing `/` is ignored).
+    pub fn parse(url: &str) -> Result<S3Url, ObjectError> {
+        let fail = |reason: &'static str| ObjectError::Url {
+            url: url.to_owned(),
+            reason,
+        };
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or(fail("must start with s3://"))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        check_bucket(bucket).map_err(fail)?;
+        let prefix = normalize_prefix(prefix).map_err(|err| match err {
+            ObjectError::UnsafeKey { reason, .. } => fail(reason),
+            _ => fail("invalid prefix"),
+        })?;
+        Ok(S3Url {
+            bucket: bucket.to_owned(),
+            prefix,
+        })
+    }
+}
+
+/// Everything needed to reach one bucket and prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectStorageConfig {
+    pub bucket: String,
+    /// Key prefix inside the bucket (`a/b`, with or without slashes at the ends; empty = none).
+    pub prefix: String,
+    /// `http(s)://host:port` of an S3-compatible server; `None` = Amazon S3 itself.
+    pub endpoint: Option<String>,
+    /// Signing region; `None` = `us-east-1`.
+    pub region: Option<String>,
+    pub credentials: Credentials,
+}
+
+/// What a listing, a head or a write reports about one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// The key relative to the storage's prefix.
+    pub key: String,
+    pub size: u64,
+    pub e_tag: Option<String>,
+    pub last_modified: Option<SystemTime>,
+}
+
+/// One bucket and prefix, ready for requests. Cheap to clone.
+#[derive(Clone)]
+pub struct ObjectStorage {
+    store: Arc<AmazonS3>,
+    bucket: String,
+    prefix: String,
+}
+
+impl std::fmt::Debug for ObjectStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectStorage")
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why an object operation (or setting one up) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectError {
+    #[error("invalid object key \"{}\": {reason}", escape(key))]
+    UnsafeKey { key: String, reason: &'static str },
+    #[error(
+        "invalid storage URL \"{}\": {reason} (write s3://BUCKET/PREFIX)",
+        escape(url)
+    )]
+    Url { url: String, reason: &'static str },
+    #[error(
+        "no S3 credentials: give a credentials file (YAML with access_key_id and secret_access_key) or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+    )]
+    NoCredentials,
+    #[error("cannot read the credentials file {}: {cause}", path.display())]
+    CredentialsFile { path: PathBuf, cause: String },
+    #[error("cannot set up storage s3://{bucket}: {cause}")]
+    Setup { bucket: String, cause: String },
+    #[error("cannot {op} {uri}: object not found")]
+    NotFound { op: &'static str, uri: String },
+    #[error("cannot {op} {uri}: access denied: {cause}")]
+    Denied {
+        op: &'static str,
+        uri: String,
+        cause: String,
+    },
+    #[error("cannot {op} {uri}: the object is {size} bytes, more than the {max} allowed")]
+    TooLarge {
+        op: &'static str,
+        uri: String,
+        size: u64,
+        max: u64,
+    },
+    #[error("cannot {op} {uri}: {cause}")]
+    Request {
+        op: &'static str,
+        uri: String,
+        cause: String,
+    },
+}
+
+impl ObjectError {
+    /// Stable kebab-case code, for reports and persisted failure reasons.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ObjectError::UnsafeKey { .. } => "object-unsafe-key",
+            ObjectError::Url { .. } => "object-storage-url",
+            ObjectError::NoCredentials | ObjectError::CredentialsFile { .. } => {
+                "object-credentials"
+            }
+            ObjectError::Setup { .. } => "object-storage-config",
+            ObjectError::NotFound { .. } => "object-not-found",
+            ObjectError::Denied { .. } => "object-access-denied",
+            ObjectError::TooLarge { .. } => "object-too-large",
+            ObjectError::Request { .. } => "object-storage-io",
+        }
+    }
+}
+
+impl ObjectStorage {
+    /// Builds the client; makes no request (a wrong endpoint or key shows at the first call).
+    pub fn new(config: &ObjectStorageConfig) -> Result<ObjectStorage, ObjectError> {
+        let setup = |cause: String| ObjectError::Setup {
+            bucket: config.bucket.clone(),
+            cause,
+        };
+        check_bucket(&config.bucket).map_err(|reason| setup(format!("bucket name {reason}")))?;
+        let prefix = normalize_prefix(&config.prefix)?;
+        let mut options = ClientOptions::new()
+            .with_timeout(REQUEST_TIMEOUT)
+            .with_connect_timeout(CONNECT_TIMEOUT);
+        let mut builder = AmazonS3Builder::new()
+            .with_bucket_name(&config.bucket)
+            .with_region(config.region.as_deref().unwrap_or("us-east-1"))
+            .with_access_key_id(&config.credentials.access_key_id)
+            .with_secret_access_key(&config.credentials.secret_access_key)
+            .with_retry(RetryConfig {
+                backoff: BackoffConfig::default(),
+                max_retries: MAX_RETRIES,
+                retry_timeout: RETRY_TIMEOUT,
+            });
+        if let Some(token) = &config.credentials.session_token {
+            builder = builder.with_token(token);
+        }
+        if let Some(endpoint) = &config.endpoint {
+            let endpoint = endpoint.trim_end_matches('/');
+            let plain = endpoint.starts_with("http://");
+            if !plain && !endpoint.starts_with("https://") {
+                return Err(setup(format!(
+                    "endpoint \"{}\" must be an http:// or https:// URL",
+                    escape(endpoint)
+                )));
+            }
+            options = options.with_allow_http(plain);
+            // Path-style requests (`endpoint/bucket/key`): what S3-compatible servers expect.
+            builder = builder
+                .with_endpoint(endpoint)
+                .with_virtual_hosted_style_request(false);
+        }
+        let store = builder
+            .with_client_options(options)
+            .build()
+            .map_err(|err| setup(describe(&err)))?;
+        Ok(ObjectStorage {
+            store: Arc::new(store),
+            bucket: config.bucket.clone(),
+            prefix,
+        })
+    }
+
+    /// The bucket.
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// The key prefix, without slashes at its ends (empty for the whole bucket).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The key in the bucket (prefix included) of the object `key`, after [`check_key`].
+    pub fn bucket_key(&self, key: &str) -> Result<String, ObjectError> {
+        check_key(key)?;
+        let full = self.join(key);
+        if full.len() > MAX_KEY_BYTES {
+            return Err(ObjectError::UnsafeKey {
+                key: key.to_owned(),
+                reason: "longer than the 1024 bytes S3 allows (prefix included)",
+            });
+        }
+        Ok(full)
+    }
+
+    /// `s3://bucket/prefix/key`, for messages and records (not checked).
+    pub fn uri(&self, key: &str) -> String {
+        format!("s3://{}/{}", self.bucket, self.join(key))
+    }
+
+    /// The bytes of `key`; an object larger than `max_bytes` is refused before its body is read.
+    pub async fn get(&self, key: &str, max_bytes: u64) -> Result<Bytes, ObjectError> {
+        let path = self.path(key)?;
+        let op = "read";
+        let result = self
+            .store
+            .get(&path)
+            .await
+            .map_err(|err| self.failed(op, key, err))?;
+        if result.meta.size > max_bytes {
+            return Err(ObjectError::TooLarge {
+                op,
+                uri: self.uri(key),
+                size: result.meta.size,
+                max: max_bytes,
+            });
+        }
+        result
+            .bytes()
+            .await
+            .map_err(|err| self.failed(op, key, err))
+    }
+
+    /// Writes `bytes` to `key` in one request: the object appears whole or not at all.
+    pub async fn put(&self, key: &str, bytes: Bytes) -> Result<ObjectInfo, ObjectError> {
+        let path = self.path(key)?;
+        let size = bytes.len() as u64;
+        let put = self
+            .store
+            .put(&path, PutPayload::from_bytes(bytes))
+            .await
+            .map_err(|err| self.failed("write", key, err))?;
+        Ok(ObjectInfo {
+            key: key.to_owned(),
+            size,
+            e_tag: put.e_tag,
+            last_modified: None,
+        })
+    }
+
+    /// Size and tag of `key`, without its body.
+    pub async fn head(&self, key: &str) -> Result<ObjectInfo, ObjectError> {
+        let path = self.path(key)?;
+        let meta = self
+            .store
+            .head(&path)
+            .await
+            .map_err(|err| self.failed("head", key, err))?;
+        Ok(self.info(meta, key))
+    }
+
+    /// The objects under `folder` (relative, `""` for the whole prefix; a trailing `/` is
+    /// optional), sorted by key: direct children only, or every descendant when `recursive`.
+    pub async fn list(
+        &self,
+        folder: &str,
+        recursive: bool,
+    ) -> Result<Vec<ObjectInfo>, ObjectError> {
+        let folder = folder.trim_end_matches('/');
+        if !folder.is_empty() {
+            check_key(folder)?;
+        }
+        let full = self.join(folder);
+        let prefix = StorePath::parse(&full).map_err(|err| ObjectError::UnsafeKey {
+            key: folder.to_owned(),
+            reason: path_reason(&err),
+        })?;
+        let prefix = (!full.is_empty()).then_some(prefix);
+        let op = "list";
+        let fail = |err| self.failed(op, &format!("{folder}/"), err);
+        let metas = if recursive {
+            self.store
+                .list(prefix.as_ref())
+                .try_collect::<Vec<_>>()
+                .await
+                .map_err(fail)?
+        } else {
+            self.store
+                .list_with_delimiter(prefix.as_ref())
+                .await
+                .map_err(fail)?
+                .objects
+        };
+        let mut infos: Vec<ObjectInfo> = metas
+            .into_iter()
+            .filter_map(|meta| {
+                let key = self.relative(meta.location.as_ref())?.to_owned();
+                Some(self.info(meta, &key))
+            })
+            .collect();
+        infos.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(infos)
+    }
+
+    /// Deletes `key` (no error when it does not exist, as S3 answers).
+    pub async fn delete(&self, key: &str) -> Result<(), ObjectError> {
+        let path = self.path(key)?;
+        match self.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(err) => Err(self.failed("delete", key, err)),
+        }
+    }
+
+    fn join(&self, key: &str) -> String {
+        match (self.prefix.is_empty(), key.is_empty()) {
+            (true, _) => key.to_owned(),
+            (false, true) => self.prefix.clone(),
+            (false, false) => format!("{}/{key}", self.prefix),
+        }
+    }
+
+    /// The key relative to the prefix of a full key the server listed.
+    fn relative<'a>(&self, full: &'a str) -> Option<&'a str> {
+        if self.prefix.is_empty() {
+            return Some(full);
+        }
+        full.strip_prefix(self.prefix.as_str())?.strip_prefix('/')
+    }
+
+    fn path(&self, key: &str) -> Result<StorePath, ObjectError> {
+        let full = self.bucket_key(key)?;
+        StorePath::parse(full).map_err(|err| ObjectError::UnsafeKey {
+            key: key.to_owned(),
+            reason: path_reason(&err),
+        })
+    }
+
+    fn info(&self, meta: object_store::ObjectMeta, key: &str) -> ObjectInfo {
+        ObjectInfo {
+            key: key.to_owned(),
+            size: meta.size,
+            e_tag: meta.e_tag,
+            last_modified: Some(SystemTime::from(meta.last_modified)),
+        }
+    }
+
+    fn failed(&self, op: &'static str, key: &str, err: object_store::Error) -> ObjectError {
+        let uri = self.uri(key);
+        match err {
+            object_store::Error::NotFound { .. } => ObjectError::NotFound { op, uri },
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. } => ObjectError::Denied {
+                op,
+                uri,
+                cause: describe(&err),
+            },
+            other => ObjectError::Request {
+                op,
+                uri,
+                cause: describe(&other),
+            },
+        }
+    }
+}
+
+/// Checks a key relative to a prefix: not empty, no leading `/`, no empty, `.` or `..` segment,
+/// no control character. A key that passes cannot name anything outside the prefix.
+pub fn check_key(key: &str) -> Result<(), ObjectError> {
+    let refuse = |reason: &'static str| {
+        Err(ObjectError::UnsafeKey {
+            key: key.to_owned(),
+            reason,
+        })
+    };
+    if key.is_empty() {
+        return refuse("it is empty");
+    }
+    if key.starts_with('/') {
+        return refuse("it starts with \"/\"");
+    }
+    if key.chars().any(char::is_control) {
+        return refuse("it holds a control character");
+    }
+    for segment in key.split('/') {
+        match segment {
+            "" => return refuse("it holds an empty segment (\"//\" or a trailing \"/\")"),
+            "." | ".." => {
+                return refuse("it holds a \".\" or \"..\" segment: keys never leave the prefix");
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A prefix without slashes at its ends, its segments checked like a key's.
+fn normalize_prefix(prefix: &str) -> Result<String, ObjectError> {
+    let trimmed = prefix.trim_matches('/');
+    if !trimmed.is_empty() {
+        check_key(trimmed)?;
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// S3's bucket naming rules, loosely: what keeps a name usable in a path-style URL. The error
+/// completes "bucket name …".
+pub fn check_bucket(bucket: &str) -> Result<(), &'static str> {
+    if bucket.is_empty() {
+        return Err("is empty");
+    }
+    if bucket.len() > 63 {
+        return Err("is longer than 63 characters");
+    }
+    if !bucket
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+    {
+        return Err("may hold only letters, digits, \".\", \"-\" and \"_\"");
+    }
+    Ok(())
+}
+
+fn path_reason(err: &object_store::path::Error) -> &'static str {
+    match err {
+        object_store::path::Error::EmptySegment { .. } => "it holds an empty segment",
+        object_store::path::Error::BadSegment { .. } => {
+            "it holds a \".\" or \"..\" segment or a control character"
+        }
+        _ => "it is not a valid object path",
+    }
+}
+
+/// An `object_store` error as one line: its message, then the OS cause at the bottom of its
+/// chain when the message does not already say it.
+fn describe(err: &(dyn std::error::Error + 'static)) -> String {
+    let message = err.to_string();
+    match crate::os_error::root_cause(err) {
+        Some(root) if !message.contains(&root) => escape(&format!("{message}: {root}")),
+        _ => escape(&message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_that_could_leave_the_prefix_are_refused() {
+        for key in [
+            "",
+            "/etc/passwd",
+            "../x.png",
+            "a/../../x.png",
+            "a/./b.png",
+            "a//b.png",
+            "a/b/",
+            "..",
+            "a/\u{0}b",
+            "a\nb",
+        ] {
+            let err = check_key(key).expect_err(key);
+            assert_eq!(err.code(), "object-unsafe-key", "{key}");
+        }
+        for key in ["a.png", "a/b/c.png", "a..b/c.png", "sp ace/é.png", "...png"] {
+            assert!(check_key(key).is_ok(), "{key}");
+        }
+    }
+
+    #[test]
+    fn s3_urls_split_into_bucket_and_prefix() {
+        let parse = |url: &str| S3Url::parse(url).map(|u| (u.bucket, u.prefix)).ok();
+        assert_eq!(parse("s3://b"), Some(("b".into(), String::new())));
+        assert_eq!(parse("s3://b/"), Some(("b".into(), String::new())));
+        assert_eq!(parse("s3://b/p/q/"), Some(("b".into(), "p/q".into())));
+        for bad in [
+            "http://b/p",
+            "s3://",
+            "s3:///p",
+            "s3://b/../p",
+            "s3://b a/p",
+        ] {
+            assert!(parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bucket_keys_join_the_prefix_and_refuse_escapes() {
+        let storage = ObjectStorage::new(&ObjectStorageConfig {
+            bucket: "bkt".into(),
+            prefix: "/catalog/raw/".into(),
+            endpoint: Some("http://127.0.0.1:9".into()),
+            region: None,
+            credentials: Credentials::new("id", "secret"),
+        })
+        .expect("builds without a request");
+        assert_eq!(storage.prefix(), "catalog/raw");
+        assert_eq!(
+            storage.bucket_key("a/b.png").ok().as_deref(),
+            Some("catalog/raw/a/b.png")
+        );
+        assert_eq!(storage.uri("a.png"), "s3://bkt/catalog/raw/a.png");
+        assert!(storage.bucket_key("../other/a.png").is_err());
+        let long = "k".repeat(MAX_KEY_BYTES);
+        assert!(storage.bucket_key(&long).is_err());
+        assert_eq!(storage.relative("catalog/raw/a/b.png"), Some("a/b.png"));
+        assert_eq!(storage.relative("catalog/rawx/a.png"), None);
+    }
+
+    #[test]
+    fn endpoints_must_be_http_urls_and_secrets_stay_hidden() {
+        let config = ObjectStorageConfig {
+            bucket: "bkt".into(),
+            prefix: String::new(),
+            endpoint: Some("ftp://127.0.0.1:9".into()),
+            region: None,
+            credentials: Credentials::new("id", "hunter2-secret"),
+        };
+        let err = ObjectStorage::new(&config).expect_err("ftp endpoint");
+        assert_eq!(err.code(), "object-storage-config");
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn credentials_files_name_the_file_and_never_the_secret() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let good = dir.path().join("good.yaml");
+        std::fs::write(
+            &good,
+            "access_key_id: AKIDEXAMPLE\nsecret_access_key: hunter2-secret\n",
+        )
+        .expect("write");
+        let creds = Credentials::from_file(&good).expect("parses");
+        assert_eq!(creds, Credentials::new("AKIDEXAMPLE", "hunter2-secret"));
+        let bad = dir.path().join("bad.yaml");
+        std::fs::write(&bad, "access_key_id: x\nsecret: hunter2-secret\n").expect("write");
+        let err = Credentials::from_file(&bad)
+            .expect_err("unknown key")
+            .to_string();
+        assert!(
+            err.contains("bad.yaml") && !err.contains("hunter2"),
+            "{err}"
+        );
+        let missing = Credentials::from_file(&dir.path().join("none.yaml"))
+            .expect_err("missing")
+            .to_string();
+        assert!(missing.contains("ENOENT"), "{missing}");
+    }
+}
