@@ -26,6 +26,7 @@ use crate::yaml::value::Bounds;
 
 mod check;
 mod env;
+pub mod print;
 mod schema;
 
 /// A config nests like a manifest ([`yaml::MAX_DEPTH`]); its lists are the operator's own.
@@ -121,6 +122,10 @@ pub struct Folders {
     pub archive: PathBuf,
     pub rejected: PathBuf,
     pub state: PathBuf,
+    /// Create a missing inbox, outbox, archive or rejected folder at start. Off by default, so
+    /// a typo in a path stops the daemon instead of creating a folder nobody drops files into.
+    /// The state folder is always created.
+    pub create: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

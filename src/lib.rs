@@ -31,6 +31,7 @@ pub mod codes;
 pub mod config;
 pub mod daemon;
 pub mod emulator;
+pub mod exit;
 pub mod filename;
 pub mod lifecycle;
 pub mod logging;

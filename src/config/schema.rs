@@ -24,7 +24,7 @@ const SCHEMA: &[(&str, &[&str])] = &[
     ("api.poll", &["min", "max"]),
     (
         "folders",
-        &["inbox", "outbox", "archive", "rejected", "state"],
+        &["inbox", "outbox", "archive", "rejected", "state", "create"],
     ),
     ("watch", &["settle", "rescan", "poll_only"]),
     ("admin", &["socket", "metrics_listen"]),

@@ -8,7 +8,7 @@ const GOOD: &str =
     "images:\n  - input: storage://demo/a-64x48.png\n  - input: storage://demo/b-64x48.png\n";
 
 #[tokio::test(flavor = "multi_thread")]
-async fn validate_prints_every_problem_and_exits_one_for_a_bad_manifest() {
+async fn validate_prints_every_problem_and_exits_65_for_a_bad_manifest() {
     let env = TestEnv::new(Scenario::default()).await;
     let good = env.drop_file("good.yaml", GOOD.as_bytes());
     let bad = env.drop_file(
@@ -19,7 +19,7 @@ async fn validate_prints_every_problem_and_exits_one_for_a_bad_manifest() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("ok (2 images)"), "{out}");
     let (code, out, _) = cli(&["validate", good.to_str().unwrap(), bad.to_str().unwrap()]).await;
-    assert_eq!(code, 1, "{out}");
+    assert_eq!(code, 65, "EX_DATAERR: {out}");
     assert!(
         out.contains("line 2"),
         "the input problem and its line: {out}"
@@ -39,7 +39,7 @@ async fn validate_checks_a_config_and_names_the_key_and_line() {
     let env = TestEnv::new(Scenario::default()).await;
     let config = env.config("requests_per_secnd: 4", "");
     let (code, out, err) = cli(&["validate", config.to_str().unwrap()]).await;
-    assert_eq!(code, 1, "{out}{err}");
+    assert_eq!(code, 65, "EX_DATAERR: {out}{err}");
     assert!(out.contains("requests_per_secnd"), "names the key: {out}");
     assert!(
         out.contains("requests_per_second"),

@@ -76,7 +76,11 @@ impl TestEnv {
             dir,
             emulator,
         };
-        std::fs::create_dir_all(&env.inbox).expect("inbox");
+        // The folders an operator has (the package's tmpfiles.d entry creates them); the
+        // daemon creates only its state folder.
+        for folder in [&env.inbox, &env.outbox, &env.archive, &env.rejected] {
+            std::fs::create_dir_all(folder).expect("folder");
+        }
         env
     }
 
