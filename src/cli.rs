@@ -143,7 +143,7 @@ pub struct ReplaySelect {
     /// Every job held in doubt.
     #[arg(long)]
     pub in_doubt: bool,
-    /// Every finished or failed job of this manifest (path relative to the inbox).
+    /// Every job of this manifest that is done, failed or in doubt (path relative to the inbox).
     #[arg(long)]
     pub manifest: Option<PathBuf>,
     /// One job by id (see `jobs`).
@@ -1050,6 +1050,18 @@ fn cmd_generate_assets(out: &Path) -> anyhow::Result<i32> {
     let mut page = Vec::new();
     man.render(&mut page)?;
     let mut extra = Roff::new();
+    extra.control("SH", ["EXIT STATUS"]);
+    for (code, name, meaning) in exit::TABLE {
+        let name = if *name == "-" {
+            String::new()
+        } else {
+            format!(" ({name})")
+        };
+        extra
+            .control("TP", [])
+            .text([bold(code.to_string())])
+            .text([roman(format!("{meaning}{name}."))]);
+    }
     extra.control("SH", ["FILES"]);
     for (path, what) in MAN_FILES {
         extra

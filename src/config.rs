@@ -413,6 +413,12 @@ pub fn load_api_key(api: &ApiConfig) -> Result<Option<String>, ConfigError> {
         .filter(|key| !key.is_empty()))
 }
 
+/// Every dotted key a config file may hold, sections included (`api`, `api.poll.min`);
+/// `profiles.*.operations` stands for every profile's.
+pub fn known_keys() -> Vec<String> {
+    schema::all_keys()
+}
+
 /// The top-level keys of a config file (`validate` tells configs from manifests by them).
 pub const TOP_KEYS: &[&str] = &[
     "api",

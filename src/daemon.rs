@@ -42,10 +42,10 @@ pub enum FatalError {
     Config(#[from] ConfigError),
     #[error("no API key: set `api.api_key_file` or the CLAID_API_KEY environment variable")]
     NoApiKey,
-    #[error("cannot create folder {}: {}", Escaped::path(path), OsCause(source))]
+    #[error("cannot create folder {}: {}", Escaped::path(path), OsCause(cause))]
     Folder {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// An operator's folder is missing and `folders.create` is off: most likely a typo.
     #[error(
@@ -611,9 +611,9 @@ impl Needs {
 }
 
 fn create_folder(path: &Path) -> Result<(), FatalError> {
-    std::fs::create_dir_all(path).map_err(|source| FatalError::Folder {
+    std::fs::create_dir_all(path).map_err(|cause| FatalError::Folder {
         path: path.to_path_buf(),
-        source,
+        cause,
     })
 }
 

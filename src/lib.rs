@@ -20,7 +20,7 @@
 //! - [`daemon`]: wiring, supervision, systemd notifications, reload and shutdown; [`signal`],
 //!   [`logging`].
 //! - [`admin`]: the admin socket (status, jobs, replay, health) and [`metrics`].
-//! - [`cli`]: the command line.
+//! - [`cli`]: the command line; [`exit`]: its one table of exit codes.
 //! - [`text`]: untrusted text escaped for logs; [`os_error`]: OS errors named by errno.
 //! - [`emulator`]: the bundled Claid-compatible emulator.
 

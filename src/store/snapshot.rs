@@ -10,8 +10,9 @@
 //!
 //! The cost is one copy of the database per command: `std::fs::copy` uses `copy_file_range`,
 //! a reflink (no data copied) on btrfs and XFS, an in-kernel copy elsewhere, so time and
-//! temporary disk space grow with the store's size (see `docs/operations.md`). The copy goes
-//! to `$TMPDIR` (default `/tmp`) and is removed when the command ends.
+//! temporary disk space grow with the store's size (README.md, "Command line": a store of
+//! 20,000 jobs is 92 MB, and `status` took 0.2-0.3 s with the copy). The copy goes to
+//! `$TMPDIR` (default `/tmp`) and is removed when the command ends.
 
 use std::io;
 use std::path::{Path, PathBuf};

@@ -5,6 +5,7 @@ mod cli;
 mod client;
 mod config;
 mod corpus;
+mod docs;
 mod emulator;
 mod faults;
 mod imaging;
