@@ -196,6 +196,45 @@ fn json(value: &Json) -> Value {
 mod tests {
     use super::*;
 
+    /// Every dotted key under `value` (`api`, `api.poll`, `api.poll.min`), a profile's name
+    /// written `*`.
+    fn dotted_keys(value: &Value, prefix: &str, out: &mut Vec<String>) {
+        let Value::Mapping(map) = value else { return };
+        for (key, child) in map {
+            let key = key.as_str().expect("string keys");
+            let key = if prefix == "profiles" { "*" } else { key };
+            let dotted = if prefix.is_empty() {
+                key.to_owned()
+            } else {
+                format!("{prefix}.{key}")
+            };
+            out.push(dotted.clone());
+            // Below a profile's operations and output are Claid's keys, not the config's.
+            if !(dotted.starts_with("profiles.*.")) {
+                dotted_keys(child, &dotted, out);
+            }
+        }
+    }
+
+    /// A key added to the schema but not printed would be lost by a round trip through
+    /// `--print-config`: the printed keys are exactly the schema's.
+    #[test]
+    fn every_key_of_the_schema_is_printed() {
+        let text = "api: { base_url: embedded }\n\
+                    folders: { inbox: /i, outbox: /o, archive: /a, rejected: /r, state: /s }\n\
+                    profiles: { p: { operations: {}, output: { format: webp } } }\n";
+        let config =
+            crate::config::parse(text, std::path::Path::new("/etc/c.yaml")).expect("valid");
+        let printed: Value = serde_yaml::from_str(&to_yaml(&config)).expect("yaml");
+        let mut printed_keys = Vec::new();
+        dotted_keys(&printed, "", &mut printed_keys);
+        printed_keys.sort();
+        let mut schema_keys = crate::config::known_keys();
+        schema_keys.push("profiles.*".to_owned());
+        schema_keys.sort();
+        assert_eq!(printed_keys, schema_keys);
+    }
+
     #[test]
     fn user_information_is_redacted_and_nothing_else() {
         assert_eq!(
