@@ -535,13 +535,11 @@ fn read_store(config: &Config, command: &str) -> anyhow::Result<Option<Snapshot>
             )
             .into())
         }
-        Err(err @ StoreError::Snapshot { .. }) => {
-            let StoreError::Snapshot { path, cause } = &err else {
-                unreachable!("matched above")
-            };
-            let hint = (exit::of_io(cause, exit::Access::Read) == exit::NO_PERM)
-                .then(|| access_hint(path, Some(command)));
-            let err = anyhow::Error::from(err).context("cannot read the job store");
+        Err(StoreError::Snapshot { path, cause }) => {
+            let hint = (exit::of_io(&cause, exit::Access::Read) == exit::NO_PERM)
+                .then(|| access_hint(&path, Some(command)));
+            let err = anyhow::Error::from(StoreError::Snapshot { path, cause })
+                .context("cannot read the job store");
             Err(match hint {
                 Some(hint) => hinted(err, hint),
                 None => err,

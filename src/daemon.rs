@@ -513,7 +513,8 @@ fn status_line(pipeline: &pipeline::Handle) -> String {
 fn prepare_folders(config: &Config, copies: &Path) -> Result<(), FatalError> {
     let folders = &config.folders;
     let create = folders.create || config.api.base_url == BaseUrl::Embedded;
-    // With `keep`, manifests and recipe images stay where they are: the inbox is only read.
+    // With `keep`, manifests and recipe images stay where they are: the inbox is only read
+    // (an invalid manifest that cannot be moved to `rejected/` stays, with an error logged).
     let inbox_needs = if config.on_manifest_done == OnManifestDone::Keep {
         Needs::Read
     } else {
