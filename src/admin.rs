@@ -515,6 +515,19 @@ async fn status(State(state): State<AdminState>) -> Response {
 }
 
 async fn jobs(State(state): State<AdminState>, Query(query): Query<JobsQuery>) -> Response {
+    if let Some(name) = &query.state
+        && StateName::parse(name).is_none()
+    {
+        let known: Vec<&str> = StateName::ALL.iter().map(|s| s.as_str()).collect();
+        return http_server::error_response(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "unknown state `{}`; use one of: {}",
+                Escaped::str(name),
+                known.join(", ")
+            ),
+        );
+    }
     json_or_500(jobs_view(state.pipeline.store(), &query).await)
 }
 
@@ -526,8 +539,13 @@ async fn replay(
         Ok(ids) => ids,
         Err(err @ ReplayError::Store(_)) => return internal(&err),
         Err(err) => {
+            let status = match err {
+                // Not a mistake in the request: try again once the job has ended.
+                ReplayError::UnderWay(..) => StatusCode::CONFLICT,
+                _ => StatusCode::BAD_REQUEST,
+            };
             return (
-                StatusCode::BAD_REQUEST,
+                status,
                 axum::Json(serde_json::json!({"error": err.to_string()})),
             )
                 .into_response();

@@ -1,37 +1,38 @@
 //! The command line (clap): `run`, `validate`, `plan`, `status`, `jobs`, `replay`, `emulator`,
-//! and the mapping of each command's outcome to an exit code; the hidden `generate-assets` writes
-//! the man pages and shell completions generated from this definition (packaging/).
+//! and the mapping of each command's outcome to an exit code of the one table in
+//! [`crate::exit`]; the hidden `generate-assets` writes the man pages and shell completions
+//! generated from this definition (packaging/).
+//!
+//! Every error is printed once, with its causes and, where one applies, a hint (`error: …`,
+//! `hint: …` on stderr); once `run` has set up logging, as one log line. `status`, `jobs` and
+//! `plan` never write the state folder: without a daemon to ask they read a private copy of
+//! the store ([`Snapshot`]).
 
-use std::io::IsTerminal;
+use std::io::{self, IsTerminal};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{self, Config};
-use crate::daemon::{self, FatalError, Outcome, RunOptions};
+use crate::codes::StateName;
+use crate::config::{self, Config, ConfigError};
+use crate::daemon::{self, Outcome, RunOptions};
 use crate::manifest::{self, Input};
+use crate::os_error::OsCause;
 use crate::store::records::{JobState, JobV1};
+use crate::store::snapshot::Snapshot;
 use crate::store::{Store, StoreError};
-use crate::{admin, emulator, logging, signal, yaml};
+use crate::text::Escaped;
+use crate::{admin, emulator, exit, logging, signal, yaml};
 
-/// Success.
-pub const EX_OK: i32 = 0;
-/// A command failed (invalid files for `validate`, a fatal daemon error).
-pub const EX_FAILURE: i32 = 1;
-/// `run --once`: some job failed, is held in doubt, or a manifest was rejected.
-pub const EX_JOBS_FAILED: i32 = 2;
-/// The configuration is invalid (EX_USAGE).
-pub const EX_CONFIG: i32 = 64;
-/// The API stayed unreachable (EX_UNAVAILABLE): `run --once` gave up; unfinished jobs stay
-/// in the store.
-pub const EX_UNAVAILABLE: i32 = 69;
-/// Stopped by a signal before the work was done (EX_TEMPFAIL: try again).
-pub const EX_INTERRUPTED: i32 = 75;
-/// The API refused the key, the credits or the scope (EX_NOPERM): `run --once` gave up;
-/// unfinished jobs stay in the store.
-pub const EX_REFUSED: i32 = 77;
+// The exit codes of earlier versions' callers; the one table is `crate::exit`.
+pub const EX_OK: i32 = exit::OK;
+pub const EX_JOBS_FAILED: i32 = exit::JOBS_FAILED;
+pub const EX_CONFIG: i32 = exit::USAGE;
+pub const EX_UNAVAILABLE: i32 = exit::UNAVAILABLE;
+pub const EX_INTERRUPTED: i32 = exit::TEMP_FAIL;
+pub const EX_REFUSED: i32 = exit::NO_PERM;
 
 /// Where the config is read from when neither `--config` nor `CLAID_HOTFOLDER_CONFIG` is set.
 pub const DEFAULT_CONFIG: &str = "/etc/claid-hotfolder/claid-hotfolder.yaml";
@@ -40,7 +41,8 @@ pub const DEFAULT_CONFIG: &str = "/etc/claid-hotfolder/claid-hotfolder.yaml";
 #[command(
     name = "claid-hotfolder",
     version,
-    about = "Edit product images in bulk through the Claid.ai API from a watched folder"
+    about = "Edit product images in bulk through the Claid.ai API from a watched folder",
+    after_long_help = exit_codes_help()
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -61,16 +63,16 @@ pub enum Command {
     Run {
         #[command(flatten)]
         config: ConfigArg,
-        /// Process what is in the inbox now, wait for every job, and exit (0 all done, 2 some failed).
+        /// Process what is in the inbox now, wait for every job, and exit (0 all done, 2 some failed); a progress bar when stderr is a terminal.
         #[arg(long)]
         once: bool,
-        /// Print the effective configuration and exit.
+        /// Print the effective configuration as YAML (credentials in URLs redacted) and exit.
         #[arg(long)]
         print_config: bool,
     },
-    /// Validate manifests or a config file; print every problem; exit 1 if any.
+    /// Validate manifests or config files; print every problem; exit 65 if a file has any.
     Validate {
-        /// Profiles and limits come from this config when given.
+        /// Profiles, limits and the outbox come from this config when given.
         #[arg(long, short = 'c', env = "CLAID_HOTFOLDER_CONFIG")]
         config: Option<PathBuf>,
         /// Manifests or config files.
@@ -81,9 +83,10 @@ pub enum Command {
     Plan {
         #[command(flatten)]
         config: ConfigArg,
+        /// The manifest to plan.
         file: PathBuf,
     },
-    /// Manifests and job counts by state.
+    /// Per-manifest progress and job counts (from the running daemon, or read from the store).
     Status {
         #[command(flatten)]
         config: ConfigArg,
@@ -91,26 +94,27 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List jobs.
+    /// List jobs (from the running daemon, or read from the store).
     Jobs {
         #[command(flatten)]
         config: ConfigArg,
-        /// Only jobs in this state (queued, submitting, submitted, downloading, in-doubt, done, failed).
-        #[arg(long)]
-        state: Option<String>,
+        /// Only jobs in this state.
+        #[arg(long, value_enum)]
+        state: Option<StateName>,
         /// Only jobs of this manifest (path relative to the inbox).
         #[arg(long)]
         manifest: Option<PathBuf>,
     },
-    /// Requeue jobs from the store; the daemon picks them up at its next start.
+    /// Requeue failed, in-doubt or chosen jobs: a running daemon runs them at once, otherwise
+    /// they run at its next start.
     Replay {
         #[command(flatten)]
         config: ConfigArg,
         #[command(flatten)]
         select: ReplaySelect,
-        /// Only jobs that changed since this time (RFC 3339) or this long ago (`2h`).
-        #[arg(long)]
-        since: Option<String>,
+        /// Only jobs that changed since this time (RFC 3339, `2026-11-29T10:00:00Z`) or this long ago (`2h`).
+        #[arg(long, value_name = "TIME", value_parser = parse_since)]
+        since: Option<u64>,
     },
     /// Run the Claid-compatible emulator.
     Emulator {
@@ -139,12 +143,38 @@ pub struct ReplaySelect {
     /// Every job held in doubt.
     #[arg(long)]
     pub in_doubt: bool,
-    /// Every job of this manifest (path relative to the inbox).
+    /// Every job of this manifest that is done, failed or in doubt (path relative to the inbox).
     #[arg(long)]
     pub manifest: Option<PathBuf>,
-    /// One job by id.
+    /// One job by id (see `jobs`).
     #[arg(long)]
     pub job: Option<u64>,
+}
+
+/// The exit codes, for the end of `--help` and the man page.
+fn exit_codes_help() -> String {
+    let mut text = String::from("Exit codes:\n");
+    for (code, name, meaning) in exit::TABLE {
+        text.push_str(&format!("  {code:>3}  {name:<15} {meaning}\n"));
+    }
+    text
+}
+
+/// Parses `args` (the first is the program) and runs the command; returns the exit code. A
+/// command line clap refuses exits with 64 (clap's own is 2, which `run --once` uses).
+pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
+    match Cli::try_parse_from(args) {
+        Ok(cli) => execute(cli),
+        Err(err) => {
+            // `--help` and `--version` are errors to clap, printed on stdout.
+            let _ = err.print();
+            if err.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            }
+        }
+    }
 }
 
 /// Runs the parsed command and returns the process exit code.
@@ -162,31 +192,28 @@ pub fn execute(cli: Cli) -> i32 {
             config,
             state,
             manifest,
-        } => report(cmd_jobs(
-            &config.config,
-            state.as_deref(),
-            manifest.as_deref(),
-        )),
+        } => report(cmd_jobs(&config.config, state, manifest.as_deref())),
         Command::Replay {
             config,
             select,
             since,
-        } => report(cmd_replay(&config.config, &select, since.as_deref())),
+        } => report(cmd_replay(&config.config, &select, since)),
         Command::Emulator { listen, scenario } => report(cmd_emulator(listen, *scenario)),
         Command::GenerateAssets { out } => report(cmd_generate_assets(&out)),
     }
 }
 
+/// Prints a failed command's error once (with its causes, and a hint where one applies) and
+/// returns its exit code.
 fn report(res: anyhow::Result<i32>) -> i32 {
     match res {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
-            if err.downcast_ref::<config::ConfigError>().is_some() {
-                EX_CONFIG
-            } else {
-                EX_FAILURE
+            if let Some(hint) = exit::hint(&err) {
+                eprintln!("hint: {hint}");
             }
+            exit::classify(&err)
         }
     }
 }
@@ -212,73 +239,101 @@ fn small_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// The config a command runs with; a missing or unreadable file says how to point at it.
 fn load_config(path: &Path) -> anyhow::Result<Config> {
-    config::load(path).map_err(anyhow::Error::from)
+    config::load(path).map_err(|err| {
+        let ConfigError::Read { path, source } = &err else {
+            return err.into();
+        };
+        let message = format!(
+            "cannot read config file {}: {}",
+            path.display(),
+            OsCause(source)
+        );
+        // As `exit::classify` files it: refused access is 77, any other unreadable config 64.
+        let code = match exit::of_io(source, exit::Access::Read) {
+            exit::NO_PERM => exit::NO_PERM,
+            _ => exit::USAGE,
+        };
+        let coded = exit::Coded::new(code, message);
+        if source.kind() == io::ErrorKind::NotFound {
+            coded.with_hint(format!(
+                "give the config with --config FILE or CLAID_HOTFOLDER_CONFIG (the package installs {DEFAULT_CONFIG})"
+            ))
+        } else if coded.code == exit::NO_PERM {
+            coded.with_hint(access_hint(path, None))
+        } else {
+            coded
+        }
+        .into()
+    })
+}
+
+/// `err` with a hint: the same message and exit code.
+fn hinted(err: impl Into<anyhow::Error>, hint: String) -> anyhow::Error {
+    let err = err.into();
+    exit::Coded::new(exit::classify(&err), format!("{err:#}"))
+        .with_hint(hint)
+        .into()
 }
 
 fn cmd_run(path: &Path, once: bool, print_config: bool) -> i32 {
-    let config = match config::load(path) {
+    let config = match load_config(path) {
         Ok(config) => config,
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            return EX_CONFIG;
-        }
+        Err(err) => return report(Err(err)),
     };
     if print_config {
-        println!("{config:#?}");
-        return EX_OK;
+        print!("{}", config::print::to_yaml(&config));
+        return exit::OK;
     }
-    logging::init(match config.log.format {
+    let terminal = logging::init(match config.log.format {
         config::LogFormat::Json => logging::Format::Json,
         config::LogFormat::Text => logging::Format::Text,
     });
     let rt = match runtime() {
         Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            return EX_FAILURE;
-        }
+        Err(err) => return report(Err(err)),
     };
     let opts = RunOptions {
         once,
-        progress_bar: once && std::io::stderr().is_terminal(),
+        progress_bar: (once && io::stderr().is_terminal()).then_some(terminal),
         config_path: Some(path.to_path_buf()),
     };
     let outcome = rt.block_on(daemon::run(config, opts, signal::shutdown()));
     // A validation still running on the blocking pool (abandoned at a stop) is not waited for.
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    // Logging is set up: each ending is reported once, as a log line (stderr or the journal).
     match outcome {
-        Ok(Outcome::AllDone) => EX_OK,
-        Ok(Outcome::SomeFailed) => EX_JOBS_FAILED,
-        Ok(Outcome::Interrupted) => EX_INTERRUPTED,
+        Ok(Outcome::AllDone) => exit::OK,
+        Ok(Outcome::SomeFailed) => exit::JOBS_FAILED,
+        Ok(Outcome::Interrupted) => exit::TEMP_FAIL,
         Ok(Outcome::Refused { status, reason }) => {
-            let hint = match status {
+            let what = match status {
                 401 => {
-                    "the API key was refused: check the key in `api.api_key_file` (or CLAID_API_KEY)"
+                    "The API key was refused: check the key in `api.api_key_file` (or CLAID_API_KEY)"
                 }
-                402 => "the Claid account has no credits left: top it up, then run again",
-                403 => "the API key lacks the `image_editing` permission: create a key with it",
-                _ => "the API refused the daemon",
+                402 => "The Claid account has no credits left: top it up, then run again",
+                403 => "The API key lacks the `image_editing` permission: create a key with it",
+                _ => "The API refused the daemon",
             };
-            eprintln!(
-                "error: {hint} (HTTP {status}: {reason}); unfinished jobs stay in the store and resume at the next run"
+            tracing::error!(
+                status,
+                reason = %Escaped::str(&reason),
+                "{what}; unfinished jobs stay in the store and resume at the next run"
             );
-            EX_REFUSED
+            exit::NO_PERM
         }
         Ok(Outcome::Unreachable { why }) => {
-            eprintln!(
-                "error: the Claid API stayed unreachable: {why}; unfinished jobs stay in the store and resume at the next run"
+            tracing::error!(
+                error = %Escaped::str(&why),
+                "The Claid API stayed unreachable; unfinished jobs stay in the store and resume at the next run"
             );
-            EX_UNAVAILABLE
+            exit::UNAVAILABLE
         }
         Err(err) => {
-            tracing::error!(error = %daemon::error_chain(&err), "Fatal error; the daemon stops");
-            eprintln!("error: {}", daemon::error_chain(&err));
-            if matches!(err, FatalError::Config(_)) {
-                EX_CONFIG
-            } else {
-                EX_FAILURE
-            }
+            let err = anyhow::Error::from(err);
+            tracing::error!(error = %format!("{err:#}"), "The daemon stops");
+            exit::classify(&err)
         }
     }
 }
@@ -293,10 +348,10 @@ enum FileKind {
 }
 
 /// A mapping with `images` is a manifest, one with a config key a config; anything else that
-/// parses as a mapping is taken for a manifest.
-fn kind_of(path: &Path) -> FileKind {
+/// parses as a mapping is taken for a manifest. Also the manifest's `profile`, if it names one.
+fn kind_of(path: &Path) -> (FileKind, Option<String>) {
     let Ok(bytes) = std::fs::read(path) else {
-        return FileKind::Unknown;
+        return (FileKind::Unknown, None);
     };
     let text = String::from_utf8_lossy(&bytes);
     // Bounded like the daemon's parsing, so a nesting bomb is refused at once, not in minutes.
@@ -310,24 +365,41 @@ fn kind_of(path: &Path) -> FileKind {
         Err(yaml::ParseError {
             kind: yaml::ParseErrorKind::TooManyEntries { within, .. },
             ..
-        }) if within == "images" => return FileKind::Manifest,
-        _ => return FileKind::Unknown,
+        }) if within == "images" => return (FileKind::Manifest, None),
+        _ => return (FileKind::Unknown, None),
     };
+    let profile = map
+        .get("profile")
+        .and_then(|p| p.as_str())
+        .map(str::to_owned);
     if map.contains_key("images") {
-        FileKind::Manifest
+        (FileKind::Manifest, profile)
     } else if config::TOP_KEYS.iter().any(|key| map.contains_key(*key)) {
-        FileKind::Config
+        (FileKind::Config, None)
     } else {
-        FileKind::Manifest
+        (FileKind::Manifest, profile)
     }
 }
 
-/// Validates one file as a config; `Ok(true)` when valid.
+/// Validates one file as a config, and that its folders exist; `true` when valid.
 fn validate_config_file(file: &Path) -> bool {
     match config::load(file) {
-        Ok(_) => {
-            println!("{}: ok (config)", file.display());
-            true
+        Ok(config) => {
+            let missing = daemon::check_folders(&config);
+            if missing.is_empty() {
+                println!("{}: ok (config)", file.display());
+                return true;
+            }
+            println!(
+                "{}: {} folder problem{}",
+                file.display(),
+                missing.len(),
+                if missing.len() == 1 { "" } else { "s" }
+            );
+            for problem in missing {
+                println!("  {problem}");
+            }
+            false
         }
         Err(err) => {
             println!("{err}");
@@ -336,10 +408,9 @@ fn validate_config_file(file: &Path) -> bool {
     }
 }
 
-/// Validates one file as a manifest; `Ok(true)` when valid.
-fn validate_manifest_file(config: Option<&Config>, file: &Path) -> anyhow::Result<bool> {
-    let file =
-        std::path::absolute(file).with_context(|| format!("cannot resolve {}", file.display()))?;
+/// Validates one file as a manifest; `true` when valid. Without a config, a manifest that names
+/// a profile gets a hint: the profile is unknown only because no config was read.
+fn validate_manifest_file(config: Option<&Config>, file: &Path, profile: Option<&str>) -> bool {
     let inbox = match config {
         Some(config) if file.starts_with(&config.folders.inbox) => config.folders.inbox.clone(),
         _ => file.parent().map(Path::to_path_buf).unwrap_or_default(),
@@ -352,37 +423,81 @@ fn validate_manifest_file(config: Option<&Config>, file: &Path) -> anyhow::Resul
         profiles: &profiles,
         limits: &limits,
     };
-    match manifest::load(&load_ctx, &file) {
+    match manifest::load(&load_ctx, file) {
         Ok(spec) => {
             println!("{}: ok ({} images)", file.display(), spec.jobs.len());
-            Ok(true)
+            true
         }
         Err(err) => {
-            println!("{}", err.error_txt());
-            Ok(false)
+            print!("{}", err.error_txt());
+            if let (None, Some(profile)) = (config, profile) {
+                println!(
+                    "hint: no config was read, so the profile `{profile}` is unknown: give the config that defines it with --config FILE or CLAID_HOTFOLDER_CONFIG (the daemon's is {DEFAULT_CONFIG})"
+                );
+            }
+            false
+        }
+    }
+}
+
+/// A file named on the command line that cannot be opened: 64 when it is missing, 77 when
+/// access is refused.
+fn check_readable(file: &Path, command: &str) -> anyhow::Result<()> {
+    match std::fs::File::open(file) {
+        Ok(_) => Ok(()),
+        Err(cause) => {
+            let code = match exit::of_io(&cause, exit::Access::Read) {
+                exit::NO_PERM => exit::NO_PERM,
+                _ => exit::USAGE,
+            };
+            let coded = exit::Coded::new(
+                code,
+                format!("cannot read {}: {}", file.display(), OsCause(&cause)),
+            );
+            Err(if code == exit::NO_PERM {
+                coded.with_hint(access_hint(file, Some(command)))
+            } else {
+                coded
+            }
+            .into())
         }
     }
 }
 
 fn cmd_validate(config_path: Option<&Path>, files: &[PathBuf]) -> anyhow::Result<i32> {
     let config = match config_path {
-        Some(path) if path.exists() => Some(load_config(path)?),
-        _ => None,
+        Some(path) => Some(load_config(path)?),
+        None => None,
     };
     let mut n_bad = 0;
+    let mut unreadable = None;
     for file in files {
-        let ok = match kind_of(file) {
-            FileKind::Config => validate_config_file(file),
-            FileKind::Manifest => validate_manifest_file(config.as_ref(), file)?,
+        if let Err(err) = check_readable(file, "validate") {
+            // Every file is still checked; the first unreadable one decides the exit code.
+            eprintln!("error: {err:#}");
+            if let Some(hint) = exit::hint(&err) {
+                eprintln!("hint: {hint}");
+            }
+            unreadable.get_or_insert(exit::classify(&err));
+            continue;
+        }
+        let file = std::path::absolute(file)
+            .with_context(|| format!("cannot resolve {}", file.display()))?;
+        let (kind, profile) = kind_of(&file);
+        let ok = match kind {
+            FileKind::Config => validate_config_file(&file),
+            FileKind::Manifest => {
+                validate_manifest_file(config.as_ref(), &file, profile.as_deref())
+            }
             FileKind::Unknown => {
                 println!(
                     "{}: neither a manifest nor a config can be read from it.",
                     file.display()
                 );
                 println!("As a manifest:");
-                validate_manifest_file(config.as_ref(), file)?;
+                validate_manifest_file(config.as_ref(), &file, None);
                 println!("As a config:");
-                validate_config_file(file);
+                validate_config_file(&file);
                 false
             }
         };
@@ -390,20 +505,53 @@ fn cmd_validate(config_path: Option<&Path>, files: &[PathBuf]) -> anyhow::Result
             n_bad += 1;
         }
     }
-    Ok(if n_bad == 0 { EX_OK } else { EX_FAILURE })
+    Ok(match unreadable {
+        Some(code) => code,
+        None if n_bad > 0 => exit::DATA_ERR,
+        None => exit::OK,
+    })
 }
 
-fn open_store(config: &Config) -> anyhow::Result<Store> {
-    match Store::open(&config.folders.state) {
-        Ok(store) => Ok(store),
-        Err(err @ StoreError::Locked { .. }) => Err(anyhow::Error::from(err)
-            .context("the daemon is running and holds the store; stop it (systemctl stop claid-hotfolder) to use this command")),
-        Err(err) => Err(err.into()),
+/// The store, read from a private copy ([`Snapshot`]) for a command that only reads it while no
+/// daemon answers on the admin socket. `None` when there is no store yet.
+fn read_store(config: &Config, command: &str) -> anyhow::Result<Option<Snapshot>> {
+    let state = &config.folders.state;
+    match Snapshot::open(state) {
+        Ok(snapshot) => Ok(snapshot),
+        Err(StoreError::Locked { path }) => {
+            let pid = std::fs::read_to_string(state.join(daemon::PID_FILE))
+                .map(|p| p.trim().to_owned())
+                .unwrap_or_else(|_| "unknown".to_owned());
+            Err(exit::Coded::new(
+                exit::TEMP_FAIL,
+                format!(
+                    "a daemon (PID {pid}) holds the store {} but does not answer on the admin socket {}",
+                    path.display(),
+                    config.admin.socket.display()
+                ),
+            )
+            .with_hint(
+                "it may be starting or stopping: try again in a moment; if this persists, check that `admin.socket` in the config is the running daemon's",
+            )
+            .into())
+        }
+        Err(StoreError::Snapshot { path, cause }) => {
+            let hint = (exit::of_io(&cause, exit::Access::Read) == exit::NO_PERM)
+                .then(|| access_hint(&path, Some(command)));
+            let err = anyhow::Error::from(StoreError::Snapshot { path, cause })
+                .context("cannot read the job store");
+            Err(match hint {
+                Some(hint) => hinted(err, hint),
+                None => err,
+            })
+        }
+        Err(err) => Err(anyhow::Error::from(err).context("cannot read the job store")),
     }
 }
 
 fn cmd_plan(config_path: &Path, file: &Path) -> anyhow::Result<i32> {
     let config = load_config(config_path)?;
+    check_readable(file, "plan")?;
     let file = std::path::absolute(file)?;
     let inbox = if file.starts_with(&config.folders.inbox) {
         config.folders.inbox.clone()
@@ -419,17 +567,22 @@ fn cmd_plan(config_path: &Path, file: &Path) -> anyhow::Result<i32> {
     let spec = match manifest::load(&load_ctx, &file) {
         Ok(spec) => spec,
         Err(err) => {
-            println!("{}", err.error_txt());
-            return Ok(EX_FAILURE);
+            print!("{}", err.error_txt());
+            return Ok(exit::DATA_ERR);
         }
     };
-    let store = Store::open(&config.folders.state).ok();
+    // Unchanged images are found in the store; the plan is still useful without it.
+    let (snapshot, no_store) = match read_store(&config, "plan") {
+        Ok(Some(snapshot)) => (Some(snapshot), None),
+        Ok(None) => (None, Some("there is no store yet".to_owned())),
+        Err(err) => (None, Some(format!("{err:#}"))),
+    };
     let rt = small_runtime()?;
     let (mut n_new, mut n_unchanged, mut n_uploads) = (0u64, 0u64, 0u64);
     println!("{:>6}  {:<9}  {:<50}  output", "image", "plan", "input");
     for job in &spec.jobs {
-        let unchanged = store.as_ref().is_some_and(|store| {
-            matches!(rt.block_on(store.done_by_key(&job.key)), Ok(Some((_, JobV1 { state: JobState::Done { ref path, ref sha256, .. }, .. })))
+        let unchanged = snapshot.as_ref().is_some_and(|snapshot| {
+            matches!(rt.block_on(snapshot.store().done_by_key(&job.key)), Ok(Some((_, JobV1 { state: JobState::Done { ref path, ref sha256, .. }, .. })))
                 if crate::output::sha256_file(Path::new(path)).is_ok_and(|found| &found == sha256))
         });
         let (input, local) = match &job.input {
@@ -461,10 +614,10 @@ fn cmd_plan(config_path: &Path, file: &Path) -> anyhow::Result<i32> {
         spec.jobs.len(),
         n_async + n_async / 5
     );
-    if store.is_none() {
-        println!("(the store is in use or missing, so unchanged images were not detected)");
+    if let Some(why) = no_store {
+        println!("(unchanged images were not detected: {why})");
     }
-    Ok(EX_OK)
+    Ok(exit::OK)
 }
 
 /// Asks the running daemon over its admin socket; `None` when no daemon answers there.
@@ -473,15 +626,21 @@ fn ask_daemon(
     method: &str,
     path: &str,
     body: Option<&serde_json::Value>,
+    command: &str,
 ) -> anyhow::Result<Option<(u16, Vec<u8>)>> {
     let rt = small_runtime()?;
     match rt.block_on(admin::request(&config.admin.socket, method, path, body)) {
         Ok(answer) => Ok(Some(answer)),
         Err(admin::AdminError::NotRunning { .. }) => Ok(None),
+        Err(err @ admin::AdminError::Denied { .. }) => Err(hinted(
+            err,
+            access_hint(&config.admin.socket, Some(command)),
+        )),
         Err(err) => Err(err.into()),
     }
 }
 
+/// The daemon's answer, or its error with the row of the table its status belongs to.
 fn from_daemon<T: serde::de::DeserializeOwned>(answer: (u16, Vec<u8>)) -> anyhow::Result<T> {
     let (status, body) = answer;
     if status != 200 {
@@ -489,23 +648,43 @@ fn from_daemon<T: serde::de::DeserializeOwned>(answer: (u16, Vec<u8>)) -> anyhow
             .ok()
             .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
             .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-        anyhow::bail!("{message}");
+        let code = match status {
+            400 | 404 => exit::USAGE,
+            409 => exit::TEMP_FAIL,
+            500 => exit::IO_ERR,
+            _ => exit::UNAVAILABLE,
+        };
+        return Err(exit::Coded::new(code, format!("the daemon answered: {message}")).into());
     }
-    serde_json::from_slice(&body).context("the daemon sent an answer this version cannot read")
+    serde_json::from_slice(&body).map_err(|err| {
+        anyhow::Error::from(err).context(exit::Coded::new(
+            exit::UNAVAILABLE,
+            "the daemon sent an answer this version cannot read (is it another version?)",
+        ))
+    })
 }
 
 fn cmd_status(config_path: &Path, json: bool) -> anyhow::Result<i32> {
     let config = load_config(config_path)?;
-    let view: admin::StatusView = match ask_daemon(&config, "GET", "/status", None)? {
+    let mut no_store = false;
+    let view: admin::StatusView = match ask_daemon(&config, "GET", "/status", None, "status")? {
         Some(answer) => from_daemon(answer)?,
-        None => {
-            let store = open_store(&config)?;
-            small_runtime()?.block_on(admin::status_view(&store, None))?
-        }
+        None => match read_store(&config, "status")? {
+            Some(snapshot) => {
+                small_runtime()?.block_on(admin::status_view(snapshot.store(), None))?
+            }
+            None => {
+                no_store = true;
+                admin::StatusView {
+                    daemon: None,
+                    manifests: Vec::new(),
+                }
+            }
+        },
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&view)?);
-        return Ok(EX_OK);
+        return Ok(exit::OK);
     }
     match &view.daemon {
         Some(d) => println!(
@@ -519,11 +698,15 @@ fn cmd_status(config_path: &Path, json: bool) -> anyhow::Result<i32> {
             d.queued,
             d.uptime_secs
         ),
+        None if no_store => println!(
+            "daemon: not running; no store yet in {} (the daemon creates it when it first starts)",
+            config.folders.state.display()
+        ),
         None => println!("daemon: not running (read from the store)"),
     }
     if view.manifests.is_empty() {
         println!("No manifests in the store.");
-        return Ok(EX_OK);
+        return Ok(exit::OK);
     }
     println!(
         "{:<40} {:>8} {:>7} {:>7} {:>9} {:>7} {:>8} {:>9} {:>8}",
@@ -544,17 +727,17 @@ fn cmd_status(config_path: &Path, json: bool) -> anyhow::Result<i32> {
             m.eta_secs.map_or("-".to_owned(), |s| format!("{s}s")),
         );
     }
-    Ok(EX_OK)
+    Ok(exit::OK)
 }
 
 fn cmd_jobs(
     config_path: &Path,
-    state: Option<&str>,
+    state: Option<StateName>,
     manifest: Option<&Path>,
 ) -> anyhow::Result<i32> {
     let config = load_config(config_path)?;
     let query = admin::JobsQuery {
-        state: state.map(str::to_owned),
+        state: state.map(|s| s.as_str().to_owned()),
         manifest: manifest.map(|m| m.to_string_lossy().into_owned()),
     };
     let mut path = "/jobs".to_owned();
@@ -568,12 +751,14 @@ fn cmd_jobs(
     if !params.is_empty() {
         path = format!("{path}?{}", params.join("&"));
     }
-    let jobs: Vec<admin::JobView> = match ask_daemon(&config, "GET", &path, None)? {
+    let jobs: Vec<admin::JobView> = match ask_daemon(&config, "GET", &path, None, "jobs")? {
         Some(answer) => from_daemon(answer)?,
-        None => {
-            let store = open_store(&config)?;
-            small_runtime()?.block_on(admin::jobs_view(&store, &query))?
-        }
+        None => match read_store(&config, "jobs")? {
+            Some(snapshot) => {
+                small_runtime()?.block_on(admin::jobs_view(snapshot.store(), &query))?
+            }
+            None => Vec::new(),
+        },
     };
     println!(
         "{:>20}  {:<11}  {:>8}  {:<44}  {:<30}  detail",
@@ -586,7 +771,7 @@ fn cmd_jobs(
         );
     }
     println!("{} jobs", jobs.len());
-    Ok(EX_OK)
+    Ok(exit::OK)
 }
 
 fn url_encode(text: &str) -> String {
@@ -603,13 +788,9 @@ fn url_encode(text: &str) -> String {
 fn cmd_replay(
     config_path: &Path,
     select: &ReplaySelect,
-    since: Option<&str>,
+    since_ms: Option<u64>,
 ) -> anyhow::Result<i32> {
     let config = load_config(config_path)?;
-    let since_ms = match since {
-        Some(text) => Some(parse_since(text)?),
-        None => None,
-    };
     let req = admin::ReplayRequest {
         failed: select.failed,
         in_doubt: select.in_doubt,
@@ -621,40 +802,145 @@ fn cmd_replay(
         since_ms,
     };
     let body = serde_json::to_value(&req)?;
-    let answer: admin::ReplayAnswer = match ask_daemon(&config, "POST", "/replay", Some(&body))? {
-        Some(answer) => {
-            let answer: admin::ReplayAnswer = from_daemon(answer)?;
-            println!("Requeued {} jobs in the running daemon.", answer.requeued);
-            answer
-        }
+    let (answer, later) = match ask_daemon(&config, "POST", "/replay", Some(&body), "replay")? {
+        Some(answer) => (from_daemon::<admin::ReplayAnswer>(answer)?, false),
         None => {
+            let state = &config.folders.state;
+            if !state.join(crate::store::SCHEMA_DIR).join("db").exists() {
+                println!(
+                    "Nothing to replay: there is no store yet in {}.",
+                    state.display()
+                );
+                return Ok(exit::OK);
+            }
+            check_owner(state)?;
             let store = open_store(&config)?;
             let answer = small_runtime()?.block_on(admin::replay_offline(&store, &req))?;
-            println!(
-                "Requeued {} jobs; they run at the daemon's next start.",
-                answer.requeued
-            );
-            answer
+            (answer, true)
         }
     };
-    Ok(if answer.requeued == 0 {
-        EX_FAILURE
+    if answer.requeued == 0 {
+        let what = match (&select.manifest, select.in_doubt) {
+            (Some(manifest), _) => format!("no finished or failed job of {}", manifest.display()),
+            (None, true) => "no job is held in doubt".to_owned(),
+            (None, false) => "no job has failed".to_owned(),
+        };
+        let since = if since_ms.is_some() {
+            " in that time"
+        } else {
+            ""
+        };
+        println!("Nothing to replay: {what}{since}.");
+    } else if later {
+        println!(
+            "Requeued {} jobs; they run at the daemon's next start.",
+            answer.requeued
+        );
     } else {
-        EX_OK
+        println!("Requeued {} jobs in the running daemon.", answer.requeued);
+    }
+    Ok(exit::OK)
+}
+
+/// Opens the store for writing (`replay` while no daemon runs).
+fn open_store(config: &Config) -> anyhow::Result<Store> {
+    Store::open(&config.folders.state).map_err(|err| {
+        let denied = matches!(&err, StoreError::Open { source: sled::Error::Io(cause), .. }
+            if exit::of_io(cause, exit::Access::Write) == exit::NO_PERM);
+        let hint = denied.then(|| access_hint(&config.folders.state, Some("replay")));
+        let err = anyhow::Error::from(err);
+        match hint {
+            Some(hint) => hinted(err, hint),
+            None => err,
+        }
     })
 }
 
-/// `--since`: an RFC 3339 time (`2026-11-29T10:00:00Z`) or a duration ago (`2h`).
-fn parse_since(text: &str) -> anyhow::Result<u64> {
+/// `replay` writes the store: run by another user than its owner (root, typically), it would
+/// leave files the daemon cannot open. Refused, naming the user to run it as.
+fn check_owner(state: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(state.join(crate::store::SCHEMA_DIR)) else {
+        return Ok(());
+    };
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() == me {
+        return Ok(());
+    }
+    let owner = account_name("/etc/passwd", meta.uid());
+    Err(exit::Coded::new(
+        exit::NO_PERM,
+        format!(
+            "the store {} belongs to {owner}; replay writes it, and files it created as another user could not be opened by the daemon",
+            state.display()
+        ),
+    )
+    .with_hint(format!("run it as {owner}: sudo -u {owner} {BIN_NAME} replay …"))
+    .into())
+}
+
+/// What a user refused access to `path` can do: join the group that may use it, or run the
+/// command as its owner. Looked up on `path` or the nearest folder above it that can be seen.
+fn access_hint(path: &Path, command: Option<&str>) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let Some(meta) = path.ancestors().find_map(|at| std::fs::metadata(at).ok()) else {
+        return "check the permissions of its folders".to_owned();
+    };
+    let owner = account_name("/etc/passwd", meta.uid());
+    let group = account_name("/etc/group", meta.gid());
+    let run_as = match command {
+        Some(command) => format!("sudo -u {owner} {BIN_NAME} {command} …"),
+        None => format!("sudo -u {owner} {BIN_NAME} …"),
+    };
+    // The group may read a file, read and enter a folder, connect to a socket: joining it
+    // is enough.
+    let needs = if meta.is_dir() {
+        0o050
+    } else if std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) {
+        0o020
+    } else {
+        0o040
+    };
+    let group_may = meta.mode() & needs == needs;
+    if meta.uid() == 0 && !group_may {
+        return format!("it belongs to root: run the command as root ({run_as})");
+    }
+    if group_may && meta.gid() != 0 {
+        format!(
+            "join the group {group} (sudo usermod -a -G {group} $USER, then log in again), or run the command as {owner} ({run_as})"
+        )
+    } else {
+        format!("run the command as {owner} ({run_as})")
+    }
+}
+
+/// The name of a user or group id from `/etc/passwd` or `/etc/group` (`#ID`, the form `sudo -u`
+/// takes, when it has none).
+fn account_name(file: &str, id: u32) -> String {
+    std::fs::read_to_string(file)
+        .ok()
+        .and_then(|text| {
+            text.lines().find_map(|line| {
+                let mut fields = line.split(':');
+                let name = fields.next()?;
+                let found = fields.nth(1)?.parse::<u32>().ok()?;
+                (found == id).then(|| name.to_owned())
+            })
+        })
+        .unwrap_or_else(|| format!("'#{id}'"))
+}
+
+/// `--since`: an RFC 3339 time (`2026-11-29T10:00:00Z`) or a duration ago (`2h`), as
+/// milliseconds since the epoch.
+fn parse_since(text: &str) -> Result<u64, String> {
     if let Ok(at) = humantime::parse_rfc3339_weak(text) {
         let ms = at
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         return Ok(ms);
     }
-    let ago = humantime::parse_duration(text).with_context(|| {
-        format!("--since {text}: give a time like 2026-11-29T10:00:00Z or a duration like 2h")
-    })?;
+    let ago = humantime::parse_duration(text)
+        .map_err(|_| "give a time like 2026-11-29T10:00:00Z or a duration like 2h".to_owned())?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
@@ -667,13 +953,18 @@ fn cmd_emulator(listen: SocketAddr, scenario: emulator::ScenarioArgs) -> anyhow:
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
-            .with_context(|| format!("cannot listen on {listen}"))?;
+            .map_err(|cause| {
+                exit::Coded::new(
+                    exit::of_io(&cause, exit::Access::Create),
+                    format!("cannot listen on {listen}: {}", OsCause(&cause)),
+                )
+            })?;
         let addr = listener.local_addr()?;
         println!("http://{addr}/v1");
         emulator::run(listener, scenario.into_scenario(), signal::shutdown())
             .await
             .context("emulator failed")?;
-        Ok(EX_OK)
+        Ok(exit::OK)
     })
 }
 
@@ -757,6 +1048,18 @@ fn cmd_generate_assets(out: &Path) -> anyhow::Result<i32> {
     let mut page = Vec::new();
     man.render(&mut page)?;
     let mut extra = Roff::new();
+    extra.control("SH", ["EXIT STATUS"]);
+    for (code, name, meaning) in exit::TABLE {
+        let name = if *name == "-" {
+            String::new()
+        } else {
+            format!(" ({name})")
+        };
+        extra
+            .control("TP", [])
+            .text([bold(code.to_string())])
+            .text([roman(format!("{meaning}{name}."))]);
+    }
     extra.control("SH", ["FILES"]);
     for (path, what) in MAN_FILES {
         extra

@@ -271,6 +271,21 @@ impl StateName {
     }
 }
 
+/// `jobs --state`: clap accepts exactly these names and lists them when given another.
+impl clap::ValueEnum for StateName {
+    fn value_variants<'a>() -> &'a [Self] {
+        &StateName::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        let value = clap::builder::PossibleValue::new(self.as_str());
+        Some(match self {
+            StateName::InDoubt => value.alias("in_doubt"),
+            _ => value,
+        })
+    }
+}
+
 impl std::fmt::Display for StateName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

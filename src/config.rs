@@ -26,6 +26,7 @@ use crate::yaml::value::Bounds;
 
 mod check;
 mod env;
+pub mod print;
 mod schema;
 
 /// A config nests like a manifest ([`yaml::MAX_DEPTH`]); its lists are the operator's own.
@@ -141,6 +142,10 @@ pub struct Folders {
     pub archive: PathBuf,
     pub rejected: PathBuf,
     pub state: PathBuf,
+    /// Create a missing inbox, outbox, archive or rejected folder at start. Off by default, so
+    /// a typo in a path stops the daemon instead of creating a folder nobody drops files into.
+    /// The state folder is always created.
+    pub create: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -426,6 +431,12 @@ pub fn load_api_key(api: &ApiConfig) -> Result<Option<String>, ConfigError> {
         .ok()
         .map(|key| key.trim().to_owned())
         .filter(|key| !key.is_empty()))
+}
+
+/// Every dotted key a config file may hold, sections included (`api`, `api.poll.min`);
+/// `profiles.*.operations` stands for every profile's.
+pub fn known_keys() -> Vec<String> {
+    schema::all_keys()
 }
 
 /// The top-level keys of a config file (`validate` tells configs from manifests by them).

@@ -17,14 +17,16 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::claid::{ClaidError, Client, ClientConfig};
-use crate::config::{BaseUrl, Config, ConfigError};
+use crate::config::{BaseUrl, Config, ConfigError, OnManifestDone};
 use crate::metrics::Metrics;
+use crate::os_error::OsCause;
 use crate::pipeline::{self, Deps, Folders, Policies};
 use crate::store::{Store, StoreError};
+use crate::text::Escaped;
 use crate::{admin, emulator, output, watcher};
 
 /// The file in the state directory that names the PID of the daemon holding the store.
-const PID_FILE: &str = "claid-hotfolder.pid";
+pub const PID_FILE: &str = "claid-hotfolder.pid";
 /// Where the processed version of each running manifest is kept, under the state folder.
 const COPIES_DIR: &str = "copies";
 /// How often `STATUS=` is refreshed for systemd.
@@ -40,11 +42,35 @@ pub enum FatalError {
     Config(#[from] ConfigError),
     #[error("no API key: set `api.api_key_file` or the CLAID_API_KEY environment variable")]
     NoApiKey,
-    #[error("cannot create folder {path}")]
+    #[error("cannot create folder {}: {}", Escaped::path(path), OsCause(cause))]
     Folder {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
+    },
+    /// An operator's folder is missing and `folders.create` is off: most likely a typo.
+    #[error(
+        "`{key}`: the folder {} does not exist (the nearest existing folder above it is {}); create it with the service's owner and mode, correct the path, or set `folders.create: true`",
+        Escaped::path(path),
+        Escaped::path(parent)
+    )]
+    MissingFolder {
+        key: &'static str,
+        path: PathBuf,
+        parent: PathBuf,
+    },
+    #[error("`{key}`: {} is not a folder", Escaped::path(path))]
+    NotAFolder { key: &'static str, path: PathBuf },
+    #[error(
+        "`{key}`: the daemon cannot {needs} the folder {}: {}; give the user it runs as that access (the package's folders belong to the group claid-hotfolder, mode 2770)",
+        Escaped::path(path),
+        OsCause(cause)
+    )]
+    FolderNotWritable {
+        key: &'static str,
+        path: PathBuf,
+        /// `read and write` or `read`.
+        needs: &'static str,
+        cause: std::io::Error,
     },
     #[error("cannot clean temporary files in the outbox")]
     CleanOutbox(#[source] output::OutputError),
@@ -67,8 +93,9 @@ pub enum FatalError {
 pub struct RunOptions {
     /// Process what is in the inbox now, wait for every job, then return.
     pub once: bool,
-    /// Draw a progress bar (a TTY is attached).
-    pub progress_bar: bool,
+    /// Draw a progress bar on this terminal (`run --once` with stderr on a TTY); log lines
+    /// are written above it.
+    pub progress_bar: Option<crate::logging::Terminal>,
     /// The config file, re-read on SIGHUP.
     pub config_path: Option<PathBuf>,
 }
@@ -129,19 +156,7 @@ pub async fn run(
 
     let folders = &config.folders;
     let copies = folders.state.join(COPIES_DIR);
-    for path in [
-        &folders.inbox,
-        &folders.outbox,
-        &folders.archive,
-        &folders.rejected,
-        &folders.state,
-        &copies,
-    ] {
-        std::fs::create_dir_all(path).map_err(|source| FatalError::Folder {
-            path: path.clone(),
-            source,
-        })?;
-    }
+    prepare_folders(&config, &copies)?;
     // The store's lock comes first: a second daemon must not touch the outbox of a running one.
     let store = open_store(&folders.state)?;
     info!(state = %folders.state.display(), "Opened the job store");
@@ -311,24 +326,20 @@ async fn run_once(
     opts: &RunOptions,
 ) -> Result<OnceEnd, FatalError> {
     first_scan(pipeline, config).await?;
-    let bar = opts.progress_bar.then(|| progress_bar(pipeline));
+    let bar = opts
+        .progress_bar
+        .as_ref()
+        .map(|terminal| Progress::start(pipeline, terminal));
     let end = tokio::select! {
         () = pipeline.wait_settled() => OnceEnd::Settled,
         end = give_up(pipeline.health_state(), config.api.unreachable_timeout) => end,
     };
     if let Some(bar) = bar {
-        bar.abort();
+        bar.finish(pipeline);
     }
-    match &end {
-        OnceEnd::Settled => {}
-        OnceEnd::Refused { reason, .. } => {
-            error!(error = %reason, "The API refuses the daemon; stopping (unfinished jobs stay in the store and resume at the next run)");
-            return Ok(end);
-        }
-        OnceEnd::Unreachable { why } => {
-            error!(error = %why, "The API stayed unreachable; stopping (unfinished jobs stay in the store and resume at the next run)");
-            return Ok(end);
-        }
+    // A refused or unreachable API is reported once, with what to do, by the caller.
+    if !matches!(end, OnceEnd::Settled) {
+        return Ok(end);
     }
     let totals = pipeline.totals();
     info!(
@@ -495,6 +506,127 @@ fn status_line(pipeline: &pipeline::Handle) -> String {
     )
 }
 
+/// Checks the operator's folders and creates the daemon's own. The state folder (with the
+/// copies of running manifests) is always created; the inbox, outbox, archive and rejected
+/// folders only with `folders.create: true` or for the embedded demo, so a typo in a path
+/// stops the daemon with the key and the path instead of creating a folder nobody uses.
+fn prepare_folders(config: &Config, copies: &Path) -> Result<(), FatalError> {
+    let folders = &config.folders;
+    let create = folders.create || config.api.base_url == BaseUrl::Embedded;
+    // With `keep`, manifests and recipe images stay where they are: the inbox is only read
+    // (an invalid manifest that cannot be moved to `rejected/` stays, with an error logged).
+    let inbox_needs = if config.on_manifest_done == OnManifestDone::Keep {
+        Needs::Read
+    } else {
+        Needs::ReadWrite
+    };
+    if let Some(err) = check_folders(config).into_iter().next() {
+        return Err(err);
+    }
+    for (key, path, needs) in [
+        ("folders.inbox", &folders.inbox, inbox_needs),
+        ("folders.outbox", &folders.outbox, Needs::ReadWrite),
+        ("folders.archive", &folders.archive, Needs::ReadWrite),
+        ("folders.rejected", &folders.rejected, Needs::ReadWrite),
+    ] {
+        if create {
+            create_folder(path)?;
+        }
+        if let Err(cause) = rustix::fs::accessat(
+            rustix::fs::CWD,
+            path.as_path(),
+            needs.access(),
+            rustix::fs::AtFlags::EACCESS,
+        ) {
+            return Err(FatalError::FolderNotWritable {
+                key,
+                path: path.clone(),
+                needs: needs.words(),
+                cause: cause.into(),
+            });
+        }
+    }
+    for path in [&folders.state, copies] {
+        create_folder(path)?;
+    }
+    Ok(())
+}
+
+/// The operator's folders that are missing or are not folders (`validate` reports them all; the
+/// daemon stops at the first). Empty with `folders.create: true` or `api.base_url: embedded`,
+/// where the daemon creates them.
+pub fn check_folders(config: &Config) -> Vec<FatalError> {
+    let folders = &config.folders;
+    if folders.create || config.api.base_url == BaseUrl::Embedded {
+        return Vec::new();
+    }
+    let mut problems = Vec::new();
+    for (key, path) in [
+        ("folders.inbox", &folders.inbox),
+        ("folders.outbox", &folders.outbox),
+        ("folders.archive", &folders.archive),
+        ("folders.rejected", &folders.rejected),
+    ] {
+        match std::fs::metadata(path) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => problems.push(FatalError::NotAFolder {
+                key,
+                path: path.clone(),
+            }),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                problems.push(FatalError::MissingFolder {
+                    key,
+                    path: path.clone(),
+                    parent: nearest_existing(path),
+                });
+            }
+            // Not readable by this user: the access check names it.
+            Err(_) => {}
+        }
+    }
+    problems
+}
+
+/// The access the daemon needs to a folder.
+#[derive(Debug, Clone, Copy)]
+enum Needs {
+    Read,
+    ReadWrite,
+}
+
+impl Needs {
+    fn access(self) -> rustix::fs::Access {
+        use rustix::fs::Access;
+        match self {
+            Needs::Read => Access::READ_OK | Access::EXEC_OK,
+            Needs::ReadWrite => Access::READ_OK | Access::WRITE_OK | Access::EXEC_OK,
+        }
+    }
+
+    fn words(self) -> &'static str {
+        match self {
+            Needs::Read => "read",
+            Needs::ReadWrite => "read and write",
+        }
+    }
+}
+
+fn create_folder(path: &Path) -> Result<(), FatalError> {
+    std::fs::create_dir_all(path).map_err(|cause| FatalError::Folder {
+        path: path.to_path_buf(),
+        cause,
+    })
+}
+
+/// The nearest folder above `path` that exists (`/` at worst).
+fn nearest_existing(path: &Path) -> PathBuf {
+    path.ancestors()
+        .skip(1)
+        .find(|dir| dir.is_dir())
+        .unwrap_or(Path::new("/"))
+        .to_path_buf()
+}
+
 /// Opens the store; when another daemon holds it, names that daemon's PID. Records our PID.
 fn open_store(state: &Path) -> Result<Store, FatalError> {
     match Store::open(state) {
@@ -524,10 +656,17 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
-/// A progress bar over every tracked job, refreshed from the pipeline's counters.
-fn progress_bar(pipeline: &pipeline::Handle) -> tokio::task::JoinHandle<()> {
-    let pipeline = pipeline.clone();
-    tokio::spawn(async move {
+/// The progress bar of `run --once` over every tracked job, refreshed from the pipeline's
+/// counters; shown on the terminal the log lines go to, so they are written above it.
+struct Progress {
+    bar: indicatif::ProgressBar,
+    refresh: tokio::task::JoinHandle<()>,
+    /// Routes log lines around the bar until the bar is finished.
+    _shown: crate::logging::ShownBar,
+}
+
+impl Progress {
+    fn start(pipeline: &pipeline::Handle, terminal: &crate::logging::Terminal) -> Progress {
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
             indicatif::ProgressStyle::with_template(
@@ -535,13 +674,35 @@ fn progress_bar(pipeline: &pipeline::Handle) -> tokio::task::JoinHandle<()> {
             )
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
-        let mut tick = tokio::time::interval(Duration::from_millis(200));
-        loop {
-            tick.tick().await;
-            let t = pipeline.totals();
-            bar.set_length(t.jobs);
-            bar.set_position(t.done + t.failed + t.held);
-            bar.set_message(format!("({} failed)", t.failed));
+        let shown = terminal.show(bar.clone());
+        let refresh = {
+            let (pipeline, bar) = (pipeline.clone(), bar.clone());
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(200));
+                loop {
+                    tick.tick().await;
+                    Progress::update(&bar, &pipeline);
+                }
+            })
+        };
+        Progress {
+            bar,
+            refresh,
+            _shown: shown,
         }
-    })
+    }
+
+    fn update(bar: &indicatif::ProgressBar, pipeline: &pipeline::Handle) {
+        let t = pipeline.totals();
+        bar.set_length(t.jobs);
+        bar.set_position(t.done + t.failed + t.held);
+        bar.set_message(format!("({} failed)", t.failed));
+    }
+
+    /// Draws the final counts and leaves the bar on the screen; later lines go below it.
+    fn finish(self, pipeline: &pipeline::Handle) {
+        self.refresh.abort();
+        Progress::update(&self.bar, pipeline);
+        self.bar.finish();
+    }
 }

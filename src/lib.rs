@@ -22,6 +22,8 @@
 //! - [`admin`]: the admin socket (status, jobs, replay, health) and [`metrics`]; [`webhook`]:
 //!   the receiver of Claid's signed webhooks; both run on [`http_server`], the bounded server.
 //! - [`cli`]: the command line.
+//! - [`admin`]: the admin socket (status, jobs, replay, health) and [`metrics`].
+//! - [`cli`]: the command line; [`exit`]: its one table of exit codes.
 //! - [`text`]: untrusted text escaped for logs; [`os_error`]: OS errors named by errno.
 //! - [`objects`]: object storage (S3 and S3-compatible) for storage inputs and outputs.
 //! - [`emulator`]: the bundled Claid-compatible emulator.
@@ -33,6 +35,7 @@ pub mod codes;
 pub mod config;
 pub mod daemon;
 pub mod emulator;
+pub mod exit;
 pub mod filename;
 pub mod http_server;
 pub mod lifecycle;

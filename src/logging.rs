@@ -12,10 +12,14 @@
 //! [`crate::text::Escaped`], which also doubles backslashes. In the json format serde_json
 //! escapes the C0 controls and [`JsonSafeWriter`] escapes the rest (DEL, C1, U+2028/U+2029,
 //! bidirectional overrides) as `\uXXXX`.
+//!
+//! Lines are written through a [`Terminal`], which draws them above the progress bar of
+//! `run --once` instead of across it.
 
 use std::error::Error;
 use std::fmt::{self, Write as _};
 use std::io;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tracing::field::{Field, Visit};
 use tracing_subscriber::EnvFilter;
@@ -35,20 +39,23 @@ pub enum Format {
     Json,
 }
 
-/// Installs the global subscriber. Safe to call once; later calls are ignored.
-pub fn init(format: Format) {
+/// Installs the global subscriber, writing to stderr through the returned [`Terminal`] (which
+/// `run --once` hands its progress bar). Safe to call once; later calls keep the first
+/// subscriber.
+pub fn init(format: Format) -> Terminal {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let terminal = Terminal::default();
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let res = match format {
         Format::Json => builder
             .json()
             .with_current_span(true)
-            .with_writer(JsonSafe(io::stderr))
+            .with_writer(JsonSafe(terminal.clone()))
             .try_init(),
         Format::Text if under_journald => builder
             .fmt_fields(EscapingFields)
-            .with_writer(io::stderr)
+            .with_writer(terminal.clone())
             .without_time()
             .with_ansi(false)
             .try_init(),
@@ -56,13 +63,125 @@ pub fn init(format: Format) {
             let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
             builder
                 .fmt_fields(EscapingFields)
-                .with_writer(io::stderr)
+                .with_writer(terminal.clone())
                 .with_ansi(ansi)
                 .try_init()
         }
     };
     // A second init (tests, or `run` after a CLI pre-init) keeps the first subscriber.
     let _ = res;
+    terminal
+}
+
+/// Where log lines go (stderr), and the progress bar drawn there, if any. While a bar is
+/// shown, each line is written inside [`indicatif::ProgressBar::suspend`]: the bar is cleared,
+/// the line written, the bar drawn again below it, so neither overwrites the other.
+#[derive(Clone)]
+pub struct Terminal {
+    /// The bar being shown; `None` most of the time.
+    bar: Arc<Mutex<Option<indicatif::ProgressBar>>>,
+    /// stderr, or a buffer in tests.
+    sink: Arc<Mutex<dyn io::Write + Send>>,
+}
+
+impl fmt::Debug for Terminal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Terminal")
+            .field("bar_shown", &lock(&self.bar).is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Terminal {
+    fn default() -> Self {
+        Terminal::with_sink(io::stderr())
+    }
+}
+
+impl Terminal {
+    /// A terminal whose lines go to `sink` instead of stderr.
+    pub fn with_sink(sink: impl io::Write + Send + 'static) -> Terminal {
+        Terminal {
+            bar: Arc::new(Mutex::new(None)),
+            sink: Arc::new(Mutex::new(sink)),
+        }
+    }
+
+    /// Shows `bar` until the guard is dropped: log lines are written above it meanwhile.
+    pub fn show(&self, bar: indicatif::ProgressBar) -> ShownBar {
+        *lock(&self.bar) = Some(bar);
+        ShownBar {
+            bar: self.bar.clone(),
+        }
+    }
+
+    /// Writes one complete log line (or several), around the bar if one is shown.
+    fn write_lines(&self, bytes: &[u8]) -> io::Result<()> {
+        let bar = lock(&self.bar).clone();
+        let write = || {
+            let mut sink = lock(&self.sink);
+            sink.write_all(bytes).and_then(|()| sink.flush())
+        };
+        match bar {
+            Some(bar) => bar.suspend(write),
+            None => write(),
+        }
+    }
+}
+
+/// Keeps a bar shown on a [`Terminal`]; dropping it stops routing lines around the bar.
+#[must_use = "the bar is shown only while this lives"]
+pub struct ShownBar {
+    bar: Arc<Mutex<Option<indicatif::ProgressBar>>>,
+}
+
+impl Drop for ShownBar {
+    fn drop(&mut self) {
+        lock(&self.bar).take();
+    }
+}
+
+/// A poisoned lock only means another thread panicked while logging: keep logging.
+fn lock<T: ?Sized>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl<'a> MakeWriter<'a> for Terminal {
+    type Writer = LineWriter;
+
+    fn make_writer(&'a self) -> LineWriter {
+        LineWriter {
+            terminal: self.clone(),
+            buf: Vec::new(),
+        }
+    }
+}
+
+/// Collects one event's output and writes it as a whole when the event is done (dropped), so
+/// a line is never split around a redraw of the bar.
+pub struct LineWriter {
+    terminal: Terminal,
+    buf: Vec<u8>,
+}
+
+impl io::Write for LineWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LineWriter {
+    fn drop(&mut self) {
+        if !self.buf.is_empty() {
+            // Nowhere to report a failed write of a log line.
+            let _ = self.terminal.write_lines(&self.buf);
+        }
+    }
 }
 
 /// The text formats' field formatter: tracing's default layout (`message key=value …`) with
@@ -270,5 +389,163 @@ mod tests {
         // The escapes decode to the very same text.
         assert_eq!(value["fields"]["quoted"], EVIL);
         assert_eq!(value["span"]["manifest"], EVIL);
+    }
+
+    /// A terminal screen, enough of one to see whether two writers tear a line: rows of
+    /// characters, a cursor, `\n`, `\r`, clearing a line and moving the cursor up or down.
+    #[derive(Debug, Default)]
+    struct Screen {
+        rows: Vec<Vec<char>>,
+        row: usize,
+        col: usize,
+    }
+
+    impl Screen {
+        fn put(&mut self, text: &str) {
+            for c in text.chars() {
+                match c {
+                    '\n' => {
+                        self.row += 1;
+                        self.col = 0;
+                    }
+                    '\r' => self.col = 0,
+                    c => {
+                        while self.rows.len() <= self.row {
+                            self.rows.push(Vec::new());
+                        }
+                        let line = &mut self.rows[self.row];
+                        while line.len() < self.col {
+                            line.push(' ');
+                        }
+                        if self.col < line.len() {
+                            line[self.col] = c;
+                        } else {
+                            line.push(c);
+                        }
+                        self.col += 1;
+                    }
+                }
+            }
+        }
+
+        fn text(&self) -> Vec<String> {
+            self.rows
+                .iter()
+                .map(|row| row.iter().collect::<String>().trim_end().to_owned())
+                .filter(|row| !row.is_empty())
+                .collect()
+        }
+    }
+
+    /// The screen as indicatif draws on it.
+    #[derive(Debug, Clone)]
+    struct ScreenTerm(Arc<Mutex<Screen>>);
+
+    impl indicatif::TermLike for ScreenTerm {
+        fn width(&self) -> u16 {
+            40
+        }
+        fn move_cursor_up(&self, n: usize) -> io::Result<()> {
+            let mut screen = self.0.lock().unwrap();
+            screen.row = screen.row.saturating_sub(n);
+            Ok(())
+        }
+        fn move_cursor_down(&self, n: usize) -> io::Result<()> {
+            self.0.lock().unwrap().row += n;
+            Ok(())
+        }
+        fn move_cursor_right(&self, n: usize) -> io::Result<()> {
+            self.0.lock().unwrap().col += n;
+            Ok(())
+        }
+        fn move_cursor_left(&self, n: usize) -> io::Result<()> {
+            let mut screen = self.0.lock().unwrap();
+            screen.col = screen.col.saturating_sub(n);
+            Ok(())
+        }
+        fn write_line(&self, s: &str) -> io::Result<()> {
+            self.0.lock().unwrap().put(&format!("{s}\n"));
+            Ok(())
+        }
+        fn write_str(&self, s: &str) -> io::Result<()> {
+            self.0.lock().unwrap().put(s);
+            Ok(())
+        }
+        fn clear_line(&self) -> io::Result<()> {
+            let mut screen = self.0.lock().unwrap();
+            let row = screen.row;
+            if let Some(line) = screen.rows.get_mut(row) {
+                line.clear();
+            }
+            screen.col = 0;
+            Ok(())
+        }
+        fn flush(&self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The same screen as the log lines reach it (stderr).
+    impl io::Write for ScreenTerm {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().put(&String::from_utf8_lossy(buf));
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Draws a bar and writes two log lines between its updates (each line in two writes, as
+    /// a formatter may); `shown` routes the lines around the bar. Returns the screen's rows.
+    fn screen_after_logging(shown: bool) -> Vec<String> {
+        let screen = ScreenTerm(Arc::new(Mutex::new(Screen::default())));
+        let terminal = Terminal::with_sink(screen.clone());
+        let bar = indicatif::ProgressBar::with_draw_target(
+            Some(10),
+            indicatif::ProgressDrawTarget::term_like(Box::new(screen.clone())),
+        );
+        bar.set_style(indicatif::ProgressStyle::with_template("{pos}/{len} images").unwrap());
+        let guard = shown.then(|| terminal.show(bar.clone()));
+        bar.set_position(1);
+        for (n, word) in ["one", "two"].into_iter().enumerate() {
+            let mut writer = terminal.make_writer();
+            io::Write::write_all(&mut writer, b"WARN line ").unwrap();
+            io::Write::write_all(&mut writer, format!("{word}\n").as_bytes()).unwrap();
+            drop(writer);
+            bar.set_position(n as u64 + 2);
+        }
+        drop(guard);
+        screen.0.lock().unwrap().text()
+    }
+
+    #[test]
+    fn log_lines_are_written_above_the_progress_bar_never_across_it() {
+        // Without the bar shown on the terminal, a line lands on the bar's row: the tearing
+        // this guards against, seen by the same screen.
+        let torn = screen_after_logging(false);
+        assert!(
+            torn.iter()
+                .any(|row| row.contains("images") && row.contains("WARN")),
+            "{torn:?}"
+        );
+        let rows = screen_after_logging(true);
+        assert_eq!(
+            rows,
+            ["WARN line one", "WARN line two", "3/10 images"],
+            "each log line on a row of its own, the bar redrawn below the last"
+        );
+    }
+
+    #[test]
+    fn without_a_bar_lines_go_straight_to_the_sink() {
+        let screen = ScreenTerm(Arc::new(Mutex::new(Screen::default())));
+        let terminal = Terminal::with_sink(screen.clone());
+        let shown = terminal.show(indicatif::ProgressBar::hidden());
+        drop(shown);
+        let mut writer = terminal.make_writer();
+        io::Write::write_all(&mut writer, b"INFO plain\n").unwrap();
+        drop(writer);
+        assert_eq!(screen.0.lock().unwrap().text(), ["INFO plain"]);
     }
 }

@@ -1,9 +1,6 @@
 //! The `claid-hotfolder` binary: parse the command line, run the command, exit with its code.
-//! Everything else lives in the library (`cli::execute` builds the runtime and logging).
-
-use clap::Parser;
+//! Everything else lives in the library (`cli::main` parses, builds the runtime and logging).
 
 fn main() {
-    let cli = claid_hotfolder::cli::Cli::parse();
-    std::process::exit(claid_hotfolder::cli::execute(cli));
+    std::process::exit(claid_hotfolder::cli::main(std::env::args_os()));
 }

@@ -27,6 +27,7 @@
 mod commit;
 mod counts;
 pub mod records;
+pub mod snapshot;
 mod trees;
 
 use std::path::{Path, PathBuf};
@@ -78,6 +79,16 @@ pub enum StoreError {
     },
     #[error("the store's worker thread failed: {0}")]
     Worker(String),
+    /// A read-only command could not take its private copy of the store ([`snapshot`]).
+    #[error(
+        "cannot copy the state database for reading (at {}): {}",
+        crate::text::Escaped::path(path),
+        crate::os_error::OsCause(cause)
+    )]
+    Snapshot {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
 }
 
 /// For visitors that write files while reading the store (reports).
@@ -97,6 +108,7 @@ impl StoreError {
             StoreError::Conflict { .. } => "store-conflict",
             StoreError::JobNotFound(_) | StoreError::ManifestNotFound(_) => "store-not-found",
             StoreError::Corrupt { .. } => "store-corrupt",
+            StoreError::Snapshot { .. } => "store-snapshot",
         }
     }
 }

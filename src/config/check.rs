@@ -262,12 +262,14 @@ impl Checker {
         let archive = get("archive", "finished-manifest archive");
         let rejected = get("rejected", "rejected-manifest");
         let state = get("state", "state store");
+        let create = self.boolean(root, "folders.create", false);
         Some(Folders {
             inbox: inbox?,
             outbox: outbox?,
             archive: archive?,
             rejected: rejected?,
             state: state?,
+            create,
         })
     }
 

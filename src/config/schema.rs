@@ -26,7 +26,7 @@ const SCHEMA: &[(&str, &[&str])] = &[
     ("api.batch", &["max_images", "linger"]),
     (
         "folders",
-        &["inbox", "outbox", "archive", "rejected", "state"],
+        &["inbox", "outbox", "archive", "rejected", "state", "create"],
     ),
     ("watch", &["settle", "rescan", "poll_only"]),
     ("admin", &["socket", "metrics_listen"]),
@@ -38,8 +38,9 @@ const SCHEMA: &[(&str, &[&str])] = &[
     ("profiles.*", &["operations", "output"]),
 ];
 
-/// Every dotted key the config knows (for "did you mean" across sections).
-fn all_keys() -> Vec<String> {
+/// Every dotted key the config knows (for "did you mean" across sections, and the docs test);
+/// `profiles.*.operations` stands for every profile's.
+pub fn all_keys() -> Vec<String> {
     let mut keys = Vec::new();
     for (section, children) in SCHEMA {
         for child in *children {

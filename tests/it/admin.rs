@@ -435,7 +435,10 @@ async fn a_second_daemon_on_the_same_state_is_refused_naming_the_pid() {
     assert_eq!(mode, 0o660, "the admin socket is mode 0660");
     let pid = first.id().unwrap().to_string();
     let (code, _, err) = cli(&["run", "--config", config.to_str().unwrap()]).await;
-    assert_eq!(code, 1, "{err}");
+    assert_eq!(
+        code, 75,
+        "EX_TEMPFAIL, try again once the other has stopped: {err}"
+    );
     assert!(
         err.contains(&format!("PID {pid}")),
         "names the PID holding the store: {err}"
@@ -560,10 +563,14 @@ async fn a_user_outside_the_sockets_group_is_refused_with_a_clear_message() {
         .await
         .expect("setpriv runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "refused: {stderr}");
+    assert_eq!(out.status.code(), Some(77), "EX_NOPERM: {stderr}");
     assert!(
         stderr.contains("permission denied on the admin socket"),
         "{stderr}"
+    );
+    assert!(
+        stderr.contains("hint: ") && stderr.contains("sudo -u root claid-hotfolder status"),
+        "says whom to run it as: {stderr}"
     );
     assert_eq!(
         get(&env.socket(), "/healthz").await.0,

@@ -1,14 +1,23 @@
-//! The command line: `validate`, `plan` and `run --print-config` through the real binary.
+//! The command line through the real binary: `validate`, `plan`, `run --print-config`, and
+//! issue 13's exit codes, folders, argument checks, read-only commands, help and error texts
+//! (snapshots in `tests/it/snapshots/`; `SNAPSHOTS=overwrite cargo test` rewrites them).
 
+use std::ops::Not;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use claid_hotfolder::codes::StateName;
 use claid_hotfolder::emulator::Scenario;
+use claid_hotfolder::{config, exit};
 
-use crate::support::{TestEnv, cli};
+use crate::support::{TestEnv, cli, cli_unprivileged, cli_with};
 
 const GOOD: &str =
     "images:\n  - input: storage://demo/a-64x48.png\n  - input: storage://demo/b-64x48.png\n";
 
 #[tokio::test(flavor = "multi_thread")]
-async fn validate_prints_every_problem_and_exits_one_for_a_bad_manifest() {
+async fn validate_prints_every_problem_and_exits_65_for_a_bad_manifest() {
     let env = TestEnv::new(Scenario::default()).await;
     let good = env.drop_file("good.yaml", GOOD.as_bytes());
     let bad = env.drop_file(
@@ -19,7 +28,7 @@ async fn validate_prints_every_problem_and_exits_one_for_a_bad_manifest() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("ok (2 images)"), "{out}");
     let (code, out, _) = cli(&["validate", good.to_str().unwrap(), bad.to_str().unwrap()]).await;
-    assert_eq!(code, 1, "{out}");
+    assert_eq!(code, 65, "EX_DATAERR: {out}");
     assert!(
         out.contains("line 2"),
         "the input problem and its line: {out}"
@@ -39,7 +48,7 @@ async fn validate_checks_a_config_and_names_the_key_and_line() {
     let env = TestEnv::new(Scenario::default()).await;
     let config = env.config("requests_per_secnd: 4", "");
     let (code, out, err) = cli(&["validate", config.to_str().unwrap()]).await;
-    assert_eq!(code, 1, "{out}{err}");
+    assert_eq!(code, 65, "EX_DATAERR: {out}{err}");
     assert!(out.contains("requests_per_secnd"), "names the key: {out}");
     assert!(
         out.contains("requests_per_second"),
@@ -90,4 +99,608 @@ async fn print_config_shows_the_effective_config_without_the_key() {
         !out.contains("test-key"),
         "the API key never appears: {out}"
     );
+}
+
+// ---- Issue 13: a CLI that tells the truth ----
+
+/// Where the snapshots of help and error texts live (`SNAPSHOTS=overwrite` rewrites them).
+fn snapshot_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/it/snapshots")
+        .join(format!("{name}.txt"))
+}
+
+/// Compares `actual` with the snapshot `name`, with the temp dir written `[ROOT]`.
+fn assert_snapshot(name: &str, actual: &str, root: Option<&Path>) {
+    let mut redactions = snapbox::Redactions::new();
+    if let Some(root) = root {
+        redactions
+            .insert("[ROOT]", root.to_path_buf())
+            .expect("placeholder");
+    }
+    snapbox::Assert::new()
+        .action_env(snapbox::assert::DEFAULT_ACTION_ENV)
+        .redact_with(redactions)
+        .eq(
+            actual.to_owned(),
+            snapbox::Data::read_from(&snapshot_path(name), None),
+        );
+}
+
+/// `TestEnv::config` with `folders.create: true` and the replacements `(from, to)` applied.
+fn config_edited(env: &TestEnv, create: bool, edits: &[(&str, &str)]) -> PathBuf {
+    let path = env.config("", "");
+    let mut text = std::fs::read_to_string(&path).expect("config");
+    if create {
+        text = text.replace("folders:\n", "folders:\n  create: true\n");
+    }
+    for (from, to) in edits {
+        assert!(text.contains(from), "{from} in {text}");
+        text = text.replace(from, to);
+    }
+    std::fs::write(&path, text).expect("config");
+    path
+}
+
+/// Runs `run --once` through the CLI helpers (so the env is the snapshots' one).
+async fn run_once(config: &Path) -> (i32, String) {
+    let (code, out, err) = cli(&["run", "--once", "--config", config.to_str().unwrap()]).await;
+    (code, format!("{out}{err}"))
+}
+
+/// A port nothing listens on.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+/// Every row of the exit-code table (`exit::TABLE`, the README's "Exit codes") is what the real
+/// binary exits with in a situation the row names; a row without a situation here fails.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue13_every_row_of_the_exit_code_table_is_what_the_binary_exits_with() {
+    for (code, name, _) in exit::TABLE {
+        let (found, output) = match *code {
+            exit::OK => exit_ok().await,
+            exit::JOBS_FAILED => exit_jobs_failed().await,
+            exit::USAGE => exit_usage().await,
+            exit::DATA_ERR => exit_data_err().await,
+            exit::UNAVAILABLE => exit_unavailable().await,
+            exit::CANT_CREATE => exit_cant_create().await,
+            exit::IO_ERR => exit_io_err().await,
+            exit::TEMP_FAIL => exit_temp_fail().await,
+            exit::NO_PERM => exit_no_perm().await,
+            other => panic!("the row {other} {name} has no situation in this test"),
+        };
+        assert_eq!(found, *code, "{name}:\n{output}");
+    }
+}
+
+/// 0: everything done; `replay` with nothing to replay says so and succeeds.
+async fn exit_ok() -> (i32, String) {
+    let env = TestEnv::new(Scenario::default()).await;
+    env.drop_file("m.yaml", GOOD.as_bytes());
+    let config = env.config("", "");
+    let (code, output) = run_once(&config).await;
+    assert_eq!(code, 0, "{output}");
+    let (code, out, err) = cli(&["replay", "--failed", "--config", config.to_str().unwrap()]).await;
+    assert!(
+        out.contains("Nothing to replay: no job has failed."),
+        "{out}"
+    );
+    (code, format!("{out}{err}"))
+}
+
+/// 2: `run --once` with a job that fails.
+async fn exit_jobs_failed() -> (i32, String) {
+    let env = TestEnv::new(Scenario::default()).await;
+    env.drop_file(
+        "m.yaml",
+        b"images:\n  - input: storage://demo/corrupt-64x48.png\n",
+    );
+    run_once(&env.config("", "")).await
+}
+
+/// 64: a folder of the config is missing (and, through clap, an unknown state).
+async fn exit_usage() -> (i32, String) {
+    let (code, _, err) = cli(&["jobs", "--state", "bogus"]).await;
+    assert_eq!(code, 64, "{err}");
+    let env = TestEnv::new(Scenario::default()).await;
+    std::fs::remove_dir(&env.archive).expect("rmdir");
+    run_once(&env.config("", "")).await
+}
+
+/// 65: `validate` of a manifest with a problem.
+async fn exit_data_err() -> (i32, String) {
+    let env = TestEnv::new(Scenario::default()).await;
+    let bad = env.drop_file("bad.yaml", b"images:\n  - input: ftp://x/a.png\n");
+    let (code, out, err) = cli(&["validate", bad.to_str().unwrap()]).await;
+    (code, format!("{out}{err}"))
+}
+
+/// 69: `run --once` gives up on an API nothing answers for.
+async fn exit_unavailable() -> (i32, String) {
+    let env = TestEnv::new(Scenario::default()).await;
+    env.drop_file("m.yaml", GOOD.as_bytes());
+    let base = env.emulator.base_url();
+    let down = format!("http://127.0.0.1:{}/v1", closed_port());
+    let config = config_edited(
+        &env,
+        false,
+        &[
+            (&base, &down),
+            ("api:\n", "api:\n  unreachable_timeout: 1s\n"),
+        ],
+    );
+    run_once(&config).await
+}
+
+/// 73: `folders.create: true`, but a file stands where a folder must be made.
+async fn exit_cant_create() -> (i32, String) {
+    let env = TestEnv::new(Scenario::default()).await;
+    let file = env.dir.path().join("a-file");
+    std::fs::write(&file, b"x").expect("file");
+    let outbox = env.outbox.display().to_string();
+    let under_file = file.join("outbox").display().to_string();
+    let config = config_edited(&env, true, &[(&outbox, &under_file)]);
+    run_once(&config).await
+}
+
+/// 74: `status` on a store whose files are damaged.
+async fn exit_io_err() -> (i32, String) {
+    let env = TestEnv::new(Scenario::default()).await;
+    env.drop_file("m.yaml", GOOD.as_bytes());
+    let config = env.config("", "");
+    let (code, output) = run_once(&config).await;
+    assert_eq!(code, 0, "{output}");
+    std::fs::write(env.state.join("v1/conf"), b"\xff not a sled config \xff").expect("damage");
+    let (code, out, err) = cli(&["status", "--config", config.to_str().unwrap()]).await;
+    (code, format!("{out}{err}"))
+}
+
+/// 75: a second daemon on the store a running one holds: try again once it has stopped.
+async fn exit_temp_fail() -> (i32, String) {
+    let env = TestEnv::new(Scenario::default()).await;
+    let config = env.config("", "");
+    let mut first = env.spawn_daemon(&config, 0);
+    crate::support::wait_until("the first daemon's socket", DEADLINE, || {
+        env.socket().exists()
+    })
+    .await;
+    let result = run_once(&config).await;
+    crate::support::stop(&mut first).await;
+    result
+}
+
+/// 77: an inbox the daemon may not write to.
+async fn exit_no_perm() -> (i32, String) {
+    let env = TestEnv::new(Scenario::default()).await;
+    let config = env.config("", "");
+    env.open_to_others();
+    std::fs::set_permissions(&env.inbox, std::fs::Permissions::from_mode(0o555)).expect("chmod");
+    let (code, out, err) =
+        cli_unprivileged(&["run", "--once", "--config", config.to_str().unwrap()]).await;
+    assert!(
+        err.contains("folders.inbox") && err.contains("cannot read and write"),
+        "names the key and the access: {err}"
+    );
+    (code, format!("{out}{err}"))
+}
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn issue13_a_missing_folder_stops_the_daemon_naming_the_key_the_path_and_the_nearest_parent()
+{
+    let env = TestEnv::new(Scenario::default()).await;
+    let outbox = env.outbox.display().to_string();
+    let typo = env.dir.path().join("typo/outbx");
+    let config = config_edited(&env, false, &[(&outbox, &typo.display().to_string())]);
+    let (code, out, err) = cli_with(
+        &["run", "--config", config.to_str().unwrap()],
+        &[("JOURNAL_STREAM", "8:1")],
+    )
+    .await;
+    assert_eq!(code, 64, "{out}{err}");
+    assert_eq!(
+        err.lines().count(),
+        1,
+        "one line, printed once (no timestamp under journald): {err}"
+    );
+    assert!(err.contains("`folders.outbox`"), "{err}");
+    assert!(err.contains(&typo.display().to_string()), "{err}");
+    assert!(
+        err.contains(&format!(
+            "the nearest existing folder above it is {}",
+            env.dir.path().display()
+        )),
+        "{err}"
+    );
+    assert!(!typo.parent().unwrap().exists(), "nothing was created");
+    assert!(!env.state.exists(), "not even the state folder");
+    assert_snapshot("error-missing-folder", &err, Some(env.dir.path()));
+
+    // `validate` of that config says the same before the daemon is started.
+    let (code, out, _) = cli(&["validate", config.to_str().unwrap()]).await;
+    assert_eq!(code, 65, "{out}");
+    assert!(out.contains("`folders.outbox`"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn issue13_folders_create_true_and_the_embedded_demo_create_missing_folders() {
+    let env = TestEnv::new(Scenario::default()).await;
+    for folder in [&env.outbox, &env.archive, &env.rejected] {
+        std::fs::remove_dir(folder).expect("rmdir");
+    }
+    env.drop_file("m.yaml", GOOD.as_bytes());
+    let config = config_edited(&env, true, &[]);
+    let (code, output) = run_once(&config).await;
+    assert_eq!(code, 0, "{output}");
+    assert!(env.outbox.join("m/a-64x48.jpg").is_file(), "{output}");
+    assert!(env.archive.join("m.yaml").is_file());
+    assert!(env.rejected.is_dir());
+
+    // `api.base_url: embedded` (the quickstart) creates every folder of a fresh clone.
+    let dir = tempfile::tempdir().unwrap();
+    let demo = dir.path().join("demo.yaml");
+    std::fs::write(
+        &demo,
+        "api: { base_url: embedded }\nfolders: { inbox: in, outbox: out/outbox, archive: out/archive, rejected: out/rejected, state: out/state }\nwatch: { settle: 100ms }\n",
+    )
+    .unwrap();
+    let (code, output) = run_once(&demo).await;
+    assert_eq!(code, 0, "{output}");
+    for folder in [
+        "in",
+        "out/outbox",
+        "out/archive",
+        "out/rejected",
+        "out/state",
+    ] {
+        assert!(dir.path().join(folder).is_dir(), "{folder}: {output}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn issue13_jobs_state_accepts_only_real_states_and_lists_them() {
+    let env = TestEnv::new(Scenario::default()).await;
+    env.drop_file("m.yaml", GOOD.as_bytes());
+    let config = env.config("", "");
+    let (code, output) = run_once(&config).await;
+    assert_eq!(code, 0, "{output}");
+    let (code, out, err) = cli(&["jobs", "--state", "bogus"]).await;
+    assert_eq!(code, 64, "{out}{err}");
+    for state in StateName::ALL {
+        assert!(err.contains(state.as_str()), "lists {state}: {err}");
+    }
+    assert_snapshot("error-jobs-bad-state", &err, None);
+    for (state, n) in [("done", 2), ("in-doubt", 0), ("in_doubt", 0), ("queued", 0)] {
+        let (code, out, err) = cli(&[
+            "jobs",
+            "--state",
+            state,
+            "--config",
+            config.to_str().unwrap(),
+        ])
+        .await;
+        assert_eq!(code, 0, "{state}: {err}");
+        assert!(out.ends_with(&format!("\n{n} jobs\n")), "{state}: {out}");
+    }
+}
+
+/// Every flag that takes one of a fixed set of values (clap's possible values) refuses another
+/// with 64 and lists the set.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue13_every_enum_valued_flag_refuses_other_values_and_lists_them() {
+    let cmd = claid_hotfolder::cli::documented_command();
+    let mut n_flags = 0;
+    for sub in cmd.get_subcommands() {
+        for arg in sub.get_arguments() {
+            let values: Vec<String> = arg
+                .get_possible_values()
+                .iter()
+                .filter(|v| !v.is_hide_set())
+                .map(|v| v.get_name().to_owned())
+                .collect();
+            let Some(long) = arg.get_long() else { continue };
+            if values.is_empty() || arg.get_action().takes_values().not() {
+                continue;
+            }
+            n_flags += 1;
+            let flag = format!("--{long}");
+            let (code, _, err) = cli(&[sub.get_name(), &flag, "no-such-value"]).await;
+            assert_eq!(code, 64, "{} {flag}: {err}", sub.get_name());
+            for value in &values {
+                assert!(err.contains(value.as_str()), "{flag} lists {value}: {err}");
+            }
+        }
+    }
+    assert!(
+        n_flags >= 4,
+        "jobs --state and the emulator's three: {n_flags}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn issue13_validate_hints_at_the_config_only_for_a_profile_no_config_defines() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let profiled = env.drop_file(
+        "p.yaml",
+        b"profile: white-1000\nimages:\n  - input: storage://demo/a-64x48.png\n",
+    );
+    let (code, out, _) = cli(&["validate", profiled.to_str().unwrap()]).await;
+    assert_eq!(code, 65, "{out}");
+    assert!(
+        out.contains("hint: no config was read") && out.contains("--config"),
+        "{out}"
+    );
+    assert_snapshot(
+        "validate-profile-without-config",
+        &out,
+        Some(env.dir.path()),
+    );
+
+    // Not appended to unrelated problems.
+    let unrelated = env.drop_file("u.yaml", b"images:\n  - input: ftp://x/a.png\n");
+    let (code, out, _) = cli(&["validate", unrelated.to_str().unwrap()]).await;
+    assert_eq!(code, 65, "{out}");
+    assert!(!out.contains("hint"), "{out}");
+
+    // With the config that defines the profile, the manifest is fine.
+    let config = env.config(
+        "",
+        "profiles:\n  white-1000:\n    operations: { resizing: { width: 100 } }",
+    );
+    let (code, out, err) = cli(&[
+        "validate",
+        "--config",
+        config.to_str().unwrap(),
+        profiled.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!out.contains("hint"), "{out}");
+}
+
+/// Every file under `root`: its size, modification time, mode and owner.
+fn tree_state(root: &Path) -> Vec<(PathBuf, u64, i64, i64, u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&path).expect("stat");
+        out.push((
+            path.strip_prefix(root).unwrap().to_path_buf(),
+            meta.len(),
+            meta.mtime(),
+            meta.mtime_nsec(),
+            meta.mode(),
+            meta.uid(),
+        ));
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path).expect("read_dir") {
+                stack.push(entry.expect("entry").path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn issue13_status_jobs_and_plan_with_the_daemon_down_change_nothing_in_the_state_folder() {
+    let env = TestEnv::new(Scenario::default()).await;
+    env.drop_file("m.yaml", GOOD.as_bytes());
+    let config = env.config("", "");
+    let (code, output) = run_once(&config).await;
+    assert_eq!(code, 0, "{output}");
+    let before = tree_state(&env.state);
+    assert!(before.len() > 3, "a store was written: {before:?}");
+    let config = config.to_str().unwrap();
+    let redo = env.drop_file("m.yaml", GOOD.as_bytes());
+    for args in [
+        vec!["status", "--config", config],
+        vec!["status", "--json", "--config", config],
+        vec!["jobs", "--config", config],
+        vec!["jobs", "--state", "done", "--config", config],
+        vec!["plan", redo.to_str().unwrap(), "--config", config],
+    ] {
+        let (code, out, err) = cli(&args).await;
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+        // What was read came from the store.
+        let read = match args[0] {
+            "status" => out.contains("m.yaml"),
+            "jobs" => out.ends_with("\n2 jobs\n"),
+            _ => out.contains("2 images: 0 to process, 2 unchanged"),
+        };
+        assert!(read, "{args:?} read the store: {out}");
+        assert_eq!(
+            tree_state(&env.state),
+            before,
+            "{args:?} changed the state folder"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn issue13_a_store_the_user_may_not_read_says_which_group_to_join() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = TestEnv::new(Scenario::default()).await;
+    env.drop_file("m.yaml", GOOD.as_bytes());
+    let config = env.config("", "");
+    let (code, output) = run_once(&config).await;
+    assert_eq!(code, 0, "{output}");
+    env.open_to_others();
+    // The service's layout: the state folder is the service user's and its group's, mode 0750
+    // (`StateDirectoryMode=`). Here the group is `daemon` (gid 1), which `nobody` is not in.
+    std::fs::set_permissions(&env.state, std::fs::Permissions::from_mode(0o750)).expect("chmod");
+    if crate::support::is_root() {
+        std::os::unix::fs::chown(&env.state, None, Some(1)).expect("chgrp");
+    } else {
+        std::fs::set_permissions(&env.state, std::fs::Permissions::from_mode(0o000))
+            .expect("chmod");
+    }
+    let (code, out, err) =
+        cli_unprivileged(&["status", "--config", config.to_str().unwrap()]).await;
+    std::fs::set_permissions(&env.state, std::fs::Permissions::from_mode(0o750)).expect("chmod");
+    assert_eq!(code, 77, "EX_NOPERM: {out}{err}");
+    assert!(err.contains("EACCES: permission denied"), "{err}");
+    assert_eq!(err.matches("error:").count(), 1, "printed once: {err}");
+    if crate::support::is_root() {
+        assert!(
+            err.contains("hint: join the group daemon (sudo usermod -a -G daemon $USER"),
+            "{err}"
+        );
+        assert!(err.contains("sudo -u root claid-hotfolder status"), "{err}");
+    } else {
+        assert!(err.contains("hint: ") && err.contains("sudo -u"), "{err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn issue13_replay_writes_the_store_only_as_its_owner() {
+    let env = TestEnv::new(Scenario::default()).await;
+    env.drop_file(
+        "m.yaml",
+        b"images:\n  - input: storage://demo/corrupt-64x48.png\n",
+    );
+    let config = env.config("", "");
+    let (code, output) = run_once(&config).await;
+    assert_eq!(code, 2, "{output}");
+    let config = config.to_str().unwrap();
+    if crate::support::is_root() {
+        // As root, a store the service user (here `nobody`) owns is left alone.
+        let v1 = env.state.join("v1");
+        std::os::unix::fs::chown(&v1, Some(65534), None).expect("chown");
+        let before = tree_state(&env.state);
+        let (code, out, err) = cli(&["replay", "--failed", "--config", config]).await;
+        assert_eq!(code, 77, "{out}{err}");
+        assert!(
+            err.contains("hint: run it as nobody: sudo -u nobody claid-hotfolder replay"),
+            "{err}"
+        );
+        assert_eq!(tree_state(&env.state), before, "nothing written");
+        std::os::unix::fs::chown(&v1, Some(0), None).expect("chown");
+    }
+    let (code, out, err) = cli(&["replay", "--failed", "--config", config]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("Requeued 1 jobs"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn issue13_print_config_round_trips_through_validate_with_credentials_redacted() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let base = env.emulator.base_url();
+    let with_secret = base.replace("http://", "http://ops:s3cret-pw@");
+    let config = config_edited(
+        &env,
+        false,
+        &[
+            (&base, &with_secret),
+            ("shutdown_grace: 5s", "shutdown_grace: 1m 30s"),
+        ],
+    );
+    let text = std::fs::read_to_string(&config).unwrap()
+        + "profiles:\n  white:\n    operations: { resizing: { width: 100, fit: bounds } }\n    output: { format: webp }\n";
+    std::fs::write(&config, &text).unwrap();
+    let (code, printed, err) = cli_with(
+        &[
+            "run",
+            "--print-config",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[("CLAID_HOTFOLDER__API__MAX_IN_FLIGHT", "7")],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !printed.contains("s3cret-pw") && !printed.contains("ops:"),
+        "{printed}"
+    );
+    assert!(printed.contains("http://REDACTED@127.0.0.1:"), "{printed}");
+    assert!(
+        !printed.contains("test-key"),
+        "the API key never appears: {printed}"
+    );
+
+    let printed_path = env.dir.path().join("printed.yaml");
+    std::fs::write(&printed_path, &printed).unwrap();
+    let (code, out, err) = cli(&["validate", printed_path.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "validate accepts it back: {out}{err}\n{printed}");
+
+    // The same config, key for key, but for the redacted credentials.
+    let mut expected = config::parse_with_env(
+        &text,
+        &config,
+        [(
+            "CLAID_HOTFOLDER__API__MAX_IN_FLIGHT".to_owned(),
+            "7".to_owned(),
+        )],
+    )
+    .expect("the original is valid");
+    expected.api.base_url = config::BaseUrl::Url(
+        base.replace("http://", "http://REDACTED@")
+            .trim_end_matches('/')
+            .to_owned(),
+    );
+    let reread = config::parse(&printed, &printed_path).expect("the printed one is valid");
+    assert_eq!(reread, expected);
+    assert_eq!(
+        reread.api.max_in_flight.get(),
+        7,
+        "the environment is applied"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn issue13_run_once_draws_no_bar_when_stderr_is_not_a_terminal() {
+    let env = TestEnv::new(Scenario::default()).await;
+    env.drop_file("m.yaml", GOOD.as_bytes());
+    let (code, output) = run_once(&env.config("", "")).await;
+    assert_eq!(code, 0, "{output}");
+    assert!(output.contains("Inbox processed"), "{output}");
+    assert!(
+        !output.contains('\r') && !output.contains('\x1b'),
+        "no bar, no cursor movement, no colour: {output:?}"
+    );
+}
+
+/// `--help` of the binary and of every subcommand it documents, as snapshots: help that
+/// changes must change the snapshot (and the README with it).
+#[tokio::test(flavor = "multi_thread")]
+async fn issue13_help_texts_match_their_snapshots() {
+    let (code, out, _) = cli(&["--help"]).await;
+    assert_eq!(code, 0);
+    assert_snapshot("help", &out, None);
+    for sub in claid_hotfolder::cli::documented_command().get_subcommands() {
+        let name = sub.get_name();
+        let (code, out, err) = cli(&[name, "--help"]).await;
+        assert_eq!(code, 0, "{name}: {err}");
+        assert_snapshot(&format!("help-{name}"), &out, None);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn issue13_error_and_message_texts_match_their_snapshots() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let config = env.config("", "");
+    let root = env.dir.path();
+    let missing = root.join("nope.yaml");
+    let (code, _, err) = cli(&["status", "--config", missing.to_str().unwrap()]).await;
+    assert_eq!(code, 64, "{err}");
+    assert_snapshot("error-missing-config", &err, Some(root));
+
+    let (code, out, err) = cli(&["status", "--config", config.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_snapshot("status-no-store", &out, Some(root));
+    assert!(!env.state.exists(), "status created no state folder");
+
+    let (code, out, err) =
+        cli(&["replay", "--in-doubt", "--config", config.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_snapshot("replay-no-store", &out, Some(root));
+
+    let (code, _, err) = cli(&["replay", "--failed", "--since", "yesterday"]).await;
+    assert_eq!(code, 64, "{err}");
+    assert_snapshot("error-replay-since", &err, None);
 }

@@ -670,15 +670,15 @@ async fn validate_each_config() -> Vec<(String, Option<i32>, String, Vec<Expect>
     out
 }
 
-/// `validate` on every bad config fixture exits 1; when it recognises the file as a config
-/// (it parses and has `folders`), the expected problem is in its output.
+/// `validate` on every bad config fixture exits 65 (EX_DATAERR); when it recognises the file as
+/// a config (it parses and has `folders`), the expected problem is in its output.
 #[tokio::test(flavor = "multi_thread")]
-async fn validate_exits_1_on_every_bad_config_fixture() {
+async fn validate_exits_65_on_every_bad_config_fixture() {
     let results = validate_each_config().await;
     let mut failures = Vec::new();
     for (name, code, text, expect) in &results {
-        if *code != Some(1) {
-            failures.push(format!("{name}: exit {code:?}, want 1:\n{text}"));
+        if *code != Some(65) {
+            failures.push(format!("{name}: exit {code:?}, want 65:\n{text}"));
             continue;
         }
         if !text.contains("invalid config") {

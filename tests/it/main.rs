@@ -6,6 +6,7 @@ mod cli;
 mod client;
 mod config;
 mod corpus;
+mod docs;
 mod emulator;
 mod faults;
 mod imaging;

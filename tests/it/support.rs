@@ -76,7 +76,11 @@ impl TestEnv {
             dir,
             emulator,
         };
-        std::fs::create_dir_all(&env.inbox).expect("inbox");
+        // The folders an operator has (the package's tmpfiles.d entry creates them); the
+        // daemon creates only its state folder.
+        for folder in [&env.inbox, &env.outbox, &env.archive, &env.rejected] {
+            std::fs::create_dir_all(folder).expect("folder");
+        }
         env
     }
 
@@ -111,6 +115,14 @@ impl TestEnv {
         let path = self.dir.path().join("config.yaml");
         std::fs::write(&path, text).expect("config");
         path
+    }
+
+    /// Lets other users into the temp dir and read the config and key (mode 0755), as a team
+    /// member may read the config of the service.
+    pub fn open_to_others(&self) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(self.dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
     }
 
     /// The admin socket of this env's daemon.
@@ -251,7 +263,61 @@ impl TestEnv {
 
 /// Runs the CLI with `args`; returns (exit code, stdout, stderr).
 pub async fn cli(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin())
+    cli_with(args, &[]).await
+}
+
+/// The variables that change what the CLI prints (help shows their values) or reads; removed
+/// for the runs whose output is compared with snapshots.
+pub const CLI_ENV: &[&str] = &[
+    "CLAID_HOTFOLDER_CONFIG",
+    "CLAID_API_KEY",
+    "CLAID_WEBHOOK_SECRET",
+    "RUST_LOG",
+    "JOURNAL_STREAM",
+];
+
+/// Runs the CLI with `args` and extra environment variables, without the variables of
+/// [`CLI_ENV`] unless given; returns (exit code, stdout, stderr).
+pub async fn cli_with(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
+    let mut command = Command::new(bin());
+    for name in CLI_ENV {
+        command.env_remove(name);
+    }
+    let out = command
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("cli runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Whether the tests run as root (CI does), where file modes do not refuse anything.
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Runs the CLI as a user the file modes apply to: as root, `nobody` with no supplementary
+/// groups (through setpriv); otherwise this user. The folders on the way to what it reads must
+/// let others in (see `TestEnv::open_to_others`).
+pub async fn cli_unprivileged(args: &[&str]) -> (i32, String, String) {
+    let mut command = if is_root() {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(bin());
+        c
+    } else {
+        Command::new(bin())
+    };
+    for name in CLI_ENV {
+        command.env_remove(name);
+    }
+    let out = command
         .args(args)
         .stdin(Stdio::null())
         .output()
