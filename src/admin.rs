@@ -2,9 +2,9 @@
 //! removed on exit) with `GET /healthz`, `GET /status`, `GET /jobs`, `POST /replay` and
 //! `GET /metrics`, and `/metrics` alone over TCP when `admin.metrics_listen` is set.
 //!
-//! The server is bounded, so no number of idle or slow clients can exhaust the daemon's file
-//! descriptors or stop `/healthz`: at most [`MAX_CONNECTIONS`] connections per listener are
-//! served at once (more are answered `503` and closed at once), a client has
+//! The server is bounded ([`crate::serve`]), so no number of idle or slow clients can exhaust
+//! the daemon's file descriptors or stop `/healthz`: at most [`MAX_CONNECTIONS`] connections
+//! per listener are served at once (more are answered `503` and closed at once), a client has
 //! [`HEADER_TIMEOUT`] to send a request's headers (also the idle keep-alive timeout) and
 //! [`BODY_TIMEOUT`] to send its body.
 //!
@@ -22,25 +22,19 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Query, State};
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use http_body_util::{BodyExt, Full};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::Semaphore;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tower::ServiceExt;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use crate::codes::StateName;
 use crate::metrics::Metrics;
 use crate::os_error::OsCause;
 use crate::pipeline::{self, Health};
+use crate::serve;
 use crate::store::records::{JobState, JobV1, ManifestCounts, ManifestV1};
 use crate::store::{JobId, Store, StoreError};
 use crate::text::Escaped;
@@ -468,155 +462,21 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest request body read (a replay request is a few dozen bytes).
 pub const MAX_REQUEST_BODY: usize = 64 * 1024;
-/// How long shutdown waits for requests in progress (idle connections close at once).
-const DRAIN: Duration = Duration::from_secs(5);
 /// The whole answer to a connection over [`MAX_CONNECTIONS`].
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 57\r\nconnection: close\r\n\r\n{\"error\":\"the admin server is busy; try again in a while\"}";
-/// How often, at most, the cap and accept failures are logged.
-const LOG_EVERY: Duration = Duration::from_secs(60);
 
-/// A listener the admin server accepts connections from.
-trait Accept: Send + 'static {
-    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
-    fn accept_io(&mut self) -> impl Future<Output = std::io::Result<Self::Io>> + Send;
-}
+/// The bounds of the admin socket and the metrics port (see [`crate::serve`]).
+const BOUNDS: serve::Bounds = serve::Bounds {
+    name: "admin",
+    max_connections: MAX_CONNECTIONS,
+    header_timeout: HEADER_TIMEOUT,
+    body_timeout: BODY_TIMEOUT,
+    max_body: MAX_REQUEST_BODY,
+    busy: BUSY,
+};
 
-impl Accept for tokio::net::UnixListener {
-    type Io = tokio::net::UnixStream;
-    async fn accept_io(&mut self) -> std::io::Result<Self::Io> {
-        self.accept().await.map(|(io, _)| io)
-    }
-}
-
-impl Accept for tokio::net::TcpListener {
-    type Io = tokio::net::TcpStream;
-    async fn accept_io(&mut self) -> std::io::Result<Self::Io> {
-        self.accept().await.map(|(io, _)| io)
-    }
-}
-
-/// Accepts and serves HTTP/1 connections until `cancel`, at most [`MAX_CONNECTIONS`] at once,
-/// each bounded by [`HEADER_TIMEOUT`] and [`BODY_TIMEOUT`]; then lets requests in progress
-/// finish (up to [`DRAIN`]).
-async fn serve_bounded(mut listener: impl Accept, app: Router, cancel: CancellationToken) {
-    // One permit per connection served; dropping the connection's task frees it.
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let connections = TaskTracker::new();
-    let mut last_busy_log: Option<Instant> = None;
-    let mut last_accept_log: Option<Instant> = None;
-    let logs_now = |last: &mut Option<Instant>| {
-        let due = last.is_none_or(|at| at.elapsed() >= LOG_EVERY);
-        if due {
-            *last = Some(Instant::now());
-        }
-        due
-    };
-    loop {
-        let accepted = tokio::select! {
-            _ = cancel.cancelled() => break,
-            accepted = listener.accept_io() => accepted,
-        };
-        let io = match accepted {
-            Ok(io) => io,
-            Err(err) => {
-                // Out of file descriptors (EMFILE) or the like: the connection stays queued;
-                // wait a little rather than spin.
-                if logs_now(&mut last_accept_log) {
-                    warn!(error = %OsCause(&err), "Cannot accept an admin connection; retrying");
-                }
-                tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                }
-                continue;
-            }
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            if logs_now(&mut last_busy_log) {
-                warn!(
-                    max_connections = MAX_CONNECTIONS,
-                    "Too many admin connections at once; answering 503 to new ones"
-                );
-            }
-            refuse(io).await;
-            continue;
-        };
-        let (app, cancel) = (app.clone(), cancel.clone());
-        connections.spawn(async move {
-            serve_connection(io, app, cancel).await;
-            drop(permit);
-        });
-    }
-    connections.close();
-    if tokio::time::timeout(DRAIN, connections.wait())
-        .await
-        .is_err()
-    {
-        warn!("Admin requests still in progress at shutdown were dropped");
-    }
-}
-
-/// Answers a connection over the cap with [`BUSY`] and closes it. Inline in the accept loop
-/// and bounded, so refused connections never pile up as open descriptors.
-async fn refuse(mut io: impl AsyncWrite + Unpin) {
-    let _ = tokio::time::timeout(Duration::from_millis(50), io.write_all(BUSY)).await;
-}
-
-/// One HTTP/1 connection: header-read (and idle) timeout, then each request's body read within
-/// [`BODY_TIMEOUT`] before the router sees it. On `cancel` an idle connection closes at once
-/// and a request in progress finishes.
-async fn serve_connection(
-    io: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    app: Router,
-    cancel: CancellationToken,
-) {
-    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let app = app.clone();
-        async move { Ok::<_, std::convert::Infallible>(handle(app, req).await) }
-    });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        .keep_alive(true);
-    let conn = builder.serve_connection(TokioIo::new(io), service);
-    let mut conn = std::pin::pin!(conn);
-    let res = tokio::select! {
-        res = conn.as_mut() => res,
-        _ = cancel.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
-    if let Err(err) = res {
-        // Timeouts and clients that go away are routine.
-        debug!(error = %err, "Admin connection ended with an error");
-    }
-}
-
-/// Reads the request body (bounded in time and size), then routes the request.
-async fn handle(app: Router, req: Request<Incoming>) -> Response {
-    let (parts, body) = req.into_parts();
-    let read = Limited::new(body, MAX_REQUEST_BODY).collect();
-    let bytes = match tokio::time::timeout(BODY_TIMEOUT, read).await {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(err)) if err.is::<LengthLimitError>() => {
-            return error_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
-        }
-        Ok(Err(_)) => return error_response(StatusCode::BAD_REQUEST, "broken request body"),
-        Err(_) => {
-            return error_response(StatusCode::REQUEST_TIMEOUT, "request body not sent in time");
-        }
-    };
-    let req = Request::from_parts(parts, axum::body::Body::from(bytes));
-    match app.oneshot(req).await {
-        Ok(response) => response,
-        Err(never) => match never {},
-    }
-}
-
-fn error_response(status: StatusCode, message: &str) -> Response {
-    (status, axum::Json(serde_json::json!({"error": message}))).into_response()
+async fn serve_bounded(listener: impl serve::Accept, app: Router, cancel: CancellationToken) {
+    serve::serve_bounded(listener, app, BOUNDS, cancel).await;
 }
 
 async fn healthz(State(state): State<AdminState>) -> Response {

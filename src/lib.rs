@@ -19,12 +19,17 @@
 //!   outbox filesystem's name limits and the names of report and error files.
 //! - [`daemon`]: wiring, supervision, systemd notifications, reload and shutdown; [`signal`],
 //!   [`logging`].
-//! - [`admin`]: the admin socket (status, jobs, replay, health) and [`metrics`].
+//! - [`admin`]: the admin socket (status, jobs, replay, health) and [`metrics`]; [`serve`]: the
+//!   bounded HTTP server behind every listener.
+//! - [`activity`]: what the dashboard and alerts read over time (throughput series, the outbox's
+//!   disk, progress); [`web`]: the dashboard; [`alerts`]: messages to webhooks.
 //! - [`cli`]: the command line.
 //! - [`text`]: untrusted text escaped for logs; [`os_error`]: OS errors named by errno.
 //! - [`emulator`]: the bundled Claid-compatible emulator.
 
+pub mod activity;
 pub mod admin;
+pub mod alerts;
 pub mod claid;
 pub mod cli;
 pub mod codes;
@@ -41,8 +46,10 @@ pub mod output;
 pub mod pipeline;
 pub mod report;
 pub mod retry;
+pub mod serve;
 pub mod signal;
 pub mod store;
 pub mod text;
 pub mod watcher;
+pub mod web;
 pub mod yaml;

@@ -23,6 +23,8 @@ use crate::config::{
 };
 use crate::yaml::kind;
 
+mod web;
+
 /// Turns the parsed value into a [`Config`], collecting every problem on the way.
 #[derive(Default)]
 pub struct Checker {
@@ -90,7 +92,7 @@ impl Checker {
         }
         self.section(root, "");
         for section in [
-            "api", "api.poll", "folders", "watch", "admin", "log", "limits",
+            "api", "api.poll", "folders", "watch", "admin", "log", "limits", "web",
         ] {
             self.section(root, section);
         }
@@ -133,6 +135,8 @@ impl Checker {
         };
         let shutdown_grace = self.duration(root, "shutdown_grace", DEFAULT_SHUTDOWN_GRACE, true);
         let profiles = self.profiles(root);
+        let web = self.web(root, &base_dir);
+        let alerts = self.alerts(root, &base_dir);
         Some(Config {
             api: api?,
             folders: folders?,
@@ -145,6 +149,8 @@ impl Checker {
             limits,
             shutdown_grace,
             profiles,
+            web,
+            alerts,
         })
     }
 

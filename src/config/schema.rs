@@ -34,6 +34,16 @@ const SCHEMA: &[(&str, &[&str])] = &[
         &["max_manifest_bytes", "max_images", "max_download_bytes"],
     ),
     ("profiles.*", &["operations", "output"]),
+    (
+        "web",
+        &[
+            "listen",
+            "users_file",
+            "token_file",
+            "allow_actions",
+            "public_url",
+        ],
+    ),
 ];
 
 /// Every dotted key the config knows (for "did you mean" across sections).
