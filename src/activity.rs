@@ -35,8 +35,10 @@ pub const DISK_EVERY: Duration = Duration::from_secs(5);
 pub const DISK_FULL_BELOW: u64 = 16 * 1024 * 1024;
 /// Minutes of per-minute history kept (24 hours).
 pub const HISTORY_MINUTES: usize = 24 * 60;
-/// Minutes the overview's chart shows (6 hours).
+/// Minutes the overview's chart shows at most (6 hours) and at least (half an hour): since the
+/// start in between.
 pub const CHART_MINUTES: usize = 6 * 60;
+pub const CHART_MIN_MINUTES: usize = 30;
 /// The window of "now".
 const NOW_WINDOW: Duration = Duration::from_secs(60);
 const MINUTE_MS: u64 = 60_000;
@@ -88,8 +90,8 @@ pub struct Snapshot {
     /// Jobs that ended done / failed since midnight UTC (or since the start, if later).
     pub done_today: u64,
     pub failed_today: u64,
-    /// Images finished in each of the last [`CHART_MINUTES`] minutes, oldest first, as
-    /// (minute start in ms since the epoch, images).
+    /// Images finished in each minute since the start (at least [`CHART_MIN_MINUTES`], at most
+    /// [`CHART_MINUTES`]), oldest first, as (minute start in ms since the epoch, images).
     pub chart: Vec<(u64, u64)>,
     /// When the series began (ms since the epoch): the daemon's start.
     pub since_ms: u64,
@@ -221,8 +223,10 @@ impl State {
             / 60.0;
         let per_minute_hour = last_hour as f64 / minutes_observed;
         let current = wall_ms - wall_ms % MINUTE_MS;
-        let first = current.saturating_sub((CHART_MINUTES as u64 - 1) * MINUTE_MS);
-        let mut chart = Vec::with_capacity(CHART_MINUTES);
+        let minutes_since_start = (now.duration_since(self.started).as_secs() / 60) as usize + 1;
+        let shown = minutes_since_start.clamp(CHART_MIN_MINUTES, CHART_MINUTES);
+        let first = current.saturating_sub((shown as u64 - 1) * MINUTE_MS);
+        let mut chart = Vec::with_capacity(shown);
         let mut stored = self.minutes.iter().peekable();
         let mut minute = first;
         while minute <= current {
@@ -432,7 +436,11 @@ mod tests {
         assert_eq!(snap.requests_last_minute, 60);
         assert_eq!(snap.done_today, 60);
         assert_eq!(snap.failed_today, 0);
-        assert_eq!(snap.chart.len(), CHART_MINUTES);
+        assert_eq!(
+            snap.chart.len(),
+            CHART_MIN_MINUTES,
+            "half an hour after a start"
+        );
         let last_two: Vec<u64> = snap.chart.iter().rev().take(2).map(|(_, n)| *n).collect();
         // Seconds 1..59 fall in the first minute, second 60 in the next.
         assert_eq!(last_two, vec![1, 59]);

@@ -46,7 +46,8 @@ pub enum Refused {
 
 /// The outbox-relative path in a raw URL path after `prefix` (`/thumb/`), checked and
 /// percent-decoded. Encoded separators and NUL are refused before decoding, so `..%2F` cannot
-/// become a component.
+/// become a component; after decoding, an absolute path and `.`, `..` or empty components are
+/// refused (links are [`open_inside`]'s to refuse).
 pub fn rel_from_url(raw_path: &str, prefix: &str) -> Result<PathBuf, Refused> {
     let encoded = raw_path
         .strip_prefix(prefix)
@@ -60,8 +61,16 @@ pub fn rel_from_url(raw_path: &str, prefix: &str) -> Result<PathBuf, Refused> {
         return Err(Refused::Unsafe("encoded separator"));
     }
     let bytes = percent_decode(encoded).ok_or(Refused::Unsafe("bad percent-encoding"))?;
-    let rel = PathBuf::from(OsStr::from_bytes(&bytes));
-    Ok(rel)
+    if bytes.is_empty() || bytes.starts_with(b"/") {
+        return Err(Refused::Unsafe("absolute or empty path"));
+    }
+    if bytes
+        .split(|b| *b == b'/')
+        .any(|part| part.is_empty() || part == b"." || part == b"..")
+    {
+        return Err(Refused::Unsafe("`.`, `..` or empty path component"));
+    }
+    Ok(PathBuf::from(OsStr::from_bytes(&bytes)))
 }
 
 /// Resolves `rel` inside `outbox` and opens it as a regular file, never through a link.
@@ -263,6 +272,11 @@ mod tests {
             "/thumb/a%00.jpg",
             "/thumb/a\\b.jpg",
             "/thumb/a%zz.jpg",
+            "/thumb/../x.jpg",
+            "/thumb/%2e%2e/x.jpg",
+            "/thumb/a/./x.jpg",
+            "/thumb//etc/passwd",
+            "/thumb/",
         ] {
             assert!(matches!(check(raw), Err(Refused::Unsafe(_))), "{raw}");
         }

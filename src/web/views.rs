@@ -182,7 +182,7 @@ pub fn overview_live(o: &Overview<'_>) -> Markup {
             (figure("In doubt", &o.held_in_doubt.to_string(), &format!("held; {} possible double submits ever", o.in_doubt_events), "in-doubt"))
         }
         section {
-            h2 { "Images per minute, last 6 hours" }
+            h2 { "Images per minute" }
             (chart(&a.chart))
         }
         section {
@@ -253,6 +253,7 @@ pub fn chart(points: &[(u64, u64)]) -> Markup {
     const W: f64 = 720.0;
     const H: f64 = 120.0;
     let max = points.iter().map(|(_, n)| *n).max().unwrap_or(0).max(1);
+    let span = Duration::from_secs(points.len() as u64 * 60);
     let step = if points.len() > 1 {
         W / (points.len() - 1) as f64
     } else {
@@ -271,12 +272,12 @@ pub fn chart(points: &[(u64, u64)]) -> Markup {
         .collect::<Vec<_>>()
         .join(" ");
     html! {
-        svg.chart #chart viewBox=(format!("0 0 {W} {H}")) preserveAspectRatio="none" role="img" aria-label="Images per minute over the last 6 hours" {
+        svg.chart #chart viewBox=(format!("0 0 {W} {H}")) preserveAspectRatio="none" role="img" aria-label=(format!("Images per minute over the last {}", eta(span))) {
             line x1="0" y1=(H - 10.0) x2=(W) y2=(H - 10.0) class="axis" {}
             polyline points=(line) class="series" {}
             text x="2" y="12" class="tick" { (max) "/min" }
         }
-        div.chart-axis { span { "6 h ago" } span { "now" } }
+        div.chart-axis { span { (eta(span)) " ago" } span { "now" } }
     }
 }
 
@@ -357,7 +358,7 @@ pub fn manifest(m: &ManifestPage<'_>, csrf: Option<&str>) -> Markup {
                         td.output {
                             @if row.has_output {
                                 a href=(format!("/file/{}", encode_path(&row.output))) {
-                                    img.thumb src=(format!("/thumb/{}", encode_path(&row.output))) alt=(row.output) loading="lazy" width="80" height="80";
+                                    img.thumb src=(format!("/thumb/{}", encode_path(&row.output))) alt=(row.output) width="80" height="80";
                                 }
                             }
                             span.path { (row.output) }

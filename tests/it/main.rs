@@ -1,6 +1,7 @@
 //! The one integration-test binary: a module per area (STYLE.md point 22).
 
 mod admin;
+mod alerts;
 mod cli;
 mod client;
 mod config;
@@ -23,3 +24,4 @@ mod soak;
 mod store;
 mod support;
 mod watcher;
+mod web;
