@@ -2,11 +2,11 @@
 //! removed on exit) with `GET /healthz`, `GET /status`, `GET /jobs`, `POST /replay` and
 //! `GET /metrics`, and `/metrics` alone over TCP when `admin.metrics_listen` is set.
 //!
-//! The server is bounded ([`crate::serve`]), so no number of idle or slow clients can exhaust
-//! the daemon's file descriptors or stop `/healthz`: at most [`MAX_CONNECTIONS`] connections
-//! per listener are served at once (more are answered `503` and closed at once), a client has
-//! [`HEADER_TIMEOUT`] to send a request's headers (also the idle keep-alive timeout) and
-//! [`BODY_TIMEOUT`] to send its body.
+//! The server is bounded ([`crate::http_server`], shared with the webhook receiver), so no
+//! number of idle or slow clients can exhaust the daemon's file descriptors or stop
+//! `/healthz`: at most [`MAX_CONNECTIONS`] connections per listener are served at once (more
+//! are answered `503` and closed at once), a client has [`HEADER_TIMEOUT`] to send a request's
+//! headers (also the idle keep-alive timeout) and [`BODY_TIMEOUT`] to send its body.
 //!
 //! The views (`StatusView`, `JobView`) and the replay selection are plain functions over the
 //! store, so `status`, `jobs` and `replay` print the same thing whether they asked the running
@@ -22,19 +22,21 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 use tracing::{error, info, warn};
 
 use crate::codes::StateName;
+use crate::http_server::{self, Accept, Bounds};
 use crate::metrics::Metrics;
 use crate::os_error::OsCause;
 use crate::pipeline::{self, Health};
-use crate::serve;
 use crate::store::records::{JobState, JobV1, ManifestCounts, ManifestV1};
 use crate::store::{JobId, Store, StoreError};
 use crate::text::Escaped;
@@ -462,21 +464,35 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest request body read (a replay request is a few dozen bytes).
 pub const MAX_REQUEST_BODY: usize = 64 * 1024;
-/// The whole answer to a connection over [`MAX_CONNECTIONS`].
-const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 57\r\nconnection: close\r\n\r\n{\"error\":\"the admin server is busy; try again in a while\"}";
-
-/// The bounds of the admin socket and the metrics port (see [`crate::serve`]).
-const BOUNDS: serve::Bounds = serve::Bounds {
+/// The admin listeners' bounds.
+const BOUNDS: Bounds = Bounds {
     name: "admin",
     max_connections: MAX_CONNECTIONS,
     header_timeout: HEADER_TIMEOUT,
     body_timeout: BODY_TIMEOUT,
     max_body: MAX_REQUEST_BODY,
-    busy: BUSY,
+    // How long shutdown waits for requests in progress (idle connections close at once).
+    drain: Duration::from_secs(5),
 };
 
-async fn serve_bounded(listener: impl serve::Accept, app: Router, cancel: CancellationToken) {
-    serve::serve_bounded(listener, app, BOUNDS, cancel).await;
+/// Serves `app` on `listener` within [`BOUNDS`] until `cancel`.
+async fn serve_bounded(listener: impl Accept, app: Router, cancel: CancellationToken) {
+    let handler = move |req: Request<Incoming>| handle(app.clone(), req);
+    http_server::serve(listener, BOUNDS, handler, cancel).await;
+}
+
+/// Reads the request body (bounded in time and size), then routes the request.
+async fn handle(app: Router, req: Request<Incoming>) -> Response {
+    let (parts, body) = req.into_parts();
+    let bytes = match http_server::read_body(body, &BOUNDS).await {
+        Ok(bytes) => bytes,
+        Err(err) => return err.response(),
+    };
+    let req = Request::from_parts(parts, axum::body::Body::from(bytes));
+    match app.oneshot(req).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
 }
 
 async fn healthz(State(state): State<AdminState>) -> Response {

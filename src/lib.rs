@@ -19,8 +19,8 @@
 //!   outbox filesystem's name limits and the names of report and error files.
 //! - [`daemon`]: wiring, supervision, systemd notifications, reload and shutdown; [`signal`],
 //!   [`logging`].
-//! - [`admin`]: the admin socket (status, jobs, replay, health) and [`metrics`]; [`serve`]: the
-//!   bounded HTTP server behind every listener.
+//! - [`admin`]: the admin socket (status, jobs, replay, health) and [`metrics`];
+//!   [`http_server`]: the bounded HTTP server under the admin API and the dashboard.
 //! - [`activity`]: what the dashboard and alerts read over time (throughput series, the outbox's
 //!   disk, progress); [`web`]: the dashboard; [`alerts`]: messages to webhooks.
 //! - [`cli`]: the command line.
@@ -37,6 +37,7 @@ pub mod config;
 pub mod daemon;
 pub mod emulator;
 pub mod filename;
+pub mod http_server;
 pub mod lifecycle;
 pub mod logging;
 pub mod manifest;
@@ -46,7 +47,6 @@ pub mod output;
 pub mod pipeline;
 pub mod report;
 pub mod retry;
-pub mod serve;
 pub mod signal;
 pub mod store;
 pub mod text;

@@ -1,5 +1,5 @@
 //! The dashboard (`web`): server-rendered pages for the teams who drop manifests, served on its
-//! own TCP listener by the same bounded server as the admin socket ([`crate::serve`]).
+//! own TCP listener by the same bounded server as the admin socket ([`crate::http_server`]).
 //!
 //! Pages ([`pages`]): the overview (the service's state, throughput now and over the last hour,
 //! requests against the rate limit, in flight, queued, done and failed today, in doubt, the
@@ -36,12 +36,14 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
+use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 use tracing::info;
 
 use crate::config::web::WebConfig;
 use crate::os_error::OsCause;
-use crate::{activity, pipeline, serve};
+use crate::{activity, http_server, pipeline};
 
 /// Most connections the dashboard serves at once.
 pub const MAX_CONNECTIONS: usize = 64;
@@ -51,14 +53,14 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest request body (a login or action form is a few hundred bytes).
 pub const MAX_REQUEST_BODY: usize = 16 * 1024;
-const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 48\r\nconnection: close\r\n\r\nThe dashboard is busy; try again in a moment.\r\n";
-const BOUNDS: serve::Bounds = serve::Bounds {
+const BOUNDS: http_server::Bounds = http_server::Bounds {
     name: "dashboard",
     max_connections: MAX_CONNECTIONS,
     header_timeout: HEADER_TIMEOUT,
     body_timeout: BODY_TIMEOUT,
     max_body: MAX_REQUEST_BODY,
-    busy: BUSY,
+    // How long shutdown waits for requests in progress (idle connections close at once).
+    drain: Duration::from_secs(5),
 };
 /// Allows the dashboard's own script and stylesheet and images; nothing inline, no frames.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
@@ -175,13 +177,24 @@ pub async fn start(
             }
         }
     });
-    let task = tokio::spawn(serve::serve_bounded(
-        listener,
-        router(state),
-        BOUNDS,
-        cancel,
-    ));
+    let app = router(state);
+    let handler = move |req: Request<Incoming>| handle(app.clone(), req);
+    let task = tokio::spawn(http_server::serve(listener, BOUNDS, handler, cancel));
     Ok((addr, task))
+}
+
+/// Reads the request body (bounded in time and size), then routes the request.
+async fn handle(app: Router, req: Request<Incoming>) -> Response {
+    let (parts, body) = req.into_parts();
+    let bytes = match http_server::read_body(body, &BOUNDS).await {
+        Ok(bytes) => bytes,
+        Err(err) => return err.response(),
+    };
+    let req = Request::from_parts(parts, axum::body::Body::from(bytes));
+    match app.oneshot(req).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
 }
 
 /// Every route; all but the login form and the static files need a caller the dashboard lets in.
