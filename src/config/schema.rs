@@ -37,6 +37,7 @@ const SCHEMA: &[(&str, &[&str])] = &[
     (
         "web",
         &[
+            "enabled",
             "listen",
             "users_file",
             "token_file",

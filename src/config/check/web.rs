@@ -24,11 +24,13 @@ const SINK_KEYS: &[&str] = &[
 ];
 
 impl Checker {
-    /// `web`, or `None` when the section is absent or null (the dashboard is off).
+    /// `web`, or `None` when the section is absent or null or says `enabled: false` (the
+    /// dashboard is off; its other keys are still checked).
     pub(super) fn web(&mut self, root: &Value, base_dir: &Path) -> Option<WebConfig> {
         if matches!(lookup(root, "web"), None | Some(Value::Null)) {
             return None;
         }
+        let enabled = self.boolean(root, "web.enabled", true);
         let listen = self
             .socket_addr(root, "web.listen")
             .unwrap_or(DEFAULT_WEB_LISTEN);
@@ -58,6 +60,9 @@ impl Checker {
             allow_actions,
             public_url,
         };
+        if !enabled {
+            return None;
+        }
         if !listen.ip().is_loopback() && !web.auth_configured() {
             self.problem(
                 "web.listen",
@@ -111,6 +116,16 @@ impl Checker {
             };
             for field in map.keys() {
                 if !SINK_KEYS.contains(&field.as_str()) {
+                    let near = SINK_KEYS
+                        .iter()
+                        .find(|k| k.starts_with(field.as_str()) || field.starts_with(*k));
+                    if let Some(near) = near {
+                        self.problem(
+                            &format!("{key}.{field}"),
+                            format!("unknown key; did you mean `{near}`?"),
+                        );
+                        continue;
+                    }
                     self.problem(
                         &format!("{key}.{field}"),
                         format!(
@@ -219,7 +234,7 @@ impl Checker {
                         None => self.problem(
                             &format!("{key}[{n}]"),
                             format!(
-                                "`{}` is not an event; use one of: {}",
+                                "{} is not an event; use one of: {}",
                                 describe(item),
                                 known()
                             ),
