@@ -1,6 +1,7 @@
-//! The benchmark of issue 6 (and the dashboard row of issue 14): starts the emulator in-process, runs the real daemon binary
-//! (`target/release/claid-hotfolder run --once`) against it on generated inputs, and prints one
-//! markdown table of figures against their targets. A report, not a test: nothing is asserted.
+//! The benchmark of issue 6 (and the dashboard's row of issue 14): starts the emulator
+//! in-process, runs the real daemon binary (`target/release/claid-hotfolder run --once`) against
+//! it on generated inputs, and prints one markdown table of figures against their targets. A
+//! report, not a test: nothing is asserted.
 //!
 //! ```text
 //! cargo build --release && cargo run --release --example bench -- [--quick] [--only NAME]... [--runs N]

@@ -194,6 +194,11 @@ impl State {
         };
     }
 
+    /// The sampler has stopped (shutdown): nothing is known to be idle any more.
+    pub fn stop(&mut self) {
+        self.idle_since = None;
+    }
+
     pub fn set_disk(&mut self, disk: Disk) {
         self.disk = disk;
     }
@@ -323,6 +328,8 @@ pub fn spawn(pipeline: pipeline::Handle, outbox: PathBuf, cancel: CancellationTo
                 }
             }
         }
+        // A drain at shutdown is no stall.
+        sampler.lock().stop();
     });
     handle
 }

@@ -1,6 +1,7 @@
 //! The command line (clap): `run`, `validate`, `plan`, `status`, `jobs`, `replay`, `emulator`,
-//! and the mapping of each command's outcome to an exit code; the hidden `generate-assets` writes
-//! the man pages and shell completions generated from this definition (packaging/).
+//! `web-user` (the dashboard's users file), and the mapping of each command's outcome to an exit
+//! code; the hidden `generate-assets` writes the man pages and shell completions generated from
+//! this definition (packaging/).
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
