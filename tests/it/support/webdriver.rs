@@ -41,15 +41,18 @@ pub struct Browser {
     session: String,
     /// Ends chromedriver when the test ends, whatever happens.
     _driver: Child,
-    /// The fresh profile (`--user-data-dir`), removed at the end.
-    _profile: tempfile::TempDir,
+    /// The fresh profile (`--user-data-dir`) and chromedriver's log, removed at the end.
+    _scratch: tempfile::TempDir,
 }
 
 impl Browser {
     /// Starts chromedriver and a browser whose downloads go to `downloads`.
     pub async fn start(driver: &Path, downloads: &Path) -> Browser {
         let port = free_port();
-        let log = std::env::temp_dir().join(format!("chromedriver-{port}.log"));
+        // The profile and the driver's log live in one temporary folder, removed at the end.
+        let scratch = tempfile::tempdir().expect("browser folder");
+        let log = scratch.path().join("chromedriver.log");
+        let profile = scratch.path().join("profile");
         let child = Command::new(driver)
             .arg(format!("--port={port}"))
             .arg(format!("--log-path={}", log.display()))
@@ -75,13 +78,12 @@ impl Browser {
             }
         })
         .await;
-        let profile = tempfile::tempdir().expect("profile dir");
         let mut options = json!({
             "args": [
                 "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
                 "--window-size=1280,1000",
-                format!("--user-data-dir={}", profile.path().display()),
+                format!("--user-data-dir={}", profile.display()),
             ],
             "prefs": {
                 "download.default_directory": downloads.display().to_string(),
@@ -116,7 +118,7 @@ impl Browser {
             port,
             session,
             _driver: child,
-            _profile: profile,
+            _scratch: scratch,
         }
     }
 
