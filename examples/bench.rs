@@ -1,6 +1,7 @@
-//! The benchmark of issue 6: starts the emulator in-process, runs the real daemon binary
-//! (`target/release/claid-hotfolder run --once`) against it on generated inputs, and prints one
-//! markdown table of figures against their targets. A report, not a test: nothing is asserted.
+//! The benchmark of issue 6 (and the dashboard's row of issue 14): starts the emulator
+//! in-process, runs the real daemon binary (`target/release/claid-hotfolder run --once`) against
+//! it on generated inputs, and prints one markdown table of figures against their targets. A
+//! report, not a test: nothing is asserted.
 //!
 //! ```text
 //! cargo build --release && cargo run --release --example bench -- [--quick] [--only NAME]... [--runs N]
@@ -23,7 +24,15 @@ use clap::Parser;
 use rand::SeedableRng;
 
 /// Every row, in table order.
-const ROWS: [&str; 6] = ["throughput", "ratelimit", "delay", "rss", "restart", "scan"];
+const ROWS: [&str; 7] = [
+    "throughput",
+    "ratelimit",
+    "delay",
+    "rss",
+    "restart",
+    "scan",
+    "overview",
+];
 
 #[derive(Debug, Parser)]
 #[command(about = "Benchmark of claid-hotfolder against the emulator (issue 6)")]
@@ -31,7 +40,7 @@ struct Args {
     /// Scaled-down counts (minutes instead of an hour); the table says so.
     #[arg(long)]
     quick: bool,
-    /// Run only this row (repeatable): throughput, ratelimit, delay, rss, restart, scan.
+    /// Run only this row (repeatable): throughput, ratelimit, delay, rss, restart, scan, overview.
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(ROWS))]
     only: Vec<String>,
     /// Runs per fast figure (throughput, delay, scan); the figure is their median.
@@ -64,6 +73,8 @@ struct Sizes {
     restart: usize,
     scan_folders: usize,
     scan_files_per_folder: usize,
+    /// Active manifests and images per manifest of the dashboard's overview row (issue 14).
+    overview: (usize, usize),
 }
 
 impl Sizes {
@@ -77,6 +88,7 @@ impl Sizes {
                 restart: 20_000,
                 scan_folders: 200,
                 scan_files_per_folder: 100,
+                overview: (200, 500),
             }
         } else {
             Sizes {
@@ -87,6 +99,7 @@ impl Sizes {
                 restart: 100_000,
                 scan_folders: 1_000,
                 scan_files_per_folder: 100,
+                overview: (200, 5_000),
             }
         }
     }
@@ -160,6 +173,15 @@ fn main() -> Result<()> {
             args.runs,
             &mut notes,
         )?);
+    }
+
+    if wanted("overview") {
+        let (manifests, per) = sizes.overview;
+        eprintln!(
+            "== overview: the dashboard with {} jobs in {manifests} active manifests",
+            manifests * per
+        );
+        rows.extend(bench.overview(manifests, per, &mut notes)?);
     }
 
     print_report(&args, &rows, &notes)?;
@@ -755,6 +777,98 @@ impl Bench {
             measured: format!("{t:.2} s"),
             target: "≤ 2 s",
             met: Some(t <= 2.0),
+        }])
+    }
+
+    // ---- row 8: the dashboard's overview (issue 14) ------------------------------------
+
+    /// Registers `manifests` manifests of `per` images each through the real daemon (nothing
+    /// finishes: latency 1 h), then times `GET /` of its dashboard: the overview page with
+    /// every active manifest, as a browser asks for it.
+    fn overview(&self, manifests: usize, per: usize, notes: &mut Notes) -> Result<Vec<Row>> {
+        const WARMUP: usize = 5;
+        const SAMPLES: usize = 101;
+        let scenario = Scenario::default()
+            .latency(Latency::Fixed(Duration::from_secs(3600)))
+            .seed(8);
+        let emu = Emu::start(scenario, 1)?;
+        let work = self.workdir()?;
+        work.write_config(&emu.base_url(), &CLAID_DEFAULT)?;
+        let mut config = fs::read_to_string(&work.config)?;
+        config.push_str("web:\n  listen: 127.0.0.1:0\n");
+        fs::write(&work.config, config)?;
+        for m in 0..manifests {
+            work.write_manifest(&format!("m{m:03}.yaml"), &format!("m{m:03}-"), per)?;
+        }
+        let mut child = self.spawn(&work, "daemon.log")?;
+        let log = work.root().join("daemon.log");
+        let t0 = Instant::now();
+        let registered = loop {
+            let text = fs::read_to_string(&log).unwrap_or_default();
+            if text.matches("Manifest accepted").count() >= manifests {
+                break true;
+            }
+            if child.try_wait()?.is_some() || t0.elapsed() > Duration::from_secs(3600) {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        let registration = t0.elapsed();
+        let addr = grep_line(&log, "Dashboard listening").and_then(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("addr=").map(str::to_owned))
+        });
+        let (Some(addr), true) = (addr, registered) else {
+            child.kill().ok();
+            child.wait()?;
+            notes.add("overview: the daemon did not register every manifest (log: daemon.log)");
+            work.finish(notes);
+            return Ok(Vec::new());
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let client = reqwest::Client::new();
+        let url = format!("http://{addr}/");
+        let mut times = Vec::with_capacity(SAMPLES);
+        let mut bytes = 0;
+        let mut listed = 0;
+        for i in 0..WARMUP + SAMPLES {
+            let started = Instant::now();
+            let body = rt.block_on(async {
+                let res = client.get(&url).send().await?.error_for_status()?;
+                res.text().await
+            })?;
+            let took = started.elapsed();
+            if i >= WARMUP {
+                times.push(took.as_secs_f64() * 1000.0);
+            }
+            bytes = body.len();
+            listed = body.matches("<progress ").count();
+        }
+        let hwm = vm_hwm_kib(child.id()).unwrap_or(0);
+        child.kill().ok();
+        child.wait()?;
+        times.sort_by(f64::total_cmp);
+        let p50 = median(&times);
+        let p90 = quantile(&times, 0.9);
+        let jobs = manifests * per;
+        notes.add(format!(
+            "overview: {jobs} jobs in {manifests} manifests registered in {:.0} s; the page lists {listed} active manifests ({:.0} kB of HTML); {SAMPLES} sequential GET / after {WARMUP} to warm up: p50 {p50:.1} ms, p90 {p90:.1} ms, max {:.1} ms; daemon peak RSS {:.1} MB",
+            registration.as_secs_f64(),
+            bytes as f64 / 1000.0,
+            times.last().copied().unwrap_or(0.0),
+            hwm as f64 / 1024.0
+        ));
+        work.finish(notes);
+        Ok(vec![Row {
+            figure: "dashboard overview, median answer",
+            scenario: format!(
+                "{jobs} jobs in the store, {manifests} active manifests (latency 1 h: nothing finishes), `GET /` with every manifest's row"
+            ),
+            measured: format!("{p50:.1} ms (p90 {p90:.1} ms)"),
+            target: "< 50 ms",
+            met: Some(p50 < 50.0 && listed == manifests),
         }])
     }
 

@@ -1,7 +1,7 @@
 //! The command line (clap): `run`, `validate`, `plan`, `status`, `jobs`, `replay`, `emulator`,
-//! and the mapping of each command's outcome to an exit code of the one table in
-//! [`crate::exit`]; the hidden `generate-assets` writes the man pages and shell completions
-//! generated from this definition (packaging/).
+//! `web-user` (the dashboard's users file), and the mapping of each command's outcome to an exit
+//! code of the one table in [`crate::exit`]; the hidden `generate-assets` writes the man pages
+//! and shell completions generated from this definition (packaging/).
 //!
 //! Every error is printed once, with its causes and, where one applies, a hint (`error: …`,
 //! `hint: …` on stderr); once `run` has set up logging, as one log line. `status`, `jobs` and
@@ -124,6 +124,17 @@ pub enum Command {
         #[command(flatten)]
         scenario: Box<emulator::ScenarioArgs>,
     },
+    /// Manage the dashboard's users (`web.users_file`): add one or set a new password, remove one, list them.
+    WebUser {
+        /// The YAML config file, for its `web.users_file`.
+        #[arg(long, short = 'c', env = "CLAID_HOTFOLDER_CONFIG", default_value = DEFAULT_CONFIG, global = true)]
+        config: PathBuf,
+        /// The users file to edit instead of the config's `web.users_file`.
+        #[arg(long, global = true)]
+        users_file: Option<PathBuf>,
+        #[command(subcommand)]
+        action: WebUserAction,
+    },
     /// Write the man pages and the bash, zsh and fish completions into a folder (packaging).
     #[command(hide = true)]
     GenerateAssets {
@@ -131,6 +142,18 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+/// What `web-user` does.
+#[derive(Debug, Subcommand)]
+pub enum WebUserAction {
+    /// Add a user, or set a new password for one: the password is read from the terminal
+    /// (twice, not echoed) or from the first line of standard input.
+    Add { name: String },
+    /// Remove a user (their sessions end when the daemon re-reads the file).
+    Remove { name: String },
+    /// List the users.
+    List,
 }
 
 /// Which jobs `replay` requeues.
@@ -199,6 +222,11 @@ pub fn execute(cli: Cli) -> i32 {
             since,
         } => report(cmd_replay(&config.config, &select, since)),
         Command::Emulator { listen, scenario } => report(cmd_emulator(listen, *scenario)),
+        Command::WebUser {
+            config,
+            users_file,
+            action,
+        } => report(cmd_web_user(&config, users_file.as_deref(), &action)),
         Command::GenerateAssets { out } => report(cmd_generate_assets(&out)),
     }
 }
@@ -1024,6 +1052,92 @@ const MAN_FILES: &[(&str, &str)] = &[
 
 /// Writes `claid-hotfolder.1` (with FILES and SEE ALSO sections), one `claid-hotfolder-<sub>.1`
 /// per subcommand, and the bash, zsh and fish completions into `out`.
+fn cmd_web_user(
+    config_path: &Path,
+    users_file: Option<&Path>,
+    action: &WebUserAction,
+) -> anyhow::Result<i32> {
+    use crate::web::users::{self, Users};
+    let path = match users_file {
+        Some(path) => path.to_path_buf(),
+        None => load_config(config_path)?
+            .web
+            .and_then(|web| web.users_file)
+            .with_context(|| {
+                format!(
+                    "{} sets no `web.users_file`; set it, or give --users-file",
+                    config_path.display()
+                )
+            })?,
+    };
+    match action {
+        WebUserAction::List => {
+            for name in Users::read(&path)?.by_name.keys() {
+                println!("{name}");
+            }
+        }
+        WebUserAction::Add { name } => {
+            users::check_name(name)?;
+            let mut all = Users::read_or_empty(&path)?;
+            let password = read_password()?;
+            if password.chars().count() < users::MIN_PASSWORD_CHARS {
+                return Err(users::UsersError::ShortPassword.into());
+            }
+            let replaced = all
+                .by_name
+                .insert(name.clone(), users::hash_password(&password)?)
+                .is_some();
+            all.write(&path)?;
+            let done = if replaced {
+                "new password for"
+            } else {
+                "added"
+            };
+            println!("{done} {name} in {}", path.display());
+        }
+        WebUserAction::Remove { name } => {
+            let mut all = Users::read(&path)?;
+            if all.by_name.remove(name).is_none() {
+                return Err(users::UsersError::NoSuchUser(name.clone()).into());
+            }
+            all.write(&path)?;
+            println!("removed {name} from {}", path.display());
+        }
+    }
+    Ok(EX_OK)
+}
+
+/// A password from the terminal (asked twice, not echoed) or the first line of standard input.
+fn read_password() -> anyhow::Result<String> {
+    use std::io::BufRead;
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        let mut line = String::new();
+        stdin.lock().read_line(&mut line)?;
+        return Ok(line.trim_end_matches(['\n', '\r']).to_owned());
+    }
+    let ask = |prompt: &str| -> anyhow::Result<String> {
+        eprint!("{prompt}");
+        let before = rustix::termios::tcgetattr(&stdin)?;
+        let mut quiet = before.clone();
+        quiet.local_modes.remove(rustix::termios::LocalModes::ECHO);
+        rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &quiet)?;
+        let mut line = String::new();
+        let read = stdin.lock().read_line(&mut line);
+        rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &before)?;
+        eprintln!();
+        read?;
+        Ok(line.trim_end_matches(['\n', '\r']).to_owned())
+    };
+    let first = ask("Password: ")?;
+    let again = ask("Again: ")?;
+    anyhow::ensure!(
+        first == again,
+        "the two passwords differ; nothing was changed"
+    );
+    Ok(first)
+}
+
 fn cmd_generate_assets(out: &Path) -> anyhow::Result<i32> {
     use clap_complete::Shell;
     use clap_mangen::roff::{Roff, bold, roman};

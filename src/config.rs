@@ -28,6 +28,7 @@ mod check;
 mod env;
 pub mod print;
 mod schema;
+pub mod web;
 
 /// A config nests like a manifest ([`yaml::MAX_DEPTH`]); its lists are the operator's own.
 const BOUNDS: Bounds = Bounds {
@@ -76,6 +77,10 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Named operation/output sets that manifests refer to with `profile:`.
     pub profiles: BTreeMap<String, Profile>,
+    /// The dashboard; `None` = off.
+    pub web: Option<web::WebConfig>,
+    /// Where alerts go; empty = none.
+    pub alerts: Vec<web::AlertSink>,
 }
 
 /// Where the Claid API is.
@@ -452,4 +457,6 @@ pub const TOP_KEYS: &[&str] = &[
     "limits",
     "shutdown_grace",
     "profiles",
+    "web",
+    "alerts",
 ];

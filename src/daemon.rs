@@ -23,12 +23,14 @@ use crate::os_error::OsCause;
 use crate::pipeline::{self, Deps, Folders, Policies};
 use crate::store::{Store, StoreError};
 use crate::text::Escaped;
-use crate::{admin, emulator, output, watcher};
+use crate::{activity, admin, alerts, emulator, output, watcher, web};
 
 /// The file in the state directory that names the PID of the daemon holding the store.
 pub const PID_FILE: &str = "claid-hotfolder.pid";
 /// Where the processed version of each running manifest is kept, under the state folder.
 const COPIES_DIR: &str = "copies";
+/// How long shutdown waits for alert messages still queued (the last run's `manifest-finished`).
+const ALERTS_FLUSH: Duration = Duration::from_secs(5);
 /// How often `STATUS=` is refreshed for systemd.
 const STATUS_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -86,6 +88,10 @@ pub enum FatalError {
     Emulator(#[source] std::io::Error),
     #[error("the inbox watcher stopped")]
     Watcher(#[source] watcher::WatchError),
+    #[error(transparent)]
+    Web(#[from] web::WebError),
+    #[error(transparent)]
+    Alerts(#[from] alerts::AlertError),
 }
 
 /// How `run` was asked to behave.
@@ -204,6 +210,44 @@ pub async fn run(
         tracker: tracker.clone(),
     });
 
+    // The dashboard and the alerts (issue 14) read the activity sampler; the alerts subscribe
+    // to the pipeline's notices before it resumes, so no notice is missed.
+    let activity = (config.web.is_some() || !config.alerts.is_empty())
+        .then(|| activity::spawn(pipeline.clone(), folders.outbox.clone(), cancel.clone()));
+    let alerts = match &activity {
+        Some(activity) if !config.alerts.is_empty() => Some(alerts::start(
+            &config.alerts,
+            config.web.as_ref().map(|w| w.link_base()),
+            &pipeline,
+            activity,
+            metrics.clone(),
+        )?),
+        _ => None,
+    };
+
+    // Bound before anything runs: a dashboard that cannot listen stops the start.
+    let web_task = match (&config.web, &activity) {
+        (Some(web_config), Some(activity)) => {
+            let (_, task) = web::start(
+                web::Deps {
+                    config: web_config.clone(),
+                    pipeline: pipeline.clone(),
+                    activity: activity.clone(),
+                    inbox: folders.inbox.clone(),
+                    outbox: folders.outbox.clone(),
+                    rejected: folders.rejected.clone(),
+                    state: folders.state.clone(),
+                    rate_limit_per_minute: u64::from(config.api.requests_per_minute.get())
+                        .min(u64::from(config.api.requests_per_second.get()) * 60),
+                },
+                cancel.clone(),
+            )
+            .await?;
+            Some(task)
+        }
+        _ => None,
+    };
+
     let summary = pipeline.resume().await?;
     info!(
         manifests = summary.manifests,
@@ -271,6 +315,14 @@ pub async fn run(
     let graceful = graceful && finished;
     if let Err(err) = store.flush().await {
         error!(error = %err, "Cannot flush the store at shutdown");
+    }
+    if let Some(alerts) = alerts {
+        alerts.finish(ALERTS_FLUSH).await;
+    }
+    if let Some(task) = web_task
+        && let Err(err) = task.await
+    {
+        error!(error = %err, "The dashboard panicked");
     }
     if graceful {
         info!("Drained gracefully");

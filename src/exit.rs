@@ -171,6 +171,16 @@ fn of_fatal(err: &FatalError) -> i32 {
         FatalError::Emulator(_) => UNAVAILABLE,
         FatalError::Watcher(WatchError::Inbox { cause, .. }) => of_io(cause, Access::Read),
         FatalError::Watcher(_) => IO_ERR,
+        FatalError::Web(crate::web::WebError::Bind { cause, .. }) => of_io(cause, Access::Create),
+        // A users or token file that is missing or wrong: what was configured is wrong.
+        FatalError::Web(_) => USAGE,
+        FatalError::Alerts(crate::alerts::AlertError::UrlFile { cause, .. }) => {
+            match of_io(cause, Access::Read) {
+                NO_PERM => NO_PERM,
+                _ => USAGE,
+            }
+        }
+        FatalError::Alerts(_) => USAGE,
     }
 }
 

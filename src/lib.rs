@@ -21,14 +21,16 @@
 //!   [`logging`].
 //! - [`admin`]: the admin socket (status, jobs, replay, health) and [`metrics`]; [`webhook`]:
 //!   the receiver of Claid's signed webhooks; both run on [`http_server`], the bounded server.
-//! - [`cli`]: the command line.
-//! - [`admin`]: the admin socket (status, jobs, replay, health) and [`metrics`].
+//! - [`activity`]: what the dashboard and alerts read over time (throughput series, the outbox's
+//!   disk, progress); [`web`]: the dashboard; [`alerts`]: messages to webhooks.
 //! - [`cli`]: the command line; [`exit`]: its one table of exit codes.
 //! - [`text`]: untrusted text escaped for logs; [`os_error`]: OS errors named by errno.
 //! - [`objects`]: object storage (S3 and S3-compatible) for storage inputs and outputs.
 //! - [`emulator`]: the bundled Claid-compatible emulator.
 
+pub mod activity;
 pub mod admin;
+pub mod alerts;
 pub mod claid;
 pub mod cli;
 pub mod codes;
@@ -52,5 +54,6 @@ pub mod signal;
 pub mod store;
 pub mod text;
 pub mod watcher;
+pub mod web;
 pub mod webhook;
 pub mod yaml;

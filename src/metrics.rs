@@ -36,6 +36,18 @@ pub struct EndpointLabel {
     pub endpoint: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabel {
+    pub sink: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlertDropLabels {
+    pub sink: String,
+    /// `queue-full`, `gave-up`, `refused`, `lagged` or `shutdown`.
+    pub reason: String,
+}
+
 /// Every metric the daemon exports. Cheap to share behind an `Arc`.
 pub struct Metrics {
     registry: Registry,
@@ -64,6 +76,10 @@ pub struct Metrics {
     pub bytes_written: Counter,
     /// 1 while submitting is paused by a systemic API error.
     pub paused: Gauge,
+    /// Alert messages delivered, by sink.
+    pub alerts_sent: Family<SinkLabel, Counter>,
+    /// Alert messages dropped without delivery, by sink and reason.
+    pub alerts_dropped: Family<AlertDropLabels, Counter>,
     /// The last client counters folded into the families above, so scrapes add deltas only.
     folded: Mutex<ClientStats>,
 }
@@ -153,6 +169,18 @@ impl Metrics {
             "1 while submitting is paused by a systemic API error",
             paused.clone(),
         );
+        let alerts_sent = Family::<SinkLabel, Counter>::default();
+        registry.register(
+            "alerts_sent",
+            "Alert messages delivered, by sink",
+            alerts_sent.clone(),
+        );
+        let alerts_dropped = Family::<AlertDropLabels, Counter>::default();
+        registry.register(
+            "alerts_dropped",
+            "Alert messages dropped without delivery, by sink and reason",
+            alerts_dropped.clone(),
+        );
         Metrics {
             registry,
             jobs,
@@ -168,6 +196,8 @@ impl Metrics {
             in_doubt,
             bytes_written,
             paused,
+            alerts_sent,
+            alerts_dropped,
             folded: Mutex::new(ClientStats::default()),
         }
     }
@@ -228,6 +258,16 @@ impl Metrics {
                 })
                 .set(counts.of(state) as i64);
         }
+    }
+
+    /// Counts `n` alert messages of `sink` dropped for `reason`.
+    pub fn alert_dropped(&self, sink: &str, reason: &str, n: u64) {
+        self.alerts_dropped
+            .get_or_create(&AlertDropLabels {
+                sink: sink.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc_by(n);
     }
 
     /// The Prometheus text exposition of every metric.

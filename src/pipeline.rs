@@ -438,6 +438,12 @@ impl Handle {
         self.shared.batching.view()
     }
 
+    /// The API client's counters: requests by endpoint and status, limiter waits (for the
+    /// dashboard's share of the rate limit).
+    pub fn client_stats(&self) -> crate::claid::ClientStats {
+        self.shared.client.stats()
+    }
+
     /// Notices of what happens from now on (for alerts and the dashboard).
     pub fn subscribe_notices(&self) -> tokio::sync::broadcast::Receiver<notices::Notice> {
         self.shared.notices.subscribe()

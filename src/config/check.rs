@@ -24,6 +24,8 @@ use crate::config::{
 };
 use crate::yaml::kind;
 
+mod web;
+
 /// Turns the parsed value into a [`Config`], collecting every problem on the way.
 #[derive(Default)]
 pub struct Checker {
@@ -91,7 +93,7 @@ impl Checker {
         }
         self.section(root, "");
         for section in [
-            "api", "api.poll", "folders", "watch", "admin", "log", "limits",
+            "api", "api.poll", "folders", "watch", "admin", "log", "limits", "web",
         ] {
             self.section(root, section);
         }
@@ -134,6 +136,8 @@ impl Checker {
         };
         let shutdown_grace = self.duration(root, "shutdown_grace", DEFAULT_SHUTDOWN_GRACE, true);
         let profiles = self.profiles(root);
+        let web = self.web(root, &base_dir);
+        let alerts = self.alerts(root, &base_dir);
         Some(Config {
             api: api?,
             folders: folders?,
@@ -146,6 +150,8 @@ impl Checker {
             limits,
             shutdown_grace,
             profiles,
+            web,
+            alerts,
         })
     }
 

@@ -101,6 +101,14 @@ pub fn to_yaml(config: &Config) -> String {
         ]),
     );
     root.insert("shutdown_grace".into(), duration(config.shutdown_grace));
+    root.insert(
+        "web".into(),
+        crate::config::web::web_yaml(config.web.as_ref()),
+    );
+    root.insert(
+        "alerts".into(),
+        crate::config::web::alerts_yaml(&config.alerts),
+    );
     let mut profiles = Mapping::new();
     for (name, profile) in &config.profiles {
         let mut fields = Mapping::new();

@@ -36,6 +36,17 @@ const SCHEMA: &[(&str, &[&str])] = &[
         &["max_manifest_bytes", "max_images", "max_download_bytes"],
     ),
     ("profiles.*", &["operations", "output"]),
+    (
+        "web",
+        &[
+            "enabled",
+            "listen",
+            "users_file",
+            "token_file",
+            "allow_actions",
+            "public_url",
+        ],
+    ),
 ];
 
 /// Every dotted key the config knows (for "did you mean" across sections, and the docs test);

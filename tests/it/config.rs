@@ -103,6 +103,8 @@ fn production_example_is_valid_and_documents_defaults() {
     assert_eq!(cfg.shutdown_grace, config::DEFAULT_SHUTDOWN_GRACE);
     assert_eq!(cfg.folders.inbox, PathBuf::from("/srv/claid/inbox"));
     assert!(cfg.profiles.contains_key("white-1000"));
+    assert_eq!(cfg.web, None, "the dashboard is off by default");
+    assert!(cfg.alerts.is_empty(), "no alert sink by default");
 }
 
 #[test]
@@ -137,6 +139,17 @@ fn production_example_documents_every_key() {
         "max_download_bytes:",
         "shutdown_grace:",
         "profiles:",
+        "web:",
+        "enabled:",
+        "listen:",
+        "users_file:",
+        "token_file:",
+        "allow_actions:",
+        "public_url:",
+        "alerts:",
+        "url_file:",
+        "stalled_after:",
+        "retry_for:",
     ] {
         assert!(text.contains(key), "example lacks {key}");
     }

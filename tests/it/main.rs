@@ -1,6 +1,7 @@
 //! The one integration-test binary: a module per area (STYLE.md point 22).
 
 mod admin;
+mod alerts;
 mod batch;
 mod cli;
 mod client;
@@ -27,4 +28,5 @@ mod storage;
 mod store;
 mod support;
 mod watcher;
+mod web;
 mod webhook;

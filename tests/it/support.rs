@@ -704,3 +704,170 @@ pub fn find_on_path(name: &str) -> Option<PathBuf> {
                 .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
         })
 }
+
+pub mod webdriver;
+
+impl TestEnv {
+    /// The dashboard's address, from the `Dashboard listening` line of daemon `n`'s log (the
+    /// config may say `listen: 127.0.0.1:0`).
+    pub async fn dashboard(&self, n: usize) -> String {
+        let mut addr = String::new();
+        wait_until("the dashboard listens", Duration::from_secs(30), || {
+            let log = self.daemon_log(n);
+            let found = log
+                .lines()
+                .find(|l| l.contains("Dashboard listening"))
+                .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("addr=")))
+                .map(str::to_owned);
+            match found {
+                Some(found) => {
+                    addr = found;
+                    true
+                }
+                None => false,
+            }
+        })
+        .await;
+        addr
+    }
+}
+
+/// `claid-hotfolder web-user add NAME --users-file F` with the password on standard input.
+pub async fn web_user_add(users_file: &Path, name: &str, password: &str) -> (i32, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut child = Command::new(bin())
+        .args(["web-user", "add", name, "--users-file"])
+        .arg(users_file)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("web-user runs");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin
+        .write_all(format!("{password}\n").as_bytes())
+        .await
+        .expect("password");
+    drop(stdin);
+    let out = child.wait_with_output().await.expect("web-user ends");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// One HTTP/1.1 GET of `target` sent byte for byte (no client normalises `..` away);
+/// returns the status and the body.
+pub fn raw_get(addr: &str, target: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut request = format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A local HTTP receiver for alert webhooks: records every POST (path and JSON body) and
+/// answers with the status set in `status` (200 unless changed).
+#[derive(Clone)]
+pub struct Receiver {
+    pub addr: std::net::SocketAddr,
+    pub messages: Arc<std::sync::Mutex<Vec<(String, serde_json::Value)>>>,
+    pub status: Arc<std::sync::atomic::AtomicU16>,
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        use axum::extract::State;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let receiver = Receiver {
+            addr: listener.local_addr().expect("addr"),
+            messages: Arc::default(),
+            status: Arc::new(std::sync::atomic::AtomicU16::new(200)),
+        };
+        let state = receiver.clone();
+        let app =
+            axum::Router::new()
+                .fallback(
+                    |State(state): State<Receiver>,
+                     uri: axum::http::Uri,
+                     body: axum::body::Bytes| async move {
+                        let value = serde_json::from_slice(&body).unwrap_or_else(|_| {
+                            serde_json::Value::String(String::from_utf8_lossy(&body).into_owned())
+                        });
+                        state
+                            .messages
+                            .lock()
+                            .expect("messages")
+                            .push((uri.path().to_owned(), value));
+                        axum::http::StatusCode::from_u16(state.status.load(Ordering::SeqCst))
+                            .unwrap_or(axum::http::StatusCode::OK)
+                    },
+                )
+                .with_state(state);
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        receiver
+    }
+
+    /// The URL of a sink on this receiver.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// The bodies received on `path`, in order.
+    pub fn on(&self, path: &str) -> Vec<serde_json::Value> {
+        self.messages
+            .lock()
+            .expect("messages")
+            .iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+}
+
+/// Calls `check` until it returns `Some` (then returns the value) or `deadline` passes (then
+/// panics naming `what`). An async closure, so it may borrow and await freely.
+pub async fn wait_for<T>(
+    what: &str,
+    deadline: Duration,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let start = tokio::time::Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if start.elapsed() > deadline {
+            panic!("timed out after {deadline:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,236 @@
+//! The dashboard's actions, each a POST that needs `web.allow_actions: true`, an authenticated
+//! user and the caller's CSRF token (bearer-token callers excepted), and each written to the log
+//! as an audit line (`Dashboard action` with the user, the action and what it touched):
+//!
+//! - retry the failed jobs of a run (they are requeued, like `replay --failed` for that run);
+//! - release the jobs of a run held in doubt (the form must confirm that Claid may bill them
+//!   twice);
+//! - re-run a rejected file: it moves back to its place in the inbox (never over a file there:
+//!   the move picks `name.1.yaml` then) and its `.error.txt` is removed, so the watcher reads it
+//!   again.
+
+use axum::Extension;
+use axum::extract::{Form, Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use serde::Deserialize;
+use tracing::{info, warn};
+
+use crate::store::JobId;
+use crate::store::records::JobState;
+use crate::text::Escaped;
+use crate::web::WebState;
+use crate::web::auth::Principal;
+use crate::web::pages::problem_page;
+
+/// The fields an action form may carry.
+#[derive(Debug, Default, Deserialize)]
+pub struct ActionForm {
+    #[serde(default)]
+    pub csrf: Option<String>,
+    /// `yes` when the in-doubt warning was confirmed.
+    #[serde(default)]
+    pub confirm: Option<String>,
+    /// The rejected file to re-run, relative to the rejected folder.
+    #[serde(default)]
+    pub file: Option<String>,
+}
+
+/// The answer to a POST without the caller's CSRF token.
+pub fn forged(state: &WebState, principal: &Principal) -> Response {
+    warn!(user = %Escaped::str(&principal.user), "Dashboard POST refused: missing or wrong CSRF token");
+    problem_page(
+        state,
+        principal,
+        StatusCode::FORBIDDEN,
+        "Refused: the form was stale or did not come from this dashboard. Reload the page and try again.",
+    )
+}
+
+/// The refusal of a caller that may not act, or of a form without its CSRF token.
+fn check(state: &WebState, principal: &Principal, form: &ActionForm) -> Option<Response> {
+    if !state.may_act(principal) {
+        return Some(problem_page(
+            state,
+            principal,
+            StatusCode::FORBIDDEN,
+            "Actions are off: they need `web.allow_actions: true` and a logged-in user.",
+        ));
+    }
+    if !state.auth.csrf_ok(principal, form.csrf.as_deref()) {
+        return Some(forged(state, principal));
+    }
+    None
+}
+
+pub async fn retry_failed(
+    State(state): State<WebState>,
+    Extension(principal): Extension<Principal>,
+    UrlPath(id): UrlPath<String>,
+    Form(form): Form<ActionForm>,
+) -> Response {
+    requeue(state, principal, id, form, Kind::Failed).await
+}
+
+pub async fn release_in_doubt(
+    State(state): State<WebState>,
+    Extension(principal): Extension<Principal>,
+    UrlPath(id): UrlPath<String>,
+    Form(form): Form<ActionForm>,
+) -> Response {
+    requeue(state, principal, id, form, Kind::InDoubt).await
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Failed,
+    InDoubt,
+}
+
+async fn requeue(
+    state: WebState,
+    principal: Principal,
+    id: String,
+    form: ActionForm,
+    kind: Kind,
+) -> Response {
+    if let Some(refused) = check(&state, &principal, &form) {
+        return refused;
+    }
+    let Ok(id) = id.parse::<u64>() else {
+        return problem_page(&state, &principal, StatusCode::NOT_FOUND, "No such run.");
+    };
+    if kind == Kind::InDoubt && form.confirm.as_deref() != Some("yes") {
+        return problem_page(
+            &state,
+            &principal,
+            StatusCode::BAD_REQUEST,
+            "Confirm that Claid may bill these images twice, then release them.",
+        );
+    }
+    let store = state.pipeline.store();
+    let manifest = match store.manifest(id).await {
+        Ok(Some(m)) => m,
+        Ok(None) => return problem_page(&state, &principal, StatusCode::NOT_FOUND, "No such run."),
+        Err(err) => {
+            return problem_page(
+                &state,
+                &principal,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("The store could not be read: {err}"),
+            );
+        }
+    };
+    let ids = store
+        .read(move |reader| {
+            let mut ids: Vec<JobId> = Vec::new();
+            reader.for_each_job_of_manifest(id, |job_id, job| {
+                let pick = match kind {
+                    Kind::Failed => matches!(job.state, JobState::Failed { .. }),
+                    Kind::InDoubt => matches!(job.state, JobState::InDoubt { .. }),
+                };
+                if pick {
+                    ids.push(job_id);
+                }
+                Ok::<_, crate::store::StoreError>(())
+            })?;
+            Ok(ids)
+        })
+        .await;
+    let requeued = match ids {
+        Ok(ids) => state.pipeline.replay(ids).await,
+        Err(err) => Err(err),
+    };
+    let n = match requeued {
+        Ok(n) => n,
+        Err(err) => {
+            return problem_page(
+                &state,
+                &principal,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("The jobs could not be requeued: {err}"),
+            );
+        }
+    };
+    let (action, flash) = match kind {
+        Kind::Failed => ("retry-failed", "retried"),
+        Kind::InDoubt => ("release-in-doubt", "released"),
+    };
+    info!(
+        audit = true,
+        user = %Escaped::str(&principal.user),
+        action,
+        manifest = %Escaped::str(&manifest.rel),
+        run = id,
+        jobs = n,
+        "Dashboard action"
+    );
+    Redirect::to(&format!("/manifests/{id}?flash={flash}&n={n}")).into_response()
+}
+
+pub async fn rerun_rejected(
+    State(state): State<WebState>,
+    Extension(principal): Extension<Principal>,
+    Form(form): Form<ActionForm>,
+) -> Response {
+    if let Some(refused) = check(&state, &principal, &form) {
+        return refused;
+    }
+    let Some(rel) = form.file.clone().filter(|f| !f.is_empty()) else {
+        return problem_page(&state, &principal, StatusCode::BAD_REQUEST, "Which file?");
+    };
+    let (rejected, inbox) = (state.rejected.clone(), state.inbox.clone());
+    let rel_for_move = rel.clone();
+    let moved = tokio::task::spawn_blocking(move || rerun(&rejected, &inbox, &rel_for_move))
+        .await
+        .unwrap_or_else(|_| Err("the move was interrupted".to_owned()));
+    match moved {
+        Ok(dest) => {
+            info!(
+                audit = true,
+                user = %Escaped::str(&principal.user),
+                action = "rerun-rejected",
+                file = %Escaped::str(&rel),
+                to = %Escaped::path(&dest),
+                "Dashboard action"
+            );
+            Redirect::to("/rejected?flash=rerun").into_response()
+        }
+        Err(why) => problem_page(
+            &state,
+            &principal,
+            StatusCode::BAD_REQUEST,
+            &format!("Cannot re-run this file: {why}"),
+        ),
+    }
+}
+
+/// Moves `rejected/<rel>` back to `inbox/<rel>` and removes its error file; returns where it
+/// went.
+fn rerun(
+    rejected: &std::path::Path,
+    inbox: &std::path::Path,
+    rel: &str,
+) -> Result<std::path::PathBuf, String> {
+    let src = crate::output::safe_join(rejected, std::path::Path::new(rel))
+        .map_err(|err| err.to_string())?;
+    let meta = std::fs::symlink_metadata(&src)
+        .map_err(|_| "it is not in the rejected folder".to_owned())?;
+    if !meta.is_file() {
+        return Err("it is not a regular file".to_owned());
+    }
+    let name = src.file_name().unwrap_or_default().to_owned();
+    let dir = src.parent().unwrap_or(rejected).to_path_buf();
+    let error_file = dir.join(crate::filename::error_file_name(
+        &name,
+        &crate::filename::FsLimits::of(&dir),
+    ));
+    let dest =
+        crate::output::move_mirrored(rejected, &src, inbox).map_err(|err| err.to_string())?;
+    if let Err(err) = std::fs::remove_file(&error_file)
+        && err.kind() != std::io::ErrorKind::NotFound
+    {
+        warn!(error = %crate::os_error::OsCause(&err), file = %Escaped::path(&error_file), "Cannot remove the error file of a re-run file");
+    }
+    Ok(dest)
+}
