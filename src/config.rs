@@ -78,6 +78,8 @@ pub struct Config {
     /// Named operation/output sets that manifests refer to with `profile:`.
     pub profiles: BTreeMap<String, Profile>,
     /// The dashboard; `None` = off.
+    /// `webhook`: Claid's signed result announcements; `None` = off (results are polled).
+    pub webhook: Option<crate::webhook::WebhookConfig>,
     pub web: Option<web::WebConfig>,
     /// Where alerts go; empty = none.
     pub alerts: Vec<web::AlertSink>,
@@ -457,6 +459,7 @@ pub const TOP_KEYS: &[&str] = &[
     "limits",
     "shutdown_grace",
     "profiles",
+    "webhook",
     "web",
     "alerts",
 ];

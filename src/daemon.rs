@@ -23,7 +23,7 @@ use crate::os_error::OsCause;
 use crate::pipeline::{self, Deps, Folders, Policies};
 use crate::store::{Store, StoreError};
 use crate::text::Escaped;
-use crate::{activity, admin, alerts, emulator, output, watcher, web};
+use crate::{activity, admin, alerts, emulator, output, watcher, web, webhook};
 
 /// The file in the state directory that names the PID of the daemon holding the store.
 pub const PID_FILE: &str = "claid-hotfolder.pid";
@@ -92,6 +92,8 @@ pub enum FatalError {
     Web(#[from] web::WebError),
     #[error(transparent)]
     Alerts(#[from] alerts::AlertError),
+    #[error(transparent)]
+    Webhook(#[from] webhook::WebhookError),
 }
 
 /// How `run` was asked to behave.
@@ -205,7 +207,7 @@ pub async fn run(
         max_downloads: config.api.max_downloads.get(),
         metrics: metrics.clone(),
         batch: config.api.batch,
-        webhooks: None,
+        webhooks: config.webhook.as_ref().map(|w| w.poll_fallback),
         cancel: cancel.clone(),
         tracker: tracker.clone(),
     });
@@ -246,6 +248,15 @@ pub async fn run(
             Some(task)
         }
         _ => None,
+    };
+
+    // Claid's webhooks, when configured: verified results go to the tasks waiting for them
+    // (polling becomes the fallback). Listening before resuming, so none is missed.
+    let webhook_task = match &config.webhook {
+        Some(webhook_config) => {
+            Some(start_webhooks(webhook_config, &pipeline, &metrics, &cancel).await?)
+        }
+        None => None,
     };
 
     let summary = pipeline.resume().await?;
@@ -324,6 +335,13 @@ pub async fn run(
     {
         error!(error = %err, "The dashboard panicked");
     }
+    if let Some(task) = webhook_task {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => error!(error = %error_chain(&err), "The webhook receiver failed"),
+            Err(err) => error!(error = %err, "The webhook receiver panicked"),
+        }
+    }
     if graceful {
         info!("Drained gracefully");
     } else {
@@ -367,6 +385,39 @@ pub async fn run(
     } else {
         Ok(Outcome::AllDone)
     }
+}
+
+/// Starts the webhook receiver: the secret is read (and its file's mode checked), the listener
+/// bound, and every verified update handed to the pipeline's dispatch.
+async fn start_webhooks(
+    config: &webhook::WebhookConfig,
+    pipeline: &pipeline::Handle,
+    metrics: &Arc<Metrics>,
+    cancel: &CancellationToken,
+) -> Result<tokio::task::JoinHandle<Result<(), webhook::WebhookError>>, FatalError> {
+    let secret = webhook::Secret::load(config)?;
+    let listener = webhook::bind(config.listen).await?;
+    let counters = Arc::new(webhook::WebhookCounters::default());
+    metrics.watch_webhooks(counters.clone());
+    let (tx, mut rx) = mpsc::channel(1024);
+    let dispatch_to = pipeline.clone();
+    let unknown = counters.clone();
+    tokio::spawn(async move {
+        while let Some(update) = rx.recv().await {
+            if dispatch_to.deliver(update) == pipeline::dispatch::Delivery::Kept {
+                // Nobody waits for this task (yet): counted; it is kept a while in case its
+                // submit answer is still being recorded.
+                unknown.count_unknown_task();
+            }
+        }
+    });
+    Ok(tokio::spawn(webhook::serve(
+        listener,
+        secret,
+        tx,
+        counters,
+        cancel.clone(),
+    )))
 }
 
 /// `run --once`: every manifest in the inbox now, then wait for all jobs; gives up at once

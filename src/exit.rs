@@ -181,6 +181,11 @@ fn of_fatal(err: &FatalError) -> i32 {
             }
         }
         FatalError::Alerts(_) => USAGE,
+        FatalError::Webhook(crate::webhook::WebhookError::Bind { cause, .. }) => {
+            of_io(cause, Access::Create)
+        }
+        // The secret file is missing, empty, or readable by others: configured wrong.
+        FatalError::Webhook(_) => USAGE,
     }
 }
 

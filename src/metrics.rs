@@ -80,6 +80,11 @@ pub struct Metrics {
     pub alerts_sent: Family<SinkLabel, Counter>,
     /// Alert messages dropped without delivery, by sink and reason.
     pub alerts_dropped: Family<AlertDropLabels, Counter>,
+    /// Webhooks by what became of them (`received`, `verified`, `rejected_signature`, …, and
+    /// the dispatch's `handed`, `adopted`, `duplicate`), read at scrape time.
+    pub webhooks: Family<OutcomeLabel, Gauge>,
+    /// The receiver's counters, when webhooks are on.
+    webhook_counters: Mutex<Option<std::sync::Arc<crate::webhook::WebhookCounters>>>,
     /// The last client counters folded into the families above, so scrapes add deltas only.
     folded: Mutex<ClientStats>,
 }
@@ -181,8 +186,16 @@ impl Metrics {
             "Alert messages dropped without delivery, by sink and reason",
             alerts_dropped.clone(),
         );
+        let webhooks = Family::<OutcomeLabel, Gauge>::default();
+        registry.register(
+            "webhooks",
+            "Claid webhooks by what became of them (receiver and dispatch counts)",
+            webhooks.clone(),
+        );
         Metrics {
             registry,
+            webhooks,
+            webhook_counters: Mutex::new(None),
             jobs,
             manifests,
             api_requests,
@@ -199,6 +212,43 @@ impl Metrics {
             alerts_sent,
             alerts_dropped,
             folded: Mutex::new(ClientStats::default()),
+        }
+    }
+
+    /// Reads the webhook receiver's counters at every scrape.
+    pub fn watch_webhooks(&self, counters: std::sync::Arc<crate::webhook::WebhookCounters>) {
+        *self
+            .webhook_counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(counters);
+    }
+
+    /// Sets the webhook gauges from the receiver's and the dispatch's counts.
+    pub fn set_webhooks(&self, dispatch: &crate::pipeline::dispatch::DispatchStats) {
+        let receiver = self
+            .webhook_counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|c| c.snapshot());
+        let Some(r) = receiver else { return };
+        for (outcome, n) in [
+            ("received", r.received),
+            ("verified", r.verified),
+            ("rejected_signature", r.rejected_signature),
+            ("rejected_body", r.rejected_body),
+            ("rejected_too_large", r.rejected_too_large),
+            ("sink_busy", r.sink_busy),
+            ("unknown_task", r.unknown_task),
+            ("handed", dispatch.handed),
+            ("adopted", dispatch.adopted),
+            ("duplicate", dispatch.duplicates),
+        ] {
+            self.webhooks
+                .get_or_create(&OutcomeLabel {
+                    outcome: outcome.to_owned(),
+                })
+                .set(n as i64);
         }
     }
 

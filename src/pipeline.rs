@@ -531,6 +531,7 @@ impl Handle {
             .paused
             .set(i64::from(matches!(self.health(), Health::Paused { .. })));
         metrics.fold_client(&self.shared.client.stats());
+        metrics.set_webhooks(&self.shared.dispatch.stats());
     }
 
     /// Resumes every unfinished job of the store (SPEC §5.3): `Submitted` → poll,

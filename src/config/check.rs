@@ -93,7 +93,16 @@ impl Checker {
         }
         self.section(root, "");
         for section in [
-            "api", "api.poll", "folders", "watch", "admin", "log", "limits", "web",
+            "api",
+            "api.poll",
+            "api.batch",
+            "folders",
+            "watch",
+            "admin",
+            "log",
+            "limits",
+            "webhook",
+            "web",
         ] {
             self.section(root, section);
         }
@@ -136,6 +145,7 @@ impl Checker {
         };
         let shutdown_grace = self.duration(root, "shutdown_grace", DEFAULT_SHUTDOWN_GRACE, true);
         let profiles = self.profiles(root);
+        let webhook = self.webhook(root, &base_dir);
         let web = self.web(root, &base_dir);
         let alerts = self.alerts(root, &base_dir);
         Some(Config {
@@ -150,6 +160,7 @@ impl Checker {
             limits,
             shutdown_grace,
             profiles,
+            webhook,
             web,
             alerts,
         })

@@ -101,6 +101,21 @@ pub fn to_yaml(config: &Config) -> String {
         ]),
     );
     root.insert("shutdown_grace".into(), duration(config.shutdown_grace));
+    let webhook = config.webhook.clone();
+    let defaults = crate::webhook::WebhookConfig::default();
+    let shown = webhook.clone().unwrap_or(defaults);
+    root.insert(
+        "webhook".into(),
+        map([
+            ("enabled", webhook.is_some().into()),
+            ("listen", shown.listen.to_string().into()),
+            (
+                "secret_file",
+                shown.secret_file.as_deref().map_or(Value::Null, path),
+            ),
+            ("poll_fallback", duration(shown.poll_fallback)),
+        ]),
+    );
     root.insert(
         "web".into(),
         crate::config::web::web_yaml(config.web.as_ref()),

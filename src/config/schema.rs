@@ -37,6 +37,10 @@ const SCHEMA: &[(&str, &[&str])] = &[
     ),
     ("profiles.*", &["operations", "output"]),
     (
+        "webhook",
+        &["enabled", "listen", "secret_file", "poll_fallback"],
+    ),
+    (
         "web",
         &[
             "enabled",

@@ -30,3 +30,4 @@ mod support;
 mod watcher;
 mod web;
 mod webhook;
+mod webhook_flow;

@@ -11,6 +11,7 @@ use crate::config::web::{
     AlertEvent, AlertFormat, AlertSink, DEFAULT_RETRY_FOR, DEFAULT_STALLED_AFTER,
     DEFAULT_WEB_LISTEN, WebConfig,
 };
+use crate::webhook::WebhookConfig;
 use crate::yaml::kind;
 
 /// The keys of one alert sink.
@@ -24,6 +25,35 @@ const SINK_KEYS: &[&str] = &[
 ];
 
 impl Checker {
+    /// `webhook`, or `None` when the section is absent or null (results are polled).
+    pub(super) fn webhook(&mut self, root: &Value, base_dir: &Path) -> Option<WebhookConfig> {
+        if matches!(lookup(root, "webhook"), None | Some(Value::Null)) {
+            return None;
+        }
+        let defaults = WebhookConfig::default();
+        let enabled = self.boolean(root, "webhook.enabled", true);
+        let listen = self
+            .socket_addr(root, "webhook.listen")
+            .unwrap_or(defaults.listen);
+        let secret_file = self.path(root, "webhook.secret_file", base_dir);
+        if enabled && secret_file.is_none() {
+            self.problem(
+                "webhook.secret_file",
+                "required: the file holding the secret set in Claid's dashboard (Integrations → Webhook Settings); every webhook is checked against it, and the receiver does not start without one",
+            );
+        }
+        let poll_fallback =
+            self.duration(root, "webhook.poll_fallback", defaults.poll_fallback, false);
+        if !enabled {
+            return None;
+        }
+        Some(WebhookConfig {
+            listen,
+            secret_file,
+            poll_fallback,
+        })
+    }
+
     /// `web`, or `None` when the section is absent or null or says `enabled: false` (the
     /// dashboard is off; its other keys are still checked).
     pub(super) fn web(&mut self, root: &Value, base_dir: &Path) -> Option<WebConfig> {

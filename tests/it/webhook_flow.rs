@@ -1,0 +1,208 @@
+//! Issue 12 §2 through the real binary: results announced by signed webhooks reach the jobs
+//! waiting for them (no polls), forged, duplicated, delayed and early deliveries change nothing,
+//! polling is the fallback when webhooks are lost, a lost submit answer is recovered from the
+//! task's webhook (no second bill), and the receiver refuses to start without a secret.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use claid_hotfolder::emulator::{Latency, Scenario, WebhookDigest};
+
+use crate::support::{TestEnv, free_port, wait_until};
+
+const SECRET: &str = "a-shared-secret-for-the-tests-only";
+const DEADLINE: Duration = Duration::from_secs(90);
+
+/// A scenario announcing results to the daemon's receiver on `port`.
+fn announcing(port: u16) -> Scenario {
+    Scenario::default()
+        .webhook_url(format!("http://127.0.0.1:{port}/webhooks/claid"))
+        .webhook_secret(SECRET)
+}
+
+/// The config section for the receiver on `port`, with the secret in a private file.
+fn webhook_section(env: &TestEnv, port: u16, fallback: &str) -> String {
+    let secret: PathBuf = env.dir.path().join("webhook-secret");
+    std::fs::write(&secret, format!("{SECRET}\n")).expect("secret");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).expect("mode");
+    format!(
+        "webhook:\n  listen: 127.0.0.1:{port}\n  secret_file: {}\n  poll_fallback: {fallback}\n",
+        secret.display()
+    )
+}
+
+fn manifest(n: usize, prefix: &str) -> String {
+    let mut text = String::from("images:\n");
+    for i in 0..n {
+        text.push_str(&format!(
+            "  - input: storage://demo/{prefix}{i}-64x48.png\n"
+        ));
+    }
+    text
+}
+
+fn all_done(env: &TestEnv, n: usize) {
+    let report = env.report("m");
+    let rows = report["jobs"].as_array().expect("rows");
+    assert_eq!(rows.len(), n);
+    assert!(
+        rows.iter().all(|r| r["status"] == "done"),
+        "every image done: {report:#}"
+    );
+}
+
+/// Webhooks (some duplicated, some forged, some delayed, in hex or base64) deliver every
+/// result: nothing is polled, nothing billed twice, no forged one accepted.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue12_signed_webhooks_deliver_results_without_polls_whatever_their_faults() {
+    let port = free_port();
+    let env = TestEnv::new(
+        announcing(port)
+            .webhook_digest(WebhookDigest::Base64)
+            .webhook_duplicate_share(0.3)
+            .webhook_forged_share(0.3)
+            .webhook_delay(0.3, Duration::from_millis(400))
+            .latency(Latency::Fixed(Duration::from_millis(300)))
+            .seed(3),
+    )
+    .await;
+    env.drop_file("m.yaml", manifest(12, "w").as_bytes());
+    let config = env.config("", &webhook_section(&env, port, "2m"));
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    all_done(&env, 12);
+    let stats = env.stats();
+    assert_eq!(stats.polls, 0, "results came by webhook, none was polled");
+    assert_eq!(stats.duplicate_submits, 0);
+    assert!(stats.webhooks_forged > 0, "forged deliveries were sent");
+    assert_eq!(stats.webhooks_forged_accepted, 0, "and none was accepted");
+    assert!(stats.webhooks_duplicated > 0);
+}
+
+/// A result announced before the submit's answer was recorded is kept, not lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue12_a_webhook_that_comes_before_the_submit_answer_is_not_lost() {
+    let port = free_port();
+    let env = TestEnv::new(
+        announcing(port)
+            .latency(Latency::Fixed(Duration::ZERO))
+            .submit_response_delay(Duration::from_millis(500)),
+    )
+    .await;
+    env.drop_file("m.yaml", manifest(4, "e").as_bytes());
+    let config = env.config("", &webhook_section(&env, port, "2m"));
+    let (code, stderr) = tokio::time::timeout(DEADLINE, env.run_once(&config))
+        .await
+        .expect("ends well before the poll fallback");
+    assert_eq!(code, 0, "{stderr}");
+    all_done(&env, 4);
+    assert_eq!(env.stats().polls, 0, "the early webhooks were used");
+}
+
+/// With every webhook lost, polling takes over once they are overdue, at the latest after
+/// `poll_fallback`: nothing is lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue12_when_every_webhook_is_lost_polls_take_over() {
+    let port = free_port();
+    let env = TestEnv::new(announcing(port).webhook_drop_share(1.0)).await;
+    env.drop_file("m.yaml", manifest(5, "l").as_bytes());
+    let config = env.config("", &webhook_section(&env, port, "1s"));
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    all_done(&env, 5);
+    let stats = env.stats();
+    assert!(stats.polls >= 5, "every task was polled: {}", stats.polls);
+    assert_eq!(stats.webhooks_sent, 0);
+}
+
+/// A submit whose answer was lost (the task exists at Claid) adopts the task its webhook
+/// announces: no second submit, nothing held.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue12_a_lost_submit_answer_is_recovered_from_the_webhook_without_a_second_bill() {
+    let port = free_port();
+    let env = TestEnv::new(
+        announcing(port)
+            .drop_share(0.5)
+            .latency(Latency::Fixed(Duration::from_millis(200)))
+            .seed(9),
+    )
+    .await;
+    env.drop_file("m.yaml", manifest(10, "d").as_bytes());
+    let config = env.config("", &webhook_section(&env, port, "10s"));
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    all_done(&env, 10);
+    let stats = env.stats();
+    assert!(stats.dropped_responses > 0, "some submit answers were lost");
+    assert_eq!(
+        stats.duplicate_submits, 0,
+        "no image billed twice: {:?}",
+        stats.submits_by_key
+    );
+    assert!(
+        stderr.contains("recovered from its webhook"),
+        "the lost answers were recovered: {stderr}"
+    );
+}
+
+/// An unknown task's webhook is acknowledged (2xx) and counted; a forged one is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue12_an_unknown_tasks_webhook_is_acknowledged_and_a_forged_one_refused() {
+    let port = free_port();
+    let env = TestEnv::new(Scenario::default()).await;
+    let config = env.config("", &webhook_section(&env, port, "2m"));
+    let mut daemon = env.spawn_daemon(&config, 0);
+    wait_until("ready", DEADLINE, || env.daemon_log(0).contains("Ready")).await;
+    let body = serde_json::json!({
+        "id": 987654, "status": "DONE", "result_url": "http://x/v1/image/edit/async/987654",
+        "request": {"input": "https://nowhere/x.jpg", "operations": {}}, "errors": [], "result": {}
+    })
+    .to_string();
+    let secret = claid_hotfolder::webhook::Secret::new(SECRET).expect("secret");
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/webhooks/claid");
+    let good = http
+        .post(&url)
+        .header(
+            "x-claid-hmac-sha256",
+            claid_hotfolder::webhook::sign_hex(&secret, body.as_bytes()),
+        )
+        .body(body.clone())
+        .send()
+        .await
+        .expect("answered");
+    assert!(good.status().is_success(), "{}", good.status());
+    let forged = http
+        .post(&url)
+        .header("x-claid-hmac-sha256", "00".repeat(32))
+        .body(body)
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(forged.status().as_u16(), 401);
+    let answer = claid_hotfolder::admin::request(&env.socket(), "GET", "/metrics", None)
+        .await
+        .expect("metrics");
+    let text = String::from_utf8_lossy(&answer.1).into_owned();
+    assert!(
+        text.contains("claid_hotfolder_webhooks{outcome=\"unknown_task\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("claid_hotfolder_webhooks{outcome=\"rejected_signature\"} 1"),
+        "{text}"
+    );
+    crate::support::stop(&mut daemon).await;
+}
+
+/// The receiver does not start without a secret: a configuration error naming the key.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue12_the_receiver_refuses_to_start_without_a_secret() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let port = free_port();
+    let config = env.config("", &format!("webhook:\n  listen: 127.0.0.1:{port}\n"));
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("webhook.secret_file"), "{stderr}");
+}
