@@ -4,7 +4,7 @@
 //!
 //! Classification happens here, at the call site, because only here is it known whether a
 //! request could have reached Claid: a submit that was sent but whose answer was lost is
-//! [`ErrorClass::Ambiguous`] (Claid has no idempotency key, CONTRACT §14). Transport errors
+//! [`ErrorClass::Ambiguous`] (Claid has no idempotency key, docs/claid-api.md). Transport errors
 //! name the host and the OS cause (`connect to 127.0.0.1:9: ECONNREFUSED: connection refused`).
 //!
 //! One retry layer: [`Client::submit_once`], [`Client::poll_once`], [`Client::upload_once`],
@@ -350,7 +350,7 @@ impl ClaidError {
 #[derive(Debug, Clone)]
 pub struct Accepted {
     pub task_id: u64,
-    /// Poll exactly this URL (it may carry another prefix than `base_url`, CONTRACT §1).
+    /// Poll exactly this URL (it may carry another prefix than `base_url`, docs/claid-api.md).
     pub result_url: String,
     pub request_id: Option<String>,
 }

@@ -218,7 +218,7 @@ impl std::fmt::Display for FailureCode {
     }
 }
 
-/// The name of a job's lifecycle state (SPEC §5.1), as stored, listed by `jobs --state`, shown
+/// The name of a job's lifecycle state (ARCHITECTURE.md "Crash safety"), as stored, listed by `jobs --state`, shown
 /// in reports and used as the `state` label of metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

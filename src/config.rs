@@ -1,4 +1,4 @@
-//! The configuration: the YAML of SPEC §3 (see `config/claid-hotfolder.yaml`) turned into a
+//! The configuration: the YAML of config/claid-hotfolder.yaml (see `config/claid-hotfolder.yaml`) turned into a
 //! validated [`Config`], with environment overrides layered over it.
 //!
 //! Loading never stops at the first problem: unknown keys (with a "did you mean" hint), wrong
@@ -43,7 +43,7 @@ pub const EX_CONFIG: i32 = 64;
 /// Environment variable holding the API key when `api.api_key_file` is not set.
 pub const ENV_API_KEY: &str = "CLAID_API_KEY";
 
-/// Defaults (SPEC §3).
+/// Defaults (config/claid-hotfolder.yaml).
 pub const DEFAULT_BASE_URL: &str = "https://api.claid.ai/v1";
 pub const DEFAULT_REQUESTS_PER_SECOND: u32 = 4;
 pub const DEFAULT_REQUESTS_PER_MINUTE: u32 = 120;

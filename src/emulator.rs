@@ -1,4 +1,4 @@
-//! The Claid-compatible emulator: an axum server that follows CONTRACT.md under `/v1` and
+//! The Claid-compatible emulator: an axum server that follows docs/claid-api.md under `/v1` and
 //! `/v1-beta1`, performs real image operations, and injects scripted faults.
 //!
 //! Entry points: [`run`] (serve a listener until a shutdown future completes, used by

@@ -1,4 +1,4 @@
-//! Manifests (SPEC §4.1): a manifest's bytes plus the profiles → a [`ManifestSpec`] with one
+//! Manifests (README "How it works"): a manifest's bytes plus the profiles → a [`ManifestSpec`] with one
 //! [`JobSpec`] per image, or every problem with its line, before anything is spent.
 //!
 //! The work is split by reason to change: `doc` turns text into data (one seed, bounded as it
@@ -78,7 +78,7 @@ pub struct JobSpec {
     pub body: Arc<Value>,
     /// Output path relative to the outbox root (`a/b/shoes/sku-1.webp`).
     pub output_rel: PathBuf,
-    /// Hex sha256 of input identity, canonical body and `output_rel` (SPEC §5.4).
+    /// Hex sha256 of input identity, canonical body and `output_rel` (README "Incremental").
     pub key: String,
 }
 
@@ -139,7 +139,7 @@ pub enum ManifestError {
         problems: Vec<Problem>,
     },
     /// An image dropped into a recipe folder that cannot become a job: the folder's recipe is
-    /// invalid or unreadable, or the image itself is (SPEC §4.3).
+    /// invalid or unreadable, or the image itself is (README "Folder recipes").
     #[error("image {image} not processed: folder recipe {recipe} ({} problem{})", problems.len(), if problems.len() == 1 { "" } else { "s" })]
     Recipe {
         /// The dropped image (it is the file moved to `rejected/`).
@@ -361,7 +361,7 @@ pub fn recipe_for(image: &Path) -> PathBuf {
         .map_or_else(|| PathBuf::from(RECIPE_NAME), |dir| dir.join(RECIPE_NAME))
 }
 
-/// The job key of an input, body (without `input`) and output path (SPEC §5.4): the hex sha256
+/// The job key of an input, body (without `input`) and output path (README "Incremental"): the hex sha256
 /// of the input's identity, the body's canonical JSON and the path. Public for tools and tests.
 pub fn key_for(input: &Input, body: &Value, output_rel: &Path) -> String {
     key::job_key(input, &key::canonical_json(body), output_rel)

@@ -1,6 +1,6 @@
 //! The job scheduler: takes manifests in, drives each job submit → poll → download → output →
 //! done with bounded concurrency, and finishes each manifest run (report, archive) once its
-//! jobs have ended (SPEC §5). Its parts, each a task with one job:
+//! jobs have ended (ARCHITECTURE.md "pipeline"). Its parts, each a task with one job:
 //!
 //! - [`intake`]: candidates from the watcher → validated → outputs reserved → jobs registered,
 //!   or the file rejected, or the running version of the file told to drain;
@@ -534,7 +534,7 @@ impl Handle {
         metrics.set_webhooks(&self.shared.dispatch.stats());
     }
 
-    /// Resumes every unfinished job of the store (SPEC §5.3): `Submitted` → poll,
+    /// Resumes every unfinished job of the store (ARCHITECTURE.md "Crash safety"): `Submitted` → poll,
     /// `Downloading` → download again, `Queued` → submit, `Submitting` → in doubt. Tells the
     /// finisher about every run that has not ended, so runs whose jobs all ended before a
     /// crash are finished now.

@@ -1,4 +1,4 @@
-//! Per-manifest reports (`<name>.report.json` and `.report.csv`, SPEC §5.5), written atomically
+//! Per-manifest reports (`<name>.report.json` and `.report.csv`, README "How it works"), written atomically
 //! next to the manifest's output folder in the outbox.
 
 use std::collections::BTreeMap;

@@ -1,5 +1,5 @@
 //! The job store: the one owner of the sled database. Versioned manifest-run and job records,
-//! the job lifecycle's transitions with their durability points (SPEC §5.1), output
+//! the job lifecycle's transitions with their durability points (ARCHITECTURE.md "Crash safety"), output
 //! reservations, resume after a crash, incremental job keys, and job counts kept as the states
 //! change. The only module that names sled.
 //!
@@ -406,7 +406,7 @@ impl Store {
         self.on_pool(move || trees.unfinished_summaries()).await?
     }
 
-    /// Queued → Submitting, `attempts += 1`. Durability point 1 (SPEC §5.1): returns once on disk.
+    /// Queued → Submitting, `attempts += 1`. Durability point 1 (ARCHITECTURE.md "Crash safety"): returns once on disk.
     pub async fn mark_submitting(&self, id: JobId) -> Result<JobV1, StoreError> {
         let now = now_ms();
         let job = self.step(id, "queued", |job| match job.state {

@@ -2,7 +2,7 @@
 //! becomes a candidate only once it has been stable for `watch.settle`.
 //!
 //! Candidates are manifests anywhere in the inbox, and image files lying directly in a folder
-//! that holds a `.claid.yaml` recipe (SPEC §4.3); images elsewhere are ignored.
+//! that holds a `.claid.yaml` recipe (README "Folder recipes"); images elsewhere are ignored.
 //!
 //! Symlinks are never followed: not into a folder, not to a manifest, a recipe or an image,
 //! wherever they point. Each is named once in a WARN (once per path, not every rescan). A

@@ -1,4 +1,4 @@
-//! The edit request schema of CONTRACT.md §4 (`EditRequest` = `AsyncEditRequest`, and the
+//! The edit request schema of docs/claid-api.md (`EditRequest` = `AsyncEditRequest`, and the
 //! `data` part of an upload): typed operations and output options, and validation of a JSON
 //! body against the contract's enums and ranges, reporting every problem by dotted field path.
 //! Shared by the manifest validator (before any spend) and the emulator (422 responses).
@@ -6,7 +6,7 @@
 //! Validation walks the `serde_json::Value` by hand (serde's `deny_unknown_fields` stops at the
 //! first problem) and collects every [`FieldError`]. Every object forbids unknown fields
 //! (`additionalProperties: false` in the OpenAPI schema), except that
-//! `operations.background.use_original_alpha` is accepted and ignored (CONTRACT §15.5).
+//! `operations.background.use_original_alpha` is accepted and ignored (docs/claid-api.md).
 //!
 //! Decisions where the sources are silent or disagree:
 //! - `resizing` with both sides `"auto"` is "no resize" (the schema's own default).

@@ -1,4 +1,4 @@
-//! Wire types of the Claid API (CONTRACT.md §4.3, §6, §8 and §12): the `data` envelope, async task
+//! Wire types of the Claid API (docs/claid-api.md): the `data` envelope, async task
 //! and batch records, batch requests, image objects, the error envelope, the result object a
 //! webhook delivers, and storage connectors. Shared by the client and the emulator; kept
 //! separate from domain and stored types and converted by hand at the boundary.
@@ -16,7 +16,7 @@ pub struct Envelope<T> {
     pub data: T,
 }
 
-/// Status of an async task. Unknown values are kept, not rejected (CONTRACT §7).
+/// Status of an async task. Unknown values are kept, not rejected (docs/claid-api.md).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum TaskStatus {
@@ -195,7 +195,7 @@ impl BatchInput {
 }
 
 /// `BatchEditRequest`: the body of `POST …/image/edit/batch`. `operations` and `output` are the
-/// async edit's (CONTRACT §4.1, §4.2; `claid::request` validates them), kept as JSON.
+/// async edit's (docs/claid-api.md, §4.2; `claid::request` validates them), kept as JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BatchEditRequest {
     pub input: BatchInput,
@@ -371,7 +371,7 @@ pub struct NestedErrorBody {
 
 impl ErrorBody {
     /// Accepts the top-level envelope, the `detail`-wrapped one, and FastAPI's
-    /// `{"detail":[{"loc":[..],"msg":..}]}` list (CONTRACT §8); `None` for anything else.
+    /// `{"detail":[{"loc":[..],"msg":..}]}` list (docs/claid-api.md); `None` for anything else.
     pub fn parse(body: &[u8]) -> Option<ErrorBody> {
         if let Ok(err) = serde_json::from_slice::<ErrorBody>(body) {
             return Some(err);

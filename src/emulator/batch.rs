@@ -1,4 +1,4 @@
-//! The batch endpoints (`POST …/image/edit/batch`, `GET …/image/edit/batch/{id}`, CONTRACT.md
+//! The batch endpoints (`POST …/image/edit/batch`, `GET …/image/edit/batch/{id}`, docs/claid-api.md
 //! §4.3 and §6): validation of the four input forms, storage folders listed at submit (direct
 //! children, or every descendant when `recursive`), per-image processing with the same fetch,
 //! imaging and delivery code as async tasks, at most `batch_parallelism` images of one batch at

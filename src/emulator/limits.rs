@@ -1,5 +1,5 @@
 //! Rate limits (per second and per minute) counted in sliding or fixed windows, and the
-//! `RateLimit-*` headers they produce, following CONTRACT.md §9.
+//! `RateLimit-*` headers they produce, following docs/claid-api.md
 //!
 //! Claid does not say how its windows count, so the emulator offers both: a sliding window
 //! admits at most `limit` requests in any span of the window's length; a fixed window counts

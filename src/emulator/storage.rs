@@ -1,4 +1,4 @@
-//! Storage connectors (CONTRACT.md §12): the registry behind `…/storage/storages` (list, create,
+//! Storage connectors (docs/claid-api.md): the registry behind `…/storage/storages` (list, create,
 //! get, update, delete, and `…/storage/storage-types`), the connectors given up front
 //! ([`StorageConnector`], from `Scenario::storage` or `--storages FILE`), the 422 checks of
 //! `storage://NAME/…` inputs and destinations, and the reads, listings and writes of objects in

@@ -13,13 +13,13 @@ use crate::manifest::Input;
 use crate::manifest::problems::Collector;
 use crate::manifest::validate::Context;
 
-/// Longest input URL the API accepts (CONTRACT §4).
+/// Longest input URL the API accepts (docs/claid-api.md).
 const MAX_INPUT_LEN: usize = 4096;
 
 /// Bytes read to tell an image's format by its signature.
 const HEAD_LEN: usize = 64;
 
-/// The input formats Claid accepts (CONTRACT §5), as messages name them.
+/// The input formats Claid accepts (docs/claid-api.md), as messages name them.
 const ACCEPTED: &str = "BMP, GIF, JPEG, PNG, TIFF, WEBP, AVIF or HEIC";
 
 /// Local files already read in this manifest: their hash, or why they cannot be an input.

@@ -1,4 +1,4 @@
-//! The job key (SPEC §5.4): the hex sha256 of the input's identity, the canonical JSON of the
+//! The job key (README "Incremental"): the hex sha256 of the input's identity, the canonical JSON of the
 //! request body and the output path, so an identical edit is recognised whatever the manifest.
 
 use std::path::Path;

@@ -1,4 +1,4 @@
-//! The deep merge of profile → manifest → image (SPEC §4.1): objects merge key by key,
+//! The deep merge of profile → manifest → image (README "How it works"): objects merge key by key,
 //! recursively; scalars and lists replace; an explicit `null` removes the key.
 
 use serde_json::Value;

@@ -34,7 +34,7 @@ pub fn parse_manifest<'b>(
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(Problem {
             line: None,
-            message: "the manifest is empty; it needs an `images` list (see SPEC §4.1)".into(),
+            message: "the manifest is empty; it needs an `images` list (the README shows one under \"How it works\")".into(),
         });
     }
     let text = utf8_text(bytes, "manifest", "YAML or JSON")?;

@@ -1,4 +1,4 @@
-//! Folder recipes (SPEC §4.3): an image dropped into a folder holding a `.claid.yaml` becomes a
+//! Folder recipes (README "Folder recipes"): an image dropped into a folder holding a `.claid.yaml` becomes a
 //! one-job manifest, validated by the same code as a manifest (the recipe plus a one-image
 //! list), so recipes get the same merging, checks and line numbers.
 

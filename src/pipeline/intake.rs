@@ -192,7 +192,7 @@ impl Intake {
                 profiles: &settings.profiles,
                 limits: &settings.limits,
             };
-            // The watcher emits images only from folders with a recipe (SPEC §4.3).
+            // The watcher emits images only from folders with a recipe (README "Folder recipes").
             if is_recipe_image {
                 manifest::load_recipe_image(&ctx, &load_path)
             } else {
@@ -446,7 +446,7 @@ impl Intake {
 }
 
 /// A `Done { unchanged }` state when the previous done job's output file is still there with
-/// the recorded content (SPEC §5.4).
+/// the recorded content (README "Incremental").
 fn unchanged_state(outbox: &Path, prev: &JobState) -> Option<JobState> {
     let JobState::Done {
         path,

@@ -1,5 +1,5 @@
 //! One job's task: submit (or upload) → poll → download → write → done, with the durability
-//! points of SPEC §5.1 and every failure classified where it happens. The task returns a typed
+//! points of ARCHITECTURE.md "Crash safety" and every failure classified where it happens. The task returns a typed
 //! [`JobOutcome`]; it never touches its manifest's progress, report or file (the finisher does).
 
 use std::path::{Path, PathBuf};
@@ -181,7 +181,7 @@ impl Runner {
             .clone()
     }
 
-    /// Durability point 1, the submit, durability point 2 (SPEC §5.1). Every attempt is one
+    /// Durability point 1, the submit, durability point 2 (ARCHITECTURE.md "Crash safety"). Every attempt is one
     /// HTTP request; the retry policy alone decides whether another follows.
     async fn submit(&self, id: JobId, job: &JobV1) -> Step {
         let deps = &*self.deps;

@@ -1,4 +1,4 @@
-//! When to poll a task (SPEC §5.2): polls are scheduled, never spun. While the client's rate
+//! When to poll a task (ARCHITECTURE.md "pipeline"): polls are scheduled, never spun. While the client's rate
 //! limiter has made a call wait lately, every poll costs budget, so the first poll comes at the
 //! 0.8 quantile of observed task durations and later ones back off up to `poll.max`; while the
 //! limit does not bind, polls come every `poll.min`, so a result lands within `poll.min` of

@@ -187,7 +187,7 @@ pub struct JobV1 {
     pub manifest: ManifestId,
     /// Position in the manifest, so reports keep the manifest's order.
     pub idx: u32,
-    /// Incremental-processing key (SPEC §5.4); indexed in `done_by_key` once done.
+    /// Incremental-processing key (README "Incremental"); indexed in `done_by_key` once done.
     pub key: String,
     /// The input URL, or the inbox-relative path for local files.
     pub input: String,
@@ -216,7 +216,7 @@ pub struct JobV1 {
     pub updated_at_ms: u64,
 }
 
-/// The job lifecycle (SPEC §5.1). The tag is the state's [`StateName`].
+/// The job lifecycle (ARCHITECTURE.md "Crash safety"). The tag is the state's [`StateName`].
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum JobState {

@@ -42,7 +42,7 @@ fn schema_is_real() -> bool {
     request::validate(&probe, InputRule::Required).is_err()
 }
 
-/// The profiles the manifest fixtures refer to (SPEC §3).
+/// The profiles the manifest fixtures refer to (config/claid-hotfolder.yaml).
 fn profiles() -> BTreeMap<String, Profile> {
     let mut profiles = BTreeMap::new();
     profiles.insert(

@@ -27,6 +27,7 @@ mod soak;
 mod storage;
 mod store;
 mod support;
+mod tidy;
 mod watcher;
 mod web;
 mod webhook;

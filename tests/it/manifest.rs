@@ -23,7 +23,7 @@ fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/manifests")
 }
 
-/// The profiles of SPEC §3.
+/// The profiles of config/claid-hotfolder.yaml
 fn profiles() -> BTreeMap<String, Profile> {
     let mut profiles = BTreeMap::new();
     profiles.insert(

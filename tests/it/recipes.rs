@@ -1,4 +1,4 @@
-//! Folder recipes (SPEC §4.3) through the real binary: images dropped into a folder with a
+//! Folder recipes (README "Folder recipes") through the real binary: images dropped into a folder with a
 //! `.claid.yaml` become mirrored outputs and the sources move per `on_manifest_done`; a bad
 //! recipe rejects the images with its line; images without a recipe are left alone; manifests
 //! and recipes work side by side; re-drops cost nothing; the daemon picks drops up live.

@@ -259,7 +259,7 @@ async fn missing_inbox_is_an_error_for_scan_stable_but_not_for_run() {
     running.stop().await;
 }
 
-// ---- Folder recipes (SPEC §4.3) ---------------------------------------------------------------
+// ---- Folder recipes (README "Folder recipes") ---------------------------------------------------------------
 
 #[tokio::test]
 async fn images_are_candidates_only_directly_in_a_folder_with_a_recipe() {

@@ -1,5 +1,5 @@
 //! The rules for `operations`: restorations, adjustments, background, resizing (sizes and
-//! fit), padding, privacy and generative options, per CONTRACT.md §4 and the decisions in the
+//! fit), padding, privacy and generative options, per docs/claid-api.md and the decisions in the
 //! parent module's doc.
 
 use serde_json::Value;

@@ -1,5 +1,5 @@
 //! The rules for `output`: destination, format (with its per-format options and
-//! compression) and metadata, per CONTRACT.md §4.
+//! compression) and metadata, per docs/claid-api.md
 
 use serde_json::Value;
 
