@@ -23,8 +23,11 @@ use claid_hotfolder::emulator::{self, Latency, Scenario, Stats};
 use clap::Parser;
 use rand::SeedableRng;
 
+#[path = "bench/api.rs"]
+mod api;
+
 /// Every row, in table order.
-const ROWS: [&str; 7] = [
+const ROWS: [&str; 13] = [
     "throughput",
     "ratelimit",
     "delay",
@@ -32,6 +35,12 @@ const ROWS: [&str; 7] = [
     "restart",
     "scan",
     "overview",
+    "scrape",
+    "batch",
+    "webhooks",
+    "batchhooks",
+    "smalldrop",
+    "billing",
 ];
 
 #[derive(Debug, Parser)]
@@ -40,7 +49,8 @@ struct Args {
     /// Scaled-down counts (minutes instead of an hour); the table says so.
     #[arg(long)]
     quick: bool,
-    /// Run only this row (repeatable): throughput, ratelimit, delay, rss, restart, scan, overview.
+    /// Run only this row (repeatable): throughput, ratelimit, delay, rss, restart, scan,
+    /// overview, scrape, batch, webhooks, batchhooks, smalldrop, billing.
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(ROWS))]
     only: Vec<String>,
     /// Runs per fast figure (throughput, delay, scan); the figure is their median.
@@ -58,6 +68,10 @@ struct Args {
     /// The daemon binary; default: `claid-hotfolder` next to the folder of this example.
     #[arg(long)]
     daemon: Option<PathBuf>,
+    /// An earlier build to measure side by side in the same run (throughput, rss, restart): each
+    /// of those rows runs this binary, then the current one.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
     /// Run the daemon with the `Environment=` of `systemd/claid-hotfolder.service` (its
     /// malloc settings), as the service runs it; without it, as a user running it by hand.
     #[arg(long)]
@@ -73,6 +87,12 @@ struct Sizes {
     restart: usize,
     scan_folders: usize,
     scan_files_per_folder: usize,
+    /// Images of the webhook and billing rows (issue 12).
+    api: usize,
+    /// Images of the batch rows (issue 12).
+    batch: usize,
+    /// (runs, jobs per run) of the scrape row's small and large store.
+    scrape: [(usize, usize); 2],
     /// Active manifests and images per manifest of the dashboard's overview row (issue 14).
     overview: (usize, usize),
 }
@@ -89,6 +109,9 @@ impl Sizes {
                 scan_folders: 200,
                 scan_files_per_folder: 100,
                 overview: (200, 500),
+                api: 100,
+                batch: 200,
+                scrape: [(1, 1_000), (20, 5_000)],
             }
         } else {
             Sizes {
@@ -100,6 +123,9 @@ impl Sizes {
                 scan_folders: 1_000,
                 scan_files_per_folder: 100,
                 overview: (200, 5_000),
+                api: 300,
+                batch: 1_000,
+                scrape: [(1, 1_000), (200, 5_000)],
             }
         }
     }
@@ -135,6 +161,28 @@ fn main() -> Result<()> {
     let mut rows = Vec::new();
     let mut notes = Notes::default();
 
+    // The rows measured side by side with an earlier build.
+    let baseline = match &args.baseline {
+        Some(path) => Some(Bench::with_daemon(&args, path.clone())?),
+        None => None,
+    };
+    let label = |rows: Vec<Row>, which: &str| -> Vec<Row> {
+        rows.into_iter()
+            .map(|mut r| {
+                r.scenario = format!("**{which}**: {}", r.scenario);
+                r
+            })
+            .collect()
+    };
+    if wanted("throughput")
+        && let Some(base) = &baseline
+    {
+        eprintln!("== throughput, baseline {}", base.daemon.display());
+        rows.extend(label(
+            base.throughput(sizes.throughput, args.runs, &mut notes)?,
+            "baseline",
+        ));
+    }
     if wanted("throughput") {
         eprintln!(
             "== throughput: {} images, no latency, no rate limit",
@@ -156,9 +204,27 @@ fn main() -> Result<()> {
         );
         rows.extend(bench.delay(sizes.delay, args.runs, &mut notes)?);
     }
+    if wanted("rss")
+        && let Some(base) = &baseline
+    {
+        eprintln!("== rss, baseline {}", base.daemon.display());
+        rows.extend(label(
+            base.rss(sizes.rss, args.slow_runs, &mut notes)?,
+            "baseline",
+        ));
+    }
     if wanted("rss") {
         eprintln!("== rss: manifests of {:?} images", sizes.rss);
         rows.extend(bench.rss(sizes.rss, args.slow_runs, &mut notes)?);
+    }
+    if wanted("restart")
+        && let Some(base) = &baseline
+    {
+        eprintln!("== restart, baseline {}", base.daemon.display());
+        rows.extend(label(
+            base.restart(sizes.restart, args.slow_runs, &mut notes)?,
+            "baseline",
+        ));
     }
     if wanted("restart") {
         eprintln!("== restart: {} unfinished jobs", sizes.restart);
@@ -182,6 +248,31 @@ fn main() -> Result<()> {
             manifests * per
         );
         rows.extend(bench.overview(manifests, per, &mut notes)?);
+    }
+
+    if wanted("scrape") {
+        eprintln!("== scrape: /metrics with {:?} (runs, jobs per run)", sizes.scrape);
+        rows.extend(bench.scrape(sizes.scrape, &mut notes)?);
+    }
+    if wanted("batch") {
+        eprintln!("== batch: {} URL images in batches", sizes.batch);
+        rows.extend(bench.batch(sizes.batch, &mut notes)?);
+    }
+    if wanted("webhooks") {
+        eprintln!("== webhooks: {} URL images, webhooks partly lost", sizes.api);
+        rows.extend(bench.webhooks(sizes.api, &mut notes)?);
+    }
+    if wanted("batchhooks") {
+        eprintln!("== batchhooks: {} URL images, batches and webhooks", sizes.batch);
+        rows.extend(bench.batch_webhooks(sizes.batch, &mut notes)?);
+    }
+    if wanted("smalldrop") {
+        eprintln!("== smalldrop: 60 URL images, single mode");
+        rows.extend(bench.small_drop(60, &mut notes)?);
+    }
+    if wanted("billing") {
+        eprintln!("== billing: {} URL images, 3% of submit answers lost", sizes.api);
+        rows.extend(bench.billing(sizes.api, &mut notes)?);
     }
 
     print_report(&args, &rows, &notes)?;
@@ -292,6 +383,16 @@ fn unit_env() -> Result<Vec<(String, String)>> {
 }
 
 impl Bench {
+    /// The bench for another binary (`--baseline`).
+    fn with_daemon(args: &Args, daemon: PathBuf) -> Result<Bench> {
+        let mut bench = Bench::new(args)?;
+        if !daemon.is_file() {
+            bail!("baseline binary {} not found", daemon.display());
+        }
+        bench.daemon = daemon;
+        Ok(bench)
+    }
+
     fn new(args: &Args) -> Result<Bench> {
         let daemon = match &args.daemon {
             Some(p) => p.clone(),
@@ -1253,6 +1354,16 @@ fn stats_text(s: &Stats) -> String {
         s.errors_5xx,
         s.max_concurrent
     )
+}
+
+/// A small PNG (a gradient), for `http://` inputs.
+fn png(width: u32, height: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(width, height, |x, y| {
+        image::Rgb([(x * 255 / width.max(1)) as u8, (y * 255 / height.max(1)) as u8, 128])
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    let _ = img.write_to(&mut out, image::ImageFormat::Png);
+    out.into_inner()
 }
 
 fn median(v: &[f64]) -> f64 {

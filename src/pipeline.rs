@@ -39,11 +39,13 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, info_span, warn};
+use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::claid::Client;
+use crate::claid::wire::TaskUpdate;
 use crate::config::{InDoubtPolicy, Limits, OnManifestDone, OnOutputExists, PollConfig, Profile};
 use crate::lifecycle::Phase;
+use crate::pipeline::job::JobOutcome;
 use crate::metrics::Metrics;
 use crate::store::{JobId, ManifestId, Store, StoreError};
 use crate::watcher::Candidate;
@@ -105,6 +107,9 @@ pub struct ResumeSummary {
     pub downloading: usize,
     pub in_doubt_resubmitted: usize,
     pub in_doubt_held: usize,
+    /// Caught mid-submit with webhooks on: waiting up to `poll_fallback` for a webhook that
+    /// names their request before the `in_doubt` policy applies.
+    pub awaiting_webhook: usize,
     pub manifests: usize,
 }
 
@@ -204,6 +209,8 @@ struct Shared {
     notices: notices::Notices,
     /// Results announced by webhook go here.
     dispatch: Arc<dispatch::Dispatch>,
+    /// `webhook.poll_fallback` when webhooks are on.
+    webhooks: Option<Duration>,
     batching: Arc<batch::Batching>,
     /// Candidates for intake; bounded, so a burst of drops waits in the watcher.
     intake: mpsc::Sender<Candidate>,
@@ -334,6 +341,7 @@ impl Handle {
             health,
             notices,
             dispatch,
+            webhooks: deps.webhooks,
             batching,
             intake: intake_tx,
             finisher: finisher_tx,
@@ -547,6 +555,8 @@ impl Handle {
         let mut to_queue = Vec::new();
         // Batches at Claid: batch id → (result URL, submitted at, jobs).
         let mut batches: BTreeMap<u64, (String, u64, Vec<batch::Member>)> = BTreeMap::new();
+        // Caught mid-submit, waiting for a webhook to adopt.
+        let mut late = Vec::new();
         for (id, job) in store.unfinished().await? {
             use crate::codes::StateName as S;
             match job.state.kind {
@@ -554,25 +564,27 @@ impl Handle {
                     summary.queued += 1;
                     to_queue.push((job.manifest, id));
                 }
-                S::Submitting => match policy {
-                    InDoubtPolicy::Resubmit => {
-                        store.requeue(id, true).await?;
-                        warn!(
-                            job_id = id,
-                            "Job was caught mid-submit by a crash; resubmitting (in doubt)"
-                        );
-                        summary.in_doubt_resubmitted += 1;
-                        to_queue.push((job.manifest, id));
+                S::Submitting => {
+                    // With webhooks on, the task the lost submit may have created can still be
+                    // announced (a restart within seconds of a kill): wait for it first.
+                    if shared.webhooks.is_some()
+                        && let Some(full) = store.job(id).await?
+                        && !full.local
+                        && full.batch.is_none()
+                        && let Some(lost) = shared.dispatch.lost_submit(&job::request_of(&full))
+                    {
+                        summary.awaiting_webhook += 1;
+                        late.push((job.manifest, id, lost));
+                        continue;
                     }
-                    InDoubtPolicy::Hold => {
-                        store.mark_in_doubt(id).await?;
-                        warn!(
-                            job_id = id,
-                            "Job was caught mid-submit by a crash; held for `replay --in-doubt`"
-                        );
-                        summary.in_doubt_held += 1;
+                    match in_doubt_after_crash(store, policy, id).await? {
+                        InDoubtPolicy::Resubmit => {
+                            summary.in_doubt_resubmitted += 1;
+                            to_queue.push((job.manifest, id));
+                        }
+                        InDoubtPolicy::Hold => summary.in_doubt_held += 1,
                     }
-                },
+                }
                 S::Submitted => {
                     summary.polling += 1;
                     match store.job(id).await? {
@@ -625,13 +637,22 @@ impl Handle {
         }
         to_queue.retain(|(mid, _)| !draining.contains(mid));
         // Resumed tasks exist at Claid already: they take their permits first.
-        let submitter = shared
+        let parts = shared
             .parts
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .as_ref()
-            .map(|p| p.submitter.clone());
-        if let Some(submitter) = submitter {
+            .map(|p| (p.submitter.clone(), p.tracker.clone()));
+        if let Some((submitter, tracker)) = parts {
+            if let Some(fallback) = shared.webhooks
+                && !late.is_empty()
+            {
+                let shared = self.shared.clone();
+                let submitter = submitter.clone();
+                tracker.spawn(async move {
+                    adopt_or_give_up(shared, submitter, late, fallback, policy).await;
+                });
+            }
             for (batch_id, (result_url, at_ms, members)) in batches {
                 if !submitter
                     .resume_batch(batch_id, result_url, at_ms, members)
@@ -725,5 +746,100 @@ async fn on_file_pool<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'stat
     match tokio::task::spawn_blocking(work).await {
         Ok(value) => value,
         Err(err) => std::panic::resume_unwind(err.into_panic()),
+    }
+}
+
+/// A job caught mid-submit by a crash, under the `in_doubt` policy: requeued (counted in
+/// doubt) or held. Returns the policy applied.
+async fn in_doubt_after_crash(
+    store: &Store,
+    policy: InDoubtPolicy,
+    id: JobId,
+) -> Result<InDoubtPolicy, StoreError> {
+    match policy {
+        InDoubtPolicy::Resubmit => {
+            store.requeue(id, true).await?;
+            warn!(
+                job_id = id,
+                "Job was caught mid-submit by a crash; resubmitting (in doubt)"
+            );
+        }
+        InDoubtPolicy::Hold => {
+            store.mark_in_doubt(id).await?;
+            warn!(
+                job_id = id,
+                "Job was caught mid-submit by a crash; held for `replay --in-doubt`"
+            );
+        }
+    }
+    Ok(policy)
+}
+
+/// Jobs caught mid-submit by a crash, with webhooks on: each waits up to `fallback` for a
+/// webhook whose echoed request is its own. One that comes adopts the task (nothing is
+/// submitted twice); otherwise the `in_doubt` policy applies. Cancelled (shutdown), the jobs
+/// stay Submitting for the next start.
+async fn adopt_or_give_up(
+    shared: Arc<Shared>,
+    submitter: submitter::Submitter,
+    late: Vec<(ManifestId, JobId, dispatch::LostSubmit)>,
+    fallback: Duration,
+    policy: InDoubtPolicy,
+) {
+    let mut waits = tokio::task::JoinSet::new();
+    for (mid, id, lost) in late {
+        let cancel = shared.cancel.clone();
+        waits.spawn(async move {
+            tokio::select! {
+                update = lost.wait(fallback) => Some((mid, id, update)),
+                _ = cancel.cancelled() => None,
+            }
+        });
+    }
+    while let Some(done) = waits.join_next().await {
+        let Ok(Some((mid, id, update))) = done else {
+            continue;
+        };
+        let store = &shared.store;
+        let ended = match update {
+            Some(update) => {
+                let (task_id, result_url) = match &update {
+                    TaskUpdate::Async(task) => (task.id, task.result_url.clone()),
+                    TaskUpdate::Batch(batch) => (batch.id, batch.result_url.clone()),
+                };
+                match store.adopt_task(id, task_id, &result_url).await {
+                    Ok(_) => {
+                        info!(
+                            job_id = id,
+                            task_id,
+                            "A submit cut short by a crash was recovered from its webhook; nothing is submitted twice"
+                        );
+                        shared.dispatch.keep(update);
+                        if !submitter.start_job(mid, id).await {
+                            return;
+                        }
+                        Ok(())
+                    }
+                    Err(err) => Err(err),
+                }
+            }
+            None => match in_doubt_after_crash(store, policy, id).await {
+                Ok(InDoubtPolicy::Resubmit) => {
+                    shared.queue.push_back(vec![(mid, id)]);
+                    Ok(())
+                }
+                Ok(InDoubtPolicy::Hold) => {
+                    let _ = shared.finisher.send(finisher::Event::Settled {
+                        id: mid,
+                        outcome: JobOutcome::Held,
+                    });
+                    Ok(())
+                }
+                Err(err) => Err(err),
+            },
+        };
+        if let Err(err) = ended {
+            error!(error = %err, job_id = id, "Cannot record the end of a wait for a webhook; the job is looked at again at the next start");
+        }
     }
 }

@@ -27,7 +27,7 @@ use crate::pipeline::dispatch::Dispatch;
 use crate::pipeline::finisher::Event;
 use crate::pipeline::health::HealthState;
 use crate::pipeline::job::{JobOutcome, Runner, failure_of, systemic_status};
-use crate::pipeline::polls::Polls;
+use crate::pipeline::polls::{Kind, Polls, Seen};
 use crate::pipeline::submitter::Queue;
 use crate::retry::{self, Decision, Failure};
 use crate::store::{JobId, JobState, JobV1, ManifestId, Store, now_ms};
@@ -568,10 +568,12 @@ impl BatchRunner {
         let watch = deps.webhooks.map(|_| deps.dispatch.watch(batch_id));
         let elapsed = Duration::from_millis(now_ms().saturating_sub(submitted_at_ms));
         let mut delay = match deps.webhooks {
-            Some(fallback) => deps.polls.overdue_after(elapsed, fallback),
-            None => deps.polls.first_delay(elapsed),
+            Some(fallback) => deps.polls.overdue_after(Kind::Batch, elapsed, fallback),
+            None => deps.polls.first_delay(Kind::Batch, elapsed),
         };
         let mut n_poll = 0u32;
+        // When a poll last found the batch running (since its submit).
+        let mut pending_at = None;
         let mut attempts = deps.retry.start(retry::Step::Poll);
         loop {
             if let Some(watch) = &watch {
@@ -580,6 +582,8 @@ impl BatchRunner {
                     _ = deps.cancel.cancelled() => return None,
                 };
                 if let Some(TaskUpdate::Batch(batch)) = update {
+                    let took = Duration::from_millis(now_ms().saturating_sub(submitted_at_ms));
+                    deps.polls.record(Kind::Batch, took, Seen::Webhook);
                     return Some(batch);
                 }
             } else if !self.wait(delay).await {
@@ -598,10 +602,14 @@ impl BatchRunner {
                     }
                     if polled.batch.status.is_terminal() {
                         let took = Duration::from_millis(now_ms().saturating_sub(submitted_at_ms));
-                        deps.polls.record(took);
+                        deps.polls
+                            .record(Kind::Batch, took, Seen::Poll { pending_at });
                         return Some(Box::new(polled.batch));
                     }
                     n_poll += 1;
+                    pending_at = Some(Duration::from_millis(
+                        now_ms().saturating_sub(submitted_at_ms),
+                    ));
                     delay = match deps.webhooks {
                         Some(fallback) => fallback.min(deps.poll.max),
                         None => deps.polls.next_delay(n_poll),

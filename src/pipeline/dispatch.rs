@@ -227,10 +227,28 @@ impl Dispatch {
 
     /// Registers a submit whose answer was lost, by the body it sent (with its `input`): a
     /// webhook whose echoed request is the same adopts it.
+    /// An update that came before (kept, nobody waited for its id) is adopted at once: the
+    /// webhook of a fast task often arrives before a slow submit answer is given up.
     pub fn lost_submit(self: &Arc<Self>, request: &serde_json::Value) -> Option<LostSubmit> {
         let key = request_key(request)?;
         let slot = Arc::new(Slot::default());
-        self.lock().lost.insert(key.clone(), slot.clone());
+        let mut inner = self.lock();
+        let came = inner
+            .early
+            .iter()
+            .find(|(_, (_, update))| request_key(update.request()).as_ref() == Some(&key))
+            .map(|(id, _)| *id);
+        match came.and_then(|id| inner.early.remove(&id).map(|(_, update)| (id, update))) {
+            Some((id, update)) => {
+                inner.mark_done(id);
+                inner.stats.adopted += 1;
+                slot.put(update);
+            }
+            None => {
+                inner.lost.insert(key.clone(), slot.clone());
+            }
+        }
+        drop(inner);
         Some(LostSubmit {
             dispatch: self.clone(),
             key,
@@ -332,6 +350,33 @@ mod tests {
         assert_eq!(
             (stats.handed, stats.kept, stats.adopted, stats.duplicates),
             (1, 1, 1, 1)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_webhook_before_the_submit_is_given_up_is_adopted() {
+        let dispatch = Arc::new(Dispatch::default());
+        let req = serde_json::json!({"input": "https://x/b.jpg", "operations": {"a": 1}});
+        let other = serde_json::json!({"input": "https://x/c.jpg", "operations": {"a": 1}});
+        // The task's webhook comes while its submit answer is still awaited: kept.
+        assert_eq!(
+            dispatch.deliver(update(7, "DONE", req.clone())),
+            Delivery::Kept
+        );
+        // Another lost submit does not take it.
+        let unrelated = dispatch.lost_submit(&other).expect("a key");
+        assert!(unrelated.wait(Duration::from_millis(1)).await.is_none());
+        // The submit is then given up: the kept update is adopted at once.
+        let lost = dispatch.lost_submit(&req).expect("a key");
+        assert_eq!(
+            lost.wait(Duration::from_millis(1)).await.map(|u| u.id()),
+            Some(7)
+        );
+        assert_eq!(dispatch.stats().adopted, 1);
+        // It is not handed twice.
+        assert_eq!(
+            dispatch.deliver(update(7, "DONE", req)),
+            Delivery::Duplicate
         );
     }
 }

@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::output::{self, ExistsPolicy};
 use crate::pipeline::dispatch::Dispatch;
 use crate::pipeline::health::HealthState;
-use crate::pipeline::polls::Polls;
+use crate::pipeline::polls::{Kind, Polls, Seen};
 use crate::pipeline::submitter::Queue;
 use crate::pipeline::{Settings, on_file_pool};
 use crate::retry::{self, Decision, Failure};
@@ -389,9 +389,11 @@ impl Runner {
         // when it is overdue.
         let watch = deps.webhooks.map(|_| deps.dispatch.watch(task_id));
         let mut delay = match deps.webhooks {
-            Some(fallback) => deps.polls.overdue_after(elapsed, fallback),
-            None => deps.polls.first_delay(elapsed),
+            Some(fallback) => deps.polls.overdue_after(Kind::Single, elapsed, fallback),
+            None => deps.polls.first_delay(Kind::Single, elapsed),
         };
+        // When a poll last found the task running (since its submit).
+        let mut pending_at = None;
         loop {
             let announced = match &watch {
                 Some(watch) => tokio::select! {
@@ -431,7 +433,12 @@ impl Runner {
                         TaskStatus::Done => {
                             let took =
                                 Duration::from_millis(now_ms().saturating_sub(submitted_at_ms));
-                            deps.polls.record(took);
+                            let seen = if from_webhook {
+                                Seen::Webhook
+                            } else {
+                                Seen::Poll { pending_at }
+                            };
+                            deps.polls.record(Kind::Single, took, seen);
                             deps.metrics.task_seconds.observe(took.as_secs_f64());
                             let Some(output) = task.result.output_object else {
                                 return self
@@ -485,6 +492,9 @@ impl Runner {
                         _ => {}
                     }
                     n_poll += 1;
+                    pending_at = Some(Duration::from_millis(
+                        now_ms().saturating_sub(submitted_at_ms),
+                    ));
                     delay = match deps.webhooks {
                         Some(fallback) => fallback.min(deps.poll.max),
                         None => deps.polls.next_delay(n_poll),

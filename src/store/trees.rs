@@ -138,29 +138,33 @@ impl Trees {
             known.insert(id, exists);
             Ok(exists)
         };
-        let mut batch_index = Batch::default();
-        let mut batch_jobs = Batch::default();
-        let mut batch_unfinished = Batch::default();
+        // In chunks: a crash halfway leaves orphans that the next open sweeps again.
+        let mut batch_index = Chunked::new(&self.jobs_by_manifest);
+        let mut batch_jobs = Chunked::new(&self.jobs);
+        let mut batch_unfinished = Chunked::new(&self.unfinished);
         let mut n_removed = 0;
         for entry in self.jobs_by_manifest.iter().keys() {
             let key = entry?;
             let Some((manifest_id, job_id)) = split_pair(&key) else {
-                batch_index.remove(key);
+                batch_index.remove(key)?;
                 continue;
             };
             if !exists(manifest_id)? {
-                batch_index.remove(key);
-                batch_jobs.remove(&id_key(job_id));
-                batch_unfinished.remove(&id_key(job_id));
+                batch_index.remove(key)?;
+                batch_jobs.remove(&id_key(job_id))?;
+                batch_unfinished.remove(&id_key(job_id))?;
                 n_removed += 1;
             }
         }
-        let mut batch_reserved = Batch::default();
-        let mut batch_reserved_index = Batch::default();
+        batch_jobs.finish()?;
+        batch_unfinished.finish()?;
+        batch_index.finish()?;
+        let mut batch_reserved = Chunked::new(&self.reserved);
+        let mut batch_reserved_index = Chunked::new(&self.reserved_by_manifest);
         for entry in self.reserved_by_manifest.iter().keys() {
             let key = entry?;
             let Some(owner) = key.get(..8).and_then(read_id) else {
-                batch_reserved_index.remove(key);
+                batch_reserved_index.remove(key)?;
                 continue;
             };
             if !exists(owner)? {
@@ -170,20 +174,16 @@ impl Trees {
                     .get(path)?
                     .is_some_and(|v| read_id(&v) == Some(owner))
                 {
-                    batch_reserved.remove(path);
+                    batch_reserved.remove(path)?;
                 }
-                batch_reserved_index.remove(key);
+                batch_reserved_index.remove(key)?;
             }
         }
-        self.reserved.apply_batch(batch_reserved)?;
-        self.reserved_by_manifest
-            .apply_batch(batch_reserved_index)?;
+        batch_reserved.finish()?;
+        batch_reserved_index.finish()?;
         // Registrations a crash cut short.
         self.registering.clear()?;
         if n_removed > 0 {
-            self.jobs.apply_batch(batch_jobs)?;
-            self.unfinished.apply_batch(batch_unfinished)?;
-            self.jobs_by_manifest.apply_batch(batch_index)?;
             tracing::warn!(
                 n_removed,
                 "Removed jobs of an unfinished manifest registration"
@@ -383,40 +383,43 @@ impl Trees {
         ids: &[JobId],
     ) -> Result<(), StoreError> {
         self.registering.remove(id_key(owner))?;
-        let mut batch = Batch::default();
-        let mut index = Batch::default();
+        // In chunks: the run was never committed (no manifest record), so a crash halfway
+        // leaves orphans that the next open sweeps.
+        let mut batch = Chunked::new(&self.reserved);
+        let mut index = Chunked::new(&self.reserved_by_manifest);
         for path in reserved {
             if self
                 .reserved
                 .get(path)?
                 .is_some_and(|v| read_id(&v) == Some(owner))
             {
-                batch.remove(path.as_slice());
+                batch.remove(path.as_slice())?;
             }
             let mut index_key = id_key(owner).to_vec();
             index_key.extend_from_slice(path);
-            index.remove(index_key);
+            index.remove(index_key)?;
         }
-        self.reserved.apply_batch(batch)?;
-        self.reserved_by_manifest.apply_batch(index)?;
-        let mut jobs = Batch::default();
-        let mut by_manifest = Batch::default();
-        let mut unfinished = Batch::default();
+        batch.finish()?;
+        index.finish()?;
+        let mut jobs = Chunked::new(&self.jobs);
+        let mut by_manifest = Chunked::new(&self.jobs_by_manifest);
+        let mut unfinished = Chunked::new(&self.unfinished);
         for id in ids {
-            jobs.remove(&id_key(*id));
-            by_manifest.remove(&pair_key(owner, *id));
-            unfinished.remove(&id_key(*id));
+            jobs.remove(&id_key(*id))?;
+            by_manifest.remove(&pair_key(owner, *id))?;
+            unfinished.remove(&id_key(*id))?;
         }
-        self.jobs.apply_batch(jobs)?;
-        self.jobs_by_manifest.apply_batch(by_manifest)?;
-        self.unfinished.apply_batch(unfinished)?;
+        jobs.finish()?;
+        by_manifest.finish()?;
+        unfinished.finish()?;
         Ok(())
     }
 
-    /// Releases every reservation of run `owner` (it ended).
+    /// Releases every reservation of run `owner` (it ended). In chunks: a crash halfway leaves
+    /// the run not ended, and its end releases the rest again.
     pub fn release(&self, owner: ManifestId) -> Result<usize, StoreError> {
-        let mut batch = Batch::default();
-        let mut index = Batch::default();
+        let mut batch = Chunked::new(&self.reserved);
+        let mut index = Chunked::new(&self.reserved_by_manifest);
         let mut n = 0;
         for entry in self.reserved_by_manifest.scan_prefix(id_key(owner)).keys() {
             let key = entry?;
@@ -426,13 +429,13 @@ impl Trees {
                 .get(path)?
                 .is_some_and(|v| read_id(&v) == Some(owner))
             {
-                batch.remove(path);
+                batch.remove(path)?;
                 n += 1;
             }
-            index.remove(key);
+            index.remove(key)?;
         }
-        self.reserved.apply_batch(batch)?;
-        self.reserved_by_manifest.apply_batch(index)?;
+        batch.finish()?;
+        index.finish()?;
         Ok(n)
     }
 
@@ -647,6 +650,43 @@ impl Trees {
                 Ok((job, new))
             })
             .map_err(tx_err)
+    }
+}
+
+/// A sled batch on one tree, applied every [`REGISTER_BATCH`] operations: sled keeps every node
+/// version a batch replaces until the batch ends, so one batch of 100,000 removals (a run's
+/// reservations at its end) held hundreds of megabytes. Used where atomicity across the whole
+/// set is not needed (each caller says why).
+struct Chunked<'a> {
+    tree: &'a sled::Tree,
+    batch: Batch,
+    n: usize,
+}
+
+impl<'a> Chunked<'a> {
+    fn new(tree: &'a sled::Tree) -> Chunked<'a> {
+        Chunked {
+            tree,
+            batch: Batch::default(),
+            n: 0,
+        }
+    }
+
+    fn remove(&mut self, key: impl Into<sled::IVec>) -> Result<(), StoreError> {
+        self.batch.remove(key);
+        self.n += 1;
+        if self.n == REGISTER_BATCH {
+            self.tree.apply_batch(std::mem::take(&mut self.batch))?;
+            self.n = 0;
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<(), StoreError> {
+        if self.n > 0 {
+            self.tree.apply_batch(self.batch)?;
+        }
+        Ok(())
     }
 }
 
