@@ -251,7 +251,10 @@ fn main() -> Result<()> {
     }
 
     if wanted("scrape") {
-        eprintln!("== scrape: /metrics with {:?} (runs, jobs per run)", sizes.scrape);
+        eprintln!(
+            "== scrape: /metrics with {:?} (runs, jobs per run)",
+            sizes.scrape
+        );
         rows.extend(bench.scrape(sizes.scrape, &mut notes)?);
     }
     if wanted("batch") {
@@ -259,11 +262,17 @@ fn main() -> Result<()> {
         rows.extend(bench.batch(sizes.batch, &mut notes)?);
     }
     if wanted("webhooks") {
-        eprintln!("== webhooks: {} URL images, webhooks partly lost", sizes.api);
+        eprintln!(
+            "== webhooks: {} URL images, webhooks partly lost",
+            sizes.api
+        );
         rows.extend(bench.webhooks(sizes.api, &mut notes)?);
     }
     if wanted("batchhooks") {
-        eprintln!("== batchhooks: {} URL images, batches and webhooks", sizes.batch);
+        eprintln!(
+            "== batchhooks: {} URL images, batches and webhooks",
+            sizes.batch
+        );
         rows.extend(bench.batch_webhooks(sizes.batch, &mut notes)?);
     }
     if wanted("smalldrop") {
@@ -271,7 +280,10 @@ fn main() -> Result<()> {
         rows.extend(bench.small_drop(60, &mut notes)?);
     }
     if wanted("billing") {
-        eprintln!("== billing: {} URL images, 3% of submit answers lost", sizes.api);
+        eprintln!(
+            "== billing: {} URL images, 3% of submit answers lost",
+            sizes.api
+        );
         rows.extend(bench.billing(sizes.api, &mut notes)?);
     }
 
@@ -1359,7 +1371,11 @@ fn stats_text(s: &Stats) -> String {
 /// A small PNG (a gradient), for `http://` inputs.
 fn png(width: u32, height: u32) -> Vec<u8> {
     let img = image::RgbImage::from_fn(width, height, |x, y| {
-        image::Rgb([(x * 255 / width.max(1)) as u8, (y * 255 / height.max(1)) as u8, 128])
+        image::Rgb([
+            (x * 255 / width.max(1)) as u8,
+            (y * 255 / height.max(1)) as u8,
+            128,
+        ])
     });
     let mut out = std::io::Cursor::new(Vec::new());
     let _ = img.write_to(&mut out, image::ImageFormat::Png);

@@ -267,6 +267,7 @@ pub async fn run(
         downloading = summary.downloading,
         in_doubt_resubmitted = summary.in_doubt_resubmitted,
         in_doubt_held = summary.in_doubt_held,
+        awaiting_webhook = summary.awaiting_webhook,
         "Resumed unfinished work from the store"
     );
     pipeline.start();

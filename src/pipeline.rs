@@ -45,8 +45,8 @@ use crate::claid::Client;
 use crate::claid::wire::TaskUpdate;
 use crate::config::{InDoubtPolicy, Limits, OnManifestDone, OnOutputExists, PollConfig, Profile};
 use crate::lifecycle::Phase;
-use crate::pipeline::job::JobOutcome;
 use crate::metrics::Metrics;
+use crate::pipeline::job::JobOutcome;
 use crate::store::{JobId, ManifestId, Store, StoreError};
 use crate::watcher::Candidate;
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use claid_hotfolder::emulator::{Latency, Scenario};
 
-use crate::support::{TestEnv, dimensions, png, wait_until};
+use crate::support::{TestEnv, dimensions, png, wait_until, wait_until_async};
 
 const DEADLINE: Duration = Duration::from_secs(90);
 
@@ -263,15 +263,46 @@ async fn issue12_sigkill_while_batches_are_polled_resumes_them_without_a_second_
     let images: Vec<(&str, Option<&str>)> = refs.iter().map(|n| (*n, None)).collect();
     env.drop_file("m.yaml", manifest(&env, &images).as_bytes());
     let config = env.config("max_in_flight: 32", "");
-    killed(
-        &env,
-        &config,
-        0,
-        "batches beyond the canary at Claid",
-        |env| env.stats().batch_submits >= 2,
+    // Killed once every image is in a batch whose id the store holds (none is mid-submit, so
+    // none is in doubt) and some batches are still at Claid.
+    let mut first = env.spawn_daemon(&config, 0);
+    let jobs_in = |state: &'static str| {
+        let socket = env.socket();
+        async move {
+            match claid_hotfolder::admin::request(
+                &socket,
+                "GET",
+                &format!("/jobs?state={state}"),
+                None,
+            )
+            .await
+            {
+                Ok((200, body)) => serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v.as_array().map(Vec::len)),
+                _ => None,
+            }
+        }
+    };
+    wait_until_async(
+        "every batch recorded, some still at Claid",
+        DEADLINE,
+        || async {
+            env.stats().batch_images >= 20
+                && jobs_in("submitting").await == Some(0)
+                && jobs_in("queued").await == Some(0)
+                && jobs_in("submitted").await.is_some_and(|n| n > 0)
+        },
     )
     .await;
+    first.start_kill().expect("SIGKILL");
+    let status = first.wait().await.expect("wait");
+    assert_eq!(status.code(), None, "died from the signal");
     let before = env.stats();
+    assert!(
+        before.batch_submits >= 2,
+        "batches beyond the canary were at Claid"
+    );
     let mut daemon = env.spawn_daemon(&config, 1);
     wait_until("archived", DEADLINE, || {
         env.archive.join("m.yaml").is_file()

@@ -206,3 +206,54 @@ async fn issue12_the_receiver_refuses_to_start_without_a_secret() {
     assert_eq!(code, 64, "{stderr}");
     assert!(stderr.contains("webhook.secret_file"), "{stderr}");
 }
+
+/// SIGKILL while submits are on the wire (Claid has the tasks, the daemon never read their
+/// answers): the restarted daemon waits for the tasks' webhooks and adopts them instead of
+/// resubmitting; every image ends done and none is billed twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue12_a_submit_cut_short_by_sigkill_is_adopted_from_its_webhook_after_restart() {
+    let port = free_port();
+    let env = TestEnv::new(
+        announcing(port)
+            .latency(Latency::Fixed(Duration::ZERO))
+            .submit_response_delay(Duration::from_secs(30))
+            .webhook_delay(1.0, Duration::from_secs(4)),
+    )
+    .await;
+    env.drop_file("m.yaml", manifest(3, "k").as_bytes());
+    let config = env.config(
+        "batch: { max_images: 1 }",
+        &webhook_section(&env, port, "60s"),
+    );
+    let mut daemon = env.spawn_daemon(&config, 0);
+    wait_until("three submits received", DEADLINE, || {
+        env.stats().submits >= 3
+    })
+    .await;
+    daemon.start_kill().expect("SIGKILL");
+    let status = daemon.wait().await.expect("wait");
+    assert_eq!(status.code(), None, "killed, not exited");
+    assert_eq!(
+        env.stats().webhooks_sent,
+        0,
+        "no webhook went out before the kill"
+    );
+
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    all_done(&env, 3);
+    let stats = env.stats();
+    assert_eq!(
+        stats.duplicate_submits, 0,
+        "no image billed twice: {:?}",
+        stats.submits_by_key
+    );
+    assert!(
+        stderr.contains("awaiting_webhook=3"),
+        "the restart counted the submits cut short: {stderr}"
+    );
+    assert!(
+        stderr.contains("recovered from its webhook"),
+        "they were adopted: {stderr}"
+    );
+}
