@@ -83,6 +83,9 @@ pub struct Metrics {
     /// Webhooks by what became of them (`received`, `verified`, `rejected_signature`, …, and
     /// the dispatch's `handed`, `adopted`, `duplicate`), read at scrape time.
     pub webhooks: Family<OutcomeLabel, Gauge>,
+    /// Batching in this run: `enabled` (1, or 0 once off by config or the safety valve),
+    /// `batches` and `images` submitted in batches; read at scrape time.
+    pub batching: Family<OutcomeLabel, Gauge>,
     /// The receiver's counters, when webhooks are on.
     webhook_counters: Mutex<Option<std::sync::Arc<crate::webhook::WebhookCounters>>>,
     /// The last client counters folded into the families above, so scrapes add deltas only.
@@ -192,9 +195,16 @@ impl Metrics {
             "Claid webhooks by what became of them (receiver and dispatch counts)",
             webhooks.clone(),
         );
+        let batching = Family::<OutcomeLabel, Gauge>::default();
+        registry.register(
+            "batching",
+            "Batch submits in this run: enabled (1 or 0), batches and images sent",
+            batching.clone(),
+        );
         Metrics {
             registry,
             webhooks,
+            batching,
             webhook_counters: Mutex::new(None),
             jobs,
             manifests,
@@ -224,6 +234,21 @@ impl Metrics {
     }
 
     /// Sets the webhook gauges from the receiver's and the dispatch's counts.
+    /// Batching's state for `/metrics` (see [`Metrics::batching`]).
+    pub fn set_batching(&self, view: &crate::pipeline::batch::BatchingView) {
+        for (outcome, n) in [
+            ("enabled", u64::from(view.enabled)),
+            ("batches", view.batches),
+            ("images", view.images),
+        ] {
+            self.batching
+                .get_or_create(&OutcomeLabel {
+                    outcome: outcome.to_owned(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
     pub fn set_webhooks(&self, dispatch: &crate::pipeline::dispatch::DispatchStats) {
         let receiver = self
             .webhook_counters

@@ -540,6 +540,7 @@ impl Handle {
             .set(i64::from(matches!(self.health(), Health::Paused { .. })));
         metrics.fold_client(&self.shared.client.stats());
         metrics.set_webhooks(&self.shared.dispatch.stats());
+        metrics.set_batching(&self.batching());
     }
 
     /// Resumes every unfinished job of the store (ARCHITECTURE.md "Crash safety"): `Submitted` → poll,

@@ -350,3 +350,44 @@ async fn issue12_sigkill_during_a_batch_submit_leaves_its_jobs_in_doubt_and_coun
     );
     check_exactly_once(&env, &files);
 }
+
+/// Once the safety valve switches batching off, `/metrics` and `/status` say so.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue12_batching_switched_off_shows_in_metrics_and_status() {
+    let files = names(4, "q-");
+    let refs: Vec<&str> = files.iter().map(String::as_str).collect();
+    let (_static, scenario) = static_images(&refs);
+    let env = TestEnv::new(scenario.batch_rename_share(1.0)).await;
+    let images: Vec<(&str, Option<&str>)> = refs.iter().map(|n| (*n, None)).collect();
+    env.drop_file("m.yaml", manifest(&env, &images).as_bytes());
+    let config = env.config("max_in_flight: 32", "");
+    let mut daemon = env.spawn_daemon(&config, 0);
+    wait_until("batching switched off", DEADLINE, || {
+        env.daemon_log(0).contains("Batching is switched off")
+    })
+    .await;
+    let (code, body) = claid_hotfolder::admin::request(&env.socket(), "GET", "/metrics", None)
+        .await
+        .expect("metrics");
+    assert_eq!(code, 200);
+    let text = String::from_utf8_lossy(&body).into_owned();
+    assert!(
+        text.contains("claid_hotfolder_batching{outcome=\"enabled\"} 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("claid_hotfolder_batching{outcome=\"batches\"} 1"),
+        "the canary was the only batch: {text}"
+    );
+    let (code, body) = claid_hotfolder::admin::request(&env.socket(), "GET", "/status", None)
+        .await
+        .expect("status");
+    assert_eq!(code, 200);
+    let status: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(status["daemon"]["batching"]["enabled"], false, "{status:#}");
+    assert!(
+        status["daemon"]["batching"]["off_reason"].is_string(),
+        "{status:#}"
+    );
+    crate::support::stop(&mut daemon).await;
+}
