@@ -25,9 +25,11 @@ use rand::SeedableRng;
 
 #[path = "bench/api.rs"]
 mod api;
+#[path = "bench/storage.rs"]
+mod storage;
 
 /// Every row, in table order.
-const ROWS: [&str; 13] = [
+const ROWS: [&str; 14] = [
     "throughput",
     "ratelimit",
     "delay",
@@ -41,6 +43,7 @@ const ROWS: [&str; 13] = [
     "batchhooks",
     "smalldrop",
     "billing",
+    "storage",
 ];
 
 #[derive(Debug, Parser)]
@@ -50,7 +53,7 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Run only this row (repeatable): throughput, ratelimit, delay, rss, restart, scan,
-    /// overview, scrape, batch, webhooks, batchhooks, smalldrop, billing.
+    /// overview, scrape, batch, webhooks, batchhooks, smalldrop, billing, storage.
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(ROWS))]
     only: Vec<String>,
     /// Runs per fast figure (throughput, delay, scan); the figure is their median.
@@ -93,6 +96,8 @@ struct Sizes {
     batch: usize,
     /// (runs, jobs per run) of the scrape row's small and large store.
     scrape: [(usize, usize); 2],
+    /// Images of the storage rows (issue 15).
+    storage: usize,
     /// Active manifests and images per manifest of the dashboard's overview row (issue 14).
     overview: (usize, usize),
 }
@@ -112,6 +117,7 @@ impl Sizes {
                 api: 100,
                 batch: 200,
                 scrape: [(1, 1_000), (20, 5_000)],
+                storage: 100,
             }
         } else {
             Sizes {
@@ -126,6 +132,7 @@ impl Sizes {
                 api: 300,
                 batch: 1_000,
                 scrape: [(1, 1_000), (200, 5_000)],
+                storage: 1_000,
             }
         }
     }
@@ -251,7 +258,10 @@ fn main() -> Result<()> {
     }
 
     if wanted("scrape") {
-        eprintln!("== scrape: /metrics with {:?} (runs, jobs per run)", sizes.scrape);
+        eprintln!(
+            "== scrape: /metrics with {:?} (runs, jobs per run)",
+            sizes.scrape
+        );
         rows.extend(bench.scrape(sizes.scrape, &mut notes)?);
     }
     if wanted("batch") {
@@ -259,11 +269,17 @@ fn main() -> Result<()> {
         rows.extend(bench.batch(sizes.batch, &mut notes)?);
     }
     if wanted("webhooks") {
-        eprintln!("== webhooks: {} URL images, webhooks partly lost", sizes.api);
+        eprintln!(
+            "== webhooks: {} URL images, webhooks partly lost",
+            sizes.api
+        );
         rows.extend(bench.webhooks(sizes.api, &mut notes)?);
     }
     if wanted("batchhooks") {
-        eprintln!("== batchhooks: {} URL images, batches and webhooks", sizes.batch);
+        eprintln!(
+            "== batchhooks: {} URL images, batches and webhooks",
+            sizes.batch
+        );
         rows.extend(bench.batch_webhooks(sizes.batch, &mut notes)?);
     }
     if wanted("smalldrop") {
@@ -271,8 +287,19 @@ fn main() -> Result<()> {
         rows.extend(bench.small_drop(60, &mut notes)?);
     }
     if wanted("billing") {
-        eprintln!("== billing: {} URL images, 3% of submit answers lost", sizes.api);
+        eprintln!(
+            "== billing: {} URL images, 3% of submit answers lost",
+            sizes.api
+        );
         rows.extend(bench.billing(sizes.api, &mut notes)?);
+    }
+
+    if wanted("storage") {
+        eprintln!(
+            "== storage: {} local files through the upload endpoint, then staged and batched, then bucket to bucket",
+            sizes.storage
+        );
+        rows.extend(bench.storage(sizes.storage, &mut notes)?);
     }
 
     print_report(&args, &rows, &notes)?;
@@ -1359,7 +1386,11 @@ fn stats_text(s: &Stats) -> String {
 /// A small PNG (a gradient), for `http://` inputs.
 fn png(width: u32, height: u32) -> Vec<u8> {
     let img = image::RgbImage::from_fn(width, height, |x, y| {
-        image::Rgb([(x * 255 / width.max(1)) as u8, (y * 255 / height.max(1)) as u8, 128])
+        image::Rgb([
+            (x * 255 / width.max(1)) as u8,
+            (y * 255 / height.max(1)) as u8,
+            128,
+        ])
     });
     let mut out = std::io::Cursor::new(Vec::new());
     let _ = img.write_to(&mut out, image::ImageFormat::Png);

@@ -44,9 +44,8 @@ fn billed(s: &Stats) -> u64 {
 /// `http://` URLs (one shared body, so they may share batches).
 fn http_inputs(work: &Work, emu_addr: &str, n: usize, static_dir: &std::path::Path) -> Result<()> {
     let png = super::png(64, 48);
-    let mut text = String::from(
-        "operations: { resizing: { width: 32 } }\noutput: { format: png }\nimages:\n",
-    );
+    let mut text =
+        String::from("operations: { resizing: { width: 32 } }\noutput: { format: png }\nimages:\n");
     for i in 0..n {
         let name = format!("b{i:06}.png");
         fs::write(static_dir.join(&name), &png)?;
@@ -185,7 +184,10 @@ impl Bench {
                 None,
                 &knobs,
             )?;
-            notes.add(format!("batch, {parallel} images at once per batch: {}", m.text()));
+            notes.add(format!(
+                "batch, {parallel} images at once per batch: {}",
+                m.text()
+            ));
             rows.push(Row {
                 figure: "batches: images/s, requests/image",
                 scenario: format!(
@@ -216,11 +218,7 @@ impl Bench {
                 Some(lost),
                 &CLAID_DEFAULT,
             )?;
-            notes.add(format!(
-                "webhooks, {:.0}% lost: {}",
-                lost * 100.0,
-                m.text()
-            ));
+            notes.add(format!("webhooks, {:.0}% lost: {}", lost * 100.0, m.text()));
             let delivered = n as u64; // every run ends with every image done or it says so
             rows.push(Row {
                 figure: "webhooks: images/s, requests/image, lost",
