@@ -252,11 +252,16 @@ impl Bench {
     /// The three ways of issue 15, side by side.
     pub fn storage(&self, n: usize, notes: &mut Notes) -> Result<Vec<Row>> {
         let mut rows = Vec::new();
+        // The upload endpoint's figures, which staging must beat.
+        let mut upload = (f64::INFINITY, 0.0);
         for mode in [Mode::Upload, Mode::Staging, Mode::Bucket] {
             let m = self.storage_run(mode, n)?;
             let ips = m.images as f64 / m.wall.as_secs_f64();
             let per_image = m.requests as f64 / m.images as f64;
             let bytes = m.bytes as f64 / m.images as f64;
+            if mode == Mode::Upload {
+                upload = (per_image, ips);
+            }
             notes.add(format!(
                 "storage, {}: {} images in {:.1} s; {}; exit {}",
                 mode.label(),
@@ -282,7 +287,9 @@ impl Bench {
                 },
                 met: match mode {
                     Mode::Upload => None,
-                    Mode::Staging => Some(m.exit == "0" && per_image < 1.0),
+                    Mode::Staging => {
+                        Some(m.exit == "0" && per_image < upload.0 && ips > upload.1)
+                    }
                     Mode::Bucket => Some(m.exit == "0" && m.bytes == 0),
                 },
             });

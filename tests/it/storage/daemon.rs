@@ -533,3 +533,42 @@ async fn sigkill_while_staging_submitting_and_polling_loses_nothing_and_never_pa
     );
     s3.stop().await;
 }
+
+#[tokio::test]
+async fn the_embedded_emulator_serves_the_configs_own_storages_as_its_connectors() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    s3.create_bucket("catalog").await;
+    s3.put_object("catalog", "raw/in/sku-0.png", &crate::support::png(40, 30))
+        .await;
+    // The env's own emulator has no connector: only the embedded one, started from the
+    // config's `storages`, can serve `catalog-s3`.
+    let env = TestEnv::new(quick()).await;
+    let keys = credentials_file(env.dir.path());
+    let storages = storages_yaml("catalog-s3", "s3://catalog/raw", &s3.endpoint, &keys);
+    let text = format!(
+        "api:\n  base_url: embedded\nfolders:\n  inbox: {}\n  outbox: {}\n  archive: {}\n  rejected: {}\n  state: {}\nwatch: {{ settle: 100ms, rescan: 500ms }}\nadmin:\n  socket: {}\n{storages}",
+        env.inbox.display(),
+        env.outbox.display(),
+        env.archive.display(),
+        env.rejected.display(),
+        env.state.display(),
+        env.socket().display(),
+    );
+    let config = env.dir.path().join("embedded.yaml");
+    std::fs::write(&config, text).expect("config");
+    env.drop_file(
+        "shoes.yaml",
+        b"output: { destination: storage://catalog/out/ }\nimages:\n  - storage://catalog/in/sku-0.png\n",
+    );
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("Checked the storages"), "{stderr}");
+    assert_eq!(
+        s3.list_keys("catalog", "raw/out/").await,
+        ["raw/out/shoes/sku-0.jpg"]
+    );
+    assert_eq!(env.stats().requests, 0, "the env's emulator was not used");
+    s3.stop().await;
+}
