@@ -82,6 +82,16 @@ fn storage_config_errors_name_the_key_and_the_fix() {
             "storages.b.claid_name",
             "also the connector",
         ),
+        (
+            "api:\n  staging: nope\nstorages:\n  catalog: { claid_name: c, url: s3://b/x }\n",
+            "api.staging",
+            "use one of `catalog`",
+        ),
+        (
+            "profiles:\n  p:\n    output:\n      destination: storage://nope/out/\nstorages:\n  catalog: { claid_name: c, url: s3://b/x }\n",
+            "profiles.p.output.destination",
+            "storage of `storages`",
+        ),
     ];
     for (yaml, key, needle) in cases {
         let err = config::parse(&format!("{base}{yaml}"), origin).expect_err(yaml);
@@ -103,6 +113,16 @@ fn storage_config_errors_name_the_key_and_the_fix() {
     )
     .expect("valid");
     let entry = &ok.storages["catalog"];
+    // A profile may write into a configured storage; staging names one.
+    let with_profile = config::parse(
+        &format!(
+            "{base}api: {{ staging: catalog }}\nprofiles:\n  p: {{ output: {{ destination: storage://catalog/out/ }} }}\nstorages:\n  catalog: {{ claid_name: catalog-s3, url: s3://bkt/raw/ }}\n"
+        ),
+        origin,
+    )
+    .expect("valid");
+    assert_eq!(with_profile.api.staging.as_deref(), Some("catalog"));
+    assert!(with_profile.api.staging_delete);
     assert_eq!(
         (entry.bucket.as_str(), entry.prefix.as_str()),
         ("bkt", "raw")
