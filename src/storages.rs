@@ -6,7 +6,7 @@
 //! [`Storages::open`] reads each entry's credentials (its `credentials_file`, else the `AWS_*`
 //! variables) and builds its client without a request; [`Storages::check`] makes the checks of
 //! `validate` and of the daemon's start: the connector exists on Claid's side (`GET
-//! /v1/storage/storages`) and the daemon can list the prefix. Every [`StorageError`] names the
+//! /v1/storage/storages`) with the storage's bucket and path, and the daemon can list the prefix. Every [`StorageError`] names the
 //! storage key, the connector or bucket and the cause, never a secret, and knows its exit code.
 
 use std::collections::BTreeMap;
@@ -60,6 +60,18 @@ pub enum StorageError {
         known: Vec<String>,
     },
     #[error(
+        "`storages.{storage}`: Claid's connector \"{}\" points at {claid}, the storage at {ours}; outputs would be written where the daemon does not look: make `storages.{storage}.url` the connector's bucket and path",
+        escape(connector)
+    )]
+    Mismatch {
+        storage: String,
+        connector: String,
+        /// `s3://bucket/path` as Claid reports the connector.
+        claid: String,
+        /// `storages.NAME.url`.
+        ours: String,
+    },
+    #[error(
         "`storages.{storage}`: cannot list Claid's storage connectors to find \"{}\": {cause}",
         escape(connector)
     )]
@@ -91,7 +103,9 @@ impl StorageError {
                 }
                 _ => exit::USAGE,
             },
-            StorageError::Setup { .. } | StorageError::NoConnector { .. } => exit::USAGE,
+            StorageError::Setup { .. }
+            | StorageError::NoConnector { .. }
+            | StorageError::Mismatch { .. } => exit::USAGE,
             StorageError::Api { cause, .. } => match cause.as_ref() {
                 ClaidError::Account { .. } => exit::NO_PERM,
                 ClaidError::Config { .. } => exit::USAGE,
@@ -228,14 +242,37 @@ impl Storages {
                         connector: first.entry.claid_name.clone(),
                         cause: Box::new(cause),
                     })?;
-            let known: Vec<String> = connectors.into_iter().map(|c| c.name).collect();
+            let known: Vec<String> = connectors.iter().map(|c| c.name.clone()).collect();
             for storage in self.by_name.values() {
-                if !known.contains(&storage.entry.claid_name) {
+                let Some(connector) = connectors
+                    .iter()
+                    .find(|c| c.name == storage.entry.claid_name)
+                else {
                     return Err(StorageError::NoConnector {
                         storage: storage.name.clone(),
                         connector: storage.entry.claid_name.clone(),
                         bucket: storage.entry.url(),
                         known,
+                    });
+                };
+                // The bucket and path Claid reports (when it does) must be the storage's.
+                let params = &connector.parameters;
+                let bucket = params.bucket.as_deref().unwrap_or(&storage.entry.bucket);
+                let path = params
+                    .path
+                    .as_deref()
+                    .map(|p| p.trim_matches('/'))
+                    .unwrap_or(&storage.entry.prefix);
+                if bucket != storage.entry.bucket || path != storage.entry.prefix {
+                    return Err(StorageError::Mismatch {
+                        storage: storage.name.clone(),
+                        connector: storage.entry.claid_name.clone(),
+                        claid: if path.is_empty() {
+                            format!("s3://{bucket}")
+                        } else {
+                            format!("s3://{bucket}/{path}")
+                        },
+                        ours: storage.entry.url(),
                     });
                 }
             }

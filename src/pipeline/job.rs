@@ -1025,3 +1025,42 @@ fn image_dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
         .into_dimensions()
         .ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::objects::ObjectError;
+
+    #[test]
+    fn object_errors_map_to_storage_failure_codes() {
+        let uri = || "s3://b/k".to_owned();
+        let cases = [
+            (
+                ObjectError::NotFound {
+                    op: "head",
+                    uri: uri(),
+                },
+                FailureCode::ObjectMissing,
+            ),
+            (
+                ObjectError::Denied {
+                    op: "head",
+                    uri: uri(),
+                    cause: "403".into(),
+                },
+                FailureCode::StorageDenied,
+            ),
+            (
+                ObjectError::Request {
+                    op: "head",
+                    uri: uri(),
+                    cause: "ECONNREFUSED".into(),
+                },
+                FailureCode::StorageUnreachable,
+            ),
+        ];
+        for (err, code) in cases {
+            assert_eq!(object_failure(&err), code, "{err}");
+        }
+    }
+}

@@ -594,42 +594,25 @@ async fn the_embedded_emulator_serves_the_configs_own_storages_as_its_connectors
 }
 
 #[tokio::test]
-async fn an_output_object_the_daemon_cannot_find_fails_its_job_as_object_missing() {
+async fn a_connector_pointing_elsewhere_than_its_storage_stops_the_start_with_64() {
     let Some(s3) = S3Server::start().await else {
         return;
     };
     s3.create_bucket("catalog").await;
-    s3.put_object(
-        "catalog",
-        "other/in/sku-0.png",
-        &crate::support::png(40, 30),
-    )
-    .await;
-    // Misconfigured: Claid's connector points at `other/`, the daemon's storage at `raw/`.
-    // Claid writes the object where its connector says; the daemon's HEAD does not find it.
+    // Claid's connector points at `other/`, the daemon's storage at `raw/`: Claid would write
+    // outputs where the daemon does not look.
     let env = TestEnv::new(quick().storage(s3.connector("catalog-s3", "catalog", "other"))).await;
     let keys = credentials_file(env.dir.path());
     let storages = storages_yaml("catalog-s3", "s3://catalog/raw", &s3.endpoint, &keys);
     let config = env.config("", &storages);
-    env.drop_file(
-        "shoes.yaml",
-        b"output: { destination: storage://catalog/out/ }\nimages:\n  - storage://catalog/in/sku-0.png\n",
+    let (code, stdout, _) = cli(&["validate", config.to_str().expect("utf-8")]).await;
+    assert_eq!(code, 64, "{stdout}");
+    assert!(
+        stdout.contains("s3://catalog/other") && stdout.contains("s3://catalog/raw"),
+        "{stdout}"
     );
     let (code, stderr) = env.run_once(&config).await;
-    assert_eq!(code, 2, "the job failed: {stderr}");
-    let report = env.report("shoes");
-    let row = &report["jobs"][0];
-    assert_eq!(row["status"], "failed", "{row}");
-    let reason = row["reason"].as_str().unwrap_or_default();
-    assert!(
-        reason.starts_with("object-missing: ")
-            && reason.contains("s3://catalog/raw/out/shoes/sku-0.jpg"),
-        "{reason}"
-    );
-    assert_eq!(
-        s3.list_keys("catalog", "other/out/").await,
-        ["other/out/shoes/sku-0.jpg"],
-        "Claid wrote it under its connector's path"
-    );
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("storages.catalog"), "{stderr}");
     s3.stop().await;
 }
