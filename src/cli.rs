@@ -694,6 +694,12 @@ fn cmd_plan(config_path: &Path, file: &Path) -> anyhow::Result<i32> {
             job.output_rel.display()
         );
     }
+    // With `api.staging`, local files are staged into the bucket (no API call) and submitted
+    // like storage inputs instead of uploaded.
+    let (n_staged, n_uploads) = match &config.api.staging {
+        Some(_) => (n_uploads, 0),
+        None => (0, n_uploads),
+    };
     let n_async = n_new - n_uploads;
     println!();
     println!(
@@ -701,6 +707,11 @@ fn cmd_plan(config_path: &Path, file: &Path) -> anyhow::Result<i32> {
         spec.jobs.len(),
         n_async + n_async / 5
     );
+    if let Some(storage) = config.api.staging.as_deref().filter(|_| n_staged > 0) {
+        println!(
+            "{n_staged} local files are staged into the storage `{storage}` first (no API call) and go in batches with the submits."
+        );
+    }
     if let Some(why) = no_store {
         println!("(unchanged images were not detected: {why})");
     }

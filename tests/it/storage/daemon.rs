@@ -454,6 +454,21 @@ async fn local_inputs_are_staged_by_content_sent_in_batches_and_their_objects_de
     let storages = storages_yaml("catalog-s3", "s3://catalog/raw", &s3.endpoint, &keys);
     let config = env.config("staging: catalog", &storages);
     drop_local_manifest(&env, 6, true);
+    // `plan` counts staged files, not uploads.
+    let manifest = env.inbox.join("shoes.yaml");
+    let (code, out, err) = cli(&[
+        "plan",
+        manifest.to_str().expect("utf-8"),
+        "--config",
+        config.to_str().expect("utf-8"),
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("+ 0 uploads")
+            && out.contains("6 local files are staged into the storage `catalog`"),
+        "{out}"
+    );
     let (code, stderr) = env.run_once(&config).await;
     assert_eq!(code, 0, "{stderr}");
     check_staged_run(&env, 6, 1);
