@@ -25,9 +25,11 @@ use rand::SeedableRng;
 
 #[path = "bench/api.rs"]
 mod api;
+#[path = "bench/storage.rs"]
+mod storage;
 
 /// Every row, in table order.
-const ROWS: [&str; 13] = [
+const ROWS: [&str; 14] = [
     "throughput",
     "ratelimit",
     "delay",
@@ -41,6 +43,7 @@ const ROWS: [&str; 13] = [
     "batchhooks",
     "smalldrop",
     "billing",
+    "storage",
 ];
 
 #[derive(Debug, Parser)]
@@ -50,7 +53,7 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Run only this row (repeatable): throughput, ratelimit, delay, rss, restart, scan,
-    /// overview, scrape, batch, webhooks, batchhooks, smalldrop, billing.
+    /// overview, scrape, batch, webhooks, batchhooks, smalldrop, billing, storage.
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(ROWS))]
     only: Vec<String>,
     /// Runs per fast figure (throughput, delay, scan); the figure is their median.
@@ -93,6 +96,8 @@ struct Sizes {
     batch: usize,
     /// (runs, jobs per run) of the scrape row's small and large store.
     scrape: [(usize, usize); 2],
+    /// Images of the storage rows (issue 15).
+    storage: usize,
     /// Active manifests and images per manifest of the dashboard's overview row (issue 14).
     overview: (usize, usize),
 }
@@ -112,6 +117,7 @@ impl Sizes {
                 api: 100,
                 batch: 200,
                 scrape: [(1, 1_000), (20, 5_000)],
+                storage: 100,
             }
         } else {
             Sizes {
@@ -126,6 +132,7 @@ impl Sizes {
                 api: 300,
                 batch: 1_000,
                 scrape: [(1, 1_000), (200, 5_000)],
+                storage: 1_000,
             }
         }
     }
@@ -285,6 +292,14 @@ fn main() -> Result<()> {
             sizes.api
         );
         rows.extend(bench.billing(sizes.api, &mut notes)?);
+    }
+
+    if wanted("storage") {
+        eprintln!(
+            "== storage: {} local files through the upload endpoint, then staged and batched, then bucket to bucket",
+            sizes.storage
+        );
+        rows.extend(bench.storage(sizes.storage, &mut notes)?);
     }
 
     print_report(&args, &rows, &notes)?;

@@ -619,6 +619,16 @@ impl Client {
         })
     }
 
+    /// `GET {base}/storage/storages`: the storage connectors of the account (no pagination),
+    /// one HTTP attempt, counted as a probe. Needs the key's `storage` scope.
+    pub async fn list_storages_once(&self) -> Result<Vec<wire::StorageOut>, ClaidError> {
+        let url = self.endpoint_url("storage/storages")?;
+        let build = || Ok(self.api.get(url.clone()));
+        let answer = self.call(Endpoint::Probe, build).await?;
+        let (storages, _) = expect_ok::<Vec<wire::StorageOut>>(Endpoint::Probe, answer)?;
+        Ok(storages)
+    }
+
     /// A cheap authenticated call (`GET {base}/image/edit/async/0`): Ok when Claid answers
     /// and accepts the key (a 404 for the non-existent task is fine). One HTTP attempt.
     pub async fn probe(&self) -> Result<(), ClaidError> {

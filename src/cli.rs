@@ -409,31 +409,81 @@ fn kind_of(path: &Path) -> (FileKind, Option<String>) {
     }
 }
 
-/// Validates one file as a config, and that its folders exist; `true` when valid.
-fn validate_config_file(file: &Path) -> bool {
+/// Validates one file as a config, that its folders exist, and that its storages work (the
+/// connector exists on Claid's side, the prefix can be listed); `true` when valid. A storage
+/// that fails its check also gives the exit code of its cause (64, 69 or 77).
+fn validate_config_file(file: &Path) -> (bool, Option<i32>) {
     match config::load(file) {
         Ok(config) => {
             let missing = daemon::check_folders(&config);
-            if missing.is_empty() {
-                println!("{}: ok (config)", file.display());
-                return true;
+            if !missing.is_empty() {
+                println!(
+                    "{}: {} folder problem{}",
+                    file.display(),
+                    missing.len(),
+                    if missing.len() == 1 { "" } else { "s" }
+                );
+                for problem in missing {
+                    println!("  {problem}");
+                }
+                return (false, None);
             }
-            println!(
-                "{}: {} folder problem{}",
-                file.display(),
-                missing.len(),
-                if missing.len() == 1 { "" } else { "s" }
-            );
-            for problem in missing {
-                println!("  {problem}");
+            if let Err(err) = check_storages(&config) {
+                println!("{}: storage problem", file.display());
+                println!("  {err}");
+                if let Some(hint) = err.hint() {
+                    println!("  hint: {hint}");
+                }
+                return (false, Some(err.exit_code()));
             }
-            false
+            println!("{}: ok (config)", file.display());
+            (true, None)
         }
         Err(err) => {
             println!("{err}");
-            false
+            (false, None)
         }
     }
+}
+
+/// The daemon's start checks of the config's storages, for `validate`: the connector on Claid's
+/// side (with the configured API; skipped for `embedded`, whose connectors are the storages
+/// themselves, and without a readable key, said on stdout), then a listing of each prefix.
+fn check_storages(config: &Config) -> Result<(), crate::storages::StorageError> {
+    if config.storages.is_empty() {
+        return Ok(());
+    }
+    let storages = crate::storages::Storages::open(&config.storages)?;
+    let client = match &config.api.base_url {
+        config::BaseUrl::Embedded => None,
+        config::BaseUrl::Url(url) => match config::load_api_key(&config.api) {
+            Ok(Some(api_key)) => crate::claid::Client::new(crate::claid::ClientConfig {
+                base_url: url.clone(),
+                api_key,
+                requests_per_second: config.api.requests_per_second,
+                requests_per_minute: config.api.requests_per_minute,
+                request_timeout: config.api.request_timeout,
+                max_download_bytes: config.limits.max_download_bytes,
+            })
+            .ok(),
+            Ok(None) => {
+                println!(
+                    "  note: no API key (api.api_key_file or CLAID_API_KEY), so the storage connectors on Claid's side were not checked"
+                );
+                None
+            }
+            Err(err) => {
+                println!(
+                    "  note: {err}, so the storage connectors on Claid's side were not checked"
+                );
+                None
+            }
+        },
+    };
+    let Ok(rt) = small_runtime() else {
+        return Ok(());
+    };
+    rt.block_on(storages.check(client.as_ref()))
 }
 
 /// Validates one file as a manifest; `true` when valid. Without a config, a manifest that names
@@ -445,11 +495,13 @@ fn validate_manifest_file(config: Option<&Config>, file: &Path, profile: Option<
     };
     let profiles = config.map(|c| c.profiles.clone()).unwrap_or_default();
     let limits = config.map(|c| c.limits).unwrap_or_default();
+    let storages = config.map(|c| c.storages.clone()).unwrap_or_default();
     let load_ctx = manifest::LoadContext {
         inbox: &inbox,
         outbox: config.map(|c| c.folders.outbox.as_path()),
         profiles: &profiles,
         limits: &limits,
+        storages: &storages,
     };
     match manifest::load(&load_ctx, file) {
         Ok(spec) => {
@@ -513,7 +565,13 @@ fn cmd_validate(config_path: Option<&Path>, files: &[PathBuf]) -> anyhow::Result
             .with_context(|| format!("cannot resolve {}", file.display()))?;
         let (kind, profile) = kind_of(&file);
         let ok = match kind {
-            FileKind::Config => validate_config_file(&file),
+            FileKind::Config => {
+                let (ok, code) = validate_config_file(&file);
+                if let Some(code) = code {
+                    unreadable.get_or_insert(code);
+                }
+                ok
+            }
             FileKind::Manifest => {
                 validate_manifest_file(config.as_ref(), &file, profile.as_deref())
             }
@@ -525,7 +583,7 @@ fn cmd_validate(config_path: Option<&Path>, files: &[PathBuf]) -> anyhow::Result
                 println!("As a manifest:");
                 validate_manifest_file(config.as_ref(), &file, None);
                 println!("As a config:");
-                validate_config_file(&file);
+                let _ = validate_config_file(&file);
                 false
             }
         };
@@ -591,6 +649,7 @@ fn cmd_plan(config_path: &Path, file: &Path) -> anyhow::Result<i32> {
         outbox: Some(&config.folders.outbox),
         profiles: &config.profiles,
         limits: &config.limits,
+        storages: &config.storages,
     };
     let spec = match manifest::load(&load_ctx, &file) {
         Ok(spec) => spec,
@@ -635,6 +694,12 @@ fn cmd_plan(config_path: &Path, file: &Path) -> anyhow::Result<i32> {
             job.output_rel.display()
         );
     }
+    // With `api.staging`, local files are staged into the bucket (no API call) and submitted
+    // like storage inputs instead of uploaded.
+    let (n_staged, n_uploads) = match &config.api.staging {
+        Some(_) => (n_uploads, 0),
+        None => (0, n_uploads),
+    };
     let n_async = n_new - n_uploads;
     println!();
     println!(
@@ -642,6 +707,11 @@ fn cmd_plan(config_path: &Path, file: &Path) -> anyhow::Result<i32> {
         spec.jobs.len(),
         n_async + n_async / 5
     );
+    if let Some(storage) = config.api.staging.as_deref().filter(|_| n_staged > 0) {
+        println!(
+            "{n_staged} local files are staged into the storage `{storage}` first (no API call) and go in batches with the submits."
+        );
+    }
     if let Some(why) = no_store {
         println!("(unchanged images were not detected: {why})");
     }

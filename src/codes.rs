@@ -93,6 +93,14 @@ pub enum FailureCode {
     BatchUnmatched,
     /// A finished batch has no result and no error for this image.
     BatchMissingResult,
+    /// A storage output's object is not in the bucket after Claid reported it written.
+    ObjectMissing,
+    /// The bucket of a storage stayed unreachable (or failed) beyond the retry budget.
+    StorageUnreachable,
+    /// The bucket refused the daemon's keys (403) for a storage output or a staged input.
+    StorageDenied,
+    /// A local input could not be staged into the bucket (`api.staging`).
+    StagingFailed,
     /// A code this version does not know (a newer version wrote it).
     #[serde(other)]
     Unknown,
@@ -143,6 +151,10 @@ impl FailureCode {
         FailureCode::Superseded,
         FailureCode::BatchUnmatched,
         FailureCode::BatchMissingResult,
+        FailureCode::ObjectMissing,
+        FailureCode::StorageUnreachable,
+        FailureCode::StorageDenied,
+        FailureCode::StagingFailed,
         FailureCode::Unknown,
     ];
 
@@ -192,6 +204,10 @@ impl FailureCode {
             Superseded => "superseded",
             BatchUnmatched => "batch-unmatched",
             BatchMissingResult => "batch-missing-result",
+            ObjectMissing => "object-missing",
+            StorageUnreachable => "storage-unreachable",
+            StorageDenied => "storage-denied",
+            StagingFailed => "staging-failed",
             Unknown => "unknown",
         }
     }

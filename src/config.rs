@@ -83,6 +83,44 @@ pub struct Config {
     pub web: Option<web::WebConfig>,
     /// Where alerts go; empty = none.
     pub alerts: Vec<web::AlertSink>,
+    /// `storages`: buckets shared with Claid's storage connectors, by the name manifests use
+    /// in `storage://NAME/…`; empty = none.
+    pub storages: BTreeMap<String, StorageEntry>,
+}
+
+/// Default signing region of a storage.
+pub const DEFAULT_STORAGE_REGION: &str = "us-east-1";
+
+/// One `storages.NAME` entry: a Claid storage connector and the daemon's own access to the same
+/// bucket and prefix. The keys themselves are never part of a [`Config`]: they are read from
+/// `credentials_file` (or the `AWS_*` variables) when the daemon or `validate` opens the storage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageEntry {
+    /// The connector's name on Claid's side (`GET /v1/storage/storages`).
+    pub claid_name: String,
+    /// The bucket and prefix the connector points at (`s3://bucket/prefix`).
+    pub bucket: String,
+    /// Without slashes at its ends; empty for the whole bucket.
+    pub prefix: String,
+    /// An S3-compatible endpoint (`http(s)://host:port`); `None` = Amazon S3.
+    pub endpoint: Option<String>,
+    /// Signing region (`us-east-1` by default).
+    pub region: String,
+    /// YAML with `access_key_id` and `secret_access_key`; `None` = the `AWS_*` variables.
+    pub credentials_file: Option<PathBuf>,
+    /// Storage outputs are also downloaded into the outbox, as local outputs are.
+    pub output_local_copy: bool,
+}
+
+impl StorageEntry {
+    /// `s3://bucket/prefix`.
+    pub fn url(&self) -> String {
+        if self.prefix.is_empty() {
+            format!("s3://{}", self.bucket)
+        } else {
+            format!("s3://{}/{}", self.bucket, self.prefix)
+        }
+    }
 }
 
 /// Where the Claid API is.
@@ -114,6 +152,11 @@ pub struct ApiConfig {
     pub unreachable_timeout: Duration,
     /// `api.batch`: URL inputs with the same body go to Claid in one batch request.
     pub batch: BatchConfig,
+    /// `api.staging`: the storage (a key of `storages`) local inputs are uploaded to, so they
+    /// go to Claid in batches as `storage://` inputs; `None` = the synchronous upload endpoint.
+    pub staging: Option<String>,
+    /// `api.staging_delete`: staged objects are deleted once no unfinished job needs them.
+    pub staging_delete: bool,
 }
 
 /// `api.batch`: how URL inputs are grouped into batch requests.
@@ -462,4 +505,5 @@ pub const TOP_KEYS: &[&str] = &[
     "webhook",
     "web",
     "alerts",
+    "storages",
 ];

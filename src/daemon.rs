@@ -94,6 +94,8 @@ pub enum FatalError {
     Alerts(#[from] alerts::AlertError),
     #[error(transparent)]
     Webhook(#[from] webhook::WebhookError),
+    #[error(transparent)]
+    Storage(#[from] crate::storages::StorageError),
 }
 
 /// How `run` was asked to behave.
@@ -146,12 +148,19 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<Outcome, FatalError> {
     let api_key = crate::config::load_api_key(&config.api)?;
+    // The storages' keys are read now: a missing credentials file stops the start.
+    let storages = crate::storages::Storages::open(&config.storages)?;
 
-    // The embedded emulator lives as long as this function.
+    // The embedded emulator lives as long as this function; its storage connectors are the
+    // config's own storages.
     let mut embedded = None;
     let (base_url, api_key) = match &config.api.base_url {
         BaseUrl::Embedded => {
-            let handle = emulator::spawn(emulator::Scenario::default())
+            let mut scenario = emulator::Scenario::default();
+            for connector in storages.emulator_connectors() {
+                scenario = scenario.storage(connector);
+            }
+            let handle = emulator::spawn(scenario)
                 .await
                 .map_err(FatalError::Emulator)?;
             let url = handle.base_url();
@@ -187,6 +196,15 @@ pub async fn run(
         observer.observe_latency(endpoint, latency)
     }));
 
+    // Each storage's connector exists on Claid's side and its prefix can be listed.
+    storages.check(Some(&client)).await?;
+    if !storages.is_empty() {
+        info!(
+            storages = storages.iter().count(),
+            "Checked the storages: every connector exists and every prefix can be listed"
+        );
+    }
+
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let pipeline = pipeline::Handle::new(Deps {
@@ -208,6 +226,15 @@ pub async fn run(
         metrics: metrics.clone(),
         batch: config.api.batch,
         webhooks: config.webhook.as_ref().map(|w| w.poll_fallback),
+        storages: storages.clone(),
+        staging: config
+            .api
+            .staging
+            .as_deref()
+            .and_then(|name| storages.get(name))
+            .map(|storage| {
+                crate::storages::Staging::new(storage.clone(), config.api.staging_delete)
+            }),
         cancel: cancel.clone(),
         tracker: tracker.clone(),
     });

@@ -119,6 +119,9 @@ fn of_one(err: &(dyn Error + 'static)) -> Option<i32> {
     if let Some(err) = err.downcast_ref::<ConfigError>() {
         return Some(of_config(err));
     }
+    if let Some(err) = err.downcast_ref::<crate::storages::StorageError>() {
+        return Some(err.exit_code());
+    }
     if let Some(err) = err.downcast_ref::<StoreError>() {
         return of_store(err);
     }
@@ -169,6 +172,7 @@ fn of_fatal(err: &FatalError) -> i32 {
         | FatalError::Admin(AdminError::MetricsBind { cause, .. }) => of_io(cause, Access::Create),
         FatalError::Admin(_) => IO_ERR,
         FatalError::Emulator(_) => UNAVAILABLE,
+        FatalError::Storage(err) => err.exit_code(),
         FatalError::Watcher(WatchError::Inbox { cause, .. }) => of_io(cause, Access::Read),
         FatalError::Watcher(_) => IO_ERR,
         FatalError::Web(crate::web::WebError::Bind { cause, .. }) => of_io(cause, Access::Create),

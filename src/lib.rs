@@ -51,6 +51,7 @@ pub mod pipeline;
 pub mod report;
 pub mod retry;
 pub mod signal;
+pub mod storages;
 pub mod store;
 pub mod text;
 pub mod watcher;

@@ -54,6 +54,9 @@ pub struct LoadContext<'a> {
     pub outbox: Option<&'a Path>,
     pub profiles: &'a BTreeMap<String, Profile>,
     pub limits: &'a Limits,
+    /// The config's `storages`: `storage://NAME/…` inputs and destinations are checked against
+    /// them (and NAME rewritten to the connector's `claid_name`).
+    pub storages: &'a BTreeMap<String, crate::config::StorageEntry>,
 }
 
 /// A validated manifest: everything needed to register its jobs.
@@ -297,6 +300,7 @@ pub fn load(ctx: &LoadContext<'_>, manifest: &Path) -> Result<ManifestSpec, Mani
         manifest_dir: manifest.parent().unwrap_or(ctx.inbox),
         out_dir: rel.with_extension(""),
         profiles: ctx.profiles,
+        storages: ctx.storages,
     };
     let mut outbox = Outbox::new(ctx.outbox);
     let mut problems = Collector::default();

@@ -418,6 +418,26 @@ impl ObjectStorage {
         Ok(infos)
     }
 
+    /// Whether the prefix can be listed: one listing request that reads at most its first
+    /// page, whatever the prefix holds (the check `validate` and the daemon's start make).
+    pub async fn probe(&self) -> Result<(), ObjectError> {
+        let prefix = if self.prefix.is_empty() {
+            None
+        } else {
+            Some(
+                StorePath::parse(&self.prefix).map_err(|err| ObjectError::UnsafeKey {
+                    key: self.prefix.clone(),
+                    reason: path_reason(&err),
+                })?,
+            )
+        };
+        let mut listing = self.store.list(prefix.as_ref());
+        match listing.try_next().await {
+            Ok(_) => Ok(()),
+            Err(err) => Err(self.failed("list", "", err)),
+        }
+    }
+
     /// Deletes `key` (no error when it does not exist, as S3 answers).
     pub async fn delete(&self, key: &str) -> Result<(), ObjectError> {
         let path = self.path(key)?;

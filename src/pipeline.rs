@@ -68,6 +68,10 @@ pub struct Deps {
     pub batch: crate::config::BatchConfig,
     /// `webhook.poll_fallback` when webhooks are on.
     pub webhooks: Option<Duration>,
+    /// The config's `storages`, opened (storage outputs are checked through them).
+    pub storages: crate::storages::Storages,
+    /// `api.staging`, when set.
+    pub staging: Option<crate::storages::Staging>,
     pub cancel: CancellationToken,
     pub tracker: TaskTracker,
 }
@@ -97,6 +101,8 @@ pub struct Settings {
     pub policies: Policies,
     pub limits: Limits,
     pub profiles: BTreeMap<String, Profile>,
+    /// The config's `storages` (not reloaded: they need a restart, which checks them).
+    pub storages: Arc<BTreeMap<String, crate::config::StorageEntry>>,
 }
 
 /// What resuming from the store found (logged, and shown by `status`).
@@ -246,6 +252,7 @@ impl Handle {
             policies: deps.policies,
             limits: deps.limits,
             profiles: deps.profiles,
+            storages: Arc::new(deps.storages.entries()),
         }));
         let board = Arc::new(Board::default());
         let queue = Arc::new(submitter::Queue::default());
@@ -256,7 +263,10 @@ impl Handle {
         let (finisher_tx, finisher_rx) = mpsc::unbounded_channel();
         let polls = Arc::new(polls::Polls::new(deps.poll, deps.client.clone()));
         let dispatch = Arc::new(dispatch::Dispatch::default());
-        let batching = Arc::new(batch::Batching::new(deps.batch));
+        let batching = Arc::new(
+            batch::Batching::new(deps.batch)
+                .with_connectors(deps.storages.iter().map(|s| s.entry.claid_name.clone())),
+        );
         // Backoff grows up to `poll.max`, the longest the operator lets a task wait.
         let retry = crate::retry::Policy {
             cap: deps.poll.max,
@@ -278,6 +288,8 @@ impl Handle {
             webhooks: deps.webhooks,
             health: health.clone(),
             queue: queue.clone(),
+            storages: deps.storages.clone(),
+            staging: deps.staging.clone(),
             cancel: deps.cancel.clone(),
         });
         let batches = batch::BatchRunner::new(batch::BatchDeps {
@@ -319,6 +331,7 @@ impl Handle {
             queue: queue.clone(),
             intake: intake_tx.clone(),
             notices: notices.clone(),
+            staging: deps.staging.clone().filter(|s| s.delete),
         });
         let intake = intake::Intake {
             store: deps.store.clone(),
@@ -477,10 +490,12 @@ impl Handle {
             .settings
             .write()
             .unwrap_or_else(PoisonError::into_inner);
+        let storages = settings.storages.clone();
         *settings = Settings {
             policies,
             limits,
             profiles,
+            storages,
         };
     }
 

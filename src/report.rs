@@ -12,9 +12,9 @@ use crate::output::{self, OutputError};
 use crate::store::records::{JobState, JobV1, ManifestV1};
 
 /// Header of the CSV report, in column order.
-pub const CSV_HEADER: [&str; 10] = [
+pub const CSV_HEADER: [&str; 11] = [
     "input", "output", "status", "reason", "task_id", "width", "height", "bytes", "in_doubt",
-    "batch_id",
+    "batch_id", "object",
 ];
 
 /// One image of a manifest.
@@ -38,6 +38,10 @@ pub struct ReportRow {
     /// The Claid batch the image went in, when it went in one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_id: Option<u64>,
+    /// A storage output: the object Claid writes (`storage://CONNECTOR/folder/a/sku-1.jpg`);
+    /// nothing is downloaded unless the storage keeps a local copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
 }
 
 /// The report of one manifest.
@@ -88,6 +92,7 @@ pub fn row(job: &JobV1) -> ReportRow {
         bytes: None,
         in_doubt: job.in_doubt,
         batch_id: job.batch,
+        object: crate::storages::destination_of(&job.body, &job.output_rel),
     };
     match &job.state {
         JobState::Submitted { task_id, .. } => row.task_id = Some(*task_id),
@@ -261,6 +266,7 @@ fn write_csv(w: &mut dyn Write, rows: &RowSource<'_>) -> io::Result<()> {
                 opt(row.bytes.map(|v| v.to_string())),
                 row.in_doubt.to_string(),
                 opt(row.batch_id.map(|v| v.to_string())),
+                opt(row.object),
             ])
             .map_err(io::Error::from)
     })?;

@@ -406,6 +406,45 @@ impl Store {
         self.on_pool(move || trees.unfinished_summaries()).await?
     }
 
+    /// Records where a queued local input was staged (`api.staging`); the job stays queued.
+    /// Durable: a restart submits the staged object and never stages the file again.
+    pub async fn mark_staged(&self, id: JobId, uri: &str) -> Result<JobV1, StoreError> {
+        let job = self.step(id, "queued", |job| match job.state {
+            JobState::Queued => {
+                let mut next = job.clone();
+                next.staged = Some(uri.to_owned());
+                Some(next)
+            }
+            _ => None,
+        })?;
+        self.flush().await?;
+        Ok(job)
+    }
+
+    /// The staged objects (`JobV1::staged`) of every job not done or failed: those must stay.
+    pub async fn staged_in_use(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+        let trees = self.trees.clone();
+        self.on_pool(move || trees.unfinished_staged()).await?
+    }
+
+    /// The staged objects of a run's jobs.
+    pub async fn staged_of_run(
+        &self,
+        id: ManifestId,
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        self.read(move |reader| {
+            let mut staged = std::collections::HashSet::new();
+            reader.for_each_job_of_manifest::<StoreError>(id, |_, job| {
+                if let Some(uri) = job.staged {
+                    staged.insert(uri);
+                }
+                Ok(())
+            })?;
+            Ok(staged)
+        })
+        .await
+    }
+
     /// Queued → Submitting, `attempts += 1`. Durability point 1 (ARCHITECTURE.md "Crash safety"): returns once on disk.
     pub async fn mark_submitting(&self, id: JobId) -> Result<JobV1, StoreError> {
         let now = now_ms();
@@ -608,6 +647,10 @@ impl Store {
         let job = self.step(id, "any", |job| {
             let mut next = with_state(job, JobState::Queued);
             next.batch = None;
+            // A replayed job stages its input again: the object may have been cleaned up.
+            if job.state.is_terminal() {
+                next.staged = None;
+            }
             if count_in_doubt {
                 next.in_doubt = next.in_doubt.saturating_add(1);
             }

@@ -18,9 +18,9 @@ use crate::config::{
     DEFAULT_BASE_URL, DEFAULT_MAX_DOWNLOAD_BYTES, DEFAULT_MAX_DOWNLOADS, DEFAULT_MAX_IMAGES,
     DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_MANIFEST_BYTES, DEFAULT_POLL_MAX, DEFAULT_POLL_MIN,
     DEFAULT_REQUEST_TIMEOUT, DEFAULT_REQUESTS_PER_MINUTE, DEFAULT_REQUESTS_PER_SECOND,
-    DEFAULT_RESCAN, DEFAULT_SETTLE, DEFAULT_SHUTDOWN_GRACE, DEFAULT_UNREACHABLE_TIMEOUT, Folders,
-    InDoubtPolicy, Limits, LogConfig, LogFormat, OnManifestDone, OnOutputExists, PollConfig,
-    Profile, WatchConfig,
+    DEFAULT_RESCAN, DEFAULT_SETTLE, DEFAULT_SHUTDOWN_GRACE, DEFAULT_STORAGE_REGION,
+    DEFAULT_UNREACHABLE_TIMEOUT, Folders, InDoubtPolicy, Limits, LogConfig, LogFormat,
+    OnManifestDone, OnOutputExists, PollConfig, Profile, StorageEntry, WatchConfig,
 };
 use crate::yaml::kind;
 
@@ -111,7 +111,7 @@ impl Checker {
             .map(Path::to_owned)
             .unwrap_or_else(|| PathBuf::from("."));
 
-        let api = self.api(root, &base_dir);
+        let mut api = self.api(root, &base_dir);
         let folders = self.folders(root, &base_dir);
         let watch = WatchConfig {
             settle: self.duration(root, "watch.settle", DEFAULT_SETTLE, true),
@@ -144,7 +144,11 @@ impl Checker {
             ),
         };
         let shutdown_grace = self.duration(root, "shutdown_grace", DEFAULT_SHUTDOWN_GRACE, true);
-        let profiles = self.profiles(root);
+        let storages = self.storages(root, &base_dir);
+        if let Some(api) = &mut api {
+            api.staging = self.staging(root, &storages);
+        }
+        let profiles = self.profiles(root, &storages);
         let webhook = self.webhook(root, &base_dir);
         let web = self.web(root, &base_dir);
         let alerts = self.alerts(root, &base_dir);
@@ -163,7 +167,169 @@ impl Checker {
             webhook,
             web,
             alerts,
+            storages,
         })
+    }
+
+    /// `storages.NAME`: the Claid connector name, the bucket URL, the endpoint, region and
+    /// credentials file. The credentials themselves are read only when the storage is opened.
+    fn storages(&mut self, root: &Value, base_dir: &Path) -> BTreeMap<String, StorageEntry> {
+        let mut storages = BTreeMap::new();
+        let map = match lookup(root, "storages") {
+            None | Some(Value::Null) => return storages,
+            Some(Value::Object(map)) => map,
+            Some(other) => {
+                self.problem(
+                    "storages",
+                    format!(
+                        "expected a mapping of storage names, like `catalog: {{ claid_name: catalog-s3, url: s3://bucket/prefix }}`, found {}",
+                        kind(other)
+                    ),
+                );
+                return storages;
+            }
+        };
+        for (name, value) in map {
+            let key = format!("storages.{name}");
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                self.problem(
+                    &key,
+                    "a storage name may hold only letters, digits, `-` and `_` (it is the NAME of storage://NAME/…)",
+                );
+                continue;
+            }
+            if !matches!(value, Value::Object(_)) {
+                self.problem(
+                    &key,
+                    format!(
+                        "expected a mapping with `claid_name` and `url`, found {}",
+                        kind(value)
+                    ),
+                );
+                continue;
+            }
+            self.section(root, &key);
+            let n_problems = self.problems.len();
+            let claid_name = match lookup(root, &format!("{key}.claid_name")) {
+                None | Some(Value::Null) => {
+                    self.problem(
+                        &format!("{key}.claid_name"),
+                        "missing; give the name of the storage connector in Claid's dashboard (GET /v1/storage/storages lists them)",
+                    );
+                    String::new()
+                }
+                Some(Value::String(text)) => {
+                    let text = text.trim();
+                    if let Err(reason) = check_connector_name(text) {
+                        self.problem(
+                            &format!("{key}.claid_name"),
+                            format!("`{text}`: a connector name {reason}"),
+                        );
+                    }
+                    text.to_owned()
+                }
+                Some(other) => {
+                    self.problem(
+                        &format!("{key}.claid_name"),
+                        format!("expected the connector's name, found {}", kind(other)),
+                    );
+                    String::new()
+                }
+            };
+            let (bucket, prefix) = match lookup(root, &format!("{key}.url")) {
+                None | Some(Value::Null) => {
+                    self.problem(
+                        &format!("{key}.url"),
+                        "missing; give the bucket and prefix the connector points at, like `s3://bucket/prefix`",
+                    );
+                    (String::new(), String::new())
+                }
+                Some(Value::String(text)) => match crate::objects::S3Url::parse(text.trim()) {
+                    Ok(url) => (url.bucket, url.prefix),
+                    Err(err) => {
+                        self.problem(&format!("{key}.url"), err.to_string());
+                        (String::new(), String::new())
+                    }
+                },
+                Some(other) => {
+                    self.problem(
+                        &format!("{key}.url"),
+                        format!(
+                            "expected a URL like `s3://bucket/prefix`, found {}",
+                            kind(other)
+                        ),
+                    );
+                    (String::new(), String::new())
+                }
+            };
+            let endpoint = match lookup(root, &format!("{key}.endpoint")) {
+                None | Some(Value::Null) => None,
+                Some(Value::String(text))
+                    if (text.trim().starts_with("http://")
+                        || text.trim().starts_with("https://"))
+                        && text.trim().len() > "https://".len() =>
+                {
+                    Some(text.trim().trim_end_matches('/').to_owned())
+                }
+                Some(other) => {
+                    self.problem(
+                        &format!("{key}.endpoint"),
+                        format!(
+                            "`{}` is not an http(s) URL; give the S3-compatible server like `http://127.0.0.1:9000`, or remove the key for Amazon S3",
+                            display(other)
+                        ),
+                    );
+                    None
+                }
+            };
+            let region = match lookup(root, &format!("{key}.region")) {
+                None | Some(Value::Null) => DEFAULT_STORAGE_REGION.to_owned(),
+                Some(Value::String(text)) if !text.trim().is_empty() => text.trim().to_owned(),
+                Some(other) => {
+                    self.problem(
+                        &format!("{key}.region"),
+                        format!(
+                            "expected a region like `{DEFAULT_STORAGE_REGION}`, found `{}`",
+                            display(other)
+                        ),
+                    );
+                    DEFAULT_STORAGE_REGION.to_owned()
+                }
+            };
+            let credentials_file = self.path(root, &format!("{key}.credentials_file"), base_dir);
+            let output_local_copy = self.boolean(root, &format!("{key}.output_local_copy"), false);
+            if self.problems.len() == n_problems {
+                storages.insert(
+                    name.clone(),
+                    StorageEntry {
+                        claid_name,
+                        bucket,
+                        prefix,
+                        endpoint,
+                        region,
+                        credentials_file,
+                        output_local_copy,
+                    },
+                );
+            }
+        }
+        let mut by_connector: BTreeMap<&str, &str> = BTreeMap::new();
+        for (name, entry) in &storages {
+            if let Some(other) = by_connector.insert(&entry.claid_name, name) {
+                self.problem(
+                    &format!("storages.{name}.claid_name"),
+                    format!(
+                        "`{}` is also the connector of `storages.{other}`; give each connector one entry",
+                        entry.claid_name
+                    ),
+                );
+            }
+        }
+        storages
     }
 
     fn api(&mut self, root: &Value, base_dir: &Path) -> Option<ApiConfig> {
@@ -259,7 +425,40 @@ impl Checker {
                     true,
                 ),
             },
+            staging: None,
+            staging_delete: self.boolean(root, "api.staging_delete", true),
         })
+    }
+
+    /// `api.staging`: the name of a storage of `storages`.
+    fn staging(
+        &mut self,
+        root: &Value,
+        storages: &BTreeMap<String, StorageEntry>,
+    ) -> Option<String> {
+        let key = "api.staging";
+        match lookup(root, key) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(name)) if storages.contains_key(name.trim()) => {
+                Some(name.trim().to_owned())
+            }
+            Some(other) => {
+                let known: Vec<String> = storages.keys().map(|k| format!("`{k}`")).collect();
+                self.problem(
+                    key,
+                    format!(
+                        "`{}` is not a storage of `storages`; {}",
+                        display(other),
+                        if known.is_empty() {
+                            "add one (docs/storage.md) or remove the key".to_owned()
+                        } else {
+                            format!("use one of {}", known.join(", "))
+                        }
+                    ),
+                );
+                None
+            }
+        }
     }
 
     fn folders(&mut self, root: &Value, base_dir: &Path) -> Option<Folders> {
@@ -290,7 +489,11 @@ impl Checker {
         })
     }
 
-    fn profiles(&mut self, root: &Value) -> BTreeMap<String, Profile> {
+    fn profiles(
+        &mut self,
+        root: &Value,
+        storages: &BTreeMap<String, StorageEntry>,
+    ) -> BTreeMap<String, Profile> {
         let mut profiles = BTreeMap::new();
         let map = match lookup(root, "profiles") {
             None | Some(Value::Null) => return profiles,
@@ -339,16 +542,27 @@ impl Checker {
                 Some(Value::String(_)) => {
                     self.problem(
                         &format!("{key}.output"),
-                        "a destination URI is not supported: results are downloaded into the outbox; give output options like `{ format: webp }`",
+                        "a destination URI alone is not supported; give output options like `{ format: webp }`, or `{ destination: storage://NAME/folder/ }` with NAME a configured storage",
                     );
                     continue;
                 }
                 Some(Value::Object(fields)) if fields.contains_key("destination") => {
-                    self.problem(
-                        &format!("{key}.output.destination"),
-                        "not supported: results are downloaded into the outbox; remove it",
-                    );
-                    continue;
+                    let named = fields
+                        .get("destination")
+                        .and_then(Value::as_str)
+                        .and_then(|uri| uri.strip_prefix("storage://"))
+                        .map(|rest| rest.split_once('/').map_or(rest, |(name, _)| name))
+                        .filter(|name| {
+                            storages.contains_key(*name)
+                                || storages.values().any(|e| e.claid_name == *name)
+                        });
+                    if named.is_none() {
+                        self.problem(
+                            &format!("{key}.output.destination"),
+                            "results go to the outbox unless the destination is `storage://NAME/folder/` with NAME a storage of `storages`; remove it or configure the storage",
+                        );
+                        continue;
+                    }
                 }
                 _ => {}
             }
@@ -515,6 +729,24 @@ impl Checker {
             }
         }
     }
+}
+
+/// Claid's rule for a connector name (`StorageIn.name`); the error completes "a connector
+/// name …".
+pub fn check_connector_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("must not be empty");
+    }
+    if name.chars().count() > 50 {
+        return Err("must be at most 50 characters");
+    }
+    if name
+        .chars()
+        .any(|c| c == '/' || c.is_whitespace() || c.is_control())
+    {
+        return Err("may not hold `/`, whitespace or control characters");
+    }
+    Ok(())
 }
 
 /// The accepted spellings of an enum, from its serde names.

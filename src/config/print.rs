@@ -1,8 +1,9 @@
 //! `run --print-config`: the effective configuration (the file, then the `CLAID_HOTFOLDER__*`
 //! variables, then the defaults of every key left out) as YAML that `validate` and `run
 //! --config` accept back, keys in the order of `config/claid-hotfolder.yaml`. Credentials in
-//! `api.base_url` (`https://user:password@host/…`) are replaced by `REDACTED`; the API key is
-//! never part of a [`Config`].
+//! `api.base_url` (`https://user:password@host/…`) and in a storage's `endpoint` are replaced by
+//! `REDACTED`; the API key and the storages' S3 keys are never part of a [`Config`] (a storage
+//! shows the path of its credentials file, never what is in it).
 
 use serde_json::Value as Json;
 use serde_yaml::{Mapping, Value};
@@ -134,6 +135,30 @@ pub fn to_yaml(config: &Config) -> String {
         profiles.insert(name.as_str().into(), Value::Mapping(fields));
     }
     root.insert("profiles".into(), Value::Mapping(profiles));
+    let mut storages = Mapping::new();
+    for (name, entry) in &config.storages {
+        storages.insert(
+            name.as_str().into(),
+            map([
+                ("claid_name", entry.claid_name.as_str().into()),
+                ("url", entry.url().into()),
+                (
+                    "endpoint",
+                    entry
+                        .endpoint
+                        .as_deref()
+                        .map_or(Value::Null, |url| redact_url(url).into()),
+                ),
+                ("region", entry.region.as_str().into()),
+                (
+                    "credentials_file",
+                    entry.credentials_file.as_deref().map_or(Value::Null, path),
+                ),
+                ("output_local_copy", entry.output_local_copy.into()),
+            ]),
+        );
+    }
+    root.insert("storages".into(), Value::Mapping(storages));
 
     let body = serde_yaml::to_string(&Value::Mapping(root))
         .expect("a mapping of strings, numbers and booleans serializes");
@@ -197,6 +222,13 @@ fn api(config: &Config) -> Value {
                 ("linger", duration(api.batch.linger)),
             ]),
         ),
+        (
+            "staging",
+            api.staging
+                .as_deref()
+                .map_or(Value::Null, |name| name.into()),
+        ),
+        ("staging_delete", api.staging_delete.into()),
     ])
 }
 
@@ -232,7 +264,11 @@ mod tests {
         let Value::Mapping(map) = value else { return };
         for (key, child) in map {
             let key = key.as_str().expect("string keys");
-            let key = if prefix == "profiles" { "*" } else { key };
+            let key = if prefix == "profiles" || prefix == "storages" {
+                "*"
+            } else {
+                key
+            };
             let dotted = if prefix.is_empty() {
                 key.to_owned()
             } else {
@@ -252,7 +288,8 @@ mod tests {
     fn every_key_of_the_schema_is_printed() {
         let text = "api: { base_url: embedded }\n\
                     folders: { inbox: /i, outbox: /o, archive: /a, rejected: /r, state: /s }\n\
-                    profiles: { p: { operations: {}, output: { format: webp } } }\n";
+                    profiles: { p: { operations: {}, output: { format: webp } } }\n\
+                    storages: { s: { claid_name: c, url: s3://b/p } }\n";
         let config =
             crate::config::parse(text, std::path::Path::new("/etc/c.yaml")).expect("valid");
         let printed: Value = serde_yaml::from_str(&to_yaml(&config)).expect("yaml");
@@ -261,8 +298,30 @@ mod tests {
         printed_keys.sort();
         let mut schema_keys = crate::config::known_keys();
         schema_keys.push("profiles.*".to_owned());
+        schema_keys.push("storages.*".to_owned());
         schema_keys.sort();
         assert_eq!(printed_keys, schema_keys);
+    }
+
+    /// A storage prints its credentials file's path and never a key; an endpoint's user
+    /// information is redacted; the print reads back as the same config.
+    #[test]
+    fn storages_print_without_secrets_and_read_back() {
+        let text = "api: { base_url: embedded }\n\
+                    folders: { inbox: /i, outbox: /o, archive: /a, rejected: /r, state: /s }\n\
+                    storages:\n  catalog:\n    claid_name: catalog-s3\n    url: s3://bkt/raw/\n    endpoint: http://u:hunter2@127.0.0.1:9000\n    credentials_file: keys.yaml\n";
+        let origin = std::path::Path::new("/etc/c.yaml");
+        let config = crate::config::parse(text, origin).expect("valid");
+        let printed = to_yaml(&config);
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(printed.contains("/etc/keys.yaml"), "{printed}");
+        assert!(printed.contains("s3://bkt/raw"), "{printed}");
+        let back = crate::config::parse(&printed, origin).expect("reads back");
+        let entry = &back.storages["catalog"];
+        assert_eq!(entry.bucket, "bkt");
+        assert_eq!(entry.prefix, "raw");
+        assert_eq!(entry.region, "us-east-1");
+        assert_eq!(entry.claid_name, "catalog-s3");
     }
 
     #[test]

@@ -20,6 +20,8 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "poll",
             "unreachable_timeout",
             "batch",
+            "staging",
+            "staging_delete",
         ],
     ),
     ("api.poll", &["min", "max"]),
@@ -36,6 +38,17 @@ const SCHEMA: &[(&str, &[&str])] = &[
         &["max_manifest_bytes", "max_images", "max_download_bytes"],
     ),
     ("profiles.*", &["operations", "output"]),
+    (
+        "storages.*",
+        &[
+            "claid_name",
+            "url",
+            "endpoint",
+            "region",
+            "credentials_file",
+            "output_local_copy",
+        ],
+    ),
     (
         "webhook",
         &["enabled", "listen", "secret_file", "poll_fallback"],
@@ -88,12 +101,17 @@ pub fn join(section: &str, key: &str) -> String {
     }
 }
 
-/// `profiles.white-1000` → `profiles.*`.
+/// `profiles.white-1000` → `profiles.*`, `storages.catalog` → `storages.*`.
 fn schema_key(section: &str) -> String {
-    match section.strip_prefix("profiles.") {
-        Some(_) => "profiles.*".to_owned(),
-        None => section.to_owned(),
+    for named in ["profiles", "storages"] {
+        if section
+            .strip_prefix(named)
+            .is_some_and(|rest| rest.starts_with('.'))
+        {
+            return format!("{named}.*");
+        }
     }
+    section.to_owned()
 }
 
 /// The closest known key for an unknown one: same section first, then anywhere.

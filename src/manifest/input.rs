@@ -58,7 +58,8 @@ pub fn check_input(
         || lower.starts_with("https://")
         || lower.starts_with("storage://")
     {
-        return check_remote(trimmed, path, problems);
+        let input = check_remote(trimmed, path, problems)?;
+        return Some(rename_storage(input, ctx));
     }
     if let Some(idx) = trimmed.find("://") {
         problems.add(
@@ -71,6 +72,24 @@ pub fn check_input(
         return None;
     }
     check_local(trimmed, path, ctx, local, problems)
+}
+
+/// `storage://NAME/…` where NAME is a configured storage whose connector is called otherwise
+/// on Claid's side: the URI Claid understands, `storage://CLAID_NAME/…`.
+fn rename_storage(input: Input, ctx: &Context<'_>) -> Input {
+    let Input::Remote(url) = &input else {
+        return input;
+    };
+    let Some(rest) = url.strip_prefix("storage://") else {
+        return input;
+    };
+    let (name, path) = rest.split_once('/').unwrap_or((rest, ""));
+    match ctx.storages.get(name) {
+        Some(entry) if entry.claid_name != name => {
+            Input::Remote(format!("storage://{}/{path}", entry.claid_name))
+        }
+        _ => input,
+    }
 }
 
 fn check_remote(url: &str, path: &str, problems: &mut Collector) -> Option<Input> {

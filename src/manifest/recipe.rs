@@ -90,6 +90,7 @@ pub fn load_image(ctx: &LoadContext<'_>, image: &Path) -> Result<ManifestSpec, M
         manifest_dir: image.parent().unwrap_or(ctx.inbox),
         out_dir,
         profiles: ctx.profiles,
+        storages: ctx.storages,
     };
     let mut outbox = Outbox::new(ctx.outbox);
     let doc = Doc {

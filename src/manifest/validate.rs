@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use crate::claid::request::{self, InputRule};
-use crate::config::Profile;
+use crate::config::{Profile, StorageEntry};
 use crate::manifest::JobSpec;
 use crate::manifest::doc::{Doc, Item};
 use crate::manifest::input::{LocalFiles, check_input};
@@ -36,6 +36,8 @@ pub struct Context<'a> {
     /// The manifest's output folder relative to the outbox (`a/b/shoes`).
     pub out_dir: PathBuf,
     pub profiles: &'a BTreeMap<String, Profile>,
+    /// The config's storages (`storage://NAME/…` inputs and destinations).
+    pub storages: &'a BTreeMap<String, StorageEntry>,
 }
 
 /// Validates a parsed manifest: its keys, the profile merge and each image (input, merged
@@ -151,15 +153,19 @@ pub fn validate(
         }
     };
 
+    // A storage destination names a configured storage; the body carries its Claid name.
+    let shared_dest_ok = resolve_destination(&mut base_output, "output", ctx.storages, problems);
     // The shared body is validated once: a problem in it is reported once, not per image.
     let shared_body = Arc::new(make_body(&base_ops, base_output.as_ref()));
-    let shared_ok = check_schema(&shared_body, "", None, profile_name.as_deref(), problems)
-        & check_no_destination(base_output.as_ref(), "output", problems);
+    let shared_ok =
+        check_schema(&shared_body, "", None, profile_name.as_deref(), problems) & shared_dest_ok;
     let shared_canonical = canonical_json(&shared_body);
     let shared_format = output_format(base_output.as_ref());
 
     let mut jobs = Vec::with_capacity(images.len());
     let mut outputs: HashMap<PathBuf, usize> = HashMap::with_capacity(images.len());
+    // Object keys of storage outputs: two images may not write the same object either.
+    let mut objects: HashMap<String, usize> = HashMap::new();
     let mut local = LocalFiles::default();
     for (idx, item) in images.iter().enumerate() {
         let image = item.to_value();
@@ -281,10 +287,16 @@ pub fn validate(
                     output = None;
                 }
             }
+            let dest_ok = own_options.is_none()
+                || resolve_destination(
+                    &mut output,
+                    &format!("{at}.output"),
+                    ctx.storages,
+                    problems,
+                );
             let body = make_body(&ops, output.as_ref());
-            let ok = check_schema(&body, &at, Some(image), profile_name.as_deref(), problems)
-                & (own_options.is_none()
-                    || check_no_destination(output.as_ref(), &format!("{at}.output"), problems));
+            let ok =
+                check_schema(&body, &at, Some(image), profile_name.as_deref(), problems) & dest_ok;
             let format = output_format(output.as_ref());
             let canonical = canonical_json(&body);
             (Arc::new(body), Some(canonical), format, ok)
@@ -319,6 +331,23 @@ pub fn validate(
             problems.add(&output_at, why);
             continue;
         }
+        if let Some(object) = crate::storages::destination_of(&body, &output_rel.to_string_lossy())
+        {
+            if let Some(first) = objects.get(&object) {
+                problems.add(
+                    &output_at,
+                    format!(
+                        "the object `{object}` is also written by images[{first}]; give one of them a different `output`"
+                    ),
+                );
+                continue;
+            }
+            if let Err(err) = crate::objects::check_key(&object["storage://".len()..]) {
+                problems.add(&output_at, format!("the object `{object}`: {err}"));
+                continue;
+            }
+            objects.insert(object, idx);
+        }
         outputs.insert(output_rel.clone(), idx);
         let key = job_key(
             &input,
@@ -346,24 +375,107 @@ fn make_body(ops: &Value, output: Option<&Value>) -> Value {
     Value::Object(body)
 }
 
-/// The daemon downloads every result into the outbox, so a Claid-side `destination` (or the
-/// string shorthand for one) would leave nothing to download.
-fn check_no_destination(output: Option<&Value>, path: &str, problems: &mut Collector) -> bool {
+/// A Claid-side `destination` is allowed only as `output.destination: storage://NAME/folder/`
+/// where NAME is a configured storage (`storages`): the outputs then mirror the inbox tree under
+/// that folder of the bucket, and the daemon checks each object instead of downloading it.
+/// NAME is rewritten to the storage's `claid_name` (what Claid knows it by); `true` when fine.
+fn resolve_destination(
+    output: &mut Option<Value>,
+    path: &str,
+    storages: &BTreeMap<String, StorageEntry>,
+    problems: &mut Collector,
+) -> bool {
+    let configured = || {
+        if storages.is_empty() {
+            "the config has no `storages`; add one (docs/storage.md)".to_owned()
+        } else {
+            format!(
+                "configured storages: {}",
+                storages
+                    .keys()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
+    };
     match output {
-        Some(Value::String(_)) => {
+        Some(Value::String(text)) => {
             problems.add(
                 path,
-                "a destination URI is not supported: results are downloaded into the outbox; give output options like `{ format: webp }`".into(),
+                format!(
+                    "a destination URI alone is not supported; write `{{ destination: {} }}` with a storage folder (`storage://NAME/folder/`, {}), or give output options like `{{ format: webp }}`",
+                    if text.starts_with("storage://") { text.as_str() } else { "storage://NAME/folder/" },
+                    configured()
+                ),
             );
             false
         }
-        Some(Value::Object(fields)) if fields.contains_key("destination") => {
-            problems.push(
-                format!("{path}.destination"),
-                Some(path.to_owned()),
-                "not supported: results are downloaded into the outbox; remove it".into(),
-            );
-            false
+        Some(Value::Object(fields)) => {
+            let Some(destination) = fields.get("destination") else {
+                return true;
+            };
+            let at = format!("{path}.destination");
+            let fail = |problems: &mut Collector, message: String| {
+                problems.push(at.clone(), Some(path.to_owned()), message);
+                false
+            };
+            let Value::String(text) = destination else {
+                return fail(
+                    problems,
+                    format!(
+                        "expected a storage folder like `storage://NAME/folder/`, found {}",
+                        yaml::kind(destination)
+                    ),
+                );
+            };
+            let Some(rest) = text.strip_prefix("storage://") else {
+                return fail(
+                    problems,
+                    format!(
+                        "`{text}` is not a storage folder: results go to the outbox unless the destination is `storage://NAME/folder/` with NAME a configured storage ({})",
+                        configured()
+                    ),
+                );
+            };
+            let (name, folder) = rest.split_once('/').unwrap_or((rest, ""));
+            let entry = storages
+                .get(name)
+                .or_else(|| storages.values().find(|e| e.claid_name == name));
+            let Some(entry) = entry else {
+                return fail(
+                    problems,
+                    format!(
+                        "`storage://{name}/…` names no configured storage; {}",
+                        configured()
+                    ),
+                );
+            };
+            if folder.trim_matches('/').is_empty() {
+                return fail(
+                    problems,
+                    format!(
+                        "`{text}` names no folder; give one, like `storage://{name}/out/` (each output is written under it at its path in the outbox)"
+                    ),
+                );
+            }
+            if !folder.ends_with('/') {
+                return fail(
+                    problems,
+                    format!(
+                        "`{text}` must be a folder (end with `/`): each output is written under it at its path in the outbox, like `storage://{name}/{folder}/`"
+                    ),
+                );
+            }
+            let trimmed = folder.trim_end_matches('/');
+            if !trimmed.is_empty()
+                && let Err(err) = crate::objects::check_key(trimmed)
+            {
+                return fail(problems, format!("`{text}`: {err}"));
+            }
+            let resolved = format!("storage://{}/{folder}", entry.claid_name);
+            fields.insert("destination".into(), Value::String(resolved));
+            true
         }
         _ => true,
     }

@@ -26,7 +26,7 @@ use crate::pipeline::Settings;
 use crate::pipeline::dispatch::Dispatch;
 use crate::pipeline::finisher::Event;
 use crate::pipeline::health::HealthState;
-use crate::pipeline::job::{JobOutcome, Runner, failure_of, systemic_status};
+use crate::pipeline::job::{JobOutcome, Runner, failure_of, input_of, systemic_status};
 use crate::pipeline::polls::{Kind, Polls, Seen};
 use crate::pipeline::submitter::Queue;
 use crate::retry::{self, Decision, Failure};
@@ -55,6 +55,9 @@ pub struct Batching {
     singles: Mutex<HashSet<JobId>>,
     pub batches: AtomicU64,
     pub images: AtomicU64,
+    /// The Claid connector names of the config's `storages`: their `storage://` inputs (and
+    /// staged inputs) go in batches; other `storage://` inputs go one by one.
+    connectors: HashSet<String>,
 }
 
 /// What `/status` shows about batching.
@@ -83,18 +86,38 @@ impl Batching {
             singles: Mutex::new(HashSet::new()),
             batches: AtomicU64::new(0),
             images: AtomicU64::new(0),
+            connectors: HashSet::new(),
         }
+    }
+
+    /// Batches `storage://` inputs of these connectors (the config's storages) too.
+    pub fn with_connectors(mut self, connectors: impl IntoIterator<Item = String>) -> Batching {
+        self.connectors = connectors.into_iter().collect();
+        self
+    }
+
+    /// An input a batch may take: `http(s)://`, or `storage://` of a configured storage.
+    fn batchable_input(&self, input: &str) -> bool {
+        if input.starts_with("https://") || input.starts_with("http://") {
+            return true;
+        }
+        crate::storages::split_uri(input)
+            .is_some_and(|(connector, _)| self.connectors.contains(connector))
     }
 
     pub fn enabled(&self) -> bool {
         self.enabled.load(Ordering::Relaxed)
     }
 
-    /// Whether a job may go in a batch: an `http(s)` input, batching on, not sent alone.
+    /// Whether a job may go in a batch: an `http(s)` input or a `storage://` input of a
+    /// configured storage (a staged local input is one), batching on, not sent alone; a
+    /// storage output only when its file name is the one Claid gives a batch output (the
+    /// input's, with the format's extension).
     pub fn takes(&self, id: JobId, job: &JobV1) -> bool {
         self.enabled()
-            && !job.local
-            && (job.input.starts_with("https://") || job.input.starts_with("http://"))
+            && (!job.local || job.staged.is_some())
+            && self.batchable_input(input_of(job))
+            && named_as_batch_output(job)
             && !self
                 .singles
                 .lock()
@@ -205,13 +228,37 @@ pub struct Member {
 impl Member {
     /// The file name Claid gives this job's output in a batch.
     pub fn output_name(&self) -> String {
-        wire::batch_output_name(&self.job.input, extension_of(&self.job.body))
+        wire::batch_output_name(input_of(&self.job), extension_of(&self.job.body))
     }
 }
 
-/// The key jobs are grouped by: their request body without `input`, canonical.
+/// The key jobs are grouped by: their request body without `input`, canonical, and for a
+/// storage output its destination folder (a batch writes into one folder).
 pub fn group_key(job: &JobV1) -> String {
-    crate::manifest::key::canonical_json(&job.body)
+    let body = crate::manifest::key::canonical_json(&job.body);
+    match batch_destination(job) {
+        Some(folder) => format!("{body}\n{folder}"),
+        None => body,
+    }
+}
+
+/// The folder a storage output's batch writes into: its outbox path's folder under the
+/// destination folder (`storage://c/out/shoes/`); `None` for a local output.
+pub fn batch_destination(job: &JobV1) -> Option<String> {
+    let object = crate::storages::destination_of(&job.body, &job.output_rel)?;
+    let (folder, _) = object.rsplit_once('/')?;
+    Some(format!("{folder}/"))
+}
+
+/// A storage output's object is named as Claid names a batch output (else it goes alone).
+fn named_as_batch_output(job: &JobV1) -> bool {
+    match crate::storages::destination_of(&job.body, &job.output_rel) {
+        None => true,
+        Some(object) => {
+            wire::basename(&object)
+                == wire::batch_output_name(input_of(job), extension_of(&job.body))
+        }
+    }
 }
 
 /// Batches being filled by the submitter, one or more per body (names must be distinct).
@@ -396,14 +443,19 @@ impl BatchRunner {
         let deps = &*self.deps;
         let ids: Vec<JobId> = members.iter().map(|m| m.id).collect();
         let request = BatchEditRequest {
-            input: BatchInput::Urls(members.iter().map(|m| m.job.input.clone()).collect()),
+            input: BatchInput::Urls(
+                members
+                    .iter()
+                    .map(|m| input_of(&m.job).to_owned())
+                    .collect(),
+            ),
             operations: members[0]
                 .job
                 .body
                 .get("operations")
                 .cloned()
                 .unwrap_or_else(|| serde_json::json!({})),
-            output: members[0].job.body.get("output").cloned(),
+            output: batch_output(&members[0].job),
         };
         let mut attempts = deps.retry.start(retry::Step::Submit);
         loop {
@@ -667,7 +719,10 @@ impl BatchRunner {
         for (index, object) in &matched.done {
             let member = &members[*index];
             handled.insert(member.id);
-            let Some(url) = object.tmp_url.clone() else {
+            // A storage output is checked in its bucket, not downloaded.
+            let storage_output =
+                crate::storages::destination_of(&member.job.body, &member.job.output_rel);
+            let Some(url) = storage_output.or_else(|| object.tmp_url.clone()) else {
                 self.fail(
                     member,
                     FailureCode::BadResponse,
@@ -817,8 +872,8 @@ pub fn match_results(result: &BatchTask, members: &[Member]) -> Matched {
     for (index, member) in members.iter().enumerate() {
         let names = [
             member.output_name(),
-            wire::basename(&member.job.input).to_owned(),
-            stem(wire::basename(&member.job.input)).to_owned(),
+            wire::basename(input_of(&member.job)).to_owned(),
+            stem(wire::basename(input_of(&member.job))).to_owned(),
         ];
         let mut seen = HashSet::new();
         for name in names {
@@ -849,7 +904,7 @@ pub fn match_results(result: &BatchTask, members: &[Member]) -> Matched {
         let owner = members
             .iter()
             .enumerate()
-            .filter(|(index, m)| !taken.contains(index) && err.error.contains(m.job.input.as_str()))
+            .filter(|(index, m)| !taken.contains(index) && err.error.contains(input_of(&m.job)))
             .map(|(index, _)| index)
             .collect::<Vec<_>>();
         if let [index] = owner.as_slice() {
@@ -865,6 +920,17 @@ fn stem(name: &str) -> &str {
         Some((stem, _)) if !stem.is_empty() => stem,
         _ => name,
     }
+}
+
+/// A batch's `output`: the body's, with a storage output's destination folder.
+fn batch_output(job: &JobV1) -> Option<serde_json::Value> {
+    let mut output = job.body.get("output").cloned()?;
+    if let Some(folder) = batch_destination(job)
+        && let Some(fields) = output.as_object_mut()
+    {
+        fields.insert("destination".to_owned(), serde_json::Value::String(folder));
+    }
+    Some(output)
 }
 
 /// The file extension of the output format a request body asks for (jpeg by default).

@@ -72,6 +72,9 @@ pub struct FinisherDeps {
     pub intake: mpsc::Sender<Candidate>,
     /// Told when runs end, jobs fail or are held.
     pub notices: Notices,
+    /// `api.staging` with `api.staging_delete`: a run's staged objects no unfinished job needs
+    /// are deleted when it ends.
+    pub staging: Option<crate::storages::Staging>,
 }
 
 /// The finisher's own state; only its task touches it.
@@ -361,13 +364,16 @@ impl Finisher {
             RunEnd::Finished
         };
         match self.deps.store.end_run(id, end).await {
-            Ok(counts) => self.deps.notices.send(Notice::ManifestFinished {
-                id,
-                rel: rel.to_string_lossy().into_owned(),
-                counts,
-                failures,
-                superseded,
-            }),
+            Ok(counts) => {
+                self.clean_staged(id).await;
+                self.deps.notices.send(Notice::ManifestFinished {
+                    id,
+                    rel: rel.to_string_lossy().into_owned(),
+                    counts,
+                    failures,
+                    superseded,
+                })
+            }
             Err(err) => {
                 error!(error = %err, "Cannot record the run as ended; it is finished again at the next start")
             }
@@ -380,6 +386,29 @@ impl Finisher {
         if let Some(then) = then {
             self.hand_to_intake(then).await;
         }
+    }
+
+    /// Deletes the run's staged objects that no unfinished job needs (`api.staging_delete`).
+    async fn clean_staged(&self, id: ManifestId) {
+        let Some(staging) = &self.deps.staging else {
+            return;
+        };
+        let candidates = match self.deps.store.staged_of_run(id).await {
+            Ok(staged) if staged.is_empty() => return,
+            Ok(staged) => staged.into_iter().collect(),
+            Err(err) => {
+                warn!(error = %err, "Cannot list the run's staged objects; they stay");
+                return;
+            }
+        };
+        let store = self.deps.store.clone();
+        let deleted = staging
+            .clean(
+                candidates,
+                || async move { store.staged_in_use().await.ok() },
+            )
+            .await;
+        debug!(deleted, "Staged objects deleted");
     }
 
     /// Writes the JSON and CSV report, streamed from the store (a folder-recipe image gets

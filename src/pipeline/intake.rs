@@ -191,6 +191,7 @@ impl Intake {
                 outbox: Some(&outbox),
                 profiles: &settings.profiles,
                 limits: &settings.limits,
+                storages: &settings.storages,
             };
             // The watcher emits images only from folders with a recipe (README "Folder recipes").
             if is_recipe_image {
@@ -285,6 +286,7 @@ impl Intake {
                 polls: 0,
                 request_ids: Vec::new(),
                 batch: None,
+                staged: None,
                 updated_at_ms: now,
             }
         });

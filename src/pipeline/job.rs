@@ -73,6 +73,10 @@ pub struct RunnerDeps {
     pub health: Arc<HealthState>,
     /// Systemically refused jobs go back to its front.
     pub queue: Arc<Queue>,
+    /// Storage outputs are checked (HEAD) in their bucket instead of downloaded.
+    pub storages: crate::storages::Storages,
+    /// `api.staging`: local inputs are staged into this storage and submitted from there.
+    pub staging: Option<crate::storages::Staging>,
     pub cancel: CancellationToken,
 }
 
@@ -150,7 +154,8 @@ impl Runner {
                         recorded_task = true;
                         span.record("task_id", task_id);
                     }
-                    self.poll(id, *task_id, result_url.clone(), *at_ms).await
+                    self.poll(id, &job, *task_id, result_url.clone(), *at_ms)
+                        .await
                 }
                 JobState::Downloading {
                     url,
@@ -159,7 +164,12 @@ impl Runner {
                     task_id,
                 } => {
                     let result = (url.clone(), *width, *height, *task_id);
-                    self.download(id, &job, result, &mut write_failures).await
+                    if url.starts_with("storage://") {
+                        self.verify_object(id, &job, result, &mut write_failures)
+                            .await
+                    } else {
+                        self.download(id, &job, result, &mut write_failures).await
+                    }
                 }
                 JobState::Submitting { .. }
                 | JobState::InDoubt { .. }
@@ -185,7 +195,13 @@ impl Runner {
     /// HTTP request; the retry policy alone decides whether another follows.
     async fn submit(&self, id: JobId, job: &JobV1) -> Step {
         let deps = &*self.deps;
-        let local_bytes = if job.local {
+        if job.local
+            && job.staged.is_none()
+            && let Some(staging) = &deps.staging
+        {
+            return self.stage(id, job, staging).await;
+        }
+        let local_bytes = if job.local && job.staged.is_none() {
             let inbox = deps.inbox.clone();
             let owned = job.clone();
             match on_file_pool(move || read_local_input(&inbox, &owned)).await {
@@ -331,6 +347,70 @@ impl Runner {
         }
     }
 
+    /// `api.staging`: uploads the local input to `staging/<sha256>.<ext>` of the staging
+    /// storage (skipped when the object is there with the same size; no Claid request),
+    /// records the staged URI durably, and puts the job back in the queue, where it is
+    /// batched like any `storage://` input. A crash before the record stages again (the HEAD
+    /// finds the object); after it, the job is submitted from the bucket.
+    async fn stage(&self, id: JobId, job: &JobV1, staging: &crate::storages::Staging) -> Step {
+        let deps = &*self.deps;
+        let inbox = deps.inbox.clone();
+        let owned = job.clone();
+        let bytes = match on_file_pool(move || read_local_input(&inbox, &owned)).await {
+            Ok(bytes) => bytes::Bytes::from(bytes),
+            Err((code, message)) => return self.fail(id, code, &message).await,
+        };
+        let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
+        let key = crate::storages::Staging::key(&sha256, &job.input);
+        let guard = tokio::select! {
+            guard = staging.hold(&key) => guard,
+            _ = deps.cancel.cancelled() => return Step::End(JobOutcome::Parked),
+        };
+        let mut attempts = deps.retry.start(retry::Step::Upload);
+        let mut n_failures = 0u32;
+        loop {
+            let err = match staging.upload(&key, bytes.clone()).await {
+                Ok(uploaded) => {
+                    debug!(object = %staging.storage.objects.uri(&key), uploaded, "Input staged");
+                    break;
+                }
+                Err(err) => err,
+            };
+            let code = match object_failure(&err) {
+                FailureCode::StorageDenied => FailureCode::StorageDenied,
+                FailureCode::StorageUnreachable => FailureCode::StagingFailed,
+                _ => FailureCode::StagingFailed,
+            };
+            let transient = !matches!(
+                err,
+                crate::objects::ObjectError::Denied { .. }
+                    | crate::objects::ObjectError::UnsafeKey { .. }
+            );
+            n_failures += 1;
+            match decide(&mut attempts, Failure::Transient) {
+                Decision::Retry { after } if transient && n_failures < MAX_HEALING_WRITES => {
+                    warn!(error = %err, "Cannot stage the input; retrying");
+                    if !self.wait(after).await {
+                        return Step::End(JobOutcome::Parked);
+                    }
+                }
+                _ => return self.fail(id, code, &err.to_string()).await,
+            }
+        }
+        match deps.store.mark_staged(id, &staging.uri(&key)).await {
+            Ok(_) => {}
+            // Cancelled meanwhile (its run drains).
+            Err(StoreError::Conflict { .. }) => return Step::End(JobOutcome::NotRun),
+            Err(err) => {
+                error!(error = %err, "Cannot record the staged input; it is staged again at the next start");
+                return Step::End(JobOutcome::Parked);
+            }
+        }
+        drop(guard);
+        deps.queue.push_back(vec![(job.manifest, id)]);
+        Step::End(JobOutcome::NotRun)
+    }
+
     /// With webhooks on, waits up to the poll fallback for a webhook whose echoed request is
     /// the one this job sent (its submit answer was lost).
     async fn wait_for_lost(&self, job: &JobV1) -> Option<TaskUpdate> {
@@ -361,10 +441,13 @@ impl Runner {
         let uploaded = self
             .deps
             .client
-            .upload_once(&file_name, bytes, &job.body)
+            .upload_once(&file_name, bytes, &body_of(job))
             .await?;
         let output = uploaded.response.output;
-        let url = output.tmp_url.clone().unwrap_or_default();
+        // A storage output is in the bucket: the job checks it there instead of downloading.
+        let url = crate::storages::destination_of(&job.body, &job.output_rel)
+            .or_else(|| output.tmp_url.clone())
+            .unwrap_or_default();
         Ok(Submitted::Result {
             url,
             width: output.width,
@@ -377,11 +460,13 @@ impl Runner {
     async fn poll(
         &self,
         id: JobId,
+        job: &JobV1,
         task_id: u64,
         result_url: String,
         submitted_at_ms: u64,
     ) -> Step {
         let deps = &*self.deps;
+        let (job_body, job_output_rel) = (job.body.clone(), job.output_rel.clone());
         let elapsed = Duration::from_millis(now_ms().saturating_sub(submitted_at_ms));
         let mut n_poll = 0u32;
         let mut attempts = deps.retry.start(retry::Step::Poll);
@@ -449,7 +534,11 @@ impl Runner {
                                     )
                                     .await;
                             };
-                            let Some(url) = output.tmp_url.clone() else {
+                            // A storage output is checked in its bucket, not downloaded.
+                            let storage_output =
+                                crate::storages::destination_of(&job_body, &job_output_rel);
+                            let Some(url) = storage_output.or_else(|| output.tmp_url.clone())
+                            else {
                                 return self
                                     .fail(
                                         id,
@@ -578,6 +667,29 @@ impl Runner {
                 return Step::End(JobOutcome::Parked);
             }
         };
+        self.write_and_finish(
+            id,
+            job,
+            bytes,
+            (width, height, task_id),
+            write_failures,
+            permit,
+        )
+        .await
+    }
+
+    /// Writes a result's bytes atomically into the outbox and marks the job done: one unit
+    /// that a shutdown does not interrupt.
+    async fn write_and_finish(
+        &self,
+        id: JobId,
+        job: &JobV1,
+        bytes: bytes::Bytes,
+        (width, height, task_id): (u32, u32, Option<u64>),
+        write_failures: &mut u32,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> Step {
+        let deps = &*self.deps;
         let outbox = deps.outbox.clone();
         let rel = PathBuf::from(&job.output_rel);
         let policy = match self.settings().policies.on_output_exists {
@@ -644,6 +756,124 @@ impl Runner {
         }
     }
 
+    /// A storage output: Claid wrote the object; the daemon checks it is in the bucket (HEAD)
+    /// and records its `s3://` URI, or, with the storage's `output_local_copy`, reads it and
+    /// writes it into the outbox as a downloaded result. Never written by the daemon.
+    async fn verify_object(
+        &self,
+        id: JobId,
+        job: &JobV1,
+        (uri, width, height, task_id): (String, u32, u32, Option<u64>),
+        write_failures: &mut u32,
+    ) -> Step {
+        let deps = &*self.deps;
+        let Some((connector, key)) = crate::storages::split_uri(&uri) else {
+            return self
+                .fail(
+                    id,
+                    FailureCode::BadResponse,
+                    &format!("`{uri}` is not a storage object"),
+                )
+                .await;
+        };
+        let Some(storage) = deps.storages.by_connector(connector) else {
+            return self
+                .fail(
+                    id,
+                    FailureCode::StorageUnreachable,
+                    &format!(
+                        "no storage of the config has the connector \"{connector}\" (was `storages` changed?)"
+                    ),
+                )
+                .await;
+        };
+        let mut attempts = deps.retry.start(retry::Step::Download);
+        let mut n_failures = 0u32;
+        let info = loop {
+            let err = match storage.objects.head(key).await {
+                Ok(info) => break info,
+                Err(err) => err,
+            };
+            let code = object_failure(&err);
+            if code != FailureCode::StorageUnreachable {
+                return self.fail(id, code, &err.to_string()).await;
+            }
+            n_failures += 1;
+            let decision = decide(&mut attempts, Failure::Transient);
+            match decision {
+                Decision::Retry { after } if n_failures < MAX_HEALING_WRITES => {
+                    warn!(error = %err, "Cannot check the output object; retrying");
+                    if !self.wait(after).await {
+                        return Step::End(JobOutcome::Parked);
+                    }
+                }
+                _ => return self.fail(id, code, &err.to_string()).await,
+            }
+        };
+        if info.size == 0 {
+            return self
+                .fail(
+                    id,
+                    FailureCode::ObjectMissing,
+                    &format!("{} is empty", storage.objects.uri(key)),
+                )
+                .await;
+        }
+        if storage.entry.output_local_copy {
+            let permit = tokio::select! {
+                permit = deps.downloads.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return Step::End(JobOutcome::Parked),
+                },
+                _ = deps.cancel.cancelled() => return Step::End(JobOutcome::Parked),
+            };
+            let max = self.settings().limits.max_download_bytes;
+            let bytes = match storage.objects.get(key, max).await {
+                Ok(bytes) => bytes,
+                Err(err) => {
+                    let code = object_failure(&err);
+                    if code == FailureCode::StorageUnreachable {
+                        *write_failures += 1;
+                        if *write_failures < MAX_HEALING_WRITES {
+                            warn!(error = %err, "Cannot read the output object; retrying");
+                            let after = jitter(*write_failures, deps.retry.base, deps.poll.max);
+                            return if self.wait(after).await {
+                                Step::Continue
+                            } else {
+                                Step::End(JobOutcome::Parked)
+                            };
+                        }
+                    }
+                    return self.fail(id, code, &err.to_string()).await;
+                }
+            };
+            let dims = (width, height, task_id);
+            return self
+                .write_and_finish(id, job, bytes, dims, write_failures, permit)
+                .await;
+        }
+        let done = DoneInfo {
+            path: storage.objects.uri(key),
+            bytes: info.size,
+            sha256: String::new(),
+            width,
+            height,
+            task_id,
+            unchanged: false,
+        };
+        match deps.store.mark_done(id, done).await {
+            Ok(_) => {
+                info!(object = %storage.objects.uri(key), bytes = info.size, "Output object checked in the bucket");
+                deps.metrics.polls_per_job.observe(f64::from(job.polls));
+                Step::End(JobOutcome::Done)
+            }
+            Err(err) => {
+                error!(error = %err, "Output object checked but not recorded; it is checked again at the next start");
+                Step::End(JobOutcome::Parked)
+            }
+        }
+    }
+
     async fn fail(&self, id: JobId, code: FailureCode, message: &str) -> Step {
         match self.deps.store.mark_failed(id, code, message).await {
             Ok(_) => {
@@ -666,6 +896,18 @@ impl Runner {
     }
 }
 
+/// The failure code of an object storage error: a missing object, refused keys, or (anything
+/// else) a bucket that may come back.
+fn object_failure(err: &crate::objects::ObjectError) -> FailureCode {
+    use crate::objects::ObjectError;
+    match err {
+        ObjectError::NotFound { .. } => FailureCode::ObjectMissing,
+        ObjectError::Denied { .. } => FailureCode::StorageDenied,
+        ObjectError::UnsafeKey { .. } | ObjectError::TooLarge { .. } => FailureCode::ObjectMissing,
+        _ => FailureCode::StorageUnreachable,
+    }
+}
+
 /// The retry policy's decision on a failure that happened now.
 fn decide(attempts: &mut retry::Attempts, failure: Failure) -> Decision {
     attempts.on_failure(failure, Instant::now(), &mut rand::rng())
@@ -676,16 +918,33 @@ fn jitter(n: u32, base: Duration, cap: Duration) -> Duration {
     retry::backoff(n, base, cap, &mut rand::rng())
 }
 
-/// The body a job's async submit sends: its request body with its `input`.
-pub fn request_of(job: &JobV1) -> serde_json::Value {
+/// The request body of a job without `input`: its body, and for a storage output the object
+/// it writes (its outbox path under the destination folder) as `output.destination`.
+pub fn body_of(job: &JobV1) -> serde_json::Value {
     let mut body = (*job.body).clone();
+    if let Some(object) = crate::storages::destination_of(&job.body, &job.output_rel)
+        && let Some(output) = body.get_mut("output").and_then(|o| o.as_object_mut())
+    {
+        output.insert("destination".to_owned(), serde_json::Value::String(object));
+    }
+    body
+}
+
+/// The body a job's async submit sends: [`body_of`] with its `input` ([`input_of`]).
+pub fn request_of(job: &JobV1) -> serde_json::Value {
+    let mut body = body_of(job);
     if let Some(obj) = body.as_object_mut() {
         obj.insert(
             "input".to_owned(),
-            serde_json::Value::String(job.input.clone()),
+            serde_json::Value::String(input_of(job).to_owned()),
         );
     }
     body
+}
+
+/// What Claid reads: the staged object of a staged local input, else the input itself.
+pub fn input_of(job: &JobV1) -> &str {
+    job.staged.as_deref().unwrap_or(&job.input)
 }
 
 /// The retry policy's view of a failure, and the health bookkeeping it implies: a transient
@@ -765,4 +1024,43 @@ fn image_dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
         .ok()?
         .into_dimensions()
         .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::objects::ObjectError;
+
+    #[test]
+    fn object_errors_map_to_storage_failure_codes() {
+        let uri = || "s3://b/k".to_owned();
+        let cases = [
+            (
+                ObjectError::NotFound {
+                    op: "head",
+                    uri: uri(),
+                },
+                FailureCode::ObjectMissing,
+            ),
+            (
+                ObjectError::Denied {
+                    op: "head",
+                    uri: uri(),
+                    cause: "403".into(),
+                },
+                FailureCode::StorageDenied,
+            ),
+            (
+                ObjectError::Request {
+                    op: "head",
+                    uri: uri(),
+                    cause: "ECONNREFUSED".into(),
+                },
+                FailureCode::StorageUnreachable,
+            ),
+        ];
+        for (err, code) in cases {
+            assert_eq!(object_failure(&err), code, "{err}");
+        }
+    }
 }

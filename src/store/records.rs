@@ -212,6 +212,10 @@ pub struct JobV1 {
     /// it); `Submitted.task_id` is then the batch's id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch: Option<u64>,
+    /// A local input staged into the `api.staging` storage: the `storage://CONNECTOR/staging/
+    /// <sha256>.<ext>` URI Claid reads it from (recorded, durably, before any submit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staged: Option<String>,
     /// Time of the last change, for reports and stale-state diagnosis.
     pub updated_at_ms: u64,
 }

@@ -229,9 +229,16 @@ impl Trees {
             }
         }
         for (n, mut job) in jobs.into_iter().enumerate() {
-            if let Some(conflict) =
-                self.reserve(manifest_id, &job.output_rel, &mut reserved_paths)?
+            // A storage output also reserves its object (`storage://CONNECTOR/key`): two runs
+            // writing the same object collide like two writing the same file.
+            let object = crate::storages::destination_of(&job.body, &job.output_rel);
+            let mut conflict = self.reserve(manifest_id, &job.output_rel, &mut reserved_paths)?;
+            if conflict.is_none()
+                && let Some(object) = &object
             {
+                conflict = self.reserve(manifest_id, object, &mut reserved_paths)?;
+            }
+            if let Some(conflict) = conflict {
                 // The batches not yet applied hold nothing that needs undoing.
                 self.jobs_by_manifest.apply_batch(batch_index)?;
                 self.jobs.apply_batch(batch_jobs)?;
@@ -561,6 +568,23 @@ impl Trees {
             }
         }
         Ok(counts)
+    }
+
+    /// The `staged` objects of the jobs not done or failed.
+    pub fn unfinished_staged(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+        let mut out = std::collections::HashSet::new();
+        for entry in self.unfinished.iter().keys() {
+            let Some(id) = read_id(&entry?) else {
+                continue;
+            };
+            if let Some(job) = self.job(id)?
+                && !job.state.is_terminal()
+                && let Some(uri) = job.staged
+            {
+                out.insert(uri);
+            }
+        }
+        Ok(out)
     }
 
     /// Summaries of every job not Done/Failed, FIFO: what resuming needs, without bodies.

@@ -82,6 +82,7 @@ fn load(inbox: &Path, path: &Path) -> Result<manifest::ManifestSpec, ManifestErr
         outbox: None,
         profiles: &profiles(),
         limits: &limits(),
+        storages: &Default::default(),
     };
     manifest::load(&ctx, path)
 }

@@ -96,6 +96,7 @@ impl Env {
             outbox: Some(&self.outbox),
             profiles: &profiles(),
             limits,
+            storages: &Default::default(),
         };
         manifest::load(&ctx, path)
     }

@@ -69,6 +69,7 @@ impl Inbox {
             outbox: None,
             profiles: &profiles(),
             limits: &limits(),
+            storages: &Default::default(),
         };
         manifest::load(&ctx, &path).map_err(|e| e.error_txt())
     }

@@ -335,6 +335,7 @@ mod load {
             outbox: None,
             profiles: &profiles(),
             limits: &Limits::default(),
+            storages: &Default::default(),
         };
         manifest::load_recipe_image(&ctx, image)
     }

@@ -1043,3 +1043,5 @@ async fn object_storage_reads_writes_lists_and_deletes_inside_its_prefix() {
     );
     s3.stop().await;
 }
+
+mod daemon;

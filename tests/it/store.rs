@@ -48,6 +48,7 @@ fn job(idx: u32, key: &str) -> JobV1 {
         polls: 0,
         request_ids: Vec::new(),
         batch: None,
+        staged: None,
         updated_at_ms: 0,
     }
 }

@@ -1,0 +1,502 @@
+//! The daemon's `storages` (issue 15): each entry ties a Claid storage connector (`claid_name`)
+//! to the daemon's own access to the same bucket and prefix, so `storage://NAME/…` inputs and
+//! outputs can be passed to Claid and the objects Claid writes can be checked (HEAD) without
+//! downloading them.
+//!
+//! [`Storages::open`] reads each entry's credentials (its `credentials_file`, else the `AWS_*`
+//! variables) and builds its client without a request; [`Storages::check`] makes the checks of
+//! `validate` and of the daemon's start: the connector exists on Claid's side (`GET
+//! /v1/storage/storages`) with the storage's bucket and path, and the daemon can list the prefix. Every [`StorageError`] names the
+//! storage key, the connector or bucket and the cause, never a secret, and knows its exit code.
+
+use std::collections::BTreeMap;
+
+use crate::claid::{ClaidError, Client};
+use crate::config::StorageEntry;
+use crate::exit;
+use crate::objects::{Credentials, ObjectError, ObjectStorage, ObjectStorageConfig};
+use crate::text::escape;
+
+/// One configured storage, opened.
+#[derive(Debug, Clone)]
+pub struct OpenStorage {
+    /// The key under `storages` (the NAME manifests use).
+    pub name: String,
+    pub entry: StorageEntry,
+    /// The daemon's access to the bucket and prefix.
+    pub objects: ObjectStorage,
+    /// What the client was built from (the embedded emulator's connectors use it too).
+    config: ObjectStorageConfig,
+}
+
+/// Every configured storage, by name. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Storages {
+    by_name: BTreeMap<String, OpenStorage>,
+}
+
+/// Why a storage cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("`storages.{storage}`: {cause}")]
+    Credentials {
+        storage: String,
+        cause: Box<ObjectError>,
+    },
+    #[error("`storages.{storage}`: {cause}")]
+    Setup {
+        storage: String,
+        cause: Box<ObjectError>,
+    },
+    #[error(
+        "`storages.{storage}`: Claid has no storage connector named \"{}\" (it has: {}); create it in Claid's dashboard (or POST /v1/storage/storages) for the bucket {bucket}, or fix `storages.{storage}.claid_name`",
+        escape(connector),
+        if known.is_empty() { "none".to_owned() } else { known.iter().map(|n| escape(n)).collect::<Vec<_>>().join(", ") }
+    )]
+    NoConnector {
+        storage: String,
+        connector: String,
+        bucket: String,
+        known: Vec<String>,
+    },
+    #[error(
+        "`storages.{storage}`: Claid's connector \"{}\" points at {claid}, the storage at {ours}; outputs would be written where the daemon does not look: make `storages.{storage}.url` the connector's bucket and path",
+        escape(connector)
+    )]
+    Mismatch {
+        storage: String,
+        connector: String,
+        /// `s3://bucket/path` as Claid reports the connector.
+        claid: String,
+        /// `storages.NAME.url`.
+        ours: String,
+    },
+    #[error(
+        "`storages.{storage}`: cannot list Claid's storage connectors to find \"{}\": {cause}",
+        escape(connector)
+    )]
+    Api {
+        storage: String,
+        connector: String,
+        cause: Box<ClaidError>,
+    },
+    #[error(
+        "`storages.{storage}` (connector \"{}\"): the daemon cannot list {url}: {cause}",
+        escape(connector)
+    )]
+    Bucket {
+        storage: String,
+        connector: String,
+        url: String,
+        cause: Box<ObjectError>,
+    },
+}
+
+impl StorageError {
+    /// The row of the README's exit-code table: 64 what was configured is wrong (a missing
+    /// connector, bucket or credentials), 69 a service did not answer, 77 access was refused.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            StorageError::Credentials { cause, .. } => match cause.as_ref() {
+                ObjectError::CredentialsFile { cause, .. } if cause.starts_with("EACCES") => {
+                    exit::NO_PERM
+                }
+                _ => exit::USAGE,
+            },
+            StorageError::Setup { .. }
+            | StorageError::NoConnector { .. }
+            | StorageError::Mismatch { .. } => exit::USAGE,
+            StorageError::Api { cause, .. } => match cause.as_ref() {
+                ClaidError::Account { .. } => exit::NO_PERM,
+                ClaidError::Config { .. } => exit::USAGE,
+                _ => exit::UNAVAILABLE,
+            },
+            StorageError::Bucket { cause, .. } => match cause.as_ref() {
+                ObjectError::Denied { .. } => exit::NO_PERM,
+                ObjectError::NotFound { .. }
+                | ObjectError::UnsafeKey { .. }
+                | ObjectError::Url { .. }
+                | ObjectError::Setup { .. } => exit::USAGE,
+                ObjectError::Request { cause, .. } if looks_like_no_bucket(cause) => exit::USAGE,
+                _ => exit::UNAVAILABLE,
+            },
+        }
+    }
+
+    /// What to do about it, when there is something to say.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            StorageError::Bucket { cause, .. } => Some(match cause.as_ref() {
+                ObjectError::Denied { .. } => "give the daemon's S3 keys the right to list, read, write and delete under the prefix".to_owned(),
+                _ if self.exit_code() == exit::USAGE => "check the bucket name and the `endpoint` of the storage".to_owned(),
+                _ => "check that the S3 endpoint is reachable from this machine".to_owned(),
+            }),
+            StorageError::Api { cause, .. }
+                if matches!(cause.as_ref(), ClaidError::Account { status: 403, .. }) =>
+            {
+                Some("the API key needs the `storage` permission to list connectors".to_owned())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// S3 answers a listing of a bucket that does not exist with `NoSuchBucket`.
+fn looks_like_no_bucket(cause: &str) -> bool {
+    cause.contains("NoSuchBucket") || cause.contains("does not exist")
+}
+
+impl Storages {
+    /// Reads each entry's credentials and builds its client (no request is made).
+    pub fn open(entries: &BTreeMap<String, StorageEntry>) -> Result<Storages, StorageError> {
+        let mut by_name = BTreeMap::new();
+        for (name, entry) in entries {
+            let credentials = match &entry.credentials_file {
+                Some(path) => Credentials::from_file(path),
+                None => Credentials::from_env(),
+            }
+            .map_err(|cause| StorageError::Credentials {
+                storage: name.clone(),
+                cause: Box::new(cause),
+            })?;
+            let config = ObjectStorageConfig {
+                bucket: entry.bucket.clone(),
+                prefix: entry.prefix.clone(),
+                endpoint: entry.endpoint.clone(),
+                region: Some(entry.region.clone()),
+                credentials,
+            };
+            let objects = ObjectStorage::new(&config).map_err(|cause| StorageError::Setup {
+                storage: name.clone(),
+                cause: Box::new(cause),
+            })?;
+            by_name.insert(
+                name.clone(),
+                OpenStorage {
+                    name: name.clone(),
+                    entry: entry.clone(),
+                    objects,
+                    config,
+                },
+            );
+        }
+        Ok(Storages { by_name })
+    }
+
+    /// No storage configured.
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    /// The storage configured under `name`.
+    pub fn get(&self, name: &str) -> Option<&OpenStorage> {
+        self.by_name.get(name)
+    }
+
+    /// The storage whose Claid connector is `claid_name`.
+    pub fn by_connector(&self, claid_name: &str) -> Option<&OpenStorage> {
+        self.by_name
+            .values()
+            .find(|storage| storage.entry.claid_name == claid_name)
+    }
+
+    /// The config entries, by name.
+    pub fn entries(&self) -> BTreeMap<String, StorageEntry> {
+        self.by_name
+            .iter()
+            .map(|(name, storage)| (name.clone(), storage.entry.clone()))
+            .collect()
+    }
+
+    /// Every storage, by name.
+    pub fn iter(&self) -> impl Iterator<Item = &OpenStorage> {
+        self.by_name.values()
+    }
+
+    /// The connectors the embedded emulator serves: the config's own storages, each under its
+    /// `claid_name`, with the same bucket, endpoint and keys.
+    pub fn emulator_connectors(&self) -> Vec<crate::emulator::StorageConnector> {
+        self.by_name
+            .values()
+            .map(|storage| crate::emulator::StorageConnector {
+                name: storage.entry.claid_name.clone(),
+                storage: storage.config.clone(),
+            })
+            .collect()
+    }
+
+    /// The checks of `validate` and of the daemon's start, storage by storage: the connector
+    /// exists on Claid's side (one `GET /v1/storage/storages`, skipped when `client` is
+    /// `None`), and the daemon can list the prefix. Stops at the first problem.
+    pub async fn check(&self, client: Option<&Client>) -> Result<(), StorageError> {
+        let Some(first) = self.by_name.values().next() else {
+            return Ok(());
+        };
+        if let Some(client) = client {
+            let connectors =
+                client
+                    .list_storages_once()
+                    .await
+                    .map_err(|cause| StorageError::Api {
+                        storage: first.name.clone(),
+                        connector: first.entry.claid_name.clone(),
+                        cause: Box::new(cause),
+                    })?;
+            let known: Vec<String> = connectors.iter().map(|c| c.name.clone()).collect();
+            for storage in self.by_name.values() {
+                let Some(connector) = connectors
+                    .iter()
+                    .find(|c| c.name == storage.entry.claid_name)
+                else {
+                    return Err(StorageError::NoConnector {
+                        storage: storage.name.clone(),
+                        connector: storage.entry.claid_name.clone(),
+                        bucket: storage.entry.url(),
+                        known,
+                    });
+                };
+                // The bucket and path Claid reports (when it does) must be the storage's.
+                let params = &connector.parameters;
+                let bucket = params.bucket.as_deref().unwrap_or(&storage.entry.bucket);
+                let path = params
+                    .path
+                    .as_deref()
+                    .map(|p| p.trim_matches('/'))
+                    .unwrap_or(&storage.entry.prefix);
+                if bucket != storage.entry.bucket || path != storage.entry.prefix {
+                    return Err(StorageError::Mismatch {
+                        storage: storage.name.clone(),
+                        connector: storage.entry.claid_name.clone(),
+                        claid: if path.is_empty() {
+                            format!("s3://{bucket}")
+                        } else {
+                            format!("s3://{bucket}/{path}")
+                        },
+                        ours: storage.entry.url(),
+                    });
+                }
+            }
+        }
+        for storage in self.by_name.values() {
+            storage
+                .objects
+                .probe()
+                .await
+                .map_err(|cause| StorageError::Bucket {
+                    storage: storage.name.clone(),
+                    connector: storage.entry.claid_name.clone(),
+                    url: storage.entry.url(),
+                    cause: Box::new(cause),
+                })?;
+        }
+        Ok(())
+    }
+}
+
+/// The `storage://CLAID_NAME/folder/` a request body's `output.destination` names (a storage
+/// output), as validation left it.
+pub fn destination_folder(body: &serde_json::Value) -> Option<&str> {
+    body.get("output")?
+        .get("destination")?
+        .as_str()
+        .filter(|uri| uri.starts_with("storage://"))
+}
+
+/// Where a job with a storage output writes: its outbox-relative path under the destination
+/// folder, `storage://CLAID_NAME/folder/a/b/sku-1.jpg`; `None` for a local output.
+pub fn destination_of(body: &serde_json::Value, output_rel: &str) -> Option<String> {
+    let folder = destination_folder(body)?;
+    // `storage://NAME/` (the storage's whole prefix) or `storage://NAME/out/`.
+    let folder = folder.trim_end_matches('/');
+    Some(format!("{folder}/{output_rel}"))
+}
+
+/// Splits `storage://NAME/key` into its connector name and key.
+pub fn split_uri(uri: &str) -> Option<(&str, &str)> {
+    uri.strip_prefix("storage://")?.split_once('/')
+}
+
+/// `api.staging`: the storage local inputs are staged into, and which staged objects are being
+/// staged or deleted right now. Cheap to clone.
+///
+/// A staged object is shared by every job with the same content (its key is the content's
+/// sha256). A staging holds a [`StagingGuard`] from before its HEAD until the job has recorded
+/// the object (`Store::mark_staged`); a cleanup skips keys held that way and marks the keys it
+/// deletes, and a staging of a marked key waits for the deletion to end and uploads again. So
+/// a cleanup never deletes an object that a job recorded or is about to record.
+#[derive(Debug, Clone)]
+pub struct Staging {
+    pub storage: OpenStorage,
+    /// `api.staging_delete`.
+    pub delete: bool,
+    users: std::sync::Arc<std::sync::Mutex<BTreeMap<String, Use>>>,
+    released: std::sync::Arc<tokio::sync::Notify>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Use {
+    /// This many stagings hold the key.
+    Staging(usize),
+    /// A cleanup is deleting it.
+    Deleting,
+}
+
+/// Holds a staged key for a staging until the job recorded it.
+#[derive(Debug)]
+pub struct StagingGuard {
+    key: String,
+    users: std::sync::Arc<std::sync::Mutex<BTreeMap<String, Use>>>,
+}
+
+impl Drop for StagingGuard {
+    fn drop(&mut self) {
+        let mut users = self
+            .users
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match users.get(&self.key).copied() {
+            Some(Use::Staging(n)) if n > 1 => {
+                users.insert(self.key.clone(), Use::Staging(n - 1));
+            }
+            _ => {
+                users.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Image file extensions kept on staged objects (Claid reads the type from the bytes, but a
+/// batch output is named after the input).
+const STAGED_EXTENSIONS: &[&str] = &[
+    "png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff", "avif", "heic",
+];
+
+impl Staging {
+    pub fn new(storage: OpenStorage, delete: bool) -> Staging {
+        Staging {
+            storage,
+            delete,
+            users: Default::default(),
+            released: Default::default(),
+        }
+    }
+
+    /// `staging/<sha256>.<ext>` (relative to the storage's prefix) for content `sha256` of the
+    /// file `input` (its extension, lowercased, when it is an image's; else `img`).
+    pub fn key(sha256: &str, input: &str) -> String {
+        let ext = std::path::Path::new(input)
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .filter(|e| STAGED_EXTENSIONS.contains(&e.as_str()))
+            .unwrap_or_else(|| "img".to_owned());
+        format!("staging/{sha256}.{ext}")
+    }
+
+    /// `storage://CLAID_NAME/<key>`: what Claid reads.
+    pub fn uri(&self, key: &str) -> String {
+        format!("storage://{}/{key}", self.storage.entry.claid_name)
+    }
+
+    /// The key of a staged URI of this storage.
+    pub fn key_of<'u>(&self, uri: &'u str) -> Option<&'u str> {
+        let (connector, key) = split_uri(uri)?;
+        (connector == self.storage.entry.claid_name).then_some(key)
+    }
+
+    /// Takes `key` for a staging; waits while a cleanup deletes it.
+    pub async fn hold(&self, key: &str) -> StagingGuard {
+        loop {
+            let released = self.released.notified();
+            {
+                let mut users = self
+                    .users
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                match users.get(key).copied() {
+                    Some(Use::Deleting) => {}
+                    Some(Use::Staging(n)) => {
+                        users.insert(key.to_owned(), Use::Staging(n + 1));
+                        return self.guard(key);
+                    }
+                    None => {
+                        users.insert(key.to_owned(), Use::Staging(1));
+                        return self.guard(key);
+                    }
+                }
+            }
+            released.await;
+        }
+    }
+
+    fn guard(&self, key: &str) -> StagingGuard {
+        StagingGuard {
+            key: key.to_owned(),
+            users: self.users.clone(),
+        }
+    }
+
+    /// Uploads `bytes` to `key` unless an object of the same size is there (content-addressed:
+    /// same key and size is the same content). `true` when it uploaded.
+    pub async fn upload(&self, key: &str, bytes: bytes::Bytes) -> Result<bool, ObjectError> {
+        match self.storage.objects.head(key).await {
+            Ok(info) if info.size == bytes.len() as u64 => return Ok(false),
+            Ok(_) | Err(ObjectError::NotFound { .. }) => {}
+            Err(err) => return Err(err),
+        }
+        self.storage.objects.put(key, bytes).await?;
+        Ok(true)
+    }
+
+    /// Deletes the staged objects `candidates` (URIs) that no job needs: neither held by a
+    /// staging nor in `in_use()` (the unfinished jobs' staged objects, read after the keys
+    /// are marked). Returns how many it deleted.
+    pub async fn clean<F, Fut>(&self, candidates: Vec<String>, in_use: F) -> usize
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Option<std::collections::HashSet<String>>>,
+    {
+        let mut marked = Vec::new();
+        {
+            let mut users = self
+                .users
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for uri in candidates {
+                let Some(key) = self.key_of(&uri).map(str::to_owned) else {
+                    continue;
+                };
+                if users.contains_key(&key) {
+                    continue;
+                }
+                users.insert(key.clone(), Use::Deleting);
+                marked.push((uri, key));
+            }
+        }
+        let mut deleted = 0;
+        if let Some(in_use) = in_use().await {
+            for (uri, key) in &marked {
+                if in_use.contains(uri) {
+                    continue;
+                }
+                match self.storage.objects.delete(key).await {
+                    Ok(()) => deleted += 1,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "Cannot delete a staged object; it stays")
+                    }
+                }
+            }
+        }
+        {
+            let mut users = self
+                .users
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (_, key) in &marked {
+                users.remove(key);
+            }
+        }
+        self.released.notify_waiters();
+        deleted
+    }
+}

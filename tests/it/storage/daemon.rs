@@ -1,0 +1,633 @@
+//! The daemon's side of issue 15, through the real binary against the emulator and moto: the
+//! `storages` config (errors naming the key and the fix, never a secret), the checks of
+//! `validate` and of the daemon's start (the connector exists on Claid's side, the prefix can be
+//! listed) with the exit code of each cause, storage inputs and outputs, and staging.
+
+use std::path::{Path, PathBuf};
+
+use claid_hotfolder::config;
+use claid_hotfolder::emulator::{Latency, Scenario};
+
+use crate::support::{S3_ACCESS_KEY, S3_SECRET_KEY, S3Server, TestEnv, cli};
+
+/// `http://127.0.0.1:PORT` where nothing listens.
+fn closed_port_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    format!("http://127.0.0.1:{port}")
+}
+
+fn quick() -> Scenario {
+    Scenario::default()
+        .latency(Latency::Fixed(std::time::Duration::from_millis(20)))
+        .seed(7)
+}
+
+/// A credentials file of the daemon's shape in `dir`.
+fn credentials_file(dir: &Path) -> PathBuf {
+    let path = dir.join("s3-keys.yaml");
+    std::fs::write(
+        &path,
+        format!("access_key_id: {S3_ACCESS_KEY}\nsecret_access_key: {S3_SECRET_KEY}\n"),
+    )
+    .expect("credentials file");
+    path
+}
+
+/// The `storages:` section for one storage `catalog` → connector `claid_name`.
+fn storages_yaml(claid_name: &str, url: &str, endpoint: &str, credentials: &Path) -> String {
+    format!(
+        "storages:\n  catalog:\n    claid_name: {claid_name}\n    url: {url}\n    endpoint: {endpoint}\n    credentials_file: {}\n",
+        credentials.display()
+    )
+}
+
+#[test]
+fn storage_config_errors_name_the_key_and_the_fix() {
+    let origin = Path::new("/etc/claid-hotfolder/c.yaml");
+    let base = "folders: { inbox: /i, outbox: /o, archive: /a, rejected: /r, state: /s }\n";
+    let cases = [
+        (
+            "storages:\n  catalog:\n    claid_name: c\n    url: http://bucket/p\n",
+            "storages.catalog.url",
+            "s3://",
+        ),
+        (
+            "storages:\n  catalog:\n    url: s3://bucket/p\n",
+            "storages.catalog.claid_name",
+            "connector",
+        ),
+        (
+            "storages:\n  catalog:\n    claid_name: c\n",
+            "storages.catalog.url",
+            "s3://bucket/prefix",
+        ),
+        (
+            "storages:\n  catalog:\n    claid_name: c\n    url: s3://b\n    endpoint: ftp://x\n",
+            "storages.catalog.endpoint",
+            "http(s)",
+        ),
+        (
+            "storages:\n  catalog:\n    claid_name: c\n    url: s3://b\n    bucket: b\n",
+            "storages.catalog.bucket",
+            "unknown key",
+        ),
+        (
+            "storages:\n  cat.alog:\n    claid_name: c\n    url: s3://b\n",
+            "storages.cat.alog",
+            "letters, digits",
+        ),
+        (
+            "storages:\n  a: { claid_name: c, url: s3://b/x }\n  b: { claid_name: c, url: s3://b/y }\n",
+            "storages.b.claid_name",
+            "also the connector",
+        ),
+        (
+            "api:\n  staging: nope\nstorages:\n  catalog: { claid_name: c, url: s3://b/x }\n",
+            "api.staging",
+            "use one of `catalog`",
+        ),
+        (
+            "profiles:\n  p:\n    output:\n      destination: storage://nope/out/\nstorages:\n  catalog: { claid_name: c, url: s3://b/x }\n",
+            "profiles.p.output.destination",
+            "storage of `storages`",
+        ),
+    ];
+    for (yaml, key, needle) in cases {
+        let err = config::parse(&format!("{base}{yaml}"), origin).expect_err(yaml);
+        let problem = err
+            .problems()
+            .iter()
+            .find(|p| p.key == key)
+            .unwrap_or_else(|| panic!("no problem at {key} for {yaml}: {err}"));
+        assert!(
+            problem.message.contains(needle),
+            "{key}: {:?} lacks {needle:?}",
+            problem.message
+        );
+        assert!(problem.line.is_some(), "{key} has no line");
+    }
+    let ok = config::parse(
+        &format!("{base}storages:\n  catalog: {{ claid_name: catalog-s3, url: s3://bkt/raw/ }}\n"),
+        origin,
+    )
+    .expect("valid");
+    let entry = &ok.storages["catalog"];
+    // A profile may write into a configured storage; staging names one.
+    let with_profile = config::parse(
+        &format!(
+            "{base}api: {{ staging: catalog }}\nprofiles:\n  p: {{ output: {{ destination: storage://catalog/out/ }} }}\nstorages:\n  catalog: {{ claid_name: catalog-s3, url: s3://bkt/raw/ }}\n"
+        ),
+        origin,
+    )
+    .expect("valid");
+    assert_eq!(with_profile.api.staging.as_deref(), Some("catalog"));
+    assert!(with_profile.api.staging_delete);
+    assert_eq!(
+        (entry.bucket.as_str(), entry.prefix.as_str()),
+        ("bkt", "raw")
+    );
+    assert_eq!(entry.region, "us-east-1");
+    assert!(entry.endpoint.is_none() && entry.credentials_file.is_none());
+}
+
+#[tokio::test]
+async fn an_unreadable_credentials_file_stops_the_start_with_64_naming_it_and_no_secret() {
+    let env = TestEnv::new(quick()).await;
+    let missing = env.dir.path().join("no-such-keys.yaml");
+    let config = env.config(
+        "",
+        &storages_yaml("catalog-s3", "s3://bkt/raw", "http://127.0.0.1:9", &missing),
+    );
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 64, "{stderr}");
+    assert!(
+        stderr.contains("storages.catalog") && stderr.contains("no-such-keys.yaml"),
+        "{stderr}"
+    );
+    // A file with a wrong key names the file, not its value.
+    let bad = env.dir.path().join("bad-keys.yaml");
+    std::fs::write(&bad, "access_key_id: x\nsecret: hunter2-secret\n").expect("write");
+    let config = env.config(
+        "",
+        &storages_yaml("catalog-s3", "s3://bkt/raw", "http://127.0.0.1:9", &bad),
+    );
+    let (code, stdout, stderr) = cli(&["validate", config.to_str().expect("utf-8")]).await;
+    assert_eq!(code, 64, "{stdout}{stderr}");
+    assert!(stdout.contains("bad-keys.yaml"), "{stdout}");
+    assert!(!stdout.contains("hunter2") && !stderr.contains("hunter2"));
+}
+
+#[tokio::test]
+async fn validate_and_the_start_check_the_connector_and_the_bucket_with_the_right_exit_code() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    s3.create_bucket("catalog").await;
+    let env = TestEnv::new(quick().storage(s3.connector("catalog-s3", "catalog", "raw"))).await;
+    let keys = credentials_file(env.dir.path());
+    let validate =
+        |config: PathBuf| async move { cli(&["validate", config.to_str().expect("utf-8")]).await };
+
+    // All good: the connector exists and the prefix can be listed.
+    let good = env.config(
+        "",
+        &storages_yaml("catalog-s3", "s3://catalog/raw", &s3.endpoint, &keys),
+    );
+    let (code, stdout, stderr) = validate(good.clone()).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("ok (config)"), "{stdout}");
+
+    // A connector Claid does not have: 64, naming the key, the connector and the ones it has.
+    let config = env.config(
+        "",
+        &storages_yaml("catalog-s4", "s3://catalog/raw", &s3.endpoint, &keys),
+    );
+    let (code, stdout, _) = validate(config.clone()).await;
+    assert_eq!(code, 64, "{stdout}");
+    assert!(
+        stdout.contains("storages.catalog")
+            && stdout.contains("\"catalog-s4\"")
+            && stdout.contains("catalog-s3"),
+        "{stdout}"
+    );
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("catalog-s4"), "{stderr}");
+
+    // A bucket that does not exist: 64, naming the bucket.
+    let config = env.config(
+        "",
+        &storages_yaml("catalog-s3", "s3://no-such-bucket/raw", &s3.endpoint, &keys),
+    );
+    let (code, stdout, _) = validate(config).await;
+    assert_eq!(code, 64, "{stdout}");
+    assert!(stdout.contains("s3://no-such-bucket/raw"), "{stdout}");
+
+    // An S3 endpoint nobody answers on: 69.
+    let config = env.config(
+        "",
+        &storages_yaml("catalog-s3", "s3://catalog/raw", &closed_port_url(), &keys),
+    );
+    let (code, stdout, _) = validate(config).await;
+    assert_eq!(code, 69, "{stdout}");
+    assert!(stdout.contains("storages.catalog"), "{stdout}");
+    assert!(!stdout.contains(S3_SECRET_KEY), "{stdout}");
+
+    // A key without the permission to list connectors: 77.
+    let good = env.config(
+        "",
+        &storages_yaml("catalog-s3", "s3://catalog/raw", &s3.endpoint, &keys),
+    );
+    env.emulator.control().set_forbidden(true);
+    let (code, stdout, _) = validate(good.clone()).await;
+    assert_eq!(code, 77, "{stdout}");
+    let (code, stderr) = env.run_once(&good).await;
+    assert_eq!(code, 77, "{stderr}");
+    env.emulator.control().set_forbidden(false);
+
+    // The daemon starts with a good config and has nothing to do.
+    let (code, stderr) = env.run_once(&good).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("Checked the storages"), "{stderr}");
+    s3.stop().await;
+}
+
+/// A moto bucket `catalog` with a connector `catalog-s3` on prefix `raw`, an emulator serving
+/// it, a config whose storage `catalog` (with `extra` keys) points at it, and `n` inputs
+/// `raw/in/sku-N.png` in the bucket.
+async fn storage_env(
+    s3: &S3Server,
+    scenario: Scenario,
+    extra: &str,
+    n: usize,
+) -> (TestEnv, PathBuf) {
+    s3.create_bucket("catalog").await;
+    for i in 0..n {
+        let bytes = crate::support::png(40 + i as u32, 30);
+        s3.put_object("catalog", &format!("raw/in/sku-{i}.png"), &bytes)
+            .await;
+    }
+    let env = TestEnv::new(scenario.storage(s3.connector("catalog-s3", "catalog", "raw"))).await;
+    let keys = credentials_file(env.dir.path());
+    let mut storages = storages_yaml("catalog-s3", "s3://catalog/raw", &s3.endpoint, &keys);
+    for line in extra.lines() {
+        storages.push_str("    ");
+        storages.push_str(line);
+        storages.push('\n');
+    }
+    let config = env.config("", &storages);
+    (env, config)
+}
+
+/// The image files under `root` (reports left out).
+fn images_under(root: &Path) -> Vec<PathBuf> {
+    TestEnv::files_under(root)
+        .into_iter()
+        .filter(|p| !p.to_string_lossy().contains(".report."))
+        .collect()
+}
+
+#[tokio::test]
+async fn storage_outputs_are_written_by_claid_checked_in_the_bucket_and_never_downloaded() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let (env, config) = storage_env(&s3, quick(), "", 4).await;
+    // Three images named as Claid names batch outputs (one batch), one with its own name
+    // (alone); inputs named by the storage's key, rewritten to the connector's name.
+    env.drop_file(
+        "shoes.yaml",
+        b"output: { format: jpeg, destination: storage://catalog/out/ }\nimages:\n  - storage://catalog/in/sku-0.png\n  - storage://catalog/in/sku-1.png\n  - storage://catalog/in/sku-2.png\n  - { input: storage://catalog/in/sku-3.png, output: renamed.jpg }\n",
+    );
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+
+    let mut keys = s3.list_keys("catalog", "raw/out/").await;
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "raw/out/shoes/renamed.jpg",
+            "raw/out/shoes/sku-0.jpg",
+            "raw/out/shoes/sku-1.jpg",
+            "raw/out/shoes/sku-2.jpg"
+        ]
+    );
+    // Nothing came through this machine: no tmp_url download, no image in the outbox.
+    let stats = env.stats();
+    assert_eq!(stats.downloads, 0, "{stats:?}");
+    assert!(
+        images_under(&env.outbox).is_empty(),
+        "{:?}",
+        images_under(&env.outbox)
+    );
+    // The three batchable images went in batches, the renamed one alone.
+    assert_eq!(stats.batch_images, 3, "{stats:?}");
+    assert_eq!(stats.submits, 1, "{stats:?}");
+    assert_eq!(stats.duplicate_submits, 0, "{stats:?}");
+
+    let report = env.report("shoes");
+    let rows = report["jobs"].as_array().expect("rows");
+    assert_eq!(rows.len(), 4);
+    for (row, name) in rows.iter().zip(["sku-0", "sku-1", "sku-2", "renamed"]) {
+        assert_eq!(row["status"], "done", "{row}");
+        assert_eq!(
+            row["object"],
+            format!("storage://catalog-s3/out/shoes/{name}.jpg"),
+            "{row}"
+        );
+        assert!(row["bytes"].as_u64().unwrap_or(0) > 0, "{row}");
+    }
+    let csv = std::fs::read_to_string(env.outbox.join("shoes.report.csv")).expect("csv");
+    assert!(
+        csv.contains("storage://catalog-s3/out/shoes/renamed.jpg"),
+        "{csv}"
+    );
+    s3.stop().await;
+}
+
+#[tokio::test]
+async fn a_storage_output_with_output_local_copy_is_also_written_into_the_outbox() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let (env, config) = storage_env(&s3, quick(), "output_local_copy: true", 2).await;
+    env.drop_file(
+        "shoes.yaml",
+        b"output: { format: png, destination: storage://catalog/out/ }\nimages:\n  - storage://catalog/in/sku-0.png\n  - storage://catalog/in/sku-1.png\n",
+    );
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    for i in 0..2 {
+        let local = std::fs::read(env.outbox.join(format!("shoes/sku-{i}.png"))).expect("local");
+        let object = s3
+            .get_object("catalog", &format!("raw/out/shoes/sku-{i}.png"))
+            .await
+            .expect("object");
+        assert_eq!(local, object, "the local copy is the object");
+    }
+    let report = env.report("shoes");
+    assert_eq!(
+        report["jobs"][0]["object"],
+        "storage://catalog-s3/out/shoes/sku-0.png"
+    );
+    s3.stop().await;
+}
+
+#[tokio::test]
+async fn a_second_manifest_writing_the_same_object_is_refused_at_intake() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    // Slow tasks keep the first run active while the second is taken in.
+    let scenario = Scenario::default()
+        .latency(Latency::Fixed(std::time::Duration::from_millis(1500)))
+        .seed(3);
+    let (env, config) = storage_env(&s3, scenario, "", 1).await;
+    // `a/shoes.yaml` writes `a/shoes/sku-0.jpg` under `x/`; `shoes.yaml` writes
+    // `shoes/sku-0.jpg` under `x/a/`: the same object, two different outbox paths.
+    env.drop_file(
+        "a/shoes.yaml",
+        b"output: { destination: storage://catalog/x/ }\nimages:\n  - storage://catalog/in/sku-0.png\n",
+    );
+    env.drop_file(
+        "shoes.yaml",
+        b"output: { destination: storage://catalog/x/a/ }\nimages:\n  - storage://catalog/in/sku-0.png\n",
+    );
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 2, "one manifest is rejected: {stderr}");
+    let rejected: Vec<PathBuf> = TestEnv::files_under(&env.rejected)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".error.txt"))
+        .collect();
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    let text = std::fs::read_to_string(env.rejected.join(&rejected[0])).expect("error file");
+    assert!(
+        text.contains("storage://catalog-s3/x/a/shoes/sku-0.jpg"),
+        "{text}"
+    );
+    assert_eq!(
+        s3.list_keys("catalog", "raw/x/a/shoes/").await,
+        ["raw/x/a/shoes/sku-0.jpg"]
+    );
+    s3.stop().await;
+}
+
+/// Local inputs `shoes/img-N.png` (distinct content, except that with `same_last_two` the
+/// last two are the same bytes) and the manifest `shoes.yaml` naming them with outputs
+/// `sku-N.jpg`.
+fn drop_local_manifest(env: &TestEnv, n: usize, same_last_two: bool) {
+    let mut manifest = String::from(
+        "operations: { resizing: { width: 32, height: 24, fit: crop } }\noutput: { format: jpeg }\nimages:\n",
+    );
+    for i in 0..n {
+        let width = if same_last_two { i.min(n - 2) } else { i };
+        let content = crate::support::png(40 + width as u32, 30);
+        env.drop_file(&format!("shoes/img-{i}.png"), &content);
+        manifest.push_str(&format!(
+            "  - {{ input: shoes/img-{i}.png, output: sku-{i}.jpg }}\n"
+        ));
+    }
+    env.drop_file("shoes.yaml", manifest.as_bytes());
+}
+
+/// Every row done, every output in the outbox once at the size asked, nothing uploaded
+/// through the synchronous endpoint, and no image billed twice unless its job was counted in
+/// doubt (`same_inputs`: jobs whose staged input is another job's, the same bytes, are sent
+/// twice by design: two jobs).
+fn check_staged_run(env: &TestEnv, n: usize, same_inputs: u64) {
+    let report = env.report("shoes");
+    let rows = report["jobs"].as_array().expect("rows");
+    assert_eq!(rows.len(), n);
+    let mut in_doubt = 0;
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row["status"], "done", "{row}");
+        assert_eq!(row["input"], format!("shoes/img-{i}.png"), "{row}");
+        in_doubt += row["in_doubt"].as_u64().unwrap_or(0);
+        let out = env.outbox.join(format!("shoes/sku-{i}.jpg"));
+        assert_eq!(
+            crate::support::dimensions(&out),
+            (32, 24),
+            "{}",
+            out.display()
+        );
+    }
+    assert_eq!(images_under(&env.outbox).len(), n);
+    let stats = env.stats();
+    assert_eq!(stats.uploads, 0, "no synchronous upload: {stats:?}");
+    assert!(
+        stats.duplicate_submits <= in_doubt + same_inputs,
+        "billed twice {} times, in doubt {in_doubt}: {:?}",
+        stats.duplicate_submits,
+        stats.submits_by_key
+    );
+}
+
+#[tokio::test]
+async fn local_inputs_are_staged_by_content_sent_in_batches_and_their_objects_deleted() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let (env, _) = storage_env(&s3, quick(), "", 0).await;
+    let keys = credentials_file(env.dir.path());
+    let storages = storages_yaml("catalog-s3", "s3://catalog/raw", &s3.endpoint, &keys);
+    let config = env.config("staging: catalog", &storages);
+    drop_local_manifest(&env, 6, true);
+    // `plan` counts staged files, not uploads.
+    let manifest = env.inbox.join("shoes.yaml");
+    let (code, out, err) = cli(&[
+        "plan",
+        manifest.to_str().expect("utf-8"),
+        "--config",
+        config.to_str().expect("utf-8"),
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("+ 0 uploads")
+            && out.contains("6 local files are staged into the storage `catalog`"),
+        "{out}"
+    );
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    check_staged_run(&env, 6, 1);
+    let stats = env.stats();
+    assert_eq!(
+        stats.batch_images, 6,
+        "every image went in a batch: {stats:?}"
+    );
+    assert_eq!(stats.submits, 0, "{stats:?}");
+    assert!(
+        stats.batch_submits < 6,
+        "fewer requests than images: {stats:?}"
+    );
+    assert!(
+        s3.list_keys("catalog", "raw/staging/").await.is_empty(),
+        "the staged objects are deleted once the run ends"
+    );
+
+    // Kept with `staging_delete: false`: one object per distinct content (5 of 6 files).
+    let config = env.config("staging: catalog\nstaging_delete: false", &storages);
+    env.drop_file("shoes.yaml", b"images:\n  - { input: shoes/img-0.png, output: again-0.jpg }\n  - { input: shoes/img-4.png, output: again-4.jpg }\n  - { input: shoes/img-5.png, output: again-5.jpg }\n");
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    let staged = s3.list_keys("catalog", "raw/staging/").await;
+    assert_eq!(
+        staged.len(),
+        2,
+        "img-4 and img-5 are the same bytes: {staged:?}"
+    );
+    assert!(staged.iter().all(|k| k.ends_with(".png")), "{staged:?}");
+    s3.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_while_staging_submitting_and_polling_loses_nothing_and_never_pays_twice() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    const N: usize = 40;
+    let scenario = Scenario::default()
+        .latency(Latency::Fixed(std::time::Duration::from_millis(1200)))
+        .seed(11);
+    let (env, _) = storage_env(&s3, scenario, "", 0).await;
+    let keys = credentials_file(env.dir.path());
+    let storages = storages_yaml("catalog-s3", "s3://catalog/raw", &s3.endpoint, &keys);
+    drop_local_manifest(&env, N, false);
+    let deadline = std::time::Duration::from_secs(60);
+    let staged = || async { s3.list_keys("catalog", "raw/staging/").await.len() };
+
+    // 1. While staging: one input at a time, so the kill lands between two of them.
+    let config = env.config("staging: catalog\nmax_in_flight: 1", &storages);
+    let mut daemon = env.spawn_daemon(&config, 0);
+    crate::support::wait_until_async("some inputs staged", deadline, || async {
+        staged().await >= 3
+    })
+    .await;
+    daemon.start_kill().expect("SIGKILL");
+    assert_eq!(daemon.wait().await.expect("wait").code(), None);
+    let at_kill = staged().await;
+    assert!(
+        at_kill < N - 1,
+        "killed while staging ({at_kill} of {N} staged)"
+    );
+    assert_eq!(env.stats().batch_submits, 0, "nothing submitted yet");
+
+    // 2. While batches are submitted and at Claid.
+    let config = env.config("staging: catalog\nmax_in_flight: 16", &storages);
+    let mut daemon = env.spawn_daemon(&config, 1);
+    crate::support::wait_until("batches at Claid", deadline, || {
+        env.stats().batch_submits >= 2
+    })
+    .await;
+    daemon.start_kill().expect("SIGKILL");
+    assert_eq!(daemon.wait().await.expect("wait").code(), None);
+
+    // 3. While they are polled.
+    let polls = env.stats().batch_polls;
+    let mut daemon = env.spawn_daemon(&config, 2);
+    crate::support::wait_until("batches polled", deadline, || {
+        env.stats().batch_polls >= polls + 2
+    })
+    .await;
+    daemon.start_kill().expect("SIGKILL");
+    assert_eq!(daemon.wait().await.expect("wait").code(), None);
+
+    // 4. To the end.
+    let mut daemon = env.spawn_daemon(&config, 3);
+    crate::support::wait_until("archived", deadline, || {
+        env.archive.join("shoes.yaml").is_file()
+    })
+    .await;
+    crate::support::stop(&mut daemon).await;
+    check_staged_run(&env, N, 0);
+    assert!(
+        staged().await == 0,
+        "the staged objects are deleted once the run ends"
+    );
+    s3.stop().await;
+}
+
+#[tokio::test]
+async fn the_embedded_emulator_serves_the_configs_own_storages_as_its_connectors() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    s3.create_bucket("catalog").await;
+    s3.put_object("catalog", "raw/in/sku-0.png", &crate::support::png(40, 30))
+        .await;
+    // The env's own emulator has no connector: only the embedded one, started from the
+    // config's `storages`, can serve `catalog-s3`.
+    let env = TestEnv::new(quick()).await;
+    let keys = credentials_file(env.dir.path());
+    let storages = storages_yaml("catalog-s3", "s3://catalog/raw", &s3.endpoint, &keys);
+    let text = format!(
+        "api:\n  base_url: embedded\nfolders:\n  inbox: {}\n  outbox: {}\n  archive: {}\n  rejected: {}\n  state: {}\nwatch: {{ settle: 100ms, rescan: 500ms }}\nadmin:\n  socket: {}\n{storages}",
+        env.inbox.display(),
+        env.outbox.display(),
+        env.archive.display(),
+        env.rejected.display(),
+        env.state.display(),
+        env.socket().display(),
+    );
+    let config = env.dir.path().join("embedded.yaml");
+    std::fs::write(&config, text).expect("config");
+    env.drop_file(
+        "shoes.yaml",
+        b"output: { destination: storage://catalog/out/ }\nimages:\n  - storage://catalog/in/sku-0.png\n",
+    );
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("Checked the storages"), "{stderr}");
+    assert_eq!(
+        s3.list_keys("catalog", "raw/out/").await,
+        ["raw/out/shoes/sku-0.jpg"]
+    );
+    assert_eq!(env.stats().requests, 0, "the env's emulator was not used");
+    s3.stop().await;
+}
+
+#[tokio::test]
+async fn a_connector_pointing_elsewhere_than_its_storage_stops_the_start_with_64() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    s3.create_bucket("catalog").await;
+    // Claid's connector points at `other/`, the daemon's storage at `raw/`: Claid would write
+    // outputs where the daemon does not look.
+    let env = TestEnv::new(quick().storage(s3.connector("catalog-s3", "catalog", "other"))).await;
+    let keys = credentials_file(env.dir.path());
+    let storages = storages_yaml("catalog-s3", "s3://catalog/raw", &s3.endpoint, &keys);
+    let config = env.config("", &storages);
+    let (code, stdout, _) = cli(&["validate", config.to_str().expect("utf-8")]).await;
+    assert_eq!(code, 64, "{stdout}");
+    assert!(
+        stdout.contains("s3://catalog/other") && stdout.contains("s3://catalog/raw"),
+        "{stdout}"
+    );
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("storages.catalog"), "{stderr}");
+    s3.stop().await;
+}
