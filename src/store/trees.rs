@@ -374,11 +374,15 @@ impl Trees {
     }
 
     /// Whether run `id` still holds its reservations: it has not ended, or its registration
-    /// has not committed yet (another intake is writing it).
+    /// has not committed yet (another intake is writing it: its `registering` marker is
+    /// there). A reservation whose owner has neither a record nor a marker was left by a
+    /// registration a crash cut short (the marker is cleared at open) and holds nothing, even
+    /// when the crash came between the reservation and its index entry, so `sweep_orphans`
+    /// could not find it.
     fn holds(&self, id: ManifestId) -> Result<bool, StoreError> {
         Ok(match self.manifest(id)? {
             Some(m) => !m.state.is_ended(),
-            None => true,
+            None => self.registering.contains_key(id_key(id))?,
         })
     }
 
