@@ -408,6 +408,7 @@ pub async fn run(
         || totals.held > 0
         || totals.rejected > 0
         || totals.manifests_with_failures > 0
+        || totals.manifests_held > 0
     {
         Ok(Outcome::SomeFailed)
     } else {

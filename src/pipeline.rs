@@ -132,6 +132,10 @@ pub struct Totals {
     /// Manifests finished in this run whose report counts a failed job (also ones that
     /// failed before a restart).
     pub manifests_with_failures: usize,
+    /// Runs reported with jobs held in doubt, counted from the report like
+    /// `manifests_with_failures` (the per-job counts above follow the jobs' outcome events,
+    /// which may still be on their way when the run is reported from the store).
+    pub manifests_held: usize,
 }
 
 /// What the finisher publishes for everyone else to read: per-run progress and the totals.

@@ -327,11 +327,12 @@ impl Finisher {
                 run.phase = next;
             }
             self.publish(id);
-            if failed {
-                self.deps
-                    .board
-                    .update(|s| s.totals.manifests_with_failures += 1);
-            }
+            self.deps.board.update(|s| {
+                s.totals.manifests_held += 1;
+                if failed {
+                    s.totals.manifests_with_failures += 1;
+                }
+            });
             info!(manifest = %rel.display(), "Run reported; jobs held in doubt wait for `replay --in-doubt`");
             self.deps.notices.send(Notice::InDoubtHeld {
                 id,
