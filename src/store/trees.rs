@@ -216,9 +216,9 @@ impl Trees {
         // Small batches keep memory flat: sled keeps every node version a batch replaces
         // until the batch ends (4,096-job batches peaked at 1.1 GB for 100,000 jobs).
         // Atomicity across batches is not needed: the manifest record below is the commit point.
-        let mut batch_index = Batch::default();
-        let mut batch_jobs = Batch::default();
-        let mut batch_unfinished = Batch::default();
+        let mut batch_index = Chunked::new(&self.jobs_by_manifest);
+        let mut batch_jobs = Chunked::new(&self.jobs);
+        let mut batch_unfinished = Chunked::new(&self.unfinished);
         let rollback = |this: &Trees, reserved: &[Vec<u8>], ids: &[JobId]| {
             this.unregister(manifest_id, reserved, ids)
         };
@@ -228,7 +228,7 @@ impl Trees {
                 return Ok(conflict);
             }
         }
-        for (n, mut job) in jobs.into_iter().enumerate() {
+        for mut job in jobs {
             // A storage output also reserves its object (`storage://CONNECTOR/key`): two runs
             // writing the same object collide like two writing the same file.
             let object = crate::storages::destination_of(&job.body, &job.output_rel);
@@ -239,10 +239,10 @@ impl Trees {
                 conflict = self.reserve(manifest_id, object, &mut reserved_paths)?;
             }
             if let Some(conflict) = conflict {
-                // The batches not yet applied hold nothing that needs undoing.
-                self.jobs_by_manifest.apply_batch(batch_index)?;
-                self.jobs.apply_batch(batch_jobs)?;
-                self.unfinished.apply_batch(batch_unfinished)?;
+                // Applied first, so the rollback below removes every job written.
+                batch_index.finish()?;
+                batch_jobs.finish()?;
+                batch_unfinished.finish()?;
                 rollback(self, &reserved_paths, &job_ids)?;
                 return Ok(conflict);
             }
@@ -254,7 +254,7 @@ impl Trees {
                 n_unchanged += 1;
             }
             let job_id = self.db.generate_id()?;
-            batch_index.insert(&pair_key(manifest_id, job_id), &[]);
+            batch_index.insert(&pair_key(manifest_id, job_id), &[])?;
             if job.state.is_terminal() {
                 if matches!(job.state, JobState::Done { .. }) {
                     // The unchanged job now answers for the key (its output is the same file).
@@ -262,26 +262,19 @@ impl Trees {
                         .insert(job.key.as_bytes(), &id_key(job_id))?;
                 }
             } else {
-                batch_unfinished.insert(&id_key(job_id), &[]);
+                batch_unfinished.insert(&id_key(job_id), &[])?;
                 queued.push(job_id);
             }
             counts.add_job(&job);
-            batch_jobs.insert(&id_key(job_id), encode_job(&job));
+            batch_jobs.insert(&id_key(job_id), encode_job(&job))?;
             job_ids.push(job_id);
-            if (n + 1) % REGISTER_BATCH == 0 {
-                self.jobs_by_manifest
-                    .apply_batch(std::mem::take(&mut batch_index))?;
-                self.unfinished
-                    .apply_batch(std::mem::take(&mut batch_unfinished))?;
-                self.jobs.apply_batch(std::mem::take(&mut batch_jobs))?;
-            }
         }
         drop(reserved_paths);
         m.n_jobs = u32::try_from(job_ids.len()).unwrap_or(u32::MAX);
         m.counts = None;
-        self.jobs_by_manifest.apply_batch(batch_index)?;
-        self.unfinished.apply_batch(batch_unfinished)?;
-        self.jobs.apply_batch(batch_jobs)?;
+        batch_index.finish()?;
+        batch_unfinished.finish()?;
+        batch_jobs.finish()?;
         self.db.flush()?;
         let rel = m.rel.clone();
         let record = encode_manifest(&m);
@@ -702,6 +695,20 @@ impl<'a> Chunked<'a> {
 
     fn remove(&mut self, key: impl Into<sled::IVec>) -> Result<(), StoreError> {
         self.batch.remove(key);
+        self.counted()
+    }
+
+    fn insert(
+        &mut self,
+        key: impl Into<sled::IVec>,
+        value: impl Into<sled::IVec>,
+    ) -> Result<(), StoreError> {
+        self.batch.insert(key, value);
+        self.counted()
+    }
+
+    /// Counts one operation; applies the batch when it holds [`REGISTER_BATCH`].
+    fn counted(&mut self) -> Result<(), StoreError> {
         self.n += 1;
         if self.n == REGISTER_BATCH {
             self.tree.apply_batch(std::mem::take(&mut self.batch))?;
