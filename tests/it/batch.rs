@@ -263,8 +263,10 @@ async fn issue12_sigkill_while_batches_are_polled_resumes_them_without_a_second_
     let images: Vec<(&str, Option<&str>)> = refs.iter().map(|n| (*n, None)).collect();
     env.drop_file("m.yaml", manifest(&env, &images).as_bytes());
     let config = env.config("max_in_flight: 32", "");
-    // Killed once every image is in a batch whose id the store holds (none is mid-submit, so
-    // none is in doubt) and some batches are still at Claid.
+    // Killed once every image is in a batch whose id the store holds durably (none is
+    // mid-submit, so none is in doubt) and some batches are still at Claid. `/jobs` shows a
+    // batch id as soon as it is written, before the write is flushed; the daemon polls a
+    // batch only after the flush, so a batch polled once is one whose id survives the kill.
     let mut first = env.spawn_daemon(&config, 0);
     let jobs_in = |state: &'static str| {
         let socket = env.socket();
@@ -288,7 +290,9 @@ async fn issue12_sigkill_while_batches_are_polled_resumes_them_without_a_second_
         "every batch recorded, some still at Claid",
         DEADLINE,
         || async {
-            env.stats().batch_images >= 20
+            let stats = env.stats();
+            stats.batch_images >= 20
+                && stats.batches.values().all(|batch| batch.polls >= 1)
                 && jobs_in("submitting").await == Some(0)
                 && jobs_in("queued").await == Some(0)
                 && jobs_in("submitted").await.is_some_and(|n| n > 0)

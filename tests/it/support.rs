@@ -62,6 +62,43 @@ pub struct TestEnv {
     pub emulator: emulator::Handle,
 }
 
+/// A failing test shows the tail of every daemon log it started (they live in the temp dir,
+/// which is removed with the env) and, with `CLAID_TEST_KEEP=1`, keeps the whole folder.
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let mut logs: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| {
+                        p.file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| n.starts_with("daemon-") && n.ends_with(".log"))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        logs.sort();
+        for log in logs {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(80)..];
+            eprintln!("--- {} (last {} lines) ---", log.display(), tail.len());
+            for line in tail {
+                eprintln!("{line}");
+            }
+        }
+        if std::env::var_os("CLAID_TEST_KEEP").is_some() {
+            self.dir.disable_cleanup(true);
+            eprintln!("kept {}", self.dir.path().display());
+        }
+    }
+}
+
 impl TestEnv {
     pub async fn new(scenario: Scenario) -> TestEnv {
         let dir = tempfile::tempdir().expect("temp dir");
