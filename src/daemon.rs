@@ -21,7 +21,7 @@ use crate::config::{BaseUrl, Config, ConfigError, OnManifestDone};
 use crate::metrics::Metrics;
 use crate::os_error::OsCause;
 use crate::pipeline::{self, Deps, Folders, Policies};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, Unfinished};
 use crate::text::Escaped;
 use crate::{activity, admin, alerts, emulator, output, watcher, web, webhook};
 
@@ -175,7 +175,7 @@ pub async fn run(
     let copies = folders.state.join(COPIES_DIR);
     prepare_folders(&config, &copies)?;
     // The store's lock comes first: a second daemon must not touch the outbox of a running one.
-    let store = open_store(&folders.state)?;
+    let (store, unfinished) = open_store(&folders.state)?;
     info!(state = %folders.state.display(), "Opened the job store");
     let removed = output::clean_stale_tmp(&folders.outbox).map_err(FatalError::CleanOutbox)?;
     info!(removed, outbox = %folders.outbox.display(), "Removed stale temporary files");
@@ -286,7 +286,7 @@ pub async fn run(
         None => None,
     };
 
-    let summary = pipeline.resume().await?;
+    let summary = pipeline.resume(unfinished).await?;
     info!(
         manifests = summary.manifests,
         queued = summary.queued,
@@ -760,11 +760,11 @@ fn nearest_existing(path: &Path) -> PathBuf {
 }
 
 /// Opens the store; when another daemon holds it, names that daemon's PID. Records our PID.
-fn open_store(state: &Path) -> Result<Store, FatalError> {
-    match Store::open(state) {
-        Ok(store) => {
+fn open_store(state: &Path) -> Result<(Store, Unfinished), FatalError> {
+    match Store::open_for_resume(state) {
+        Ok(opened) => {
             let _ = std::fs::write(state.join(PID_FILE), format!("{}\n", std::process::id()));
-            Ok(store)
+            Ok(opened)
         }
         Err(StoreError::Locked { path }) => {
             let pid = std::fs::read_to_string(state.join(PID_FILE))

@@ -47,7 +47,7 @@ use crate::config::{InDoubtPolicy, Limits, OnManifestDone, OnOutputExists, PollC
 use crate::lifecycle::Phase;
 use crate::metrics::Metrics;
 use crate::pipeline::job::JobOutcome;
-use crate::store::{JobId, ManifestId, Store, StoreError};
+use crate::store::{JobId, ManifestId, Store, StoreError, Unfinished};
 use crate::watcher::Candidate;
 
 pub use crate::pipeline::health::Health;
@@ -566,7 +566,9 @@ impl Handle {
     /// `Downloading` → download again, `Queued` → submit, `Submitting` → in doubt. Tells the
     /// finisher about every run that has not ended, so runs whose jobs all ended before a
     /// crash are finished now.
-    pub async fn resume(&self) -> Result<ResumeSummary, StoreError> {
+    /// `unfinished` is what [`Store::open_for_resume`] collected (nothing writes between the
+    /// open and the resume).
+    pub async fn resume(&self, unfinished: Unfinished) -> Result<ResumeSummary, StoreError> {
         let shared = &self.shared;
         let store = &shared.store;
         let policy = self.settings().policies.in_doubt;
@@ -577,7 +579,7 @@ impl Handle {
         let mut batches: BTreeMap<u64, (String, u64, Vec<batch::Member>)> = BTreeMap::new();
         // Caught mid-submit, waiting for a webhook to adopt.
         let mut late = Vec::new();
-        for (id, job) in store.unfinished().await? {
+        for (id, job) in unfinished {
             use crate::codes::StateName as S;
             match job.state.kind {
                 S::Queued => {

@@ -187,6 +187,9 @@ impl Reader<'_> {
     }
 }
 
+/// Summaries of the jobs not Done or Failed, in id order: what a restart resumes.
+pub type Unfinished = Vec<(JobId, JobSummary)>;
+
 /// A cheap-clone handle on the job store.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -202,8 +205,16 @@ impl Store {
     /// loads the counts: ended runs from their records, running ones from one pass over their
     /// jobs. `StoreError::Locked` when another process holds the database.
     pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
+        Store::open_for_resume(state_dir).map(|(store, _)| store)
+    }
+
+    /// `open`, also returning the summaries of every job not Done or Failed, in id order
+    /// (what [`Store::unfinished`] returns), collected by the same pass that counts the runs
+    /// not ended: a restart reads each unfinished job once, not twice.
+    pub fn open_for_resume(state_dir: &Path) -> Result<(Store, Unfinished), StoreError> {
         let trees = Trees::open(state_dir)?;
         let counters = Arc::new(counts::Counters::default());
+        let mut unfinished = Vec::new();
         for (id, m) in trees.manifests()? {
             if m.state.is_ended() {
                 let counts = match m.counts {
@@ -217,15 +228,30 @@ impl Store {
                 };
                 counters.add_ended(&counts);
             } else {
-                counters.track(id, trees.count_manifest(id)?);
+                counters.track(
+                    id,
+                    trees.count_manifest_collecting(id, Some(&mut unfinished))?,
+                );
             }
         }
+        unfinished.sort_unstable_by_key(|(id, _)| *id);
+        // What the index lists beyond the runs just read (nothing, in a consistent store).
+        for id in trees.unfinished_ids()? {
+            if unfinished.binary_search_by_key(&id, |(j, _)| *j).is_err()
+                && let Some(summary) = trees.summary(id)?
+                && !summary.state.kind.is_terminal()
+            {
+                unfinished.push((id, summary));
+            }
+        }
+        unfinished.sort_unstable_by_key(|(id, _)| *id);
         trees.db.flush()?;
-        Ok(Store {
+        let store = Store {
             trees,
             commit: Arc::new(commit::GroupCommit::default()),
             counters,
-        })
+        };
+        Ok((store, unfinished))
     }
 
     /// The database directory.
@@ -401,7 +427,7 @@ impl Store {
     }
 
     /// Summaries of every job not Done/Failed, FIFO: what resuming needs, without bodies.
-    pub async fn unfinished(&self) -> Result<Vec<(JobId, JobSummary)>, StoreError> {
+    pub async fn unfinished(&self) -> Result<Unfinished, StoreError> {
         let trees = self.trees.clone();
         self.on_pool(move || trees.unfinished_summaries()).await?
     }

@@ -30,6 +30,8 @@ pub const TREE_REGISTERING: &str = "registering";
 /// The default (1 GiB) let a 100,000-job table sit in memory whole; the daemon reads a job
 /// only when it steps it, so a small cache costs little.
 const CACHE_BYTES: u64 = 16 * 1024 * 1024;
+/// `meta` key set once the store has had its whole-history orphan sweep.
+const META_SWEEP: &str = "orphan_sweep";
 /// Jobs per write batch in `register`.
 const REGISTER_BATCH: usize = 256;
 
@@ -121,13 +123,78 @@ impl Trees {
         };
         let meta = trees.db.open_tree(TREE_META)?;
         meta.insert("schema", "1")?;
-        trees.sweep_orphans()?;
+        // A registration marks its run in `registering` before it writes anything else, and
+        // runs are never deleted, so what a crash leaves behind belongs to a marked run: only
+        // those are swept. A store never swept that way (written by an older version) is swept
+        // whole once.
+        if meta.get(META_SWEEP)?.is_none() {
+            trees.sweep_orphans()?;
+            meta.insert(META_SWEEP, "registering")?;
+        } else {
+            trees.sweep_registrations()?;
+        }
         trees.db.flush()?;
         Ok(trees)
     }
 
-    /// Deletes jobs and reservations whose manifest record does not exist (a registration cut
-    /// short by a crash). Only safe before any registration runs, hence called from `open`.
+    /// Deletes the jobs and reservations of every run marked `registering` whose record was
+    /// never written (a registration a crash cut short), then the marks: O(what those runs
+    /// wrote), whatever the history. Only safe before any registration runs (from `open`).
+    fn sweep_registrations(&self) -> Result<usize, StoreError> {
+        let mut batch_index = Chunked::new(&self.jobs_by_manifest);
+        let mut batch_jobs = Chunked::new(&self.jobs);
+        let mut batch_unfinished = Chunked::new(&self.unfinished);
+        let mut batch_reserved = Chunked::new(&self.reserved);
+        let mut batch_reserved_index = Chunked::new(&self.reserved_by_manifest);
+        let mut n_removed = 0;
+        for entry in self.registering.iter().keys() {
+            let Some(id) = read_id(&entry?) else {
+                continue;
+            };
+            if self.manifests.contains_key(id_key(id))? {
+                // Committed; only the mark's removal was cut short.
+                continue;
+            }
+            for key in self.jobs_by_manifest.scan_prefix(id_key(id)).keys() {
+                let key = key?;
+                if let Some((_, job_id)) = split_pair(&key) {
+                    batch_jobs.remove(&id_key(job_id))?;
+                    batch_unfinished.remove(&id_key(job_id))?;
+                    n_removed += 1;
+                }
+                batch_index.remove(key)?;
+            }
+            for key in self.reserved_by_manifest.scan_prefix(id_key(id)).keys() {
+                let key = key?;
+                let path = &key[8..];
+                if self
+                    .reserved
+                    .get(path)?
+                    .is_some_and(|v| read_id(&v) == Some(id))
+                {
+                    batch_reserved.remove(path)?;
+                }
+                batch_reserved_index.remove(key)?;
+            }
+        }
+        batch_jobs.finish()?;
+        batch_unfinished.finish()?;
+        batch_index.finish()?;
+        batch_reserved.finish()?;
+        batch_reserved_index.finish()?;
+        self.registering.clear()?;
+        if n_removed > 0 {
+            tracing::warn!(
+                n_removed,
+                "Removed jobs of an unfinished manifest registration"
+            );
+        }
+        Ok(n_removed)
+    }
+
+    /// Deletes jobs and reservations whose manifest record does not exist, over the whole
+    /// history: the one-time sweep of a store written before `registering` marked every
+    /// registration (see `open`). Only safe before any registration runs.
     fn sweep_orphans(&self) -> Result<usize, StoreError> {
         let mut known: BTreeMap<ManifestId, bool> = BTreeMap::new();
         let mut exists = |id: ManifestId| -> Result<bool, StoreError> {
@@ -554,6 +621,16 @@ impl Trees {
 
     /// The counts of a manifest's jobs, from one pass over their summaries.
     pub fn count_manifest(&self, id: ManifestId) -> Result<ManifestCounts, StoreError> {
+        self.count_manifest_collecting(id, None)
+    }
+
+    /// `count_manifest`, also pushing onto `unfinished` the summary of every job not Done or
+    /// Failed: one read of each job serves both the counts and a restart's resume.
+    pub fn count_manifest_collecting(
+        &self,
+        id: ManifestId,
+        mut unfinished: Option<&mut Vec<(JobId, JobSummary)>>,
+    ) -> Result<ManifestCounts, StoreError> {
         let mut counts = ManifestCounts::default();
         for entry in self.jobs_by_manifest.scan_prefix(id_key(id)).keys() {
             let key = entry?;
@@ -562,9 +639,25 @@ impl Trees {
             };
             if let Some(summary) = self.summary(job_id)? {
                 counts.add_summary(&summary);
+                if let Some(out) = unfinished.as_deref_mut()
+                    && !summary.state.kind.is_terminal()
+                {
+                    out.push((job_id, summary));
+                }
             }
         }
         Ok(counts)
+    }
+
+    /// The ids the `unfinished` index lists, in id order (keys only; no record is read).
+    pub fn unfinished_ids(&self) -> Result<Vec<JobId>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.unfinished.iter().keys() {
+            if let Some(id) = read_id(&entry?) {
+                out.push(id);
+            }
+        }
+        Ok(out)
     }
 
     /// The `staged` objects of the jobs not done or failed.

@@ -329,6 +329,62 @@ async fn reopen_sees_every_flushed_change() {
     );
 }
 
+/// Jobs a registration wrote before a crash cut it short (its `registering` mark, written
+/// first, and jobs, but no manifest record: the commit point).
+fn write_orphans(dir: &std::path::Path, orphan_manifest: u64, orphan_jobs: &[u64], marked: bool) {
+    let db = sled::open(dir.join("v1")).unwrap();
+    if marked {
+        db.open_tree("registering")
+            .unwrap()
+            .insert(orphan_manifest.to_be_bytes(), "orphan.yaml")
+            .unwrap();
+    }
+    let jobs = db.open_tree("jobs").unwrap();
+    let index = db.open_tree("jobs_by_manifest").unwrap();
+    let unfinished = db.open_tree("unfinished").unwrap();
+    for (i, job_id) in orphan_jobs.iter().enumerate() {
+        let mut record = job(i as u32, "orphan");
+        record.manifest = orphan_manifest;
+        let bytes = serde_json::to_vec(&JobRecord::V1(record)).unwrap();
+        jobs.insert(job_id.to_be_bytes(), bytes).unwrap();
+        unfinished.insert(job_id.to_be_bytes(), &[]).unwrap();
+        let mut key = orphan_manifest.to_be_bytes().to_vec();
+        key.extend_from_slice(&job_id.to_be_bytes());
+        index.insert(key, &[]).unwrap();
+    }
+    if !marked {
+        // A store written before registrations were marked has never had its whole sweep.
+        db.open_tree("meta")
+            .unwrap()
+            .remove("orphan_sweep")
+            .unwrap();
+    }
+    db.flush().unwrap();
+}
+
+/// A store an older version wrote (no `registering` marks, never swept whole) has its
+/// orphans swept once, over the whole history.
+#[tokio::test]
+async fn orphan_jobs_of_a_store_never_swept_whole_are_swept_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kept_manifest, kept_ids) = {
+        let store = Store::open(dir.path()).unwrap();
+        register(&store, manifest("kept.yaml"), vec![job(0, "a")]).await
+    };
+    let orphan_jobs: [u64; 2] = [999_999_001, 999_999_002];
+    write_orphans(dir.path(), 999_999_000, &orphan_jobs, false);
+    let (store, unfinished) = Store::open_for_resume(dir.path()).unwrap();
+    for job_id in orphan_jobs {
+        assert!(
+            store.job(job_id).await.unwrap().is_none(),
+            "orphan {job_id} swept"
+        );
+    }
+    let ids: Vec<_> = unfinished.into_iter().map(|(id, _)| id).collect();
+    assert_eq!(ids, kept_ids);
+    assert_eq!(jobs_of_manifest(&store, kept_manifest).await.len(), 1);
+}
+
 #[tokio::test]
 async fn orphan_jobs_without_a_manifest_record_are_swept_on_open() {
     let dir = tempfile::tempdir().unwrap();
@@ -344,22 +400,8 @@ async fn orphan_jobs_without_a_manifest_record_are_swept_on_open() {
     // Simulate a crash between writing the jobs and the manifest record (the commit point).
     let orphan_manifest: u64 = 999_999_000;
     let orphan_jobs: [u64; 2] = [999_999_001, 999_999_002];
-    {
-        let db = sled::open(dir.path().join("v1")).unwrap();
-        let jobs = db.open_tree("jobs").unwrap();
-        let index = db.open_tree("jobs_by_manifest").unwrap();
-        for (i, job_id) in orphan_jobs.iter().enumerate() {
-            let mut record = job(i as u32, "orphan");
-            record.manifest = orphan_manifest;
-            let bytes = serde_json::to_vec(&JobRecord::V1(record)).unwrap();
-            jobs.insert(job_id.to_be_bytes(), bytes).unwrap();
-            let mut key = orphan_manifest.to_be_bytes().to_vec();
-            key.extend_from_slice(&job_id.to_be_bytes());
-            index.insert(key, &[]).unwrap();
-        }
-        db.flush().unwrap();
-    }
-    let store = Store::open(dir.path()).unwrap();
+    write_orphans(dir.path(), orphan_manifest, &orphan_jobs, true);
+    let (store, opened) = Store::open_for_resume(dir.path()).unwrap();
     for job_id in orphan_jobs {
         assert!(
             store.job(job_id).await.unwrap().is_none(),
@@ -375,6 +417,9 @@ async fn orphan_jobs_without_a_manifest_record_are_swept_on_open() {
         .map(|(id, _)| id)
         .collect();
     assert_eq!(unfinished, kept_ids);
+    // The pass that counted at open collected the same list.
+    let opened: Vec<_> = opened.into_iter().map(|(id, _)| id).collect();
+    assert_eq!(opened, kept_ids);
     assert_eq!(jobs_of_manifest(&store, kept_manifest).await.len(), 2);
 }
 
