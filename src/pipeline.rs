@@ -225,7 +225,7 @@ struct Shared {
     /// Candidates for intake; bounded, so a burst of drops waits in the watcher.
     intake: mpsc::Sender<Candidate>,
     /// Events for the finisher; unbounded so a job task never waits to report its outcome.
-    finisher: mpsc::UnboundedSender<finisher::Event>,
+    finisher: finisher::Tx,
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
     started: Instant,
@@ -264,7 +264,8 @@ impl Handle {
         let health = Arc::new(health::HealthState::new(notices.clone()));
         let in_flight = Arc::new(Semaphore::new(deps.max_in_flight));
         let (intake_tx, intake_rx) = mpsc::channel(INTAKE_QUEUE);
-        let (finisher_tx, finisher_rx) = mpsc::unbounded_channel();
+        let (finisher_raw, finisher_rx) = mpsc::unbounded_channel();
+        let finisher_tx = finisher::Tx::new(finisher_raw, board.clone());
         let polls = Arc::new(polls::Polls::new(deps.poll, deps.client.clone()));
         let dispatch = Arc::new(dispatch::Dispatch::default());
         let batching = Arc::new(
@@ -851,10 +852,7 @@ async fn adopt_or_give_up(
                     Ok(())
                 }
                 Ok(InDoubtPolicy::Hold) => {
-                    let _ = shared.finisher.send(finisher::Event::Settled {
-                        id: mid,
-                        outcome: JobOutcome::Held,
-                    });
+                    shared.finisher.settled(mid, JobOutcome::Held);
                     Ok(())
                 }
                 Err(err) => Err(err),

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -24,7 +24,7 @@ use crate::codes::FailureCode;
 use crate::config::{BatchConfig, InDoubtPolicy, PollConfig};
 use crate::pipeline::Settings;
 use crate::pipeline::dispatch::Dispatch;
-use crate::pipeline::finisher::Event;
+use crate::pipeline::finisher;
 use crate::pipeline::health::HealthState;
 use crate::pipeline::job::{JobOutcome, Runner, failure_of, input_of, systemic_status};
 use crate::pipeline::polls::{Kind, Polls, Seen};
@@ -341,7 +341,7 @@ pub struct BatchDeps {
     pub queue: Arc<Queue>,
     /// Downloads each matched job on its own task.
     pub runner: Runner,
-    pub finisher: mpsc::UnboundedSender<Event>,
+    pub finisher: finisher::Tx,
     pub tracker: TaskTracker,
     pub cancel: CancellationToken,
 }
@@ -795,10 +795,7 @@ impl BatchRunner {
                 let outcome = runner.run(member.id).await;
                 drop(permit);
                 if !matches!(outcome, JobOutcome::NotRun | JobOutcome::Parked) {
-                    let _ = finisher.send(Event::Settled {
-                        id: member.manifest,
-                        outcome,
-                    });
+                    finisher.settled(member.manifest, outcome);
                 }
             }
             .instrument(span),
@@ -830,10 +827,7 @@ impl BatchRunner {
 
     fn report(&self, manifest: ManifestId, outcome: JobOutcome) {
         if !matches!(outcome, JobOutcome::NotRun | JobOutcome::Parked) {
-            let _ = self.deps.finisher.send(Event::Settled {
-                id: manifest,
-                outcome,
-            });
+            self.deps.finisher.settled(manifest, outcome);
         }
     }
 

@@ -58,6 +58,36 @@ pub enum Event {
     Stop,
 }
 
+/// The way to the finisher, shared by every task that tells it something.
+#[derive(Clone)]
+pub struct Tx {
+    tx: mpsc::UnboundedSender<Event>,
+    board: Arc<Board>,
+}
+
+impl Tx {
+    pub fn new(tx: mpsc::UnboundedSender<Event>, board: Arc<Board>) -> Tx {
+        Tx { tx, board }
+    }
+
+    /// Sends `event` as it is; false once the finisher has stopped (shutdown).
+    pub fn send(&self, event: Event) -> bool {
+        self.tx.send(event).is_ok()
+    }
+
+    /// Tells how a job's task ended. The outcome counts on the board as an event on its way
+    /// until the finisher has handled it: a run is finished from the store's counts, which
+    /// can run ahead of these events, and whoever waits for everything to settle (`run
+    /// --once`, its totals and exit code) must not stop while one is still in the channel.
+    pub fn settled(&self, id: ManifestId, outcome: JobOutcome) {
+        self.board.update(|s| s.pending += 1);
+        if self.tx.send(Event::Settled { id, outcome }).is_err() {
+            self.board
+                .update(|s| s.pending = s.pending.saturating_sub(1));
+        }
+    }
+}
+
 /// What the finisher needs.
 pub struct FinisherDeps {
     pub store: Store,
@@ -158,6 +188,7 @@ impl Finisher {
                     self.publish(id);
                 }
                 self.settle_if_done(id).await;
+                self.done_pending();
             }
             Event::Supersede { id, then } => {
                 self.deps

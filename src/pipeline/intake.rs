@@ -21,7 +21,7 @@ use crate::lifecycle::{Event as LifeEvent, Phase};
 use crate::manifest::{self, Input, ManifestSpec};
 use crate::metrics::Metrics;
 use crate::output;
-use crate::pipeline::finisher::Event;
+use crate::pipeline::finisher::{self, Event};
 use crate::pipeline::notices::{Notice, Notices};
 use crate::pipeline::submitter::Queue;
 use crate::pipeline::{Board, Folders, Settings, on_file_pool};
@@ -41,7 +41,7 @@ pub struct Intake {
     pub board: Arc<Board>,
     /// Registered jobs go here, after the finisher has heard of their run.
     pub queue: Arc<Queue>,
-    pub finisher: mpsc::UnboundedSender<Event>,
+    pub finisher: finisher::Tx,
     pub metrics: Arc<Metrics>,
     pub tracker: TaskTracker,
     pub notices: Notices,

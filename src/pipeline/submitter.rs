@@ -8,14 +8,14 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info_span};
 
 use crate::pipeline::Board;
 use crate::pipeline::batch::{BatchRunner, Member, Open};
-use crate::pipeline::finisher::Event;
+use crate::pipeline::finisher;
 use crate::pipeline::health::{Health, HealthState};
 use crate::pipeline::job::{JobOutcome, Runner};
 use crate::store::{JobId, ManifestId, Store};
@@ -94,7 +94,7 @@ pub struct Submitter {
     pub board: Arc<Board>,
     pub runner: Runner,
     /// Where each job's outcome goes, after its permit is released.
-    pub finisher: mpsc::UnboundedSender<Event>,
+    pub finisher: finisher::Tx,
     pub tracker: TaskTracker,
     pub cancel: CancellationToken,
 }
@@ -314,7 +314,7 @@ impl Submitter {
                 // never runs while holding a job permit.
                 drop(permit);
                 if !matches!(outcome, JobOutcome::NotRun | JobOutcome::Parked) {
-                    let _ = finisher.send(Event::Settled { id: mid, outcome });
+                    finisher.settled(mid, outcome);
                 }
             }
             .instrument(span),

@@ -395,3 +395,32 @@ async fn issue12_batching_switched_off_shows_in_metrics_and_status() {
     );
     crate::support::stop(&mut daemon).await;
 }
+
+/// The value of `field=` in the `Inbox processed` line `run --once` logs at its end.
+fn processed_field(output: &str, field: &str) -> Option<u64> {
+    let line = output.lines().find(|l| l.contains("Inbox processed"))?;
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix(&format!("{field}=")))
+        .and_then(|v| v.parse().ok())
+}
+
+/// A batch's images all end at once, and the run is finished from the store's counts, which
+/// can run ahead of the finisher hearing each image's outcome: `run --once` still ends only
+/// once every outcome is heard, so its last line counts every image the report counts.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue12_run_once_totals_count_every_image_of_the_last_batches() {
+    let files = names(60, "t-");
+    let refs: Vec<&str> = files.iter().map(String::as_str).collect();
+    let (_static, scenario) = static_images(&refs);
+    let env = TestEnv::new(scenario.latency(Latency::Fixed(Duration::ZERO))).await;
+    let images: Vec<(&str, Option<&str>)> = refs.iter().map(|n| (*n, None)).collect();
+    env.drop_file("m.yaml", manifest(&env, &images).as_bytes());
+    let (code, output) = env.run_once(&env.config("max_in_flight: 64", "")).await;
+    assert_eq!(code, 0, "{output}");
+    let report = env.report("m");
+    assert_eq!(report["counts"]["done"], 60, "{report:#}");
+    assert!(env.stats().batch_submits >= 2, "the images went in batches");
+    assert_eq!(processed_field(&output, "jobs"), Some(60), "{output}");
+    assert_eq!(processed_field(&output, "done"), Some(60), "{output}");
+    assert_eq!(processed_field(&output, "failed"), Some(0), "{output}");
+}
