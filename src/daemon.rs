@@ -404,6 +404,18 @@ pub async fn run(
         OnceEnd::Refused { status, reason } => return Ok(Outcome::Refused { status, reason }),
         OnceEnd::Unreachable { why } => return Ok(Outcome::Unreachable { why }),
     }
+    // Read after the drain: every job task has ended and the finisher has handled every
+    // outcome sent before its stop, so the counts are whole.
+    info!(
+        manifests = totals.manifests,
+        rejected = totals.rejected,
+        jobs = totals.jobs,
+        done = totals.done,
+        unchanged = totals.unchanged,
+        failed = totals.failed,
+        held_in_doubt = totals.held,
+        "Inbox processed"
+    );
     if totals.failed > 0
         || totals.held > 0
         || totals.rejected > 0
@@ -473,17 +485,6 @@ async fn run_once(
     if !matches!(end, OnceEnd::Settled) {
         return Ok(end);
     }
-    let totals = pipeline.totals();
-    info!(
-        manifests = totals.manifests,
-        rejected = totals.rejected,
-        jobs = totals.jobs,
-        done = totals.done,
-        unchanged = totals.unchanged,
-        failed = totals.failed,
-        held_in_doubt = totals.held,
-        "Inbox processed"
-    );
     Ok(end)
 }
 

@@ -567,8 +567,10 @@ impl Handle {
     /// `Downloading` → download again, `Queued` → submit, `Submitting` → in doubt. Tells the
     /// finisher about every run that has not ended, so runs whose jobs all ended before a
     /// crash are finished now.
-    /// `unfinished` is what [`Store::open_for_resume`] collected (nothing writes between the
-    /// open and the resume).
+    /// `unfinished` is what [`Store::open_for_resume`] collected. Between the open and the
+    /// resume only a dashboard action can write (a replay, which requeues jobs that were
+    /// Failed or held in doubt at the open: those the resume leaves alone), so the list is
+    /// still what the resume must drive.
     pub async fn resume(&self, unfinished: Unfinished) -> Result<ResumeSummary, StoreError> {
         let shared = &self.shared;
         let store = &shared.store;
@@ -649,10 +651,16 @@ impl Handle {
             if matches!(m.state, crate::store::ManifestState::Draining { .. }) {
                 draining.push(mid);
             }
-            let _ = shared.finisher.send(finisher::Event::Resumed {
+            // Counted on its way like every event whose handling ends with `done_pending`.
+            shared.board.update(|s| s.pending += 1);
+            if !shared.finisher.send(finisher::Event::Resumed {
                 id: mid,
                 manifest: m,
-            });
+            }) {
+                shared
+                    .board
+                    .update(|s| s.pending = s.pending.saturating_sub(1));
+            }
         }
         // A draining run submits nothing more, also after a crash.
         for mid in &draining {

@@ -235,16 +235,21 @@ impl Store {
             }
         }
         unfinished.sort_unstable_by_key(|(id, _)| *id);
-        // What the index lists beyond the runs just read (nothing, in a consistent store).
+        // What the index lists beyond the runs just read: jobs of ended runs that are not
+        // Done or Failed (a superseded run ends with jobs held in doubt).
+        let mut beyond = Vec::new();
         for id in trees.unfinished_ids()? {
             if unfinished.binary_search_by_key(&id, |(j, _)| *j).is_err()
                 && let Some(summary) = trees.summary(id)?
                 && !summary.state.kind.is_terminal()
             {
-                unfinished.push((id, summary));
+                beyond.push((id, summary));
             }
         }
-        unfinished.sort_unstable_by_key(|(id, _)| *id);
+        if !beyond.is_empty() {
+            unfinished.extend(beyond);
+            unfinished.sort_unstable_by_key(|(id, _)| *id);
+        }
         trees.db.flush()?;
         let store = Store {
             trees,

@@ -280,6 +280,7 @@ impl Trees {
         let mut queued: Vec<JobId> = Vec::new();
         let mut counts = ManifestCounts::default();
         let mut n_unchanged = 0;
+        let mut repoint: Vec<(String, JobId)> = Vec::new();
         // Small batches keep memory flat: sled keeps every node version a batch replaces
         // until the batch ends (4,096-job batches peaked at 1.1 GB for 100,000 jobs).
         // Atomicity across batches is not needed: the manifest record below is the commit point.
@@ -324,9 +325,10 @@ impl Trees {
             batch_index.insert(&pair_key(manifest_id, job_id), &[])?;
             if job.state.is_terminal() {
                 if matches!(job.state, JobState::Done { .. }) {
-                    // The unchanged job now answers for the key (its output is the same file).
-                    self.done_by_key
-                        .insert(job.key.as_bytes(), &id_key(job_id))?;
+                    // The unchanged job will answer for the key (its output is the same file),
+                    // once the run is committed: a rollback must leave the key to the job
+                    // that made the file.
+                    repoint.push((job.key.clone(), job_id));
                 }
             } else {
                 batch_unfinished.insert(&id_key(job_id), &[])?;
@@ -352,6 +354,13 @@ impl Trees {
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
             })
             .map_err(tx_err)?;
+        // After the commit point; a crash before these land leaves the keys to the earlier
+        // jobs, which made the same files.
+        let mut batch_keys = Chunked::new(&self.done_by_key);
+        for (key, job_id) in repoint {
+            batch_keys.insert(key.as_bytes(), &id_key(job_id))?;
+        }
+        batch_keys.finish()?;
         self.registering.remove(id_key(manifest_id))?;
         self.db.flush()?;
         Ok(Registration::Registered {
@@ -453,9 +462,9 @@ impl Trees {
         reserved: &[Vec<u8>],
         ids: &[JobId],
     ) -> Result<(), StoreError> {
-        self.registering.remove(id_key(owner))?;
         // In chunks: the run was never committed (no manifest record), so a crash halfway
-        // leaves orphans that the next open sweeps.
+        // leaves orphans that the next open sweeps; its `registering` mark, which is how that
+        // sweep finds them, goes last.
         let mut batch = Chunked::new(&self.reserved);
         let mut index = Chunked::new(&self.reserved_by_manifest);
         for path in reserved {
@@ -483,6 +492,7 @@ impl Trees {
         jobs.finish()?;
         by_manifest.finish()?;
         unfinished.finish()?;
+        self.registering.remove(id_key(owner))?;
         Ok(())
     }
 

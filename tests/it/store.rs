@@ -810,3 +810,81 @@ fn v1_records_keep_their_json_format() {
     let ManifestRecord::V1(m) = serde_json::from_str(manifest).unwrap();
     assert_eq!(m.state, ManifestState::Finished { at_ms: 9 });
 }
+
+/// A superseded run ends with jobs held in doubt, which stay unfinished. At the next open the
+/// list the counting pass collects is what `unfinished()` returns: those jobs too, each once,
+/// with the running run's jobs after them, in id order.
+#[tokio::test]
+async fn the_open_time_unfinished_list_has_jobs_of_ended_runs_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (held, running) = {
+        let store = Store::open(dir.path()).unwrap();
+        let (old, old_jobs) = register(
+            &store,
+            manifest("old.yaml"),
+            vec![job(0, "h"), job(1, "i"), job(2, "d")],
+        )
+        .await;
+        put_in_state(&store, old_jobs[0], "in-doubt").await;
+        put_in_state(&store, old_jobs[1], "in-doubt").await;
+        put_in_state(&store, old_jobs[2], "done").await;
+        store.end_run(old, RunEnd::Superseded).await.unwrap();
+        let (_, new_jobs) = register(
+            &store,
+            manifest("new.yaml"),
+            (0..10).map(|i| job(i, "n")).collect(),
+        )
+        .await;
+        put_in_state(&store, new_jobs[1], "submitted").await;
+        put_in_state(&store, new_jobs[2], "done").await;
+        (old_jobs[..2].to_vec(), new_jobs)
+    };
+    let (store, opened) = Store::open_for_resume(dir.path()).unwrap();
+    let ids: Vec<JobId> = opened.iter().map(|(id, _)| *id).collect();
+    let mut expected = held.clone();
+    expected.extend(
+        running
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != 2)
+            .map(|(_, id)| *id),
+    );
+    assert_eq!(ids, expected, "each unfinished job once, in id order");
+    let scanned: Vec<JobId> = store
+        .unfinished()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(ids, scanned);
+}
+
+/// A registration refused halfway (a conflict) leaves the key of an output it would have
+/// taken over as unchanged to the job that made the file.
+#[tokio::test]
+async fn a_refused_registration_leaves_done_by_key_to_the_job_that_made_the_file() {
+    let (_dir, store) = open_tmp();
+    let made = one_job(&store, "k").await;
+    put_in_state(&store, made, "done").await;
+    // A running run holds `taken/x.jpg`.
+    let mut holder = job(0, "holder");
+    holder.output_rel = "taken/x.jpg".into();
+    register(&store, manifest("taken.yaml"), vec![holder]).await;
+    // A run whose first row is unchanged (same key) and whose second collides.
+    let mut collides = job(1, "other");
+    collides.output_rel = "taken/x.jpg".into();
+    let run = NewRun {
+        record: manifest("again.yaml"),
+        extra_paths: Vec::new(),
+    };
+    let res = store
+        .register_run(run, vec![job(0, "k"), collides].into_iter(), |_, done| {
+            Some(done.clone())
+        })
+        .await
+        .unwrap();
+    assert!(matches!(res, Registered::Conflict { .. }), "{res:?}");
+    let (owner, _) = store.done_by_key("k").await.unwrap().expect("still known");
+    assert_eq!(owner, made);
+}
