@@ -621,7 +621,7 @@ impl BatchRunner {
         let elapsed = Duration::from_millis(now_ms().saturating_sub(submitted_at_ms));
         let mut delay = match deps.webhooks {
             Some(fallback) => deps.polls.overdue_after(Kind::Batch, elapsed, fallback),
-            None => deps.polls.first_delay(Kind::Batch, elapsed),
+            None => deps.polls.first_batch_delay(members.len(), elapsed),
         };
         let mut n_poll = 0u32;
         // When a poll last found the batch running (since its submit).
@@ -635,7 +635,7 @@ impl BatchRunner {
                 };
                 if let Some(TaskUpdate::Batch(batch)) = update {
                     let took = Duration::from_millis(now_ms().saturating_sub(submitted_at_ms));
-                    deps.polls.record(Kind::Batch, took, Seen::Webhook);
+                    deps.polls.record_batch(members.len(), took, Seen::Webhook);
                     return Some(batch);
                 }
             } else if !self.wait(delay).await {
@@ -655,7 +655,7 @@ impl BatchRunner {
                     if polled.batch.status.is_terminal() {
                         let took = Duration::from_millis(now_ms().saturating_sub(submitted_at_ms));
                         deps.polls
-                            .record(Kind::Batch, took, Seen::Poll { pending_at });
+                            .record_batch(members.len(), took, Seen::Poll { pending_at });
                         return Some(Box::new(polled.batch));
                     }
                     n_poll += 1;
@@ -664,7 +664,7 @@ impl BatchRunner {
                     ));
                     delay = match deps.webhooks {
                         Some(fallback) => fallback.min(deps.poll.max),
-                        None => deps.polls.next_delay(n_poll),
+                        None => deps.polls.next_batch_delay(members.len(), n_poll),
                     };
                 }
                 Err(err) => match failure_of(&deps.health, &err, sent_at) {

@@ -12,6 +12,13 @@
 //! let a long first delay confirm itself. Samples come from webhooks (the time they arrive) and
 //! from tasks seen running before they were seen DONE (the middle of that interval). Single
 //! tasks and batch tasks keep separate samples: a batch ends with its slowest image.
+//!
+//! A batch's duration grows with its size (Claid processes a few of its images at a time), so
+//! batches also keep their samples with their sizes: once two batches of about the same size
+//! (±25 %) have been seen, a batch of that size is first polled at 0.9 of their median
+//! duration, and then at a tenth of it, growing by half each time, whether or not the limit
+//! binds. A catalogue is mostly batches of the largest size, so after the first few each
+//! costs about two polls instead of one every `poll.min`.
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, PoisonError};
@@ -31,6 +38,44 @@ const MIN_SAMPLES: usize = 8;
 /// The first poll's wait under a binding limit before durations are known: long enough for
 /// nearly every single-image edit Claid documents (seconds), short of `poll.max`.
 pub const FIRST_GUESS: Duration = Duration::from_secs(10);
+
+/// Batch samples kept with their sizes.
+const SIZED_SAMPLES: usize = 64;
+/// Same-size batch samples needed before they set a batch's poll times.
+const MIN_SIZED_SAMPLES: usize = 2;
+
+/// Durations of ended batches with their image counts.
+#[derive(Debug, Default)]
+struct SizedSamples(VecDeque<(u32, Duration)>);
+
+impl SizedSamples {
+    fn push(&mut self, images: u32, took: Duration) {
+        if self.0.len() == SIZED_SAMPLES {
+            self.0.pop_front();
+        }
+        self.0.push_back((images, took));
+    }
+
+    /// The median duration of recent batches within ±25 % of `images` images, once
+    /// [`MIN_SIZED_SAMPLES`] are known.
+    fn expected(&self, images: u32) -> Option<Duration> {
+        let n = f64::from(images.max(1));
+        let mut similar: Vec<Duration> = self
+            .0
+            .iter()
+            .filter(|(size, _)| {
+                let size = f64::from(*size);
+                size >= n * 0.75 && size <= n * 1.25
+            })
+            .map(|(_, took)| *took)
+            .collect();
+        if similar.len() < MIN_SIZED_SAMPLES {
+            return None;
+        }
+        similar.sort_unstable();
+        Some(similar[similar.len() / 2])
+    }
+}
 
 /// Which kind of task a duration or a delay is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +102,7 @@ pub struct Polls {
     client: Client,
     single: Mutex<VecDeque<Duration>>,
     batch: Mutex<VecDeque<Duration>>,
+    batch_sized: Mutex<SizedSamples>,
     /// The client's limiter-wait count when last seen, and when it last grew.
     pressure: Mutex<(u64, Option<Instant>)>,
 }
@@ -68,6 +114,7 @@ impl Polls {
             client,
             single: Mutex::new(VecDeque::new()),
             batch: Mutex::new(VecDeque::new()),
+            batch_sized: Mutex::new(SizedSamples::default()),
             pressure: Mutex::new((0, None)),
         }
     }
@@ -83,18 +130,65 @@ impl Polls {
 
     /// Records a task that ended `took` after its submit, seen as `seen`.
     pub fn record(&self, kind: Kind, took: Duration, seen: Seen) {
-        let sample = match seen {
-            Seen::Webhook => took,
-            Seen::Poll {
-                pending_at: Some(low),
-            } => low + took.saturating_sub(low) / 2,
-            Seen::Poll { pending_at: None } => return,
+        let Some(sample) = sample_of(took, seen) else {
+            return;
         };
         let mut samples = self.samples(kind);
         if samples.len() == DURATION_SAMPLES {
             samples.pop_front();
         }
         samples.push_back(sample);
+    }
+
+    /// Records a batch of `images` images that ended `took` after its submit.
+    pub fn record_batch(&self, images: usize, took: Duration, seen: Seen) {
+        if let Some(sample) = sample_of(took, seen) {
+            self.sized()
+                .push(u32::try_from(images).unwrap_or(u32::MAX), sample);
+        }
+        self.record(Kind::Batch, took, seen);
+    }
+
+    fn sized(&self) -> std::sync::MutexGuard<'_, SizedSamples> {
+        self.batch_sized
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// What a batch of `images` images is expected to take, from batches of about its size.
+    fn batch_expected(&self, images: usize) -> Option<Duration> {
+        self.sized()
+            .expected(u32::try_from(images).unwrap_or(u32::MAX))
+    }
+
+    /// The wait before the first poll of a batch of `images` images submitted `elapsed` ago:
+    /// 0.9 of what batches of its size took, else as [`Polls::first_delay`].
+    pub fn first_batch_delay(&self, images: usize, elapsed: Duration) -> Duration {
+        match self.batch_expected(images) {
+            Some(expected) => expected
+                .mul_f64(0.9)
+                .max(self.poll.min)
+                .min(self.poll.max)
+                .saturating_sub(elapsed)
+                .max(Duration::from_millis(10)),
+            None => self.first_delay(Kind::Batch, elapsed),
+        }
+    }
+
+    /// The wait before poll number `n_poll + 1` of a batch of `images` images: a tenth of
+    /// what batches of its size took, half again at each poll that finds it running, else as
+    /// [`Polls::next_delay`].
+    pub fn next_batch_delay(&self, images: usize, n_poll: u32) -> Duration {
+        match self.batch_expected(images) {
+            Some(expected) => {
+                let factor = 1.5f64.powi(n_poll.saturating_sub(1).min(20) as i32);
+                expected
+                    .mul_f64(0.1 * factor)
+                    .max(self.poll.min)
+                    .min(self.poll.max)
+            }
+            None => self.next_delay(n_poll),
+        }
     }
 
     /// The wait before the first poll of a task submitted `elapsed` ago.
@@ -161,5 +255,75 @@ impl Polls {
             *pressure = (waits, Some(Instant::now()));
         }
         pressure.1.is_some_and(|at| at.elapsed() < PRESSURE_MEMORY)
+    }
+}
+
+/// The duration a task's end stands for (see the module doc), if it says one.
+fn sample_of(took: Duration, seen: Seen) -> Option<Duration> {
+    match seen {
+        Seen::Webhook => Some(took),
+        Seen::Poll {
+            pending_at: Some(low),
+        } => Some(low + took.saturating_sub(low) / 2),
+        Seen::Poll { pending_at: None } => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    #[test]
+    fn a_batch_size_is_expected_only_from_batches_of_about_its_size() {
+        let mut samples = SizedSamples::default();
+        samples.push(2, secs(3));
+        samples.push(64, secs(15));
+        assert_eq!(
+            samples.expected(64),
+            None,
+            "one batch of the size is not enough"
+        );
+        samples.push(60, secs(13));
+        samples.push(70, secs(17));
+        // 60, 64 and 70 are within a quarter of 64; the canary of 2 is not.
+        assert_eq!(samples.expected(64), Some(secs(15)));
+        assert_eq!(samples.expected(2), None);
+        assert_eq!(samples.expected(8), None);
+    }
+
+    #[test]
+    fn sized_samples_keep_the_most_recent() {
+        let mut samples = SizedSamples::default();
+        for _ in 0..SIZED_SAMPLES {
+            samples.push(10, secs(100));
+        }
+        for _ in 0..SIZED_SAMPLES / 2 + 1 {
+            samples.push(10, secs(5));
+        }
+        assert_eq!(samples.0.len(), SIZED_SAMPLES);
+        assert_eq!(
+            samples.expected(10),
+            Some(secs(5)),
+            "the median follows recent batches"
+        );
+    }
+
+    #[test]
+    fn a_first_poll_that_finds_the_task_done_is_no_sample() {
+        assert_eq!(sample_of(secs(9), Seen::Poll { pending_at: None }), None);
+        assert_eq!(
+            sample_of(
+                secs(10),
+                Seen::Poll {
+                    pending_at: Some(secs(6))
+                }
+            ),
+            Some(secs(8))
+        );
+        assert_eq!(sample_of(secs(7), Seen::Webhook), Some(secs(7)));
     }
 }
