@@ -295,6 +295,7 @@ pub async fn run(
         in_doubt_resubmitted = summary.in_doubt_resubmitted,
         in_doubt_held = summary.in_doubt_held,
         awaiting_webhook = summary.awaiting_webhook,
+        staging_cleanups = summary.staging_cleanups,
         "Resumed unfinished work from the store"
     );
     pipeline.start();

@@ -117,6 +117,8 @@ pub struct ResumeSummary {
     /// names their request before the `in_doubt` policy applies.
     pub awaiting_webhook: usize,
     pub manifests: usize,
+    /// Ended runs whose staged objects are deleted now (a crash cut their cleanup short).
+    pub staging_cleanups: usize,
 }
 
 /// Totals over the manifests this process has handled, for `run --once`'s exit code.
@@ -221,6 +223,8 @@ struct Shared {
     dispatch: Arc<dispatch::Dispatch>,
     /// `webhook.poll_fallback` when webhooks are on.
     webhooks: Option<Duration>,
+    /// `api.staging` with `api.staging_delete`: ended runs' staged objects are deleted.
+    staging_delete: bool,
     batching: Arc<batch::Batching>,
     /// Candidates for intake; bounded, so a burst of drops waits in the watcher.
     intake: mpsc::Sender<Candidate>,
@@ -259,6 +263,7 @@ impl Handle {
             storages: Arc::new(deps.storages.entries()),
         }));
         let board = Arc::new(Board::default());
+        let staging_delete = deps.staging.as_ref().is_some_and(|s| s.delete);
         let queue = Arc::new(submitter::Queue::default());
         let notices = notices::Notices::default();
         let health = Arc::new(health::HealthState::new(notices.clone()));
@@ -360,6 +365,7 @@ impl Handle {
             notices,
             dispatch,
             webhooks: deps.webhooks,
+            staging_delete,
             batching,
             intake: intake_tx,
             finisher: finisher_tx,
@@ -660,6 +666,15 @@ impl Handle {
                 shared
                     .board
                     .update(|s| s.pending = s.pending.saturating_sub(1));
+            }
+        }
+        // Ended runs whose staged objects a crash kept from being deleted.
+        if shared.staging_delete {
+            for mid in store.staging_cleanups().await? {
+                summary.staging_cleanups += 1;
+                let _ = shared
+                    .finisher
+                    .send(finisher::Event::CleanStaged { id: mid });
             }
         }
         // A draining run submits nothing more, also after a crash.

@@ -450,8 +450,10 @@ impl Staging {
 
     /// Deletes the staged objects `candidates` (URIs) that no job needs: neither held by a
     /// staging nor in `in_use()` (the unfinished jobs' staged objects, read after the keys
-    /// are marked). Returns how many it deleted.
-    pub async fn clean<F, Fut>(&self, candidates: Vec<String>, in_use: F) -> usize
+    /// are marked). Returns how many it deleted, and whether every candidate was either
+    /// deleted or still needed (false when the unfinished jobs could not be read or a
+    /// delete failed: those objects stay, and the cleanup must be done again).
+    pub async fn clean<F, Fut>(&self, candidates: Vec<String>, in_use: F) -> (usize, bool)
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Option<std::collections::HashSet<String>>>,
@@ -474,18 +476,23 @@ impl Staging {
             }
         }
         let mut deleted = 0;
-        if let Some(in_use) = in_use().await {
-            for (uri, key) in &marked {
-                if in_use.contains(uri) {
-                    continue;
-                }
-                match self.storage.objects.delete(key).await {
-                    Ok(()) => deleted += 1,
-                    Err(err) => {
-                        tracing::warn!(error = %err, "Cannot delete a staged object; it stays")
+        let mut complete = true;
+        match in_use().await {
+            Some(in_use) => {
+                for (uri, key) in &marked {
+                    if in_use.contains(uri) {
+                        continue;
+                    }
+                    match self.storage.objects.delete(key).await {
+                        Ok(()) => deleted += 1,
+                        Err(err) => {
+                            complete = false;
+                            tracing::warn!(error = %err, "Cannot delete a staged object; it stays until the cleanup is done again")
+                        }
                     }
                 }
             }
+            None => complete = false,
         }
         {
             let mut users = self
@@ -497,6 +504,6 @@ impl Staging {
             }
         }
         self.released.notify_waiters();
-        deleted
+        (deleted, complete)
     }
 }

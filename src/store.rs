@@ -398,6 +398,29 @@ impl Store {
         Ok(counts)
     }
 
+    /// Sets or clears the run's `staging_cleanup` mark (see [`ManifestV1::staging_cleanup`]).
+    /// Flushed: a mark set must be on disk before the run's end is.
+    pub async fn set_staging_cleanup(
+        &self,
+        id: ManifestId,
+        pending: bool,
+    ) -> Result<(), StoreError> {
+        self.trees
+            .update_manifest(id, |m| m.staging_cleanup = pending)?;
+        self.flush().await
+    }
+
+    /// Ended runs whose staging cleanup was cut short (their mark is still set). O(runs).
+    pub async fn staging_cleanups(&self) -> Result<Vec<ManifestId>, StoreError> {
+        let trees = self.trees.clone();
+        let manifests = self.on_pool(move || trees.manifests()).await??;
+        Ok(manifests
+            .into_iter()
+            .filter(|(_, m)| m.state.is_ended() && m.staging_cleanup)
+            .map(|(id, _)| id)
+            .collect())
+    }
+
     /// An ended run gets work again (a replay): it is running again, its counts live again.
     /// Its outputs are not reserved again (a later run may have taken them). Flushed.
     pub async fn reopen_run(&self, id: ManifestId) -> Result<(), StoreError> {

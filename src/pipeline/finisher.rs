@@ -54,6 +54,8 @@ pub enum Event {
         id: ManifestId,
         manifest: ManifestV1,
     },
+    /// At start: an ended run whose staging cleanup was cut short; do it now.
+    CleanStaged { id: ManifestId },
     /// Shutdown: every event sent before this one has been handled; stop.
     Stop,
 }
@@ -227,6 +229,7 @@ impl Finisher {
                 self.settle_if_done(id).await;
             }
             Event::Stop => {}
+            Event::CleanStaged { id } => self.clean_staged(id).await,
             Event::Resumed { id, manifest } => {
                 let phase = match manifest.state {
                     ManifestState::Draining { .. } => Phase::Draining,
@@ -395,6 +398,13 @@ impl Finisher {
         } else {
             RunEnd::Finished
         };
+        // Marked before the end: a crash between the end and the cleanup leaves the mark,
+        // and the next start cleans up.
+        if self.deps.staging.is_some()
+            && let Err(err) = self.deps.store.set_staging_cleanup(id, true).await
+        {
+            warn!(error = %err, "Cannot mark the run's staged objects for cleanup; they are deleted now, but not again after a crash");
+        }
         match self.deps.store.end_run(id, end).await {
             Ok(counts) => {
                 self.clean_staged(id).await;
@@ -420,27 +430,36 @@ impl Finisher {
         }
     }
 
-    /// Deletes the run's staged objects that no unfinished job needs (`api.staging_delete`).
+    /// Deletes the run's staged objects that no unfinished job needs (`api.staging_delete`),
+    /// then clears the run's cleanup mark; when some could not be deleted the mark stays and
+    /// the next start tries again.
     async fn clean_staged(&self, id: ManifestId) {
         let Some(staging) = &self.deps.staging else {
             return;
         };
-        let candidates = match self.deps.store.staged_of_run(id).await {
-            Ok(staged) if staged.is_empty() => return,
+        let candidates: Vec<String> = match self.deps.store.staged_of_run(id).await {
             Ok(staged) => staged.into_iter().collect(),
             Err(err) => {
-                warn!(error = %err, "Cannot list the run's staged objects; they stay");
+                warn!(error = %err, "Cannot list the run's staged objects; they stay until the next start");
                 return;
             }
         };
-        let store = self.deps.store.clone();
-        let deleted = staging
-            .clean(
-                candidates,
-                || async move { store.staged_in_use().await.ok() },
-            )
-            .await;
-        debug!(deleted, "Staged objects deleted");
+        let complete = if candidates.is_empty() {
+            true
+        } else {
+            let store = self.deps.store.clone();
+            let (deleted, complete) = staging
+                .clean(
+                    candidates,
+                    || async move { store.staged_in_use().await.ok() },
+                )
+                .await;
+            debug!(deleted, complete, "Staged objects deleted");
+            complete
+        };
+        if complete && let Err(err) = self.deps.store.set_staging_cleanup(id, false).await {
+            warn!(error = %err, "Cannot clear the run's staging cleanup mark; the next start looks again");
+        }
     }
 
     /// Writes the JSON and CSV report, streamed from the store (a folder-recipe image gets

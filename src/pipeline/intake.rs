@@ -266,6 +266,7 @@ impl Intake {
             n_jobs: 0,
             state: ManifestState::Running,
             counts: None,
+            staging_cleanup: false,
         };
         let jobs = spec.jobs.into_iter().map(move |job| {
             let (input, local) = match job.input {

@@ -42,6 +42,11 @@ pub struct ManifestV1 {
     /// read the jobs of an ended run again. `None` while it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counts: Option<ManifestCounts>,
+    /// Set (with `api.staging_delete`) before the run ends and cleared once its staged objects
+    /// are deleted: an ended run that still has it set had that cleanup cut short (a crash,
+    /// the bucket unreachable), and the next start does it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub staging_cleanup: bool,
 }
 
 /// The persisted states of a manifest run. `Found`, `Validated`, `Reserved` and `Finishing` of

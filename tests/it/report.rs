@@ -187,6 +187,7 @@ fn build_maps_job_states_to_rows_and_counts() {
         n_jobs: 5,
         state: ManifestState::Running,
         counts: None,
+        staging_cleanup: false,
     };
     let report = report::build(&manifest, &jobs, report::now_rfc3339());
     assert_eq!(

@@ -27,6 +27,7 @@ fn manifest(rel: &str) -> ManifestV1 {
         n_jobs: 0,
         state: ManifestState::Running,
         counts: None,
+        staging_cleanup: false,
     }
 }
 

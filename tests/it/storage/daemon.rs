@@ -486,6 +486,13 @@ async fn local_inputs_are_staged_by_content_sent_in_batches_and_their_objects_de
         s3.list_keys("catalog", "raw/staging/").await.is_empty(),
         "the staged objects are deleted once the run ends"
     );
+    {
+        let store = claid_hotfolder::store::Store::open(&env.state).expect("store");
+        assert!(
+            store.staging_cleanups().await.expect("read").is_empty(),
+            "a run whose cleanup was done is not marked for another"
+        );
+    }
 
     // Kept with `staging_delete: false`: one object per distinct content (5 of 6 files).
     let config = env.config("staging: catalog\nstaging_delete: false", &storages);
@@ -629,5 +636,53 @@ async fn a_connector_pointing_elsewhere_than_its_storage_stops_the_start_with_64
     let (code, stderr) = env.run_once(&config).await;
     assert_eq!(code, 64, "{stderr}");
     assert!(stderr.contains("storages.catalog"), "{stderr}");
+    s3.stop().await;
+}
+
+/// A crash between a run's end and the deletion of its staged objects (or a bucket that
+/// refused the deletes) leaves the run marked in the store; the next start deletes them and
+/// clears the mark. The state such a crash leaves is made here by hand: a run that ended with
+/// `staging_delete: false` (its objects stay) whose record is then marked.
+#[tokio::test(flavor = "multi_thread")]
+async fn staged_objects_a_crash_kept_from_being_deleted_are_deleted_at_the_next_start() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let (env, _) = storage_env(&s3, quick(), "", 0).await;
+    let keys = credentials_file(env.dir.path());
+    let storages = storages_yaml("catalog-s3", "s3://catalog/raw", &s3.endpoint, &keys);
+    drop_local_manifest(&env, 3, false);
+    let keep = env.config("staging: catalog\nstaging_delete: false", &storages);
+    let (code, stderr) = env.run_once(&keep).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(s3.list_keys("catalog", "raw/staging/").await.len(), 3);
+    {
+        let store = claid_hotfolder::store::Store::open(&env.state).expect("store");
+        let (id, _) = store
+            .latest_run("shoes.yaml")
+            .await
+            .expect("read")
+            .expect("the run");
+        store.set_staging_cleanup(id, true).await.expect("mark");
+        assert_eq!(store.staging_cleanups().await.expect("read"), vec![id]);
+    }
+    let delete = env.config("staging: catalog", &storages);
+    let mut daemon = env.spawn_daemon(&delete, 0);
+    let deadline = std::time::Duration::from_secs(60);
+    crate::support::wait_until_async("the staged objects deleted", deadline, || async {
+        s3.list_keys("catalog", "raw/staging/").await.is_empty()
+    })
+    .await;
+    crate::support::stop(&mut daemon).await;
+    assert!(
+        env.daemon_log(0).contains("staging_cleanups=1"),
+        "{}",
+        env.daemon_log(0)
+    );
+    let store = claid_hotfolder::store::Store::open(&env.state).expect("store");
+    assert!(
+        store.staging_cleanups().await.expect("read").is_empty(),
+        "the mark is cleared once the objects are gone"
+    );
     s3.stop().await;
 }
