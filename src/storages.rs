@@ -459,6 +459,10 @@ impl Staging {
         Fut: std::future::Future<Output = Option<std::collections::HashSet<String>>>,
     {
         let mut marked = Vec::new();
+        // An object a staging holds right now is left, and the cleanup is not complete: if
+        // that staging fails before its job records the object, only a later cleanup that
+        // finds no user deletes it.
+        let mut complete = true;
         {
             let mut users = self
                 .users
@@ -466,9 +470,11 @@ impl Staging {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             for uri in candidates {
                 let Some(key) = self.key_of(&uri).map(str::to_owned) else {
+                    tracing::warn!(uri = %uri, "A staged object outside the staging storage (was `api.staging` changed?) is left");
                     continue;
                 };
                 if users.contains_key(&key) {
+                    complete = false;
                     continue;
                 }
                 users.insert(key.clone(), Use::Deleting);
@@ -476,7 +482,6 @@ impl Staging {
             }
         }
         let mut deleted = 0;
-        let mut complete = true;
         match in_use().await {
             Some(in_use) => {
                 for (uri, key) in &marked {
@@ -486,8 +491,11 @@ impl Staging {
                     match self.storage.objects.delete(key).await {
                         Ok(()) => deleted += 1,
                         Err(err) => {
+                            // The bucket refuses or is away: the rest waits for the next
+                            // cleanup rather than each delete waiting out its retries.
                             complete = false;
-                            tracing::warn!(error = %err, "Cannot delete a staged object; it stays until the cleanup is done again")
+                            tracing::warn!(error = %err, "Cannot delete a staged object; the run's cleanup is done again at the next start");
+                            break;
                         }
                     }
                 }

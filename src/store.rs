@@ -380,7 +380,14 @@ impl Store {
 
     /// The run ended: its reservations are released, its final counts kept in its record,
     /// and its state set; flushed. Returns the final counts.
-    pub async fn end_run(&self, id: ManifestId, end: RunEnd) -> Result<ManifestCounts, StoreError> {
+    /// `staging_cleanup`: the run has staged objects to delete (`api.staging_delete`); the
+    /// mark is written with the end, in the same record, and cleared once they are deleted.
+    pub async fn end_run(
+        &self,
+        id: ManifestId,
+        end: RunEnd,
+        staging_cleanup: bool,
+    ) -> Result<ManifestCounts, StoreError> {
         let trees = self.trees.clone();
         self.on_pool(move || trees.release(id)).await??;
         let at_ms = now_ms();
@@ -391,6 +398,7 @@ impl Store {
                 RunEnd::Superseded => ManifestState::Superseded { at_ms },
             };
             m.counts = Some(counts);
+            m.staging_cleanup = staging_cleanup;
         })?;
         self.flush().await?;
         let counts = m.counts.unwrap_or(counts);
@@ -399,7 +407,8 @@ impl Store {
     }
 
     /// Sets or clears the run's `staging_cleanup` mark (see [`ManifestV1::staging_cleanup`]).
-    /// Flushed: a mark set must be on disk before the run's end is.
+    /// Not flushed: a clear lost to a crash only repeats a cleanup that finds nothing left;
+    /// a run's mark is set durably with its end ([`Store::end_run`]).
     pub async fn set_staging_cleanup(
         &self,
         id: ManifestId,
@@ -407,7 +416,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.trees
             .update_manifest(id, |m| m.staging_cleanup = pending)?;
-        self.flush().await
+        Ok(())
     }
 
     /// Ended runs whose staging cleanup was cut short (their mark is still set). O(runs).

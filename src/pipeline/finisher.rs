@@ -113,6 +113,8 @@ pub struct FinisherDeps {
 pub struct Finisher {
     deps: FinisherDeps,
     runs: HashMap<ManifestId, Run>,
+    /// A staging cleanup at start failed: the other marked runs wait for the next start.
+    staging_unwell: bool,
 }
 
 /// One run the finisher tracks (no per-image data: counts come from the store).
@@ -131,6 +133,7 @@ impl Finisher {
         Finisher {
             deps,
             runs: HashMap::new(),
+            staging_unwell: false,
         }
     }
 
@@ -229,7 +232,23 @@ impl Finisher {
                 self.settle_if_done(id).await;
             }
             Event::Stop => {}
-            Event::CleanStaged { id } => self.clean_staged(id).await,
+            Event::CleanStaged { id } => {
+                // One failed cleanup at start (the bucket refuses or is away) leaves the
+                // others marked for the next start instead of holding up every run now.
+                if !self.staging_unwell {
+                    match self.deps.store.staged_of_run(id).await {
+                        Ok(staged) => {
+                            let staged: Vec<String> = staged.into_iter().collect();
+                            if !self.clean_staged(id, staged).await {
+                                self.staging_unwell = true;
+                            }
+                        }
+                        Err(err) => {
+                            warn!(error = %err, "Cannot list the run's staged objects; they stay until the next start")
+                        }
+                    }
+                }
+            }
             Event::Resumed { id, manifest } => {
                 let phase = match manifest.state {
                     ManifestState::Draining { .. } => Phase::Draining,
@@ -398,16 +417,23 @@ impl Finisher {
         } else {
             RunEnd::Finished
         };
-        // Marked before the end: a crash between the end and the cleanup leaves the mark,
-        // and the next start cleans up.
-        if self.deps.staging.is_some()
-            && let Err(err) = self.deps.store.set_staging_cleanup(id, true).await
-        {
-            warn!(error = %err, "Cannot mark the run's staged objects for cleanup; they are deleted now, but not again after a crash");
-        }
-        match self.deps.store.end_run(id, end).await {
+        // A run with staged objects to delete ends marked: a crash between the end and the
+        // cleanup leaves the mark, and the next start cleans up.
+        let staged: Vec<String> = match &self.deps.staging {
+            Some(_) => match self.deps.store.staged_of_run(id).await {
+                Ok(staged) => staged.into_iter().collect(),
+                Err(err) => {
+                    warn!(error = %err, "Cannot list the run's staged objects; they stay");
+                    Vec::new()
+                }
+            },
+            None => Vec::new(),
+        };
+        match self.deps.store.end_run(id, end, !staged.is_empty()).await {
             Ok(counts) => {
-                self.clean_staged(id).await;
+                if !staged.is_empty() {
+                    self.clean_staged(id, staged).await;
+                }
                 self.deps.notices.send(Notice::ManifestFinished {
                     id,
                     rel: rel.to_string_lossy().into_owned(),
@@ -430,19 +456,12 @@ impl Finisher {
         }
     }
 
-    /// Deletes the run's staged objects that no unfinished job needs (`api.staging_delete`),
-    /// then clears the run's cleanup mark; when some could not be deleted the mark stays and
-    /// the next start tries again.
-    async fn clean_staged(&self, id: ManifestId) {
+    /// Deletes the run's staged objects (`candidates`) that no unfinished job needs
+    /// (`api.staging_delete`), then clears the run's cleanup mark; when some could not be
+    /// deleted the mark stays and the next start tries again. Returns whether it was complete.
+    async fn clean_staged(&self, id: ManifestId, candidates: Vec<String>) -> bool {
         let Some(staging) = &self.deps.staging else {
-            return;
-        };
-        let candidates: Vec<String> = match self.deps.store.staged_of_run(id).await {
-            Ok(staged) => staged.into_iter().collect(),
-            Err(err) => {
-                warn!(error = %err, "Cannot list the run's staged objects; they stay until the next start");
-                return;
-            }
+            return true;
         };
         let complete = if candidates.is_empty() {
             true
@@ -460,6 +479,7 @@ impl Finisher {
         if complete && let Err(err) = self.deps.store.set_staging_cleanup(id, false).await {
             warn!(error = %err, "Cannot clear the run's staging cleanup mark; the next start looks again");
         }
+        complete
     }
 
     /// Writes the JSON and CSV report, streamed from the store (a folder-recipe image gets

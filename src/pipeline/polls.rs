@@ -16,9 +16,12 @@
 //! A batch's duration grows with its size (Claid processes a few of its images at a time), so
 //! batches also keep their samples with their sizes: once two batches of about the same size
 //! (±25 %) have been seen, a batch of that size is first polled at 0.9 of their median
-//! duration, and then at a tenth of it, growing by half each time, whether or not the limit
-//! binds. A catalogue is mostly batches of the largest size, so after the first few each
-//! costs about two polls instead of one every `poll.min`.
+//! duration (at the median itself while the limit binds), and then at a tenth of it,
+//! growing by half each time. A catalogue is mostly batches of the largest size, so after the
+//! first few each costs about two polls instead of one every `poll.min`. Here a first poll that
+//! finds the batch done is kept as a sample: it is an upper bound, and without it the estimate
+//! could only grow (only batches still running at 0.9 of the median would say anything), so
+//! one slow spell would set every later batch's first poll late for good.
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, PoisonError};
@@ -39,8 +42,9 @@ const MIN_SAMPLES: usize = 8;
 /// nearly every single-image edit Claid documents (seconds), short of `poll.max`.
 pub const FIRST_GUESS: Duration = Duration::from_secs(10);
 
-/// Batch samples kept with their sizes.
-const SIZED_SAMPLES: usize = 64;
+/// Batch samples kept with their sizes: few, so that an estimate set late by a slow spell comes
+/// back down (by a tenth every half window of batches done at their first poll).
+const SIZED_SAMPLES: usize = 16;
 /// Same-size batch samples needed before they set a batch's poll times.
 const MIN_SIZED_SAMPLES: usize = 2;
 
@@ -140,11 +144,18 @@ impl Polls {
         samples.push_back(sample);
     }
 
-    /// Records a batch of `images` images that ended `took` after its submit.
+    /// Records a batch of `images` images that ended `took` after its submit. A first poll
+    /// that finds it done counts for its size (an upper bound that lets the estimate come
+    /// down) once that size has an estimate, i.e. once that first poll was timed by it.
     pub fn record_batch(&self, images: usize, took: Duration, seen: Seen) {
-        if let Some(sample) = sample_of(took, seen) {
-            self.sized()
-                .push(u32::try_from(images).unwrap_or(u32::MAX), sample);
+        let size = u32::try_from(images).unwrap_or(u32::MAX);
+        let sample = match sample_of(took, seen) {
+            Some(sample) => Some(sample),
+            None if self.sized().expected(size).is_some() => Some(took),
+            None => None,
+        };
+        if let Some(sample) = sample {
+            self.sized().push(size, sample);
         }
         self.record(Kind::Batch, took, seen);
     }
@@ -166,7 +177,7 @@ impl Polls {
     pub fn first_batch_delay(&self, images: usize, elapsed: Duration) -> Duration {
         match self.batch_expected(images) {
             Some(expected) => expected
-                .mul_f64(0.9)
+                .mul_f64(if self.budget_is_tight() { 1.0 } else { 0.9 })
                 .max(self.poll.min)
                 .min(self.poll.max)
                 .saturating_sub(elapsed)
@@ -293,6 +304,38 @@ mod tests {
         assert_eq!(samples.expected(64), Some(secs(15)));
         assert_eq!(samples.expected(2), None);
         assert_eq!(samples.expected(8), None);
+    }
+
+    /// Batches take 15 s; each is done at its first poll (0.9 of the estimate) and that poll's
+    /// time is kept as a sample, so an estimate set late comes down; returns it after `n`.
+    fn settle(samples: &mut SizedSamples, n: usize) -> Duration {
+        let mut estimate = samples.expected(64).expect("estimate");
+        for _ in 0..n {
+            let first_poll = estimate.mul_f64(0.9).max(secs(15));
+            samples.push(64, first_poll);
+            estimate = samples.expected(64).expect("estimate");
+        }
+        estimate
+    }
+
+    #[test]
+    fn upper_bounds_bring_an_estimate_set_by_a_slow_spell_back_down() {
+        let mut samples = SizedSamples::default();
+        for _ in 0..SIZED_SAMPLES {
+            samples.push(64, secs(80));
+        }
+        let estimate = settle(&mut samples, 200);
+        assert!(estimate <= secs(17), "{estimate:?}");
+    }
+
+    #[test]
+    fn one_slow_batch_among_the_first_two_sets_the_estimate_only_for_a_while() {
+        let mut samples = SizedSamples::default();
+        samples.push(64, secs(15));
+        samples.push(64, secs(120));
+        assert_eq!(samples.expected(64), Some(secs(120)));
+        let estimate = settle(&mut samples, 200);
+        assert!(estimate <= secs(17), "{estimate:?}");
     }
 
     #[test]

@@ -299,7 +299,10 @@ async fn reopen_sees_every_flushed_change() {
         put_in_state(&store, ids[1], "submitted").await;
         put_in_state(&store, ids[2], "done").await;
         put_in_state(&store, ids[3], "failed").await;
-        store.end_run(manifest_id, RunEnd::Finished).await.unwrap();
+        store
+            .end_run(manifest_id, RunEnd::Finished, false)
+            .await
+            .unwrap();
         (manifest_id, ids)
     };
     let store = Store::open(dir.path()).unwrap();
@@ -605,7 +608,7 @@ async fn counts_and_in_doubt_total() {
     assert_eq!(store.counts_of_active(m), Some(c));
     // An ended run keeps its counts in its record; the totals do not change.
     let totals = store.counts().totals;
-    let ended = store.end_run(m, RunEnd::Finished).await.unwrap();
+    let ended = store.end_run(m, RunEnd::Finished, false).await.unwrap();
     assert_eq!(ended, c);
     assert_eq!(store.counts_of_active(m), None);
     assert_eq!(store.counts().totals, totals);
@@ -772,7 +775,7 @@ async fn reservations_refuse_a_second_writer_until_the_first_run_ends() {
     // A refused registration leaves nothing behind.
     assert!(store.latest_run("t.yaml").await.unwrap().is_none());
     assert_eq!(store.counts().active.len(), 1);
-    store.end_run(first, RunEnd::Finished).await.unwrap();
+    store.end_run(first, RunEnd::Finished, false).await.unwrap();
     let mut d = job(0, "d");
     d.output_rel = "s/x.jpg".into();
     let res = store
@@ -829,7 +832,7 @@ async fn the_open_time_unfinished_list_has_jobs_of_ended_runs_once() {
         put_in_state(&store, old_jobs[0], "in-doubt").await;
         put_in_state(&store, old_jobs[1], "in-doubt").await;
         put_in_state(&store, old_jobs[2], "done").await;
-        store.end_run(old, RunEnd::Superseded).await.unwrap();
+        store.end_run(old, RunEnd::Superseded, false).await.unwrap();
         let (_, new_jobs) = register(
             &store,
             manifest("new.yaml"),

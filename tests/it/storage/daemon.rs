@@ -664,6 +664,7 @@ async fn staged_objects_a_crash_kept_from_being_deleted_are_deleted_at_the_next_
             .expect("read")
             .expect("the run");
         store.set_staging_cleanup(id, true).await.expect("mark");
+        store.flush().await.expect("flush");
         assert_eq!(store.staging_cleanups().await.expect("read"), vec![id]);
     }
     let delete = env.config("staging: catalog", &storages);
