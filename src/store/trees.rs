@@ -141,47 +141,19 @@ impl Trees {
     /// never written (a registration a crash cut short), then the marks: O(what those runs
     /// wrote), whatever the history. Only safe before any registration runs (from `open`).
     fn sweep_registrations(&self) -> Result<usize, StoreError> {
-        let mut batch_index = Chunked::new(&self.jobs_by_manifest);
-        let mut batch_jobs = Chunked::new(&self.jobs);
-        let mut batch_unfinished = Chunked::new(&self.unfinished);
-        let mut batch_reserved = Chunked::new(&self.reserved);
-        let mut batch_reserved_index = Chunked::new(&self.reserved_by_manifest);
-        let mut n_removed = 0;
+        let mut marked = Vec::new();
         for entry in self.registering.iter().keys() {
-            let Some(id) = read_id(&entry?) else {
-                continue;
-            };
-            if self.manifests.contains_key(id_key(id))? {
-                // Committed; only the mark's removal was cut short.
-                continue;
-            }
-            for key in self.jobs_by_manifest.scan_prefix(id_key(id)).keys() {
-                let key = key?;
-                if let Some((_, job_id)) = split_pair(&key) {
-                    batch_jobs.remove(&id_key(job_id))?;
-                    batch_unfinished.remove(&id_key(job_id))?;
-                    n_removed += 1;
-                }
-                batch_index.remove(key)?;
-            }
-            for key in self.reserved_by_manifest.scan_prefix(id_key(id)).keys() {
-                let key = key?;
-                let path = &key[8..];
-                if self
-                    .reserved
-                    .get(path)?
-                    .is_some_and(|v| read_id(&v) == Some(id))
-                {
-                    batch_reserved.remove(path)?;
-                }
-                batch_reserved_index.remove(key)?;
+            if let Some(id) = read_id(&entry?) {
+                marked.push(id);
             }
         }
-        batch_jobs.finish()?;
-        batch_unfinished.finish()?;
-        batch_index.finish()?;
-        batch_reserved.finish()?;
-        batch_reserved_index.finish()?;
+        let mut n_removed = 0;
+        for id in marked {
+            // A committed run only had its mark's removal cut short.
+            if !self.manifests.contains_key(id_key(id))? {
+                n_removed += self.unregister(id)?;
+            }
+        }
         self.registering.clear()?;
         if n_removed > 0 {
             tracing::warn!(
@@ -275,8 +247,7 @@ impl Trees {
         let manifest_id = self.db.generate_id()?;
         self.registering
             .insert(id_key(manifest_id), m.rel.as_bytes())?;
-        let mut reserved_paths: Vec<Vec<u8>> = Vec::new();
-        let mut job_ids: Vec<JobId> = Vec::new();
+        let mut n_jobs: usize = 0;
         let mut queued: Vec<JobId> = Vec::new();
         let mut counts = ManifestCounts::default();
         let mut n_unchanged = 0;
@@ -287,12 +258,9 @@ impl Trees {
         let mut batch_index = Chunked::new(&self.jobs_by_manifest);
         let mut batch_jobs = Chunked::new(&self.jobs);
         let mut batch_unfinished = Chunked::new(&self.unfinished);
-        let rollback = |this: &Trees, reserved: &[Vec<u8>], ids: &[JobId]| {
-            this.unregister(manifest_id, reserved, ids)
-        };
         for path in extra_paths {
-            if let Some(conflict) = self.reserve(manifest_id, path, &mut reserved_paths)? {
-                rollback(self, &reserved_paths, &job_ids)?;
+            if let Some(conflict) = self.reserve(manifest_id, path)? {
+                self.unregister(manifest_id)?;
                 return Ok(conflict);
             }
         }
@@ -300,18 +268,18 @@ impl Trees {
             // A storage output also reserves its object (`storage://CONNECTOR/key`): two runs
             // writing the same object collide like two writing the same file.
             let object = crate::storages::destination_of(&job.body, &job.output_rel);
-            let mut conflict = self.reserve(manifest_id, &job.output_rel, &mut reserved_paths)?;
+            let mut conflict = self.reserve(manifest_id, &job.output_rel)?;
             if conflict.is_none()
                 && let Some(object) = &object
             {
-                conflict = self.reserve(manifest_id, object, &mut reserved_paths)?;
+                conflict = self.reserve(manifest_id, object)?;
             }
             if let Some(conflict) = conflict {
-                // Applied first, so the rollback below removes every job written.
+                // Applied first, so the rollback below finds every job written.
                 batch_index.finish()?;
                 batch_jobs.finish()?;
                 batch_unfinished.finish()?;
-                rollback(self, &reserved_paths, &job_ids)?;
+                self.unregister(manifest_id)?;
                 return Ok(conflict);
             }
             job.manifest = manifest_id;
@@ -336,10 +304,9 @@ impl Trees {
             }
             counts.add_job(&job);
             batch_jobs.insert(&id_key(job_id), encode_job(&job))?;
-            job_ids.push(job_id);
+            n_jobs += 1;
         }
-        drop(reserved_paths);
-        m.n_jobs = u32::try_from(job_ids.len()).unwrap_or(u32::MAX);
+        m.n_jobs = u32::try_from(n_jobs).unwrap_or(u32::MAX);
         m.counts = None;
         batch_index.finish()?;
         batch_unfinished.finish()?;
@@ -373,12 +340,7 @@ impl Trees {
 
     /// Reserves `path` for `owner`, unless a run that has not ended holds it, or holds a path
     /// that is a folder of it or inside it (a file where the other needs a folder).
-    fn reserve(
-        &self,
-        owner: ManifestId,
-        path: &str,
-        reserved: &mut Vec<Vec<u8>>,
-    ) -> Result<Option<Registration>, StoreError> {
+    fn reserve(&self, owner: ManifestId, path: &str) -> Result<Option<Registration>, StoreError> {
         let conflict =
             |other: ManifestId, path: &str| -> Result<Option<Registration>, StoreError> {
                 Ok(Some(Registration::Conflict {
@@ -438,7 +400,6 @@ impl Trees {
         let mut index_key = id_key(owner).to_vec();
         index_key.extend_from_slice(key);
         self.reserved_by_manifest.insert(index_key, &[])?;
-        reserved.push(key.to_vec());
         Ok(None)
     }
 
@@ -455,45 +416,31 @@ impl Trees {
         })
     }
 
-    /// Undoes a registration that found a conflict: its reservations and jobs.
-    fn unregister(
-        &self,
-        owner: ManifestId,
-        reserved: &[Vec<u8>],
-        ids: &[JobId],
-    ) -> Result<(), StoreError> {
-        // In chunks: the run was never committed (no manifest record), so a crash halfway
-        // leaves orphans that the next open sweeps; its `registering` mark, which is how that
-        // sweep finds them, goes last.
-        let mut batch = Chunked::new(&self.reserved);
-        let mut index = Chunked::new(&self.reserved_by_manifest);
-        for path in reserved {
-            if self
-                .reserved
-                .get(path)?
-                .is_some_and(|v| read_id(&v) == Some(owner))
-            {
-                batch.remove(path.as_slice())?;
-            }
-            let mut index_key = id_key(owner).to_vec();
-            index_key.extend_from_slice(path);
-            index.remove(index_key)?;
-        }
-        batch.finish()?;
-        index.finish()?;
+    /// Removes a run that never committed (no manifest record): its jobs and reservations,
+    /// found through their indexes, then its `registering` mark. Used by a registration that
+    /// found a conflict and by the sweep at open. In chunks: a crash halfway leaves the rest to
+    /// the next open's sweep, which finds the run by its mark, hence the mark goes last.
+    /// Returns how many jobs it removed.
+    fn unregister(&self, owner: ManifestId) -> Result<usize, StoreError> {
         let mut jobs = Chunked::new(&self.jobs);
         let mut by_manifest = Chunked::new(&self.jobs_by_manifest);
         let mut unfinished = Chunked::new(&self.unfinished);
-        for id in ids {
-            jobs.remove(&id_key(*id))?;
-            by_manifest.remove(&pair_key(owner, *id))?;
-            unfinished.remove(&id_key(*id))?;
+        let mut n = 0;
+        for key in self.jobs_by_manifest.scan_prefix(id_key(owner)).keys() {
+            let key = key?;
+            if let Some((_, id)) = split_pair(&key) {
+                jobs.remove(&id_key(id))?;
+                unfinished.remove(&id_key(id))?;
+                n += 1;
+            }
+            by_manifest.remove(key)?;
         }
         jobs.finish()?;
-        by_manifest.finish()?;
         unfinished.finish()?;
+        by_manifest.finish()?;
+        self.release(owner)?;
         self.registering.remove(id_key(owner))?;
-        Ok(())
+        Ok(n)
     }
 
     /// Releases every reservation of run `owner` (it ended). In chunks: a crash halfway leaves
