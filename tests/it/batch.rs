@@ -61,14 +61,28 @@ fn names(n: usize, prefix: &str) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}{i}.png")).collect()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn issue12_a_batch_with_shuffled_results_delivers_every_image_once() {
-    let files = names(12, "sku-");
+/// `n` images `{prefix}N.png` the emulator serves, an env whose scenario `tweak` sets, and
+/// `m.yaml` in its inbox listing them as URL inputs. Keep the returned dir: it holds the images.
+async fn url_drop(
+    n: usize,
+    prefix: &str,
+    tweak: impl FnOnce(Scenario) -> Scenario,
+) -> (tempfile::TempDir, TestEnv, Vec<String>) {
+    let files = names(n, prefix);
     let refs: Vec<&str> = files.iter().map(String::as_str).collect();
-    let (_static, scenario) = static_images(&refs);
-    let env = TestEnv::new(scenario.shuffle_results(true).seed(5)).await;
+    let (served, scenario) = static_images(&refs);
+    let env = TestEnv::new(tweak(scenario)).await;
     let images: Vec<(&str, Option<&str>)> = refs.iter().map(|n| (*n, None)).collect();
     env.drop_file("m.yaml", manifest(&env, &images).as_bytes());
+    (served, env, files)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn issue12_a_batch_with_shuffled_results_delivers_every_image_once() {
+    let (_static, env, files) = url_drop(12, "sku-", |scenario| {
+        scenario.shuffle_results(true).seed(5)
+    })
+    .await;
     let config = env.config("max_in_flight: 32", "");
     let (code, stderr) = env.run_once(&config).await;
     assert_eq!(code, 0, "{stderr}");
@@ -161,12 +175,7 @@ async fn issue12_inputs_with_the_same_file_name_go_to_different_batches() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn issue12_a_result_that_matches_no_image_switches_batching_off_and_holds_the_batch() {
-    let files = names(6, "p-");
-    let refs: Vec<&str> = files.iter().map(String::as_str).collect();
-    let (_static, scenario) = static_images(&refs);
-    let env = TestEnv::new(scenario.batch_rename_share(1.0)).await;
-    let images: Vec<(&str, Option<&str>)> = refs.iter().map(|n| (*n, None)).collect();
-    env.drop_file("m.yaml", manifest(&env, &images).as_bytes());
+    let (_static, env, _) = url_drop(6, "p-", |scenario| scenario.batch_rename_share(1.0)).await;
     let config = env.config("max_in_flight: 32", "");
     let (code, stderr) = env.run_once(&config).await;
     assert_eq!(code, 2, "jobs are held in doubt:\n{stderr}");
@@ -251,17 +260,12 @@ fn check_exactly_once(env: &TestEnv, files: &[String]) {
 /// daemon polls the same batches; nothing is submitted again.
 #[tokio::test(flavor = "multi_thread")]
 async fn issue12_sigkill_while_batches_are_polled_resumes_them_without_a_second_bill() {
-    let files = names(20, "k-");
-    let refs: Vec<&str> = files.iter().map(String::as_str).collect();
-    let (_static, scenario) = static_images(&refs);
-    let env = TestEnv::new(
+    let (_static, env, files) = url_drop(20, "k-", |scenario| {
         scenario
             .latency(Latency::Fixed(Duration::from_millis(1500)))
-            .batch_parallelism(4),
-    )
+            .batch_parallelism(4)
+    })
     .await;
-    let images: Vec<(&str, Option<&str>)> = refs.iter().map(|n| (*n, None)).collect();
-    env.drop_file("m.yaml", manifest(&env, &images).as_bytes());
     let config = env.config("max_in_flight: 32", "");
     // Killed once every image is in a batch whose id the store holds durably (none is
     // mid-submit, so none is in doubt) and some batches are still at Claid. `/jobs` shows a
@@ -330,12 +334,10 @@ async fn issue12_sigkill_while_batches_are_polled_resumes_them_without_a_second_
 /// (resubmitted under the default policy, and counted); nothing is lost.
 #[tokio::test(flavor = "multi_thread")]
 async fn issue12_sigkill_during_a_batch_submit_leaves_its_jobs_in_doubt_and_counted() {
-    let files = names(6, "s-");
-    let refs: Vec<&str> = files.iter().map(String::as_str).collect();
-    let (_static, scenario) = static_images(&refs);
-    let env = TestEnv::new(scenario.submit_response_delay(Duration::from_secs(3))).await;
-    let images: Vec<(&str, Option<&str>)> = refs.iter().map(|n| (*n, None)).collect();
-    env.drop_file("m.yaml", manifest(&env, &images).as_bytes());
+    let (_static, env, files) = url_drop(6, "s-", |scenario| {
+        scenario.submit_response_delay(Duration::from_secs(3))
+    })
+    .await;
     let config = env.config("max_in_flight: 32\nrequest_timeout: 20s", "");
     killed(&env, &config, 0, "the canary's request at Claid", |env| {
         env.stats().batch_submits >= 1
@@ -358,12 +360,7 @@ async fn issue12_sigkill_during_a_batch_submit_leaves_its_jobs_in_doubt_and_coun
 /// Once the safety valve switches batching off, `/metrics` and `/status` say so.
 #[tokio::test(flavor = "multi_thread")]
 async fn issue12_batching_switched_off_shows_in_metrics_and_status() {
-    let files = names(4, "q-");
-    let refs: Vec<&str> = files.iter().map(String::as_str).collect();
-    let (_static, scenario) = static_images(&refs);
-    let env = TestEnv::new(scenario.batch_rename_share(1.0)).await;
-    let images: Vec<(&str, Option<&str>)> = refs.iter().map(|n| (*n, None)).collect();
-    env.drop_file("m.yaml", manifest(&env, &images).as_bytes());
+    let (_static, env, _) = url_drop(4, "q-", |scenario| scenario.batch_rename_share(1.0)).await;
     let config = env.config("max_in_flight: 32", "");
     let mut daemon = env.spawn_daemon(&config, 0);
     wait_until("batching switched off", DEADLINE, || {
@@ -409,12 +406,10 @@ fn processed_field(output: &str, field: &str) -> Option<u64> {
 /// once every outcome is heard, so its last line counts every image the report counts.
 #[tokio::test(flavor = "multi_thread")]
 async fn issue12_run_once_totals_count_every_image_of_the_last_batches() {
-    let files = names(60, "t-");
-    let refs: Vec<&str> = files.iter().map(String::as_str).collect();
-    let (_static, scenario) = static_images(&refs);
-    let env = TestEnv::new(scenario.latency(Latency::Fixed(Duration::ZERO))).await;
-    let images: Vec<(&str, Option<&str>)> = refs.iter().map(|n| (*n, None)).collect();
-    env.drop_file("m.yaml", manifest(&env, &images).as_bytes());
+    let (_static, env, _) = url_drop(60, "t-", |scenario| {
+        scenario.latency(Latency::Fixed(Duration::ZERO))
+    })
+    .await;
     let (code, output) = env.run_once(&env.config("max_in_flight: 64", "")).await;
     assert_eq!(code, 0, "{output}");
     let report = env.report("m");

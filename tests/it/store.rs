@@ -107,6 +107,17 @@ async fn jobs_of_manifest(store: &Store, id: u64) -> Vec<(JobId, JobV1)> {
         .expect("jobs of manifest")
 }
 
+/// The ids `Store::unfinished` lists, in its order.
+async fn unfinished_ids(store: &Store) -> Vec<JobId> {
+    store
+        .unfinished()
+        .await
+        .expect("unfinished")
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect()
+}
+
 async fn get(store: &Store, id: JobId) -> JobV1 {
     store.job(id).await.expect("read").expect("job exists")
 }
@@ -413,13 +424,7 @@ async fn orphan_jobs_without_a_manifest_record_are_swept_on_open() {
         );
     }
     assert!(jobs_of_manifest(&store, orphan_manifest).await.is_empty());
-    let unfinished: Vec<_> = store
-        .unfinished()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
+    let unfinished = unfinished_ids(&store).await;
     assert_eq!(unfinished, kept_ids);
     // The pass that counted at open collected the same list.
     let opened: Vec<_> = opened.into_iter().map(|(id, _)| id).collect();
@@ -531,13 +536,7 @@ async fn unfinished_is_fifo_and_skips_terminal_jobs() {
     put_in_state(&store, b[1], "failed").await;
     put_in_state(&store, b[2], "in-doubt").await;
     put_in_state(&store, a[2], "submitted").await;
-    let ids: Vec<_> = store
-        .unfinished()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
+    let ids = unfinished_ids(&store).await;
     assert_eq!(ids, [a[1], a[2], b[0], b[2]]);
     assert!(
         a.iter().chain(&b).is_sorted(),
@@ -854,13 +853,7 @@ async fn the_open_time_unfinished_list_has_jobs_of_ended_runs_once() {
             .map(|(_, id)| *id),
     );
     assert_eq!(ids, expected, "each unfinished job once, in id order");
-    let scanned: Vec<JobId> = store
-        .unfinished()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
+    let scanned = unfinished_ids(&store).await;
     assert_eq!(ids, scanned);
 }
 
