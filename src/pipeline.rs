@@ -657,16 +657,10 @@ impl Handle {
             if matches!(m.state, crate::store::ManifestState::Draining { .. }) {
                 draining.push(mid);
             }
-            // Counted on its way like every event whose handling ends with `done_pending`.
-            shared.board.update(|s| s.pending += 1);
-            if !shared.finisher.send(finisher::Event::Resumed {
+            shared.finisher.send_counted(finisher::Event::Resumed {
                 id: mid,
                 manifest: m,
-            }) {
-                shared
-                    .board
-                    .update(|s| s.pending = s.pending.saturating_sub(1));
-            }
+            });
         }
         // Ended runs whose staged objects a crash kept from being deleted.
         if shared.staging_delete {
@@ -750,11 +744,12 @@ impl Handle {
                 }
             }
             n += requeued.len();
-            self.shared.board.update(|s| s.pending += 1);
-            let _ = self.shared.finisher.send(finisher::Event::Replayed {
-                id: mid,
-                rel: m.rel.clone(),
-            });
+            self.shared
+                .finisher
+                .send_counted(finisher::Event::Replayed {
+                    id: mid,
+                    rel: m.rel.clone(),
+                });
             self.shared.queue.push_back(requeued);
         }
         Ok(n)

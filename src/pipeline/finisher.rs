@@ -82,8 +82,14 @@ impl Tx {
     /// can run ahead of these events, and whoever waits for everything to settle (`run
     /// --once`, its totals and exit code) must not stop while one is still in the channel.
     pub fn settled(&self, id: ManifestId, outcome: JobOutcome) {
+        self.send_counted(Event::Settled { id, outcome });
+    }
+
+    /// Sends an event whose handling ends with `done_pending` (a job's outcome, a resumed or
+    /// replayed run), counted on the board as on its way until then.
+    pub fn send_counted(&self, event: Event) {
         self.board.update(|s| s.pending += 1);
-        if self.tx.send(Event::Settled { id, outcome }).is_err() {
+        if self.tx.send(event).is_err() {
             self.board
                 .update(|s| s.pending = s.pending.saturating_sub(1));
         }
