@@ -1,16 +1,17 @@
 //! YAML and JSON text turned into data under fixed bounds, and the line of each field for
 //! problem messages; shared by configs, folder recipes and manifests.
 //!
-//! Data comes from serde_norway (imported as `serde_yaml`), which refuses duplicate keys and
-//! repeated alias jumps, through the one seed of [`value`]. Before serde_norway sees a text,
-//! [`screen`] reads it once as a stream and refuses it past a bound: more than [`MAX_DEPTH`]
-//! levels, too many entries in a list or mapping, or aliases that expand to too much data
-//! (serde_norway loads a whole document before building anything, and its scanner's cost grows
-//! with the square of the nesting). Line numbers come from [`lines`], a second pass that only
-//! runs when there is a problem to report, so a valid 100,000-image manifest never pays for it.
+//! Data is built by the one seed of [`value`] (which refuses duplicate keys, tags and
+//! non-finite numbers) as [`stream`] reads the text, one libyaml event at a time; JSON streams
+//! into the same seed through serde_json. Before the reader sees a text, [`screen`] reads it once
+//! as a stream and refuses it past a bound: more than [`MAX_DEPTH`] levels, too many entries in a
+//! list or mapping, or aliases that expand to too much data. Line numbers come from [`lines`], a
+//! second pass that only runs when there is a problem to report, so a valid 100,000-image
+//! manifest never pays for it.
 
 pub mod lines;
 mod screen;
+pub mod stream;
 pub mod value;
 
 use serde::de::DeserializeSeed as _;
@@ -113,46 +114,29 @@ pub fn parse(text: &str, bounds: &Bounds) -> Result<Value, ParseError> {
 }
 
 /// [`parse`] into another shape than `serde_json::Value` (a manifest's `Doc`): the same BOM,
-/// screen and error handling, with `deserialize` building the data under the given [`Rules`].
+/// screen and error handling, with `deserialize` building the data under the given [`Rules`]
+/// as [`stream`] reads the text.
 pub fn parse_with<T>(
     text: &str,
     bounds: &Bounds,
-    deserialize: impl FnOnce(serde_yaml::Deserializer<'_>, &Rules) -> Result<T, serde_yaml::Error>,
+    deserialize: impl FnOnce(&mut stream::Stream<'_>, &Rules) -> Result<T, stream::Error>,
 ) -> Result<T, ParseError> {
     let text = strip_bom(text);
     screen::screen(text, bounds)?;
     let rules = Rules::new(Syntax::Yaml, *bounds);
-    deserialize(serde_yaml::Deserializer::from_str(text), &rules).map_err(|err| {
-        let line = err.location().map(|loc| loc.line());
-        match rules.take_refusal() {
-            Some(refusal) => refused(refusal, line, line, bounds),
-            None => ParseError::invalid(line, clean_message(&err.to_string())),
-        }
+    let mut reader = stream::Stream::new(text);
+    let read = deserialize(&mut reader, &rules).and_then(|value| reader.finish().map(|()| value));
+    read.map_err(|err| match rules.take_refusal() {
+        Some(refusal) => refused(refusal, err.line, err.line, bounds),
+        None => ParseError::invalid(err.line, err.to_string()),
     })
 }
 
 /// Drops a leading UTF-8 byte order mark (Windows editors write one). Neither parser skips it:
-/// serde_norway then misreads a config as several documents, and the line pass would make it
+/// the reader then misreads a config as several documents, and the line pass would make it
 /// part of the first key, so no line is found for it. A BOM holds no newline: lines are unchanged.
 pub fn strip_bom(text: &str) -> &str {
     text.strip_prefix('\u{feff}').unwrap_or(text)
-}
-
-/// Removes serde_norway's " at line N column M" suffix: the line is reported separately.
-fn clean_message(message: &str) -> String {
-    let message = match message.find(" at line ") {
-        Some(idx) => &message[..idx],
-        None => message,
-    };
-    if message.contains("repetition limit exceeded") {
-        return format!(
-            "{message}: anchors and aliases (`&a`, `*a`) expand to too much data; write the values out"
-        );
-    }
-    if message.contains("recursion limit exceeded") {
-        return format!("{message}: the document nests too deeply");
-    }
-    message.to_owned()
 }
 
 /// What kind of value this is, in YAML's words, for messages (`expected …, found a list`).

@@ -11,7 +11,8 @@
 //! config (duplicate keys, tags and non-finite numbers refused) and the manifest's bounds:
 //! [`yaml::MAX_DEPTH`] levels, and no list or mapping (`images` first) longer than
 //! `limits.max_images`, counted as the entries stream in. JSON streams into the seed; YAML is
-//! screened by `yaml::parse_with` first, because serde_norway loads a whole document at once.
+//! screened by `yaml::parse_with` first (aliases can expand past any bound on the text), then
+//! read one event at a time by `yaml::stream`.
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};

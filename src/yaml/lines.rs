@@ -1,7 +1,7 @@
 //! Dotted field paths of a YAML (or JSON) text mapped to the lines they start on, for problem
 //! messages of configs and manifests.
 //!
-//! A cheap pass over libyaml's events (libyaml-safer, the scanner serde_norway runs) records
+//! A cheap pass over libyaml's events (libyaml-safer, the scanner `yaml::stream` reads with) records
 //! where each key and sequence item starts.
 //! Aliases are not expanded, so it stays linear in the size of the text, and it stops below
 //! [`MAX_DEPTH`] levels. [`LineMap::build_for`] records only the paths asked for (and their
@@ -134,7 +134,7 @@ struct Builder {
     wanted: Option<HashSet<String>>,
     path: String,
     stack: Vec<Frame>,
-    /// Stop after the first document: serde_norway refuses more than one anyway.
+    /// Stop after the first document: the reader refuses more than one anyway.
     done: bool,
 }
 

@@ -1,16 +1,16 @@
-//! The screen every YAML text passes before serde_norway sees it: one streaming pass over
+//! The screen every YAML text passes before its data is built: one streaming pass over
 //! libyaml's events that refuses a document nested too deeply, a list or mapping with too many
 //! entries, or aliases that expand to too much data, as soon as the bound is passed.
 //!
-//! Why a pass of its own: serde_norway loads every event of a document into memory before the
-//! first value is built (≈ 190 bytes an event: 1.5 GB for a 16 MiB list of 8 million entries),
-//! and its libyaml scanner re-checks every open flow level at each token, so 1 MB of `[` takes
-//! minutes. This pass runs the same scanner (libyaml-safer) but keeps only the open levels and
-//! stops at the first event past a bound, so its cost is linear in the part of the text it
-//! reads, and the per-level cost stays below [`crate::yaml::MAX_DEPTH`].
+//! Why a pass of its own: the seeds count levels and entries too, but only of what they build;
+//! an alias replays its anchor's events, so a few bytes of `*a` can stand for gigabytes of data,
+//! which only a pass that sizes every anchor can refuse before building. This pass keeps only the
+//! open levels and the anchors' sizes and stops at the first event past a bound, so its cost is
+//! linear in the part of the text it reads, and it names the line of the first entry past an
+//! entry bound.
 //!
-//! Syntax errors are serde_norway's to report (its messages are the ones users see): this pass
-//! stops at one, and serde_norway, reading with the same scanner, stops at the same place.
+//! Syntax errors are the reader's to report: this pass stops at one, and `yaml::stream`, reading
+//! with the same scanner, stops at the same place.
 
 use std::collections::HashMap;
 use std::io::BufReader;
@@ -22,7 +22,7 @@ use crate::yaml::{ParseError, refused};
 
 /// Floor of the data a document may expand to through aliases, in approximate bytes (scalar
 /// length plus [`NODE_COST`] per node); the cap is this or [`ALIAS_EXPANSION_FACTOR`] times
-/// the text, whichever is larger. serde_norway bounds the *number* of alias jumps, not their
+/// the text, whichever is larger. A bound on the *number* of alias jumps would not bound their
 /// size: one 8 MiB string repeated by a million 3-byte aliases (`[*a,*a,…]`) fits a 16 MiB
 /// manifest and would expand to terabytes.
 pub const MIN_ALIAS_EXPANSION: u64 = 64 * 1024 * 1024;
@@ -233,7 +233,7 @@ mod tests {
     }
 
     #[test]
-    fn a_syntax_error_ends_the_screen_for_serde_norway_to_report() {
+    fn a_syntax_error_ends_the_screen_for_the_reader_to_report() {
         assert!(screen("a: [\n  - b: c\n", &BOUNDS).is_ok());
     }
 }

@@ -226,7 +226,7 @@ impl<'de> Visitor<'de> for Data<'_> {
         Ok(Value::Object(out))
     }
 
-    /// serde_norway hands a value with a YAML tag (`!env FOO`) over as an enum.
+    /// The reader hands a value with a YAML tag (`!env FOO`) over as an enum.
     fn visit_enum<A: de::EnumAccess<'de>>(self, data: A) -> Result<Value, A::Error> {
         let (tag, _rest): (String, _) = data.variant()?;
         let tag = if tag.starts_with('!') {
