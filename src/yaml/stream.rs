@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io::BufReader;
-use std::rc::Rc;
+use std::ops::Range;
 
 use libyaml_safer::{EventData, Parser, ScalarStyle};
 use serde::de::{self, DeserializeSeed, IntoDeserializer, Visitor};
@@ -42,7 +42,7 @@ impl Error {
     /// The error placed at the innermost node being read when it was made: its line, and its
     /// path in the data.
     fn or_at(mut self, line: usize, path: &[Seg]) -> Error {
-        if self.line.is_none() {
+        if self.line.is_none() && self.path.is_none() {
             self.line = Some(line);
             self.path = Some(render(path));
         }
@@ -125,8 +125,9 @@ enum Ev {
         tag: Option<String>,
     },
     MapEnd,
-    /// An alias, resolved when read: the events of the node its anchor named then.
-    Alias(Rc<[Node]>),
+    /// An alias, resolved when read: where the events of the node its anchor named then are
+    /// kept (a range of [`Stream::kept`]).
+    Alias(Range<usize>),
     /// The end of the document or of the stream.
     End,
 }
@@ -146,17 +147,17 @@ enum Next {
     Node,
 }
 
-/// An anchored list or mapping whose events are being kept until it closes.
+/// An anchored list or mapping still open: its events are being kept from `start` on.
 struct Recording {
     name: String,
-    nodes: Vec<Node>,
+    start: usize,
     open: usize,
 }
 
-/// An alias being replayed.
+/// An alias being replayed: the rest of its range of [`Stream::kept`].
 struct Replay {
-    nodes: Rc<[Node]>,
     pos: usize,
+    end: usize,
 }
 
 /// The reader of one YAML text (BOM already stripped).
@@ -164,7 +165,11 @@ pub struct Stream<'t> {
     parser: Parser<BufReader<&'t [u8]>>,
     peeked: Option<Node>,
     replays: Vec<Replay>,
-    anchors: HashMap<String, Rc<[Node]>>,
+    /// The events of every anchored node, once each (nested anchors share them); nothing is
+    /// kept while no anchor is open.
+    kept: Vec<Node>,
+    /// Each anchor name's latest definition, as a range of `kept`.
+    anchors: HashMap<String, Range<usize>>,
     recordings: Vec<Recording>,
     documents: usize,
     /// The stream ended before its first document: the root is `none`.
@@ -185,6 +190,7 @@ impl<'t> Stream<'t> {
             parser,
             peeked: None,
             replays: Vec::new(),
+            kept: Vec::new(),
             anchors: HashMap::new(),
             recordings: Vec::new(),
             documents: 0,
@@ -217,7 +223,8 @@ impl<'t> Stream<'t> {
                 line: err
                     .problem_mark()
                     .map(|mark| usize::try_from(mark.line).unwrap_or(usize::MAX) + 1),
-                path: None,
+                // About the text, not a value: no path, and no line but the parser's.
+                path: Some(".".to_owned()),
             })?;
             let line = usize::try_from(event.start_mark.line)
                 .unwrap_or(usize::MAX)
@@ -242,7 +249,7 @@ impl<'t> Stream<'t> {
                     (Ev::End, None)
                 }
                 EventData::Alias { anchor } => match self.anchors.get(&anchor) {
-                    Some(nodes) => (Ev::Alias(Rc::clone(nodes)), None),
+                    Some(range) => (Ev::Alias(range.clone()), None),
                     None if self.recordings.iter().any(|r| r.name == anchor) => {
                         return Err(Error::at(
                             format!(
@@ -278,12 +285,18 @@ impl<'t> Stream<'t> {
         }
     }
 
-    /// Keeps `node` in every open anchor, and opens (or, for a scalar, keeps) its own.
+    /// Keeps `node` while an anchor is open or when it has one, and binds its anchor's name at
+    /// once (a later `*name` inside the node is refused as endless; one after a redefinition
+    /// inside it means the redefinition, as YAML and serde_norway have it).
     fn record(&mut self, node: &Node, anchor: Option<String>) {
         let opens = matches!(node.ev, Ev::SeqStart { .. } | Ev::MapStart { .. });
         let closes = matches!(node.ev, Ev::SeqEnd | Ev::MapEnd);
+        if self.recordings.is_empty() && anchor.is_none() {
+            return;
+        }
+        let at = self.kept.len();
+        self.kept.push(node.clone());
         for recording in &mut self.recordings {
-            recording.nodes.push(node.clone());
             if opens {
                 recording.open += 1;
             } else if closes {
@@ -292,31 +305,41 @@ impl<'t> Stream<'t> {
         }
         while self.recordings.last().is_some_and(|r| r.open == 0) {
             if let Some(done) = self.recordings.pop() {
-                self.anchors.insert(done.name, done.nodes.into());
+                // A definition of the same name made inside it is the latest: it stays.
+                if !self.anchors.contains_key(&done.name) {
+                    self.anchors.insert(done.name, done.start..self.kept.len());
+                }
             }
         }
         if let Some(name) = anchor {
+            self.anchors.remove(&name);
             if opens {
                 self.recordings.push(Recording {
                     name,
-                    nodes: vec![node.clone()],
+                    start: at,
                     open: 1,
                 });
             } else {
-                self.anchors.insert(name, Rc::from([node.clone()]));
+                self.anchors.insert(name, at..at + 1);
             }
         }
     }
 
+    /// The next event of the alias being replayed, dropping replays that have ended.
+    fn replayed(&mut self) -> Option<&Node> {
+        while let Some(replay) = self.replays.last() {
+            if replay.pos < replay.end {
+                return self.kept.get(replay.pos);
+            }
+            self.replays.pop();
+        }
+        None
+    }
+
     /// What the next event is, without taking it.
     fn peek(&mut self) -> Result<Next, Error> {
-        while let Some(replay) = self.replays.last() {
-            match replay.nodes.get(replay.pos) {
-                Some(node) => return Ok(kind(&node.ev)),
-                None => {
-                    self.replays.pop();
-                }
-            }
+        if let Some(node) = self.replayed() {
+            return Ok(kind(&node.ev));
         }
         if self.peeked.is_none() {
             self.peeked = Some(self.read()?);
@@ -330,7 +353,7 @@ impl<'t> Stream<'t> {
     /// The text of the next event when it is a scalar (after [`Stream::peek`]).
     fn peeked_scalar(&self) -> Option<&str> {
         let node = match self.replays.last() {
-            Some(replay) => replay.nodes.get(replay.pos),
+            Some(replay) => self.kept.get(replay.pos),
             None => self.peeked.as_ref(),
         };
         match node.map(|node| &node.ev) {
@@ -341,17 +364,11 @@ impl<'t> Stream<'t> {
 
     /// Takes the next event: from the alias being replayed, else from the text.
     fn next(&mut self) -> Result<Node, Error> {
-        while let Some(replay) = self.replays.last_mut() {
-            match replay.nodes.get(replay.pos) {
-                Some(node) => {
-                    let node = node.clone();
-                    replay.pos += 1;
-                    return Ok(node);
-                }
-                None => {
-                    self.replays.pop();
-                }
+        if let Some(node) = self.replayed().cloned() {
+            if let Some(replay) = self.replays.last_mut() {
+                replay.pos += 1;
             }
+            return Ok(node);
         }
         match self.peeked.take() {
             Some(node) => Ok(node),
@@ -394,8 +411,11 @@ impl Stream<'_> {
                     _ => Err(de::Error::custom("expected the end of a mapping")),
                 }
             }
-            Ev::Alias(nodes) => {
-                self.replays.push(Replay { nodes, pos: 0 });
+            Ev::Alias(range) => {
+                self.replays.push(Replay {
+                    pos: range.start,
+                    end: range.end,
+                });
                 de::Deserializer::deserialize_any(self, visitor)
             }
             Ev::End if self.empty => visitor.visit_none(),
@@ -448,7 +468,13 @@ fn scalar<'de, V: Visitor<'de>>(
     tag: Option<&str>,
     plain: bool,
 ) -> Result<V::Value, Error> {
-    match tag.and_then(|tag| tag.strip_prefix(CORE)) {
+    let Some(tag) = tag else {
+        return match plain {
+            true => untagged(visitor, value),
+            false => visitor.visit_str(value),
+        };
+    };
+    match tag.strip_prefix(CORE) {
         Some("bool") => match parse_bool(value) {
             Some(v) => visitor.visit_bool(v),
             None => Err(invalid(value, "a boolean")),
@@ -465,9 +491,8 @@ fn scalar<'de, V: Visitor<'de>>(
             true => visitor.visit_unit(),
             false => Err(invalid(value, "null")),
         },
-        Some(_) => visitor.visit_str(value),
-        None if plain => untagged(visitor, value),
-        None => visitor.visit_str(value),
+        // Any other tag (`!!binary`, `!<tag:example.com,2000:x>`): its text, as a string.
+        _ => visitor.visit_str(value),
     }
 }
 
@@ -742,6 +767,10 @@ mod tests {
             "",
             "plain scalar\n",
             "{a: [1, 2, {b: c}], d: e}\n",
+            "a: &x 1\nb: &x [2]\nc: *x\n",
+            // Tags neither core nor local: the text, as a string.
+            "a: !<tag:example.com,2000:x> 5\nb: !!binary aGk=\n",
+            "%TAG !e! tag:example.com,2000:\n---\na: !e!x true\n",
         ];
         for text in texts {
             let norway: Value =
@@ -778,8 +807,27 @@ mod tests {
             read("a: &x {k: [1, 2]}\nb: *x\nc: &y v\nd: [*y, *x]\n").unwrap(),
             json!({"a": {"k": [1, 2]}, "b": {"k": [1, 2]}, "c": "v", "d": ["v", {"k": [1, 2]}]})
         );
+        // An anchor redefined inside its own node: the later definition is the one named.
+        // (serde_norway numbered anchors by the count of distinct names, so a third anchor
+        // took the redefinition's number and `b` read as `{k: v}`.)
+        assert_eq!(
+            read("a: &x [&x 1, 2]\nb: *x\nc: &y {k: &y v}\nd: *y\n").unwrap(),
+            json!({"a": [1, 2], "b": 1, "c": {"k": "v"}, "d": "v"})
+        );
         let err = read("a: *nowhere\n").unwrap_err();
         assert_eq!(err.line, Some(1), "{err:?}");
+        // Inside its own anchor, even when the name was defined before: endless.
+        for text in ["a: &x 1\nb: &x [*x]\n", "a: &x\n  - 1\n  - *x\n"] {
+            let err = read(text).unwrap_err();
+            assert!(
+                err.message.contains("recursion limit exceeded"),
+                "{text:?}: {err:?}"
+            );
+            assert!(
+                serde_yaml::from_str::<Value>(text).is_err(),
+                "serde_norway refused {text:?} too"
+            );
+        }
     }
 
     #[test]
@@ -811,5 +859,8 @@ mod tests {
         let err = read("a: 1\nb: [\n").unwrap_err();
         assert!(err.line.is_some(), "{err:?}");
         assert!(!err.message.is_empty());
+        // An error of the text itself is not given the path of the value it fell in.
+        let err = read("images:\n  - a\n  - [b\n").unwrap_err();
+        assert_eq!(err.to_string(), err.message, "{err:?}");
     }
 }
