@@ -388,19 +388,24 @@ fn kind_of(path: &Path) -> (FileKind, Option<String>) {
         max_entries: config::DEFAULT_MAX_IMAGES,
         long_list: None,
     };
-    let map = match yaml::parse(&text, &bounds) {
-        Ok(serde_json::Value::Object(map)) => map,
+    // Read as a manifest is (its `images` entries kept compact), so telling a 100,000-image
+    // manifest from a config costs no map per image.
+    let doc = match manifest::doc::parse(&text, yaml::value::Syntax::Yaml, &bounds) {
+        Ok(doc) => doc,
         Err(yaml::ParseError {
             kind: yaml::ParseErrorKind::TooManyEntries { within, .. },
             ..
         }) if within == "images" => return (FileKind::Manifest, None),
-        _ => return (FileKind::Unknown, None),
+        Err(_) => return (FileKind::Unknown, None),
+    };
+    let serde_json::Value::Object(map) = &doc.root else {
+        return (FileKind::Unknown, None);
     };
     let profile = map
         .get("profile")
         .and_then(|p| p.as_str())
         .map(str::to_owned);
-    if map.contains_key("images") {
+    if doc.images.is_some() || map.contains_key("images") {
         (FileKind::Manifest, profile)
     } else if config::TOP_KEYS.iter().any(|key| map.contains_key(*key)) {
         (FileKind::Config, None)
@@ -1271,4 +1276,39 @@ fn cmd_generate_assets(out: &Path) -> anyhow::Result<i32> {
         )?;
     }
     Ok(EX_OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind(text: &str) -> (FileKind, Option<String>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f.yaml");
+        std::fs::write(&path, text).expect("write");
+        kind_of(&path)
+    }
+
+    #[test]
+    fn validate_tells_manifests_from_configs_by_their_top_keys() {
+        assert_eq!(
+            kind("profile: web\nimages:\n  - a.jpg\n  - input: b.jpg\n"),
+            (FileKind::Manifest, Some("web".to_owned()))
+        );
+        assert_eq!(
+            kind("{\"images\": [\"a.jpg\"]}"),
+            (FileKind::Manifest, None)
+        );
+        assert_eq!(kind("images: not-a-list\n").0, FileKind::Manifest);
+        assert_eq!(kind("api:\n  max_in_flight: 8\n").0, FileKind::Config);
+        assert_eq!(kind("operations: {}\n").0, FileKind::Manifest);
+        assert_eq!(kind("- a\n- b\n").0, FileKind::Unknown);
+        assert_eq!(kind("a: [\n").0, FileKind::Unknown);
+        // More images than any manifest may hold is still a manifest (refused as one).
+        let mut many = String::from("images:\n");
+        for i in 0..=config::DEFAULT_MAX_IMAGES {
+            many.push_str(&format!("  - i{i}.jpg\n"));
+        }
+        assert_eq!(kind(&many).0, FileKind::Manifest);
+    }
 }

@@ -28,7 +28,7 @@ use crate::manifest::problems::Collector;
 use crate::manifest::validate::{Context, validate};
 use crate::yaml::value::Syntax;
 
-mod doc;
+pub mod doc;
 mod input;
 pub mod key;
 mod merge;
