@@ -378,6 +378,18 @@ impl<'t> Stream<'t> {
 }
 
 impl Stream<'_> {
+    /// Reads the next value with `at` on the path to it (for the errors it may give).
+    fn value_at<'de, T: DeserializeSeed<'de>>(
+        &mut self,
+        at: Seg,
+        seed: T,
+    ) -> Result<T::Value, Error> {
+        self.path.push(at);
+        let value = seed.deserialize(&mut *self);
+        self.path.pop();
+        value
+    }
+
     /// Hands `node` (taken already) and what follows it to `visitor`.
     fn node<'de, V: Visitor<'de>>(&mut self, node: Node, visitor: V) -> Result<V::Value, Error> {
         let tag = match &node.ev {
@@ -641,11 +653,9 @@ impl<'de> de::SeqAccess<'de> for Seq<'_, '_> {
         match self.stream.peek()? {
             Next::SeqEnd => Ok(None),
             Next::Node => {
-                self.stream.path.push(Seg::Index(self.len));
+                let at = Seg::Index(self.len);
                 self.len += 1;
-                let value = seed.deserialize(&mut *self.stream);
-                self.stream.path.pop();
-                value.map(Some)
+                self.stream.value_at(at, seed).map(Some)
             }
             Next::MapEnd | Next::End => Err(de::Error::custom("unexpected end of a list")),
         }
@@ -680,11 +690,8 @@ impl<'de> de::MapAccess<'de> for Map<'_, '_> {
     }
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Error> {
-        let seg = self.key.take().unwrap_or(Seg::Unknown);
-        self.stream.path.push(seg);
-        let value = seed.deserialize(&mut *self.stream);
-        self.stream.path.pop();
-        value
+        let at = self.key.take().unwrap_or(Seg::Unknown);
+        self.stream.value_at(at, seed)
     }
 }
 
