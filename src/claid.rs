@@ -434,6 +434,8 @@ pub struct Client {
     stats: Arc<Mutex<ClientStats>>,
     /// Cap on one download, from `limits.max_download_bytes`.
     max_download_bytes: u64,
+    /// Requests per second the configured quotas allow over a minute and more.
+    sustained_rate: f64,
     /// Told the latency of every answered call (API and downloads), for `/metrics`.
     latency_observer: Option<LatencyObserver>,
 }
@@ -524,6 +526,8 @@ impl Client {
             )),
             stats: Arc::new(Mutex::new(ClientStats::default())),
             max_download_bytes: cfg.max_download_bytes,
+            sustained_rate: f64::from(cfg.requests_per_second.get())
+                .min(f64::from(cfg.requests_per_minute.get()) / 60.0),
             latency_observer: None,
         })
     }
@@ -668,6 +672,12 @@ impl Client {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .limiter_pressure
+    }
+
+    /// The requests per second the configured quotas allow over a minute and more: the
+    /// smaller of `requests_per_second` and `requests_per_minute` / 60.
+    pub fn sustained_rate(&self) -> f64 {
+        self.sustained_rate
     }
 
     /// A snapshot of the counters.

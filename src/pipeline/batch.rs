@@ -5,10 +5,12 @@
 //! matched to jobs by output file name; a result that matches no job, or several, switches
 //! batching off for the rest of the run and holds the jobs it leaves unexplained in doubt
 //! (Claid may have billed them: they are never resubmitted automatically). The first batch
-//! after start is a canary of at most two images.
+//! after start is a canary of at most two images; later ones hold at most a quarter of
+//! `max_in_flight`, fewer once Claid's pace inside a batch shows it works on few of a batch's
+//! images at once ([`paced_size`]).
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -41,8 +43,18 @@ pub const CANARY_IMAGES: usize = 2;
 /// batch it works on at once. A larger share (an eighth) was measured: at 8 images at once per
 /// batch it delivers 1.9× the images/s at 1.3× the requests per image (docs/benchmark.md), and at
 /// the default `max_in_flight` it would halve every batch, so more of the rate limit goes to
-/// batch submits and polls.
+/// batch submits and polls. This is the cap; once Claid's pace inside a batch is known,
+/// [`paced_size`] may choose smaller batches.
 pub const MAX_IN_FLIGHT_SHARE: usize = 4;
+/// Batch submits and polls are planned to use at most this share of the sustained request
+/// rate (`Client::sustained_rate`), leaving the rest for single tasks, uploads and retries.
+pub const BATCH_RATE_SHARE: f64 = 0.5;
+/// What one batch is planned to cost in requests: its submit and about two polls (the first
+/// at 0.9 of the expected duration, one more a tenth later; `polls`).
+pub const REQUESTS_PER_BATCH: f64 = 3.0;
+/// Batches shrink to Claid's pace down to this many images (or the cap, if smaller): below it a
+/// batch's submit and polls cost more of the rate limit than the earlier results save.
+pub const MIN_PACED_IMAGES: usize = 8;
 /// Batch sizes remembered for `/status`.
 const RECENT_SIZES: usize = 16;
 
@@ -60,6 +72,8 @@ pub struct Batching {
     /// Why the safety valve switched batching off.
     off_reason: Mutex<Option<String>>,
     recent_sizes: Mutex<VecDeque<usize>>,
+    /// The size Claid's pace last gave (0: not known yet), for the log and `/status`.
+    paced: AtomicUsize,
     /// Jobs that go alone: their batch was refused as a whole, each gets its own verdict.
     singles: Mutex<HashSet<JobId>>,
     pub batches: AtomicU64,
@@ -78,6 +92,9 @@ pub struct BatchingView {
     pub off_reason: Option<String>,
     /// Sizes of the most recent batches, newest last.
     pub recent_sizes: Vec<usize>,
+    /// The size batches aim for from Claid's pace inside a batch, once it is known.
+    #[serde(default)]
+    pub paced_size: Option<usize>,
     pub batches: u64,
     pub images: u64,
 }
@@ -92,6 +109,7 @@ impl Batching {
             canary_wake: tokio::sync::Notify::new(),
             off_reason: Mutex::new(None),
             recent_sizes: Mutex::new(VecDeque::new()),
+            paced: AtomicUsize::new(0),
             singles: Mutex::new(HashSet::new()),
             batches: AtomicU64::new(0),
             images: AtomicU64::new(0),
@@ -140,6 +158,12 @@ impl Batching {
         !self.canary_sent.load(Ordering::Relaxed) || self.canary_settled.load(Ordering::Relaxed)
     }
 
+    /// Whether the canary's results are in (batches are sized by [`Batching::target_size`]
+    /// from then on).
+    pub fn canary_settled(&self) -> bool {
+        self.canary_settled.load(Ordering::Relaxed)
+    }
+
     /// A batch task ended: if it was the canary, larger batches may go.
     fn settled(&self) {
         if self.canary_sent.load(Ordering::Relaxed)
@@ -149,16 +173,40 @@ impl Batching {
         }
     }
 
-    /// The size the next batch aims for: the canary first, then at most a
-    /// [`MAX_IN_FLIGHT_SHARE`]th of `max_in_flight`, at most `max_images`.
-    pub fn target_size(&self, max_in_flight: usize) -> usize {
+    /// The size the next batch aims for: the canary first; then at most a
+    /// [`MAX_IN_FLIGHT_SHARE`]th of `max_in_flight` and at most `max_images` (the cap); once
+    /// Claid's `pace` inside a batch is known (time per image of recent batches), the size
+    /// [`paced_size`] gives for it and the sustained `request_rate`.
+    pub fn target_size(
+        &self,
+        max_in_flight: usize,
+        pace: Option<Duration>,
+        request_rate: f64,
+    ) -> usize {
         if !self.canary_sent.load(Ordering::Relaxed) {
             return CANARY_IMAGES.min(self.config.max_images).max(1);
         }
-        self.config
+        let cap = self
+            .config
             .max_images
             .min((max_in_flight / MAX_IN_FLIGHT_SHARE).max(1))
-            .max(1)
+            .max(1);
+        let Some(pace) = pace else {
+            return cap;
+        };
+        let size = paced_size(max_in_flight, pace, request_rate, cap);
+        let before = self.paced.swap(size, Ordering::Relaxed);
+        if before != size && (before == 0 || size.abs_diff(before) * 8 >= before) {
+            // Logged when it first applies and when it moves by an eighth or more.
+            info!(
+                images = size,
+                cap,
+                pace_ms_per_image = pace.as_millis() as u64,
+                "Batches follow Claid's pace: recent batches took {} ms per image",
+                pace.as_millis()
+            );
+        }
+        size
     }
 
     /// A batch leaves the submitter (the canary counts as sent from here).
@@ -219,6 +267,10 @@ impl Batching {
                 .iter()
                 .copied()
                 .collect(),
+            paced_size: match self.paced.load(Ordering::Relaxed) {
+                0 => None,
+                size => Some(size),
+            },
             batches: self.batches.load(Ordering::Relaxed),
             images: self.images.load(Ordering::Relaxed),
         }
@@ -238,6 +290,28 @@ impl Member {
     pub fn output_name(&self) -> String {
         wire::batch_output_name(input_of(&self.job), extension_of(&self.job.body))
     }
+}
+
+/// The batch size for Claid's `pace` (time per image inside a batch): the smallest that keeps
+/// batch requests within [`BATCH_RATE_SHARE`] of the sustained `request_rate`, between
+/// [`MIN_PACED_IMAGES`] (or `cap`, if smaller) and `cap`.
+///
+/// With batches of `b` images, `max_in_flight / b` run at once, each for about `b × pace`, so
+/// batch requests come at `max_in_flight × REQUESTS_PER_BATCH / (b² × pace)` a second; the
+/// smallest `b` within the share is `√(max_in_flight × REQUESTS_PER_BATCH / (pace × share ×
+/// rate))`. Smaller batches deliver sooner (a batch's results come when its last image is
+/// done), so where Claid works on few images of a batch at once (a slow pace) batches shrink
+/// and more run side by side; where it works on many and tasks are short, the cap holds. (With
+/// long tasks, batches shrink to the request share even when Claid works on a whole batch at
+/// once: results come no sooner, and requests stay within the share.)
+pub fn paced_size(max_in_flight: usize, pace: Duration, request_rate: f64, cap: usize) -> usize {
+    let per_image = pace.as_secs_f64().max(1e-3);
+    let budget = (request_rate * BATCH_RATE_SHARE).max(1e-6);
+    let size = (max_in_flight as f64 * REQUESTS_PER_BATCH / (per_image * budget))
+        .sqrt()
+        .ceil();
+    // Finite (both divisors are bounded away from 0), and `as` saturates: at most the cap.
+    (size as usize).clamp(MIN_PACED_IMAGES.min(cap), cap)
 }
 
 /// The key jobs are grouped by: their request body without `input`, canonical, and for a
@@ -286,9 +360,23 @@ struct OpenBatch {
 impl Open {
     /// Adds a job to the first open batch of its body that has room and no output of the same
     /// name (Claid names outputs after inputs: colliding names go to different batches).
-    /// Returns a batch that reached `target`, ready to go.
+    /// Returns a batch that reached `target`, ready to go: the one the job joined, else one of
+    /// its body filled to an earlier, larger target (the target follows Claid's pace; the
+    /// sender cuts it to size).
     pub fn add(&mut self, member: Member, target: usize) -> Option<Vec<Member>> {
         let key = group_key(&member.job);
+        let ready = self.add_to_one(member, key.clone(), target);
+        if ready.is_some() {
+            return ready;
+        }
+        let at = self
+            .batches
+            .iter()
+            .position(|b| b.key == key && b.members.len() >= target)?;
+        Some(self.batches.remove(at).members)
+    }
+
+    fn add_to_one(&mut self, member: Member, key: String, target: usize) -> Option<Vec<Member>> {
         let name = member.output_name();
         let at = self
             .batches
@@ -381,6 +469,16 @@ impl BatchRunner {
         &self.deps.batching
     }
 
+    /// The size the next batch aims for ([`Batching::target_size`]), from Claid's pace in
+    /// recent batches and the client's sustained request rate.
+    pub fn target_size(&self, max_in_flight: usize) -> usize {
+        self.deps.batching.target_size(
+            max_in_flight,
+            self.deps.polls.batch_pace(),
+            self.deps.client.sustained_rate(),
+        )
+    }
+
     /// Submits `members` as one batch and sees it through; `permit` holds one slot of
     /// `max_in_flight` per image.
     pub fn spawn(&self, members: Vec<Member>, permit: OwnedSemaphorePermit) {
@@ -412,8 +510,9 @@ impl BatchRunner {
         let span = info_span!("batch", images = members.len(), batch_id);
         self.deps.tracker.spawn(
             async move {
+                // Not timed: its duration since the submit may include time the daemon was down.
                 let result = this
-                    .wait_result(batch_id, &result_url, submitted_at_ms, &members)
+                    .wait_result(batch_id, &result_url, submitted_at_ms, &members, false)
                     .await;
                 if let Some(result) = result {
                     this.settle(batch_id, *result, members, permit).await;
@@ -433,7 +532,7 @@ impl BatchRunner {
             } => {
                 tracing::Span::current().record("batch_id", batch_id);
                 let result = self
-                    .wait_result(batch_id, &result_url, now_ms(), &members)
+                    .wait_result(batch_id, &result_url, now_ms(), &members, true)
                     .await;
                 match result {
                     Some(result) => (batch_id, *result),
@@ -616,13 +715,15 @@ impl BatchRunner {
     }
 
     /// Waits for the batch's final answer: a webhook, else polls (the fallback when webhooks
-    /// are on). `None` when the daemon stops or the jobs were failed meanwhile.
+    /// are on). `None` when the daemon stops or the jobs were failed meanwhile. A `timed`
+    /// batch's duration is recorded for poll times and Claid's pace (not a resumed one's).
     async fn wait_result(
         &self,
         batch_id: u64,
         result_url: &str,
         submitted_at_ms: u64,
         members: &[Member],
+        timed: bool,
     ) -> Option<Box<BatchTask>> {
         let deps = &*self.deps;
         let watch = deps.webhooks.map(|_| deps.dispatch.watch(batch_id));
@@ -643,7 +744,9 @@ impl BatchRunner {
                 };
                 if let Some(TaskUpdate::Batch(batch)) = update {
                     let took = Duration::from_millis(now_ms().saturating_sub(submitted_at_ms));
-                    deps.polls.record_batch(members.len(), took, Seen::Webhook);
+                    if timed {
+                        deps.polls.record_batch(members.len(), took, Seen::Webhook);
+                    }
                     return Some(batch);
                 }
             } else if !self.wait(delay).await {
@@ -662,8 +765,10 @@ impl BatchRunner {
                     }
                     if polled.batch.status.is_terminal() {
                         let took = Duration::from_millis(now_ms().saturating_sub(submitted_at_ms));
-                        deps.polls
-                            .record_batch(members.len(), took, Seen::Poll { pending_at });
+                        if timed {
+                            deps.polls
+                                .record_batch(members.len(), took, Seen::Poll { pending_at });
+                        }
                         return Some(Box::new(polled.batch));
                     }
                     n_poll += 1;
@@ -957,4 +1062,110 @@ pub fn extension_of(body: &serde_json::Value) -> &'static str {
 /// Whether a job state belongs to a batch still at Claid (resumed by a batch task).
 pub fn is_submitted_batch(job: &JobV1) -> bool {
     job.batch.is_some() && matches!(job.state, JobState::Submitted { .. })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(ms: u64) -> Duration {
+        Duration::from_millis(ms)
+    }
+
+    /// Default limits: 4 a second, 120 a minute → 2 requests a second over a minute.
+    const DEFAULT_RATE: f64 = 2.0;
+
+    #[test]
+    fn a_slow_pace_shrinks_batches_and_a_fast_one_keeps_the_cap() {
+        // 256 in flight, cap 64. Claid working on 8 images of a batch at once at 3.4 s an
+        // image: 0.425 s per image → √(256 × 3 / (0.425 × 1)) ≈ 42.5.
+        assert_eq!(paced_size(256, ms(425), DEFAULT_RATE, 64), 43);
+        // One image at a time (3.4 s per image): smaller still, more batches side by side.
+        assert_eq!(paced_size(256, ms(3_400), DEFAULT_RATE, 64), 16);
+        // 32 at once: ≈ 0.106 s per image asks for more than the cap; the cap holds.
+        assert_eq!(paced_size(256, ms(106), DEFAULT_RATE, 64), 64);
+    }
+
+    #[test]
+    fn paced_batches_stay_between_the_floor_and_the_cap() {
+        // A very slow pace, or a generous rate, never goes below MIN_PACED_IMAGES...
+        assert_eq!(
+            paced_size(256, ms(600_000), DEFAULT_RATE, 64),
+            MIN_PACED_IMAGES
+        );
+        assert_eq!(paced_size(256, ms(425), 1_000.0, 64), MIN_PACED_IMAGES);
+        // ...unless the cap is smaller (max_in_flight 16: batches of at most 4).
+        assert_eq!(paced_size(16, ms(600_000), DEFAULT_RATE, 4), 4);
+        // A pace of zero or a rate of zero is bounded, not a division by zero.
+        assert_eq!(paced_size(256, Duration::ZERO, DEFAULT_RATE, 64), 64);
+        assert_eq!(paced_size(256, ms(425), 0.0, 64), 64);
+    }
+
+    fn member(id: JobId) -> Member {
+        Member {
+            manifest: 1,
+            id,
+            job: JobV1 {
+                manifest: 1,
+                idx: id as u32,
+                key: String::new(),
+                input: format!("https://example.com/{id}.png"),
+                local: false,
+                body: Arc::new(serde_json::json!({"operations": {}})),
+                output_rel: format!("m/{id}.jpg"),
+                state: JobState::Queued,
+                attempts: 0,
+                in_doubt: 0,
+                polls: 0,
+                request_ids: Vec::new(),
+                batch: None,
+                staged: None,
+                updated_at_ms: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn an_open_batch_filled_to_an_earlier_larger_target_goes_when_the_target_shrinks() {
+        let mut open = Open::default();
+        for id in 1..=10 {
+            assert!(open.add(member(id), 16).is_none(), "10 of 16");
+        }
+        // Claid's pace now asks for 8: the next job starts a batch of its own, and the batch
+        // of 10 goes now instead of waiting for the queue to run dry.
+        let ready = open.add(member(11), 8).expect("the batch of 10 is ready");
+        let ids: Vec<JobId> = ready.iter().map(|m| m.id).collect();
+        assert_eq!(ids, (1..=10).collect::<Vec<_>>());
+        let rest: Vec<Vec<JobId>> = open
+            .take_all()
+            .into_iter()
+            .map(|b| b.into_iter().map(|m| m.id).collect())
+            .collect();
+        assert_eq!(rest, vec![vec![11]]);
+    }
+
+    #[test]
+    fn the_target_is_the_canary_then_the_cap_then_the_paced_size() {
+        let batching = Batching::new(BatchConfig {
+            max_images: 100,
+            linger: ms(200),
+        });
+        assert_eq!(
+            batching.target_size(256, Some(ms(425)), DEFAULT_RATE),
+            CANARY_IMAGES
+        );
+        assert_eq!(batching.view().paced_size, None);
+        batching.dispatched();
+        assert_eq!(batching.target_size(256, None, DEFAULT_RATE), 64);
+        assert_eq!(batching.view().paced_size, None, "no pace known yet");
+        assert_eq!(batching.target_size(256, Some(ms(425)), DEFAULT_RATE), 43);
+        assert_eq!(batching.view().paced_size, Some(43), "shown in /status");
+        // `max_images` still bounds it.
+        let small = Batching::new(BatchConfig {
+            max_images: 10,
+            linger: ms(200),
+        });
+        small.dispatched();
+        assert_eq!(small.target_size(256, Some(ms(425)), DEFAULT_RATE), 10);
+    }
 }

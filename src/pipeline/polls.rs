@@ -18,10 +18,12 @@
 //! (±25 %) have been seen, a batch of that size is first polled at 0.9 of their median
 //! duration (at the median itself while the limit binds), and then at a tenth of it,
 //! growing by half each time. A catalogue is mostly batches of the largest size, so after the
-//! first few each costs about two polls instead of one every `poll.min`. Here a first poll that
-//! finds the batch done is kept as a sample: it is an upper bound, and without it the estimate
-//! could only grow (only batches still running at 0.9 of the median would say anything), so
-//! one slow spell would set every later batch's first poll late for good.
+//! first few each costs about two polls instead of one every `poll.min`. A size not seen yet
+//! (batches sized to Claid's pace, the short last batch) is expected to take its images times
+//! the pace: the median time per image of recent batches larger than the canary. Here a first
+//! poll that finds the batch done is kept as a sample: it is an upper bound, and without it the
+//! estimate could only grow (only batches still running at 0.9 of the median would say
+//! anything), so one slow spell would set every later batch's first poll late for good.
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, PoisonError};
@@ -31,6 +33,7 @@ use tokio::time::Instant;
 
 use crate::claid::Client;
 use crate::config::PollConfig;
+use crate::pipeline::batch::CANARY_IMAGES;
 
 /// How long a limiter wait keeps polls rationed.
 const PRESSURE_MEMORY: Duration = Duration::from_secs(10);
@@ -78,6 +81,21 @@ impl SizedSamples {
         }
         similar.sort_unstable();
         Some(similar[similar.len() / 2])
+    }
+
+    /// Claid's pace inside a batch: the median time per image (duration / size) of recent
+    /// batches larger than the canary, from the first one that ended (the first batches after
+    /// the canary are all of the largest size and end close together: waiting for a second
+    /// would size the next ones blind). A canary's images run side by side, so its duration
+    /// says nothing about how many of a larger batch Claid works on at once.
+    fn pace(&self) -> Option<Duration> {
+        let per_image: Vec<Duration> = self
+            .0
+            .iter()
+            .filter(|(size, _)| *size as usize > CANARY_IMAGES)
+            .map(|(size, took)| *took / (*size).max(1))
+            .collect();
+        median(per_image)
     }
 }
 
@@ -151,7 +169,7 @@ impl Polls {
         let size = u32::try_from(images).unwrap_or(u32::MAX);
         let sample = match sample_of(took, seen) {
             Some(sample) => Some(sample),
-            None if self.sized().expected(size).is_some() => Some(took),
+            None if self.batch_expected(images).is_some() => Some(took),
             None => None,
         };
         if let Some(sample) = sample {
@@ -166,10 +184,21 @@ impl Polls {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// What a batch of `images` images is expected to take, from batches of about its size.
+    /// What a batch of `images` images is expected to take: the median of batches of about
+    /// its size, else (a size not seen yet, e.g. after the batch size followed Claid's pace)
+    /// its images times the pace of recent batches.
     fn batch_expected(&self, images: usize) -> Option<Duration> {
-        self.sized()
-            .expected(u32::try_from(images).unwrap_or(u32::MAX))
+        let size = u32::try_from(images).unwrap_or(u32::MAX);
+        let sized = self.sized();
+        sized
+            .expected(size)
+            .or_else(|| sized.pace().map(|pace| pace.saturating_mul(size)))
+    }
+
+    /// Claid's time per image inside a batch, from recent batches larger than the canary
+    /// (what [`crate::pipeline::batch::Batching::target_size`] sizes batches by).
+    pub fn batch_pace(&self) -> Option<Duration> {
+        self.sized().pace()
     }
 
     /// The wait before the first poll of a batch of `images` images submitted `elapsed` ago:
@@ -269,6 +298,12 @@ impl Polls {
     }
 }
 
+/// The middle of `values` (the upper middle of an even count), if any.
+fn median(mut values: Vec<Duration>) -> Option<Duration> {
+    values.sort_unstable();
+    values.get(values.len() / 2).copied()
+}
+
 /// The duration a task's end stands for (see the module doc), if it says one.
 fn sample_of(took: Duration, seen: Seen) -> Option<Duration> {
     match seen {
@@ -336,6 +371,21 @@ mod tests {
         assert_eq!(samples.expected(64), Some(secs(120)));
         let estimate = settle(&mut samples, 200);
         assert!(estimate <= secs(17), "{estimate:?}");
+    }
+
+    #[test]
+    fn the_pace_is_the_median_time_per_image_of_batches_larger_than_the_canary() {
+        let mut samples = SizedSamples::default();
+        samples.push(2, secs(3));
+        assert_eq!(samples.pace(), None, "a canary says nothing about the pace");
+        samples.push(64, secs(32));
+        assert_eq!(samples.pace(), Some(Duration::from_millis(500)));
+        samples.push(40, secs(30));
+        samples.push(2, secs(60));
+        // 0.5 s and 0.75 s per image; the canaries (1.5 s and 30 s per image) do not count.
+        assert_eq!(samples.pace(), Some(Duration::from_millis(750)));
+        samples.push(32, secs(16));
+        assert_eq!(samples.pace(), Some(Duration::from_millis(500)));
     }
 
     #[test]

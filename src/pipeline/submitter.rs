@@ -18,7 +18,7 @@ use crate::pipeline::batch::{BatchRunner, Member, Open};
 use crate::pipeline::finisher;
 use crate::pipeline::health::{Health, HealthState};
 use crate::pipeline::job::{JobOutcome, Runner};
-use crate::store::{JobId, ManifestId, Store};
+use crate::store::{JobId, JobState, ManifestId, Store};
 
 /// Sleeps until `at`, or for ever when there is nothing to wait for.
 async fn sleep_until(at: Option<tokio::time::Instant>) {
@@ -107,25 +107,32 @@ impl Submitter {
         let linger = batching.config.linger;
         // Batches being filled, one or more per request body.
         let mut open = Open::default();
-        // Full batches waiting for the canary's results.
+        // A full batch waiting for the canary's results.
         let mut full: Vec<Vec<Member>> = Vec::new();
+        // Jobs for batches met while a full batch waits for the canary: kept as ids, and put
+        // back at the front of the queue once the canary settles, so that later batches are
+        // filled when Claid's pace can size them (single jobs keep going meanwhile).
+        let mut deferred: Vec<(ManifestId, JobId)> = Vec::new();
         loop {
             if batching.may_send() || !batching.enabled() {
+                let mut left = Vec::new();
                 for members in std::mem::take(&mut full) {
-                    if !self.send(members, &mut health).await {
+                    if !self.send(members, &mut health, &mut left).await {
                         return;
                     }
                 }
+                self.put_back(left, std::mem::take(&mut deferred));
             }
             // Switched off (the safety valve): what was being filled goes one by one.
-            if !batching.enabled() {
-                for members in open.take_all() {
-                    if !self.send(members, &mut health).await {
-                        return;
-                    }
-                }
+            if !batching.enabled() && !self.send_all(&mut open, &mut health).await {
+                return;
             }
             let next = loop {
+                // Registered before `may_send` is read, so the canary settling in between
+                // still wakes this loop.
+                let canary = batching.canary_wake.notified();
+                tokio::pin!(canary);
+                canary.as_mut().enable();
                 if let Some(next) = self.queue.pop() {
                     break Some(next);
                 }
@@ -136,19 +143,17 @@ impl Submitter {
                 };
                 tokio::select! {
                     _ = self.queue.wake.notified() => {}
-                    _ = batching.canary_wake.notified() => break None,
+                    () = &mut canary => break None,
                     () = sleep_until(due) => break None,
                     _ = self.cancel.cancelled() => return,
                 }
             };
             let Some((mid, id)) = next else {
                 // Nothing more to add now: open batches go once they may.
-                if batching.may_send() || !batching.enabled() {
-                    for members in open.take_all() {
-                        if !self.send(members, &mut health).await {
-                            return;
-                        }
-                    }
+                if (batching.may_send() || !batching.enabled())
+                    && !self.send_all(&mut open, &mut health).await
+                {
+                    return;
                 }
                 continue;
             };
@@ -158,9 +163,14 @@ impl Submitter {
             }
             if batching.enabled()
                 && let Ok(Some(job)) = self.store.job(id).await
+                && matches!(job.state, JobState::Queued)
                 && batching.takes(id, &job)
             {
-                let target = batching.target_size(self.max_in_flight);
+                if !full.is_empty() && !batching.may_send() {
+                    deferred.push((mid, id));
+                    continue;
+                }
+                let target = self.batches.target_size(self.max_in_flight);
                 let member = Member {
                     manifest: mid,
                     id,
@@ -168,9 +178,11 @@ impl Submitter {
                 };
                 if let Some(members) = open.add(member, target) {
                     if batching.may_send() {
-                        if !self.send(members, &mut health).await {
+                        let mut left = Vec::new();
+                        if !self.send(members, &mut health, &mut left).await {
                             return;
                         }
+                        self.put_back(left, Vec::new());
                     } else {
                         full.push(members);
                     }
@@ -183,14 +195,33 @@ impl Submitter {
         }
     }
 
-    /// Sends jobs grouped for a batch: as a batch while batching is on, else one by one.
+    /// Sends every open batch; the jobs a batch leaves out go back to the queue's front
+    /// together, in their order. False when the daemon stops.
+    async fn send_all(
+        &self,
+        open: &mut Open,
+        health: &mut tokio::sync::watch::Receiver<Health>,
+    ) -> bool {
+        let mut left = Vec::new();
+        for members in open.take_all() {
+            if !self.send(members, health, &mut left).await {
+                return false;
+            }
+        }
+        self.put_back(left, Vec::new());
+        true
+    }
+
+    /// Sends jobs grouped for a batch: as a batch while batching is on (the jobs it leaves out
+    /// are added to `left`), else one by one.
     async fn send(
         &self,
         members: Vec<Member>,
         health: &mut tokio::sync::watch::Receiver<Health>,
+        left: &mut Vec<Member>,
     ) -> bool {
         if self.batches.batching().enabled() {
-            return self.start_batch(members, health).await;
+            return self.start_batch(members, health, left).await;
         }
         for m in members {
             if !self.start_single(m.manifest, m.id, health).await {
@@ -223,12 +254,19 @@ impl Submitter {
         true
     }
 
-    /// Sends a batch once its permits (one per image) are free; false when the daemon stops.
+    /// Sends jobs grouped for a batch once its permits (one per image) are free, as many of
+    /// them as the size Claid's pace gives when they go: the pace may have become known since
+    /// the jobs were grouped, or while the permits were awaited (freeing them can take a
+    /// batch's duration). The others are added to `left`, to go back to the front of the
+    /// queue and be grouped again with the jobs behind them. False when the daemon stops.
     async fn start_batch(
         &self,
-        members: Vec<Member>,
+        mut members: Vec<Member>,
         health: &mut tokio::sync::watch::Receiver<Health>,
+        left: &mut Vec<Member>,
     ) -> bool {
+        let size = self.batch_size(members.len());
+        left.append(&mut members.split_off(size));
         if members.is_empty() {
             return true;
         }
@@ -236,16 +274,47 @@ impl Submitter {
             return false;
         }
         let n = u32::try_from(members.len()).unwrap_or(u32::MAX);
-        let permit = tokio::select! {
+        let mut permit = tokio::select! {
             permit = self.in_flight.clone().acquire_many_owned(n) => match permit {
                 Ok(permit) => permit,
                 Err(_) => return false,
             },
             _ = self.cancel.cancelled() => return false,
         };
+        let size = self.batch_size(members.len());
+        if size < members.len()
+            && let Some(fewer) = permit.split(size)
+        {
+            // The permits of the jobs left out are released with the rest of `permit`.
+            permit = fewer;
+            left.append(&mut members.split_off(size));
+        }
         self.batches.batching().dispatched();
         self.batches.spawn(members, permit);
         true
+    }
+
+    /// Returns jobs taken from the queue and not sent (`members`, then `ids`) to its front, in
+    /// that order; their store records are still queued.
+    fn put_back(&self, members: Vec<Member>, ids: Vec<(ManifestId, JobId)>) {
+        let members = members.into_iter().map(|m| (m.manifest, m.id));
+        let jobs: Vec<(ManifestId, JobId)> = members.chain(ids).collect();
+        for job in jobs.into_iter().rev() {
+            self.queue.push_front(job);
+        }
+    }
+
+    /// How many of `len` grouped jobs go in the next batch: all of them until the canary has
+    /// settled (the canary itself, and nothing else goes while it is at Claid), then at most
+    /// the size [`BatchRunner::target_size`] gives now.
+    fn batch_size(&self, len: usize) -> usize {
+        if self.batches.batching().canary_settled() {
+            self.batches
+                .target_size(self.max_in_flight)
+                .clamp(1, len.max(1))
+        } else {
+            len
+        }
     }
 
     /// A batch found at Claid at start: its permits first, then a task that polls it.

@@ -419,3 +419,73 @@ async fn issue12_run_once_totals_count_every_image_of_the_last_batches() {
     assert_eq!(processed_field(&output, "done"), Some(60), "{output}");
     assert_eq!(processed_field(&output, "failed"), Some(0), "{output}");
 }
+
+/// Batch sizes (images per batch, in submit order) of a 200-image drop run to the end with
+/// `max_in_flight: 64` (batches of at most 16) at 20 requests a second, against an emulator
+/// that works on `parallelism` images of a batch at once, 200 ms each; and the daemon's log.
+async fn sizes_at_parallelism(parallelism: usize) -> (Vec<u64>, String) {
+    let (_static, env, files) = url_drop(200, "p-", |scenario| {
+        scenario
+            .latency(Latency::Fixed(Duration::from_millis(200)))
+            .batch_parallelism(parallelism)
+    })
+    .await;
+    let config = env.config("max_in_flight: 64", "");
+    let text = std::fs::read_to_string(&config)
+        .expect("config")
+        .replace("requests_per_second: 1000", "requests_per_second: 20")
+        .replace("requests_per_minute: 60000", "requests_per_minute: 1200");
+    std::fs::write(&config, text).expect("config");
+    let (code, log) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{log}");
+    let stats = env.stats();
+    assert_eq!(stats.batch_images, 200, "every image submitted once");
+    assert_eq!(stats.duplicate_submits, 0);
+    for file in &files {
+        let out = env.outbox.join("m").join(file.replace(".png", ".jpg"));
+        assert!(out.is_file(), "{}", out.display());
+    }
+    let sizes: Vec<u64> = stats.batches.values().map(|b| b.images).collect();
+    eprintln!("batch sizes at {parallelism} image(s) at once per batch: {sizes:?}");
+    (sizes, log)
+}
+
+/// Claid does not say how many images of a batch it works on at once; the daemon learns it
+/// from how long batches take per image. Where Claid works on one image of a batch at a time,
+/// batches of 16 take 3.2 s and later batches shrink (more run side by side, each result comes
+/// sooner); where it works on all of them at once, the batches stay at the cap.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue12_batch_sizes_follow_claids_pace_inside_a_batch() {
+    // Sizes in the order Claid received the batches: the canary first (nothing else goes
+    // while it is at Claid); the others may arrive in any order, and one may be short (the
+    // last jobs of the queue).
+    let (slow, log) = sizes_at_parallelism(1).await;
+    assert!(slow[0] <= 2, "the canary first: {slow:?}");
+    let rest = &slow[1..];
+    assert!(
+        rest.iter().all(|s| *s <= 16),
+        "never above the cap: {slow:?}"
+    );
+    assert!(
+        rest.iter().filter(|s| **s < 8).count() <= 1,
+        "no batch below 8 images but the last: {slow:?}"
+    );
+    assert!(
+        rest.iter().filter(|s| (8..16).contains(*s)).count() >= 3,
+        "later batches shrink to the pace: {slow:?}\n{log}"
+    );
+    assert!(
+        log.contains("Batches follow Claid's pace"),
+        "the new size is logged: {log}"
+    );
+
+    let (fast, log) = sizes_at_parallelism(64).await;
+    assert!(
+        log.contains("Batches follow Claid's pace"),
+        "the pace was measured here too: {log}"
+    );
+    assert!(
+        fast[1..].iter().filter(|s| **s != 16).count() <= 1,
+        "with every image of a batch at once, batches stay at the cap: {fast:?}"
+    );
+}
