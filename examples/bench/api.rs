@@ -191,7 +191,7 @@ impl Bench {
             rows.push(Row {
                 figure: "batches: images/s, requests/image",
                 scenario: format!(
-                    "{n} URL images, one body, max_in_flight 256 (batches of 64), default limits, lognormal 3 s; the emulator processes {parallel} images of a batch at once"
+                    "{n} URL images, one body, max_in_flight 256 (batches of at most 64, sized to the pace), default limits, lognormal 3 s; the emulator processes {parallel} images of a batch at once"
                 ),
                 measured: format!(
                     "{:.2} images/s = {:.1}× the polling bound; {:.3} requests/image; {} × 429",
