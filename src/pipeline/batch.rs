@@ -184,7 +184,11 @@ impl Batching {
         request_rate: f64,
     ) -> usize {
         if !self.canary_sent.load(Ordering::Relaxed) {
-            return CANARY_IMAGES.min(self.config.max_images).max(1);
+            // Never more images than `max_in_flight` slots: a batch waits for one per image.
+            return CANARY_IMAGES
+                .min(self.config.max_images)
+                .min(max_in_flight)
+                .max(1);
         }
         let cap = self
             .config
@@ -1160,6 +1164,14 @@ mod tests {
         assert_eq!(batching.view().paced_size, None, "no pace known yet");
         assert_eq!(batching.target_size(256, Some(ms(425)), DEFAULT_RATE), 43);
         assert_eq!(batching.view().paced_size, Some(43), "shown in /status");
+        // `max_in_flight: 1`: a canary of one (it waits for a slot per image).
+        let one = Batching::new(BatchConfig {
+            max_images: 100,
+            linger: ms(200),
+        });
+        assert_eq!(one.target_size(1, None, DEFAULT_RATE), 1);
+        one.dispatched();
+        assert_eq!(one.target_size(1, Some(ms(425)), DEFAULT_RATE), 1);
         // `max_images` still bounds it.
         let small = Batching::new(BatchConfig {
             max_images: 10,

@@ -489,3 +489,29 @@ async fn issue12_batch_sizes_follow_claids_pace_inside_a_batch() {
         "with every image of a batch at once, batches stay at the cap: {fast:?}"
     );
 }
+
+/// With `max_in_flight: 1` a batch can hold one image (it waits for one slot per image): the
+/// canary is one image, not two, and the run ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue12_batches_with_max_in_flight_one_still_end() {
+    let (_static, env, files) = url_drop(3, "one-", |scenario| {
+        scenario.latency(Latency::Fixed(Duration::ZERO))
+    })
+    .await;
+    let config = env.config("max_in_flight: 1", "");
+    let (code, log) = tokio::time::timeout(DEADLINE, env.run_once(&config))
+        .await
+        .expect("run --once ends");
+    assert_eq!(code, 0, "{log}");
+    let stats = env.stats();
+    assert_eq!(stats.batch_images, 3, "every image went in a batch, once");
+    assert!(
+        stats.batches.values().all(|b| b.images == 1),
+        "{:?}",
+        stats.batches
+    );
+    for file in &files {
+        let out = env.outbox.join("m").join(file.replace(".png", ".jpg"));
+        assert!(out.is_file(), "{}", out.display());
+    }
+}
