@@ -22,7 +22,7 @@
 pub mod deliver;
 pub mod message;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +42,8 @@ use crate::pipeline::{self, Health};
 use crate::store::ManifestId;
 use crate::text::Escaped;
 
+/// Ended runs remembered, so that a failure heard after its run's end is not sent again.
+const ENDED_REMEMBERED: usize = 1024;
 /// How long failed jobs of one manifest are gathered into one `jobs-failed` message.
 pub const GROUP_WINDOW: Duration = Duration::from_secs(60);
 /// How often the router looks at groups and stalls.
@@ -123,6 +125,8 @@ pub fn start(
         routes,
         dashboard,
         groups: BTreeMap::new(),
+        flushed: BTreeMap::new(),
+        ended: VecDeque::new(),
         api_pause: None,
         disk: Disk::Ok,
         unpaused_at: Instant::now(),
@@ -210,6 +214,11 @@ struct Router {
     routes: Vec<Route>,
     dashboard: Option<String>,
     groups: BTreeMap<ManifestId, Group>,
+    /// Failures of each unfinished run already sent in a `jobs-failed` message (a group
+    /// flushed after [`GROUP_WINDOW`]), so that the run's end sends only the rest.
+    flushed: BTreeMap<ManifestId, BTreeMap<FailureCode, u64>>,
+    /// Runs that ended lately: a failure heard after its run's end is in that end's message.
+    ended: VecDeque<ManifestId>,
     /// The status of the API refusal going on, for the `resumed` message.
     api_pause: Option<u16>,
     /// The last disk condition seen.
@@ -285,13 +294,27 @@ impl Router {
                 failures,
                 superseded,
             } => {
-                // Failures still grouped are part of the finished message; a sink that does not
-                // take `manifest-finished` gets them as `jobs-failed` now.
-                if let Some(group) = self.groups.remove(&id) {
+                // A sink that does not take `manifest-finished` gets the run's failures not yet
+                // sent to it as `jobs-failed` now. They are counted from the run's end (the
+                // store's tally), not from the failures heard one by one: the run ends when the
+                // store has every job's outcome, which can be before each outcome was heard.
+                self.groups.remove(&id);
+                let mut rest = failures.clone();
+                for (code, sent) in self.flushed.remove(&id).unwrap_or_default() {
+                    if let Some(n) = rest.get_mut(&code) {
+                        *n = n.saturating_sub(sent);
+                    }
+                }
+                rest.retain(|_, n| *n > 0);
+                if self.ended.len() == ENDED_REMEMBERED {
+                    self.ended.pop_front();
+                }
+                self.ended.push_back(id);
+                if !rest.is_empty() {
                     let failed = Alert::JobsFailed {
                         id,
-                        rel: group.rel,
-                        failures: group.failures,
+                        rel: rel.clone(),
+                        failures: rest,
                     };
                     for n in 0..self.routes.len() {
                         let events = &self.routes[n].sink.events;
@@ -318,6 +341,9 @@ impl Router {
                 self.send(&Alert::ManifestRejected { rel, problems });
             }
             Notice::JobFailed { id, rel, code } => {
+                if self.ended.contains(&id) {
+                    return;
+                }
                 let group = self.groups.entry(id).or_insert_with(|| Group {
                     rel,
                     first_at: Instant::now(),
@@ -389,6 +415,10 @@ impl Router {
 
     fn flush_group(&mut self, id: ManifestId) {
         if let Some(group) = self.groups.remove(&id) {
+            let flushed = self.flushed.entry(id).or_default();
+            for (code, n) in &group.failures {
+                *flushed.entry(*code).or_default() += n;
+            }
             self.send(&Alert::JobsFailed {
                 id,
                 rel: group.rel,
