@@ -5,8 +5,9 @@
 //! One router task turns what happens into [`message::Alert`]s, Alertmanager-style: one message
 //! per group, not per event. A run's end is one `manifest-finished` message with its totals and
 //! failure codes; failed jobs are grouped per manifest for a minute (`jobs-failed`), and a group
-//! still open when its manifest finishes is folded into the `manifest-finished` message (or
-//! sent at once to a sink that does not take `manifest-finished`); `paused`/`resumed` follow
+//! still open when its manifest finishes is folded into the `manifest-finished` message (a sink
+//! that does not take `manifest-finished` gets the run's failures not yet sent to it, from the
+//! run's final tally, as one `jobs-failed` message); `paused`/`resumed` follow
 //! the API's refusals (401, 402, 403) and the outbox's disk (full, not writable); `stalled` is
 //! sent once per stall, when work has been pending without any job changing state for the
 //! sink's `stalled_after` (not while paused, which has its own message); `in-doubt` when a
