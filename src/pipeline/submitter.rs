@@ -54,6 +54,19 @@ impl Queue {
         self.wake.notify_one();
     }
 
+    /// Puts `jobs` at the front, in their order, under one lock.
+    pub fn push_front_all(&self, jobs: Vec<(ManifestId, JobId)>) {
+        if jobs.is_empty() {
+            return;
+        }
+        let mut queue = self.lock();
+        for job in jobs.into_iter().rev() {
+            queue.push_front(job);
+        }
+        drop(queue);
+        self.wake.notify_one();
+    }
+
     pub fn len(&self) -> usize {
         self.lock().len()
     }
@@ -298,10 +311,7 @@ impl Submitter {
     /// that order; their store records are still queued.
     fn put_back(&self, members: Vec<Member>, ids: Vec<(ManifestId, JobId)>) {
         let members = members.into_iter().map(|m| (m.manifest, m.id));
-        let jobs: Vec<(ManifestId, JobId)> = members.chain(ids).collect();
-        for job in jobs.into_iter().rev() {
-            self.queue.push_front(job);
-        }
+        self.queue.push_front_all(members.chain(ids).collect());
     }
 
     /// How many of `len` grouped jobs go in the next batch: all of them until the canary has
@@ -309,9 +319,7 @@ impl Submitter {
     /// the size [`BatchRunner::target_size`] gives now.
     fn batch_size(&self, len: usize) -> usize {
         if self.batches.batching().canary_settled() {
-            self.batches
-                .target_size(self.max_in_flight)
-                .clamp(1, len.max(1))
+            self.batches.target_size(self.max_in_flight).max(1).min(len)
         } else {
             len
         }
