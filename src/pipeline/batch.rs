@@ -72,8 +72,10 @@ pub struct Batching {
     /// Why the safety valve switched batching off.
     off_reason: Mutex<Option<String>>,
     recent_sizes: Mutex<VecDeque<usize>>,
-    /// The size Claid's pace last gave (0: not known yet), for the log and `/status`.
+    /// The size Claid's pace last gave (0: not known yet), for `/status`.
     paced: AtomicUsize,
+    /// The paced size last logged (0: none yet).
+    paced_logged: AtomicUsize,
     /// Jobs that go alone: their batch was refused as a whole, each gets its own verdict.
     singles: Mutex<HashSet<JobId>>,
     pub batches: AtomicU64,
@@ -110,6 +112,7 @@ impl Batching {
             off_reason: Mutex::new(None),
             recent_sizes: Mutex::new(VecDeque::new()),
             paced: AtomicUsize::new(0),
+            paced_logged: AtomicUsize::new(0),
             singles: Mutex::new(HashSet::new()),
             batches: AtomicU64::new(0),
             images: AtomicU64::new(0),
@@ -199,9 +202,12 @@ impl Batching {
             return cap;
         };
         let size = paced_size(max_in_flight, pace, request_rate, cap);
-        let before = self.paced.swap(size, Ordering::Relaxed);
-        if before != size && (before == 0 || size.abs_diff(before) * 8 >= before) {
-            // Logged when it first applies and when it moves by an eighth or more.
+        self.paced.store(size, Ordering::Relaxed);
+        let logged = self.paced_logged.load(Ordering::Relaxed);
+        // Logged when it first applies and when it has moved by an eighth or more since (a
+        // drift of one image at a time is logged too, once it adds up).
+        if logged != size && (logged == 0 || size.abs_diff(logged) * 8 >= logged) {
+            self.paced_logged.store(size, Ordering::Relaxed);
             info!(
                 images = size,
                 cap,
