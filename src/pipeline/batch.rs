@@ -6,19 +6,20 @@
 //! batching off for the rest of the run and holds the jobs it leaves unexplained in doubt
 //! (Claid may have billed them: they are never resubmitted automatically). The first batch
 //! after start is a canary of at most two images; later ones hold at most a quarter of
-//! `max_in_flight`, fewer once Claid's pace inside a batch shows it works on few of a batch's
-//! images at once ([`paced_size`]).
+//! `max_in_flight` (an eighth until Claid's pace is known), fewer once Claid's pace inside a
+//! batch shows it works on few of a batch's images at once ([`paced_size`]). When the queue runs
+//! dry, its last jobs go in batches of about what Claid works on at once ([`tail_batches`]).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, error, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::claid::Client;
 use crate::claid::wire::{self, BatchEditRequest, BatchInput, BatchTask, TaskStatus, TaskUpdate};
@@ -29,7 +30,7 @@ use crate::pipeline::dispatch::Dispatch;
 use crate::pipeline::finisher;
 use crate::pipeline::health::HealthState;
 use crate::pipeline::job::{JobOutcome, Runner, failure_of, input_of, systemic_status};
-use crate::pipeline::polls::{Kind, Polls, Seen};
+use crate::pipeline::polls::{BatchClock, Kind, Polls, Seen};
 use crate::pipeline::submitter::Queue;
 use crate::retry::{self, Decision, Failure};
 use crate::store::{JobId, JobState, JobV1, ManifestId, Store, now_ms};
@@ -46,6 +47,9 @@ pub const CANARY_IMAGES: usize = 2;
 /// batch submits and polls. This is the cap; once Claid's pace inside a batch is known,
 /// [`paced_size`] may choose smaller batches.
 pub const MAX_IN_FLIGHT_SHARE: usize = 4;
+/// Until Claid's pace is known (the first batches after the canary), a batch holds at most this
+/// share of `max_in_flight` (an eighth), and at least [`MIN_PACED_IMAGES`] within the cap.
+pub const FIRST_WAVE_SHARE: usize = 8;
 /// Batch submits and polls are planned to use at most this share of the sustained request
 /// rate (`Client::sustained_rate`), leaving the rest for single tasks, uploads and retries.
 pub const BATCH_RATE_SHARE: f64 = 0.5;
@@ -199,7 +203,9 @@ impl Batching {
             .min((max_in_flight / MAX_IN_FLIGHT_SHARE).max(1))
             .max(1);
         let Some(pace) = pace else {
-            return cap;
+            // Until Claid's pace is known, the first batches hold at most an eighth: if Claid
+            // works on few images of a batch at once, the first round ends twice as soon.
+            return cap.min((max_in_flight / FIRST_WAVE_SHARE).max(MIN_PACED_IMAGES));
         };
         let size = paced_size(max_in_flight, pace, request_rate, cap);
         self.paced.store(size, Ordering::Relaxed);
@@ -322,6 +328,20 @@ pub fn paced_size(max_in_flight: usize, pace: Duration, request_rate: f64, cap: 
         .ceil();
     // Finite (both divisors are bounded away from 0), and `as` saturates: at most the cap.
     (size as usize).clamp(MIN_PACED_IMAGES.min(cap), cap)
+}
+
+/// How many batches the last `len` jobs of the queue go in, when the queue has run dry: at
+/// least as many images each as Claid works on at once in one batch (`at_once`,
+/// [`Polls::batch_parallelism`], taken as at least [`MIN_PACED_IMAGES`]), so that a drop's end
+/// waits for one round of Claid's work instead of a batch worked through a few images at a
+/// time. One while that is unknown.
+pub fn tail_batches(len: usize, at_once: Option<f64>) -> usize {
+    let Some(at_once) = at_once else {
+        return 1;
+    };
+    let pieces = (len as f64 / at_once.max(MIN_PACED_IMAGES as f64)).floor();
+    // Finite (the divisor is at least 8) and `as` saturates.
+    (pieces.max(1.0) as usize).min(len.max(1))
 }
 
 /// The key jobs are grouped by: their request body without `input`, canonical, and for a
@@ -487,6 +507,11 @@ impl BatchRunner {
             self.deps.polls.batch_pace(),
             self.deps.client.sustained_rate(),
         )
+    }
+
+    /// How many batches the last `len` jobs of the queue go in ([`tail_batches`]).
+    pub fn tail_batches(&self, len: usize) -> usize {
+        tail_batches(len, self.deps.polls.batch_parallelism())
     }
 
     /// Submits `members` as one batch and sees it through; `permit` holds one slot of
@@ -737,14 +762,21 @@ impl BatchRunner {
     ) -> Option<Box<BatchTask>> {
         let deps = &*self.deps;
         let watch = deps.webhooks.map(|_| deps.dispatch.watch(batch_id));
-        let elapsed = Duration::from_millis(now_ms().saturating_sub(submitted_at_ms));
+        let since_submit = || Duration::from_millis(now_ms().saturating_sub(submitted_at_ms));
+        // Subscribed before the first plan, so no change after it is missed.
+        let mut changes = deps.polls.batch_changes();
+        let mut clock = deps.polls.batch_clock(batch_id, members.len(), timed);
         let mut delay = match deps.webhooks {
-            Some(fallback) => deps.polls.overdue_after(Kind::Batch, elapsed, fallback),
-            None => deps.polls.first_batch_delay(members.len(), elapsed),
+            Some(fallback) => deps
+                .polls
+                .overdue_after(Kind::Batch, since_submit(), fallback),
+            None => deps.polls.batch_delay(&mut clock, since_submit()),
         };
-        let mut n_poll = 0u32;
         // When a poll last found the batch running (since its submit).
         let mut pending_at = None;
+        // The wait comes from the poll schedule (a retry's or a pause's wait is never cut
+        // short by a new estimate).
+        let mut scheduled = true;
         let mut attempts = deps.retry.start(retry::Step::Poll);
         loop {
             if let Some(watch) = &watch {
@@ -754,17 +786,28 @@ impl BatchRunner {
                 };
                 if let Some(TaskUpdate::Batch(batch)) = update {
                     let took = Duration::from_millis(now_ms().saturating_sub(submitted_at_ms));
-                    if timed {
-                        deps.polls.record_batch(members.len(), took, Seen::Webhook);
-                    }
+                    clock.ended(took, Seen::Webhook);
                     return Some(batch);
+                }
+            } else if scheduled {
+                if !self
+                    .wait_planned(&mut clock, &mut changes, delay, &since_submit)
+                    .await
+                {
+                    return None;
                 }
             } else if !self.wait(delay).await {
                 return None;
             }
+            scheduled = true;
             let sent_at = Instant::now();
             match deps.client.poll_batch_once(result_url).await {
                 Ok(polled) => {
+                    debug!(
+                        status = ?polled.batch.status,
+                        since_submit_ms = since_submit().as_millis() as u64,
+                        "Polled the batch"
+                    );
                     attempts = deps.retry.start(retry::Step::Poll);
                     deps.health.ok();
                     for m in members {
@@ -775,19 +818,14 @@ impl BatchRunner {
                     }
                     if polled.batch.status.is_terminal() {
                         let took = Duration::from_millis(now_ms().saturating_sub(submitted_at_ms));
-                        if timed {
-                            deps.polls
-                                .record_batch(members.len(), took, Seen::Poll { pending_at });
-                        }
+                        clock.ended(took, Seen::Poll { pending_at });
                         return Some(Box::new(polled.batch));
                     }
-                    n_poll += 1;
-                    pending_at = Some(Duration::from_millis(
-                        now_ms().saturating_sub(submitted_at_ms),
-                    ));
+                    clock.running();
+                    pending_at = Some(since_submit());
                     delay = match deps.webhooks {
                         Some(fallback) => fallback.min(deps.poll.max),
-                        None => deps.polls.next_batch_delay(members.len(), n_poll),
+                        None => deps.polls.batch_delay(&mut clock, since_submit()),
                     };
                 }
                 Err(err) => match failure_of(&deps.health, &err, sent_at) {
@@ -800,12 +838,16 @@ impl BatchRunner {
                     Failure::Systemic => {
                         deps.health.pause(&err, systemic_status(&err));
                         delay = deps.poll.max;
+                        scheduled = false;
                     }
                     failure => {
                         let decision =
                             attempts.on_failure(failure, Instant::now(), &mut rand::rng());
                         match decision {
-                            Decision::Retry { after } => delay = after,
+                            Decision::Retry { after } => {
+                                delay = after;
+                                scheduled = false;
+                            }
                             Decision::Fail(_) | Decision::Pause => {
                                 for m in members {
                                     self.fail(m, err.code(), &err.to_string()).await;
@@ -961,6 +1003,36 @@ impl BatchRunner {
             .unwrap_or_else(PoisonError::into_inner)
             .policies
             .in_doubt
+    }
+
+    /// Waits `delay` before the next poll of the batch `clock` follows, planning again when a
+    /// batch estimate changes (another batch ended) or the scout role comes free; false on
+    /// shutdown.
+    async fn wait_planned(
+        &self,
+        clock: &mut BatchClock,
+        changes: &mut watch::Receiver<u64>,
+        delay: Duration,
+        since_submit: &impl Fn() -> Duration,
+    ) -> bool {
+        let mut deadline = Instant::now() + delay;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return true,
+                _ = self.deps.cancel.cancelled() => return false,
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        // The schedule's owner is gone: only the deadline is left.
+                        return self.wait(deadline.saturating_duration_since(Instant::now())).await;
+                    }
+                    let plan = clock.plan();
+                    let delay = self.deps.polls.batch_delay(clock, since_submit());
+                    if clock.plan() != plan {
+                        deadline = Instant::now() + delay;
+                    }
+                }
+            }
+        }
     }
 
     async fn wait(&self, d: Duration) -> bool {
@@ -1166,7 +1238,16 @@ mod tests {
         );
         assert_eq!(batching.view().paced_size, None);
         batching.dispatched();
-        assert_eq!(batching.target_size(256, None, DEFAULT_RATE), 64);
+        assert_eq!(
+            batching.target_size(256, None, DEFAULT_RATE),
+            32,
+            "until the pace is known, an eighth of max_in_flight"
+        );
+        assert_eq!(
+            batching.target_size(32, None, DEFAULT_RATE),
+            8,
+            "an eighth is at least 8 images (the cap of the default max_in_flight)"
+        );
         assert_eq!(batching.view().paced_size, None, "no pace known yet");
         assert_eq!(batching.target_size(256, Some(ms(425)), DEFAULT_RATE), 43);
         assert_eq!(batching.view().paced_size, Some(43), "shown in /status");
@@ -1185,5 +1266,21 @@ mod tests {
         });
         small.dispatched();
         assert_eq!(small.target_size(256, Some(ms(425)), DEFAULT_RATE), 10);
+    }
+
+    #[test]
+    fn a_drops_last_jobs_go_in_batches_of_about_what_claid_works_on_at_once() {
+        assert_eq!(tail_batches(26, None), 1, "unknown: one batch");
+        // About 7 at once (8 at least): 26 images in 3 batches (9, 9 and 8).
+        assert_eq!(tail_batches(26, Some(7.1)), 3);
+        // 23 at once: 26 images are one round already.
+        assert_eq!(tail_batches(26, Some(23.0)), 1);
+        assert_eq!(tail_batches(26, Some(13.0)), 2);
+        // A tiny or absurd parallelism is bounded: batches of 8 at least, never more batches
+        // than images, never zero.
+        assert_eq!(tail_batches(26, Some(0.0)), 3);
+        assert_eq!(tail_batches(3, Some(f64::INFINITY)), 1);
+        assert_eq!(tail_batches(0, Some(1.0)), 1);
+        assert_eq!(tail_batches(100, Some(f64::NAN)), 12);
     }
 }

@@ -18,17 +18,23 @@
 //! (±25 %) have been seen, a batch of that size is first polled at 0.9 of their median
 //! duration (at the median itself while the limit binds), and then at a tenth of it,
 //! growing by half each time. A catalogue is mostly batches of the largest size, so after the
-//! first few each costs about two polls instead of one every `poll.min`. A size not seen yet
-//! (batches sized to Claid's pace, the short last batch) is expected to take its images times
-//! the pace: the median time per image of recent batches larger than the canary. Here a first
+//! first few each costs about two polls instead of one every `poll.min`. That schedule is
+//! anchored to its estimate: when a batch of its size ends and the estimate appears or moves by
+//! more than a fifth, waiting pollers wake and plan again from it. Until a size has an
+//! estimate, one batch scouts (polls backing off from `poll.min`) and the batches sent
+//! beside it wait for its end or `poll.max`. A size not seen yet
+//! (batches sized to Claid's pace, the drop's last batches) is first expected to take what the
+//! largest smaller size took (a larger batch takes at least as long), else its images times the
+//! pace: the median time per image of recent batches larger than the canary. Here a first
 //! poll that finds the batch done is kept as a sample: it is an upper bound, and without it the
 //! estimate could only grow (only batches still running at 0.9 of the median would say
 //! anything), so one slow spell would set every later batch's first poll late for good.
 
 use std::collections::VecDeque;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::claid::Client;
@@ -83,6 +89,26 @@ impl SizedSamples {
         Some(similar[similar.len() / 2])
     }
 
+    /// What the largest size seen below `images` (larger than the canary) took: the median of
+    /// batches from a quarter below that size up to it. A larger batch takes at least as
+    /// long, so this is a lower bound to poll a size not seen yet from.
+    fn below(&self, images: u32) -> Option<Duration> {
+        let largest = self
+            .0
+            .iter()
+            .map(|(size, _)| *size)
+            .filter(|size| *size as usize > CANARY_IMAGES && *size < images)
+            .max()?;
+        let floor = f64::from(largest) * 0.75;
+        median(
+            self.0
+                .iter()
+                .filter(|(size, _)| *size <= largest && f64::from(*size) >= floor)
+                .map(|(_, took)| *took)
+                .collect(),
+        )
+    }
+
     /// Claid's pace inside a batch: the median time per image (duration / size) of recent
     /// batches larger than the canary, from the first one that ended (the first batches after
     /// the canary are all of the largest size and end close together: waiting for a second
@@ -96,6 +122,55 @@ impl SizedSamples {
             .map(|(size, took)| *took / (*size).max(1))
             .collect();
         median(per_image)
+    }
+}
+
+/// Where one batch's poll schedule stands ([`Polls::batch_delay`]). Dropping it frees the
+/// scout role if the batch held it.
+#[derive(Debug)]
+pub struct BatchClock {
+    polls: Arc<Polls>,
+    id: u64,
+    images: usize,
+    timed: bool,
+    /// The estimate the schedule follows.
+    expected: Option<Duration>,
+    /// Polls that found the batch running since `expected` was set.
+    late_polls: u32,
+    /// Polls that found it running.
+    n_poll: u32,
+    /// Bumped when the schedule starts again (a new estimate, or the batch became the scout):
+    /// a wait planned before is then replaced.
+    plan: u32,
+    /// Its next poll is a check `poll.max` after the last, made while it waited for the scout.
+    checked: bool,
+}
+
+impl BatchClock {
+    /// A poll found the batch running.
+    pub fn running(&mut self) {
+        self.late_polls += 1;
+        self.n_poll += 1;
+    }
+
+    /// Records the batch's end, seen as `seen` `took` after its submit (see
+    /// [`Polls::record_batch`]).
+    pub fn ended(&self, took: Duration, seen: Seen) {
+        if self.timed {
+            let bound = self.checked && self.n_poll == 0;
+            self.polls.record_batch(self.images, took, seen, bound);
+        }
+    }
+
+    /// Changes each time the schedule starts again.
+    pub fn plan(&self) -> u32 {
+        self.plan
+    }
+}
+
+impl Drop for BatchClock {
+    fn drop(&mut self) {
+        self.polls.leave_scout(self.id);
     }
 }
 
@@ -125,6 +200,13 @@ pub struct Polls {
     single: Mutex<VecDeque<Duration>>,
     batch: Mutex<VecDeque<Duration>>,
     batch_sized: Mutex<SizedSamples>,
+    /// How long the latest batch of at most [`CANARY_IMAGES`] took: about one image's
+    /// latency, since so few run side by side.
+    small_batch: Mutex<Option<Duration>>,
+    /// Bumped when a batch sample is kept or the scout leaves: batch pollers re-plan on it.
+    changes: watch::Sender<u64>,
+    /// The batch polling for a size that has no estimate yet (see [`Polls::batch_delay`]).
+    scout: Mutex<Option<u64>>,
     /// The client's limiter-wait count when last seen, and when it last grew.
     pressure: Mutex<(u64, Option<Instant>)>,
 }
@@ -137,6 +219,9 @@ impl Polls {
             single: Mutex::new(VecDeque::new()),
             batch: Mutex::new(VecDeque::new()),
             batch_sized: Mutex::new(SizedSamples::default()),
+            small_batch: Mutex::new(None),
+            changes: watch::channel(0).0,
+            scout: Mutex::new(None),
             pressure: Mutex::new((0, None)),
         }
     }
@@ -164,16 +249,27 @@ impl Polls {
 
     /// Records a batch of `images` images that ended `took` after its submit. A first poll
     /// that finds it done counts for its size (an upper bound that lets the estimate come
-    /// down) once that size has an estimate, i.e. once that first poll was timed by it.
-    pub fn record_batch(&self, images: usize, took: Duration, seen: Seen) {
+    /// down) once that size has an estimate, i.e. once that first poll was timed by it, or
+    /// when `bound` (the poll came `poll.max` after the submit while the batch waited for the
+    /// scout: a bound no tighter guess made, and without it a check that happens to see a
+    /// batch done before the scout would leave the pace unknown).
+    pub fn record_batch(&self, images: usize, took: Duration, seen: Seen, bound: bool) {
         let size = u32::try_from(images).unwrap_or(u32::MAX);
+        if images <= CANARY_IMAGES {
+            let latency = sample_of(took, seen).unwrap_or(took);
+            *self
+                .small_batch
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(latency);
+        }
         let sample = match sample_of(took, seen) {
             Some(sample) => Some(sample),
-            None if self.batch_expected(images).is_some() => Some(took),
+            None if bound || self.batch_expected(images).is_some() => Some(took),
             None => None,
         };
         if let Some(sample) = sample {
             self.sized().push(size, sample);
+            self.changed();
         }
         self.record(Kind::Batch, took, seen);
     }
@@ -185,13 +281,16 @@ impl Polls {
     }
 
     /// What a batch of `images` images is expected to take: the median of batches of about
-    /// its size, else (a size not seen yet, e.g. after the batch size followed Claid's pace)
-    /// its images times the pace of recent batches.
+    /// its size; else (a size not seen yet, e.g. after the batch size followed Claid's pace)
+    /// what the largest smaller size took (a lower bound: where Claid works on a whole batch
+    /// at once, time does not grow with size, and a first poll set by the pace times the size
+    /// would come late); else its images times the pace of recent batches.
     fn batch_expected(&self, images: usize) -> Option<Duration> {
         let size = u32::try_from(images).unwrap_or(u32::MAX);
         let sized = self.sized();
         sized
             .expected(size)
+            .or_else(|| sized.below(size))
             .or_else(|| sized.pace().map(|pace| pace.saturating_mul(size)))
     }
 
@@ -201,33 +300,122 @@ impl Polls {
         self.sized().pace()
     }
 
-    /// The wait before the first poll of a batch of `images` images submitted `elapsed` ago:
-    /// 0.9 of what batches of its size took, else as [`Polls::first_delay`].
-    pub fn first_batch_delay(&self, images: usize, elapsed: Duration) -> Duration {
-        match self.batch_expected(images) {
-            Some(expected) => expected
+    /// About how many images of one batch Claid works on at once: one image's latency (a
+    /// batch of at most [`CANARY_IMAGES`], e.g. the canary) over the pace; `None` until both
+    /// are known.
+    pub fn batch_parallelism(&self) -> Option<f64> {
+        let latency = (*self
+            .small_batch
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner))?;
+        let pace = self.batch_pace()?;
+        Some(latency.as_secs_f64() / pace.as_secs_f64().max(1e-3))
+    }
+
+    /// A poll schedule for batch `id` of `images` images (`timed`: submitted by this run, so
+    /// its duration is a sample; a resumed batch is not and never scouts).
+    pub fn batch_clock(self: &Arc<Self>, id: u64, images: usize, timed: bool) -> BatchClock {
+        BatchClock {
+            polls: Arc::clone(self),
+            id,
+            images,
+            timed,
+            expected: None,
+            late_polls: 0,
+            n_poll: 0,
+            plan: 0,
+            checked: false,
+        }
+    }
+
+    /// Wakes when a batch estimate may have changed or the scout left (see
+    /// [`Polls::batch_delay`]).
+    pub fn batch_changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// The wait before the next poll of the batch `clock` follows, submitted `elapsed` ago.
+    ///
+    /// With an estimate `E` for its size: the first poll at 0.9 E (E itself while the limit
+    /// binds), then a tenth of E later, half again at each poll that finds it running. The
+    /// schedule is anchored to the estimate it was made with: when that estimate appears or
+    /// moves by more than a fifth (a batch of its size just ended), it starts again from the
+    /// new one, so a batch submitted beside the first of its size is polled when that one
+    /// has shown how long they take, not after a backoff grown while nothing was known.
+    ///
+    /// Without an estimate (the first batches after the canary), one batch at a time scouts:
+    /// it polls from [`Polls::first_delay`], backing off by half from `poll.min`, and the
+    /// others wait for its end (which gives them an estimate) or `poll.max`, whichever comes
+    /// first. Batches of one size go out together, so polling them all would spend the same
+    /// requests several times over to learn one duration.
+    pub fn batch_delay(&self, clock: &mut BatchClock, elapsed: Duration) -> Duration {
+        clock.checked = false;
+        let expected = self.batch_expected(clock.images);
+        let moved = match (clock.expected, expected) {
+            (None, Some(_)) => true,
+            (Some(old), Some(new)) => new < old.mul_f64(0.8) || new > old.mul_f64(1.25),
+            (_, None) => false,
+        };
+        if moved {
+            clock.expected = expected;
+            clock.late_polls = 0;
+            clock.plan += 1;
+        }
+        let Some(expected) = clock.expected else {
+            if clock.timed && !self.scout_is(clock) {
+                clock.checked = true;
+                return self.poll.max;
+            }
+            // Backs off even while the limit does not bind: the whole first wave waits on
+            // this batch, but it alone polls, and a batch of unknown size may take minutes.
+            return if clock.n_poll == 0 {
+                self.first_delay(Kind::Batch, elapsed)
+            } else {
+                let factor = 1.5f64.powi(clock.n_poll.saturating_sub(1).min(20) as i32);
+                self.poll.min.mul_f64(factor).min(self.poll.max)
+            };
+        };
+        self.leave_scout(clock.id);
+        if clock.late_polls == 0 {
+            expected
                 .mul_f64(if self.budget_is_tight() { 1.0 } else { 0.9 })
                 .max(self.poll.min)
                 .min(self.poll.max)
                 .saturating_sub(elapsed)
-                .max(Duration::from_millis(10)),
-            None => self.first_delay(Kind::Batch, elapsed),
+                .max(Duration::from_millis(10))
+        } else {
+            let factor = 1.5f64.powi(clock.late_polls.saturating_sub(1).min(20) as i32);
+            expected
+                .mul_f64(0.1 * factor)
+                .max(self.poll.min)
+                .min(self.poll.max)
         }
     }
 
-    /// The wait before poll number `n_poll + 1` of a batch of `images` images: a tenth of
-    /// what batches of its size took, half again at each poll that finds it running, else as
-    /// [`Polls::next_delay`].
-    pub fn next_batch_delay(&self, images: usize, n_poll: u32) -> Duration {
-        match self.batch_expected(images) {
-            Some(expected) => {
-                let factor = 1.5f64.powi(n_poll.saturating_sub(1).min(20) as i32);
-                expected
-                    .mul_f64(0.1 * factor)
-                    .max(self.poll.min)
-                    .min(self.poll.max)
+    /// Whether `clock`'s batch is the scout, taking the free role.
+    fn scout_is(&self, clock: &mut BatchClock) -> bool {
+        let mut scout = self.scout.lock().unwrap_or_else(PoisonError::into_inner);
+        match *scout {
+            Some(id) => id == clock.id,
+            None => {
+                *scout = Some(clock.id);
+                clock.plan += 1;
+                true
             }
-            None => self.next_delay(n_poll),
+        }
+    }
+
+    /// Frees the scout role if batch `id` holds it, and wakes the batches waiting for it.
+    fn leave_scout(&self, id: u64) {
+        let mut scout = self.scout.lock().unwrap_or_else(PoisonError::into_inner);
+        if *scout == Some(id) {
+            *scout = None;
+            drop(scout);
+            self.changed();
         }
     }
 
@@ -389,6 +577,24 @@ mod tests {
     }
 
     #[test]
+    fn a_size_not_seen_yet_is_expected_to_take_at_least_what_the_largest_smaller_one_took() {
+        let mut samples = SizedSamples::default();
+        samples.push(2, secs(3));
+        assert_eq!(samples.below(40), None, "the canary is no lower bound");
+        samples.push(30, secs(9));
+        samples.push(32, secs(10));
+        samples.push(32, secs(12));
+        samples.push(20, secs(1));
+        // Sizes 24..=32 count (a quarter below the largest under 53): 9, 10 and 12 s.
+        assert_eq!(samples.below(53), Some(secs(10)));
+        assert_eq!(
+            samples.below(20),
+            None,
+            "nothing smaller than 20 but the canary"
+        );
+    }
+
+    #[test]
     fn sized_samples_keep_the_most_recent() {
         let mut samples = SizedSamples::default();
         for _ in 0..SIZED_SAMPLES {
@@ -418,5 +624,152 @@ mod tests {
             Some(secs(8))
         );
         assert_eq!(sample_of(secs(7), Seen::Webhook), Some(secs(7)));
+    }
+
+    fn new_polls() -> Arc<Polls> {
+        let client = Client::new(crate::claid::ClientConfig {
+            base_url: "http://127.0.0.1:9/v1".to_owned(),
+            api_key: "test".to_owned(),
+            requests_per_second: std::num::NonZeroU32::new(4).expect("4"),
+            requests_per_minute: std::num::NonZeroU32::new(120).expect("120"),
+            request_timeout: secs(5),
+            max_download_bytes: 1 << 20,
+        })
+        .expect("client");
+        Arc::new(Polls::new(
+            PollConfig {
+                min: secs(1),
+                max: secs(30),
+            },
+            client,
+        ))
+    }
+
+    #[test]
+    fn one_batch_scouts_a_size_without_an_estimate_and_the_others_wait_for_it() {
+        let polls = new_polls();
+        let mut scout = polls.batch_clock(1, 64, true);
+        let mut other = polls.batch_clock(2, 64, true);
+        assert_eq!(polls.batch_delay(&mut scout, Duration::ZERO), secs(1));
+        assert_eq!(
+            polls.batch_delay(&mut other, Duration::ZERO),
+            secs(30),
+            "waits for the scout, checking at poll.max"
+        );
+        // The scout backs off by half from poll.min.
+        scout.running();
+        scout.running();
+        assert_eq!(
+            polls.batch_delay(&mut scout, secs(3)),
+            Duration::from_millis(1500)
+        );
+        // A resumed batch is not timed, never scouts, and never waits for the scout.
+        let mut resumed = polls.batch_clock(3, 64, false);
+        assert_eq!(polls.batch_delay(&mut resumed, secs(100)), ms(10));
+        // The scout goes (its batch ended without a sample): the role comes free, and the
+        // next batch to plan takes it and plans again.
+        let plan = other.plan();
+        drop(scout);
+        assert_eq!(polls.batch_delay(&mut other, secs(5)), ms(10));
+        assert_ne!(other.plan(), plan, "a wait planned before is replaced");
+    }
+
+    #[test]
+    fn a_schedule_starts_again_from_an_estimate_that_appears_while_it_backs_off() {
+        let polls = new_polls();
+        let mut scout = polls.batch_clock(1, 64, true);
+        let mut other = polls.batch_clock(2, 64, true);
+        assert_eq!(polls.batch_delay(&mut scout, Duration::ZERO), secs(1));
+        for _ in 0..7 {
+            scout.running();
+        }
+        // 1.5^6 × poll.min: the backoff grown while nothing was known.
+        let backed_off = polls.batch_delay(&mut scout, secs(27));
+        assert!(backed_off > secs(11), "{backed_off:?}");
+        let mut changes = polls.batch_changes();
+        let plan = scout.plan();
+        // Another batch of 64 ended at about 26.5 s.
+        polls.record_batch(
+            64,
+            secs(27),
+            Seen::Poll {
+                pending_at: Some(secs(26)),
+            },
+            false,
+        );
+        assert!(changes.has_changed().expect("open"), "pollers are woken");
+        changes.mark_unchanged();
+        // Past 0.9 of the estimate: poll now, then a tenth of it later.
+        assert_eq!(polls.batch_delay(&mut scout, secs(28)), ms(10));
+        assert_ne!(scout.plan(), plan);
+        scout.running();
+        let step = polls.batch_delay(&mut scout, secs(28));
+        assert!(
+            step > ms(2600) && step < ms(2700),
+            "a tenth of 26.5 s, not the grown backoff: {step:?}"
+        );
+        // The batch that waited for the scout is polled at 0.9 of the estimate.
+        let due = polls.batch_delay(&mut other, secs(10));
+        assert!(due > secs(13) && due < secs(14), "{due:?}");
+        // A small move of the estimate does not start the schedule again.
+        let plan = scout.plan();
+        polls.record_batch(
+            64,
+            secs(28),
+            Seen::Poll {
+                pending_at: Some(secs(27)),
+            },
+            false,
+        );
+        let _ = polls.batch_delay(&mut scout, secs(29));
+        assert_eq!(scout.plan(), plan);
+    }
+
+    #[test]
+    fn a_batch_seen_done_at_its_check_while_waiting_for_the_scout_gives_the_pace() {
+        let polls = new_polls();
+        let mut scout = polls.batch_clock(1, 64, true);
+        let mut other = polls.batch_clock(2, 64, true);
+        let _ = polls.batch_delay(&mut scout, Duration::ZERO);
+        assert_eq!(polls.batch_delay(&mut other, Duration::ZERO), secs(30));
+        other.ended(secs(32), Seen::Poll { pending_at: None });
+        assert_eq!(polls.batch_pace(), Some(ms(500)), "32 s / 64 images");
+        // The scout itself, found done at its first poll with nothing known, says nothing.
+        let fresh = new_polls();
+        let mut scout = fresh.batch_clock(1, 64, true);
+        let _ = fresh.batch_delay(&mut scout, Duration::ZERO);
+        scout.ended(secs(2), Seen::Poll { pending_at: None });
+        assert_eq!(fresh.batch_pace(), None);
+    }
+
+    #[test]
+    fn claids_parallelism_is_one_images_latency_over_the_pace() {
+        let polls = new_polls();
+        assert_eq!(polls.batch_parallelism(), None);
+        // The canary: 2 images side by side, seen running at 2 s and done at 3 s.
+        polls.record_batch(
+            2,
+            secs(3),
+            Seen::Poll {
+                pending_at: Some(secs(2)),
+            },
+            false,
+        );
+        assert_eq!(polls.batch_parallelism(), None, "no pace yet");
+        polls.record_batch(
+            64,
+            secs(32),
+            Seen::Poll {
+                pending_at: Some(secs(32)),
+            },
+            false,
+        );
+        // 2.5 s per image, 0.5 s per image inside a batch: about 5 at once.
+        let at_once = polls.batch_parallelism().expect("known");
+        assert!((at_once - 5.0).abs() < 1e-9, "{at_once}");
+    }
+
+    fn ms(ms: u64) -> Duration {
+        Duration::from_millis(ms)
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, info_span};
+use tracing::{Instrument, info, info_span};
 
 use crate::pipeline::Board;
 use crate::pipeline::batch::{BatchRunner, Member, Open};
@@ -130,7 +130,7 @@ impl Submitter {
             if batching.may_send() || !batching.enabled() {
                 let mut left = Vec::new();
                 for members in std::mem::take(&mut full) {
-                    if !self.send(members, &mut health, &mut left).await {
+                    if !self.send(members, &mut health, &mut left, false).await {
                         return;
                     }
                 }
@@ -192,7 +192,7 @@ impl Submitter {
                 if let Some(members) = open.add(member, target) {
                     if batching.may_send() {
                         let mut left = Vec::new();
-                        if !self.send(members, &mut health, &mut left).await {
+                        if !self.send(members, &mut health, &mut left, false).await {
                             return;
                         }
                         self.put_back(left, Vec::new());
@@ -217,7 +217,8 @@ impl Submitter {
     ) -> bool {
         let mut left = Vec::new();
         for members in open.take_all() {
-            if !self.send(members, health, &mut left).await {
+            // The queue is dry: these are a drop's last jobs (or all of a small one).
+            if !self.send(members, health, &mut left, true).await {
                 return false;
             }
         }
@@ -232,9 +233,10 @@ impl Submitter {
         members: Vec<Member>,
         health: &mut tokio::sync::watch::Receiver<Health>,
         left: &mut Vec<Member>,
+        last: bool,
     ) -> bool {
         if self.batches.batching().enabled() {
-            return self.start_batch(members, health, left).await;
+            return self.start_batch(members, health, left, last).await;
         }
         for m in members {
             if !self.start_single(m.manifest, m.id, health).await {
@@ -271,12 +273,16 @@ impl Submitter {
     /// them as the size Claid's pace gives when they go: the pace may have become known since
     /// the jobs were grouped, or while the permits were awaited (freeing them can take a
     /// batch's duration). The others are added to `left`, to go back to the front of the
-    /// queue and be grouped again with the jobs behind them. False when the daemon stops.
+    /// queue and be grouped again with the jobs behind them. The `last` jobs of a queue that ran
+    /// dry go in as many batches as [`BatchRunner::tail_batches`] gives once their permits are
+    /// held (Claid's pace is often learned while they are awaited). False when the daemon
+    /// stops.
     async fn start_batch(
         &self,
         mut members: Vec<Member>,
         health: &mut tokio::sync::watch::Receiver<Health>,
         left: &mut Vec<Member>,
+        last: bool,
     ) -> bool {
         let size = self.batch_size(members.len());
         left.append(&mut members.split_off(size));
@@ -302,7 +308,30 @@ impl Submitter {
             permit = fewer;
             left.append(&mut members.split_off(size));
         }
+        let pieces = if last && self.batches.batching().canary_settled() {
+            self.batches.tail_batches(members.len())
+        } else {
+            1
+        };
+        if pieces > 1 {
+            info!(
+                images = members.len(),
+                batches = pieces,
+                "The queue ran dry: its last {} jobs go in {pieces} batches, about what Claid works on at once in one",
+                members.len()
+            );
+        }
         self.batches.batching().dispatched();
+        // Even pieces, in queue order: the first ones one image larger when they do not divide.
+        for k in (2..=pieces).rev() {
+            let take = members.len().div_ceil(k);
+            let Some(piece_permit) = permit.split(take) else {
+                break;
+            };
+            let rest = members.split_off(take);
+            self.batches
+                .spawn(std::mem::replace(&mut members, rest), piece_permit);
+        }
         self.batches.spawn(members, permit);
         true
     }

@@ -451,28 +451,31 @@ async fn sizes_at_parallelism(parallelism: usize) -> (Vec<u64>, String) {
 }
 
 /// Claid does not say how many images of a batch it works on at once; the daemon learns it
-/// from how long batches take per image. Where Claid works on one image of a batch at a time,
-/// batches of 16 take 3.2 s and later batches shrink (more run side by side, each result comes
-/// sooner); where it works on all of them at once, the batches stay at the cap.
+/// from how long batches take per image. Until it knows, batches hold an eighth of
+/// `max_in_flight` (8 of 64). Where Claid works on one image of a batch at a time, later
+/// batches stay well below the cap of 16 (more run side by side, each result comes sooner);
+/// where it works on all of them at once, they grow to the cap. The drop's last jobs may go
+/// in a few smaller batches.
 #[tokio::test(flavor = "multi_thread")]
 async fn issue12_batch_sizes_follow_claids_pace_inside_a_batch() {
     // Sizes in the order Claid received the batches: the canary first (nothing else goes
-    // while it is at Claid); the others may arrive in any order, and one may be short (the
-    // last jobs of the queue).
+    // while it is at Claid), then the first round at an eighth of max_in_flight.
+    let paced = |sizes: &[u64]| -> Vec<u64> {
+        assert!(sizes[0] <= 2, "the canary first: {sizes:?}");
+        assert!(
+            sizes[1..].iter().all(|s| *s <= 16),
+            "never above the cap: {sizes:?}"
+        );
+        assert_eq!(sizes[1], 8, "the first round holds an eighth: {sizes:?}");
+        // Past the first round (at most 8 batches of 8 fill the 64 slots; one more may have
+        // been grouped before the pace was known), without the drop's last two batches.
+        sizes[10.min(sizes.len())..sizes.len().saturating_sub(2).max(10.min(sizes.len()))].to_vec()
+    };
     let (slow, log) = sizes_at_parallelism(1).await;
-    assert!(slow[0] <= 2, "the canary first: {slow:?}");
-    let rest = &slow[1..];
+    let later = paced(&slow);
     assert!(
-        rest.iter().all(|s| *s <= 16),
-        "never above the cap: {slow:?}"
-    );
-    assert!(
-        rest.iter().filter(|s| **s < 8).count() <= 1,
-        "no batch below 8 images but the last: {slow:?}"
-    );
-    assert!(
-        rest.iter().filter(|s| (8..16).contains(*s)).count() >= 3,
-        "later batches shrink to the pace: {slow:?}\n{log}"
+        later.len() >= 3 && later.iter().all(|s| (8..=12).contains(s)),
+        "one image at a time: batches follow the pace, well below the cap: {slow:?}\n{log}"
     );
     assert!(
         log.contains("Batches follow Claid's pace"),
@@ -484,9 +487,57 @@ async fn issue12_batch_sizes_follow_claids_pace_inside_a_batch() {
         log.contains("Batches follow Claid's pace"),
         "the pace was measured here too: {log}"
     );
+    let later = paced(&fast);
     assert!(
-        fast[1..].iter().filter(|s| **s != 16).count() <= 1,
-        "with every image of a batch at once, batches stay at the cap: {fast:?}"
+        later.len() >= 3 && later.iter().all(|s| *s == 16),
+        "with every image of a batch at once, batches grow to the cap: {fast:?}"
+    );
+}
+
+/// When the queue runs dry, its last jobs do not go as one batch worked through a few images
+/// at a time: they go in batches of about what Claid was seen to work on at once (at least 8),
+/// so the drop ends after one round of Claid's work. Here Claid works on 2 images of a batch at
+/// once, batches hold 24, and the last 23 go as 12 + 11.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue12_a_drops_last_jobs_go_in_batches_claid_works_through_at_once() {
+    let (_static, env, files) = url_drop(2 + 24 * 12 + 23, "tail-", |scenario| {
+        scenario
+            .latency(Latency::Fixed(Duration::from_millis(200)))
+            .batch_parallelism(2)
+    })
+    .await;
+    let config = env.config("max_in_flight: 192\nbatch: { max_images: 24 }", "");
+    let text = std::fs::read_to_string(&config)
+        .expect("config")
+        .replace("requests_per_second: 1000", "requests_per_second: 10")
+        .replace("requests_per_minute: 60000", "requests_per_minute: 600");
+    std::fs::write(&config, text).expect("config");
+    let (code, log) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{log}");
+    let stats = env.stats();
+    assert_eq!(stats.batch_images, 313, "every image submitted once");
+    assert_eq!(stats.duplicate_submits, 0);
+    for file in &files {
+        let out = env.outbox.join("m").join(file.replace(".png", ".jpg"));
+        assert!(out.is_file(), "{}", out.display());
+    }
+    let sizes: Vec<u64> = stats.batches.values().map(|b| b.images).collect();
+    assert_eq!(sizes[0], 2, "the canary first: {sizes:?}");
+    assert!(
+        sizes[1..sizes.len() - 2].iter().all(|s| *s == 24),
+        "full batches until the queue ran dry: {sizes:?}"
+    );
+    // The two go out together, in either order.
+    let mut last = sizes[sizes.len() - 2..].to_vec();
+    last.sort_unstable();
+    assert_eq!(
+        last,
+        [11, 12],
+        "the last 23 in two batches: {sizes:?}\n{log}"
+    );
+    assert!(
+        log.contains("The queue ran dry: its last 23 jobs go in 2 batches"),
+        "{log}"
     );
 }
 
