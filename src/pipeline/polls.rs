@@ -23,9 +23,8 @@
 //! more than a fifth, waiting pollers wake and plan again from it. Until a size has an
 //! estimate, one batch scouts (polls backing off from `poll.min`) and the batches sent
 //! beside it wait for its end or `poll.max`. A size not seen yet
-//! (batches sized to Claid's pace, the drop's last batches) is first expected to take what the
-//! largest smaller size took (a larger batch takes at least as long), else its images times the
-//! pace: the median time per image of recent batches larger than the canary. Here a first
+//! (batches sized to Claid's pace, the drop's last batches) is expected to take its images times
+//! the pace: the median time per image of recent batches larger than the canary. Here a first
 //! poll that finds the batch done is kept as a sample: it is an upper bound, and without it the
 //! estimate could only grow (only batches still running at 0.9 of the median would say
 //! anything), so one slow spell would set every later batch's first poll late for good.
@@ -87,26 +86,6 @@ impl SizedSamples {
         }
         similar.sort_unstable();
         Some(similar[similar.len() / 2])
-    }
-
-    /// What the largest size seen below `images` (larger than the canary) took: the median of
-    /// batches from a quarter below that size up to it. A larger batch takes at least as
-    /// long, so this is a lower bound to poll a size not seen yet from.
-    fn below(&self, images: u32) -> Option<Duration> {
-        let largest = self
-            .0
-            .iter()
-            .map(|(size, _)| *size)
-            .filter(|size| *size as usize > CANARY_IMAGES && *size < images)
-            .max()?;
-        let floor = f64::from(largest) * 0.75;
-        median(
-            self.0
-                .iter()
-                .filter(|(size, _)| *size <= largest && f64::from(*size) >= floor)
-                .map(|(_, took)| *took)
-                .collect(),
-        )
     }
 
     /// Claid's pace inside a batch: the median time per image (duration / size) of recent
@@ -281,16 +260,13 @@ impl Polls {
     }
 
     /// What a batch of `images` images is expected to take: the median of batches of about
-    /// its size; else (a size not seen yet, e.g. after the batch size followed Claid's pace)
-    /// what the largest smaller size took (a lower bound: where Claid works on a whole batch
-    /// at once, time does not grow with size, and a first poll set by the pace times the size
-    /// would come late); else its images times the pace of recent batches.
+    /// its size, else (a size not seen yet, e.g. after the batch size followed Claid's pace)
+    /// its images times the pace of recent batches.
     fn batch_expected(&self, images: usize) -> Option<Duration> {
         let size = u32::try_from(images).unwrap_or(u32::MAX);
         let sized = self.sized();
         sized
             .expected(size)
-            .or_else(|| sized.below(size))
             .or_else(|| sized.pace().map(|pace| pace.saturating_mul(size)))
     }
 
@@ -574,24 +550,6 @@ mod tests {
         assert_eq!(samples.pace(), Some(Duration::from_millis(750)));
         samples.push(32, secs(16));
         assert_eq!(samples.pace(), Some(Duration::from_millis(500)));
-    }
-
-    #[test]
-    fn a_size_not_seen_yet_is_expected_to_take_at_least_what_the_largest_smaller_one_took() {
-        let mut samples = SizedSamples::default();
-        samples.push(2, secs(3));
-        assert_eq!(samples.below(40), None, "the canary is no lower bound");
-        samples.push(30, secs(9));
-        samples.push(32, secs(10));
-        samples.push(32, secs(12));
-        samples.push(20, secs(1));
-        // Sizes 24..=32 count (a quarter below the largest under 53): 9, 10 and 12 s.
-        assert_eq!(samples.below(53), Some(secs(10)));
-        assert_eq!(
-            samples.below(20),
-            None,
-            "nothing smaller than 20 but the canary"
-        );
     }
 
     #[test]
