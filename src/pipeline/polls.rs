@@ -123,6 +123,8 @@ pub struct BatchClock {
     plan: u32,
     /// Its next poll is a check `poll.max` after the last, made while it waited for the scout.
     checked: bool,
+    /// It waited for a scout at some point (so its first poll was not set by its own guess).
+    waited: bool,
 }
 
 impl BatchClock {
@@ -136,7 +138,11 @@ impl BatchClock {
     /// [`Polls::record_batch`]).
     pub fn ended(&self, took: Duration, seen: Seen) {
         if self.timed {
-            let bound = self.checked && self.n_poll == 0;
+            // A first poll that finds it done is a bound worth keeping when it came from a
+            // check or after waiting for a scout (not from this batch's own first guess):
+            // else, when a whole round ends before the scout's first poll, each batch in turn
+            // would end without a sample and the pace would never be learned.
+            let bound = (self.checked || self.waited) && self.n_poll == 0;
             self.polls.record_batch(self.images, took, seen, bound);
         }
     }
@@ -301,6 +307,7 @@ impl Polls {
             n_poll: 0,
             plan: 0,
             checked: false,
+            waited: false,
         }
     }
 
@@ -344,6 +351,7 @@ impl Polls {
         let Some(expected) = clock.expected else {
             if clock.timed && !self.scout_is(clock) {
                 clock.checked = true;
+                clock.waited = true;
                 return self.poll.max;
             }
             // Backs off even while the limit does not bind: the whole first wave waits on
@@ -380,6 +388,8 @@ impl Polls {
             None => {
                 *scout = Some(clock.id);
                 clock.plan += 1;
+                // Its backoff starts now, not from the checks made while it waited.
+                clock.n_poll = 0;
                 true
             }
         }
@@ -621,7 +631,7 @@ mod tests {
             polls.batch_delay(&mut scout, secs(3)),
             Duration::from_millis(1500)
         );
-        // A resumed batch is not timed, never scouts, and never waits for the scout.
+        // A resumed batch is not timed and never waits for the scout.
         let mut resumed = polls.batch_clock(3, 64, false);
         assert_eq!(polls.batch_delay(&mut resumed, secs(100)), ms(10));
         // The scout goes (its batch ended without a sample): the role comes free, and the
@@ -692,6 +702,22 @@ mod tests {
         assert_eq!(polls.batch_delay(&mut other, Duration::ZERO), secs(30));
         other.ended(secs(32), Seen::Poll { pending_at: None });
         assert_eq!(polls.batch_pace(), Some(ms(500)), "32 s / 64 images");
+        // A batch that waited for the scout, then took the role when it went and found its
+        // batch done at its first poll, is a sample too (else a round that ends before the
+        // scout's first poll would never give the pace).
+        let chain = new_polls();
+        let mut first = chain.batch_clock(1, 40, true);
+        let mut second = chain.batch_clock(2, 40, true);
+        assert_eq!(chain.batch_delay(&mut first, Duration::ZERO), secs(1));
+        assert_eq!(chain.batch_delay(&mut second, Duration::ZERO), secs(30));
+        drop(first);
+        assert_eq!(
+            chain.batch_delay(&mut second, secs(12)),
+            ms(10),
+            "now the scout"
+        );
+        second.ended(secs(12), Seen::Poll { pending_at: None });
+        assert_eq!(chain.batch_pace(), Some(ms(300)), "12 s / 40 images");
         // The scout itself, found done at its first poll with nothing known, says nothing.
         let fresh = new_polls();
         let mut scout = fresh.batch_clock(1, 64, true);
