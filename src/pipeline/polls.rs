@@ -121,10 +121,10 @@ pub struct BatchClock {
     /// Bumped when the schedule starts again (a new estimate, or the batch became the scout):
     /// a wait planned before is then replaced.
     plan: u32,
-    /// Its next poll is a check `poll.max` after the last, made while it waited for the scout.
-    checked: bool,
-    /// It waited for a scout at some point (so its first poll was not set by its own guess).
+    /// It waited for a scout at some point.
     waited: bool,
+    /// It took the scout role after waiting for another scout, which ended without a sample.
+    inherited: bool,
 }
 
 impl BatchClock {
@@ -138,11 +138,14 @@ impl BatchClock {
     /// [`Polls::record_batch`]).
     pub fn ended(&self, took: Duration, seen: Seen) {
         if self.timed {
-            // A first poll that finds it done is a bound worth keeping when it came from a
-            // check or after waiting for a scout (not from this batch's own first guess):
-            // else, when a whole round ends before the scout's first poll, each batch in turn
-            // would end without a sample and the pace would never be learned.
-            let bound = (self.checked || self.waited) && self.n_poll == 0;
+            // A first poll that finds it done is a bound worth keeping when this batch took
+            // the scout role from one that ended without a sample and polled at once: else,
+            // when a whole round ends before the scout's first poll, each batch in turn would
+            // end without a sample and the pace would never be learned. A check at `poll.max`
+            // is no such bound: the batch may have ended long before (a 30 s bound for a 15 s
+            // batch doubled the pace and delayed every later first poll), and the scout, still
+            // polled, gives the sample.
+            let bound = self.inherited && self.n_poll == 0;
             self.polls.record_batch(self.images, took, seen, bound);
         }
     }
@@ -235,9 +238,7 @@ impl Polls {
     /// Records a batch of `images` images that ended `took` after its submit. A first poll
     /// that finds it done counts for its size (an upper bound that lets the estimate come
     /// down) once that size has an estimate, i.e. once that first poll was timed by it, or
-    /// when `bound` (the poll came `poll.max` after the submit while the batch waited for the
-    /// scout: a bound no tighter guess made, and without it a check that happens to see a
-    /// batch done before the scout would leave the pace unknown).
+    /// when `bound` (see [`BatchClock::ended`]).
     pub fn record_batch(&self, images: usize, took: Duration, seen: Seen, bound: bool) {
         let size = u32::try_from(images).unwrap_or(u32::MAX);
         if images <= CANARY_IMAGES {
@@ -306,8 +307,8 @@ impl Polls {
             late_polls: 0,
             n_poll: 0,
             plan: 0,
-            checked: false,
             waited: false,
+            inherited: false,
         }
     }
 
@@ -336,7 +337,6 @@ impl Polls {
     /// first. Batches of one size go out together, so polling them all would spend the same
     /// requests several times over to learn one duration.
     pub fn batch_delay(&self, clock: &mut BatchClock, elapsed: Duration) -> Duration {
-        clock.checked = false;
         let expected = self.batch_expected(clock.images);
         let moved = match (clock.expected, expected) {
             (None, Some(_)) => true,
@@ -350,7 +350,6 @@ impl Polls {
         }
         let Some(expected) = clock.expected else {
             if clock.timed && !self.scout_is(clock) {
-                clock.checked = true;
                 clock.waited = true;
                 return self.poll.max;
             }
@@ -390,6 +389,7 @@ impl Polls {
                 clock.plan += 1;
                 // Its backoff starts now, not from the checks made while it waited.
                 clock.n_poll = 0;
+                clock.inherited = clock.waited;
                 true
             }
         }
@@ -694,14 +694,20 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_seen_done_at_its_check_while_waiting_for_the_scout_gives_the_pace() {
+    fn a_batch_that_inherits_the_scout_role_and_finds_its_batch_done_gives_the_pace() {
+        // A check at poll.max that finds a batch done while the scout runs is no sample: the
+        // batch may have ended long before, and the scout gives the sample.
         let polls = new_polls();
         let mut scout = polls.batch_clock(1, 64, true);
         let mut other = polls.batch_clock(2, 64, true);
         let _ = polls.batch_delay(&mut scout, Duration::ZERO);
         assert_eq!(polls.batch_delay(&mut other, Duration::ZERO), secs(30));
         other.ended(secs(32), Seen::Poll { pending_at: None });
-        assert_eq!(polls.batch_pace(), Some(ms(500)), "32 s / 64 images");
+        assert_eq!(
+            polls.batch_pace(),
+            None,
+            "a 32 s bound for a batch of unknown length"
+        );
         // A batch that waited for the scout, then took the role when it went and found its
         // batch done at its first poll, is a sample too (else a round that ends before the
         // scout's first poll would never give the pace).
