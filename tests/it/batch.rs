@@ -424,29 +424,53 @@ async fn issue12_run_once_totals_count_every_image_of_the_last_batches() {
 /// `max_in_flight: 64` (batches of at most 16) at 20 requests a second, against an emulator
 /// that works on `parallelism` images of a batch at once, 200 ms each; and the daemon's log.
 async fn sizes_at_parallelism(parallelism: usize) -> (Vec<u64>, String) {
-    let (_static, env, files) = url_drop(200, "p-", |scenario| {
+    let (sizes, log) =
+        batch_sizes_of_a_drop(200, parallelism, "max_in_flight: 64", (20, 1200)).await;
+    eprintln!("batch sizes at {parallelism} image(s) at once per batch: {sizes:?}");
+    (sizes, log)
+}
+
+/// Runs `images` URL images (200 ms each, `parallelism` at once per batch) once with
+/// `api_extra` and the `(per second, per minute)` limits, checks every image was submitted
+/// once and delivered, and returns the batch sizes in the order Claid received them and the
+/// daemon's log.
+async fn batch_sizes_of_a_drop(
+    images: usize,
+    parallelism: usize,
+    api_extra: &str,
+    (per_second, per_minute): (u32, u32),
+) -> (Vec<u64>, String) {
+    let (_static, env, files) = url_drop(images, "p-", |scenario| {
         scenario
             .latency(Latency::Fixed(Duration::from_millis(200)))
             .batch_parallelism(parallelism)
     })
     .await;
-    let config = env.config("max_in_flight: 64", "");
+    let config = env.config(api_extra, "");
     let text = std::fs::read_to_string(&config)
         .expect("config")
-        .replace("requests_per_second: 1000", "requests_per_second: 20")
-        .replace("requests_per_minute: 60000", "requests_per_minute: 1200");
+        .replace(
+            "requests_per_second: 1000",
+            &format!("requests_per_second: {per_second}"),
+        )
+        .replace(
+            "requests_per_minute: 60000",
+            &format!("requests_per_minute: {per_minute}"),
+        );
     std::fs::write(&config, text).expect("config");
     let (code, log) = env.run_once(&config).await;
     assert_eq!(code, 0, "{log}");
     let stats = env.stats();
-    assert_eq!(stats.batch_images, 200, "every image submitted once");
+    assert_eq!(
+        stats.batch_images, images as u64,
+        "every image submitted once"
+    );
     assert_eq!(stats.duplicate_submits, 0);
     for file in &files {
         let out = env.outbox.join("m").join(file.replace(".png", ".jpg"));
         assert!(out.is_file(), "{}", out.display());
     }
-    let sizes: Vec<u64> = stats.batches.values().map(|b| b.images).collect();
-    eprintln!("batch sizes at {parallelism} image(s) at once per batch: {sizes:?}");
+    let sizes = stats.batches.values().map(|b| b.images).collect();
     (sizes, log)
 }
 
@@ -500,28 +524,13 @@ async fn issue12_batch_sizes_follow_claids_pace_inside_a_batch() {
 /// once, batches hold 24, and the last 23 go as 12 + 11.
 #[tokio::test(flavor = "multi_thread")]
 async fn issue12_a_drops_last_jobs_go_in_batches_claid_works_through_at_once() {
-    let (_static, env, files) = url_drop(2 + 24 * 12 + 23, "tail-", |scenario| {
-        scenario
-            .latency(Latency::Fixed(Duration::from_millis(200)))
-            .batch_parallelism(2)
-    })
+    let (sizes, log) = batch_sizes_of_a_drop(
+        2 + 24 * 12 + 23,
+        2,
+        "max_in_flight: 192\nbatch: { max_images: 24 }",
+        (10, 600),
+    )
     .await;
-    let config = env.config("max_in_flight: 192\nbatch: { max_images: 24 }", "");
-    let text = std::fs::read_to_string(&config)
-        .expect("config")
-        .replace("requests_per_second: 1000", "requests_per_second: 10")
-        .replace("requests_per_minute: 60000", "requests_per_minute: 600");
-    std::fs::write(&config, text).expect("config");
-    let (code, log) = env.run_once(&config).await;
-    assert_eq!(code, 0, "{log}");
-    let stats = env.stats();
-    assert_eq!(stats.batch_images, 313, "every image submitted once");
-    assert_eq!(stats.duplicate_submits, 0);
-    for file in &files {
-        let out = env.outbox.join("m").join(file.replace(".png", ".jpg"));
-        assert!(out.is_file(), "{}", out.display());
-    }
-    let sizes: Vec<u64> = stats.batches.values().map(|b| b.images).collect();
     assert_eq!(sizes[0], 2, "the canary first: {sizes:?}");
     assert!(
         sizes[1..sizes.len() - 2].iter().all(|s| *s == 24),
