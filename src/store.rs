@@ -26,6 +26,7 @@
 
 mod commit;
 mod counts;
+mod lane;
 pub mod records;
 pub mod snapshot;
 mod trees;
@@ -198,6 +199,8 @@ pub struct Store {
     commit: Arc<commit::GroupCommit>,
     /// Job counts by manifest and state, kept as transitions happen.
     counters: Arc<counts::Counters>,
+    /// The thread every transition, registration and scan runs on, shared by every clone.
+    lane: Arc<lane::Lane>,
 }
 
 impl Store {
@@ -255,6 +258,7 @@ impl Store {
             trees,
             commit: Arc::new(commit::GroupCommit::default()),
             counters,
+            lane: Arc::new(lane::Lane::new("claid-store")),
         };
         Ok((store, unfinished))
     }
@@ -472,14 +476,17 @@ impl Store {
     /// Records where a queued local input was staged (`api.staging`); the job stays queued.
     /// Durable: a restart submits the staged object and never stages the file again.
     pub async fn mark_staged(&self, id: JobId, uri: &str) -> Result<JobV1, StoreError> {
-        let job = self.step(id, "queued", |job| match job.state {
-            JobState::Queued => {
-                let mut next = job.clone();
-                next.staged = Some(uri.to_owned());
-                Some(next)
-            }
-            _ => None,
-        })?;
+        let uri = uri.to_owned();
+        let job = self
+            .step(id, "queued", move |job| match job.state {
+                JobState::Queued => {
+                    let mut next = job.clone();
+                    next.staged = Some(uri.clone());
+                    Some(next)
+                }
+                _ => None,
+            })
+            .await?;
         self.flush().await?;
         Ok(job)
     }
@@ -511,14 +518,16 @@ impl Store {
     /// Queued → Submitting, `attempts += 1`. Durability point 1 (ARCHITECTURE.md "Crash safety"): returns once on disk.
     pub async fn mark_submitting(&self, id: JobId) -> Result<JobV1, StoreError> {
         let now = now_ms();
-        let job = self.step(id, "queued", |job| match job.state {
-            JobState::Queued => Some(JobV1 {
-                state: JobState::Submitting { since_ms: now },
-                attempts: job.attempts.saturating_add(1),
-                ..job.clone()
-            }),
-            _ => None,
-        })?;
+        let job = self
+            .step(id, "queued", move |job| match job.state {
+                JobState::Queued => Some(JobV1 {
+                    state: JobState::Submitting { since_ms: now },
+                    attempts: job.attempts.saturating_add(1),
+                    ..job.clone()
+                }),
+                _ => None,
+            })
+            .await?;
         self.flush().await?;
         Ok(job)
     }
@@ -532,19 +541,23 @@ impl Store {
         request_id: Option<&str>,
     ) -> Result<JobV1, StoreError> {
         let now = now_ms();
-        let job = self.step(id, "submitting", |job| match job.state {
-            JobState::Submitting { .. } => {
-                let mut next = job.clone();
-                next.state = JobState::Submitted {
-                    task_id,
-                    result_url: result_url.to_owned(),
-                    at_ms: now,
-                };
-                push_request_id(&mut next, request_id);
-                Some(next)
-            }
-            _ => None,
-        })?;
+        let result_url = result_url.to_owned();
+        let request_id = request_id.map(str::to_owned);
+        let job = self
+            .step(id, "submitting", move |job| match job.state {
+                JobState::Submitting { .. } => {
+                    let mut next = job.clone();
+                    next.state = JobState::Submitted {
+                        task_id,
+                        result_url: result_url.clone(),
+                        at_ms: now,
+                    };
+                    push_request_id(&mut next, request_id.as_deref());
+                    Some(next)
+                }
+                _ => None,
+            })
+            .await?;
         self.flush().await?;
         Ok(job)
     }
@@ -559,20 +572,24 @@ impl Store {
         height: u32,
         request_id: Option<&str>,
     ) -> Result<JobV1, StoreError> {
-        let job = self.step(id, "submitting", |job| match job.state {
-            JobState::Submitting { .. } => {
-                let mut next = job.clone();
-                next.state = JobState::Downloading {
-                    task_id: None,
-                    url: url.to_owned(),
-                    width,
-                    height,
-                };
-                push_request_id(&mut next, request_id);
-                Some(next)
-            }
-            _ => None,
-        })?;
+        let url = url.to_owned();
+        let request_id = request_id.map(str::to_owned);
+        let job = self
+            .step(id, "submitting", move |job| match job.state {
+                JobState::Submitting { .. } => {
+                    let mut next = job.clone();
+                    next.state = JobState::Downloading {
+                        task_id: None,
+                        url: url.clone(),
+                        width,
+                        height,
+                    };
+                    push_request_id(&mut next, request_id.as_deref());
+                    Some(next)
+                }
+                _ => None,
+            })
+            .await?;
         self.flush().await?;
         Ok(job)
     }
@@ -587,22 +604,26 @@ impl Store {
         width: u32,
         height: u32,
     ) -> Result<JobV1, StoreError> {
-        self.step(id, "submitting|submitted|downloading", |job| {
-            match job.state {
+        let url = url.to_owned();
+        self.step(
+            id,
+            "submitting|submitted|downloading",
+            move |job| match job.state {
                 JobState::Submitting { .. }
                 | JobState::Submitted { .. }
                 | JobState::Downloading { .. } => Some(JobV1 {
                     state: JobState::Downloading {
                         task_id,
-                        url: url.to_owned(),
+                        url: url.clone(),
                         width,
                         height,
                     },
                     ..job.clone()
                 }),
                 _ => None,
-            }
-        })
+            },
+        )
+        .await
     }
 
     /// Downloading → Done, or Queued → Done when `done.unchanged` (no API call was made).
@@ -615,11 +636,13 @@ impl Store {
         } else {
             "downloading"
         };
-        let job = self.step(id, expected, |job| match job.state {
-            JobState::Downloading { .. } => Some(with_state(job, state.clone())),
-            JobState::Queued if unchanged => Some(with_state(job, state.clone())),
-            _ => None,
-        })?;
+        let job = self
+            .step(id, expected, move |job| match job.state {
+                JobState::Downloading { .. } => Some(with_state(job, state.clone())),
+                JobState::Queued if unchanged => Some(with_state(job, state.clone())),
+                _ => None,
+            })
+            .await?;
         self.flush().await?;
         Ok(job)
     }
@@ -631,19 +654,22 @@ impl Store {
         code: FailureCode,
         message: &str,
     ) -> Result<JobV1, StoreError> {
-        let job = self.step(id, "unfinished", |job| {
-            if job.state.is_terminal() {
-                return None;
-            }
-            Some(with_state(
-                job,
-                JobState::Failed {
-                    code,
-                    message: message.to_owned(),
-                    attempts: job.attempts,
-                },
-            ))
-        })?;
+        let message = message.to_owned();
+        let job = self
+            .step(id, "unfinished", move |job| {
+                if job.state.is_terminal() {
+                    return None;
+                }
+                Some(with_state(
+                    job,
+                    JobState::Failed {
+                        code,
+                        message: message.clone(),
+                        attempts: job.attempts,
+                    },
+                ))
+            })
+            .await?;
         self.flush().await?;
         Ok(job)
     }
@@ -651,14 +677,16 @@ impl Store {
     /// Submitting → InDoubt (policy `hold`), `in_doubt += 1`. Durable.
     pub async fn mark_in_doubt(&self, id: JobId) -> Result<JobV1, StoreError> {
         let now = now_ms();
-        let job = self.step(id, "submitting", |job| match job.state {
-            JobState::Submitting { .. } => Some(JobV1 {
-                state: JobState::InDoubt { since_ms: now },
-                in_doubt: job.in_doubt.saturating_add(1),
-                ..job.clone()
-            }),
-            _ => None,
-        })?;
+        let job = self
+            .step(id, "submitting", move |job| match job.state {
+                JobState::Submitting { .. } => Some(JobV1 {
+                    state: JobState::InDoubt { since_ms: now },
+                    in_doubt: job.in_doubt.saturating_add(1),
+                    ..job.clone()
+                }),
+                _ => None,
+            })
+            .await?;
         self.flush().await?;
         Ok(job)
     }
@@ -668,14 +696,16 @@ impl Store {
     /// resubmitted automatically (Claid may have billed it). Durable.
     pub async fn hold_unmatched(&self, id: JobId) -> Result<JobV1, StoreError> {
         let now = now_ms();
-        let job = self.step(id, "submitted", |job| match job.state {
-            JobState::Submitting { .. } | JobState::Submitted { .. } => Some(JobV1 {
-                state: JobState::InDoubt { since_ms: now },
-                in_doubt: job.in_doubt.saturating_add(1),
-                ..job.clone()
-            }),
-            _ => None,
-        })?;
+        let job = self
+            .step(id, "submitted", move |job| match job.state {
+                JobState::Submitting { .. } | JobState::Submitted { .. } => Some(JobV1 {
+                    state: JobState::InDoubt { since_ms: now },
+                    in_doubt: job.in_doubt.saturating_add(1),
+                    ..job.clone()
+                }),
+                _ => None,
+            })
+            .await?;
         self.flush().await?;
         Ok(job)
     }
@@ -689,17 +719,20 @@ impl Store {
         result_url: &str,
     ) -> Result<JobV1, StoreError> {
         let now = now_ms();
-        let job = self.step(id, "submitting|in-doubt", |job| match job.state {
-            JobState::Submitting { .. } | JobState::InDoubt { .. } => Some(JobV1 {
-                state: JobState::Submitted {
-                    task_id,
-                    result_url: result_url.to_owned(),
-                    at_ms: now,
-                },
-                ..job.clone()
-            }),
-            _ => None,
-        })?;
+        let result_url = result_url.to_owned();
+        let job = self
+            .step(id, "submitting|in-doubt", move |job| match job.state {
+                JobState::Submitting { .. } | JobState::InDoubt { .. } => Some(JobV1 {
+                    state: JobState::Submitted {
+                        task_id,
+                        result_url: result_url.clone(),
+                        at_ms: now,
+                    },
+                    ..job.clone()
+                }),
+                _ => None,
+            })
+            .await?;
         self.flush().await?;
         Ok(job)
     }
@@ -707,18 +740,20 @@ impl Store {
     /// Any state → Queued (resubmit after a crash, replay, expired result).
     /// `in_doubt += 1` when `count_in_doubt`. A done job leaves `done_by_key`. Durable.
     pub async fn requeue(&self, id: JobId, count_in_doubt: bool) -> Result<JobV1, StoreError> {
-        let job = self.step(id, "any", |job| {
-            let mut next = with_state(job, JobState::Queued);
-            next.batch = None;
-            // A replayed job stages its input again: the object may have been cleaned up.
-            if job.state.is_terminal() {
-                next.staged = None;
-            }
-            if count_in_doubt {
-                next.in_doubt = next.in_doubt.saturating_add(1);
-            }
-            Some(next)
-        })?;
+        let job = self
+            .step(id, "any", move |job| {
+                let mut next = with_state(job, JobState::Queued);
+                next.batch = None;
+                // A replayed job stages its input again: the object may have been cleaned up.
+                if job.state.is_terminal() {
+                    next.staged = None;
+                }
+                if count_in_doubt {
+                    next.in_doubt = next.in_doubt.saturating_add(1);
+                }
+                Some(next)
+            })
+            .await?;
         self.flush().await?;
         Ok(job)
     }
@@ -730,14 +765,16 @@ impl Store {
         let now = now_ms();
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
-            let res = self.step(*id, "queued", |job| match job.state {
-                JobState::Queued => Some(JobV1 {
-                    state: JobState::Submitting { since_ms: now },
-                    attempts: job.attempts.saturating_add(1),
-                    ..job.clone()
-                }),
-                _ => None,
-            });
+            let res = self
+                .step(*id, "queued", move |job| match job.state {
+                    JobState::Queued => Some(JobV1 {
+                        state: JobState::Submitting { since_ms: now },
+                        attempts: job.attempts.saturating_add(1),
+                        ..job.clone()
+                    }),
+                    _ => None,
+                })
+                .await;
             match res {
                 Ok(_) => out.push(*id),
                 Err(StoreError::Conflict { .. }) => {}
@@ -759,42 +796,49 @@ impl Store {
     ) -> Result<(), StoreError> {
         let now = now_ms();
         for id in ids {
-            self.step(*id, "submitting", |job| match job.state {
+            let result_url = result_url.to_owned();
+            let request_id = request_id.map(str::to_owned);
+            self.step(*id, "submitting", move |job| match job.state {
                 JobState::Submitting { .. } => {
                     let mut next = job.clone();
                     next.state = JobState::Submitted {
                         task_id: batch_id,
-                        result_url: result_url.to_owned(),
+                        result_url: result_url.clone(),
                         at_ms: now,
                     };
                     next.batch = Some(batch_id);
-                    push_request_id(&mut next, request_id);
+                    push_request_id(&mut next, request_id.as_deref());
                     Some(next)
                 }
                 _ => None,
-            })?;
+            })
+            .await?;
         }
         self.flush().await
     }
 
     /// `polls += 1` and remembers the request id; not flushed (statistics only).
     pub async fn record_poll(&self, id: JobId, request_id: Option<&str>) -> Result<(), StoreError> {
-        self.step(id, "any", |job| {
+        let request_id = request_id.map(str::to_owned);
+        self.step(id, "any", move |job| {
             let mut next = job.clone();
             next.polls = next.polls.saturating_add(1);
-            push_request_id(&mut next, request_id);
+            push_request_id(&mut next, request_id.as_deref());
             Some(next)
-        })?;
+        })
+        .await?;
         Ok(())
     }
 
     /// Remembers a response's `x-request-id` on the job; not flushed.
     pub async fn record_request_id(&self, id: JobId, request_id: &str) -> Result<(), StoreError> {
-        self.step(id, "any", |job| {
+        let request_id = request_id.to_owned();
+        self.step(id, "any", move |job| {
             let mut next = job.clone();
-            push_request_id(&mut next, Some(request_id));
+            push_request_id(&mut next, Some(&request_id));
             Some(next)
-        })?;
+        })
+        .await?;
         Ok(())
     }
 
@@ -816,7 +860,8 @@ impl Store {
             .await??;
         let mut cancelled = Vec::with_capacity(queued.len());
         for job_id in queued {
-            let res = self.step(job_id, "queued", |job| match job.state {
+            let res = self
+                .step(job_id, "queued", move |job| match job.state {
                 JobState::Queued => Some(with_state(
                     job,
                     JobState::Failed {
@@ -826,7 +871,8 @@ impl Store {
                     },
                 )),
                 _ => None,
-            });
+            })
+                .await;
             match res {
                 Ok(_) => cancelled.push(job_id),
                 // Taken for submission meanwhile: it finishes on its own.
@@ -838,26 +884,31 @@ impl Store {
         Ok(cancelled)
     }
 
-    /// One transition, with the counts kept in step.
-    fn step(
+    /// One transition, on the store's thread, with the counts kept in step.
+    async fn step(
         &self,
         id: JobId,
         expected: &'static str,
-        next: impl Fn(&JobV1) -> Option<JobV1>,
+        next: impl Fn(&JobV1) -> Option<JobV1> + Send + 'static,
     ) -> Result<JobV1, StoreError> {
-        let (old, new) = self.trees.transition(id, expected, next)?;
+        let trees = self.trees.clone();
+        let (old, new) = self
+            .lane
+            .run(lane::Kind::Step, move || {
+                trees.transition(id, expected, next)
+            })
+            .await??;
         self.counters.apply(&old, &new);
         Ok(new)
     }
 
-    /// Runs `work` on the blocking pool.
+    /// Runs long work (a registration, a scan) on the store's thread; it lets waiting steps in
+    /// at its slice points.
     async fn on_pool<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, StoreError> {
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|err| StoreError::Worker(err.to_string()))
+        self.lane.run(lane::Kind::Long, work).await
     }
 }
 

@@ -1,9 +1,10 @@
 //! Group commit for the store's durability points: a write is durable once a flush that
 //! *started after it* has completed, so jobs that reach a durability point together share one
 //! flush (one `fsync`) instead of paying one each. The one implementation, async: callers
-//! wait without blocking the runtime; the flush runs on a thread of its own.
+//! wait without blocking the runtime; flushes run on one long-lived thread of their own.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::mpsc::{Sender, channel};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use crate::store::StoreError;
 
@@ -13,7 +14,14 @@ pub struct GroupCommit {
     state: Mutex<GateState>,
     /// Wakes every waiter when a flush ends.
     flushed: tokio::sync::Notify,
+    /// Hands flushes to the flush thread, started with the first one. The thread ends when
+    /// this gate is dropped (its sender with it).
+    flusher: Mutex<Option<Sender<Flush>>>,
 }
+
+/// One flush for the flush thread: the database (let go of as soon as it is flushed) and
+/// the flush's number.
+type Flush = (sled::Db, u64);
 
 #[derive(Debug, Default)]
 struct GateState {
@@ -65,21 +73,47 @@ impl GroupCommit {
         self.lock().completed
     }
 
-    /// Runs flush `this` on a thread of its own: never queued behind blocking-pool work that
-    /// may itself be waiting for it, and never stranded by a waiter that goes away.
+    /// Runs flush `this` on the flush thread: never queued behind blocking-pool work that may
+    /// itself be waiting for it, and never stranded by a waiter that goes away. One thread
+    /// for every flush, not one per flush: a 100,000-image run flushes tens of thousands of
+    /// times, and sled allocates while it flushes (a new thread may take any of glibc's
+    /// arenas; this one keeps to one).
     fn start_flush(self: &Arc<Self>, db: sled::Db, this: u64) {
-        let gate = Arc::clone(self);
+        let mut flusher = self.flusher.lock().unwrap_or_else(PoisonError::into_inner);
+        let request = match flusher.as_ref() {
+            Some(tx) => tx.send((db, this)).map_err(|err| err.0),
+            None => Err((db, this)),
+        };
+        let Err(request) = request else {
+            return;
+        };
+        // No thread yet (or it died): start one and hand it this flush.
+        let (tx, rx) = channel::<Flush>();
+        let gate: Weak<GroupCommit> = Arc::downgrade(self);
         let spawned = std::thread::Builder::new()
             .name("claid-store-flush".to_owned())
             .spawn(move || {
-                let res = db.flush();
-                // Let go of the database before any waiter can return: a caller that drops
-                // its store after a durable write can reopen it at once.
-                drop(db);
-                gate.finish(this, res.err().map(|e| e.to_string()));
+                while let Ok((db, this)) = rx.recv() {
+                    let res = db.flush();
+                    // Let go of the database before any waiter can return: a caller that
+                    // drops its store after a durable write can reopen it at once.
+                    drop(db);
+                    let Some(gate) = gate.upgrade() else {
+                        return;
+                    };
+                    gate.finish(this, res.err().map(|e| e.to_string()));
+                }
             });
-        if let Err(err) = spawned {
-            self.finish(this, Some(format!("cannot start the flush thread: {err}")));
+        match spawned {
+            Ok(_) => {
+                // Cannot fail: the receiver is alive in the thread just started.
+                let _ = tx.send(request);
+                *flusher = Some(tx);
+            }
+            Err(err) => {
+                drop(flusher);
+                self.finish(this, Some(format!("cannot start the flush thread: {err}")));
+            }
         }
     }
 

@@ -181,10 +181,21 @@ async fn issue12_an_unknown_tasks_webhook_is_acknowledged_and_a_forged_one_refus
         .await
         .expect("answered");
     assert_eq!(forged.status().as_u16(), 401);
-    let answer = claid_hotfolder::admin::request(&env.socket(), "GET", "/metrics", None)
-        .await
-        .expect("metrics");
-    let text = String::from_utf8_lossy(&answer.1).into_owned();
+    // The answer goes out once the update is handed on; the pipeline counts an unknown task
+    // when it takes the update, a moment later.
+    let metrics = || async {
+        let answer = claid_hotfolder::admin::request(&env.socket(), "GET", "/metrics", None)
+            .await
+            .expect("metrics");
+        String::from_utf8_lossy(&answer.1).into_owned()
+    };
+    crate::support::wait_until_async("the unknown task counted", DEADLINE, || async {
+        metrics()
+            .await
+            .contains("claid_hotfolder_webhooks{outcome=\"unknown_task\"} 1")
+    })
+    .await;
+    let text = metrics().await;
     assert!(
         text.contains("claid_hotfolder_webhooks{outcome=\"unknown_task\"} 1"),
         "{text}"
