@@ -500,7 +500,7 @@ impl Finisher {
         let rel = rel.to_path_buf();
         self.deps
             .store
-            .read(move |reader| {
+            .read_for_report(move |reader| {
                 let Some(m) = reader.manifest(id)? else {
                     return Err(StoreError::ManifestNotFound(id));
                 };

@@ -3,6 +3,7 @@
 //! flush (one `fsync`) instead of paying one each. The one implementation, async: callers
 //! wait without blocking the runtime; flushes run on one long-lived thread of their own.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::mpsc::{Sender, channel};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
@@ -73,8 +74,8 @@ impl GroupCommit {
         self.lock().completed
     }
 
-    /// Runs flush `this` on the flush thread: never queued behind blocking-pool work that may
-    /// itself be waiting for it, and never stranded by a waiter that goes away. One thread
+    /// Runs flush `this` on the flush thread: never queued behind other work that may itself
+    /// be waiting for it, and never stranded by a waiter that goes away. One thread
     /// for every flush, not one per flush: a 100,000-image run flushes tens of thousands of
     /// times, and sled allocates while it flushes (a new thread may take any of glibc's
     /// arenas; this one keeps to one).
@@ -94,14 +95,21 @@ impl GroupCommit {
             .name("claid-store-flush".to_owned())
             .spawn(move || {
                 while let Ok((db, this)) = rx.recv() {
-                    let res = db.flush();
+                    // A panic in sled fails this flush's waiters instead of leaving them
+                    // (and every later flush) waiting for ever.
+                    let res = std::panic::catch_unwind(AssertUnwindSafe(|| db.flush()));
                     // Let go of the database before any waiter can return: a caller that
                     // drops its store after a durable write can reopen it at once.
                     drop(db);
                     let Some(gate) = gate.upgrade() else {
                         return;
                     };
-                    gate.finish(this, res.err().map(|e| e.to_string()));
+                    let err = match res {
+                        Ok(Ok(_)) => None,
+                        Ok(Err(err)) => Some(err.to_string()),
+                        Err(_) => Some("the flush panicked".to_owned()),
+                    };
+                    gate.finish(this, err);
                 }
             });
         match spawned {

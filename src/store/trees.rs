@@ -30,7 +30,7 @@ pub const TREE_REGISTERING: &str = "registering";
 /// The default (1 GiB) let a 100,000-job table sit in memory whole; the daemon reads a job
 /// only when it steps it, in about the order the jobs were registered, so a small cache costs
 /// little: 16 → 4 MB took the daemon's peak RSS from 61 to 46 MB at 10,000 images and from
-/// 107 to 84 MB at 100,000, at the same throughput (docs/benchmark.md).
+/// 107 to 91 MB at 100,000 (docs/benchmark.md).
 const CACHE_BYTES: u64 = 4 * 1024 * 1024;
 /// `meta` key set once the store has had its whole-history orphan sweep.
 const META_SWEEP: &str = "orphan_sweep";

@@ -2,6 +2,7 @@
 //! `done_by_key`, FIFO order and a 100k-job manifest.
 
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use claid_hotfolder::codes::FailureCode;
 use claid_hotfolder::store::records::{
@@ -884,4 +885,27 @@ async fn a_refused_registration_leaves_done_by_key_to_the_job_that_made_the_file
     assert!(matches!(res, Registered::Conflict { .. }), "{res:?}");
     let (owner, _) = store.done_by_key("k").await.unwrap().expect("still known");
     assert_eq!(owner, made);
+}
+
+/// A step whose caller goes away once the step is queued (a dropped HTTP request, a timeout)
+/// still moves the counts with the write: `/status`, `/metrics` and the counts an ended run
+/// keeps in its record never fall behind what is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_whose_caller_goes_away_still_moves_the_counts_with_the_write() {
+    let (_dir, store) = open_tmp();
+    let (m, ids) = register(&store, manifest("gone.yaml"), vec![job(0, "gone")]).await;
+    // Polled once (the step is queued on the store's thread), then dropped.
+    let _ = tokio::time::timeout(Duration::ZERO, store.mark_submitting(ids[0])).await;
+    crate::support::wait_until_async("the stored step", Duration::from_secs(30), || async {
+        matches!(
+            store.job(ids[0]).await,
+            Ok(Some(JobV1 {
+                state: JobState::Submitting { .. },
+                ..
+            }))
+        )
+    })
+    .await;
+    let c = store.counts_of_active(m).expect("counted");
+    assert_eq!((c.queued, c.submitting), (0, 1), "{c:?}");
 }
