@@ -569,24 +569,32 @@ impl Trees {
         id: ManifestId,
         mut visit: impl FnMut(JobId, JobV1) -> Result<(), E>,
     ) -> Result<(), E> {
-        for (n, entry) in self
-            .jobs_by_manifest
-            .scan_prefix(id_key(id))
-            .keys()
-            .enumerate()
-        {
-            if n % SLICE == SLICE - 1 {
-                lane::let_steps_in();
-            }
-            let key = entry.map_err(StoreError::from)?;
-            let Some((_, job_id)) = split_pair(&key) else {
-                continue;
-            };
+        for job_id in self.job_ids_of(id) {
+            let job_id = job_id?;
             if let Some(job) = self.job(job_id)? {
                 visit(job_id, job)?;
             }
         }
         Ok(())
+    }
+
+    /// The ids of a manifest's jobs, from its index, in id order. Every [`SLICE`] entries a
+    /// slice point of the store's thread (nothing on any other thread): a long scan running
+    /// there lets the waiting steps in.
+    fn job_ids_of(&self, id: ManifestId) -> impl Iterator<Item = Result<JobId, StoreError>> {
+        self.jobs_by_manifest
+            .scan_prefix(id_key(id))
+            .keys()
+            .enumerate()
+            .filter_map(|(n, entry)| {
+                if n % SLICE == SLICE - 1 {
+                    lane::let_steps_in();
+                }
+                match entry {
+                    Ok(key) => split_pair(&key).map(|(_, job_id)| Ok(job_id)),
+                    Err(err) => Some(Err(StoreError::from(err))),
+                }
+            })
     }
 
     /// The counts of a manifest's jobs, from one pass over their summaries.
@@ -602,19 +610,8 @@ impl Trees {
         mut unfinished: Option<&mut Vec<(JobId, JobSummary)>>,
     ) -> Result<ManifestCounts, StoreError> {
         let mut counts = ManifestCounts::default();
-        for (n, entry) in self
-            .jobs_by_manifest
-            .scan_prefix(id_key(id))
-            .keys()
-            .enumerate()
-        {
-            if n % SLICE == SLICE - 1 {
-                lane::let_steps_in();
-            }
-            let key = entry?;
-            let Some((_, job_id)) = split_pair(&key) else {
-                continue;
-            };
+        for job_id in self.job_ids_of(id) {
+            let job_id = job_id?;
             if let Some(summary) = self.summary(job_id)? {
                 counts.add_summary(&summary);
                 if let Some(out) = unfinished.as_deref_mut()
