@@ -674,12 +674,12 @@ fn cmd_plan(config_path: &Path, file: &Path) -> anyhow::Result<i32> {
     println!("{:>6}  {:<9}  {:<50}  output", "image", "plan", "input");
     for job in &spec.jobs {
         let unchanged = snapshot.as_ref().is_some_and(|snapshot| {
-            matches!(rt.block_on(snapshot.store().done_by_key(&job.key)), Ok(Some((_, JobV1 { state: JobState::Done { ref path, ref sha256, .. }, .. })))
+            matches!(rt.block_on(snapshot.store().done_by_key(&job.key.hex())), Ok(Some((_, JobV1 { state: JobState::Done { ref path, ref sha256, .. }, .. })))
                 if crate::output::sha256_file(Path::new(path)).is_ok_and(|found| &found == sha256))
         });
         let (input, local) = match &job.input {
             Input::Remote(url) => (url.clone(), false),
-            Input::Local { rel, .. } => (rel.display().to_string(), true),
+            Input::Local(file) => (file.rel.display().to_string(), true),
         };
         let plan = if unchanged {
             n_unchanged += 1;

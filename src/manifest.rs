@@ -81,8 +81,8 @@ pub struct JobSpec {
     pub body: Arc<Value>,
     /// Output path relative to the outbox root (`a/b/shoes/sku-1.webp`).
     pub output_rel: PathBuf,
-    /// Hex sha256 of input identity, canonical body and `output_rel` (README "Incremental").
-    pub key: String,
+    /// Sha256 of input identity, canonical body and `output_rel` (README "Incremental").
+    pub key: key::JobKey,
 }
 
 /// Where an image comes from.
@@ -90,15 +90,20 @@ pub struct JobSpec {
 pub enum Input {
     /// `http(s)://` or `storage://`: submitted to the async endpoint.
     Remote(String),
-    /// A file in the inbox, uploaded through the sync upload endpoint.
-    Local {
-        /// Canonical absolute path, inside the inbox.
-        path: PathBuf,
-        /// Path relative to the inbox (for reports).
-        rel: PathBuf,
-        /// Hex sha256 of the content when validated: the job key depends on it.
-        sha256: String,
-    },
+    /// A file in the inbox, uploaded through the sync upload endpoint. Boxed: an `Input` is
+    /// then the size of a URL's string (a 100,000-image manifest of URLs holds 5 MB less).
+    Local(Box<LocalFile>),
+}
+
+/// A local input: a file in the inbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalFile {
+    /// Canonical absolute path, inside the inbox.
+    pub path: PathBuf,
+    /// Path relative to the inbox (for reports).
+    pub rel: PathBuf,
+    /// Hex sha256 of the content when validated: the job key depends on it.
+    pub sha256: String,
 }
 
 impl Input {
@@ -106,7 +111,7 @@ impl Input {
     pub fn identity(&self) -> String {
         match self {
             Input::Remote(url) => url.clone(),
-            Input::Local { sha256, .. } => format!("local:{sha256}"),
+            Input::Local(file) => format!("local:{}", file.sha256),
         }
     }
 
@@ -114,7 +119,7 @@ impl Input {
     pub fn display(&self) -> String {
         match self {
             Input::Remote(url) => url.clone(),
-            Input::Local { rel, .. } => rel.display().to_string(),
+            Input::Local(file) => file.rel.display().to_string(),
         }
     }
 }
@@ -311,7 +316,7 @@ pub fn load(ctx: &LoadContext<'_>, manifest: &Path) -> Result<ManifestSpec, Mani
             break;
         }
     }
-    let jobs = validate(&doc, &validation, &mut outbox, &mut problems);
+    let jobs = validate(doc, &validation, &mut outbox, &mut problems);
     if problems.is_empty() {
         Ok(ManifestSpec { rel, sha256, jobs })
     } else {
@@ -368,7 +373,7 @@ pub fn recipe_for(image: &Path) -> PathBuf {
 /// The job key of an input, body (without `input`) and output path (README "Incremental"): the hex sha256
 /// of the input's identity, the body's canonical JSON and the path. Public for tools and tests.
 pub fn key_for(input: &Input, body: &Value, output_rel: &Path) -> String {
-    key::job_key(input, &key::canonical_json(body), output_rel)
+    key::job_key(input, &key::canonical_json(body), output_rel).hex()
 }
 
 /// `manifest` relative to `inbox`, or its file name when it is elsewhere (`validate FILE`).

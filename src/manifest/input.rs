@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::manifest::Input;
 use crate::manifest::problems::Collector;
 use crate::manifest::validate::Context;
+use crate::manifest::{Input, LocalFile};
 
 /// Longest input URL the API accepts (docs/claid-api.md).
 const MAX_INPUT_LEN: usize = 4096;
@@ -188,11 +188,11 @@ fn check_local(
         .entry(canonical.clone())
         .or_insert_with(|| read_local(&canonical));
     match read {
-        Ok(sha256) => Some(Input::Local {
+        Ok(sha256) => Some(Input::Local(Box::new(LocalFile {
             path: canonical,
             rel,
             sha256: sha256.clone(),
-        }),
+        }))),
         Err(why) => {
             let message = match why {
                 Unusable::Empty => format!(

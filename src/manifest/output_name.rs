@@ -47,7 +47,8 @@ pub fn default_output_name(
                 .unwrap_or_default();
             stem_of(last)
         }
-        Input::Local { rel, .. } => rel
+        Input::Local(file) => file
+            .rel
             .file_stem()
             .and_then(|s| s.to_str())
             .unwrap_or_default()

@@ -97,7 +97,7 @@ pub fn load_image(ctx: &LoadContext<'_>, image: &Path) -> Result<ManifestSpec, M
         root: Value::Object(view),
         images: Some(vec![Item::Other(Value::String(name.to_owned()))]),
     };
-    let jobs = validate(&doc, &validation, &mut outbox, &mut problems);
+    let jobs = validate(doc, &validation, &mut outbox, &mut problems);
     // Problems about the synthetic `images[0]` are about the dropped image itself.
     for pending in &mut problems.pending {
         if pending.path.starts_with("images[0]") {
@@ -110,7 +110,7 @@ pub fn load_image(ctx: &LoadContext<'_>, image: &Path) -> Result<ManifestSpec, M
         return Err(fail(problems.finish(text)));
     }
     let image_sha = match jobs.first().map(|job| &job.input) {
-        Some(Input::Local { sha256, .. }) => sha256.clone(),
+        Some(Input::Local(file)) => file.sha256.clone(),
         _ => {
             return Err(one(
                 None,

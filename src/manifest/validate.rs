@@ -3,6 +3,7 @@
 //! uses for its 422s) and output path; every problem is collected with the field it concerns.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -41,20 +42,22 @@ pub struct Context<'a> {
 }
 
 /// Validates a parsed manifest: its keys, the profile merge and each image (input, merged
-/// body, output path); returns the jobs of the images without problems.
+/// body, output path); returns the jobs of the images without problems. The document is
+/// consumed: each image entry is dropped once its job is made, so the entries and the jobs
+/// of a long manifest are not both held whole.
 pub fn validate(
-    doc: &Doc,
+    doc: Doc,
     ctx: &Context<'_>,
     outbox: &mut Outbox<'_>,
     problems: &mut Collector,
 ) -> Vec<JobSpec> {
-    let root = &doc.root;
-    let Value::Object(top) = root else {
+    let Doc { root, images } = doc;
+    let Value::Object(top) = &root else {
         problems.add(
             "",
             format!(
                 "the manifest must be a mapping with an `images` list, found {}",
-                yaml::kind(root)
+                yaml::kind(&root)
             ),
         );
         return Vec::new();
@@ -125,7 +128,7 @@ pub fn validate(
         ),
     }
 
-    let images: &[Item] = match (&doc.images, top.get("images")) {
+    let images: Vec<Item> = match (images, top.get("images")) {
         (Some(items), _) if items.is_empty() => {
             problems.add(
                 "images",
@@ -163,11 +166,11 @@ pub fn validate(
     let shared_format = output_format(base_output.as_ref());
 
     let mut jobs = Vec::with_capacity(images.len());
-    let mut outputs: HashMap<PathBuf, usize> = HashMap::with_capacity(images.len());
+    let mut outputs = Outputs::with_capacity(images.len());
     // Object keys of storage outputs: two images may not write the same object either.
     let mut objects: HashMap<String, usize> = HashMap::new();
     let mut local = LocalFiles::default();
-    for (idx, item) in images.iter().enumerate() {
+    for (idx, item) in images.into_iter().enumerate() {
         let image = item.to_value();
         let image = image.as_ref();
         let at = format!("images[{idx}]");
@@ -317,7 +320,7 @@ pub fn validate(
             Some((_, path)) => (path.clone(), Naming::Given),
             None => (input_path.clone(), Naming::FromInput),
         };
-        if let Some(first) = outputs.get(&output_rel) {
+        if let Some(first) = outputs.writer_of(&output_rel, &jobs) {
             problems.add(
                 &output_at,
                 format!(
@@ -348,7 +351,7 @@ pub fn validate(
             }
             objects.insert(object, idx);
         }
-        outputs.insert(output_rel.clone(), idx);
+        outputs.insert(&output_rel, jobs.len());
         let key = job_key(
             &input,
             canonical.as_deref().unwrap_or(&shared_canonical),
@@ -363,6 +366,52 @@ pub fn validate(
         });
     }
     jobs
+}
+
+/// The output paths of the jobs made so far, to find two images that would write one file.
+/// Each path is kept once, in its job: the index holds its hash and the job's position (a map
+/// keyed by the paths held a second copy of each, 6 MB of a 100,000-image manifest's peak). A
+/// hash shared by different paths (keys are random per process) falls back to comparing paths.
+struct Outputs<S = std::hash::RandomState> {
+    by_hash: HashMap<u64, usize>,
+    /// Jobs whose path's hash was already taken by another path.
+    collided: Vec<usize>,
+    hasher: S,
+}
+
+impl Outputs {
+    fn with_capacity(n: usize) -> Outputs {
+        Outputs {
+            by_hash: HashMap::with_capacity(n),
+            collided: Vec::new(),
+            hasher: std::hash::RandomState::new(),
+        }
+    }
+}
+
+impl<S: BuildHasher> Outputs<S> {
+    /// The `images` index of the job among `jobs` that writes `path`, if one does.
+    fn writer_of(&self, path: &Path, jobs: &[JobSpec]) -> Option<usize> {
+        let hash = self.hasher.hash_one(path);
+        self.by_hash
+            .get(&hash)
+            .into_iter()
+            .chain(&self.collided)
+            .map(|&at| &jobs[at])
+            .find(|job| job.output_rel == path)
+            .map(|job| job.idx)
+    }
+
+    /// Records that the job at `at` of the jobs writes `path` (not written by any so far).
+    fn insert(&mut self, path: &Path, at: usize) {
+        let hash = self.hasher.hash_one(path);
+        match self.by_hash.entry(hash) {
+            std::collections::hash_map::Entry::Occupied(_) => self.collided.push(at),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(at);
+            }
+        }
+    }
 }
 
 /// `{"operations": .., "output": ..}` (output omitted when unset).
@@ -562,5 +611,64 @@ pub fn unknown_key_message(key: &str, known: &[&str]) -> String {
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Input;
+    use crate::manifest::key::job_key;
+
+    /// Every path hashes alike: each lookup goes through the collision fallback.
+    #[derive(Default)]
+    struct OneHash;
+
+    impl std::hash::Hasher for OneHash {
+        fn finish(&self) -> u64 {
+            7
+        }
+        fn write(&mut self, _: &[u8]) {}
+    }
+
+    fn job(idx: usize, output: &str) -> JobSpec {
+        let input = Input::Remote(format!("https://cdn.example.com/{idx}.jpg"));
+        JobSpec {
+            idx,
+            key: job_key(&input, "{}", Path::new(output)),
+            input,
+            body: Arc::new(Value::Null),
+            output_rel: PathBuf::from(output),
+        }
+    }
+
+    /// Jobs for `a`, `b`, `c` (images 0, 2, 3); then who writes each of `b`, `d`, `a`, `c`.
+    fn writers<S: BuildHasher>(hasher: S) -> Vec<Option<usize>> {
+        let mut outputs = Outputs {
+            by_hash: HashMap::new(),
+            collided: Vec::new(),
+            hasher,
+        };
+        let mut jobs = Vec::new();
+        for (idx, output) in [(0, "m/a.jpg"), (2, "m/b.jpg"), (3, "m/c.jpg")] {
+            assert_eq!(outputs.writer_of(Path::new(output), &jobs), None);
+            outputs.insert(Path::new(output), jobs.len());
+            jobs.push(job(idx, output));
+        }
+        ["m/b.jpg", "m/d.jpg", "m/a.jpg", "m/c.jpg"]
+            .iter()
+            .map(|path| outputs.writer_of(Path::new(path), &jobs))
+            .collect()
+    }
+
+    #[test]
+    fn two_images_writing_one_output_are_found_even_when_different_paths_share_a_hash() {
+        let expected = vec![Some(2), None, Some(0), Some(3)];
+        assert_eq!(writers(std::hash::RandomState::new()), expected);
+        assert_eq!(
+            writers(std::hash::BuildHasherDefault::<OneHash>::default()),
+            expected,
+            "every path with the same hash: found by comparing the paths"
+        );
     }
 }

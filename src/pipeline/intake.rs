@@ -271,12 +271,12 @@ impl Intake {
         let jobs = spec.jobs.into_iter().map(move |job| {
             let (input, local) = match job.input {
                 Input::Remote(url) => (url, false),
-                Input::Local { rel, .. } => (rel.to_string_lossy().into_owned(), true),
+                Input::Local(file) => (file.rel.to_string_lossy().into_owned(), true),
             };
             JobV1 {
                 manifest: 0,
                 idx: job.idx as u32,
-                key: job.key,
+                key: job.key.hex(),
                 input,
                 local,
                 body: job.body,

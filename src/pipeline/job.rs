@@ -17,7 +17,7 @@ use crate::claid::wire::TaskUpdate;
 use crate::claid::{ClaidError, Client};
 use crate::codes::FailureCode;
 use crate::config::{InDoubtPolicy, OnOutputExists, PollConfig};
-use crate::manifest::{self, Input};
+use crate::manifest::{self, Input, LocalFile};
 use crate::metrics::Metrics;
 use crate::output::{self, ExistsPolicy};
 use crate::pipeline::dispatch::Dispatch;
@@ -1000,11 +1000,11 @@ fn read_local_input(inbox: &Path, job: &JobV1) -> Result<Vec<u8>, (FailureCode, 
         ));
     }
     let bytes = std::fs::read(&resolved).map_err(unreadable)?;
-    let input = Input::Local {
+    let input = Input::Local(Box::new(LocalFile {
         path: resolved,
         rel: PathBuf::from(&job.input),
         sha256: hex::encode(sha2::Sha256::digest(&bytes)),
-    };
+    }));
     if manifest::key_for(&input, &job.body, Path::new(&job.output_rel)) != job.key {
         return Err((
             FailureCode::InputChanged,

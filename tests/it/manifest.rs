@@ -273,10 +273,10 @@ fn merge_profile_then_manifest_then_image() {
         ]
     );
     match &spec.jobs[1].input {
-        Input::Local { path, rel, sha256 } => {
-            assert_eq!(path, &env.inbox.join("photos/sku-1.png"));
-            assert_eq!(rel, &PathBuf::from("photos/sku-1.png"));
-            assert_eq!(sha256.len(), 64);
+        Input::Local(file) => {
+            assert_eq!(&file.path, &env.inbox.join("photos/sku-1.png"));
+            assert_eq!(&file.rel, &PathBuf::from("photos/sku-1.png"));
+            assert_eq!(file.sha256.len(), 64);
         }
         other => panic!("expected a local input, got {other:?}"),
     }
@@ -379,7 +379,7 @@ fn keys_are_stable_and_change_with_input_ops_output() {
     assert_eq!(a.jobs[0].key, b.jobs[0].key, "same manifest, same keys");
     assert_eq!(a.jobs[1].key, b.jobs[1].key);
     assert_eq!(a.sha256, b.sha256);
-    assert_eq!(a.jobs[0].key.len(), 64);
+    assert_eq!(a.jobs[0].key.hex().len(), 64);
     assert_ne!(a.jobs[0].key, a.jobs[1].key);
 
     // Reordering keys in YAML does not change the key (canonical JSON).

@@ -373,7 +373,7 @@ mod load {
             let job = &spec.jobs[0];
             assert_eq!(job.output_rel, Path::new(output), "{recipe:?}");
             assert!(
-                matches!(&job.input, Input::Local { path: p, .. } if p == &path),
+                matches!(&job.input, Input::Local(file) if file.path == path),
                 "{:?}",
                 job.input
             );
