@@ -416,15 +416,9 @@ pub async fn serve_socket(
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
         Err(cause) => return Err(AdminError::Bind { path, cause }),
     }
-    let listener = tokio::net::UnixListener::bind(&path).map_err(|cause| AdminError::Bind {
+    let listener = bind_0660(&path).map_err(|cause| AdminError::Bind {
         path: path.clone(),
         cause,
-    })?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660)).map_err(|cause| {
-        AdminError::Bind {
-            path: path.clone(),
-            cause,
-        }
     })?;
     info!(socket = %Escaped::path(&path), "Admin socket listening");
     serve_bounded(listener, router(state), cancel).await;
@@ -432,6 +426,35 @@ pub async fn serve_socket(
         warn!(error = %OsCause(&err), socket = %Escaped::path(&path), "Cannot remove the admin socket");
     }
     Ok(())
+}
+
+/// Binds a Unix socket at `path` that appears there already with mode 0660: it is bound under
+/// a temporary name beside it, given its mode, then renamed into place, so no client ever finds
+/// it with the umask's mode (a client of the group racing the start would be refused, and a
+/// check of the mode could see the wrong one). Where the temporary name would be too long for
+/// a socket address, it is bound in place and its mode set right after.
+fn bind_0660(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
+    let mode = std::fs::Permissions::from_mode(0o660);
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let temporary = dir.join(format!(".admin-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&temporary);
+    match tokio::net::UnixListener::bind(&temporary) {
+        Ok(listener) => {
+            let placed = std::fs::set_permissions(&temporary, mode)
+                .and_then(|()| std::fs::rename(&temporary, path));
+            if let Err(err) = placed {
+                let _ = std::fs::remove_file(&temporary);
+                return Err(err);
+            }
+            Ok(listener)
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::InvalidInput => {
+            let listener = tokio::net::UnixListener::bind(path)?;
+            std::fs::set_permissions(path, mode)?;
+            Ok(listener)
+        }
+        Err(err) => Err(err),
+    }
 }
 
 /// Serves `/metrics` (and `/healthz`) over TCP until `cancel`.
@@ -644,4 +667,50 @@ pub async fn request(
         .map_err(|e| fail(e.to_string()))?
         .to_bytes();
     Ok((status, body.to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode_of(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[tokio::test]
+    async fn the_admin_socket_appears_with_mode_0660_and_no_temporary_is_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.sock");
+        let listener = bind_0660(&path).unwrap();
+        assert_eq!(mode_of(&path), 0o660);
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec!["admin.sock".to_owned()], "only the socket");
+        // The renamed socket is the listening one.
+        let client = tokio::net::UnixStream::connect(&path);
+        let (accepted, connected) = tokio::join!(listener.accept(), client);
+        assert!(accepted.is_ok() && connected.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_socket_path_near_the_address_limit_is_bound_in_place_with_mode_0660() {
+        let dir = tempfile::tempdir().unwrap();
+        // A folder whose path leaves room for `a.s` (a socket address holds 107 bytes) but
+        // not for the temporary name beside it.
+        let room = 100usize.saturating_sub(dir.path().as_os_str().len() + 1);
+        let deep = dir.path().join("d".repeat(room));
+        std::fs::create_dir(&deep).unwrap();
+        let path = deep.join("a.s");
+        assert!(path.as_os_str().len() < 108);
+        assert!(
+            deep.join(format!(".admin-{}.sock", std::process::id()))
+                .as_os_str()
+                .len()
+                > 108
+        );
+        let _listener = bind_0660(&path).unwrap();
+        assert_eq!(mode_of(&path), 0o660);
+    }
 }

@@ -71,15 +71,17 @@ impl fmt::Debug for JobKey {
     }
 }
 
+/// A key equals its hex digits, in either case.
 impl PartialEq<str> for JobKey {
     fn eq(&self, hex: &str) -> bool {
-        self.hex() == hex
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(hex, &mut bytes).is_ok() && bytes == self.0
     }
 }
 
 impl PartialEq<String> for JobKey {
     fn eq(&self, hex: &String) -> bool {
-        self.hex() == *hex
+        *self == *hex.as_str()
     }
 }
 
@@ -127,6 +129,12 @@ mod tests {
         assert_eq!(key, hex);
         assert_eq!(hex, key);
         assert!(key == *hex.as_str());
+        assert!(key == *hex.to_uppercase().as_str(), "either case");
+        assert!(
+            key != *hex[..62].to_owned().as_str(),
+            "a prefix is not the key"
+        );
+        assert!(key != *"not hex", "not hex at all");
         let other = job_key(&input, "{}", Path::new("m/b.jpg"));
         assert_ne!(key, other);
         assert!(other != hex);

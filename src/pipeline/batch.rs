@@ -52,10 +52,12 @@ pub const MAX_IN_FLIGHT_SHARE: usize = 4;
 /// polled holds at most this share of `max_in_flight` (an eighth), and at least
 /// [`MIN_PACED_IMAGES`] within the cap: before the pace is known its polls cannot be aimed, and
 /// a batch half the size ends twice as soon where Claid works on few of a batch's images at
-/// once. With webhooks on, the first batches hold the cap: each is announced the moment it
-/// ends (no poll to aim), and a batch costs its one submit, so halving the first round's
-/// batches would be most of the run's requests (measured at 8 images at once per batch:
-/// 0.029–0.031 requests/image with an eighth, docs/benchmark.md).
+/// once. With webhooks delivered (one has come in this run, e.g. the canary's), the first
+/// batches hold the cap: each is announced the moment it ends (no poll to aim), and a batch
+/// costs its one submit, so halving the first round's batches would be most of the run's
+/// requests (measured at 8 images at once per batch: 0.029 requests/image with an eighth,
+/// 0.025 with the cap, docs/benchmark.md). Webhooks configured but not arriving leave batches
+/// polled after `webhook.poll_fallback`: those keep the eighth.
 pub const FIRST_WAVE_SHARE: usize = 8;
 /// Batch submits and polls are planned to use at most this share of the sustained request
 /// rate (`Client::sustained_rate`), leaving the rest for single tasks, uploads and retries.
@@ -191,8 +193,8 @@ impl Batching {
     /// [`MAX_IN_FLIGHT_SHARE`]th of `max_in_flight` and at most `max_images` (the cap); once
     /// Claid's `pace` inside a batch is known (time per image of recent batches), the size
     /// [`paced_size`] gives for it and the sustained `request_rate`. Until then, batches whose
-    /// results are polled hold an eighth; with `webhooks` they hold the cap (see
-    /// [`FIRST_WAVE_SHARE`]).
+    /// results are polled hold an eighth; with `webhooks` (delivered in this run) they hold the
+    /// cap (see [`FIRST_WAVE_SHARE`]).
     pub fn target_size(
         &self,
         max_in_flight: usize,
@@ -513,13 +515,14 @@ impl BatchRunner {
     }
 
     /// The size the next batch aims for ([`Batching::target_size`]), from Claid's pace in
-    /// recent batches and the client's sustained request rate.
+    /// recent batches, the client's sustained request rate, and whether webhooks are on and
+    /// have been heard in this run (configured but silent, results are polled).
     pub fn target_size(&self, max_in_flight: usize) -> usize {
         self.deps.batching.target_size(
             max_in_flight,
             self.deps.polls.batch_pace(),
             self.deps.client.sustained_rate(),
-            self.deps.webhooks.is_some(),
+            self.deps.webhooks.is_some() && self.deps.dispatch.heard_any(),
         )
     }
 

@@ -260,6 +260,13 @@ impl Dispatch {
         self.lock().stats
     }
 
+    /// Whether any verified webhook about a known task has come in this run: webhooks are
+    /// being delivered, not only configured.
+    pub fn heard_any(&self) -> bool {
+        let s = self.stats();
+        s.handed + s.kept + s.adopted + s.duplicates + s.not_final > 0
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -308,12 +315,14 @@ mod tests {
     async fn waiting_early_duplicate_and_adopted_updates() {
         let dispatch = Arc::new(Dispatch::default());
         let req = serde_json::json!({"input": "https://x/a.jpg", "operations": {}});
+        assert!(!dispatch.heard_any(), "nothing heard yet");
         // A waiter gets its update; a duplicate changes nothing.
         let watch = dispatch.watch(1);
         assert_eq!(
             dispatch.deliver(update(1, "DONE", req.clone())),
             Delivery::Handed
         );
+        assert!(dispatch.heard_any(), "a webhook came in");
         assert_eq!(
             watch.wait(Duration::from_secs(1)).await.map(|u| u.id()),
             Some(1)
