@@ -299,10 +299,7 @@ impl Store {
         &self,
         scan: impl FnOnce(&Reader<'_>) -> Result<T, E> + Send + 'static,
     ) -> Result<T, E> {
-        let trees = self.trees.clone();
-        self.on_lane(move || scan(&Reader { trees: &trees }))
-            .await
-            .map_err(E::from)?
+        self.on_lane(self.reading(scan)).await.map_err(E::from)?
     }
 
     /// Runs a read-only scan on the blocking pool (`jobs`, replay selection, listings).
@@ -310,10 +307,16 @@ impl Store {
         &self,
         scan: impl FnOnce(&Reader<'_>) -> Result<T, E> + Send + 'static,
     ) -> Result<T, E> {
+        self.on_pool(self.reading(scan)).await.map_err(E::from)?
+    }
+
+    /// `scan` over a reader of the trees, as work for the thread that runs it.
+    fn reading<T, E>(
+        &self,
+        scan: impl FnOnce(&Reader<'_>) -> Result<T, E> + Send + 'static,
+    ) -> impl FnOnce() -> Result<T, E> + Send + 'static {
         let trees = self.trees.clone();
-        self.on_pool(move || scan(&Reader { trees: &trees }))
-            .await
-            .map_err(E::from)?
+        move || scan(&Reader { trees: &trees })
     }
 
     // ---- Manifest runs ----

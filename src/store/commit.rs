@@ -4,25 +4,30 @@
 //! wait without blocking the runtime; flushes run on one long-lived thread of their own.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::mpsc::{Sender, channel};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use crate::store::StoreError;
+use crate::store::lane::Lane;
 
 /// Shared by every clone of a `Store`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct GroupCommit {
     state: Mutex<GateState>,
     /// Wakes every waiter when a flush ends.
     flushed: tokio::sync::Notify,
-    /// Hands flushes to the flush thread, started with the first one. The thread ends when
-    /// this gate is dropped (its sender with it).
-    flusher: Mutex<Option<Sender<Flush>>>,
+    /// The flush thread, started with the first flush; it ends when this gate is dropped.
+    flusher: Lane,
 }
 
-/// One flush for the flush thread: the database (let go of as soon as it is flushed) and
-/// the flush's number.
-type Flush = (sled::Db, u64);
+impl Default for GroupCommit {
+    fn default() -> GroupCommit {
+        GroupCommit {
+            state: Mutex::default(),
+            flushed: tokio::sync::Notify::new(),
+            flusher: Lane::new("claid-store-flush"),
+        }
+    }
+}
 
 #[derive(Debug, Default)]
 struct GateState {
@@ -80,48 +85,26 @@ impl GroupCommit {
     /// times, and sled allocates while it flushes (a new thread may take any of glibc's
     /// arenas; this one keeps to one).
     fn start_flush(self: &Arc<Self>, db: sled::Db, this: u64) {
-        let mut flusher = self.flusher.lock().unwrap_or_else(PoisonError::into_inner);
-        let request = match flusher.as_ref() {
-            Some(tx) => tx.send((db, this)).map_err(|err| err.0),
-            None => Err((db, this)),
-        };
-        let Err(request) = request else {
-            return;
-        };
-        // No thread yet (or it died): start one and hand it this flush.
-        let (tx, rx) = channel::<Flush>();
         let gate: Weak<GroupCommit> = Arc::downgrade(self);
-        let spawned = std::thread::Builder::new()
-            .name("claid-store-flush".to_owned())
-            .spawn(move || {
-                while let Ok((db, this)) = rx.recv() {
-                    // A panic in sled fails this flush's waiters instead of leaving them
-                    // (and every later flush) waiting for ever.
-                    let res = std::panic::catch_unwind(AssertUnwindSafe(|| db.flush()));
-                    // Let go of the database before any waiter can return: a caller that
-                    // drops its store after a durable write can reopen it at once.
-                    drop(db);
-                    let Some(gate) = gate.upgrade() else {
-                        return;
-                    };
-                    let err = match res {
-                        Ok(Ok(_)) => None,
-                        Ok(Err(err)) => Some(err.to_string()),
-                        Err(_) => Some("the flush panicked".to_owned()),
-                    };
-                    gate.finish(this, err);
-                }
-            });
-        match spawned {
-            Ok(_) => {
-                // Cannot fail: the receiver is alive in the thread just started.
-                let _ = tx.send(request);
-                *flusher = Some(tx);
-            }
-            Err(err) => {
-                drop(flusher);
-                self.finish(this, Some(format!("cannot start the flush thread: {err}")));
-            }
+        let sent = self.flusher.spawn(move || {
+            // A panic in sled fails this flush's waiters instead of leaving them (and every
+            // later flush) waiting for ever.
+            let res = std::panic::catch_unwind(AssertUnwindSafe(|| db.flush()));
+            // Let go of the database before any waiter can return: a caller that drops its
+            // store after a durable write can reopen it at once.
+            drop(db);
+            let Some(gate) = gate.upgrade() else {
+                return;
+            };
+            let err = match res {
+                Ok(Ok(_)) => None,
+                Ok(Err(err)) => Some(err.to_string()),
+                Err(_) => Some("the flush panicked".to_owned()),
+            };
+            gate.finish(this, err);
+        });
+        if let Err(err) = sent {
+            self.finish(this, Some(err.to_string()));
         }
     }
 

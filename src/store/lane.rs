@@ -85,6 +85,13 @@ impl Lane {
         }
     }
 
+    /// Queues `work` on the lane's thread without waiting for it (a step: it runs next).
+    /// `work` catches its own panics: one that escapes ends the thread, and the next piece of
+    /// work starts another.
+    pub fn spawn(&self, work: impl FnOnce() + Send + 'static) -> Result<(), StoreError> {
+        self.send(Kind::Step, Box::new(work))
+    }
+
     fn send(&self, kind: Kind, work: Work) -> Result<(), StoreError> {
         let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         let work = match queue.as_ref() {
@@ -98,7 +105,7 @@ impl Lane {
         std::thread::Builder::new()
             .name(self.name.to_owned())
             .spawn(move || serve(rx))
-            .map_err(|err| StoreError::Worker(format!("cannot start the store thread: {err}")))?;
+            .map_err(|err| StoreError::Worker(format!("cannot start {}: {err}", self.name)))?;
         tx.send((kind, work))
             .map_err(|_| StoreError::Worker("the store thread ended".to_owned()))?;
         *queue = Some(tx);
