@@ -30,6 +30,11 @@
 //! anything), so one slow spell would set every later batch's first poll late for good. From
 //! the second such batch in a row on, each counts as 0.8 of its poll's time (see
 //! `DONE_AT_FIRST_POLL`), so that an estimate set late comes down sooner.
+//!
+//! The drop's last batches (smaller than every recent batch, sent together) are expected from
+//! the pace too, which does not show that even a small batch takes a whole round of Claid's
+//! work: once a first poll has found them running, one polls on and the others wait for its
+//! end, as in the first round (measured: four batches of 10 took 23 polls, now about 13).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -137,6 +142,13 @@ pub struct BatchClock {
     timed: bool,
     /// The estimate the schedule follows.
     expected: Option<Duration>,
+    /// That estimate comes from batches of about this one's size (else from the pace alone).
+    from_size: bool,
+    /// The batch was smaller than every recent batch when it was sent (see
+    /// [`Polls::below_all`]).
+    small: bool,
+    /// It waits for the scout of the drop's last batches.
+    waiting: bool,
     /// Polls that found the batch running since `expected` was set.
     late_polls: u32,
     /// Polls that found it running.
@@ -315,11 +327,31 @@ impl Polls {
     /// its size, else (a size not seen yet, e.g. after the batch size followed Claid's pace)
     /// its images times the pace of recent batches.
     fn batch_expected(&self, images: usize) -> Option<Duration> {
+        self.batch_estimate(images).map(|(expected, _)| expected)
+    }
+
+    /// [`Polls::batch_expected`], and whether it comes from batches of about this size (else
+    /// from the pace alone).
+    fn batch_estimate(&self, images: usize) -> Option<(Duration, bool)> {
         let size = u32::try_from(images).unwrap_or(u32::MAX);
         let sized = self.sized();
-        sized
-            .expected(size)
-            .or_else(|| sized.pace().map(|pace| pace.saturating_mul(size)))
+        match sized.expected(size) {
+            Some(expected) => Some((expected, true)),
+            None => sized.pace().map(|pace| (pace.saturating_mul(size), false)),
+        }
+    }
+
+    /// Whether a batch of `images` images is smaller than every recent batch larger than the
+    /// canary, by more than [`SIZE_WINDOW`].
+    fn below_all(&self, images: usize) -> bool {
+        let smallest = self
+            .sized()
+            .0
+            .iter()
+            .map(|(size, _)| *size as usize)
+            .filter(|size| *size > CANARY_IMAGES)
+            .min();
+        smallest.is_some_and(|smallest| (images as f64) < smallest as f64 * (1.0 - SIZE_WINDOW))
     }
 
     /// Claid's time per image inside a batch, from recent batches larger than the canary
@@ -349,6 +381,9 @@ impl Polls {
             images,
             timed,
             expected: None,
+            from_size: false,
+            small: self.below_all(images),
+            waiting: false,
             late_polls: 0,
             n_poll: 0,
             plan: 0,
@@ -382,7 +417,8 @@ impl Polls {
     /// first. Batches of one size go out together, so polling them all would spend the same
     /// requests several times over to learn one duration.
     pub fn batch_delay(&self, clock: &mut BatchClock, elapsed: Duration) -> Duration {
-        let expected = self.batch_expected(clock.images);
+        let estimate = self.batch_estimate(clock.images);
+        let expected = estimate.map(|(expected, _)| expected);
         let moved = match (clock.expected, expected) {
             (None, Some(_)) => true,
             (Some(old), Some(new)) => new < old.mul_f64(0.8) || new > old.mul_f64(1.25),
@@ -393,6 +429,7 @@ impl Polls {
             clock.late_polls = 0;
             clock.plan += 1;
         }
+        clock.from_size = estimate.is_some_and(|(_, from_size)| from_size);
         let Some(expected) = clock.expected else {
             if clock.timed && !self.scout_is(clock) {
                 clock.waited = true;
@@ -407,7 +444,29 @@ impl Polls {
                 self.poll.min.mul_f64(factor).min(self.poll.max)
             };
         };
-        self.leave_scout(clock.id);
+        if !clock.from_size && clock.timed && clock.late_polls > 0 && clock.small {
+            // The pace alone was the estimate for a batch smaller than any that has ended (the
+            // drop's last batches, which go out together), and it has proved short: a batch
+            // works through at least one round of Claid's, which the pace of larger ones does
+            // not show. One such batch polls on; the others wait for its end.
+            if !self.scout_is(clock) {
+                clock.waited = true;
+                clock.waiting = true;
+                return self.poll.max;
+            }
+            clock.waiting = false;
+            if clock.n_poll == 0 && clock.waited {
+                // It just took the role from a batch that ended: this one is likely done too.
+                return Duration::from_millis(10);
+            }
+        } else {
+            self.leave_scout(clock.id);
+            if clock.waiting {
+                // Its size has an estimate now: the wait for the scout is replaced.
+                clock.waiting = false;
+                clock.plan += 1;
+            }
+        }
         if clock.late_polls == 0 {
             expected
                 .mul_f64(if self.budget_is_tight() { 1.0 } else { 0.9 })
@@ -862,5 +921,51 @@ mod tests {
         let clock = polls.batch_clock(5, 32, true);
         clock.ended(secs(9), Seen::Poll { pending_at: None });
         assert_eq!(polls.sized().0.back().map(|(_, took)| *took), Some(secs(9)));
+    }
+
+    #[test]
+    fn the_drops_last_batches_poll_one_at_a_time_once_the_pace_proved_short() {
+        let polls = new_polls();
+        // Batches of 40 took 20 s: 0.5 s per image.
+        ended(&polls, 40, &[20.0, 20.0, 20.0]);
+        let (mut a, mut b, mut c) = (
+            polls.batch_clock(1, 10, true),
+            polls.batch_clock(2, 10, true),
+            polls.batch_clock(3, 10, true),
+        );
+        // Three batches of 10 are expected at 5 s from the pace: each first polled at 4.5 s.
+        for clock in [&mut a, &mut b, &mut c] {
+            assert_eq!(polls.batch_delay(clock, Duration::ZERO), ms(4500));
+            clock.running();
+        }
+        // All three still running: the first to plan polls on (a tenth of 5 s, at least
+        // poll.min), the others wait for its end (checking at poll.max).
+        assert_eq!(polls.batch_delay(&mut a, ms(4500)), secs(1));
+        assert_eq!(polls.batch_delay(&mut b, ms(4500)), secs(30));
+        assert_eq!(polls.batch_delay(&mut c, ms(4500)), secs(30));
+        // It ends at about 8.5 s; the next takes its place and polls at once.
+        a.ended(
+            secs(9),
+            Seen::Poll {
+                pending_at: Some(secs(8)),
+            },
+        );
+        drop(a);
+        assert_eq!(polls.batch_delay(&mut b, secs(9)), ms(10));
+        assert_eq!(polls.batch_delay(&mut c, secs(9)), secs(30));
+        // Found done: two batches of 10 have ended, so the last one follows their estimate
+        // (9 s, first poll at 0.9 of it: now).
+        b.ended(secs(9), Seen::Poll { pending_at: None });
+        drop(b);
+        let plan = c.plan();
+        assert_eq!(polls.batch_delay(&mut c, ms(9100)), ms(10));
+        assert_ne!(c.plan(), plan, "its wait at poll.max is replaced");
+
+        // A batch larger than those seen, with the pace alone as its estimate (64 × 0.5 s),
+        // polls on its own, a tenth of it apart.
+        let mut large = polls.batch_clock(5, 64, true);
+        assert_eq!(polls.batch_delay(&mut large, Duration::ZERO), ms(28_800));
+        large.running();
+        assert_eq!(polls.batch_delay(&mut large, ms(28_800)), ms(3200));
     }
 }
