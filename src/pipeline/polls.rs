@@ -22,7 +22,11 @@
 //! anchored to its estimate: when a batch of its size ends and the estimate appears or moves by
 //! more than a fifth, waiting pollers wake and plan again from it. Until a size has an
 //! estimate, one batch scouts (polls backing off from `poll.min`) and the batches sent
-//! beside it wait for its end or `poll.max`. A size not seen yet
+//! beside it wait for its end or `poll.max`; each poll that finds the scout's batch running
+//! hands the role to another batch of the round, so one slow batch cannot hold the round back
+//! (measured: a scout of 34 s among batches of 15 to 20 s kept the others waiting until their
+//! 30 s check, and its duration set every later first poll late), and the first found done
+//! counts as the middle of the round's latest running poll and its own. A size not seen yet
 //! (batches sized to Claid's pace, the drop's last batches) is expected to take its images times
 //! the pace: the median time per image of recent batches larger than the canary. Here a first
 //! poll that finds the batch done is kept as a sample: it is an upper bound, and without it the
@@ -132,6 +136,25 @@ impl SizedSamples {
     }
 }
 
+/// The scout role of the first round (batches whose size has no estimate), and of the drop's
+/// last batches.
+#[derive(Debug, Default)]
+struct Scout {
+    /// The batch that polls for the others.
+    holder: Option<u64>,
+    /// The first round's batches waiting for it.
+    waiting: std::collections::BTreeSet<u64>,
+    /// The first round's polls that found their batch running: the role goes round, so one
+    /// slow batch cannot hold the others back, and the backoff goes on from where it was.
+    probes: u32,
+    /// When the next of those polls is due.
+    due: Option<Instant>,
+    /// When (since its batch's submit) the latest of them found its batch running.
+    running_at: Option<Duration>,
+    /// The batch that handed the role on last: it does not take it back while others wait.
+    last: Option<u64>,
+}
+
 /// Where one batch's poll schedule stands ([`Polls::batch_delay`]). Dropping it frees the
 /// scout role if the batch held it.
 #[derive(Debug)]
@@ -181,6 +204,15 @@ impl BatchClock {
             // batch doubled the pace and delayed every later first poll), and the scout, still
             // polled, gives the sample.
             let bound = self.inherited && self.n_poll == 0;
+            // A batch of the first round that took the role in turn and found its batch done
+            // ended after the round's latest poll that found one running (the batches of the
+            // round went out within a second or two): the middle of that interval.
+            let seen = match (seen, bound.then(|| self.polls.round_running_at()).flatten()) {
+                (Seen::Poll { pending_at: None }, Some(at)) if at < took => Seen::Poll {
+                    pending_at: Some(at),
+                },
+                (seen, _) => seen,
+            };
             self.polls.record_batch(self.images, took, seen, bound);
         }
     }
@@ -228,8 +260,9 @@ pub struct Polls {
     small_batch: Mutex<Option<Duration>>,
     /// Bumped when a batch sample is kept or the scout leaves: batch pollers re-plan on it.
     changes: watch::Sender<u64>,
-    /// The batch polling for a size that has no estimate yet (see [`Polls::batch_delay`]).
-    scout: Mutex<Option<u64>>,
+    /// The batch polling for the others while their size has no estimate (see
+    /// [`Polls::batch_delay`]).
+    scout: Mutex<Scout>,
     /// Batches found done at their first poll in a row, as samples (see
     /// [`DONE_AT_FIRST_POLL`]).
     done_at_first: Mutex<u32>,
@@ -247,7 +280,7 @@ impl Polls {
             batch_sized: Mutex::new(SizedSamples::default()),
             small_batch: Mutex::new(None),
             changes: watch::channel(0).0,
-            scout: Mutex::new(None),
+            scout: Mutex::new(Scout::default()),
             done_at_first: Mutex::new(0),
             pressure: Mutex::new((0, None)),
         }
@@ -306,6 +339,10 @@ impl Polls {
         };
         if let Some(sample) = sample {
             self.sized().push(size, sample);
+            // The first round is over once a batch's duration is known.
+            let mut scout = self.scout();
+            (scout.probes, scout.due, scout.running_at, scout.last) = (0, None, None, None);
+            drop(scout);
             self.changed();
         }
         self.record(Kind::Batch, took, seen);
@@ -431,17 +468,30 @@ impl Polls {
         }
         clock.from_size = estimate.is_some_and(|(_, from_size)| from_size);
         let Some(expected) = clock.expected else {
-            if clock.timed && !self.scout_is(clock) {
+            if !clock.timed {
+                return self.backoff(clock.n_poll, elapsed);
+            }
+            if self.hand_on(clock, elapsed) || !self.scout_is(clock) {
                 clock.waited = true;
+                self.scout().waiting.insert(clock.id);
                 return self.poll.max;
             }
             // Backs off even while the limit does not bind: the whole first wave waits on
-            // this batch, but it alone polls, and a batch of unknown size may take minutes.
-            return if clock.n_poll == 0 {
-                self.first_delay(Kind::Batch, elapsed)
-            } else {
-                let factor = 1.5f64.powi(clock.n_poll.saturating_sub(1).min(20) as i32);
-                self.poll.min.mul_f64(factor).min(self.poll.max)
+            // the scout, but it alone polls, and a batch of unknown size may take minutes.
+            let scout = self.scout();
+            let probes = scout.probes;
+            return match (clock.n_poll, scout.due) {
+                (0, Some(due)) => due
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(10)),
+                (0, None) => {
+                    drop(scout);
+                    self.first_delay(Kind::Batch, elapsed)
+                }
+                (n_poll, _) => {
+                    drop(scout);
+                    self.backoff(n_poll.saturating_add(probes), elapsed)
+                }
             };
         };
         if !clock.from_size && clock.timed && clock.late_polls > 0 && clock.small {
@@ -483,13 +533,60 @@ impl Polls {
         }
     }
 
-    /// Whether `clock`'s batch is the scout, taking the free role.
+    fn scout(&self) -> std::sync::MutexGuard<'_, Scout> {
+        self.scout.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The scout's wait before its poll number `n_poll + 1` (counting the first round's polls
+    /// made in turn): [`Polls::first_delay`], then backing off by half from `poll.min`.
+    fn backoff(&self, n_poll: u32, elapsed: Duration) -> Duration {
+        if n_poll == 0 {
+            return self.first_delay(Kind::Batch, elapsed);
+        }
+        let factor = 1.5f64.powi(n_poll.saturating_sub(1).min(20) as i32);
+        self.poll.min.mul_f64(factor).min(self.poll.max)
+    }
+
+    /// When `clock`'s batch is the first round's scout, its last poll found it running and
+    /// others wait: hands the role on (the next poll, at the backoff's next step, is another
+    /// batch's) and wakes them. True if it did.
+    fn hand_on(&self, clock: &BatchClock, elapsed: Duration) -> bool {
+        let mut scout = self.scout();
+        if scout.holder != Some(clock.id)
+            || clock.n_poll == 0
+            || !scout.waiting.iter().any(|id| *id != clock.id)
+        {
+            return false;
+        }
+        scout.probes = scout.probes.saturating_add(clock.n_poll);
+        let step = self.backoff(scout.probes, elapsed);
+        scout.due = Some(Instant::now() + step);
+        scout.running_at = Some(elapsed);
+        scout.holder = None;
+        scout.last = Some(clock.id);
+        drop(scout);
+        self.changed();
+        true
+    }
+
+    /// Since its batch's submit, when the first round's latest poll made in turn found its
+    /// batch running.
+    fn round_running_at(&self) -> Option<Duration> {
+        self.scout().running_at
+    }
+
+    /// Whether `clock`'s batch is the scout, taking the free role (not back from the batch
+    /// that just handed it on, while others wait).
     fn scout_is(&self, clock: &mut BatchClock) -> bool {
-        let mut scout = self.scout.lock().unwrap_or_else(PoisonError::into_inner);
-        match *scout {
+        let mut scout = self.scout();
+        match scout.holder {
             Some(id) => id == clock.id,
             None => {
-                *scout = Some(clock.id);
+                if scout.last == Some(clock.id) && scout.waiting.iter().any(|id| *id != clock.id) {
+                    return false;
+                }
+                scout.holder = Some(clock.id);
+                scout.waiting.remove(&clock.id);
                 clock.plan += 1;
                 // Its backoff starts now, not from the checks made while it waited.
                 clock.n_poll = 0;
@@ -499,11 +596,15 @@ impl Polls {
         }
     }
 
-    /// Frees the scout role if batch `id` holds it, and wakes the batches waiting for it.
+    /// Frees the scout role if batch `id` holds it (waking the batches waiting for it), and
+    /// takes `id` off the first round's waiting list.
     fn leave_scout(&self, id: u64) {
-        let mut scout = self.scout.lock().unwrap_or_else(PoisonError::into_inner);
-        if *scout == Some(id) {
-            *scout = None;
+        let mut scout = self.scout();
+        scout.waiting.remove(&id);
+        if scout.holder == Some(id) {
+            scout.holder = None;
+            // It ended (or has an estimate now): the next to take the role polls at once.
+            scout.due = None;
             drop(scout);
             self.changed();
         }
@@ -728,22 +829,85 @@ mod tests {
             secs(30),
             "waits for the scout, checking at poll.max"
         );
-        // The scout backs off by half from poll.min.
+        // The scout's poll finds its batch running: the role goes round to the other batch,
+        // whose poll comes at the backoff's next step (poll.min); the first waits, and does
+        // not take the role back while the other waits.
         scout.running();
-        scout.running();
-        assert_eq!(
-            polls.batch_delay(&mut scout, secs(3)),
-            Duration::from_millis(1500)
-        );
+        let plan = other.plan();
+        assert_eq!(polls.batch_delay(&mut scout, secs(1)), secs(30));
+        let next = polls.batch_delay(&mut other, secs(1));
+        assert!(next > ms(900) && next <= secs(1), "{next:?}");
+        assert_ne!(other.plan(), plan, "its wait at poll.max is replaced");
+        assert_eq!(polls.batch_delay(&mut scout, secs(1)), secs(30));
+        // Running too: the role goes back, the backoff grown by half.
+        other.running();
+        assert_eq!(polls.batch_delay(&mut other, secs(2)), secs(30));
+        let next = polls.batch_delay(&mut scout, secs(2));
+        assert!(next > ms(1400) && next <= ms(1500), "{next:?}");
         // A resumed batch is not timed and never waits for the scout.
         let mut resumed = polls.batch_clock(3, 64, false);
         assert_eq!(polls.batch_delay(&mut resumed, secs(100)), ms(10));
         // The scout goes (its batch ended without a sample): the role comes free, and the
-        // next batch to plan takes it and plans again.
+        // next batch to plan takes it and polls at once.
         let plan = other.plan();
         drop(scout);
         assert_eq!(polls.batch_delay(&mut other, secs(5)), ms(10));
         assert_ne!(other.plan(), plan, "a wait planned before is replaced");
+        // Alone, it goes on backing off from the round's polls (four so far: 1.5³ s).
+        other.running();
+        other.running();
+        assert_eq!(polls.batch_delay(&mut other, secs(8)), ms(3375));
+    }
+
+    #[test]
+    fn a_slow_scout_does_not_hold_the_first_round_back() {
+        // Three batches of the first round: 1 is slow, 2 and 3 end at about 14 s.
+        let polls = new_polls();
+        let mut clocks: Vec<BatchClock> =
+            (1..=3).map(|id| polls.batch_clock(id, 32, true)).collect();
+        for clock in &mut clocks {
+            let _ = polls.batch_delay(clock, Duration::ZERO);
+        }
+        // Polls at 1, 2, 3.5, 5.75, 9.1 and 14.2 s find a batch running: each time the role
+        // goes round to the next batch. (The batch that polled plans first: it hands the role
+        // on and wakes the others, which plan again.)
+        let mut at = Duration::ZERO;
+        let mut last = 0;
+        let mut polled = Vec::new();
+        let next_poll = |clocks: &mut Vec<BatchClock>, at: Duration, last: usize| {
+            let n = clocks.len();
+            (0..n)
+                .map(|k| (last + k) % n)
+                .map(|i| (i, polls.batch_delay(&mut clocks[i], at)))
+                .min_by_key(|(_, delay)| *delay)
+                .expect("batches")
+        };
+        for _ in 0..6 {
+            let (i, delay) = next_poll(&mut clocks, at, last);
+            at += delay;
+            polled.push(i);
+            clocks[i].running();
+            last = i;
+        }
+        assert!(
+            polled.windows(2).all(|w| w[0] != w[1]),
+            "never the same batch twice in a row: {polled:?}"
+        );
+        // At about 21.8 s the next in turn is found done: it ended after 14.2 s (the round's
+        // latest poll that found one running), so it counts as the middle of the two.
+        let (i, delay) = next_poll(&mut clocks, at, last);
+        at += delay;
+        assert!(at > secs(21) && at < secs(22), "{at:?}");
+        assert_ne!(i, last);
+        let running_at = polls.round_running_at().expect("a poll found one running");
+        clocks.remove(i).ended(at, Seen::Poll { pending_at: None });
+        let pace = polls.batch_pace().expect("a sample");
+        let expected = (running_at + (at - running_at) / 2) / 32;
+        assert!(pace.abs_diff(expected) < ms(2), "{pace:?} vs {expected:?}");
+        // The others now have an estimate for their size and are polled at once.
+        for clock in &mut clocks {
+            assert_eq!(polls.batch_delay(clock, at), ms(10));
+        }
     }
 
     #[test]
