@@ -53,7 +53,10 @@ pub enum AdminError {
         path: PathBuf,
         cause: std::io::Error,
     },
-    #[error("cannot listen for metrics on {addr}: {}", OsCause(cause))]
+    #[error(
+        "cannot listen for metrics on {addr} (`admin.metrics_listen`): {}; another process (or the webhook receiver, or the dashboard) may hold the address: choose another one",
+        OsCause(cause)
+    )]
     MetricsBind {
         addr: SocketAddr,
         cause: std::io::Error,
@@ -457,16 +460,23 @@ fn bind_0660(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
     }
 }
 
-/// Serves `/metrics` (and `/healthz`) over TCP until `cancel`.
+/// Binds `admin.metrics_listen` (before anything runs: a metrics listener that cannot listen
+/// stops the start, as the dashboard's and the webhook receiver's do).
+pub async fn bind_metrics(addr: SocketAddr) -> Result<tokio::net::TcpListener, AdminError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|cause| AdminError::MetricsBind { addr, cause })
+}
+
+/// Serves `/metrics` (and `/healthz`) over TCP on `listener` until `cancel`.
 pub async fn serve_metrics(
-    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
     state: AdminState,
     cancel: CancellationToken,
 ) -> Result<(), AdminError> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|cause| AdminError::MetricsBind { addr, cause })?;
-    info!(addr = %addr, "Metrics listening");
+    if let Ok(addr) = listener.local_addr() {
+        info!(addr = %addr, "Metrics listening");
+    }
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))

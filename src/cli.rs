@@ -183,6 +183,30 @@ fn exit_codes_help() -> String {
     text
 }
 
+/// `println!` panics when stdout cannot be written. With this hook a closed pipe
+/// (`claid-hotfolder jobs | head -1`) ends the process quietly with 141, as SIGPIPE ends the
+/// shell's tools; any other failure (a full disk) is one `error:` line and 74 (`EX_IOERR`).
+/// Other panics keep the default hook.
+pub fn exit_quietly_when_stdout_closes() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if let Some(cause) = message.strip_prefix("failed printing to stdout: ") {
+            if cause.contains("Broken pipe") {
+                std::process::exit(141);
+            }
+            eprintln!("error: cannot write to stdout: {cause}");
+            std::process::exit(exit::IO_ERR);
+        }
+        default(info);
+    }));
+}
+
 /// Parses `args` (the first is the program) and runs the command; returns the exit code. A
 /// command line clap refuses exits with 64 (clap's own is 2, which `run --once` uses).
 pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
@@ -432,6 +456,31 @@ fn validate_config_file(file: &Path) -> (bool, Option<i32>) {
                     println!("  {problem}");
                 }
                 return (false, None);
+            }
+            // The files the daemon reads at start, read as it reads them; a systemd credential
+            // (`/run/credentials/…`) exists only for the running service and is left to it.
+            let credential = |path: Option<&Path>| {
+                path.is_some_and(|p| p.starts_with("/run/credentials/") && !p.exists())
+            };
+            if let Some(hook) = &config.webhook {
+                if credential(hook.secret_file.as_deref()) {
+                    println!(
+                        "  note: webhook.secret_file is a systemd credential, readable only by the running service: not checked"
+                    );
+                } else if let Err(err) = crate::webhook::Secret::load(hook) {
+                    println!("{}: webhook problem", file.display());
+                    println!("  {err}");
+                    return (false, Some(crate::exit::of_webhook(&err)));
+                }
+            }
+            if credential(config.api.api_key_file.as_deref()) {
+                println!(
+                    "  note: api.api_key_file is a systemd credential, readable only by the running service: not checked"
+                );
+            } else if let Err(err) = config::load_api_key(&config.api) {
+                println!("{}: API key problem", file.display());
+                println!("  {err}");
+                return (false, Some(crate::exit::of_config(&err)));
             }
             if let Err(err) = check_storages(&config) {
                 println!("{}: storage problem", file.display());

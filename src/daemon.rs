@@ -277,6 +277,11 @@ pub async fn run(
         _ => None,
     };
 
+    let metrics_listener = match config.admin.metrics_listen {
+        Some(addr) => Some(admin::bind_metrics(addr).await?),
+        None => None,
+    };
+
     // Claid's webhooks, when configured: verified results go to the tasks waiting for them
     // (polling becomes the fallback). Listening before resuming, so none is missed.
     let webhook_task = match &config.webhook {
@@ -309,10 +314,8 @@ pub async fn run(
         admin_state.clone(),
         cancel.clone(),
     ));
-    let metrics_task = config
-        .admin
-        .metrics_listen
-        .map(|addr| tokio::spawn(admin::serve_metrics(addr, admin_state, cancel.clone())));
+    let metrics_task = metrics_listener
+        .map(|listener| tokio::spawn(admin::serve_metrics(listener, admin_state, cancel.clone())));
 
     let work = async {
         if opts.once {

@@ -185,15 +185,27 @@ fn of_fatal(err: &FatalError) -> i32 {
             }
         }
         FatalError::Alerts(_) => USAGE,
-        FatalError::Webhook(crate::webhook::WebhookError::Bind { cause, .. }) => {
-            of_io(cause, Access::Create)
-        }
-        // The secret file is missing, empty, or readable by others: configured wrong.
-        FatalError::Webhook(_) => USAGE,
+        FatalError::Webhook(err) => of_webhook(err),
     }
 }
 
-fn of_config(err: &ConfigError) -> i32 {
+/// The row of a webhook receiver that cannot start: a secret file the user may not read 77;
+/// one that is missing, empty or readable by others is configured wrong (64); an address that
+/// cannot be bound, as any listener.
+pub fn of_webhook(err: &crate::webhook::WebhookError) -> i32 {
+    use crate::webhook::WebhookError;
+    match err {
+        WebhookError::Bind { cause, .. } => of_io(cause, Access::Create),
+        WebhookError::SecretUnreadable { cause, .. } => match of_io(cause, Access::Read) {
+            NO_PERM => NO_PERM,
+            _ => USAGE,
+        },
+        _ => USAGE,
+    }
+}
+
+/// The row of a config (or API key file) that cannot be used.
+pub fn of_config(err: &ConfigError) -> i32 {
     match err {
         ConfigError::Read { source, .. } | ConfigError::ApiKeyFile { source, .. } => {
             match of_io(source, Access::Read) {

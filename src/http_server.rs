@@ -98,10 +98,25 @@ const REFUSE_WRITE: Duration = Duration::from_millis(50);
 /// `handler`, which reads the body (if it wants it) with [`read_body`]. Then lets requests in
 /// progress finish (up to [`Bounds::drain`]).
 pub async fn serve<H, F>(
+    listener: impl Accept,
+    bounds: Bounds,
+    handler: H,
+    cancel: CancellationToken,
+) where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response> + Send + 'static,
+{
+    serve_counted(listener, bounds, handler, cancel, Arc::default()).await;
+}
+
+/// [`serve`], counting in `refused` the connections answered 503 because
+/// [`Bounds::max_connections`] were being served.
+pub async fn serve_counted<H, F>(
     mut listener: impl Accept,
     bounds: Bounds,
     handler: H,
     cancel: CancellationToken,
+    refused: Arc<std::sync::atomic::AtomicU64>,
 ) where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response> + Send + 'static,
@@ -136,6 +151,7 @@ pub async fn serve<H, F>(
             }
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
+            refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if log_due(&mut last_busy_log) {
                 warn!(
                     server = bounds.name,

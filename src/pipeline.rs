@@ -586,8 +586,9 @@ impl Handle {
         let mut to_queue = Vec::new();
         // Batches at Claid: batch id → (result URL, submitted at, jobs).
         let mut batches: BTreeMap<u64, (String, u64, Vec<batch::Member>)> = BTreeMap::new();
-        // Caught mid-submit, waiting for a webhook to adopt.
+        // Caught mid-submit, waiting for a webhook to adopt: alone, or in a batch.
         let mut late = Vec::new();
+        let mut lost_batch = Vec::new();
         for (id, job) in unfinished {
             use crate::codes::StateName as S;
             match job.state.kind {
@@ -598,15 +599,24 @@ impl Handle {
                 S::Submitting => {
                     // With webhooks on, the task the lost submit may have created can still be
                     // announced (a restart within seconds of a kill): wait for it first.
+                    // It may have gone alone or in a batch (a batch's jobs are all marked
+                    // submitting before its request): both are awaited.
                     if shared.webhooks.is_some()
                         && let Some(full) = store.job(id).await?
-                        && !full.local
                         && full.batch.is_none()
-                        && let Some(lost) = shared.dispatch.lost_submit(&job::request_of(&full))
                     {
-                        summary.awaiting_webhook += 1;
-                        late.push((job.manifest, id, lost));
-                        continue;
+                        let alone = if full.local {
+                            None
+                        } else {
+                            shared.dispatch.lost_submit(&job::request_of(&full))
+                        };
+                        let in_batch = batch::lost_batch_job(job.manifest, id, &full);
+                        if alone.is_some() || in_batch.is_some() {
+                            summary.awaiting_webhook += 1;
+                            late.push((job.manifest, id, alone));
+                            lost_batch.extend(in_batch);
+                            continue;
+                        }
                     }
                     match in_doubt_after_crash(store, policy, id).await? {
                         InDoubtPolicy::Resubmit => {
@@ -687,6 +697,7 @@ impl Handle {
             if let Some(fallback) = shared.webhooks
                 && !late.is_empty()
             {
+                shared.dispatch.lost_batch_jobs(lost_batch);
                 let shared = self.shared.clone();
                 let submitter = submitter.clone();
                 tracker.spawn(async move {
@@ -817,30 +828,70 @@ async fn in_doubt_after_crash(
 }
 
 /// Jobs caught mid-submit by a crash, with webhooks on: each waits up to `fallback` for a
-/// webhook whose echoed request is its own. One that comes adopts the task (nothing is
-/// submitted twice); otherwise the `in_doubt` policy applies. Cancelled (shutdown), the jobs
-/// stay Submitting for the next start.
+/// webhook whose echoed request is its own, or for a batch webhook whose echoed request lists
+/// its input (with its body) among those of other such jobs. One that comes adopts the task
+/// or the batch (nothing is submitted twice); otherwise the `in_doubt` policy applies.
+/// Cancelled (shutdown), the jobs stay Submitting for the next start.
 async fn adopt_or_give_up(
     shared: Arc<Shared>,
     submitter: submitter::Submitter,
-    late: Vec<(ManifestId, JobId, dispatch::LostSubmit)>,
+    late: Vec<(ManifestId, JobId, Option<dispatch::LostSubmit>)>,
     fallback: Duration,
     policy: InDoubtPolicy,
 ) {
+    let deadline = Instant::now() + fallback;
     let mut waits = tokio::task::JoinSet::new();
+    let mut pending: HashMap<JobId, tokio::task::AbortHandle> = HashMap::new();
     for (mid, id, lost) in late {
         let cancel = shared.cancel.clone();
-        waits.spawn(async move {
-            tokio::select! {
-                update = lost.wait(fallback) => Some((mid, id, update)),
-                _ = cancel.cancelled() => None,
-            }
+        let handle = waits.spawn(async move {
+            let update = match lost {
+                Some(lost) => tokio::select! {
+                    update = lost.wait(fallback) => update,
+                    _ = cancel.cancelled() => return None,
+                },
+                None => tokio::select! {
+                    _ = tokio::time::sleep_until(deadline) => None,
+                    _ = cancel.cancelled() => return None,
+                },
+            };
+            Some((mid, id, update))
         });
+        pending.insert(id, handle);
     }
-    while let Some(done) = waits.join_next().await {
+    let mut batches_open = true;
+    loop {
+        let done = tokio::select! {
+            done = waits.join_next() => done,
+            adoption = shared.dispatch.next_batch_adoption(deadline), if batches_open => {
+                match adoption {
+                    Some((update, owners)) => {
+                        for (_, id) in &owners {
+                            if let Some(handle) = pending.remove(id) {
+                                handle.abort();
+                            }
+                        }
+                        if !adopt_batch(&shared, &submitter, update, owners).await {
+                            return;
+                        }
+                    }
+                    None => batches_open = false,
+                }
+                continue;
+            }
+            _ = shared.cancel.cancelled() => return,
+        };
+        let Some(done) = done else {
+            break;
+        };
         let Ok(Some((mid, id, update))) = done else {
             continue;
         };
+        if pending.remove(&id).is_none() {
+            // Adopted with its batch meanwhile.
+            continue;
+        }
+        shared.dispatch.forget_lost_batch_job((mid, id));
         let store = &shared.store;
         let ended = match update {
             Some(update) => {
@@ -880,4 +931,60 @@ async fn adopt_or_give_up(
             error!(error = %err, job_id = id, "Cannot record the end of a wait for a webhook; the job is looked at again at the next start");
         }
     }
+}
+
+/// Jobs caught mid-submit by a crash whose batch was announced by webhook (see
+/// [`adopt_or_give_up`]): they take the batch's id, durably, and a batch task sees it through
+/// with the announced result. Those no longer submitting (a race with the end of the wait)
+/// are left out. False when the daemon stops.
+async fn adopt_batch(
+    shared: &Arc<Shared>,
+    submitter: &submitter::Submitter,
+    update: TaskUpdate,
+    owners: Vec<dispatch::LostOwner>,
+) -> bool {
+    let TaskUpdate::Batch(batch) = &update else {
+        return true;
+    };
+    let (batch_id, result_url) = (batch.id, batch.result_url.clone());
+    let store = &shared.store;
+    let mut ids = Vec::with_capacity(owners.len());
+    for (_, id) in &owners {
+        if let Ok(Some(job)) = store.job(*id).await
+            && matches!(job.state, crate::store::JobState::Submitting { .. })
+        {
+            ids.push(*id);
+        }
+    }
+    if ids.is_empty() {
+        return true;
+    }
+    if let Err(err) = store
+        .mark_batch_submitted(&ids, batch_id, &result_url, None)
+        .await
+    {
+        error!(error = %err, batch_id, "Cannot record a batch recovered from its webhook; its jobs are looked at again at the next start");
+        return true;
+    }
+    let mut members = Vec::with_capacity(ids.len());
+    for (mid, id) in owners {
+        if ids.contains(&id)
+            && let Ok(Some(job)) = store.job(id).await
+        {
+            members.push(batch::Member {
+                manifest: mid,
+                id,
+                job,
+            });
+        }
+    }
+    info!(
+        batch_id,
+        images = members.len(),
+        "A batch submit cut short by a crash was recovered from its webhook; nothing is submitted twice"
+    );
+    shared.dispatch.keep(update);
+    submitter
+        .resume_batch(batch_id, result_url, crate::store::now_ms(), members)
+        .await
 }

@@ -145,7 +145,10 @@ pub enum WebhookError {
         Escaped::path(path)
     )]
     SecretExposed { path: PathBuf, mode: u32 },
-    #[error("cannot listen for webhooks on {addr}: {}", OsCause(cause))]
+    #[error(
+        "cannot listen for webhooks on {addr} (`webhook.listen`): {}; another process (the emulator, the metrics listener or the dashboard) may hold the address: choose another one",
+        OsCause(cause)
+    )]
     Bind {
         addr: SocketAddr,
         cause: std::io::Error,
@@ -334,6 +337,8 @@ pub struct WebhookCounters {
     rejected_route: AtomicU64,
     /// Verified updates answered 503 because the sink stayed full or was closed.
     sink_busy: AtomicU64,
+    /// Connections answered 503 because [`MAX_CONNECTIONS`] were being served.
+    refused_busy: Arc<AtomicU64>,
     /// Verified updates for task ids the daemon does not know (counted by the pipeline).
     unknown_task: AtomicU64,
 }
@@ -349,6 +354,7 @@ pub struct WebhookStats {
     pub rejected_too_large: u64,
     pub rejected_incomplete: u64,
     pub rejected_route: u64,
+    pub refused_busy: u64,
     pub sink_busy: u64,
     pub unknown_task: u64,
 }
@@ -370,6 +376,7 @@ impl WebhookCounters {
             rejected_too_large: get(&self.rejected_too_large),
             rejected_incomplete: get(&self.rejected_incomplete),
             rejected_route: get(&self.rejected_route),
+            refused_busy: get(&self.refused_busy),
             sink_busy: get(&self.sink_busy),
             unknown_task: get(&self.unknown_task),
         }
@@ -400,6 +407,7 @@ pub async fn serve(
         Ok(addr) => info!(addr = %addr, path = PATH, "Webhook receiver listening"),
         Err(err) => info!(error = %OsCause(&err), "Webhook receiver listening"),
     }
+    let refused = Arc::clone(&counters.refused_busy);
     let receiver = Arc::new(Receiver {
         secret,
         sink,
@@ -410,7 +418,7 @@ pub async fn serve(
         busy_log: Throttle::default(),
     });
     let handler = move |req: Request<Incoming>| Arc::clone(&receiver).handle(req);
-    http_server::serve(listener, BOUNDS, handler, cancel).await;
+    http_server::serve_counted(listener, BOUNDS, handler, cancel, refused).await;
     Ok(())
 }
 

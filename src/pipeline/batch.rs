@@ -27,7 +27,7 @@ use crate::claid::wire::{self, BatchEditRequest, BatchInput, BatchTask, TaskStat
 use crate::codes::FailureCode;
 use crate::config::{BatchConfig, InDoubtPolicy, PollConfig};
 use crate::pipeline::Settings;
-use crate::pipeline::dispatch::Dispatch;
+use crate::pipeline::dispatch::{self, Dispatch, LostBatchJob};
 use crate::pipeline::finisher;
 use crate::pipeline::health::HealthState;
 use crate::pipeline::job::{JobOutcome, Runner, failure_of, input_of, systemic_status};
@@ -601,21 +601,7 @@ impl BatchRunner {
     async fn send(&self, members: &[Member]) -> Sent {
         let deps = &*self.deps;
         let ids: Vec<JobId> = members.iter().map(|m| m.id).collect();
-        let request = BatchEditRequest {
-            input: BatchInput::Urls(
-                members
-                    .iter()
-                    .map(|m| input_of(&m.job).to_owned())
-                    .collect(),
-            ),
-            operations: members[0]
-                .job
-                .body
-                .get("operations")
-                .cloned()
-                .unwrap_or_else(|| serde_json::json!({})),
-            output: batch_output(&members[0].job),
-        };
+        let request = batch_request(members);
         let mut attempts = deps.retry.start(retry::Step::Submit);
         loop {
             match deps.store.mark_batch_submitting(&ids).await {
@@ -786,7 +772,7 @@ impl BatchRunner {
         let mut delay = match deps.webhooks {
             Some(fallback) => deps
                 .polls
-                .overdue_after(Kind::Batch, since_submit(), fallback),
+                .webhook_wait(Kind::Batch, submitted_at_ms, fallback),
             None => deps.polls.batch_delay(&mut clock, since_submit()),
         };
         // When a poll last found the batch running (since its submit).
@@ -1126,6 +1112,43 @@ fn stem(name: &str) -> &str {
         Some((stem, _)) if !stem.is_empty() => stem,
         _ => name,
     }
+}
+
+/// The request of one batch of `members` (which share their body and destination).
+fn batch_request(members: &[Member]) -> BatchEditRequest {
+    BatchEditRequest {
+        input: BatchInput::Urls(
+            members
+                .iter()
+                .map(|m| input_of(&m.job).to_owned())
+                .collect(),
+        ),
+        operations: members
+            .first()
+            .and_then(|m| m.job.body.get("operations").cloned())
+            .unwrap_or_else(|| serde_json::json!({})),
+        output: members.first().and_then(|m| batch_output(&m.job)),
+    }
+}
+
+/// How a job caught mid-submit by a crash would be recognised in a batch webhook's echoed
+/// request: the batch body it would have gone with ([`dispatch::body_key`]) and its input.
+/// `None` for a job that never goes in a batch (a local file not staged).
+pub fn lost_batch_job(manifest: ManifestId, id: JobId, job: &JobV1) -> Option<LostBatchJob> {
+    if job.local && job.staged.is_none() {
+        return None;
+    }
+    let member = Member {
+        manifest,
+        id,
+        job: job.clone(),
+    };
+    let request = serde_json::to_value(batch_request(std::slice::from_ref(&member))).ok()?;
+    Some(LostBatchJob {
+        owner: (manifest, id),
+        body: dispatch::body_key(&request)?,
+        input: input_of(job).to_owned(),
+    })
 }
 
 /// A batch's `output`: the body's, with a storage output's destination folder.

@@ -48,6 +48,19 @@ pub struct DispatchStats {
 #[derive(Debug, Default)]
 pub struct Dispatch {
     inner: Mutex<Inner>,
+    /// Wakes [`Dispatch::next_batch_adoption`].
+    adopted: Notify,
+}
+
+/// A job a crash caught mid-submit that may have gone in a batch (registered with
+/// [`Dispatch::lost_batch_jobs`]).
+#[derive(Debug, Clone)]
+pub struct LostBatchJob {
+    pub owner: LostOwner,
+    /// [`body_key`] of the batch request it would have gone in.
+    pub body: String,
+    /// Its input, as the batch request lists it.
+    pub input: String,
 }
 
 #[derive(Debug, Default)]
@@ -60,6 +73,11 @@ struct Inner {
     lost: HashMap<String, Arc<Slot>>,
     /// Ids that already got their final update (bounded like `early`), to tell duplicates.
     done: HashMap<u64, Instant>,
+    /// Jobs a crash caught mid-submit that may have gone in a batch: by the batch body they
+    /// would have been sent with (without `input`), then by their input.
+    lost_batch: HashMap<String, HashMap<String, Vec<LostOwner>>>,
+    /// Batches adopted by such jobs, for [`Dispatch::next_batch_adoption`].
+    batch_adoptions: Vec<(TaskUpdate, Vec<LostOwner>)>,
     stats: DispatchStats,
 }
 
@@ -193,6 +211,14 @@ impl Dispatch {
             inner.stats.adopted += 1;
             return Delivery::Adopted;
         }
+        if let Some(owners) = inner.take_lost_batch(&update) {
+            inner.mark_done(id);
+            inner.stats.adopted += 1;
+            inner.batch_adoptions.push((update, owners));
+            drop(inner);
+            self.adopted.notify_waiters();
+            return Delivery::Adopted;
+        }
         inner.prune_early();
         if inner.early.len() < MAX_EARLY {
             inner.early.insert(id, (Instant::now(), update));
@@ -256,6 +282,80 @@ impl Dispatch {
         })
     }
 
+    /// Registers jobs a crash caught mid-submit that may have gone in a batch: a batch webhook
+    /// whose echoed request has their body and lists only their inputs is adopted by them
+    /// (whatever the order of its inputs). Batches that came before are adopted at once.
+    pub fn lost_batch_jobs(&self, jobs: Vec<LostBatchJob>) {
+        let mut inner = self.lock();
+        for job in jobs {
+            inner
+                .lost_batch
+                .entry(job.body)
+                .or_default()
+                .entry(job.input)
+                .or_default()
+                .push(job.owner);
+        }
+        let early: Vec<u64> = inner
+            .early
+            .iter()
+            .filter(|(_, (_, update))| matches!(update, TaskUpdate::Batch(_)))
+            .map(|(id, _)| *id)
+            .collect();
+        let mut any = false;
+        for id in early {
+            let Some((at, update)) = inner.early.remove(&id) else {
+                continue;
+            };
+            match inner.take_lost_batch(&update) {
+                Some(owners) => {
+                    inner.mark_done(id);
+                    inner.stats.adopted += 1;
+                    inner.batch_adoptions.push((update, owners));
+                    any = true;
+                }
+                None => {
+                    inner.early.insert(id, (at, update));
+                }
+            }
+        }
+        drop(inner);
+        if any {
+            self.adopted.notify_waiters();
+        }
+    }
+
+    /// The next batch adopted by jobs registered with [`Dispatch::lost_batch_jobs`], with
+    /// them, if one comes before `deadline`.
+    pub async fn next_batch_adoption(
+        &self,
+        deadline: Instant,
+    ) -> Option<(TaskUpdate, Vec<LostOwner>)> {
+        loop {
+            let notified = self.adopted.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(adoption) = self.lock().batch_adoptions.pop() {
+                return Some(adoption);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// Takes a job off the batch registrations (it was adopted otherwise, or gave up).
+    pub fn forget_lost_batch_job(&self, owner: LostOwner) {
+        let mut inner = self.lock();
+        inner.lost_batch.retain(|_, inputs| {
+            inputs.retain(|_, owners| {
+                owners.retain(|o| *o != owner);
+                !owners.is_empty()
+            });
+            !inputs.is_empty()
+        });
+    }
+
     pub fn stats(&self) -> DispatchStats {
         self.lock().stats
     }
@@ -284,10 +384,64 @@ impl Inner {
         self.done.insert(id, Instant::now());
     }
 
+    /// The registered jobs a batch update's echoed request belongs to: its body is theirs
+    /// and each of its inputs is one of theirs (taken off the registrations); `None` unless
+    /// every input has one.
+    fn take_lost_batch(&mut self, update: &TaskUpdate) -> Option<Vec<LostOwner>> {
+        let TaskUpdate::Batch(_) = update else {
+            return None;
+        };
+        let request = update.request();
+        let body = body_key(request)?;
+        let inputs: Vec<&str> = request
+            .get("input")?
+            .as_array()?
+            .iter()
+            .map(serde_json::Value::as_str)
+            .collect::<Option<_>>()?;
+        let registered = self.lost_batch.get_mut(&body)?;
+        let mut wanted: HashMap<&str, usize> = HashMap::new();
+        for input in &inputs {
+            *wanted.entry(input).or_default() += 1;
+        }
+        if inputs.is_empty()
+            || wanted.iter().any(|(input, n)| {
+                registered
+                    .get(*input)
+                    .is_none_or(|owners| owners.len() < *n)
+            })
+        {
+            return None;
+        }
+        let mut owners = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            if let Some(list) = registered.get_mut(input) {
+                owners.extend(list.pop());
+                if list.is_empty() {
+                    registered.remove(input);
+                }
+            }
+        }
+        if registered.is_empty() {
+            self.lost_batch.remove(&body);
+        }
+        Some(owners)
+    }
+
     fn prune_early(&mut self) {
         let cutoff = Instant::now() - EARLY_TTL;
         self.early.retain(|_, (at, _)| *at > cutoff);
     }
+}
+
+/// A batch request's body without its `input`, in canonical JSON: what the jobs of one batch
+/// share. `None` if it is not an object.
+pub fn body_key(request: &serde_json::Value) -> Option<String> {
+    let mut body = request.as_object()?.clone();
+    body.remove("input");
+    Some(crate::manifest::key::canonical_json(
+        &serde_json::Value::Object(body),
+    ))
 }
 
 /// The identity of a request: its body in canonical JSON (keys sorted, so a server that

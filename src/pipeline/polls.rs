@@ -268,6 +268,9 @@ pub struct Polls {
     done_at_first: Mutex<u32>,
     /// The client's limiter-wait count when last seen, and when it last grew.
     pressure: Mutex<(u64, Option<Instant>)>,
+    /// When this process made its polls (ms since the epoch): tasks submitted before are
+    /// resumed ones.
+    started_ms: u64,
 }
 
 impl Polls {
@@ -283,6 +286,7 @@ impl Polls {
             scout: Mutex::new(Scout::default()),
             done_at_first: Mutex::new(0),
             pressure: Mutex::new((0, None)),
+            started_ms: crate::store::now_ms(),
         }
     }
 
@@ -627,13 +631,36 @@ impl Polls {
             .max(Duration::from_millis(10))
     }
 
+    /// With webhooks on, the wait before first polling a task submitted at `submitted_at_ms`
+    /// whose webhook has not come: at once for a task submitted before this start (its
+    /// announcement may have gone out while the daemon was down: every task waiting for one is
+    /// polled once at every start), else [`Polls::overdue_after`].
+    pub fn webhook_wait(&self, kind: Kind, submitted_at_ms: u64, fallback: Duration) -> Duration {
+        if submitted_at_ms < self.started_ms {
+            return Duration::from_millis(10);
+        }
+        let elapsed = Duration::from_millis(crate::store::now_ms().saturating_sub(submitted_at_ms));
+        self.overdue_after(kind, elapsed, fallback)
+    }
+
     /// With webhooks on, the wait before polling a task whose webhook has not come: until it
     /// is overdue, i.e. later than the observed spread of task durations (their 0.95
-    /// quantile, half again, plus a second), at least `poll.min` and at most `fallback`.
+    /// quantile, half again, plus a second; twice the longest while fewer than
+    /// [`MIN_SAMPLES`] are known; `poll.max`, at least [`FIRST_GUESS`], while none is), at
+    /// least `poll.min` and at most
+    /// `fallback`. (Waiting for `fallback` while nothing was known held a whole drop for two
+    /// minutes when the canary's webhook was lost.)
     pub fn overdue_after(&self, kind: Kind, elapsed: Duration, fallback: Duration) -> Duration {
-        let spread = self
-            .quantile(kind, 0.95)
-            .map_or(fallback, |q| q.mul_f64(1.5) + Duration::from_secs(1));
+        let spread = match self.quantile(kind, 0.95) {
+            Some(q) => q.mul_f64(1.5) + Duration::from_secs(1),
+            None => self
+                .samples(kind)
+                .iter()
+                .max()
+                .map_or(self.poll.max.max(FIRST_GUESS), |longest| {
+                    longest.mul_f64(2.0) + Duration::from_secs(1)
+                }),
+        };
         spread
             .max(self.poll.min)
             .min(fallback)
@@ -1131,5 +1158,39 @@ mod tests {
         assert_eq!(polls.batch_delay(&mut large, Duration::ZERO), ms(28_800));
         large.running();
         assert_eq!(polls.batch_delay(&mut large, ms(28_800)), ms(3200));
+    }
+
+    #[test]
+    fn a_webhook_is_overdue_soon_after_the_durations_seen_and_at_once_for_a_resumed_task() {
+        let polls = new_polls();
+        let fallback = secs(120);
+        // Nothing seen yet (the canary): `poll.max`, not the whole fallback.
+        assert_eq!(
+            polls.overdue_after(Kind::Batch, Duration::ZERO, fallback),
+            secs(30)
+        );
+        // A few seen: twice the longest, plus a second.
+        for took in [2, 4, 3] {
+            polls.record(Kind::Single, secs(took), Seen::Webhook);
+        }
+        assert_eq!(
+            polls.overdue_after(Kind::Single, secs(1), fallback),
+            secs(8)
+        );
+        // Enough: the 0.95 quantile, half again, plus a second.
+        for _ in 0..MIN_SAMPLES {
+            polls.record(Kind::Single, secs(2), Seen::Webhook);
+        }
+        assert_eq!(
+            polls.overdue_after(Kind::Single, Duration::ZERO, fallback),
+            secs(7)
+        );
+        // A task submitted before this start is polled at once; one submitted now waits.
+        let now = crate::store::now_ms();
+        assert_eq!(
+            polls.webhook_wait(Kind::Single, polls.started_ms - 1, fallback),
+            ms(10)
+        );
+        assert!(polls.webhook_wait(Kind::Single, now, fallback) > secs(6));
     }
 }

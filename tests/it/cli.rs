@@ -704,3 +704,97 @@ async fn issue13_error_and_message_texts_match_their_snapshots() {
     assert_eq!(code, 64, "{err}");
     assert_snapshot("error-replay-since", &err, None);
 }
+
+/// `validate` reads the files the daemon reads at start, as it reads them: a webhook secret
+/// file that is missing, empty or readable by others fails `validate` as it would fail the
+/// start (64), and so does a missing API key file; a systemd credential (only the running
+/// service can read it) is left to the service, with a note.
+#[tokio::test(flavor = "multi_thread")]
+async fn validate_reads_the_webhook_secret_and_the_api_key_as_the_start_would() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let secret = env.dir.path().join("webhook-secret");
+    let with_secret = |mode: u32, text: &str| {
+        std::fs::write(&secret, text).expect("secret");
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(mode)).expect("mode");
+        env.config(
+            "",
+            &format!(
+                "webhook:\n  listen: 127.0.0.1:{}\n  secret_file: {}\n",
+                crate::support::free_port(),
+                secret.display()
+            ),
+        )
+    };
+    let config = with_secret(0o600, "a-secret\n");
+    let (code, out, err) = cli(&["validate", config.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{out}{err}");
+
+    for (mode, text, needle) in [
+        (0o644, "a-secret\n", "chmod 600"),
+        (0o600, "  \n", "is empty"),
+    ] {
+        let config = with_secret(mode, text);
+        let (code, out, _) = cli(&["validate", config.to_str().unwrap()]).await;
+        assert_eq!(code, exit::USAGE, "{out}");
+        assert!(
+            out.contains("webhook.secret_file") && out.contains(needle),
+            "{out}"
+        );
+        assert!(
+            !out.contains("a-secret"),
+            "the secret is never shown: {out}"
+        );
+    }
+    std::fs::remove_file(&secret).expect("rm");
+    let (code, out, _) = cli(&["validate", config.to_str().unwrap()]).await;
+    assert_eq!(code, exit::USAGE, "{out}");
+    assert!(out.contains("ENOENT"), "{out}");
+
+    // A missing API key file; then one that is a systemd credential.
+    let text = std::fs::read_to_string(env.config("", "")).expect("config");
+    let key_file = env.dir.path().join("api-key");
+    let missing = text.replace(
+        &key_file.display().to_string(),
+        &env.dir.path().join("no-such-key").display().to_string(),
+    );
+    let path = env.dir.path().join("missing-key.yaml");
+    std::fs::write(&path, missing).expect("config");
+    let (code, out, _) = cli(&["validate", path.to_str().unwrap()]).await;
+    assert_eq!(code, exit::USAGE, "{out}");
+    assert!(
+        out.contains("API key problem") && out.contains("no-such-key"),
+        "{out}"
+    );
+    let credential = text.replace(
+        &key_file.display().to_string(),
+        "/run/credentials/claid-hotfolder.service/claid-api-key",
+    );
+    std::fs::write(&path, credential).expect("config");
+    let (code, out, _) = cli(&["validate", path.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("systemd credential"), "{out}");
+}
+
+/// A command whose output pipe closes early stops quietly (141, as the shell's tools do
+/// under SIGPIPE), never with a panic.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_output_pipe_ends_a_command_quietly() {
+    let dir = tempfile::tempdir().expect("dir");
+    let manifest = dir.path().join("m.yaml");
+    std::fs::write(&manifest, GOOD).expect("manifest");
+    // Enough lines that the pipe's buffer fills after the reader is gone.
+    let args: Vec<String> = std::iter::once("validate".to_owned())
+        .chain(std::iter::repeat_n(manifest.display().to_string(), 20_000))
+        .collect();
+    let mut child = tokio::process::Command::new(crate::support::bin())
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().await.expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use claid_hotfolder::emulator::{Latency, Scenario, WebhookDigest};
 
-use crate::support::{TestEnv, free_port, wait_until};
+use crate::support::{TestEnv, free_port, png, wait_until};
 
 const SECRET: &str = "a-shared-secret-for-the-tests-only";
 const DEADLINE: Duration = Duration::from_secs(90);
@@ -266,5 +266,77 @@ async fn issue12_a_submit_cut_short_by_sigkill_is_adopted_from_its_webhook_after
     assert!(
         stderr.contains("recovered from its webhook"),
         "they were adopted: {stderr}"
+    );
+}
+
+/// A batch whose submit answer a SIGKILL cut short is adopted from its webhook after the
+/// restart: its jobs were marked submitting together, and the webhook's echoed request lists
+/// their inputs; nothing is submitted (or billed) again.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue12_a_batch_submit_cut_short_by_sigkill_is_adopted_from_its_webhook_after_restart() {
+    let port = free_port();
+    // Two `http://` images the emulator serves: the first batch (the canary) holds both.
+    let images = tempfile::tempdir().expect("static dir");
+    for name in ["b0.png", "b1.png"] {
+        std::fs::write(images.path().join(name), png(64, 48)).expect("image");
+    }
+    let env = TestEnv::new(
+        announcing(port)
+            .static_dir(images.path())
+            .latency(Latency::Fixed(Duration::ZERO))
+            .submit_response_delay(Duration::from_secs(30))
+            .webhook_delay(1.0, Duration::from_secs(4)),
+    )
+    .await;
+    let base = format!("http://{}/_static", env.emulator.addr());
+    env.drop_file(
+        "m.yaml",
+        format!("images:\n  - input: {base}/b0.png\n  - input: {base}/b1.png\n").as_bytes(),
+    );
+    let config = env.config("", &webhook_section(&env, port, "60s"));
+    let mut daemon = env.spawn_daemon(&config, 0);
+    wait_until("the batch received", DEADLINE, || {
+        env.stats().batch_submits >= 1
+    })
+    .await;
+    daemon.start_kill().expect("SIGKILL");
+    let status = daemon.wait().await.expect("wait");
+    assert_eq!(status.code(), None, "killed, not exited");
+    assert_eq!(
+        env.stats().webhooks_sent,
+        0,
+        "no webhook went out before the kill"
+    );
+
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    all_done(&env, 2);
+    let stats = env.stats();
+    assert_eq!(
+        (stats.batch_submits, stats.batch_images, stats.submits),
+        (1, 2, 0),
+        "one batch of two, never sent again"
+    );
+    assert_eq!(
+        stats.duplicate_submits, 0,
+        "no image billed twice: {:?}",
+        stats.submits_by_key
+    );
+    assert!(
+        stderr.contains("awaiting_webhook=2"),
+        "the restart counted the submits cut short: {stderr}"
+    );
+    assert!(
+        stderr.contains("batch submit cut short by a crash was recovered"),
+        "the batch was adopted: {stderr}"
+    );
+    let report = env.report("m");
+    assert!(
+        report["jobs"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .all(|r| r["batch_id"].as_u64().is_some()),
+        "each row names the batch: {report:#}"
     );
 }

@@ -25,10 +25,20 @@ const SINK_KEYS: &[&str] = &[
 ];
 
 impl Checker {
-    /// `webhook`, or `None` when the section is absent or null (results are polled).
+    /// `webhook`, or `None` when the section is absent or says `enabled: false` (results are
+    /// polled). An empty section is a problem: present, it would turn webhooks on, but it
+    /// names no secret (silently off, it would hide the mistake).
     pub(super) fn webhook(&mut self, root: &Value, base_dir: &Path) -> Option<WebhookConfig> {
-        if matches!(lookup(root, "webhook"), None | Some(Value::Null)) {
-            return None;
+        match lookup(root, "webhook") {
+            None => return None,
+            Some(Value::Null) => {
+                self.problem(
+                    "webhook",
+                    "is empty: give at least `secret_file` (and `listen`) to receive Claid's webhooks (docs/webhooks.md), or remove the section to poll for results",
+                );
+                return None;
+            }
+            Some(_) => {}
         }
         let defaults = WebhookConfig::default();
         let enabled = self.boolean(root, "webhook.enabled", true);
