@@ -90,17 +90,39 @@ impl Credentials {
             path: path.to_path_buf(),
             cause,
         };
-        let text = std::fs::read_to_string(path)
+        use std::io::Read;
+        // A few lines of YAML: more is not a credentials file (`/dev/zero` would be read
+        // until memory runs out).
+        const MAX_BYTES: u64 = 64 * 1024;
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .and_then(|file| file.take(MAX_BYTES + 1).read_to_string(&mut text))
             .map_err(|err| fail(crate::os_error::OsCause(&err).to_string()))?;
+        if text.len() as u64 > MAX_BYTES {
+            return Err(fail(format!(
+                "more than {} KiB: not a credentials file (a YAML map of access_key_id and secret_access_key)",
+                MAX_BYTES / 1024
+            )));
+        }
         let credentials: Credentials = serde_yaml::from_str(&text).map_err(|err| {
             let message = err.to_string();
-            // A type error quotes the value, which may be the secret: say where, not what.
+            let line = err.location().map_or(0, |at| at.line());
+            // Messages quote what they found (a value, an unknown key), which may be the
+            // secret: say where and what was expected, never what is there. Only a missing
+            // key's message (it names ours) is passed on.
             if message.contains("invalid type") || message.contains("invalid value") {
-                let line = err.location().map_or(0, |at| at.line());
                 fail(format!("line {line}: both keys take a string value"))
-            } else {
+            } else if message.starts_with("missing field") {
                 fail(format!(
                     "{message} (expected access_key_id and secret_access_key)"
+                ))
+            } else if message.contains("unknown field") {
+                fail(format!(
+                    "line {line}: a key other than access_key_id, secret_access_key and session_token"
+                ))
+            } else {
+                fail(format!(
+                    "line {line}: not a YAML map of access_key_id and secret_access_key"
                 ))
             }
         })?;
@@ -490,13 +512,50 @@ impl ObjectStorage {
                 uri,
                 cause: describe(&err),
             },
-            other => ObjectError::Request {
-                op,
-                uri,
-                cause: describe(&other),
-            },
+            other => {
+                let cause = describe(&other);
+                if refused_keys(&cause) {
+                    ObjectError::Denied { op, uri, cause }
+                } else {
+                    ObjectError::Request { op, uri, cause }
+                }
+            }
         }
     }
+}
+
+/// Whether an S3 answer object_store passed on as a plain error refuses the request's
+/// signature or keys (a 403 with one of S3's codes for it): the keys are wrong or may not do
+/// this, which no retry heals.
+fn refused_keys(cause: &str) -> bool {
+    cause.contains("403 Forbidden")
+        || [
+            "SignatureDoesNotMatch",
+            "InvalidAccessKeyId",
+            "AccessDenied",
+            "InvalidToken",
+            "ExpiredToken",
+        ]
+        .iter()
+        .any(|code| cause.contains(code))
+}
+
+/// Checks a key under a storage's `prefix` (without slashes at its ends) as S3 will see it:
+/// [`check_key`], and the whole key, prefix included, within [`MAX_KEY_BYTES`].
+pub fn check_key_under(prefix: &str, key: &str) -> Result<(), ObjectError> {
+    check_key(key)?;
+    let full = if prefix.is_empty() {
+        key.len()
+    } else {
+        prefix.len() + 1 + key.len()
+    };
+    if full > MAX_KEY_BYTES {
+        return Err(ObjectError::UnsafeKey {
+            key: key.to_owned(),
+            reason: "longer than the 1024 bytes S3 allows (prefix included)",
+        });
+    }
+    Ok(())
 }
 
 /// Checks a key relative to a prefix: not empty, no leading `/`, no empty, `.` or `..` segment,

@@ -92,7 +92,11 @@ pub fn row(job: &JobV1) -> ReportRow {
         bytes: None,
         in_doubt: job.in_doubt,
         batch_id: job.batch,
-        object: crate::storages::destination_of(&job.body, &job.output_rel),
+        // Only an object that was written (and checked) is listed.
+        object: match job.state {
+            JobState::Done { .. } => crate::storages::destination_of(&job.body, &job.output_rel),
+            _ => None,
+        },
     };
     match &job.state {
         JobState::Submitted { task_id, .. } => row.task_id = Some(*task_id),

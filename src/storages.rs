@@ -127,7 +127,7 @@ impl StorageError {
     pub fn hint(&self) -> Option<String> {
         match self {
             StorageError::Bucket { cause, .. } => Some(match cause.as_ref() {
-                ObjectError::Denied { .. } => "give the daemon's S3 keys the right to list, read, write and delete under the prefix".to_owned(),
+                ObjectError::Denied { .. } => "S3 refused the daemon's keys: check `access_key_id` and `secret_access_key` in the storage's credentials file (or the AWS_* variables), and that they may list, read, write and delete under the prefix".to_owned(),
                 _ if self.exit_code() == exit::USAGE => "check the bucket name and the `endpoint` of the storage".to_owned(),
                 _ => "check that the S3 endpoint is reachable from this machine".to_owned(),
             }),

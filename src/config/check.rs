@@ -152,6 +152,28 @@ impl Checker {
         let webhook = self.webhook(root, &base_dir);
         let web = self.web(root, &base_dir);
         let alerts = self.alerts(root, &base_dir);
+        // Two listeners on one address: the second could not bind at start.
+        let listeners = [
+            ("admin.metrics_listen", admin.metrics_listen),
+            ("webhook.listen", webhook.as_ref().map(|w| w.listen)),
+            ("web.listen", web.as_ref().map(|w| w.listen)),
+        ];
+        for (i, (key, addr)) in listeners.iter().enumerate() {
+            let Some(addr) = addr else { continue };
+            if let Some((other, _)) = listeners[..i].iter().find(|(_, earlier)| {
+                earlier.is_some_and(|e| {
+                    e.port() == addr.port()
+                        && (e.ip() == addr.ip()
+                            || e.ip().is_unspecified()
+                            || addr.ip().is_unspecified())
+                })
+            }) {
+                self.problem(
+                    key,
+                    format!("`{addr}` is also `{other}`: two listeners cannot share an address; give each its own port"),
+                );
+            }
+        }
         Some(Config {
             api: api?,
             folders: folders?,
@@ -268,6 +290,14 @@ impl Checker {
             };
             let endpoint = match lookup(root, &format!("{key}.endpoint")) {
                 None | Some(Value::Null) => None,
+                Some(Value::String(text)) if has_user_info(text.trim()) => {
+                    // Never echoed: the part before `@` is a secret.
+                    self.problem(
+                        &format!("{key}.endpoint"),
+                        "holds credentials (`user:password@`): S3 requests are signed with the keys of `credentials_file`, never with credentials in the URL; remove them from the endpoint".to_owned(),
+                    );
+                    None
+                }
                 Some(Value::String(text))
                     if (text.trim().starts_with("http://")
                         || text.trim().starts_with("https://"))
@@ -441,6 +471,12 @@ impl Checker {
             None | Some(Value::Null) => None,
             Some(Value::String(name)) if storages.contains_key(name.trim()) => {
                 Some(name.trim().to_owned())
+            }
+            // The entry is there but has problems of its own (already reported).
+            Some(Value::String(name))
+                if lookup(root, &format!("storages.{}", name.trim())).is_some() =>
+            {
+                None
             }
             Some(other) => {
                 let known: Vec<String> = storages.keys().map(|k| format!("`{k}`")).collect();
@@ -812,4 +848,14 @@ fn display(value: &Value) -> String {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     }
+}
+
+/// Whether an `http(s)://` URL carries user information (`user:password@host`) in its
+/// authority.
+fn has_user_info(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    authority.contains('@')
 }

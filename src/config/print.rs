@@ -303,17 +303,20 @@ mod tests {
         assert_eq!(printed_keys, schema_keys);
     }
 
-    /// A storage prints its credentials file's path and never a key; an endpoint's user
-    /// information is redacted; the print reads back as the same config.
+    /// A storage prints its credentials file's path and never a key; an endpoint with user
+    /// information is refused without being echoed; the print reads back as the same config.
     #[test]
     fn storages_print_without_secrets_and_read_back() {
         let text = "api: { base_url: embedded }\n\
                     folders: { inbox: /i, outbox: /o, archive: /a, rejected: /r, state: /s }\n\
                     storages:\n  catalog:\n    claid_name: catalog-s3\n    url: s3://bkt/raw/\n    endpoint: http://u:hunter2@127.0.0.1:9000\n    credentials_file: keys.yaml\n";
         let origin = std::path::Path::new("/etc/c.yaml");
-        let config = crate::config::parse(text, origin).expect("valid");
+        let refused = crate::config::parse(text, origin).expect_err("credentials in endpoint");
+        assert!(!refused.to_string().contains("hunter2"), "{refused}");
+        let text = text.replace("u:hunter2@", "");
+        let config = crate::config::parse(&text, origin).expect("valid");
         let printed = to_yaml(&config);
-        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(printed.contains("http://127.0.0.1:9000"), "{printed}");
         assert!(printed.contains("/etc/keys.yaml"), "{printed}");
         assert!(printed.contains("s3://bkt/raw"), "{printed}");
         let back = crate::config::parse(&printed, origin).expect("reads back");

@@ -48,6 +48,10 @@ struct Entry {
     access_key_id: Option<String>,
     secret_access_key: Option<String>,
     credentials_file: Option<PathBuf>,
+    /// The daemon's own option (a local copy of storage outputs): accepted and ignored, so the
+    /// daemon's config can be given as it is.
+    #[serde(default, rename = "output_local_copy")]
+    _output_local_copy: Option<serde_yaml::Value>,
 }
 
 /// Reads the connectors of a storages file; every connector's client is built (no request is
@@ -205,7 +209,7 @@ mod tests {
         )
         .expect("own shape");
         let daemon = load_text(
-            "api: {base_url: embedded}\nstorages:\n  catalog:\n    claid_name: cat\n    url: s3://bkt/raw\n    endpoint: http://127.0.0.1:9\n    credentials_file: s3.yaml\n",
+            "api: {base_url: embedded}\nstorages:\n  catalog:\n    claid_name: cat\n    url: s3://bkt/raw\n    endpoint: http://127.0.0.1:9\n    credentials_file: s3.yaml\n    output_local_copy: true\n",
         )
         .expect("daemon shape");
         assert_eq!(own, daemon);

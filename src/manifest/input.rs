@@ -59,6 +59,9 @@ pub fn check_input(
         || lower.starts_with("storage://")
     {
         let input = check_remote(trimmed, path, problems)?;
+        if lower.starts_with("storage://") {
+            check_storage_key(trimmed, path, ctx, problems)?;
+        }
         return Some(rename_storage(input, ctx));
     }
     if let Some(idx) = trimmed.find("://") {
@@ -72,6 +75,29 @@ pub fn check_input(
         return None;
     }
     check_local(trimmed, path, ctx, local, problems)
+}
+
+/// The key of a `storage://NAME/key` input, checked as S3 will see it (no empty, `.` or `..`
+/// segment, no leading `/`, within 1024 bytes with a configured storage's prefix): Claid
+/// refuses such a key, and with it the whole batch the input would go in.
+fn check_storage_key(
+    url: &str,
+    path: &str,
+    ctx: &Context<'_>,
+    problems: &mut Collector,
+) -> Option<()> {
+    let (name, key) = crate::storages::split_uri(url).unwrap_or((&url["storage://".len()..], ""));
+    let prefix = super::validate::storage_prefix(ctx.storages, name).unwrap_or("");
+    match crate::objects::check_key_under(prefix, key) {
+        Ok(()) => Some(()),
+        Err(err) => {
+            problems.add(
+                path,
+                format!("`{url}`: {err}; name the object by its key under the storage's prefix"),
+            );
+            None
+        }
+    }
 }
 
 /// `storage://NAME/…` where NAME is a configured storage whose connector is called otherwise

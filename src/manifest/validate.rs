@@ -346,7 +346,14 @@ pub fn validate(
                 );
                 continue;
             }
-            if let Err(err) = crate::objects::check_key(&object["storage://".len()..]) {
+            let checked = match crate::storages::split_uri(&object) {
+                Some((name, key)) => crate::objects::check_key_under(
+                    storage_prefix(ctx.storages, name).unwrap_or(""),
+                    key,
+                ),
+                None => crate::objects::check_key(&object["storage://".len()..]),
+            };
+            if let Err(err) = checked {
                 problems.add(&output_at, format!("the object `{object}`: {err}"));
                 continue;
             }
@@ -614,6 +621,17 @@ pub fn unknown_key_message(key: &str, known: &[&str]) -> String {
                 .join(", ")
         ),
     }
+}
+
+/// The key prefix of the configured storage called `name` here or on Claid's side.
+pub fn storage_prefix<'a>(
+    storages: &'a BTreeMap<String, StorageEntry>,
+    name: &str,
+) -> Option<&'a str> {
+    storages
+        .get(name)
+        .or_else(|| storages.values().find(|entry| entry.claid_name == name))
+        .map(|entry| entry.prefix.as_str())
 }
 
 #[cfg(test)]

@@ -387,8 +387,19 @@ impl Runner {
                     | crate::objects::ObjectError::UnsafeKey { .. }
             );
             n_failures += 1;
-            match decide(&mut attempts, Failure::Transient) {
-                Decision::Retry { after } if transient && n_failures < MAX_HEALING_WRITES => {
+            // The bucket's endpoint does not answer (refused, timed out): an outage, waited
+            // out like the API's (until `api.unreachable_timeout` in `run --once`), not a
+            // few quick retries that fail a whole drop when S3 restarts.
+            let outage = transient && connection_failed(&err);
+            let failure = if outage {
+                Failure::Unreachable
+            } else {
+                Failure::Transient
+            };
+            match decide(&mut attempts, failure) {
+                Decision::Retry { after }
+                    if outage || (transient && n_failures < MAX_HEALING_WRITES) =>
+                {
                     warn!(error = %err, "Cannot stage the input; retrying");
                     if !self.wait(after).await {
                         return Step::End(JobOutcome::Parked);
@@ -474,7 +485,9 @@ impl Runner {
         // when it is overdue.
         let watch = deps.webhooks.map(|_| deps.dispatch.watch(task_id));
         let mut delay = match deps.webhooks {
-            Some(fallback) => deps.polls.overdue_after(Kind::Single, elapsed, fallback),
+            Some(fallback) => deps
+                .polls
+                .webhook_wait(Kind::Single, submitted_at_ms, fallback),
             None => deps.polls.first_delay(Kind::Single, elapsed),
         };
         // When a poll last found the task running (since its submit).
@@ -906,6 +919,26 @@ fn object_failure(err: &crate::objects::ObjectError) -> FailureCode {
         ObjectError::UnsafeKey { .. } | ObjectError::TooLarge { .. } => FailureCode::ObjectMissing,
         _ => FailureCode::StorageUnreachable,
     }
+}
+
+/// Whether a request to a bucket failed before any answer came (refused, reset, timed out,
+/// a name that does not resolve), as object_store describes it.
+fn connection_failed(err: &crate::objects::ObjectError) -> bool {
+    let crate::objects::ObjectError::Request { cause, .. } = err else {
+        return false;
+    };
+    let cause = cause.to_ascii_lowercase();
+    [
+        "error sending request",
+        "connection refused",
+        "connection reset",
+        "connect",
+        "timed out",
+        "timeout",
+        "dns error",
+    ]
+    .iter()
+    .any(|needle| cause.contains(needle))
 }
 
 /// The retry policy's decision on a failure that happened now.

@@ -334,3 +334,31 @@ fn environment_overrides_layer_over_the_file_and_name_their_variable() {
     // A value from the environment has no line in the file.
     assert!(err.problems().iter().all(|p| p.line.is_none()), "{shown}");
 }
+
+/// Credentials written into a storage's `endpoint` are refused, and never echoed: S3 requests
+/// are signed with the storage's keys, and an endpoint is printed in errors and logs.
+#[test]
+fn issue15_credentials_in_a_storage_endpoint_are_refused_without_being_echoed() {
+    let err =
+        config::load(&fixtures().join("storage-endpoint-credentials.yaml")).expect_err("refused");
+    let text = err.to_string();
+    assert!(text.contains("holds credentials"), "{text}");
+    assert!(!text.contains("EPSECRET42"), "{text}");
+}
+
+/// A credentials file's content never shows in its errors (a key that is not one of the
+/// expected ones may be the secret itself), and a file that is no credentials file is not
+/// read whole.
+#[test]
+fn issue15_a_credentials_file_error_never_shows_its_content() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("creds.yaml");
+    std::fs::write(&path, "access_key_id: AKIATEST\nLEAKYSECRET987: \n").expect("write");
+    let err = claid_hotfolder::objects::Credentials::from_file(&path).expect_err("refused");
+    let text = err.to_string();
+    assert!(text.contains("line 2"), "{text}");
+    assert!(!text.contains("LEAKYSECRET987"), "{text}");
+    let err = claid_hotfolder::objects::Credentials::from_file(Path::new("/dev/zero"))
+        .expect_err("refused");
+    assert!(err.to_string().contains("not a credentials file"), "{err}");
+}

@@ -795,3 +795,92 @@ async fn issue11_a_manifest_named_too_long_for_its_suffix_still_gets_its_outcome
         "the manifest is in rejected/"
     );
 }
+
+/// A `storage://` input or a storage destination whose key S3 or Claid would refuse (a `.`,
+/// `..` or empty segment, a leading `/`, more than 1024 bytes with the storage's prefix) is a
+/// problem of the manifest, with its line, before anything is spent: Claid would otherwise
+/// refuse the whole batch the input goes in, or bill an edit that cannot be written.
+#[test]
+fn issue15_storage_keys_s3_would_refuse_are_refused_at_validation() {
+    let env = env();
+    let mut storages = BTreeMap::new();
+    storages.insert(
+        "catalog".to_owned(),
+        claid_hotfolder::config::StorageEntry {
+            claid_name: "catalog-s3".to_owned(),
+            bucket: "acme".to_owned(),
+            prefix: "images".to_owned(),
+            endpoint: None,
+            region: "us-east-1".to_owned(),
+            credentials_file: None,
+            output_local_copy: false,
+        },
+    );
+    let load = |rel: &str, text: &str| {
+        let path = env.write(rel, text);
+        let ctx = manifest::LoadContext {
+            inbox: &env.inbox,
+            outbox: Some(&env.outbox),
+            profiles: &profiles(),
+            limits: &limits(),
+            storages: &storages,
+        };
+        manifest::load(&ctx, &path)
+    };
+    // "images" + "/" + 1018 bytes = 1025.
+    let long = format!("in/{}.png", "k".repeat(1011));
+    let text = format!(
+        "images:\n  - input: storage://catalog/in/good.png\n  - input: storage://catalog/../secret.png\n  - input: storage://catalog//etc/passwd.png\n  - input: storage://elsewhere/in/./x.png\n  - input: storage://catalog/{long}\n"
+    );
+    let err = load("keys.yaml", &text).expect_err("refused");
+    check_problems(
+        "keys.yaml",
+        &err,
+        &[
+            Expect {
+                schema: false,
+                line: Some(3),
+                needle: "\"..\" segment".into(),
+            },
+            Expect {
+                schema: false,
+                line: Some(4),
+                needle: "starts with \"/\"".into(),
+            },
+            Expect {
+                schema: false,
+                line: Some(5),
+                needle: "segment".into(),
+            },
+            Expect {
+                schema: false,
+                line: Some(6),
+                needle: "1024 bytes".into(),
+            },
+        ],
+    );
+    assert!(
+        !err.problems().iter().any(|p| p.line == Some(2)),
+        "a good key passes: {}",
+        err.error_txt()
+    );
+
+    // A destination folder that leaves too little room for the outputs' keys.
+    let folder = "d".repeat(1010);
+    let err = load(
+        "dest.yaml",
+        &format!(
+            "output: {{ format: jpeg, destination: storage://catalog/{folder}/ }}\nimages:\n  - input: storage://catalog/in/sku-1.png\n"
+        ),
+    )
+    .expect_err("refused");
+    check_problems(
+        "dest.yaml",
+        &err,
+        &[Expect {
+            schema: false,
+            line: None,
+            needle: "1024 bytes".into(),
+        }],
+    );
+}
