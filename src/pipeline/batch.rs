@@ -31,7 +31,7 @@ use crate::pipeline::dispatch::{self, Dispatch, LostBatchJob};
 use crate::pipeline::finisher;
 use crate::pipeline::health::HealthState;
 use crate::pipeline::job::{JobOutcome, Runner, failure_of, input_of, systemic_status};
-use crate::pipeline::polls::{BatchClock, Kind, Polls, Seen};
+use crate::pipeline::polls::{BatchClock, Polls, Seen};
 use crate::pipeline::submitter::Queue;
 use crate::retry::{self, Decision, Failure};
 use crate::store::{JobId, JobState, JobV1, ManifestId, Store, now_ms};
@@ -770,9 +770,10 @@ impl BatchRunner {
         let mut changes = deps.polls.batch_changes();
         let mut clock = deps.polls.batch_clock(batch_id, members.len(), timed);
         let mut delay = match deps.webhooks {
-            Some(fallback) => deps
-                .polls
-                .webhook_wait(Kind::Batch, submitted_at_ms, fallback),
+            Some(fallback) => {
+                deps.polls
+                    .batch_webhook_wait(members.len(), submitted_at_ms, fallback)
+            }
             None => deps.polls.batch_delay(&mut clock, since_submit()),
         };
         // When a poll last found the batch running (since its submit).

@@ -643,6 +643,34 @@ impl Polls {
         self.overdue_after(kind, elapsed, fallback)
     }
 
+    /// [`Polls::webhook_wait`] for a batch of `images` images. A batch's duration follows its
+    /// size, so durations of other sizes say little: overdue at its size's estimate, half again,
+    /// plus a second; with no estimate, `poll.max` (at least [`FIRST_GUESS`]) while no batch
+    /// has ended yet (the canary: a lost announcement of it would hold the whole drop), else
+    /// `fallback` (the first round's batches, whose webhooks come in time unless lost: polling
+    /// them at the canary's pace cost a poll each).
+    pub fn batch_webhook_wait(
+        &self,
+        images: usize,
+        submitted_at_ms: u64,
+        fallback: Duration,
+    ) -> Duration {
+        if submitted_at_ms < self.started_ms {
+            return Duration::from_millis(10);
+        }
+        let elapsed = Duration::from_millis(crate::store::now_ms().saturating_sub(submitted_at_ms));
+        let overdue = match self.batch_expected(images) {
+            Some(expected) => expected.mul_f64(1.5) + Duration::from_secs(1),
+            None if self.samples(Kind::Batch).is_empty() => self.poll.max.max(FIRST_GUESS),
+            None => fallback,
+        };
+        overdue
+            .max(self.poll.min)
+            .min(fallback)
+            .saturating_sub(elapsed)
+            .max(Duration::from_millis(10))
+    }
+
     /// With webhooks on, the wait before polling a task whose webhook has not come: until it
     /// is overdue, i.e. later than the observed spread of task durations (their 0.95
     /// quantile, half again, plus a second; twice the longest while fewer than
@@ -1192,5 +1220,21 @@ mod tests {
             ms(10)
         );
         assert!(polls.webhook_wait(Kind::Single, now, fallback) > secs(6));
+
+        // A batch: `poll.max` while no batch has ended (the canary); then, for a size with no
+        // estimate (the first round), the fallback; then its size's estimate, half again, + 1 s.
+        let batches = new_polls();
+        let at = |polls: &Polls, images| {
+            polls.batch_webhook_wait(images, crate::store::now_ms(), fallback)
+        };
+        assert!(at(&batches, 2) > secs(29) && at(&batches, 2) <= secs(30));
+        ended(&batches, 2, &[3.0]);
+        assert!(
+            at(&batches, 64) > secs(119),
+            "the first round waits for its webhooks"
+        );
+        ended(&batches, 64, &[20.0, 20.0]);
+        let due = at(&batches, 64);
+        assert!(due > secs(30) && due <= secs(31), "{due:?}");
     }
 }
