@@ -300,6 +300,10 @@ pub enum ReplayError {
     UnderWay(u64, &'static str),
     #[error("no manifest `{0}` in the store (give its path relative to the inbox; see `status`)")]
     UnknownManifest(String),
+    #[error(
+        "job {0} belongs to a version of its manifest that was saved again; the newer version runs its images (see `status`), so it is not replayed"
+    )]
+    Superseded(u64),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -308,6 +312,13 @@ pub enum ReplayError {
 pub async fn select_replay(store: &Store, req: &ReplayRequest) -> Result<Vec<JobId>, ReplayError> {
     if let Some(id) = req.job {
         return match store.job(id).await? {
+            Some(job)
+                if store.manifest(job.manifest).await?.is_some_and(|m| {
+                    matches!(m.state, crate::store::ManifestState::Superseded { .. })
+                }) =>
+            {
+                Err(ReplayError::Superseded(id))
+            }
             Some(job) if job.state.is_replayable() => Ok(vec![id]),
             Some(job) => Err(ReplayError::UnderWay(id, state_name(&job.state))),
             None => Err(ReplayError::UnknownJob(id)),
@@ -328,6 +339,11 @@ pub async fn select_replay(store: &Store, req: &ReplayRequest) -> Result<Vec<Job
             let mut chosen = Vec::new();
             for (mid, m) in manifests {
                 if req.manifest.as_ref().is_some_and(|rel| *rel != m.rel) {
+                    continue;
+                }
+                // A run whose manifest was saved again: its images belong to the newer
+                // version (replaying them would bill what that version delivered or dropped).
+                if matches!(m.state, crate::store::ManifestState::Superseded { .. }) {
                     continue;
                 }
                 reader.for_each_job_of_manifest(mid, |id, job| {

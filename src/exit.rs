@@ -138,7 +138,8 @@ fn of_one(err: &(dyn Error + 'static)) -> Option<i32> {
         return match err {
             ReplayError::NothingSelected
             | ReplayError::UnknownJob(_)
-            | ReplayError::UnknownManifest(_) => Some(USAGE),
+            | ReplayError::UnknownManifest(_)
+            | ReplayError::Superseded(_) => Some(USAGE),
             ReplayError::UnderWay(..) => Some(TEMP_FAIL),
             ReplayError::Store(err) => of_store(err),
         };

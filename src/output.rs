@@ -424,21 +424,43 @@ fn is_cross_device(err: &io::Error) -> bool {
 
 /// `shoes.yaml` → `shoes.<n>.yaml`; `README` → `README.<n>`; `.hidden` → `.hidden.<n>`.
 fn suffixed(name: &OsStr, n: u32) -> OsString {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
     let path = Path::new(name);
-    match (path.file_stem(), path.extension()) {
+    let (stem, tail) = match (path.file_stem(), path.extension()) {
         (Some(stem), Some(ext)) => {
-            let mut out = stem.to_os_string();
-            out.push(format!(".{n}."));
-            out.push(ext);
-            out
+            let mut tail = OsString::from(format!(".{n}."));
+            tail.push(ext);
+            (stem.to_os_string(), tail)
         }
-        _ => {
-            let mut out = name.to_os_string();
-            out.push(format!(".{n}"));
-            out
+        _ => (name.to_os_string(), OsString::from(format!(".{n}"))),
+    };
+    // A name at the file system's limit has no room for `.N`: its stem is shortened to its
+    // first bytes, `~` and 8 hex digits of its hash (as long report and error names are), so
+    // a version of a manifest with a long name can still be archived.
+    let room = NAME_MAX.saturating_sub(tail.len());
+    let stem = if stem.len() > room {
+        let bytes = stem.as_bytes();
+        let mut keep = room.saturating_sub(9).min(bytes.len());
+        if std::str::from_utf8(bytes).is_ok() {
+            while keep > 0 && (bytes[keep] & 0b1100_0000) == 0b1000_0000 {
+                keep -= 1;
+            }
         }
-    }
+        let hash = hex::encode(Sha256::digest(bytes));
+        let mut out = bytes[..keep].to_vec();
+        out.push(b'~');
+        out.extend_from_slice(&hash.as_bytes()[..8]);
+        OsString::from_vec(out)
+    } else {
+        stem
+    };
+    let mut out = stem;
+    out.push(tail);
+    out
 }
+
+/// The longest file name Linux file systems take (bytes).
+const NAME_MAX: usize = 255;
 
 /// `create_dir_all`, then fsync the parent of every directory it created, so a new directory
 /// entry survives a crash together with the file renamed into it.
@@ -481,6 +503,32 @@ fn sync_dir(dir: &Path) -> Result<(), OutputError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_manifest_with_a_name_at_the_limit_can_be_archived_again() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (inbox, archive) = (dir.path().join("in"), dir.path().join("arch"));
+        fs::create_dir_all(&inbox).expect("inbox");
+        // 254 bytes: `.1.yaml` would not fit.
+        let name = format!("{}.yaml", "q".repeat(249));
+        for version in ["v1", "v2"] {
+            fs::write(inbox.join(&name), version).expect("write");
+            let moved = move_mirrored(&inbox, &inbox.join(&name), &archive).expect("moved");
+            assert_eq!(fs::read_to_string(&moved).expect("read"), version);
+            assert!(moved.file_name().expect("name").len() <= NAME_MAX);
+        }
+        let names: Vec<String> = fs::read_dir(&archive)
+            .expect("archive")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(
+            names
+                .iter()
+                .any(|n| n.contains('~') && n.ends_with(".1.yaml")),
+            "{names:?}"
+        );
+    }
 
     #[test]
     fn tmp_names_are_recognised() {

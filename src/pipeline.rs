@@ -740,6 +740,11 @@ impl Handle {
             let Some(m) = store.manifest(mid).await? else {
                 continue;
             };
+            // A run whose manifest was saved again is never replayed: the newer version owns
+            // its images.
+            if matches!(m.state, crate::store::ManifestState::Superseded { .. }) {
+                continue;
+            }
             if m.state.is_ended() {
                 store.reopen_run(mid).await?;
             }

@@ -416,7 +416,7 @@ impl Finisher {
         }
         match (recipe_image, tally.first_failure.clone()) {
             (true, Some(reason)) => self.reject_failed_image(&rel, &reason).await,
-            _ => self.dispose(&rel, &sha256, recipe_image).await,
+            _ => self.dispose(&rel, &sha256, recipe_image, superseded).await,
         }
         let end = if superseded {
             RunEnd::Superseded
@@ -543,7 +543,7 @@ impl Finisher {
     /// Applies `on_manifest_done` to the version that was processed: the file in the inbox
     /// when it is still that version, else the copy intake kept (the newer file stays for its
     /// own run). A recipe image is moved as it is.
-    async fn dispose(&self, rel: &Path, sha256: &str, recipe_image: bool) {
+    async fn dispose(&self, rel: &Path, sha256: &str, recipe_image: bool, superseded: bool) {
         let folders = self.deps.folders.clone();
         let policy = self
             .deps
@@ -557,8 +557,11 @@ impl Finisher {
         let res = on_file_pool(move || -> Result<Option<PathBuf>, String> {
             let src = folders.inbox.join(&rel);
             let copy = folders.copies.join(&rel);
-            let is_processed = recipe_image
-                || output::sha256_file(&src).is_ok_and(|found| found == sha256);
+            // The file of a superseded run belongs to the newer version that waits for it,
+            // even when it holds the same bytes again (saved A → B → A): only the copy kept at
+            // intake is archived.
+            let is_processed = !superseded
+                && (recipe_image || output::sha256_file(&src).is_ok_and(|found| found == sha256));
             let moved = match policy {
                 OnManifestDone::Keep => None,
                 OnManifestDone::Delete => {

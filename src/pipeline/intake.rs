@@ -168,13 +168,29 @@ impl Intake {
         if let (Some(sha256), Some((id, prev))) = (&sha256, &latest)
             && prev.sha256 == *sha256
         {
-            if prev.state.is_ended() {
-                info!("Manifest is unchanged and already finished; nothing to do");
-                self.dispose_again(&rel).await;
-            } else {
-                debug!(manifest_id = id, "Manifest is already being processed");
+            match &prev.state {
+                // Saved back to the content of a run that a newer version replaced: that run
+                // did not process all of it, so it is new content again (below).
+                ManifestState::Superseded { .. } => {}
+                // Saved back while that run drains (A → B → A): it is the newest version,
+                // taken in once the run has ended, instead of the one saved in between.
+                ManifestState::Draining { .. } => {
+                    let _ = self.finisher.send(Event::Supersede {
+                        id: *id,
+                        then: candidate,
+                    });
+                    return Taken::HandedOn;
+                }
+                state if state.is_ended() => {
+                    info!("Manifest is unchanged and already finished; nothing to do");
+                    self.dispose_again(&rel).await;
+                    return Taken::Done;
+                }
+                _ => {
+                    debug!(manifest_id = id, "Manifest is already being processed");
+                    return Taken::Done;
+                }
             }
-            return Taken::Done;
         }
         let settings = self.settings();
         let inbox = self.folders.inbox.clone();
@@ -221,7 +237,15 @@ impl Intake {
         // The validated content may differ from the hash read first (saved meanwhile), and a
         // recipe image's identity hashes its recipe too.
         if let Some((id, prev)) = &latest {
-            if prev.sha256 == spec.sha256 {
+            let superseded = matches!(prev.state, ManifestState::Superseded { .. });
+            if prev.sha256 == spec.sha256 && !superseded {
+                if matches!(prev.state, ManifestState::Draining { .. }) {
+                    let _ = self.finisher.send(Event::Supersede {
+                        id: *id,
+                        then: candidate,
+                    });
+                    return Taken::HandedOn;
+                }
                 if prev.state.is_ended() {
                     info!("Unchanged and already finished; nothing to do");
                     self.dispose_again(&rel).await;

@@ -185,6 +185,93 @@ async fn issue11_a_manifest_saved_again_while_it_runs_is_processed_in_its_new_ve
     assert_eq!(archived, expected, "archive: the versions that ran");
     assert!(env.outbox.join("m/keep-64x48.jpg").is_file());
     assert!(env.outbox.join("m/fixed-64x48.jpg").is_file());
+
+    // The old version's images that were never submitted ended as `superseded`: `replay
+    // --failed` leaves them to the newer version (replaying them billed images the newer
+    // version dropped, and rewrote its report with the old run's).
+    let (code, out, err) =
+        crate::support::cli(&["replay", "--failed", "--config", config.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    let stats = env.stats();
+    let old_rows: u64 = stats
+        .submits_by_key
+        .iter()
+        .filter(|(k, _)| k.contains("typo-") || k.contains("also-"))
+        .map(|(_, n)| *n)
+        .sum();
+    assert_eq!(old_rows, 0, "{:?}", stats.submits_by_key);
+    assert!(report_is_v2(), "the newest report stays");
+}
+
+/// Saved A → B → A while A runs: the last save is the newest version and runs once A has
+/// drained (B, replaced before its turn, never runs); its report is the newest, nothing is
+/// billed twice, and the file is not archived in place of the run that processes it.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue11_a_manifest_saved_back_to_its_running_content_is_not_lost() {
+    let env =
+        TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_millis(4000))))
+            .await;
+    let v1 = b"images:\n  - input: storage://demo/keep-64x48.png\n  - input: storage://demo/typo-64x48.png\n  - input: storage://demo/also-64x48.png\n".to_vec();
+    let v2 = b"images:\n  - input: storage://demo/keep-64x48.png\n  - input: storage://demo/fixed-64x48.png\n".to_vec();
+    let config = env.config("max_in_flight: 1", "");
+    let mut daemon = env.spawn_daemon(&config, 0);
+    env.drop_file("m.yaml", &v1);
+    wait_until("the first image is submitted", DEADLINE, || {
+        env.stats().submits >= 1
+    })
+    .await;
+    env.drop_file("m.yaml", &v2);
+    wait_until("the run drains for the new version", DEADLINE, || {
+        env.daemon_log(0).contains("saved again while it ran")
+    })
+    .await;
+    env.drop_file("m.yaml", &v1);
+    let report_of = |content: &[u8]| {
+        std::fs::read_to_string(env.outbox.join("m.report.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .is_some_and(|r| {
+                r["sha256"] == sha256_hex(content).as_str()
+                    && r["jobs"].as_array().is_some_and(|rows| {
+                        rows.len() == 3
+                            && rows
+                                .iter()
+                                .all(|row| row["status"] == "done" || row["status"] == "unchanged")
+                    })
+            })
+    };
+    wait_until(
+        "the last save is reported, every image done",
+        DEADLINE,
+        || report_of(&v1),
+    )
+    .await;
+    wait_until("the last save is archived", DEADLINE, || {
+        !env.inbox.join("m.yaml").exists()
+    })
+    .await;
+    let status = stop(&mut daemon).await;
+    assert_eq!(status.code(), Some(0), "{}", env.daemon_log(0));
+    let stats = env.stats();
+    assert_eq!(stats.duplicate_submits, 0, "{:?}", stats.submits_by_key);
+    for name in ["keep-", "typo-", "also-"] {
+        let n: u64 = stats
+            .submits_by_key
+            .iter()
+            .filter(|(k, _)| k.contains(name))
+            .map(|(_, n)| *n)
+            .sum();
+        assert_eq!(n, 1, "{name}: {:?}", stats.submits_by_key);
+    }
+    assert!(
+        TestEnv::files_under(&env.rejected).is_empty(),
+        "nothing rejected"
+    );
+    for name in ["keep", "typo", "also"] {
+        assert!(env.outbox.join(format!("m/{name}-64x48.jpg")).is_file());
+    }
 }
 
 /// `run --once` ends at once when Claid refuses the key (401), with a code and a message that
