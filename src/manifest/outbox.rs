@@ -125,18 +125,62 @@ impl<'a> Outbox<'a> {
     }
 
     /// Whether a report can be written at `rel`: its path within `PATH_MAX` (its name is
-    /// shortened to fit `NAME_MAX` by `filename::report_names`).
-    pub fn check_report(&self, rel: &Path) -> Result<(), String> {
+    /// shortened to fit `NAME_MAX` by `filename::report_names`), no symbolic link on its way,
+    /// and neither a link nor a folder where it goes (a run would be billed and end with no
+    /// report).
+    pub fn check_report(&mut self, rel: &Path) -> Result<(), String> {
         let full = self.full_len(rel);
         let max = self.limits.max_final_path();
-        if full <= max {
-            return Ok(());
+        if full > max {
+            return Err(format!(
+                "the report {} would be a path of {full} bytes, and with the temporary name of its atomic write ({TMP_NAME_OVERHEAD} bytes more) it is longer than PATH_MAX ({} bytes); move the manifest to a folder nearer the top of the inbox, or use a shorter outbox path",
+                rel.display(),
+                self.limits.path_max
+            ));
         }
-        Err(format!(
-            "the report {} would be a path of {full} bytes, and with the temporary name of its atomic write ({TMP_NAME_OVERHEAD} bytes more) it is longer than PATH_MAX ({} bytes); move the manifest to a folder nearer the top of the inbox, or use a shorter outbox path",
-            rel.display(),
-            self.limits.path_max
-        ))
+        let Some(root) = self.root else {
+            return Ok(());
+        };
+        let Some(name) = rel.file_name() else {
+            return Ok(());
+        };
+        let fix = "; the manifest's reports are written there, beside its folder in the outbox: remove it, or rename the manifest";
+        let mut folder = PathBuf::new();
+        let parents: Vec<PathBuf> = rel
+            .parent()
+            .into_iter()
+            .flat_map(Path::components)
+            .filter_map(|c| match c {
+                Component::Normal(part) => Some(PathBuf::from(part)),
+                _ => None,
+            })
+            .collect();
+        match self.folder(root, &folder) {
+            Folder::Missing => return Ok(()),
+            Folder::Link(why) => return Err(format!("{why}{fix}")),
+            Folder::Present(_) => {}
+        }
+        for part in parents {
+            folder.push(part);
+            match self.folder(root, &folder) {
+                Folder::Missing => return Ok(()),
+                Folder::Link(why) => return Err(format!("{why}{fix}")),
+                Folder::Present(_) => {}
+            }
+        }
+        if self.is_link(root, &folder, name) {
+            return Err(format!(
+                "the report {} in the outbox is a symbolic link, and reports are never written through links{fix}",
+                root.join(rel).display()
+            ));
+        }
+        if std::fs::symlink_metadata(root.join(rel)).is_ok_and(|meta| meta.is_dir()) {
+            return Err(format!(
+                "the report {} is a folder in the outbox{fix}",
+                root.join(rel).display()
+            ));
+        }
+        Ok(())
     }
 
     fn full_len(&self, rel: &Path) -> usize {

@@ -884,3 +884,32 @@ fn issue15_storage_keys_s3_would_refuse_are_refused_at_validation() {
         }],
     );
 }
+
+/// A report that could not be written (its path is a folder in the outbox, or a symbolic
+/// link) is a problem of the manifest at intake: the run would be billed and end with no
+/// report.
+#[test]
+fn issue11_a_report_path_blocked_in_the_outbox_is_refused_at_validation() {
+    let env = env();
+    std::fs::create_dir_all(env.outbox.join("q.report.json")).expect("folder");
+    std::os::unix::fs::symlink(
+        env.root.join("elsewhere.csv"),
+        env.outbox.join("r.report.csv"),
+    )
+    .expect("link");
+    let text = "images:\n  - input: storage://demo/a-64x48.png\n";
+    let err = env.load_text("q.yaml", text).expect_err("refused");
+    assert!(
+        err.error_txt().contains("is a folder in the outbox"),
+        "{}",
+        err.error_txt()
+    );
+    let err = env.load_text("r.yaml", text).expect_err("refused");
+    assert!(
+        err.error_txt().contains("symbolic link"),
+        "{}",
+        err.error_txt()
+    );
+    env.load_text("s.yaml", text)
+        .expect("a free report path passes");
+}

@@ -366,6 +366,9 @@ async fn only_http_urls_are_downloaded() {
 }
 
 /// A symlink planted at a report's name is not followed: the file it points to is unchanged.
+/// Since the report could not be written, the manifest is refused at intake with an error file
+/// that names the link, before anything is spent (it used to run, be billed, and end with no
+/// report).
 #[tokio::test(flavor = "multi_thread")]
 async fn symlink_planted_at_a_report_name_is_not_followed() {
     let env = TestEnv::new(Scenario::default()).await;
@@ -379,7 +382,11 @@ async fn symlink_planted_at_a_report_name_is_not_followed() {
     let config = env.config("", "");
     let (code, stderr) = env.run_once(&config).await;
     assert_ne!(code, 101, "panicked:\n{stderr}");
-    assert!(env.outbox.join("good/hat-32x32.png").is_file(), "{stderr}");
+    assert_eq!(code, 2, "refused at intake:\n{stderr}");
+    assert_eq!(env.stats().submits, 0, "nothing was spent");
+    let error =
+        std::fs::read_to_string(env.rejected.join("good.yaml.error.txt")).expect("error file");
+    assert!(error.contains("symbolic link"), "{error}");
     assert_eq!(
         std::fs::read(&victim).expect("victim"),
         b"ORIGINAL",
