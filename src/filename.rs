@@ -157,8 +157,13 @@ pub fn report_names(manifest_rel: &Path, limits: &FsLimits) -> ReportNames {
 
 /// `base`, or its shortened form, so that a suffix of `suffix_len` bytes still fits.
 fn shortened(base: &OsStr, suffix_len: usize, limits: &FsLimits) -> OsString {
+    shortened_to(base, limits.max_final_name().saturating_sub(suffix_len))
+}
+
+/// `base` if it has at most `room` bytes, else its first bytes (never a split UTF-8
+/// character), `~` and [`SHORT_HASH_HEX`] hex digits of its sha256, within `room`.
+pub fn shortened_to(base: &OsStr, room: usize) -> OsString {
     let bytes = base.as_bytes();
-    let room = limits.max_final_name().saturating_sub(suffix_len);
     if bytes.len() <= room {
         return base.to_owned();
     }

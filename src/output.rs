@@ -424,7 +424,6 @@ fn is_cross_device(err: &io::Error) -> bool {
 
 /// `shoes.yaml` → `shoes.<n>.yaml`; `README` → `README.<n>`; `.hidden` → `.hidden.<n>`.
 fn suffixed(name: &OsStr, n: u32) -> OsString {
-    use std::os::unix::ffi::{OsStrExt, OsStringExt};
     let path = Path::new(name);
     let (stem, tail) = match (path.file_stem(), path.extension()) {
         (Some(stem), Some(ext)) => {
@@ -434,26 +433,10 @@ fn suffixed(name: &OsStr, n: u32) -> OsString {
         }
         _ => (name.to_os_string(), OsString::from(format!(".{n}"))),
     };
-    // A name at the file system's limit has no room for `.N`: its stem is shortened to its
-    // first bytes, `~` and 8 hex digits of its hash (as long report and error names are), so
-    // a version of a manifest with a long name can still be archived.
-    let room = NAME_MAX.saturating_sub(tail.len());
-    let stem = if stem.len() > room {
-        let bytes = stem.as_bytes();
-        let mut keep = room.saturating_sub(9).min(bytes.len());
-        if std::str::from_utf8(bytes).is_ok() {
-            while keep > 0 && (bytes[keep] & 0b1100_0000) == 0b1000_0000 {
-                keep -= 1;
-            }
-        }
-        let hash = hex::encode(Sha256::digest(bytes));
-        let mut out = bytes[..keep].to_vec();
-        out.push(b'~');
-        out.extend_from_slice(&hash.as_bytes()[..8]);
-        OsString::from_vec(out)
-    } else {
-        stem
-    };
+    // A name at the file system's limit has no room for `.N`: its stem is shortened as long
+    // report and error names are, so a version of a manifest with a long name can still be
+    // archived.
+    let stem = crate::filename::shortened_to(&stem, NAME_MAX.saturating_sub(tail.len()));
     let mut out = stem;
     out.push(tail);
     out

@@ -92,29 +92,9 @@ impl<'a> Outbox<'a> {
         let Some(name) = rel.file_name() else {
             return Ok(());
         };
-        let mut folder = PathBuf::new();
-        match self.folder(root, &folder) {
-            Folder::Missing => return Ok(()),
-            Folder::Link(why) => return Err(format!("{why}{fix}")),
-            Folder::Present(_) => {}
-        }
-        let parents: Vec<&OsStr> = rel
-            .parent()
-            .into_iter()
-            .flat_map(Path::components)
-            .filter_map(|c| match c {
-                Component::Normal(part) => Some(part),
-                _ => None,
-            })
-            .collect();
-        for part in parents {
-            folder.push(part);
-            match self.folder(root, &folder) {
-                Folder::Missing => return Ok(()),
-                Folder::Link(why) => return Err(format!("{why}{fix}")),
-                Folder::Present(_) => {}
-            }
-        }
+        let Some(folder) = self.folders_on_the_way(root, rel, fix)? else {
+            return Ok(());
+        };
         if self.is_link(root, &folder, name) {
             return Err(format!(
                 "{} in the outbox is a symbolic link, and outputs are never written through links: remove the link{fix}",
@@ -145,29 +125,9 @@ impl<'a> Outbox<'a> {
             return Ok(());
         };
         let fix = "; the manifest's reports are written there, beside its folder in the outbox: remove it, or rename the manifest";
-        let mut folder = PathBuf::new();
-        let parents: Vec<PathBuf> = rel
-            .parent()
-            .into_iter()
-            .flat_map(Path::components)
-            .filter_map(|c| match c {
-                Component::Normal(part) => Some(PathBuf::from(part)),
-                _ => None,
-            })
-            .collect();
-        match self.folder(root, &folder) {
-            Folder::Missing => return Ok(()),
-            Folder::Link(why) => return Err(format!("{why}{fix}")),
-            Folder::Present(_) => {}
-        }
-        for part in parents {
-            folder.push(part);
-            match self.folder(root, &folder) {
-                Folder::Missing => return Ok(()),
-                Folder::Link(why) => return Err(format!("{why}{fix}")),
-                Folder::Present(_) => {}
-            }
-        }
+        let Some(folder) = self.folders_on_the_way(root, rel, fix)? else {
+            return Ok(());
+        };
         if self.is_link(root, &folder, name) {
             return Err(format!(
                 "the report {} in the outbox is a symbolic link, and reports are never written through links{fix}",
@@ -226,6 +186,37 @@ impl<'a> Outbox<'a> {
             ));
         }
         Ok(())
+    }
+
+    /// The folders from the outbox down to `rel`'s folder, each looked at once: the last one
+    /// when all are present, `None` when one is missing (nothing below it can be checked now),
+    /// the problem (with `fix`) when one is a symbolic link.
+    fn folders_on_the_way(
+        &mut self,
+        root: &Path,
+        rel: &Path,
+        fix: &str,
+    ) -> Result<Option<PathBuf>, String> {
+        let mut folder = PathBuf::new();
+        let parts = rel
+            .parent()
+            .into_iter()
+            .flat_map(Path::components)
+            .filter_map(|c| match c {
+                Component::Normal(part) => Some(part),
+                _ => None,
+            });
+        for part in std::iter::once(None).chain(parts.map(Some)) {
+            if let Some(part) = part {
+                folder.push(part);
+            }
+            match self.folder(root, &folder) {
+                Folder::Missing => return Ok(None),
+                Folder::Link(why) => return Err(format!("{why}{fix}")),
+                Folder::Present(_) => {}
+            }
+        }
+        Ok(Some(folder))
     }
 
     /// What the folder `rel` is (looked at once).
