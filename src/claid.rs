@@ -438,6 +438,50 @@ pub struct Client {
     sustained_rate: f64,
     /// Told the latency of every answered call (API and downloads), for `/metrics`.
     latency_observer: Option<LatencyObserver>,
+    /// API calls on the wire and not yet answered: an API that accepts connections and never
+    /// answers is an outage long before the request timeout ends each call.
+    unanswered: Arc<Unanswered>,
+}
+
+/// The API calls sent and not yet answered, by when each was sent (after the rate limiter).
+#[derive(Debug, Default)]
+pub struct Unanswered {
+    inner: Mutex<(u64, BTreeMap<u64, Instant>)>,
+}
+
+impl Unanswered {
+    /// When the longest-waiting call still unanswered was sent.
+    pub fn oldest(&self) -> Option<Instant> {
+        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        inner.1.first_key_value().map(|(_, sent)| *sent)
+    }
+
+    /// Records a call sent now; the returned guard forgets it when dropped (answered, failed
+    /// or cancelled).
+    fn sent(&self) -> OnTheWire<'_> {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let id = inner.0;
+        inner.0 += 1;
+        inner.1.insert(id, Instant::now());
+        OnTheWire { calls: self, id }
+    }
+}
+
+/// One call on the wire (see [`Unanswered::sent`]).
+struct OnTheWire<'a> {
+    calls: &'a Unanswered,
+    id: u64,
+}
+
+impl Drop for OnTheWire<'_> {
+    fn drop(&mut self) {
+        let mut inner = self
+            .calls
+            .inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        inner.1.remove(&self.id);
+    }
 }
 
 /// Receives the endpoint and latency of each answered call.
@@ -529,7 +573,18 @@ impl Client {
             sustained_rate: f64::from(cfg.requests_per_second.get())
                 .min(f64::from(cfg.requests_per_minute.get()) / 60.0),
             latency_observer: None,
+            unanswered: Arc::default(),
         })
+    }
+
+    /// `host:port` of the API (for messages about it as a whole).
+    pub fn api_addr(&self) -> String {
+        addr_of(Some(&self.base))
+    }
+
+    /// The API calls on the wire and not yet answered (shared by every clone).
+    pub fn unanswered(&self) -> Arc<Unanswered> {
+        self.unanswered.clone()
     }
 
     /// `POST {base}/image/edit/async`: one HTTP attempt. Once the request may have reached
@@ -743,6 +798,7 @@ impl Client {
         })?;
         let method = request.method().clone();
         let started = Instant::now();
+        let on_the_wire = self.unanswered.sent();
         let response = match self.api.execute(request).await {
             Ok(response) => response,
             Err(err) => {
@@ -756,6 +812,7 @@ impl Client {
                 return Err(err);
             }
         };
+        drop(on_the_wire);
         let status = response.status();
         let request_id = request_id_of(response.headers());
         self.observe_latency(endpoint, started.elapsed());

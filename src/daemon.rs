@@ -418,6 +418,7 @@ pub async fn run(
         unchanged = totals.unchanged,
         failed = totals.failed,
         held_in_doubt = totals.held,
+        superseded = totals.superseded,
         "Inbox processed"
     );
     if totals.failed > 0

@@ -124,13 +124,18 @@ pub struct ResumeSummary {
 /// Totals over the manifests this process has handled, for `run --once`'s exit code.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Totals {
+    /// Runs taken in, and runs a start resumed.
     pub manifests: usize,
     pub rejected: usize,
+    /// Their jobs: all of a run taken in, the open ones of a resumed run.
     pub jobs: u64,
     pub done: u64,
     pub unchanged: u64,
     pub failed: u64,
     pub held: u64,
+    /// Jobs of a run whose manifest was saved again before they were submitted: left to the
+    /// newer version (so `jobs` = `done` + `failed` + `held` + `superseded` at the end).
+    pub superseded: u64,
     /// Manifests finished in this run whose report counts a failed job (also ones that
     /// failed before a restart).
     pub manifests_with_failures: usize,
@@ -266,7 +271,11 @@ impl Handle {
         let staging_delete = deps.staging.as_ref().is_some_and(|s| s.delete);
         let queue = Arc::new(submitter::Queue::default());
         let notices = notices::Notices::default();
-        let health = Arc::new(health::HealthState::new(notices.clone()));
+        let health = Arc::new(health::HealthState::new(
+            notices.clone(),
+            deps.client.api_addr(),
+            deps.client.unanswered(),
+        ));
         let in_flight = Arc::new(Semaphore::new(deps.max_in_flight));
         let (intake_tx, intake_rx) = mpsc::channel(INTAKE_QUEUE);
         let (finisher_raw, finisher_rx) = mpsc::unbounded_channel();
@@ -513,6 +522,12 @@ impl Handle {
     /// Tasks submitted and not yet finished.
     pub fn in_flight(&self) -> usize {
         self.shared.max_in_flight - self.shared.in_flight.available_permits()
+    }
+
+    /// Submits whose answer was lost (or that a crash cut short) waiting for a webhook to
+    /// adopt the task they became; counted in `in_flight` too.
+    pub fn awaiting_adoption(&self) -> usize {
+        self.shared.dispatch.awaiting_adoption()
     }
 
     /// Jobs waiting to be submitted.

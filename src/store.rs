@@ -135,9 +135,11 @@ pub enum Registered {
         counts: ManifestCounts,
     },
     /// `path` is reserved by another run that has not ended (`owner_rel` names its manifest
-    /// once that run's registration has committed); nothing was registered.
+    /// once that run's registration has committed); nothing was registered. `wanted` is the
+    /// path this run would write: `path` itself, or a file below it or a folder of it.
     Conflict {
         path: String,
+        wanted: String,
         owner: ManifestId,
         owner_rel: Option<String>,
     },
@@ -352,10 +354,12 @@ impl Store {
             }
             Registration::Conflict {
                 path,
+                wanted,
                 owner,
                 owner_rel,
             } => Registered::Conflict {
                 path,
+                wanted,
                 owner,
                 owner_rel,
             },

@@ -2,8 +2,11 @@
 //! written is refused before Claid bills its edit: no symbolic link on the way (`output`
 //! refuses to write through one), and names within the outbox filesystem's `NAME_MAX` and
 //! `PATH_MAX`, counting the temporary name every write goes through
-//! ([`crate::filename::TMP_NAME_OVERHEAD`]). Obstacles that can be cleared while the edit runs
-//! (a file where a folder goes) are left to the writer, which retries them.
+//! ([`crate::filename::TMP_NAME_OVERHEAD`]), and nothing of another kind in the way (a file
+//! where a folder of the output's path goes, a folder where the output itself goes): Claid
+//! would bill the edit and the result could not be delivered. One that appears after
+//! validation fails its job when the result is written (`output-not-a-directory`,
+//! `output-is-a-directory`).
 //!
 //! Each folder is looked at once per manifest (one `lstat` per folder on the way, one listing of
 //! the folder outputs go into), so a 100,000-image manifest costs a few system calls, not
@@ -31,11 +34,19 @@ enum Folder {
     /// Not there yet (or not a folder yet: the writer retries until it is): nothing below it
     /// can be checked now.
     Missing,
-    /// A folder; the names in it that are symbolic links, read when an output goes into it
-    /// (`None` until then).
-    Present(Option<HashSet<OsString>>),
-    /// A symbolic link: no output may go through it; the message says what to do.
-    Link(String),
+    /// A folder; the names in it that are symbolic links or folders, read when an output goes
+    /// into it (`None` until then).
+    Present(Option<Entries>),
+    /// A symbolic link, or something else than a folder: no output may go through it; the
+    /// message says what to do.
+    Blocked(String),
+}
+
+/// The names in a folder that an output cannot be written at.
+#[derive(Default)]
+struct Entries {
+    links: HashSet<OsString>,
+    folders: HashSet<OsString>,
 }
 
 /// Where an output's name comes from, which decides the fix a problem suggests.
@@ -95,9 +106,16 @@ impl<'a> Outbox<'a> {
         let Some(folder) = self.folders_on_the_way(root, rel, fix)? else {
             return Ok(());
         };
-        if self.is_link(root, &folder, name) {
+        let entries = self.entries(root, &folder);
+        if entries.links.contains(name) {
             return Err(format!(
                 "{} in the outbox is a symbolic link, and outputs are never written through links: remove the link{fix}",
+                root.join(rel).display()
+            ));
+        }
+        if entries.folders.contains(name) {
+            return Err(format!(
+                "{} in the outbox is a folder, where this image's output file goes: move the folder away{fix}",
                 root.join(rel).display()
             ));
         }
@@ -128,13 +146,14 @@ impl<'a> Outbox<'a> {
         let Some(folder) = self.folders_on_the_way(root, rel, fix)? else {
             return Ok(());
         };
-        if self.is_link(root, &folder, name) {
+        let entries = self.entries(root, &folder);
+        if entries.links.contains(name) {
             return Err(format!(
                 "the report {} in the outbox is a symbolic link, and reports are never written through links{fix}",
                 root.join(rel).display()
             ));
         }
-        if std::fs::symlink_metadata(root.join(rel)).is_ok_and(|meta| meta.is_dir()) {
+        if entries.folders.contains(name) {
             return Err(format!(
                 "the report {} is a folder in the outbox{fix}",
                 root.join(rel).display()
@@ -212,7 +231,7 @@ impl<'a> Outbox<'a> {
             }
             match self.folder(root, &folder) {
                 Folder::Missing => return Ok(None),
-                Folder::Link(why) => return Err(format!("{why}{fix}")),
+                Folder::Blocked(why) => return Err(format!("{why}{fix}")),
                 Folder::Present(_) => {}
             }
         }
@@ -230,15 +249,16 @@ impl<'a> Outbox<'a> {
         })
     }
 
-    /// Whether `name` in the folder `rel` is a symbolic link; the folder is listed once (none
-    /// is known when it cannot be listed: the writer reports that).
-    fn is_link(&mut self, root: &Path, rel: &Path, name: &OsStr) -> bool {
+    /// The links and folders in the folder `rel`, listed once (none are known when it cannot
+    /// be listed: the writer reports that).
+    fn entries(&mut self, root: &Path, rel: &Path) -> &Entries {
+        static NONE: std::sync::LazyLock<Entries> = std::sync::LazyLock::new(Entries::default);
         match self.folders.get_mut(rel) {
-            Some(Folder::Present(links)) => links
-                .get_or_insert_with(|| list_links(&root.join(rel)).unwrap_or_default())
-                .contains(name),
+            Some(Folder::Present(entries)) => {
+                entries.get_or_insert_with(|| list_entries(&root.join(rel)).unwrap_or_default())
+            }
             // Only folders found present are asked about.
-            Some(Folder::Missing | Folder::Link(_)) | None => false,
+            Some(Folder::Missing | Folder::Blocked(_)) | None => &NONE,
         }
     }
 }
@@ -253,25 +273,32 @@ fn look_at_root(root: &Path) -> Folder {
 
 fn look_at_folder(path: &Path) -> Folder {
     match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_symlink() => Folder::Link(format!(
+        Ok(meta) if meta.file_type().is_symlink() => Folder::Blocked(format!(
             "{} in the outbox is a symbolic link, and outputs are never written through links: replace the link with a folder",
             path.display()
         )),
         Ok(meta) if meta.is_dir() => Folder::Present(None),
-        // Not there, not a folder, or not readable: the writer reports (and retries) that.
-        _ => Folder::Missing,
+        Ok(_) => Folder::Blocked(format!(
+            "{} in the outbox is a file, where a folder on the way goes: move the file away",
+            path.display()
+        )),
+        // Not there, or not readable: the writer creates it, or reports (and retries) that.
+        Err(_) => Folder::Missing,
     }
 }
 
-fn list_links(dir: &Path) -> io::Result<HashSet<OsString>> {
-    let mut links = HashSet::new();
+fn list_entries(dir: &Path) -> io::Result<Entries> {
+    let mut entries = Entries::default();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
-        if entry.file_type()?.is_symlink() {
-            links.insert(entry.file_name());
+        let kind = entry.file_type()?;
+        if kind.is_symlink() {
+            entries.links.insert(entry.file_name());
+        } else if kind.is_dir() {
+            entries.folders.insert(entry.file_name());
         }
     }
-    Ok(links)
+    Ok(entries)
 }
 
 /// A long name shortened for a message: its first 40 characters, `…`, its last 12.
@@ -291,7 +318,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn links_on_the_way_are_named_and_other_obstacles_left_to_the_writer() {
+    fn links_files_and_folders_in_the_way_are_named_with_their_fix() {
         let dir = tempfile::tempdir().expect("temp");
         let root = dir.path();
         std::fs::create_dir_all(root.join("m/real")).expect("dirs");
@@ -323,10 +350,32 @@ mod tests {
             err.contains("m/real/l.jpg in the outbox is a symbolic link"),
             "{err}"
         );
-        // A file where a folder goes, or a folder where the file goes, can be cleared while the
-        // edit runs: the writer retries those.
-        assert_eq!(outbox.check_output(Path::new("m/file/a.jpg"), fix), Ok(()));
-        assert_eq!(outbox.check_output(Path::new("m/real"), fix), Ok(()));
+        // A file where a folder goes, or a folder where the file goes: Claid would bill an edit
+        // that cannot be delivered.
+        let err = outbox
+            .check_output(Path::new("m/file/a.jpg"), fix)
+            .unwrap_err();
+        assert!(
+            err.contains(&format!(
+                "{} in the outbox is a file, where a folder on the way goes",
+                root.join("m/file").display()
+            )),
+            "{err}"
+        );
+        let err = outbox
+            .check_output(Path::new("m/real"), Naming::FromInput)
+            .unwrap_err();
+        assert!(
+            err.contains(&format!(
+                "{} in the outbox is a folder, where this image's output file goes",
+                root.join("m/real").display()
+            )),
+            "{err}"
+        );
+        assert!(
+            err.ends_with(", or set another `output` for this image"),
+            "{err}"
+        );
     }
 
     #[test]

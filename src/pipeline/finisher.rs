@@ -261,6 +261,13 @@ impl Finisher {
                     _ => Phase::Running,
                 };
                 self.track(id, PathBuf::from(&manifest.rel), manifest.sha256, phase);
+                // Its open jobs are this process's work: each ends done, failed, held or
+                // superseded here, so `run --once`'s closing counts add up.
+                let open = self.deps.store.counts_of_active(id).map_or(0, |c| c.open());
+                self.deps.board.update(|s| {
+                    s.totals.manifests += 1;
+                    s.totals.jobs += open;
+                });
                 self.done_pending();
                 self.settle_if_done(id).await;
             }
@@ -327,10 +334,15 @@ impl Finisher {
         }
         self.deps.queue.remove_run(id);
         match self.deps.store.cancel_queued(id).await {
-            Ok(cancelled) => info!(
-                cancelled = cancelled.len(),
-                "Queued images of the old version cancelled"
-            ),
+            Ok(cancelled) => {
+                info!(
+                    cancelled = cancelled.len(),
+                    "Queued images of the old version cancelled"
+                );
+                self.deps
+                    .board
+                    .update(|s| s.totals.superseded += cancelled.len() as u64);
+            }
             Err(err) => error!(error = %err, "Cannot cancel the old version's queued images"),
         }
         self.settle_if_done(id).await;

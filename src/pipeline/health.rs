@@ -1,14 +1,15 @@
 //! Whether the API takes the daemon's calls: paused after a systemic refusal (401, 402, 403:
 //! submitting stops, queued jobs are kept), and failing while calls fail (no answer at all, or
-//! errors) without any succeeding. `run --once` reads both to end instead of waiting for ever.
+//! errors) or wait for an answer without any succeeding. `run --once` reads both to end
+//! instead of waiting for ever.
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{error, info};
 
-use crate::claid::ClaidError;
+use crate::claid::{ClaidError, Unanswered};
 use crate::pipeline::notices::{Notice, Notices};
 
 /// Whether the daemon may submit.
@@ -29,6 +30,10 @@ pub struct HealthState {
     inner: Mutex<Inner>,
     /// Told when submitting pauses and resumes.
     notices: Notices,
+    /// `host:port` of the API, named in what `failing` says.
+    api: String,
+    /// The client's calls on the wire: one unanswered for long is an outage too.
+    unanswered: Arc<Unanswered>,
 }
 
 #[derive(Debug, Default)]
@@ -41,11 +46,14 @@ struct Inner {
 }
 
 impl HealthState {
-    pub fn new(notices: Notices) -> HealthState {
+    /// `api` is the API's `host:port`; `unanswered` the client's calls on the wire.
+    pub fn new(notices: Notices, api: String, unanswered: Arc<Unanswered>) -> HealthState {
         HealthState {
             health: watch::channel(Health::Healthy).0,
             inner: Mutex::new(Inner::default()),
             notices,
+            api,
+            unanswered,
         }
     }
 
@@ -113,12 +121,39 @@ impl HealthState {
         self.lock().last_ok.is_some_and(|at| at > t)
     }
 
-    /// How long calls have failed without one succeeding, and the last failure.
+    /// How long calls have failed, or one has waited for its answer, without any succeeding,
+    /// and why in words that name the API's `host:port`.
     pub fn failing(&self) -> Option<(std::time::Duration, String)> {
-        self.lock()
-            .failing
-            .as_ref()
-            .map(|(since, why)| (since.elapsed(), why.clone()))
+        let inner = self.lock();
+        // A call still waiting counts only when nothing has succeeded since it was sent.
+        let waiting = self
+            .unanswered
+            .oldest()
+            .filter(|sent| inner.last_ok.is_none_or(|ok| ok < *sent));
+        let failed = inner.failing.as_ref();
+        let api = &self.api;
+        match (failed, waiting) {
+            (Some((since, why)), waiting) => {
+                let since = waiting.map_or(*since, |sent| sent.min(*since));
+                let why = if why.contains(api.as_str()) {
+                    why.clone()
+                } else {
+                    format!("the API at {api}: {why}")
+                };
+                Some((since.elapsed(), why))
+            }
+            (None, Some(sent)) => {
+                let waited = sent.elapsed();
+                Some((
+                    waited,
+                    format!(
+                        "no answer from {api} to a request sent {} s ago",
+                        waited.as_secs()
+                    ),
+                ))
+            }
+            (None, None) => None,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {

@@ -335,16 +335,42 @@ impl Intake {
             }) => (id, queued, unchanged),
             Ok(Registered::Conflict {
                 path: taken,
+                wanted,
                 owner_rel,
                 ..
             }) => {
                 let _ = phase.next(LifeEvent::Conflict);
                 let other =
                     owner_rel.unwrap_or_else(|| "another manifest being taken in".to_owned());
+                let (clash, why) = if wanted == taken {
+                    (
+                        format!(
+                            "it would write `{taken}` in the outbox, which the manifest `{other}` is still writing"
+                        ),
+                        format!("`{taken}` is being written by the active manifest `{other}`"),
+                    )
+                } else if wanted.starts_with(&format!("{taken}/")) {
+                    (
+                        format!(
+                            "it would write `{wanted}` in the outbox, and the manifest `{other}` is still writing the file `{taken}`, where this path needs a folder"
+                        ),
+                        format!(
+                            "`{wanted}` needs a folder where the active manifest `{other}` writes the file `{taken}`"
+                        ),
+                    )
+                } else {
+                    (
+                        format!(
+                            "it would write the file `{wanted}` in the outbox, and the manifest `{other}` is still writing `{taken}` inside a folder of that name"
+                        ),
+                        format!(
+                            "`{wanted}` would be a file where the active manifest `{other}` writes `{taken}` inside a folder"
+                        ),
+                    )
+                };
                 let text = format!(
-                    "manifest: {rel}\n\nRefused before anything was submitted: it would write `{taken}` in the outbox, which the manifest `{other}` is still writing.\nTwo manifests that are active at the same time may not write the same output or report (manifests with the same name but another extension, like `s.yaml` and `s.json`, write the same report `s.report.json`).\nWait until `{other}` has finished, or give this manifest another name or other output names, then drop it again.\n"
+                    "manifest: {rel}\n\nRefused before anything was submitted: {clash}.\nTwo manifests that are active at the same time may not write the same output or report (manifests with the same name but another extension, like `s.yaml` and `s.json`, write the same report `s.report.json`), nor a file where the other needs a folder.\nWait until `{other}` has finished, or give this manifest another name or other output names, then drop it again.\n"
                 );
-                let why = format!("`{taken}` is being written by the active manifest `{other}`");
                 self.reject(path, &rel_path, &text, &why).await;
                 return Taken::HandedOn;
             }

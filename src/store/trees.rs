@@ -75,10 +75,11 @@ pub enum Registration {
         unchanged: u64,
         counts: ManifestCounts,
     },
-    /// A path the run would write is reserved by another run that has not ended; nothing was
-    /// registered.
+    /// A path the run would write (`wanted`) collides with `path`, reserved by another run
+    /// that has not ended; nothing was registered.
     Conflict {
         path: String,
+        wanted: String,
         owner: ManifestId,
         /// The other run's manifest, when its registration has committed.
         owner_rel: Option<String>,
@@ -347,9 +348,10 @@ impl Trees {
     /// that is a folder of it or inside it (a file where the other needs a folder).
     fn reserve(&self, owner: ManifestId, path: &str) -> Result<Option<Registration>, StoreError> {
         let conflict =
-            |other: ManifestId, path: &str| -> Result<Option<Registration>, StoreError> {
+            |other: ManifestId, taken: &str| -> Result<Option<Registration>, StoreError> {
                 Ok(Some(Registration::Conflict {
-                    path: path.to_owned(),
+                    path: taken.to_owned(),
+                    wanted: path.to_owned(),
                     owner: other,
                     owner_rel: match self.manifest(other)? {
                         Some(m) => Some(m.rel),

@@ -394,7 +394,7 @@ async fn issue12_batching_switched_off_shows_in_metrics_and_status() {
 }
 
 /// The value of `field=` in the `Inbox processed` line `run --once` logs at its end.
-fn processed_field(output: &str, field: &str) -> Option<u64> {
+pub(crate) fn processed_field(output: &str, field: &str) -> Option<u64> {
     let line = output.lines().find(|l| l.contains("Inbox processed"))?;
     line.split_whitespace()
         .find_map(|word| word.strip_prefix(&format!("{field}=")))

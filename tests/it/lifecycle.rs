@@ -106,6 +106,52 @@ async fn issue11_an_output_another_active_manifest_writes_is_refused() {
     assert!(env.outbox.join("a/b/x.jpg").is_file());
 }
 
+/// An output whose way the outbox blocks (a file where a folder of its path goes, a folder
+/// where the output file goes) could never be delivered: the manifest is refused at intake
+/// with each obstacle named on its row's line, before Claid bills anything.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue11_an_output_blocked_in_the_outbox_is_refused_before_any_spend() {
+    let env = TestEnv::new(Scenario::default()).await;
+    std::fs::create_dir_all(env.outbox.join("m/b.jpg/inside")).expect("folder at the output");
+    std::fs::write(env.outbox.join("m/sub"), b"a file").expect("file where a folder goes");
+    env.drop_file(
+        "m.yaml",
+        b"images:\n  - input: storage://demo/one-64x48.png\n    output: sub/a.jpg\n  - input: storage://demo/two-64x48.png\n    output: b.jpg\n",
+    );
+    env.drop_file(
+        "ok.yaml",
+        b"images:\n  - input: storage://demo/three-64x48.png\n",
+    );
+    let config = env.config("", "");
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 2, "m.yaml is refused:\n{stderr}");
+    let text = std::fs::read_to_string(env.rejected.join("m.yaml.error.txt")).expect("error file");
+    let file = env.outbox.join("m/sub");
+    let folder = env.outbox.join("m/b.jpg");
+    assert!(
+        text.contains(&format!(
+            "line 3: images[0].output: {} in the outbox is a file, where a folder on the way goes",
+            file.display()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "line 5: images[1].output: {} in the outbox is a folder, where this image's output file goes",
+            folder.display()
+        )),
+        "{text}"
+    );
+    assert_eq!(env.stats().submits, 1, "only ok.yaml was submitted");
+    assert!(env.outbox.join("ok/three-64x48.jpg").is_file());
+    assert_eq!(
+        std::fs::read(&file).expect("file"),
+        b"a file",
+        "left as it was"
+    );
+    assert!(folder.join("inside").is_dir(), "left as it was");
+}
+
 /// The everyday "fixed a typo, saved over it": the running version drains (what Claid already
 /// has finishes and is recorded, nothing new is submitted for it), then the new content runs;
 /// rows identical to delivered ones are not billed again; the archive holds exactly the
@@ -203,6 +249,44 @@ async fn issue11_a_manifest_saved_again_while_it_runs_is_processed_in_its_new_ve
         .sum();
     assert_eq!(old_rows, 0, "{:?}", stats.submits_by_key);
     assert!(report_is_v2(), "the newest report stays");
+}
+
+/// A manifest saved again while no daemon ran (the last one was killed mid-run): the next
+/// `run --once` supersedes the run it left, and its closing line counts the images the new
+/// version took over as `superseded`, so the counts add up (they mixed the two runs).
+#[tokio::test(flavor = "multi_thread")]
+async fn issue11_run_once_counts_add_up_after_a_resave() {
+    let env =
+        TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_millis(1500))))
+            .await;
+    let v1 = b"images:\n  - input: storage://demo/keep-64x48.png\n  - input: storage://demo/typo-64x48.png\n  - input: storage://demo/also-64x48.png\n";
+    let v2 = b"images:\n  - input: storage://demo/keep-64x48.png\n  - input: storage://demo/fixed-64x48.png\n";
+    let config = env.config("max_in_flight: 1", "");
+    let mut daemon = env.spawn_daemon(&config, 0);
+    env.drop_file("m.yaml", v1);
+    wait_until("the first image is submitted", DEADLINE, || {
+        env.stats().submits >= 1
+    })
+    .await;
+    daemon.start_kill().expect("SIGKILL");
+    daemon.wait().await.expect("wait");
+    env.drop_file("m.yaml", v2);
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    let field = |name: &str| {
+        crate::batch::processed_field(&stderr, name)
+            .unwrap_or_else(|| panic!("no {name}= in the closing line:\n{stderr}"))
+    };
+    let superseded = field("superseded");
+    assert_eq!(
+        superseded, 2,
+        "typo- and also- went to the new version:\n{stderr}"
+    );
+    assert_eq!(
+        field("jobs"),
+        field("done") + field("failed") + field("held_in_doubt") + superseded,
+        "{stderr}"
+    );
 }
 
 /// Saved A → B → A while A runs: the last save is the newest version and runs once A has
@@ -341,6 +425,47 @@ async fn issue11_run_once_gives_up_on_an_unreachable_api() {
     assert_eq!(code, 0, "the kept job finishes:\n{stderr}");
     assert!(env.outbox.join("m/a-64x48.jpg").is_file());
     assert_eq!(env.stats().submits, 1);
+}
+
+/// `run --once` against an API that takes connections and never answers gives up after
+/// `api.unreachable_timeout`, not after the (here much longer) request timeout of each call,
+/// and says which host did not answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue11_run_once_gives_up_on_an_api_that_never_answers() {
+    let env = TestEnv::new(Scenario::default()).await;
+    env.drop_file(
+        "m.yaml",
+        b"images:\n  - input: storage://demo/a-64x48.png\n",
+    );
+    // The kernel completes connections into the backlog; nothing ever reads or answers them.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    let good = env.config("", "");
+    let text = std::fs::read_to_string(&good).expect("config");
+    let hanging = text
+        .replace(
+            &env.emulator.base_url(),
+            &format!("http://127.0.0.1:{port}/v1"),
+        )
+        .replace(
+            "api:\n",
+            "api:\n  unreachable_timeout: 2s\n  request_timeout: 10m\n",
+        );
+    let path = env.dir.path().join("hanging.yaml");
+    std::fs::write(&path, hanging).expect("config");
+    // Ten minutes per call: only the unreachable timeout can end this run within the deadline.
+    let (code, stderr) = tokio::time::timeout(DEADLINE, env.run_once(&path))
+        .await
+        .expect("run --once ends at api.unreachable_timeout, not at the request timeout");
+    assert_eq!(code, 69, "EX_UNAVAILABLE:\n{stderr}");
+    assert!(
+        stderr.contains(&format!("no answer from 127.0.0.1:{port}")),
+        "names the host that does not answer: {stderr}"
+    );
+    drop(silent);
+    let (code, stderr) = env.run_once(&good).await;
+    assert_eq!(code, 0, "the kept job finishes:\n{stderr}");
+    assert!(env.outbox.join("m/a-64x48.jpg").is_file());
 }
 
 /// A manifest of ~100,000 rows (under the 16 MiB limit) in the inbox.

@@ -750,17 +750,24 @@ async fn reservations_refuse_a_second_writer_until_the_first_run_ends() {
     {
         Registered::Conflict {
             path,
+            wanted,
             owner,
             owner_rel,
         } => {
             assert_eq!(path, "s.report.json");
+            assert_eq!(wanted, "s.report.json");
             assert_eq!(owner, first);
             assert_eq!(owner_rel.as_deref(), Some("s.yaml"));
         }
         other => panic!("{other:?}"),
     }
-    // Same output, and a file where another needs a folder (and the other way round).
-    for output in ["s/x.jpg", "s/x.jpg/inner.jpg", "s"] {
+    // Same output, and a file where another needs a folder (and the other way round): the
+    // conflict names the other run's path and the one this run would write.
+    for (output, theirs) in [
+        ("s/x.jpg", "s/x.jpg"),
+        ("s/x.jpg/inner.jpg", "s/x.jpg"),
+        ("s", "s/x.jpg"),
+    ] {
         let mut c = job(0, "c");
         c.output_rel = output.into();
         let res = store
@@ -768,7 +775,8 @@ async fn reservations_refuse_a_second_writer_until_the_first_run_ends() {
             .await
             .unwrap();
         assert!(
-            matches!(res, Registered::Conflict { owner, .. } if owner == first),
+            matches!(&res, Registered::Conflict { owner, path, wanted, .. }
+                if *owner == first && path == theirs && wanted == output),
             "{output}: {res:?}"
         );
     }
