@@ -90,6 +90,10 @@ pub struct DaemonView {
     pub health: String,
     pub reason: Option<String>,
     pub in_flight: usize,
+    /// Of `in_flight`: submits whose answer was lost (or that a crash cut short), waiting for
+    /// a webhook to say which task they became (absent from older daemons).
+    #[serde(default)]
+    pub awaiting_webhook: usize,
     pub queued: usize,
     pub uptime_secs: u64,
     /// Whether batches are on, and the sizes chosen (absent from older daemons).
@@ -216,6 +220,7 @@ pub async fn status_view(
             health,
             reason,
             in_flight: p.in_flight(),
+            awaiting_webhook: p.awaiting_adoption(),
             queued: p.queued(),
             uptime_secs: p.uptime().as_secs(),
             batching: Some(p.batching()),

@@ -119,7 +119,7 @@ pub enum Command {
     /// Run the Claid-compatible emulator.
     Emulator {
         /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:8787")]
+        #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
         #[command(flatten)]
         scenario: Box<emulator::ScenarioArgs>,
@@ -840,13 +840,17 @@ fn cmd_status(config_path: &Path, json: bool) -> anyhow::Result<i32> {
     }
     match &view.daemon {
         Some(d) => println!(
-            "daemon: {}{}; {} in flight, {} queued, up {}s",
+            "daemon: {}{}; {} in flight{}, {} queued, up {}s",
             d.health,
             d.reason
                 .as_deref()
                 .map(|r| format!(" ({r})"))
                 .unwrap_or_default(),
             d.in_flight,
+            match d.awaiting_webhook {
+                0 => String::new(),
+                n => format!(" ({n} of them lost their submit answer and wait for its webhook)"),
+            },
             d.queued,
             d.uptime_secs
         ),

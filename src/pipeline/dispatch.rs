@@ -282,6 +282,19 @@ impl Dispatch {
         })
     }
 
+    /// Submits whose answer was lost (a job, or a batch of them) and jobs a crash caught
+    /// mid-submit, waiting for a webhook to say which task they became.
+    pub fn awaiting_adoption(&self) -> usize {
+        let inner = self.lock();
+        let batch_jobs: usize = inner
+            .lost_batch
+            .values()
+            .flat_map(HashMap::values)
+            .map(Vec::len)
+            .sum();
+        inner.lost.len() + batch_jobs
+    }
+
     /// Registers jobs a crash caught mid-submit that may have gone in a batch: a batch webhook
     /// whose echoed request has their body and lists only their inputs is adopted by them
     /// (whatever the order of its inputs). Batches that came before are adopted at once.
