@@ -576,6 +576,118 @@ async fn sigkill_while_staging_submitting_and_polling_loses_nothing_and_never_pa
     s3.stop().await;
 }
 
+/// A TCP forwarder on 127.0.0.1 to an S3 server that can be switched off (new connections are
+/// refused, open ones are cut) and on again on the same port: a bucket endpoint that restarts.
+struct Switch {
+    addr: std::net::SocketAddr,
+    target: String,
+    forwarding: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Switch {
+    async fn start(endpoint: &str) -> Switch {
+        let target = endpoint.trim_start_matches("http://").to_owned();
+        let listener = Switch::listen("127.0.0.1:0".parse().expect("addr"));
+        let addr = listener.local_addr().expect("addr");
+        let switch = Switch {
+            addr,
+            target,
+            forwarding: std::sync::Mutex::new(None),
+        };
+        switch.forward(listener);
+        switch
+    }
+
+    fn listen(addr: std::net::SocketAddr) -> tokio::net::TcpListener {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_reuseaddr(true).expect("reuseaddr");
+        socket.bind(addr).expect("bind");
+        socket.listen(64).expect("listen")
+    }
+
+    /// Every accepted connection goes to the target; the connections live in the task's
+    /// `JoinSet`, so aborting the task cuts them all.
+    fn forward(&self, listener: tokio::net::TcpListener) {
+        let target = self.target.clone();
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let target = target.clone();
+                connections.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        *self.forwarding.lock().expect("lock") = Some(task);
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    async fn off(&self) {
+        let task = self.forwarding.lock().expect("lock").take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    fn on(&self) {
+        self.forward(Switch::listen(self.addr));
+    }
+}
+
+/// A bucket endpoint that refuses connections while a drop's local files are staged (an S3
+/// server restarting) is an outage, waited out with backoff like the API's: more failed
+/// attempts than a transient failure is allowed (10) fail nothing, and once the endpoint
+/// answers again every file is staged, edited and delivered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bucket_endpoint_refusing_connections_while_staging_is_waited_out() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let (env, _) = storage_env(&s3, quick(), "", 0).await;
+    let switch = Switch::start(&s3.endpoint).await;
+    let keys = credentials_file(env.dir.path());
+    let storages = storages_yaml("catalog-s3", "s3://catalog/raw", &switch.endpoint(), &keys);
+    let config = env.config("staging: catalog\nmax_in_flight: 1", &storages);
+    let deadline = std::time::Duration::from_secs(60);
+    let mut daemon = env.spawn_daemon(&config, 0);
+    crate::support::wait_until("the start checked the bucket", deadline, || {
+        env.daemon_log(0).contains("Ready")
+    })
+    .await;
+    switch.off().await;
+    drop_local_manifest(&env, 3, false);
+    let retries = || {
+        env.daemon_log(0)
+            .matches("Cannot stage the input; retrying")
+            .count()
+    };
+    crate::support::wait_until(
+        "more retries than a transient failure gets",
+        deadline,
+        || retries() > 12,
+    )
+    .await;
+    assert!(
+        !env.daemon_log(0).contains("staging-failed"),
+        "nothing failed during the outage:\n{}",
+        env.daemon_log(0)
+    );
+    switch.on();
+    crate::support::wait_until("the drop is archived", deadline, || {
+        env.archive.join("shoes.yaml").is_file()
+    })
+    .await;
+    crate::support::stop(&mut daemon).await;
+    check_staged_run(&env, 3, 0);
+    s3.stop().await;
+}
+
 #[tokio::test]
 async fn the_embedded_emulator_serves_the_configs_own_storages_as_its_connectors() {
     let Some(s3) = S3Server::start().await else {
