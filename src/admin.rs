@@ -90,8 +90,9 @@ pub struct DaemonView {
     pub health: String,
     pub reason: Option<String>,
     pub in_flight: usize,
-    /// Of `in_flight`: submits whose answer was lost (or that a crash cut short), waiting for
-    /// a webhook to say which task they became (absent from older daemons).
+    /// Jobs whose submit answer was lost (or that a crash cut short), waiting for a webhook
+    /// to say which task they became; a manifest's row counts them in flight (absent from
+    /// older daemons).
     #[serde(default)]
     pub awaiting_webhook: usize,
     pub queued: usize,

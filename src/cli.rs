@@ -849,7 +849,7 @@ fn cmd_status(config_path: &Path, json: bool) -> anyhow::Result<i32> {
             d.in_flight,
             match d.awaiting_webhook {
                 0 => String::new(),
-                n => format!(" ({n} of them lost their submit answer and wait for its webhook)"),
+                n => format!(", {n} waiting for a webhook to name the task of a lost submit"),
             },
             d.queued,
             d.uptime_secs

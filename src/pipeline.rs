@@ -524,8 +524,8 @@ impl Handle {
         self.shared.max_in_flight - self.shared.in_flight.available_permits()
     }
 
-    /// Submits whose answer was lost (or that a crash cut short) waiting for a webhook to
-    /// adopt the task they became; counted in `in_flight` too.
+    /// Jobs whose submit answer was lost (or that a crash cut short) waiting for a webhook to
+    /// adopt the task they became.
     pub fn awaiting_adoption(&self) -> usize {
         self.shared.dispatch.awaiting_adoption()
     }
@@ -623,7 +623,7 @@ impl Handle {
                         let alone = if full.local {
                             None
                         } else {
-                            shared.dispatch.lost_submit(&job::request_of(&full))
+                            shared.dispatch.lost_submit(&job::request_of(&full), 1)
                         };
                         let in_batch = batch::lost_batch_job(job.manifest, id, &full);
                         if alone.is_some() || in_batch.is_some() {
@@ -864,7 +864,11 @@ async fn adopt_or_give_up(
     let mut pending: HashMap<JobId, tokio::task::AbortHandle> = HashMap::new();
     for (mid, id, lost) in late {
         let cancel = shared.cancel.clone();
+        // A job that may have gone alone is counted by its `LostSubmit`; one that may only
+        // have gone in a batch, here.
+        let awaiting = lost.is_none().then(|| shared.dispatch.awaiting(1));
         let handle = waits.spawn(async move {
+            let _awaiting = awaiting;
             let update = match lost {
                 Some(lost) => tokio::select! {
                     update = lost.wait(fallback) => update,

@@ -745,7 +745,11 @@ impl BatchRunner {
     async fn wait_for_lost(&self, request: &BatchEditRequest) -> Option<Box<BatchTask>> {
         let fallback = self.deps.webhooks?;
         let value = serde_json::to_value(request).ok()?;
-        let lost = self.deps.dispatch.lost_submit(&value)?;
+        let jobs = match &request.input {
+            crate::claid::wire::BatchInput::Urls(urls) => urls.len(),
+            _ => 1,
+        };
+        let lost = self.deps.dispatch.lost_submit(&value, jobs)?;
         match lost.wait(fallback).await? {
             TaskUpdate::Batch(batch) => Some(batch),
             TaskUpdate::Async(_) => None,

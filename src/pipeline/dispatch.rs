@@ -78,7 +78,24 @@ struct Inner {
     lost_batch: HashMap<String, HashMap<String, Vec<LostOwner>>>,
     /// Batches adopted by such jobs, for [`Dispatch::next_batch_adoption`].
     batch_adoptions: Vec<(TaskUpdate, Vec<LostOwner>)>,
+    /// Jobs waiting for a webhook to say which task their lost submit became (each counted
+    /// once, by its [`Awaiting`]).
+    awaiting: usize,
     stats: DispatchStats,
+}
+
+/// Jobs counted as waiting for a webhook to adopt their lost submit while this lives.
+#[derive(Debug)]
+pub struct Awaiting {
+    dispatch: Arc<Dispatch>,
+    jobs: usize,
+}
+
+impl Drop for Awaiting {
+    fn drop(&mut self) {
+        let mut inner = self.dispatch.lock();
+        inner.awaiting = inner.awaiting.saturating_sub(self.jobs);
+    }
 }
 
 /// Where one waiter receives its update.
@@ -155,6 +172,8 @@ pub struct LostSubmit {
     dispatch: Arc<Dispatch>,
     key: String,
     slot: Arc<Slot>,
+    /// Its jobs, counted as waiting until it is dropped.
+    _awaiting: Awaiting,
 }
 
 impl LostSubmit {
@@ -255,7 +274,12 @@ impl Dispatch {
     /// webhook whose echoed request is the same adopts it.
     /// An update that came before (kept, nobody waited for its id) is adopted at once: the
     /// webhook of a fast task often arrives before a slow submit answer is given up.
-    pub fn lost_submit(self: &Arc<Self>, request: &serde_json::Value) -> Option<LostSubmit> {
+    /// `jobs` is how many jobs went with the request (a batch's images).
+    pub fn lost_submit(
+        self: &Arc<Self>,
+        request: &serde_json::Value,
+        jobs: usize,
+    ) -> Option<LostSubmit> {
         let key = request_key(request)?;
         let slot = Arc::new(Slot::default());
         let mut inner = self.lock();
@@ -274,25 +298,33 @@ impl Dispatch {
                 inner.lost.insert(key.clone(), slot.clone());
             }
         }
+        inner.awaiting += jobs;
         drop(inner);
         Some(LostSubmit {
             dispatch: self.clone(),
             key,
             slot,
+            _awaiting: Awaiting {
+                dispatch: self.clone(),
+                jobs,
+            },
         })
+    }
+
+    /// Counts `jobs` as waiting for a webhook to adopt their lost submit while the returned
+    /// guard lives (a job a crash caught mid-submit that may have gone in a batch).
+    pub fn awaiting(self: &Arc<Self>, jobs: usize) -> Awaiting {
+        self.lock().awaiting += jobs;
+        Awaiting {
+            dispatch: self.clone(),
+            jobs,
+        }
     }
 
     /// Submits whose answer was lost (a job, or a batch of them) and jobs a crash caught
     /// mid-submit, waiting for a webhook to say which task they became.
     pub fn awaiting_adoption(&self) -> usize {
-        let inner = self.lock();
-        let batch_jobs: usize = inner
-            .lost_batch
-            .values()
-            .flat_map(HashMap::values)
-            .map(Vec::len)
-            .sum();
-        inner.lost.len() + batch_jobs
+        self.lock().awaiting
     }
 
     /// Registers jobs a crash caught mid-submit that may have gone in a batch: a batch webhook
@@ -516,7 +548,7 @@ mod tests {
         // A lost submit with the same request (fields in another order) adopts the task.
         let other_order: serde_json::Value =
             serde_json::from_str(r#"{"operations": {}, "input": "https://x/a.jpg"}"#).unwrap();
-        let lost = dispatch.lost_submit(&other_order).expect("a key");
+        let lost = dispatch.lost_submit(&other_order, 1).expect("a key");
         assert_eq!(dispatch.deliver(update(4, "DONE", req)), Delivery::Adopted);
         assert_eq!(
             lost.wait(Duration::from_millis(1)).await.map(|u| u.id()),
@@ -540,10 +572,10 @@ mod tests {
             Delivery::Kept
         );
         // Another lost submit does not take it.
-        let unrelated = dispatch.lost_submit(&other).expect("a key");
+        let unrelated = dispatch.lost_submit(&other, 1).expect("a key");
         assert!(unrelated.wait(Duration::from_millis(1)).await.is_none());
         // The submit is then given up: the kept update is adopted at once.
-        let lost = dispatch.lost_submit(&req).expect("a key");
+        let lost = dispatch.lost_submit(&req, 1).expect("a key");
         assert_eq!(
             lost.wait(Duration::from_millis(1)).await.map(|u| u.id()),
             Some(7)

@@ -426,7 +426,7 @@ impl Runner {
     /// the one this job sent (its submit answer was lost).
     async fn wait_for_lost(&self, job: &JobV1) -> Option<TaskUpdate> {
         let fallback = self.deps.webhooks?;
-        let lost = self.deps.dispatch.lost_submit(&request_of(job))?;
+        let lost = self.deps.dispatch.lost_submit(&request_of(job), 1)?;
         tokio::select! {
             update = lost.wait(fallback) => update,
             _ = self.deps.cancel.cancelled() => None,

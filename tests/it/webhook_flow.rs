@@ -269,6 +269,57 @@ async fn issue12_a_submit_cut_short_by_sigkill_is_adopted_from_its_webhook_after
     );
 }
 
+/// While jobs a SIGKILL caught mid-submit wait for their webhooks after the restart, `status`
+/// says so (`daemon.awaiting_webhook`), and the count falls to 0 once they are adopted.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue12_status_shows_the_jobs_waiting_for_a_webhook_to_adopt_their_task() {
+    let port = free_port();
+    let env = TestEnv::new(
+        announcing(port)
+            .latency(Latency::Fixed(Duration::ZERO))
+            .submit_response_delay(Duration::from_secs(30))
+            .webhook_delay(1.0, Duration::from_secs(15)),
+    )
+    .await;
+    env.drop_file("m.yaml", manifest(2, "w").as_bytes());
+    let config = env.config(
+        "batch: { max_images: 1 }",
+        &webhook_section(&env, port, "60s"),
+    );
+    let mut daemon = env.spawn_daemon(&config, 0);
+    wait_until("two submits received", DEADLINE, || {
+        env.stats().submits >= 2
+    })
+    .await;
+    daemon.start_kill().expect("SIGKILL");
+    daemon.wait().await.expect("wait");
+    let status = || async {
+        let (code, out, err) = crate::support::cli(&[
+            "status",
+            "--json",
+            "--config",
+            config.to_str().expect("utf-8"),
+        ])
+        .await;
+        // 75 while the restarted daemon opens its admin socket.
+        assert!(code == 0 || code == 75, "{out}{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap_or_default()
+    };
+    let mut daemon = env.spawn_daemon(&config, 1);
+    crate::support::wait_until_async("status counts the two waiting jobs", DEADLINE, || async {
+        status().await["daemon"]["awaiting_webhook"] == 2
+    })
+    .await;
+    wait_until("adopted and done", DEADLINE, || {
+        env.outbox.join("m.report.json").is_file()
+    })
+    .await;
+    assert_eq!(status().await["daemon"]["awaiting_webhook"], 0);
+    crate::support::stop(&mut daemon).await;
+    all_done(&env, 2);
+    assert_eq!(env.stats().duplicate_submits, 0);
+}
+
 /// A batch whose submit answer a SIGKILL cut short is adopted from its webhook after the
 /// restart: its jobs were marked submitting together, and the webhook's echoed request lists
 /// their inputs; nothing is submitted (or billed) again.
