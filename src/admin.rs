@@ -213,9 +213,15 @@ pub async fn status_view(
         })
         .collect();
     let daemon = live.map(|p| {
-        let (health, reason) = match p.health() {
-            Health::Healthy => ("ok".to_owned(), None),
-            Health::Paused { reason, .. } => ("paused".to_owned(), Some(reason)),
+        let (health, reason) = match (p.health(), p.writes_blocked()) {
+            (Health::Paused { reason, .. }, _) => ("paused".to_owned(), Some(reason)),
+            (Health::Healthy, Some(why)) => (
+                "paused".to_owned(),
+                Some(format!(
+                    "an output cannot be written ({why}); new images wait"
+                )),
+            ),
+            (Health::Healthy, None) => ("ok".to_owned(), None),
         };
         DaemonView {
             health,

@@ -211,9 +211,13 @@ pub enum ClaidError {
         limit: u64,
         request_id: Option<String>,
     },
-    #[error("download: truncated at {received} of {expected} bytes")]
+    #[error(
+        "download: truncated at {received} bytes{}",
+        expected.map(|e| format!(" of {e}")).unwrap_or_else(|| " (the body broke off)".to_owned())
+    )]
     Truncated {
-        expected: u64,
+        /// The announced length, when the answer had one.
+        expected: Option<u64>,
         received: u64,
         request_id: Option<String>,
     },
@@ -798,7 +802,7 @@ impl Client {
         })?;
         let method = request.method().clone();
         let started = Instant::now();
-        let on_the_wire = self.unanswered.sent();
+        let _on_the_wire = self.unanswered.sent();
         let response = match self.api.execute(request).await {
             Ok(response) => response,
             Err(err) => {
@@ -812,7 +816,8 @@ impl Client {
                 return Err(err);
             }
         };
-        drop(on_the_wire);
+        // `on_the_wire` lives until the body is read too: an answer whose body stalls is no
+        // answer.
         let status = response.status();
         let request_id = request_id_of(response.headers());
         self.observe_latency(endpoint, started.elapsed());
@@ -922,14 +927,14 @@ impl Client {
                 }
                 Ok(None) => break,
                 Err(err) => {
-                    if let Some(expected) = expected {
-                        if !err.is_timeout() {
-                            return Err(ClaidError::Truncated {
-                                expected,
-                                received: buf.len() as u64,
-                                request_id,
-                            });
-                        }
+                    // The body broke off (announced length or chunked): a truncated result.
+                    if !err.is_timeout() && (expected.is_some() || !buf.is_empty() || err.is_body())
+                    {
+                        return Err(ClaidError::Truncated {
+                            expected,
+                            received: buf.len() as u64,
+                            request_id,
+                        });
                     }
                     return Err(transport_error(Endpoint::Download, &err, request_id));
                 }
@@ -938,7 +943,7 @@ impl Client {
         if let Some(expected) = expected {
             if (buf.len() as u64) < expected {
                 return Err(ClaidError::Truncated {
-                    expected,
+                    expected: Some(expected),
                     received: buf.len() as u64,
                     request_id,
                 });

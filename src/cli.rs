@@ -540,6 +540,16 @@ fn check_storages(config: &Config) -> Result<(), crate::storages::StorageError> 
     rt.block_on(storages.check(client.as_ref()))
 }
 
+/// The first part of `rel` (a folder or the file's own name) that starts with a dot.
+fn hidden_part(rel: &Path) -> Option<String> {
+    rel.components().find_map(|part| match part {
+        std::path::Component::Normal(name) if name.as_encoded_bytes().first() == Some(&b'.') => {
+            Some(name.to_string_lossy().into_owned())
+        }
+        _ => None,
+    })
+}
+
 /// Validates one file as a manifest; `true` when valid. Without a config, a manifest that names
 /// a profile gets a hint: the profile is unknown only because no config was read.
 fn validate_manifest_file(config: Option<&Config>, file: &Path, profile: Option<&str>) -> bool {
@@ -560,6 +570,11 @@ fn validate_manifest_file(config: Option<&Config>, file: &Path, profile: Option<
     match manifest::load(&load_ctx, file) {
         Ok(spec) => {
             println!("{}: ok ({} images)", file.display(), spec.jobs.len());
+            if let Some(hidden) = hidden_part(file.strip_prefix(&inbox).unwrap_or(file)) {
+                println!(
+                    "  note: the daemon never takes this file in: `{hidden}` starts with a dot (hidden files and folders are skipped as temporary); rename it without the dot"
+                );
+            }
             true
         }
         Err(err) => {

@@ -524,6 +524,11 @@ impl Handle {
         self.shared.max_in_flight - self.shared.in_flight.available_permits()
     }
 
+    /// Why new submits wait for outputs to be writable again (a full disk), while they do.
+    pub fn writes_blocked(&self) -> Option<String> {
+        self.shared.health.writes_blocked()
+    }
+
     /// Jobs whose submit answer was lost (or that a crash cut short) waiting for a webhook to
     /// adopt the task they became.
     pub fn awaiting_adoption(&self) -> usize {

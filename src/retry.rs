@@ -221,6 +221,12 @@ impl Attempts {
         self.failures + self.rate_limited
     }
 
+    /// Failed attempts of this step so far, those of an outage's current streak included
+    /// (for logs: an outage does not spend the failure budget but is still counted here).
+    pub fn failed_attempts(&self) -> u32 {
+        self.failures + self.rate_limited + self.unreachable
+    }
+
     /// Records a failed attempt and says what to do; `now` is when it failed.
     pub fn on_error(&mut self, err: &ClaidError, now: Instant, rng: &mut impl Rng) -> Decision {
         self.on_failure(Failure::of(err), now, rng)

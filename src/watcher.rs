@@ -486,7 +486,7 @@ struct Reported {
     unreadable: HashSet<PathBuf>,
 }
 
-/// Symlinks already named in a WARN, for the whole process: the daemon's first scan
+/// Symlinks (and hidden manifests and folders) already named in a WARN, for the whole process: the daemon's first scan
 /// ([`scan_stable`]) and [`run`] scan the same inbox one after the other with trackers of
 /// their own, and a link is named once, not once by each. Each scan forgets the links under
 /// its root that are gone. A std mutex: held to look up or update a few paths.
@@ -631,6 +631,9 @@ fn walk(root: &Path, reported: &mut Reported) -> std::io::Result<Vec<Found>> {
                 if is_recipe {
                     linked_recipe = Some(path);
                 } else if hidden {
+                    if looks_like_a_manifest(&name) {
+                        links.warn_once(&path, LinkKind::HiddenManifest);
+                    }
                     continue;
                 } else if is_manifest_name(&path) {
                     let Some(fingerprint) = own_fingerprint(&entry) else {
@@ -652,7 +655,9 @@ fn walk(root: &Path, reported: &mut Reported) -> std::io::Result<Vec<Found>> {
                 continue;
             }
             if file_type.is_dir() {
-                if !hidden {
+                if hidden {
+                    links.warn_once(&path, LinkKind::HiddenFolder);
+                } else {
                     stack.push(path);
                 }
                 continue;
@@ -663,6 +668,9 @@ fn walk(root: &Path, reported: &mut Reported) -> std::io::Result<Vec<Found>> {
             let kind = if is_recipe {
                 None
             } else if hidden {
+                if looks_like_a_manifest(&name) {
+                    links.warn_once(&path, LinkKind::HiddenManifest);
+                }
                 continue;
             } else if is_manifest_name(&path) {
                 Some(CandidateKind::Manifest)
@@ -720,9 +728,20 @@ enum LinkKind {
     Folder,
     Recipe,
     Image,
+    /// Not a link: a manifest whose name starts with a dot, which is never taken in.
+    HiddenManifest,
+    /// Not a link: a folder whose name starts with a dot, which is never entered.
+    HiddenFolder,
 }
 
-/// Names each symlink found once in a WARN ([`NAMED_LINKS`]), and forgets links that are gone.
+/// Whether a hidden file's name, without its leading dots, would be a manifest's: such a file
+/// is named once in a WARN (editors' and copy tools' temporary files end otherwise).
+fn looks_like_a_manifest(name: &std::ffi::OsStr) -> bool {
+    let text = String::from_utf8_lossy(name.as_encoded_bytes());
+    is_manifest_name(Path::new(text.trim_start_matches('.')))
+}
+
+/// Names each symlink (or hidden manifest or folder) found once in a WARN ([`NAMED_LINKS`]), and forgets those that are gone.
 struct LinkWarnings<'a> {
     /// The scanned root: only links under it are forgotten when not seen.
     root: &'a Path,
@@ -757,6 +776,14 @@ impl LinkWarnings<'_> {
             LinkKind::Image => warn!(
                 path = %path,
                 "An image in a recipe folder is a symlink; it is not followed (put the file itself there)"
+            ),
+            LinkKind::HiddenManifest => warn!(
+                path = %path,
+                "A manifest's name starts with a dot: hidden files are never taken in (editors and copy tools write their temporary files so); rename it without the dot"
+            ),
+            LinkKind::HiddenFolder => warn!(
+                dir = %path,
+                "A folder of the inbox has a name starting with a dot: hidden folders are never entered, so nothing in it is processed; rename it without the dot"
             ),
         }
     }

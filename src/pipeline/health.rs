@@ -34,6 +34,31 @@ pub struct HealthState {
     api: String,
     /// The client's calls on the wire: one unanswered for long is an outage too.
     unanswered: Arc<Unanswered>,
+    /// Jobs whose output write failed with an error that may heal (a full disk), and the last
+    /// such error: while there are any, nothing new is submitted (Claid would bill results
+    /// that cannot be written either).
+    writes: Mutex<(usize, String)>,
+}
+
+/// One job whose output cannot be written for now (see [`HealthState::writes_blocked`]);
+/// counted while this lives.
+#[derive(Debug)]
+pub struct WritesBlocked {
+    health: Arc<HealthState>,
+}
+
+impl Drop for WritesBlocked {
+    fn drop(&mut self) {
+        let mut writes = self
+            .health
+            .writes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        writes.0 = writes.0.saturating_sub(1);
+        if writes.0 == 0 {
+            info!("Outputs can be written again; submitting resumed");
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -54,7 +79,28 @@ impl HealthState {
             notices,
             api,
             unanswered,
+            writes: Mutex::new((0, String::new())),
         }
+    }
+
+    /// A job's output write failed with `why`, an error that may heal: new submits wait while
+    /// the returned guard lives (the job holds it until its write succeeds or it fails).
+    pub fn block_writes(self: &Arc<Self>, why: String) -> WritesBlocked {
+        let mut writes = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
+        writes.0 += 1;
+        if writes.0 == 1 {
+            error!(error = %why, "An output cannot be written; no new image is submitted until outputs can be written again");
+        }
+        writes.1 = why;
+        WritesBlocked {
+            health: self.clone(),
+        }
+    }
+
+    /// Why new submits wait for outputs to be writable again, while they do.
+    pub fn writes_blocked(&self) -> Option<String> {
+        let writes = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
+        (writes.0 > 0).then(|| writes.1.clone())
     }
 
     pub fn current(&self) -> Health {

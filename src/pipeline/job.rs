@@ -30,9 +30,15 @@ use crate::store::{DoneInfo, JobId, JobState, JobV1, Store, StoreError, now_ms};
 
 /// Downloads whose bytes are not the image the result describes, before the job fails.
 const MAX_MISMATCHED_DOWNLOADS: u32 = 3;
-/// Writes of an output that fail with an error that may heal (a full disk, too many open
-/// files, an I/O error), before the job fails with that error's code.
+/// Attempts at something that failed with an error that may heal (staging an input, reading
+/// an output object), before the job fails.
 const MAX_HEALING_WRITES: u32 = 10;
+/// Writes of an output that fail with an error that may heal (a full disk, too many open
+/// files, an I/O error) before the job fails with that error's code: with the waits of
+/// [`healing_write_wait`] (1 s doubling to 60 s), about 10 minutes, time for an operator to
+/// free space. The job keeps its result meanwhile (downloaded again for each attempt), and no
+/// new image is submitted ([`HealthState::block_writes`]).
+const MAX_OUTPUT_WRITES: u32 = 16;
 
 /// How a job's task ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,7 +129,7 @@ impl Runner {
         let mut recorded_input = false;
         let mut recorded_task = false;
         // Writes of this job's output that failed with an error that may heal.
-        let mut write_failures = 0u32;
+        let mut write_failures = Writes::default();
         loop {
             let job = match self.deps.store.job(id).await {
                 Ok(Some(job)) => job,
@@ -333,7 +339,7 @@ impl Runner {
             }
             match decide(&mut attempts, failure) {
                 Decision::Retry { after } => {
-                    warn!(error = %err, attempt = attempts.failed_http_attempts(), "Submit failed; retrying");
+                    warn!(error = %err, attempt = attempts.failed_attempts(), "Submit failed; retrying");
                     if !self.wait(after).await {
                         return Step::End(JobOutcome::Parked);
                     }
@@ -635,7 +641,7 @@ impl Runner {
         id: JobId,
         job: &JobV1,
         (url, width, height, task_id): (String, u32, u32, Option<u64>),
-        write_failures: &mut u32,
+        write_failures: &mut Writes,
     ) -> Step {
         let deps = &*self.deps;
         let permit = tokio::select! {
@@ -699,7 +705,7 @@ impl Runner {
         job: &JobV1,
         bytes: bytes::Bytes,
         (width, height, task_id): (u32, u32, Option<u64>),
-        write_failures: &mut u32,
+        write_failures: &mut Writes,
         permit: tokio::sync::OwnedSemaphorePermit,
     ) -> Step {
         let deps = &*self.deps;
@@ -746,16 +752,20 @@ impl Runner {
                     return self.fail(id, code, &err.to_string()).await;
                 }
                 // A full disk, too many open files, an I/O error: the job stays Downloading
-                // and is written again after a wait, a bounded number of times.
-                *write_failures += 1;
-                let n = *write_failures;
-                if n >= MAX_HEALING_WRITES {
+                // and is written again after a wait, a bounded number of times; meanwhile no
+                // new image is submitted.
+                write_failures.failures += 1;
+                let n = write_failures.failures;
+                if n >= MAX_OUTPUT_WRITES {
                     let message = format!("{err} (still failing after {n} attempts)");
+                    write_failures.blocking = None;
                     return self.fail(id, code, &message).await;
                 }
-                error!(error = %err, code = %code, attempt = n, "Cannot write the output; retrying later");
-                let after =
-                    jitter(n, deps.retry.base, deps.poll.max).max(Duration::from_millis(50));
+                if write_failures.blocking.is_none() {
+                    write_failures.blocking = Some(deps.health.block_writes(err.to_string()));
+                }
+                let after = healing_write_wait(n);
+                error!(error = %err, code = %code, attempt = n, retry_in_s = after.as_secs(), "Cannot write the output; retrying later");
                 if self.wait(after).await {
                     Step::Continue
                 } else {
@@ -777,7 +787,7 @@ impl Runner {
         id: JobId,
         job: &JobV1,
         (uri, width, height, task_id): (String, u32, u32, Option<u64>),
-        write_failures: &mut u32,
+        write_failures: &mut Writes,
     ) -> Step {
         let deps = &*self.deps;
         let Some((connector, key)) = crate::storages::split_uri(&uri) else {
@@ -846,10 +856,11 @@ impl Runner {
                 Err(err) => {
                     let code = object_failure(&err);
                     if code == FailureCode::StorageUnreachable {
-                        *write_failures += 1;
-                        if *write_failures < MAX_HEALING_WRITES {
+                        write_failures.failures += 1;
+                        if write_failures.failures < MAX_HEALING_WRITES {
                             warn!(error = %err, "Cannot read the output object; retrying");
-                            let after = jitter(*write_failures, deps.retry.base, deps.poll.max);
+                            let after =
+                                jitter(write_failures.failures, deps.retry.base, deps.poll.max);
                             return if self.wait(after).await {
                                 Step::Continue
                             } else {
@@ -947,6 +958,22 @@ fn decide(attempts: &mut retry::Attempts, failure: Failure) -> Decision {
 }
 
 /// A full-jitter backoff for the `n`-th failure (the policy's shape).
+/// A job's output writes that failed with an error that may heal, and while there are such,
+/// its share in holding new submits back.
+#[derive(Default)]
+struct Writes {
+    failures: u32,
+    blocking: Option<crate::pipeline::health::WritesBlocked>,
+}
+
+/// The wait after the `n`-th failed write of an output (from 1): 1 s doubling to 60 s, less
+/// up to a fifth at random so jobs blocked together do not retry together.
+fn healing_write_wait(n: u32) -> Duration {
+    let ceiling =
+        Duration::from_secs(1u64 << n.saturating_sub(1).min(6)).min(Duration::from_secs(60));
+    ceiling.mul_f64(1.0 - rand::random::<f64>() / 5.0)
+}
+
 fn jitter(n: u32, base: Duration, cap: Duration) -> Duration {
     retry::backoff(n, base, cap, &mut rand::rng())
 }

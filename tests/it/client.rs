@@ -683,6 +683,24 @@ async fn download_returns_the_bytes_without_the_api_key_and_without_the_limiter(
     assert_eq!(stats.responses[&(Endpoint::Download, 200)], 4);
 }
 
+/// A chunked body (no announced length) that breaks off is a truncated download too, not a
+/// lost connection.
+#[tokio::test]
+async fn download_of_a_chunked_body_that_breaks_off_is_truncated() {
+    let (root, _) = raw_server(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nx-request-id: t2\r\n\r\n5\r\n01234\r\n",
+    )
+    .await;
+    let client = client(&format!("{root}/v1"));
+    let err = client
+        .download_once(&format!("{root}/files/x.png"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "download-truncated", "{err:?}");
+    assert_eq!(err.class(), ErrorClass::Transient, "{err:?}");
+    assert!(err.to_string().contains("truncated at 5 bytes"), "{err}");
+}
+
 #[tokio::test]
 async fn download_truncated_body_is_a_transient_error() {
     let (root, count) =

@@ -664,6 +664,65 @@ async fn fault_outbox_write_fails_until_the_disk_has_room_again() {
     .await;
 }
 
+/// While an output cannot be written for a reason that may heal (ENOSPC, injected by strace
+/// on the creation of the output folder), nothing new is submitted: Claid would bill results
+/// that could not be written either. Read from the log afterwards: no submit between the
+/// block and its end. Then every image is delivered, none billed twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn fault_no_image_is_submitted_while_an_output_cannot_be_written() {
+    if !strace_usable() {
+        eprintln!("fault writes-blocked: skipped, strace with ptrace is not available here");
+        return;
+    }
+    let env = TestEnv::new(Scenario::default().seed(41)).await;
+    let text: String = (0..4)
+        .map(|i| format!("  - input: storage://demo/held{i}-64x48.png\n"))
+        .collect();
+    env.drop_file("held.yaml", format!("images:\n{text}").as_bytes());
+    let config = env.config("max_in_flight: 1", "");
+    let out_dir = env.outbox.join("held");
+    let out_dir = out_dir.display().to_string();
+    let wrapper = [
+        "strace",
+        "-f",
+        "-qq",
+        "-o",
+        "/dev/null",
+        "-e",
+        "trace=mkdir,mkdirat",
+        "-P",
+        &out_dir,
+        "-e",
+        "inject=mkdir,mkdirat:error=ENOSPC:when=1..2",
+        "--",
+    ];
+    let (code, stderr) = env
+        .run_once_with(
+            &config,
+            &[("RUST_LOG", "info,claid_hotfolder::pipeline=debug")],
+            &wrapper,
+        )
+        .await;
+    assert_eq!(code, 0, "{stderr}");
+    let blocked = stderr
+        .find("An output cannot be written")
+        .unwrap_or_else(|| panic!("the write failed and blocked submits:\n{stderr}"));
+    let resumed = stderr[blocked..]
+        .find("Outputs can be written again")
+        .map(|at| blocked + at)
+        .unwrap_or_else(|| panic!("submits resumed once the write succeeded:\n{stderr}"));
+    assert!(
+        !stderr[blocked..resumed].contains("Submitted"),
+        "nothing was submitted while the output could not be written:\n{}",
+        &stderr[blocked..resumed]
+    );
+    assert!(stderr[..blocked].contains("Submitted"), "{stderr}");
+    let report = env.report("held");
+    let rows = report["jobs"].as_array().expect("rows");
+    assert!(rows.iter().all(|r| r["status"] == "done"), "{report:#}");
+    assert_eq!(env.stats().duplicate_submits, 0);
+}
+
 /// Whether strace can trace (and inject into) a child here.
 fn strace_usable() -> bool {
     std::process::Command::new("strace")

@@ -152,6 +152,45 @@ async fn issue11_an_output_blocked_in_the_outbox_is_refused_before_any_spend() {
     assert!(folder.join("inside").is_dir(), "left as it was");
 }
 
+/// A manifest whose name starts with a dot, or in a folder whose name does, is never taken in
+/// (hidden files are where editors and copy tools write their temporary files), but never
+/// silently: the run names each once in a WARN, and `validate` says the daemon will skip it.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue11_hidden_manifests_and_folders_are_named_not_skipped_silently() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let row = b"images:\n  - input: storage://demo/h-64x48.png\n";
+    let hidden = env.drop_file(".hidden.yaml", row);
+    env.drop_file(".team/m.yaml", row);
+    env.drop_file(
+        "seen.yaml",
+        b"images:\n  - input: storage://demo/s-64x48.png\n",
+    );
+    let config = env.config("", "");
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("A manifest's name starts with a dot") && stderr.contains(".hidden.yaml"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("hidden folders are never entered") && stderr.contains(".team"),
+        "{stderr}"
+    );
+    assert_eq!(env.stats().submits, 1, "only seen.yaml");
+    let (code, out, err) = cli(&[
+        "validate",
+        hidden.to_str().expect("utf-8"),
+        "--config",
+        config.to_str().expect("utf-8"),
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("the daemon never takes this file in: `.hidden.yaml` starts with a dot"),
+        "{out}"
+    );
+}
+
 /// The everyday "fixed a typo, saved over it": the running version drains (what Claid already
 /// has finishes and is recorded, nothing new is submitted for it), then the new content runs;
 /// rows identical to delivered ones are not billed again; the archive holds exactly the
