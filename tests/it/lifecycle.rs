@@ -507,6 +507,56 @@ async fn issue11_run_once_gives_up_on_an_api_that_never_answers() {
     assert!(env.outbox.join("m/a-64x48.jpg").is_file());
 }
 
+/// `run --once` against an API that answers headers and then stalls its body gives up after
+/// `api.unreachable_timeout` too: an answer whose body never comes is no answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue11_run_once_gives_up_on_an_api_whose_answers_stall() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = TestEnv::new(Scenario::default()).await;
+    env.drop_file(
+        "m.yaml",
+        b"images:\n  - input: storage://demo/a-64x48.png\n",
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let server = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut buf = [0u8; 16384];
+            let _ = socket.read(&mut buf).await;
+            let _ = socket
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{")
+                .await;
+            // Kept open, never finished.
+            held.push(socket);
+        }
+    });
+    let good = env.config("", "");
+    let text = std::fs::read_to_string(&good).expect("config");
+    let stalling = text
+        .replace(
+            &env.emulator.base_url(),
+            &format!("http://127.0.0.1:{port}/v1"),
+        )
+        .replace(
+            "api:\n",
+            "api:\n  unreachable_timeout: 2s\n  request_timeout: 10m\n",
+        );
+    let path = env.dir.path().join("stalling.yaml");
+    std::fs::write(&path, stalling).expect("config");
+    let (code, stderr) = tokio::time::timeout(DEADLINE, env.run_once(&path))
+        .await
+        .expect("run --once ends at api.unreachable_timeout, not at the request timeout");
+    server.abort();
+    assert_eq!(code, 69, "EX_UNAVAILABLE:\n{stderr}");
+    assert!(
+        stderr.contains(&format!("no answer from 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+}
+
 /// A manifest of ~100,000 rows (under the 16 MiB limit) in the inbox.
 fn large_manifest() -> Vec<u8> {
     let mut text = String::from("images:\n");
