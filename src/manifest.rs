@@ -182,7 +182,7 @@ impl ManifestError {
         let mut out = String::new();
         match self {
             ManifestError::Read { path, source } => {
-                let _ = writeln!(out, "manifest: {}", path.display());
+                let _ = writeln!(out, "manifest: {}", crate::text::Escaped::path(path));
                 let _ = writeln!(out, "cannot read the file: {source}");
                 let _ = writeln!(
                     out,
@@ -190,7 +190,7 @@ impl ManifestError {
                 );
             }
             ManifestError::Invalid { path, problems } => {
-                let _ = writeln!(out, "manifest: {}", path.display());
+                let _ = writeln!(out, "manifest: {}", crate::text::Escaped::path(path));
                 let _ = writeln!(
                     out,
                     "rejected: {} problem{} found; nothing was submitted.",

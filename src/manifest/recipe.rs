@@ -155,7 +155,7 @@ pub fn recipe_error_txt(out: &mut String, image: &Path, recipe: &Path, problems:
     let recipe_name = recipe
         .file_name()
         .map_or_else(|| RECIPE_NAME.into(), |n| n.to_string_lossy());
-    let _ = writeln!(out, "image: {}", image.display());
+    let _ = writeln!(out, "image: {}", crate::text::Escaped::path(image));
     let _ = writeln!(out, "recipe: {}", recipe.display());
     let _ = writeln!(
         out,

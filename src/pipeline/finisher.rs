@@ -623,22 +623,18 @@ impl Finisher {
         let src = folders.inbox.join(rel);
         let text = format!(
             "image: {}\nrecipe: {}\nfailed: {reason}\n\nThe edit of this image failed. Retry it with `claid-hotfolder replay --failed`, or fix the image or the recipe and drop the image into the folder again.\n",
-            src.display(),
-            manifest::recipe_for(&src).display()
+            crate::text::Escaped::path(&src),
+            crate::text::Escaped::path(&manifest::recipe_for(&src))
         );
         let res = on_file_pool(move || -> Result<Option<PathBuf>, output::OutputError> {
             if !src.is_file() {
                 return Ok(None);
             }
             let dest = output::move_mirrored(&folders.inbox, &src, &folders.rejected)?;
-            let name = dest
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let error_name = filename::error_file_name(
-                std::ffi::OsStr::new(&name),
-                &filename::FsLimits::of(&dest),
-            );
+            // The name as it is (not UTF-8 included: two such names keep two error files);
+            // shortened with a hash when too long for the suffix (see `filename`).
+            let name = dest.file_name().unwrap_or_default().to_owned();
+            let error_name = filename::error_file_name(&name, &filename::FsLimits::of(&dest));
             output::write_text_atomic(&dest.with_file_name(error_name), &text)?;
             Ok(Some(dest))
         })

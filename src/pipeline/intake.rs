@@ -146,7 +146,8 @@ impl Intake {
         if candidate.kind == CandidateKind::Link {
             // Never followed: the link itself moves out of the inbox, its target is untouched.
             let text = format!(
-                "manifest: {rel_str}\n\nRefused without reading it: this manifest is a symbolic link, and the daemon never follows links in the inbox (a link could make it read, and archive, a file outside the inbox).\nPut the manifest file itself into the inbox (copy it, do not link it).\n"
+                "manifest: {}\n\nRefused without reading it: this manifest is a symbolic link, and the daemon never follows links in the inbox (a link could make it read, and archive, a file outside the inbox).\nPut the manifest file itself into the inbox (copy it, do not link it).\n",
+                crate::text::Escaped::path(&rel)
             );
             let why = "the manifest is a symbolic link; links are not followed";
             self.reject(&path, &rel, &text, why).await;
@@ -368,8 +369,9 @@ impl Intake {
                         ),
                     )
                 };
+                let shown = crate::text::Escaped::str(&rel);
                 let text = format!(
-                    "manifest: {rel}\n\nRefused before anything was submitted: {clash}.\nTwo manifests that are active at the same time may not write the same output or report (manifests with the same name but another extension, like `s.yaml` and `s.json`, write the same report `s.report.json`), nor a file where the other needs a folder.\nWait until `{other}` has finished, or give this manifest another name or other output names, then drop it again.\n"
+                    "manifest: {shown}\n\nRefused before anything was submitted: {clash}.\nTwo manifests that are active at the same time may not write the same output or report (manifests with the same name but another extension, like `s.yaml` and `s.json`, write the same report `s.report.json`), nor a file where the other needs a folder.\nWait until `{other}` has finished, or give this manifest another name or other output names, then drop it again.\n"
                 );
                 self.reject(path, &rel_path, &text, &why).await;
                 return Taken::HandedOn;
@@ -471,15 +473,10 @@ impl Intake {
         let error_text = text.to_owned();
         let moved = on_file_pool(move || -> Result<PathBuf, output::OutputError> {
             let dest = output::move_mirrored(&inbox, &src, &rejected)?;
-            let name = dest
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            // Shortened with a hash when the name is too long for the suffix (see `filename`).
-            let error_name = filename::error_file_name(
-                std::ffi::OsStr::new(&name),
-                &filename::FsLimits::of(&dest),
-            );
+            // The name as it is (not UTF-8 included: two such names keep two error files);
+            // shortened with a hash when too long for the suffix (see `filename`).
+            let name = dest.file_name().unwrap_or_default().to_owned();
+            let error_name = filename::error_file_name(&name, &filename::FsLimits::of(&dest));
             output::write_text_atomic(&dest.with_file_name(error_name), &error_text)?;
             Ok(dest)
         })

@@ -524,19 +524,13 @@ fn non_utf8_names_are_manifests_and_are_rejected() {
 }
 
 /// Where the daemon puts the error text of a rejected manifest: `<name>.error.txt` beside it,
-/// the name made lossy.
+/// the name as it is (bytes that are not UTF-8 included, so two such names keep two files).
 fn error_txt_path(rejected: &Path, rel: &Path) -> PathBuf {
-    let name = rel
-        .file_name()
-        .expect("name")
-        .to_string_lossy()
-        .into_owned();
-    rejected
-        .join(rel)
-        .with_file_name(format!("{name}.error.txt"))
+    let mut name = rel.file_name().expect("name").to_owned();
+    name.push(".error.txt");
+    rejected.join(rel).with_file_name(name)
 }
 
-/// The whole manifest corpus plus one good manifest in one inbox, through the real binary:
 /// exit 2 (not a panic), each bad one in rejected/ with its problem in `.error.txt`, the good
 /// one processed, and not one API call for the bad ones.
 #[tokio::test(flavor = "multi_thread")]

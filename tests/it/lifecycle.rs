@@ -191,6 +191,42 @@ async fn issue11_hidden_manifests_and_folders_are_named_not_skipped_silently() {
     );
 }
 
+/// Two manifests whose names differ only in bytes that are not UTF-8 get an error file each
+/// (the names were made lossy and both wrote one file), and an error file never carries the
+/// raw control characters of a manifest's name.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue11_every_rejected_manifest_gets_its_own_error_file_with_an_escaped_name() {
+    use std::os::unix::ffi::OsStrExt;
+    let env = TestEnv::new(Scenario::default()).await;
+    let names: [&[u8]; 3] = [b"a\xff.yaml", b"a\xfe.yaml", b"bad\nline\x1b[31m.yaml"];
+    for name in names {
+        let path = env.inbox.join(std::ffi::OsStr::from_bytes(name));
+        std::fs::write(&path, b"images: [ { input: ftp://x/a.png } ]\n").expect("manifest");
+    }
+    let config = env.config("", "");
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 2, "{stderr}");
+    for name in names {
+        let mut error_name = name.to_vec();
+        error_name.extend_from_slice(b".error.txt");
+        let error_file = env.rejected.join(std::ffi::OsStr::from_bytes(&error_name));
+        let text =
+            std::fs::read(&error_file).unwrap_or_else(|e| panic!("{}: {e}", error_file.display()));
+        assert!(
+            !text.iter().any(|b| *b == 0x1b || *b == 0x07),
+            "no raw control character: {:?}",
+            String::from_utf8_lossy(&text)
+        );
+        let first = text.split(|b| *b == b'\n').next().unwrap_or_default();
+        assert!(
+            first.starts_with(b"manifest: ") && first.ends_with(b".yaml"),
+            "the name stays on the first line: {:?}",
+            String::from_utf8_lossy(&text)
+        );
+    }
+    assert_eq!(env.stats().submits, 0);
+}
+
 /// The everyday "fixed a typo, saved over it": the running version drains (what Claid already
 /// has finishes and is recorded, nothing new is submitted for it), then the new content runs;
 /// rows identical to delivered ones are not billed again; the archive holds exactly the
