@@ -78,8 +78,9 @@ pub fn build(manifest: &ManifestV1, jobs: &[JobV1], generated_at: String) -> Rep
 }
 
 /// The report row of one job. Status is the state kind, except `unchanged` for a job done
-/// without an API call and `in-doubt` (with a hint) for a held job; `reason` is
-/// `<code>: <message>` for failed jobs.
+/// without an API call, `superseded` for a job a newer version of its manifest took over
+/// (failed in the store, with that code, but nothing went wrong) and `in-doubt` (with a hint)
+/// for a held job; `reason` is `<code>: <message>` for failed and superseded jobs.
 pub fn row(job: &JobV1) -> ReportRow {
     let mut row = ReportRow {
         input: job.input.clone(),
@@ -117,7 +118,12 @@ pub fn row(job: &JobV1) -> ReportRow {
             row.height = Some(*height);
             row.bytes = Some(*bytes);
         }
-        JobState::Failed { code, message, .. } => row.reason = format!("{code}: {message}"),
+        JobState::Failed { code, message, .. } => {
+            if *code == crate::codes::FailureCode::Superseded {
+                row.status = "superseded".to_owned();
+            }
+            row.reason = format!("{code}: {message}");
+        }
         JobState::InDoubt { .. } => {
             row.reason =
                 "in-doubt: the submit may have reached Claid; see `replay --in-doubt`".to_owned();

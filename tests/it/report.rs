@@ -256,3 +256,51 @@ fn build_maps_job_states_to_rows_and_counts() {
     );
     assert_eq!(report.in_doubt, 3);
 }
+
+/// A job a newer version of its manifest took over is `superseded` in the report, counted
+/// apart from the failed ones (nothing went wrong with it), with its reason.
+#[test]
+fn a_superseded_job_is_its_own_status_not_a_failure() {
+    let jobs = [
+        job(
+            "old",
+            JobState::Failed {
+                code: FailureCode::Superseded,
+                message: "the manifest was saved again; the new version processes it".to_owned(),
+                attempts: 0,
+            },
+            0,
+        ),
+        job(
+            "bad",
+            JobState::Failed {
+                code: FailureCode::ClaidInvalidRequest,
+                message: "width must be positive".to_owned(),
+                attempts: 1,
+            },
+            0,
+        ),
+    ];
+    let manifest = ManifestV1 {
+        rel: "m.yaml".to_owned(),
+        sha256: "ff".to_owned(),
+        registered_at_ms: 0,
+        n_jobs: 2,
+        state: ManifestState::Running,
+        counts: None,
+        staging_cleanup: false,
+    };
+    let report = report::build(&manifest, &jobs, report::now_rfc3339());
+    assert_eq!(report.jobs[0].status, "superseded");
+    assert!(
+        report.jobs[0].reason.starts_with("superseded: "),
+        "{}",
+        report.jobs[0].reason
+    );
+    let counts: Vec<_> = report
+        .counts
+        .iter()
+        .map(|(k, v)| (k.as_str(), *v))
+        .collect();
+    assert_eq!(counts, [("failed", 1), ("superseded", 1)]);
+}
