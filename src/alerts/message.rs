@@ -128,9 +128,10 @@ impl Alert {
                 } else {
                     "finished"
                 };
+                let total = counts.total();
                 let mut text = format!(
-                    "{rel} {how}: {} images, {} done ({} unchanged), {} failed",
-                    counts.total(),
+                    "{rel} {how}: {total} image{}, {} done ({} unchanged), {} failed",
+                    if total == 1 { "" } else { "s" },
                     counts.done,
                     counts.unchanged,
                     counts.failed
