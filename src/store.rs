@@ -15,12 +15,16 @@
 //! - `manifests`: manifest-run id → [`records::ManifestRecord`] (JSON);
 //! - `manifest_by_rel`: inbox-relative path → latest run id;
 //! - `jobs`: job id → [`records::JobRecord`] (JSON);
-//! - `jobs_by_manifest`: run id ‖ job id → empty;
+//! - `job_ranges`: run id ‖ first job id → last job id, a run's jobs as ranges of consecutive
+//!   ids (one entry per run, or a few); `jobs_by_manifest` (run id ‖ job id → empty) is the
+//!   index older versions wrote, still read, no longer written;
 //! - `done_by_key`: job key → the job that made the output;
 //! - `unfinished`: job id → empty for every job not Done or Failed, so a restart does not read
 //!   the whole history;
-//! - `reserved`: outbox-relative path → the run that will write it; `reserved_by_manifest`:
-//!   run id ‖ path → empty; `registering`: run id → its path while its registration is written;
+//! - `reserved`: outbox-relative path (or `storage://` object) → the run that will write it;
+//!   `reserved_by_manifest`: run id ‖ path → empty for a run's reports (its jobs' outputs are
+//!   found through the jobs when it is released); `registering`: run id → its path while its
+//!   registration is written;
 //! - `meta`: schema information.
 //!
 //! Ids come from `Db::generate_id` and are stored big-endian, so a scan is FIFO.

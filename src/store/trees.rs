@@ -19,7 +19,13 @@ pub const SCHEMA_DIR: &str = "v1";
 pub const TREE_MANIFESTS: &str = "manifests";
 pub const TREE_MANIFEST_BY_REL: &str = "manifest_by_rel";
 pub const TREE_JOBS: &str = "jobs";
+/// Run id ‖ job id → empty: the index of stores written before `job_ranges`; read, never
+/// written any more.
 pub const TREE_JOBS_BY_MANIFEST: &str = "jobs_by_manifest";
+/// Run id ‖ first job id → last job id: a run's jobs as ranges of consecutive ids (a
+/// registration takes its ids in a row, so a run has one range, or a few), one entry per
+/// range where the older index had one per job.
+pub const TREE_JOB_RANGES: &str = "job_ranges";
 pub const TREE_DONE_BY_KEY: &str = "done_by_key";
 pub const TREE_META: &str = "meta";
 pub const TREE_UNFINISHED: &str = "unfinished";
@@ -51,6 +57,7 @@ pub struct Trees {
     manifest_by_rel: Tree,
     jobs: Tree,
     jobs_by_manifest: Tree,
+    job_ranges: Tree,
     done_by_key: Tree,
     unfinished: Tree,
     /// Outbox-relative path → id of the run that will write it (while that run is not ended).
@@ -119,6 +126,7 @@ impl Trees {
             manifest_by_rel: db.open_tree(TREE_MANIFEST_BY_REL)?,
             jobs: db.open_tree(TREE_JOBS)?,
             jobs_by_manifest: db.open_tree(TREE_JOBS_BY_MANIFEST)?,
+            job_ranges: db.open_tree(TREE_JOB_RANGES)?,
             done_by_key: db.open_tree(TREE_DONE_BY_KEY)?,
             unfinished: db.open_tree(TREE_UNFINISHED)?,
             reserved: db.open_tree(TREE_RESERVED)?,
@@ -201,6 +209,22 @@ impl Trees {
                 n_removed += 1;
             }
         }
+        for entry in self.job_ranges.iter() {
+            let (key, last) = entry?;
+            let (Some((manifest_id, first)), Some(last)) = (split_pair(&key), read_id(&last))
+            else {
+                self.job_ranges.remove(key)?;
+                continue;
+            };
+            if !exists(manifest_id)? {
+                for job_id in first..=last {
+                    batch_jobs.remove(&id_key(job_id))?;
+                    batch_unfinished.remove(&id_key(job_id))?;
+                    n_removed += 1;
+                }
+                self.job_ranges.remove(key)?;
+            }
+        }
         batch_jobs.finish()?;
         batch_unfinished.finish()?;
         batch_index.finish()?;
@@ -261,11 +285,9 @@ impl Trees {
         // Small batches keep memory flat: sled keeps every node version a batch replaces
         // until the batch ends (4,096-job batches peaked at 1.1 GB for 100,000 jobs).
         // Atomicity across batches is not needed: the manifest record below is the commit point.
-        let mut batch_index = Chunked::new(&self.jobs_by_manifest);
-        let mut batch_jobs = Chunked::new(&self.jobs);
-        let mut batch_unfinished = Chunked::new(&self.unfinished);
+        let mut batch = RegisterBatch::new(self, manifest_id);
         for path in extra_paths {
-            if let Some(conflict) = self.reserve(manifest_id, path)? {
+            if let Some(conflict) = self.reserve(manifest_id, path, Indexed::Yes)? {
                 self.unregister(manifest_id)?;
                 return Ok(conflict);
             }
@@ -274,17 +296,15 @@ impl Trees {
             // A storage output also reserves its object (`storage://CONNECTOR/key`): two runs
             // writing the same object collide like two writing the same file.
             let object = crate::storages::destination_of(&job.body, &job.output_rel);
-            let mut conflict = self.reserve(manifest_id, &job.output_rel)?;
+            let mut conflict = self.reserve(manifest_id, &job.output_rel, Indexed::No)?;
             if conflict.is_none()
                 && let Some(object) = &object
             {
-                conflict = self.reserve(manifest_id, object)?;
+                conflict = self.reserve(manifest_id, object, Indexed::No)?;
             }
             if let Some(conflict) = conflict {
                 // Applied first, so the rollback below finds every job written.
-                batch_index.finish()?;
-                batch_jobs.finish()?;
-                batch_unfinished.finish()?;
+                batch.apply()?;
                 self.unregister(manifest_id)?;
                 return Ok(conflict);
             }
@@ -296,7 +316,7 @@ impl Trees {
                 n_unchanged += 1;
             }
             let job_id = self.db.generate_id()?;
-            batch_index.insert(&pair_key(manifest_id, job_id), &[])?;
+            batch.ranges.add(job_id, &self.job_ranges)?;
             if job.state.is_terminal() {
                 if matches!(job.state, JobState::Done { .. }) {
                     // The unchanged job will answer for the key (its output is the same file),
@@ -305,18 +325,17 @@ impl Trees {
                     repoint.push((job.key.clone(), job_id));
                 }
             } else {
-                batch_unfinished.insert(&id_key(job_id), &[])?;
+                batch.unfinished.insert(&id_key(job_id), &[]);
                 queued.push(job_id);
             }
             counts.add_job(&job);
-            batch_jobs.insert(&id_key(job_id), encode_job(&job))?;
+            batch.jobs.insert(&id_key(job_id), encode_job(&job));
+            batch.counted()?;
             n_jobs += 1;
         }
         m.n_jobs = u32::try_from(n_jobs).unwrap_or(u32::MAX);
         m.counts = None;
-        batch_index.finish()?;
-        batch_unfinished.finish()?;
-        batch_jobs.finish()?;
+        batch.apply()?;
         self.db.flush()?;
         let rel = m.rel.clone();
         let record = encode_manifest(&m);
@@ -345,8 +364,16 @@ impl Trees {
     }
 
     /// Reserves `path` for `owner`, unless a run that has not ended holds it, or holds a path
-    /// that is a folder of it or inside it (a file where the other needs a folder).
-    fn reserve(&self, owner: ManifestId, path: &str) -> Result<Option<Registration>, StoreError> {
+    /// that is a folder of it or inside it (a file where the other needs a folder). A path
+    /// [`Indexed::Yes`] is also listed under its owner in `reserved_by_manifest`; a job's
+    /// output is not (its release finds it through the job), so a run keeps one entry per
+    /// image here, not two.
+    fn reserve(
+        &self,
+        owner: ManifestId,
+        path: &str,
+        indexed: Indexed,
+    ) -> Result<Option<Registration>, StoreError> {
         let conflict =
             |other: ManifestId, taken: &str| -> Result<Option<Registration>, StoreError> {
                 Ok(Some(Registration::Conflict {
@@ -404,9 +431,11 @@ impl Trees {
                 break;
             }
         }
-        let mut index_key = id_key(owner).to_vec();
-        index_key.extend_from_slice(key);
-        self.reserved_by_manifest.insert(index_key, &[])?;
+        if indexed == Indexed::Yes {
+            let mut index_key = id_key(owner).to_vec();
+            index_key.extend_from_slice(key);
+            self.reserved_by_manifest.insert(index_key, &[])?;
+        }
         Ok(None)
     }
 
@@ -429,10 +458,34 @@ impl Trees {
     /// the next open's sweep, which finds the run by its mark, hence the mark goes last.
     /// Returns how many jobs it removed.
     fn unregister(&self, owner: ManifestId) -> Result<usize, StoreError> {
+        // First, while the jobs are there to name their outputs.
+        self.release(owner)?;
         let mut jobs = Chunked::new(&self.jobs);
         let mut by_manifest = Chunked::new(&self.jobs_by_manifest);
         let mut unfinished = Chunked::new(&self.unfinished);
         let mut n = 0;
+        let ranges: Vec<(sled::IVec, u64, u64)> = self
+            .job_ranges
+            .scan_prefix(id_key(owner))
+            .filter_map(|entry| match entry {
+                Ok((key, last)) => {
+                    let (_, first) = split_pair(&key)?;
+                    Some(Ok((key, first, read_id(&last)?)))
+                }
+                Err(err) => Some(Err(StoreError::from(err))),
+            })
+            .collect::<Result<_, _>>()?;
+        for (key, first, last) in ranges {
+            for id in first..=last {
+                jobs.remove(&id_key(id))?;
+                unfinished.remove(&id_key(id))?;
+                n += 1;
+            }
+            // After the jobs it covers, so a crash halfway leaves the range to find them.
+            jobs.flush()?;
+            unfinished.flush()?;
+            self.job_ranges.remove(key)?;
+        }
         for key in self.jobs_by_manifest.scan_prefix(id_key(owner)).keys() {
             let key = key?;
             if let Some((_, id)) = split_pair(&key) {
@@ -445,17 +498,36 @@ impl Trees {
         jobs.finish()?;
         unfinished.finish()?;
         by_manifest.finish()?;
-        self.release(owner)?;
         self.registering.remove(id_key(owner))?;
         Ok(n)
     }
 
-    /// Releases every reservation of run `owner` (it ended). In chunks: a crash halfway leaves
-    /// the run not ended, and its end releases the rest again.
+    /// Releases every reservation of run `owner` (it ended): its jobs' outputs (and objects),
+    /// found through its jobs, and the paths its index lists (its reports; every path of a run
+    /// an older version registered). In chunks: a crash halfway leaves the run not ended, and
+    /// its end releases the rest again. (A crash in the middle of a registration can leave a
+    /// few reservations of jobs never written; their owner holds nothing, so they block no one,
+    /// and the next run writing those paths takes them over.)
     pub fn release(&self, owner: ManifestId) -> Result<usize, StoreError> {
         let mut batch = Chunked::new(&self.reserved);
         let mut index = Chunked::new(&self.reserved_by_manifest);
         let mut n = 0;
+        for job_id in self.job_ids_of(owner) {
+            let Some(job) = self.job(job_id?)? else {
+                continue;
+            };
+            let object = crate::storages::destination_of(&job.body, &job.output_rel);
+            for path in std::iter::once(job.output_rel.as_str()).chain(object.as_deref()) {
+                if self
+                    .reserved
+                    .get(path)?
+                    .is_some_and(|v| read_id(&v) == Some(owner))
+                {
+                    batch.remove(path.as_bytes())?;
+                    n += 1;
+                }
+            }
+        }
         for entry in self.reserved_by_manifest.scan_prefix(id_key(owner)).keys() {
             let key = entry?;
             let path = &key[8..];
@@ -584,22 +656,34 @@ impl Trees {
     /// slice point of the store's thread (nothing on any other thread): a long scan running
     /// there lets the waiting steps in.
     fn job_ids_of(&self, id: ManifestId) -> impl Iterator<Item = Result<JobId, StoreError>> {
-        self.jobs_by_manifest
+        let ranges = self.job_ranges.scan_prefix(id_key(id)).flat_map(
+            |entry| -> Box<dyn Iterator<Item = Result<JobId, StoreError>>> {
+                match entry {
+                    Ok((key, last)) => match (split_pair(&key), read_id(&last)) {
+                        (Some((_, first)), Some(last)) => Box::new((first..=last).map(Ok)),
+                        _ => Box::new(std::iter::empty()),
+                    },
+                    Err(err) => Box::new(std::iter::once(Err(StoreError::from(err)))),
+                }
+            },
+        );
+        // Runs a version before `job_ranges` registered.
+        let indexed = self
+            .jobs_by_manifest
             .scan_prefix(id_key(id))
             .keys()
-            .enumerate()
-            .filter_map(|(n, entry)| {
-                if n % SLICE == SLICE - 1 {
-                    lane::let_steps_in();
-                }
-                match entry {
-                    Ok(key) => split_pair(&key).map(|(_, job_id)| Ok(job_id)),
-                    Err(err) => Some(Err(StoreError::from(err))),
-                }
-            })
+            .filter_map(|entry| match entry {
+                Ok(key) => split_pair(&key).map(|(_, job_id)| Ok(job_id)),
+                Err(err) => Some(Err(StoreError::from(err))),
+            });
+        ranges.chain(indexed).enumerate().map(|(n, id)| {
+            if n % SLICE == SLICE - 1 {
+                lane::let_steps_in();
+            }
+            id
+        })
     }
 
-    /// The counts of a manifest's jobs, from one pass over their summaries.
     pub fn count_manifest(&self, id: ManifestId) -> Result<ManifestCounts, StoreError> {
         self.count_manifest_collecting(id, None)
     }
@@ -788,9 +872,103 @@ impl<'a> Chunked<'a> {
         Ok(())
     }
 
-    fn finish(self) -> Result<(), StoreError> {
+    /// Applies what is pending now.
+    fn flush(&mut self) -> Result<(), StoreError> {
         if self.n > 0 {
-            self.tree.apply_batch(self.batch)?;
+            self.tree.apply_batch(std::mem::take(&mut self.batch))?;
+            self.n = 0;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<(), StoreError> {
+        self.flush()
+    }
+}
+
+/// A registration's writes, applied every [`REGISTER_BATCH`] jobs: first the run's job ranges
+/// covering them (so a rollback, or the sweep after a crash, finds every job written), then
+/// the jobs and their `unfinished` entries.
+struct RegisterBatch<'a> {
+    trees: &'a Trees,
+    ranges: Ranges,
+    jobs: Batch,
+    unfinished: Batch,
+    n: usize,
+}
+
+impl<'a> RegisterBatch<'a> {
+    fn new(trees: &'a Trees, manifest: ManifestId) -> RegisterBatch<'a> {
+        RegisterBatch {
+            trees,
+            ranges: Ranges {
+                manifest,
+                current: None,
+            },
+            jobs: Batch::default(),
+            unfinished: Batch::default(),
+            n: 0,
+        }
+    }
+
+    /// Counts one job; applies the batch when it holds [`REGISTER_BATCH`].
+    fn counted(&mut self) -> Result<(), StoreError> {
+        self.n += 1;
+        if self.n == REGISTER_BATCH {
+            self.apply()?;
+            lane::let_steps_in();
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self) -> Result<(), StoreError> {
+        if self.n == 0 {
+            return Ok(());
+        }
+        self.ranges.write(&self.trees.job_ranges)?;
+        self.trees
+            .jobs
+            .apply_batch(std::mem::take(&mut self.jobs))?;
+        self.trees
+            .unfinished
+            .apply_batch(std::mem::take(&mut self.unfinished))?;
+        self.n = 0;
+        Ok(())
+    }
+}
+
+/// Whether a reservation is listed under its owner in `reserved_by_manifest`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Indexed {
+    Yes,
+    No,
+}
+
+/// The range of consecutive job ids a registration is adding to.
+struct Ranges {
+    manifest: ManifestId,
+    /// First and last id of the current range.
+    current: Option<(JobId, JobId)>,
+}
+
+impl Ranges {
+    /// Adds `id`: extends the current range, or writes it and starts another (an id taken
+    /// meanwhile by another registration breaks the row).
+    fn add(&mut self, id: JobId, tree: &Tree) -> Result<(), StoreError> {
+        match &mut self.current {
+            Some((_, last)) if last.checked_add(1) == Some(id) => *last = id,
+            _ => {
+                self.write(tree)?;
+                self.current = Some((id, id));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the current range as it is now.
+    fn write(&self, tree: &Tree) -> Result<(), StoreError> {
+        if let Some((first, last)) = self.current {
+            tree.insert(pair_key(self.manifest, first), &id_key(last))?;
         }
         Ok(())
     }

@@ -917,3 +917,92 @@ async fn a_step_whose_caller_goes_away_still_moves_the_counts_with_the_write() {
     let c = store.counts_of_active(m).expect("counted");
     assert_eq!((c.queued, c.submitting), (0, 1), "{c:?}");
 }
+
+/// A run an older version registered (its jobs listed one by one in `jobs_by_manifest`, every
+/// reservation also in `reserved_by_manifest`) is still read whole and released at its end:
+/// the store changed how it lists jobs and reservations, not what it can read.
+#[tokio::test]
+async fn a_run_registered_by_an_older_version_is_listed_and_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = vec![job(0, "old-a"), job(1, "old-b"), job(2, "old-c")];
+    let outputs: Vec<String> = jobs.iter().map(|j| j.output_rel.clone()).collect();
+    let (m, ids) = {
+        let store = Store::open(dir.path()).unwrap();
+        register(&store, manifest("old.yaml"), jobs).await
+    };
+    {
+        // The older layout: no ranges, one index entry per job and per reservation.
+        let db = sled::open(dir.path().join("v1")).unwrap();
+        db.open_tree("job_ranges").unwrap().clear().unwrap();
+        let index = db.open_tree("jobs_by_manifest").unwrap();
+        for id in &ids {
+            let mut key = m.to_be_bytes().to_vec();
+            key.extend_from_slice(&id.to_be_bytes());
+            index.insert(key, &[]).unwrap();
+        }
+        let reserved_index = db.open_tree("reserved_by_manifest").unwrap();
+        for output in &outputs {
+            let mut key = m.to_be_bytes().to_vec();
+            key.extend_from_slice(output.as_bytes());
+            reserved_index.insert(key, &[]).unwrap();
+        }
+        db.flush().unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let listed: Vec<JobId> = jobs_of_manifest(&store, m)
+        .await
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(listed, ids);
+    for output in &outputs {
+        assert_eq!(reserved(&store, output).await, Some(m), "{output}");
+    }
+    store.end_run(m, RunEnd::Finished, false).await.unwrap();
+    for output in &outputs {
+        assert_eq!(reserved(&store, output).await, None, "{output} released");
+    }
+}
+
+/// A run's jobs are found through its ranges of ids and its outputs through its jobs: it lists
+/// them in order, and its end releases every output it reserved (and its reports).
+#[tokio::test]
+async fn a_run_is_listed_through_its_ranges_and_released_through_its_jobs() {
+    let (_dir, store) = open_tmp();
+    let jobs: Vec<JobV1> = (0..600).map(|i| job(i, &format!("r-{i}"))).collect();
+    let outputs: Vec<String> = jobs.iter().map(|j| j.output_rel.clone()).collect();
+    let run = NewRun {
+        record: manifest("ranges.yaml"),
+        extra_paths: vec!["ranges.report.json".to_owned()],
+    };
+    let (m, ids) = match store
+        .register_run(run, jobs.into_iter(), |_, _| None)
+        .await
+        .unwrap()
+    {
+        Registered::Run { id, queued, .. } => (id, queued),
+        other => panic!("{other:?}"),
+    };
+    let listed: Vec<JobId> = jobs_of_manifest(&store, m)
+        .await
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(listed, ids);
+    assert_eq!(reserved(&store, "ranges.report.json").await, Some(m));
+    assert_eq!(reserved(&store, &outputs[599]).await, Some(m));
+    store.end_run(m, RunEnd::Finished, false).await.unwrap();
+    assert_eq!(reserved(&store, "ranges.report.json").await, None);
+    for output in &outputs {
+        assert_eq!(reserved(&store, output).await, None, "{output} released");
+    }
+}
+
+/// The run `path` is reserved for, read through the store.
+async fn reserved(store: &Store, path: &str) -> Option<u64> {
+    let path = path.to_owned();
+    store
+        .read(move |r| r.reserved_by(&path))
+        .await
+        .expect("reserved_by")
+}
