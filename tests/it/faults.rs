@@ -208,23 +208,7 @@ async fn check_fault(case: Case) {
     let out_dir = env.outbox.join(name);
     let mut wrapper: Vec<String> = case.wrapper.clone();
     if let During::DiskFull { failures } = case.during {
-        wrapper = [
-            "strace",
-            "-f",
-            "-qq",
-            "-o",
-            "/dev/null",
-            "-e",
-            "trace=mkdir,mkdirat",
-            "-P",
-            &out_dir.display().to_string(),
-            "-e",
-            &format!("inject=mkdir,mkdirat:error=ENOSPC:when=1..{failures}"),
-            "--",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
+        wrapper = enospc_on_mkdir(&out_dir, failures);
     }
     let watch = PartialFileWatch::start(env.outbox.clone());
     let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
@@ -680,22 +664,8 @@ async fn fault_no_image_is_submitted_while_an_output_cannot_be_written() {
         .collect();
     env.drop_file("held.yaml", format!("images:\n{text}").as_bytes());
     let config = env.config("max_in_flight: 1", "");
-    let out_dir = env.outbox.join("held");
-    let out_dir = out_dir.display().to_string();
-    let wrapper = [
-        "strace",
-        "-f",
-        "-qq",
-        "-o",
-        "/dev/null",
-        "-e",
-        "trace=mkdir,mkdirat",
-        "-P",
-        &out_dir,
-        "-e",
-        "inject=mkdir,mkdirat:error=ENOSPC:when=1..2",
-        "--",
-    ];
+    let wrapper = enospc_on_mkdir(&env.outbox.join("held"), 2);
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
     let (code, stderr) = env
         .run_once_with(
             &config,
@@ -721,6 +691,28 @@ async fn fault_no_image_is_submitted_while_an_output_cannot_be_written() {
     let rows = report["jobs"].as_array().expect("rows");
     assert!(rows.iter().all(|r| r["status"] == "done"), "{report:#}");
     assert_eq!(env.stats().duplicate_submits, 0);
+}
+
+/// The `strace … --` wrapper that fails the first `failures` creations of `dir` (per daemon
+/// thread) with ENOSPC.
+fn enospc_on_mkdir(dir: &std::path::Path, failures: u32) -> Vec<String> {
+    [
+        "strace",
+        "-f",
+        "-qq",
+        "-o",
+        "/dev/null",
+        "-e",
+        "trace=mkdir,mkdirat",
+        "-P",
+        &dir.display().to_string(),
+        "-e",
+        &format!("inject=mkdir,mkdirat:error=ENOSPC:when=1..{failures}"),
+        "--",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
 }
 
 /// Whether strace can trace (and inject into) a child here.

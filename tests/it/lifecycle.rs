@@ -502,6 +502,27 @@ async fn issue11_run_once_gives_up_on_an_unreachable_api() {
     assert_eq!(env.stats().submits, 1);
 }
 
+/// `run --once` with `config` pointed at an API on 127.0.0.1:`port`, with
+/// `unreachable_timeout: 2s` and a request timeout of ten minutes; fails the test when the run
+/// does not end within the deadline.
+async fn run_once_against(env: &TestEnv, config: &Path, port: u16) -> (i32, String) {
+    let text = std::fs::read_to_string(config).expect("config");
+    let pointed = text
+        .replace(
+            &env.emulator.base_url(),
+            &format!("http://127.0.0.1:{port}/v1"),
+        )
+        .replace(
+            "api:\n",
+            "api:\n  unreachable_timeout: 2s\n  request_timeout: 10m\n",
+        );
+    let path = env.dir.path().join(format!("api-on-{port}.yaml"));
+    std::fs::write(&path, pointed).expect("config");
+    tokio::time::timeout(DEADLINE, env.run_once(&path))
+        .await
+        .expect("run --once ends at api.unreachable_timeout, not at the request timeout")
+}
+
 /// `run --once` against an API that takes connections and never answers gives up after
 /// `api.unreachable_timeout`, not after the (here much longer) request timeout of each call,
 /// and says which host did not answer.
@@ -516,22 +537,8 @@ async fn issue11_run_once_gives_up_on_an_api_that_never_answers() {
     let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = silent.local_addr().expect("addr").port();
     let good = env.config("", "");
-    let text = std::fs::read_to_string(&good).expect("config");
-    let hanging = text
-        .replace(
-            &env.emulator.base_url(),
-            &format!("http://127.0.0.1:{port}/v1"),
-        )
-        .replace(
-            "api:\n",
-            "api:\n  unreachable_timeout: 2s\n  request_timeout: 10m\n",
-        );
-    let path = env.dir.path().join("hanging.yaml");
-    std::fs::write(&path, hanging).expect("config");
     // Ten minutes per call: only the unreachable timeout can end this run within the deadline.
-    let (code, stderr) = tokio::time::timeout(DEADLINE, env.run_once(&path))
-        .await
-        .expect("run --once ends at api.unreachable_timeout, not at the request timeout");
+    let (code, stderr) = run_once_against(&env, &good, port).await;
     assert_eq!(code, 69, "EX_UNAVAILABLE:\n{stderr}");
     assert!(
         stderr.contains(&format!("no answer from 127.0.0.1:{port}")),
@@ -570,21 +577,7 @@ async fn issue11_run_once_gives_up_on_an_api_whose_answers_stall() {
         }
     });
     let good = env.config("", "");
-    let text = std::fs::read_to_string(&good).expect("config");
-    let stalling = text
-        .replace(
-            &env.emulator.base_url(),
-            &format!("http://127.0.0.1:{port}/v1"),
-        )
-        .replace(
-            "api:\n",
-            "api:\n  unreachable_timeout: 2s\n  request_timeout: 10m\n",
-        );
-    let path = env.dir.path().join("stalling.yaml");
-    std::fs::write(&path, stalling).expect("config");
-    let (code, stderr) = tokio::time::timeout(DEADLINE, env.run_once(&path))
-        .await
-        .expect("run --once ends at api.unreachable_timeout, not at the request timeout");
+    let (code, stderr) = run_once_against(&env, &good, port).await;
     server.abort();
     assert_eq!(code, 69, "EX_UNAVAILABLE:\n{stderr}");
     assert!(
