@@ -604,6 +604,11 @@ impl BatchRunner {
         let request = batch_request(members);
         let mut attempts = deps.retry.start(retry::Step::Submit);
         loop {
+            // A retry waits, like a first submit, while outputs cannot be written (only a
+            // shutdown ends the wait: the jobs are then resumed from the store).
+            if !deps.health.writable(&deps.cancel).await {
+                return Sent::Ended;
+            }
             match deps.store.mark_batch_submitting(&ids).await {
                 Ok(marked) if marked.len() == ids.len() => {}
                 Ok(marked) => {

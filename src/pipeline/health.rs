@@ -40,6 +40,9 @@ pub struct HealthState {
     writes: Mutex<(usize, String)>,
 }
 
+/// How often a submit held back by [`HealthState::writable`] looks again.
+const WRITES_PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// One job whose output cannot be written for now (see [`HealthState::writes_blocked`]);
 /// counted while this lives.
 #[derive(Debug)]
@@ -56,7 +59,7 @@ impl Drop for WritesBlocked {
             .unwrap_or_else(PoisonError::into_inner);
         writes.0 = writes.0.saturating_sub(1);
         if writes.0 == 0 {
-            info!("Outputs can be written again; submitting resumed");
+            info!("No output waits for room to be written any more; submitting resumed");
         }
     }
 }
@@ -101,6 +104,18 @@ impl HealthState {
     pub fn writes_blocked(&self) -> Option<String> {
         let writes = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
         (writes.0 > 0).then(|| writes.1.clone())
+    }
+
+    /// Waits while outputs cannot be written (see [`HealthState::block_writes`]); false when
+    /// `cancel` fires first.
+    pub async fn writable(&self, cancel: &tokio_util::sync::CancellationToken) -> bool {
+        while self.writes_blocked().is_some() {
+            tokio::select! {
+                () = tokio::time::sleep(WRITES_PROBE_INTERVAL) => {}
+                () = cancel.cancelled() => return false,
+            }
+        }
+        true
     }
 
     pub fn current(&self) -> Health {
@@ -172,10 +187,7 @@ impl HealthState {
     pub fn failing(&self) -> Option<(std::time::Duration, String)> {
         let inner = self.lock();
         // A call still waiting counts only when nothing has succeeded since it was sent.
-        let waiting = self
-            .unanswered
-            .oldest()
-            .filter(|sent| inner.last_ok.is_none_or(|ok| ok < *sent));
+        let waiting = self.unanswered.oldest_after(inner.last_ok);
         let failed = inner.failing.as_ref();
         let api = &self.api;
         match (failed, waiting) {

@@ -36,8 +36,9 @@ const MAX_HEALING_WRITES: u32 = 10;
 /// Writes of an output that fail with an error that may heal (a full disk, too many open
 /// files, an I/O error) before the job fails with that error's code: with the waits of
 /// [`healing_write_wait`] (1 s doubling to 60 s), about 10 minutes, time for an operator to
-/// free space. The job keeps its result meanwhile (downloaded again for each attempt), and no
-/// new image is submitted ([`HealthState::block_writes`]).
+/// free space. The job keeps its result meanwhile (downloaded again for each attempt), and
+/// during a full disk or a lack of file descriptors no new image is submitted
+/// ([`HealthState::block_writes`]).
 const MAX_OUTPUT_WRITES: u32 = 16;
 
 /// How a job's task ended.
@@ -224,6 +225,10 @@ impl Runner {
         };
         let mut attempts = deps.retry.start(step);
         loop {
+            // A retry waits, like a first submit, while outputs cannot be written.
+            if !deps.health.writable(&deps.cancel).await {
+                return Step::End(JobOutcome::Parked);
+            }
             match deps.store.mark_submitting(id).await {
                 Ok(_) => {}
                 // Cancelled meanwhile (its run drains): not this task's to submit.
@@ -751,21 +756,25 @@ impl Runner {
                 if !err.heals() {
                     return self.fail(id, code, &err.to_string()).await;
                 }
-                // A full disk, too many open files, an I/O error: the job stays Downloading
-                // and is written again after a wait, a bounded number of times; meanwhile no
-                // new image is submitted.
+                // A full disk, too many open files, an I/O error, a permission: the job stays
+                // Downloading and is written again after a wait, a bounded number of times.
                 write_failures.failures += 1;
                 let n = write_failures.failures;
                 if n >= MAX_OUTPUT_WRITES {
                     let message = format!("{err} (still failing after {n} attempts)");
-                    write_failures.blocking = None;
                     return self.fail(id, code, &message).await;
                 }
-                if write_failures.blocking.is_none() {
-                    write_failures.blocking = Some(deps.health.block_writes(err.to_string()));
-                }
                 let after = healing_write_wait(n);
-                error!(error = %err, code = %code, attempt = n, retry_in_s = after.as_secs(), "Cannot write the output; retrying later");
+                error!(error = %err, code = %code, attempt = n, retry_in_ms = after.as_millis() as u64, "Cannot write the output; retrying later");
+                // A full disk or no file descriptors left is the machine's, not this job's:
+                // while the job waits, no new image is submitted (its result could not be
+                // written either). Held for the wait only: a download that fails afterwards
+                // is not a reason to hold everything.
+                let _blocking = matches!(
+                    code,
+                    FailureCode::DiskFull | FailureCode::OutputTooManyOpenFiles
+                )
+                .then(|| deps.health.block_writes(err.to_string()));
                 if self.wait(after).await {
                     Step::Continue
                 } else {
@@ -958,12 +967,10 @@ fn decide(attempts: &mut retry::Attempts, failure: Failure) -> Decision {
 }
 
 /// A full-jitter backoff for the `n`-th failure (the policy's shape).
-/// A job's output writes that failed with an error that may heal, and while there are such,
-/// its share in holding new submits back.
+/// A job's output writes (or output object reads) that failed with an error that may heal.
 #[derive(Default)]
 struct Writes {
     failures: u32,
-    blocking: Option<crate::pipeline::health::WritesBlocked>,
 }
 
 /// The wait after the `n`-th failed write of an output (from 1): 1 s doubling to 60 s, less

@@ -30,8 +30,6 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 
 /// How often a paused daemon lets one submit through to see whether the API is back.
 pub const PAUSE_PROBE_INTERVAL: Duration = Duration::from_secs(5);
-/// How often the submitter looks again whether outputs can be written.
-const WRITES_PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Jobs waiting to be submitted, FIFO, with their run (so a draining run's jobs are skipped
 /// without a store read); systemically refused jobs go back to the front.
@@ -302,6 +300,10 @@ impl Submitter {
             },
             _ = self.cancel.cancelled() => return false,
         };
+        // Outputs may have become unwritable while the permits were awaited.
+        if !self.health.writable(&self.cancel).await {
+            return false;
+        }
         let size = self.batch_size(members.len());
         if size < members.len()
             && let Some(fewer) = permit.split(size)
@@ -387,11 +389,8 @@ impl Submitter {
     ) -> Option<bool> {
         // Outputs that cannot be written (a full disk): nothing new goes out, not even a
         // probe, until they can, or until the jobs that wait for them give up.
-        while self.health.writes_blocked().is_some() {
-            tokio::select! {
-                _ = tokio::time::sleep(WRITES_PROBE_INTERVAL) => {}
-                _ = self.cancel.cancelled() => return None,
-            }
+        if !self.health.writable(&self.cancel).await {
+            return None;
         }
         let paused = matches!(*health.borrow_and_update(), Health::Paused { .. });
         if paused {
@@ -414,6 +413,10 @@ impl Submitter {
             },
             _ = self.cancel.cancelled() => return false,
         };
+        // Outputs may have become unwritable while the permit was awaited.
+        if !self.health.writable(&self.cancel).await {
+            return false;
+        }
         let runner = self.runner.clone();
         let finisher = self.finisher.clone();
         let span = info_span!(

@@ -678,9 +678,9 @@ async fn fault_no_image_is_submitted_while_an_output_cannot_be_written() {
         .find("An output cannot be written")
         .unwrap_or_else(|| panic!("the write failed and blocked submits:\n{stderr}"));
     let resumed = stderr[blocked..]
-        .find("Outputs can be written again")
+        .find("No output waits for room to be written any more")
         .map(|at| blocked + at)
-        .unwrap_or_else(|| panic!("submits resumed once the write succeeded:\n{stderr}"));
+        .unwrap_or_else(|| panic!("submits resumed after the wait:\n{stderr}"));
     assert!(
         !stderr[blocked..resumed].contains("Submitted"),
         "nothing was submitted while the output could not be written:\n{}",
