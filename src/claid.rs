@@ -454,10 +454,15 @@ pub struct Unanswered {
 }
 
 impl Unanswered {
-    /// When the longest-waiting call still unanswered was sent.
-    pub fn oldest(&self) -> Option<Instant> {
+    /// When the longest-waiting call still unanswered that was sent after `after` (all of
+    /// them: `None`) was sent. Calls are kept in the order they were sent.
+    pub fn oldest_after(&self, after: Option<Instant>) -> Option<Instant> {
         let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        inner.1.first_key_value().map(|(_, sent)| *sent)
+        inner
+            .1
+            .values()
+            .copied()
+            .find(|sent| after.is_none_or(|t| *sent > t))
     }
 
     /// Records a call sent now; the returned guard forgets it when dropped (answered, failed

@@ -491,6 +491,14 @@ fn validate_config_file(file: &Path) -> (bool, Option<i32>) {
                 return (false, Some(err.exit_code()));
             }
             println!("{}: ok (config)", file.display());
+            if config.api.unreachable_timeout < config.api.request_timeout {
+                println!(
+                    "  note: api.unreachable_timeout ({}) is shorter than api.request_timeout ({}): `run --once` gives up on a call still waiting after {}, even a slow upload that would have finished; keep it above the request timeout",
+                    humantime::format_duration(config.api.unreachable_timeout),
+                    humantime::format_duration(config.api.request_timeout),
+                    humantime::format_duration(config.api.unreachable_timeout)
+                );
+            }
             (true, None)
         }
         Err(err) => {

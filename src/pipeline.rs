@@ -687,9 +687,13 @@ impl Handle {
             if matches!(m.state, crate::store::ManifestState::Draining { .. }) {
                 draining.push(mid);
             }
+            // Counted here, before any of its jobs runs again: each open job then ends done,
+            // failed, held or superseded in this process.
+            let open = store.counts_of_active(mid).map_or(0, |c| c.open());
             shared.finisher.send_counted(finisher::Event::Resumed {
                 id: mid,
                 manifest: m,
+                open,
             });
         }
         // Ended runs whose staged objects a crash kept from being deleted.
@@ -703,7 +707,10 @@ impl Handle {
         }
         // A draining run submits nothing more, also after a crash.
         for mid in &draining {
-            store.cancel_queued(*mid).await?;
+            let cancelled = store.cancel_queued(*mid).await?;
+            shared
+                .board
+                .update(|s| s.totals.superseded += cancelled.len() as u64);
         }
         to_queue.retain(|(mid, _)| !draining.contains(mid));
         // Resumed tasks exist at Claid already: they take their permits first.

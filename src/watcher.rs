@@ -656,7 +656,11 @@ fn walk(root: &Path, reported: &mut Reported) -> std::io::Result<Vec<Found>> {
             }
             if file_type.is_dir() {
                 if hidden {
-                    links.warn_once(&path, LinkKind::HiddenFolder);
+                    // Named only when it holds something that looks like a manifest: `.git`,
+                    // `.snapshot` or a trash folder are nobody's drop.
+                    if holds_a_manifest(&path) {
+                        links.warn_once(&path, LinkKind::HiddenFolder);
+                    }
                 } else {
                     stack.push(path);
                 }
@@ -735,10 +739,23 @@ enum LinkKind {
 }
 
 /// Whether a hidden file's name, without its leading dots, would be a manifest's: such a file
-/// is named once in a WARN (editors' and copy tools' temporary files end otherwise).
+/// is named once in a WARN. Not macOS's metadata files (`._name`) nor editors' lock links
+/// (`.#name`): those are nobody's manifest (and temporary files end otherwise).
 fn looks_like_a_manifest(name: &std::ffi::OsStr) -> bool {
     let text = String::from_utf8_lossy(name.as_encoded_bytes());
+    if text.starts_with("._") || text.starts_with(".#") {
+        return false;
+    }
     is_manifest_name(Path::new(text.trim_start_matches('.')))
+}
+
+/// Whether the hidden folder `dir` directly holds a file that looks like a manifest.
+fn holds_a_manifest(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries.flatten().any(|entry| {
+            entry.file_type().is_ok_and(|t| t.is_file()) && is_manifest_name(&entry.path())
+        })
+    })
 }
 
 /// Names each symlink (or hidden manifest or folder) found once in a WARN ([`NAMED_LINKS`]), and forgets those that are gone.

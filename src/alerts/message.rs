@@ -129,13 +129,19 @@ impl Alert {
                     "finished"
                 };
                 let total = counts.total();
+                // `failures` leaves out the jobs a newer version took over (superseded), which
+                // the store counts as failed.
+                let failed: u64 = failures.values().sum();
                 let mut text = format!(
-                    "{rel} {how}: {total} image{}, {} done ({} unchanged), {} failed",
+                    "{rel} {how}: {total} image{}, {} done ({} unchanged), {failed} failed",
                     if total == 1 { "" } else { "s" },
                     counts.done,
                     counts.unchanged,
-                    counts.failed
                 );
+                let left = counts.failed.saturating_sub(failed);
+                if left > 0 {
+                    text.push_str(&format!(", {left} left to the newer version"));
+                }
                 if counts.in_doubt > 0 {
                     text.push_str(&format!(", {} held in doubt", counts.in_doubt));
                 }
@@ -358,6 +364,29 @@ mod tests {
             failures,
             superseded: false,
         }
+    }
+
+    #[test]
+    fn a_superseded_run_counts_what_the_newer_version_took_over_apart_from_failures() {
+        let mut failures = BTreeMap::new();
+        failures.insert(FailureCode::ClaidError, 1);
+        let alert = Alert::ManifestFinished {
+            id: 8,
+            rel: "m.yaml".to_owned(),
+            counts: ManifestCounts {
+                done: 2,
+                // The store counts superseded jobs as failed: 1 real failure, 3 taken over.
+                failed: 4,
+                ..ManifestCounts::default()
+            },
+            failures,
+            superseded: true,
+        };
+        let text = alert.summary();
+        assert!(
+            text.contains("6 images, 2 done (0 unchanged), 1 failed, 3 left to the newer version"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -53,6 +53,8 @@ pub enum Event {
     Resumed {
         id: ManifestId,
         manifest: ManifestV1,
+        /// Its jobs not yet ended when the start counted them (before any ran again).
+        open: u64,
     },
     /// At start: an ended run whose staging cleanup was cut short; do it now.
     CleanStaged { id: ManifestId },
@@ -255,7 +257,7 @@ impl Finisher {
                     }
                 }
             }
-            Event::Resumed { id, manifest } => {
+            Event::Resumed { id, manifest, open } => {
                 let phase = match manifest.state {
                     ManifestState::Draining { .. } => Phase::Draining,
                     _ => Phase::Running,
@@ -263,7 +265,6 @@ impl Finisher {
                 self.track(id, PathBuf::from(&manifest.rel), manifest.sha256, phase);
                 // Its open jobs are this process's work: each ends done, failed, held or
                 // superseded here, so `run --once`'s closing counts add up.
-                let open = self.deps.store.counts_of_active(id).map_or(0, |c| c.open());
                 self.deps.board.update(|s| {
                     s.totals.manifests += 1;
                     s.totals.jobs += open;
@@ -520,7 +521,10 @@ impl Finisher {
                 let mut failures: BTreeMap<FailureCode, u64> = BTreeMap::new();
                 reader.for_each_job_of_manifest(id, |_, job| {
                     tally.add(&report::row(&job));
-                    if let JobState::Failed { code, .. } = job.state {
+                    // A superseded job did not fail: the newer version took it over.
+                    if let JobState::Failed { code, .. } = job.state
+                        && code != FailureCode::Superseded
+                    {
                         *failures.entry(code).or_default() += 1;
                     }
                     Ok::<_, StoreError>(())

@@ -341,8 +341,12 @@ impl Intake {
                 ..
             }) => {
                 let _ = phase.next(LifeEvent::Conflict);
-                let other =
-                    owner_rel.unwrap_or_else(|| "another manifest being taken in".to_owned());
+                // Names and paths come from file names: escaped like in the logs.
+                let other = owner_rel.map_or_else(
+                    || "another manifest being taken in".to_owned(),
+                    |rel| crate::text::escape(&rel),
+                );
+                let (taken, wanted) = (crate::text::escape(&taken), crate::text::escape(&wanted));
                 let (clash, why) = if wanted == taken {
                     (
                         format!(

@@ -222,6 +222,9 @@ impl Trees {
                     batch_unfinished.remove(&id_key(job_id))?;
                     n_removed += 1;
                 }
+                // After the jobs it covers, so a crash halfway leaves the range to find them.
+                batch_jobs.flush()?;
+                batch_unfinished.flush()?;
                 self.job_ranges.remove(key)?;
             }
         }
@@ -301,6 +304,11 @@ impl Trees {
                 && let Some(object) = &object
             {
                 conflict = self.reserve(manifest_id, object, Indexed::No)?;
+                if conflict.is_some() {
+                    // The job is not written, so the rollback cannot find its output through
+                    // it: released here.
+                    self.unreserve(manifest_id, &job.output_rel)?;
+                }
             }
             if let Some(conflict) = conflict {
                 // Applied first, so the rollback below finds every job written.
@@ -505,9 +513,10 @@ impl Trees {
     /// Releases every reservation of run `owner` (it ended): its jobs' outputs (and objects),
     /// found through its jobs, and the paths its index lists (its reports; every path of a run
     /// an older version registered). In chunks: a crash halfway leaves the run not ended, and
-    /// its end releases the rest again. (A crash in the middle of a registration can leave a
-    /// few reservations of jobs never written; their owner holds nothing, so they block no one,
-    /// and the next run writing those paths takes them over.)
+    /// its end releases the rest again. (A crash in the middle of a registration can leave the
+    /// reservations of up to a write batch of jobs never written ([`REGISTER_BATCH`]); their
+    /// owner holds nothing, so they block no one, and the next run writing those paths takes
+    /// them over.)
     pub fn release(&self, owner: ManifestId) -> Result<usize, StoreError> {
         let mut batch = Chunked::new(&self.reserved);
         let mut index = Chunked::new(&self.reserved_by_manifest);
@@ -544,6 +553,18 @@ impl Trees {
         batch.finish()?;
         index.finish()?;
         Ok(n)
+    }
+
+    /// Removes `owner`'s reservation of `path` (if it still holds it).
+    fn unreserve(&self, owner: ManifestId, path: &str) -> Result<(), StoreError> {
+        if self
+            .reserved
+            .get(path)?
+            .is_some_and(|v| read_id(&v) == Some(owner))
+        {
+            self.reserved.remove(path)?;
+        }
+        Ok(())
     }
 
     /// The run `path` is reserved for, if any (whether or not that run has ended).

@@ -798,3 +798,21 @@ async fn a_closed_output_pipe_ends_a_command_quietly() {
     assert_eq!(out.status.code(), Some(141), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// `validate` notes an `api.unreachable_timeout` shorter than `api.request_timeout`: `run
+/// --once` would give up on a call still waiting (a slow upload) that would have finished.
+#[tokio::test(flavor = "multi_thread")]
+async fn validate_notes_an_unreachable_timeout_shorter_than_a_request() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let config = env.config("unreachable_timeout: 5s\nrequest_timeout: 1m", "");
+    let (code, out, err) = cli(&["validate", config.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("note: api.unreachable_timeout (5s) is shorter than api.request_timeout (1m)"),
+        "{out}"
+    );
+    let config = env.config("unreachable_timeout: 2m\nrequest_timeout: 30s", "");
+    let (code, out, _) = cli(&["validate", config.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("unreachable_timeout"), "{out}");
+}
