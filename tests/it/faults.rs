@@ -696,23 +696,29 @@ async fn fault_no_image_is_submitted_while_an_output_cannot_be_written() {
 /// The `strace … --` wrapper that fails the first `failures` creations of `dir` (per daemon
 /// thread) with ENOSPC.
 fn enospc_on_mkdir(dir: &std::path::Path, failures: u32) -> Vec<String> {
-    [
-        "strace",
-        "-f",
-        "-qq",
-        "-o",
-        "/dev/null",
-        "-e",
-        "trace=mkdir,mkdirat",
-        "-P",
-        &dir.display().to_string(),
-        "-e",
-        &format!("inject=mkdir,mkdirat:error=ENOSPC:when=1..{failures}"),
-        "--",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect()
+    strace_injecting(
+        "mkdir,mkdirat",
+        Some(dir),
+        &format!("error=ENOSPC:when=1..{failures}"),
+    )
+}
+
+/// The `strace … --` wrapper that injects `fault` into the daemon's `calls` (on `path` only,
+/// when given), following every thread.
+fn strace_injecting(calls: &str, path: Option<&std::path::Path>, fault: &str) -> Vec<String> {
+    let mut args: Vec<String> = ["strace", "-f", "-qq", "-o", "/dev/null", "-e"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    args.push(format!("trace={calls}"));
+    if let Some(path) = path {
+        args.push("-P".to_owned());
+        args.push(path.display().to_string());
+    }
+    args.push("-e".to_owned());
+    args.push(format!("inject={calls}:{fault}"));
+    args.push("--".to_owned());
+    args
 }
 
 /// Whether strace can trace (and inject into) a child here.
@@ -732,21 +738,10 @@ async fn fault_state_on_a_slow_disk() {
         eprintln!("fault slow-disk: skipped, strace with ptrace is not available here");
         return;
     }
-    let wrapper = [
-        "strace",
-        "-f",
-        "-qq",
-        "-o",
-        "/dev/null",
-        "-e",
-        "trace=fsync,fdatasync,sync_file_range",
-        "-e",
-        "inject=fsync,fdatasync,sync_file_range:delay_enter=30000",
-        "--",
-    ];
+    let wrapper = strace_injecting("fsync,fdatasync,sync_file_range", None, "delay_enter=30000");
     check_fault(Case {
         images: 20,
-        wrapper: wrapper.iter().map(|s| (*s).to_owned()).collect(),
+        wrapper,
         check: all_done,
         ..Case::new("slow-disk", Scenario::default().seed(41))
     })
