@@ -488,7 +488,29 @@ impl Intake {
         match moved {
             Ok(dest) => info!(to = %dest.display(), "Moved the rejected manifest"),
             Err(err) => {
-                error!(error = %err, manifest = %rel.display(), "Cannot move the rejected manifest out of the inbox")
+                error!(error = %err, manifest = %rel.display(), "Cannot move the rejected manifest out of the inbox");
+                // Its outcome file still goes somewhere: the top of `rejected/`, named after
+                // its whole path.
+                let rejected = self.folders.rejected.clone();
+                let text = format!(
+                    "{text}\nThe manifest itself stays in the inbox: it could not be moved into the rejected folder ({err}). Clear that, then drop it again.\n"
+                );
+                let flat = flattened_name(rel);
+                let written = on_file_pool(move || -> Result<PathBuf, output::OutputError> {
+                    let name = filename::error_file_name(&flat, &filename::FsLimits::of(&rejected));
+                    let path = rejected.join(name);
+                    output::write_text_atomic(&path, &text)?;
+                    Ok(path)
+                })
+                .await;
+                match written {
+                    Ok(path) => {
+                        info!(error_file = %path.display(), "Wrote the rejected manifest's error file at the top of the rejected folder")
+                    }
+                    Err(err) => {
+                        error!(error = %err, "Cannot write the rejected manifest's error file either")
+                    }
+                }
             }
         }
         let _ = self.finisher.send(Event::Rejected);
@@ -497,6 +519,18 @@ impl Intake {
             problems: text.lines().take(12).collect::<Vec<_>>().join("\n"),
         });
     }
+}
+
+/// `team/bad.yaml` → `team__bad.yaml`: an inbox-relative path as one file name.
+fn flattened_name(rel: &Path) -> std::ffi::OsString {
+    let mut flat = std::ffi::OsString::new();
+    for (i, part) in rel.iter().enumerate() {
+        if i > 0 {
+            flat.push("__");
+        }
+        flat.push(part);
+    }
+    flat
 }
 
 /// A `Done { unchanged }` state when the previous done job's output file is still there with

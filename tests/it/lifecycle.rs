@@ -227,6 +227,28 @@ async fn issue11_every_rejected_manifest_gets_its_own_error_file_with_an_escaped
     assert_eq!(env.stats().submits, 0);
 }
 
+/// A rejected manifest that cannot be moved into `rejected/` (a file stands where its folder
+/// goes there) still gets its outcome file, at the top of `rejected/`, named after its path,
+/// saying why it stays in the inbox.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue11_a_rejected_manifest_that_cannot_be_moved_still_gets_an_error_file() {
+    let env = TestEnv::new(Scenario::default()).await;
+    std::fs::write(env.rejected.join("team"), b"a file").expect("file where the folder goes");
+    let bad = env.drop_file("team/bad.yaml", b"images:\n  - input: ftp://x/a.png\n");
+    let config = env.config("", "");
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 2, "{stderr}");
+    let text = std::fs::read_to_string(env.rejected.join("team__bad.yaml.error.txt"))
+        .unwrap_or_else(|e| panic!("the error file: {e}\n{stderr}"));
+    assert!(text.contains("line 2"), "the problem with its line: {text}");
+    assert!(
+        text.contains("The manifest itself stays in the inbox"),
+        "says where the manifest is: {text}"
+    );
+    assert!(bad.is_file(), "the manifest stays where it was");
+    assert_eq!(env.stats().submits, 0);
+}
+
 /// The everyday "fixed a typo, saved over it": the running version drains (what Claid already
 /// has finishes and is recorded, nothing new is submitted for it), then the new content runs;
 /// rows identical to delivered ones are not billed again; the archive holds exactly the
