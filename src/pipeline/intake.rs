@@ -487,6 +487,9 @@ impl Intake {
         .await;
         match moved {
             Ok(dest) => info!(to = %dest.display(), "Moved the rejected manifest"),
+            // Gone meanwhile (moved by an earlier rejection, or deleted): nothing stays in the
+            // inbox, and no error file is written for it.
+            Err(_) if std::fs::symlink_metadata(path).is_err() => {}
             Err(err) => {
                 error!(error = %err, manifest = %rel.display(), "Cannot move the rejected manifest out of the inbox");
                 // Its outcome file still goes somewhere: the top of `rejected/`, named after

@@ -512,8 +512,14 @@ async fn issue12_batch_sizes_follow_claids_pace_inside_a_batch() {
         "the pace was measured here too: {log}"
     );
     let later = paced(&fast);
+    // One group of the first round's size, formed before the pace was known, may reach Claid
+    // after the first paced ones (it waited for its permits); every other batch is at the cap.
+    let first_round = later.iter().filter(|s| **s == 8).count();
     assert!(
-        later.len() >= 3 && later.iter().all(|s| *s == 16),
+        later.len() >= 3
+            && first_round <= 1
+            && later.iter().all(|s| *s == 16 || *s == 8)
+            && later.iter().filter(|s| **s == 16).count() >= 3,
         "with every image of a batch at once, batches grow to the cap: {fast:?}"
     );
 }
