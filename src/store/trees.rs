@@ -211,21 +211,13 @@ impl Trees {
         }
         for entry in self.job_ranges.iter() {
             let (key, last) = entry?;
-            let (Some((manifest_id, first)), Some(last)) = (split_pair(&key), read_id(&last))
-            else {
+            let Some((manifest_id, first, last)) = read_range(&key, &last) else {
                 self.job_ranges.remove(key)?;
                 continue;
             };
             if !exists(manifest_id)? {
-                for job_id in first..=last {
-                    batch_jobs.remove(&id_key(job_id))?;
-                    batch_unfinished.remove(&id_key(job_id))?;
-                    n_removed += 1;
-                }
-                // After the jobs it covers, so a crash halfway leaves the range to find them.
-                batch_jobs.flush()?;
-                batch_unfinished.flush()?;
-                self.job_ranges.remove(key)?;
+                n_removed +=
+                    self.remove_range(&key, first..=last, &mut batch_jobs, &mut batch_unfinished)?;
             }
         }
         batch_jobs.finish()?;
@@ -241,11 +233,7 @@ impl Trees {
             };
             if !exists(owner)? {
                 let path = &key[8..];
-                if self
-                    .reserved
-                    .get(path)?
-                    .is_some_and(|v| read_id(&v) == Some(owner))
-                {
+                if self.reserved_for(owner, path)? {
                     batch_reserved.remove(path)?;
                 }
                 batch_reserved_index.remove(key)?;
@@ -472,27 +460,18 @@ impl Trees {
         let mut by_manifest = Chunked::new(&self.jobs_by_manifest);
         let mut unfinished = Chunked::new(&self.unfinished);
         let mut n = 0;
-        let ranges: Vec<(sled::IVec, u64, u64)> = self
+        let ranges: Vec<(sled::IVec, JobId, JobId)> = self
             .job_ranges
             .scan_prefix(id_key(owner))
             .filter_map(|entry| match entry {
                 Ok((key, last)) => {
-                    let (_, first) = split_pair(&key)?;
-                    Some(Ok((key, first, read_id(&last)?)))
+                    read_range(&key, &last).map(|(_, first, last)| Ok((key, first, last)))
                 }
                 Err(err) => Some(Err(StoreError::from(err))),
             })
             .collect::<Result<_, _>>()?;
         for (key, first, last) in ranges {
-            for id in first..=last {
-                jobs.remove(&id_key(id))?;
-                unfinished.remove(&id_key(id))?;
-                n += 1;
-            }
-            // After the jobs it covers, so a crash halfway leaves the range to find them.
-            jobs.flush()?;
-            unfinished.flush()?;
-            self.job_ranges.remove(key)?;
+            n += self.remove_range(&key, first..=last, &mut jobs, &mut unfinished)?;
         }
         for key in self.jobs_by_manifest.scan_prefix(id_key(owner)).keys() {
             let key = key?;
@@ -527,11 +506,7 @@ impl Trees {
             };
             let object = crate::storages::destination_of(&job.body, &job.output_rel);
             for path in std::iter::once(job.output_rel.as_str()).chain(object.as_deref()) {
-                if self
-                    .reserved
-                    .get(path)?
-                    .is_some_and(|v| read_id(&v) == Some(owner))
-                {
+                if self.reserved_for(owner, path)? {
                     batch.remove(path.as_bytes())?;
                     n += 1;
                 }
@@ -540,11 +515,7 @@ impl Trees {
         for entry in self.reserved_by_manifest.scan_prefix(id_key(owner)).keys() {
             let key = entry?;
             let path = &key[8..];
-            if self
-                .reserved
-                .get(path)?
-                .is_some_and(|v| read_id(&v) == Some(owner))
-            {
+            if self.reserved_for(owner, path)? {
                 batch.remove(path)?;
                 n += 1;
             }
@@ -555,13 +526,39 @@ impl Trees {
         Ok(n)
     }
 
-    /// Removes `owner`'s reservation of `path` (if it still holds it).
-    fn unreserve(&self, owner: ManifestId, path: &str) -> Result<(), StoreError> {
-        if self
+    /// Removes the jobs of the range at `key` (and their `unfinished` entries), then the range
+    /// itself, after them, so that a crash halfway leaves the range to find the rest. Returns
+    /// how many ids it covered.
+    fn remove_range(
+        &self,
+        key: &[u8],
+        ids: std::ops::RangeInclusive<JobId>,
+        jobs: &mut Chunked<'_>,
+        unfinished: &mut Chunked<'_>,
+    ) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for id in ids {
+            jobs.remove(&id_key(id))?;
+            unfinished.remove(&id_key(id))?;
+            n += 1;
+        }
+        jobs.flush()?;
+        unfinished.flush()?;
+        self.job_ranges.remove(key)?;
+        Ok(n)
+    }
+
+    /// Whether `path` is reserved for `owner` (the run that reserved it, whether ended or not).
+    fn reserved_for(&self, owner: ManifestId, path: impl AsRef<[u8]>) -> Result<bool, StoreError> {
+        Ok(self
             .reserved
             .get(path)?
-            .is_some_and(|v| read_id(&v) == Some(owner))
-        {
+            .is_some_and(|v| read_id(&v) == Some(owner)))
+    }
+
+    /// Removes `owner`'s reservation of `path` (if it still holds it).
+    fn unreserve(&self, owner: ManifestId, path: &str) -> Result<(), StoreError> {
+        if self.reserved_for(owner, path)? {
             self.reserved.remove(path)?;
         }
         Ok(())
@@ -680,9 +677,9 @@ impl Trees {
         let ranges = self.job_ranges.scan_prefix(id_key(id)).flat_map(
             |entry| -> Box<dyn Iterator<Item = Result<JobId, StoreError>>> {
                 match entry {
-                    Ok((key, last)) => match (split_pair(&key), read_id(&last)) {
-                        (Some((_, first)), Some(last)) => Box::new((first..=last).map(Ok)),
-                        _ => Box::new(std::iter::empty()),
+                    Ok((key, last)) => match read_range(&key, &last) {
+                        Some((_, first, last)) => Box::new((first..=last).map(Ok)),
+                        None => Box::new(std::iter::empty()),
                     },
                     Err(err) => Box::new(std::iter::once(Err(StoreError::from(err)))),
                 }
@@ -1048,6 +1045,12 @@ fn pair_key(a: u64, b: u64) -> [u8; 16] {
 
 fn read_id(bytes: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(bytes.try_into().ok()?))
+}
+
+/// A `job_ranges` entry: (run, first job id, last job id).
+fn read_range(key: &[u8], last: &[u8]) -> Option<(ManifestId, JobId, JobId)> {
+    let (manifest, first) = split_pair(key)?;
+    Some((manifest, first, read_id(last)?))
 }
 
 fn split_pair(bytes: &[u8]) -> Option<(u64, u64)> {
