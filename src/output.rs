@@ -277,6 +277,23 @@ pub fn sha256_file(path: &Path) -> io::Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
+/// Moves a refused file `src` (under `inbox`) into `rejected` with [`move_mirrored`] and writes
+/// `text` beside it as `<name>.error.txt`: the name as it is (bytes that are not UTF-8
+/// included, so two such names keep two error files), shortened with a hash when too long
+/// for the suffix (see `filename`). Returns where the file went.
+pub fn move_rejected(
+    inbox: &Path,
+    src: &Path,
+    rejected: &Path,
+    text: &str,
+) -> Result<PathBuf, OutputError> {
+    let dest = move_mirrored(inbox, src, rejected)?;
+    let name = dest.file_name().unwrap_or_default().to_owned();
+    let error_name = crate::filename::error_file_name(&name, &crate::filename::FsLimits::of(&dest));
+    write_text_atomic(&dest.with_file_name(error_name), text)?;
+    Ok(dest)
+}
+
 /// Moves `src` (a file under `src_root`) to the same relative path under `dst_root`, creating
 /// directories. Never overwrites: `shoes.yaml` becomes `shoes.1.yaml`, `shoes.2.yaml`, … when
 /// taken. Renames, or copies + fsyncs + removes across filesystems. Returns the new path.

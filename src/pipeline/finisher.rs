@@ -15,7 +15,6 @@ use tracing::{debug, error, info, warn};
 
 use crate::codes::FailureCode;
 use crate::config::OnManifestDone;
-use crate::filename;
 use crate::lifecycle::{Event as LifeEvent, Phase};
 use crate::manifest;
 use crate::metrics::{Metrics, OutcomeLabel};
@@ -634,13 +633,7 @@ impl Finisher {
             if !src.is_file() {
                 return Ok(None);
             }
-            let dest = output::move_mirrored(&folders.inbox, &src, &folders.rejected)?;
-            // The name as it is (not UTF-8 included: two such names keep two error files);
-            // shortened with a hash when too long for the suffix (see `filename`).
-            let name = dest.file_name().unwrap_or_default().to_owned();
-            let error_name = filename::error_file_name(&name, &filename::FsLimits::of(&dest));
-            output::write_text_atomic(&dest.with_file_name(error_name), &text)?;
-            Ok(Some(dest))
+            output::move_rejected(&folders.inbox, &src, &folders.rejected, &text).map(Some)
         })
         .await;
         match res {

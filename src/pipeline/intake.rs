@@ -475,16 +475,8 @@ impl Intake {
         let inbox = self.folders.inbox.clone();
         let rejected = self.folders.rejected.clone();
         let error_text = text.to_owned();
-        let moved = on_file_pool(move || -> Result<PathBuf, output::OutputError> {
-            let dest = output::move_mirrored(&inbox, &src, &rejected)?;
-            // The name as it is (not UTF-8 included: two such names keep two error files);
-            // shortened with a hash when too long for the suffix (see `filename`).
-            let name = dest.file_name().unwrap_or_default().to_owned();
-            let error_name = filename::error_file_name(&name, &filename::FsLimits::of(&dest));
-            output::write_text_atomic(&dest.with_file_name(error_name), &error_text)?;
-            Ok(dest)
-        })
-        .await;
+        let moved =
+            on_file_pool(move || output::move_rejected(&inbox, &src, &rejected, &error_text)).await;
         match moved {
             Ok(dest) => info!(to = %dest.display(), "Moved the rejected manifest"),
             // Gone meanwhile (moved by an earlier rejection, or deleted): nothing stays in the
