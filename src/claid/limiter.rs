@@ -5,7 +5,10 @@
 //!
 //! # The log
 //!
-//! The log keeps the instants of the last `rpm` admissions (never more: that is its memory).
+//! The log keeps the instants of the last `rpm` admissions, and of those only the ones younger
+//! than [`LOG_HORIZON`] (two minute windows): its memory is bounded by the quota and by the
+//! traffic of two minutes, never by how many calls a drop makes (an account with a huge quota
+//! sending 100,000 calls kept all of them, 1.6 MB, before).
 //! A call is admitted at `t` only if fewer than `rps` admissions lie in
 //! `(t - 1 s - JITTER_MARGIN, t]` and fewer than `rpm` in `(t - 60 s - JITTER_MARGIN, t]`.
 //! So any `rps + 1` admissions span at least `1 s +` [`JITTER_MARGIN`], and any `rpm + 1` at
@@ -70,6 +73,14 @@ pub const SECOND_WINDOW: Duration = Duration::from_secs(1);
 /// Length of the per-minute window.
 pub const MINUTE_WINDOW: Duration = Duration::from_secs(60);
 
+/// How long the log keeps an admission: two minute windows. An admission older than one
+/// window ([`MINUTE_WINDOW`] + [`JITTER_MARGIN`]) binds no later call; the second window is
+/// what [`Limiter::observe`] needs to judge an answer whose call went up to a window ago (an
+/// answer older than that sets no cap).
+pub const LOG_HORIZON: Duration = MINUTE_WINDOW
+    .saturating_add(JITTER_MARGIN)
+    .saturating_mul(2);
+
 /// How long one `acquire` was made to wait by the log, the cap and the gate: zero when it went
 /// straight through.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -104,7 +115,7 @@ pub struct Limiter {
 /// What the limiter knows.
 #[derive(Debug, Default)]
 struct State {
-    /// Admission instants, oldest first; at most `per_minute`.
+    /// Admission instants, oldest first; at most `per_minute`, none older than [`LOG_HORIZON`].
     admitted: VecDeque<Instant>,
     /// Until when nobody may call: set from `RateLimit-Reset` after a 429 or
     /// `RateLimit-Remaining <= 0`. Never shortened.
@@ -174,7 +185,8 @@ impl Limiter {
 
     /// Takes in one answer's rate-limit headers. `sent_at` is when the answered call was
     /// admitted (the instant `acquire` returned), so calls admitted after it, which the
-    /// server may not have counted yet, are taken into account.
+    /// server may not have counted yet, are taken into account. An answer to a call older than
+    /// one minute window sets no cap (a 429 or `Remaining <= 0` still closes the gate).
     pub fn observe(&self, sent_at: Instant, word: ServerWord) {
         let reset = word.reset.unwrap_or(DEFAULT_RESET).min(MAX_RESET);
         match word.remaining {
@@ -202,6 +214,10 @@ impl Limiter {
     /// only this client's calls, the server every call made with the key.
     fn cap_from(&self, sent_at: Instant, remaining: usize, reset: Duration) {
         let now = Instant::now();
+        if now.saturating_duration_since(sent_at) > MINUTE_WINDOW + JITTER_MARGIN {
+            // The log no longer holds the window before so old a call.
+            return;
+        }
         let mut state = self.lock();
         // Calls admitted after the answered one: the server may or may not have counted them.
         let after = state.admitted.len() - state.admitted.partition_point(|&t| t <= sent_at);
@@ -260,7 +276,12 @@ impl State {
 
     /// Records an admission at `now`.
     fn admit(&mut self, now: Instant, per_minute: usize) {
-        while self.admitted.len() >= per_minute {
+        while self.admitted.len() >= per_minute
+            || self
+                .admitted
+                .front()
+                .is_some_and(|&t| now.checked_sub(LOG_HORIZON).is_some_and(|from| t < from))
+        {
             self.admitted.pop_front();
         }
         self.admitted.push_back(now);
@@ -496,6 +517,35 @@ mod tests {
         assert_eq!(admitted[10] - start, MINUTE_WINDOW + JITTER_MARGIN);
         assert_eq!(admitted[20] - start, (MINUTE_WINDOW + JITTER_MARGIN) * 2);
         assert_eq!(limiter.logged(), 10);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_log_forgets_admissions_older_than_its_horizon_however_large_the_quota() {
+        let limiter = limiter(100_000, 6_000_000);
+        admit_n(&limiter, 1_000).await;
+        assert_eq!(limiter.logged(), 1_000);
+        tokio::time::advance(LOG_HORIZON + Duration::from_millis(1)).await;
+        admit_n(&limiter, 3).await;
+        assert_eq!(limiter.logged(), 3, "the 1,000 older calls are forgotten");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_older_than_a_window_sets_no_cap() {
+        let limiter = limiter(4, 120);
+        let sent_at = Instant::now();
+        limiter.acquire().await;
+        tokio::time::advance(MINUTE_WINDOW + JITTER_MARGIN + Duration::from_secs(1)).await;
+        limiter.observe(
+            sent_at,
+            ServerWord {
+                remaining: Some(1),
+                reset: Some(Duration::from_secs(30)),
+                ..ServerWord::default()
+            },
+        );
+        let start = Instant::now();
+        let admitted = admit_n(&limiter, 4).await;
+        assert!(admitted.iter().all(|at| *at == start), "{admitted:?}");
     }
 
     /// Admission instants of random bursts of demand from several callers over six minutes:
