@@ -807,6 +807,9 @@ fn ask_daemon(
     match rt.block_on(admin::request(&config.admin.socket, method, path, body)) {
         Ok(answer) => Ok(Some(answer)),
         Err(admin::AdminError::NotRunning { .. }) => Ok(None),
+        // A daemon that dies while it answers (a `kill -9` a moment ago) breaks the
+        // connection: a read goes to the store, which says whether a daemon still holds it.
+        Err(admin::AdminError::Request { .. }) if method == "GET" => Ok(None),
         Err(err @ admin::AdminError::Denied { .. }) => Err(hinted(
             err,
             access_hint(&config.admin.socket, Some(command)),
@@ -888,22 +891,49 @@ fn cmd_status(config_path: &Path, json: bool) -> anyhow::Result<i32> {
         return Ok(exit::OK);
     }
     println!(
-        "{:<40} {:>8} {:>7} {:>7} {:>9} {:>7} {:>8} {:>9} {:>8}",
-        "manifest", "state", "total", "done", "in flight", "queued", "failed", "img/min", "eta"
+        "{:<40} {:>8} {:>7} {:>7} {:>9} {:>7} {:>8} {:>8} {:>9} {:>8}",
+        "manifest",
+        "state",
+        "total",
+        "done",
+        "in flight",
+        "queued",
+        "failed",
+        "in doubt",
+        "img/min",
+        "eta"
     );
     for m in &view.manifests {
+        // Nothing left to run but jobs held in doubt: the run waits for `replay --in-doubt`.
+        let held = !m.finished && m.in_doubt > 0 && m.in_flight == 0 && m.queued == 0;
         println!(
-            "{:<40} {:>8} {:>7} {:>7} {:>9} {:>7} {:>8} {:>9} {:>8}",
+            "{:<40} {:>8} {:>7} {:>7} {:>9} {:>7} {:>8} {:>8} {:>9} {:>8}",
             m.manifest,
-            if m.finished { "finished" } else { "active" },
+            if m.finished {
+                "finished"
+            } else if held {
+                "held"
+            } else {
+                "active"
+            },
             m.total,
             m.done,
             m.in_flight,
             m.queued,
             m.failed,
+            m.in_doubt,
             m.images_per_minute
                 .map_or("-".to_owned(), |r| format!("{r:.1}")),
-            m.eta_secs.map_or("-".to_owned(), |s| format!("{s}s")),
+            if held {
+                "-".to_owned()
+            } else {
+                m.eta_secs.map_or("-".to_owned(), |s| format!("{s}s"))
+            },
+        );
+    }
+    if view.manifests.iter().any(|m| m.in_doubt > 0) {
+        println!(
+            "Jobs in doubt may have reached Claid: `claid-hotfolder jobs --state in-doubt` lists them, `replay --in-doubt` submits them again (Claid may bill twice)."
         );
     }
     Ok(exit::OK)

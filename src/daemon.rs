@@ -177,6 +177,13 @@ pub async fn run(
     // The store's lock comes first: a second daemon must not touch the outbox of a running one.
     let (store, unfinished) = open_store(&folders.state)?;
     info!(state = %folders.state.display(), "Opened the job store");
+    store.set_object_places(
+        config
+            .storages
+            .values()
+            .map(|entry| (entry.claid_name.clone(), entry.url()))
+            .collect(),
+    );
     let removed = output::clean_stale_tmp(&folders.outbox).map_err(FatalError::CleanOutbox)?;
     info!(removed, outbox = %folders.outbox.display(), "Removed stale temporary files");
 

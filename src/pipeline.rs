@@ -609,6 +609,10 @@ impl Handle {
         // Caught mid-submit, waiting for a webhook to adopt: alone, or in a batch.
         let mut late = Vec::new();
         let mut lost_batch = Vec::new();
+        // Jobs held in doubt, for a webhook that comes late.
+        let mut held = Vec::new();
+        // Per run, jobs this start held in doubt (they count in `run --once`'s closing line).
+        let mut held_now: HashMap<ManifestId, u64> = HashMap::new();
         for (id, job) in unfinished {
             use crate::codes::StateName as S;
             match job.state.kind {
@@ -643,7 +647,10 @@ impl Handle {
                             summary.in_doubt_resubmitted += 1;
                             to_queue.push((job.manifest, id));
                         }
-                        InDoubtPolicy::Hold => summary.in_doubt_held += 1,
+                        InDoubtPolicy::Hold => {
+                            summary.in_doubt_held += 1;
+                            *held_now.entry(job.manifest).or_default() += 1;
+                        }
                     }
                 }
                 S::Submitted => {
@@ -675,7 +682,15 @@ impl Handle {
                     summary.downloading += 1;
                     to_drive.push((job.manifest, id));
                 }
-                S::InDoubt | S::Done | S::Failed => {}
+                S::InDoubt => {
+                    // Held in an earlier life: a late webhook may still announce its task.
+                    if shared.webhooks.is_some()
+                        && let Some(full) = store.job(id).await?
+                    {
+                        held.push(held_job(job.manifest, id, &full));
+                    }
+                }
+                S::Done | S::Failed => {}
             }
         }
         let mut draining = Vec::new();
@@ -694,6 +709,7 @@ impl Handle {
                 id: mid,
                 manifest: m,
                 open,
+                held: held_now.get(&mid).copied().unwrap_or(0),
             });
         }
         // Ended runs whose staged objects a crash kept from being deleted.
@@ -721,6 +737,14 @@ impl Handle {
             .as_ref()
             .map(|p| (p.submitter.clone(), p.tracker.clone()));
         if let Some((submitter, tracker)) = parts {
+            if shared.webhooks.is_some() {
+                shared.dispatch.hold(held);
+                let shared = self.shared.clone();
+                let submitter = submitter.clone();
+                tracker.spawn(async move {
+                    adopt_when_announced(shared, submitter).await;
+                });
+            }
             if let Some(fallback) = shared.webhooks
                 && !late.is_empty()
             {
@@ -957,6 +981,9 @@ async fn adopt_or_give_up(
                     Ok(())
                 }
                 Ok(InDoubtPolicy::Hold) => {
+                    if let Ok(Some(full)) = store.job(id).await {
+                        shared.dispatch.hold(vec![held_job(mid, id, &full)]);
+                    }
                     shared.finisher.settled(mid, JobOutcome::Held);
                     Ok(())
                 }
@@ -965,6 +992,118 @@ async fn adopt_or_give_up(
         };
         if let Err(err) = ended {
             error!(error = %err, job_id = id, "Cannot record the end of a wait for a webhook; the job is looked at again at the next start");
+        }
+    }
+}
+
+/// How a job held in doubt is recognised in a webhook's echoed request (see
+/// [`dispatch::HeldJob`]).
+pub(crate) fn held_job(
+    manifest: ManifestId,
+    id: JobId,
+    job: &crate::store::JobV1,
+) -> dispatch::HeldJob {
+    dispatch::HeldJob {
+        owner: (manifest, id),
+        alone: if job.local && job.staged.is_none() {
+            None
+        } else {
+            dispatch::request_key(&job::request_of(job))
+        },
+        in_batch: batch::lost_batch_job(manifest, id, job),
+    }
+}
+
+/// With webhooks on, for the daemon's life: a task announced late for jobs held in doubt
+/// (their lost submit's wait had ended) is adopted by those still held, durably, and seen
+/// through like any other; so `replay --in-doubt` has nothing left to bill twice. A run that
+/// had ended is reopened, as a replay would.
+async fn adopt_when_announced(shared: Arc<Shared>, submitter: submitter::Submitter) {
+    loop {
+        let (update, owners) = tokio::select! {
+            adoption = shared.dispatch.next_held_adoption() => adoption,
+            () = shared.cancel.cancelled() => return,
+        };
+        let store = &shared.store;
+        let mut still_held = Vec::with_capacity(owners.len());
+        for (mid, id) in owners {
+            if let Ok(Some(job)) = store.job(id).await
+                && matches!(job.state, crate::store::JobState::InDoubt { .. })
+            {
+                still_held.push((mid, id, job));
+            }
+        }
+        if still_held.is_empty() {
+            continue;
+        }
+        let ids: Vec<JobId> = still_held.iter().map(|(_, id, _)| *id).collect();
+        let adopted = match &update {
+            TaskUpdate::Async(task) => store
+                .adopt_task(ids[0], task.id, &task.result_url)
+                .await
+                .map(|_| ()),
+            TaskUpdate::Batch(batch) => store.adopt_batch(&ids, batch.id, &batch.result_url).await,
+        };
+        if let Err(err) = adopted {
+            error!(error = %err, task_id = update.id(), "Cannot record a task announced late for jobs held in doubt; they stay held");
+            continue;
+        }
+        info!(
+            task_id = update.id(),
+            images = ids.len(),
+            "A task announced late by webhook was adopted by the jobs held in doubt for it; nothing is submitted twice"
+        );
+        shared
+            .board
+            .update(|s| s.totals.held = s.totals.held.saturating_sub(ids.len() as u64));
+        let mut runs: Vec<ManifestId> = still_held.iter().map(|(mid, _, _)| *mid).collect();
+        runs.dedup();
+        for mid in runs {
+            let Ok(Some(m)) = store.manifest(mid).await else {
+                continue;
+            };
+            if m.state.is_ended()
+                && let Err(err) = store.reopen_run(mid).await
+            {
+                error!(error = %err, manifest = %m.rel, "Cannot reopen the run of an adopted task");
+                continue;
+            }
+            shared.finisher.send_counted(finisher::Event::Adopted {
+                id: mid,
+                rel: m.rel.clone(),
+            });
+        }
+        shared.dispatch.keep(update.clone());
+        match update {
+            TaskUpdate::Async(_) => {
+                let (mid, id, _) = &still_held[0];
+                if !submitter.start_job(*mid, *id).await {
+                    return;
+                }
+            }
+            TaskUpdate::Batch(batch) => {
+                let mut members = Vec::with_capacity(still_held.len());
+                for (mid, id, _) in still_held {
+                    if let Ok(Some(job)) = store.job(id).await {
+                        members.push(batch::Member {
+                            manifest: mid,
+                            id,
+                            job,
+                        });
+                    }
+                }
+                if !submitter
+                    .resume_batch(
+                        batch.id,
+                        batch.result_url.clone(),
+                        crate::store::now_ms(),
+                        members,
+                    )
+                    .await
+                {
+                    return;
+                }
+            }
         }
     }
 }

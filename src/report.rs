@@ -125,8 +125,15 @@ pub fn row(job: &JobV1) -> ReportRow {
             row.reason = format!("{code}: {message}");
         }
         JobState::InDoubt { .. } => {
-            row.reason =
-                "in-doubt: the submit may have reached Claid; see `replay --in-doubt`".to_owned();
+            row.reason = match job.batch {
+                // Only a batch result that could not be matched holds a job whose batch id is
+                // known: the batch surely ran.
+                Some(batch) => format!(
+                    "in-doubt: batch {batch} ran at Claid (it may have billed this image), but none of its results could be matched to this image alone; see `replay --in-doubt`"
+                ),
+                None => "in-doubt: the submit may have reached Claid; see `replay --in-doubt`"
+                    .to_owned(),
+            };
         }
         JobState::Queued | JobState::Submitting { .. } => {}
     }

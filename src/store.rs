@@ -370,6 +370,13 @@ impl Store {
         })
     }
 
+    /// Where each Claid connector writes (`claid_name` → `s3://bucket/prefix`), so that a
+    /// storage output is reserved under the object it writes: two storages (or connectors)
+    /// on one bucket prefix cannot both write one object. Set at start and at each reload.
+    pub fn set_object_places(&self, places: std::collections::BTreeMap<String, String>) {
+        self.trees.set_object_places(places);
+    }
+
     /// The most recently registered run for an inbox-relative path.
     pub async fn latest_run(
         &self,
@@ -820,12 +827,42 @@ impl Store {
         result_url: &str,
         request_id: Option<&str>,
     ) -> Result<(), StoreError> {
+        self.batch_submitted(ids, batch_id, result_url, request_id, false)
+            .await
+    }
+
+    /// Jobs held in doubt (or still submitting) whose lost submit a late batch webhook
+    /// announced take that batch: → Submitted with its id, without a second submit. Durable.
+    pub async fn adopt_batch(
+        &self,
+        ids: &[JobId],
+        batch_id: u64,
+        result_url: &str,
+    ) -> Result<(), StoreError> {
+        self.batch_submitted(ids, batch_id, result_url, None, true)
+            .await
+    }
+
+    async fn batch_submitted(
+        &self,
+        ids: &[JobId],
+        batch_id: u64,
+        result_url: &str,
+        request_id: Option<&str>,
+        from_in_doubt: bool,
+    ) -> Result<(), StoreError> {
         let now = now_ms();
+        let expected = if from_in_doubt {
+            "submitting|in-doubt"
+        } else {
+            "submitting"
+        };
         for id in ids {
             let result_url = result_url.to_owned();
             let request_id = request_id.map(str::to_owned);
-            self.step(*id, "submitting", move |job| match job.state {
-                JobState::Submitting { .. } => {
+            self.step(*id, expected, move |job| match job.state {
+                JobState::InDoubt { .. } if !from_in_doubt => None,
+                JobState::Submitting { .. } | JobState::InDoubt { .. } => {
                     let mut next = job.clone();
                     next.state = JobState::Submitted {
                         task_id: batch_id,

@@ -140,9 +140,19 @@ fn check_remote(url: &str, path: &str, problems: &mut Collector) -> Option<Input
         return None;
     }
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        let fix = if url.starts_with("storage://") {
+            // A storage key is read as written (`%20` is three characters of the key), and
+            // Claid refuses a key with a space.
+            "Claid cannot read an object whose key has a space or a control character: copy the object to a key without them"
+        } else {
+            "percent-encode them (`%20`)"
+        };
         problems.add(
             path,
-            format!("`{url}` contains spaces; percent-encode them (`%20`)"),
+            format!(
+                "`{}` contains spaces or control characters; {fix}",
+                crate::text::escape(url)
+            ),
         );
         return None;
     }

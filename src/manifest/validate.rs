@@ -357,6 +357,18 @@ pub fn validate(
                 problems.add(&output_at, format!("the object `{object}`: {err}"));
                 continue;
             }
+            if object.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                // Claid refuses such an `output.destination` (it holds the mirrored folders
+                // and, for an image sent alone, the file name): refused here, before any spend.
+                problems.add(
+                    &output_at,
+                    format!(
+                        "the object `{}` has a space or a control character in its key, and Claid refuses such a destination; rename the manifest's folders or the image's `output` without spaces (e.g. `spring-sale/`)",
+                        crate::text::escape(&object)
+                    ),
+                );
+                continue;
+            }
             objects.insert(object, idx);
         }
         let key = job_key(

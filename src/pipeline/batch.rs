@@ -713,6 +713,17 @@ impl BatchRunner {
                                     },
                                 );
                             }
+                            if deps.webhooks.is_some() {
+                                // The batch may still be announced, later than the wait.
+                                deps.dispatch.hold(
+                                    members
+                                        .iter()
+                                        .map(|m| {
+                                            crate::pipeline::held_job(m.manifest, m.id, &m.job)
+                                        })
+                                        .collect(),
+                                );
+                            }
                             return Sent::Ended;
                         }
                     }
@@ -1085,7 +1096,9 @@ pub fn match_results(result: &BatchTask, members: &[Member]) -> Matched {
         }
     }
     let mut out = Matched::default();
-    let mut taken: HashSet<usize> = HashSet::new();
+    // Each result's one candidate, if it has exactly one. A member named by two results is
+    // matched by neither: which of the two images is its own cannot be told.
+    let mut claims: HashMap<usize, Vec<(String, &wire::ImageObject)>> = HashMap::new();
     for item in &result.results {
         let name = item
             .output_object
@@ -1095,11 +1108,31 @@ pub fn match_results(result: &BatchTask, members: &[Member]) -> Matched {
         let candidates = by_name
             .get(&name)
             .or_else(|| by_name.get(stem(&name)))
-            .cloned()
+            .map(Vec::as_slice)
             .unwrap_or_default();
-        match candidates.as_slice() {
-            [index] if taken.insert(*index) => out.done.push((*index, item.output_object.clone())),
+        match candidates {
+            [index] => claims
+                .entry(*index)
+                .or_default()
+                .push((name, &item.output_object)),
             _ => out.unmatched.push(name),
+        }
+    }
+    let mut taken: HashSet<usize> = HashSet::new();
+    let mut claims: Vec<_> = claims.into_iter().collect();
+    claims.sort_by_key(|(index, _)| *index);
+    for (index, mut results) in claims {
+        match results.as_slice() {
+            [(_, object)] => {
+                taken.insert(index);
+                out.done.push((index, (*object).clone()));
+            }
+            _ => {
+                // Held with the unmatched: no error below may claim it either.
+                taken.insert(index);
+                out.unmatched
+                    .extend(results.drain(..).map(|(name, _)| name));
+            }
         }
     }
     for err in &result.errors {
@@ -1255,6 +1288,72 @@ mod tests {
                 updated_at_ms: 0,
             },
         }
+    }
+
+    fn result_named(url: &str) -> wire::BatchResultItem {
+        let object = |tmp_url: &str| {
+            serde_json::from_value::<wire::ImageObject>(serde_json::json!({
+                "ext": "jpg", "mps": 0.01, "mime": "image/jpeg", "format": "jpeg",
+                "width": 10, "height": 10, "tmp_url": tmp_url,
+            }))
+            .expect("an image object")
+        };
+        wire::BatchResultItem {
+            input_object: object(url),
+            output_object: object(url),
+        }
+    }
+
+    fn done_batch(results: Vec<wire::BatchResultItem>) -> BatchTask {
+        serde_json::from_value::<BatchTask>(serde_json::json!({"id": 1, "status": "DONE"}))
+            .map(|mut task| {
+                task.results = results;
+                task
+            })
+            .expect("a batch task")
+    }
+
+    #[test]
+    fn a_job_named_by_two_results_is_matched_by_neither() {
+        let members = [member(1), member(2), member(3)];
+        let result = done_batch(vec![
+            result_named("https://claid.example/out/a/1.jpg"),
+            result_named("https://claid.example/out/b/1.jpg"),
+            result_named("https://claid.example/out/2.jpg"),
+        ]);
+        let matched = match_results(&result, &members);
+        let done: Vec<usize> = matched.done.iter().map(|(index, _)| *index).collect();
+        assert_eq!(done, vec![1], "only job 2 has one result of its own");
+        assert_eq!(
+            matched.unmatched,
+            vec!["1.jpg".to_owned(), "1.jpg".to_owned()]
+        );
+        assert!(matched.failed.is_empty());
+    }
+
+    #[test]
+    fn results_in_any_order_each_find_their_one_job() {
+        let members = [member(1), member(2), member(3)];
+        let result = done_batch(vec![
+            result_named("https://claid.example/out/3.jpg"),
+            result_named("https://claid.example/out/1.jpg"),
+            result_named("https://claid.example/out/2.jpg"),
+        ]);
+        let matched = match_results(&result, &members);
+        let done: Vec<(usize, String)> = matched
+            .done
+            .iter()
+            .map(|(index, object)| (*index, object.file_name().unwrap_or_default().to_owned()))
+            .collect();
+        assert_eq!(
+            done,
+            vec![
+                (0, "1.jpg".to_owned()),
+                (1, "2.jpg".to_owned()),
+                (2, "3.jpg".to_owned())
+            ]
+        );
+        assert!(matched.unmatched.is_empty());
     }
 
     #[test]

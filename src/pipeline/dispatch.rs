@@ -1,8 +1,10 @@
 //! Dispatch of task results that Claid announces by webhook: each verified update goes to the
 //! job or batch task that waits for it (which then needs no poll), is kept a while when it came
 //! before its submit response was recorded (so it is not lost), adopts a job whose submit
-//! answer was lost (a task created by a request identical to the job's own), or is counted as
-//! unknown. Duplicates and late arrivals change nothing.
+//! answer was lost (a task created by a request identical to the job's own), also once that
+//! job is held in doubt (a webhook later than the wait: the held job takes the task instead of
+//! being billed again by `replay --in-doubt`), or is counted as unknown. Duplicates and late
+//! arrivals change nothing.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -50,6 +52,20 @@ pub struct Dispatch {
     inner: Mutex<Inner>,
     /// Wakes [`Dispatch::next_batch_adoption`].
     adopted: Notify,
+    /// Wakes [`Dispatch::next_held_adoption`].
+    held_adopted: Notify,
+}
+
+/// A job held in doubt after its submit answer was lost, as a webhook's echoed request would
+/// show it: the request it sent alone, and the batch body and input it would go with.
+#[derive(Debug, Clone)]
+pub struct HeldJob {
+    pub owner: LostOwner,
+    /// [`request_key`] of the request it sends alone (none for a local file: uploads are
+    /// answered at once, never announced).
+    pub alone: Option<String>,
+    /// How it is listed in a batch's echoed request.
+    pub in_batch: Option<LostBatchJob>,
 }
 
 /// A job a crash caught mid-submit that may have gone in a batch (registered with
@@ -78,6 +94,12 @@ struct Inner {
     lost_batch: HashMap<String, HashMap<String, Vec<LostOwner>>>,
     /// Batches adopted by such jobs, for [`Dispatch::next_batch_adoption`].
     batch_adoptions: Vec<(TaskUpdate, Vec<LostOwner>)>,
+    /// Jobs held in doubt (see [`HeldJob`]), by the request they send alone...
+    held_alone: HashMap<String, Vec<LostOwner>>,
+    /// ...and by batch body, then input.
+    held_batch: HashMap<String, HashMap<String, Vec<LostOwner>>>,
+    /// Tasks held jobs adopted, for [`Dispatch::next_held_adoption`].
+    held_adoptions: Vec<(TaskUpdate, Vec<LostOwner>)>,
     /// Jobs waiting for a webhook to say which task their lost submit became (each counted
     /// once, by its [`Awaiting`]).
     awaiting: usize,
@@ -236,6 +258,14 @@ impl Dispatch {
             inner.batch_adoptions.push((update, owners));
             drop(inner);
             self.adopted.notify_waiters();
+            return Delivery::Adopted;
+        }
+        if let Some(owners) = inner.take_held(&update) {
+            inner.mark_done(id);
+            inner.stats.adopted += 1;
+            inner.held_adoptions.push((update, owners));
+            drop(inner);
+            self.held_adopted.notify_waiters();
             return Delivery::Adopted;
         }
         inner.prune_early();
@@ -401,6 +431,74 @@ impl Dispatch {
         });
     }
 
+    /// Registers jobs held in doubt: a webhook that comes later for the task their lost
+    /// submit created is adopted by them (see [`Dispatch::next_held_adoption`]). One that
+    /// came before and was kept is adopted at once.
+    pub fn hold(&self, jobs: Vec<HeldJob>) {
+        if jobs.is_empty() {
+            return;
+        }
+        let mut inner = self.lock();
+        for job in jobs {
+            if let Some(key) = job.alone {
+                inner.held_alone.entry(key).or_default().push(job.owner);
+            }
+            if let Some(lost) = job.in_batch {
+                inner
+                    .held_batch
+                    .entry(lost.body)
+                    .or_default()
+                    .entry(lost.input)
+                    .or_default()
+                    .push(lost.owner);
+            }
+        }
+        let early: Vec<u64> = inner.early.keys().copied().collect();
+        let mut any = false;
+        for id in early {
+            let Some((at, update)) = inner.early.remove(&id) else {
+                continue;
+            };
+            match inner.take_held(&update) {
+                Some(owners) => {
+                    inner.mark_done(id);
+                    inner.stats.adopted += 1;
+                    inner.held_adoptions.push((update, owners));
+                    any = true;
+                }
+                None => {
+                    inner.early.insert(id, (at, update));
+                }
+            }
+        }
+        drop(inner);
+        if any {
+            self.held_adopted.notify_waiters();
+        }
+    }
+
+    /// The next task adopted by jobs registered with [`Dispatch::hold`], with them.
+    pub async fn next_held_adoption(&self) -> (TaskUpdate, Vec<LostOwner>) {
+        loop {
+            let notified = self.held_adopted.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(adoption) = self.lock().held_adoptions.pop() {
+                return adoption;
+            }
+            notified.await;
+        }
+    }
+
+    /// How many jobs are registered as held (each counted once).
+    pub fn held(&self) -> usize {
+        let inner = self.lock();
+        let mut owners: std::collections::HashSet<LostOwner> =
+            inner.held_alone.values().flatten().copied().collect();
+        owners.extend(inner.held_batch.values().flat_map(|m| m.values().flatten()));
+        owners.len()
+    }
+
     pub fn stats(&self) -> DispatchStats {
         self.lock().stats
     }
@@ -433,42 +531,37 @@ impl Inner {
     /// and each of its inputs is one of theirs (taken off the registrations); `None` unless
     /// every input has one.
     fn take_lost_batch(&mut self, update: &TaskUpdate) -> Option<Vec<LostOwner>> {
-        let TaskUpdate::Batch(_) = update else {
-            return None;
-        };
-        let request = update.request();
-        let body = body_key(request)?;
-        let inputs: Vec<&str> = request
-            .get("input")?
-            .as_array()?
-            .iter()
-            .map(serde_json::Value::as_str)
-            .collect::<Option<_>>()?;
-        let registered = self.lost_batch.get_mut(&body)?;
-        let mut wanted: HashMap<&str, usize> = HashMap::new();
-        for input in &inputs {
-            *wanted.entry(input).or_default() += 1;
-        }
-        if inputs.is_empty()
-            || wanted.iter().any(|(input, n)| {
-                registered
-                    .get(*input)
-                    .is_none_or(|owners| owners.len() < *n)
-            })
-        {
-            return None;
-        }
-        let mut owners = Vec::with_capacity(inputs.len());
-        for input in inputs {
-            if let Some(list) = registered.get_mut(input) {
-                owners.extend(list.pop());
+        take_batch_owners(&mut self.lost_batch, update)
+    }
+
+    /// The held jobs an update belongs to: a task whose echoed request is one held job's
+    /// own, or a batch listing only held jobs' inputs with their body. They are taken off
+    /// both registrations.
+    fn take_held(&mut self, update: &TaskUpdate) -> Option<Vec<LostOwner>> {
+        let owners = match update {
+            TaskUpdate::Async(_) => {
+                let key = request_key(update.request())?;
+                let list = self.held_alone.get_mut(&key)?;
+                let owner = list.pop()?;
                 if list.is_empty() {
-                    registered.remove(input);
+                    self.held_alone.remove(&key);
                 }
+                vec![owner]
             }
-        }
-        if registered.is_empty() {
-            self.lost_batch.remove(&body);
+            TaskUpdate::Batch(_) => take_batch_owners(&mut self.held_batch, update)?,
+        };
+        for owner in &owners {
+            self.held_alone.retain(|_, list| {
+                list.retain(|o| o != owner);
+                !list.is_empty()
+            });
+            self.held_batch.retain(|_, inputs| {
+                inputs.retain(|_, list| {
+                    list.retain(|o| o != owner);
+                    !list.is_empty()
+                });
+                !inputs.is_empty()
+            });
         }
         Some(owners)
     }
@@ -477,6 +570,53 @@ impl Inner {
         let cutoff = Instant::now() - EARLY_TTL;
         self.early.retain(|_, (at, _)| *at > cutoff);
     }
+}
+
+/// The jobs registered in `registrations` a batch update's echoed request belongs to: its body is theirs
+/// and each of its inputs is one of theirs (taken off the registrations); `None` unless
+/// every input has one.
+fn take_batch_owners(
+    registrations: &mut HashMap<String, HashMap<String, Vec<LostOwner>>>,
+    update: &TaskUpdate,
+) -> Option<Vec<LostOwner>> {
+    let TaskUpdate::Batch(_) = update else {
+        return None;
+    };
+    let request = update.request();
+    let body = body_key(request)?;
+    let inputs: Vec<&str> = request
+        .get("input")?
+        .as_array()?
+        .iter()
+        .map(serde_json::Value::as_str)
+        .collect::<Option<_>>()?;
+    let registered = registrations.get_mut(&body)?;
+    let mut wanted: HashMap<&str, usize> = HashMap::new();
+    for input in &inputs {
+        *wanted.entry(input).or_default() += 1;
+    }
+    if inputs.is_empty()
+        || wanted.iter().any(|(input, n)| {
+            registered
+                .get(*input)
+                .is_none_or(|owners| owners.len() < *n)
+        })
+    {
+        return None;
+    }
+    let mut owners = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        if let Some(list) = registered.get_mut(input) {
+            owners.extend(list.pop());
+            if list.is_empty() {
+                registered.remove(input);
+            }
+        }
+    }
+    if registered.is_empty() {
+        registrations.remove(&body);
+    }
+    Some(owners)
 }
 
 /// A batch request's body without its `input`, in canonical JSON: what the jobs of one batch

@@ -48,12 +48,17 @@ pub enum Event {
     IntakeDone,
     /// Jobs of the run were requeued by a replay.
     Replayed { id: ManifestId, rel: String },
+    /// Jobs held in doubt in this run adopted a task a late webhook announced: a run that
+    /// waited for a human (held) runs again; one that had ended was reopened by the store.
+    Adopted { id: ManifestId, rel: String },
     /// At start: a run that had not ended.
     Resumed {
         id: ManifestId,
         manifest: ManifestV1,
         /// Its jobs not yet ended when the start counted them (before any ran again).
         open: u64,
+        /// Its jobs this start held in doubt (caught mid-submit by the crash).
+        held: u64,
     },
     /// At start: an ended run whose staging cleanup was cut short; do it now.
     CleanStaged { id: ManifestId },
@@ -220,6 +225,27 @@ impl Finisher {
                     .board
                     .update(|s| s.pending = s.pending.saturating_sub(1));
             }
+            Event::Adopted { id, rel } => {
+                match self.runs.get_mut(&id) {
+                    Some(run) => {
+                        if run.phase == Phase::Held
+                            && let Ok(next) = run.phase.next(LifeEvent::Replayed)
+                        {
+                            run.phase = next;
+                        }
+                    }
+                    None => {
+                        let sha256 = match self.deps.store.manifest(id).await {
+                            Ok(Some(m)) => m.sha256,
+                            _ => String::new(),
+                        };
+                        self.track(id, PathBuf::from(rel), sha256, Phase::Running);
+                    }
+                }
+                self.publish(id);
+                self.done_pending();
+                self.settle_if_done(id).await;
+            }
             Event::Replayed { id, rel } => {
                 match self.runs.get_mut(&id) {
                     Some(run) => match run.phase.next(LifeEvent::Replayed) {
@@ -256,7 +282,12 @@ impl Finisher {
                     }
                 }
             }
-            Event::Resumed { id, manifest, open } => {
+            Event::Resumed {
+                id,
+                manifest,
+                open,
+                held,
+            } => {
                 let phase = match manifest.state {
                     ManifestState::Draining { .. } => Phase::Draining,
                     _ => Phase::Running,
@@ -266,7 +297,8 @@ impl Finisher {
                 // superseded here, so `run --once`'s closing counts add up.
                 self.deps.board.update(|s| {
                     s.totals.manifests += 1;
-                    s.totals.jobs += open;
+                    s.totals.jobs += open + held;
+                    s.totals.held += held;
                 });
                 self.done_pending();
                 self.settle_if_done(id).await;

@@ -347,17 +347,23 @@ impl Intake {
                     |rel| crate::text::escape(&rel),
                 );
                 let (taken, wanted) = (crate::text::escape(&taken), crate::text::escape(&wanted));
+                // A storage output is reserved as the object it writes (`s3://bucket/key`).
+                let place = if wanted.contains("://") {
+                    "in the bucket"
+                } else {
+                    "in the outbox"
+                };
                 let (clash, why) = if wanted == taken {
                     (
                         format!(
-                            "it would write `{taken}` in the outbox, which the manifest `{other}` is still writing"
+                            "it would write `{taken}` {place}, which the manifest `{other}` is still writing"
                         ),
                         format!("`{taken}` is being written by the active manifest `{other}`"),
                     )
                 } else if wanted.starts_with(&format!("{taken}/")) {
                     (
                         format!(
-                            "it would write `{wanted}` in the outbox, and the manifest `{other}` is still writing the file `{taken}`, where this path needs a folder"
+                            "it would write `{wanted}` {place}, and the manifest `{other}` is still writing the file `{taken}`, where this path needs a folder"
                         ),
                         format!(
                             "`{wanted}` needs a folder where the active manifest `{other}` writes the file `{taken}`"
@@ -366,7 +372,7 @@ impl Intake {
                 } else {
                     (
                         format!(
-                            "it would write the file `{wanted}` in the outbox, and the manifest `{other}` is still writing `{taken}` inside a folder of that name"
+                            "it would write the file `{wanted}` {place}, and the manifest `{other}` is still writing `{taken}` inside a folder of that name"
                         ),
                         format!(
                             "`{wanted}` would be a file where the active manifest `{other}` writes `{taken}` inside a folder"

@@ -333,6 +333,14 @@ impl Runner {
                             error!(error = %err, "Cannot record the job as held in doubt");
                             return Step::End(JobOutcome::Parked);
                         }
+                        if deps.webhooks.is_some() {
+                            // Its task may still be announced, later than the wait.
+                            deps.dispatch.hold(vec![crate::pipeline::held_job(
+                                job.manifest,
+                                id,
+                                job,
+                            )]);
+                        }
                         return Step::End(JobOutcome::Held);
                     }
                 },

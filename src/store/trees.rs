@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::{Batch, Db, Transactional, Tree};
@@ -69,6 +70,10 @@ pub struct Trees {
     registering: Tree,
     /// Where the database lives, for error messages.
     pub path: PathBuf,
+    /// Claid connector name → the bucket place it writes to (`s3://bucket/prefix`): a storage
+    /// output is reserved under the object it writes, not under the connector's name, so two
+    /// connectors (or storages) on one bucket prefix cannot both write one object.
+    object_places: Arc<RwLock<BTreeMap<String, String>>>,
 }
 
 /// What [`Trees::register`] did.
@@ -134,6 +139,7 @@ impl Trees {
             registering: db.open_tree(TREE_REGISTERING)?,
             path,
             db,
+            object_places: Arc::default(),
         };
         let meta = trees.db.open_tree(TREE_META)?;
         meta.insert("schema", "1")?;
@@ -286,7 +292,7 @@ impl Trees {
         for mut job in jobs {
             // A storage output also reserves its object (`storage://CONNECTOR/key`): two runs
             // writing the same object collide like two writing the same file.
-            let object = crate::storages::destination_of(&job.body, &job.output_rel);
+            let object = self.object_of(&job);
             let mut conflict = self.reserve(manifest_id, &job.output_rel, Indexed::No)?;
             if conflict.is_none()
                 && let Some(object) = &object
@@ -356,6 +362,31 @@ impl Trees {
             queued,
             unchanged: n_unchanged,
             counts,
+        })
+    }
+
+    /// Sets where each Claid connector writes (see `object_places`); until then a storage
+    /// output is reserved under its `storage://CONNECTOR/key`.
+    pub fn set_object_places(&self, places: BTreeMap<String, String>) {
+        *self
+            .object_places
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = places;
+    }
+
+    /// The object a job's storage output writes, as reserved: `s3://bucket/prefix/key`.
+    fn object_of(&self, job: &JobV1) -> Option<String> {
+        let uri = crate::storages::destination_of(&job.body, &job.output_rel)?;
+        let places = self
+            .object_places
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        Some(match crate::storages::split_uri(&uri) {
+            Some((connector, key)) => match places.get(connector) {
+                Some(place) => format!("{}/{key}", place.trim_end_matches('/')),
+                None => uri,
+            },
+            None => uri,
         })
     }
 
@@ -504,7 +535,7 @@ impl Trees {
             let Some(job) = self.job(job_id?)? else {
                 continue;
             };
-            let object = crate::storages::destination_of(&job.body, &job.output_rel);
+            let object = self.object_of(&job);
             for path in std::iter::once(job.output_rel.as_str()).chain(object.as_deref()) {
                 if self.reserved_for(owner, path)? {
                     batch.remove(path.as_bytes())?;

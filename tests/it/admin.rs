@@ -717,3 +717,59 @@ async fn issue11_idle_metrics_clients_are_disconnected() {
     let status = stop(&mut daemon).await;
     assert!(status.success(), "{status:?}\n{}", env.daemon_log(0));
 }
+
+/// A daemon that dies while it answers (`kill -9` a moment ago: its socket still takes the
+/// connection, then breaks it) does not make `jobs` or `status` fail: they read the store.
+#[tokio::test(flavor = "multi_thread")]
+async fn jobs_and_status_read_the_store_when_the_socket_breaks_the_connection() {
+    let env = TestEnv::new(Scenario::default()).await;
+    env.drop_file("m.yaml", manifest_of(2, "k").as_bytes());
+    let config = env.config("", "");
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    // A listener that accepts every connection and closes it unanswered.
+    let listener = std::os::unix::net::UnixListener::bind(env.socket()).expect("bind");
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            drop(conn);
+        }
+    });
+    let config = config.to_str().expect("utf-8");
+    let (code, out, err) = cli(&["jobs", "--manifest", "m.yaml", "--config", config]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("2 jobs"), "{out}");
+    let (code, out, err) = cli(&["status", "--json", "--config", config]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let status: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(status["manifests"][0]["done"], 2, "{status:#}");
+}
+
+/// A run whose only jobs left are held in doubt says so in `status`'s table: state `held`,
+/// an `in doubt` column, no ETA, and how to release them.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_status_table_shows_jobs_held_in_doubt() {
+    let env = TestEnv::new(Scenario::default().drop_share(1.0)).await;
+    env.drop_file("m.yaml", manifest_of(2, "d").as_bytes());
+    let config = env.config("", "in_doubt: hold\n");
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 2, "held jobs: {stderr}");
+    let (code, out, err) = cli(&["status", "--config", config.to_str().expect("utf-8")]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let header = out
+        .lines()
+        .find(|l| l.starts_with("manifest"))
+        .expect("header");
+    assert!(header.contains("in doubt"), "{out}");
+    let row: Vec<&str> = out
+        .lines()
+        .find(|l| l.starts_with("m.yaml"))
+        .expect("row")
+        .split_whitespace()
+        .collect();
+    // manifest, state, total, done, in flight, queued, failed, in doubt, img/min, eta
+    assert_eq!(row[1], "held", "{out}");
+    assert_eq!(row[2], "2", "{out}");
+    assert_eq!(row[7], "2", "{out}");
+    assert_eq!(row[9], "-", "{out}");
+    assert!(out.contains("replay --in-doubt"), "{out}");
+}

@@ -391,3 +391,64 @@ async fn issue12_a_batch_submit_cut_short_by_sigkill_is_adopted_from_its_webhook
         "each row names the batch: {report:#}"
     );
 }
+
+/// Jobs held in doubt because their submit answers were lost and the webhooks came later
+/// than `poll_fallback`: the late webhook is adopted by the held jobs (alone, then in a batch),
+/// which are delivered without a second submit, so `replay --in-doubt` has nothing left to
+/// bill twice; the run's report is written again with them done.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue12_a_webhook_later_than_the_wait_is_adopted_by_the_jobs_held_in_doubt() {
+    for (n, api) in [
+        (2, "batch: { max_images: 1 }"),
+        (3, "batch: { max_images: 100 }"),
+    ] {
+        let port = free_port();
+        let env = TestEnv::new(
+            announcing(port)
+                .drop_share(1.0)
+                .latency(Latency::Fixed(Duration::from_millis(200)))
+                .webhook_delay(1.0, Duration::from_secs(6)),
+        )
+        .await;
+        env.drop_file("m.yaml", manifest(n, "h").as_bytes());
+        let config = env.config(
+            api,
+            &format!("{}in_doubt: hold\n", webhook_section(&env, port, "2s")),
+        );
+        let mut daemon = env.spawn_daemon(&config, 0);
+        wait_until("the jobs are held in doubt", DEADLINE, || {
+            env.daemon_log(0).contains("held for `replay --in-doubt`")
+        })
+        .await;
+        wait_until(
+            "the late webhooks are adopted and the images delivered",
+            DEADLINE,
+            || {
+                std::fs::read(env.outbox.join("m.report.json"))
+                    .ok()
+                    .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+                    .is_some_and(|report| {
+                        report["jobs"]
+                            .as_array()
+                            .is_some_and(|rows| rows.iter().all(|r| r["status"] == "done"))
+                    })
+            },
+        )
+        .await;
+        crate::support::stop(&mut daemon).await;
+        all_done(&env, n);
+        let stats = env.stats();
+        assert_eq!(stats.duplicate_submits, 0, "{api}: no image billed twice");
+        assert_eq!(
+            stats.submits + stats.batch_images,
+            n as u64,
+            "{api}: each image submitted once"
+        );
+        assert!(
+            env.daemon_log(0)
+                .contains("adopted by the jobs held in doubt"),
+            "{api}: {}",
+            env.daemon_log(0)
+        );
+    }
+}

@@ -384,7 +384,60 @@ async fn a_second_manifest_writing_the_same_object_is_refused_at_intake() {
     assert_eq!(rejected.len(), 1, "{rejected:?}");
     let text = std::fs::read_to_string(env.rejected.join(&rejected[0])).expect("error file");
     assert!(
-        text.contains("storage://catalog-s3/x/a/shoes/sku-0.jpg"),
+        text.contains("s3://catalog/raw/x/a/shoes/sku-0.jpg` in the bucket"),
+        "{text}"
+    );
+    assert_eq!(
+        s3.list_keys("catalog", "raw/x/a/shoes/").await,
+        ["raw/x/a/shoes/sku-0.jpg"]
+    );
+    s3.stop().await;
+}
+
+/// Two storages (two Claid connectors) on one bucket prefix name one object two ways: the
+/// second manifest writing it through the other storage is refused at intake all the same.
+#[tokio::test]
+async fn the_same_object_through_two_storages_on_one_prefix_is_refused_at_intake() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let scenario = Scenario::default()
+        .latency(Latency::Fixed(std::time::Duration::from_millis(1500)))
+        .storage(s3.connector("alias-s3", "catalog", "raw"))
+        .seed(3);
+    let keys_dir = tempfile::tempdir().expect("tmp");
+    let keys = credentials_file(keys_dir.path());
+    let alias = format!(
+        "alias:\n  claid_name: alias-s3\n  url: s3://catalog/raw\n  endpoint: {}\n  credentials_file: {}",
+        s3.endpoint,
+        keys.display()
+    );
+    let (env, config) = storage_env(&s3, scenario, "", 1).await;
+    // `storage_env` nests `extra` under `catalog`: the second storage is appended at the level
+    // of `storages`.
+    let mut text = std::fs::read_to_string(&config).expect("config");
+    let at = text.find("storages:\n").expect("storages") + "storages:\n".len();
+    let block: String = alias.lines().map(|l| format!("  {l}\n")).collect();
+    text.insert_str(at, &block);
+    std::fs::write(&config, text).expect("config");
+    env.drop_file(
+        "a/shoes.yaml",
+        b"output: { destination: storage://catalog/x/ }\nimages:\n  - storage://catalog/in/sku-0.png\n",
+    );
+    env.drop_file(
+        "shoes.yaml",
+        b"output: { destination: storage://alias/x/a/ }\nimages:\n  - storage://catalog/in/sku-0.png\n",
+    );
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 2, "one manifest is rejected: {stderr}");
+    let rejected: Vec<PathBuf> = TestEnv::files_under(&env.rejected)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".error.txt"))
+        .collect();
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    let text = std::fs::read_to_string(env.rejected.join(&rejected[0])).expect("error file");
+    assert!(
+        text.contains("s3://catalog/raw/x/a/shoes/sku-0.jpg` in the bucket"),
         "{text}"
     );
     assert_eq!(
@@ -797,5 +850,29 @@ async fn staged_objects_a_crash_kept_from_being_deleted_are_deleted_at_the_next_
         store.staging_cleanups().await.expect("read").is_empty(),
         "the mark is cleared once the objects are gone"
     );
+    s3.stop().await;
+}
+
+/// A storage output whose key would hold a space (a folder of the inbox named with one)
+/// is refused at intake, naming the object and the fix: Claid refuses such a destination,
+/// so nothing is submitted.
+#[tokio::test]
+async fn a_storage_output_key_with_a_space_is_refused_before_any_spend() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let (env, config) = storage_env(&s3, quick(), "", 1).await;
+    env.drop_file(
+        "Spring Sale/shoes.yaml",
+        b"output: { destination: storage://catalog/out/ }\nimages:\n  - storage://catalog/in/sku-0.png\n",
+    );
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 2, "the manifest is rejected: {stderr}");
+    let text = std::fs::read_to_string(env.rejected.join("Spring Sale/shoes.yaml.error.txt"))
+        .expect("error file");
+    assert!(text.contains("has a space"), "{text}");
+    assert!(text.contains("out/Spring Sale/shoes/sku-0.jpg"), "{text}");
+    let stats = env.stats();
+    assert_eq!(stats.submits + stats.batch_submits, 0, "nothing submitted");
     s3.stop().await;
 }
