@@ -1,6 +1,7 @@
 //! Whether the API takes the daemon's calls: paused after a systemic refusal (401, 402, 403:
 //! submitting stops, queued jobs are kept), and failing while calls fail (no answer at all, or
-//! errors) or wait for an answer without any succeeding. `run --once` reads both to end
+//! errors) or wait for an answer without any succeeding, or while a bucket's endpoint does not
+//! answer the daemon's own calls (staging, output checks). `run --once` reads both to end
 //! instead of waiting for ever.
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -71,6 +72,9 @@ struct Inner {
     /// Since when calls fail without one succeeding, and the last failure in words (for a
     /// connection: host, port and the operating system's cause).
     failing: Option<(Instant, String)>,
+    /// Since when a bucket's endpoint does not answer the daemon's own calls (staging an
+    /// input, checking an output object) without one succeeding, and why.
+    storage_failing: Option<(Instant, String)>,
 }
 
 impl HealthState {
@@ -176,6 +180,22 @@ impl HealthState {
         }
     }
 
+    /// A call of the daemon's own to a bucket (staging, an output check) found its endpoint
+    /// away (`why` names it): an outage of the storage, which `run --once` gives up on like
+    /// one of the API.
+    pub fn storage_failed(&self, why: String) {
+        let mut inner = self.lock();
+        match &mut inner.storage_failing {
+            Some((_, last)) => *last = why,
+            None => inner.storage_failing = Some((Instant::now(), why)),
+        }
+    }
+
+    /// A call to a bucket succeeded: its outage, if any, is over.
+    pub fn storage_ok(&self) {
+        self.lock().storage_failing = None;
+    }
+
     /// Whether some call succeeded after `t`: a transient failure since then is the job's
     /// own, not an outage.
     pub fn succeeded_since(&self, t: Instant) -> bool {
@@ -210,7 +230,10 @@ impl HealthState {
                     ),
                 ))
             }
-            (None, None) => None,
+            (None, None) => inner
+                .storage_failing
+                .as_ref()
+                .map(|(since, why)| (since.elapsed(), format!("the bucket's endpoint: {why}"))),
         }
     }
 

@@ -390,6 +390,7 @@ impl Runner {
         loop {
             let err = match staging.upload(&key, bytes.clone()).await {
                 Ok(uploaded) => {
+                    deps.health.storage_ok();
                     debug!(object = %staging.storage.objects.uri(&key), uploaded, "Input staged");
                     break;
                 }
@@ -410,6 +411,9 @@ impl Runner {
             // out like the API's (until `api.unreachable_timeout` in `run --once`), not a
             // few quick retries that fail a whole drop when S3 restarts.
             let outage = transient && connection_failed(&err);
+            if outage {
+                deps.health.storage_failed(err.to_string());
+            }
             let failure = if outage {
                 Failure::Unreachable
             } else {
@@ -831,7 +835,10 @@ impl Runner {
         let mut n_failures = 0u32;
         let info = loop {
             let err = match storage.objects.head(key).await {
-                Ok(info) => break info,
+                Ok(info) => {
+                    deps.health.storage_ok();
+                    break info;
+                }
                 Err(err) => err,
             };
             let code = object_failure(&err);
@@ -839,9 +846,21 @@ impl Runner {
                 return self.fail(id, code, &err.to_string()).await;
             }
             n_failures += 1;
-            let decision = decide(&mut attempts, Failure::Transient);
+            // The bucket's endpoint does not answer: an outage, waited out (the object Claid
+            // wrote is still there; failing the job would have `replay` bill it again), until
+            // `api.unreachable_timeout` in `run --once`, which leaves the job to the next run.
+            let outage = connection_failed(&err);
+            if outage {
+                deps.health.storage_failed(err.to_string());
+            }
+            let failure = if outage {
+                Failure::Unreachable
+            } else {
+                Failure::Transient
+            };
+            let decision = decide(&mut attempts, failure);
             match decision {
-                Decision::Retry { after } if n_failures < MAX_HEALING_WRITES => {
+                Decision::Retry { after } if outage || n_failures < MAX_HEALING_WRITES => {
                     warn!(error = %err, "Cannot check the output object; retrying");
                     if !self.wait(after).await {
                         return Step::End(JobOutcome::Parked);

@@ -876,3 +876,71 @@ async fn a_storage_output_key_with_a_space_is_refused_before_any_spend() {
     assert_eq!(stats.submits + stats.batch_submits, 0, "nothing submitted");
     s3.stop().await;
 }
+
+/// The bucket's endpoint goes away after Claid wrote the outputs, before the daemon checked
+/// them: an outage, not a failure (failed jobs would have `replay` bill them again). `run
+/// --once` waits it out until `api.unreachable_timeout`, then ends (exit 69, naming the
+/// bucket's endpoint) with the jobs left open; the next run checks the objects and delivers
+/// them without a second submit.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_once_gives_up_on_a_bucket_away_after_claid_wrote_and_the_next_run_delivers() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let scenario = Scenario::default()
+        .latency(Latency::Fixed(std::time::Duration::from_secs(2)))
+        .seed(7);
+    let (env, _) = storage_env(&s3, scenario, "", 2).await;
+    let switch = Switch::start(&s3.endpoint).await;
+    let keys = credentials_file(env.dir.path());
+    let storages = storages_yaml("catalog-s3", "s3://catalog/raw", &switch.endpoint(), &keys);
+    let config = env.config("unreachable_timeout: 4s", &storages);
+    env.drop_file(
+        "shoes.yaml",
+        b"output: { format: jpeg, destination: storage://catalog/out/ }\nimages:\n  - storage://catalog/in/sku-0.png\n  - storage://catalog/in/sku-1.png\n",
+    );
+    let log_path = env.dir.path().join("once.log");
+    let mut once = tokio::process::Command::new(crate::support::bin())
+        .args(["run", "--once", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).expect("log"))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run --once starts");
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let deadline = std::time::Duration::from_secs(60);
+    // The tasks take 2 s at Claid: the endpoint goes away before their objects are checked.
+    crate::support::wait_until("the images are submitted", deadline, || {
+        env.stats().submits + env.stats().batch_submits > 0
+            && env.stats().batch_images + env.stats().submits >= 2
+    })
+    .await;
+    switch.off().await;
+    let status = tokio::time::timeout(deadline, once.wait())
+        .await
+        .expect("run --once ends")
+        .expect("exit status");
+    assert_eq!(status.code(), Some(69), "{}", log());
+    assert!(
+        log().contains(&switch.addr.to_string()),
+        "the bucket's endpoint is named:\n{}",
+        log()
+    );
+    assert!(!log().contains("Job failed"), "nothing failed:\n{}", log());
+    switch.on();
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    let report = env.report("shoes");
+    let rows = report["jobs"].as_array().expect("rows");
+    assert!(rows.iter().all(|r| r["status"] == "done"), "{report:#}");
+    let stats = env.stats();
+    assert_eq!(
+        stats.batch_images + stats.submits,
+        2,
+        "each image billed once"
+    );
+    assert_eq!(stats.duplicate_submits, 0);
+    s3.stop().await;
+}
