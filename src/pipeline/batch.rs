@@ -576,6 +576,23 @@ impl BatchRunner {
     }
 
     async fn run(&self, members: Vec<Member>, permit: OwnedSemaphorePermit) {
+        // `on_output_exists` for storage outputs, before the batch is sent.
+        let mut to_send = Vec::with_capacity(members.len());
+        for member in members {
+            match self
+                .deps
+                .runner
+                .settle_existing_object(member.id, &member.job)
+                .await
+            {
+                Some(outcome) => self.report(member.manifest, outcome),
+                None => to_send.push(member),
+            }
+        }
+        let members = to_send;
+        if members.is_empty() {
+            return;
+        }
         let sent = self.send(&members).await;
         let (batch_id, result) = match sent {
             Sent::Accepted {

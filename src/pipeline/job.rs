@@ -124,6 +124,57 @@ impl Runner {
         }
     }
 
+    /// `on_output_exists` for a storage output, before anything is spent: Claid writes the
+    /// object itself, so the policy can only be applied before the submit. With `skip`, an
+    /// object already at the job's key makes the job done, unchanged, without a submit; with
+    /// `fail`, it fails the job with `output-exists`. `None`: submit as usual (`replace`, a
+    /// local output, no object there, or the bucket could not be asked: a warning is logged).
+    pub async fn settle_existing_object(&self, id: JobId, job: &JobV1) -> Option<JobOutcome> {
+        let deps = &*self.deps;
+        let policy = self.settings().policies.on_output_exists;
+        if policy == OnOutputExists::Replace {
+            return None;
+        }
+        let uri = crate::storages::destination_of(&job.body, &job.output_rel)?;
+        let (connector, key) = crate::storages::split_uri(&uri)?;
+        let storage = deps.storages.by_connector(connector)?;
+        let info = match storage.objects.head(key).await {
+            Ok(info) => info,
+            Err(crate::objects::ObjectError::NotFound { .. }) => return None,
+            Err(err) => {
+                warn!(error = %err, job_id = id, "Cannot see whether the output object exists; `on_output_exists` is not applied to it");
+                return None;
+            }
+        };
+        let object = storage.objects.uri(key);
+        if policy == OnOutputExists::Fail {
+            let message = format!("the object {object} already exists (`on_output_exists: fail`)");
+            return match self.fail(id, FailureCode::OutputExists, &message).await {
+                Step::End(outcome) => Some(outcome),
+                Step::Continue => None,
+            };
+        }
+        let done = DoneInfo {
+            path: object.clone(),
+            bytes: info.size,
+            sha256: String::new(),
+            width: 0,
+            height: 0,
+            task_id: None,
+            unchanged: true,
+        };
+        match deps.store.mark_done(id, done).await {
+            Ok(_) => {
+                info!(job_id = id, object = %object, "The output object exists; skipped (`on_output_exists: skip`)");
+                Some(JobOutcome::Done)
+            }
+            Err(err) => {
+                warn!(error = %err, job_id = id, "Cannot record the skipped job; it is submitted");
+                None
+            }
+        }
+    }
+
     /// Runs a job's steps until it is terminal, held, parked for shutdown, or requeued.
     pub async fn run(&self, id: JobId) -> JobOutcome {
         let span = tracing::Span::current();
@@ -202,6 +253,9 @@ impl Runner {
     /// HTTP request; the retry policy alone decides whether another follows.
     async fn submit(&self, id: JobId, job: &JobV1) -> Step {
         let deps = &*self.deps;
+        if let Some(outcome) = self.settle_existing_object(id, job).await {
+            return Step::End(outcome);
+        }
         if job.local
             && job.staged.is_none()
             && let Some(staging) = &deps.staging

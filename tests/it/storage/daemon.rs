@@ -944,3 +944,57 @@ async fn run_once_gives_up_on_a_bucket_away_after_claid_wrote_and_the_next_run_d
     assert_eq!(stats.duplicate_submits, 0);
     s3.stop().await;
 }
+
+/// `on_output_exists: skip` and `fail` protect objects already in the bucket: Claid writes a
+/// storage output itself, so the policy is applied before the submit (nothing is billed).
+/// An image whose object is not there yet is edited as usual.
+#[tokio::test]
+async fn on_output_exists_skip_and_fail_protect_existing_objects_before_any_spend() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    for (policy, code, status) in [("skip", 0, "unchanged"), ("fail", 2, "failed")] {
+        let (env, config) = storage_env(&s3, quick(), "", 2).await;
+        let mut text = std::fs::read_to_string(&config).expect("config");
+        text.push_str(&format!("on_output_exists: {policy}\n"));
+        std::fs::write(&config, text).expect("config");
+        let kept = b"an object the operator keeps".to_vec();
+        let prefix = format!("raw/{policy}/");
+        s3.put_object("catalog", &format!("{prefix}shoes/sku-0.jpg"), &kept)
+            .await;
+        env.drop_file(
+            "shoes.yaml",
+            format!(
+                "output: {{ format: jpeg, destination: storage://catalog/{policy}/ }}\nimages:\n  - storage://catalog/in/sku-0.png\n  - storage://catalog/in/sku-1.png\n"
+            )
+            .as_bytes(),
+        );
+        let (exit, stderr) = env.run_once(&config).await;
+        assert_eq!(exit, code, "{policy}: {stderr}");
+        let report = env.report("shoes");
+        assert_eq!(report["jobs"][0]["status"], status, "{policy}: {report:#}");
+        assert_eq!(report["jobs"][1]["status"], "done", "{policy}: {report:#}");
+        if policy == "fail" {
+            assert!(
+                report["jobs"][0]["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("output-exists")),
+                "{report:#}"
+            );
+        }
+        assert_eq!(
+            s3.get_object("catalog", &format!("{prefix}shoes/sku-0.jpg"))
+                .await
+                .expect("object"),
+            kept,
+            "{policy}: the existing object is left as it was"
+        );
+        let stats = env.stats();
+        assert_eq!(
+            stats.submits + stats.batch_images,
+            1,
+            "{policy}: only the image without an object is billed"
+        );
+    }
+    s3.stop().await;
+}
