@@ -524,6 +524,23 @@ impl Store {
         Ok(job)
     }
 
+    /// A queued job's staged input is gone from the bucket (deleted meanwhile): forgotten, so
+    /// that the input is staged again. Durable.
+    pub async fn unstage(&self, id: JobId) -> Result<JobV1, StoreError> {
+        let job = self
+            .step(id, "queued", move |job| match job.state {
+                JobState::Queued => {
+                    let mut next = job.clone();
+                    next.staged = None;
+                    Some(next)
+                }
+                _ => None,
+            })
+            .await?;
+        self.flush().await?;
+        Ok(job)
+    }
+
     /// The staged objects (`JobV1::staged`) of every job not done or failed: those must stay.
     pub async fn staged_in_use(&self) -> Result<std::collections::HashSet<String>, StoreError> {
         let trees = self.trees.clone();

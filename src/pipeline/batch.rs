@@ -579,12 +579,14 @@ impl BatchRunner {
         // `on_output_exists` for storage outputs, before the batch is sent.
         let mut to_send = Vec::with_capacity(members.len());
         for member in members {
-            match self
-                .deps
-                .runner
-                .settle_existing_object(member.id, &member.job)
-                .await
-            {
+            let runner = &self.deps.runner;
+            if let Some(outcome) = runner.settle_existing_object(member.id, &member.job).await {
+                self.report(member.manifest, outcome);
+                continue;
+            }
+            // A staged input gone from the bucket is staged again; the job is queued again.
+            match runner.restage_if_gone(member.id, &member.job).await {
+                Some(JobOutcome::NotRun | JobOutcome::Parked) => {}
                 Some(outcome) => self.report(member.manifest, outcome),
                 None => to_send.push(member),
             }

@@ -175,6 +175,39 @@ impl Runner {
         }
     }
 
+    /// A staged input that is gone from the bucket before the submit (a lifecycle rule, a
+    /// cleanup of another daemon sharing the staging prefix, a hand): the input is staged
+    /// again and the job goes back to the queue (`Some(NotRun)`), instead of Claid failing it
+    /// with "object not found". `None`: the object is there (or the bucket could not say:
+    /// Claid's answer will).
+    pub async fn restage_if_gone(&self, id: JobId, job: &JobV1) -> Option<JobOutcome> {
+        let deps = &*self.deps;
+        let (Some(uri), Some(staging)) = (&job.staged, &deps.staging) else {
+            return None;
+        };
+        if !job.local {
+            return None;
+        }
+        let key = staging.key_of(uri)?;
+        match staging.storage.objects.head(key).await {
+            Err(crate::objects::ObjectError::NotFound { .. }) => {}
+            _ => return None,
+        }
+        warn!(job_id = id, object = %uri, "The staged input is gone from the bucket; it is staged again");
+        let job = match deps.store.unstage(id).await {
+            Ok(job) => job,
+            Err(StoreError::Conflict { .. }) => return Some(JobOutcome::NotRun),
+            Err(err) => {
+                error!(error = %err, "Cannot record that the staged input is gone; it is looked at again at the next start");
+                return Some(JobOutcome::Parked);
+            }
+        };
+        match self.stage(id, &job, staging).await {
+            Step::End(outcome) => Some(outcome),
+            Step::Continue => None,
+        }
+    }
+
     /// Runs a job's steps until it is terminal, held, parked for shutdown, or requeued.
     pub async fn run(&self, id: JobId) -> JobOutcome {
         let span = tracing::Span::current();
@@ -254,6 +287,9 @@ impl Runner {
     async fn submit(&self, id: JobId, job: &JobV1) -> Step {
         let deps = &*self.deps;
         if let Some(outcome) = self.settle_existing_object(id, job).await {
+            return Step::End(outcome);
+        }
+        if let Some(outcome) = self.restage_if_gone(id, job).await {
             return Step::End(outcome);
         }
         if job.local

@@ -687,6 +687,22 @@ impl S3Server {
         Some(resp.bytes().await.expect("object body").to_vec())
     }
 
+    /// Deletes an object (its key is the full key in the bucket).
+    pub async fn delete_object(&self, bucket: &str, key: &str) {
+        let resp = self
+            .http
+            .delete(format!("{}/{bucket}/{key}", self.endpoint))
+            .header("authorization", S3_AUTHORIZATION)
+            .send()
+            .await
+            .expect("delete object");
+        assert!(
+            resp.status().is_success(),
+            "delete {bucket}/{key}: {}",
+            resp.status()
+        );
+    }
+
     /// Every key in `bucket` that starts with `prefix`, sorted.
     pub async fn list_keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
         let resp = self

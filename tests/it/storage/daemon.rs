@@ -998,3 +998,56 @@ async fn on_output_exists_skip_and_fail_protect_existing_objects_before_any_spen
     }
     s3.stop().await;
 }
+
+/// Staged inputs deleted from the bucket before their jobs were submitted (a lifecycle rule,
+/// the cleanup of another daemon sharing the staging prefix): each is staged again before its
+/// submit instead of Claid failing it with "object not found"; every image is delivered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_staged_input_deleted_before_its_submit_is_staged_again() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let scenario = Scenario::default()
+        .latency(Latency::Fixed(std::time::Duration::from_secs(3)))
+        .seed(7);
+    let (env, _) = storage_env(&s3, scenario, "", 0).await;
+    let keys = credentials_file(env.dir.path());
+    let storages = storages_yaml("catalog-s3", "s3://catalog/raw", &s3.endpoint, &keys);
+    let config = env.config("staging: catalog", &storages);
+    drop_local_manifest(&env, 4, false);
+    let deadline = std::time::Duration::from_secs(60);
+    let once = {
+        let config = config.clone();
+        let env_bin = crate::support::bin();
+        tokio::spawn(async move {
+            tokio::process::Command::new(env_bin)
+                .args(["run", "--once", "--config"])
+                .arg(&config)
+                .env("RUST_LOG", "info")
+                .stdin(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .output()
+                .await
+                .expect("run --once")
+        })
+    };
+    // Every input staged, the canary batch (2 images) read by Claid: the other two wait for
+    // the canary's end (3 s), and their staged objects are deleted meanwhile.
+    crate::support::wait_until_async("staged and the canary read", deadline, || async {
+        s3.list_keys("catalog", "raw/staging/").await.len() == 4 && env.stats().storage_reads >= 2
+    })
+    .await;
+    for key in s3.list_keys("catalog", "raw/staging/").await {
+        s3.delete_object("catalog", &key).await;
+    }
+    let out = tokio::time::timeout(deadline, once)
+        .await
+        .expect("run --once ends")
+        .expect("joined");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("it is staged again"), "{stderr}");
+    check_staged_run(&env, 4, 0);
+    assert_eq!(env.stats().storage_errors, 0, "Claid found every input");
+    s3.stop().await;
+}
