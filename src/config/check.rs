@@ -599,6 +599,25 @@ impl Checker {
                         );
                         continue;
                     }
+                    // The folder is checked as the manifests' own destinations are (no `..`,
+                    // no leading `/`, no empty part): every manifest using the profile
+                    // would be refused otherwise, naming a key it does not hold.
+                    let folder = fields
+                        .get("destination")
+                        .and_then(Value::as_str)
+                        .and_then(|uri| uri.strip_prefix("storage://"))
+                        .and_then(|rest| rest.split_once('/'))
+                        .map_or("", |(_, folder)| folder);
+                    let folder = folder.strip_suffix('/').unwrap_or(folder);
+                    if !folder.is_empty()
+                        && let Err(err) = crate::objects::check_key(folder)
+                    {
+                        self.problem(
+                            &format!("{key}.output.destination"),
+                            format!("{err}; name a folder inside the storage, like `storage://NAME/out/`"),
+                        );
+                        continue;
+                    }
                 }
                 _ => {}
             }

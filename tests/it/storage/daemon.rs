@@ -92,6 +92,16 @@ fn storage_config_errors_name_the_key_and_the_fix() {
             "profiles.p.output.destination",
             "storage of `storages`",
         ),
+        (
+            "profiles:\n  p:\n    output:\n      destination: storage://catalog/../x/\nstorages:\n  catalog: { claid_name: c, url: s3://b/x }\n",
+            "profiles.p.output.destination",
+            "..",
+        ),
+        (
+            "profiles:\n  p:\n    output:\n      destination: storage://catalog//abs/\nstorages:\n  catalog: { claid_name: c, url: s3://b/x }\n",
+            "profiles.p.output.destination",
+            "invalid object key",
+        ),
     ];
     for (yaml, key, needle) in cases {
         let err = config::parse(&format!("{base}{yaml}"), origin).expect_err(yaml);
