@@ -404,7 +404,14 @@ pub async fn serve(
     cancel: CancellationToken,
 ) -> Result<(), WebhookError> {
     match listener.local_addr() {
-        Ok(addr) => info!(addr = %addr, path = PATH, "Webhook receiver listening"),
+        Ok(addr) => {
+            info!(addr = %addr, path = PATH, "Webhook receiver listening");
+            if !addr.ip().is_loopback() {
+                // Allowed (the TLS proxy may run on another machine), but said once: the
+                // receiver speaks plain HTTP, and the docs put it behind a proxy on loopback.
+                warn!(addr = %addr, "The webhook receiver listens beyond this machine in plain HTTP; bind `webhook.listen` to 127.0.0.1 behind a TLS proxy unless that proxy runs elsewhere (docs/webhooks.md)");
+            }
+        }
         Err(err) => info!(error = %OsCause(&err), "Webhook receiver listening"),
     }
     let refused = Arc::clone(&counters.refused_busy);

@@ -452,3 +452,24 @@ async fn issue12_a_webhook_later_than_the_wait_is_adopted_by_the_jobs_held_in_do
         );
     }
 }
+
+/// A receiver bound beyond loopback is allowed (the TLS proxy may run elsewhere) but named
+/// once in a warning: it speaks plain HTTP.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue12_a_receiver_listening_beyond_loopback_is_warned_about() {
+    let port = free_port();
+    let env = TestEnv::new(announcing(port)).await;
+    let section = webhook_section(&env, port, "1m").replace("127.0.0.1:", "0.0.0.0:");
+    let config = env.config("", &section);
+    let mut daemon = env.spawn_daemon(&config, 0);
+    wait_until("the receiver listens", DEADLINE, || {
+        env.daemon_log(0).contains("Webhook receiver listening")
+    })
+    .await;
+    crate::support::stop(&mut daemon).await;
+    assert!(
+        env.daemon_log(0).contains("listens beyond this machine"),
+        "{}",
+        env.daemon_log(0)
+    );
+}
