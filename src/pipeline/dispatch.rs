@@ -93,13 +93,13 @@ struct Inner {
     /// would have been sent with (without `input`), then by their input.
     lost_batch: HashMap<String, HashMap<String, Vec<LostOwner>>>,
     /// Batches adopted by such jobs, for [`Dispatch::next_batch_adoption`].
-    batch_adoptions: Vec<(TaskUpdate, Vec<LostOwner>)>,
+    batch_adoptions: Vec<Adoption>,
     /// Jobs held in doubt (see [`HeldJob`]), by the request they send alone...
     held_alone: HashMap<String, Vec<LostOwner>>,
     /// ...and by batch body, then input.
     held_batch: HashMap<String, HashMap<String, Vec<LostOwner>>>,
     /// Tasks held jobs adopted, for [`Dispatch::next_held_adoption`].
-    held_adoptions: Vec<(TaskUpdate, Vec<LostOwner>)>,
+    held_adoptions: Vec<Adoption>,
     /// Jobs waiting for a webhook to say which task their lost submit became (each counted
     /// once, by its [`Awaiting`]).
     awaiting: usize,
@@ -220,6 +220,9 @@ impl Drop for LostSubmit {
 
 /// The job (or batch) a lost submit belongs to, for logs.
 pub type LostOwner = (ManifestId, JobId);
+
+/// A task announced by webhook and the jobs that adopt it.
+pub type Adoption = (TaskUpdate, Vec<LostOwner>);
 
 impl Dispatch {
     /// Hands a verified update to whoever waits for it (see [`Delivery`]).
@@ -371,29 +374,7 @@ impl Dispatch {
                 .or_default()
                 .push(job.owner);
         }
-        let early: Vec<u64> = inner
-            .early
-            .iter()
-            .filter(|(_, (_, update))| matches!(update, TaskUpdate::Batch(_)))
-            .map(|(id, _)| *id)
-            .collect();
-        let mut any = false;
-        for id in early {
-            let Some((at, update)) = inner.early.remove(&id) else {
-                continue;
-            };
-            match inner.take_lost_batch(&update) {
-                Some(owners) => {
-                    inner.mark_done(id);
-                    inner.stats.adopted += 1;
-                    inner.batch_adoptions.push((update, owners));
-                    any = true;
-                }
-                None => {
-                    inner.early.insert(id, (at, update));
-                }
-            }
-        }
+        let any = inner.adopt_early(Inner::take_lost_batch, |inner| &mut inner.batch_adoptions);
         drop(inner);
         if any {
             self.adopted.notify_waiters();
@@ -453,24 +434,7 @@ impl Dispatch {
                     .push(lost.owner);
             }
         }
-        let early: Vec<u64> = inner.early.keys().copied().collect();
-        let mut any = false;
-        for id in early {
-            let Some((at, update)) = inner.early.remove(&id) else {
-                continue;
-            };
-            match inner.take_held(&update) {
-                Some(owners) => {
-                    inner.mark_done(id);
-                    inner.stats.adopted += 1;
-                    inner.held_adoptions.push((update, owners));
-                    any = true;
-                }
-                None => {
-                    inner.early.insert(id, (at, update));
-                }
-            }
-        }
+        let any = inner.adopt_early(Inner::take_held, |inner| &mut inner.held_adoptions);
         drop(inner);
         if any {
             self.held_adopted.notify_waiters();
@@ -516,6 +480,34 @@ impl Dispatch {
 }
 
 impl Inner {
+    /// Updates kept early (nobody waited for their ids) that `take` gives owners to: taken
+    /// out of `early` and queued in `adoptions` with them. Whether any was.
+    fn adopt_early(
+        &mut self,
+        take: fn(&mut Inner, &TaskUpdate) -> Option<Vec<LostOwner>>,
+        adoptions: fn(&mut Inner) -> &mut Vec<Adoption>,
+    ) -> bool {
+        let early: Vec<u64> = self.early.keys().copied().collect();
+        let mut any = false;
+        for id in early {
+            let Some((at, update)) = self.early.remove(&id) else {
+                continue;
+            };
+            match take(self, &update) {
+                Some(owners) => {
+                    self.mark_done(id);
+                    self.stats.adopted += 1;
+                    adoptions(self).push((update, owners));
+                    any = true;
+                }
+                None => {
+                    self.early.insert(id, (at, update));
+                }
+            }
+        }
+        any
+    }
+
     fn mark_done(&mut self, id: u64) {
         if self.done.len() >= MAX_EARLY {
             let cutoff = Instant::now() - EARLY_TTL;

@@ -225,32 +225,22 @@ impl Finisher {
                     .board
                     .update(|s| s.pending = s.pending.saturating_sub(1));
             }
-            Event::Adopted { id, rel } => {
-                match self.runs.get_mut(&id) {
-                    Some(run) => {
-                        if run.phase == Phase::Held
-                            && let Ok(next) = run.phase.next(LifeEvent::Replayed)
-                        {
-                            run.phase = next;
-                        }
-                    }
-                    None => {
-                        let sha256 = match self.deps.store.manifest(id).await {
-                            Ok(Some(m)) => m.sha256,
-                            _ => String::new(),
-                        };
-                        self.track(id, PathBuf::from(rel), sha256, Phase::Running);
-                    }
-                }
-                self.publish(id);
-                self.done_pending();
-                self.settle_if_done(id).await;
-            }
-            Event::Replayed { id, rel } => {
+            // A replay moves a held or ended run back to running; so does an adoption (jobs
+            // held in doubt took a task a late webhook announced), which leaves a run in any
+            // other phase as it is.
+            event @ (Event::Adopted { .. } | Event::Replayed { .. }) => {
+                let (Event::Adopted { id, rel } | Event::Replayed { id, rel }) = &event else {
+                    return;
+                };
+                let (id, replay) = (*id, matches!(event, Event::Replayed { .. }));
                 match self.runs.get_mut(&id) {
                     Some(run) => match run.phase.next(LifeEvent::Replayed) {
-                        Ok(next) => run.phase = next,
-                        Err(err) => warn!(error = %err, "Replay of a run in this phase is ignored"),
+                        Ok(next) if replay || run.phase == Phase::Held => run.phase = next,
+                        Ok(_) => {}
+                        Err(err) if replay => {
+                            warn!(error = %err, "Replay of a run in this phase is ignored")
+                        }
+                        Err(_) => {}
                     },
                     None => {
                         let sha256 = match self.deps.store.manifest(id).await {

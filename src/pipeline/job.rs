@@ -500,15 +500,7 @@ impl Runner {
             // The bucket's endpoint does not answer (refused, timed out): an outage, waited
             // out like the API's (until `api.unreachable_timeout` in `run --once`), not a
             // few quick retries that fail a whole drop when S3 restarts.
-            let outage = transient && connection_failed(&err);
-            if outage {
-                deps.health.storage_failed(err.to_string());
-            }
-            let failure = if outage {
-                Failure::Unreachable
-            } else {
-                Failure::Transient
-            };
+            let (outage, failure) = bucket_failure(&deps.health, &err, transient);
             match decide(&mut attempts, failure) {
                 Decision::Retry { after }
                     if outage || (transient && n_failures < MAX_HEALING_WRITES) =>
@@ -939,15 +931,7 @@ impl Runner {
             // The bucket's endpoint does not answer: an outage, waited out (the object Claid
             // wrote is still there; failing the job would have `replay` bill it again), until
             // `api.unreachable_timeout` in `run --once`, which leaves the job to the next run.
-            let outage = connection_failed(&err);
-            if outage {
-                deps.health.storage_failed(err.to_string());
-            }
-            let failure = if outage {
-                Failure::Unreachable
-            } else {
-                Failure::Transient
-            };
+            let (outage, failure) = bucket_failure(&deps.health, &err, true);
             let decision = decide(&mut attempts, failure);
             match decision {
                 Decision::Retry { after } if outage || n_failures < MAX_HEALING_WRITES => {
@@ -1055,6 +1039,23 @@ fn object_failure(err: &crate::objects::ObjectError) -> FailureCode {
         ObjectError::Denied { .. } => FailureCode::StorageDenied,
         ObjectError::UnsafeKey { .. } | ObjectError::TooLarge { .. } => FailureCode::ObjectMissing,
         _ => FailureCode::StorageUnreachable,
+    }
+}
+
+/// A failed call of the daemon's own to a bucket that may heal (`transient`): whether its
+/// endpoint is away (refused, timed out: an outage, told to health so that `run --once`
+/// ends at `api.unreachable_timeout`), and the failure the retry policy gets for it.
+fn bucket_failure(
+    health: &HealthState,
+    err: &crate::objects::ObjectError,
+    transient: bool,
+) -> (bool, Failure) {
+    let outage = transient && connection_failed(err);
+    if outage {
+        health.storage_failed(err.to_string());
+        (true, Failure::Unreachable)
+    } else {
+        (false, Failure::Transient)
     }
 }
 

@@ -887,6 +887,22 @@ async fn a_storage_output_key_with_a_space_is_refused_before_any_spend() {
     s3.stop().await;
 }
 
+/// `run --once` started in the background, its stderr going to `once.log` in the test's
+/// folder (read while it runs).
+fn spawn_run_once(env: &TestEnv, config: &Path) -> (tokio::process::Child, PathBuf) {
+    let log_path = env.dir.path().join("once.log");
+    let child = tokio::process::Command::new(crate::support::bin())
+        .args(["run", "--once", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).expect("log"))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run --once starts");
+    (child, log_path)
+}
+
 /// The bucket's endpoint goes away after Claid wrote the outputs, before the daemon checked
 /// them: an outage, not a failure (failed jobs would have `replay` bill them again). `run
 /// --once` waits it out until `api.unreachable_timeout`, then ends (exit 69, naming the
@@ -909,16 +925,7 @@ async fn run_once_gives_up_on_a_bucket_away_after_claid_wrote_and_the_next_run_d
         "shoes.yaml",
         b"output: { format: jpeg, destination: storage://catalog/out/ }\nimages:\n  - storage://catalog/in/sku-0.png\n  - storage://catalog/in/sku-1.png\n",
     );
-    let log_path = env.dir.path().join("once.log");
-    let mut once = tokio::process::Command::new(crate::support::bin())
-        .args(["run", "--once", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stdin(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log_path).expect("log"))
-        .kill_on_drop(true)
-        .spawn()
-        .expect("run --once starts");
+    let (mut once, log_path) = spawn_run_once(&env, &config);
     let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let deadline = std::time::Duration::from_secs(60);
     // The tasks take 2 s at Claid: the endpoint goes away before their objects are checked.
@@ -1026,21 +1033,7 @@ async fn a_staged_input_deleted_before_its_submit_is_staged_again() {
     let config = env.config("staging: catalog", &storages);
     drop_local_manifest(&env, 4, false);
     let deadline = std::time::Duration::from_secs(60);
-    let once = {
-        let config = config.clone();
-        let env_bin = crate::support::bin();
-        tokio::spawn(async move {
-            tokio::process::Command::new(env_bin)
-                .args(["run", "--once", "--config"])
-                .arg(&config)
-                .env("RUST_LOG", "info")
-                .stdin(std::process::Stdio::null())
-                .kill_on_drop(true)
-                .output()
-                .await
-                .expect("run --once")
-        })
-    };
+    let (mut once, log_path) = spawn_run_once(&env, &config);
     // Every input staged, the canary batch (2 images) read by Claid: the other two wait for
     // the canary's end (3 s), and their staged objects are deleted meanwhile.
     crate::support::wait_until_async("staged and the canary read", deadline, || async {
@@ -1050,12 +1043,12 @@ async fn a_staged_input_deleted_before_its_submit_is_staged_again() {
     for key in s3.list_keys("catalog", "raw/staging/").await {
         s3.delete_object("catalog", &key).await;
     }
-    let out = tokio::time::timeout(deadline, once)
+    let status = tokio::time::timeout(deadline, once.wait())
         .await
         .expect("run --once ends")
-        .expect("joined");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+        .expect("exit status");
+    let stderr = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("it is staged again"), "{stderr}");
     check_staged_run(&env, 4, 0);
     assert_eq!(env.stats().storage_errors, 0, "Claid found every input");
