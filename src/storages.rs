@@ -382,15 +382,31 @@ impl Staging {
     }
 
     /// `staging/<sha256>.<ext>` (relative to the storage's prefix) for content `sha256` of the
-    /// file `input` (its extension, lowercased, when it is an image's; else `img`).
-    pub fn key(sha256: &str, input: &str) -> String {
+    /// file `input` (its extension, lowercased, when it is an image's; else `img`): the same
+    /// bytes are staged once, whatever their name.
+    ///
+    /// `named_as` (a job whose output Claid writes into a storage: its output's file stem):
+    /// `staging/<sha256>/<stem>.<ext>` when that name is plain (letters, digits, `.`, `_`, `-`),
+    /// because a batch names each output after its input's file name: with the hash as the
+    /// name, such jobs could only go alone.
+    pub fn key(sha256: &str, input: &str, named_as: Option<&str>) -> String {
         let ext = std::path::Path::new(input)
             .extension()
             .and_then(|e| e.to_str())
             .map(str::to_ascii_lowercase)
-            .filter(|e| STAGED_EXTENSIONS.contains(&e.as_str()))
-            .unwrap_or_else(|| "img".to_owned());
-        format!("staging/{sha256}.{ext}")
+            .filter(|e| STAGED_EXTENSIONS.contains(&e.as_str()));
+        let plain = |name: &str| {
+            !name.is_empty()
+                && !name.starts_with('.')
+                && name.len() <= 128
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        };
+        match (named_as, &ext) {
+            (Some(stem), Some(ext)) if plain(stem) => format!("staging/{sha256}/{stem}.{ext}"),
+            _ => format!("staging/{sha256}.{}", ext.as_deref().unwrap_or("img")),
+        }
     }
 
     /// `storage://CLAID_NAME/<key>`: what Claid reads.

@@ -1054,3 +1054,48 @@ async fn a_staged_input_deleted_before_its_submit_is_staged_again() {
     assert_eq!(env.stats().storage_errors, 0, "Claid found every input");
     s3.stop().await;
 }
+
+/// Local files staged for outputs Claid writes into the bucket go in batches too: each is
+/// staged under its output's name (`staging/<sha256>/sku-N.png`), since a batch names its
+/// outputs after its inputs (staged under the content hash alone, every one went alone).
+#[tokio::test]
+async fn staged_inputs_with_a_storage_destination_go_in_batches() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let (env, _) = storage_env(&s3, quick(), "", 0).await;
+    let keys = credentials_file(env.dir.path());
+    let storages = storages_yaml("catalog-s3", "s3://catalog/raw", &s3.endpoint, &keys);
+    let config = env.config("staging: catalog\nstaging_delete: false", &storages);
+    drop_local_manifest(&env, 4, false);
+    let mut manifest =
+        String::from("output: { format: jpeg, destination: storage://catalog/out/ }\nimages:\n");
+    for i in 0..4 {
+        manifest.push_str(&format!(
+            "  - {{ input: shoes/img-{i}.png, output: sku-{i}.jpg }}\n"
+        ));
+    }
+    env.drop_file("shoes.yaml", manifest.as_bytes());
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    let report = env.report("shoes");
+    let rows = report["jobs"].as_array().expect("rows");
+    assert!(rows.iter().all(|r| r["status"] == "done"), "{report:#}");
+    let stats = env.stats();
+    assert_eq!(stats.submits, 0, "none went alone");
+    assert_eq!(stats.batch_images, 4);
+    assert_eq!(
+        s3.list_keys("catalog", "raw/out/shoes/").await,
+        (0..4)
+            .map(|i| format!("raw/out/shoes/sku-{i}.jpg"))
+            .collect::<Vec<_>>()
+    );
+    let staged = s3.list_keys("catalog", "raw/staging/").await;
+    assert!(
+        staged
+            .iter()
+            .all(|k| k.contains("/sku-") && k.ends_with(".png")),
+        "{staged:?}"
+    );
+    s3.stop().await;
+}
