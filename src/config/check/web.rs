@@ -14,6 +14,9 @@ use crate::config::web::{
 use crate::webhook::WebhookConfig;
 use crate::yaml::kind;
 
+/// The longest `webhook.poll_fallback` accepted.
+const MAX_POLL_FALLBACK: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// The keys of one alert sink.
 const SINK_KEYS: &[&str] = &[
     "name",
@@ -52,8 +55,17 @@ impl Checker {
                 "required: the file holding the secret set in Claid's dashboard (Integrations → Webhook Settings); every webhook is checked against it, and the receiver does not start without one",
             );
         }
-        let poll_fallback =
+        let mut poll_fallback =
             self.duration(root, "webhook.poll_fallback", defaults.poll_fallback, false);
+        if poll_fallback > MAX_POLL_FALLBACK {
+            // A task whose webhook was lost is polled at the latest after this long: days
+            // would leave its images (and their slots of `max_in_flight`) waiting as long.
+            self.problem(
+                "webhook.poll_fallback",
+                "at most 1h: a task whose webhook is lost is polled at the latest after this long, and its images wait as long; use a few minutes, like `2m`",
+            );
+            poll_fallback = defaults.poll_fallback;
+        }
         if !enabled {
             return None;
         }
