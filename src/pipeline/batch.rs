@@ -803,12 +803,14 @@ impl BatchRunner {
         timed: bool,
     ) -> Option<Box<BatchTask>> {
         let deps = &*self.deps;
-        let watch = deps.webhooks.map(|_| deps.dispatch.watch(batch_id));
+        // Webhooks that do not arrive are not waited for (see `Dispatch::webhooks_silent`).
+        let webhooks = deps.webhooks.filter(|_| !deps.dispatch.webhooks_silent());
+        let watch = webhooks.map(|_| deps.dispatch.watch(batch_id));
         let since_submit = || Duration::from_millis(now_ms().saturating_sub(submitted_at_ms));
         // Subscribed before the first plan, so no change after it is missed.
         let mut changes = deps.polls.batch_changes();
         let mut clock = deps.polls.batch_clock(batch_id, members.len(), timed);
-        let mut delay = match deps.webhooks {
+        let mut delay = match webhooks {
             Some(fallback) => {
                 deps.polls
                     .batch_webhook_wait(members.len(), submitted_at_ms, fallback)
@@ -860,13 +862,16 @@ impl BatchRunner {
                             .await;
                     }
                     if polled.batch.status.is_terminal() {
+                        if watch.is_some() {
+                            deps.dispatch.polled_final();
+                        }
                         let took = Duration::from_millis(now_ms().saturating_sub(submitted_at_ms));
                         clock.ended(took, Seen::Poll { pending_at });
                         return Some(Box::new(polled.batch));
                     }
                     clock.running();
                     pending_at = Some(since_submit());
-                    delay = match deps.webhooks {
+                    delay = match webhooks {
                         Some(fallback) => fallback.min(deps.poll.max),
                         None => deps.polls.batch_delay(&mut clock, since_submit()),
                     };

@@ -54,7 +54,14 @@ pub struct Dispatch {
     adopted: Notify,
     /// Wakes [`Dispatch::next_held_adoption`].
     held_adopted: Notify,
+    /// Tasks a poll found ended while webhooks are on (their webhook had not come).
+    polled_final: std::sync::atomic::AtomicU64,
 }
+
+/// Tasks found ended by a poll, with no webhook heard in this run, after which webhooks are
+/// taken as not arriving (a wrong URL or secret in Claid's dashboard) and results are polled
+/// as without them, until one comes.
+const SILENT_AFTER: u64 = 2;
 
 /// A job held in doubt after its submit answer was lost, as a webhook's echoed request would
 /// show it: the request it sent alone, and the batch body and input it would go with.
@@ -465,6 +472,26 @@ impl Dispatch {
 
     pub fn stats(&self) -> DispatchStats {
         self.lock().stats
+    }
+
+    /// A poll found a task (or batch) ended while webhooks are on: its webhook had not come.
+    pub fn polled_final(&self) {
+        use std::sync::atomic::Ordering;
+        let n = self.polled_final.fetch_add(1, Ordering::Relaxed) + 1;
+        if n == SILENT_AFTER && !self.heard_any() {
+            tracing::warn!(
+                "No webhook has come while polls found tasks ended: results are polled as without webhooks until one comes; check the webhook URL and secret in Claid's dashboard (docs/webhooks.md)"
+            );
+        }
+    }
+
+    /// Webhooks are configured but do not arrive: none heard in this run, while polls found
+    /// [`SILENT_AFTER`] tasks ended. Waits for results then follow the poll schedule of a
+    /// daemon without webhooks (a first guess of `poll.max`, at least 10 s, per task cost
+    /// every batch that long however fast Claid was).
+    pub fn webhooks_silent(&self) -> bool {
+        self.polled_final.load(std::sync::atomic::Ordering::Relaxed) >= SILENT_AFTER
+            && !self.heard_any()
     }
 
     /// Whether any verified webhook about a known task has come in this run: webhooks are

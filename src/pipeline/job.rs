@@ -595,8 +595,10 @@ impl Runner {
         let mut attempts = deps.retry.start(retry::Step::Poll);
         // With webhooks on, the task's result usually arrives by itself; a poll comes only
         // when it is overdue.
-        let watch = deps.webhooks.map(|_| deps.dispatch.watch(task_id));
-        let mut delay = match deps.webhooks {
+        // Webhooks that do not arrive are not waited for (see `Dispatch::webhooks_silent`).
+        let webhooks = deps.webhooks.filter(|_| !deps.dispatch.webhooks_silent());
+        let watch = webhooks.map(|_| deps.dispatch.watch(task_id));
+        let mut delay = match webhooks {
             Some(fallback) => deps
                 .polls
                 .webhook_wait(Kind::Single, submitted_at_ms, fallback),
@@ -639,6 +641,9 @@ impl Runner {
                             .await;
                     }
                     let task = polled.task;
+                    if watch.is_some() && !from_webhook && task.status.is_terminal() {
+                        deps.dispatch.polled_final();
+                    }
                     match task.status {
                         TaskStatus::Done => {
                             let took =
@@ -709,7 +714,7 @@ impl Runner {
                     pending_at = Some(Duration::from_millis(
                         now_ms().saturating_sub(submitted_at_ms),
                     ));
-                    delay = match deps.webhooks {
+                    delay = match webhooks {
                         Some(fallback) => fallback.min(deps.poll.max),
                         None => deps.polls.next_delay(n_poll),
                     };

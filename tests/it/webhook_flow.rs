@@ -473,3 +473,36 @@ async fn issue12_a_receiver_listening_beyond_loopback_is_warned_about() {
         env.daemon_log(0)
     );
 }
+
+/// Webhooks configured but never arriving (a wrong secret in Claid's dashboard): once polls
+/// have found two tasks ended with no webhook heard, the daemon says so and polls as without
+/// webhooks (each task waited `poll.max`, at least 10 s, before its first poll); every image
+/// is delivered.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue12_webhooks_that_never_arrive_are_noticed_and_polling_takes_over() {
+    let port = free_port();
+    let env = TestEnv::new(
+        announcing(port)
+            .webhook_drop_share(1.0)
+            .latency(Latency::Fixed(Duration::from_millis(300))),
+    )
+    .await;
+    env.drop_file("m.yaml", manifest(6, "s").as_bytes());
+    let config = env.config(
+        "batch: { max_images: 1 }\nmax_in_flight: 2",
+        &webhook_section(&env, port, "2m"),
+    );
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    all_done(&env, 6);
+    assert!(
+        stderr.contains("No webhook has come while polls found tasks ended"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("No webhook has come").count(),
+        1,
+        "said once"
+    );
+    assert_eq!(env.stats().duplicate_submits, 0);
+}
