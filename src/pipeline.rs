@@ -1057,6 +1057,7 @@ async fn adopt_when_announced(shared: Arc<Shared>, submitter: submitter::Submitt
             .board
             .update(|s| s.totals.held = s.totals.held.saturating_sub(ids.len() as u64));
         let mut runs: Vec<ManifestId> = still_held.iter().map(|(mid, _, _)| *mid).collect();
+        runs.sort_unstable();
         runs.dedup();
         for mid in runs {
             let Ok(Some(m)) = store.manifest(mid).await else {
@@ -1073,37 +1074,19 @@ async fn adopt_when_announced(shared: Arc<Shared>, submitter: submitter::Submitt
                 rel: m.rel.clone(),
             });
         }
-        shared.dispatch.keep(update.clone());
-        match update {
+        let going = match update {
             TaskUpdate::Async(_) => {
+                shared.dispatch.keep(update);
                 let (mid, id, _) = &still_held[0];
-                if !submitter.start_job(*mid, *id).await {
-                    return;
-                }
+                submitter.start_job(*mid, *id).await
             }
-            TaskUpdate::Batch(batch) => {
-                let mut members = Vec::with_capacity(still_held.len());
-                for (mid, id, _) in still_held {
-                    if let Ok(Some(job)) = store.job(id).await {
-                        members.push(batch::Member {
-                            manifest: mid,
-                            id,
-                            job,
-                        });
-                    }
-                }
-                if !submitter
-                    .resume_batch(
-                        batch.id,
-                        batch.result_url.clone(),
-                        crate::store::now_ms(),
-                        members,
-                    )
-                    .await
-                {
-                    return;
-                }
+            TaskUpdate::Batch(_) => {
+                let owners = still_held.iter().map(|(mid, id, _)| (*mid, *id)).collect();
+                see_batch_through(&shared, &submitter, update, owners).await
             }
+        };
+        if !going {
+            return;
         }
     }
 }
@@ -1141,11 +1124,34 @@ async fn adopt_batch(
         error!(error = %err, batch_id, "Cannot record a batch recovered from its webhook; its jobs are looked at again at the next start");
         return true;
     }
-    let mut members = Vec::with_capacity(ids.len());
+    let owners: Vec<dispatch::LostOwner> = owners
+        .into_iter()
+        .filter(|(_, id)| ids.contains(id))
+        .collect();
+    info!(
+        batch_id,
+        images = owners.len(),
+        "A batch submit cut short by a crash was recovered from its webhook; nothing is submitted twice"
+    );
+    see_batch_through(shared, submitter, update, owners).await
+}
+
+/// The batch task of a batch its jobs adopted (their records now name it): it takes the
+/// announced result (kept for its id) and sees every job through. False when the daemon
+/// stops.
+async fn see_batch_through(
+    shared: &Arc<Shared>,
+    submitter: &submitter::Submitter,
+    update: TaskUpdate,
+    owners: Vec<dispatch::LostOwner>,
+) -> bool {
+    let TaskUpdate::Batch(batch) = &update else {
+        return true;
+    };
+    let (batch_id, result_url) = (batch.id, batch.result_url.clone());
+    let mut members = Vec::with_capacity(owners.len());
     for (mid, id) in owners {
-        if ids.contains(&id)
-            && let Ok(Some(job)) = store.job(id).await
-        {
+        if let Ok(Some(job)) = shared.store.job(id).await {
             members.push(batch::Member {
                 manifest: mid,
                 id,
@@ -1153,11 +1159,6 @@ async fn adopt_batch(
             });
         }
     }
-    info!(
-        batch_id,
-        images = members.len(),
-        "A batch submit cut short by a crash was recovered from its webhook; nothing is submitted twice"
-    );
     shared.dispatch.keep(update);
     submitter
         .resume_batch(batch_id, result_url, crate::store::now_ms(), members)
