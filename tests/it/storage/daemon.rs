@@ -377,15 +377,29 @@ async fn a_second_manifest_writing_the_same_object_is_refused_at_intake() {
     let (env, config) = storage_env(&s3, scenario, "", 1).await;
     // `a/shoes.yaml` writes `a/shoes/sku-0.jpg` under `x/`; `shoes.yaml` writes
     // `shoes/sku-0.jpg` under `x/a/`: the same object, two different outbox paths.
+    refuses_the_second_writer_of_one_object(&s3, &env, &config, "catalog").await;
+    s3.stop().await;
+}
+
+/// `a/shoes.yaml` writes `a/shoes/sku-0.jpg` under `storage://catalog/x/`; `shoes.yaml` writes
+/// `shoes/sku-0.jpg` under `storage://SECOND/x/a/`: the same object when `SECOND`'s prefix is
+/// `catalog`'s. One of the two is refused at intake, its error file names the object in the
+/// bucket, and the object is written once.
+async fn refuses_the_second_writer_of_one_object(
+    s3: &S3Server,
+    env: &TestEnv,
+    config: &Path,
+    second: &str,
+) {
     env.drop_file(
         "a/shoes.yaml",
         b"output: { destination: storage://catalog/x/ }\nimages:\n  - storage://catalog/in/sku-0.png\n",
     );
     env.drop_file(
         "shoes.yaml",
-        b"output: { destination: storage://catalog/x/a/ }\nimages:\n  - storage://catalog/in/sku-0.png\n",
+        format!("output: {{ destination: storage://{second}/x/a/ }}\nimages:\n  - storage://catalog/in/sku-0.png\n").as_bytes(),
     );
-    let (code, stderr) = env.run_once(&config).await;
+    let (code, stderr) = env.run_once(config).await;
     assert_eq!(code, 2, "one manifest is rejected: {stderr}");
     let rejected: Vec<PathBuf> = TestEnv::files_under(&env.rejected)
         .into_iter()
@@ -401,7 +415,6 @@ async fn a_second_manifest_writing_the_same_object_is_refused_at_intake() {
         s3.list_keys("catalog", "raw/x/a/shoes/").await,
         ["raw/x/a/shoes/sku-0.jpg"]
     );
-    s3.stop().await;
 }
 
 /// Two storages (two Claid connectors) on one bucket prefix name one object two ways: the
@@ -430,30 +443,7 @@ async fn the_same_object_through_two_storages_on_one_prefix_is_refused_at_intake
     let block: String = alias.lines().map(|l| format!("  {l}\n")).collect();
     text.insert_str(at, &block);
     std::fs::write(&config, text).expect("config");
-    env.drop_file(
-        "a/shoes.yaml",
-        b"output: { destination: storage://catalog/x/ }\nimages:\n  - storage://catalog/in/sku-0.png\n",
-    );
-    env.drop_file(
-        "shoes.yaml",
-        b"output: { destination: storage://alias/x/a/ }\nimages:\n  - storage://catalog/in/sku-0.png\n",
-    );
-    let (code, stderr) = env.run_once(&config).await;
-    assert_eq!(code, 2, "one manifest is rejected: {stderr}");
-    let rejected: Vec<PathBuf> = TestEnv::files_under(&env.rejected)
-        .into_iter()
-        .filter(|p| p.to_string_lossy().ends_with(".error.txt"))
-        .collect();
-    assert_eq!(rejected.len(), 1, "{rejected:?}");
-    let text = std::fs::read_to_string(env.rejected.join(&rejected[0])).expect("error file");
-    assert!(
-        text.contains("s3://catalog/raw/x/a/shoes/sku-0.jpg` in the bucket"),
-        "{text}"
-    );
-    assert_eq!(
-        s3.list_keys("catalog", "raw/x/a/shoes/").await,
-        ["raw/x/a/shoes/sku-0.jpg"]
-    );
+    refuses_the_second_writer_of_one_object(&s3, &env, &config, "alias").await;
     s3.stop().await;
 }
 
