@@ -461,15 +461,6 @@ impl Dispatch {
         }
     }
 
-    /// How many jobs are registered as held (each counted once).
-    pub fn held(&self) -> usize {
-        let inner = self.lock();
-        let mut owners: std::collections::HashSet<LostOwner> =
-            inner.held_alone.values().flatten().copied().collect();
-        owners.extend(inner.held_batch.values().flat_map(|m| m.values().flatten()));
-        owners.len()
-    }
-
     pub fn stats(&self) -> DispatchStats {
         self.lock().stats
     }
