@@ -39,6 +39,12 @@ pub const TREE_REGISTERING: &str = "registering";
 /// little: 16 → 4 MB took the daemon's peak RSS from 61 to 46 MB at 10,000 images and from
 /// 107 to 91 MB at 100,000 (docs/benchmark.md).
 const CACHE_BYTES: u64 = 4 * 1024 * 1024;
+/// How long an open waits for a lock held by another handle before it answers `Locked`
+/// (sled's IO threads let go of a store dropped a moment ago within milliseconds; another
+/// daemon on the same state folder holds it for good).
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// Pause between two tries of the lock.
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
 /// `meta` key set once the store has had its whole-history orphan sweep.
 const META_SWEEP: &str = "orphan_sweep";
 /// Jobs per write batch in `register`; each batch is a slice point of the store's thread.
@@ -118,14 +124,23 @@ impl Trees {
         if let Err(err) = std::fs::create_dir_all(&path) {
             return Err(open_err(sled::Error::Io(err)));
         }
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(&path)
             .cache_capacity(CACHE_BYTES)
             // No background flusher thread: every durability point flushes explicitly, and a
             // flusher thread outliving a dropped `Db` keeps the file lock for up to its period.
-            .flush_every_ms(None)
-            .open()
-            .map_err(open_err)?;
+            .flush_every_ms(None);
+        // A store dropped by this process a moment ago may still be let go of by sled's own IO
+        // threads: the lock is tried again until `LOCK_WAIT` has passed, then `Locked`.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match config.open().map_err(open_err) {
+                Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(LOCK_RETRY);
+                }
+                other => break other?,
+            }
+        };
         let trees = Trees {
             manifests: db.open_tree(TREE_MANIFESTS)?,
             manifest_by_rel: db.open_tree(TREE_MANIFEST_BY_REL)?,
