@@ -556,19 +556,42 @@ async fn handle(app: Router, req: Request<Incoming>) -> Response {
     }
 }
 
+/// How long calls to the API or a bucket must have failed (or waited for an answer) without
+/// one succeeding, or outputs been unwritable, before `/healthz` says `failing`: a blip that a
+/// retry mends is not an outage.
+pub const FAILING_AFTER: Duration = Duration::from_secs(10);
+
+/// 200 `ok`; 503 `paused` while a 401/402/403 pauses submitting; 503 `failing` while the API
+/// or a bucket has not answered for [`FAILING_AFTER`] or more, or outputs cannot be written
+/// (the daemon waits these out and loses nothing, but no work moves).
 async fn healthz(State(state): State<AdminState>) -> Response {
-    match state.pipeline.health() {
-        Health::Healthy => (
-            StatusCode::OK,
-            axum::Json(serde_json::json!({"status": "ok"})),
-        )
-            .into_response(),
-        Health::Paused { reason, .. } => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(serde_json::json!({"status": "paused", "reason": reason})),
-        )
-            .into_response(),
+    let unavailable = |body: serde_json::Value| {
+        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+    };
+    if let Health::Paused { reason, .. } = state.pipeline.health() {
+        return unavailable(serde_json::json!({"status": "paused", "reason": reason}));
     }
+    let health = state.pipeline.health_state();
+    if let Some((for_, why)) = health.failing()
+        && for_ >= FAILING_AFTER
+    {
+        return unavailable(serde_json::json!({
+            "status": "failing",
+            "reason": why,
+            "for_seconds": for_.as_secs(),
+        }));
+    }
+    if let Some(why) = health.writes_blocked() {
+        return unavailable(serde_json::json!({
+            "status": "failing",
+            "reason": format!("outputs cannot be written: {why}"),
+        }));
+    }
+    (
+        StatusCode::OK,
+        axum::Json(serde_json::json!({"status": "ok"})),
+    )
+        .into_response()
 }
 
 async fn status(State(state): State<AdminState>) -> Response {

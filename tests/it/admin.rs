@@ -265,6 +265,52 @@ async fn healthz_reports_paused_while_credits_are_out_and_ok_when_they_return() 
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn healthz_reports_failing_while_the_api_is_down_and_ok_when_it_returns() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let config = env.config("", "");
+    let mut daemon = env.spawn_daemon(&config, 0);
+    wait_socket(&env).await;
+    assert_eq!(get(&env.socket(), "/healthz").await.0, 200);
+    env.emulator.control().set_down(true);
+    env.drop_file("d.yaml", manifest_of(2, "d").as_bytes());
+    let socket = env.socket();
+    let mut failing = (0, String::new());
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while std::time::Instant::now() < deadline {
+        failing = get(&socket, "/healthz").await;
+        if failing.0 == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(failing.0, 503, "failing: {}", failing.1);
+    let body: serde_json::Value = serde_json::from_str(&failing.1).unwrap();
+    assert_eq!(body["status"], "failing", "{body}");
+    let base = env.emulator.base_url();
+    let host = base
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(
+        body["reason"].as_str().unwrap().contains(&host),
+        "the reason names the API's host:port {host}: {body}"
+    );
+    assert!(body["for_seconds"].as_u64().unwrap() >= 10, "{body}");
+    env.emulator.control().set_down(false);
+    wait_until(
+        "outputs after the API returns",
+        Duration::from_secs(120),
+        || TestEnv::files_under(&env.outbox.join("d")).len() == 2,
+    )
+    .await;
+    assert_eq!(get(&socket, "/healthz").await.0, 200);
+    signal(&daemon, "-TERM");
+    daemon.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn metrics_match_what_the_emulator_counted() {
     let env = TestEnv::new(Scenario::default()).await;
     env.drop_file("m.yaml", manifest_of(10, "m").as_bytes());
