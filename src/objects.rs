@@ -628,16 +628,68 @@ fn path_reason(err: &object_store::path::Error) -> &'static str {
 /// An `object_store` error as one line: its message, then the OS cause at the bottom of its
 /// chain when the message does not already say it.
 fn describe(err: &(dyn std::error::Error + 'static)) -> String {
-    let message = err.to_string();
+    let message = without_xml(&err.to_string());
     match crate::os_error::root_cause(err) {
         Some(root) if !message.contains(&root) => escape(&format!("{message}: {root}")),
         _ => escape(&message),
     }
 }
 
+/// `message` with an S3 error document in it (`<?xml …?><Error><Code>…</Code><Message>…`, which
+/// object_store passes on as the body of an answer) told as `Code: Message`; a message without
+/// one as it is.
+fn without_xml(message: &str) -> String {
+    let Some(start) = message.find("<?xml").or_else(|| message.find("<Error>")) else {
+        return message.to_owned();
+    };
+    let element = |name: &str| {
+        let open = format!("<{name}>");
+        let close = format!("</{name}>");
+        let from = message[start..].find(&open)? + start + open.len();
+        let to = message[from..].find(&close)? + from;
+        Some(message[from..to].trim().to_owned())
+    };
+    let said = match (element("Code"), element("Message")) {
+        (Some(code), Some(text)) if !text.is_empty() => format!("{code}: {text}"),
+        (Some(code), _) => code,
+        (None, Some(text)) => text,
+        (None, None) => "an error document without a code".to_owned(),
+    };
+    // What followed the document (object_store's own words after the body), if anything.
+    let end = message[start..]
+        .find("</Error>")
+        .map_or(message.len(), |at| start + at + "</Error>".len());
+    let head = message[..start].trim_end();
+    let tail = message[end..].trim();
+    let mut out = format!("{head} {said}");
+    if !tail.is_empty() {
+        out.push(' ');
+        out.push_str(tail);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn s3_error_documents_are_told_as_code_and_message() {
+        let raw = "Client error with status 403 Forbidden: <?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SignatureDoesNotMatch</Code><Message>The request signature we calculated does not match the signature you provided.</Message><RequestId>abc</RequestId></Error>";
+        assert_eq!(
+            without_xml(raw),
+            "Client error with status 403 Forbidden: SignatureDoesNotMatch: The request signature we calculated does not match the signature you provided."
+        );
+        assert_eq!(
+            without_xml("error <Error><Code>NoSuchBucket</Code></Error> (after 2 retries)"),
+            "error NoSuchBucket (after 2 retries)"
+        );
+        assert_eq!(without_xml("connection refused"), "connection refused");
+        assert!(
+            refused_keys(&without_xml(raw)),
+            "the code still tells a refused key"
+        );
+    }
 
     #[test]
     fn keys_that_could_leave_the_prefix_are_refused() {
