@@ -146,13 +146,33 @@ fn looks_like_no_bucket(cause: &str) -> bool {
     cause.contains("NoSuchBucket") || cause.contains("does not exist")
 }
 
+/// Warns when storage `name`'s credentials file may be read by every user of the machine (its
+/// "other" bits): its secret key should be readable by the daemon's user or group only
+/// (`0600`, or `0640` with the daemon's group, as docs/storage.md installs it).
+fn warn_if_exposed(name: &str, path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o007 != 0 {
+            tracing::warn!(
+                storage = %crate::text::Escaped::str(name),
+                file = %crate::text::Escaped::path(path),
+                "The storage's credentials file is readable by every user of this machine (mode {mode:o}); `chmod o-rwx` it (0600, or 0640 with the daemon's group) so that only the daemon can read the secret key"
+            );
+        }
+    }
+}
+
 impl Storages {
     /// Reads each entry's credentials and builds its client (no request is made).
     pub fn open(entries: &BTreeMap<String, StorageEntry>) -> Result<Storages, StorageError> {
         let mut by_name = BTreeMap::new();
         for (name, entry) in entries {
             let credentials = match &entry.credentials_file {
-                Some(path) => Credentials::from_file(path),
+                Some(path) => {
+                    warn_if_exposed(name, path);
+                    Credentials::from_file(path)
+                }
                 None => Credentials::from_env(),
             }
             .map_err(|cause| StorageError::Credentials {

@@ -3,6 +3,7 @@
 //! `validate` and of the daemon's start (the connector exists on Claid's side, the prefix can be
 //! listed) with the exit code of each cause, storage inputs and outputs, and staging.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use claid_hotfolder::config;
@@ -31,6 +32,7 @@ fn credentials_file(dir: &Path) -> PathBuf {
         format!("access_key_id: {S3_ACCESS_KEY}\nsecret_access_key: {S3_SECRET_KEY}\n"),
     )
     .expect("credentials file");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("mode");
     path
 }
 
@@ -166,6 +168,33 @@ async fn an_unreadable_credentials_file_stops_the_start_with_64_naming_it_and_no
     assert_eq!(code, 64, "{stdout}{stderr}");
     assert!(stdout.contains("bad-keys.yaml"), "{stdout}");
     assert!(!stdout.contains("hunter2") && !stderr.contains("hunter2"));
+}
+
+#[tokio::test]
+async fn a_credentials_file_every_user_may_read_is_warned_about_naming_it() {
+    let env = TestEnv::new(quick()).await;
+    let keys = credentials_file(env.dir.path());
+    let config = env.config(
+        "",
+        &storages_yaml("catalog-s3", "s3://bkt/raw", "http://127.0.0.1:9", &keys),
+    );
+    let (_, stderr) = env.run_once(&config).await;
+    assert!(!stderr.contains("readable by every user"), "0600: {stderr}");
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o640)).expect("mode");
+    let (_, stderr) = env.run_once(&config).await;
+    assert!(
+        !stderr.contains("readable by every user"),
+        "0640, as docs/storage.md installs it: {stderr}"
+    );
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o644)).expect("mode");
+    let (_, stderr) = env.run_once(&config).await;
+    assert!(
+        stderr.contains("readable by every user")
+            && stderr.contains("s3-keys.yaml")
+            && stderr.contains("chmod o-rwx"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(S3_SECRET_KEY), "{stderr}");
 }
 
 #[tokio::test]
