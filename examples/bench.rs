@@ -392,6 +392,8 @@ struct DaemonRun {
     bench_cpu: Duration,
     /// Highest VmHWM sampled, in KiB.
     hwm_kib: u64,
+    /// When the sampled VmHWM last rose, from the start.
+    hwm_at: Duration,
     status: Option<ExitStatus>,
 }
 
@@ -502,12 +504,16 @@ impl Bench {
         let mut child = self.spawn(work, "daemon.log")?;
         let pid = child.id();
         let mut hwm_kib = 0;
+        let mut hwm_at = Duration::ZERO;
         let status = loop {
             if let Some(status) = child.try_wait()? {
                 break status;
             }
-            if let Some(kib) = vm_hwm_kib(pid) {
-                hwm_kib = hwm_kib.max(kib);
+            if let Some(kib) = vm_hwm_kib(pid)
+                && kib > hwm_kib
+            {
+                hwm_kib = kib;
+                hwm_at = t0.elapsed();
             }
             std::thread::sleep(Duration::from_millis(20));
         };
@@ -526,6 +532,7 @@ impl Bench {
             cpu,
             bench_cpu,
             hwm_kib,
+            hwm_at,
             status: Some(status),
         })
     }
@@ -770,10 +777,11 @@ impl Bench {
                 let stats = emu.stats();
                 let peak = r.hwm_kib as f64 / 1024.0;
                 notes.add(format!(
-                    "rss {} images run {}: peak RSS {:.1} MB; wall {:.1} s ({:.0} images/s); daemon CPU {:.2} ms/image; exit {}; {}",
+                    "rss {} images run {}: peak RSS {:.1} MB, reached {:.0} s in; wall {:.1} s ({:.0} images/s); daemon CPU {:.2} ms/image; exit {}; {}",
                     n,
                     run + 1,
                     peak,
+                    r.hwm_at.as_secs_f64(),
                     r.wall.as_secs_f64(),
                     n as f64 / r.wall.as_secs_f64(),
                     r.cpu.as_secs_f64() * 1000.0 / n as f64,
