@@ -86,7 +86,8 @@ pub struct StatusView {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DaemonView {
-    /// `ok` or `paused`.
+    /// `ok`, `paused` (a refused key or credits, or outputs that cannot be written) or
+    /// `failing` (the API or a bucket has not answered for `OUTAGE_AFTER`).
     pub health: String,
     pub reason: Option<String>,
     pub in_flight: usize,
@@ -221,7 +222,13 @@ pub async fn status_view(
                     "an output cannot be written ({why}); new images wait"
                 )),
             ),
-            (Health::Healthy, None) => ("ok".to_owned(), None),
+            (Health::Healthy, None) => match p.outage() {
+                Some((for_, why)) => (
+                    "failing".to_owned(),
+                    Some(format!("{why} (for {} s)", for_.as_secs())),
+                ),
+                None => ("ok".to_owned(), None),
+            },
         };
         DaemonView {
             health,
@@ -556,13 +563,8 @@ async fn handle(app: Router, req: Request<Incoming>) -> Response {
     }
 }
 
-/// How long calls to the API or a bucket must have failed (or waited for an answer) without
-/// one succeeding, or outputs been unwritable, before `/healthz` says `failing`: a blip that a
-/// retry mends is not an outage.
-pub const FAILING_AFTER: Duration = Duration::from_secs(10);
-
 /// 200 `ok`; 503 `paused` while a 401/402/403 pauses submitting; 503 `failing` while the API
-/// or a bucket has not answered for [`FAILING_AFTER`] or more, or outputs cannot be written
+/// or a bucket has not answered for [`pipeline::health::OUTAGE_AFTER`] or more, or outputs cannot be written
 /// (the daemon waits these out and loses nothing, but no work moves).
 async fn healthz(State(state): State<AdminState>) -> Response {
     let unavailable = |body: serde_json::Value| {
@@ -571,17 +573,14 @@ async fn healthz(State(state): State<AdminState>) -> Response {
     if let Health::Paused { reason, .. } = state.pipeline.health() {
         return unavailable(serde_json::json!({"status": "paused", "reason": reason}));
     }
-    let health = state.pipeline.health_state();
-    if let Some((for_, why)) = health.failing()
-        && for_ >= FAILING_AFTER
-    {
+    if let Some((for_, why)) = state.pipeline.outage() {
         return unavailable(serde_json::json!({
             "status": "failing",
             "reason": why,
             "for_seconds": for_.as_secs(),
         }));
     }
-    if let Some(why) = health.writes_blocked() {
+    if let Some(why) = state.pipeline.writes_blocked() {
         return unavailable(serde_json::json!({
             "status": "failing",
             "reason": format!("outputs cannot be written: {why}"),

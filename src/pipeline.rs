@@ -524,6 +524,12 @@ impl Handle {
         self.shared.max_in_flight - self.shared.in_flight.available_permits()
     }
 
+    /// How long, and why, the API or a bucket has not answered, once that has lasted
+    /// [`health::OUTAGE_AFTER`] (the daemon waits it out; nothing is lost).
+    pub fn outage(&self) -> Option<(std::time::Duration, String)> {
+        self.shared.health.outage()
+    }
+
     /// Why new submits wait for outputs to be writable again (a full disk), while they do.
     pub fn writes_blocked(&self) -> Option<String> {
         self.shared.health.writes_blocked()

@@ -24,6 +24,11 @@ pub enum Health {
     },
 }
 
+/// How long calls to the API or a bucket must have failed (or waited for an answer) without
+/// one succeeding before it is told as an outage (`/healthz`, `status`, the dashboard): a blip
+/// that a retry mends is not one.
+pub const OUTAGE_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Shared by the submitter and every job task.
 #[derive(Debug)]
 pub struct HealthState {
@@ -235,6 +240,11 @@ impl HealthState {
                 .as_ref()
                 .map(|(since, why)| (since.elapsed(), format!("the bucket's endpoint: {why}"))),
         }
+    }
+
+    /// [`HealthState::failing`], once it has lasted [`OUTAGE_AFTER`].
+    pub fn outage(&self) -> Option<(std::time::Duration, String)> {
+        self.failing().filter(|(for_, _)| *for_ >= OUTAGE_AFTER)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {

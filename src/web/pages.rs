@@ -163,7 +163,12 @@ async fn overview_markup(state: &WebState) -> Result<Markup, crate::store::Store
     }
     recent.reverse();
     recent.truncate(RECENT_ON_OVERVIEW);
-    let service = service_state(&pipeline.health(), &snapshot.disk, active.is_empty());
+    let service = service_state(
+        &pipeline.health(),
+        pipeline.outage(),
+        &snapshot.disk,
+        active.is_empty(),
+    );
     let overview = views::Overview {
         state: &service,
         activity: &snapshot,
@@ -179,8 +184,14 @@ async fn overview_markup(state: &WebState) -> Result<Markup, crate::store::Store
     Ok(views::overview_live(&overview))
 }
 
-/// The banner: paused by the API first, then the outbox's disk, else running.
-pub fn service_state(health: &Health, disk: &Disk, idle: bool) -> views::ServiceState {
+/// The banner: paused by the API first, then the outbox's disk, then an API or bucket that
+/// has not answered for a while (`outage`: how long, and why), else running.
+pub fn service_state(
+    health: &Health,
+    outage: Option<(std::time::Duration, String)>,
+    disk: &Disk,
+    idle: bool,
+) -> views::ServiceState {
     if let Health::Paused { reason, status } = health {
         let title = match status {
             401 => "Paused: the API refused the key (401)",
@@ -210,6 +221,16 @@ pub fn service_state(health: &Health, disk: &Disk, idle: bool) -> views::Service
             title: "The outbox cannot be written".to_owned(),
             detail: Some(disk.describe()),
         },
+        Disk::Ok if outage.is_some() => {
+            let (for_, why) = outage.unwrap_or_default();
+            views::ServiceState {
+                code: "waiting",
+                title: format!("Waiting: no answer for {} s", for_.as_secs()),
+                detail: Some(format!(
+                    "Images in flight and queued wait and nothing is lost; work resumes by itself once it answers. ({why})"
+                )),
+            }
+        }
         Disk::Ok => views::ServiceState {
             code: "running",
             title: "Running".to_owned(),
@@ -843,15 +864,31 @@ mod tests {
             reason: "HTTP 402".into(),
             status: 402,
         };
-        assert_eq!(service_state(&paused, &Disk::Ok, false).code, "paused");
+        assert_eq!(
+            service_state(&paused, None, &Disk::Ok, false).code,
+            "paused"
+        );
         let full = Disk::Full { free_bytes: 10 };
         assert_eq!(
-            service_state(&Health::Healthy, &full, false).code,
+            service_state(&Health::Healthy, None, &full, false).code,
             "disk-full"
         );
         assert_eq!(
-            service_state(&Health::Healthy, &Disk::Ok, true).code,
+            service_state(&Health::Healthy, None, &Disk::Ok, true).code,
             "running"
+        );
+        let away = Some((
+            std::time::Duration::from_secs(42),
+            "the API at api.claid.ai:443: connection refused".to_owned(),
+        ));
+        let waiting = service_state(&Health::Healthy, away, &Disk::Ok, false);
+        assert_eq!(waiting.code, "waiting");
+        assert!(waiting.title.contains("42 s"), "{}", waiting.title);
+        assert!(
+            waiting
+                .detail
+                .is_some_and(|d| d.contains("api.claid.ai:443")),
+            "the detail names the host"
         );
     }
 }

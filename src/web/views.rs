@@ -34,7 +34,8 @@ pub enum Nav {
 
 /// The service's state as the overview's banner shows it.
 pub struct ServiceState {
-    /// `running`, `paused`, `disk-full`, `outbox-unwritable`.
+    /// `running`, `paused`, `disk-full`, `outbox-unwritable`, `waiting` (the API or a bucket
+    /// has not answered for a while).
     pub code: &'static str,
     pub title: String,
     pub detail: Option<String>,

@@ -265,7 +265,7 @@ async fn healthz_reports_paused_while_credits_are_out_and_ok_when_they_return() 
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn healthz_reports_failing_while_the_api_is_down_and_ok_when_it_returns() {
+async fn healthz_and_status_report_failing_while_the_api_is_down_and_ok_when_it_returns() {
     let env = TestEnv::new(Scenario::default()).await;
     let config = env.config("", "");
     let mut daemon = env.spawn_daemon(&config, 0);
@@ -298,6 +298,15 @@ async fn healthz_reports_failing_while_the_api_is_down_and_ok_when_it_returns() 
         "the reason names the API's host:port {host}: {body}"
     );
     assert!(body["for_seconds"].as_u64().unwrap() >= 10, "{body}");
+    // `status` (and so the CLI's daemon line) says the same.
+    let (code, status) = get(&socket, "/status").await;
+    assert_eq!(code, 200, "{status}");
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["daemon"]["health"], "failing", "{status}");
+    assert!(
+        status["daemon"]["reason"].as_str().unwrap().contains(&host),
+        "{status}"
+    );
     env.emulator.control().set_down(false);
     wait_until(
         "outputs after the API returns",
