@@ -493,6 +493,7 @@ impl Runner {
                 }
                 Err(err) => err,
             };
+            bucket_answered(&deps.health, &err);
             let code = match object_failure(&err) {
                 FailureCode::StorageDenied => FailureCode::StorageDenied,
                 FailureCode::StorageUnreachable => FailureCode::StagingFailed,
@@ -935,6 +936,7 @@ impl Runner {
                 }
                 Err(err) => err,
             };
+            bucket_answered(&deps.health, &err);
             let code = object_failure(&err);
             if code != FailureCode::StorageUnreachable {
                 return self.fail(id, code, &err.to_string()).await;
@@ -1068,6 +1070,15 @@ fn bucket_failure(
         (true, Failure::Unreachable)
     } else {
         (false, Failure::Transient)
+    }
+}
+
+/// A call to a bucket failed with an answer (a missing object or bucket, refused keys): its
+/// endpoint is there, so an outage told to health is over (`/healthz` said `failing` until
+/// the next success, long after the bucket was back).
+fn bucket_answered(health: &HealthState, err: &crate::objects::ObjectError) {
+    if !connection_failed(err) {
+        health.storage_ok();
     }
 }
 
