@@ -148,14 +148,20 @@ pub struct S3Url {
 impl S3Url {
     /// Parses `s3://bucket` or `s3://bucket/prefix/…` (a trailing `/` is ignored).
     pub fn parse(url: &str) -> Result<S3Url, ObjectError> {
+        // Never the URL as written in an error: it may hold keys (`s3://KEY:SECRET@bucket`).
         let fail = |reason: &'static str| ObjectError::Url {
-            url: url.to_owned(),
+            url: crate::config::print::redact_url(url),
             reason,
         };
         let rest = url
             .strip_prefix("s3://")
             .ok_or(fail("must start with s3://"))?;
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.contains('@') {
+            return Err(fail(
+                "holds credentials (`key:secret@`): the daemon's keys go in `credentials_file` (or the AWS environment variables), never in the URL",
+            ));
+        }
         check_bucket(bucket).map_err(fail)?;
         let prefix = normalize_prefix(prefix).map_err(|err| match err {
             ObjectError::UnsafeKey { reason, .. } => fail(reason),
@@ -629,10 +635,27 @@ fn path_reason(err: &object_store::path::Error) -> &'static str {
 /// chain when the message does not already say it.
 fn describe(err: &(dyn std::error::Error + 'static)) -> String {
     let message = without_xml(&err.to_string());
-    match crate::os_error::root_cause(err) {
-        Some(root) if !message.contains(&root) => escape(&format!("{message}: {root}")),
-        _ => escape(&message),
+    let Some(root) = crate::os_error::root_cause(err) else {
+        return escape(&message);
+    };
+    // The bottom of an S3 error's chain is the answer's body: an error document whose code
+    // object_store's own message has usually told already.
+    let told = xml_element(&root, "Code").is_some_and(|code| message.contains(&code));
+    let root = without_xml(&root);
+    if told || message.contains(&root) {
+        escape(&message)
+    } else {
+        escape(&format!("{message}: {root}"))
     }
+}
+
+/// The text of the first `<name>…</name>` element in `text`, trimmed.
+fn xml_element(text: &str, name: &str) -> Option<String> {
+    let open = format!("<{name}>");
+    let close = format!("</{name}>");
+    let from = text.find(&open)? + open.len();
+    let to = text[from..].find(&close)? + from;
+    Some(text[from..to].trim().to_owned())
 }
 
 /// `message` with an S3 error document in it (`<?xml …?><Error><Code>…</Code><Message>…`, which
@@ -642,13 +665,7 @@ fn without_xml(message: &str) -> String {
     let Some(start) = message.find("<?xml").or_else(|| message.find("<Error>")) else {
         return message.to_owned();
     };
-    let element = |name: &str| {
-        let open = format!("<{name}>");
-        let close = format!("</{name}>");
-        let from = message[start..].find(&open)? + start + open.len();
-        let to = message[from..].find(&close)? + from;
-        Some(message[from..to].trim().to_owned())
-    };
+    let element = |name: &str| xml_element(&message[start..], name);
     let said = match (element("Code"), element("Message")) {
         (Some(code), Some(text)) if !text.is_empty() => format!("{code}: {text}"),
         (Some(code), _) => code,
@@ -692,6 +709,41 @@ mod tests {
     }
 
     #[test]
+    fn an_error_document_at_the_bottom_of_a_chain_is_not_appended() {
+        #[derive(Debug)]
+        struct Body;
+        impl std::fmt::Display for Body {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("Server returned non-2xx status code: 404 Not Found: <?xml version=\"1.0\"?>\n<Error><Code>NoSuchBucket</Code><Message>The specified bucket does not exist</Message></Error>")
+            }
+        }
+        impl std::error::Error for Body {}
+        #[derive(Debug)]
+        struct Chained(&'static str, Body);
+        impl std::fmt::Display for Chained {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.0)
+            }
+        }
+        impl std::error::Error for Chained {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.1)
+            }
+        }
+        let told = "Error performing list request: 404 Not Found: NoSuchBucket: The specified bucket does not exist";
+        assert_eq!(describe(&Chained(told, Body)), told);
+        // A message that does not tell the code yet gets it from the document, without XML.
+        let text = describe(&Chained("Generic S3 error", Body));
+        assert!(
+            text.starts_with(
+                "Generic S3 error: Server returned non-2xx status code: 404 Not Found"
+            ) && text.contains("NoSuchBucket: The specified bucket does not exist")
+                && !text.contains('<'),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn keys_that_could_leave_the_prefix_are_refused() {
         for key in [
             "",
@@ -711,6 +763,21 @@ mod tests {
         for key in ["a.png", "a/b/c.png", "a..b/c.png", "sp ace/é.png", "...png"] {
             assert!(check_key(key).is_ok(), "{key}");
         }
+    }
+
+    #[test]
+    fn an_s3_url_with_keys_in_it_is_refused_without_showing_them() {
+        let err = S3Url::parse("s3://AKIAX:SuperSecretValue123@catalog/images")
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            !err.contains("SuperSecretValue123") && !err.contains("AKIAX"),
+            "{err}"
+        );
+        assert!(
+            err.contains("REDACTED@catalog/images") && err.contains("credentials_file"),
+            "{err}"
+        );
     }
 
     #[test]
