@@ -146,20 +146,24 @@ fn looks_like_no_bucket(cause: &str) -> bool {
     cause.contains("NoSuchBucket") || cause.contains("does not exist")
 }
 
-/// Warns when storage `name`'s credentials file may be read by every user of the machine (its
-/// "other" bits): its secret key should be readable by the daemon's user or group only
+/// Warns when storage `name`'s credentials file may be read or replaced by every user of the
+/// machine (its "other" bits): its secret key should be readable by the daemon's user or group only
 /// (`0600`, or `0640` with the daemon's group, as docs/storage.md installs it).
 fn warn_if_exposed(name: &str, path: &std::path::Path) {
     use std::os::unix::fs::PermissionsExt;
     if let Ok(meta) = std::fs::metadata(path) {
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o007 != 0 {
-            tracing::warn!(
-                storage = %crate::text::Escaped::str(name),
-                file = %crate::text::Escaped::path(path),
-                "The storage's credentials file is readable by every user of this machine (mode {mode:o}); `chmod o-rwx` it (0600, or 0640 with the daemon's group) so that only the daemon can read the secret key"
-            );
-        }
+        let mode = meta.permissions().mode() & 0o7777;
+        let may = match (mode & 0o004 != 0, mode & 0o002 != 0) {
+            (true, true) => "read and replace",
+            (true, false) => "read",
+            (false, true) => "replace",
+            (false, false) => return,
+        };
+        tracing::warn!(
+            storage = %crate::text::Escaped::str(name),
+            file = %crate::text::Escaped::path(path),
+            "Every user of this machine may {may} the storage's credentials file (mode {mode:04o}); `chmod o-rwx` it (0600, or 0640 with the daemon's group) so that only the daemon can read the secret key"
+        );
     }
 }
 

@@ -179,17 +179,20 @@ async fn a_credentials_file_every_user_may_read_is_warned_about_naming_it() {
         &storages_yaml("catalog-s3", "s3://bkt/raw", "http://127.0.0.1:9", &keys),
     );
     let (_, stderr) = env.run_once(&config).await;
-    assert!(!stderr.contains("readable by every user"), "0600: {stderr}");
+    assert!(
+        !stderr.contains("Every user of this machine may read"),
+        "0600: {stderr}"
+    );
     std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o640)).expect("mode");
     let (_, stderr) = env.run_once(&config).await;
     assert!(
-        !stderr.contains("readable by every user"),
+        !stderr.contains("Every user of this machine may read"),
         "0640, as docs/storage.md installs it: {stderr}"
     );
     std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o644)).expect("mode");
     let (_, stderr) = env.run_once(&config).await;
     assert!(
-        stderr.contains("readable by every user")
+        stderr.contains("Every user of this machine may read")
             && stderr.contains("s3-keys.yaml")
             && stderr.contains("chmod o-rwx"),
         "{stderr}"
