@@ -331,6 +331,18 @@ pub fn validate(
             );
             continue;
         }
+        if let Some((first, other)) = outputs.file_and_folder(&output_rel, &jobs) {
+            let other = other.strip_prefix(&ctx.out_dir).unwrap_or(&other);
+            problems.add(
+                &output_at,
+                format!(
+                    "the output `{}` and images[{first}]'s output `{}` cannot both be written: one would be a file where the other needs a folder of that name; rename one of them",
+                    name.display(),
+                    other.display()
+                ),
+            );
+            continue;
+        }
         if let Err(why) = outbox.check_output(&output_rel, naming) {
             problems.add(&output_at, why);
             continue;
@@ -397,6 +409,9 @@ struct Outputs<S = std::hash::RandomState> {
     by_hash: HashMap<u64, usize>,
     /// Jobs whose path's hash was already taken by another path.
     collided: Vec<usize>,
+    /// The hash of each folder the outputs so far are in (their ancestors), and the first job
+    /// writing inside it: a manifest has few folders, so this stays small.
+    folders: HashMap<u64, usize>,
     hasher: S,
 }
 
@@ -405,6 +420,7 @@ impl Outputs {
         Outputs {
             by_hash: HashMap::with_capacity(n),
             collided: Vec::new(),
+            folders: HashMap::new(),
             hasher: std::hash::RandomState::new(),
         }
     }
@@ -423,8 +439,34 @@ impl<S: BuildHasher> Outputs<S> {
             .map(|job| job.idx)
     }
 
+    /// An earlier job whose output is a file where `path` needs a folder (a folder of `path`),
+    /// or inside the folder `path` would be: its `images` index and its output.
+    fn file_and_folder(&self, path: &Path, jobs: &[JobSpec]) -> Option<(usize, PathBuf)> {
+        for folder in path.ancestors().skip(1) {
+            if folder.as_os_str().is_empty() {
+                break;
+            }
+            if let Some(idx) = self.writer_of(folder, jobs) {
+                return Some((idx, folder.to_path_buf()));
+            }
+        }
+        let at = *self.folders.get(&self.hasher.hash_one(path))?;
+        let job = &jobs[at];
+        job.output_rel
+            .starts_with(path)
+            .then(|| (job.idx, job.output_rel.clone()))
+    }
+
     /// Records that the job at `at` of the jobs writes `path` (not written by any so far).
     fn insert(&mut self, path: &Path, at: usize) {
+        for folder in path.ancestors().skip(1) {
+            if folder.as_os_str().is_empty() {
+                break;
+            }
+            self.folders
+                .entry(self.hasher.hash_one(folder))
+                .or_insert(at);
+        }
         let hash = self.hasher.hash_one(path);
         match self.by_hash.entry(hash) {
             std::collections::hash_map::Entry::Occupied(_) => self.collided.push(at),
@@ -679,6 +721,7 @@ mod tests {
         let mut outputs = Outputs {
             by_hash: HashMap::new(),
             collided: Vec::new(),
+            folders: HashMap::new(),
             hasher,
         };
         let mut jobs = Vec::new();

@@ -44,6 +44,37 @@ async fn validate_prints_every_problem_and_exits_65_for_a_bad_manifest() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_output_that_is_a_file_where_another_needs_a_folder_is_refused_before_any_spend() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let manifest = env.drop_file(
+        "c.yaml",
+        b"output: { format: jpeg }\nimages:\n  - input: storage://demo/a-64x48.png\n    output: sub\n  - input: storage://demo/b-64x48.png\n    output: sub.jpg/x.jpg\n  - input: storage://demo/c-64x48.png\n    output: ok\n",
+    );
+    let (code, out, _) = cli(&["validate", manifest.to_str().unwrap()]).await;
+    assert_eq!(code, 65, "{out}");
+    assert!(
+        out.contains("line 6") && out.contains("sub.jpg/x.jpg") && out.contains("images[0]"),
+        "names the line, the output and the other image: {out}"
+    );
+    // The other order: the folder's image first.
+    let swapped = env.dir.path().join("swapped.yaml");
+    std::fs::write(
+        &swapped,
+        "output: { format: jpeg }\nimages:\n  - input: storage://demo/b-64x48.png\n    output: sub.jpg/x.jpg\n  - input: storage://demo/a-64x48.png\n    output: sub\n",
+    )
+    .unwrap();
+    let (code, out, _) = cli(&["validate", swapped.to_str().unwrap()]).await;
+    assert_eq!(code, 65, "{out}");
+    assert!(out.contains("line 6") && out.contains("images[0]"), "{out}");
+    // The daemon refuses the manifest before any submit.
+    let config = env.config("", "");
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(env.stats().submits, 0, "nothing billed");
+    assert!(env.rejected.join("c.yaml").is_file(), "rejected");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn validate_checks_a_config_and_names_the_key_and_line() {
     let env = TestEnv::new(Scenario::default()).await;
     let config = env.config("requests_per_secnd: 4", "");
