@@ -464,10 +464,27 @@ async fn start_webhooks(
             }
         }
     });
+    let keep_for = pipeline.clone();
+    let keeper: webhook::Keeper = Arc::new(move |task_id, body| {
+        let pipeline = keep_for.clone();
+        Box::pin(async move {
+            if !pipeline.announcement_would_be_kept(task_id) {
+                return true;
+            }
+            match pipeline.store().keep_announcement(task_id, &body).await {
+                Ok(()) => true,
+                Err(err) => {
+                    warn!(task_id, error = %err, "Cannot keep a webhook that came before its submit answer; it is answered 503");
+                    false
+                }
+            }
+        })
+    });
     Ok(tokio::spawn(webhook::serve(
         listener,
         secret,
         tx,
+        Some(keeper),
         counters,
         cancel.clone(),
     )))

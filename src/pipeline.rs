@@ -524,6 +524,12 @@ impl Handle {
         self.shared.max_in_flight - self.shared.in_flight.available_permits()
     }
 
+    /// Whether a final webhook for task `id` is one nobody waits for yet (see
+    /// [`dispatch::Dispatch::would_keep`]): the receiver makes it durable before answering.
+    pub fn announcement_would_be_kept(&self, id: u64) -> bool {
+        self.shared.dispatch.would_keep(id)
+    }
+
     /// How long, and why, the API or a bucket has not answered, once that has lasted
     /// [`health::OUTAGE_AFTER`] (the daemon waits it out; nothing is lost).
     pub fn outage(&self) -> Option<(std::time::Duration, String)> {
@@ -745,6 +751,10 @@ impl Handle {
         if let Some((submitter, tracker)) = parts {
             if shared.webhooks.is_some() {
                 shared.dispatch.hold(held);
+                shared.dispatch.lost_batch_jobs(lost_batch);
+                // Announcements that came before their submit answer was recorded, kept in
+                // the store across the crash: the jobs they belong to are registered now.
+                self.replay_kept_announcements().await?;
                 let shared = self.shared.clone();
                 let submitter = submitter.clone();
                 tracker.spawn(async move {
@@ -754,7 +764,6 @@ impl Handle {
             if let Some(fallback) = shared.webhooks
                 && !late.is_empty()
             {
-                shared.dispatch.lost_batch_jobs(lost_batch);
                 let shared = self.shared.clone();
                 let submitter = submitter.clone();
                 tracker.spawn(async move {
@@ -777,6 +786,32 @@ impl Handle {
         }
         shared.queue.push_back(to_queue);
         Ok(summary)
+    }
+
+    /// Hands the announcements the store kept (webhooks nobody waited for when they came,
+    /// from the last [`dispatch::EARLY_TTL`]) to the dispatch, as if they came now; those a
+    /// job takes (or that are no task result any more) are forgotten.
+    async fn replay_kept_announcements(&self) -> Result<(), StoreError> {
+        let store = &self.shared.store;
+        let kept = store.kept_announcements(dispatch::EARLY_TTL).await?;
+        let mut taken = 0usize;
+        let n = kept.len();
+        for (task_id, body) in kept {
+            let delivery = TaskUpdate::parse(&body)
+                .ok()
+                .map(|update| self.shared.dispatch.deliver(update));
+            if delivery != Some(dispatch::Delivery::Kept) {
+                store.forget_announcement(task_id).await?;
+                taken += usize::from(delivery.is_some());
+            }
+        }
+        if n > 0 {
+            info!(
+                kept = n,
+                taken, "Webhooks that came before a crash were handed to their jobs"
+            );
+        }
+        Ok(())
     }
 
     /// Requeues jobs from the store (replay) and schedules them. Only ended or held jobs are

@@ -25,6 +25,9 @@
 //!   `reserved_by_manifest`: run id ‖ path → empty for a run's reports (its jobs' outputs are
 //!   found through the jobs when it is released); `registering`: run id → its path while its
 //!   registration is written;
+//! - `announced`: task id → when ‖ body of a verified webhook nobody waited for when it came
+//!   (its submit answer not recorded yet), flushed before the webhook is answered, so that a
+//!   crash before that answer still finds it at the restart;
 //! - `meta`: schema information.
 //!
 //! Ids come from `Db::generate_id` and are stored big-endian, so a scan is FIFO.
@@ -375,6 +378,29 @@ impl Store {
     /// on one bucket prefix cannot both write one object. Set at start and at each reload.
     pub fn set_object_places(&self, places: std::collections::BTreeMap<String, String>) {
         self.trees.set_object_places(places);
+    }
+
+    /// Keeps the verified body of task `task_id`'s final announcement, which nobody waited
+    /// for when it came; durable when this returns (the webhook is answered after it).
+    pub async fn keep_announcement(&self, task_id: u64, body: &[u8]) -> Result<(), StoreError> {
+        self.trees.keep_announcement(task_id, now_ms(), body)?;
+        self.flush().await
+    }
+
+    /// The announcements kept in the last `max_age` (task id, body); older ones are removed.
+    pub async fn kept_announcements(
+        &self,
+        max_age: std::time::Duration,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let since = now_ms().saturating_sub(max_age.as_millis() as u64);
+        let trees = self.trees.clone();
+        self.on_pool(move || trees.kept_announcements(since))
+            .await?
+    }
+
+    /// Forgets task `task_id`'s kept announcement (a job took it).
+    pub async fn forget_announcement(&self, task_id: u64) -> Result<(), StoreError> {
+        self.trees.forget_announcement(task_id)
     }
 
     /// The most recently registered run for an inbox-relative path.

@@ -14,6 +14,10 @@
 //! - a verified body that is no task result (bare or wrapped in `{"data": …}`, see
 //!   [`TaskUpdate::parse`]) is answered 400 and counted.
 //!
+//! A verified final update nobody waits for yet (its submit answer may not be recorded) is
+//! first made durable through the [`Keeper`], so that a crash before that answer does not lose
+//! it (Claid announces a task once); the restart hands it to the jobs it belongs to.
+//!
 //! A verified update is handed to the sink, and only then answered 200 (`{"received": true,
 //! "task_id": …}`). When the sink stays full for [`SINK_WAIT`] (or the daemon is stopping),
 //! the answer is 503 so that Claid may deliver it again; whether Claid retries is not
@@ -70,6 +74,13 @@ pub const MAX_CONNECTIONS: usize = 32;
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a body may take to arrive once the headers are in.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Makes a verified final update durable before it is answered, when the pipeline would keep
+/// it for later (nobody waits for its task yet: its submit answer may not be recorded, and a
+/// crash then would lose it, since Claid announces a task once). Given the task id and the
+/// verified body; `false` when it could not be kept (the answer is then 503).
+pub type Keeper =
+    Arc<dyn Fn(u64, bytes::Bytes) -> futures_util::future::BoxFuture<'static, bool> + Send + Sync>;
+
 /// How long a verified update waits for room in a full sink before the answer is 503.
 pub const SINK_WAIT: Duration = Duration::from_secs(2);
 /// Largest secret file read.
@@ -400,6 +411,7 @@ pub async fn serve(
     listener: TcpListener,
     secret: Secret,
     sink: mpsc::Sender<TaskUpdate>,
+    keeper: Option<Keeper>,
     counters: Arc<WebhookCounters>,
     cancel: CancellationToken,
 ) -> Result<(), WebhookError> {
@@ -418,6 +430,7 @@ pub async fn serve(
     let receiver = Arc::new(Receiver {
         secret,
         sink,
+        keeper,
         counters,
         signature_log: Throttle::default(),
         route_log: Throttle::default(),
@@ -434,6 +447,7 @@ struct Receiver {
     secret: Secret,
     /// The pipeline's end; bounded, so a slow pipeline pushes back (503) instead of growing.
     sink: mpsc::Sender<TaskUpdate>,
+    keeper: Option<Keeper>,
     counters: Arc<WebhookCounters>,
     signature_log: Throttle,
     route_log: Throttle,
@@ -506,6 +520,16 @@ impl Receiver {
             TaskUpdate::Batch(_) => "batch",
         };
         debug!(task_id, status = %Escaped::str(&status), kind, "Webhook verified");
+        if update.status().is_terminal()
+            && let Some(keep) = &self.keeper
+            && !keep(task_id, body.clone()).await
+        {
+            bump(&self.counters.sink_busy);
+            return error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cannot keep it now; deliver this webhook again later",
+            );
+        }
         match self.sink.send_timeout(update, SINK_WAIT).await {
             Ok(()) => {
                 bump(&self.counters.delivered);

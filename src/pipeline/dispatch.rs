@@ -18,8 +18,9 @@ use crate::store::{JobId, ManifestId};
 
 /// Updates kept for tasks nobody waits for yet, at most this many.
 const MAX_EARLY: usize = 10_000;
-/// How long an update is kept for a task nobody waits for.
-const EARLY_TTL: Duration = Duration::from_secs(15 * 60);
+/// How long an update is kept for a task nobody waits for (in memory, and in the store for a
+/// restart: [`crate::store::Store::kept_announcements`]).
+pub const EARLY_TTL: Duration = Duration::from_secs(15 * 60);
 
 /// What became of one delivered update.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -292,6 +293,14 @@ impl Dispatch {
         let mut inner = self.lock();
         inner.done.remove(&update.id());
         inner.early.insert(update.id(), (Instant::now(), update));
+    }
+
+    /// Whether a final update for task `id` would be kept for later (nobody waits for it by
+    /// its id, and it did not come already): such a one is made durable before it is answered,
+    /// so that a crash before its submit answer is recorded does not lose it.
+    pub fn would_keep(&self, id: u64) -> bool {
+        let inner = self.lock();
+        !inner.waiting.contains_key(&id) && !inner.done.contains_key(&id)
     }
 
     /// Registers interest in task `id`; an update that came early is handed over at once.

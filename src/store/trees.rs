@@ -33,6 +33,10 @@ pub const TREE_UNFINISHED: &str = "unfinished";
 pub const TREE_RESERVED: &str = "reserved";
 pub const TREE_RESERVED_BY_MANIFEST: &str = "reserved_by_manifest";
 pub const TREE_REGISTERING: &str = "registering";
+/// Task id → when it came (ms since the epoch, big-endian) ‖ the webhook's verified body: a
+/// final announcement nobody waited for when it came (its submit answer was not recorded
+/// yet), kept so that a crash before that answer does not lose it.
+pub const TREE_ANNOUNCED: &str = "announced";
 /// sled page-cache budget, in bytes of stored data (sled's own memory is a few times more).
 /// The default (1 GiB) let a 100,000-job table sit in memory whole; the daemon reads a job
 /// only when it steps it, in about the order the jobs were registered, so a small cache costs
@@ -74,6 +78,7 @@ pub struct Trees {
     /// Manifest id → its inbox-relative path while its registration is being written (its
     /// record, the commit point, comes last): a conflict can name it meanwhile.
     registering: Tree,
+    announced: Tree,
     /// Where the database lives, for error messages.
     pub path: PathBuf,
     /// Claid connector name → the bucket place it writes to (`s3://bucket/prefix`): a storage
@@ -152,6 +157,7 @@ impl Trees {
             reserved: db.open_tree(TREE_RESERVED)?,
             reserved_by_manifest: db.open_tree(TREE_RESERVED_BY_MANIFEST)?,
             registering: db.open_tree(TREE_REGISTERING)?,
+            announced: db.open_tree(TREE_ANNOUNCED)?,
             path,
             db,
             object_places: Arc::default(),
@@ -616,6 +622,49 @@ impl Trees {
             .reserved
             .get(path.as_bytes())?
             .and_then(|v| read_id(&v)))
+    }
+
+    /// Keeps the verified body of task `task_id`'s announcement, which came at `at_ms` (not
+    /// flushed here).
+    pub fn keep_announcement(
+        &self,
+        task_id: u64,
+        at_ms: u64,
+        body: &[u8],
+    ) -> Result<(), StoreError> {
+        let mut value = Vec::with_capacity(8 + body.len());
+        value.extend_from_slice(&at_ms.to_be_bytes());
+        value.extend_from_slice(body);
+        self.announced.insert(id_key(task_id), value)?;
+        Ok(())
+    }
+
+    /// The announcements kept since `since_ms` (task id, body), in task id order; older ones
+    /// are removed.
+    pub fn kept_announcements(&self, since_ms: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let mut kept = Vec::new();
+        for entry in self.announced.iter() {
+            let (key, value) = entry?;
+            let at_ms = value
+                .get(..8)
+                .and_then(|at| <[u8; 8]>::try_from(at).ok())
+                .map(u64::from_be_bytes);
+            match (read_id(&key), at_ms) {
+                (Some(task_id), Some(at_ms)) if at_ms >= since_ms => {
+                    kept.push((task_id, value[8..].to_vec()));
+                }
+                _ => {
+                    self.announced.remove(key)?;
+                }
+            }
+        }
+        Ok(kept)
+    }
+
+    /// Forgets task `task_id`'s kept announcement (it was taken).
+    pub fn forget_announcement(&self, task_id: u64) -> Result<(), StoreError> {
+        self.announced.remove(id_key(task_id))?;
+        Ok(())
     }
 
     /// The most recently registered run for an inbox-relative path.

@@ -50,6 +50,7 @@ impl Hook {
             listener,
             secret,
             sink,
+            None,
             Arc::clone(&counters),
             cancel.clone(),
         ));

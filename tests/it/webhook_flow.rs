@@ -392,6 +392,69 @@ async fn issue12_a_batch_submit_cut_short_by_sigkill_is_adopted_from_its_webhook
     );
 }
 
+/// The webhook came (and was answered) while the submit answer was still on its way, then the
+/// daemon was SIGKILLed: Claid announces a task once, so the webhook must have been kept
+/// durably; the restart hands it to the jobs caught mid-submit (its log says so), and nothing
+/// is submitted (or billed) again. A batch, then one image alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue12_a_webhook_answered_before_a_sigkill_is_kept_for_the_restart() {
+    for batch in [true, false] {
+        let port = free_port();
+        let images = tempfile::tempdir().expect("static dir");
+        for name in ["k0.png", "k1.png"] {
+            std::fs::write(images.path().join(name), png(64, 48)).expect("image");
+        }
+        let env = TestEnv::new(
+            announcing(port)
+                .static_dir(images.path())
+                .latency(Latency::Fixed(Duration::ZERO))
+                .submit_response_delay(Duration::from_secs(60)),
+        )
+        .await;
+        let base = format!("http://{}/_static", env.emulator.addr());
+        let text = if batch {
+            format!("images:\n  - input: {base}/k0.png\n  - input: {base}/k1.png\n")
+        } else {
+            format!("images:\n  - input: {base}/k0.png\n")
+        };
+        env.drop_file("m.yaml", text.as_bytes());
+        let section = webhook_section(&env, port, "30s");
+        let api = if batch {
+            ""
+        } else {
+            "batch: { max_images: 1 }"
+        };
+        let config = env.config(api, &section);
+        let mut daemon = env.spawn_daemon(&config, 0);
+        wait_until("the webhook answered 2xx", DEADLINE, || {
+            env.stats().webhooks_sent >= 1
+        })
+        .await;
+        daemon.start_kill().expect("SIGKILL");
+        let status = daemon.wait().await.expect("wait");
+        assert_eq!(status.code(), None, "killed, not exited");
+
+        let (code, stderr) = env.run_once(&config).await;
+        assert_eq!(code, 0, "batch {batch}: {stderr}");
+        all_done(&env, if batch { 2 } else { 1 });
+        let stats = env.stats();
+        assert_eq!(
+            stats.duplicate_submits, 0,
+            "batch {batch}: no image billed twice: {:?}",
+            stats.submits_by_key
+        );
+        assert_eq!(
+            stats.batch_submits + stats.submits,
+            1,
+            "batch {batch}: one submit, never sent again"
+        );
+        assert!(
+            stderr.contains("Webhooks that came before a crash were handed to their jobs"),
+            "batch {batch}: {stderr}"
+        );
+    }
+}
+
 /// Jobs held in doubt because their submit answers were lost and the webhooks came later
 /// than `poll_fallback`: the late webhook is adopted by the held jobs (alone, then in a batch),
 /// which are delivered without a second submit, so `replay --in-doubt` has nothing left to
