@@ -758,7 +758,10 @@ impl BatchRunner {
             let decision = attempts.on_failure(failure, Instant::now(), &mut rand::rng());
             match decision {
                 Decision::Retry { after } => {
-                    warn!(error = %err, "Batch submit failed; retrying");
+                    // An answer lost is told above already ("resubmitting (in doubt)").
+                    if !matches!(failure, Failure::Ambiguous) {
+                        warn!(error = %err, "Batch submit failed; retrying");
+                    }
                     if !self.wait(after).await {
                         return Sent::Ended;
                     }
