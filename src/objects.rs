@@ -383,7 +383,15 @@ impl ObjectStorage {
             .store
             .put(&path, PutPayload::from_bytes(bytes))
             .await
-            .map_err(|err| self.failed("write", key, err))?;
+            .map_err(|err| match err {
+                // A write makes the object: a 404 can only be the bucket's (NoSuchBucket).
+                object_store::Error::NotFound { .. } => ObjectError::Request {
+                    op: "write",
+                    uri: self.uri(key),
+                    cause: format!("the bucket {} does not exist (NoSuchBucket)", self.bucket),
+                },
+                other => self.failed("write", key, other),
+            })?;
         Ok(ObjectInfo {
             key: key.to_owned(),
             size,

@@ -943,6 +943,28 @@ async fn a_storages_file_in_the_daemon_shape_connects_its_buckets() {
 }
 
 #[tokio::test]
+async fn a_write_into_a_bucket_that_does_not_exist_says_so() {
+    use claid_hotfolder::objects::ObjectStorage;
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let storage = ObjectStorage::new(&s3.connector("cat", "no-such-bucket", "shop").storage)
+        .expect("storage");
+    let err = storage
+        .put("staging/a.png", bytes::Bytes::from_static(b"12345"))
+        .await
+        .expect_err("no bucket");
+    let text = err.to_string();
+    assert!(
+        text.contains("the bucket no-such-bucket does not exist")
+            && !text.contains("object not found"),
+        "{text}"
+    );
+    assert_eq!(err.code(), "object-storage-io");
+    s3.stop().await;
+}
+
+#[tokio::test]
 async fn object_storage_reads_writes_lists_and_deletes_inside_its_prefix() {
     use claid_hotfolder::objects::ObjectStorage;
     let Some(s3) = S3Server::start().await else {
