@@ -81,7 +81,7 @@ pub enum StorageError {
         cause: Box<ClaidError>,
     },
     #[error(
-        "`storages.{storage}` (connector \"{}\"): the daemon cannot list {url}: {cause}",
+        "`storages.{storage}` (connector \"{}\"): the daemon's own access fails: {cause}",
         escape(connector)
     )]
     Bucket {
