@@ -26,7 +26,10 @@ use crate::pipeline::notices::{Notice, Notices};
 use crate::pipeline::submitter::Queue;
 use crate::pipeline::{Board, Folders, Settings, on_file_pool};
 use crate::report;
-use crate::store::{JobState, JobV1, ManifestState, ManifestV1, NewRun, Registered, Store, now_ms};
+use crate::store::{
+    JobState, JobV1, ManifestId, ManifestState, ManifestV1, NewRun, Registered, Store, StoreError,
+    now_ms,
+};
 use crate::watcher::{Candidate, CandidateKind};
 
 /// Candidates validated at once.
@@ -182,10 +185,18 @@ impl Intake {
                     });
                     return Taken::HandedOn;
                 }
-                state if state.is_ended() => {
+                state if state.is_ended() && !self.outputs_gone(*id).await => {
                     info!("Manifest is unchanged and already finished; nothing to do");
                     self.dispose_again(&rel).await;
                     return Taken::Done;
+                }
+                // Dropped again after outputs of its finished run were deleted or changed:
+                // taken in as a new run, which skips the outputs still there unchanged and
+                // makes the others (below).
+                state if state.is_ended() => {
+                    info!(
+                        "Manifest is unchanged, but outputs of its finished run are gone or changed; taking it in again to make them"
+                    );
                 }
                 _ => {
                     debug!(manifest_id = id, "Manifest is already being processed");
@@ -239,7 +250,10 @@ impl Intake {
         // recipe image's identity hashes its recipe too.
         if let Some((id, prev)) = &latest {
             let superseded = matches!(prev.state, ManifestState::Superseded { .. });
-            if prev.sha256 == spec.sha256 && !superseded {
+            // An ended run whose outputs are gone is taken in again (see the fast path).
+            let same = prev.sha256 == spec.sha256 && !superseded;
+            let remake = same && prev.state.is_ended() && self.outputs_gone(*id).await;
+            if same && !remake {
                 if matches!(prev.state, ManifestState::Draining { .. }) {
                     let _ = self.finisher.send(Event::Supersede {
                         id: *id,
@@ -442,6 +456,30 @@ impl Intake {
                 warn!(error = %err, "Cannot keep a copy of the manifest; if it changes while it runs, the newer version is not archived in its place")
             }
         }
+    }
+
+    /// Whether an output a done job of run `id` wrote into the outbox is missing or has another
+    /// size now (storage outputs are not looked at). One `stat` per done job, on the blocking
+    /// pool; a store that cannot be read counts as nothing gone.
+    async fn outputs_gone(&self, id: ManifestId) -> bool {
+        let outbox = self.folders.outbox.clone();
+        let gone = self
+            .store
+            .read(move |reader| {
+                let mut gone = false;
+                reader.for_each_job_of_manifest(id, |_, job| {
+                    if !gone
+                        && let JobState::Done { path, bytes, .. } = &job.state
+                        && Path::new(path).starts_with(&outbox)
+                    {
+                        gone = !std::fs::metadata(path).is_ok_and(|meta| meta.len() == *bytes);
+                    }
+                    Ok::<_, StoreError>(())
+                })?;
+                Ok::<_, StoreError>(gone)
+            })
+            .await;
+        gone.unwrap_or(false)
     }
 
     /// A re-drop of a finished manifest: applies `on_manifest_done` again (no API call).

@@ -142,6 +142,39 @@ async fn a_manifest_redropped_unchanged_costs_zero_api_calls() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_manifest_redropped_unchanged_after_an_output_was_deleted_makes_only_that_output() {
+    let (env, config) = processed_env().await;
+    let before = env.stats();
+    let deleted = env.outbox.join("spring/shoes/catalog/boots/boot.png");
+    std::fs::remove_file(&deleted).expect("delete one output");
+    env.drop_file("spring/shoes/catalog.yaml", CATALOG.as_bytes());
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "stderr:\n{stderr}");
+    assert!(
+        deleted.is_file(),
+        "the deleted output is made again: {stderr}"
+    );
+    assert_eq!(dimensions(&deleted), (400, 400));
+    let after = env.stats();
+    assert_eq!(
+        (
+            after.submits - before.submits,
+            after.uploads - before.uploads
+        ),
+        (1, 0),
+        "only the deleted output's image is submitted again"
+    );
+    let report = env.report("spring/shoes/catalog");
+    let done = report["counts"]["done"].as_u64().unwrap_or(0);
+    let unchanged = report["counts"]["unchanged"].as_u64().unwrap_or(0);
+    assert_eq!((done, unchanged), (1, 2), "{report:#}");
+    assert!(
+        stderr.contains("outputs of its finished run are gone or changed"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_changed_manifest_bills_only_the_changed_images() {
     let (env, config) = processed_env().await;
     let before = env.stats();
