@@ -461,7 +461,12 @@ impl Intake {
     /// Whether an output a done job of run `id` wrote into the outbox is missing or has another
     /// size now (storage outputs are not looked at). One `stat` per done job, on the blocking
     /// pool; a store that cannot be read counts as nothing gone.
+    /// Never with `on_manifest_done: keep`: there the file never left the inbox, and outputs
+    /// a downstream step moved away must not be made (and billed) again at every start.
     async fn outputs_gone(&self, id: ManifestId) -> bool {
+        if self.settings().policies.on_manifest_done == crate::config::OnManifestDone::Keep {
+            return false;
+        }
         let outbox = self.folders.outbox.clone();
         let gone = self
             .store

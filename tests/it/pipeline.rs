@@ -172,6 +172,29 @@ async fn a_manifest_redropped_unchanged_after_an_output_was_deleted_makes_only_t
         stderr.contains("outputs of its finished run are gone or changed"),
         "{stderr}"
     );
+
+    // With `on_manifest_done: keep` the file never leaves the inbox: outputs moved away are
+    // not made (and billed) again at the next start.
+    let keep = env.config("", "on_manifest_done: keep\n");
+    env.drop_file(
+        "keep.yaml",
+        b"images:\n  - input: storage://demo/kept-64x48.png\n",
+    );
+    let (code, stderr) = env.run_once(&keep).await;
+    assert_eq!(code, 0, "stderr:\n{stderr}");
+    let outputs = TestEnv::files_under(&env.outbox.join("keep"));
+    assert_eq!(outputs.len(), 1, "{outputs:?}");
+    let kept = env.outbox.join("keep").join(&outputs[0]);
+    std::fs::remove_file(&kept).expect("moved away downstream");
+    let before = env.stats();
+    let (code, stderr) = env.run_once(&keep).await;
+    assert_eq!(code, 0, "stderr:\n{stderr}");
+    assert_eq!(
+        env.stats().submits,
+        before.submits,
+        "nothing submitted again"
+    );
+    assert!(!kept.exists());
 }
 
 #[tokio::test(flavor = "multi_thread")]
