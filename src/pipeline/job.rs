@@ -873,13 +873,16 @@ impl Runner {
                 }
                 let after = healing_write_wait(n);
                 error!(error = %err, code = %code, attempt = n, retry_in_ms = after.as_millis() as u64, "Cannot write the output; retrying later");
-                // A full disk or no file descriptors left is the machine's, not this job's:
-                // while the job waits, no new image is submitted (its result could not be
-                // written either). Held for the wait only: a download that fails afterwards
-                // is not a reason to hold everything.
+                // A full disk, no file descriptors left or an outbox the daemon may not write
+                // is the machine's, not this job's: while the job waits, no new image is
+                // submitted (its result could not be written either), and `/healthz` says
+                // so. Held for the wait only: a download that fails afterwards is not a
+                // reason to hold everything.
                 let _blocking = matches!(
                     code,
-                    FailureCode::DiskFull | FailureCode::OutputTooManyOpenFiles
+                    FailureCode::DiskFull
+                        | FailureCode::OutputTooManyOpenFiles
+                        | FailureCode::OutputPermissionDenied
                 )
                 .then(|| deps.health.block_writes(err.to_string()));
                 if self.wait(after).await {
