@@ -319,6 +319,75 @@ async fn healthz_and_status_report_failing_while_the_api_is_down_and_ok_when_it_
     daemon.wait().await.unwrap();
 }
 
+/// An outbox folder the daemon may not write (EACCES): the job waits to write again, no new
+/// image is submitted meanwhile (its result could not be written either), `/healthz` says
+/// `failing` with the error; once the folder is writable again every image is delivered.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outbox_the_daemon_may_not_write_holds_new_submits_and_is_told_by_healthz() {
+    let env =
+        TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_millis(50)))).await;
+    let config = env.config("max_in_flight: 1", "");
+    env.drop_file("m.yaml", manifest_of(3, "m").as_bytes());
+    let folder = env.outbox.join("m");
+    std::fs::create_dir_all(&folder).expect("outbox folder");
+    // Root writes anything: the daemon then runs as `nobody`, owning the tree, so that the
+    // folder's mode applies to it.
+    let root = crate::support::is_root();
+    if root {
+        let status = std::process::Command::new("chown")
+            .args(["-R", "65534:65534"])
+            .arg(env.dir.path())
+            .status()
+            .expect("chown");
+        assert!(status.success());
+    }
+    std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o555)).expect("chmod");
+    let wrapper: &[&str] = if root {
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+        ]
+    } else {
+        &[]
+    };
+    let mut daemon = env.spawn_daemon_wrapped(&config, 0, &[], wrapper);
+    wait_socket(&env).await;
+    let socket = env.socket();
+    let mut failing = (0, String::new());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        failing = get(&socket, "/healthz").await;
+        if failing.0 == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(failing.0, 503, "failing: {}", failing.1);
+    assert!(
+        failing.1.contains("failing") && failing.1.contains("EACCES"),
+        "{}",
+        failing.1
+    );
+    assert_eq!(
+        env.stats().submits,
+        1,
+        "no new image is submitted while an output cannot be written"
+    );
+    std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    wait_until(
+        "every output once writable",
+        Duration::from_secs(90),
+        || TestEnv::files_under(&folder).len() == 3,
+    )
+    .await;
+    assert_eq!(env.stats().duplicate_submits, 0);
+    signal(&daemon, "-TERM");
+    daemon.wait().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_match_what_the_emulator_counted() {
     let env = TestEnv::new(Scenario::default()).await;
