@@ -169,9 +169,15 @@ impl Intake {
                 return Taken::Done;
             }
         };
+        // Whether outputs of the latest run, ended, are gone (asked once: the check below,
+        // after validation, reuses the answer).
+        let mut gone = None;
         if let (Some(sha256), Some((id, prev))) = (&sha256, &latest)
             && prev.sha256 == *sha256
         {
+            if prev.state.is_ended() && !matches!(prev.state, ManifestState::Superseded { .. }) {
+                gone = Some(self.outputs_gone(*id).await);
+            }
             match &prev.state {
                 // Saved back to the content of a run that a newer version replaced: that run
                 // did not process all of it, so it is new content again (below).
@@ -185,7 +191,7 @@ impl Intake {
                     });
                     return Taken::HandedOn;
                 }
-                state if state.is_ended() && !self.outputs_gone(*id).await => {
+                state if state.is_ended() && gone == Some(false) => {
                     info!("Manifest is unchanged and already finished; nothing to do");
                     self.dispose_again(&rel).await;
                     return Taken::Done;
@@ -252,7 +258,12 @@ impl Intake {
             let superseded = matches!(prev.state, ManifestState::Superseded { .. });
             // An ended run whose outputs are gone is taken in again (see the fast path).
             let same = prev.sha256 == spec.sha256 && !superseded;
-            let remake = same && prev.state.is_ended() && self.outputs_gone(*id).await;
+            let remake = same
+                && prev.state.is_ended()
+                && match gone {
+                    Some(gone) => gone,
+                    None => self.outputs_gone(*id).await,
+                };
             if same && !remake {
                 if matches!(prev.state, ManifestState::Draining { .. }) {
                     let _ = self.finisher.send(Event::Supersede {
