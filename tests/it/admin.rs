@@ -25,6 +25,18 @@ async fn status_json(config: &Path) -> serde_json::Value {
     serde_json::from_str(&out).expect("status --json is JSON")
 }
 
+/// `/healthz` once it answers 503, or its last answer when `within` has passed first.
+async fn healthz_once_unavailable(socket: &Path, within: Duration) -> (u16, String) {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let answer = get(socket, "/healthz").await;
+        if answer.0 == 503 || std::time::Instant::now() >= deadline {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn wait_socket(env: &TestEnv) {
     let socket = env.socket();
     wait_until("the admin socket", Duration::from_secs(30), || {
@@ -233,14 +245,7 @@ async fn healthz_reports_paused_while_credits_are_out_and_ok_when_they_return() 
     env.emulator.control().set_credits_exhausted(true);
     env.drop_file("c.yaml", manifest_of(3, "c").as_bytes());
     let socket = env.socket();
-    let mut paused = (0, String::new());
-    for _ in 0..600 {
-        paused = get(&socket, "/healthz").await;
-        if paused.0 == 503 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let paused = healthz_once_unavailable(&socket, Duration::from_secs(30)).await;
     assert_eq!(paused.0, 503, "paused: {}", paused.1);
     assert!(paused.1.contains("paused"), "{}", paused.1);
     env.emulator.control().set_credits_exhausted(false);
@@ -274,15 +279,7 @@ async fn healthz_and_status_report_failing_while_the_api_is_down_and_ok_when_it_
     env.emulator.control().set_down(true);
     env.drop_file("d.yaml", manifest_of(2, "d").as_bytes());
     let socket = env.socket();
-    let mut failing = (0, String::new());
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    while std::time::Instant::now() < deadline {
-        failing = get(&socket, "/healthz").await;
-        if failing.0 == 503 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let failing = healthz_once_unavailable(&socket, Duration::from_secs(90)).await;
     assert_eq!(failing.0, 503, "failing: {}", failing.1);
     let body: serde_json::Value = serde_json::from_str(&failing.1).unwrap();
     assert_eq!(body["status"], "failing", "{body}");
@@ -356,15 +353,7 @@ async fn an_outbox_the_daemon_may_not_write_holds_new_submits_and_is_told_by_hea
     let mut daemon = env.spawn_daemon_wrapped(&config, 0, &[], wrapper);
     wait_socket(&env).await;
     let socket = env.socket();
-    let mut failing = (0, String::new());
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while std::time::Instant::now() < deadline {
-        failing = get(&socket, "/healthz").await;
-        if failing.0 == 503 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let failing = healthz_once_unavailable(&socket, Duration::from_secs(60)).await;
     assert_eq!(failing.0, 503, "failing: {}", failing.1);
     assert!(
         failing.1.contains("failing") && failing.1.contains("EACCES"),
