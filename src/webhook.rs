@@ -346,7 +346,8 @@ pub struct WebhookCounters {
     rejected_incomplete: AtomicU64,
     /// Refused 404/405: another path or method (a misconfigured URL or proxy shows here).
     rejected_route: AtomicU64,
-    /// Verified updates answered 503 because the sink stayed full or was closed.
+    /// Verified updates answered 503 because the sink stayed full or was closed, or because
+    /// one nobody waited for yet could not be made durable ([`Keeper`]).
     sink_busy: AtomicU64,
     /// Connections answered 503 because [`MAX_CONNECTIONS`] were being served.
     refused_busy: Arc<AtomicU64>,
