@@ -442,10 +442,7 @@ impl<S: BuildHasher> Outputs<S> {
     /// An earlier job whose output is a file where `path` needs a folder (a folder of `path`),
     /// or inside the folder `path` would be: its `images` index and its output.
     fn file_and_folder(&self, path: &Path, jobs: &[JobSpec]) -> Option<(usize, PathBuf)> {
-        for folder in path.ancestors().skip(1) {
-            if folder.as_os_str().is_empty() {
-                break;
-            }
+        for folder in folders_of(path) {
             if let Some(idx) = self.writer_of(folder, jobs) {
                 return Some((idx, folder.to_path_buf()));
             }
@@ -459,10 +456,7 @@ impl<S: BuildHasher> Outputs<S> {
 
     /// Records that the job at `at` of the jobs writes `path` (not written by any so far).
     fn insert(&mut self, path: &Path, at: usize) {
-        for folder in path.ancestors().skip(1) {
-            if folder.as_os_str().is_empty() {
-                break;
-            }
+        for folder in folders_of(path) {
             self.folders
                 .entry(self.hasher.hash_one(folder))
                 .or_insert(at);
@@ -475,6 +469,13 @@ impl<S: BuildHasher> Outputs<S> {
             }
         }
     }
+}
+
+/// The folders `path` is in, innermost first (`a/b/c.jpg` → `a/b`, `a`).
+fn folders_of(path: &Path) -> impl Iterator<Item = &Path> {
+    path.ancestors()
+        .skip(1)
+        .take_while(|folder| !folder.as_os_str().is_empty())
 }
 
 /// `{"operations": .., "output": ..}` (output omitted when unset).
