@@ -128,7 +128,25 @@ pub fn parse_with<T>(
     let read = deserialize(&mut reader, &rules).and_then(|value| reader.finish().map(|()| value));
     read.map_err(|err| match rules.take_refusal() {
         Some(refusal) => refused(refusal, err.line, err.line, bounds),
-        None => ParseError::invalid(err.line, err.to_string()),
+        None => {
+            let mut message = err.to_string();
+            if let Some(line) = err.line.filter(|&line| indented_with_a_tab(text, line)) {
+                message.push_str(&format!(
+                    " (line {line} is indented with a tab: YAML indents with spaces only)"
+                ));
+            }
+            ParseError::invalid(err.line, message)
+        }
+    })
+}
+
+/// Whether the leading whitespace of 1-based `line` holds a tab, the commonest cause of a
+/// syntax error libyaml words as "found character that cannot start any token".
+fn indented_with_a_tab(text: &str, line: usize) -> bool {
+    text.lines().nth(line.saturating_sub(1)).is_some_and(|l| {
+        l.chars()
+            .take_while(|c| c.is_whitespace() || *c == '-')
+            .any(|c| c == '\t')
     })
 }
 
@@ -214,6 +232,32 @@ mod tests {
         let err = parse("a: 1\na: 2\n", &BOUNDS).unwrap_err();
         assert!(
             err.message.contains("duplicate entry with key \"a\""),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn a_tab_in_the_indentation_is_named() {
+        let err = parse("images:\n\t- input: a.jpg\n", &BOUNDS).unwrap_err();
+        assert_eq!(err.line, Some(2));
+        assert!(
+            err.message
+                .ends_with("(line 2 is indented with a tab: YAML indents with spaces only)"),
+            "{err:?}"
+        );
+        // A tab inside a value is no indentation.
+        let err = parse("a: \tb\nc: [\n", &BOUNDS).unwrap_err();
+        assert!(!err.message.contains("tab"), "{err:?}");
+    }
+
+    #[test]
+    fn a_duplicate_key_is_told_at_its_own_line() {
+        let err = parse("images:\n  - a\nimages:\n  - b\n", &BOUNDS).unwrap_err();
+        assert_eq!(err.line, Some(3), "{err:?}");
+        let err = parse("a:\n  b: 1\n  c: 2\n  b: 3\n", &BOUNDS).unwrap_err();
+        assert_eq!(err.line, Some(4), "{err:?}");
+        assert!(
+            err.message.contains("duplicate entry with key \"b\""),
             "{err:?}"
         );
     }

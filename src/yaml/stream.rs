@@ -351,6 +351,15 @@ impl<'t> Stream<'t> {
     }
 
     /// The text of the next event when it is a scalar (after [`Stream::peek`]).
+    /// The line of the node `peek` looked at.
+    fn peeked_line(&self) -> Option<usize> {
+        match self.replays.last() {
+            Some(replay) => self.kept.get(replay.pos),
+            None => self.peeked.as_ref(),
+        }
+        .map(|node| node.line)
+    }
+
     fn peeked_scalar(&self) -> Option<&str> {
         let node = match self.replays.last() {
             Some(replay) => self.kept.get(replay.pos),
@@ -414,10 +423,19 @@ impl Stream<'_> {
                 }
             }
             Ev::MapStart { .. } => {
-                let value = visitor.visit_map(Map {
+                let mut map = Map {
                     stream: self,
                     key: None,
-                })?;
+                    key_line: None,
+                };
+                // An error the visitor makes right after a key (a duplicate, an unknown
+                // field) is about that key: told at its line, not the mapping's first.
+                let value = visitor
+                    .visit_map(&mut map)
+                    .map_err(|err| match map.key_line {
+                        Some(line) => err.or_at(line, &map.stream.path),
+                        None => err,
+                    })?;
                 match self.next()?.ev {
                     Ev::MapEnd => Ok(value),
                     _ => Err(de::Error::custom("expected the end of a mapping")),
@@ -667,6 +685,8 @@ struct Map<'s, 't> {
     stream: &'s mut Stream<'t>,
     /// The key just read, when it was a scalar, for the path of its value.
     key: Option<Seg>,
+    /// The line of the key just read, until the mapping ends.
+    key_line: Option<usize>,
 }
 
 impl<'de> de::MapAccess<'de> for Map<'_, '_> {
@@ -677,12 +697,16 @@ impl<'de> de::MapAccess<'de> for Map<'_, '_> {
         seed: K,
     ) -> Result<Option<K::Value>, Error> {
         match self.stream.peek()? {
-            Next::MapEnd => Ok(None),
+            Next::MapEnd => {
+                self.key_line = None;
+                Ok(None)
+            }
             Next::Node => {
                 self.key = self
                     .stream
                     .peeked_scalar()
                     .map(|key| Seg::Key(key.to_owned()));
+                self.key_line = self.stream.peeked_line();
                 seed.deserialize(&mut *self.stream).map(Some)
             }
             Next::SeqEnd | Next::End => Err(de::Error::custom("unexpected end of a mapping")),
