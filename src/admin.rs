@@ -114,6 +114,9 @@ pub struct ManifestView {
     pub in_flight: u64,
     pub queued: u64,
     pub in_doubt: u64,
+    /// Jobs a newer version of the manifest took over before they were submitted.
+    #[serde(default)]
+    pub superseded: u64,
     /// Images finished per minute since this daemon started on the manifest (live only).
     pub images_per_minute: Option<f64>,
     /// Seconds until the manifest is done at that rate (live only).
@@ -208,6 +211,7 @@ pub async fn status_view(
                 in_flight: c.in_flight(),
                 queued: c.queued,
                 in_doubt: c.in_doubt,
+                superseded: c.superseded,
                 images_per_minute,
                 eta_secs,
             }

@@ -891,7 +891,7 @@ fn cmd_status(config_path: &Path, json: bool) -> anyhow::Result<i32> {
         return Ok(exit::OK);
     }
     println!(
-        "{:<40} {:>8} {:>7} {:>7} {:>9} {:>7} {:>8} {:>8} {:>9} {:>8}",
+        "{:<40} {:>10} {:>7} {:>7} {:>9} {:>7} {:>8} {:>8} {:>9} {:>8}",
         "manifest",
         "state",
         "total",
@@ -907,9 +907,11 @@ fn cmd_status(config_path: &Path, json: bool) -> anyhow::Result<i32> {
         // Nothing left to run but jobs held in doubt: the run waits for `replay --in-doubt`.
         let held = !m.finished && m.in_doubt > 0 && m.in_flight == 0 && m.queued == 0;
         println!(
-            "{:<40} {:>8} {:>7} {:>7} {:>9} {:>7} {:>8} {:>8} {:>9} {:>8}",
+            "{:<40} {:>10} {:>7} {:>7} {:>9} {:>7} {:>8} {:>8} {:>9} {:>8}",
             m.manifest,
-            if m.finished {
+            if m.finished && m.superseded > 0 {
+                "superseded"
+            } else if m.finished {
                 "finished"
             } else if held {
                 "held"
@@ -929,6 +931,12 @@ fn cmd_status(config_path: &Path, json: bool) -> anyhow::Result<i32> {
             } else {
                 m.eta_secs.map_or("-".to_owned(), |s| format!("{s}s"))
             },
+        );
+    }
+    for m in view.manifests.iter().filter(|m| m.superseded > 0) {
+        println!(
+            "{}: {} image(s) not submitted were left to a newer version of the file (`jobs --state superseded` lists them).",
+            m.manifest, m.superseded
         );
     }
     if view.manifests.iter().any(|m| m.in_doubt > 0) {

@@ -248,11 +248,15 @@ pub enum StateName {
     InDoubt,
     Done,
     Failed,
+    /// Failed with code `superseded`: a job a newer version of its manifest took over before
+    /// it was submitted. Stored as `failed`; counted, listed and reported apart, since nothing
+    /// went wrong with it and `replay --failed` does not take it.
+    Superseded,
 }
 
 impl StateName {
     /// Every state, in lifecycle order.
-    pub const ALL: [StateName; 7] = [
+    pub const ALL: [StateName; 8] = [
         StateName::Queued,
         StateName::Submitting,
         StateName::Submitted,
@@ -260,6 +264,7 @@ impl StateName {
         StateName::InDoubt,
         StateName::Done,
         StateName::Failed,
+        StateName::Superseded,
     ];
 
     /// The stable kebab-case name (the serde name).
@@ -272,6 +277,7 @@ impl StateName {
             StateName::InDoubt => "in-doubt",
             StateName::Done => "done",
             StateName::Failed => "failed",
+            StateName::Superseded => "superseded",
         }
     }
 
@@ -281,9 +287,12 @@ impl StateName {
         StateName::ALL.into_iter().find(|s| s.as_str() == name)
     }
 
-    /// Done or Failed: nothing more happens without a replay.
+    /// Done, Failed or Superseded: nothing more happens without a replay.
     pub fn is_terminal(self) -> bool {
-        matches!(self, StateName::Done | StateName::Failed)
+        matches!(
+            self,
+            StateName::Done | StateName::Failed | StateName::Superseded
+        )
     }
 }
 

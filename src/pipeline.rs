@@ -702,7 +702,7 @@ impl Handle {
                         held.push(held_job(job.manifest, id, &full));
                     }
                 }
-                S::Done | S::Failed => {}
+                S::Done | S::Failed | S::Superseded => {}
             }
         }
         let mut draining = Vec::new();

@@ -129,8 +129,7 @@ impl Alert {
                     "finished"
                 };
                 let total = counts.total();
-                // `failures` leaves out the jobs a newer version took over (superseded), which
-                // the store counts as failed.
+                // `failures` leaves out the jobs a newer version took over (superseded).
                 let failed: u64 = failures.values().sum();
                 let mut text = format!(
                     "{rel} {how}: {total} image{}, {} done ({} unchanged), {failed} failed",
@@ -138,7 +137,7 @@ impl Alert {
                     counts.done,
                     counts.unchanged,
                 );
-                let left = counts.failed.saturating_sub(failed);
+                let left = counts.superseded;
                 if left > 0 {
                     text.push_str(&format!(", {left} left to the newer version"));
                 }
@@ -325,6 +324,7 @@ fn counts_json(c: &ManifestCounts) -> Value {
         "done": c.done,
         "unchanged": c.unchanged,
         "failed": c.failed,
+        "superseded": c.superseded,
         "in_doubt": c.in_doubt,
     })
 }
@@ -375,8 +375,9 @@ mod tests {
             rel: "m.yaml".to_owned(),
             counts: ManifestCounts {
                 done: 2,
-                // The store counts superseded jobs as failed: 1 real failure, 3 taken over.
-                failed: 4,
+                // 1 real failure, 3 taken over by the newer version.
+                failed: 1,
+                superseded: 3,
                 ..ManifestCounts::default()
             },
             failures,

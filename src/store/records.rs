@@ -87,6 +87,10 @@ pub struct ManifestCounts {
     pub in_doubt: u64,
     pub done: u64,
     pub failed: u64,
+    /// Taken over by a newer version of the manifest before they were submitted (stored as
+    /// failed with code `superseded`; not in `failed`).
+    #[serde(default)]
+    pub superseded: u64,
     /// Of `done`: done without an API call (identical output already there).
     #[serde(default)]
     pub unchanged: u64,
@@ -106,6 +110,7 @@ impl ManifestCounts {
             StateName::InDoubt => self.in_doubt,
             StateName::Done => self.done,
             StateName::Failed => self.failed,
+            StateName::Superseded => self.superseded,
         }
     }
 
@@ -118,6 +123,7 @@ impl ManifestCounts {
             StateName::InDoubt => &mut self.in_doubt,
             StateName::Done => &mut self.done,
             StateName::Failed => &mut self.failed,
+            StateName::Superseded => &mut self.superseded,
         }
     }
 
@@ -130,7 +136,7 @@ impl ManifestCounts {
 
     /// Counts one more job from its summary.
     pub fn add_summary(&mut self, job: &JobSummary) {
-        *self.slot(job.state.kind) += 1;
+        *self.slot(job.state.name()) += 1;
         self.unchanged += u64::from(job.state.unchanged);
         self.in_doubt_events += u64::from(job.in_doubt);
     }
@@ -169,9 +175,9 @@ impl ManifestCounts {
         StateName::ALL.into_iter().map(|s| self.of(s)).sum()
     }
 
-    /// Done plus failed.
+    /// Done, failed or superseded.
     pub fn terminal(&self) -> u64 {
-        self.done + self.failed
+        self.done + self.failed + self.superseded
     }
 
     /// Jobs at Claid or on their way there: submitting, submitted, downloading.
@@ -288,6 +294,10 @@ impl JobState {
             JobState::Downloading { .. } => StateName::Downloading,
             JobState::InDoubt { .. } => StateName::InDoubt,
             JobState::Done { .. } => StateName::Done,
+            JobState::Failed {
+                code: FailureCode::Superseded,
+                ..
+            } => StateName::Superseded,
             JobState::Failed { .. } => StateName::Failed,
         }
     }
@@ -354,4 +364,17 @@ pub struct KindOnly {
     /// Only present on `Done`.
     #[serde(default)]
     pub unchanged: bool,
+    /// Only present on `Failed`.
+    #[serde(default)]
+    pub code: Option<FailureCode>,
+}
+
+impl KindOnly {
+    /// The state's name, as [`JobState::name`] gives it.
+    pub fn name(&self) -> StateName {
+        match (self.kind, self.code) {
+            (StateName::Failed, Some(FailureCode::Superseded)) => StateName::Superseded,
+            (kind, _) => kind,
+        }
+    }
 }

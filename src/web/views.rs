@@ -198,7 +198,7 @@ pub fn overview_live(o: &Overview<'_>) -> Markup {
                             tr data-manifest=(m.id) {
                                 td { a href=(format!("/manifests/{}", m.id)) { (m.manifest) } }
                                 td { (phase) }
-                                td { progress id=(format!("progress-{}", m.id)) value=(m.done + m.failed) max=(m.total.max(1)) { (m.done + m.failed) " of " (m.total) } }
+                                td { progress id=(format!("progress-{}", m.id)) value=(m.done + m.failed + m.superseded) max=(m.total.max(1)) { (m.done + m.failed + m.superseded) " of " (m.total) } }
                                 td.num { (m.done) }
                                 td.num { (m.failed) }
                                 td.num { (m.in_flight) }

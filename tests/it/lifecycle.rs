@@ -329,6 +329,36 @@ async fn issue11_a_manifest_saved_again_while_it_runs_is_processed_in_its_new_ve
     assert!(env.outbox.join("m/keep-64x48.jpg").is_file());
     assert!(env.outbox.join("m/fixed-64x48.jpg").is_file());
 
+    // They are told as superseded, not as failures: `status` names the old run so, `jobs
+    // --state superseded` lists its two images and `jobs --state failed` none.
+    let cfg = config.to_str().unwrap();
+    let (code, out, err) = crate::support::cli(&["status", "--config", cfg]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let old_run: Vec<&str> = out
+        .lines()
+        .find(|l| l.starts_with("m.yaml") && l.contains(" superseded "))
+        .unwrap_or_else(|| panic!("a superseded row: {out}"))
+        .split_whitespace()
+        .collect();
+    // manifest, state, total, done, in flight, queued, failed, in doubt, img/min, eta
+    assert_eq!((old_run[2], old_run[6]), ("3", "0"), "{out}");
+    assert!(
+        out.contains("m.yaml: 2 image(s) not submitted were left to a newer version"),
+        "{out}"
+    );
+    let (code, out, err) =
+        crate::support::cli(&["jobs", "--state", "superseded", "--config", cfg]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        (out.matches("typo-").count(), out.matches("also-").count()),
+        (1, 1),
+        "{out}"
+    );
+    let (code, out, err) =
+        crate::support::cli(&["jobs", "--state", "failed", "--config", cfg]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!out.contains("typo-") && !out.contains("also-"), "{out}");
+
     // The old version's images that were never submitted ended as `superseded`: `replay
     // --failed` leaves them to the newer version (replaying them billed images the newer
     // version dropped, and rewrote its report with the old run's).
