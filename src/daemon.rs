@@ -63,9 +63,10 @@ pub enum FatalError {
     #[error("`{key}`: {} is not a folder", Escaped::path(path))]
     NotAFolder { key: &'static str, path: PathBuf },
     #[error(
-        "`{key}`: the daemon cannot {needs} the folder {}: {}; give the user it runs as that access (the package's folders belong to the group claid-hotfolder, mode 2770)",
+        "`{key}`: the daemon cannot {needs} the folder {}: {}; {}",
         Escaped::path(path),
-        OsCause(cause)
+        OsCause(cause),
+        folder_fix(cause)
     )]
     FolderNotWritable {
         key: &'static str,
@@ -96,6 +97,21 @@ pub enum FatalError {
     Webhook(#[from] webhook::WebhookError),
     #[error(transparent)]
     Storage(#[from] crate::storages::StorageError),
+}
+
+/// What to do about a folder the daemon cannot use, after why.
+fn folder_fix(cause: &std::io::Error) -> &'static str {
+    match cause.raw_os_error() {
+        Some(libc::EROFS) => {
+            "it is on a file system mounted read-only: point the key at a folder on a writable one, or remount it read-write"
+        }
+        Some(libc::ENOSPC | libc::EDQUOT) => {
+            "its file system is full: free space there, or point the key at another one"
+        }
+        _ => {
+            "give the user it runs as that access (the package's folders belong to the group claid-hotfolder, mode 2770)"
+        }
+    }
 }
 
 /// How `run` was asked to behave.
@@ -866,5 +882,33 @@ impl Progress {
         self.refresh.abort();
         Progress::update(&self.bar, pipeline);
         self.bar.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fix a folder error suggests follows its cause: a read-only file system is no
+    /// matter of permissions.
+    #[test]
+    fn a_folder_error_suggests_the_fix_for_its_cause() {
+        let error = |errno| FatalError::FolderNotWritable {
+            key: "folders.outbox",
+            path: PathBuf::from("/srv/out"),
+            needs: "read and write",
+            cause: std::io::Error::from_raw_os_error(errno),
+        };
+        let text = error(libc::EROFS).to_string();
+        assert!(
+            text.contains("EROFS: read-only file system; it is on a file system mounted read-only"),
+            "{text}"
+        );
+        assert!(!text.contains("group claid-hotfolder"), "{text}");
+        let text = error(libc::EACCES).to_string();
+        assert!(
+            text.contains("give the user it runs as that access"),
+            "{text}"
+        );
     }
 }
