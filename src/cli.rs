@@ -743,6 +743,14 @@ fn cmd_plan(config_path: &Path, file: &Path) -> anyhow::Result<i32> {
     };
     let rt = small_runtime()?;
     let (mut n_new, mut n_unchanged, mut n_uploads) = (0u64, 0u64, 0u64);
+    // Outputs already in the outbox that `on_output_exists` keeps (skip) or refuses (fail):
+    // neither is submitted.
+    let mut n_exists = 0u64;
+    let exists_plan = match config.on_output_exists {
+        crate::config::OnOutputExists::Replace => None,
+        crate::config::OnOutputExists::Skip => Some("kept"),
+        crate::config::OnOutputExists::Fail => Some("fails"),
+    };
     println!("{:>6}  {:<9}  {:<50}  output", "image", "plan", "input");
     for job in &spec.jobs {
         let unchanged = snapshot.as_ref().is_some_and(|snapshot| {
@@ -753,9 +761,19 @@ fn cmd_plan(config_path: &Path, file: &Path) -> anyhow::Result<i32> {
             Input::Remote(url) => (url.clone(), false),
             Input::Local(file) => (file.rel.display().to_string(), true),
         };
+        let exists = exists_plan.filter(|_| {
+            !unchanged
+                && crate::storages::destination_of(&job.body, &job.output_rel.to_string_lossy())
+                    .is_none()
+                && std::fs::symlink_metadata(config.folders.outbox.join(&job.output_rel))
+                    .is_ok_and(|meta| meta.is_file())
+        });
         let plan = if unchanged {
             n_unchanged += 1;
             "unchanged"
+        } else if let Some(plan) = exists {
+            n_exists += 1;
+            plan
         } else {
             n_new += 1;
             if local {
@@ -784,6 +802,14 @@ fn cmd_plan(config_path: &Path, file: &Path) -> anyhow::Result<i32> {
         spec.jobs.len(),
         n_async + n_async / 5
     );
+    if let Some(plan) = exists_plan.filter(|_| n_exists > 0) {
+        let what = if plan == "kept" {
+            "are kept as they are (`on_output_exists: skip`)"
+        } else {
+            "fail without a submit (`on_output_exists: fail`)"
+        };
+        println!("{n_exists} outputs are in the outbox already and {what}.");
+    }
     if let Some(storage) = config.api.staging.as_deref().filter(|_| n_staged > 0) {
         println!(
             "{n_staged} local files are staged into the storage `{storage}` first (no API call) and go in batches with the submits."

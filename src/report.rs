@@ -24,7 +24,7 @@ pub struct ReportRow {
     pub input: String,
     /// Output path relative to the outbox.
     pub output: String,
-    /// `done`, `unchanged`, `failed`, `queued`, …
+    /// `done`, `unchanged`, `skipped`, `failed`, `superseded`, `queued`, …
     pub status: String,
     /// Failure code and message, empty when fine.
     pub reason: String,
@@ -108,10 +108,14 @@ pub fn row(job: &JobV1) -> ReportRow {
             height,
             task_id,
             unchanged,
+            skipped,
             ..
         } => {
             if *unchanged {
                 row.status = "unchanged".to_owned();
+            }
+            if *skipped {
+                row.status = "skipped".to_owned();
             }
             row.task_id = *task_id;
             row.width = Some(*width);

@@ -702,10 +702,10 @@ impl Store {
         .await
     }
 
-    /// Downloading → Done, or Queued → Done when `done.unchanged` (no API call was made).
-    /// Updates `done_by_key`. Durability point 3: returns once on disk.
+    /// Downloading → Done, or Queued → Done when `done.unchanged` or `done.skipped` (no API
+    /// call was made). Updates `done_by_key`. Durability point 3: returns once on disk.
     pub async fn mark_done(&self, id: JobId, done: DoneInfo) -> Result<JobV1, StoreError> {
-        let unchanged = done.unchanged;
+        let unchanged = done.unchanged || done.skipped;
         let state = JobState::from(done);
         let expected = if unchanged {
             "downloading|queued"

@@ -576,11 +576,11 @@ impl BatchRunner {
     }
 
     async fn run(&self, members: Vec<Member>, permit: OwnedSemaphorePermit) {
-        // `on_output_exists` for storage outputs, before the batch is sent.
+        // `on_output_exists` (an output already there), before the batch is sent.
         let mut to_send = Vec::with_capacity(members.len());
         for member in members {
             let runner = &self.deps.runner;
-            if let Some(outcome) = runner.settle_existing_object(member.id, &member.job).await {
+            if let Some(outcome) = runner.settle_existing_output(member.id, &member.job).await {
                 self.report(member.manifest, outcome);
                 continue;
             }

@@ -598,6 +598,7 @@ fn unchanged_state(outbox: &Path, prev: &JobState) -> Option<JobState> {
         width,
         height,
         task_id,
+        skipped: false,
         ..
     } = prev
     else {
@@ -620,6 +621,7 @@ fn unchanged_state(outbox: &Path, prev: &JobState) -> Option<JobState> {
             height: *height,
             task_id: *task_id,
             unchanged: true,
+            skipped: false,
         }),
         _ => None,
     }

@@ -27,6 +27,7 @@ use crate::pipeline::submitter::Queue;
 use crate::pipeline::{Settings, on_file_pool};
 use crate::retry::{self, Decision, Failure};
 use crate::store::{DoneInfo, JobId, JobState, JobV1, Store, StoreError, now_ms};
+use crate::text::Escaped;
 
 /// Downloads whose bytes are not the image the result describes, before the job fails.
 const MAX_MISMATCHED_DOWNLOADS: u32 = 3;
@@ -124,18 +125,21 @@ impl Runner {
         }
     }
 
-    /// `on_output_exists` for a storage output, before anything is spent: Claid writes the
-    /// object itself, so the policy can only be applied before the submit. With `skip`, an
-    /// object already at the job's key makes the job done, unchanged, without a submit; with
-    /// `fail`, it fails the job with `output-exists`. `None`: submit as usual (`replace`, a
-    /// local output, no object there, or the bucket could not be asked: a warning is logged).
-    pub async fn settle_existing_object(&self, id: JobId, job: &JobV1) -> Option<JobOutcome> {
+    /// `on_output_exists` before anything is spent. With `skip`, an output already there makes
+    /// the job done as `skipped` without a submit; with `fail`, it fails the job with
+    /// `output-exists`. For a storage output this is the only place the policy applies (Claid
+    /// writes the object itself); for a local one the write applies it again, for a file that
+    /// appears meanwhile. `None`: submit as usual (`replace`, nothing there, or the bucket could
+    /// not be asked: a warning is logged).
+    pub async fn settle_existing_output(&self, id: JobId, job: &JobV1) -> Option<JobOutcome> {
         let deps = &*self.deps;
         let policy = self.settings().policies.on_output_exists;
         if policy == OnOutputExists::Replace {
             return None;
         }
-        let uri = crate::storages::destination_of(&job.body, &job.output_rel)?;
+        let Some(uri) = crate::storages::destination_of(&job.body, &job.output_rel) else {
+            return self.settle_existing_file(id, job, policy).await;
+        };
         let (connector, key) = crate::storages::split_uri(&uri)?;
         let storage = deps.storages.by_connector(connector)?;
         let info = match storage.objects.head(key).await {
@@ -161,15 +165,54 @@ impl Runner {
             width: 0,
             height: 0,
             task_id: None,
-            unchanged: true,
+            unchanged: false,
+            skipped: true,
         };
-        match deps.store.mark_done(id, done).await {
+        self.record_skipped(id, done).await
+    }
+
+    /// [`Runner::settle_existing_output`] for a local output: a file already at the output
+    /// path is kept (`skip`: the job is done as `skipped`, with that file's size, hash and
+    /// dimensions) or fails the job (`fail`), before the submit.
+    async fn settle_existing_file(
+        &self,
+        id: JobId,
+        job: &JobV1,
+        policy: OnOutputExists,
+    ) -> Option<JobOutcome> {
+        let path = self.deps.outbox.join(&job.output_rel);
+        // A symlink or anything else at the path is the write's to refuse, with its reason.
+        if !std::fs::symlink_metadata(&path).is_ok_and(|meta| meta.is_file()) {
+            return None;
+        }
+        if policy == OnOutputExists::Fail {
+            let message = format!(
+                "output {} already exists (`on_output_exists: fail`); nothing was submitted",
+                Escaped::path(&path)
+            );
+            return match self.fail(id, FailureCode::OutputExists, &message).await {
+                Step::End(outcome) => Some(outcome),
+                Step::Continue => None,
+            };
+        }
+        let kept = path.clone();
+        let Ok(done) = on_file_pool(move || kept_file(&kept)).await else {
+            return None;
+        };
+        self.record_skipped(id, done).await
+    }
+
+    /// Records a job `on_output_exists: skip` left done; `None` when that cannot be recorded
+    /// (the job then goes on as usual).
+    async fn record_skipped(&self, id: JobId, done: DoneInfo) -> Option<JobOutcome> {
+        let path = done.path.clone();
+        match self.deps.store.mark_done(id, done).await {
             Ok(_) => {
-                info!(job_id = id, object = %object, "The output object exists; skipped (`on_output_exists: skip`)");
+                info!(job_id = id, output = %Escaped::str(&path), "The output exists; kept (`on_output_exists: skip`)");
                 Some(JobOutcome::Done)
             }
             Err(err) => {
-                warn!(error = %err, job_id = id, "Cannot record the skipped job; it is submitted");
+                warn!(error = %err, job_id = id, "Cannot record the skipped job; it goes on");
                 None
             }
         }
@@ -286,7 +329,7 @@ impl Runner {
     /// HTTP request; the retry policy alone decides whether another follows.
     async fn submit(&self, id: JobId, job: &JobV1) -> Step {
         let deps = &*self.deps;
-        if let Some(outcome) = self.settle_existing_object(id, job).await {
+        if let Some(outcome) = self.settle_existing_output(id, job).await {
             return Step::End(outcome);
         }
         if let Some(outcome) = self.restage_if_gone(id, job).await {
@@ -835,6 +878,14 @@ impl Runner {
         let written = match written {
             Ok(written) => {
                 let n_bytes = written.bytes;
+                // `skip` kept a file that appeared after the submit: the job is done with that
+                // file (its own dimensions), not with the result it paid for.
+                let (width, height) = if written.skipped {
+                    let kept = written.path.clone();
+                    on_file_pool(move || file_dimensions(&kept)).await
+                } else {
+                    (width, height)
+                };
                 let info = DoneInfo {
                     path: written.path.to_string_lossy().into_owned(),
                     bytes: n_bytes,
@@ -843,6 +894,7 @@ impl Runner {
                     height,
                     task_id,
                     unchanged: false,
+                    skipped: written.skipped,
                 };
                 deps.store.mark_done(id, info).await.map(|_| Ok(n_bytes))
             }
@@ -1011,6 +1063,7 @@ impl Runner {
             height,
             task_id,
             unchanged: false,
+            skipped: false,
         };
         match deps.store.mark_done(id, done).await {
             Ok(_) => {
@@ -1235,6 +1288,33 @@ fn image_dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
         .ok()?
         .into_dimensions()
         .ok()
+}
+
+/// The [`DoneInfo`] of a file `on_output_exists: skip` keeps: its size, hash and dimensions
+/// (0 × 0 when they cannot be read from its header).
+fn kept_file(path: &Path) -> std::io::Result<DoneInfo> {
+    let bytes = std::fs::metadata(path)?.len();
+    let sha256 = output::sha256_file(path)?;
+    let (width, height) = file_dimensions(path);
+    Ok(DoneInfo {
+        path: path.to_string_lossy().into_owned(),
+        bytes,
+        sha256,
+        width,
+        height,
+        task_id: None,
+        unchanged: false,
+        skipped: true,
+    })
+}
+
+/// An image file's dimensions from its header; 0 × 0 when it is not an image we can read.
+fn file_dimensions(path: &Path) -> (u32, u32) {
+    image::ImageReader::open(path)
+        .and_then(|reader| reader.with_guessed_format())
+        .ok()
+        .and_then(|reader| reader.into_dimensions().ok())
+        .unwrap_or((0, 0))
 }
 
 #[cfg(test)]

@@ -262,6 +262,11 @@ pub enum JobState {
         height: u32,
         task_id: Option<u64>,
         unchanged: bool,
+        /// `on_output_exists: skip` kept a file (or object) that was already there: the output
+        /// is not this job's result, so it never answers for the job's key (README
+        /// "Incremental").
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        skipped: bool,
     },
     Failed {
         code: FailureCode,
@@ -282,6 +287,8 @@ pub struct DoneInfo {
     pub task_id: Option<u64>,
     /// True when no API call was made because an identical output already exists.
     pub unchanged: bool,
+    /// True when `on_output_exists: skip` kept what was already there.
+    pub skipped: bool,
 }
 
 impl JobState {
@@ -327,6 +334,11 @@ impl JobState {
         )
     }
 
+    /// Done because `on_output_exists: skip` kept what was already there.
+    pub fn is_skipped(&self) -> bool {
+        matches!(self, JobState::Done { skipped: true, .. })
+    }
+
     /// Done or Failed: nothing more happens without a requeue.
     pub fn is_terminal(&self) -> bool {
         matches!(self, JobState::Done { .. } | JobState::Failed { .. })
@@ -343,6 +355,7 @@ impl From<DoneInfo> for JobState {
             height: d.height,
             task_id: d.task_id,
             unchanged: d.unchanged,
+            skipped: d.skipped,
         }
     }
 }

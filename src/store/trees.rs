@@ -1101,8 +1101,10 @@ fn update_done_index(
     old: &JobV1,
     new: &JobV1,
 ) -> TxResult<()> {
+    // A job `on_output_exists: skip` left done kept a file it did not make: it never answers
+    // for its key.
     let was_done = matches!(old.state, JobState::Done { .. });
-    let is_done = matches!(new.state, JobState::Done { .. });
+    let is_done = matches!(new.state, JobState::Done { skipped: false, .. });
     if is_done {
         done_by_key.insert(new.key.as_bytes(), &id_key(id))?;
     } else if was_done {

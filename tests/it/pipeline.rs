@@ -346,3 +346,72 @@ async fn sigterm_drains_exits_zero_and_the_rest_resumes_without_double_submits()
         "a graceful stop never causes a second submit"
     );
 }
+
+/// `on_output_exists: skip` and `fail` look before the submit: an output file already in the
+/// outbox is kept as it is (`skipped` in the report, with the kept file's size and dimensions)
+/// or fails its job with `output-exists`, and nothing is billed for it; `plan` says so first.
+/// The image whose output is not there is made as usual.
+#[tokio::test(flavor = "multi_thread")]
+async fn on_output_exists_skip_and_fail_keep_existing_files_before_any_spend() {
+    for (policy, exit, status, plan) in [
+        ("skip", 0, "skipped", "kept"),
+        ("fail", 2, "failed", "fails"),
+    ] {
+        let env = TestEnv::new(Scenario::default()).await;
+        let config = env.config("", &format!("on_output_exists: {policy}\n"));
+        let kept = png(7, 5);
+        std::fs::create_dir_all(env.outbox.join("m")).expect("outbox");
+        std::fs::write(env.outbox.join("m/old.png"), &kept).expect("kept");
+        let manifest = "output: { format: png }\nimages:\n  - input: storage://demo/a-64x48.png\n    output: old.png\n  - input: storage://demo/b-64x48.png\n    output: new.png\n";
+        let path = env.inbox.join("m.yaml");
+        std::fs::write(&path, manifest).expect("manifest");
+        let (code, out, err) = crate::support::cli(&[
+            "plan",
+            "--config",
+            config.to_str().unwrap(),
+            path.to_str().unwrap(),
+        ])
+        .await;
+        assert_eq!(code, 0, "{out}{err}");
+        let row = |name: &str| {
+            out.lines()
+                .find(|l| l.ends_with(name))
+                .map(|l| l.split_whitespace().nth(1).unwrap_or_default().to_owned())
+        };
+        assert_eq!(row("m/old.png").as_deref(), Some(plan), "{policy}: {out}");
+        assert_eq!(row("m/new.png").as_deref(), Some("new"), "{policy}: {out}");
+        assert!(out.contains("1 to process"), "{policy}: {out}");
+
+        let (code, stderr) = env.run_once(&config).await;
+        assert_eq!(code, exit, "{policy}: {stderr}");
+        assert_eq!(
+            env.stats().submits,
+            1,
+            "{policy}: only the new image is billed"
+        );
+        assert_eq!(
+            std::fs::read(env.outbox.join("m/old.png")).expect("kept"),
+            kept,
+            "{policy}: the file is left as it was"
+        );
+        assert_eq!(dimensions(&env.outbox.join("m/new.png")), (64, 48));
+        let report = env.report("m");
+        let old = &report["jobs"][0];
+        assert_eq!(old["status"], status, "{policy}: {report:#}");
+        if policy == "skip" {
+            assert_eq!(
+                (old["width"].as_u64(), old["height"].as_u64()),
+                (Some(7), Some(5))
+            );
+            assert_eq!(old["bytes"].as_u64(), Some(kept.len() as u64), "{report:#}");
+        } else {
+            assert!(
+                old["reason"].as_str().is_some_and(
+                    |r| r.starts_with("output-exists") && r.contains("nothing was submitted")
+                ),
+                "{report:#}"
+            );
+        }
+        assert_eq!(report["jobs"][1]["status"], "done", "{policy}: {report:#}");
+    }
+}

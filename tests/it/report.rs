@@ -156,6 +156,7 @@ fn build_maps_job_states_to_rows_and_counts() {
         height: 20,
         task_id: if unchanged { None } else { Some(5) },
         unchanged,
+        skipped: false,
     };
     let jobs = [
         job("a", done(false), 1),

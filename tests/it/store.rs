@@ -64,6 +64,7 @@ fn done_info(unchanged: bool) -> DoneInfo {
         height: 32,
         task_id: Some(7),
         unchanged,
+        skipped: false,
     }
 }
 
@@ -516,6 +517,22 @@ async fn done_by_key_follows_done_and_requeue() {
     // Requeueing the owner does.
     store.requeue(second, false).await.unwrap();
     assert!(store.done_by_key("same-key").await.unwrap().is_none());
+}
+
+/// A job `on_output_exists: skip` left done (straight from the queue, no API call) kept a file
+/// it did not make: it never answers for its key.
+#[tokio::test]
+async fn a_skipped_job_is_done_but_never_answers_for_its_key() {
+    let (_dir, store) = open_tmp();
+    let id = one_job(&store, "kept-key").await;
+    let skipped = DoneInfo {
+        task_id: None,
+        skipped: true,
+        ..done_info(false)
+    };
+    let job = store.mark_done(id, skipped).await.unwrap();
+    assert!(job.state.is_skipped(), "{:?}", job.state);
+    assert!(store.done_by_key("kept-key").await.unwrap().is_none());
 }
 
 #[tokio::test]

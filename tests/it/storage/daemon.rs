@@ -992,7 +992,7 @@ async fn on_output_exists_skip_and_fail_protect_existing_objects_before_any_spen
     let Some(s3) = S3Server::start().await else {
         return;
     };
-    for (policy, code, status) in [("skip", 0, "unchanged"), ("fail", 2, "failed")] {
+    for (policy, code, status) in [("skip", 0, "skipped"), ("fail", 2, "failed")] {
         let (env, config) = storage_env(&s3, quick(), "", 2).await;
         let mut text = std::fs::read_to_string(&config).expect("config");
         text.push_str(&format!("on_output_exists: {policy}\n"));
