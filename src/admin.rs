@@ -324,24 +324,39 @@ pub enum ReplayError {
     #[error("no manifest `{0}` in the store (give its path relative to the inbox; see `status`)")]
     UnknownManifest(String),
     #[error(
-        "job {0} belongs to a version of its manifest that was saved again; the newer version runs its images (see `status`), so it is not replayed"
+        "job {0} belongs to an earlier run of its manifest (the file was saved or dropped again since); the newer run stands for its images and its report (see `status`), so it is not replayed"
     )]
     Superseded(u64),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
+/// Whether run `id` no longer stands for its file: superseded by a version saved while it ran,
+/// or followed by a newer run of the same file. Its jobs are then never replayed: their images
+/// belong to the newer run (replaying would bill what that run delivered or dropped, and write
+/// the older run's report over the newer one's).
+pub async fn run_replaced(store: &Store, id: u64, m: &ManifestV1) -> Result<bool, StoreError> {
+    Ok(
+        matches!(m.state, crate::store::ManifestState::Superseded { .. })
+            || store
+                .latest_run(&m.rel)
+                .await?
+                .is_some_and(|(latest, _)| latest != id),
+    )
+}
+
 /// The jobs a replay request selects: failed or in-doubt ones, every job of a manifest, or one job.
 pub async fn select_replay(store: &Store, req: &ReplayRequest) -> Result<Vec<JobId>, ReplayError> {
     if let Some(id) = req.job {
+        let replaced = match store.job(id).await? {
+            Some(job) => match store.manifest(job.manifest).await? {
+                Some(m) => run_replaced(store, job.manifest, &m).await?,
+                None => false,
+            },
+            None => false,
+        };
         return match store.job(id).await? {
-            Some(job)
-                if store.manifest(job.manifest).await?.is_some_and(|m| {
-                    matches!(m.state, crate::store::ManifestState::Superseded { .. })
-                }) =>
-            {
-                Err(ReplayError::Superseded(id))
-            }
+            Some(_) if replaced => Err(ReplayError::Superseded(id)),
             Some(job) if job.state.is_replayable() => Ok(vec![id]),
             Some(job) => Err(ReplayError::UnderWay(id, state_name(&job.state))),
             None => Err(ReplayError::UnknownJob(id)),
@@ -359,16 +374,25 @@ pub async fn select_replay(store: &Store, req: &ReplayRequest) -> Result<Vec<Job
             {
                 return Err(ReplayError::UnknownManifest(rel.clone()));
             }
+            // The newest run of each file (runs come oldest first).
+            let latest: std::collections::HashMap<&str, u64> = manifests
+                .iter()
+                .map(|(mid, m)| (m.rel.as_str(), *mid))
+                .collect();
             let mut chosen = Vec::new();
-            for (mid, m) in manifests {
+            for (mid, m) in &manifests {
                 if req.manifest.as_ref().is_some_and(|rel| *rel != m.rel) {
                     continue;
                 }
-                // A run whose manifest was saved again: its images belong to the newer
-                // version (replaying them would bill what that version delivered or dropped).
-                if matches!(m.state, crate::store::ManifestState::Superseded { .. }) {
+                // A run whose manifest was saved (or dropped) again: its images belong to the
+                // newer run (replaying them would bill what that version delivered or dropped,
+                // and write the older run's report over the newer one's).
+                if matches!(m.state, crate::store::ManifestState::Superseded { .. })
+                    || latest.get(m.rel.as_str()) != Some(mid)
+                {
                     continue;
                 }
+                let mid = *mid;
                 reader.for_each_job_of_manifest(mid, |id, job| {
                     if req.since_ms.is_some_and(|since| job.updated_at_ms < since) {
                         return Ok::<_, StoreError>(());

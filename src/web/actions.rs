@@ -121,12 +121,31 @@ async fn requeue(
             );
         }
     };
+    match crate::admin::run_replaced(store, id, &manifest).await {
+        Ok(false) => {}
+        Ok(true) => {
+            return problem_page(
+                &state,
+                &principal,
+                StatusCode::CONFLICT,
+                "A newer run of this manifest stands for its images (the file was saved or dropped again), so this run's jobs are not retried.",
+            );
+        }
+        Err(err) => {
+            return problem_page(
+                &state,
+                &principal,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("The store could not be read: {err}"),
+            );
+        }
+    }
     let ids = store
         .read(move |reader| {
             let mut ids: Vec<JobId> = Vec::new();
             reader.for_each_job_of_manifest(id, |job_id, job| {
                 let pick = match kind {
-                    Kind::Failed => matches!(job.state, JobState::Failed { .. }),
+                    Kind::Failed => job.state.name() == crate::codes::StateName::Failed,
                     Kind::InDoubt => matches!(job.state, JobState::InDoubt { .. }),
                 };
                 if pick {

@@ -347,7 +347,11 @@ pub async fn manifest(
         pages,
         report_json: link(&json_rel),
         report_csv: link(&csv_rel),
-        actions: state.may_act(&principal),
+        // A run a newer one replaced offers no retry (its images are the newer run's).
+        actions: state.may_act(&principal)
+            && !crate::admin::run_replaced(state.pipeline.store(), id, &m)
+                .await
+                .unwrap_or(true),
     };
     let csrf = state.auth.csrf_token(&principal);
     let flash = FlashQuery {

@@ -682,3 +682,54 @@ async fn issue11_signals_are_answered_while_a_large_manifest_is_validated() {
         "nothing is registered after the stop:\n{log}"
     );
 }
+
+/// A run that a newer run of the same file followed is not replayed: `replay --failed` leaves
+/// its failed jobs alone, `replay --job` refuses one of them, and the newer run's report stays
+/// (replaying the older run wrote its report over the newer one's).
+#[tokio::test(flavor = "multi_thread")]
+async fn issue11_replay_leaves_a_run_a_newer_run_of_its_file_followed() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let config = env.config("", "on_output_exists: fail\n");
+    let cfg = config.to_str().unwrap();
+    // Version 1 fails: its output is in the way.
+    std::fs::create_dir_all(env.outbox.join("rr")).expect("outbox");
+    std::fs::write(env.outbox.join("rr/a-64x48.jpg"), b"in the way").expect("in the way");
+    let v1 = b"images:\n  - storage://demo/a-64x48.png\n".to_vec();
+    env.drop_file("rr.yaml", &v1);
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 2, "{stderr}");
+    // Version 2, another image, runs to the end.
+    std::fs::remove_file(env.outbox.join("rr/a-64x48.jpg")).expect("cleared");
+    let v2 = b"images:\n  - storage://demo/b-64x48.png\n".to_vec();
+    env.drop_file("rr.yaml", &v2);
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    let report_sha = || env.report("rr")["sha256"].as_str().map(str::to_owned);
+    assert_eq!(report_sha(), Some(sha256_hex(&v2)));
+
+    let (code, out, err) = cli(&["jobs", "--state", "failed", "--config", cfg]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let old_job = out
+        .lines()
+        .find(|l| l.contains("a-64x48"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("the old run's failed job: {out}"))
+        .to_owned();
+    let (code, out, err) = cli(&["replay", "--job", &old_job, "--config", cfg]).await;
+    assert_eq!(code, 64, "{out}{err}");
+    assert!(
+        err.contains("belongs to an earlier run of its manifest"),
+        "{err}"
+    );
+    let (code, out, err) = cli(&["replay", "--failed", "--config", cfg]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("Nothing to replay"), "{out}");
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        report_sha(),
+        Some(sha256_hex(&v2)),
+        "the newer report stays"
+    );
+    assert_eq!(env.stats().submits, 1, "only version 2's image was billed");
+}
