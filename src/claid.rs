@@ -513,6 +513,11 @@ struct Answer {
     body: Bytes,
 }
 
+/// Whether `url` holds credentials (`user:password@host`).
+pub fn has_credentials(url: &Url) -> bool {
+    !url.username().is_empty() || url.password().is_some()
+}
+
 impl Client {
     /// Builds the client; fails (Systemic, `client-config`) on a bad base URL, a key that cannot
     /// be a header, or a zero timeout. No request is made.
@@ -522,10 +527,17 @@ impl Client {
                 about: "request_timeout must be positive",
             });
         }
-        let base =
+        let mut base =
             Url::parse(cfg.base_url.trim_end_matches('/')).map_err(|_| ClaidError::Config {
                 about: "base_url is not a url",
             })?;
+        // Credentials in the URL are never sent: the HTTP client would add them as a second
+        // `Authorization` header beside the key's, which breaks authentication (the daemon
+        // warns at its start; see `has_credentials`).
+        if has_credentials(&base) {
+            let _ = base.set_username("");
+            let _ = base.set_password(None);
+        }
         if !matches!(base.scheme(), "http" | "https") || base.host().is_none() {
             return Err(ClaidError::Config {
                 about: "base_url must be http(s)",

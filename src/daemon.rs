@@ -206,6 +206,11 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new());
     let observer = metrics.clone();
 
+    if reqwest::Url::parse(&base_url).is_ok_and(|url| crate::claid::has_credentials(&url)) {
+        warn!(
+            "`api.base_url` holds credentials (`user:password@`); they are not sent: Claid authenticates with the API key alone, as `Authorization: Bearer`, and credentials would go as a second `Authorization` header that breaks it. Remove them from the URL"
+        );
+    }
     let client = Client::new(ClientConfig {
         base_url,
         api_key,

@@ -617,6 +617,26 @@ async fn issue13_replay_writes_the_store_only_as_its_owner() {
     assert!(out.contains("Requeued 1 jobs"), "{out}");
 }
 
+/// Credentials in `api.base_url` are never sent (they went as a second `Authorization` header
+/// beside the key's, and the API refused the key): the run goes through with the key alone, and
+/// a warning at the start says to remove them, without showing them.
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_in_the_base_url_are_not_sent_and_a_warning_says_so() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let base = env.emulator.base_url();
+    let with_secret = base.replace("http://", "http://ops:s3cret-pw@");
+    let config = config_edited(&env, false, &[(&base, &with_secret)]);
+    env.drop_file("m.yaml", GOOD.as_bytes());
+    let (code, output) = run_once(&config).await;
+    assert_eq!(code, 0, "{output}");
+    assert!(
+        output.contains("`api.base_url` holds credentials (`user:password@`); they are not sent"),
+        "{output}"
+    );
+    assert!(!output.contains("s3cret-pw"), "{output}");
+    assert_eq!(env.stats().submits, 2, "{output}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn issue13_print_config_round_trips_through_validate_with_credentials_redacted() {
     let env = TestEnv::new(Scenario::default()).await;
