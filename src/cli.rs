@@ -934,7 +934,7 @@ fn cmd_status(config_path: &Path, json: bool) -> anyhow::Result<i32> {
         let held = !m.finished && m.in_doubt > 0 && m.in_flight == 0 && m.queued == 0;
         println!(
             "{:<40} {:>10} {:>7} {:>7} {:>9} {:>7} {:>8} {:>8} {:>9} {:>8}",
-            m.manifest,
+            Escaped::str(&m.manifest).to_string(),
             if m.finished && m.superseded > 0 {
                 "superseded"
             } else if m.finished {
@@ -962,7 +962,8 @@ fn cmd_status(config_path: &Path, json: bool) -> anyhow::Result<i32> {
     for m in view.manifests.iter().filter(|m| m.superseded > 0) {
         println!(
             "{}: {} image(s) not submitted were left to a newer version of the file (`jobs --state superseded` lists them).",
-            m.manifest, m.superseded
+            Escaped::str(&m.manifest),
+            m.superseded
         );
     }
     if view.manifests.iter().any(|m| m.in_doubt > 0) {
@@ -981,7 +982,7 @@ fn cmd_jobs(
     let config = load_config(config_path)?;
     let query = admin::JobsQuery {
         state: state.map(|s| s.as_str().to_owned()),
-        manifest: manifest.map(|m| m.to_string_lossy().into_owned()),
+        manifest: manifest.map(|m| manifest_rel(&config, m)),
     };
     let mut path = "/jobs".to_owned();
     let mut params = Vec::new();
@@ -1008,13 +1009,62 @@ fn cmd_jobs(
         "job", "state", "attempts", "input", "manifest"
     );
     for j in &jobs {
+        // Names come from files and manifests: control characters are shown escaped.
         println!(
             "{:>20}  {:<11}  {:>8}  {:<44}  {:<30}  {}",
-            j.id, j.state, j.attempts, j.input, j.manifest, j.detail
+            j.id,
+            j.state,
+            j.attempts,
+            Escaped::str(&j.input).to_string(),
+            Escaped::str(&j.manifest).to_string(),
+            Escaped::str(&j.detail)
         );
+    }
+    if jobs.is_empty()
+        && let Some(rel) = &query.manifest
+        && !manifest_known(&config, rel)?
+    {
+        eprintln!(
+            "error: no manifest `{}` in the store (give its path relative to the inbox, e.g. `spring/shoes.yaml`; see `status`)",
+            Escaped::str(rel)
+        );
+        return Ok(exit::USAGE);
     }
     println!("{} jobs", jobs.len());
     Ok(exit::OK)
+}
+
+/// `--manifest` as the store keys runs: relative to the inbox. A path given from the current
+/// folder (`./m.yaml`) or through the inbox (`inbox/m.yaml`, `/srv/inbox/m.yaml`) is taken
+/// for the same file.
+fn manifest_rel(config: &Config, given: &Path) -> String {
+    let inbox = &config.folders.inbox;
+    let absolute = std::path::absolute(given).unwrap_or_else(|_| given.to_path_buf());
+    let rel = absolute
+        .strip_prefix(inbox)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|_| given.strip_prefix("./").unwrap_or(given).to_path_buf());
+    rel.to_string_lossy().into_owned()
+}
+
+/// Whether any run of the manifest `rel` is in the store (asked when `jobs --manifest` lists
+/// nothing, to tell a wrong path from a manifest without such jobs).
+fn manifest_known(config: &Config, rel: &str) -> anyhow::Result<bool> {
+    let path = format!("/jobs?manifest={}", url_encode(rel));
+    let jobs: Vec<admin::JobView> = match ask_daemon(config, "GET", &path, None, "jobs")? {
+        Some(answer) => from_daemon(answer)?,
+        None => match read_store(config, "jobs")? {
+            Some(snapshot) => small_runtime()?.block_on(admin::jobs_view(
+                snapshot.store(),
+                &admin::JobsQuery {
+                    state: None,
+                    manifest: Some(rel.to_owned()),
+                },
+            ))?,
+            None => Vec::new(),
+        },
+    };
+    Ok(!jobs.is_empty())
 }
 
 fn url_encode(text: &str) -> String {
@@ -1037,10 +1087,7 @@ fn cmd_replay(
     let req = admin::ReplayRequest {
         failed: select.failed,
         in_doubt: select.in_doubt,
-        manifest: select
-            .manifest
-            .as_ref()
-            .map(|m| m.to_string_lossy().into_owned()),
+        manifest: select.manifest.as_ref().map(|m| manifest_rel(&config, m)),
         job: select.job,
         since_ms,
     };

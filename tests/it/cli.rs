@@ -867,3 +867,51 @@ async fn validate_notes_an_unreachable_timeout_shorter_than_a_request() {
     assert_eq!(code, 0, "{out}");
     assert!(!out.contains("unreachable_timeout"), "{out}");
 }
+
+/// Names come from files: `status` and `jobs` show control characters escaped, as the logs
+/// do (a raw ESC recoloured the terminal, a newline broke the table). `jobs --manifest` takes
+/// the manifest's path through the inbox too, and a manifest the store does not know is an
+/// error naming the fix instead of "0 jobs".
+#[tokio::test(flavor = "multi_thread")]
+async fn status_and_jobs_escape_names_and_jobs_manifest_says_when_it_is_unknown() {
+    let env = TestEnv::new(Scenario::default()).await;
+    env.drop_file("esc\x1b[31mred.yaml", GOOD.as_bytes());
+    let config = env.config("", "");
+    let cfg = config.to_str().unwrap();
+    let (code, output) = run_once(&config).await;
+    assert_eq!(code, 0, "{output}");
+    for args in [&["status"][..], &["jobs"][..]] {
+        let (code, out, err) = cli(&[args, &["--config", cfg]].concat()).await;
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(!out.contains('\x1b'), "{args:?}: {out:?}");
+        assert!(out.contains("esc\\x1b[31mred.yaml"), "{args:?}: {out}");
+    }
+    let through_inbox = env.inbox.join("esc\x1b[31mred.yaml");
+    let (code, out, err) = cli(&[
+        "jobs",
+        "--manifest",
+        through_inbox.to_str().unwrap(),
+        "--config",
+        cfg,
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.ends_with("\n2 jobs\n"), "{out}");
+    let (code, out, err) = cli(&["jobs", "--manifest", "nope.yaml", "--config", cfg]).await;
+    assert_eq!(code, 64, "{out}{err}");
+    assert!(
+        err.contains("no manifest `nope.yaml` in the store (give its path relative to the inbox"),
+        "{err}"
+    );
+    let (code, out, err) = cli(&[
+        "jobs",
+        "--manifest",
+        "esc\x1b[31mred.yaml",
+        "--state",
+        "failed",
+        "--config",
+        cfg,
+    ])
+    .await;
+    assert_eq!((code, out.ends_with("\n0 jobs\n")), (0, true), "{out}{err}");
+}
