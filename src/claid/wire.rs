@@ -57,6 +57,14 @@ pub struct AsyncTask {
     pub result: TaskResult,
 }
 
+impl AsyncTask {
+    /// DONE without the result object: an announcement that only says the task ended (Claid
+    /// does not document its webhook body fully). Its result is polled, not taken as missing.
+    pub fn lacks_result(&self) -> bool {
+        self.status == TaskStatus::Done && self.result.output_object.is_none()
+    }
+}
+
 /// One entry of `errors` (`BatchPipelineError`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TaskError {
@@ -222,6 +230,14 @@ pub struct BatchTask {
     pub errors: Vec<TaskError>,
     #[serde(default)]
     pub results: Vec<BatchResultItem>,
+}
+
+impl BatchTask {
+    /// DONE with neither results nor errors: an announcement that only says the batch ended.
+    /// Its results are polled, not taken as missing.
+    pub fn lacks_result(&self) -> bool {
+        self.status == TaskStatus::Done && self.results.is_empty() && self.errors.is_empty()
+    }
 }
 
 /// One processed image of a batch (`BatchPipelineResultItem`). The output's file name

@@ -832,10 +832,21 @@ impl BatchRunner {
                     update = watch.wait(delay) => update,
                     _ = deps.cancel.cancelled() => return None,
                 };
-                if let Some(TaskUpdate::Batch(batch)) = update {
-                    let took = Duration::from_millis(now_ms().saturating_sub(submitted_at_ms));
-                    clock.ended(took, Seen::Webhook);
-                    return Some(batch);
+                match update {
+                    // An announcement that the batch ended without its results: they are
+                    // polled now (failing its images would lose what Claid made and billed).
+                    Some(TaskUpdate::Batch(batch)) if batch.lacks_result() => {
+                        debug!(
+                            batch_id,
+                            "The webhook said the batch is done without its results; polling it"
+                        );
+                    }
+                    Some(TaskUpdate::Batch(batch)) => {
+                        let took = Duration::from_millis(now_ms().saturating_sub(submitted_at_ms));
+                        clock.ended(took, Seen::Webhook);
+                        return Some(batch);
+                    }
+                    _ => {}
                 }
             } else if scheduled {
                 if !self

@@ -651,7 +651,7 @@ impl Runner {
         // When a poll last found the task running (since its submit).
         let mut pending_at = None;
         loop {
-            let announced = match &watch {
+            let mut announced = match &watch {
                 Some(watch) => tokio::select! {
                     update = watch.wait(delay) => update,
                     _ = deps.cancel.cancelled() => return Step::End(JobOutcome::Parked),
@@ -663,6 +663,17 @@ impl Runner {
                     None
                 }
             };
+            // An announcement that the task ended without its result: the result is polled
+            // (failing the job would lose an image Claid made and billed).
+            if let Some(TaskUpdate::Async(task)) = &announced
+                && task.lacks_result()
+            {
+                debug!(
+                    task_id,
+                    "The webhook said the task is done without its result; polling it"
+                );
+                announced = None;
+            }
             let sent_at = Instant::now();
             let from_webhook = announced.is_some();
             let polled = match announced {

@@ -569,3 +569,59 @@ async fn issue12_webhooks_that_never_arrive_are_noticed_and_polling_takes_over()
     );
     assert_eq!(env.stats().duplicate_submits, 0);
 }
+
+/// A signed announcement that a task (or a batch) is done but carries no result (only its id,
+/// status and `result_url`) makes the daemon poll for the result instead of failing the job:
+/// the image Claid made and billed is delivered.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_announcement_without_its_result_makes_a_poll_not_a_failure() {
+    for (api, kind) in [("batch: { max_images: 1 }", "async"), ("", "batch")] {
+        let port = free_port();
+        let env = TestEnv::new(
+            announcing(port)
+                .webhook_drop_share(1.0)
+                .latency(Latency::Fixed(Duration::from_secs(2))),
+        )
+        .await;
+        let config = env.config(api, &webhook_section(&env, port, "2m"));
+        let mut daemon = env.spawn_daemon(&config, 0);
+        env.drop_file("m.yaml", manifest(1, "slim").as_bytes());
+        let task_id = crate::support::wait_for("the task id is recorded", DEADLINE, async || {
+            let answer = claid_hotfolder::admin::request(&env.socket(), "GET", "/jobs", None)
+                .await
+                .ok()?;
+            let jobs: serde_json::Value = serde_json::from_slice(&answer.1).ok()?;
+            jobs[0]["task_id"].as_u64()
+        })
+        .await;
+        let body = serde_json::json!({
+            "id": task_id,
+            "status": "DONE",
+            "result_url": format!("{}/image/edit/{kind}/{task_id}", env.emulator.base_url()),
+        })
+        .to_string();
+        let secret = claid_hotfolder::webhook::Secret::new(SECRET).expect("secret");
+        let answer = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{port}/webhooks/claid"))
+            .header(
+                "x-claid-hmac-sha256",
+                claid_hotfolder::webhook::sign_hex(&secret, body.as_bytes()),
+            )
+            .body(body)
+            .send()
+            .await
+            .expect("answered");
+        assert!(answer.status().is_success(), "{kind}: {}", answer.status());
+        wait_until("the report is written", DEADLINE, || {
+            env.outbox.join("m.report.json").is_file()
+        })
+        .await;
+        crate::support::stop(&mut daemon).await;
+        all_done(&env, 1);
+        assert_eq!(
+            env.stats().submits + env.stats().batch_images,
+            1,
+            "{kind}: billed once"
+        );
+    }
+}
