@@ -220,6 +220,14 @@ pub fn write_atomic(
     create_dirs_synced(dir)?;
     // Created directories may not be symlinks, but check again now they exist.
     safe_join(root, rel)?;
+    // An empty file is no output to keep: `skip` replaces it (a crash of another tool, a
+    // placeholder).
+    let policy = match policy {
+        ExistsPolicy::Skip if fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() == 0) => {
+            ExistsPolicy::Replace
+        }
+        policy => policy,
+    };
     let skip_existing = |path: &Path| -> Result<Written, OutputError> {
         let meta = fs::metadata(path).map_err(|err| OutputError::io(path, err))?;
         Ok(Written {

@@ -143,6 +143,8 @@ impl Runner {
         let (connector, key) = crate::storages::split_uri(&uri)?;
         let storage = deps.storages.by_connector(connector)?;
         let info = match storage.objects.head(key).await {
+            // An empty object is no output to keep: `skip` has Claid write it again.
+            Ok(info) if info.size == 0 && policy == OnOutputExists::Skip => return None,
             Ok(info) => info,
             Err(crate::objects::ObjectError::NotFound { .. }) => return None,
             Err(err) => {
@@ -181,8 +183,12 @@ impl Runner {
         policy: OnOutputExists,
     ) -> Option<JobOutcome> {
         let path = self.deps.outbox.join(&job.output_rel);
-        // A symlink or anything else at the path is the write's to refuse, with its reason.
-        if !std::fs::symlink_metadata(&path).is_ok_and(|meta| meta.is_file()) {
+        // A symlink or anything else at the path is the write's to refuse, with its reason;
+        // an empty file is no output to keep (`skip` replaces it, `fail` refuses it).
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            return None;
+        };
+        if !meta.is_file() || (meta.len() == 0 && policy == OnOutputExists::Skip) {
             return None;
         }
         if policy == OnOutputExists::Fail {

@@ -151,6 +151,20 @@ fn exists_policies() {
     check_exists_policy(ExistsPolicy::Fail, Err("output-exists"));
 }
 
+/// An empty file is no output to keep: `skip` replaces it; `fail` still refuses it.
+#[test]
+fn skip_replaces_an_empty_file_and_fail_keeps_refusing_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    fs::create_dir_all(root.join("m")).unwrap();
+    fs::write(root.join("m/x.png"), b"").unwrap();
+    let err = write_atomic(root, Path::new("m/x.png"), b"new!", ExistsPolicy::Fail).unwrap_err();
+    assert_eq!(err.code(), "output-exists");
+    let written = write_atomic(root, Path::new("m/x.png"), b"new!", ExistsPolicy::Skip).unwrap();
+    assert!(!written.skipped);
+    assert_eq!(fs::read(root.join("m/x.png")).unwrap(), b"new!");
+}
+
 #[test]
 fn replace_does_not_truncate_in_place() {
     // An open handle on the old file still sees the old content: the new file is a rename.

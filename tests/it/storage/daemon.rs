@@ -1001,6 +1001,11 @@ async fn on_output_exists_skip_and_fail_protect_existing_objects_before_any_spen
         let prefix = format!("raw/{policy}/");
         s3.put_object("catalog", &format!("{prefix}shoes/sku-0.jpg"), &kept)
             .await;
+        if policy == "skip" {
+            // An empty object is no output to keep: Claid writes this one again.
+            s3.put_object("catalog", &format!("{prefix}shoes/sku-1.jpg"), b"")
+                .await;
+        }
         env.drop_file(
             "shoes.yaml",
             format!(
@@ -1027,6 +1032,14 @@ async fn on_output_exists_skip_and_fail_protect_existing_objects_before_any_spen
                 .expect("object"),
             kept,
             "{policy}: the existing object is left as it was"
+        );
+        let made = s3
+            .get_object("catalog", &format!("{prefix}shoes/sku-1.jpg"))
+            .await
+            .expect("object");
+        assert!(
+            !made.is_empty(),
+            "{policy}: the image without an output is made"
         );
         let stats = env.stats();
         assert_eq!(
