@@ -789,11 +789,12 @@ impl Handle {
     }
 
     /// Hands the announcements the store kept (webhooks nobody waited for when they came,
-    /// from the last [`dispatch::EARLY_TTL`]) to the dispatch, as if they came now; those a
-    /// job takes (or that are no task result any more) are forgotten.
+    /// from the last [`dispatch::KEPT_TTL`], however long the daemon was down) to the
+    /// dispatch, as if they came now; those a job takes (or that are no task result any
+    /// more) are forgotten.
     async fn replay_kept_announcements(&self) -> Result<(), StoreError> {
         let store = &self.shared.store;
-        let kept = store.kept_announcements(dispatch::EARLY_TTL).await?;
+        let kept = store.kept_announcements(dispatch::KEPT_TTL).await?;
         let mut taken = 0usize;
         let n = kept.len();
         for (task_id, body) in kept {

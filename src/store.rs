@@ -398,6 +398,18 @@ impl Store {
             .await?
     }
 
+    /// Moves every kept announcement `by` into the past, durably: how a test stands for a
+    /// daemon that was down that long. Not used by the daemon.
+    #[doc(hidden)]
+    pub async fn age_kept_announcements(&self, by: std::time::Duration) -> Result<(), StoreError> {
+        let by_ms = by.as_millis() as u64;
+        for (task_id, body, at_ms) in self.trees.kept_announcements_with_times()? {
+            self.trees
+                .keep_announcement(task_id, at_ms.saturating_sub(by_ms), &body)?;
+        }
+        self.flush().await
+    }
+
     /// Forgets task `task_id`'s kept announcement (a job took it).
     pub async fn forget_announcement(&self, task_id: u64) -> Result<(), StoreError> {
         self.trees.forget_announcement(task_id)

@@ -18,9 +18,14 @@ use crate::store::{JobId, ManifestId};
 
 /// Updates kept for tasks nobody waits for yet, at most this many.
 const MAX_EARLY: usize = 10_000;
-/// How long an update is kept for a task nobody waits for (in memory, and in the store for a
-/// restart: [`crate::store::Store::kept_announcements`]).
+/// How long an update is kept in memory for a task nobody waits for.
 pub const EARLY_TTL: Duration = Duration::from_secs(15 * 60);
+/// How long the store keeps an announcement nobody waited for, for a restart
+/// ([`crate::store::Store::kept_announcements`]): Claid announces a task once, and a daemon
+/// down longer than a few minutes (a reboot, an upgrade, a night) must still recognise the
+/// tasks its crash left in doubt, or pay for them twice. A day: how long Claid keeps a result
+/// at its `tmp_url` (docs/claid-api.md), after which the task's result is gone anyway.
+pub const KEPT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// What became of one delivered update.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

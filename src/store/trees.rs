@@ -661,6 +661,22 @@ impl Trees {
         Ok(kept)
     }
 
+    /// Every kept announcement with when it came (task id, body, ms).
+    pub fn kept_announcements_with_times(&self) -> Result<Vec<(u64, Vec<u8>, u64)>, StoreError> {
+        let mut kept = Vec::new();
+        for entry in self.announced.iter() {
+            let (key, value) = entry?;
+            let at_ms = value
+                .get(..8)
+                .and_then(|at| <[u8; 8]>::try_from(at).ok())
+                .map(u64::from_be_bytes);
+            if let (Some(task_id), Some(at_ms)) = (read_id(&key), at_ms) {
+                kept.push((task_id, value[8..].to_vec(), at_ms));
+            }
+        }
+        Ok(kept)
+    }
+
     /// Forgets task `task_id`'s kept announcement (it was taken).
     pub fn forget_announcement(&self, task_id: u64) -> Result<(), StoreError> {
         self.announced.remove(id_key(task_id))?;

@@ -433,6 +433,14 @@ async fn issue12_a_webhook_answered_before_a_sigkill_is_kept_for_the_restart() {
         daemon.start_kill().expect("SIGKILL");
         let status = daemon.wait().await.expect("wait");
         assert_eq!(status.code(), None, "killed, not exited");
+        if !batch {
+            // Down for 16 minutes (a reboot, an upgrade): the kept webhook still counts.
+            let store = claid_hotfolder::store::Store::open(&env.state).expect("store");
+            store
+                .age_kept_announcements(Duration::from_secs(16 * 60))
+                .await
+                .expect("aged");
+        }
 
         let (code, stderr) = env.run_once(&config).await;
         assert_eq!(code, 0, "batch {batch}: {stderr}");
