@@ -281,7 +281,7 @@ impl Handle {
         let (finisher_raw, finisher_rx) = mpsc::unbounded_channel();
         let finisher_tx = finisher::Tx::new(finisher_raw, board.clone());
         let polls = Arc::new(polls::Polls::new(deps.poll, deps.client.clone()));
-        let dispatch = Arc::new(dispatch::Dispatch::default());
+        let dispatch = Arc::new(dispatch::Dispatch::new());
         let batching = Arc::new(
             batch::Batching::new(deps.batch)
                 .with_connectors(deps.storages.iter().map(|s| s.entry.claid_name.clone())),
@@ -631,6 +631,15 @@ impl Handle {
                 S::Queued => {
                     summary.queued += 1;
                     to_queue.push((job.manifest, id));
+                    // Queued again after a lost submit (`replay --in-doubt`, the `resubmit`
+                    // policy): until it is sent again, a webhook announcing the task that
+                    // submit created is adopted instead of paying for a second one.
+                    if job.in_doubt > 0
+                        && shared.webhooks.is_some()
+                        && let Some(full) = store.job(id).await?
+                    {
+                        held.push(held_job(job.manifest, id, &full));
+                    }
                 }
                 S::Submitting => {
                     // With webhooks on, the task the lost submit may have created can still be
@@ -1019,6 +1028,10 @@ async fn adopt_or_give_up(
             }
             None => match in_doubt_after_crash(store, policy, id).await {
                 Ok(InDoubtPolicy::Resubmit) => {
+                    // Until it is sent again, a webhook later than the wait is still adopted.
+                    if let Ok(Some(full)) = store.job(id).await {
+                        shared.dispatch.hold(vec![held_job(mid, id, &full)]);
+                    }
                     shared.queue.push_back(vec![(mid, id)]);
                     Ok(())
                 }
@@ -1057,9 +1070,11 @@ pub(crate) fn held_job(
 }
 
 /// With webhooks on, for the daemon's life: a task announced late for jobs held in doubt
-/// (their lost submit's wait had ended) is adopted by those still held, durably, and seen
-/// through like any other; so `replay --in-doubt` has nothing left to bill twice. A run that
-/// had ended is reopened, as a replay would.
+/// (their lost submit's wait had ended), or queued again after it and not sent again yet, is
+/// adopted by those still waiting, durably, and seen through like any other; so neither
+/// `replay --in-doubt` nor the `resubmit` policy pays twice for a task Claid announced. A run
+/// that had ended is reopened, as a replay would. A queued job adopted alone is left to whoever
+/// holds it (its queue entry, or its own retry wait), which finds it submitted and polls it.
 async fn adopt_when_announced(shared: Arc<Shared>, submitter: submitter::Submitter) {
     loop {
         let (update, owners) = tokio::select! {
@@ -1067,38 +1082,51 @@ async fn adopt_when_announced(shared: Arc<Shared>, submitter: submitter::Submitt
             () = shared.cancel.cancelled() => return,
         };
         let store = &shared.store;
-        let mut still_held = Vec::with_capacity(owners.len());
+        // (run, job, held in doubt rather than queued again)
+        let mut waiting = Vec::with_capacity(owners.len());
         for (mid, id) in owners {
             if let Ok(Some(job)) = store.job(id).await
-                && matches!(job.state, crate::store::JobState::InDoubt { .. })
+                && job.waits_for_adoption()
             {
-                still_held.push((mid, id, job));
+                let held = matches!(job.state, crate::store::JobState::InDoubt { .. });
+                waiting.push((mid, id, held));
             }
         }
-        if still_held.is_empty() {
+        if waiting.is_empty() {
             continue;
         }
-        let ids: Vec<JobId> = still_held.iter().map(|(_, id, _)| *id).collect();
-        let adopted = match &update {
-            TaskUpdate::Async(task) => store
-                .adopt_task(ids[0], task.id, &task.result_url)
-                .await
-                .map(|_| ()),
-            TaskUpdate::Batch(batch) => store.adopt_batch(&ids, batch.id, &batch.result_url).await,
+        let ids: Vec<JobId> = waiting.iter().map(|(_, id, _)| *id).collect();
+        let (task_id, result_url, batch) = match &update {
+            // An async task is one job's.
+            TaskUpdate::Async(task) => (task.id, task.result_url.clone(), false),
+            TaskUpdate::Batch(b) => (b.id, b.result_url.clone(), true),
         };
-        if let Err(err) = adopted {
-            error!(error = %err, task_id = update.id(), "Cannot record a task announced late for jobs held in doubt; they stay held");
+        let ids = if batch { &ids[..] } else { &ids[..1] };
+        let adopted = match store.adopt_waiting(ids, task_id, &result_url, batch).await {
+            Ok(adopted) => adopted,
+            Err(err) => {
+                error!(error = %err, task_id, "Cannot record a task announced late for jobs waiting in doubt; they stay as they were");
+                continue;
+            }
+        };
+        waiting.retain(|(_, id, _)| adopted.contains(id));
+        if waiting.is_empty() {
             continue;
         }
         info!(
-            task_id = update.id(),
-            images = ids.len(),
-            "A task announced late by webhook was adopted by the jobs held in doubt for it; nothing is submitted twice"
+            task_id,
+            images = waiting.len(),
+            "A task announced late by webhook was adopted by the jobs held in doubt (or queued again) for it; nothing is submitted twice"
         );
+        let held = waiting.iter().filter(|(_, _, held)| *held).count() as u64;
         shared
             .board
-            .update(|s| s.totals.held = s.totals.held.saturating_sub(ids.len() as u64));
-        let mut runs: Vec<ManifestId> = still_held.iter().map(|(mid, _, _)| *mid).collect();
+            .update(|s| s.totals.held = s.totals.held.saturating_sub(held));
+        let mut runs: Vec<ManifestId> = waiting
+            .iter()
+            .filter(|(_, _, held)| *held)
+            .map(|(mid, _, _)| *mid)
+            .collect();
         runs.sort_unstable();
         runs.dedup();
         for mid in runs {
@@ -1119,11 +1147,11 @@ async fn adopt_when_announced(shared: Arc<Shared>, submitter: submitter::Submitt
         let going = match update {
             TaskUpdate::Async(_) => {
                 shared.dispatch.keep(update);
-                let (mid, id, _) = &still_held[0];
-                submitter.start_job(*mid, *id).await
+                let (mid, id, held) = waiting[0];
+                !held || submitter.start_job(mid, id).await
             }
             TaskUpdate::Batch(_) => {
-                let owners = still_held.iter().map(|(mid, id, _)| (*mid, *id)).collect();
+                let owners = waiting.iter().map(|(mid, id, _)| (*mid, *id)).collect();
                 see_batch_through(&shared, &submitter, update, owners).await
             }
         };

@@ -898,6 +898,46 @@ impl Store {
             .await
     }
 
+    /// Jobs waiting to learn which task their lost submit became (held in doubt, or queued
+    /// again after it and not sent again yet) → Submitted with the announced task (a batch's
+    /// id when `batch`), durably. A job that is neither any more (sent again meanwhile, or
+    /// adopted otherwise) is left as it is; returns the ids adopted.
+    pub async fn adopt_waiting(
+        &self,
+        ids: &[JobId],
+        task_id: u64,
+        result_url: &str,
+        batch: bool,
+    ) -> Result<Vec<JobId>, StoreError> {
+        let now = now_ms();
+        let mut adopted = Vec::with_capacity(ids.len());
+        for id in ids {
+            let result_url = result_url.to_owned();
+            let step = self
+                .step(*id, "in-doubt|queued in doubt", move |job| {
+                    if !job.waits_for_adoption() {
+                        return None;
+                    }
+                    let mut next = job.clone();
+                    next.state = JobState::Submitted {
+                        task_id,
+                        result_url: result_url.clone(),
+                        at_ms: now,
+                    };
+                    next.batch = batch.then_some(task_id);
+                    Some(next)
+                })
+                .await;
+            match step {
+                Ok(_) => adopted.push(*id),
+                Err(StoreError::Conflict { .. }) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        self.flush().await?;
+        Ok(adopted)
+    }
+
     async fn batch_submitted(
         &self,
         ids: &[JobId],

@@ -718,6 +718,18 @@ impl BatchRunner {
                                     return Sent::Ended;
                                 }
                             }
+                            if deps.webhooks.is_some() {
+                                // Until they are sent again, a webhook later than the wait is
+                                // still adopted (the resend then leaves the adopted ones out).
+                                deps.dispatch.hold(
+                                    members
+                                        .iter()
+                                        .map(|m| {
+                                            crate::pipeline::held_job(m.manifest, m.id, &m.job)
+                                        })
+                                        .collect(),
+                                );
+                            }
                         }
                         InDoubtPolicy::Hold => {
                             warn!(error = %err, "Batch submit outcome unknown; its images are held for `replay --in-doubt`");
@@ -877,7 +889,7 @@ impl BatchRunner {
                     }
                     if polled.batch.status.is_terminal() {
                         if watch.is_some() {
-                            deps.dispatch.polled_final();
+                            deps.dispatch.polled_final(submitted_at_ms);
                         }
                         let took = Duration::from_millis(now_ms().saturating_sub(submitted_at_ms));
                         clock.ended(took, Seen::Poll { pending_at });

@@ -62,6 +62,8 @@ pub struct Dispatch {
     held_adopted: Notify,
     /// Tasks a poll found ended while webhooks are on (their webhook had not come).
     polled_final: std::sync::atomic::AtomicU64,
+    /// When this process started taking webhooks (ms since the epoch; 0: always).
+    started_ms: u64,
 }
 
 /// Tasks found ended by a poll, with no webhook heard in this run, after which webhooks are
@@ -238,6 +240,15 @@ pub type LostOwner = (ManifestId, JobId);
 pub type Adoption = (TaskUpdate, Vec<LostOwner>);
 
 impl Dispatch {
+    /// A dispatch for a daemon starting now: tasks submitted before (by an earlier life, whose
+    /// webhooks came while nobody listened) do not count as webhooks not arriving.
+    pub fn new() -> Dispatch {
+        Dispatch {
+            started_ms: crate::store::now_ms(),
+            ..Dispatch::default()
+        }
+    }
+
     /// Hands a verified update to whoever waits for it (see [`Delivery`]).
     pub fn deliver(&self, update: TaskUpdate) -> Delivery {
         let id = update.id();
@@ -479,9 +490,14 @@ impl Dispatch {
         self.lock().stats
     }
 
-    /// A poll found a task (or batch) ended while webhooks are on: its webhook had not come.
-    pub fn polled_final(&self) {
+    /// A poll found a task (or batch) submitted at `submitted_at_ms` ended while webhooks are
+    /// on: its webhook had not come. One submitted before this process started is not
+    /// counted: its webhook may have come while the daemon was down.
+    pub fn polled_final(&self, submitted_at_ms: u64) {
         use std::sync::atomic::Ordering;
+        if submitted_at_ms < self.started_ms {
+            return;
+        }
         let n = self.polled_final.fetch_add(1, Ordering::Relaxed) + 1;
         if n == SILENT_AFTER && !self.heard_any() {
             tracing::warn!(

@@ -465,6 +465,15 @@ impl Runner {
                         if deps.store.requeue(id, true).await.is_err() {
                             return Step::End(JobOutcome::Parked);
                         }
+                        if deps.webhooks.is_some() {
+                            // Until it is sent again, a webhook later than the wait is still
+                            // adopted (the loop then finds the job submitted).
+                            deps.dispatch.hold(vec![crate::pipeline::held_job(
+                                job.manifest,
+                                id,
+                                job,
+                            )]);
+                        }
                     }
                     InDoubtPolicy::Hold => {
                         warn!(error = %err, "Submit outcome unknown; held for `replay --in-doubt`");
@@ -703,7 +712,7 @@ impl Runner {
                     }
                     let task = polled.task;
                     if watch.is_some() && !from_webhook && task.status.is_terminal() {
-                        deps.dispatch.polled_final();
+                        deps.dispatch.polled_final(submitted_at_ms);
                     }
                     match task.status {
                         TaskStatus::Done => {

@@ -231,6 +231,18 @@ pub struct JobV1 {
     pub updated_at_ms: u64,
 }
 
+impl JobV1 {
+    /// Held in doubt, or queued again after a lost submit and not sent again yet: a task
+    /// announced for that submit may still be adopted instead of paying for a second one.
+    pub fn waits_for_adoption(&self) -> bool {
+        match self.state {
+            JobState::InDoubt { .. } => true,
+            JobState::Queued => self.in_doubt > 0,
+            _ => false,
+        }
+    }
+}
+
 /// The job lifecycle (ARCHITECTURE.md "Crash safety"). The tag is the state's [`StateName`].
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(tag = "kind", rename_all = "kebab-case")]

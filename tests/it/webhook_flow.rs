@@ -633,3 +633,129 @@ async fn an_announcement_without_its_result_makes_a_poll_not_a_failure() {
         );
     }
 }
+
+/// A job queued again after its lost submit (`replay --in-doubt` of a job held in doubt) is
+/// still recognised, until it is sent again, by a webhook announcing the task that submit
+/// created: it adopts that task instead of paying for a second one. The resubmit is kept
+/// waiting meanwhile by a 402 (credits exhausted) so the announcement comes first.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_queued_again_after_a_lost_submit_adopts_a_late_announcement() {
+    let port = free_port();
+    let env = TestEnv::new(
+        announcing(port)
+            .drop_share(1.0)
+            .webhook_drop_share(1.0)
+            .latency(Latency::Fixed(Duration::from_millis(200))),
+    )
+    .await;
+    env.drop_file("m.yaml", manifest(1, "q").as_bytes());
+    let config = env.config(
+        "batch: { max_images: 1 }",
+        &format!("{}in_doubt: hold\n", webhook_section(&env, port, "1s")),
+    );
+    let cfg = config.to_str().unwrap();
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 2, "held in doubt: {stderr}");
+    assert_eq!(env.stats().submits, 1);
+    // The task the lost submit created, as Claid would announce it.
+    let task = wait_for_task(&env, 1).await;
+    let (code, out, err) = crate::support::cli(&["replay", "--in-doubt", "--config", cfg]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("Requeued 1 jobs"), "{out}");
+
+    env.emulator.control().set_credits_exhausted(true);
+    let mut daemon = env.spawn_daemon(&config, 0);
+    wait_until("the resubmit is refused with 402", DEADLINE, || {
+        env.daemon_log(0).contains("402")
+    })
+    .await;
+    let secret = claid_hotfolder::webhook::Secret::new(SECRET).expect("secret");
+    let answer = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/webhooks/claid"))
+        .header(
+            "x-claid-hmac-sha256",
+            claid_hotfolder::webhook::sign_hex(&secret, task.as_bytes()),
+        )
+        .body(task)
+        .send()
+        .await
+        .expect("answered");
+    assert!(answer.status().is_success(), "{}", answer.status());
+    wait_until("the announcement is adopted", DEADLINE, || {
+        env.daemon_log(0)
+            .contains("adopted by the jobs held in doubt")
+    })
+    .await;
+    env.emulator.control().set_credits_exhausted(false);
+    wait_until("the image is delivered", DEADLINE, || {
+        std::fs::read(env.outbox.join("m.report.json"))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+            .is_some_and(|report| report["jobs"][0]["status"] == "done")
+    })
+    .await;
+    crate::support::stop(&mut daemon).await;
+    all_done(&env, 1);
+    let stats = env.stats();
+    assert_eq!(
+        stats.submits, 1,
+        "submitted once: {:?}",
+        stats.submits_by_key
+    );
+    assert_eq!(stats.duplicate_submits, 0);
+}
+
+/// The result object of emulator task `id` once it is done (what its webhook would carry).
+async fn wait_for_task(env: &TestEnv, id: u64) -> String {
+    let url = format!("{}/image/edit/async/{id}", env.emulator.base_url());
+    crate::support::wait_for("the task is done", DEADLINE, async || {
+        let answer = reqwest::Client::new()
+            .get(&url)
+            .bearer_auth("test-key")
+            .send()
+            .await
+            .ok()?;
+        let text = answer.text().await.ok()?;
+        text.contains("\"DONE\"").then_some(text)
+    })
+    .await
+}
+
+/// Tasks that ended while the daemon was down (SIGKILLed) had their webhooks sent to nobody:
+/// the restart finds them ended by polling, which says nothing about the webhook setup. No
+/// "check the webhook URL and secret" warning, and the images are delivered once.
+#[tokio::test(flavor = "multi_thread")]
+async fn tasks_that_ended_while_the_daemon_was_down_do_not_raise_the_webhook_warning() {
+    let port = free_port();
+    let env = TestEnv::new(announcing(port).latency(Latency::Fixed(Duration::from_secs(2)))).await;
+    env.drop_file("m.yaml", manifest(3, "d").as_bytes());
+    let config = env.config(
+        "batch: { max_images: 1 }",
+        &webhook_section(&env, port, "2m"),
+    );
+    let mut daemon = env.spawn_daemon(&config, 0);
+    crate::support::wait_for("every task id is recorded", DEADLINE, async || {
+        let answer = claid_hotfolder::admin::request(&env.socket(), "GET", "/jobs", None)
+            .await
+            .ok()?;
+        let jobs: serde_json::Value = serde_json::from_slice(&answer.1).ok()?;
+        let ids = jobs
+            .as_array()?
+            .iter()
+            .filter(|j| j["task_id"].is_u64())
+            .count();
+        (ids == 3).then_some(())
+    })
+    .await;
+    daemon.start_kill().expect("SIGKILL");
+    daemon.wait().await.expect("wait");
+    wait_until("the webhooks went to nobody", DEADLINE, || {
+        env.stats().webhooks_failed >= 3
+    })
+    .await;
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    all_done(&env, 3);
+    assert!(!stderr.contains("No webhook has come"), "{stderr}");
+    assert_eq!(env.stats().duplicate_submits, 0);
+}
