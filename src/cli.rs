@@ -375,10 +375,15 @@ fn cmd_run(path: &Path, once: bool, print_config: bool) -> i32 {
             );
             exit::NO_PERM
         }
-        Ok(Outcome::Unreachable { why }) => {
+        Ok(Outcome::Unreachable { why, bucket }) => {
+            let what = if bucket {
+                "A storage's bucket stayed unreachable (the Claid API answers)"
+            } else {
+                "The Claid API stayed unreachable"
+            };
             tracing::error!(
                 error = %Escaped::str(&why),
-                "The Claid API stayed unreachable; unfinished jobs stay in the store and resume at the next run"
+                "{what}; unfinished jobs stay in the store and resume at the next run"
             );
             exit::UNAVAILABLE
         }

@@ -138,9 +138,9 @@ pub enum Outcome {
     /// `run --once` stopped because the API refused the key, the credits or the scope
     /// (`status` 401, 402 or 403); unfinished jobs stay in the store.
     Refused { status: u16, reason: String },
-    /// `run --once` stopped because the API stayed unreachable for `api.unreachable_timeout`;
-    /// unfinished jobs stay in the store.
-    Unreachable { why: String },
+    /// `run --once` stopped because the API (or, with `bucket`, a storage's bucket) stayed
+    /// unreachable for `api.unreachable_timeout`; unfinished jobs stay in the store.
+    Unreachable { why: String, bucket: bool },
 }
 
 /// How the work of `run --once` ended.
@@ -154,6 +154,7 @@ enum OnceEnd {
     },
     Unreachable {
         why: String,
+        bucket: bool,
     },
 }
 
@@ -434,7 +435,9 @@ pub async fn run(
     match once_end {
         OnceEnd::Settled => {}
         OnceEnd::Refused { status, reason } => return Ok(Outcome::Refused { status, reason }),
-        OnceEnd::Unreachable { why } => return Ok(Outcome::Unreachable { why }),
+        OnceEnd::Unreachable { why, bucket } => {
+            return Ok(Outcome::Unreachable { why, bucket });
+        }
     }
     // Read after the drain: every job task has ended and the finisher has handled every
     // outcome sent before its stop, so the counts are whole.
@@ -550,7 +553,8 @@ async fn give_up(health: Arc<pipeline::health::HealthState>, timeout: Duration) 
         if let Some((for_how_long, why)) = health.failing()
             && for_how_long >= timeout
         {
-            return OnceEnd::Unreachable { why };
+            let bucket = health.only_storage_failing();
+            return OnceEnd::Unreachable { why, bucket };
         }
         tokio::select! {
             _ = changes.changed() => {}

@@ -242,6 +242,15 @@ impl HealthState {
         }
     }
 
+    /// Whether what [`HealthState::failing`] tells is a bucket's outage alone (the API
+    /// answers).
+    pub fn only_storage_failing(&self) -> bool {
+        let inner = self.lock();
+        inner.failing.is_none()
+            && self.unanswered.oldest_after(inner.last_ok).is_none()
+            && inner.storage_failing.is_some()
+    }
+
     /// [`HealthState::failing`], once it has lasted [`OUTAGE_AFTER`].
     pub fn outage(&self) -> Option<(std::time::Duration, String)> {
         self.failing().filter(|(for_, _)| *for_ >= OUTAGE_AFTER)

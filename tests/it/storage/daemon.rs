@@ -968,6 +968,12 @@ async fn run_once_gives_up_on_a_bucket_away_after_claid_wrote_and_the_next_run_d
         log()
     );
     assert!(!log().contains("Job failed"), "nothing failed:\n{}", log());
+    assert!(
+        log().contains("A storage's bucket stayed unreachable (the Claid API answers)")
+            && !log().contains("The Claid API stayed unreachable"),
+        "the bucket is blamed, not the API:\n{}",
+        log()
+    );
     switch.on();
     let (code, stderr) = env.run_once(&config).await;
     assert_eq!(code, 0, "{stderr}");
