@@ -1024,7 +1024,7 @@ impl Store {
                     job,
                     JobState::Failed {
                         code: FailureCode::Superseded,
-                        message: "the manifest was saved again before this image was submitted; the new version processes it".to_owned(),
+                        message: "the manifest was saved again before this image was submitted; it is left to the new version (made there if that version still lists it)".to_owned(),
                         attempts: job.attempts,
                     },
                 )),

@@ -681,6 +681,9 @@ fn walk(root: &Path, reported: &mut Reported) -> std::io::Result<Vec<Found>> {
             } else if is_image_name(&path) {
                 Some(CandidateKind::RecipeImage)
             } else {
+                if in_another_format(&name) {
+                    links.warn_once(&path, LinkKind::OtherFormat);
+                }
                 continue;
             };
             let Some(fingerprint) = own_fingerprint(&entry) else {
@@ -736,6 +739,17 @@ enum LinkKind {
     HiddenManifest,
     /// Not a link: a folder whose name starts with a dot, which is never entered.
     HiddenFolder,
+    /// Not a link: a list in a format manifests do not come in (a spreadsheet's CSV).
+    OtherFormat,
+}
+
+/// Whether a file's name says it is a list in a format manifests do not come in: a team that
+/// drops its catalogue as a spreadsheet is told, instead of the file lying unseen.
+fn in_another_format(name: &std::ffi::OsStr) -> bool {
+    let lower = String::from_utf8_lossy(name.as_encoded_bytes()).to_ascii_lowercase();
+    [".csv", ".tsv", ".xlsx", ".xls", ".ods", ".toml", ".xml"]
+        .iter()
+        .any(|ext| lower.ends_with(ext))
 }
 
 /// Whether a hidden file's name, without its leading dots, would be a manifest's: such a file
@@ -797,6 +811,10 @@ impl LinkWarnings<'_> {
             LinkKind::HiddenManifest => warn!(
                 path = %path,
                 "A manifest's name starts with a dot: hidden files are never taken in (editors and copy tools write their temporary files so); rename it without the dot"
+            ),
+            LinkKind::OtherFormat => warn!(
+                path = %path,
+                "A file in the inbox looks like a list of images in a format the daemon does not read; it is left alone. Manifests are YAML (*.yaml, *.yml) or JSON (*.json): write the list as one (README \"Manifests\")"
             ),
             LinkKind::HiddenFolder => warn!(
                 dir = %path,

@@ -191,6 +191,37 @@ async fn issue11_hidden_manifests_and_folders_are_named_not_skipped_silently() {
     );
 }
 
+/// A list of images dropped as a spreadsheet (`.csv`) is not a manifest, but it is named once
+/// in a WARN instead of lying unseen in the inbox; other files (notes, images a manifest
+/// uploads) are left alone without a word.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_list_in_a_format_manifests_do_not_come_in_is_named_not_skipped_silently() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let csv = env.drop_file(
+        "catalogue.csv",
+        b"input,output
+https://cdn.example.com/a.jpg,a.jpg
+",
+    );
+    env.drop_file("notes.txt", b"to do\n");
+    let config = env.config("", "");
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        stderr
+            .matches("looks like a list of images in a format the daemon does not read")
+            .count(),
+        1,
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("catalogue.csv") && !stderr.contains("notes.txt"),
+        "{stderr}"
+    );
+    assert!(csv.is_file(), "left where it was");
+    assert_eq!(env.stats().submits, 0);
+}
+
 /// Two manifests whose names differ only in bytes that are not UTF-8 get an error file each
 /// (the names were made lossy and both wrote one file), and an error file never carries the
 /// raw control characters of a manifest's name.
