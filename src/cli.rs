@@ -472,10 +472,19 @@ fn validate_config_file(file: &Path) -> (bool, Option<i32>) {
                     println!(
                         "  note: webhook.secret_file is a systemd credential, readable only by the running service: not checked"
                     );
-                } else if let Err(err) = crate::webhook::Secret::load(hook) {
-                    println!("{}: webhook problem", file.display());
-                    println!("  {err}");
-                    return (false, Some(crate::exit::of_webhook(&err)));
+                } else {
+                    match crate::webhook::Secret::load(hook) {
+                        Err(err) => {
+                            println!("{}: webhook problem", file.display());
+                            println!("  {err}");
+                            return (false, Some(crate::exit::of_webhook(&err)));
+                        }
+                        Ok(secret) => {
+                            if let Some(weakness) = secret.weakness() {
+                                println!("  warning: {weakness}");
+                            }
+                        }
+                    }
                 }
             }
             if credential(config.api.api_key_file.as_deref()) {
@@ -486,6 +495,9 @@ fn validate_config_file(file: &Path) -> (bool, Option<i32>) {
                 println!("{}: API key problem", file.display());
                 println!("  {err}");
                 return (false, Some(crate::exit::of_config(&err)));
+            }
+            for warning in crate::storages::credential_warnings(&config.storages) {
+                println!("  warning: {warning}");
             }
             if let Err(err) = check_storages(&config) {
                 println!("{}: storage problem", file.display());
@@ -801,11 +813,29 @@ fn cmd_plan(config_path: &Path, file: &Path) -> anyhow::Result<i32> {
         None => (0, n_uploads),
     };
     let n_async = n_new - n_uploads;
+    // URL, storage and staged inputs go in batches of up to `cap` (after a canary of at most
+    // CANARY_IMAGES); with webhooks, results are announced and polled only when late.
+    let cap =
+        config.api.batch.max_images.min(
+            (config.api.max_in_flight.get() / crate::pipeline::batch::MAX_IN_FLIGHT_SHARE).max(1),
+        ) as u64;
+    let webhooks = config.webhook.is_some();
+    let submits = if cap > 1 && n_async > 0 {
+        let canary = n_async.min(crate::pipeline::batch::CANARY_IMAGES as u64);
+        let batches = 1 + (n_async - canary).div_ceil(cap);
+        format!("at least {batches} batch submits (up to {cap} images each)")
+    } else {
+        format!("{n_async} submits")
+    };
+    let polls = match (webhooks, cap > 1) {
+        (true, _) => "polls only for results whose webhook is late".to_owned(),
+        (false, true) => "a few polls per batch".to_owned(),
+        (false, false) => format!("about {} polls", n_async + n_async / 5),
+    };
     println!();
     println!(
-        "{} images: {n_new} to process, {n_unchanged} unchanged. API calls: {n_async} submits + about {} polls + {n_uploads} uploads.",
+        "{} images: {n_new} to process, {n_unchanged} unchanged. API calls: {submits} + {polls} + {n_uploads} uploads.",
         spec.jobs.len(),
-        n_async + n_async / 5
     );
     if let Some(plan) = exists_plan.filter(|_| n_exists > 0) {
         let what = if plan == "kept" {

@@ -473,6 +473,9 @@ async fn start_webhooks(
     cancel: &CancellationToken,
 ) -> Result<tokio::task::JoinHandle<Result<(), webhook::WebhookError>>, FatalError> {
     let secret = webhook::Secret::load(config)?;
+    if let Some(weakness) = secret.weakness() {
+        warn!("{weakness}");
+    }
     let listener = webhook::bind(config.listen).await?;
     let counters = Arc::new(webhook::WebhookCounters::default());
     metrics.watch_webhooks(counters.clone());

@@ -150,21 +150,45 @@ fn looks_like_no_bucket(cause: &str) -> bool {
 /// machine (its "other" bits): its secret key should be readable by the daemon's user or group only
 /// (`0600`, or `0640` with the daemon's group, as docs/storage.md installs it).
 fn warn_if_exposed(name: &str, path: &std::path::Path) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = std::fs::metadata(path) {
-        let mode = meta.permissions().mode() & 0o7777;
-        let may = match (mode & 0o004 != 0, mode & 0o002 != 0) {
-            (true, true) => "read and replace",
-            (true, false) => "read",
-            (false, true) => "replace",
-            (false, false) => return,
-        };
+    if let Some(why) = exposure(path) {
         tracing::warn!(
             storage = %crate::text::Escaped::str(name),
             file = %crate::text::Escaped::path(path),
-            "Every user of this machine may {may} the storage's credentials file (mode {mode:04o}); `chmod o-rwx` it (0600, or 0640 with the daemon's group) so that only the daemon can read the secret key"
+            "{why}"
         );
     }
+}
+
+/// What [`warn_if_exposed`] says about a credentials file, if anything.
+fn exposure(path: &std::path::Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
+    let may = match (mode & 0o004 != 0, mode & 0o002 != 0) {
+        (true, true) => "read and replace",
+        (true, false) => "read",
+        (false, true) => "replace",
+        (false, false) => return None,
+    };
+    Some(format!(
+        "Every user of this machine may {may} the storage's credentials file (mode {mode:04o}); `chmod o-rwx` it (0600, or 0640 with the daemon's group) so that only the daemon can read the secret key"
+    ))
+}
+
+/// The warnings the start logs about the storages' credentials files, for `validate` to print
+/// (storage name, file, what to do).
+pub fn credential_warnings(entries: &BTreeMap<String, StorageEntry>) -> Vec<String> {
+    entries
+        .iter()
+        .filter_map(|(name, entry)| {
+            let path = entry.credentials_file.as_deref()?;
+            let why = exposure(path)?;
+            Some(format!(
+                "storage `{}`, {}: {why}",
+                crate::text::Escaped::str(name),
+                crate::text::Escaped::path(path)
+            ))
+        })
+        .collect()
 }
 
 impl Storages {

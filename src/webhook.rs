@@ -190,11 +190,25 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// Bytes under which a webhook secret is warned about as guessable.
+pub const STRONG_SECRET: usize = 16;
+
 impl Secret {
     /// The secret itself; `None` when empty.
     pub fn new(bytes: impl Into<Vec<u8>>) -> Option<Secret> {
         let bytes = bytes.into();
         (!bytes.is_empty()).then_some(Secret(bytes))
+    }
+
+    /// Shorter than [`STRONG_SECRET`] bytes: what to tell the operator (validate and the start
+    /// warn; the secret is still used, since it is set in Claid's dashboard too).
+    pub fn weakness(&self) -> Option<String> {
+        (self.0.len() < STRONG_SECRET).then(|| {
+            format!(
+                "the webhook secret is only {} characters long: whoever can reach the receiver may guess it and forge results; set one of at least 32 random characters (`openssl rand -hex 32`) in the file and in Claid's dashboard",
+                self.0.len()
+            )
+        })
     }
 
     /// Reads `webhook.secret_file`: the secret is the file's text without surrounding
@@ -716,6 +730,13 @@ mod tests {
         let secret = secret();
         assert_eq!(format!("{secret:?}"), "Secret(<redacted>)");
         assert!(Secret::new(Vec::new()).is_none());
+        let weak = Secret::new(*b"x").expect("non-empty").weakness();
+        assert!(
+            weak.as_deref()
+                .is_some_and(|w| w.starts_with("the webhook secret is only 1 characters long")),
+            "{weak:?}"
+        );
+        assert_eq!(Secret::new([b'k'; 32]).expect("non-empty").weakness(), None);
     }
 
     #[test]

@@ -779,6 +779,13 @@ async fn validate_reads_the_webhook_secret_and_the_api_key_as_the_start_would() 
     let config = with_secret(0o600, "a-secret\n");
     let (code, out, err) = cli(&["validate", config.to_str().unwrap()]).await;
     assert_eq!(code, 0, "{out}{err}");
+    // A short secret is accepted (it is set in Claid's dashboard too), with a warning that
+    // does not show it.
+    assert!(
+        out.contains("warning: the webhook secret is only 8 characters long")
+            && !out.contains("a-secret"),
+        "{out}"
+    );
 
     for (mode, text, needle) in [
         (0o644, "a-secret\n", "chmod 600"),
@@ -914,4 +921,55 @@ async fn status_and_jobs_escape_names_and_jobs_manifest_says_when_it_is_unknown(
     ])
     .await;
     assert_eq!((code, out.ends_with("\n0 jobs\n")), (0, true), "{out}{err}");
+}
+
+/// `plan` counts the API calls the way the daemon will make them: URL and storage inputs in
+/// batches (a canary of two, then batches of up to a quarter of `max_in_flight`), single
+/// submits with polls when batching is off, and no routine polls with webhooks.
+#[tokio::test(flavor = "multi_thread")]
+async fn plan_counts_batches_single_submits_and_webhook_polls_as_the_daemon_makes_them() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let mut text = String::from("images:\n");
+    for i in 0..10 {
+        text.push_str(&format!("  - input: storage://demo/p{i}-64x48.png\n"));
+    }
+    let manifest = env.dir.path().join("ten.yaml");
+    std::fs::write(&manifest, text).expect("manifest");
+    let webhook = format!(
+        "webhook:\n  listen: 127.0.0.1:9\n  secret_file: {}\n",
+        env.dir.path().join("secret").display()
+    );
+    std::fs::write(
+        env.dir.path().join("secret"),
+        "a-secret-long-enough-for-the-test\n",
+    )
+    .expect("secret");
+    for (api, extra, expected) in [
+        (
+            "",
+            "",
+            "at least 2 batch submits (up to 8 images each) + a few polls per batch",
+        ),
+        (
+            "batch: { max_images: 1 }",
+            "",
+            "10 submits + about 12 polls",
+        ),
+        (
+            "",
+            webhook.as_str(),
+            "+ polls only for results whose webhook is late",
+        ),
+    ] {
+        let config = env.config(api, extra);
+        let (code, out, err) = cli(&[
+            "plan",
+            manifest.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ])
+        .await;
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.contains(expected), "{api}{extra}: {out}");
+    }
 }

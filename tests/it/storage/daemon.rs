@@ -198,6 +198,14 @@ async fn a_credentials_file_every_user_may_read_is_warned_about_naming_it() {
         "{stderr}"
     );
     assert!(!stderr.contains(S3_SECRET_KEY), "{stderr}");
+    // `validate` says so too (it makes the start's checks).
+    let (_, out, err) = cli(&["validate", config.to_str().expect("utf-8")]).await;
+    assert!(
+        out.contains("warning: storage `catalog`")
+            && out.contains("Every user of this machine may read"),
+        "{out}{err}"
+    );
+    assert!(!out.contains(S3_SECRET_KEY), "{out}");
 }
 
 #[tokio::test]
