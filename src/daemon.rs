@@ -328,6 +328,7 @@ pub async fn run(
         downloading = summary.downloading,
         in_doubt_resubmitted = summary.in_doubt_resubmitted,
         in_doubt_held = summary.in_doubt_held,
+        still_held = summary.still_held,
         awaiting_webhook = summary.awaiting_webhook,
         staging_cleanups = summary.staging_cleanups,
         "Resumed unfinished work from the store"

@@ -112,7 +112,10 @@ pub struct ResumeSummary {
     pub polling: usize,
     pub downloading: usize,
     pub in_doubt_resubmitted: usize,
+    /// Caught mid-submit by this start and held under `in_doubt: hold`.
     pub in_doubt_held: usize,
+    /// Held in doubt by an earlier life, still waiting for `replay --in-doubt`.
+    pub still_held: usize,
     /// Caught mid-submit with webhooks on: waiting up to `poll_fallback` for a webhook that
     /// names their request before the `in_doubt` policy applies.
     pub awaiting_webhook: usize,
@@ -704,6 +707,7 @@ impl Handle {
                     to_drive.push((job.manifest, id));
                 }
                 S::InDoubt => {
+                    summary.still_held += 1;
                     // Held in an earlier life: a late webhook may still announce its task.
                     if shared.webhooks.is_some()
                         && let Some(full) = store.job(id).await?

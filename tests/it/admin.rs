@@ -885,4 +885,8 @@ async fn the_status_table_shows_jobs_held_in_doubt() {
     assert_eq!(row[7], "2", "{out}");
     assert_eq!(row[9], "-", "{out}");
     assert!(out.contains("replay --in-doubt"), "{out}");
+    // A start finds them still held and says how many (they wait for `replay --in-doubt`).
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 2, "still held: {stderr}");
+    assert!(stderr.contains("still_held=2"), "{stderr}");
 }
