@@ -768,6 +768,13 @@ impl Handle {
                 // Announcements that came before their submit answer was recorded, kept in
                 // the store across the crash: the jobs they belong to are registered now.
                 self.replay_kept_announcements().await?;
+                // Those announced for jobs queued again are adopted before the queue runs:
+                // a resubmit first would pay twice.
+                for (update, owners) in shared.dispatch.take_held_adoptions() {
+                    if !adopt_announced(shared, &submitter, update, owners).await {
+                        return Ok(summary);
+                    }
+                }
                 let shared = self.shared.clone();
                 let submitter = submitter.clone();
                 tracker.spawn(async move {
@@ -856,13 +863,12 @@ impl Handle {
             }
             let mut requeued = Vec::with_capacity(ids.len());
             for id in ids {
-                // A job that was picked meanwhile by another replay stays as it is.
-                match store.job(id).await? {
-                    Some(job) if job.state.is_replayable() => {
-                        store.requeue(id, false).await?;
-                        requeued.push((mid, id));
-                    }
-                    _ => {}
+                // A job that changed meanwhile (another replay took it, a late webhook adopted
+                // its task) stays as it is.
+                match store.requeue_replayable(id).await {
+                    Ok(_) => requeued.push((mid, id)),
+                    Err(StoreError::Conflict { .. }) => {}
+                    Err(err) => return Err(err),
                 }
             }
             n += requeued.len();
@@ -1085,82 +1091,97 @@ async fn adopt_when_announced(shared: Arc<Shared>, submitter: submitter::Submitt
             adoption = shared.dispatch.next_held_adoption() => adoption,
             () = shared.cancel.cancelled() => return,
         };
-        let store = &shared.store;
-        // (run, job, held in doubt rather than queued again)
-        let mut waiting = Vec::with_capacity(owners.len());
-        for (mid, id) in owners {
-            if let Ok(Some(job)) = store.job(id).await
-                && job.waits_for_adoption()
-            {
-                let held = matches!(job.state, crate::store::JobState::InDoubt { .. });
-                waiting.push((mid, id, held));
-            }
-        }
-        if waiting.is_empty() {
-            continue;
-        }
-        let ids: Vec<JobId> = waiting.iter().map(|(_, id, _)| *id).collect();
-        let (task_id, result_url, batch) = match &update {
-            // An async task is one job's.
-            TaskUpdate::Async(task) => (task.id, task.result_url.clone(), false),
-            TaskUpdate::Batch(b) => (b.id, b.result_url.clone(), true),
-        };
-        let ids = if batch { &ids[..] } else { &ids[..1] };
-        let adopted = match store.adopt_waiting(ids, task_id, &result_url, batch).await {
-            Ok(adopted) => adopted,
-            Err(err) => {
-                error!(error = %err, task_id, "Cannot record a task announced late for jobs waiting in doubt; they stay as they were");
-                continue;
-            }
-        };
-        waiting.retain(|(_, id, _)| adopted.contains(id));
-        if waiting.is_empty() {
-            continue;
-        }
-        info!(
-            task_id,
-            images = waiting.len(),
-            "A task announced late by webhook was adopted by the jobs held in doubt (or queued again) for it; nothing is submitted twice"
-        );
-        let held = waiting.iter().filter(|(_, _, held)| *held).count() as u64;
-        shared
-            .board
-            .update(|s| s.totals.held = s.totals.held.saturating_sub(held));
-        let mut runs: Vec<ManifestId> = waiting
-            .iter()
-            .filter(|(_, _, held)| *held)
-            .map(|(mid, _, _)| *mid)
-            .collect();
-        runs.sort_unstable();
-        runs.dedup();
-        for mid in runs {
-            let Ok(Some(m)) = store.manifest(mid).await else {
-                continue;
-            };
-            if m.state.is_ended()
-                && let Err(err) = store.reopen_run(mid).await
-            {
-                error!(error = %err, manifest = %m.rel, "Cannot reopen the run of an adopted task");
-                continue;
-            }
-            shared.finisher.send_counted(finisher::Event::Adopted {
-                id: mid,
-                rel: m.rel.clone(),
-            });
-        }
-        let going = match update {
-            TaskUpdate::Async(_) => {
-                shared.dispatch.keep(update);
-                let (mid, id, held) = waiting[0];
-                !held || submitter.start_job(mid, id).await
-            }
-            TaskUpdate::Batch(_) => {
-                let owners = waiting.iter().map(|(mid, id, _)| (*mid, *id)).collect();
-                see_batch_through(&shared, &submitter, update, owners).await
-            }
-        };
-        if !going {
+        if !adopt_announced(&shared, &submitter, update, owners).await {
             return;
+        }
+    }
+}
+
+/// One task announced for jobs waiting in doubt (see [`adopt_when_announced`]), adopted by
+/// those still waiting. False when the daemon stops.
+async fn adopt_announced(
+    shared: &Arc<Shared>,
+    submitter: &submitter::Submitter,
+    update: TaskUpdate,
+    owners: Vec<dispatch::LostOwner>,
+) -> bool {
+    let store = &shared.store;
+    // (run, job, held in doubt rather than queued again)
+    let mut waiting = Vec::with_capacity(owners.len());
+    for (mid, id) in owners {
+        if let Ok(Some(job)) = store.job(id).await
+            && job.waits_for_adoption()
+        {
+            let held = matches!(job.state, crate::store::JobState::InDoubt { .. });
+            waiting.push((mid, id, held));
+        }
+    }
+    if waiting.is_empty() {
+        // None waits any more (sent again meanwhile): the update may be the new submit's
+        // own (the same request), whose job will ask for it by its id or, if that answer
+        // is lost too, by its request. Kept for them, as if nobody had claimed it.
+        shared.dispatch.keep(update);
+        return true;
+    }
+    let ids: Vec<JobId> = waiting.iter().map(|(_, id, _)| *id).collect();
+    let (task_id, result_url, batch) = match &update {
+        // An async task is one job's.
+        TaskUpdate::Async(task) => (task.id, task.result_url.clone(), false),
+        TaskUpdate::Batch(b) => (b.id, b.result_url.clone(), true),
+    };
+    let ids = if batch { &ids[..] } else { &ids[..1] };
+    let adopted = match store.adopt_waiting(ids, task_id, &result_url, batch).await {
+        Ok(adopted) => adopted,
+        Err(err) => {
+            error!(error = %err, task_id, "Cannot record a task announced late for jobs waiting in doubt; they stay as they were");
+            return true;
+        }
+    };
+    waiting.retain(|(_, id, _)| adopted.contains(id));
+    if waiting.is_empty() {
+        shared.dispatch.keep(update);
+        return true;
+    }
+    info!(
+        task_id,
+        images = waiting.len(),
+        "A task announced late by webhook was adopted by the jobs held in doubt (or queued again) for it; nothing is submitted twice"
+    );
+    let held = waiting.iter().filter(|(_, _, held)| *held).count() as u64;
+    shared
+        .board
+        .update(|s| s.totals.held = s.totals.held.saturating_sub(held));
+    let mut runs: Vec<ManifestId> = waiting
+        .iter()
+        .filter(|(_, _, held)| *held)
+        .map(|(mid, _, _)| *mid)
+        .collect();
+    runs.sort_unstable();
+    runs.dedup();
+    for mid in runs {
+        let Ok(Some(m)) = store.manifest(mid).await else {
+            return true;
+        };
+        if m.state.is_ended()
+            && let Err(err) = store.reopen_run(mid).await
+        {
+            error!(error = %err, manifest = %m.rel, "Cannot reopen the run of an adopted task");
+            return true;
+        }
+        shared.finisher.send_counted(finisher::Event::Adopted {
+            id: mid,
+            rel: m.rel.clone(),
+        });
+    }
+    match update {
+        TaskUpdate::Async(_) => {
+            shared.dispatch.keep(update);
+            let (mid, id, held) = waiting[0];
+            !held || submitter.start_job(mid, id).await
+        }
+        TaskUpdate::Batch(_) => {
+            let owners = waiting.iter().map(|(mid, id, _)| (*mid, *id)).collect();
+            see_batch_through(shared, submitter, update, owners).await
         }
     }
 }

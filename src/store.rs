@@ -846,6 +846,27 @@ impl Store {
         Ok(job)
     }
 
+    /// Done, Failed or held in doubt → Queued, for a replay: a job that changed meanwhile (a
+    /// late webhook adopted its task, another replay took it) is left as it is (`Conflict`).
+    /// Durable.
+    pub async fn requeue_replayable(&self, id: JobId) -> Result<JobV1, StoreError> {
+        let job = self
+            .step(id, "done|failed|in-doubt", move |job| {
+                if !job.state.is_replayable() {
+                    return None;
+                }
+                let mut next = with_state(job, JobState::Queued);
+                next.batch = None;
+                if job.state.is_terminal() {
+                    next.staged = None;
+                }
+                Some(next)
+            })
+            .await?;
+        self.flush().await?;
+        Ok(job)
+    }
+
     /// Every job of a batch: Queued → Submitting, `attempts += 1`, in one durable step
     /// (durability point 1 for all of them, one flush). Jobs not queued any more are left out;
     /// returns the ids it marked.

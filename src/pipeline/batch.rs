@@ -631,15 +631,18 @@ impl BatchRunner {
             match deps.store.mark_batch_submitting(&ids).await {
                 Ok(marked) if marked.len() == ids.len() => {}
                 Ok(marked) => {
-                    // Some were cancelled meanwhile (their run drains): the others go back to
-                    // the queue and are batched again.
+                    // Some changed meanwhile: cancelled (their run drains), or adopted by a
+                    // late webhook for the task of their lost submit. The others go back to
+                    // the queue and are batched again; the changed ones go back to it as they
+                    // are, so that an adopted task is polled (a cancelled job ends there).
                     let marked: HashSet<JobId> = marked.into_iter().collect();
-                    let rest: Vec<Member> = members
+                    let (rest, changed): (Vec<Member>, Vec<Member>) = members
                         .iter()
-                        .filter(|m| marked.contains(&m.id))
                         .cloned()
-                        .collect();
+                        .partition(|m| marked.contains(&m.id));
                     self.requeue_all(&rest, false).await;
+                    deps.queue
+                        .push_back(changed.iter().map(|m| (m.manifest, m.id)).collect());
                     return Sent::Ended;
                 }
                 Err(err) => {
@@ -820,7 +823,10 @@ impl BatchRunner {
         let deps = &*self.deps;
         // Webhooks that do not arrive are not waited for (see `Dispatch::webhooks_silent`).
         let webhooks = deps.webhooks.filter(|_| !deps.dispatch.webhooks_silent());
-        let watch = webhooks.map(|_| deps.dispatch.watch(batch_id));
+        let mut watch = webhooks.map(|_| deps.dispatch.watch(batch_id));
+        // An announcement without the results came: polled from then on, on the schedule
+        // (its slot keeps that update, which a watch would hand back at once, every time).
+        let mut slim = false;
         let since_submit = || Duration::from_millis(now_ms().saturating_sub(submitted_at_ms));
         // Subscribed before the first plan, so no change after it is missed.
         let mut changes = deps.polls.batch_changes();
@@ -852,13 +858,16 @@ impl BatchRunner {
                             batch_id,
                             "The webhook said the batch is done without its results; polling it"
                         );
+                        slim = true;
                     }
                     Some(TaskUpdate::Batch(batch)) => {
                         let took = Duration::from_millis(now_ms().saturating_sub(submitted_at_ms));
                         clock.ended(took, Seen::Webhook);
                         return Some(batch);
                     }
-                    _ => {}
+                    // A single task's announcement for a batch id is no result either.
+                    Some(TaskUpdate::Async(_)) => slim = true,
+                    None => {}
                 }
             } else if scheduled {
                 if !self
@@ -869,6 +878,9 @@ impl BatchRunner {
                 }
             } else if !self.wait(delay).await {
                 return None;
+            }
+            if slim {
+                watch = None;
             }
             scheduled = true;
             let sent_at = Instant::now();

@@ -473,6 +473,11 @@ impl Dispatch {
         }
     }
 
+    /// Every task adopted so far by jobs registered with [`Dispatch::hold`], with them (taken).
+    pub fn take_held_adoptions(&self) -> Vec<Adoption> {
+        std::mem::take(&mut self.lock().held_adoptions)
+    }
+
     /// The next task adopted by jobs registered with [`Dispatch::hold`], with them.
     pub async fn next_held_adoption(&self) -> (TaskUpdate, Vec<LostOwner>) {
         loop {

@@ -370,8 +370,9 @@ impl Runner {
             }
             match deps.store.mark_submitting(id).await {
                 Ok(_) => {}
-                // Cancelled meanwhile (its run drains): not this task's to submit.
-                Err(StoreError::Conflict { .. }) => return Step::End(JobOutcome::NotRun),
+                // Changed meanwhile: cancelled (its run drains), or a late webhook adopted the
+                // task of its lost submit. Looked at again: an adopted task is polled here.
+                Err(StoreError::Conflict { .. }) => return Step::Continue,
                 Err(err) => {
                     error!(error = %err, "Cannot record the submit intent; job left queued");
                     return Step::End(JobOutcome::Parked);
@@ -581,8 +582,8 @@ impl Runner {
         }
         match deps.store.mark_staged(id, &staging.uri(&key)).await {
             Ok(_) => {}
-            // Cancelled meanwhile (its run drains).
-            Err(StoreError::Conflict { .. }) => return Step::End(JobOutcome::NotRun),
+            // Changed meanwhile (cancelled, or adopted): looked at again.
+            Err(StoreError::Conflict { .. }) => return Step::Continue,
             Err(err) => {
                 error!(error = %err, "Cannot record the staged input; it is staged again at the next start");
                 return Step::End(JobOutcome::Parked);
@@ -656,7 +657,7 @@ impl Runner {
         // when it is overdue.
         // Webhooks that do not arrive are not waited for (see `Dispatch::webhooks_silent`).
         let webhooks = deps.webhooks.filter(|_| !deps.dispatch.webhooks_silent());
-        let watch = webhooks.map(|_| deps.dispatch.watch(task_id));
+        let mut watch = webhooks.map(|_| deps.dispatch.watch(task_id));
         let mut delay = match webhooks {
             Some(fallback) => deps
                 .polls
@@ -680,14 +681,19 @@ impl Runner {
             };
             // An announcement that the task ended without its result: the result is polled
             // (failing the job would lose an image Claid made and billed).
-            if let Some(TaskUpdate::Async(task)) = &announced
-                && task.lacks_result()
-            {
+            // (A batch-shaped announcement for this single task is no result either.)
+            if announced.as_ref().is_some_and(|update| match update {
+                TaskUpdate::Async(task) => task.lacks_result(),
+                TaskUpdate::Batch(_) => true,
+            }) {
                 debug!(
                     task_id,
                     "The webhook said the task is done without its result; polling it"
                 );
                 announced = None;
+                // Its slot keeps that update: the task is polled from here on, on the
+                // schedule (a watch would hand it back at once, every time).
+                watch = None;
             }
             let sent_at = Instant::now();
             let from_webhook = announced.is_some();
@@ -899,10 +905,16 @@ impl Runner {
         };
         // Written (and fsynced) on the blocking pool, then recorded: the job task runs both
         // to the end (it is never aborted), so a shutdown does not come between them.
+        let result = bytes.clone();
         let written =
             on_file_pool(move || output::write_atomic(&outbox, &rel, &bytes, policy)).await;
         let written = match written {
-            Ok(written) => {
+            Ok(mut written) => {
+                // The file kept is this very result, written before a crash came between the
+                // write and its record: the job's own output, not a skip.
+                if written.skipped && written.sha256 == hex::encode(sha2::Sha256::digest(&result)) {
+                    written.skipped = false;
+                }
                 let n_bytes = written.bytes;
                 // `skip` kept a file that appeared after the submit: the job is done with that
                 // file (its own dimensions), not with the result it paid for.

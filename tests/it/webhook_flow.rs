@@ -583,7 +583,7 @@ async fn issue12_webhooks_that_never_arrive_are_noticed_and_polling_takes_over()
 /// the image Claid made and billed is delivered.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_announcement_without_its_result_makes_a_poll_not_a_failure() {
-    for (api, kind) in [("batch: { max_images: 1 }", "async"), ("", "batch")] {
+    for (api, kind, n) in [("batch: { max_images: 1 }", "async", 1), ("", "batch", 2)] {
         let port = free_port();
         let env = TestEnv::new(
             announcing(port)
@@ -593,7 +593,7 @@ async fn an_announcement_without_its_result_makes_a_poll_not_a_failure() {
         .await;
         let config = env.config(api, &webhook_section(&env, port, "2m"));
         let mut daemon = env.spawn_daemon(&config, 0);
-        env.drop_file("m.yaml", manifest(1, "slim").as_bytes());
+        env.drop_file("m.yaml", manifest(n, "slim").as_bytes());
         let task_id = crate::support::wait_for("the task id is recorded", DEADLINE, async || {
             let answer = claid_hotfolder::admin::request(&env.socket(), "GET", "/jobs", None)
                 .await
@@ -625,11 +625,18 @@ async fn an_announcement_without_its_result_makes_a_poll_not_a_failure() {
         })
         .await;
         crate::support::stop(&mut daemon).await;
-        all_done(&env, 1);
+        all_done(&env, n);
         assert_eq!(
             env.stats().submits + env.stats().batch_images,
-            1,
+            n as u64,
             "{kind}: billed once"
+        );
+        // Polled on the schedule (`poll.max` 500 ms over a 2 s task), not in a tight loop
+        // handing the same announcement back.
+        assert!(
+            env.stats().polls <= 30,
+            "{kind}: {} polls",
+            env.stats().polls
         );
     }
 }
