@@ -721,18 +721,9 @@ impl BatchRunner {
                                     return Sent::Ended;
                                 }
                             }
-                            if deps.webhooks.is_some() {
-                                // Until they are sent again, a webhook later than the wait is
-                                // still adopted (the resend then leaves the adopted ones out).
-                                deps.dispatch.hold(
-                                    members
-                                        .iter()
-                                        .map(|m| {
-                                            crate::pipeline::held_job(m.manifest, m.id, &m.job)
-                                        })
-                                        .collect(),
-                                );
-                            }
+                            // Until they are sent again, a webhook later than the wait is still
+                            // adopted (the resend then leaves the adopted ones out).
+                            self.recognise_late_announcement(members);
                         }
                         InDoubtPolicy::Hold => {
                             warn!(error = %err, "Batch submit outcome unknown; its images are held for `replay --in-doubt`");
@@ -747,17 +738,8 @@ impl BatchRunner {
                                     },
                                 );
                             }
-                            if deps.webhooks.is_some() {
-                                // The batch may still be announced, later than the wait.
-                                deps.dispatch.hold(
-                                    members
-                                        .iter()
-                                        .map(|m| {
-                                            crate::pipeline::held_job(m.manifest, m.id, &m.job)
-                                        })
-                                        .collect(),
-                                );
-                            }
+                            // The batch may still be announced, later than the wait.
+                            self.recognise_late_announcement(members);
                             return Sent::Ended;
                         }
                     }
@@ -790,6 +772,19 @@ impl BatchRunner {
                 }
                 Decision::Pause => return Sent::Ended,
             }
+        }
+    }
+
+    /// With webhooks on, registers the members of a batch whose answer was lost with the
+    /// dispatch, so that a webhook announcing that batch later is adopted by them.
+    fn recognise_late_announcement(&self, members: &[Member]) {
+        if self.deps.webhooks.is_some() {
+            self.deps.dispatch.hold(
+                members
+                    .iter()
+                    .map(|m| crate::pipeline::held_job(m.manifest, m.id, &m.job))
+                    .collect(),
+            );
         }
     }
 

@@ -645,14 +645,8 @@ impl Trees {
         let mut kept = Vec::new();
         for entry in self.announced.iter() {
             let (key, value) = entry?;
-            let at_ms = value
-                .get(..8)
-                .and_then(|at| <[u8; 8]>::try_from(at).ok())
-                .map(u64::from_be_bytes);
-            match (read_id(&key), at_ms) {
-                (Some(task_id), Some(at_ms)) if at_ms >= since_ms => {
-                    kept.push((task_id, value[8..].to_vec()));
-                }
+            match read_announcement(&key, &value) {
+                Some((task_id, body, at_ms)) if at_ms >= since_ms => kept.push((task_id, body)),
                 _ => {
                     self.announced.remove(key)?;
                 }
@@ -666,13 +660,7 @@ impl Trees {
         let mut kept = Vec::new();
         for entry in self.announced.iter() {
             let (key, value) = entry?;
-            let at_ms = value
-                .get(..8)
-                .and_then(|at| <[u8; 8]>::try_from(at).ok())
-                .map(u64::from_be_bytes);
-            if let (Some(task_id), Some(at_ms)) = (read_id(&key), at_ms) {
-                kept.push((task_id, value[8..].to_vec(), at_ms));
-            }
+            kept.extend(read_announcement(&key, &value));
         }
         Ok(kept)
     }
@@ -1109,6 +1097,13 @@ fn conflict(id: JobId, expected: &'static str, found: &JobV1) -> StoreError {
         expected,
         found: found.state.name(),
     }
+}
+
+/// A kept announcement's entry (key: task id; value: when it came, then its body) as (task id,
+/// body, ms); `None` when it does not read as one.
+fn read_announcement(key: &[u8], value: &[u8]) -> Option<(u64, Vec<u8>, u64)> {
+    let at_ms = u64::from_be_bytes(<[u8; 8]>::try_from(value.get(..8)?).ok()?);
+    Some((read_id(key)?, value[8..].to_vec(), at_ms))
 }
 
 fn update_done_index(
