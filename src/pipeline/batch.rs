@@ -954,7 +954,13 @@ impl BatchRunner {
         mut permit: OwnedSemaphorePermit,
     ) {
         let deps = &*self.deps;
-        let matched = match_results(&result, &members);
+        let mut matched = match_results(&result, &members);
+        if !matched.unmatched.is_empty() {
+            // Results of jobs of this batch that are not here (settled before a crash, or no
+            // longer waiting when the batch was adopted) are theirs, not a failed match.
+            let siblings = self.sibling_inputs(batch_id, &result, &members).await;
+            matched.unmatched = unexplained(matched.unmatched, &members, &siblings);
+        }
         if !matched.unmatched.is_empty() {
             deps.batching.switch_off(&format!(
                 "batch {batch_id}: result(s) {:?} match no job or more than one",
@@ -1030,6 +1036,52 @@ impl BatchRunner {
                 self.fail(member, FailureCode::ClaidError, &message).await;
             }
         }
+    }
+
+    /// The inputs of this batch's other jobs: those its echoed request lists and no member
+    /// has, and the jobs of the members' runs recorded in it that are not members.
+    async fn sibling_inputs(
+        &self,
+        batch_id: u64,
+        result: &BatchTask,
+        members: &[Member],
+    ) -> Vec<String> {
+        let mine: HashSet<&str> = members.iter().map(|m| input_of(&m.job)).collect();
+        let mut siblings: Vec<String> = result
+            .request
+            .get("input")
+            .and_then(serde_json::Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(serde_json::Value::as_str)
+            .filter(|input| !mine.contains(input))
+            .map(str::to_owned)
+            .collect();
+        let ids: HashSet<JobId> = members.iter().map(|m| m.id).collect();
+        let mut runs: Vec<ManifestId> = members.iter().map(|m| m.manifest).collect();
+        runs.sort_unstable();
+        runs.dedup();
+        let recorded = self
+            .deps
+            .store
+            .read(move |reader| {
+                let mut inputs = Vec::new();
+                for run in runs {
+                    reader.for_each_job_of_manifest(run, |id, job| {
+                        if job.batch == Some(batch_id) && !ids.contains(&id) {
+                            inputs.push(input_of(&job).to_owned());
+                        }
+                        Ok::<(), crate::store::StoreError>(())
+                    })?;
+                }
+                Ok::<_, crate::store::StoreError>(inputs)
+            })
+            .await;
+        match recorded {
+            Ok(inputs) => siblings.extend(inputs),
+            Err(err) => warn!(error = %err, batch_id, "Cannot read the batch's other jobs"),
+        }
+        siblings
     }
 
     fn download(&self, member: Member, permit: Option<OwnedSemaphorePermit>) {
@@ -1205,6 +1257,38 @@ pub fn match_results(result: &BatchTask, members: &[Member]) -> Matched {
         }
     }
     out
+}
+
+/// The `unmatched` result names that are not the results of `siblings` (inputs of the same
+/// batch whose jobs are not `members`). A name that could be a member's stays unexplained.
+pub fn unexplained(unmatched: Vec<String>, members: &[Member], siblings: &[String]) -> Vec<String> {
+    let names_of = |input: &str, extension: &str| {
+        let base = wire::basename(input);
+        [
+            wire::batch_output_name(input, extension),
+            base.to_owned(),
+            stem(base).to_owned(),
+        ]
+    };
+    let extension = members
+        .first()
+        .map_or("jpeg", |m| extension_of(&m.job.body));
+    let members_names: HashSet<String> = members
+        .iter()
+        .flat_map(|m| names_of(input_of(&m.job), extension_of(&m.job.body)))
+        .collect();
+    let siblings_names: HashSet<String> = siblings
+        .iter()
+        .flat_map(|input| names_of(input, extension))
+        .filter(|name| !members_names.contains(name))
+        .collect();
+    let is_member = |name: &str| members_names.contains(name) || members_names.contains(stem(name));
+    let is_sibling =
+        |name: &str| siblings_names.contains(name) || siblings_names.contains(stem(name));
+    unmatched
+        .into_iter()
+        .filter(|name| is_member(name) || !is_sibling(name))
+        .collect()
 }
 
 fn stem(name: &str) -> &str {
@@ -1386,6 +1470,33 @@ mod tests {
             vec!["1.jpg".to_owned(), "1.jpg".to_owned()]
         );
         assert!(matched.failed.is_empty());
+    }
+
+    #[test]
+    fn results_of_the_batchs_other_jobs_are_theirs_not_a_failed_match() {
+        // Jobs 1 and 2 wait for the batch; job 3 of the same batch settled before a crash.
+        let members = [member(1), member(2)];
+        let result = done_batch(vec![
+            result_named("https://claid.example/out/3.jpg"),
+            result_named("https://claid.example/out/1.jpg"),
+            result_named("https://claid.example/out/2.jpg"),
+            result_named("https://claid.example/out/9.jpg"),
+            result_named("https://claid.example/out/x/2.jpg"),
+        ]);
+        let matched = match_results(&result, &members);
+        assert_eq!(matched.unmatched, vec!["3.jpg", "9.jpg", "2.jpg", "2.jpg"]);
+        let siblings = ["https://example.com/3.png".to_owned()];
+        assert_eq!(
+            unexplained(matched.unmatched, &members, &siblings),
+            vec!["9.jpg", "2.jpg", "2.jpg"],
+            "3 is the sibling's; 9 is nobody's and 2 twice is still ambiguous"
+        );
+        // A sibling input named like a member cannot explain that member's results.
+        let same_name = ["https://example.com/other/2.png".to_owned()];
+        assert_eq!(
+            unexplained(vec!["2.jpg".to_owned()], &members, &same_name),
+            vec!["2.jpg"]
+        );
     }
 
     #[test]

@@ -330,6 +330,100 @@ async fn issue12_sigkill_while_batches_are_polled_resumes_them_without_a_second_
     check_exactly_once(&env, &files);
 }
 
+/// SIGKILL while a done batch's results are being recorded (one image already on its way to
+/// the outbox, the other still waiting for the batch): the restart polls the batch for the one
+/// left; the other's result is recognised as its own, not a result that matches no job, so
+/// batching stays on and nothing is held or billed twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue12_a_batch_half_recorded_before_a_sigkill_keeps_batching_on_after_the_restart() {
+    let (_static, env, files) = url_drop(2, "h-", |scenario| {
+        scenario.latency(Latency::Fixed(Duration::from_secs(2)))
+    })
+    .await;
+    let config = env.config("max_in_flight: 8", "");
+    let mut first = env.spawn_daemon(&config, 0);
+    wait_until("the canary batch is recorded and polled", DEADLINE, || {
+        let stats = env.stats();
+        stats.batch_images == 2 && stats.batches.values().all(|batch| batch.polls >= 1)
+    })
+    .await;
+    first.start_kill().expect("SIGKILL");
+    first.wait().await.expect("wait");
+    let batch_id = *env.stats().batches.keys().next().expect("one batch");
+    // The batch's results, as the daemon would have read them.
+    let url = format!("{}/image/edit/batch/{batch_id}", env.emulator.base_url());
+    let result: serde_json::Value =
+        crate::support::wait_for("the batch is done", DEADLINE, async || {
+            let answer = reqwest::Client::new()
+                .get(&url)
+                .bearer_auth("test-key")
+                .send()
+                .await
+                .ok()?;
+            let value: serde_json::Value = answer.json().await.ok()?;
+            (value["data"]["status"] == "DONE").then_some(value)
+        })
+        .await;
+    let first_result = &result["data"]["results"][0]["output_object"];
+    let name = first_result["tmp_url"]
+        .as_str()
+        .expect("tmp_url")
+        .to_owned();
+    let stem = name
+        .rsplit('/')
+        .next()
+        .and_then(|n| n.split('.').next())
+        .expect("name");
+    // What the crash left: that image marked downloading (its result recorded), the other
+    // still submitted in the batch.
+    {
+        use claid_hotfolder::store::Store;
+        let store = Store::open(&env.state).expect("open store");
+        let (mid, _) = store.manifests().await.expect("runs").pop().expect("a run");
+        let ids: Vec<(u64, String)> = store
+            .read(move |r| {
+                let mut ids = Vec::new();
+                r.for_each_job_of_manifest(mid, |id, job| {
+                    ids.push((id, job.input.clone()));
+                    Ok::<(), claid_hotfolder::store::StoreError>(())
+                })?;
+                Ok::<_, claid_hotfolder::store::StoreError>(ids)
+            })
+            .await
+            .expect("jobs");
+        let (id, _) = ids
+            .iter()
+            .find(|(_, input)| input.contains(&format!("/{stem}.")))
+            .expect("the result's job");
+        store
+            .mark_downloading(*id, Some(batch_id), &name, 32, 24)
+            .await
+            .expect("recorded");
+        store.flush().await.expect("flushed");
+    }
+    let mut daemon = env.spawn_daemon(&config, 1);
+    wait_until("archived", DEADLINE, || {
+        env.archive.join("m.yaml").is_file()
+    })
+    .await;
+    crate::support::stop(&mut daemon).await;
+    let log = env.daemon_log(1);
+    assert!(
+        !log.contains("Batching is switched off"),
+        "the other image's result is its own:\n{log}"
+    );
+    assert_eq!(env.stats().duplicate_submits, 0);
+    assert_eq!(env.stats().batch_images, 2, "nothing submitted again");
+    check_exactly_once(&env, &files);
+    assert!(
+        rows(&env, "m")
+            .iter()
+            .all(|(_, _, batch)| *batch == Some(batch_id)),
+        "{:?}",
+        rows(&env, "m")
+    );
+}
+
 /// SIGKILL while a batch request is at Claid but its answer is not back: the jobs are in doubt
 /// (resubmitted under the default policy, and counted); nothing is lost.
 #[tokio::test(flavor = "multi_thread")]
