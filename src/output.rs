@@ -237,10 +237,27 @@ pub fn write_atomic(
             skipped: true,
         })
     };
+    // `fail` refuses to replace a file; a file with these very bytes is not replaced (the
+    // job's own output, written before a crash came between the write and its record).
+    let identical = |path: &Path| -> Result<Written, OutputError> {
+        let sha256 = hex::encode(Sha256::digest(bytes));
+        if sha256_file(path).is_ok_and(|theirs| theirs == sha256) {
+            sync_dir(dir)?;
+            return Ok(Written {
+                path: path.to_path_buf(),
+                bytes: bytes.len() as u64,
+                sha256,
+                skipped: false,
+            });
+        }
+        Err(OutputError::Exists {
+            path: path.to_path_buf(),
+        })
+    };
     if policy != ExistsPolicy::Replace && exists(&path)? {
         return match policy {
             ExistsPolicy::Skip => skip_existing(&path),
-            _ => Err(OutputError::Exists { path }),
+            _ => identical(&path),
         };
     }
     let tmp = write_tmp(dir, name, |w| w.write_all(bytes))?;
@@ -265,7 +282,7 @@ pub fn write_atomic(
         let _ = fs::remove_file(&tmp);
         return match policy {
             ExistsPolicy::Skip => skip_existing(&path),
-            _ => Err(OutputError::Exists { path }),
+            _ => identical(&path),
         };
     }
     sync_dir(dir)?;

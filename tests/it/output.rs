@@ -165,6 +165,28 @@ fn skip_replaces_an_empty_file_and_fail_keeps_refusing_it() {
     assert_eq!(fs::read(root.join("m/x.png")).unwrap(), b"new!");
 }
 
+/// `fail` refuses to replace a file, but a file holding these very bytes is no other file:
+/// it is the job's own output, written before a crash came between the write and its record,
+/// and the job is done with it (not failed as `output-exists`).
+#[test]
+fn fail_takes_a_file_with_the_very_same_bytes_as_the_jobs_own() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let first = write_atomic(root, Path::new("m/x.png"), b"result", ExistsPolicy::Fail).unwrap();
+    let again = write_atomic(root, Path::new("m/x.png"), b"result", ExistsPolicy::Fail).unwrap();
+    assert!(!again.skipped, "its own output, not a kept one");
+    assert_eq!(again.sha256, first.sha256);
+    assert_eq!(again.bytes, 6);
+    let err = write_atomic(root, Path::new("m/x.png"), b"other", ExistsPolicy::Fail).unwrap_err();
+    assert_eq!(
+        err.code(),
+        "output-exists",
+        "different bytes are still refused"
+    );
+    assert_eq!(fs::read(root.join("m/x.png")).unwrap(), b"result");
+    assert_eq!(files(root), ["m/x.png"], "no temp file left");
+}
+
 #[test]
 fn replace_does_not_truncate_in_place() {
     // An open handle on the old file still sees the old content: the new file is a rename.
