@@ -763,6 +763,13 @@ fn cmd_plan(config_path: &Path, file: &Path) -> anyhow::Result<i32> {
     // Outputs already in the outbox that `on_output_exists` keeps (skip) or refuses (fail):
     // neither is submitted.
     let mut n_exists = 0u64;
+    // New images the daemon would put in batches (with `api.batch.max_images` above 1).
+    let mut n_batchable = 0u64;
+    let connectors: std::collections::HashSet<String> = config
+        .storages
+        .values()
+        .map(|storage| storage.claid_name.clone())
+        .collect();
     let exists_plan = match config.on_output_exists {
         crate::config::OnOutputExists::Replace => None,
         crate::config::OnOutputExists::Skip => Some("kept"),
@@ -796,6 +803,23 @@ fn cmd_plan(config_path: &Path, file: &Path) -> anyhow::Result<i32> {
             if local {
                 n_uploads += 1;
             }
+            // As the daemon batches: URL inputs and those of a configured storage (a staged
+            // file is one, named by its hash), when the output keeps the name a batch gives.
+            let output_rel = job.output_rel.to_string_lossy();
+            let batchable = if local {
+                config.api.staging.is_some()
+                    && crate::storages::destination_of(&job.body, &output_rel).is_none()
+            } else {
+                crate::pipeline::batch::batchable_input(&input, &connectors)
+                    && crate::pipeline::batch::output_named_as_in_a_batch(
+                        &input,
+                        &job.body,
+                        &output_rel,
+                    )
+            };
+            if batchable {
+                n_batchable += 1;
+            }
             "new"
         };
         println!(
@@ -820,17 +844,33 @@ fn cmd_plan(config_path: &Path, file: &Path) -> anyhow::Result<i32> {
             (config.api.max_in_flight.get() / crate::pipeline::batch::MAX_IN_FLIGHT_SHARE).max(1),
         ) as u64;
     let webhooks = config.webhook.is_some();
-    let submits = if cap > 1 && n_async > 0 {
-        let canary = n_async.min(crate::pipeline::batch::CANARY_IMAGES as u64);
-        let batches = 1 + (n_async - canary).div_ceil(cap);
-        format!("at least {batches} batch submits (up to {cap} images each)")
-    } else {
-        format!("{n_async} submits")
-    };
-    let polls = match (webhooks, cap > 1) {
+    let n_batched = if cap > 1 { n_batchable } else { 0 };
+    let n_single = n_async - n_batched;
+    let mut submits = Vec::new();
+    if n_batched > 0 {
+        let canary = n_batched.min(crate::pipeline::batch::CANARY_IMAGES as u64);
+        let batches = 1 + (n_batched - canary).div_ceil(cap);
+        submits.push(format!(
+            "at least {batches} batch submits (up to {cap} images each)"
+        ));
+    }
+    if n_single > 0 || n_batched == 0 {
+        let why = if n_batched > 0 {
+            " (inputs a batch does not take: storage connectors that are not in `storages`, or storage outputs renamed)"
+        } else {
+            ""
+        };
+        submits.push(format!("{n_single} single submits{why}"));
+    }
+    let submits = submits.join(" + ");
+    let polls = match (webhooks, n_batched > 0) {
         (true, _) => "polls only for results whose webhook is late".to_owned(),
-        (false, true) => "a few polls per batch".to_owned(),
-        (false, false) => format!("about {} polls", n_async + n_async / 5),
+        (false, true) if n_single == 0 => "a few polls per batch".to_owned(),
+        (false, true) => format!(
+            "a few polls per batch and about {} for the single submits",
+            n_single + n_single / 5
+        ),
+        (false, false) => format!("about {} polls", n_single + n_single / 5),
     };
     println!();
     println!(

@@ -139,13 +139,9 @@ impl Batching {
         self
     }
 
-    /// An input a batch may take: `http(s)://`, or `storage://` of a configured storage.
+    /// An input a batch may take (see [`batchable_input`]).
     fn batchable_input(&self, input: &str) -> bool {
-        if input.starts_with("https://") || input.starts_with("http://") {
-            return true;
-        }
-        crate::storages::split_uri(input)
-            .is_some_and(|(connector, _)| self.connectors.contains(connector))
+        batchable_input(input, &self.connectors)
     }
 
     pub fn enabled(&self) -> bool {
@@ -379,11 +375,26 @@ pub fn batch_destination(job: &JobV1) -> Option<String> {
 
 /// A storage output's object is named as Claid names a batch output (else it goes alone).
 fn named_as_batch_output(job: &JobV1) -> bool {
-    match crate::storages::destination_of(&job.body, &job.output_rel) {
+    output_named_as_in_a_batch(input_of(job), &job.body, &job.output_rel)
+}
+
+/// An input a batch may take: `http(s)://`, or `storage://` of one of `connectors` (the
+/// config's storages; others are sent alone). `plan` counts with it too.
+pub fn batchable_input(input: &str, connectors: &HashSet<String>) -> bool {
+    if input.starts_with("https://") || input.starts_with("http://") {
+        return true;
+    }
+    crate::storages::split_uri(input).is_some_and(|(connector, _)| connectors.contains(connector))
+}
+
+/// Whether the output of `input` (sent as it is) may come out of a batch: a local output, or
+/// a storage one named as Claid names a batch output (the input's name, the format's
+/// extension).
+pub fn output_named_as_in_a_batch(input: &str, body: &serde_json::Value, output_rel: &str) -> bool {
+    match crate::storages::destination_of(body, output_rel) {
         None => true,
         Some(object) => {
-            wire::basename(&object)
-                == wire::batch_output_name(input_of(job), extension_of(&job.body))
+            wire::basename(&object) == wire::batch_output_name(input, extension_of(body))
         }
     }
 }

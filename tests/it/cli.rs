@@ -11,7 +11,7 @@ use claid_hotfolder::codes::StateName;
 use claid_hotfolder::emulator::Scenario;
 use claid_hotfolder::{config, exit};
 
-use crate::support::{TestEnv, cli, cli_unprivileged, cli_with};
+use crate::support::{TestEnv, cli, cli_unprivileged, cli_with, png};
 
 const GOOD: &str =
     "images:\n  - input: storage://demo/a-64x48.png\n  - input: storage://demo/b-64x48.png\n";
@@ -923,18 +923,28 @@ async fn status_and_jobs_escape_names_and_jobs_manifest_says_when_it_is_unknown(
     assert_eq!((code, out.ends_with("\n0 jobs\n")), (0, true), "{out}{err}");
 }
 
-/// `plan` counts the API calls the way the daemon will make them: URL and storage inputs in
-/// batches (a canary of two, then batches of up to a quarter of `max_in_flight`), single
-/// submits with polls when batching is off, and no routine polls with webhooks.
+/// `plan` counts the API calls the way the daemon will make them: URL inputs (and those of
+/// configured storages) in batches (a canary of two, then batches of up to a quarter of
+/// `max_in_flight`), inputs of a storage connector the config does not name as single
+/// submits, single submits with polls when batching is off, and no routine polls with
+/// webhooks. The daemon then makes exactly the submits the plan counted.
 #[tokio::test(flavor = "multi_thread")]
 async fn plan_counts_batches_single_submits_and_webhook_polls_as_the_daemon_makes_them() {
-    let env = TestEnv::new(Scenario::default()).await;
+    let served = tempfile::tempdir().expect("static dir");
+    let env = TestEnv::new(Scenario::default().static_dir(served.path())).await;
     let mut text = String::from("images:\n");
-    for i in 0..10 {
+    for i in 0..6 {
+        std::fs::write(served.path().join(format!("u{i}.png")), png(64, 48)).expect("image");
+        text.push_str(&format!(
+            "  - input: http://{}/_static/u{i}.png\n",
+            env.emulator.addr()
+        ));
+    }
+    for i in 0..4 {
         text.push_str(&format!("  - input: storage://demo/p{i}-64x48.png\n"));
     }
     let manifest = env.dir.path().join("ten.yaml");
-    std::fs::write(&manifest, text).expect("manifest");
+    std::fs::write(&manifest, &text).expect("manifest");
     let webhook = format!(
         "webhook:\n  listen: 127.0.0.1:9\n  secret_file: {}\n",
         env.dir.path().join("secret").display()
@@ -948,17 +958,17 @@ async fn plan_counts_batches_single_submits_and_webhook_polls_as_the_daemon_make
         (
             "",
             "",
-            "at least 2 batch submits (up to 8 images each) + a few polls per batch",
+            "at least 2 batch submits (up to 8 images each) + 4 single submits (inputs a batch does not take: storage connectors that are not in `storages`, or storage outputs renamed) + a few polls per batch and about 4 for the single submits",
         ),
         (
             "batch: { max_images: 1 }",
             "",
-            "10 submits + about 12 polls",
+            "10 single submits + about 12 polls",
         ),
         (
             "",
             webhook.as_str(),
-            "+ polls only for results whose webhook is late",
+            "+ 4 single submits (inputs a batch does not take: storage connectors that are not in `storages`, or storage outputs renamed) + polls only for results whose webhook is late",
         ),
     ] {
         let config = env.config(api, extra);
@@ -972,4 +982,14 @@ async fn plan_counts_batches_single_submits_and_webhook_polls_as_the_daemon_make
         assert_eq!(code, 0, "{out}{err}");
         assert!(out.contains(expected), "{api}{extra}: {out}");
     }
+    env.drop_file("ten.yaml", text.as_bytes());
+    let (code, stderr) = env.run_once(&env.config("", "")).await;
+    assert_eq!(code, 0, "{stderr}");
+    let stats = env.stats();
+    assert_eq!(stats.batch_images, 6, "the URL inputs went in batches");
+    assert_eq!(
+        stats.batch_submits, 2,
+        "a canary of two, then one batch of four"
+    );
+    assert_eq!(stats.submits, 4, "the demo connector's inputs went alone");
 }
