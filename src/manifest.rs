@@ -135,7 +135,11 @@ pub struct Problem {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    #[error("cannot read manifest {path}")]
+    #[error(
+        "cannot read manifest {}: {}",
+        crate::text::Escaped::path(path),
+        crate::os_error::OsCause(source)
+    )]
     Read {
         path: PathBuf,
         #[source]
@@ -183,7 +187,11 @@ impl ManifestError {
         match self {
             ManifestError::Read { path, source } => {
                 let _ = writeln!(out, "manifest: {}", crate::text::Escaped::path(path));
-                let _ = writeln!(out, "cannot read the file: {source}");
+                let _ = writeln!(
+                    out,
+                    "cannot read the file: {}",
+                    crate::os_error::OsCause(source)
+                );
                 let _ = writeln!(
                     out,
                     "Check its permissions, then drop it into the inbox again."

@@ -242,6 +242,14 @@ impl Intake {
         let phase = Phase::Found;
         let spec = match loaded {
             Ok(spec) => spec,
+            // Gone before it was read (deleted, or moved away by the end of its own run,
+            // resumed at this start): nothing is left to take in, nor to reject.
+            Err(manifest::ManifestError::Read { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                info!("The manifest left the inbox before it was read; nothing to do");
+                return Taken::Done;
+            }
             Err(err) => {
                 let _ = phase.next(LifeEvent::Invalid);
                 self.reject(&path, &rel, &err.error_txt(), &err.to_string())

@@ -764,3 +764,36 @@ async fn issue11_replay_leaves_a_run_a_newer_run_of_its_file_followed() {
     );
     assert_eq!(env.stats().submits, 1, "only version 2's image was billed");
 }
+
+/// A run left unfinished by `run --once` (Claid refused the key) is finished by the next
+/// `run --once` at its start, and `on_manifest_done: delete` removes its manifest while the
+/// inbox scan still lists it behind other manifests: a manifest gone before it is read is no
+/// rejection (no "cannot read" error, no `rejected=` count, exit 0).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_manifest_its_resumed_run_deleted_before_the_scan_read_it_is_not_rejected() {
+    let env =
+        TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_millis(5)))).await;
+    let config = env.config("", "on_manifest_done: delete\n");
+    env.drop_file(
+        "z.yaml",
+        b"images:\n  - input: storage://demo/z-64x48.png\n",
+    );
+    env.emulator.control().set_forbidden(true);
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 77, "Claid refused the key: {stderr}");
+    env.emulator.control().set_forbidden(false);
+    // Manifests the scan takes in before `z.yaml`, while the resumed run of `z.yaml` ends.
+    for i in 0..6 {
+        let mut text = String::from("images:\n");
+        for j in 0..40 {
+            text.push_str(&format!("  - input: storage://demo/a{i}-{j}-64x48.png\n"));
+        }
+        env.drop_file(&format!("a{i}.yaml"), text.as_bytes());
+    }
+    let (code, stderr) = env.run_once(&config).await;
+    assert!(!stderr.contains("Manifest rejected"), "{stderr}");
+    assert!(stderr.contains("rejected=0"), "{stderr}");
+    assert_eq!(code, 0, "{stderr}");
+    assert!(TestEnv::files_under(&env.rejected).is_empty());
+    assert!(env.outbox.join("z").join("z-64x48.jpg").is_file());
+}
