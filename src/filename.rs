@@ -138,14 +138,26 @@ pub struct ReportNames {
 /// `a/b/shoes.report.json` and `a/b/shoes.report.csv`. A stem too long for the suffixes is
 /// shortened as [`derived_name`] says, the same way for both, so they keep one stem.
 pub fn report_names(manifest_rel: &Path, limits: &FsLimits) -> ReportNames {
+    report_names_tagged(manifest_rel, limits, None)
+}
+
+/// [`report_names`] with `tag` before the suffix when given: `shoes.<tag>.report.json` (the
+/// reports of a run a newer version of its file replaced keep their own names).
+pub fn report_names_tagged(
+    manifest_rel: &Path,
+    limits: &FsLimits,
+    tag: Option<&str>,
+) -> ReportNames {
     let stem = manifest_rel
         .file_stem()
         .unwrap_or_else(|| OsStr::new("manifest"));
     let dir = manifest_rel.parent().unwrap_or(Path::new(""));
-    let longest = REPORT_JSON_SUFFIX.len().max(REPORT_CSV_SUFFIX.len());
+    let tag = tag.map(|tag| format!(".{tag}")).unwrap_or_default();
+    let longest = tag.len() + REPORT_JSON_SUFFIX.len().max(REPORT_CSV_SUFFIX.len());
     let stem = shortened(stem, longest, limits);
     let with = |suffix: &str| {
         let mut name = stem.clone();
+        name.push(&tag);
         name.push(suffix);
         dir.join(name)
     };

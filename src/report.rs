@@ -219,7 +219,16 @@ pub fn write_streamed(
     header: &Header<'_>,
     rows: impl Fn(&mut dyn FnMut(ReportRow) -> io::Result<()>) -> io::Result<()>,
 ) -> Result<(PathBuf, PathBuf), OutputError> {
-    let (json_rel, csv_rel) = rel_paths(outbox, manifest_rel);
+    write_streamed_to(outbox, rel_paths(outbox, manifest_rel), header, rows)
+}
+
+/// [`write_streamed`] to the outbox-relative paths `(json_rel, csv_rel)`.
+pub fn write_streamed_to(
+    outbox: &Path,
+    (json_rel, csv_rel): (PathBuf, PathBuf),
+    header: &Header<'_>,
+    rows: impl Fn(&mut dyn FnMut(ReportRow) -> io::Result<()>) -> io::Result<()>,
+) -> Result<(PathBuf, PathBuf), OutputError> {
     let json_path = output::safe_join(outbox, &json_rel)?;
     let csv_path = output::safe_join(outbox, &csv_rel)?;
     output::write_atomic_with(&json_path, |w| write_json(w, header, &rows))?;
@@ -297,6 +306,31 @@ fn write_csv(w: &mut dyn Write, rows: &RowSource<'_>) -> io::Result<()> {
 /// `filename::report_names`, for the outbox's filesystem: a stem too long for the suffix is
 /// shortened with a hash.
 pub fn rel_paths(outbox: &Path, manifest_rel: &Path) -> (PathBuf, PathBuf) {
-    let names = filename::report_names(manifest_rel, &filename::FsLimits::of(outbox));
+    rel_paths_tagged(outbox, manifest_rel, None)
+}
+
+/// [`rel_paths`] with a tag before the suffix (`shoes.<tag>.report.json`).
+fn rel_paths_tagged(outbox: &Path, manifest_rel: &Path, tag: Option<&str>) -> (PathBuf, PathBuf) {
+    let names = filename::report_names_tagged(manifest_rel, &filename::FsLimits::of(outbox), tag);
     (names.json, names.csv)
+}
+
+/// The tag of the reports of a run a newer version of its file replaced, from the time the run
+/// was registered: `superseded-20261203T044700Z`. The newer version's reports keep the plain
+/// names, so neither run's reports overwrite the other's.
+pub fn superseded_tag(registered_at_ms: u64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(registered_at_ms);
+    let text = humantime::format_rfc3339_seconds(at).to_string();
+    format!("superseded-{}", text.replace(['-', ':'], ""))
+}
+
+/// The report paths (outbox-relative) of run `m`: [`rel_paths`], tagged with
+/// [`superseded_tag`] when a newer version of its file replaced it (`superseded`).
+pub fn rel_paths_of_run(
+    outbox: &Path,
+    m: &crate::store::ManifestV1,
+    superseded: bool,
+) -> (PathBuf, PathBuf) {
+    let tag = superseded.then(|| superseded_tag(m.registered_at_ms));
+    rel_paths_tagged(outbox, Path::new(&m.rel), tag.as_deref())
 }

@@ -405,7 +405,7 @@ impl Finisher {
         let sha256 = run.sha256.clone();
         self.publish(id);
         let recipe_image = manifest::is_image_name(&rel);
-        let (tally, failures) = match self.write_report(id, &rel, recipe_image).await {
+        let (tally, failures) = match self.write_report(id, &rel, recipe_image, superseded).await {
             Ok(made) => made,
             Err(err) => {
                 error!(error = %err, manifest = %rel.display(), "Cannot read the run's jobs for its report; it is finished again at the next start");
@@ -529,6 +529,7 @@ impl Finisher {
         id: ManifestId,
         rel: &Path,
         recipe_image: bool,
+        superseded: bool,
     ) -> Result<(report::Tally, BTreeMap<FailureCode, u64>), StoreError> {
         let outbox = self.deps.folders.outbox.clone();
         let rel = rel.to_path_buf();
@@ -561,7 +562,15 @@ impl Finisher {
                     counts: &tally.counts,
                     in_doubt: tally.in_doubt,
                 };
-                let written = report::write_streamed(&outbox, &rel, &header, |emit| {
+                // A run a newer version of its file replaced keeps reports of its own
+                // (`<stem>.superseded-<registered>.report.json`): the newer run's, written
+                // later under the plain names, does not overwrite them.
+                let paths = if superseded {
+                    report::rel_paths_of_run(&outbox, &m, true)
+                } else {
+                    report::rel_paths(&outbox, &rel)
+                };
+                let written = report::write_streamed_to(&outbox, paths, &header, |emit| {
                     reader.for_each_job_of_manifest(id, |_, job| emit(report::row(&job)))
                 });
                 match written {

@@ -312,7 +312,11 @@ pub async fn manifest(
         Ok(rows) => rows,
         Err(err) => return internal(&state, &principal, &err),
     };
-    let (json_rel, csv_rel) = crate::report::rel_paths(&state.outbox, Path::new(&m.rel));
+    let (json_rel, csv_rel) = crate::report::rel_paths_of_run(
+        &state.outbox,
+        &m,
+        matches!(m.state, ManifestState::Superseded { .. }),
+    );
     let link = |rel: &Path| {
         let on_disk = state.outbox.join(rel);
         std::fs::symlink_metadata(&on_disk)

@@ -359,6 +359,42 @@ async fn issue11_a_manifest_saved_again_while_it_runs_is_processed_in_its_new_ve
     assert_eq!(archived, expected, "archive: the versions that ran");
     assert!(env.outbox.join("m/keep-64x48.jpg").is_file());
     assert!(env.outbox.join("m/fixed-64x48.jpg").is_file());
+    // The old version keeps its own report, beside the newer one's: what Claid delivered for
+    // it (and billed) is in a report still.
+    let old_reports: Vec<String> = TestEnv::files_under(&env.outbox)
+        .into_iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .filter(|p| p.starts_with("m.superseded-"))
+        .collect();
+    assert_eq!(old_reports.len(), 2, "its JSON and CSV: {old_reports:?}");
+    let json = old_reports
+        .iter()
+        .find(|p| p.ends_with(".report.json"))
+        .expect("the old version's JSON report");
+    assert!(
+        json.len() == "m.superseded-20261203T044700Z.report.json".len(),
+        "{json}"
+    );
+    let old: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.outbox.join(json)).expect("read")).expect("JSON");
+    assert_eq!(old["sha256"], sha256_hex(&v1).as_str());
+    let statuses: Vec<(&str, &str)> = old["jobs"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| {
+            (
+                r["input"].as_str().unwrap_or_default(),
+                r["status"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(statuses.len(), 3, "{statuses:?}");
+    assert_eq!(statuses[0], ("storage://demo/keep-64x48.png", "done"));
+    assert!(
+        statuses[1..].iter().all(|(_, s)| *s == "superseded"),
+        "{statuses:?}"
+    );
 
     // They are told as superseded, not as failures: `status` names the old run so, `jobs
     // --state superseded` lists its two images and `jobs --state failed` none.
