@@ -173,6 +173,12 @@ impl Alerts {
     }
 }
 
+/// The start's check of every sink's `url_file`, for `validate` (the URL itself is never
+/// printed).
+pub fn check_sinks(sinks: &[AlertSink]) -> Result<(), AlertError> {
+    sinks.iter().try_for_each(|sink| read_url(sink).map(drop))
+}
+
 /// The webhook URL from the sink's file: its first non-empty line, http(s) only.
 fn read_url(sink: &AlertSink) -> Result<reqwest::Url, AlertError> {
     let text = std::fs::read_to_string(&sink.url_file).map_err(|cause| AlertError::UrlFile {

@@ -496,6 +496,31 @@ fn validate_config_file(file: &Path) -> (bool, Option<i32>) {
                 println!("  {err}");
                 return (false, Some(crate::exit::of_config(&err)));
             }
+            // The dashboard's users and token files, and the alert sinks' URL files.
+            let start_problem = match &config.web {
+                Some(web) if !credential(web.token_file.as_deref()) => {
+                    crate::web::auth::Auth::new(web)
+                        .err()
+                        .map(|err| ("dashboard", daemon::FatalError::Web(err)))
+                }
+                _ => None,
+            }
+            .or_else(|| {
+                let sinks: Vec<_> = config
+                    .alerts
+                    .iter()
+                    .filter(|sink| !credential(Some(&sink.url_file)))
+                    .cloned()
+                    .collect();
+                crate::alerts::check_sinks(&sinks)
+                    .err()
+                    .map(|err| ("alert", daemon::FatalError::Alerts(err)))
+            });
+            if let Some((what, err)) = start_problem {
+                println!("{}: {what} problem", file.display());
+                println!("  {err}");
+                return (false, Some(crate::exit::of_fatal(&err)));
+            }
             for warning in crate::storages::credential_warnings(&config.storages) {
                 println!("  warning: {warning}");
             }

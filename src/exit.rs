@@ -158,7 +158,8 @@ fn of_one(err: &(dyn Error + 'static)) -> Option<i32> {
     None
 }
 
-fn of_fatal(err: &FatalError) -> i32 {
+/// The row of an error that stops the daemon's start (`validate` answers with it too).
+pub fn of_fatal(err: &FatalError) -> i32 {
     match err {
         FatalError::Config(err) => of_config(err),
         FatalError::NoApiKey | FatalError::Client(_) => USAGE,

@@ -833,6 +833,62 @@ async fn validate_reads_the_webhook_secret_and_the_api_key_as_the_start_would() 
     assert!(out.contains("systemd credential"), "{out}");
 }
 
+/// `validate` reads the dashboard's token and users files and the alert sinks' URL files as the
+/// start does: each config the daemon would refuse to start is refused by `validate` too,
+/// with the same exit code (64: what was configured is wrong), naming the file; the URL in an
+/// alert file is never printed.
+#[tokio::test(flavor = "multi_thread")]
+async fn validate_reads_the_dashboard_and_alert_files_as_the_start_would() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let dir = env.dir.path();
+    std::fs::write(dir.join("short-token"), "abc123\n").expect("token");
+    std::fs::write(dir.join("ftp-url"), "ftp://hooks.example/secret-path\n").expect("url");
+    std::fs::write(dir.join("good-url"), "https://hooks.example/secret-path\n").expect("url");
+    let web = |key: &str, file: &str| {
+        format!(
+            "web:\n  listen: 127.0.0.1:{}\n  {key}: {}\n",
+            crate::support::free_port(),
+            dir.join(file).display()
+        )
+    };
+    let alert = |file: &str| {
+        format!(
+            "alerts:\n  - {{ url_file: {} }}\n",
+            dir.join(file).display()
+        )
+    };
+    for (extra, needles) in [
+        (
+            web("token_file", "short-token"),
+            vec!["dashboard problem", "short-token"],
+        ),
+        (
+            web("users_file", "no-users"),
+            vec!["dashboard problem", "no-users", "ENOENT"],
+        ),
+        (alert("no-url"), vec!["alert problem", "no-url", "ENOENT"]),
+        (alert("ftp-url"), vec!["alert problem", "ftp-url"]),
+    ] {
+        let config = env.config("", &extra);
+        let (code, out, err) = cli(&["validate", config.to_str().unwrap()]).await;
+        assert_eq!(code, exit::USAGE, "{extra}{out}{err}");
+        for needle in needles {
+            assert!(out.contains(needle), "{needle}: {out}");
+        }
+        assert!(
+            !out.contains("secret-path"),
+            "the URL is never shown: {out}"
+        );
+        assert!(!out.contains("abc123"), "the token is never shown: {out}");
+        // The start refuses it with the same code.
+        let (code, stderr) = env.run_once(&config).await;
+        assert_eq!(code, exit::USAGE, "{stderr}");
+    }
+    let config = env.config("", &alert("good-url"));
+    let (code, out, err) = cli(&["validate", config.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{out}{err}");
+}
+
 /// A command whose output pipe closes early stops quietly (141, as the shell's tools do
 /// under SIGPIPE), never with a panic.
 #[tokio::test(flavor = "multi_thread")]
