@@ -579,7 +579,19 @@ impl Intake {
         let _ = self.finisher.send(Event::Rejected);
         self.notices.send(Notice::ManifestRejected {
             rel: rel.to_string_lossy().into_owned(),
-            problems: text.lines().take(12).collect::<Vec<_>>().join("\n"),
+            // The problems themselves: not the error file's header (the file's path, the
+            // count, what to do), which the alert says in its own words.
+            problems: text
+                .lines()
+                .filter(|line| {
+                    !line.starts_with("manifest: ")
+                        && !line.starts_with("rejected: ")
+                        && !line.starts_with("Fix every problem below")
+                        && !line.trim().is_empty()
+                })
+                .take(12)
+                .collect::<Vec<_>>()
+                .join("\n"),
         });
     }
 }

@@ -216,6 +216,22 @@ async fn alerts_tell_a_rejected_manifest_with_its_first_problems_in_json_and_sla
             && problems.iter().any(|p| p.contains("nope")),
         "{problems:#?}"
     );
+    // The problems themselves, first to last: not the error file's header (its path, the
+    // count, what to do), which would take three of the eight lines.
+    assert!(problems[0].starts_with("line 2"), "{problems:#?}");
+    assert!(
+        problems.iter().all(|p| !p.starts_with("manifest: ")
+            && !p.starts_with("rejected: ")
+            && !p.starts_with("Fix every problem")),
+        "{problems:#?}"
+    );
+    assert!(
+        json[0]["text"]
+            .as_str()
+            .is_some_and(|t| t.contains(": line 2")),
+        "the summary names the first problem: {}",
+        json[0]["text"]
+    );
     assert_eq!(json[0]["dashboard"], "https://claid.example.com/rejected");
     let slack = receiver.on("/slack");
     assert_eq!(slack.len(), 1, "{slack:#?}");
