@@ -1425,12 +1425,7 @@ fn cmd_web_user(
         None => load_config(config_path)?
             .web
             .and_then(|web| web.users_file)
-            .with_context(|| {
-                format!(
-                    "{} sets no `web.users_file`; set it, or give --users-file",
-                    config_path.display()
-                )
-            })?,
+            .ok_or_else(|| users::UsersError::NotConfigured(config_path.to_path_buf()))?,
     };
     match action {
         WebUserAction::List => {
@@ -1442,6 +1437,9 @@ fn cmd_web_user(
             users::check_name(name)?;
             let mut all = Users::read_or_empty(&path)?;
             let password = read_password()?;
+            if password.is_empty() {
+                return Err(users::UsersError::NoPassword.into());
+            }
             if password.chars().count() < users::MIN_PASSWORD_CHARS {
                 return Err(users::UsersError::ShortPassword.into());
             }

@@ -119,6 +119,21 @@ fn of_one(err: &(dyn Error + 'static)) -> Option<i32> {
     if let Some(err) = err.downcast_ref::<ConfigError>() {
         return Some(of_config(err));
     }
+    if let Some(err) = err.downcast_ref::<crate::web::users::UsersError>() {
+        use crate::web::users::UsersError as U;
+        return Some(match err {
+            U::Read { cause, .. } => of_io(cause, Access::Read),
+            U::Write { cause, .. } => of_io(cause, Access::Write),
+            U::Hash(_) => IO_ERR,
+            // A name, a password or a user that is not right: how it was asked for.
+            U::Line { .. }
+            | U::BadName(_)
+            | U::ShortPassword
+            | U::NoPassword
+            | U::NoSuchUser(_)
+            | U::NotConfigured(_) => USAGE,
+        });
+    }
     if let Some(err) = err.downcast_ref::<crate::storages::StorageError>() {
         return Some(err.exit_code());
     }

@@ -47,6 +47,12 @@ pub enum UsersError {
     BadName(String),
     #[error("the password is too short: use at least {MIN_PASSWORD_CHARS} characters")]
     ShortPassword,
+    #[error(
+        "no password was given: type it when asked, or give it as the first line of standard input"
+    )]
+    NoPassword,
+    #[error("{} sets no `web.users_file`; set it, or give --users-file", Escaped::path(.0))]
+    NotConfigured(PathBuf),
     #[error("no user `{0}` in the users file")]
     NoSuchUser(String),
     #[error("cannot hash the password: {0}")]

@@ -759,9 +759,25 @@ async fn web_user_writes_salted_argon2_hashes_and_never_the_password() {
         .mode()
         & 0o777;
     assert_eq!(mode, 0o640);
+    // Mistakes in what was asked for are usage errors (64), not I/O errors.
     let (code, out) = web_user_add(&users, "carol", "short").await;
-    assert_ne!(code, 0, "{out}");
+    assert_eq!(code, 64, "{out}");
     assert!(out.contains("too short"), "{out}");
+    let (code, out) = web_user_add(&users, "carol", "").await;
+    assert_eq!(code, 64, "{out}");
+    assert!(out.contains("no password was given"), "{out}");
+    let (code, out) = web_user_add(&users, "bad:name", PASSWORD).await;
+    assert_eq!(code, 64, "{out}");
+    assert!(out.contains("`bad:name` is not"), "{out}");
+    let bare = dir.path().join("no-web.yaml");
+    std::fs::write(
+        &bare,
+        "api: { base_url: embedded }\nfolders: { inbox: i, outbox: o, archive: a, rejected: r, state: s }\n",
+    )
+    .expect("config");
+    let (code, _, err) = cli(&["web-user", "list", "--config", bare.to_str().unwrap()]).await;
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("sets no `web.users_file`"), "{err}");
     let file = users.to_str().expect("path");
     let (code, out, err) = cli(&["web-user", "remove", "bob", "--users-file", file]).await;
     assert_eq!(code, 0, "{out}{err}");
@@ -769,6 +785,6 @@ async fn web_user_writes_salted_argon2_hashes_and_never_the_password() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, "alice\n");
     let (code, _, err) = cli(&["web-user", "remove", "bob", "--users-file", file]).await;
-    assert_ne!(code, 0);
+    assert_eq!(code, 64, "{err}");
     assert!(err.contains("no user `bob`"), "{err}");
 }
