@@ -294,21 +294,21 @@ fn small_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// The config a command runs with; a missing or unreadable file says how to point at it.
 fn load_config(path: &Path) -> anyhow::Result<Config> {
     config::load(path).map_err(|err| {
-        let ConfigError::Read { path, source } = &err else {
+        let ConfigError::Read { path, cause } = &err else {
             return err.into();
         };
         let message = format!(
             "cannot read config file {}: {}",
             path.display(),
-            OsCause(source)
+            OsCause(cause)
         );
         // As `exit::classify` files it: refused access is 77, any other unreadable config 64.
-        let code = match exit::of_io(source, exit::Access::Read) {
+        let code = match exit::of_io(cause, exit::Access::Read) {
             exit::NO_PERM => exit::NO_PERM,
             _ => exit::USAGE,
         };
         let coded = exit::Coded::new(code, message);
-        if source.kind() == io::ErrorKind::NotFound {
+        if cause.kind() == io::ErrorKind::NotFound {
             coded.with_hint(format!(
                 "give the config with --config FILE or CLAID_HOTFOLDER_CONFIG (the package installs {DEFAULT_CONFIG})"
             ))
@@ -495,6 +495,8 @@ fn validate_config_file(file: &Path) -> (bool, Option<i32>) {
                 println!("{}: API key problem", file.display());
                 println!("  {err}");
                 return (false, Some(crate::exit::of_config(&err)));
+            } else if let Some(warning) = config::api_key_exposure(&config.api) {
+                println!("  warning: {warning}");
             }
             // The dashboard's users and token files, and the alert sinks' URL files.
             let start_problem = match &config.web {

@@ -303,24 +303,33 @@ pub struct ConfigProblem {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}")]
+    #[error(
+        "cannot read config file {}: {}",
+        crate::text::Escaped::path(path),
+        crate::os_error::OsCause(cause)
+    )]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{}", render_problems(path, problems))]
     Invalid {
         path: PathBuf,
         problems: Vec<ConfigProblem>,
     },
-    #[error("cannot read api key file {path}")]
+    #[error(
+        "`api.api_key_file`: cannot read {}: {}",
+        crate::text::Escaped::path(path),
+        crate::os_error::OsCause(cause)
+    )]
     ApiKeyFile {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("api key file {path} is empty")]
+    #[error(
+        "`api.api_key_file`: {} is empty; put the Claid API key in it",
+        crate::text::Escaped::path(path)
+    )]
     ApiKeyEmpty { path: PathBuf },
 }
 
@@ -368,9 +377,9 @@ fn render_problems(path: &Path, problems: &[ConfigProblem]) -> String {
 
 /// Reads and validates the config file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
+    let bytes = std::fs::read(path).map_err(|cause| ConfigError::Read {
         path: path.to_owned(),
-        source,
+        cause,
     })?;
     let origin = if path.is_absolute() {
         path.to_owned()
@@ -467,9 +476,9 @@ pub const ENV_PREFIX: &str = "CLAID_HOTFOLDER__";
 /// Reads the API key: `api_key_file` when set, else `$CLAID_API_KEY`. Never logged.
 pub fn load_api_key(api: &ApiConfig) -> Result<Option<String>, ConfigError> {
     if let Some(path) = &api.api_key_file {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ApiKeyFile {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::ApiKeyFile {
             path: path.clone(),
-            source,
+            cause,
         })?;
         let key = text.trim();
         if key.is_empty() {
@@ -481,6 +490,33 @@ pub fn load_api_key(api: &ApiConfig) -> Result<Option<String>, ConfigError> {
         .ok()
         .map(|key| key.trim().to_owned())
         .filter(|key| !key.is_empty()))
+}
+
+/// A warning when every user of this machine may read or replace the secret file at `path`
+/// (`what`, holding `secret`): the fix is `chmod o-rwx`. `None` when only its owner and group
+/// may, or it cannot be read.
+pub fn exposure(path: &Path, what: &str, secret: &str) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
+    let may = match (mode & 0o004 != 0, mode & 0o002 != 0) {
+        (true, true) => "read and replace",
+        (true, false) => "read",
+        (false, true) => "replace",
+        (false, false) => return None,
+    };
+    Some(format!(
+        "Every user of this machine may {may} {what} (mode {mode:04o}); `chmod o-rwx` it (0600, or 0640 with the daemon's group) so that only the daemon can read {secret}"
+    ))
+}
+
+/// The warning about an `api.api_key_file` every user may read (see [`exposure`]).
+pub fn api_key_exposure(api: &ApiConfig) -> Option<String> {
+    let path = api.api_key_file.as_deref()?;
+    let why = exposure(path, "the API key file", "the key")?;
+    Some(format!(
+        "`api.api_key_file` {}: {why}",
+        crate::text::Escaped::path(path)
+    ))
 }
 
 /// Every dotted key a config file may hold, sections included (`api`, `api.poll.min`);

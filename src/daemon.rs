@@ -165,6 +165,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<Outcome, FatalError> {
     let api_key = crate::config::load_api_key(&config.api)?;
+    if let Some(warning) = crate::config::api_key_exposure(&config.api) {
+        warn!("{warning}");
+    }
     // The storages' keys are read now: a missing credentials file stops the start.
     let storages = crate::storages::Storages::open(&config.storages)?;
 

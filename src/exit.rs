@@ -224,8 +224,8 @@ pub fn of_webhook(err: &crate::webhook::WebhookError) -> i32 {
 /// The row of a config (or API key file) that cannot be used.
 pub fn of_config(err: &ConfigError) -> i32 {
     match err {
-        ConfigError::Read { source, .. } | ConfigError::ApiKeyFile { source, .. } => {
-            match of_io(source, Access::Read) {
+        ConfigError::Read { cause, .. } | ConfigError::ApiKeyFile { cause, .. } => {
+            match of_io(cause, Access::Read) {
                 NO_PERM => NO_PERM,
                 // A missing or unreadable config or key file: what was configured is wrong.
                 _ => USAGE,

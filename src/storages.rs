@@ -161,17 +161,7 @@ fn warn_if_exposed(name: &str, path: &std::path::Path) {
 
 /// What [`warn_if_exposed`] says about a credentials file, if anything.
 fn exposure(path: &std::path::Path) -> Option<String> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
-    let may = match (mode & 0o004 != 0, mode & 0o002 != 0) {
-        (true, true) => "read and replace",
-        (true, false) => "read",
-        (false, true) => "replace",
-        (false, false) => return None,
-    };
-    Some(format!(
-        "Every user of this machine may {may} the storage's credentials file (mode {mode:04o}); `chmod o-rwx` it (0600, or 0640 with the daemon's group) so that only the daemon can read the secret key"
-    ))
+    crate::config::exposure(path, "the storage's credentials file", "the secret key")
 }
 
 /// The warnings the start logs about the storages' credentials files, for `validate` to print

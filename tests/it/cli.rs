@@ -820,9 +820,33 @@ async fn validate_reads_the_webhook_secret_and_the_api_key_as_the_start_would() 
     let (code, out, _) = cli(&["validate", path.to_str().unwrap()]).await;
     assert_eq!(code, exit::USAGE, "{out}");
     assert!(
-        out.contains("API key problem") && out.contains("no-such-key"),
+        out.contains("API key problem")
+            && out.contains("`api.api_key_file`: cannot read")
+            && out.contains("no-such-key: ENOENT"),
         "{out}"
     );
+    // A key file every user may read is warned about, by `validate` and at the start, never
+    // showing the key.
+    let config = env.config("", "");
+    let key = std::fs::read_to_string(&key_file).expect("key");
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).expect("mode");
+    let (code, out, _) = cli(&["validate", config.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("warning: `api.api_key_file`") && out.contains("chmod o-rwx"),
+        "{out}"
+    );
+    assert!(!out.contains(key.trim()), "{out}");
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("Every user of this machine may read the API key file (mode 0644)"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(key.trim()), "{stderr}");
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).expect("mode");
+    let (_, out, _) = cli(&["validate", config.to_str().unwrap()]).await;
+    assert!(!out.contains("api_key_file"), "no warning at 0600: {out}");
     let credential = text.replace(
         &key_file.display().to_string(),
         "/run/credentials/claid-hotfolder.service/claid-api-key",

@@ -130,6 +130,12 @@ impl TestEnv {
     pub fn config(&self, api_extra: &str, extra: &str) -> PathBuf {
         let key_file = self.dir.path().join("api-key");
         std::fs::write(&key_file, "test-key\n").expect("key file");
+        // As an operator installs it: only the daemon's user may read it.
+        std::fs::set_permissions(
+            &key_file,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .expect("key file mode");
         let mut api = format!(
             "api:\n  base_url: {}\n  api_key_file: {}\n  requests_per_second: 1000\n  requests_per_minute: 60000\n  poll: {{ min: 50ms, max: 500ms }}\n",
             self.emulator.base_url(),
