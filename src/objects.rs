@@ -646,6 +646,9 @@ fn describe(err: &(dyn std::error::Error + 'static)) -> String {
     let Some(root) = crate::os_error::root_cause(err) else {
         return escape(&message);
     };
+    if let Some(short) = unanswered(&message, &root) {
+        return escape(&short);
+    }
     // The bottom of an S3 error's chain is the answer's body: an error document whose code
     // object_store's own message has usually told already.
     let told = xml_element(&root, "Code").is_some_and(|code| message.contains(&code));
@@ -655,6 +658,38 @@ fn describe(err: &(dyn std::error::Error + 'static)) -> String {
     } else {
         escape(&format!("{message}: {root}"))
     }
+}
+
+/// A request that got no answer (its OS cause `root` names one: `ECONNREFUSED: …`), told as
+/// `no answer from HOST:PORT (METHOD, after N retries): ECONNREFUSED: connection refused`
+/// instead of object_store's whole message (the object's URL, the retry settings). `None`
+/// for anything else.
+fn unanswered(message: &str, root: &str) -> Option<String> {
+    let (name, _) = root.split_once(": ")?;
+    let named = name.len() > 1
+        && name.starts_with('E')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+    if !named {
+        return None;
+    }
+    let after = message.split_once("Error performing ")?.1;
+    let mut words = after.split_whitespace();
+    let method = words.next()?;
+    let url = reqwest::Url::parse(words.next()?).ok()?;
+    let host = url.host_str()?;
+    let port = url.port_or_known_default()?;
+    let retries = message
+        .split_once("after ")
+        .and_then(|(_, rest)| rest.split_once(" retries"))
+        .map(|(n, _)| n)
+        .filter(|n| n.bytes().all(|b| b.is_ascii_digit()));
+    let how = match retries {
+        Some(n) => format!("{method}, after {n} retries"),
+        None => method.to_owned(),
+    };
+    Some(format!("no answer from {host}:{port} ({how}): {root}"))
 }
 
 /// The text of the first `<name>…</name>` element in `text`, trimmed.
@@ -748,6 +783,23 @@ mod tests {
             ) && text.contains("NoSuchBucket: The specified bucket does not exist")
                 && !text.contains('<'),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn a_request_without_an_answer_is_told_by_host_port_and_os_cause() {
+        let message = "Generic S3 error: Error performing HEAD http://127.0.0.1:19500/acme/images/staging/03ae.png in 381.46ms, after 3 retries, max_retries: 3, retry_timeout: 20s  - HTTP error: error sending request";
+        assert_eq!(
+            unanswered(message, "ECONNREFUSED: connection refused").as_deref(),
+            Some(
+                "no answer from 127.0.0.1:19500 (HEAD, after 3 retries): ECONNREFUSED: connection refused"
+            )
+        );
+        // An answer's error, or a cause without an errno name, is told as it was.
+        assert_eq!(unanswered(message, "dns error: failed to lookup"), None);
+        assert_eq!(
+            unanswered("Client error with status 403", "ECONNREFUSED: x"),
+            None
         );
     }
 

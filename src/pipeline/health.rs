@@ -188,17 +188,30 @@ impl HealthState {
     /// A call of the daemon's own to a bucket (staging, an output check) found its endpoint
     /// away (`why` names it): an outage of the storage, which `run --once` gives up on like
     /// one of the API.
-    pub fn storage_failed(&self, why: String) {
+    /// True when this failure starts an outage (none was being told), so that the caller logs
+    /// it once rather than once per job and retry.
+    pub fn storage_failed(&self, why: String) -> bool {
         let mut inner = self.lock();
         match &mut inner.storage_failing {
-            Some((_, last)) => *last = why,
-            None => inner.storage_failing = Some((Instant::now(), why)),
+            Some((_, last)) => {
+                *last = why;
+                false
+            }
+            None => {
+                inner.storage_failing = Some((Instant::now(), why));
+                true
+            }
         }
     }
 
-    /// A call to a bucket succeeded: its outage, if any, is over.
+    /// A call to a bucket succeeded: its outage, if any, is over (said once).
     pub fn storage_ok(&self) {
-        self.lock().storage_failing = None;
+        if let Some((since, _)) = self.lock().storage_failing.take() {
+            tracing::info!(
+                after_s = since.elapsed().as_secs(),
+                "The storage's bucket answers again"
+            );
+        }
     }
 
     /// Whether some call succeeded after `t`: a transient failure since then is the job's

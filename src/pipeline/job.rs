@@ -572,7 +572,12 @@ impl Runner {
                 Decision::Retry { after }
                     if outage || (transient && n_failures < MAX_HEALING_WRITES) =>
                 {
-                    warn!(error = %err, "Cannot stage the input; retrying");
+                    // An outage is told once (see `bucket_failure`), not per job and retry.
+                    if outage {
+                        debug!(error = %err, "Cannot stage the input; retrying");
+                    } else {
+                        warn!(error = %err, "Cannot stage the input; retrying");
+                    }
                     if !self.wait(after).await {
                         return Step::End(JobOutcome::Parked);
                     }
@@ -1042,7 +1047,11 @@ impl Runner {
             let decision = decide(&mut attempts, failure);
             match decision {
                 Decision::Retry { after } if outage || n_failures < MAX_HEALING_WRITES => {
-                    warn!(error = %err, "Cannot check the output object; retrying");
+                    if outage {
+                        debug!(error = %err, "Cannot check the output object; retrying");
+                    } else {
+                        warn!(error = %err, "Cannot check the output object; retrying");
+                    }
                     if !self.wait(after).await {
                         return Step::End(JobOutcome::Parked);
                     }
@@ -1160,7 +1169,9 @@ fn bucket_failure(
 ) -> (bool, Failure) {
     let outage = transient && connection_failed(err);
     if outage {
-        health.storage_failed(err.to_string());
+        if health.storage_failed(err.to_string()) {
+            warn!(error = %err, "A storage's bucket does not answer; what needs it waits and is retried with backoff (told once; `/healthz` says failing; in `run --once` until `api.unreachable_timeout`)");
+        }
         (true, Failure::Unreachable)
     } else {
         (false, Failure::Transient)
@@ -1185,6 +1196,7 @@ fn connection_failed(err: &crate::objects::ObjectError) -> bool {
     let cause = cause.to_ascii_lowercase();
     [
         "error sending request",
+        "no answer from",
         "connection refused",
         "connection reset",
         "connect",

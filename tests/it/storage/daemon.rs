@@ -748,7 +748,12 @@ async fn a_bucket_endpoint_refusing_connections_while_staging_is_waited_out() {
     let storages = storages_yaml("catalog-s3", "s3://catalog/raw", &switch.endpoint(), &keys);
     let config = env.config("staging: catalog\nmax_in_flight: 1", &storages);
     let deadline = std::time::Duration::from_secs(60);
-    let mut daemon = env.spawn_daemon(&config, 0);
+    // Each retry is logged at debug level: the outage itself is told once.
+    let mut daemon = env.spawn_daemon_with(
+        &config,
+        0,
+        &[("RUST_LOG", "info,claid_hotfolder::pipeline::job=debug")],
+    );
     crate::support::wait_until("the start checked the bucket", deadline, || {
         env.daemon_log(0).contains("Ready")
     })
@@ -766,16 +771,36 @@ async fn a_bucket_endpoint_refusing_connections_while_staging_is_waited_out() {
         || retries() > 12,
     )
     .await;
+    let log = env.daemon_log(0);
     assert!(
-        !env.daemon_log(0).contains("staging-failed"),
-        "nothing failed during the outage:\n{}",
-        env.daemon_log(0)
+        !log.contains("staging-failed"),
+        "nothing failed during the outage:\n{log}"
+    );
+    assert_eq!(
+        log.matches("A storage's bucket does not answer").count(),
+        1,
+        "the outage is told once, not per retry:\n{log}"
+    );
+    assert!(
+        !log.lines()
+            .any(|l| l.contains(" WARN ") && l.contains("Cannot stage the input")),
+        "retries during an outage are not warnings:\n{log}"
+    );
+    assert!(
+        log.contains("no answer from 127.0.0.1:"),
+        "the cause names the endpoint, not object_store's whole message:\n{log}"
     );
     switch.on();
     crate::support::wait_until("the drop is archived", deadline, || {
         env.archive.join("shoes.yaml").is_file()
     })
     .await;
+    assert!(
+        env.daemon_log(0)
+            .contains("The storage's bucket answers again"),
+        "{}",
+        env.daemon_log(0)
+    );
     crate::support::stop(&mut daemon).await;
     check_staged_run(&env, 3, 0);
     s3.stop().await;
