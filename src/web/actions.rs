@@ -239,6 +239,11 @@ fn rerun(
         return Err("it is not a regular file".to_owned());
     }
     let name = src.file_name().unwrap_or_default().to_owned();
+    if name.as_encoded_bytes().ends_with(b".error.txt") {
+        return Err(
+            "it is the error file of a rejected file: re-run the file it describes".to_owned(),
+        );
+    }
     let dir = src.parent().unwrap_or(rejected).to_path_buf();
     let error_file = dir.join(crate::filename::error_file_name(
         &name,

@@ -648,6 +648,19 @@ async fn dashboard_actions_release_in_doubt_jobs_and_rerun_a_fixed_rejected_mani
     let error_file = env.rejected.join("later/fix.yaml.error.txt");
     wait_until("its error file", DEADLINE, || error_file.is_file()).await;
     std::fs::write(&in_rejected, manifest(2, "f", &[])).expect("fixed");
+    // Its error file is no file to re-run: refused, both files stay where they are.
+    let res = http
+        .post(format!("{base}/rejected/rerun"))
+        .bearer_auth(TOKEN)
+        .form(&[("file", "later/fix.yaml.error.txt")])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status(), 400);
+    let page = res.text().await.expect("page");
+    assert!(page.contains("error file"), "{page}");
+    assert!(in_rejected.is_file() && error_file.is_file());
+    assert!(!env.inbox.join("later/fix.yaml.error.txt").exists());
     let res = http
         .post(format!("{base}/rejected/rerun"))
         .bearer_auth(TOKEN)
