@@ -1024,37 +1024,68 @@ impl Store {
     /// Every queued job of a run → Failed `superseded` (a newer version of its file owns the
     /// work now). Durable. Returns the jobs it changed.
     pub async fn cancel_queued(&self, id: ManifestId) -> Result<Vec<JobId>, StoreError> {
+        self.supersede_jobs(
+            id,
+            "queued",
+            |state| matches!(state, JobState::Queued),
+            "the manifest was saved again before this image was submitted; it is left to the new version (made there if that version still lists it)",
+        )
+        .await
+    }
+
+    /// Ends the jobs of run `id` held in doubt as superseded (a newer version of the file
+    /// replaced the run, which is never replayed): they stop waiting for a human, keep their
+    /// `in_doubt` count (Claid may have made, and billed, them), and say so. Flushed.
+    pub async fn supersede_held(&self, id: ManifestId) -> Result<Vec<JobId>, StoreError> {
+        self.supersede_jobs(
+            id,
+            "in-doubt",
+            |state| matches!(state, JobState::InDoubt { .. }),
+            "held in doubt (its submit's answer was lost: Claid may have made, and billed, it) when the manifest was saved again; left to the new version, which makes it again if it still lists it",
+        )
+        .await
+    }
+
+    /// The jobs of run `id` in a state `select` takes, ended as `superseded` with `message`.
+    async fn supersede_jobs(
+        &self,
+        id: ManifestId,
+        expected: &'static str,
+        select: fn(&JobState) -> bool,
+        message: &'static str,
+    ) -> Result<Vec<JobId>, StoreError> {
         let trees = self.trees.clone();
-        let queued = self
+        let selected = self
             .on_pool(move || {
-                let mut queued = Vec::new();
+                let mut selected = Vec::new();
                 trees.for_each_job_of_manifest(id, |job_id, job| {
-                    if matches!(job.state, JobState::Queued) {
-                        queued.push(job_id);
+                    if select(&job.state) {
+                        selected.push(job_id);
                     }
                     Ok::<_, StoreError>(())
                 })?;
-                Ok::<_, StoreError>(queued)
+                Ok::<_, StoreError>(selected)
             })
             .await??;
-        let mut cancelled = Vec::with_capacity(queued.len());
-        for job_id in queued {
+        let mut cancelled = Vec::with_capacity(selected.len());
+        for job_id in selected {
             let res = self
-                .step(job_id, "queued", move |job| match job.state {
-                JobState::Queued => Some(with_state(
-                    job,
-                    JobState::Failed {
-                        code: FailureCode::Superseded,
-                        message: "the manifest was saved again before this image was submitted; it is left to the new version (made there if that version still lists it)".to_owned(),
-                        attempts: job.attempts,
-                    },
-                )),
-                _ => None,
-            })
+                .step(job_id, expected, move |job| {
+                    select(&job.state).then(|| {
+                        with_state(
+                            job,
+                            JobState::Failed {
+                                code: FailureCode::Superseded,
+                                message: message.to_owned(),
+                                attempts: job.attempts,
+                            },
+                        )
+                    })
+                })
                 .await;
             match res {
                 Ok(_) => cancelled.push(job_id),
-                // Taken for submission meanwhile: it finishes on its own.
+                // Taken for submission (or adopted) meanwhile: it finishes on its own.
                 Err(StoreError::Conflict { .. }) => {}
                 Err(err) => return Err(err),
             }

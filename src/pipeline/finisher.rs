@@ -335,9 +335,26 @@ impl Finisher {
     /// A newer version of the run's file arrived: the run drains (its queued jobs are
     /// cancelled, tasks at Claid finish), and the newer version is taken in afterwards.
     async fn supersede(&mut self, id: ManifestId, then: Candidate) {
+        if !self.runs.contains_key(&id) {
+            match self.deps.store.manifest(id).await {
+                // Not ended in the store, but not tracked here (its resume has not reached
+                // the finisher yet): tracked now, so that it drains and ends as superseded
+                // instead of being left running beside the newer version.
+                Ok(Some(m)) if !m.state.is_ended() => {
+                    let phase = match m.state {
+                        ManifestState::Draining { .. } => Phase::Draining,
+                        _ => Phase::Running,
+                    };
+                    self.track(id, PathBuf::from(&m.rel), m.sha256, phase);
+                }
+                // Ended meanwhile: the new version is taken in now.
+                _ => {
+                    self.hand_to_intake(then).await;
+                    return;
+                }
+            }
+        }
         let Some(run) = self.runs.get_mut(&id) else {
-            // Not a run this process knows (it ended meanwhile): take the new version in now.
-            self.hand_to_intake(then).await;
             return;
         };
         match run.phase.next(LifeEvent::Changed) {
@@ -366,6 +383,23 @@ impl Finisher {
                     .update(|s| s.totals.superseded += cancelled.len() as u64);
             }
             Err(err) => error!(error = %err, "Cannot cancel the old version's queued images"),
+        }
+        // Jobs held in doubt wait for a `replay` that a replaced run never gets: they end
+        // as superseded, their possible bill counted (`in_doubt`) in the old run's report.
+        match self.deps.store.supersede_held(id).await {
+            Ok(ended) if !ended.is_empty() => {
+                warn!(
+                    images = ended.len(),
+                    "Images of the old version held in doubt end as superseded: Claid may have made (and billed) them; its report counts them, the new version makes them again if it still lists them"
+                );
+                let n = ended.len() as u64;
+                self.deps.board.update(|s| {
+                    s.totals.superseded += n;
+                    s.totals.held = s.totals.held.saturating_sub(n);
+                });
+            }
+            Ok(_) => {}
+            Err(err) => error!(error = %err, "Cannot end the old version's images held in doubt"),
         }
         self.settle_if_done(id).await;
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use claid_hotfolder::emulator::{Latency, Scenario};
 use sha2::Digest;
 
-use crate::support::{TestEnv, cli, signal, stop, wait_until};
+use crate::support::{TestEnv, cli, signal, stop, wait_until, wait_until_async};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -832,4 +832,84 @@ async fn a_manifest_its_resumed_run_deleted_before_the_scan_read_it_is_not_rejec
     assert_eq!(code, 0, "{stderr}");
     assert!(TestEnv::files_under(&env.rejected).is_empty());
     assert!(env.outbox.join("z").join("z-64x48.jpg").is_file());
+}
+
+/// A run whose images are held in doubt (their submit answers were lost, `in_doubt: hold`)
+/// and whose manifest is then saved again: the old run is never replayed (the newer version
+/// owns the file), so its held images stop waiting for a human. They end as `superseded`,
+/// keep their possible bill counted (`in_doubt`) in the old run's own report, and neither
+/// `jobs --state in-doubt` nor `replay --in-doubt` shows them any more.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue11_images_held_in_doubt_by_a_run_saved_again_end_superseded_and_counted() {
+    let env = TestEnv::new(
+        Scenario::default()
+            .drop_share(1.0)
+            .latency(Latency::Fixed(Duration::from_millis(50))),
+    )
+    .await;
+    let config = env.config("batch: { max_images: 1 }", "in_doubt: hold\n");
+    let cfg = config.to_str().unwrap();
+    let v1 =
+        b"images:\n  - input: storage://demo/a-64x48.png\n  - input: storage://demo/b-64x48.png\n"
+            .to_vec();
+    let v2 = b"images:\n  - input: storage://demo/c-64x48.png\n".to_vec();
+    let mut daemon = env.spawn_daemon(&config, 0);
+    env.drop_file("m.yaml", &v1);
+    let held = || async {
+        let (code, out, _) = cli(&["jobs", "--state", "in-doubt", "--config", cfg]).await;
+        (code == 0).then_some(out)
+    };
+    wait_until_async("both images of v1 are held", DEADLINE, || async {
+        held().await.is_some_and(|out| out.ends_with("\n2 jobs\n"))
+    })
+    .await;
+    env.drop_file("m.yaml", &v2);
+    let old_report = || {
+        TestEnv::files_under(&env.outbox)
+            .into_iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .find(|p| p.starts_with("m.superseded-") && p.ends_with(".report.json"))
+    };
+    wait_until("the old version's report", DEADLINE, || {
+        old_report().is_some()
+    })
+    .await;
+    wait_until_async("v2's image is held", DEADLINE, || async {
+        held()
+            .await
+            .is_some_and(|out| out.contains("c-64x48") && out.ends_with("\n1 jobs\n"))
+    })
+    .await;
+    stop(&mut daemon).await;
+
+    let old: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(env.outbox.join(old_report().expect("report"))).expect("read"),
+    )
+    .expect("JSON");
+    assert_eq!(old["sha256"], sha256_hex(&v1).as_str());
+    assert_eq!(
+        old["in_doubt"], 2,
+        "the possible bills are counted: {old:#}"
+    );
+    for row in old["jobs"].as_array().expect("rows") {
+        assert_eq!(row["status"], "superseded", "{row}");
+        assert_eq!(row["in_doubt"], 1, "{row}");
+        assert!(
+            row["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("held in doubt")),
+            "{row}"
+        );
+    }
+    // Only v2's image is held, and only it is replayed.
+    let (_, out, _) = cli(&["jobs", "--state", "in-doubt", "--config", cfg]).await;
+    assert!(
+        out.contains("c-64x48") && out.ends_with("\n1 jobs\n"),
+        "{out}"
+    );
+    let (_, out, _) = cli(&["jobs", "--state", "superseded", "--config", cfg]).await;
+    assert!(out.ends_with("\n2 jobs\n"), "{out}");
+    let (code, out, err) = cli(&["replay", "--in-doubt", "--config", cfg]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("Requeued 1 jobs"), "{out}");
 }
