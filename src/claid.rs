@@ -350,6 +350,11 @@ impl ClaidError {
     }
 }
 
+/// The client's rate limiter let one request go (see [`Client::turn`]); spent by the call it
+/// is given to.
+#[must_use = "a turn is one request of the rate limit's budget"]
+pub struct Turn(limiter::Waited);
+
 /// A submit Claid accepted.
 #[derive(Debug, Clone)]
 pub struct Accepted {
@@ -611,9 +616,18 @@ impl Client {
     /// `POST {base}/image/edit/async`: one HTTP attempt. Once the request may have reached
     /// Claid, a lost answer is [`ErrorClass::Ambiguous`]; a 429 is [`ClaidError::RateLimited`].
     pub async fn submit_once(&self, body: &serde_json::Value) -> Result<Accepted, ClaidError> {
+        self.submit_in(self.turn().await, body).await
+    }
+
+    /// [`Client::submit_once`] in a [`Turn`] the caller took before it recorded its intent.
+    pub async fn submit_in(
+        &self,
+        turn: Turn,
+        body: &serde_json::Value,
+    ) -> Result<Accepted, ClaidError> {
         let url = self.endpoint_url("image/edit/async")?;
         let build = || Ok(self.api.post(url.clone()).json(body));
-        let answer = self.call(Endpoint::Submit, build).await?;
+        let answer = self.call_in(turn, Endpoint::Submit, build).await?;
         let (task, request_id) = expect_ok::<wire::AsyncTask>(Endpoint::Submit, answer)?;
         Ok(Accepted {
             task_id: task.id,
@@ -638,9 +652,18 @@ impl Client {
         &self,
         body: &wire::BatchEditRequest,
     ) -> Result<BatchAccepted, ClaidError> {
+        self.submit_batch_in(self.turn().await, body).await
+    }
+
+    /// [`Client::submit_batch_once`] in a [`Turn`] taken before the intent was recorded.
+    pub async fn submit_batch_in(
+        &self,
+        turn: Turn,
+        body: &wire::BatchEditRequest,
+    ) -> Result<BatchAccepted, ClaidError> {
         let url = self.endpoint_url("image/edit/batch")?;
         let build = || Ok(self.api.post(url.clone()).json(body));
-        let answer = self.call(Endpoint::Submit, build).await?;
+        let answer = self.call_in(turn, Endpoint::Submit, build).await?;
         let (task, request_id) = expect_ok::<wire::BatchTask>(Endpoint::Submit, answer)?;
         let result_url = if task.result_url.is_empty() {
             format!(
@@ -676,6 +699,18 @@ impl Client {
         bytes: Bytes,
         data: &serde_json::Value,
     ) -> Result<Uploaded, ClaidError> {
+        self.upload_in(self.turn().await, file_name, bytes, data)
+            .await
+    }
+
+    /// [`Client::upload_once`] in a [`Turn`] taken before the intent was recorded.
+    pub async fn upload_in(
+        &self,
+        turn: Turn,
+        file_name: &str,
+        bytes: Bytes,
+        data: &serde_json::Value,
+    ) -> Result<Uploaded, ClaidError> {
         let url = self.endpoint_url("image/edit/upload")?;
         let data = data.to_string();
         let file_name = multipart_file_name(file_name);
@@ -691,7 +726,7 @@ impl Client {
                 .part("data", data_part);
             Ok(self.api.post(url.clone()).multipart(form))
         };
-        let answer = self.call(Endpoint::Upload, build).await?;
+        let answer = self.call_in(turn, Endpoint::Upload, build).await?;
         let (response, request_id) = expect_ok::<wire::EditResponse>(Endpoint::Upload, answer)?;
         Ok(Uploaded {
             response,
@@ -798,7 +833,25 @@ impl Client {
         endpoint: Endpoint,
         build: impl Fn() -> Result<reqwest::RequestBuilder, ClaidError>,
     ) -> Result<Answer, ClaidError> {
-        let waited = self.limiter.acquire().await;
+        let turn = self.turn().await;
+        self.call_in(turn, endpoint, build).await
+    }
+
+    /// The rate limiter's permission for one request: a submit takes it before its intent
+    /// is recorded, so that a crash while it waits for the limiter (a minute's quota spent)
+    /// leaves the job queued, not in doubt. A turn not used is one request of the budget
+    /// left unspent.
+    pub async fn turn(&self) -> Turn {
+        Turn(self.limiter.acquire().await)
+    }
+
+    /// One request in `turn` (see [`Client::turn`]).
+    async fn call_in(
+        &self,
+        Turn(waited): Turn,
+        endpoint: Endpoint,
+        build: impl Fn() -> Result<reqwest::RequestBuilder, ClaidError>,
+    ) -> Result<Answer, ClaidError> {
         let sent_at = Instant::now();
         if !waited.0.is_zero() {
             self.with_stats(|s| {

@@ -639,6 +639,13 @@ impl BatchRunner {
             if !deps.health.writable(&deps.cancel).await {
                 return Sent::Ended;
             }
+            // The rate limiter's turn before the intent: a crash while it waits leaves the
+            // jobs queued, not in doubt.
+            let turn = tokio::select! {
+                turn = deps.client.turn() => turn,
+                // Still queued in the store: resumed at the next start.
+                () = deps.cancel.cancelled() => return Sent::Ended,
+            };
             match deps.store.mark_batch_submitting(&ids).await {
                 Ok(marked) if marked.len() == ids.len() => {}
                 Ok(marked) => {
@@ -662,7 +669,7 @@ impl BatchRunner {
                 }
             }
             let sent_at = Instant::now();
-            let err = match deps.client.submit_batch_once(&request).await {
+            let err = match deps.client.submit_batch_in(turn, &request).await {
                 Ok(accepted) => {
                     if let Err(err) = deps
                         .store

@@ -368,6 +368,12 @@ impl Runner {
             if !deps.health.writable(&deps.cancel).await {
                 return Step::End(JobOutcome::Parked);
             }
+            // The rate limiter's turn first: a crash while it waits leaves the job queued (no
+            // request went out), not in doubt.
+            let turn = tokio::select! {
+                turn = deps.client.turn() => turn,
+                () = deps.cancel.cancelled() => return Step::End(JobOutcome::Parked),
+            };
             match deps.store.mark_submitting(id).await {
                 Ok(_) => {}
                 // Changed meanwhile: cancelled (its run drains), or a late webhook adopted the
@@ -380,8 +386,8 @@ impl Runner {
             }
             let sent_at = Instant::now();
             let res = match &local_bytes {
-                Some(bytes) => self.upload(job, bytes.clone()).await,
-                None => self.submit_remote(job).await,
+                Some(bytes) => self.upload(turn, job, bytes.clone()).await,
+                None => self.submit_remote(turn, job).await,
             };
             let err = match res {
                 Ok(Submitted::Task {
@@ -610,8 +616,12 @@ impl Runner {
         }
     }
 
-    async fn submit_remote(&self, job: &JobV1) -> Result<Submitted, ClaidError> {
-        let accepted = self.deps.client.submit_once(&request_of(job)).await?;
+    async fn submit_remote(
+        &self,
+        turn: crate::claid::Turn,
+        job: &JobV1,
+    ) -> Result<Submitted, ClaidError> {
+        let accepted = self.deps.client.submit_in(turn, &request_of(job)).await?;
         Ok(Submitted::Task {
             task_id: accepted.task_id,
             result_url: accepted.result_url,
@@ -620,7 +630,12 @@ impl Runner {
     }
 
     /// Local files go through the synchronous upload endpoint (the API has no async upload).
-    async fn upload(&self, job: &JobV1, bytes: bytes::Bytes) -> Result<Submitted, ClaidError> {
+    async fn upload(
+        &self,
+        turn: crate::claid::Turn,
+        job: &JobV1,
+        bytes: bytes::Bytes,
+    ) -> Result<Submitted, ClaidError> {
         let path = Path::new(&job.input);
         let file_name = path
             .file_name()
@@ -629,7 +644,7 @@ impl Runner {
         let uploaded = self
             .deps
             .client
-            .upload_once(&file_name, bytes, &body_of(job))
+            .upload_in(turn, &file_name, bytes, &body_of(job))
             .await?;
         let output = uploaded.response.output;
         // A storage output is in the bucket: the job checks it there instead of downloading.
