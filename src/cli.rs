@@ -1106,6 +1106,16 @@ fn cmd_jobs(
             None => Vec::new(),
         },
     };
+    if jobs.is_empty()
+        && let Some(rel) = &query.manifest
+        && !manifest_known(&config, rel)?
+    {
+        eprintln!(
+            "error: no manifest `{}` in the store (give its path relative to the inbox, e.g. `spring/shoes.yaml`; see `status`)",
+            Escaped::str(rel)
+        );
+        return Ok(exit::USAGE);
+    }
     println!(
         "{:>20}  {:<11}  {:>8}  {:<44}  {:<30}  detail",
         "job", "state", "attempts", "input", "manifest"
@@ -1121,16 +1131,6 @@ fn cmd_jobs(
             Escaped::str(&j.manifest).to_string(),
             Escaped::str(&j.detail)
         );
-    }
-    if jobs.is_empty()
-        && let Some(rel) = &query.manifest
-        && !manifest_known(&config, rel)?
-    {
-        eprintln!(
-            "error: no manifest `{}` in the store (give its path relative to the inbox, e.g. `spring/shoes.yaml`; see `status`)",
-            Escaped::str(rel)
-        );
-        return Ok(exit::USAGE);
     }
     println!("{} jobs", jobs.len());
     Ok(exit::OK)

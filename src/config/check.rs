@@ -642,12 +642,22 @@ impl Checker {
     }
 
     fn duration(&mut self, root: &Value, key: &str, default: Duration, zero_ok: bool) -> Duration {
+        const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
         const FORM: &str = "use a number with a unit, like `500ms`, `2s`, `5m` or `1h`";
         match lookup(root, key) {
             None | Some(Value::Null) => default,
             Some(Value::String(text)) => match humantime::parse_duration(text.trim()) {
                 Ok(duration) if duration.is_zero() && !zero_ok => {
                     self.problem(key, "must be longer than zero");
+                    default
+                }
+                // Nothing the daemon waits for is meant to outlast a month; a typo of a few
+                // digits would otherwise be a wait nobody sees end.
+                Ok(duration) if duration > MAX_DURATION => {
+                    self.problem(
+                        key,
+                        format!("`{}` is too long; at most `30days`", text.trim()),
+                    );
                     default
                 }
                 Ok(duration) => duration,
@@ -760,6 +770,17 @@ impl Checker {
     }
 
     fn socket_addr(&mut self, root: &Value, key: &str) -> Option<SocketAddr> {
+        // Each listener's own usual address in the hint (its default, or the docs' example).
+        let example = match key {
+            "web.listen" => "127.0.0.1:8788",
+            "webhook.listen" => "127.0.0.1:8787",
+            _ => "127.0.0.1:9464",
+        };
+        let off = if key == "admin.metrics_listen" {
+            ", or null to serve none"
+        } else {
+            ""
+        };
         match lookup(root, key) {
             None | Some(Value::Null) => None,
             Some(Value::String(text)) => match text.trim().parse() {
@@ -767,7 +788,10 @@ impl Checker {
                 Err(_) => {
                     self.problem(
                         key,
-                        format!("`{text}` is not an address; use e.g. `127.0.0.1:9464`, or null"),
+                        format!(
+                            "`{}` is not an IP address and port (a host name such as `localhost` is not taken); use e.g. `{example}`{off}",
+                            crate::text::Escaped::str(text)
+                        ),
                     );
                     None
                 }
@@ -776,7 +800,7 @@ impl Checker {
                 self.problem(
                     key,
                     format!(
-                        "expected an address like `127.0.0.1:9464`, found {}",
+                        "expected an address like `{example}`, found {}",
                         kind(other)
                     ),
                 );

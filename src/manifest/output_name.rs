@@ -125,8 +125,13 @@ fn safe_relative(name: &str) -> Result<PathBuf, String> {
             .chars()
             .find(|c| c.is_control() || "<>:\"|?*".contains(*c))
         {
+            let shown = if bad.is_control() {
+                format!("U+{:04X} (a control character)", u32::from(bad))
+            } else {
+                format!("`{bad}`")
+            };
             return Err(format!(
-                "`{}` contains the unsafe character {bad:?}; use letters, digits, `-`, `_` and `.`",
+                "`{}` contains the unsafe character {shown}; use letters, digits, `-`, `_` and `.`",
                 name.escape_debug()
             ));
         }

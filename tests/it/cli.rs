@@ -986,6 +986,7 @@ async fn status_and_jobs_escape_names_and_jobs_manifest_says_when_it_is_unknown(
     assert!(out.ends_with("\n2 jobs\n"), "{out}");
     let (code, out, err) = cli(&["jobs", "--manifest", "nope.yaml", "--config", cfg]).await;
     assert_eq!(code, 64, "{out}{err}");
+    assert!(out.is_empty(), "no table before the error: {out}");
     assert!(
         err.contains("no manifest `nope.yaml` in the store (give its path relative to the inbox"),
         "{err}"

@@ -166,6 +166,11 @@ impl TestEnv {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(self.dir.path(), std::fs::Permissions::from_mode(0o755))
             .expect("chmod");
+        let key_file = self.dir.path().join("api-key");
+        if key_file.exists() {
+            std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644))
+                .expect("chmod key");
+        }
     }
 
     /// The admin socket of this env's daemon.
