@@ -352,8 +352,27 @@ impl ClaidError {
 
 /// The client's rate limiter let one request go (see [`Client::turn`]); spent by the call it
 /// is given to.
+/// Not spent (its caller changed its mind: the job was taken meanwhile), it gives its slot
+/// back when dropped.
 #[must_use = "a turn is one request of the rate limit's budget"]
-pub struct Turn(limiter::Waited);
+pub struct Turn {
+    slot: Option<limiter::Slot>,
+    limiter: Arc<Limiter>,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            self.limiter.release(slot.at);
+        }
+    }
+}
+
+/// How old a turn may be when its request goes: the log's safety against the server's
+/// windows assumes admission and arrival differ by less than [`limiter::JITTER_MARGIN`] from
+/// one call to the next; a turn older than half of it (the intent's flush took long) is given
+/// back and taken again as the request goes.
+const STALE_TURN: Duration = Duration::from_millis(25);
 
 /// A submit Claid accepted.
 #[derive(Debug, Clone)]
@@ -842,17 +861,33 @@ impl Client {
     /// leaves the job queued, not in doubt. A turn not used is one request of the budget
     /// left unspent.
     pub async fn turn(&self) -> Turn {
-        Turn(self.limiter.acquire().await)
+        Turn {
+            slot: Some(self.limiter.acquire_slot().await),
+            limiter: self.limiter.clone(),
+        }
     }
 
     /// One request in `turn` (see [`Client::turn`]).
     async fn call_in(
         &self,
-        Turn(waited): Turn,
+        mut turn: Turn,
         endpoint: Endpoint,
         build: impl Fn() -> Result<reqwest::RequestBuilder, ClaidError>,
     ) -> Result<Answer, ClaidError> {
-        let sent_at = Instant::now();
+        let Some(mut slot) = turn.slot.take() else {
+            return Err(ClaidError::Config {
+                about: "a rate-limit turn spent twice",
+            });
+        };
+        if slot.at.elapsed() > STALE_TURN {
+            self.limiter.release(slot.at);
+            let again = self.limiter.acquire_slot().await;
+            slot = limiter::Slot {
+                waited: limiter::Waited(slot.waited.0 + again.waited.0),
+                at: again.at,
+            };
+        }
+        let (waited, sent_at) = (slot.waited, slot.at);
         if !waited.0.is_zero() {
             self.with_stats(|s| {
                 s.limiter_waits += 1;

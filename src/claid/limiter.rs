@@ -86,6 +86,14 @@ pub const LOG_HORIZON: Duration = MINUTE_WINDOW
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Waited(pub Duration);
 
+/// A slot the limiter gave a call: how long it asked the caller to wait, and the instant the
+/// admission was logged at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot {
+    pub waited: Waited,
+    pub at: Instant,
+}
+
 /// What one answer's rate-limit headers said, for [`Limiter::observe`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ServerWord {
@@ -163,6 +171,12 @@ impl Limiter {
     /// asked this caller to wait: from the call to the slot its rules gave it, not the time it
     /// took (a busy machine wakes timers late, and that is no rate limit).
     pub async fn acquire(&self) -> Waited {
+        self.acquire_slot().await.waited
+    }
+
+    /// [`Limiter::acquire`], with the instant the slot was logged at (for [`Limiter::release`]
+    /// and [`Limiter::observe`]).
+    pub async fn acquire_slot(&self) -> Slot {
         let called = Instant::now();
         let _turn = self.turn.lock().await;
         loop {
@@ -175,11 +189,23 @@ impl Limiter {
                     _ => {
                         state.admit(now, self.per_minute);
                         let slot = earliest.unwrap_or(called);
-                        return Waited(slot.saturating_duration_since(called));
+                        return Slot {
+                            waited: Waited(slot.saturating_duration_since(called)),
+                            at: now,
+                        };
                     }
                 }
             };
             tokio::time::sleep_until(ready).await;
+        }
+    }
+
+    /// Gives back the slot logged at `at` whose call was not made (or is to be admitted again
+    /// at the moment it is made): the log forgets it, so it binds no later call.
+    pub fn release(&self, at: Instant) {
+        let mut state = self.lock();
+        if let Some(index) = state.admitted.iter().rposition(|t| *t == at) {
+            state.admitted.remove(index);
         }
     }
 
@@ -377,6 +403,27 @@ mod tests {
         // 30 bursts of 4: the last one 29 widened seconds (30.45 s) after the first, where
         // governor's refilling minute quota sent the 120th call at ~59 s.
         assert_eq!(admitted[119] - start, second * 29);
+    }
+
+    /// A slot given back (its call was not made) binds no later call: the next goes at once
+    /// instead of a widened second later.
+    #[tokio::test(start_paused = true)]
+    async fn a_released_slot_binds_no_later_call() {
+        let limiter = limiter(2, 120);
+        let first = limiter.acquire_slot().await;
+        let second = limiter.acquire_slot().await;
+        assert_eq!(second.at, first.at, "two calls a second go together");
+        limiter.release(second.at);
+        assert_eq!(limiter.logged(), 1);
+        let third = limiter.acquire_slot().await;
+        assert_eq!(third.at, first.at, "the slot given back is free at once");
+        assert_eq!(third.waited, Waited(Duration::ZERO));
+        let fourth = limiter.acquire_slot().await;
+        assert_eq!(
+            fourth.at - first.at,
+            SECOND_WINDOW + JITTER_MARGIN,
+            "without a release the third call of the second waits"
+        );
     }
 
     #[tokio::test(start_paused = true)]
