@@ -749,17 +749,9 @@ impl Handle {
         // A draining run submits nothing more, also after a crash.
         for mid in &draining {
             let cancelled = store.cancel_queued(*mid).await?;
-            let ended = store.supersede_held(*mid).await?;
-            // Those this start held are counted as held already (`Resumed`): moved over.
-            let held_here = held_now
-                .get(mid)
-                .copied()
-                .unwrap_or(0)
-                .min(ended.len() as u64);
-            shared.board.update(|s| {
-                s.totals.superseded += (cancelled.len() + ended.len()) as u64;
-                s.totals.held = s.totals.held.saturating_sub(held_here);
-            });
+            shared
+                .board
+                .update(|s| s.totals.superseded += cancelled.len() as u64);
         }
         to_queue.retain(|(mid, _)| !draining.contains(mid));
         // Resumed tasks exist at Claid already: they take their permits first.

@@ -138,6 +138,8 @@ struct Run {
     then: Option<Candidate>,
     started: Instant,
     finished_this_run: u64,
+    /// Its jobs this process counted as held (`totals.held`).
+    held_counted: u64,
 }
 
 impl Finisher {
@@ -195,6 +197,9 @@ impl Finisher {
                 ) && let Some(run) = self.runs.get_mut(&id)
                 {
                     run.finished_this_run += 1;
+                    if outcome == JobOutcome::Held {
+                        run.held_counted += 1;
+                    }
                     if let JobOutcome::Failed(code) = outcome {
                         self.deps.notices.send(Notice::JobFailed {
                             id,
@@ -283,6 +288,9 @@ impl Finisher {
                     _ => Phase::Running,
                 };
                 self.track(id, PathBuf::from(&manifest.rel), manifest.sha256, phase);
+                if let Some(run) = self.runs.get_mut(&id) {
+                    run.held_counted = held;
+                }
                 // Its open jobs are this process's work: each ends done, failed, held or
                 // superseded here, so `run --once`'s closing counts add up.
                 self.deps.board.update(|s| {
@@ -313,6 +321,7 @@ impl Finisher {
                 then: None,
                 started: Instant::now(),
                 finished_this_run: 0,
+                held_counted: 0,
             },
         );
         self.publish(id);
@@ -384,24 +393,41 @@ impl Finisher {
             }
             Err(err) => error!(error = %err, "Cannot cancel the old version's queued images"),
         }
-        // Jobs held in doubt wait for a `replay` that a replaced run never gets: they end
-        // as superseded, their possible bill counted (`in_doubt`) in the old run's report.
-        match self.deps.store.supersede_held(id).await {
-            Ok(ended) if !ended.is_empty() => {
-                warn!(
-                    images = ended.len(),
-                    "Images of the old version held in doubt end as superseded: Claid may have made (and billed) them; its report counts them, the new version makes them again if it still lists them"
-                );
-                let n = ended.len() as u64;
-                self.deps.board.update(|s| {
-                    s.totals.superseded += n;
-                    s.totals.held = s.totals.held.saturating_sub(n);
-                });
-            }
-            Ok(_) => {}
-            Err(err) => error!(error = %err, "Cannot end the old version's images held in doubt"),
-        }
         self.settle_if_done(id).await;
+    }
+
+    /// A superseded run's end: jobs it holds in doubt (also those held while it drained)
+    /// wait for a `replay` that a replaced run never gets, so they end as superseded, their
+    /// possible bill counted (`in_doubt`) in its report. Those this process counted as held
+    /// move over to superseded in the totals.
+    async fn supersede_held(&mut self, id: ManifestId) {
+        let ended = match self.deps.store.supersede_held(id).await {
+            Ok(ended) => ended.len() as u64,
+            Err(err) => {
+                error!(error = %err, "Cannot end the old version's images held in doubt");
+                return;
+            }
+        };
+        if ended == 0 {
+            return;
+        }
+        warn!(
+            images = ended,
+            "Images of the old version held in doubt end as superseded: Claid may have made (and billed) them; its report counts them, the new version makes them again if it still lists them"
+        );
+        let counted = self
+            .runs
+            .get_mut(&id)
+            .map(|run| {
+                let moved = run.held_counted.min(ended);
+                run.held_counted -= moved;
+                moved
+            })
+            .unwrap_or(0);
+        self.deps.board.update(|s| {
+            s.totals.held = s.totals.held.saturating_sub(counted);
+            s.totals.superseded += counted;
+        });
     }
 
     /// Finishes the run when none of its jobs is open any more.
@@ -438,6 +464,9 @@ impl Finisher {
         let rel = run.rel.clone();
         let sha256 = run.sha256.clone();
         self.publish(id);
+        if superseded {
+            self.supersede_held(id).await;
+        }
         let recipe_image = manifest::is_image_name(&rel);
         let (tally, failures) = match self.write_report(id, &rel, recipe_image, superseded).await {
             Ok(made) => made,

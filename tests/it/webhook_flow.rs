@@ -766,3 +766,69 @@ async fn tasks_that_ended_while_the_daemon_was_down_do_not_raise_the_webhook_war
     assert!(!stderr.contains("No webhook has come"), "{stderr}");
     assert_eq!(env.stats().duplicate_submits, 0);
 }
+
+/// Images of a run whose manifest is saved again while their lost submits still wait for a
+/// webhook (`in_doubt: hold`): they are held during the drain, after the newer version was
+/// seen, and end as superseded with the run (in doubt counted in its own report), instead of
+/// waiting for a `replay` a replaced run never gets.
+#[tokio::test(flavor = "multi_thread")]
+async fn images_held_while_their_run_drains_end_superseded_with_it() {
+    let port = free_port();
+    let env = TestEnv::new(
+        announcing(port)
+            .drop_share(1.0)
+            .webhook_drop_share(1.0)
+            .latency(Latency::Fixed(Duration::from_millis(50))),
+    )
+    .await;
+    let config = env.config(
+        "batch: { max_images: 1 }",
+        &format!("{}in_doubt: hold\n", webhook_section(&env, port, "3s")),
+    );
+    let cfg = config.to_str().unwrap();
+    let mut daemon = env.spawn_daemon(&config, 0);
+    env.drop_file("m.yaml", manifest(2, "v1-").as_bytes());
+    wait_until("both submits of v1 are lost", DEADLINE, || {
+        env.stats().submits == 2
+    })
+    .await;
+    // Saved again while v1's two images wait for their webhooks (3 s).
+    env.drop_file("m.yaml", manifest(1, "v2-").as_bytes());
+    let old_report = || {
+        TestEnv::files_under(&env.outbox)
+            .into_iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .find(|p| p.starts_with("m.superseded-") && p.ends_with(".report.json"))
+    };
+    wait_until("the old version's report", DEADLINE, || {
+        old_report().is_some()
+    })
+    .await;
+    wait_until("v2's image is submitted", DEADLINE, || {
+        env.stats().submits == 3
+    })
+    .await;
+    let log = || env.daemon_log(0);
+    wait_until("v2's image is held", DEADLINE, || {
+        log().matches("held for `replay --in-doubt`").count() >= 3
+            || log().contains("Run reported; jobs held in doubt")
+    })
+    .await;
+    crate::support::stop(&mut daemon).await;
+    let old: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(env.outbox.join(old_report().expect("report"))).expect("read"),
+    )
+    .expect("JSON");
+    let rows = old["jobs"].as_array().expect("rows");
+    assert_eq!(rows.len(), 2);
+    for row in rows {
+        assert_eq!(row["status"], "superseded", "{old:#}");
+        assert_eq!(row["in_doubt"], 1, "{row}");
+    }
+    let (_, out, err) =
+        crate::support::cli(&["jobs", "--state", "in-doubt", "--config", cfg]).await;
+    assert!(
+        out.contains("v2-0") && out.ends_with("\n1 jobs\n"),
+        "only v2's image is held: {out}{err}"
+    );
+}
