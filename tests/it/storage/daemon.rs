@@ -1150,6 +1150,19 @@ async fn staged_inputs_with_a_storage_destination_go_in_batches() {
         ));
     }
     env.drop_file("shoes.yaml", manifest.as_bytes());
+    // `plan` counts them as the daemon sends them: in batches, none alone.
+    let (code, out, err) = crate::support::cli(&[
+        "plan",
+        env.inbox.join("shoes.yaml").to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("batch submits") && !out.contains("single submits"),
+        "{out}"
+    );
     let (code, stderr) = env.run_once(&config).await;
     assert_eq!(code, 0, "{stderr}");
     let report = env.report("shoes");
