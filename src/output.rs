@@ -241,7 +241,10 @@ pub fn write_atomic(
     // job's own output, written before a crash came between the write and its record).
     let identical = |path: &Path| -> Result<Written, OutputError> {
         let sha256 = hex::encode(Sha256::digest(bytes));
-        if sha256_file(path).is_ok_and(|theirs| theirs == sha256) {
+        // Only a regular file of the same size is read (never a FIFO, never a huge file).
+        let same_size = fs::symlink_metadata(path)
+            .is_ok_and(|meta| meta.is_file() && meta.len() == bytes.len() as u64);
+        if same_size && sha256_file(path).is_ok_and(|theirs| theirs == sha256) {
             sync_dir(dir)?;
             return Ok(Written {
                 path: path.to_path_buf(),

@@ -316,11 +316,11 @@ fn rel_paths_tagged(outbox: &Path, manifest_rel: &Path, tag: Option<&str>) -> (P
 }
 
 /// The tag of the reports of a run a newer version of its file replaced, from the time the run
-/// was registered: `superseded-20261203T044700Z`. The newer version's reports keep the plain
-/// names, so neither run's reports overwrite the other's.
+/// was registered, to the millisecond: `superseded-20261203T044700.123Z`. The newer version's
+/// reports keep the plain names, so neither run's reports overwrite the other's.
 pub fn superseded_tag(registered_at_ms: u64) -> String {
     let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(registered_at_ms);
-    let text = humantime::format_rfc3339_seconds(at).to_string();
+    let text = humantime::format_rfc3339_millis(at).to_string();
     format!("superseded-{}", text.replace(['-', ':'], ""))
 }
 

@@ -973,11 +973,17 @@ impl BatchRunner {
     ) {
         let deps = &*self.deps;
         let mut matched = match_results(&result, &members);
+        // Whether some results were taken as other jobs' of this batch: a member left without
+        // a result is then held in doubt rather than failed (its result may be among them
+        // under a name Claid chose otherwise; failing it would have a replay bill it again).
+        let mut explained = false;
         if !matched.unmatched.is_empty() {
             // Results of jobs of this batch that are not here (settled before a crash, or no
             // longer waiting when the batch was adopted) are theirs, not a failed match.
             let siblings = self.sibling_inputs(batch_id, &result, &members).await;
+            let before = matched.unmatched.len();
             matched.unmatched = unexplained(matched.unmatched, &members, &siblings);
+            explained = matched.unmatched.len() < before;
         }
         if !matched.unmatched.is_empty() {
             deps.batching.switch_off(&format!(
@@ -1024,7 +1030,7 @@ impl BatchRunner {
             if handled.contains(&member.id) {
                 continue;
             }
-            if !matched.unmatched.is_empty() {
+            if !matched.unmatched.is_empty() || explained {
                 // A result we could not attribute may be this job's: Claid may have billed it.
                 match deps.store.hold_unmatched(member.id).await {
                     Ok(_) => self.report(member.manifest, JobOutcome::Held),

@@ -372,7 +372,7 @@ async fn issue11_a_manifest_saved_again_while_it_runs_is_processed_in_its_new_ve
         .find(|p| p.ends_with(".report.json"))
         .expect("the old version's JSON report");
     assert!(
-        json.len() == "m.superseded-20261203T044700Z.report.json".len(),
+        json.len() == "m.superseded-20261203T044700.123Z.report.json".len(),
         "{json}"
     );
     let old: serde_json::Value =
