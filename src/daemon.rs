@@ -667,6 +667,20 @@ fn reload(pipeline: &pipeline::Handle, path: Option<&Path>) {
                 "Reloaded the config: profiles, policies and limits apply to new work; api, folders, watch and admin keys need a restart"
             );
         }
+        // One line per problem, with its line and key: a log line holds no line breaks.
+        Err(crate::config::ConfigError::Invalid { problems, .. }) => {
+            error!(config = %path.display(), problems = problems.len(), "Config reload refused; the running config stays in force");
+            for problem in &problems {
+                match problem.line {
+                    Some(line) => {
+                        error!(config = %path.display(), line, key = %problem.key, "Config problem: {}", problem.message)
+                    }
+                    None => {
+                        error!(config = %path.display(), key = %problem.key, "Config problem: {}", problem.message)
+                    }
+                }
+            }
+        }
         Err(err) => {
             error!(config = %path.display(), error = %err, "Config reload refused; the running config stays in force");
         }

@@ -472,9 +472,19 @@ async fn sighup_applies_a_good_config_and_refuses_a_bad_one() {
         env.daemon_log(0).contains("Config reload refused")
     })
     .await;
+    wait_until("the problem logged", Duration::from_secs(20), || {
+        env.daemon_log(0).contains("squash")
+    })
+    .await;
+    let problem = env
+        .daemon_log(0)
+        .lines()
+        .find(|l| l.contains("Config problem") && l.contains("squash"))
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("the refusal names the problem on a line of its own"));
     assert!(
-        env.daemon_log(0).contains("squash"),
-        "the refusal names the problem"
+        problem.contains("line=") && !problem.contains("\\n"),
+        "with its line, and no escaped line break: {problem}"
     );
     env.drop_file(
         "q.yaml",
