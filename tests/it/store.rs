@@ -349,7 +349,7 @@ async fn reopen_sees_every_flushed_change() {
 /// Jobs a registration wrote before a crash cut it short (its `registering` mark, written
 /// first, and jobs, but no manifest record: the commit point).
 fn write_orphans(dir: &std::path::Path, orphan_manifest: u64, orphan_jobs: &[u64], marked: bool) {
-    let db = sled::open(dir.join("v1")).unwrap();
+    let db = open_raw(&dir.join("v1"));
     if marked {
         db.open_tree("registering")
             .unwrap()
@@ -442,7 +442,7 @@ async fn orphan_jobs_without_a_manifest_record_are_swept_on_open() {
 async fn a_reservation_left_by_a_cut_short_registration_does_not_block_the_path() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let db = sled::open(dir.path().join("v1")).unwrap();
+        let db = open_raw(&dir.path().join("v1"));
         let reserved = db.open_tree("reserved").unwrap();
         reserved
             .insert("m/out.jpg", &999_999_000u64.to_be_bytes())
@@ -949,7 +949,7 @@ async fn a_run_registered_by_an_older_version_is_listed_and_released() {
     };
     {
         // The older layout: no ranges, one index entry per job and per reservation.
-        let db = sled::open(dir.path().join("v1")).unwrap();
+        let db = open_raw(&dir.path().join("v1"));
         db.open_tree("job_ranges").unwrap().clear().unwrap();
         let index = db.open_tree("jobs_by_manifest").unwrap();
         for id in &ids {
@@ -1022,4 +1022,23 @@ async fn reserved(store: &Store, path: &str) -> Option<u64> {
         .read(move |r| r.reserved_by(&path))
         .await
         .expect("reserved_by")
+}
+
+/// The store's sled database opened raw, to write what an older version left: a store dropped
+/// a moment before may still hold sled's file lock while its IO threads finish (as
+/// `Store::open` does, the lock is tried again for up to 2 s).
+fn open_raw(path: &std::path::Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match sled::open(path) {
+            Ok(db) => return db,
+            Err(err)
+                if std::time::Instant::now() < deadline
+                    && format!("{err:?}").contains("WouldBlock") =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(err) => panic!("open {}: {err:?}", path.display()),
+        }
+    }
 }
