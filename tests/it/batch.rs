@@ -351,19 +351,11 @@ async fn issue12_a_batch_half_recorded_before_a_sigkill_keeps_batching_on_after_
     first.wait().await.expect("wait");
     let batch_id = *env.stats().batches.keys().next().expect("one batch");
     // The batch's results, as the daemon would have read them.
-    let url = format!("{}/image/edit/batch/{batch_id}", env.emulator.base_url());
-    let result: serde_json::Value =
-        crate::support::wait_for("the batch is done", DEADLINE, async || {
-            let answer = reqwest::Client::new()
-                .get(&url)
-                .bearer_auth("test-key")
-                .send()
-                .await
-                .ok()?;
-            let value: serde_json::Value = answer.json().await.ok()?;
-            (value["data"]["status"] == "DONE").then_some(value)
-        })
-        .await;
+    let result: serde_json::Value = serde_json::from_str(
+        &env.emulator_result_when_done(&format!("image/edit/batch/{batch_id}"), DEADLINE)
+            .await,
+    )
+    .expect("JSON");
     let first_result = &result["data"]["results"][0]["output_object"];
     let name = first_result["tmp_url"]
         .as_str()

@@ -864,14 +864,8 @@ async fn issue11_images_held_in_doubt_by_a_run_saved_again_end_superseded_and_co
     })
     .await;
     env.drop_file("m.yaml", &v2);
-    let old_report = || {
-        TestEnv::files_under(&env.outbox)
-            .into_iter()
-            .map(|p| p.to_string_lossy().into_owned())
-            .find(|p| p.starts_with("m.superseded-") && p.ends_with(".report.json"))
-    };
     wait_until("the old version's report", DEADLINE, || {
-        old_report().is_some()
+        env.superseded_report("m").is_some()
     })
     .await;
     wait_until_async("v2's image is held", DEADLINE, || async {
@@ -883,7 +877,7 @@ async fn issue11_images_held_in_doubt_by_a_run_saved_again_end_superseded_and_co
     stop(&mut daemon).await;
 
     let old: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(env.outbox.join(old_report().expect("report"))).expect("read"),
+        &std::fs::read(env.superseded_report("m").expect("report")).expect("read"),
     )
     .expect("JSON");
     assert_eq!(old["sha256"], sha256_hex(&v1).as_str());

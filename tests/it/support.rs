@@ -173,6 +173,36 @@ impl TestEnv {
         }
     }
 
+    /// The JSON report a superseded run of `<stem>.yaml` wrote (`<stem>.superseded-….report.json`
+    /// at the top of the outbox), if one is there.
+    pub fn superseded_report(&self, stem: &str) -> Option<PathBuf> {
+        let prefix = format!("{stem}.superseded-");
+        Self::files_under(&self.outbox)
+            .into_iter()
+            .find(|p| {
+                let p = p.to_string_lossy();
+                p.starts_with(&prefix) && p.ends_with(".report.json")
+            })
+            .map(|p| self.outbox.join(p))
+    }
+
+    /// The emulator's answer to `GET {base}/{path}` (a task or a batch) once it says DONE: the
+    /// result object its webhook would carry.
+    pub async fn emulator_result_when_done(&self, path: &str, deadline: Duration) -> String {
+        let url = format!("{}/{path}", self.emulator.base_url());
+        wait_for("the task is done", deadline, async || {
+            let answer = reqwest::Client::new()
+                .get(&url)
+                .bearer_auth("test-key")
+                .send()
+                .await
+                .ok()?;
+            let text = answer.text().await.ok()?;
+            text.contains("\"DONE\"").then_some(text)
+        })
+        .await
+    }
+
     /// The admin socket of this env's daemon.
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("admin.sock")

@@ -714,18 +714,8 @@ async fn a_job_queued_again_after_a_lost_submit_adopts_a_late_announcement() {
 
 /// The result object of emulator task `id` once it is done (what its webhook would carry).
 async fn wait_for_task(env: &TestEnv, id: u64) -> String {
-    let url = format!("{}/image/edit/async/{id}", env.emulator.base_url());
-    crate::support::wait_for("the task is done", DEADLINE, async || {
-        let answer = reqwest::Client::new()
-            .get(&url)
-            .bearer_auth("test-key")
-            .send()
-            .await
-            .ok()?;
-        let text = answer.text().await.ok()?;
-        text.contains("\"DONE\"").then_some(text)
-    })
-    .await
+    env.emulator_result_when_done(&format!("image/edit/async/{id}"), DEADLINE)
+        .await
 }
 
 /// Tasks that ended while the daemon was down (SIGKILLed) had their webhooks sent to nobody:
@@ -794,14 +784,8 @@ async fn images_held_while_their_run_drains_end_superseded_with_it() {
     .await;
     // Saved again while v1's two images wait for their webhooks (3 s).
     env.drop_file("m.yaml", manifest(1, "v2-").as_bytes());
-    let old_report = || {
-        TestEnv::files_under(&env.outbox)
-            .into_iter()
-            .map(|p| p.to_string_lossy().into_owned())
-            .find(|p| p.starts_with("m.superseded-") && p.ends_with(".report.json"))
-    };
     wait_until("the old version's report", DEADLINE, || {
-        old_report().is_some()
+        env.superseded_report("m").is_some()
     })
     .await;
     wait_until("v2's image is submitted", DEADLINE, || {
@@ -816,7 +800,7 @@ async fn images_held_while_their_run_drains_end_superseded_with_it() {
     .await;
     crate::support::stop(&mut daemon).await;
     let old: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(env.outbox.join(old_report().expect("report"))).expect("read"),
+        &std::fs::read(env.superseded_report("m").expect("report")).expect("read"),
     )
     .expect("JSON");
     let rows = old["jobs"].as_array().expect("rows");
