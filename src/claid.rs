@@ -368,12 +368,6 @@ impl Drop for Turn {
     }
 }
 
-/// How old a turn may be when its request goes: the log's safety against the server's
-/// windows assumes admission and arrival differ by less than [`limiter::JITTER_MARGIN`] from
-/// one call to the next; a turn older than half of it (the intent's flush took long) is given
-/// back and taken again as the request goes.
-const STALE_TURN: Duration = Duration::from_millis(25);
-
 /// A submit Claid accepted.
 #[derive(Debug, Clone)]
 pub struct Accepted {
@@ -874,19 +868,16 @@ impl Client {
         endpoint: Endpoint,
         build: impl Fn() -> Result<reqwest::RequestBuilder, ClaidError>,
     ) -> Result<Answer, ClaidError> {
-        let Some(mut slot) = turn.slot.take() else {
+        // The request goes in its turn's slot, however long the intent's flush took: every
+        // submit waits for one flush, so the delays differ by the flushes' spread, which the
+        // log's margin absorbs like network jitter (a rare stall beyond it costs a 429 and a
+        // retry, never a bill). Taking a stale turn again would queue the job behind every
+        // other waiting one while it is marked submitting: in doubt at a crash.
+        let Some(slot) = turn.slot.take() else {
             return Err(ClaidError::Config {
                 about: "a rate-limit turn spent twice",
             });
         };
-        if slot.at.elapsed() > STALE_TURN {
-            self.limiter.release(slot.at);
-            let again = self.limiter.acquire_slot().await;
-            slot = limiter::Slot {
-                waited: limiter::Waited(slot.waited.0 + again.waited.0),
-                at: again.at,
-            };
-        }
         let (waited, sent_at) = (slot.waited, slot.at);
         if !waited.0.is_zero() {
             self.with_stats(|s| {
