@@ -1072,7 +1072,7 @@ fn cmd_status(config_path: &Path, json: bool) -> anyhow::Result<i32> {
     }
     for m in view.manifests.iter().filter(|m| m.superseded > 0) {
         println!(
-            "{}: {} image(s) not submitted were left to a newer version of the file (`jobs --state superseded` lists them).",
+            "{}: {} image(s) were left to a newer version of the file, not submitted or held in doubt (its report's `in_doubt` counts those Claid may have billed; `jobs --state superseded` lists them).",
             Escaped::str(&m.manifest),
             m.superseded
         );

@@ -410,7 +410,7 @@ async fn issue11_a_manifest_saved_again_while_it_runs_is_processed_in_its_new_ve
     // manifest, state, total, done, in flight, queued, failed, in doubt, img/min, eta
     assert_eq!((old_run[2], old_run[6]), ("3", "0"), "{out}");
     assert!(
-        out.contains("m.yaml: 2 image(s) not submitted were left to a newer version"),
+        out.contains("m.yaml: 2 image(s) were left to a newer version of the file, not submitted or held in doubt"),
         "{out}"
     );
     let (code, out, err) =
