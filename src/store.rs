@@ -1033,6 +1033,34 @@ impl Store {
         .await
     }
 
+    /// One queued job of a draining run → Failed `superseded` (queued again after the run's
+    /// queued jobs were cancelled: a retry after an outage, a resubmit after a crash's wait).
+    /// True when it changed; flushed.
+    pub async fn cancel_queued_job(&self, id: JobId) -> Result<bool, StoreError> {
+        let res = self
+            .step(id, "queued", move |job| {
+                matches!(job.state, JobState::Queued).then(|| {
+                    with_state(
+                        job,
+                        JobState::Failed {
+                            code: FailureCode::Superseded,
+                            message: "the manifest was saved again before this image was sent again; it is left to the new version (made there if that version still lists it)".to_owned(),
+                            attempts: job.attempts,
+                        },
+                    )
+                })
+            })
+            .await;
+        match res {
+            Ok(_) => {
+                self.flush().await?;
+                Ok(true)
+            }
+            Err(StoreError::Conflict { .. }) => Ok(false),
+            Err(err) => Err(err),
+        }
+    }
+
     /// Ends the jobs of run `id` held in doubt as superseded (a newer version of the file
     /// replaced the run, which is never replayed): they stop waiting for a human, keep their
     /// `in_doubt` count (Claid may have made, and billed, them), and say so. Flushed.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, info, info_span};
+use tracing::{Instrument, error, info, info_span};
 
 use crate::pipeline::Board;
 use crate::pipeline::batch::{BatchRunner, Member, Open};
@@ -258,7 +258,19 @@ impl Submitter {
                 continue;
             };
             if self.board.is_draining(mid) {
-                // Its store record was cancelled with the rest of the run's queued jobs.
+                // Its store record was cancelled with the rest of the run's queued jobs, unless
+                // it was queued again since (a retry after an outage, a resubmit after a
+                // crash's wait): cancelled now, or the run would never end.
+                match self.store.cancel_queued_job(id).await {
+                    Ok(true) => {
+                        self.board.update(|s| s.totals.superseded += 1);
+                        self.finisher.settled(mid, JobOutcome::NotRun);
+                    }
+                    Ok(false) => {}
+                    Err(err) => {
+                        error!(error = %err, job_id = id, "Cannot cancel a queued image of a draining run; the next start does");
+                    }
+                }
                 continue;
             }
             if batching.enabled()

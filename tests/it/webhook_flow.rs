@@ -816,3 +816,51 @@ async fn images_held_while_their_run_drains_end_superseded_with_it() {
         "only v2's image is held: {out}{err}"
     );
 }
+
+/// A run whose manifest was saved again while its lost submits waited for their webhooks, then
+/// SIGKILL: at the restart the run is draining, and its images caught mid-submit are queued
+/// again when the wait for their webhooks ends (`in_doubt: resubmit`). They are cancelled as
+/// superseded, so the run ends and the newer version is taken in (the submitter used to skip
+/// them without cancelling them: the run stayed open until the next start).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_draining_runs_images_queued_again_after_a_restart_let_it_end() {
+    let port = free_port();
+    let env = TestEnv::new(
+        announcing(port)
+            .drop_share(1.0)
+            .webhook_drop_share(1.0)
+            .latency(Latency::Fixed(Duration::from_millis(50))),
+    )
+    .await;
+    let config = env.config(
+        "batch: { max_images: 1 }",
+        &webhook_section(&env, port, "3s"),
+    );
+    let mut first = env.spawn_daemon(&config, 0);
+    env.drop_file("m.yaml", manifest(2, "v1-").as_bytes());
+    wait_until("both submits of v1 are lost", DEADLINE, || {
+        env.stats().submits == 2
+    })
+    .await;
+    env.drop_file("m.yaml", manifest(1, "v2-").as_bytes());
+    wait_until("v1 drains", DEADLINE, || {
+        env.daemon_log(0)
+            .contains("The manifest was saved again while it ran")
+    })
+    .await;
+    first.start_kill().expect("SIGKILL");
+    first.wait().await.expect("wait");
+    assert!(env.superseded_report("m").is_none(), "v1 had not ended");
+    let mut daemon = env.spawn_daemon(&config, 1);
+    wait_until("v1 ends as superseded", DEADLINE, || {
+        env.superseded_report("m").is_some()
+    })
+    .await;
+    crate::support::stop(&mut daemon).await;
+    let old: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(env.superseded_report("m").expect("report")).expect("read"),
+    )
+    .expect("JSON");
+    let rows = old["jobs"].as_array().expect("rows");
+    assert!(rows.iter().all(|r| r["status"] == "superseded"), "{old:#}");
+}
