@@ -763,27 +763,8 @@ async fn tasks_that_ended_while_the_daemon_was_down_do_not_raise_the_webhook_war
 /// waiting for a `replay` a replaced run never gets.
 #[tokio::test(flavor = "multi_thread")]
 async fn images_held_while_their_run_drains_end_superseded_with_it() {
-    let port = free_port();
-    let env = TestEnv::new(
-        announcing(port)
-            .drop_share(1.0)
-            .webhook_drop_share(1.0)
-            .latency(Latency::Fixed(Duration::from_millis(50))),
-    )
-    .await;
-    let config = env.config(
-        "batch: { max_images: 1 }",
-        &format!("{}in_doubt: hold\n", webhook_section(&env, port, "3s")),
-    );
+    let (env, config, mut daemon) = saved_again_while_lost_submits_wait("in_doubt: hold\n").await;
     let cfg = config.to_str().unwrap();
-    let mut daemon = env.spawn_daemon(&config, 0);
-    env.drop_file("m.yaml", manifest(2, "v1-").as_bytes());
-    wait_until("both submits of v1 are lost", DEADLINE, || {
-        env.stats().submits == 2
-    })
-    .await;
-    // Saved again while v1's two images wait for their webhooks (3 s).
-    env.drop_file("m.yaml", manifest(1, "v2-").as_bytes());
     wait_until("the old version's report", DEADLINE, || {
         env.superseded_report("m").is_some()
     })
@@ -824,25 +805,7 @@ async fn images_held_while_their_run_drains_end_superseded_with_it() {
 /// them without cancelling them: the run stayed open until the next start).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_draining_runs_images_queued_again_after_a_restart_let_it_end() {
-    let port = free_port();
-    let env = TestEnv::new(
-        announcing(port)
-            .drop_share(1.0)
-            .webhook_drop_share(1.0)
-            .latency(Latency::Fixed(Duration::from_millis(50))),
-    )
-    .await;
-    let config = env.config(
-        "batch: { max_images: 1 }",
-        &webhook_section(&env, port, "3s"),
-    );
-    let mut first = env.spawn_daemon(&config, 0);
-    env.drop_file("m.yaml", manifest(2, "v1-").as_bytes());
-    wait_until("both submits of v1 are lost", DEADLINE, || {
-        env.stats().submits == 2
-    })
-    .await;
-    env.drop_file("m.yaml", manifest(1, "v2-").as_bytes());
+    let (env, config, mut first) = saved_again_while_lost_submits_wait("").await;
     wait_until("v1 drains", DEADLINE, || {
         env.daemon_log(0)
             .contains("The manifest was saved again while it ran")
@@ -863,4 +826,32 @@ async fn a_draining_runs_images_queued_again_after_a_restart_let_it_end() {
     .expect("JSON");
     let rows = old["jobs"].as_array().expect("rows");
     assert!(rows.iter().all(|r| r["status"] == "superseded"), "{old:#}");
+}
+
+/// A daemon (log 0) whose `m.yaml` of two images lost both submit answers and waits 3 s for
+/// their webhooks (none comes), when `m.yaml` is saved again with one other image. `extra` is
+/// more top-level config.
+async fn saved_again_while_lost_submits_wait(
+    extra: &str,
+) -> (TestEnv, PathBuf, tokio::process::Child) {
+    let port = free_port();
+    let env = TestEnv::new(
+        announcing(port)
+            .drop_share(1.0)
+            .webhook_drop_share(1.0)
+            .latency(Latency::Fixed(Duration::from_millis(50))),
+    )
+    .await;
+    let config = env.config(
+        "batch: { max_images: 1 }",
+        &format!("{}{extra}", webhook_section(&env, port, "3s")),
+    );
+    let daemon = env.spawn_daemon(&config, 0);
+    env.drop_file("m.yaml", manifest(2, "v1-").as_bytes());
+    wait_until("both submits of v1 are lost", DEADLINE, || {
+        env.stats().submits == 2
+    })
+    .await;
+    env.drop_file("m.yaml", manifest(1, "v2-").as_bytes());
+    (env, config, daemon)
 }
