@@ -1037,28 +1037,18 @@ impl Store {
     /// queued jobs were cancelled: a retry after an outage, a resubmit after a crash's wait).
     /// True when it changed; flushed.
     pub async fn cancel_queued_job(&self, id: JobId) -> Result<bool, StoreError> {
-        let res = self
-            .step(id, "queued", move |job| {
-                matches!(job.state, JobState::Queued).then(|| {
-                    with_state(
-                        job,
-                        JobState::Failed {
-                            code: FailureCode::Superseded,
-                            message: "the manifest was saved again before this image was sent again; it is left to the new version (made there if that version still lists it)".to_owned(),
-                            attempts: job.attempts,
-                        },
-                    )
-                })
-            })
-            .await;
-        match res {
-            Ok(_) => {
-                self.flush().await?;
-                Ok(true)
-            }
-            Err(StoreError::Conflict { .. }) => Ok(false),
-            Err(err) => Err(err),
+        let changed = self
+            .supersede_job(
+                id,
+                "queued",
+                |state| matches!(state, JobState::Queued),
+                "the manifest was saved again before this image was sent again; it is left to the new version (made there if that version still lists it)",
+            )
+            .await?;
+        if changed {
+            self.flush().await?;
         }
+        Ok(changed)
     }
 
     /// Ends the jobs of run `id` held in doubt as superseded (a newer version of the file
@@ -1097,29 +1087,46 @@ impl Store {
             .await??;
         let mut cancelled = Vec::with_capacity(selected.len());
         for job_id in selected {
-            let res = self
-                .step(job_id, expected, move |job| {
-                    select(&job.state).then(|| {
-                        with_state(
-                            job,
-                            JobState::Failed {
-                                code: FailureCode::Superseded,
-                                message: message.to_owned(),
-                                attempts: job.attempts,
-                            },
-                        )
-                    })
-                })
-                .await;
-            match res {
-                Ok(_) => cancelled.push(job_id),
-                // Taken for submission (or adopted) meanwhile: it finishes on its own.
-                Err(StoreError::Conflict { .. }) => {}
-                Err(err) => return Err(err),
+            if self
+                .supersede_job(job_id, expected, select, message)
+                .await?
+            {
+                cancelled.push(job_id);
             }
         }
         self.flush().await?;
         Ok(cancelled)
+    }
+
+    /// One job, if `select` takes its state, → Failed `superseded` with `message` (not
+    /// flushed). False when it changed meanwhile (taken for submission, or adopted: it
+    /// finishes on its own).
+    async fn supersede_job(
+        &self,
+        id: JobId,
+        expected: &'static str,
+        select: fn(&JobState) -> bool,
+        message: &'static str,
+    ) -> Result<bool, StoreError> {
+        let res = self
+            .step(id, expected, move |job| {
+                select(&job.state).then(|| {
+                    with_state(
+                        job,
+                        JobState::Failed {
+                            code: FailureCode::Superseded,
+                            message: message.to_owned(),
+                            attempts: job.attempts,
+                        },
+                    )
+                })
+            })
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(StoreError::Conflict { .. }) => Ok(false),
+            Err(err) => Err(err),
+        }
     }
 
     /// One transition, on the store's thread, with the counts kept in step.
