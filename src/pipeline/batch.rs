@@ -1216,11 +1216,7 @@ pub struct Matched {
 pub fn match_results(result: &BatchTask, members: &[Member]) -> Matched {
     let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
     for (index, member) in members.iter().enumerate() {
-        let names = [
-            member.output_name(),
-            wire::basename(input_of(&member.job)).to_owned(),
-            stem(wire::basename(input_of(&member.job))).to_owned(),
-        ];
+        let names = result_names(input_of(&member.job), extension_of(&member.job.body));
         let mut seen = HashSet::new();
         for name in names {
             if seen.insert(name.clone()) {
@@ -1286,24 +1282,16 @@ pub fn match_results(result: &BatchTask, members: &[Member]) -> Matched {
 /// The `unmatched` result names that are not the results of `siblings` (inputs of the same
 /// batch whose jobs are not `members`). A name that could be a member's stays unexplained.
 pub fn unexplained(unmatched: Vec<String>, members: &[Member], siblings: &[String]) -> Vec<String> {
-    let names_of = |input: &str, extension: &str| {
-        let base = wire::basename(input);
-        [
-            wire::batch_output_name(input, extension),
-            base.to_owned(),
-            stem(base).to_owned(),
-        ]
-    };
     let extension = members
         .first()
         .map_or("jpeg", |m| extension_of(&m.job.body));
     let members_names: HashSet<String> = members
         .iter()
-        .flat_map(|m| names_of(input_of(&m.job), extension_of(&m.job.body)))
+        .flat_map(|m| result_names(input_of(&m.job), extension_of(&m.job.body)))
         .collect();
     let siblings_names: HashSet<String> = siblings
         .iter()
-        .flat_map(|input| names_of(input, extension))
+        .flat_map(|input| result_names(input, extension))
         .filter(|name| !members_names.contains(name))
         .collect();
     let is_member = |name: &str| members_names.contains(name) || members_names.contains(stem(name));
@@ -1313,6 +1301,17 @@ pub fn unexplained(unmatched: Vec<String>, members: &[Member], siblings: &[Strin
         .into_iter()
         .filter(|name| is_member(name) || !is_sibling(name))
         .collect()
+}
+
+/// The names a result of `input` may carry (matched by [`match_results`]): the batch output's
+/// name (the input's with the format's `extension`), the input's own name, and its stem.
+fn result_names(input: &str, extension: &str) -> [String; 3] {
+    let base = wire::basename(input);
+    [
+        wire::batch_output_name(input, extension),
+        base.to_owned(),
+        stem(base).to_owned(),
+    ]
 }
 
 fn stem(name: &str) -> &str {
