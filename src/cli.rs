@@ -834,10 +834,8 @@ fn cmd_plan(config_path: &Path, file: &Path) -> anyhow::Result<i32> {
             // file is one, named by its hash), when the output keeps the name a batch gives.
             let output_rel = job.output_rel.to_string_lossy();
             let batchable = if local {
-                // Staged under the output's name when Claid writes the output into a storage
-                // (as the daemon stages it), else under its hash.
-                let named_as = crate::storages::destination_of(&job.body, &output_rel)
-                    .and(job.output_rel.file_stem().and_then(|stem| stem.to_str()));
+                // Named as the daemon stages it (its hash stands for any).
+                let named_as = crate::storages::Staging::named_as(&job.body, &output_rel);
                 let staged = crate::storages::Staging::key("0", &input, named_as);
                 config.api.staging.is_some()
                     && crate::pipeline::batch::output_named_as_in_a_batch(

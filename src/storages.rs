@@ -427,6 +427,15 @@ impl Staging {
     /// `staging/<sha256>/<stem>.<ext>` when that name is plain (letters, digits, `.`, `_`, `-`),
     /// because a batch names each output after its input's file name: with the hash as the
     /// name, such jobs could only go alone.
+    /// The name a local input of a job is staged under ([`Staging::key`]'s `named_as`): its
+    /// output's stem when Claid writes the output into a storage, so that it can go in a
+    /// batch (Claid names a batch's outputs after their inputs); else none (its hash).
+    pub fn named_as<'a>(body: &serde_json::Value, output_rel: &'a str) -> Option<&'a str> {
+        destination_of(body, output_rel)
+            .and(std::path::Path::new(output_rel).file_stem())
+            .and_then(|stem| stem.to_str())
+    }
+
     pub fn key(sha256: &str, input: &str, named_as: Option<&str>) -> String {
         let ext = std::path::Path::new(input)
             .extension()

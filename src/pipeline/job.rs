@@ -535,13 +535,7 @@ impl Runner {
             Err((code, message)) => return self.fail(id, code, &message).await,
         };
         let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
-        // A job whose output Claid writes into a storage is staged under its output's name, so
-        // that it can go in a batch (Claid names a batch's outputs after their inputs).
-        let named_as = crate::storages::destination_of(&job.body, &job.output_rel).and(
-            Path::new(&job.output_rel)
-                .file_stem()
-                .and_then(|stem| stem.to_str()),
-        );
+        let named_as = crate::storages::Staging::named_as(&job.body, &job.output_rel);
         let key = crate::storages::Staging::key(&sha256, &job.input, named_as);
         let guard = tokio::select! {
             guard = staging.hold(&key) => guard,
