@@ -200,8 +200,8 @@ impl Limiter {
         }
     }
 
-    /// Gives back the slot logged at `at` whose call was not made (or is to be admitted again
-    /// at the moment it is made): the log forgets it, so it binds no later call.
+    /// Gives back the slot logged at `at` whose call was not made: the log forgets it, so it
+    /// binds no later call.
     pub fn release(&self, at: Instant) {
         let mut state = self.lock();
         if let Some(index) = state.admitted.iter().rposition(|t| *t == at) {

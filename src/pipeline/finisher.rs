@@ -468,7 +468,7 @@ impl Finisher {
             self.supersede_held(id).await;
         }
         let recipe_image = manifest::is_image_name(&rel);
-        let (tally, failures) = match self.write_report(id, &rel, recipe_image, superseded).await {
+        let (tally, failures) = match self.write_report(id, recipe_image, superseded).await {
             Ok(made) => made,
             Err(err) => {
                 error!(error = %err, manifest = %rel.display(), "Cannot read the run's jobs for its report; it is finished again at the next start");
@@ -590,12 +590,10 @@ impl Finisher {
     async fn write_report(
         &self,
         id: ManifestId,
-        rel: &Path,
         recipe_image: bool,
         superseded: bool,
     ) -> Result<(report::Tally, BTreeMap<FailureCode, u64>), StoreError> {
         let outbox = self.deps.folders.outbox.clone();
-        let rel = rel.to_path_buf();
         self.deps
             .store
             .read_for_report(move |reader| {
@@ -628,11 +626,7 @@ impl Finisher {
                 // A run a newer version of its file replaced keeps reports of its own
                 // (`<stem>.superseded-<registered>.report.json`): the newer run's, written
                 // later under the plain names, does not overwrite them.
-                let paths = if superseded {
-                    report::rel_paths_of_run(&outbox, &m, true)
-                } else {
-                    report::rel_paths(&outbox, &rel)
-                };
+                let paths = report::rel_paths_of_run(&outbox, &m, superseded);
                 let written = report::write_streamed_to(&outbox, paths, &header, |emit| {
                     reader.for_each_job_of_manifest(id, |_, job| emit(report::row(&job)))
                 });
