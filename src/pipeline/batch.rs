@@ -639,13 +639,6 @@ impl BatchRunner {
             if !deps.health.writable(&deps.cancel).await {
                 return Sent::Ended;
             }
-            // The rate limiter's turn before the intent: a crash while it waits leaves the
-            // jobs queued, not in doubt.
-            let turn = tokio::select! {
-                turn = deps.client.turn() => turn,
-                // Still queued in the store: resumed at the next start.
-                () = deps.cancel.cancelled() => return Sent::Ended,
-            };
             match deps.store.mark_batch_submitting(&ids).await {
                 Ok(marked) if marked.len() == ids.len() => {}
                 Ok(marked) => {
@@ -669,7 +662,11 @@ impl BatchRunner {
                 }
             }
             let sent_at = Instant::now();
-            let err = match deps.client.submit_batch_in(turn, &request).await {
+            // The limiter's turn after the intent, unlike a single submit's: a batch's intent
+            // is one flush of all its jobs, whose time would sit between its turn and its
+            // arrival and let later, smaller batches reach Claid first (a batch waiting for
+            // the limiter is few jobs' worth of the in-doubt risk a single-mode queue is).
+            let err = match deps.client.submit_batch_once(&request).await {
                 Ok(accepted) => {
                     if let Err(err) = deps
                         .store
