@@ -639,7 +639,16 @@ async fn jobs(State(state): State<AdminState>, Query(query): Query<JobsQuery>) -
             ),
         );
     }
-    json_or_500(jobs_view(state.pipeline.store(), &query).await)
+    let store = state.pipeline.store();
+    let view = jobs_view(store, &query).await;
+    // What /jobs shows survives a crash: a task id the pipeline has just written may still wait
+    // for its group commit, and a script that acts on the answer (or a SIGKILL right after it)
+    // must not see a state the store can still lose. A flush started after the read covers it.
+    let view = match (view, store.flush().await) {
+        (Ok(view), Ok(())) => Ok(view),
+        (Err(err), _) | (Ok(_), Err(err)) => Err(err),
+    };
+    json_or_500(view)
 }
 
 async fn replay(
