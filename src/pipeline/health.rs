@@ -77,9 +77,10 @@ struct Inner {
     /// Since when calls fail without one succeeding, and the last failure in words (for a
     /// connection: host, port and the operating system's cause).
     failing: Option<(Instant, String)>,
-    /// Since when a bucket's endpoint does not answer the daemon's own calls (staging an
-    /// input, checking an output object) without one succeeding, and why.
-    storage_failing: Option<(Instant, String)>,
+    /// By storage name: since when its bucket's endpoint does not answer the daemon's own
+    /// calls (staging an input, checking an output object) without one succeeding, and why.
+    /// One entry each, so a bucket that answers does not end another's outage.
+    storage_failing: std::collections::BTreeMap<String, (Instant, String)>,
 }
 
 impl HealthState {
@@ -188,26 +189,29 @@ impl HealthState {
     /// A call of the daemon's own to a bucket (staging, an output check) found its endpoint
     /// away (`why` names it): an outage of the storage, which `run --once` gives up on like
     /// one of the API.
-    /// True when this failure starts an outage (none was being told), so that the caller logs
-    /// it once rather than once per job and retry.
-    pub fn storage_failed(&self, why: String) -> bool {
+    /// True when this failure starts an outage of `storage`'s bucket (none was being told),
+    /// so that the caller logs it once rather than once per job and retry.
+    pub fn storage_failed(&self, storage: &str, why: String) -> bool {
         let mut inner = self.lock();
-        match &mut inner.storage_failing {
+        match inner.storage_failing.get_mut(storage) {
             Some((_, last)) => {
                 *last = why;
                 false
             }
             None => {
-                inner.storage_failing = Some((Instant::now(), why));
+                inner
+                    .storage_failing
+                    .insert(storage.to_owned(), (Instant::now(), why));
                 true
             }
         }
     }
 
-    /// A call to a bucket succeeded: its outage, if any, is over (said once).
-    pub fn storage_ok(&self) {
-        if let Some((since, _)) = self.lock().storage_failing.take() {
+    /// A call to `storage`'s bucket succeeded: its outage, if any, is over (said once).
+    pub fn storage_ok(&self, storage: &str) {
+        if let Some((since, _)) = self.lock().storage_failing.remove(storage) {
             tracing::info!(
+                storage = %crate::text::Escaped::str(storage),
                 after_s = since.elapsed().as_secs(),
                 "The storage's bucket answers again"
             );
@@ -248,10 +252,20 @@ impl HealthState {
                     ),
                 ))
             }
+            // The longest outage among the buckets speaks for them.
             (None, None) => inner
                 .storage_failing
-                .as_ref()
-                .map(|(since, why)| (since.elapsed(), format!("the bucket's endpoint: {why}"))),
+                .iter()
+                .min_by_key(|(_, (since, _))| *since)
+                .map(|(name, (since, why))| {
+                    (
+                        since.elapsed(),
+                        format!(
+                            "the bucket of storage `{}`: {why}",
+                            crate::text::Escaped::str(name)
+                        ),
+                    )
+                }),
         }
     }
 
@@ -261,7 +275,7 @@ impl HealthState {
         let inner = self.lock();
         inner.failing.is_none()
             && self.unanswered.oldest_after(inner.last_ok).is_none()
-            && inner.storage_failing.is_some()
+            && !inner.storage_failing.is_empty()
     }
 
     /// [`HealthState::failing`], once it has lasted [`OUTAGE_AFTER`].
@@ -271,5 +285,42 @@ impl HealthState {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn health() -> HealthState {
+        HealthState::new(
+            Notices::default(),
+            "127.0.0.1:1".to_owned(),
+            Arc::new(Unanswered::default()),
+        )
+    }
+
+    /// Two storages: one bucket answering does not end the other's outage, each outage is told
+    /// once when it starts, and `failing` names the bucket still away.
+    #[tokio::test]
+    async fn each_storages_outage_is_its_own() {
+        let health = health();
+        assert!(health.storage_failed("a", "connection refused".to_owned()));
+        assert!(!health.storage_failed("a", "connection refused again".to_owned()));
+        assert!(health.storage_failed("b", "timed out".to_owned()));
+        health.storage_ok("b");
+        let (_, why) = health.failing().expect("a is still away");
+        assert!(
+            why.contains("storage `a`") && why.contains("again"),
+            "{why}"
+        );
+        assert!(health.only_storage_failing());
+        assert!(
+            !health.storage_failed("a", "still refused".to_owned()),
+            "b's answer did not end a's outage, so it is not told again"
+        );
+        health.storage_ok("a");
+        assert_eq!(health.failing(), None);
+        assert!(!health.only_storage_failing());
     }
 }

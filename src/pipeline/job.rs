@@ -546,13 +546,13 @@ impl Runner {
         loop {
             let err = match staging.upload(&key, bytes.clone()).await {
                 Ok(uploaded) => {
-                    deps.health.storage_ok();
+                    deps.health.storage_ok(&staging.storage.name);
                     debug!(object = %staging.storage.objects.uri(&key), uploaded, "Input staged");
                     break;
                 }
                 Err(err) => err,
             };
-            bucket_answered(&deps.health, &err);
+            bucket_answered(&deps.health, &staging.storage.name, &err);
             let code = match object_failure(&err) {
                 FailureCode::StorageDenied => FailureCode::StorageDenied,
                 FailureCode::StorageUnreachable => FailureCode::StagingFailed,
@@ -567,7 +567,8 @@ impl Runner {
             // The bucket's endpoint does not answer (refused, timed out): an outage, waited
             // out like the API's (until `api.unreachable_timeout` in `run --once`), not a
             // few quick retries that fail a whole drop when S3 restarts.
-            let (outage, failure) = bucket_failure(&deps.health, &err, transient);
+            let (outage, failure) =
+                bucket_failure(&deps.health, &staging.storage.name, &err, transient);
             match decide(&mut attempts, failure) {
                 Decision::Retry { after }
                     if outage || (transient && n_failures < MAX_HEALING_WRITES) =>
@@ -1038,12 +1039,12 @@ impl Runner {
         let info = loop {
             let err = match storage.objects.head(key).await {
                 Ok(info) => {
-                    deps.health.storage_ok();
+                    deps.health.storage_ok(&storage.name);
                     break info;
                 }
                 Err(err) => err,
             };
-            bucket_answered(&deps.health, &err);
+            bucket_answered(&deps.health, &storage.name, &err);
             let code = object_failure(&err);
             if code != FailureCode::StorageUnreachable {
                 return self.fail(id, code, &err.to_string()).await;
@@ -1052,7 +1053,7 @@ impl Runner {
             // The bucket's endpoint does not answer: an outage, waited out (the object Claid
             // wrote is still there; failing the job would have `replay` bill it again), until
             // `api.unreachable_timeout` in `run --once`, which leaves the job to the next run.
-            let (outage, failure) = bucket_failure(&deps.health, &err, true);
+            let (outage, failure) = bucket_failure(&deps.health, &storage.name, &err, true);
             let decision = decide(&mut attempts, failure);
             match decision {
                 Decision::Retry { after } if outage || n_failures < MAX_HEALING_WRITES => {
@@ -1173,13 +1174,14 @@ fn object_failure(err: &crate::objects::ObjectError) -> FailureCode {
 /// ends at `api.unreachable_timeout`), and the failure the retry policy gets for it.
 fn bucket_failure(
     health: &HealthState,
+    storage: &str,
     err: &crate::objects::ObjectError,
     transient: bool,
 ) -> (bool, Failure) {
     let outage = transient && connection_failed(err);
     if outage {
-        if health.storage_failed(err.to_string()) {
-            warn!(error = %err, "A storage's bucket does not answer; what needs it waits and is retried with backoff (told once; `/healthz` says failing; in `run --once` until `api.unreachable_timeout`)");
+        if health.storage_failed(storage, err.to_string()) {
+            warn!(storage = %crate::text::Escaped::str(storage), error = %err, "A storage's bucket does not answer; what needs it waits and is retried with backoff (told once; `/healthz` says failing; in `run --once` until `api.unreachable_timeout`)");
         }
         (true, Failure::Unreachable)
     } else {
@@ -1190,9 +1192,9 @@ fn bucket_failure(
 /// A call to a bucket failed with an answer (a missing object or bucket, refused keys): its
 /// endpoint is there, so an outage told to health is over (`/healthz` said `failing` until
 /// the next success, long after the bucket was back).
-fn bucket_answered(health: &HealthState, err: &crate::objects::ObjectError) {
+fn bucket_answered(health: &HealthState, storage: &str, err: &crate::objects::ObjectError) {
     if !connection_failed(err) {
-        health.storage_ok();
+        health.storage_ok(storage);
     }
 }
 
