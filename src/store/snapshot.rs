@@ -55,7 +55,7 @@ impl Snapshot {
         let dir = tempfile::Builder::new()
             .prefix("claid-hotfolder-snapshot-")
             .tempdir()
-            .map_err(|cause| snapshot_error(&std::env::temp_dir(), cause))?;
+            .map_err(temp_dir_error)?;
         copy_tree(&source, &dir.path().join(SCHEMA_DIR))?;
         // A daemon that started while the files were copied may have changed them half-way.
         if held_by_daemon(&db_file)? {
@@ -100,6 +100,29 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+/// The temporary folder cannot take the copy: named with where it comes from, since the user
+/// never chose it (tempfile's own text names only a random path under it).
+fn temp_dir_error(cause: io::Error) -> StoreError {
+    let os = cause.raw_os_error().map_or_else(
+        || cause.to_string(),
+        |code| io::Error::from_raw_os_error(code).to_string(),
+    );
+    let from = if std::env::var_os("TMPDIR").is_some() {
+        "$TMPDIR"
+    } else {
+        "the default, as TMPDIR is not set"
+    };
+    snapshot_error(
+        &std::env::temp_dir(),
+        io::Error::new(
+            cause.kind(),
+            format!(
+                "{os}; that is the temporary folder ({from}) where the store is copied to be read: set TMPDIR to a writable folder"
+            ),
+        ),
+    )
 }
 
 fn snapshot_error(path: &Path, cause: io::Error) -> StoreError {

@@ -1004,6 +1004,32 @@ async fn status_and_jobs_escape_names_and_jobs_manifest_says_when_it_is_unknown(
     assert_eq!((code, out.ends_with("\n0 jobs\n")), (0, true), "{out}{err}");
 }
 
+/// `status` without a daemon reads a copy of the store made in the temporary folder; when
+/// `TMPDIR` points nowhere, the error says that the folder comes from `TMPDIR` and how to fix
+/// it (it named only a random path under it).
+#[tokio::test(flavor = "multi_thread")]
+async fn status_names_tmpdir_when_the_temporary_folder_is_unusable() {
+    let env = TestEnv::new(Scenario::default()).await;
+    env.drop_file("m.yaml", GOOD.as_bytes());
+    let config = env.config("", "");
+    let cfg = config.to_str().unwrap();
+    let (code, output) = run_once(&config).await;
+    assert_eq!(code, 0, "{output}");
+    let nowhere = env.dir.path().join("no-such-tmp");
+    let (code, out, err) = crate::support::cli_with(
+        &["status", "--config", cfg],
+        &[("TMPDIR", nowhere.to_str().unwrap())],
+    )
+    .await;
+    assert_eq!(code, 74, "{out}{err}");
+    assert!(
+        err.contains(nowhere.to_str().unwrap())
+            && err.contains("$TMPDIR")
+            && err.contains("set TMPDIR to a writable folder"),
+        "{err}"
+    );
+}
+
 /// `plan` counts the API calls the way the daemon will make them: URL inputs (and those of
 /// configured storages) in batches (a canary of two, then batches of up to a quarter of
 /// `max_in_flight`), inputs of a storage connector the config does not name as single
