@@ -152,7 +152,7 @@ pub enum ManifestError {
     },
     /// An image dropped into a recipe folder that cannot become a job: the folder's recipe is
     /// invalid or unreadable, or the image itself is (README "Folder recipes").
-    #[error("image {image} not processed: folder recipe {recipe} ({} problem{})", problems.len(), if problems.len() == 1 { "" } else { "s" })]
+    #[error("image {image} not processed ({} problem{}; its folder recipe is {recipe})", problems.len(), if problems.len() == 1 { "" } else { "s" })]
     Recipe {
         /// The dropped image (it is the file moved to `rejected/`).
         image: PathBuf,

@@ -98,16 +98,22 @@ pub fn load_image(ctx: &LoadContext<'_>, image: &Path) -> Result<ManifestSpec, M
         images: Some(vec![Item::Other(Value::String(name.to_owned()))]),
     };
     let jobs = validate(doc, &validation, &mut outbox, &mut problems);
-    // Problems about the synthetic `images[0]` are about the dropped image itself.
-    for pending in &mut problems.pending {
-        if pending.path.starts_with("images[0]") {
-            pending.message = format!("image `{name}`: {}", pending.message);
-            pending.path = String::new();
-            pending.fallback = None;
-        }
-    }
-    if !problems.is_empty() {
-        return Err(fail(problems.finish(text)));
+    // Problems about the synthetic `images[0]` are about the dropped image itself, not about a
+    // line of the recipe: told first, with no line.
+    let (about_image, about_recipe): (Vec<_>, Vec<_>) = std::mem::take(&mut problems.pending)
+        .into_iter()
+        .partition(|pending| pending.path.starts_with("images[0]"));
+    problems.pending = about_recipe;
+    if !problems.is_empty() || !about_image.is_empty() {
+        let mut all: Vec<Problem> = about_image
+            .into_iter()
+            .map(|pending| Problem {
+                line: None,
+                message: format!("image `{name}`: {}", pending.message),
+            })
+            .collect();
+        all.extend(problems.finish(text));
+        return Err(fail(all));
     }
     let image_sha = match jobs.first().map(|job| &job.input) {
         Some(Input::Local(file)) => file.sha256.clone(),

@@ -465,6 +465,26 @@ mod load {
         );
     }
 
+    /// A dropped file that is not an image is the image's problem, told without a recipe line
+    /// (it was blamed on line 1 of a recipe that had nothing wrong).
+    #[test]
+    fn an_image_that_is_text_is_not_blamed_on_the_recipe() {
+        let (_dir, inbox, path) = setup("output: { format: jpeg }\n", "img.png");
+        std::fs::write(&path, "hello, this is text\n").unwrap();
+        let err = load(&inbox, &path).unwrap_err();
+        let problems = err.problems();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].line, None, "{problems:?}");
+        assert!(
+            problems[0].message.starts_with("image `img.png`: ")
+                && problems[0].message.contains("is text, not an image"),
+            "{problems:?}"
+        );
+        let text = err.error_txt();
+        assert!(!text.contains(".claid.yaml line"), "{text}");
+        assert!(!err.to_string().contains("folder recipe /"), "{err}");
+    }
+
     #[test]
     fn image_names() {
         for (name, ok) in [
