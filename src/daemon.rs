@@ -229,7 +229,7 @@ pub async fn run(
     }));
 
     // Each storage's connector exists on Claid's side and its prefix can be listed.
-    storages.check(Some(&client)).await?;
+    check_storages_at_start(&storages, &client, config.api.unreachable_timeout).await?;
     if !storages.is_empty() {
         info!(
             storages = storages.iter().count(),
@@ -546,6 +546,54 @@ async fn run_once(
         return Ok(end);
     }
     Ok(end)
+}
+
+/// The storages' start check ([`crate::storages::Storages::check`]), waiting out an API or a
+/// bucket that does not answer (a 5xx, a 429, a refused or timed-out connection: the
+/// `EX_UNAVAILABLE` class) for up to `patience` (`api.unreachable_timeout`) with backoff: a
+/// Claid blip or an S3 server still starting at boot is not a refused start (systemd restarted
+/// it every 5 s). Told once; what cannot heal (a missing connector, refused keys) fails at once.
+async fn check_storages_at_start(
+    storages: &crate::storages::Storages,
+    client: &Client,
+    patience: Duration,
+) -> Result<(), crate::storages::StorageError> {
+    const LONGEST_WAIT: Duration = Duration::from_secs(15);
+    let started = tokio::time::Instant::now();
+    let mut wait = Duration::from_secs(1);
+    let mut told = false;
+    loop {
+        let err = match storages.check(Some(client)).await {
+            Ok(()) => {
+                if told {
+                    info!("The storages answer; starting");
+                }
+                return Ok(());
+            }
+            Err(err) => err,
+        };
+        if err.exit_code() != crate::exit::UNAVAILABLE || started.elapsed() + wait > patience {
+            return Err(err);
+        }
+        if !told {
+            warn!(
+                error = %err,
+                gives_up_after_s = patience.as_secs(),
+                "Cannot check the storages yet (the API or a bucket does not answer); retrying with backoff until `api.unreachable_timeout`"
+            );
+            told = true;
+        }
+        // systemd waits for READY; a check may take a storage call's own timeout (60 s).
+        let extend = (wait + Duration::from_secs(90)).as_micros();
+        let _ = sd_notify::notify(&[
+            NotifyState::Status(
+                "Waiting to check the storages: the API or a bucket does not answer",
+            ),
+            NotifyState::ExtendTimeoutUsec(u32::try_from(extend).unwrap_or(u32::MAX)),
+        ]);
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(LONGEST_WAIT);
+    }
 }
 
 /// Completes when `run --once` should stop waiting: the API refused the daemon (paused), or

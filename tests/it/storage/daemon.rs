@@ -733,6 +733,62 @@ impl Switch {
     }
 }
 
+/// A bucket endpoint that does not answer when the daemon starts (an S3 server still starting
+/// at boot) is waited out: the start check is retried with backoff (told once) instead of
+/// refusing the start with exit 69, and once the endpoint answers the daemon is ready and
+/// delivers. A connector Claid does not have still fails the start at once (64).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bucket_away_at_start_is_waited_out_not_a_refused_start() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let (env, _) = storage_env(&s3, Scenario::default(), "", 1).await;
+    let switch = Switch::start(&s3.endpoint).await;
+    switch.off().await;
+    let keys = credentials_file(env.dir.path());
+    let storages = storages_yaml("catalog-s3", "s3://catalog/raw", &switch.endpoint(), &keys);
+    let config = env.config("unreachable_timeout: 5m", &storages);
+    let mut daemon = env.spawn_daemon(&config, 0);
+    let log = || env.daemon_log(0);
+    let deadline = std::time::Duration::from_secs(60);
+    crate::support::wait_until("the start check waits", deadline, || {
+        log().contains("Cannot check the storages yet")
+    })
+    .await;
+    assert!(
+        daemon.try_wait().expect("status").is_none(),
+        "still running:\n{}",
+        log()
+    );
+    assert!(!log().contains("Ready"), "{}", log());
+    switch.on();
+    crate::support::wait_until("the daemon is ready", deadline, || {
+        log().contains("The storages answer; starting") && log().contains("Ready")
+    })
+    .await;
+    env.drop_file(
+        "shoes.yaml",
+        b"output: { format: jpeg }\nimages:\n  - storage://catalog/in/sku-0.png\n",
+    );
+    crate::support::wait_until("the image is delivered", deadline, || {
+        env.outbox.join("shoes/sku-0.jpg").is_file()
+    })
+    .await;
+    crate::support::stop(&mut daemon).await;
+    assert_eq!(
+        log().matches("Cannot check the storages yet").count(),
+        1,
+        "told once"
+    );
+
+    let missing = storages_yaml("catalog-s4", "s3://catalog/raw", &s3.endpoint, &keys);
+    let (code, stderr) = env
+        .run_once(&env.config("unreachable_timeout: 5m", &missing))
+        .await;
+    assert_eq!(code, 64, "{stderr}");
+    s3.stop().await;
+}
+
 /// A bucket endpoint that refuses connections while a drop's local files are staged (an S3
 /// server restarting) is an outage, waited out with backoff like the API's: more failed
 /// attempts than a transient failure is allowed (10) fail nothing, and once the endpoint
