@@ -350,6 +350,22 @@ impl ClaidError {
     }
 }
 
+/// Which kind of Claid task an id names: where it is polled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskKind {
+    Async,
+    Batch,
+}
+
+impl TaskKind {
+    fn path(self) -> &'static str {
+        match self {
+            TaskKind::Async => "async",
+            TaskKind::Batch => "batch",
+        }
+    }
+}
+
 /// The client's rate limiter let one request go (see [`Client::turn`]); spent by the call it
 /// is given to.
 /// Not spent (its caller changed its mind: the job was taken meanwhile), it gives its slot
@@ -644,15 +660,15 @@ impl Client {
         let (task, request_id) = expect_ok::<wire::AsyncTask>(Endpoint::Submit, answer)?;
         Ok(Accepted {
             task_id: task.id,
-            result_url: task.result_url,
+            result_url: self.poll_url(TaskKind::Async, task.id, &task.result_url),
             request_id,
         })
     }
 
-    /// `GET result_url` exactly as Claid returned it (same origin as `base_url` only, so the
-    /// key is never sent elsewhere): one HTTP attempt.
-    pub async fn poll_once(&self, result_url: &str) -> Result<Polled, ClaidError> {
-        let url = self.result_url(result_url)?;
+    /// `GET` the task's `result_url` as Claid returned it when it is on the API's origin, else
+    /// `{base}/image/edit/async/{task_id}` (see [`Client::poll_url`]): one HTTP attempt.
+    pub async fn poll_once(&self, result_url: &str, task_id: u64) -> Result<Polled, ClaidError> {
+        let url = self.checked_poll_url(TaskKind::Async, task_id, result_url)?;
         let build = || Ok(self.api.get(url.clone()));
         let answer = self.call(Endpoint::Poll, build).await?;
         let (task, request_id) = expect_ok::<wire::AsyncTask>(Endpoint::Poll, answer)?;
@@ -678,25 +694,21 @@ impl Client {
         let build = || Ok(self.api.post(url.clone()).json(body));
         let answer = self.call_in(turn, Endpoint::Submit, build).await?;
         let (task, request_id) = expect_ok::<wire::BatchTask>(Endpoint::Submit, answer)?;
-        let result_url = if task.result_url.is_empty() {
-            format!(
-                "{}/image/edit/batch/{}",
-                self.base.as_str().trim_end_matches('/'),
-                task.id
-            )
-        } else {
-            task.result_url
-        };
         Ok(BatchAccepted {
             batch_id: task.id,
-            result_url,
+            result_url: self.poll_url(TaskKind::Batch, task.id, &task.result_url),
             request_id,
         })
     }
 
-    /// `GET` a batch's `result_url` (same origin as `base_url` only): one HTTP attempt.
-    pub async fn poll_batch_once(&self, result_url: &str) -> Result<PolledBatch, ClaidError> {
-        let url = self.result_url(result_url)?;
+    /// `GET` a batch's `result_url` (on the API's origin, else rebuilt from its id, as
+    /// [`Client::poll_once`]): one HTTP attempt.
+    pub async fn poll_batch_once(
+        &self,
+        result_url: &str,
+        batch_id: u64,
+    ) -> Result<PolledBatch, ClaidError> {
+        let url = self.checked_poll_url(TaskKind::Batch, batch_id, result_url)?;
         let build = || Ok(self.api.get(url.clone()));
         let answer = self.call(Endpoint::Poll, build).await?;
         let (batch, request_id) = expect_ok::<wire::BatchTask>(Endpoint::Poll, answer)?;
@@ -812,19 +824,46 @@ impl Client {
             .clone()
     }
 
-    /// A poll URL, checked: a URL on the API's origin (the key is never sent elsewhere).
-    fn result_url(&self, result_url: &str) -> Result<Url, ClaidError> {
-        let url = Url::parse(result_url).map_err(|_| ClaidError::BadUrl {
-            endpoint: Endpoint::Poll,
-            about: "result_url is not a url",
-        })?;
-        if url.origin() != self.base.origin() {
-            return Err(ClaidError::BadUrl {
-                endpoint: Endpoint::Poll,
-                about: "result_url is not on the api origin",
-            });
+    /// Where a task is polled: the `result_url` Claid gave when it is an absolute URL on the
+    /// API's origin (a path is taken on that origin), else the documented
+    /// `{base}/image/edit/async/{id}` (or `…/batch/{id}`). `result_url` is optional in Claid's
+    /// schema, and one on another host (a canonical `https://api.claid.ai/…` behind a proxy,
+    /// `localhost` for `127.0.0.1`) would either send the key elsewhere or fail a billed task;
+    /// the id alone is enough to find it.
+    pub fn poll_url(&self, kind: TaskKind, id: u64, given: &str) -> String {
+        let on_origin = if given.starts_with('/') && !given.starts_with("//") {
+            self.base.join(given).ok()
+        } else {
+            Url::parse(given).ok()
         }
-        Ok(url)
+        .filter(|url| {
+            url.origin() == self.base.origin() && matches!(url.scheme(), "http" | "https")
+        });
+        match on_origin {
+            Some(url) => url.to_string(),
+            None => {
+                if !given.is_empty() {
+                    tracing::debug!(
+                        task_id = id,
+                        result_url = %crate::text::Escaped::str(given),
+                        "The task's result_url is not on the API's origin; polling it by its id"
+                    );
+                }
+                format!(
+                    "{}/image/edit/{}/{id}",
+                    self.base.as_str().trim_end_matches('/'),
+                    kind.path()
+                )
+            }
+        }
+    }
+
+    /// [`Client::poll_url`] as a URL (a stored `result_url` of an older version is checked
+    /// again: the key never goes off the API's origin).
+    fn checked_poll_url(&self, kind: TaskKind, id: u64, given: &str) -> Result<Url, ClaidError> {
+        Url::parse(&self.poll_url(kind, id, given)).map_err(|_| ClaidError::Config {
+            about: "base_url does not combine with the poll path",
+        })
     }
 
     fn endpoint_url(&self, path: &str) -> Result<Url, ClaidError> {
@@ -1255,6 +1294,55 @@ fn reset_header(headers: &HeaderMap) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `result_url` is optional in Claid's schema, and one on another origin must neither get
+    /// the key nor fail a billed task: both are polled by id on the API's origin; one on the
+    /// origin (absolute, or a path) is kept as Claid gave it.
+    #[test]
+    fn poll_urls_stay_on_the_api_origin_and_fall_back_to_the_id() {
+        let client = Client::new(ClientConfig {
+            base_url: "http://127.0.0.1:9/v1".into(),
+            api_key: "k".into(),
+            requests_per_second: NonZeroU32::new(4).unwrap(),
+            requests_per_minute: NonZeroU32::new(120).unwrap(),
+            request_timeout: Duration::from_secs(1),
+            max_download_bytes: 1,
+        })
+        .expect("client");
+        let url = |kind, given| client.poll_url(kind, 7, given);
+        assert_eq!(
+            url(TaskKind::Async, ""),
+            "http://127.0.0.1:9/v1/image/edit/async/7"
+        );
+        assert_eq!(
+            url(TaskKind::Batch, ""),
+            "http://127.0.0.1:9/v1/image/edit/batch/7"
+        );
+        for foreign in [
+            "https://api.claid.ai/v1-beta1/image/edit/async/7",
+            "http://localhost:9/v1/image/edit/async/7",
+            "https://127.0.0.1:9/v1/image/edit/async/7",
+            "//evil.example/v1/image/edit/async/7",
+            "not a url",
+        ] {
+            assert_eq!(
+                url(TaskKind::Async, foreign),
+                "http://127.0.0.1:9/v1/image/edit/async/7",
+                "{foreign}"
+            );
+        }
+        assert_eq!(
+            url(
+                TaskKind::Async,
+                "http://127.0.0.1:9/v1/image/edit/async/7?x=1"
+            ),
+            "http://127.0.0.1:9/v1/image/edit/async/7?x=1"
+        );
+        assert_eq!(
+            url(TaskKind::Async, "/v1/image/edit/async/8"),
+            "http://127.0.0.1:9/v1/image/edit/async/8"
+        );
+    }
 
     fn answer(status: u16, body: &str) -> Answer {
         Answer {

@@ -29,7 +29,7 @@ pub use inputs::{MAX_DEMO_SIDE, demo_image};
 pub use limits::{RateLimiter, RateWindow, Verdict};
 pub use scenario::{
     DEFAULT_BATCH_PARALLELISM, DEFAULT_REORDER_HOLD, FaultShares, Latency, LatencyParseError,
-    Scenario, ScenarioArgs, StoragesFile, WebhookBody, WebhookDigest,
+    ResultUrlForm, Scenario, ScenarioArgs, StoragesFile, WebhookBody, WebhookDigest,
 };
 pub use stats::{BatchTrace, Control, ControlState, Stats, submit_key};
 pub use storage::StorageConnector;

@@ -16,9 +16,10 @@ pub struct Envelope<T> {
     pub data: T,
 }
 
-/// Status of an async task. Unknown values are kept, not rejected (docs/claid-api.md).
+/// Status of an async task. Unknown values are kept, not rejected (docs/claid-api.md); the
+/// known ones are read in any letter case (`done`, `Done`), written as Claid spells them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE", from = "String")]
 pub enum TaskStatus {
     Accepted,
     Waiting,
@@ -29,6 +30,21 @@ pub enum TaskStatus {
     Cancelled,
     #[serde(untagged)]
     Other(String),
+}
+
+impl From<String> for TaskStatus {
+    fn from(text: String) -> TaskStatus {
+        match text.trim().to_ascii_uppercase().as_str() {
+            "ACCEPTED" => TaskStatus::Accepted,
+            "WAITING" => TaskStatus::Waiting,
+            "PROCESSING" => TaskStatus::Processing,
+            "PAUSED" => TaskStatus::Paused,
+            "DONE" => TaskStatus::Done,
+            "ERROR" => TaskStatus::Error,
+            "CANCELLED" | "CANCELED" => TaskStatus::Cancelled,
+            _ => TaskStatus::Other(text),
+        }
+    }
 }
 
 impl TaskStatus {
@@ -46,6 +62,9 @@ impl TaskStatus {
 pub struct AsyncTask {
     pub id: u64,
     pub status: TaskStatus,
+    /// Optional in Claid's schema: when absent (or not on the API's origin) the client polls
+    /// `{base}/image/edit/async/{id}` ([`crate::claid::Client::poll_url`]).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub result_url: String,
     #[serde(default)]
     pub created_at: String,
@@ -219,7 +238,7 @@ pub struct BatchEditRequest {
 pub struct BatchTask {
     pub id: u64,
     pub status: TaskStatus,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub result_url: String,
     #[serde(default)]
     pub created_at: String,
@@ -266,11 +285,17 @@ impl TaskUpdate {
                 value = data;
             }
         }
+        // A batch's echoed `input` is a list of URLs or a storage folder `{source, …}`; an
+        // async task's is one string (and `result_url` is optional).
         let is_batch = value.get("results").is_some()
             || value
                 .get("result_url")
                 .and_then(serde_json::Value::as_str)
-                .is_some_and(|url| url.contains("/image/edit/batch/"));
+                .is_some_and(|url| url.contains("/image/edit/batch/"))
+            || value
+                .get("request")
+                .and_then(|request| request.get("input"))
+                .is_some_and(|input| input.is_array() || input.is_object());
         if is_batch {
             serde_json::from_value(value).map(|batch| TaskUpdate::Batch(Box::new(batch)))
         } else {
@@ -435,6 +460,42 @@ impl ErrorBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Claid's schema requires `id`, `status`, `created_at` and `request` only: a task without
+    /// `result_url` parses (it is polled by id), statuses are read in any case, and a webhook
+    /// body without `results` or `result_url` is a batch when its echoed `input` is a list.
+    #[test]
+    fn tasks_parse_without_result_url_and_statuses_in_any_case() {
+        let task: AsyncTask = serde_json::from_value(serde_json::json!({
+            "id": 3, "status": "done", "created_at": "t", "request": {"input": "http://h/a.png"}
+        }))
+        .expect("parses");
+        assert_eq!(
+            (task.status, task.result_url.as_str()),
+            (TaskStatus::Done, "")
+        );
+        for (text, status) in [
+            ("Processing", TaskStatus::Processing),
+            ("CANCELED", TaskStatus::Cancelled),
+            ("error", TaskStatus::Error),
+            ("QUEUED", TaskStatus::Other("QUEUED".into())),
+        ] {
+            let parsed: TaskStatus = serde_json::from_value(serde_json::json!(text)).unwrap();
+            assert_eq!(parsed, status, "{text}");
+        }
+        assert_eq!(
+            serde_json::to_value(TaskStatus::Done).unwrap(),
+            serde_json::json!("DONE")
+        );
+        let batch = br#"{"id": 4, "status": "DONE", "request": {"input": ["http://h/a.png"]}}"#;
+        assert!(matches!(TaskUpdate::parse(batch), Ok(TaskUpdate::Batch(_))));
+        let single =
+            br#"{"data": {"id": 5, "status": "DONE", "request": {"input": "http://h/a.png"}}}"#;
+        assert!(matches!(
+            TaskUpdate::parse(single),
+            Ok(TaskUpdate::Async(_))
+        ));
+    }
 
     #[test]
     fn batch_input_takes_all_four_shapes() {

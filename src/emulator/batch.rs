@@ -121,7 +121,7 @@ pub async fn submit(
     };
     let host = host_of(&headers, state.local_addr);
     let id = state.next_id.fetch_add(1, Ordering::SeqCst);
-    let result_url = format!("http://{host}{prefix}/image/edit/batch/{id}");
+    let result_url = state.scenario.result_url.url(&host, prefix, "batch", id);
     let mut names = HashSet::new();
     let colliding_names = inputs
         .iter()

@@ -115,6 +115,32 @@ pub struct FaultShares {
     pub sync: f64,
 }
 
+/// How the emulator gives a task's `result_url` (`--result-url`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ResultUrlForm {
+    /// On the host and prefix the request came to (what Claid documents in its examples).
+    #[default]
+    Local,
+    /// Left out (the schema does not require it).
+    Omitted,
+    /// On Claid's canonical host, not the one the request came to (a proxy or gateway in
+    /// front of Claid): a client must not send its key there.
+    Foreign,
+}
+
+impl ResultUrlForm {
+    /// The `result_url` of task `id` of `kind` (`async` or `batch`) reached at `host` + `prefix`.
+    pub fn url(self, host: &str, prefix: &str, kind: &str, id: u64) -> String {
+        match self {
+            ResultUrlForm::Local => format!("http://{host}{prefix}/image/edit/{kind}/{id}"),
+            ResultUrlForm::Omitted => String::new(),
+            ResultUrlForm::Foreign => {
+                format!("https://api.claid.ai{prefix}/image/edit/{kind}/{id}")
+            }
+        }
+    }
+}
+
 /// Everything that shapes the emulator's behaviour. `Default` is a well-behaved Claid: no
 /// limits, no faults, 20 ms fixed latency, 24 h tmp_url lifetime, any non-empty API key.
 /// `Debug` never shows the API key.
@@ -177,6 +203,8 @@ pub struct Scenario {
     pub shuffle_results: bool,
     /// Share of batch results whose output file name matches no input (a random name).
     pub batch_rename_share: f64,
+    /// How the `result_url` of tasks and batches is given (Claid's schema makes it optional).
+    pub result_url: ResultUrlForm,
     /// How long the answer to a submit (async or batch) is held after the task was created, so
     /// the task can finish and its webhook arrive before the client learns the task id.
     pub submit_response_delay: Duration,
@@ -256,6 +284,7 @@ impl Default for Scenario {
             batch_parallelism: DEFAULT_BATCH_PARALLELISM,
             shuffle_results: false,
             batch_rename_share: 0.0,
+            result_url: ResultUrlForm::Local,
             submit_response_delay: Duration::ZERO,
             webhook_url: None,
             webhook_secret: None,
@@ -397,6 +426,11 @@ impl Scenario {
         self.batch_rename_share = share;
         self
     }
+    /// How `result_url` is given in every answer and webhook.
+    pub fn result_url(mut self, form: ResultUrlForm) -> Self {
+        self.result_url = form;
+        self
+    }
     /// Holds every submit's answer for `delay` after the task was created.
     pub fn submit_response_delay(mut self, delay: Duration) -> Self {
         self.submit_response_delay = delay;
@@ -487,6 +521,7 @@ impl std::fmt::Debug for Scenario {
             .field("batch_parallelism", &self.batch_parallelism)
             .field("shuffle_results", &self.shuffle_results)
             .field("batch_rename_share", &self.batch_rename_share)
+            .field("result_url", &self.result_url)
             .field("submit_response_delay", &self.submit_response_delay)
             .field("webhook_url", &self.webhook_url)
             .field(
@@ -663,6 +698,10 @@ pub struct ScenarioArgs {
     /// Share (0..1) of batch results whose output file name matches no input.
     #[arg(long, default_value = "0", value_parser = parse_share)]
     pub batch_rename_share: f64,
+    /// How tasks' and batches' `result_url` is given: on the host asked (local), left out
+    /// (omitted: Claid's schema does not require it), or on Claid's own host (foreign).
+    #[arg(long, value_enum, default_value_t = ResultUrlForm::Local)]
+    pub result_url: ResultUrlForm,
     /// Hold each submit's answer this long after creating the task (webhooks can arrive first).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     pub submit_response_delay: Duration,
@@ -736,6 +775,7 @@ impl ScenarioArgs {
             batch_parallelism: self.batch_parallelism.max(1),
             shuffle_results: self.shuffle_results,
             batch_rename_share: self.batch_rename_share,
+            result_url: self.result_url,
             submit_response_delay: self.submit_response_delay,
             webhook_url: self.webhook_url,
             webhook_secret: self.webhook_secret.filter(|s| !s.is_empty()),

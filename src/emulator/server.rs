@@ -863,7 +863,7 @@ async fn submit(
     }
     let host = host_of(&headers, state.local_addr);
     let id = state.next_id.fetch_add(1, Ordering::SeqCst);
-    let result_url = format!("http://{host}{prefix}/image/edit/async/{id}");
+    let result_url = state.scenario.result_url.url(&host, prefix, "async", id);
     let latency = state.sample_latency();
     let forced_error = state.roll(state.scenario.error_share);
     let dropped = state.roll(state.scenario.drop_share);

@@ -621,6 +621,18 @@ impl BatchRunner {
                     None => return,
                 }
             }
+            // An announcement without the results (Claid does not document a webhook's body
+            // fully), or not final, is followed up like any batch: taken as the result, it
+            // would fail every image Claid made and billed as missing.
+            Sent::Adopted { update } if update.lacks_result() || !update.status.is_terminal() => {
+                let result = self
+                    .wait_result(update.id, &update.result_url, now_ms(), &members, true)
+                    .await;
+                match result {
+                    Some(result) => (update.id, *result),
+                    None => return,
+                }
+            }
             Sent::Adopted { update } => (update.id, *update),
             Sent::Ended => return,
         };
@@ -894,7 +906,7 @@ impl BatchRunner {
             }
             scheduled = true;
             let sent_at = Instant::now();
-            match deps.client.poll_batch_once(result_url).await {
+            match deps.client.poll_batch_once(result_url, batch_id).await {
                 Ok(polled) => {
                     debug!(
                         status = ?polled.batch.status,

@@ -717,7 +717,7 @@ impl Runner {
                     task: *task,
                     request_id: None,
                 }),
-                _ => deps.client.poll_once(&result_url).await,
+                _ => deps.client.poll_once(&result_url, task_id).await,
             };
             match polled {
                 Ok(polled) => {

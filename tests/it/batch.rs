@@ -115,6 +115,36 @@ async fn issue12_a_batch_with_shuffled_results_delivers_every_image_once() {
     );
 }
 
+/// `result_url` is optional in Claid's schema, and a gateway may answer one on Claid's own
+/// host: either way the tasks and batches are polled by id on the API's origin (the key is
+/// never sent elsewhere) and every image is delivered, billed once. (A missing one failed the
+/// answer's parse, so the submit was retried and billed up to five times; a foreign one failed
+/// every billed task as lost.)
+#[tokio::test(flavor = "multi_thread")]
+async fn tasks_without_a_result_url_or_with_one_on_another_host_are_polled_by_id() {
+    use claid_hotfolder::emulator::ResultUrlForm;
+    for form in [ResultUrlForm::Omitted, ResultUrlForm::Foreign] {
+        for batching in ["", "batch: { max_images: 1 }"] {
+            let (_static, env, files) =
+                url_drop(5, "sku-", |scenario| scenario.result_url(form).seed(3)).await;
+            let config = env.config(batching, "");
+            let (code, stderr) = env.run_once(&config).await;
+            assert_eq!(code, 0, "{form:?} {batching}: {stderr}");
+            let stats = env.stats();
+            assert_eq!(
+                stats.submits + stats.batch_images,
+                5,
+                "{form:?} {batching}: each image submitted once"
+            );
+            assert_eq!(stats.duplicate_submits, 0, "{form:?} {batching}");
+            for file in &files {
+                let out = env.outbox.join("m").join(file.replace(".png", ".jpg"));
+                assert_eq!(dimensions(&out), (32, 24), "{form:?} {batching}");
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn issue12_an_image_that_fails_in_a_batch_fails_alone_with_claids_message() {
     let files = ["ok-1.png", "ok-2.png", "corrupt-3.png", "ok-4.png"];

@@ -296,10 +296,16 @@ async fn poll_follows_the_returned_result_url_even_on_another_prefix() {
     );
     let client = client(&format!("{root}/v1"));
     let accepted = client.submit_once(&edit_body()).await.unwrap();
-    let first = client.poll_once(&accepted.result_url).await.unwrap();
+    let first = client
+        .poll_once(&accepted.result_url, accepted.task_id)
+        .await
+        .unwrap();
     assert_eq!(first.task.status, TaskStatus::Processing);
     assert_eq!(first.request_id.as_deref(), Some("p1"));
-    let second = client.poll_once(&accepted.result_url).await.unwrap();
+    let second = client
+        .poll_once(&accepted.result_url, accepted.task_id)
+        .await
+        .unwrap();
     assert_eq!(second.task.status, TaskStatus::Done);
     assert_eq!(second.request_id.as_deref(), Some("p2"));
     let output = second.task.result.output_object.unwrap();
@@ -308,22 +314,30 @@ async fn poll_follows_the_returned_result_url_even_on_another_prefix() {
     assert!(mock.seen_on("GET", "/v1/image/edit/async/7").is_empty());
 }
 
+/// A `result_url` on another origin (or no URL at all) never gets the key: the task is polled
+/// by its id on the API's origin instead (failing it would lose a task Claid billed).
 #[tokio::test]
-async fn poll_refuses_a_result_url_on_another_origin_without_sending_the_key() {
+async fn a_result_url_on_another_origin_is_polled_by_id_on_the_api_without_sending_the_key() {
     let mock = Mock::default();
     let root = mock.start().await;
     let other = Mock::default();
     let other_root = other.start().await;
+    let mine = format!("{root}/v1/image/edit/async/1");
+    mock.on(
+        "GET /v1/image/edit/async/1",
+        vec![Reply::json(200, task(1, "PROCESSING", &mine))],
+    );
     let client = client(&format!("{root}/v1"));
     for url in [
         format!("{other_root}/v1/image/edit/async/1"),
         "ftp://127.0.0.1/x".to_owned(),
         "not a url".to_owned(),
+        String::new(),
     ] {
-        let err = client.poll_once(&url).await.unwrap_err();
-        assert_eq!(err.class(), ErrorClass::Job, "{url}");
-        assert_eq!(err.code(), "bad-url");
+        let polled = client.poll_once(&url, 1).await.expect(&url);
+        assert_eq!(polled.task.status, TaskStatus::Processing, "{url}");
     }
+    assert_eq!(mock.seen_on("GET", "/v1/image/edit/async/1").len(), 4);
     assert!(other.seen().is_empty());
 }
 
@@ -395,8 +409,8 @@ async fn remaining_zero_makes_every_next_call_wait_for_reset() {
     let body = edit_body();
     let (a, b, c) = tokio::join!(
         client.submit_once(&body),
-        client.poll_once(&url),
-        client.poll_once(&url)
+        client.poll_once(&url, 1),
+        client.poll_once(&url, 1)
     );
     a.unwrap();
     b.unwrap();
@@ -457,13 +471,13 @@ async fn server_errors_are_transient_and_each_call_is_one_attempt() {
     assert_eq!(client.submit_once(&edit_body()).await.unwrap().task_id, 3);
     assert_eq!(mock.seen_on("POST", "/v1/image/edit/async").len(), 3);
 
-    let err = client.poll_once(&url).await.unwrap_err();
+    let err = client.poll_once(&url, 3).await.unwrap_err();
     assert_eq!(
         (err.class(), err.code().as_str()),
         (ErrorClass::Transient, "server-error")
     );
     assert_eq!(mock.seen_on("GET", "/v1/image/edit/async/3").len(), 1);
-    client.poll_once(&url).await.unwrap();
+    client.poll_once(&url, 3).await.unwrap();
     assert_eq!(mock.seen_on("GET", "/v1/image/edit/async/3").len(), 2);
     assert_eq!(client.stats().retries, 0);
 }
@@ -552,7 +566,7 @@ async fn job_errors_carry_claid_code_message_and_details() {
     assert_eq!(mock.seen().len(), 1);
 
     let gone = client
-        .poll_once(&format!("{root}/v1/image/edit/async/99"))
+        .poll_once(&format!("{root}/v1/image/edit/async/99"), 99)
         .await
         .unwrap_err();
     assert_eq!(gone.class(), ErrorClass::Job);
@@ -563,7 +577,7 @@ async fn job_errors_carry_claid_code_message_and_details() {
     );
 
     let fastapi = client
-        .poll_once(&format!("{root}/v1/image/edit/async/abc"))
+        .poll_once(&format!("{root}/v1/image/edit/async/abc"), 0)
         .await
         .unwrap_err();
     assert_eq!(fastapi.class(), ErrorClass::Job);
@@ -624,7 +638,7 @@ async fn unreadable_200_is_ambiguous_for_submit_and_transient_for_poll() {
     assert_eq!(mock.seen_on("POST", "/v1/image/edit/async").len(), 1);
 
     let err = client
-        .poll_once(&format!("{root}/v1/image/edit/async/5"))
+        .poll_once(&format!("{root}/v1/image/edit/async/5"), 5)
         .await
         .unwrap_err();
     assert_eq!(err.class(), ErrorClass::Transient);
@@ -934,7 +948,7 @@ async fn the_limiter_keeps_a_burst_at_or_below_the_configured_rate() {
             if i % 2 == 0 {
                 client.submit_once(&edit_body()).await.map(|_| ())
             } else {
-                client.poll_once(&url).await.map(|_| ())
+                client.poll_once(&url, 1).await.map(|_| ())
             }
         });
     }
