@@ -1280,15 +1280,16 @@ fn request_id_of(headers: &HeaderMap) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// `RateLimit-Reset` (Claid), else `Retry-After` in seconds, else [`DEFAULT_RESET`].
+/// `RateLimit-Reset` (Claid), else `Retry-After`, else [`DEFAULT_RESET`].
 fn reset_of(headers: &HeaderMap) -> Duration {
     reset_header(headers).unwrap_or(DEFAULT_RESET)
 }
 
-/// `RateLimit-Reset` (Claid), else `Retry-After` in seconds; `None` when neither is usable.
+/// `RateLimit-Reset` (Claid: seconds, or a Unix time), else `Retry-After` (seconds or an HTTP
+/// date); `None` when neither is usable.
 fn reset_header(headers: &HeaderMap) -> Option<Duration> {
     parse_reset(header_str(headers, "ratelimit-reset"))
-        .or_else(|| parse_reset(header_str(headers, "retry-after")))
+        .or_else(|| limiter::parse_retry_after(header_str(headers, "retry-after")))
 }
 
 #[cfg(test)]

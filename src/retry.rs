@@ -24,7 +24,7 @@
 //! |------|------------------|-----------------|-------------------|
 //! | submit | 4 | 20 | 25 |
 //! | upload | 2 | 20 | 23 |
-//! | poll (each poll of a task) | 9 | 20 | 30 |
+//! | poll (each poll of a task) | 20 | 120 | 141 |
 //! | download | 9 | 0 | 10 |
 //!
 //! A poll that gets an answer (whatever the task's status) ends its step; the next poll of the
@@ -94,9 +94,12 @@ impl Default for Policy {
                 failures: 2,
                 rate_limited: 20,
             },
+            // A poll costs nothing and its task is billed already: giving up loses the
+            // result, so a task's poll rides out a long run of 5xx (about ten minutes at the
+            // 30 s cap) and of 429s (the gate paces them by `RateLimit-Reset`).
             poll: Budget {
-                failures: 9,
-                rate_limited: 20,
+                failures: 20,
+                rate_limited: 120,
             },
             // Downloads are free (a temporary URL, not an API call) and a CDN may cut a few
             // short in a row: a larger budget costs nothing billed.
@@ -453,7 +456,7 @@ mod tests {
         for (step, documented) in [
             (Step::Submit, 25),
             (Step::Upload, 23),
-            (Step::Poll, 30),
+            (Step::Poll, 141),
             (Step::Download, 10),
         ] {
             assert_eq!(policy.max_http_attempts(step), documented, "{step:?}");

@@ -331,19 +331,88 @@ impl State {
     }
 }
 
-/// Reads `RateLimit-Reset` (whole or fractional seconds); `None` when absent or unusable.
+/// A `RateLimit-Reset` this large is a point in time (Unix seconds, as some servers send),
+/// not a delay: no window is 30 years long.
+const EPOCH_FROM: f64 = 1.0e9;
+
+/// Reads `RateLimit-Reset`: seconds until the reset (whole or fractional), or the reset's
+/// Unix time (then the seconds left until it); at most [`MAX_RESET`]. `None` when absent or
+/// unusable.
 pub fn parse_reset(value: Option<&str>) -> Option<Duration> {
     let secs: f64 = value?.trim().parse().ok()?;
-    if secs.is_finite() && secs >= 0.0 {
-        Some(Duration::from_secs_f64(secs.min(MAX_RESET.as_secs_f64())))
-    } else {
-        None
+    if !secs.is_finite() || secs < 0.0 {
+        return None;
     }
+    let secs = if secs >= EPOCH_FROM {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_secs_f64();
+        (secs - now).max(0.0)
+    } else {
+        secs
+    };
+    Some(Duration::from_secs_f64(secs.min(MAX_RESET.as_secs_f64())))
+}
+
+/// Reads `Retry-After`: seconds (as [`parse_reset`]) or an HTTP date (RFC 9110 §10.2.3), then
+/// the time left until it; at most [`MAX_RESET`].
+pub fn parse_retry_after(value: Option<&str>) -> Option<Duration> {
+    let value = value?;
+    parse_reset(Some(value)).or_else(|| {
+        let at = httpdate::parse_http_date(value.trim()).ok()?;
+        let left = at
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        Some(left.min(MAX_RESET))
+    })
 }
 
 /// Reads `RateLimit-Remaining` (may be negative: Claid sends `-1` once exceeded).
 pub fn parse_remaining(value: Option<&str>) -> Option<i64> {
     value?.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod reset_tests {
+    use super::*;
+
+    /// `RateLimit-Reset` as a delay or as a Unix time, `Retry-After` as a delay or an HTTP
+    /// date: each is the time left, never more than `MAX_RESET` (an epoch value read as a delay
+    /// closed the gate for two minutes).
+    #[test]
+    fn resets_are_read_as_delays_or_points_in_time() {
+        assert_eq!(parse_reset(Some("2")), Some(Duration::from_secs(2)));
+        assert_eq!(parse_reset(Some("0.5")), Some(Duration::from_millis(500)));
+        assert_eq!(parse_reset(Some("-1")), None);
+        assert_eq!(parse_reset(Some("soon")), None);
+        assert_eq!(parse_reset(Some("99999")), Some(MAX_RESET));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let in_ten = parse_reset(Some(&(now + 10).to_string())).unwrap();
+        assert!(
+            in_ten <= Duration::from_secs(10) && in_ten >= Duration::from_secs(8),
+            "{in_ten:?}"
+        );
+        assert_eq!(
+            parse_reset(Some(&(now - 10).to_string())),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after(Some("3")), Some(Duration::from_secs(3)));
+        let date = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(20));
+        let left = parse_retry_after(Some(&date)).unwrap();
+        assert!(
+            left <= Duration::from_secs(20) && left >= Duration::from_secs(18),
+            "{left:?}"
+        );
+        assert_eq!(
+            parse_retry_after(Some("Wed, 21 Oct 2015 07:28:00 GMT")),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after(Some("tomorrow")), None);
+    }
 }
 
 #[cfg(test)]
