@@ -224,6 +224,9 @@ pub struct Scenario {
     pub webhook_delay_share: f64,
     /// How long a delayed webhook waits.
     pub webhook_delay: Duration,
+    /// Also announce every async task when it is accepted (status ACCEPTED, no result), as
+    /// Claid's webhook settings may: the final webhook follows as usual.
+    pub webhook_on_accept: bool,
     /// Share of webhooks held back until the next one has been sent (out of completion order),
     /// at most `webhook_reorder_hold`.
     pub webhook_reorder_share: f64,
@@ -294,6 +297,7 @@ impl Default for Scenario {
             webhook_duplicate_share: 0.0,
             webhook_delay_share: 0.0,
             webhook_delay: Duration::ZERO,
+            webhook_on_accept: false,
             webhook_reorder_share: 0.0,
             webhook_reorder_hold: DEFAULT_REORDER_HOLD,
             webhook_forged_share: 0.0,
@@ -472,6 +476,11 @@ impl Scenario {
         self.webhook_delay = delay;
         self
     }
+    /// Every async task is also announced when accepted.
+    pub fn webhook_on_accept(mut self, on: bool) -> Self {
+        self.webhook_on_accept = on;
+        self
+    }
     /// A share of webhooks is held until the next one was sent (at most `max_hold`).
     pub fn webhook_reorder(mut self, share: f64, max_hold: Duration) -> Self {
         self.webhook_reorder_share = share;
@@ -534,6 +543,7 @@ impl std::fmt::Debug for Scenario {
             .field("webhook_duplicate_share", &self.webhook_duplicate_share)
             .field("webhook_delay_share", &self.webhook_delay_share)
             .field("webhook_delay", &self.webhook_delay)
+            .field("webhook_on_accept", &self.webhook_on_accept)
             .field("webhook_reorder_share", &self.webhook_reorder_share)
             .field("webhook_reorder_hold", &self.webhook_reorder_hold)
             .field("webhook_forged_share", &self.webhook_forged_share)
@@ -729,6 +739,9 @@ pub struct ScenarioArgs {
     /// How late a delayed webhook is sent.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub webhook_delay: Duration,
+    /// Also send an ACCEPTED webhook (no result) for every async task when it is created.
+    #[arg(long)]
+    pub webhook_on_accept: bool,
     /// Share (0..1) of webhooks held until the next one was sent (out of completion order).
     #[arg(long, default_value = "0", value_parser = parse_share)]
     pub webhook_reorder_share: f64,
@@ -785,6 +798,7 @@ impl ScenarioArgs {
             webhook_duplicate_share: self.webhook_duplicate_share,
             webhook_delay_share: self.webhook_delay_share,
             webhook_delay: self.webhook_delay,
+            webhook_on_accept: self.webhook_on_accept,
             webhook_reorder_share: self.webhook_reorder_share,
             webhook_reorder_hold: self.webhook_reorder_hold,
             webhook_forged_share: self.webhook_forged_share,

@@ -200,8 +200,9 @@ impl AppState {
         items.shuffle(&mut *lock(&self.rng));
     }
 
-    /// Hands the result object of a task or batch that reached DONE/ERROR (the `data` of its
-    /// poll answer) to the webhook sender, with the faults rolled for it.
+    /// Hands the result object of a task or batch that reached DONE/ERROR (or of a task just
+    /// accepted, with `webhook_on_accept`: the `data` of its poll answer) to the webhook
+    /// sender, with the faults rolled for it.
     pub(crate) fn announce(&self, view: Value) {
         let Some(outbox) = &self.outbox else {
             return;
@@ -880,6 +881,12 @@ async fn submit(
         },
     );
     state.recorder.submitted(submit_key(&value));
+    if state.scenario.webhook_on_accept {
+        let view = lock(&state.tasks).get(&id).map(|task| async_view(id, task));
+        if let Some(Ok(value)) = view.map(|view| serde_json::to_value(&view)) {
+            state.announce(value);
+        }
+    }
     tokio::spawn(run_task(
         Arc::clone(&state),
         id,

@@ -100,6 +100,9 @@ struct Inner {
     waiting: HashMap<u64, Arc<Slot>>,
     /// Final updates that came before anyone waited, with their arrival.
     early: HashMap<u64, (Instant, TaskUpdate)>,
+    /// Updates that only named a task (not final) nobody waited for: a submit whose answer is
+    /// then lost adopts its task from one (the webhook can come before the answer is given up).
+    named: HashMap<u64, (Instant, TaskUpdate)>,
     /// Jobs (or batches) whose submit answer was lost, by the request they sent.
     lost: HashMap<String, Arc<Slot>>,
     /// Ids that already got their final update (bounded like `early`), to tell duplicates.
@@ -255,8 +258,25 @@ impl Dispatch {
         let mut inner = self.lock();
         if !update.status().is_terminal() {
             inner.stats.not_final += 1;
+            // A lost submit's task named before it ends (an ACCEPTED or PROCESSING webhook):
+            // adopted now, so the job waits for the task's end instead of resubmitting when
+            // its wait runs out. Its id is not marked done: the final update still comes.
+            if let Some(key) = request_key(update.request())
+                && let Some(slot) = inner.lost.remove(&key)
+            {
+                slot.put(update);
+                inner.stats.adopted += 1;
+                return Delivery::Adopted;
+            }
+            if !inner.waiting.contains_key(&id) && !inner.done.contains_key(&id) {
+                inner.prune_early();
+                if inner.named.len() < MAX_EARLY {
+                    inner.named.insert(id, (Instant::now(), update));
+                }
+            }
             return Delivery::NotFinal;
         }
+        inner.named.remove(&id);
         if inner.done.contains_key(&id) {
             inner.stats.duplicates += 1;
             return Delivery::Duplicate;
@@ -323,6 +343,7 @@ impl Dispatch {
     pub fn watch(self: &Arc<Self>, id: u64) -> Watch {
         let slot = Arc::new(Slot::default());
         let mut inner = self.lock();
+        inner.named.remove(&id);
         if let Some((_, update)) = inner.early.remove(&id) {
             inner.mark_done(id);
             slot.put(update);
@@ -353,15 +374,28 @@ impl Dispatch {
             .iter()
             .find(|(_, (_, update))| request_key(update.request()).as_ref() == Some(&key))
             .map(|(id, _)| *id);
+        // A task only named so far (not final) is adopted without marking it done: its final
+        // update still comes to whoever watches it.
+        let named = inner
+            .named
+            .iter()
+            .find(|(_, (_, update))| request_key(update.request()).as_ref() == Some(&key))
+            .map(|(id, _)| *id);
         match came.and_then(|id| inner.early.remove(&id).map(|(_, update)| (id, update))) {
             Some((id, update)) => {
                 inner.mark_done(id);
                 inner.stats.adopted += 1;
                 slot.put(update);
             }
-            None => {
-                inner.lost.insert(key.clone(), slot.clone());
-            }
+            None => match named.and_then(|id| inner.named.remove(&id)) {
+                Some((_, update)) => {
+                    inner.stats.adopted += 1;
+                    slot.put(update);
+                }
+                None => {
+                    inner.lost.insert(key.clone(), slot.clone());
+                }
+            },
         }
         inner.awaiting += jobs;
         drop(inner);
@@ -614,6 +648,7 @@ impl Inner {
     fn prune_early(&mut self) {
         let cutoff = Instant::now() - EARLY_TTL;
         self.early.retain(|_, (at, _)| *at > cutoff);
+        self.named.retain(|_, (at, _)| *at > cutoff);
     }
 }
 
@@ -669,18 +704,40 @@ fn take_batch_owners(
 pub fn body_key(request: &serde_json::Value) -> Option<String> {
     let mut body = request.as_object()?.clone();
     body.remove("input");
-    Some(crate::manifest::key::canonical_json(
+    Some(crate::manifest::key::canonical_json(&whole_numbers(
         &serde_json::Value::Object(body),
-    ))
+    )))
 }
 
 /// The identity of a request: its body in canonical JSON (keys sorted, so a server that
-/// echoes the fields in another order still matches). `None` for an empty echo.
+/// echoes the fields in another order still matches; numbers with nothing after the point
+/// written as integers, so one that echoes `400` as `400.0` does too). `None` for an empty
+/// echo. Kept in memory only: no stored key depends on it.
 pub fn request_key(request: &serde_json::Value) -> Option<String> {
     if request.is_null() || request.as_object().is_some_and(|o| o.is_empty()) {
         return None;
     }
-    Some(crate::manifest::key::canonical_json(request))
+    Some(crate::manifest::key::canonical_json(&whole_numbers(
+        request,
+    )))
+}
+
+/// `value` with every float that is a whole number (within `i64`) written as an integer.
+fn whole_numbers(value: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) if !n.is_i64() && !n.is_u64() => match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Value::from(f as i64),
+            _ => value.clone(),
+        },
+        Value::Array(items) => Value::Array(items.iter().map(whole_numbers).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), whole_numbers(v)))
+                .collect(),
+        ),
+        _ => value.clone(),
+    }
 }
 
 #[cfg(test)]
@@ -725,9 +782,10 @@ mod tests {
             watch.wait(Duration::from_millis(1)).await.map(|u| u.id()),
             Some(2)
         );
-        // Not final: nothing.
+        // Not final: nothing (another request's task).
+        let third = serde_json::json!({"input": "https://x/3.jpg", "operations": {}});
         assert_eq!(
-            dispatch.deliver(update(3, "PROCESSING", req.clone())),
+            dispatch.deliver(update(3, "PROCESSING", third)),
             Delivery::NotFinal
         );
         // A lost submit with the same request (fields in another order) adopts the task.
@@ -771,5 +829,48 @@ mod tests {
             dispatch.deliver(update(7, "DONE", req)),
             Delivery::Duplicate
         );
+    }
+
+    /// A lost submit's task named by a webhook before it ends (ACCEPTED) is adopted then, and
+    /// its final update still reaches whoever watches the id afterwards; an echo that writes
+    /// a whole number as `400.0` still matches.
+    #[tokio::test]
+    async fn a_not_final_webhook_adopts_a_lost_submit_and_the_final_one_still_comes() {
+        let dispatch = Arc::new(Dispatch::default());
+        let ours = serde_json::json!({"input": "https://x/d.jpg", "operations": {"resizing": {"width": 400}}});
+        let echoed = serde_json::json!({"input": "https://x/d.jpg", "operations": {"resizing": {"width": 400.0}}});
+        let lost = dispatch.lost_submit(&ours, 1).expect("a key");
+        assert_eq!(
+            dispatch.deliver(update(9, "ACCEPTED", echoed.clone())),
+            Delivery::Adopted
+        );
+        let adopted = lost.wait(Duration::from_millis(1)).await.expect("adopted");
+        assert_eq!((adopted.id(), adopted.status().is_terminal()), (9, false));
+        let watch = dispatch.watch(9);
+        assert_eq!(
+            dispatch.deliver(update(9, "DONE", echoed)),
+            Delivery::Handed
+        );
+        assert_eq!(
+            watch.wait(Duration::from_millis(1)).await.map(|u| u.id()),
+            Some(9)
+        );
+        // Not final and nobody lost it yet: kept, and adopted by the submit given up next.
+        let other = serde_json::json!({"input": "https://x/e.jpg", "operations": {}});
+        assert_eq!(
+            dispatch.deliver(update(10, "ACCEPTED", other.clone())),
+            Delivery::NotFinal
+        );
+        let lost = dispatch.lost_submit(&other, 1).expect("a key");
+        assert_eq!(
+            lost.wait(Duration::from_millis(1)).await.map(|u| u.id()),
+            Some(10)
+        );
+        let watch = dispatch.watch(10);
+        assert_eq!(
+            dispatch.deliver(update(10, "DONE", other)),
+            Delivery::Handed
+        );
+        assert!(watch.wait(Duration::from_millis(1)).await.is_some());
     }
 }

@@ -464,7 +464,11 @@ impl Runner {
                             task_id,
                             "A lost submit answer was recovered from its webhook; nothing is submitted twice"
                         );
-                        deps.dispatch.keep(update);
+                        // A final update is the result; one that only named the task (it was
+                        // still running) is not: its end is awaited like any task's.
+                        if update.status().is_terminal() {
+                            deps.dispatch.keep(update);
+                        }
                         return Step::Continue;
                     }
                     InDoubtPolicy::Resubmit => {

@@ -467,6 +467,35 @@ async fn issue12_a_webhook_answered_before_a_sigkill_is_kept_for_the_restart() {
 /// than `poll_fallback`: the late webhook is adopted by the held jobs (alone, then in a batch),
 /// which are delivered without a second submit, so `replay --in-doubt` has nothing left to
 /// bill twice; the run's report is written again with them done.
+/// A lost submit answer whose task is announced when accepted (an ACCEPTED webhook, before
+/// any result) is adopted then: the job waits for the task's end instead of resubmitting when
+/// its wait (`poll_fallback`, shorter than the task here) runs out, so nothing is billed twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_submit_is_adopted_from_its_accepted_webhook_before_the_task_ends() {
+    let port = free_port();
+    let env = TestEnv::new(
+        announcing(port)
+            .webhook_on_accept(true)
+            .drop_share(1.0)
+            .latency(Latency::Fixed(Duration::from_secs(6))),
+    )
+    .await;
+    env.drop_file("m.yaml", manifest(2, "acc").as_bytes());
+    let config = env.config(
+        "batch: { max_images: 1 }",
+        &webhook_section(&env, port, "2s"),
+    );
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    all_done(&env, 2);
+    let stats = env.stats();
+    assert_eq!(
+        stats.duplicate_submits, 0,
+        "no image billed twice: {stderr}"
+    );
+    assert_eq!(stats.submits, 2);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn issue12_a_webhook_later_than_the_wait_is_adopted_by_the_jobs_held_in_doubt() {
     for (n, api) in [
