@@ -515,6 +515,19 @@ impl Checker {
         let rejected = get("rejected", "rejected-manifest");
         let state = get("state", "state store");
         let create = self.boolean(root, "folders.create", false);
+        if let Some(inbox) = &inbox {
+            for (name, folder) in [
+                ("outbox", &outbox),
+                ("archive", &archive),
+                ("rejected", &rejected),
+                ("state", &state),
+            ] {
+                let Some(folder) = folder else { continue };
+                if let Some(message) = overlap(inbox, folder, name) {
+                    self.problem(&format!("folders.{name}"), message);
+                }
+            }
+        }
         Some(Folders {
             inbox: inbox?,
             outbox: outbox?,
@@ -901,4 +914,59 @@ fn has_user_info(url: &str) -> bool {
     };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     authority.contains('@')
+}
+
+/// Why `folder` (`folders.NAME`) may not be where it is: the inbox itself, inside it (the
+/// daemon would read what it writes there as new drops: an archived manifest runs and is
+/// billed again, over and over), or holding the inbox. Compared as written (`.` and `..`
+/// resolved) and, when both exist, as the filesystem resolves them (symlinks).
+fn overlap(inbox: &Path, folder: &Path, name: &str) -> Option<String> {
+    let pairs = [
+        (lexical(inbox), lexical(folder)),
+        match (std::fs::canonicalize(inbox), std::fs::canonicalize(folder)) {
+            (Ok(a), Ok(b)) => (a, b),
+            _ => (lexical(inbox), lexical(folder)),
+        },
+    ];
+    let what = match name {
+        "outbox" => "outputs and reports",
+        "archive" => "archived manifests",
+        "rejected" => "rejected manifests and their error files",
+        _ => "the job store",
+    };
+    for (inbox, folder) in pairs {
+        if folder == inbox {
+            return Some(format!(
+                "is the inbox: the daemon would take {what} written there for new drops (an archived manifest runs and is billed again, over and over); use a folder outside `folders.inbox`"
+            ));
+        }
+        if folder.starts_with(&inbox) {
+            return Some(format!(
+                "is inside the inbox ({}): the daemon would take {what} written there for new drops; use a folder outside `folders.inbox`",
+                inbox.display()
+            ));
+        }
+        if inbox.starts_with(&folder) && name != "state" {
+            return Some(format!(
+                "holds the inbox ({}): keep the inbox and this folder apart (for example side by side under one parent)",
+                inbox.display()
+            ));
+        }
+    }
+    None
+}
+
+/// `path` with `.` and `..` resolved without the filesystem.
+fn lexical(path: &Path) -> std::path::PathBuf {
+    let mut out = std::path::PathBuf::new();
+    for part in path.components() {
+        match part {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
