@@ -1120,7 +1120,15 @@ impl BatchRunner {
     fn download(&self, member: Member, permit: Option<OwnedSemaphorePermit>) {
         let runner = self.deps.runner.clone();
         let finisher = self.deps.finisher.clone();
-        let span = info_span!("job", job_id = member.id, manifest = member.manifest, input = %member.job.input);
+        // The fields are filled in by the runner (as for a single job): recorded here too,
+        // each appeared twice on every line.
+        let span = info_span!(
+            "job",
+            job_id = member.id,
+            manifest = tracing::field::Empty,
+            input = tracing::field::Empty,
+            task_id = tracing::field::Empty
+        );
         self.deps.tracker.spawn(
             async move {
                 let outcome = runner.run(member.id).await;

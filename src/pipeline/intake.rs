@@ -247,6 +247,15 @@ impl Intake {
             Err(manifest::ManifestError::Read { source, .. })
                 if source.kind() == std::io::ErrorKind::NotFound =>
             {
+                // A version that waited for its predecessor's drain, then was saved over by
+                // one that failed validation (moved to rejected/): it is put back from the
+                // copy kept when it was found, and taken in now (nothing saved is lost).
+                if !is_recipe_image && self.restore_pending(&path).await {
+                    info!(
+                        "A version saved while its predecessor drained is taken in from the copy kept when it was found (the file was replaced meanwhile)"
+                    );
+                    return Box::pin(self.take_in(candidate, rel)).await;
+                }
                 info!("The manifest left the inbox before it was read; nothing to do");
                 return Taken::Done;
             }
@@ -288,7 +297,11 @@ impl Intake {
             }
             if !prev.state.is_ended() {
                 // The file changed while its previous version runs: that run drains first,
-                // then this candidate comes back here.
+                // then this candidate comes back here. A copy of this version is kept beside
+                // it, in case the file is replaced meanwhile by one that is rejected.
+                if !is_recipe_image {
+                    self.keep_pending(&path, &spec.sha256).await;
+                }
                 let _ = self.finisher.send(Event::Supersede {
                     id: *id,
                     then: candidate,
@@ -429,6 +442,9 @@ impl Intake {
             .and_then(|p| p.next(LifeEvent::Registered));
         if !recipe_image {
             self.keep_copy(path, &rel_path, &sha256).await;
+            // A copy kept while an older version drained is not needed once a version runs.
+            let pending = pending_path(path);
+            let _ = on_file_pool(move || std::fs::remove_file(pending)).await;
         }
         info!(
             manifest_id = id,
@@ -447,6 +463,39 @@ impl Intake {
         self.queue
             .push_back(queued.into_iter().map(|job| (id, job)).collect());
         Taken::HandedOn
+    }
+
+    /// Keeps a copy of a valid version that waits for its predecessor's drain, hidden beside
+    /// the manifest (`.NAME.claid-pending`: not a manifest name, and its relative inputs
+    /// resolve as the manifest's own), if it still holds `sha256`.
+    async fn keep_pending(&self, path: &Path, sha256: &str) {
+        let src = path.to_path_buf();
+        let dst = pending_path(path);
+        let sha256 = sha256.to_owned();
+        let kept = on_file_pool(move || -> std::io::Result<()> {
+            let tmp = dst.with_extension("claid-pending-tmp");
+            std::fs::copy(&src, &tmp)?;
+            if output::sha256_file(&tmp)? == sha256 {
+                std::fs::rename(&tmp, &dst)
+            } else {
+                std::fs::remove_file(&tmp)
+            }
+        })
+        .await;
+        if let Err(err) = kept {
+            warn!(error = %err, "Cannot keep a copy of the version that waits for its predecessor's drain; if the file is replaced meanwhile, that version is not taken in");
+        }
+    }
+
+    /// Puts back the copy [`Intake::keep_pending`] kept for `path` when the manifest itself is
+    /// gone; true when it did.
+    async fn restore_pending(&self, path: &Path) -> bool {
+        let manifest = path.to_path_buf();
+        on_file_pool(move || {
+            let pending = pending_path(&manifest);
+            !manifest.exists() && pending.is_file() && std::fs::rename(&pending, &manifest).is_ok()
+        })
+        .await
     }
 
     /// Keeps a copy of the processed version of the manifest (under the state folder) so that
@@ -597,6 +646,12 @@ impl Intake {
 }
 
 /// `team/bad.yaml` → `team__bad.yaml`: an inbox-relative path as one file name.
+/// Where [`Intake::keep_pending`] keeps a waiting version of the manifest at `path`.
+fn pending_path(path: &Path) -> PathBuf {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    path.with_file_name(format!(".{name}.claid-pending"))
+}
+
 fn flattened_name(rel: &Path) -> std::ffi::OsString {
     let mut flat = std::ffi::OsString::new();
     for (i, part) in rel.iter().enumerate() {

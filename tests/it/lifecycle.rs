@@ -280,6 +280,59 @@ async fn issue11_a_rejected_manifest_that_cannot_be_moved_still_gets_an_error_fi
     assert_eq!(env.stats().submits, 0);
 }
 
+/// A valid version saved while the running one drains, then saved over by one that fails
+/// validation before the drain ends: the broken one is rejected, and the valid one still runs
+/// when the drain ends (it was lost: the file it would be read from had gone to rejected/).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_version_waiting_for_a_drain_runs_even_when_a_broken_save_follows_it() {
+    let env =
+        TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_millis(3000))))
+            .await;
+    let v1 = b"images:\n  - input: storage://demo/one-64x48.png\n  - input: storage://demo/two-64x48.png\n".to_vec();
+    let v2 = b"images:\n  - input: storage://demo/one-64x48.png\n  - input: storage://demo/new-64x48.png\n".to_vec();
+    let v3 = b"images: [ {input: 3} \n".to_vec();
+    let config = env.config("max_in_flight: 1", "");
+    let mut daemon = env.spawn_daemon(&config, 0);
+    env.drop_file("m.yaml", &v1);
+    wait_until("the first image is submitted", DEADLINE, || {
+        env.stats().submits >= 1
+    })
+    .await;
+    env.drop_file("m.yaml", &v2);
+    wait_until("v2 waits for v1's drain", DEADLINE, || {
+        env.inbox.join(".m.yaml.claid-pending").is_file()
+    })
+    .await;
+    env.drop_file("m.yaml", &v3);
+    wait_until("v3 is rejected", DEADLINE, || {
+        env.rejected.join("m.yaml.error.txt").is_file()
+    })
+    .await;
+    let report_is_v2 = || {
+        std::fs::read_to_string(env.outbox.join("m.report.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .is_some_and(|r| r["sha256"] == sha256_hex(&v2).as_str())
+    };
+    wait_until("v2 runs and is reported", DEADLINE, report_is_v2).await;
+    wait_until("v2 is archived", DEADLINE, || {
+        !env.inbox.join("m.yaml").exists()
+    })
+    .await;
+    stop(&mut daemon).await;
+    assert!(env.outbox.join("m/new-64x48.jpg").is_file());
+    let mut archived: Vec<Vec<u8>> = TestEnv::files_under(&env.archive)
+        .into_iter()
+        .map(|p| std::fs::read(env.archive.join(p)).expect("archived"))
+        .collect();
+    archived.sort();
+    let mut expected = vec![v1, v2];
+    expected.sort();
+    assert_eq!(archived, expected, "archive: the versions that ran");
+    assert_eq!(std::fs::read(env.rejected.join("m.yaml")).expect("v3"), v3);
+    assert!(!env.inbox.join(".m.yaml.claid-pending").exists());
+}
+
 /// The everyday "fixed a typo, saved over it": the running version drains (what Claid already
 /// has finishes and is recorded, nothing new is submitted for it), then the new content runs;
 /// rows identical to delivered ones are not billed again; the archive holds exactly the
