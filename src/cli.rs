@@ -387,6 +387,17 @@ fn cmd_run(path: &Path, once: bool, print_config: bool) -> i32 {
             );
             exit::UNAVAILABLE
         }
+        Ok(Outcome::Unscanned { folders }) => {
+            let names: Vec<String> = folders
+                .iter()
+                .map(|f| Escaped::path(f).to_string())
+                .collect();
+            tracing::error!(
+                folders = %names.join(", "),
+                "Inbox folders could not be read, so what they hold was not processed: give the daemon's user read and search access to them (e.g. `chmod g+rx` with the daemon's group), or move them out of the inbox; the rest of the inbox was processed"
+            );
+            exit::IO_ERR
+        }
         Err(err) => {
             let err = anyhow::Error::from(err);
             tracing::error!(error = %format!("{err:#}"), "The daemon stops");

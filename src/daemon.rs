@@ -141,6 +141,8 @@ pub enum Outcome {
     /// `run --once` stopped because the API (or, with `bucket`, a storage's bucket) stayed
     /// unreachable for `api.unreachable_timeout`; unfinished jobs stay in the store.
     Unreachable { why: String, bucket: bool },
+    /// `run --once` handled what it could read, but these inbox subfolders could not be read.
+    Unscanned { folders: Vec<PathBuf> },
 }
 
 /// How the work of `run --once` ended.
@@ -148,6 +150,9 @@ pub enum Outcome {
 enum OnceEnd {
     /// Every run taken in has ended or is held.
     Settled,
+    /// As `Settled`, but these subfolders of the inbox could not be read: what they hold was
+    /// not seen.
+    Unscanned(Vec<PathBuf>),
     Refused {
         status: u16,
         reason: String,
@@ -436,8 +441,10 @@ pub async fn run(
     if shutdown_requested {
         return Ok(Outcome::Interrupted);
     }
+    let mut unscanned = Vec::new();
     match once_end {
         OnceEnd::Settled => {}
+        OnceEnd::Unscanned(folders) => unscanned = folders,
         OnceEnd::Refused { status, reason } => return Ok(Outcome::Refused { status, reason }),
         OnceEnd::Unreachable { why, bucket } => {
             return Ok(Outcome::Unreachable { why, bucket });
@@ -456,6 +463,9 @@ pub async fn run(
         superseded = totals.superseded,
         "Inbox processed"
     );
+    if !unscanned.is_empty() {
+        return Ok(Outcome::Unscanned { folders: unscanned });
+    }
     if totals.failed > 0
         || totals.held > 0
         || totals.rejected > 0
@@ -529,7 +539,7 @@ async fn run_once(
     config: &Config,
     opts: &RunOptions,
 ) -> Result<OnceEnd, FatalError> {
-    first_scan(pipeline, config).await?;
+    let unreadable = first_scan(pipeline, config).await?;
     let bar = opts
         .progress_bar
         .as_ref()
@@ -544,6 +554,9 @@ async fn run_once(
     // A refused or unreachable API is reported once, with what to do, by the caller.
     if !matches!(end, OnceEnd::Settled) {
         return Ok(end);
+    }
+    if !unreadable.is_empty() {
+        return Ok(OnceEnd::Unscanned(unreadable));
     }
     Ok(end)
 }
@@ -618,16 +631,21 @@ async fn give_up(health: Arc<pipeline::health::HealthState>, timeout: Duration) 
     }
 }
 
-/// Takes in every manifest of the inbox once it is stable.
-async fn first_scan(pipeline: &pipeline::Handle, config: &Config) -> Result<(), FatalError> {
-    let candidates = watcher::scan_stable(&config.folders.inbox, &config.watch)
-        .await
-        .map_err(FatalError::Watcher)?;
+/// Takes in every manifest of the inbox once it is stable; returns the inbox's subfolders that
+/// could not be read (each was named in a WARN).
+async fn first_scan(
+    pipeline: &pipeline::Handle,
+    config: &Config,
+) -> Result<Vec<PathBuf>, FatalError> {
+    let (candidates, unreadable) =
+        watcher::scan_stable_telling(&config.folders.inbox, &config.watch)
+            .await
+            .map_err(FatalError::Watcher)?;
     info!(manifests = candidates.len(), "Scanned the inbox");
     for candidate in candidates {
         pipeline.offer(candidate).await;
     }
-    Ok(())
+    Ok(unreadable)
 }
 
 /// The daemon proper: the first scan, READY, then the watcher feeds candidates until shutdown,
@@ -639,6 +657,7 @@ async fn run_watching(
     cancel: &CancellationToken,
 ) -> Result<(), FatalError> {
     // The first scan is done before READY, so `systemctl start` returns once the inbox is known.
+    // (Unreadable subfolders were named in a WARN; the daemon takes them in once readable.)
     first_scan(pipeline, config).await?;
     let _ = sd_notify::notify(&[
         NotifyState::Ready,

@@ -437,6 +437,17 @@ impl Drop for AbortOnDrop {
 /// For `run --once`: files that appear while waiting are left for the next run; files that
 /// disappear are dropped.
 pub async fn scan_stable(inbox: &Path, watch: &WatchConfig) -> Result<Vec<Candidate>, WatchError> {
+    scan_stable_telling(inbox, watch)
+        .await
+        .map(|(candidates, _)| candidates)
+}
+
+/// [`scan_stable`], with the inbox's subfolders that could not be read (sorted): `run --once`
+/// cannot call a run whole that left them unseen.
+pub async fn scan_stable_telling(
+    inbox: &Path,
+    watch: &WatchConfig,
+) -> Result<(Vec<Candidate>, Vec<PathBuf>), WatchError> {
     let mut tracker = Tracker::default();
     let mut out: Vec<Candidate> = scan(inbox, watch, &mut tracker).await?;
     let wanted: HashSet<PathBuf> = tracker.files.keys().cloned().collect();
@@ -451,7 +462,9 @@ pub async fn scan_stable(inbox: &Path, watch: &WatchConfig) -> Result<Vec<Candid
     }
     out.sort_by(|a, b| a.path.cmp(&b.path));
     out.dedup_by(|a, b| a.path == b.path);
-    Ok(out)
+    let mut unreadable: Vec<PathBuf> = tracker.reported.unreadable.iter().cloned().collect();
+    unreadable.sort();
+    Ok((out, unreadable))
 }
 
 /// One version of a candidate: the file's fingerprint and, for a recipe image, its recipe's.

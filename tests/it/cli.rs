@@ -1004,6 +1004,52 @@ async fn status_and_jobs_escape_names_and_jobs_manifest_says_when_it_is_unknown(
     assert_eq!((code, out.ends_with("\n0 jobs\n")), (0, true), "{out}{err}");
 }
 
+/// A subfolder of the inbox the daemon's user cannot read: `run --once` processes the rest and
+/// exits 74 naming the folder and the fix (it exited 0, "every image done", with the folder's
+/// manifests never seen). Run as an unprivileged user (root reads every folder).
+#[tokio::test(flavor = "multi_thread")]
+async fn run_once_exits_74_naming_an_inbox_folder_it_could_not_read() {
+    if !crate::support::is_root() {
+        return;
+    }
+    let env = TestEnv::new(Scenario::default()).await;
+    let config = env.config("", "");
+    env.open_to_others();
+    for dir in [
+        &env.inbox,
+        &env.outbox,
+        &env.archive,
+        &env.rejected,
+        &env.state,
+    ] {
+        std::fs::create_dir_all(dir).expect("dir");
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    }
+    env.drop_file("ok.yaml", GOOD.as_bytes());
+    std::fs::set_permissions(
+        env.inbox.join("ok.yaml"),
+        std::fs::Permissions::from_mode(0o666),
+    )
+    .expect("chmod");
+    env.drop_file("locked/x.yaml", GOOD.as_bytes());
+    std::fs::set_permissions(
+        env.inbox.join("locked"),
+        std::fs::Permissions::from_mode(0o700),
+    )
+    .expect("chmod");
+    let (code, out, err) =
+        cli_unprivileged(&["run", "--once", "--config", config.to_str().unwrap()]).await;
+    assert_eq!(code, 74, "{out}{err}");
+    assert!(
+        err.contains("Inbox folders could not be read") && err.contains("locked"),
+        "{err}"
+    );
+    assert!(
+        env.outbox.join("ok.report.json").is_file(),
+        "the rest is processed: {err}"
+    );
+}
+
 /// `status` without a daemon reads a copy of the store made in the temporary folder; when
 /// `TMPDIR` points nowhere, the error says that the folder comes from `TMPDIR` and how to fix
 /// it (it named only a random path under it).
