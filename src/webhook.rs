@@ -151,8 +151,8 @@ pub enum WebhookError {
     )]
     SecretEmpty { path: PathBuf },
     #[error(
-        "webhook.secret_file {} may be read or written by others than its owner (mode {mode:04o}): \
-         run `chmod 600` on it",
+        "webhook.secret_file {} may be read or written by users other than its owner and group, or written by its group (mode {mode:04o}): \
+         run `chmod 600` on it (or `chmod 640` with the daemon's group, when another user owns it)",
         Escaped::path(path)
     )]
     SecretExposed { path: PathBuf, mode: u32 },
@@ -239,8 +239,10 @@ impl Secret {
                 path: path.to_path_buf(),
             });
         }
+        // Owner-only, or readable by the group too (0640 with the daemon's group, as the API
+        // key file may be): anything for other users, or a group that may write, is refused.
         let mode = metadata.permissions().mode() & 0o7777;
-        if mode & 0o077 != 0 {
+        if mode & 0o027 != 0 {
             return Err(WebhookError::SecretExposed {
                 path: path.to_path_buf(),
                 mode,
@@ -765,12 +767,16 @@ mod tests {
         assert_eq!(empty.code(), "webhook-secret-empty");
 
         std::fs::write(&path, "whsec-test-0123456789\n").expect("write");
-        for mode in [0o644, 0o640, 0o604, 0o620] {
+        for mode in [0o644, 0o604, 0o620, 0o660, 0o602] {
             set_mode(mode);
             let exposed = Secret::load(&config).expect_err("exposed");
             assert_eq!(exposed.code(), "webhook-secret-exposed", "{mode:o}");
             assert!(exposed.to_string().contains("chmod 600"), "{exposed}");
         }
+        // Readable by the group too (the daemon's, when another user owns the file), as the
+        // API key file may be: accepted.
+        set_mode(0o640);
+        Secret::load(&config).expect("owner and group may read");
         set_mode(0o400);
         let loaded = Secret::load(&config).expect("owner-only file");
         let tag = mac(&loaded, BODY);
