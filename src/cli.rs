@@ -502,12 +502,40 @@ fn validate_config_file(file: &Path) -> (bool, Option<i32>) {
                 println!(
                     "  note: api.api_key_file is a systemd credential, readable only by the running service: not checked"
                 );
-            } else if let Err(err) = config::load_api_key(&config.api) {
-                println!("{}: API key problem", file.display());
-                println!("  {err}");
-                return (false, Some(crate::exit::of_config(&err)));
-            } else if let Some(warning) = config::api_key_exposure(&config.api) {
-                println!("  warning: {warning}");
+            } else {
+                match config::load_api_key(&config.api) {
+                    Err(err) => {
+                        println!("{}: API key problem", file.display());
+                        println!("  {err}");
+                        return (false, Some(crate::exit::of_config(&err)));
+                    }
+                    // The start refuses it too (`embedded` needs no key).
+                    Ok(None) if !matches!(config.api.base_url, config::BaseUrl::Embedded) => {
+                        println!("{}: API key problem", file.display());
+                        println!("  {}", daemon::FatalError::NoApiKey);
+                        return (false, Some(crate::exit::USAGE));
+                    }
+                    Ok(_) => {
+                        if let Some(warning) = config::api_key_exposure(&config.api) {
+                            println!("  warning: {warning}");
+                        }
+                    }
+                }
+            }
+            // Files that let their holder act on the dashboard (release images held in doubt,
+            // re-run drops): warned about like the API key when every user may read them.
+            if let Some(web) = &config.web {
+                for (key, path) in [
+                    ("web.token_file", &web.token_file),
+                    ("web.users_file", &web.users_file),
+                ] {
+                    if let Some(path) = path.as_deref()
+                        && !credential(Some(path))
+                        && let Some(why) = config::exposure(path, "this file", "it")
+                    {
+                        println!("  warning: `{key}` {}: {why}", Escaped::path(path));
+                    }
+                }
             }
             // The dashboard's users and token files, and the alert sinks' URL files.
             let start_problem = match &config.web {

@@ -855,6 +855,37 @@ async fn validate_reads_the_webhook_secret_and_the_api_key_as_the_start_would() 
     let (code, out, _) = cli(&["validate", path.to_str().unwrap()]).await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("systemd credential"), "{out}");
+
+    // No key at all (no file, no CLAID_API_KEY) for a real API: the start refuses it, and so
+    // does `validate` now (it said "ok").
+    let keyless: String = text
+        .lines()
+        .filter(|line| !line.contains("api_key_file"))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    std::fs::write(&path, keyless).expect("config");
+    let (code, out, _) = cli(&["validate", path.to_str().unwrap()]).await;
+    assert_eq!(code, exit::USAGE, "{out}");
+    assert!(out.contains("no API key"), "{out}");
+
+    // A dashboard token every user may read is warned about like the API key.
+    let token = env.dir.path().join("token");
+    std::fs::write(&token, "0123456789abcdef0123456789abcdef\n").expect("token");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).expect("mode");
+    let config = env.config(
+        "",
+        &format!(
+            "web:\n  listen: 127.0.0.1:{}\n  token_file: {}\n",
+            crate::support::free_port(),
+            token.display()
+        ),
+    );
+    let (code, out, _) = cli(&["validate", config.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("warning: `web.token_file`") && out.contains("chmod o-rwx"),
+        "{out}"
+    );
 }
 
 /// `validate` reads the dashboard's token and users files and the alert sinks' URL files as the
