@@ -314,8 +314,15 @@ pub fn spawn(pipeline: pipeline::Handle, outbox: PathBuf, cancel: CancellationTo
                 // A check that hangs (a stuck network share) or fails keeps the last answer.
                 if let Ok(Ok(disk)) = checked {
                     sampler.lock().set_disk(disk.clone());
+                    // New submits wait while the disk takes no more outputs.
+                    pipeline
+                        .health_state()
+                        .set_disk_problem((disk != Disk::Ok).then(|| disk.describe()));
                     sampler.disk.send_if_modified(|current| {
-                        if *current == disk {
+                        // Told when the kind changes, not each time the free bytes do (a disk
+                        // other writers use changed every sample: an alert every 5 s).
+                        if current.code() == disk.code() {
+                            *current = disk;
                             return false;
                         }
                         match &disk {

@@ -379,7 +379,9 @@ impl Router {
     }
 
     fn on_disk(&mut self, disk: Disk) {
-        if disk == self.disk {
+        // A change of kind only: the free bytes of a full disk move with every sample.
+        if disk.code() == self.disk.code() {
+            self.disk = disk;
             return;
         }
         let before = std::mem::replace(&mut self.disk, disk.clone());

@@ -290,8 +290,13 @@ pub async fn run(
 
     // The dashboard and the alerts (issue 14) read the activity sampler; the alerts subscribe
     // to the pipeline's notices before it resumes, so no notice is missed.
-    let activity = (config.web.is_some() || !config.alerts.is_empty())
-        .then(|| activity::spawn(pipeline.clone(), folders.outbox.clone(), cancel.clone()));
+    // Always sampled: its disk check also holds new submits while the outbox's disk takes no
+    // more outputs.
+    let activity = Some(activity::spawn(
+        pipeline.clone(),
+        folders.outbox.clone(),
+        cancel.clone(),
+    ));
     let alerts = match &activity {
         Some(activity) if !config.alerts.is_empty() => Some(alerts::start(
             &config.alerts,

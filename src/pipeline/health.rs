@@ -44,6 +44,9 @@ pub struct HealthState {
     /// such error: while there are any, nothing new is submitted (Claid would bill results
     /// that cannot be written either).
     writes: Mutex<(usize, String)>,
+    /// Why the outbox's disk takes no more outputs (nearly full, or not writable), as the
+    /// activity monitor last found it: new submits wait too.
+    disk: Mutex<Option<String>>,
 }
 
 /// How often a submit held back by [`HealthState::writable`] looks again.
@@ -93,6 +96,7 @@ impl HealthState {
             api,
             unanswered,
             writes: Mutex::new((0, String::new())),
+            disk: Mutex::new(None),
         }
     }
 
@@ -113,7 +117,21 @@ impl HealthState {
     /// Why new submits wait for outputs to be writable again, while they do.
     pub fn writes_blocked(&self) -> Option<String> {
         let writes = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
-        (writes.0 > 0).then(|| writes.1.clone())
+        if writes.0 > 0 {
+            return Some(writes.1.clone());
+        }
+        drop(writes);
+        self.disk
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The outbox's disk as the activity monitor found it: `Some(why)` while it takes no more
+    /// outputs (new submits wait: Claid would bill results that cannot be written), `None`
+    /// once it does again.
+    pub fn set_disk_problem(&self, why: Option<String>) {
+        *self.disk.lock().unwrap_or_else(PoisonError::into_inner) = why;
     }
 
     /// Waits while outputs cannot be written (see [`HealthState::block_writes`]); false when
