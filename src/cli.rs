@@ -768,6 +768,13 @@ fn read_store(config: &Config, command: &str) -> anyhow::Result<Option<Snapshot>
             let pid = std::fs::read_to_string(state.join(daemon::PID_FILE))
                 .map(|p| p.trim().to_owned())
                 .unwrap_or_else(|_| "unknown".to_owned());
+            // `plan` never asks the daemon: its store is locked while it runs.
+            if command == "plan" {
+                return Err(anyhow::anyhow!(
+                    "a daemon (PID {pid}) runs and holds the store {}, which `plan` reads only while no daemon runs (images the daemon already delivered are not billed again when it takes the manifest in)",
+                    path.display()
+                ));
+            }
             Err(exit::Coded::new(
                 exit::TEMP_FAIL,
                 format!(
