@@ -349,6 +349,31 @@ pub fn destination_of(body: &serde_json::Value, output_rel: &str) -> Option<Stri
     Some(format!("{folder}/{output_rel}"))
 }
 
+/// The object a storage output is checked at: the one Claid reports writing
+/// (`claid_storage_uri`) when it is the expected one but for the extension (Claid may write
+/// `sku-1.jpeg`, or keep the input's `.png`, where the daemon expects `sku-1.jpg`): same
+/// connector, same folder, same stem, a plain name. Anything else (none reported, another
+/// folder or name) is the expected object, so a hostile or broken answer never points the
+/// check outside the destination.
+pub fn reported_object(expected: &str, reported: Option<&str>) -> String {
+    fn parts(uri: &str) -> Option<(&str, &str, &str)> {
+        let (connector, key) = split_uri(uri)?;
+        let (folder, name) = key.rsplit_once('/').unwrap_or(("", key));
+        let stem = name.rsplit_once('.').map_or(name, |(stem, _)| stem);
+        Some((connector, folder, stem))
+    }
+    let Some(reported) = reported.map(str::trim) else {
+        return expected.to_owned();
+    };
+    let plain = !reported.contains("..")
+        && !reported.contains(['?', '#', '\\'])
+        && !reported.chars().any(char::is_control);
+    match (parts(expected), parts(reported)) {
+        (Some(want), Some(got)) if plain && want == got && !got.2.is_empty() => reported.to_owned(),
+        _ => expected.to_owned(),
+    }
+}
+
 /// Splits `storage://NAME/key` into its connector name and key.
 pub fn split_uri(uri: &str) -> Option<(&str, &str)> {
     uri.strip_prefix("storage://")?.split_once('/')
@@ -576,5 +601,36 @@ impl Staging {
         }
         self.released.notify_waiters();
         (deleted, complete)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Claid's own name for a storage output is checked when it differs only in the extension;
+    /// another folder, another name, or no name keeps the expected object.
+    #[test]
+    fn the_object_claid_reports_is_checked_when_only_its_extension_differs() {
+        let expected = "storage://cat-s3/out/shoes/sku-1.jpg";
+        for (reported, checked) in [
+            (None, expected),
+            (
+                Some("storage://cat-s3/out/shoes/sku-1.jpeg"),
+                "storage://cat-s3/out/shoes/sku-1.jpeg",
+            ),
+            (
+                Some("storage://cat-s3/out/shoes/sku-1.png"),
+                "storage://cat-s3/out/shoes/sku-1.png",
+            ),
+            (Some("storage://cat-s3/out/shoes/sku-1.jpg"), expected),
+            (Some("storage://cat-s3/out/other/sku-1.jpeg"), expected),
+            (Some("storage://cat-s3/out/shoes/sku-2.jpeg"), expected),
+            (Some("storage://other/out/shoes/sku-1.jpeg"), expected),
+            (Some("storage://cat-s3/out/shoes/../sku-1.jpeg"), expected),
+            (Some("s3://bucket/out/shoes/sku-1.jpeg"), expected),
+        ] {
+            assert_eq!(reported_object(expected, reported), checked, "{reported:?}");
+        }
     }
 }

@@ -1005,8 +1005,13 @@ impl BatchRunner {
             let member = &members[*index];
             handled.insert(member.id);
             // A storage output is checked in its bucket, not downloaded.
-            let storage_output =
-                crate::storages::destination_of(&member.job.body, &member.job.output_rel);
+            let storage_output = crate::storages::destination_of(
+                &member.job.body,
+                &member.job.output_rel,
+            )
+            .map(|expected| {
+                crate::storages::reported_object(&expected, object.claid_storage_uri.as_deref())
+            });
             let Some(url) = storage_output.or_else(|| object.tmp_url.clone()) else {
                 self.fail(
                     member,

@@ -648,6 +648,9 @@ impl Runner {
         let output = uploaded.response.output;
         // A storage output is in the bucket: the job checks it there instead of downloading.
         let url = crate::storages::destination_of(&job.body, &job.output_rel)
+            .map(|expected| {
+                crate::storages::reported_object(&expected, output.claid_storage_uri.as_deref())
+            })
             .or_else(|| output.tmp_url.clone())
             .unwrap_or_default();
         Ok(Submitted::Result {
@@ -761,7 +764,14 @@ impl Runner {
                             };
                             // A storage output is checked in its bucket, not downloaded.
                             let storage_output =
-                                crate::storages::destination_of(&job_body, &job_output_rel);
+                                crate::storages::destination_of(&job_body, &job_output_rel).map(
+                                    |expected| {
+                                        crate::storages::reported_object(
+                                            &expected,
+                                            output.claid_storage_uri.as_deref(),
+                                        )
+                                    },
+                                );
                             let Some(url) = storage_output.or_else(|| output.tmp_url.clone())
                             else {
                                 return self
