@@ -49,6 +49,8 @@ pub enum FailureCode {
     BadResponse,
     /// The task id is unknown to Claid: its result cannot be fetched.
     TaskLost,
+    /// Claid had not finished the task (or batch) after `api.poll.give_up_after`.
+    TaskTimeout,
     /// The result's temporary URL is gone (it lives 24 h).
     ResultExpired,
     /// The result could not be downloaded.
@@ -129,6 +131,7 @@ impl FailureCode {
         FailureCode::ServerError,
         FailureCode::BadResponse,
         FailureCode::TaskLost,
+        FailureCode::TaskTimeout,
         FailureCode::ResultExpired,
         FailureCode::DownloadFailed,
         FailureCode::DownloadTooLarge,
@@ -182,6 +185,7 @@ impl FailureCode {
             ServerError => "server-error",
             BadResponse => "bad-response",
             TaskLost => "task-lost",
+            TaskTimeout => "task-timeout",
             ResultExpired => "result-expired",
             DownloadFailed => "download-failed",
             DownloadTooLarge => "download-too-large",

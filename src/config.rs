@@ -53,6 +53,9 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_UNREACHABLE_TIMEOUT: Duration = Duration::from_secs(120);
 pub const DEFAULT_POLL_MIN: Duration = Duration::from_secs(1);
 pub const DEFAULT_POLL_MAX: Duration = Duration::from_secs(30);
+/// Default `api.poll.give_up_after`: Claid's tasks take seconds and a batch of 100 minutes, so
+/// two hours unfinished is a task that will not end.
+pub const DEFAULT_POLL_GIVE_UP_AFTER: Duration = Duration::from_secs(2 * 3600);
 pub const DEFAULT_SETTLE: Duration = Duration::from_secs(2);
 pub const DEFAULT_RESCAN: Duration = Duration::from_secs(60);
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/claid-hotfolder/admin.sock";
@@ -182,6 +185,9 @@ impl Default for BatchConfig {
 pub struct PollConfig {
     pub min: Duration,
     pub max: Duration,
+    /// How long a task (or batch) may stay unfinished at Claid before its jobs fail as
+    /// `task-timeout`: every wait ends.
+    pub give_up_after: Duration,
 }
 
 /// The folders; absolute after loading (relative ones resolve against the config's directory).

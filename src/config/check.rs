@@ -16,11 +16,11 @@ use crate::config::schema::{join, known_keys, suggest};
 use crate::config::{
     AdminConfig, ApiConfig, BaseUrl, BatchConfig, Config, ConfigProblem, DEFAULT_ADMIN_SOCKET,
     DEFAULT_BASE_URL, DEFAULT_MAX_DOWNLOAD_BYTES, DEFAULT_MAX_DOWNLOADS, DEFAULT_MAX_IMAGES,
-    DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_MANIFEST_BYTES, DEFAULT_POLL_MAX, DEFAULT_POLL_MIN,
-    DEFAULT_REQUEST_TIMEOUT, DEFAULT_REQUESTS_PER_MINUTE, DEFAULT_REQUESTS_PER_SECOND,
-    DEFAULT_RESCAN, DEFAULT_SETTLE, DEFAULT_SHUTDOWN_GRACE, DEFAULT_STORAGE_REGION,
-    DEFAULT_UNREACHABLE_TIMEOUT, Folders, InDoubtPolicy, Limits, LogConfig, LogFormat,
-    OnManifestDone, OnOutputExists, PollConfig, Profile, StorageEntry, WatchConfig,
+    DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_MANIFEST_BYTES, DEFAULT_POLL_GIVE_UP_AFTER,
+    DEFAULT_POLL_MAX, DEFAULT_POLL_MIN, DEFAULT_REQUEST_TIMEOUT, DEFAULT_REQUESTS_PER_MINUTE,
+    DEFAULT_REQUESTS_PER_SECOND, DEFAULT_RESCAN, DEFAULT_SETTLE, DEFAULT_SHUTDOWN_GRACE,
+    DEFAULT_STORAGE_REGION, DEFAULT_UNREACHABLE_TIMEOUT, Folders, InDoubtPolicy, Limits, LogConfig,
+    LogFormat, OnManifestDone, OnOutputExists, PollConfig, Profile, StorageEntry, WatchConfig,
 };
 use crate::yaml::kind;
 
@@ -435,6 +435,12 @@ impl Checker {
             poll: PollConfig {
                 min: poll_min,
                 max: poll_max,
+                give_up_after: self.duration(
+                    root,
+                    "api.poll.give_up_after",
+                    DEFAULT_POLL_GIVE_UP_AFTER,
+                    false,
+                ),
             },
             unreachable_timeout: self.duration(
                 root,

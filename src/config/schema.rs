@@ -24,7 +24,7 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "staging_delete",
         ],
     ),
-    ("api.poll", &["min", "max"]),
+    ("api.poll", &["min", "max", "give_up_after"]),
     ("api.batch", &["max_images", "linger"]),
     (
         "folders",

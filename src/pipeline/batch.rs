@@ -929,6 +929,16 @@ impl BatchRunner {
                         clock.ended(took, Seen::Poll { pending_at });
                         return Some(Box::new(polled.batch));
                     }
+                    if let Some(message) = super::job::overdue(
+                        submitted_at_ms,
+                        deps.poll.give_up_after,
+                        &polled.batch.status,
+                    ) {
+                        for m in members {
+                            self.fail(m, FailureCode::TaskTimeout, &message).await;
+                        }
+                        return None;
+                    }
                     clock.running();
                     pending_at = Some(since_submit());
                     delay = match webhooks {

@@ -815,6 +815,11 @@ impl Runner {
                         }
                         _ => {}
                     }
+                    if let Some(message) =
+                        overdue(submitted_at_ms, deps.poll.give_up_after, &task.status)
+                    {
+                        return self.fail(id, FailureCode::TaskTimeout, &message).await;
+                    }
                     n_poll += 1;
                     pending_at = Some(Duration::from_millis(
                         now_ms().saturating_sub(submitted_at_ms),
@@ -1356,6 +1361,26 @@ fn read_local_input(inbox: &Path, job: &JobV1) -> Result<Vec<u8>, (FailureCode, 
         ));
     }
     Ok(bytes)
+}
+
+/// Why a task (or batch) submitted at `submitted_at_ms` and still `status` is given up:
+/// unfinished for `give_up_after` (`api.poll.give_up_after`); `None` while it may still end.
+pub(crate) fn overdue(
+    submitted_at_ms: u64,
+    give_up_after: Duration,
+    status: &TaskStatus,
+) -> Option<String> {
+    let age = Duration::from_millis(now_ms().saturating_sub(submitted_at_ms));
+    (age >= give_up_after).then(|| {
+        let status = serde_json::to_value(status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        format!(
+            "Claid has not finished the task after {} (status {status}; `api.poll.give_up_after`); it may still finish and be billed, and `replay` submits it again",
+            humantime::format_duration(Duration::from_secs(age.as_secs()))
+        )
+    })
 }
 
 /// Reads the dimensions from an encoded image's header without decoding it.

@@ -868,6 +868,7 @@ mod tests {
             PollConfig {
                 min: secs(1),
                 max: secs(30),
+                give_up_after: secs(7200),
             },
             client,
         ))

@@ -280,6 +280,46 @@ async fn issue11_a_rejected_manifest_that_cannot_be_moved_still_gets_an_error_fi
     assert_eq!(env.stats().submits, 0);
 }
 
+/// A task (or batch) Claid never finishes does not keep `run --once` waiting for ever: after
+/// `api.poll.give_up_after` its images fail as `task-timeout` and the run ends (exit 2).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_claid_never_finishes_fails_after_give_up_after_and_the_run_ends() {
+    for api in ["batch: { max_images: 1 }", ""] {
+        let env =
+            TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_secs(3600))))
+                .await;
+        env.drop_file(
+            "m.yaml",
+            b"images:\n  - input: storage://demo/slow-64x48.png\n  - input: storage://demo/late-64x48.png\n",
+        );
+        let config = env.config(api, "");
+        let text = std::fs::read_to_string(&config).expect("config");
+        std::fs::write(
+            &config,
+            text.replace(
+                "poll: { min: 50ms, max: 500ms }",
+                "poll: { min: 50ms, max: 500ms, give_up_after: 3s }",
+            ),
+        )
+        .expect("config");
+        let (code, stderr) = env.run_once(&config).await;
+        assert_eq!(code, 2, "{api}: {stderr}");
+        let report = env.report("m");
+        let rows = report["jobs"].as_array().expect("rows");
+        assert_eq!(rows.len(), 2);
+        for row in rows {
+            assert_eq!(row["status"], "failed", "{api}: {row}");
+            assert!(
+                row["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("task-timeout: ")),
+                "{api}: {row}"
+            );
+        }
+        assert_eq!(env.stats().duplicate_submits, 0);
+    }
+}
+
 /// A valid version saved while the running one drains, then saved over by one that fails
 /// validation before the drain ends: the broken one is rejected, and the valid one still runs
 /// when the drain ends (it was lost: the file it would be read from had gone to rejected/).
