@@ -524,18 +524,8 @@ fn validate_config_file(file: &Path) -> (bool, Option<i32>) {
             }
             // Files that let their holder act on the dashboard (release images held in doubt,
             // re-run drops): warned about like the API key when every user may read them.
-            if let Some(web) = &config.web {
-                for (key, path) in [
-                    ("web.token_file", &web.token_file),
-                    ("web.users_file", &web.users_file),
-                ] {
-                    if let Some(path) = path.as_deref()
-                        && !credential(Some(path))
-                        && let Some(why) = config::exposure(path, "this file", "it")
-                    {
-                        println!("  warning: `{key}` {}: {why}", Escaped::path(path));
-                    }
-                }
+            for warning in config::web_file_exposures(config.web.as_ref()) {
+                println!("  warning: {warning}");
             }
             // The dashboard's users and token files, and the alert sinks' URL files.
             let start_problem = match &config.web {

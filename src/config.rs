@@ -525,6 +525,29 @@ pub fn api_key_exposure(api: &ApiConfig) -> Option<String> {
     ))
 }
 
+/// Warnings about the dashboard's token and users files when every user may read them (see
+/// [`exposure`]): they let their holder act on the dashboard (release images held in doubt,
+/// re-run drops). A file that cannot be read (a systemd credential) gives none.
+pub fn web_file_exposures(web: Option<&web::WebConfig>) -> Vec<String> {
+    let Some(web) = web else {
+        return Vec::new();
+    };
+    [
+        ("web.token_file", &web.token_file),
+        ("web.users_file", &web.users_file),
+    ]
+    .into_iter()
+    .filter_map(|(key, path)| {
+        let path = path.as_deref()?;
+        let why = exposure(path, "this file", "it")?;
+        Some(format!(
+            "`{key}` {}: {why}",
+            crate::text::Escaped::path(path)
+        ))
+    })
+    .collect()
+}
+
 /// Every dotted key a config file may hold, sections included (`api`, `api.poll.min`);
 /// `profiles.*.operations` stands for every profile's.
 pub fn known_keys() -> Vec<String> {

@@ -173,17 +173,8 @@ pub async fn run(
     if let Some(warning) = crate::config::api_key_exposure(&config.api) {
         warn!("{warning}");
     }
-    if let Some(web) = &config.web {
-        for (key, path) in [
-            ("web.token_file", &web.token_file),
-            ("web.users_file", &web.users_file),
-        ] {
-            if let Some(path) = path.as_deref()
-                && let Some(why) = crate::config::exposure(path, "this file", "it")
-            {
-                warn!("`{key}` {}: {why}", Escaped::path(path));
-            }
-        }
+    for warning in crate::config::web_file_exposures(config.web.as_ref()) {
+        warn!("{warning}");
     }
     // The storages' keys are read now: a missing credentials file stops the start.
     let storages = crate::storages::Storages::open(&config.storages)?;

@@ -212,6 +212,7 @@ fn api(config: &Config) -> Value {
             map([
                 ("min", duration(api.poll.min)),
                 ("max", duration(api.poll.max)),
+                ("give_up_after", duration(api.poll.give_up_after)),
             ]),
         ),
         ("unreachable_timeout", duration(api.unreachable_timeout)),
