@@ -1027,7 +1027,12 @@ async fn adopt_or_give_up(
                             task_id,
                             "A submit cut short by a crash was recovered from its webhook; nothing is submitted twice"
                         );
-                        shared.dispatch.keep(update);
+                        // A final update is the result; one that only named the task (still
+                        // running) is not: kept, it would be taken for the result, and the
+                        // task's final update then dropped as a duplicate.
+                        if update.status().is_terminal() {
+                            shared.dispatch.keep(update);
+                        }
                         if !submitter.start_job(mid, id).await {
                             return;
                         }

@@ -875,7 +875,10 @@ impl BatchRunner {
                 match update {
                     // An announcement that the batch ended without its results: they are
                     // polled now (failing its images would lose what Claid made and billed).
-                    Some(TaskUpdate::Batch(batch)) if batch.lacks_result() => {
+                    // (So is one that is not final: the batch named while it runs.)
+                    Some(TaskUpdate::Batch(batch))
+                        if batch.lacks_result() || !batch.status.is_terminal() =>
+                    {
                         debug!(
                             batch_id,
                             "The webhook said the batch is done without its results; polling it"

@@ -261,14 +261,17 @@ impl Dispatch {
             // A lost submit's task named before it ends (an ACCEPTED or PROCESSING webhook):
             // adopted now, so the job waits for the task's end instead of resubmitting when
             // its wait runs out. Its id is not marked done: the final update still comes.
-            if let Some(key) = request_key(update.request())
+            // Never a task a job already watches (its own submit's) or one that ended.
+            let free = !inner.waiting.contains_key(&id) && !inner.done.contains_key(&id);
+            if free
+                && let Some(key) = request_key(update.request())
                 && let Some(slot) = inner.lost.remove(&key)
             {
                 slot.put(update);
                 inner.stats.adopted += 1;
                 return Delivery::Adopted;
             }
-            if !inner.waiting.contains_key(&id) && !inner.done.contains_key(&id) {
+            if free {
                 inner.prune_early();
                 if inner.named.len() < MAX_EARLY {
                     inner.named.insert(id, (Instant::now(), update));
@@ -872,5 +875,15 @@ mod tests {
             Delivery::Handed
         );
         assert!(watch.wait(Duration::from_millis(1)).await.is_some());
+        // A task a job already watches (its own submit's) is never adopted by another job's
+        // lost submit of the same request, even when only named.
+        let same = serde_json::json!({"input": "https://x/f.jpg", "operations": {}});
+        let _mine = dispatch.watch(11);
+        let lost = dispatch.lost_submit(&same, 1).expect("a key");
+        assert_eq!(
+            dispatch.deliver(update(11, "PROCESSING", same)),
+            Delivery::NotFinal
+        );
+        assert!(lost.wait(Duration::from_millis(1)).await.is_none());
     }
 }

@@ -704,8 +704,10 @@ impl Runner {
             // An announcement that the task ended without its result: the result is polled
             // (failing the job would lose an image Claid made and billed).
             // (A batch-shaped announcement for this single task is no result either.)
+            // Nor is one that is not final (a task named while it runs): handed to a watch, it
+            // would come back on every wait.
             if announced.as_ref().is_some_and(|update| match update {
-                TaskUpdate::Async(task) => task.lacks_result(),
+                TaskUpdate::Async(task) => task.lacks_result() || !task.status.is_terminal(),
                 TaskUpdate::Batch(_) => true,
             }) {
                 debug!(
