@@ -185,6 +185,9 @@ impl Intake {
                 // Saved back while that run drains (A → B → A): it is the newest version,
                 // taken in once the run has ended, instead of the one saved in between.
                 ManifestState::Draining { .. } => {
+                    if candidate.kind != CandidateKind::RecipeImage {
+                        self.keep_pending(&path, sha256).await;
+                    }
                     let _ = self.finisher.send(Event::Supersede {
                         id: *id,
                         then: candidate,
@@ -247,15 +250,6 @@ impl Intake {
             Err(manifest::ManifestError::Read { source, .. })
                 if source.kind() == std::io::ErrorKind::NotFound =>
             {
-                // A version that waited for its predecessor's drain, then was saved over by
-                // one that failed validation (moved to rejected/): it is put back from the
-                // copy kept when it was found, and taken in now (nothing saved is lost).
-                if !is_recipe_image && self.restore_pending(&path).await {
-                    info!(
-                        "A version saved while its predecessor drained is taken in from the copy kept when it was found (the file was replaced meanwhile)"
-                    );
-                    return Box::pin(self.take_in(candidate, rel)).await;
-                }
                 info!("The manifest left the inbox before it was read; nothing to do");
                 return Taken::Done;
             }
@@ -283,6 +277,9 @@ impl Intake {
                 };
             if same && !remake {
                 if matches!(prev.state, ManifestState::Draining { .. }) {
+                    if !is_recipe_image {
+                        self.keep_pending(&path, &spec.sha256).await;
+                    }
                     let _ = self.finisher.send(Event::Supersede {
                         id: *id,
                         then: candidate,
@@ -473,13 +470,23 @@ impl Intake {
         let dst = pending_path(path);
         let sha256 = sha256.to_owned();
         let kept = on_file_pool(move || -> std::io::Result<()> {
-            let tmp = dst.with_extension("claid-pending-tmp");
-            std::fs::copy(&src, &tmp)?;
-            if output::sha256_file(&tmp)? == sha256 {
-                std::fs::rename(&tmp, &dst)
-            } else {
-                std::fs::remove_file(&tmp)
+            use sha2::Digest;
+            let bytes = std::fs::read(&src)?;
+            if hex::encode(sha2::Sha256::digest(&bytes)) != sha256 {
+                return Ok(()); // saved again meanwhile: that version comes by itself
             }
+            // Written to a name that is created here (`create_new` follows no link planted in
+            // the inbox), then renamed over the copy (a rename replaces a link, never follows
+            // it).
+            let tmp = dst.with_extension(format!("claid-pending-{}", std::process::id()));
+            let _ = std::fs::remove_file(&tmp);
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)?;
+            std::io::Write::write_all(&mut file, &bytes)?;
+            drop(file);
+            std::fs::rename(&tmp, &dst)
         })
         .await;
         if let Err(err) = kept {
@@ -487,13 +494,18 @@ impl Intake {
         }
     }
 
-    /// Puts back the copy [`Intake::keep_pending`] kept for `path` when the manifest itself is
-    /// gone; true when it did.
+    /// After a rejection moved the file at `path` away: puts back the copy
+    /// [`Intake::keep_pending`] kept of the valid version that waits for its predecessor's
+    /// drain, so that version is what the drain's end takes in. Only a regular file, and
+    /// only where nothing is (a hard link fails if the user saved again meanwhile); true
+    /// when it did.
     async fn restore_pending(&self, path: &Path) -> bool {
         let manifest = path.to_path_buf();
         on_file_pool(move || {
             let pending = pending_path(&manifest);
-            !manifest.exists() && pending.is_file() && std::fs::rename(&pending, &manifest).is_ok()
+            std::fs::symlink_metadata(&pending).is_ok_and(|m| m.file_type().is_file())
+                && std::fs::hard_link(&pending, &manifest).is_ok()
+                && std::fs::remove_file(&pending).is_ok()
         })
         .await
     }
@@ -595,7 +607,16 @@ impl Intake {
         let moved =
             on_file_pool(move || output::move_rejected(&inbox, &src, &rejected, &error_text)).await;
         match moved {
-            Ok(dest) => info!(to = %dest.display(), "Moved the rejected manifest"),
+            Ok(dest) => {
+                info!(to = %dest.display(), "Moved the rejected manifest");
+                // A valid version saved before this one waits for its predecessor's drain: it
+                // is put back, so the rejection does not lose it.
+                if self.restore_pending(path).await {
+                    info!(
+                        "Put back the valid version saved before the rejected one; it runs once the version before it has drained"
+                    );
+                }
+            }
             // Gone meanwhile (moved by an earlier rejection, or deleted): nothing stays in the
             // inbox, and no error file is written for it.
             Err(_) if std::fs::symlink_metadata(path).is_err() => {}
