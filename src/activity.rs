@@ -373,6 +373,11 @@ pub fn check_disk(outbox: &std::path::Path) -> Disk {
                     why: format!("{}", crate::os_error::OsCause(&std::io::Error::from(err))),
                 };
             }
+            // A filesystem that reports no size (some FUSE and network ones) says nothing
+            // about its free space: not taken for a full one.
+            if stat.f_blocks == 0 {
+                return Disk::Ok;
+            }
             classify_free(stat.f_bavail.saturating_mul(stat.f_frsize))
         }
         Err(err) => Disk::Unwritable {

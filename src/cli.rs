@@ -387,6 +387,13 @@ fn cmd_run(path: &Path, once: bool, print_config: bool) -> i32 {
             );
             exit::UNAVAILABLE
         }
+        Ok(Outcome::Unwritable { why }) => {
+            tracing::error!(
+                error = %Escaped::str(&why),
+                "The outbox's disk stayed full or unwritable (api.unreachable_timeout), so no new image was submitted; free space or fix its permissions: unfinished jobs stay in the store and resume at the next run"
+            );
+            exit::CANT_CREATE
+        }
         Ok(Outcome::Unscanned { folders }) => {
             let names: Vec<String> = folders
                 .iter()

@@ -143,6 +143,9 @@ pub enum Outcome {
     Unreachable { why: String, bucket: bool },
     /// `run --once` handled what it could read, but these inbox subfolders could not be read.
     Unscanned { folders: Vec<PathBuf> },
+    /// `run --once` stopped because the outbox's disk stayed full or unwritable for
+    /// `api.unreachable_timeout`; unfinished jobs stay in the store.
+    Unwritable { why: String },
 }
 
 /// How the work of `run --once` ended.
@@ -153,6 +156,10 @@ enum OnceEnd {
     /// As `Settled`, but these subfolders of the inbox could not be read: what they hold was
     /// not seen.
     Unscanned(Vec<PathBuf>),
+    /// The outbox's disk stayed full or unwritable for `api.unreachable_timeout`.
+    Unwritable {
+        why: String,
+    },
     Refused {
         status: u16,
         reason: String,
@@ -457,6 +464,7 @@ pub async fn run(
         OnceEnd::Unreachable { why, bucket } => {
             return Ok(Outcome::Unreachable { why, bucket });
         }
+        OnceEnd::Unwritable { why } => return Ok(Outcome::Unwritable { why }),
     }
     // Read after the drain: every job task has ended and the finisher has handled every
     // outcome sent before its stop, so the counts are whole.
@@ -631,6 +639,13 @@ async fn give_up(health: Arc<pipeline::health::HealthState>, timeout: Duration) 
         {
             let bucket = health.only_storage_failing();
             return OnceEnd::Unreachable { why, bucket };
+        }
+        // New submits wait while the outbox's disk takes no outputs; a run does not wait for
+        // ever for it.
+        if let Some((for_how_long, why)) = health.disk_problem()
+            && for_how_long >= timeout
+        {
+            return OnceEnd::Unwritable { why };
         }
         tokio::select! {
             _ = changes.changed() => {}

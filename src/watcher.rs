@@ -462,7 +462,15 @@ pub async fn scan_stable_telling(
     }
     out.sort_by(|a, b| a.path.cmp(&b.path));
     out.dedup_by(|a, b| a.path == b.path);
-    let mut unreadable: Vec<PathBuf> = tracker.reported.unreadable.iter().cloned().collect();
+    // `lost+found` at the top of an inbox that is a filesystem of its own is root's, never
+    // readable, and never holds drops: still warned about, not an unscanned part of the inbox.
+    let mut unreadable: Vec<PathBuf> = tracker
+        .reported
+        .unreadable
+        .iter()
+        .filter(|dir| *dir != &inbox.join("lost+found"))
+        .cloned()
+        .collect();
     unreadable.sort();
     Ok((out, unreadable))
 }

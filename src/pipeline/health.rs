@@ -46,7 +46,7 @@ pub struct HealthState {
     writes: Mutex<(usize, String)>,
     /// Why the outbox's disk takes no more outputs (nearly full, or not writable), as the
     /// activity monitor last found it: new submits wait too.
-    disk: Mutex<Option<String>>,
+    disk: Mutex<Option<(Instant, String)>>,
 }
 
 /// How often a submit held back by [`HealthState::writable`] looks again.
@@ -121,17 +121,30 @@ impl HealthState {
             return Some(writes.1.clone());
         }
         drop(writes);
+        self.disk_problem().map(|(_, why)| why)
+    }
+
+    /// Since how long, and why, the outbox's disk takes no more outputs (see
+    /// [`HealthState::set_disk_problem`]): `run --once` gives up on it after
+    /// `api.unreachable_timeout`, as on an API that does not answer.
+    pub fn disk_problem(&self) -> Option<(std::time::Duration, String)> {
         self.disk
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+            .as_ref()
+            .map(|(since, why)| (since.elapsed(), why.clone()))
     }
 
     /// The outbox's disk as the activity monitor found it: `Some(why)` while it takes no more
     /// outputs (new submits wait: Claid would bill results that cannot be written), `None`
     /// once it does again.
     pub fn set_disk_problem(&self, why: Option<String>) {
-        *self.disk.lock().unwrap_or_else(PoisonError::into_inner) = why;
+        let mut disk = self.disk.lock().unwrap_or_else(PoisonError::into_inner);
+        *disk = match (disk.take(), why) {
+            (_, None) => None,
+            (Some((since, _)), Some(why)) => Some((since, why)),
+            (None, Some(why)) => Some((Instant::now(), why)),
+        };
     }
 
     /// Waits while outputs cannot be written (see [`HealthState::block_writes`]); false when
@@ -340,5 +353,21 @@ mod tests {
         health.storage_ok("a");
         assert_eq!(health.failing(), None);
         assert!(!health.only_storage_failing());
+    }
+
+    /// The outbox's disk problem holds new submits back, keeps the instant it began while it
+    /// lasts (so `run --once` can give up on it), and ends when the disk takes outputs again.
+    #[tokio::test(start_paused = true)]
+    async fn a_disk_problem_blocks_writes_and_keeps_its_start() {
+        let health = health();
+        assert_eq!(health.writes_blocked(), None);
+        health.set_disk_problem(Some("full".to_owned()));
+        tokio::time::advance(std::time::Duration::from_secs(30)).await;
+        health.set_disk_problem(Some("still full".to_owned()));
+        let (lasted, why) = health.disk_problem().expect("a problem");
+        assert_eq!((lasted.as_secs(), why.as_str()), (30, "still full"));
+        assert_eq!(health.writes_blocked().as_deref(), Some("still full"));
+        health.set_disk_problem(None);
+        assert_eq!(health.writes_blocked(), None);
     }
 }

@@ -1419,7 +1419,14 @@ fn file_dimensions(path: &Path) -> (u32, u32) {
         .ok()
         .and_then(|reader| reader.into_dimensions().ok())
         .or_else(|| {
-            let head = std::fs::read(path).ok()?;
+            // The boxes that size a HEIF file come first: its head is enough.
+            use std::io::Read;
+            let mut head = Vec::new();
+            std::fs::File::open(path)
+                .ok()?
+                .take(256 * 1024)
+                .read_to_end(&mut head)
+                .ok()?;
             heif_dimensions(&head, (0, 0))
         })
         .unwrap_or((0, 0))

@@ -463,10 +463,6 @@ async fn issue12_a_webhook_answered_before_a_sigkill_is_kept_for_the_restart() {
     }
 }
 
-/// Jobs held in doubt because their submit answers were lost and the webhooks came later
-/// than `poll_fallback`: the late webhook is adopted by the held jobs (alone, then in a batch),
-/// which are delivered without a second submit, so `replay --in-doubt` has nothing left to
-/// bill twice; the run's report is written again with them done.
 /// A lost submit answer whose task is announced when accepted (an ACCEPTED webhook, before
 /// any result) is adopted then: the job waits for the task's end instead of resubmitting when
 /// its wait (`poll_fallback`, shorter than the task here) runs out, so nothing is billed twice.
@@ -496,6 +492,10 @@ async fn a_lost_submit_is_adopted_from_its_accepted_webhook_before_the_task_ends
     assert_eq!(stats.submits, 2);
 }
 
+/// Jobs held in doubt because their submit answers were lost and the webhooks came later
+/// than `poll_fallback`: the late webhook is adopted by the held jobs (alone, then in a batch),
+/// which are delivered without a second submit, so `replay --in-doubt` has nothing left to
+/// bill twice; the run's report is written again with them done.
 #[tokio::test(flavor = "multi_thread")]
 async fn issue12_a_webhook_later_than_the_wait_is_adopted_by_the_jobs_held_in_doubt() {
     for (n, api) in [
