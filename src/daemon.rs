@@ -82,6 +82,8 @@ pub enum FatalError {
     #[error("another daemon (PID {pid}) holds the state directory {path}; stop it first")]
     AlreadyRunning { path: PathBuf, pid: String },
     #[error(transparent)]
+    InboxTaken(#[from] watcher::InboxTaken),
+    #[error(transparent)]
     Admin(#[from] admin::AdminError),
     #[error("cannot build the API client")]
     Client(#[source] Box<ClaidError>),
@@ -212,6 +214,10 @@ pub async fn run(
     // The store's lock comes first: a second daemon must not touch the outbox of a running one.
     let (store, unfinished) = open_store(&folders.state)?;
     info!(state = %folders.state.display(), "Opened the job store");
+    // One daemon per inbox: another one on the same folder, above it or inside it would bill
+    // the same manifests again. Held until this function returns.
+    let _inbox_claim =
+        watcher::claim_inbox(&folders.inbox, &folders.state).map_err(FatalError::InboxTaken)?;
     store.set_object_places(
         config
             .storages

@@ -184,7 +184,7 @@ pub fn of_fatal(err: &FatalError) -> i32 {
         FatalError::CleanOutbox(OutputError::Io { cause, .. }) => of_io(cause, Access::Write),
         FatalError::CleanOutbox(_) => IO_ERR,
         FatalError::Store(err) => of_store(err).unwrap_or(IO_ERR),
-        FatalError::AlreadyRunning { .. } => TEMP_FAIL,
+        FatalError::AlreadyRunning { .. } | FatalError::InboxTaken(_) => TEMP_FAIL,
         FatalError::Admin(AdminError::Bind { cause, .. })
         | FatalError::Admin(AdminError::MetricsBind { cause, .. }) => of_io(cause, Access::Create),
         FatalError::Admin(_) => IO_ERR,

@@ -24,6 +24,10 @@
 //! folder is watched again as soon as it exists (looked for every second while missing).
 //! When inotify watches cannot be added (`fs.inotify.max_user_watches`), one error is logged and
 //! the watcher falls back to polling every `watch.rescan` until restarted.
+//!
+//! One daemon per inbox ([`claim_inbox`]): a daemon holds a lock on `.claid-hotfolder.lock` in
+//! its inbox for its life, and refuses to start where another daemon watches the same folder,
+//! one that holds it, or one inside it (each would take in, and bill, the same manifests).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -875,4 +879,117 @@ fn log_watch_failure(inbox: &Path, err: &notify::Error) {
             "Cannot watch the inbox; falling back to polling every watch.rescan until the daemon is restarted"
         );
     }
+}
+
+/// The lock file a daemon holds in its inbox ([`claim_inbox`]); hidden, so never a candidate.
+pub const INBOX_LOCK: &str = ".claid-hotfolder.lock";
+
+/// A daemon's claim on its inbox: the lock lives as long as this.
+#[derive(Debug)]
+pub struct InboxClaim {
+    _file: Option<std::fs::File>,
+}
+
+/// Another daemon watches the same manifests.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "another daemon ({owner}) watches {}, {relation}: both would take in, and bill, the same manifests; stop it, or give each daemon a folder of its own beside the other's (docs/scaling.md)",
+    Escaped::path(other)
+)]
+pub struct InboxTaken {
+    pub other: PathBuf,
+    /// "the same inbox", "which holds this inbox", "which is inside this inbox".
+    pub relation: &'static str,
+    /// What its lock file says of it (PID and state folder).
+    pub owner: String,
+}
+
+/// Claims `inbox` for this daemon (`state` is named in the lock file for the other daemons'
+/// errors): refused when another live daemon holds the lock of this inbox, of a folder above
+/// it, or of a folder below it (hidden folders and symlinks are not entered, as by the
+/// watcher). An inbox the daemon may not write (`on_manifest_done: keep` on a read-only share)
+/// is checked but not claimed, with a warning.
+pub fn claim_inbox(inbox: &Path, state: &Path) -> Result<InboxClaim, InboxTaken> {
+    use std::io::Write;
+    let held = |dir: &Path| -> Option<String> {
+        let file = std::fs::File::open(dir.join(INBOX_LOCK)).ok()?;
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockShared) {
+            Ok(()) => None,
+            Err(_) => Some(
+                std::fs::read_to_string(dir.join(INBOX_LOCK))
+                    .map(|text| text.trim().replace('\n', ", "))
+                    .unwrap_or_else(|_| "unknown".to_owned()),
+            ),
+        }
+    };
+    // Through the folders as they are on disk: a symlinked path to another daemon's inbox is
+    // the same folder.
+    let real = std::fs::canonicalize(inbox).unwrap_or_else(|_| inbox.to_path_buf());
+    for dir in real.ancestors().skip(1) {
+        if let Some(owner) = held(dir) {
+            return Err(InboxTaken {
+                other: dir.to_path_buf(),
+                relation: "which holds this inbox",
+                owner,
+            });
+        }
+    }
+    let mut stack = vec![inbox.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let hidden = entry.file_name().as_encoded_bytes().first() == Some(&b'.');
+            if !hidden && entry.file_type().is_ok_and(|t| t.is_dir()) {
+                let sub = entry.path();
+                if let Some(owner) = held(&sub) {
+                    return Err(InboxTaken {
+                        other: sub,
+                        relation: "which is inside this inbox",
+                        owner,
+                    });
+                }
+                stack.push(sub);
+            }
+        }
+    }
+    let path = inbox.join(INBOX_LOCK);
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+    {
+        Ok(file) => file,
+        Err(err) => {
+            // Same inbox, other daemon: its lock file may still be readable.
+            if let Some(owner) = held(inbox) {
+                return Err(InboxTaken {
+                    other: inbox.to_path_buf(),
+                    relation: "the same inbox",
+                    owner,
+                });
+            }
+            warn!(inbox = %Escaped::path(inbox), error = %OsCause(&err), "Cannot claim the inbox (no lock file can be written there): another daemon watching an overlapping folder would not be noticed");
+            return Ok(InboxClaim { _file: None });
+        }
+    };
+    if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        return Err(InboxTaken {
+            other: inbox.to_path_buf(),
+            relation: "the same inbox",
+            owner: held(inbox).unwrap_or_else(|| "unknown".to_owned()),
+        });
+    }
+    let mut file = file;
+    let _ = file.set_len(0);
+    let _ = write!(
+        file,
+        "PID {}\nstate {}\n",
+        std::process::id(),
+        state.display()
+    );
+    Ok(InboxClaim { _file: Some(file) })
 }

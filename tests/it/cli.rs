@@ -1081,6 +1081,60 @@ async fn run_once_exits_74_naming_an_inbox_folder_it_could_not_read() {
     );
 }
 
+/// Two daemons must not watch overlapping inboxes (each would take in, and bill, the same
+/// manifests): with a daemon running, another one (its own state, outbox and socket) on a
+/// folder inside that inbox, on the same inbox, or on a folder holding it is refused (75),
+/// naming the running one's folder and PID; nothing is submitted twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_daemon_on_an_overlapping_inbox_is_refused() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let config = env.config("", "");
+    let mut daemon = env.spawn_daemon(&config, 0);
+    crate::support::wait_until("the first daemon is ready", DEADLINE, || {
+        env.daemon_log(0).contains("Ready")
+    })
+    .await;
+    let text = std::fs::read_to_string(&config).expect("config");
+    let outside = tempfile::tempdir().expect("tempdir");
+    let other = outside.path().to_path_buf();
+    let inbox = env.inbox.display().to_string();
+    for (n, (their_inbox, relation)) in [
+        (env.inbox.join("team"), "which holds this inbox"),
+        (env.inbox.clone(), "the same inbox"),
+        (env.dir.path().to_path_buf(), "which is inside this inbox"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        std::fs::create_dir_all(&their_inbox).expect("inbox");
+        let mut edited = text.clone();
+        for folder in ["outbox", "archive", "rejected", "state"] {
+            let mine = env.dir.path().join(folder).display().to_string();
+            let theirs = other.join(format!("{n}-{folder}"));
+            std::fs::create_dir_all(&theirs).expect("folder");
+            edited = edited.replace(
+                &format!("{folder}: {mine}"),
+                &format!("{folder}: {}", theirs.display()),
+            );
+        }
+        edited = edited
+            .replace(
+                &format!("inbox: {inbox}\n"),
+                &format!("inbox: {}\n", their_inbox.display()),
+            )
+            .replace("admin.sock", &format!("admin-{n}.sock"));
+        let second = other.join(format!("config-{n}.yaml"));
+        std::fs::write(&second, edited).expect("config");
+        let (code, out, err) = cli(&["run", "--once", "--config", second.to_str().unwrap()]).await;
+        assert_eq!(code, 75, "{relation}: {out}{err}");
+        assert!(
+            err.contains("another daemon (PID ") && err.contains(relation),
+            "{relation}: {err}"
+        );
+    }
+    crate::support::stop(&mut daemon).await;
+}
+
 /// `status` without a daemon reads a copy of the store made in the temporary folder; when
 /// `TMPDIR` points nowhere, the error says that the folder comes from `TMPDIR` and how to fix
 /// it (it named only a random path under it).
