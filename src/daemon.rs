@@ -216,8 +216,10 @@ pub async fn run(
     info!(state = %folders.state.display(), "Opened the job store");
     // One daemon per inbox: another one on the same folder, above it or inside it would bill
     // the same manifests again. Held until this function returns.
-    let _inbox_claim =
-        watcher::claim_inbox(&folders.inbox, &folders.state).map_err(FatalError::InboxTaken)?;
+    // (`on_manifest_done: keep` only reads the inbox: checked, not claimed.)
+    let writes_inbox = config.on_manifest_done != OnManifestDone::Keep;
+    let _inbox_claim = watcher::claim_inbox(&folders.inbox, &folders.state, writes_inbox)
+        .map_err(FatalError::InboxTaken)?;
     store.set_object_places(
         config
             .storages

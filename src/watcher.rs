@@ -908,8 +908,9 @@ pub struct InboxTaken {
 /// errors): refused when another live daemon holds the lock of this inbox, of a folder above
 /// it, or of a folder below it (hidden folders and symlinks are not entered, as by the
 /// watcher). An inbox the daemon may not write (`on_manifest_done: keep` on a read-only share)
-/// is checked but not claimed, with a warning.
-pub fn claim_inbox(inbox: &Path, state: &Path) -> Result<InboxClaim, InboxTaken> {
+/// is checked but not claimed, with a warning; with `write: false` (`on_manifest_done: keep`,
+/// where the daemon only reads its inbox) it is checked and not claimed, silently.
+pub fn claim_inbox(inbox: &Path, state: &Path, write: bool) -> Result<InboxClaim, InboxTaken> {
     use std::io::Write;
     let held = |dir: &Path| -> Option<String> {
         let file = std::fs::File::open(dir.join(INBOX_LOCK)).ok()?;
@@ -953,6 +954,16 @@ pub fn claim_inbox(inbox: &Path, state: &Path) -> Result<InboxClaim, InboxTaken>
                 stack.push(sub);
             }
         }
+    }
+    if !write {
+        return match held(inbox) {
+            Some(owner) => Err(InboxTaken {
+                other: inbox.to_path_buf(),
+                relation: "the same inbox",
+                owner,
+            }),
+            None => Ok(InboxClaim { _file: None }),
+        };
     }
     let path = inbox.join(INBOX_LOCK);
     let file = match std::fs::OpenOptions::new()
