@@ -49,6 +49,13 @@ pub enum FatalError {
         path: PathBuf,
         cause: std::io::Error,
     },
+    /// A folder that lies in the inbox once created (through a symlinked parent).
+    #[error("`{key}` {}: {why}", Escaped::path(path))]
+    Overlap {
+        key: &'static str,
+        path: PathBuf,
+        why: String,
+    },
     /// An operator's folder is missing and `folders.create` is off: most likely a typo.
     #[error(
         "`{key}`: the folder {} does not exist (the nearest existing folder above it is {}); create it with the service's owner and mode, correct the path, or set `folders.create: true`",
@@ -216,10 +223,8 @@ pub async fn run(
     info!(state = %folders.state.display(), "Opened the job store");
     // One daemon per inbox: another one on the same folder, above it or inside it would bill
     // the same manifests again. Held until this function returns.
-    // (`on_manifest_done: keep` only reads the inbox: checked, not claimed.)
-    let writes_inbox = config.on_manifest_done != OnManifestDone::Keep;
-    let _inbox_claim = watcher::claim_inbox(&folders.inbox, &folders.state, writes_inbox)
-        .map_err(FatalError::InboxTaken)?;
+    let _inbox_claim =
+        watcher::claim_inbox(&folders.inbox, &folders.state).map_err(FatalError::InboxTaken)?;
     store.set_object_places(
         config
             .storages
@@ -854,6 +859,22 @@ fn prepare_folders(config: &Config, copies: &Path) -> Result<(), FatalError> {
     }
     for path in [&folders.state, copies] {
         create_folder(path)?;
+    }
+    // Checked again now that every folder exists: one created through a symlinked parent may
+    // have landed in the inbox, which the config check could only compare as written.
+    for (key, name, path) in [
+        ("folders.outbox", "outbox", &folders.outbox),
+        ("folders.archive", "archive", &folders.archive),
+        ("folders.rejected", "rejected", &folders.rejected),
+        ("folders.state", "state", &folders.state),
+    ] {
+        if let Some(why) = crate::config::folder_overlap(&folders.inbox, path, name) {
+            return Err(FatalError::Overlap {
+                key,
+                path: path.clone(),
+                why,
+            });
+        }
     }
     Ok(())
 }

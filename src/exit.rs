@@ -178,7 +178,9 @@ pub fn of_fatal(err: &FatalError) -> i32 {
     match err {
         FatalError::Config(err) => of_config(err),
         FatalError::NoApiKey | FatalError::Client(_) => USAGE,
-        FatalError::MissingFolder { .. } | FatalError::NotAFolder { .. } => USAGE,
+        FatalError::MissingFolder { .. }
+        | FatalError::NotAFolder { .. }
+        | FatalError::Overlap { .. } => USAGE,
         FatalError::FolderNotWritable { cause, .. } => of_io(cause, Access::Write),
         FatalError::Folder { cause, .. } => of_io(cause, Access::Create),
         FatalError::CleanOutbox(OutputError::Io { cause, .. }) => of_io(cause, Access::Write),

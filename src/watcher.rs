@@ -907,22 +907,88 @@ pub struct InboxTaken {
 /// Claims `inbox` for this daemon (`state` is named in the lock file for the other daemons'
 /// errors): refused when another live daemon holds the lock of this inbox, of a folder above
 /// it, or of a folder below it (hidden folders and symlinks are not entered, as by the
-/// watcher). An inbox the daemon may not write (`on_manifest_done: keep` on a read-only share)
-/// is checked but not claimed, with a warning; with `write: false` (`on_manifest_done: keep`,
-/// where the daemon only reads its inbox) it is checked and not claimed, silently.
-pub fn claim_inbox(inbox: &Path, state: &Path, write: bool) -> Result<InboxClaim, InboxTaken> {
+/// watcher), looked at again once the lock is held (two daemons starting at once both see
+/// the other then). The lock file is never followed if it is a link, and one left by another
+/// user that nobody holds is replaced. An inbox the daemon may not write (a read-only share
+/// with `on_manifest_done: keep`) is checked but not claimed, with a warning.
+pub fn claim_inbox(inbox: &Path, state: &Path) -> Result<InboxClaim, InboxTaken> {
     use std::io::Write;
-    let held = |dir: &Path| -> Option<String> {
-        let file = std::fs::File::open(dir.join(INBOX_LOCK)).ok()?;
-        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockShared) {
-            Ok(()) => None,
-            Err(_) => Some(
-                std::fs::read_to_string(dir.join(INBOX_LOCK))
-                    .map(|text| text.trim().replace('\n', ", "))
-                    .unwrap_or_else(|_| "unknown".to_owned()),
-            ),
+    check_others(inbox)?;
+    let path = inbox.join(INBOX_LOCK);
+    let open = || lock_file(&path, true);
+    let file = match open() {
+        Ok(file) => file,
+        Err(err) => {
+            if let Some(owner) = held(inbox) {
+                return Err(InboxTaken {
+                    other: inbox.to_path_buf(),
+                    relation: "the same inbox",
+                    owner,
+                });
+            }
+            // Nobody holds it: a file left by another user (or a link) is replaced.
+            let retried = std::fs::remove_file(&path).ok().and_then(|()| open().ok());
+            match retried {
+                Some(file) => file,
+                None => {
+                    warn!(inbox = %Escaped::path(inbox), lock = INBOX_LOCK, error = %OsCause(&err), "Cannot claim the inbox (its lock file cannot be written): another daemon watching an overlapping folder would not be noticed");
+                    return Ok(InboxClaim { _file: None });
+                }
+            }
         }
     };
+    if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        return Err(InboxTaken {
+            other: inbox.to_path_buf(),
+            relation: "the same inbox",
+            owner: held(inbox).unwrap_or_else(|| "unknown".to_owned()),
+        });
+    }
+    let mut file = file;
+    let _ = file.set_len(0);
+    let _ = write!(
+        file,
+        "PID {}\nstate {}\n",
+        std::process::id(),
+        state.display()
+    );
+    let claim = InboxClaim { _file: Some(file) };
+    check_others(inbox)?;
+    Ok(claim)
+}
+
+/// Opens the lock file at `path`: never through a link, and only a regular file.
+fn lock_file(path: &Path, create: bool) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(create)
+        .create(create)
+        .truncate(false)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    Ok(file)
+}
+
+/// What the lock file in `dir` says of the live daemon that holds it; `None` when nobody does.
+fn held(dir: &Path) -> Option<String> {
+    let path = dir.join(INBOX_LOCK);
+    let file = lock_file(&path, false).ok()?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockShared) {
+        Ok(()) => None,
+        Err(_) => Some(
+            std::fs::read_to_string(&path)
+                .map(|text| text.trim().replace('\n', ", "))
+                .unwrap_or_else(|_| "unknown".to_owned()),
+        ),
+    }
+}
+
+/// Another live daemon's inbox above `inbox` or inside it.
+fn check_others(inbox: &Path) -> Result<(), InboxTaken> {
     // Through the folders as they are on disk: a symlinked path to another daemon's inbox is
     // the same folder.
     let real = std::fs::canonicalize(inbox).unwrap_or_else(|_| inbox.to_path_buf());
@@ -955,52 +1021,5 @@ pub fn claim_inbox(inbox: &Path, state: &Path, write: bool) -> Result<InboxClaim
             }
         }
     }
-    if !write {
-        return match held(inbox) {
-            Some(owner) => Err(InboxTaken {
-                other: inbox.to_path_buf(),
-                relation: "the same inbox",
-                owner,
-            }),
-            None => Ok(InboxClaim { _file: None }),
-        };
-    }
-    let path = inbox.join(INBOX_LOCK);
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-    {
-        Ok(file) => file,
-        Err(err) => {
-            // Same inbox, other daemon: its lock file may still be readable.
-            if let Some(owner) = held(inbox) {
-                return Err(InboxTaken {
-                    other: inbox.to_path_buf(),
-                    relation: "the same inbox",
-                    owner,
-                });
-            }
-            warn!(inbox = %Escaped::path(inbox), error = %OsCause(&err), "Cannot claim the inbox (no lock file can be written there): another daemon watching an overlapping folder would not be noticed");
-            return Ok(InboxClaim { _file: None });
-        }
-    };
-    if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
-        return Err(InboxTaken {
-            other: inbox.to_path_buf(),
-            relation: "the same inbox",
-            owner: held(inbox).unwrap_or_else(|| "unknown".to_owned()),
-        });
-    }
-    let mut file = file;
-    let _ = file.set_len(0);
-    let _ = write!(
-        file,
-        "PID {}\nstate {}\n",
-        std::process::id(),
-        state.display()
-    );
-    Ok(InboxClaim { _file: Some(file) })
+    Ok(())
 }

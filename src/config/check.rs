@@ -393,6 +393,22 @@ impl Checker {
         };
         let poll_min = self.duration(root, "api.poll.min", DEFAULT_POLL_MIN, false);
         let poll_max = self.duration(root, "api.poll.max", DEFAULT_POLL_MAX, false);
+        if lookup(root, "api.poll.give_up_after").is_some()
+            && self.duration(
+                root,
+                "api.poll.give_up_after",
+                DEFAULT_POLL_GIVE_UP_AFTER,
+                false,
+            ) < poll_max
+        {
+            self.problem(
+                "api.poll.give_up_after",
+                format!(
+                    "is shorter than api.poll.max ({}): a task would be given up (after being billed) before it is polled twice; Claid's tasks take seconds and batches minutes, so keep the default 2h unless a task may take longer",
+                    humantime::format_duration(poll_max)
+                ),
+            );
+        }
         if poll_min > poll_max {
             self.problem(
                 "api.poll.min",
@@ -926,7 +942,7 @@ fn has_user_info(url: &str) -> bool {
 /// daemon would read what it writes there as new drops: an archived manifest runs and is
 /// billed again, over and over), or holding the inbox. Compared as written (`.` and `..`
 /// resolved) and, when both exist, as the filesystem resolves them (symlinks).
-fn overlap(inbox: &Path, folder: &Path, name: &str) -> Option<String> {
+pub fn overlap(inbox: &Path, folder: &Path, name: &str) -> Option<String> {
     let pairs = [
         (lexical(inbox), lexical(folder)),
         match (std::fs::canonicalize(inbox), std::fs::canonicalize(folder)) {

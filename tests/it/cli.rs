@@ -1089,11 +1089,20 @@ async fn run_once_exits_74_naming_an_inbox_folder_it_could_not_read() {
 async fn a_second_daemon_on_an_overlapping_inbox_is_refused() {
     let env = TestEnv::new(Scenario::default()).await;
     let config = env.config("", "");
+    // A link planted under the lock's name is never followed (its target was overwritten).
+    let victim = env.dir.path().join("victim.txt");
+    std::fs::write(&victim, "keep me\n").expect("victim");
+    std::fs::create_dir_all(&env.inbox).expect("inbox");
+    std::os::unix::fs::symlink(&victim, env.inbox.join(".claid-hotfolder.lock")).expect("link");
     let mut daemon = env.spawn_daemon(&config, 0);
     crate::support::wait_until("the first daemon is ready", DEADLINE, || {
         env.daemon_log(0).contains("Ready")
     })
     .await;
+    assert_eq!(
+        std::fs::read_to_string(&victim).expect("victim"),
+        "keep me\n"
+    );
     let text = std::fs::read_to_string(&config).expect("config");
     let outside = tempfile::tempdir().expect("tempdir");
     let other = outside.path().to_path_buf();
@@ -1133,6 +1142,26 @@ async fn a_second_daemon_on_an_overlapping_inbox_is_refused() {
         );
     }
     crate::support::stop(&mut daemon).await;
+
+    // A folder created at the start through a symlinked parent that lands in the inbox is
+    // refused (64) once it exists: compared as written it looked apart.
+    let link = outside.path().join("to-inbox");
+    std::os::unix::fs::symlink(&env.inbox, &link).expect("link");
+    let archive = env.archive.display().to_string();
+    let edited = text
+        .replace(
+            &format!("archive: {archive}"),
+            &format!("archive: {}", link.join("arc").display()),
+        )
+        .replace("folders:\n", "folders:\n  create: true\n");
+    let path = outside.path().join("linked.yaml");
+    std::fs::write(&path, edited).expect("config");
+    let (code, out, err) = cli(&["run", "--once", "--config", path.to_str().unwrap()]).await;
+    assert_eq!(code, 64, "{out}{err}");
+    assert!(
+        err.contains("folders.archive") && err.contains("inside the inbox"),
+        "{err}"
+    );
 }
 
 /// `status` without a daemon reads a copy of the store made in the temporary folder; when
