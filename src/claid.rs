@@ -681,15 +681,9 @@ impl Client {
         &self,
         body: &wire::BatchEditRequest,
     ) -> Result<BatchAccepted, ClaidError> {
-        self.submit_batch_in(self.turn().await, body).await
-    }
-
-    /// [`Client::submit_batch_once`] in a [`Turn`] taken before the intent was recorded.
-    pub async fn submit_batch_in(
-        &self,
-        turn: Turn,
-        body: &wire::BatchEditRequest,
-    ) -> Result<BatchAccepted, ClaidError> {
+        // The limiter's turn is taken here, after the batch's intent was recorded (see
+        // `pipeline::batch`): unlike a single submit, a batch is never given a turn earlier.
+        let turn = self.turn().await;
         let url = self.endpoint_url("image/edit/batch")?;
         let build = || Ok(self.api.post(url.clone()).json(body));
         let answer = self.call_in(turn, Endpoint::Submit, build).await?;
