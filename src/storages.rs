@@ -349,6 +349,18 @@ pub fn destination_of(body: &serde_json::Value, output_rel: &str) -> Option<Stri
     Some(format!("{folder}/{output_rel}"))
 }
 
+/// Where the output of a job (`body`, `output_rel`) whose result is `output` is checked, when
+/// Claid writes it into a storage: [`destination_of`], or the object Claid reports writing
+/// ([`reported_object`]). `None` for an output downloaded into the outbox.
+pub fn output_object(
+    body: &serde_json::Value,
+    output_rel: &str,
+    output: &crate::claid::wire::ImageObject,
+) -> Option<String> {
+    destination_of(body, output_rel)
+        .map(|expected| reported_object(&expected, output.claid_storage_uri.as_deref()))
+}
+
 /// The object a storage output is checked at: the one Claid reports writing
 /// (`claid_storage_uri`) when it is the expected one but for the extension (Claid may write
 /// `sku-1.jpeg`, or keep the input's `.png`, where the daemon expects `sku-1.jpg`): same

@@ -77,10 +77,12 @@ pub struct AsyncTask {
 }
 
 impl AsyncTask {
-    /// DONE without the result object: an announcement that only says the task ended (Claid
-    /// does not document its webhook body fully). Its result is polled, not taken as missing.
+    /// An announcement that is no result: not final (a task named while it runs), or DONE
+    /// without the result object (it only says the task ended; Claid does not document its
+    /// webhook body fully). Its result is polled, not taken as missing.
     pub fn lacks_result(&self) -> bool {
-        self.status == TaskStatus::Done && self.result.output_object.is_none()
+        !self.status.is_terminal()
+            || (self.status == TaskStatus::Done && self.result.output_object.is_none())
     }
 }
 
@@ -252,10 +254,14 @@ pub struct BatchTask {
 }
 
 impl BatchTask {
-    /// DONE with neither results nor errors: an announcement that only says the batch ended.
-    /// Its results are polled, not taken as missing.
+    /// An announcement that is no result: not final (the batch named while it runs), or DONE
+    /// with neither results nor errors (it only says the batch ended). Its results are polled,
+    /// not taken as missing.
     pub fn lacks_result(&self) -> bool {
-        self.status == TaskStatus::Done && self.results.is_empty() && self.errors.is_empty()
+        !self.status.is_terminal()
+            || (self.status == TaskStatus::Done
+                && self.results.is_empty()
+                && self.errors.is_empty())
     }
 }
 

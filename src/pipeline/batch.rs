@@ -624,7 +624,7 @@ impl BatchRunner {
             // An announcement without the results (Claid does not document a webhook's body
             // fully), or not final, is followed up like any batch: taken as the result, it
             // would fail every image Claid made and billed as missing.
-            Sent::Adopted { update } if update.lacks_result() || !update.status.is_terminal() => {
+            Sent::Adopted { update } if update.lacks_result() => {
                 let result = self
                     .wait_result(update.id, &update.result_url, now_ms(), &members, true)
                     .await;
@@ -876,9 +876,7 @@ impl BatchRunner {
                     // An announcement that the batch ended without its results: they are
                     // polled now (failing its images would lose what Claid made and billed).
                     // (So is one that is not final: the batch named while it runs.)
-                    Some(TaskUpdate::Batch(batch))
-                        if batch.lacks_result() || !batch.status.is_terminal() =>
-                    {
+                    Some(TaskUpdate::Batch(batch)) if batch.lacks_result() => {
                         debug!(
                             batch_id,
                             "The webhook said the batch is done without its results; polling it"
@@ -1018,13 +1016,8 @@ impl BatchRunner {
             let member = &members[*index];
             handled.insert(member.id);
             // A storage output is checked in its bucket, not downloaded.
-            let storage_output = crate::storages::destination_of(
-                &member.job.body,
-                &member.job.output_rel,
-            )
-            .map(|expected| {
-                crate::storages::reported_object(&expected, object.claid_storage_uri.as_deref())
-            });
+            let storage_output =
+                crate::storages::output_object(&member.job.body, &member.job.output_rel, object);
             let Some(url) = storage_output.or_else(|| object.tmp_url.clone()) else {
                 self.fail(
                     member,

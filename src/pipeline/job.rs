@@ -647,10 +647,7 @@ impl Runner {
             .await?;
         let output = uploaded.response.output;
         // A storage output is in the bucket: the job checks it there instead of downloading.
-        let url = crate::storages::destination_of(&job.body, &job.output_rel)
-            .map(|expected| {
-                crate::storages::reported_object(&expected, output.claid_storage_uri.as_deref())
-            })
+        let url = crate::storages::output_object(&job.body, &job.output_rel, &output)
             .or_else(|| output.tmp_url.clone())
             .unwrap_or_default();
         Ok(Submitted::Result {
@@ -707,7 +704,7 @@ impl Runner {
             // Nor is one that is not final (a task named while it runs): handed to a watch, it
             // would come back on every wait.
             if announced.as_ref().is_some_and(|update| match update {
-                TaskUpdate::Async(task) => task.lacks_result() || !task.status.is_terminal(),
+                TaskUpdate::Async(task) => task.lacks_result(),
                 TaskUpdate::Batch(_) => true,
             }) {
                 debug!(
@@ -766,14 +763,7 @@ impl Runner {
                             };
                             // A storage output is checked in its bucket, not downloaded.
                             let storage_output =
-                                crate::storages::destination_of(&job_body, &job_output_rel).map(
-                                    |expected| {
-                                        crate::storages::reported_object(
-                                            &expected,
-                                            output.claid_storage_uri.as_deref(),
-                                        )
-                                    },
-                                );
+                                crate::storages::output_object(&job_body, &job_output_rel, &output);
                             let Some(url) = storage_output.or_else(|| output.tmp_url.clone())
                             else {
                                 return self
