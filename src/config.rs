@@ -25,7 +25,7 @@ use crate::yaml::lines::LineMap;
 use crate::yaml::value::Bounds;
 
 mod check;
-pub use check::overlap as folder_overlap;
+pub use check::folder_overlaps;
 mod env;
 pub mod print;
 mod schema;

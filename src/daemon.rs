@@ -50,12 +50,8 @@ pub enum FatalError {
         cause: std::io::Error,
     },
     /// A folder that lies in the inbox once created (through a symlinked parent).
-    #[error("`{key}` {}: {why}", Escaped::path(path))]
-    Overlap {
-        key: &'static str,
-        path: PathBuf,
-        why: String,
-    },
+    #[error("`{key}`: {why}")]
+    Overlap { key: &'static str, why: String },
     /// An operator's folder is missing and `folders.create` is off: most likely a typo.
     #[error(
         "`{key}`: the folder {} does not exist (the nearest existing folder above it is {}); create it with the service's owner and mode, correct the path, or set `folders.create: true`",
@@ -303,25 +299,22 @@ pub async fn run(
     // to the pipeline's notices before it resumes, so no notice is missed.
     // Always sampled: its disk check also holds new submits while the outbox's disk takes no
     // more outputs.
-    let activity = Some(activity::spawn(
-        pipeline.clone(),
-        folders.outbox.clone(),
-        cancel.clone(),
-    ));
-    let alerts = match &activity {
-        Some(activity) if !config.alerts.is_empty() => Some(alerts::start(
+    let activity = activity::spawn(pipeline.clone(), folders.outbox.clone(), cancel.clone());
+    let alerts = if config.alerts.is_empty() {
+        None
+    } else {
+        Some(alerts::start(
             &config.alerts,
             config.web.as_ref().map(|w| w.link_base()),
             &pipeline,
-            activity,
+            &activity,
             metrics.clone(),
-        )?),
-        _ => None,
+        )?)
     };
 
     // Bound before anything runs: a dashboard that cannot listen stops the start.
-    let web_task = match (&config.web, &activity) {
-        (Some(web_config), Some(activity)) => {
+    let web_task = match &config.web {
+        Some(web_config) => {
             let (_, task) = web::start(
                 web::Deps {
                     config: web_config.clone(),
@@ -862,21 +855,20 @@ fn prepare_folders(config: &Config, copies: &Path) -> Result<(), FatalError> {
     }
     // Checked again now that every folder exists: one created through a symlinked parent may
     // have landed in the inbox, which the config check could only compare as written.
-    for (key, name, path) in [
-        ("folders.outbox", "outbox", &folders.outbox),
-        ("folders.archive", "archive", &folders.archive),
-        ("folders.rejected", "rejected", &folders.rejected),
-        ("folders.state", "state", &folders.state),
-    ] {
-        if let Some(why) = crate::config::folder_overlap(&folders.inbox, path, name) {
-            return Err(FatalError::Overlap {
-                key,
-                path: path.clone(),
-                why,
-            });
-        }
+    let others = [
+        &folders.outbox,
+        &folders.archive,
+        &folders.rejected,
+        &folders.state,
+    ]
+    .map(|path| Some(path.as_path()));
+    match crate::config::folder_overlaps(&folders.inbox, others)
+        .into_iter()
+        .next()
+    {
+        Some((key, why)) => Err(FatalError::Overlap { key, why }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// The operator's folders that are missing or are not folders (`validate` reports them all; the

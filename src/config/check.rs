@@ -538,16 +538,9 @@ impl Checker {
         let state = get("state", "state store");
         let create = self.boolean(root, "folders.create", false);
         if let Some(inbox) = &inbox {
-            for (name, folder) in [
-                ("outbox", &outbox),
-                ("archive", &archive),
-                ("rejected", &rejected),
-                ("state", &state),
-            ] {
-                let Some(folder) = folder else { continue };
-                if let Some(message) = overlap(inbox, folder, name) {
-                    self.problem(&format!("folders.{name}"), message);
-                }
+            let others = [&outbox, &archive, &rejected, &state].map(Option::as_deref);
+            for (key, message) in folder_overlaps(inbox, others) {
+                self.problem(key, message);
             }
         }
         Some(Folders {
@@ -938,11 +931,27 @@ fn has_user_info(url: &str) -> bool {
     authority.contains('@')
 }
 
+/// Which of the outbox, archive, rejected and state folders (in that order; `None`: not
+/// configured) may not be where they are beside `inbox`, each with its key and why (see
+/// [`overlap`]): checked with the config, and again at the start once every folder exists.
+pub fn folder_overlaps(inbox: &Path, others: [Option<&Path>; 4]) -> Vec<(&'static str, String)> {
+    [
+        ("folders.outbox", "outbox"),
+        ("folders.archive", "archive"),
+        ("folders.rejected", "rejected"),
+        ("folders.state", "state"),
+    ]
+    .into_iter()
+    .zip(others)
+    .filter_map(|((key, name), path)| Some((key, overlap(inbox, path?, name)?)))
+    .collect()
+}
+
 /// Why `folder` (`folders.NAME`) may not be where it is: the inbox itself, inside it (the
 /// daemon would read what it writes there as new drops: an archived manifest runs and is
 /// billed again, over and over), or holding the inbox. Compared as written (`.` and `..`
 /// resolved) and, when both exist, as the filesystem resolves them (symlinks).
-pub fn overlap(inbox: &Path, folder: &Path, name: &str) -> Option<String> {
+fn overlap(inbox: &Path, folder: &Path, name: &str) -> Option<String> {
     let pairs = [
         (lexical(inbox), lexical(folder)),
         match (std::fs::canonicalize(inbox), std::fs::canonicalize(folder)) {
