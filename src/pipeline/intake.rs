@@ -185,14 +185,7 @@ impl Intake {
                 // Saved back while that run drains (A → B → A): it is the newest version,
                 // taken in once the run has ended, instead of the one saved in between.
                 ManifestState::Draining { .. } => {
-                    if candidate.kind != CandidateKind::RecipeImage {
-                        self.keep_pending(&path, sha256).await;
-                    }
-                    let _ = self.finisher.send(Event::Supersede {
-                        id: *id,
-                        then: candidate,
-                    });
-                    return Taken::HandedOn;
+                    return self.after_drain(*id, candidate, sha256).await;
                 }
                 state if state.is_ended() && gone == Some(false) => {
                     info!("Manifest is unchanged and already finished; nothing to do");
@@ -277,14 +270,7 @@ impl Intake {
                 };
             if same && !remake {
                 if matches!(prev.state, ManifestState::Draining { .. }) {
-                    if !is_recipe_image {
-                        self.keep_pending(&path, &spec.sha256).await;
-                    }
-                    let _ = self.finisher.send(Event::Supersede {
-                        id: *id,
-                        then: candidate,
-                    });
-                    return Taken::HandedOn;
+                    return self.after_drain(*id, candidate, &spec.sha256).await;
                 }
                 if prev.state.is_ended() {
                     info!("Unchanged and already finished; nothing to do");
@@ -294,16 +280,8 @@ impl Intake {
             }
             if !prev.state.is_ended() {
                 // The file changed while its previous version runs: that run drains first,
-                // then this candidate comes back here. A copy of this version is kept beside
-                // it, in case the file is replaced meanwhile by one that is rejected.
-                if !is_recipe_image {
-                    self.keep_pending(&path, &spec.sha256).await;
-                }
-                let _ = self.finisher.send(Event::Supersede {
-                    id: *id,
-                    then: candidate,
-                });
-                return Taken::HandedOn;
+                // then this candidate comes back here.
+                return self.after_drain(*id, candidate, &spec.sha256).await;
             }
         }
         self.register(spec, rel_str, phase, &path).await
@@ -459,6 +437,20 @@ impl Intake {
         });
         self.queue
             .push_back(queued.into_iter().map(|job| (id, job)).collect());
+        Taken::HandedOn
+    }
+
+    /// Hands `candidate` (holding `sha256`) to the finisher, to be taken in once run `id`, an
+    /// older version of its file, has drained. A copy of it is kept beside it (a manifest's,
+    /// not a recipe image's), in case the file is replaced meanwhile by one that is rejected.
+    async fn after_drain(&self, id: ManifestId, candidate: Candidate, sha256: &str) -> Taken {
+        if candidate.kind != CandidateKind::RecipeImage {
+            self.keep_pending(&candidate.path, sha256).await;
+        }
+        let _ = self.finisher.send(Event::Supersede {
+            id,
+            then: candidate,
+        });
         Taken::HandedOn
     }
 
