@@ -717,11 +717,15 @@ async fn run_watching(
     let mut watchdog_tick =
         tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |d| d / 2));
     let mut status_tick = tokio::time::interval(STATUS_INTERVAL);
+    // The config in force: what a SIGHUP's file is compared with.
+    let mut running = config.clone();
     tokio::pin!(forward);
     loop {
         tokio::select! {
             _ = &mut forward => break,
-            Some(()) = recv_hangup(&mut hangup) => reload(pipeline, opts.config_path.as_deref()),
+            Some(()) = recv_hangup(&mut hangup) => {
+                reload(pipeline, opts.config_path.as_deref(), &mut running);
+            }
             _ = watchdog_tick.tick(), if watchdog.is_some() => {
                 let _ = sd_notify::notify(&[NotifyState::Watchdog]);
             }
@@ -747,8 +751,10 @@ async fn recv_hangup(hangup: &mut Option<tokio::signal::unix::Signal>) -> Option
     }
 }
 
-/// SIGHUP: re-reads the config; an invalid one is refused and the running one kept.
-fn reload(pipeline: &pipeline::Handle, path: Option<&Path>) {
+/// SIGHUP: re-reads the config; an invalid one is refused and the running one kept. Of a valid
+/// one, the [`RELOADABLE`](crate::config::print::RELOADABLE) sections apply to new work and
+/// `running` takes them; any other changed key is named as waiting for a restart.
+fn reload(pipeline: &pipeline::Handle, path: Option<&Path>, running: &mut Config) {
     let Some(path) = path else {
         warn!("SIGHUP ignored: the daemon was started without a config file to re-read");
         return;
@@ -756,12 +762,25 @@ fn reload(pipeline: &pipeline::Handle, path: Option<&Path>) {
     let _ = sd_notify::notify(&[NotifyState::Reloading]);
     match crate::config::load(path) {
         Ok(config) => {
-            let policies = policies(&config);
-            pipeline.reload(config.profiles, policies, config.limits);
-            info!(
-                config = %path.display(),
-                "Reloaded the config: profiles, policies and limits apply to new work; api, folders, watch and admin keys need a restart"
-            );
+            let restart = crate::config::print::restart_keys(running, &config);
+            pipeline.reload(config.profiles.clone(), policies(&config), config.limits);
+            running.profiles = config.profiles;
+            running.limits = config.limits;
+            running.on_output_exists = config.on_output_exists;
+            running.on_manifest_done = config.on_manifest_done;
+            running.in_doubt = config.in_doubt;
+            if restart.is_empty() {
+                info!(
+                    config = %path.display(),
+                    "Reloaded the config: profiles, policies and limits apply to new work"
+                );
+            } else {
+                warn!(
+                    config = %path.display(),
+                    not_applied = %restart.join(", "),
+                    "Reloaded the config: profiles, policies and limits apply to new work; the other changed keys are NOT in force until a restart (systemctl restart claid-hotfolder)"
+                );
+            }
         }
         // One line per problem, with its line and key: a log line holds no line breaks.
         Err(crate::config::ConfigError::Invalid { problems, .. }) => {

@@ -99,14 +99,12 @@ pub fn row(job: &JobV1) -> ReportRow {
             _ => None,
         },
     };
+    row.task_id = job.state.task_id();
     match &job.state {
-        JobState::Submitted { task_id, .. } => row.task_id = Some(*task_id),
-        JobState::Downloading { task_id, .. } => row.task_id = *task_id,
         JobState::Done {
             bytes,
             width,
             height,
-            task_id,
             unchanged,
             skipped,
             ..
@@ -117,7 +115,6 @@ pub fn row(job: &JobV1) -> ReportRow {
             if *skipped {
                 row.status = "skipped".to_owned();
             }
-            row.task_id = *task_id;
             row.width = Some(*width);
             row.height = Some(*height);
             row.bytes = Some(*bytes);
@@ -139,7 +136,10 @@ pub fn row(job: &JobV1) -> ReportRow {
                     .to_owned(),
             };
         }
-        JobState::Queued | JobState::Submitting { .. } => {}
+        JobState::Queued
+        | JobState::Submitting { .. }
+        | JobState::Submitted { .. }
+        | JobState::Downloading { .. } => {}
     }
     row
 }

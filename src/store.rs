@@ -754,6 +754,7 @@ impl Store {
                         code,
                         message: message.clone(),
                         attempts: job.attempts,
+                        task_id: job.state.task_id(),
                     },
                 ))
             })
@@ -1117,6 +1118,7 @@ impl Store {
                             code: FailureCode::Superseded,
                             message: message.to_owned(),
                             attempts: job.attempts,
+                            task_id: None,
                         },
                     )
                 })

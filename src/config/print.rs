@@ -15,6 +15,72 @@ pub const REDACTED: &str = "REDACTED";
 
 /// The config as YAML, with a comment saying where it came from.
 pub fn to_yaml(config: &Config) -> String {
+    let body = serde_yaml::to_string(&to_value(config))
+        .expect("a mapping of strings, numbers and booleans serializes");
+    format!(
+        "# The effective configuration of claid-hotfolder (`run --print-config`): the file, the\n\
+         # CLAID_HOTFOLDER__* environment variables, and the default of every key left out.\n\
+         # Folders are absolute. Credentials in URLs are replaced by {REDACTED}.\n{body}"
+    )
+}
+
+/// The top-level keys a SIGHUP applies to new work; every other key needs a restart.
+pub const RELOADABLE: [&str; 5] = [
+    "profiles",
+    "on_output_exists",
+    "on_manifest_done",
+    "in_doubt",
+    "limits",
+];
+
+/// The dotted keys (`api.max_in_flight`, `webhook.listen`) whose values differ between two
+/// configs, outside the [`RELOADABLE`] sections, sorted. A difference only in a credential that
+/// printing hides (in `api.base_url` or a storage's `endpoint`) is named by the section holding it.
+pub fn restart_keys(running: &Config, new: &Config) -> Vec<String> {
+    fn leaves(value: &Value, prefix: &str, out: &mut std::collections::BTreeMap<String, Value>) {
+        match value {
+            Value::Mapping(map) => {
+                for (key, child) in map {
+                    let key = key.as_str().unwrap_or_default();
+                    let dotted = if prefix.is_empty() {
+                        key.to_owned()
+                    } else {
+                        format!("{prefix}.{key}")
+                    };
+                    if !(prefix.is_empty() && RELOADABLE.contains(&key)) {
+                        leaves(child, &dotted, out);
+                    }
+                }
+            }
+            leaf => {
+                out.insert(prefix.to_owned(), leaf.clone());
+            }
+        }
+    }
+    let (mut old, mut now) = (Default::default(), Default::default());
+    leaves(&to_value(running), "", &mut old);
+    leaves(&to_value(new), "", &mut now);
+    let mut keys: Vec<String> = old
+        .keys()
+        .chain(now.keys())
+        .filter(|key| old.get(*key) != now.get(*key))
+        .cloned()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if keys.is_empty() {
+        if running.api != new.api {
+            keys.push("api.base_url".to_owned());
+        }
+        if running.storages != new.storages {
+            keys.push("storages".to_owned());
+        }
+    }
+    keys
+}
+
+/// The config as a YAML mapping, keys in the order of `config/claid-hotfolder.yaml`.
+fn to_value(config: &Config) -> Value {
     let mut root = Mapping::new();
     root.insert("api".into(), api(config));
     let folders = &config.folders;
@@ -159,14 +225,7 @@ pub fn to_yaml(config: &Config) -> String {
         );
     }
     root.insert("storages".into(), Value::Mapping(storages));
-
-    let body = serde_yaml::to_string(&Value::Mapping(root))
-        .expect("a mapping of strings, numbers and booleans serializes");
-    format!(
-        "# The effective configuration of claid-hotfolder (`run --print-config`): the file, the\n\
-         # CLAID_HOTFOLDER__* environment variables, and the default of every key left out.\n\
-         # Folders are absolute. Credentials in URLs are replaced by {REDACTED}.\n{body}"
-    )
+    Value::Mapping(root)
 }
 
 /// `base_url` without the user information: `https://user:pw@host/v1` → `https://REDACTED@host/v1`.

@@ -284,6 +284,10 @@ pub enum JobState {
         code: FailureCode,
         message: String,
         attempts: u32,
+        /// The Claid task the job had when it failed (a task that ended in error or never
+        /// finished), for the report and for Claid's support.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        task_id: Option<u64>,
     },
 }
 
@@ -318,6 +322,17 @@ impl JobState {
                 ..
             } => StateName::Superseded,
             JobState::Failed { .. } => StateName::Failed,
+        }
+    }
+
+    /// The Claid task the state names, if any.
+    pub fn task_id(&self) -> Option<u64> {
+        match self {
+            JobState::Submitted { task_id, .. } => Some(*task_id),
+            JobState::Downloading { task_id, .. }
+            | JobState::Done { task_id, .. }
+            | JobState::Failed { task_id, .. } => *task_id,
+            _ => None,
         }
     }
 

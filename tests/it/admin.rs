@@ -496,6 +496,28 @@ async fn sighup_applies_a_good_config_and_refuses_a_bad_one() {
         || env.outbox.join("q/q-64x48.jpg").is_file(),
     )
     .await;
+    assert!(
+        !env.daemon_log(0).contains("NOT in force"),
+        "a profile change needs no restart"
+    );
+
+    // A key a reload cannot apply is named, not silently reported as reloaded.
+    std::fs::write(
+        &config,
+        good.replace("shutdown_grace: 5s", "shutdown_grace: 7s"),
+    )
+    .unwrap();
+    signal(&daemon, "-HUP");
+    wait_until(
+        "the restart-only key named",
+        Duration::from_secs(20),
+        || {
+            env.daemon_log(0)
+                .lines()
+                .any(|l| l.contains("NOT in force") && l.contains("shutdown_grace"))
+        },
+    )
+    .await;
     signal(&daemon, "-TERM");
     assert_eq!(daemon.wait().await.unwrap().code(), Some(0));
 }

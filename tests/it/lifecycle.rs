@@ -281,7 +281,8 @@ async fn issue11_a_rejected_manifest_that_cannot_be_moved_still_gets_an_error_fi
 }
 
 /// A task (or batch) Claid never finishes does not keep `run --once` waiting for ever: after
-/// `api.poll.give_up_after` its images fail as `task-timeout` and the run ends (exit 2).
+/// `api.poll.give_up_after` its images fail as `task-timeout`, naming the task, and the run
+/// ends (exit 2).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_task_claid_never_finishes_fails_after_give_up_after_and_the_run_ends() {
     for api in ["batch: { max_images: 1 }", ""] {
@@ -313,6 +314,14 @@ async fn a_task_claid_never_finishes_fails_after_give_up_after_and_the_run_ends(
                 row["reason"]
                     .as_str()
                     .is_some_and(|r| r.starts_with("task-timeout: ")),
+                "{api}: {row}"
+            );
+            // The task (or batch) that never finished is named, for Claid's support.
+            assert!(
+                row["task_id"]
+                    .as_u64()
+                    .or(row["batch_id"].as_u64())
+                    .is_some(),
                 "{api}: {row}"
             );
         }
