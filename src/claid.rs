@@ -56,6 +56,9 @@ pub struct ClientConfig {
     pub requests_per_minute: NonZeroU32,
     /// Total time for one HTTP request (connect, send, headers, body); per attempt.
     pub request_timeout: Duration,
+    /// Total time for one synchronous upload, which Claid answers once the edit is done
+    /// (at least `request_timeout`).
+    pub upload_timeout: Duration,
     /// Largest result we accept to download; guards memory against a hostile or broken URL.
     pub max_download_bytes: u64,
 }
@@ -68,6 +71,7 @@ impl fmt::Debug for ClientConfig {
             .field("requests_per_second", &self.requests_per_second)
             .field("requests_per_minute", &self.requests_per_minute)
             .field("request_timeout", &self.request_timeout)
+            .field("upload_timeout", &self.upload_timeout)
             .field("max_download_bytes", &self.max_download_bytes)
             .finish()
     }
@@ -472,6 +476,8 @@ pub struct Client {
     stats: Arc<Mutex<ClientStats>>,
     /// Cap on one download, from `limits.max_download_bytes`.
     max_download_bytes: u64,
+    /// Timeout of one synchronous upload (the edit happens before the answer).
+    upload_timeout: Duration,
     /// Requests per second the configured quotas allow over a minute and more.
     sustained_rate: f64,
     /// Told the latency of every answered call (API and downloads), for `/metrics`.
@@ -625,6 +631,7 @@ impl Client {
             )),
             stats: Arc::new(Mutex::new(ClientStats::default())),
             max_download_bytes: cfg.max_download_bytes,
+            upload_timeout: cfg.upload_timeout.max(cfg.request_timeout),
             sustained_rate: f64::from(cfg.requests_per_second.get())
                 .min(f64::from(cfg.requests_per_minute.get()) / 60.0),
             latency_observer: None,
@@ -743,7 +750,11 @@ impl Client {
             let form = reqwest::multipart::Form::new()
                 .part("file", file)
                 .part("data", data_part);
-            Ok(self.api.post(url.clone()).multipart(form))
+            Ok(self
+                .api
+                .post(url.clone())
+                .timeout(self.upload_timeout)
+                .multipart(form))
         };
         let answer = self.call_in(turn, Endpoint::Upload, build).await?;
         let (response, request_id) = expect_ok::<wire::EditResponse>(Endpoint::Upload, answer)?;
@@ -1301,6 +1312,7 @@ mod tests {
             requests_per_second: NonZeroU32::new(4).unwrap(),
             requests_per_minute: NonZeroU32::new(120).unwrap(),
             request_timeout: Duration::from_secs(1),
+            upload_timeout: Duration::from_secs(1),
             max_download_bytes: 1,
         })
         .expect("client");

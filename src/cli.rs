@@ -578,6 +578,13 @@ fn validate_config_file(file: &Path) -> (bool, Option<i32>) {
                     humantime::format_duration(config.api.request_timeout),
                     humantime::format_duration(config.api.unreachable_timeout)
                 );
+            } else if config.api.unreachable_timeout < config.api.upload_timeout {
+                println!(
+                    "  note: api.unreachable_timeout ({}) is shorter than api.upload_timeout ({}): `run --once` gives up on an upload still waiting after {} when nothing else succeeded meanwhile; keep it above the upload timeout",
+                    humantime::format_duration(config.api.unreachable_timeout),
+                    humantime::format_duration(config.api.upload_timeout),
+                    humantime::format_duration(config.api.unreachable_timeout)
+                );
             }
             (true, None)
         }
@@ -605,6 +612,7 @@ fn check_storages(config: &Config) -> Result<(), crate::storages::StorageError> 
                 requests_per_second: config.api.requests_per_second,
                 requests_per_minute: config.api.requests_per_minute,
                 request_timeout: config.api.request_timeout,
+                upload_timeout: config.api.upload_timeout,
                 max_download_bytes: config.limits.max_download_bytes,
             })
             .ok(),

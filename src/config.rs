@@ -51,6 +51,9 @@ pub const DEFAULT_REQUESTS_PER_MINUTE: u32 = 120;
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 32;
 pub const DEFAULT_MAX_DOWNLOADS: usize = 8;
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a synchronous upload waits for its answer by default: Claid edits the image
+/// before it answers, and an upload given up on is in doubt (resent, maybe billed twice).
+pub const DEFAULT_UPLOAD_TIMEOUT: Duration = Duration::from_secs(120);
 pub const DEFAULT_UNREACHABLE_TIMEOUT: Duration = Duration::from_secs(120);
 pub const DEFAULT_POLL_MIN: Duration = Duration::from_secs(1);
 pub const DEFAULT_POLL_MAX: Duration = Duration::from_secs(30);
@@ -150,6 +153,9 @@ pub struct ApiConfig {
     /// Concurrent result downloads.
     pub max_downloads: NonZeroUsize,
     pub request_timeout: Duration,
+    /// How long a synchronous upload (a local file, edited before Claid answers) waits for
+    /// its answer; never less than `request_timeout`.
+    pub upload_timeout: Duration,
     pub poll: PollConfig,
     /// `run --once` gives up when no API call has succeeded for this long (unfinished jobs
     /// stay in the store); the daemon keeps waiting.

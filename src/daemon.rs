@@ -245,6 +245,7 @@ pub async fn run(
         requests_per_second: config.api.requests_per_second,
         requests_per_minute: config.api.requests_per_minute,
         request_timeout: config.api.request_timeout,
+        upload_timeout: config.api.upload_timeout.max(config.api.request_timeout),
         max_download_bytes: config.limits.max_download_bytes,
     })
     .map_err(|err| FatalError::Client(Box::new(err)))?

@@ -19,8 +19,9 @@ use crate::config::{
     DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_MANIFEST_BYTES, DEFAULT_POLL_GIVE_UP_AFTER,
     DEFAULT_POLL_MAX, DEFAULT_POLL_MIN, DEFAULT_REQUEST_TIMEOUT, DEFAULT_REQUESTS_PER_MINUTE,
     DEFAULT_REQUESTS_PER_SECOND, DEFAULT_RESCAN, DEFAULT_SETTLE, DEFAULT_SHUTDOWN_GRACE,
-    DEFAULT_STORAGE_REGION, DEFAULT_UNREACHABLE_TIMEOUT, Folders, InDoubtPolicy, Limits, LogConfig,
-    LogFormat, OnManifestDone, OnOutputExists, PollConfig, Profile, StorageEntry, WatchConfig,
+    DEFAULT_STORAGE_REGION, DEFAULT_UNREACHABLE_TIMEOUT, DEFAULT_UPLOAD_TIMEOUT, Folders,
+    InDoubtPolicy, Limits, LogConfig, LogFormat, OnManifestDone, OnOutputExists, PollConfig,
+    Profile, StorageEntry, WatchConfig,
 };
 use crate::yaml::kind;
 
@@ -446,6 +447,12 @@ impl Checker {
                 root,
                 "api.request_timeout",
                 DEFAULT_REQUEST_TIMEOUT,
+                false,
+            ),
+            upload_timeout: self.duration(
+                root,
+                "api.upload_timeout",
+                DEFAULT_UPLOAD_TIMEOUT,
                 false,
             ),
             poll: PollConfig {

@@ -266,6 +266,7 @@ fn api(config: &Config) -> Value {
         ("max_in_flight", (api.max_in_flight.get() as u64).into()),
         ("max_downloads", (api.max_downloads.get() as u64).into()),
         ("request_timeout", duration(api.request_timeout)),
+        ("upload_timeout", duration(api.upload_timeout)),
         (
             "poll",
             map([

@@ -17,6 +17,7 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "max_in_flight",
             "max_downloads",
             "request_timeout",
+            "upload_timeout",
             "poll",
             "unreachable_timeout",
             "batch",

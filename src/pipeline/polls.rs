@@ -861,6 +861,7 @@ mod tests {
             requests_per_second: std::num::NonZeroU32::new(4).expect("4"),
             requests_per_minute: std::num::NonZeroU32::new(120).expect("120"),
             request_timeout: secs(5),
+            upload_timeout: secs(5),
             max_download_bytes: 1 << 20,
         })
         .expect("client");

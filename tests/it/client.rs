@@ -222,6 +222,7 @@ fn config(base_url: &str) -> ClientConfig {
         requests_per_second: NonZeroU32::new(100).unwrap(),
         requests_per_minute: NonZeroU32::new(100_000).unwrap(),
         request_timeout: Duration::from_secs(5),
+        upload_timeout: Duration::from_secs(5),
         max_download_bytes: 1024 * 1024,
     }
 }
@@ -613,6 +614,7 @@ async fn submit_timeout_after_send_is_ambiguous_and_sent_once() {
     );
     let client = Client::new(ClientConfig {
         request_timeout: Duration::from_millis(300),
+        upload_timeout: Duration::from_millis(300),
         ..config(&format!("{root}/v1"))
     })
     .unwrap();
@@ -916,6 +918,7 @@ async fn bad_config_is_refused() {
     assert!(!err.to_string().contains("bad\nkey"));
     let err = Client::new(ClientConfig {
         request_timeout: Duration::ZERO,
+        upload_timeout: Duration::ZERO,
         ..config("http://127.0.0.1:9/v1")
     })
     .unwrap_err();

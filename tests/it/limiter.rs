@@ -27,6 +27,7 @@ async fn spend_the_minute_quota(window: RateWindow) -> (u64, u64, u64, u64) {
         requests_per_second: RPS.try_into().expect("nonzero"),
         requests_per_minute: RPM.try_into().expect("nonzero"),
         request_timeout: Duration::from_secs(10),
+        upload_timeout: Duration::from_secs(10),
         max_download_bytes: 1024,
     })
     .expect("client");

@@ -415,3 +415,21 @@ async fn on_output_exists_skip_and_fail_keep_existing_files_before_any_spend() {
         assert_eq!(report["jobs"][1]["status"], "done", "{policy}: {report:#}");
     }
 }
+
+/// A synchronous upload whose edit takes longer than `api.request_timeout` is waited for up to
+/// `api.upload_timeout`: sent once and billed once, not given up on and sent again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_upload_is_waited_for_up_to_upload_timeout_not_sent_again() {
+    let env =
+        TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_secs(3)))).await;
+    env.drop_file("slow/photo.png", &png(64, 48));
+    env.drop_file("slow.yaml", b"images:\n  - input: slow/photo.png\n");
+    let config = env.config("request_timeout: 1s\nupload_timeout: 20s", "");
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    let report = env.report("slow");
+    let row = &report["jobs"][0];
+    assert_eq!(row["status"], "done", "{row}");
+    assert_eq!(row["in_doubt"], 0, "never given up on: {row}");
+    assert_eq!(env.stats().uploads, 1);
+}

@@ -345,6 +345,7 @@ async fn only_http_urls_are_downloaded() {
         requests_per_second: 10.try_into().expect("nonzero"),
         requests_per_minute: 100.try_into().expect("nonzero"),
         request_timeout: Duration::from_secs(2),
+        upload_timeout: Duration::from_secs(2),
         max_download_bytes: 1024,
     })
     .expect("client");
