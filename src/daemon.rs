@@ -33,6 +33,10 @@ const COPIES_DIR: &str = "copies";
 const ALERTS_FLUSH: Duration = Duration::from_secs(5);
 /// How often `STATUS=` is refreshed for systemd.
 const STATUS_INTERVAL: Duration = Duration::from_secs(5);
+/// How long `run --once`, giving up on an API or bucket that stopped answering, waits for the
+/// steps in progress (a write or a download may still end; a call to what does not answer
+/// will not).
+const UNREACHABLE_DRAIN: Duration = Duration::from_secs(2);
 
 /// The key the embedded emulator accepts when no key is configured.
 const EMBEDDED_API_KEY: &str = "embedded-emulator-key";
@@ -400,7 +404,13 @@ pub async fn run(
     ]);
     cancel.cancel();
     tracker.close();
-    let grace = config.shutdown_grace;
+    // An API (or bucket) that stopped answering will not answer the steps still waiting on
+    // it: they are parked at once (a submit among them is in doubt at the next start, as it
+    // would be after a longer wait), so `run --once` says why it ended now, not a grace later.
+    let grace = match &result {
+        Ok(OnceEnd::Unreachable { .. }) => config.shutdown_grace.min(UNREACHABLE_DRAIN),
+        _ => config.shutdown_grace,
+    };
     if shutdown_requested {
         info!(grace = ?grace, "Shutting down: draining in-flight steps");
     }

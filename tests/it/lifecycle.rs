@@ -724,8 +724,8 @@ async fn issue11_run_once_gives_up_on_an_unreachable_api() {
 }
 
 /// `run --once` with `config` pointed at an API on 127.0.0.1:`port`, with
-/// `unreachable_timeout: 2s` and a request timeout of ten minutes; fails the test when the run
-/// does not end within the deadline.
+/// `unreachable_timeout: 2s`, a request timeout and a shutdown grace of ten minutes; fails the
+/// test when the run does not end within the deadline.
 async fn run_once_against(env: &TestEnv, config: &Path, port: u16) -> (i32, String) {
     let text = std::fs::read_to_string(config).expect("config");
     let pointed = text
@@ -736,7 +736,9 @@ async fn run_once_against(env: &TestEnv, config: &Path, port: u16) -> (i32, Stri
         .replace(
             "api:\n",
             "api:\n  unreachable_timeout: 2s\n  request_timeout: 10m\n",
-        );
+        )
+        // Nor at the end of the shutdown grace: the calls waiting on it are not waited for.
+        .replace("shutdown_grace: 5s", "shutdown_grace: 10m");
     let path = env.dir.path().join(format!("api-on-{port}.yaml"));
     std::fs::write(&path, pointed).expect("config");
     tokio::time::timeout(DEADLINE, env.run_once(&path))
