@@ -255,15 +255,10 @@ impl ClaidError {
             }
             Rejected { .. } => ErrorClass::Job,
             Account { .. } => ErrorClass::Systemic,
-            BadResponse {
-                endpoint, status, ..
-            } => {
-                if endpoint.is_billable_post() && (200..300).contains(status) {
-                    ErrorClass::Ambiguous
-                } else {
-                    ErrorClass::Transient
-                }
-            }
+            // Claid accepted a billable request but its answer cannot be read: the task (or
+            // edit) exists and may be billed, so it is never sent again on its own.
+            BadResponse { .. } if self.accepted_unread() => ErrorClass::Job,
+            BadResponse { .. } => ErrorClass::Transient,
             ResultGone { .. } | TooLarge { .. } => ErrorClass::Job,
             DownloadStatus { status, .. } => {
                 if *status >= 500 || *status == 408 || *status == 429 {
@@ -327,6 +322,13 @@ impl ClaidError {
             | Truncated { request_id, .. } => request_id.as_deref(),
             Config { .. } | BadUrl { .. } | Connect { .. } => None,
         }
+    }
+
+    /// A submit or upload Claid answered with a 2xx whose body is not the expected JSON: it
+    /// was accepted (and may be billed), but its task id or result is unknown.
+    pub fn accepted_unread(&self) -> bool {
+        matches!(self, ClaidError::BadResponse { endpoint, status, .. }
+            if endpoint.is_billable_post() && (200..300).contains(status))
     }
 
     /// How long the server asked us to stay away, when it said so.
@@ -740,8 +742,17 @@ impl Client {
         let url = self.endpoint_url("image/edit/upload")?;
         let data = data.to_string();
         let file_name = multipart_file_name(file_name);
+        let mime = image::guess_format(&bytes)
+            .map_or("application/octet-stream", |format| format.to_mime_type());
         let build = || {
-            let file = reqwest::multipart::Part::stream(bytes.clone()).file_name(file_name.clone());
+            // The part says what it holds, as a browser's upload would (a missing type reads
+            // as text/plain).
+            let file = reqwest::multipart::Part::stream(bytes.clone())
+                .file_name(file_name.clone())
+                .mime_str(mime)
+                .map_err(|_| ClaidError::Config {
+                    about: "multipart mime",
+                })?;
             let data_part = reqwest::multipart::Part::text(data.clone())
                 .mime_str("application/json")
                 .map_err(|_| ClaidError::Config {
@@ -1004,6 +1015,13 @@ impl Client {
                 reset: reset_header(headers),
             },
         );
+        // A server error that says when to come back (`Retry-After` on a 503): no call goes
+        // before then, whoever makes it (capped as a 429's reset is).
+        if status.is_server_error()
+            && let Some(after) = limiter::parse_retry_after(header_str(headers, "retry-after"))
+        {
+            self.limiter.block_for(after);
+        }
     }
 
     /// One download of `url` (checked by [`download_url`]).
@@ -1207,7 +1225,11 @@ fn expect_ok<T: serde::de::DeserializeOwned>(
             endpoint,
             status: answer.status.as_u16(),
             request_id: answer.request_id,
-            about: "body is not the expected json",
+            about: if endpoint.is_billable_post() {
+                "Claid accepted it, but its answer is not the expected json; not sent again, since it may be billed (`replay` sends it again)"
+            } else {
+                "body is not the expected json"
+            },
         }),
     }
 }
@@ -1393,11 +1415,13 @@ mod tests {
         check(Endpoint::Poll, 504, Transient, "server-error");
     }
 
+    /// A 2xx to a submit or upload created a task (or made the edit): an answer that cannot
+    /// be read fails the job rather than sending (and billing) it again.
     #[test]
-    fn unparseable_success_is_ambiguous_only_for_billable_posts() {
+    fn unparseable_success_of_a_billable_post_is_never_sent_again() {
         for (endpoint, class) in [
-            (Endpoint::Submit, ErrorClass::Ambiguous),
-            (Endpoint::Upload, ErrorClass::Ambiguous),
+            (Endpoint::Submit, ErrorClass::Job),
+            (Endpoint::Upload, ErrorClass::Job),
             (Endpoint::Poll, ErrorClass::Transient),
         ] {
             let err = expect_ok::<wire::AsyncTask>(endpoint, answer(200, "{}")).unwrap_err();

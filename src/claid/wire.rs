@@ -3,8 +3,10 @@
 //! webhook delivers, and storage connectors. Shared by the client and the emulator; kept
 //! separate from domain and stored types and converted by hand at the boundary.
 //!
-//! Parsing is tolerant: unknown fields are ignored and optional ones default, so a Claid that
-//! adds fields does not break the daemon.
+//! Parsing is tolerant: unknown fields are ignored and optional ones default, whether absent or
+//! `null` (Claid's schema is generated from models whose unset optional fields may be sent as
+//! `null`), so a Claid that adds fields, or spells "none" as `null`, does not break the daemon:
+//! a submit answer it cannot read would otherwise be in doubt and sent again.
 
 use std::collections::BTreeMap;
 
@@ -64,15 +66,19 @@ pub struct AsyncTask {
     pub status: TaskStatus,
     /// Optional in Claid's schema: when absent (or not on the API's origin) the client polls
     /// `{base}/image/edit/async/{id}` ([`crate::claid::Client::poll_url`]).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub result_url: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub created_at: String,
     #[serde(default)]
     pub request: serde_json::Value,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub errors: Vec<TaskError>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub result: TaskResult,
 }
 
@@ -89,8 +95,9 @@ impl AsyncTask {
 /// One entry of `errors` (`BatchPipelineError`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TaskError {
+    #[serde(default, deserialize_with = "lenient_string")]
     pub error: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub created_at: String,
     /// The failing input, when Claid could read it (`PipelineInputObjectInError`). A malformed
     /// object is dropped rather than failing the whole answer.
@@ -100,6 +107,48 @@ pub struct TaskError {
         skip_serializing_if = "Option::is_none"
     )]
     pub input_object: Option<ImageObject>,
+}
+
+/// An optional field sent as `null` reads as its default, as an absent one does.
+fn null_default<'de, D: Deserializer<'de>, T: Default + Deserialize<'de>>(
+    deserializer: D,
+) -> Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+/// A text field that may come as a string, a number (`"error_code": 9000`) or `null` (empty).
+fn lenient_string<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    Ok(match serde_json::Value::deserialize(deserializer)? {
+        serde_json::Value::Null => String::new(),
+        serde_json::Value::String(text) => text,
+        other => other.to_string(),
+    })
+}
+
+/// `error_details`, a free-form object in Claid's schema: each value a list of messages, one
+/// message, or anything else (kept as its JSON text); `null` or a non-object is kept under `""`.
+fn lenient_details<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<String, Vec<String>>, D::Error> {
+    let text = |value: serde_json::Value| match value {
+        serde_json::Value::String(text) => text,
+        other => other.to_string(),
+    };
+    Ok(match serde_json::Value::deserialize(deserializer)? {
+        serde_json::Value::Null => BTreeMap::new(),
+        serde_json::Value::Object(map) => map
+            .into_iter()
+            .map(|(key, value)| {
+                let messages = match value {
+                    serde_json::Value::Array(items) => items.into_iter().map(text).collect(),
+                    serde_json::Value::Null => Vec::new(),
+                    other => vec![text(other)],
+                };
+                (key, messages)
+            })
+            .collect(),
+        other => BTreeMap::from([(String::new(), vec![text(other)])]),
+    })
 }
 
 fn lenient_image_object<'de, D: Deserializer<'de>>(
@@ -199,7 +248,7 @@ pub enum BatchInput {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BatchSource {
     pub source: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub recursive: bool,
 }
 
@@ -240,16 +289,20 @@ pub struct BatchEditRequest {
 pub struct BatchTask {
     pub id: u64,
     pub status: TaskStatus,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub result_url: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub created_at: String,
     /// The submitted body, echoed.
     #[serde(default)]
     pub request: serde_json::Value,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub errors: Vec<TaskError>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub results: Vec<BatchResultItem>,
 }
 
@@ -365,9 +418,9 @@ pub struct StorageOut {
     pub name: String,
     #[serde(rename = "type")]
     pub kind: StorageType,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub parameters: StorageParametersOut,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub created_at: String,
 }
 
@@ -389,7 +442,7 @@ pub struct StorageParametersOut {
 /// `CredentialsOut`: the access key of a cloud storage (the secret is never returned).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StorageCredentialsOut {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub access_key: String,
 }
 
@@ -403,10 +456,13 @@ pub struct EditResponse {
 /// `HttpErrorDetails`: the error envelope. 429 nests it under `detail` (see [`ErrorBody::parse`]).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ErrorBody {
+    #[serde(default, deserialize_with = "lenient_string")]
     pub error_code: String,
+    #[serde(default, deserialize_with = "lenient_string")]
     pub error_type: String,
+    #[serde(deserialize_with = "lenient_string")]
     pub error_message: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_details")]
     pub error_details: BTreeMap<String, Vec<String>>,
 }
 

@@ -707,6 +707,15 @@ impl BatchRunner {
                 }
                 Err(err) => err,
             };
+            if err.accepted_unread() {
+                // Claid created the batch, but its id is unknown: sending its images again
+                // (alone or batched) could bill each twice.
+                deps.health.ok();
+                for m in members {
+                    self.fail(m, err.code(), &err.to_string()).await;
+                }
+                return Sent::Ended;
+            }
             let failure = failure_of(&deps.health, &err, sent_at);
             match failure {
                 Failure::Job => {

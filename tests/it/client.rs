@@ -625,7 +625,7 @@ async fn submit_timeout_after_send_is_ambiguous_and_sent_once() {
 }
 
 #[tokio::test]
-async fn unreadable_200_is_ambiguous_for_submit_and_transient_for_poll() {
+async fn unreadable_200_fails_a_submit_without_sending_it_again_and_is_transient_for_poll() {
     let mock = Mock::default();
     let root = mock.start().await;
     mock.on(SUBMIT, vec![Reply::raw(200, b"<html>oops</html>")])
@@ -635,7 +635,9 @@ async fn unreadable_200_is_ambiguous_for_submit_and_transient_for_poll() {
         );
     let client = client(&format!("{root}/v1"));
     let err = client.submit_once(&edit_body()).await.unwrap_err();
-    assert_eq!(err.class(), ErrorClass::Ambiguous);
+    // Claid accepted it: sending it again could bill it twice.
+    assert_eq!(err.class(), ErrorClass::Job);
+    assert!(err.accepted_unread());
     assert_eq!(err.code(), "bad-response");
     assert_eq!(mock.seen_on("POST", "/v1/image/edit/async").len(), 1);
 
@@ -840,6 +842,13 @@ async fn upload_sends_multipart_file_and_json_data() {
         "{body}"
     );
     assert!(body.contains("\u{FFFD}PNG fake image bytes"));
+    // The file part says its type (none would read as text/plain).
+    let file_part = body.split("name=\"file\"").nth(1).expect("a file part");
+    let file_head = file_part.split("\r\n\r\n").next().unwrap_or_default();
+    assert!(
+        file_head.contains("Content-Type: application/octet-stream"),
+        "{body}"
+    );
     let data_part = body.split("name=\"data\"").nth(1).expect("a data part");
     assert!(
         data_part.contains("Content-Type: application/json"),
@@ -991,4 +1000,107 @@ async fn an_empty_key_sends_no_authorization_header() {
     let seen = mock.seen_on("GET", "/v1/image/edit/async/0");
     assert_eq!(seen.len(), 1);
     assert!(!seen[0].headers.contains_key("authorization"));
+}
+
+/// Claid's schema leaves `result_url`, `errors`, `result` and `created_at` optional, and a
+/// server built from it may send them as `null`: a submit or poll answer with nulls is read
+/// (the task is not taken for unanswered, resubmitted and billed again).
+#[tokio::test]
+async fn optional_fields_sent_as_null_read_as_absent() {
+    let mock = Mock::default();
+    let root = mock.start().await;
+    let nulls = |status: &str| {
+        json!({"data": {"id": 3, "status": status, "result_url": null, "created_at": null,
+            "request": null, "errors": null, "result": null}})
+    };
+    mock.on(SUBMIT, vec![Reply::json(200, nulls("ACCEPTED"))])
+        .on(
+            "GET /v1/image/edit/async/3",
+            vec![Reply::json(200, nulls("PROCESSING"))],
+        )
+        .on(
+            "POST /v1/image/edit/batch",
+            vec![Reply::json(
+                200,
+                json!({"data": {"id": 4, "status": "ACCEPTED", "result_url": null,
+                    "created_at": null, "request": null, "errors": null, "results": null}}),
+            )],
+        );
+    let client = client(&format!("{root}/v1"));
+    let accepted = client.submit_once(&edit_body()).await.unwrap();
+    assert_eq!(accepted.task_id, 3);
+    let url = client.poll_url(
+        claid_hotfolder::claid::TaskKind::Async,
+        3,
+        &accepted.result_url,
+    );
+    let task = client.poll_once(&url, 3).await.unwrap().task;
+    assert!(task.errors.is_empty() && task.result.output_object.is_none());
+    let request: claid_hotfolder::claid::wire::BatchEditRequest =
+        serde_json::from_value(json!({"input": ["https://example.com/a.png"], "operations": {}}))
+            .unwrap();
+    assert_eq!(
+        client.submit_batch_once(&request).await.unwrap().batch_id,
+        4
+    );
+    assert_eq!(mock.seen_on("POST", "/v1/image/edit/async").len(), 1);
+}
+
+/// An error body whose `error_code` is a number and whose `error_details` (a free-form object
+/// in Claid's schema) holds plain strings is still read: the job's reason is Claid's message.
+#[tokio::test]
+async fn error_bodies_with_free_form_details_keep_their_message_and_code() {
+    let mock = Mock::default();
+    let root = mock.start().await;
+    mock.on(
+        SUBMIT,
+        vec![Reply::json(
+            422,
+            json!({"error_code": 9000, "error_type": "validation",
+                "error_message": "Input image could not be fetched.",
+                "error_details": {"input": "could not fetch image", "n": 3}}),
+        )],
+    );
+    let client = client(&format!("{root}/v1"));
+    let err = client.submit_once(&edit_body()).await.unwrap_err();
+    assert_eq!(
+        err.claid_message(),
+        Some("Input image could not be fetched.")
+    );
+    match &err {
+        claid_hotfolder::claid::ClaidError::Rejected {
+            error_code,
+            error_details,
+            ..
+        } => {
+            assert_eq!(error_code, "9000");
+            assert_eq!(error_details["input"], ["could not fetch image"]);
+            assert_eq!(error_details["n"], ["3"]);
+        }
+        other => panic!("not read as Claid's refusal: {other:?}"),
+    }
+}
+
+/// A 503 that says when to come back (`Retry-After`) closes the limiter's gate for everyone
+/// until then, as a 429 does: the next call is not sent earlier.
+#[tokio::test]
+async fn a_503_with_retry_after_holds_every_next_call_until_then() {
+    let mock = Mock::default();
+    let root = mock.start().await;
+    let url = format!("{root}/v1/image/edit/async/1");
+    mock.on(
+        SUBMIT,
+        vec![
+            Reply::raw(503, b"maintenance").header("retry-after", "2"),
+            Reply::json(200, task(1, "ACCEPTED", &url)),
+        ],
+    );
+    let client = client(&format!("{root}/v1"));
+    let err = client.submit_once(&edit_body()).await.unwrap_err();
+    assert_eq!(err.code(), "server-error");
+    client.submit_once(&edit_body()).await.unwrap();
+    let seen = mock.seen_on("POST", "/v1/image/edit/async");
+    assert_eq!(seen.len(), 2);
+    let gap = seen[1].at - seen[0].at;
+    assert!(gap >= Duration::from_millis(1900), "waited only {gap:?}");
 }
