@@ -1006,6 +1006,7 @@ impl BatchRunner {
         // a result is then held in doubt rather than failed (its result may be among them
         // under a name Claid chose otherwise; failing it would have a replay bill it again).
         let mut explained = false;
+        let mut whole_batch = false;
         if !matched.unmatched.is_empty() {
             // Results of jobs of this batch that are not here (settled before a crash, or no
             // longer waiting when the batch was adopted) are theirs, not a failed match.
@@ -1013,6 +1014,12 @@ impl BatchRunner {
             let before = matched.unmatched.len();
             matched.unmatched = unexplained(matched.unmatched, &members, &siblings);
             explained = matched.unmatched.len() < before;
+            whole_batch = siblings.is_empty();
+        }
+        // (Not when results were taken as other jobs': a member left over may have its result
+        // among them, and is held in doubt below.)
+        if !explained {
+            matched.eliminate(&result, members.len(), whole_batch);
         }
         if !matched.unmatched.is_empty() {
             deps.batching.switch_off(&format!(
@@ -1066,11 +1073,20 @@ impl BatchRunner {
                     Err(err) => error!(error = %err, "Cannot hold the job in doubt"),
                 }
             } else if result.status == TaskStatus::Done {
+                // Claid's errors that could not be tied to this image are still shown.
+                let loose = if matched.loose_errors.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " (Claid's errors for images it did not name: {})",
+                        matched.loose_errors.join("; ")
+                    )
+                };
                 self.fail(
                     member,
                     FailureCode::BatchMissingResult,
                     &format!(
-                        "batch {batch_id} is done but has no result and no error for this image"
+                        "batch {batch_id} is done but has no result and no error for this image{loose}"
                     ),
                 )
                 .await;
@@ -1246,6 +1262,53 @@ pub struct Matched {
     pub failed: Vec<(usize, String)>,
     /// Result names that match no member, or more than one.
     pub unmatched: Vec<String>,
+    /// Claid's error texts that name no member's input (Claid's errors need not quote it).
+    pub loose_errors: Vec<String>,
+}
+
+impl Matched {
+    /// Settles by elimination what names could not, where nothing else is possible:
+    /// - errors: when no result is left unmatched and as many members have neither a result
+    ///   nor an error as there are errors naming no input, those members are exactly the
+    ///   images Claid failed (each gets Claid's text, or all the texts when several);
+    /// - one result: when the members are the whole batch (`whole_batch`: no other job of it
+    ///   is elsewhere), no error is loose, other results matched by name (so Claid's naming is
+    ///   understood and the canary still tests it), and exactly one result and one member are
+    ///   left, the result is that member's.
+    pub fn eliminate(&mut self, result: &BatchTask, members: usize, whole_batch: bool) {
+        let accounted: HashSet<usize> = self
+            .done
+            .iter()
+            .map(|(index, _)| *index)
+            .chain(self.failed.iter().map(|(index, _)| *index))
+            .collect();
+        let left: Vec<usize> = (0..members).filter(|i| !accounted.contains(i)).collect();
+        if left.is_empty() {
+            return;
+        }
+        if self.unmatched.is_empty() && self.loose_errors.len() == left.len() {
+            let message = match self.loose_errors.as_slice() {
+                [one] => one.clone(),
+                all => format!("one of Claid's errors for this batch: {}", all.join("; ")),
+            };
+            self.failed
+                .extend(left.into_iter().map(|index| (index, message.clone())));
+            self.loose_errors.clear();
+            return;
+        }
+        if whole_batch
+            && !self.done.is_empty()
+            && self.loose_errors.is_empty()
+            && let ([index], [name]) = (left.as_slice(), self.unmatched.as_slice())
+            && let Some(item) = result
+                .results
+                .iter()
+                .find(|item| item.output_object.file_name().unwrap_or_default() == name)
+        {
+            self.done.push((*index, item.output_object.clone()));
+            self.unmatched.clear();
+        }
+    }
 }
 
 /// Attributes results by output file name (the input's basename; the extension may follow
@@ -1311,6 +1374,8 @@ pub fn match_results(result: &BatchTask, members: &[Member]) -> Matched {
         if let [index] = owner.as_slice() {
             taken.insert(*index);
             out.failed.push((*index, err.error.clone()));
+        } else {
+            out.loose_errors.push(err.error.clone());
         }
     }
     out
@@ -1557,6 +1622,83 @@ mod tests {
             unexplained(vec!["2.jpg".to_owned()], &members, &same_name),
             vec!["2.jpg"]
         );
+    }
+
+    fn error(text: &str) -> wire::TaskError {
+        serde_json::from_value(serde_json::json!({"error": text})).expect("an error")
+    }
+
+    /// Claid's errors need not quote the input: an error left over goes to the one image
+    /// left without a result or an error (several to as many, each with all the texts).
+    #[test]
+    fn errors_that_name_no_input_go_to_the_images_left_by_elimination() {
+        let members = [member(1), member(2), member(3)];
+        let mut result = done_batch(vec![
+            result_named("https://claid.example/out/1.jpg"),
+            result_named("https://claid.example/out/3.jpg"),
+        ]);
+        result.errors = vec![error("Image could not be processed.")];
+        let mut matched = match_results(&result, &members);
+        assert_eq!(matched.loose_errors, vec!["Image could not be processed."]);
+        matched.eliminate(&result, members.len(), false);
+        assert_eq!(
+            matched.failed,
+            vec![(1, "Image could not be processed.".to_owned())]
+        );
+
+        let one = [member(7)];
+        let mut alone = done_batch(Vec::new());
+        alone.errors = vec![error("Unsupported image.")];
+        let mut matched = match_results(&alone, &one);
+        matched.eliminate(&alone, one.len(), false);
+        assert_eq!(matched.failed, vec![(0, "Unsupported image.".to_owned())]);
+
+        // Two errors for two images: both fail, each with both texts.
+        let two = [member(1), member(2)];
+        let mut both = done_batch(Vec::new());
+        both.errors = vec![error("a"), error("b")];
+        let mut matched = match_results(&both, &two);
+        matched.eliminate(&both, two.len(), false);
+        let failed: Vec<usize> = matched.failed.iter().map(|(i, _)| *i).collect();
+        assert_eq!(failed, vec![0, 1]);
+        assert!(matched.failed[0].1.contains("a; b"));
+    }
+
+    /// One result Claid named otherwise goes to the one image left, but only where Claid's
+    /// naming was understood for the others and the batch has no other jobs elsewhere: a
+    /// batch whose names are all foreign stays unmatched (held in doubt, batching off).
+    #[test]
+    fn one_result_named_otherwise_goes_to_the_one_image_left_only_when_safe() {
+        let members = [member(1), member(2), member(3)];
+        let result = done_batch(vec![
+            result_named("https://claid.example/out/2.jpg"),
+            result_named("https://claid.example/out/9f3ac.jpg"),
+            result_named("https://claid.example/out/1.jpg"),
+        ]);
+        let mut matched = match_results(&result, &members);
+        matched.eliminate(&result, members.len(), true);
+        assert!(matched.unmatched.is_empty());
+        let third = matched.done.iter().find(|(index, _)| *index == 2);
+        assert_eq!(
+            third.and_then(|(_, object)| object.file_name()),
+            Some("9f3ac.jpg")
+        );
+
+        // Other jobs of the batch are elsewhere: the result may be theirs.
+        let mut matched = match_results(&result, &members);
+        matched.eliminate(&result, members.len(), false);
+        assert_eq!(matched.unmatched, vec!["9f3ac.jpg"]);
+
+        // No name understood at all: nothing is guessed.
+        let two = [member(1), member(2)];
+        let foreign = done_batch(vec![
+            result_named("https://claid.example/out/aa.jpg"),
+            result_named("https://claid.example/out/bb.jpg"),
+        ]);
+        let mut matched = match_results(&foreign, &two);
+        matched.eliminate(&foreign, two.len(), true);
+        assert!(matched.done.is_empty());
+        assert_eq!(matched.unmatched.len(), 2);
     }
 
     #[test]
