@@ -1011,7 +1011,10 @@ impl Client {
             sent_at,
             ServerWord {
                 rate_limited: status == StatusCode::TOO_MANY_REQUESTS,
-                remaining: parse_remaining(header_str(headers, "ratelimit-remaining")),
+                remaining: parse_remaining(
+                    header_str(headers, "ratelimit-remaining")
+                        .or_else(|| header_str(headers, "x-ratelimit-remaining")),
+                ),
                 reset: reset_header(headers),
             },
         );
@@ -1313,10 +1316,12 @@ fn reset_of(headers: &HeaderMap) -> Duration {
 }
 
 /// `RateLimit-Reset` (Claid: seconds, or a Unix time), else `Retry-After` (seconds or an HTTP
-/// date); `None` when neither is usable.
+/// date), else the older `X-RateLimit-Reset` (as `RateLimit-Reset`, which a gateway in front of
+/// Claid may send instead); `None` when none is usable.
 fn reset_header(headers: &HeaderMap) -> Option<Duration> {
     parse_reset(header_str(headers, "ratelimit-reset"))
         .or_else(|| limiter::parse_retry_after(header_str(headers, "retry-after")))
+        .or_else(|| parse_reset(header_str(headers, "x-ratelimit-reset")))
 }
 
 #[cfg(test)]
@@ -1468,6 +1473,8 @@ mod tests {
     fn reset_falls_back_to_retry_after_then_one_second() {
         let mut headers = HeaderMap::new();
         assert_eq!(reset_of(&headers), DEFAULT_RESET);
+        headers.insert("x-ratelimit-reset", HeaderValue::from_static("7"));
+        assert_eq!(reset_of(&headers), Duration::from_secs(7));
         headers.insert("retry-after", HeaderValue::from_static("3"));
         assert_eq!(reset_of(&headers), Duration::from_secs(3));
         headers.insert("ratelimit-reset", HeaderValue::from_static("2"));
