@@ -264,7 +264,7 @@ impl Dispatch {
             // Never a task a job already watches (its own submit's) or one that ended.
             let free = !inner.waiting.contains_key(&id) && !inner.done.contains_key(&id);
             if free
-                && let Some(key) = request_key(update.request())
+                && let Some(key) = echoed_key(&inner.lost, update.request())
                 && let Some(slot) = inner.lost.remove(&key)
             {
                 slot.put(update);
@@ -294,7 +294,7 @@ impl Dispatch {
                 Delivery::Duplicate
             };
         }
-        if let Some(key) = request_key(update.request())
+        if let Some(key) = echoed_key(&inner.lost, update.request())
             && let Some(slot) = inner.lost.remove(&key)
         {
             inner.mark_done(id);
@@ -375,14 +375,14 @@ impl Dispatch {
         let came = inner
             .early
             .iter()
-            .find(|(_, (_, update))| request_key(update.request()).as_ref() == Some(&key))
+            .find(|(_, (_, update))| echoes(&key, update.request()))
             .map(|(id, _)| *id);
         // A task only named so far (not final) is adopted without marking it done: its final
         // update still comes to whoever watches it.
         let named = inner
             .named
             .iter()
-            .find(|(_, (_, update))| request_key(update.request()).as_ref() == Some(&key))
+            .find(|(_, (_, update))| echoes(&key, update.request()))
             .map(|(id, _)| *id);
         match came.and_then(|id| inner.early.remove(&id).map(|(_, update)| (id, update))) {
             Some((id, update)) => {
@@ -622,7 +622,7 @@ impl Inner {
     fn take_held(&mut self, update: &TaskUpdate) -> Option<Vec<LostOwner>> {
         let owners = match update {
             TaskUpdate::Async(_) => {
-                let key = request_key(update.request())?;
+                let key = echoed_key(&self.held_alone, update.request())?;
                 let list = self.held_alone.get_mut(&key)?;
                 let owner = list.pop()?;
                 if list.is_empty() {
@@ -666,7 +666,9 @@ fn take_batch_owners(
         return None;
     };
     let request = update.request();
-    let body = body_key(request)?;
+    let mut echoed_body = request.as_object()?.clone();
+    echoed_body.remove("input");
+    let body = echoed_key(registrations, &serde_json::Value::Object(echoed_body))?;
     let inputs: Vec<&str> = request
         .get("input")?
         .as_array()?
@@ -710,6 +712,53 @@ pub fn body_key(request: &serde_json::Value) -> Option<String> {
     Some(crate::manifest::key::canonical_json(&whole_numbers(
         &serde_json::Value::Object(body),
     )))
+}
+
+/// The registered key (a [`request_key`] or a [`body_key`]) an echoed request stands for: its
+/// own key when that is registered, else the one registered key whose request the echo holds
+/// whole ([`echoes`]); `None` when none does, or several do (which one cannot be told).
+fn echoed_key<V>(registered: &HashMap<String, V>, echo: &serde_json::Value) -> Option<String> {
+    let own = request_key(echo)?;
+    if registered.contains_key(&own) {
+        return Some(own);
+    }
+    let mut holding = registered.keys().filter(|key| echoes(key, echo));
+    match (holding.next(), holding.next()) {
+        (Some(key), None) => Some(key.clone()),
+        _ => None,
+    }
+}
+
+/// Whether `echo` is the request whose key is `sent`: the same, or (Claid may echo the
+/// request as its model holds it, with `null` for every field not sent) one that holds every
+/// field sent with the same value and only `null` besides. An echo with any other field
+/// more is not taken: it may be another job's request that has the same fields and more, and
+/// adopting its task would deliver that job's image.
+fn echoes(sent: &str, echo: &serde_json::Value) -> bool {
+    if request_key(echo).as_deref() == Some(sent) {
+        return true;
+    }
+    serde_json::from_str::<serde_json::Value>(sent)
+        .is_ok_and(|sent| !echo.is_null() && holds(&sent, &whole_numbers(echo)))
+}
+
+/// `echo` has every field of `sent`, recursively, with the same values (lists item by item),
+/// and no other field but `null` ones.
+fn holds(sent: &serde_json::Value, echo: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (sent, echo) {
+        (Value::Object(sent), Value::Object(echo)) => {
+            sent.iter()
+                .all(|(key, value)| echo.get(key).is_some_and(|echoed| holds(value, echoed)))
+                && echo
+                    .iter()
+                    .all(|(key, value)| sent.contains_key(key) || value.is_null())
+        }
+        (Value::Array(sent), Value::Array(echo)) => {
+            sent.len() == echo.len() && sent.iter().zip(echo).all(|(s, e)| holds(s, e))
+        }
+        _ => sent == echo,
+    }
 }
 
 /// The identity of a request: its body in canonical JSON (keys sorted, so a server that
@@ -804,6 +853,34 @@ mod tests {
         assert_eq!(
             (stats.handed, stats.kept, stats.adopted, stats.duplicates),
             (1, 1, 1, 1)
+        );
+    }
+
+    /// An echo with `null` for the fields the job did not send (as a model-backed server
+    /// writes it) still stands for the job's request; one with another field more may be
+    /// another job's request (the same edit and more) and adopts nothing.
+    #[tokio::test]
+    async fn an_echo_with_nulls_for_fields_not_sent_adopts_and_one_with_more_fields_does_not() {
+        let dispatch = Arc::new(Dispatch::default());
+        let ours = serde_json::json!({"input": "https://x/e.jpg", "operations": {"resizing": {"width": 400}}});
+        let with_nulls = serde_json::json!({"input": "https://x/e.jpg", "output": null,
+            "operations": {"resizing": {"width": 400.0, "height": null}, "background": null}});
+        let another = serde_json::json!({"input": "https://x/e.jpg", "output": {"format": "png"},
+            "operations": {"resizing": {"width": 400}}});
+        let lost = dispatch.lost_submit(&ours, 1).expect("a key");
+        assert_eq!(
+            dispatch.deliver(update(11, "DONE", another)),
+            Delivery::Kept,
+            "another job's request is not ours"
+        );
+        assert!(lost.wait(Duration::from_millis(1)).await.is_none());
+        assert_eq!(
+            dispatch.deliver(update(12, "DONE", with_nulls)),
+            Delivery::Adopted
+        );
+        assert_eq!(
+            lost.wait(Duration::from_millis(1)).await.map(|u| u.id()),
+            Some(12)
         );
     }
 
