@@ -151,12 +151,48 @@ pub struct ReplayRequest {
     /// Only jobs whose last change is at or after this time (ms since the epoch).
     #[serde(default)]
     pub since_ms: Option<u64>,
+    /// Only say which jobs would be requeued (in `preview`); change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ReplayAnswer {
     pub requeued: usize,
     pub jobs: Vec<u64>,
+    /// With `dry_run`: the jobs that would be requeued.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preview: Vec<ReplayPreview>,
+}
+
+/// One job a `replay --dry-run` would requeue.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReplayPreview {
+    pub id: u64,
+    /// Its state now (`done`, `failed`, `in-doubt`).
+    pub state: String,
+    pub input: String,
+    /// Outbox-relative output.
+    pub output: String,
+}
+
+/// The jobs `ids` as a dry run shows them.
+pub async fn replay_preview(
+    store: &Store,
+    ids: &[JobId],
+) -> Result<Vec<ReplayPreview>, ReplayError> {
+    let mut preview = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(job) = store.job(*id).await? {
+            preview.push(ReplayPreview {
+                id: *id,
+                state: job.state.kind().to_owned(),
+                input: job.input.clone(),
+                output: job.output_rel.clone(),
+            });
+        }
+    }
+    Ok(preview)
 }
 
 /// Filters of `jobs`.
@@ -423,6 +459,13 @@ pub async fn replay_offline(
     req: &ReplayRequest,
 ) -> Result<ReplayAnswer, ReplayError> {
     let ids = select_replay(store, req).await?;
+    if req.dry_run {
+        return Ok(ReplayAnswer {
+            requeued: 0,
+            preview: replay_preview(store, &ids).await?,
+            jobs: ids,
+        });
+    }
     let mut reopened = std::collections::BTreeSet::new();
     for id in &ids {
         let Some(job) = store.job(*id).await? else {
@@ -442,6 +485,7 @@ pub async fn replay_offline(
     Ok(ReplayAnswer {
         requeued: ids.len(),
         jobs: ids,
+        preview: Vec::new(),
     })
 }
 
@@ -671,12 +715,24 @@ async fn replay(
                 .into_response();
         }
     };
+    if req.dry_run {
+        return match replay_preview(state.pipeline.store(), &ids).await {
+            Ok(preview) => axum::Json(ReplayAnswer {
+                requeued: 0,
+                jobs: ids,
+                preview,
+            })
+            .into_response(),
+            Err(err) => internal(&err),
+        };
+    }
     match state.pipeline.replay(ids.clone()).await {
         Ok(n) => {
             info!(requeued = n, "Replay requested over the admin socket");
             axum::Json(ReplayAnswer {
                 requeued: n,
                 jobs: ids,
+                preview: Vec::new(),
             })
             .into_response()
         }

@@ -115,6 +115,10 @@ pub enum Command {
         /// Only jobs that changed since this time (RFC 3339, `2026-11-29T10:00:00Z`) or this long ago (`2h`).
         #[arg(long, value_name = "TIME", value_parser = parse_since)]
         since: Option<u64>,
+        /// List the jobs that would be requeued (and which were done: sending those again is
+        /// billed again) without changing anything.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Run the Claid-compatible emulator.
     Emulator {
@@ -244,7 +248,8 @@ pub fn execute(cli: Cli) -> i32 {
             config,
             select,
             since,
-        } => report(cmd_replay(&config.config, &select, since)),
+            dry_run,
+        } => report(cmd_replay(&config.config, &select, since, dry_run)),
         Command::Emulator { listen, scenario } => report(cmd_emulator(listen, *scenario)),
         Command::WebUser {
             config,
@@ -1242,6 +1247,7 @@ fn cmd_replay(
     config_path: &Path,
     select: &ReplaySelect,
     since_ms: Option<u64>,
+    dry_run: bool,
 ) -> anyhow::Result<i32> {
     let config = load_config(config_path)?;
     let req = admin::ReplayRequest {
@@ -1250,6 +1256,7 @@ fn cmd_replay(
         manifest: select.manifest.as_ref().map(|m| manifest_rel(&config, m)),
         job: select.job,
         since_ms,
+        dry_run,
     };
     let body = serde_json::to_value(&req)?;
     let (answer, later) = match ask_daemon(&config, "POST", "/replay", Some(&body), "replay")? {
@@ -1269,6 +1276,28 @@ fn cmd_replay(
             (answer, true)
         }
     };
+    if dry_run && !answer.preview.is_empty() {
+        let done = answer.preview.iter().filter(|p| p.state == "done").count();
+        let billed = if done > 0 {
+            format!(" ({done} of them done: sending those again is billed again)")
+        } else {
+            String::new()
+        };
+        println!(
+            "Would requeue {} jobs{billed}; nothing was changed (run it again without --dry-run):",
+            answer.preview.len()
+        );
+        for job in &answer.preview {
+            println!(
+                "  {:>8}  {:<9} {} -> {}",
+                job.id,
+                job.state,
+                Escaped::str(&job.input),
+                Escaped::str(&job.output)
+            );
+        }
+        return Ok(exit::OK);
+    }
     if answer.requeued == 0 {
         let what = match (&select.manifest, select.in_doubt) {
             (Some(manifest), _) => format!("no finished or failed job of {}", manifest.display()),

@@ -666,6 +666,19 @@ async fn replay_over_the_socket_reopens_a_finished_manifest_and_rewrites_its_rep
     .await;
     assert_eq!(env.report("r")["counts"]["failed"], 1);
     std::fs::write(storage.path().join("shop/late.png"), png(80, 60)).unwrap();
+    // A dry run through the daemon lists the job and leaves it failed.
+    let (code, out, err) = cli(&[
+        "replay",
+        "--failed",
+        "--dry-run",
+        "--config",
+        config.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("Would requeue 1 jobs;"), "{out}");
+    assert!(out.contains("failed    storage://shop/late.png"), "{out}");
+    assert_eq!(env.report("r")["counts"]["failed"], 1);
     let (code, out, err) = cli(&[
         "replay",
         "--failed",

@@ -1260,3 +1260,41 @@ async fn plan_counts_batches_single_submits_and_webhook_polls_as_the_daemon_make
     );
     assert_eq!(stats.submits, 4, "the demo connector's inputs went alone");
 }
+
+/// `replay --dry-run` lists what it would requeue, says which were done (sending those again
+/// is billed again), and changes nothing: the jobs stay done and a later run bills nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn replay_dry_run_lists_the_jobs_and_the_billed_ones_and_changes_nothing() {
+    let env = TestEnv::new(Scenario::default()).await;
+    env.drop_file("m.yaml", GOOD.as_bytes());
+    let config = env.config("", "");
+    let (code, output) = run_once(&config).await;
+    assert_eq!(code, 0, "{output}");
+    let config = config.to_str().unwrap();
+    let (code, out, err) = cli(&[
+        "replay",
+        "--manifest",
+        "m.yaml",
+        "--dry-run",
+        "--config",
+        config,
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("Would requeue 2 jobs (2 of them done: sending those again is billed again)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("storage://demo/a-64x48.png -> m/a-64x48.jpg"),
+        "{out}"
+    );
+    let submits = env.stats().submits + env.stats().batch_submits;
+    let (code, output) = run_once(std::path::Path::new(config)).await;
+    assert_eq!(code, 0, "{output}");
+    assert_eq!(
+        env.stats().submits + env.stats().batch_submits,
+        submits,
+        "nothing was requeued"
+    );
+}
