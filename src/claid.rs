@@ -217,13 +217,19 @@ pub enum ClaidError {
     },
     #[error(
         "download: truncated at {received} bytes{}",
-        expected.map(|e| format!(" of {e}")).unwrap_or_else(|| " (the body broke off)".to_owned())
+        match (expected, image_end) {
+            (Some(e), _) => format!(" of {e}"),
+            (None, Some(why)) => format!(" (the body ended early: {why})"),
+            (None, None) => " (the body broke off)".to_owned(),
+        }
     )]
     Truncated {
         /// The announced length, when the answer had one.
         expected: Option<u64>,
         received: u64,
         request_id: Option<String>,
+        /// Why a body that ended cleanly is no whole image ([`crate::output::check::cut_short`]).
+        image_end: Option<&'static str>,
     },
 }
 
@@ -1095,6 +1101,7 @@ impl Client {
                             expected,
                             received: buf.len() as u64,
                             request_id,
+                            image_end: None,
                         });
                     }
                     return Err(transport_error(Endpoint::Download, &err, request_id));
@@ -1107,8 +1114,19 @@ impl Client {
                     expected: Some(expected),
                     received: buf.len() as u64,
                     request_id,
+                    image_end: None,
                 });
             }
+        }
+        // A body that ended cleanly but before its image did (no length was announced, or a
+        // cache kept half a file under a length of its own): fetched again, never written.
+        if let Some(why) = crate::output::check::cut_short(&buf) {
+            return Err(ClaidError::Truncated {
+                expected: None,
+                received: buf.len() as u64,
+                request_id,
+                image_end: Some(why),
+            });
         }
         Ok(buf.freeze())
     }

@@ -4,6 +4,8 @@
 //! Architecture invariant: the outbox never holds a partial file under a final name, and no
 //! path built from manifest input leaves its root (no `..`, no absolute paths, no symlinks).
 
+pub mod check;
+
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};

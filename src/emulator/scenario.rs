@@ -191,6 +191,10 @@ pub struct Scenario {
     /// Share of tmp_url downloads that announce the full `Content-Length`, send half the body
     /// and close the connection (a truncated download).
     pub truncate_share: f64,
+    /// Share of tmp_url downloads that send the first half of the body without a
+    /// `Content-Length` and end it cleanly (a server or cache that kept half a file: nothing
+    /// on the wire says it is short).
+    pub short_share: f64,
     /// Share of tmp_url downloads that serve another image than the result describes (one
     /// pixel wider and taller than `output_object` says).
     pub wrong_image_share: f64,
@@ -282,6 +286,7 @@ impl Default for Scenario {
             poll_delay_share: 0.0,
             poll_delay: Duration::ZERO,
             truncate_share: 0.0,
+            short_share: 0.0,
             wrong_image_share: 0.0,
             rate_window: RateWindow::Sliding,
             batch_parallelism: DEFAULT_BATCH_PARALLELISM,
@@ -406,6 +411,11 @@ impl Scenario {
         self
     }
     /// Share of tmp_url downloads that serve an image of other dimensions.
+    pub fn short_share(mut self, share: f64) -> Self {
+        self.short_share = share;
+        self
+    }
+
     pub fn wrong_image_share(mut self, share: f64) -> Self {
         self.wrong_image_share = share;
         self
@@ -525,6 +535,7 @@ impl std::fmt::Debug for Scenario {
             .field("poll_delay_share", &self.poll_delay_share)
             .field("poll_delay", &self.poll_delay)
             .field("truncate_share", &self.truncate_share)
+            .field("short_share", &self.short_share)
             .field("wrong_image_share", &self.wrong_image_share)
             .field("rate_window", &self.rate_window)
             .field("batch_parallelism", &self.batch_parallelism)
@@ -693,6 +704,9 @@ pub struct ScenarioArgs {
     /// Share (0..1) of tmp_url downloads that send half the announced Content-Length, then close.
     #[arg(long, default_value = "0", value_parser = parse_share)]
     pub truncate_share: f64,
+    /// Share (0..1) of tmp_url downloads that send half the body without a Content-Length and end cleanly.
+    #[arg(long, default_value = "0", value_parser = parse_share)]
+    pub short_share: f64,
     /// Share (0..1) of tmp_url downloads that serve an image of other dimensions than the result says.
     #[arg(long, default_value = "0", value_parser = parse_share)]
     pub wrong_image_share: f64,
@@ -783,6 +797,7 @@ impl ScenarioArgs {
             poll_delay_share: self.poll_delay_share,
             poll_delay: self.poll_delay,
             truncate_share: self.truncate_share,
+            short_share: self.short_share,
             wrong_image_share: self.wrong_image_share,
             rate_window: self.rate_window,
             batch_parallelism: self.batch_parallelism.max(1),

@@ -1251,6 +1251,17 @@ async fn download(State(state): State<Arc<AppState>>, Path(token): Path<String>)
         state.recorder.update(|s| s.downloads_truncated += 1);
         return truncated_response(&mime, bytes);
     }
+    if state.roll(state.scenario.short_share) {
+        state.recorder.update(|s| s.downloads_short += 1);
+        // A stream has no length to announce: chunked, and the last chunk ends it cleanly.
+        let half = bytes.slice(..bytes.len() / 2);
+        let chunks: Vec<Result<Bytes, std::io::Error>> = vec![Ok(half)];
+        return (
+            [(header::CONTENT_TYPE, mime)],
+            Body::from_stream(futures_util::stream::iter(chunks)),
+        )
+            .into_response();
+    }
     if state.roll(state.scenario.wrong_image_share) {
         if let Some(wrong) = wrong_image(&mime, &bytes).await {
             state.recorder.update(|s| s.downloads_wrong_image += 1);

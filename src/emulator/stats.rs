@@ -32,6 +32,10 @@ pub struct Stats {
     pub downloads_expired: u64,
     /// tmp_url downloads cut off after half the announced `Content-Length` (injected).
     pub downloads_truncated: u64,
+    /// tmp_url downloads that sent half the body without a `Content-Length`, ended cleanly
+    /// (injected).
+    #[serde(default)]
+    pub downloads_short: u64,
     /// tmp_url downloads that served an image of other dimensions than the result (injected).
     pub downloads_wrong_image: u64,
     /// Polls held for the scenario's `poll_delay` before their answer (injected).

@@ -868,9 +868,8 @@ impl Runner {
         let mut attempts = deps.retry.start(retry::Step::Download);
         let bytes = loop {
             let delay = match deps.client.download_once(&url).await {
-                Ok(bytes) => match image_dimensions(&bytes)
-                    .or_else(|| heif_dimensions(&bytes, (width, height)))
-                {
+                // (A body cut short is the client's `Truncated`: retried as a transport fault.)
+                Ok(bytes) => match output::check::dimensions(&bytes, (width, height)) {
                     Some((w, h)) if (w, h) == (width, height) => break bytes,
                     found => {
                         mismatches += 1;
@@ -948,7 +947,7 @@ impl Runner {
                 // file (its own dimensions), not with the result it paid for.
                 let (width, height) = if written.skipped {
                     let kept = written.path.clone();
-                    on_file_pool(move || file_dimensions(&kept)).await
+                    on_file_pool(move || output::check::file_dimensions(&kept)).await
                 } else {
                     (width, height)
                 };
@@ -1375,21 +1374,12 @@ pub(crate) fn overdue(
     })
 }
 
-/// Reads the dimensions from an encoded image's header without decoding it.
-fn image_dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
-    image::ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .ok()?
-        .into_dimensions()
-        .ok()
-}
-
 /// The [`DoneInfo`] of a file `on_output_exists: skip` keeps: its size, hash and dimensions
 /// (0 × 0 when they cannot be read from its header).
 fn kept_file(path: &Path) -> std::io::Result<DoneInfo> {
     let bytes = std::fs::metadata(path)?.len();
     let sha256 = output::sha256_file(path)?;
-    let (width, height) = file_dimensions(path);
+    let (width, height) = output::check::file_dimensions(path);
     Ok(DoneInfo {
         path: path.to_string_lossy().into_owned(),
         bytes,
@@ -1402,121 +1392,10 @@ fn kept_file(path: &Path) -> std::io::Result<DoneInfo> {
     })
 }
 
-/// An image file's dimensions from its header; 0 × 0 when it is not an image we can read.
-fn file_dimensions(path: &Path) -> (u32, u32) {
-    image::ImageReader::open(path)
-        .and_then(|reader| reader.with_guessed_format())
-        .ok()
-        .and_then(|reader| reader.into_dimensions().ok())
-        .or_else(|| {
-            // The boxes that size a HEIF file come first: its head is enough.
-            use std::io::Read;
-            let mut head = Vec::new();
-            std::fs::File::open(path)
-                .ok()?
-                .take(256 * 1024)
-                .read_to_end(&mut head)
-                .ok()?;
-            heif_dimensions(&head, (0, 0))
-        })
-        .unwrap_or((0, 0))
-}
-
-/// The dimensions of an AVIF (or other HEIF) image, which the `image` crate cannot read without
-/// a native AV1 decoder, yet Claid writes on request (`output.format: avif`): from the `ispe`
-/// (image spatial extent) properties of the file's `meta` box. A file may carry several (a
-/// grid's tiles, a thumbnail, an alpha plane): `expected` when one of them has it, else the
-/// largest. `None` when the bytes are no HEIF file (no `ftyp` box of an image brand) or carry
-/// no extent. Hand-written: a brand check and a scan for 20-byte boxes, no decoding.
-fn heif_dimensions(bytes: &[u8], expected: (u32, u32)) -> Option<(u32, u32)> {
-    const BRANDS: [&[u8; 4]; 6] = [b"avif", b"avis", b"mif1", b"msf1", b"heic", b"heix"];
-    let ftyp_len = usize::try_from(u32::from_be_bytes(bytes.get(0..4)?.try_into().ok()?)).ok()?;
-    if bytes.get(4..8)? != b"ftyp" || ftyp_len < 16 {
-        return None;
-    }
-    // The major brand, then the compatible brands after the minor version.
-    let ftyp = bytes.get(8..ftyp_len.min(bytes.len()))?;
-    let branded = ftyp
-        .chunks_exact(4)
-        .enumerate()
-        .filter(|(i, _)| *i != 1)
-        .any(|(_, brand)| BRANDS.iter().any(|b| b.as_slice() == brand));
-    if !branded {
-        return None;
-    }
-    let mut sizes = Vec::new();
-    let mut from = 0;
-    while let Some(at) = bytes[from..].windows(4).position(|w| w == b"ispe") {
-        let start = from + at;
-        from = start + 4;
-        // size (4) | "ispe" | version + flags (4) | width (4) | height (4)
-        let Some(size) = start.checked_sub(4).and_then(|s| bytes.get(s..s + 4)) else {
-            continue;
-        };
-        let (Some(w), Some(h)) = (
-            bytes.get(start + 8..start + 12),
-            bytes.get(start + 12..start + 16),
-        ) else {
-            break;
-        };
-        if size == 20u32.to_be_bytes() {
-            let w = u32::from_be_bytes(w.try_into().ok()?);
-            let h = u32::from_be_bytes(h.try_into().ok()?);
-            sizes.push((w, h));
-        }
-    }
-    if sizes.contains(&expected) {
-        return Some(expected);
-    }
-    sizes
-        .into_iter()
-        .max_by_key(|(w, h)| u64::from(*w) * u64::from(*h))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::objects::ObjectError;
-
-    /// An AVIF file's size comes from its `ispe` boxes (the `image` crate cannot read it): the
-    /// expected one among several (a grid's tile and the whole), else the largest; bytes of
-    /// another kind, or a HEIF file without an extent, give none.
-    #[test]
-    fn avif_dimensions_come_from_the_ispe_boxes() {
-        fn boxed(kind: &[u8; 4], body: &[u8]) -> Vec<u8> {
-            let mut out = u32::try_from(body.len() + 8)
-                .unwrap()
-                .to_be_bytes()
-                .to_vec();
-            out.extend_from_slice(kind);
-            out.extend_from_slice(body);
-            out
-        }
-        fn ispe(w: u32, h: u32) -> Vec<u8> {
-            let mut body = vec![0; 4];
-            body.extend_from_slice(&w.to_be_bytes());
-            body.extend_from_slice(&h.to_be_bytes());
-            boxed(b"ispe", &body)
-        }
-        let ftyp = boxed(b"ftyp", b"avif\0\0\0\0mif1miaf");
-        let mut file = ftyp.clone();
-        file.extend(boxed(b"meta", &[ispe(512, 512), ispe(1024, 768)].concat()));
-        file.extend(boxed(b"mdat", &[0xaa; 64]));
-        assert_eq!(heif_dimensions(&file, (1024, 768)), Some((1024, 768)));
-        assert_eq!(heif_dimensions(&file, (512, 512)), Some((512, 512)));
-        assert_eq!(heif_dimensions(&file, (9, 9)), Some((1024, 768)));
-        let mut bare = ftyp;
-        bare.extend(boxed(b"mdat", b"ispe"));
-        assert_eq!(heif_dimensions(&bare, (9, 9)), None);
-        let mp4 = [boxed(b"ftyp", b"isom\0\0\0\0mp41"), ispe(1, 1)].concat();
-        assert_eq!(heif_dimensions(&mp4, (1, 1)), None);
-        assert_eq!(heif_dimensions(b"\x89PNG\r\n", (1, 1)), None);
-        assert_eq!(
-            image_dimensions(&file),
-            None,
-            "what the image crate cannot read"
-        );
-    }
 
     #[test]
     fn object_errors_map_to_storage_failure_codes() {

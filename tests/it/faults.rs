@@ -508,6 +508,49 @@ async fn fault_truncated_downloads_are_fetched_again() {
     .await;
 }
 
+/// A download that ends cleanly after half the image (no `Content-Length`: nothing on the wire
+/// says it is short, and the half still has the header that gives the right size) is found
+/// out by the image's own end and fetched again: every output written is a whole image.
+#[tokio::test(flavor = "multi_thread")]
+async fn fault_downloads_cut_short_cleanly_are_fetched_again_never_written() {
+    let env = TestEnv::new(Scenario::default().seed(23).short_share(0.4)).await;
+    // PNG and JPEG results (their ends are found differently).
+    for (name, output) in [("png", "output: { format: png }\n"), ("jpeg", "")] {
+        let mut text = format!("{output}images:\n");
+        for i in 0..5 {
+            text.push_str(&format!(
+                "  - input: storage://demo/{name}{i}-640x480.png\n"
+            ));
+        }
+        env.drop_file(&format!("{name}.yaml"), text.as_bytes());
+    }
+    let (code, stderr) = env.run_once(&env.config("", "")).await;
+    assert_eq!(code, 0, "{stderr}");
+    let stats = env.stats();
+    assert!(
+        stats.downloads_short > 0,
+        "downloads were cut short: {stats:?}"
+    );
+    let outputs: Vec<_> = ["png", "jpeg"]
+        .iter()
+        .flat_map(|name| {
+            let folder = env.outbox.join(name);
+            TestEnv::files_under(&folder)
+                .into_iter()
+                .map(move |file| folder.join(file))
+        })
+        .collect();
+    assert_eq!(outputs.len(), 10, "{outputs:?}");
+    for path in outputs {
+        image::open(&path)
+            .unwrap_or_else(|err| panic!("{} is not a whole image: {err}", path.display()));
+    }
+    assert_eq!(
+        stats.downloads, 10,
+        "only a whole image is accepted, once per job"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn fault_downloads_of_the_wrong_image_are_never_written() {
     check_fault(Case {

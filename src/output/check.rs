@@ -1,0 +1,260 @@
+//! What a downloaded result must be before it is written as an output: an image of the size
+//! Claid's result object gives, read from its header (an AVIF/HEIF file from its `ispe` boxes,
+//! which the `image` crate cannot read without a native AV1 decoder), and whole: a body that
+//! ends before its format's end (a server that closed a response cleanly but early, a cache
+//! that kept half a file) is a cut-short download, fetched again, never written.
+
+use std::path::Path;
+
+/// The image's dimensions from its header: `expected` among several an AVIF file may carry.
+/// `None` when the bytes are no image this can read.
+pub fn dimensions(bytes: &[u8], expected: (u32, u32)) -> Option<(u32, u32)> {
+    image_dimensions(bytes).or_else(|| heif_dimensions(bytes, expected))
+}
+
+/// How far past a format's end marker other bytes may follow (padding some encoders add, or
+/// metadata appended after it) before the marker is taken for an embedded one.
+const TRAILER_SLACK: usize = 4096;
+
+/// Why `bytes` are not a whole image of the format they start as: `None` when they are (or
+/// the format is not one checked: GIF, BMP, TIFF end without a marker worth trusting).
+/// - JPEG ends with its end-of-image marker `FF D9` (an embedded thumbnail's marker sits near
+///   the start, so only one near the end counts);
+/// - PNG with its `IEND` chunk (and that chunk's CRC);
+/// - WebP (RIFF) and AVIF/HEIF (ISO boxes) say their own lengths: the bytes must hold them.
+pub fn cut_short(bytes: &[u8]) -> Option<&'static str> {
+    // Whether `marker` and `after` more bytes end within the slack of the end.
+    let near_end = |marker: &[u8], after: usize| {
+        bytes
+            .windows(marker.len())
+            .enumerate()
+            .rev()
+            .take(TRAILER_SLACK + marker.len())
+            .any(|(at, w)| w == marker && at + marker.len() + after <= bytes.len())
+    };
+    if bytes.starts_with(&[0xFF, 0xD8]) {
+        return (!near_end(&[0xFF, 0xD9], 0)).then_some("the JPEG has no end-of-image marker");
+    }
+    if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        // The IEND chunk's type, then its 4-byte CRC.
+        return (!near_end(b"IEND", 4)).then_some("the PNG has no whole IEND chunk");
+    }
+    if bytes.starts_with(b"RIFF") && bytes.get(8..12) == Some(b"WEBP") {
+        let declared = bytes
+            .get(4..8)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(usize::MAX);
+        return (bytes.len() < declared.saturating_add(8))
+            .then_some("the WebP file is shorter than its RIFF header says");
+    }
+    if bytes.get(4..8) == Some(b"ftyp") {
+        // Top-level boxes: each says its length (0: to the end; 1: a 64-bit length follows).
+        let mut at = 0usize;
+        while at < bytes.len() {
+            let Some(head) = bytes.get(at..at + 8) else {
+                return Some("the file ends inside a box header");
+            };
+            let size = u64::from(u32::from_be_bytes([head[0], head[1], head[2], head[3]]));
+            let size = match size {
+                0 => return None,
+                1 => match bytes.get(at + 8..at + 16) {
+                    Some(large) => u64::from_be_bytes(large.try_into().unwrap_or_default()),
+                    None => return Some("the file ends inside a box header"),
+                },
+                n => n,
+            };
+            if size < 8 {
+                return Some("a box has an impossible length");
+            }
+            at = match usize::try_from(size).ok().and_then(|n| at.checked_add(n)) {
+                Some(next) => next,
+                None => return Some("the file is shorter than its boxes say"),
+            };
+        }
+        return (at > bytes.len()).then_some("the file is shorter than its boxes say");
+    }
+    None
+}
+
+/// Reads the dimensions from an encoded image's header without decoding it.
+fn image_dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
+    image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .ok()?
+        .into_dimensions()
+        .ok()
+}
+
+/// An image file's dimensions from its header; 0 × 0 when it is not an image we can read.
+pub fn file_dimensions(path: &Path) -> (u32, u32) {
+    image::ImageReader::open(path)
+        .and_then(|reader| reader.with_guessed_format())
+        .ok()
+        .and_then(|reader| reader.into_dimensions().ok())
+        .or_else(|| {
+            // The boxes that size a HEIF file come first: its head is enough.
+            use std::io::Read;
+            let mut head = Vec::new();
+            std::fs::File::open(path)
+                .ok()?
+                .take(256 * 1024)
+                .read_to_end(&mut head)
+                .ok()?;
+            heif_dimensions(&head, (0, 0))
+        })
+        .unwrap_or((0, 0))
+}
+
+/// The dimensions of an AVIF (or other HEIF) image, which the `image` crate cannot read without
+/// a native AV1 decoder, yet Claid writes on request (`output.format: avif`): from the `ispe`
+/// (image spatial extent) properties of the file's `meta` box. A file may carry several (a
+/// grid's tiles, a thumbnail, an alpha plane): `expected` when one of them has it, else the
+/// largest. `None` when the bytes are no HEIF file (no `ftyp` box of an image brand) or carry
+/// no extent. Hand-written: a brand check and a scan for 20-byte boxes, no decoding.
+fn heif_dimensions(bytes: &[u8], expected: (u32, u32)) -> Option<(u32, u32)> {
+    const BRANDS: [&[u8; 4]; 6] = [b"avif", b"avis", b"mif1", b"msf1", b"heic", b"heix"];
+    let ftyp_len = usize::try_from(u32::from_be_bytes(bytes.get(0..4)?.try_into().ok()?)).ok()?;
+    if bytes.get(4..8)? != b"ftyp" || ftyp_len < 16 {
+        return None;
+    }
+    // The major brand, then the compatible brands after the minor version.
+    let ftyp = bytes.get(8..ftyp_len.min(bytes.len()))?;
+    let branded = ftyp
+        .chunks_exact(4)
+        .enumerate()
+        .filter(|(i, _)| *i != 1)
+        .any(|(_, brand)| BRANDS.iter().any(|b| b.as_slice() == brand));
+    if !branded {
+        return None;
+    }
+    let mut sizes = Vec::new();
+    let mut from = 0;
+    while let Some(at) = bytes[from..].windows(4).position(|w| w == b"ispe") {
+        let start = from + at;
+        from = start + 4;
+        // size (4) | "ispe" | version + flags (4) | width (4) | height (4)
+        let Some(size) = start.checked_sub(4).and_then(|s| bytes.get(s..s + 4)) else {
+            continue;
+        };
+        let (Some(w), Some(h)) = (
+            bytes.get(start + 8..start + 12),
+            bytes.get(start + 12..start + 16),
+        ) else {
+            break;
+        };
+        if size == 20u32.to_be_bytes() {
+            let w = u32::from_be_bytes(w.try_into().ok()?);
+            let h = u32::from_be_bytes(h.try_into().ok()?);
+            sizes.push((w, h));
+        }
+    }
+    if sizes.contains(&expected) {
+        return Some(expected);
+    }
+    sizes
+        .into_iter()
+        .max_by_key(|(w, h)| u64::from(*w) * u64::from(*h))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An AVIF file's size comes from its `ispe` boxes (the `image` crate cannot read it): the
+    /// expected one among several (a grid's tile and the whole), else the largest; bytes of
+    /// another kind, or a HEIF file without an extent, give none.
+    #[test]
+    fn avif_dimensions_come_from_the_ispe_boxes() {
+        fn boxed(kind: &[u8; 4], body: &[u8]) -> Vec<u8> {
+            let mut out = u32::try_from(body.len() + 8)
+                .unwrap()
+                .to_be_bytes()
+                .to_vec();
+            out.extend_from_slice(kind);
+            out.extend_from_slice(body);
+            out
+        }
+        fn ispe(w: u32, h: u32) -> Vec<u8> {
+            let mut body = vec![0; 4];
+            body.extend_from_slice(&w.to_be_bytes());
+            body.extend_from_slice(&h.to_be_bytes());
+            boxed(b"ispe", &body)
+        }
+        let ftyp = boxed(b"ftyp", b"avif\0\0\0\0mif1miaf");
+        let mut file = ftyp.clone();
+        file.extend(boxed(b"meta", &[ispe(512, 512), ispe(1024, 768)].concat()));
+        file.extend(boxed(b"mdat", &[0xaa; 64]));
+        assert_eq!(heif_dimensions(&file, (1024, 768)), Some((1024, 768)));
+        assert_eq!(heif_dimensions(&file, (512, 512)), Some((512, 512)));
+        assert_eq!(heif_dimensions(&file, (9, 9)), Some((1024, 768)));
+        let mut bare = ftyp;
+        bare.extend(boxed(b"mdat", b"ispe"));
+        assert_eq!(heif_dimensions(&bare, (9, 9)), None);
+        let mp4 = [boxed(b"ftyp", b"isom\0\0\0\0mp41"), ispe(1, 1)].concat();
+        assert_eq!(heif_dimensions(&mp4, (1, 1)), None);
+        assert_eq!(heif_dimensions(b"\x89PNG\r\n", (1, 1)), None);
+        assert_eq!(
+            image_dimensions(&file),
+            None,
+            "what the image crate cannot read"
+        );
+    }
+
+    fn encoded(format: image::ImageFormat) -> Vec<u8> {
+        let img = image::RgbImage::from_fn(40, 30, |x, y| {
+            image::Rgb([(x * 6) as u8, (y * 8) as u8, 90])
+        });
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, format).expect("encodes");
+        out.into_inner()
+    }
+
+    /// A whole JPEG, PNG or WebP passes; the same bytes cut short anywhere past the header
+    /// (where the header still gives the right size) are found out, and so is an ISO-box file
+    /// (AVIF) whose last box is cut.
+    #[test]
+    fn a_result_cut_short_is_found_out_by_its_format_end() {
+        for format in [
+            image::ImageFormat::Jpeg,
+            image::ImageFormat::Png,
+            image::ImageFormat::WebP,
+        ] {
+            let whole = encoded(format);
+            assert_eq!(cut_short(&whole), None, "{format:?} whole");
+            assert_eq!(dimensions(&whole, (40, 30)), Some((40, 30)), "{format:?}");
+            for keep in [whole.len() - 1, whole.len() - 5, whole.len() * 2 / 3] {
+                assert!(
+                    cut_short(&whole[..keep]).is_some(),
+                    "{format:?} cut to {keep} of {}",
+                    whole.len()
+                );
+            }
+        }
+        // Padding after a JPEG's end marker is no cut.
+        let mut padded = encoded(image::ImageFormat::Jpeg);
+        padded.extend_from_slice(&[0; 100]);
+        assert_eq!(cut_short(&padded), None);
+
+        fn boxed(kind: &[u8; 4], body: &[u8]) -> Vec<u8> {
+            let mut out = u32::try_from(body.len() + 8)
+                .unwrap()
+                .to_be_bytes()
+                .to_vec();
+            out.extend_from_slice(kind);
+            out.extend_from_slice(body);
+            out
+        }
+        let avif = [
+            boxed(b"ftyp", b"avif\0\0\0\0mif1miaf"),
+            boxed(b"meta", &[0; 40]),
+            boxed(b"mdat", &[0xaa; 300]),
+        ]
+        .concat();
+        assert_eq!(cut_short(&avif), None);
+        assert!(cut_short(&avif[..avif.len() - 10]).is_some());
+        // Formats without a trusted end are not judged.
+        assert_eq!(cut_short(b"GIF89a..."), None);
+    }
+}
