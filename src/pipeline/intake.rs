@@ -169,15 +169,10 @@ impl Intake {
                 return Taken::Done;
             }
         };
-        // Whether outputs of the latest run, ended, are gone (asked once: the check below,
-        // after validation, reuses the answer).
-        let mut gone = None;
+        let keep = self.settings().policies.on_manifest_done == crate::config::OnManifestDone::Keep;
         if let (Some(sha256), Some((id, prev))) = (&sha256, &latest)
             && prev.sha256 == *sha256
         {
-            if prev.state.is_ended() && !matches!(prev.state, ManifestState::Superseded { .. }) {
-                gone = Some(self.outputs_gone(*id).await);
-            }
             match &prev.state {
                 // Saved back to the content of a run that a newer version replaced: that run
                 // did not process all of it, so it is new content again (below).
@@ -187,19 +182,16 @@ impl Intake {
                 ManifestState::Draining { .. } => {
                     return self.after_drain(*id, candidate, sha256).await;
                 }
-                state if state.is_ended() && gone == Some(false) => {
-                    info!("Manifest is unchanged and already finished; nothing to do");
-                    self.dispose_again(&rel).await;
+                // Kept in the inbox (`on_manifest_done: keep`): the file never left, so this is
+                // the finished run's own file seen again, not a new drop.
+                state if state.is_ended() && keep => {
+                    debug!("Manifest is unchanged and already finished; nothing to do");
                     return Taken::Done;
                 }
-                // Dropped again after outputs of its finished run were deleted or changed:
-                // taken in as a new run, which skips the outputs still there unchanged and
-                // makes the others (below).
-                state if state.is_ended() => {
-                    info!(
-                        "Manifest is unchanged, but outputs of its finished run are gone or changed; taking it in again to make them"
-                    );
-                }
+                // Dropped again after its run finished: validated below, which tells whether
+                // anything is left to make (failed images, outputs gone, a changed local file
+                // or profile) or nothing is.
+                state if state.is_ended() => {}
                 _ => {
                     debug!(manifest_id = id, "Manifest is already being processed");
                     return Taken::Done;
@@ -260,13 +252,23 @@ impl Intake {
         // recipe image's identity hashes its recipe too.
         if let Some((id, prev)) = &latest {
             let superseded = matches!(prev.state, ManifestState::Superseded { .. });
-            // An ended run whose outputs are gone is taken in again (see the fast path).
+            // An ended run with something left to make is taken in again: a new run, which
+            // skips the outputs still there unchanged and makes the others.
             let same = prev.sha256 == spec.sha256 && !superseded;
             let remake = same
                 && prev.state.is_ended()
-                && match gone {
-                    Some(gone) => gone,
-                    None => self.outputs_gone(*id).await,
+                && {
+                    let keys = spec.jobs.iter().map(|job| job.key.hex()).collect();
+                    match self.left_to_make(*id, keys).await {
+                        Some(why) => {
+                            info!(
+                                reason = why,
+                                "Manifest is unchanged, but its finished run left images to make; taking it in again"
+                            );
+                            true
+                        }
+                        None => false,
+                    }
                 };
             if same && !remake {
                 if matches!(prev.state, ManifestState::Draining { .. }) {
@@ -530,33 +532,58 @@ impl Intake {
         }
     }
 
-    /// Whether an output a done job of run `id` wrote into the outbox is missing or has another
-    /// size now (storage outputs are not looked at). One `stat` per done job, on the blocking
-    /// pool; a store that cannot be read counts as nothing gone.
-    /// Never with `on_manifest_done: keep`: there the file never left the inbox, and outputs
-    /// a downstream step moved away must not be made (and billed) again at every start.
-    async fn outputs_gone(&self, id: ManifestId) -> bool {
+    /// What the finished run `id` of an unchanged manifest, validated again into jobs with
+    /// `keys`, left to make, if anything: an image that did not end done (failed, held in
+    /// doubt), an output it wrote into the outbox that is missing or has another size now
+    /// (storage outputs are not looked at), or a job whose key is not the run's (a local input
+    /// file or a profile of the config changed since). One `stat` per done job, on the blocking
+    /// pool; a store that cannot be read counts as nothing left.
+    /// Never with `on_manifest_done: keep`: there the file never left the inbox, and images it
+    /// failed, or outputs a downstream step moved away, must not be made (and billed) again at
+    /// every start.
+    async fn left_to_make(
+        &self,
+        id: ManifestId,
+        keys: std::collections::HashSet<String>,
+    ) -> Option<&'static str> {
         if self.settings().policies.on_manifest_done == crate::config::OnManifestDone::Keep {
-            return false;
+            return None;
         }
         let outbox = self.folders.outbox.clone();
-        let gone = self
+        let left = self
             .store
             .read(move |reader| {
-                let mut gone = false;
+                let mut left = None;
+                let mut seen = 0usize;
                 reader.for_each_job_of_manifest(id, |_, job| {
-                    if !gone
-                        && let JobState::Done { path, bytes, .. } = &job.state
-                        && Path::new(path).starts_with(&outbox)
-                    {
-                        gone = !std::fs::metadata(path).is_ok_and(|meta| meta.len() == *bytes);
+                    seen += 1;
+                    if left.is_some() {
+                        return Ok::<_, StoreError>(());
                     }
-                    Ok::<_, StoreError>(())
+                    if !keys.contains(&job.key) {
+                        left = Some("an input file or the config's profiles changed");
+                    } else {
+                        match &job.state {
+                            JobState::Done { path, bytes, .. } => {
+                                if Path::new(path).starts_with(&outbox)
+                                    && !std::fs::metadata(path)
+                                        .is_ok_and(|meta| meta.len() == *bytes)
+                                {
+                                    left = Some("outputs of its finished run are gone or changed");
+                                }
+                            }
+                            _ => left = Some("images of the run failed or were not made"),
+                        }
+                    }
+                    Ok(())
                 })?;
-                Ok::<_, StoreError>(gone)
+                if left.is_none() && seen != keys.len() {
+                    left = Some("an input file or the config's profiles changed");
+                }
+                Ok::<_, StoreError>(left)
             })
             .await;
-        gone.unwrap_or(false)
+        left.unwrap_or(None)
     }
 
     /// A re-drop of a finished manifest: applies `on_manifest_done` again (no API call).

@@ -433,3 +433,63 @@ async fn a_slow_upload_is_waited_for_up_to_upload_timeout_not_sent_again() {
     assert_eq!(row["in_doubt"], 0, "never given up on: {row}");
     assert_eq!(env.stats().uploads, 1);
 }
+
+/// An unchanged manifest dropped again after its run finished makes what that run left:
+/// images that failed, an image whose local file was replaced, and images whose profile in
+/// the config changed; what it delivered and is still the same is not billed again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_manifest_redropped_makes_what_failed_and_what_changed_and_nothing_else() {
+    let storage = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(storage.path().join("shop")).unwrap();
+    std::fs::write(storage.path().join("shop/here.png"), png(80, 60)).unwrap();
+    let env = TestEnv::new(Scenario::default().storage_root(storage.path())).await;
+    let failed =
+        b"images:\n  - input: storage://shop/here.png\n  - input: storage://shop/late.png\n";
+    let local = b"images:\n  - input: photo.png\n";
+    let profiled = b"profile: small\nimages:\n  - input: storage://shop/here.png\n";
+    env.drop_file("f.yaml", failed);
+    env.drop_file("l/photo.png", &png(64, 48));
+    env.drop_file("l/l.yaml", local);
+    env.drop_file("p.yaml", profiled);
+    let profile = |size: u32| {
+        format!(
+            "profiles:\n  small:\n    operations: {{ resizing: {{ width: {size}, height: {size}, fit: crop }} }}\n"
+        )
+    };
+    let config = env.config("", &profile(40));
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 2, "late.png is missing: {stderr}");
+    assert_eq!(env.report("f")["counts"]["failed"], 1);
+    assert_eq!(dimensions(&env.outbox.join("l/l/photo.jpg")), (64, 48));
+    assert_eq!(dimensions(&env.outbox.join("p/here.jpg")), (40, 40));
+
+    std::fs::write(storage.path().join("shop/late.png"), png(80, 60)).unwrap();
+    env.drop_file("l/photo.png", &png(32, 24));
+    let config = env.config("", &profile(20));
+    for (rel, bytes) in [
+        ("f.yaml", &failed[..]),
+        ("l/l.yaml", &local[..]),
+        ("p.yaml", &profiled[..]),
+    ] {
+        env.drop_file(rel, bytes);
+    }
+    let before = env.stats();
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    let after = env.stats();
+    assert_eq!(
+        (after.submits - before.submits) + (after.batch_images - before.batch_images),
+        2,
+        "late.png and the profiled image are submitted again, here.png of f.yaml is not"
+    );
+    assert_eq!(after.uploads - before.uploads, 1, "the replaced photo");
+    let counts = &env.report("f")["counts"];
+    assert_eq!(
+        (&counts["done"], &counts["unchanged"]),
+        (&1.into(), &1.into()),
+        "{counts}"
+    );
+    assert!(env.outbox.join("f/late.jpg").is_file());
+    assert_eq!(dimensions(&env.outbox.join("l/l/photo.jpg")), (32, 24));
+    assert_eq!(dimensions(&env.outbox.join("p/here.jpg")), (20, 20));
+}
