@@ -657,9 +657,9 @@ async fn give_up(health: Arc<pipeline::health::HealthState>, timeout: Duration) 
             let bucket = health.only_storage_failing();
             return OnceEnd::Unreachable { why, bucket };
         }
-        // New submits wait while the outbox's disk takes no outputs; a run does not wait for
-        // ever for it.
-        if let Some((for_how_long, why)) = health.disk_problem()
+        // New submits wait while the outbox's disk takes no outputs, or outputs fail to be
+        // written (a folder the daemon may not write); a run does not wait for ever for it.
+        if let Some((for_how_long, why)) = health.disk_problem().or_else(|| health.writes_failing())
             && for_how_long >= timeout
         {
             return OnceEnd::Unwritable { why };

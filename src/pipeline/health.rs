@@ -44,6 +44,9 @@ pub struct HealthState {
     /// such error: while there are any, nothing new is submitted (Claid would bill results
     /// that cannot be written either).
     writes: Mutex<(usize, String)>,
+    /// Since when output writes fail without one succeeding (`run --once` gives up on it
+    /// after `api.unreachable_timeout`), and the last failure.
+    writes_failing: Mutex<Option<(Instant, String)>>,
     /// Why the outbox's disk takes no more outputs (nearly full, or not writable), as the
     /// activity monitor last found it: new submits wait too.
     disk: Mutex<Option<(Instant, String)>>,
@@ -96,6 +99,7 @@ impl HealthState {
             api,
             unanswered,
             writes: Mutex::new((0, String::new())),
+            writes_failing: Mutex::new(None),
             disk: Mutex::new(None),
         }
     }
@@ -108,7 +112,14 @@ impl HealthState {
         if writes.0 == 1 {
             error!(error = %why, "An output cannot be written; no new image is submitted until outputs can be written again");
         }
-        writes.1 = why;
+        writes.1 = why.clone();
+        drop(writes);
+        let mut failing = self
+            .writes_failing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let since = failing.take().map_or_else(Instant::now, |(since, _)| since);
+        *failing = Some((since, why));
         WritesBlocked {
             health: self.clone(),
         }
@@ -122,6 +133,28 @@ impl HealthState {
         }
         drop(writes);
         self.disk_problem().map(|(_, why)| why)
+    }
+
+    /// An output was written: writes work (again).
+    pub fn output_written(&self) {
+        let mut failing = self
+            .writes_failing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if failing.is_some() {
+            *failing = None;
+        }
+    }
+
+    /// Since how long, and why, output writes fail without one succeeding in between (a
+    /// folder of the outbox the daemon may not write, a full disk): `run --once` gives up on
+    /// it after `api.unreachable_timeout`.
+    pub fn writes_failing(&self) -> Option<(std::time::Duration, String)> {
+        self.writes_failing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|(since, why)| (since.elapsed(), why.clone()))
     }
 
     /// Since how long, and why, the outbox's disk takes no more outputs (see

@@ -968,6 +968,7 @@ impl Runner {
         drop(permit);
         match written {
             Ok(Ok(n_bytes)) => {
+                deps.health.output_written();
                 info!(bytes = n_bytes, width, height, "Output written");
                 deps.metrics.bytes_written.inc_by(n_bytes);
                 deps.metrics.polls_per_job.observe(f64::from(job.polls));

@@ -790,3 +790,36 @@ async fn fault_state_on_a_slow_disk() {
     })
     .await;
 }
+
+/// An output folder the daemon may not write (EACCES on every creation of it, injected by
+/// strace: a folder a person made that the service user cannot write) ends `run --once` with
+/// 73 after `api.unreachable_timeout`, naming the cause, instead of retrying each image's
+/// write for minutes and then submitting (and billing) the next.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_once_ends_73_when_an_output_folder_stays_unwritable() {
+    if !strace_usable() {
+        eprintln!("unwritable folder: skipped, strace with ptrace is not available here");
+        return;
+    }
+    let env = TestEnv::new(Scenario::default()).await;
+    env.drop_file("m.yaml", manifest("m", 10).as_bytes());
+    for i in 0..LOCAL {
+        env.drop_file(&format!("photos/local{i}.png"), &png(64, 48));
+    }
+    let config = env.config(
+        "max_in_flight: 2\nunreachable_timeout: 3s\nbatch: { max_images: 1 }",
+        "",
+    );
+    let wrapper = strace_injecting("mkdir,mkdirat", Some(&env.outbox.join("m")), "error=EACCES");
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let (code, stderr) = tokio::time::timeout(DEADLINE, env.run_once_with(&config, &[], &wrapper))
+        .await
+        .expect("run --once ends at api.unreachable_timeout");
+    assert_eq!(code, 73, "{stderr}");
+    assert!(stderr.contains("unwritable"), "{stderr}");
+    let stats = env.stats();
+    assert!(
+        stats.submits + stats.uploads <= 4,
+        "only what was in flight when writes began to fail was billed: {stats:?}"
+    );
+}
