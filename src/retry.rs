@@ -22,8 +22,8 @@
 //!
 //! | step | failures retried | 429s waited out | max HTTP attempts |
 //! |------|------------------|-----------------|-------------------|
-//! | submit | 4 | 20 | 25 |
-//! | upload | 2 | 20 | 23 |
+//! | submit | 4 | 120 | 125 |
+//! | upload | 2 | 120 | 123 |
 //! | poll (each poll of a task) | 20 | 120 | 141 |
 //! | download | 9 | 0 | 10 |
 //!
@@ -86,13 +86,16 @@ impl Default for Policy {
         Policy {
             base: Duration::from_millis(500),
             cap: Duration::from_secs(30),
+            // A 429 bills nothing and only costs time: a submit rides out as many as a poll
+            // (two minutes of Claid's one-second resets), so a config above the account's
+            // limits, or another client spending the same key, delays images, never fails them.
             submit: Budget {
                 failures: 4,
-                rate_limited: 20,
+                rate_limited: 120,
             },
             upload: Budget {
                 failures: 2,
-                rate_limited: 20,
+                rate_limited: 120,
             },
             // A poll costs nothing and its task is billed already: giving up loses the
             // result, so a task's poll rides out a long run of 5xx (about ten minutes at the
@@ -454,8 +457,8 @@ mod tests {
     fn no_step_sends_more_than_its_documented_maximum() {
         let policy = Policy::default();
         for (step, documented) in [
-            (Step::Submit, 25),
-            (Step::Upload, 23),
+            (Step::Submit, 125),
+            (Step::Upload, 123),
             (Step::Poll, 141),
             (Step::Download, 10),
         ] {

@@ -43,13 +43,17 @@
 //! - `RateLimit-Remaining` lower than what the log has left (another client spends the same
 //!   key) caps the limiter: at most that many more calls until `RateLimit-Reset` has passed.
 //!   Caps only tighten until they expire, so an answer that was overtaken by later ones cannot
-//!   loosen them.
+//!   loosen them;
+//! - the quota policies (`RateLimit-Limit: 120, 120;w=60, 4;w=1`, or `RateLimit-Policy`) lower
+//!   the per-second and per-minute quotas when the account allows less than the config says
+//!   ([`Limiter::learn`]); never raise them.
 //!
 //! Callers are admitted in the order they asked (a fair queue): only the first in line sleeps
 //! for its slot.
 
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -114,10 +118,11 @@ pub struct Limiter {
     /// The log, the gate and the cap. A std mutex: held only to read or update them, never
     /// across an await.
     state: Mutex<State>,
-    /// Calls per second window: `rps`, at most `rpm` (a higher `rps` could never bind).
-    per_second: usize,
-    /// Calls per minute window; also the most instants the log holds.
-    per_minute: usize,
+    /// Calls per second window: `rps`, at most `rpm` (a higher `rps` could never bind);
+    /// lowered to the server's own quota when it announces a lower one ([`Limiter::learn`]).
+    per_second: AtomicUsize,
+    /// Calls per minute window; also the most instants the log holds. Lowered as `per_second`.
+    per_minute: AtomicUsize,
 }
 
 /// What the limiter knows.
@@ -142,8 +147,8 @@ struct Cap {
 impl std::fmt::Debug for Limiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Limiter")
-            .field("per_second", &self.per_second)
-            .field("per_minute", &self.per_minute)
+            .field("per_second", &self.per_second.load(Ordering::Relaxed))
+            .field("per_minute", &self.per_minute.load(Ordering::Relaxed))
             .field("state", &self.state)
             .finish_non_exhaustive()
     }
@@ -161,9 +166,49 @@ impl Limiter {
                 admitted: VecDeque::with_capacity(per_minute.min(1024)),
                 ..State::default()
             }),
-            per_second,
-            per_minute,
+            per_second: AtomicUsize::new(per_second),
+            per_minute: AtomicUsize::new(per_minute),
         }
+    }
+
+    /// The quotas in force: (per second, per minute).
+    pub fn quotas(&self) -> (usize, usize) {
+        (
+            self.per_second.load(Ordering::Relaxed),
+            self.per_minute.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Takes in the server's quota policies (`RateLimit-Limit: 120, 120;w=60, 4;w=1`, or
+    /// `RateLimit-Policy: 120;w=60, 4;w=1`): a one-second or one-minute quota lower than the
+    /// configured one replaces it (the account allows less than the config says, and sending
+    /// at the config's rate would only earn 429s). Never raised above the config. Returns the
+    /// quotas when this lowered one.
+    pub fn learn(&self, policies: &str) -> Option<(usize, usize)> {
+        let mut lowered = false;
+        for item in policies.split(',') {
+            let mut parts = item.split(';').map(str::trim);
+            let Some(Ok(limit)) = parts.next().map(str::parse::<usize>) else {
+                continue;
+            };
+            let window =
+                parts.find_map(|p| p.strip_prefix("w=").and_then(|w| w.parse::<u64>().ok()));
+            let quota = match window {
+                Some(1) => &self.per_second,
+                Some(60) => &self.per_minute,
+                _ => continue,
+            };
+            let limit = limit.max(1);
+            if quota.fetch_min(limit, Ordering::Relaxed) > limit {
+                lowered = true;
+            }
+        }
+        if lowered {
+            // A per-second quota above the per-minute one could never bind.
+            let per_minute = self.per_minute.load(Ordering::Relaxed);
+            self.per_second.fetch_min(per_minute, Ordering::Relaxed);
+        }
+        lowered.then(|| self.quotas())
     }
 
     /// Waits for this caller's turn, then until the gate is open, the cap allows a call and
@@ -183,11 +228,12 @@ impl Limiter {
             let now = Instant::now();
             let ready = {
                 let mut state = self.lock();
-                let earliest = state.earliest(self.per_second, self.per_minute, now);
+                let (per_second, per_minute) = self.quotas();
+                let earliest = state.earliest(per_second, per_minute, now);
                 match earliest {
                     Some(at) if at > now => at,
                     _ => {
-                        state.admit(now, self.per_minute);
+                        state.admit(now, per_minute);
                         let slot = earliest.unwrap_or(called);
                         return Slot {
                             waited: Waited(slot.saturating_duration_since(called)),
@@ -249,7 +295,8 @@ impl Limiter {
         let after = state.admitted.len() - state.admitted.partition_point(|&t| t <= sent_at);
         // What the log had left when the answered call went: the server, counting only this
         // client's calls, would say at least that, less the calls made since.
-        let left_then = state.left_at(self.per_second, self.per_minute, sent_at);
+        let (per_second, per_minute) = self.quotas();
+        let left_then = state.left_at(per_second, per_minute, sent_at);
         if remaining.saturating_add(after) >= left_then {
             return;
         }
@@ -423,6 +470,19 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     use super::*;
+
+    /// The server's quota policies lower the configured quotas (never raise them), from
+    /// Claid's `RateLimit-Limit` form and the bare `RateLimit-Policy` one.
+    #[test]
+    fn the_servers_lower_quotas_are_learned_and_higher_ones_ignored() {
+        let limiter = Limiter::new(NonZeroU32::new(20).unwrap(), NonZeroU32::new(1200).unwrap());
+        assert_eq!(limiter.learn("120, 120;w=60, 4;w=1"), Some((4, 120)));
+        assert_eq!(limiter.quotas(), (4, 120));
+        assert_eq!(limiter.learn("600;w=60, 10;w=1"), None, "never raised");
+        assert_eq!(limiter.learn("garbage, ;w=, 3;w=3600"), None);
+        let policy = Limiter::new(NonZeroU32::new(20).unwrap(), NonZeroU32::new(1200).unwrap());
+        assert_eq!(policy.learn("90;w=60"), Some((20, 90)));
+    }
     use crate::emulator::{RateLimiter, RateWindow};
 
     fn limiter(rps: u32, rpm: u32) -> Limiter {

@@ -83,3 +83,44 @@ async fn issue12_the_client_draws_no_429_from_a_sliding_or_a_fixed_window_server
         );
     }
 }
+
+/// A config that allows more than the account does (`requests_per_second: 20` against Claid's
+/// 5/s here): the first answer's `RateLimit-Limit` policies lower the client's quotas to the
+/// server's, so the calls that follow draw no 429, instead of 429s every second (which failed jobs once a submit had waited out 20 of them).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_config_above_the_accounts_limits_keeps_to_the_servers_announced_quotas() {
+    let emulator = emulator::spawn(Scenario::default().rps(RPS).rpm(600))
+        .await
+        .expect("emulator");
+    let client = Client::new(ClientConfig {
+        base_url: emulator.base_url(),
+        api_key: "sk-test-limiter".to_owned(),
+        requests_per_second: (RPS * 4).try_into().expect("nonzero"),
+        requests_per_minute: 6000.try_into().expect("nonzero"),
+        request_timeout: Duration::from_secs(10),
+        upload_timeout: Duration::from_secs(10),
+        max_download_bytes: 1024,
+    })
+    .expect("client");
+    // One call teaches the client the server's quotas.
+    client.probe().await.expect("the first call");
+    let callers: Vec<_> = (0..CALLERS)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                for _ in 0..6 {
+                    let _ = client.probe().await;
+                }
+            })
+        })
+        .collect();
+    for caller in callers {
+        caller.await.expect("caller");
+    }
+    let server = emulator.stats();
+    emulator.shutdown().await;
+    assert_eq!(
+        server.rate_limited, 0,
+        "429s after the quotas were announced"
+    );
+}
