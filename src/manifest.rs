@@ -314,6 +314,7 @@ pub fn load(ctx: &LoadContext<'_>, manifest: &Path) -> Result<ManifestSpec, Mani
         out_dir: rel.with_extension(""),
         profiles: ctx.profiles,
         storages: ctx.storages,
+        recipe_image: false,
     };
     let mut outbox = Outbox::new(ctx.outbox);
     let mut problems = Collector::default();

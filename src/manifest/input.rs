@@ -219,6 +219,28 @@ fn check_local(
             return None;
         }
     }
+    // An image a folder recipe governs is the recipe's: it makes it and moves it away when
+    // done, so a manifest's job could not read it afterwards (and both would bill it).
+    if !ctx.recipe_image
+        && crate::manifest::is_image_name(&canonical)
+        && let Some(recipe) = canonical
+            .parent()
+            .map(|dir| dir.join(crate::manifest::RECIPE_NAME))
+            .filter(|recipe| recipe.is_file())
+    {
+        let recipe = recipe
+            .strip_prefix(&ctx.inbox_canonical)
+            .unwrap_or(&recipe)
+            .display()
+            .to_string();
+        problems.add(
+            path,
+            format!(
+                "local file `{trimmed}` is in a folder with a recipe ({recipe}), which makes every image dropped there itself and then moves it away: this manifest could not read it, and both would bill it; list images kept in a folder without `.claid.yaml`, or let the recipe make them"
+            ),
+        );
+        return None;
+    }
     let read = local
         .seen
         .entry(canonical.clone())

@@ -91,6 +91,7 @@ pub fn load_image(ctx: &LoadContext<'_>, image: &Path) -> Result<ManifestSpec, M
         out_dir,
         profiles: ctx.profiles,
         storages: ctx.storages,
+        recipe_image: true,
     };
     let mut outbox = Outbox::new(ctx.outbox);
     let doc = Doc {

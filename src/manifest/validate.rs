@@ -39,6 +39,9 @@ pub struct Context<'a> {
     pub profiles: &'a BTreeMap<String, Profile>,
     /// The config's storages (`storage://NAME/…` inputs and destinations).
     pub storages: &'a BTreeMap<String, StorageEntry>,
+    /// Validating an image a folder recipe governs (its own folder has a recipe), not a
+    /// manifest: a manifest may not list such images.
+    pub recipe_image: bool,
 }
 
 /// Validates a parsed manifest: its keys, the profile merge and each image (input, merged

@@ -513,3 +513,38 @@ mod load {
         }
     }
 }
+
+/// A manifest beside a recipe that lists the recipe folder's own images is refused before any
+/// API call, naming the recipe: the recipe makes those images and moves them away, so the
+/// manifest's jobs could not read them, and both would bill them. The recipe's images are
+/// still made, once each.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_manifest_listing_a_recipe_folders_images_is_refused_and_the_recipe_still_runs() {
+    let env = TestEnv::new(Scenario::default()).await;
+    env.drop_file("st/.claid.yaml", RECIPE.as_bytes());
+    env.drop_file("st/p0.png", &png(640, 480));
+    env.drop_file("st/p1.png", &png(640, 480));
+    env.drop_file(
+        "st/zz.yaml",
+        b"images:\n  - input: p0.png\n  - input: p1.png\n",
+    );
+    let (code, stderr) = env.run_once(&env.config("", "")).await;
+    assert_eq!(code, 2, "a manifest was rejected: {stderr}");
+    let error = std::fs::read_to_string(env.rejected.join("st/zz.yaml.error.txt"))
+        .unwrap_or_else(|err| panic!("zz.yaml rejected with an error file: {err}\n{stderr}"));
+    assert!(
+        error.contains("is in a folder with a recipe (st/.claid.yaml)"),
+        "{error}"
+    );
+    for name in ["p0", "p1"] {
+        assert_eq!(
+            dimensions(&env.outbox.join(format!("st/{name}.jpg"))),
+            (200, 100)
+        );
+    }
+    assert_eq!(
+        env.stats().uploads,
+        2,
+        "each image made once, by the recipe"
+    );
+}
