@@ -13,6 +13,10 @@
 //! escapes the C0 controls and [`JsonSafeWriter`] escapes the rest (DEL, C1, U+2028/U+2029,
 //! bidirectional overrides) as `\uXXXX`.
 //!
+//! No log line shows a URL's credentials: in both formats every URL in a value (an input with
+//! a password or a presigned signature, also as Claid's messages quote it) is written with them
+//! replaced by `REDACTED` ([`crate::text::redact_urls_in`]).
+//!
 //! Lines are written through a [`Terminal`], which draws them above the progress bar of
 //! `run --once` instead of across it.
 
@@ -239,15 +243,9 @@ struct EscapedDebug<'a>(&'a dyn fmt::Debug);
 
 impl fmt::Debug for EscapedDebug<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(EscapingWrite(f), "{:?}", self.0)
-    }
-}
-
-struct EscapingWrite<'a, 'b>(&'a mut fmt::Formatter<'b>);
-
-impl fmt::Write for EscapingWrite<'_, '_> {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        write_unsafe_escaped(self.0, s)
+        // Whole, so that a URL's credentials are redacted however the value is written.
+        let text = format!("{:?}", self.0);
+        write_unsafe_escaped(f, &crate::text::redact_urls_in(&text))
     }
 }
 
@@ -272,7 +270,13 @@ pub struct JsonSafeWriter<W>(pub W);
 
 impl<W: io::Write> io::Write for JsonSafeWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match std::str::from_utf8(buf) {
+        // A line whose URLs carry credentials is written with them redacted.
+        let redacted = std::str::from_utf8(buf)
+            .ok()
+            .map(crate::text::redact_urls_in)
+            .filter(|text| matches!(text, std::borrow::Cow::Owned(_)));
+        let line = redacted.as_deref().map_or(buf, str::as_bytes);
+        match std::str::from_utf8(line) {
             Ok(text) if text.chars().any(|c| c >= '\u{7f}' && is_unsafe_char(c)) => {
                 let mut safe = String::with_capacity(text.len() + 16);
                 for c in text.chars() {
@@ -285,7 +289,7 @@ impl<W: io::Write> io::Write for JsonSafeWriter<W> {
                 }
                 self.0.write_all(safe.as_bytes())?;
             }
-            _ => self.0.write_all(buf)?,
+            _ => self.0.write_all(line)?,
         }
         Ok(buf.len())
     }
@@ -302,6 +306,20 @@ mod tests {
 
     use super::*;
     use crate::text::Escaped;
+
+    /// The json format's lines show no URL credentials either.
+    #[test]
+    fn json_lines_show_no_url_credentials() {
+        use std::io::Write as _;
+        let mut out = JsonSafeWriter(Vec::new());
+        out.write_all(br#"{"fields":{"input":"http://u:pw@h/a.png?token=T"}}"#)
+            .unwrap();
+        let line = String::from_utf8(out.0).unwrap();
+        assert_eq!(
+            line,
+            r#"{"fields":{"input":"http://u:REDACTED@h/a.png?token=REDACTED"}}"#
+        );
+    }
 
     /// Collects everything written, for one test's subscriber.
     #[derive(Clone, Default)]

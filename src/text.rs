@@ -111,11 +111,148 @@ fn write_escaped(out: &mut impl Write, text: &str, backslash: bool) -> fmt::Resu
     out.write_str(rest)
 }
 
+/// `text` with the credentials of every URL in it redacted ([`redact_credentials`]): a URL
+/// runs from its scheme to the next space, quote or angle bracket. For whole log lines and
+/// field values: Claid's messages quote the inputs they could not fetch.
+pub fn redact_urls_in(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains("://") {
+        return text.into();
+    }
+    let ends = |c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | '`');
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let mut changed = false;
+    while let Some(at) = rest.find("://") {
+        let start = rest[..at]
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+            .map_or(0, |i| i + 1);
+        let end = rest[at..].find(ends).map_or(rest.len(), |i| at + i);
+        out.push_str(&rest[..start]);
+        let url = &rest[start..end];
+        let redacted = redact_credentials(url);
+        changed |= redacted != url;
+        out.push_str(&redacted);
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    if changed { out.into() } else { text.into() }
+}
+
+/// Query parameters whose values are secrets (`X-Amz-Signature`, `token`, `sig`, …): a name
+/// holding any of these, in any letter case.
+const SECRET_PARAMS: [&str; 9] = [
+    "sig",
+    "token",
+    "key",
+    "secret",
+    "pass",
+    "auth",
+    "credential",
+    "x-amz-",
+    "x-goog-",
+];
+
+/// A URL as logs may show it: the password of its user information (or a bare token there)
+/// and the values of query parameters that carry secrets (a presigned URL's signature, an
+/// access token) replaced by `REDACTED`; anything else as it is. Manifests may hold such URLs,
+/// and the journal is read by more people than the manifest.
+pub fn redact_credentials(url: &str) -> std::borrow::Cow<'_, str> {
+    let Some(scheme_end) = url.find("://").map(|at| at + 3) else {
+        return url.into();
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let mut out = String::with_capacity(url.len());
+    out.push_str(&url[..scheme_end]);
+    let mut changed = false;
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let user_info = &rest[..at];
+            match user_info.split_once(':') {
+                Some((user, _)) => {
+                    out.push_str(user);
+                    out.push_str(":REDACTED");
+                }
+                None => out.push_str("REDACTED"),
+            }
+            out.push_str(&rest[at..authority_end]);
+            changed = true;
+        }
+        None => out.push_str(&rest[..authority_end]),
+    }
+    let tail = &rest[authority_end..];
+    let (before_fragment, fragment) = tail.split_at(tail.find('#').unwrap_or(tail.len()));
+    match before_fragment.split_once('?') {
+        Some((path, query)) => {
+            out.push_str(path);
+            out.push('?');
+            for (i, pair) in query.split('&').enumerate() {
+                if i > 0 {
+                    out.push('&');
+                }
+                match pair.split_once('=') {
+                    Some((name, _))
+                        if SECRET_PARAMS
+                            .iter()
+                            .any(|secret| name.to_ascii_lowercase().contains(secret)) =>
+                    {
+                        out.push_str(name);
+                        out.push_str("=REDACTED");
+                        changed = true;
+                    }
+                    _ => out.push_str(pair),
+                }
+            }
+        }
+        None => out.push_str(before_fragment),
+    }
+    out.push_str(fragment);
+    if changed { out.into() } else { url.into() }
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::ffi::OsStrExt;
 
     use super::*;
+
+    /// Passwords in user information and secret query values never reach a log; the rest of
+    /// the URL stays readable, and a URL without secrets is untouched.
+    #[test]
+    fn credentials_in_urls_are_redacted_for_logs() {
+        assert_eq!(
+            redact_credentials("http://user:hunter2pw@127.0.0.1:19102/p1.png"),
+            "http://user:REDACTED@127.0.0.1:19102/p1.png"
+        );
+        assert_eq!(
+            redact_credentials("https://tok3n@cdn.example/a.png"),
+            "https://REDACTED@cdn.example/a.png"
+        );
+        assert_eq!(
+            redact_credentials(
+                "https://b.s3.amazonaws.com/a.png?X-Amz-Credential=AK%2F1&X-Amz-Expires=60&X-Amz-Signature=abc&size=2#top"
+            ),
+            "https://b.s3.amazonaws.com/a.png?X-Amz-Credential=REDACTED&X-Amz-Expires=REDACTED&X-Amz-Signature=REDACTED&size=2#top"
+        );
+        assert_eq!(
+            redact_credentials("https://x/p3.png?token=SECRETTOKEN"),
+            "https://x/p3.png?token=REDACTED"
+        );
+        assert_eq!(
+            redact_urls_in(
+                "reason=http://u:pw@h/a.png: cannot fetch http://u:pw@h/a.png: 404 \"https://x/b?sig=S\""
+            ),
+            "reason=http://u:REDACTED@h/a.png: cannot fetch http://u:REDACTED@h/a.png: 404 \"https://x/b?sig=REDACTED\""
+        );
+        assert_eq!(redact_urls_in("no url here"), "no url here");
+        for plain in [
+            "https://cdn.example/shoes/a.png?w=400",
+            "storage://catalog/a.png",
+            "photos/local.png",
+        ] {
+            assert_eq!(redact_credentials(plain), plain);
+        }
+    }
 
     fn check(input: &str, expect: &str) {
         assert_eq!(Escaped::str(input).to_string(), expect, "{input:?}");

@@ -278,7 +278,10 @@ impl Runner {
             };
             if !recorded_input {
                 recorded_input = true;
-                span.record("input", job.input.as_str());
+                span.record(
+                    "input",
+                    crate::text::redact_credentials(&job.input).as_ref(),
+                );
                 span.record("manifest", job.manifest);
             }
             let step = match &job.state {

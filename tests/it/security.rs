@@ -559,3 +559,28 @@ async fn issue11_a_newline_in_a_local_file_name_is_percent_encoded_in_the_upload
     assert!(rows[1].1.contains("corrupt"), "{rows:?}");
     assert_eq!(env.stats().uploads, 1);
 }
+
+/// Secrets in an input URL (a password in its user information, a presigned URL's signature,
+/// an access token) never reach the log: the job's `input` field shows them as `REDACTED`.
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_in_input_urls_never_reach_the_log() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let base = env.emulator.base_url();
+    let origin = base.trim_end_matches("/v1");
+    let host = origin.trim_start_matches("http://");
+    env.drop_file(
+        "s.yaml",
+        format!(
+            "images:\n  - input: http://user:hunter2pw@{host}/demo/a-64x48.png\n  - input: {origin}/demo/b-64x48.png?X-Amz-Signature=SIGSECRET&w=1\n"
+        )
+        .as_bytes(),
+    );
+    let (_, stderr) = env.run_once(&env.config("", "")).await;
+    assert!(stderr.contains("user:REDACTED@"), "{stderr}");
+    for secret in ["hunter2pw", "SIGSECRET"] {
+        assert!(
+            !stderr.contains(secret),
+            "{secret} is in the log:\n{stderr}"
+        );
+    }
+}
