@@ -471,6 +471,16 @@ pub async fn run(
         return Ok(Outcome::AllDone);
     }
     if shutdown_requested {
+        let ended =
+            totals.done + totals.unchanged + totals.failed + totals.held + totals.superseded;
+        warn!(
+            manifests = totals.manifests,
+            jobs = totals.jobs,
+            done = totals.done + totals.unchanged,
+            failed = totals.failed,
+            unfinished = totals.jobs.saturating_sub(ended),
+            "run --once was stopped by a signal before the inbox was processed: the unfinished jobs stay in the store and resume at the next run (exit 75)"
+        );
         return Ok(Outcome::Interrupted);
     }
     let mut unscanned = Vec::new();
