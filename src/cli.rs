@@ -423,6 +423,8 @@ fn cmd_run(path: &Path, once: bool, print_config: bool) -> i32 {
 enum FileKind {
     Manifest,
     Config,
+    /// A folder recipe (`.claid.yaml`).
+    Recipe,
     /// Unreadable as YAML, empty, or not a mapping: reported both ways.
     Unknown,
 }
@@ -430,6 +432,12 @@ enum FileKind {
 /// A mapping with `images` is a manifest, one with a config key a config; anything else that
 /// parses as a mapping is taken for a manifest. Also the manifest's `profile`, if it names one.
 fn kind_of(path: &Path) -> (FileKind, Option<String>) {
+    if path
+        .file_name()
+        .is_some_and(|name| name == manifest::RECIPE_NAME)
+    {
+        return (FileKind::Recipe, None);
+    }
     let Ok(bytes) = std::fs::read(path) else {
         return (FileKind::Unknown, None);
     };
@@ -448,7 +456,25 @@ fn kind_of(path: &Path) -> (FileKind, Option<String>) {
             kind: yaml::ParseErrorKind::TooManyEntries { within, .. },
             ..
         }) if within == "images" => return (FileKind::Manifest, None),
-        Err(_) => return (FileKind::Unknown, None),
+        // Not YAML: its top-level keys, read line by line, still tell a config from a
+        // manifest, so its problems are told as the file's kind (not both ways).
+        Err(_) => {
+            let top_key = |line: &str| {
+                line.split_once(':')
+                    .map(|(key, _)| key.trim_end().to_owned())
+                    .filter(|key| !key.is_empty() && !key.starts_with([' ', '\t', '#', '-']))
+            };
+            let keys: Vec<String> = text.lines().filter_map(top_key).collect();
+            let has = |key: &str| keys.iter().any(|k| k == key);
+            let kind = if has("images") {
+                FileKind::Manifest
+            } else if config::TOP_KEYS.iter().any(|key| has(key)) {
+                FileKind::Config
+            } else {
+                FileKind::Unknown
+            };
+            return (kind, None);
+        }
     };
     let serde_json::Value::Object(map) = &doc.root else {
         return (FileKind::Unknown, None);
@@ -690,6 +716,55 @@ fn validate_manifest_file(config: Option<&Config>, file: &Path, profile: Option<
     }
 }
 
+/// Validates a folder recipe (`.claid.yaml`): its keys, profile, operations and output as they
+/// apply to every image dropped beside it; `true` when valid.
+fn validate_recipe_file(config: Option<&Config>, file: &Path) -> bool {
+    let inbox = match config {
+        Some(config) if file.starts_with(&config.folders.inbox) => config.folders.inbox.clone(),
+        _ => file.parent().map(Path::to_path_buf).unwrap_or_default(),
+    };
+    let profiles = config.map(|c| c.profiles.clone()).unwrap_or_default();
+    let limits = config.map(|c| c.limits).unwrap_or_default();
+    let storages = config.map(|c| c.storages.clone()).unwrap_or_default();
+    let load_ctx = manifest::LoadContext {
+        inbox: &inbox,
+        outbox: config.map(|c| c.folders.outbox.as_path()),
+        profiles: &profiles,
+        limits: &limits,
+        storages: &storages,
+    };
+    match manifest::check_recipe(&load_ctx, file) {
+        Ok(()) => {
+            println!(
+                "{}: ok (folder recipe: every image dropped beside it is made with it)",
+                file.display()
+            );
+            true
+        }
+        Err(err) => {
+            let problems = err.problems();
+            println!(
+                "{}: folder recipe with {} problem{}",
+                file.display(),
+                problems.len(),
+                if problems.len() == 1 { "" } else { "s" }
+            );
+            for problem in problems {
+                match problem.line {
+                    Some(line) => println!("  line {line}: {}", problem.message),
+                    None => println!("  {}", problem.message),
+                }
+            }
+            if config.is_none() && problems.iter().any(|p| p.message.contains("profile")) {
+                println!(
+                    "hint: no config was read, so its profiles are unknown: give the config with --config FILE or CLAID_HOTFOLDER_CONFIG (the daemon's is {DEFAULT_CONFIG})"
+                );
+            }
+            false
+        }
+    }
+}
+
 /// A file named on the command line that cannot be opened: 64 when it is missing, 77 when
 /// access is refused.
 fn check_readable(file: &Path, command: &str) -> anyhow::Result<()> {
@@ -745,6 +820,7 @@ fn cmd_validate(config_path: Option<&Path>, files: &[PathBuf]) -> anyhow::Result
             FileKind::Manifest => {
                 validate_manifest_file(config.as_ref(), &file, profile.as_deref())
             }
+            FileKind::Recipe => validate_recipe_file(config.as_ref(), &file),
             FileKind::Unknown => {
                 println!(
                     "{}: neither a manifest nor a config can be read from it.",

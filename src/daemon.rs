@@ -912,19 +912,21 @@ fn prepare_folders(config: &Config, copies: &Path) -> Result<(), FatalError> {
 }
 
 /// The operator's folders that are missing or are not folders (`validate` reports them all; the
-/// daemon stops at the first). Empty with `folders.create: true` or `api.base_url: embedded`,
-/// where the daemon creates them.
+/// daemon stops at the first). A missing one is no problem with `folders.create: true` or
+/// `api.base_url: embedded`, where the daemon creates them (the state folder always is); a file
+/// where a folder should be always is.
 pub fn check_folders(config: &Config) -> Vec<FatalError> {
     let folders = &config.folders;
-    if folders.create || config.api.base_url == BaseUrl::Embedded {
-        return Vec::new();
-    }
+    // Missing folders are created when the config says so (and always the state folder); a
+    // file where a folder should be is a problem either way.
+    let created = folders.create || config.api.base_url == BaseUrl::Embedded;
     let mut problems = Vec::new();
-    for (key, path) in [
-        ("folders.inbox", &folders.inbox),
-        ("folders.outbox", &folders.outbox),
-        ("folders.archive", &folders.archive),
-        ("folders.rejected", &folders.rejected),
+    for (key, path, made) in [
+        ("folders.inbox", &folders.inbox, created),
+        ("folders.outbox", &folders.outbox, created),
+        ("folders.archive", &folders.archive, created),
+        ("folders.rejected", &folders.rejected, created),
+        ("folders.state", &folders.state, true),
     ] {
         match std::fs::metadata(path) {
             Ok(meta) if meta.is_dir() => {}
@@ -932,7 +934,7 @@ pub fn check_folders(config: &Config) -> Vec<FatalError> {
                 key,
                 path: path.clone(),
             }),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound && !made => {
                 problems.push(FatalError::MissingFolder {
                     key,
                     path: path.clone(),

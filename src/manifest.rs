@@ -347,6 +347,11 @@ pub fn load_recipe_image(
     recipe::load_image(ctx, image)
 }
 
+/// Checks a folder recipe on its own (`validate .claid.yaml`); the problems carry its lines.
+pub fn check_recipe(ctx: &LoadContext<'_>, recipe: &Path) -> Result<(), ManifestError> {
+    recipe::check(ctx, recipe)
+}
+
 /// File name of a folder recipe: every image dropped directly into its folder becomes a job.
 pub const RECIPE_NAME: &str = ".claid.yaml";
 

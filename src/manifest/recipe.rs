@@ -37,26 +37,6 @@ pub fn load_image(ctx: &LoadContext<'_>, image: &Path) -> Result<ManifestSpec, M
         problems,
     };
     let one = |line: Option<usize>, message: String| fail(vec![Problem { line, message }]);
-    let bytes = read_recipe(&recipe, ctx.limits.max_manifest_bytes).map_err(|m| one(None, m))?;
-    let text = utf8_text(&bytes, "recipe", "YAML").map_err(|p| fail(vec![p]))?;
-    let root = if text.trim().is_empty() {
-        Value::Object(Map::new())
-    } else {
-        match yaml::parse(text, &parse::bounds(ctx.limits)) {
-            Ok(Value::Null) => Value::Object(Map::new()),
-            Ok(root) => root,
-            Err(err) => return Err(fail(vec![parse::problem(err, Syntax::Yaml)])),
-        }
-    };
-    let Value::Object(top) = root else {
-        return Err(one(
-            None,
-            format!(
-                "the recipe must be a mapping of `profile`, `operations` and `output`, found {}",
-                yaml::kind(&root)
-            ),
-        ));
-    };
     let Some(name) = image.file_name().and_then(|n| n.to_str()) else {
         return Err(one(
             None,
@@ -66,23 +46,13 @@ pub fn load_image(ctx: &LoadContext<'_>, image: &Path) -> Result<ManifestSpec, M
             ),
         ));
     };
-
-    let mut problems = Collector::default();
-    // Unknown keys are reported here (with recipe wording) and left out of the manifest view.
-    let mut view = Map::new();
-    for (key, value) in &top {
-        if RECIPE_KEYS.contains(&key.as_str()) {
-            view.insert(key.clone(), value.clone());
-        } else if key == "images" {
-            problems.add(
-                key,
-                "a folder recipe has no `images`: every image dropped into this folder is one; remove the key (or rename the file to make it a manifest)".into(),
-            );
-        } else {
-            problems.add(key, unknown_key_message(key, RECIPE_KEYS));
-        }
-    }
-
+    let Read {
+        bytes,
+        text,
+        view,
+        mut problems,
+    } = read(ctx, &recipe).map_err(fail)?;
+    let text = text.as_str();
     let rel = relative_to(ctx.inbox, image);
     let out_dir = rel.parent().map(Path::to_path_buf).unwrap_or_default();
     let validation = Context {
@@ -134,6 +104,106 @@ pub fn load_image(ctx: &LoadContext<'_>, image: &Path) -> Result<ManifestSpec, M
         sha256: hex::encode(hasher.finalize()),
         jobs,
     })
+}
+
+/// A recipe read and parsed: its bytes and text, the manifest view of its keys (without
+/// unknown ones, which are in `problems` already).
+struct Read {
+    bytes: Vec<u8>,
+    text: String,
+    view: Map<String, Value>,
+    problems: Collector,
+}
+
+/// Reads and parses `recipe` and checks its keys; the problems that stop it early.
+fn read(ctx: &LoadContext<'_>, recipe: &Path) -> Result<Read, Vec<Problem>> {
+    let one = |line: Option<usize>, message: String| vec![Problem { line, message }];
+    let bytes = read_recipe(recipe, ctx.limits.max_manifest_bytes).map_err(|m| one(None, m))?;
+    let text = utf8_text(&bytes, "recipe", "YAML").map_err(|p| vec![p])?;
+    let root = if text.trim().is_empty() {
+        Value::Object(Map::new())
+    } else {
+        match yaml::parse(text, &parse::bounds(ctx.limits)) {
+            Ok(Value::Null) => Value::Object(Map::new()),
+            Ok(root) => root,
+            Err(err) => return Err(vec![parse::problem(err, Syntax::Yaml)]),
+        }
+    };
+    let Value::Object(top) = root else {
+        return Err(one(
+            None,
+            format!(
+                "the recipe must be a mapping of `profile`, `operations` and `output`, found {}",
+                yaml::kind(&root)
+            ),
+        ));
+    };
+    let mut problems = Collector::default();
+    // Unknown keys are reported here (with recipe wording) and left out of the manifest view.
+    let mut view = Map::new();
+    for (key, value) in &top {
+        if RECIPE_KEYS.contains(&key.as_str()) {
+            view.insert(key.clone(), value.clone());
+        } else if key == "images" {
+            problems.add(
+                key,
+                "a folder recipe has no `images`: every image dropped into this folder is one; remove the key (or rename the file to make it a manifest)".into(),
+            );
+        } else {
+            problems.add(key, unknown_key_message(key, RECIPE_KEYS));
+        }
+    }
+    let text = text.to_owned();
+    Ok(Read {
+        bytes,
+        text,
+        view,
+        problems,
+    })
+}
+
+/// Checks a recipe on its own (`validate .claid.yaml`): its keys, profile, operations and
+/// output, as they would apply to an image dropped beside it; every problem with its line.
+pub fn check(ctx: &LoadContext<'_>, recipe: &Path) -> Result<(), ManifestError> {
+    let fail = |problems: Vec<Problem>| ManifestError::Recipe {
+        image: recipe.with_file_name("IMAGE.png"),
+        recipe: recipe.to_owned(),
+        problems,
+    };
+    let Read {
+        text,
+        view,
+        mut problems,
+        ..
+    } = read(ctx, recipe).map_err(fail)?;
+    let validation = Context {
+        inbox_canonical: std::fs::canonicalize(ctx.inbox).unwrap_or_else(|_| ctx.inbox.to_owned()),
+        manifest_dir: recipe.parent().unwrap_or(ctx.inbox),
+        out_dir: relative_to(ctx.inbox, recipe)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default(),
+        profiles: ctx.profiles,
+        storages: ctx.storages,
+        recipe_image: true,
+    };
+    let mut outbox = Outbox::new(ctx.outbox);
+    // An image stands in for those dropped later: what is said about it is not the recipe's.
+    let doc = Doc {
+        root: Value::Object(view),
+        images: Some(vec![Item::Other(Value::String(
+            "https://recipe.invalid/IMAGE.png".to_owned(),
+        ))]),
+    };
+    let _ = validate(doc, &validation, &mut outbox, &mut problems);
+    problems
+        .pending
+        .retain(|pending| !pending.path.starts_with("images[0]"));
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(fail(problems.finish(&text)))
+    }
 }
 
 /// Reads a recipe, refusing one over `limit` bytes; the error is the problem's message.

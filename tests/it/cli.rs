@@ -1333,3 +1333,56 @@ async fn run_once_stopped_by_sigterm_exits_75_saying_what_resumes() {
     let (code, output) = run_once(&config).await;
     assert_eq!(code, 0, "the next run finishes them: {output}");
 }
+
+/// `validate` reads a folder recipe (`.claid.yaml`) as a recipe, not as a manifest missing
+/// its `images`: a good one is ok, a bad one's problems carry its lines.
+#[tokio::test(flavor = "multi_thread")]
+async fn validate_checks_a_folder_recipe_as_a_recipe() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let good = env.drop_file(
+        "studio/.claid.yaml",
+        b"operations: { resizing: { width: 64, height: 64 } }\noutput: { format: png }\n",
+    );
+    let (code, out, err) = cli(&["validate", good.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("ok (folder recipe"), "{out}");
+    let bad = env.drop_file(
+        "bad/.claid.yaml",
+        b"operations:\n  resizing: { width: -3 }\nimages: []\n",
+    );
+    let (code, out, err) = cli(&["validate", bad.to_str().unwrap()]).await;
+    assert_eq!(code, 65, "{out}{err}");
+    assert!(out.contains("folder recipe with 2 problems"), "{out}");
+    assert!(out.contains("line 2:") && out.contains("line 3:"), "{out}");
+    assert!(!out.contains("missing images"), "{out}");
+}
+
+/// `validate` refuses a config whose state folder is a file (the start would fail), and one
+/// that is not YAML is told as a config, not first as a manifest.
+#[tokio::test(flavor = "multi_thread")]
+async fn validate_refuses_a_file_for_the_state_folder_and_reads_broken_configs_as_configs() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let config = env.config("", "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let state_line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("state:"))
+        .expect("a state line");
+    let state = env.dir.path().join("state-is-a-file");
+    std::fs::write(&state, b"not a folder").unwrap();
+    let filed = env.dir.path().join("filed.yaml");
+    std::fs::write(
+        &filed,
+        text.replace(state_line, &format!("  state: {}", state.display())),
+    )
+    .unwrap();
+    let (code, out, err) = cli(&["validate", filed.to_str().unwrap()]).await;
+    assert_eq!(code, 65, "{out}{err}");
+    assert!(out.contains("folders.state"), "{out}");
+
+    let broken = env.dir.path().join("broken.yaml");
+    std::fs::write(&broken, format!("{text}admin:\n  socket: /tmp/x.sock\n")).unwrap();
+    let (code, out, err) = cli(&["validate", broken.to_str().unwrap()]).await;
+    assert_eq!(code, 65, "{out}{err}");
+    assert!(!out.contains("As a manifest"), "{out}");
+}
