@@ -888,6 +888,12 @@ fn read_store(config: &Config, command: &str) -> anyhow::Result<Option<Snapshot>
     }
 }
 
+/// Whether `on_output_exists` refuses even an empty file in the way (`fail`); `skip` replaces
+/// an empty one, as no output to keep.
+fn plan_fails_on_any(policy: crate::config::OnOutputExists) -> bool {
+    policy == crate::config::OnOutputExists::Fail
+}
+
 fn cmd_plan(config_path: &Path, file: &Path) -> anyhow::Result<i32> {
     let config = load_config(config_path)?;
     check_readable(file, "plan")?;
@@ -948,8 +954,13 @@ fn cmd_plan(config_path: &Path, file: &Path) -> anyhow::Result<i32> {
             !unchanged
                 && crate::storages::destination_of(&job.body, &job.output_rel.to_string_lossy())
                     .is_none()
-                && std::fs::symlink_metadata(config.folders.outbox.join(&job.output_rel))
-                    .is_ok_and(|meta| meta.is_file())
+                && std::fs::symlink_metadata(config.folders.outbox.join(&job.output_rel)).is_ok_and(
+                    |meta| {
+                        // An empty file is no output: `skip` replaces it (as the daemon does).
+                        meta.is_file()
+                            && (meta.len() > 0 || plan_fails_on_any(config.on_output_exists))
+                    },
+                )
         });
         let plan = if unchanged {
             n_unchanged += 1;

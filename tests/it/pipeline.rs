@@ -493,3 +493,33 @@ async fn a_manifest_redropped_makes_what_failed_and_what_changed_and_nothing_els
     assert_eq!(dimensions(&env.outbox.join("l/l/photo.jpg")), (32, 24));
     assert_eq!(dimensions(&env.outbox.join("p/here.jpg")), (20, 20));
 }
+
+/// With `on_output_exists: skip`, an empty file in the way is no output (the daemon replaces
+/// it), and `plan` says `new` for it, not `kept`.
+#[tokio::test(flavor = "multi_thread")]
+async fn plan_says_new_for_an_empty_file_skip_replaces() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let config = env.config("", "on_output_exists: skip\n");
+    std::fs::create_dir_all(env.outbox.join("m")).expect("outbox");
+    std::fs::write(env.outbox.join("m/b.png"), b"").expect("empty");
+    let path = env.drop_file(
+        "m.yaml",
+        b"output: { format: png }\nimages:\n  - input: storage://demo/b-64x48.png\n    output: b.png\n",
+    );
+    let (code, out, err) = crate::support::cli(&[
+        "plan",
+        "--config",
+        config.to_str().unwrap(),
+        path.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let row = out
+        .lines()
+        .find(|l| l.ends_with("m/b.png"))
+        .unwrap_or_default();
+    assert_eq!(row.split_whitespace().nth(1), Some("new"), "{out}");
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(dimensions(&env.outbox.join("m/b.png")), (64, 48));
+}
