@@ -692,6 +692,9 @@ fn walk(root: &Path, reported: &mut Reported) -> std::io::Result<Vec<Found>> {
                 continue;
             }
             if !file_type.is_file() {
+                if !hidden && is_manifest_name(&path) {
+                    links.warn_once(&path, LinkKind::NotAFile);
+                }
                 continue;
             }
             let kind = if is_recipe {
@@ -708,6 +711,8 @@ fn walk(root: &Path, reported: &mut Reported) -> std::io::Result<Vec<Found>> {
             } else {
                 if in_another_format(&name) {
                     links.warn_once(&path, LinkKind::OtherFormat);
+                } else if with_an_extra_extension(&name) {
+                    links.warn_once(&path, LinkKind::ExtraExtension);
                 }
                 continue;
             };
@@ -766,6 +771,12 @@ enum LinkKind {
     HiddenFolder,
     /// Not a link: a list in a format manifests do not come in (a spreadsheet's CSV).
     OtherFormat,
+    /// Not a link: a manifest saved with an extra extension (`shoes.yaml.txt`, as Notepad
+    /// saves it).
+    ExtraExtension,
+    /// Not a link: a manifest's name on something that is no regular file (a pipe, a socket,
+    /// a device).
+    NotAFile,
 }
 
 /// Whether a file's name says it is a list in a format manifests do not come in: a team that
@@ -773,6 +784,16 @@ enum LinkKind {
 fn in_another_format(name: &std::ffi::OsStr) -> bool {
     let lower = String::from_utf8_lossy(name.as_encoded_bytes()).to_ascii_lowercase();
     [".csv", ".tsv", ".xlsx", ".xls", ".ods", ".toml", ".xml"]
+        .iter()
+        .any(|ext| lower.ends_with(ext))
+}
+
+/// Whether a file's name is a manifest's with `.txt` added (`shoes.yaml.txt`): what an editor
+/// saves when it appends its own extension. Temporary names (`.part`, `.tmp`, `.swp`) are not
+/// meant: those are files still being written.
+fn with_an_extra_extension(name: &std::ffi::OsStr) -> bool {
+    let lower = String::from_utf8_lossy(name.as_encoded_bytes()).to_ascii_lowercase();
+    [".yaml.txt", ".yml.txt", ".json.txt"]
         .iter()
         .any(|ext| lower.ends_with(ext))
 }
@@ -840,6 +861,14 @@ impl LinkWarnings<'_> {
             LinkKind::OtherFormat => warn!(
                 path = %path,
                 "A file in the inbox looks like a list of images in a format the daemon does not read; it is left alone. Manifests are YAML (*.yaml, *.yml) or JSON (*.json): write the list as one (README \"Manifests\")"
+            ),
+            LinkKind::ExtraExtension => warn!(
+                path = %path,
+                "A file in the inbox looks like a manifest saved with an extra `.txt` (an editor added it); it is left alone. Manifests end in .yaml, .yml or .json: rename it"
+            ),
+            LinkKind::NotAFile => warn!(
+                path = %path,
+                "A manifest's name in the inbox is on something that is no regular file (a pipe, a socket or a device); it is left alone: put a file there"
             ),
             LinkKind::HiddenFolder => warn!(
                 dir = %path,

@@ -222,6 +222,33 @@ https://cdn.example.com/a.jpg,a.jpg
     assert_eq!(env.stats().submits, 0);
 }
 
+/// A manifest saved as `shoes.yaml.txt` (an editor's extra extension) and a manifest's name on
+/// a named pipe are each named once in a WARN instead of lying unseen in the inbox.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_manifest_with_an_extra_extension_or_on_a_pipe_is_named_not_skipped_silently() {
+    let env = TestEnv::new(Scenario::default()).await;
+    env.drop_file(
+        "shoes.yaml.txt",
+        b"images:\n  - input: storage://demo/a-64x48.png\n",
+    );
+    let fifo = env.inbox.join("pipe.yaml");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success());
+    let (code, stderr) = env.run_once(&env.config("", "")).await;
+    assert_eq!(code, 0, "{stderr}");
+    let named = |what: &str| stderr.lines().filter(|l| l.contains(what)).count();
+    assert_eq!(named("manifest saved with an extra `.txt`"), 1, "{stderr}");
+    assert_eq!(named("no regular file"), 1, "{stderr}");
+    assert!(
+        stderr.contains("shoes.yaml.txt") && stderr.contains("pipe.yaml"),
+        "{stderr}"
+    );
+    assert_eq!(env.stats().submits, 0);
+}
+
 /// Two manifests whose names differ only in bytes that are not UTF-8 get an error file each
 /// (the names were made lossy and both wrote one file), and an error file never carries the
 /// raw control characters of a manifest's name.
