@@ -446,6 +446,12 @@ pub async fn scan_stable(inbox: &Path, watch: &WatchConfig) -> Result<Vec<Candid
         .map(|(candidates, _)| candidates)
 }
 
+/// How long the first scan waits at least for files still being written before it goes on
+/// without them (ten `watch.settle` when that is longer).
+const FIRST_SCAN_PATIENCE: Duration = Duration::from_secs(10);
+/// After how long the first scan says it waits for files still changing.
+const WAITING_TOLD_AFTER: Duration = Duration::from_secs(5);
+
 /// [`scan_stable`], with the inbox's subfolders that could not be read (sorted): `run --once`
 /// cannot call a run whole that left them unseen.
 pub async fn scan_stable_telling(
@@ -453,14 +459,42 @@ pub async fn scan_stable_telling(
     watch: &WatchConfig,
 ) -> Result<(Vec<Candidate>, Vec<PathBuf>), WatchError> {
     let mut tracker = Tracker::default();
+    let started = Instant::now();
+    // A file that never stops changing (a log, a copy that stalled) is not waited for ever.
+    let patience = watch.settle.saturating_mul(10).max(FIRST_SCAN_PATIENCE);
     let mut out: Vec<Candidate> = scan(inbox, watch, &mut tracker).await?;
     let wanted: HashSet<PathBuf> = tracker.files.keys().cloned().collect();
+    let mut told = false;
     loop {
         tracker.files.retain(|path, _| wanted.contains(path));
         let Some(deadline) = tracker.next_check(watch.settle) else {
             break;
         };
-        tokio::time::sleep_until(deadline).await;
+        let taken: HashSet<&PathBuf> = out.iter().map(|c| &c.path).collect();
+        let changing: Vec<PathBuf> = wanted
+            .iter()
+            .filter(|path| !taken.contains(path) && tracker.files.contains_key(*path))
+            .cloned()
+            .collect();
+        if started.elapsed() >= patience {
+            for path in &changing {
+                warn!(
+                    path = %Escaped::path(path),
+                    waited = %humantime::format_duration(Duration::from_secs(patience.as_secs())),
+                    "A file in the inbox is still being written; it is taken in once it stops changing (run --once leaves it for its next run)"
+                );
+            }
+            break;
+        }
+        if !told && started.elapsed() >= WAITING_TOLD_AFTER && !changing.is_empty() {
+            told = true;
+            info!(
+                files = changing.len(),
+                first = %Escaped::path(&changing[0]),
+                "Waiting for files in the inbox to stop changing"
+            );
+        }
+        tokio::time::sleep_until(deadline.min(started + patience)).await;
         let stable = scan(inbox, watch, &mut tracker).await?;
         out.extend(stable.into_iter().filter(|c| wanted.contains(&c.path)));
     }

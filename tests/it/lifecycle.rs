@@ -1038,3 +1038,50 @@ async fn issue11_images_held_in_doubt_by_a_run_saved_again_end_superseded_and_co
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("Requeued 1 jobs"), "{out}");
 }
+
+/// A manifest that never stops changing (still being written) does not keep `run --once`
+/// waiting silently for ever: it says it waits, then goes on without it after its patience
+/// (ten seconds here), naming the file; the other manifest is processed.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_once_does_not_wait_for_ever_for_a_file_still_being_written() {
+    let env = TestEnv::new(Scenario::default()).await;
+    env.drop_file(
+        "ok.yaml",
+        b"images:\n  - input: storage://demo/a-64x48.png\n",
+    );
+    let growing = env.inbox.join("grow.yaml");
+    std::fs::write(&growing, b"images:\n").expect("start");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let writer = {
+        let (growing, stop) = (growing.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            while !stop.is_cancelled() {
+                tick.tick().await;
+                use std::io::Write;
+                let mut file = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&growing)
+                    .expect("open");
+                let _ = file.write_all(b"# still writing\n");
+            }
+        })
+    };
+    let (code, stderr) = tokio::time::timeout(DEADLINE, env.run_once(&env.config("", "")))
+        .await
+        .expect("run --once ends");
+    stop.cancel();
+    writer.await.expect("writer");
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("Waiting for files in the inbox to stop changing"),
+        "{stderr}"
+    );
+    let warned = stderr
+        .lines()
+        .find(|l| l.contains("still being written"))
+        .unwrap_or_else(|| panic!("the file is named:\n{stderr}"));
+    assert!(warned.contains("grow.yaml"), "{warned}");
+    assert!(env.outbox.join("ok/a-64x48.jpg").is_file());
+    assert!(growing.is_file(), "left where it was");
+}
