@@ -677,24 +677,47 @@ fn hidden_part(rel: &Path) -> Option<String> {
     })
 }
 
+/// What `validate` checks a manifest or recipe against: the config's inbox (else the file's
+/// folder), profiles, limits and storages (none without a config).
+struct LoadParts {
+    inbox: PathBuf,
+    profiles: std::collections::BTreeMap<String, config::Profile>,
+    limits: config::Limits,
+    storages: std::collections::BTreeMap<String, config::StorageEntry>,
+}
+
+impl LoadParts {
+    fn of(config: Option<&Config>, file: &Path) -> LoadParts {
+        LoadParts {
+            inbox: match config {
+                Some(config) if file.starts_with(&config.folders.inbox) => {
+                    config.folders.inbox.clone()
+                }
+                _ => file.parent().map(Path::to_path_buf).unwrap_or_default(),
+            },
+            profiles: config.map(|c| c.profiles.clone()).unwrap_or_default(),
+            limits: config.map(|c| c.limits).unwrap_or_default(),
+            storages: config.map(|c| c.storages.clone()).unwrap_or_default(),
+        }
+    }
+
+    fn context<'a>(&'a self, config: Option<&'a Config>) -> manifest::LoadContext<'a> {
+        manifest::LoadContext {
+            inbox: &self.inbox,
+            outbox: config.map(|c| c.folders.outbox.as_path()),
+            profiles: &self.profiles,
+            limits: &self.limits,
+            storages: &self.storages,
+        }
+    }
+}
+
 /// Validates one file as a manifest; `true` when valid. Without a config, a manifest that names
 /// a profile gets a hint: the profile is unknown only because no config was read.
 fn validate_manifest_file(config: Option<&Config>, file: &Path, profile: Option<&str>) -> bool {
-    let inbox = match config {
-        Some(config) if file.starts_with(&config.folders.inbox) => config.folders.inbox.clone(),
-        _ => file.parent().map(Path::to_path_buf).unwrap_or_default(),
-    };
-    let profiles = config.map(|c| c.profiles.clone()).unwrap_or_default();
-    let limits = config.map(|c| c.limits).unwrap_or_default();
-    let storages = config.map(|c| c.storages.clone()).unwrap_or_default();
-    let load_ctx = manifest::LoadContext {
-        inbox: &inbox,
-        outbox: config.map(|c| c.folders.outbox.as_path()),
-        profiles: &profiles,
-        limits: &limits,
-        storages: &storages,
-    };
-    match manifest::load(&load_ctx, file) {
+    let parts = LoadParts::of(config, file);
+    let inbox = parts.inbox.clone();
+    match manifest::load(&parts.context(config), file) {
         Ok(spec) => {
             println!("{}: ok ({} images)", file.display(), spec.jobs.len());
             if let Some(hidden) = hidden_part(file.strip_prefix(&inbox).unwrap_or(file)) {
@@ -719,21 +742,8 @@ fn validate_manifest_file(config: Option<&Config>, file: &Path, profile: Option<
 /// Validates a folder recipe (`.claid.yaml`): its keys, profile, operations and output as they
 /// apply to every image dropped beside it; `true` when valid.
 fn validate_recipe_file(config: Option<&Config>, file: &Path) -> bool {
-    let inbox = match config {
-        Some(config) if file.starts_with(&config.folders.inbox) => config.folders.inbox.clone(),
-        _ => file.parent().map(Path::to_path_buf).unwrap_or_default(),
-    };
-    let profiles = config.map(|c| c.profiles.clone()).unwrap_or_default();
-    let limits = config.map(|c| c.limits).unwrap_or_default();
-    let storages = config.map(|c| c.storages.clone()).unwrap_or_default();
-    let load_ctx = manifest::LoadContext {
-        inbox: &inbox,
-        outbox: config.map(|c| c.folders.outbox.as_path()),
-        profiles: &profiles,
-        limits: &limits,
-        storages: &storages,
-    };
-    match manifest::check_recipe(&load_ctx, file) {
+    let parts = LoadParts::of(config, file);
+    match manifest::check_recipe(&parts.context(config), file) {
         Ok(()) => {
             println!(
                 "{}: ok (folder recipe: every image dropped beside it is made with it)",

@@ -54,15 +54,7 @@ pub fn load_image(ctx: &LoadContext<'_>, image: &Path) -> Result<ManifestSpec, M
     } = read(ctx, &recipe).map_err(fail)?;
     let text = text.as_str();
     let rel = relative_to(ctx.inbox, image);
-    let out_dir = rel.parent().map(Path::to_path_buf).unwrap_or_default();
-    let validation = Context {
-        inbox_canonical: std::fs::canonicalize(ctx.inbox).unwrap_or_else(|_| ctx.inbox.to_owned()),
-        manifest_dir: image.parent().unwrap_or(ctx.inbox),
-        out_dir,
-        profiles: ctx.profiles,
-        storages: ctx.storages,
-        recipe_image: true,
-    };
+    let validation = image_context(ctx, image);
     let mut outbox = Outbox::new(ctx.outbox);
     let doc = Doc {
         root: Value::Object(view),
@@ -104,6 +96,22 @@ pub fn load_image(ctx: &LoadContext<'_>, image: &Path) -> Result<ManifestSpec, M
         sha256: hex::encode(hasher.finalize()),
         jobs,
     })
+}
+
+/// How an image beside `sibling` (the image itself, or the recipe) is validated: relative to
+/// its folder, into the mirrored folder of the outbox, as a recipe's image.
+fn image_context<'a>(ctx: &LoadContext<'a>, sibling: &'a Path) -> Context<'a> {
+    Context {
+        inbox_canonical: std::fs::canonicalize(ctx.inbox).unwrap_or_else(|_| ctx.inbox.to_owned()),
+        manifest_dir: sibling.parent().unwrap_or(ctx.inbox),
+        out_dir: relative_to(ctx.inbox, sibling)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default(),
+        profiles: ctx.profiles,
+        storages: ctx.storages,
+        recipe_image: true,
+    }
 }
 
 /// A recipe read and parsed: its bytes and text, the manifest view of its keys (without
@@ -176,17 +184,7 @@ pub fn check(ctx: &LoadContext<'_>, recipe: &Path) -> Result<(), ManifestError> 
         mut problems,
         ..
     } = read(ctx, recipe).map_err(fail)?;
-    let validation = Context {
-        inbox_canonical: std::fs::canonicalize(ctx.inbox).unwrap_or_else(|_| ctx.inbox.to_owned()),
-        manifest_dir: recipe.parent().unwrap_or(ctx.inbox),
-        out_dir: relative_to(ctx.inbox, recipe)
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default(),
-        profiles: ctx.profiles,
-        storages: ctx.storages,
-        recipe_image: true,
-    };
+    let validation = image_context(ctx, recipe);
     let mut outbox = Outbox::new(ctx.outbox);
     // An image stands in for those dropped later: what is said about it is not the recipe's.
     let doc = Doc {

@@ -162,20 +162,22 @@ fn heif_dimensions(bytes: &[u8], expected: (u32, u32)) -> Option<(u32, u32)> {
 mod tests {
     use super::*;
 
+    /// An ISO box: its length (header included), its kind, its body.
+    fn boxed(kind: &[u8; 4], body: &[u8]) -> Vec<u8> {
+        let mut out = u32::try_from(body.len() + 8)
+            .unwrap()
+            .to_be_bytes()
+            .to_vec();
+        out.extend_from_slice(kind);
+        out.extend_from_slice(body);
+        out
+    }
+
     /// An AVIF file's size comes from its `ispe` boxes (the `image` crate cannot read it): the
     /// expected one among several (a grid's tile and the whole), else the largest; bytes of
     /// another kind, or a HEIF file without an extent, give none.
     #[test]
     fn avif_dimensions_come_from_the_ispe_boxes() {
-        fn boxed(kind: &[u8; 4], body: &[u8]) -> Vec<u8> {
-            let mut out = u32::try_from(body.len() + 8)
-                .unwrap()
-                .to_be_bytes()
-                .to_vec();
-            out.extend_from_slice(kind);
-            out.extend_from_slice(body);
-            out
-        }
         fn ispe(w: u32, h: u32) -> Vec<u8> {
             let mut body = vec![0; 4];
             body.extend_from_slice(&w.to_be_bytes());
@@ -237,15 +239,6 @@ mod tests {
         padded.extend_from_slice(&[0; 100]);
         assert_eq!(cut_short(&padded), None);
 
-        fn boxed(kind: &[u8; 4], body: &[u8]) -> Vec<u8> {
-            let mut out = u32::try_from(body.len() + 8)
-                .unwrap()
-                .to_be_bytes()
-                .to_vec();
-            out.extend_from_slice(kind);
-            out.extend_from_slice(body);
-            out
-        }
         let avif = [
             boxed(b"ftyp", b"avif\0\0\0\0mif1miaf"),
             boxed(b"meta", &[0; 40]),
