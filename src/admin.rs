@@ -503,6 +503,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/status", get(status))
         .route("/jobs", get(jobs))
         .route("/replay", post(replay))
+        .route("/replay/preview", post(replay_preview_route))
         .route("/metrics", get(metrics))
         .with_state(state)
 }
@@ -693,6 +694,16 @@ async fn jobs(State(state): State<AdminState>, Query(query): Query<JobsQuery>) -
         (Err(err), _) | (Ok(_), Err(err)) => Err(err),
     };
     json_or_500(view)
+}
+
+/// `POST /replay/preview`: what `POST /replay` would requeue, changing nothing (a route of its
+/// own, so a daemon too old to know it answers 404 instead of replaying).
+async fn replay_preview_route(
+    state: State<AdminState>,
+    axum::Json(mut req): axum::Json<ReplayRequest>,
+) -> Response {
+    req.dry_run = true;
+    replay(state, axum::Json(req)).await
 }
 
 async fn replay(

@@ -262,8 +262,9 @@ impl ClaidError {
             Rejected { .. } => ErrorClass::Job,
             Account { .. } => ErrorClass::Systemic,
             // Claid accepted a billable request but its answer cannot be read: the task (or
-            // edit) exists and may be billed, so it is never sent again on its own.
-            BadResponse { .. } if self.accepted_unread() => ErrorClass::Job,
+            // edit) exists and may be billed. In doubt, and never sent again on its own: the
+            // pipeline holds it whatever `in_doubt` says ([`ClaidError::accepted_unread`]).
+            BadResponse { .. } if self.accepted_unread() => ErrorClass::Ambiguous,
             BadResponse { .. } => ErrorClass::Transient,
             ResultGone { .. } | TooLarge { .. } => ErrorClass::Job,
             DownloadStatus { status, .. } => {
@@ -1258,7 +1259,7 @@ fn expect_ok<T: serde::de::DeserializeOwned>(
             status: answer.status.as_u16(),
             request_id: answer.request_id,
             about: if endpoint.is_billable_post() {
-                "Claid accepted it, but its answer is not the expected json; not sent again, since it may be billed (`replay` sends it again)"
+                "Claid accepted it, but its answer is not the expected json; held in doubt, not sent again, since it may be billed (`replay --in-doubt` sends it again)"
             } else {
                 "body is not the expected json"
             },
@@ -1450,16 +1451,21 @@ mod tests {
     }
 
     /// A 2xx to a submit or upload created a task (or made the edit): an answer that cannot
-    /// be read fails the job rather than sending (and billing) it again.
+    /// be read is in doubt, marked as accepted so that it is held, never sent again.
     #[test]
     fn unparseable_success_of_a_billable_post_is_never_sent_again() {
         for (endpoint, class) in [
-            (Endpoint::Submit, ErrorClass::Job),
-            (Endpoint::Upload, ErrorClass::Job),
+            (Endpoint::Submit, ErrorClass::Ambiguous),
+            (Endpoint::Upload, ErrorClass::Ambiguous),
             (Endpoint::Poll, ErrorClass::Transient),
         ] {
             let err = expect_ok::<wire::AsyncTask>(endpoint, answer(200, "{}")).unwrap_err();
             assert_eq!(err.class(), class, "{endpoint}");
+            assert_eq!(
+                err.accepted_unread(),
+                endpoint != Endpoint::Poll,
+                "{endpoint}"
+            );
             assert_eq!(err.code(), "bad-response");
         }
     }

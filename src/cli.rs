@@ -1370,7 +1370,17 @@ fn cmd_replay(
         dry_run,
     };
     let body = serde_json::to_value(&req)?;
-    let (answer, later) = match ask_daemon(&config, "POST", "/replay", Some(&body), "replay")? {
+    // A dry run has a route of its own: a daemon too old to know it answers 404, never replays.
+    let route = if dry_run { "/replay/preview" } else { "/replay" };
+    let (answer, later) = match ask_daemon(&config, "POST", route, Some(&body), "replay")? {
+        Some((404, _)) if dry_run => {
+            return Err(exit::Coded::new(
+                exit::UNAVAILABLE,
+                "the running daemon is older than this command and cannot preview a replay; nothing was changed",
+            )
+            .with_hint("restart the daemon (systemctl restart claid-hotfolder), then run the dry run again")
+            .into());
+        }
         Some(answer) => (from_daemon::<admin::ReplayAnswer>(answer)?, false),
         None => {
             let state = &config.folders.state;

@@ -707,15 +707,6 @@ impl BatchRunner {
                 }
                 Err(err) => err,
             };
-            if err.accepted_unread() {
-                // Claid created the batch, but its id is unknown: sending its images again
-                // (alone or batched) could bill each twice.
-                deps.health.ok();
-                for m in members {
-                    self.fail(m, err.code(), &err.to_string()).await;
-                }
-                return Sent::Ended;
-            }
             let failure = failure_of(&deps.health, &err, sent_at);
             match failure {
                 Failure::Job => {
@@ -749,7 +740,13 @@ impl BatchRunner {
                         }
                         return Sent::Ended;
                     }
-                    match self.in_doubt_policy() {
+                    // A 2xx whose answer cannot be read was accepted: held, never sent again.
+                    let policy = if err.accepted_unread() {
+                        InDoubtPolicy::Hold
+                    } else {
+                        self.in_doubt_policy()
+                    };
+                    match policy {
                         InDoubtPolicy::Resubmit => {
                             warn!(error = %err, "Batch submit outcome unknown; resubmitting (in doubt)");
                             for m in members {

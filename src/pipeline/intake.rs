@@ -255,8 +255,18 @@ impl Intake {
             // An ended run with something left to make is taken in again: a new run, which
             // skips the outputs still there unchanged and makes the others.
             let same = prev.sha256 == spec.sha256 && !superseded;
+            // Only a file placed in the inbox after the run finished is dropped again: one
+            // that stayed (its archiving failed) is the finished run's own, seen at a start,
+            // and must not make (and bill) what failed again at every start.
+            let dropped_again = match prev.state {
+                ManifestState::Finished { at_ms } => {
+                    changed_at_ms(&path).is_none_or(|changed| changed > at_ms)
+                }
+                _ => true,
+            };
             let remake = same
                 && prev.state.is_ended()
+                && dropped_again
                 && {
                     let keys = spec.jobs.iter().map(|job| job.key.hex()).collect();
                     match self.left_to_make(*id, keys).await {
@@ -703,8 +713,20 @@ fn flattened_name(rel: &Path) -> std::ffi::OsString {
     flat
 }
 
+/// When the file's inode last changed (ctime, ms since the epoch): a copy, a move or a save
+/// into the inbox sets it; `None` when it cannot be read.
+fn changed_at_ms(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    let secs = u64::try_from(meta.ctime()).ok()?;
+    let nanos = u64::try_from(meta.ctime_nsec()).ok()?;
+    Some(secs * 1000 + nanos / 1_000_000)
+}
+
 /// A `Done { unchanged }` state when the previous done job's output file is still there with
-/// the recorded content (README "Incremental").
+/// the recorded content (README "Incremental"), or when it wrote an object into a storage
+/// (`s3://…`): that one is taken from the record, not looked up in the bucket, so an image
+/// delivered into a bucket is not billed again by a later run of the same row.
 fn unchanged_state(outbox: &Path, prev: &JobState) -> Option<JobState> {
     let JobState::Done {
         path,
@@ -720,6 +742,18 @@ fn unchanged_state(outbox: &Path, prev: &JobState) -> Option<JobState> {
         return None;
     };
     let path_buf = PathBuf::from(path);
+    if path.contains("://") {
+        return Some(JobState::Done {
+            path: path.clone(),
+            bytes: *bytes,
+            sha256: sha256.clone(),
+            width: *width,
+            height: *height,
+            task_id: *task_id,
+            unchanged: true,
+            skipped: false,
+        });
+    }
     if !path_buf.starts_with(outbox) {
         return None;
     }

@@ -449,7 +449,12 @@ impl Runner {
                     deps.queue.push_front((job.manifest, id));
                     return Step::End(JobOutcome::Requeued);
                 }
-                Failure::Ambiguous => match self.settings().policies.in_doubt {
+                // A 2xx whose answer cannot be read was accepted: held, never sent again.
+                Failure::Ambiguous => match if err.accepted_unread() {
+                    InDoubtPolicy::Hold
+                } else {
+                    self.settings().policies.in_doubt
+                } {
                     // With webhooks on, a lost answer may still be announced: a task created
                     // by this very request is adopted, so nothing is billed twice.
                     _ if local_bytes.is_none()

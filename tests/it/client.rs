@@ -625,7 +625,7 @@ async fn submit_timeout_after_send_is_ambiguous_and_sent_once() {
 }
 
 #[tokio::test]
-async fn unreadable_200_fails_a_submit_without_sending_it_again_and_is_transient_for_poll() {
+async fn unreadable_200_is_ambiguous_for_submit_and_transient_for_poll() {
     let mock = Mock::default();
     let root = mock.start().await;
     mock.on(SUBMIT, vec![Reply::raw(200, b"<html>oops</html>")])
@@ -635,8 +635,8 @@ async fn unreadable_200_fails_a_submit_without_sending_it_again_and_is_transient
         );
     let client = client(&format!("{root}/v1"));
     let err = client.submit_once(&edit_body()).await.unwrap_err();
-    // Claid accepted it: sending it again could bill it twice.
-    assert_eq!(err.class(), ErrorClass::Job);
+    // Claid accepted it: in doubt, and held (sending it again could bill it twice).
+    assert_eq!(err.class(), ErrorClass::Ambiguous);
     assert!(err.accepted_unread());
     assert_eq!(err.code(), "bad-response");
     assert_eq!(mock.seen_on("POST", "/v1/image/edit/async").len(), 1);
