@@ -252,7 +252,13 @@ pub async fn status_view(
                 eta_secs,
             }
         })
-        .collect();
+        .collect::<Vec<ManifestView>>();
+    // The daemon's counts are the rows' (jobs by state), so one answer never contradicts
+    // itself: the `max_in_flight` slots held by jobs waiting for a turn are no images in
+    // flight.
+    let active = manifests.iter().filter(|m| !m.finished);
+    let (rows_in_flight, rows_queued) =
+        active.fold((0u64, 0u64), |(f, q), m| (f + m.in_flight, q + m.queued));
     let daemon = live.map(|p| {
         let (health, reason) = match (p.health(), p.writes_blocked()) {
             (Health::Paused { reason, .. }, _) => ("paused".to_owned(), Some(reason)),
@@ -273,9 +279,9 @@ pub async fn status_view(
         DaemonView {
             health,
             reason,
-            in_flight: p.in_flight(),
+            in_flight: usize::try_from(rows_in_flight).unwrap_or(usize::MAX),
             awaiting_webhook: p.awaiting_adoption(),
-            queued: p.queued(),
+            queued: usize::try_from(rows_queued).unwrap_or(usize::MAX),
             uptime_secs: p.uptime().as_secs(),
             batching: Some(p.batching()),
         }

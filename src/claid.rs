@@ -143,7 +143,10 @@ pub enum ClaidError {
         /// The OS error (`ECONNREFUSED: connection refused`) or the innermost message.
         cause: String,
     },
-    #[error("{endpoint}: no answer from {addr} within the request timeout")]
+    #[error(
+        "{endpoint}: no answer from {addr} within {}",
+        if *endpoint == Endpoint::Upload { "api.upload_timeout" } else { "api.request_timeout" }
+    )]
     Timeout {
         endpoint: Endpoint,
         addr: String,

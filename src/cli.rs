@@ -1152,12 +1152,6 @@ fn cmd_status(config_path: &Path, json: bool) -> anyhow::Result<i32> {
         println!("{}", serde_json::to_string_pretty(&view)?);
         return Ok(exit::OK);
     }
-    // The daemon's line counts what the manifests' rows count (jobs by state), so the two
-    // agree; the slots of `max_in_flight` taken by jobs waiting for a turn are not images
-    // in flight.
-    let active = view.manifests.iter().filter(|m| !m.finished);
-    let (rows_in_flight, rows_queued) =
-        active.fold((0u64, 0u64), |(f, q), m| (f + m.in_flight, q + m.queued));
     match &view.daemon {
         Some(d) => println!(
             "daemon: {}{}; {} in flight{}, {} queued, up {}s",
@@ -1166,20 +1160,12 @@ fn cmd_status(config_path: &Path, json: bool) -> anyhow::Result<i32> {
                 .as_deref()
                 .map(|r| format!(" ({r})"))
                 .unwrap_or_default(),
-            if view.manifests.is_empty() {
-                d.in_flight as u64
-            } else {
-                rows_in_flight
-            },
+            d.in_flight,
             match d.awaiting_webhook {
                 0 => String::new(),
                 n => format!(", {n} waiting for a webhook to name the task of a lost submit"),
             },
-            if view.manifests.is_empty() {
-                d.queued as u64
-            } else {
-                rows_queued
-            },
+            d.queued,
             d.uptime_secs
         ),
         None if no_store => println!(
@@ -1371,7 +1357,11 @@ fn cmd_replay(
     };
     let body = serde_json::to_value(&req)?;
     // A dry run has a route of its own: a daemon too old to know it answers 404, never replays.
-    let route = if dry_run { "/replay/preview" } else { "/replay" };
+    let route = if dry_run {
+        "/replay/preview"
+    } else {
+        "/replay"
+    };
     let (answer, later) = match ask_daemon(&config, "POST", route, Some(&body), "replay")? {
         Some((404, _)) if dry_run => {
             return Err(exit::Coded::new(

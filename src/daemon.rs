@@ -408,7 +408,11 @@ pub async fn run(
     // it: they are parked at once (a submit among them is in doubt at the next start, as it
     // would be after a longer wait), so `run --once` says why it ended now, not a grace later.
     let grace = match &result {
-        Ok(OnceEnd::Unreachable { .. }) => config.shutdown_grace.min(UNREACHABLE_DRAIN),
+        // (Not when only a bucket is away: the API still answers, and a synchronous upload
+        // cut short would be in doubt.)
+        Ok(OnceEnd::Unreachable { bucket: false, .. }) => {
+            config.shutdown_grace.min(UNREACHABLE_DRAIN)
+        }
         _ => config.shutdown_grace,
     };
     if shutdown_requested {

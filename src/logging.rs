@@ -319,6 +319,16 @@ mod tests {
             line,
             r#"{"fields":{"input":"http://u:REDACTED@h/a.png?token=REDACTED"}}"#
         );
+        // A URL quoted inside a JSON string (`\"…\"`) keeps the escape after it: still JSON.
+        let mut out = JsonSafeWriter(Vec::new());
+        out.write_all(br#"{"fields":{"reason":"cannot fetch \"https://h/a.png?sig=S\""}}"#)
+            .unwrap();
+        let line = String::from_utf8(out.0).unwrap();
+        assert!(
+            serde_json::from_str::<serde_json::Value>(&line).is_ok(),
+            "{line}"
+        );
+        assert!(line.contains("sig=REDACTED"), "{line}");
     }
 
     /// Collects everything written, for one test's subscriber.

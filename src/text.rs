@@ -118,7 +118,8 @@ pub fn redact_urls_in(text: &str) -> std::borrow::Cow<'_, str> {
     if !text.contains("://") {
         return text.into();
     }
-    let ends = |c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | '`');
+    // A backslash too: inside a JSON or quoted Debug string a quote comes as `\"`.
+    let ends = |c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | '`' | '\\');
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     let mut changed = false;

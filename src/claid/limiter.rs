@@ -198,7 +198,10 @@ impl Limiter {
                 Some(60) => &self.per_minute,
                 _ => continue,
             };
-            let limit = limit.max(1);
+            // A quota of 0 is no quota to keep to (a misconfigured gateway, not an account).
+            if limit == 0 {
+                continue;
+            }
             if quota.fetch_min(limit, Ordering::Relaxed) > limit {
                 lowered = true;
             }

@@ -420,6 +420,12 @@ impl Checker {
                 ),
             );
         }
+        let request_timeout =
+            self.duration(root, "api.request_timeout", DEFAULT_REQUEST_TIMEOUT, false);
+        // An upload waits at least as long as any request: the value in force is printed.
+        let upload_timeout = self
+            .duration(root, "api.upload_timeout", DEFAULT_UPLOAD_TIMEOUT, false)
+            .max(request_timeout);
         Some(ApiConfig {
             base_url,
             api_key_file: self.path(root, "api.api_key_file", base_dir),
@@ -443,18 +449,8 @@ impl Checker {
                 "api.max_downloads",
                 DEFAULT_MAX_DOWNLOADS,
             )),
-            request_timeout: self.duration(
-                root,
-                "api.request_timeout",
-                DEFAULT_REQUEST_TIMEOUT,
-                false,
-            ),
-            upload_timeout: self.duration(
-                root,
-                "api.upload_timeout",
-                DEFAULT_UPLOAD_TIMEOUT,
-                false,
-            ),
+            request_timeout,
+            upload_timeout,
             poll: PollConfig {
                 min: poll_min,
                 max: poll_max,

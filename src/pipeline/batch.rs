@@ -1011,7 +1011,14 @@ impl BatchRunner {
             let before = matched.unmatched.len();
             matched.unmatched = unexplained(matched.unmatched, &members, &siblings);
             explained = matched.unmatched.len() < before;
-            whole_batch = siblings.is_empty();
+            // Whole only as far as its echoed request tells: without it, a job of the batch
+            // in another run would not be seen.
+            whole_batch = siblings.is_empty()
+                && result
+                    .request
+                    .get("input")
+                    .and_then(serde_json::Value::as_array)
+                    .is_some_and(|inputs| inputs.len() == members.len());
         }
         // (Not when results were taken as other jobs': a member left over may have its result
         // among them, and is held in doubt below.)
@@ -1296,6 +1303,7 @@ impl Matched {
         if whole_batch
             && !self.done.is_empty()
             && self.loose_errors.is_empty()
+            && result.results.len() + result.errors.len() == members
             && let ([index], [name]) = (left.as_slice(), self.unmatched.as_slice())
             && let Some(item) = result
                 .results

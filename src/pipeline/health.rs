@@ -44,9 +44,10 @@ pub struct HealthState {
     /// such error: while there are any, nothing new is submitted (Claid would bill results
     /// that cannot be written either).
     writes: Mutex<(usize, String)>,
-    /// Since when output writes fail without one succeeding (`run --once` gives up on it
-    /// after `api.unreachable_timeout`), and the last failure.
-    writes_failing: Mutex<Option<(Instant, String)>>,
+    /// Jobs retrying a failed output write (each counted while its [`WriteRetrying`] lives),
+    /// since when there have been any, and the last failure: `run --once` gives up after
+    /// `api.unreachable_timeout` of it.
+    writes_failing: Mutex<(usize, Option<(Instant, String)>)>,
     /// Why the outbox's disk takes no more outputs (nearly full, or not writable), as the
     /// activity monitor last found it: new submits wait too.
     disk: Mutex<Option<(Instant, String)>>,
@@ -76,6 +77,27 @@ impl Drop for WritesBlocked {
     }
 }
 
+/// One job retrying a failed output write (see [`HealthState::write_failed`]); counted while
+/// this lives. When the last one ends, writes are no longer failing.
+#[derive(Debug)]
+pub struct WriteRetrying {
+    health: Arc<HealthState>,
+}
+
+impl Drop for WriteRetrying {
+    fn drop(&mut self) {
+        let mut failing = self
+            .health
+            .writes_failing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        failing.0 = failing.0.saturating_sub(1);
+        if failing.0 == 0 {
+            failing.1 = None;
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     /// When a call last succeeded.
@@ -99,7 +121,7 @@ impl HealthState {
             api,
             unanswered,
             writes: Mutex::new((0, String::new())),
-            writes_failing: Mutex::new(None),
+            writes_failing: Mutex::new((0, None)),
             disk: Mutex::new(None),
         }
     }
@@ -112,14 +134,7 @@ impl HealthState {
         if writes.0 == 1 {
             error!(error = %why, "An output cannot be written; no new image is submitted until outputs can be written again");
         }
-        writes.1 = why.clone();
-        drop(writes);
-        let mut failing = self
-            .writes_failing
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let since = failing.take().map_or_else(Instant::now, |(since, _)| since);
-        *failing = Some((since, why));
+        writes.1 = why;
         WritesBlocked {
             health: self.clone(),
         }
@@ -135,24 +150,40 @@ impl HealthState {
         self.disk_problem().map(|(_, why)| why)
     }
 
-    /// An output was written: writes work (again).
-    pub fn output_written(&self) {
+    /// A job's output write failed with `why` and the job retries it: counted while the
+    /// returned guard lives (the job keeps it until it ends: written, or given up).
+    pub fn write_failed(
+        self: &Arc<Self>,
+        held: Option<WriteRetrying>,
+        why: String,
+    ) -> WriteRetrying {
         let mut failing = self
             .writes_failing
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if failing.is_some() {
-            *failing = None;
+        if held.is_none() {
+            failing.0 += 1;
         }
+        let since = failing
+            .1
+            .take()
+            .map_or_else(Instant::now, |(since, _)| since);
+        failing.1 = Some((since, why));
+        drop(failing);
+        // (Built only when new: a guard made and dropped here would count itself off.)
+        held.unwrap_or_else(|| WriteRetrying {
+            health: self.clone(),
+        })
     }
 
-    /// Since how long, and why, output writes fail without one succeeding in between (a
-    /// folder of the outbox the daemon may not write, a full disk): `run --once` gives up on
-    /// it after `api.unreachable_timeout`.
+    /// Since how long, and why, jobs retry output writes that fail, with no moment without
+    /// one (a folder of the outbox the daemon may not write, a full disk): `run --once` gives
+    /// up on it after `api.unreachable_timeout`.
     pub fn writes_failing(&self) -> Option<(std::time::Duration, String)> {
         self.writes_failing
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .1
             .as_ref()
             .map(|(since, why)| (since.elapsed(), why.clone()))
     }

@@ -976,7 +976,6 @@ impl Runner {
         drop(permit);
         match written {
             Ok(Ok(n_bytes)) => {
-                deps.health.output_written();
                 info!(bytes = n_bytes, width, height, "Output written");
                 deps.metrics.bytes_written.inc_by(n_bytes);
                 deps.metrics.polls_per_job.observe(f64::from(job.polls));
@@ -999,6 +998,10 @@ impl Runner {
                 }
                 let after = healing_write_wait(n);
                 error!(error = %err, code = %code, attempt = n, retry_in_ms = after.as_millis() as u64, "Cannot write the output; retrying later");
+                write_failures.retrying = Some(
+                    deps.health
+                        .write_failed(write_failures.retrying.take(), err.to_string()),
+                );
                 // A full disk, no file descriptors left or an outbox the daemon may not write
                 // is the machine's, not this job's: while the job waits, no new image is
                 // submitted (its result could not be written either), and `/healthz` says
@@ -1250,6 +1253,8 @@ fn decide(attempts: &mut retry::Attempts, failure: Failure) -> Decision {
 #[derive(Default)]
 struct Writes {
     failures: u32,
+    /// Held from the first failed write until the job ends (written or given up).
+    retrying: Option<crate::pipeline::health::WriteRetrying>,
 }
 
 /// The wait after the `n`-th failed write of an output (from 1): 1 s doubling to 60 s, less
