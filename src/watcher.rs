@@ -822,6 +822,16 @@ fn in_another_format(name: &std::ffi::OsStr) -> bool {
         .any(|ext| lower.ends_with(ext))
 }
 
+/// Whether a path names a folder recipe under another extension (`.claid.yml`, `.claid.json`).
+fn is_misnamed_recipe(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    name != RECIPE_NAME
+        && matches!(
+            name.to_ascii_lowercase().as_str(),
+            ".claid.yml" | ".claid.json" | ".claid.yaml"
+        )
+}
+
 /// Whether a file's name is a manifest's with `.txt` added (`shoes.yaml.txt`): what an editor
 /// saves when it appends its own extension. Temporary names (`.part`, `.tmp`, `.swp`) are not
 /// meant: those are files still being written.
@@ -887,6 +897,10 @@ impl LinkWarnings<'_> {
             LinkKind::Image => warn!(
                 path = %path,
                 "An image in a recipe folder is a symlink; it is not followed (put the file itself there)"
+            ),
+            LinkKind::HiddenManifest if is_misnamed_recipe(path.to_string().as_str()) => warn!(
+                path = %path,
+                "A folder recipe must be named `.claid.yaml`; this one is not read, so the images beside it are not processed: rename it"
             ),
             LinkKind::HiddenManifest => warn!(
                 path = %path,

@@ -58,6 +58,10 @@ pub fn check_input(
         || lower.starts_with("https://")
         || lower.starts_with("storage://")
     {
+        // The scheme in lower case (`HTTPS://` is the same URL, and Claid reads only `https`).
+        let scheme_end = trimmed.find("://").map_or(0, |i| i + 3);
+        let normalized = format!("{}{}", &lower[..scheme_end], &trimmed[scheme_end..]);
+        let trimmed = normalized.as_str();
         let input = check_remote(trimmed, path, problems)?;
         if lower.starts_with("storage://") {
             check_storage_key(trimmed, path, ctx, problems)?;

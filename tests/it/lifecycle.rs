@@ -1085,3 +1085,24 @@ async fn run_once_does_not_wait_for_ever_for_a_file_still_being_written() {
     assert!(env.outbox.join("ok/a-64x48.jpg").is_file());
     assert!(growing.is_file(), "left where it was");
 }
+
+/// A recipe saved as `.claid.yml` is told to be named `.claid.yaml` (not to lose its dot),
+/// and an input whose scheme is written in capitals (`STORAGE://`, `HTTPS://`) is the same
+/// URL: made, not refused by Claid.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_misnamed_recipe_is_named_and_a_capital_scheme_is_read() {
+    let env = TestEnv::new(Scenario::default()).await;
+    env.drop_file("studio/.claid.yml", b"output: { format: png }\n");
+    env.drop_file("studio/p.png", &crate::support::png(64, 48));
+    env.drop_file(
+        "m.yaml",
+        b"images:\n  - input: STORAGE://demo/a-64x48.png\n",
+    );
+    let (code, stderr) = env.run_once(&env.config("", "")).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("A folder recipe must be named `.claid.yaml`"),
+        "{stderr}"
+    );
+    assert!(env.outbox.join("m/a-64x48.jpg").is_file(), "{stderr}");
+}
