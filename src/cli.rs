@@ -1381,10 +1381,25 @@ fn cmd_replay(
                 );
                 return Ok(exit::OK);
             }
-            check_owner(state)?;
-            let store = open_store(&config)?;
-            let answer = small_runtime()?.block_on(admin::replay_offline(&store, &req))?;
-            (answer, true)
+            // A dry run writes nothing: it reads a private copy, as `jobs` does, so anyone
+            // who may read the store may run it (not only its owner).
+            if dry_run {
+                let Some(snapshot) = read_store(&config, "replay")? else {
+                    println!(
+                        "Nothing to replay: there is no store yet in {}.",
+                        state.display()
+                    );
+                    return Ok(exit::OK);
+                };
+                let answer =
+                    small_runtime()?.block_on(admin::replay_offline(snapshot.store(), &req))?;
+                (answer, true)
+            } else {
+                check_owner(state)?;
+                let store = open_store(&config)?;
+                let answer = small_runtime()?.block_on(admin::replay_offline(&store, &req))?;
+                (answer, true)
+            }
         }
     };
     if dry_run && !answer.preview.is_empty() {

@@ -610,6 +610,15 @@ async fn issue13_replay_writes_the_store_only_as_its_owner() {
             "{err}"
         );
         assert_eq!(tree_state(&env.state), before, "nothing written");
+        // A dry run writes nothing, so it needs no ownership: it reads a copy.
+        let (code, out, err) = cli(&["replay", "--failed", "--dry-run", "--config", config]).await;
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.contains("Would requeue 1 jobs"), "{out}");
+        assert_eq!(
+            tree_state(&env.state),
+            before,
+            "nothing written by the dry run"
+        );
         std::os::unix::fs::chown(&v1, Some(0), None).expect("chown");
     }
     let (code, out, err) = cli(&["replay", "--failed", "--config", config]).await;
