@@ -370,19 +370,20 @@ impl Dispatch {
         jobs: usize,
     ) -> Option<LostSubmit> {
         let key = request_key(request)?;
+        let sent = whole_numbers(request);
         let slot = Arc::new(Slot::default());
         let mut inner = self.lock();
         let came = inner
             .early
             .iter()
-            .find(|(_, (_, update))| echoes(&key, update.request()))
+            .find(|(_, (_, update))| echoes(&sent, update.request()))
             .map(|(id, _)| *id);
         // A task only named so far (not final) is adopted without marking it done: its final
         // update still comes to whoever watches it.
         let named = inner
             .named
             .iter()
-            .find(|(_, (_, update))| echoes(&key, update.request()))
+            .find(|(_, (_, update))| echoes(&sent, update.request()))
             .map(|(id, _)| *id);
         match came.and_then(|id| inner.early.remove(&id).map(|(_, update)| (id, update))) {
             Some((id, update)) => {
@@ -722,24 +723,23 @@ fn echoed_key<V>(registered: &HashMap<String, V>, echo: &serde_json::Value) -> O
     if registered.contains_key(&own) {
         return Some(own);
     }
-    let mut holding = registered.keys().filter(|key| echoes(key, echo));
+    let echo = whole_numbers(echo);
+    let mut holding = registered.keys().filter(|key| {
+        serde_json::from_str::<serde_json::Value>(key).is_ok_and(|sent| holds(&sent, &echo))
+    });
     match (holding.next(), holding.next()) {
         (Some(key), None) => Some(key.clone()),
         _ => None,
     }
 }
 
-/// Whether `echo` is the request whose key is `sent`: the same, or (Claid may echo the
+/// Whether `echo` is the request `sent` (with whole numbers as integers): the same, or (Claid may echo the
 /// request as its model holds it, with `null` for every field not sent) one that holds every
 /// field sent with the same value and only `null` besides. An echo with any other field
 /// more is not taken: it may be another job's request that has the same fields and more, and
 /// adopting its task would deliver that job's image.
-fn echoes(sent: &str, echo: &serde_json::Value) -> bool {
-    if request_key(echo).as_deref() == Some(sent) {
-        return true;
-    }
-    serde_json::from_str::<serde_json::Value>(sent)
-        .is_ok_and(|sent| !echo.is_null() && holds(&sent, &whole_numbers(echo)))
+fn echoes(sent: &serde_json::Value, echo: &serde_json::Value) -> bool {
+    holds(sent, &whole_numbers(echo))
 }
 
 /// `echo` has every field of `sent`, recursively, with the same values (lists item by item),

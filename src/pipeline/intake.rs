@@ -742,36 +742,20 @@ fn unchanged_state(outbox: &Path, prev: &JobState) -> Option<JobState> {
         return None;
     };
     let path_buf = PathBuf::from(path);
-    if path.contains("://") {
-        return Some(JobState::Done {
-            path: path.clone(),
-            bytes: *bytes,
-            sha256: sha256.clone(),
-            width: *width,
-            height: *height,
-            task_id: *task_id,
-            unchanged: true,
-            skipped: false,
-        });
-    }
-    if !path_buf.starts_with(outbox) {
-        return None;
-    }
-    match std::fs::metadata(&path_buf) {
-        Ok(meta) if meta.len() == *bytes => {}
-        _ => return None,
-    }
-    match output::sha256_file(&path_buf) {
-        Ok(found) if found == *sha256 => Some(JobState::Done {
-            path: path.clone(),
-            bytes: *bytes,
-            sha256: sha256.clone(),
-            width: *width,
-            height: *height,
-            task_id: *task_id,
-            unchanged: true,
-            skipped: false,
-        }),
-        _ => None,
-    }
+    // An object in a storage is taken from the record; a file in the outbox must still be
+    // there with the recorded content.
+    let still_there = path.contains("://")
+        || (path_buf.starts_with(outbox)
+            && std::fs::metadata(&path_buf).is_ok_and(|meta| meta.len() == *bytes)
+            && output::sha256_file(&path_buf).is_ok_and(|found| found == *sha256));
+    still_there.then(|| JobState::Done {
+        path: path.clone(),
+        bytes: *bytes,
+        sha256: sha256.clone(),
+        width: *width,
+        height: *height,
+        task_id: *task_id,
+        unchanged: true,
+        skipped: false,
+    })
 }
