@@ -70,6 +70,16 @@ pub enum FatalError {
     #[error("`{key}`: {} is not a folder", Escaped::path(path))]
     NotAFolder { key: &'static str, path: PathBuf },
     #[error(
+        "`{key}`: {} cannot be a folder: {} above it is a file; choose a path under a folder",
+        Escaped::path(path),
+        Escaped::path(file)
+    )]
+    UnderAFile {
+        key: &'static str,
+        path: PathBuf,
+        file: PathBuf,
+    },
+    #[error(
         "`{key}`: the daemon cannot {needs} the folder {}: {}; {}",
         Escaped::path(path),
         OsCause(cause),
@@ -945,11 +955,30 @@ pub fn check_folders(config: &Config) -> Vec<FatalError> {
                     parent: nearest_existing(path),
                 });
             }
+            // Under a file (`notes.txt/state`): no folder can ever be made there, whatever
+            // `folders.create` says; the file is named.
+            Err(_) if file_above(path).is_some() => problems.push(FatalError::UnderAFile {
+                key,
+                path: path.clone(),
+                file: file_above(path).unwrap_or_default(),
+            }),
             // Not readable by this user: the access check names it.
             Err(_) => {}
         }
     }
     problems
+}
+
+/// The nearest existing ancestor of `path` when it is not a folder (a regular file, say).
+fn file_above(path: &Path) -> Option<PathBuf> {
+    path.ancestors()
+        .skip(1)
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .find_map(|dir| match std::fs::metadata(dir) {
+            Ok(meta) => Some((!meta.is_dir()).then(|| dir.to_path_buf())),
+            Err(_) => None,
+        })
+        .flatten()
 }
 
 /// The access the daemon needs to a folder.

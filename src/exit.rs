@@ -180,6 +180,7 @@ pub fn of_fatal(err: &FatalError) -> i32 {
         FatalError::NoApiKey | FatalError::Client(_) => USAGE,
         FatalError::MissingFolder { .. }
         | FatalError::NotAFolder { .. }
+        | FatalError::UnderAFile { .. }
         | FatalError::Overlap { .. } => USAGE,
         FatalError::FolderNotWritable { cause, .. } => of_io(cause, Access::Write),
         FatalError::Folder { cause, .. } => of_io(cause, Access::Create),

@@ -1389,6 +1389,27 @@ async fn validate_refuses_a_file_for_the_state_folder_and_reads_broken_configs_a
     assert_eq!(code, 65, "{out}{err}");
     assert!(out.contains("folders.state"), "{out}");
 
+    // A state folder under that file can never be made: told, naming the file, and the
+    // daemon does not start.
+    let under = env.dir.path().join("under.yaml");
+    std::fs::write(
+        &under,
+        text.replace(
+            state_line,
+            &format!("  state: {}", state.join("store").display()),
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = cli(&["validate", under.to_str().unwrap()]).await;
+    assert_eq!(code, 65, "{out}{err}");
+    assert!(
+        out.contains("folders.state") && out.contains("above it is a file"),
+        "{out}"
+    );
+    let (code, out, err) = cli(&["run", "--once", "--config", under.to_str().unwrap()]).await;
+    assert_eq!(code, 64, "{out}{err}");
+    assert!(err.contains("above it is a file"), "{out}{err}");
+
     let broken = env.dir.path().join("broken.yaml");
     std::fs::write(&broken, format!("{text}admin:\n  socket: /tmp/x.sock\n")).unwrap();
     let (code, out, err) = cli(&["validate", broken.to_str().unwrap()]).await;
