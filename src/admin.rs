@@ -187,7 +187,7 @@ pub async fn replay_preview(
             preview.push(ReplayPreview {
                 id: *id,
                 state: job.state.kind().to_owned(),
-                input: job.input.clone(),
+                input: crate::text::redact_credentials(&job.input).into_owned(),
                 output: job.output_rel.clone(),
             });
         }
@@ -323,7 +323,10 @@ pub async fn jobs_view(store: &Store, query: &JobsQuery) -> Result<Vec<JobView>,
 
 fn job_view(id: JobId, manifest: &str, job: &JobV1) -> JobView {
     let (task_id, detail) = match &job.state {
-        JobState::Failed { code, message, .. } => (None, format!("{code}: {message}")),
+        JobState::Failed { code, message, .. } => (
+            None,
+            format!("{code}: {}", crate::text::redact_urls_in(message)),
+        ),
         JobState::Done {
             path,
             task_id,
@@ -344,7 +347,8 @@ fn job_view(id: JobId, manifest: &str, job: &JobV1) -> JobView {
     JobView {
         id,
         manifest: manifest.to_owned(),
-        input: job.input.clone(),
+        // Who reads the admin socket or the page need not read the manifest's secrets.
+        input: crate::text::redact_credentials(&job.input).into_owned(),
         output: job.output_rel.clone(),
         state: state_name(&job.state).to_owned(),
         attempts: job.attempts,

@@ -395,8 +395,13 @@ fn job_row(id: u64, job: &crate::store::records::JobV1, outbox: &Path) -> views:
     views::JobRow {
         idx: job.idx,
         id,
-        input_is_url: job.input.starts_with("https://") || job.input.starts_with("http://"),
-        input: job.input.clone(),
+        // A URL with a password or a signature in it is shown redacted, and not as a link.
+        input_is_url: (job.input.starts_with("https://") || job.input.starts_with("http://"))
+            && matches!(
+                crate::text::redact_credentials(&job.input),
+                std::borrow::Cow::Borrowed(_)
+            ),
+        input: crate::text::redact_credentials(&job.input).into_owned(),
         output: job.output_rel.clone(),
         state: if job.state.is_unchanged() {
             "unchanged"
@@ -561,9 +566,9 @@ pub async fn failures(
                         views::FailureRow {
                             manifest_id: *mid,
                             manifest: rel.clone(),
-                            input: job.input.clone(),
+                            input: crate::text::redact_credentials(&job.input).into_owned(),
                             output: job.output_rel.clone(),
-                            message: message.clone(),
+                            message: crate::text::redact_urls_in(message).into_owned(),
                             when: humantime::format_rfc3339_seconds(
                                 UNIX_EPOCH + Duration::from_millis(job.updated_at_ms),
                             )

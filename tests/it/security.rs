@@ -12,7 +12,7 @@ use claid_hotfolder::claid::{Client, ClientConfig};
 use claid_hotfolder::emulator::Scenario;
 use tokio::process::Command;
 
-use crate::support::{TestEnv, bin, dimensions, png, sigterm, wait_until};
+use crate::support::{TestEnv, bin, cli, dimensions, png, sigterm, wait_until};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -575,12 +575,33 @@ async fn secrets_in_input_urls_never_reach_the_log() {
         )
         .as_bytes(),
     );
-    let (_, stderr) = env.run_once(&env.config("", "")).await;
+    let config = env.config("", "");
+    let (_, stderr) = env.run_once(&config).await;
     assert!(stderr.contains("user:REDACTED@"), "{stderr}");
     for secret in ["hunter2pw", "SIGSECRET"] {
         assert!(
             !stderr.contains(secret),
             "{secret} is in the log:\n{stderr}"
         );
+    }
+    // Nor the terminal of whoever lists the jobs or previews a replay.
+    let config = config.to_str().unwrap();
+    let (code, jobs, err) = cli(&["jobs", "--config", config]).await;
+    assert_eq!(code, 0, "{jobs}{err}");
+    let (code, preview, err) = cli(&[
+        "replay",
+        "--manifest",
+        "s.yaml",
+        "--dry-run",
+        "--config",
+        config,
+    ])
+    .await;
+    assert_eq!(code, 0, "{preview}{err}");
+    for listing in [&jobs, &preview] {
+        assert!(listing.contains("user:REDACTED@"), "{listing}");
+        for secret in ["hunter2pw", "SIGSECRET"] {
+            assert!(!listing.contains(secret), "{secret} is shown:\n{listing}");
+        }
     }
 }
