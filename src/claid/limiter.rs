@@ -385,15 +385,20 @@ impl State {
 /// not a delay: no window is 30 years long.
 const EPOCH_FROM: f64 = 1.0e9;
 
+/// And one this large is a point in time in Unix milliseconds (as other servers send).
+const EPOCH_MS_FROM: f64 = 1.0e12;
+
 /// Reads `RateLimit-Reset`: seconds until the reset (whole or fractional), or the reset's
-/// Unix time (then the seconds left until it); at most [`MAX_RESET`]. `None` when absent or
+/// Unix time in seconds or milliseconds (then the seconds left until it); at most [`MAX_RESET`]. `None` when absent or
 /// unusable.
 pub fn parse_reset(value: Option<&str>) -> Option<Duration> {
     let secs: f64 = value?.trim().parse().ok()?;
     if !secs.is_finite() || secs < 0.0 {
         return None;
     }
-    let secs = if secs >= EPOCH_FROM {
+    let secs = if secs >= EPOCH_MS_FROM {
+        return parse_reset(Some(&(secs / 1000.0).to_string()));
+    } else if secs >= EPOCH_FROM {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .ok()?
@@ -449,6 +454,12 @@ mod reset_tests {
         assert_eq!(
             parse_reset(Some(&(now - 10).to_string())),
             Some(Duration::ZERO)
+        );
+        // The same point in Unix milliseconds.
+        let in_ten_ms = parse_reset(Some(&((now + 10) * 1000).to_string())).unwrap();
+        assert!(
+            in_ten_ms <= Duration::from_secs(10) && in_ten_ms >= Duration::from_secs(8),
+            "{in_ten_ms:?}"
         );
         assert_eq!(parse_retry_after(Some("3")), Some(Duration::from_secs(3)));
         let date = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(20));
