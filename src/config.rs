@@ -105,6 +105,8 @@ pub const DEFAULT_STORAGE_REGION: &str = "us-east-1";
 pub struct StorageEntry {
     /// The connector's name on Claid's side (`GET /v1/storage/storages`).
     pub claid_name: String,
+    /// `s3://` (Amazon S3 or S3-compatible) or `gs://` (Google Cloud Storage).
+    pub provider: crate::objects::Provider,
     /// The bucket and prefix the connector points at (`s3://bucket/prefix`).
     pub bucket: String,
     /// Without slashes at its ends; empty for the whole bucket.
@@ -113,19 +115,22 @@ pub struct StorageEntry {
     pub endpoint: Option<String>,
     /// Signing region (`us-east-1` by default).
     pub region: String,
-    /// YAML with `access_key_id` and `secret_access_key`; `None` = the `AWS_*` variables.
+    /// For `s3://`: YAML with `access_key_id` and `secret_access_key`; `None` = the `AWS_*`
+    /// variables. For `gs://`: a service account's JSON key; `None` = the file
+    /// `GOOGLE_APPLICATION_CREDENTIALS` names.
     pub credentials_file: Option<PathBuf>,
     /// Storage outputs are also downloaded into the outbox, as local outputs are.
     pub output_local_copy: bool,
 }
 
 impl StorageEntry {
-    /// `s3://bucket/prefix`.
+    /// `s3://bucket/prefix` (or `gs://…`).
     pub fn url(&self) -> String {
+        let scheme = self.provider.scheme();
         if self.prefix.is_empty() {
-            format!("s3://{}", self.bucket)
+            format!("{scheme}://{}", self.bucket)
         } else {
-            format!("s3://{}/{}", self.bucket, self.prefix)
+            format!("{scheme}://{}/{}", self.bucket, self.prefix)
         }
     }
 }

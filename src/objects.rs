@@ -19,7 +19,8 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures_util::TryStreamExt;
-use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::aws::AmazonS3Builder;
+use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::path::Path as StorePath;
 use object_store::{BackoffConfig, ClientOptions, ObjectStore, PutPayload, RetryConfig};
 
@@ -90,20 +91,13 @@ impl Credentials {
             path: path.to_path_buf(),
             cause,
         };
-        use std::io::Read;
-        // A few lines of YAML: more is not a credentials file (`/dev/zero` would be read
-        // until memory runs out).
-        const MAX_BYTES: u64 = 64 * 1024;
-        let mut text = String::new();
-        std::fs::File::open(path)
-            .and_then(|file| file.take(MAX_BYTES + 1).read_to_string(&mut text))
-            .map_err(|err| fail(crate::os_error::OsCause(&err).to_string()))?;
-        if text.len() as u64 > MAX_BYTES {
-            return Err(fail(format!(
-                "more than {} KiB: not a credentials file (a YAML map of access_key_id and secret_access_key)",
-                MAX_BYTES / 1024
-            )));
-        }
+        let text = read_small(path).map_err(|cause| {
+            fail(if cause.starts_with("more than") {
+                format!("{cause} (a YAML map of access_key_id and secret_access_key)")
+            } else {
+                cause
+            })
+        })?;
         let credentials: Credentials = serde_yaml::from_str(&text).map_err(|err| {
             let message = err.to_string();
             let line = err.location().map_or(0, |at| at.line());
@@ -137,25 +131,191 @@ impl Credentials {
     }
 }
 
-/// The bucket and prefix of an `s3://bucket/prefix` URL.
+/// Which kind of bucket a storage is: Amazon S3 (or an S3-compatible server) or Google Cloud
+/// Storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Provider {
+    #[default]
+    S3,
+    Gcs,
+}
+
+impl Provider {
+    /// The URL scheme: `s3` or `gs`.
+    pub fn scheme(self) -> &'static str {
+        match self {
+            Provider::S3 => "s3",
+            Provider::Gcs => "gs",
+        }
+    }
+
+    /// The connector type Claid gives such a bucket (`s3`, `gcs`).
+    pub fn claid_type(self) -> &'static str {
+        match self {
+            Provider::S3 => "s3",
+            Provider::Gcs => "gcs",
+        }
+    }
+}
+
+/// A Google service account's JSON key (as the Cloud console downloads it). `Debug` never shows
+/// it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct GcsKey {
+    /// The file's text, handed to the GCS client as it is.
+    json: String,
+    /// The account's `client_email` (not a secret: shown where an S3 storage shows its key id).
+    pub client_email: String,
+    /// The key names an `http://` API base (`gcs_base_url`, for a local test server).
+    plain_http: bool,
+}
+
+impl std::fmt::Debug for GcsKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GcsKey")
+            .field("client_email", &self.client_email)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GcsKey {
+    /// The file `GOOGLE_APPLICATION_CREDENTIALS` names.
+    pub fn from_env() -> Result<GcsKey, ObjectError> {
+        match std::env::var_os("GOOGLE_APPLICATION_CREDENTIALS").filter(|v| !v.is_empty()) {
+            Some(path) => GcsKey::from_file(Path::new(&path)),
+            None => Err(ObjectError::NoGcsCredentials),
+        }
+    }
+
+    /// A service account's JSON key file: `client_email`, `private_key_id` and `private_key`.
+    /// Errors say where and what was expected, never what the file holds.
+    pub fn from_file(path: &Path) -> Result<GcsKey, ObjectError> {
+        let fail = |cause: String| ObjectError::CredentialsFile {
+            path: path.to_path_buf(),
+            cause,
+        };
+        let text = read_small(path).map_err(fail)?;
+        let value: serde_json::Value = serde_json::from_str(&text).map_err(|err| {
+            fail(format!(
+                "line {}: not JSON; a gs:// storage's credentials_file is a service account's JSON key",
+                err.line()
+            ))
+        })?;
+        let serde_json::Value::Object(map) = &value else {
+            return Err(fail(
+                "not a JSON object; a gs:// storage's credentials_file is a service account's JSON key"
+                    .to_owned(),
+            ));
+        };
+        if let Some(kind) = map.get("type")
+            && kind.as_str() != Some("service_account")
+        {
+            return Err(fail(
+                "`type` is not \"service_account\": give a service account's key (user credentials are not supported)".to_owned(),
+            ));
+        }
+        let field = |name: &str| {
+            map.get(name)
+                .and_then(serde_json::Value::as_str)
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+                .ok_or_else(|| {
+                    fail(format!(
+                        "`{name}` is missing or not a string (a service account's key has client_email, private_key_id and private_key)"
+                    ))
+                })
+        };
+        let client_email = field("client_email")?;
+        field("private_key_id")?;
+        field("private_key")?;
+        let plain_http = map
+            .get("gcs_base_url")
+            .and_then(serde_json::Value::as_str)
+            .is_some_and(|url| url.starts_with("http://"));
+        Ok(GcsKey {
+            json: text,
+            client_email,
+            plain_http,
+        })
+    }
+}
+
+/// How the daemon signs its requests to a bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    /// S3 access keys (an `s3://` storage).
+    S3(Credentials),
+    /// A service account's key (a `gs://` storage).
+    Gcs(GcsKey),
+}
+
+impl Access {
+    pub fn provider(&self) -> Provider {
+        match self {
+            Access::S3(_) => Provider::S3,
+            Access::Gcs(_) => Provider::Gcs,
+        }
+    }
+
+    /// The S3 keys, for an `s3://` storage.
+    pub fn s3(&self) -> Option<&Credentials> {
+        match self {
+            Access::S3(credentials) => Some(credentials),
+            Access::Gcs(_) => None,
+        }
+    }
+
+    /// The key's public part: the S3 key id or the service account's email.
+    pub fn key_id(&self) -> &str {
+        match self {
+            Access::S3(credentials) => &credentials.access_key_id,
+            Access::Gcs(key) => &key.client_email,
+        }
+    }
+}
+
+/// A small file's text (a credentials file): at most 64 KiB, or a message.
+fn read_small(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    // More is not a credentials file (`/dev/zero` would be read until memory runs out).
+    const MAX_BYTES: u64 = 64 * 1024;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_BYTES + 1).read_to_string(&mut text))
+        .map_err(|err| crate::os_error::OsCause(&err).to_string())?;
+    if text.len() as u64 > MAX_BYTES {
+        return Err(format!(
+            "more than {} KiB: not a credentials file",
+            MAX_BYTES / 1024
+        ));
+    }
+    Ok(text)
+}
+
+/// The bucket and prefix of an `s3://bucket/prefix` (or `gs://bucket/prefix`) URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct S3Url {
+    pub provider: Provider,
     pub bucket: String,
     /// Without leading or trailing `/`; empty for the whole bucket.
     pub prefix: String,
 }
 
 impl S3Url {
-    /// Parses `s3://bucket` or `s3://bucket/prefix/…` (a trailing `/` is ignored).
+    /// Parses `s3://bucket` or `s3://bucket/prefix/…` (a trailing `/` is ignored), and the same
+    /// with `gs://` (Google Cloud Storage).
     pub fn parse(url: &str) -> Result<S3Url, ObjectError> {
         // Never the URL as written in an error: it may hold keys (`s3://KEY:SECRET@bucket`).
         let fail = |reason: &'static str| ObjectError::Url {
             url: crate::config::print::redact_url(url),
             reason,
         };
-        let rest = url
-            .strip_prefix("s3://")
-            .ok_or(fail("must start with s3://"))?;
+        let (provider, rest) = match (url.strip_prefix("s3://"), url.strip_prefix("gs://")) {
+            (Some(rest), _) => (Provider::S3, rest),
+            (None, Some(rest)) => (Provider::Gcs, rest),
+            (None, None) => return Err(fail("must start with s3:// or gs://")),
+        };
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.contains('@') {
             return Err(fail(
@@ -168,6 +328,7 @@ impl S3Url {
             _ => fail("invalid prefix"),
         })?;
         Ok(S3Url {
+            provider,
             bucket: bucket.to_owned(),
             prefix,
         })
@@ -182,9 +343,10 @@ pub struct ObjectStorageConfig {
     pub prefix: String,
     /// `http(s)://host:port` of an S3-compatible server; `None` = Amazon S3 itself.
     pub endpoint: Option<String>,
-    /// Signing region; `None` = `us-east-1`.
+    /// Signing region (S3 only); `None` = `us-east-1`.
     pub region: Option<String>,
-    pub credentials: Credentials,
+    /// The keys, which also say which kind of bucket it is.
+    pub access: Access,
 }
 
 /// What a listing, a head or a write reports about one object.
@@ -200,7 +362,8 @@ pub struct ObjectInfo {
 /// One bucket and prefix, ready for requests. Cheap to clone.
 #[derive(Clone)]
 pub struct ObjectStorage {
-    store: Arc<AmazonS3>,
+    store: Arc<dyn ObjectStore>,
+    provider: Provider,
     bucket: String,
     prefix: String,
 }
@@ -220,7 +383,7 @@ pub enum ObjectError {
     #[error("invalid object key \"{}\": {reason}", escape(key))]
     UnsafeKey { key: String, reason: &'static str },
     #[error(
-        "invalid storage URL \"{}\": {reason} (write s3://BUCKET/PREFIX)",
+        "invalid storage URL \"{}\": {reason} (write s3://BUCKET/PREFIX or gs://BUCKET/PREFIX)",
         escape(url)
     )]
     Url { url: String, reason: &'static str },
@@ -228,9 +391,13 @@ pub enum ObjectError {
         "no S3 credentials: give a credentials file (YAML with access_key_id and secret_access_key) or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
     )]
     NoCredentials,
+    #[error(
+        "no Google credentials: give a credentials file (a service account's JSON key) or set GOOGLE_APPLICATION_CREDENTIALS to one"
+    )]
+    NoGcsCredentials,
     #[error("cannot read the credentials file {}: {cause}", path.display())]
     CredentialsFile { path: PathBuf, cause: String },
-    #[error("cannot set up storage s3://{bucket}: {cause}")]
+    #[error("cannot set up storage {bucket}: {cause}")]
     Setup { bucket: String, cause: String },
     #[error("cannot {op} {uri}: object not found")]
     NotFound { op: &'static str, uri: String },
@@ -261,9 +428,9 @@ impl ObjectError {
         match self {
             ObjectError::UnsafeKey { .. } => "object-unsafe-key",
             ObjectError::Url { .. } => "object-storage-url",
-            ObjectError::NoCredentials | ObjectError::CredentialsFile { .. } => {
-                "object-credentials"
-            }
+            ObjectError::NoCredentials
+            | ObjectError::NoGcsCredentials
+            | ObjectError::CredentialsFile { .. } => "object-credentials",
             ObjectError::Setup { .. } => "object-storage-config",
             ObjectError::NotFound { .. } => "object-not-found",
             ObjectError::Denied { .. } => "object-access-denied",
@@ -276,8 +443,9 @@ impl ObjectError {
 impl ObjectStorage {
     /// Builds the client; makes no request (a wrong endpoint or key shows at the first call).
     pub fn new(config: &ObjectStorageConfig) -> Result<ObjectStorage, ObjectError> {
+        let provider = config.access.provider();
         let setup = |cause: String| ObjectError::Setup {
-            bucket: config.bucket.clone(),
+            bucket: format!("{}://{}", provider.scheme(), config.bucket),
             cause,
         };
         check_bucket(&config.bucket).map_err(|reason| setup(format!("bucket name {reason}")))?;
@@ -285,17 +453,47 @@ impl ObjectStorage {
         let mut options = ClientOptions::new()
             .with_timeout(REQUEST_TIMEOUT)
             .with_connect_timeout(CONNECT_TIMEOUT);
+        let retry = RetryConfig {
+            backoff: BackoffConfig::default(),
+            max_retries: MAX_RETRIES,
+            retry_timeout: RETRY_TIMEOUT,
+        };
+        let credentials = match &config.access {
+            Access::S3(credentials) => credentials,
+            Access::Gcs(key) => {
+                if config.endpoint.is_some() {
+                    return Err(setup(
+                        "an endpoint applies to s3:// storages only: a gs:// storage is reached through Google's own API".to_owned(),
+                    ));
+                }
+                let store = GoogleCloudStorageBuilder::new()
+                    .with_bucket_name(&config.bucket)
+                    .with_service_account_key(&key.json)
+                    .with_retry(retry)
+                    .with_client_options(options.with_allow_http(key.plain_http))
+                    .build()
+                    // The builder's errors may quote the key: never shown.
+                    .map_err(|_| {
+                        setup(
+                            "the service account's key cannot be used (is private_key a PEM RSA key?)"
+                                .to_owned(),
+                        )
+                    })?;
+                return Ok(ObjectStorage {
+                    store: Arc::new(store),
+                    provider,
+                    bucket: config.bucket.clone(),
+                    prefix,
+                });
+            }
+        };
         let mut builder = AmazonS3Builder::new()
             .with_bucket_name(&config.bucket)
             .with_region(config.region.as_deref().unwrap_or("us-east-1"))
-            .with_access_key_id(&config.credentials.access_key_id)
-            .with_secret_access_key(&config.credentials.secret_access_key)
-            .with_retry(RetryConfig {
-                backoff: BackoffConfig::default(),
-                max_retries: MAX_RETRIES,
-                retry_timeout: RETRY_TIMEOUT,
-            });
-        if let Some(token) = &config.credentials.session_token {
+            .with_access_key_id(&credentials.access_key_id)
+            .with_secret_access_key(&credentials.secret_access_key)
+            .with_retry(retry);
+        if let Some(token) = &credentials.session_token {
             builder = builder.with_token(token);
         }
         if let Some(endpoint) = &config.endpoint {
@@ -319,9 +517,15 @@ impl ObjectStorage {
             .map_err(|err| setup(describe(&err)))?;
         Ok(ObjectStorage {
             store: Arc::new(store),
+            provider,
             bucket: config.bucket.clone(),
             prefix,
         })
+    }
+
+    /// Amazon S3 (or S3-compatible) or Google Cloud Storage.
+    pub fn provider(&self) -> Provider {
+        self.provider
     }
 
     /// The bucket.
@@ -347,9 +551,14 @@ impl ObjectStorage {
         Ok(full)
     }
 
-    /// `s3://bucket/prefix/key`, for messages and records (not checked).
+    /// `s3://bucket/prefix/key` (`gs://…`), for messages and records (not checked).
     pub fn uri(&self, key: &str) -> String {
-        format!("s3://{}/{}", self.bucket, self.join(key))
+        format!(
+            "{}://{}/{}",
+            self.provider.scheme(),
+            self.bucket,
+            self.join(key)
+        )
     }
 
     /// The bytes of `key`; an object larger than `max_bytes` is refused before its body is read.
@@ -846,6 +1055,13 @@ mod tests {
         assert_eq!(parse("s3://b"), Some(("b".into(), String::new())));
         assert_eq!(parse("s3://b/"), Some(("b".into(), String::new())));
         assert_eq!(parse("s3://b/p/q/"), Some(("b".into(), "p/q".into())));
+        // Google Cloud Storage, the same shape.
+        let gs = S3Url::parse("gs://bkt/catalog/").expect("gs url");
+        assert_eq!(
+            (gs.provider, gs.bucket.as_str(), gs.prefix.as_str()),
+            (Provider::Gcs, "bkt", "catalog")
+        );
+        assert_eq!(S3Url::parse("s3://bkt").expect("s3").provider, Provider::S3);
         for bad in [
             "http://b/p",
             "s3://",
@@ -864,7 +1080,7 @@ mod tests {
             prefix: "/catalog/raw/".into(),
             endpoint: Some("http://127.0.0.1:9".into()),
             region: None,
-            credentials: Credentials::new("id", "secret"),
+            access: Access::S3(Credentials::new("id", "secret")),
         })
         .expect("builds without a request");
         assert_eq!(storage.prefix(), "catalog/raw");
@@ -887,7 +1103,7 @@ mod tests {
             prefix: String::new(),
             endpoint: Some("ftp://127.0.0.1:9".into()),
             region: None,
-            credentials: Credentials::new("id", "hunter2-secret"),
+            access: Access::S3(Credentials::new("id", "hunter2-secret")),
         };
         let err = ObjectStorage::new(&config).expect_err("ftp endpoint");
         assert_eq!(err.code(), "object-storage-config");

@@ -11,10 +11,13 @@
 
 use std::collections::BTreeMap;
 
+use crate::claid::wire::StorageType;
 use crate::claid::{ClaidError, Client};
 use crate::config::StorageEntry;
 use crate::exit;
-use crate::objects::{Credentials, ObjectError, ObjectStorage, ObjectStorageConfig};
+use crate::objects::{
+    Access, Credentials, GcsKey, ObjectError, ObjectStorage, ObjectStorageConfig, Provider,
+};
 use crate::text::escape;
 
 /// One configured storage, opened.
@@ -186,12 +189,14 @@ impl Storages {
     pub fn open(entries: &BTreeMap<String, StorageEntry>) -> Result<Storages, StorageError> {
         let mut by_name = BTreeMap::new();
         for (name, entry) in entries {
-            let credentials = match &entry.credentials_file {
-                Some(path) => {
-                    warn_if_exposed(name, path);
-                    Credentials::from_file(path)
-                }
-                None => Credentials::from_env(),
+            if let Some(path) = &entry.credentials_file {
+                warn_if_exposed(name, path);
+            }
+            let access = match (entry.provider, &entry.credentials_file) {
+                (Provider::S3, Some(path)) => Credentials::from_file(path).map(Access::S3),
+                (Provider::S3, None) => Credentials::from_env().map(Access::S3),
+                (Provider::Gcs, Some(path)) => GcsKey::from_file(path).map(Access::Gcs),
+                (Provider::Gcs, None) => GcsKey::from_env().map(Access::Gcs),
             }
             .map_err(|cause| StorageError::Credentials {
                 storage: name.clone(),
@@ -202,7 +207,7 @@ impl Storages {
                 prefix: entry.prefix.clone(),
                 endpoint: entry.endpoint.clone(),
                 region: Some(entry.region.clone()),
-                credentials,
+                access,
             };
             let objects = ObjectStorage::new(&config).map_err(|cause| StorageError::Setup {
                 storage: name.clone(),
@@ -301,14 +306,24 @@ impl Storages {
                     .as_deref()
                     .map(|p| p.trim_matches('/'))
                     .unwrap_or(&storage.entry.prefix);
-                if bucket != storage.entry.bucket || path != storage.entry.prefix {
+                // So must its type: an s3 connector reads another bucket than a gs:// one.
+                let provider = match &connector.kind {
+                    StorageType::S3 => Some(Provider::S3),
+                    StorageType::Gcs => Some(Provider::Gcs),
+                    _ => None,
+                };
+                let scheme = provider.map_or("s3", Provider::scheme);
+                if bucket != storage.entry.bucket
+                    || path != storage.entry.prefix
+                    || provider.is_some_and(|p| p != storage.entry.provider)
+                {
                     return Err(StorageError::Mismatch {
                         storage: storage.name.clone(),
                         connector: storage.entry.claid_name.clone(),
                         claid: if path.is_empty() {
-                            format!("s3://{bucket}")
+                            format!("{scheme}://{bucket}")
                         } else {
-                            format!("s3://{bucket}/{path}")
+                            format!("{scheme}://{bucket}/{path}")
                         },
                         ours: storage.entry.url(),
                     });

@@ -57,7 +57,7 @@ impl Moto {
             prefix: PREFIX.to_owned(),
             endpoint: Some(self.endpoint.clone()),
             region: None,
-            credentials: Credentials::new(ACCESS_KEY, SECRET_KEY),
+            access: claid_hotfolder::objects::Access::S3(Credentials::new(ACCESS_KEY, SECRET_KEY)),
         }
     }
 

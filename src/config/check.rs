@@ -23,6 +23,7 @@ use crate::config::{
     InDoubtPolicy, Limits, LogConfig, LogFormat, OnManifestDone, OnOutputExists, PollConfig,
     Profile, StorageEntry, WatchConfig,
 };
+use crate::objects::Provider;
 use crate::yaml::kind;
 
 mod web;
@@ -263,19 +264,20 @@ impl Checker {
                     String::new()
                 }
             };
-            let (bucket, prefix) = match lookup(root, &format!("{key}.url")) {
+            let none = || (Provider::S3, String::new(), String::new());
+            let (provider, bucket, prefix) = match lookup(root, &format!("{key}.url")) {
                 None | Some(Value::Null) => {
                     self.problem(
                         &format!("{key}.url"),
-                        "missing; give the bucket and prefix the connector points at, like `s3://bucket/prefix`",
+                        "missing; give the bucket and prefix the connector points at, like `s3://bucket/prefix` or `gs://bucket/prefix`",
                     );
-                    (String::new(), String::new())
+                    none()
                 }
                 Some(Value::String(text)) => match crate::objects::S3Url::parse(text.trim()) {
-                    Ok(url) => (url.bucket, url.prefix),
+                    Ok(url) => (url.provider, url.bucket, url.prefix),
                     Err(err) => {
                         self.problem(&format!("{key}.url"), err.to_string());
-                        (String::new(), String::new())
+                        none()
                     }
                 },
                 Some(other) => {
@@ -286,9 +288,24 @@ impl Checker {
                             kind(other)
                         ),
                     );
-                    (String::new(), String::new())
+                    none()
                 }
             };
+            // A gs:// bucket is reached through Google's API with a service account's key:
+            // an S3 endpoint or signing region set beside it would be silently unused.
+            if provider == Provider::Gcs {
+                for field in ["endpoint", "region"] {
+                    if !matches!(
+                        lookup(root, &format!("{key}.{field}")),
+                        None | Some(Value::Null)
+                    ) {
+                        self.problem(
+                            &format!("{key}.{field}"),
+                            format!("applies to s3:// storages only; a gs:// storage is reached through Google's own API (remove `{field}`)"),
+                        );
+                    }
+                }
+            }
             let endpoint = match lookup(root, &format!("{key}.endpoint")) {
                 None | Some(Value::Null) => None,
                 Some(Value::String(text)) if has_user_info(text.trim()) => {
@@ -338,6 +355,7 @@ impl Checker {
                     name.clone(),
                     StorageEntry {
                         claid_name,
+                        provider,
                         bucket,
                         prefix,
                         endpoint,

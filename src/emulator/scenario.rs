@@ -881,7 +881,10 @@ mod tests {
                 prefix: String::new(),
                 endpoint: None,
                 region: None,
-                credentials: crate::objects::Credentials::new("AKID", "s3-hunter2"),
+                access: crate::objects::Access::S3(crate::objects::Credentials::new(
+                    "AKID",
+                    "s3-hunter2",
+                )),
             },
         });
         let shown = format!("{s:?}");

@@ -29,8 +29,8 @@ use crate::emulator::server::{
 };
 use crate::emulator::stats::Recorder;
 use crate::objects::{
-    Credentials, ObjectError, ObjectInfo, ObjectStorage, ObjectStorageConfig, check_bucket,
-    check_key,
+    Access, Credentials, ObjectError, ObjectInfo, ObjectStorage, ObjectStorageConfig, Provider,
+    check_bucket, check_key,
 };
 use crate::text::escape;
 
@@ -180,7 +180,10 @@ impl Registry {
                 Connector {
                     id,
                     name: connector.name.clone(),
-                    kind: StorageType::S3,
+                    kind: match connector.storage.access.provider() {
+                        Provider::S3 => StorageType::S3,
+                        Provider::Gcs => StorageType::Gcs,
+                    },
                     created_at: created_at.clone(),
                     params: Params::Cloud(connector.storage.clone()),
                     client: Some(client),
@@ -581,7 +584,7 @@ fn view(connector: &Connector) -> StorageOut {
             bucket: Some(config.bucket.clone()),
             path: Some(config.prefix.clone()),
             credentials: Some(StorageCredentialsOut {
-                access_key: config.credentials.access_key_id.clone(),
+                access_key: config.access.key_id().to_owned(),
             }),
             base_url: None,
         },
@@ -605,9 +608,13 @@ fn build_client(
     params: &Params,
 ) -> Result<Option<ObjectStorage>, Box<Response>> {
     match (kind, params) {
-        (StorageType::S3, Params::Cloud(config)) => ObjectStorage::new(config)
-            .map(Some)
-            .map_err(|err| Box::new(field_error("parameters", &err.to_string()))),
+        (StorageType::S3 | StorageType::Gcs, Params::Cloud(config))
+            if config.access.provider() == Provider::Gcs || *kind == StorageType::S3 =>
+        {
+            ObjectStorage::new(config)
+                .map(Some)
+                .map_err(|err| Box::new(field_error("parameters", &err.to_string())))
+        }
         _ => Ok(None),
     }
 }
@@ -627,8 +634,7 @@ enum ParamsSpec {
     Cloud {
         bucket: String,
         path: String,
-        access_key: String,
-        secret: String,
+        access: Access,
     },
     WebFolder {
         base_url: String,
@@ -641,14 +647,14 @@ impl ParamsSpec {
             ParamsSpec::Cloud {
                 bucket,
                 path,
-                access_key,
-                secret,
+                access,
             } => Params::Cloud(ObjectStorageConfig {
                 bucket,
                 prefix: path,
-                endpoint,
+                // A key of the config's own (a gs:// storage) is reached as it says.
+                endpoint: endpoint.filter(|_| access.provider() == Provider::S3),
                 region,
-                credentials: Credentials::new(access_key, secret),
+                access,
             }),
             ParamsSpec::WebFolder { base_url } => Params::WebFolder { base_url },
         }
@@ -783,8 +789,7 @@ fn parse(value: &Value, current: Option<&Connector>) -> Result<Spec, Vec<FieldEr
             Params::Cloud(config) => ParamsSpec::Cloud {
                 bucket: config.bucket.clone(),
                 path: config.prefix.clone(),
-                access_key: config.credentials.access_key_id.clone(),
-                secret: config.credentials.secret_access_key.clone(),
+                access: config.access.clone(),
             },
             Params::WebFolder { base_url } => ParamsSpec::WebFolder {
                 base_url: base_url.clone(),
@@ -852,8 +857,16 @@ fn parse_cloud(p: &mut Problems, value: &Value, base: Option<&Params>) -> Option
         path: path
             .or_else(|| base.map(|b| b.prefix.clone()))
             .unwrap_or_default(),
-        access_key: access_key.or_else(|| base.map(|b| b.credentials.access_key_id.clone()))?,
-        secret: secret.or_else(|| base.map(|b| b.credentials.secret_access_key.clone()))?,
+        // Each key taken from the body, or else kept from the connector being updated.
+        access: match (access_key, secret, base.map(|b| &b.access)) {
+            (access_key, secret, Some(Access::S3(old))) => Access::S3(Credentials::new(
+                access_key.unwrap_or_else(|| old.access_key_id.clone()),
+                secret.unwrap_or_else(|| old.secret_access_key.clone()),
+            )),
+            (Some(access_key), Some(secret), _) => Access::S3(Credentials::new(access_key, secret)),
+            (None, None, Some(kept)) => kept.clone(),
+            _ => return None,
+        },
     })
 }
 
@@ -935,7 +948,7 @@ mod tests {
                 prefix: "raw".into(),
                 endpoint: None,
                 region: None,
-                credentials: Credentials::new("AK", "SK"),
+                access: Access::S3(Credentials::new("AK", "SK")),
             }),
             client: None,
         };
@@ -949,18 +962,18 @@ mod tests {
         let ParamsSpec::Cloud {
             bucket,
             path,
-            access_key,
-            secret,
+            access,
         } = spec.params
         else {
             panic!("cloud parameters");
         };
+        let credentials = access.s3().expect("s3 keys");
         assert_eq!(
             (
                 bucket.as_str(),
                 path.as_str(),
-                access_key.as_str(),
-                secret.as_str()
+                credentials.access_key_id.as_str(),
+                credentials.secret_access_key.as_str()
             ),
             ("bkt", "out", "AK", "SK2")
         );

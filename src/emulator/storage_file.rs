@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::emulator::storage::{StorageConnector, check_name};
-use crate::objects::{Credentials, ObjectError, ObjectStorage, ObjectStorageConfig, S3Url};
+use crate::objects::{
+    Access, Credentials, GcsKey, ObjectError, ObjectStorage, ObjectStorageConfig, Provider, S3Url,
+};
 use crate::text::escape;
 
 /// Why a storages file cannot be used.
@@ -134,7 +136,7 @@ fn connector(entry: Entry, base: &Path) -> Result<StorageConnector, String> {
         .claid_name
         .ok_or("claid_name is required (the connector name in storage://NAME/…)")?;
     check_name(&name).map_err(|reason| format!("claid_name {reason}"))?;
-    let (bucket, prefix) = match (entry.url, entry.bucket) {
+    let (provider, bucket, prefix) = match (entry.url, entry.bucket) {
         (Some(url), None) => {
             if entry.prefix.is_some() {
                 return Err(
@@ -142,15 +144,42 @@ fn connector(entry: Entry, base: &Path) -> Result<StorageConnector, String> {
                 );
             }
             let url = S3Url::parse(&url).map_err(|err| format!("url: {err}"))?;
-            (url.bucket, url.prefix)
+            (url.provider, url.bucket, url.prefix)
         }
         (None, Some(bucket)) => {
             let prefix = entry.prefix.unwrap_or_default();
-            (bucket, prefix.trim_matches('/').to_owned())
+            (Provider::S3, bucket, prefix.trim_matches('/').to_owned())
         }
         (Some(_), Some(_)) => return Err("give either url or bucket, not both".into()),
         (None, None) => return Err("url (s3://bucket/prefix) or bucket is required".into()),
     };
+    let resolve = |file: PathBuf| {
+        if file.is_relative() {
+            base.join(file)
+        } else {
+            file
+        }
+    };
+    // A gs:// bucket: a service account's key file (or GOOGLE_APPLICATION_CREDENTIALS).
+    if provider == Provider::Gcs {
+        if entry.access_key_id.is_some() || entry.secret_access_key.is_some() {
+            return Err("a gs:// storage takes a service account's key as credentials_file, not access_key_id and secret_access_key".into());
+        }
+        let key = match entry.credentials_file {
+            Some(file) => GcsKey::from_file(&resolve(file)),
+            None => GcsKey::from_env(),
+        }
+        .map_err(|err| err.to_string())?;
+        let storage = ObjectStorageConfig {
+            bucket,
+            prefix,
+            endpoint: entry.endpoint,
+            region: entry.region,
+            access: Access::Gcs(key),
+        };
+        ObjectStorage::new(&storage).map_err(|err: ObjectError| err.to_string())?;
+        return Ok(StorageConnector { name, storage });
+    }
     let credentials = match (
         entry.access_key_id,
         entry.secret_access_key,
@@ -158,12 +187,7 @@ fn connector(entry: Entry, base: &Path) -> Result<StorageConnector, String> {
     ) {
         (Some(id), Some(secret), None) => Credentials::new(id, secret),
         (None, None, Some(file)) => {
-            let file = if file.is_relative() {
-                base.join(file)
-            } else {
-                file
-            };
-            Credentials::from_file(&file).map_err(|err| err.to_string())?
+            Credentials::from_file(&resolve(file)).map_err(|err| err.to_string())?
         }
         (None, None, None) => Credentials::from_env().map_err(|err| err.to_string())?,
         (_, _, Some(_)) => {
@@ -179,7 +203,7 @@ fn connector(entry: Entry, base: &Path) -> Result<StorageConnector, String> {
         prefix,
         endpoint: entry.endpoint,
         region: entry.region,
-        credentials,
+        access: Access::S3(credentials),
     };
     // Catches bad endpoints and names now, with the entry, rather than at the first request.
     ObjectStorage::new(&storage).map_err(|err: ObjectError| err.to_string())?;
@@ -214,7 +238,7 @@ mod tests {
         .expect("daemon shape");
         assert_eq!(own, daemon);
         assert_eq!(own[0].storage.prefix, "raw");
-        assert_eq!(own[0].storage.credentials.access_key_id, "FILEKEY");
+        assert_eq!(own[0].storage.access.key_id(), "FILEKEY");
     }
 
     #[test]

@@ -808,6 +808,7 @@ fn issue15_storage_keys_s3_would_refuse_are_refused_at_validation() {
         "catalog".to_owned(),
         claid_hotfolder::config::StorageEntry {
             claid_name: "catalog-s3".to_owned(),
+            provider: claid_hotfolder::objects::Provider::S3,
             bucket: "acme".to_owned(),
             prefix: "images".to_owned(),
             endpoint: None,

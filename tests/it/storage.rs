@@ -140,7 +140,7 @@ fn offline_connector(name: &str, secret: &str) -> StorageConnector {
             prefix: "in".to_owned(),
             endpoint: Some("http://127.0.0.1:9".to_owned()),
             region: None,
-            credentials: Credentials::new("PRESETKEY", secret),
+            access: claid_hotfolder::objects::Access::S3(Credentials::new("PRESETKEY", secret)),
         },
     }
 }

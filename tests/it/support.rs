@@ -666,9 +666,8 @@ impl S3Server {
                 prefix: prefix.to_owned(),
                 endpoint: Some(self.endpoint.clone()),
                 region: None,
-                credentials: claid_hotfolder::objects::Credentials::new(
-                    S3_ACCESS_KEY,
-                    S3_SECRET_KEY,
+                access: claid_hotfolder::objects::Access::S3(
+                    claid_hotfolder::objects::Credentials::new(S3_ACCESS_KEY, S3_SECRET_KEY),
                 ),
             },
         }
@@ -964,4 +963,57 @@ pub async fn wait_for<T>(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A stand-in for Google Cloud Storage's XML API in front of moto, whose S3 API it is: each
+/// request is passed on as it came but for its `Authorization` (a GCS client sends a bearer
+/// token; moto wants a signature's shape). Returns `http://127.0.0.1:PORT`; serves until the
+/// test's runtime ends.
+pub async fn gcs_xml_api(s3: &S3Server) -> String {
+    use axum::body::Body;
+    use axum::extract::Request;
+    let target = s3.endpoint.clone();
+    let http = reqwest::Client::new();
+    let forward = move |request: Request| {
+        let (target, http) = (target.clone(), http.clone());
+        async move {
+            let (parts, body) = request.into_parts();
+            let body = axum::body::to_bytes(body, 64 * 1024 * 1024)
+                .await
+                .unwrap_or_default();
+            let path = parts
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned();
+            let mut headers = parts.headers.clone();
+            headers.remove(axum::http::header::HOST);
+            headers.insert(
+                axum::http::header::AUTHORIZATION,
+                axum::http::HeaderValue::from_static(S3_AUTHORIZATION),
+            );
+            let answer = http
+                .request(parts.method, format!("{target}{path}"))
+                .headers(headers)
+                .body(body)
+                .send()
+                .await
+                .expect("moto answers");
+            let mut response = axum::response::Response::builder().status(answer.status());
+            for (name, value) in answer.headers() {
+                response = response.header(name, value);
+            }
+            response
+                .body(Body::from(answer.bytes().await.unwrap_or_default()))
+                .expect("response")
+        }
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, axum::Router::new().fallback(forward)).await;
+    });
+    format!("http://{addr}")
 }

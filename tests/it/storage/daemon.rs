@@ -1242,3 +1242,110 @@ async fn staged_inputs_with_a_storage_destination_go_in_batches() {
     );
     s3.stop().await;
 }
+
+/// A `gs://` storage (Google Cloud Storage): the daemon reaches the bucket through Google's
+/// API with a service account's JSON key, and the embedded emulator serves it as a `gcs`
+/// connector. The key's `gcs_base_url` points the client at a local stand-in for GCS's XML
+/// API (moto, whose S3 API it is, behind [`crate::support::gcs_xml_api`]) and
+/// `disable_oauth` spares it Google's token service; everything else is the path a real key
+/// takes.
+#[tokio::test]
+async fn a_gs_storage_is_read_and_written_through_a_service_account_key() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    s3.create_bucket("gcatalog").await;
+    s3.put_object("gcatalog", "raw/in/sku-0.png", &crate::support::png(40, 30))
+        .await;
+    let gcs = crate::support::gcs_xml_api(&s3).await;
+    let env = TestEnv::new(quick()).await;
+    let key = env.dir.path().join("sa-key.json");
+    std::fs::write(
+        &key,
+        serde_json::json!({
+            "type": "service_account",
+            "client_email": "hotfolder@project.iam.gserviceaccount.com",
+            "private_key_id": "k1",
+            "private_key": "-----BEGIN PRIVATE KEY-----\nTOP-SECRET-KEY\n-----END PRIVATE KEY-----\n",
+            "gcs_base_url": gcs,
+            "disable_oauth": true,
+        })
+        .to_string(),
+    )
+    .expect("key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("mode");
+    let folders = format!(
+        "folders:\n  inbox: {}\n  outbox: {}\n  archive: {}\n  rejected: {}\n  state: {}\nwatch: {{ settle: 100ms, rescan: 500ms }}\nadmin:\n  socket: {}\n",
+        env.inbox.display(),
+        env.outbox.display(),
+        env.archive.display(),
+        env.rejected.display(),
+        env.state.display(),
+        env.socket().display(),
+    );
+    let storage = format!(
+        "storages:\n  catalog:\n    claid_name: catalog-gcs\n    url: gs://gcatalog/raw\n    credentials_file: {}\n",
+        key.display()
+    );
+    // An S3 endpoint beside a gs:// URL would be unused: refused, naming the key.
+    let wrong = env.dir.path().join("wrong.yaml");
+    std::fs::write(
+        &wrong,
+        format!(
+            "api:\n  base_url: embedded\n{folders}{storage}    endpoint: {}\n",
+            s3.endpoint
+        ),
+    )
+    .expect("config");
+    let (code, out, err) = cli(&["validate", wrong.to_str().unwrap()]).await;
+    assert_eq!(code, 65, "{out}{err}");
+    assert!(
+        out.contains("storages.catalog.endpoint") && out.contains("s3:// storages only"),
+        "{out}"
+    );
+
+    let config = env.dir.path().join("gcs.yaml");
+    std::fs::write(
+        &config,
+        format!("api:\n  base_url: embedded\n{folders}{storage}"),
+    )
+    .expect("config");
+    let (code, out, err) = cli(&["validate", config.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    env.drop_file(
+        "shoes.yaml",
+        b"output: { destination: storage://catalog/out/ }\nimages:\n  - storage://catalog/in/sku-0.png\n",
+    );
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        s3.list_keys("gcatalog", "raw/out/").await,
+        ["raw/out/shoes/sku-0.jpg"]
+    );
+    let report = env.report("shoes");
+    let row = &report["jobs"][0];
+    assert_eq!(row["status"], "done", "{row}");
+    assert_eq!(
+        row["object"], "storage://catalog-gcs/out/shoes/sku-0.jpg",
+        "{row}"
+    );
+    assert!(!stderr.contains("TOP-SECRET"), "{stderr}");
+
+    // A key file that is not a service account's key is told, never quoted.
+    std::fs::write(
+        &key,
+        b"{\"type\": \"authorized_user\", \"refresh_token\": \"TOP-SECRET\"}",
+    )
+    .expect("key");
+    let (code, out, err) = cli(&["validate", config.to_str().unwrap()]).await;
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("service_account") || err.contains("service_account"),
+        "{out}{err}"
+    );
+    assert!(
+        !out.contains("TOP-SECRET") && !err.contains("TOP-SECRET"),
+        "{out}{err}"
+    );
+    s3.stop().await;
+}
