@@ -1031,13 +1031,20 @@ impl Client {
         // The account's own quotas, when lower than the config's: used from now on.
         if let Some(policies) = header_str(headers, "ratelimit-policy")
             .or_else(|| header_str(headers, "ratelimit-limit"))
-            && let Some((per_second, per_minute)) = self.limiter.learn(policies)
+            && let Some(learned) = self.limiter.learn(policies)
         {
-            tracing::warn!(
-                per_second,
-                per_minute,
-                "Claid's rate limits for this key are lower than api.requests_per_second / api.requests_per_minute: the daemon keeps to Claid's from now on; lower the config to match"
-            );
+            match learned {
+                limiter::Learned::Lowered(per_second, per_minute) => tracing::warn!(
+                    per_second,
+                    per_minute,
+                    "Claid's rate limits for this key are lower than the daemon's: it keeps to Claid's from now on; lower api.requests_per_second / api.requests_per_minute to match"
+                ),
+                limiter::Learned::Raised(per_second, per_minute) => tracing::info!(
+                    per_second,
+                    per_minute,
+                    "Claid has allowed this key more requests for a minute: the daemon follows, up to api.requests_per_second / api.requests_per_minute"
+                ),
+            }
         }
         // A server error that says when to come back (`Retry-After` on a 503): no call goes
         // before then, whoever makes it (capped as a 429's reset is).

@@ -45,8 +45,9 @@
 //!   Caps only tighten until they expire, so an answer that was overtaken by later ones cannot
 //!   loosen them;
 //! - the quota policies (`RateLimit-Limit: 120, 120;w=60, 4;w=1`, or `RateLimit-Policy`) lower
-//!   the per-second and per-minute quotas when the account allows less than the config says
-//!   ([`Limiter::learn`]); never raise them.
+//!   the per-second and per-minute quotas at once when the account allows less than the config
+//!   says, and raise them again (never above the config) once every answer has announced more
+//!   for a minute ([`Limiter::learn`]).
 //!
 //! Callers are admitted in the order they asked (a fair queue): only the first in line sleeps
 //! for its slot.
@@ -123,6 +124,8 @@ pub struct Limiter {
     per_second: AtomicUsize,
     /// Calls per minute window; also the most instants the log holds. Lowered as `per_second`.
     per_minute: AtomicUsize,
+    /// The config's quotas (per second, per minute): never exceeded, whatever the server says.
+    configured: (usize, usize),
 }
 
 /// What the limiter knows.
@@ -135,6 +138,23 @@ struct State {
     blocked_until: Option<Instant>,
     /// The server has fewer calls left than the log thinks.
     cap: Option<Cap>,
+    /// Higher quotas (at most the config's) every answer has announced since then: applied
+    /// once they have been announced for [`RAISE_AFTER`] without a lower one in between.
+    raise: Option<(Instant, (usize, usize))>,
+}
+
+/// How long the server must keep announcing higher quotas (an account whose plan was raised)
+/// before the limiter follows: a full minute window and its margin, so that one answer from a
+/// differently limited endpoint or an overtaken answer does not loosen it.
+pub const RAISE_AFTER: Duration = Duration::from_secs(61);
+
+/// What [`Limiter::learn`] changed: the quotas now in force, per second and per minute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Learned {
+    /// The server allows less than the quotas in force.
+    Lowered(usize, usize),
+    /// The server has allowed more (up to the config's) for [`RAISE_AFTER`].
+    Raised(usize, usize),
 }
 
 /// At most `left` more admissions before `until`.
@@ -168,6 +188,7 @@ impl Limiter {
             }),
             per_second: AtomicUsize::new(per_second),
             per_minute: AtomicUsize::new(per_minute),
+            configured: (per_second, per_minute),
         }
     }
 
@@ -180,12 +201,13 @@ impl Limiter {
     }
 
     /// Takes in the server's quota policies (`RateLimit-Limit: 120, 120;w=60, 4;w=1`, or
-    /// `RateLimit-Policy: 120;w=60, 4;w=1`): a one-second or one-minute quota lower than the
-    /// configured one replaces it (the account allows less than the config says, and sending
-    /// at the config's rate would only earn 429s). Never raised above the config. Returns the
-    /// quotas when this lowered one.
-    pub fn learn(&self, policies: &str) -> Option<(usize, usize)> {
-        let mut lowered = false;
+    /// `RateLimit-Policy: 120;w=60, 4;w=1`). A one-second or one-minute quota lower than the
+    /// one in force replaces it at once (the account allows less than the config says, and
+    /// sending faster would only earn 429s). Higher ones (an account whose plan was raised) are
+    /// followed, never above the config, once every answer has announced them for
+    /// [`RAISE_AFTER`]. Returns what changed.
+    pub fn learn(&self, policies: &str) -> Option<Learned> {
+        let (mut per_second, mut per_minute) = (None, None);
         for item in policies.split(',') {
             let mut parts = item.split(';').map(str::trim);
             let Some(Ok(limit)) = parts.next().map(str::parse::<usize>) else {
@@ -193,25 +215,50 @@ impl Limiter {
             };
             let window =
                 parts.find_map(|p| p.strip_prefix("w=").and_then(|w| w.parse::<u64>().ok()));
-            let quota = match window {
-                Some(1) => &self.per_second,
-                Some(60) => &self.per_minute,
-                _ => continue,
-            };
             // A quota of 0 is no quota to keep to (a misconfigured gateway, not an account).
-            if limit == 0 {
-                continue;
-            }
-            if quota.fetch_min(limit, Ordering::Relaxed) > limit {
-                lowered = true;
+            match window {
+                _ if limit == 0 => {}
+                Some(1) => per_second = Some(limit),
+                Some(60) => per_minute = Some(limit),
+                _ => {}
             }
         }
-        if lowered {
-            // A per-second quota above the per-minute one could never bind.
-            let per_minute = self.per_minute.load(Ordering::Relaxed);
-            self.per_second.fetch_min(per_minute, Ordering::Relaxed);
+        let current = self.quotas();
+        let (configured_s, configured_m) = self.configured;
+        let minute = per_minute.map_or(current.1, |m| m.min(configured_m));
+        // A per-second quota above the per-minute one could never bind.
+        let second = per_second
+            .map_or(current.0, |s| s.min(configured_s))
+            .min(minute);
+        let mut state = self.lock();
+        if second < current.0 || minute < current.1 {
+            // Lower at once, each quota only downwards.
+            state.raise = None;
+            let lowered = (second.min(current.0), minute.min(current.1));
+            self.per_second.store(lowered.0, Ordering::Relaxed);
+            self.per_minute.store(lowered.1, Ordering::Relaxed);
+            return Some(Learned::Lowered(lowered.0, lowered.1));
         }
-        lowered.then(|| self.quotas())
+        if (second, minute) == current {
+            state.raise = None;
+            return None;
+        }
+        let now = Instant::now();
+        match state.raise {
+            Some((since, to)) if to == (second, minute) => {
+                if now.saturating_duration_since(since) < RAISE_AFTER {
+                    return None;
+                }
+                state.raise = None;
+                self.per_second.store(second, Ordering::Relaxed);
+                self.per_minute.store(minute, Ordering::Relaxed);
+                Some(Learned::Raised(second, minute))
+            }
+            _ => {
+                state.raise = Some((now, (second, minute)));
+                None
+            }
+        }
     }
 
     /// Waits for this caller's turn, then until the gate is open, the cap allows a call and
@@ -485,17 +532,52 @@ mod tests {
 
     use super::*;
 
-    /// The server's quota policies lower the configured quotas (never raise them), from
-    /// Claid's `RateLimit-Limit` form and the bare `RateLimit-Policy` one.
+    /// The server's quota policies lower the configured quotas at once, from Claid's
+    /// `RateLimit-Limit` form and the bare `RateLimit-Policy` one.
     #[test]
-    fn the_servers_lower_quotas_are_learned_and_higher_ones_ignored() {
+    fn the_servers_lower_quotas_are_learned_at_once() {
         let limiter = Limiter::new(NonZeroU32::new(20).unwrap(), NonZeroU32::new(1200).unwrap());
-        assert_eq!(limiter.learn("120, 120;w=60, 4;w=1"), Some((4, 120)));
+        assert_eq!(
+            limiter.learn("120, 120;w=60, 4;w=1"),
+            Some(Learned::Lowered(4, 120))
+        );
         assert_eq!(limiter.quotas(), (4, 120));
-        assert_eq!(limiter.learn("600;w=60, 10;w=1"), None, "never raised");
-        assert_eq!(limiter.learn("garbage, ;w=, 3;w=3600"), None);
+        assert_eq!(limiter.learn("garbage, ;w=, 3;w=3600, 0;w=1"), None);
+        assert_eq!(limiter.quotas(), (4, 120));
         let policy = Limiter::new(NonZeroU32::new(20).unwrap(), NonZeroU32::new(1200).unwrap());
-        assert_eq!(policy.learn("90;w=60"), Some((20, 90)));
+        assert_eq!(policy.learn("90;w=60"), Some(Learned::Lowered(20, 90)));
+    }
+
+    /// Higher quotas are followed only once announced for a whole minute without a lower one
+    /// in between, and never above the config's.
+    #[tokio::test(start_paused = true)]
+    async fn higher_quotas_announced_for_a_minute_are_followed_up_to_the_config() {
+        let limiter = Limiter::new(NonZeroU32::new(20).unwrap(), NonZeroU32::new(1200).unwrap());
+        assert!(limiter.learn("120;w=60, 4;w=1").is_some());
+        // The plan was raised: announced now, not yet followed.
+        assert_eq!(limiter.learn("600;w=60, 10;w=1"), None);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(limiter.learn("600;w=60, 10;w=1"), None);
+        // One answer with the old quotas in between starts the minute again.
+        assert_eq!(limiter.learn("120;w=60, 4;w=1"), None);
+        assert_eq!(limiter.learn("600;w=60, 10;w=1"), None);
+        tokio::time::advance(Duration::from_secs(45)).await;
+        assert_eq!(limiter.learn("600;w=60, 10;w=1"), None);
+        assert_eq!(limiter.quotas(), (4, 120));
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert_eq!(
+            limiter.learn("600;w=60, 10;w=1"),
+            Some(Learned::Raised(10, 600))
+        );
+        assert_eq!(limiter.quotas(), (10, 600));
+        // Never above the config (20 a second, 1,200 a minute).
+        assert_eq!(limiter.learn("6000;w=60, 100;w=1"), None);
+        tokio::time::advance(RAISE_AFTER).await;
+        assert_eq!(
+            limiter.learn("6000;w=60, 100;w=1"),
+            Some(Learned::Raised(20, 1200))
+        );
+        assert_eq!(limiter.learn("6000;w=60, 100;w=1"), None);
     }
     use crate::emulator::{RateLimiter, RateWindow};
 
