@@ -269,7 +269,10 @@ impl ClaidError {
             // pipeline holds it whatever `in_doubt` says ([`ClaidError::accepted_unread`]).
             BadResponse { .. } if self.accepted_unread() => ErrorClass::Ambiguous,
             BadResponse { .. } => ErrorClass::Transient,
-            ResultGone { .. } | TooLarge { .. } => ErrorClass::Job,
+            // A result URL that answers 403/404 long before its 24 hours are up is most
+            // likely not propagated yet: asked again on the download's budget, then failed.
+            ResultGone { .. } => ErrorClass::Transient,
+            TooLarge { .. } => ErrorClass::Job,
             DownloadStatus { status, .. } => {
                 if *status >= 500 || *status == 408 || *status == 429 {
                     ErrorClass::Transient
@@ -278,6 +281,21 @@ impl ClaidError {
                 }
             }
             Truncated { .. } => ErrorClass::Transient,
+        }
+    }
+
+    /// The HTTP status Claid (or the download's host) answered, when the error is an answer.
+    pub fn http_status(&self) -> Option<u16> {
+        use ClaidError::*;
+        match self {
+            Server { status, .. }
+            | Rejected { status, .. }
+            | Account { status, .. }
+            | BadResponse { status, .. }
+            | ResultGone { status, .. }
+            | DownloadStatus { status, .. } => Some(*status),
+            RateLimited { .. } => Some(429),
+            _ => None,
         }
     }
 

@@ -197,8 +197,15 @@ pub async fn poll(
         drop(batches);
         return pipeline_not_found();
     };
-    let view = batch_view(id, batch);
+    let mut view = batch_view(id, batch);
     drop(batches);
+    if state.unsettled_once(format!("poll:{id}")) {
+        return pipeline_not_found();
+    }
+    if view.status == TaskStatus::Done && state.unsettled_once(format!("done:{id}")) {
+        view.results.clear();
+        view.errors.clear();
+    }
     state.recorder.update(|s| {
         if let Some(trace) = s.batches.get_mut(&id) {
             trace.polls += 1;

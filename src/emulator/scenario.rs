@@ -195,6 +195,11 @@ pub struct Scenario {
     /// `Content-Length` and end it cleanly (a server or cache that kept half a file: nothing
     /// on the wire says it is short).
     pub short_share: f64,
+    /// Share of tasks and batches (and of result URLs) whose first answer is not settled yet:
+    /// the first poll of such a task answers 404, its first DONE answer comes without its
+    /// result, the first download of such a result URL answers 404 (a store that lags the
+    /// answer that named the task, a result not attached yet, a URL not propagated yet).
+    pub unsettled_share: f64,
     /// Share of tmp_url downloads that serve another image than the result describes (one
     /// pixel wider and taller than `output_object` says).
     pub wrong_image_share: f64,
@@ -287,6 +292,7 @@ impl Default for Scenario {
             poll_delay: Duration::ZERO,
             truncate_share: 0.0,
             short_share: 0.0,
+            unsettled_share: 0.0,
             wrong_image_share: 0.0,
             rate_window: RateWindow::Sliding,
             batch_parallelism: DEFAULT_BATCH_PARALLELISM,
@@ -415,6 +421,12 @@ impl Scenario {
         self.short_share = share;
         self
     }
+    /// Share of tasks, batches and result URLs whose first answer is not settled yet (see the
+    /// field).
+    pub fn unsettled_share(mut self, share: f64) -> Self {
+        self.unsettled_share = share;
+        self
+    }
 
     pub fn wrong_image_share(mut self, share: f64) -> Self {
         self.wrong_image_share = share;
@@ -536,6 +548,7 @@ impl std::fmt::Debug for Scenario {
             .field("poll_delay", &self.poll_delay)
             .field("truncate_share", &self.truncate_share)
             .field("short_share", &self.short_share)
+            .field("unsettled_share", &self.unsettled_share)
             .field("wrong_image_share", &self.wrong_image_share)
             .field("rate_window", &self.rate_window)
             .field("batch_parallelism", &self.batch_parallelism)
@@ -707,6 +720,9 @@ pub struct ScenarioArgs {
     /// Share (0..1) of tmp_url downloads that send half the body without a Content-Length and end cleanly.
     #[arg(long, default_value = "0", value_parser = parse_share)]
     pub short_share: f64,
+    /// Share (0..1) of tasks, batches and result URLs whose first answer is not settled: a 404 to the first poll, a DONE without its result, a 404 to the first download.
+    #[arg(long, default_value = "0", value_parser = parse_share)]
+    pub unsettled_share: f64,
     /// Share (0..1) of tmp_url downloads that serve an image of other dimensions than the result says.
     #[arg(long, default_value = "0", value_parser = parse_share)]
     pub wrong_image_share: f64,
@@ -798,6 +814,7 @@ impl ScenarioArgs {
             poll_delay: self.poll_delay,
             truncate_share: self.truncate_share,
             short_share: self.short_share,
+            unsettled_share: self.unsettled_share,
             wrong_image_share: self.wrong_image_share,
             rate_window: self.rate_window,
             batch_parallelism: self.batch_parallelism.max(1),

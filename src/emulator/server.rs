@@ -73,6 +73,8 @@ pub struct AppState {
     outbox: Option<Outbox>,
     /// Cancelled when the server stops, which ends webhook deliveries still pending.
     shutdown: CancellationToken,
+    /// What `unsettled_share` has decided already (`poll:ID`, `done:ID`, `get:TOKEN`).
+    unsettled: Mutex<std::collections::HashSet<String>>,
 }
 
 /// One async task.
@@ -181,6 +183,7 @@ impl AppState {
             storages,
             outbox,
             shutdown,
+            unsettled: Mutex::new(std::collections::HashSet::new()),
             scenario,
         }))
     }
@@ -188,6 +191,19 @@ impl AppState {
     /// True with probability `share`.
     pub(crate) fn roll(&self, share: f64) -> bool {
         share > 0.0 && lock(&self.rng).random::<f64>() < share
+    }
+
+    /// With `unsettled_share`: whether the first answer of its kind about `key` is unsettled
+    /// (counted); every later one is settled.
+    pub(crate) fn unsettled_once(&self, key: String) -> bool {
+        if self.scenario.unsettled_share <= 0.0 || !lock(&self.unsettled).insert(key) {
+            return false;
+        }
+        let unsettled = self.roll(self.scenario.unsettled_share);
+        if unsettled {
+            self.recorder.update(|s| s.unsettled_answers += 1);
+        }
+        unsettled
     }
 
     pub(crate) fn sample_latency(&self) -> Duration {
@@ -1052,8 +1068,14 @@ async fn poll(
         drop(tasks);
         return pipeline_not_found();
     };
-    let view = async_view(id, task);
+    let mut view = async_view(id, task);
     drop(tasks);
+    if state.unsettled_once(format!("poll:{id}")) {
+        return pipeline_not_found();
+    }
+    if view.status == TaskStatus::Done && state.unsettled_once(format!("done:{id}")) {
+        view.result.output_object = None;
+    }
     state
         .recorder
         .update(|s| *s.polls_by_task.entry(id).or_insert(0) += 1);
@@ -1230,6 +1252,14 @@ async fn download(State(state): State<Arc<AppState>>, Path(token): Path<String>)
             (stored.bytes.clone(), stored.mime.clone())
         })
     };
+    if found.is_some() && state.unsettled_once(format!("get:{token}")) {
+        return api_error(
+            StatusCode::NOT_FOUND,
+            "1404",
+            "general",
+            "Result not found.",
+        );
+    }
     let Some((bytes, mime)) = found else {
         return api_error(
             StatusCode::NOT_FOUND,

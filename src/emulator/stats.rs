@@ -36,6 +36,9 @@ pub struct Stats {
     /// (injected).
     #[serde(default)]
     pub downloads_short: u64,
+    /// Answers made unsettled by `unsettled_share` (404 to a first poll or download, a DONE
+    /// without its result).
+    pub unsettled_answers: u64,
     /// tmp_url downloads that served an image of other dimensions than the result (injected).
     pub downloads_wrong_image: u64,
     /// Polls held for the scenario's `poll_delay` before their answer (injected).

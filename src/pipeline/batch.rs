@@ -872,6 +872,9 @@ impl BatchRunner {
         // short by a new estimate).
         let mut scheduled = true;
         let mut attempts = deps.retry.start(retry::Step::Poll);
+        // Answers that cannot be final yet, each asked again a bounded number of times (see
+        // [`super::job::Unsettled`]).
+        let mut unsettled = super::job::Unsettled::default();
         loop {
             if let Some(watch) = &watch {
                 let update = tokio::select! {
@@ -928,6 +931,23 @@ impl BatchRunner {
                             .record_poll(m.id, polled.request_id.as_deref())
                             .await;
                     }
+                    if polled.batch.status == TaskStatus::Done
+                        && polled.batch.lacks_result()
+                        && let Some(after) = unsettled.done_without_result(&deps.retry)
+                    {
+                        warn!(
+                            batch_id,
+                            "Claid says the batch is DONE but sent neither results nor errors; polling it again"
+                        );
+                        delay = after;
+                        scheduled = false;
+                        continue;
+                    }
+                    if let TaskStatus::Other(status) = &polled.batch.status
+                        && unsettled.first_unknown_status()
+                    {
+                        warn!(batch_id, status = %status, "Claid answered a batch status the daemon does not know; polling on until it ends or `api.poll.give_up_after`");
+                    }
                     if polled.batch.status.is_terminal() {
                         if watch.is_some() {
                             deps.dispatch.polled_final(submitted_at_ms);
@@ -954,6 +974,15 @@ impl BatchRunner {
                     };
                 }
                 Err(err) => match failure_of(&deps.health, &err, sent_at) {
+                    Failure::Job
+                        if err.http_status() == Some(404)
+                            && let Some(after) =
+                                unsettled.not_found_yet(&deps.retry, since_submit()) =>
+                    {
+                        warn!(batch_id, error = %err, "Claid does not know the batch it named a moment ago; asking again");
+                        delay = after;
+                        scheduled = false;
+                    }
                     Failure::Job => {
                         for m in members {
                             self.fail(m, FailureCode::TaskLost, &err.to_string()).await;

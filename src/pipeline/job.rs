@@ -42,6 +42,51 @@ const MAX_HEALING_WRITES: u32 = 10;
 /// ([`HealthState::block_writes`]).
 const MAX_OUTPUT_WRITES: u32 = 16;
 
+/// Poll answers that cannot be final yet, each asked again a bounded number of times before
+/// it is believed (the poll step's budget in `retry` is for failures of the request; these are
+/// answers): a task or batch DONE without its result (Claid may not have attached it yet), and
+/// a 404 for a task Claid named moments ago (its store may lag its submit answer). A 404 for
+/// an older task (after a restart) is believed at once: asking again costs rate budget and
+/// cannot bring it back.
+#[derive(Debug, Default)]
+pub(crate) struct Unsettled {
+    done_without_result: u32,
+    not_found: u32,
+    unknown_status_told: bool,
+}
+
+/// How often a DONE without its result, or a 404 for a new task, is asked again.
+const UNSETTLED_ASKS: u32 = 3;
+
+/// How young a task is for a 404 to be asked again.
+const NEW_TASK: Duration = Duration::from_secs(120);
+
+impl Unsettled {
+    /// The wait before asking again about a DONE without its result, or `None` when it has
+    /// been asked often enough.
+    pub(crate) fn done_without_result(&mut self, retry: &retry::Policy) -> Option<Duration> {
+        self.done_without_result += 1;
+        (self.done_without_result <= UNSETTLED_ASKS)
+            .then(|| jitter(self.done_without_result, retry.base, retry.cap))
+    }
+
+    /// The wait before asking again about a task `age` old that Claid answered 404 for.
+    pub(crate) fn not_found_yet(
+        &mut self,
+        retry: &retry::Policy,
+        age: Duration,
+    ) -> Option<Duration> {
+        self.not_found += 1;
+        (age < NEW_TASK && self.not_found <= UNSETTLED_ASKS)
+            .then(|| jitter(self.not_found, retry.base, retry.cap))
+    }
+
+    /// True the first time an unknown status is seen (it is told once).
+    pub(crate) fn first_unknown_status(&mut self) -> bool {
+        !std::mem::replace(&mut self.unknown_status_told, true)
+    }
+}
+
 /// How a job's task ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobOutcome {
@@ -693,6 +738,7 @@ impl Runner {
         };
         // When a poll last found the task running (since its submit).
         let mut pending_at = None;
+        let mut unsettled = Unsettled::default();
         loop {
             let mut announced = match &watch {
                 Some(watch) => tokio::select! {
@@ -761,6 +807,14 @@ impl Runner {
                             deps.polls.record(Kind::Single, took, seen);
                             deps.metrics.task_seconds.observe(took.as_secs_f64());
                             let Some(output) = task.result.output_object else {
+                                if let Some(after) = unsettled.done_without_result(&deps.retry) {
+                                    warn!(
+                                        task_id,
+                                        "Claid says the task is DONE but sent no result; polling it again"
+                                    );
+                                    delay = after;
+                                    continue;
+                                }
                                 return self
                                     .fail(
                                         id,
@@ -811,7 +865,9 @@ impl Runner {
                             return self.fail(id, FailureCode::ClaidError, &message).await;
                         }
                         TaskStatus::Other(ref status) => {
-                            warn!(status = %status, "Unknown task status; polling again");
+                            if unsettled.first_unknown_status() {
+                                warn!(status = %status, "Claid answered a task status the daemon does not know; polling on until it ends or `api.poll.give_up_after`");
+                            }
                         }
                         _ => {}
                     }
@@ -830,6 +886,16 @@ impl Runner {
                     };
                 }
                 Err(err) => match failure_of(&deps.health, &err, sent_at) {
+                    Failure::Job
+                        if err.http_status() == Some(404)
+                            && let Some(after) = unsettled.not_found_yet(
+                                &deps.retry,
+                                Duration::from_millis(now_ms().saturating_sub(submitted_at_ms)),
+                            ) =>
+                    {
+                        warn!(task_id, error = %err, "Claid does not know the task it named a moment ago; asking again");
+                        delay = after;
+                    }
                     Failure::Job => {
                         // The task id is unknown to Claid: its result cannot be fetched. Failing
                         // keeps the promise not to pay twice; `replay` can resubmit.

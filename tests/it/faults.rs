@@ -469,13 +469,16 @@ async fn fault_polls_slower_than_the_request_timeout() {
 #[tokio::test(flavor = "multi_thread")]
 async fn fault_tmp_url_expired_before_the_download() {
     check_fault(Case {
-        images: 20,
+        images: 8,
         api_extra: "max_downloads: 1",
         may_fail: &["result-expired"],
         check: |s, o| {
+            // A 403/404 from a result URL may be one not propagated yet: each is asked again
+            // on the download's budget (10 requests), then fails as result-expired.
             ensure(
-                o.failed.get("result-expired").copied() == Some(s.downloads_expired),
-                "each expired download fails its job once, with result-expired",
+                o.failed.get("result-expired").copied().map(|n| n * 10)
+                    == Some(s.downloads_expired),
+                "each expired result is asked for 10 times, then fails its job with result-expired",
             )?;
             ensure(s.downloads_expired > 0, "results expired")?;
             ensure(
@@ -822,4 +825,28 @@ async fn run_once_ends_73_when_an_output_folder_stays_unwritable() {
         stats.submits + stats.uploads <= 4,
         "only what was in flight when writes began to fail was billed: {stats:?}"
     );
+}
+
+/// Answers that are not settled yet are asked again, not believed: a 404 to the first poll of
+/// a task or batch Claid named a moment ago, a DONE without its result, a 404 to the first
+/// download of a result URL. Every image is delivered and none is paid for twice, with
+/// batches and with single tasks.
+#[tokio::test(flavor = "multi_thread")]
+async fn fault_unsettled_answers_are_asked_again_not_believed() {
+    for (name, api_extra) in [
+        ("unsettled-batches", ""),
+        ("unsettled-single", "batch: { max_images: 1 }"),
+    ] {
+        check_fault(Case {
+            images: 12,
+            api_extra,
+            check: |s, o| {
+                all_done(s, o)?;
+                ensure(s.unsettled_answers >= 4, "answers were unsettled")?;
+                ensure(s.duplicate_submits == 0, "nothing is paid for twice")
+            },
+            ..Case::new(name, Scenario::default().seed(17).unsettled_share(0.7))
+        })
+        .await;
+    }
 }
