@@ -864,10 +864,8 @@ impl Runner {
                             };
                             return self.fail(id, FailureCode::ClaidError, &message).await;
                         }
-                        TaskStatus::Other(ref status) => {
-                            if unsettled.first_unknown_status() {
-                                warn!(status = %status, "Claid answered a task status the daemon does not know; polling on until it ends or `api.poll.give_up_after`");
-                            }
+                        TaskStatus::Other(ref status) if unsettled.first_unknown_status() => {
+                            warn!(status = %status, "Claid answered a task status the daemon does not know; polling on until it ends or `api.poll.give_up_after`");
                         }
                         _ => {}
                     }
