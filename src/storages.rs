@@ -75,6 +75,15 @@ pub enum StorageError {
         ours: String,
     },
     #[error(
+        "`storages.{storage}`: Claid's connector \"{}\" is of type {kind}, not a bucket the daemon can check (s3 or gcs); connect the bucket to Claid as an s3 (or gcs) storage and name that connector in `storages.{storage}.claid_name`",
+        escape(connector)
+    )]
+    NotABucket {
+        storage: String,
+        connector: String,
+        kind: String,
+    },
+    #[error(
         "`storages.{storage}`: cannot list Claid's storage connectors to find \"{}\": {cause}",
         escape(connector)
     )]
@@ -108,7 +117,8 @@ impl StorageError {
             },
             StorageError::Setup { .. }
             | StorageError::NoConnector { .. }
-            | StorageError::Mismatch { .. } => exit::USAGE,
+            | StorageError::Mismatch { .. }
+            | StorageError::NotABucket { .. } => exit::USAGE,
             StorageError::Api { cause, .. } => match cause.as_ref() {
                 ClaidError::Account { .. } => exit::NO_PERM,
                 ClaidError::Config { .. } => exit::USAGE,
@@ -301,21 +311,33 @@ impl Storages {
                 // The bucket and path Claid reports (when it does) must be the storage's.
                 let params = &connector.parameters;
                 let bucket = params.bucket.as_deref().unwrap_or(&storage.entry.bucket);
-                let path = params
-                    .path
-                    .as_deref()
-                    .map(|p| p.trim_matches('/'))
-                    .unwrap_or(&storage.entry.prefix);
-                // So must its type: an s3 connector reads another bucket than a gs:// one.
-                let provider = match &connector.kind {
-                    StorageType::S3 => Some(Provider::S3),
-                    StorageType::Gcs => Some(Provider::Gcs),
-                    _ => None,
+                // A connector reported with its bucket and no path has Claid's default path,
+                // none; one reported without either says nothing to compare.
+                let path = match (params.bucket.as_deref(), params.path.as_deref()) {
+                    (_, Some(path)) => path.trim_matches('/'),
+                    (Some(_), None) => "",
+                    (None, None) => &storage.entry.prefix,
                 };
-                let scheme = provider.map_or("s3", Provider::scheme);
+                // So must its type: an s3 connector reads another bucket than a gs:// one,
+                // and a web folder is no bucket at all.
+                let provider = match &connector.kind {
+                    StorageType::S3 => Provider::S3,
+                    StorageType::Gcs => Provider::Gcs,
+                    other => {
+                        return Err(StorageError::NotABucket {
+                            storage: storage.name.clone(),
+                            connector: storage.entry.claid_name.clone(),
+                            kind: match other {
+                                StorageType::Other(kind) => escape(kind).to_string(),
+                                _ => "web_folder".to_owned(),
+                            },
+                        });
+                    }
+                };
+                let scheme = provider.scheme();
                 if bucket != storage.entry.bucket
                     || path != storage.entry.prefix
-                    || provider.is_some_and(|p| p != storage.entry.provider)
+                    || provider != storage.entry.provider
                 {
                     return Err(StorageError::Mismatch {
                         storage: storage.name.clone(),

@@ -922,6 +922,34 @@ async fn a_connector_pointing_elsewhere_than_its_storage_stops_the_start_with_64
     let (code, stderr) = env.run_once(&config).await;
     assert_eq!(code, 64, "{stderr}");
     assert!(stderr.contains("storages.catalog"), "{stderr}");
+
+    // A connector of another type with the storage's bucket and path: a gcs connector reads
+    // another bucket than an s3:// storage, and a web folder is no bucket.
+    let http = reqwest::Client::new();
+    let connectors = format!("{}/storage/storages", env.emulator.base_url());
+    for body in [
+        serde_json::json!({"name": "catalog-gcs", "type": "gcs", "parameters": {"bucket": "catalog", "path": "raw", "credentials": {"access_key": "GOOG1", "secret_access_key": "s"}}}),
+        serde_json::json!({"name": "catalog-web", "type": "web_folder", "parameters": {"base_url": "https://cdn.example/raw/"}}),
+    ] {
+        let answer = http
+            .post(&connectors)
+            .bearer_auth("test-key")
+            .json(&body)
+            .send()
+            .await
+            .expect("connector");
+        assert!(answer.status().is_success(), "{:?}", answer.text().await);
+    }
+    for (claid_name, needle) in [
+        ("catalog-gcs", "gs://catalog/raw"),
+        ("catalog-web", "of type web_folder"),
+    ] {
+        let storages = storages_yaml(claid_name, "s3://catalog/raw", &s3.endpoint, &keys);
+        let config = env.config("", &storages);
+        let (code, stdout, _) = cli(&["validate", config.to_str().expect("utf-8")]).await;
+        assert_eq!(code, 64, "{stdout}");
+        assert!(stdout.contains(needle), "{stdout}");
+    }
     s3.stop().await;
 }
 
