@@ -394,8 +394,38 @@ pub fn output_object(
     output_rel: &str,
     output: &crate::claid::wire::ImageObject,
 ) -> Option<String> {
-    destination_of(body, output_rel)
-        .map(|expected| reported_object(&expected, output.claid_storage_uri.as_deref()))
+    destination_of(body, output_rel).map(|expected| {
+        let reported = output
+            .claid_storage_uri
+            .clone()
+            .or_else(|| written_in_folder(&expected, output));
+        reported_object(&expected, reported.as_deref())
+    })
+}
+
+/// The `storage://` URI of the object Claid says it wrote when it names it only by its key in
+/// the bucket (`object_key`, or the key of `object_uri`): the expected folder with the name
+/// written, when the key ends with that folder and name (the connector's path comes before
+/// them). `None` when it names no key, or one elsewhere.
+fn written_in_folder(expected: &str, output: &crate::claid::wire::ImageObject) -> Option<String> {
+    let (connector, key) = split_uri(expected)?;
+    let folder = key.rsplit_once('/').map_or("", |(folder, _)| folder);
+    let written = output
+        .object_key
+        .as_deref()
+        .or_else(|| {
+            let (_, rest) = output.object_uri.as_deref()?.split_once("://")?;
+            Some(rest.split_once('/')?.1)
+        })?
+        .trim_start_matches('/');
+    let name = written.rsplit_once('/').map_or(written, |(_, name)| name);
+    let tail = if folder.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{folder}/{name}")
+    };
+    (written == tail || written.ends_with(&format!("/{tail}")))
+        .then(|| format!("storage://{connector}/{tail}"))
 }
 
 /// The object a storage output is checked at: the one Claid reports writing
@@ -659,6 +689,51 @@ mod tests {
 
     /// Claid's own name for a storage output is checked when it differs only in the extension;
     /// another folder, another name, or no name keeps the expected object.
+    #[test]
+    fn an_object_named_only_by_its_key_in_the_bucket_is_checked_there() {
+        use crate::claid::wire::ImageObject;
+        let body = serde_json::json!({"output": {"destination": "storage://cat/out/"}});
+        let output = |key: Option<&str>, uri: Option<&str>| ImageObject {
+            ext: "jpeg".to_owned(),
+            mps: 0.0,
+            mime: "image/jpeg".to_owned(),
+            format: "jpeg".to_owned(),
+            width: 1,
+            height: 1,
+            tmp_url: None,
+            object_key: key.map(str::to_owned),
+            object_bucket: None,
+            object_uri: uri.map(str::to_owned),
+            claid_storage_uri: None,
+        };
+        let expected = Some("storage://cat/out/shoes/e1.jpg".to_owned());
+        // Claid kept `.jpeg`: the object it wrote, under the connector's path `images`.
+        assert_eq!(
+            output_object(
+                &body,
+                "shoes/e1.jpg",
+                &output(Some("images/out/shoes/e1.jpeg"), None)
+            ),
+            Some("storage://cat/out/shoes/e1.jpeg".to_owned())
+        );
+        assert_eq!(
+            output_object(
+                &body,
+                "shoes/e1.jpg",
+                &output(None, Some("s3://acme/images/out/shoes/e1.jpeg"))
+            ),
+            Some("storage://cat/out/shoes/e1.jpeg".to_owned())
+        );
+        // Elsewhere, another stem, nothing: the expected object.
+        for other in [
+            output(Some("images/elsewhere/e1.jpeg"), None),
+            output(Some("images/out/shoes/e2.jpeg"), None),
+            output(None, None),
+        ] {
+            assert_eq!(output_object(&body, "shoes/e1.jpg", &other), expected);
+        }
+    }
+
     #[test]
     fn the_object_claid_reports_is_checked_when_only_its_extension_differs() {
         let expected = "storage://cat-s3/out/shoes/sku-1.jpg";

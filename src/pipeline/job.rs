@@ -55,6 +55,10 @@ pub(crate) struct Unsettled {
     unknown_status_told: bool,
 }
 
+/// How often an output object Claid reported written and not (yet) in the bucket is looked
+/// for again before it counts as missing.
+const MISSING_OBJECT_CHECKS: u32 = 4;
+
 /// How often a DONE without its result, or a 404 for a new task, is asked again.
 const UNSETTLED_ASKS: u32 = 3;
 
@@ -1124,6 +1128,7 @@ impl Runner {
         };
         let mut attempts = deps.retry.start(retry::Step::Download);
         let mut n_failures = 0u32;
+        let mut n_missing = 0u32;
         let info = loop {
             let err = match storage.objects.head(key).await {
                 Ok(info) => {
@@ -1134,6 +1139,20 @@ impl Runner {
             };
             bucket_answered(&deps.health, &storage.name, &err);
             let code = object_failure(&err);
+            // Not there yet: Claid may announce the task before the object is visible in the
+            // bucket. Looked at again a few times (about 15 s in all) before it counts as
+            // missing.
+            if code == FailureCode::ObjectMissing && n_missing < MISSING_OBJECT_CHECKS {
+                n_missing += 1;
+                debug!(error = %err, "The output object is not in the bucket yet; looking again");
+                if !self
+                    .wait(jitter(n_missing, deps.retry.base, deps.retry.cap))
+                    .await
+                {
+                    return Step::End(JobOutcome::Parked);
+                }
+                continue;
+            }
             if code != FailureCode::StorageUnreachable {
                 return self.fail(id, code, &err.to_string()).await;
             }
