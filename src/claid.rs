@@ -196,6 +196,17 @@ pub enum ClaidError {
         error_code: String,
         error_message: String,
     },
+    /// The API answered with a redirect (never followed: a POST sent again elsewhere could
+    /// be billed twice); the daemon's `api.base_url` is out of date.
+    #[error(
+        "{endpoint}: Claid answered {status}, a redirect to {location}: the API is elsewhere; set `api.base_url` to the new address (the daemon follows no redirect of the API, since a request sent again may be billed again)"
+    )]
+    Redirected {
+        endpoint: Endpoint,
+        status: u16,
+        location: String,
+        request_id: Option<String>,
+    },
     #[error("{endpoint}: unexpected response {status}: {about}")]
     BadResponse {
         endpoint: Endpoint,
@@ -263,7 +274,7 @@ impl ClaidError {
                 }
             }
             Rejected { .. } => ErrorClass::Job,
-            Account { .. } => ErrorClass::Systemic,
+            Account { .. } | Redirected { .. } => ErrorClass::Systemic,
             // Claid accepted a billable request but its answer cannot be read: the task (or
             // edit) exists and may be billed. In doubt, and never sent again on its own: the
             // pipeline holds it whatever `in_doubt` says ([`ClaidError::accepted_unread`]).
@@ -291,6 +302,7 @@ impl ClaidError {
             Server { status, .. }
             | Rejected { status, .. }
             | Account { status, .. }
+            | Redirected { status, .. }
             | BadResponse { status, .. }
             | ResultGone { status, .. }
             | DownloadStatus { status, .. } => Some(*status),
@@ -325,7 +337,7 @@ impl ClaidError {
                 402 => C::ClaidOutOfCredits,
                 _ => C::ClaidForbidden,
             },
-            BadResponse { .. } => C::BadResponse,
+            BadResponse { .. } | Redirected { .. } => C::BadResponse,
             ResultGone { .. } => C::ResultExpired,
             DownloadStatus { .. } => C::DownloadFailed,
             TooLarge { .. } => C::DownloadTooLarge,
@@ -343,6 +355,7 @@ impl ClaidError {
             | Server { request_id, .. }
             | Rejected { request_id, .. }
             | Account { request_id, .. }
+            | Redirected { request_id, .. }
             | BadResponse { request_id, .. }
             | ResultGone { request_id, .. }
             | DownloadStatus { request_id, .. }
@@ -1018,6 +1031,17 @@ impl Client {
             return Err(ClaidError::RateLimited {
                 endpoint,
                 retry_after: reset_of(response.headers()),
+                request_id,
+            });
+        }
+        if status.is_redirection() {
+            let location = header_str(response.headers(), "location")
+                .map(|location| crate::text::redact_credentials(location).into_owned())
+                .unwrap_or_else(|| "nowhere named (no Location header)".to_owned());
+            return Err(ClaidError::Redirected {
+                endpoint,
+                status: status.as_u16(),
+                location: Escaped::str(&location).to_string(),
                 request_id,
             });
         }

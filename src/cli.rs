@@ -371,6 +371,9 @@ fn cmd_run(path: &Path, once: bool, print_config: bool) -> i32 {
                 }
                 402 => "The Claid account has no credits left: top it up, then run again",
                 403 => "The API key lacks the `image_editing` permission: create a key with it",
+                300..=399 => {
+                    "The Claid API answered with a redirect: set `api.base_url` to where it points"
+                }
                 _ => "The API refused the daemon",
             };
             tracing::error!(
@@ -378,7 +381,11 @@ fn cmd_run(path: &Path, once: bool, print_config: bool) -> i32 {
                 reason = %Escaped::str(&reason),
                 "{what}; unfinished jobs stay in the store and resume at the next run"
             );
-            exit::NO_PERM
+            if (300..400).contains(&status) {
+                exit::USAGE
+            } else {
+                exit::NO_PERM
+            }
         }
         Ok(Outcome::Unreachable { why, bucket }) => {
             let what = if bucket {

@@ -339,10 +339,13 @@ impl TaskUpdate {
     /// `results` or its `result_url` is a batch URL, else an async task.
     pub fn parse(body: &[u8]) -> Result<TaskUpdate, serde_json::Error> {
         let mut value: serde_json::Value = serde_json::from_slice(body)?;
-        if value.get("id").is_none() {
-            if let Some(data) = value.get_mut("data").map(serde_json::Value::take) {
-                value = data;
-            }
+        // Bare, or wrapped in `data` (also inside an event envelope with its own `id`, `event`
+        // and so on): a task has both an `id` and a `status`.
+        let task_like = |v: &serde_json::Value| v.get("id").is_some() && v.get("status").is_some();
+        if !task_like(&value)
+            && let Some(data) = value.get_mut("data").filter(|data| data.is_object())
+        {
+            value = data.take();
         }
         // A batch's echoed `input` is a list of URLs or a storage folder `{source, …}`; an
         // async task's is one string (and `result_url` is optional).
@@ -483,7 +486,9 @@ impl ErrorBody {
             return Some(nested.detail);
         }
         let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-        let items = value.get("detail")?.as_array()?;
+        let Some(items) = value.get("detail").and_then(serde_json::Value::as_array) else {
+            return ErrorBody::problem(&value);
+        };
         let mut details = BTreeMap::new();
         let mut messages = Vec::new();
         for item in items {
@@ -517,6 +522,33 @@ impl ErrorBody {
             error_details: details,
         })
     }
+
+    /// A problem document (RFC 9457, `application/problem+json`: `type`, `title`, `status`,
+    /// `detail`): its title and detail as the message, its `type` as the code; `None` when it
+    /// has neither title nor detail.
+    fn problem(value: &serde_json::Value) -> Option<ErrorBody> {
+        let text = |key: &str| {
+            value
+                .get(key)
+                .and_then(serde_json::Value::as_str)
+                .map(str::trim)
+                .filter(|text| !text.is_empty())
+        };
+        let error_message = match (text("title"), text("detail")) {
+            (Some(title), Some(detail)) if !detail.contains(title) => {
+                format!("{title}: {detail}")
+            }
+            (_, Some(detail)) => detail.to_owned(),
+            (Some(title), None) => title.to_owned(),
+            (None, None) => return None,
+        };
+        Some(ErrorBody {
+            error_code: text("type").unwrap_or_default().to_owned(),
+            error_type: "problem".to_owned(),
+            error_message,
+            error_details: BTreeMap::new(),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -526,6 +558,22 @@ mod tests {
     /// Claid's schema requires `id`, `status`, `created_at` and `request` only: a task without
     /// `result_url` parses (it is polled by id), statuses are read in any case, and a webhook
     /// body without `results` or `result_url` is a batch when its echoed `input` is a list.
+    #[test]
+    fn problem_documents_and_event_envelopes_are_read() {
+        let err = ErrorBody::parse(
+            br#"{"type":"https://api.claid.ai/problems/conflict","title":"Conflict","status":409,"detail":"The storage name is taken."}"#,
+        )
+        .expect("a problem document");
+        assert_eq!(err.error_message, "Conflict: The storage name is taken.");
+        assert_eq!(err.error_code, "https://api.claid.ai/problems/conflict");
+        assert!(ErrorBody::parse(br#"{"status":409}"#).is_none());
+        let update = TaskUpdate::parse(
+            br#"{"id":987654,"event":"task.done","data":{"id":7,"status":"DONE","created_at":"2026-01-01T00:00:00Z","request":{"input":"https://x/a.png"}}}"#,
+        )
+        .expect("an event envelope");
+        assert_eq!((update.id(), update.status()), (7, &TaskStatus::Done));
+    }
+
     #[test]
     fn tasks_parse_without_result_url_and_statuses_in_any_case() {
         let task: AsyncTask = serde_json::from_value(serde_json::json!({

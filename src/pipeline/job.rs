@@ -1406,7 +1406,7 @@ pub fn failure_of(health: &HealthState, err: &ClaidError, sent_at: Instant) -> F
 /// The HTTP status of a systemic refusal (401, 402 or 403).
 pub fn systemic_status(err: &ClaidError) -> u16 {
     match err {
-        ClaidError::Account { status, .. } => *status,
+        ClaidError::Account { status, .. } | ClaidError::Redirected { status, .. } => *status,
         _ => 0,
     }
 }

@@ -1416,3 +1416,54 @@ async fn validate_refuses_a_file_for_the_state_folder_and_reads_broken_configs_a
     assert_eq!(code, 65, "{out}{err}");
     assert!(!out.contains("As a manifest"), "{out}");
 }
+
+/// An API that answers every call with a redirect (the API moved) is named as such, with where
+/// it points, and `run --once` stops at once with 64 (a config to correct), not after the
+/// unreachable timeout with 69; the redirect is never followed, so nothing is sent twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_api_answering_with_a_redirect_stops_run_once_with_64_naming_where_it_points() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = calls.clone();
+    tokio::spawn(async move {
+        let moved = move || {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async {
+                (
+                    axum::http::StatusCode::PERMANENT_REDIRECT,
+                    [(
+                        axum::http::header::LOCATION,
+                        "https://api.example/v2/image/edit",
+                    )],
+                )
+            }
+        };
+        let _ = axum::serve(listener, axum::Router::new().fallback(moved)).await;
+    });
+    let config = env.config("unreachable_timeout: 60s", "");
+    let text = std::fs::read_to_string(&config)
+        .expect("config")
+        .replace(&env.emulator.base_url(), &format!("http://{addr}/v1"));
+    std::fs::write(&config, text).expect("config");
+    env.drop_file(
+        "m.yaml",
+        format!(
+            "images:\n  - {}/demo/a-64x48.png\n",
+            env.emulator.base_url().trim_end_matches("/v1")
+        )
+        .as_bytes(),
+    );
+    // (With the old code: 69 once the 60 s unreachable timeout had passed.)
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 64, "{stderr}");
+    assert!(
+        stderr.contains("redirect") && stderr.contains("https://api.example/v2/image/edit"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("api.base_url"), "{stderr}");
+    assert!(calls.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+}

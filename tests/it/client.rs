@@ -788,8 +788,10 @@ async fn download_of_a_non_http_url_is_refused() {
     assert!(client.stats().responses.is_empty());
 }
 
+/// A result URL that answers 403/404 is `result-expired`, asked again on the download's
+/// budget (one not propagated yet answers so too) before the job fails with that code.
 #[tokio::test]
-async fn expired_result_download_is_a_job_error() {
+async fn expired_result_download_is_result_expired_and_asked_again() {
     let mock = Mock::default();
     let root = mock.start().await;
     mock.on("GET /files/old.png", vec![Reply::raw(403, b"expired")]);
@@ -799,7 +801,7 @@ async fn expired_result_download_is_a_job_error() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), "result-expired");
-    assert_eq!(err.class(), ErrorClass::Job);
+    assert_eq!(err.class(), ErrorClass::Transient);
     assert_eq!(mock.seen().len(), 1);
 }
 
