@@ -273,6 +273,14 @@ impl ClaidError {
                     ErrorClass::Transient
                 }
             }
+            // Claid's edit endpoints answer no 404 or 405 about an image (their documented
+            // errors are 401, 402, 403, 422 and 429): such an answer says the endpoint is not
+            // there, so `api.base_url` is wrong, for every image alike.
+            Rejected {
+                endpoint,
+                status: 404 | 405,
+                ..
+            } if endpoint.is_billable_post() => ErrorClass::Systemic,
             Rejected { .. } => ErrorClass::Job,
             Account { .. } | Redirected { .. } => ErrorClass::Systemic,
             // Claid accepted a billable request but its answer cannot be read: the task (or
@@ -1484,7 +1492,13 @@ mod tests {
             check(endpoint, 401, Systemic, "claid-unauthorized");
             check(endpoint, 402, Systemic, "claid-out-of-credits");
             check(endpoint, 403, Systemic, "claid-forbidden");
-            check(endpoint, 404, Job, "claid-not-found");
+            // On an edit endpoint, a 404 says the endpoint is missing (`api.base_url`).
+            let not_found = if endpoint == Endpoint::Poll {
+                Job
+            } else {
+                Systemic
+            };
+            check(endpoint, 404, not_found, "claid-not-found");
             check(endpoint, 409, Job, "claid-conflict");
             check(endpoint, 413, Job, "claid-too-large");
             check(endpoint, 415, Job, "claid-unsupported-media");

@@ -1407,6 +1407,11 @@ pub fn failure_of(health: &HealthState, err: &ClaidError, sent_at: Instant) -> F
 pub fn systemic_status(err: &ClaidError) -> u16 {
     match err {
         ClaidError::Account { status, .. } | ClaidError::Redirected { status, .. } => *status,
+        ClaidError::Rejected { status, .. }
+            if err.class() == crate::claid::ErrorClass::Systemic =>
+        {
+            *status
+        }
         _ => 0,
     }
 }

@@ -1467,3 +1467,35 @@ async fn an_api_answering_with_a_redirect_stops_run_once_with_64_naming_where_it
     assert!(stderr.contains("api.base_url"), "{stderr}");
     assert!(calls.load(std::sync::atomic::Ordering::SeqCst) >= 1);
 }
+
+/// `api.base_url` without its version (`http://host:port` for `…/v1`): every submit meets a
+/// router's 404. That is the config's, not each image's: `run --once` stops with 64 naming
+/// `api.base_url`, and the images stay in the store for the next run (they were failed as
+/// `claid-not-found`, the manifest archived with every image failed).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_base_url_without_its_version_stops_run_once_naming_it_and_fails_no_image() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let base = env.emulator.base_url();
+    let origin = base.trim_end_matches("/v1").to_owned();
+    let config = env.config("", "");
+    let text = std::fs::read_to_string(&config)
+        .expect("config")
+        .replace(&format!("base_url: {base}"), &format!("base_url: {origin}"));
+    std::fs::write(&config, text).expect("config");
+    env.drop_file(
+        "m.yaml",
+        format!("images:\n  - {origin}/demo/a-64x48.png\n  - {origin}/demo/b-64x48.png\n")
+            .as_bytes(),
+    );
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 64, "{stderr}");
+    assert!(
+        stderr.contains("no such endpoint") && stderr.contains("api.base_url"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("Job failed"), "{stderr}");
+    assert!(
+        env.inbox.join("m.yaml").exists(),
+        "the manifest waits for the next run"
+    );
+}
