@@ -956,16 +956,43 @@ fn has_user_info(url: &str) -> bool {
 /// configured) may not be where they are beside `inbox`, each with its key and why (see
 /// [`overlap`]): checked with the config, and again at the start once every folder exists.
 pub fn folder_overlaps(inbox: &Path, others: [Option<&Path>; 4]) -> Vec<(&'static str, String)> {
-    [
+    let keys = [
         ("folders.outbox", "outbox"),
         ("folders.archive", "archive"),
         ("folders.rejected", "rejected"),
         ("folders.state", "state"),
-    ]
-    .into_iter()
-    .zip(others)
-    .filter_map(|((key, name), path)| Some((key, overlap(inbox, path?, name)?)))
-    .collect()
+    ];
+    let mut problems: Vec<(&'static str, String)> = keys
+        .into_iter()
+        .zip(others)
+        .filter_map(|((key, name), path)| Some((key, overlap(inbox, path?, name)?)))
+        .collect();
+    // And each apart from the others: a rejected manifest (or an archived one) written where
+    // outputs go replaces an output of the same name, or is replaced by one.
+    for (i, (key, _)) in keys.iter().enumerate() {
+        for (j, (other_key, _)) in keys.iter().enumerate().skip(i + 1) {
+            let (Some(a), Some(b)) = (others[i], others[j]) else {
+                continue;
+            };
+            if problems.iter().any(|(k, _)| k == other_key) {
+                continue;
+            }
+            let (la, lb) = (lexical(a), lexical(b));
+            let (ca, cb) = match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+                (Ok(ca), Ok(cb)) => (ca, cb),
+                _ => (la.clone(), lb.clone()),
+            };
+            let why = if la == lb || ca == cb {
+                format!("is the same folder as `{key}`; give each of outbox, archive, rejected and state a folder of its own")
+            } else if la.starts_with(&lb) || ca.starts_with(&cb) || lb.starts_with(&la) || cb.starts_with(&ca) {
+                format!("is inside `{key}` or holds it; keep outbox, archive, rejected and state apart (for example side by side under one parent)")
+            } else {
+                continue;
+            };
+            problems.push((other_key, why));
+        }
+    }
+    problems
 }
 
 /// Why `folder` (`folders.NAME`) may not be where it is: the inbox itself, inside it (the
