@@ -983,9 +983,17 @@ pub fn folder_overlaps(inbox: &Path, others: [Option<&Path>; 4]) -> Vec<(&'stati
                 _ => (la.clone(), lb.clone()),
             };
             let why = if la == lb || ca == cb {
-                format!("is the same folder as `{key}`; give each of outbox, archive, rejected and state a folder of its own")
-            } else if la.starts_with(&lb) || ca.starts_with(&cb) || lb.starts_with(&la) || cb.starts_with(&ca) {
-                format!("is inside `{key}` or holds it; keep outbox, archive, rejected and state apart (for example side by side under one parent)")
+                format!(
+                    "is the same folder as `{key}`; give each of outbox, archive, rejected and state a folder of its own"
+                )
+            } else if la.starts_with(&lb)
+                || ca.starts_with(&cb)
+                || lb.starts_with(&la)
+                || cb.starts_with(&ca)
+            {
+                format!(
+                    "is inside `{key}` or holds it; keep outbox, archive, rejected and state apart (for example side by side under one parent)"
+                )
             } else {
                 continue;
             };

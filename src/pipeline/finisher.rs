@@ -717,6 +717,7 @@ impl Finisher {
             crate::text::Escaped::path(&src),
             crate::text::Escaped::path(&manifest::recipe_for(&src))
         );
+        let text = crate::text::redact_urls_in(&text).into_owned();
         let res = on_file_pool(move || -> Result<Option<PathBuf>, output::OutputError> {
             if !src.is_file() {
                 return Ok(None);

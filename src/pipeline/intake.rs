@@ -629,6 +629,10 @@ impl Intake {
     /// Moves a refused file to `rejected/` (mirrored) with `<name>.error.txt` beside it.
     async fn reject(&self, path: &Path, rel: &Path, text: &str, why: &str) {
         error!(error = %why, "Manifest rejected; nothing was submitted");
+        // Problems may quote an input URL: its password or signature is not repeated in the
+        // error file, on the dashboard or in an alert that leaves the machine (the manifest
+        // itself, moved beside it, still has it).
+        let text = &*crate::text::redact_urls_in(text);
         let src = path.to_path_buf();
         let inbox = self.folders.inbox.clone();
         let rejected = self.folders.rejected.clone();

@@ -480,6 +480,8 @@ pub fn rejected_rows(root: &Path) -> Vec<views::RejectedRow> {
                 continue;
             }
             let (error, cut) = read_start(&error_path, ERROR_TEXT_BYTES);
+            // An error file of an older version may quote a URL with its password.
+            let error = crate::text::redact_urls_in(&error).into_owned();
             let when = meta.modified().unwrap_or(UNIX_EPOCH);
             let rel = path
                 .strip_prefix(root)

@@ -605,3 +605,20 @@ async fn secrets_in_input_urls_never_reach_the_log() {
         }
     }
 }
+
+/// A manifest refused for an input URL with a password in it: the problem names the row, but
+/// the password is not repeated in the error file (shown on the dashboard and sent in alerts).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rejected_url_with_a_password_is_quoted_redacted_in_the_error_file() {
+    let env = TestEnv::new(Scenario::default()).await;
+    env.drop_file(
+        "bad.yaml",
+        b"images:\n  - input: \"https://user:pw-SECRET1@exa mple.com/x.png\"\n",
+    );
+    let (_, stderr) = env.run_once(&env.config("", "")).await;
+    let error = std::fs::read_to_string(env.rejected.join("bad.yaml.error.txt"))
+        .unwrap_or_else(|err| panic!("error file: {err}\n{stderr}"));
+    assert!(error.contains("images[0]"), "{error}");
+    assert!(!error.contains("pw-SECRET1"), "{error}");
+    assert!(!stderr.contains("pw-SECRET1"), "{stderr}");
+}
