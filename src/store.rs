@@ -373,6 +373,35 @@ impl Store {
         })
     }
 
+    /// The first path a new version of run `old` (its report paths, its outputs with their
+    /// request bodies) would collide on with another active run, reserving nothing: a
+    /// [`Registered::Conflict`], or `None`.
+    pub async fn first_conflict(
+        &self,
+        old: ManifestId,
+        extra_paths: Vec<String>,
+        outputs: Vec<(String, std::sync::Arc<serde_json::Value>)>,
+    ) -> Result<Option<Registered>, StoreError> {
+        let trees = self.trees.clone();
+        let found = self
+            .on_lane(move || trees.first_conflict(old, &extra_paths, &outputs))
+            .await??;
+        Ok(match found {
+            Some(Registration::Conflict {
+                path,
+                wanted,
+                owner,
+                owner_rel,
+            }) => Some(Registered::Conflict {
+                path,
+                wanted,
+                owner,
+                owner_rel,
+            }),
+            _ => None,
+        })
+    }
+
     /// Where each Claid connector writes (`claid_name` → `s3://bucket/prefix`), so that a
     /// storage output is reserved under the object it writes: two storages (or connectors)
     /// on one bucket prefix cannot both write one object. Set at start and at each reload.

@@ -291,6 +291,14 @@ impl Intake {
                 return Taken::Done;
             }
             if !prev.state.is_ended() {
+                // A new version that another active manifest's outputs refuse is refused now,
+                // and the running version goes on: draining it first would stop it for a
+                // version that is then rejected (its images lost to neither).
+                if let Some(refused) = self.refused_by_another(*id, &spec, &rel_str).await {
+                    let (text, why) = refused;
+                    self.reject(&path, &rel, &text, &why).await;
+                    return Taken::HandedOn;
+                }
                 // The file changed while its previous version runs: that run drains first,
                 // then this candidate comes back here.
                 return self.after_drain(*id, candidate, &spec.sha256).await;
@@ -374,48 +382,7 @@ impl Intake {
                 ..
             }) => {
                 let _ = phase.next(LifeEvent::Conflict);
-                // Names and paths come from file names: escaped like in the logs.
-                let other = owner_rel.map_or_else(
-                    || "another manifest being taken in".to_owned(),
-                    |rel| crate::text::escape(&rel),
-                );
-                let (taken, wanted) = (crate::text::escape(&taken), crate::text::escape(&wanted));
-                // A storage output is reserved as the object it writes (`s3://bucket/key`).
-                let place = if wanted.contains("://") {
-                    "in the bucket"
-                } else {
-                    "in the outbox"
-                };
-                let (clash, why) = if wanted == taken {
-                    (
-                        format!(
-                            "it would write `{taken}` {place}, which the manifest `{other}` is still writing"
-                        ),
-                        format!("`{taken}` is being written by the active manifest `{other}`"),
-                    )
-                } else if wanted.starts_with(&format!("{taken}/")) {
-                    (
-                        format!(
-                            "it would write `{wanted}` {place}, and the manifest `{other}` is still writing the file `{taken}`, where this path needs a folder"
-                        ),
-                        format!(
-                            "`{wanted}` needs a folder where the active manifest `{other}` writes the file `{taken}`"
-                        ),
-                    )
-                } else {
-                    (
-                        format!(
-                            "it would write the file `{wanted}` {place}, and the manifest `{other}` is still writing `{taken}` inside a folder of that name"
-                        ),
-                        format!(
-                            "`{wanted}` would be a file where the active manifest `{other}` writes `{taken}` inside a folder"
-                        ),
-                    )
-                };
-                let shown = crate::text::Escaped::str(&rel);
-                let text = format!(
-                    "manifest: {shown}\n\nRefused before anything was submitted: {clash}.\nTwo manifests that are active at the same time may not write the same output or report (manifests with the same name but another extension, like `s.yaml` and `s.json`, write the same report `s.report.json`), nor a file where the other needs a folder.\nWait until `{other}` has finished, or give this manifest another name or other output names, then drop it again.\n"
-                );
+                let (text, why) = conflict_text(&rel, &taken, &wanted, owner_rel);
                 self.reject(path, &rel_path, &text, &why).await;
                 return Taken::HandedOn;
             }
@@ -427,8 +394,134 @@ impl Intake {
         let _ = phase
             .next(LifeEvent::Reserved)
             .and_then(|p| p.next(LifeEvent::Registered));
+        self.registered(
+            id,
+            queued,
+            unchanged,
+            n_jobs,
+            rel,
+            sha256,
+            recipe_image,
+            path,
+            &rel_path,
+        )
+        .await
+    }
+}
+
+/// What a refused manifest's error file and log say when another active run holds `taken`,
+/// where this one wants `wanted`.
+fn conflict_text(
+    rel: &str,
+    taken: &str,
+    wanted: &str,
+    owner_rel: Option<String>,
+) -> (String, String) {
+    // Names and paths come from file names: escaped like in the logs.
+    let other = owner_rel.map_or_else(
+        || "another manifest being taken in".to_owned(),
+        |rel| crate::text::escape(&rel),
+    );
+    let (taken, wanted) = (crate::text::escape(taken), crate::text::escape(wanted));
+    // A storage output is reserved as the object it writes (`s3://bucket/key`).
+    let place = if wanted.contains("://") {
+        "in the bucket"
+    } else {
+        "in the outbox"
+    };
+    let (clash, why) = if wanted == taken {
+        (
+            format!(
+                "it would write `{taken}` {place}, which the manifest `{other}` is still writing"
+            ),
+            format!("`{taken}` is being written by the active manifest `{other}`"),
+        )
+    } else if wanted.starts_with(&format!("{taken}/")) {
+        (
+            format!(
+                "it would write `{wanted}` {place}, and the manifest `{other}` is still writing the file `{taken}`, where this path needs a folder"
+            ),
+            format!(
+                "`{wanted}` needs a folder where the active manifest `{other}` writes the file `{taken}`"
+            ),
+        )
+    } else {
+        (
+            format!(
+                "it would write the file `{wanted}` {place}, and the manifest `{other}` is still writing `{taken}` inside a folder of that name"
+            ),
+            format!(
+                "`{wanted}` would be a file where the active manifest `{other}` writes `{taken}` inside a folder"
+            ),
+        )
+    };
+    let shown = crate::text::Escaped::str(rel);
+    let text = format!(
+        "manifest: {shown}\n\nRefused before anything was submitted: {clash}.\nTwo manifests that are active at the same time may not write the same output or report (manifests with the same name but another extension, like `s.yaml` and `s.json`, write the same report `s.report.json`), nor a file where the other needs a folder.\nWait until `{other}` has finished, or give this manifest another name or other output names, then drop it again.\n"
+    );
+    (text, why)
+}
+
+impl Intake {
+    /// Why a new version of run `old` is refused by another active run's reservations (the
+    /// error file's text and the log's reason), if it is.
+    async fn refused_by_another(
+        &self,
+        old: ManifestId,
+        spec: &ManifestSpec,
+        rel: &str,
+    ) -> Option<(String, String)> {
+        let (json, csv) = report::rel_paths(&self.folders.outbox, Path::new(rel));
+        let extra_paths = if manifest::is_image_name(Path::new(rel)) {
+            Vec::new()
+        } else {
+            vec![
+                json.to_string_lossy().into_owned(),
+                csv.to_string_lossy().into_owned(),
+            ]
+        };
+        let outputs = spec
+            .jobs
+            .iter()
+            .map(|job| {
+                (
+                    job.output_rel.to_string_lossy().into_owned(),
+                    job.body.clone(),
+                )
+            })
+            .collect();
+        match self.store.first_conflict(old, extra_paths, outputs).await {
+            Ok(Some(Registered::Conflict {
+                path,
+                wanted,
+                owner_rel,
+                ..
+            })) => Some(conflict_text(rel, &path, &wanted, owner_rel)),
+            Ok(_) => None,
+            // Checked again, for real, when the new version registers.
+            Err(err) => {
+                warn!(error = %err, "Cannot check the new version's outputs against the other manifests now; they are checked when it is taken in");
+                None
+            }
+        }
+    }
+
+    /// The end of a registration: logs, keeps a copy, tells the finisher, queues the jobs.
+    #[allow(clippy::too_many_arguments)]
+    async fn registered(
+        &self,
+        id: ManifestId,
+        queued: Vec<crate::store::JobId>,
+        unchanged: u64,
+        n_jobs: u64,
+        rel: String,
+        sha256: String,
+        recipe_image: bool,
+        path: &Path,
+        rel_path: &Path,
+    ) -> Taken {
         if !recipe_image {
-            self.keep_copy(path, &rel_path, &sha256).await;
+            self.keep_copy(path, rel_path, &sha256).await;
             // A copy kept while an older version drained is not needed once a version runs.
             let pending = pending_path(path);
             let _ = on_file_pool(move || std::fs::remove_file(pending)).await;

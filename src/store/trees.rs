@@ -313,7 +313,7 @@ impl Trees {
         for mut job in jobs {
             // A storage output also reserves its object (`storage://CONNECTOR/key`): two runs
             // writing the same object collide like two writing the same file.
-            let object = self.object_of(&job);
+            let object = self.object_of(&job.body, &job.output_rel);
             let mut conflict = self.reserve(manifest_id, &job.output_rel, Indexed::No)?;
             if conflict.is_none()
                 && let Some(object) = &object
@@ -396,8 +396,8 @@ impl Trees {
     }
 
     /// The object a job's storage output writes, as reserved: `s3://bucket/prefix/key`.
-    fn object_of(&self, job: &JobV1) -> Option<String> {
-        let uri = crate::storages::destination_of(&job.body, &job.output_rel)?;
+    fn object_of(&self, body: &serde_json::Value, output_rel: &str) -> Option<String> {
+        let uri = crate::storages::destination_of(body, output_rel)?;
         let places = self
             .object_places
             .read()
@@ -438,6 +438,42 @@ impl Trees {
                     },
                 }))
             };
+        if let Some(found) = self.conflict_around(owner, path, &conflict)? {
+            return Ok(Some(found));
+        }
+        let key = path.as_bytes();
+        loop {
+            let current = self.reserved.get(key)?;
+            if let Some(other) = current.as_deref().and_then(read_id)
+                && other != owner
+                && self.holds(other)?
+            {
+                return conflict(other, path);
+            }
+            let swapped = self
+                .reserved
+                .compare_and_swap(key, current, Some(&id_key(owner)))?;
+            if swapped.is_ok() {
+                break;
+            }
+        }
+        if indexed == Indexed::Yes {
+            let mut index_key = id_key(owner).to_vec();
+            index_key.extend_from_slice(key);
+            self.reserved_by_manifest.insert(index_key, &[])?;
+        }
+        Ok(None)
+    }
+
+    /// What a run other than `owner` that has not ended holds around `path`: a folder of it
+    /// reserved as a file, or a file inside it (this path would be a file where that run needs
+    /// a folder). `conflict` makes the answer.
+    fn conflict_around(
+        &self,
+        owner: ManifestId,
+        path: &str,
+        conflict: &ConflictOf<'_>,
+    ) -> Result<Option<Registration>, StoreError> {
         // A folder of this path reserved as a file by a running run.
         for (at, _) in path.match_indices('/') {
             let folder = &path[..at];
@@ -463,26 +499,56 @@ impl Trees {
                 return conflict(other, &String::from_utf8_lossy(&key));
             }
         }
-        let key = path.as_bytes();
-        loop {
-            let current = self.reserved.get(key)?;
-            if let Some(other) = current.as_deref().and_then(read_id)
-                && other != owner
-                && self.holds(other)?
-            {
-                return conflict(other, path);
+        Ok(None)
+    }
+
+    /// The first path a new version of run `old` would collide on with another run that has
+    /// not ended (as [`Trees::register`] would find it), reserving nothing: asked before the
+    /// old run is told to drain, so that a version another manifest's outputs refuse leaves
+    /// the run going instead of stopping it for nothing.
+    pub fn first_conflict(
+        &self,
+        old: ManifestId,
+        extra_paths: &[String],
+        outputs: &[(String, std::sync::Arc<serde_json::Value>)],
+    ) -> Result<Option<Registration>, StoreError> {
+        let check = |path: &str| -> Result<Option<Registration>, StoreError> {
+            let conflict =
+                |other: ManifestId, taken: &str| -> Result<Option<Registration>, StoreError> {
+                    Ok(Some(Registration::Conflict {
+                        path: taken.to_owned(),
+                        wanted: path.to_owned(),
+                        owner: other,
+                        owner_rel: self.manifest(other)?.map(|m| m.rel),
+                    }))
+                };
+            if let Some(found) = self.conflict_around(old, path, &conflict)? {
+                return Ok(Some(found));
             }
-            let swapped = self
+            match self
                 .reserved
-                .compare_and_swap(key, current, Some(&id_key(owner)))?;
-            if swapped.is_ok() {
-                break;
+                .get(path.as_bytes())?
+                .as_deref()
+                .and_then(read_id)
+            {
+                Some(other) if other != old && self.holds(other)? => conflict(other, path),
+                _ => Ok(None),
+            }
+        };
+        for path in extra_paths {
+            if let Some(found) = check(path)? {
+                return Ok(Some(found));
             }
         }
-        if indexed == Indexed::Yes {
-            let mut index_key = id_key(owner).to_vec();
-            index_key.extend_from_slice(key);
-            self.reserved_by_manifest.insert(index_key, &[])?;
+        for (output_rel, body) in outputs {
+            if let Some(found) = check(output_rel)? {
+                return Ok(Some(found));
+            }
+            if let Some(object) = self.object_of(body, output_rel)
+                && let Some(found) = check(&object)?
+            {
+                return Ok(Some(found));
+            }
         }
         Ok(None)
     }
@@ -556,7 +622,7 @@ impl Trees {
             let Some(job) = self.job(job_id?)? else {
                 continue;
             };
-            let object = self.object_of(&job);
+            let object = self.object_of(&job.body, &job.output_rel);
             for path in std::iter::once(job.output_rel.as_str()).chain(object.as_deref()) {
                 if self.reserved_for(owner, path)? {
                     batch.remove(path.as_bytes())?;
@@ -1053,6 +1119,9 @@ impl<'a> RegisterBatch<'a> {
         Ok(())
     }
 }
+
+/// Makes the [`Registration::Conflict`] for a path another run holds (its id, the path).
+type ConflictOf<'a> = dyn Fn(ManifestId, &str) -> Result<Option<Registration>, StoreError> + 'a;
 
 /// Whether a reservation is listed under its owner in `reserved_by_manifest`.
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -409,6 +409,57 @@ async fn a_version_waiting_for_a_drain_runs_even_when_a_broken_save_follows_it()
     assert!(!env.inbox.join(".m.yaml.claid-pending").exists());
 }
 
+/// A new version of a running manifest that would write an output another active manifest
+/// writes is refused at once, and the running version goes on to its end (it used to be
+/// drained first, then the new version rejected: neither made its images).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_version_another_active_manifest_refuses_leaves_the_running_one_going() {
+    let env =
+        TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_millis(1500))))
+            .await;
+    let other = b"images:\n  - { input: storage://demo/o1-64x48.png, output: x/taken.jpg }\n  - storage://demo/o2-64x48.png\n  - storage://demo/o3-64x48.png\n".to_vec();
+    let v1 = b"images:\n  - storage://demo/a1-64x48.png\n  - storage://demo/a2-64x48.png\n  - storage://demo/a3-64x48.png\n".to_vec();
+    let mut v2 = v1.clone();
+    v2.extend_from_slice(b"  - { input: storage://demo/a4-64x48.png, output: taken.jpg }\n");
+    let config = env.config("max_in_flight: 1\nbatch: { max_images: 1 }", "");
+    let mut daemon = env.spawn_daemon(&config, 0);
+    env.drop_file("coll.yaml", &other);
+    env.drop_file("coll/x.yaml", &v1);
+    wait_until("both run", DEADLINE, || env.stats().submits >= 2).await;
+    env.drop_file("coll/x.yaml", &v2);
+    wait_until("the new version is refused", DEADLINE, || {
+        env.rejected.join("coll/x.yaml.error.txt").is_file()
+    })
+    .await;
+    let error = std::fs::read_to_string(env.rejected.join("coll/x.yaml.error.txt")).expect("error");
+    assert!(
+        error.contains("coll.yaml") && error.contains("taken.jpg"),
+        "{error}"
+    );
+    wait_until("both manifests end", DEADLINE, || {
+        env.outbox.join("coll.report.json").is_file()
+            && env.outbox.join("coll/x.report.json").is_file()
+    })
+    .await;
+    stop(&mut daemon).await;
+    let report = env.report("coll/x");
+    assert_eq!(report["sha256"], sha256_hex(&v1).as_str(), "{report}");
+    let rows = report["jobs"].as_array().expect("rows");
+    assert_eq!(rows.len(), 3);
+    assert!(rows.iter().all(|row| row["status"] == "done"), "{report}");
+    for name in ["a1", "a2", "a3"] {
+        assert!(
+            env.outbox
+                .join(format!("coll/x/{name}-64x48.jpg"))
+                .is_file(),
+            "{name}"
+        );
+    }
+    // Refused once, not put back and refused again.
+    assert!(!env.rejected.join("coll/x.1.yaml").exists());
+    assert!(!env.inbox.join("coll/.x.yaml.claid-pending").exists());
+}
+
 /// The everyday "fixed a typo, saved over it": the running version drains (what Claid already
 /// has finishes and is recorded, nothing new is submitted for it), then the new content runs;
 /// rows identical to delivered ones are not billed again; the archive holds exactly the
