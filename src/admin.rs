@@ -268,12 +268,19 @@ pub async fn status_view(
                     "an output cannot be written ({why}); new images wait"
                 )),
             ),
-            (Health::Healthy, None) => match p.outage() {
-                Some((for_, why)) => (
+            (Health::Healthy, None) => match (p.outage(), p.store().write_failing()) {
+                (_, Some((for_, why))) => (
+                    "failing".to_owned(),
+                    Some(format!(
+                        "the job store cannot be written: {why} (for {} s); results wait to be recorded",
+                        for_.as_secs()
+                    )),
+                ),
+                (Some((for_, why)), None) => (
                     "failing".to_owned(),
                     Some(format!("{why} (for {} s)", for_.as_secs())),
                 ),
-                None => ("ok".to_owned(), None),
+                (None, None) => ("ok".to_owned(), None),
             },
         };
         DaemonView {
@@ -667,6 +674,13 @@ async fn healthz(State(state): State<AdminState>) -> Response {
         return unavailable(serde_json::json!({
             "status": "failing",
             "reason": format!("outputs cannot be written: {why}"),
+        }));
+    }
+    if let Some((for_, why)) = state.pipeline.store().write_failing() {
+        return unavailable(serde_json::json!({
+            "status": "failing",
+            "reason": format!("the job store cannot be written: {why}"),
+            "for_seconds": for_.as_secs(),
         }));
     }
     (

@@ -402,6 +402,13 @@ fn cmd_run(path: &Path, once: bool, print_config: bool) -> i32 {
             );
             exit::UNAVAILABLE
         }
+        Ok(Outcome::StoreUnwritable { why }) => {
+            tracing::error!(
+                error = %Escaped::str(&why),
+                "The job store could not be written (is the state folder's disk full or read-only?): what could not be recorded is taken up again at the next run, once the store can be written; free space there, then run again"
+            );
+            exit::IO_ERR
+        }
         Ok(Outcome::Unwritable { why }) => {
             tracing::error!(
                 error = %Escaped::str(&why),

@@ -165,6 +165,9 @@ pub enum Outcome {
     /// `run --once` stopped because the outbox's disk stayed full or unwritable for
     /// `api.unreachable_timeout`; unfinished jobs stay in the store.
     Unwritable { why: String },
+    /// `run --once` stopped because the job store could not be written (the state folder's
+    /// disk full or read-only) for `api.unreachable_timeout`, or ended with writes failing.
+    StoreUnwritable { why: String },
 }
 
 /// How the work of `run --once` ended.
@@ -177,6 +180,11 @@ enum OnceEnd {
     Unscanned(Vec<PathBuf>),
     /// The outbox's disk stayed full or unwritable for `api.unreachable_timeout`.
     Unwritable {
+        why: String,
+    },
+    /// The job store could not be written for `api.unreachable_timeout`, or the run settled
+    /// while its writes fail (a manifest that could not be recorded stays in the inbox).
+    StoreUnwritable {
         why: String,
     },
     Refused {
@@ -506,6 +514,7 @@ pub async fn run(
             return Ok(Outcome::Unreachable { why, bucket });
         }
         OnceEnd::Unwritable { why } => return Ok(Outcome::Unwritable { why }),
+        OnceEnd::StoreUnwritable { why } => return Ok(Outcome::StoreUnwritable { why }),
     }
     // Read after the drain: every job task has ended and the finisher has handled every
     // outcome sent before its stop, so the counts are whole.
@@ -603,7 +612,7 @@ async fn run_once(
         .map(|terminal| Progress::start(pipeline, terminal));
     let end = tokio::select! {
         () = pipeline.wait_settled() => OnceEnd::Settled,
-        end = give_up(pipeline.health_state(), config.api.unreachable_timeout) => end,
+        end = give_up(pipeline.health_state(), pipeline.store().clone(), config.api.unreachable_timeout) => end,
     };
     if let Some(bar) = bar {
         bar.finish(pipeline);
@@ -611,6 +620,11 @@ async fn run_once(
     // A refused or unreachable API is reported once, with what to do, by the caller.
     if !matches!(end, OnceEnd::Settled) {
         return Ok(end);
+    }
+    // Settled while the store's writes fail: what could not be recorded (a manifest, a
+    // result) is not done, whatever the counts say.
+    if let Some((_, why)) = pipeline.store().write_failing() {
+        return Ok(OnceEnd::StoreUnwritable { why });
     }
     if !unreadable.is_empty() {
         return Ok(OnceEnd::Unscanned(unreadable));
@@ -668,10 +682,21 @@ async fn check_storages_at_start(
 
 /// Completes when `run --once` should stop waiting: the API refused the daemon (paused), or
 /// no call has succeeded for `timeout` while some failed.
-async fn give_up(health: Arc<pipeline::health::HealthState>, timeout: Duration) -> OnceEnd {
+async fn give_up(
+    health: Arc<pipeline::health::HealthState>,
+    store: crate::store::Store,
+    timeout: Duration,
+) -> OnceEnd {
     let mut changes = health.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
+        // A result or a manifest that cannot be recorded is waited for until the next start:
+        // a run does not wait for ever for a store that cannot be written.
+        if let Some((for_how_long, why)) = store.write_failing()
+            && for_how_long >= timeout
+        {
+            return OnceEnd::StoreUnwritable { why };
+        }
         if let pipeline::Health::Paused { reason, status } = health.current() {
             return OnceEnd::Refused { status, reason };
         }

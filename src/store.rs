@@ -211,6 +211,10 @@ pub struct Store {
     counters: Arc<counts::Counters>,
     /// The thread every transition, registration and scan runs on, shared by every clone.
     lane: Arc<lane::Lane>,
+    /// Since when writes have failed without one succeeding since (a full or read-only disk
+    /// under the state folder), and the last error: `run --once` gives up on it, `/healthz`
+    /// shows it.
+    write_failing: Arc<std::sync::Mutex<Option<(std::time::Instant, String)>>>,
 }
 
 impl Store {
@@ -269,6 +273,7 @@ impl Store {
             commit: Arc::new(commit::GroupCommit::default()),
             counters,
             lane: Arc::new(lane::Lane::new("claid-store")),
+            write_failing: Arc::default(),
         };
         Ok((store, unfinished))
     }
@@ -286,7 +291,40 @@ impl Store {
 
     /// Returns once everything written before the call is on disk (group commit).
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.commit.durable(&self.trees.db).await
+        let flushed = self.commit.durable(&self.trees.db).await;
+        self.note_write(&flushed);
+        flushed
+    }
+
+    /// Since how long writes have failed without one succeeding, and why (`None` while they
+    /// succeed).
+    pub fn write_failing(&self) -> Option<(std::time::Duration, String)> {
+        self.write_failing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .map(|(since, why)| (since.elapsed(), why.clone()))
+    }
+
+    /// Keeps [`Store::write_failing`] up to date with a write's outcome: a failure of the
+    /// database (not a refused transition, which is no write problem) starts or continues it,
+    /// a success ends it.
+    fn note_write<T>(&self, res: &Result<T, StoreError>) {
+        let mut failing = self
+            .write_failing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match res {
+            Ok(_) => *failing = None,
+            Err(err @ (StoreError::Db(_) | StoreError::Flush(_) | StoreError::Worker(_))) => {
+                let why = crate::daemon::error_chain(err);
+                match failing.as_mut() {
+                    Some((_, last)) => *last = why,
+                    None => *failing = Some((std::time::Instant::now(), why)),
+                }
+            }
+            Err(_) => {}
+        }
     }
 
     /// Job counts: totals by state over every job stored, and per manifest not ended. Costs
@@ -343,7 +381,10 @@ impl Store {
         let trees = self.trees.clone();
         let registration = self
             .on_lane(move || trees.register(run.record, &run.extra_paths, jobs, &unchanged))
-            .await??;
+            .await
+            .and_then(|registered| registered);
+        self.note_write(&registration);
+        let registration = registration?;
         Ok(match registration {
             Registration::Registered {
                 id,
@@ -1171,13 +1212,17 @@ impl Store {
         // The counts move with the write, on the lane: a caller that goes away (a dropped
         // request) after the write was queued cannot leave them behind the store.
         let counters = Arc::clone(&self.counters);
-        self.lane
+        let stepped = self
+            .lane
             .run(lane::Kind::Step, move || {
                 let (old, new) = trees.transition(id, expected, next)?;
                 counters.apply(&old, &new);
                 Ok(new)
             })
-            .await?
+            .await
+            .and_then(|stepped| stepped);
+        self.note_write(&stepped);
+        stepped
     }
 
     /// Runs a bulk write (a registration, a release) on the store's thread, where the job
@@ -1223,4 +1268,33 @@ pub fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A failing write (a full disk under the state folder) is remembered from its first
+    /// failure until a write succeeds; a refused transition is no write problem.
+    #[test]
+    fn write_failures_are_remembered_until_a_write_succeeds() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path()).expect("store");
+        assert!(store.write_failing().is_none());
+        store.note_write::<()>(&Err(StoreError::Flush("No space left on device".into())));
+        let (_, why) = store.write_failing().expect("failing");
+        assert!(why.contains("No space left"), "{why}");
+        store.note_write::<()>(&Err(StoreError::Flush("still full".into())));
+        assert!(
+            store
+                .write_failing()
+                .expect("failing")
+                .1
+                .contains("still full")
+        );
+        store.note_write::<()>(&Err(StoreError::JobNotFound(7)));
+        assert!(store.write_failing().is_some(), "not a write problem: kept");
+        store.note_write(&Ok(()));
+        assert!(store.write_failing().is_none());
+    }
 }
