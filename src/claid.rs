@@ -536,6 +536,18 @@ pub struct Client {
     /// API calls on the wire and not yet answered: an API that accepts connections and never
     /// answers is an outage long before the request timeout ends each call.
     unanswered: Arc<Unanswered>,
+    /// Submits and uploads on the wire (billable once Claid has them): a stop waits for
+    /// their answers, so they are not in doubt at the next start.
+    billable: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// One submit or upload on the wire (see [`Client::billable_on_the_wire`]).
+struct Billable(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Billable {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// The API calls sent and not yet answered, by when each was sent (after the rate limiter).
@@ -610,6 +622,12 @@ pub fn has_credentials(url: &Url) -> bool {
 }
 
 impl Client {
+    /// Submits and uploads sent and not yet answered: Claid may bill them, and a stop that
+    /// cut them off would leave them in doubt.
+    pub fn billable_on_the_wire(&self) -> usize {
+        self.billable.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Builds the client; fails (Systemic, `client-config`) on a bad base URL, a key that cannot
     /// be a header, or a zero timeout. No request is made.
     pub fn new(cfg: ClientConfig) -> Result<Client, ClaidError> {
@@ -687,6 +705,7 @@ impl Client {
                 .min(f64::from(cfg.requests_per_minute.get()) / 60.0),
             latency_observer: None,
             unanswered: Arc::default(),
+            billable: Arc::default(),
         })
     }
 
@@ -1003,6 +1022,11 @@ impl Client {
         let method = request.method().clone();
         let started = Instant::now();
         let _on_the_wire = self.unanswered.sent();
+        let _billable = endpoint.is_billable_post().then(|| {
+            self.billable
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Billable(self.billable.clone())
+        });
         let response = match self.api.execute(request).await {
             Ok(response) => response,
             Err(err) => {

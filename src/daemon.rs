@@ -438,7 +438,33 @@ pub async fn run(
     }
     // Phase 2: after the grace period stop waiting; unfinished jobs resume at the next start.
     let started_drain = tokio::time::Instant::now();
-    let graceful = tokio::time::timeout(grace, tracker.wait()).await.is_ok();
+    let mut graceful = tokio::time::timeout(grace, tracker.wait()).await.is_ok();
+    // Submits and uploads Claid is working on when the grace ends are waited for, up to
+    // their own timeout (`api.upload_timeout`: a synchronous upload answers when the edit is
+    // done): cut off, each would be in doubt at the next start, and sent (billed) again under
+    // `in_doubt: resubmit`. Their answers are recorded as usual, then the steps park.
+    if !graceful && pipeline.billable_on_the_wire() > 0 {
+        let until = tokio::time::Instant::now() + config.api.upload_timeout;
+        info!(
+            requests = pipeline.billable_on_the_wire(),
+            up_to = ?config.api.upload_timeout,
+            "Waiting for the answers of submits and uploads Claid is working on, so they are not in doubt at the next start"
+        );
+        while pipeline.billable_on_the_wire() > 0 && tokio::time::Instant::now() < until {
+            if tokio::time::timeout(Duration::from_millis(200), tracker.wait())
+                .await
+                .is_ok()
+            {
+                graceful = true;
+                break;
+            }
+        }
+        // The answers' records are written right after them.
+        graceful = graceful
+            || tokio::time::timeout(Duration::from_secs(2), tracker.wait())
+                .await
+                .is_ok();
+    }
     // Runs whose last job ended while draining are finished now, not at the next start.
     let finished = pipeline
         .stop_finisher(

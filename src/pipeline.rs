@@ -482,6 +482,11 @@ impl Handle {
         self.shared.batching.view()
     }
 
+    /// Submits and uploads on the wire (see [`crate::claid::Client::billable_on_the_wire`]).
+    pub fn billable_on_the_wire(&self) -> usize {
+        self.shared.client.billable_on_the_wire()
+    }
+
     /// The API client's counters: requests by endpoint and status, limiter waits (for the
     /// dashboard's share of the rate limit).
     pub fn client_stats(&self) -> crate::claid::ClientStats {

@@ -171,3 +171,54 @@ async fn sigkill_while_jobs_wait_for_the_rate_limiter_leaves_them_queued_not_in_
     );
     assert_eq!(TestEnv::files_under(&env.outbox.join("m")).len(), 10);
 }
+
+/// SIGTERM while synchronous uploads are with Claid (each takes longer than
+/// `shutdown_grace`): the stop waits for their answers (up to `api.upload_timeout`) and
+/// records them, so nothing is in doubt at the next start and nothing is uploaded twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_waits_for_the_uploads_claid_is_working_on() {
+    let env = TestEnv::new(
+        Scenario::default().latency(claid_hotfolder::emulator::Latency::Fixed(
+            std::time::Duration::from_secs(4),
+        )),
+    )
+    .await;
+    std::fs::write(env.inbox.join("a.png"), crate::support::png(40, 30)).expect("a");
+    std::fs::write(env.inbox.join("b.png"), crate::support::png(41, 31)).expect("b");
+    let config = env.config("", "");
+    let text = std::fs::read_to_string(&config)
+        .expect("config")
+        .replace("shutdown_grace: 5s", "shutdown_grace: 1s");
+    std::fs::write(&config, text).expect("config");
+    let mut daemon = env.spawn_daemon(&config, 0);
+    env.drop_file("m.yaml", b"images:\n  - a.png\n  - b.png\n");
+    wait_until(
+        "both uploads are with Claid",
+        Duration::from_secs(60),
+        || env.stats().requests >= 2,
+    )
+    .await;
+    crate::support::sigterm(&daemon);
+    tokio::time::timeout(std::time::Duration::from_secs(60), daemon.wait())
+        .await
+        .expect("exits")
+        .expect("wait");
+    let log = std::fs::read_to_string(env.dir.path().join("daemon-0.log")).expect("log");
+    assert!(
+        log.contains("Waiting for the answers of submits and uploads"),
+        "{log}"
+    );
+    assert_eq!(
+        env.stats().uploads,
+        2,
+        "both answered before the exit\n{log}"
+    );
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(env.stats().uploads, 2, "nothing uploaded twice\n{stderr}");
+    let report = env.report("m");
+    for row in report["jobs"].as_array().expect("rows") {
+        assert_eq!(row["status"], "done", "{row}");
+        assert_eq!(row["in_doubt"], 0, "{row}");
+    }
+}
