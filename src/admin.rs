@@ -163,6 +163,10 @@ pub struct ReplayAnswer {
     /// With `dry_run`: the jobs that would be requeued.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub preview: Vec<ReplayPreview>,
+    /// Runs not replayed because another active manifest writes one of their outputs or
+    /// reports now, one sentence each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<String>,
 }
 
 /// One job a `replay --dry-run` would requeue.
@@ -481,28 +485,50 @@ pub async fn replay_offline(
             requeued: 0,
             preview: replay_preview(store, &ids).await?,
             jobs: ids,
+            refused: Vec::new(),
         });
     }
-    let mut reopened = std::collections::BTreeSet::new();
+    // By run: an ended run is reopened with its outputs reserved again, unless another
+    // active run writes one of them (then none of its jobs is requeued).
+    type Outputs = Vec<(String, Arc<serde_json::Value>)>;
+    let mut by_run: std::collections::BTreeMap<u64, (Vec<JobId>, Outputs)> = Default::default();
     for id in &ids {
         let Some(job) = store.job(*id).await? else {
             continue;
         };
-        if reopened.insert(job.manifest)
-            && store
-                .manifest(job.manifest)
-                .await?
-                .is_some_and(|m| m.state.is_ended())
+        let run = by_run.entry(job.manifest).or_default();
+        run.0.push(*id);
+        run.1.push((job.output_rel.clone(), job.body.clone()));
+    }
+    let (mut requeued, mut refused) = (Vec::new(), Vec::new());
+    for (mid, (jobs, outputs)) in by_run {
+        let Some(m) = store.manifest(mid).await? else {
+            continue;
+        };
+        if m.state.is_ended()
+            && let Some(crate::store::Registered::Conflict {
+                path, owner_rel, ..
+            }) = store.reopen_run_reserving(mid, Vec::new(), outputs).await?
         {
-            store.reopen_run(job.manifest).await?;
+            refused.push(format!(
+                "`{}` is not replayed: `{}` is being written by the active manifest `{}`; replay it once that one has finished",
+                crate::text::escape(&m.rel),
+                crate::text::escape(&path),
+                crate::text::escape(&owner_rel.unwrap_or_else(|| "another manifest".to_owned()))
+            ));
+            continue;
         }
-        store.requeue(*id, false).await?;
+        for id in jobs {
+            store.requeue(id, false).await?;
+            requeued.push(id);
+        }
     }
     store.flush().await?;
     Ok(ReplayAnswer {
-        requeued: ids.len(),
-        jobs: ids,
+        requeued: requeued.len(),
+        jobs: requeued,
         preview: Vec::new(),
+        refused,
     })
 }
 
@@ -756,18 +782,20 @@ async fn replay(
                 requeued: 0,
                 jobs: ids,
                 preview,
+                refused: Vec::new(),
             })
             .into_response(),
             Err(err) => internal(&err),
         };
     }
-    match state.pipeline.replay(ids.clone()).await {
-        Ok(n) => {
+    match state.pipeline.replay_checked(ids.clone()).await {
+        Ok((n, refused)) => {
             info!(requeued = n, "Replay requested over the admin socket");
             axum::Json(ReplayAnswer {
                 requeued: n,
                 jobs: ids,
                 preview: Vec::new(),
+                refused,
             })
             .into_response()
         }

@@ -1441,6 +1441,12 @@ fn cmd_replay(
         }
         return Ok(exit::OK);
     }
+    for why in &answer.refused {
+        println!("Refused: {why}.");
+    }
+    if answer.requeued == 0 && !answer.refused.is_empty() {
+        return Ok(exit::TEMP_FAIL);
+    }
     if answer.requeued == 0 {
         let what = match (&select.manifest, select.in_doubt) {
             (Some(manifest), _) => format!("no finished or failed job of {}", manifest.display()),

@@ -242,6 +242,8 @@ struct Shared {
     max_in_flight: usize,
     started: Instant,
     cancel: CancellationToken,
+    /// The outbox root (a replayed run's report paths are reserved under it).
+    outbox: PathBuf,
     /// Parts started by [`Handle::start`]; each is taken once.
     parts: Mutex<Option<Parts>>,
     /// The finisher's task, awaited by [`Handle::stop_finisher`] at shutdown.
@@ -295,6 +297,7 @@ impl Handle {
             base: crate::retry::Policy::default().base.min(deps.poll.max),
             ..crate::retry::Policy::default()
         };
+        let outbox_root = deps.folders.outbox.clone();
         let runner = job::Runner::new(job::RunnerDeps {
             store: deps.store.clone(),
             client: deps.client.clone(),
@@ -385,6 +388,7 @@ impl Handle {
             max_in_flight: deps.max_in_flight,
             started: Instant::now(),
             cancel: deps.cancel,
+            outbox: outbox_root,
             finisher_task: Mutex::new(None),
             parts: Mutex::new(Some(Parts {
                 intake,
@@ -843,18 +847,31 @@ impl Handle {
     /// Requeues jobs from the store (replay) and schedules them. Only ended or held jobs are
     /// replayed: requeueing a job under way would lose its task id and pay for it twice.
     pub async fn replay(&self, ids: Vec<JobId>) -> Result<usize, StoreError> {
+        self.replay_checked(ids).await.map(|(n, _)| n)
+    }
+
+    /// [`Handle::replay`], also saying which runs were not replayed because another active
+    /// manifest writes one of their outputs or reports now (one sentence each).
+    pub async fn replay_checked(
+        &self,
+        ids: Vec<JobId>,
+    ) -> Result<(usize, Vec<String>), StoreError> {
         let store = &self.shared.store;
-        let mut by_run: BTreeMap<ManifestId, Vec<JobId>> = BTreeMap::new();
+        type Outputs = Vec<(String, Arc<serde_json::Value>)>;
+        let mut by_run: BTreeMap<ManifestId, (Vec<JobId>, Outputs)> = BTreeMap::new();
         for id in ids {
             let Some(job) = store.job(id).await? else {
                 continue;
             };
             if job.state.is_replayable() {
-                by_run.entry(job.manifest).or_default().push(id);
+                let run = by_run.entry(job.manifest).or_default();
+                run.0.push(id);
+                run.1.push((job.output_rel.clone(), job.body.clone()));
             }
         }
         let mut n = 0;
-        for (mid, ids) in by_run {
+        let mut refused = Vec::new();
+        for (mid, (ids, outputs)) in by_run {
             let Some(m) = store.manifest(mid).await? else {
                 continue;
             };
@@ -864,7 +881,33 @@ impl Handle {
                 continue;
             }
             if m.state.is_ended() {
-                store.reopen_run(mid).await?;
+                // Its outputs and reports were released at its end: reserved again, unless
+                // another active manifest writes one of them now (both would write it).
+                let rel = std::path::Path::new(&m.rel);
+                let extra = if crate::manifest::is_image_name(rel) {
+                    Vec::new()
+                } else {
+                    let (json, csv) = crate::report::rel_paths(&self.shared.outbox, rel);
+                    vec![
+                        json.to_string_lossy().into_owned(),
+                        csv.to_string_lossy().into_owned(),
+                    ]
+                };
+                if let Some(crate::store::Registered::Conflict {
+                    path, owner_rel, ..
+                }) = store.reopen_run_reserving(mid, extra, outputs).await?
+                {
+                    let other = owner_rel.unwrap_or_else(|| "another manifest".to_owned());
+                    let why = format!(
+                        "`{}` is not replayed: `{}` is being written by the active manifest `{}`; replay it once that one has finished",
+                        crate::text::escape(&m.rel),
+                        crate::text::escape(&path),
+                        crate::text::escape(&other)
+                    );
+                    warn!(manifest = %m.rel, path = %path, other = %other, "Replay refused: another active manifest writes one of its outputs");
+                    refused.push(why);
+                    continue;
+                }
             }
             let mut requeued = Vec::with_capacity(ids.len());
             for id in ids {
@@ -885,7 +928,7 @@ impl Handle {
                 });
             self.shared.queue.push_back(requeued);
         }
-        Ok(n)
+        Ok((n, refused))
     }
 
     /// Completes when intake is idle and every run this process tracks has ended or is held.

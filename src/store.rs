@@ -575,8 +575,39 @@ impl Store {
             .collect())
     }
 
+    /// [`Store::reopen_run`] for a replay: unless another active run holds one of the paths
+    /// the replayed jobs write (their outputs and objects, and `extra_paths`, the run's
+    /// reports), which is returned as a [`Registered::Conflict`] with nothing changed, the run
+    /// is reopened and those paths reserved for it again.
+    pub async fn reopen_run_reserving(
+        &self,
+        id: ManifestId,
+        extra_paths: Vec<String>,
+        outputs: Vec<(String, std::sync::Arc<serde_json::Value>)>,
+    ) -> Result<Option<Registered>, StoreError> {
+        if let Some(conflict) = self
+            .first_conflict(id, extra_paths.clone(), outputs.clone())
+            .await?
+        {
+            return Ok(Some(conflict));
+        }
+        let was_ended = self.trees.manifest(id)?.is_some_and(|m| m.state.is_ended());
+        self.reopen_run(id).await?;
+        let trees = self.trees.clone();
+        let reserved = self
+            .on_lane(move || trees.reserve_again(id, &extra_paths, &outputs))
+            .await
+            .and_then(|reserved| reserved);
+        self.note_write(&reserved);
+        reserved?;
+        if was_ended {
+            self.flush().await?;
+        }
+        Ok(None)
+    }
+
     /// An ended run gets work again (a replay): it is running again, its counts live again.
-    /// Its outputs are not reserved again (a later run may have taken them). Flushed.
+    /// Its outputs are not reserved again here (see [`Store::reopen_run_reserving`]). Flushed.
     pub async fn reopen_run(&self, id: ManifestId) -> Result<(), StoreError> {
         let Some(m) = self.trees.manifest(id)? else {
             return Err(StoreError::ManifestNotFound(id));

@@ -502,6 +502,28 @@ impl Trees {
         Ok(None)
     }
 
+    /// Reserves again, for run `owner` that a replay reopens, its report paths and the outputs
+    /// (and objects) of the jobs it replays: an ended run's were released, and another drop
+    /// must not take them while it runs again. A path another run took meanwhile is left to
+    /// it (checked before, with [`Trees::first_conflict`]).
+    pub fn reserve_again(
+        &self,
+        owner: ManifestId,
+        extra_paths: &[String],
+        outputs: &[(String, std::sync::Arc<serde_json::Value>)],
+    ) -> Result<(), StoreError> {
+        for path in extra_paths {
+            self.reserve(owner, path, Indexed::Yes)?;
+        }
+        for (output_rel, body) in outputs {
+            self.reserve(owner, output_rel, Indexed::No)?;
+            if let Some(object) = self.object_of(body, output_rel) {
+                self.reserve(owner, &object, Indexed::No)?;
+            }
+        }
+        Ok(())
+    }
+
     /// The first path a new version of run `old` would collide on with another run that has
     /// not ended (as [`Trees::register`] would find it), reserving nothing: asked before the
     /// old run is told to drain, so that a version another manifest's outputs refuse leaves

@@ -1157,3 +1157,53 @@ async fn a_misnamed_recipe_is_named_and_a_capital_scheme_is_read() {
     );
     assert!(env.outbox.join("m/a-64x48.jpg").is_file(), "{stderr}");
 }
+
+/// `replay` of an ended run whose output another active manifest writes now is refused (both
+/// would write it, and one report would describe a file the other replaced); once that one has
+/// finished, the replay goes ahead and the replayed run holds its output again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_whose_output_an_active_manifest_writes_is_refused_until_it_ends() {
+    let env =
+        TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_millis(800)))).await;
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    let config = env.config("max_in_flight: 1\nbatch: { max_images: 1 }", "");
+    let mut daemon = env.spawn_daemon(&config, 0);
+    env.drop_file(
+        "own/a.yaml",
+        format!("images:\n  - {{ input: \"http://127.0.0.1:{closed}/s1.png\", output: x.jpg }}\n")
+            .as_bytes(),
+    );
+    wait_until("own/a.yaml ends with its image failed", DEADLINE, || {
+        env.outbox.join("own/a.report.json").is_file()
+    })
+    .await;
+    let rows: String = (0..6)
+        .map(|i| format!("  - storage://demo/r{i}-64x48.png\n"))
+        .collect();
+    env.drop_file(
+        "own.yaml",
+        format!("images:\n{rows}  - {{ input: storage://demo/b-64x48.png, output: a/x.jpg }}\n")
+            .as_bytes(),
+    );
+    wait_until("own.yaml runs", DEADLINE, || env.stats().submits >= 2).await;
+    let config_arg = config.to_str().expect("utf-8");
+    let (code, out, err) =
+        cli(&["replay", "--manifest", "own/a.yaml", "--config", config_arg]).await;
+    assert_eq!(code, 75, "{out}{err}");
+    assert!(
+        out.contains("Refused") && out.contains("own.yaml") && out.contains("own/a/x.jpg"),
+        "{out}"
+    );
+    wait_until("own.yaml ends", DEADLINE, || {
+        env.outbox.join("own.report.json").is_file()
+    })
+    .await;
+    let (code, out, err) =
+        cli(&["replay", "--manifest", "own/a.yaml", "--config", config_arg]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("Requeued 1 jobs"), "{out}");
+    stop(&mut daemon).await;
+}
