@@ -805,12 +805,15 @@ async fn run_watching(
     let mut status_tick = tokio::time::interval(STATUS_INTERVAL);
     // The config in force: what a SIGHUP's file is compared with.
     let mut running = config.clone();
+    // The key in force (a digest): a SIGHUP after the key file changed says the new key waits
+    // for a restart, as the client keeps the key it started with.
+    let key_in_force = key_digest(&config);
     tokio::pin!(forward);
     loop {
         tokio::select! {
             _ = &mut forward => break,
             Some(()) = recv_hangup(&mut hangup) => {
-                reload(pipeline, opts.config_path.as_deref(), &mut running);
+                reload(pipeline, opts.config_path.as_deref(), &mut running, key_in_force.as_deref());
             }
             _ = watchdog_tick.tick(), if watchdog.is_some() => {
                 let _ = sd_notify::notify(&[NotifyState::Watchdog]);
@@ -837,10 +840,23 @@ async fn recv_hangup(hangup: &mut Option<tokio::signal::unix::Signal>) -> Option
     }
 }
 
+/// A digest of the API key `config` names (its file, or `CLAID_API_KEY`), to tell a rotated
+/// key without keeping a second copy of it; `None` when it cannot be read.
+fn key_digest(config: &Config) -> Option<String> {
+    use sha2::Digest;
+    let key = crate::config::load_api_key(&config.api).ok().flatten()?;
+    Some(hex::encode(sha2::Sha256::digest(key.as_bytes())))
+}
+
 /// SIGHUP: re-reads the config; an invalid one is refused and the running one kept. Of a valid
 /// one, the [`RELOADABLE`](crate::config::print::RELOADABLE) sections apply to new work and
 /// `running` takes them; any other changed key is named as waiting for a restart.
-fn reload(pipeline: &pipeline::Handle, path: Option<&Path>, running: &mut Config) {
+fn reload(
+    pipeline: &pipeline::Handle,
+    path: Option<&Path>,
+    running: &mut Config,
+    key_in_force: Option<&str>,
+) {
     let Some(path) = path else {
         warn!("SIGHUP ignored: the daemon was started without a config file to re-read");
         return;
@@ -848,7 +864,13 @@ fn reload(pipeline: &pipeline::Handle, path: Option<&Path>, running: &mut Config
     let _ = sd_notify::notify(&[NotifyState::Reloading]);
     match crate::config::load(path) {
         Ok(config) => {
-            let restart = crate::config::print::restart_keys(running, &config);
+            let mut restart = crate::config::print::restart_keys(running, &config);
+            // The same key file with another key in it (a rotated key).
+            if key_digest(&config).as_deref() != key_in_force
+                && !restart.iter().any(|key| key.starts_with("api.api_key"))
+            {
+                restart.push("api.api_key_file (the key in it changed)".to_owned());
+            }
             pipeline.reload(config.profiles.clone(), policies(&config), config.limits);
             running.profiles = config.profiles;
             running.limits = config.limits;

@@ -518,6 +518,17 @@ async fn sighup_applies_a_good_config_and_refuses_a_bad_one() {
         },
     )
     .await;
+
+    // A rotated key (the same file, another key in it) is named too: the client keeps the
+    // key it started with until a restart.
+    std::fs::write(env.dir.path().join("api-key"), "rotated-key\n").unwrap();
+    signal(&daemon, "-HUP");
+    wait_until("the rotated key named", Duration::from_secs(20), || {
+        env.daemon_log(0)
+            .lines()
+            .any(|l| l.contains("NOT in force") && l.contains("the key in it changed"))
+    })
+    .await;
     signal(&daemon, "-TERM");
     assert_eq!(daemon.wait().await.unwrap().code(), Some(0));
 }
