@@ -498,7 +498,8 @@ pub fn load_api_key(api: &ApiConfig) -> Result<Option<String>, ConfigError> {
             path: path.clone(),
             cause,
         })?;
-        let key = text.trim();
+        // A byte-order mark (an editor's UTF-8 "with BOM") is no part of the key.
+        let key = text.trim_start_matches('\u{feff}').trim();
         if key.is_empty() {
             return Err(ConfigError::ApiKeyEmpty { path: path.clone() });
         }

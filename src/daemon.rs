@@ -807,7 +807,7 @@ async fn run_watching(
     let mut running = config.clone();
     // The key in force (a digest): a SIGHUP after the key file changed says the new key waits
     // for a restart, as the client keeps the key it started with.
-    let key_in_force = key_digest(&config);
+    let key_in_force = key_digest(config);
     tokio::pin!(forward);
     loop {
         tokio::select! {

@@ -286,10 +286,10 @@ fn write_csv(w: &mut dyn Write, rows: &RowSource<'_>) -> io::Result<()> {
     rows(&mut |row| {
         writer
             .write_record([
-                row.input,
-                row.output,
+                spreadsheet_safe(row.input),
+                spreadsheet_safe(row.output),
                 row.status,
-                row.reason,
+                spreadsheet_safe(row.reason),
                 opt(row.task_id.map(|v| v.to_string())),
                 opt(row.width.map(|v| v.to_string())),
                 opt(row.height.map(|v| v.to_string())),
@@ -301,6 +301,17 @@ fn write_csv(w: &mut dyn Write, rows: &RowSource<'_>) -> io::Result<()> {
             .map_err(io::Error::from)
     })?;
     writer.flush()
+}
+
+/// A cell a spreadsheet would run as a formula (a file named `=HYPERLINK(…).png` dropped in
+/// the inbox, a message of Claid's) starts with `'`, which spreadsheets show as text (OWASP's
+/// advice for CSV injection); any other cell is as it is.
+fn spreadsheet_safe(cell: String) -> String {
+    if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{cell}")
+    } else {
+        cell
+    }
 }
 
 /// `filename::report_names`, for the outbox's filesystem: a stem too long for the suffix is
@@ -333,4 +344,20 @@ pub fn rel_paths_of_run(
 ) -> (PathBuf, PathBuf) {
     let tag = superseded.then(|| superseded_tag(m.registered_at_ms));
     rel_paths_tagged(outbox, Path::new(&m.rel), tag.as_deref())
+}
+
+#[cfg(test)]
+mod csv_tests {
+    #[test]
+    fn csv_cells_a_spreadsheet_would_run_are_quoted_as_text() {
+        for (cell, shown) in [
+            ("=HYPERLINK(1)+2.png", "'=HYPERLINK(1)+2.png"),
+            ("+1.png", "'+1.png"),
+            ("@SUM(A1).png", "'@SUM(A1).png"),
+            ("shoes/a.png", "shoes/a.png"),
+            ("https://x/a.png", "https://x/a.png"),
+        ] {
+            assert_eq!(super::spreadsheet_safe(cell.to_owned()), shown);
+        }
+    }
 }

@@ -248,7 +248,10 @@ fn api(config: &Config) -> Value {
             "base_url",
             match &api.base_url {
                 BaseUrl::Embedded => "embedded".into(),
-                BaseUrl::Url(url) => redact_url(url).into(),
+                // Its user information, and query values that carry secrets (`?token=`).
+                BaseUrl::Url(url) => crate::text::redact_credentials(&redact_url(url))
+                    .into_owned()
+                    .into(),
             },
         ),
         (
@@ -402,5 +405,17 @@ mod tests {
             redact_url("https://api.claid.ai/v1/a@b"),
             "https://api.claid.ai/v1/a@b"
         );
+    }
+
+    /// `run --print-config` shows neither the user information of `api.base_url` nor a
+    /// query value that carries a secret.
+    #[test]
+    fn the_printed_base_url_keeps_no_token() {
+        let text = "api: { base_url: \"https://proxy.example/v1?token=abc123tok&region=eu\" }\n\
+                    folders: { inbox: /i, outbox: /o, archive: /a, rejected: /r, state: /s }\n";
+        let config = crate::config::parse(text, std::path::Path::new("/c.yaml")).expect("valid");
+        let printed = to_yaml(&config);
+        assert!(!printed.contains("abc123tok"), "{printed}");
+        assert!(printed.contains("token=REDACTED&region=eu"), "{printed}");
     }
 }

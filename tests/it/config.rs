@@ -251,6 +251,13 @@ fn api_key_comes_from_the_key_file_trimmed() {
         Some("sk-test-123")
     );
 
+    // Saved by an editor as "UTF-8 with BOM": the mark is no part of the key.
+    std::fs::write(&key, "\u{feff}sk-test-123\r\n").unwrap();
+    assert_eq!(
+        config::load_api_key(&cfg.api).unwrap().as_deref(),
+        Some("sk-test-123")
+    );
+
     std::fs::write(&key, "  \n").unwrap();
     let err = config::load_api_key(&cfg.api).unwrap_err();
     assert_eq!(err.code(), "api-key-empty");
