@@ -443,7 +443,9 @@ pub async fn run(
     // their own timeout (`api.upload_timeout`: a synchronous upload answers when the edit is
     // done): cut off, each would be in doubt at the next start, and sent (billed) again under
     // `in_doubt: resubmit`. Their answers are recorded as usual, then the steps park.
-    if !graceful && pipeline.billable_on_the_wire() > 0 {
+    // (Not when the API stopped answering: it will not answer them either.)
+    let api_away = matches!(&result, Ok(OnceEnd::Unreachable { bucket: false, .. }));
+    if !graceful && !api_away && pipeline.billable_on_the_wire() > 0 {
         let until = tokio::time::Instant::now() + config.api.upload_timeout;
         info!(
             requests = pipeline.billable_on_the_wire(),

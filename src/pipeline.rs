@@ -1159,14 +1159,20 @@ async fn adopt_announced(
     owners: Vec<dispatch::LostOwner>,
 ) -> bool {
     let store = &shared.store;
-    // (run, job, held in doubt rather than queued again)
+    // (run, job, held in doubt or failed as task-timeout rather than queued again: its run is
+    // reopened and the job started here)
     let mut waiting = Vec::with_capacity(owners.len());
+    // Of those, failed as task-timeout (they leave the failed count).
+    let mut timed_out = Vec::new();
     for (mid, id) in owners {
-        if let Ok(Some(job)) = store.job(id).await
-            && job.waits_for_adoption()
-        {
-            let held = matches!(job.state, crate::store::JobState::InDoubt { .. });
-            waiting.push((mid, id, held));
+        if let Ok(Some(job)) = store.job(id).await {
+            if job.timed_out_on(update.id()) {
+                timed_out.push(id);
+                waiting.push((mid, id, true));
+            } else if job.waits_for_adoption() {
+                let held = matches!(job.state, crate::store::JobState::InDoubt { .. });
+                waiting.push((mid, id, held));
+            }
         }
     }
     if waiting.is_empty() {
@@ -1183,6 +1189,24 @@ async fn adopt_announced(
         TaskUpdate::Batch(b) => (b.id, b.result_url.clone(), true),
     };
     let ids = if batch { &ids[..] } else { &ids[..1] };
+    // A run whose images failed as task-timeout has ended: reopened before they take the
+    // task, so its live counts see them leave `failed` (reopened after, it would count them
+    // failed still, and end again at once).
+    let mut late_runs: Vec<ManifestId> = waiting
+        .iter()
+        .filter(|(_, id, _)| timed_out.contains(id))
+        .map(|(mid, _, _)| *mid)
+        .collect();
+    late_runs.dedup();
+    for mid in &late_runs {
+        if let Ok(Some(m)) = store.manifest(*mid).await
+            && m.state.is_ended()
+            && let Err(err) = store.reopen_run(*mid).await
+        {
+            error!(error = %err, manifest = %m.rel, "Cannot reopen the run of a task announced after its images timed out");
+            return true;
+        }
+    }
     let adopted = match store.adopt_waiting(ids, task_id, &result_url, batch).await {
         Ok(adopted) => adopted,
         Err(err) => {
@@ -1200,10 +1224,22 @@ async fn adopt_announced(
         images = waiting.len(),
         "A task announced late by webhook was adopted by the jobs held in doubt (or queued again) for it; nothing is submitted twice"
     );
-    let held = waiting.iter().filter(|(_, _, held)| *held).count() as u64;
-    shared
-        .board
-        .update(|s| s.totals.held = s.totals.held.saturating_sub(held));
+    let late = waiting
+        .iter()
+        .filter(|(_, id, _)| timed_out.contains(id))
+        .count() as u64;
+    let held = waiting.iter().filter(|(_, _, held)| *held).count() as u64 - late;
+    if late > 0 {
+        info!(
+            task_id,
+            images = late,
+            "Claid announced the result of a task given up as task-timeout: its images take it (replay would have paid again)"
+        );
+    }
+    shared.board.update(|s| {
+        s.totals.held = s.totals.held.saturating_sub(held);
+        s.totals.failed = s.totals.failed.saturating_sub(late);
+    });
     let mut runs: Vec<ManifestId> = waiting
         .iter()
         .filter(|(_, _, held)| *held)
@@ -1221,10 +1257,22 @@ async fn adopt_announced(
             error!(error = %err, manifest = %m.rel, "Cannot reopen the run of an adopted task");
             return true;
         }
-        shared.finisher.send_counted(finisher::Event::Adopted {
-            id: mid,
-            rel: m.rel.clone(),
-        });
+        // A run whose images had failed as task-timeout had ended: it runs again, as after a
+        // replay; one whose images were held is taken out of its hold.
+        let reopened_for_late = waiting
+            .iter()
+            .any(|(run, id, _)| *run == mid && timed_out.contains(id));
+        if reopened_for_late {
+            shared.finisher.send_counted(finisher::Event::Replayed {
+                id: mid,
+                rel: m.rel.clone(),
+            });
+        } else {
+            shared.finisher.send_counted(finisher::Event::Adopted {
+                id: mid,
+                rel: m.rel.clone(),
+            });
+        }
     }
     match update {
         TaskUpdate::Async(_) => {

@@ -1037,8 +1037,8 @@ impl Store {
         for id in ids {
             let result_url = result_url.to_owned();
             let step = self
-                .step(*id, "in-doubt|queued in doubt", move |job| {
-                    if !job.waits_for_adoption() {
+                .step(*id, "in-doubt|queued in doubt|timed out", move |job| {
+                    if !job.waits_for_adoption() && !job.timed_out_on(task_id) {
                         return None;
                     }
                     let mut next = job.clone();

@@ -964,6 +964,11 @@ impl BatchRunner {
                         for m in members {
                             self.fail(m, FailureCode::TaskTimeout, &message).await;
                         }
+                        // Its results, if Claid announces them later, are still taken.
+                        deps.dispatch.timed_out(
+                            batch_id,
+                            members.iter().map(|m| (m.manifest, m.id)).collect(),
+                        );
                         return None;
                     }
                     clock.running();

@@ -118,6 +118,10 @@ struct Inner {
     held_batch: HashMap<String, HashMap<String, Vec<LostOwner>>>,
     /// Tasks held jobs adopted, for [`Dispatch::next_held_adoption`].
     held_adoptions: Vec<Adoption>,
+    /// Jobs failed as `task-timeout`, by the task (or batch) Claid had not finished: a late
+    /// final webhook for it gives them its result instead of leaving it to `replay`, which
+    /// would pay again (see [`Dispatch::timed_out`]).
+    timed_out: HashMap<u64, Vec<LostOwner>>,
     /// Jobs waiting for a webhook to say which task their lost submit became (each counted
     /// once, by its [`Awaiting`]).
     awaiting: usize,
@@ -308,6 +312,14 @@ impl Dispatch {
             inner.batch_adoptions.push((update, owners));
             drop(inner);
             self.adopted.notify_waiters();
+            return Delivery::Adopted;
+        }
+        if let Some(owners) = inner.timed_out.remove(&id) {
+            inner.mark_done(id);
+            inner.stats.adopted += 1;
+            inner.held_adoptions.push((update, owners));
+            drop(inner);
+            self.held_adopted.notify_waiters();
             return Delivery::Adopted;
         }
         if let Some(owners) = inner.take_held(&update) {
@@ -508,6 +520,16 @@ impl Dispatch {
         drop(inner);
         if any {
             self.held_adopted.notify_waiters();
+        }
+    }
+
+    /// Registers jobs just failed as `task-timeout` on task (or batch) `task_id`: its final
+    /// webhook, if it still comes in this daemon's life, is adopted by them like a held job's
+    /// (see [`Dispatch::next_held_adoption`]). At most [`MAX_EARLY`] tasks are remembered.
+    pub fn timed_out(&self, task_id: u64, owners: Vec<LostOwner>) {
+        let mut inner = self.lock();
+        if inner.timed_out.len() < MAX_EARLY || inner.timed_out.contains_key(&task_id) {
+            inner.timed_out.entry(task_id).or_default().extend(owners);
         }
     }
 

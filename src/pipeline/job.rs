@@ -876,7 +876,10 @@ impl Runner {
                     if let Some(message) =
                         overdue(submitted_at_ms, deps.poll.give_up_after, &task.status)
                     {
-                        return self.fail(id, FailureCode::TaskTimeout, &message).await;
+                        let failed = self.fail(id, FailureCode::TaskTimeout, &message).await;
+                        // Its result, if Claid announces it later, is still taken.
+                        deps.dispatch.timed_out(task_id, vec![(job.manifest, id)]);
+                        return failed;
                     }
                     n_poll += 1;
                     pending_at = Some(Duration::from_millis(
