@@ -1113,17 +1113,7 @@ fn open_store(state: &Path) -> Result<(Store, Unfinished), FatalError> {
     }
 }
 
-/// An error and its sources, joined with `: ` (for logs and stderr).
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub use crate::text::error_chain;
 
 /// The progress bar of `run --once` over every tracked job, refreshed from the pipeline's
 /// counters; shown on the terminal the log lines go to, so they are written above it.

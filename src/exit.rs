@@ -180,8 +180,9 @@ pub fn of_fatal(err: &FatalError) -> i32 {
         FatalError::NoApiKey | FatalError::Client(_) => USAGE,
         FatalError::MissingFolder { .. }
         | FatalError::NotAFolder { .. }
-        | FatalError::UnderAFile { .. }
         | FatalError::Overlap { .. } => USAGE,
+        // No folder can be made there (the exit table's "cannot create").
+        FatalError::UnderAFile { .. } => CANT_CREATE,
         FatalError::FolderNotWritable { cause, .. } => of_io(cause, Access::Write),
         FatalError::Folder { cause, .. } => of_io(cause, Access::Create),
         FatalError::CleanOutbox(OutputError::Io { cause, .. }) => of_io(cause, Access::Write),

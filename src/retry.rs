@@ -519,10 +519,12 @@ mod tests {
             request_id: None,
         };
         assert_eq!(Failure::of(&timeout), Failure::Ambiguous);
+        // A result URL that answers 403/404/410 is asked again on the download's budget (one
+        // not propagated yet answers so too), then the job fails as result-expired.
         let gone = ClaidError::ResultGone {
             status: 410,
             request_id: None,
         };
-        assert_eq!(Failure::of(&gone), Failure::Job);
+        assert_eq!(Failure::of(&gone), Failure::Transient);
     }
 }

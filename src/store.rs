@@ -317,7 +317,7 @@ impl Store {
         match res {
             Ok(_) => *failing = None,
             Err(err @ (StoreError::Db(_) | StoreError::Flush(_) | StoreError::Worker(_))) => {
-                let why = crate::daemon::error_chain(err);
+                let why = crate::text::error_chain(err);
                 match failing.as_mut() {
                     Some((_, last)) => *last = why,
                     None => *failing = Some((std::time::Instant::now(), why)),

@@ -111,6 +111,18 @@ fn write_escaped(out: &mut impl Write, text: &str, backslash: bool) -> fmt::Resu
     out.write_str(rest)
 }
 
+/// An error and its sources, joined with `: ` (for logs and stderr).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// `text` with the credentials of every URL in it redacted ([`redact_credentials`]): a URL
 /// runs from its scheme to the next space, quote or angle bracket. For whole log lines and
 /// field values: Claid's messages quote the inputs they could not fetch.

@@ -314,15 +314,12 @@ impl Dispatch {
             self.adopted.notify_waiters();
             return Delivery::Adopted;
         }
-        if let Some(owners) = inner.timed_out.remove(&id) {
-            inner.mark_done(id);
-            inner.stats.adopted += 1;
-            inner.held_adoptions.push((update, owners));
-            drop(inner);
-            self.held_adopted.notify_waiters();
-            return Delivery::Adopted;
-        }
-        if let Some(owners) = inner.take_held(&update) {
+        // Jobs that failed as task-timeout on this very task, else held jobs it belongs to.
+        let owners = match inner.timed_out.remove(&id) {
+            Some(owners) => Some(owners),
+            None => inner.take_held(&update),
+        };
+        if let Some(owners) = owners {
             inner.mark_done(id);
             inner.stats.adopted += 1;
             inner.held_adoptions.push((update, owners));

@@ -422,22 +422,7 @@ impl Trees {
         path: &str,
         indexed: Indexed,
     ) -> Result<Option<Registration>, StoreError> {
-        let conflict =
-            |other: ManifestId, taken: &str| -> Result<Option<Registration>, StoreError> {
-                Ok(Some(Registration::Conflict {
-                    path: taken.to_owned(),
-                    wanted: path.to_owned(),
-                    owner: other,
-                    owner_rel: match self.manifest(other)? {
-                        Some(m) => Some(m.rel),
-                        // Its registration has not committed yet: the name it registers under.
-                        None => self
-                            .registering
-                            .get(id_key(other))?
-                            .map(|v| String::from_utf8_lossy(&v).into_owned()),
-                    },
-                }))
-            };
+        let conflict = |other: ManifestId, taken: &str| self.conflict_with(other, taken, path);
         if let Some(found) = self.conflict_around(owner, path, &conflict)? {
             return Ok(Some(found));
         }
@@ -463,6 +448,28 @@ impl Trees {
             self.reserved_by_manifest.insert(index_key, &[])?;
         }
         Ok(None)
+    }
+
+    /// The [`Registration::Conflict`] of wanting `wanted` where run `other` holds `taken`.
+    fn conflict_with(
+        &self,
+        other: ManifestId,
+        taken: &str,
+        wanted: &str,
+    ) -> Result<Option<Registration>, StoreError> {
+        Ok(Some(Registration::Conflict {
+            path: taken.to_owned(),
+            wanted: wanted.to_owned(),
+            owner: other,
+            owner_rel: match self.manifest(other)? {
+                Some(m) => Some(m.rel),
+                // Its registration has not committed yet: the name it registers under.
+                None => self
+                    .registering
+                    .get(id_key(other))?
+                    .map(|v| String::from_utf8_lossy(&v).into_owned()),
+            },
+        }))
     }
 
     /// What a run other than `owner` that has not ended holds around `path`: a folder of it
@@ -535,15 +542,7 @@ impl Trees {
         outputs: &[(String, std::sync::Arc<serde_json::Value>)],
     ) -> Result<Option<Registration>, StoreError> {
         let check = |path: &str| -> Result<Option<Registration>, StoreError> {
-            let conflict =
-                |other: ManifestId, taken: &str| -> Result<Option<Registration>, StoreError> {
-                    Ok(Some(Registration::Conflict {
-                        path: taken.to_owned(),
-                        wanted: path.to_owned(),
-                        owner: other,
-                        owner_rel: self.manifest(other)?.map(|m| m.rel),
-                    }))
-                };
+            let conflict = |other: ManifestId, taken: &str| self.conflict_with(other, taken, path);
             if let Some(found) = self.conflict_around(old, path, &conflict)? {
                 return Ok(Some(found));
             }

@@ -1407,7 +1407,7 @@ async fn validate_refuses_a_file_for_the_state_folder_and_reads_broken_configs_a
         "{out}"
     );
     let (code, out, err) = cli(&["run", "--once", "--config", under.to_str().unwrap()]).await;
-    assert_eq!(code, 64, "{out}{err}");
+    assert_eq!(code, 73, "EX_CANTCREAT: {out}{err}");
     assert!(err.contains("above it is a file"), "{out}{err}");
 
     let broken = env.dir.path().join("broken.yaml");
