@@ -957,7 +957,7 @@ impl BatchRunner {
                         return Some(Box::new(polled.batch));
                     }
                     if let Some(message) = super::job::overdue(
-                        submitted_at_ms,
+                        deps.polls.watched_since(submitted_at_ms),
                         deps.poll.give_up_after,
                         &polled.batch.status,
                     ) {

@@ -873,9 +873,11 @@ impl Runner {
                         }
                         _ => {}
                     }
-                    if let Some(message) =
-                        overdue(submitted_at_ms, deps.poll.give_up_after, &task.status)
-                    {
+                    if let Some(message) = overdue(
+                        deps.polls.watched_since(submitted_at_ms),
+                        deps.poll.give_up_after,
+                        &task.status,
+                    ) {
                         let failed = self.fail(id, FailureCode::TaskTimeout, &message).await;
                         // Its result, if Claid announces it later, is still taken.
                         deps.dispatch.timed_out(task_id, vec![(job.manifest, id)]);
@@ -1459,7 +1461,8 @@ fn read_local_input(inbox: &Path, job: &JobV1) -> Result<Vec<u8>, (FailureCode, 
     Ok(bytes)
 }
 
-/// Why a task (or batch) submitted at `submitted_at_ms` and still `status` is given up:
+/// Why a task (or batch) watched since `submitted_at_ms` (see `Polls::watched_since`) and
+/// still `status` is given up:
 /// unfinished for `give_up_after` (`api.poll.give_up_after`); `None` while it may still end.
 pub(crate) fn overdue(
     submitted_at_ms: u64,

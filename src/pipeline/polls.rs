@@ -274,6 +274,13 @@ pub struct Polls {
 }
 
 impl Polls {
+    /// Since when `api.poll.give_up_after` counts for a task submitted at `submitted_at_ms`:
+    /// its submit, or this daemon's start when it was submitted before (time the daemon was
+    /// down, an account being topped up, say, is not Claid taking long).
+    pub fn watched_since(&self, submitted_at_ms: u64) -> u64 {
+        submitted_at_ms.max(self.started_ms)
+    }
+
     pub fn new(poll: PollConfig, client: Client) -> Polls {
         Polls {
             poll,
@@ -873,6 +880,35 @@ mod tests {
             },
             client,
         ))
+    }
+
+    /// `give_up_after` counts from a task's submit, or from this daemon's start for a task
+    /// submitted before it (the hours the daemon was down are not Claid's).
+    #[test]
+    fn a_task_submitted_before_the_start_is_watched_from_the_start() {
+        let polls = new_polls();
+        let start = polls.started_ms;
+        assert_eq!(polls.watched_since(start - 3 * 3_600_000), start);
+        assert_eq!(polls.watched_since(start + 5), start + 5);
+        let resumed = polls.watched_since(crate::store::now_ms() - 3 * 3_600_000);
+        assert!(
+            crate::pipeline::job::overdue(
+                resumed,
+                secs(7200),
+                &crate::claid::wire::TaskStatus::Processing
+            )
+            .is_none(),
+            "submitted 3 h ago, before this start: not overdue"
+        );
+        assert!(
+            crate::pipeline::job::overdue(
+                start - 3 * 3_600_000,
+                secs(7200),
+                &crate::claid::wire::TaskStatus::Processing
+            )
+            .is_some(),
+            "counted from its submit it would be"
+        );
     }
 
     #[test]
