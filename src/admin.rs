@@ -490,8 +490,8 @@ pub async fn replay_offline(
     }
     // By run: an ended run is reopened with its outputs reserved again, unless another
     // active run writes one of them (then none of its jobs is requeued).
-    type Outputs = Vec<(String, Arc<serde_json::Value>)>;
-    let mut by_run: std::collections::BTreeMap<u64, (Vec<JobId>, Outputs)> = Default::default();
+    let mut by_run: std::collections::BTreeMap<u64, (Vec<JobId>, crate::store::Outputs)> =
+        Default::default();
     for id in &ids {
         let Some(job) = store.job(*id).await? else {
             continue;

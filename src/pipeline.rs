@@ -857,8 +857,7 @@ impl Handle {
         ids: Vec<JobId>,
     ) -> Result<(usize, Vec<String>), StoreError> {
         let store = &self.shared.store;
-        type Outputs = Vec<(String, Arc<serde_json::Value>)>;
-        let mut by_run: BTreeMap<ManifestId, (Vec<JobId>, Outputs)> = BTreeMap::new();
+        let mut by_run: BTreeMap<ManifestId, (Vec<JobId>, crate::store::Outputs)> = BTreeMap::new();
         for id in ids {
             let Some(job) = store.job(id).await? else {
                 continue;
@@ -883,16 +882,10 @@ impl Handle {
             if m.state.is_ended() {
                 // Its outputs and reports were released at its end: reserved again, unless
                 // another active manifest writes one of them now (both would write it).
-                let rel = std::path::Path::new(&m.rel);
-                let extra = if crate::manifest::is_image_name(rel) {
-                    Vec::new()
-                } else {
-                    let (json, csv) = crate::report::rel_paths(&self.shared.outbox, rel);
-                    vec![
-                        json.to_string_lossy().into_owned(),
-                        csv.to_string_lossy().into_owned(),
-                    ]
-                };
+                let extra = crate::report::reserved_paths(
+                    &self.shared.outbox,
+                    std::path::Path::new(&m.rel),
+                );
                 if let Some(crate::store::Registered::Conflict {
                     path, owner_rel, ..
                 }) = store.reopen_run_reserving(mid, extra, outputs).await?

@@ -320,6 +320,20 @@ pub fn rel_paths(outbox: &Path, manifest_rel: &Path) -> (PathBuf, PathBuf) {
     rel_paths_tagged(outbox, manifest_rel, None)
 }
 
+/// The report paths a run of `manifest_rel` reserves while it is active (outbox-relative, as
+/// the store keeps them): its JSON and CSV reports; none for a folder-recipe image, which
+/// writes no report of its own.
+pub fn reserved_paths(outbox: &Path, manifest_rel: &Path) -> Vec<String> {
+    if crate::manifest::is_image_name(manifest_rel) {
+        return Vec::new();
+    }
+    let (json, csv) = rel_paths(outbox, manifest_rel);
+    vec![
+        json.to_string_lossy().into_owned(),
+        csv.to_string_lossy().into_owned(),
+    ]
+}
+
 /// [`rel_paths`] with a tag before the suffix (`shoes.<tag>.report.json`).
 fn rel_paths_tagged(outbox: &Path, manifest_rel: &Path, tag: Option<&str>) -> (PathBuf, PathBuf) {
     let names = filename::report_names_tagged(manifest_rel, &filename::FsLimits::of(outbox), tag);

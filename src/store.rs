@@ -198,6 +198,9 @@ impl Reader<'_> {
     }
 }
 
+/// Outputs a run writes, each with its request body (a storage output reserves its object).
+pub type Outputs = Vec<(String, Arc<serde_json::Value>)>;
+
 /// Summaries of the jobs not Done or Failed, in id order: what a restart resumes.
 pub type Unfinished = Vec<(JobId, JobSummary)>;
 
@@ -380,11 +383,10 @@ impl Store {
     ) -> Result<Registered, StoreError> {
         let trees = self.trees.clone();
         let registration = self
-            .on_lane(move || trees.register(run.record, &run.extra_paths, jobs, &unchanged))
-            .await
-            .and_then(|registered| registered);
-        self.note_write(&registration);
-        let registration = registration?;
+            .write_on(lane::Kind::Long, move || {
+                trees.register(run.record, &run.extra_paths, jobs, &unchanged)
+            })
+            .await?;
         Ok(match registration {
             Registration::Registered {
                 id,
@@ -421,11 +423,21 @@ impl Store {
         &self,
         old: ManifestId,
         extra_paths: Vec<String>,
-        outputs: Vec<(String, std::sync::Arc<serde_json::Value>)>,
+        outputs: Outputs,
+    ) -> Result<Option<Registered>, StoreError> {
+        self.conflict_among(old, Arc::new((extra_paths, outputs)))
+            .await
+    }
+
+    /// [`Store::first_conflict`] over paths shared with the reservation that may follow.
+    async fn conflict_among(
+        &self,
+        old: ManifestId,
+        wanted: Arc<(Vec<String>, Outputs)>,
     ) -> Result<Option<Registered>, StoreError> {
         let trees = self.trees.clone();
         let found = self
-            .on_lane(move || trees.first_conflict(old, &extra_paths, &outputs))
+            .on_lane(move || trees.first_conflict(old, &wanted.0, &wanted.1))
             .await??;
         Ok(match found {
             Some(Registration::Conflict {
@@ -583,26 +595,19 @@ impl Store {
         &self,
         id: ManifestId,
         extra_paths: Vec<String>,
-        outputs: Vec<(String, std::sync::Arc<serde_json::Value>)>,
+        outputs: Outputs,
     ) -> Result<Option<Registered>, StoreError> {
-        if let Some(conflict) = self
-            .first_conflict(id, extra_paths.clone(), outputs.clone())
-            .await?
-        {
+        let wanted = Arc::new((extra_paths, outputs));
+        if let Some(conflict) = self.conflict_among(id, wanted.clone()).await? {
             return Ok(Some(conflict));
         }
-        let was_ended = self.trees.manifest(id)?.is_some_and(|m| m.state.is_ended());
         self.reopen_run(id).await?;
+        // Made durable by the requeue that follows (each replay path flushes it).
         let trees = self.trees.clone();
-        let reserved = self
-            .on_lane(move || trees.reserve_again(id, &extra_paths, &outputs))
-            .await
-            .and_then(|reserved| reserved);
-        self.note_write(&reserved);
-        reserved?;
-        if was_ended {
-            self.flush().await?;
-        }
+        self.write_on(lane::Kind::Long, move || {
+            trees.reserve_again(id, &wanted.0, &wanted.1)
+        })
+        .await?;
         Ok(None)
     }
 
@@ -1243,17 +1248,24 @@ impl Store {
         // The counts move with the write, on the lane: a caller that goes away (a dropped
         // request) after the write was queued cannot leave them behind the store.
         let counters = Arc::clone(&self.counters);
-        let stepped = self
-            .lane
-            .run(lane::Kind::Step, move || {
-                let (old, new) = trees.transition(id, expected, next)?;
-                counters.apply(&old, &new);
-                Ok(new)
-            })
-            .await
-            .and_then(|stepped| stepped);
-        self.note_write(&stepped);
-        stepped
+        self.write_on(lane::Kind::Step, move || {
+            let (old, new) = trees.transition(id, expected, next)?;
+            counters.apply(&old, &new);
+            Ok(new)
+        })
+        .await
+    }
+
+    /// Runs a write on the store's thread and keeps [`Store::write_failing`] up to date with
+    /// its outcome.
+    async fn write_on<T: Send + 'static>(
+        &self,
+        kind: lane::Kind,
+        work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let written = self.lane.run(kind, work).await.and_then(|written| written);
+        self.note_write(&written);
+        written
     }
 
     /// Runs a bulk write (a registration, a release) on the store's thread, where the job

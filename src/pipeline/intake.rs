@@ -313,15 +313,7 @@ impl Intake {
         let outbox = self.folders.outbox.clone();
         let rel_path = PathBuf::from(&rel);
         let recipe_image = manifest::is_image_name(&rel_path);
-        let (json, csv) = report::rel_paths(&self.folders.outbox, &rel_path);
-        let extra_paths = if recipe_image {
-            Vec::new()
-        } else {
-            vec![
-                json.to_string_lossy().into_owned(),
-                csv.to_string_lossy().into_owned(),
-            ]
-        };
+        let extra_paths = report::reserved_paths(&self.folders.outbox, &rel_path);
         let sha256 = spec.sha256.clone();
         let n_jobs = spec.jobs.len() as u64;
         let now = now_ms();
@@ -471,15 +463,7 @@ impl Intake {
         spec: &ManifestSpec,
         rel: &str,
     ) -> Option<(String, String)> {
-        let (json, csv) = report::rel_paths(&self.folders.outbox, Path::new(rel));
-        let extra_paths = if manifest::is_image_name(Path::new(rel)) {
-            Vec::new()
-        } else {
-            vec![
-                json.to_string_lossy().into_owned(),
-                csv.to_string_lossy().into_owned(),
-            ]
-        };
+        let extra_paths = report::reserved_paths(&self.folders.outbox, Path::new(rel));
         let outputs = spec
             .jobs
             .iter()
