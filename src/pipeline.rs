@@ -774,6 +774,11 @@ impl Handle {
             if shared.webhooks.is_some() {
                 shared.dispatch.hold(held);
                 shared.dispatch.lost_batch_jobs(lost_batch);
+                // Jobs failed as task-timeout before this start: their task's late
+                // announcement is taken, not paid for again by `replay`.
+                for (task_id, owners) in store.timed_out_jobs(dispatch::KEPT_TTL).await? {
+                    shared.dispatch.timed_out(task_id, owners);
+                }
                 // Announcements that came before their submit answer was recorded, kept in
                 // the store across the crash: the jobs they belong to are registered now.
                 self.replay_kept_announcements().await?;

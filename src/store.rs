@@ -865,8 +865,30 @@ impl Store {
                 ))
             })
             .await?;
+        // Claid may still finish the task: its late announcement is taken even after a
+        // restart (the registry the dispatch keeps is in memory).
+        if let JobState::Failed {
+            code: FailureCode::TaskTimeout,
+            task_id: Some(task_id),
+            ..
+        } = job.state
+        {
+            self.trees
+                .note_timed_out(task_id, id, job.manifest, now_ms())?;
+        }
         self.flush().await?;
         Ok(job)
+    }
+
+    /// The jobs failed as `task-timeout` in the last `max_age`, by the task (or batch) they
+    /// timed out on, each with its run; older notes are removed.
+    pub async fn timed_out_jobs(
+        &self,
+        max_age: std::time::Duration,
+    ) -> Result<Vec<(u64, Vec<(ManifestId, JobId)>)>, StoreError> {
+        let since = now_ms().saturating_sub(max_age.as_millis() as u64);
+        let trees = self.trees.clone();
+        self.on_pool(move || trees.timed_out_since(since)).await?
     }
 
     /// Submitting → InDoubt (policy `hold`), `in_doubt += 1`. Durable.
@@ -1057,7 +1079,10 @@ impl Store {
                 })
                 .await;
             match step {
-                Ok(_) => adopted.push(*id),
+                Ok(_) => {
+                    self.trees.forget_timed_out(task_id, *id)?;
+                    adopted.push(*id);
+                }
                 Err(StoreError::Conflict { .. }) => {}
                 Err(err) => return Err(err),
             }

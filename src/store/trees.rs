@@ -37,6 +37,10 @@ pub const TREE_REGISTERING: &str = "registering";
 /// final announcement nobody waited for when it came (its submit answer was not recorded
 /// yet), kept so that a crash before that answer does not lose it.
 pub const TREE_ANNOUNCED: &str = "announced";
+/// Task id ‖ job id → run id ‖ when it failed (ms since the epoch), both big-endian: a job
+/// failed as `task-timeout` on that task (or batch), so that Claid's late announcement of it
+/// is still taken after a restart instead of being paid for again by `replay`.
+pub const TREE_TIMED_OUT: &str = "timed_out";
 /// sled page-cache budget, in bytes of stored data (sled's own memory is a few times more).
 /// The default (1 GiB) let a 100,000-job table sit in memory whole; the daemon reads a job
 /// only when it steps it, in about the order the jobs were registered, so a small cache costs
@@ -79,6 +83,7 @@ pub struct Trees {
     /// record, the commit point, comes last): a conflict can name it meanwhile.
     registering: Tree,
     announced: Tree,
+    timed_out: Tree,
     /// Where the database lives, for error messages.
     pub path: PathBuf,
     /// Claid connector name → the bucket place it writes to (`s3://bucket/prefix`): a storage
@@ -158,6 +163,7 @@ impl Trees {
             reserved_by_manifest: db.open_tree(TREE_RESERVED_BY_MANIFEST)?,
             registering: db.open_tree(TREE_REGISTERING)?,
             announced: db.open_tree(TREE_ANNOUNCED)?,
+            timed_out: db.open_tree(TREE_TIMED_OUT)?,
             path,
             db,
             object_places: Arc::default(),
@@ -755,6 +761,51 @@ impl Trees {
     /// Forgets task `task_id`'s kept announcement (it was taken).
     pub fn forget_announcement(&self, task_id: u64) -> Result<(), StoreError> {
         self.announced.remove(id_key(task_id))?;
+        Ok(())
+    }
+
+    /// Notes that job `job` of run `run` failed as `task-timeout` on task `task_id` at `at_ms`
+    /// (not flushed here).
+    pub fn note_timed_out(
+        &self,
+        task_id: u64,
+        job: JobId,
+        run: ManifestId,
+        at_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.timed_out
+            .insert(pair_key(task_id, job), &pair_key(run, at_ms))?;
+        Ok(())
+    }
+
+    /// The jobs noted by [`Trees::note_timed_out`] since `since_ms`, by task id (each with
+    /// its run), in task id order; older notes are removed.
+    pub fn timed_out_since(
+        &self,
+        since_ms: u64,
+    ) -> Result<Vec<(u64, Vec<(ManifestId, JobId)>)>, StoreError> {
+        let mut by_task: Vec<(u64, Vec<(ManifestId, JobId)>)> = Vec::new();
+        for entry in self.timed_out.iter() {
+            let (key, value) = entry?;
+            match (split_pair(&key), split_pair(&value)) {
+                (Some((task_id, job)), Some((run, at_ms))) if at_ms >= since_ms => {
+                    match by_task.last_mut() {
+                        Some((last, owners)) if *last == task_id => owners.push((run, job)),
+                        _ => by_task.push((task_id, vec![(run, job)])),
+                    }
+                }
+                _ => {
+                    self.timed_out.remove(key)?;
+                }
+            }
+        }
+        Ok(by_task)
+    }
+
+    /// Forgets that job `job` failed as `task-timeout` on task `task_id` (it took the task's
+    /// result, or was made again).
+    pub fn forget_timed_out(&self, task_id: u64, job: JobId) -> Result<(), StoreError> {
+        self.timed_out.remove(pair_key(task_id, job))?;
         Ok(())
     }
 

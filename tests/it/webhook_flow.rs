@@ -935,3 +935,64 @@ async fn a_result_announced_after_task_timeout_is_taken_not_paid_for_again() {
         assert!(log.contains("given up as task-timeout"), "{api}: {log}");
     }
 }
+
+/// The same after a SIGKILL: the images failed as `task-timeout` and the daemon was killed
+/// and started again before Claid finished; the final webhook, coming to the new process,
+/// is still taken (the timed-out jobs are in the store, not only in the old process's
+/// memory), so nothing is paid for twice and the report says done.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_result_announced_after_task_timeout_and_a_restart_is_still_taken() {
+    for api in ["", "batch: { max_images: 1 }"] {
+        let port = free_port();
+        let env =
+            TestEnv::new(announcing(port).latency(Latency::Fixed(Duration::from_secs(8)))).await;
+        let config = env.config(api, &webhook_section(&env, port, "1s"));
+        let text = std::fs::read_to_string(&config).expect("config");
+        std::fs::write(
+            &config,
+            text.replace(
+                "poll: { min: 50ms, max: 500ms }",
+                "poll: { min: 50ms, max: 500ms, give_up_after: 1500ms }",
+            ),
+        )
+        .expect("config");
+        let mut daemon = env.spawn_daemon(&config, 0);
+        env.drop_file("m.yaml", manifest(2, "late").as_bytes());
+        let reported = |status: &str| {
+            let report = std::fs::read_to_string(env.outbox.join("m.report.json")).ok();
+            report
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .and_then(|r| r["jobs"].as_array().cloned())
+                .is_some_and(|rows| rows.len() == 2 && rows.iter().all(|r| r["status"] == status))
+        };
+        wait_until("the images fail as task-timeout", DEADLINE, || {
+            reported("failed")
+        })
+        .await;
+        daemon.start_kill().expect("SIGKILL");
+        let status = daemon.wait().await.expect("wait");
+        assert_eq!(status.code(), None, "{api}: killed, not exited");
+        assert_eq!(
+            env.stats().webhooks_sent,
+            0,
+            "{api}: Claid had not announced the tasks before the kill"
+        );
+        let mut daemon = env.spawn_daemon(&config, 1);
+        wait_until("the late webhook gives them their result", DEADLINE, || {
+            reported("done")
+        })
+        .await;
+        crate::support::stop(&mut daemon).await;
+        all_done(&env, 2);
+        for i in 0..2 {
+            assert!(
+                env.outbox.join(format!("m/late{i}-64x48.jpg")).is_file(),
+                "{api}: late{i}"
+            );
+        }
+        let stats = env.stats();
+        assert_eq!(stats.duplicate_submits, 0, "{api}: {stats:?}");
+        let log = std::fs::read_to_string(env.dir.path().join("daemon-1.log")).expect("log");
+        assert!(log.contains("given up as task-timeout"), "{api}: {log}");
+    }
+}
