@@ -885,7 +885,7 @@ impl Store {
     pub async fn timed_out_jobs(
         &self,
         max_age: std::time::Duration,
-    ) -> Result<Vec<(u64, Vec<(ManifestId, JobId)>)>, StoreError> {
+    ) -> Result<Vec<trees::TimedOut>, StoreError> {
         let since = now_ms().saturating_sub(max_age.as_millis() as u64);
         let trees = self.trees.clone();
         self.on_pool(move || trees.timed_out_since(since)).await?

@@ -61,6 +61,9 @@ const REGISTER_BATCH: usize = 256;
 /// there, so a long scan holds none up for more than this many reads.
 const SLICE: usize = 256;
 
+/// A task (or batch) id with the jobs (and their runs) that failed as `task-timeout` on it.
+pub type TimedOut = (u64, Vec<(ManifestId, JobId)>);
+
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
 /// Every tree of the database. Cloning is cheap (sled handles are `Arc`s).
@@ -780,11 +783,8 @@ impl Trees {
 
     /// The jobs noted by [`Trees::note_timed_out`] since `since_ms`, by task id (each with
     /// its run), in task id order; older notes are removed.
-    pub fn timed_out_since(
-        &self,
-        since_ms: u64,
-    ) -> Result<Vec<(u64, Vec<(ManifestId, JobId)>)>, StoreError> {
-        let mut by_task: Vec<(u64, Vec<(ManifestId, JobId)>)> = Vec::new();
+    pub fn timed_out_since(&self, since_ms: u64) -> Result<Vec<TimedOut>, StoreError> {
+        let mut by_task: Vec<TimedOut> = Vec::new();
         for entry in self.timed_out.iter() {
             let (key, value) = entry?;
             match (split_pair(&key), split_pair(&value)) {
