@@ -321,6 +321,15 @@ impl Checker {
                         || text.trim().starts_with("https://"))
                         && text.trim().len() > "https://".len() =>
                 {
+                    if let Some(why) = url_problem(text.trim()) {
+                        self.problem(
+                            &format!("{key}.endpoint"),
+                            format!(
+                                "`{}` {why}; give the S3-compatible server like `http://127.0.0.1:9000`, or remove the key for Amazon S3",
+                                text.trim()
+                            ),
+                        );
+                    }
                     Some(text.trim().trim_end_matches('/').to_owned())
                 }
                 Some(other) => {
@@ -391,6 +400,16 @@ impl Checker {
                 } else if (text.starts_with("http://") || text.starts_with("https://"))
                     && text.len() > "https://".len()
                 {
+                    if let Some(why) = url_problem(text) {
+                        // The user information is a secret: never echoed.
+                        let shown = if has_user_info(text) { "the URL" } else { text };
+                        self.problem(
+                            "api.base_url",
+                            format!(
+                                "`{shown}` {why}; use e.g. `{DEFAULT_BASE_URL}`, or `embedded` for the bundled emulator"
+                            ),
+                        );
+                    }
                     BaseUrl::Url(text.trim_end_matches('/').to_owned())
                 } else {
                     self.problem(
@@ -944,6 +963,16 @@ fn display(value: &Value) -> String {
 
 /// Whether an `http(s)://` URL carries user information (`user:password@host`) in its
 /// authority.
+/// What makes an `http(s)://…` text no usable URL (one that does not parse: a port past
+/// 65535, an unclosed IPv6 bracket; or one without a host), in words that follow the URL.
+fn url_problem(text: &str) -> Option<String> {
+    match reqwest::Url::parse(text) {
+        Err(err) => Some(format!("is not a valid URL ({err})")),
+        Ok(url) if url.host_str().is_none_or(str::is_empty) => Some("names no host".to_owned()),
+        Ok(_) => None,
+    }
+}
+
 fn has_user_info(url: &str) -> bool {
     let Some((_, rest)) = url.split_once("://") else {
         return false;
