@@ -4,6 +4,7 @@
 //! answer the daemon's own calls (staging, output checks). `run --once` reads both to end
 //! instead of waiting for ever.
 
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::watch;
@@ -40,10 +41,13 @@ pub struct HealthState {
     api: String,
     /// The client's calls on the wire: one unanswered for long is an outage too.
     unanswered: Arc<Unanswered>,
-    /// Jobs whose output write failed with an error that may heal (a full disk), and the last
-    /// such error: while there are any, nothing new is submitted (Claid would bill results
-    /// that cannot be written either).
-    writes: Mutex<(usize, String)>,
+    /// Jobs whose output write failed with an error that may heal, and the last such error:
+    /// everywhere (a full disk, no file descriptors left: nothing new is submitted, Claid
+    /// would bill results that cannot be written either) or under one folder of the outbox
+    /// the daemon may not write (only images whose output goes there wait).
+    writes: Mutex<Writes>,
+    /// Told when a folder's writes are no longer held (see [`HealthState::folder_blocked`]).
+    pub folders_changed: tokio::sync::Notify,
     /// Jobs retrying a failed output write (each counted while its [`WriteRetrying`] lives),
     /// since when there have been any, and the last failure: `run --once` gives up after
     /// `api.unreachable_timeout` of it.
@@ -53,6 +57,23 @@ pub struct HealthState {
     disk: Mutex<Option<(Instant, String)>>,
 }
 
+/// Output writes that fail with an error that may heal, by where they hold submits.
+#[derive(Debug, Default)]
+struct Writes {
+    /// Jobs held everywhere, and the last error.
+    everywhere: (usize, String),
+    /// By folder (the deepest one present on the output's way, which refused): jobs held
+    /// there, and the last error.
+    folders: std::collections::HashMap<PathBuf, (usize, String)>,
+    /// Folders a job gave up writing into (its budget spent), with when the folder was last
+    /// tried and why it failed: an image whose output goes there fails without a submit while
+    /// a write there still fails (tried again at most every [`GIVEN_UP_PROBE`]).
+    given_up: std::collections::HashMap<PathBuf, (Instant, String)>,
+}
+
+/// How often a folder given up on (see [`HealthState::given_up_for`]) is tried again.
+const GIVEN_UP_PROBE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How often a submit held back by [`HealthState::writable`] looks again.
 const WRITES_PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -61,6 +82,8 @@ const WRITES_PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_mil
 #[derive(Debug)]
 pub struct WritesBlocked {
     health: Arc<HealthState>,
+    /// The folder it holds, or `None`: everywhere.
+    folder: Option<PathBuf>,
 }
 
 impl Drop for WritesBlocked {
@@ -70,9 +93,25 @@ impl Drop for WritesBlocked {
             .writes
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        writes.0 = writes.0.saturating_sub(1);
-        if writes.0 == 0 {
-            info!("No output waits for room to be written any more; submitting resumed");
+        match &self.folder {
+            None => {
+                writes.everywhere.0 = writes.everywhere.0.saturating_sub(1);
+                if writes.everywhere.0 == 0 {
+                    info!("No output waits for room to be written any more; submitting resumed");
+                }
+            }
+            Some(folder) => {
+                let left = writes.folders.get_mut(folder).map(|held| {
+                    held.0 = held.0.saturating_sub(1);
+                    held.0
+                });
+                if left == Some(0) {
+                    writes.folders.remove(folder);
+                    drop(writes);
+                    info!(folder = %crate::text::Escaped::path(folder), "No output waits to be written into this folder any more; its images are submitted again");
+                    self.health.folders_changed.notify_one();
+                }
+            }
         }
     }
 }
@@ -120,34 +159,116 @@ impl HealthState {
             notices,
             api,
             unanswered,
-            writes: Mutex::new((0, String::new())),
+            writes: Mutex::new(Writes::default()),
+            folders_changed: tokio::sync::Notify::new(),
             writes_failing: Mutex::new((0, None)),
             disk: Mutex::new(None),
         }
     }
 
-    /// A job's output write failed with `why`, an error that may heal: new submits wait while
-    /// the returned guard lives (the job holds it until its write succeeds or it fails).
-    pub fn block_writes(self: &Arc<Self>, why: String) -> WritesBlocked {
+    /// A job's output write failed with `why`, an error that may heal: while the returned
+    /// guard lives (the job holds it until its write succeeds or it fails), new submits wait,
+    /// all of them (`folder` `None`: a full disk, no file descriptors left) or those whose
+    /// output goes under `folder` (a folder the daemon may not write).
+    pub fn block_writes(self: &Arc<Self>, why: String, folder: Option<PathBuf>) -> WritesBlocked {
         let mut writes = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
-        writes.0 += 1;
-        if writes.0 == 1 {
-            error!(error = %why, "An output cannot be written; no new image is submitted until outputs can be written again");
+        match &folder {
+            None => {
+                writes.everywhere.0 += 1;
+                if writes.everywhere.0 == 1 {
+                    error!(error = %why, "An output cannot be written; no new image is submitted until outputs can be written again");
+                }
+                writes.everywhere.1 = why;
+            }
+            Some(path) => {
+                let held = writes.folders.entry(path.clone()).or_default();
+                held.0 += 1;
+                if held.0 == 1 {
+                    error!(error = %why, folder = %crate::text::Escaped::path(path), "An output cannot be written into this folder; images whose output goes there wait, the others go on");
+                }
+                held.1 = why;
+            }
         }
-        writes.1 = why;
         WritesBlocked {
             health: self.clone(),
+            folder,
         }
     }
 
-    /// Why new submits wait for outputs to be writable again, while they do.
+    /// Why outputs cannot be written now, while some cannot (everywhere, or under a folder):
+    /// what `/healthz` and `status` tell.
     pub fn writes_blocked(&self) -> Option<String> {
         let writes = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
-        if writes.0 > 0 {
-            return Some(writes.1.clone());
+        if writes.everywhere.0 > 0 {
+            return Some(writes.everywhere.1.clone());
+        }
+        if let Some((_, why)) = writes.folders.values().next() {
+            return Some(why.clone());
         }
         drop(writes);
         self.disk_problem().map(|(_, why)| why)
+    }
+
+    /// Why no new image may be submitted at all now, while none may (see
+    /// [`HealthState::writable`]).
+    fn writes_blocked_everywhere(&self) -> Option<String> {
+        let writes = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
+        if writes.everywhere.0 > 0 {
+            return Some(writes.everywhere.1.clone());
+        }
+        drop(writes);
+        self.disk_problem().map(|(_, why)| why)
+    }
+
+    /// Whether an image whose output is `output` waits: a job's write into a folder on its
+    /// way failed and is being retried (see [`HealthState::block_writes`]).
+    pub fn folder_blocked(&self, output: &Path) -> bool {
+        let writes = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
+        writes
+            .folders
+            .keys()
+            .any(|folder| output.starts_with(folder))
+    }
+
+    /// A job gave up writing into `folder` (its writes failed with `why` until its budget was
+    /// spent): images whose output goes there fail without a submit while it stays so (see
+    /// [`HealthState::given_up_for`]).
+    pub fn gave_up_on(&self, folder: PathBuf, why: String) {
+        let mut writes = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
+        writes.given_up.insert(folder, (Instant::now(), why));
+    }
+
+    /// Why an image whose output is `output` is not submitted: a job gave up writing into a
+    /// folder on its way and a write there still fails (tried again, with a file created and
+    /// removed, at most every [`GIVEN_UP_PROBE`]). `None` once the folder takes writes again.
+    pub fn given_up_for(&self, output: &Path) -> Option<String> {
+        let mut writes = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
+        let folder = writes
+            .given_up
+            .keys()
+            .filter(|folder| output.starts_with(folder))
+            .max_by_key(|folder| folder.as_os_str().len())?
+            .clone();
+        let (tried, why) = writes.given_up.get(&folder)?.clone();
+        if tried.elapsed() < GIVEN_UP_PROBE {
+            return Some(why);
+        }
+        match tempfile::Builder::new()
+            .prefix(".claid-hotfolder-probe-")
+            .tempfile_in(&folder)
+        {
+            Ok(_) => {
+                writes.given_up.remove(&folder);
+                info!(folder = %crate::text::Escaped::path(&folder), "A folder given up on takes writes again");
+                None
+            }
+            Err(_) => {
+                writes
+                    .given_up
+                    .insert(folder, (Instant::now(), why.clone()));
+                Some(why)
+            }
+        }
     }
 
     /// A job's output write failed with `why` and the job retries it: counted while the
@@ -214,7 +335,7 @@ impl HealthState {
     /// Waits while outputs cannot be written (see [`HealthState::block_writes`]); false when
     /// `cancel` fires first.
     pub async fn writable(&self, cancel: &tokio_util::sync::CancellationToken) -> bool {
-        while self.writes_blocked().is_some() {
+        while self.writes_blocked_everywhere().is_some() {
             tokio::select! {
                 () = tokio::time::sleep(WRITES_PROBE_INTERVAL) => {}
                 () = cancel.cancelled() => return false,
@@ -393,6 +514,65 @@ mod tests {
             "127.0.0.1:1".to_owned(),
             Arc::new(Unanswered::default()),
         )
+    }
+
+    /// A folder's hold holds only outputs under it, not everything; it ends (and is told) when
+    /// its last guard goes.
+    #[tokio::test]
+    async fn a_folder_hold_holds_only_what_goes_under_it() {
+        let health = Arc::new(health());
+        let a = health.block_writes("EACCES".to_owned(), Some(PathBuf::from("/out/a")));
+        let again = health.block_writes("EACCES".to_owned(), Some(PathBuf::from("/out/a")));
+        assert!(health.folder_blocked(Path::new("/out/a/b/x.jpg")));
+        assert!(!health.folder_blocked(Path::new("/out/ab/x.jpg")));
+        assert!(!health.folder_blocked(Path::new("/out/c/x.jpg")));
+        assert!(health.writes_blocked_everywhere().is_none());
+        assert_eq!(health.writes_blocked().as_deref(), Some("EACCES"));
+        drop(a);
+        assert!(health.folder_blocked(Path::new("/out/a/x.jpg")));
+        drop(again);
+        assert!(!health.folder_blocked(Path::new("/out/a/x.jpg")));
+        // Told once the last guard went.
+        tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            health.folders_changed.notified(),
+        )
+        .await
+        .expect("told");
+        let disk = health.block_writes("ENOSPC".to_owned(), None);
+        assert_eq!(
+            health.writes_blocked_everywhere().as_deref(),
+            Some("ENOSPC")
+        );
+        drop(disk);
+        assert!(health.writes_blocked().is_none());
+    }
+
+    /// A folder given up on fails what goes under it until a write there works again, tried
+    /// at most every few seconds.
+    #[tokio::test(start_paused = true)]
+    async fn a_folder_given_up_on_is_tried_again_and_released_once_it_takes_writes() {
+        let health = health();
+        let dir = tempfile::tempdir().expect("dir");
+        let missing = dir.path().join("not-there");
+        health.gave_up_on(missing.clone(), "EACCES".to_owned());
+        health.gave_up_on(dir.path().to_path_buf(), "EACCES".to_owned());
+        let inside = dir.path().join("x.jpg");
+        assert_eq!(health.given_up_for(&inside).as_deref(), Some("EACCES"));
+        assert!(health.given_up_for(Path::new("/elsewhere/x.jpg")).is_none());
+        tokio::time::advance(GIVEN_UP_PROBE).await;
+        // A folder where a file cannot be created stays given up; one where it can is released.
+        assert_eq!(
+            health.given_up_for(&missing.join("x.jpg")).as_deref(),
+            Some("EACCES")
+        );
+        assert!(health.given_up_for(&inside).is_none());
+        assert!(health.given_up_for(&inside).is_none());
+        assert_eq!(
+            std::fs::read_dir(dir.path()).expect("list").count(),
+            0,
+            "the probe leaves no file behind"
+        );
     }
 
     /// Two storages: one bucket answering does not end the other's outage, each outage is told

@@ -119,6 +119,9 @@ pub struct RunnerDeps {
     pub metrics: Arc<Metrics>,
     /// Bounds concurrent downloads + output writes.
     pub downloads: Arc<Semaphore>,
+    /// The submitter's `max_in_flight` permits: a job whose result waits for a folder the
+    /// daemon may not write lends one back meanwhile ([`LentPermit`]).
+    pub in_flight: Arc<Semaphore>,
     pub polls: Arc<Polls>,
     pub poll: PollConfig,
     /// The one retry policy: every HTTP attempt of a job is made here, once.
@@ -392,6 +395,22 @@ impl Runner {
         }
         if let Some(outcome) = self.restage_if_gone(id, job).await {
             return Step::End(outcome);
+        }
+        let output = deps.outbox.join(&job.output_rel);
+        // Another image's write into this output's folder failed meanwhile (while this job
+        // waited for its permit): back to the queue, where it waits for the folder unbilled.
+        if deps.health.folder_blocked(&output) {
+            deps.queue.push_front((job.manifest, id));
+            return Step::End(JobOutcome::Requeued);
+        }
+        // Another image gave up writing into this output's folder, which still refuses
+        // writes: Claid is not paid for a result that could not be written either.
+        if let Some(why) = deps.health.given_up_for(&output) {
+            let message =
+                format!("not submitted: an output could not be written into its folder ({why})");
+            return self
+                .fail(id, FailureCode::OutputPermissionDenied, &message)
+                .await;
         }
         if job.local
             && job.staged.is_none()
@@ -1065,8 +1084,15 @@ impl Runner {
                 // Downloading and is written again after a wait, a bounded number of times.
                 write_failures.failures += 1;
                 let n = write_failures.failures;
+                // A folder the daemon may not write holds (and, given up on, fails) only the
+                // images whose output goes under it: the deepest folder present on the way.
+                let folder = (code == FailureCode::OutputPermissionDenied)
+                    .then(|| refusing_folder(&deps.outbox, &deps.outbox.join(&job.output_rel)));
                 if n >= MAX_OUTPUT_WRITES {
                     let message = format!("{err} (still failing after {n} attempts)");
+                    if let Some(folder) = folder {
+                        deps.health.gave_up_on(folder, message.clone());
+                    }
                     return self.fail(id, code, &message).await;
                 }
                 let after = healing_write_wait(n);
@@ -1075,18 +1101,27 @@ impl Runner {
                     deps.health
                         .write_failed(write_failures.retrying.take(), err.to_string()),
                 );
-                // A full disk, no file descriptors left or an outbox the daemon may not write
-                // is the machine's, not this job's: while the job waits, no new image is
-                // submitted (its result could not be written either), and `/healthz` says
-                // so. Held for the wait only: a download that fails afterwards is not a
-                // reason to hold everything.
-                let _blocking = matches!(
-                    code,
-                    FailureCode::DiskFull
-                        | FailureCode::OutputTooManyOpenFiles
-                        | FailureCode::OutputPermissionDenied
-                )
-                .then(|| deps.health.block_writes(err.to_string()));
+                // A full disk or no file descriptors left is the machine's, not this job's:
+                // while the job waits, no new image is submitted (its result could not be
+                // written either), and `/healthz` says so. Held for the wait only: a download
+                // that fails afterwards is not a reason to hold everything. A folder the
+                // daemon may not write holds the images whose output goes there, until this
+                // job ends.
+                let _blocking = match (code, folder) {
+                    (FailureCode::DiskFull | FailureCode::OutputTooManyOpenFiles, _) => {
+                        Some(deps.health.block_writes(err.to_string(), None))
+                    }
+                    (_, Some(folder)) => {
+                        if write_failures.folder_hold.is_none() {
+                            write_failures.folder_hold = Some((
+                                deps.health.block_writes(err.to_string(), Some(folder)),
+                                LentPermit::new(&deps.in_flight),
+                            ));
+                        }
+                        None
+                    }
+                    _ => None,
+                };
                 if self.wait(after).await {
                     Step::Continue
                 } else {
@@ -1269,6 +1304,18 @@ impl Runner {
     }
 }
 
+/// The folder that refused an output's write at `output`: the deepest one present on its way
+/// (the writer creates the missing ones below it), at most the outbox itself.
+fn refusing_folder(outbox: &Path, output: &Path) -> PathBuf {
+    output
+        .ancestors()
+        .skip(1)
+        .take_while(|folder| folder.starts_with(outbox))
+        .find(|folder| folder.is_dir())
+        .unwrap_or(outbox)
+        .to_path_buf()
+}
+
 /// The failure code of an object storage error: a missing object, refused keys, or (anything
 /// else) a bucket that may come back.
 fn object_failure(err: &crate::objects::ObjectError) -> FailureCode {
@@ -1343,6 +1390,38 @@ struct Writes {
     failures: u32,
     /// Held from the first failed write until the job ends (written or given up).
     retrying: Option<crate::pipeline::health::WriteRetrying>,
+    /// A folder the daemon may not write refused the output: its images wait (unbilled) and
+    /// this job's in-flight permit is lent back, until the job ends; its task is no longer
+    /// at Claid, and it must not hold images into other folders back for its ten minutes.
+    folder_hold: Option<(crate::pipeline::health::WritesBlocked, LentPermit)>,
+}
+
+/// One more `max_in_flight` permit while this lives (a job waiting to write its result is no
+/// task at Claid); dropped, the permit is taken back as soon as one is free.
+struct LentPermit {
+    in_flight: Arc<Semaphore>,
+}
+
+impl LentPermit {
+    fn new(in_flight: &Arc<Semaphore>) -> LentPermit {
+        in_flight.add_permits(1);
+        LentPermit {
+            in_flight: in_flight.clone(),
+        }
+    }
+}
+
+impl Drop for LentPermit {
+    fn drop(&mut self) {
+        let in_flight = self.in_flight.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Ok(permit) = in_flight.acquire_owned().await {
+                    permit.forget();
+                }
+            });
+        }
+    }
 }
 
 /// The wait after the `n`-th failed write of an output (from 1): 1 s doubling to 60 s, less

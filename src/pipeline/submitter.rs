@@ -5,6 +5,7 @@
 //! out every [`PAUSE_PROBE_INTERVAL`]; queued jobs are kept, never failed.
 
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -190,6 +191,8 @@ pub struct Submitter {
     /// the job task; dropping the permit is what frees the slot.
     pub in_flight: Arc<Semaphore>,
     pub health: Arc<HealthState>,
+    /// The outbox, where a job's `output_rel` is.
+    pub outbox: PathBuf,
     /// Which runs drain (their queued jobs are not submitted).
     pub board: Arc<Board>,
     pub runner: Runner,
@@ -213,7 +216,19 @@ impl Submitter {
         // back at the front of the queue once the canary settles, so that later batches are
         // filled when Claid's pace can size them (single jobs keep going meanwhile).
         let mut deferred: Vec<(ManifestId, JobId)> = Vec::new();
+        // Jobs whose output goes under a folder the daemon may not write for now (another
+        // image's write there is being retried), with their output: back to the queue's front
+        // once the folder is no longer held.
+        let mut held: Vec<(ManifestId, JobId, PathBuf)> = Vec::new();
         loop {
+            if !held.is_empty() {
+                let (free, still): (Vec<_>, Vec<_>) = std::mem::take(&mut held)
+                    .into_iter()
+                    .partition(|(_, _, output)| !self.health.folder_blocked(output));
+                held = still;
+                self.queue
+                    .push_front_all(free.into_iter().map(|(mid, id, _)| (mid, id)).collect());
+            }
             if batching.may_send() || !batching.enabled() {
                 let mut left = Vec::new();
                 for members in std::mem::take(&mut full) {
@@ -243,6 +258,7 @@ impl Submitter {
                 };
                 tokio::select! {
                     _ = self.queue.wake.notified() => {}
+                    _ = self.health.folders_changed.notified(), if !held.is_empty() => break None,
                     () = &mut canary => break None,
                     () = sleep_until(due) => break None,
                     _ = self.cancel.cancelled() => return,
@@ -273,9 +289,23 @@ impl Submitter {
                 }
                 continue;
             }
+            let job = match self.store.job(id).await {
+                Ok(Some(job)) if matches!(job.state, JobState::Queued) => Some(job),
+                _ => None,
+            };
+            let mut alone = false;
+            if let Some(job) = &job {
+                let output = self.outbox.join(&job.output_rel);
+                if self.health.folder_blocked(&output) {
+                    held.push((mid, id, output));
+                    continue;
+                }
+                // Into a folder given up on: the job's own task fails it without a submit.
+                alone = self.health.given_up_for(&output).is_some();
+            }
             if batching.enabled()
-                && let Ok(Some(job)) = self.store.job(id).await
-                && matches!(job.state, JobState::Queued)
+                && !alone
+                && let Some(job) = job
                 && batching.takes(id, &job)
             {
                 if !full.is_empty() && !batching.may_send() {
@@ -402,6 +432,22 @@ impl Submitter {
         // Outputs may have become unwritable while the permits were awaited.
         if !self.health.writable(&self.cancel).await {
             return false;
+        }
+        // Or a folder some of them go into: those go back to the queue, to wait for it.
+        let (blocked, going): (Vec<Member>, Vec<Member>) = members.into_iter().partition(|m| {
+            self.health
+                .folder_blocked(&self.outbox.join(&m.job.output_rel))
+        });
+        members = going;
+        if !blocked.is_empty() {
+            left.extend(blocked);
+            if members.is_empty() {
+                return true;
+            }
+            // The permits of the jobs left out are released with the rest of `permit`.
+            if let Some(fewer) = permit.split(members.len()) {
+                permit = fewer;
+            }
         }
         let size = self.batch_size(members.len());
         if size < members.len()
