@@ -377,6 +377,108 @@ async fn an_outbox_the_daemon_may_not_write_holds_new_submits_and_is_told_by_hea
     daemon.wait().await.unwrap();
 }
 
+/// A folder of the outbox the daemon may not write holds only the images whose output goes
+/// there: another manifest's images are submitted and delivered meanwhile (one permit in
+/// flight, so a hold of every submit would stop them), while the held folder's other images
+/// wait unbilled; once the folder is writable they are delivered too.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outbox_folder_the_daemon_may_not_write_holds_only_its_own_images() {
+    let env =
+        TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_millis(50)))).await;
+    let config = env.config("max_in_flight: 1", "");
+    env.drop_file("m.yaml", manifest_of(3, "m").as_bytes());
+    let folder = env.outbox.join("m");
+    std::fs::create_dir_all(&folder).expect("outbox folder");
+    let root = crate::support::is_root();
+    if root {
+        let status = std::process::Command::new("chown")
+            .args(["-R", "65534:65534"])
+            .arg(env.dir.path())
+            .status()
+            .expect("chown");
+        assert!(status.success());
+    }
+    std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o555)).expect("chmod");
+    let wrapper: &[&str] = if root {
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+        ]
+    } else {
+        &[]
+    };
+    let mut daemon = env.spawn_daemon_wrapped(&config, 0, &[], wrapper);
+    wait_socket(&env).await;
+    let failing = healthz_once_unavailable(&env.socket(), Duration::from_secs(60)).await;
+    assert_eq!(failing.0, 503, "failing: {}", failing.1);
+    let submitted = |prefix: &str| -> u64 {
+        env.stats()
+            .submits_by_key
+            .iter()
+            .filter(|(key, _)| key.starts_with(&format!("storage://demo/{prefix}")))
+            .map(|(_, n)| *n)
+            .sum()
+    };
+    env.drop_file("n.yaml", manifest_of(3, "n").as_bytes());
+    wait_until(
+        "the other manifest's outputs while the folder refuses writes",
+        Duration::from_secs(90),
+        || TestEnv::files_under(&env.outbox.join("n")).len() == 3,
+    )
+    .await;
+    assert_eq!(
+        submitted("m"),
+        1,
+        "the refusing folder's other images wait unbilled"
+    );
+    assert!(TestEnv::files_under(&folder).is_empty());
+    std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    wait_until(
+        "every output once writable",
+        Duration::from_secs(90),
+        || TestEnv::files_under(&folder).len() == 3,
+    )
+    .await;
+    assert_eq!(submitted("m"), 3);
+    assert_eq!(env.stats().duplicate_submits, 0);
+    crate::support::stop(&mut daemon).await;
+}
+
+/// A second daemon given the same `admin.socket` (a copied config) is refused at its start,
+/// naming the key, instead of taking the socket over: the first daemon keeps answering on it,
+/// so a `replay` meant for it is not sent to the other.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_daemon_on_a_live_admin_socket_is_refused_and_the_first_keeps_it() {
+    let first = TestEnv::new(Scenario::default()).await;
+    let second = TestEnv::new(Scenario::default()).await;
+    let config = first.config("", "");
+    let other = second.config("", "");
+    let text = std::fs::read_to_string(&other).expect("config");
+    let shared = first.socket().display().to_string();
+    let text = text.replace(&second.socket().display().to_string(), &shared);
+    assert!(text.contains(&shared));
+    std::fs::write(&other, text).expect("config");
+    let mut daemon = first.spawn_daemon(&config, 0);
+    wait_socket(&first).await;
+    let (code, stderr) = second.run_once(&other).await;
+    assert_eq!(code, 75, "{stderr}");
+    assert!(
+        stderr.contains("another daemon answers on the admin socket")
+            && stderr.contains("admin.socket"),
+        "{stderr}"
+    );
+    let (status, body) = get(&first.socket(), "/status").await;
+    assert_eq!(status, 200, "{body}");
+    stop(&mut daemon).await;
+    assert!(
+        !first.socket().exists(),
+        "the first daemon removes its own socket at its stop"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_match_what_the_emulator_counted() {
     let env = TestEnv::new(Scenario::default()).await;
