@@ -61,6 +61,11 @@ pub enum AdminError {
         addr: SocketAddr,
         cause: std::io::Error,
     },
+    #[error(
+        "another daemon answers on the admin socket {}: each daemon needs its own `admin.socket` (and its own state, inbox and outbox); set another path in this config",
+        Escaped::path(path)
+    )]
+    Taken { path: PathBuf },
     #[error("no daemon answers on {}", Escaped::path(path))]
     NotRunning { path: PathBuf },
     #[error(
@@ -551,20 +556,29 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-/// Serves the admin API on `path` until `cancel`; the socket file is removed on exit.
-pub async fn serve_socket(
+/// The admin socket, bound: what [`serve_socket`] serves, and the file it removes on exit
+/// (only if that is still this socket: another daemon may have been given the same path).
+pub struct BoundSocket {
+    listener: tokio::net::UnixListener,
     path: PathBuf,
-    state: AdminState,
-    cancel: CancellationToken,
-) -> Result<(), AdminError> {
+    /// Device and inode of the socket file this daemon bound.
+    identity: Option<(u64, u64)>,
+}
+
+/// Binds the admin socket at `path` (before anything runs: a socket that cannot be bound stops
+/// the start). A file left there by a daemon that was killed is removed first; one that a live
+/// process answers on is not: another daemon was given the same `admin.socket`, and taking
+/// it over would send this one's `status` and `replay` to the other (`AdminError::Taken`).
+pub fn bind_socket(path: PathBuf) -> Result<BoundSocket, AdminError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|cause| AdminError::Bind {
             path: path.clone(),
             cause,
         })?;
     }
-    // A socket file left by a killed daemon would make bind fail; a live daemon holds the store
-    // lock, so reaching this point means the old file is stale.
+    if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+        return Err(AdminError::Taken { path });
+    }
     match std::fs::remove_file(&path) {
         Ok(()) => info!(socket = %Escaped::path(&path), "Removed a stale admin socket"),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
@@ -574,8 +588,39 @@ pub async fn serve_socket(
         path: path.clone(),
         cause,
     })?;
+    let identity = socket_identity(&path);
+    Ok(BoundSocket {
+        listener,
+        path,
+        identity,
+    })
+}
+
+fn socket_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|meta| (meta.dev(), meta.ino()))
+}
+
+/// Serves the admin API on `socket` until `cancel`; the socket file is removed on exit when it
+/// is still the one bound.
+pub async fn serve_socket(
+    socket: BoundSocket,
+    state: AdminState,
+    cancel: CancellationToken,
+) -> Result<(), AdminError> {
+    let BoundSocket {
+        listener,
+        path,
+        identity,
+    } = socket;
     info!(socket = %Escaped::path(&path), "Admin socket listening");
     serve_bounded(listener, router(state), cancel).await;
+    if identity.is_some() && socket_identity(&path) != identity {
+        warn!(socket = %Escaped::path(&path), "The admin socket's file is no longer this daemon's; left where it is");
+        return Ok(());
+    }
     if let Err(err) = std::fs::remove_file(&path) {
         warn!(error = %OsCause(&err), socket = %Escaped::path(&path), "Cannot remove the admin socket");
     }

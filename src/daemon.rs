@@ -358,6 +358,7 @@ pub async fn run(
         _ => None,
     };
 
+    let admin_socket = admin::bind_socket(config.admin.socket.clone())?;
     let metrics_listener = match config.admin.metrics_listen {
         Some(addr) => Some(admin::bind_metrics(addr).await?),
         None => None,
@@ -392,7 +393,7 @@ pub async fn run(
         metrics: metrics.clone(),
     };
     let admin_task = tokio::spawn(admin::serve_socket(
-        config.admin.socket.clone(),
+        admin_socket,
         admin_state.clone(),
         cancel.clone(),
     ));

@@ -146,6 +146,7 @@ fn of_one(err: &(dyn Error + 'static)) -> Option<i32> {
                 of_io(cause, Access::Create)
             }
             AdminError::Denied { .. } => NO_PERM,
+            AdminError::Taken { .. } => TEMP_FAIL,
             AdminError::NotRunning { .. } | AdminError::Request { .. } => UNAVAILABLE,
         });
     }
@@ -188,7 +189,9 @@ pub fn of_fatal(err: &FatalError) -> i32 {
         FatalError::CleanOutbox(OutputError::Io { cause, .. }) => of_io(cause, Access::Write),
         FatalError::CleanOutbox(_) => IO_ERR,
         FatalError::Store(err) => of_store(err).unwrap_or(IO_ERR),
-        FatalError::AlreadyRunning { .. } | FatalError::InboxTaken(_) => TEMP_FAIL,
+        FatalError::AlreadyRunning { .. }
+        | FatalError::InboxTaken(_)
+        | FatalError::Admin(AdminError::Taken { .. }) => TEMP_FAIL,
         FatalError::Admin(AdminError::Bind { cause, .. })
         | FatalError::Admin(AdminError::MetricsBind { cause, .. }) => of_io(cause, Access::Create),
         FatalError::Admin(_) => IO_ERR,
@@ -197,6 +200,11 @@ pub fn of_fatal(err: &FatalError) -> i32 {
         FatalError::Watcher(WatchError::Inbox { cause, .. }) => of_io(cause, Access::Read),
         FatalError::Watcher(_) => IO_ERR,
         FatalError::Web(crate::web::WebError::Bind { cause, .. }) => of_io(cause, Access::Create),
+        // A users file the daemon's user may not read: access refused.
+        FatalError::Web(crate::web::WebError::Users(crate::web::users::UsersError::Read {
+            cause,
+            ..
+        })) if of_io(cause, Access::Read) == NO_PERM => NO_PERM,
         // A users or token file that is missing or wrong: what was configured is wrong.
         FatalError::Web(_) => USAGE,
         FatalError::Alerts(crate::alerts::AlertError::UrlFile { cause, .. }) => {
