@@ -848,7 +848,9 @@ impl Store {
         code: FailureCode,
         message: &str,
     ) -> Result<JobV1, StoreError> {
-        let message = message.to_owned();
+        // Kept as every reader may show it (reports, the dashboard, alerts): Claid's messages
+        // quote the inputs, and an input's URL may carry a signature.
+        let message = crate::text::redact_urls_in(message).into_owned();
         let job = self
             .step(id, "unfinished", move |job| {
                 if job.state.is_terminal() {

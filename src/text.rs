@@ -127,6 +127,58 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
 /// runs from its scheme to the next space, quote or angle bracket. For whole log lines and
 /// field values: Claid's messages quote the inputs they could not fetch.
 pub fn redact_urls_in(text: &str) -> std::borrow::Cow<'_, str> {
+    match redact_whole_urls_in(text) {
+        std::borrow::Cow::Borrowed(text) => redact_loose_params(text),
+        std::borrow::Cow::Owned(text) => redact_loose_params(&text).into_owned().into(),
+    }
+}
+
+/// `text` with the value of every secret query parameter ([`SECRET_PARAMS`]) that follows a
+/// `?` or `&` redacted, wherever it stands: a URL cut short by a space (`…/a b.jpg?sig=…`)
+/// leaves its query outside what [`redact_whole_urls_in`] takes for the URL.
+fn redact_loose_params(text: &str) -> std::borrow::Cow<'_, str> {
+    let name_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    let value_ends =
+        |c: char| c.is_whitespace() || matches!(c, '&' | '#' | '"' | '\'' | '<' | '>' | '`' | '\\');
+    let mut out = String::new();
+    let mut copied = 0;
+    let mut at = 0;
+    while let Some(found) = text[at..].find(['?', '&']) {
+        let name_start = at + found + 1;
+        let name_len = text[name_start..]
+            .find(|c: char| !name_char(c))
+            .unwrap_or(text.len() - name_start);
+        let name = &text[name_start..name_start + name_len];
+        let after = name_start + name_len;
+        at = name_start;
+        if name.is_empty() || !text[after..].starts_with('=') {
+            continue;
+        }
+        let lower = name.to_ascii_lowercase();
+        if !SECRET_PARAMS.iter().any(|secret| lower.contains(secret)) {
+            continue;
+        }
+        let value_start = after + 1;
+        let value_end = text[value_start..]
+            .find(value_ends)
+            .map_or(text.len(), |i| value_start + i);
+        let value = &text[value_start..value_end];
+        if value != "REDACTED" {
+            out.push_str(&text[copied..value_start]);
+            out.push_str("REDACTED");
+            copied = value_end;
+        }
+        at = value_end;
+    }
+    if copied == 0 {
+        return text.into();
+    }
+    out.push_str(&text[copied..]);
+    out.into()
+}
+
+/// [`redact_urls_in`]'s first pass: every whole URL through [`redact_credentials`].
+fn redact_whole_urls_in(text: &str) -> std::borrow::Cow<'_, str> {
     if !text.contains("://") {
         return text.into();
     }
@@ -258,6 +310,17 @@ mod tests {
             "reason=http://u:REDACTED@h/a.png: cannot fetch http://u:REDACTED@h/a.png: 404 \"https://x/b?sig=REDACTED\""
         );
         assert_eq!(redact_urls_in("no url here"), "no url here");
+        // A URL cut short by a space: its query's secrets are redacted all the same.
+        assert_eq!(
+            redact_urls_in(
+                "`https://bob:PW@x.example/a b.jpg?X-Amz-Signature=SIG&w=4` is not a URL; &token=T2 and ?size=2"
+            ),
+            "`https://bob:REDACTED@x.example/a b.jpg?X-Amz-Signature=REDACTED&w=4` is not a URL; &token=REDACTED and ?size=2"
+        );
+        assert!(matches!(
+            redact_urls_in("a ? b & c=d ?w=1"),
+            std::borrow::Cow::Borrowed(_)
+        ));
         for plain in [
             "https://cdn.example/shoes/a.png?w=400",
             "storage://catalog/a.png",

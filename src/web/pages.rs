@@ -376,9 +376,11 @@ pub async fn manifest(
 
 fn job_row(id: u64, job: &crate::store::records::JobV1, outbox: &Path) -> views::JobRow {
     let (code, message) = match &job.state {
-        JobState::Failed { code, message, .. } => {
-            (Some(code.as_str().to_owned()), Some(message.clone()))
-        }
+        JobState::Failed { code, message, .. } => (
+            Some(code.as_str().to_owned()),
+            // Stores written before messages were kept redacted may hold a signature.
+            Some(crate::text::redact_urls_in(message).into_owned()),
+        ),
         JobState::InDoubt { .. } => (
             None,
             Some("The submit may have reached Claid: held for a human.".to_owned()),
