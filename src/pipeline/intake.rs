@@ -236,6 +236,10 @@ impl Intake {
                 if source.kind() == std::io::ErrorKind::NotFound =>
             {
                 info!("The manifest left the inbox before it was read; nothing to do");
+                // Deleted or renamed by its user: a copy kept of a version that waited for a
+                // drain is not brought back later (by a rejected save of the same name).
+                let pending = pending_path(&path);
+                let _ = on_file_pool(move || std::fs::remove_file(pending)).await;
                 return Taken::Done;
             }
             Err(err) => {
@@ -580,8 +584,23 @@ impl Intake {
     /// drain, so that version is what the drain's end takes in. Only a regular file, and
     /// only where nothing is (a hard link fails if the user saved again meanwhile); true
     /// when it did.
-    async fn restore_pending(&self, path: &Path) -> bool {
+    async fn restore_pending(&self, path: &Path, rel: &Path) -> bool {
+        // Only while the version before it drains, or has drained and this one was not taken
+        // in yet: a copy left from an earlier wait (its run finished since) is stale, and
+        // removed instead of being taken in (and billed).
+        let draining = matches!(
+            self.store.latest_run(&rel.to_string_lossy()).await,
+            Ok(Some((_, m))) if matches!(
+                m.state,
+                ManifestState::Draining { .. } | ManifestState::Superseded { .. }
+            )
+        );
         let manifest = path.to_path_buf();
+        if !draining {
+            let pending = pending_path(&manifest);
+            let _ = on_file_pool(move || std::fs::remove_file(pending)).await;
+            return false;
+        }
         on_file_pool(move || {
             let pending = pending_path(&manifest);
             std::fs::symlink_metadata(&pending).is_ok_and(|m| m.file_type().is_file())
@@ -721,7 +740,7 @@ impl Intake {
                 info!(to = %dest.display(), "Moved the rejected manifest");
                 // A valid version saved before this one waits for its predecessor's drain: it
                 // is put back, so the rejection does not lose it.
-                if self.restore_pending(path).await {
+                if self.restore_pending(path, rel).await {
                     info!(
                         "Put back the valid version saved before the rejected one; it runs once the version before it has drained"
                     );

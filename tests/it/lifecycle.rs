@@ -409,6 +409,58 @@ async fn a_version_waiting_for_a_drain_runs_even_when_a_broken_save_follows_it()
     assert!(!env.inbox.join(".m.yaml.claid-pending").exists());
 }
 
+/// A valid version saved while the running one drains, then deleted by its user: the copy
+/// kept of it goes with it, and a broken save of the same name later does not bring it back
+/// (and bill it); nothing of it is submitted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_waiting_version_deleted_by_its_user_is_not_brought_back_by_a_later_broken_save() {
+    let env =
+        TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_millis(2000))))
+            .await;
+    let v1 = b"images:\n  - input: storage://demo/one-64x48.png\n  - input: storage://demo/two-64x48.png\n".to_vec();
+    let v2 = b"images:\n  - input: storage://demo/new-64x48.png\n".to_vec();
+    let broken = b"images: [ broken\n".to_vec();
+    let config = env.config("max_in_flight: 1", "");
+    let mut daemon = env.spawn_daemon(&config, 0);
+    env.drop_file("m.yaml", &v1);
+    wait_until("the first image is submitted", DEADLINE, || {
+        env.stats().submits >= 1
+    })
+    .await;
+    env.drop_file("m.yaml", &v2);
+    let pending = env.inbox.join(".m.yaml.claid-pending");
+    wait_until("v2 waits for v1's drain", DEADLINE, || pending.is_file()).await;
+    std::fs::remove_file(env.inbox.join("m.yaml")).expect("delete v2");
+    let log = env.dir.path().join("daemon-0.log");
+    wait_until("v1's drain ends, and the copy of v2 goes", DEADLINE, || {
+        !pending.exists()
+            && std::fs::read_to_string(&log)
+                .is_ok_and(|l| l.contains("The manifest left the inbox before it was read"))
+    })
+    .await;
+    env.drop_file("m.yaml", &broken);
+    wait_until("the broken save is rejected", DEADLINE, || {
+        env.rejected.join("m.yaml.error.txt").is_file()
+    })
+    .await;
+    wait_until("the rejection is done", DEADLINE, || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("Moved the rejected manifest"))
+    })
+    .await;
+    stop(&mut daemon).await;
+    assert!(!env.inbox.join("m.yaml").exists(), "nothing put back");
+    assert!(!pending.exists());
+    let log = std::fs::read_to_string(&log).expect("log");
+    assert!(!log.contains("Put back the valid version"), "{log}");
+    assert!(
+        !env.stats()
+            .submits_by_key
+            .keys()
+            .any(|k| k.starts_with("storage://demo/new")),
+        "the deleted version was never submitted"
+    );
+}
+
 /// A new version of a running manifest that would write an output another active manifest
 /// writes is refused at once, and the running version goes on to its end (it used to be
 /// drained first, then the new version rejected: neither made its images).
