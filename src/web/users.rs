@@ -21,9 +21,14 @@ pub const MIN_PASSWORD_CHARS: usize = 10;
 #[derive(Debug, thiserror::Error)]
 pub enum UsersError {
     #[error(
-        "cannot read the users file {}: {}; create it with `claid-hotfolder web-user add NAME`",
+        "cannot read the users file {}: {}; {}",
         Escaped::path(path),
-        crate::os_error::OsCause(cause)
+        crate::os_error::OsCause(cause),
+        if cause.kind() == std::io::ErrorKind::PermissionDenied {
+            "the daemon's user may not read it: give it the service's group and mode 0640 (`chgrp claid-hotfolder FILE && chmod 640 FILE`)"
+        } else {
+            "create it with `claid-hotfolder web-user add NAME`"
+        }
     )]
     Read {
         path: PathBuf,
@@ -150,9 +155,24 @@ impl Users {
         std::fs::create_dir_all(&dir).map_err(fail)?;
         let name = path.file_name().unwrap_or_default();
         let tmp = dir.join(crate::output::tmp_name(name));
+        // The file the daemon reads keeps its owner and group (root and the service's group,
+        // as the package lays it out); a new one takes its folder's group. Written by root,
+        // it would otherwise be root's alone, and the service could not read it.
+        let owner = std::fs::metadata(path)
+            .or_else(|_| std::fs::metadata(&dir))
+            .ok()
+            .map(|meta| {
+                use std::os::unix::fs::MetadataExt;
+                let uid = path.exists().then(|| meta.uid());
+                (uid, meta.gid())
+            });
         let written = (|| {
             let mut file = std::fs::File::create(&tmp)?;
             file.set_permissions(std::fs::Permissions::from_mode(0o640))?;
+            if let Some((uid, gid)) = owner {
+                // Best effort: a user may not give a file away (only root may).
+                let _ = std::os::unix::fs::fchown(&file, uid, Some(gid));
+            }
             file.write_all(self.render().as_bytes())?;
             file.sync_all()?;
             std::fs::rename(&tmp, path)
@@ -193,6 +213,41 @@ pub fn hash_password(password: &str) -> Result<String, UsersError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A users file written by root keeps the group the service reads it with: a new one its
+    /// folder's (the package's `/etc/claid-hotfolder` is `root:claid-hotfolder`), a rewritten
+    /// one its own; mode 0640 either way.
+    #[test]
+    fn the_users_file_keeps_the_group_the_service_reads_it_with() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("dir");
+        let root = rustix::process::geteuid().is_root();
+        let group = if root {
+            std::os::unix::fs::chown(dir.path(), Some(0), Some(65534)).expect("chown");
+            65534
+        } else {
+            std::fs::metadata(dir.path()).expect("dir").gid()
+        };
+        let path = dir.path().join("web-users");
+        let mut users = Users::default();
+        users.by_name.insert(
+            "alice".into(),
+            hash_password("correct horse battery").expect("hash"),
+        );
+        users.write(&path).expect("write");
+        let meta = std::fs::metadata(&path).expect("written");
+        assert_eq!(meta.gid(), group, "a new file takes its folder's group");
+        assert_eq!(meta.mode() & 0o777, 0o640);
+        if root {
+            std::os::unix::fs::chown(&path, Some(0), Some(65533)).expect("chown");
+            users.write(&path).expect("rewrite");
+            assert_eq!(
+                std::fs::metadata(&path).expect("rewritten").gid(),
+                65533,
+                "a rewritten file keeps its own group"
+            );
+        }
+    }
 
     #[test]
     fn hashes_are_salted_and_verify() {
