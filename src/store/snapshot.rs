@@ -52,10 +52,18 @@ impl Snapshot {
         if held_by_daemon(&db_file)? {
             return Err(StoreError::Locked { path: source });
         }
+        // Ctrl-C or a `timeout` must not leave a copy of the whole store behind.
+        let on_signal = remove_on_signal();
         let dir = tempfile::Builder::new()
             .prefix("claid-hotfolder-snapshot-")
             .tempdir()
             .map_err(temp_dir_error)?;
+        if let Some(slot) = on_signal {
+            *slot
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Some(dir.path().to_path_buf());
+        }
         copy_tree(&source, &dir.path().join(SCHEMA_DIR))?;
         // A daemon that started while the files were copied may have changed them half-way.
         if held_by_daemon(&db_file)? {
@@ -68,6 +76,52 @@ impl Snapshot {
     pub fn store(&self) -> &Store {
         &self.store
     }
+}
+
+/// Catches SIGINT and SIGTERM from now on, on a thread of its own (the command's own thread
+/// may be busy copying): on either, the folder put into the returned slot (the copy) is
+/// removed and the process exits as a signal would have ended it (130, 143). `None` when the
+/// handlers cannot be installed (the copy is then removed only by a normal end, as before).
+fn remove_on_signal() -> Option<std::sync::Arc<std::sync::Mutex<Option<PathBuf>>>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let slot = std::sync::Arc::new(std::sync::Mutex::new(None::<PathBuf>));
+    let theirs = slot.clone();
+    let (installed, ready) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("snapshot-signals".to_owned())
+        .spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .build()
+            else {
+                let _ = installed.send(false);
+                return;
+            };
+            runtime.block_on(async move {
+                let (Ok(mut term), Ok(mut int)) = (
+                    signal(SignalKind::terminate()),
+                    signal(SignalKind::interrupt()),
+                ) else {
+                    let _ = installed.send(false);
+                    return;
+                };
+                let _ = installed.send(true);
+                let code = tokio::select! {
+                    _ = term.recv() => 143,
+                    _ = int.recv() => 130,
+                };
+                let dir = theirs
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .take();
+                if let Some(dir) = dir {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+                std::process::exit(code);
+            });
+        })
+        .ok()?;
+    ready.recv().ok()?.then_some(slot)
 }
 
 /// Whether a process holds sled's lock on `db` (an exclusive `flock`). Probed with a shared

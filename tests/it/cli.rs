@@ -552,6 +552,55 @@ async fn issue13_status_jobs_and_plan_with_the_daemon_down_change_nothing_in_the
     }
 }
 
+/// `jobs` interrupted (Ctrl-C, or `timeout`'s SIGTERM) while it copies the store for reading
+/// removes its copy: it ends as the signal would have ended it, and `$TMPDIR` holds nothing
+/// of it afterwards (a store of hundreds of megabytes was left there at each interruption).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_jobs_command_leaves_no_copy_of_the_store_behind() {
+    use std::io::Write;
+    let env = TestEnv::new(Scenario::default()).await;
+    env.drop_file("m.yaml", GOOD.as_bytes());
+    let config = env.config("", "");
+    let (code, output) = run_once(&config).await;
+    assert_eq!(code, 0, "{output}");
+    // A large store takes a while to copy: 256 MB in its blobs folder.
+    let blobs = env.state.join("v1/blobs");
+    std::fs::create_dir_all(&blobs).expect("blobs");
+    let mut big = std::fs::File::create(blobs.join("ballast")).expect("ballast");
+    let chunk = vec![7u8; 1 << 20];
+    for _ in 0..256 {
+        big.write_all(&chunk).expect("ballast");
+    }
+    drop(big);
+    for (signal, expected) in [("-INT", 130), ("-TERM", 143)] {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let mut child = tokio::process::Command::new(crate::support::bin())
+            .args(["jobs", "--config", config.to_str().unwrap()])
+            .env("TMPDIR", tmp.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::fs::read_dir(tmp.path()).expect("tmp").count() == 0 {
+            assert!(std::time::Instant::now() < deadline, "no copy started");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        crate::support::signal(&child, signal);
+        let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+            .await
+            .expect("it ends")
+            .expect("wait");
+        assert_eq!(status.code(), Some(expected), "{signal}");
+        assert_eq!(
+            std::fs::read_dir(tmp.path()).expect("tmp").count(),
+            0,
+            "{signal}: the copy is removed"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn issue13_a_store_the_user_may_not_read_says_which_group_to_join() {
     use std::os::unix::fs::PermissionsExt;
