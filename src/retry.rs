@@ -24,8 +24,12 @@
 //! |------|------------------|-----------------|-------------------|
 //! | submit | 4 | 120 | 125 |
 //! | upload | 2 | 120 | 123 |
-//! | poll (each poll of a task) | 20 | 120 | 141 |
+//! | poll (each poll of a task) | 20 | none: see below | 21 |
 //! | download | 9 | 0 | 10 |
+//!
+//! A 429 to a poll spends no budget: its task is billed, and giving up would lose the result,
+//! so the poll loops (`pipeline::job`, `pipeline::batch`) wait each one out (the limiter's gate
+//! waits `RateLimit-Reset`) until `api.poll.give_up_after`, as for a task still running.
 //!
 //! A poll that gets an answer (whatever the task's status) ends its step; the next poll of the
 //! task starts a fresh budget. An in-doubt resubmit is a failed submit attempt, so it counts.
@@ -99,10 +103,10 @@ impl Default for Policy {
             },
             // A poll costs nothing and its task is billed already: giving up loses the
             // result, so a task's poll rides out a long run of 5xx (about ten minutes at the
-            // 30 s cap) and of 429s (the gate paces them by `RateLimit-Reset`).
+            // 30 s cap); its 429s are waited out by the poll loops, never counted here.
             poll: Budget {
                 failures: 20,
-                rate_limited: 120,
+                rate_limited: 0,
             },
             // Downloads are free (a temporary URL, not an API call) and a CDN may cut a few
             // short in a row: a larger budget costs nothing billed.
@@ -459,7 +463,7 @@ mod tests {
         for (step, documented) in [
             (Step::Submit, 125),
             (Step::Upload, 123),
-            (Step::Poll, 141),
+            (Step::Poll, 21),
             (Step::Download, 10),
         ] {
             assert_eq!(policy.max_http_attempts(step), documented, "{step:?}");

@@ -199,6 +199,9 @@ pub async fn poll(
     };
     let mut view = batch_view(id, batch);
     drop(batches);
+    if let Some(response) = state.poll_rate_limited(format!("batch:{id}")) {
+        return response;
+    }
     if state.unsettled_once(format!("poll:{id}")) {
         return pipeline_not_found();
     }

@@ -200,6 +200,9 @@ pub struct Scenario {
     /// result, the first download of such a result URL answers 404 (a store that lags the
     /// answer that named the task, a result not attached yet, a URL not propagated yet).
     pub unsettled_share: f64,
+    /// The first this many polls of every task and batch answer 429 (`RateLimit-Reset: 0`):
+    /// another client spending the same key's budget for a long while.
+    pub polls_rate_limited: u32,
     /// Share of tmp_url downloads that serve another image than the result describes (one
     /// pixel wider and taller than `output_object` says).
     pub wrong_image_share: f64,
@@ -293,6 +296,7 @@ impl Default for Scenario {
             truncate_share: 0.0,
             short_share: 0.0,
             unsettled_share: 0.0,
+            polls_rate_limited: 0,
             wrong_image_share: 0.0,
             rate_window: RateWindow::Sliding,
             batch_parallelism: DEFAULT_BATCH_PARALLELISM,
@@ -428,6 +432,12 @@ impl Scenario {
         self
     }
 
+    /// 429 to the first `n` polls of every task and batch (see the field).
+    pub fn polls_rate_limited(mut self, n: u32) -> Self {
+        self.polls_rate_limited = n;
+        self
+    }
+
     pub fn wrong_image_share(mut self, share: f64) -> Self {
         self.wrong_image_share = share;
         self
@@ -549,6 +559,7 @@ impl std::fmt::Debug for Scenario {
             .field("truncate_share", &self.truncate_share)
             .field("short_share", &self.short_share)
             .field("unsettled_share", &self.unsettled_share)
+            .field("polls_rate_limited", &self.polls_rate_limited)
             .field("wrong_image_share", &self.wrong_image_share)
             .field("rate_window", &self.rate_window)
             .field("batch_parallelism", &self.batch_parallelism)
@@ -815,6 +826,7 @@ impl ScenarioArgs {
             truncate_share: self.truncate_share,
             short_share: self.short_share,
             unsettled_share: self.unsettled_share,
+            polls_rate_limited: 0,
             wrong_image_share: self.wrong_image_share,
             rate_window: self.rate_window,
             batch_parallelism: self.batch_parallelism.max(1),

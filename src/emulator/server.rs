@@ -75,6 +75,8 @@ pub struct AppState {
     shutdown: CancellationToken,
     /// What `unsettled_share` has decided already (`poll:ID`, `done:ID`, `get:TOKEN`).
     unsettled: Mutex<std::collections::HashSet<String>>,
+    /// Polls answered 429 so far, by task (`scenario.polls_rate_limited`).
+    rate_limited_polls: Mutex<std::collections::HashMap<String, u32>>,
 }
 
 /// One async task.
@@ -184,6 +186,7 @@ impl AppState {
             outbox,
             shutdown,
             unsettled: Mutex::new(std::collections::HashSet::new()),
+            rate_limited_polls: Mutex::new(std::collections::HashMap::new()),
             scenario,
         }))
     }
@@ -204,6 +207,33 @@ impl AppState {
             self.recorder.update(|s| s.unsettled_answers += 1);
         }
         unsettled
+    }
+
+    /// A 429 for this poll of `key` while its first `scenario.polls_rate_limited` are not
+    /// answered yet.
+    pub(crate) fn poll_rate_limited(&self, key: String) -> Option<Response> {
+        let n = self.scenario.polls_rate_limited;
+        if n == 0 {
+            return None;
+        }
+        let mut seen = lock(&self.rate_limited_polls);
+        let count = seen.entry(key).or_insert(0);
+        if *count >= n {
+            return None;
+        }
+        *count += 1;
+        drop(seen);
+        self.recorder.update(|s| s.rate_limited += 1);
+        let mut response = api_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "2001",
+            "general",
+            "Too Many Requests. Rate limit exceeded.",
+        );
+        response
+            .headers_mut()
+            .insert("ratelimit-reset", axum::http::HeaderValue::from_static("0"));
+        Some(response)
     }
 
     pub(crate) fn sample_latency(&self) -> Duration {
@@ -1070,6 +1100,9 @@ async fn poll(
     };
     let mut view = async_view(id, task);
     drop(tasks);
+    if let Some(response) = state.poll_rate_limited(format!("poll:{id}")) {
+        return response;
+    }
     if state.unsettled_once(format!("poll:{id}")) {
         return pipeline_not_found();
     }

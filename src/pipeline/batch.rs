@@ -999,6 +999,24 @@ impl BatchRunner {
                         delay = deps.poll.max;
                         scheduled = false;
                     }
+                    // The batch is billed: a 429 only delays its poll, until `give_up_after`.
+                    Failure::RateLimited { retry_after } => {
+                        if let Some(message) = super::job::rate_limited_too_long(
+                            deps.polls.watched_since(submitted_at_ms),
+                            deps.poll.give_up_after,
+                        ) {
+                            for m in members {
+                                self.fail(m, FailureCode::TaskTimeout, &message).await;
+                            }
+                            deps.dispatch.timed_out(
+                                batch_id,
+                                members.iter().map(|m| (m.manifest, m.id)).collect(),
+                            );
+                            return None;
+                        }
+                        delay = retry_after;
+                        scheduled = false;
+                    }
                     failure => {
                         let decision =
                             attempts.on_failure(failure, Instant::now(), &mut rand::rng());

@@ -931,6 +931,20 @@ impl Runner {
                         deps.health.pause(&err, systemic_status(&err));
                         delay = deps.poll.max;
                     }
+                    // The task is billed: a 429 only delays its poll (the limiter's gate waits
+                    // the reset), whatever their number, until `give_up_after`.
+                    Failure::RateLimited { retry_after } => {
+                        if let Some(message) = rate_limited_too_long(
+                            deps.polls.watched_since(submitted_at_ms),
+                            deps.poll.give_up_after,
+                        ) {
+                            let failed = self.fail(id, FailureCode::TaskTimeout, &message).await;
+                            deps.dispatch.timed_out(task_id, vec![(job.manifest, id)]);
+                            return failed;
+                        }
+                        debug!(error = %err, "Poll rate limited; asking again after the reset");
+                        delay = retry_after;
+                    }
                     failure => match decide(&mut attempts, failure) {
                         Decision::Retry { after } => {
                             warn!(error = %err, "Poll failed; retrying");
@@ -1556,6 +1570,22 @@ pub(crate) fn overdue(
             .unwrap_or_default();
         format!(
             "Claid has not finished the task after {} (status {status}; `api.poll.give_up_after`); it may still finish and be billed, and `replay` submits it again",
+            humantime::format_duration(Duration::from_secs(age.as_secs()))
+        )
+    })
+}
+
+/// Why a task (or batch) watched since `submitted_at_ms` whose polls Claid answers with 429
+/// is given up: `give_up_after` has passed (429s never spend a poll's budget: the task is
+/// billed, and giving up loses its result); `None` while it may still be asked.
+pub(crate) fn rate_limited_too_long(
+    submitted_at_ms: u64,
+    give_up_after: Duration,
+) -> Option<String> {
+    let age = Duration::from_millis(now_ms().saturating_sub(submitted_at_ms));
+    (age >= give_up_after).then(|| {
+        format!(
+            "Claid answered the task's polls with 429 (rate limited) until {} had passed (`api.poll.give_up_after`); it may have finished and been billed: its webhook is still taken, and `replay` submits it again",
             humantime::format_duration(Duration::from_secs(age.as_secs()))
         )
     })
