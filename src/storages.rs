@@ -411,8 +411,7 @@ fn written_in_folder(expected: &str, output: &crate::claid::wire::ImageObject) -
     let (connector, key) = split_uri(expected)?;
     let folder = key.rsplit_once('/').map_or("", |(folder, _)| folder);
     let written = output
-        .object_key
-        .as_deref()
+        .bucket_key()
         .or_else(|| {
             let (_, rest) = output.object_uri.as_deref()?.split_once("://")?;
             Some(rest.split_once('/')?.1)
@@ -705,6 +704,8 @@ mod tests {
             object_bucket: None,
             object_uri: uri.map(str::to_owned),
             claid_storage_uri: None,
+            gcs_key: None,
+            gcs_bucket: None,
         };
         let expected = Some("storage://cat/out/shoes/e1.jpg".to_owned());
         // Claid kept `.jpeg`: the object it wrote, under the connector's path `images`.

@@ -186,23 +186,36 @@ pub struct ImageObject {
     pub object_uri: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claid_storage_uri: Option<String>,
+    /// A GCS output's key in its bucket (batch outputs may name it only so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gcs_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gcs_bucket: Option<String>,
 }
 
 impl ImageObject {
     /// The output's file name as Claid chose it: the last path segment of `tmp_url` (else of
-    /// `object_key`, `object_uri` or `claid_storage_uri`), without query or fragment and without
-    /// percent-decoding. `None` when no location is given or it ends in `/`.
-    pub fn file_name(&self) -> Option<&str> {
+    /// `object_key`, `gcs_key`, `object_uri` or `claid_storage_uri`), without query or
+    /// fragment, percent-decoded (a URL encodes `café-1.png` as `caf%C3%A9-1.png`). `None`
+    /// when no location is given or it ends in `/`.
+    pub fn file_name(&self) -> Option<String> {
         [
             &self.tmp_url,
             &self.object_key,
+            &self.gcs_key,
             &self.object_uri,
             &self.claid_storage_uri,
         ]
         .into_iter()
         .flatten()
-        .map(|location| basename(location))
+        .map(|location| decoded(basename(location)))
         .find(|name| !name.is_empty())
+    }
+
+    /// The object's key in its bucket, when Claid names it by key alone (`object_key`, or a
+    /// GCS output's `gcs_key`).
+    pub fn bucket_key(&self) -> Option<&str> {
+        self.object_key.as_deref().or(self.gcs_key.as_deref())
     }
 }
 
@@ -218,11 +231,20 @@ pub fn basename(location: &str) -> &str {
     path.rsplit('/').next().unwrap_or("")
 }
 
+/// `name` percent-decoded (invalid UTF-8 kept as replacement characters): how a file name
+/// in a URL is compared with one given plainly.
+pub fn decoded(name: &str) -> String {
+    percent_encoding::percent_decode_str(name)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
 /// The file name Claid gives a batch output: the input's basename with the output format's
 /// extension (`…/sku-1.png` with jpeg output → `sku-1.jpg`; no extension → one is added).
 /// `image` stands in for an input without a basename.
 pub fn batch_output_name(input: &str, ext: &str) -> String {
-    let name = basename(input);
+    let name = decoded(basename(input));
+    let name = name.as_str();
     let stem = match name.rsplit_once('.') {
         Some((stem, _)) if !stem.is_empty() => stem,
         _ => name,
@@ -671,7 +693,19 @@ mod tests {
             batch.errors[2].input_object.as_ref().map(|o| o.width),
             Some(1000)
         );
-        assert_eq!(batch.results[0].output_object.file_name(), Some("a.jpg"));
+        assert_eq!(
+            batch.results[0].output_object.file_name().as_deref(),
+            Some("a.jpg")
+        );
+        // A GCS output named only by its key in the bucket, and a name percent-encoded.
+        let gcs: ImageObject = serde_json::from_value(serde_json::json!({
+            "ext": "png", "mps": 0.01, "mime": "image/png", "format": "png", "width": 1,
+            "height": 1, "gcs_key": "raw/out/m/d1.png", "gcs_bucket": "gcat"
+        }))
+        .expect("a gcs object");
+        assert_eq!(gcs.file_name().as_deref(), Some("d1.png"));
+        assert_eq!(gcs.bucket_key(), Some("raw/out/m/d1.png"));
+        assert_eq!(decoded("caf%C3%A9-1.png"), "café-1.png");
         let accepted: BatchTask =
             serde_json::from_value(serde_json::json!({"id": 8, "status": "ACCEPTED"}))
                 .expect("minimal accepted parses");

@@ -341,6 +341,8 @@ fn object(format: &str, ext: &str, mime: &str, w: u32, h: u32) -> ImageObject {
         object_bucket: None,
         object_uri: None,
         claid_storage_uri: None,
+        gcs_key: None,
+        gcs_bucket: None,
     }
 }
 

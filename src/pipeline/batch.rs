@@ -933,7 +933,7 @@ impl BatchRunner {
                     }
                     if polled.batch.status == TaskStatus::Done
                         && polled.batch.lacks_result()
-                        && let Some(after) = unsettled.done_without_result(&deps.retry)
+                        && let Some(after) = unsettled.done_without_result()
                     {
                         warn!(
                             batch_id,
@@ -1360,7 +1360,7 @@ impl Matched {
             && let Some(item) = result
                 .results
                 .iter()
-                .find(|item| item.output_object.file_name().unwrap_or_default() == name)
+                .find(|item| item.output_object.file_name().unwrap_or_default() == *name)
         {
             self.done.push((*index, item.output_object.clone()));
             self.unmatched.clear();
@@ -1408,6 +1408,14 @@ pub fn match_results(result: &BatchTask, members: &[Member]) -> Matched {
     let mut claims: Vec<_> = claims.into_iter().collect();
     claims.sort_by_key(|(index, _)| *index);
     for (index, mut results) in claims {
+        // The same object listed twice (a retried write on Claid's side) is one result.
+        let mut unique: Vec<(String, &wire::ImageObject)> = Vec::with_capacity(results.len());
+        for claim in results.drain(..) {
+            if !unique.iter().any(|(_, object)| *object == claim.1) {
+                unique.push(claim);
+            }
+        }
+        let mut results = unique;
         match results.as_slice() {
             [(_, object)] => {
                 taken.insert(index);
@@ -1465,11 +1473,11 @@ pub fn unexplained(unmatched: Vec<String>, members: &[Member], siblings: &[Strin
 /// The names a result of `input` may carry (matched by [`match_results`]): the batch output's
 /// name (the input's with the format's `extension`), the input's own name, and its stem.
 fn result_names(input: &str, extension: &str) -> [String; 3] {
-    let base = wire::basename(input);
+    let base = wire::decoded(wire::basename(input));
     [
         wire::batch_output_name(input, extension),
-        base.to_owned(),
-        stem(base).to_owned(),
+        stem(&base).to_owned(),
+        base,
     ]
 }
 
@@ -1654,6 +1662,27 @@ mod tests {
         assert!(matched.failed.is_empty());
     }
 
+    /// A result URL percent-encodes a non-ASCII name (`café-1.png` → `caf%C3%A9-1.jpg`); an
+    /// input may give it either way. Both match their own job; the same object listed twice
+    /// is one result, not an ambiguity.
+    #[test]
+    fn encoded_names_and_identical_duplicates_match_their_job() {
+        let mut members = [member(1), member(2), member(3)];
+        members[0].job.input = "https://example.com/café-1.png".to_owned();
+        members[1].job.input = "https://example.com/caf%C3%A9-2.png".to_owned();
+        let result = done_batch(vec![
+            result_named("https://claid.example/out/caf%C3%A9-1.jpg"),
+            result_named("https://claid.example/out/café-2.jpg"),
+            result_named("https://claid.example/out/3.jpg"),
+            result_named("https://claid.example/out/3.jpg"),
+        ]);
+        let matched = match_results(&result, &members);
+        let mut done: Vec<usize> = matched.done.iter().map(|(index, _)| *index).collect();
+        done.sort_unstable();
+        assert_eq!(done, vec![0, 1, 2], "{:?}", matched.unmatched);
+        assert!(matched.unmatched.is_empty());
+    }
+
     #[test]
     fn results_of_the_batchs_other_jobs_are_theirs_not_a_failed_match() {
         // Jobs 1 and 2 wait for the batch; job 3 of the same batch settled before a crash.
@@ -1737,7 +1766,7 @@ mod tests {
         assert!(matched.unmatched.is_empty());
         let third = matched.done.iter().find(|(index, _)| *index == 2);
         assert_eq!(
-            third.and_then(|(_, object)| object.file_name()),
+            third.and_then(|(_, object)| object.file_name()).as_deref(),
             Some("9f3ac.jpg")
         );
 

@@ -1933,7 +1933,7 @@ async fn webhooks_are_signed_in_each_digest_and_body_shape() {
             TaskUpdate::Batch(b) => {
                 assert_eq!((b.results.len(), b.errors.len()), (1, 1));
                 assert_eq!(
-                    b.results[0].output_object.file_name(),
+                    b.results[0].output_object.file_name().as_deref(),
                     Some("hook-a-8x8.jpg")
                 );
             }
