@@ -9,7 +9,9 @@ use std::path::Path;
 /// The image's dimensions from its header: `expected` among several an AVIF file may carry.
 /// `None` when the bytes are no image this can read.
 pub fn dimensions(bytes: &[u8], expected: (u32, u32)) -> Option<(u32, u32)> {
-    image_dimensions(bytes).or_else(|| heif_dimensions(bytes, expected))
+    image_dimensions(bytes)
+        .or_else(|| heif_dimensions(bytes, expected))
+        .or_else(|| tiff_dimensions(bytes))
 }
 
 /// How far past a format's end marker other bytes may follow (padding some encoders add, or
@@ -104,7 +106,75 @@ pub fn file_dimensions(path: &Path) -> (u32, u32) {
                 .ok()?;
             heif_dimensions(&head, (0, 0))
         })
+        .or_else(|| {
+            // A TIFF's first directory may be anywhere in it: read whole (outputs are bounded
+            // by `limits.max_download_bytes`).
+            use std::io::Read;
+            let mut bytes = Vec::new();
+            std::fs::File::open(path)
+                .ok()?
+                .take(MAX_TIFF_READ)
+                .read_to_end(&mut bytes)
+                .ok()?;
+            tiff_dimensions(&bytes)
+        })
         .unwrap_or((0, 0))
+}
+
+/// The most of a file read to find a TIFF's first directory.
+const MAX_TIFF_READ: u64 = 256 * 1024 * 1024;
+
+/// The dimensions of a TIFF image from its first directory's `ImageWidth` (256) and
+/// `ImageLength` (257) tags, for those the `image` crate will not open: a lossy TIFF is JPEG
+/// inside TIFF, and libtiff and libvips write it in YCbCr, a photometric the `tiff` crate
+/// refuses. Classic TIFF only (`II*\0` or `MM\0*`); `None` for anything else.
+fn tiff_dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
+    let little = match bytes.get(0..4)? {
+        b"II*\0" => true,
+        b"MM\0*" => false,
+        _ => return None,
+    };
+    let u16_at = |at: usize| -> Option<u32> {
+        let b: [u8; 2] = bytes.get(at..at + 2)?.try_into().ok()?;
+        Some(u32::from(if little {
+            u16::from_le_bytes(b)
+        } else {
+            u16::from_be_bytes(b)
+        }))
+    };
+    let u32_at = |at: usize| -> Option<u32> {
+        let b: [u8; 4] = bytes.get(at..at + 4)?.try_into().ok()?;
+        Some(if little {
+            u32::from_le_bytes(b)
+        } else {
+            u32::from_be_bytes(b)
+        })
+    };
+    let ifd = usize::try_from(u32_at(4)?).ok()?;
+    let entries = usize::try_from(u16_at(ifd)?).ok()?;
+    let (mut width, mut height) = (None, None);
+    for n in 0..entries {
+        let entry = ifd + 2 + n * 12;
+        let tag = u16_at(entry)?;
+        if tag != 256 && tag != 257 {
+            continue;
+        }
+        // SHORT (3) or LONG (4), one value, in the entry itself.
+        let value = match u16_at(entry + 2)? {
+            3 => u16_at(entry + 8)?,
+            4 => u32_at(entry + 8)?,
+            _ => return None,
+        };
+        if tag == 256 {
+            width = Some(value);
+        } else {
+            height = Some(value);
+        }
+    }
+    match (width?, height?) {
+        (0, _) | (_, 0) => None,
+        size => Some(size),
+    }
 }
 
 /// The dimensions of an AVIF (or other HEIF) image, which the `image` crate cannot read without
@@ -161,6 +231,62 @@ fn heif_dimensions(bytes: &[u8], expected: (u32, u32)) -> Option<(u32, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A minimal TIFF header and first directory: width and height, plus a tag for YCbCr
+    /// (photometric 6) and JPEG compression (7), which the `tiff` crate will not open.
+    fn tiff(little: bool, width: u32, height: u16) -> Vec<u8> {
+        let u16b = |v: u16| {
+            if little {
+                v.to_le_bytes()
+            } else {
+                v.to_be_bytes()
+            }
+        };
+        let u32b = |v: u32| {
+            if little {
+                v.to_le_bytes()
+            } else {
+                v.to_be_bytes()
+            }
+        };
+        let mut out = if little {
+            b"II*\0".to_vec()
+        } else {
+            b"MM\0*".to_vec()
+        };
+        out.extend_from_slice(&u32b(8));
+        let entries: [(u16, u16, u32); 4] = [
+            (256, 4, width),
+            (257, 3, u32::from(height)),
+            (259, 3, 7),
+            (262, 3, 6),
+        ];
+        out.extend_from_slice(&u16b(entries.len() as u16));
+        for (tag, kind, value) in entries {
+            out.extend_from_slice(&u16b(tag));
+            out.extend_from_slice(&u16b(kind));
+            out.extend_from_slice(&u32b(1));
+            if kind == 3 {
+                out.extend_from_slice(&u16b(value as u16));
+                out.extend_from_slice(&[0, 0]);
+            } else {
+                out.extend_from_slice(&u32b(value));
+            }
+        }
+        out.extend_from_slice(&u32b(0));
+        out
+    }
+
+    #[test]
+    fn a_lossy_ycbcr_tiff_is_sized_from_its_directory() {
+        assert_eq!(
+            dimensions(&tiff(true, 1000, 750), (1000, 750)),
+            Some((1000, 750))
+        );
+        assert_eq!(dimensions(&tiff(false, 64, 48), (64, 48)), Some((64, 48)));
+        assert_eq!(tiff_dimensions(b"II*\0\xff\xff\xff\xff"), None);
+        assert_eq!(tiff_dimensions(b"GIF89a"), None);
+    }
 
     /// An ISO box: its length (header included), its kind, its body.
     fn boxed(kind: &[u8; 4], body: &[u8]) -> Vec<u8> {
