@@ -59,8 +59,13 @@ pub(crate) struct Unsettled {
 /// for again before it counts as missing.
 const MISSING_OBJECT_CHECKS: u32 = 4;
 
-/// How often a DONE without its result, or a 404 for a new task, is asked again.
+/// How often a 404 for a new task is asked again.
 const UNSETTLED_ASKS: u32 = 3;
+
+/// How often a DONE without its result is asked again: with [`healing_write_wait`]'s waits
+/// (1 s doubling, under a minute) about four minutes, time for Claid to attach a result it
+/// was billed for (a poll is free).
+const DONE_WITHOUT_RESULT_ASKS: u32 = 8;
 
 /// How young a task is for a 404 to be asked again.
 const NEW_TASK: Duration = Duration::from_secs(120);
@@ -68,10 +73,10 @@ const NEW_TASK: Duration = Duration::from_secs(120);
 impl Unsettled {
     /// The wait before asking again about a DONE without its result, or `None` when it has
     /// been asked often enough.
-    pub(crate) fn done_without_result(&mut self, retry: &retry::Policy) -> Option<Duration> {
+    pub(crate) fn done_without_result(&mut self) -> Option<Duration> {
         self.done_without_result += 1;
-        (self.done_without_result <= UNSETTLED_ASKS)
-            .then(|| jitter(self.done_without_result, retry.base, retry.cap))
+        (self.done_without_result <= DONE_WITHOUT_RESULT_ASKS)
+            .then(|| healing_write_wait(self.done_without_result))
     }
 
     /// The wait before asking again about a task `age` old that Claid answered 404 for.
@@ -830,7 +835,7 @@ impl Runner {
                             deps.polls.record(Kind::Single, took, seen);
                             deps.metrics.task_seconds.observe(took.as_secs_f64());
                             let Some(output) = task.result.output_object else {
-                                if let Some(after) = unsettled.done_without_result(&deps.retry) {
+                                if let Some(after) = unsettled.done_without_result() {
                                     warn!(
                                         task_id,
                                         "Claid says the task is DONE but sent no result; polling it again"
