@@ -609,6 +609,11 @@ impl fmt::Debug for Client {
     }
 }
 
+/// The longest one download of a result may take in all while bytes keep coming (each
+/// silence is bounded by `api.request_timeout`): 256 MB (`limits.max_download_bytes`'s
+/// default) at about 0.5 MB/s.
+const MAX_DOWNLOAD_TIME: Duration = Duration::from_secs(600);
+
 /// One HTTP answer read in full (API calls only; downloads stream).
 struct Answer {
     status: StatusCode,
@@ -680,9 +685,12 @@ impl Client {
             .map_err(|_| ClaidError::Config {
                 about: "http client could not be built",
             })?;
+        // A result may be large and its host slow: `request_timeout` bounds a silence (no
+        // byte for that long), and the whole download gets at least `MAX_DOWNLOAD_TIME`.
         let downloads = reqwest::Client::builder()
             .user_agent(user_agent)
-            .timeout(cfg.request_timeout)
+            .read_timeout(cfg.request_timeout)
+            .timeout(cfg.request_timeout.max(MAX_DOWNLOAD_TIME))
             .connect_timeout(connect_timeout)
             .redirect(reqwest::redirect::Policy::limited(5))
             .build()

@@ -719,6 +719,42 @@ async fn download_of_a_chunked_body_that_breaks_off_is_truncated() {
     assert!(err.to_string().contains("truncated at 5 bytes"), "{err}");
 }
 
+/// A large result from a slow host takes longer than `request_timeout` in all, while bytes
+/// keep coming: it is downloaded whole (every attempt was cut at the timeout, and a billed
+/// result was lost). The timeout bounds a silence, not the whole body.
+#[tokio::test]
+async fn a_download_longer_than_the_request_timeout_while_bytes_keep_coming_completes() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let Ok((mut socket, _)) = listener.accept().await else {
+            return;
+        };
+        let mut chunk = [0u8; 4096];
+        let _ = socket.read(&mut chunk).await;
+        let _ = socket
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n")
+            .await;
+        // 10 bytes, one every 300 ms: 3 s in all, under 1 s of silence each time.
+        for byte in b"0123456789" {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if socket.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+            let _ = socket.flush().await;
+        }
+    });
+    let root = format!("http://{addr}");
+    let mut cfg = config(&format!("{root}/v1"));
+    cfg.request_timeout = Duration::from_secs(1);
+    let client = Client::new(cfg).unwrap();
+    let bytes = client
+        .download_once(&format!("{root}/files/slow.bin"))
+        .await
+        .expect("the whole body");
+    assert_eq!(&bytes[..], b"0123456789");
+}
+
 #[tokio::test]
 async fn download_truncated_body_is_a_transient_error() {
     let (root, count) =
