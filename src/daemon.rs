@@ -241,7 +241,7 @@ pub async fn run(
     info!(state = %folders.state.display(), "Opened the job store");
     // One daemon per inbox: another one on the same folder, above it or inside it would bill
     // the same manifests again. Held until this function returns.
-    let _inbox_claim =
+    let mut inbox_claim =
         watcher::claim_inbox(&folders.inbox, &folders.state).map_err(FatalError::InboxTaken)?;
     store.set_object_places(
         config
@@ -404,7 +404,7 @@ pub async fn run(
         if opts.once {
             run_once(&pipeline, &config, &opts).await
         } else {
-            run_watching(&pipeline, &config, &opts, &cancel)
+            run_watching(&pipeline, &config, &opts, &cancel, &mut inbox_claim)
                 .await
                 .map(|()| OnceEnd::Settled)
         }
@@ -773,6 +773,7 @@ async fn run_watching(
     config: &Config,
     opts: &RunOptions,
     cancel: &CancellationToken,
+    inbox_claim: &mut watcher::InboxClaim,
 ) -> Result<(), FatalError> {
     // The first scan is done before READY, so `systemctl start` returns once the inbox is known.
     // (Unreadable subfolders were named in a WARN; the daemon takes them in once readable.)
@@ -806,6 +807,9 @@ async fn run_watching(
     let mut watchdog_tick =
         tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |d| d / 2));
     let mut status_tick = tokio::time::interval(STATUS_INTERVAL);
+    // The inbox's lock is looked at as often as the inbox is rescanned.
+    let mut claim_tick = tokio::time::interval(config.watch.rescan.max(Duration::from_secs(1)));
+    let mut taken = None;
     // The config in force: what a SIGHUP's file is compared with.
     let mut running = config.clone();
     // The key in force (a digest): a SIGHUP after the key file changed says the new key waits
@@ -824,9 +828,23 @@ async fn run_watching(
             _ = status_tick.tick() => {
                 let _ = sd_notify::notify(&[NotifyState::Status(&status_line(pipeline))]);
             }
+            _ = claim_tick.tick() => {
+                if let Err(err) = inbox_claim.keep(&config.folders.inbox, &config.folders.state) {
+                    // Another daemon took the inbox while its lock was gone: this one stops,
+                    // or both would take in (and bill) every drop.
+                    error!(error = %err, "The inbox's lock file was deleted or replaced, and another daemon holds the inbox now; stopping");
+                    taken = Some(err);
+                    cancel.cancel();
+                    break;
+                }
+            }
         }
     }
-    match watch.await {
+    let watched = watch.await;
+    if let Some(err) = taken {
+        return Err(FatalError::InboxTaken(err));
+    }
+    match watched {
         Ok(Ok(())) => Ok(()),
         Ok(Err(err)) => Err(FatalError::Watcher(err)),
         Err(join) => {

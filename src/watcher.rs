@@ -964,7 +964,32 @@ pub const INBOX_LOCK: &str = ".claid-hotfolder.lock";
 /// A daemon's claim on its inbox: the lock lives as long as this.
 #[derive(Debug)]
 pub struct InboxClaim {
-    _file: Option<std::fs::File>,
+    file: Option<std::fs::File>,
+}
+
+impl InboxClaim {
+    /// Whether this daemon still holds the inbox's lock at its path: a lock file deleted (a
+    /// cleanup of dot files, `rsync --delete`, `git clean`) or an inbox folder replaced would
+    /// let a second daemon start on it and bill every drop again. Claimed again then (true);
+    /// refused when another daemon took the inbox meanwhile. A claim that holds no file (an
+    /// inbox the daemon may not write) is left as it is.
+    pub fn keep(&mut self, inbox: &Path, state: &Path) -> Result<bool, InboxTaken> {
+        use std::os::unix::fs::MetadataExt;
+        let Some(file) = &self.file else {
+            return Ok(false);
+        };
+        let identity = |meta: std::fs::Metadata| (meta.dev(), meta.ino());
+        let ours = file.metadata().ok().map(identity);
+        let there = std::fs::symlink_metadata(inbox.join(INBOX_LOCK))
+            .ok()
+            .map(identity);
+        if ours.is_some() && ours == there {
+            return Ok(false);
+        }
+        *self = claim_inbox(inbox, state)?;
+        warn!(inbox = %Escaped::path(inbox), lock = INBOX_LOCK, "The inbox's lock file was deleted or replaced; claimed the inbox again (leave that file in place: it keeps a second daemon off this inbox)");
+        Ok(true)
+    }
 }
 
 /// Another daemon watches the same manifests.
@@ -1009,7 +1034,7 @@ pub fn claim_inbox(inbox: &Path, state: &Path) -> Result<InboxClaim, InboxTaken>
                 Some(file) => file,
                 None => {
                     warn!(inbox = %Escaped::path(inbox), lock = INBOX_LOCK, error = %OsCause(&err), "Cannot claim the inbox (its lock file cannot be written): another daemon watching an overlapping folder would not be noticed");
-                    return Ok(InboxClaim { _file: None });
+                    return Ok(InboxClaim { file: None });
                 }
             }
         }
@@ -1029,7 +1054,7 @@ pub fn claim_inbox(inbox: &Path, state: &Path) -> Result<InboxClaim, InboxTaken>
         std::process::id(),
         state.display()
     );
-    let claim = InboxClaim { _file: Some(file) };
+    let claim = InboxClaim { file: Some(file) };
     check_others(inbox)?;
     Ok(claim)
 }

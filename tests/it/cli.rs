@@ -1139,6 +1139,57 @@ async fn run_once_exits_74_naming_an_inbox_folder_it_could_not_read() {
     );
 }
 
+/// The inbox's lock file deleted (a cleanup of dot files) or the inbox folder replaced while
+/// a daemon runs: the daemon claims the inbox again at its next rescan, so a second daemon
+/// started on it afterwards is still refused (75) instead of taking in, and billing, every
+/// drop a second time.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_inbox_lock_or_a_replaced_inbox_is_claimed_again() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let config = env.config("", "");
+    let mut daemon = env.spawn_daemon(&config, 0);
+    crate::support::wait_until("the first daemon is ready", DEADLINE, || {
+        env.daemon_log(0).contains("Ready")
+    })
+    .await;
+    let lock = env.inbox.join(".claid-hotfolder.lock");
+    let text = std::fs::read_to_string(&config).expect("config");
+    let outside = tempfile::tempdir().expect("tempdir");
+    let mut second = text.clone();
+    for folder in ["outbox", "archive", "rejected", "state"] {
+        let mine = env.dir.path().join(folder).display().to_string();
+        let theirs = outside.path().join(folder);
+        std::fs::create_dir_all(&theirs).expect("folder");
+        second = second.replace(
+            &format!("{folder}: {mine}"),
+            &format!("{folder}: {}", theirs.display()),
+        );
+    }
+    let second_config = outside.path().join("second.yaml");
+    std::fs::write(&second_config, second.replace("admin.sock", "admin-2.sock")).expect("config");
+    for how in ["the lock file deleted", "the inbox folder replaced"] {
+        if how == "the lock file deleted" {
+            std::fs::remove_file(&lock).expect("rm lock");
+        } else {
+            let old = env.dir.path().join("inbox.old");
+            std::fs::rename(&env.inbox, &old).expect("mv inbox");
+            std::fs::create_dir(&env.inbox).expect("mkdir inbox");
+        }
+        crate::support::wait_until("the inbox claimed again", DEADLINE, || {
+            lock.is_file()
+                && std::fs::read_to_string(&lock)
+                    .is_ok_and(|t| t.contains(&format!("PID {}", daemon.id().unwrap_or(0))))
+        })
+        .await;
+        let (code, out, err) =
+            cli(&["run", "--once", "--config", second_config.to_str().unwrap()]).await;
+        assert_eq!(code, 75, "{how}: {out}{err}");
+        assert!(err.contains("another daemon (PID "), "{how}: {err}");
+    }
+    crate::support::stop(&mut daemon).await;
+    assert!(env.daemon_log(0).contains("claimed the inbox again"));
+}
+
 /// Two daemons must not watch overlapping inboxes (each would take in, and bill, the same
 /// manifests): with a daemon running, another one (its own state, outbox and socket) on a
 /// folder inside that inbox, on the same inbox, or on a folder holding it is refused (75),
