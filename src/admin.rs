@@ -289,7 +289,13 @@ pub async fn status_view(
                     "failing".to_owned(),
                     Some(format!("{why} (for {} s)", for_.as_secs())),
                 ),
-                (None, None) => ("ok".to_owned(), None),
+                (None, None) => match p.inbox_problem() {
+                    Some((for_, why)) => (
+                        "failing".to_owned(),
+                        Some(format!("{why} (for {} s)", for_.as_secs())),
+                    ),
+                    None => ("ok".to_owned(), None),
+                },
             },
         };
         DaemonView {
@@ -751,6 +757,13 @@ async fn healthz(State(state): State<AdminState>) -> Response {
         return unavailable(serde_json::json!({
             "status": "failing",
             "reason": format!("the job store cannot be written: {why}"),
+            "for_seconds": for_.as_secs(),
+        }));
+    }
+    if let Some((for_, why)) = state.pipeline.inbox_problem() {
+        return unavailable(serde_json::json!({
+            "status": "failing",
+            "reason": why,
             "for_seconds": for_.as_secs(),
         }));
     }

@@ -745,7 +745,7 @@ fn validate_manifest_file(config: Option<&Config>, file: &Path, profile: Option<
             true
         }
         Err(err) => {
-            print!("{}", err.error_txt());
+            print!("{}", err.check_txt());
             if let (None, Some(profile)) = (config, profile) {
                 println!(
                     "hint: no config was read, so the profile `{profile}` is unknown: give the config that defines it with --config FILE or CLAID_HOTFOLDER_CONFIG (the daemon's is {DEFAULT_CONFIG})"
@@ -940,7 +940,7 @@ fn cmd_plan(config_path: &Path, file: &Path) -> anyhow::Result<i32> {
     let spec = match manifest::load(&load_ctx, &file) {
         Ok(spec) => spec,
         Err(err) => {
-            print!("{}", err.error_txt());
+            print!("{}", err.check_txt());
             return Ok(exit::DATA_ERR);
         }
     };

@@ -358,7 +358,16 @@ pub async fn run(
         _ => None,
     };
 
-    let admin_socket = admin::bind_socket(config.admin.socket.clone())?;
+    // Another live daemon on this socket stops the start; a socket that cannot be made (a
+    // folder this user may not write) leaves the daemon without one, said at once.
+    let admin_socket = match admin::bind_socket(config.admin.socket.clone()) {
+        Ok(bound) => Some(bound),
+        Err(err @ admin::AdminError::Taken { .. }) => return Err(err.into()),
+        Err(err) => {
+            error!(error = %error_chain(&err), "The admin socket cannot be made: `status`, `jobs` and `replay` cannot reach this daemon (set `admin.socket` to a folder it may write)");
+            None
+        }
+    };
     let metrics_listener = match config.admin.metrics_listen {
         Some(addr) => Some(admin::bind_metrics(addr).await?),
         None => None,
@@ -392,11 +401,13 @@ pub async fn run(
         pipeline: pipeline.clone(),
         metrics: metrics.clone(),
     };
-    let admin_task = tokio::spawn(admin::serve_socket(
-        admin_socket,
-        admin_state.clone(),
-        cancel.clone(),
-    ));
+    let admin_task = admin_socket.map(|socket| {
+        tokio::spawn(admin::serve_socket(
+            socket,
+            admin_state.clone(),
+            cancel.clone(),
+        ))
+    });
     let metrics_task = metrics_listener
         .map(|listener| tokio::spawn(admin::serve_metrics(listener, admin_state, cancel.clone())));
 
@@ -500,10 +511,7 @@ pub async fn run(
     } else {
         warn!(grace = ?grace, "Grace period over; parked jobs resume at the next start");
     }
-    for (name, task) in [
-        ("admin socket", Some(admin_task)),
-        ("metrics", metrics_task),
-    ] {
+    for (name, task) in [("admin socket", admin_task), ("metrics", metrics_task)] {
         let Some(task) = task else { continue };
         match task.await {
             Ok(Ok(())) => {}
@@ -829,6 +837,12 @@ async fn run_watching(
                 let _ = sd_notify::notify(&[NotifyState::Status(&status_line(pipeline))]);
             }
             _ = claim_tick.tick() => {
+                let inbox = &config.folders.inbox;
+                pipeline.set_inbox_problem(match std::fs::metadata(inbox) {
+                    Ok(meta) if meta.is_dir() => None,
+                    Ok(_) => Some(format!("the inbox {} is no folder any more; nothing dropped is taken in until it is one again", inbox.display())),
+                    Err(err) => Some(format!("the inbox {} cannot be read ({}); nothing dropped is taken in until it is back", inbox.display(), crate::os_error::OsCause(&err))),
+                });
                 if let Err(err) = inbox_claim.keep(&config.folders.inbox, &config.folders.state) {
                     // Another daemon took the inbox while its lock was gone: this one stops,
                     // or both would take in (and bill) every drop.

@@ -181,6 +181,25 @@ impl ManifestError {
         }
     }
 
+    /// What `validate` and `plan` print: [`ManifestError::error_txt`]'s problems, said of a
+    /// check (nothing was rejected or dropped).
+    pub fn check_txt(&self) -> String {
+        let text = self.error_txt();
+        let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        for line in &mut lines {
+            if let Some(rest) = line.strip_prefix("rejected: ") {
+                *line = format!("invalid: {}", rest.replace("; nothing was submitted.", "."));
+            } else if line.starts_with("Fix every problem below, then drop") {
+                *line = "Fix every problem below.".to_owned();
+            } else if line.starts_with("Check its permissions, then drop") {
+                *line = "Check its permissions.".to_owned();
+            }
+        }
+        let mut out = lines.join("\n");
+        out.push('\n');
+        out
+    }
+
     /// Contents of `rejected/<name>.error.txt`: the file and every problem with its line.
     pub fn error_txt(&self) -> String {
         let mut out = String::new();

@@ -555,6 +555,17 @@ impl Handle {
         self.shared.health.writes_blocked()
     }
 
+    /// The inbox as the daemon last found it: `Some(why)` while it cannot be watched (its
+    /// folder gone), `None` once it can.
+    pub fn set_inbox_problem(&self, why: Option<String>) {
+        self.shared.health.set_inbox_problem(why);
+    }
+
+    /// Since how long, and why, the inbox cannot be watched.
+    pub fn inbox_problem(&self) -> Option<(std::time::Duration, String)> {
+        self.shared.health.inbox_problem()
+    }
+
     /// Jobs whose submit answer was lost (or that a crash cut short) waiting for a webhook to
     /// adopt the task they became.
     pub fn awaiting_adoption(&self) -> usize {

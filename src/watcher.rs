@@ -983,10 +983,15 @@ impl InboxClaim {
         let there = std::fs::symlink_metadata(inbox.join(INBOX_LOCK))
             .ok()
             .map(identity);
-        if ours.is_some() && ours == there {
+        // An inbox that is gone is told by the daemon's health; claimed again once back.
+        if (ours.is_some() && ours == there) || !inbox.is_dir() {
             return Ok(false);
         }
-        *self = claim_inbox(inbox, state)?;
+        let claim = claim_inbox(inbox, state)?;
+        if claim.file.is_none() {
+            return Ok(false);
+        }
+        *self = claim;
         warn!(inbox = %Escaped::path(inbox), lock = INBOX_LOCK, "The inbox's lock file was deleted or replaced; claimed the inbox again (leave that file in place: it keeps a second daemon off this inbox)");
         Ok(true)
     }

@@ -431,13 +431,16 @@ impl Checker {
         };
         let poll_min = self.duration(root, "api.poll.min", DEFAULT_POLL_MIN, false);
         let poll_max = self.duration(root, "api.poll.max", DEFAULT_POLL_MAX, false);
+        // Read once: a bad value is one problem, not two.
+        let give_up_after = self.duration(
+            root,
+            "api.poll.give_up_after",
+            DEFAULT_POLL_GIVE_UP_AFTER,
+            false,
+        );
         if lookup(root, "api.poll.give_up_after").is_some()
-            && self.duration(
-                root,
-                "api.poll.give_up_after",
-                DEFAULT_POLL_GIVE_UP_AFTER,
-                false,
-            ) < poll_max
+            && !give_up_after.is_zero()
+            && give_up_after < poll_max
         {
             self.problem(
                 "api.poll.give_up_after",
@@ -491,12 +494,7 @@ impl Checker {
             poll: PollConfig {
                 min: poll_min,
                 max: poll_max,
-                give_up_after: self.duration(
-                    root,
-                    "api.poll.give_up_after",
-                    DEFAULT_POLL_GIVE_UP_AFTER,
-                    false,
-                ),
+                give_up_after,
             },
             unreachable_timeout: self.duration(
                 root,
@@ -854,10 +852,23 @@ impl Checker {
             Some(Value::String(text)) => match text.trim().parse() {
                 Ok(addr) => Some(addr),
                 Err(_) => {
+                    // Say which part is wrong: a port past 65535 is not a host name problem.
+                    let port = text.trim().rsplit_once(':').map(|(_, port)| port);
+                    let why = match port {
+                        Some(port)
+                            if !port.is_empty()
+                                && port.bytes().all(|b| b.is_ascii_digit())
+                                && port.parse::<u16>().is_err() =>
+                        {
+                            format!("its port `{port}` is past 65535")
+                        }
+                        None => "it has no port".to_owned(),
+                        _ => "a host name such as `localhost` is not taken".to_owned(),
+                    };
                     self.problem(
                         key,
                         format!(
-                            "`{}` is not an IP address and port (a host name such as `localhost` is not taken); use e.g. `{example}`{off}",
+                            "`{}` is not an IP address and port ({why}); use e.g. `{example}`{off}",
                             crate::text::Escaped::str(text)
                         ),
                     );

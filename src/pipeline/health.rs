@@ -55,6 +55,8 @@ pub struct HealthState {
     /// Why the outbox's disk takes no more outputs (nearly full, or not writable), as the
     /// activity monitor last found it: new submits wait too.
     disk: Mutex<Option<(Instant, String)>>,
+    /// Why the inbox cannot be watched (its folder gone), since when.
+    inbox: Mutex<Option<(Instant, String)>>,
 }
 
 /// Output writes that fail with an error that may heal, by where they hold submits.
@@ -163,6 +165,7 @@ impl HealthState {
             folders_changed: tokio::sync::Notify::new(),
             writes_failing: Mutex::new((0, None)),
             disk: Mutex::new(None),
+            inbox: Mutex::new(None),
         }
     }
 
@@ -330,6 +333,33 @@ impl HealthState {
             (Some((since, _)), Some(why)) => Some((since, why)),
             (None, Some(why)) => Some((Instant::now(), why)),
         };
+    }
+
+    /// The inbox as the daemon last found it: `Some(why)` while it cannot be watched, `None`
+    /// once it can (told once each way).
+    pub fn set_inbox_problem(&self, why: Option<String>) {
+        let mut inbox = self.inbox.lock().unwrap_or_else(PoisonError::into_inner);
+        *inbox = match (inbox.take(), why) {
+            (Some(_), None) => {
+                info!("The inbox can be watched again");
+                None
+            }
+            (None, None) => None,
+            (Some((since, _)), Some(why)) => Some((since, why)),
+            (None, Some(why)) => {
+                error!(error = %why, "The inbox cannot be watched; /healthz says failing until it is back");
+                Some((Instant::now(), why))
+            }
+        };
+    }
+
+    /// Since how long, and why, the inbox cannot be watched.
+    pub fn inbox_problem(&self) -> Option<(std::time::Duration, String)> {
+        self.inbox
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|(since, why)| (since.elapsed(), why.clone()))
     }
 
     /// Waits while outputs cannot be written (see [`HealthState::block_writes`]); false when

@@ -479,6 +479,33 @@ async fn a_second_daemon_on_a_live_admin_socket_is_refused_and_the_first_keeps_i
     );
 }
 
+/// An inbox folder that disappears while the daemon runs (an unmounted share, a deleted
+/// folder) is told by `/healthz` as failing, naming it, until it is back (it said ok while
+/// nothing dropped could be taken in).
+#[tokio::test(flavor = "multi_thread")]
+async fn healthz_tells_an_inbox_that_is_gone_until_it_is_back() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let config = env.config("", "");
+    let mut daemon = env.spawn_daemon(&config, 0);
+    wait_socket(&env).await;
+    let socket = env.socket();
+    assert_eq!(get(&socket, "/healthz").await.0, 200);
+    std::fs::remove_dir_all(&env.inbox).expect("rm inbox");
+    let failing = healthz_once_unavailable(&socket, Duration::from_secs(30)).await;
+    assert_eq!(failing.0, 503, "{}", failing.1);
+    assert!(
+        failing.1.contains("failing") && failing.1.contains("inbox"),
+        "{}",
+        failing.1
+    );
+    std::fs::create_dir(&env.inbox).expect("mkdir inbox");
+    wait_until_async("healthz ok again", Duration::from_secs(30), || async {
+        get(&socket, "/healthz").await.0 == 200
+    })
+    .await;
+    stop(&mut daemon).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_match_what_the_emulator_counted() {
     let env = TestEnv::new(Scenario::default()).await;

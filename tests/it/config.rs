@@ -369,3 +369,10 @@ fn issue15_a_credentials_file_error_never_shows_its_content() {
         .expect_err("refused");
     assert!(err.to_string().contains("not a credentials file"), "{err}");
 }
+
+/// A bad value is told once: `api.poll.give_up_after: 0s` was one line printed twice.
+#[test]
+fn a_bad_give_up_after_is_one_problem() {
+    let err = config::load(&fixtures().join("give-up-after-zero.yaml")).expect_err("refused");
+    assert_eq!(err.problems().len(), 1, "{err}");
+}
