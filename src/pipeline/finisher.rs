@@ -594,6 +594,7 @@ impl Finisher {
         superseded: bool,
     ) -> Result<(report::Tally, BTreeMap<FailureCode, u64>), StoreError> {
         let outbox = self.deps.folders.outbox.clone();
+        let archive = self.deps.folders.archive.clone();
         self.deps
             .store
             .read_for_report(move |reader| {
@@ -627,16 +628,26 @@ impl Finisher {
                 // (`<stem>.superseded-<registered>.report.json`): the newer run's, written
                 // later under the plain names, does not overwrite them.
                 let paths = report::rel_paths_of_run(&outbox, &m, superseded);
-                let written = report::write_streamed_to(&outbox, paths, &header, |emit| {
-                    reader.for_each_job_of_manifest(id, |_, job| emit(report::row(&job)))
-                });
-                match written {
+                let write = |root: &Path, paths| {
+                    report::write_streamed_to(root, paths, &header, |emit| {
+                        reader.for_each_job_of_manifest(id, |_, job| emit(report::row(&job)))
+                    })
+                };
+                match write(&outbox, paths.clone()) {
                     Ok((json, _csv)) => {
                         info!(manifest = %m.rel, report = %json.display(), counts = ?tally.counts, "Manifest report written")
                     }
-                    Err(err) => {
-                        error!(error = %err, manifest = %m.rel, "Cannot write the manifest report")
-                    }
+                    // An outbox that takes no report (read-only, not the daemon's to write):
+                    // the report goes beside the archived manifest, so the run still has its
+                    // outcome file.
+                    Err(err) => match write(&archive, paths) {
+                        Ok((json, _csv)) => {
+                            error!(error = %err, manifest = %m.rel, report = %json.display(), "Cannot write the manifest report into the outbox; written into the archive instead")
+                        }
+                        Err(again) => {
+                            error!(error = %err, archive_error = %again, manifest = %m.rel, "Cannot write the manifest report, into the outbox nor into the archive")
+                        }
+                    },
                 }
                 Ok((tally, failures))
             })

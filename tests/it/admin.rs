@@ -506,6 +506,54 @@ async fn healthz_tells_an_inbox_that_is_gone_until_it_is_back() {
     stop(&mut daemon).await;
 }
 
+/// An outbox that takes no report any more (made read-only for the daemon after its start):
+/// the report goes beside the archived manifest, so the run still has its outcome file.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_report_the_outbox_refuses_is_written_into_the_archive() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let config = env.config("", "");
+    let folder = env.outbox.join("m");
+    std::fs::create_dir_all(&folder).expect("outbox folder");
+    std::fs::create_dir_all(&env.inbox).expect("inbox");
+    std::fs::create_dir_all(&env.archive).expect("archive");
+    let root = crate::support::is_root();
+    if root {
+        let status = std::process::Command::new("chown")
+            .args(["-R", "65534:65534"])
+            .arg(env.dir.path())
+            .status()
+            .expect("chown");
+        assert!(status.success());
+    }
+    let wrapper: &[&str] = if root {
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+        ]
+    } else {
+        &[]
+    };
+    let mut daemon = env.spawn_daemon_wrapped(&config, 0, &[], wrapper);
+    wait_socket(&env).await;
+    std::fs::set_permissions(&env.outbox, std::fs::Permissions::from_mode(0o555)).expect("chmod");
+    env.drop_file("m.yaml", manifest_of(2, "m").as_bytes());
+    wait_until("the manifest archived", Duration::from_secs(60), || {
+        env.archive.join("m.yaml").is_file()
+    })
+    .await;
+    std::fs::set_permissions(&env.outbox, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    stop(&mut daemon).await;
+    assert_eq!(TestEnv::files_under(&folder).len(), 2, "the outputs");
+    assert!(!env.outbox.join("m.report.json").exists());
+    let report = std::fs::read_to_string(env.archive.join("m.report.json")).expect("report");
+    let report: serde_json::Value = serde_json::from_str(&report).expect("json");
+    assert_eq!(report["counts"]["done"], 2, "{report}");
+    assert!(env.archive.join("m.report.csv").is_file());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_match_what_the_emulator_counted() {
     let env = TestEnv::new(Scenario::default()).await;
