@@ -94,8 +94,11 @@ pub fn row(job: &JobV1) -> ReportRow {
         in_doubt: job.in_doubt,
         batch_id: job.batch,
         // Only an object that was written (and checked) is listed.
-        object: match job.state {
-            JobState::Done { .. } => crate::storages::destination_of(&job.body, &job.output_rel),
+        object: match &job.state {
+            JobState::Done { path, .. } => {
+                crate::storages::destination_of(&job.body, &job.output_rel)
+                    .map(|expected| checked_name(expected, path))
+            }
             _ => None,
         },
     };
@@ -236,6 +239,28 @@ pub fn write_streamed_to(
     Ok((json_path, csv_path))
 }
 
+/// The object a storage output's row names: the expected `storage://` URI, with the name of
+/// the object that was checked in the bucket (`checked`, its `s3://`/`gs://` URI) when Claid
+/// wrote it under the same stem with another extension (`f1.tif` for `f1.tiff`).
+fn checked_name(expected: String, checked: &str) -> String {
+    let name = |uri: &str| uri.rsplit('/').next().unwrap_or_default().to_owned();
+    let stem = |name: &str| {
+        name.rsplit_once('.')
+            .map_or(name.to_owned(), |(s, _)| s.to_owned())
+    };
+    if !(checked.starts_with("s3://") || checked.starts_with("gs://")) {
+        return expected;
+    }
+    let (want, got) = (name(&expected), name(checked));
+    if got.is_empty() || got == want || stem(&got) != stem(&want) {
+        return expected;
+    }
+    match expected.rsplit_once('/') {
+        Some((folder, _)) => format!("{folder}/{got}"),
+        None => expected,
+    }
+}
+
 /// The JSON of [`Report`] (same fields, same order), with `jobs` streamed.
 fn write_json(w: &mut dyn Write, header: &Header<'_>, rows: &RowSource<'_>) -> io::Result<()> {
     use serde::ser::{SerializeSeq as _, SerializeStruct, Serializer as _};
@@ -358,6 +383,32 @@ pub fn rel_paths_of_run(
 ) -> (PathBuf, PathBuf) {
     let tag = superseded.then(|| superseded_tag(m.registered_at_ms));
     rel_paths_tagged(outbox, Path::new(&m.rel), tag.as_deref())
+}
+
+#[cfg(test)]
+mod object_tests {
+    #[test]
+    fn a_row_names_the_object_checked_when_only_its_extension_differs() {
+        let expected = "storage://cat/out/m/f1.tiff".to_owned();
+        assert_eq!(
+            super::checked_name(expected.clone(), "s3://acme/images/out/m/f1.tif"),
+            "storage://cat/out/m/f1.tif"
+        );
+        assert_eq!(
+            super::checked_name(expected.clone(), "s3://acme/images/out/m/f1.tiff"),
+            expected
+        );
+        // Another name is not this row's object: the expected one stays.
+        assert_eq!(
+            super::checked_name(expected.clone(), "s3://acme/images/out/m/g2.tif"),
+            expected
+        );
+        // A local copy's path says nothing of the object's name.
+        assert_eq!(
+            super::checked_name(expected.clone(), "/srv/outbox/m/f1.tif"),
+            expected
+        );
+    }
 }
 
 #[cfg(test)]

@@ -199,17 +199,25 @@ impl Runner {
         };
         let (connector, key) = crate::storages::split_uri(&uri)?;
         let storage = deps.storages.by_connector(connector)?;
-        let info = match storage.objects.head(key).await {
-            // An empty object is no output to keep: `skip` has Claid write it again.
-            Ok(info) if info.size == 0 && policy == OnOutputExists::Skip => return None,
-            Ok(info) => info,
-            Err(crate::objects::ObjectError::NotFound { .. }) => return None,
-            Err(err) => {
-                warn!(error = %err, job_id = id, "Cannot see whether the output object exists; `on_output_exists` is not applied to it");
-                return None;
+        // Claid may have written it under the format's other extension (`.jpeg`, `.tif`).
+        let mut found = None;
+        for key in std::iter::once(key.to_owned()).chain(extension_alias(key)) {
+            match storage.objects.head(&key).await {
+                // An empty object is no output to keep: `skip` has Claid write it again.
+                Ok(info) if info.size == 0 && policy == OnOutputExists::Skip => return None,
+                Ok(info) => {
+                    found = Some((key, info));
+                    break;
+                }
+                Err(crate::objects::ObjectError::NotFound { .. }) => {}
+                Err(err) => {
+                    warn!(error = %err, job_id = id, "Cannot see whether the output object exists; `on_output_exists` is not applied to it");
+                    return None;
+                }
             }
-        };
-        let object = storage.objects.uri(key);
+        }
+        let (key, info) = found?;
+        let object = storage.objects.uri(&key);
         if policy == OnOutputExists::Fail {
             let message = format!("the object {object} already exists (`on_output_exists: fail`)");
             return match self.fail(id, FailureCode::OutputExists, &message).await {
@@ -1323,6 +1331,20 @@ impl Runner {
     }
 }
 
+/// `key` under its format's other usual extension (`a.jpg` ↔ `a.jpeg`, `a.tif` ↔ `a.tiff`,
+/// in any letter case), where Claid may have written it.
+fn extension_alias(key: &str) -> Option<String> {
+    let (stem, ext) = key.rsplit_once('.')?;
+    let other = match ext.to_ascii_lowercase().as_str() {
+        "jpg" => "jpeg",
+        "jpeg" => "jpg",
+        "tif" => "tiff",
+        "tiff" => "tif",
+        _ => return None,
+    };
+    Some(format!("{stem}.{other}"))
+}
+
 /// The folder that refused an output's write at `output`: the deepest one present on its way
 /// (the writer creates the missing ones below it), at most the outbox itself.
 fn refusing_folder(outbox: &Path, output: &Path) -> PathBuf {
@@ -1616,6 +1638,20 @@ fn kept_file(path: &Path) -> std::io::Result<DoneInfo> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_object_key_has_its_formats_other_extension() {
+        use super::extension_alias;
+        assert_eq!(
+            extension_alias("out/m/f1.tiff").as_deref(),
+            Some("out/m/f1.tif")
+        );
+        assert_eq!(
+            extension_alias("out/m/f1.JPG").as_deref(),
+            Some("out/m/f1.jpeg")
+        );
+        assert_eq!(extension_alias("out/m/f1.png"), None);
+        assert_eq!(extension_alias("out/v1.2/f1"), None);
+    }
     use super::*;
     use crate::objects::ObjectError;
 
