@@ -203,6 +203,14 @@ pub async fn run(
     opts: RunOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Outcome, FatalError> {
+    // A daemon takes SIGHUP as "reload" from its first moment: one that came before the
+    // watch loop (the admin socket answers early) would otherwise end the process, SIGHUP's
+    // default. It is read once the inbox is watched. `run --once` keeps the default.
+    let hangup = if opts.once {
+        None
+    } else {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+    };
     let api_key = crate::config::load_api_key(&config.api)?;
     if let Some(warning) = crate::config::api_key_exposure(&config.api) {
         warn!("{warning}");
@@ -415,7 +423,7 @@ pub async fn run(
         if opts.once {
             run_once(&pipeline, &config, &opts).await
         } else {
-            run_watching(&pipeline, &config, &opts, &cancel, &mut inbox_claim)
+            run_watching(&pipeline, &config, &opts, &cancel, &mut inbox_claim, hangup)
                 .await
                 .map(|()| OnceEnd::Settled)
         }
@@ -782,6 +790,7 @@ async fn run_watching(
     opts: &RunOptions,
     cancel: &CancellationToken,
     inbox_claim: &mut watcher::InboxClaim,
+    mut hangup: Option<tokio::signal::unix::Signal>,
 ) -> Result<(), FatalError> {
     // The first scan is done before READY, so `systemctl start` returns once the inbox is known.
     // (Unreadable subfolders were named in a WARN; the daemon takes them in once readable.)
@@ -810,7 +819,6 @@ async fn run_watching(
         })
     };
     info!(inbox = %config.folders.inbox.display(), "Watching the inbox");
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let watchdog = sd_notify::watchdog_enabled();
     let mut watchdog_tick =
         tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |d| d / 2));
