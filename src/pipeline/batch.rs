@@ -961,14 +961,7 @@ impl BatchRunner {
                         deps.poll.give_up_after,
                         &polled.batch.status,
                     ) {
-                        for m in members {
-                            self.fail(m, FailureCode::TaskTimeout, &message).await;
-                        }
-                        // Its results, if Claid announces them later, are still taken.
-                        deps.dispatch.timed_out(
-                            batch_id,
-                            members.iter().map(|m| (m.manifest, m.id)).collect(),
-                        );
+                        self.time_out(batch_id, members, &message).await;
                         return None;
                     }
                     clock.running();
@@ -1005,13 +998,7 @@ impl BatchRunner {
                             deps.polls.watched_since(submitted_at_ms),
                             deps.poll.give_up_after,
                         ) {
-                            for m in members {
-                                self.fail(m, FailureCode::TaskTimeout, &message).await;
-                            }
-                            deps.dispatch.timed_out(
-                                batch_id,
-                                members.iter().map(|m| (m.manifest, m.id)).collect(),
-                            );
+                            self.time_out(batch_id, members, &message).await;
                             return None;
                         }
                         delay = retry_after;
@@ -1244,6 +1231,18 @@ impl BatchRunner {
                 self.deps.queue.push_back(vec![(m.manifest, m.id)]);
             }
         }
+    }
+
+    /// Fails the batch's `members` as `task-timeout` (`message`); its results, if Claid
+    /// announces them later, are still taken (see `Dispatch::timed_out`).
+    async fn time_out(&self, batch_id: u64, members: &[Member], message: &str) {
+        for m in members {
+            self.fail(m, FailureCode::TaskTimeout, message).await;
+        }
+        self.deps.dispatch.timed_out(
+            batch_id,
+            members.iter().map(|m| (m.manifest, m.id)).collect(),
+        );
     }
 
     async fn fail(&self, member: &Member, code: FailureCode, message: &str) {

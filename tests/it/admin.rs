@@ -45,6 +45,27 @@ async fn wait_socket(env: &TestEnv) {
     .await;
 }
 
+/// Root writes anything: the daemon then runs as `nobody` (the wrapper returned), owning the
+/// test's tree, so that folder modes apply to it. Nothing to wrap for another user.
+fn as_nobody(env: &TestEnv) -> &'static [&'static str] {
+    if !crate::support::is_root() {
+        return &[];
+    }
+    let status = std::process::Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(env.dir.path())
+        .status()
+        .expect("chown");
+    assert!(status.success());
+    &[
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--",
+    ]
+}
+
 fn manifest_of(n: usize, prefix: &str) -> String {
     let mut text = String::from("images:\n");
     for i in 0..n {
@@ -329,27 +350,8 @@ async fn an_outbox_the_daemon_may_not_write_holds_new_submits_and_is_told_by_hea
     std::fs::create_dir_all(&folder).expect("outbox folder");
     // Root writes anything: the daemon then runs as `nobody`, owning the tree, so that the
     // folder's mode applies to it.
-    let root = crate::support::is_root();
-    if root {
-        let status = std::process::Command::new("chown")
-            .args(["-R", "65534:65534"])
-            .arg(env.dir.path())
-            .status()
-            .expect("chown");
-        assert!(status.success());
-    }
+    let wrapper = as_nobody(&env);
     std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o555)).expect("chmod");
-    let wrapper: &[&str] = if root {
-        &[
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--",
-        ]
-    } else {
-        &[]
-    };
     let mut daemon = env.spawn_daemon_wrapped(&config, 0, &[], wrapper);
     wait_socket(&env).await;
     let socket = env.socket();
@@ -389,27 +391,8 @@ async fn an_outbox_folder_the_daemon_may_not_write_holds_only_its_own_images() {
     env.drop_file("m.yaml", manifest_of(3, "m").as_bytes());
     let folder = env.outbox.join("m");
     std::fs::create_dir_all(&folder).expect("outbox folder");
-    let root = crate::support::is_root();
-    if root {
-        let status = std::process::Command::new("chown")
-            .args(["-R", "65534:65534"])
-            .arg(env.dir.path())
-            .status()
-            .expect("chown");
-        assert!(status.success());
-    }
+    let wrapper = as_nobody(&env);
     std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o555)).expect("chmod");
-    let wrapper: &[&str] = if root {
-        &[
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--",
-        ]
-    } else {
-        &[]
-    };
     let mut daemon = env.spawn_daemon_wrapped(&config, 0, &[], wrapper);
     wait_socket(&env).await;
     let failing = healthz_once_unavailable(&env.socket(), Duration::from_secs(60)).await;
@@ -516,26 +499,7 @@ async fn a_report_the_outbox_refuses_is_written_into_the_archive() {
     std::fs::create_dir_all(&folder).expect("outbox folder");
     std::fs::create_dir_all(&env.inbox).expect("inbox");
     std::fs::create_dir_all(&env.archive).expect("archive");
-    let root = crate::support::is_root();
-    if root {
-        let status = std::process::Command::new("chown")
-            .args(["-R", "65534:65534"])
-            .arg(env.dir.path())
-            .status()
-            .expect("chown");
-        assert!(status.success());
-    }
-    let wrapper: &[&str] = if root {
-        &[
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--",
-        ]
-    } else {
-        &[]
-    };
+    let wrapper = as_nobody(&env);
     let mut daemon = env.spawn_daemon_wrapped(&config, 0, &[], wrapper);
     wait_socket(&env).await;
     std::fs::set_permissions(&env.outbox, std::fs::Permissions::from_mode(0o555)).expect("chmod");

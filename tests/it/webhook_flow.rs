@@ -894,25 +894,10 @@ async fn a_result_announced_after_task_timeout_is_taken_not_paid_for_again() {
         let port = free_port();
         let env =
             TestEnv::new(announcing(port).latency(Latency::Fixed(Duration::from_secs(4)))).await;
-        let config = env.config(api, &webhook_section(&env, port, "1s"));
-        let text = std::fs::read_to_string(&config).expect("config");
-        std::fs::write(
-            &config,
-            text.replace(
-                "poll: { min: 50ms, max: 500ms }",
-                "poll: { min: 50ms, max: 500ms, give_up_after: 1500ms }",
-            ),
-        )
-        .expect("config");
+        let config = giving_up_early(&env, port, api);
         let mut daemon = env.spawn_daemon(&config, 0);
         env.drop_file("m.yaml", manifest(2, "late").as_bytes());
-        let reported = |status: &str| {
-            let report = std::fs::read_to_string(env.outbox.join("m.report.json")).ok();
-            report
-                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                .and_then(|r| r["jobs"].as_array().cloned())
-                .is_some_and(|rows| rows.len() == 2 && rows.iter().all(|r| r["status"] == status))
-        };
+        let reported = |status: &str| both_rows_are(&env, status);
         wait_until("the images fail as task-timeout", DEADLINE, || {
             reported("failed")
         })
@@ -936,6 +921,30 @@ async fn a_result_announced_after_task_timeout_is_taken_not_paid_for_again() {
     }
 }
 
+/// The config of the late-result tests: webhooks on `port`, tasks given up after 1.5 s.
+fn giving_up_early(env: &TestEnv, port: u16, api: &str) -> PathBuf {
+    let config = env.config(api, &webhook_section(env, port, "1s"));
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        text.replace(
+            "poll: { min: 50ms, max: 500ms }",
+            "poll: { min: 50ms, max: 500ms, give_up_after: 1500ms }",
+        ),
+    )
+    .expect("config");
+    config
+}
+
+/// Whether `m.report.json` has its two rows, both `status`.
+fn both_rows_are(env: &TestEnv, status: &str) -> bool {
+    std::fs::read_to_string(env.outbox.join("m.report.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|r| r["jobs"].as_array().cloned())
+        .is_some_and(|rows| rows.len() == 2 && rows.iter().all(|r| r["status"] == status))
+}
+
 /// The same after a SIGKILL: the images failed as `task-timeout` and the daemon was killed
 /// and started again before Claid finished; the final webhook, coming to the new process,
 /// is still taken (the timed-out jobs are in the store, not only in the old process's
@@ -946,25 +955,10 @@ async fn a_result_announced_after_task_timeout_and_a_restart_is_still_taken() {
         let port = free_port();
         let env =
             TestEnv::new(announcing(port).latency(Latency::Fixed(Duration::from_secs(8)))).await;
-        let config = env.config(api, &webhook_section(&env, port, "1s"));
-        let text = std::fs::read_to_string(&config).expect("config");
-        std::fs::write(
-            &config,
-            text.replace(
-                "poll: { min: 50ms, max: 500ms }",
-                "poll: { min: 50ms, max: 500ms, give_up_after: 1500ms }",
-            ),
-        )
-        .expect("config");
+        let config = giving_up_early(&env, port, api);
         let mut daemon = env.spawn_daemon(&config, 0);
         env.drop_file("m.yaml", manifest(2, "late").as_bytes());
-        let reported = |status: &str| {
-            let report = std::fs::read_to_string(env.outbox.join("m.report.json")).ok();
-            report
-                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                .and_then(|r| r["jobs"].as_array().cloned())
-                .is_some_and(|rows| rows.len() == 2 && rows.iter().all(|r| r["status"] == status))
-        };
+        let reported = |status: &str| both_rows_are(&env, status);
         wait_until("the images fail as task-timeout", DEADLINE, || {
             reported("failed")
         })
