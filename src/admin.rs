@@ -66,6 +66,11 @@ pub enum AdminError {
         Escaped::path(path)
     )]
     Taken { path: PathBuf },
+    #[error(
+        "`admin.socket` names {}, which is not a socket: it is left as it is; set `admin.socket` to a path where nothing is (the package's is /run/claid-hotfolder/admin.sock)",
+        Escaped::path(path)
+    )]
+    NotASocket { path: PathBuf },
     #[error("no daemon answers on {}", Escaped::path(path))]
     NotRunning { path: PathBuf },
     #[error(
@@ -269,15 +274,22 @@ pub async fn status_view(
     let (rows_in_flight, rows_queued) =
         active.fold((0u64, 0u64), |(f, q), m| (f + m.in_flight, q + m.queued));
     let daemon = live.map(|p| {
-        let (health, reason) = match (p.health(), p.writes_blocked()) {
-            (Health::Paused { reason, .. }, _) => ("paused".to_owned(), Some(reason)),
-            (Health::Healthy, Some(why)) => (
+        let (health, reason) = match (p.health(), p.writes_blocked_everywhere(), p.folder_held()) {
+            (Health::Paused { reason, .. }, _, _) => ("paused".to_owned(), Some(reason)),
+            (Health::Healthy, Some(why), _) => (
                 "paused".to_owned(),
                 Some(format!(
                     "an output cannot be written ({why}); new images wait"
                 )),
             ),
-            (Health::Healthy, None) => match (p.outage(), p.store().write_failing()) {
+            (Health::Healthy, None, Some((folder, why))) => (
+                "failing".to_owned(),
+                Some(format!(
+                    "the outbox folder {} cannot be written ({why}); images whose output goes there wait, the others go on",
+                    Escaped::path(&folder)
+                )),
+            ),
+            (Health::Healthy, None, None) => match (p.outage(), p.store().write_failing()) {
                 (_, Some((for_, why))) => (
                     "failing".to_owned(),
                     Some(format!(
@@ -584,6 +596,14 @@ pub fn bind_socket(path: PathBuf) -> Result<BoundSocket, AdminError> {
     }
     if std::os::unix::net::UnixStream::connect(&path).is_ok() {
         return Err(AdminError::Taken { path });
+    }
+    // Only a socket is ever removed: a path that names a file (a typo pointing at the config
+    // or the key file) is refused, never deleted.
+    if let Ok(meta) = std::fs::symlink_metadata(&path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            return Err(AdminError::NotASocket { path });
+        }
     }
     match std::fs::remove_file(&path) {
         Ok(()) => info!(socket = %Escaped::path(&path), "Removed a stale admin socket"),

@@ -370,7 +370,9 @@ pub async fn run(
     // folder this user may not write) leaves the daemon without one, said at once.
     let admin_socket = match admin::bind_socket(config.admin.socket.clone()) {
         Ok(bound) => Some(bound),
-        Err(err @ admin::AdminError::Taken { .. }) => return Err(err.into()),
+        Err(err @ (admin::AdminError::Taken { .. } | admin::AdminError::NotASocket { .. })) => {
+            return Err(err.into());
+        }
         Err(err) => {
             error!(error = %error_chain(&err), "The admin socket cannot be made: `status`, `jobs` and `replay` cannot reach this daemon (set `admin.socket` to a folder it may write)");
             None

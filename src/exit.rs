@@ -147,6 +147,7 @@ fn of_one(err: &(dyn Error + 'static)) -> Option<i32> {
             }
             AdminError::Denied { .. } => NO_PERM,
             AdminError::Taken { .. } => TEMP_FAIL,
+            AdminError::NotASocket { .. } => USAGE,
             AdminError::NotRunning { .. } | AdminError::Request { .. } => UNAVAILABLE,
         });
     }
@@ -192,6 +193,7 @@ pub fn of_fatal(err: &FatalError) -> i32 {
         FatalError::AlreadyRunning { .. }
         | FatalError::InboxTaken(_)
         | FatalError::Admin(AdminError::Taken { .. }) => TEMP_FAIL,
+        FatalError::Admin(AdminError::NotASocket { .. }) => USAGE,
         FatalError::Admin(AdminError::Bind { cause, .. })
         | FatalError::Admin(AdminError::MetricsBind { cause, .. }) => of_io(cause, Access::Create),
         FatalError::Admin(_) => IO_ERR,

@@ -555,6 +555,16 @@ impl Handle {
         self.shared.health.writes_blocked()
     }
 
+    /// Why no new image is submitted at all (a full disk, no file descriptors left), while so.
+    pub fn writes_blocked_everywhere(&self) -> Option<String> {
+        self.shared.health.writes_blocked_everywhere()
+    }
+
+    /// A folder of the outbox whose images wait for it to take writes, and why.
+    pub fn folder_held(&self) -> Option<(std::path::PathBuf, String)> {
+        self.shared.health.folder_held()
+    }
+
     /// The inbox as the daemon last found it: `Some(why)` while it cannot be watched (its
     /// folder gone), `None` once it can.
     pub fn set_inbox_problem(&self, why: Option<String>) {

@@ -243,8 +243,11 @@ pub fn decoded(name: &str) -> String {
 /// extension (`…/sku-1.png` with jpeg output → `sku-1.jpg`; no extension → one is added).
 /// `image` stands in for an input without a basename.
 pub fn batch_output_name(input: &str, ext: &str) -> String {
-    let name = decoded(basename(input));
-    let name = name.as_str();
+    output_name_of(&decoded(basename(input)), ext)
+}
+
+/// The batch output name of an input whose file name is `name` (see [`batch_output_name`]).
+pub fn output_name_of(name: &str, ext: &str) -> String {
     let stem = match name.rsplit_once('.') {
         Some((stem, _)) if !stem.is_empty() => stem,
         _ => name,

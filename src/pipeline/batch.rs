@@ -1471,13 +1471,22 @@ pub fn unexplained(unmatched: Vec<String>, members: &[Member], siblings: &[Strin
 
 /// The names a result of `input` may carry (matched by [`match_results`]): the batch output's
 /// name (the input's with the format's `extension`), the input's own name, and its stem.
-fn result_names(input: &str, extension: &str) -> [String; 3] {
-    let base = wire::decoded(wire::basename(input));
-    [
+fn result_names(input: &str, extension: &str) -> Vec<String> {
+    let raw = wire::basename(input);
+    let base = wire::decoded(raw);
+    let mut names = vec![
         wire::batch_output_name(input, extension),
         stem(&base).to_owned(),
-        base,
-    ]
+        base.clone(),
+    ];
+    // An input URL that encodes its name (`caf%C3%A9-1.png`), which Claid may keep as it is
+    // (its result URL then encodes the `%` again): the name as written matches too.
+    if raw != base {
+        names.push(wire::output_name_of(raw, extension));
+        names.push(stem(raw).to_owned());
+        names.push(raw.to_owned());
+    }
+    names
 }
 
 fn stem(name: &str) -> &str {
@@ -1669,16 +1678,26 @@ mod tests {
         let mut members = [member(1), member(2), member(3)];
         members[0].job.input = "https://example.com/café-1.png".to_owned();
         members[1].job.input = "https://example.com/caf%C3%A9-2.png".to_owned();
+        members[2].job.input = "https://example.com/cr%C3%A8me-3.png".to_owned();
         let result = done_batch(vec![
             result_named("https://claid.example/out/caf%C3%A9-1.jpg"),
             result_named("https://claid.example/out/café-2.jpg"),
-            result_named("https://claid.example/out/3.jpg"),
-            result_named("https://claid.example/out/3.jpg"),
+            // Claid kept the encoded name, and its URL encodes the `%` again.
+            result_named("https://claid.example/out/cr%25C3%25A8me-3.jpg"),
         ]);
         let matched = match_results(&result, &members);
         let mut done: Vec<usize> = matched.done.iter().map(|(index, _)| *index).collect();
         done.sort_unstable();
         assert_eq!(done, vec![0, 1, 2], "{:?}", matched.unmatched);
+        assert!(matched.unmatched.is_empty());
+        // The same object listed twice.
+        let members = [member(3)];
+        let result = done_batch(vec![
+            result_named("https://claid.example/out/3.jpg"),
+            result_named("https://claid.example/out/3.jpg"),
+        ]);
+        let matched = match_results(&result, &members);
+        assert_eq!(matched.done.len(), 1, "{:?}", matched.unmatched);
         assert!(matched.unmatched.is_empty());
     }
 

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::claid::{ClaidError, Unanswered};
 use crate::pipeline::notices::{Notice, Notices};
@@ -109,8 +109,13 @@ impl Drop for WritesBlocked {
                 });
                 if left == Some(0) {
                     writes.folders.remove(folder);
+                    let given_up = writes.given_up.contains_key(folder);
                     drop(writes);
-                    info!(folder = %crate::text::Escaped::path(folder), "No output waits to be written into this folder any more; its images are submitted again");
+                    if given_up {
+                        warn!(folder = %crate::text::Escaped::path(folder), "Writes into this folder were given up on; its images fail without a submit until a file can be created there");
+                    } else {
+                        info!(folder = %crate::text::Escaped::path(folder), "No output waits to be written into this folder any more; its images are submitted again");
+                    }
                     self.health.folders_changed.notify_one();
                 }
             }
@@ -212,9 +217,19 @@ impl HealthState {
         self.disk_problem().map(|(_, why)| why)
     }
 
+    /// A folder whose images wait for it to take writes, and why (one of them, when several).
+    pub fn folder_held(&self) -> Option<(PathBuf, String)> {
+        let writes = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
+        writes
+            .folders
+            .iter()
+            .next()
+            .map(|(folder, (_, why))| (folder.clone(), why.clone()))
+    }
+
     /// Why no new image may be submitted at all now, while none may (see
     /// [`HealthState::writable`]).
-    fn writes_blocked_everywhere(&self) -> Option<String> {
+    pub fn writes_blocked_everywhere(&self) -> Option<String> {
         let writes = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
         if writes.everywhere.0 > 0 {
             return Some(writes.everywhere.1.clone());

@@ -1612,8 +1612,9 @@ pub(crate) fn rate_limited_too_long(
     let age = Duration::from_millis(now_ms().saturating_sub(submitted_at_ms));
     (age >= give_up_after).then(|| {
         format!(
-            "Claid answered the task's polls with 429 (rate limited) until {} had passed (`api.poll.give_up_after`); it may have finished and been billed: its webhook is still taken, and `replay` submits it again",
-            humantime::format_duration(Duration::from_secs(age.as_secs()))
+            "Claid answered the task's polls with 429 (rate limited) for {} (`api.poll.give_up_after` is {}); it may have finished and been billed: its webhook is still taken, and `replay` submits it again",
+            humantime::format_duration(Duration::from_secs(age.as_secs())),
+            humantime::format_duration(give_up_after)
         )
     })
 }

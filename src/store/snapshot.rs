@@ -78,9 +78,10 @@ impl Snapshot {
     }
 }
 
-/// Catches SIGINT and SIGTERM from now on, on a thread of its own (the command's own thread
-/// may be busy copying): on either, the folder put into the returned slot (the copy) is
-/// removed and the process exits as a signal would have ended it (130, 143). `None` when the
+/// Catches SIGINT, SIGTERM, SIGHUP (a closed terminal) and SIGQUIT from now on, on a thread
+/// of its own (the command's own thread may be busy copying): on any, the folder put into the
+/// returned slot (the copy) is removed and the process exits as the signal would have ended it
+/// (130, 143, 129, 131). `None` when the
 /// handlers cannot be installed (the copy is then removed only by a normal end, as before).
 fn remove_on_signal() -> Option<std::sync::Arc<std::sync::Mutex<Option<PathBuf>>>> {
     use tokio::signal::unix::{SignalKind, signal};
@@ -98,9 +99,11 @@ fn remove_on_signal() -> Option<std::sync::Arc<std::sync::Mutex<Option<PathBuf>>
                 return;
             };
             runtime.block_on(async move {
-                let (Ok(mut term), Ok(mut int)) = (
+                let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut quit)) = (
                     signal(SignalKind::terminate()),
                     signal(SignalKind::interrupt()),
+                    signal(SignalKind::hangup()),
+                    signal(SignalKind::quit()),
                 ) else {
                     let _ = installed.send(false);
                     return;
@@ -109,6 +112,8 @@ fn remove_on_signal() -> Option<std::sync::Arc<std::sync::Mutex<Option<PathBuf>>
                 let code = tokio::select! {
                     _ = term.recv() => 143,
                     _ = int.recv() => 130,
+                    _ = hup.recv() => 129,
+                    _ = quit.recv() => 131,
                 };
                 let dir = theirs
                     .lock()

@@ -518,6 +518,30 @@ async fn a_report_the_outbox_refuses_is_written_into_the_archive() {
     assert!(env.archive.join("m.report.csv").is_file());
 }
 
+/// `admin.socket` naming a regular file (a typo pointing at the config or the key file) stops
+/// the start with 64, naming it, and leaves the file as it is (it was removed as a stale
+/// socket).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_admin_socket_path_that_names_a_file_is_refused_and_the_file_kept() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let config = env.config("", "");
+    let precious = env.dir.path().join("important.txt");
+    std::fs::write(&precious, "precious\n").expect("file");
+    let text = std::fs::read_to_string(&config).expect("config");
+    let text = text.replace(
+        &env.socket().display().to_string(),
+        &precious.display().to_string(),
+    );
+    std::fs::write(&config, text).expect("config");
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("which is not a socket"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&precious).expect("kept"),
+        "precious\n"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_match_what_the_emulator_counted() {
     let env = TestEnv::new(Scenario::default()).await;
