@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tracing::{error, info, warn};
 
-use crate::codes::StateName;
+use crate::codes::{FailureCode, StateName};
 use crate::http_server::{self, Accept, Bounds};
 use crate::metrics::Metrics;
 use crate::os_error::OsCause;
@@ -188,6 +188,24 @@ pub struct ReplayPreview {
     pub input: String,
     /// Outbox-relative output.
     pub output: String,
+    /// Claid made this image's result already, or may still make it: the job is done, or failed after Claid accepted its task for a reason of this side or of time
+    /// (`task-timeout`, a download or a write that failed). Sending it again is billed again.
+    #[serde(default)]
+    pub billed: bool,
+}
+
+/// Whether Claid has billed (or may yet bill) the task `state` records: see
+/// [`ReplayPreview::billed`]. A task Claid ended in error, or no longer knows, made nothing.
+fn billed_already(state: &JobState) -> bool {
+    match state {
+        JobState::Done { .. } => true,
+        JobState::Failed {
+            task_id: Some(_),
+            code,
+            ..
+        } => !matches!(code, FailureCode::ClaidError | FailureCode::TaskLost),
+        _ => false,
+    }
 }
 
 /// The jobs `ids` as a dry run shows them.
@@ -203,6 +221,7 @@ pub async fn replay_preview(
                 state: job.state.kind().to_owned(),
                 input: crate::text::redact_credentials(&job.input).into_owned(),
                 output: job.output_rel.clone(),
+                billed: billed_already(&job.state),
             });
         }
     }

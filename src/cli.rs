@@ -115,8 +115,8 @@ pub enum Command {
         /// Only jobs that changed since this time (RFC 3339, `2026-11-29T10:00:00Z`) or this long ago (`2h`).
         #[arg(long, value_name = "TIME", value_parser = parse_since)]
         since: Option<u64>,
-        /// List the jobs that would be requeued (and which were done: sending those again is
-        /// billed again) without changing anything.
+        /// List the jobs that would be requeued (and which Claid made or may have made already:
+        /// sending those again is billed again) without changing anything.
         #[arg(long)]
         dry_run: bool,
     },
@@ -1421,18 +1421,35 @@ fn cmd_replay(
     };
     if dry_run && !answer.preview.is_empty() {
         let done = answer.preview.iter().filter(|p| p.state == "done").count();
-        let billed = if done > 0 {
-            format!(" ({done} of them done: sending those again is billed again)")
-        } else {
-            String::new()
+        // Failed after Claid took the task (a task-timeout, a download or write that failed):
+        // Claid made, or may still make, the result it bills for.
+        let taken = answer
+            .preview
+            .iter()
+            .filter(|p| p.billed && p.state != "done")
+            .count();
+        let billed = match (done, taken) {
+            (0, 0) => String::new(),
+            (done, 0) => format!(" ({done} of them done: sending those again is billed again)"),
+            (0, taken) => format!(
+                " ({taken} of them failed after Claid took their task, which it may have made and billed: sending those again may be billed twice)"
+            ),
+            (done, taken) => format!(
+                " ({done} of them done and {taken} failed after Claid took their task: sending those again is billed again)"
+            ),
         };
         println!(
             "Would requeue {} jobs{billed}; nothing was changed (run it again without --dry-run):",
             answer.preview.len()
         );
         for job in &answer.preview {
+            let note = if job.billed && job.state != "done" {
+                "  (Claid took its task: it may be billed already)"
+            } else {
+                ""
+            };
             println!(
-                "  {:>8}  {:<9} {} -> {}",
+                "  {:>8}  {:<9} {} -> {}{note}",
                 job.id,
                 job.state,
                 Escaped::str(&job.input),

@@ -309,7 +309,7 @@ async fn issue11_a_rejected_manifest_that_cannot_be_moved_still_gets_an_error_fi
 
 /// A task (or batch) Claid never finishes does not keep `run --once` waiting for ever: after
 /// `api.poll.give_up_after` its images fail as `task-timeout`, naming the task, and the run
-/// ends (exit 2).
+/// ends (exit 2). A dry run of their replay says Claid may have made and billed them.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_task_claid_never_finishes_fails_after_give_up_after_and_the_run_ends() {
     for api in ["batch: { max_images: 1 }", ""] {
@@ -353,6 +353,27 @@ async fn a_task_claid_never_finishes_fails_after_give_up_after_and_the_run_ends(
             );
         }
         assert_eq!(env.stats().duplicate_submits, 0);
+        // Claid took those tasks and may still make (and bill) them: a dry run of their
+        // replay says so, row by row.
+        let (code, out, err) = cli(&[
+            "replay",
+            "--failed",
+            "--dry-run",
+            "--config",
+            config.to_str().unwrap(),
+        ])
+        .await;
+        assert_eq!(code, 0, "{api}: {out}{err}");
+        assert!(
+            out.contains("Would requeue 2 jobs (2 of them failed after Claid took their task, which it may have made and billed: sending those again may be billed twice)"),
+            "{api}: {out}"
+        );
+        assert_eq!(
+            out.matches("(Claid took its task: it may be billed already)")
+                .count(),
+            2,
+            "{api}: {out}"
+        );
     }
 }
 
