@@ -26,7 +26,8 @@
 //! the watcher falls back to polling every `watch.rescan` until restarted.
 //!
 //! One daemon per inbox ([`claim_inbox`]): a daemon holds a lock on `.claid-hotfolder.lock` in
-//! its inbox for its life, and refuses to start where another daemon watches the same folder,
+//! its inbox, and one on the inbox folder itself (which no deleted file lifts), for its life, and
+//! refuses to start where another daemon watches the same folder,
 //! one that holds it, or one inside it (each would take in, and bill, the same manifests).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -965,6 +966,10 @@ pub const INBOX_LOCK: &str = ".claid-hotfolder.lock";
 #[derive(Debug)]
 pub struct InboxClaim {
     file: Option<std::fs::File>,
+    /// The inbox folder, opened and locked: the lock file can be deleted (a cleanup of dot
+    /// files), this lock cannot, so a second daemon is refused even before the lock file is
+    /// made again. `None` where the filesystem does not lock folders.
+    folder: Option<std::fs::File>,
 }
 
 impl InboxClaim {
@@ -987,8 +992,15 @@ impl InboxClaim {
         if (ours.is_some() && ours == there) || !inbox.is_dir() {
             return Ok(false);
         }
-        let claim = claim_inbox(inbox, state)?;
+        // The folder this daemon holds is kept (locking it again through another descriptor
+        // would be refused by its own lock); a folder put in its place is locked anew.
+        let folder = self.folder.take().filter(|held| {
+            let at_path = std::fs::metadata(inbox).ok().map(identity);
+            held.metadata().ok().map(identity) == at_path
+        });
+        let claim = claim_inbox_holding(inbox, state, folder)?;
         if claim.file.is_none() {
+            self.folder = claim.folder;
             return Ok(false);
         }
         *self = claim;
@@ -1019,14 +1031,27 @@ pub struct InboxTaken {
 /// user that nobody holds is replaced. An inbox the daemon may not write (a read-only share
 /// with `on_manifest_done: keep`) is checked but not claimed, with a warning.
 pub fn claim_inbox(inbox: &Path, state: &Path) -> Result<InboxClaim, InboxTaken> {
+    claim_inbox_holding(inbox, state, None)
+}
+
+/// [`claim_inbox`], keeping `folder` when this daemon holds the inbox folder's lock already.
+fn claim_inbox_holding(
+    inbox: &Path,
+    state: &Path,
+    folder: Option<std::fs::File>,
+) -> Result<InboxClaim, InboxTaken> {
     use std::io::Write;
     check_others(inbox)?;
+    let folder = match folder {
+        Some(folder) => Some(folder),
+        None => lock_folder(inbox)?,
+    };
     let path = inbox.join(INBOX_LOCK);
     let open = || lock_file(&path, true);
     let file = match open() {
         Ok(file) => file,
         Err(err) => {
-            if let Some(owner) = held(inbox) {
+            if let Some(owner) = held_by_file(inbox) {
                 return Err(InboxTaken {
                     other: inbox.to_path_buf(),
                     relation: "the same inbox",
@@ -1039,7 +1064,7 @@ pub fn claim_inbox(inbox: &Path, state: &Path) -> Result<InboxClaim, InboxTaken>
                 Some(file) => file,
                 None => {
                     warn!(inbox = %Escaped::path(inbox), lock = INBOX_LOCK, error = %OsCause(&err), "Cannot claim the inbox (its lock file cannot be written): another daemon watching an overlapping folder would not be noticed");
-                    return Ok(InboxClaim { file: None });
+                    return Ok(InboxClaim { file: None, folder });
                 }
             }
         }
@@ -1048,7 +1073,7 @@ pub fn claim_inbox(inbox: &Path, state: &Path) -> Result<InboxClaim, InboxTaken>
         return Err(InboxTaken {
             other: inbox.to_path_buf(),
             relation: "the same inbox",
-            owner: held(inbox).unwrap_or_else(|| "unknown".to_owned()),
+            owner: held_by_file(inbox).unwrap_or_else(|| "unknown".to_owned()),
         });
     }
     let mut file = file;
@@ -1059,7 +1084,10 @@ pub fn claim_inbox(inbox: &Path, state: &Path) -> Result<InboxClaim, InboxTaken>
         std::process::id(),
         state.display()
     );
-    let claim = InboxClaim { file: Some(file) };
+    let claim = InboxClaim {
+        file: Some(file),
+        folder,
+    };
     check_others(inbox)?;
     Ok(claim)
 }
@@ -1080,8 +1108,19 @@ fn lock_file(path: &Path, create: bool) -> std::io::Result<std::fs::File> {
     Ok(file)
 }
 
-/// What the lock file in `dir` says of the live daemon that holds it; `None` when nobody does.
+/// What the lock file in `dir` says of the live daemon that holds it, or that one holds the
+/// folder whose lock file was deleted; `None` when nobody does.
 fn held(dir: &Path) -> Option<String> {
+    held_by_file(dir).or_else(|| {
+        let folder = open_folder(dir).ok()?;
+        rustix::fs::flock(&folder, rustix::fs::FlockOperation::NonBlockingLockShared)
+            .is_err_and(|err| err == rustix::io::Errno::WOULDBLOCK)
+            .then(|| format!("PID unknown: its lock file {INBOX_LOCK} was deleted"))
+    })
+}
+
+/// What the lock file in `dir` says of the live daemon that holds it; `None` when nobody does.
+fn held_by_file(dir: &Path) -> Option<String> {
     let path = dir.join(INBOX_LOCK);
     let file = lock_file(&path, false).ok()?;
     match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockShared) {
@@ -1091,6 +1130,37 @@ fn held(dir: &Path) -> Option<String> {
                 .map(|text| text.trim().replace('\n', ", "))
                 .unwrap_or_else(|_| "unknown".to_owned()),
         ),
+    }
+}
+
+/// The folder `dir`, opened to be locked.
+fn open_folder(dir: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY)
+        .open(dir)
+}
+
+/// Locks the inbox folder itself for this daemon: refused when another daemon holds it (its
+/// lock file may have been deleted meanwhile). `None` where the folder cannot be opened or its
+/// filesystem does not lock folders (an NFS mount): the lock file is then the only guard.
+fn lock_folder(inbox: &Path) -> Result<Option<std::fs::File>, InboxTaken> {
+    let Ok(folder) = open_folder(inbox) else {
+        return Ok(None);
+    };
+    match rustix::fs::flock(
+        &folder,
+        rustix::fs::FlockOperation::NonBlockingLockExclusive,
+    ) {
+        Ok(()) => Ok(Some(folder)),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(InboxTaken {
+            other: inbox.to_path_buf(),
+            relation: "the same inbox",
+            owner: held_by_file(inbox)
+                .unwrap_or_else(|| format!("PID unknown: its lock file {INBOX_LOCK} was deleted")),
+        }),
+        Err(_) => Ok(None),
     }
 }
 

@@ -1190,6 +1190,59 @@ async fn a_deleted_inbox_lock_or_a_replaced_inbox_is_claimed_again() {
     assert!(env.daemon_log(0).contains("claimed the inbox again"));
 }
 
+/// The inbox's lock file deleted while a daemon runs, with a long `watch.rescan`: a second
+/// daemon started before the first one makes the file again is still refused (75), since the
+/// first one also holds a lock on the inbox folder itself, which no deleted file lifts.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_daemon_is_refused_even_before_a_deleted_inbox_lock_is_made_again() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let config = env.config("", "");
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, text.replace("rescan: 500ms", "rescan: 1h")).expect("config");
+    let mut daemon = env.spawn_daemon(&config, 0);
+    crate::support::wait_until("the first daemon is ready", DEADLINE, || {
+        env.daemon_log(0).contains("Ready")
+    })
+    .await;
+    let lock = env.inbox.join(".claid-hotfolder.lock");
+    std::fs::remove_file(&lock).expect("rm lock");
+    let outside = tempfile::tempdir().expect("tempdir");
+    let mut second = std::fs::read_to_string(&config).expect("config");
+    for folder in ["outbox", "archive", "rejected", "state"] {
+        let mine = env.dir.path().join(folder).display().to_string();
+        let theirs = outside.path().join(folder);
+        std::fs::create_dir_all(&theirs).expect("folder");
+        second = second.replace(
+            &format!("{folder}: {mine}"),
+            &format!("{folder}: {}", theirs.display()),
+        );
+    }
+    let second_config = outside.path().join("second.yaml");
+    std::fs::write(&second_config, second.replace("admin.sock", "admin-2.sock")).expect("config");
+    env.drop_file("m.yaml", GOOD.as_bytes());
+    let (code, out, err) =
+        cli(&["run", "--once", "--config", second_config.to_str().unwrap()]).await;
+    assert_eq!(code, 75, "{out}{err}");
+    assert!(
+        err.contains(
+            "another daemon (PID unknown: its lock file .claid-hotfolder.lock was deleted)"
+        ),
+        "{err}"
+    );
+    assert!(
+        !lock.exists(),
+        "the first daemon has not made its lock again yet"
+    );
+    // The first daemon alone ran the drop.
+    crate::support::wait_until("the drop ran", DEADLINE, || {
+        env.archive.join("m.yaml").is_file()
+    })
+    .await;
+    assert_eq!(env.stats().submits, 2);
+    assert!(!outside.path().join("archive/m.yaml").exists());
+    crate::support::stop(&mut daemon).await;
+}
+
 /// Two daemons must not watch overlapping inboxes (each would take in, and bill, the same
 /// manifests): with a daemon running, another one (its own state, outbox and socket) on a
 /// folder inside that inbox, on the same inbox, or on a folder holding it is refused (75),
