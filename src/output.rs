@@ -299,6 +299,57 @@ pub fn write_atomic(
     })
 }
 
+/// What in the outbox would refuse the output `rel` now, looked at just before Claid is paid
+/// for it: something else than a folder where a folder of its path goes (`output-not-a-
+/// directory`), a link on its way (`output-unsafe-path`), or a folder where the file goes
+/// (`output-is-a-directory`). Intake checked the same, but the outbox may change while an
+/// image waits; every write into such a path would fail, after the edit was billed. Costs one
+/// `lstat` of the output and one of each folder on its way until one is found present (two,
+/// usually). `None` when nothing is in the way (or what is there cannot be looked at: the
+/// writer reports that).
+pub fn blocked_way(outbox: &Path, rel: &str) -> Option<(FailureCode, String)> {
+    let output = outbox.join(rel);
+    if fs::symlink_metadata(&output).is_ok_and(|meta| meta.is_dir()) {
+        return Some((
+            FailureCode::OutputIsADirectory,
+            format!(
+                "{} in the outbox is a folder, where this image's output file goes",
+                Escaped::path(&output)
+            ),
+        ));
+    }
+    for folder in output
+        .ancestors()
+        .skip(1)
+        .take_while(|folder| folder.starts_with(outbox) && *folder != outbox)
+    {
+        match fs::symlink_metadata(folder) {
+            Ok(meta) if meta.is_dir() => return None,
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Some((
+                    FailureCode::OutputUnsafePath,
+                    format!(
+                        "{} in the outbox is a symbolic link, and outputs are never written through links",
+                        Escaped::path(folder)
+                    ),
+                ));
+            }
+            Ok(_) => {
+                return Some((
+                    FailureCode::OutputNotADirectory,
+                    format!(
+                        "{} in the outbox is a file, where a folder of this image's output path goes",
+                        Escaped::path(folder)
+                    ),
+                ));
+            }
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
 /// Hex SHA-256 of a file's contents, streamed.
 pub fn sha256_file(path: &Path) -> io::Result<String> {
     let mut file = File::open(path)?;

@@ -5,7 +5,8 @@
 //! ([`crate::filename::TMP_NAME_OVERHEAD`]), and nothing of another kind in the way (a file
 //! where a folder of the output's path goes, a folder where the output itself goes): Claid
 //! would bill the edit and the result could not be delivered. One that appears after
-//! validation fails its job when the result is written (`output-not-a-directory`,
+//! validation fails its job without a submit when it is there before the submit
+//! ([`crate::output::blocked_way`]), else when the result is written (`output-not-a-directory`,
 //! `output-is-a-directory`).
 //!
 //! Each folder is looked at once per manifest (one `lstat` per folder on the way, one listing of

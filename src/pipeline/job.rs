@@ -425,6 +425,15 @@ impl Runner {
                 .fail(id, FailureCode::OutputPermissionDenied, &message)
                 .await;
         }
+        // The outbox changed since intake (a file now where a folder of the path goes, a link,
+        // a folder where the file goes): every write of the result would fail. Claid is not
+        // paid for it.
+        if let Some((code, why)) = local_output_blocked(&deps.outbox, job) {
+            let message = format!(
+                "not submitted: {why}; move it away, then `replay --failed` (nothing was billed)"
+            );
+            return self.fail(id, code, &message).await;
+        }
         if job.local
             && job.staged.is_none()
             && let Some(staging) = &deps.staging
@@ -1347,6 +1356,15 @@ fn extension_alias(key: &str) -> Option<String> {
 
 /// The folder that refused an output's write at `output`: the deepest one present on its way
 /// (the writer creates the missing ones below it), at most the outbox itself.
+/// What in the outbox would refuse the result of `job` (see [`crate::output::blocked_way`]);
+/// `None` for an output Claid writes into a storage.
+pub(super) fn local_output_blocked(outbox: &Path, job: &JobV1) -> Option<(FailureCode, String)> {
+    if crate::storages::destination_of(&job.body, &job.output_rel).is_some() {
+        return None;
+    }
+    crate::output::blocked_way(outbox, &job.output_rel)
+}
+
 fn refusing_folder(outbox: &Path, output: &Path) -> PathBuf {
     output
         .ancestors()

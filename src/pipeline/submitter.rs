@@ -300,8 +300,10 @@ impl Submitter {
                     held.push((mid, id, output));
                     continue;
                 }
-                // Into a folder given up on: the job's own task fails it without a submit.
-                alone = self.health.given_up_for(&output).is_some();
+                // Into a folder given up on, or a path the outbox would refuse now: the job's
+                // own task fails it without a submit.
+                alone = self.health.given_up_for(&output).is_some()
+                    || super::job::local_output_blocked(&self.outbox, job).is_some();
             }
             if batching.enabled()
                 && !alone

@@ -430,6 +430,54 @@ async fn an_outbox_folder_the_daemon_may_not_write_holds_only_its_own_images() {
     crate::support::stop(&mut daemon).await;
 }
 
+/// A folder of the outputs' path replaced by a file while the run goes (a cleanup, a mistaken
+/// `mv`): the images whose result would go through it fail as `output-not-a-directory` without
+/// a submit (each was billed, and its result thrown away when the write failed), in single
+/// mode and in batches.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_put_where_an_output_folder_was_fails_the_images_into_it_without_billing_them() {
+    for api in [
+        "max_in_flight: 1\nbatch: { max_images: 1 }",
+        "max_in_flight: 1",
+    ] {
+        let env =
+            TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_millis(300))))
+                .await;
+        let config = env.config(api, "");
+        env.drop_file("m.yaml", manifest_of(8, "m").as_bytes());
+        let mut daemon = env.spawn_daemon(&config, 0);
+        let folder = env.outbox.join("m");
+        wait_until("the first output", Duration::from_secs(60), || {
+            !TestEnv::files_under(&folder).is_empty()
+        })
+        .await;
+        std::fs::remove_dir_all(&folder).expect("rm folder");
+        std::fs::write(&folder, b"not a folder\n").expect("file in its place");
+        wait_until("the run ended", Duration::from_secs(60), || {
+            env.archive.join("m.yaml").is_file()
+        })
+        .await;
+        let report = env.report("m");
+        let rows = report["jobs"].as_array().expect("rows");
+        let unbilled = rows
+            .iter()
+            .filter(|row| {
+                row["reason"].as_str().is_some_and(|r| {
+                    r.starts_with("output-not-a-directory: not submitted: ")
+                        && r.contains("in the outbox is a file, where a folder")
+                })
+            })
+            .count();
+        assert!(unbilled >= 1, "{api}: {report}");
+        assert_eq!(
+            env.stats().submits + unbilled as u64,
+            8,
+            "{api}: the images failed unbilled were never sent: {report}"
+        );
+        stop(&mut daemon).await;
+    }
+}
+
 /// A second daemon given the same `admin.socket` (a copied config) is refused at its start,
 /// naming the key, instead of taking the socket over: the first daemon keeps answering on it,
 /// so a `replay` meant for it is not sent to the other.
