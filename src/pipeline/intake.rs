@@ -242,6 +242,19 @@ impl Intake {
                 let _ = on_file_pool(move || std::fs::remove_file(pending)).await;
                 return Taken::Done;
             }
+            // An image of a recipe folder whose run is under way, seen again because its
+            // recipe was saved with a mistake: the image is its run's input, which goes on with
+            // the recipe it was taken in with. Moving it to rejected/ took that file away (its
+            // images not yet sent failed as `input-unreadable`) and said nothing was submitted.
+            Err(err)
+                if is_recipe_image
+                    && latest
+                        .as_ref()
+                        .is_some_and(|(_, prev)| !prev.state.is_ended()) =>
+            {
+                warn!(error = %err, "The folder's recipe was saved with a mistake; this image's run goes on with the recipe it was taken in with (images dropped now are rejected until the recipe is fixed)");
+                return Taken::Done;
+            }
             Err(err) => {
                 let _ = phase.next(LifeEvent::Invalid);
                 self.reject(&path, &rel, &err.error_txt(), &err.to_string())

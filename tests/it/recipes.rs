@@ -296,6 +296,67 @@ async fn the_daemon_processes_live_drops_and_keeps_working_after_a_bad_recipe() 
     );
 }
 
+/// A recipe saved with a mistake while its folder's images run: the images already taken in go
+/// on with the recipe they were taken in with, to their outputs (they were moved to rejected/,
+/// which took the files of those not yet sent away, and their error files said nothing was
+/// submitted); an image dropped afterwards is rejected with the recipe's problem.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recipe_broken_while_its_images_run_leaves_them_running() {
+    let env = TestEnv::new(
+        Scenario::default().latency(claid_hotfolder::emulator::Latency::Fixed(
+            Duration::from_millis(700),
+        )),
+    )
+    .await;
+    let config = env.config("max_in_flight: 1", "");
+    env.drop_file("studio/.claid.yaml", RECIPE.as_bytes());
+    let mut daemon = env.spawn_daemon(&config, 0);
+    crate::support::wait_until("the daemon is ready", DEADLINE, || {
+        env.daemon_log(0).contains("Ready")
+    })
+    .await;
+    for i in 0..4 {
+        env.drop_file(&format!("studio/p{i}.png"), &png(100 + i, 100));
+    }
+    wait_until("the four images taken in", DEADLINE, || {
+        env.daemon_log(0).matches("Manifest accepted").count() == 4
+    })
+    .await;
+    env.drop_file(
+        "studio/.claid.yaml",
+        b"operations:\n  resizing: { width: -5 }\noutput: { format: jpeg }\n",
+    );
+    wait_until("every image delivered", Duration::from_secs(60), || {
+        (0..4).all(|i| env.archive.join(format!("studio/p{i}.png")).is_file())
+    })
+    .await;
+    for i in 0..4 {
+        assert_eq!(
+            dimensions(&env.outbox.join(format!("studio/p{i}.jpg"))),
+            (200, 100),
+            "p{i} made with the recipe it was taken in with"
+        );
+    }
+    assert!(
+        TestEnv::files_under(&env.rejected).is_empty(),
+        "nothing rejected: {:?}",
+        TestEnv::files_under(&env.rejected)
+    );
+    assert_eq!(env.stats().uploads, 4);
+    assert!(
+        env.daemon_log(0)
+            .contains("recipe was saved with a mistake")
+    );
+    // An image dropped now is refused with the recipe's problem.
+    env.drop_file("studio/late.png", &png(100, 100));
+    wait_until("the late image rejected", DEADLINE, || {
+        env.rejected.join("studio/late.png.error.txt").is_file()
+    })
+    .await;
+    assert_eq!(env.stats().uploads, 4);
+    stop(&mut daemon).await;
+}
+
 // ---- `manifest::load_recipe_image` and `is_image_name` directly -------------------------------
 
 mod load {
