@@ -508,6 +508,9 @@ impl ClientStats {
     }
 }
 
+/// Redirects on the API's origin a poll follows (see `Client::get_poll`).
+const MAX_POLL_REDIRECTS: u32 = 3;
+
 /// The shared Claid client; cheap to clone (everything is behind `Arc`s).
 #[derive(Clone)]
 pub struct Client {
@@ -754,8 +757,7 @@ impl Client {
     /// `{base}/image/edit/async/{task_id}` (see [`Client::poll_url`]): one HTTP attempt.
     pub async fn poll_once(&self, result_url: &str, task_id: u64) -> Result<Polled, ClaidError> {
         let url = self.checked_poll_url(TaskKind::Async, task_id, result_url)?;
-        let build = || Ok(self.api.get(url.clone()));
-        let answer = self.call(Endpoint::Poll, build).await?;
+        let answer = self.get_poll(url).await?;
         let (task, request_id) = expect_ok::<wire::AsyncTask>(Endpoint::Poll, answer)?;
         Ok(Polled { task, request_id })
     }
@@ -788,10 +790,37 @@ impl Client {
         batch_id: u64,
     ) -> Result<PolledBatch, ClaidError> {
         let url = self.checked_poll_url(TaskKind::Batch, batch_id, result_url)?;
-        let build = || Ok(self.api.get(url.clone()));
-        let answer = self.call(Endpoint::Poll, build).await?;
+        let answer = self.get_poll(url).await?;
         let (batch, request_id) = expect_ok::<wire::BatchTask>(Endpoint::Poll, answer)?;
         Ok(PolledBatch { batch, request_id })
+    }
+
+    /// `GET` a poll URL. A redirect to the API's own origin is followed, a few hops at most:
+    /// a GET is safe to send again (unlike a submit), and a `result_url` under an older
+    /// prefix (`/v1-beta1`) may redirect to the current one; pausing on it left billed
+    /// results undelivered. A redirect elsewhere is refused as any redirect of the API.
+    async fn get_poll(&self, mut url: Url) -> Result<Answer, ClaidError> {
+        let mut hops = 0;
+        loop {
+            let target = url.clone();
+            let build = || Ok(self.api.get(target.clone()));
+            match self.call(Endpoint::Poll, build).await {
+                Err(ClaidError::Redirected {
+                    ref location,
+                    status,
+                    ..
+                }) if hops < MAX_POLL_REDIRECTS
+                    && let Ok(next) = url.join(location)
+                    && next.origin() == self.base.origin()
+                    && next != url =>
+                {
+                    tracing::debug!(status, to = %Escaped::str(next.path()), "A poll was redirected on the API's origin; following it");
+                    hops += 1;
+                    url = next;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// `POST {base}/image/edit/upload` (multipart `file` + `data`): one HTTP attempt;

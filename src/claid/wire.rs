@@ -341,6 +341,12 @@ impl BatchTask {
                 && self.results.is_empty()
                 && self.errors.is_empty())
     }
+
+    /// DONE with fewer results and errors than the batch's `images`: Claid may not have
+    /// attached every result yet (a batch's results are not documented as attached at once).
+    pub fn answers_fewer_than(&self, images: usize) -> bool {
+        self.status == TaskStatus::Done && self.results.len() + self.errors.len() < images
+    }
 }
 
 /// One processed image of a batch (`BatchPipelineResultItem`). The output's file name

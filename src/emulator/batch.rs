@@ -206,8 +206,14 @@ pub async fn poll(
         return pipeline_not_found();
     }
     if view.status == TaskStatus::Done && state.unsettled_once(format!("done:{id}")) {
-        view.results.clear();
-        view.errors.clear();
+        // Every other batch (odd ids) of more than one result lacks only its last one: a
+        // DONE whose results are attached one by one.
+        if id % 2 == 1 && view.results.len() > 1 {
+            view.results.pop();
+        } else {
+            view.results.clear();
+            view.errors.clear();
+        }
     }
     state.recorder.update(|s| {
         if let Some(trace) = s.batches.get_mut(&id) {

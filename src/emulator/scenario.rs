@@ -126,6 +126,9 @@ pub enum ResultUrlForm {
     /// On Claid's canonical host, not the one the request came to (a proxy or gateway in
     /// front of Claid): a client must not send its key there.
     Foreign,
+    /// On the host the request came to, at an address that answers `301` to the current one
+    /// (as a `result_url` under an older prefix may): a poll follows it on the same origin.
+    Moved,
 }
 
 impl ResultUrlForm {
@@ -136,6 +139,9 @@ impl ResultUrlForm {
             ResultUrlForm::Omitted => String::new(),
             ResultUrlForm::Foreign => {
                 format!("https://api.claid.ai{prefix}/image/edit/{kind}/{id}")
+            }
+            ResultUrlForm::Moved => {
+                format!("http://{host}/_emulator/moved{prefix}/image/edit/{kind}/{id}")
             }
         }
     }
@@ -197,7 +203,8 @@ pub struct Scenario {
     pub short_share: f64,
     /// Share of tasks and batches (and of result URLs) whose first answer is not settled yet:
     /// the first poll of such a task answers 404, its first DONE answer comes without its
-    /// result, the first download of such a result URL answers 404 (a store that lags the
+    /// result (a batch's without its results, or, for odd batch ids, without the last one),
+    /// the first download of such a result URL answers 404 (a store that lags the
     /// answer that named the task, a result not attached yet, a URL not propagated yet).
     pub unsettled_share: f64,
     /// The first this many polls of every task and batch answer 429 (`RateLimit-Reset: 0`):

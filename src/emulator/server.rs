@@ -417,6 +417,7 @@ fn router(state: Arc<AppState>) -> Router {
         .nest("/v1-beta1", api.layer(Extension(Prefix("/v1-beta1"))))
         .route("/_emulator/results/{token}", get(download))
         .route("/_emulator/results/{token}/{name}", get(download_named))
+        .route("/_emulator/moved/{*path}", get(moved))
         .route("/_emulator/stats", get(stats))
         .route("/_emulator/control", post(set_control).get(get_control))
         .route("/_static/{*path}", get(static_file))
@@ -646,6 +647,15 @@ async fn api_gate(State(state): State<Arc<AppState>>, req: Request, next: Next) 
 
 // ---------------------------------------------------------------------------------------------
 // Helpers for handlers
+
+/// `--result-url moved`: the `result_url` given answers `301` to the API's own address.
+async fn moved(axum::extract::Path(path): axum::extract::Path<String>) -> Response {
+    (
+        StatusCode::MOVED_PERMANENTLY,
+        [(axum::http::header::LOCATION, format!("/{path}"))],
+    )
+        .into_response()
+}
 
 pub(crate) fn host_of(headers: &HeaderMap, fallback: SocketAddr) -> String {
     headers

@@ -885,10 +885,12 @@ impl BatchRunner {
                     // An announcement that the batch ended without its results: they are
                     // polled now (failing its images would lose what Claid made and billed).
                     // (So is one that is not final: the batch named while it runs.)
-                    Some(TaskUpdate::Batch(batch)) if batch.lacks_result() => {
+                    Some(TaskUpdate::Batch(batch))
+                        if batch.lacks_result() || batch.answers_fewer_than(members.len()) =>
+                    {
                         debug!(
                             batch_id,
-                            "The webhook said the batch is done without its results; polling it"
+                            "The webhook said the batch is done without all its results; polling it"
                         );
                         slim = true;
                     }
@@ -931,13 +933,20 @@ impl BatchRunner {
                             .record_poll(m.id, polled.request_id.as_deref())
                             .await;
                     }
+                    // DONE with a result or an error missing for some image (none at all, or
+                    // fewer than its images): Claid may attach them a moment later; failing
+                    // those images would lose results it billed.
                     if polled.batch.status == TaskStatus::Done
-                        && polled.batch.lacks_result()
+                        && (polled.batch.lacks_result()
+                            || polled.batch.answers_fewer_than(members.len()))
                         && let Some(after) = unsettled.done_without_result()
                     {
                         warn!(
                             batch_id,
-                            "Claid says the batch is DONE but sent neither results nor errors; polling it again"
+                            results = polled.batch.results.len(),
+                            errors = polled.batch.errors.len(),
+                            images = members.len(),
+                            "Claid says the batch is DONE but sent a result or an error for fewer than its images; polling it again"
                         );
                         delay = after;
                         scheduled = false;
