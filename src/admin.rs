@@ -195,7 +195,7 @@ pub struct ReplayPreview {
 }
 
 /// Whether Claid has billed (or may yet bill) the task `state` records: see
-/// [`ReplayPreview::billed`]. A task Claid ended in error, or no longer knows, made nothing.
+/// [`ReplayPreview::billed`]. A task Claid ended in error made nothing.
 fn billed_already(state: &JobState) -> bool {
     match state {
         JobState::Done { .. } => true,
@@ -203,7 +203,7 @@ fn billed_already(state: &JobState) -> bool {
             task_id: Some(_),
             code,
             ..
-        } => !matches!(code, FailureCode::ClaidError | FailureCode::TaskLost),
+        } => *code != FailureCode::ClaidError,
         _ => false,
     }
 }

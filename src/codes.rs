@@ -109,6 +109,13 @@ pub enum FailureCode {
 }
 
 impl FailureCode {
+    /// A task (or batch) Claid took and had not finished when its job failed (`task-timeout`),
+    /// or whose polls it refused (`task-lost`): its result, if Claid announces it later by
+    /// webhook, is still taken (see `pipeline::dispatch`).
+    pub fn result_may_still_come(self) -> bool {
+        matches!(self, FailureCode::TaskTimeout | FailureCode::TaskLost)
+    }
+
     /// Every code, in declaration order (the docs list exactly these).
     pub const ALL: &[FailureCode] = &[
         FailureCode::ClaidError,

@@ -870,10 +870,11 @@ impl Store {
         // Claid may still finish the task: its late announcement is taken even after a
         // restart (the registry the dispatch keeps is in memory).
         if let JobState::Failed {
-            code: FailureCode::TaskTimeout,
+            code,
             task_id: Some(task_id),
             ..
         } = job.state
+            && code.result_may_still_come()
         {
             self.trees
                 .note_timed_out(task_id, id, job.manifest, now_ms())?;

@@ -202,6 +202,9 @@ pub async fn poll(
     if let Some(response) = state.poll_rate_limited(format!("batch:{id}")) {
         return response;
     }
+    if let Some(response) = state.poll_refused(format!("batch:{id}")) {
+        return response;
+    }
     if state.unsettled_once(format!("poll:{id}")) {
         return pipeline_not_found();
     }

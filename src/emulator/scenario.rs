@@ -210,6 +210,9 @@ pub struct Scenario {
     /// The first this many polls of every task and batch answer 429 (`RateLimit-Reset: 0`):
     /// another client spending the same key's budget for a long while.
     pub polls_rate_limited: u32,
+    /// The first this many polls of every task and batch answer 409 (a conflict Claid's
+    /// contract does not name for a GET): a task Claid billed is not given up at the first.
+    pub polls_refused: u32,
     /// Share of tmp_url downloads that serve another image than the result describes (one
     /// pixel wider and taller than `output_object` says).
     pub wrong_image_share: f64,
@@ -304,6 +307,7 @@ impl Default for Scenario {
             short_share: 0.0,
             unsettled_share: 0.0,
             polls_rate_limited: 0,
+            polls_refused: 0,
             wrong_image_share: 0.0,
             rate_window: RateWindow::Sliding,
             batch_parallelism: DEFAULT_BATCH_PARALLELISM,
@@ -439,6 +443,12 @@ impl Scenario {
         self
     }
 
+    /// 409 to the first `n` polls of every task and batch (see the field).
+    pub fn polls_refused(mut self, n: u32) -> Self {
+        self.polls_refused = n;
+        self
+    }
+
     /// 429 to the first `n` polls of every task and batch (see the field).
     pub fn polls_rate_limited(mut self, n: u32) -> Self {
         self.polls_rate_limited = n;
@@ -567,6 +577,7 @@ impl std::fmt::Debug for Scenario {
             .field("short_share", &self.short_share)
             .field("unsettled_share", &self.unsettled_share)
             .field("polls_rate_limited", &self.polls_rate_limited)
+            .field("polls_refused", &self.polls_refused)
             .field("wrong_image_share", &self.wrong_image_share)
             .field("rate_window", &self.rate_window)
             .field("batch_parallelism", &self.batch_parallelism)
@@ -834,6 +845,7 @@ impl ScenarioArgs {
             short_share: self.short_share,
             unsettled_share: self.unsettled_share,
             polls_rate_limited: 0,
+            polls_refused: 0,
             wrong_image_share: self.wrong_image_share,
             rate_window: self.rate_window,
             batch_parallelism: self.batch_parallelism.max(1),

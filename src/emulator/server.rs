@@ -236,6 +236,27 @@ impl AppState {
         Some(response)
     }
 
+    /// A 409 for this poll of `key` while its first `scenario.polls_refused` are not spent.
+    pub(crate) fn poll_refused(&self, key: String) -> Option<Response> {
+        let n = self.scenario.polls_refused;
+        if n == 0 {
+            return None;
+        }
+        let mut seen = lock(&self.rate_limited_polls);
+        let count = seen.entry(format!("refused:{key}")).or_insert(0);
+        if *count >= n {
+            return None;
+        }
+        *count += 1;
+        drop(seen);
+        Some(api_error(
+            StatusCode::CONFLICT,
+            "4090",
+            "general",
+            "Conflict with the current state of the resource.",
+        ))
+    }
+
     pub(crate) fn sample_latency(&self) -> Duration {
         self.scenario.latency.sample(&mut *lock(&self.rng))
     }
@@ -1111,6 +1132,9 @@ async fn poll(
     let mut view = async_view(id, task);
     drop(tasks);
     if let Some(response) = state.poll_rate_limited(format!("poll:{id}")) {
+        return response;
+    }
+    if let Some(response) = state.poll_refused(format!("poll:{id}")) {
         return response;
     }
     if state.unsettled_once(format!("poll:{id}")) {

@@ -990,10 +990,23 @@ impl BatchRunner {
                         delay = after;
                         scheduled = false;
                     }
+                    Failure::Job
+                        if err.http_status().is_some_and(|status| status != 404)
+                            && let Some(after) = unsettled.refused_poll(&deps.retry) =>
+                    {
+                        warn!(batch_id, error = %err, "Claid refused a poll of a batch it named; asking again");
+                        delay = after;
+                        scheduled = false;
+                    }
                     Failure::Job => {
+                        // Its results, if Claid announces them later, are still taken.
                         for m in members {
                             self.fail(m, FailureCode::TaskLost, &err.to_string()).await;
                         }
+                        self.deps.dispatch.timed_out(
+                            batch_id,
+                            members.iter().map(|m| (m.manifest, m.id)).collect(),
+                        );
                         return None;
                     }
                     Failure::Systemic => {

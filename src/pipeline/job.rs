@@ -52,6 +52,7 @@ const MAX_OUTPUT_WRITES: u32 = 16;
 pub(crate) struct Unsettled {
     done_without_result: u32,
     not_found: u32,
+    refused: u32,
     unknown_status_told: bool,
 }
 
@@ -94,7 +95,19 @@ impl Unsettled {
     pub(crate) fn first_unknown_status(&mut self) -> bool {
         !std::mem::replace(&mut self.unknown_status_told, true)
     }
+
+    /// The wait before asking again about a task whose poll Claid refused with a 4xx other
+    /// than 404 and those of the account (a 400, 409 or 422 to a GET of a task it named):
+    /// no reason to give up a task it billed at the first one. `None` once asked
+    /// [`REFUSED_POLL_ASKS`] times.
+    pub(crate) fn refused_poll(&mut self, retry: &retry::Policy) -> Option<Duration> {
+        self.refused += 1;
+        (self.refused <= REFUSED_POLL_ASKS).then(|| jitter(self.refused, retry.base, retry.cap))
+    }
 }
+
+/// How often a poll refused with a 4xx (not 404) is asked again before the task counts as lost.
+const REFUSED_POLL_ASKS: u32 = 5;
 
 /// How a job's task ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -944,10 +957,20 @@ impl Runner {
                         warn!(task_id, error = %err, "Claid does not know the task it named a moment ago; asking again");
                         delay = after;
                     }
+                    Failure::Job
+                        if err.http_status().is_some_and(|status| status != 404)
+                            && let Some(after) = unsettled.refused_poll(&deps.retry) =>
+                    {
+                        warn!(task_id, error = %err, "Claid refused a poll of a task it named; asking again");
+                        delay = after;
+                    }
                     Failure::Job => {
                         // The task id is unknown to Claid: its result cannot be fetched. Failing
-                        // keeps the promise not to pay twice; `replay` can resubmit.
-                        return self.fail(id, FailureCode::TaskLost, &err.to_string()).await;
+                        // keeps the promise not to pay twice; `replay` can resubmit. Its
+                        // result, if Claid announces it later, is still taken.
+                        let failed = self.fail(id, FailureCode::TaskLost, &err.to_string()).await;
+                        deps.dispatch.timed_out(task_id, vec![(job.manifest, id)]);
+                        return failed;
                     }
                     Failure::Systemic => {
                         deps.health.pause(&err, systemic_status(&err));

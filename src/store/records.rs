@@ -234,16 +234,16 @@ pub struct JobV1 {
 impl JobV1 {
     /// Held in doubt, or queued again after a lost submit and not sent again yet: a task
     /// announced for that submit may still be adopted instead of paying for a second one.
-    /// Failed as `task-timeout` on task (or batch) `task_id`: Claid had not finished it, and
-    /// its late result may still be taken.
+    /// Failed as `task-timeout` or `task-lost` on task (or batch) `task_id`: Claid had not
+    /// finished it (or its polls were refused), and its late result may still be taken.
     pub fn timed_out_on(&self, task_id: u64) -> bool {
         matches!(
             self.state,
             JobState::Failed {
-                code: crate::codes::FailureCode::TaskTimeout,
+                code,
                 task_id: Some(t),
                 ..
-            } if t == task_id
+            } if t == task_id && code.result_may_still_come()
         )
     }
 

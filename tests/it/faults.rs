@@ -470,6 +470,30 @@ async fn fault_a_long_run_of_429s_to_polls_never_fails_a_billed_task() {
     }
 }
 
+/// A 409 (or another 4xx Claid's contract does not name for a GET, other than 404) to the
+/// polls of billed tasks and batches: asked again, so the images are delivered (the first one
+/// failed them as `task-lost`, results Claid had billed lost, and a replay paid again).
+#[tokio::test(flavor = "multi_thread")]
+async fn fault_a_refused_poll_is_asked_again_and_never_loses_a_billed_task() {
+    for api in ["", "batch: { max_images: 1 }"] {
+        let env = TestEnv::new(Scenario::default().polls_refused(2)).await;
+        let config = env.config(api, "");
+        env.drop_file(
+            "m.yaml",
+            b"images:\n  - input: storage://demo/a-64x48.png\n  - input: storage://demo/b-64x48.png\n",
+        );
+        let (code, stderr) = env.run_once(&config).await;
+        assert_eq!(code, 0, "{api}: {stderr}");
+        assert!(
+            stderr.contains("Claid refused a poll of a"),
+            "{api}: {stderr}"
+        );
+        assert!(env.outbox.join("m/a-64x48.jpg").is_file(), "{api}");
+        assert!(env.outbox.join("m/b-64x48.jpg").is_file(), "{api}");
+        assert_eq!(env.stats().duplicate_submits, 0, "{api}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn fault_polls_slower_than_the_request_timeout() {
     check_fault(Case {
