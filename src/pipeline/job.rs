@@ -1553,6 +1553,12 @@ pub fn input_of(job: &JobV1) -> &str {
 pub fn failure_of(health: &HealthState, err: &ClaidError, sent_at: Instant) -> Failure {
     let failure = Failure::of(err);
     match failure {
+        // The API answered (2xx) with a body that cannot be read: it is there, so this is no
+        // outage (it was counted as one: `run --once` ended "unreachable", a daemon polled the
+        // task for ever past `give_up_after`). Tried again within the step's budget.
+        Failure::Transient if matches!(err, ClaidError::BadResponse { status, .. } if (200..300).contains(status)) => {
+            failure
+        }
         Failure::Transient | Failure::Unreachable => {
             health.failed(err);
             if health.succeeded_since(sent_at) {
@@ -1680,6 +1686,32 @@ fn kept_file(path: &Path) -> std::io::Result<DoneInfo> {
 
 #[cfg(test)]
 mod tests {
+    /// A poll answered 200 with a body that cannot be read is no outage (the API answered):
+    /// it is tried again on the step's budget, so it ends; a refused connection still counts
+    /// as one.
+    #[test]
+    fn an_unreadable_answer_is_not_an_outage() {
+        use crate::pipeline::notices::Notices;
+        let health = HealthState::new(
+            Notices::default(),
+            "127.0.0.1:1".to_owned(),
+            Arc::new(crate::claid::Unanswered::default()),
+        );
+        let sent_at = Instant::now();
+        let unreadable = ClaidError::BadResponse {
+            endpoint: crate::claid::Endpoint::Poll,
+            status: 200,
+            request_id: None,
+            about: "body is not the expected json",
+        };
+        assert_eq!(
+            failure_of(&health, &unreadable, sent_at),
+            Failure::Transient
+        );
+        assert!(health.outage().is_none());
+        assert!(health.failing().is_none());
+    }
+
     #[test]
     fn an_object_key_has_its_formats_other_extension() {
         use super::extension_alias;
