@@ -160,6 +160,20 @@ fn check_remote(url: &str, path: &str, problems: &mut Collector) -> Option<Input
         );
         return None;
     }
+    // A host or port no client can reach (`http://[::1/a.png`, a port above 65535): Claid
+    // would be sent it, and a batch it went in refused or billed for nothing.
+    if !url.starts_with("storage://")
+        && let Err(err) = reqwest::Url::parse(url)
+    {
+        problems.add(
+            path,
+            format!(
+                "`{}` is not a valid URL ({err}); fix its host and port, like `https://cdn.example.com:8443/a.jpg`",
+                crate::text::escape(url)
+            ),
+        );
+        return None;
+    }
     Some(Input::Remote(url.to_owned()))
 }
 

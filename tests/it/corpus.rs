@@ -286,6 +286,19 @@ fn generated() -> Vec<Bad> {
         "out-of-range value",
         expect(Some(2), "Claid accepts at most 4096"),
     );
+    // A host or a port no client can reach.
+    add(
+        b"gen-broken-ipv6.yaml",
+        b"images:\n  - input: http://[::1/bad.png\n".to_vec(),
+        "bad url",
+        expect(Some(2), "is not a valid URL (invalid IPv6 address)"),
+    );
+    add(
+        b"gen-port-out-of-range.yaml",
+        b"images:\n  - input: http://127.0.0.1:99999/x.png\n".to_vec(),
+        "bad url",
+        expect(Some(2), "is not a valid URL (invalid port number)"),
+    );
     // 300 bad images: the problem list is capped, the file still rejected.
     let mut many = String::from("images:\n");
     for i in 0..49 {
