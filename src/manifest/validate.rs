@@ -347,6 +347,15 @@ pub fn validate(
             continue;
         }
         if let Err(why) = outbox.check_output(&output_rel, naming) {
+            // Told at the input's line when the output is named after it: say it is the
+            // output's path that cannot be written, not the input.
+            let why = match naming {
+                Naming::FromInput => format!(
+                    "its output `{}` (named after the input): {why}",
+                    crate::text::escape(&output_rel.to_string_lossy())
+                ),
+                Naming::Given => why,
+            };
             problems.add(&output_at, why);
             continue;
         }

@@ -114,9 +114,15 @@ async fn issue11_an_output_blocked_in_the_outbox_is_refused_before_any_spend() {
     let env = TestEnv::new(Scenario::default()).await;
     std::fs::create_dir_all(env.outbox.join("m/b.jpg/inside")).expect("folder at the output");
     std::fs::write(env.outbox.join("m/sub"), b"a file").expect("file where a folder goes");
+    std::fs::write(env.outbox.join("n"), b"a file").expect("file where the run's folder goes");
     env.drop_file(
         "m.yaml",
         b"images:\n  - input: storage://demo/one-64x48.png\n    output: sub/a.jpg\n  - input: storage://demo/two-64x48.png\n    output: b.jpg\n",
+    );
+    // An output named after its input: the problem is told at the input's line, as the output's.
+    env.drop_file(
+        "n.yaml",
+        b"images:\n  - input: storage://demo/four-64x48.png\n",
     );
     env.drop_file(
         "ok.yaml",
@@ -139,6 +145,14 @@ async fn issue11_an_output_blocked_in_the_outbox_is_refused_before_any_spend() {
         text.contains(&format!(
             "line 5: images[1].output: {} in the outbox is a folder, where this image's output file goes",
             folder.display()
+        )),
+        "{text}"
+    );
+    let text = std::fs::read_to_string(env.rejected.join("n.yaml.error.txt")).expect("error file");
+    assert!(
+        text.contains(&format!(
+            "line 2: images[0].input: its output `n/four-64x48.jpg` (named after the input): {} in the outbox is a file, where a folder on the way goes",
+            env.outbox.join("n").display()
         )),
         "{text}"
     );
