@@ -573,6 +573,9 @@ pub async fn run(
         unchanged = totals.unchanged,
         failed = totals.failed,
         held_in_doubt = totals.held,
+        // Held by an earlier run and found so at this start: still waiting for
+        // `replay --in-doubt` (the exit code counts them too).
+        held_from_before = summary.still_held,
         superseded = totals.superseded,
         "Inbox processed"
     );

@@ -1158,4 +1158,9 @@ async fn the_status_table_shows_jobs_held_in_doubt() {
     let (code, stderr) = env.run_once(&config).await;
     assert_eq!(code, 2, "still held: {stderr}");
     assert!(stderr.contains("still_held=2"), "{stderr}");
+    // The run's last line counts them too (it said held_in_doubt=0 alone, beside exit 2).
+    assert!(
+        stderr.contains("held_in_doubt=0 held_from_before=2"),
+        "{stderr}"
+    );
 }
