@@ -563,8 +563,7 @@ impl Store {
         Ok(counts)
     }
 
-    /// Sets or clears the run's `staging_cleanup` mark (see [`ManifestV1::staging_cleanup`]).
-    /// Not flushed: a clear lost to a crash only repeats a cleanup that finds nothing left;
+    /// Sets or clears the run's `staging_cleanup` mark (see [`ManifestV1::staging_cleanup`]);
     /// a run's mark is set durably with its end ([`Store::end_run`]).
     pub async fn set_staging_cleanup(
         &self,
@@ -573,7 +572,9 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.trees
             .update_manifest(id, |m| m.staging_cleanup = pending)?;
-        Ok(())
+        // Durable at once (one flush per run's end): a cleared mark lost to a crash made every
+        // later start delete the run's staged objects again, and count them.
+        self.flush().await
     }
 
     /// Ended runs whose staging cleanup was cut short (their mark is still set). O(runs).
