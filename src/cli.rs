@@ -1006,7 +1006,7 @@ fn cmd_plan(config_path: &Path, file: &Path) -> anyhow::Result<i32> {
             let batchable = if local {
                 // Named as the daemon stages it (its hash stands for any).
                 let named_as = crate::storages::Staging::named_as(&job.body, &output_rel);
-                let staged = crate::storages::Staging::key("0", &input, named_as);
+                let staged = crate::storages::Staging::key_for("0", "0", &input, named_as);
                 config.api.staging.is_some()
                     && crate::pipeline::batch::output_named_as_in_a_batch(
                         &staged,

@@ -320,7 +320,11 @@ pub async fn run(
             .as_deref()
             .and_then(|name| storages.get(name))
             .map(|storage| {
-                crate::storages::Staging::new(storage.clone(), config.api.staging_delete)
+                crate::storages::Staging::new(
+                    storage.clone(),
+                    config.api.staging_delete,
+                    store.id(),
+                )
             }),
         cancel: cancel.clone(),
         tracker: tracker.clone(),

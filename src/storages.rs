@@ -470,6 +470,8 @@ pub struct Staging {
     pub storage: OpenStorage,
     /// `api.staging_delete`.
     pub delete: bool,
+    /// The daemon's store id, which names its part of the staging prefix ([`Staging::key`]).
+    owner: String,
     users: std::sync::Arc<std::sync::Mutex<BTreeMap<String, Use>>>,
     released: std::sync::Arc<tokio::sync::Notify>,
 }
@@ -513,8 +515,9 @@ const STAGED_EXTENSIONS: &[&str] = &[
 ];
 
 impl Staging {
-    pub fn new(storage: OpenStorage, delete: bool) -> Staging {
+    pub fn new(storage: OpenStorage, delete: bool, owner: &str) -> Staging {
         Staging {
+            owner: owner.to_owned(),
             storage,
             delete,
             users: Default::default(),
@@ -522,12 +525,12 @@ impl Staging {
         }
     }
 
-    /// `staging/<sha256>.<ext>` (relative to the storage's prefix) for content `sha256` of the
+    /// `staging/<store id>/<sha256>.<ext>` (relative to the storage's prefix) for content `sha256` of the
     /// file `input` (its extension, lowercased, when it is an image's; else `img`): the same
     /// bytes are staged once, whatever their name.
     ///
     /// `named_as` (a job whose output Claid writes into a storage: its output's file stem):
-    /// `staging/<sha256>/<stem>.<ext>` when that name is plain (letters, digits, `.`, `_`, `-`),
+    /// `staging/<store id>/<sha256>/<stem>.<ext>` when that name is plain (letters, digits, `.`, `_`, `-`),
     /// because a batch names each output after its input's file name: with the hash as the
     /// name, such jobs could only go alone.
     /// The name a local input of a job is staged under ([`Staging::key`]'s `named_as`): its
@@ -539,7 +542,14 @@ impl Staging {
             .and_then(|stem| stem.to_str())
     }
 
-    pub fn key(sha256: &str, input: &str, named_as: Option<&str>) -> String {
+    pub fn key(&self, sha256: &str, input: &str, named_as: Option<&str>) -> String {
+        Self::key_for(&self.owner, sha256, input, named_as)
+    }
+
+    /// [`Staging::key`] for the daemon whose store id is `owner`: under `staging/<owner>/`,
+    /// so that two daemons staging into one bucket prefix never share an object (one's
+    /// cleanup deleted objects the other had submitted and Claid had not read yet).
+    pub fn key_for(owner: &str, sha256: &str, input: &str, named_as: Option<&str>) -> String {
         let ext = std::path::Path::new(input)
             .extension()
             .and_then(|e| e.to_str())
@@ -554,8 +564,13 @@ impl Staging {
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
         };
         match (named_as, &ext) {
-            (Some(stem), Some(ext)) if plain(stem) => format!("staging/{sha256}/{stem}.{ext}"),
-            _ => format!("staging/{sha256}.{}", ext.as_deref().unwrap_or("img")),
+            (Some(stem), Some(ext)) if plain(stem) => {
+                format!("staging/{owner}/{sha256}/{stem}.{ext}")
+            }
+            _ => format!(
+                "staging/{owner}/{sha256}.{}",
+                ext.as_deref().unwrap_or("img")
+            ),
         }
     }
 

@@ -286,6 +286,11 @@ impl Store {
         &self.trees.path
     }
 
+    /// This store's random id, made at its creation and kept for its life.
+    pub fn id(&self) -> &str {
+        &self.trees.id
+    }
+
     /// Flushes completed so far by this process (durability points share them): a
     /// diagnostic, and how tests see that a write was made durable.
     pub fn flushes(&self) -> u64 {

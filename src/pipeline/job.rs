@@ -636,7 +636,7 @@ impl Runner {
         }
     }
 
-    /// `api.staging`: uploads the local input to `staging/<sha256>.<ext>` of the staging
+    /// `api.staging`: uploads the local input to `staging/<store id>/<sha256>.<ext>` of the staging
     /// storage (skipped when the object is there with the same size; no Claid request),
     /// records the staged URI durably, and puts the job back in the queue, where it is
     /// batched like any `storage://` input. A crash before the record stages again (the HEAD
@@ -651,7 +651,7 @@ impl Runner {
         };
         let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
         let named_as = crate::storages::Staging::named_as(&job.body, &job.output_rel);
-        let key = crate::storages::Staging::key(&sha256, &job.input, named_as);
+        let key = staging.key(&sha256, &job.input, named_as);
         let guard = tokio::select! {
             guard = staging.hold(&key) => guard,
             _ = deps.cancel.cancelled() => return Step::End(JobOutcome::Parked),

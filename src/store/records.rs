@@ -223,7 +223,7 @@ pub struct JobV1 {
     /// it); `Submitted.task_id` is then the batch's id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch: Option<u64>,
-    /// A local input staged into the `api.staging` storage: the `storage://CONNECTOR/staging/
+    /// A local input staged into the `api.staging` storage: the `storage://CONNECTOR/staging/<store id>/
     /// <sha256>.<ext>` URI Claid reads it from (recorded, durably, before any submit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub staged: Option<String>,

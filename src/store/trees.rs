@@ -93,7 +93,13 @@ pub struct Trees {
     /// output is reserved under the object it writes, not under the connector's name, so two
     /// connectors (or storages) on one bucket prefix cannot both write one object.
     object_places: Arc<RwLock<BTreeMap<String, String>>>,
+    /// This store's own random id, made once at its creation (`meta` key `store_id`): names
+    /// what this daemon stages in a bucket, apart from another daemon's.
+    pub id: String,
 }
+
+/// `meta` key of the store's id ([`Trees::id`]).
+const META_STORE_ID: &str = "store_id";
 
 /// What [`Trees::register`] did.
 #[derive(Debug)]
@@ -154,7 +160,7 @@ impl Trees {
                 other => break other?,
             }
         };
-        let trees = Trees {
+        let mut trees = Trees {
             manifests: db.open_tree(TREE_MANIFESTS)?,
             manifest_by_rel: db.open_tree(TREE_MANIFEST_BY_REL)?,
             jobs: db.open_tree(TREE_JOBS)?,
@@ -170,9 +176,18 @@ impl Trees {
             path,
             db,
             object_places: Arc::default(),
+            id: String::new(),
         };
         let meta = trees.db.open_tree(TREE_META)?;
         meta.insert("schema", "1")?;
+        trees.id = match meta.get(META_STORE_ID)? {
+            Some(id) => String::from_utf8_lossy(&id).into_owned(),
+            None => {
+                let id = format!("{:016x}", rand::random::<u64>());
+                meta.insert(META_STORE_ID, id.as_bytes())?;
+                id
+            }
+        };
         // A registration marks its run in `registering` before it writes anything else, and
         // runs are never deleted, so what a crash leaves behind belongs to a marked run: only
         // those are swept. A store never swept that way (written by an older version) is swept

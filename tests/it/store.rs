@@ -301,6 +301,28 @@ async fn unknown_job_is_not_found() {
     assert!(store.job(12345).await.unwrap().is_none());
 }
 
+/// Each store has an id of its own, made at its creation and kept across restarts: it names
+/// the daemon's part of a shared staging prefix, so two daemons never share a staged object
+/// (one's cleanup deleted objects the other had submitted).
+#[tokio::test]
+async fn a_store_keeps_its_own_id_and_two_stores_differ() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let first = Store::open(a.path()).unwrap().id().to_owned();
+    let other = Store::open(b.path()).unwrap().id().to_owned();
+    assert_eq!(first.len(), 16, "{first}");
+    assert_ne!(first, other);
+    assert_eq!(
+        Store::open(a.path()).unwrap().id(),
+        first,
+        "kept across a restart"
+    );
+    let key = |owner: &str| {
+        claid_hotfolder::storages::Staging::key_for(owner, "ab12", "photos/x.PNG", None)
+    };
+    assert_eq!(key(&first), format!("staging/{first}/ab12.png"));
+    assert_ne!(key(&first), key(&other));
+}
+
 #[tokio::test]
 async fn reopen_sees_every_flushed_change() {
     let dir = tempfile::tempdir().unwrap();
