@@ -155,7 +155,14 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), StoreError> {
         if kind.is_dir() {
             copy_tree(&path, &target)?;
         } else if kind.is_file() {
-            std::fs::copy(&path, &target).map_err(|cause| snapshot_error(&path, cause))?;
+            std::fs::copy(&path, &target).map_err(|cause| {
+                // A full or read-only temporary folder is the copy's side, not the store's:
+                // named as such (it named the store, which was not full).
+                match cause.raw_os_error() {
+                    Some(libc::ENOSPC | libc::EDQUOT | libc::EROFS) => temp_dir_error(cause),
+                    _ => snapshot_error(&path, cause),
+                }
+            })?;
         }
     }
     Ok(())

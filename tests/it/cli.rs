@@ -1352,6 +1352,41 @@ async fn status_names_tmpdir_when_the_temporary_folder_is_unusable() {
     );
 }
 
+/// A temporary folder too full for the store's copy: the error names the temporary folder and
+/// TMPDIR (it named the store, which was not full). The full disk is made with strace's fault
+/// injection on the copy's writes.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_names_tmpdir_when_the_temporary_folder_is_full() {
+    let env = TestEnv::new(Scenario::default()).await;
+    env.drop_file("m.yaml", GOOD.as_bytes());
+    let config = env.config("", "");
+    let (code, output) = run_once(&config).await;
+    assert_eq!(code, 0, "{output}");
+    let out = tokio::process::Command::new("strace")
+        .args([
+            "-f",
+            "-qq",
+            "-o",
+            "/dev/null",
+            "-e",
+            "trace=copy_file_range",
+        ])
+        .args(["-e", "inject=copy_file_range:error=ENOSPC", "--"])
+        .arg(crate::support::bin())
+        .args(["status", "--config"])
+        .arg(&config)
+        .output()
+        .await
+        .expect("strace runs (.ci/run installs it)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(74), "{err}");
+    assert!(
+        err.contains("that is the temporary folder")
+            && err.contains("set TMPDIR to a writable folder"),
+        "{err}"
+    );
+}
+
 /// `plan` counts the API calls the way the daemon will make them: URL inputs (and those of
 /// configured storages) in batches (a canary of two, then batches of up to a quarter of
 /// `max_in_flight`), inputs of a storage connector the config does not name as single
