@@ -258,11 +258,17 @@ pub async fn status_view(
             runs.entry(id).or_insert((m, c));
         }
     }
+    // No image is submitted while the daemon is paused: no time of arrival can be told (the
+    // rate of the minutes before the pause gave one).
+    let paused = live.is_some_and(|p| {
+        matches!(p.health(), Health::Paused { .. }) || p.writes_blocked_everywhere().is_some()
+    });
     let manifests = runs
         .into_iter()
         .map(|(id, (m, c))| {
             let remaining = c.open();
             let (images_per_minute, eta_secs) = match rates.get(&id) {
+                Some(per_min) if paused => (Some(*per_min), None),
                 Some(per_min) if *per_min > 0.0 => (
                     Some(*per_min),
                     Some((remaining as f64 / per_min * 60.0).round() as u64),
@@ -787,10 +793,13 @@ async fn healthz(State(state): State<AdminState>) -> Response {
         }));
     }
     if let Some(why) = state.pipeline.writes_blocked() {
-        return unavailable(serde_json::json!({
-            "status": "failing",
-            "reason": format!("outputs cannot be written: {why}"),
-        }));
+        // The disk's own words say it already ("… full: outputs cannot be written").
+        let reason = if why.contains("cannot be written") {
+            why
+        } else {
+            format!("outputs cannot be written: {why}")
+        };
+        return unavailable(serde_json::json!({"status": "failing", "reason": reason}));
     }
     if let Some((for_, why)) = state.pipeline.store().write_failing() {
         return unavailable(serde_json::json!({

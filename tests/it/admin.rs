@@ -290,6 +290,34 @@ async fn healthz_reports_paused_while_credits_are_out_and_ok_when_they_return() 
     daemon.wait().await.unwrap();
 }
 
+/// While the daemon is paused (here: no credits), `status` gives no time of arrival for the
+/// runs it holds (it gave one from the rate before the pause).
+#[tokio::test(flavor = "multi_thread")]
+async fn status_gives_no_eta_while_the_daemon_is_paused() {
+    let env =
+        TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_millis(200)))).await;
+    let config = env.config("max_in_flight: 1\nbatch: { max_images: 1 }", "");
+    let mut daemon = env.spawn_daemon(&config, 0);
+    wait_socket(&env).await;
+    env.drop_file("c.yaml", manifest_of(8, "c").as_bytes());
+    wait_until("two outputs", Duration::from_secs(30), || {
+        TestEnv::files_under(&env.outbox.join("c")).len() >= 2
+    })
+    .await;
+    env.emulator.control().set_credits_exhausted(true);
+    let socket = env.socket();
+    let paused = healthz_once_unavailable(&socket, Duration::from_secs(30)).await;
+    assert!(paused.1.contains("paused"), "{}", paused.1);
+    let (status, body) = get(&socket, "/status").await;
+    assert_eq!(status, 200, "{body}");
+    let view: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let run = &view["manifests"][0];
+    assert_eq!(run["finished"], false, "{view:#}");
+    assert!(run["eta_secs"].is_null(), "no eta while paused: {view:#}");
+    env.emulator.control().set_credits_exhausted(false);
+    stop(&mut daemon).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn healthz_and_status_report_failing_while_the_api_is_down_and_ok_when_it_returns() {
     let env = TestEnv::new(Scenario::default()).await;
