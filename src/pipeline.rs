@@ -1187,7 +1187,7 @@ async fn adopt_announced(
     let mut timed_out = Vec::new();
     for (mid, id) in owners {
         if let Ok(Some(job)) = store.job(id).await {
-            if job.timed_out_on(update.id()) {
+            if job.timed_out_on(update.id(), matches!(update, TaskUpdate::Batch(_))) {
                 timed_out.push(id);
                 waiting.push((mid, id, true));
             } else if job.waits_for_adoption() {

@@ -1074,7 +1074,7 @@ impl Store {
             let result_url = result_url.to_owned();
             let step = self
                 .step(*id, "in-doubt|queued in doubt|timed out", move |job| {
-                    if !job.waits_for_adoption() && !job.timed_out_on(task_id) {
+                    if !job.waits_for_adoption() && !job.timed_out_on(task_id, batch) {
                         return None;
                     }
                     let mut next = job.clone();

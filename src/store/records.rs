@@ -236,15 +236,21 @@ impl JobV1 {
     /// announced for that submit may still be adopted instead of paying for a second one.
     /// Failed as `task-timeout` or `task-lost` on task (or batch) `task_id`: Claid had not
     /// finished it (or its polls were refused), and its late result may still be taken.
-    pub fn timed_out_on(&self, task_id: u64) -> bool {
-        matches!(
-            self.state,
-            JobState::Failed {
-                code,
-                task_id: Some(t),
-                ..
-            } if t == task_id && code.result_may_still_come()
-        )
+    ///
+    /// `batch` says which kind of task the announcement is of: Claid numbers single tasks and
+    /// batches on endpoints of their own, so the same id may name one of each, and a batch's
+    /// results taken by a single task's job (matched by file name) could deliver another
+    /// image. A batch's job records its batch ([`JobV1::batch`]).
+    pub fn timed_out_on(&self, task_id: u64, batch: bool) -> bool {
+        (self.batch == Some(task_id)) == batch
+            && matches!(
+                self.state,
+                JobState::Failed {
+                    code,
+                    task_id: Some(t),
+                    ..
+                } if t == task_id && code.result_may_still_come()
+            )
     }
 
     pub fn waits_for_adoption(&self) -> bool {

@@ -301,6 +301,36 @@ async fn unknown_job_is_not_found() {
     assert!(store.job(12345).await.unwrap().is_none());
 }
 
+/// A job that failed on a task Claid may still finish takes a late announcement only of its
+/// own kind: single tasks and batches are numbered apart, so batch 7's results must not be
+/// taken by the job whose single task 7 timed out (matched by file name, they could deliver
+/// another image).
+#[test]
+fn a_timed_out_job_takes_only_an_announcement_of_its_own_kind() {
+    let failed = |code, batch| {
+        let mut j = job(0, "k");
+        j.state = JobState::Failed {
+            code,
+            message: String::new(),
+            attempts: 1,
+            task_id: Some(7),
+        };
+        j.batch = batch;
+        j
+    };
+    let single = failed(FailureCode::TaskTimeout, None);
+    assert!(single.timed_out_on(7, false));
+    assert!(!single.timed_out_on(7, true), "batch 7 is not its task");
+    assert!(!single.timed_out_on(8, false));
+    let batched = failed(FailureCode::TaskLost, Some(7));
+    assert!(batched.timed_out_on(7, true));
+    assert!(
+        !batched.timed_out_on(7, false),
+        "single task 7 is not its batch"
+    );
+    assert!(!failed(FailureCode::ClaidError, None).timed_out_on(7, false));
+}
+
 /// Each store has an id of its own, made at its creation and kept across restarts: it names
 /// the daemon's part of a shared staging prefix, so two daemons never share a staged object
 /// (one's cleanup deleted objects the other had submitted).
