@@ -489,6 +489,7 @@ enum Use {
 pub struct StagingGuard {
     key: String,
     users: std::sync::Arc<std::sync::Mutex<BTreeMap<String, Use>>>,
+    released: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl Drop for StagingGuard {
@@ -505,6 +506,9 @@ impl Drop for StagingGuard {
                 users.remove(&self.key);
             }
         }
+        drop(users);
+        // Another staging of the same object waits for this one (see `Staging::hold`).
+        self.released.notify_waiters();
     }
 }
 
@@ -585,7 +589,9 @@ impl Staging {
         (connector == self.storage.entry.claid_name).then_some(key)
     }
 
-    /// Takes `key` for a staging; waits while a cleanup deletes it.
+    /// Takes `key` for a staging; waits while a cleanup deletes it, or while another job
+    /// stages it (the same file in several rows: it then finds the object there and uploads
+    /// nothing, where each uploaded it).
     pub async fn hold(&self, key: &str) -> StagingGuard {
         loop {
             let released = self.released.notified();
@@ -595,11 +601,7 @@ impl Staging {
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 match users.get(key).copied() {
-                    Some(Use::Deleting) => {}
-                    Some(Use::Staging(n)) => {
-                        users.insert(key.to_owned(), Use::Staging(n + 1));
-                        return self.guard(key);
-                    }
+                    Some(Use::Deleting | Use::Staging(_)) => {}
                     None => {
                         users.insert(key.to_owned(), Use::Staging(1));
                         return self.guard(key);
@@ -614,6 +616,7 @@ impl Staging {
         StagingGuard {
             key: key.to_owned(),
             users: self.users.clone(),
+            released: self.released.clone(),
         }
     }
 
