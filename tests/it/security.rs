@@ -133,7 +133,14 @@ async fn issue5_symlinked_output_is_refused_at_intake_and_never_submitted() {
     .await;
     let txt = std::fs::read_to_string(&error_txt).expect("error file");
     let link = env.outbox.join("team");
-    for (line, at) in [(3, "images[0].input"), (5, "images[1].output")] {
+    for (line, at) in [
+        // Named after the input: told at its line, as its output's path.
+        (
+            3,
+            "images[0].input: its output `team/shoe-64x64.png` (named after the input)",
+        ),
+        (5, "images[1].output"),
+    ] {
         assert!(
             txt.contains(&format!(
                 "line {line}: {at}: {} in the outbox is a symbolic link",
