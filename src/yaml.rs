@@ -26,6 +26,19 @@ pub const MAX_DEPTH: usize = 64;
 /// Bytes the event passes (`screen`, `lines`) hand libyaml at a time.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// What libyaml-safer reads of a text ([`scanner_input`]).
+pub(crate) type ScannerInput<'t> = std::io::BufReader<std::io::Chain<&'t [u8], &'static [u8]>>;
+
+/// `text` as libyaml-safer's scanner reads it, in chunks of [`READ_CHUNK`] (it decodes all it
+/// is handed into a buffer of `char`s, 4 bytes each). A text whose last byte is a backslash
+/// gets a newline after it: the scanner panics on a double-quoted scalar that ends the file
+/// with an escape (`"\`, two bytes, stopped `validate` and the daemon's intake); YAML reads
+/// the newline the same, and the quote is then the unclosed one it is.
+pub(crate) fn scanner_input(text: &str) -> ScannerInput<'_> {
+    let tail: &'static [u8] = if text.ends_with('\\') { b"\n" } else { b"" };
+    std::io::BufReader::with_capacity(READ_CHUNK, std::io::Read::chain(text.as_bytes(), tail))
+}
+
 /// A document that could not be turned into data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseError {

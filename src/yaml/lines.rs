@@ -8,7 +8,6 @@
 //! ancestors), so the problems of a 100,000-image manifest do not cost a map of every path.
 
 use std::collections::{HashMap, HashSet};
-use std::io::BufReader;
 
 use libyaml_safer::{EventData, Parser};
 
@@ -52,10 +51,7 @@ impl LineMap {
         };
         let mut parser = Parser::new();
         // In chunks: the scanner decodes all it is handed into a buffer of `char`s, 4 bytes each.
-        parser.set_input(BufReader::with_capacity(
-            crate::yaml::READ_CHUNK,
-            text.as_bytes(),
-        ));
+        parser.set_input(crate::yaml::scanner_input(text));
         // Event by event: a recursive walk overflows the stack on a few thousand levels of
         // `- - - …`, which this pass still sees (a config with any problem is mapped, whatever
         // its shape). Deeper than [`MAX_DEPTH`] means the document was refused anyway; stopping

@@ -13,7 +13,6 @@
 //! with the same scanner, stops at the same place.
 
 use std::collections::HashMap;
-use std::io::BufReader;
 
 use libyaml_safer::{EventData, Parser};
 
@@ -51,10 +50,7 @@ pub fn screen(text: &str, bounds: &Bounds) -> Result<(), ParseError> {
         MIN_ALIAS_EXPANSION.max((text.len() as u64).saturating_mul(ALIAS_EXPANSION_FACTOR));
     let mut parser = Parser::new();
     // In chunks: the scanner decodes all it is handed into a buffer of `char`s, 4 bytes each.
-    parser.set_input(BufReader::with_capacity(
-        crate::yaml::READ_CHUNK,
-        text.as_bytes(),
-    ));
+    parser.set_input(crate::yaml::scanner_input(text));
     let mut open: Vec<Open> = Vec::new();
     let mut total: u64 = 0;
     let mut anchor_sizes: HashMap<String, u64> = HashMap::new();

@@ -14,7 +14,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::BufReader;
 use std::ops::Range;
 
 use libyaml_safer::{EventData, Parser, ScalarStyle};
@@ -162,7 +161,7 @@ struct Replay {
 
 /// The reader of one YAML text (BOM already stripped).
 pub struct Stream<'t> {
-    parser: Parser<BufReader<&'t [u8]>>,
+    parser: Parser<crate::yaml::ScannerInput<'t>>,
     peeked: Option<Node>,
     replays: Vec<Replay>,
     /// The events of every anchored node, once each (nested anchors share them); nothing is
@@ -182,10 +181,7 @@ impl<'t> Stream<'t> {
     pub fn new(text: &'t str) -> Stream<'t> {
         let mut parser = Parser::new();
         // In chunks: the scanner decodes all it is handed into a buffer of `char`s.
-        parser.set_input(BufReader::with_capacity(
-            crate::yaml::READ_CHUNK,
-            text.as_bytes(),
-        ));
+        parser.set_input(crate::yaml::scanner_input(text));
         Stream {
             parser,
             peeked: None,

@@ -286,6 +286,20 @@ fn generated() -> Vec<Bad> {
         "out-of-range value",
         expect(Some(2), "Claid accepts at most 4096"),
     );
+    // A double-quoted scalar ending the file with an escape: libyaml-safer's scanner panicked
+    // (`validate` died with 101; the daemon's intake with it).
+    add(
+        b"gen-trailing-escape.yaml",
+        b"\"\\".to_vec(),
+        "bad yaml",
+        expect(None, "not valid YAML"),
+    );
+    add(
+        b"gen-trailing-escape-in-value.yaml",
+        b"images:\n  - input: \"https://cdn.example.com/a.jpg\\".to_vec(),
+        "bad yaml",
+        expect(None, "not valid YAML"),
+    );
     // A host or a port no client can reach.
     add(
         b"gen-broken-ipv6.yaml",
