@@ -936,11 +936,16 @@ impl BatchRunner {
                     // DONE with a result or an error missing for some image (none at all, or
                     // fewer than its images): Claid may attach them a moment later; failing
                     // those images would lose results it billed.
-                    if polled.batch.status == TaskStatus::Done
-                        && (polled.batch.lacks_result()
-                            || polled.batch.answers_fewer_than(members.len()))
-                        && let Some(after) = unsettled.done_without_result()
-                    {
+                    let unsettled_wait = if polled.batch.status != TaskStatus::Done {
+                        None
+                    } else if polled.batch.lacks_result() {
+                        unsettled.done_without_result()
+                    } else if polled.batch.answers_fewer_than(members.len()) {
+                        unsettled.partial_results(deps.poll.max)
+                    } else {
+                        None
+                    };
+                    if let Some(after) = unsettled_wait {
                         warn!(
                             batch_id,
                             results = polled.batch.results.len(),

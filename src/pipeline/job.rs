@@ -51,6 +51,7 @@ const MAX_OUTPUT_WRITES: u32 = 16;
 #[derive(Debug, Default)]
 pub(crate) struct Unsettled {
     done_without_result: u32,
+    partial: u32,
     not_found: u32,
     refused: u32,
     unknown_status_told: bool,
@@ -68,6 +69,10 @@ const UNSETTLED_ASKS: u32 = 3;
 /// was billed for (a poll is free).
 const DONE_WITHOUT_RESULT_ASKS: u32 = 8;
 
+/// How often a batch DONE with results for only some of its images is asked again (about
+/// 15 s with [`healing_write_wait`]'s waits).
+const PARTIAL_RESULT_ASKS: u32 = 4;
+
 /// How young a task is for a 404 to be asked again.
 const NEW_TASK: Duration = Duration::from_secs(120);
 
@@ -78,6 +83,16 @@ impl Unsettled {
         self.done_without_result += 1;
         (self.done_without_result <= DONE_WITHOUT_RESULT_ASKS)
             .then(|| healing_write_wait(self.done_without_result))
+    }
+
+    /// The wait before asking again about a batch DONE with a result or an error for only
+    /// some of its images, or `None` once asked [`PARTIAL_RESULT_ASKS`] times: results Claid
+    /// attaches one by one come within seconds, and meanwhile the results that are there wait
+    /// (and, for the first batch, the batches after it). Each wait at most `cap`
+    /// (`api.poll.max`).
+    pub(crate) fn partial_results(&mut self, cap: Duration) -> Option<Duration> {
+        self.partial += 1;
+        (self.partial <= PARTIAL_RESULT_ASKS).then(|| healing_write_wait(self.partial).min(cap))
     }
 
     /// The wait before asking again about a task `age` old that Claid answered 404 for.
