@@ -303,9 +303,12 @@ pub async fn status_view(
             (Health::Paused { reason, .. }, _, _) => ("paused".to_owned(), Some(reason)),
             (Health::Healthy, Some(why), _) => (
                 "paused".to_owned(),
-                Some(format!(
-                    "an output cannot be written ({why}); new images wait"
-                )),
+                Some(if why.contains("cannot be written") {
+                    // The disk's own words say it already.
+                    format!("{why}; new images wait")
+                } else {
+                    format!("an output cannot be written ({why}); new images wait")
+                }),
             ),
             (Health::Healthy, None, Some((folder, why))) => (
                 "failing".to_owned(),
