@@ -1139,6 +1139,25 @@ async fn run_once_exits_74_naming_an_inbox_folder_it_could_not_read() {
     );
 }
 
+/// A second daemon's config on the same inbox as `config`: its own outbox, archive, rejected
+/// and state folders (under the returned folder) and its own admin socket.
+fn second_daemon_config(env: &TestEnv, config: &Path) -> (tempfile::TempDir, PathBuf) {
+    let outside = tempfile::tempdir().expect("tempdir");
+    let mut second = std::fs::read_to_string(config).expect("config");
+    for folder in ["outbox", "archive", "rejected", "state"] {
+        let mine = env.dir.path().join(folder).display().to_string();
+        let theirs = outside.path().join(folder);
+        std::fs::create_dir_all(&theirs).expect("folder");
+        second = second.replace(
+            &format!("{folder}: {mine}"),
+            &format!("{folder}: {}", theirs.display()),
+        );
+    }
+    let second_config = outside.path().join("second.yaml");
+    std::fs::write(&second_config, second.replace("admin.sock", "admin-2.sock")).expect("config");
+    (outside, second_config)
+}
+
 /// The inbox's lock file deleted (a cleanup of dot files) or the inbox folder replaced while
 /// a daemon runs: the daemon claims the inbox again at its next rescan, so a second daemon
 /// started on it afterwards is still refused (75) instead of taking in, and billing, every
@@ -1153,20 +1172,7 @@ async fn a_deleted_inbox_lock_or_a_replaced_inbox_is_claimed_again() {
     })
     .await;
     let lock = env.inbox.join(".claid-hotfolder.lock");
-    let text = std::fs::read_to_string(&config).expect("config");
-    let outside = tempfile::tempdir().expect("tempdir");
-    let mut second = text.clone();
-    for folder in ["outbox", "archive", "rejected", "state"] {
-        let mine = env.dir.path().join(folder).display().to_string();
-        let theirs = outside.path().join(folder);
-        std::fs::create_dir_all(&theirs).expect("folder");
-        second = second.replace(
-            &format!("{folder}: {mine}"),
-            &format!("{folder}: {}", theirs.display()),
-        );
-    }
-    let second_config = outside.path().join("second.yaml");
-    std::fs::write(&second_config, second.replace("admin.sock", "admin-2.sock")).expect("config");
+    let (_outside, second_config) = second_daemon_config(&env, &config);
     for how in ["the lock file deleted", "the inbox folder replaced"] {
         if how == "the lock file deleted" {
             std::fs::remove_file(&lock).expect("rm lock");
@@ -1206,19 +1212,7 @@ async fn a_second_daemon_is_refused_even_before_a_deleted_inbox_lock_is_made_aga
     .await;
     let lock = env.inbox.join(".claid-hotfolder.lock");
     std::fs::remove_file(&lock).expect("rm lock");
-    let outside = tempfile::tempdir().expect("tempdir");
-    let mut second = std::fs::read_to_string(&config).expect("config");
-    for folder in ["outbox", "archive", "rejected", "state"] {
-        let mine = env.dir.path().join(folder).display().to_string();
-        let theirs = outside.path().join(folder);
-        std::fs::create_dir_all(&theirs).expect("folder");
-        second = second.replace(
-            &format!("{folder}: {mine}"),
-            &format!("{folder}: {}", theirs.display()),
-        );
-    }
-    let second_config = outside.path().join("second.yaml");
-    std::fs::write(&second_config, second.replace("admin.sock", "admin-2.sock")).expect("config");
+    let (outside, second_config) = second_daemon_config(&env, &config);
     env.drop_file("m.yaml", GOOD.as_bytes());
     let (code, out, err) =
         cli(&["run", "--once", "--config", second_config.to_str().unwrap()]).await;

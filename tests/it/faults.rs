@@ -448,22 +448,29 @@ async fn fault_429_storm_under_a_tight_rate_limit() {
     .await;
 }
 
+/// Runs a manifest of two storage images under `scenario` (`api`: extra `api` keys) with
+/// `run --once` and checks both are delivered and the run ends 0; the env and stderr.
+async fn two_images_delivered(scenario: Scenario, api: &str) -> (TestEnv, String) {
+    let env = TestEnv::new(scenario).await;
+    let config = env.config(api, "");
+    env.drop_file(
+        "m.yaml",
+        b"images:\n  - input: storage://demo/a-64x48.png\n  - input: storage://demo/b-64x48.png\n",
+    );
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{api}: {stderr}");
+    assert!(env.outbox.join("m/a-64x48.jpg").is_file(), "{api}");
+    assert!(env.outbox.join("m/b-64x48.jpg").is_file(), "{api}");
+    (env, stderr)
+}
+
 /// A long run of 429s to the polls of billed tasks and batches (130 each, more than any
 /// budget of answers): they are waited out, never fail the images (it lost results Claid had
 /// billed, and a replay paid again).
 #[tokio::test(flavor = "multi_thread")]
 async fn fault_a_long_run_of_429s_to_polls_never_fails_a_billed_task() {
     for api in ["", "batch: { max_images: 1 }"] {
-        let env = TestEnv::new(Scenario::default().polls_rate_limited(130)).await;
-        let config = env.config(api, "");
-        env.drop_file(
-            "m.yaml",
-            b"images:\n  - input: storage://demo/a-64x48.png\n  - input: storage://demo/b-64x48.png\n",
-        );
-        let (code, stderr) = env.run_once(&config).await;
-        assert_eq!(code, 0, "{api}: {stderr}");
-        assert!(env.outbox.join("m/a-64x48.jpg").is_file(), "{api}");
-        assert!(env.outbox.join("m/b-64x48.jpg").is_file(), "{api}");
+        let (env, _) = two_images_delivered(Scenario::default().polls_rate_limited(130), api).await;
         let stats = env.stats();
         assert!(stats.rate_limited >= 130, "{api}: {stats:?}");
         assert_eq!(stats.duplicate_submits, 0, "{api}");
@@ -476,20 +483,11 @@ async fn fault_a_long_run_of_429s_to_polls_never_fails_a_billed_task() {
 #[tokio::test(flavor = "multi_thread")]
 async fn fault_a_refused_poll_is_asked_again_and_never_loses_a_billed_task() {
     for api in ["", "batch: { max_images: 1 }"] {
-        let env = TestEnv::new(Scenario::default().polls_refused(2)).await;
-        let config = env.config(api, "");
-        env.drop_file(
-            "m.yaml",
-            b"images:\n  - input: storage://demo/a-64x48.png\n  - input: storage://demo/b-64x48.png\n",
-        );
-        let (code, stderr) = env.run_once(&config).await;
-        assert_eq!(code, 0, "{api}: {stderr}");
+        let (env, stderr) = two_images_delivered(Scenario::default().polls_refused(2), api).await;
         assert!(
             stderr.contains("Claid refused a poll of a"),
             "{api}: {stderr}"
         );
-        assert!(env.outbox.join("m/a-64x48.jpg").is_file(), "{api}");
-        assert!(env.outbox.join("m/b-64x48.jpg").is_file(), "{api}");
         assert_eq!(env.stats().duplicate_submits, 0, "{api}");
     }
 }
