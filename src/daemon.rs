@@ -246,7 +246,9 @@ pub async fn run(
     prepare_folders(&config, &copies)?;
     // The store's lock comes first: a second daemon must not touch the outbox of a running one.
     let (store, unfinished) = open_store(&folders.state)?;
-    info!(state = %folders.state.display(), "Opened the job store");
+    // The store's id names this daemon's part of a staging prefix (`staging/<id>/`), to find
+    // what a retired daemon left there.
+    info!(state = %folders.state.display(), store_id = store.id(), "Opened the job store");
     // One daemon per inbox: another one on the same folder, above it or inside it would bill
     // the same manifests again. Held until this function returns.
     let mut inbox_claim =

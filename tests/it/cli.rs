@@ -1210,6 +1210,13 @@ async fn a_second_daemon_is_refused_even_before_a_deleted_inbox_lock_is_made_aga
         env.daemon_log(0).contains("Ready")
     })
     .await;
+    // The start names the store's id (which names its part of a staging prefix).
+    assert!(
+        env.daemon_log(0).contains("Opened the job store")
+            && env.daemon_log(0).contains("store_id="),
+        "{}",
+        env.daemon_log(0)
+    );
     let lock = env.inbox.join(".claid-hotfolder.lock");
     std::fs::remove_file(&lock).expect("rm lock");
     let (outside, second_config) = second_daemon_config(&env, &config);
