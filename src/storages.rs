@@ -478,8 +478,8 @@ pub struct Staging {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Use {
-    /// This many stagings hold the key.
-    Staging(usize),
+    /// A staging holds the key (one at a time: see [`Staging::hold`]).
+    Staging,
     /// A cleanup is deleting it.
     Deleting,
 }
@@ -498,14 +498,7 @@ impl Drop for StagingGuard {
             .users
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match users.get(&self.key).copied() {
-            Some(Use::Staging(n)) if n > 1 => {
-                users.insert(self.key.clone(), Use::Staging(n - 1));
-            }
-            _ => {
-                users.remove(&self.key);
-            }
-        }
+        users.remove(&self.key);
         drop(users);
         // Another staging of the same object waits for this one (see `Staging::hold`).
         self.released.notify_waiters();
@@ -601,9 +594,9 @@ impl Staging {
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 match users.get(key).copied() {
-                    Some(Use::Deleting | Use::Staging(_)) => {}
+                    Some(Use::Deleting | Use::Staging) => {}
                     None => {
-                        users.insert(key.to_owned(), Use::Staging(1));
+                        users.insert(key.to_owned(), Use::Staging);
                         return self.guard(key);
                     }
                 }
