@@ -1220,7 +1220,8 @@ async fn a_second_daemon_is_refused_even_before_a_deleted_inbox_lock_is_made_aga
     let lock = env.inbox.join(".claid-hotfolder.lock");
     std::fs::remove_file(&lock).expect("rm lock");
     let (outside, second_config) = second_daemon_config(&env, &config);
-    env.drop_file("m.yaml", GOOD.as_bytes());
+    // Nothing is dropped before the second daemon runs: a drop makes the first one scan, and
+    // a scan claims the inbox again (the lock file could be back before the second looks).
     let (code, out, err) =
         cli(&["run", "--once", "--config", second_config.to_str().unwrap()]).await;
     assert_eq!(code, 75, "{out}{err}");
@@ -1234,7 +1235,8 @@ async fn a_second_daemon_is_refused_even_before_a_deleted_inbox_lock_is_made_aga
         !lock.exists(),
         "the first daemon has not made its lock again yet"
     );
-    // The first daemon alone ran the drop.
+    env.drop_file("m.yaml", GOOD.as_bytes());
+    // The first daemon alone runs the drop.
     crate::support::wait_until("the drop ran", DEADLINE, || {
         env.archive.join("m.yaml").is_file()
     })
