@@ -303,12 +303,7 @@ pub async fn status_view(
             (Health::Paused { reason, .. }, _, _) => ("paused".to_owned(), Some(reason)),
             (Health::Healthy, Some(why), _) => (
                 "paused".to_owned(),
-                Some(if why.contains("cannot be written") {
-                    // The disk's own words say it already.
-                    format!("{why}; new images wait")
-                } else {
-                    format!("an output cannot be written ({why}); new images wait")
-                }),
+                Some(format!("{}; new images wait", why.describe())),
             ),
             (Health::Healthy, None, Some((folder, why))) => (
                 "failing".to_owned(),
@@ -796,13 +791,7 @@ async fn healthz(State(state): State<AdminState>) -> Response {
         }));
     }
     if let Some(why) = state.pipeline.writes_blocked() {
-        // The disk's own words say it already ("… full: outputs cannot be written").
-        let reason = if why.contains("cannot be written") {
-            why
-        } else {
-            format!("outputs cannot be written: {why}")
-        };
-        return unavailable(serde_json::json!({"status": "failing", "reason": reason}));
+        return unavailable(serde_json::json!({"status": "failing", "reason": why.describe()}));
     }
     if let Some((for_, why)) = state.pipeline.store().write_failing() {
         return unavailable(serde_json::json!({

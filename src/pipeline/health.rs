@@ -79,6 +79,26 @@ const GIVEN_UP_PROBE: std::time::Duration = std::time::Duration::from_secs(5);
 /// How often a submit held back by [`HealthState::writable`] looks again.
 const WRITES_PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// Why outputs cannot be written now (see [`HealthState::writes_blocked`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteBlock {
+    /// A job's write failed with this error, and is retried while it may heal.
+    Write(String),
+    /// The outbox's disk, as the activity monitor worded it (a sentence of its own:
+    /// [`crate::activity::Disk::describe`]).
+    Disk(String),
+}
+
+impl WriteBlock {
+    /// One sentence for `/healthz` and `status`.
+    pub fn describe(&self) -> String {
+        match self {
+            WriteBlock::Write(why) => format!("an output cannot be written ({why})"),
+            WriteBlock::Disk(sentence) => sentence.clone(),
+        }
+    }
+}
+
 /// One job whose output cannot be written for now (see [`HealthState::writes_blocked`]);
 /// counted while this lives.
 #[derive(Debug)]
@@ -205,16 +225,16 @@ impl HealthState {
 
     /// Why outputs cannot be written now, while some cannot (everywhere, or under a folder):
     /// what `/healthz` and `status` tell.
-    pub fn writes_blocked(&self) -> Option<String> {
+    pub fn writes_blocked(&self) -> Option<WriteBlock> {
         let writes = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
         if writes.everywhere.0 > 0 {
-            return Some(writes.everywhere.1.clone());
+            return Some(WriteBlock::Write(writes.everywhere.1.clone()));
         }
         if let Some((_, why)) = writes.folders.values().next() {
-            return Some(why.clone());
+            return Some(WriteBlock::Write(why.clone()));
         }
         drop(writes);
-        self.disk_problem().map(|(_, why)| why)
+        self.disk_problem().map(|(_, why)| WriteBlock::Disk(why))
     }
 
     /// A folder whose images wait for it to take writes, and why (one of them, when several).
@@ -229,13 +249,13 @@ impl HealthState {
 
     /// Why no new image may be submitted at all now, while none may (see
     /// [`HealthState::writable`]).
-    pub fn writes_blocked_everywhere(&self) -> Option<String> {
+    pub fn writes_blocked_everywhere(&self) -> Option<WriteBlock> {
         let writes = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
         if writes.everywhere.0 > 0 {
-            return Some(writes.everywhere.1.clone());
+            return Some(WriteBlock::Write(writes.everywhere.1.clone()));
         }
         drop(writes);
-        self.disk_problem().map(|(_, why)| why)
+        self.disk_problem().map(|(_, why)| WriteBlock::Disk(why))
     }
 
     /// Whether an image whose output is `output` waits: a job's write into a folder on its
@@ -572,7 +592,10 @@ mod tests {
         assert!(!health.folder_blocked(Path::new("/out/ab/x.jpg")));
         assert!(!health.folder_blocked(Path::new("/out/c/x.jpg")));
         assert!(health.writes_blocked_everywhere().is_none());
-        assert_eq!(health.writes_blocked().as_deref(), Some("EACCES"));
+        assert_eq!(
+            health.writes_blocked(),
+            Some(WriteBlock::Write("EACCES".to_owned()))
+        );
         drop(a);
         assert!(health.folder_blocked(Path::new("/out/a/x.jpg")));
         drop(again);
@@ -586,8 +609,8 @@ mod tests {
         .expect("told");
         let disk = health.block_writes("ENOSPC".to_owned(), None);
         assert_eq!(
-            health.writes_blocked_everywhere().as_deref(),
-            Some("ENOSPC")
+            health.writes_blocked_everywhere(),
+            Some(WriteBlock::Write("ENOSPC".to_owned()))
         );
         drop(disk);
         assert!(health.writes_blocked().is_none());
@@ -655,7 +678,10 @@ mod tests {
         health.set_disk_problem(Some("still full".to_owned()));
         let (lasted, why) = health.disk_problem().expect("a problem");
         assert_eq!((lasted.as_secs(), why.as_str()), (30, "still full"));
-        assert_eq!(health.writes_blocked().as_deref(), Some("still full"));
+        assert_eq!(
+            health.writes_blocked(),
+            Some(WriteBlock::Disk("still full".to_owned()))
+        );
         health.set_disk_problem(None);
         assert_eq!(health.writes_blocked(), None);
     }
