@@ -628,12 +628,13 @@ async fn start_webhooks(
         }
     });
     let keep_for = pipeline.clone();
-    let keeper: webhook::Keeper = Arc::new(move |task_id, body| {
+    let keeper: webhook::Keeper = Arc::new(move |task, body| {
         let pipeline = keep_for.clone();
         Box::pin(async move {
-            if !pipeline.announcement_would_be_kept(task_id) {
+            if !pipeline.announcement_would_be_kept(task) {
                 return true;
             }
+            let task_id = task.id();
             match pipeline.store().keep_announcement(task_id, &body).await {
                 Ok(()) => true,
                 Err(err) => {

@@ -42,7 +42,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::claid::Client;
-use crate::claid::wire::TaskUpdate;
+use crate::claid::wire::{TaskRef, TaskUpdate};
 use crate::config::{InDoubtPolicy, Limits, OnManifestDone, OnOutputExists, PollConfig, Profile};
 use crate::lifecycle::Phase;
 use crate::metrics::Metrics;
@@ -540,7 +540,7 @@ impl Handle {
 
     /// Whether a final webhook for task `id` is one nobody waits for yet (see
     /// [`dispatch::Dispatch::would_keep`]): the receiver makes it durable before answering.
-    pub fn announcement_would_be_kept(&self, id: u64) -> bool {
+    pub fn announcement_would_be_kept(&self, id: TaskRef) -> bool {
         self.shared.dispatch.would_keep(id)
     }
 
@@ -551,12 +551,12 @@ impl Handle {
     }
 
     /// Why new submits wait for outputs to be writable again (a full disk), while they do.
-    pub fn writes_blocked(&self) -> Option<String> {
+    pub fn writes_blocked(&self) -> Option<health::WriteBlock> {
         self.shared.health.writes_blocked()
     }
 
     /// Why no new image is submitted at all (a full disk, no file descriptors left), while so.
-    pub fn writes_blocked_everywhere(&self) -> Option<String> {
+    pub fn writes_blocked_everywhere(&self) -> Option<health::WriteBlock> {
         self.shared.health.writes_blocked_everywhere()
     }
 
@@ -800,7 +800,22 @@ impl Handle {
                 // Jobs failed as task-timeout before this start: their task's late
                 // announcement is taken, not paid for again by `replay`.
                 for (task_id, owners) in store.timed_out_jobs(dispatch::KEPT_TTL).await? {
-                    shared.dispatch.timed_out(task_id, owners);
+                    // A batch's jobs record their batch; the others' task is a single one.
+                    let (mut singles, mut batches) = (Vec::new(), Vec::new());
+                    for owner in owners {
+                        match store.job(owner.1).await? {
+                            Some(job) if job.batch == Some(task_id) => batches.push(owner),
+                            _ => singles.push(owner),
+                        }
+                    }
+                    for (task, owners) in [
+                        (TaskRef::Async(task_id), singles),
+                        (TaskRef::Batch(task_id), batches),
+                    ] {
+                        if !owners.is_empty() {
+                            shared.dispatch.timed_out(task, owners);
+                        }
+                    }
                 }
                 // Announcements that came before their submit answer was recorded, kept in
                 // the store across the crash: the jobs they belong to are registered now.

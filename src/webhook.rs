@@ -52,7 +52,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::claid::wire::{TaskStatus, TaskUpdate};
+use crate::claid::wire::{TaskRef, TaskStatus, TaskUpdate};
 use crate::http_server::{self, BodyError, Bounds, error_response};
 use crate::os_error::OsCause;
 use crate::text::Escaped;
@@ -78,8 +78,9 @@ pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// it for later (nobody waits for its task yet: its submit answer may not be recorded, and a
 /// crash then would lose it, since Claid announces a task once). Given the task id and the
 /// verified body; `false` when it could not be kept (the answer is then 503).
-pub type Keeper =
-    Arc<dyn Fn(u64, bytes::Bytes) -> futures_util::future::BoxFuture<'static, bool> + Send + Sync>;
+pub type Keeper = Arc<
+    dyn Fn(TaskRef, bytes::Bytes) -> futures_util::future::BoxFuture<'static, bool> + Send + Sync,
+>;
 
 /// How long a verified update waits for room in a full sink before the answer is 503.
 pub const SINK_WAIT: Duration = Duration::from_secs(2);
@@ -539,7 +540,7 @@ impl Receiver {
         debug!(task_id, status = %Escaped::str(&status), kind, "Webhook verified");
         if update.status().is_terminal()
             && let Some(keep) = &self.keeper
-            && !keep(task_id, body.clone()).await
+            && !keep(update.task(), body.clone()).await
         {
             bump(&self.counters.sink_busy);
             return error_response(

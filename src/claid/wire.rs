@@ -365,7 +365,31 @@ pub enum TaskUpdate {
     Batch(Box<BatchTask>),
 }
 
+/// A task as Claid names it: single tasks and batches are numbered on endpoints of their own,
+/// so one id may name one of each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TaskRef {
+    Async(u64),
+    Batch(u64),
+}
+
+impl TaskRef {
+    pub fn id(self) -> u64 {
+        match self {
+            TaskRef::Async(id) | TaskRef::Batch(id) => id,
+        }
+    }
+}
+
 impl TaskUpdate {
+    /// Which task this is, with its kind.
+    pub fn task(&self) -> TaskRef {
+        match self {
+            TaskUpdate::Async(task) => TaskRef::Async(task.id),
+            TaskUpdate::Batch(batch) => TaskRef::Batch(batch.id),
+        }
+    }
+
     /// Parses a result object, bare or wrapped in `{"data": …}`. It is a batch when it carries
     /// `results` or its `result_url` is a batch URL, else an async task.
     pub fn parse(body: &[u8]) -> Result<TaskUpdate, serde_json::Error> {

@@ -23,7 +23,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::claid::Client;
-use crate::claid::wire::{self, BatchEditRequest, BatchInput, BatchTask, TaskStatus, TaskUpdate};
+use crate::claid::wire::{
+    self, BatchEditRequest, BatchInput, BatchTask, TaskRef, TaskStatus, TaskUpdate,
+};
 use crate::codes::FailureCode;
 use crate::config::{BatchConfig, InDoubtPolicy, PollConfig};
 use crate::pipeline::Settings;
@@ -851,7 +853,7 @@ impl BatchRunner {
         let deps = &*self.deps;
         // Webhooks that do not arrive are not waited for (see `Dispatch::webhooks_silent`).
         let webhooks = deps.webhooks.filter(|_| !deps.dispatch.webhooks_silent());
-        let mut watch = webhooks.map(|_| deps.dispatch.watch(batch_id));
+        let mut watch = webhooks.map(|_| deps.dispatch.watch(TaskRef::Batch(batch_id)));
         // An announcement without the results came: polled from then on, on the schedule
         // (its slot keeps that update, which a watch would hand back at once, every time).
         let mut slim = false;
@@ -987,19 +989,10 @@ impl BatchRunner {
                 }
                 Err(err) => match failure_of(&deps.health, &err, sent_at) {
                     Failure::Job
-                        if err.http_status() == Some(404)
-                            && let Some(after) =
-                                unsettled.not_found_yet(&deps.retry, since_submit()) =>
+                        if let Some((after, why)) =
+                            unsettled.refused(&err, &deps.retry, since_submit()) =>
                     {
-                        warn!(batch_id, error = %err, "Claid does not know the batch it named a moment ago; asking again");
-                        delay = after;
-                        scheduled = false;
-                    }
-                    Failure::Job
-                        if err.http_status().is_some_and(|status| status != 404)
-                            && let Some(after) = unsettled.refused_poll(&deps.retry) =>
-                    {
-                        warn!(batch_id, error = %err, "Claid refused a poll of a batch it named; asking again");
+                        warn!(batch_id, error = %err, "{}", why.warning("batch"));
                         delay = after;
                         scheduled = false;
                     }
@@ -1009,7 +1002,7 @@ impl BatchRunner {
                             self.fail(m, FailureCode::TaskLost, &err.to_string()).await;
                         }
                         self.deps.dispatch.timed_out(
-                            batch_id,
+                            TaskRef::Batch(batch_id),
                             members.iter().map(|m| (m.manifest, m.id)).collect(),
                         );
                         return None;
@@ -1267,7 +1260,7 @@ impl BatchRunner {
             self.fail(m, FailureCode::TaskTimeout, message).await;
         }
         self.deps.dispatch.timed_out(
-            batch_id,
+            TaskRef::Batch(batch_id),
             members.iter().map(|m| (m.manifest, m.id)).collect(),
         );
     }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::claid::wire::TaskUpdate;
+use crate::claid::wire::{TaskRef, TaskUpdate};
 use crate::store::{JobId, ManifestId};
 
 /// Updates kept for tasks nobody waits for yet, at most this many.
@@ -96,17 +96,17 @@ pub struct LostBatchJob {
 
 #[derive(Debug, Default)]
 struct Inner {
-    /// Task ids (async task or batch) a task waits for.
-    waiting: HashMap<u64, Arc<Slot>>,
+    /// Tasks (async task or batch: their ids may coincide) a task waits for.
+    waiting: HashMap<TaskRef, Arc<Slot>>,
     /// Final updates that came before anyone waited, with their arrival.
-    early: HashMap<u64, (Instant, TaskUpdate)>,
+    early: HashMap<TaskRef, (Instant, TaskUpdate)>,
     /// Updates that only named a task (not final) nobody waited for: a submit whose answer is
     /// then lost adopts its task from one (the webhook can come before the answer is given up).
-    named: HashMap<u64, (Instant, TaskUpdate)>,
+    named: HashMap<TaskRef, (Instant, TaskUpdate)>,
     /// Jobs (or batches) whose submit answer was lost, by the request they sent.
     lost: HashMap<String, Arc<Slot>>,
     /// Ids that already got their final update (bounded like `early`), to tell duplicates.
-    done: HashMap<u64, Instant>,
+    done: HashMap<TaskRef, Instant>,
     /// Jobs a crash caught mid-submit that may have gone in a batch: by the batch body they
     /// would have been sent with (without `input`), then by their input.
     lost_batch: HashMap<String, HashMap<String, Vec<LostOwner>>>,
@@ -121,7 +121,7 @@ struct Inner {
     /// Jobs failed as `task-timeout`, by the task (or batch) Claid had not finished: a late
     /// final webhook for it gives them its result instead of leaving it to `replay`, which
     /// would pay again (see [`Dispatch::timed_out`]).
-    timed_out: HashMap<u64, Vec<LostOwner>>,
+    timed_out: HashMap<TaskRef, Vec<LostOwner>>,
     /// Jobs waiting for a webhook to say which task their lost submit became (each counted
     /// once, by its [`Awaiting`]).
     awaiting: usize,
@@ -186,7 +186,7 @@ impl Slot {
 #[derive(Debug)]
 pub struct Watch {
     dispatch: Arc<Dispatch>,
-    id: u64,
+    id: TaskRef,
     slot: Arc<Slot>,
 }
 
@@ -258,7 +258,7 @@ impl Dispatch {
 
     /// Hands a verified update to whoever waits for it (see [`Delivery`]).
     pub fn deliver(&self, update: TaskUpdate) -> Delivery {
-        let id = update.id();
+        let id = update.task();
         let mut inner = self.lock();
         if !update.status().is_terminal() {
             inner.stats.not_final += 1;
@@ -339,20 +339,20 @@ impl Dispatch {
     /// the adopting job polls for next).
     pub fn keep(&self, update: TaskUpdate) {
         let mut inner = self.lock();
-        inner.done.remove(&update.id());
-        inner.early.insert(update.id(), (Instant::now(), update));
+        inner.done.remove(&update.task());
+        inner.early.insert(update.task(), (Instant::now(), update));
     }
 
     /// Whether a final update for task `id` would be kept for later (nobody waits for it by
     /// its id, and it did not come already): such a one is made durable before it is answered,
     /// so that a crash before its submit answer is recorded does not lose it.
-    pub fn would_keep(&self, id: u64) -> bool {
+    pub fn would_keep(&self, id: TaskRef) -> bool {
         let inner = self.lock();
         !inner.waiting.contains_key(&id) && !inner.done.contains_key(&id)
     }
 
     /// Registers interest in task `id`; an update that came early is handed over at once.
-    pub fn watch(self: &Arc<Self>, id: u64) -> Watch {
+    pub fn watch(self: &Arc<Self>, id: TaskRef) -> Watch {
         let slot = Arc::new(Slot::default());
         let mut inner = self.lock();
         inner.named.remove(&id);
@@ -523,7 +523,7 @@ impl Dispatch {
     /// Registers jobs just failed as `task-timeout` on task (or batch) `task_id`: its final
     /// webhook, if it still comes in this daemon's life, is adopted by them like a held job's
     /// (see [`Dispatch::next_held_adoption`]). At most [`MAX_EARLY`] tasks are remembered.
-    pub fn timed_out(&self, task_id: u64, owners: Vec<LostOwner>) {
+    pub fn timed_out(&self, task_id: TaskRef, owners: Vec<LostOwner>) {
         let mut inner = self.lock();
         if inner.timed_out.len() < MAX_EARLY || inner.timed_out.contains_key(&task_id) {
             inner.timed_out.entry(task_id).or_default().extend(owners);
@@ -597,7 +597,7 @@ impl Inner {
         take: fn(&mut Inner, &TaskUpdate) -> Option<Vec<LostOwner>>,
         adoptions: fn(&mut Inner) -> &mut Vec<Adoption>,
     ) -> bool {
-        let early: Vec<u64> = self.early.keys().copied().collect();
+        let early: Vec<TaskRef> = self.early.keys().copied().collect();
         let mut any = false;
         for id in early {
             let Some((at, update)) = self.early.remove(&id) else {
@@ -618,7 +618,7 @@ impl Inner {
         any
     }
 
-    fn mark_done(&mut self, id: u64) {
+    fn mark_done(&mut self, id: TaskRef) {
         if self.done.len() >= MAX_EARLY {
             let cutoff = Instant::now() - EARLY_TTL;
             self.done.retain(|_, at| *at > cutoff);
@@ -829,7 +829,7 @@ mod tests {
         let req = serde_json::json!({"input": "https://x/a.jpg", "operations": {}});
         assert!(!dispatch.heard_any(), "nothing heard yet");
         // A waiter gets its update; a duplicate changes nothing.
-        let watch = dispatch.watch(1);
+        let watch = dispatch.watch(TaskRef::Async(1));
         assert_eq!(
             dispatch.deliver(update(1, "DONE", req.clone())),
             Delivery::Handed
@@ -848,7 +848,7 @@ mod tests {
             dispatch.deliver(update(2, "ERROR", req.clone())),
             Delivery::Kept
         );
-        let watch = dispatch.watch(2);
+        let watch = dispatch.watch(TaskRef::Async(2));
         assert_eq!(
             watch.wait(Duration::from_millis(1)).await.map(|u| u.id()),
             Some(2)
@@ -945,7 +945,7 @@ mod tests {
         );
         let adopted = lost.wait(Duration::from_millis(1)).await.expect("adopted");
         assert_eq!((adopted.id(), adopted.status().is_terminal()), (9, false));
-        let watch = dispatch.watch(9);
+        let watch = dispatch.watch(TaskRef::Async(9));
         assert_eq!(
             dispatch.deliver(update(9, "DONE", echoed)),
             Delivery::Handed
@@ -965,7 +965,7 @@ mod tests {
             lost.wait(Duration::from_millis(1)).await.map(|u| u.id()),
             Some(10)
         );
-        let watch = dispatch.watch(10);
+        let watch = dispatch.watch(TaskRef::Async(10));
         assert_eq!(
             dispatch.deliver(update(10, "DONE", other)),
             Delivery::Handed
@@ -974,12 +974,53 @@ mod tests {
         // A task a job already watches (its own submit's) is never adopted by another job's
         // lost submit of the same request, even when only named.
         let same = serde_json::json!({"input": "https://x/f.jpg", "operations": {}});
-        let _mine = dispatch.watch(11);
+        let _mine = dispatch.watch(TaskRef::Async(11));
         let lost = dispatch.lost_submit(&same, 1).expect("a key");
         assert_eq!(
             dispatch.deliver(update(11, "PROCESSING", same)),
             Delivery::NotFinal
         );
         assert!(lost.wait(Duration::from_millis(1)).await.is_none());
+    }
+
+    /// A single task and a batch with the same id (Claid numbers them apart) each get their
+    /// own announcement: one waiter's registration does not replace the other's, and one's
+    /// update is neither handed to the other nor taken as the other's duplicate.
+    #[tokio::test]
+    async fn a_single_task_and_a_batch_with_the_same_id_each_get_their_own_update() {
+        let dispatch = Arc::new(Dispatch::default());
+        let single = dispatch.watch(TaskRef::Async(7));
+        let batch = dispatch.watch(TaskRef::Batch(7));
+        let batch_update = TaskUpdate::parse(
+            serde_json::json!({
+                "id": 7, "status": "DONE",
+                "result_url": "http://x/v1/image/edit/batch/7",
+                "request": {"input": ["https://x/a.jpg"], "operations": {}},
+                "results": [], "errors": []
+            })
+            .to_string()
+            .as_bytes(),
+        )
+        .expect("parses");
+        assert_eq!(batch_update.task(), TaskRef::Batch(7));
+        assert_eq!(dispatch.deliver(batch_update), Delivery::Handed);
+        assert!(matches!(
+            batch.wait(Duration::from_millis(1)).await,
+            Some(TaskUpdate::Batch(_))
+        ));
+        assert!(
+            single.wait(Duration::from_millis(1)).await.is_none(),
+            "the batch's update is not the single task's"
+        );
+        let req = serde_json::json!({"input": "https://x/b.jpg", "operations": {}});
+        assert_eq!(dispatch.deliver(update(7, "DONE", req)), Delivery::Handed);
+        assert!(matches!(
+            single.wait(Duration::from_millis(1)).await,
+            Some(TaskUpdate::Async(_))
+        ));
+        assert!(
+            !dispatch.would_keep(TaskRef::Batch(7)) && dispatch.would_keep(TaskRef::Async(8)),
+            "an ended task is not kept again; an unknown one would be"
+        );
     }
 }

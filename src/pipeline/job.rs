@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::claid::wire::TaskStatus;
-use crate::claid::wire::TaskUpdate;
+use crate::claid::wire::{TaskRef, TaskUpdate};
 use crate::claid::{ClaidError, Client};
 use crate::codes::FailureCode;
 use crate::config::{InDoubtPolicy, OnOutputExists, PollConfig};
@@ -95,12 +95,28 @@ impl Unsettled {
         (self.partial <= PARTIAL_RESULT_ASKS).then(|| healing_write_wait(self.partial).min(cap))
     }
 
-    /// The wait before asking again about a task `age` old that Claid answered 404 for.
-    pub(crate) fn not_found_yet(
+    /// The wait before asking again about a task (or batch) `age` old whose poll Claid
+    /// refused (`err`, a failure of the job's own), and why, or `None` when the refusal is
+    /// believed: a 404 for a young one ([`Unsettled::not_found_yet`]), another 4xx
+    /// ([`Unsettled::refused_poll`]).
+    pub(crate) fn refused(
         &mut self,
+        err: &ClaidError,
         retry: &retry::Policy,
         age: Duration,
-    ) -> Option<Duration> {
+    ) -> Option<(Duration, AskAgain)> {
+        match err.http_status()? {
+            404 => self
+                .not_found_yet(retry, age)
+                .map(|after| (after, AskAgain::NotFoundYet)),
+            _ => self
+                .refused_poll(retry)
+                .map(|after| (after, AskAgain::Refused)),
+        }
+    }
+
+    /// The wait before asking again about a task `age` old that Claid answered 404 for.
+    fn not_found_yet(&mut self, retry: &retry::Policy, age: Duration) -> Option<Duration> {
         self.not_found += 1;
         (age < NEW_TASK && self.not_found <= UNSETTLED_ASKS)
             .then(|| jitter(self.not_found, retry.base, retry.cap))
@@ -115,7 +131,7 @@ impl Unsettled {
     /// than 404 and those of the account (a 400, 409 or 422 to a GET of a task it named):
     /// no reason to give up a task it billed at the first one. `None` once asked
     /// [`REFUSED_POLL_ASKS`] times.
-    pub(crate) fn refused_poll(&mut self, retry: &retry::Policy) -> Option<Duration> {
+    fn refused_poll(&mut self, retry: &retry::Policy) -> Option<Duration> {
         self.refused += 1;
         (self.refused <= REFUSED_POLL_ASKS).then(|| jitter(self.refused, retry.base, retry.cap))
     }
@@ -123,6 +139,27 @@ impl Unsettled {
 
 /// How often a poll refused with a 4xx (not 404) is asked again before the task counts as lost.
 const REFUSED_POLL_ASKS: u32 = 5;
+
+/// Why a refused poll is asked again (see [`Unsettled::refused`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AskAgain {
+    /// A 404 for a task Claid named moments ago.
+    NotFoundYet,
+    /// Another 4xx to a poll of a task Claid named.
+    Refused,
+}
+
+impl AskAgain {
+    /// The warning, about a `what` ("task", "batch").
+    pub(crate) fn warning(self, what: &str) -> String {
+        match self {
+            AskAgain::NotFoundYet => {
+                format!("Claid does not know the {what} it named a moment ago; asking again")
+            }
+            AskAgain::Refused => format!("Claid refused a poll of a {what} it named; asking again"),
+        }
+    }
+}
 
 /// How a job's task ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -802,7 +839,7 @@ impl Runner {
         // when it is overdue.
         // Webhooks that do not arrive are not waited for (see `Dispatch::webhooks_silent`).
         let webhooks = deps.webhooks.filter(|_| !deps.dispatch.webhooks_silent());
-        let mut watch = webhooks.map(|_| deps.dispatch.watch(task_id));
+        let mut watch = webhooks.map(|_| deps.dispatch.watch(TaskRef::Async(task_id)));
         let mut delay = match webhooks {
             Some(fallback) => deps
                 .polls
@@ -949,7 +986,8 @@ impl Runner {
                     ) {
                         let failed = self.fail(id, FailureCode::TaskTimeout, &message).await;
                         // Its result, if Claid announces it later, is still taken.
-                        deps.dispatch.timed_out(task_id, vec![(job.manifest, id)]);
+                        deps.dispatch
+                            .timed_out(TaskRef::Async(task_id), vec![(job.manifest, id)]);
                         return failed;
                     }
                     n_poll += 1;
@@ -963,20 +1001,13 @@ impl Runner {
                 }
                 Err(err) => match failure_of(&deps.health, &err, sent_at) {
                     Failure::Job
-                        if err.http_status() == Some(404)
-                            && let Some(after) = unsettled.not_found_yet(
-                                &deps.retry,
-                                Duration::from_millis(now_ms().saturating_sub(submitted_at_ms)),
-                            ) =>
+                        if let Some((after, why)) = unsettled.refused(
+                            &err,
+                            &deps.retry,
+                            Duration::from_millis(now_ms().saturating_sub(submitted_at_ms)),
+                        ) =>
                     {
-                        warn!(task_id, error = %err, "Claid does not know the task it named a moment ago; asking again");
-                        delay = after;
-                    }
-                    Failure::Job
-                        if err.http_status().is_some_and(|status| status != 404)
-                            && let Some(after) = unsettled.refused_poll(&deps.retry) =>
-                    {
-                        warn!(task_id, error = %err, "Claid refused a poll of a task it named; asking again");
+                        warn!(task_id, error = %err, "{}", why.warning("task"));
                         delay = after;
                     }
                     Failure::Job => {
@@ -984,7 +1015,8 @@ impl Runner {
                         // keeps the promise not to pay twice; `replay` can resubmit. Its
                         // result, if Claid announces it later, is still taken.
                         let failed = self.fail(id, FailureCode::TaskLost, &err.to_string()).await;
-                        deps.dispatch.timed_out(task_id, vec![(job.manifest, id)]);
+                        deps.dispatch
+                            .timed_out(TaskRef::Async(task_id), vec![(job.manifest, id)]);
                         return failed;
                     }
                     Failure::Systemic => {
@@ -999,7 +1031,8 @@ impl Runner {
                             deps.poll.give_up_after,
                         ) {
                             let failed = self.fail(id, FailureCode::TaskTimeout, &message).await;
-                            deps.dispatch.timed_out(task_id, vec![(job.manifest, id)]);
+                            deps.dispatch
+                                .timed_out(TaskRef::Async(task_id), vec![(job.manifest, id)]);
                             return failed;
                         }
                         debug!(error = %err, "Poll rate limited; asking again after the reset");
