@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tracing::{error, info, warn};
 
-use crate::codes::{FailureCode, StateName};
+use crate::codes::StateName;
 use crate::http_server::{self, Accept, Bounds};
 use crate::metrics::Metrics;
 use crate::os_error::OsCause;
@@ -169,6 +169,10 @@ pub struct ReplayRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ReplayAnswer {
     pub requeued: usize,
+    /// Of those requeued, the jobs Claid had billed already (see [`JobState::billed`]): each
+    /// is billed again when it runs. Absent in an older daemon's answer.
+    #[serde(default)]
+    pub billed_again: usize,
     pub jobs: Vec<u64>,
     /// With `dry_run`: the jobs that would be requeued.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -194,20 +198,6 @@ pub struct ReplayPreview {
     pub billed: bool,
 }
 
-/// Whether Claid has billed (or may yet bill) the task `state` records: see
-/// [`ReplayPreview::billed`]. A task Claid ended in error made nothing.
-fn billed_already(state: &JobState) -> bool {
-    match state {
-        JobState::Done { .. } => true,
-        JobState::Failed {
-            task_id: Some(_),
-            code,
-            ..
-        } => *code != FailureCode::ClaidError,
-        _ => false,
-    }
-}
-
 /// The jobs `ids` as a dry run shows them.
 pub async fn replay_preview(
     store: &Store,
@@ -221,7 +211,7 @@ pub async fn replay_preview(
                 state: job.state.kind().to_owned(),
                 input: crate::text::redact_credentials(&job.input).into_owned(),
                 output: job.output_rel.clone(),
-                billed: billed_already(&job.state),
+                billed: job.state.billed(),
             });
         }
     }
@@ -529,6 +519,7 @@ pub async fn replay_offline(
     if req.dry_run {
         return Ok(ReplayAnswer {
             requeued: 0,
+            billed_again: 0,
             preview: replay_preview(store, &ids).await?,
             jobs: ids,
             refused: Vec::new(),
@@ -546,7 +537,7 @@ pub async fn replay_offline(
         run.0.push(*id);
         run.1.push((job.output_rel.clone(), job.body.clone()));
     }
-    let (mut requeued, mut refused) = (Vec::new(), Vec::new());
+    let (mut requeued, mut refused, mut billed_again) = (Vec::new(), Vec::new(), 0);
     for (mid, (jobs, outputs)) in by_run {
         let Some(m) = store.manifest(mid).await? else {
             continue;
@@ -565,13 +556,16 @@ pub async fn replay_offline(
             continue;
         }
         for id in jobs {
+            let billed = store.job(id).await?.is_some_and(|job| job.state.billed());
             store.requeue(id, false).await?;
             requeued.push(id);
+            billed_again += usize::from(billed);
         }
     }
     store.flush().await?;
     Ok(ReplayAnswer {
         requeued: requeued.len(),
+        billed_again,
         jobs: requeued,
         preview: Vec::new(),
         refused,
@@ -878,6 +872,7 @@ async fn replay(
         return match replay_preview(state.pipeline.store(), &ids).await {
             Ok(preview) => axum::Json(ReplayAnswer {
                 requeued: 0,
+                billed_again: 0,
                 jobs: ids,
                 preview,
                 refused: Vec::new(),
@@ -887,10 +882,18 @@ async fn replay(
         };
     }
     match state.pipeline.replay_checked(ids.clone()).await {
-        Ok((n, refused)) => {
-            info!(requeued = n, "Replay requested over the admin socket");
+        Ok(pipeline::Replayed {
+            requeued: n,
+            billed_again,
+            refused,
+        }) => {
+            info!(
+                requeued = n,
+                billed_again, "Replay requested over the admin socket"
+            );
             axum::Json(ReplayAnswer {
                 requeued: n,
+                billed_again,
                 jobs: ids,
                 preview: Vec::new(),
                 refused,

@@ -1476,13 +1476,25 @@ fn cmd_replay(
             ""
         };
         println!("Nothing to replay: {what}{since}.");
-    } else if later {
-        println!(
-            "Requeued {} jobs; they run at the daemon's next start.",
-            answer.requeued
-        );
     } else {
-        println!("Requeued {} jobs in the running daemon.", answer.requeued);
+        // Said, not asked: `--dry-run` lists them first.
+        let billed = match answer.billed_again {
+            0 => String::new(),
+            n => format!(
+                " ({n} of them Claid had billed already, done or failed after it took their task: each is billed again)"
+            ),
+        };
+        if later {
+            println!(
+                "Requeued {} jobs{billed}; they run at the daemon's next start.",
+                answer.requeued
+            );
+        } else {
+            println!(
+                "Requeued {} jobs{billed} in the running daemon.",
+                answer.requeued
+            );
+        }
     }
     Ok(exit::OK)
 }

@@ -124,6 +124,18 @@ pub struct ResumeSummary {
     pub staging_cleanups: usize,
 }
 
+/// What a replay did (see [`Handle::replay_checked`]).
+#[derive(Debug, Default, Clone)]
+pub struct Replayed {
+    /// Jobs requeued.
+    pub requeued: usize,
+    /// Of those, jobs Claid had billed already: each is billed again when it runs.
+    pub billed_again: usize,
+    /// Runs not replayed because another active manifest writes one of their outputs or
+    /// reports now, one sentence each.
+    pub refused: Vec<String>,
+}
+
 /// Totals over the manifests this process has handled, for `run --once`'s exit code.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Totals {
@@ -890,28 +902,32 @@ impl Handle {
     /// Requeues jobs from the store (replay) and schedules them. Only ended or held jobs are
     /// replayed: requeueing a job under way would lose its task id and pay for it twice.
     pub async fn replay(&self, ids: Vec<JobId>) -> Result<usize, StoreError> {
-        self.replay_checked(ids).await.map(|(n, _)| n)
+        self.replay_checked(ids)
+            .await
+            .map(|replayed| replayed.requeued)
     }
 
     /// [`Handle::replay`], also saying which runs were not replayed because another active
     /// manifest writes one of their outputs or reports now (one sentence each).
-    pub async fn replay_checked(
-        &self,
-        ids: Vec<JobId>,
-    ) -> Result<(usize, Vec<String>), StoreError> {
+    pub async fn replay_checked(&self, ids: Vec<JobId>) -> Result<Replayed, StoreError> {
         let store = &self.shared.store;
+        let mut billed = std::collections::HashSet::new();
         let mut by_run: BTreeMap<ManifestId, (Vec<JobId>, crate::store::Outputs)> = BTreeMap::new();
         for id in ids {
             let Some(job) = store.job(id).await? else {
                 continue;
             };
             if job.state.is_replayable() {
+                if job.state.billed() {
+                    billed.insert(id);
+                }
                 let run = by_run.entry(job.manifest).or_default();
                 run.0.push(id);
                 run.1.push((job.output_rel.clone(), job.body.clone()));
             }
         }
         let mut n = 0;
+        let mut billed_again = 0;
         let mut refused = Vec::new();
         for (mid, (ids, outputs)) in by_run {
             let Some(m) = store.manifest(mid).await? else {
@@ -950,7 +966,10 @@ impl Handle {
                 // A job that changed meanwhile (another replay took it, a late webhook adopted
                 // its task) stays as it is.
                 match store.requeue_replayable(id).await {
-                    Ok(_) => requeued.push((mid, id)),
+                    Ok(_) => {
+                        requeued.push((mid, id));
+                        billed_again += usize::from(billed.contains(&id));
+                    }
                     Err(StoreError::Conflict { .. }) => {}
                     Err(err) => return Err(err),
                 }
@@ -964,7 +983,11 @@ impl Handle {
                 });
             self.shared.queue.push_back(requeued);
         }
-        Ok((n, refused))
+        Ok(Replayed {
+            requeued: n,
+            billed_again,
+            refused,
+        })
     }
 
     /// Completes when intake is idle and every run this process tracks has ended or is held.

@@ -380,6 +380,21 @@ impl JobState {
         )
     }
 
+    /// Whether Claid has billed (or may yet bill) the task this records: done (not skipped),
+    /// or failed after Claid took its task (a `task-timeout`, a download or a write that
+    /// failed). A task Claid ended in error made nothing. Sending it again is billed again.
+    pub fn billed(&self) -> bool {
+        match self {
+            JobState::Done { skipped, .. } => !skipped,
+            JobState::Failed {
+                task_id: Some(_),
+                code,
+                ..
+            } => *code != FailureCode::ClaidError,
+            _ => false,
+        }
+    }
+
     /// Done because `on_output_exists: skip` kept what was already there.
     pub fn is_skipped(&self) -> bool {
         matches!(self, JobState::Done { skipped: true, .. })

@@ -951,6 +951,20 @@ async fn replay_over_the_socket_reopens_a_finished_manifest_and_rewrites_its_rep
     })
     .await;
     assert!(env.outbox.join("r/late.jpg").is_file());
+    // A replay of its done images through the daemon says they are billed again.
+    let (code, out, err) = cli(&[
+        "replay",
+        "--manifest",
+        "r.yaml",
+        "--config",
+        config.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("Requeued 2 jobs (2 of them Claid had billed already, done or failed after it took their task: each is billed again) in the running daemon."),
+        "{out}"
+    );
     signal(&daemon, "-TERM");
     assert_eq!(daemon.wait().await.unwrap().code(), Some(0));
 }

@@ -388,6 +388,14 @@ async fn a_task_claid_never_finishes_fails_after_give_up_after_and_the_run_ends(
             2,
             "{api}: {out}"
         );
+        // The replay itself says so too.
+        let (code, out, err) =
+            cli(&["replay", "--failed", "--config", config.to_str().unwrap()]).await;
+        assert_eq!(code, 0, "{api}: {out}{err}");
+        assert!(
+            out.contains("Requeued 2 jobs (2 of them Claid had billed already, done or failed after it took their task: each is billed again); they run at the daemon's next start."),
+            "{api}: {out}"
+        );
     }
 }
 
