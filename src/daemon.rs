@@ -634,11 +634,11 @@ async fn start_webhooks(
             if !pipeline.announcement_would_be_kept(task) {
                 return true;
             }
-            let task_id = task.id();
-            match pipeline.store().keep_announcement(task_id, &body).await {
+
+            match pipeline.store().keep_announcement(task, &body).await {
                 Ok(()) => true,
                 Err(err) => {
-                    warn!(task_id, error = %err, "Cannot keep a webhook that came before its submit answer; it is answered 503");
+                    warn!(task_id = task.id(), error = %err, "Cannot keep a webhook that came before its submit answer; it is answered 503");
                     false
                 }
             }

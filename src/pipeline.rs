@@ -881,12 +881,12 @@ impl Handle {
         let kept = store.kept_announcements(dispatch::KEPT_TTL).await?;
         let mut taken = 0usize;
         let n = kept.len();
-        for (task_id, body) in kept {
+        for (key, body) in kept {
             let delivery = TaskUpdate::parse(&body)
                 .ok()
                 .map(|update| self.shared.dispatch.deliver(update));
             if delivery != Some(dispatch::Delivery::Kept) {
-                store.forget_announcement(task_id).await?;
+                store.forget_announcement(&key).await?;
                 taken += usize::from(delivery.is_some());
             }
         }

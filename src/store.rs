@@ -469,16 +469,20 @@ impl Store {
 
     /// Keeps the verified body of task `task_id`'s final announcement, which nobody waited
     /// for when it came; durable when this returns (the webhook is answered after it).
-    pub async fn keep_announcement(&self, task_id: u64, body: &[u8]) -> Result<(), StoreError> {
-        self.trees.keep_announcement(task_id, now_ms(), body)?;
+    pub async fn keep_announcement(
+        &self,
+        task: crate::claid::wire::TaskRef,
+        body: &[u8],
+    ) -> Result<(), StoreError> {
+        self.trees.keep_announcement(task, now_ms(), body)?;
         self.flush().await
     }
 
-    /// The announcements kept in the last `max_age` (task id, body); older ones are removed.
+    /// The announcements kept in the last `max_age` (key, body); older ones are removed.
     pub async fn kept_announcements(
         &self,
         max_age: std::time::Duration,
-    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<trees::KeptAnnouncement>, StoreError> {
         let since = now_ms().saturating_sub(max_age.as_millis() as u64);
         let trees = self.trees.clone();
         self.on_pool(move || trees.kept_announcements(since))
@@ -489,17 +493,13 @@ impl Store {
     /// daemon that was down that long. Not used by the daemon.
     #[doc(hidden)]
     pub async fn age_kept_announcements(&self, by: std::time::Duration) -> Result<(), StoreError> {
-        let by_ms = by.as_millis() as u64;
-        for (task_id, body, at_ms) in self.trees.kept_announcements_with_times()? {
-            self.trees
-                .keep_announcement(task_id, at_ms.saturating_sub(by_ms), &body)?;
-        }
+        self.trees.age_kept_announcements(by.as_millis() as u64)?;
         self.flush().await
     }
 
-    /// Forgets task `task_id`'s kept announcement (a job took it).
-    pub async fn forget_announcement(&self, task_id: u64) -> Result<(), StoreError> {
-        self.trees.forget_announcement(task_id)
+    /// Forgets the kept announcement under `key` (a job took it).
+    pub async fn forget_announcement(&self, key: &[u8]) -> Result<(), StoreError> {
+        self.trees.forget_announcement(key)
     }
 
     /// The most recently registered run for an inbox-relative path.

@@ -9,6 +9,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::{Batch, Db, Transactional, Tree};
 
+use crate::claid::wire::TaskRef;
 use crate::store::records::{
     JobId, JobRecord, JobState, JobSummary, JobV1, ManifestCounts, ManifestId, ManifestRecord,
     ManifestV1,
@@ -63,6 +64,9 @@ const SLICE: usize = 256;
 
 /// A task (or batch) id with the jobs (and their runs) that failed as `task-timeout` on it.
 pub type TimedOut = (u64, Vec<(ManifestId, JobId)>);
+
+/// A kept announcement: its entry's key (to forget it by) and its verified body.
+pub type KeptAnnouncement = (Vec<u8>, Vec<u8>);
 
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
@@ -735,29 +739,33 @@ impl Trees {
             .and_then(|v| read_id(&v)))
     }
 
-    /// Keeps the verified body of task `task_id`'s announcement, which came at `at_ms` (not
-    /// flushed here).
+    /// Keeps the verified body of `task`'s announcement, which came at `at_ms` (not flushed
+    /// here).
     pub fn keep_announcement(
         &self,
-        task_id: u64,
+        task: TaskRef,
         at_ms: u64,
         body: &[u8],
     ) -> Result<(), StoreError> {
+        self.keep_announcement_at(&announcement_key(task), at_ms, body)
+    }
+
+    fn keep_announcement_at(&self, key: &[u8], at_ms: u64, body: &[u8]) -> Result<(), StoreError> {
         let mut value = Vec::with_capacity(8 + body.len());
         value.extend_from_slice(&at_ms.to_be_bytes());
         value.extend_from_slice(body);
-        self.announced.insert(id_key(task_id), value)?;
+        self.announced.insert(key, value)?;
         Ok(())
     }
 
-    /// The announcements kept since `since_ms` (task id, body), in task id order; older ones
-    /// are removed.
-    pub fn kept_announcements(&self, since_ms: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    /// The announcements kept since `since_ms` (their entry's key, body), in task id order;
+    /// older ones are removed.
+    pub fn kept_announcements(&self, since_ms: u64) -> Result<Vec<KeptAnnouncement>, StoreError> {
         let mut kept = Vec::new();
         for entry in self.announced.iter() {
             let (key, value) = entry?;
-            match read_announcement(&key, &value) {
-                Some((task_id, body, at_ms)) if at_ms >= since_ms => kept.push((task_id, body)),
+            match read_announcement(&value) {
+                Some((body, at_ms)) if at_ms >= since_ms => kept.push((key.to_vec(), body)),
                 _ => {
                     self.announced.remove(key)?;
                 }
@@ -766,19 +774,20 @@ impl Trees {
         Ok(kept)
     }
 
-    /// Every kept announcement with when it came (task id, body, ms).
-    pub fn kept_announcements_with_times(&self) -> Result<Vec<(u64, Vec<u8>, u64)>, StoreError> {
-        let mut kept = Vec::new();
+    /// Moves every kept announcement `by_ms` into the past (for tests).
+    pub fn age_kept_announcements(&self, by_ms: u64) -> Result<(), StoreError> {
         for entry in self.announced.iter() {
             let (key, value) = entry?;
-            kept.extend(read_announcement(&key, &value));
+            if let Some((body, at_ms)) = read_announcement(&value) {
+                self.keep_announcement_at(&key, at_ms.saturating_sub(by_ms), &body)?;
+            }
         }
-        Ok(kept)
+        Ok(())
     }
 
-    /// Forgets task `task_id`'s kept announcement (it was taken).
-    pub fn forget_announcement(&self, task_id: u64) -> Result<(), StoreError> {
-        self.announced.remove(id_key(task_id))?;
+    /// Forgets the kept announcement under `key` (it was taken).
+    pub fn forget_announcement(&self, key: &[u8]) -> Result<(), StoreError> {
+        self.announced.remove(key)?;
         Ok(())
     }
 
@@ -1255,11 +1264,22 @@ fn conflict(id: JobId, expected: &'static str, found: &JobV1) -> StoreError {
     }
 }
 
-/// A kept announcement's entry (key: task id; value: when it came, then its body) as (task id,
-/// body, ms); `None` when it does not read as one.
-fn read_announcement(key: &[u8], value: &[u8]) -> Option<(u64, Vec<u8>, u64)> {
+/// The key of `task`'s kept announcement: its id, and for a batch a `b` after it (Claid
+/// numbers single tasks and batches apart, so one id may name one of each). A store from
+/// before kinds were told apart has 8-byte keys for both; the body says which it is.
+fn announcement_key(task: TaskRef) -> Vec<u8> {
+    let mut key = id_key(task.id()).to_vec();
+    if let TaskRef::Batch(_) = task {
+        key.push(b'b');
+    }
+    key
+}
+
+/// A kept announcement's value (when it came, then its body) as (body, ms); `None` when it
+/// does not read as one.
+fn read_announcement(value: &[u8]) -> Option<(Vec<u8>, u64)> {
     let at_ms = u64::from_be_bytes(<[u8; 8]>::try_from(value.get(..8)?).ok()?);
-    Some((read_id(key)?, value[8..].to_vec(), at_ms))
+    Some((value[8..].to_vec(), at_ms))
 }
 
 fn update_done_index(

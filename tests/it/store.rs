@@ -353,6 +353,40 @@ async fn a_store_keeps_its_own_id_and_two_stores_differ() {
     assert_ne!(key(&first), key(&other));
 }
 
+/// A single task and a batch with one id (Claid numbers them apart) each keep their own
+/// announcement across a restart: one does not replace the other, and taking one leaves the
+/// other kept.
+#[tokio::test]
+async fn a_single_task_and_a_batch_with_one_id_keep_their_announcements_apart() {
+    use claid_hotfolder::claid::wire::TaskRef;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .keep_announcement(TaskRef::Async(7), b"single")
+            .await
+            .unwrap();
+        store
+            .keep_announcement(TaskRef::Batch(7), b"batch")
+            .await
+            .unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let kept = store
+        .kept_announcements(Duration::from_secs(60))
+        .await
+        .unwrap();
+    let bodies: Vec<&[u8]> = kept.iter().map(|(_, body)| body.as_slice()).collect();
+    assert_eq!(bodies, [&b"single"[..], &b"batch"[..]]);
+    store.forget_announcement(&kept[1].0).await.unwrap();
+    let kept = store
+        .kept_announcements(Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].1, b"single");
+}
+
 #[tokio::test]
 async fn reopen_sees_every_flushed_change() {
     let dir = tempfile::tempdir().unwrap();
