@@ -304,9 +304,9 @@ pub fn write_atomic(
 /// directory`), a link on its way (`output-unsafe-path`), or a folder where the file goes
 /// (`output-is-a-directory`). Intake checked the same, but the outbox may change while an
 /// image waits; every write into such a path would fail, after the edit was billed. Costs one
-/// `lstat` of the output and one of each folder on its way until one is found present (two,
-/// usually). `None` when nothing is in the way (or what is there cannot be looked at: the
-/// writer reports that).
+/// `lstat` of the output and one of each folder on its way up to the outbox (a link above a
+/// present folder is on the way too; two, for an output one folder deep). `None` when nothing
+/// is in the way (or what is there cannot be looked at: the writer reports that).
 pub fn blocked_way(outbox: &Path, rel: &str) -> Option<(FailureCode, String)> {
     let output = outbox.join(rel);
     if fs::symlink_metadata(&output).is_ok_and(|meta| meta.is_dir()) {
@@ -324,7 +324,7 @@ pub fn blocked_way(outbox: &Path, rel: &str) -> Option<(FailureCode, String)> {
         .take_while(|folder| folder.starts_with(outbox) && *folder != outbox)
     {
         match fs::symlink_metadata(folder) {
-            Ok(meta) if meta.is_dir() => return None,
+            Ok(meta) if meta.is_dir() => {}
             Ok(meta) if meta.file_type().is_symlink() => {
                 return Some((
                     FailureCode::OutputUnsafePath,
@@ -343,7 +343,12 @@ pub fn blocked_way(outbox: &Path, rel: &str) -> Option<(FailureCode, String)> {
                     ),
                 ));
             }
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            // Missing, or under a file (ENOTDIR): that file is found further up.
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) => {}
             Err(_) => return None,
         }
     }
@@ -584,6 +589,35 @@ fn sync_dir(dir: &Path) -> Result<(), OutputError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What stands in an output's way is found at any depth: a file two folders up (under
+    /// it, the path's folders answer ENOTDIR), a link above a folder that is there (looked at
+    /// through the link, that folder is one), a folder where the file goes.
+    #[test]
+    fn what_blocks_an_outputs_way_is_found_at_any_depth() {
+        let dir = tempfile::tempdir().expect("dir");
+        let outbox = dir.path().join("out");
+        fs::create_dir_all(outbox.join("ok/deep")).expect("folders");
+        assert_eq!(blocked_way(&outbox, "ok/deep/x.jpg"), None);
+        assert_eq!(blocked_way(&outbox, "new/deeper/x.jpg"), None);
+        fs::write(outbox.join("file"), b"x").expect("file");
+        assert_eq!(
+            blocked_way(&outbox, "file/a/b/x.jpg").map(|(code, _)| code),
+            Some(FailureCode::OutputNotADirectory)
+        );
+        fs::create_dir_all(dir.path().join("elsewhere/sub")).expect("elsewhere");
+        std::os::unix::fs::symlink(dir.path().join("elsewhere"), outbox.join("link"))
+            .expect("link");
+        assert_eq!(
+            blocked_way(&outbox, "link/sub/x.jpg").map(|(code, _)| code),
+            Some(FailureCode::OutputUnsafePath)
+        );
+        fs::create_dir_all(outbox.join("ok/deep/x.jpg")).expect("folder");
+        assert_eq!(
+            blocked_way(&outbox, "ok/deep/x.jpg").map(|(code, _)| code),
+            Some(FailureCode::OutputIsADirectory)
+        );
+    }
 
     #[test]
     fn a_manifest_with_a_name_at_the_limit_can_be_archived_again() {

@@ -1425,8 +1425,6 @@ fn extension_alias(key: &str) -> Option<String> {
     Some(format!("{stem}.{other}"))
 }
 
-/// The folder that refused an output's write at `output`: the deepest one present on its way
-/// (the writer creates the missing ones below it), at most the outbox itself.
 /// What in the outbox would refuse the result of `job` (see [`crate::output::blocked_way`]);
 /// `None` for an output Claid writes into a storage.
 pub(super) fn local_output_blocked(outbox: &Path, job: &JobV1) -> Option<(FailureCode, String)> {
@@ -1436,6 +1434,8 @@ pub(super) fn local_output_blocked(outbox: &Path, job: &JobV1) -> Option<(Failur
     crate::output::blocked_way(outbox, &job.output_rel)
 }
 
+/// The folder that refused an output's write at `output`: the deepest one present on its way
+/// (the writer creates the missing ones below it), at most the outbox itself.
 fn refusing_folder(outbox: &Path, output: &Path) -> PathBuf {
     output
         .ancestors()

@@ -300,15 +300,16 @@ impl Submitter {
                     held.push((mid, id, output));
                     continue;
                 }
-                // Into a folder given up on, or a path the outbox would refuse now: the job's
-                // own task fails it without a submit.
-                alone = self.health.given_up_for(&output).is_some()
-                    || super::job::local_output_blocked(&self.outbox, job).is_some();
+                // Into a folder given up on: the job's own task fails it without a submit.
+                alone = self.health.given_up_for(&output).is_some();
             }
+            // A path the outbox would refuse now goes alone too, for the same end (looked at
+            // only for a job a batch would take: the job's own task looks at it anyway).
             if batching.enabled()
                 && !alone
                 && let Some(job) = job
                 && batching.takes(id, &job)
+                && super::job::local_output_blocked(&self.outbox, &job).is_none()
             {
                 if !full.is_empty() && !batching.may_send() {
                     deferred.push((mid, id));
