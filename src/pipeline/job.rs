@@ -357,8 +357,11 @@ impl Runner {
     /// A staged input that is gone from the bucket before the submit (a lifecycle rule, a
     /// cleanup of another daemon sharing the staging prefix, a hand): the input is staged
     /// again and the job goes back to the queue (`Some(NotRun)`), instead of Claid failing it
-    /// with "object not found". `None`: the object is there (or the bucket could not say:
-    /// Claid's answer will).
+    /// with "object not found". A bucket that does not answer is waited out like any outage
+    /// of it (Claid could not read the input either: submitted, every image of the batch
+    /// failed); given up (`run --once` at `api.unreachable_timeout`), the job stays queued for
+    /// the next run (`Some(Parked)`). `None`: the object is there (or the bucket answered
+    /// otherwise: Claid's answer will say).
     pub async fn restage_if_gone(&self, id: JobId, job: &JobV1) -> Option<JobOutcome> {
         let deps = &*self.deps;
         let (Some(uri), Some(staging)) = (&job.staged, &deps.staging) else {
@@ -368,9 +371,35 @@ impl Runner {
             return None;
         }
         let key = staging.key_of(uri)?;
-        match staging.storage.objects.head(key).await {
-            Err(crate::objects::ObjectError::NotFound { .. }) => {}
-            _ => return None,
+        let name = &staging.storage.name;
+        let mut attempts = deps.retry.start(retry::Step::Upload);
+        loop {
+            match staging.storage.objects.head(key).await {
+                Err(crate::objects::ObjectError::NotFound { .. }) => {
+                    deps.health.storage_ok(name);
+                    break;
+                }
+                Err(err) if connection_failed(&err) => {
+                    let (_, failure) = bucket_failure(&deps.health, name, &err, true);
+                    match decide(&mut attempts, failure) {
+                        Decision::Retry { after } => {
+                            debug!(error = %err, job_id = id, "Cannot see the staged input before the submit; waiting for the bucket");
+                            if !self.wait(after).await {
+                                return Some(JobOutcome::Parked);
+                            }
+                        }
+                        _ => return Some(JobOutcome::Parked),
+                    }
+                }
+                Ok(_) => {
+                    deps.health.storage_ok(name);
+                    return None;
+                }
+                Err(err) => {
+                    bucket_answered(&deps.health, name, &err);
+                    return None;
+                }
+            }
         }
         warn!(job_id = id, object = %uri, "The staged input is gone from the bucket; it is staged again");
         let job = match deps.store.unstage(id).await {
@@ -1284,8 +1313,25 @@ impl Runner {
                 }
                 Err(err) => err,
             };
-            bucket_answered(&deps.health, &storage.name, &err);
             let code = object_failure(&err);
+            // The keys refused after Claid wrote (and billed) the object (rotated keys, a
+            // changed bucket policy): failing would have a replay or a drop bill it again.
+            // Waited out like an outage, told once, until the keys are fixed (a restart).
+            if code == FailureCode::StorageDenied {
+                if deps.health.storage_failed(&storage.name, err.to_string()) {
+                    warn!(storage = %crate::text::Escaped::str(&storage.name), error = %err, "A storage's bucket refuses the daemon's keys for an output Claid wrote; its checks wait and are retried (fix `credentials_file`, then restart the daemon; in `run --once` until `api.unreachable_timeout`)");
+                }
+                match decide(&mut attempts, Failure::Unreachable) {
+                    Decision::Retry { after } => {
+                        if !self.wait(after).await {
+                            return Step::End(JobOutcome::Parked);
+                        }
+                        continue;
+                    }
+                    _ => return Step::End(JobOutcome::Parked),
+                }
+            }
+            bucket_answered(&deps.health, &storage.name, &err);
             // Not there yet: Claid may announce the task before the object is visible in the
             // bucket. Looked at again a few times (about 15 s in all) before it counts as
             // missing.

@@ -731,6 +731,41 @@ impl Switch {
     fn on(&self) {
         self.forward(Switch::listen(self.addr));
     }
+
+    /// Switched off, then every request on the same port is answered 403 AccessDenied, as
+    /// S3 answers keys it refuses (rotated or revoked); `off` then `on` forwards again.
+    async fn deny(&self) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        self.off().await;
+        let listener = Switch::listen(self.addr);
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                connections.spawn(async move {
+                    // The request's head (HEAD and GET have no body).
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match inbound.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>";
+                    let mut answer = format!(
+                        "HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    if !head.starts_with(b"HEAD ") {
+                        answer.push_str(body);
+                    }
+                    let _ = inbound.write_all(answer.as_bytes()).await;
+                    let _ = inbound.shutdown().await;
+                });
+            }
+        });
+        *self.forwarding.lock().expect("lock") = Some(task);
+    }
 }
 
 /// A bucket endpoint that does not answer when the daemon starts (an S3 server still starting
@@ -1091,6 +1126,112 @@ async fn run_once_gives_up_on_a_bucket_away_after_claid_wrote_and_the_next_run_d
         "the bucket is blamed, not the API:\n{}",
         log()
     );
+    switch.on();
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    let report = env.report("shoes");
+    let rows = report["jobs"].as_array().expect("rows");
+    assert!(rows.iter().all(|r| r["status"] == "done"), "{report:#}");
+    let stats = env.stats();
+    assert_eq!(
+        stats.batch_images + stats.submits,
+        2,
+        "each image billed once"
+    );
+    assert_eq!(stats.duplicate_submits, 0);
+    s3.stop().await;
+}
+
+/// The staging bucket goes away after the inputs were staged, before their batches are sent:
+/// the look at each staged object before its submit waits the outage out instead of sending
+/// a batch whose inputs Claid may not read (every image of it failed, billed or not). `run
+/// --once` ends at `api.unreachable_timeout` (exit 69) with only the canary sent and nothing
+/// failed; the next run sends the rest, each image once.
+#[tokio::test(flavor = "multi_thread")]
+async fn staged_inputs_are_not_submitted_while_the_staging_bucket_is_away() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let scenario = Scenario::default()
+        .latency(Latency::Fixed(std::time::Duration::from_secs(2)))
+        .seed(9);
+    let (env, _) = storage_env(&s3, scenario, "", 0).await;
+    let switch = Switch::start(&s3.endpoint).await;
+    let keys = credentials_file(env.dir.path());
+    let storages = storages_yaml("catalog-s3", "s3://catalog/raw", &switch.endpoint(), &keys);
+    let config = env.config("staging: catalog\nunreachable_timeout: 4s", &storages);
+    drop_local_manifest(&env, 6, false);
+    let (mut once, log_path) = spawn_run_once(&env, &config);
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let deadline = std::time::Duration::from_secs(60);
+    // The canary (2 images) is at Claid for 2 s; the other batches wait for it.
+    crate::support::wait_until("the canary is submitted", deadline, || {
+        env.stats().batch_submits > 0
+    })
+    .await;
+    switch.off().await;
+    let status = tokio::time::timeout(deadline, once.wait())
+        .await
+        .expect("run --once ends")
+        .expect("exit status");
+    assert_eq!(status.code(), Some(69), "{}", log());
+    assert!(!log().contains("Job failed"), "nothing failed:\n{}", log());
+    let stats = env.stats();
+    assert_eq!(
+        (stats.batch_submits, stats.batch_images),
+        (1, 2),
+        "only the canary went while the bucket was away: {stats:?}\n{}",
+        log()
+    );
+    switch.on();
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    check_staged_run(&env, 6, 0);
+    s3.stop().await;
+}
+
+/// The bucket refuses the daemon's keys (rotated, revoked) after Claid wrote the outputs,
+/// before the daemon checked them: the checks wait as for an outage, nothing fails (a failed
+/// job would have a replay or a second drop bill the written object again). `run --once`
+/// ends at `api.unreachable_timeout` (exit 69) with the jobs left open, naming the refusal;
+/// once the keys are accepted again the next run delivers them without a second submit.
+#[tokio::test(flavor = "multi_thread")]
+async fn output_checks_refused_by_the_bucket_wait_for_the_keys_and_never_fail_a_billed_image() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let scenario = Scenario::default()
+        .latency(Latency::Fixed(std::time::Duration::from_secs(2)))
+        .seed(7);
+    let (env, _) = storage_env(&s3, scenario, "", 2).await;
+    let switch = Switch::start(&s3.endpoint).await;
+    let keys = credentials_file(env.dir.path());
+    let storages = storages_yaml("catalog-s3", "s3://catalog/raw", &switch.endpoint(), &keys);
+    let config = env.config("unreachable_timeout: 4s", &storages);
+    env.drop_file(
+        "shoes.yaml",
+        b"output: { format: jpeg, destination: storage://catalog/out/ }\nimages:\n  - storage://catalog/in/sku-0.png\n  - storage://catalog/in/sku-1.png\n",
+    );
+    let (mut once, log_path) = spawn_run_once(&env, &config);
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let deadline = std::time::Duration::from_secs(60);
+    crate::support::wait_until("the images are submitted", deadline, || {
+        env.stats().batch_images + env.stats().submits >= 2
+    })
+    .await;
+    switch.deny().await;
+    let status = tokio::time::timeout(deadline, once.wait())
+        .await
+        .expect("run --once ends")
+        .expect("exit status");
+    assert_eq!(status.code(), Some(69), "{}", log());
+    assert!(!log().contains("Job failed"), "nothing failed:\n{}", log());
+    assert!(
+        log().contains("refuses the daemon's keys") && log().contains("access denied"),
+        "the refusal is told:\n{}",
+        log()
+    );
+    switch.off().await;
     switch.on();
     let (code, stderr) = env.run_once(&config).await;
     assert_eq!(code, 0, "{stderr}");
