@@ -14,7 +14,7 @@
 //! docs say so), and "today" then counts from the start.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -274,7 +274,13 @@ impl Handle {
 
     /// A receiver that sees every change of the disk condition.
     pub fn subscribe_disk(&self) -> watch::Receiver<Disk> {
-        self.disk.subscribe()
+        let mut disk = self.disk.subscribe();
+        // A problem found before this subscriber came (the check before the start resumed)
+        // is news to it.
+        if *disk.borrow() != Disk::Ok {
+            disk.mark_changed();
+        }
+        disk
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -283,16 +289,24 @@ impl Handle {
 }
 
 /// Starts the sampler; it stops with `cancel`.
-pub fn spawn(pipeline: pipeline::Handle, outbox: PathBuf, cancel: CancellationToken) -> Handle {
+/// The outbox's disk is checked once before this returns, so that a start knows it before
+/// it resumes anything (a disk full from the start held no submit back until the first
+/// sample, a race with the resume).
+pub async fn spawn(
+    pipeline: pipeline::Handle,
+    outbox: PathBuf,
+    cancel: CancellationToken,
+) -> Handle {
     let handle = Handle {
         state: Arc::new(Mutex::new(State::new(Instant::now(), wall_ms()))),
         disk: watch::channel(Disk::Ok).0,
     };
     let sampler = handle.clone();
+    check_disk_now(&sampler, &pipeline, &outbox).await;
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(SAMPLE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let mut last_disk_check: Option<Instant> = None;
+        let mut last_disk_check = Some(Instant::now());
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -305,40 +319,47 @@ pub fn spawn(pipeline: pipeline::Handle, outbox: PathBuf, cancel: CancellationTo
                 .sample(&totals, requests, Instant::now(), wall_ms());
             if last_disk_check.is_none_or(|at| at.elapsed() >= DISK_EVERY) {
                 last_disk_check = Some(Instant::now());
-                let dir = outbox.clone();
-                let checked = tokio::time::timeout(
-                    DISK_EVERY,
-                    tokio::task::spawn_blocking(move || check_disk(&dir)),
-                )
-                .await;
-                // A check that hangs (a stuck network share) or fails keeps the last answer.
-                if let Ok(Ok(disk)) = checked {
-                    sampler.lock().set_disk(disk.clone());
-                    // New submits wait while the disk takes no more outputs.
-                    pipeline
-                        .health_state()
-                        .set_disk_problem((disk != Disk::Ok).then(|| disk.describe()));
-                    sampler.disk.send_if_modified(|current| {
-                        // Told when the kind changes, not each time the free bytes do (a disk
-                        // other writers use changed every sample: an alert every 5 s).
-                        if current.code() == disk.code() {
-                            *current = disk;
-                            return false;
-                        }
-                        match &disk {
-                            Disk::Ok => info!("The outbox can be written again"),
-                            other => error!(problem = other.code(), "{}", other.describe()),
-                        }
-                        *current = disk;
-                        true
-                    });
-                }
+                check_disk_now(&sampler, &pipeline, &outbox).await;
             }
         }
         // A drain at shutdown is no stall.
         sampler.lock().stop();
     });
     handle
+}
+
+/// Checks the outbox's disk (off the runtime, at most [`DISK_EVERY`]) and tells the sampler
+/// and the pipeline what it found.
+async fn check_disk_now(sampler: &Handle, pipeline: &pipeline::Handle, outbox: &Path) {
+    let dir = outbox.to_path_buf();
+    let checked = tokio::time::timeout(
+        DISK_EVERY,
+        tokio::task::spawn_blocking(move || check_disk(&dir)),
+    )
+    .await;
+    // A check that hangs (a stuck network share) or fails keeps the last answer.
+    let Ok(Ok(disk)) = checked else {
+        return;
+    };
+    sampler.lock().set_disk(disk.clone());
+    // New submits wait while the disk takes no more outputs.
+    pipeline
+        .health_state()
+        .set_disk_problem((disk != Disk::Ok).then(|| disk.describe()));
+    sampler.disk.send_if_modified(|current| {
+        // Told when the kind changes, not each time the free bytes do (a disk other writers
+        // use changed every sample: an alert every 5 s).
+        if current.code() == disk.code() {
+            *current = disk;
+            return false;
+        }
+        match &disk {
+            Disk::Ok => info!("The outbox can be written again"),
+            other => error!(problem = other.code(), "{}", other.describe()),
+        }
+        *current = disk;
+        true
+    });
 }
 
 /// API requests in `stats`: every answered or failed call except result downloads (which go to

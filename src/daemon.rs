@@ -336,7 +336,7 @@ pub async fn run(
     // to the pipeline's notices before it resumes, so no notice is missed.
     // Always sampled: its disk check also holds new submits while the outbox's disk takes no
     // more outputs.
-    let activity = activity::spawn(pipeline.clone(), folders.outbox.clone(), cancel.clone());
+    let activity = activity::spawn(pipeline.clone(), folders.outbox.clone(), cancel.clone()).await;
     let alerts = if config.alerts.is_empty() {
         None
     } else {

@@ -387,7 +387,7 @@ impl Submitter {
     ) -> bool {
         let paused = self.wait_if_paused(health).await;
         let Some(paused) = paused else { return false };
-        if !self.start_job(mid, id).await {
+        if !self.start_new_job(mid, id).await {
             return false;
         }
         if paused {
@@ -553,18 +553,42 @@ impl Submitter {
     }
 
     /// Waits for a permit and starts the job's task; false when the daemon stops first.
-    pub async fn start_job(&self, mid: ManifestId, id: JobId) -> bool {
-        let permit = tokio::select! {
-            permit = self.in_flight.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return false,
-            },
-            _ = self.cancel.cancelled() => return false,
+    /// Starts a job that will submit, once it has a `max_in_flight` slot and outputs can be
+    /// written (they may have become unwritable while the slot was awaited: Claid would bill
+    /// a result that cannot be written).
+    async fn start_new_job(&self, mid: ManifestId, id: JobId) -> bool {
+        let Some(permit) = self.in_flight_slot().await else {
+            return false;
         };
-        // Outputs may have become unwritable while the permit was awaited.
         if !self.health.writable(&self.cancel).await {
             return false;
         }
+        self.spawn_job(mid, id, permit);
+        true
+    }
+
+    /// Starts a job whose task is already at Claid (resumed after a restart, or adopted from
+    /// a webhook) once it has a `max_in_flight` slot. It never waits for outputs to be
+    /// writable: its task is billed whatever the disk, its polls cost nothing, and its write
+    /// waits for the disk by itself. (Waiting here held a restart on a full outbox before
+    /// it was ready: no admin socket, no `run --once` end.)
+    pub async fn start_job(&self, mid: ManifestId, id: JobId) -> bool {
+        let Some(permit) = self.in_flight_slot().await else {
+            return false;
+        };
+        self.spawn_job(mid, id, permit);
+        true
+    }
+
+    /// One `max_in_flight` slot; `None` when the daemon stops.
+    async fn in_flight_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        tokio::select! {
+            permit = self.in_flight.clone().acquire_owned() => permit.ok(),
+            _ = self.cancel.cancelled() => None,
+        }
+    }
+
+    fn spawn_job(&self, mid: ManifestId, id: JobId, permit: tokio::sync::OwnedSemaphorePermit) {
         let runner = self.runner.clone();
         let finisher = self.finisher.clone();
         let span = info_span!(
@@ -586,7 +610,6 @@ impl Submitter {
             }
             .instrument(span),
         );
-        true
     }
 }
 

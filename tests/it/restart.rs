@@ -222,3 +222,87 @@ async fn a_stop_waits_for_the_uploads_claid_is_working_on() {
         assert_eq!(row["in_doubt"], 0, "{row}");
     }
 }
+
+/// A tmpfs mounted over a folder while it lives (root only; `None` where mounts are not
+/// allowed, as in an unprivileged container).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(at.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .args(["-l"])
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A restart while the outbox's disk is full, with images at Claid: the daemon resumes and
+/// is ready (its admin socket answers) at once instead of waiting, before it was ready, for
+/// the disk (jobs at Claid were started only once outputs could be written: no socket, no
+/// `status`, no end of `run --once`). Once space is freed the images are delivered, each
+/// billed once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_on_a_full_outbox_with_images_at_claid_is_ready_at_once() {
+    let env = TestEnv::new(
+        Scenario::default()
+            .seed(3)
+            .latency(Latency::Fixed(Duration::from_secs(3))),
+    )
+    .await;
+    let Some(_tmpfs) = Tmpfs::mount(&env.outbox, "40m") else {
+        eprintln!("restart on a full outbox: skipped, tmpfs cannot be mounted here");
+        return;
+    };
+    let mut manifest = String::from("images:\n");
+    for i in 0..4 {
+        manifest.push_str(&format!("  - input: storage://demo/f{i}-64x48.png\n"));
+    }
+    env.drop_file("full.yaml", manifest.as_bytes());
+    let config = env.config("max_in_flight: 8", "");
+    kill_when(&env, 0, &config, "the images are at Claid", |env| {
+        env.stats().submits + env.stats().batch_images >= 4
+    })
+    .await;
+    // 30 MB of the 40: less than the 16 MB the daemon needs free.
+    let filler = env.outbox.join("filler");
+    std::fs::write(&filler, vec![0u8; 30 * 1024 * 1024]).expect("filler");
+    let mut daemon = env.spawn_daemon(&config, 1);
+    wait_until(
+        "the restarted daemon is ready",
+        Duration::from_secs(30),
+        || {
+            env.daemon_log(1)
+                .contains("Resumed unfinished work from the store")
+                && env.socket().exists()
+        },
+    )
+    .await;
+    let (code, out, err) =
+        crate::support::cli(&["status", "--config", config.to_str().expect("utf-8")]).await;
+    assert_eq!(code, 0, "status answers: {out}{err}");
+    assert!(out.contains("full"), "the full disk is told: {out}");
+    std::fs::remove_file(&filler).expect("space freed");
+    wait_until("the images are delivered", Duration::from_secs(60), || {
+        env.outbox.join("full.report.json").is_file()
+    })
+    .await;
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(env.outbox.join("full.report.json")).expect("report"),
+    )
+    .expect("json");
+    assert_eq!(report["counts"]["done"], 4, "{report:#}");
+    assert_eq!(env.stats().duplicate_submits, 0);
+    crate::support::stop(&mut daemon).await;
+}
