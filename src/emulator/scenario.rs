@@ -165,6 +165,9 @@ pub struct Scenario {
     /// Share of async submits whose task is created but whose connection is closed without
     /// any response (the client cannot know the task id: an "in doubt" submit).
     pub drop_share: f64,
+    /// Share of async and batch submits whose task is created and answered 200 with a body
+    /// that is no task (a proxy's page): accepted, but its id cannot be read.
+    pub garbled_share: f64,
     /// Requests allowed per one-second window (submits, polls, sync edits, uploads); `None` = no limit.
     pub rps: Option<u32>,
     /// Requests allowed per one-minute window; `None` = no limit.
@@ -290,6 +293,7 @@ impl Default for Scenario {
             error_share: 0.0,
             fault_5xx: FaultShares::default(),
             drop_share: 0.0,
+            garbled_share: 0.0,
             rps: None,
             rpm: None,
             tmp_url_ttl: Duration::from_secs(24 * 3600),
@@ -363,6 +367,11 @@ impl Scenario {
     /// Share of async submits whose response is dropped after the task was created.
     pub fn drop_share(mut self, share: f64) -> Self {
         self.drop_share = share;
+        self
+    }
+
+    pub fn garbled_share(mut self, share: f64) -> Self {
+        self.garbled_share = share;
         self
     }
     /// Per-second request limit.
@@ -560,6 +569,7 @@ impl std::fmt::Debug for Scenario {
             .field("error_share", &self.error_share)
             .field("fault_5xx", &self.fault_5xx)
             .field("drop_share", &self.drop_share)
+            .field("garbled_share", &self.garbled_share)
             .field("rps", &self.rps)
             .field("rpm", &self.rpm)
             .field("tmp_url_ttl", &self.tmp_url_ttl)
@@ -704,6 +714,10 @@ pub struct ScenarioArgs {
     /// without a response.
     #[arg(long, default_value = "0", value_parser = parse_share)]
     pub drop_share: f64,
+    /// Share (0..1) of async and batch submits whose task is created but answered 200 with a
+    /// body that is no task (its id cannot be read).
+    #[arg(long, default_value = "0", value_parser = parse_share)]
+    pub garbled_share: f64,
     /// Requests per one-second window before 429 (0 = unlimited); Claid's default is 4.
     #[arg(long, default_value_t = 4)]
     pub rps: u32,
@@ -828,6 +842,7 @@ impl ScenarioArgs {
                 sync: self.sync_5xx,
             },
             drop_share: self.drop_share,
+            garbled_share: self.garbled_share,
             rps: (self.rps > 0).then_some(self.rps),
             rpm: (self.rpm > 0).then_some(self.rpm),
             tmp_url_ttl: self.tmp_url_ttl,

@@ -980,6 +980,15 @@ async fn submit(
             return conn.drop_response().await;
         }
     }
+    if state.roll(state.scenario.garbled_share) {
+        state.recorder.update(|s| s.garbled_responses += 1);
+        return (
+            axum::http::StatusCode::OK,
+            [(axum::http::header::CONTENT_TYPE, "text/html")],
+            "<html><body>Service temporarily rerouted</body></html>",
+        )
+            .into_response();
+    }
     delay_submit_response(&state).await;
     let accepted = AsyncTask {
         id,

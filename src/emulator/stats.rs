@@ -53,6 +53,8 @@ pub struct Stats {
     pub errors_5xx: u64,
     /// Submits whose task was created but whose connection was closed without a response.
     pub dropped_responses: u64,
+    /// Submits whose task was created but answered 200 with a body that is no task.
+    pub garbled_responses: u64,
     /// Async tasks that ended in ERROR.
     pub tasks_errored: u64,
     /// Most API requests in flight at once.

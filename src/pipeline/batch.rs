@@ -725,14 +725,28 @@ impl BatchRunner {
                     return Sent::Ended;
                 }
                 Failure::Ambiguous => {
+                    // A 2xx whose answer cannot be read was accepted: held in the store before
+                    // any wait for its webhook (a stop or a crash during the wait found its
+                    // jobs submitting, and a restart sent them again).
+                    let unread = err.accepted_unread();
+                    if unread {
+                        for m in members {
+                            if let Err(err) = deps.store.mark_in_doubt(m.id).await {
+                                error!(error = %err, "Cannot record the batch's jobs as held in doubt");
+                                return Sent::Ended;
+                            }
+                        }
+                    }
                     if let Some(update) = self.wait_for_lost(&request).await {
                         let (batch_id, result_url) = (update.id, update.result_url.clone());
-                        if deps
-                            .store
-                            .mark_batch_submitted(&ids, batch_id, &result_url, None)
-                            .await
-                            .is_ok()
-                        {
+                        let recorded = if unread {
+                            deps.store.adopt_batch(&ids, batch_id, &result_url).await
+                        } else {
+                            deps.store
+                                .mark_batch_submitted(&ids, batch_id, &result_url, None)
+                                .await
+                        };
+                        if recorded.is_ok() {
                             info!(
                                 batch_id,
                                 "A lost batch answer was recovered from its webhook; nothing is submitted twice"
@@ -763,7 +777,7 @@ impl BatchRunner {
                         InDoubtPolicy::Hold => {
                             warn!(error = %err, "Batch submit outcome unknown; its images are held for `replay --in-doubt`");
                             for m in members {
-                                let held = deps.store.mark_in_doubt(m.id).await.is_ok();
+                                let held = unread || deps.store.mark_in_doubt(m.id).await.is_ok();
                                 self.report(
                                     m.manifest,
                                     if held {

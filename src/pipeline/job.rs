@@ -619,6 +619,16 @@ impl Runner {
                 let _ = deps.store.record_request_id(id, rid).await;
             }
             let failure = failure_of(&deps.health, &err, sent_at);
+            // A 2xx whose answer cannot be read was accepted: held in the store before any
+            // wait for its webhook (a stop or a crash during the wait found it submitting,
+            // and a restart sent it again).
+            if failure == Failure::Ambiguous
+                && err.accepted_unread()
+                && let Err(err) = deps.store.mark_in_doubt(id).await
+            {
+                error!(error = %err, "Cannot record the job as held in doubt");
+                return Step::End(JobOutcome::Parked);
+            }
             match failure {
                 Failure::Job => {
                     // Claid answered and refused this job: the API itself is up.
@@ -680,7 +690,9 @@ impl Runner {
                     }
                     InDoubtPolicy::Hold => {
                         warn!(error = %err, "Submit outcome unknown; held for `replay --in-doubt`");
-                        if let Err(err) = deps.store.mark_in_doubt(id).await {
+                        if !err.accepted_unread()
+                            && let Err(err) = deps.store.mark_in_doubt(id).await
+                        {
                             error!(error = %err, "Cannot record the job as held in doubt");
                             return Step::End(JobOutcome::Parked);
                         }
@@ -1661,8 +1673,11 @@ pub fn failure_of(health: &HealthState, err: &ClaidError, sent_at: Instant) -> F
                 Failure::Unreachable
             }
         }
+        // A 2xx whose answer cannot be read: the API is there.
         Failure::Ambiguous => {
-            health.failed(err);
+            if !err.accepted_unread() {
+                health.failed(err);
+            }
             failure
         }
         Failure::Job | Failure::Systemic | Failure::RateLimited { .. } => failure,

@@ -990,3 +990,54 @@ async fn a_result_announced_after_task_timeout_and_a_restart_is_still_taken() {
         assert!(log.contains("given up as task-timeout"), "{api}: {log}");
     }
 }
+
+/// Claid accepted a submit (a batch, or a single task) but its answer cannot be read (a 200
+/// whose body is no task), with webhooks on and the task's webhook never coming: its images
+/// are held in doubt in the store before the wait for that webhook, so a crash (or a stop)
+/// during the wait and a restart never send them again (they were found submitting, and sent
+/// again: billed twice). The API answered, so `run --once` does not call it unreachable.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_submit_accepted_with_an_unreadable_answer_is_held_across_a_crash_never_sent_again() {
+    for api in ["", "batch: { max_images: 1 }"] {
+        let port = free_port();
+        let images = tempfile::tempdir().expect("static dir");
+        for name in ["g0.png", "g1.png"] {
+            std::fs::write(images.path().join(name), png(64, 48)).expect("image");
+        }
+        let env = TestEnv::new(
+            announcing(port)
+                .static_dir(images.path())
+                .latency(Latency::Fixed(Duration::ZERO))
+                .garbled_share(1.0)
+                .webhook_drop_share(1.0),
+        )
+        .await;
+        let base = format!("http://{}/_static", env.emulator.addr());
+        env.drop_file(
+            "m.yaml",
+            format!("images:\n  - input: {base}/g0.png\n  - input: {base}/g1.png\n").as_bytes(),
+        );
+        let config = env.config(api, &webhook_section(&env, port, "60s"));
+        let mut daemon = env.spawn_daemon(&config, 0);
+        wait_until("both submits accepted unreadably", DEADLINE, || {
+            env.stats().batch_images + env.stats().submits >= 2
+        })
+        .await;
+        // Killed while it waits (up to a minute) for the webhook; the next run waits less
+        // for webhooks that never come.
+        daemon.start_kill().expect("SIGKILL");
+        daemon.wait().await.expect("wait");
+        let config = env.config(api, &webhook_section(&env, port, "2s"));
+        let (code, stderr) = env.run_once(&config).await;
+        assert_ne!(code, 69, "{api}: the API answered: {stderr}");
+        let stats = env.stats();
+        assert_eq!(
+            stats.batch_images + stats.submits,
+            2,
+            "{api}: never sent again: {stderr}"
+        );
+        assert_eq!(stats.duplicate_submits, 0, "{api}");
+        let report = env.report("m");
+        assert_eq!(report["counts"]["in-doubt"], 2, "{api}: held: {report:#}");
+    }
+}
