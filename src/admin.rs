@@ -173,6 +173,10 @@ pub struct ReplayAnswer {
     /// is billed again when it runs. Absent in an older daemon's answer.
     #[serde(default)]
     pub billed_again: usize,
+    /// Of those requeued, the jobs held in doubt: Claid may have taken their submit, and
+    /// sending them again may bill them twice. Absent in an older daemon's answer.
+    #[serde(default)]
+    pub in_doubt_again: usize,
     pub jobs: Vec<u64>,
     /// With `dry_run`: the jobs that would be requeued.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -520,6 +524,7 @@ pub async fn replay_offline(
         return Ok(ReplayAnswer {
             requeued: 0,
             billed_again: 0,
+            in_doubt_again: 0,
             preview: replay_preview(store, &ids).await?,
             jobs: ids,
             refused: Vec::new(),
@@ -537,7 +542,8 @@ pub async fn replay_offline(
         run.0.push(*id);
         run.1.push((job.output_rel.clone(), job.body.clone()));
     }
-    let (mut requeued, mut refused, mut billed_again) = (Vec::new(), Vec::new(), 0);
+    let (mut requeued, mut refused) = (Vec::new(), Vec::new());
+    let (mut billed_again, mut in_doubt_again) = (0, 0);
     for (mid, (jobs, outputs)) in by_run {
         let Some(m) = store.manifest(mid).await? else {
             continue;
@@ -556,16 +562,18 @@ pub async fn replay_offline(
             continue;
         }
         for id in jobs {
-            let billed = store.job(id).await?.is_some_and(|job| job.state.billed());
+            let state = store.job(id).await?.map(|job| job.state);
             store.requeue(id, false).await?;
             requeued.push(id);
-            billed_again += usize::from(billed);
+            billed_again += usize::from(state.as_ref().is_some_and(JobState::billed));
+            in_doubt_again += usize::from(matches!(state, Some(JobState::InDoubt { .. })));
         }
     }
     store.flush().await?;
     Ok(ReplayAnswer {
         requeued: requeued.len(),
         billed_again,
+        in_doubt_again,
         jobs: requeued,
         preview: Vec::new(),
         refused,
@@ -873,6 +881,7 @@ async fn replay(
             Ok(preview) => axum::Json(ReplayAnswer {
                 requeued: 0,
                 billed_again: 0,
+                in_doubt_again: 0,
                 jobs: ids,
                 preview,
                 refused: Vec::new(),
@@ -885,6 +894,7 @@ async fn replay(
         Ok(pipeline::Replayed {
             requeued: n,
             billed_again,
+            in_doubt_again,
             refused,
         }) => {
             info!(
@@ -894,6 +904,7 @@ async fn replay(
             axum::Json(ReplayAnswer {
                 requeued: n,
                 billed_again,
+                in_doubt_again,
                 jobs: ids,
                 preview: Vec::new(),
                 refused,

@@ -1428,6 +1428,17 @@ fn cmd_replay(
             .iter()
             .filter(|p| p.billed && p.state != "done")
             .count();
+        let held = answer
+            .preview
+            .iter()
+            .filter(|p| p.state == "in-doubt")
+            .count();
+        let held = match held {
+            0 => String::new(),
+            n => format!(
+                " ({n} of them in doubt: Claid may have taken their submit, and sending them again may bill them twice)"
+            ),
+        };
         let billed = match (done, taken) {
             (0, 0) => String::new(),
             (done, 0) => format!(" ({done} of them done: sending those again is billed again)"),
@@ -1439,12 +1450,14 @@ fn cmd_replay(
             ),
         };
         println!(
-            "Would requeue {} jobs{billed}; nothing was changed (run it again without --dry-run):",
+            "Would requeue {} jobs{billed}{held}; nothing was changed (run it again without --dry-run):",
             answer.preview.len()
         );
         for job in &answer.preview {
             let note = if job.billed && job.state != "done" {
                 "  (Claid took its task: it may be billed already)"
+            } else if job.state == "in-doubt" {
+                "  (in doubt: Claid may have taken it)"
             } else {
                 ""
             };
@@ -1478,12 +1491,18 @@ fn cmd_replay(
         println!("Nothing to replay: {what}{since}.");
     } else {
         // Said, not asked: `--dry-run` lists them first.
-        let billed = match answer.billed_again {
+        let mut billed = match answer.billed_again {
             0 => String::new(),
             n => format!(
                 " ({n} of them Claid had billed already, done or failed after it took their task: each is billed again)"
             ),
         };
+        if answer.in_doubt_again > 0 {
+            billed.push_str(&format!(
+                " ({} of them in doubt: Claid may have taken their submit, and sending them again may bill them twice)",
+                answer.in_doubt_again
+            ));
+        }
         if later {
             println!(
                 "Requeued {} jobs{billed}; they run at the daemon's next start.",

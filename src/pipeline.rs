@@ -131,6 +131,8 @@ pub struct Replayed {
     pub requeued: usize,
     /// Of those, jobs Claid had billed already: each is billed again when it runs.
     pub billed_again: usize,
+    /// Of those, jobs held in doubt: Claid may have taken their submit.
+    pub in_doubt_again: usize,
     /// Runs not replayed because another active manifest writes one of their outputs or
     /// reports now, one sentence each.
     pub refused: Vec<String>,
@@ -912,6 +914,7 @@ impl Handle {
     pub async fn replay_checked(&self, ids: Vec<JobId>) -> Result<Replayed, StoreError> {
         let store = &self.shared.store;
         let mut billed = std::collections::HashSet::new();
+        let mut in_doubt = std::collections::HashSet::new();
         let mut by_run: BTreeMap<ManifestId, (Vec<JobId>, crate::store::Outputs)> = BTreeMap::new();
         for id in ids {
             let Some(job) = store.job(id).await? else {
@@ -921,13 +924,16 @@ impl Handle {
                 if job.state.billed() {
                     billed.insert(id);
                 }
+                if matches!(job.state, crate::store::JobState::InDoubt { .. }) {
+                    in_doubt.insert(id);
+                }
                 let run = by_run.entry(job.manifest).or_default();
                 run.0.push(id);
                 run.1.push((job.output_rel.clone(), job.body.clone()));
             }
         }
         let mut n = 0;
-        let mut billed_again = 0;
+        let (mut billed_again, mut in_doubt_again) = (0, 0);
         let mut refused = Vec::new();
         for (mid, (ids, outputs)) in by_run {
             let Some(m) = store.manifest(mid).await? else {
@@ -969,6 +975,7 @@ impl Handle {
                     Ok(_) => {
                         requeued.push((mid, id));
                         billed_again += usize::from(billed.contains(&id));
+                        in_doubt_again += usize::from(in_doubt.contains(&id));
                     }
                     Err(StoreError::Conflict { .. }) => {}
                     Err(err) => return Err(err),
@@ -986,6 +993,7 @@ impl Handle {
         Ok(Replayed {
             requeued: n,
             billed_again,
+            in_doubt_again,
             refused,
         })
     }

@@ -1168,17 +1168,7 @@ impl BatchRunner {
                 )
                 .await;
             } else {
-                let message = result
-                    .errors
-                    .iter()
-                    .map(|e| e.error.as_str())
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                let message = if message.is_empty() {
-                    format!("batch {batch_id} ended {:?}", result.status)
-                } else {
-                    message
-                };
+                let message = unattributed_failure(&result, &matched.loose_errors);
                 self.fail(member, FailureCode::ClaidError, &message).await;
             }
         }
@@ -1479,6 +1469,24 @@ pub fn match_results(result: &BatchTask, members: &[Member]) -> Matched {
     out
 }
 
+/// Why an image of a batch that did not end DONE failed, when no error of Claid's names it:
+/// Claid's errors that name no image (`loose`), never those that name another image's input
+/// (those are that image's: shown here, they sent the user to fix the wrong image).
+pub fn unattributed_failure(result: &BatchTask, loose: &[String]) -> String {
+    if !loose.is_empty() {
+        return loose.join("; ");
+    }
+    let others = if result.errors.is_empty() {
+        ""
+    } else {
+        " (its errors name other images)"
+    };
+    format!(
+        "batch {} ended {:?} with no error for this image{others}",
+        result.id, result.status
+    )
+}
+
 /// The `unmatched` result names that are not the results of `siblings` (inputs of the same
 /// batch whose jobs are not `members`). A name that could be a member's stays unexplained.
 pub fn unexplained(unmatched: Vec<String>, members: &[Member], siblings: &[String]) -> Vec<String> {
@@ -1684,6 +1692,30 @@ mod tests {
                 task
             })
             .expect("a batch task")
+    }
+
+    /// An ERROR batch whose one error names another member's input: that error is the other
+    /// image's, never shown as this one's cause; a batch error naming no image still is.
+    #[test]
+    fn an_error_naming_another_image_is_not_this_images_cause() {
+        let members = [member(1), member(2)];
+        let mut result = serde_json::from_value::<BatchTask>(serde_json::json!({
+            "id": 9, "status": "ERROR",
+            "errors": [{"error": "Could not fetch https://example.com/1.png"}]
+        }))
+        .expect("a batch task");
+        let matched = match_results(&result, &members);
+        assert_eq!(matched.failed.len(), 1, "the error is image 1's");
+        let why = unattributed_failure(&result, &matched.loose_errors);
+        assert!(!why.contains("1.png"), "{why}");
+        assert!(why.contains("no error for this image"), "{why}");
+        result.errors =
+            serde_json::from_value(serde_json::json!([{"error": "Batch failed"}])).expect("errors");
+        let matched = match_results(&result, &members);
+        assert_eq!(
+            unattributed_failure(&result, &matched.loose_errors),
+            "Batch failed"
+        );
     }
 
     #[test]

@@ -230,10 +230,31 @@ async fn in_doubt_jobs_held_by_policy_are_replayed_over_the_socket_to_completion
         }
         rounds += 1;
         assert!(rounds < 20, "in-doubt jobs keep coming back: {view:#}");
+        // The dry run and the replay say that Claid may have taken them.
+        let (code, out, err) = cli(&[
+            "replay",
+            "--in-doubt",
+            "--dry-run",
+            "--config",
+            config.to_str().unwrap(),
+        ])
+        .await;
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(
+            out.contains(&format!("({held} of them in doubt: Claid may have taken their submit, and sending them again may bill them twice)"))
+                && out.contains("(in doubt: Claid may have taken it)"),
+            "{out}"
+        );
         let (code, out, err) =
             cli(&["replay", "--in-doubt", "--config", config.to_str().unwrap()]).await;
         assert_eq!(code, 0, "{out}{err}");
         assert!(out.contains("in the running daemon"), "{out}");
+        assert!(
+            out.contains(&format!(
+                "({held} of them in doubt: Claid may have taken their submit"
+            )),
+            "{out}"
+        );
     }
     assert!(
         rounds > 0,
