@@ -843,12 +843,19 @@ async fn run_watching(
     // The key in force (a digest): a SIGHUP after the key file changed says the new key waits
     // for a restart, as the client keeps the key it started with.
     let key_in_force = key_digest(config);
+    // Likewise the storages' keys: the bucket clients keep the keys they started with.
+    let storage_keys_in_force = storage_key_digests(config);
     tokio::pin!(forward);
     loop {
         tokio::select! {
             _ = &mut forward => break,
             Some(()) = recv_hangup(&mut hangup) => {
-                reload(pipeline, opts.config_path.as_deref(), &mut running, key_in_force.as_deref());
+                reload(
+                    pipeline,
+                    opts.config_path.as_deref(),
+                    &mut running,
+                    (key_in_force.as_deref(), &storage_keys_in_force),
+                );
             }
             _ = watchdog_tick.tick(), if watchdog.is_some() => {
                 let _ = sd_notify::notify(&[NotifyState::Watchdog]);
@@ -903,6 +910,23 @@ fn key_digest(config: &Config) -> Option<String> {
     Some(hex::encode(sha2::Sha256::digest(key.as_bytes())))
 }
 
+/// A digest of each storage's credentials file (`None`: none, or unreadable), by storage.
+fn storage_key_digests(config: &Config) -> std::collections::BTreeMap<String, Option<String>> {
+    use sha2::Digest;
+    config
+        .storages
+        .iter()
+        .map(|(name, entry)| {
+            let digest = entry
+                .credentials_file
+                .as_ref()
+                .and_then(|path| std::fs::read(path).ok())
+                .map(|bytes| hex::encode(sha2::Sha256::digest(&bytes)));
+            (name.clone(), digest)
+        })
+        .collect()
+}
+
 /// SIGHUP: re-reads the config; an invalid one is refused and the running one kept. Of a valid
 /// one, the [`RELOADABLE`](crate::config::print::RELOADABLE) sections apply to new work and
 /// `running` takes them; any other changed key is named as waiting for a restart.
@@ -910,7 +934,10 @@ fn reload(
     pipeline: &pipeline::Handle,
     path: Option<&Path>,
     running: &mut Config,
-    key_in_force: Option<&str>,
+    (key_in_force, storage_keys_in_force): (
+        Option<&str>,
+        &std::collections::BTreeMap<String, Option<String>>,
+    ),
 ) {
     let Some(path) = path else {
         warn!("SIGHUP ignored: the daemon was started without a config file to re-read");
@@ -925,6 +952,19 @@ fn reload(
                 && !restart.iter().any(|key| key.starts_with("api.api_key"))
             {
                 restart.push("api.api_key_file (the key in it changed)".to_owned());
+            }
+            // The same credentials file with other keys in it (rotated keys).
+            for (name, digest) in storage_key_digests(&config) {
+                let prefix = format!("storages.{name}");
+                if storage_keys_in_force
+                    .get(&name)
+                    .is_some_and(|running| *running != digest)
+                    && !restart.iter().any(|key| key.starts_with(&prefix))
+                {
+                    restart.push(format!(
+                        "{prefix}.credentials_file (the keys in it changed)"
+                    ));
+                }
             }
             pipeline.reload(config.profiles.clone(), policies(&config), config.limits);
             running.profiles = config.profiles;

@@ -329,6 +329,15 @@ impl Checker {
                                 text.trim()
                             ),
                         );
+                    } else if let Some(server) = endpoint_with_more(text.trim()) {
+                        // A path took the bucket's place in every request; a query is never
+                        // echoed (it may hold a token).
+                        self.problem(
+                            &format!("{key}.endpoint"),
+                            format!(
+                                "has a path, a query or a fragment after the server `{server}`: give the server alone (like `http://127.0.0.1:9000`); the bucket and prefix go in `url`"
+                            ),
+                        );
                     }
                     Some(text.trim().trim_end_matches('/').to_owned())
                 }
@@ -982,6 +991,17 @@ fn url_problem(text: &str) -> Option<String> {
         Ok(url) if url.host_str().is_none_or(str::is_empty) => Some("names no host".to_owned()),
         Ok(_) => None,
     }
+}
+
+/// An endpoint URL with more than its server (a path other than `/`, a query, a fragment):
+/// its server (`scheme://host[:port]`), to name it.
+fn endpoint_with_more(text: &str) -> Option<String> {
+    let url = reqwest::Url::parse(text).ok()?;
+    let more = !matches!(url.path(), "" | "/") || url.query().is_some() || url.fragment().is_some();
+    more.then(|| {
+        let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+        format!("{}://{}{port}", url.scheme(), url.host_str().unwrap_or(""))
+    })
 }
 
 fn has_user_info(url: &str) -> bool {

@@ -70,6 +70,16 @@ fn storage_config_errors_name_the_key_and_the_fix() {
             "http(s)",
         ),
         (
+            "storages:\n  catalog:\n    claid_name: c\n    url: s3://b\n    endpoint: http://127.0.0.1:9000/bkt\n",
+            "storages.catalog.endpoint",
+            "after the server `http://127.0.0.1:9000`: give the server alone",
+        ),
+        (
+            "storages:\n  catalog:\n    claid_name: c\n    url: s3://b\n    endpoint: \"http://127.0.0.1:9000/?X-Amz-Security-Token=SECRETTOKEN\"\n",
+            "storages.catalog.endpoint",
+            "the bucket and prefix go in `url`",
+        ),
+        (
             "storages:\n  catalog:\n    claid_name: c\n    url: s3://b\n    bucket: b\n",
             "storages.catalog.bucket",
             "unknown key",
@@ -118,6 +128,7 @@ fn storage_config_errors_name_the_key_and_the_fix() {
             problem.message
         );
         assert!(problem.line.is_some(), "{key} has no line");
+        assert!(!problem.message.contains("SECRETTOKEN"), "{problem:?}");
     }
     let ok = config::parse(
         &format!("{base}storages:\n  catalog: {{ claid_name: catalog-s3, url: s3://bkt/raw/ }}\n"),
@@ -766,6 +777,37 @@ impl Switch {
         });
         *self.forwarding.lock().expect("lock") = Some(task);
     }
+}
+
+/// Keys rotated in a storage's credentials file (the same file, other keys in it) are named
+/// by a SIGHUP as not in force until a restart, like a rotated API key: the bucket client
+/// keeps the keys it started with, and a reload that said "Reloaded" without a word let an
+/// operator believe the new keys were used.
+#[tokio::test(flavor = "multi_thread")]
+async fn rotated_storage_keys_are_named_by_a_reload_as_waiting_for_a_restart() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let (env, config) = storage_env(&s3, Scenario::default(), "", 0).await;
+    let mut daemon = env.spawn_daemon(&config, 0);
+    let deadline = std::time::Duration::from_secs(30);
+    crate::support::wait_until("the daemon is ready", deadline, || env.socket().exists()).await;
+    std::fs::write(
+        env.dir.path().join("s3-keys.yaml"),
+        "access_key_id: AKIAROTATED\nsecret_access_key: rotated-secret\n",
+    )
+    .expect("rotated keys");
+    crate::support::signal(&daemon, "-HUP");
+    crate::support::wait_until("the rotated keys named", deadline, || {
+        env.daemon_log(0).lines().any(|l| {
+            l.contains("NOT in force")
+                && l.contains("storages.catalog.credentials_file (the keys in it changed)")
+        })
+    })
+    .await;
+    assert!(!env.daemon_log(0).contains("rotated-secret"));
+    crate::support::stop(&mut daemon).await;
+    s3.stop().await;
 }
 
 /// A bucket endpoint that does not answer when the daemon starts (an S3 server still starting
