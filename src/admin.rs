@@ -84,7 +84,19 @@ pub enum AdminError {
         Escaped::str(message)
     )]
     Request { path: PathBuf, message: String },
+    #[error(
+        "the daemon took the connection on its admin socket {} but did not answer in {} s: it may be stuck (look at `journalctl -u claid-hotfolder` and `systemctl status claid-hotfolder`; a restart resumes every job from the store)",
+        Escaped::path(path),
+        secs
+    )]
+    Silent { path: PathBuf, secs: u64 },
 }
+
+/// How long `status`, `jobs` and the other reads wait for the daemon's answer once it took
+/// the connection.
+pub const READ_ANSWER_WITHIN: Duration = Duration::from_secs(30);
+/// How long a `replay` waits (it writes every job it requeues).
+pub const WRITE_ANSWER_WITHIN: Duration = Duration::from_secs(300);
 
 /// What `status` shows.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -948,6 +960,29 @@ fn internal(err: &dyn std::fmt::Display) -> Response {
 /// Sends one HTTP request to the daemon's admin socket; returns the status and body.
 /// `NotRunning` when nothing listens there (the caller then opens the store itself).
 pub async fn request(
+    socket: &Path,
+    method: &str,
+    path_and_query: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<(u16, Vec<u8>), AdminError> {
+    let within = if method == "GET" {
+        READ_ANSWER_WITHIN
+    } else {
+        WRITE_ANSWER_WITHIN
+    };
+    // A daemon that takes the connection and never answers (stuck) must not hang the
+    // operator's command for ever.
+    tokio::time::timeout(within, exchange(socket, method, path_and_query, body))
+        .await
+        .unwrap_or_else(|_| {
+            Err(AdminError::Silent {
+                path: socket.to_path_buf(),
+                secs: within.as_secs(),
+            })
+        })
+}
+
+async fn exchange(
     socket: &Path,
     method: &str,
     path_and_query: &str,

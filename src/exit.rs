@@ -148,7 +148,9 @@ fn of_one(err: &(dyn Error + 'static)) -> Option<i32> {
             AdminError::Denied { .. } => NO_PERM,
             AdminError::Taken { .. } => TEMP_FAIL,
             AdminError::NotASocket { .. } => USAGE,
-            AdminError::NotRunning { .. } | AdminError::Request { .. } => UNAVAILABLE,
+            AdminError::NotRunning { .. }
+            | AdminError::Request { .. }
+            | AdminError::Silent { .. } => UNAVAILABLE,
         });
     }
     if let Some(err) = err.downcast_ref::<ReplayError>() {

@@ -1690,3 +1690,26 @@ async fn a_base_url_without_its_version_stops_run_once_naming_it_and_fails_no_im
         "the manifest waits for the next run"
     );
 }
+
+/// A daemon that takes the connection on its admin socket and never answers (stuck) does not
+/// hang `status` for ever: it ends with 69 after a bounded wait, saying what to look at.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_ends_with_69_when_the_admin_socket_takes_the_connection_and_never_answers() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let config = env.config("", "");
+    let listener = tokio::net::UnixListener::bind(env.socket()).expect("a mute socket");
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            open.push(stream);
+        }
+    });
+    let (code, out, err) =
+        crate::support::cli(&["status", "--config", config.to_str().expect("utf-8")]).await;
+    held.abort();
+    assert_eq!(code, 69, "{out}{err}");
+    assert!(
+        err.contains("did not answer in 30 s") && err.contains("journalctl"),
+        "{err}"
+    );
+}
