@@ -366,18 +366,20 @@ pub fn sha256_file(path: &Path) -> io::Result<String> {
 /// Moves a refused file `src` (under `inbox`) into `rejected` with [`move_mirrored`] and writes
 /// `text` beside it as `<name>.error.txt`: the name as it is (bytes that are not UTF-8
 /// included, so two such names keep two error files), shortened with a hash when too long
-/// for the suffix (see `filename`). Returns where the file went.
+/// for the suffix (see `filename`). Returns where the file went, and whether its error file
+/// could be written (a full disk takes the move, a rename, and refuses the new file: the
+/// caller must then say the problems elsewhere, or they are lost).
 pub fn move_rejected(
     inbox: &Path,
     src: &Path,
     rejected: &Path,
     text: &str,
-) -> Result<PathBuf, OutputError> {
+) -> Result<(PathBuf, Result<(), OutputError>), OutputError> {
     let dest = move_mirrored(inbox, src, rejected)?;
     let name = dest.file_name().unwrap_or_default().to_owned();
     let error_name = crate::filename::error_file_name(&name, &crate::filename::FsLimits::of(&dest));
-    write_text_atomic(&dest.with_file_name(error_name), text)?;
-    Ok(dest)
+    let written = write_text_atomic(&dest.with_file_name(error_name), text);
+    Ok((dest, written))
 }
 
 /// Moves `src` (a file under `src_root`) to the same relative path under `dst_root`, creating

@@ -729,7 +729,8 @@ impl Finisher {
             crate::text::Escaped::path(&manifest::recipe_for(&src))
         );
         let text = crate::text::redact_urls_in(&text).into_owned();
-        let res = on_file_pool(move || -> Result<Option<PathBuf>, output::OutputError> {
+        type Moved = Option<(PathBuf, Result<(), output::OutputError>)>;
+        let res = on_file_pool(move || -> Result<Moved, output::OutputError> {
             if !src.is_file() {
                 return Ok(None);
             }
@@ -737,8 +738,11 @@ impl Finisher {
         })
         .await;
         match res {
-            Ok(Some(dest)) => {
+            Ok(Some((dest, Ok(())))) => {
                 warn!(to = %dest.display(), reason, "Recipe image failed; moved to rejected")
+            }
+            Ok(Some((dest, Err(err)))) => {
+                error!(to = %dest.display(), reason, error = %err, "Recipe image failed; moved to rejected, but its error file cannot be written (the reason is only here)")
             }
             Ok(None) => {}
             Err(err) => error!(error = %err, "Cannot move the failed recipe image"),

@@ -749,8 +749,18 @@ impl Intake {
         let moved =
             on_file_pool(move || output::move_rejected(&inbox, &src, &rejected, &error_text)).await;
         match moved {
-            Ok(dest) => {
-                info!(to = %dest.display(), "Moved the rejected manifest");
+            Ok((dest, written)) => {
+                match written {
+                    Ok(()) => info!(to = %dest.display(), "Moved the rejected manifest"),
+                    // A full disk: the problems are said here, one line each, or nobody
+                    // would know them.
+                    Err(err) => {
+                        error!(to = %dest.display(), error = %err, "Moved the rejected manifest, but its error file cannot be written; its problems follow");
+                        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                            error!(manifest = %rel.display(), "Rejected manifest: {}", crate::text::Escaped::str(line));
+                        }
+                    }
+                }
                 // A valid version saved before this one waits for its predecessor's drain: it
                 // is put back, so the rejection does not lose it.
                 if self.restore_pending(path, rel).await {
@@ -771,10 +781,11 @@ impl Intake {
                     "{text}\nThe manifest itself stays in the inbox: it could not be moved into the rejected folder ({err}). Clear that, then drop it again.\n"
                 );
                 let flat = flattened_name(rel);
+                let file_text = text.clone();
                 let written = on_file_pool(move || -> Result<PathBuf, output::OutputError> {
                     let name = filename::error_file_name(&flat, &filename::FsLimits::of(&rejected));
                     let path = rejected.join(name);
-                    output::write_text_atomic(&path, &text)?;
+                    output::write_text_atomic(&path, &file_text)?;
                     Ok(path)
                 })
                 .await;
@@ -783,7 +794,10 @@ impl Intake {
                         info!(error_file = %path.display(), "Wrote the rejected manifest's error file at the top of the rejected folder")
                     }
                     Err(err) => {
-                        error!(error = %err, "Cannot write the rejected manifest's error file either")
+                        error!(error = %err, "Cannot write the rejected manifest's error file either; its problems follow");
+                        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                            error!(manifest = %rel.display(), "Rejected manifest: {}", crate::text::Escaped::str(line));
+                        }
                     }
                 }
             }

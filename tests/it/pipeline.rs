@@ -523,3 +523,56 @@ async fn plan_says_new_for_an_empty_file_skip_replaces() {
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(dimensions(&env.outbox.join("m/b.png")), (64, 48));
 }
+
+/// A manifest refused while the disk of the inbox and rejected/ is full: the move (a rename)
+/// works and its error file cannot be written, so its problems are logged, one line each,
+/// instead of being lost without a word.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rejection_whose_error_file_cannot_be_written_logs_its_problems() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let disk = env.dir.path().join("disk");
+    std::fs::create_dir_all(&disk).expect("mount point");
+    let Some(_tmpfs) = crate::support::Tmpfs::mount(&disk, "1m") else {
+        eprintln!("rejection on a full disk: skipped, tmpfs cannot be mounted here");
+        return;
+    };
+    let (inbox, rejected) = (disk.join("inbox"), disk.join("rejected"));
+    for dir in [&inbox, &rejected] {
+        std::fs::create_dir_all(dir).expect("folder");
+    }
+    let config = env.config("", "");
+    let text = std::fs::read_to_string(&config)
+        .expect("config")
+        .replace(
+            &format!("inbox: {}", env.inbox.display()),
+            &format!("inbox: {}", inbox.display()),
+        )
+        .replace(
+            &format!("rejected: {}", env.rejected.display()),
+            &format!("rejected: {}", rejected.display()),
+        );
+    std::fs::write(&config, text).expect("config");
+    let deadline = Duration::from_secs(30);
+    let mut daemon = env.spawn_daemon(&config, 0);
+    wait_until("the daemon is ready", deadline, || env.socket().exists()).await;
+    // Written beside the inbox, the disk filled, then renamed in (a rename takes no space).
+    let aside = disk.join("bad.yaml");
+    std::fs::write(
+        &aside,
+        "images:\n  - input: storage://demo/a-64x48.png\n    width: abc\n",
+    )
+    .expect("manifest");
+    let _ = std::fs::write(disk.join("filler"), vec![0u8; 2 * 1024 * 1024]);
+    std::fs::rename(&aside, inbox.join("bad.yaml")).expect("dropped");
+    wait_until("the problems logged", deadline, || {
+        env.daemon_log(0).contains("its problems follow")
+    })
+    .await;
+    let log = env.daemon_log(0);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("Rejected manifest:") && l.contains("width")),
+        "{log}"
+    );
+    crate::support::stop(&mut daemon).await;
+}

@@ -223,31 +223,6 @@ async fn a_stop_waits_for_the_uploads_claid_is_working_on() {
     }
 }
 
-/// A tmpfs mounted over a folder while it lives (root only; `None` where mounts are not
-/// allowed, as in an unprivileged container).
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| Tmpfs(at.to_path_buf()))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .args(["-l"])
-            .arg(&self.0)
-            .status();
-    }
-}
-
 /// A restart while the outbox's disk is full, with images at Claid: the daemon resumes and
 /// is ready (its admin socket answers) at once instead of waiting, before it was ready, for
 /// the disk (jobs at Claid were started only once outputs could be written: no socket, no
@@ -261,7 +236,7 @@ async fn a_restart_on_a_full_outbox_with_images_at_claid_is_ready_at_once() {
             .latency(Latency::Fixed(Duration::from_secs(3))),
     )
     .await;
-    let Some(_tmpfs) = Tmpfs::mount(&env.outbox, "40m") else {
+    let Some(_tmpfs) = crate::support::Tmpfs::mount(&env.outbox, "40m") else {
         eprintln!("restart on a full outbox: skipped, tmpfs cannot be mounted here");
         return;
     };
