@@ -736,6 +736,7 @@ impl BatchRunner {
                                 return Sent::Ended;
                             }
                         }
+                        warn!(error = %err, images = members.len(), "Claid accepted the batch but its answer cannot be read: held in doubt, never sent again (a webhook may still name its batch)");
                     }
                     if let Some(update) = self.wait_for_lost(&request).await {
                         let (batch_id, result_url) = (update.id, update.result_url.clone());

@@ -60,15 +60,17 @@ pub struct Dispatch {
     adopted: Notify,
     /// Wakes [`Dispatch::next_held_adoption`].
     held_adopted: Notify,
-    /// Tasks a poll found ended while webhooks are on (their webhook had not come).
+    /// Tasks a poll found ended while webhooks are on (their webhook had not come), since
+    /// the last webhook handed to (or adopted by) one of this daemon's tasks.
     polled_final: std::sync::atomic::AtomicU64,
     /// When this process started taking webhooks (ms since the epoch; 0: always).
     started_ms: u64,
 }
 
-/// Tasks found ended by a poll, with no webhook heard in this run, after which webhooks are
-/// taken as not arriving (a wrong URL or secret in Claid's dashboard) and results are polled
-/// as without them, until one comes.
+/// Tasks found ended by a poll, with no webhook for one of this daemon's tasks heard since
+/// (or in this run), after which webhooks are taken as not arriving (a wrong URL or secret in
+/// Claid's dashboard, or deliveries that stopped mid-run) and results are polled as without
+/// them, until one comes.
 const SILENT_AFTER: u64 = 2;
 
 /// A job held in doubt after its submit answer was lost, as a webhook's echoed request would
@@ -258,6 +260,14 @@ impl Dispatch {
 
     /// Hands a verified update to whoever waits for it (see [`Delivery`]).
     pub fn deliver(&self, update: TaskUpdate) -> Delivery {
+        let delivery = self.deliver_to(update);
+        if matches!(delivery, Delivery::Handed | Delivery::Adopted) {
+            self.heard_now();
+        }
+        delivery
+    }
+
+    fn deliver_to(&self, update: TaskUpdate) -> Delivery {
         let id = update.task();
         let mut inner = self.lock();
         if !update.status().is_terminal() {
@@ -561,20 +571,32 @@ impl Dispatch {
             return;
         }
         let n = self.polled_final.fetch_add(1, Ordering::Relaxed) + 1;
-        if n == SILENT_AFTER && !self.heard_any() {
-            tracing::warn!(
-                "No webhook has come while polls found tasks ended: results are polled as without webhooks until one comes; check the webhook URL and secret in Claid's dashboard (docs/webhooks.md)"
-            );
+        if n == SILENT_AFTER {
+            if self.heard_any() {
+                tracing::warn!(
+                    "Webhooks stopped coming: polls found tasks ended without theirs since the last one; results are polled as without webhooks until one comes (check the webhook's delivery in Claid's dashboard, docs/webhooks.md)"
+                );
+            } else {
+                tracing::warn!(
+                    "No webhook has come while polls found tasks ended: results are polled as without webhooks until one comes; check the webhook URL and secret in Claid's dashboard (docs/webhooks.md)"
+                );
+            }
         }
     }
 
-    /// Webhooks are configured but do not arrive: none heard in this run, while polls found
-    /// [`SILENT_AFTER`] tasks ended. Waits for results then follow the poll schedule of a
+    /// A webhook reached one of this daemon's tasks: webhooks arrive (again).
+    fn heard_now(&self) {
+        self.polled_final
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Webhooks are configured but do not arrive: none reached one of this daemon's tasks
+    /// since polls found [`SILENT_AFTER`] tasks ended (none in this run, or none since they
+    /// stopped). Waits for results then follow the poll schedule of a
     /// daemon without webhooks (a first guess of `poll.max`, at least 10 s, per task cost
     /// every batch that long however fast Claid was).
     pub fn webhooks_silent(&self) -> bool {
         self.polled_final.load(std::sync::atomic::Ordering::Relaxed) >= SILENT_AFTER
-            && !self.heard_any()
     }
 
     /// Whether any verified webhook about a known task has come in this run: webhooks are
@@ -1022,5 +1044,27 @@ mod tests {
             !dispatch.would_keep(TaskRef::Batch(7)) && dispatch.would_keep(TaskRef::Async(8)),
             "an ended task is not kept again; an unknown one would be"
         );
+    }
+
+    /// Webhooks that stop coming mid-run (one was heard) are noticed like webhooks that never
+    /// came: after polls found tasks ended without theirs, results are polled on the schedule
+    /// (every later batch waited the whole `poll_fallback`), until a webhook comes again.
+    #[tokio::test]
+    async fn webhooks_that_stop_mid_run_are_noticed_and_one_that_comes_again_ends_it() {
+        let dispatch = Arc::new(Dispatch::default());
+        let req = serde_json::json!({"input": "https://x/a.jpg", "operations": {}});
+        let _first = dispatch.watch(TaskRef::Async(1));
+        assert_eq!(
+            dispatch.deliver(update(1, "DONE", req.clone())),
+            Delivery::Handed
+        );
+        assert!(dispatch.heard_any());
+        dispatch.polled_final(crate::store::now_ms());
+        assert!(!dispatch.webhooks_silent(), "one poll is no pattern");
+        dispatch.polled_final(crate::store::now_ms());
+        assert!(dispatch.webhooks_silent(), "two tasks ended without theirs");
+        let _again = dispatch.watch(TaskRef::Async(2));
+        assert_eq!(dispatch.deliver(update(2, "DONE", req)), Delivery::Handed);
+        assert!(!dispatch.webhooks_silent(), "a webhook came again");
     }
 }

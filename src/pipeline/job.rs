@@ -622,12 +622,12 @@ impl Runner {
             // A 2xx whose answer cannot be read was accepted: held in the store before any
             // wait for its webhook (a stop or a crash during the wait found it submitting,
             // and a restart sent it again).
-            if failure == Failure::Ambiguous
-                && err.accepted_unread()
-                && let Err(err) = deps.store.mark_in_doubt(id).await
-            {
-                error!(error = %err, "Cannot record the job as held in doubt");
-                return Step::End(JobOutcome::Parked);
+            if failure == Failure::Ambiguous && err.accepted_unread() {
+                if let Err(err) = deps.store.mark_in_doubt(id).await {
+                    error!(error = %err, "Cannot record the job as held in doubt");
+                    return Step::End(JobOutcome::Parked);
+                }
+                warn!(error = %err, "Claid accepted the submit but its answer cannot be read: held in doubt, never sent again (a webhook may still name its task)");
             }
             match failure {
                 Failure::Job => {
