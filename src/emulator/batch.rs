@@ -33,8 +33,8 @@ use crate::claid::wire::{
 };
 use crate::emulator::server::{
     AppState, DropConnection, OutputName, Prefix, api_error, delay_submit_response, deliver,
-    host_of, json_body, lock, maybe_delay_poll, now_rfc3339, pipeline_not_found, process_input,
-    random_hex, task_id, validation_error,
+    garbled_answer, host_of, json_body, lock, maybe_delay_poll, now_rfc3339, pipeline_not_found,
+    process_input, random_hex, task_id, validation_error,
 };
 use crate::emulator::stats::submit_key;
 use crate::emulator::storage::{self, Backing};
@@ -168,14 +168,8 @@ pub async fn submit(
             return conn.drop_response().await;
         }
     }
-    if state.roll(state.scenario.garbled_share) {
-        state.recorder.update(|s| s.garbled_responses += 1);
-        return (
-            axum::http::StatusCode::OK,
-            [(axum::http::header::CONTENT_TYPE, "text/html")],
-            "<html><body>Service temporarily rerouted</body></html>",
-        )
-            .into_response();
+    if let Some(page) = garbled_answer(&state) {
+        return page;
     }
     delay_submit_response(&state).await;
     let accepted = BatchTask {

@@ -914,6 +914,23 @@ pub(crate) async fn deliver(
     Ok((input, output))
 }
 
+/// For the scenario's `garbled_share` of submits (the task already runs): a 200 whose body
+/// is no task (a proxy's page), counted.
+pub(crate) fn garbled_answer(state: &AppState) -> Option<Response> {
+    if !state.roll(state.scenario.garbled_share) {
+        return None;
+    }
+    state.recorder.update(|s| s.garbled_responses += 1);
+    Some(
+        (
+            axum::http::StatusCode::OK,
+            [(axum::http::header::CONTENT_TYPE, "text/html")],
+            "<html><body>Service temporarily rerouted</body></html>",
+        )
+            .into_response(),
+    )
+}
+
 /// Holds a submit's answer for the scenario's `submit_response_delay` (the task already runs).
 pub(crate) async fn delay_submit_response(state: &AppState) {
     let delay = state.scenario.submit_response_delay;
@@ -980,14 +997,8 @@ async fn submit(
             return conn.drop_response().await;
         }
     }
-    if state.roll(state.scenario.garbled_share) {
-        state.recorder.update(|s| s.garbled_responses += 1);
-        return (
-            axum::http::StatusCode::OK,
-            [(axum::http::header::CONTENT_TYPE, "text/html")],
-            "<html><body>Service temporarily rerouted</body></html>",
-        )
-            .into_response();
+    if let Some(page) = garbled_answer(&state) {
+        return page;
     }
     delay_submit_response(&state).await;
     let accepted = AsyncTask {
