@@ -416,6 +416,13 @@ fn cmd_run(path: &Path, once: bool, print_config: bool) -> i32 {
             );
             exit::CANT_CREATE
         }
+        Ok(Outcome::ReportsUnwritten { runs }) => {
+            tracing::error!(
+                runs,
+                "The report of some manifests could be written neither into the outbox nor into the archive (a full disk?): their outcome is in the store (`jobs --manifest NAME` lists it), and a report an earlier run left at their names was removed so that it is not taken for theirs; free space on the outbox's disk"
+            );
+            exit::CANT_CREATE
+        }
         Ok(Outcome::Unscanned { folders }) => {
             let names: Vec<String> = folders
                 .iter()

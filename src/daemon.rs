@@ -162,6 +162,9 @@ pub enum Outcome {
     Unreachable { why: String, bucket: bool },
     /// `run --once` handled what it could read, but these inbox subfolders could not be read.
     Unscanned { folders: Vec<PathBuf> },
+    /// `run --once` ended its runs, but the report of `runs` of them could be written neither
+    /// into the outbox nor into the archive (a full disk).
+    ReportsUnwritten { runs: usize },
     /// `run --once` stopped because the outbox's disk stayed full or unwritable for
     /// `api.unreachable_timeout`; unfinished jobs stay in the store.
     Unwritable { why: String },
@@ -587,6 +590,11 @@ pub async fn run(
     );
     if !unscanned.is_empty() {
         return Ok(Outcome::Unscanned { folders: unscanned });
+    }
+    if totals.reports_unwritten > 0 {
+        return Ok(Outcome::ReportsUnwritten {
+            runs: totals.reports_unwritten,
+        });
     }
     if totals.failed > 0
         || totals.held > 0

@@ -160,6 +160,8 @@ pub struct Totals {
     /// `manifests_with_failures` (the per-job counts above follow the jobs' outcome events,
     /// which may still be on their way when the run is reported from the store).
     pub manifests_held: usize,
+    /// Runs whose report could be written neither into the outbox nor into the archive.
+    pub reports_unwritten: usize,
 }
 
 /// What the finisher publishes for everyone else to read: per-run progress and the totals.

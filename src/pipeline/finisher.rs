@@ -469,7 +469,12 @@ impl Finisher {
         }
         let recipe_image = manifest::is_image_name(&rel);
         let (tally, failures) = match self.write_report(id, recipe_image, superseded).await {
-            Ok(made) => made,
+            Ok((tally, failures, written)) => {
+                if !written {
+                    self.deps.board.update(|s| s.totals.reports_unwritten += 1);
+                }
+                (tally, failures)
+            }
             Err(err) => {
                 error!(error = %err, manifest = %rel.display(), "Cannot read the run's jobs for its report; it is finished again at the next start");
                 return;
@@ -586,13 +591,14 @@ impl Finisher {
     }
 
     /// Writes the JSON and CSV report, streamed from the store (a folder-recipe image gets
-    /// none: its output sits beside where the report would be). Returns the tally.
+    /// none: its output sits beside where the report would be). Returns the tally, and whether
+    /// the report was written (into the outbox, else the archive).
     async fn write_report(
         &self,
         id: ManifestId,
         recipe_image: bool,
         superseded: bool,
-    ) -> Result<(report::Tally, BTreeMap<FailureCode, u64>), StoreError> {
+    ) -> Result<(report::Tally, BTreeMap<FailureCode, u64>, bool), StoreError> {
         let outbox = self.deps.folders.outbox.clone();
         let archive = self.deps.folders.archive.clone();
         self.deps
@@ -614,7 +620,7 @@ impl Finisher {
                     Ok::<_, StoreError>(())
                 })?;
                 if recipe_image {
-                    return Ok((tally, failures));
+                    return Ok((tally, failures, true));
                 }
                 let generated_at = report::now_rfc3339();
                 let header = report::Header {
@@ -637,19 +643,31 @@ impl Finisher {
                     Ok((json, _csv)) => {
                         info!(manifest = %m.rel, report = %json.display(), counts = ?tally.counts, "Manifest report written")
                     }
-                    // An outbox that takes no report (read-only, not the daemon's to write):
-                    // the report goes beside the archived manifest, so the run still has its
-                    // outcome file.
-                    Err(err) => match write(&archive, paths) {
-                        Ok((json, _csv)) => {
-                            error!(error = %err, manifest = %m.rel, report = %json.display(), "Cannot write the manifest report into the outbox; written into the archive instead")
+                    // An outbox that takes no report (read-only, not the daemon's to write, a
+                    // full disk): a report an earlier run left at these names describes
+                    // another content, so it is removed (never left to be taken for this
+                    // run's), and the report goes beside the archived manifest, so the run
+                    // still has its outcome file.
+                    Err(err) => {
+                        for rel in [&paths.0, &paths.1] {
+                            if let Ok(stale) = crate::output::safe_join(&outbox, rel)
+                                && std::fs::remove_file(&stale).is_ok()
+                            {
+                                warn!(report = %stale.display(), "Removed an earlier run's report, which this run's could not replace");
+                            }
                         }
-                        Err(again) => {
-                            error!(error = %err, archive_error = %again, manifest = %m.rel, "Cannot write the manifest report, into the outbox nor into the archive")
+                        match write(&archive, paths) {
+                            Ok((json, _csv)) => {
+                                error!(error = %err, manifest = %m.rel, report = %json.display(), "Cannot write the manifest report into the outbox; written into the archive instead")
+                            }
+                            Err(again) => {
+                                error!(error = %err, archive_error = %again, manifest = %m.rel, "Cannot write the manifest report, into the outbox nor into the archive");
+                                return Ok((tally, failures, false));
+                            }
                         }
-                    },
+                    }
                 }
-                Ok((tally, failures))
+                Ok((tally, failures, true))
             })
             .await
     }

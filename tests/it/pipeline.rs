@@ -576,3 +576,58 @@ async fn a_rejection_whose_error_file_cannot_be_written_logs_its_problems() {
     );
     crate::support::stop(&mut daemon).await;
 }
+
+/// A run whose report the outbox's full disk refuses: the report an earlier run of the same
+/// manifest left there is removed (it described other content, and stayed to be taken for
+/// this run's), and this run's report goes beside the archived manifest.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_report_the_full_outbox_refuses_leaves_no_stale_report_and_goes_to_the_archive() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let disk = env.dir.path().join("disk");
+    std::fs::create_dir_all(&disk).expect("mount point");
+    let Some(_tmpfs) = crate::support::Tmpfs::mount(&disk, "24m") else {
+        eprintln!("report on a full disk: skipped, tmpfs cannot be mounted here");
+        return;
+    };
+    let (outbox, archive) = (disk.join("outbox"), disk.join("archive"));
+    for dir in [&outbox, &archive] {
+        std::fs::create_dir_all(dir).expect("folder");
+    }
+    let config = env.config("", "");
+    let text = std::fs::read_to_string(&config)
+        .expect("config")
+        .replace(
+            &format!("outbox: {}", env.outbox.display()),
+            &format!("outbox: {}", outbox.display()),
+        )
+        .replace(
+            &format!("archive: {}", env.archive.display()),
+            &format!("archive: {}", archive.display()),
+        );
+    std::fs::write(&config, text).expect("config");
+    let manifest = "images:\n  - input: storage://demo/r-64x48.png\n";
+    env.drop_file("r.yaml", manifest.as_bytes());
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    let report = outbox.join("r.report.json");
+    assert!(report.is_file());
+    // The same images again (a comment changed): nothing to make, only a report to write,
+    // on a disk with no room left.
+    let again = format!("# again\n{manifest}");
+    env.drop_file("r.yaml", again.as_bytes());
+    let _ = std::fs::write(disk.join("filler"), vec![0u8; 30 * 1024 * 1024]);
+    let (_, stderr) = env.run_once(&config).await;
+    assert!(
+        !report.exists(),
+        "the earlier run's report is not left to describe this one: {stderr}"
+    );
+    let archived: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(archive.join("r.report.json")).expect("archived report"),
+    )
+    .expect("json");
+    let sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(again.as_bytes()))
+    };
+    assert_eq!(archived["sha256"], sha.as_str(), "{archived:#}");
+}
