@@ -867,7 +867,7 @@ impl BatchRunner {
     ) -> Option<Box<BatchTask>> {
         let deps = &*self.deps;
         // Webhooks that do not arrive are not waited for (see `Dispatch::webhooks_silent`).
-        let webhooks = deps.webhooks.filter(|_| !deps.dispatch.webhooks_silent());
+        let mut webhooks = deps.webhooks.filter(|_| !deps.dispatch.webhooks_silent());
         let mut watch = webhooks.map(|_| deps.dispatch.watch(TaskRef::Batch(batch_id)));
         // An announcement without the results came: polled from then on, on the schedule
         // (its slot keeps that update, which a watch would hand back at once, every time).
@@ -896,6 +896,12 @@ impl BatchRunner {
             if let Some(watch) = &watch {
                 let update = tokio::select! {
                     update = watch.wait(delay) => update,
+                    // Webhooks found silent meanwhile: polled now, then on the schedule.
+                    () = deps.dispatch.went_silent() => {
+                        webhooks = None;
+                        slim = true;
+                        None
+                    }
                     _ = deps.cancel.cancelled() => return None,
                 };
                 match update {

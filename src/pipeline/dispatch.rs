@@ -60,6 +60,9 @@ pub struct Dispatch {
     adopted: Notify,
     /// Wakes [`Dispatch::next_held_adoption`].
     held_adopted: Notify,
+    /// Wakes the tasks waiting for webhooks when they are found silent
+    /// ([`Dispatch::went_silent`]).
+    silent: Notify,
     /// Tasks a poll found ended while webhooks are on (their webhook had not come), since
     /// the last webhook handed to (or adopted by) one of this daemon's tasks.
     polled_final: std::sync::atomic::AtomicU64,
@@ -572,6 +575,8 @@ impl Dispatch {
         }
         let n = self.polled_final.fetch_add(1, Ordering::Relaxed) + 1;
         if n == SILENT_AFTER {
+            // Tasks already waiting for their webhook poll now, not at their fallback.
+            self.silent.notify_waiters();
             if self.heard_any() {
                 tracing::warn!(
                     "Webhooks stopped coming: polls found tasks ended without theirs since the last one; results are polled as without webhooks until one comes (check the webhook's delivery in Claid's dashboard, docs/webhooks.md)"
@@ -582,6 +587,12 @@ impl Dispatch {
                 );
             }
         }
+    }
+
+    /// Completes when webhooks are next found silent (see [`Dispatch::webhooks_silent`]): a
+    /// task waiting up to `poll_fallback` for its webhook then polls on the schedule instead.
+    pub async fn went_silent(&self) {
+        self.silent.notified().await;
     }
 
     /// A webhook reached one of this daemon's tasks: webhooks arrive (again).
@@ -1059,10 +1070,21 @@ mod tests {
             Delivery::Handed
         );
         assert!(dispatch.heard_any());
+        // A task already waiting for its webhook is woken when they are found silent (the
+        // test's runtime has one thread: the waiter registers before this goes on).
+        let waiter = {
+            let dispatch = dispatch.clone();
+            tokio::spawn(async move { dispatch.went_silent().await })
+        };
+        tokio::task::yield_now().await;
         dispatch.polled_final(crate::store::now_ms());
         assert!(!dispatch.webhooks_silent(), "one poll is no pattern");
         dispatch.polled_final(crate::store::now_ms());
         assert!(dispatch.webhooks_silent(), "two tasks ended without theirs");
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the waiting task is woken")
+            .expect("joined");
         let _again = dispatch.watch(TaskRef::Async(2));
         assert_eq!(dispatch.deliver(update(2, "DONE", req)), Delivery::Handed);
         assert!(!dispatch.webhooks_silent(), "a webhook came again");

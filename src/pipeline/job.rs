@@ -879,7 +879,7 @@ impl Runner {
         // With webhooks on, the task's result usually arrives by itself; a poll comes only
         // when it is overdue.
         // Webhooks that do not arrive are not waited for (see `Dispatch::webhooks_silent`).
-        let webhooks = deps.webhooks.filter(|_| !deps.dispatch.webhooks_silent());
+        let mut webhooks = deps.webhooks.filter(|_| !deps.dispatch.webhooks_silent());
         let mut watch = webhooks.map(|_| deps.dispatch.watch(TaskRef::Async(task_id)));
         let mut delay = match webhooks {
             Some(fallback) => deps
@@ -894,6 +894,11 @@ impl Runner {
             let mut announced = match &watch {
                 Some(watch) => tokio::select! {
                     update = watch.wait(delay) => update,
+                    // Webhooks found silent meanwhile: polled now, then on the schedule.
+                    () = deps.dispatch.went_silent() => {
+                        webhooks = None;
+                        None
+                    }
                     _ = deps.cancel.cancelled() => return Step::End(JobOutcome::Parked),
                 },
                 None => {
