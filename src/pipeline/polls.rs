@@ -654,8 +654,10 @@ impl Polls {
     /// size, so durations of other sizes say little: overdue at its size's estimate, half again,
     /// plus a second; with no estimate, `poll.max` (at least [`FIRST_GUESS`]) while no batch
     /// has ended yet (the canary: a lost announcement of it would hold the whole drop), else
-    /// `fallback` (the first round's batches, whose webhooks come in time unless lost: polling
-    /// them at the canary's pace cost a poll each).
+    /// (the first round's batches) twice the longest batch seen as if its images had been done
+    /// one after the other at its pace, plus a second: generous, so a webhook that comes in
+    /// time costs no poll, but a first round whose webhooks are lost is not held for the whole
+    /// `fallback` (20 images of 1 s waited 2 minutes).
     pub fn batch_webhook_wait(
         &self,
         images: usize,
@@ -668,8 +670,13 @@ impl Polls {
         let elapsed = Duration::from_millis(crate::store::now_ms().saturating_sub(submitted_at_ms));
         let overdue = match self.batch_expected(images) {
             Some(expected) => expected.mul_f64(1.5) + Duration::from_secs(1),
-            None if self.samples(Kind::Batch).is_empty() => self.poll.max.max(FIRST_GUESS),
-            None => fallback,
+            None => match self.samples(Kind::Batch).iter().max() {
+                None => self.poll.max.max(FIRST_GUESS),
+                Some(longest) => {
+                    let scale = images.max(1) as f64 / super::batch::CANARY_IMAGES as f64;
+                    longest.mul_f64(2.0 * scale.max(1.0)) + Duration::from_secs(1)
+                }
+            },
         };
         overdue
             .max(self.poll.min)
@@ -1269,8 +1276,11 @@ mod tests {
         ended(&batches, 2, &[3.0]);
         assert!(
             at(&batches, 64) > secs(119),
-            "the first round waits for its webhooks"
+            "a large first-round batch waits for its webhook"
         );
+        // A small one is overdue at twice the canary's pace for its images, plus a second.
+        let due = at(&batches, 4);
+        assert!(due > secs(12) && due <= secs(13), "{due:?}");
         ended(&batches, 64, &[20.0, 20.0]);
         let due = at(&batches, 64);
         assert!(due > secs(30) && due <= secs(31), "{due:?}");
