@@ -1435,17 +1435,13 @@ fn cmd_replay(
             .iter()
             .filter(|p| p.billed && p.state != "done")
             .count();
-        let held = answer
-            .preview
-            .iter()
-            .filter(|p| p.state == "in-doubt")
-            .count();
-        let held = match held {
-            0 => String::new(),
-            n => format!(
-                " ({n} of them in doubt: Claid may have taken their submit, and sending them again may bill them twice)"
-            ),
-        };
+        let held = in_doubt_note(
+            answer
+                .preview
+                .iter()
+                .filter(|p| p.state == "in-doubt")
+                .count(),
+        );
         let billed = match (done, taken) {
             (0, 0) => String::new(),
             (done, 0) => format!(" ({done} of them done: sending those again is billed again)"),
@@ -1504,12 +1500,7 @@ fn cmd_replay(
                 " ({n} of them Claid had billed already, done or failed after it took their task: each is billed again)"
             ),
         };
-        if answer.in_doubt_again > 0 {
-            billed.push_str(&format!(
-                " ({} of them in doubt: Claid may have taken their submit, and sending them again may bill them twice)",
-                answer.in_doubt_again
-            ));
-        }
+        billed.push_str(&in_doubt_note(answer.in_doubt_again));
         if later {
             println!(
                 "Requeued {} jobs{billed}; they run at the daemon's next start.",
@@ -1523,6 +1514,17 @@ fn cmd_replay(
         }
     }
     Ok(exit::OK)
+}
+
+/// What `replay` and its dry run say of `n` jobs held in doubt among those requeued (nothing
+/// for none).
+fn in_doubt_note(n: usize) -> String {
+    match n {
+        0 => String::new(),
+        n => format!(
+            " ({n} of them in doubt: Claid may have taken their submit, and sending them again may bill them twice)"
+        ),
+    }
 }
 
 /// Opens the store for writing (`replay` while no daemon runs).

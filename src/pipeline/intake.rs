@@ -756,9 +756,7 @@ impl Intake {
                     // would know them.
                     Err(err) => {
                         error!(to = %dest.display(), error = %err, "Moved the rejected manifest, but its error file cannot be written; its problems follow");
-                        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                            error!(manifest = %rel.display(), "Rejected manifest: {}", crate::text::Escaped::str(line));
-                        }
+                        log_problems(rel, text);
                     }
                 }
                 // A valid version saved before this one waits for its predecessor's drain: it
@@ -795,9 +793,7 @@ impl Intake {
                     }
                     Err(err) => {
                         error!(error = %err, "Cannot write the rejected manifest's error file either; its problems follow");
-                        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                            error!(manifest = %rel.display(), "Rejected manifest: {}", crate::text::Escaped::str(line));
-                        }
+                        log_problems(rel, &text);
                     }
                 }
             }
@@ -885,4 +881,12 @@ fn unchanged_state(outbox: &Path, prev: &JobState) -> Option<JobState> {
         unchanged: true,
         skipped: false,
     })
+}
+
+/// The text of a rejected manifest's error file, logged one line each: said where its file
+/// could not be written (a full disk), or nobody would know its problems.
+fn log_problems(rel: &Path, text: &str) {
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        error!(manifest = %rel.display(), "Rejected manifest: {}", crate::text::Escaped::str(line));
+    }
 }
