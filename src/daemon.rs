@@ -838,6 +838,12 @@ async fn run_watching(
             }
         })
     };
+    // The key in force (a digest): a SIGHUP after the key file changed says the new key waits
+    // for a restart, as the client keeps the key it started with. Likewise the storages' keys:
+    // the bucket clients keep the keys they started with. Read before the line that says the
+    // daemon watches (a change after it is one a SIGHUP names).
+    let key_in_force = key_digest(config);
+    let storage_keys_in_force = storage_key_digests(config);
     info!(inbox = %config.folders.inbox.display(), "Watching the inbox");
     let watchdog = sd_notify::watchdog_enabled();
     let mut watchdog_tick =
@@ -848,11 +854,6 @@ async fn run_watching(
     let mut taken = None;
     // The config in force: what a SIGHUP's file is compared with.
     let mut running = config.clone();
-    // The key in force (a digest): a SIGHUP after the key file changed says the new key waits
-    // for a restart, as the client keeps the key it started with.
-    let key_in_force = key_digest(config);
-    // Likewise the storages' keys: the bucket clients keep the keys they started with.
-    let storage_keys_in_force = storage_key_digests(config);
     tokio::pin!(forward);
     loop {
         tokio::select! {

@@ -791,7 +791,11 @@ async fn rotated_storage_keys_are_named_by_a_reload_as_waiting_for_a_restart() {
     let (env, config) = storage_env(&s3, Scenario::default(), "", 0).await;
     let mut daemon = env.spawn_daemon(&config, 0);
     let deadline = std::time::Duration::from_secs(30);
-    crate::support::wait_until("the daemon is ready", deadline, || env.socket().exists()).await;
+    // The keys in force are read before the daemon says it watches the inbox.
+    crate::support::wait_until("the daemon watches", deadline, || {
+        env.daemon_log(0).contains("Watching the inbox")
+    })
+    .await;
     std::fs::write(
         env.dir.path().join("s3-keys.yaml"),
         "access_key_id: AKIAROTATED\nsecret_access_key: rotated-secret\n",
