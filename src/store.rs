@@ -384,7 +384,7 @@ impl Store {
         &self,
         run: NewRun,
         jobs: impl Iterator<Item = JobV1> + Send + 'static,
-        unchanged: impl Fn(&str, &JobState) -> Option<JobState> + Send + 'static,
+        unchanged: impl Fn(&JobV1, &JobState) -> Option<JobState> + Send + 'static,
     ) -> Result<Registered, StoreError> {
         let trees = self.trees.clone();
         let registration = self
@@ -954,6 +954,7 @@ impl Store {
                         result_url: result_url.clone(),
                         at_ms: now,
                     },
+                    in_doubt: job.in_doubt_resolved(),
                     ..job.clone()
                 }),
                 _ => None,
@@ -1078,6 +1079,7 @@ impl Store {
                         return None;
                     }
                     let mut next = job.clone();
+                    next.in_doubt = job.in_doubt_resolved();
                     next.state = JobState::Submitted {
                         task_id,
                         result_url: result_url.clone(),
@@ -1121,6 +1123,7 @@ impl Store {
                 JobState::InDoubt { .. } if !from_in_doubt => None,
                 JobState::Submitting { .. } | JobState::InDoubt { .. } => {
                     let mut next = job.clone();
+                    next.in_doubt = job.in_doubt_resolved();
                     next.state = JobState::Submitted {
                         task_id: batch_id,
                         result_url: result_url.clone(),

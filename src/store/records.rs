@@ -260,6 +260,17 @@ impl JobV1 {
             _ => false,
         }
     }
+
+    /// `in_doubt` once the task of the lost submit this job waits for is adopted: that
+    /// submit was the one Claid billed, and no second one was sent for it, so the doubt it
+    /// counted is resolved (a job adopting its task while still submitting counted none).
+    pub fn in_doubt_resolved(&self) -> u32 {
+        if self.waits_for_adoption() {
+            self.in_doubt.saturating_sub(1)
+        } else {
+            self.in_doubt
+        }
+    }
 }
 
 /// The job lifecycle (ARCHITECTURE.md "Crash safety"). The tag is the state's [`StateName`].

@@ -495,7 +495,8 @@ async fn a_lost_submit_is_adopted_from_its_accepted_webhook_before_the_task_ends
 /// Jobs held in doubt because their submit answers were lost and the webhooks came later
 /// than `poll_fallback`: the late webhook is adopted by the held jobs (alone, then in a batch),
 /// which are delivered without a second submit, so `replay --in-doubt` has nothing left to
-/// bill twice; the run's report is written again with them done.
+/// bill twice; the run's report is written again with them done, their doubt resolved
+/// (`in_doubt` 0: nothing was billed twice).
 #[tokio::test(flavor = "multi_thread")]
 async fn issue12_a_webhook_later_than_the_wait_is_adopted_by_the_jobs_held_in_doubt() {
     for (n, api) in [
@@ -537,6 +538,12 @@ async fn issue12_a_webhook_later_than_the_wait_is_adopted_by_the_jobs_held_in_do
         .await;
         crate::support::stop(&mut daemon).await;
         all_done(&env, n);
+        // The doubt is resolved: the adopted task was the one billed, nothing was sent twice.
+        let report = env.report("m");
+        assert_eq!(report["in_doubt"], 0, "{api}: {report:#}");
+        for row in report["jobs"].as_array().expect("rows") {
+            assert_eq!(row["in_doubt"], 0, "{api}: {row}");
+        }
         let stats = env.stats();
         assert_eq!(stats.duplicate_submits, 0, "{api}: no image billed twice");
         assert_eq!(
