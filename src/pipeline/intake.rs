@@ -374,7 +374,7 @@ impl Intake {
                     extra_paths,
                 },
                 jobs,
-                move |_, prev| unchanged_state(&outbox, prev),
+                move |job, prev| unchanged_state(&outbox, job, prev),
             )
             .await;
         let (id, queued, unchanged) = match registered {
@@ -850,7 +850,12 @@ fn changed_at_ms(path: &Path) -> Option<u64> {
 /// the recorded content (README "Incremental"), or when it wrote an object into a storage
 /// (`s3://…`): that one is taken from the record, not looked up in the bucket, so an image
 /// delivered into a bucket is not billed again by a later run of the same row.
-fn unchanged_state(outbox: &Path, prev: &JobState) -> Option<JobState> {
+///
+/// A storage output kept with a local copy (`output_local_copy`) whose copy is gone or
+/// changed is fetched again from its object, without a submit: the job starts as
+/// `Downloading` the object Claid wrote (if the object is gone too, the job submits as usual:
+/// `Runner::verify_object`).
+fn unchanged_state(outbox: &Path, job: &JobV1, prev: &JobState) -> Option<JobState> {
     let JobState::Done {
         path,
         bytes,
@@ -871,7 +876,16 @@ fn unchanged_state(outbox: &Path, prev: &JobState) -> Option<JobState> {
         || (path_buf.starts_with(outbox)
             && std::fs::metadata(&path_buf).is_ok_and(|meta| meta.len() == *bytes)
             && output::sha256_file(&path_buf).is_ok_and(|found| found == *sha256));
-    still_there.then(|| JobState::Done {
+    if !still_there {
+        let object = crate::storages::destination_of(&job.body, &job.output_rel)?;
+        return Some(JobState::Downloading {
+            task_id: *task_id,
+            url: object,
+            width: *width,
+            height: *height,
+        });
+    }
+    Some(JobState::Done {
         path: path.clone(),
         bytes: *bytes,
         sha256: sha256.clone(),

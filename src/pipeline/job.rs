@@ -1290,7 +1290,9 @@ impl Runner {
 
     /// A storage output: Claid wrote the object; the daemon checks it is in the bucket (HEAD)
     /// and records its `s3://` URI, or, with the storage's `output_local_copy`, reads it and
-    /// writes it into the outbox as a downloaded result. Never written by the daemon.
+    /// writes it into the outbox as a downloaded result. Never written by the daemon. Also the
+    /// first step of a job whose earlier run's local copy is gone (`intake::unchanged_state`):
+    /// it fetches the object again, or, when the object is gone too, queues the image.
     async fn verify_object(
         &self,
         id: JobId,
@@ -1349,6 +1351,18 @@ impl Runner {
                 }
             }
             bucket_answered(&deps.health, &storage.name, &err);
+            // A local copy fetched again by a later run of the same row (the job was never
+            // submitted): the object Claid wrote is gone as well, so the image is made again.
+            if code == FailureCode::ObjectMissing && job.attempts == 0 {
+                info!(object = %storage.objects.uri(key), "The output object of an earlier run is gone from the bucket; the image is made again");
+                return match deps.store.requeue(id, false).await {
+                    Ok(_) => Step::Continue,
+                    Err(err) => {
+                        error!(error = %err, "Cannot queue the image again; it resumes at the next start");
+                        Step::End(JobOutcome::Parked)
+                    }
+                };
+            }
             // Not there yet: Claid may announce the task before the object is visible in the
             // bucket. Looked at again a few times (about 15 s in all) before it counts as
             // missing.

@@ -312,13 +312,14 @@ impl Trees {
     /// ended, nothing is registered and the conflict is returned. Jobs are written in small
     /// batches as they stream in (memory stays flat); the manifest record is the commit point,
     /// written and flushed last. `unchanged` turns a job into `Done { unchanged }` when an
-    /// identical output is already there (it receives the previous done job's state).
+    /// identical output is already there, or into the state that fetches it again without a
+    /// submit (it receives the new job and the previous done job's state).
     pub fn register(
         &self,
         mut m: ManifestV1,
         extra_paths: &[String],
         jobs: impl IntoIterator<Item = JobV1>,
-        unchanged: &dyn Fn(&str, &JobState) -> Option<JobState>,
+        unchanged: &dyn Fn(&JobV1, &JobState) -> Option<JobState>,
     ) -> Result<Registration, StoreError> {
         let manifest_id = self.db.generate_id()?;
         self.registering
@@ -361,10 +362,12 @@ impl Trees {
             }
             job.manifest = manifest_id;
             if let Some(done) = self.done_by_key(&job.key)?
-                && let Some(state) = unchanged(&job.output_rel, &done.1.state)
+                && let Some(state) = unchanged(&job, &done.1.state)
             {
+                // A state that is not an end (a local copy fetched again from its object)
+                // still has work to do: queued below, not counted as unchanged.
+                n_unchanged += u64::from(state.is_terminal());
                 job.state = state;
-                n_unchanged += 1;
             }
             let job_id = self.db.generate_id()?;
             batch.ranges.add(job_id, &self.job_ranges)?;

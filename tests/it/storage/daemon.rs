@@ -416,6 +416,56 @@ async fn a_storage_output_with_output_local_copy_is_also_written_into_the_outbox
     s3.stop().await;
 }
 
+/// A later run of the same rows (`output_local_copy: true`) whose local copy is gone fetches
+/// it again from the object Claid wrote, without a submit (the object was paid for); where the
+/// object is gone too, the image is made again.
+#[tokio::test]
+async fn a_lost_local_copy_is_fetched_again_from_its_object_without_a_submit() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let (env, config) = storage_env(&s3, quick(), "output_local_copy: true", 3).await;
+    let manifest = b"output: { format: png, destination: storage://catalog/out/ }\nimages:\n  - storage://catalog/in/sku-0.png\n  - storage://catalog/in/sku-1.png\n  - storage://catalog/in/sku-2.png\n";
+    env.drop_file("shoes.yaml", manifest);
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    let sent = |env: &TestEnv| {
+        let stats = env.stats();
+        stats.submits + stats.batch_images
+    };
+    assert_eq!(sent(&env), 3);
+    // sku-0: the local copy is gone, its object is there; sku-1: both are gone; sku-2: both
+    // are there.
+    std::fs::remove_file(env.outbox.join("shoes/sku-0.png")).expect("remove copy");
+    std::fs::remove_file(env.outbox.join("shoes/sku-1.png")).expect("remove copy");
+    s3.delete_object("catalog", "raw/out/shoes/sku-1.png").await;
+    env.drop_file("shoes.yaml", manifest);
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        sent(&env),
+        4,
+        "only the image whose object is gone is made again: {stderr}"
+    );
+    for i in 0..3 {
+        let local = std::fs::read(env.outbox.join(format!("shoes/sku-{i}.png"))).expect("local");
+        let object = s3
+            .get_object("catalog", &format!("raw/out/shoes/sku-{i}.png"))
+            .await
+            .expect("object");
+        assert_eq!(local, object, "sku-{i}: the local copy is the object");
+    }
+    let report = env.report("shoes");
+    let statuses: Vec<_> = report["jobs"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|row| row["status"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(statuses, ["done", "done", "unchanged"], "{report:#}");
+    s3.stop().await;
+}
+
 #[tokio::test]
 async fn a_second_manifest_writing_the_same_object_is_refused_at_intake() {
     let Some(s3) = S3Server::start().await else {
