@@ -20,7 +20,7 @@ use crate::config::{self, Config, ConfigError};
 use crate::daemon::{self, Outcome, RunOptions};
 use crate::manifest::{self, Input};
 use crate::os_error::OsCause;
-use crate::store::records::{JobState, JobV1};
+use crate::store::records::JobState;
 use crate::store::snapshot::Snapshot;
 use crate::store::{Store, StoreError};
 use crate::text::Escaped;
@@ -976,10 +976,22 @@ fn cmd_plan(config_path: &Path, file: &Path) -> anyhow::Result<i32> {
     };
     println!("{:>6}  {:<9}  {:<50}  output", "image", "plan", "input");
     for job in &spec.jobs {
-        let unchanged = snapshot.as_ref().is_some_and(|snapshot| {
-            matches!(rt.block_on(snapshot.store().done_by_key(&job.key.hex())), Ok(Some((_, JobV1 { state: JobState::Done { ref path, ref sha256, .. }, .. })))
-                if crate::output::sha256_file(Path::new(path)).is_ok_and(|found| &found == sha256))
+        // As the daemon decides at registration: an output still there with the recorded
+        // content, an object recorded in a storage, or a local copy fetched again from its
+        // object are not submitted.
+        let again = snapshot.as_ref().and_then(|snapshot| {
+            match rt.block_on(snapshot.store().done_by_key(&job.key.hex())) {
+                Ok(Some((_, prev))) => crate::pipeline::intake::unchanged_state(
+                    &config.folders.outbox,
+                    &job.body,
+                    &job.output_rel.to_string_lossy(),
+                    &prev.state,
+                ),
+                _ => None,
+            }
         });
+        let refetch = matches!(again, Some(JobState::Downloading { .. }));
+        let unchanged = again.is_some();
         let (input, local) = match &job.input {
             Input::Remote(url) => (url.clone(), false),
             Input::Local(file) => (file.rel.display().to_string(), true),
@@ -998,7 +1010,7 @@ fn cmd_plan(config_path: &Path, file: &Path) -> anyhow::Result<i32> {
         });
         let plan = if unchanged {
             n_unchanged += 1;
-            "unchanged"
+            if refetch { "copy" } else { "unchanged" }
         } else if let Some(plan) = exists {
             n_exists += 1;
             plan

@@ -374,7 +374,7 @@ impl Intake {
                     extra_paths,
                 },
                 jobs,
-                move |job, prev| unchanged_state(&outbox, job, prev),
+                move |job, prev| unchanged_state(&outbox, &job.body, &job.output_rel, prev),
             )
             .await;
         let (id, queued, unchanged) = match registered {
@@ -855,7 +855,15 @@ fn changed_at_ms(path: &Path) -> Option<u64> {
 /// changed is fetched again from its object, without a submit: the job starts as
 /// `Downloading` the object Claid wrote (if the object is gone too, the job submits as usual:
 /// `Runner::verify_object`).
-fn unchanged_state(outbox: &Path, job: &JobV1, prev: &JobState) -> Option<JobState> {
+///
+/// `plan` asks the same question of the same record (`body` and `output_rel` are the new
+/// job's).
+pub fn unchanged_state(
+    outbox: &Path,
+    body: &serde_json::Value,
+    output_rel: &str,
+    prev: &JobState,
+) -> Option<JobState> {
     let JobState::Done {
         path,
         bytes,
@@ -877,7 +885,7 @@ fn unchanged_state(outbox: &Path, job: &JobV1, prev: &JobState) -> Option<JobSta
             && std::fs::metadata(&path_buf).is_ok_and(|meta| meta.len() == *bytes)
             && output::sha256_file(&path_buf).is_ok_and(|found| found == *sha256));
     if !still_there {
-        let object = crate::storages::destination_of(&job.body, &job.output_rel)?;
+        let object = crate::storages::destination_of(body, output_rel)?;
         return Some(JobState::Downloading {
             task_id: *task_id,
             url: object,

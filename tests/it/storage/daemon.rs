@@ -385,6 +385,18 @@ async fn storage_outputs_are_written_by_claid_checked_in_the_bucket_and_never_do
         csv.contains("storage://catalog-s3/out/shoes/renamed.jpg"),
         "{csv}"
     );
+    // The same rows again: `plan` says none is submitted, as the daemon decides (an object
+    // recorded in a storage is taken from the record).
+    let again = env.drop_file("shoes.yaml", b"output: { format: jpeg, destination: storage://catalog/out/ }\nimages:\n  - storage://catalog/in/sku-0.png\n  - storage://catalog/in/sku-1.png\n  - storage://catalog/in/sku-2.png\n  - { input: storage://catalog/in/sku-3.png, output: renamed.jpg }\n");
+    let (code, out, err) = cli(&[
+        "plan",
+        again.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("4 images: 0 to process, 4 unchanged"), "{out}");
     s3.stop().await;
 }
 
@@ -439,7 +451,23 @@ async fn a_lost_local_copy_is_fetched_again_from_its_object_without_a_submit() {
     std::fs::remove_file(env.outbox.join("shoes/sku-0.png")).expect("remove copy");
     std::fs::remove_file(env.outbox.join("shoes/sku-1.png")).expect("remove copy");
     s3.delete_object("catalog", "raw/out/shoes/sku-1.png").await;
-    env.drop_file("shoes.yaml", manifest);
+    let again = env.drop_file("shoes.yaml", manifest);
+    // `plan` tells it as the daemon decides (it does not look in the bucket).
+    let (code, out, err) = cli(&[
+        "plan",
+        again.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let plans: Vec<_> = out
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(1))
+        .skip(1)
+        .take(3)
+        .collect();
+    assert_eq!(plans, ["copy", "copy", "unchanged"], "{out}");
     let (code, stderr) = env.run_once(&config).await;
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(
