@@ -529,6 +529,7 @@ pub async fn select_replay(store: &Store, req: &ReplayRequest) -> Result<Vec<Job
 /// Requeues the selected jobs in a store no daemon holds; they run at the next start.
 pub async fn replay_offline(
     store: &Store,
+    outbox: &std::path::Path,
     req: &ReplayRequest,
 ) -> Result<ReplayAnswer, ReplayError> {
     let ids = select_replay(store, req).await?;
@@ -542,53 +543,14 @@ pub async fn replay_offline(
             refused: Vec::new(),
         });
     }
-    // By run: an ended run is reopened with its outputs reserved again, unless another
-    // active run writes one of them (then none of its jobs is requeued).
-    let mut by_run: std::collections::BTreeMap<u64, (Vec<JobId>, crate::store::Outputs)> =
-        Default::default();
-    for id in &ids {
-        let Some(job) = store.job(*id).await? else {
-            continue;
-        };
-        let run = by_run.entry(job.manifest).or_default();
-        run.0.push(*id);
-        run.1.push((job.output_rel.clone(), job.body.clone()));
-    }
-    let (mut requeued, mut refused) = (Vec::new(), Vec::new());
-    let (mut billed_again, mut in_doubt_again) = (0, 0);
-    for (mid, (jobs, outputs)) in by_run {
-        let Some(m) = store.manifest(mid).await? else {
-            continue;
-        };
-        if m.state.is_ended()
-            && let Some(crate::store::Registered::Conflict {
-                path, owner_rel, ..
-            }) = store.reopen_run_reserving(mid, Vec::new(), outputs).await?
-        {
-            refused.push(format!(
-                "`{}` is not replayed: `{}` is being written by the active manifest `{}`; replay it once that one has finished",
-                crate::text::escape(&m.rel),
-                crate::text::escape(&path),
-                crate::text::escape(&owner_rel.unwrap_or_else(|| "another manifest".to_owned()))
-            ));
-            continue;
-        }
-        for id in jobs {
-            let state = store.job(id).await?.map(|job| job.state);
-            store.requeue(id, false).await?;
-            requeued.push(id);
-            billed_again += usize::from(state.as_ref().is_some_and(JobState::billed));
-            in_doubt_again += usize::from(matches!(state, Some(JobState::InDoubt { .. })));
-        }
-    }
-    store.flush().await?;
+    let (replayed, runs) = pipeline::requeue_for_replay(store, outbox, ids).await?;
     Ok(ReplayAnswer {
-        requeued: requeued.len(),
-        billed_again,
-        in_doubt_again,
-        jobs: requeued,
+        requeued: replayed.requeued,
+        billed_again: replayed.billed_again,
+        in_doubt_again: replayed.in_doubt_again,
+        jobs: runs.into_iter().flat_map(|(_, _, ids)| ids).collect(),
         preview: Vec::new(),
-        refused,
+        refused: replayed.refused,
     })
 }
 

@@ -1427,13 +1427,20 @@ fn cmd_replay(
                     );
                     return Ok(exit::OK);
                 };
-                let answer =
-                    small_runtime()?.block_on(admin::replay_offline(snapshot.store(), &req))?;
+                let answer = small_runtime()?.block_on(admin::replay_offline(
+                    snapshot.store(),
+                    &config.folders.outbox,
+                    &req,
+                ))?;
                 (answer, true)
             } else {
                 check_owner(state)?;
                 let store = open_store(&config)?;
-                let answer = small_runtime()?.block_on(admin::replay_offline(&store, &req))?;
+                let answer = small_runtime()?.block_on(admin::replay_offline(
+                    &store,
+                    &config.folders.outbox,
+                    &req,
+                ))?;
                 (answer, true)
             }
         }

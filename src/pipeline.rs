@@ -138,6 +138,91 @@ pub struct Replayed {
     pub refused: Vec<String>,
 }
 
+/// The jobs a replay queued again, by run: the run, its manifest's inbox-relative path, its
+/// jobs.
+pub type ReplayedRuns = Vec<(ManifestId, String, Vec<JobId>)>;
+
+/// Queues `ids` again for a replay, run by run, in the store: the one place a replay changes
+/// state, for the daemon ([`Handle::replay_checked`], which then schedules the jobs) and for
+/// `replay` with the daemon down (`admin::replay_offline`; the next start resumes them).
+///
+/// Only ended or held jobs are taken (one under way, or changed meanwhile by another replay
+/// or a late webhook's adoption, stays as it is: requeueing it would lose its task and pay for
+/// it twice); a run whose manifest was saved again is never replayed (the newer version owns
+/// its images); an ended run is reopened with its outputs and reports reserved again, unless
+/// another active manifest writes one of them now (then none of its jobs is, and a sentence
+/// says why).
+pub async fn requeue_for_replay(
+    store: &Store,
+    outbox: &std::path::Path,
+    ids: Vec<JobId>,
+) -> Result<(Replayed, ReplayedRuns), StoreError> {
+    let mut billed = std::collections::HashSet::new();
+    let mut in_doubt = std::collections::HashSet::new();
+    let mut by_run: BTreeMap<ManifestId, (Vec<JobId>, crate::store::Outputs)> = BTreeMap::new();
+    for id in ids {
+        let Some(job) = store.job(id).await? else {
+            continue;
+        };
+        if job.state.is_replayable() {
+            if job.state.billed() {
+                billed.insert(id);
+            }
+            if matches!(job.state, crate::store::JobState::InDoubt { .. }) {
+                in_doubt.insert(id);
+            }
+            let run = by_run.entry(job.manifest).or_default();
+            run.0.push(id);
+            run.1.push((job.output_rel.clone(), job.body.clone()));
+        }
+    }
+    let mut replayed = Replayed::default();
+    let mut runs = Vec::new();
+    for (mid, (ids, outputs)) in by_run {
+        let Some(m) = store.manifest(mid).await? else {
+            continue;
+        };
+        if matches!(m.state, crate::store::ManifestState::Superseded { .. }) {
+            continue;
+        }
+        if m.state.is_ended() {
+            // Its outputs and reports were released at its end: reserved again, unless
+            // another active manifest writes one of them now (both would write it).
+            let extra = crate::report::reserved_paths(outbox, std::path::Path::new(&m.rel));
+            if let Some(crate::store::Registered::Conflict {
+                path, owner_rel, ..
+            }) = store.reopen_run_reserving(mid, extra, outputs).await?
+            {
+                let other = owner_rel.unwrap_or_else(|| "another manifest".to_owned());
+                warn!(manifest = %m.rel, path = %path, other = %other, "Replay refused: another active manifest writes one of its outputs");
+                replayed.refused.push(format!(
+                    "`{}` is not replayed: `{}` is being written by the active manifest `{}`; replay it once that one has finished",
+                    crate::text::escape(&m.rel),
+                    crate::text::escape(&path),
+                    crate::text::escape(&other)
+                ));
+                continue;
+            }
+        }
+        let mut requeued = Vec::with_capacity(ids.len());
+        for id in ids {
+            match store.requeue_replayable(id).await {
+                Ok(_) => {
+                    requeued.push(id);
+                    replayed.billed_again += usize::from(billed.contains(&id));
+                    replayed.in_doubt_again += usize::from(in_doubt.contains(&id));
+                }
+                Err(StoreError::Conflict { .. }) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        replayed.requeued += requeued.len();
+        runs.push((mid, m.rel.clone(), requeued));
+    }
+    store.flush().await?;
+    Ok((replayed, runs))
+}
+
 /// Totals over the manifests this process has handled, for `run --once`'s exit code.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Totals {
@@ -914,90 +999,17 @@ impl Handle {
     /// [`Handle::replay`], also saying which runs were not replayed because another active
     /// manifest writes one of their outputs or reports now (one sentence each).
     pub async fn replay_checked(&self, ids: Vec<JobId>) -> Result<Replayed, StoreError> {
-        let store = &self.shared.store;
-        let mut billed = std::collections::HashSet::new();
-        let mut in_doubt = std::collections::HashSet::new();
-        let mut by_run: BTreeMap<ManifestId, (Vec<JobId>, crate::store::Outputs)> = BTreeMap::new();
-        for id in ids {
-            let Some(job) = store.job(id).await? else {
-                continue;
-            };
-            if job.state.is_replayable() {
-                if job.state.billed() {
-                    billed.insert(id);
-                }
-                if matches!(job.state, crate::store::JobState::InDoubt { .. }) {
-                    in_doubt.insert(id);
-                }
-                let run = by_run.entry(job.manifest).or_default();
-                run.0.push(id);
-                run.1.push((job.output_rel.clone(), job.body.clone()));
-            }
-        }
-        let mut n = 0;
-        let (mut billed_again, mut in_doubt_again) = (0, 0);
-        let mut refused = Vec::new();
-        for (mid, (ids, outputs)) in by_run {
-            let Some(m) = store.manifest(mid).await? else {
-                continue;
-            };
-            // A run whose manifest was saved again is never replayed: the newer version owns
-            // its images.
-            if matches!(m.state, crate::store::ManifestState::Superseded { .. }) {
-                continue;
-            }
-            if m.state.is_ended() {
-                // Its outputs and reports were released at its end: reserved again, unless
-                // another active manifest writes one of them now (both would write it).
-                let extra = crate::report::reserved_paths(
-                    &self.shared.outbox,
-                    std::path::Path::new(&m.rel),
-                );
-                if let Some(crate::store::Registered::Conflict {
-                    path, owner_rel, ..
-                }) = store.reopen_run_reserving(mid, extra, outputs).await?
-                {
-                    let other = owner_rel.unwrap_or_else(|| "another manifest".to_owned());
-                    let why = format!(
-                        "`{}` is not replayed: `{}` is being written by the active manifest `{}`; replay it once that one has finished",
-                        crate::text::escape(&m.rel),
-                        crate::text::escape(&path),
-                        crate::text::escape(&other)
-                    );
-                    warn!(manifest = %m.rel, path = %path, other = %other, "Replay refused: another active manifest writes one of its outputs");
-                    refused.push(why);
-                    continue;
-                }
-            }
-            let mut requeued = Vec::with_capacity(ids.len());
-            for id in ids {
-                // A job that changed meanwhile (another replay took it, a late webhook adopted
-                // its task) stays as it is.
-                match store.requeue_replayable(id).await {
-                    Ok(_) => {
-                        requeued.push((mid, id));
-                        billed_again += usize::from(billed.contains(&id));
-                        in_doubt_again += usize::from(in_doubt.contains(&id));
-                    }
-                    Err(StoreError::Conflict { .. }) => {}
-                    Err(err) => return Err(err),
-                }
-            }
-            n += requeued.len();
+        let (replayed, runs) =
+            requeue_for_replay(&self.shared.store, &self.shared.outbox, ids).await?;
+        for (mid, rel, requeued) in runs {
             self.shared
                 .finisher
-                .send_counted(finisher::Event::Replayed {
-                    id: mid,
-                    rel: m.rel.clone(),
-                });
-            self.shared.queue.push_back(requeued);
+                .send_counted(finisher::Event::Replayed { id: mid, rel });
+            self.shared
+                .queue
+                .push_back(requeued.into_iter().map(|id| (mid, id)).collect());
         }
-        Ok(Replayed {
-            requeued: n,
-            billed_again,
-            in_doubt_again,
-            refused,
-        })
+        Ok(replayed)
     }
 
     /// Completes when intake is idle and every run this process tracks has ended or is held.
