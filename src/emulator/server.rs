@@ -1326,6 +1326,14 @@ async fn download_named(
 }
 
 async fn download(State(state): State<Arc<AppState>>, Path(token): Path<String>) -> Response {
+    if state.control.downloads_down() {
+        return api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "1503",
+            "general",
+            "The result storage is temporarily unavailable (emulator control).",
+        );
+    }
     if state.roll(state.scenario.fault_5xx.download) {
         return internal_error();
     }

@@ -259,6 +259,7 @@ struct Flags {
     credits_exhausted: AtomicBool,
     forbidden: AtomicBool,
     down: AtomicBool,
+    downloads_down: AtomicBool,
 }
 
 /// Body of `POST /_emulator/control` (absent fields stay as they are) and its answer.
@@ -270,6 +271,9 @@ pub struct ControlState {
     pub forbidden: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub down: Option<bool>,
+    /// Results' `tmp_url`s answer 503 (the result host is away; the API is not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downloads_down: Option<bool>,
 }
 
 impl Control {
@@ -300,6 +304,13 @@ impl Control {
     pub fn down(&self) -> bool {
         self.flags.down.load(Ordering::SeqCst)
     }
+    /// Every result download (`tmp_url`) answers 503 while on; the API answers as usual.
+    pub fn set_downloads_down(&self, on: bool) {
+        self.flags.downloads_down.store(on, Ordering::SeqCst);
+    }
+    pub fn downloads_down(&self) -> bool {
+        self.flags.downloads_down.load(Ordering::SeqCst)
+    }
     /// Applies the fields present in `state`.
     pub fn apply(&self, state: &ControlState) {
         if let Some(on) = state.credits_exhausted {
@@ -311,6 +322,9 @@ impl Control {
         if let Some(on) = state.down {
             self.set_down(on);
         }
+        if let Some(on) = state.downloads_down {
+            self.set_downloads_down(on);
+        }
     }
     /// The current toggles.
     pub fn state(&self) -> ControlState {
@@ -318,6 +332,7 @@ impl Control {
             credits_exhausted: Some(self.credits_exhausted()),
             forbidden: Some(self.forbidden()),
             down: Some(self.down()),
+            downloads_down: Some(self.downloads_down()),
         }
     }
 }

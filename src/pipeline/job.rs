@@ -1139,15 +1139,35 @@ impl Runner {
                         jitter(mismatches, deps.retry.base, deps.retry.cap)
                     }
                 },
-                Err(err) => match decide(&mut attempts, Failure::of(&err)) {
-                    Decision::Retry { after } => {
-                        warn!(error = %err, "Download failed; retrying");
-                        after
+                Err(err) => {
+                    // Claid keeps a result at its tmp_url for a day, and billed it: a result
+                    // host that answers 5xx or 408, or does not answer, is waited out like an
+                    // outage of the API (told to health, so `run --once` ends at
+                    // `api.unreachable_timeout` and leaves the job to the next run), not given
+                    // up on after a few tries, until the day is over.
+                    let away = result_host_away(&err)
+                        && now_ms().saturating_sub(job.updated_at_ms)
+                            < crate::pipeline::dispatch::KEPT_TTL.as_millis() as u64;
+                    let failure = if away {
+                        deps.health.failed(&err);
+                        Failure::Unreachable
+                    } else {
+                        Failure::of(&err)
+                    };
+                    match decide(&mut attempts, failure) {
+                        Decision::Retry { after } => {
+                            if away && attempts.failed_attempts() > 1 {
+                                debug!(error = %err, "Download failed; the result's host is still away; retrying");
+                            } else {
+                                warn!(error = %err, "Download failed; retrying");
+                            }
+                            after
+                        }
+                        Decision::Fail(_) | Decision::Pause => {
+                            return self.fail(id, err.code(), &err.to_string()).await;
+                        }
                     }
-                    Decision::Fail(_) | Decision::Pause => {
-                        return self.fail(id, err.code(), &err.to_string()).await;
-                    }
-                },
+                }
             };
             if !self.wait(delay).await {
                 return Step::End(JobOutcome::Parked);
@@ -1583,6 +1603,18 @@ fn connection_failed(err: &crate::objects::ObjectError) -> bool {
     ]
     .iter()
     .any(|needle| cause.contains(needle))
+}
+
+/// A download failed because the result's host is away (it answered 5xx or 408, or did not
+/// answer at all), not because of the result: waited out while the result may still be there.
+fn result_host_away(err: &ClaidError) -> bool {
+    match err {
+        ClaidError::DownloadStatus { status, .. } => *status >= 500 || *status == 408,
+        ClaidError::Connect { .. } | ClaidError::Timeout { .. } | ClaidError::Network { .. } => {
+            true
+        }
+        _ => false,
+    }
 }
 
 /// The retry policy's decision on a failure that happened now.

@@ -492,6 +492,47 @@ async fn fault_a_refused_poll_is_asked_again_and_never_loses_a_billed_task() {
     }
 }
 
+/// A result host that answers 503 (the API answering as usual) for longer than a download's
+/// failure budget: the image was made and billed, and its result stays at its `tmp_url` for a
+/// day, so the download waits it out like an outage. `run --once` ends at
+/// `api.unreachable_timeout` (69) with the job left to the next run, which downloads it
+/// without a second submit. (The job failed as `download-failed`, and only a replay that
+/// paid again got the image.)
+#[tokio::test(flavor = "multi_thread")]
+async fn fault_a_result_host_away_is_waited_out_never_fails_a_billed_image() {
+    for api in ["", "batch: { max_images: 1 }"] {
+        let env = TestEnv::new(Scenario::default()).await;
+        let config = env.config(&format!("unreachable_timeout: 4s\n{api}"), "");
+        env.drop_file(
+            "m.yaml",
+            b"images:\n  - input: storage://demo/a-64x48.png\n",
+        );
+        env.emulator.control().set_downloads_down(true);
+        let (code, stderr) = env.run_once(&config).await;
+        assert_eq!(code, 69, "{api}: the run ends, the job left: {stderr}");
+        assert!(
+            env.stats().errors_5xx >= 10,
+            "{api}: more tries than a download's failure budget: {:?}",
+            env.stats()
+        );
+        assert!(!stderr.contains("Job failed"), "{api}: {stderr}");
+        env.emulator.control().set_downloads_down(false);
+        let (code, stderr) = env.run_once(&config).await;
+        assert_eq!(code, 0, "{api}: {stderr}");
+        assert!(
+            env.outbox.join("m/a-64x48.jpg").is_file(),
+            "{api}: {stderr}"
+        );
+        let stats = env.stats();
+        assert_eq!(
+            stats.submits + stats.batch_images,
+            1,
+            "{api}: billed once: {stats:?}"
+        );
+        assert_eq!(env.report("m")["jobs"][0]["status"], "done", "{api}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn fault_polls_slower_than_the_request_timeout() {
     check_fault(Case {
