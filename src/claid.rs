@@ -1058,7 +1058,9 @@ impl Client {
         })?;
         let method = request.method().clone();
         let started = Instant::now();
-        let _on_the_wire = self.unanswered.sent();
+        // An upload is a synchronous edit: Claid answers it once the edit is done, which may
+        // take minutes (`api.upload_timeout`), so its wait says nothing of an outage.
+        let _on_the_wire = (endpoint != Endpoint::Upload).then(|| self.unanswered.sent());
         let _billable = endpoint.is_billable_post().then(|| {
             self.billable
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);

@@ -417,14 +417,19 @@ async fn on_output_exists_skip_and_fail_keep_existing_files_before_any_spend() {
 }
 
 /// A synchronous upload whose edit takes longer than `api.request_timeout` is waited for up to
-/// `api.upload_timeout`: sent once and billed once, not given up on and sent again.
+/// `api.upload_timeout`: sent once and billed once, not given up on and sent again. Its wait
+/// says nothing of an outage: `run --once` does not end as "unreachable" at
+/// `api.unreachable_timeout` while Claid works on it (it did, and the next run sent it again).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slow_upload_is_waited_for_up_to_upload_timeout_not_sent_again() {
     let env =
         TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_secs(3)))).await;
     env.drop_file("slow/photo.png", &png(64, 48));
     env.drop_file("slow.yaml", b"images:\n  - input: slow/photo.png\n");
-    let config = env.config("request_timeout: 1s\nupload_timeout: 20s", "");
+    let config = env.config(
+        "request_timeout: 1s\nupload_timeout: 20s\nunreachable_timeout: 1s",
+        "",
+    );
     let (code, stderr) = env.run_once(&config).await;
     assert_eq!(code, 0, "{stderr}");
     let report = env.report("slow");
