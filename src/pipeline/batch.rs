@@ -624,9 +624,12 @@ impl BatchRunner {
                 }
             }
             // An announcement without the results (Claid does not document a webhook's body
-            // fully), or not final, is followed up like any batch: taken as the result, it
-            // would fail every image Claid made and billed as missing.
-            Sent::Adopted { update } if update.lacks_result() => {
+            // fully), not final, or DONE with results for only some of the batch's images, is
+            // followed up like any batch: taken as the result, it would fail images Claid made
+            // and billed as missing.
+            Sent::Adopted { update }
+                if update.lacks_result() || update.answers_fewer_than(members.len()) =>
+            {
                 let result = self
                     .wait_result(update.id, &update.result_url, now_ms(), &members, true)
                     .await;

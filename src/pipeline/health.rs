@@ -438,7 +438,8 @@ impl HealthState {
         }
     }
 
-    /// A systemic refusal (401/402/403): pause submitting.
+    /// A systemic refusal (401/402/403, or 404/405 from an edit endpoint: a wrong
+    /// `api.base_url`): pause submitting.
     pub fn pause(&self, err: &ClaidError, status: u16) {
         let reason = crate::daemon::error_chain(err);
         let changed = self.health.send_if_modified(|h| {
@@ -452,7 +453,14 @@ impl HealthState {
             true
         });
         if changed {
-            error!(error = %reason, "The API refused the daemon's credentials or credits; submitting is paused, queued jobs are kept");
+            let what = match status {
+                401 => "The API refused the daemon's key (401)",
+                402 => "The API says the account has no credits left (402)",
+                403 => "The API refused the key's permission for this call (403)",
+                404 | 405 => "The API has no such endpoint (check `api.base_url`)",
+                _ => "The API refused the daemon's requests",
+            };
+            error!(error = %reason, "{what}; submitting is paused, queued jobs are kept");
             self.notices.send(Notice::Paused { status, reason });
         }
     }

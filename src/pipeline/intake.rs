@@ -272,12 +272,15 @@ impl Intake {
             // An ended run with something left to make is taken in again: a new run, which
             // skips the outputs still there unchanged and makes the others.
             let same = prev.sha256 == spec.sha256 && !superseded;
-            // Only a file placed in the inbox after the run finished is dropped again: one
+            // Only a file placed in the inbox after the run was taken in is dropped again: one
             // that stayed (its archiving failed) is the finished run's own, seen at a start,
-            // and must not make (and bill) what failed again at every start.
+            // and must not make (and bill) what failed again at every start. (Compared with
+            // when the run was registered, not when it finished: the kernel stamps a file's
+            // change time from a coarse clock, a few milliseconds behind, so a file dropped
+            // again right after a quick run ended could look older than its end.)
             let dropped_again = match prev.state {
-                ManifestState::Finished { at_ms } => {
-                    changed_at_ms(&path).is_none_or(|changed| changed > at_ms)
+                ManifestState::Finished { .. } => {
+                    changed_at_ms(&path).is_none_or(|changed| changed > prev.registered_at_ms)
                 }
                 _ => true,
             };
