@@ -391,7 +391,9 @@ fn cmd_run(path: &Path, once: bool, print_config: bool) -> i32 {
             }
         }
         Ok(Outcome::Unreachable { why, bucket }) => {
-            let what = if bucket {
+            let what = if bucket && why.contains("access denied") {
+                "A storage's bucket kept refusing the daemon's keys (the Claid API answers): fix the storage's `credentials_file` or the bucket's policy"
+            } else if bucket {
                 "A storage's bucket stayed unreachable (the Claid API answers)"
             } else {
                 "The Claid API stayed unreachable"

@@ -1341,36 +1341,18 @@ impl Runner {
                 )
                 .await;
         };
-        let mut attempts = deps.retry.start(retry::Step::Download);
         let mut n_failures = 0u32;
         let mut n_missing = 0u32;
         let info = loop {
-            let err = match storage.objects.head(key).await {
-                Ok(info) => {
-                    deps.health.storage_ok(&storage.name);
-                    break info;
-                }
-                Err(err) => err,
+            let err = match self
+                .through_bucket_outage(storage, || storage.objects.head(key))
+                .await
+            {
+                Ok(info) => break info,
+                Err(None) => return Step::End(JobOutcome::Parked),
+                Err(Some(err)) => err,
             };
             let code = object_failure(&err);
-            // The keys refused after Claid wrote (and billed) the object (rotated keys, a
-            // changed bucket policy): failing would have a replay or a drop bill it again.
-            // Waited out like an outage, told once, until the keys are fixed (a restart).
-            if code == FailureCode::StorageDenied {
-                if deps.health.storage_failed(&storage.name, err.to_string()) {
-                    warn!(storage = %crate::text::Escaped::str(&storage.name), error = %err, "A storage's bucket refuses the daemon's keys for an output Claid wrote; its checks wait and are retried (fix `credentials_file`, then restart the daemon; in `run --once` until `api.unreachable_timeout`)");
-                }
-                match decide(&mut attempts, Failure::Unreachable) {
-                    Decision::Retry { after } => {
-                        if !self.wait(after).await {
-                            return Step::End(JobOutcome::Parked);
-                        }
-                        continue;
-                    }
-                    _ => return Step::End(JobOutcome::Parked),
-                }
-            }
-            bucket_answered(&deps.health, &storage.name, &err);
             // A local copy fetched again by a later run of the same row (the job was never
             // submitted): the object Claid wrote is gone as well, so the image is made again.
             if code == FailureCode::ObjectMissing && job.attempts == 0 {
@@ -1397,28 +1379,19 @@ impl Runner {
                 }
                 continue;
             }
-            if code != FailureCode::StorageUnreachable {
-                return self.fail(id, code, &err.to_string()).await;
-            }
+            // The bucket answered with an error of its own (a 5xx): a few tries.
             n_failures += 1;
-            // The bucket's endpoint does not answer: an outage, waited out (the object Claid
-            // wrote is still there; failing the job would have `replay` bill it again), until
-            // `api.unreachable_timeout` in `run --once`, which leaves the job to the next run.
-            let (outage, failure) = bucket_failure(&deps.health, &storage.name, &err, true);
-            let decision = decide(&mut attempts, failure);
-            match decision {
-                Decision::Retry { after } if outage || n_failures < MAX_HEALING_WRITES => {
-                    if outage {
-                        debug!(error = %err, "Cannot check the output object; retrying");
-                    } else {
-                        warn!(error = %err, "Cannot check the output object; retrying");
-                    }
-                    if !self.wait(after).await {
-                        return Step::End(JobOutcome::Parked);
-                    }
+            if code == FailureCode::StorageUnreachable && n_failures < MAX_HEALING_WRITES {
+                warn!(error = %err, "Cannot check the output object; retrying");
+                if !self
+                    .wait(jitter(n_failures, deps.retry.base, deps.retry.cap))
+                    .await
+                {
+                    return Step::End(JobOutcome::Parked);
                 }
-                _ => return self.fail(id, code, &err.to_string()).await,
+                continue;
             }
+            return self.fail(id, code, &err.to_string()).await;
         };
         if info.size == 0 {
             return self
@@ -1438,25 +1411,35 @@ impl Runner {
                 _ = deps.cancel.cancelled() => return Step::End(JobOutcome::Parked),
             };
             let max = self.settings().limits.max_download_bytes;
-            let bytes = match storage.objects.get(key, max).await {
-                Ok(bytes) => bytes,
-                Err(err) => {
-                    let code = object_failure(&err);
-                    if code == FailureCode::StorageUnreachable {
-                        write_failures.failures += 1;
-                        if write_failures.failures < MAX_HEALING_WRITES {
-                            warn!(error = %err, "Cannot read the output object; retrying");
-                            let after =
-                                jitter(write_failures.failures, deps.retry.base, deps.poll.max);
-                            return if self.wait(after).await {
-                                Step::Continue
-                            } else {
-                                Step::End(JobOutcome::Parked)
-                            };
-                        }
+            // Read like the check above: an outage of the bucket or refused keys are waited
+            // out (the object is written and billed; failing the job would have a second drop
+            // or a replay bill it again).
+            let mut n_failures = 0u32;
+            let bytes = loop {
+                let err = match self
+                    .through_bucket_outage(storage, || storage.objects.get(key, max))
+                    .await
+                {
+                    Ok(bytes) => break bytes,
+                    Err(None) => return Step::End(JobOutcome::Parked),
+                    Err(Some(err)) => err,
+                };
+                let code = match err {
+                    crate::objects::ObjectError::TooLarge { .. } => FailureCode::DownloadTooLarge,
+                    _ => object_failure(&err),
+                };
+                n_failures += 1;
+                if code == FailureCode::StorageUnreachable && n_failures < MAX_HEALING_WRITES {
+                    warn!(error = %err, "Cannot read the output object; retrying");
+                    if !self
+                        .wait(jitter(n_failures, deps.retry.base, deps.poll.max))
+                        .await
+                    {
+                        return Step::End(JobOutcome::Parked);
                     }
-                    return self.fail(id, code, &err.to_string()).await;
+                    continue;
                 }
+                return self.fail(id, code, &err.to_string()).await;
             };
             let dims = (width, height, task_id);
             return self
@@ -1482,6 +1465,50 @@ impl Runner {
             Err(err) => {
                 error!(error = %err, "Output object checked but not recorded; it is checked again at the next start");
                 Step::End(JobOutcome::Parked)
+            }
+        }
+    }
+
+    /// One call of the daemon's own to `storage`'s bucket about an object Claid wrote and
+    /// billed (the output check, the local copy's read): the bucket's endpoint away, or the
+    /// daemon's keys refused (rotated keys, a changed bucket policy), is waited out like an
+    /// outage, told once (`/healthz` says failing; `run --once` ends at
+    /// `api.unreachable_timeout` and leaves the job to the next run), never failing the job,
+    /// since a replay or a second drop would bill the object again. `Err(Some(err))`: the
+    /// bucket answered otherwise (the caller decides); `Err(None)`: the daemon stops.
+    async fn through_bucket_outage<T, F, Fut>(
+        &self,
+        storage: &crate::storages::OpenStorage,
+        mut call: F,
+    ) -> Result<T, Option<crate::objects::ObjectError>>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, crate::objects::ObjectError>>,
+    {
+        let deps = &*self.deps;
+        let mut attempts = deps.retry.start(retry::Step::Download);
+        loop {
+            let err = match call().await {
+                Ok(value) => {
+                    deps.health.storage_ok(&storage.name);
+                    return Ok(value);
+                }
+                Err(err) => err,
+            };
+            if matches!(err, crate::objects::ObjectError::Denied { .. }) {
+                if deps.health.storage_failed(&storage.name, err.to_string()) {
+                    warn!(storage = %crate::text::Escaped::str(&storage.name), error = %err, "A storage's bucket refuses the daemon's keys for an output Claid wrote; it waits and is retried (fix `credentials_file`, then restart the daemon; in `run --once` until `api.unreachable_timeout`)");
+                }
+            } else if connection_failed(&err) {
+                bucket_failure(&deps.health, &storage.name, &err, true);
+                debug!(error = %err, "Cannot reach the bucket of an output object; retrying");
+            } else {
+                bucket_answered(&deps.health, &storage.name, &err);
+                return Err(Some(err));
+            }
+            match decide(&mut attempts, Failure::Unreachable) {
+                Decision::Retry { after } if self.wait(after).await => {}
+                _ => return Err(None),
             }
         }
     }

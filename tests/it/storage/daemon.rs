@@ -428,6 +428,30 @@ async fn a_storage_output_with_output_local_copy_is_also_written_into_the_outbox
     s3.stop().await;
 }
 
+/// `output_local_copy` of an object larger than `limits.max_download_bytes`: the job fails as
+/// `download-too-large`, as a local download does (it said `object-missing` of an object that
+/// is in the bucket).
+#[tokio::test]
+async fn a_local_copy_over_the_download_cap_fails_as_too_large_not_missing() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let (env, config) = storage_env(&s3, quick(), "output_local_copy: true", 1).await;
+    let mut text = std::fs::read_to_string(&config).expect("config");
+    text.push_str("limits: { max_download_bytes: 64 }\n");
+    std::fs::write(&config, text).expect("config");
+    env.drop_file(
+        "shoes.yaml",
+        b"output: { format: png, destination: storage://catalog/out/ }\nimages:\n  - storage://catalog/in/sku-0.png\n",
+    );
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 2, "{stderr}");
+    let report = env.report("shoes");
+    let reason = report["jobs"][0]["reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("download-too-large"), "{report:#}");
+    s3.stop().await;
+}
+
 /// A later run of the same rows (`output_local_copy: true`) whose local copy is gone fetches
 /// it again from the object Claid wrote, without a submit (the object was paid for); where the
 /// object is gone too, the image is made again.
