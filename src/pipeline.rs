@@ -1048,12 +1048,20 @@ async fn on_file_pool<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'stat
 }
 
 /// A job caught mid-submit by a crash, under the `in_doubt` policy: requeued (counted in
-/// doubt) or held. Returns the policy applied.
+/// doubt) or held; always held when Claid had accepted its submit (`accepted_unread`).
+/// Returns the policy applied.
 async fn in_doubt_after_crash(
     store: &Store,
     policy: InDoubtPolicy,
     id: JobId,
 ) -> Result<InDoubtPolicy, StoreError> {
+    // Claid accepted its submit (an answer that could not be read): held, never sent again.
+    let accepted = store.job(id).await?.is_some_and(|job| job.accepted_unread);
+    let policy = if accepted {
+        InDoubtPolicy::Hold
+    } else {
+        policy
+    };
     match policy {
         InDoubtPolicy::Resubmit => {
             store.requeue(id, true).await?;

@@ -900,6 +900,30 @@ impl Store {
         self.on_pool(move || trees.timed_out_since(since)).await?
     }
 
+    /// Jobs still submitting whose submit Claid accepted (a 2xx) with an answer that cannot be
+    /// read: noted on each (`accepted_unread`), in one durable write, before any wait for the
+    /// task's webhook. They stay submitting (their run is not settled while they wait); a
+    /// restart holds them in doubt instead of sending them again. Jobs not submitting any more
+    /// are left as they are.
+    pub async fn mark_accepted_unread(&self, ids: &[JobId]) -> Result<(), StoreError> {
+        for id in ids {
+            let res = self
+                .step(*id, "submitting", |job| match job.state {
+                    JobState::Submitting { .. } => Some(JobV1 {
+                        accepted_unread: true,
+                        ..job.clone()
+                    }),
+                    _ => None,
+                })
+                .await;
+            match res {
+                Ok(_) | Err(StoreError::Conflict { .. }) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        self.flush().await
+    }
+
     /// Submitting → InDoubt (policy `hold`), `in_doubt += 1`. Durable.
     pub async fn mark_in_doubt(&self, id: JobId) -> Result<JobV1, StoreError> {
         let now = now_ms();
@@ -971,6 +995,7 @@ impl Store {
             .step(id, "any", move |job| {
                 let mut next = with_state(job, JobState::Queued);
                 next.batch = None;
+                next.accepted_unread = false;
                 // A replayed job stages its input again: the object may have been cleaned up.
                 if job.state.is_terminal() {
                     next.staged = None;
@@ -996,6 +1021,7 @@ impl Store {
                 }
                 let mut next = with_state(job, JobState::Queued);
                 next.batch = None;
+                next.accepted_unread = false;
                 if job.state.is_terminal() {
                     next.staged = None;
                 }
@@ -1031,31 +1057,6 @@ impl Store {
         }
         self.flush().await?;
         Ok(out)
-    }
-
-    /// Every job of a batch: Submitting → Submitted with the batch's id and result URL, in
-    /// one durable step (durability point 2: the batch id is on disk before anything else).
-    pub async fn mark_batch_submitted(
-        &self,
-        ids: &[JobId],
-        batch_id: u64,
-        result_url: &str,
-        request_id: Option<&str>,
-    ) -> Result<(), StoreError> {
-        self.batch_submitted(ids, batch_id, result_url, request_id, false)
-            .await
-    }
-
-    /// Jobs held in doubt (or still submitting) whose lost submit a late batch webhook
-    /// announced take that batch: → Submitted with its id, without a second submit. Durable.
-    pub async fn adopt_batch(
-        &self,
-        ids: &[JobId],
-        batch_id: u64,
-        result_url: &str,
-    ) -> Result<(), StoreError> {
-        self.batch_submitted(ids, batch_id, result_url, None, true)
-            .await
     }
 
     /// Jobs waiting to learn which task their lost submit became (held in doubt, or queued
@@ -1102,28 +1103,22 @@ impl Store {
         Ok(adopted)
     }
 
-    async fn batch_submitted(
+    /// Every job of a batch: Submitting → Submitted with the batch's id and result URL, in
+    /// one durable step (durability point 2: the batch id is on disk before anything else).
+    pub async fn mark_batch_submitted(
         &self,
         ids: &[JobId],
         batch_id: u64,
         result_url: &str,
         request_id: Option<&str>,
-        from_in_doubt: bool,
     ) -> Result<(), StoreError> {
         let now = now_ms();
-        let expected = if from_in_doubt {
-            "submitting|in-doubt"
-        } else {
-            "submitting"
-        };
         for id in ids {
             let result_url = result_url.to_owned();
             let request_id = request_id.map(str::to_owned);
-            self.step(*id, expected, move |job| match job.state {
-                JobState::InDoubt { .. } if !from_in_doubt => None,
-                JobState::Submitting { .. } | JobState::InDoubt { .. } => {
+            self.step(*id, "submitting", move |job| match job.state {
+                JobState::Submitting { .. } => {
                     let mut next = job.clone();
-                    next.in_doubt = job.in_doubt_resolved();
                     next.state = JobState::Submitted {
                         task_id: batch_id,
                         result_url: result_url.clone(),

@@ -733,23 +733,20 @@ impl BatchRunner {
                     // jobs submitting, and a restart sent them again).
                     let unread = err.accepted_unread();
                     if unread {
-                        for m in members {
-                            if let Err(err) = deps.store.mark_in_doubt(m.id).await {
-                                error!(error = %err, "Cannot record the batch's jobs as held in doubt");
-                                return Sent::Ended;
-                            }
+                        // Noted before the wait (they stay submitting: their run does not end
+                        // while the batch's webhook may still come); a restart holds them.
+                        if let Err(err) = deps.store.mark_accepted_unread(&ids).await {
+                            error!(error = %err, "Cannot record the batch's jobs as held in doubt");
+                            return Sent::Ended;
                         }
                         warn!(error = %err, images = members.len(), "Claid accepted the batch but its answer cannot be read: held in doubt, never sent again (a webhook may still name its batch)");
                     }
                     if let Some(update) = self.wait_for_lost(&request).await {
                         let (batch_id, result_url) = (update.id, update.result_url.clone());
-                        let recorded = if unread {
-                            deps.store.adopt_batch(&ids, batch_id, &result_url).await
-                        } else {
-                            deps.store
-                                .mark_batch_submitted(&ids, batch_id, &result_url, None)
-                                .await
-                        };
+                        let recorded = deps
+                            .store
+                            .mark_batch_submitted(&ids, batch_id, &result_url, None)
+                            .await;
                         if recorded.is_ok() {
                             info!(
                                 batch_id,
@@ -781,7 +778,7 @@ impl BatchRunner {
                         InDoubtPolicy::Hold => {
                             warn!(error = %err, "Batch submit outcome unknown; its images are held for `replay --in-doubt`");
                             for m in members {
-                                let held = unread || deps.store.mark_in_doubt(m.id).await.is_ok();
+                                let held = deps.store.mark_in_doubt(m.id).await.is_ok();
                                 self.report(
                                     m.manifest,
                                     if held {
@@ -1676,6 +1673,7 @@ mod tests {
                 request_ids: Vec::new(),
                 batch: None,
                 staged: None,
+                accepted_unread: false,
                 updated_at_ms: 0,
             },
         }

@@ -366,6 +366,7 @@ impl Intake {
                 request_ids: Vec::new(),
                 batch: None,
                 staged: None,
+                accepted_unread: false,
                 updated_at_ms: now,
             }
         });

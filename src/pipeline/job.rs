@@ -619,11 +619,12 @@ impl Runner {
                 let _ = deps.store.record_request_id(id, rid).await;
             }
             let failure = failure_of(&deps.health, &err, sent_at);
-            // A 2xx whose answer cannot be read was accepted: held in the store before any
+            // A 2xx whose answer cannot be read was accepted: noted in the store before any
             // wait for its webhook (a stop or a crash during the wait found it submitting,
-            // and a restart sent it again).
+            // and a restart sent it again); it stays submitting meanwhile, so its run does
+            // not end (and `run --once` does not exit) while its webhook may still come.
             if failure == Failure::Ambiguous && err.accepted_unread() {
-                if let Err(err) = deps.store.mark_in_doubt(id).await {
+                if let Err(err) = deps.store.mark_accepted_unread(&[id]).await {
                     error!(error = %err, "Cannot record the job as held in doubt");
                     return Step::End(JobOutcome::Parked);
                 }
@@ -690,9 +691,7 @@ impl Runner {
                     }
                     InDoubtPolicy::Hold => {
                         warn!(error = %err, "Submit outcome unknown; held for `replay --in-doubt`");
-                        if !err.accepted_unread()
-                            && let Err(err) = deps.store.mark_in_doubt(id).await
-                        {
+                        if let Err(err) = deps.store.mark_in_doubt(id).await {
                             error!(error = %err, "Cannot record the job as held in doubt");
                             return Step::End(JobOutcome::Parked);
                         }

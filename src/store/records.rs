@@ -227,6 +227,12 @@ pub struct JobV1 {
     /// <sha256>.<ext>` URI Claid reads it from (recorded, durably, before any submit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub staged: Option<String>,
+    /// Claid accepted this job's submit (a 2xx) but its answer could not be read: the task
+    /// exists and may be billed. Recorded (durably) before the wait for its webhook, so a
+    /// crash during the wait holds the job in doubt at the next start, whatever `in_doubt`
+    /// says, instead of sending it again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub accepted_unread: bool,
     /// Time of the last change, for reports and stale-state diagnosis.
     pub updated_at_ms: u64,
 }

@@ -142,6 +142,7 @@ fn job(input: &str, state: JobState, in_doubt: u32) -> JobV1 {
         request_ids: Vec::new(),
         batch: None,
         staged: None,
+        accepted_unread: false,
         updated_at_ms: 0,
     }
 }

@@ -998,6 +998,48 @@ async fn a_result_announced_after_task_timeout_and_a_restart_is_still_taken() {
     }
 }
 
+/// Claid accepts every submit with an unreadable answer (a 200 whose body is no task) and
+/// announces each task by webhook: the images wait for their announcements as submitting
+/// (noted in the store as accepted), so their run is not ended while they wait. (They were
+/// held in doubt before the wait: the run was reported "held" as soon as the canary's images
+/// ended, `run --once` exited 2, and the webhooks that came during its drain were lost, the
+/// images left for a `replay --in-doubt` that bills them again.)
+#[tokio::test(flavor = "multi_thread")]
+async fn images_whose_accepted_answer_was_unreadable_keep_their_run_open_until_adopted() {
+    let port = free_port();
+    let images = tempfile::tempdir().expect("static dir");
+    let names: Vec<String> = (0..5).map(|i| format!("u{i}.png")).collect();
+    for name in &names {
+        std::fs::write(images.path().join(name), png(64, 48)).expect("image");
+    }
+    let env = TestEnv::new(
+        announcing(port)
+            .static_dir(images.path())
+            .latency(Latency::Fixed(Duration::from_millis(500)))
+            .garbled_share(1.0),
+    )
+    .await;
+    let base = format!("http://{}/_static", env.emulator.addr());
+    let mut text = String::from("images:\n");
+    for name in &names {
+        text.push_str(&format!("  - input: {base}/{name}\n"));
+    }
+    env.drop_file("m.yaml", text.as_bytes());
+    let config = env.config("", &webhook_section(&env, port, "10s"));
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "every image adopted and delivered: {stderr}");
+    let report = env.report("m");
+    assert_eq!(report["counts"]["done"], 5, "{report:#}");
+    assert_eq!(report["in_doubt"], 0, "nothing billed twice: {report:#}");
+    let stats = env.stats();
+    assert!(stats.garbled_responses >= 2, "{stats:?}");
+    assert_eq!(
+        stats.batch_images + stats.submits,
+        5,
+        "each image sent once"
+    );
+}
+
 /// Claid accepted a submit (a batch, or a single task) but its answer cannot be read (a 200
 /// whose body is no task), with webhooks on and the task's webhook never coming: its images
 /// are held in doubt in the store before the wait for that webhook, so a crash (or a stop)
