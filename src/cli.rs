@@ -356,7 +356,7 @@ fn cmd_run(path: &Path, once: bool, print_config: bool) -> i32 {
         progress_bar: (once && io::stderr().is_terminal()).then_some(terminal),
         config_path: Some(path.to_path_buf()),
     };
-    let outcome = rt.block_on(daemon::run(config, opts, signal::shutdown()));
+    let outcome = rt.block_on(daemon::run(config, opts, signal::shutdown(once)));
     // A validation still running on the blocking pool (abandoned at a stop) is not waited for.
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     // Logging is set up: each ending is reported once, as a log line (stderr or the journal).
@@ -1667,7 +1667,7 @@ fn cmd_emulator(listen: SocketAddr, scenario: emulator::ScenarioArgs) -> anyhow:
             })?;
         let addr = listener.local_addr()?;
         println!("http://{addr}/v1");
-        emulator::run(listener, scenario.into_scenario(), signal::shutdown())
+        emulator::run(listener, scenario.into_scenario(), signal::shutdown(false))
             .await
             .context("emulator failed")?;
         Ok(exit::OK)

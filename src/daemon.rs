@@ -208,7 +208,8 @@ pub async fn run(
 ) -> Result<Outcome, FatalError> {
     // A daemon takes SIGHUP as "reload" from its first moment: one that came before the
     // watch loop (the admin socket answers early) would otherwise end the process, SIGHUP's
-    // default. It is read once the inbox is watched. `run --once` keeps the default.
+    // default. It is read once the inbox is watched. `run --once` takes it as a stop
+    // (`signal::shutdown`).
     let hangup = if opts.once {
         None
     } else {

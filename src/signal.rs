@@ -1,13 +1,17 @@
-//! A future that completes on SIGTERM or SIGINT and logs which one arrived.
+//! A future that completes on SIGTERM or SIGINT (and, for `run --once`, SIGHUP) and logs which
+//! one arrived.
 //!
 //! systemd stops the service with SIGTERM; an operator in a terminal presses Ctrl-C (SIGINT).
-//! Both mean "drain and exit 0". SIGHUP is not handled here: it means "reload" (see `daemon`).
+//! Both mean "drain and exit". A daemon takes SIGHUP as "reload" (see `daemon`); `run --once`
+//! has nothing to reload, and a SIGHUP there is its terminal going away (an SSH session that
+//! dropped): drained like a Ctrl-C, so what Claid is working on is not cut off in doubt.
 
 use tokio::signal::unix::{SignalKind, signal};
 
-/// Completes when the process receives SIGTERM or SIGINT. If the handlers cannot be installed
-/// (which only happens when the runtime has no signal driver), it never completes and says so.
-pub async fn shutdown() {
+/// Completes when the process receives SIGTERM or SIGINT, or SIGHUP when `hangup` is set. If
+/// the handlers cannot be installed (which only happens when the runtime has no signal
+/// driver), it never completes and says so.
+pub async fn shutdown(hangup: bool) {
     let (mut term, mut int) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
@@ -19,8 +23,20 @@ pub async fn shutdown() {
             return;
         }
     };
+    let mut hup = if hangup {
+        signal(SignalKind::hangup()).ok()
+    } else {
+        None
+    };
+    let hung_up = async {
+        match hup.as_mut() {
+            Some(hup) => hup.recv().await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         _ = term.recv() => tracing::info!(signal = "SIGTERM", "Received shutdown signal"),
         _ = int.recv() => tracing::info!(signal = "SIGINT", "Received shutdown signal"),
+        _ = hung_up => tracing::warn!(signal = "SIGHUP", "The terminal went away (SIGHUP): stopping as for Ctrl-C; unfinished jobs resume at the next run"),
     }
 }

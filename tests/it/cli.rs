@@ -1500,38 +1500,47 @@ async fn replay_dry_run_lists_the_jobs_and_the_billed_ones_and_changes_nothing()
 }
 
 /// SIGTERM during `run --once` exits 75 and says why, with the count of unfinished jobs that
-/// resume at the next run; the next run finishes them.
+/// resume at the next run; the next run finishes them. SIGHUP (its terminal went away: an SSH
+/// session that dropped) is the same stop (it ended the process at once, exit 129, and cut
+/// off what Claid was working on, in doubt at the next run).
 #[tokio::test(flavor = "multi_thread")]
 async fn run_once_stopped_by_sigterm_exits_75_saying_what_resumes() {
     use claid_hotfolder::emulator::Latency;
-    let env =
-        TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_secs(3)))).await;
-    env.drop_file("m.yaml", GOOD.as_bytes());
-    let config = env.config("", "");
-    let child = tokio::process::Command::new(crate::support::bin())
-        .args(["run", "--once", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("run --once starts");
-    crate::support::wait_until("a task is submitted", DEADLINE, || {
-        env.stats().submits + env.stats().batch_submits > 0
-    })
-    .await;
-    crate::support::sigterm(&child);
-    let out = child.wait_with_output().await.expect("run --once ends");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(75), "{stderr}");
-    let line = stderr
-        .lines()
-        .find(|l| l.contains("stopped by a signal"))
-        .unwrap_or_else(|| panic!("the stop is explained:\n{stderr}"));
-    assert!(line.contains("unfinished=2"), "{line}");
-    let (code, output) = run_once(&config).await;
-    assert_eq!(code, 0, "the next run finishes them: {output}");
+    for sig in ["-TERM", "-HUP"] {
+        let env =
+            TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_secs(3)))).await;
+        env.drop_file("m.yaml", GOOD.as_bytes());
+        let config = env.config("", "");
+        let child = tokio::process::Command::new(crate::support::bin())
+            .args(["run", "--once", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("run --once starts");
+        crate::support::wait_until("a task is submitted", DEADLINE, || {
+            env.stats().submits + env.stats().batch_submits > 0
+        })
+        .await;
+        crate::support::signal(&child, sig);
+        let out = child.wait_with_output().await.expect("run --once ends");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(75), "{sig}: {stderr}");
+        let line = stderr
+            .lines()
+            .find(|l| l.contains("stopped by a signal"))
+            .unwrap_or_else(|| panic!("{sig}: the stop is explained:\n{stderr}"));
+        assert!(line.contains("unfinished=2"), "{sig}: {line}");
+        let (code, output) = run_once(&config).await;
+        assert_eq!(code, 0, "{sig}: the next run finishes them: {output}");
+        let report = env.report("m");
+        assert_eq!(
+            report["in_doubt"], 0,
+            "{sig}: nothing cut off in doubt: {report:#}"
+        );
+    }
 }
 
 /// `validate` reads a folder recipe (`.claid.yaml`) as a recipe, not as a manifest missing
