@@ -55,7 +55,7 @@ const TICK: Duration = Duration::from_secs(1);
 pub enum AlertError {
     #[error(
         "alert sink `{sink}`: cannot read its url_file {}: {}",
-        Escaped::path(path),
+        crate::text::SecretFilePath(path),
         crate::os_error::OsCause(cause)
     )]
     UrlFile {

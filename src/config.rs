@@ -337,7 +337,7 @@ pub enum ConfigError {
     },
     #[error(
         "`api.api_key_file`: cannot read {}: {}",
-        crate::text::Escaped::path(path),
+        crate::text::SecretFilePath(path),
         crate::os_error::OsCause(cause)
     )]
     ApiKeyFile {

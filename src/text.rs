@@ -64,6 +64,40 @@ impl fmt::Debug for Escaped<'_> {
     }
 }
 
+/// The path a `*_file` key names (the API key's, a webhook secret's, an alert sink's URL,
+/// the dashboard's token), as an error about reading it shows it: escaped, unless it looks like
+/// the secret itself pasted where the file's name goes (a URL, or a long name of letters and
+/// digits without a dot): then it is not shown at all, and the text says so. Such a value is
+/// resolved as a path beside the config and fails as a missing file, and its error must not
+/// print the secret into the journal.
+pub struct SecretFilePath<'a>(pub &'a Path);
+
+impl fmt::Display for SecretFilePath<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if looks_like_a_secret(self.0) {
+            f.write_str("(a value that looks like the secret itself, not a file name: not shown; put the secret in a file and name that file here)")
+        } else {
+            write!(f, "{}", Escaped::path(self.0))
+        }
+    }
+}
+
+/// See [`SecretFilePath`].
+fn looks_like_a_secret(path: &Path) -> bool {
+    let whole = path.to_string_lossy();
+    if whole.contains("http:/") || whole.contains("https:/") {
+        return true;
+    }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    name.chars().count() >= 20
+        && !name.contains('.')
+        && name.chars().any(|c| c.is_ascii_digit())
+        && name.chars().any(|c| c.is_ascii_alphabetic())
+}
+
 /// Whether `c` must never reach a log line or a terminal raw: C0 controls (newline, carriage
 /// return, tab, ESC, …), DEL, C1 controls (including NEL, U+0085), the Unicode line and
 /// paragraph separators (U+2028, U+2029), and the bidirectional overrides and isolates that
@@ -280,6 +314,24 @@ mod tests {
     use std::os::unix::ffi::OsStrExt;
 
     use super::*;
+
+    #[test]
+    fn a_secret_pasted_as_a_file_name_is_not_shown() {
+        for secret in [
+            "/etc/claid/sk-live-ApiKeySecret0123456789",
+            "/etc/claid/https:/hooks.slack.com/services/T0/B0/Token",
+        ] {
+            let shown = SecretFilePath(Path::new(secret)).to_string();
+            assert!(shown.contains("not shown"), "{shown}");
+        }
+        for path in [
+            "/etc/claid-hotfolder/api-key",
+            "/etc/claid/ops-hook.url",
+            "key",
+        ] {
+            assert_eq!(SecretFilePath(Path::new(path)).to_string(), path);
+        }
+    }
 
     /// Passwords in user information and secret query values never reach a log; the rest of
     /// the URL stays readable, and a URL without secrets is untouched.

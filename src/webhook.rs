@@ -134,7 +134,7 @@ pub enum WebhookError {
     SecretMissing,
     #[error(
         "cannot read webhook.secret_file {}: {}",
-        Escaped::path(path),
+        crate::text::SecretFilePath(path),
         OsCause(cause)
     )]
     SecretUnreadable {

@@ -52,7 +52,7 @@ pub const TOKEN_USER: &str = "token";
 pub enum TokenError {
     #[error(
         "cannot read the dashboard's token file {}: {}",
-        Escaped::path(path),
+        crate::text::SecretFilePath(path),
         crate::os_error::OsCause(cause)
     )]
     Read {

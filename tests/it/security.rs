@@ -262,6 +262,69 @@ fn files_containing(root: &Path, needle: &[u8]) -> Vec<PathBuf> {
         .collect()
 }
 
+/// A secret pasted where a `*_file` key wants a file's name (the API key itself as
+/// `api.api_key_file`, a Slack webhook URL as an alert sink's `url_file`) is resolved as a path
+/// and fails as a missing file: the error says so without printing the value, from `run` and
+/// from `validate` (it printed both secrets into the journal).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_secret_pasted_into_a_file_key_is_never_printed() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let api_secret = "sk-live-ApiKeySecret0123456789";
+    let slack = "https://hooks.slack.com/services/T0000/B0000/SlackSecretToken123";
+    for (api, extra, secret) in [
+        (
+            format!("api_key_file: {api_secret}"),
+            String::new(),
+            "ApiKeySecret0123456789",
+        ),
+        (
+            String::new(),
+            format!("alerts:\n  - name: team\n    url_file: {slack}\n"),
+            "SlackSecretToken123",
+        ),
+    ] {
+        let config = env.config("", &extra);
+        if !api.is_empty() {
+            let text = std::fs::read_to_string(&config).expect("config");
+            let text = text
+                .lines()
+                .map(|l| {
+                    if l.trim_start().starts_with("api_key_file:") {
+                        format!("  {api}")
+                    } else {
+                        l.to_owned()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            std::fs::write(&config, text + "\n").expect("config");
+        }
+        for args in [["run", "--once", "--config"].as_slice(), ["validate"].as_slice()] {
+            let out = Command::new(bin())
+                .args(args)
+                .arg(&config)
+                .stdin(Stdio::null())
+                .output()
+                .await
+                .expect("runs");
+            let all = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(out.status.code(), Some(64), "{args:?}: {all}");
+            assert!(
+                !all.contains(secret),
+                "{args:?}: the secret is printed: {all}"
+            );
+            assert!(
+                all.contains("looks like the secret itself"),
+                "{args:?}: the cause is named: {all}"
+            );
+        }
+    }
+}
+
 /// The API key never appears in debug logs, the store, reports, error files or moved
 /// manifests, after done, failed, rejected and uploaded jobs.
 #[tokio::test(flavor = "multi_thread")]
