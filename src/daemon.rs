@@ -100,6 +100,16 @@ pub enum FatalError {
     AlreadyRunning { path: PathBuf, pid: String },
     #[error(transparent)]
     InboxTaken(#[from] watcher::InboxTaken),
+    #[error(
+        "the job store has failed every write for {} s although its folder {} takes writes again ({why}); the store keeps the first I/O error it met until it is opened again: exiting so that the service manager starts the daemon again (unfinished jobs resume from the store)",
+        for_how_long.as_secs(),
+        Escaped::path(state)
+    )]
+    StoreStuck {
+        state: PathBuf,
+        for_how_long: Duration,
+        why: String,
+    },
     #[error(transparent)]
     Admin(#[from] admin::AdminError),
     #[error("cannot build the API client")]
@@ -853,6 +863,7 @@ async fn run_watching(
     // The inbox's lock is looked at as often as the inbox is rescanned.
     let mut claim_tick = tokio::time::interval(config.watch.rescan.max(Duration::from_secs(1)));
     let mut taken = None;
+    let mut stuck = None;
     // The config in force: what a SIGHUP's file is compared with.
     let mut running = config.clone();
     tokio::pin!(forward);
@@ -872,6 +883,12 @@ async fn run_watching(
             }
             _ = status_tick.tick() => {
                 let _ = sd_notify::notify(&[NotifyState::Status(&status_line(pipeline))]);
+                if let Some(err) = store_stuck(pipeline, &config.folders.state) {
+                    error!(error = %err, "Stopping");
+                    stuck = Some(err);
+                    cancel.cancel();
+                    break;
+                }
             }
             _ = claim_tick.tick() => {
                 let inbox = &config.folders.inbox;
@@ -895,6 +912,9 @@ async fn run_watching(
     if let Some(err) = taken {
         return Err(FatalError::InboxTaken(err));
     }
+    if let Some(err) = stuck {
+        return Err(err);
+    }
     match watched {
         Ok(Ok(())) => Ok(()),
         Ok(Err(err)) => Err(FatalError::Watcher(err)),
@@ -903,6 +923,34 @@ async fn run_watching(
             Ok(())
         }
     }
+}
+
+/// How long the store may fail every write, while its folder takes writes, before the daemon
+/// exits to be started again (a full disk freed: sled keeps the first I/O error it met).
+const STORE_STUCK_AFTER: Duration = Duration::from_secs(30);
+
+/// The store has failed every write for [`STORE_STUCK_AFTER`] while a file written and synced
+/// in the state folder succeeds: the disk has room again, but the open store stays failed
+/// (sled keeps its first I/O error), and only a new start reopens it.
+fn store_stuck(pipeline: &pipeline::Handle, state: &Path) -> Option<FatalError> {
+    let (for_how_long, why) = pipeline.store().write_failing()?;
+    if for_how_long < STORE_STUCK_AFTER {
+        return None;
+    }
+    let probe = state.join(".claid-write-probe");
+    let writable = (|| -> std::io::Result<()> {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&probe)?;
+        file.write_all(&[0u8; 4096])?;
+        file.sync_all()
+    })();
+    let _ = std::fs::remove_file(&probe);
+    writable.ok()?;
+    Some(FatalError::StoreStuck {
+        state: state.to_path_buf(),
+        for_how_long,
+        why,
+    })
 }
 
 async fn recv_hangup(hangup: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {

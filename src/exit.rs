@@ -194,6 +194,7 @@ pub fn of_fatal(err: &FatalError) -> i32 {
         FatalError::Store(err) => of_store(err).unwrap_or(IO_ERR),
         FatalError::AlreadyRunning { .. }
         | FatalError::InboxTaken(_)
+        | FatalError::StoreStuck { .. }
         | FatalError::Admin(AdminError::Taken { .. }) => TEMP_FAIL,
         FatalError::Admin(AdminError::NotASocket { .. }) => USAGE,
         FatalError::Admin(AdminError::Bind { cause, .. })

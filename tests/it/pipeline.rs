@@ -529,6 +529,79 @@ async fn plan_says_new_for_an_empty_file_skip_replaces() {
     assert_eq!(dimensions(&env.outbox.join("m/b.png")), (64, 48));
 }
 
+/// The state folder's disk fills while a drop runs, then has room again: the open store keeps
+/// the first I/O error it met (sled), so it would fail every write until a restart, the drop
+/// stalled for good. The daemon sees its folder take writes again while the store does not,
+/// and exits 75 after a while so that systemd starts it again; the new start finishes the
+/// drop (nothing lost, nothing billed twice outside counted doubt).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_failed_by_a_full_disk_ends_the_daemon_for_a_restart_once_the_disk_has_room() {
+    let env =
+        TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_millis(300)))).await;
+    let disk = env.dir.path().join("disk");
+    std::fs::create_dir_all(&disk).expect("mount point");
+    let Some(_tmpfs) = crate::support::Tmpfs::mount(&disk, "64m") else {
+        eprintln!("store on a full disk: skipped, tmpfs cannot be mounted here");
+        return;
+    };
+    let state = disk.join("state");
+    std::fs::create_dir_all(&state).expect("state");
+    let config = env.config("max_in_flight: 2\nbatch: { max_images: 1 }", "");
+    let text = std::fs::read_to_string(&config).expect("config").replace(
+        &format!("state: {}", env.state.display()),
+        &format!("state: {}", state.display()),
+    );
+    std::fs::write(&config, text).expect("config");
+    let mut manifest = String::from("images:\n");
+    for i in 0..40 {
+        manifest.push_str(&format!("  - input: storage://demo/f{i}-64x48.png\n"));
+    }
+    env.drop_file("m.yaml", manifest.as_bytes());
+    let mut daemon = env.spawn_daemon(&config, 0);
+    let deadline = Duration::from_secs(60);
+    wait_until("some images are submitted", deadline, || {
+        env.stats().submits >= 2
+    })
+    .await;
+    // The disk fills up: written until it refuses.
+    let filler = disk.join("filler");
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&filler).expect("filler");
+        let chunk = vec![0u8; 1 << 20];
+        while file.write_all(&chunk).is_ok() {}
+        let _ = file.sync_all();
+    }
+    wait_until("the store fails", deadline, || {
+        env.daemon_log(0).contains("job left queued") || env.daemon_log(0).contains("Cannot record")
+    })
+    .await;
+    std::fs::remove_file(&filler).expect("room again");
+    let status = tokio::time::timeout(Duration::from_secs(120), daemon.wait())
+        .await
+        .expect("the daemon ends")
+        .expect("status");
+    let log = env.daemon_log(0);
+    assert_eq!(status.code(), Some(75), "{log}");
+    assert!(
+        log.contains("the service manager starts the daemon again"),
+        "{log}"
+    );
+    let mut daemon = env.spawn_daemon(&config, 1);
+    wait_until("the drop is finished", Duration::from_secs(120), || {
+        env.outbox.join("m.report.json").is_file()
+    })
+    .await;
+    crate::support::stop(&mut daemon).await;
+    let report = env.report("m");
+    assert_eq!(report["counts"]["done"], 40, "{report:#}");
+    let stats = env.stats();
+    assert!(
+        stats.duplicate_submits <= report["in_doubt"].as_u64().unwrap_or(0),
+        "{stats:?}"
+    );
+}
+
 /// A manifest refused while the disk of the inbox and rejected/ is full: the move (a rename)
 /// works and its error file cannot be written, so its problems are logged, one line each,
 /// instead of being lost without a word.

@@ -299,7 +299,10 @@ async fn a_secret_pasted_into_a_file_key_is_never_printed() {
                 .join("\n");
             std::fs::write(&config, text + "\n").expect("config");
         }
-        for args in [["run", "--once", "--config"].as_slice(), ["validate"].as_slice()] {
+        for args in [
+            ["run", "--once", "--config"].as_slice(),
+            ["validate"].as_slice(),
+        ] {
             let out = Command::new(bin())
                 .args(args)
                 .arg(&config)
