@@ -802,6 +802,7 @@ async fn first_scan(
     pipeline: &pipeline::Handle,
     config: &Config,
 ) -> Result<Vec<PathBuf>, FatalError> {
+    pipeline::intake::restore_waiting_versions(pipeline.store(), &config.folders.inbox).await;
     let (candidates, unreadable) =
         watcher::scan_stable_telling(&config.folders.inbox, &config.watch)
             .await

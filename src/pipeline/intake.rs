@@ -596,35 +596,38 @@ impl Intake {
         }
     }
 
-    /// After a rejection moved the file at `path` away: puts back the copy
-    /// [`Intake::keep_pending`] kept of the valid version that waits for its predecessor's
-    /// drain, so that version is what the drain's end takes in. Only a regular file, and
-    /// only where nothing is (a hard link fails if the user saved again meanwhile); true
-    /// when it did.
-    async fn restore_pending(&self, path: &Path, rel: &Path) -> bool {
-        // Only while the version before it drains, or has drained and this one was not taken
-        // in yet: a copy left from an earlier wait (its run finished since) is stale, and
-        // removed instead of being taken in (and billed).
-        let draining = matches!(
-            self.store.latest_run(&rel.to_string_lossy()).await,
-            Ok(Some((_, m))) if matches!(
-                m.state,
-                ManifestState::Draining { .. } | ManifestState::Superseded { .. }
-            )
-        );
+    /// The version put back at `path` is taken in once its predecessor's drain ends, as if
+    /// it had been found there: after a restart the drain's end knows of no waiting version,
+    /// and `run --once` has no watcher to see the file come back.
+    async fn follow_drain(&self, path: &Path, rel: &Path) {
+        let Ok(Some((id, _))) = self.store.latest_run(&rel.to_string_lossy()).await else {
+            return;
+        };
         let manifest = path.to_path_buf();
-        if !draining {
-            let pending = pending_path(&manifest);
-            let _ = on_file_pool(move || std::fs::remove_file(pending)).await;
-            return false;
-        }
-        on_file_pool(move || {
-            let pending = pending_path(&manifest);
-            std::fs::symlink_metadata(&pending).is_ok_and(|m| m.file_type().is_file())
-                && std::fs::hard_link(&pending, &manifest).is_ok()
-                && std::fs::remove_file(&pending).is_ok()
+        let Some(fingerprint) = on_file_pool(move || {
+            let meta = std::fs::symlink_metadata(&manifest).ok()?;
+            Some(crate::watcher::Fingerprint {
+                size: meta.len(),
+                mtime: meta.modified().ok()?,
+            })
         })
         .await
+        else {
+            return;
+        };
+        self.finisher.send_counted(Event::Supersede {
+            id,
+            then: Candidate {
+                path: path.to_path_buf(),
+                fingerprint,
+                kind: CandidateKind::Manifest,
+            },
+        });
+    }
+
+    /// After a rejection moved the file at `path` away: [`restore_pending`].
+    async fn restore_pending(&self, path: &Path, rel: &Path) -> bool {
+        restore_pending(&self.store, path, rel).await
     }
 
     /// Keeps a copy of the processed version of the manifest (under the state folder) so that
@@ -769,6 +772,7 @@ impl Intake {
                     info!(
                         "Put back the valid version saved before the rejected one; it runs once the version before it has drained"
                     );
+                    self.follow_drain(path, rel).await;
                 }
             }
             // Gone meanwhile (moved by an earlier rejection, or deleted): nothing stays in the
@@ -827,6 +831,90 @@ impl Intake {
 fn pending_path(path: &Path) -> PathBuf {
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     path.with_file_name(format!(".{name}.claid-pending"))
+}
+
+/// Puts back the copy [`Intake::keep_pending`] kept of a valid version that waits for its
+/// predecessor's drain, where the manifest at `path` (inbox-relative `rel`) was moved away
+/// (rejected) or is missing (a crash came between the rejection and the putting back), so
+/// that version is what the drain's end takes in. Only a regular file, and only where nothing
+/// is (a hard link fails if the user saved again meanwhile), and only while the version before
+/// it drains or has drained without this one taken in: a copy left from an earlier wait (its
+/// run finished since) is stale, and removed instead of being taken in (and billed). True
+/// when it put the version back.
+async fn restore_pending(store: &Store, path: &Path, rel: &Path) -> bool {
+    let draining = matches!(
+        store.latest_run(&rel.to_string_lossy()).await,
+        Ok(Some((_, m))) if matches!(
+            m.state,
+            ManifestState::Draining { .. } | ManifestState::Superseded { .. }
+        )
+    );
+    let manifest = path.to_path_buf();
+    if !draining {
+        let pending = pending_path(&manifest);
+        let _ = on_file_pool(move || std::fs::remove_file(pending)).await;
+        return false;
+    }
+    on_file_pool(move || {
+        let pending = pending_path(&manifest);
+        std::fs::symlink_metadata(&pending).is_ok_and(|m| m.file_type().is_file())
+            && std::fs::hard_link(&pending, &manifest).is_ok()
+            && std::fs::remove_file(&pending).is_ok()
+    })
+    .await
+}
+
+/// At a start, before the first scan: the waiting versions a crash left only as their hidden
+/// copy (`.NAME.claid-pending`, the manifest itself moved to `rejected/` as a broken save, the
+/// crash before the copy was put back) are put back, so the first scan takes them in (after
+/// their predecessor's drain) instead of leaving them hidden for good. Returns how many.
+pub async fn restore_waiting_versions(store: &Store, inbox: &Path) -> usize {
+    let root = inbox.to_path_buf();
+    let orphans = on_file_pool(move || {
+        let mut found = Vec::new();
+        let mut dirs = vec![root.clone()];
+        while let Some(dir) = dirs.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let Ok(kind) = entry.file_type() else {
+                    continue;
+                };
+                let path = entry.path();
+                if kind.is_dir() {
+                    dirs.push(path);
+                    continue;
+                }
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                let Some(manifest) = name
+                    .strip_prefix('.')
+                    .and_then(|n| n.strip_suffix(".claid-pending"))
+                    .filter(|n| !n.is_empty())
+                else {
+                    continue;
+                };
+                let manifest = path.with_file_name(manifest);
+                if kind.is_file()
+                    && std::fs::symlink_metadata(&manifest).is_err()
+                    && let Ok(rel) = manifest.strip_prefix(&root)
+                {
+                    found.push((manifest.clone(), rel.to_path_buf()));
+                }
+            }
+        }
+        found
+    })
+    .await;
+    let mut restored = 0;
+    for (path, rel) in orphans {
+        if restore_pending(store, &path, &rel).await {
+            warn!(manifest = %rel.display(), "Put back a valid version of a manifest that waited for its predecessor's drain (a stop came while a broken save of it was rejected)");
+            restored += 1;
+        }
+    }
+    restored
 }
 
 fn flattened_name(rel: &Path) -> std::ffi::OsString {

@@ -452,6 +452,64 @@ async fn a_version_waiting_for_a_drain_runs_even_when_a_broken_save_follows_it()
     assert!(!env.inbox.join(".m.yaml.claid-pending").exists());
 }
 
+/// The same, across a crash: the daemon is killed (SIGKILL) while a valid version waits for
+/// the drain as its hidden copy, with the manifest itself (a) already moved to `rejected/` as
+/// a broken save (the kill came before the copy was put back), or (b) still the broken save,
+/// rejected by the next run. Either way `run --once` puts the waiting version back and runs it
+/// after the drain ((a) left it hidden in the inbox for good; (b) put it back and exited
+/// without running it).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_version_waiting_for_a_drain_survives_a_crash_during_a_broken_save() {
+    for broken_moved in [true, false] {
+        let env =
+            TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_millis(1500))))
+                .await;
+        let v1 = b"images:\n  - input: storage://demo/one-64x48.png\n  - input: storage://demo/two-64x48.png\n".to_vec();
+        let v2 = b"images:\n  - input: storage://demo/one-64x48.png\n  - input: storage://demo/new-64x48.png\n".to_vec();
+        let v3 = b"images: [ {input: 3} \n".to_vec();
+        let config = env.config("max_in_flight: 1", "");
+        let mut daemon = env.spawn_daemon(&config, 0);
+        env.drop_file("m.yaml", &v1);
+        wait_until("the first image is submitted", DEADLINE, || {
+            env.stats().submits >= 1
+        })
+        .await;
+        env.drop_file("m.yaml", &v2);
+        wait_until("v2 waits for v1's drain", DEADLINE, || {
+            env.inbox.join(".m.yaml.claid-pending").is_file()
+        })
+        .await;
+        daemon.start_kill().expect("SIGKILL");
+        daemon.wait().await.expect("killed");
+        if broken_moved {
+            std::fs::remove_file(env.inbox.join("m.yaml")).expect("moved away");
+            std::fs::write(env.rejected.join("m.yaml"), &v3).expect("the broken save");
+        } else {
+            std::fs::write(env.inbox.join("m.yaml"), &v3).expect("the broken save");
+        }
+        let (code, stderr) = env.run_once(&config).await;
+        assert!(code == 0 || code == 2, "{broken_moved}: {stderr}");
+        let report: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(env.outbox.join("m.report.json")).expect("v2's report"),
+        )
+        .expect("json");
+        assert_eq!(
+            report["sha256"],
+            sha256_hex(&v2).as_str(),
+            "{broken_moved}: v2 ran: {stderr}"
+        );
+        assert!(
+            env.outbox.join("m/new-64x48.jpg").is_file(),
+            "{broken_moved}: {stderr}"
+        );
+        assert!(
+            !env.inbox.join(".m.yaml.claid-pending").exists() && !env.inbox.join("m.yaml").exists(),
+            "{broken_moved}: nothing left in the inbox: {:?}",
+            TestEnv::files_under(&env.inbox)
+        );
+    }
+}
+
 /// A valid version saved while the running one drains, then deleted by its user: the copy
 /// kept of it goes with it, and a broken save of the same name later does not bring it back
 /// (and bill it); nothing of it is submitted.
