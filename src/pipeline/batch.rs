@@ -1102,8 +1102,15 @@ impl BatchRunner {
         }
         // (Not when results were taken as other jobs': a member left over may have its result
         // among them, and is held in doubt below.)
+        // Nor one result by elimination for a storage output: Claid wrote that object under
+        // the name it gave it, not under the image's mirrored key, which the check would then
+        // not find (failed as object-missing, though written and billed); left unmatched, it
+        // is held in doubt with batching switched off, as any result no name explains.
+        let storage_output = members
+            .first()
+            .is_some_and(|m| crate::storages::destination_folder(&m.job.body).is_some());
         if !explained {
-            matched.eliminate(&result, members.len(), whole_batch);
+            matched.eliminate(&result, members.len(), whole_batch && !storage_output);
         }
         if !matched.unmatched.is_empty() {
             deps.batching.switch_off(&format!(

@@ -428,6 +428,56 @@ async fn a_storage_output_with_output_local_copy_is_also_written_into_the_outbox
     s3.stop().await;
 }
 
+/// A batch with storage outputs where Claid gave one result a name that matches no input: the
+/// object is not given to the one image left by elimination (Claid wrote it under its own
+/// name, not under that image's mirrored key, so the check failed the image as
+/// `object-missing` though written and billed, and batching stayed on); the image is held in
+/// doubt and batching is switched off, as for any result no name explains.
+#[tokio::test]
+async fn a_renamed_result_with_storage_outputs_is_held_in_doubt_not_failed_as_missing() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let mut exercised = false;
+    for seed in 1..=12 {
+        let scenario = quick().batch_rename_share(0.2).seed(seed);
+        let (env, config) = storage_env(&s3, scenario, "", 6).await;
+        let mut manifest = String::from(
+            "output: { format: jpeg, destination: storage://catalog/out/ }\nimages:\n",
+        );
+        for i in 0..6 {
+            manifest.push_str(&format!("  - storage://catalog/in/sku-{i}.png\n"));
+        }
+        env.drop_file(&format!("m{seed}.yaml"), manifest.as_bytes());
+        let (_, stderr) = env.run_once(&config).await;
+        let stats = env.stats();
+        // Only a batch of several images with exactly one renamed result is the case.
+        if !stats
+            .batches
+            .values()
+            .any(|b| b.renamed == 1 && b.images >= 2)
+        {
+            continue;
+        }
+        exercised = true;
+        let report = env.report(&format!("m{seed}"));
+        for row in report["jobs"].as_array().expect("rows") {
+            let reason = row["reason"].as_str().unwrap_or_default();
+            assert!(
+                !reason.contains("object-missing"),
+                "seed {seed}: {row}\n{stderr}"
+            );
+        }
+        assert!(
+            stderr.contains("Batching is switched off"),
+            "seed {seed}: {stderr}"
+        );
+        break;
+    }
+    assert!(exercised, "no seed made a batch with one renamed result");
+    s3.stop().await;
+}
+
 /// `output_local_copy` of an object larger than `limits.max_download_bytes`: the job fails as
 /// `download-too-large`, as a local download does (it said `object-missing` of an object that
 /// is in the bucket).
