@@ -381,6 +381,16 @@ pub fn validate(
                 problems.add(&output_at, format!("the object `{object}`: {err}"));
                 continue;
             }
+            // Claid would write the edit over the very photo it reads: the source is lost.
+            if matches!(&input, super::Input::Remote(url) if *url == object) {
+                problems.add(
+                    &output_at,
+                    format!(
+                        "the object `{object}` is this image's own input: Claid would write the edit over the original; give `output.destination` another folder (e.g. `storage://NAME/edited/`) or the image another `output`"
+                    ),
+                );
+                continue;
+            }
             if object.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 // Claid refuses such an `output.destination` (it holds the mirrored folders
                 // and, for an image sent alone, the file name): refused here, before any spend.

@@ -478,6 +478,40 @@ async fn a_renamed_result_with_storage_outputs_is_held_in_doubt_not_failed_as_mi
     s3.stop().await;
 }
 
+/// A storage output that is the row's own input (the destination folder mirrors the inbox
+/// onto the inputs' own folder) is refused at intake, before any spend: Claid would have
+/// written the edit over the original photo.
+#[tokio::test]
+async fn a_storage_output_over_its_own_input_is_refused_before_any_spend() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let (env, config) = storage_env(&s3, quick(), "", 0).await;
+    let original = crate::support::png(40, 30);
+    s3.put_object("catalog", "raw/in/m/a.png", &original).await;
+    env.drop_file(
+        "m.yaml",
+        b"output: { format: png, destination: storage://catalog/in/ }\nimages:\n  - storage://catalog/in/m/a.png\n",
+    );
+    let (code, stderr) = env.run_once(&config).await;
+    assert_ne!(code, 0, "{stderr}");
+    let error = std::fs::read_to_string(env.rejected.join("m.yaml.error.txt")).expect("error file");
+    assert!(error.contains("own input"), "{error}");
+    let stats = env.stats();
+    assert_eq!(
+        stats.submits + stats.batch_images,
+        0,
+        "nothing sent: {stats:?}"
+    );
+    assert_eq!(
+        s3.get_object("catalog", "raw/in/m/a.png")
+            .await
+            .expect("original"),
+        original
+    );
+    s3.stop().await;
+}
+
 /// `output_local_copy` of an object larger than `limits.max_download_bytes`: the job fails as
 /// `download-too-large`, as a local download does (it said `object-missing` of an object that
 /// is in the bucket).
