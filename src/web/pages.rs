@@ -392,8 +392,18 @@ fn job_row(id: u64, job: &crate::store::records::JobV1, outbox: &Path) -> views:
         JobState::Downloading { task_id, .. } | JobState::Done { task_id, .. } => *task_id,
         _ => None,
     };
-    let has_output = matches!(job.state, JobState::Done { .. })
-        && std::fs::symlink_metadata(outbox.join(&job.output_rel)).is_ok_and(|m| m.is_file());
+    // Only the job's own file in the outbox: a storage output lives in its bucket (a file at
+    // the same outbox path is another run's, and showing it would show another image).
+    let local = outbox.join(&job.output_rel);
+    let (has_output, object) = match &job.state {
+        JobState::Done { path, .. } if path.contains("://") => (false, Some(path.clone())),
+        JobState::Done { path, .. } => (
+            (std::path::Path::new(path) == local || *path == job.output_rel)
+                && std::fs::symlink_metadata(&local).is_ok_and(|m| m.is_file()),
+            None,
+        ),
+        _ => (false, None),
+    };
     views::JobRow {
         idx: job.idx,
         id,
@@ -413,6 +423,7 @@ fn job_row(id: u64, job: &crate::store::records::JobV1, outbox: &Path) -> views:
         code,
         message,
         has_output,
+        object,
         task_id: if job.batch.is_some() { None } else { task_id },
         batch_id: job.batch,
         requests: u64::from(job.attempts) + u64::from(job.polls),

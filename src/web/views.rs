@@ -71,6 +71,9 @@ pub struct JobRow {
     pub message: Option<String>,
     /// Whether the output exists (a thumbnail is offered).
     pub has_output: bool,
+    /// The object a storage output was written to (`s3://bucket/key`), shown instead of a
+    /// thumbnail.
+    pub object: Option<String>,
     pub task_id: Option<u64>,
     pub batch_id: Option<u64>,
     pub requests: u64,
@@ -363,6 +366,7 @@ pub fn manifest(m: &ManifestPage<'_>, csrf: Option<&str>) -> Markup {
                                 }
                             }
                             span.path { (row.output) }
+                            @if let Some(object) = &row.object { br; span.path { (object) } }
                         }
                         td.input {
                             @if row.input_is_url { a href=(row.input) rel="noreferrer noopener" { (row.input) } } @else { (row.input) }

@@ -478,6 +478,68 @@ async fn a_renamed_result_with_storage_outputs_is_held_in_doubt_not_failed_as_mi
     s3.stop().await;
 }
 
+/// The dashboard's page of a run whose outputs went to a storage names each object, and
+/// offers no thumbnail of the file an earlier run left at the same outbox path (it showed
+/// that older image as this run's output).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_names_storage_objects_and_shows_no_stale_outbox_file() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let (env, config) = storage_env(&s3, quick(), "", 1).await;
+    env.drop_file(
+        "m.yaml",
+        b"output: { format: jpeg }\nimages:\n  - storage://catalog/in/sku-0.png\n",
+    );
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        env.outbox.join("m/sku-0.jpg").is_file(),
+        "run 1 wrote a local file"
+    );
+    let mut text = std::fs::read_to_string(&config).expect("config");
+    text.push_str("web:\n  listen: 127.0.0.1:0\n");
+    std::fs::write(&config, text).expect("config");
+    let mut daemon = env.spawn_daemon(&config, 0);
+    let base = format!("http://{}", env.dashboard(0).await);
+    env.drop_file(
+        "m.yaml",
+        b"output: { format: jpeg, destination: storage://catalog/out/ }\nimages:\n  - storage://catalog/in/sku-0.png\n",
+    );
+    let deadline = std::time::Duration::from_secs(60);
+    let id = crate::support::wait_for("run 2 is finished", deadline, async || {
+        let (status, body) = claid_hotfolder::admin::request(&env.socket(), "GET", "/status", None)
+            .await
+            .ok()?;
+        let view: serde_json::Value = serde_json::from_slice(&body).ok()?;
+        (status == 200).then_some(())?;
+        view["manifests"]
+            .as_array()?
+            .iter()
+            .filter(|m| m["manifest"] == "m.yaml" && m["finished"] == true)
+            .filter_map(|m| m["id"].as_u64())
+            .max()
+            .filter(|_| s3_object_written(&env))
+    })
+    .await;
+    let page = reqwest::get(format!("{base}/manifests/{id}"))
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("text");
+    crate::support::stop(&mut daemon).await;
+    assert!(page.contains("s3://catalog/raw/out/m/sku-0.jpg"), "{page}");
+    assert!(!page.contains("/thumb/m/sku-0.jpg"), "{page}");
+    s3.stop().await;
+}
+
+/// Whether the daemon's log says an output object was checked in the bucket.
+fn s3_object_written(env: &TestEnv) -> bool {
+    env.daemon_log(0)
+        .contains("Output object checked in the bucket")
+}
+
 /// A storage output that is the row's own input (the destination folder mirrors the inbox
 /// onto the inputs' own folder) is refused at intake, before any spend: Claid would have
 /// written the edit over the original photo.
