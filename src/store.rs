@@ -88,6 +88,12 @@ pub enum StoreError {
     },
     #[error("the store's worker thread failed: {0}")]
     Worker(String),
+    /// The store holds fewer runs than were registered in it (see `trees::HIGHWATER_FILE`).
+    #[error(
+        "the state database {} has lost records: {why} (its files were damaged or lost); restore the folder from a backup, or move it away to start with an empty store (every image would then be billed again)",
+        crate::text::Escaped::path(path)
+    )]
+    Damaged { path: PathBuf, why: String },
     /// A read-only command could not take its private copy of the store ([`snapshot`]).
     #[error(
         "cannot copy the state database for reading (at {}): {}",
@@ -116,7 +122,7 @@ impl StoreError {
             StoreError::Db(_) | StoreError::Flush(_) | StoreError::Worker(_) => "store-io",
             StoreError::Conflict { .. } => "store-conflict",
             StoreError::JobNotFound(_) | StoreError::ManifestNotFound(_) => "store-not-found",
-            StoreError::Corrupt { .. } => "store-corrupt",
+            StoreError::Corrupt { .. } | StoreError::Damaged { .. } => "store-corrupt",
             StoreError::Snapshot { .. } => "store-snapshot",
         }
     }

@@ -48,6 +48,9 @@ pub const TREE_TIMED_OUT: &str = "timed_out";
 /// little: 16 → 4 MB took the daemon's peak RSS from 61 to 46 MB at 10,000 images and from
 /// 107 to 91 MB at 100,000 (docs/benchmark.md).
 const CACHE_BYTES: u64 = 4 * 1024 * 1024;
+/// Beside the database: the store's id and the number of the run registered last
+/// ([`Trees::check_highwater`]).
+pub const HIGHWATER_FILE: &str = "claid-highwater";
 /// How long an open waits for a lock held by another handle before it answers `Locked`
 /// (sled's IO threads let go of a store dropped a moment ago within milliseconds; another
 /// daemon on the same state folder holds it for good).
@@ -203,7 +206,65 @@ impl Trees {
             trees.sweep_registrations()?;
         }
         trees.db.flush()?;
+        trees.check_highwater()?;
         Ok(trees)
+    }
+
+    /// A store whose files were damaged (sled reads its log up to the first record that fails
+    /// its checksum, and takes the rest for a write a crash cut short) or put back from an
+    /// older copy opens with fewer runs than it had, maybe none, and would bill every image
+    /// again without a word: [`HIGHWATER_FILE`], written beside the database after each
+    /// registration, says which run was registered last, and a store that holds no run that
+    /// high (or is another store) is refused as `Damaged`.
+    fn check_highwater(&self) -> Result<(), StoreError> {
+        let Ok(text) = std::fs::read_to_string(self.path.join(HIGHWATER_FILE)) else {
+            return Ok(());
+        };
+        let mut fields = text.split_whitespace();
+        let (Some(id), Some(Ok(expected))) = (fields.next(), fields.next().map(str::parse::<u64>))
+        else {
+            return Ok(());
+        };
+        let found = match self.manifests.last()? {
+            Some((key, _)) => read_id(&key),
+            None => None,
+        };
+        let why = if id != self.id {
+            format!(
+                "it is not the store the daemon wrote last (that one's id was {id}, this one's is {})",
+                self.id
+            )
+        } else {
+            match found {
+                None => format!("it holds no run, and run number {expected} was registered in it"),
+                Some(found) if found < expected => format!(
+                    "the highest run it holds is number {found}, and run number {expected} was registered in it"
+                ),
+                Some(_) => return Ok(()),
+            }
+        };
+        Err(StoreError::Damaged {
+            path: self.path.clone(),
+            why,
+        })
+    }
+
+    /// Records `manifest_id` as the run registered last ([`Trees::check_highwater`]): written
+    /// to a temporary file, synced, renamed. A failure is only logged (the store itself is
+    /// consistent; the check then compares with an older run).
+    fn note_highwater(&self, manifest_id: ManifestId) {
+        let path = self.path.join(HIGHWATER_FILE);
+        let tmp = self.path.join(format!("{HIGHWATER_FILE}.tmp"));
+        let written = (|| -> std::io::Result<()> {
+            use std::io::Write;
+            let mut file = std::fs::File::create(&tmp)?;
+            writeln!(file, "{} {manifest_id}", self.id)?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        })();
+        if let Err(err) = written {
+            tracing::warn!(error = %crate::os_error::OsCause(&err), "Cannot note the run registered last beside the store");
+        }
     }
 
     /// Deletes the jobs and reservations of every run marked `registering` whose record was
@@ -409,6 +470,7 @@ impl Trees {
         batch_keys.finish()?;
         self.registering.remove(id_key(manifest_id))?;
         self.db.flush()?;
+        self.note_highwater(manifest_id);
         Ok(Registration::Registered {
             id: manifest_id,
             queued,

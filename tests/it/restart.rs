@@ -281,3 +281,50 @@ async fn a_restart_on_a_full_outbox_with_images_at_claid_is_ready_at_once() {
     assert_eq!(env.stats().duplicate_submits, 0);
     crate::support::stop(&mut daemon).await;
 }
+
+/// A store whose database files were lost or damaged (lost here; 2 KB of noise near the
+/// start of its file did the same in the hostile user's run) opened as a new, empty one,
+/// without a word, and every image of a manifest dropped again was billed again. The
+/// daemon now knows which run was registered last (a file beside the database) and refuses
+/// such a store at start (exit 74), naming what was lost and the way out.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_store_is_refused_at_start_not_taken_for_an_empty_one() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let config = env.config("", "");
+    let mut text = String::from("images:\n");
+    for i in 0..5 {
+        text.push_str(&format!("  - input: storage://demo/d{i}-64x48.png\n"));
+    }
+    env.drop_file("a.yaml", text.as_bytes());
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    env.drop_file(
+        "b.yaml",
+        b"images:\n  - input: storage://demo/z-64x48.png\n",
+    );
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    // The database's own files lost (a bad restore, a disk that lost them), the folder kept:
+    // sled makes a new, empty store there, as it did for the noise a bad block leaves.
+    for entry in std::fs::read_dir(env.state.join("v1")).expect("store folder") {
+        let path = entry.expect("entry").path();
+        if path.file_name().is_some_and(|n| n == "claid-highwater") {
+            continue;
+        }
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path).expect("lost");
+        } else {
+            std::fs::remove_file(&path).expect("lost");
+        }
+    }
+    env.drop_file("a.yaml", text.as_bytes());
+    let before = env.stats();
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 74, "{stderr}");
+    assert!(stderr.contains("has lost records"), "{stderr}");
+    assert_eq!(
+        env.stats().submits,
+        before.submits,
+        "nothing is billed again"
+    );
+}
