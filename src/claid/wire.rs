@@ -34,6 +34,22 @@ pub enum TaskStatus {
     Other(String),
 }
 
+/// As Claid spells it (`CANCELLED`), for messages and reports.
+impl std::fmt::Display for TaskStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TaskStatus::Accepted => "ACCEPTED",
+            TaskStatus::Waiting => "WAITING",
+            TaskStatus::Processing => "PROCESSING",
+            TaskStatus::Paused => "PAUSED",
+            TaskStatus::Done => "DONE",
+            TaskStatus::Error => "ERROR",
+            TaskStatus::Cancelled => "CANCELLED",
+            TaskStatus::Other(other) => other,
+        })
+    }
+}
+
 impl From<String> for TaskStatus {
     fn from(text: String) -> TaskStatus {
         match text.trim().to_ascii_uppercase().as_str() {
@@ -609,6 +625,21 @@ impl ErrorBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A status in a message reads as Claid spells it (a failed job said "task ended
+    /// Cancelled", Rust's debug form).
+    #[test]
+    fn a_status_is_shown_as_claid_spells_it() {
+        assert_eq!(
+            TaskStatus::from("cancelled".to_owned()).to_string(),
+            "CANCELLED"
+        );
+        assert_eq!(TaskStatus::Error.to_string(), "ERROR");
+        assert_eq!(
+            TaskStatus::from("ARCHIVED".to_owned()).to_string(),
+            "ARCHIVED"
+        );
+    }
 
     /// Claid's schema requires `id`, `status`, `created_at` and `request` only: a task without
     /// `result_url` parses (it is polled by id), statuses are read in any case, and a webhook

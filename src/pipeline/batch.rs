@@ -1496,7 +1496,7 @@ pub fn unattributed_failure(result: &BatchTask, loose: &[String]) -> String {
         " (its errors name other images)"
     };
     format!(
-        "batch {} ended {:?} with no error for this image{others}",
+        "batch {} ended {} with no error for this image{others}",
         result.id, result.status
     )
 }

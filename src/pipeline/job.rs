@@ -1013,7 +1013,7 @@ impl Runner {
                                 .collect::<Vec<_>>()
                                 .join("; ");
                             let message = if message.is_empty() {
-                                format!("task ended {:?}", task.status)
+                                format!("task ended {}", task.status)
                             } else {
                                 message
                             };
