@@ -52,7 +52,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::claid::wire::{TaskRef, TaskStatus, TaskUpdate};
+use crate::claid::wire::{TaskRef, TaskUpdate};
 use crate::http_server::{self, BodyError, Bounds, error_response};
 use crate::os_error::OsCause;
 use crate::text::Escaped;
@@ -532,7 +532,7 @@ impl Receiver {
             }
         };
         let task_id = update.id();
-        let status = status_name(update.status()).to_owned();
+        let status = update.status().as_str().to_owned();
         let kind = match &update {
             TaskUpdate::Async(_) => "async",
             TaskUpdate::Batch(_) => "batch",
@@ -584,20 +584,6 @@ impl Receiver {
             );
         }
         error_response(StatusCode::UNAUTHORIZED, "missing or wrong signature")
-    }
-}
-
-/// A task status as Claid spells it.
-fn status_name(status: &TaskStatus) -> &str {
-    match status {
-        TaskStatus::Accepted => "ACCEPTED",
-        TaskStatus::Waiting => "WAITING",
-        TaskStatus::Processing => "PROCESSING",
-        TaskStatus::Paused => "PAUSED",
-        TaskStatus::Done => "DONE",
-        TaskStatus::Error => "ERROR",
-        TaskStatus::Cancelled => "CANCELLED",
-        TaskStatus::Other(other) => other,
     }
 }
 

@@ -34,10 +34,10 @@ pub enum TaskStatus {
     Other(String),
 }
 
-/// As Claid spells it (`CANCELLED`), for messages and reports.
-impl std::fmt::Display for TaskStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl TaskStatus {
+    /// As Claid spells it (`CANCELLED`).
+    pub fn as_str(&self) -> &str {
+        match self {
             TaskStatus::Accepted => "ACCEPTED",
             TaskStatus::Waiting => "WAITING",
             TaskStatus::Processing => "PROCESSING",
@@ -46,7 +46,14 @@ impl std::fmt::Display for TaskStatus {
             TaskStatus::Error => "ERROR",
             TaskStatus::Cancelled => "CANCELLED",
             TaskStatus::Other(other) => other,
-        })
+        }
+    }
+}
+
+/// As Claid spells it, for messages and reports.
+impl std::fmt::Display for TaskStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
