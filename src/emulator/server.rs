@@ -517,6 +517,16 @@ fn input_error(message: impl Into<String>) -> Response {
     api_error(StatusCode::BAD_REQUEST, "1001", "image", message)
 }
 
+/// A request body over [`MAX_BODY_BYTES`]: 413 (code 1413).
+fn too_large() -> Response {
+    api_error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "1413",
+        "general",
+        "Request body too large.",
+    )
+}
+
 fn internal_error() -> Response {
     api_error(
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -712,12 +722,7 @@ pub(crate) fn json_body(
     }
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            api_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "1413",
-                "general",
-                "Request body too large.",
-            )
+            too_large()
         } else {
             bad_request(format!("Cannot read request body: {e}."))
         }
@@ -1221,6 +1226,7 @@ async fn upload(
         let field = match multipart.next_field().await {
             Ok(Some(field)) => field,
             Ok(None) => break,
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => return too_large(),
             Err(e) => return bad_request(format!("Malformed multipart body: {e}.")),
         };
         match field.name().unwrap_or("") {
@@ -1228,6 +1234,7 @@ async fn upload(
                 let name = field.file_name().unwrap_or("").to_owned();
                 match field.bytes().await {
                     Ok(bytes) => file = Some((name, bytes)),
+                    Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => return too_large(),
                     Err(e) => return bad_request(format!("Cannot read the `file` part: {e}.")),
                 }
             }

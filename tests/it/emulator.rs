@@ -304,6 +304,17 @@ async fn upload_edits_the_file_and_reports_missing_parts() {
             .is_some_and(|m| m.contains("data")),
         "{env}"
     );
+    // A file over the 64 MiB body limit: 413, as documented (it was a 400 "Cannot read the
+    // `file` part", so the daemon's `claid-too-large` was never seen against the emulator).
+    let env = envelope(
+        send(upload_form(Some(vec![0u8; 65 * 1024 * 1024]), Some(data)))
+            .await
+            .expect("sent"),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "1413",
+    )
+    .await;
+    assert!(env["error_message"].is_string(), "{env}");
     // Not multipart at all.
     let resp = client()
         .post(&url)
