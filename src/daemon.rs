@@ -1004,6 +1004,15 @@ fn reload(
     };
     let _ = sd_notify::notify(&[NotifyState::Reloading]);
     match crate::config::load(path) {
+        Ok(config) if !would_not_start(&config).is_empty() => {
+            // Applied, it would look fine until the next start (a reboot) refused it, with
+            // exit 64, which systemd does not restart: said now, and the running one kept.
+            let problems = would_not_start(&config);
+            error!(config = %path.display(), problems = problems.len(), "Config reload refused: the file as written would not start the daemon; the running config stays in force (fix it before the next restart)");
+            for problem in &problems {
+                error!(config = %path.display(), "{}", Escaped::str(problem));
+            }
+        }
         Ok(config) => {
             let mut restart = crate::config::print::restart_keys(running, &config);
             // The same key file with another key in it (a rotated key).
@@ -1063,6 +1072,23 @@ fn reload(
         }
     }
     let _ = sd_notify::notify(&[NotifyState::Ready]);
+}
+
+/// What a start would refuse in `config` beyond its own validity: a folder that is missing
+/// (where the daemon would not create it) or is no folder, an API key file that cannot be
+/// read, an alert sink's URL file that cannot be read or holds no URL. One sentence each.
+fn would_not_start(config: &Config) -> Vec<String> {
+    let mut problems: Vec<String> = check_folders(config)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    if let Err(err) = crate::config::load_api_key(&config.api) {
+        problems.push(err.to_string());
+    }
+    if let Err(err) = crate::alerts::check_sinks(&config.alerts) {
+        problems.push(err.to_string());
+    }
+    problems
 }
 
 /// The operator's policy choices of a config, as the pipeline takes them.

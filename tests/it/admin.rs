@@ -699,6 +699,52 @@ async fn metrics_match_what_the_emulator_counted() {
     daemon.wait().await.unwrap();
 }
 
+/// A reload of a config that is valid but would not start the daemon (an inbox folder that
+/// does not exist, an alert sink whose URL file is missing) is refused, naming each problem,
+/// and the running config stays in force (it was taken with only a "not applied" warning,
+/// and the next start, a reboot, exited 64, which systemd does not restart).
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_refuses_a_config_the_next_start_would_refuse() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let config = env.config("", "");
+    let mut daemon = env.spawn_daemon(&config, 0);
+    wait_socket(&env).await;
+    let text = std::fs::read_to_string(&config).unwrap();
+    let typo = env.dir.path().join("inbxo");
+    let broken = text.replace(
+        &format!("inbox: {}", env.inbox.display()),
+        &format!("inbox: {}", typo.display()),
+    ) + &format!(
+        "alerts:\n  - name: team\n    url_file: {}\n",
+        env.dir.path().join("no-such-url").display()
+    );
+    assert_ne!(broken, text, "the inbox line was found");
+    std::fs::write(&config, &broken).unwrap();
+    signal(&daemon, "-HUP");
+    wait_until("refusal logged", Duration::from_secs(20), || {
+        env.daemon_log(0).contains("would not start the daemon")
+    })
+    .await;
+    let log = env.daemon_log(0);
+    assert!(log.contains("inbxo"), "the folder is named: {log}");
+    assert!(
+        log.contains("no-such-url"),
+        "the sink's file is named: {log}"
+    );
+    assert!(!log.contains("Reloaded the config"), "{log}");
+    env.drop_file(
+        "r.yaml",
+        b"images:\n  - input: storage://demo/r-64x48.png\n",
+    );
+    wait_until(
+        "the running config still works",
+        Duration::from_secs(30),
+        || env.outbox.join("r/r-64x48.jpg").is_file(),
+    )
+    .await;
+    stop(&mut daemon).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_applies_a_good_config_and_refuses_a_bad_one() {
     let env = TestEnv::new(Scenario::default()).await;
