@@ -1003,17 +1003,21 @@ fn reload(
         return;
     };
     let _ = sd_notify::notify(&[NotifyState::Reloading]);
-    match crate::config::load(path) {
-        Ok(config) if !would_not_start(&config).is_empty() => {
+    // Each file a start would read is read once: the problems a start would refuse, if any.
+    let loaded = crate::config::load(path).map(|config| {
+        let problems = would_not_start(&config);
+        (config, problems)
+    });
+    match loaded {
+        Ok((_, problems)) if !problems.is_empty() => {
             // Applied, it would look fine until the next start (a reboot) refused it, with
             // exit 64, which systemd does not restart: said now, and the running one kept.
-            let problems = would_not_start(&config);
             error!(config = %path.display(), problems = problems.len(), "Config reload refused: the file as written would not start the daemon; the running config stays in force (fix it before the next restart)");
             for problem in &problems {
                 error!(config = %path.display(), "{}", Escaped::str(problem));
             }
         }
-        Ok(config) => {
+        Ok((config, _)) => {
             let mut restart = crate::config::print::restart_keys(running, &config);
             // The same key file with another key in it (a rotated key).
             if key_digest(&config).as_deref() != key_in_force

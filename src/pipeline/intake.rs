@@ -625,11 +625,6 @@ impl Intake {
         });
     }
 
-    /// After a rejection moved the file at `path` away: [`restore_pending`].
-    async fn restore_pending(&self, path: &Path, rel: &Path) -> bool {
-        restore_pending(&self.store, path, rel).await
-    }
-
     /// Keeps a copy of the processed version of the manifest (under the state folder) so that
     /// it is what gets archived even if the file is saved again meanwhile.
     async fn keep_copy(&self, path: &Path, rel: &Path, sha256: &str) {
@@ -768,7 +763,7 @@ impl Intake {
                 }
                 // A valid version saved before this one waits for its predecessor's drain: it
                 // is put back, so the rejection does not lose it.
-                if self.restore_pending(path, rel).await {
+                if restore_pending(&self.store, path, rel).await {
                     info!(
                         "Put back the valid version saved before the rejected one; it runs once the version before it has drained"
                     );
