@@ -379,7 +379,7 @@ impl Runner {
                     deps.health.storage_ok(name);
                     break;
                 }
-                Err(err) if connection_failed(&err) => {
+                Err(err) if bucket_away(&err) => {
                     let (_, failure) = bucket_failure(&deps.health, name, &err, true);
                     match decide(&mut attempts, failure) {
                         Decision::Retry { after } => {
@@ -1340,7 +1340,6 @@ impl Runner {
                 )
                 .await;
         };
-        let mut n_failures = 0u32;
         let mut n_missing = 0u32;
         let info = loop {
             let err = match self
@@ -1378,18 +1377,7 @@ impl Runner {
                 }
                 continue;
             }
-            // The bucket answered with an error of its own (a 5xx): a few tries.
-            n_failures += 1;
-            if code == FailureCode::StorageUnreachable && n_failures < MAX_HEALING_WRITES {
-                warn!(error = %err, "Cannot check the output object; retrying");
-                if !self
-                    .wait(jitter(n_failures, deps.retry.base, deps.retry.cap))
-                    .await
-                {
-                    return Step::End(JobOutcome::Parked);
-                }
-                continue;
-            }
+            // Any other answer (a bucket away or busy was waited out above) does not heal.
             return self.fail(id, code, &err.to_string()).await;
         };
         if info.size == 0 {
@@ -1413,32 +1401,21 @@ impl Runner {
             // Read like the check above: an outage of the bucket or refused keys are waited
             // out (the object is written and billed; failing the job would have a second drop
             // or a replay bill it again).
-            let mut n_failures = 0u32;
-            let bytes = loop {
-                let err = match self
-                    .through_bucket_outage(storage, || storage.objects.get(key, max))
-                    .await
-                {
-                    Ok(bytes) => break bytes,
-                    Err(None) => return Step::End(JobOutcome::Parked),
-                    Err(Some(err)) => err,
-                };
-                let code = match err {
-                    crate::objects::ObjectError::TooLarge { .. } => FailureCode::DownloadTooLarge,
-                    _ => object_failure(&err),
-                };
-                n_failures += 1;
-                if code == FailureCode::StorageUnreachable && n_failures < MAX_HEALING_WRITES {
-                    warn!(error = %err, "Cannot read the output object; retrying");
-                    if !self
-                        .wait(jitter(n_failures, deps.retry.base, deps.poll.max))
-                        .await
-                    {
-                        return Step::End(JobOutcome::Parked);
-                    }
-                    continue;
+            let bytes = match self
+                .through_bucket_outage(storage, || storage.objects.get(key, max))
+                .await
+            {
+                Ok(bytes) => bytes,
+                Err(None) => return Step::End(JobOutcome::Parked),
+                Err(Some(err)) => {
+                    let code = match err {
+                        crate::objects::ObjectError::TooLarge { .. } => {
+                            FailureCode::DownloadTooLarge
+                        }
+                        _ => object_failure(&err),
+                    };
+                    return self.fail(id, code, &err.to_string()).await;
                 }
-                return self.fail(id, code, &err.to_string()).await;
             };
             let dims = (width, height, task_id);
             return self
@@ -1469,8 +1446,8 @@ impl Runner {
     }
 
     /// One call of the daemon's own to `storage`'s bucket about an object Claid wrote and
-    /// billed (the output check, the local copy's read): the bucket's endpoint away, or the
-    /// daemon's keys refused (rotated keys, a changed bucket policy), is waited out like an
+    /// billed (the output check, the local copy's read): the bucket's endpoint away or busy
+    /// (no answer, or 5xx/429/408 after object_store's own retries), or the daemon's keys refused (rotated keys, a changed bucket policy), is waited out like an
     /// outage, told once (`/healthz` says failing; `run --once` ends at
     /// `api.unreachable_timeout` and leaves the job to the next run), never failing the job,
     /// since a replay or a second drop would bill the object again. `Err(Some(err))`: the
@@ -1498,7 +1475,7 @@ impl Runner {
                 if deps.health.storage_failed(&storage.name, err.to_string()) {
                     warn!(storage = %crate::text::Escaped::str(&storage.name), error = %err, "A storage's bucket refuses the daemon's keys for an output Claid wrote; it waits and is retried (fix `credentials_file`, then restart the daemon; in `run --once` until `api.unreachable_timeout`)");
                 }
-            } else if connection_failed(&err) {
+            } else if bucket_away(&err) {
                 bucket_failure(&deps.health, &storage.name, &err, true);
                 debug!(error = %err, "Cannot reach the bucket of an output object; retrying");
             } else {
@@ -1590,10 +1567,10 @@ fn bucket_failure(
     err: &crate::objects::ObjectError,
     transient: bool,
 ) -> (bool, Failure) {
-    let outage = transient && connection_failed(err);
+    let outage = transient && bucket_away(err);
     if outage {
         if health.storage_failed(storage, err.to_string()) {
-            warn!(storage = %crate::text::Escaped::str(storage), error = %err, "A storage's bucket does not answer; what needs it waits and is retried with backoff (told once; `/healthz` says failing; in `run --once` until `api.unreachable_timeout`)");
+            warn!(storage = %crate::text::Escaped::str(storage), error = %err, "A storage's bucket does not answer, or answers that it is busy (5xx); what needs it waits and is retried with backoff (told once; `/healthz` says failing; in `run --once` until `api.unreachable_timeout`)");
         }
         (true, Failure::Unreachable)
     } else {
@@ -1605,19 +1582,23 @@ fn bucket_failure(
 /// endpoint is there, so an outage told to health is over (`/healthz` said `failing` until
 /// the next success, long after the bucket was back).
 fn bucket_answered(health: &HealthState, storage: &str, err: &crate::objects::ObjectError) {
-    if !connection_failed(err) {
+    if !bucket_away(err) {
         health.storage_ok(storage);
     }
 }
 
-/// Whether a request to a bucket failed before any answer came (refused, reset, timed out,
-/// a name that does not resolve), as object_store describes it.
-fn connection_failed(err: &crate::objects::ObjectError) -> bool {
+/// Whether a bucket's endpoint is away: a request failed before any answer came (refused,
+/// reset, timed out, a name that does not resolve), as object_store describes it, or every
+/// try was answered that the server cannot serve now (5xx, such as S3's 503 SlowDown or 500
+/// InternalError; 429; 408). Either heals by itself, so what needs the bucket waits.
+fn bucket_away(err: &crate::objects::ObjectError) -> bool {
     let crate::objects::ObjectError::Request { cause, .. } = err else {
         return false;
     };
-    let cause = cause.to_ascii_lowercase();
-    [
+    // object_store names its retry settings (`retry_timeout: 20s`) in any error it retried,
+    // answered or not: not a timeout of the request.
+    let cause = cause.to_ascii_lowercase().replace("retry_timeout", "");
+    let unanswered = [
         "error sending request",
         "no answer from",
         "connection refused",
@@ -1628,7 +1609,13 @@ fn connection_failed(err: &crate::objects::ObjectError) -> bool {
         "dns error",
     ]
     .iter()
-    .any(|needle| cause.contains(needle))
+    .any(|needle| cause.contains(needle));
+    // object_store's words for an answer it gave up on: `status code: 503 Service Unavailable`.
+    let busy = cause.match_indices("status code: ").any(|(at, found)| {
+        let status = &cause[at + found.len()..];
+        status.starts_with('5') || status.starts_with("429") || status.starts_with("408")
+    });
+    unanswered || busy
 }
 
 /// A download failed because the result's host is away (it answered 5xx or 408, or did not
