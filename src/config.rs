@@ -503,12 +503,17 @@ pub fn load_api_key(api: &ApiConfig) -> Result<Option<String>, ConfigError> {
         if key.is_empty() {
             return Err(ConfigError::ApiKeyEmpty { path: path.clone() });
         }
+        crate::text::register_secret(key);
         return Ok(Some(key.to_owned()));
     }
-    Ok(std::env::var(ENV_API_KEY)
+    let key = std::env::var(ENV_API_KEY)
         .ok()
         .map(|key| key.trim().to_owned())
-        .filter(|key| !key.is_empty()))
+        .filter(|key| !key.is_empty());
+    if let Some(key) = &key {
+        crate::text::register_secret(key);
+    }
+    Ok(key)
 }
 
 /// A warning when every user of this machine may read or replace the secret file at `path`

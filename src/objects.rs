@@ -71,16 +71,28 @@ impl Credentials {
         }
     }
 
+    /// Tells the log's filter the secret parts ([`crate::text::register_secret`]).
+    fn register(&self) {
+        crate::text::register_secret(&self.secret_access_key);
+        if let Some(token) = &self.session_token {
+            crate::text::register_secret(token);
+        }
+    }
+
     /// The standard environment variables `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`
     /// (and `AWS_SESSION_TOKEN` when set).
     pub fn from_env() -> Result<Credentials, ObjectError> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         match (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) {
-            (Some(access_key_id), Some(secret_access_key)) => Ok(Credentials {
-                access_key_id,
-                secret_access_key,
-                session_token: var("AWS_SESSION_TOKEN"),
-            }),
+            (Some(access_key_id), Some(secret_access_key)) => {
+                let credentials = Credentials {
+                    access_key_id,
+                    secret_access_key,
+                    session_token: var("AWS_SESSION_TOKEN"),
+                };
+                credentials.register();
+                Ok(credentials)
+            }
             _ => Err(ObjectError::NoCredentials),
         }
     }
@@ -127,6 +139,7 @@ impl Credentials {
                 "access_key_id and secret_access_key must not be empty".to_owned(),
             ));
         }
+        credentials.register();
         Ok(credentials)
     }
 }

@@ -157,10 +157,52 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
+/// The daemon's own secrets (the API key, the webhook secret, a storage's secret key), told
+/// by [`register_secret`] when they are read: an answer may echo one (a proxy or a WAF
+/// quoting the request's `Authorization` header), and such text reaches the log, the store
+/// and the reports.
+static SECRETS: std::sync::RwLock<Vec<String>> = std::sync::RwLock::new(Vec::new());
+
+/// Shortest secret [`redact_urls_in`] replaces: a shorter one would hit ordinary words.
+const MIN_SECRET: usize = 6;
+
+/// Makes [`redact_urls_in`] (the log's, the store's and the reports' filter) replace `secret`
+/// wherever it appears.
+pub fn register_secret(secret: &str) {
+    let secret = secret.trim();
+    if secret.len() < MIN_SECRET {
+        return;
+    }
+    let mut secrets = SECRETS
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !secrets.iter().any(|known| known == secret) {
+        secrets.push(secret.to_owned());
+    }
+}
+
+/// `text` with every registered secret replaced by `REDACTED`; `None` when it holds none.
+fn redact_known_secrets(text: &str) -> Option<String> {
+    let secrets = SECRETS
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut out: Option<String> = None;
+    for secret in secrets.iter() {
+        let current = out.as_deref().unwrap_or(text);
+        if current.contains(secret.as_str()) {
+            out = Some(current.replace(secret.as_str(), "REDACTED"));
+        }
+    }
+    out
+}
+
 /// `text` with the credentials of every URL in it redacted ([`redact_credentials`]): a URL
 /// runs from its scheme to the next space, quote or angle bracket. For whole log lines and
 /// field values: Claid's messages quote the inputs they could not fetch.
 pub fn redact_urls_in(text: &str) -> std::borrow::Cow<'_, str> {
+    if let Some(redacted) = redact_known_secrets(text) {
+        return redact_urls_in(&redacted).into_owned().into();
+    }
     match redact_whole_urls_in(text) {
         std::borrow::Cow::Borrowed(text) => redact_loose_params(text),
         std::borrow::Cow::Owned(text) => redact_loose_params(&text).into_owned().into(),
@@ -251,6 +293,32 @@ const SECRET_PARAMS: [&str; 9] = [
     "x-goog-",
 ];
 
+/// Whether a URL carries user information (`user:password@host`) in its authority.
+pub fn has_user_info(url: &str) -> bool {
+    url.split_once("://")
+        .is_some_and(|(_, rest)| rest[..authority_len(rest)].contains('@'))
+}
+
+/// The length of the authority (`user:password@host:port`) at the start of `rest`, a URL
+/// after its `scheme://`. A password holding a `/` (S3 secret keys often do) would cut it short
+/// at that slash (`KEY:abc/def@host`): a `:` followed by more than a port, with an `@` further
+/// on before the query, is taken for user information running up to that `@`.
+fn authority_len(rest: &str) -> usize {
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    if let Some((_, after_colon)) = rest[..end].split_once(':')
+        && !after_colon.bytes().all(|b| b.is_ascii_digit())
+        && !rest[..end].contains('@')
+    {
+        let query_at = rest.find(['?', '#']).unwrap_or(rest.len());
+        if let Some(at) = rest[..query_at].rfind('@') {
+            return rest[at..]
+                .find(['/', '?', '#'])
+                .map_or(rest.len(), |end| at + end);
+        }
+    }
+    end
+}
+
 /// A URL as logs may show it: the password of its user information (or a bare token there)
 /// and the values of query parameters that carry secrets (a presigned URL's signature, an
 /// access token) replaced by `REDACTED`; anything else as it is. Manifests may hold such URLs,
@@ -260,7 +328,7 @@ pub fn redact_credentials(url: &str) -> std::borrow::Cow<'_, str> {
         return url.into();
     };
     let rest = &url[scheme_end..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority_end = authority_len(rest);
     let mut out = String::with_capacity(url.len());
     out.push_str(&url[..scheme_end]);
     let mut changed = false;
@@ -314,6 +382,35 @@ mod tests {
     use std::os::unix::ffi::OsStrExt;
 
     use super::*;
+
+    /// A password holding `/` (an S3 secret key) is still user information: redacted, and
+    /// named by `has_user_info`; a path with `@` after a port is not.
+    #[test]
+    fn a_password_with_slashes_is_redacted() {
+        let url = "http://AKIAEXAMPLE:wJalr/K7MDENG/bPxRfiCY@127.0.0.1:9000";
+        assert_eq!(
+            redact_credentials(url),
+            "http://AKIAEXAMPLE:REDACTED@127.0.0.1:9000"
+        );
+        assert!(has_user_info(url));
+        let text = format!("`{url}` is not a valid URL");
+        assert!(!redact_urls_in(&text).contains("bPxRfiCY"));
+        let path = "https://cdn.example.com:8443/users/@anna/a.jpg";
+        assert_eq!(redact_credentials(path), path);
+        assert!(!has_user_info(path));
+    }
+
+    /// A registered secret is replaced wherever it stands; short ones are not registered.
+    #[test]
+    fn registered_secrets_are_redacted_anywhere() {
+        register_secret("sk-unit-test-Secret-42");
+        register_secret("abc");
+        assert_eq!(
+            redact_urls_in("Authorization: Bearer sk-unit-test-Secret-42 was refused"),
+            "Authorization: Bearer REDACTED was refused"
+        );
+        assert_eq!(redact_urls_in("abc def"), "abc def");
+    }
 
     #[test]
     fn a_secret_pasted_as_a_file_name_is_not_shown() {

@@ -198,6 +198,9 @@ impl Secret {
     /// The secret itself; `None` when empty.
     pub fn new(bytes: impl Into<Vec<u8>>) -> Option<Secret> {
         let bytes = bytes.into();
+        if let Ok(text) = std::str::from_utf8(&bytes) {
+            crate::text::register_secret(text);
+        }
         (!bytes.is_empty()).then_some(Secret(bytes))
     }
 

@@ -308,7 +308,7 @@ impl Checker {
             }
             let endpoint = match lookup(root, &format!("{key}.endpoint")) {
                 None | Some(Value::Null) => None,
-                Some(Value::String(text)) if has_user_info(text.trim()) => {
+                Some(Value::String(text)) if crate::text::has_user_info(text.trim()) => {
                     // Never echoed: the part before `@` is a secret.
                     self.problem(
                         &format!("{key}.endpoint"),
@@ -326,7 +326,8 @@ impl Checker {
                             &format!("{key}.endpoint"),
                             format!(
                                 "`{}` {why}; give the S3-compatible server like `http://127.0.0.1:9000`, or remove the key for Amazon S3",
-                                text.trim()
+                                // The user information is a secret: never echoed.
+                                crate::text::redact_credentials(text.trim())
                             ),
                         );
                     } else if let Some(server) = endpoint_with_more(text.trim()) {
@@ -411,7 +412,7 @@ impl Checker {
                 {
                     if let Some(why) = url_problem(text) {
                         // The user information is a secret: never echoed.
-                        let shown = if has_user_info(text) { "the URL" } else { text };
+                        let shown = crate::text::redact_credentials(text);
                         self.problem(
                             "api.base_url",
                             format!(
@@ -981,8 +982,6 @@ fn display(value: &Value) -> String {
     }
 }
 
-/// Whether an `http(s)://` URL carries user information (`user:password@host`) in its
-/// authority.
 /// What makes an `http(s)://…` text no usable URL (one that does not parse: a port past
 /// 65535, an unclosed IPv6 bracket; or one without a host), in words that follow the URL.
 fn url_problem(text: &str) -> Option<String> {
@@ -1002,14 +1001,6 @@ fn endpoint_with_more(text: &str) -> Option<String> {
         let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
         format!("{}://{}{port}", url.scheme(), url.host_str().unwrap_or(""))
     })
-}
-
-fn has_user_info(url: &str) -> bool {
-    let Some((_, rest)) = url.split_once("://") else {
-        return false;
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    authority.contains('@')
 }
 
 /// Which of the outbox, archive, rejected and state folders (in that order; `None`: not

@@ -389,6 +389,68 @@ async fn api_key_never_appears_in_logs_store_reports_or_error_files() {
     assert!(env.rejected.join("rejected.yaml.error.txt").is_file());
 }
 
+/// An API (or a proxy or WAF before it) whose error message quotes the request's
+/// `Authorization` header: the daemon's own key is replaced by `REDACTED` in the log, the
+/// store and the report, which copied Claid's message as it came.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_api_key_echoed_back_by_the_api_is_kept_out_of_logs_store_and_reports() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let echo = |headers: axum::http::HeaderMap| async move {
+        let auth = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        (
+            axum::http::StatusCode::BAD_REQUEST,
+            [("content-type", "application/json")],
+            serde_json::json!({
+                "error_code": "4000",
+                "error_type": "general",
+                "error_message": format!("Bad request; received Authorization: {auth}"),
+                "error_details": {}
+            })
+            .to_string(),
+        )
+    };
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, axum::Router::new().fallback(echo)).await;
+    });
+    env.drop_file(
+        "m.yaml",
+        b"output: { format: png }\nimages:\n  - input: https://cdn.example.com/sku/img.jpg\n",
+    );
+    let config = env.config("", "");
+    let text = std::fs::read_to_string(&config).expect("config");
+    let base = env.emulator.base_url();
+    std::fs::write(&config, text.replace(&base, &format!("http://{addr}/v1"))).expect("config");
+    std::fs::write(env.dir.path().join("api-key"), format!("{CANARY}\n")).expect("key");
+    let out = Command::new(bin())
+        .args(["run", "--once", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("daemon runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "the job failed:\n{stderr}");
+    assert!(
+        stderr.contains("received Authorization: Bearer REDACTED"),
+        "the message is kept, the key redacted:\n{stderr}"
+    );
+    assert!(!stderr.contains(CANARY), "key in the log:\n{stderr}");
+    let report = std::fs::read_to_string(env.outbox.join("m.report.json")).expect("report");
+    assert!(report.contains("REDACTED"), "{report}");
+    for folder in [&env.state, &env.outbox] {
+        let leaks = files_containing(folder, CANARY.as_bytes());
+        assert!(leaks.is_empty(), "key found in {leaks:?}");
+    }
+}
+
 /// `limits.max_download_bytes` caps each result: a larger one fails its job with
 /// `download-too-large`, and nothing is written.
 #[tokio::test(flavor = "multi_thread")]
