@@ -397,7 +397,7 @@ pub enum ObjectError {
     UnsafeKey { key: String, reason: &'static str },
     #[error(
         "invalid storage URL \"{}\": {reason} (write s3://BUCKET/PREFIX or gs://BUCKET/PREFIX)",
-        escape(url)
+        escape(&crate::text::redact_credentials(url))
     )]
     Url { url: String, reason: &'static str },
     #[error(
