@@ -758,7 +758,11 @@ impl Client {
     pub async fn poll_once(&self, result_url: &str, task_id: u64) -> Result<Polled, ClaidError> {
         let url = self.checked_poll_url(TaskKind::Async, task_id, result_url)?;
         let answer = self.get_poll(url).await?;
+        let status = answer.status.as_u16();
         let (task, request_id) = expect_ok::<wire::AsyncTask>(Endpoint::Poll, answer)?;
+        if task.id != task_id {
+            return Err(other_task(status, request_id));
+        }
         Ok(Polled { task, request_id })
     }
 
@@ -791,7 +795,11 @@ impl Client {
     ) -> Result<PolledBatch, ClaidError> {
         let url = self.checked_poll_url(TaskKind::Batch, batch_id, result_url)?;
         let answer = self.get_poll(url).await?;
+        let status = answer.status.as_u16();
         let (batch, request_id) = expect_ok::<wire::BatchTask>(Endpoint::Poll, answer)?;
+        if batch.id != batch_id {
+            return Err(other_task(status, request_id));
+        }
         Ok(PolledBatch { batch, request_id })
     }
 
@@ -1387,6 +1395,17 @@ fn expect_ok<T: serde::de::DeserializeOwned>(
                 "body is not the expected json"
             },
         }),
+    }
+}
+
+/// A poll answered with another task than the one asked for (a cache or a proxy mixing
+/// answers up): its result would be some other image, so it is never taken for this one.
+fn other_task(status: u16, request_id: Option<String>) -> ClaidError {
+    ClaidError::BadResponse {
+        endpoint: Endpoint::Poll,
+        status,
+        request_id,
+        about: "the answer is about another task than the one asked for; its result is not taken",
     }
 }
 

@@ -17,7 +17,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
 use claid_hotfolder::claid::wire::TaskStatus;
-use claid_hotfolder::claid::{Client, ClientConfig, Endpoint, ErrorClass};
+use claid_hotfolder::claid::{ClaidError, Client, ClientConfig, Endpoint, ErrorClass};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -313,6 +313,39 @@ async fn poll_follows_the_returned_result_url_even_on_another_prefix() {
     assert_eq!((output.width, output.height), (400, 300));
     assert_eq!(mock.seen_on("GET", "/v1-beta1/image/edit/async/7").len(), 2);
     assert!(mock.seen_on("GET", "/v1/image/edit/async/7").is_empty());
+}
+
+/// A poll answered with another task (a cache or proxy mixing answers up) is refused as a
+/// bad response, for a single task and for a batch: its result is another image, and was
+/// delivered as this job's output.
+#[tokio::test]
+async fn a_poll_answered_with_another_task_is_refused() {
+    let mock = Mock::default();
+    let root = mock.start().await;
+    let url = format!("{root}/v1/image/edit/async/7");
+    mock.on(
+        "GET /v1/image/edit/async/7",
+        vec![Reply::json(200, task(1007, "PROCESSING", &url))],
+    )
+    .on(
+        "GET /v1/image/edit/batch/8",
+        vec![Reply::json(
+            200,
+            json!({"data": {"id": 1008, "status": "PROCESSING", "result_url": format!("{root}/v1/image/edit/batch/8"),
+                "created_at": "2026-01-01T00:00:00+00:00", "request": {}, "errors": [], "result": []}}),
+        )],
+    );
+    let client = client(&format!("{root}/v1"));
+    let err = client.poll_once(&url, 7).await.expect_err("another task");
+    assert!(
+        matches!(err, ClaidError::BadResponse { .. }) && err.to_string().contains("another task"),
+        "{err}"
+    );
+    let err = client
+        .poll_batch_once(&format!("{root}/v1/image/edit/batch/8"), 8)
+        .await
+        .expect_err("another batch");
+    assert!(err.to_string().contains("another task"), "{err}");
 }
 
 /// A `result_url` on another origin (or no URL at all) never gets the key: the task is polled
