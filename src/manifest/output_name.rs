@@ -38,7 +38,13 @@ pub fn default_output_name(
     let stem = match input {
         Input::Remote(url) => {
             let after_scheme = url.find("://").map_or(url.as_str(), |i| &url[i + 3..]);
-            let path_part = after_scheme.split(['?', '#']).next().unwrap_or_default();
+            // A storage key is read as written (`#` and `?` are part of S3 keys); a web
+            // URL's query and fragment are not part of its file name.
+            let path_part = if url.starts_with("storage://") {
+                after_scheme
+            } else {
+                after_scheme.split(['?', '#']).next().unwrap_or_default()
+            };
             let last = path_part
                 .split('/')
                 .skip(1)

@@ -333,6 +333,9 @@ fn default_output_names() {
         None,
         "shoe-800x600.webp",
     );
+    // A storage key is read as written: `#` and `?` are part of it, not a fragment or query.
+    check("jpeg", "storage://demo/in/v#1/shoe.png", None, "shoe.jpg");
+    check("jpeg", "storage://demo/in/v?2/shoe.png", None, "shoe.jpg");
     check(
         "png",
         "https://c.example/archive.tar.gz",
