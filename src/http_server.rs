@@ -4,8 +4,9 @@
 //!
 //! Bounded so that no number of idle, slow or greedy clients can exhaust the daemon's file
 //! descriptors or memory: at most [`Bounds::max_connections`] connections per listener are
-//! served at once (more are answered `503` and closed at once, which also drains the kernel's
-//! accept queue), a client has [`Bounds::header_timeout`] to send a request's headers (from the
+//! served at once (at the cap, the connection idle the longest is closed to make room; when
+//! every one has a request in progress, more are answered `503` and closed at once, which also
+//! drains the kernel's accept queue), a client has [`Bounds::header_timeout`] to send a request's headers (from the
 //! connection, and again while a kept-alive connection sits idle), and a handler reads a body
 //! with [`read_body`]: at most [`Bounds::max_body`] bytes within [`Bounds::body_timeout`].
 
@@ -125,6 +126,7 @@ pub async fn serve_counted<H, F>(
     let permits = Arc::new(Semaphore::new(bounds.max_connections));
     let connections = TaskTracker::new();
     let busy = busy_answer(bounds.name);
+    let idle = Arc::new(Connections::default());
     let mut last_busy_log: Option<Instant> = None;
     let mut last_accept_log: Option<Instant> = None;
     loop {
@@ -150,7 +152,17 @@ pub async fn serve_counted<H, F>(
                 continue;
             }
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
+        let mut permit = permits.clone().try_acquire_owned().ok();
+        // At the cap, the connection idle the longest (no request in progress: waiting for
+        // its first headers or kept alive) makes room: idle clients can hold every place
+        // only until someone else needs one, so `/healthz` is always answered.
+        if permit.is_none() && idle.evict_oldest() {
+            permit = tokio::time::timeout(EVICT_WAIT, permits.clone().acquire_owned())
+                .await
+                .ok()
+                .and_then(Result::ok);
+        }
+        let Some(permit) = permit else {
             refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if log_due(&mut last_busy_log) {
                 warn!(
@@ -163,8 +175,11 @@ pub async fn serve_counted<H, F>(
             continue;
         };
         let (handler, cancel) = (handler.clone(), cancel.clone());
+        let slot = idle.add();
+        let registry = idle.clone();
         connections.spawn(async move {
-            serve_connection(io, bounds, handler, cancel).await;
+            serve_connection(io, bounds, handler, cancel, slot.clone()).await;
+            registry.remove(&slot);
             drop(permit);
         });
     }
@@ -177,6 +192,96 @@ pub async fn serve_counted<H, F>(
             server = bounds.name,
             "Requests still in progress at shutdown were dropped"
         );
+    }
+}
+
+/// How long a new connection waits for the place of an idle one it evicted.
+const EVICT_WAIT: Duration = Duration::from_millis(200);
+
+/// The connections one server serves, to find the one idle the longest when a new one needs
+/// its place.
+#[derive(Debug, Default)]
+struct Connections {
+    slots: std::sync::Mutex<Vec<Arc<Slot>>>,
+}
+
+/// One served connection: requests in progress on it, and how to close it.
+#[derive(Debug)]
+struct Slot {
+    in_request: std::sync::atomic::AtomicUsize,
+    /// Since when it has been idle (no request in progress), or was accepted.
+    idle_since: std::sync::Mutex<Instant>,
+    evict: CancellationToken,
+}
+
+impl Connections {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Slot>>> {
+        self.slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn add(&self) -> Arc<Slot> {
+        let slot = Arc::new(Slot {
+            in_request: std::sync::atomic::AtomicUsize::new(0),
+            idle_since: std::sync::Mutex::new(Instant::now()),
+            evict: CancellationToken::new(),
+        });
+        self.lock().push(slot.clone());
+        slot
+    }
+
+    fn remove(&self, slot: &Arc<Slot>) {
+        self.lock().retain(|other| !Arc::ptr_eq(other, slot));
+    }
+
+    /// Closes the connection idle the longest that is not closing already; false when every
+    /// connection has a request in progress.
+    fn evict_oldest(&self) -> bool {
+        let slots = self.lock();
+        let oldest = slots
+            .iter()
+            .filter(|slot| {
+                slot.in_request.load(std::sync::atomic::Ordering::SeqCst) == 0
+                    && !slot.evict.is_cancelled()
+            })
+            .min_by_key(|slot| {
+                *slot
+                    .idle_since
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+            });
+        match oldest {
+            Some(slot) => {
+                slot.evict.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// A request in progress on a connection, while it lives.
+struct InRequest(Arc<Slot>);
+
+impl InRequest {
+    fn start(slot: &Arc<Slot>) -> InRequest {
+        slot.in_request
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        InRequest(slot.clone())
+    }
+}
+
+impl Drop for InRequest {
+    fn drop(&mut self) {
+        *self
+            .0
+            .idle_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
+        self.0
+            .in_request
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -237,13 +342,20 @@ async fn serve_connection<H, F>(
     bounds: Bounds,
     handler: H,
     cancel: CancellationToken,
+    slot: Arc<Slot>,
 ) where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response> + Send + 'static,
 {
+    let in_service = slot.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let busy = InRequest::start(&in_service);
         let response = handler(req);
-        async move { Ok::<_, Infallible>(response.await) }
+        async move {
+            let response = response.await;
+            drop(busy);
+            Ok::<_, Infallible>(response)
+        }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -255,6 +367,12 @@ async fn serve_connection<H, F>(
     let res = tokio::select! {
         res = conn.as_mut() => res,
         _ = cancel.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+        _ = slot.evict.cancelled() => {
+            // Idle, and its place wanted: closes at once (a request that began meanwhile
+            // is finished first).
             conn.as_mut().graceful_shutdown();
             conn.await
         }
