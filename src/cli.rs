@@ -1639,11 +1639,33 @@ fn account_name(file: &str, id: u32) -> String {
 /// `--since`: an RFC 3339 time (`2026-11-29T10:00:00Z`) or a duration ago (`2h`), as
 /// milliseconds since the epoch.
 fn parse_since(text: &str) -> Result<u64, String> {
-    if let Ok(at) = humantime::parse_rfc3339_weak(text) {
+    let text = text.trim();
+    // An offset (`+02:00`, what `date -Iseconds` prints off UTC): the time is read as UTC,
+    // then moved by it.
+    let (base, offset_s) = match text.len().checked_sub(6).map(|at| text.split_at(at)) {
+        Some((base, zone))
+            if base.contains('T')
+                && zone.len() == 6
+                && matches!(zone.as_bytes()[0], b'+' | b'-')
+                && zone.as_bytes()[3] == b':'
+                && let (Ok(h), Ok(m)) = (zone[1..3].parse::<i64>(), zone[4..6].parse::<i64>()) =>
+        {
+            let sign = if zone.starts_with('-') { -1 } else { 1 };
+            (format!("{base}Z"), sign * (h * 3600 + m * 60))
+        }
+        _ => (text.to_owned(), 0),
+    };
+    if let Ok(at) = humantime::parse_rfc3339_weak(&base) {
+        if !base.ends_with(['Z', 'z']) {
+            return Err(
+                "give the time's zone: Z for UTC (2026-11-29T10:00:00Z) or an offset (2026-11-29T12:00:00+02:00)"
+                    .to_owned(),
+            );
+        }
         let ms = at
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        return Ok(ms);
+            .map_or(0, |d| d.as_millis() as i64);
+        return Ok((ms - offset_s * 1000).max(0) as u64);
     }
     let ago = humantime::parse_duration(text)
         .map_err(|_| "give a time like 2026-11-29T10:00:00Z or a duration like 2h".to_owned())?;
@@ -1882,6 +1904,17 @@ fn cmd_generate_assets(out: &Path) -> anyhow::Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `--since` takes RFC 3339 times with `Z` or an offset (what `date -Iseconds` prints off
+    /// UTC), and refuses one without a zone rather than guessing UTC.
+    #[test]
+    fn since_takes_a_zone_or_an_offset() {
+        let utc = parse_since("2026-12-04T10:00:00Z").expect("Z");
+        assert_eq!(parse_since("2026-12-04T12:00:00+02:00"), Ok(utc));
+        assert_eq!(parse_since("2026-12-04T05:30:00-04:30"), Ok(utc));
+        assert!(parse_since("2026-12-04T10:00:00").is_err_and(|e| e.contains("zone")));
+        assert!(parse_since("2h").is_ok());
+    }
 
     fn kind(text: &str) -> (FileKind, Option<String>) {
         let dir = tempfile::tempdir().expect("tempdir");
