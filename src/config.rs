@@ -349,6 +349,11 @@ pub enum ConfigError {
         crate::text::Escaped::path(path)
     )]
     ApiKeyEmpty { path: PathBuf },
+    #[error(
+        "`api.api_key_file`: {} holds more than the key (line {line} is not the key's, or the key has a space or control character); put the Claid API key alone on one line",
+        crate::text::Escaped::path(path)
+    )]
+    ApiKeyMalformed { path: PathBuf, line: usize },
 }
 
 impl ConfigError {
@@ -359,6 +364,7 @@ impl ConfigError {
             ConfigError::Invalid { .. } => "config-invalid",
             ConfigError::ApiKeyFile { .. } => "api-key-unreadable",
             ConfigError::ApiKeyEmpty { .. } => "api-key-empty",
+            ConfigError::ApiKeyMalformed { .. } => "api-key-malformed",
         }
     }
 
@@ -504,6 +510,21 @@ pub fn load_api_key(api: &ApiConfig) -> Result<Option<String>, ConfigError> {
             return Err(ConfigError::ApiKeyEmpty { path: path.clone() });
         }
         crate::text::register_secret(key);
+        // A second line (a note, a second key) or a character no header may carry: the start
+        // would refuse it while building the client, with no word of the file.
+        if let Some(at) = key.find(|c: char| c.is_whitespace() || c.is_control()) {
+            let pos = text.find(key).unwrap_or(0) + at;
+            let line = text[..pos].matches('\n').count() + 1;
+            let line = if key[at..].starts_with(['\n', '\r']) {
+                line + 1
+            } else {
+                line
+            };
+            return Err(ConfigError::ApiKeyMalformed {
+                path: path.clone(),
+                line,
+            });
+        }
         return Ok(Some(key.to_owned()));
     }
     let key = std::env::var(ENV_API_KEY)

@@ -248,7 +248,9 @@ pub fn of_config(err: &ConfigError) -> i32 {
                 _ => USAGE,
             }
         }
-        ConfigError::Invalid { .. } | ConfigError::ApiKeyEmpty { .. } => USAGE,
+        ConfigError::Invalid { .. }
+        | ConfigError::ApiKeyEmpty { .. }
+        | ConfigError::ApiKeyMalformed { .. } => USAGE,
     }
 }
 

@@ -258,6 +258,14 @@ fn api_key_comes_from_the_key_file_trimmed() {
         Some("sk-test-123")
     );
 
+    // A second line (a note, an old key): refused naming the file and the line, never
+    // quoting either; the start refused it while building the client, naming neither.
+    std::fs::write(&key, "\nsk-test-123\nold: sk-test-000\n").unwrap();
+    let err = config::load_api_key(&cfg.api).unwrap_err();
+    assert_eq!(err.code(), "api-key-malformed");
+    assert!(err.to_string().contains("line 3"), "{err}");
+    assert!(!err.to_string().contains("sk-test"), "{err}");
+
     std::fs::write(&key, "  \n").unwrap();
     let err = config::load_api_key(&cfg.api).unwrap_err();
     assert_eq!(err.code(), "api-key-empty");
