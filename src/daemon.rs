@@ -639,7 +639,7 @@ async fn start_webhooks(
     let unknown = counters.clone();
     tokio::spawn(async move {
         while let Some(update) = rx.recv().await {
-            if dispatch_to.deliver(update) == pipeline::dispatch::Delivery::Kept {
+            if dispatch_to.deliver(update).await == pipeline::dispatch::Delivery::Kept {
                 // Nobody waits for this task (yet): counted; it is kept a while in case its
                 // submit answer is still being recorded.
                 unknown.count_unknown_task();

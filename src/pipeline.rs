@@ -576,8 +576,10 @@ impl Handle {
     }
 
     /// Hands a verified webhook update to the task waiting for it (see [`dispatch`]).
-    pub fn deliver(&self, update: crate::claid::wire::TaskUpdate) -> dispatch::Delivery {
-        self.shared.dispatch.deliver(update)
+    /// A task the store says a job took is never adopted by another job
+    /// ([`dispatch::Dispatch::deliver_owned`]).
+    pub async fn deliver(&self, update: crate::claid::wire::TaskUpdate) -> dispatch::Delivery {
+        deliver_checked(&self.shared, update).await
     }
 
     pub fn dispatch_stats(&self) -> dispatch::DispatchStats {
@@ -971,9 +973,10 @@ impl Handle {
         let mut taken = 0usize;
         let n = kept.len();
         for (key, body) in kept {
-            let delivery = TaskUpdate::parse(&body)
-                .ok()
-                .map(|update| self.shared.dispatch.deliver(update));
+            let delivery = match TaskUpdate::parse(&body) {
+                Ok(update) => Some(deliver_checked(&self.shared, update).await),
+                Err(_) => None,
+            };
             if delivery != Some(dispatch::Delivery::Kept) {
                 store.forget_announcement(&key).await?;
                 taken += usize::from(delivery.is_some());
@@ -1157,7 +1160,7 @@ async fn adopt_or_give_up(
                     TaskUpdate::Async(task) => (task.id, task.result_url.clone()),
                     TaskUpdate::Batch(batch) => (batch.id, batch.result_url.clone()),
                 };
-                match store.adopt_task(id, task_id, &result_url).await {
+                match store.adopt_task(id, update.task(), &result_url).await {
                     Ok(_) => {
                         info!(
                             job_id = id,
@@ -1448,4 +1451,15 @@ async fn see_batch_through(
     submitter
         .resume_batch(batch_id, result_url, crate::store::now_ms(), members)
         .await
+}
+
+/// Hands a verified webhook update to the dispatch: as one any job may adopt, or, when the
+/// store says a job took its task already, as that job's only ([`dispatch::Dispatch::deliver_owned`]).
+/// A store that cannot be read is taken as saying so (an adoption missed is polled for; one
+/// made wrongly hides a second bill).
+async fn deliver_checked(shared: &Shared, update: TaskUpdate) -> dispatch::Delivery {
+    match shared.store.task_owner(update.task()).await {
+        Ok(None) => shared.dispatch.deliver(update),
+        Ok(Some(_)) | Err(_) => shared.dispatch.deliver_owned(update),
+    }
 }

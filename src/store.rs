@@ -43,6 +43,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::claid::wire::TaskRef;
+
 use crate::codes::{FailureCode, StateName};
 pub use crate::store::counts::CountsSnapshot;
 pub use crate::store::records::{
@@ -94,6 +96,12 @@ pub enum StoreError {
         crate::text::Escaped::path(path)
     )]
     Damaged { path: PathBuf, why: String },
+    /// Claid named a task (or batch) another job took before: never taken by a second job
+    /// (it would hide a second bill and deliver one image twice).
+    #[error(
+        "Claid named task {task}, which job {owner} took before; a task is never taken by two jobs"
+    )]
+    TaskTaken { task: u64, owner: JobId },
     /// A read-only command could not take its private copy of the store ([`snapshot`]).
     #[error(
         "cannot copy the state database for reading (at {}): {}",
@@ -124,6 +132,7 @@ impl StoreError {
             StoreError::JobNotFound(_) | StoreError::ManifestNotFound(_) => "store-not-found",
             StoreError::Corrupt { .. } | StoreError::Damaged { .. } => "store-corrupt",
             StoreError::Snapshot { .. } => "store-snapshot",
+            StoreError::TaskTaken { .. } => "store-task-taken",
         }
     }
 }
@@ -475,11 +484,7 @@ impl Store {
 
     /// Keeps the verified body of task `task_id`'s final announcement, which nobody waited
     /// for when it came; durable when this returns (the webhook is answered after it).
-    pub async fn keep_announcement(
-        &self,
-        task: crate::claid::wire::TaskRef,
-        body: &[u8],
-    ) -> Result<(), StoreError> {
+    pub async fn keep_announcement(&self, task: TaskRef, body: &[u8]) -> Result<(), StoreError> {
         self.trees.keep_announcement(task, now_ms(), body)?;
         self.flush().await
     }
@@ -738,6 +743,24 @@ impl Store {
         Ok(job)
     }
 
+    /// Notes `job` as the owner of `task` ([`trees::TREE_TASKS`]); `TaskTaken` when another
+    /// job took it before.
+    fn take_task(&self, task: TaskRef, job: JobId) -> Result<(), StoreError> {
+        match self.trees.take_task(task, job)? {
+            Some(owner) => Err(StoreError::TaskTaken {
+                task: task.id(),
+                owner,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The job that took `task` first, if one did (a webhook for a task a job took is never
+    /// adopted by another).
+    pub async fn task_owner(&self, task: TaskRef) -> Result<Option<JobId>, StoreError> {
+        self.trees.task_owner(task)
+    }
+
     /// Submitting → Submitted. Durability point 2: returns once on disk.
     pub async fn mark_submitted(
         &self,
@@ -746,6 +769,7 @@ impl Store {
         result_url: &str,
         request_id: Option<&str>,
     ) -> Result<JobV1, StoreError> {
+        self.take_task(TaskRef::Async(task_id), id)?;
         let now = now_ms();
         let result_url = result_url.to_owned();
         let request_id = request_id.map(str::to_owned);
@@ -971,9 +995,11 @@ impl Store {
     pub async fn adopt_task(
         &self,
         id: JobId,
-        task_id: u64,
+        task: TaskRef,
         result_url: &str,
     ) -> Result<JobV1, StoreError> {
+        self.take_task(task, id)?;
+        let task_id = task.id();
         let now = now_ms();
         let result_url = result_url.to_owned();
         let job = self
@@ -1076,6 +1102,24 @@ impl Store {
         result_url: &str,
         batch: bool,
     ) -> Result<Vec<JobId>, StoreError> {
+        let task = if batch {
+            TaskRef::Batch(task_id)
+        } else {
+            TaskRef::Async(task_id)
+        };
+        // Jobs that failed as task-timeout on this very task took it already; others take it
+        // now, unless a job not among them did.
+        if !ids.is_empty()
+            && let Some(owner) = self.trees.task_owner(task)?
+            && !ids.contains(&owner)
+        {
+            return Err(StoreError::TaskTaken {
+                task: task_id,
+                owner,
+            });
+        } else if let Some(first) = ids.first() {
+            self.take_task(task, *first)?;
+        }
         let now = now_ms();
         let mut adopted = Vec::with_capacity(ids.len());
         for id in ids {
@@ -1118,6 +1162,9 @@ impl Store {
         result_url: &str,
         request_id: Option<&str>,
     ) -> Result<(), StoreError> {
+        if let Some(first) = ids.first() {
+            self.take_task(TaskRef::Batch(batch_id), *first)?;
+        }
         let now = now_ms();
         for id in ids {
             let result_url = result_url.to_owned();

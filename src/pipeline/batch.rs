@@ -695,6 +695,23 @@ impl BatchRunner {
                         )
                         .await
                     {
+                        if let crate::store::StoreError::TaskTaken { .. } = err {
+                            // An answer naming a batch other jobs took: whatever batch this
+                            // submit made is unknown.
+                            error!(error = %err, batch_id = accepted.batch_id, "Claid's answer names a batch other jobs took; its images are held in doubt (`replay --in-doubt` sends them again)");
+                            for m in members {
+                                let held = deps.store.mark_in_doubt(m.id).await.is_ok();
+                                self.report(
+                                    m.manifest,
+                                    if held {
+                                        JobOutcome::Held
+                                    } else {
+                                        JobOutcome::Parked
+                                    },
+                                );
+                            }
+                            return Sent::Ended;
+                        }
                         error!(error = %err, batch_id = accepted.batch_id, "Cannot record the batch id; its jobs are in doubt");
                         return Sent::Ended;
                     }

@@ -105,6 +105,9 @@ struct Inner {
     waiting: HashMap<TaskRef, Arc<Slot>>,
     /// Final updates that came before anyone waited, with their arrival.
     early: HashMap<TaskRef, (Instant, TaskUpdate)>,
+    /// The same for tasks a job took already ([`Dispatch::deliver_owned`]): only that job's
+    /// own wait takes them, never an adoption.
+    owned_early: HashMap<TaskRef, (Instant, TaskUpdate)>,
     /// Updates that only named a task (not final) nobody waited for: a submit whose answer is
     /// then lost adopts its task from one (the webhook can come before the answer is given up).
     named: HashMap<TaskRef, (Instant, TaskUpdate)>,
@@ -348,6 +351,57 @@ impl Dispatch {
         Delivery::Kept
     }
 
+    /// [`Dispatch::deliver`] for a task the store says a job took: handed to whoever waits
+    /// for it (or to jobs that failed as task-timeout on it), else kept for that job's own
+    /// wait, but never adopted by a job whose submit answer was lost or that is held in doubt,
+    /// even when its echoed request is theirs (a webhook of an earlier run played again
+    /// would hide a second bill and deliver one image twice).
+    pub fn deliver_owned(&self, update: TaskUpdate) -> Delivery {
+        let delivery = self.deliver_owned_to(update);
+        if delivery == Delivery::Handed {
+            self.heard_now();
+        }
+        delivery
+    }
+
+    fn deliver_owned_to(&self, update: TaskUpdate) -> Delivery {
+        let id = update.task();
+        let mut inner = self.lock();
+        if !update.status().is_terminal() {
+            inner.stats.not_final += 1;
+            return Delivery::NotFinal;
+        }
+        inner.named.remove(&id);
+        if inner.done.contains_key(&id) {
+            inner.stats.duplicates += 1;
+            return Delivery::Duplicate;
+        }
+        if let Some(slot) = inner.waiting.get(&id).cloned() {
+            inner.mark_done(id);
+            return if slot.put(update) {
+                inner.stats.handed += 1;
+                Delivery::Handed
+            } else {
+                inner.stats.duplicates += 1;
+                Delivery::Duplicate
+            };
+        }
+        if let Some(owners) = inner.timed_out.remove(&id) {
+            inner.mark_done(id);
+            inner.stats.adopted += 1;
+            inner.held_adoptions.push((update, owners));
+            drop(inner);
+            self.held_adopted.notify_waiters();
+            return Delivery::Adopted;
+        }
+        inner.prune_early();
+        if inner.owned_early.len() < MAX_EARLY {
+            inner.owned_early.insert(id, (Instant::now(), update));
+        }
+        inner.stats.kept += 1;
+        Delivery::Kept
+    }
+
     /// Keeps an update for the task that will wait for it (an adopted task's result, which
     /// the adopting job polls for next).
     pub fn keep(&self, update: TaskUpdate) {
@@ -369,7 +423,11 @@ impl Dispatch {
         let slot = Arc::new(Slot::default());
         let mut inner = self.lock();
         inner.named.remove(&id);
-        if let Some((_, update)) = inner.early.remove(&id) {
+        if let Some((_, update)) = inner
+            .early
+            .remove(&id)
+            .or_else(|| inner.owned_early.remove(&id))
+        {
             inner.mark_done(id);
             slot.put(update);
         }
@@ -704,6 +762,7 @@ impl Inner {
     fn prune_early(&mut self) {
         let cutoff = Instant::now() - EARLY_TTL;
         self.early.retain(|_, (at, _)| *at > cutoff);
+        self.owned_early.retain(|_, (at, _)| *at > cutoff);
         self.named.retain(|_, (at, _)| *at > cutoff);
     }
 }
@@ -854,6 +913,40 @@ mod tests {
             "request": request, "errors": [], "result": {}
         });
         TaskUpdate::parse(body.to_string().as_bytes()).expect("parses")
+    }
+
+    /// A task a job took (an earlier run's webhook played again) is never adopted by a lost
+    /// submit or a held job whose request it echoes: kept for its own job's wait only.
+    #[tokio::test]
+    async fn a_task_a_job_took_is_never_adopted_by_another() {
+        let dispatch = Arc::new(Dispatch::default());
+        let req = serde_json::json!({"input": "https://x/a.jpg", "operations": {}});
+        let lost = dispatch.lost_submit(&req, 1).expect("a key");
+        dispatch.hold(vec![HeldJob {
+            owner: (1, 2),
+            alone: request_key(&req),
+            in_batch: None,
+        }]);
+        assert_eq!(
+            dispatch.deliver_owned(update(7, "DONE", req.clone())),
+            Delivery::Kept
+        );
+        assert!(
+            lost.wait(Duration::from_millis(1)).await.is_none(),
+            "not adopted"
+        );
+        assert!(dispatch.take_held_adoptions().is_empty(), "not adopted");
+        // Nor by a lost submit registered afterwards.
+        drop(lost);
+        let later = dispatch.lost_submit(&req, 1).expect("a key");
+        assert!(later.wait(Duration::from_millis(1)).await.is_none());
+        // Its own job's wait takes it.
+        let watch = dispatch.watch(TaskRef::Async(7));
+        assert_eq!(
+            watch.wait(Duration::from_millis(1)).await.map(|u| u.id()),
+            Some(7)
+        );
+        assert_eq!(dispatch.stats().adopted, 0);
     }
 
     #[tokio::test]

@@ -587,6 +587,15 @@ impl Runner {
                         .mark_submitted(id, task_id, &result_url, request_id.as_deref())
                         .await;
                     if let Err(err) = recorded {
+                        if let StoreError::TaskTaken { .. } = err {
+                            // An answer naming another job's task (a cache or a proxy mixing
+                            // answers up): whatever task this submit made is unknown.
+                            error!(error = %err, task_id, "Claid's answer names a task another job took; this job is held in doubt (`replay --in-doubt` sends it again)");
+                            return match deps.store.mark_in_doubt(id).await {
+                                Ok(_) => Step::End(JobOutcome::Held),
+                                Err(_) => Step::End(JobOutcome::Parked),
+                            };
+                        }
                         // The task exists but is not recorded: the job stays Submitting, which the
                         // next start treats as in doubt. Stop here rather than guess.
                         error!(error = %err, task_id, "Cannot record the task id; the job is in doubt");
@@ -659,7 +668,9 @@ impl Runner {
                             TaskUpdate::Async(task) => (task.id, task.result_url.clone()),
                             TaskUpdate::Batch(batch) => (batch.id, batch.result_url.clone()),
                         };
-                        if let Err(err) = deps.store.adopt_task(id, task_id, &result_url).await {
+                        if let Err(err) =
+                            deps.store.adopt_task(id, update.task(), &result_url).await
+                        {
                             error!(error = %err, task_id, "Cannot record the adopted task; the job is in doubt");
                             return Step::End(JobOutcome::Parked);
                         }

@@ -42,6 +42,11 @@ pub const TREE_ANNOUNCED: &str = "announced";
 /// failed as `task-timeout` on that task (or batch), so that Claid's late announcement of it
 /// is still taken after a restart instead of being paid for again by `replay`.
 pub const TREE_TIMED_OUT: &str = "timed_out";
+/// Task id (`b` after it for a batch, as in `announced`) → the first job that took it: a
+/// task recorded on one job is never taken by another (a webhook of an earlier run played
+/// again adopting a job in doubt; an answer naming a task another job has), which would hide
+/// a second bill and deliver one image twice.
+pub const TREE_TASKS: &str = "tasks";
 /// sled page-cache budget, in bytes of stored data (sled's own memory is a few times more).
 /// The default (1 GiB) let a 100,000-job table sit in memory whole; the daemon reads a job
 /// only when it steps it, in about the order the jobs were registered, so a small cache costs
@@ -94,6 +99,7 @@ pub struct Trees {
     registering: Tree,
     announced: Tree,
     timed_out: Tree,
+    tasks: Tree,
     /// Where the database lives, for error messages.
     pub path: PathBuf,
     /// Claid connector name → the bucket place it writes to (`s3://bucket/prefix`): a storage
@@ -180,6 +186,7 @@ impl Trees {
             registering: db.open_tree(TREE_REGISTERING)?,
             announced: db.open_tree(TREE_ANNOUNCED)?,
             timed_out: db.open_tree(TREE_TIMED_OUT)?,
+            tasks: db.open_tree(TREE_TASKS)?,
             path,
             db,
             object_places: Arc::default(),
@@ -893,6 +900,31 @@ impl Trees {
 
     /// Forgets that job `job` failed as `task-timeout` on task `task_id` (it took the task's
     /// result, or was made again).
+    /// The job that took `task` first, if any took it.
+    pub fn task_owner(&self, task: TaskRef) -> Result<Option<JobId>, StoreError> {
+        Ok(self
+            .tasks
+            .get(announcement_key(task))?
+            .and_then(|v| read_id(&v)))
+    }
+
+    /// Notes `job` as the owner of `task` unless one is noted; returns the owner noted before
+    /// when it is another job.
+    pub fn take_task(&self, task: TaskRef, job: JobId) -> Result<Option<JobId>, StoreError> {
+        let key = announcement_key(task);
+        match self
+            .tasks
+            .compare_and_swap(&key, None::<&[u8]>, Some(&id_key(job)))?
+        {
+            Ok(()) => Ok(None),
+            Err(current) => Ok(current
+                .current
+                .as_deref()
+                .and_then(read_id)
+                .filter(|owner| *owner != job)),
+        }
+    }
+
     pub fn forget_timed_out(&self, task_id: u64, job: JobId) -> Result<(), StoreError> {
         self.timed_out.remove(pair_key(task_id, job))?;
         Ok(())

@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use claid_hotfolder::claid::wire::TaskRef;
 use claid_hotfolder::codes::FailureCode;
 use claid_hotfolder::store::records::{
     JobRecord, JobState, JobV1, ManifestRecord, ManifestState, ManifestV1,
@@ -141,8 +142,9 @@ async fn put_in_state(store: &Store, id: JobId, state: &str) {
         match *step {
             "submitting" => drop(store.mark_submitting(id).await.expect("submitting")),
             "submitted" => drop(
+                // Each job its own task: a task one job took is never another's.
                 store
-                    .mark_submitted(id, 7, "http://x/7", Some("r1"))
+                    .mark_submitted(id, 7000 + id, "http://x/7", Some("r1"))
                     .await
                     .expect("submitted"),
             ),
@@ -291,6 +293,54 @@ async fn every_transition_is_checked() {
     }
 }
 
+/// A task (or batch) one job took is never taken by another: Claid's answer naming it for a
+/// second submit (a cache mixing answers up), or a webhook of it played again adopting a job
+/// held in doubt, is refused as `TaskTaken`; the same job may record it again.
+#[tokio::test]
+async fn a_task_one_job_took_is_never_taken_by_another() {
+    let (_dir, store) = open_tmp();
+    let (_, ids) = register(
+        &store,
+        manifest("m.yaml"),
+        vec![job(0, "a"), job(1, "b"), job(2, "c")],
+    )
+    .await;
+    for id in &ids {
+        store.mark_submitting(*id).await.expect("submitting");
+    }
+    store
+        .mark_submitted(ids[0], 100, "http://x/100", None)
+        .await
+        .expect("first");
+    let err = store
+        .mark_submitted(ids[1], 100, "http://x/100", None)
+        .await
+        .expect_err("second");
+    assert!(
+        matches!(err, StoreError::TaskTaken { task: 100, owner } if owner == ids[0]),
+        "{err}"
+    );
+    assert!(matches!(
+        get(&store, ids[1]).await.state,
+        JobState::Submitting { .. }
+    ));
+    store.mark_in_doubt(ids[1]).await.expect("held");
+    let err = store
+        .adopt_waiting(&[ids[1]], 100, "http://x/100", false)
+        .await
+        .expect_err("adoption");
+    assert!(matches!(err, StoreError::TaskTaken { .. }), "{err}");
+    // A batch with the same number is another task.
+    store
+        .mark_batch_submitted(&[ids[2]], 100, "http://x/b/100", None)
+        .await
+        .expect("a batch 100 is not task 100");
+    assert_eq!(
+        store.task_owner(TaskRef::Batch(100)).await.expect("read"),
+        Some(ids[2])
+    );
+}
+
 #[tokio::test]
 async fn unknown_job_is_not_found() {
     let (_dir, store) = open_tmp();
@@ -423,7 +473,7 @@ async fn reopen_sees_every_flushed_change() {
             ref result_url,
             ..
         } => {
-            assert_eq!((task_id, result_url.as_str()), (7, "http://x/7"));
+            assert_eq!((task_id, result_url.as_str()), (7000 + ids[1], "http://x/7"));
         }
         other => panic!("{other:?}"),
     }
