@@ -112,7 +112,9 @@ struct Inner {
     /// then lost adopts its task from one (the webhook can come before the answer is given up).
     named: HashMap<TaskRef, (Instant, TaskUpdate)>,
     /// Jobs (or batches) whose submit answer was lost, by the request they sent.
-    lost: HashMap<String, Arc<Slot>>,
+    /// Several jobs may have sent the same request (the same image and edit in two
+    /// manifests): each announcement goes to the one that waited longest.
+    lost: HashMap<String, Vec<Arc<Slot>>>,
     /// Ids that already got their final update (bounded like `early`), to tell duplicates.
     done: HashMap<TaskRef, Instant>,
     /// Jobs a crash caught mid-submit that may have gone in a batch: by the batch body they
@@ -238,12 +240,11 @@ impl LostSubmit {
 impl Drop for LostSubmit {
     fn drop(&mut self) {
         let mut inner = self.dispatch.lock();
-        if inner
-            .lost
-            .get(&self.key)
-            .is_some_and(|slot| Arc::ptr_eq(slot, &self.slot))
-        {
-            inner.lost.remove(&self.key);
+        if let Some(slots) = inner.lost.get_mut(&self.key) {
+            slots.retain(|slot| !Arc::ptr_eq(slot, &self.slot));
+            if slots.is_empty() {
+                inner.lost.remove(&self.key);
+            }
         }
     }
 }
@@ -285,7 +286,7 @@ impl Dispatch {
             let free = !inner.waiting.contains_key(&id) && !inner.done.contains_key(&id);
             if free
                 && let Some(key) = echoed_key(&inner.lost, update.request())
-                && let Some(slot) = inner.lost.remove(&key)
+                && let Some(slot) = inner.take_lost(&key)
             {
                 slot.put(update);
                 inner.stats.adopted += 1;
@@ -315,7 +316,7 @@ impl Dispatch {
             };
         }
         if let Some(key) = echoed_key(&inner.lost, update.request())
-            && let Some(slot) = inner.lost.remove(&key)
+            && let Some(slot) = inner.take_lost(&key)
         {
             inner.mark_done(id);
             slot.put(update);
@@ -477,7 +478,11 @@ impl Dispatch {
                     slot.put(update);
                 }
                 None => {
-                    inner.lost.insert(key.clone(), slot.clone());
+                    inner
+                        .lost
+                        .entry(key.clone())
+                        .or_default()
+                        .push(slot.clone());
                 }
             },
         }
@@ -681,6 +686,16 @@ impl Dispatch {
 }
 
 impl Inner {
+    /// The lost submit with request `key` that waited longest, taken out.
+    fn take_lost(&mut self, key: &str) -> Option<Arc<Slot>> {
+        let slots = self.lost.get_mut(key)?;
+        let slot = (!slots.is_empty()).then(|| slots.remove(0));
+        if slots.is_empty() {
+            self.lost.remove(key);
+        }
+        slot
+    }
+
     /// Updates kept early (nobody waited for their ids) that `take` gives owners to: taken
     /// out of `early` and queued in `adoptions` with them. Whether any was.
     fn adopt_early(
@@ -913,6 +928,25 @@ mod tests {
             "request": request, "errors": [], "result": {}
         });
         TaskUpdate::parse(body.to_string().as_bytes()).expect("parses")
+    }
+
+    /// Two jobs whose lost submits sent the same request (one image and edit in two manifests)
+    /// each adopt one of the two announced tasks; the second waited its whole wait and was
+    /// held, since the first one's registration took its place.
+    #[tokio::test]
+    async fn two_lost_submits_of_one_request_each_adopt_a_task() {
+        let dispatch = Arc::new(Dispatch::default());
+        let req = serde_json::json!({"input": "https://x/a.jpg", "operations": {}});
+        let first = dispatch.lost_submit(&req, 1).expect("a key");
+        let second = dispatch.lost_submit(&req, 1).expect("a key");
+        assert_eq!(
+            dispatch.deliver(update(5, "DONE", req.clone())),
+            Delivery::Adopted
+        );
+        assert_eq!(dispatch.deliver(update(6, "DONE", req)), Delivery::Adopted);
+        let wait = Duration::from_millis(1);
+        assert_eq!(first.wait(wait).await.map(|u| u.id()), Some(5));
+        assert_eq!(second.wait(wait).await.map(|u| u.id()), Some(6));
     }
 
     /// A task a job took (an earlier run's webhook played again) is never adopted by a lost

@@ -473,7 +473,10 @@ async fn reopen_sees_every_flushed_change() {
             ref result_url,
             ..
         } => {
-            assert_eq!((task_id, result_url.as_str()), (7000 + ids[1], "http://x/7"));
+            assert_eq!(
+                (task_id, result_url.as_str()),
+                (7000 + ids[1], "http://x/7")
+            );
         }
         other => panic!("{other:?}"),
     }
