@@ -124,8 +124,16 @@ pub enum FatalError {
     Alerts(#[from] alerts::AlertError),
     #[error(transparent)]
     Webhook(#[from] webhook::WebhookError),
-    #[error(transparent)]
-    Storage(#[from] crate::storages::StorageError),
+    /// With what to do about it, as `validate` says it.
+    /// (Not a `source`: the message holds it already.)
+    #[error("{}{}", .0, .0.hint().map(|hint| format!("; {hint}")).unwrap_or_default())]
+    Storage(crate::storages::StorageError),
+}
+
+impl From<crate::storages::StorageError> for FatalError {
+    fn from(err: crate::storages::StorageError) -> FatalError {
+        FatalError::Storage(err)
+    }
 }
 
 /// What to do about a folder the daemon cannot use, after why.

@@ -130,7 +130,11 @@ impl StorageError {
                 | ObjectError::UnsafeKey { .. }
                 | ObjectError::Url { .. }
                 | ObjectError::Setup { .. } => exit::USAGE,
-                ObjectError::Request { cause, .. } if looks_like_no_bucket(cause) => exit::USAGE,
+                ObjectError::Request { cause, .. }
+                    if looks_like_no_bucket(cause) || looks_like_wrong_region(cause) =>
+                {
+                    exit::USAGE
+                }
                 _ => exit::UNAVAILABLE,
             },
         }
@@ -140,6 +144,7 @@ impl StorageError {
     pub fn hint(&self) -> Option<String> {
         match self {
             StorageError::Bucket { cause, .. } => Some(match cause.as_ref() {
+                ObjectError::Request { cause, .. } if looks_like_wrong_region(cause) => "S3 says the bucket is in another region than the storage's `region` (its answer names the right one): set `region` to it (or correct the `endpoint`)".to_owned(),
                 ObjectError::Denied { .. } => "S3 refused the daemon's keys: check `access_key_id` and `secret_access_key` in the storage's credentials file (or the AWS_* variables), and that they may list, read, write and delete under the prefix".to_owned(),
                 _ if self.exit_code() == exit::USAGE => "check the bucket name and the `endpoint` of the storage".to_owned(),
                 _ => "check that the S3 endpoint is reachable from this machine".to_owned(),
@@ -152,6 +157,22 @@ impl StorageError {
             _ => None,
         }
     }
+}
+
+/// S3's answers to a request signed for another region than the bucket's (a wrong `region`):
+/// `AuthorizationHeaderMalformed` ("the region 'us-east-1' is wrong; expecting
+/// 'eu-central-1'"), a `301 PermanentRedirect` to the bucket's own endpoint, which object_store
+/// reports as a redirect without a location. No retry heals them.
+fn looks_like_wrong_region(cause: &str) -> bool {
+    [
+        "AuthorizationHeaderMalformed",
+        "PermanentRedirect",
+        "IllegalLocationConstraint",
+        "incorrectly configured region",
+        "301 Moved Permanently",
+    ]
+    .iter()
+    .any(|sign| cause.contains(sign))
 }
 
 /// S3 answers a listing of a bucket that does not exist with `NoSuchBucket`.

@@ -294,6 +294,40 @@ async fn validate_and_the_start_check_the_connector_and_the_bucket_with_the_righ
     s3.stop().await;
 }
 
+/// A storage whose `region` is not its bucket's: S3 answers `AuthorizationHeaderMalformed`
+/// (or a 301 redirect), which no retry heals. `validate` and the start say 64 and name
+/// `region` as the fix; it was 69 "check that the S3 endpoint is reachable", and the start
+/// retried it as an outage until `api.unreachable_timeout`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_region_is_a_config_error_naming_region_not_an_outage() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    s3.create_bucket("catalog").await;
+    let env = TestEnv::new(quick().storage(s3.connector("catalog-s3", "catalog", "raw"))).await;
+    let keys = credentials_file(env.dir.path());
+    let switch = Switch::start(&s3.endpoint).await;
+    switch
+        .answer("400 Bad Request", "AuthorizationHeaderMalformed")
+        .await;
+    let config = env.config(
+        "unreachable_timeout: 60s",
+        &storages_yaml("catalog-s3", "s3://catalog/raw", &switch.endpoint(), &keys),
+    );
+    let (code, stdout, stderr) = cli(&["validate", config.to_str().expect("utf-8")]).await;
+    assert_eq!(code, 64, "{stdout}{stderr}");
+    assert!(stdout.contains("`region`"), "{stdout}");
+    let started = std::time::Instant::now();
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 64, "{stderr}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(50),
+        "refused at once, not retried until api.unreachable_timeout"
+    );
+    assert!(stderr.contains("`region`"), "{stderr}");
+    s3.stop().await;
+}
+
 /// A moto bucket `catalog` with a connector `catalog-s3` on prefix `raw`, an emulator serving
 /// it, a config whose storage `catalog` (with `extra` keys) points at it, and `n` inputs
 /// `raw/in/sku-N.png` in the bucket.
