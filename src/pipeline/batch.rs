@@ -922,6 +922,20 @@ impl BatchRunner {
                     _ = deps.cancel.cancelled() => return None,
                 };
                 match update {
+                    // A webhook for this batch id echoing other inputs than its images' is
+                    // no result of it (a replayed or forged delivery): polled instead.
+                    Some(TaskUpdate::Batch(batch))
+                        if super::dispatch::echoes_other_inputs(
+                            &batch.request,
+                            &members.iter().map(|m| input_of(&m.job)).collect::<Vec<_>>(),
+                        ) =>
+                    {
+                        warn!(
+                            batch_id,
+                            "A webhook for this batch echoes other inputs than its images'; it is not taken, the batch is polled"
+                        );
+                        slim = true;
+                    }
                     // An announcement that the batch ended without its results: they are
                     // polled now (failing its images would lose what Claid made and billed).
                     // (So is one that is not final: the batch named while it runs.)

@@ -859,6 +859,20 @@ fn echoed_key<V>(registered: &HashMap<String, V>, echo: &serde_json::Value) -> O
     }
 }
 
+/// Whether an announcement's echoed request names other inputs than the ones its task was
+/// sent with (`inputs`): a webhook for this task id carrying another request (a replayed or
+/// forged delivery, a proxy mixing them up) is no result of this task. An echo without an
+/// `input` says nothing and is not held against it.
+pub fn echoes_other_inputs(echo: &serde_json::Value, inputs: &[&str]) -> bool {
+    match echo.get("input") {
+        Some(serde_json::Value::String(input)) => !inputs.contains(&input.as_str()),
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .any(|item| item.as_str().is_none_or(|input| !inputs.contains(&input))),
+        _ => false,
+    }
+}
+
 /// Whether `echo` is the request `sent` (with whole numbers as integers): the same, or (Claid may echo the
 /// request as its model holds it, with `null` for every field not sent) one that holds every
 /// field sent with the same value and only `null` besides. An echo with any other field
@@ -928,6 +942,29 @@ mod tests {
             "request": request, "errors": [], "result": {}
         });
         TaskUpdate::parse(body.to_string().as_bytes()).expect("parses")
+    }
+
+    /// An announcement echoing another input than its task was sent with is told apart; an
+    /// echo without an input, or a folder input, is not held against it.
+    #[test]
+    fn an_echo_of_other_inputs_is_told_apart() {
+        let ours = ["https://x/a.jpg", "https://x/b.jpg"];
+        let echo = |input: serde_json::Value| serde_json::json!({"input": input});
+        assert!(!echoes_other_inputs(&echo("https://x/a.jpg".into()), &ours));
+        assert!(echoes_other_inputs(&echo("https://x/c.jpg".into()), &ours));
+        assert!(!echoes_other_inputs(
+            &echo(serde_json::json!(["https://x/b.jpg", "https://x/a.jpg"])),
+            &ours
+        ));
+        assert!(echoes_other_inputs(
+            &echo(serde_json::json!(["https://x/a.jpg", "https://x/c.jpg"])),
+            &ours
+        ));
+        assert!(!echoes_other_inputs(&serde_json::json!({}), &ours));
+        assert!(!echoes_other_inputs(
+            &echo(serde_json::json!({"source": "storage://s/in/"})),
+            &ours
+        ));
     }
 
     /// Two jobs whose lost submits sent the same request (one image and edit in two manifests)

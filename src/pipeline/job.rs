@@ -923,6 +923,16 @@ impl Runner {
             // (A batch-shaped announcement for this single task is no result either.)
             // Nor is one that is not final (a task named while it runs): handed to a watch, it
             // would come back on every wait.
+            if let Some(TaskUpdate::Async(task)) = &announced
+                && super::dispatch::echoes_other_inputs(&task.request, &[input_of(job)])
+            {
+                warn!(
+                    task_id,
+                    "A webhook for this task echoes another input than the one sent; it is not taken, the task is polled"
+                );
+                announced = None;
+                watch = None;
+            }
             if announced.as_ref().is_some_and(|update| match update {
                 TaskUpdate::Async(task) => task.lacks_result(),
                 TaskUpdate::Batch(_) => true,
@@ -1341,15 +1351,20 @@ impl Runner {
                 .await;
         };
         let Some(storage) = deps.storages.by_connector(connector) else {
-            return self
-                .fail(
-                    id,
-                    FailureCode::StorageUnreachable,
-                    &format!(
-                        "no storage of the config has the connector \"{connector}\" (was `storages` changed?)"
-                    ),
-                )
-                .await;
+            // A storage taken out of the config while Claid wrote its objects: failing the
+            // job would have a replay or a second drop bill the written object again. It
+            // waits, named as a failing storage (`/healthz`; `run --once` ends 69 at
+            // `api.unreachable_timeout`), for the entry to be put back and the daemon
+            // restarted.
+            let why = format!(
+                "no storage of the config has the connector \"{}\", which Claid wrote this job's output to: put its `storages` entry back and restart the daemon (the object is then checked, not made again)",
+                crate::text::Escaped::str(connector)
+            );
+            if deps.health.storage_failed(connector, why.clone()) {
+                error!(object = %crate::text::Escaped::str(&uri), "{why}");
+            }
+            deps.cancel.cancelled().await;
+            return Step::End(JobOutcome::Parked);
         };
         let mut n_missing = 0u32;
         let info = loop {

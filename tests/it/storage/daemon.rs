@@ -1473,6 +1473,61 @@ async fn run_once_gives_up_on_a_bucket_away_after_claid_wrote_and_the_next_run_d
     s3.stop().await;
 }
 
+/// A storage taken out of the config (a restart after a kill) while Claid was writing its
+/// objects: the jobs wait for it, named (`run --once` ends 69 at `api.unreachable_timeout`
+/// saying to put the entry back), instead of failing as `storage-unreachable`, which had a
+/// replay or a second drop bill the written objects again. With the entry back, the next run
+/// checks the objects and delivers them without a second submit.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_storage_taken_out_of_the_config_while_claid_writes_holds_its_jobs_not_fails_them() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let scenario = Scenario::default()
+        .latency(Latency::Fixed(std::time::Duration::from_secs(2)))
+        .seed(7);
+    let (env, _) = storage_env(&s3, scenario, "", 2).await;
+    let keys = credentials_file(env.dir.path());
+    let storages = storages_yaml("catalog-s3", "s3://catalog/raw", &s3.endpoint, &keys);
+    let config = env.config("unreachable_timeout: 4s", &storages);
+    env.drop_file(
+        "shoes.yaml",
+        b"output: { format: jpeg, destination: storage://catalog/out/ }\nimages:\n  - storage://catalog/in/sku-0.png\n  - storage://catalog/in/sku-1.png\n",
+    );
+    let (mut once, log_path) = spawn_run_once(&env, &config);
+    let deadline = std::time::Duration::from_secs(60);
+    // Killed once the batch id is recorded (Claid writes the objects meanwhile).
+    crate::support::wait_until("the images are submitted and recorded", deadline, || {
+        std::fs::read_to_string(&log_path).is_ok_and(|log| log.contains("Batch submitted"))
+    })
+    .await;
+    once.start_kill().expect("kill -9");
+    let _ = once.wait().await;
+    let without = env.config("unreachable_timeout: 4s", "");
+    let (code, stderr) = env.run_once(&without).await;
+    assert_eq!(code, 69, "{stderr}");
+    assert!(!stderr.contains("Job failed"), "nothing failed:\n{stderr}");
+    assert!(
+        stderr.contains("put its `storages` entry back"),
+        "the missing storage is named:\n{stderr}"
+    );
+    // The entry put back (the config file is written again: `env.config` has one path).
+    let config = env.config("unreachable_timeout: 4s", &storages);
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    let report = env.report("shoes");
+    let rows = report["jobs"].as_array().expect("rows");
+    assert!(rows.iter().all(|r| r["status"] == "done"), "{report:#}");
+    let stats = env.stats();
+    assert_eq!(
+        stats.batch_images + stats.submits,
+        2,
+        "each image billed once"
+    );
+    assert_eq!(stats.duplicate_submits, 0);
+    s3.stop().await;
+}
+
 /// The staging bucket goes away after the inputs were staged, before their batches are sent:
 /// the look at each staged object before its submit waits the outage out instead of sending
 /// a batch whose inputs Claid may not read (every image of it failed, billed or not). `run
