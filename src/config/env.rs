@@ -41,9 +41,35 @@ pub fn apply_env(
             node = child;
         }
         if let (Value::Object(map), Some(last)) = (node, parts.last()) {
-            map.insert(last.clone(), value);
+            match map.get_mut(last) {
+                // A mapping over a mapping sets the keys it names and keeps the file's others
+                // (`…__API__POLL='{ min: 2s }'` leaves `give_up_after` as the file has it; it
+                // replaced the whole mapping, and `…__API='{ max_in_flight: 8 }'` dropped the
+                // file's `base_url` for Claid's own).
+                Some(existing @ Value::Object(_)) if value.is_object() => merge(existing, value),
+                _ => {
+                    map.insert(last.clone(), value);
+                }
+            }
         }
         applied.push((parts.join("."), name));
     }
     applied
+}
+
+/// Sets every key of `over` in `base`, recursively for mappings in both.
+fn merge(base: &mut Value, over: Value) {
+    match (base, over) {
+        (Value::Object(base), Value::Object(over)) => {
+            for (key, value) in over {
+                match base.get_mut(&key) {
+                    Some(existing @ Value::Object(_)) if value.is_object() => merge(existing, value),
+                    _ => {
+                        base.insert(key, value);
+                    }
+                }
+            }
+        }
+        (base, over) => *base = over,
+    }
 }

@@ -326,6 +326,24 @@ fn environment_overrides_layer_over_the_file_and_name_their_variable() {
     assert_eq!(cfg.api.poll.min, Duration::from_secs(2));
     assert_eq!(cfg.folders.inbox, PathBuf::from("/srv/in"));
 
+    // A mapping set by a variable sets only the keys it names: the file's others stay (the
+    // file's base_url was dropped for Claid's own, its poll.give_up_after for the default).
+    let file = "api: { base_url: embedded, max_in_flight: 4, poll: { give_up_after: 6h } }\n\
+                folders: { inbox: /i, outbox: /o, archive: /a, rejected: /r, state: /s }\n";
+    let cfg = config::parse_with_env(
+        file,
+        Path::new("/c.yaml"),
+        env(&[
+            ("CLAID_HOTFOLDER__API", "{ max_in_flight: 8 }"),
+            ("CLAID_HOTFOLDER__API__POLL", "{ min: 2s, max: 1m }"),
+        ]),
+    )
+    .expect("valid");
+    assert_eq!(cfg.api.max_in_flight.get(), 8);
+    assert!(matches!(cfg.api.base_url, config::BaseUrl::Embedded));
+    assert_eq!(cfg.api.poll.give_up_after, Duration::from_secs(6 * 3600));
+    assert_eq!(cfg.api.poll.min, Duration::from_secs(2));
+
     let err = config::parse_with_env(
         text,
         Path::new("/c.yaml"),
