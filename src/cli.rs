@@ -1412,12 +1412,30 @@ fn cmd_replay(
         Some(answer) => (from_daemon::<admin::ReplayAnswer>(answer)?, false),
         None => {
             let state = &config.folders.state;
-            if !state.join(crate::store::SCHEMA_DIR).join("db").exists() {
-                println!(
-                    "Nothing to replay: there is no store yet in {}.",
-                    state.display()
-                );
-                return Ok(exit::OK);
+            // `exists` says false for a file it may not look at: a state folder this user
+            // may not enter was taken for no store ("nothing to replay", 0) by a user newly
+            // in the service's group; `try_exists` tells the refusal apart (77 with the hint).
+            match state.join(crate::store::SCHEMA_DIR).join("db").try_exists() {
+                Ok(true) => {}
+                Ok(false) => {
+                    println!(
+                        "Nothing to replay: there is no store yet in {}.",
+                        state.display()
+                    );
+                    return Ok(exit::OK);
+                }
+                Err(cause) => {
+                    return Err(exit::Coded::new(
+                        exit::of_io(&cause, exit::Access::Read),
+                        format!(
+                            "cannot look at the store in {}: {}",
+                            state.display(),
+                            OsCause(&cause)
+                        ),
+                    )
+                    .with_hint(access_hint(state, Some("replay")))
+                    .into());
+                }
             }
             // A dry run writes nothing: it reads a private copy, as `jobs` does, so anyone
             // who may read the store may run it (not only its owner).

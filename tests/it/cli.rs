@@ -621,7 +621,15 @@ async fn issue13_a_store_the_user_may_not_read_says_which_group_to_join() {
     }
     let (code, out, err) =
         cli_unprivileged(&["status", "--config", config.to_str().unwrap()]).await;
+    // `replay` took the folder it may not enter for no store: "Nothing to replay", 0.
+    let (replay_code, replay_out, replay_err) =
+        cli_unprivileged(&["replay", "--failed", "--config", config.to_str().unwrap()]).await;
     std::fs::set_permissions(&env.state, std::fs::Permissions::from_mode(0o750)).expect("chmod");
+    assert_eq!(
+        replay_code, 77,
+        "replay: EX_NOPERM: {replay_out}{replay_err}"
+    );
+    assert!(!replay_out.contains("Nothing to replay"), "{replay_out}");
     assert_eq!(code, 77, "EX_NOPERM: {out}{err}");
     assert!(err.contains("EACCES: permission denied"), "{err}");
     assert_eq!(err.matches("error:").count(), 1, "printed once: {err}");
