@@ -650,11 +650,24 @@ impl BatchRunner {
         let ids: Vec<JobId> = members.iter().map(|m| m.id).collect();
         let request = batch_request(members);
         let mut attempts = deps.retry.start(retry::Step::Submit);
+        let mut retry = false;
         loop {
             // A retry waits, like a first submit, while outputs cannot be written (only a
             // shutdown ends the wait: the jobs are then resumed from the store).
             if !deps.health.writable(&deps.cancel).await {
                 return Sent::Ended;
+            }
+            // A retry looks at the staged inputs again, as the first submit did (`run`): one
+            // deleted meanwhile (a lifecycle rule, an operator) is staged again, or the batch
+            // would be billed for images Claid cannot read. One that cannot be staged again
+            // leaves the batch (the others are batched again below).
+            if std::mem::replace(&mut retry, true) {
+                for member in members {
+                    match deps.runner.restage_if_gone(member.id, &member.job).await {
+                        None | Some(JobOutcome::NotRun | JobOutcome::Parked) => {}
+                        Some(outcome) => self.report(member.manifest, outcome),
+                    }
+                }
             }
             match deps.store.mark_batch_submitting(&ids).await {
                 Ok(marked) if marked.len() == ids.len() => {}

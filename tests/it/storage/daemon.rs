@@ -1767,6 +1767,50 @@ async fn a_staged_input_deleted_before_its_submit_is_staged_again() {
     s3.stop().await;
 }
 
+/// Staged inputs deleted while their batch's submit is being retried (the API answering 503):
+/// each retry looks at them again and stages the missing ones again, as the first submit
+/// does; the retried submit was sent unchecked and Claid failed every image ("object not
+/// found"), billed, for a replay to bill again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_staged_input_deleted_while_its_batch_submit_is_retried_is_staged_again() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let (env, _) = storage_env(&s3, Scenario::default().seed(7), "", 0).await;
+    let keys = credentials_file(env.dir.path());
+    let storages = storages_yaml("catalog-s3", "s3://catalog/raw", &s3.endpoint, &keys);
+    let config = env.config("staging: catalog", &storages);
+    let deadline = std::time::Duration::from_secs(60);
+    // A daemon: the start checks the storages with the API up; then the API goes down, and
+    // the drop's batch submit is refused (503) and retried.
+    let mut daemon = env.spawn_daemon(&config, 0);
+    crate::support::wait_until("the storages are checked", deadline, || {
+        env.daemon_log(0).contains("Checked the storages")
+    })
+    .await;
+    env.emulator.control().set_down(true);
+    let before = env.stats().requests;
+    drop_local_manifest(&env, 2, false);
+    crate::support::wait_until_async("staged, and the batch submit refused", deadline, || async {
+        s3.list_keys("catalog", "raw/staging/").await.len() == 2 && env.stats().requests > before
+    })
+    .await;
+    for key in s3.list_keys("catalog", "raw/staging/").await {
+        s3.delete_object("catalog", &key).await;
+    }
+    env.emulator.control().set_down(false);
+    crate::support::wait_until("the drop's report", deadline, || {
+        env.outbox.join("shoes.report.json").is_file()
+    })
+    .await;
+    crate::support::stop(&mut daemon).await;
+    let log = env.daemon_log(0);
+    assert!(log.contains("it is staged again"), "{log}");
+    check_staged_run(&env, 2, 0);
+    assert_eq!(env.stats().storage_errors, 0, "Claid found every input");
+    s3.stop().await;
+}
+
 /// Local files staged for outputs Claid writes into the bucket go in batches too: each is
 /// staged under its output's name (`staging/<sha256>/sku-N.png`), since a batch names its
 /// outputs after its inputs (staged under the content hash alone, every one went alone).
