@@ -27,6 +27,9 @@ use crate::report;
 use crate::store::{JobState, ManifestId, ManifestState, ManifestV1, RunEnd, Store, StoreError};
 use crate::watcher::Candidate;
 
+/// How long staging cleanups are left to later after one failed.
+const STAGING_PAUSE: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+
 /// What the finisher hears.
 #[derive(Debug)]
 pub enum Event {
@@ -125,8 +128,11 @@ pub struct FinisherDeps {
 pub struct Finisher {
     deps: FinisherDeps,
     runs: HashMap<ManifestId, Run>,
-    /// A staging cleanup at start failed: the other marked runs wait for the next start.
-    staging_unwell: bool,
+    /// Until when staging cleanups are left to later: one failed (the bucket refuses, is
+    /// away, or hangs on deletes), so the other runs' cleanups are not each waited for in
+    /// turn, holding up every run's end behind the bucket's timeout. Their marks stay; the
+    /// next run's end after this time, or the next start, cleans up.
+    staging_unwell_until: Option<tokio::time::Instant>,
 }
 
 /// One run the finisher tracks (no per-image data: counts come from the store).
@@ -147,7 +153,7 @@ impl Finisher {
         Finisher {
             deps,
             runs: HashMap::new(),
-            staging_unwell: false,
+            staging_unwell_until: None,
         }
     }
 
@@ -263,13 +269,11 @@ impl Finisher {
             Event::CleanStaged { id } => {
                 // One failed cleanup at start (the bucket refuses or is away) leaves the
                 // others marked for the next start instead of holding up every run now.
-                if !self.staging_unwell {
+                if !self.staging_unwell() {
                     match self.deps.store.staged_of_run(id).await {
                         Ok(staged) => {
                             let staged: Vec<String> = staged.into_iter().collect();
-                            if !self.clean_staged(id, staged).await {
-                                self.staging_unwell = true;
-                            }
+                            self.clean_staged(id, staged).await;
                         }
                         Err(err) => {
                             warn!(error = %err, "Cannot list the run's staged objects; they stay until the next start")
@@ -527,19 +531,25 @@ impl Finisher {
         };
         // A run with staged objects to delete ends marked: a crash between the end and the
         // cleanup leaves the mark, and the next start cleans up.
-        let staged: Vec<String> = match &self.deps.staging {
-            Some(_) => match self.deps.store.staged_of_run(id).await {
-                Ok(staged) => staged.into_iter().collect(),
-                Err(err) => {
-                    warn!(error = %err, "Cannot list the run's staged objects; they stay");
-                    Vec::new()
-                }
-            },
-            None => Vec::new(),
+        // (Looked up with `api.staging` unset too: a run that staged objects before the
+        // setting was removed keeps its mark, so that they are deleted once it is set again;
+        // they were forgotten in the bucket without a word.)
+        let staged: Vec<String> = match self.deps.store.staged_of_run(id).await {
+            Ok(staged) => staged.into_iter().collect(),
+            Err(err) => {
+                warn!(error = %err, "Cannot list the run's staged objects; they stay");
+                Vec::new()
+            }
         };
+        if !staged.is_empty() && self.deps.staging.is_none() {
+            warn!(
+                objects = staged.len(),
+                "This run staged local files in a bucket, but `api.staging` is no longer set: they stay there, marked, and are deleted once it is set again (or delete them by hand)"
+            );
+        }
         match self.deps.store.end_run(id, end, !staged.is_empty()).await {
             Ok(counts) => {
-                if !staged.is_empty() {
+                if !staged.is_empty() && !self.staging_unwell() {
                     self.clean_staged(id, staged).await;
                 }
                 self.deps.notices.send(Notice::ManifestFinished {
@@ -567,7 +577,12 @@ impl Finisher {
     /// Deletes the run's staged objects (`candidates`) that no unfinished job needs
     /// (`api.staging_delete`), then clears the run's cleanup mark; when some could not be
     /// deleted the mark stays and the next start tries again. Returns whether it was complete.
-    async fn clean_staged(&self, id: ManifestId, candidates: Vec<String>) -> bool {
+    fn staging_unwell(&self) -> bool {
+        self.staging_unwell_until
+            .is_some_and(|until| tokio::time::Instant::now() < until)
+    }
+
+    async fn clean_staged(&mut self, id: ManifestId, candidates: Vec<String>) -> bool {
         let Some(staging) = &self.deps.staging else {
             return true;
         };
@@ -584,6 +599,13 @@ impl Finisher {
             debug!(deleted, complete, "Staged objects deleted");
             complete
         };
+        if !complete {
+            warn!(
+                "Some staged objects could not be deleted; this run's and other runs' staging cleanups are left for {} min (their marks stay: a later run's end or the next start deletes them)",
+                STAGING_PAUSE.as_secs() / 60
+            );
+            self.staging_unwell_until = Some(tokio::time::Instant::now() + STAGING_PAUSE);
+        }
         if complete && let Err(err) = self.deps.store.set_staging_cleanup(id, false).await {
             warn!(error = %err, "Cannot clear the run's staging cleanup mark; the next start looks again");
         }

@@ -1811,6 +1811,53 @@ async fn a_staged_input_deleted_while_its_batch_submit_is_retried_is_staged_agai
     s3.stop().await;
 }
 
+/// `api.staging` taken out of the config (a restart after a kill) while a run had staged
+/// objects: the run ends with its cleanup marked and a WARN, and once staging is set again
+/// the next start deletes them. They were forgotten in the bucket for good, without a word.
+#[tokio::test(flavor = "multi_thread")]
+async fn staged_objects_of_a_run_ended_without_staging_set_are_deleted_once_it_is_set_again() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let scenario = Scenario::default()
+        .latency(Latency::Fixed(std::time::Duration::from_secs(2)))
+        .seed(7);
+    let (env, _) = storage_env(&s3, scenario, "", 0).await;
+    let keys = credentials_file(env.dir.path());
+    let storages = storages_yaml("catalog-s3", "s3://catalog/raw", &s3.endpoint, &keys);
+    let config = env.config("staging: catalog", &storages);
+    drop_local_manifest(&env, 2, false);
+    let (mut once, log_path) = spawn_run_once(&env, &config);
+    let deadline = std::time::Duration::from_secs(60);
+    crate::support::wait_until("staged and submitted", deadline, || {
+        std::fs::read_to_string(&log_path).is_ok_and(|log| log.contains("Batch submitted"))
+    })
+    .await;
+    once.start_kill().expect("kill -9");
+    let _ = once.wait().await;
+    let staged = || async { s3.list_keys("catalog", "raw/staging/").await.len() };
+    assert_eq!(staged().await, 2);
+    let without = env.config("", &storages);
+    let (code, stderr) = env.run_once(&without).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("`api.staging` is no longer set"),
+        "{stderr}"
+    );
+    assert_eq!(staged().await, 2, "kept while staging is not set");
+    // Set again (the config file is written again: `env.config` has one path).
+    let config = env.config("staging: catalog", &storages);
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        staged().await,
+        0,
+        "deleted once staging is set again:\n{stderr}"
+    );
+    check_staged_run(&env, 2, 0);
+    s3.stop().await;
+}
+
 /// Local files staged for outputs Claid writes into the bucket go in batches too: each is
 /// staged under its output's name (`staging/<sha256>/sku-N.png`), since a batch names its
 /// outputs after its inputs (staged under the content hash alone, every one went alone).
