@@ -14,6 +14,44 @@ pub fn dimensions(bytes: &[u8], expected: (u32, u32)) -> Option<(u32, u32)> {
         .or_else(|| tiff_dimensions(bytes))
 }
 
+/// The image format `bytes` start as (`jpeg`, `png`, `webp`, `avif`, `heic`, `tiff`, `gif`),
+/// by their magic numbers; `None` for anything else.
+pub fn format_of(bytes: &[u8]) -> Option<&'static str> {
+    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        Some("jpeg")
+    } else if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        Some("png")
+    } else if bytes.starts_with(b"RIFF") && bytes.get(8..12) == Some(b"WEBP") {
+        Some("webp")
+    } else if bytes.get(4..8) == Some(b"ftyp") {
+        match bytes.get(8..12) {
+            Some(b"avif" | b"avis") => Some("avif"),
+            Some(b"heic" | b"heix" | b"mif1" | b"msf1") => Some("heic"),
+            _ => None,
+        }
+    } else if bytes.starts_with(b"II*\0") || bytes.starts_with(b"MM\0*") {
+        Some("tiff")
+    } else if bytes.starts_with(b"GIF8") {
+        Some("gif")
+    } else {
+        None
+    }
+}
+
+/// The format an output file named with `extension` holds ([`format_of`]'s names); `None` for
+/// one this does not know.
+pub fn format_of_extension(extension: &str) -> Option<&'static str> {
+    match extension.to_ascii_lowercase().as_str() {
+        "jpg" | "jpeg" => Some("jpeg"),
+        "png" => Some("png"),
+        "webp" => Some("webp"),
+        "avif" => Some("avif"),
+        "tif" | "tiff" => Some("tiff"),
+        "gif" => Some("gif"),
+        _ => None,
+    }
+}
+
 /// How far past a format's end marker other bytes may follow (padding some encoders add, or
 /// metadata appended after it) before the marker is taken for an embedded one.
 const TRAILER_SLACK: usize = 4096;
@@ -231,6 +269,22 @@ fn heif_dimensions(bytes: &[u8], expected: (u32, u32)) -> Option<(u32, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Formats are told by their magic numbers, and an output's extension names its format:
+    /// a download of another format than the output's is refused (a JPEG written as
+    /// `img.png` was delivered as done).
+    #[test]
+    fn formats_are_told_by_their_magic_numbers() {
+        assert_eq!(format_of(&[0xFF, 0xD8, 0xFF, 0xE0]), Some("jpeg"));
+        assert_eq!(format_of(b"\x89PNG\r\n\x1a\n...."), Some("png"));
+        assert_eq!(format_of(b"RIFF\0\0\0\0WEBPVP8 "), Some("webp"));
+        assert_eq!(format_of(b"\0\0\0\x1cftypavif"), Some("avif"));
+        assert_eq!(format_of(b"II*\0...."), Some("tiff"));
+        assert_eq!(format_of(b"<html>"), None);
+        assert_eq!(format_of_extension("JPG"), Some("jpeg"));
+        assert_eq!(format_of_extension("tif"), Some("tiff"));
+        assert_eq!(format_of_extension("json"), None);
+    }
 
     /// A minimal TIFF header and first directory: width and height, plus a tag for YCbCr
     /// (photometric 6) and JPEG compression (7), which the `tiff` crate will not open.

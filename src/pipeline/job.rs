@@ -1139,18 +1139,35 @@ impl Runner {
         };
         let mut mismatches = 0u32;
         let mut attempts = deps.retry.start(retry::Step::Download);
+        // The format the output is named for (its extension follows the output format).
+        let wanted = job
+            .output_rel
+            .rsplit_once('.')
+            .and_then(|(_, extension)| output::check::format_of_extension(extension));
         let bytes = loop {
             let delay = match deps.client.download_once(&url).await {
                 // (A body cut short is the client's `Truncated`: retried as a transport fault.)
-                Ok(bytes) => match output::check::dimensions(&bytes, (width, height)) {
-                    Some((w, h)) if (w, h) == (width, height) => break bytes,
-                    found => {
+                Ok(bytes) => match (
+                    output::check::dimensions(&bytes, (width, height)),
+                    output::check::format_of(&bytes),
+                ) {
+                    (Some((w, h)), found)
+                        if (w, h) == (width, height)
+                            && !matches!((wanted, found), (Some(want), Some(got)) if want != got) =>
+                    {
+                        break bytes;
+                    }
+                    (found, format) => {
                         mismatches += 1;
-                        let message = match found {
-                            Some((w, h)) => format!(
+                        let message = match (found, format) {
+                            (Some((w, h)), _) if (w, h) != (width, height) => format!(
                                 "downloaded image is {w}x{h}, the result says {width}x{height}"
                             ),
-                            None => "downloaded bytes are not a decodable image".to_owned(),
+                            (Some(_), Some(got)) => format!(
+                                "downloaded image is {got}, the output is {}",
+                                wanted.unwrap_or("another format")
+                            ),
+                            _ => "downloaded bytes are not a decodable image".to_owned(),
                         };
                         if mismatches >= MAX_MISMATCHED_DOWNLOADS {
                             return self.fail(id, FailureCode::ResultMismatch, &message).await;
