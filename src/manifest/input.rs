@@ -218,6 +218,18 @@ fn check_local(
         return None;
     };
     let rel = rel.to_owned();
+    // A link is never followed, wherever it points (README; one out of the inbox is refused
+    // above): the file itself belongs in the inbox (a link inside it was read through, its
+    // target uploaded under its own name).
+    if std::fs::symlink_metadata(&joined).is_ok_and(|meta| meta.file_type().is_symlink()) {
+        problems.add(
+            path,
+            format!(
+                "local file `{trimmed}` is a symbolic link, which the daemon does not follow; put the image itself in the inbox"
+            ),
+        );
+        return None;
+    }
     match std::fs::metadata(&canonical) {
         Ok(meta) if meta.is_file() => {}
         Ok(_) => {

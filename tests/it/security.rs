@@ -205,6 +205,28 @@ async fn local_inputs_outside_the_inbox_are_rejected_before_any_api_call() {
     assert!(!stderr.contains("TOP-SECRET"));
 }
 
+/// A local input that is a symlink to an image inside the inbox is refused before any spend,
+/// as the README says of every link in the inbox: it was read through, and its target
+/// uploaded under its own name, without a word.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_local_input_linked_to_an_image_inside_the_inbox_is_refused_not_followed() {
+    let env = TestEnv::new(Scenario::default()).await;
+    env.drop_file("photos/inside.png", &png(40, 30));
+    std::os::unix::fs::symlink(
+        env.inbox.join("photos/inside.png"),
+        env.inbox.join("photos/link.png"),
+    )
+    .expect("link");
+    env.drop_file("m.yaml", b"images:\n  - input: photos/link.png\n");
+    let config = env.config("", "");
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 2, "{stderr}");
+    let txt = std::fs::read_to_string(env.rejected.join("m.yaml.error.txt")).expect("error file");
+    assert!(txt.contains("is a symbolic link"), "{txt}");
+    let stats = env.stats();
+    assert_eq!((stats.submits, stats.uploads), (0, 0), "{stats:?}");
+}
+
 /// DEFECT (src/pipeline.rs, `submit`): a local input is checked at validation, but the upload
 /// reads `inbox.join(rel)` again later, following symlinks with no check. Swapping the file for
 /// a symlink to a file outside the inbox between validation and upload (here: while the API
