@@ -395,6 +395,11 @@ pub fn move_mirrored(src_root: &Path, src: &Path, dst_root: &Path) -> Result<Pat
             path: src.to_path_buf(),
             reason: "not under the source folder",
         })?;
+    move_into(src, dst_root, rel)
+}
+
+/// [`move_mirrored`] to `rel` under `dst_root` (another name than the source's).
+pub fn move_into(src: &Path, dst_root: &Path, rel: &Path) -> Result<PathBuf, OutputError> {
     let first = safe_join(dst_root, rel)?;
     let (dir, name) = split_dir_name(&first)?;
     create_dirs_synced(dir)?;

@@ -249,8 +249,23 @@ fn rerun(
         &name,
         &crate::filename::FsLimits::of(&dir),
     ));
-    let dest =
-        crate::output::move_mirrored(rejected, &src, inbox).map_err(|err| err.to_string())?;
+    // A file rejected again was kept as `name.1.yaml`: its error file names where it came
+    // from, and it goes back there (outputs and reports under its own name), when free.
+    let origin = std::fs::read_to_string(&error_file).ok().and_then(|text| {
+        let first = text.lines().next()?.strip_prefix("manifest: ")?.to_owned();
+        let named = std::path::Path::new(&first);
+        let rel = if named.is_absolute() {
+            named.strip_prefix(inbox).ok()?.to_owned()
+        } else {
+            named.to_owned()
+        };
+        (!inbox.join(&rel).exists()).then_some(rel)
+    });
+    let dest = match origin {
+        Some(rel) => crate::output::move_into(&src, inbox, &rel),
+        None => crate::output::move_mirrored(rejected, &src, inbox),
+    }
+    .map_err(|err| err.to_string())?;
     if let Err(err) = std::fs::remove_file(&error_file)
         && err.kind() != std::io::ErrorKind::NotFound
     {

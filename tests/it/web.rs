@@ -672,6 +672,27 @@ async fn dashboard_actions_release_in_doubt_jobs_and_rerun_a_fixed_rejected_mani
     assert!(!in_rejected.exists() && !error_file.exists());
     // It is read again and registered (its jobs then run like any others').
     run_id(&env, "later/fix.yaml").await;
+    // A file rejected a second time is kept as `twice.1.yaml`; re-run, it goes back to its
+    // own name (its outputs and report under it), not to `twice.1.yaml`.
+    for kept in ["later/twice.yaml", "later/twice.1.yaml"] {
+        env.drop_file("later/twice.yaml", b"images: [ { input: 12 } ]\n");
+        let error_file = env.rejected.join(format!("{kept}.error.txt"));
+        wait_until("the rejected manifest", DEADLINE, || error_file.is_file()).await;
+    }
+    std::fs::write(
+        env.rejected.join("later/twice.1.yaml"),
+        manifest(2, "t", &[]),
+    )
+    .expect("fixed");
+    let res = http
+        .post(format!("{base}/rejected/rerun"))
+        .bearer_auth(TOKEN)
+        .form(&[("file", "later/twice.1.yaml")])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status(), 303);
+    run_id(&env, "later/twice.yaml").await;
     for bad in ["../d.yaml", "/etc/passwd", "later/../../x"] {
         let res = http
             .post(format!("{base}/rejected/rerun"))
