@@ -644,6 +644,21 @@ impl BatchRunner {
         self.settle(batch_id, result, members, permit).await;
     }
 
+    /// Holds every member in doubt (reported held; parked when that cannot be recorded).
+    async fn hold_in_doubt(&self, members: &[Member]) {
+        for m in members {
+            let held = self.deps.store.mark_in_doubt(m.id).await.is_ok();
+            self.report(
+                m.manifest,
+                if held {
+                    JobOutcome::Held
+                } else {
+                    JobOutcome::Parked
+                },
+            );
+        }
+    }
+
     /// The submit: durability point 1 for every job, the request, durability point 2.
     async fn send(&self, members: &[Member]) -> Sent {
         let deps = &*self.deps;
@@ -712,17 +727,7 @@ impl BatchRunner {
                             // An answer naming a batch other jobs took: whatever batch this
                             // submit made is unknown.
                             error!(error = %err, batch_id = accepted.batch_id, "Claid's answer names a batch other jobs took; its images are held in doubt (`replay --in-doubt` sends them again)");
-                            for m in members {
-                                let held = deps.store.mark_in_doubt(m.id).await.is_ok();
-                                self.report(
-                                    m.manifest,
-                                    if held {
-                                        JobOutcome::Held
-                                    } else {
-                                        JobOutcome::Parked
-                                    },
-                                );
-                            }
+                            self.hold_in_doubt(members).await;
                             return Sent::Ended;
                         }
                         error!(error = %err, batch_id = accepted.batch_id, "Cannot record the batch id; its jobs are in doubt");
@@ -807,17 +812,7 @@ impl BatchRunner {
                         }
                         InDoubtPolicy::Hold => {
                             warn!(error = %err, "Batch submit outcome unknown; its images are held for `replay --in-doubt`");
-                            for m in members {
-                                let held = deps.store.mark_in_doubt(m.id).await.is_ok();
-                                self.report(
-                                    m.manifest,
-                                    if held {
-                                        JobOutcome::Held
-                                    } else {
-                                        JobOutcome::Parked
-                                    },
-                                );
-                            }
+                            self.hold_in_doubt(members).await;
                             // The batch may still be announced, later than the wait.
                             self.recognise_late_announcement(members);
                             return Sent::Ended;

@@ -300,21 +300,10 @@ impl Dispatch {
             }
             return Delivery::NotFinal;
         }
-        inner.named.remove(&id);
-        if inner.done.contains_key(&id) {
-            inner.stats.duplicates += 1;
-            return Delivery::Duplicate;
-        }
-        if let Some(slot) = inner.waiting.get(&id).cloned() {
-            inner.mark_done(id);
-            return if slot.put(update) {
-                inner.stats.handed += 1;
-                Delivery::Handed
-            } else {
-                inner.stats.duplicates += 1;
-                Delivery::Duplicate
-            };
-        }
+        let update = match inner.hand_over(update) {
+            Ok(delivery) => return delivery,
+            Err(update) => update,
+        };
         if let Some(key) = echoed_key(&inner.lost, update.request())
             && let Some(slot) = inner.take_lost(&key)
         {
@@ -372,21 +361,10 @@ impl Dispatch {
             inner.stats.not_final += 1;
             return Delivery::NotFinal;
         }
-        inner.named.remove(&id);
-        if inner.done.contains_key(&id) {
-            inner.stats.duplicates += 1;
-            return Delivery::Duplicate;
-        }
-        if let Some(slot) = inner.waiting.get(&id).cloned() {
-            inner.mark_done(id);
-            return if slot.put(update) {
-                inner.stats.handed += 1;
-                Delivery::Handed
-            } else {
-                inner.stats.duplicates += 1;
-                Delivery::Duplicate
-            };
-        }
+        let update = match inner.hand_over(update) {
+            Ok(delivery) => return delivery,
+            Err(update) => update,
+        };
         if let Some(owners) = inner.timed_out.remove(&id) {
             inner.mark_done(id);
             inner.stats.adopted += 1;
@@ -686,6 +664,28 @@ impl Dispatch {
 }
 
 impl Inner {
+    /// A final update for a task that already had its result (a duplicate) or that a task
+    /// waits for (handed to it): `Ok` with what became of it; `Err` gives it back otherwise.
+    fn hand_over(&mut self, update: TaskUpdate) -> Result<Delivery, TaskUpdate> {
+        let id = update.task();
+        self.named.remove(&id);
+        if self.done.contains_key(&id) {
+            self.stats.duplicates += 1;
+            return Ok(Delivery::Duplicate);
+        }
+        let Some(slot) = self.waiting.get(&id).cloned() else {
+            return Err(update);
+        };
+        self.mark_done(id);
+        Ok(if slot.put(update) {
+            self.stats.handed += 1;
+            Delivery::Handed
+        } else {
+            self.stats.duplicates += 1;
+            Delivery::Duplicate
+        })
+    }
+
     /// The lost submit with request `key` that waited longest, taken out.
     fn take_lost(&mut self, key: &str) -> Option<Arc<Slot>> {
         let slots = self.lost.get_mut(key)?;
