@@ -1109,16 +1109,14 @@ impl Store {
         };
         // Jobs that failed as task-timeout on this very task took it already; others take it
         // now, unless a job not among them did.
-        if !ids.is_empty()
-            && let Some(owner) = self.trees.task_owner(task)?
+        if let Some(first) = ids.first()
+            && let Some(owner) = self.trees.take_task(task, *first)?
             && !ids.contains(&owner)
         {
             return Err(StoreError::TaskTaken {
                 task: task_id,
                 owner,
             });
-        } else if let Some(first) = ids.first() {
-            self.take_task(task, *first)?;
         }
         let now = now_ms();
         let mut adopted = Vec::with_capacity(ids.len());

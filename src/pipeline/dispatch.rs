@@ -267,18 +267,23 @@ impl Dispatch {
 
     /// Hands a verified update to whoever waits for it (see [`Delivery`]).
     pub fn deliver(&self, update: TaskUpdate) -> Delivery {
-        let delivery = self.deliver_to(update);
+        let delivery = self.deliver_to(update, false);
         if matches!(delivery, Delivery::Handed | Delivery::Adopted) {
             self.heard_now();
         }
         delivery
     }
 
-    fn deliver_to(&self, update: TaskUpdate) -> Delivery {
+    /// `owned`: a task the store says a job took ([`Dispatch::deliver_owned`]): handed to its
+    /// waiter or its task-timeout jobs, else kept for its own job only; no adoption.
+    fn deliver_to(&self, update: TaskUpdate, owned: bool) -> Delivery {
         let id = update.task();
         let mut inner = self.lock();
         if !update.status().is_terminal() {
             inner.stats.not_final += 1;
+            if owned {
+                return Delivery::NotFinal;
+            }
             // A lost submit's task named before it ends (an ACCEPTED or PROCESSING webhook):
             // adopted now, so the job waits for the task's end instead of resubmitting when
             // its wait runs out. Its id is not marked done: the final update still comes.
@@ -304,7 +309,8 @@ impl Dispatch {
             Ok(delivery) => return delivery,
             Err(update) => update,
         };
-        if let Some(key) = echoed_key(&inner.lost, update.request())
+        if !owned
+            && let Some(key) = echoed_key(&inner.lost, update.request())
             && let Some(slot) = inner.take_lost(&key)
         {
             inner.mark_done(id);
@@ -312,7 +318,7 @@ impl Dispatch {
             inner.stats.adopted += 1;
             return Delivery::Adopted;
         }
-        if let Some(owners) = inner.take_lost_batch(&update) {
+        if !owned && let Some(owners) = inner.take_lost_batch(&update) {
             inner.mark_done(id);
             inner.stats.adopted += 1;
             inner.batch_adoptions.push((update, owners));
@@ -323,6 +329,7 @@ impl Dispatch {
         // Jobs that failed as task-timeout on this very task, else held jobs it belongs to.
         let owners = match inner.timed_out.remove(&id) {
             Some(owners) => Some(owners),
+            None if owned => None,
             None => inner.take_held(&update),
         };
         if let Some(owners) = owners {
@@ -334,8 +341,13 @@ impl Dispatch {
             return Delivery::Adopted;
         }
         inner.prune_early();
-        if inner.early.len() < MAX_EARLY {
-            inner.early.insert(id, (Instant::now(), update));
+        let kept = if owned {
+            &mut inner.owned_early
+        } else {
+            &mut inner.early
+        };
+        if kept.len() < MAX_EARLY {
+            kept.insert(id, (Instant::now(), update));
         }
         inner.stats.kept += 1;
         Delivery::Kept
@@ -347,38 +359,11 @@ impl Dispatch {
     /// even when its echoed request is theirs (a webhook of an earlier run played again
     /// would hide a second bill and deliver one image twice).
     pub fn deliver_owned(&self, update: TaskUpdate) -> Delivery {
-        let delivery = self.deliver_owned_to(update);
+        let delivery = self.deliver_to(update, true);
         if delivery == Delivery::Handed {
             self.heard_now();
         }
         delivery
-    }
-
-    fn deliver_owned_to(&self, update: TaskUpdate) -> Delivery {
-        let id = update.task();
-        let mut inner = self.lock();
-        if !update.status().is_terminal() {
-            inner.stats.not_final += 1;
-            return Delivery::NotFinal;
-        }
-        let update = match inner.hand_over(update) {
-            Ok(delivery) => return delivery,
-            Err(update) => update,
-        };
-        if let Some(owners) = inner.timed_out.remove(&id) {
-            inner.mark_done(id);
-            inner.stats.adopted += 1;
-            inner.held_adoptions.push((update, owners));
-            drop(inner);
-            self.held_adopted.notify_waiters();
-            return Delivery::Adopted;
-        }
-        inner.prune_early();
-        if inner.owned_early.len() < MAX_EARLY {
-            inner.owned_early.insert(id, (Instant::now(), update));
-        }
-        inner.stats.kept += 1;
-        Delivery::Kept
     }
 
     /// Keeps an update for the task that will wait for it (an adopted task's result, which
