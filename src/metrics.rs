@@ -12,7 +12,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::claid::{ClientStats, Endpoint};
-use crate::codes::StateName;
+use crate::codes::{FailureCode, StateName};
 use crate::store::ManifestCounts;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -23,6 +23,12 @@ pub struct StateLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
     pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    /// A [`FailureCode`]'s one spelling.
+    pub code: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -53,8 +59,10 @@ pub struct Metrics {
     registry: Registry,
     /// Jobs by state, refreshed from the store at each scrape.
     pub jobs: Family<StateLabel, Gauge>,
-    /// Manifests by outcome: `done`, `with_failures`, `rejected`.
+    /// Manifests by outcome: `done`, `with-failures`, `superseded`, `rejected`.
     pub manifests: Family<OutcomeLabel, Counter>,
+    /// Jobs failed since the start, by failure code.
+    job_failures: Family<CodeLabel, Counter>,
     /// API responses by endpoint and HTTP status (`error` when no response came).
     pub api_requests: Family<RequestLabels, Counter>,
     /// API request latency by endpoint.
@@ -108,6 +116,12 @@ impl Metrics {
             "manifests",
             "Manifests finished or rejected, by outcome",
             manifests.clone(),
+        );
+        let job_failures = Family::<CodeLabel, Counter>::default();
+        registry.register(
+            "job_failures",
+            "Jobs failed since the start, by failure code",
+            job_failures.clone(),
         );
         let api_requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -208,6 +222,7 @@ impl Metrics {
             webhook_counters: Mutex::new(None),
             jobs,
             manifests,
+            job_failures,
             api_requests,
             api_latency,
             task_seconds,
@@ -328,6 +343,15 @@ impl Metrics {
     }
 
     /// Sets the jobs-by-state gauges from the store's counts.
+    /// Counts a job that failed with `code`.
+    pub fn job_failed(&self, code: FailureCode) {
+        self.job_failures
+            .get_or_create(&CodeLabel {
+                code: code.as_str().to_owned(),
+            })
+            .inc();
+    }
+
     pub fn set_job_counts(&self, counts: &ManifestCounts) {
         for state in StateName::ALL {
             self.jobs

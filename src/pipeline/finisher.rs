@@ -197,6 +197,9 @@ impl Finisher {
                     JobOutcome::Held => s.totals.held += 1,
                     JobOutcome::Requeued | JobOutcome::Parked | JobOutcome::NotRun => {}
                 });
+                if let JobOutcome::Failed(code) = outcome {
+                    self.deps.metrics.job_failed(code);
+                }
                 if matches!(
                     outcome,
                     JobOutcome::Done | JobOutcome::Failed(_) | JobOutcome::Held
@@ -510,7 +513,7 @@ impl Finisher {
         let outcome = if superseded {
             "superseded"
         } else if failed {
-            "with_failures"
+            "with-failures"
         } else {
             "done"
         };

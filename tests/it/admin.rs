@@ -9,7 +9,7 @@ use std::time::Duration;
 use claid_hotfolder::admin;
 use claid_hotfolder::emulator::{Latency, Scenario};
 
-use crate::support::{TestEnv, cli, png, signal, stop, wait_until, wait_until_async};
+use crate::support::{TestEnv, cli, png, signal, stop, wait_for, wait_until, wait_until_async};
 
 /// GET over the admin socket; (status, body).
 async fn get(socket: &Path, path: &str) -> (u16, String) {
@@ -694,6 +694,55 @@ async fn metrics_match_what_the_emulator_counted() {
     assert_eq!(
         sample(&text, "claid_hotfolder_output_bytes_total") as u64,
         bytes
+    );
+    signal(&daemon, "-TERM");
+    daemon.wait().await.unwrap();
+}
+
+/// A job's failure is counted by its code, in the code's one spelling (the list in
+/// ARCHITECTURE.md), and its manifest by the outcome `with-failures`: what an operator alerts on.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_failed_jobs_by_their_failure_code() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let mut text = manifest_of(2, "m");
+    text.push_str("  - input: storage://demo/corrupt-a-64x48.png\n");
+    text.push_str("  - input: storage://demo/corrupt-b-64x48.png\n");
+    env.drop_file("m.yaml", text.as_bytes());
+    let config = env.config("", "");
+    let mut daemon = env.spawn_daemon(&config, 0);
+    wait_socket(&env).await;
+    let socket = env.socket();
+    let metrics = wait_for(
+        "the manifest counted",
+        Duration::from_secs(60),
+        async || {
+            let (_, text) = get(&socket, "/metrics").await;
+            text.contains("claid_hotfolder_manifests_total{outcome=")
+                .then_some(text)
+        },
+    )
+    .await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "claid_hotfolder_job_failures_total{code=\"claid-error\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "claid_hotfolder_manifests_total{outcome=\"with-failures\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(&metrics, "claid_hotfolder_jobs{state=\"done\"}"),
+        2.0
+    );
+    assert_eq!(
+        sample(&metrics, "claid_hotfolder_jobs{state=\"failed\"}"),
+        2.0
     );
     signal(&daemon, "-TERM");
     daemon.wait().await.unwrap();
