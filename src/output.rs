@@ -363,7 +363,8 @@ pub fn sha256_file(path: &Path) -> io::Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
-/// Moves a refused file `src` (under `inbox`) into `rejected` with [`move_mirrored`] and writes
+/// Moves a refused file `src` (under `inbox`) into `rejected` as [`move_mirrored`] does (flat
+/// when too deep there for its error file too, [`fitting_rel`]) and writes
 /// `text` beside it as `<name>.error.txt`: the name as it is (bytes that are not UTF-8
 /// included, so two such names keep two error files), shortened with a hash when too long
 /// for the suffix (see `filename`). Returns where the file went, and whether its error file
@@ -375,16 +376,56 @@ pub fn move_rejected(
     rejected: &Path,
     text: &str,
 ) -> Result<(PathBuf, Result<(), OutputError>), OutputError> {
-    let dest = move_mirrored(inbox, src, rejected)?;
+    let rel = src
+        .strip_prefix(inbox)
+        .map_err(|_| OutputError::UnsafePath {
+            path: src.to_path_buf(),
+            reason: "not under the source folder",
+        })?;
+    let rel = fitting_rel(rejected, rel, crate::filename::ERROR_SUFFIX.len());
+    let dest = move_into(src, rejected, &rel)?;
     let name = dest.file_name().unwrap_or_default().to_owned();
     let error_name = crate::filename::error_file_name(&name, &crate::filename::FsLimits::of(&dest));
     let written = write_text_atomic(&dest.with_file_name(error_name), text);
     Ok((dest, written))
 }
 
+/// Where under `root` a file moved from `rel` (relative to its own root) goes: the same relative
+/// path, unless that path, with a `.N` taken-name suffix, `beside` more bytes for a file
+/// written next to it (an error file's suffix) and the temporary name of an atomic write,
+/// would not fit `PATH_MAX` (a deep inbox tree moved into a folder whose own path is longer):
+/// then it goes flat into the top of `root`, as `<8 hex of the sha256 of rel>~<name>` (the
+/// name shortened, as `filename` says, when it is long), so the manifest is still moved and
+/// its error file still written. Error files and logs name the original path.
+pub fn fitting_rel(root: &Path, rel: &Path, beside: usize) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt as _;
+    let limits = crate::filename::FsLimits::of(root);
+    let name = rel.file_name().unwrap_or_else(|| OsStr::new("manifest"));
+    // `.9999` is the longest suffix `move_into` gives a taken name.
+    let taken = ".9999".len();
+    let name_part = (name.len() + taken + beside).min(limits.max_final_name())
+        + crate::filename::TMP_NAME_OVERHEAD;
+    let dir_len = root
+        .join(rel)
+        .parent()
+        .map_or(0, |dir| dir.as_os_str().len());
+    if dir_len + 1 + name_part < limits.path_max {
+        return rel.to_path_buf();
+    }
+    let hash = hex::encode(Sha256::digest(rel.as_os_str().as_bytes()));
+    let mut flat = OsString::from(&hash[..crate::filename::SHORT_HASH_HEX]);
+    flat.push("~");
+    let room = limits
+        .max_final_name()
+        .saturating_sub(flat.len() + taken + beside);
+    flat.push(crate::filename::shortened_to(name, room));
+    PathBuf::from(flat)
+}
+
 /// Moves `src` (a file under `src_root`) to the same relative path under `dst_root`, creating
 /// directories. Never overwrites: `shoes.yaml` becomes `shoes.1.yaml`, `shoes.2.yaml`, … when
-/// taken. Renames, or copies + fsyncs + removes across filesystems. Returns the new path.
+/// taken; a path too long for `PATH_MAX` there goes flat into `dst_root` ([`fitting_rel`]).
+/// Renames, or copies + fsyncs + removes across filesystems. Returns the new path.
 ///
 /// A symlink is moved as a link: its target is never read, written or moved (across file
 /// systems the link is re-created at the destination).
@@ -395,7 +436,7 @@ pub fn move_mirrored(src_root: &Path, src: &Path, dst_root: &Path) -> Result<Pat
             path: src.to_path_buf(),
             reason: "not under the source folder",
         })?;
-    move_into(src, dst_root, rel)
+    move_into(src, dst_root, &fitting_rel(dst_root, rel, 0))
 }
 
 /// [`move_mirrored`] to `rel` under `dst_root` (another name than the source's).
@@ -650,6 +691,41 @@ mod tests {
                 .any(|n| n.contains('~') && n.ends_with(".1.yaml")),
             "{names:?}"
         );
+    }
+
+    /// A manifest deep in the inbox whose mirrored path would be too long where it goes (a
+    /// longer folder name there) is still archived: flat, at the top, named after its path.
+    #[test]
+    fn a_manifest_too_deep_for_the_archive_goes_flat_at_its_top() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (inbox, archive) = (dir.path().join("in"), dir.path().join("archive-longer"));
+        // The manifest's path is 4,070 bytes: 4,081 under the archive, no room for `.N` and
+        // a temporary name within PATH_MAX.
+        let mut rel = PathBuf::new();
+        let mut len = inbox.as_os_str().len() + "/m.yaml".len();
+        while len < 4070 {
+            let seg = (4070 - len - 1).min(200);
+            len += 1 + seg;
+            rel.push("f".repeat(seg));
+        }
+        let rel = rel.join("m.yaml");
+        assert_eq!(inbox.join(&rel).as_os_str().len(), 4070);
+        fs::create_dir_all(inbox.join(&rel).parent().expect("dir")).expect("inbox");
+        fs::write(inbox.join(&rel), "v1").expect("write");
+        assert_eq!(
+            fitting_rel(&inbox, Path::new("a/m.yaml"), 0),
+            Path::new("a/m.yaml")
+        );
+        let moved = move_mirrored(&inbox, &inbox.join(&rel), &archive).expect("moved");
+        assert_eq!(moved.parent(), Some(archive.as_path()));
+        let name = moved
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        let hash = hex::encode(Sha256::digest(rel.as_os_str().as_encoded_bytes()));
+        assert_eq!(name, format!("{}~m.yaml", &hash[..8]));
+        assert_eq!(fs::read_to_string(&moved).expect("read"), "v1");
     }
 
     #[test]

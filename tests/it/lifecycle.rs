@@ -321,6 +321,57 @@ async fn issue11_a_rejected_manifest_that_cannot_be_moved_still_gets_an_error_fi
     assert_eq!(env.stats().submits, 0);
 }
 
+/// A manifest deep in the inbox tree, whose mirrored place in `rejected/` is too long a path
+/// for its error file (the folder names are longer there), still gets its error file: both go
+/// flat into the top of `rejected/`, `<hash>~bad.yaml` (the manifest was moved and its
+/// problems only logged).
+#[tokio::test(flavor = "multi_thread")]
+async fn issue11_a_rejected_manifest_too_deep_for_its_error_file_goes_flat_with_it() {
+    let env = TestEnv::new(Scenario::default()).await;
+    // The inbox path is 4,080 bytes: `rejected/` (3 bytes longer than `inbox/`) takes the
+    // manifest at 4,083 but not its error file's temporary name (+32).
+    let mut rel = std::path::PathBuf::new();
+    let mut len = env.inbox.as_os_str().len() + "/bad.yaml".len();
+    let mut n = 0;
+    while len < 4080 {
+        let seg = (4080 - len - 1).min(200);
+        let name = format!("{n}{}", "d".repeat(seg.saturating_sub(n.to_string().len())));
+        len += 1 + name.len();
+        rel.push(name);
+        n += 1;
+    }
+    let rel = rel.join("bad.yaml");
+    assert_eq!(env.inbox.join(&rel).as_os_str().len(), 4080);
+    let bad = env.drop_file(
+        rel.to_str().unwrap(),
+        b"images:\n  - input: ftp://x/a.png\n",
+    );
+    let config = env.config("", "");
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(!bad.exists(), "the manifest left the inbox");
+    let errors = error_files(&env.rejected);
+    assert_eq!(errors.len(), 1, "one error file: {errors:?}\n{stderr}");
+    let (name, text) = &errors[0];
+    assert!(!name.contains('/'), "flat, at the top: {name}");
+    assert!(
+        name.len() == "01234567~bad.yaml.error.txt".len() && name.ends_with("~bad.yaml.error.txt"),
+        "{name}"
+    );
+    assert!(
+        env.rejected
+            .join(name.trim_end_matches(".error.txt"))
+            .is_file(),
+        "the manifest beside it"
+    );
+    assert!(text.contains("line 2"), "the problem with its line: {text}");
+    assert!(
+        text.contains(&format!("{}", rel.display())),
+        "names the manifest's inbox path: {text}"
+    );
+    assert_eq!(env.stats().submits, 0);
+}
+
 /// A task (or batch) Claid never finishes does not keep `run --once` waiting for ever: after
 /// `api.poll.give_up_after` its images fail as `task-timeout`, naming the task, and the run
 /// ends (exit 2). A dry run of their replay says Claid may have made and billed them.
