@@ -38,13 +38,33 @@ pub fn parse_manifest<'b>(
         });
     }
     let text = utf8_text(bytes, "manifest", "YAML or JSON")?;
-    let doc = doc::parse(text, syntax, &bounds(limits)).map_err(|err| problem(err, syntax))?;
+    let doc =
+        doc::parse(text, syntax, &bounds(limits)).map_err(|err| problem(err, syntax, text))?;
     Ok((text, doc))
 }
 
-/// The problem a parse error is: a syntax or bound error, or too many entries (worded for
-/// `images` and `limits.max_images`).
-pub fn problem(err: ParseError, syntax: Syntax) -> Problem {
+/// The problem a parse error of `text` is: a syntax or bound error, or too many entries (worded
+/// for `images` and `limits.max_images`). A syntax error the parser gives no line for, when
+/// `text` holds a control character neither YAML nor JSON allows (what such an error most
+/// often is: "control characters are not allowed"), is placed on that character's line.
+pub fn problem(err: ParseError, syntax: Syntax, text: &str) -> Problem {
+    if err.line.is_none()
+        && matches!(err.kind, ParseErrorKind::Invalid)
+        && let Some((line, column, c)) = first_control_character(text)
+    {
+        let what = match syntax {
+            Syntax::Yaml => "YAML",
+            Syntax::Json => "JSON",
+        };
+        return Problem {
+            line: Some(line),
+            message: format!(
+                "not valid {what}: column {column} holds the control character U+{:04X}, which {what} does not allow ({}); delete it (it often comes from a copy and paste)",
+                u32::from(c),
+                err.message
+            ),
+        };
+    }
     let message = match err.kind {
         ParseErrorKind::Invalid => {
             let what = match syntax {
@@ -79,6 +99,21 @@ pub fn problem(err: ParseError, syntax: Syntax) -> Problem {
         line: err.line,
         message,
     }
+}
+
+/// The line and column (1-based, in characters) of the first control character in `text`
+/// other than tab, line feed and carriage return (C0 and DEL, and C1 but NEL: what YAML's
+/// printable set leaves out, and JSON allows only as escapes).
+fn first_control_character(text: &str) -> Option<(usize, usize, char)> {
+    for (n, line) in text.split('\n').enumerate() {
+        for (column, c) in line.chars().enumerate() {
+            let allowed = matches!(c, '\t' | '\r' | '\u{85}');
+            if c.is_control() && !allowed {
+                return Some((n + 1, column + 1, c));
+            }
+        }
+    }
+    None
 }
 
 /// The text of a manifest or recipe (`what`), or the problem: binary (NUL bytes) or not UTF-8,

@@ -134,7 +134,7 @@ fn read(ctx: &LoadContext<'_>, recipe: &Path) -> Result<Read, Vec<Problem>> {
         match yaml::parse(text, &parse::bounds(ctx.limits)) {
             Ok(Value::Null) => Value::Object(Map::new()),
             Ok(root) => root,
-            Err(err) => return Err(vec![parse::problem(err, Syntax::Yaml)]),
+            Err(err) => return Err(vec![parse::problem(err, Syntax::Yaml, text)]),
         }
     };
     let Value::Object(top) = root else {

@@ -43,6 +43,31 @@ async fn validate_prints_every_problem_and_exits_65_for_a_bad_manifest() {
     );
 }
 
+/// A control character pasted into a manifest (YAML and JSON allow none but tab and line
+/// breaks) is named with its line (and, in YAML, whose parser gives none, its column).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_control_character_in_a_manifest_is_named_with_its_line() {
+    let env = TestEnv::new(Scenario::default()).await;
+    for (name, text) in [
+        (
+            "c.yaml",
+            "images:\n  - input: storage://demo/a-64x48.png\n  - input: \"storage://demo/b\u{1}-64x48.png\"\n",
+        ),
+        (
+            "c.json",
+            "{\"images\": [\n  {\"input\": \"storage://demo/a-64x48.png\"},\n  {\"input\": \"storage://demo/b\u{1}-64x48.png\"}\n]}\n",
+        ),
+    ] {
+        let manifest = env.drop_file(name, text.as_bytes());
+        let (code, out, _) = cli(&["validate", manifest.to_str().unwrap()]).await;
+        assert_eq!(code, 65, "{out}");
+        assert!(out.contains("line 3: "), "{name}: names the line: {out}");
+        if name.ends_with(".yaml") {
+            assert!(out.contains("column 29") && out.contains("U+0001"), "{out}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_output_that_is_a_file_where_another_needs_a_folder_is_refused_before_any_spend() {
     let env = TestEnv::new(Scenario::default()).await;
