@@ -263,11 +263,13 @@ impl ClaidError {
                 }
             }
             RateLimited { .. } => ErrorClass::Transient,
-            // A gateway that gave up (502/504) may have handed a POST on to Claid already.
+            // A gateway that gave up (502/504, and a CDN's 520 "unknown error" and 524 "a
+            // timeout occurred", both answered after the origin took the request) may have
+            // handed a POST on to Claid already.
             Server {
                 endpoint, status, ..
             } => {
-                if endpoint.is_billable_post() && matches!(status, 502 | 504) {
+                if endpoint.is_billable_post() && matches!(status, 502 | 504 | 520 | 524) {
                     ErrorClass::Ambiguous
                 } else {
                     ErrorClass::Transient
@@ -1250,6 +1252,16 @@ impl Client {
                     return Err(transport_error(Endpoint::Download, &err, request_id));
                 }
             }
+        }
+        // An empty body is no image: a host that answered before it had the file (a cache
+        // or CDN between), fetched again on the download's budget like a body cut short.
+        if buf.is_empty() {
+            return Err(ClaidError::Truncated {
+                expected,
+                received: 0,
+                request_id,
+                image_end: None,
+            });
         }
         if let Some(expected) = expected {
             if (buf.len() as u64) < expected {

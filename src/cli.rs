@@ -395,6 +395,8 @@ fn cmd_run(path: &Path, once: bool, print_config: bool) -> i32 {
                 "A storage's bucket kept refusing the daemon's keys (the Claid API answers): fix the storage's `credentials_file` or the bucket's policy"
             } else if bucket {
                 "A storage's bucket stayed unreachable (the Claid API answers)"
+            } else if why.starts_with(crate::pipeline::health::RESULT_HOST) {
+                "The host of Claid's results stayed unreachable (the Claid API answers; results wait there for a day)"
             } else {
                 "The Claid API stayed unreachable"
             };

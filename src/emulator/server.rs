@@ -1341,6 +1341,18 @@ async fn download(State(state): State<Arc<AppState>>, Path(token): Path<String>)
             "The result storage is temporarily unavailable (emulator control).",
         );
     }
+    if state.control.downloads_rate_limited() {
+        let mut answer = api_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "1429",
+            "general",
+            "Too many downloads (emulator control).",
+        );
+        answer
+            .headers_mut()
+            .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+        return answer;
+    }
     if state.roll(state.scenario.fault_5xx.download) {
         return internal_error();
     }

@@ -260,6 +260,7 @@ struct Flags {
     forbidden: AtomicBool,
     down: AtomicBool,
     downloads_down: AtomicBool,
+    downloads_rate_limited: AtomicBool,
 }
 
 /// Body of `POST /_emulator/control` (absent fields stay as they are) and its answer.
@@ -274,6 +275,9 @@ pub struct ControlState {
     /// Results' `tmp_url`s answer 503 (the result host is away; the API is not).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub downloads_down: Option<bool>,
+    /// Results' `tmp_url`s answer 429 with `Retry-After: 1` (the result host limits its rate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downloads_rate_limited: Option<bool>,
 }
 
 impl Control {
@@ -311,6 +315,15 @@ impl Control {
     pub fn downloads_down(&self) -> bool {
         self.flags.downloads_down.load(Ordering::SeqCst)
     }
+    /// Every result download (`tmp_url`) answers 429 while on; the API answers as usual.
+    pub fn set_downloads_rate_limited(&self, on: bool) {
+        self.flags
+            .downloads_rate_limited
+            .store(on, Ordering::SeqCst);
+    }
+    pub fn downloads_rate_limited(&self) -> bool {
+        self.flags.downloads_rate_limited.load(Ordering::SeqCst)
+    }
     /// Applies the fields present in `state`.
     pub fn apply(&self, state: &ControlState) {
         if let Some(on) = state.credits_exhausted {
@@ -325,6 +338,9 @@ impl Control {
         if let Some(on) = state.downloads_down {
             self.set_downloads_down(on);
         }
+        if let Some(on) = state.downloads_rate_limited {
+            self.set_downloads_rate_limited(on);
+        }
     }
     /// The current toggles.
     pub fn state(&self) -> ControlState {
@@ -333,6 +349,7 @@ impl Control {
             forbidden: Some(self.forbidden()),
             down: Some(self.down()),
             downloads_down: Some(self.downloads_down()),
+            downloads_rate_limited: Some(self.downloads_rate_limited()),
         }
     }
 }

@@ -25,6 +25,9 @@ pub enum Health {
     },
 }
 
+/// How an outage of a result's download host begins its reason (`the result host h:443: …`).
+pub const RESULT_HOST: &str = "the result host";
+
 /// How long calls to the API or a bucket must have failed (or waited for an answer) without
 /// one succeeding before it is told as an outage (`/healthz`, `status`, the dashboard): a blip
 /// that a retry mends is not one.
@@ -475,6 +478,31 @@ impl HealthState {
         }
     }
 
+    /// A result's download found its host away (`url` is the result's temporary URL): an
+    /// outage told as one of that host, not of the API, whose `host:port` may differ.
+    pub fn result_host_failed(&self, url: &str, err: &ClaidError) {
+        let host = reqwest::Url::parse(url)
+            .ok()
+            .and_then(|url| {
+                let host = url.host_str()?.to_owned();
+                Some(match url.port_or_known_default() {
+                    Some(port) => format!("{host}:{port}"),
+                    None => host,
+                })
+            })
+            .unwrap_or_else(|| "?".to_owned());
+        let why = format!(
+            "{RESULT_HOST} {}: {}",
+            crate::text::Escaped::str(&host),
+            crate::daemon::error_chain(err)
+        );
+        let mut inner = self.lock();
+        match &mut inner.failing {
+            Some((_, last)) => *last = why,
+            None => inner.failing = Some((Instant::now(), why)),
+        }
+    }
+
     /// A call of the daemon's own to a bucket (staging, an output check) found its endpoint
     /// away (`why` names it): an outage of the storage, which `run --once` gives up on like
     /// one of the API.
@@ -524,7 +552,7 @@ impl HealthState {
         match (failed, waiting) {
             (Some((since, why)), waiting) => {
                 let since = waiting.map_or(*since, |sent| sent.min(*since));
-                let why = if why.contains(api.as_str()) {
+                let why = if why.contains(api.as_str()) || why.starts_with(RESULT_HOST) {
                     why.clone()
                 } else {
                     format!("the API at {api}: {why}")

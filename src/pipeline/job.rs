@@ -1186,7 +1186,7 @@ impl Runner {
                         && now_ms().saturating_sub(job.updated_at_ms)
                             < crate::pipeline::dispatch::KEPT_TTL.as_millis() as u64;
                     let failure = if away {
-                        deps.health.failed(&err);
+                        deps.health.result_host_failed(&url, &err);
                         Failure::Unreachable
                     } else {
                         Failure::of(&err)
@@ -1665,7 +1665,10 @@ fn bucket_away(err: &crate::objects::ObjectError) -> bool {
 /// answer at all), not because of the result: waited out while the result may still be there.
 fn result_host_away(err: &ClaidError) -> bool {
     match err {
-        ClaidError::DownloadStatus { status, .. } => *status >= 500 || *status == 408,
+        // 429: the host limits its rate; the result waits there as it does through an outage.
+        ClaidError::DownloadStatus { status, .. } => {
+            *status >= 500 || *status == 408 || *status == 429
+        }
         ClaidError::Connect { .. } | ClaidError::Timeout { .. } | ClaidError::Network { .. } => {
             true
         }

@@ -516,6 +516,52 @@ async fn server_errors_are_transient_and_each_call_is_one_attempt() {
     assert_eq!(client.stats().retries, 0);
 }
 
+/// A CDN's 520 ("unknown error") and 524 ("a timeout occurred") come after the origin took
+/// the request: a submit answered so may have made a task, in doubt like a 502/504 (it was
+/// sent again as if nothing had reached Claid: two tasks, 0 counted in doubt). Its 521/522
+/// (the origin refused or never answered the connection) reached nothing.
+#[tokio::test]
+async fn a_cdn_timeout_to_a_submit_is_ambiguous_but_a_refused_origin_is_not() {
+    let mock = Mock::default();
+    let root = mock.start().await;
+    mock.on(
+        SUBMIT,
+        vec![
+            Reply::raw(524, b"A timeout occurred"),
+            Reply::raw(520, b""),
+            Reply::raw(522, b"Connection timed out"),
+        ],
+    );
+    let client = client(&format!("{root}/v1"));
+    for want in [
+        ErrorClass::Ambiguous,
+        ErrorClass::Ambiguous,
+        ErrorClass::Transient,
+    ] {
+        let err = client.submit_once(&edit_body()).await.unwrap_err();
+        assert_eq!(err.class(), want, "{err:?}");
+    }
+}
+
+/// A result host answering 200 with an empty body (a cache that had not the file yet) sent
+/// no image: a body cut short, fetched again (it failed the billed image as result-mismatch).
+#[tokio::test]
+async fn an_empty_download_is_a_body_cut_short() {
+    let mock = Mock::default();
+    let root = mock.start().await;
+    mock.on("GET /files/x.png", vec![Reply::raw(200, b"")]);
+    let client = client(&format!("{root}/v1"));
+    let err = client
+        .download_once(&format!("{root}/files/x.png"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.class(), err.code().as_str()),
+        (ErrorClass::Transient, "download-truncated"),
+        "{err:?}"
+    );
+}
+
 #[tokio::test]
 async fn account_errors_are_systemic_and_not_retried() {
     for (status, code) in [

@@ -500,23 +500,41 @@ async fn fault_a_refused_poll_is_asked_again_and_never_loses_a_billed_task() {
 /// paid again got the image.)
 #[tokio::test(flavor = "multi_thread")]
 async fn fault_a_result_host_away_is_waited_out_never_fails_a_billed_image() {
-    for api in ["", "batch: { max_images: 1 }"] {
+    // Away: 503; or limiting its rate: 429 (which failed the image within 4 s).
+    for (api, limited) in [("", false), ("batch: { max_images: 1 }", false), ("", true)] {
         let env = TestEnv::new(Scenario::default()).await;
         let config = env.config(&format!("unreachable_timeout: 4s\n{api}"), "");
         env.drop_file(
             "m.yaml",
             b"images:\n  - input: storage://demo/a-64x48.png\n",
         );
-        env.emulator.control().set_downloads_down(true);
+        let control = env.emulator.control();
+        if limited {
+            control.set_downloads_rate_limited(true);
+        } else {
+            control.set_downloads_down(true);
+        }
         let (code, stderr) = env.run_once(&config).await;
         assert_eq!(code, 69, "{api}: the run ends, the job left: {stderr}");
+        let stats = env.stats();
+        let refused = if limited {
+            stats.rate_limited
+        } else {
+            stats.errors_5xx
+        };
         assert!(
-            env.stats().errors_5xx >= 10,
-            "{api}: more tries than a download's failure budget: {:?}",
-            env.stats()
+            refused >= 10,
+            "{api}: more tries than a download's failure budget: {stats:?}"
         );
         assert!(!stderr.contains("Job failed"), "{api}: {stderr}");
-        env.emulator.control().set_downloads_down(false);
+        // The outage named is the result host's, not the API's.
+        assert!(
+            stderr.contains("The host of Claid's results stayed unreachable")
+                && stderr.contains("the result host"),
+            "{api}: {stderr}"
+        );
+        control.set_downloads_down(false);
+        control.set_downloads_rate_limited(false);
         let (code, stderr) = env.run_once(&config).await;
         assert_eq!(code, 0, "{api}: {stderr}");
         assert!(
