@@ -29,7 +29,13 @@
 //!
 //! A 429 to a poll spends no budget: its task is billed, and giving up would lose the result,
 //! so the poll loops (`pipeline::job`, `pipeline::batch`) wait each one out (the limiter's gate
-//! waits `RateLimit-Reset`) until `api.poll.give_up_after`, as for a task still running.
+//! waits `RateLimit-Reset`) until `api.poll.give_up_after`, as for a task still running. For
+//! the same reason a poll whose failure budget is spent does not fail its task: the loops ask
+//! again at the backoff's cap until `give_up_after`.
+//!
+//! These are counts while the API answers other calls. In an outage (nothing succeeded since
+//! the failed call was sent; `pipeline::job::failure_of`) failures spend no budget, so a step
+//! is bounded in time there (`outage_limit`), not in count.
 //!
 //! A poll that gets an answer (whatever the task's status) ends its step; the next poll of the
 //! task starts a fresh budget. An in-doubt resubmit is a failed submit attempt, so it counts.

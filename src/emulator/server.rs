@@ -664,7 +664,16 @@ async fn api_gate(State(state): State<Arc<AppState>>, req: Request, next: Next) 
             Endpoint::Upload => state.scenario.fault_5xx.upload,
             Endpoint::Other => 0.0,
         };
-        if state.roll(share) {
+        let polls_down = matches!(kind, Endpoint::Poll | Endpoint::BatchPoll)
+            && state.control.polls_down_for().is_some_and(|id| {
+                let last = req.uri().path().rsplit('/').next();
+                last.and_then(|last| last.parse::<u64>().ok()) == Some(id)
+            });
+        if polls_down {
+            // A failing server that takes its time, as one behind a proxy does.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            internal_error()
+        } else if state.roll(share) {
             internal_error()
         } else {
             next.run(req).await

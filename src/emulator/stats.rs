@@ -261,6 +261,8 @@ struct Flags {
     down: AtomicBool,
     downloads_down: AtomicBool,
     downloads_rate_limited: AtomicBool,
+    /// A task (or batch) id whose polls answer 500; 0: none.
+    polls_down_for: AtomicU64,
 }
 
 /// Body of `POST /_emulator/control` (absent fields stay as they are) and its answer.
@@ -278,6 +280,10 @@ pub struct ControlState {
     /// Results' `tmp_url`s answer 429 with `Retry-After: 1` (the result host limits its rate).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub downloads_rate_limited: Option<bool>,
+    /// The polls of this task (or batch) id answer 500 after 200 ms (0: none); the rest of the
+    /// API answers as usual.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub polls_down_for: Option<u64>,
 }
 
 impl Control {
@@ -324,6 +330,16 @@ impl Control {
     pub fn downloads_rate_limited(&self) -> bool {
         self.flags.downloads_rate_limited.load(Ordering::SeqCst)
     }
+    /// The polls of task (or batch) `id` answer 500 (`None`: no more); the rest of the API
+    /// answers as usual.
+    pub fn set_polls_down_for(&self, id: Option<u64>) {
+        self.flags
+            .polls_down_for
+            .store(id.unwrap_or(0), Ordering::SeqCst);
+    }
+    pub fn polls_down_for(&self) -> Option<u64> {
+        Some(self.flags.polls_down_for.load(Ordering::SeqCst)).filter(|id| *id != 0)
+    }
     /// Applies the fields present in `state`.
     pub fn apply(&self, state: &ControlState) {
         if let Some(on) = state.credits_exhausted {
@@ -341,6 +357,9 @@ impl Control {
         if let Some(on) = state.downloads_rate_limited {
             self.set_downloads_rate_limited(on);
         }
+        if let Some(id) = state.polls_down_for {
+            self.set_polls_down_for(Some(id).filter(|id| *id != 0));
+        }
     }
     /// The current toggles.
     pub fn state(&self) -> ControlState {
@@ -350,6 +369,7 @@ impl Control {
             down: Some(self.down()),
             downloads_down: Some(self.downloads_down()),
             downloads_rate_limited: Some(self.downloads_rate_limited()),
+            polls_down_for: Some(self.polls_down_for().unwrap_or(0)),
         }
     }
 }

@@ -35,7 +35,7 @@ use crate::pipeline::health::HealthState;
 use crate::pipeline::job::{JobOutcome, Runner, failure_of, input_of, systemic_status};
 use crate::pipeline::polls::{BatchClock, Polls, Seen};
 use crate::pipeline::submitter::Queue;
-use crate::retry::{self, Decision, Failure};
+use crate::retry::{self, Decision, Failure, GiveUp};
 use crate::store::{JobId, JobState, JobV1, ManifestId, Store, now_ms};
 
 /// The images of the first batch after a start, at most.
@@ -1090,6 +1090,21 @@ impl BatchRunner {
                         match decision {
                             Decision::Retry { after } => {
                                 delay = after;
+                                scheduled = false;
+                            }
+                            // Billed: its polls' failures past the budget only slow them
+                            // to the backoff's cap, until `give_up_after` (as a task's).
+                            Decision::Fail(GiveUp::Failures) => {
+                                if let Some(message) = super::job::polls_failing_too_long(
+                                    deps.polls.watched_since(submitted_at_ms),
+                                    deps.poll.give_up_after,
+                                    &err,
+                                ) {
+                                    self.time_out(batch_id, members, &message).await;
+                                    return None;
+                                }
+                                warn!(batch_id, error = %err, "Polls of the batch keep failing; it is billed, so it is asked again until `api.poll.give_up_after`");
+                                delay = deps.retry.cap;
                                 scheduled = false;
                             }
                             Decision::Fail(_) | Decision::Pause => {

@@ -25,7 +25,7 @@ use crate::pipeline::health::HealthState;
 use crate::pipeline::polls::{Kind, Polls, Seen};
 use crate::pipeline::submitter::Queue;
 use crate::pipeline::{Settings, on_file_pool};
-use crate::retry::{self, Decision, Failure};
+use crate::retry::{self, Decision, Failure, GiveUp};
 use crate::store::{DoneInfo, JobId, JobState, JobV1, Store, StoreError, now_ms};
 use crate::text::Escaped;
 
@@ -1109,6 +1109,24 @@ impl Runner {
                             warn!(error = %err, "Poll failed; retrying");
                             delay = after;
                         }
+                        // The task is billed: once the poll's budget is spent its failures
+                        // (a run of 5xx) only slow its polls to the backoff's cap, until
+                        // `give_up_after` (giving up lost the result it paid for).
+                        Decision::Fail(GiveUp::Failures) => {
+                            if let Some(message) = polls_failing_too_long(
+                                deps.polls.watched_since(submitted_at_ms),
+                                deps.poll.give_up_after,
+                                &err,
+                            ) {
+                                let failed =
+                                    self.fail(id, FailureCode::TaskTimeout, &message).await;
+                                deps.dispatch
+                                    .timed_out(TaskRef::Async(task_id), vec![(job.manifest, id)]);
+                                return failed;
+                            }
+                            warn!(error = %err, "Polls keep failing; the task is billed, so it is asked again (every {}) until `api.poll.give_up_after`", humantime::format_duration(deps.retry.cap));
+                            delay = deps.retry.cap;
+                        }
                         Decision::Fail(why) => {
                             warn!(error = %err, why = ?why, "Poll failed; retry budget spent");
                             return self.fail(id, err.code(), &err.to_string()).await;
@@ -1879,6 +1897,24 @@ pub(crate) fn rate_limited_too_long(
     (age >= give_up_after).then(|| {
         format!(
             "Claid answered the task's polls with 429 (rate limited) for {} (`api.poll.give_up_after` is {}); it may have finished and been billed: its webhook is still taken, and `replay` submits it again",
+            humantime::format_duration(Duration::from_secs(age.as_secs())),
+            humantime::format_duration(give_up_after)
+        )
+    })
+}
+
+/// Why a task (or batch) watched since `submitted_at_ms` whose polls keep failing (`err`,
+/// the last failure, past the poll's failure budget) is given up: `give_up_after` has passed;
+/// `None` while it may still be asked.
+pub(crate) fn polls_failing_too_long(
+    submitted_at_ms: u64,
+    give_up_after: Duration,
+    err: &ClaidError,
+) -> Option<String> {
+    let age = Duration::from_millis(now_ms().saturating_sub(submitted_at_ms));
+    (age >= give_up_after).then(|| {
+        format!(
+            "Claid's answers to the task's polls kept failing for {} (`api.poll.give_up_after` is {}; last: {err}); it may have finished and been billed: its webhook is still taken, and `replay` submits it again",
             humantime::format_duration(Duration::from_secs(age.as_secs())),
             humantime::format_duration(give_up_after)
         )

@@ -551,6 +551,60 @@ async fn fault_a_result_host_away_is_waited_out_never_fails_a_billed_image() {
     }
 }
 
+/// Polls answered 500 (the rest of the API answering) past a poll's failure budget: the task
+/// or batch is billed, so its polls go on at the backoff's cap until `give_up_after`, and the
+/// image is delivered once they answer again (the job failed as `server-error`, the result it
+/// paid for lost, and a replay billed it again).
+#[tokio::test(flavor = "multi_thread")]
+async fn fault_polls_failing_past_their_budget_never_lose_a_billed_task() {
+    for api in [
+        "max_in_flight: 8",
+        "max_in_flight: 8\nbatch: { max_images: 1 }",
+    ] {
+        let env =
+            TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_millis(500))))
+                .await;
+        // Claid's first task (or batch), id 1, is polled with 500s; the other images keep the
+        // API answering meanwhile (with nothing answering, it would be an outage, waited out
+        // without spending the budget).
+        let mut text = String::from("images:\n");
+        for i in 0..200 {
+            text.push_str(&format!("  - input: storage://demo/i{i}-64x48.png\n"));
+        }
+        env.drop_file("m.yaml", text.as_bytes());
+        let control = env.emulator.control();
+        control.set_polls_down_for(Some(1));
+        let config = env.config(api, "");
+        let run = env.run_once(&config);
+        let stats = || env.stats();
+        let heal = async {
+            // A poll's budget is 20 failures: well past it, the polls answer again.
+            wait_until("polls past the budget", Duration::from_secs(120), || {
+                stats().errors_5xx >= 50
+            })
+            .await;
+            control.set_polls_down_for(None);
+        };
+        let ((code, stderr), ()) = tokio::join!(run, heal);
+        assert_eq!(code, 0, "{api}: {stderr}");
+        assert!(
+            stderr.contains("keep failing"),
+            "{api}: said once the budget was spent: {stderr}"
+        );
+        assert_eq!(
+            TestEnv::files_under(&env.outbox.join("m")).len(),
+            200,
+            "{api}"
+        );
+        let stats = env.stats();
+        assert_eq!(
+            stats.submits + stats.batch_images,
+            200,
+            "{api}: billed once: {stats:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn fault_polls_slower_than_the_request_timeout() {
     check_fault(Case {
