@@ -592,7 +592,7 @@ impl Intake {
         })
         .await;
         if let Err(err) = kept {
-            warn!(error = %err, "Cannot keep a copy of the version that waits for its predecessor's drain; if the file is replaced meanwhile, that version is not taken in");
+            warn!(error = %crate::os_error::OsCause(&err), "Cannot keep a copy of the version that waits for its predecessor's drain; if the file is replaced meanwhile, that version is not taken in");
         }
     }
 
@@ -822,10 +822,29 @@ impl Intake {
 }
 
 /// `team/bad.yaml` → `team__bad.yaml`: an inbox-relative path as one file name.
-/// Where [`Intake::keep_pending`] keeps a waiting version of the manifest at `path`.
+/// Where [`Intake::keep_pending`] keeps a waiting version of the manifest at `path`:
+/// `.NAME.claid-pending`, or, when that (with the `-PID` of its temporary name) would pass
+/// the filesystem's `NAME_MAX`, `NAME` shortened with a hash as `filename` says (a version of
+/// a manifest with a long name was lost: its copy could not be made).
 fn pending_path(path: &Path) -> PathBuf {
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    path.with_file_name(format!(".{name}.claid-pending"))
+    const PENDING: &str = ".claid-pending";
+    // `.` before, `-` and a process id (at most 10 digits) after, in the temporary name.
+    const AROUND: usize = 1 + PENDING.len() + 1 + 10;
+    let name = path.file_name().unwrap_or_default();
+    let dir = path.parent().unwrap_or(Path::new(""));
+    let room = filename::FsLimits::of(dir).name_max.saturating_sub(AROUND);
+    let mut pending = std::ffi::OsString::from(".");
+    pending.push(filename::shortened_to(name, room));
+    pending.push(PENDING);
+    path.with_file_name(pending)
+}
+
+/// The manifest a waiting version's copy at `pending` belongs to, among the runs in `runs`
+/// (inbox-relative paths): the copy of a long name is named with a hash, not the name.
+fn owner_of_pending(inbox: &Path, pending: &Path, runs: &[String]) -> Option<PathBuf> {
+    runs.iter()
+        .map(|rel| inbox.join(rel))
+        .find(|manifest| pending_path(manifest) == pending)
 }
 
 /// Puts back the copy [`Intake::keep_pending`] kept of a valid version that waits for its
@@ -890,20 +909,45 @@ pub async fn restore_waiting_versions(store: &Store, inbox: &Path) -> usize {
                 else {
                     continue;
                 };
-                let manifest = path.with_file_name(manifest);
-                if kind.is_file()
-                    && std::fs::symlink_metadata(&manifest).is_err()
-                    && let Ok(rel) = manifest.strip_prefix(&root)
-                {
-                    found.push((manifest.clone(), rel.to_path_buf()));
+                if kind.is_file() {
+                    found.push((path.with_file_name(manifest), path.clone()));
                 }
             }
         }
         found
     })
     .await;
+    // A copy named with a hash (a long manifest name) belongs to the run whose copy has that
+    // name; the store knows the runs (read only when there is such a copy).
+    let runs = if orphans
+        .iter()
+        .any(|(manifest, pending)| pending_path(manifest) != *pending)
+    {
+        match store.manifests().await {
+            Ok(runs) => runs.into_iter().map(|(_, m)| m.rel).collect(),
+            Err(_) => Vec::new(),
+        }
+    } else {
+        Vec::new()
+    };
+    let root = inbox.to_path_buf();
     let mut restored = 0;
-    for (path, rel) in orphans {
+    for (manifest, pending) in orphans {
+        let manifest = if pending_path(&manifest) == pending {
+            manifest
+        } else {
+            match owner_of_pending(&root, &pending, &runs) {
+                Some(manifest) => manifest,
+                None => continue,
+            }
+        };
+        let Ok(rel) = manifest.strip_prefix(&root).map(Path::to_path_buf) else {
+            continue;
+        };
+        if std::fs::symlink_metadata(&manifest).is_ok() {
+            continue;
+        }
+        let path = manifest;
         if restore_pending(store, &path, &rel).await {
             warn!(manifest = %rel.display(), "Put back a valid version of a manifest that waited for its predecessor's drain (a stop came while a broken save of it was rejected)");
             restored += 1;
@@ -997,5 +1041,30 @@ pub fn unchanged_state(
 fn log_problems(rel: &Path, text: &str) {
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         error!(manifest = %rel.display(), "Rejected manifest: {}", crate::text::Escaped::str(line));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The copy of a long name's waiting version fits NAME_MAX with its temporary name, and
+    /// is traced back to its manifest through the runs (a start puts it back).
+    #[test]
+    fn a_long_names_pending_copy_fits_and_finds_its_manifest() {
+        let inbox = Path::new("/nonexistent-inbox");
+        let long = format!("team/{}.yaml", "l".repeat(245));
+        let pending = pending_path(&inbox.join(&long));
+        let name = pending.file_name().expect("name").len();
+        assert!(name + "-4294967295".len() <= 255, "{name}");
+        let runs = vec!["team/other.yaml".to_owned(), long.clone()];
+        assert_eq!(
+            owner_of_pending(inbox, &pending, &runs),
+            Some(inbox.join(&long))
+        );
+        assert_eq!(
+            pending_path(&inbox.join("m.yaml")),
+            inbox.join(".m.yaml.claid-pending")
+        );
     }
 }

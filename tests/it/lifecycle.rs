@@ -503,6 +503,59 @@ async fn a_version_waiting_for_a_drain_runs_even_when_a_broken_save_follows_it()
     assert!(!env.inbox.join(".m.yaml.claid-pending").exists());
 }
 
+/// The same for a manifest whose name is 240 bytes: the hidden copy of the waiting version
+/// (`.NAME.claid-pending`) would pass NAME_MAX, so it is named with a hash (the copy could not
+/// be made: the valid version was lost, never run, archived or given an error file).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_version_waiting_for_a_drain_with_a_long_name_runs_after_a_broken_save() {
+    let env =
+        TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_millis(3000))))
+            .await;
+    let stem = "l".repeat(235);
+    let name = format!("{stem}.yaml");
+    let v1 = b"images:\n  - input: storage://demo/one-64x48.png\n  - input: storage://demo/two-64x48.png\n".to_vec();
+    let v2 = b"images:\n  - input: storage://demo/one-64x48.png\n  - input: storage://demo/new-64x48.png\n".to_vec();
+    let v3 = b"images: [ {input: 3} \n".to_vec();
+    let config = env.config("max_in_flight: 1", "");
+    let mut daemon = env.spawn_daemon(&config, 0);
+    env.drop_file(&name, &v1);
+    wait_until("the first image is submitted", DEADLINE, || {
+        env.stats().submits >= 1
+    })
+    .await;
+    env.drop_file(&name, &v2);
+    let pending = || {
+        std::fs::read_dir(&env.inbox)
+            .expect("inbox")
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".claid-pending"))
+    };
+    wait_until("v2 waits for v1's drain", DEADLINE, pending).await;
+    env.drop_file(&name, &v3);
+    wait_until("v3 is rejected", DEADLINE, || {
+        !error_files(&env.rejected).is_empty()
+    })
+    .await;
+    wait_until("v2 runs", DEADLINE, || {
+        env.outbox.join(&stem).join("new-64x48.jpg").is_file()
+    })
+    .await;
+    wait_until("v2 is archived", DEADLINE, || {
+        !env.inbox.join(&name).exists() && TestEnv::files_under(&env.archive).len() == 2
+    })
+    .await;
+    stop(&mut daemon).await;
+    let mut archived: Vec<Vec<u8>> = TestEnv::files_under(&env.archive)
+        .into_iter()
+        .map(|p| std::fs::read(env.archive.join(p)).expect("archived"))
+        .collect();
+    archived.sort();
+    let mut expected = vec![v1, v2];
+    expected.sort();
+    assert_eq!(archived, expected, "archive: the versions that ran");
+    assert!(!pending(), "the copy is gone");
+}
+
 /// The same, across a crash: the daemon is killed (SIGKILL) while a valid version waits for
 /// the drain as its hidden copy, with the manifest itself (a) already moved to `rejected/` as
 /// a broken save (the kill came before the copy was put back), or (b) still the broken save,
