@@ -160,7 +160,9 @@ pub struct JobView {
 }
 
 /// Which jobs `replay` requeues; exactly one selector, or `failed`/`in_doubt` with `since`.
+/// Unknown keys are refused (422): a misspelled `dry_run` requeued, and billed, for real.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct ReplayRequest {
     #[serde(default)]
     pub failed: bool,
@@ -426,6 +428,8 @@ fn job_view(id: JobId, manifest: &str, job: &JobV1) -> JobView {
 pub enum ReplayError {
     #[error("choose what to replay: --failed, --in-doubt, --manifest F or --job ID")]
     NothingSelected,
+    #[error("choose one of --failed, --in-doubt, --manifest F and --job ID, not several")]
+    SeveralSelected,
     #[error("no job {0} in the store (see `jobs`)")]
     UnknownJob(u64),
     #[error("job {0} is still under way ({1}); it finishes on its own")]
@@ -456,6 +460,15 @@ pub async fn run_replaced(store: &Store, id: u64, m: &ManifestV1) -> Result<bool
 
 /// The jobs a replay request selects: failed or in-doubt ones, every job of a manifest, or one job.
 pub async fn select_replay(store: &Store, req: &ReplayRequest) -> Result<Vec<JobId>, ReplayError> {
+    let selectors = [
+        req.failed,
+        req.in_doubt,
+        req.manifest.is_some(),
+        req.job.is_some(),
+    ];
+    if selectors.iter().filter(|on| **on).count() > 1 {
+        return Err(ReplayError::SeveralSelected);
+    }
     if let Some(id) = req.job {
         let replaced = match store.job(id).await? {
             Some(job) => match store.manifest(job.manifest).await? {

@@ -156,6 +156,7 @@ fn of_one(err: &(dyn Error + 'static)) -> Option<i32> {
     if let Some(err) = err.downcast_ref::<ReplayError>() {
         return match err {
             ReplayError::NothingSelected
+            | ReplayError::SeveralSelected
             | ReplayError::UnknownJob(_)
             | ReplayError::UnknownManifest(_)
             | ReplayError::Superseded(_) => Some(USAGE),

@@ -1047,6 +1047,23 @@ async fn replay_over_the_socket_reopens_a_finished_manifest_and_rewrites_its_rep
     assert!(out.contains("Would requeue 1 jobs;"), "{out}");
     assert!(out.contains("failed    storage://shop/late.png"), "{out}");
     assert_eq!(env.report("r")["counts"]["failed"], 1);
+    // Over the socket, a misspelled key (`dryrun`) or two selectors are refused, not taken
+    // as a real replay (which bills).
+    for body in [
+        serde_json::json!({"failed": true, "dryrun": true}),
+        serde_json::json!({"failed": true, "in_doubt": true}),
+    ] {
+        let (status, answer) = admin::request(&env.socket(), "POST", "/replay", Some(&body))
+            .await
+            .expect("admin answers");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!((400..500).contains(&status), "{body}: {status} {answer}");
+        assert!(
+            answer.contains("dryrun") || answer.contains("not several"),
+            "{body}: names the problem: {answer}"
+        );
+    }
+    assert_eq!(env.stats().submits, 2, "nothing submitted again");
     let (code, out, err) = cli(&[
         "replay",
         "--failed",

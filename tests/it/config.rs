@@ -402,3 +402,23 @@ fn a_bad_give_up_after_is_one_problem() {
     let err = config::load(&fixtures().join("give-up-after-zero.yaml")).expect_err("refused");
     assert_eq!(err.problems().len(), 1, "{err}");
 }
+
+/// A `web.public_url` with a user name and password is refused: the URL is printed in alerts
+/// that leave the machine (chat channels), and `--print-config` showed the password.
+#[test]
+fn a_public_url_with_credentials_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yaml");
+    std::fs::write(
+        &path,
+        "folders: { inbox: in, outbox: out, archive: arch, rejected: rej, state: st }\nweb:\n  public_url: https://ops:Pa55/word@dash.example\n",
+    )
+    .unwrap();
+    let err = config::load(&path).expect_err("refused");
+    let text = err.to_string();
+    assert!(
+        text.contains("web.public_url") && text.contains("user name or password"),
+        "{text}"
+    );
+    assert!(!text.contains("Pa55"), "the password is not repeated: {text}");
+}

@@ -91,6 +91,15 @@ impl Checker {
         let allow_actions = self.boolean(root, "web.allow_actions", false);
         let public_url = match lookup(root, "web.public_url") {
             None | Some(Value::Null) => None,
+            // The URL goes into alerts that leave the machine (chat channels): a password in
+            // it would be posted there.
+            Some(Value::String(text)) if crate::text::has_user_info(text.trim()) => {
+                self.problem(
+                    "web.public_url",
+                    "holds a user name or password (`https://user:pass@host`); it is printed in alerts that leave this machine: give the URL without them (the dashboard asks its users to log in)".to_owned(),
+                );
+                None
+            }
             Some(Value::String(text)) if is_http_url(text.trim()) => {
                 Some(text.trim().trim_end_matches('/').to_owned())
             }
