@@ -774,9 +774,16 @@ impl Client {
         &self,
         body: &wire::BatchEditRequest,
     ) -> Result<BatchAccepted, ClaidError> {
-        // The limiter's turn is taken here, after the batch's intent was recorded (see
-        // `pipeline::batch`): unlike a single submit, a batch is never given a turn earlier.
-        let turn = self.turn().await;
+        self.submit_batch_in(self.turn().await, body).await
+    }
+
+    /// [`Client::submit_batch_once`] in a [`Turn`] the caller took before it recorded its
+    /// intent.
+    pub async fn submit_batch_in(
+        &self,
+        turn: Turn,
+        body: &wire::BatchEditRequest,
+    ) -> Result<BatchAccepted, ClaidError> {
         let url = self.endpoint_url("image/edit/batch")?;
         let build = || Ok(self.api.post(url.clone()).json(body));
         let answer = self.call_in(turn, Endpoint::Submit, build).await?;

@@ -420,5 +420,8 @@ fn a_public_url_with_credentials_is_refused() {
         text.contains("web.public_url") && text.contains("user name or password"),
         "{text}"
     );
-    assert!(!text.contains("Pa55"), "the password is not repeated: {text}");
+    assert!(
+        !text.contains("Pa55"),
+        "the password is not repeated: {text}"
+    );
 }

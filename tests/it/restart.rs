@@ -134,42 +134,48 @@ async fn sigkill_while_submitting_polling_and_downloading_loses_nothing_and_neve
 /// SIGKILL while jobs wait for the client's rate limiter (a slow quota, many jobs in flight):
 /// no request of theirs went out, so they are queued at the restart, not in doubt (counted as
 /// possibly billed twice). Only a submit actually on the wire at the kill may be; every image
-/// is delivered.
+/// is delivered. The same for batches (their jobs were marked submitting before their turn:
+/// a batch waiting for the limiter was held in doubt whole).
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_while_jobs_wait_for_the_rate_limiter_leaves_them_queued_not_in_doubt() {
-    let env =
-        TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_millis(50)))).await;
-    let mut manifest = String::from("images:\n");
-    for i in 0..10 {
-        manifest.push_str(&format!("  - input: storage://demo/rl{i}-64x48.png\n"));
+    // Single mode; batches of at most 2 (a quarter of max_in_flight); one request a second.
+    for (api, on_the_wire) in [("batch: { max_images: 1 }", 1), ("", 2)] {
+        let env =
+            TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_millis(50))))
+                .await;
+        let mut manifest = String::from("images:\n");
+        for i in 0..10 {
+            manifest.push_str(&format!("  - input: storage://demo/rl{i}-64x48.png\n"));
+        }
+        env.drop_file("m.yaml", manifest.as_bytes());
+        let config = env.config(&format!("max_in_flight: 10\n{api}"), "");
+        let text = std::fs::read_to_string(&config)
+            .expect("config")
+            .replace("requests_per_second: 1000", "requests_per_second: 1")
+            .replace("requests_per_minute: 60000", "requests_per_minute: 60");
+        std::fs::write(&config, text).expect("config");
+        // Two submits have gone out at one a second: the other jobs wait for their turn.
+        kill_when(&env, 0, &config, "two submits", |env| {
+            let stats = env.stats();
+            stats.submits + stats.batch_submits >= 2
+        })
+        .await;
+        let before = env.stats();
+        let (code, stderr) = env.run_once(&config).await;
+        assert_eq!(code, 0, "{api}: {stderr}");
+        let report = env.report("m");
+        let rows = report["jobs"].as_array().expect("rows");
+        assert!(rows.iter().all(|r| r["status"] == "done"), "{report:#}");
+        let in_doubt: u64 = rows
+            .iter()
+            .map(|r| r["in_doubt"].as_u64().unwrap_or(0))
+            .sum();
+        assert!(
+            in_doubt <= on_the_wire,
+            "{api}: only a submit on the wire at the kill may be in doubt, not the jobs waiting for the limiter: {in_doubt} (before the restart: {before:?})\n{stderr}"
+        );
+        assert_eq!(TestEnv::files_under(&env.outbox.join("m")).len(), 10);
     }
-    env.drop_file("m.yaml", manifest.as_bytes());
-    let config = env.config("max_in_flight: 10\nbatch: { max_images: 1 }", "");
-    let text = std::fs::read_to_string(&config)
-        .expect("config")
-        .replace("requests_per_second: 1000", "requests_per_second: 1")
-        .replace("requests_per_minute: 60000", "requests_per_minute: 60");
-    std::fs::write(&config, text).expect("config");
-    // Two submits have gone out at one a second: the other jobs wait for their turn.
-    kill_when(&env, 0, &config, "two submits", |env| {
-        env.stats().submits >= 2
-    })
-    .await;
-    let before = env.stats().submits;
-    let (code, stderr) = env.run_once(&config).await;
-    assert_eq!(code, 0, "{stderr}");
-    let report = env.report("m");
-    let rows = report["jobs"].as_array().expect("rows");
-    assert!(rows.iter().all(|r| r["status"] == "done"), "{report:#}");
-    let in_doubt: u64 = rows
-        .iter()
-        .map(|r| r["in_doubt"].as_u64().unwrap_or(0))
-        .sum();
-    assert!(
-        in_doubt <= 1,
-        "only a submit on the wire at the kill may be in doubt, not the jobs waiting for the limiter: {in_doubt} (submits before the restart: {before})\n{stderr}"
-    );
-    assert_eq!(TestEnv::files_under(&env.outbox.join("m")).len(), 10);
 }
 
 /// SIGTERM while synchronous uploads are with Claid (each takes longer than
