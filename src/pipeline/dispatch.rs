@@ -353,6 +353,12 @@ impl Dispatch {
         } else {
             &mut inner.early
         };
+        // The first final update kept stands, as a poll's first final answer would: a later
+        // one (a stale ERROR replayed after the DONE) took the billed results away.
+        if kept.contains_key(&id) {
+            inner.stats.duplicates += 1;
+            return Delivery::Duplicate;
+        }
         if kept.len() < MAX_EARLY {
             kept.insert(id, (Instant::now(), update));
         }
@@ -1127,6 +1133,25 @@ mod tests {
             dispatch.deliver(update(7, "DONE", req)),
             Delivery::Duplicate
         );
+    }
+
+    /// Two final updates for a task nobody waits for yet (its submit answer not recorded):
+    /// the first stands (a stale ERROR after the DONE took the billed results away).
+    #[tokio::test]
+    async fn the_first_final_update_kept_for_a_task_stands() {
+        let dispatch = Arc::new(Dispatch::default());
+        let req = serde_json::json!({"input": "https://x/a.jpg", "operations": {}});
+        assert_eq!(
+            dispatch.deliver(update(9, "DONE", req.clone())),
+            Delivery::Kept
+        );
+        assert_eq!(
+            dispatch.deliver(update(9, "ERROR", req)),
+            Delivery::Duplicate
+        );
+        let watch = dispatch.watch(TaskRef::Async(9));
+        let kept = watch.wait(Duration::from_millis(1)).await.expect("kept");
+        assert_eq!(*kept.status(), crate::claid::wire::TaskStatus::Done);
     }
 
     /// A lost submit's task named by a webhook before it ends (ACCEPTED) is adopted then, and
