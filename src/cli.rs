@@ -466,6 +466,11 @@ fn kind_of(path: &Path) -> (FileKind, Option<String>) {
     {
         return (FileKind::Recipe, None);
     }
+    // Larger than a manifest may be: no config is, so it is a manifest, refused for its size
+    // without being read (it was parsed whole first: 25 MB took 20 s and 400 MB).
+    if std::fs::metadata(path).is_ok_and(|m| m.len() > config::DEFAULT_MAX_MANIFEST_BYTES) {
+        return (FileKind::Manifest, None);
+    }
     let Ok(bytes) = std::fs::read(path) else {
         return (FileKind::Unknown, None);
     };
