@@ -413,6 +413,13 @@ fn cmd_run(path: &Path, once: bool, print_config: bool) -> i32 {
             );
             exit::IO_ERR
         }
+        Ok(Outcome::Unwritable { why }) if why.contains("EMFILE") || why.contains("ENFILE") => {
+            tracing::error!(
+                error = %Escaped::str(&why),
+                "The daemon ran out of file descriptors writing outputs (api.unreachable_timeout), so no new image was submitted; the disk is not the cause: raise its open-files limit (LimitNOFILE= in the unit, `ulimit -n` by hand) or lower api.max_in_flight and api.max_downloads: unfinished jobs stay in the store and resume at the next run"
+            );
+            exit::CANT_CREATE
+        }
         Ok(Outcome::Unwritable { why }) => {
             tracing::error!(
                 error = %Escaped::str(&why),
