@@ -422,7 +422,7 @@ async fn runtime_toggles_give_402_403_503_and_recover() {
     .await;
     assert_eq!(
         state,
-        json!({"credits_exhausted": false, "forbidden": true, "down": false, "downloads_down": false})
+        json!({"credits_exhausted": false, "forbidden": true, "down": false, "downloads_down": false, "downloads_rate_limited": false, "polls_down_for": 0})
     );
     envelope(
         post_json(&submit_url, &body).await,
