@@ -376,13 +376,11 @@ pub fn move_rejected(
     rejected: &Path,
     text: &str,
 ) -> Result<(PathBuf, Result<(), OutputError>), OutputError> {
-    let rel = src
-        .strip_prefix(inbox)
-        .map_err(|_| OutputError::UnsafePath {
-            path: src.to_path_buf(),
-            reason: "not under the source folder",
-        })?;
-    let rel = fitting_rel(rejected, rel, crate::filename::ERROR_SUFFIX.len());
+    let rel = fitting_rel(
+        rejected,
+        rel_under(inbox, src)?,
+        crate::filename::ERROR_SUFFIX.len(),
+    );
     let dest = move_into(src, rejected, &rel)?;
     let name = dest.file_name().unwrap_or_default().to_owned();
     let error_name = crate::filename::error_file_name(&name, &crate::filename::FsLimits::of(&dest));
@@ -430,13 +428,19 @@ pub fn fitting_rel(root: &Path, rel: &Path, beside: usize) -> PathBuf {
 /// A symlink is moved as a link: its target is never read, written or moved (across file
 /// systems the link is re-created at the destination).
 pub fn move_mirrored(src_root: &Path, src: &Path, dst_root: &Path) -> Result<PathBuf, OutputError> {
-    let rel = src
-        .strip_prefix(src_root)
-        .map_err(|_| OutputError::UnsafePath {
-            path: src.to_path_buf(),
-            reason: "not under the source folder",
-        })?;
-    move_into(src, dst_root, &fitting_rel(dst_root, rel, 0))
+    move_into(
+        src,
+        dst_root,
+        &fitting_rel(dst_root, rel_under(src_root, src)?, 0),
+    )
+}
+
+/// `src` relative to `root`, or refused when it is not under it.
+fn rel_under<'a>(root: &Path, src: &'a Path) -> Result<&'a Path, OutputError> {
+    src.strip_prefix(root).map_err(|_| OutputError::UnsafePath {
+        path: src.to_path_buf(),
+        reason: "not under the source folder",
+    })
 }
 
 /// [`move_mirrored`] to `rel` under `dst_root` (another name than the source's).

@@ -1873,15 +1873,13 @@ pub(crate) fn overdue(
     give_up_after: Duration,
     status: &TaskStatus,
 ) -> Option<String> {
-    let age = Duration::from_millis(now_ms().saturating_sub(submitted_at_ms));
-    (age >= give_up_after).then(|| {
+    given_up(submitted_at_ms, give_up_after, |age| {
         let status = serde_json::to_value(status)
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_default();
         format!(
-            "Claid has not finished the task after {} (status {status}; `api.poll.give_up_after`); it may still finish and be billed, and `replay` submits it again",
-            humantime::format_duration(Duration::from_secs(age.as_secs()))
+            "Claid has not finished the task after {age} (status {status}; `api.poll.give_up_after`); it may still finish and be billed, and `replay` submits it again"
         )
     })
 }
@@ -1893,11 +1891,9 @@ pub(crate) fn rate_limited_too_long(
     submitted_at_ms: u64,
     give_up_after: Duration,
 ) -> Option<String> {
-    let age = Duration::from_millis(now_ms().saturating_sub(submitted_at_ms));
-    (age >= give_up_after).then(|| {
+    given_up(submitted_at_ms, give_up_after, |age| {
         format!(
-            "Claid answered the task's polls with 429 (rate limited) for {} (`api.poll.give_up_after` is {}); it may have finished and been billed: its webhook is still taken, and `replay` submits it again",
-            humantime::format_duration(Duration::from_secs(age.as_secs())),
+            "Claid answered the task's polls with 429 (rate limited) for {age} (`api.poll.give_up_after` is {}); it may have finished and been billed: its webhook is still taken, and `replay` submits it again",
             humantime::format_duration(give_up_after)
         )
     })
@@ -1911,13 +1907,26 @@ pub(crate) fn polls_failing_too_long(
     give_up_after: Duration,
     err: &ClaidError,
 ) -> Option<String> {
-    let age = Duration::from_millis(now_ms().saturating_sub(submitted_at_ms));
-    (age >= give_up_after).then(|| {
+    given_up(submitted_at_ms, give_up_after, |age| {
         format!(
-            "Claid's answers to the task's polls kept failing for {} (`api.poll.give_up_after` is {}; last: {err}); it may have finished and been billed: its webhook is still taken, and `replay` submits it again",
-            humantime::format_duration(Duration::from_secs(age.as_secs())),
+            "Claid's answers to the task's polls kept failing for {age} (`api.poll.give_up_after` is {}; last: {err}); it may have finished and been billed: its webhook is still taken, and `replay` submits it again",
             humantime::format_duration(give_up_after)
         )
+    })
+}
+
+/// `why` of the task's age (whole seconds, as words) once `give_up_after` has passed since
+/// `submitted_at_ms`; `None` before.
+fn given_up(
+    submitted_at_ms: u64,
+    give_up_after: Duration,
+    why: impl FnOnce(humantime::FormattedDuration) -> String,
+) -> Option<String> {
+    let age = Duration::from_millis(now_ms().saturating_sub(submitted_at_ms));
+    (age >= give_up_after).then(|| {
+        why(humantime::format_duration(Duration::from_secs(
+            age.as_secs(),
+        )))
     })
 }
 

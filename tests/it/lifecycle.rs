@@ -1458,8 +1458,13 @@ async fn a_replay_whose_output_an_active_manifest_writes_is_refused_until_it_end
         env.outbox.join("own.report.json").is_file()
     })
     .await;
-    let (code, out, err) =
-        cli(&["replay", "--manifest", "own/a.yaml", "--config", config_arg]).await;
+    // Its report is written a moment before its run ends and gives back its outputs: the
+    // refusal (75, try again) lasts until then.
+    let (code, out, err) = crate::support::wait_for("the run's end", DEADLINE, async || {
+        let answer = cli(&["replay", "--manifest", "own/a.yaml", "--config", config_arg]).await;
+        (answer.0 != 75).then_some(answer)
+    })
+    .await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("Requeued 1 jobs"), "{out}");
     stop(&mut daemon).await;
