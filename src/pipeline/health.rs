@@ -470,8 +470,12 @@ impl HealthState {
 
     /// A call failed transiently (no answer, a 5xx, a timeout).
     pub fn failed(&self, err: &ClaidError) {
+        self.failing_because(crate::daemon::error_chain(err));
+    }
+
+    /// Calls fail for `why`: the outage's start is kept, its reason is the latest.
+    fn failing_because(&self, why: String) {
         let mut inner = self.lock();
-        let why = crate::daemon::error_chain(err);
         match &mut inner.failing {
             Some((_, last)) => *last = why,
             None => inner.failing = Some((Instant::now(), why)),
@@ -491,16 +495,11 @@ impl HealthState {
                 })
             })
             .unwrap_or_else(|| "?".to_owned());
-        let why = format!(
+        self.failing_because(format!(
             "{RESULT_HOST} {}: {}",
             crate::text::Escaped::str(&host),
             crate::daemon::error_chain(err)
-        );
-        let mut inner = self.lock();
-        match &mut inner.failing {
-            Some((_, last)) => *last = why,
-            None => inner.failing = Some((Instant::now(), why)),
-        }
+        ));
     }
 
     /// A call of the daemon's own to a bucket (staging, an output check) found its endpoint

@@ -1050,11 +1050,9 @@ impl Runner {
                         deps.poll.give_up_after,
                         &task.status,
                     ) {
-                        let failed = self.fail(id, FailureCode::TaskTimeout, &message).await;
-                        // Its result, if Claid announces it later, is still taken.
-                        deps.dispatch
-                            .timed_out(TaskRef::Async(task_id), vec![(job.manifest, id)]);
-                        return failed;
+                        return self
+                            .fail_watched(id, job, task_id, FailureCode::TaskTimeout, &message)
+                            .await;
                     }
                     n_poll += 1;
                     pending_at = Some(Duration::from_millis(
@@ -1080,10 +1078,9 @@ impl Runner {
                         // The task id is unknown to Claid: its result cannot be fetched. Failing
                         // keeps the promise not to pay twice; `replay` can resubmit. Its
                         // result, if Claid announces it later, is still taken.
-                        let failed = self.fail(id, FailureCode::TaskLost, &err.to_string()).await;
-                        deps.dispatch
-                            .timed_out(TaskRef::Async(task_id), vec![(job.manifest, id)]);
-                        return failed;
+                        return self
+                            .fail_watched(id, job, task_id, FailureCode::TaskLost, &err.to_string())
+                            .await;
                     }
                     Failure::Systemic => {
                         deps.health.pause(&err, systemic_status(&err));
@@ -1096,10 +1093,9 @@ impl Runner {
                             deps.polls.watched_since(submitted_at_ms),
                             deps.poll.give_up_after,
                         ) {
-                            let failed = self.fail(id, FailureCode::TaskTimeout, &message).await;
-                            deps.dispatch
-                                .timed_out(TaskRef::Async(task_id), vec![(job.manifest, id)]);
-                            return failed;
+                            return self
+                                .fail_watched(id, job, task_id, FailureCode::TaskTimeout, &message)
+                                .await;
                         }
                         debug!(error = %err, "Poll rate limited; asking again after the reset");
                         delay = retry_after;
@@ -1118,11 +1114,15 @@ impl Runner {
                                 deps.poll.give_up_after,
                                 &err,
                             ) {
-                                let failed =
-                                    self.fail(id, FailureCode::TaskTimeout, &message).await;
-                                deps.dispatch
-                                    .timed_out(TaskRef::Async(task_id), vec![(job.manifest, id)]);
-                                return failed;
+                                return self
+                                    .fail_watched(
+                                        id,
+                                        job,
+                                        task_id,
+                                        FailureCode::TaskTimeout,
+                                        &message,
+                                    )
+                                    .await;
                             }
                             warn!(error = %err, "Polls keep failing; the task is billed, so it is asked again (every {}) until `api.poll.give_up_after`", humantime::format_duration(deps.retry.cap));
                             delay = deps.retry.cap;
@@ -1548,6 +1548,23 @@ impl Runner {
                 _ => return Err(None),
             }
         }
+    }
+
+    /// Fails a job whose task (`task_id`) Claid may still end and bill: its result, if Claid
+    /// announces it later, is still taken (see `Dispatch::timed_out`).
+    async fn fail_watched(
+        &self,
+        id: JobId,
+        job: &JobV1,
+        task_id: u64,
+        code: FailureCode,
+        message: &str,
+    ) -> Step {
+        let failed = self.fail(id, code, message).await;
+        self.deps
+            .dispatch
+            .timed_out(TaskRef::Async(task_id), vec![(job.manifest, id)]);
+        failed
     }
 
     async fn fail(&self, id: JobId, code: FailureCode, message: &str) -> Step {
