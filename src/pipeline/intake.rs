@@ -858,9 +858,11 @@ fn owner_of_pending(inbox: &Path, pending: &Path, runs: &[String]) -> Option<Pat
 async fn restore_pending(store: &Store, path: &Path, rel: &Path) -> bool {
     let draining = matches!(
         store.latest_run(&rel.to_string_lossy()).await,
+        // Running: the copy is made before the drain is recorded (`after_drain`), so a stop
+        // between the two leaves a copy beside a run still running; it is no stale one.
         Ok(Some((_, m))) if matches!(
             m.state,
-            ManifestState::Draining { .. } | ManifestState::Superseded { .. }
+            ManifestState::Running | ManifestState::Draining { .. } | ManifestState::Superseded { .. }
         )
     );
     let manifest = path.to_path_buf();
