@@ -487,14 +487,21 @@ pub async fn select_replay(store: &Store, req: &ReplayRequest) -> Result<Vec<Job
     if !req.failed && !req.in_doubt && req.manifest.is_none() {
         return Err(ReplayError::NothingSelected);
     }
-    let req = req.clone();
+    let mut req = req.clone();
     store
         .read(move |reader| {
             let manifests = reader.manifests()?;
             if let Some(rel) = &req.manifest
                 && !manifests.iter().any(|(_, m)| &m.rel == rel)
             {
-                return Err(ReplayError::UnknownManifest(rel.clone()));
+                // A name copied from `status` or the log, where its control characters and
+                // backslashes are escaped (`new\nline.yaml`): the manifest it stands for.
+                let plain = crate::text::unescape(rel)
+                    .filter(|plain| manifests.iter().any(|(_, m)| &m.rel == plain));
+                match plain {
+                    Some(plain) => req.manifest = Some(plain),
+                    None => return Err(ReplayError::UnknownManifest(rel.clone())),
+                }
             }
             // The newest run of each file (runs come oldest first).
             let latest: std::collections::HashMap<&str, u64> = manifests

@@ -955,6 +955,13 @@ impl Client {
     }
 
     /// A snapshot of the counters.
+    /// Requests a minute the limiter lets through now: the tighter of its two quotas, as the
+    /// config sets them or lower when Claid announced less ([`Limiter::learn`]).
+    pub fn requests_per_minute_in_force(&self) -> u64 {
+        let (per_second, per_minute) = self.limiter.quotas();
+        (per_minute as u64).min(per_second as u64 * 60)
+    }
+
     pub fn stats(&self) -> ClientStats {
         self.stats
             .lock()

@@ -4,10 +4,11 @@
 //! WATCHDOG), reloads the config on SIGHUP, runs the two-phase shutdown, and defines
 //! [`FatalError`], the only errors that stop the daemon. Per-job errors never reach this module.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sd_notify::NotifyState;
 
@@ -16,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+use crate::claid::wire::TaskRef;
 use crate::claid::{ClaidError, Client, ClientConfig};
 use crate::config::{BaseUrl, Config, ConfigError, OnManifestDone};
 use crate::metrics::Metrics;
@@ -30,6 +32,15 @@ pub const PID_FILE: &str = "claid-hotfolder.pid";
 /// Where the processed version of each running manifest is kept, under the state folder.
 const COPIES_DIR: &str = "copies";
 /// How long shutdown waits for alert messages still queued (the last run's `manifest-finished`).
+/// An announcement nobody waited for while submits were on the wire is counted as unknown
+/// (`claid_hotfolder_webhooks{outcome="unknown_task"}`) once no submit is on the wire and
+/// this long has passed for the answer to be recorded (or after [`UNDECIDED_FOR`]) and no
+/// job took its task: an early announcement of the daemon's own is not unknown.
+const OWN_ANSWER_GRACE: Duration = Duration::from_secs(2);
+const UNDECIDED_FOR: Duration = Duration::from_secs(600);
+/// Past this many undecided announcements, each new one is counted at once.
+const UNDECIDED_MAX: usize = 10_000;
+
 const ALERTS_FLUSH: Duration = Duration::from_secs(5);
 /// How often `STATUS=` is refreshed for systemd.
 const STATUS_INTERVAL: Duration = Duration::from_secs(5);
@@ -383,8 +394,6 @@ pub async fn run(
                     outbox: folders.outbox.clone(),
                     rejected: folders.rejected.clone(),
                     state: folders.state.clone(),
-                    rate_limit_per_minute: u64::from(config.api.requests_per_minute.get())
-                        .min(u64::from(config.api.requests_per_second.get()) * 60),
                 },
                 cancel.clone(),
             )
@@ -646,11 +655,40 @@ async fn start_webhooks(
     let dispatch_to = pipeline.clone();
     let unknown = counters.clone();
     tokio::spawn(async move {
-        while let Some(update) = rx.recv().await {
-            if dispatch_to.deliver(update).await == pipeline::dispatch::Delivery::Kept {
-                // Nobody waits for this task (yet): counted; it is kept a while in case its
-                // submit answer is still being recorded.
-                unknown.count_unknown_task();
+        // Announcements nobody waited for while a submit was on the wire: each may be that
+        // submit's own (Claid announced it before answering), so it is counted as unknown only
+        // once no job took its task after that submit's answer was recorded.
+        let mut undecided: VecDeque<(TaskRef, Instant)> = VecDeque::new();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                update = rx.recv() => {
+                    let Some(update): Option<crate::claid::wire::TaskUpdate> = update else { break };
+                    let task = update.task();
+                    if dispatch_to.deliver(update).await != pipeline::dispatch::Delivery::Kept {
+                        continue;
+                    }
+                    // Decided in the order they came: one heard while earlier ones wait waits too.
+                    let quiet = dispatch_to.billable_on_the_wire() == 0 && undecided.is_empty();
+                    if quiet || undecided.len() >= UNDECIDED_MAX {
+                        unknown.count_unknown_task();
+                    } else {
+                        undecided.push_back((task, Instant::now()));
+                    }
+                }
+                _ = tick.tick(), if !undecided.is_empty() => {
+                    let quiet = dispatch_to.billable_on_the_wire() == 0;
+                    while let Some((task, at)) = undecided.front().copied() {
+                        if !(quiet && at.elapsed() >= OWN_ANSWER_GRACE) && at.elapsed() < UNDECIDED_FOR {
+                            break;
+                        }
+                        undecided.pop_front();
+                        if !matches!(dispatch_to.store().task_owner(task).await, Ok(Some(_))) {
+                            unknown.count_unknown_task();
+                        }
+                    }
+                }
             }
         }
     });

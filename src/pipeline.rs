@@ -602,6 +602,12 @@ impl Handle {
         self.shared.client.stats()
     }
 
+    /// Requests a minute the API client may make now (lower than the config's when Claid
+    /// announced a lower quota): the dashboard's rate-limit figure.
+    pub fn requests_per_minute_in_force(&self) -> u64 {
+        self.shared.client.requests_per_minute_in_force()
+    }
+
     /// Notices of what happens from now on (for alerts and the dashboard).
     pub fn subscribe_notices(&self) -> tokio::sync::broadcast::Receiver<notices::Notice> {
         self.shared.notices.subscribe()
@@ -977,7 +983,10 @@ impl Handle {
                 Ok(update) => Some(deliver_checked(&self.shared, update).await),
                 Err(_) => None,
             };
-            if delivery != Some(dispatch::Delivery::Kept) {
+            if !matches!(
+                delivery,
+                Some(dispatch::Delivery::Kept | dispatch::Delivery::KeptForOwner)
+            ) {
                 store.forget_announcement(&key).await?;
                 taken += usize::from(delivery.is_some());
             }

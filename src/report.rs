@@ -12,9 +12,20 @@ use crate::output::{self, OutputError};
 use crate::store::records::{JobState, JobV1, ManifestV1};
 
 /// Header of the CSV report, in column order.
-pub const CSV_HEADER: [&str; 11] = [
-    "input", "output", "status", "reason", "task_id", "width", "height", "bytes", "in_doubt",
-    "batch_id", "object",
+/// (`batch_images` came last, after `object`, so that readers by position keep working.)
+pub const CSV_HEADER: [&str; 12] = [
+    "input",
+    "output",
+    "status",
+    "reason",
+    "task_id",
+    "width",
+    "height",
+    "bytes",
+    "in_doubt",
+    "batch_id",
+    "object",
+    "batch_images",
 ];
 
 /// One image of a manifest.
@@ -38,6 +49,10 @@ pub struct ReportRow {
     /// The Claid batch the image went in, when it went in one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_id: Option<u64>,
+    /// How many images the daemon sent in that batch (the size it chose, `/status` shows the
+    /// recent ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_images: Option<u32>,
     /// A storage output: the object Claid writes (`storage://CONNECTOR/folder/a/sku-1.jpg`);
     /// nothing is downloaded unless the storage keeps a local copy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -93,6 +108,7 @@ pub fn row(job: &JobV1) -> ReportRow {
         bytes: None,
         in_doubt: job.in_doubt,
         batch_id: job.batch,
+        batch_images: job.batch.and(job.batch_images),
         // Only an object that was written (and checked) is listed.
         object: match &job.state {
             JobState::Done { path, .. } => {
@@ -322,6 +338,7 @@ fn write_csv(w: &mut dyn Write, rows: &RowSource<'_>) -> io::Result<()> {
                 row.in_doubt.to_string(),
                 opt(row.batch_id.map(|v| v.to_string())),
                 opt(row.object),
+                opt(row.batch_images.map(|v| v.to_string())),
             ])
             .map_err(io::Error::from)
     })?;

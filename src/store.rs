@@ -68,8 +68,9 @@ pub enum StoreError {
         #[source]
         source: sled::Error,
     },
-    #[error("state database error")]
-    Db(#[from] sled::Error),
+    /// The database's own failure, named by its cause (`ENOSPC: no space left on device`).
+    #[error("state database error: {}", DbCause(.0))]
+    Db(sled::Error),
     #[error("job {job} is {found}, expected {expected}")]
     Conflict {
         job: JobId,
@@ -112,6 +113,26 @@ pub enum StoreError {
         path: PathBuf,
         cause: std::io::Error,
     },
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(err: sled::Error) -> StoreError {
+        StoreError::Db(err)
+    }
+}
+
+/// A sled error as a message: an OS error by its errno ([`crate::os_error::OsCause`]), the
+/// rest by sled's own text. (Not a source of [`StoreError::Db`]: sled's text of an OS error
+/// repeats it in std's words after the errno.)
+pub struct DbCause<'a>(pub &'a sled::Error);
+
+impl std::fmt::Display for DbCause<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            sled::Error::Io(io) => write!(f, "{}", crate::os_error::OsCause(io)),
+            other => write!(f, "{}", crate::text::Escaped::str(&other.to_string())),
+        }
+    }
 }
 
 /// For visitors that write files while reading the store (reports).
@@ -813,6 +834,7 @@ impl Store {
                         url: url.clone(),
                         width,
                         height,
+                        copy_of: None,
                     };
                     push_request_id(&mut next, request_id.as_deref());
                     Some(next)
@@ -847,6 +869,7 @@ impl Store {
                         url: url.clone(),
                         width,
                         height,
+                        copy_of: None,
                     },
                     ..job.clone()
                 }),
@@ -1027,6 +1050,7 @@ impl Store {
             .step(id, "any", move |job| {
                 let mut next = with_state(job, JobState::Queued);
                 next.batch = None;
+                next.batch_images = None;
                 next.accepted_unread = false;
                 // A replayed job stages its input again: the object may have been cleaned up.
                 if job.state.is_terminal() {
@@ -1053,6 +1077,7 @@ impl Store {
                 }
                 let mut next = with_state(job, JobState::Queued);
                 next.batch = None;
+                next.batch_images = None;
                 next.accepted_unread = false;
                 if job.state.is_terminal() {
                     next.staged = None;
@@ -1119,6 +1144,8 @@ impl Store {
             });
         }
         let now = now_ms();
+        // A lost batch's jobs are adopted together: they are the images it was sent with.
+        let images = u32::try_from(ids.len()).unwrap_or(u32::MAX);
         let mut adopted = Vec::with_capacity(ids.len());
         for id in ids {
             let result_url = result_url.to_owned();
@@ -1135,6 +1162,7 @@ impl Store {
                         at_ms: now,
                     };
                     next.batch = batch.then_some(task_id);
+                    next.batch_images = batch.then_some(images);
                     Some(next)
                 })
                 .await;
@@ -1164,6 +1192,7 @@ impl Store {
             self.take_task(TaskRef::Batch(batch_id), *first)?;
         }
         let now = now_ms();
+        let images = u32::try_from(ids.len()).unwrap_or(u32::MAX);
         for id in ids {
             let result_url = result_url.to_owned();
             let request_id = request_id.map(str::to_owned);
@@ -1176,6 +1205,7 @@ impl Store {
                         at_ms: now,
                     };
                     next.batch = Some(batch_id);
+                    next.batch_images = Some(images);
                     push_request_id(&mut next, request_id.as_deref());
                     Some(next)
                 }
@@ -1422,5 +1452,18 @@ mod tests {
         assert!(store.write_failing().is_some(), "not a write problem: kept");
         store.note_write(&Ok(()));
         assert!(store.write_failing().is_none());
+    }
+
+    /// A database error of the OS (a full state disk) is told by its errno, once, in the words
+    /// of the daemon's other OS errors; it was "state database error" alone in the log, and
+    /// sled's text after it on `/healthz`.
+    #[test]
+    fn a_database_error_names_its_os_cause_once() {
+        let err = StoreError::from(sled::Error::Io(std::io::Error::from_raw_os_error(28)));
+        let why = crate::text::error_chain(&err);
+        assert_eq!(why, "state database error: ENOSPC: no space left on device");
+        assert_eq!(err.code(), "store-io");
+        let other = StoreError::from(sled::Error::Unsupported("a feature".into()));
+        assert!(other.to_string().contains("a feature"), "{other}");
     }
 }

@@ -145,6 +145,43 @@ fn write_escaped(out: &mut impl Write, text: &str, backslash: bool) -> fmt::Resu
     out.write_str(rest)
 }
 
+/// The text an [`escape`]d (or [`Escaped::str`]) form was made of: `\\`, `\n`, `\r`, `\t`,
+/// `\xNN` (below 0x80) and `\u{…}` read back. `None` when `text` holds another escape, or
+/// none at all (nothing to read back).
+pub fn unescape(text: &str) -> Option<String> {
+    if !text.contains('\\') {
+        return None;
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next()? {
+            '\\' => out.push('\\'),
+            'n' => out.push('\n'),
+            'r' => out.push('\r'),
+            't' => out.push('\t'),
+            'x' => {
+                let hex: String = chars.by_ref().take(2).collect();
+                let code = u8::from_str_radix(&hex, 16).ok().filter(|b| *b < 0x80)?;
+                out.push(char::from(code));
+            }
+            'u' => {
+                if chars.next()? != '{' {
+                    return None;
+                }
+                let hex: String = chars.by_ref().take_while(|c| *c != '}').collect();
+                out.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
+            }
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
 /// An error and its sources, joined with `: ` (for logs and stderr).
 pub fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
@@ -382,6 +419,27 @@ mod tests {
     use std::os::unix::ffi::OsStrExt;
 
     use super::*;
+
+    /// What `escape` writes, `unescape` reads back, for every kind of escaped character.
+    #[test]
+    fn unescape_reads_back_what_escape_wrote() {
+        for text in [
+            "new\nline.yaml",
+            "a\\b\\c.yaml",
+            "tab\there\r.yaml",
+            "esc\u{1b}[31m.yaml",
+            "sep\u{2028}\u{202e}.yaml",
+            "nul\u{0}\u{85}.yaml",
+        ] {
+            let escaped = escape(text);
+            assert_ne!(escaped, text);
+            assert_eq!(unescape(&escaped).as_deref(), Some(text), "{escaped}");
+        }
+        assert_eq!(unescape("plain.yaml"), None, "nothing to read back");
+        for broken in ["end\\", "odd\\q", "hex\\x9z", "wide\\u{zz}", "big\\xff"] {
+            assert_eq!(unescape(broken), None, "{broken}");
+        }
+    }
 
     /// A password holding `/` (an S3 secret key) is still user information: redacted, and
     /// named by `has_user_info`; a path with `@` after a port is not.

@@ -88,9 +88,6 @@ pub struct Deps {
     pub outbox: PathBuf,
     pub rejected: PathBuf,
     pub state: PathBuf,
-    /// The client's rate limit per minute: the tighter of `requests_per_minute` and
-    /// 60 × `requests_per_second`.
-    pub rate_limit_per_minute: u64,
 }
 
 /// Shared by every request.
@@ -106,7 +103,6 @@ pub struct Inner {
     pub inbox: PathBuf,
     pub outbox: PathBuf,
     pub rejected: PathBuf,
-    pub rate_limit_per_minute: u64,
     pub auth: auth::Auth,
     pub thumbs: files::Thumbnails,
 }
@@ -157,7 +153,6 @@ pub async fn start(
             inbox: deps.inbox,
             outbox: deps.outbox,
             rejected: deps.rejected,
-            rate_limit_per_minute: deps.rate_limit_per_minute,
             auth,
             thumbs,
         }),

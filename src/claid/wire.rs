@@ -350,8 +350,39 @@ pub struct BatchTask {
     pub request: serde_json::Value,
     #[serde(default, deserialize_with = "null_default")]
     pub errors: Vec<TaskError>,
-    #[serde(default, deserialize_with = "null_default")]
+    /// The results the daemon can read: an item with a missing or mistyped field is left out
+    /// (its image then has no result, as if Claid had not attached it) instead of failing the
+    /// whole answer, which lost every image of the batch to one bad item.
+    #[serde(default, deserialize_with = "readable_items")]
     pub results: Vec<BatchResultItem>,
+}
+
+/// `results` item by item: those that do not parse are left out, told in one WARN per answer.
+fn readable_items<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<BatchResultItem>, D::Error> {
+    let items: Vec<serde_json::Value> = null_default(deserializer)?;
+    let mut readable = Vec::with_capacity(items.len());
+    let mut unreadable = 0usize;
+    let mut first_error = None;
+    for item in items {
+        match serde_json::from_value::<BatchResultItem>(item) {
+            Ok(item) => readable.push(item),
+            Err(err) => {
+                unreadable += 1;
+                first_error.get_or_insert_with(|| err.to_string());
+            }
+        }
+    }
+    if let Some(error) = first_error {
+        tracing::warn!(
+            unreadable,
+            readable = readable.len(),
+            error = %crate::text::Escaped::str(&error),
+            "Claid's answer for a batch holds results the daemon cannot read; their images are taken as having no result"
+        );
+    }
+    Ok(readable)
 }
 
 impl BatchTask {
@@ -665,6 +696,42 @@ mod tests {
         )
         .expect("an event envelope");
         assert_eq!((update.id(), update.status()), (7, &TaskStatus::Done));
+    }
+
+    /// One result item with a field missing or mistyped leaves that item out; the batch's
+    /// other results are read (the whole answer failed to parse, every image of the batch lost
+    /// with it).
+    #[test]
+    fn a_batch_result_item_that_cannot_be_read_leaves_the_others_readable() {
+        let image = |name: &str| {
+            serde_json::json!({"ext": "jpg", "mps": 0.1, "mime": "image/jpeg", "format": "jpeg",
+                "width": 32, "height": 24, "tmp_url": format!("https://r.test/{name}")})
+        };
+        let batch: BatchTask = serde_json::from_value(serde_json::json!({
+            "id": 9, "status": "DONE", "created_at": "t", "request": {"input": []},
+            "results": [
+                {"input_object": image("a.jpg"), "output_object": image("a.jpg")},
+                {"input_object": image("b.jpg"), "output_object": {"width": "wide"}},
+                {"input_object": image("c.jpg")},
+                {"input_object": image("d.jpg"), "output_object": image("d.jpg")},
+            ]
+        }))
+        .expect("the answer parses");
+        let names: Vec<_> = batch
+            .results
+            .iter()
+            .map(|item| item.output_object.tmp_url.clone().unwrap_or_default())
+            .collect();
+        assert_eq!(names, ["https://r.test/a.jpg", "https://r.test/d.jpg"]);
+        assert!(
+            batch.answers_fewer_than(4),
+            "the others count as not answered"
+        );
+        let none: BatchTask = serde_json::from_value(serde_json::json!({
+            "id": 9, "status": "DONE", "created_at": "t", "request": {}, "results": null
+        }))
+        .expect("null results parse");
+        assert!(none.results.is_empty());
     }
 
     #[test]

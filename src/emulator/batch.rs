@@ -208,6 +208,9 @@ pub async fn poll(
     if let Some(response) = state.poll_refused(format!("batch:{id}")) {
         return response;
     }
+    if state.poll_not_found(format!("batch:{id}")) {
+        return pipeline_not_found();
+    }
     if state.unsettled_once(format!("poll:{id}")) {
         return pipeline_not_found();
     }

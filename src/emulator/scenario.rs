@@ -216,6 +216,10 @@ pub struct Scenario {
     /// The first this many polls of every task and batch answer 409 (a conflict Claid's
     /// contract does not name for a GET): a task Claid billed is not given up at the first.
     pub polls_refused: u32,
+    /// The first this many polls of every task and batch answer 404 (a store that lags the
+    /// answer that named the task for a while): a task Claid billed is not taken for lost
+    /// while it is young.
+    pub polls_not_found: u32,
     /// Share of tmp_url downloads that serve another image than the result describes (one
     /// pixel wider and taller than `output_object` says).
     pub wrong_image_share: f64,
@@ -312,6 +316,7 @@ impl Default for Scenario {
             unsettled_share: 0.0,
             polls_rate_limited: 0,
             polls_refused: 0,
+            polls_not_found: 0,
             wrong_image_share: 0.0,
             rate_window: RateWindow::Sliding,
             batch_parallelism: DEFAULT_BATCH_PARALLELISM,
@@ -452,6 +457,12 @@ impl Scenario {
         self
     }
 
+    /// 404 to the first `n` polls of every task and batch (see the field).
+    pub fn polls_not_found(mut self, n: u32) -> Self {
+        self.polls_not_found = n;
+        self
+    }
+
     /// 409 to the first `n` polls of every task and batch (see the field).
     pub fn polls_refused(mut self, n: u32) -> Self {
         self.polls_refused = n;
@@ -588,6 +599,7 @@ impl std::fmt::Debug for Scenario {
             .field("unsettled_share", &self.unsettled_share)
             .field("polls_rate_limited", &self.polls_rate_limited)
             .field("polls_refused", &self.polls_refused)
+            .field("polls_not_found", &self.polls_not_found)
             .field("wrong_image_share", &self.wrong_image_share)
             .field("rate_window", &self.rate_window)
             .field("batch_parallelism", &self.batch_parallelism)
@@ -861,6 +873,7 @@ impl ScenarioArgs {
             unsettled_share: self.unsettled_share,
             polls_rate_limited: 0,
             polls_refused: 0,
+            polls_not_found: 0,
             wrong_image_share: self.wrong_image_share,
             rate_window: self.rate_window,
             batch_parallelism: self.batch_parallelism.max(1),

@@ -236,6 +236,18 @@ impl AppState {
         Some(response)
     }
 
+    /// Whether this poll of `key` answers 404 (its first `scenario.polls_not_found`).
+    pub(crate) fn poll_not_found(&self, key: String) -> bool {
+        let n = self.scenario.polls_not_found;
+        if n == 0 {
+            return false;
+        }
+        let mut seen = lock(&self.rate_limited_polls);
+        let count = seen.entry(format!("missing:{key}")).or_insert(0);
+        *count += 1;
+        *count <= n
+    }
+
     /// A 409 for this poll of `key` while its first `scenario.polls_refused` are not spent.
     pub(crate) fn poll_refused(&self, key: String) -> Option<Response> {
         let n = self.scenario.polls_refused;
@@ -1170,6 +1182,9 @@ async fn poll(
     }
     if let Some(response) = state.poll_refused(format!("poll:{id}")) {
         return response;
+    }
+    if state.poll_not_found(format!("poll:{id}")) {
+        return pipeline_not_found();
     }
     if state.unsettled_once(format!("poll:{id}")) {
         return pipeline_not_found();

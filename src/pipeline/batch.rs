@@ -1526,12 +1526,20 @@ pub fn match_results(result: &BatchTask, members: &[Member]) -> Matched {
         }
     }
     for err in &result.errors {
-        let owner = members
-            .iter()
-            .enumerate()
-            .filter(|(index, m)| !taken.contains(index) && err.error.contains(input_of(&m.job)))
-            .map(|(index, _)| index)
-            .collect::<Vec<_>>();
+        let owners_by = |names: &dyn Fn(&str, &str) -> bool| {
+            members
+                .iter()
+                .enumerate()
+                .filter(|(index, m)| !taken.contains(index) && names(&err.error, input_of(&m.job)))
+                .map(|(index, _)| index)
+                .collect::<Vec<_>>()
+        };
+        // An error quoting the input whole, else one naming its file (`sku-1.jpg: …`; a
+        // batch's inputs have distinct file names): the error of that image alone.
+        let mut owner = owners_by(&|text, input| text.contains(input));
+        if owner.is_empty() {
+            owner = owners_by(&names_file_of);
+        }
         if let [index] = owner.as_slice() {
             taken.insert(*index);
             out.failed.push((*index, err.error.clone()));
@@ -1602,6 +1610,29 @@ fn result_names(input: &str, extension: &str) -> Vec<String> {
         names.push(raw.to_owned());
     }
     names
+}
+
+/// Whether Claid's error `text` names the file of `input` (its file name as written or
+/// percent-decoded, standing as a word of its own: `bad1.jpg` is not named by `xbad1.jpg`).
+fn names_file_of(text: &str, input: &str) -> bool {
+    let raw = wire::basename(input);
+    let decoded = wire::decoded(raw);
+    let part_of_name = |c: char| c.is_alphanumeric() || matches!(c, '.' | '_' | '-' | '%');
+    [raw, decoded.as_str()]
+        .into_iter()
+        .filter(|name| !name.is_empty())
+        .any(|name| {
+            text.match_indices(name).any(|(at, _)| {
+                let before = text[..at].chars().next_back();
+                let after = text[at + name.len()..].chars().next();
+                !before.is_some_and(part_of_name)
+                    && !after.is_some_and(|c| part_of_name(c) && c != '.')
+                    && !text[at + name.len()..]
+                        .strip_prefix('.')
+                        .and_then(|rest| rest.chars().next())
+                        .is_some_and(part_of_name)
+            })
+        })
 }
 
 fn stem(name: &str) -> &str {
@@ -1738,6 +1769,7 @@ mod tests {
                 polls: 0,
                 request_ids: Vec::new(),
                 batch: None,
+                batch_images: None,
                 staged: None,
                 accepted_unread: false,
                 updated_at_ms: 0,
@@ -1789,6 +1821,35 @@ mod tests {
         assert_eq!(
             unattributed_failure(&result, &matched.loose_errors),
             "Batch failed"
+        );
+    }
+
+    /// An error naming an image by its file name, not its whole URL, is that image's (it went
+    /// to nobody: the image failed "with no error for this image" and another image was shown
+    /// it); a file name inside a longer one names nobody.
+    #[test]
+    fn an_error_naming_an_images_file_is_that_images() {
+        let mut members = [member(1), member(2), member(3)];
+        members[0].job.input = "http://cdn.test/o/bad1.jpg".to_owned();
+        members[1].job.input = "http://cdn.test/o/ghost1.jpg?v=2".to_owned();
+        members[2].job.input = "http://cdn.test/o/caf%C3%A9.jpg".to_owned();
+        let mut result = done_batch(Vec::new());
+        result.errors = vec![
+            error("bad1.jpg: simulated failure"),
+            error("Could not decode 'café.jpg'."),
+            error("xghost1.jpg and ghost1.jpg.png are other files"),
+        ];
+        let matched = match_results(&result, &members);
+        assert_eq!(
+            matched.failed,
+            vec![
+                (0, "bad1.jpg: simulated failure".to_owned()),
+                (2, "Could not decode 'café.jpg'.".to_owned())
+            ]
+        );
+        assert_eq!(
+            matched.loose_errors,
+            vec!["xghost1.jpg and ghost1.jpg.png are other files"]
         );
     }
 

@@ -32,8 +32,13 @@ pub const KEPT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 pub enum Delivery {
     /// A task waiting for this id has it.
     Handed,
-    /// Kept for a task that will wait for it soon (its submit answer is being recorded).
+    /// Kept for a task that will wait for it soon (its submit answer is being recorded), or
+    /// for a task the daemon does not know.
     Kept,
+    /// Kept for the job the store says took the task: an announcement that came after that
+    /// job learnt the task's end by polling, or before it waits for the task again. The
+    /// daemon's own task, so never counted as unknown.
+    KeptForOwner,
     /// It matched a job whose submit answer was lost: the job adopts the task.
     Adopted,
     /// Not a final status (ACCEPTED, PROCESSING): nothing to do.
@@ -363,7 +368,11 @@ impl Dispatch {
             kept.insert(id, (Instant::now(), update));
         }
         inner.stats.kept += 1;
-        Delivery::Kept
+        if owned {
+            Delivery::KeptForOwner
+        } else {
+            Delivery::Kept
+        }
     }
 
     /// [`Dispatch::deliver`] for a task the store says a job took: handed to whoever waits
@@ -1008,7 +1017,7 @@ mod tests {
         }]);
         assert_eq!(
             dispatch.deliver_owned(update(7, "DONE", req.clone())),
-            Delivery::Kept
+            Delivery::KeptForOwner
         );
         assert!(
             lost.wait(Duration::from_millis(1)).await.is_none(),

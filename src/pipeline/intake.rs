@@ -365,6 +365,7 @@ impl Intake {
                 polls: 0,
                 request_ids: Vec::new(),
                 batch: None,
+                batch_images: None,
                 staged: None,
                 accepted_unread: false,
                 updated_at_ms: now,
@@ -1024,6 +1025,7 @@ pub fn unchanged_state(
             url: object,
             width: *width,
             height: *height,
+            copy_of: Some(sha256.clone()),
         });
     }
     Some(JobState::Done {

@@ -61,8 +61,11 @@ pub(crate) struct Unsettled {
 /// for again before it counts as missing.
 const MISSING_OBJECT_CHECKS: u32 = 4;
 
-/// How often a 404 for a new task is asked again.
-const UNSETTLED_ASKS: u32 = 3;
+/// How often a 404 for a new task is asked again: with the backoff (0.5 s doubling, 30 s at
+/// most, jittered) about half a minute, a minute at most, inside [`NEW_TASK`]. Three asks
+/// (about 2 s) took a store lagging a few seconds behind the answer that named the task for
+/// a lost task, and failed an image Claid billed as `task-lost`.
+const UNSETTLED_ASKS: u32 = 7;
 
 /// How often a DONE without its result is asked again: with [`healing_write_wait`]'s waits
 /// (1 s doubling, under a minute) about four minutes, time for Claid to attach a result it
@@ -464,10 +467,12 @@ impl Runner {
                     width,
                     height,
                     task_id,
+                    copy_of,
                 } => {
                     let result = (url.clone(), *width, *height, *task_id);
                     if url.starts_with("storage://") {
-                        self.verify_object(id, &job, result, &mut write_failures)
+                        let copy_of = copy_of.as_deref();
+                        self.verify_object(id, &job, result, copy_of, &mut write_failures)
                             .await
                     } else {
                         self.download(id, &job, result, &mut write_failures).await
@@ -1367,12 +1372,14 @@ impl Runner {
     /// and records its `s3://` URI, or, with the storage's `output_local_copy`, reads it and
     /// writes it into the outbox as a downloaded result. Never written by the daemon. Also the
     /// first step of a job whose earlier run's local copy is gone (`intake::unchanged_state`):
-    /// it fetches the object again, or, when the object is gone too, queues the image.
+    /// it fetches the object again (`copy_of`: the sha256 of that copy), or, when the object
+    /// is gone too or no longer the one copied (replaced in the bucket since), queues the image.
     async fn verify_object(
         &self,
         id: JobId,
         job: &JobV1,
         (uri, width, height, task_id): (String, u32, u32, Option<u64>),
+        copy_of: Option<&str>,
         write_failures: &mut Writes,
     ) -> Step {
         let deps = &*self.deps;
@@ -1416,13 +1423,7 @@ impl Runner {
             // submitted): the object Claid wrote is gone as well, so the image is made again.
             if code == FailureCode::ObjectMissing && job.attempts == 0 {
                 info!(object = %storage.objects.uri(key), "The output object of an earlier run is gone from the bucket; the image is made again");
-                return match deps.store.requeue(id, false).await {
-                    Ok(_) => Step::Continue,
-                    Err(err) => {
-                        error!(error = %err, "Cannot queue the image again; it resumes at the next start");
-                        Step::End(JobOutcome::Parked)
-                    }
-                };
+                return self.make_again(id).await;
             }
             // Not there yet: Claid may announce the task before the object is visible in the
             // bucket. Looked at again a few times (about 15 s in all) before it counts as
@@ -1478,6 +1479,16 @@ impl Runner {
                     return self.fail(id, code, &err.to_string()).await;
                 }
             };
+            // The copy an earlier run made is gone, and the object is not what it copied any
+            // more (replaced in the bucket since, by another tool or a person): not this
+            // image's result, so it is made again, as when the object is gone.
+            if let Some(copied) = copy_of
+                && job.attempts == 0
+                && hex::encode(sha2::Sha256::digest(&bytes)) != copied
+            {
+                warn!(object = %storage.objects.uri(key), bytes = bytes.len(), "The output object of an earlier run was replaced in the bucket since its local copy was made; the image is made again");
+                return self.make_again(id).await;
+            }
             let dims = (width, height, task_id);
             return self
                 .write_and_finish(id, job, bytes, dims, write_failures, permit)
@@ -1501,6 +1512,18 @@ impl Runner {
             }
             Err(err) => {
                 error!(error = %err, "Output object checked but not recorded; it is checked again at the next start");
+                Step::End(JobOutcome::Parked)
+            }
+        }
+    }
+
+    /// Queues a job of a later run whose earlier output object cannot be taken again (gone,
+    /// or replaced): the image is made again.
+    async fn make_again(&self, id: JobId) -> Step {
+        match self.deps.store.requeue(id, false).await {
+            Ok(_) => Step::Continue,
+            Err(err) => {
+                error!(error = %err, "Cannot queue the image again; it resumes at the next start");
                 Step::End(JobOutcome::Parked)
             }
         }
@@ -1656,11 +1679,13 @@ fn bucket_failure(
     }
 }
 
-/// A call to a bucket failed with an answer (a missing object or bucket, refused keys): its
-/// endpoint is there, so an outage told to health is over (`/healthz` said `failing` until
-/// the next success, long after the bucket was back).
+/// A call to a bucket failed with an answer (a missing object or bucket): its endpoint is
+/// there, so an outage told to health is over (`/healthz` said `failing` until the next
+/// success, long after the bucket was back). Not a refusal of the daemon's keys (403): that
+/// failure goes on (a staging upload's 403 logged "the bucket answers again" between two
+/// warnings of the same refusal).
 fn bucket_answered(health: &HealthState, storage: &str, err: &crate::objects::ObjectError) {
-    if !bucket_away(err) {
+    if !bucket_away(err) && !matches!(err, crate::objects::ObjectError::Denied { .. }) {
         health.storage_ok(storage);
     }
 }
@@ -2009,6 +2034,37 @@ mod tests {
     }
     use super::*;
     use crate::objects::ObjectError;
+
+    /// A refusal of the daemon's keys (403) does not end a storage's failing state (it said
+    /// "the bucket answers again" between two warnings of one refusal); a missing object, an
+    /// answer of the bucket, does.
+    #[test]
+    fn a_refusal_of_the_keys_does_not_end_a_storage_failure() {
+        use crate::pipeline::notices::Notices;
+        let health = HealthState::new(
+            Notices::default(),
+            "127.0.0.1:1".to_owned(),
+            Arc::new(crate::claid::Unanswered::default()),
+        );
+        let denied = ObjectError::Denied {
+            op: "put",
+            uri: "s3://b/staging/k".to_owned(),
+            cause: "403 AccessDenied".into(),
+        };
+        assert!(health.storage_failed("catalog", denied.to_string()));
+        bucket_answered(&health, "catalog", &denied);
+        assert!(health.only_storage_failing(), "still refused");
+        assert!(
+            !health.storage_failed("catalog", denied.to_string()),
+            "told once"
+        );
+        let missing = ObjectError::NotFound {
+            op: "head",
+            uri: "s3://b/k".to_owned(),
+        };
+        bucket_answered(&health, "catalog", &missing);
+        assert!(!health.only_storage_failing(), "the bucket answered");
+    }
 
     #[test]
     fn object_errors_map_to_storage_failure_codes() {

@@ -652,8 +652,8 @@ impl Polls {
 
     /// [`Polls::webhook_wait`] for a batch of `images` images. A batch's duration follows its
     /// size, so durations of other sizes say little: overdue at its size's estimate, half again,
-    /// plus a second; with no estimate, `poll.max` (at least [`FIRST_GUESS`]) while no batch
-    /// has ended yet (the canary: a lost announcement of it would hold the whole drop), else
+    /// plus a second; with no estimate, [`FIRST_GUESS`] while no batch has ended yet (the
+    /// canary: a lost announcement of it holds the whole drop that long), else
     /// (the first round's batches) twice the longest batch seen as if its images had been done
     /// one after the other at its pace, plus a second: generous, so a webhook that comes in
     /// time costs no poll, but a first round whose webhooks are lost is not held for the whole
@@ -671,7 +671,9 @@ impl Polls {
         let overdue = match self.batch_expected(images) {
             Some(expected) => expected.mul_f64(1.5) + Duration::from_secs(1),
             None => match self.samples(Kind::Batch).iter().max() {
-                None => self.poll.max.max(FIRST_GUESS),
+                // The canary, before anything is known: every other batch waits for it, so a
+                // lost announcement of it held the whole drop for `poll.max` (30 s).
+                None => FIRST_GUESS,
                 Some(longest) => {
                     let scale = images.max(1) as f64 / super::batch::CANARY_IMAGES as f64;
                     longest.mul_f64(2.0 * scale.max(1.0)) + Duration::from_secs(1)
@@ -1266,13 +1268,15 @@ mod tests {
         );
         assert!(polls.webhook_wait(Kind::Single, now, fallback) > secs(6));
 
-        // A batch: `poll.max` while no batch has ended (the canary); then, for a size with no
-        // estimate (the first round), the fallback; then its size's estimate, half again, + 1 s.
+        // A batch: `FIRST_GUESS` while no batch has ended (the canary, which every other batch
+        // waits for: `poll.max` held a drop 30 s when its announcement was lost); then, for a
+        // size with no estimate (the first round), the fallback; then its size's estimate,
+        // half again, + 1 s.
         let batches = new_polls();
         let at = |polls: &Polls, images| {
             polls.batch_webhook_wait(images, crate::store::now_ms(), fallback)
         };
-        assert!(at(&batches, 2) > secs(29) && at(&batches, 2) <= secs(30));
+        assert!(at(&batches, 2) > secs(9) && at(&batches, 2) <= FIRST_GUESS);
         ended(&batches, 2, &[3.0]);
         assert!(
             at(&batches, 64) > secs(119),

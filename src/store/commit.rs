@@ -98,7 +98,7 @@ impl GroupCommit {
             };
             let err = match res {
                 Ok(Ok(_)) => None,
-                Ok(Err(err)) => Some(err.to_string()),
+                Ok(Err(err)) => Some(super::DbCause(&err).to_string()),
                 Err(_) => Some("the flush panicked".to_owned()),
             };
             gate.finish(this, err);

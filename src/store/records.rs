@@ -223,6 +223,9 @@ pub struct JobV1 {
     /// it); `Submitted.task_id` is then the batch's id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch: Option<u64>,
+    /// How many images the daemon sent in that batch (the report shows it beside the batch id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_images: Option<u32>,
     /// A local input staged into the `api.staging` storage: the `storage://CONNECTOR/staging/<store id>/
     /// <sha256>.<ext>` URI Claid reads it from (recorded, durably, before any submit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -297,6 +300,11 @@ pub enum JobState {
         url: String,
         width: u32,
         height: u32,
+        /// A storage output's local copy fetched again by a later run (`output_local_copy`):
+        /// the sha256 of the copy the earlier run wrote. An object that no longer has it was
+        /// replaced in the bucket since, and is not taken for this image's result.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        copy_of: Option<String>,
     },
     #[serde(alias = "in_doubt")]
     InDoubt {

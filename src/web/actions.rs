@@ -253,6 +253,8 @@ fn rerun(
     // from, and it goes back there (outputs and reports under its own name), when free.
     let origin = std::fs::read_to_string(&error_file).ok().and_then(|text| {
         let first = text.lines().next()?.strip_prefix("manifest: ")?.to_owned();
+        // Written escaped (a newline in the name as `\n`): the name itself, not its escape.
+        let first = crate::text::unescape(&first).unwrap_or(first);
         let named = std::path::Path::new(&first);
         let rel = if named.is_absolute() {
             named.strip_prefix(inbox).ok()?.to_owned()
@@ -272,4 +274,37 @@ fn rerun(
         warn!(error = %crate::os_error::OsCause(&err), file = %Escaped::path(&error_file), "Cannot remove the error file of a re-run file");
     }
     Ok(dest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A rejected file whose name holds a newline goes back under that name (its error file
+    /// names it escaped, and it was put back under the escape: `bad\nname.yaml`, literally).
+    #[test]
+    fn a_rerun_file_goes_back_under_its_own_name_not_its_escape() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (rejected, inbox) = (dir.path().join("rejected"), dir.path().join("inbox"));
+        std::fs::create_dir_all(rejected.join("team")).expect("rejected");
+        std::fs::create_dir_all(&inbox).expect("inbox");
+        let name = "team/bad\nname\\x.yaml";
+        std::fs::write(rejected.join(name), b"images: []\n").expect("file");
+        let error_file = rejected.join(crate::filename::error_file_name(
+            std::path::Path::new(name).file_name().expect("name"),
+            &crate::filename::FsLimits::of(&rejected),
+        ));
+        let error_file = rejected
+            .join("team")
+            .join(error_file.file_name().expect("name"));
+        std::fs::write(
+            &error_file,
+            format!("manifest: {}\n\nproblems\n", Escaped::str(name)),
+        )
+        .expect("error file");
+        let dest = rerun(&rejected, &inbox, name).expect("moved back");
+        assert_eq!(dest, inbox.join(name));
+        assert!(inbox.join(name).is_file());
+        assert!(!error_file.exists(), "its error file is removed");
+    }
 }

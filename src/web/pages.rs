@@ -172,7 +172,7 @@ async fn overview_markup(state: &WebState) -> Result<Markup, crate::store::Store
     let overview = views::Overview {
         state: &service,
         activity: &snapshot,
-        rate_limit_per_minute: state.rate_limit_per_minute,
+        rate_limit_per_minute: pipeline.requests_per_minute_in_force(),
         in_flight: pipeline.in_flight(),
         queued: pipeline.queued(),
         held_in_doubt: counts.totals.in_doubt,
@@ -426,6 +426,7 @@ fn job_row(id: u64, job: &crate::store::records::JobV1, outbox: &Path) -> views:
         object,
         task_id: if job.batch.is_some() { None } else { task_id },
         batch_id: job.batch,
+        batch_images: job.batch.and(job.batch_images),
         requests: u64::from(job.attempts) + u64::from(job.polls),
         in_doubt: job.in_doubt,
     }

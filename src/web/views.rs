@@ -76,6 +76,8 @@ pub struct JobRow {
     pub object: Option<String>,
     pub task_id: Option<u64>,
     pub batch_id: Option<u64>,
+    /// How many images went in that batch.
+    pub batch_images: Option<u32>,
     pub requests: u64,
     pub in_doubt: u32,
 }
@@ -378,7 +380,10 @@ pub fn manifest(m: &ManifestPage<'_>, csrf: Option<&str>) -> Markup {
                         }
                         td {
                             @if let Some(task) = row.task_id { "task " (task) }
-                            @if let Some(batch) = row.batch_id { " batch " (batch) }
+                            @if let Some(batch) = row.batch_id {
+                                " batch " (batch)
+                                @if let Some(images) = row.batch_images { " (" (images) " images)" }
+                            }
                         }
                         td.num { (row.requests) }
                     }

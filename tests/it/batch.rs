@@ -42,6 +42,14 @@ fn manifest(env: &TestEnv, images: &[(&str, Option<&str>)]) -> String {
 
 /// Report rows as (input's file name, status, batch id).
 fn rows(env: &TestEnv, stem: &str) -> Vec<(String, String, Option<u64>)> {
+    rows_with_sizes(env, stem)
+        .into_iter()
+        .map(|(input, status, batch, _)| (input, status, batch))
+        .collect()
+}
+
+/// Report rows as (input's file name, status, batch id, images in that batch).
+fn rows_with_sizes(env: &TestEnv, stem: &str) -> Vec<(String, String, Option<u64>, Option<u64>)> {
     env.report(stem)["jobs"]
         .as_array()
         .expect("rows")
@@ -52,6 +60,7 @@ fn rows(env: &TestEnv, stem: &str) -> Vec<(String, String, Option<u64>)> {
                 input.rsplit('/').next().unwrap_or_default().to_owned(),
                 r["status"].as_str().unwrap_or_default().to_owned(),
                 r["batch_id"].as_u64(),
+                r["batch_images"].as_u64(),
             )
         })
         .collect()
@@ -112,6 +121,23 @@ async fn issue12_a_batch_with_shuffled_results_delivers_every_image_once() {
     assert!(
         rows.iter()
             .all(|(_, _, b)| batch_ids.contains(&b.unwrap_or(0)))
+    );
+    // Each row says how many images its batch carried: the sizes Claid was sent.
+    for (input, _, batch, images) in rows_with_sizes(&env, "m") {
+        let batch = batch.expect("a batch id");
+        assert_eq!(
+            images,
+            Some(stats.batches[&batch].images),
+            "{input}: the size of batch {batch}"
+        );
+    }
+    let csv = std::fs::read_to_string(env.outbox.join("m.report.csv")).unwrap();
+    assert!(
+        csv.lines()
+            .next()
+            .unwrap()
+            .ends_with(",batch_id,object,batch_images"),
+        "{csv}"
     );
 }
 

@@ -1532,6 +1532,35 @@ async fn replay_dry_run_lists_the_jobs_and_the_billed_ones_and_changes_nothing()
     );
 }
 
+/// A manifest whose name holds a newline is shown escaped (`new\nline.yaml`) by `status` and
+/// the log; `replay --manifest` takes that form as well as the name itself (it answered "no
+/// manifest in the store" to the name as shown).
+#[tokio::test(flavor = "multi_thread")]
+async fn replay_takes_a_manifest_name_as_status_escapes_it() {
+    let env = TestEnv::new(Scenario::default()).await;
+    env.drop_file("new\nline.yaml", GOOD.as_bytes());
+    let config = env.config("", "");
+    let (code, output) = run_once(&config).await;
+    assert_eq!(code, 0, "{output}");
+    let config = config.to_str().unwrap();
+    let (code, out, err) = cli(&["status", "--config", config]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("new\\nline.yaml"), "shown escaped: {out}");
+    for given in ["new\\nline.yaml", "new\nline.yaml"] {
+        let (code, out, err) = cli(&[
+            "replay",
+            "--manifest",
+            given,
+            "--dry-run",
+            "--config",
+            config,
+        ])
+        .await;
+        assert_eq!(code, 0, "{given:?}: {out}{err}");
+        assert!(out.contains("Would requeue 2 jobs"), "{given:?}: {out}");
+    }
+}
+
 /// SIGTERM during `run --once` exits 75 and says why, with the count of unfinished jobs that
 /// resume at the next run; the next run finishes them. SIGHUP (its terminal went away: an SSH
 /// session that dropped) is the same stop (it ended the process at once, exit 129, and cut

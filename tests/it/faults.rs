@@ -492,6 +492,19 @@ async fn fault_a_refused_poll_is_asked_again_and_never_loses_a_billed_task() {
     }
 }
 
+/// A 404 to the first polls of a task or batch just named by its submit's answer (a store
+/// lagging that answer by a few seconds): asked again while the task is young, so the images
+/// are delivered (after three asks in about 2 s they failed as `task-lost`, results Claid had
+/// billed lost).
+#[tokio::test(flavor = "multi_thread")]
+async fn fault_a_new_task_not_found_for_a_few_polls_is_not_taken_for_lost() {
+    for api in ["", "batch: { max_images: 1 }"] {
+        let (env, stderr) = two_images_delivered(Scenario::default().polls_not_found(5), api).await;
+        assert!(!stderr.contains("task-lost"), "{api}: {stderr}");
+        assert_eq!(env.stats().duplicate_submits, 0, "{api}");
+    }
+}
+
 /// A result host that answers 503 (the API answering as usual) for longer than a download's
 /// failure budget: the image was made and billed, and its result stays at its `tmp_url` for a
 /// day, so the download waits it out like an outage. `run --once` ends at

@@ -27,6 +27,7 @@ fn sample() -> Report {
                 bytes: Some(1234),
                 in_doubt: 1,
                 batch_id: Some(7),
+                batch_images: Some(3),
                 object: None,
             },
             ReportRow {
@@ -40,6 +41,7 @@ fn sample() -> Report {
                 bytes: None,
                 in_doubt: 0,
                 batch_id: None,
+                batch_images: None,
                 object: None,
             },
         ],
@@ -84,10 +86,10 @@ fn write_produces_json_and_csv() {
 
     let csv = fs::read_to_string(&csv_path).unwrap();
     let expected = concat!(
-        "input,output,status,reason,task_id,width,height,bytes,in_doubt,batch_id,object\n",
-        "storage://demo/sku-1-64x48.png,a/b/shoes/sku-1.webp,done,,42,64,48,1234,1,7,\n",
+        "input,output,status,reason,task_id,width,height,bytes,in_doubt,batch_id,object,batch_images\n",
+        "storage://demo/sku-1-64x48.png,a/b/shoes/sku-1.webp,done,,42,64,48,1234,1,7,,3\n",
         "\"https://x.test/a,b \"\"quoted\"\".png\",a/b/shoes/odd.webp,failed,",
-        "\"invalid-operations: width, height\nsecond line\",,,,,0,,\n",
+        "\"invalid-operations: width, height\nsecond line\",,,,,0,,,\n",
     );
     assert_eq!(csv, expected);
 
@@ -141,6 +143,7 @@ fn job(input: &str, state: JobState, in_doubt: u32) -> JobV1 {
         polls: 0,
         request_ids: Vec::new(),
         batch: None,
+        batch_images: None,
         staged: None,
         accepted_unread: false,
         updated_at_ms: 0,

@@ -51,6 +51,7 @@ fn job(idx: u32, key: &str) -> JobV1 {
         polls: 0,
         request_ids: Vec::new(),
         batch: None,
+        batch_images: None,
         staged: None,
         accepted_unread: false,
         updated_at_ms: 0,

@@ -465,6 +465,36 @@ async fn dashboard_in_a_browser_renders_hostile_names_as_text_and_refuses_forged
     stop(&mut daemon).await;
 }
 
+/// The overview's rate-limit figure is the limit the client keeps now: lower than the config's
+/// once Claid announced a lower quota in its `RateLimit` headers (it showed the config's 120
+/// while the daemon kept to Claid's 60).
+#[tokio::test(flavor = "multi_thread")]
+async fn dashboard_rate_limit_figure_follows_a_lower_quota_claid_announced() {
+    let env = TestEnv::new(Scenario::default().rpm(60).seed(7)).await;
+    let token = token_file(&env);
+    let config = env.config("", &web_section(None, Some(&token), false));
+    let mut daemon = env.spawn_daemon(&config, 0);
+    let base = format!("http://{}", env.dashboard(0).await);
+    env.drop_file("q.yaml", manifest(2, "q", &[]).as_bytes());
+    wait_finished(&env, "q.yaml").await;
+    let page = reqwest::Client::new()
+        .get(format!("{base}/"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("page");
+    let figure = page
+        .split("rate-limit")
+        .nth(1)
+        .expect("the rate-limit figure");
+    let value: String = figure.chars().take(200).collect();
+    assert!(value.contains(" / 60<"), "Claid's 60 a minute: {value}");
+    stop(&mut daemon).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn dashboard_for_scripts_takes_basic_or_a_bearer_token_and_csrf_guards_basic_posts() {
     let env = TestEnv::new(Scenario::default().seed(6)).await;

@@ -207,6 +207,81 @@ async fn issue12_an_unknown_tasks_webhook_is_acknowledged_and_a_forged_one_refus
     crate::support::stop(&mut daemon).await;
 }
 
+/// The daemon's own announcements are never counted as unknown tasks: neither those that
+/// come before their submit's answer (kept, then taken by their job) nor those that come after
+/// a poll ended their job. (Each was counted: `unknown_task` read 8 for a drop of 8 images.)
+/// An unknown task's announcement, sent after them, is the only one counted.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemons_own_early_and_late_announcements_are_not_counted_as_unknown_tasks() {
+    let port = free_port();
+    let env = TestEnv::new(
+        announcing(port)
+            .latency(Latency::Fixed(Duration::ZERO))
+            .submit_response_delay(Duration::from_millis(400))
+            .webhook_delay(0.5, Duration::from_secs(3))
+            .seed(12),
+    )
+    .await;
+    let n = 8;
+    let config = env.config(
+        "batch: { max_images: 1 }",
+        &webhook_section(&env, port, "1s"),
+    );
+    let mut daemon = env.spawn_daemon(&config, 0);
+    wait_until("ready", DEADLINE, || env.daemon_log(0).contains("Ready")).await;
+    env.drop_file("m.yaml", manifest(n, "o").as_bytes());
+    wait_until("the report", DEADLINE, || {
+        env.outbox.join("m.report.json").exists()
+    })
+    .await;
+    all_done(&env, n);
+    let metrics = || async {
+        let answer = claid_hotfolder::admin::request(&env.socket(), "GET", "/metrics", None)
+            .await
+            .expect("metrics");
+        String::from_utf8_lossy(&answer.1).into_owned()
+    };
+    let verified = |n: usize| format!("claid_hotfolder_webhooks{{outcome=\"verified\"}} {n}");
+    crate::support::wait_until_async("every announcement verified", DEADLINE, || async {
+        metrics().await.contains(&verified(n))
+    })
+    .await;
+    let stats = env.stats();
+    assert!(stats.webhooks_delayed > 0, "some came late");
+    assert!(stats.polls > 0, "the late ones' tasks were polled first");
+    // An unknown task's announcement, decided after the daemon's own (in the order they came).
+    let body = serde_json::json!({
+        "id": 987654, "status": "DONE", "result_url": "http://x/v1/image/edit/async/987654",
+        "request": {"input": "https://nowhere/x.jpg", "operations": {}}, "errors": [], "result": {}
+    })
+    .to_string();
+    let secret = claid_hotfolder::webhook::Secret::new(SECRET).expect("secret");
+    let answer = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/webhooks/claid"))
+        .header(
+            "x-claid-hmac-sha256",
+            claid_hotfolder::webhook::sign_hex(&secret, body.as_bytes()),
+        )
+        .body(body)
+        .send()
+        .await
+        .expect("answered");
+    assert!(answer.status().is_success(), "{}", answer.status());
+    crate::support::wait_until_async("the unknown task counted", DEADLINE, || async {
+        metrics().await.contains(&verified(n + 1))
+            && !metrics()
+                .await
+                .contains("claid_hotfolder_webhooks{outcome=\"unknown_task\"} 0")
+    })
+    .await;
+    let text = metrics().await;
+    assert!(
+        text.contains("claid_hotfolder_webhooks{outcome=\"unknown_task\"} 1"),
+        "only the unknown task's: {text}"
+    );
+    crate::support::stop(&mut daemon).await;
+}
+
 /// The receiver does not start without a secret: a configuration error naming the key.
 #[tokio::test(flavor = "multi_thread")]
 async fn issue12_the_receiver_refuses_to_start_without_a_secret() {

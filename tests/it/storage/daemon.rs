@@ -699,6 +699,49 @@ async fn a_lost_local_copy_is_fetched_again_from_its_object_without_a_submit() {
     s3.stop().await;
 }
 
+/// A later run whose local copy is gone and whose object was replaced in the bucket since
+/// (another tool wrote over it) does not take that object for the image's result (it was
+/// copied into the outbox as if Claid had made it): the image is made again.
+#[tokio::test]
+async fn a_lost_local_copy_whose_object_was_replaced_is_made_again_not_copied() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let (env, config) = storage_env(&s3, quick(), "output_local_copy: true", 1).await;
+    let manifest = b"output: { format: png, destination: storage://catalog/out/ }\nimages:\n  - storage://catalog/in/sku-0.png\n";
+    env.drop_file("shoes.yaml", manifest);
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    let sent = |env: &TestEnv| {
+        let stats = env.stats();
+        stats.submits + stats.batch_images
+    };
+    assert_eq!(sent(&env), 1);
+    std::fs::remove_file(env.outbox.join("shoes/sku-0.png")).expect("remove copy");
+    let foreign = crate::support::png(7, 7);
+    s3.put_object("catalog", "raw/out/shoes/sku-0.png", &foreign)
+        .await;
+    env.drop_file("shoes.yaml", manifest);
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(sent(&env), 2, "the image is made again: {stderr}");
+    let local = std::fs::read(env.outbox.join("shoes/sku-0.png")).expect("local");
+    assert_ne!(
+        local, foreign,
+        "the replacing object is not taken as the result"
+    );
+    let object = s3
+        .get_object("catalog", "raw/out/shoes/sku-0.png")
+        .await
+        .expect("object");
+    assert_eq!(
+        local, object,
+        "the local copy is the object Claid wrote again"
+    );
+    assert_eq!(env.report("shoes")["jobs"][0]["status"], "done");
+    s3.stop().await;
+}
+
 #[tokio::test]
 async fn a_second_manifest_writing_the_same_object_is_refused_at_intake() {
     let Some(s3) = S3Server::start().await else {
