@@ -294,13 +294,10 @@ impl ClaidError {
             // likely not propagated yet: asked again on the download's budget, then failed.
             ResultGone { .. } => ErrorClass::Transient,
             TooLarge { .. } => ErrorClass::Job,
-            DownloadStatus { status, .. } => {
-                if *status >= 500 || *status == 408 || *status == 429 {
-                    ErrorClass::Transient
-                } else {
-                    ErrorClass::Job
-                }
-            }
+            // Any other refusal of a result (a 400 or 401 of a signed URL a clock skew makes
+            // not valid yet): asked again on the download's budget like a 403, never failing a
+            // billed image at the first answer.
+            DownloadStatus { .. } => ErrorClass::Transient,
             Truncated { .. } => ErrorClass::Transient,
         }
     }
@@ -373,6 +370,13 @@ impl ClaidError {
             | Truncated { request_id, .. } => request_id.as_deref(),
             Config { .. } | BadUrl { .. } | Connect { .. } => None,
         }
+    }
+
+    /// The daemon had no file descriptor left for the request (EMFILE, ENFILE): the machine's
+    /// failure, not the remote host's.
+    pub fn out_of_descriptors(&self) -> bool {
+        let text = self.to_string();
+        text.contains("EMFILE") || text.contains("ENFILE")
     }
 
     /// A submit or upload Claid answered with a 2xx whose body is not the expected JSON: it
@@ -1664,6 +1668,19 @@ mod tests {
         check("ls\u{2028}.png", "ls%E2%80%A8.png");
         check("Ünïcödé ✓.png", "Ünïcödé ✓.png");
         check("", "image");
+    }
+
+    /// A connection the machine had no descriptor for is told apart from a host away.
+    #[test]
+    fn out_of_descriptors_is_the_machines_not_the_hosts() {
+        let connect = |cause: &str| ClaidError::Connect {
+            endpoint: Endpoint::Download,
+            addr: "127.0.0.1:9".to_owned(),
+            cause: cause.to_owned(),
+        };
+        assert!(connect("EMFILE: too many open files").out_of_descriptors());
+        assert!(connect("ENFILE: too many open files in system").out_of_descriptors());
+        assert!(!connect("ECONNREFUSED: connection refused").out_of_descriptors());
     }
 
     #[test]

@@ -1536,8 +1536,10 @@ fn cmd_replay(
     if answer.requeued == 0 {
         let what = match (&select.manifest, select.in_doubt) {
             (Some(manifest), _) => format!("no finished or failed job of {}", manifest.display()),
-            (None, true) => "no job is held in doubt".to_owned(),
-            (None, false) => "no job has failed".to_owned(),
+            // Jobs of a run replaced by a newer one are never replayed (the newer run stands
+            // for their images): `jobs` still lists them, so the message says which it means.
+            (None, true) => "no job of a manifest's latest run is held in doubt (jobs of earlier runs, whose manifest was saved or dropped again since, are not replayed: the newer run stands for their images)".to_owned(),
+            (None, false) => "no job of a manifest's latest run has failed (jobs of earlier runs, whose manifest was saved or dropped again since, are not replayed: the newer run stands for their images)".to_owned(),
         };
         let since = if since_ms.is_some() {
             " in that time"

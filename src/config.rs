@@ -67,6 +67,8 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 pub const DEFAULT_MAX_MANIFEST_BYTES: u64 = 16 * 1024 * 1024;
 pub const DEFAULT_MAX_IMAGES: usize = 100_000;
 pub const DEFAULT_MAX_DOWNLOAD_BYTES: u64 = 256 * 1024 * 1024;
+/// Largest local input uploaded or staged: each is read whole (once per image in flight).
+pub const DEFAULT_MAX_INPUT_BYTES: u64 = 256 * 1024 * 1024;
 
 /// The validated configuration. Folders are absolute.
 #[derive(Debug, Clone, PartialEq)]
@@ -288,6 +290,8 @@ pub struct Limits {
     pub max_images: usize,
     /// Result downloads larger than this fail the job.
     pub max_download_bytes: u64,
+    /// Local inputs larger than this are refused at intake (each is read whole to be sent).
+    pub max_input_bytes: u64,
 }
 
 impl Default for Limits {
@@ -296,6 +300,7 @@ impl Default for Limits {
             max_manifest_bytes: DEFAULT_MAX_MANIFEST_BYTES,
             max_images: DEFAULT_MAX_IMAGES,
             max_download_bytes: DEFAULT_MAX_DOWNLOAD_BYTES,
+            max_input_bytes: DEFAULT_MAX_INPUT_BYTES,
         }
     }
 }

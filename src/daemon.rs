@@ -259,7 +259,10 @@ pub async fn run(
     let mut embedded = None;
     let (base_url, api_key) = match &config.api.base_url {
         BaseUrl::Embedded => {
-            let mut scenario = emulator::Scenario::default();
+            // Task ids from the clock: the store keeps the tasks of earlier runs, and an
+            // emulator counting from 1 again named them (every image of a second run was held
+            // in doubt, "a task another job took").
+            let mut scenario = emulator::Scenario::default().ids_from_the_clock();
             for connector in storages.emulator_connectors() {
                 scenario = scenario.storage(connector);
             }
@@ -778,9 +781,13 @@ async fn check_storages_at_start(
             }
             Err(err) => err,
         };
-        if err.exit_code() != crate::exit::UNAVAILABLE || started.elapsed() + wait > patience {
+        // The last wait is cut to what is left of the patience (it gave up once the next
+        // whole wait would pass it: at about half of `api.unreachable_timeout`).
+        let left = patience.saturating_sub(started.elapsed());
+        if err.exit_code() != crate::exit::UNAVAILABLE || left.is_zero() {
             return Err(err);
         }
+        let wait_now = wait.min(left);
         if !told {
             warn!(
                 error = %err,
@@ -790,14 +797,14 @@ async fn check_storages_at_start(
             told = true;
         }
         // systemd waits for READY; a check may take a storage call's own timeout (60 s).
-        let extend = (wait + Duration::from_secs(90)).as_micros();
+        let extend = (wait_now + Duration::from_secs(90)).as_micros();
         let _ = sd_notify::notify(&[
             NotifyState::Status(
                 "Waiting to check the storages: the API or a bucket does not answer",
             ),
             NotifyState::ExtendTimeoutUsec(u32::try_from(extend).unwrap_or(u32::MAX)),
         ]);
-        tokio::time::sleep(wait).await;
+        tokio::time::sleep(wait_now).await;
         wait = (wait * 2).min(LONGEST_WAIT);
     }
 }

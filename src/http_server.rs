@@ -9,6 +9,10 @@
 //! drains the kernel's accept queue), a client has [`Bounds::header_timeout`] to send a request's headers (from the
 //! connection, and again while a kept-alive connection sits idle), and a handler reads a body
 //! with [`read_body`]: at most [`Bounds::max_body`] bytes within [`Bounds::body_timeout`].
+//! An answer the client does not take ([`WRITE_TIMEOUT`] without a byte going out: a client
+//! that sends requests and never reads) ends its connection, and a connection evicted for a
+//! newcomer is given [`EVICTED_GRACE`] to finish, so clients that do not read cannot hold the
+//! places either.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -197,6 +201,108 @@ pub async fn serve_counted<H, F>(
 
 /// How long a new connection waits for the place of an idle one it evicted.
 const EVICT_WAIT: Duration = Duration::from_millis(200);
+/// How long an evicted connection may take to finish what it is doing (an answer the client
+/// does not read kept it, and its place, for as long as the client liked).
+const EVICTED_GRACE: Duration = Duration::from_millis(100);
+/// How long a write may wait for the client to take bytes before the connection is closed.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection's stream whose writes fail with `TimedOut` once one has waited
+/// [`WRITE_TIMEOUT`] for the client to take a byte (hyper has a timeout for reading headers,
+/// none for writing).
+struct WriteTimeout<T> {
+    inner: T,
+    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> WriteTimeout<T> {
+    fn new(inner: T) -> WriteTimeout<T> {
+        WriteTimeout {
+            inner,
+            stalled: None,
+        }
+    }
+
+    /// `Pending` from the inner write: starts (or checks) the stall's clock.
+    fn pending<R>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<R>> {
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(WRITE_TIMEOUT)));
+        match stalled.as_mut().poll(cx) {
+            std::task::Poll::Ready(()) => std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client took no byte of the answer in time",
+            ))),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+
+    fn progressed<R>(
+        &mut self,
+        ready: std::task::Poll<std::io::Result<R>>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<R>> {
+        match ready {
+            std::task::Poll::Pending => self.pending(cx),
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for WriteTimeout<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let ready = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.progressed(ready, cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let ready = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.progressed(ready, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let ready = std::pin::Pin::new(&mut self.inner).poll_flush(cx);
+        self.progressed(ready, cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
 
 /// The connections one server serves, to find the one idle the longest when a new one needs
 /// its place.
@@ -362,7 +468,7 @@ async fn serve_connection<H, F>(
         .timer(TokioTimer::new())
         .header_read_timeout(bounds.header_timeout)
         .keep_alive(true);
-    let conn = builder.serve_connection(TokioIo::new(io), service);
+    let conn = builder.serve_connection(TokioIo::new(WriteTimeout::new(io)), service);
     let mut conn = std::pin::pin!(conn);
     let res = tokio::select! {
         res = conn.as_mut() => res,
@@ -371,10 +477,14 @@ async fn serve_connection<H, F>(
             conn.await
         }
         _ = slot.evict.cancelled() => {
-            // Idle, and its place wanted: closes at once (a request that began meanwhile
-            // is finished first).
+            // Idle, and its place wanted: closes at once (a request that began meanwhile,
+            // or an answer going out, gets a moment to finish; a client that does not read
+            // its answer does not keep the place).
             conn.as_mut().graceful_shutdown();
-            conn.await
+            match tokio::time::timeout(EVICTED_GRACE, conn).await {
+                Ok(res) => res,
+                Err(_) => return,
+            }
         }
     };
     if let Err(err) = res {

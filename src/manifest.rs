@@ -334,6 +334,7 @@ pub fn load(ctx: &LoadContext<'_>, manifest: &Path) -> Result<ManifestSpec, Mani
         profiles: ctx.profiles,
         storages: ctx.storages,
         recipe_image: false,
+        max_input_bytes: ctx.limits.max_input_bytes,
     };
     let mut outbox = Outbox::new(ctx.outbox);
     let mut problems = Collector::default();

@@ -225,6 +225,16 @@ pub fn router(state: WebState) -> Router {
 /// Lets in callers [`auth::Auth`] knows (and everyone when no authentication is configured);
 /// a browser without a session goes to the login form, a script gets 401.
 async fn require_caller(State(state): State<WebState>, mut req: Request, next: Next) -> Response {
+    // Without a login, a page from another site could read the dashboard through a host name
+    // it points at 127.0.0.1 (DNS rebinding): only the loopback names, and the host of
+    // `web.public_url`, are answered.
+    if !state.auth.required() && !host_allowed(&req, state.config.public_url.as_deref()) {
+        return (
+            StatusCode::MISDIRECTED_REQUEST,
+            "This dashboard has no login, so it answers only to a loopback address (http://127.0.0.1:PORT/, http://localhost:PORT/) or the host of web.public_url; configure web.users_file or web.token_file to open it under other names.\n",
+        )
+            .into_response();
+    }
     match state.auth.authenticate(req.headers()).await {
         Ok(principal) => {
             req.extensions_mut().insert(principal);
@@ -263,6 +273,42 @@ async fn require_caller(State(state): State<WebState>, mut req: Request, next: N
                 .into_response()
         }
     }
+}
+
+/// Whether the request's `Host` is a loopback name or address, or the host of `public_url`
+/// (a request without one, HTTP/1.0, is let in: a browser always sends it).
+fn host_allowed(req: &Request, public_url: Option<&str>) -> bool {
+    let Some(host) = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().host())
+    else {
+        return true;
+    };
+    let Ok(authority) = host.parse::<axum::http::uri::Authority>() else {
+        return false;
+    };
+    let name = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    if name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+    {
+        return true;
+    }
+    public_url
+        .and_then(|url| reqwest::Url::parse(url).ok())
+        .and_then(|url| url.host_str().map(str::to_owned))
+        .is_some_and(|public| {
+            public
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .eq_ignore_ascii_case(name)
+        })
 }
 
 /// The headers every response carries.

@@ -16,12 +16,12 @@ use crate::config::schema::{join, known_keys, suggest};
 use crate::config::{
     AdminConfig, ApiConfig, BaseUrl, BatchConfig, Config, ConfigProblem, DEFAULT_ADMIN_SOCKET,
     DEFAULT_BASE_URL, DEFAULT_MAX_DOWNLOAD_BYTES, DEFAULT_MAX_DOWNLOADS, DEFAULT_MAX_IMAGES,
-    DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_MANIFEST_BYTES, DEFAULT_POLL_GIVE_UP_AFTER,
-    DEFAULT_POLL_MAX, DEFAULT_POLL_MIN, DEFAULT_REQUEST_TIMEOUT, DEFAULT_REQUESTS_PER_MINUTE,
-    DEFAULT_REQUESTS_PER_SECOND, DEFAULT_RESCAN, DEFAULT_SETTLE, DEFAULT_SHUTDOWN_GRACE,
-    DEFAULT_STORAGE_REGION, DEFAULT_UNREACHABLE_TIMEOUT, DEFAULT_UPLOAD_TIMEOUT, Folders,
-    InDoubtPolicy, Limits, LogConfig, LogFormat, OnManifestDone, OnOutputExists, PollConfig,
-    Profile, StorageEntry, WatchConfig,
+    DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_MANIFEST_BYTES,
+    DEFAULT_POLL_GIVE_UP_AFTER, DEFAULT_POLL_MAX, DEFAULT_POLL_MIN, DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_REQUESTS_PER_MINUTE, DEFAULT_REQUESTS_PER_SECOND, DEFAULT_RESCAN, DEFAULT_SETTLE,
+    DEFAULT_SHUTDOWN_GRACE, DEFAULT_STORAGE_REGION, DEFAULT_UNREACHABLE_TIMEOUT,
+    DEFAULT_UPLOAD_TIMEOUT, Folders, InDoubtPolicy, Limits, LogConfig, LogFormat, OnManifestDone,
+    OnOutputExists, PollConfig, Profile, StorageEntry, WatchConfig,
 };
 use crate::objects::Provider;
 use crate::yaml::kind;
@@ -144,6 +144,11 @@ impl Checker {
                 "limits.max_download_bytes",
                 DEFAULT_MAX_DOWNLOAD_BYTES,
             ),
+            max_input_bytes: self.positive_u64(
+                root,
+                "limits.max_input_bytes",
+                DEFAULT_MAX_INPUT_BYTES,
+            ),
         };
         let shutdown_grace = self.duration(root, "shutdown_grace", DEFAULT_SHUTDOWN_GRACE, true);
         let storages = self.storages(root, &base_dir);
@@ -154,14 +159,17 @@ impl Checker {
         let webhook = self.webhook(root, &base_dir);
         let web = self.web(root, &base_dir);
         let alerts = self.alerts(root, &base_dir);
-        // Two listeners on one address: the second could not bind at start.
+        // Two listeners on one address: the second could not bind at start. (Port 0 gives
+        // each listener a free port of its own.)
         let listeners = [
             ("admin.metrics_listen", admin.metrics_listen),
             ("webhook.listen", webhook.as_ref().map(|w| w.listen)),
             ("web.listen", web.as_ref().map(|w| w.listen)),
         ];
         for (i, (key, addr)) in listeners.iter().enumerate() {
-            let Some(addr) = addr else { continue };
+            let Some(addr) = addr.filter(|addr| addr.port() != 0) else {
+                continue;
+            };
             if let Some((other, _)) = listeners[..i].iter().find(|(_, earlier)| {
                 earlier.is_some_and(|e| {
                     e.port() == addr.port()

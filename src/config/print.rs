@@ -165,6 +165,7 @@ fn to_value(config: &Config) -> Value {
                 "max_download_bytes",
                 config.limits.max_download_bytes.into(),
             ),
+            ("max_input_bytes", config.limits.max_input_bytes.into()),
         ]),
     );
     root.insert("shutdown_grace".into(), duration(config.shutdown_grace));

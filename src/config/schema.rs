@@ -36,7 +36,12 @@ const SCHEMA: &[(&str, &[&str])] = &[
     ("log", &["format"]),
     (
         "limits",
-        &["max_manifest_bytes", "max_images", "max_download_bytes"],
+        &[
+            "max_manifest_bytes",
+            "max_images",
+            "max_download_bytes",
+            "max_input_bytes",
+        ],
     ),
     ("profiles.*", &["operations", "output"]),
     (

@@ -119,6 +119,9 @@ pub async fn submit(
         Ok(inputs) => inputs,
         Err(response) => return *response,
     };
+    if let Some(response) = state.submit_rate_limited() {
+        return response;
+    }
     let host = host_of(&headers, state.local_addr);
     let id = state.next_id.fetch_add(1, Ordering::SeqCst);
     let result_url = state.scenario.result_url.url(&host, prefix, "batch", id);

@@ -158,6 +158,10 @@ pub struct Scenario {
     pub latency: Latency,
     /// Seed of the one RNG behind every random decision; `None` seeds from the OS.
     pub seed: Option<u64>,
+    /// The id of the first task or batch (then counted up, as Claid numbers them). 1 by
+    /// default; the embedded and the standalone emulator start from the wall clock, so that a
+    /// restarted emulator never names a task the daemon's store has from an earlier run.
+    pub first_task_id: u64,
     /// Share of async tasks that end in ERROR although their input is fine.
     pub error_share: f64,
     /// Share of injected 5xx per endpoint.
@@ -213,6 +217,9 @@ pub struct Scenario {
     /// The first this many polls of every task and batch answer 429 (`RateLimit-Reset: 0`):
     /// another client spending the same key's budget for a long while.
     pub polls_rate_limited: u32,
+    /// The first this many submits (async and batch, counted together) answer 429 with
+    /// `RateLimit-Reset: 0`: another client spending the key's budget; nothing is created.
+    pub submits_rate_limited: u32,
     /// The first this many polls of every task and batch answer 409 (a conflict Claid's
     /// contract does not name for a GET): a task Claid billed is not given up at the first.
     pub polls_refused: u32,
@@ -220,6 +227,9 @@ pub struct Scenario {
     /// answer that named the task for a while): a task Claid billed is not taken for lost
     /// while it is young.
     pub polls_not_found: u32,
+    /// Output objects written into a storage keep only the first half of their bytes (a store
+    /// that kept part of an object).
+    pub short_objects: bool,
     /// Share of tmp_url downloads that serve another image than the result describes (one
     /// pixel wider and taller than `output_object` says).
     pub wrong_image_share: f64,
@@ -294,6 +304,7 @@ impl Default for Scenario {
             api_key: None,
             latency: Latency::Fixed(Duration::from_millis(20)),
             seed: None,
+            first_task_id: 1,
             error_share: 0.0,
             fault_5xx: FaultShares::default(),
             drop_share: 0.0,
@@ -315,8 +326,10 @@ impl Default for Scenario {
             short_share: 0.0,
             unsettled_share: 0.0,
             polls_rate_limited: 0,
+            submits_rate_limited: 0,
             polls_refused: 0,
             polls_not_found: 0,
+            short_objects: false,
             wrong_image_share: 0.0,
             rate_window: RateWindow::Sliding,
             batch_parallelism: DEFAULT_BATCH_PARALLELISM,
@@ -353,6 +366,16 @@ impl Scenario {
     pub fn latency(mut self, latency: Latency) -> Self {
         self.latency = latency;
         self
+    }
+    /// The id of the first task or batch (see the field).
+    pub fn first_task_id(mut self, id: u64) -> Self {
+        self.first_task_id = id.max(1);
+        self
+    }
+    /// Ids from the wall clock (see [`clock_task_id`]): for an emulator whose daemon keeps a
+    /// store across the emulator's restarts.
+    pub fn ids_from_the_clock(self) -> Self {
+        self.first_task_id(clock_task_id())
     }
     /// Makes every random decision reproducible.
     pub fn seed(mut self, seed: u64) -> Self {
@@ -457,6 +480,12 @@ impl Scenario {
         self
     }
 
+    /// Output objects keep half their bytes (see the field).
+    pub fn short_objects(mut self, on: bool) -> Self {
+        self.short_objects = on;
+        self
+    }
+
     /// 404 to the first `n` polls of every task and batch (see the field).
     pub fn polls_not_found(mut self, n: u32) -> Self {
         self.polls_not_found = n;
@@ -466,6 +495,12 @@ impl Scenario {
     /// 409 to the first `n` polls of every task and batch (see the field).
     pub fn polls_refused(mut self, n: u32) -> Self {
         self.polls_refused = n;
+        self
+    }
+
+    /// 429 to the first `n` polls of every task and batch (see the field).
+    pub fn submits_rate_limited(mut self, n: u32) -> Self {
+        self.submits_rate_limited = n;
         self
     }
 
@@ -598,8 +633,10 @@ impl std::fmt::Debug for Scenario {
             .field("short_share", &self.short_share)
             .field("unsettled_share", &self.unsettled_share)
             .field("polls_rate_limited", &self.polls_rate_limited)
+            .field("submits_rate_limited", &self.submits_rate_limited)
             .field("polls_refused", &self.polls_refused)
             .field("polls_not_found", &self.polls_not_found)
+            .field("short_objects", &self.short_objects)
             .field("wrong_image_share", &self.wrong_image_share)
             .field("rate_window", &self.rate_window)
             .field("batch_parallelism", &self.batch_parallelism)
@@ -845,6 +882,7 @@ impl ScenarioArgs {
             api_key: self.api_key.filter(|k| !k.is_empty()),
             latency: self.latency,
             seed: self.seed,
+            first_task_id: clock_task_id(),
             error_share: self.error_share,
             fault_5xx: FaultShares {
                 submit: self.submit_5xx,
@@ -872,8 +910,10 @@ impl ScenarioArgs {
             short_share: self.short_share,
             unsettled_share: self.unsettled_share,
             polls_rate_limited: 0,
+            submits_rate_limited: 0,
             polls_refused: 0,
             polls_not_found: 0,
+            short_objects: false,
             wrong_image_share: self.wrong_image_share,
             rate_window: self.rate_window,
             batch_parallelism: self.batch_parallelism.max(1),
@@ -895,6 +935,21 @@ impl ScenarioArgs {
             webhook_forged_share: self.webhook_forged_share,
         }
     }
+}
+
+/// A first task id from the wall clock: a thousand ids per millisecond since 1970 (about
+/// 1.8e15 in 2026, below 2^53, so JSON readers keep it exact). An emulator started later
+/// starts above every id an earlier one gave, unless that one made more than a thousand tasks
+/// a millisecond.
+pub fn clock_task_id() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| {
+            u64::try_from(d.as_millis())
+                .unwrap_or(1)
+                .saturating_mul(1000)
+        })
+        .max(1)
 }
 
 #[cfg(test)]

@@ -178,7 +178,7 @@ impl AppState {
             )),
             tasks: Mutex::new(HashMap::new()),
             batches: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
+            next_id: AtomicU64::new(scenario.first_task_id.max(1)),
             results: Mutex::new(HashMap::new()),
             http: inputs::http_client(),
             local_addr,
@@ -207,6 +207,32 @@ impl AppState {
             self.recorder.update(|s| s.unsettled_answers += 1);
         }
         unsettled
+    }
+
+    /// A 429 for this submit while the first `scenario.submits_rate_limited` are not answered
+    /// yet.
+    pub(crate) fn submit_rate_limited(&self) -> Option<Response> {
+        if self.scenario.submits_rate_limited == 0 {
+            return None;
+        }
+        let mut seen = lock(&self.rate_limited_polls);
+        let count = seen.entry("submits".to_owned()).or_insert(0);
+        if *count >= self.scenario.submits_rate_limited {
+            return None;
+        }
+        *count += 1;
+        drop(seen);
+        self.recorder.update(|s| s.rate_limited += 1);
+        let mut response = api_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "2001",
+            "general",
+            "Too Many Requests. Rate limit exceeded.",
+        );
+        response
+            .headers_mut()
+            .insert("ratelimit-reset", axum::http::HeaderValue::from_static("0"));
+        Some(response)
     }
 
     /// A 429 for this poll of `key` while its first `scenario.polls_rate_limited` are not
@@ -929,6 +955,10 @@ pub(crate) async fn deliver(
     let bucket_key = bucket
         .bucket_key(&key)
         .map_err(|err| ProcessError::Output(err.to_string()))?;
+    let mut bytes = bytes;
+    if state.scenario.short_objects {
+        bytes.truncate(bytes.len() / 2);
+    }
     storage::write(&state.recorder, bucket, &key, bytes)
         .await
         .map_err(|err| ProcessError::Output(err.to_string()))?;
@@ -981,6 +1011,9 @@ async fn submit(
     };
     if let Err(response) = check_storage_refs(&state, &req) {
         return *response;
+    }
+    if let Some(response) = state.submit_rate_limited() {
+        return response;
     }
     let host = host_of(&headers, state.local_addr);
     let id = state.next_id.fetch_add(1, Ordering::SeqCst);

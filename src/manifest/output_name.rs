@@ -94,6 +94,13 @@ fn safe_relative(name: &str) -> Result<PathBuf, String> {
     if name.trim().is_empty() {
         return Err("is empty; give a file name like `sku-1.webp` or remove the key".into());
     }
+    // A storage destination written where an image's output file name goes: said so (it was
+    // refused for "the unsafe character `:`").
+    if name.contains("://") {
+        return Err(format!(
+            "`{name}` is a URI, not a file name: an image's `output` names its file under the manifest's output folder (`sku-1.webp`); to have Claid write into a storage, set the manifest's (or the profile's) `output: {{ destination: storage://NAME/folder/ }}`"
+        ));
+    }
     if name.starts_with('/')
         || name.starts_with('\\')
         || Path::new(name).is_absolute()

@@ -111,6 +111,7 @@ fn image_context<'a>(ctx: &LoadContext<'a>, sibling: &'a Path) -> Context<'a> {
         profiles: ctx.profiles,
         storages: ctx.storages,
         recipe_image: true,
+        max_input_bytes: ctx.limits.max_input_bytes,
     }
 }
 

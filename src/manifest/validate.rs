@@ -42,6 +42,8 @@ pub struct Context<'a> {
     /// Validating an image a folder recipe governs (its own folder has a recipe), not a
     /// manifest: a manifest may not list such images.
     pub recipe_image: bool,
+    /// `limits.max_input_bytes`: a larger local input is refused.
+    pub max_input_bytes: u64,
 }
 
 /// Validates a parsed manifest: its keys, the profile merge and each image (input, merged

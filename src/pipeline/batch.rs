@@ -832,7 +832,8 @@ impl BatchRunner {
                     }
                 }
             }
-            let decision = attempts.on_failure(failure, Instant::now(), &mut rand::rng());
+            let retry_as = super::job::retried_as(&deps.health, failure, &err, sent_at);
+            let decision = super::job::submit_decision(&deps.health, &mut attempts, retry_as, &err);
             match decision {
                 Decision::Retry { after } => {
                     // An answer lost is told above already ("resubmitting (in doubt)").

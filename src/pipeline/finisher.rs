@@ -719,21 +719,43 @@ impl Finisher {
             // intake is archived.
             let is_processed = !superseded
                 && (recipe_image || output::sha256_file(&src).is_ok_and(|found| found == sha256));
+            // A version saved over the file between the hash above and the move (or the
+            // delete) is not the one processed: the file moved is hashed again, and one that
+            // is not the processed version goes back to its place in the inbox (it was
+            // archived, or deleted, without ever running).
+            let still_processed =
+                |path: &Path| recipe_image || output::sha256_file(path).is_ok_and(|f| f == sha256);
             let moved = match policy {
                 OnManifestDone::Keep => None,
                 OnManifestDone::Delete => {
                     if is_processed && src.is_file() {
-                        std::fs::remove_file(&src)
+                        let taken = deleting_name(&src);
+                        std::fs::rename(&src, &taken)
                             .map_err(|e| format!("cannot delete {}: {e}", src.display()))?;
+                        if still_processed(&taken) {
+                            std::fs::remove_file(&taken)
+                                .map_err(|e| format!("cannot delete {}: {e}", taken.display()))?;
+                        } else {
+                            put_back(&taken, &folders.inbox, &rel)?;
+                        }
                     }
                     None
                 }
                 OnManifestDone::Archive => {
-                    if is_processed && src.is_file() {
-                        Some(
-                            output::move_mirrored(&folders.inbox, &src, &folders.archive)
-                                .map_err(|e| e.to_string())?,
-                        )
+                    let archived = if is_processed && src.is_file() {
+                        let dest = output::move_mirrored(&folders.inbox, &src, &folders.archive)
+                            .map_err(|e| e.to_string())?;
+                        if still_processed(&dest) {
+                            Some(dest)
+                        } else {
+                            put_back(&dest, &folders.inbox, &rel)?;
+                            None
+                        }
+                    } else {
+                        None
+                    };
+                    if archived.is_some() {
+                        archived
                     } else if copy.is_file() {
                         // The file changed (or was removed) since it was processed: archive
                         // the processed version kept at intake.
@@ -810,4 +832,31 @@ impl Finisher {
             })
             .inc();
     }
+}
+
+/// The name a finished manifest is taken under before it is deleted (hidden: the watcher
+/// skips it), so that the file deleted is the one hashed.
+fn deleting_name(src: &std::path::Path) -> PathBuf {
+    let mut name = std::ffi::OsString::from(".");
+    name.push(src.file_name().unwrap_or_default());
+    name.push(".claid-deleting");
+    src.with_file_name(name)
+}
+
+/// Puts a version of a manifest taken from the inbox by mistake (saved over the processed one
+/// a moment before it was archived or deleted; it never ran) back to `inbox/rel`, where it
+/// runs. When a newer file took that place meanwhile, it goes beside it under the next free
+/// name (`s.1.yaml`), never over it.
+fn put_back(
+    taken: &std::path::Path,
+    inbox: &std::path::Path,
+    rel: &std::path::Path,
+) -> Result<(), String> {
+    let back = output::move_into(taken, inbox, rel).map_err(|e| e.to_string())?;
+    warn!(
+        manifest = %crate::text::Escaped::path(rel),
+        to = %crate::text::Escaped::path(&back),
+        "A version of the manifest saved just as its run ended was not processed; it was put back into the inbox, where it runs"
+    );
+    Ok(())
 }

@@ -7,6 +7,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use sha2::Digest;
+use std::os::unix::fs::OpenOptionsExt;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -542,7 +543,8 @@ impl Runner {
         let local_bytes = if job.local && job.staged.is_none() {
             let inbox = deps.inbox.clone();
             let owned = job.clone();
-            match on_file_pool(move || read_local_input(&inbox, &owned)).await {
+            let max_input = self.settings().limits.max_input_bytes;
+            match on_file_pool(move || read_local_input(&inbox, &owned, max_input)).await {
                 Ok(bytes) => Some(bytes::Bytes::from(bytes)),
                 Err((code, message)) => return self.fail(id, code, &message).await,
             }
@@ -728,7 +730,12 @@ impl Runner {
                     }
                 }
             }
-            match decide(&mut attempts, failure) {
+            match submit_decision(
+                &deps.health,
+                &mut attempts,
+                retried_as(&deps.health, failure, &err, sent_at),
+                &err,
+            ) {
                 Decision::Retry { after } => {
                     warn!(error = %err, attempt = attempts.failed_attempts(), "Submit failed; retrying");
                     if !self.wait(after).await {
@@ -753,7 +760,8 @@ impl Runner {
         let deps = &*self.deps;
         let inbox = deps.inbox.clone();
         let owned = job.clone();
-        let bytes = match on_file_pool(move || read_local_input(&inbox, &owned)).await {
+        let max_input = self.settings().limits.max_input_bytes;
+        let bytes = match on_file_pool(move || read_local_input(&inbox, &owned, max_input)).await {
             Ok(bytes) => bytes::Bytes::from(bytes),
             Err((code, message)) => return self.fail(id, code, &message).await,
         };
@@ -1167,31 +1175,31 @@ impl Runner {
             .output_rel
             .rsplit_once('.')
             .and_then(|(_, extension)| output::check::format_of_extension(extension));
+        let mut out_of_descriptors = 0u32;
         let bytes = loop {
+            // Held through the wait when the machine ran out of file descriptors.
+            let mut _blocking = None;
             let delay = match deps.client.download_once(&url).await {
+                // No file descriptor left for the connection (EMFILE): the machine's, not the
+                // result host's (it was told as the host's outage, `run --once` ending 69
+                // "the host of Claid's results stayed unreachable"). Waited out as a write
+                // failure of the machine: no new image is submitted meanwhile, and `run
+                // --once` ends 73 naming the open-files limit.
+                Err(err) if err.out_of_descriptors() => {
+                    out_of_descriptors += 1;
+                    write_failures.retrying = Some(
+                        deps.health
+                            .write_failed(write_failures.retrying.take(), err.to_string()),
+                    );
+                    _blocking = Some(deps.health.block_writes(err.to_string(), None));
+                    warn!(error = %err, "No file descriptor left to download the result; no new image is submitted until one is (raise the daemon's open-files limit, or lower api.max_in_flight and api.max_downloads)");
+                    healing_write_wait(out_of_descriptors)
+                }
                 // (A body cut short is the client's `Truncated`: retried as a transport fault.)
-                Ok(bytes) => match (
-                    output::check::dimensions(&bytes, (width, height)),
-                    output::check::format_of(&bytes),
-                ) {
-                    (Some((w, h)), found)
-                        if (w, h) == (width, height)
-                            && !matches!((wanted, found), (Some(want), Some(got)) if want != got) =>
-                    {
-                        break bytes;
-                    }
-                    (found, format) => {
+                Ok(bytes) => match result_mismatch(&bytes, (width, height), wanted, "downloaded") {
+                    None => break bytes,
+                    Some(message) => {
                         mismatches += 1;
-                        let message = match (found, format) {
-                            (Some((w, h)), _) if (w, h) != (width, height) => format!(
-                                "downloaded image is {w}x{h}, the result says {width}x{height}"
-                            ),
-                            (Some(_), Some(got)) => format!(
-                                "downloaded image is {got}, the output is {}",
-                                wanted.unwrap_or("another format")
-                            ),
-                            _ => "downloaded bytes are not a decodable image".to_owned(),
-                        };
                         if mismatches >= MAX_MISMATCHED_DOWNLOADS {
                             return self.fail(id, FailureCode::ResultMismatch, &message).await;
                         }
@@ -1201,10 +1209,10 @@ impl Runner {
                 },
                 Err(err) => {
                     // Claid keeps a result at its tmp_url for a day, and billed it: a result
-                    // host that answers 5xx or 408, or does not answer, is waited out like an
-                    // outage of the API (told to health, so `run --once` ends at
-                    // `api.unreachable_timeout` and leaves the job to the next run), not given
-                    // up on after a few tries, until the day is over.
+                    // host that answers 5xx, 408 or 429, cuts the body short or does not
+                    // answer is waited out like an outage of the API (told to health, so
+                    // `run --once` ends at `api.unreachable_timeout` and leaves the job to the
+                    // next run), not given up on after a few tries, until the day is over.
                     let away = result_host_away(&err)
                         && now_ms().saturating_sub(job.updated_at_ms)
                             < crate::pipeline::dispatch::KEPT_TTL.as_millis() as u64;
@@ -1463,20 +1471,54 @@ impl Runner {
             // Read like the check above: an outage of the bucket or refused keys are waited
             // out (the object is written and billed; failing the job would have a second drop
             // or a replay bill it again).
-            let bytes = match self
-                .through_bucket_outage(storage, || storage.objects.get(key, max))
-                .await
-            {
-                Ok(bytes) => bytes,
-                Err(None) => return Step::End(JobOutcome::Parked),
-                Err(Some(err)) => {
-                    let code = match err {
-                        crate::objects::ObjectError::TooLarge { .. } => {
-                            FailureCode::DownloadTooLarge
-                        }
-                        _ => object_failure(&err),
-                    };
-                    return self.fail(id, code, &err.to_string()).await;
+            // Checked like a download: the image Claid described (a store that kept part of
+            // the object wrote a broken image into the outbox, reported done). Read again a
+            // few times (a bucket still settling), then failed.
+            let wanted = job
+                .output_rel
+                .rsplit_once('.')
+                .and_then(|(_, extension)| output::check::format_of_extension(extension));
+            let mut reads = 0u32;
+            let bytes = loop {
+                let bytes = match self
+                    .through_bucket_outage(storage, || storage.objects.get(key, max))
+                    .await
+                {
+                    Ok(bytes) => bytes,
+                    Err(None) => return Step::End(JobOutcome::Parked),
+                    Err(Some(err)) => {
+                        let code = match err {
+                            crate::objects::ObjectError::TooLarge { .. } => {
+                                FailureCode::DownloadTooLarge
+                            }
+                            _ => object_failure(&err),
+                        };
+                        return self.fail(id, code, &err.to_string()).await;
+                    }
+                };
+                // An earlier run's object that is no longer its copy is dealt with below.
+                let replaced = copy_of.is_some_and(|copied| {
+                    job.attempts == 0 && hex::encode(sha2::Sha256::digest(&bytes)) != copied
+                });
+                let Some(message) = (!replaced)
+                    .then(|| {
+                        result_mismatch(&bytes, (width, height), wanted, "the output object's")
+                    })
+                    .flatten()
+                else {
+                    break bytes;
+                };
+                reads += 1;
+                if reads >= MAX_MISMATCHED_DOWNLOADS {
+                    let message = format!("{message} ({})", storage.objects.uri(key));
+                    return self.fail(id, FailureCode::ResultMismatch, &message).await;
+                }
+                warn!(message = %message, object = %storage.objects.uri(key), "The output object does not match the result; reading it again");
+                if !self
+                    .wait(jitter(reads, deps.retry.base, deps.retry.cap))
+                    .await
+                {
+                    return Step::End(JobOutcome::Parked);
                 }
             };
             // The copy an earlier run made is gone, and the object is not what it copied any
@@ -1723,12 +1765,48 @@ fn bucket_away(err: &crate::objects::ObjectError) -> bool {
 
 /// A download failed because the result's host is away (it answered 5xx or 408, or did not
 /// answer at all), not because of the result: waited out while the result may still be there.
+/// Why `bytes` are not the result Claid described (`width`×`height`, in the format `wanted`
+/// the output is named for), or `None` when they are. `what` names where the bytes came from.
+fn result_mismatch(
+    bytes: &[u8],
+    (width, height): (u32, u32),
+    wanted: Option<&str>,
+    what: &str,
+) -> Option<String> {
+    if let Some(why) = output::check::cut_short(bytes) {
+        return Some(format!("{what} image is cut short: {why}"));
+    }
+    match (
+        output::check::dimensions(bytes, (width, height)),
+        output::check::format_of(bytes),
+    ) {
+        (Some((w, h)), found)
+            if (w, h) == (width, height)
+                && !matches!((wanted, found), (Some(want), Some(got)) if want != got) =>
+        {
+            None
+        }
+        (Some((w, h)), _) if (w, h) != (width, height) => Some(format!(
+            "{what} image is {w}x{h}, the result says {width}x{height}"
+        )),
+        (Some(_), Some(got)) => Some(format!(
+            "{what} image is {got}, the output is {}",
+            wanted.unwrap_or("another format")
+        )),
+        _ => Some(format!("{what} bytes are not a decodable image")),
+    }
+}
+
 fn result_host_away(err: &ClaidError) -> bool {
     match err {
         // 429: the host limits its rate; the result waits there as it does through an outage.
         ClaidError::DownloadStatus { status, .. } => {
             *status >= 500 || *status == 408 || *status == 429
         }
+        // A body cut short again and again (a host or a proxy closing mid-transfer) is the
+        // host's fault, not the result's: it failed the billed image after ten tries in a few
+        // seconds, and a replay paid for it again.
+        ClaidError::Truncated { .. } => true,
         ClaidError::Connect { .. } | ClaidError::Timeout { .. } | ClaidError::Network { .. } => {
             true
         }
@@ -1854,6 +1932,46 @@ pub fn failure_of(health: &HealthState, err: &ClaidError, sent_at: Instant) -> F
     }
 }
 
+/// How a failed submit is retried once the in-doubt policy has dealt with it: a submit whose
+/// answer was lost (a gateway's 502 or 504, a timeout) while no call has succeeded since it
+/// was sent is an outage of the API, waited out like a 503's (backoff up to the retry cap, no
+/// failure budget; `run --once` ends at `api.unreachable_timeout` and leaves the image to the
+/// next run). On the failure budget it was sent again five times in about 2 s and then failed:
+/// a gateway's blip of a few seconds failed every image of a drop, each paid up to five times.
+pub(crate) fn retried_as(
+    health: &HealthState,
+    failure: Failure,
+    err: &ClaidError,
+    sent_at: Instant,
+) -> Failure {
+    if failure == Failure::Ambiguous && !err.accepted_unread() && !health.succeeded_since(sent_at) {
+        Failure::Unreachable
+    } else {
+        failure
+    }
+}
+
+/// The retry policy's decision on a failed submit (`failure` as [`retried_as`] gives it): a
+/// run of 429s past the step's budget (Claid answering nothing else, e.g. `RateLimit-Reset: 0`
+/// again and again) is no failure of the image (nothing was made or billed): it is told to
+/// health as an outage and waited out like one (`run --once` ends at
+/// `api.unreachable_timeout`, the image left to the next run). It failed the image as
+/// `rate-limited` after 120 of them.
+pub(crate) fn submit_decision(
+    health: &HealthState,
+    attempts: &mut retry::Attempts,
+    failure: Failure,
+    err: &ClaidError,
+) -> Decision {
+    match decide(attempts, failure) {
+        Decision::Fail(GiveUp::RateLimited) => {
+            health.failed(err);
+            decide(attempts, Failure::Unreachable)
+        }
+        decision => decision,
+    }
+}
+
 /// The HTTP status of a systemic refusal (401, 402 or 403).
 pub fn systemic_status(err: &ClaidError) -> u16 {
     match err {
@@ -1870,7 +1988,11 @@ pub fn systemic_status(err: &ClaidError) -> u16 {
 /// Reads a local input for upload and checks it is still the file that was validated: inside
 /// the inbox once links are resolved, and with the content its job key was computed from (so a
 /// file swapped after validation, for a symlink or for other bytes, is never uploaded).
-fn read_local_input(inbox: &Path, job: &JobV1) -> Result<Vec<u8>, (FailureCode, String)> {
+fn read_local_input(
+    inbox: &Path,
+    job: &JobV1,
+    max_input: u64,
+) -> Result<Vec<u8>, (FailureCode, String)> {
     let path = inbox.join(&job.input);
     let unreadable = |err: std::io::Error| {
         (
@@ -1889,7 +2011,35 @@ fn read_local_input(inbox: &Path, job: &JobV1) -> Result<Vec<u8>, (FailureCode, 
             ),
         ));
     }
-    let bytes = std::fs::read(&resolved).map_err(unreadable)?;
+    // Opened without blocking and checked to be a regular file before it is read: a FIFO
+    // swapped in after validation blocked the open (and its job, and `run --once`) for ever.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&resolved)
+        .map_err(unreadable)?;
+    let meta = file.metadata().map_err(unreadable)?;
+    if !meta.is_file() {
+        return Err((
+            FailureCode::InputChanged,
+            format!(
+                "{} is no longer a regular file (it was replaced after the manifest was validated); put the image back, then drop the manifest again",
+                path.display()
+            ),
+        ));
+    }
+    if meta.len() > max_input {
+        return Err((
+            FailureCode::InputChanged,
+            format!(
+                "{} changed after the manifest was validated: it is now {} bytes, over the limit of {max_input} bytes (limits.max_input_bytes)",
+                path.display(),
+                meta.len()
+            ),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    std::io::Read::read_to_end(&mut &file, &mut bytes).map_err(unreadable)?;
     let input = Input::Local(Box::new(LocalFile {
         path: resolved,
         rel: PathBuf::from(&job.input),

@@ -1217,6 +1217,60 @@ async fn issue11_idle_admin_clients_cannot_exhaust_descriptors_or_stop_healthz_a
     assert!(status.success(), "{status:?}\n{}", env.daemon_log(0));
 }
 
+/// Issue 11 §6, clients that send requests and never read the answers (a stopped `curl`, a
+/// hung script): 40 of them, each with thousands of pipelined requests, held every place of the
+/// admin socket (an answer that could not go out kept its connection, and eviction waited for
+/// it), and `/healthz`, `status` and `replay` got 503 for as long as they stayed. Now
+/// `/healthz` answers while they stay connected, and the daemon ends their connections itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue11_clients_that_never_read_their_answers_cannot_stop_healthz() {
+    use tokio::io::AsyncWriteExt;
+
+    let env = TestEnv::new(Scenario::default()).await;
+    let config = env.config("", "");
+    let mut daemon = env.spawn_daemon(&config, 0);
+    let socket = env.socket();
+    wait_until_async(
+        "the daemon answers /healthz",
+        Duration::from_secs(30),
+        || healthz_ok(&socket),
+    )
+    .await;
+    let requests = b"GET /metrics HTTP/1.1\r\nhost: localhost\r\n\r\n".repeat(4000);
+    let mut greedy = Vec::new();
+    for _ in 0..40 {
+        let Ok(stream) = tokio::net::UnixStream::connect(&socket).await else {
+            continue;
+        };
+        // The read half is kept, never read, until the end of the test.
+        let (reader, mut writer) = stream.into_split();
+        let requests = requests.clone();
+        // Writes its requests (as far as the daemon takes them) and never reads an answer.
+        let writing = tokio::spawn(async move {
+            let _ = writer.write_all(&requests).await;
+            writer
+        });
+        greedy.push((writing, reader));
+    }
+    assert!(
+        greedy.len() >= 33,
+        "only {} clients connected",
+        greedy.len()
+    );
+    wait_until_async(
+        "/healthz answers while the greedy clients stay connected",
+        Duration::from_secs(20),
+        || healthz_ok(&socket),
+    )
+    .await;
+    for (writing, _) in &greedy {
+        writing.abort();
+    }
+    drop(greedy);
+    let status = stop(&mut daemon).await;
+    assert!(status.success(), "{status:?}\n{}", env.daemon_log(0));
+}
+
 /// Issue 11 §6, the metrics port: a TCP client that connects and sends nothing, or half a
 /// request header, is disconnected by the daemon (header/idle timeout); `/metrics` still answers.
 #[tokio::test(flavor = "multi_thread")]

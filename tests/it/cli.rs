@@ -240,7 +240,7 @@ async fn exit_ok() -> (i32, String) {
     assert_eq!(code, 0, "{output}");
     let (code, out, err) = cli(&["replay", "--failed", "--config", config.to_str().unwrap()]).await;
     assert!(
-        out.contains("Nothing to replay: no job has failed."),
+        out.contains("Nothing to replay: no job of a manifest's latest run has failed"),
         "{out}"
     );
     (code, format!("{out}{err}"))
@@ -413,6 +413,38 @@ async fn issue13_folders_create_true_and_the_embedded_demo_create_missing_folder
         "out/state",
     ] {
         assert!(dir.path().join(folder).is_dir(), "{folder}: {output}");
+    }
+}
+
+/// A second `run --once` on the embedded emulator (the quickstart's), with a new manifest:
+/// its images are made. The emulator, started again, counted task ids from 1 again, and the
+/// store held those tasks from the first run: every new image was held in doubt ("a task
+/// another job took"), exit 2.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_run_on_the_embedded_emulator_makes_its_new_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("demo.yaml");
+    std::fs::write(
+        &config,
+        "api: { base_url: embedded, batch: { max_images: 1 } }\nfolders: { inbox: in, outbox: out/outbox, archive: out/archive, rejected: out/rejected, state: out/state }\nwatch: { settle: 100ms }\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("in")).unwrap();
+    std::fs::write(dir.path().join("in/one.yaml"), GOOD).unwrap();
+    let (code, output) = run_once(&config).await;
+    assert_eq!(code, 0, "{output}");
+    std::fs::write(
+        dir.path().join("in/two.yaml"),
+        "images:\n  - input: storage://demo/c-40x30.png\n  - input: storage://demo/d-40x30.png\n",
+    )
+    .unwrap();
+    let (code, output) = run_once(&config).await;
+    assert_eq!(code, 0, "{output}");
+    for name in ["c-40x30.jpg", "d-40x30.jpg"] {
+        assert!(
+            dir.path().join("out/outbox/two").join(name).is_file(),
+            "{name}: {output}"
+        );
     }
 }
 

@@ -188,6 +188,26 @@ fn minimal_config_gets_defaults_and_relative_folders_resolve_against_its_dir() {
     assert_eq!(cfg.api.api_key_file, None);
 }
 
+/// Two listeners on port 0 each get a free port of their own: not refused as sharing one
+/// address (docs/dashboard.md: "`127.0.0.1:0` picks a free port"); two on one real port are.
+/// A local input's size limit is read with the other limits.
+#[test]
+fn listeners_on_port_zero_do_not_clash_and_the_input_limit_is_read() {
+    let origin = Path::new("/etc/claid/c.yaml");
+    let base = "api: { base_url: embedded }\n\
+                folders: { inbox: /i, outbox: /o, archive: /a, rejected: /r, state: /s }\n\
+                limits: { max_input_bytes: 1000 }\n";
+    let text =
+        format!("{base}admin: {{ metrics_listen: 127.0.0.1:0 }}\nweb: {{ listen: 127.0.0.1:0 }}\n");
+    let cfg = config::parse(&text, origin).expect("valid");
+    assert_eq!(cfg.limits.max_input_bytes, 1000);
+    let text = format!(
+        "{base}admin: {{ metrics_listen: 127.0.0.1:9464 }}\nweb: {{ listen: 127.0.0.1:9464 }}\n"
+    );
+    let err = config::parse(&text, origin).expect_err("one port twice");
+    assert!(err.to_string().contains("cannot share an address"), "{err}");
+}
+
 #[test]
 fn embedded_base_url_and_custom_values() {
     let origin = Path::new("/etc/claid/c.yaml");

@@ -477,6 +477,19 @@ async fn fault_a_long_run_of_429s_to_polls_never_fails_a_billed_task() {
     }
 }
 
+/// A long run of 429s to submits (more than the 120 a submit waits out, each with
+/// `RateLimit-Reset: 0`): nothing is made or billed, so the image is never failed for it
+/// (it failed as `rate-limited`); past the budget it is waited out as an outage.
+#[tokio::test(flavor = "multi_thread")]
+async fn fault_a_long_run_of_429s_to_submits_never_fails_an_image() {
+    for api in ["", "batch: { max_images: 1 }"] {
+        let (env, stderr) =
+            two_images_delivered(Scenario::default().submits_rate_limited(260), api).await;
+        assert!(env.stats().rate_limited >= 260, "{api}: {:?}", env.stats());
+        assert!(!stderr.contains("rate-limited"), "{api}: {stderr}");
+    }
+}
+
 /// A 409 (or another 4xx Claid's contract does not name for a GET, other than 404) to the
 /// polls of billed tasks and batches: asked again, so the images are delivered (the first one
 /// failed them as `task-lost`, results Claid had billed lost, and a replay paid again).
@@ -489,6 +502,30 @@ async fn fault_a_refused_poll_is_asked_again_and_never_loses_a_billed_task() {
             "{api}: {stderr}"
         );
         assert_eq!(env.stats().duplicate_submits, 0, "{api}");
+    }
+}
+
+/// Every submit's answer lost (a gateway that passes the request on and then fails: 502,
+/// 504, a dropped connection) while nothing else answers: an outage of the API, waited out
+/// (`run --once` ends 69 at `api.unreachable_timeout`, the images left to the next run, their
+/// possible bills counted in doubt), not a failure budget (each image was sent five times in
+/// about 2 s and then failed: a gateway's blip failed a whole drop).
+#[tokio::test(flavor = "multi_thread")]
+async fn fault_submit_answers_lost_for_a_while_are_an_outage_not_failed_images() {
+    for api in [
+        "unreachable_timeout: 4s",
+        "unreachable_timeout: 4s\nbatch: { max_images: 1 }",
+    ] {
+        let env = TestEnv::new(Scenario::default().drop_share(1.0).seed(3)).await;
+        let config = env.config(api, "");
+        env.drop_file(
+            "m.yaml",
+            b"images:\n  - input: storage://demo/a-64x48.png\n  - input: storage://demo/b-64x48.png\n",
+        );
+        let (code, stderr) = env.run_once(&config).await;
+        assert_eq!(code, 69, "{api}: the run ends, the images left: {stderr}");
+        assert!(!stderr.contains("retry budget spent"), "{api}: {stderr}");
+        assert!(!stderr.contains("Job failed"), "{api}: {stderr}");
     }
 }
 

@@ -267,6 +267,70 @@ async fn issue5_local_input_swapped_for_a_symlink_after_validation_is_not_upload
     assert_eq!(env.stats().uploads, 0);
 }
 
+/// A local input swapped for a FIFO after validation: the job fails as `input-changed` and
+/// the run ends (opening the FIFO to upload it blocked the job, and `run --once`, for ever).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_local_input_swapped_for_a_fifo_after_validation_fails_and_the_run_ends() {
+    let env = TestEnv::new(Scenario::default().credits_exhausted(true)).await;
+    env.drop_file("photos/p.png", &png(64, 64));
+    env.drop_file(
+        "m.yaml",
+        b"output: { format: png }\nimages:\n  - input: photos/p.png\n",
+    );
+    let config = env.config("", "");
+    let daemon = env.spawn_daemon(&config, 0);
+    wait_until("submitting is paused by the 402", DEADLINE, || {
+        env.daemon_log(0).contains("submitting is paused")
+    })
+    .await;
+    let local = env.inbox.join("photos/p.png");
+    std::fs::remove_file(&local).expect("remove");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&local)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success(), "mkfifo");
+    env.emulator.control().set_credits_exhausted(false);
+    wait_until("m.yaml is finished", DEADLINE, || {
+        env.outbox.join("m.report.json").is_file()
+    })
+    .await;
+    stop(daemon).await;
+    let report = env.report("m");
+    let reason = report["jobs"][0]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("input-changed") && reason.contains("no longer a regular file"),
+        "{report:#}"
+    );
+    assert_eq!(env.stats().uploads, 0);
+}
+
+/// A local input over `limits.max_input_bytes` is refused at intake, before anything is
+/// spent, naming the file, its size and the key (it was read whole to be uploaded: four
+/// 400 MB files took 1.7 GB of memory before Claid refused them).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_local_input_over_the_size_limit_is_refused_at_intake() {
+    let env = TestEnv::new(Scenario::default()).await;
+    env.drop_file("photos/big.png", &png(64, 64));
+    env.drop_file(
+        "m.yaml",
+        b"output: { format: png }\nimages:\n  - input: photos/big.png\n",
+    );
+    let config = env.config("", "");
+    let mut text = std::fs::read_to_string(&config).expect("config");
+    text.push_str("limits: { max_input_bytes: 100 }\n");
+    std::fs::write(&config, text).expect("config");
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 2, "{stderr}");
+    let error = std::fs::read_to_string(env.rejected.join("m.yaml.error.txt")).expect("error file");
+    assert!(
+        error.contains("photos/big.png") && error.contains("limits.max_input_bytes"),
+        "{error}"
+    );
+    let stats = env.stats();
+    assert_eq!((stats.submits, stats.uploads), (0, 0), "{stats:?}");
+}
+
 /// The key the daemon is given in the API-key tests.
 const CANARY: &str = "sk-SECRET-canary-123";
 

@@ -465,6 +465,41 @@ async fn dashboard_in_a_browser_renders_hostile_names_as_text_and_refuses_forged
     stop(&mut daemon).await;
 }
 
+/// A dashboard without a login answers only to loopback host names and the host of
+/// `web.public_url` (it answered any `Host`, so a page elsewhere could read it through a name
+/// of its own pointed at 127.0.0.1: DNS rebinding).
+#[tokio::test(flavor = "multi_thread")]
+async fn dashboard_without_a_login_answers_only_to_loopback_host_names() {
+    let env = TestEnv::new(Scenario::default().seed(8)).await;
+    let section = format!(
+        "{}  public_url: https://claid.example.com\n",
+        web_section(None, None, false)
+    );
+    let config = env.config("", &section);
+    let mut daemon = env.spawn_daemon(&config, 0);
+    let addr = env.dashboard(0).await;
+    let http = reqwest::Client::new();
+    let status = |host: String| {
+        let (http, addr) = (http.clone(), addr.clone());
+        async move {
+            http.get(format!("http://{addr}/"))
+                .header(reqwest::header::HOST, host)
+                .send()
+                .await
+                .expect("get")
+                .status()
+                .as_u16()
+        }
+    };
+    let port = addr.rsplit(':').next().expect("a port").to_owned();
+    assert_eq!(status(format!("127.0.0.1:{port}")).await, 200);
+    assert_eq!(status(format!("localhost:{port}")).await, 200);
+    assert_eq!(status(format!("[::1]:{port}")).await, 200);
+    assert_eq!(status("claid.example.com".to_owned()).await, 200);
+    assert_eq!(status(format!("rebound.attacker.test:{port}")).await, 421);
+    stop(&mut daemon).await;
+}
+
 /// The overview's rate-limit figure is the limit the client keeps now: lower than the config's
 /// once Claid announced a lower quota in its `RateLimit` headers (it showed the config's 120
 /// while the daemon kept to Claid's 60).

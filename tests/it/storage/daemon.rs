@@ -699,6 +699,37 @@ async fn a_lost_local_copy_is_fetched_again_from_its_object_without_a_submit() {
     s3.stop().await;
 }
 
+/// `output_local_copy` of an object the bucket kept only part of: checked like a download
+/// (the image Claid described), so the job fails as `result-mismatch` and no broken file is in
+/// the outbox (it was copied and reported done).
+#[tokio::test]
+async fn a_local_copy_of_a_broken_object_fails_as_a_mismatch_not_done() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let (env, config) = storage_env(
+        &s3,
+        quick().short_objects(true),
+        "output_local_copy: true",
+        1,
+    )
+    .await;
+    env.drop_file(
+        "shoes.yaml",
+        b"output: { format: png, destination: storage://catalog/out/ }\nimages:\n  - storage://catalog/in/sku-0.png\n",
+    );
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 2, "{stderr}");
+    let report = env.report("shoes");
+    let reason = report["jobs"][0]["reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("result-mismatch"), "{report:#}");
+    assert!(
+        !env.outbox.join("shoes/sku-0.png").exists(),
+        "no broken copy in the outbox"
+    );
+    s3.stop().await;
+}
+
 /// A later run whose local copy is gone and whose object was replaced in the bucket since
 /// (another tool wrote over it) does not take that object for the image's result (it was
 /// copied into the outbox as if Claid had made it): the image is made again.
@@ -1195,6 +1226,31 @@ async fn a_bucket_away_at_start_is_waited_out_not_a_refused_start() {
         .run_once(&env.config("unreachable_timeout: 5m", &missing))
         .await;
     assert_eq!(code, 64, "{stderr}");
+    s3.stop().await;
+}
+
+/// `run --once` whose bucket endpoint never answers at start waits the whole
+/// `api.unreachable_timeout` before it ends 69 (it gave up at about half of it: once the next
+/// whole backoff would have passed the timeout).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_start_check_waits_the_whole_unreachable_timeout() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let (env, _) = storage_env(&s3, Scenario::default(), "", 1).await;
+    let switch = Switch::start(&s3.endpoint).await;
+    switch.off().await;
+    let keys = credentials_file(env.dir.path());
+    let storages = storages_yaml("catalog-s3", "s3://catalog/raw", &switch.endpoint(), &keys);
+    let config = env.config("unreachable_timeout: 6s", &storages);
+    let started = std::time::Instant::now();
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 69, "{stderr}");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(6),
+        "gave up after {:?}: {stderr}",
+        started.elapsed()
+    );
     s3.stop().await;
 }
 
