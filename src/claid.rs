@@ -958,7 +958,6 @@ impl Client {
         self.sustained_rate
     }
 
-    /// A snapshot of the counters.
     /// Requests a minute the limiter lets through now: the tighter of its two quotas, as the
     /// config sets them or lower when Claid announced less ([`Limiter::learn`]).
     pub fn requests_per_minute_in_force(&self) -> u64 {
@@ -966,6 +965,7 @@ impl Client {
         (per_minute as u64).min(per_second as u64 * 60)
     }
 
+    /// A snapshot of the counters.
     pub fn stats(&self) -> ClientStats {
         self.stats
             .lock()

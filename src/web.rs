@@ -292,8 +292,12 @@ fn host_allowed(req: &Request, public_url: Option<&str>) -> bool {
     let name = authority
         .host()
         .trim_start_matches('[')
-        .trim_end_matches(']');
-    if name.eq_ignore_ascii_case("localhost")
+        .trim_end_matches(']')
+        .trim_end_matches('.');
+    let lower = name.to_ascii_lowercase();
+    // `localhost` and its subdomains name loopback (RFC 6761).
+    if lower == "localhost"
+        || lower.ends_with(".localhost")
         || name
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())

@@ -334,33 +334,64 @@ pub struct BatchEditRequest {
 /// `results` and `errors` are filled once the batch is DONE or ERROR; a DONE batch may carry
 /// both (some images failed), in any order.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(from = "BatchTaskWire")]
 pub struct BatchTask {
     pub id: u64,
     pub status: TaskStatus,
-    #[serde(
-        default,
-        deserialize_with = "null_default",
-        skip_serializing_if = "String::is_empty"
-    )]
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub result_url: String,
-    #[serde(default, deserialize_with = "null_default")]
     pub created_at: String,
     /// The submitted body, echoed.
-    #[serde(default)]
     pub request: serde_json::Value,
-    #[serde(default, deserialize_with = "null_default")]
     pub errors: Vec<TaskError>,
     /// The results the daemon can read: an item with a missing or mistyped field is left out
-    /// (its image then has no result, as if Claid had not attached it) instead of failing the
-    /// whole answer, which lost every image of the batch to one bad item.
-    #[serde(default, deserialize_with = "readable_items")]
+    /// (counted in `unreadable_results`) instead of failing the whole answer, which lost every
+    /// image of the batch to one bad item.
     pub results: Vec<BatchResultItem>,
+    /// Result items the answer held that could not be read: an image left without a result
+    /// may have its (billed) result among them, so it is held in doubt, not failed.
+    #[serde(skip)]
+    pub unreadable_results: usize,
 }
 
-/// `results` item by item: those that do not parse are left out, told in one WARN per answer.
+/// [`BatchTask`] as it comes: absent and `null` fields read as empty, `results` item by item.
+#[derive(Deserialize)]
+struct BatchTaskWire {
+    id: u64,
+    status: TaskStatus,
+    #[serde(default, deserialize_with = "null_default")]
+    result_url: String,
+    #[serde(default, deserialize_with = "null_default")]
+    created_at: String,
+    #[serde(default)]
+    request: serde_json::Value,
+    #[serde(default, deserialize_with = "null_default")]
+    errors: Vec<TaskError>,
+    #[serde(default, deserialize_with = "readable_items")]
+    results: (Vec<BatchResultItem>, usize),
+}
+
+impl From<BatchTaskWire> for BatchTask {
+    fn from(wire: BatchTaskWire) -> BatchTask {
+        let (results, unreadable_results) = wire.results;
+        BatchTask {
+            id: wire.id,
+            status: wire.status,
+            result_url: wire.result_url,
+            created_at: wire.created_at,
+            request: wire.request,
+            errors: wire.errors,
+            results,
+            unreadable_results,
+        }
+    }
+}
+
+/// `results` item by item: those that do not parse are left out and counted, told in one
+/// WARN per answer.
 fn readable_items<'de, D: Deserializer<'de>>(
     deserializer: D,
-) -> Result<Vec<BatchResultItem>, D::Error> {
+) -> Result<(Vec<BatchResultItem>, usize), D::Error> {
     let items: Vec<serde_json::Value> = null_default(deserializer)?;
     let mut readable = Vec::with_capacity(items.len());
     let mut unreadable = 0usize;
@@ -379,10 +410,10 @@ fn readable_items<'de, D: Deserializer<'de>>(
             unreadable,
             readable = readable.len(),
             error = %crate::text::Escaped::str(&error),
-            "Claid's answer for a batch holds results the daemon cannot read; their images are taken as having no result"
+            "Claid's answer for a batch holds results the daemon cannot read; images left without a result are held in doubt"
         );
     }
-    Ok(readable)
+    Ok((readable, unreadable))
 }
 
 impl BatchTask {
@@ -723,6 +754,7 @@ mod tests {
             .map(|item| item.output_object.tmp_url.clone().unwrap_or_default())
             .collect();
         assert_eq!(names, ["https://r.test/a.jpg", "https://r.test/d.jpg"]);
+        assert_eq!(batch.unreadable_results, 2);
         assert!(
             batch.answers_fewer_than(4),
             "the others count as not answered"

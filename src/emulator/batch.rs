@@ -183,6 +183,7 @@ pub async fn submit(
         request: value,
         errors: Vec::new(),
         results: Vec::new(),
+        unreadable_results: 0,
     };
     Json(Envelope { data: accepted }).into_response()
 }
@@ -259,6 +260,7 @@ fn batch_view(id: u64, batch: &Batch) -> BatchTask {
         request: batch.request.clone(),
         errors,
         results,
+        unreadable_results: 0,
     }
 }
 

@@ -666,6 +666,9 @@ impl BatchRunner {
         let request = batch_request(members);
         let mut attempts = deps.retry.start(retry::Step::Submit);
         let mut retry = false;
+        // Answers lost in this call (each send may have been billed for every image): past
+        // `MAX_LOST_ANSWERS` the batch's jobs are held in doubt, whatever `in_doubt` says.
+        let mut lost_answers = 0u32;
         loop {
             // A retry waits, like a first submit, while outputs cannot be written (only a
             // shutdown ends the wait: the jobs are then resumed from the store).
@@ -797,11 +800,18 @@ impl BatchRunner {
                         }
                         return Sent::Ended;
                     }
-                    // A 2xx whose answer cannot be read was accepted: held, never sent again.
+                    // A 2xx whose answer cannot be read was accepted: held, never sent again; so
+                    // is a batch whose answers were lost too often in a row.
                     let policy = if err.accepted_unread() {
                         InDoubtPolicy::Hold
                     } else {
-                        self.in_doubt_policy()
+                        lost_answers += 1;
+                        if lost_answers >= super::job::MAX_LOST_ANSWERS {
+                            warn!(error = %err, lost_answers, images = members.len(), "The answers to this batch's submits were lost again and again; its images are held in doubt rather than sent (and maybe billed) once more");
+                            InDoubtPolicy::Hold
+                        } else {
+                            self.in_doubt_policy()
+                        }
                     };
                     match policy {
                         InDoubtPolicy::Resubmit => {
@@ -841,6 +851,20 @@ impl BatchRunner {
                         warn!(error = %err, "Batch submit failed; retrying");
                     }
                     if !self.wait(after).await {
+                        return Sent::Ended;
+                    }
+                    // A lost answer in an outage: sent again only once the API answers.
+                    if failure == Failure::Ambiguous
+                        && retry_as == Failure::Unreachable
+                        && !super::job::api_answers_again(
+                            &deps.client,
+                            &deps.health,
+                            &deps.retry,
+                            &deps.cancel,
+                            sent_at,
+                        )
+                        .await
+                    {
                         return Sent::Ended;
                     }
                 }
@@ -1217,8 +1241,9 @@ impl BatchRunner {
             if handled.contains(&member.id) {
                 continue;
             }
-            if !matched.unmatched.is_empty() || explained {
-                // A result we could not attribute may be this job's: Claid may have billed it.
+            if !matched.unmatched.is_empty() || explained || result.unreadable_results > 0 {
+                // A result we could not attribute (or not read) may be this job's: Claid may
+                // have billed it.
                 match deps.store.hold_unmatched(member.id).await {
                     Ok(_) => self.report(member.manifest, JobOutcome::Held),
                     Err(err) => error!(error = %err, "Cannot hold the job in doubt"),

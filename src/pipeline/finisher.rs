@@ -723,8 +723,11 @@ impl Finisher {
             // delete) is not the one processed: the file moved is hashed again, and one that
             // is not the processed version goes back to its place in the inbox (it was
             // archived, or deleted, without ever running).
+            // (A file that cannot be hashed, out of descriptors say, is taken for the processed
+            // one, as it was a moment ago: putting a processed manifest back would run it
+            // again.)
             let still_processed =
-                |path: &Path| recipe_image || output::sha256_file(path).is_ok_and(|f| f == sha256);
+                |path: &Path| recipe_image || output::sha256_file(path).map_or(true, |f| f == sha256);
             let moved = match policy {
                 OnManifestDone::Keep => None,
                 OnManifestDone::Delete => {
@@ -834,13 +837,14 @@ impl Finisher {
     }
 }
 
-/// The name a finished manifest is taken under before it is deleted (hidden: the watcher
-/// skips it), so that the file deleted is the one hashed.
+/// The name a finished manifest is taken under before it is deleted, so that the file
+/// deleted is the one hashed: hidden (the watcher skips it) and short whatever the manifest's
+/// name (a long one with a suffix passed NAME_MAX, and the manifest was never deleted).
 fn deleting_name(src: &std::path::Path) -> PathBuf {
-    let mut name = std::ffi::OsString::from(".");
-    name.push(src.file_name().unwrap_or_default());
-    name.push(".claid-deleting");
-    src.with_file_name(name)
+    use sha2::Digest;
+    let name = src.file_name().unwrap_or_default().as_encoded_bytes();
+    let digest = hex::encode(sha2::Sha256::digest(name));
+    src.with_file_name(format!(".claid-deleting-{}", &digest[..16]))
 }
 
 /// Puts a version of a manifest taken from the inbox by mistake (saved over the processed one

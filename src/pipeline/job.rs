@@ -557,6 +557,9 @@ impl Runner {
             retry::Step::Submit
         };
         let mut attempts = deps.retry.start(step);
+        // Answers lost in this call (each send may have been billed): past
+        // [`MAX_LOST_ANSWERS`] the job is held in doubt, whatever `in_doubt` says.
+        let mut lost_answers = 0u32;
         loop {
             // A retry waits, like a first submit, while outputs cannot be written.
             if !deps.health.writable(&deps.cancel).await {
@@ -660,11 +663,19 @@ impl Runner {
                     deps.queue.push_front((job.manifest, id));
                     return Step::End(JobOutcome::Requeued);
                 }
-                // A 2xx whose answer cannot be read was accepted: held, never sent again.
+                // A 2xx whose answer cannot be read was accepted: held, never sent again. So is
+                // a job whose answers were lost too often in a row (a gateway that takes every
+                // submit on and fails it): each resend may have been billed.
                 Failure::Ambiguous => match if err.accepted_unread() {
                     InDoubtPolicy::Hold
                 } else {
-                    self.settings().policies.in_doubt
+                    lost_answers += 1;
+                    if lost_answers >= MAX_LOST_ANSWERS {
+                        warn!(error = %err, lost_answers, "The answers to this image's submits were lost again and again; it is held in doubt rather than sent (and maybe billed) once more");
+                        InDoubtPolicy::Hold
+                    } else {
+                        self.settings().policies.in_doubt
+                    }
                 } {
                     // With webhooks on, a lost answer may still be announced: a task created
                     // by this very request is adopted, so nothing is billed twice.
@@ -730,15 +741,25 @@ impl Runner {
                     }
                 }
             }
-            match submit_decision(
-                &deps.health,
-                &mut attempts,
-                retried_as(&deps.health, failure, &err, sent_at),
-                &err,
-            ) {
+            let retry_as = retried_as(&deps.health, failure, &err, sent_at);
+            match submit_decision(&deps.health, &mut attempts, retry_as, &err) {
                 Decision::Retry { after } => {
                     warn!(error = %err, attempt = attempts.failed_attempts(), "Submit failed; retrying");
                     if !self.wait(after).await {
+                        return Step::End(JobOutcome::Parked);
+                    }
+                    // A lost answer in an outage: sent again only once the API answers.
+                    if failure == Failure::Ambiguous
+                        && retry_as == Failure::Unreachable
+                        && !api_answers_again(
+                            &deps.client,
+                            &deps.health,
+                            &deps.retry,
+                            &deps.cancel,
+                            sent_at,
+                        )
+                        .await
+                    {
                         return Step::End(JobOutcome::Parked);
                     }
                 }
@@ -1763,8 +1784,6 @@ fn bucket_away(err: &crate::objects::ObjectError) -> bool {
     unanswered || busy
 }
 
-/// A download failed because the result's host is away (it answered 5xx or 408, or did not
-/// answer at all), not because of the result: waited out while the result may still be there.
 /// Why `bytes` are not the result Claid described (`width`×`height`, in the format `wanted`
 /// the output is named for), or `None` when they are. `what` names where the bytes came from.
 fn result_mismatch(
@@ -1797,16 +1816,25 @@ fn result_mismatch(
     }
 }
 
+/// A download failed because the result's host is away (it answered 5xx, 408 or 429, broke
+/// the body off, or did not answer at all), not because of the result: waited out while the
+/// result may still be there.
 fn result_host_away(err: &ClaidError) -> bool {
     match err {
         // 429: the host limits its rate; the result waits there as it does through an outage.
         ClaidError::DownloadStatus { status, .. } => {
             *status >= 500 || *status == 408 || *status == 429
         }
-        // A body cut short again and again (a host or a proxy closing mid-transfer) is the
+        // A body broken off again and again (a host or a proxy closing mid-transfer) is the
         // host's fault, not the result's: it failed the billed image after ten tries in a few
-        // seconds, and a replay paid for it again.
-        ClaidError::Truncated { .. } => true,
+        // seconds, and a replay paid for it again. Not an empty body, nor one that ended
+        // cleanly without a whole image: those are the result's own, asked again on the
+        // download's budget (waiting a day for them told a healthy host as away).
+        ClaidError::Truncated {
+            image_end: None,
+            received,
+            ..
+        } => *received > 0,
         ClaidError::Connect { .. } | ClaidError::Timeout { .. } | ClaidError::Network { .. } => {
             true
         }
@@ -1929,6 +1957,46 @@ pub fn failure_of(health: &HealthState, err: &ClaidError, sent_at: Instant) -> F
             failure
         }
         Failure::Job | Failure::Systemic | Failure::RateLimited { .. } => failure,
+    }
+}
+
+/// Lost submit answers in a row after which a job is held in doubt instead of sent again.
+pub(crate) const MAX_LOST_ANSWERS: u32 = 5;
+
+/// After a submit whose answer was lost while nothing answered (an outage), waits with the
+/// outage's backoff until the API answers again before the submit is sent again: some call
+/// succeeded since `lost_at`, or a free probe (a poll of task 0, which Claid answers 404) got
+/// an answer of the API's own (a 4xx other than 408 and 429). Sent into the outage, each
+/// resend may have been billed (a gateway that takes requests on and fails them): a blip of
+/// a few seconds billed each image up to five times. False when the daemon stops.
+pub(crate) async fn api_answers_again(
+    client: &Client,
+    health: &HealthState,
+    retry: &retry::Policy,
+    cancel: &CancellationToken,
+    lost_at: Instant,
+) -> bool {
+    let mut n = 0u32;
+    loop {
+        if health.succeeded_since(lost_at) {
+            return true;
+        }
+        match client.poll_once("", 0).await {
+            Ok(_) => return true,
+            Err(err)
+                if err
+                    .http_status()
+                    .is_some_and(|s| (400..500).contains(&s) && s != 408 && s != 429) =>
+            {
+                return true;
+            }
+            Err(_) => {}
+        }
+        n += 1;
+        tokio::select! {
+            _ = tokio::time::sleep(jitter(n, retry.base, retry.cap)) => {}
+            _ = cancel.cancelled() => return false,
+        }
     }
 }
 

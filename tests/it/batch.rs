@@ -15,7 +15,7 @@ use crate::support::{TestEnv, dimensions, png, wait_until, wait_until_async};
 const DEADLINE: Duration = Duration::from_secs(90);
 
 /// A folder of input images the emulator serves at `/_static/`, and the scenario serving it.
-fn static_images(names: &[&str]) -> (tempfile::TempDir, Scenario) {
+pub(crate) fn static_images(names: &[&str]) -> (tempfile::TempDir, Scenario) {
     let dir = tempfile::tempdir().expect("static dir");
     for name in names {
         let path = dir.path().join(name);

@@ -494,6 +494,7 @@ async fn dashboard_without_a_login_answers_only_to_loopback_host_names() {
     let port = addr.rsplit(':').next().expect("a port").to_owned();
     assert_eq!(status(format!("127.0.0.1:{port}")).await, 200);
     assert_eq!(status(format!("localhost:{port}")).await, 200);
+    assert_eq!(status(format!("localhost.:{port}")).await, 200);
     assert_eq!(status(format!("[::1]:{port}")).await, 200);
     assert_eq!(status("claid.example.com".to_owned()).await, 200);
     assert_eq!(status(format!("rebound.attacker.test:{port}")).await, 421);
