@@ -212,33 +212,18 @@ impl AppState {
     /// A 429 for this submit while the first `scenario.submits_rate_limited` are not answered
     /// yet.
     pub(crate) fn submit_rate_limited(&self) -> Option<Response> {
-        if self.scenario.submits_rate_limited == 0 {
-            return None;
-        }
-        let mut seen = lock(&self.rate_limited_polls);
-        let count = seen.entry("submits".to_owned()).or_insert(0);
-        if *count >= self.scenario.submits_rate_limited {
-            return None;
-        }
-        *count += 1;
-        drop(seen);
-        self.recorder.update(|s| s.rate_limited += 1);
-        let mut response = api_error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "2001",
-            "general",
-            "Too Many Requests. Rate limit exceeded.",
-        );
-        response
-            .headers_mut()
-            .insert("ratelimit-reset", axum::http::HeaderValue::from_static("0"));
-        Some(response)
+        self.rate_limited_while("submits".to_owned(), self.scenario.submits_rate_limited)
     }
 
     /// A 429 for this poll of `key` while its first `scenario.polls_rate_limited` are not
     /// answered yet.
     pub(crate) fn poll_rate_limited(&self, key: String) -> Option<Response> {
-        let n = self.scenario.polls_rate_limited;
+        self.rate_limited_while(key, self.scenario.polls_rate_limited)
+    }
+
+    /// A 429 (`RateLimit-Reset: 0`) for a request counted under `key`, while its first `n`
+    /// are not answered yet.
+    fn rate_limited_while(&self, key: String, n: u32) -> Option<Response> {
         if n == 0 {
             return None;
         }

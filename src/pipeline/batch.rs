@@ -846,6 +846,8 @@ impl BatchRunner {
             let decision = super::job::submit_decision(&deps.health, &mut attempts, retry_as, &err);
             match decision {
                 Decision::Retry { after } => {
+                    let after =
+                        after.max(super::job::lost_answer_wait(lost_answers, deps.retry.cap));
                     // An answer lost is told above already ("resubmitting (in doubt)").
                     if !matches!(failure, Failure::Ambiguous) {
                         warn!(error = %err, "Batch submit failed; retrying");
@@ -853,17 +855,14 @@ impl BatchRunner {
                     if !self.wait(after).await {
                         return Sent::Ended;
                     }
-                    // A lost answer in an outage: sent again only once the API answers.
-                    if failure == Failure::Ambiguous
-                        && retry_as == Failure::Unreachable
-                        && !super::job::api_answers_again(
-                            &deps.client,
-                            &deps.health,
-                            &deps.retry,
-                            &deps.cancel,
-                            sent_at,
-                        )
-                        .await
+                    if !super::job::ready_to_resend(
+                        &deps.client,
+                        &deps.health,
+                        &deps.retry,
+                        &deps.cancel,
+                        (failure, retry_as, sent_at),
+                    )
+                    .await
                     {
                         return Sent::Ended;
                     }

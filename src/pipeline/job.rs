@@ -744,21 +744,19 @@ impl Runner {
             let retry_as = retried_as(&deps.health, failure, &err, sent_at);
             match submit_decision(&deps.health, &mut attempts, retry_as, &err) {
                 Decision::Retry { after } => {
+                    let after = after.max(lost_answer_wait(lost_answers, deps.retry.cap));
                     warn!(error = %err, attempt = attempts.failed_attempts(), "Submit failed; retrying");
                     if !self.wait(after).await {
                         return Step::End(JobOutcome::Parked);
                     }
-                    // A lost answer in an outage: sent again only once the API answers.
-                    if failure == Failure::Ambiguous
-                        && retry_as == Failure::Unreachable
-                        && !api_answers_again(
-                            &deps.client,
-                            &deps.health,
-                            &deps.retry,
-                            &deps.cancel,
-                            sent_at,
-                        )
-                        .await
+                    if !ready_to_resend(
+                        &deps.client,
+                        &deps.health,
+                        &deps.retry,
+                        &deps.cancel,
+                        (failure, retry_as, sent_at),
+                    )
+                    .await
                     {
                         return Step::End(JobOutcome::Parked);
                     }
@@ -1962,6 +1960,33 @@ pub fn failure_of(health: &HealthState, err: &ClaidError, sent_at: Instant) -> F
 
 /// Lost submit answers in a row after which a job is held in doubt instead of sent again.
 pub(crate) const MAX_LOST_ANSWERS: u32 = 5;
+
+/// The least wait before a submit whose answer was lost `lost` times in a row is sent again:
+/// 1 s, then doubling (up to `cap`), so that the five sends span about 15 s and a gateway's
+/// blip shorter than that costs no image (the retry's own backoff, jittered from zero, sent
+/// all five within a couple of seconds).
+pub(crate) fn lost_answer_wait(lost: u32, cap: Duration) -> Duration {
+    match lost {
+        0 => Duration::ZERO,
+        n => Duration::from_secs(1u64 << (n - 1).min(16)).min(cap),
+    }
+}
+
+/// Before a failed submit is sent again (`failure` as classified, `retry_as` as retried, sent
+/// at `sent_at`): a lost answer in an outage waits for the API to answer again
+/// ([`api_answers_again`]); anything else is ready. False when the daemon stops.
+pub(crate) async fn ready_to_resend(
+    client: &Client,
+    health: &HealthState,
+    retry: &retry::Policy,
+    cancel: &CancellationToken,
+    (failure, retry_as, sent_at): (Failure, Failure, Instant),
+) -> bool {
+    if failure != Failure::Ambiguous || retry_as != Failure::Unreachable {
+        return true;
+    }
+    api_answers_again(client, health, retry, cancel, sent_at).await
+}
 
 /// After a submit whose answer was lost while nothing answered (an outage), waits with the
 /// outage's backoff until the API answers again before the submit is sent again: some call
