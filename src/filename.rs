@@ -193,6 +193,21 @@ pub fn shortened_to(base: &OsStr, room: usize) -> OsString {
     OsString::from_vec(out)
 }
 
+/// A hidden name beside `path` (the watcher skips names starting with `.`): `.NAME<suffix>`,
+/// NAME shortened ([`shortened_to`]) so that the whole and `spare` more bytes (a temporary
+/// name's own suffix) fit the folder's `NAME_MAX`; the same path always gives the same name.
+pub fn hidden_beside(path: &Path, suffix: &str, spare: usize) -> PathBuf {
+    let name = path.file_name().unwrap_or_default();
+    let dir = path.parent().unwrap_or(Path::new(""));
+    let room = FsLimits::of(dir)
+        .name_max
+        .saturating_sub(1 + suffix.len() + spare);
+    let mut hidden = OsString::from(".");
+    hidden.push(shortened_to(name, room));
+    hidden.push(suffix);
+    path.with_file_name(hidden)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

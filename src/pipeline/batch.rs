@@ -666,9 +666,8 @@ impl BatchRunner {
         let request = batch_request(members);
         let mut attempts = deps.retry.start(retry::Step::Submit);
         let mut retry = false;
-        // Answers lost in this call (each send may have been billed for every image): past
-        // `MAX_LOST_ANSWERS` the batch's jobs are held in doubt, whatever `in_doubt` says.
-        let mut lost_answers = 0u32;
+        // Past `MAX_LOST_ANSWERS` the batch's jobs are held in doubt, whatever `in_doubt` says.
+        let mut lost_answers = super::job::LostAnswers::default();
         loop {
             // A retry waits, like a first submit, while outputs cannot be written (only a
             // shutdown ends the wait: the jobs are then resumed from the store).
@@ -805,9 +804,8 @@ impl BatchRunner {
                     let policy = if err.accepted_unread() {
                         InDoubtPolicy::Hold
                     } else {
-                        lost_answers += 1;
-                        if lost_answers >= super::job::MAX_LOST_ANSWERS {
-                            warn!(error = %err, lost_answers, images = members.len(), "The answers to this batch's submits were lost again and again; its images are held in doubt rather than sent (and maybe billed) once more");
+                        if lost_answers.one_more() {
+                            warn!(error = %err, lost_answers = lost_answers.count(), images = members.len(), "The answers to this batch's submits were lost again and again; its images are held in doubt rather than sent (and maybe billed) once more");
                             InDoubtPolicy::Hold
                         } else {
                             self.in_doubt_policy()
@@ -846,8 +844,7 @@ impl BatchRunner {
             let decision = super::job::submit_decision(&deps.health, &mut attempts, retry_as, &err);
             match decision {
                 Decision::Retry { after } => {
-                    let after =
-                        after.max(super::job::lost_answer_wait(lost_answers, deps.retry.cap));
+                    let after = after.max(lost_answers.least_wait(deps.retry.cap));
                     // An answer lost is told above already ("resubmitting (in doubt)").
                     if !matches!(failure, Failure::Ambiguous) {
                         warn!(error = %err, "Batch submit failed; retrying");
@@ -1643,19 +1640,23 @@ fn names_file_of(text: &str, input: &str) -> bool {
     let raw = wire::basename(input);
     let decoded = wire::decoded(raw);
     let part_of_name = |c: char| c.is_alphanumeric() || matches!(c, '.' | '_' | '-' | '%');
+    // The name goes on after the match: a name's character, or a `.` before one
+    // (`bad1.jpg.png`); a sentence's full stop does not.
+    let goes_on = |rest: &str| {
+        let mut chars = rest.chars();
+        match chars.next() {
+            Some('.') => chars.next().is_some_and(part_of_name),
+            Some(c) => part_of_name(c),
+            None => false,
+        }
+    };
     [raw, decoded.as_str()]
         .into_iter()
         .filter(|name| !name.is_empty())
         .any(|name| {
             text.match_indices(name).any(|(at, _)| {
-                let before = text[..at].chars().next_back();
-                let after = text[at + name.len()..].chars().next();
-                !before.is_some_and(part_of_name)
-                    && !after.is_some_and(|c| part_of_name(c) && c != '.')
-                    && !text[at + name.len()..]
-                        .strip_prefix('.')
-                        .and_then(|rest| rest.chars().next())
-                        .is_some_and(part_of_name)
+                !text[..at].chars().next_back().is_some_and(part_of_name)
+                    && !goes_on(&text[at + name.len()..])
             })
         })
 }

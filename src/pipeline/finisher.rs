@@ -838,13 +838,10 @@ impl Finisher {
 }
 
 /// The name a finished manifest is taken under before it is deleted, so that the file
-/// deleted is the one hashed: hidden (the watcher skips it) and short whatever the manifest's
-/// name (a long one with a suffix passed NAME_MAX, and the manifest was never deleted).
+/// deleted is the one hashed: hidden (the watcher skips it), and fitting NAME_MAX whatever
+/// the manifest's name (a long one with a suffix passed it, and it was never deleted).
 fn deleting_name(src: &std::path::Path) -> PathBuf {
-    use sha2::Digest;
-    let name = src.file_name().unwrap_or_default().as_encoded_bytes();
-    let digest = hex::encode(sha2::Sha256::digest(name));
-    src.with_file_name(format!(".claid-deleting-{}", &digest[..16]))
+    crate::filename::hidden_beside(src, ".claid-deleting", 0)
 }
 
 /// Puts a version of a manifest taken from the inbox by mistake (saved over the processed one

@@ -828,16 +828,8 @@ impl Intake {
 /// the filesystem's `NAME_MAX`, `NAME` shortened with a hash as `filename` says (a version of
 /// a manifest with a long name was lost: its copy could not be made).
 fn pending_path(path: &Path) -> PathBuf {
-    const PENDING: &str = ".claid-pending";
-    // `.` before, `-` and a process id (at most 10 digits) after, in the temporary name.
-    const AROUND: usize = 1 + PENDING.len() + 1 + 10;
-    let name = path.file_name().unwrap_or_default();
-    let dir = path.parent().unwrap_or(Path::new(""));
-    let room = filename::FsLimits::of(dir).name_max.saturating_sub(AROUND);
-    let mut pending = std::ffi::OsString::from(".");
-    pending.push(filename::shortened_to(name, room));
-    pending.push(PENDING);
-    path.with_file_name(pending)
+    // `-` and a process id (at most 10 digits) after it, in the temporary name.
+    filename::hidden_beside(path, ".claid-pending", 1 + 10)
 }
 
 /// The manifest a waiting version's copy at `pending` belongs to, among the runs in `runs`

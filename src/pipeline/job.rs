@@ -557,9 +557,8 @@ impl Runner {
             retry::Step::Submit
         };
         let mut attempts = deps.retry.start(step);
-        // Answers lost in this call (each send may have been billed): past
-        // [`MAX_LOST_ANSWERS`] the job is held in doubt, whatever `in_doubt` says.
-        let mut lost_answers = 0u32;
+        // Past [`MAX_LOST_ANSWERS`] the job is held in doubt, whatever `in_doubt` says.
+        let mut lost_answers = LostAnswers::default();
         loop {
             // A retry waits, like a first submit, while outputs cannot be written.
             if !deps.health.writable(&deps.cancel).await {
@@ -669,9 +668,8 @@ impl Runner {
                 Failure::Ambiguous => match if err.accepted_unread() {
                     InDoubtPolicy::Hold
                 } else {
-                    lost_answers += 1;
-                    if lost_answers >= MAX_LOST_ANSWERS {
-                        warn!(error = %err, lost_answers, "The answers to this image's submits were lost again and again; it is held in doubt rather than sent (and maybe billed) once more");
+                    if lost_answers.one_more() {
+                        warn!(error = %err, lost_answers = lost_answers.count(), "The answers to this image's submits were lost again and again; it is held in doubt rather than sent (and maybe billed) once more");
                         InDoubtPolicy::Hold
                     } else {
                         self.settings().policies.in_doubt
@@ -744,7 +742,7 @@ impl Runner {
             let retry_as = retried_as(&deps.health, failure, &err, sent_at);
             match submit_decision(&deps.health, &mut attempts, retry_as, &err) {
                 Decision::Retry { after } => {
-                    let after = after.max(lost_answer_wait(lost_answers, deps.retry.cap));
+                    let after = after.max(lost_answers.least_wait(deps.retry.cap));
                     warn!(error = %err, attempt = attempts.failed_attempts(), "Submit failed; retrying");
                     if !self.wait(after).await {
                         return Step::End(JobOutcome::Parked);
@@ -1190,10 +1188,7 @@ impl Runner {
         let mut mismatches = 0u32;
         let mut attempts = deps.retry.start(retry::Step::Download);
         // The format the output is named for (its extension follows the output format).
-        let wanted = job
-            .output_rel
-            .rsplit_once('.')
-            .and_then(|(_, extension)| output::check::format_of_extension(extension));
+        let wanted = wanted_format(job);
         let mut out_of_descriptors = 0u32;
         let bytes = loop {
             // Held through the wait when the machine ran out of file descriptors.
@@ -1206,10 +1201,7 @@ impl Runner {
                 // --once` ends 73 naming the open-files limit.
                 Err(err) if err.out_of_descriptors() => {
                     out_of_descriptors += 1;
-                    write_failures.retrying = Some(
-                        deps.health
-                            .write_failed(write_failures.retrying.take(), err.to_string()),
-                    );
+                    write_failures.failed(&deps.health, err.to_string());
                     _blocking = Some(deps.health.block_writes(err.to_string(), None));
                     warn!(error = %err, "No file descriptor left to download the result; no new image is submitted until one is (raise the daemon's open-files limit, or lower api.max_in_flight and api.max_downloads)");
                     healing_write_wait(out_of_descriptors)
@@ -1357,10 +1349,7 @@ impl Runner {
                 }
                 let after = healing_write_wait(n);
                 error!(error = %err, code = %code, attempt = n, retry_in_ms = after.as_millis() as u64, "Cannot write the output; retrying later");
-                write_failures.retrying = Some(
-                    deps.health
-                        .write_failed(write_failures.retrying.take(), err.to_string()),
-                );
+                write_failures.failed(&deps.health, err.to_string());
                 // A full disk or no file descriptors left is the machine's, not this job's:
                 // while the job waits, no new image is submitted (its result could not be
                 // written either), and `/healthz` says so. Held for the wait only: a download
@@ -1493,10 +1482,7 @@ impl Runner {
             // Checked like a download: the image Claid described (a store that kept part of
             // the object wrote a broken image into the outbox, reported done). Read again a
             // few times (a bucket still settling), then failed.
-            let wanted = job
-                .output_rel
-                .rsplit_once('.')
-                .and_then(|(_, extension)| output::check::format_of_extension(extension));
+            let wanted = wanted_format(job);
             let mut reads = 0u32;
             let bytes = loop {
                 let bytes = match self
@@ -1515,15 +1501,18 @@ impl Runner {
                         return self.fail(id, code, &err.to_string()).await;
                     }
                 };
-                // An earlier run's object that is no longer its copy is dealt with below.
-                let replaced = copy_of.is_some_and(|copied| {
-                    job.attempts == 0 && hex::encode(sha2::Sha256::digest(&bytes)) != copied
-                });
-                let Some(message) = (!replaced)
-                    .then(|| {
-                        result_mismatch(&bytes, (width, height), wanted, "the output object's")
-                    })
-                    .flatten()
+                // The copy an earlier run made is gone, and the object is not what it copied
+                // any more (replaced in the bucket since, by another tool or a person): not
+                // this image's result, so it is made again, as when the object is gone.
+                if let Some(copied) = copy_of
+                    && job.attempts == 0
+                    && hex::encode(sha2::Sha256::digest(&bytes)) != copied
+                {
+                    warn!(object = %storage.objects.uri(key), bytes = bytes.len(), "The output object of an earlier run was replaced in the bucket since its local copy was made; the image is made again");
+                    return self.make_again(id).await;
+                }
+                let Some(message) =
+                    result_mismatch(&bytes, (width, height), wanted, "the output object's")
                 else {
                     break bytes;
                 };
@@ -1540,16 +1529,6 @@ impl Runner {
                     return Step::End(JobOutcome::Parked);
                 }
             };
-            // The copy an earlier run made is gone, and the object is not what it copied any
-            // more (replaced in the bucket since, by another tool or a person): not this
-            // image's result, so it is made again, as when the object is gone.
-            if let Some(copied) = copy_of
-                && job.attempts == 0
-                && hex::encode(sha2::Sha256::digest(&bytes)) != copied
-            {
-                warn!(object = %storage.objects.uri(key), bytes = bytes.len(), "The output object of an earlier run was replaced in the bucket since its local copy was made; the image is made again");
-                return self.make_again(id).await;
-            }
             let dims = (width, height, task_id);
             return self
                 .write_and_finish(id, job, bytes, dims, write_failures, permit)
@@ -1782,6 +1761,14 @@ fn bucket_away(err: &crate::objects::ObjectError) -> bool {
     unanswered || busy
 }
 
+/// The format a job's output is named for (its extension follows the output format), which
+/// its result must have.
+fn wanted_format(job: &JobV1) -> Option<&'static str> {
+    job.output_rel
+        .rsplit_once('.')
+        .and_then(|(_, extension)| output::check::format_of_extension(extension))
+}
+
 /// Why `bytes` are not the result Claid described (`width`×`height`, in the format `wanted`
 /// the output is named for), or `None` when they are. `what` names where the bytes came from.
 fn result_mismatch(
@@ -1845,7 +1832,6 @@ fn decide(attempts: &mut retry::Attempts, failure: Failure) -> Decision {
     attempts.on_failure(failure, Instant::now(), &mut rand::rng())
 }
 
-/// A full-jitter backoff for the `n`-th failure (the policy's shape).
 /// A job's output writes (or output object reads) that failed with an error that may heal.
 #[derive(Default)]
 struct Writes {
@@ -1856,6 +1842,14 @@ struct Writes {
     /// this job's in-flight permit is lent back, until the job ends; its task is no longer
     /// at Claid, and it must not hold images into other folders back for its ten minutes.
     folder_hold: Option<(crate::pipeline::health::WritesBlocked, LentPermit)>,
+}
+
+impl Writes {
+    /// One more failed write (or a download the machine had no descriptor for), `why`: told
+    /// to health, which counts the job as retrying writes until it ends.
+    fn failed(&mut self, health: &Arc<HealthState>, why: String) {
+        self.retrying = Some(health.write_failed(self.retrying.take(), why));
+    }
 }
 
 /// One more `max_in_flight` permit while this lives (a job waiting to write its result is no
@@ -1894,6 +1888,7 @@ fn healing_write_wait(n: u32) -> Duration {
     ceiling.mul_f64(1.0 - rand::random::<f64>() / 5.0)
 }
 
+/// A full-jitter backoff for the `n`-th failure (the policy's shape).
 fn jitter(n: u32, base: Duration, cap: Duration) -> Duration {
     retry::backoff(n, base, cap, &mut rand::rng())
 }
@@ -1961,14 +1956,32 @@ pub fn failure_of(health: &HealthState, err: &ClaidError, sent_at: Instant) -> F
 /// Lost submit answers in a row after which a job is held in doubt instead of sent again.
 pub(crate) const MAX_LOST_ANSWERS: u32 = 5;
 
-/// The least wait before a submit whose answer was lost `lost` times in a row is sent again:
-/// 1 s, then doubling (up to `cap`), so that the five sends span about 15 s and a gateway's
-/// blip shorter than that costs no image (the retry's own backoff, jittered from zero, sent
-/// all five within a couple of seconds).
-pub(crate) fn lost_answer_wait(lost: u32, cap: Duration) -> Duration {
-    match lost {
-        0 => Duration::ZERO,
-        n => Duration::from_secs(1u64 << (n - 1).min(16)).min(cap),
+/// The answers lost in one submit call of a job or a batch (each send may have been billed):
+/// how long a resend waits, and when the job is held in doubt instead.
+#[derive(Debug, Default)]
+pub(crate) struct LostAnswers(u32);
+
+impl LostAnswers {
+    /// One more lost answer; true when it is the [`MAX_LOST_ANSWERS`]th, and the job (or
+    /// batch) is held in doubt rather than sent (and maybe billed) once more.
+    pub(crate) fn one_more(&mut self) -> bool {
+        self.0 += 1;
+        self.0 >= MAX_LOST_ANSWERS
+    }
+
+    pub(crate) fn count(&self) -> u32 {
+        self.0
+    }
+
+    /// The least wait before the next send: 1 s after the first lost answer, then doubling
+    /// (up to `cap`), so that five sends span about 15 s and a gateway's blip shorter than
+    /// that costs no image (the retry's own backoff, jittered from zero, sent all five within
+    /// a couple of seconds).
+    pub(crate) fn least_wait(&self, cap: Duration) -> Duration {
+        match self.0 {
+            0 => Duration::ZERO,
+            n => Duration::from_secs(1u64 << (n - 1).min(16)).min(cap),
+        }
     }
 }
 
