@@ -712,12 +712,11 @@ async fn issue12_a_drops_last_jobs_go_in_batches_claid_works_through_at_once() {
     )
     .await;
     assert_eq!(sizes[0], 2, "the canary first: {sizes:?}");
-    assert!(
-        sizes[1..sizes.len() - 2].iter().all(|s| *s == 24),
-        "full batches until the queue ran dry: {sizes:?}"
-    );
-    // The two go out together, in either order.
-    let mut last = sizes[sizes.len() - 2..].to_vec();
+    // Batches after the canary take their limiter turns side by side, so Claid may receive
+    // the tail's two before the last full one: what they are matters, not their order.
+    let full = sizes[1..].iter().filter(|s| **s == 24).count();
+    assert_eq!(full, 12, "full batches until the queue ran dry: {sizes:?}");
+    let mut last: Vec<u64> = sizes[1..].iter().copied().filter(|s| *s != 24).collect();
     last.sort_unstable();
     assert_eq!(
         last,
