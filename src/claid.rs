@@ -184,6 +184,9 @@ pub enum ClaidError {
         error_message: String,
         /// Dotted field path → messages, for validation errors.
         error_details: BTreeMap<String, Vec<String>>,
+        /// The body was an error document (JSON in one of the shapes Claid writes), not a
+        /// page from something in front of it (an nginx 404 page, an empty body).
+        documented: bool,
     },
     #[error(
         "{endpoint}: account problem {status}: {}",
@@ -300,6 +303,19 @@ impl ClaidError {
             DownloadStatus { .. } => ErrorClass::Transient,
             Truncated { .. } => ErrorClass::Transient,
         }
+    }
+
+    /// A 404 whose body is no error document of Claid's (a proxy's or gateway's page, or
+    /// nothing): not Claid saying it does not know the task.
+    pub fn bare_not_found(&self) -> bool {
+        matches!(
+            self,
+            ClaidError::Rejected {
+                status: 404,
+                documented: false,
+                ..
+            }
+        )
     }
 
     /// The HTTP status Claid (or the download's host) answered, when the error is an answer.
@@ -1478,6 +1494,7 @@ fn status_error(endpoint: Endpoint, answer: &Answer) -> ClaidError {
             message: parsed.map(|b| b.error_message),
         },
         400..=499 => {
+            let documented = parsed.is_some();
             let body = parsed.unwrap_or_else(|| wire::ErrorBody {
                 error_message: fallback_message(),
                 ..wire::ErrorBody::default()
@@ -1490,6 +1507,7 @@ fn status_error(endpoint: Endpoint, answer: &Answer) -> ClaidError {
                 error_type: body.error_type,
                 error_message: body.error_message,
                 error_details: body.error_details,
+                documented,
             }
         }
         _ => ClaidError::BadResponse {

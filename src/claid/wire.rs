@@ -174,6 +174,22 @@ fn lenient_details<'de, D: Deserializer<'de>>(
     })
 }
 
+/// A pixel count: an integer, or a number with no fraction (`8.0`); anything else is an error.
+fn whole_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    let number = serde_json::Number::deserialize(deserializer)?;
+    number
+        .as_u64()
+        .and_then(|n| u32::try_from(n).ok())
+        .or_else(|| {
+            number
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(f))
+                // In range and whole, so the cast is exact.
+                .map(|f| f as u32)
+        })
+        .ok_or_else(|| serde::de::Error::custom(format!("{number} is not a pixel count")))
+}
+
 fn lenient_image_object<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<ImageObject>, D::Error> {
@@ -184,20 +200,34 @@ fn lenient_image_object<'de, D: Deserializer<'de>>(
 /// `result`: `{}` until DONE, then both objects.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct TaskResult {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Not used by the daemon: a malformed one is dropped rather than failing the result.
+    #[serde(
+        default,
+        deserialize_with = "lenient_image_object",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub input_object: Option<ImageObject>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_object: Option<ImageObject>,
 }
 
-/// `PipelineInputObject` / `PipelineOutputObject`.
+/// `PipelineInputObject` / `PipelineOutputObject`. The daemon needs only where the output
+/// is (`tmp_url` or the object's key): a description it does not use that is missing, or
+/// whole numbers written as decimals (`"width": 8.0`, valid JSON Schema integers), never
+/// makes a billed result unreadable.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ImageObject {
+    #[serde(default)]
     pub ext: String,
+    #[serde(default)]
     pub mps: f64,
+    #[serde(default)]
     pub mime: String,
+    #[serde(default)]
     pub format: String,
+    #[serde(default, deserialize_with = "whole_number")]
     pub width: u32,
+    #[serde(default, deserialize_with = "whole_number")]
     pub height: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tmp_url: Option<String>,
@@ -766,6 +796,35 @@ mod tests {
         assert!(none.results.is_empty());
     }
 
+    /// JSON Schema's integers include `8.0`; an input description the daemon does not use
+    /// may be incomplete. Neither makes a billed result unreadable; a pixel count that is no
+    /// number still does.
+    #[test]
+    fn results_with_decimal_pixel_counts_or_a_bare_input_object_are_read() {
+        let task: AsyncTask = serde_json::from_value(serde_json::json!({
+            "id": 3, "status": "DONE", "created_at": "t", "request": {},
+            "result": {"input_object": {},
+                "output_object": {"ext": "jpg", "mps": 1, "mime": "image/jpeg", "format": "jpeg",
+                    "width": 8.0, "height": 6.0, "tmp_url": "https://r.test/a.jpg"}}
+        }))
+        .expect("the answer parses");
+        let output = task.result.output_object.expect("the output");
+        assert_eq!((output.width, output.height), (8, 6));
+        assert_eq!(output.file_name().as_deref(), Some("a.jpg"));
+        let batch: BatchTask = serde_json::from_value(serde_json::json!({
+            "id": 9, "status": "DONE", "created_at": "t", "request": {"input": []},
+            "results": [
+                {"input_object": {"width": 10.0}, "output_object": {"width": 8.0, "height": 8,
+                    "tmp_url": "https://r.test/b.jpg"}},
+                {"input_object": {}, "output_object": {"width": 8.5, "tmp_url": "https://r.test/c.jpg"}},
+            ]
+        }))
+        .expect("the answer parses");
+        assert_eq!(batch.results.len(), 1, "{:?}", batch.results);
+        assert_eq!(batch.results[0].output_object.width, 8);
+        assert_eq!(batch.unreadable_results, 1, "8.5 is no pixel count");
+    }
+
     #[test]
     fn tasks_parse_without_result_url_and_statuses_in_any_case() {
         let task: AsyncTask = serde_json::from_value(serde_json::json!({
@@ -855,9 +914,13 @@ mod tests {
         assert_eq!(batch.result_url, "");
         assert_eq!(batch.errors.len(), 3);
         assert!(batch.errors[0].input_object.is_none());
-        assert!(
-            batch.errors[1].input_object.is_none(),
-            "malformed object dropped"
+        assert_eq!(
+            batch.errors[1]
+                .input_object
+                .as_ref()
+                .map(|o| o.ext.as_str()),
+            Some("png"),
+            "an incomplete object is read for what it says"
         );
         assert_eq!(
             batch.errors[2].input_object.as_ref().map(|o| o.width),

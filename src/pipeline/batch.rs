@@ -1014,6 +1014,7 @@ impl BatchRunner {
                         "Polled the batch"
                     );
                     attempts = deps.retry.start(retry::Step::Poll);
+                    unsettled.answered();
                     deps.health.ok();
                     for m in members {
                         let _ = deps

@@ -46,14 +46,16 @@ const MAX_OUTPUT_WRITES: u32 = 16;
 /// Poll answers that cannot be final yet, each asked again a bounded number of times before
 /// it is believed (the poll step's budget in `retry` is for failures of the request; these are
 /// answers): a task or batch DONE without its result (Claid may not have attached it yet), and
-/// a 404 for a task Claid named moments ago (its store may lag its submit answer). A 404 for
-/// an older task (after a restart) is believed at once: asking again costs rate budget and
-/// cannot bring it back.
+/// a 404 for a task Claid named moments ago (its store may lag its submit answer), and a 404
+/// that is not Claid's own answer (a gateway's page). Claid's 404 for an older task (after a
+/// restart) is believed at once: asking again costs rate budget and cannot bring it back.
 #[derive(Debug, Default)]
 pub(crate) struct Unsettled {
     done_without_result: u32,
     partial: u32,
     not_found: u32,
+    /// When the current run of 404s began (an answered poll ends it).
+    not_found_since: Option<Instant>,
     refused: u32,
     unknown_status_told: bool,
 }
@@ -79,6 +81,20 @@ const PARTIAL_RESULT_ASKS: u32 = 4;
 
 /// How young a task is for a 404 to be asked again.
 const NEW_TASK: Duration = Duration::from_secs(120);
+
+/// How long a run of 404s that is asked again lasts at least before it is believed, whatever
+/// `api.poll` says: a deploy or a gateway answering 404 for a few seconds is not Claid
+/// forgetting a task it billed.
+const NOT_FOUND_WINDOW: Duration = Duration::from_secs(30);
+
+/// The shortest wait between two asks inside [`NOT_FOUND_WINDOW`], and the most asks: the
+/// window costs at most about thirty polls.
+const NOT_FOUND_GAP: Duration = Duration::from_secs(1);
+const NOT_FOUND_MAX_ASKS: u32 = 30;
+
+/// How often a 404 that is not Claid's own answer is asked again (within
+/// [`NOT_FOUND_WINDOW`]) for a task older than [`NEW_TASK`].
+const BARE_NOT_FOUND_ASKS: u32 = 3;
 
 impl Unsettled {
     /// The wait before asking again about a DONE without its result, or `None` when it has
@@ -110,20 +126,34 @@ impl Unsettled {
         age: Duration,
     ) -> Option<(Duration, AskAgain)> {
         match err.http_status()? {
-            404 => self
-                .not_found_yet(retry, age)
+            404 if err.bare_not_found() && age >= NEW_TASK => self
+                .not_found_yet(retry, BARE_NOT_FOUND_ASKS)
+                .map(|after| (after, AskAgain::NotClaids)),
+            404 if age < NEW_TASK => self
+                .not_found_yet(retry, UNSETTLED_ASKS)
                 .map(|after| (after, AskAgain::NotFoundYet)),
+            404 => None,
             _ => self
                 .refused_poll(retry)
                 .map(|after| (after, AskAgain::Refused)),
         }
     }
 
-    /// The wait before asking again about a task `age` old that Claid answered 404 for.
-    fn not_found_yet(&mut self, retry: &retry::Policy, age: Duration) -> Option<Duration> {
+    /// The wait before asking again about a task answered 404, or `None` once it was asked
+    /// `asks` times and the run of 404s has lasted [`NOT_FOUND_WINDOW`] (or
+    /// [`NOT_FOUND_MAX_ASKS`] were made).
+    fn not_found_yet(&mut self, retry: &retry::Policy, asks: u32) -> Option<Duration> {
         self.not_found += 1;
-        (age < NEW_TASK && self.not_found <= UNSETTLED_ASKS)
-            .then(|| jitter(self.not_found, retry.base, retry.cap))
+        let since = *self.not_found_since.get_or_insert_with(Instant::now);
+        let believed = self.not_found > asks && since.elapsed() >= NOT_FOUND_WINDOW;
+        (!believed && self.not_found <= NOT_FOUND_MAX_ASKS)
+            .then(|| jitter(self.not_found, retry.base, retry.cap).max(NOT_FOUND_GAP))
+    }
+
+    /// A poll was answered: a later 404 starts a new run.
+    pub(crate) fn answered(&mut self) {
+        self.not_found = 0;
+        self.not_found_since = None;
     }
 
     /// True the first time an unknown status is seen (it is told once).
@@ -149,6 +179,8 @@ const REFUSED_POLL_ASKS: u32 = 5;
 pub(crate) enum AskAgain {
     /// A 404 for a task Claid named moments ago.
     NotFoundYet,
+    /// A 404 that is not Claid's own answer (a proxy's or gateway's page).
+    NotClaids,
     /// Another 4xx to a poll of a task Claid named.
     Refused,
 }
@@ -160,6 +192,9 @@ impl AskAgain {
             AskAgain::NotFoundYet => {
                 format!("Claid does not know the {what} it named a moment ago; asking again")
             }
+            AskAgain::NotClaids => format!(
+                "A poll of a {what} Claid named was answered 404 by something that is not Claid (a proxy or gateway?); asking again"
+            ),
             AskAgain::Refused => format!("Claid refused a poll of a {what} it named; asking again"),
         }
     }
@@ -989,6 +1024,7 @@ impl Runner {
                 Ok(polled) => {
                     // An answered poll ends its step: the next poll has a fresh budget.
                     attempts = deps.retry.start(retry::Step::Poll);
+                    unsettled.answered();
                     deps.health.ok();
                     // Not flushed: a lost poll count only skews statistics.
                     if !from_webhook {
@@ -2272,6 +2308,59 @@ mod tests {
         );
         assert!(health.outage().is_none());
         assert!(health.failing().is_none());
+    }
+
+    fn not_found(documented: bool) -> ClaidError {
+        ClaidError::Rejected {
+            endpoint: crate::claid::Endpoint::Poll,
+            status: 404,
+            request_id: None,
+            error_code: String::new(),
+            error_type: String::new(),
+            error_message: "Not Found".to_owned(),
+            error_details: Default::default(),
+            documented,
+        }
+    }
+
+    /// Claid's own 404 for an old task is believed at once (it cannot come back); a 404 page
+    /// from something in front of Claid is asked again (one such answer failed a billed task
+    /// as `task-lost`), for at least half a minute, at most [`NOT_FOUND_MAX_ASKS`] times; an
+    /// answered poll starts the count again.
+    #[tokio::test(start_paused = true)]
+    async fn a_404_that_is_not_claids_is_asked_again_for_half_a_minute() {
+        let retry = retry::Policy::default();
+        let old = NEW_TASK + Duration::from_secs(1);
+        assert!(
+            Unsettled::default()
+                .refused(&not_found(true), &retry, old)
+                .is_none()
+        );
+        let mut unsettled = Unsettled::default();
+        let mut asked = 0;
+        while let Some((after, why)) = unsettled.refused(&not_found(false), &retry, old) {
+            assert_eq!(why, AskAgain::NotClaids);
+            assert!(after >= NOT_FOUND_GAP);
+            asked += 1;
+            tokio::time::advance(after).await;
+        }
+        assert!(
+            asked > BARE_NOT_FOUND_ASKS && asked <= NOT_FOUND_MAX_ASKS,
+            "{asked}"
+        );
+        unsettled.answered();
+        assert!(unsettled.refused(&not_found(false), &retry, old).is_some());
+        // A young task's run of Claid's own 404s lasts the window too.
+        let mut young = Unsettled::default();
+        let started = Instant::now();
+        while let Some((after, _)) = young.refused(&not_found(true), &retry, Duration::ZERO) {
+            tokio::time::advance(after).await;
+        }
+        assert!(
+            started.elapsed() >= NOT_FOUND_WINDOW,
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]

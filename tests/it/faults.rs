@@ -569,6 +569,20 @@ async fn fault_a_new_task_not_found_for_a_few_polls_is_not_taken_for_lost() {
     }
 }
 
+/// Twelve 404s in a row for a just-named task (a deploy, or a store lagging for ten
+/// seconds), with the quick polls this config sets (`poll.max: 500ms`): the run of 404s is
+/// asked out for half a minute whatever `api.poll` says (seven quick asks, about 3 s here,
+/// failed the billed images as `task-lost`).
+#[tokio::test(flavor = "multi_thread")]
+async fn fault_a_run_of_404s_is_asked_for_half_a_minute_whatever_the_poll_settings() {
+    for api in ["", "batch: { max_images: 1 }"] {
+        let (env, stderr) =
+            two_images_delivered(Scenario::default().polls_not_found(12), api).await;
+        assert!(!stderr.contains("task-lost"), "{api}: {stderr}");
+        assert_eq!(env.stats().duplicate_submits, 0, "{api}");
+    }
+}
+
 /// A result host that answers 503 (the API answering as usual) for longer than a download's
 /// failure budget: the image was made and billed, and its result stays at its `tmp_url` for a
 /// day, so the download waits it out like an outage. `run --once` ends at
