@@ -472,6 +472,7 @@ impl Handle {
             tracker: deps.tracker.clone(),
             notices: notices.clone(),
             cancel: deps.cancel.clone(),
+            health: health.clone(),
         };
         let shared = Shared {
             store: deps.store,

@@ -50,6 +50,8 @@ pub struct Intake {
     pub notices: Notices,
     /// A validation in progress is abandoned when the daemon stops (nothing was registered).
     pub cancel: CancellationToken,
+    /// Told at once when a drop's outbox takes no outputs (its jobs then wait unsubmitted).
+    pub health: Arc<super::health::HealthState>,
 }
 
 /// What one candidate came to.
@@ -539,6 +541,9 @@ impl Intake {
             to_submit = queued.len(),
             "Manifest accepted"
         );
+        if !queued.is_empty() {
+            self.check_outbox().await;
+        }
         let _ = self.finisher.send(Event::Registered {
             id,
             rel,
@@ -549,6 +554,30 @@ impl Intake {
         self.queue
             .push_back(queued.into_iter().map(|job| (id, job)).collect());
         Taken::HandedOn
+    }
+
+    /// Looks at the outbox's disk before a drop's jobs are queued: one that takes no outputs
+    /// (a read-only or full filesystem, no write permission) holds every new submit at once,
+    /// before Claid bills an image whose result could not be written (the activity monitor
+    /// looks only every few seconds, and clears the hold once the disk takes outputs again).
+    /// A check that hangs (a stuck share) is left to the monitor.
+    async fn check_outbox(&self) {
+        let outbox = self.folders.outbox.clone();
+        let checked = tokio::time::timeout(
+            crate::activity::DISK_EVERY,
+            on_file_pool(move || crate::activity::check_disk(&outbox)),
+        )
+        .await;
+        if let Ok(disk) = checked
+            && disk != crate::activity::Disk::Ok
+        {
+            error!(
+                problem = disk.code(),
+                "{}; the drop's images wait",
+                disk.describe()
+            );
+            self.health.set_disk_problem(Some(disk.describe()));
+        }
     }
 
     /// Hands `candidate` (holding `sha256`) to the finisher, to be taken in once run `id`, an

@@ -1353,6 +1353,14 @@ impl Runner {
             }
             Err(err) => Ok(Err(err)),
         };
+        // A read-only outbox fails this job at once and takes no other output either: new
+        // submits stop before this job's permit lets one more go (Claid would bill it).
+        if let Ok(Err(err)) = &written
+            && err.code() == FailureCode::OutputReadOnly
+        {
+            deps.health
+                .set_disk_problem(Some(format!("the outbox cannot be written: {err}")));
+        }
         drop(permit);
         match written {
             Ok(Ok(n_bytes)) => {

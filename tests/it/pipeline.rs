@@ -709,3 +709,93 @@ async fn a_report_the_full_outbox_refuses_leaves_no_stale_report_and_goes_to_the
     };
     assert_eq!(archived["sha256"], sha.as_str(), "{archived:#}");
 }
+
+/// `mount -o remount,MODE` of a test's tmpfs; false when it cannot be done here.
+fn remount(disk: &std::path::Path, mode: &str) -> bool {
+    std::process::Command::new("mount")
+        .args(["-o", &format!("remount,{mode}")])
+        .arg(disk)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A config whose outbox is `outbox` (on a test's tmpfs).
+fn config_with_outbox(env: &TestEnv, api: &str, outbox: &std::path::Path) -> std::path::PathBuf {
+    let config = env.config(api, "");
+    let text = std::fs::read_to_string(&config).expect("config").replace(
+        &format!("outbox: {}", env.outbox.display()),
+        &format!("outbox: {}", outbox.display()),
+    );
+    std::fs::write(&config, text).expect("config");
+    config
+}
+
+/// An outbox on a filesystem remounted read-only: a drop taken in then is checked before any
+/// submit, so its images wait (nothing is billed whose result could not be written) and are
+/// made once the outbox takes writes again (they were submitted, billed, and failed
+/// `output-read-only` until the disk monitor's next look, seconds later). And once a result
+/// meets the read-only outbox, no image more is submitted (the permits its failure freed let
+/// two more go, billed and failed alike).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_only_outbox_stops_submits_before_claid_bills_what_cannot_be_written() {
+    let env =
+        TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_secs(2)))).await;
+    let disk = env.dir.path().join("disk");
+    std::fs::create_dir_all(&disk).expect("mount point");
+    let Some(_tmpfs) = crate::support::Tmpfs::mount(&disk, "64m") else {
+        eprintln!("read-only outbox: skipped, tmpfs cannot be mounted here");
+        return;
+    };
+    let outbox = disk.join("outbox");
+    std::fs::create_dir_all(&outbox).expect("outbox");
+    let config = config_with_outbox(&env, "max_in_flight: 2", &outbox);
+    let deadline = Duration::from_secs(60);
+    let mut daemon = env.spawn_daemon(&config, 0);
+    wait_until("the daemon is ready", deadline, || env.socket().exists()).await;
+    // A drop taken in while the outbox is read-only waits, unsubmitted.
+    assert!(remount(&disk, "ro"), "remount read-only");
+    env.drop_file(
+        "early.yaml",
+        b"images:\n  - input: storage://demo/a-64x48.png\n  - input: storage://demo/b-64x48.png\n",
+    );
+    wait_until("the drop taken in", deadline, || {
+        env.daemon_log(0).contains("Manifest accepted")
+    })
+    .await;
+    wait_until("the outbox's state told", deadline, || {
+        env.daemon_log(0).contains("the outbox cannot be written")
+    })
+    .await;
+    assert_eq!(env.stats().submits, 0, "{}", env.daemon_log(0));
+    assert!(remount(&disk, "rw"), "remount read-write");
+    wait_until("the waiting images made", deadline, || {
+        outbox.join("early/a-64x48.jpg").is_file() && outbox.join("early/b-64x48.jpg").is_file()
+    })
+    .await;
+    // Results that meet a read-only outbox: no other image is submitted after them.
+    let told = "activity: the outbox cannot be written";
+    let told_before = env.daemon_log(0).matches(told).count();
+    let rows: String = (0..6)
+        .map(|i| format!("  - input: storage://demo/p{i}-64x48.png\n"))
+        .collect();
+    env.drop_file("late.yaml", format!("images:\n{rows}").as_bytes());
+    wait_until("two images at Claid", deadline, || env.stats().submits >= 4).await;
+    assert!(remount(&disk, "ro"), "remount read-only");
+    wait_until("both failed output-read-only", deadline, || {
+        env.daemon_log(0).matches("output-read-only").count() >= 2
+    })
+    .await;
+    // The disk monitor's next look (every 5 s) would have stopped submits anyway.
+    wait_until("the disk monitor's next look", deadline, || {
+        env.daemon_log(0).matches(told).count() > told_before
+    })
+    .await;
+    assert_eq!(
+        env.stats().submits,
+        4,
+        "no submit after the read-only outbox was met: {}",
+        env.daemon_log(0)
+    );
+    assert!(remount(&disk, "rw"), "remount read-write");
+    stop(&mut daemon).await;
+}
