@@ -1080,6 +1080,31 @@ fn overlap(inbox: &Path, folder: &Path, name: &str) -> Option<String> {
         "rejected" => "rejected manifests and their error files",
         _ => "the job store",
     };
+    // The same folder may be reached by paths no comparison of names relates: a bind mount
+    // of the inbox, one network share mounted twice. Compared by (device, inode) too.
+    if let Some(inbox_id) = identity(inbox) {
+        let upward = identities_upward(folder);
+        if identity(folder) == Some(inbox_id) {
+            return Some(format!(
+                "is the inbox, reached another way (a bind mount, or one share mounted twice): the daemon would take {what} written there for new drops (an archived manifest runs and is billed again, over and over); use a folder outside `folders.inbox`"
+            ));
+        }
+        if upward.contains(&inbox_id) {
+            return Some(format!(
+                "is inside the inbox ({}), reached another way (a bind mount, or one share mounted twice): the daemon would take {what} written there for new drops; use a folder outside `folders.inbox`",
+                inbox.display()
+            ));
+        }
+        if name != "state"
+            && let Some(folder_id) = identity(folder)
+            && identities_upward(inbox).contains(&folder_id)
+        {
+            return Some(format!(
+                "holds the inbox ({}), reached another way (a bind mount, or one share mounted twice): keep the inbox and this folder apart",
+                inbox.display()
+            ));
+        }
+    }
     for (inbox, folder) in pairs {
         if folder == inbox {
             return Some(format!(
@@ -1100,6 +1125,27 @@ fn overlap(inbox: &Path, folder: &Path, name: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// The (device, inode) of an existing folder.
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// The (device, inode) of `path` (when it exists) and of each existing folder above it, from
+/// `path` up (`.` and `..` resolved as written; the folders themselves through any symlink).
+fn identities_upward(path: &Path) -> Vec<(u64, u64)> {
+    let mut at = lexical(path);
+    let mut out = Vec::new();
+    loop {
+        if let Some(id) = identity(&at) {
+            out.push(id);
+        }
+        if !at.pop() {
+            return out;
+        }
+    }
 }
 
 /// `path` with `.` and `..` resolved without the filesystem.

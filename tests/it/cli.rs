@@ -1394,6 +1394,58 @@ async fn a_second_daemon_on_an_overlapping_inbox_is_refused() {
     );
 }
 
+/// The inbox bind-mounted at a second path: an archive (or outbox, rejected) folder under that
+/// path is inside the inbox though no comparison of names says so. Refused by `validate` (65)
+/// and at the start (64); it was accepted, and each archived manifest ran again, billed, at an
+/// ever deeper path (36 submits of one image in 10 s).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_folder_inside_the_inbox_through_a_bind_mount_is_refused() {
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let env = TestEnv::new(Scenario::default()).await;
+    let alias = env.dir.path().join("alias");
+    std::fs::create_dir_all(&alias).expect("mount point");
+    let mounted = std::process::Command::new("mount")
+        .arg("--bind")
+        .arg(&env.inbox)
+        .arg(&alias)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("bind mount: skipped, it cannot be made here");
+        return;
+    }
+    let _unmount = Unmount(alias.clone());
+    std::fs::create_dir_all(alias.join("arch")).expect("archive");
+    let config = env.config("", "");
+    let text = std::fs::read_to_string(&config).expect("config").replace(
+        &format!("archive: {}", env.archive.display()),
+        &format!("archive: {}", alias.join("arch").display()),
+    );
+    std::fs::write(&config, text).expect("config");
+    let (code, out, err) = cli(&["validate", config.to_str().unwrap()]).await;
+    assert_eq!(code, 65, "{out}{err}");
+    let said = format!("{out}{err}");
+    assert!(
+        said.contains("folders.archive")
+            && said.contains("inside the inbox")
+            && said.contains("bind mount"),
+        "{said}"
+    );
+    let (code, out, err) = cli(&["run", "--once", "--config", config.to_str().unwrap()]).await;
+    assert_eq!(code, 64, "{out}{err}");
+    assert!(err.contains("folders.archive"), "{err}");
+    assert_eq!(env.stats().submits, 0);
+}
+
 /// `status` without a daemon reads a copy of the store made in the temporary folder; when
 /// `TMPDIR` points nowhere, the error says that the folder comes from `TMPDIR` and how to fix
 /// it (it named only a random path under it).
