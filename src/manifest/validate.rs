@@ -384,7 +384,9 @@ pub fn validate(
                 continue;
             }
             // Claid would write the edit over the very photo it reads: the source is lost.
-            if matches!(&input, super::Input::Remote(url) if *url == object) {
+            if matches!(&input, super::Input::Remote(url)
+                if *url == object || same_object(ctx.storages, url, &object))
+            {
                 problems.add(
                     &output_at,
                     format!(
@@ -703,6 +705,24 @@ pub fn unknown_key_message(key: &str, known: &[&str]) -> String {
 }
 
 /// The key prefix of the configured storage called `name` here or on Claid's side.
+/// Whether two `storage://NAME/key` URIs name one object: their storages (by name or
+/// connector name) resolved to `s3://bucket/prefix`, their keys under it. Two storages may
+/// point into one bucket, one prefix inside the other.
+fn same_object(storages: &BTreeMap<String, StorageEntry>, a: &str, b: &str) -> bool {
+    let place = |uri: &str| {
+        let (name, key) = crate::storages::split_uri(uri)?;
+        let entry = storages
+            .get(name)
+            .or_else(|| storages.values().find(|entry| entry.claid_name == name))?;
+        Some(format!(
+            "{}/{}",
+            entry.url().trim_end_matches('/'),
+            key.trim_start_matches('/')
+        ))
+    };
+    matches!((place(a), place(b)), (Some(a), Some(b)) if a == b)
+}
+
 pub fn storage_prefix<'a>(
     storages: &'a BTreeMap<String, StorageEntry>,
     name: &str,

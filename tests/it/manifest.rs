@@ -889,6 +889,53 @@ fn issue15_storage_keys_s3_would_refuse_are_refused_at_validation() {
     );
 }
 
+/// A storage output that is its own input spelled through another storage on the same
+/// bucket (one storage's prefix inside the other's), or through the connector's name: refused
+/// at validation, before Claid writes the edit over the original (compared as written, the
+/// two spellings passed, and the customer's photo was replaced).
+#[test]
+fn issue15_an_output_over_its_own_input_through_another_storage_is_refused() {
+    let env = env();
+    let entry = |claid: &str, prefix: &str| claid_hotfolder::config::StorageEntry {
+        claid_name: claid.to_owned(),
+        provider: claid_hotfolder::objects::Provider::S3,
+        bucket: "cat".to_owned(),
+        prefix: prefix.to_owned(),
+        endpoint: None,
+        region: "us-east-1".to_owned(),
+        credentials_file: None,
+        output_local_copy: false,
+    };
+    let mut storages = BTreeMap::new();
+    storages.insert("catalog".to_owned(), entry("catalog-s3", "images"));
+    storages.insert("deep".to_owned(), entry("deep-s3", "images/out"));
+    let load = |rel: &str, text: &str| {
+        let path = env.write(rel, text);
+        let ctx = manifest::LoadContext {
+            inbox: &env.inbox,
+            outbox: Some(&env.outbox),
+            profiles: &profiles(),
+            limits: &limits(),
+            storages: &storages,
+        };
+        manifest::load(&ctx, &path)
+    };
+    for input in ["storage://deep/m/x.png", "storage://deep-s3/m/x.png"] {
+        let text = format!(
+            "output: {{ format: png, destination: storage://catalog/out/ }}\nimages:\n  - input: {input}\n"
+        );
+        let err = load("m.yaml", &text).expect_err("refused");
+        assert!(
+            err.error_txt().contains("own input"),
+            "{input}: {}",
+            err.error_txt()
+        );
+    }
+    // Another object of the same bucket is fine.
+    let text = "output: { format: png, destination: storage://catalog/out/ }\nimages:\n  - input: storage://deep/m/y/x.png\n";
+    load("m.yaml", text).expect("another object");
+}
+
 /// A report that could not be written (its path is a folder in the outbox, or a symbolic
 /// link) is a problem of the manifest at intake: the run would be billed and end with no
 /// report.
