@@ -404,12 +404,20 @@ fn render_problems(path: &Path, problems: &[ConfigProblem]) -> String {
     out
 }
 
+/// The largest config file read (a config is a few KB; its profiles a few more).
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
 /// Reads and validates the config file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let bytes = std::fs::read(path).map_err(|cause| ConfigError::Read {
+    use std::io::Read;
+    let read_err = |cause| ConfigError::Read {
         path: path.to_owned(),
         cause,
-    })?;
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(read_err)?;
     let origin = if path.is_absolute() {
         path.to_owned()
     } else {
@@ -417,6 +425,20 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             .map(|dir| dir.join(path))
             .unwrap_or_else(|_| path.to_owned())
     };
+    // Read no further than that: `/dev/zero`, a huge file, a pipe that never ends.
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(ConfigError::Invalid {
+            path: origin,
+            problems: vec![ConfigProblem {
+                key: String::new(),
+                line: None,
+                message: format!(
+                    "the config is larger than {} KiB (a config is a few KB); is this the right file?",
+                    MAX_CONFIG_BYTES / 1024
+                ),
+            }],
+        });
+    }
     // Not UTF-8 (a Latin-1 editor, a binary file): a problem with its line, not a bare
     // "cannot read" that hides the reason.
     let text = match String::from_utf8(bytes) {

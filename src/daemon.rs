@@ -925,11 +925,13 @@ async fn run_watching(
         tokio::select! {
             _ = &mut forward => break,
             Some(()) = recv_hangup(&mut hangup) => {
+                let read = read_for_reload(opts.config_path.as_deref()).await;
                 reload(
                     pipeline,
                     opts.config_path.as_deref(),
                     &mut running,
                     (key_in_force.as_deref(), &storage_keys_in_force),
+                    read,
                 );
             }
             _ = watchdog_tick.tick(), if watchdog.is_some() => {
@@ -1039,9 +1041,62 @@ fn storage_key_digests(config: &Config) -> std::collections::BTreeMap<String, Op
         .collect()
 }
 
-/// SIGHUP: re-reads the config; an invalid one is refused and the running one kept. Of a valid
-/// one, the [`RELOADABLE`](crate::config::print::RELOADABLE) sections apply to new work and
-/// `running` takes them; any other changed key is named as waiting for a restart.
+/// How long a SIGHUP's reading of the config and the files it names may take: a file on a
+/// share that hangs must not hold the supervisor (SIGTERM, the watchdog) with it.
+const RELOAD_READ_LIMIT: Duration = Duration::from_secs(5);
+
+/// What a SIGHUP read: the config and what a start would refuse in it, the digests of the
+/// key and credentials files it names; or why it could not be read.
+struct ReloadRead {
+    loaded: Result<(Config, Vec<String>), crate::config::ConfigError>,
+    key: Option<String>,
+    storage_keys: std::collections::BTreeMap<String, Option<String>>,
+}
+
+/// Reads the config for a SIGHUP off the runtime, within [`RELOAD_READ_LIMIT`]; `None` without
+/// a config file, `Some(Err(why))` when it cannot be read in time or is no regular file (a
+/// FIFO would block the read until something writes into it).
+async fn read_for_reload(path: Option<&Path>) -> Option<Result<ReloadRead, String>> {
+    let path = path?.to_path_buf();
+    let read = tokio::task::spawn_blocking(move || {
+        match std::fs::metadata(&path) {
+            Ok(meta) if !meta.is_file() => {
+                return Err(
+                    "it is not a regular file (a FIFO, a device or a folder): point the daemon at a config file"
+                        .to_owned(),
+                );
+            }
+            _ => {}
+        }
+        // Each file a start would read is read once: the problems a start would refuse.
+        let loaded = crate::config::load(&path).map(|config| {
+            let problems = would_not_start(&config);
+            (config, problems)
+        });
+        let (key, storage_keys) = match &loaded {
+            Ok((config, _)) => (key_digest(config), storage_key_digests(config)),
+            Err(_) => (None, Default::default()),
+        };
+        Ok(ReloadRead {
+            loaded,
+            key,
+            storage_keys,
+        })
+    });
+    Some(match tokio::time::timeout(RELOAD_READ_LIMIT, read).await {
+        Ok(Ok(read)) => read,
+        Ok(Err(panicked)) => Err(format!("reading it failed: {panicked}")),
+        Err(_) => Err(format!(
+            "it could not be read within {} s (a file on a share that does not answer?)",
+            RELOAD_READ_LIMIT.as_secs()
+        )),
+    })
+}
+
+/// SIGHUP: takes the config `read` by [`read_for_reload`]; an invalid one is refused and the
+/// running one kept. Of a valid one, the [`RELOADABLE`](crate::config::print::RELOADABLE)
+/// sections apply to new work and `running` takes them; any other changed key is named as
+/// waiting for a restart.
 fn reload(
     pipeline: &pipeline::Handle,
     path: Option<&Path>,
@@ -1050,17 +1105,25 @@ fn reload(
         Option<&str>,
         &std::collections::BTreeMap<String, Option<String>>,
     ),
+    read: Option<Result<ReloadRead, String>>,
 ) {
-    let Some(path) = path else {
+    let (Some(path), Some(read)) = (path, read) else {
         warn!("SIGHUP ignored: the daemon was started without a config file to re-read");
         return;
     };
     let _ = sd_notify::notify(&[NotifyState::Reloading]);
-    // Each file a start would read is read once: the problems a start would refuse, if any.
-    let loaded = crate::config::load(path).map(|config| {
-        let problems = would_not_start(&config);
-        (config, problems)
-    });
+    let ReloadRead {
+        loaded,
+        key,
+        storage_keys,
+    } = match read {
+        Ok(read) => read,
+        Err(why) => {
+            error!(config = %path.display(), "Config reload refused: {why}; the running config stays in force");
+            let _ = sd_notify::notify(&[NotifyState::Ready]);
+            return;
+        }
+    };
     match loaded {
         Ok((_, problems)) if !problems.is_empty() => {
             // Applied, it would look fine until the next start (a reboot) refused it, with
@@ -1073,13 +1136,13 @@ fn reload(
         Ok((config, _)) => {
             let mut restart = crate::config::print::restart_keys(running, &config);
             // The same key file with another key in it (a rotated key).
-            if key_digest(&config).as_deref() != key_in_force
+            if key.as_deref() != key_in_force
                 && !restart.iter().any(|key| key.starts_with("api.api_key"))
             {
                 restart.push("api.api_key_file (the key in it changed)".to_owned());
             }
             // The same credentials file with other keys in it (rotated keys).
-            for (name, digest) in storage_key_digests(&config) {
+            for (name, digest) in storage_keys {
                 let prefix = format!("storages.{name}");
                 if storage_keys_in_force
                     .get(&name)

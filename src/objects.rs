@@ -110,7 +110,21 @@ impl Credentials {
                 cause
             })
         })?;
-        let credentials: Credentials = serde_yaml::from_str(&text).map_err(|err| {
+        // Saved by an editor that writes a byte-order mark: the mark is no part of the map.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+        // The AWS CLI's own files (`~/.aws/credentials`) are INI: `[profile]` and
+        // `aws_access_key_id = …` lines. Told so, since YAML reads them as something else.
+        if text.lines().any(|line| {
+            let line = line.trim();
+            line.starts_with('[') && line.ends_with(']')
+                || line.starts_with("aws_access_key_id")
+                || line.starts_with("aws_secret_access_key")
+        }) {
+            return Err(fail(
+                "it looks like the AWS CLI's own credentials file (`[profile]` and `aws_access_key_id = …` lines); write a YAML map instead: `access_key_id: …` and `secret_access_key: …` on two lines".to_owned(),
+            ));
+        }
+        let credentials: Credentials = serde_yaml::from_str(text).map_err(|err| {
             let message = err.to_string();
             let line = err.location().map_or(0, |at| at.line());
             // Messages quote what they found (a value, an unknown key), which may be the
@@ -293,9 +307,23 @@ fn read_small(path: &Path) -> Result<String, String> {
     use std::io::Read;
     // More is not a credentials file (`/dev/zero` would be read until memory runs out).
     const MAX_BYTES: u64 = 64 * 1024;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     let mut text = String::new();
-    std::fs::File::open(path)
-        .and_then(|file| file.take(MAX_BYTES + 1).read_to_string(&mut text))
+    // Opened without waiting: a FIFO would block the open (and the start, or a reload) until
+    // something wrote into it.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|err| crate::os_error::OsCause(&err).to_string())?;
+    if file
+        .metadata()
+        .is_ok_and(|meta| meta.file_type().is_fifo() || meta.file_type().is_socket())
+    {
+        return Err("it is a FIFO or a socket, not a file: name a regular file".to_owned());
+    }
+    file.take(MAX_BYTES + 1)
+        .read_to_string(&mut text)
         .map_err(|err| crate::os_error::OsCause(&err).to_string())?;
     if text.len() as u64 > MAX_BYTES {
         return Err(format!(
@@ -1148,5 +1176,41 @@ mod tests {
             .expect_err("missing")
             .to_string();
         assert!(missing.contains("ENOENT"), "{missing}");
+    }
+
+    /// A byte-order mark is read past; the AWS CLI's INI file is named as such (it was told
+    /// "both keys take a string value"); a FIFO is refused at once (the open blocked `validate`
+    /// and the start until something wrote into it). None of them echoes the secret.
+    #[test]
+    fn credentials_files_saved_oddly_are_read_or_named_precisely() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let bom = dir.path().join("bom.yaml");
+        std::fs::write(
+            &bom,
+            "\u{feff}access_key_id: AKIDEXAMPLE\nsecret_access_key: hunter2-secret\n",
+        )
+        .expect("write");
+        assert_eq!(
+            Credentials::from_file(&bom).expect("parses"),
+            Credentials::new("AKIDEXAMPLE", "hunter2-secret")
+        );
+        let ini = dir.path().join("credentials");
+        std::fs::write(
+            &ini,
+            "[default]\naws_access_key_id = AKIDEXAMPLE\naws_secret_access_key = hunter2-secret\n",
+        )
+        .expect("write");
+        let err = Credentials::from_file(&ini).expect_err("ini").to_string();
+        assert!(err.contains("AWS CLI") && !err.contains("hunter2"), "{err}");
+        let fifo = dir.path().join("fifo");
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .expect("mkfifo")
+                .success()
+        );
+        let err = Credentials::from_file(&fifo).expect_err("fifo").to_string();
+        assert!(err.contains("FIFO"), "{err}");
     }
 }

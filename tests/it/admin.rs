@@ -794,6 +794,42 @@ async fn sighup_refuses_a_config_the_next_start_would_refuse() {
     stop(&mut daemon).await;
 }
 
+/// A SIGHUP whose config file became a FIFO (or sits on a share that hangs) is refused, and
+/// the supervisor goes on meanwhile: SIGTERM still ends the daemon (the read blocked the
+/// supervisor, so SIGTERM and the watchdog went unanswered until something wrote into the
+/// FIFO). A config larger than 1 MiB is refused unread past that (`/dev/zero` grew without
+/// end).
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_of_a_config_that_cannot_be_read_in_time_leaves_the_daemon_in_hand() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let config = env.config("", "");
+    let mut daemon = env.spawn_daemon(&config, 0);
+    wait_socket(&env).await;
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::remove_file(&config).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&config)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    signal(&daemon, "-HUP");
+    wait_until("refusal logged", Duration::from_secs(20), || {
+        env.daemon_log(0).contains("not a regular file")
+    })
+    .await;
+    std::fs::remove_file(&config).unwrap();
+    // A config that never ends.
+    std::fs::write(&config, format!("{text}#{}\n", "x".repeat(2 << 20))).unwrap();
+    signal(&daemon, "-HUP");
+    wait_until("the size refused", Duration::from_secs(20), || {
+        env.daemon_log(0).contains("larger than 1024 KiB")
+    })
+    .await;
+    let status = stop(&mut daemon).await;
+    assert_eq!(status.code(), Some(0), "{}", env.daemon_log(0));
+    assert!(!env.daemon_log(0).contains("Reloaded the config"));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_applies_a_good_config_and_refuses_a_bad_one() {
     let env = TestEnv::new(Scenario::default()).await;
