@@ -273,6 +273,36 @@ async fn submit_ok_parses_task_id_result_url_and_request_id() {
     assert_eq!(client.stats().responses[&(Endpoint::Submit, 200)], 1);
 }
 
+/// `{"data": {"id": 42, "status": "ACCEPTED", …}}` compressed with gzip.
+const GZIPPED_ACCEPTED: &[u8] = &[
+    31, 139, 8, 0, 0, 0, 0, 0, 2, 3, 29, 140, 193, 10, 194, 48, 16, 68, 255, 101, 207, 213, 77, 66,
+    81, 220, 155, 212, 222, 61, 244, 228, 165, 44, 205, 162, 129, 42, 154, 108, 4, 9, 249, 119, 67,
+    153, 119, 26, 222, 76, 1, 207, 202, 64, 5, 130, 7, 234, 93, 7, 73, 89, 115, 2, 130, 243, 48,
+    140, 215, 105, 188, 64, 7, 75, 20, 86, 241, 51, 107, 235, 157, 113, 135, 157, 177, 141, 201,
+    24, 218, 184, 53, 39, 74, 202, 171, 206, 57, 174, 205, 121, 168, 190, 9, 209, 186, 227, 222,
+    180, 88, 58, 225, 215, 98, 120, 242, 93, 80, 124, 80, 228, 244, 123, 45, 216, 187, 109, 248,
+    201, 146, 218, 115, 169, 181, 254, 1, 68, 141, 142, 90, 144, 0, 0, 0,
+];
+
+/// An answer sent gzip-compressed (a front end that compresses JSON; HTTP allows it) is read:
+/// a billed submit's answer was "not the expected json", its image held in doubt.
+#[tokio::test]
+async fn a_gzip_compressed_answer_is_read() {
+    let mock = Mock::default();
+    let root = mock.start().await;
+    mock.on(
+        SUBMIT,
+        vec![
+            Reply::raw(200, GZIPPED_ACCEPTED)
+                .header("content-type", "application/json")
+                .header("content-encoding", "gzip"),
+        ],
+    );
+    let client = client(&format!("{root}/v1"));
+    let accepted = client.submit_once(&edit_body()).await.expect("read");
+    assert_eq!(accepted.task_id, 42);
+}
+
 #[tokio::test]
 async fn poll_follows_the_returned_result_url_even_on_another_prefix() {
     let mock = Mock::default();
