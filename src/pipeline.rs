@@ -178,6 +178,8 @@ pub async fn requeue_for_replay(
     }
     let mut replayed = Replayed::default();
     let mut runs = Vec::new();
+    // Every run, read once when an ended run is replayed (O(runs): a replay is rare).
+    let mut all_runs: Option<Vec<(ManifestId, crate::store::ManifestV1)>> = None;
     for (mid, (ids, outputs)) in by_run {
         let Some(m) = store.manifest(mid).await? else {
             continue;
@@ -186,9 +188,34 @@ pub async fn requeue_for_replay(
             continue;
         }
         if m.state.is_ended() {
+            let extra = crate::report::reserved_paths(outbox, std::path::Path::new(&m.rel));
+            // A later manifest of another name that writes the same report (`s.json` after
+            // `s.yaml`) stands for it now: replaying the older one would write its report
+            // over the newer one's.
+            if !extra.is_empty() {
+                if all_runs.is_none() {
+                    all_runs = Some(store.manifests().await?);
+                }
+                let later = all_runs.iter().flatten().find(|(other, run)| {
+                    *other > mid
+                        && run.rel != m.rel
+                        && crate::report::reserved_paths(outbox, std::path::Path::new(&run.rel))
+                            .iter()
+                            .any(|path| extra.contains(path))
+                });
+                if let Some((_, later)) = later {
+                    warn!(manifest = %m.rel, other = %later.rel, "Replay refused: a later manifest writes its report");
+                    replayed.refused.push(format!(
+                        "`{}` is not replayed: its report is now `{}`'s, a later manifest that writes the same report; drop `{}` again to run it anew",
+                        crate::text::escape(&m.rel),
+                        crate::text::escape(&later.rel),
+                        crate::text::escape(&m.rel)
+                    ));
+                    continue;
+                }
+            }
             // Its outputs and reports were released at its end: reserved again, unless
             // another active manifest writes one of them now (both would write it).
-            let extra = crate::report::reserved_paths(outbox, std::path::Path::new(&m.rel));
             if let Some(crate::store::Registered::Conflict {
                 path, owner_rel, ..
             }) = store.reopen_run_reserving(mid, extra, outputs).await?

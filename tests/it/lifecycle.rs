@@ -1469,3 +1469,41 @@ async fn a_replay_whose_output_an_active_manifest_writes_is_refused_until_it_end
     assert!(out.contains("Requeued 1 jobs"), "{out}");
     stop(&mut daemon).await;
 }
+
+/// `s.yaml` ended with a failed image, then `s.json` (the same report path) ran: a replay of
+/// `s.yaml`'s failed job is refused, naming the later manifest, and `s.json`'s report stays
+/// (it was replaced by `s.yaml`'s, and no report of `s.json` was left anywhere).
+#[tokio::test(flavor = "multi_thread")]
+async fn issue11_a_replay_never_writes_an_older_manifests_report_over_a_later_ones() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let config = env.config("", "");
+    env.drop_file(
+        "s.yaml",
+        b"images:\n  - input: storage://demo/corrupt-64x48.png\n",
+    );
+    let (code, log) = env.run_once(&config).await;
+    assert_eq!(code, 2, "{log}");
+    env.drop_file(
+        "s.json",
+        br#"{"images": [{"input": "storage://demo/j-64x48.png"}]}"#,
+    );
+    let (code, log) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{log}");
+    let report = env.outbox.join("s.report.json");
+    let later = std::fs::read_to_string(&report).expect("report");
+    assert!(later.contains("\"s.json\""), "{later}");
+    let (code, out, err) = cli(&["replay", "--failed", "--config", config.to_str().unwrap()]).await;
+    let said = format!("{out}{err}");
+    assert!(
+        said.contains("`s.yaml` is not replayed") && said.contains("`s.json`"),
+        "{code}: {said}"
+    );
+    let (code, log) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(
+        std::fs::read_to_string(&report).expect("report"),
+        later,
+        "the later manifest's report stays"
+    );
+    assert_eq!(env.stats().submits, 2, "nothing replayed");
+}
