@@ -1346,7 +1346,10 @@ fn transport_error(
     err: &reqwest::Error,
     request_id: Option<String>,
 ) -> ClaidError {
-    let addr = addr_of(err.url());
+    let addr = match err.url().and_then(proxy_of) {
+        Some(proxy) => format!("{} through the proxy {proxy}", addr_of(err.url())),
+        None => addr_of(err.url()),
+    };
     let cause = || os_error::root_cause(err).unwrap_or_else(|| text::escape(&err.to_string()));
     if err.is_connect() {
         ClaidError::Connect {
@@ -1376,6 +1379,54 @@ fn transport_error(
 }
 
 /// `host:port` of a request URL, for messages (`127.0.0.1:9`, `api.claid.ai:443`).
+/// The proxy a request to `url` goes through, as the client reads the environment
+/// (`HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY`, either case, unless `NO_PROXY` names the host):
+/// `host:port (VARIABLE)`, without any credentials in it. Told with connection errors, so an
+/// operator looks at the host that refused, not at the API behind it.
+fn proxy_of(url: &Url) -> Option<String> {
+    let var = |name: &str| {
+        [name.to_owned(), name.to_lowercase()]
+            .into_iter()
+            .find_map(|n| {
+                std::env::var(&n)
+                    .ok()
+                    .filter(|v| !v.trim().is_empty())
+                    .map(|v| (n, v))
+            })
+    };
+    let host = url.host_str()?;
+    if let Some((_, no_proxy)) = var("NO_PROXY") {
+        let skipped = no_proxy.split(',').map(str::trim).any(|entry| {
+            let entry = entry.trim_start_matches('.');
+            entry == "*"
+                || (!entry.is_empty() && (host == entry || host.ends_with(&format!(".{entry}"))))
+        });
+        if skipped {
+            return None;
+        }
+    }
+    let scheme_var = if url.scheme() == "https" {
+        "HTTPS_PROXY"
+    } else {
+        "HTTP_PROXY"
+    };
+    let (name, value) = var(scheme_var).or_else(|| var("ALL_PROXY"))?;
+    // A proxy written without a scheme (`127.0.0.1:3128`) is an http:// one, as for curl.
+    let shown = Url::parse(&value)
+        .ok()
+        .filter(|proxy| proxy.host_str().is_some())
+        .or_else(|| Url::parse(&format!("http://{value}")).ok())
+        .and_then(|proxy| {
+            let host = proxy.host_str()?.to_owned();
+            Some(match proxy.port_or_known_default() {
+                Some(port) => format!("{host}:{port}"),
+                None => host,
+            })
+        })
+        .unwrap_or_else(|| "(unreadable)".to_owned());
+    Some(format!("{shown} ({name})"))
+}
+
 fn addr_of(url: Option<&Url>) -> String {
     match url.and_then(|u| Some((u.host_str()?, u.port_or_known_default()))) {
         Some((host, Some(port))) => format!("{host}:{port}"),

@@ -1098,3 +1098,37 @@ async fn fault_unsettled_answers_are_asked_again_not_believed() {
         .await;
     }
 }
+
+/// With `HTTP_PROXY` set (the client honours it) and the proxy refusing, `run --once` names
+/// the proxy with the API's address: it blamed the API's host, which was up and never asked.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refusing_proxy_is_named_not_only_the_api_behind_it() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let config = env.config("unreachable_timeout: 2s", "");
+    env.drop_file(
+        "m.yaml",
+        b"images:\n  - input: storage://demo/a-64x48.png\n",
+    );
+    // A port nothing listens on.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+    let port = dead.local_addr().expect("addr").port();
+    drop(dead);
+    let proxy = format!("127.0.0.1:{port}");
+    let (code, log) = env
+        .run_once_with(
+            &config,
+            &[
+                ("HTTP_PROXY", proxy.as_str()),
+                ("NO_PROXY", ""),
+                ("no_proxy", ""),
+            ],
+            &[],
+        )
+        .await;
+    assert_eq!(code, 69, "{log}");
+    assert!(
+        log.contains(&format!("through the proxy {proxy} (HTTP_PROXY)")),
+        "{log}"
+    );
+    assert_eq!(env.stats().submits, 0);
+}
