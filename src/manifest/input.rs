@@ -245,11 +245,22 @@ fn check_local(
             return None;
         }
         Ok(meta) if meta.is_file() => {}
-        Ok(_) => {
+        Ok(meta) => {
+            use std::os::unix::fs::FileTypeExt;
+            let kind = meta.file_type();
+            let what = if kind.is_dir() {
+                "a folder"
+            } else if kind.is_fifo() {
+                "a FIFO"
+            } else if kind.is_socket() {
+                "a socket"
+            } else {
+                "a device"
+            };
             problems.add(
                 path,
                 format!(
-                    "local input `{trimmed}` is not a regular file; name an image file, not a folder"
+                    "local input `{trimmed}` is {what}, not a regular file; name an image file"
                 ),
             );
             return None;

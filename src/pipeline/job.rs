@@ -2147,7 +2147,11 @@ fn read_local_input(
     let unreadable = |err: std::io::Error| {
         (
             FailureCode::InputUnreadable,
-            format!("cannot read {}: {err}", path.display()),
+            format!(
+                "cannot read {}: {}",
+                crate::text::Escaped::path(&path),
+                crate::os_error::OsCause(&err)
+            ),
         )
     };
     let inbox = inbox.canonicalize().map_err(unreadable)?;

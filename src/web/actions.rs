@@ -231,8 +231,12 @@ fn rerun(
     inbox: &std::path::Path,
     rel: &str,
 ) -> Result<std::path::PathBuf, String> {
-    let src = crate::output::safe_join(rejected, std::path::Path::new(rel))
-        .map_err(|err| err.to_string())?;
+    let src = crate::output::safe_join(rejected, std::path::Path::new(rel)).map_err(|_| {
+        format!(
+            "`{}` is not a path inside the rejected folder (no `..`, no absolute path)",
+            crate::text::escape(rel)
+        )
+    })?;
     let meta = std::fs::symlink_metadata(&src)
         .map_err(|_| "it is not in the rejected folder".to_owned())?;
     if !meta.is_file() {

@@ -964,3 +964,32 @@ fn issue11_a_report_path_blocked_in_the_outbox_is_refused_at_validation() {
     env.load_text("s.yaml", text)
         .expect("a free report path passes");
 }
+
+/// A local input that is no regular file is named for what it is: a FIFO was told to be a
+/// folder.
+#[test]
+fn a_local_input_that_is_no_file_is_named_for_what_it_is() {
+    let env = env();
+    std::fs::create_dir_all(env.inbox.join("photos/dir.png")).unwrap();
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(env.inbox.join("photos/pipe.png"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    let path = env.write(
+        "kinds.yaml",
+        "images:\n  - input: photos/dir.png\n  - input: photos/pipe.png\n",
+    );
+    let err = env.load(&path).expect_err("refused");
+    let text = err.error_txt();
+    assert!(
+        text.contains("`photos/dir.png` is a folder, not a regular file"),
+        "{text}"
+    );
+    assert!(
+        text.contains("`photos/pipe.png` is a FIFO, not a regular file"),
+        "{text}"
+    );
+}

@@ -768,6 +768,12 @@ async fn dashboard_actions_release_in_doubt_jobs_and_rerun_a_fixed_rejected_mani
             .await
             .expect("post");
         assert_eq!(res.status(), 400, "{bad}");
+        // Said as the path it is (one in the rejected folder), not as an output path.
+        let page = res.text().await.expect("page");
+        assert!(
+            page.contains("not a path inside the rejected folder"),
+            "{bad}: {page}"
+        );
     }
     stop(&mut daemon).await;
 }
