@@ -32,8 +32,10 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 /// How often a paused daemon lets one submit through to see whether the API is back.
 pub const PAUSE_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Jobs waiting to be submitted, FIFO, with their run (so a draining run's jobs are skipped
-/// without a store read); systemically refused jobs go back to the front.
+/// Jobs waiting to be submitted, with their run (so a draining run's jobs are skipped
+/// without a store read); systemically refused jobs go back to the front. Each run's jobs go
+/// in their order, and the runs take turns: a drop of one image is not queued behind the
+/// 5,000 of a drop before it (it waited twenty minutes at Claid's default rate).
 ///
 /// Held as spans of consecutive job ids of one run: a run's jobs get consecutive ids when it
 /// is registered, so a 100,000-image drop queues as one span (16 bytes per image before).
@@ -45,11 +47,21 @@ pub struct Queue {
     wake: Notify,
 }
 
-/// The queued jobs: spans in queue order, and how many jobs they hold.
+/// The queued jobs: spans in queue order, and how many jobs they hold; per run with queued
+/// jobs, how many spans it has and when it was last served (a count of pops).
 #[derive(Debug, Default)]
 struct Spans {
     spans: VecDeque<Span>,
     len: usize,
+    runs: std::collections::HashMap<ManifestId, RunTurn>,
+    pops: u64,
+}
+
+/// A run's place in the turns: its spans in the queue, the pop that last served it (0: none).
+#[derive(Debug, Default, Clone, Copy)]
+struct RunTurn {
+    spans: usize,
+    served: u64,
 }
 
 /// The jobs `first..=last` of one run, in that order.
@@ -76,6 +88,7 @@ impl Spans {
             tail.last = id;
             return;
         }
+        self.runs.entry(run).or_default().spans += 1;
         self.spans.push_back(Span {
             run,
             first: id,
@@ -92,6 +105,7 @@ impl Spans {
             head.first = id;
             return;
         }
+        self.runs.entry(run).or_default().spans += 1;
         self.spans.push_front(Span {
             run,
             first: id,
@@ -99,16 +113,50 @@ impl Spans {
         });
     }
 
+    /// The next job: the first queued job of the run served longest ago (a run never served
+    /// first, in queue order). One run alone is served in queue order.
     fn pop_front(&mut self) -> Option<(ManifestId, JobId)> {
-        let head = self.spans.front_mut()?;
-        let job = (head.run, head.first);
-        if head.first == head.last {
-            self.spans.pop_front();
+        let at = self.next_turn()?;
+        let span = self.spans.get_mut(at)?;
+        let job = (span.run, span.first);
+        if span.first == span.last {
+            self.spans.remove(at);
+            if let Some(turn) = self.runs.get_mut(&job.0) {
+                turn.spans -= 1;
+                if turn.spans == 0 {
+                    self.runs.remove(&job.0);
+                }
+            }
         } else {
-            head.first += 1;
+            span.first += 1;
+        }
+        self.pops += 1;
+        if let Some(turn) = self.runs.get_mut(&job.0) {
+            turn.served = self.pops;
         }
         self.len -= 1;
         Some(job)
+    }
+
+    /// The index of the span whose run's turn it is: scans the queue until the first span of
+    /// every queued run was seen (a run's first span is its next job), or a run never served.
+    fn next_turn(&self) -> Option<usize> {
+        let mut best: Option<(usize, u64)> = None;
+        let mut seen: Vec<ManifestId> = Vec::new();
+        for (at, span) in self.spans.iter().enumerate() {
+            if seen.contains(&span.run) {
+                continue;
+            }
+            seen.push(span.run);
+            let served = self.runs.get(&span.run).map_or(0, |turn| turn.served);
+            if best.is_none_or(|(_, least)| served < least) {
+                best = Some((at, served));
+            }
+            if served == 0 || seen.len() == self.runs.len() {
+                break;
+            }
+        }
+        best.map(|(at, _)| at)
     }
 
     fn remove_run(&mut self, run: ManifestId) {
@@ -120,6 +168,7 @@ impl Spans {
             }
             keep
         });
+        self.runs.remove(&run);
         self.len -= removed;
     }
 }
@@ -635,25 +684,43 @@ mod tests {
     #[test]
     fn gaps_runs_and_fronts_keep_the_order_they_were_queued_in() {
         let queue = Queue::default();
-        queue.push_back(vec![(1, 5), (1, 6), (1, 8), (2, 9), (2, 10)]);
+        queue.push_back(vec![(1, 5), (1, 6), (1, 8)]);
         queue.push_front((1, 4));
-        queue.push_front_all(vec![(3, 1), (3, 2), (1, 3)]);
-        assert_eq!(queue.len(), 9);
-        // (1, 3) does not join (1, 4..=6): it went in front of it, in order.
+        queue.push_front_all(vec![(1, 1), (1, 2), (1, 3)]);
+        assert_eq!(queue.len(), 7);
+        // (1, 3) joins (1, 4..=6) only because it went in front of it, in order.
         assert_eq!(
             drain(&queue),
-            vec![
-                (3, 1),
-                (3, 2),
-                (1, 3),
-                (1, 4),
-                (1, 5),
-                (1, 6),
-                (1, 8),
-                (2, 9),
-                (2, 10)
-            ]
+            vec![(1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (1, 6), (1, 8)]
         );
+    }
+
+    /// Runs take turns, each in its own order, the one served longest ago first: a small
+    /// drop behind a large one goes at once (it waited for the whole of the large one).
+    #[test]
+    fn runs_take_turns_each_in_its_own_order() {
+        let queue = Queue::default();
+        queue.push_back((1..=1000).map(|id| (1, id)).collect());
+        assert_eq!(queue.pop(), Some((1, 1)));
+        queue.push_back(vec![(2, 2001), (2, 2002)]);
+        queue.push_back(vec![(3, 3001)]);
+        // Jobs taken and not sent go back to the front; they stay first of their run.
+        queue.push_front_all(vec![(1, 1)]);
+        let popped = drain(&queue);
+        assert_eq!(
+            popped[..6],
+            [(2, 2001), (3, 3001), (1, 1), (2, 2002), (1, 2), (1, 3)]
+        );
+        assert_eq!(popped.len(), 1003);
+        for run in [1, 2, 3] {
+            let ids: Vec<JobId> = popped
+                .iter()
+                .filter(|(r, _)| *r == run)
+                .map(|(_, id)| *id)
+                .collect();
+            assert!(ids.windows(2).all(|w| w[0] < w[1]), "run {run}: {ids:?}");
+        }
+        assert!(queue.lock().runs.is_empty(), "no turn kept for a run gone");
     }
 
     #[test]

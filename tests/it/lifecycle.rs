@@ -1507,3 +1507,45 @@ async fn issue11_a_replay_never_writes_an_older_manifests_report_over_a_later_on
     );
     assert_eq!(env.stats().submits, 2, "nothing replayed");
 }
+
+/// A drop of one image made while a large drop is being submitted goes in its turn, not
+/// after the whole large one: its output is written while the large drop still runs (with
+/// one queue for every run, it waited for all of it: twenty minutes behind 5,000 images at
+/// Claid's default rate).
+#[tokio::test(flavor = "multi_thread")]
+async fn issue11_a_small_drop_is_not_queued_behind_a_large_one() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let config = env.config("max_in_flight: 2", "");
+    let text = std::fs::read_to_string(&config)
+        .expect("config")
+        .replace("requests_per_second: 1000", "requests_per_second: 10");
+    std::fs::write(&config, text).expect("config");
+    let mut daemon = env.spawn_daemon(&config, 0);
+    wait_until("the daemon is ready", Duration::from_secs(30), || {
+        env.socket().exists()
+    })
+    .await;
+    let rows: String = (0..150)
+        .map(|i| format!("  - input: storage://demo/big{i}-64x48.png\n"))
+        .collect();
+    env.drop_file("big.yaml", format!("images:\n{rows}").as_bytes());
+    wait_until("the large drop under way", Duration::from_secs(30), || {
+        env.stats().submits >= 4
+    })
+    .await;
+    env.drop_file(
+        "small.yaml",
+        b"images:\n  - input: storage://demo/small-64x48.png\n",
+    );
+    wait_until("the small drop made", Duration::from_secs(60), || {
+        env.outbox.join("small/small-64x48.jpg").is_file()
+    })
+    .await;
+    assert!(
+        !env.outbox.join("big.report.json").exists(),
+        "the large drop still runs: {}",
+        env.stats().submits
+    );
+    assert!(env.stats().submits < 150, "{}", env.stats().submits);
+    stop(&mut daemon).await;
+}
