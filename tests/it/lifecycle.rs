@@ -1549,3 +1549,55 @@ async fn issue11_a_small_drop_is_not_queued_behind_a_large_one() {
     assert!(env.stats().submits < 150, "{}", env.stats().submits);
     stop(&mut daemon).await;
 }
+
+/// Two large manifests being validated hold both of intake's workers; a small drop made
+/// meanwhile is taken in by a lane of its own, before either (it waited for one of them:
+/// 13 s behind two 85,000-image manifests).
+#[tokio::test(flavor = "multi_thread")]
+async fn issue11_a_small_drop_is_taken_in_while_large_ones_are_validated() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let config = env.config("", "");
+    let mut daemon = env.spawn_daemon(&config, 0);
+    wait_until("the daemon is ready", Duration::from_secs(30), || {
+        env.socket().exists()
+    })
+    .await;
+    for big in ["big1", "big2"] {
+        let rows: String = (0..40_000)
+            .map(|i| format!("  - input: storage://demo/{big}-{i}-64x48.png\n"))
+            .collect();
+        env.drop_file(
+            &format!("{big}.yaml"),
+            format!("images:\n{rows}").as_bytes(),
+        );
+    }
+    wait_until(
+        "both large ones under validation",
+        Duration::from_secs(30),
+        || {
+            let log = env.daemon_log(0);
+            log.contains("manifest=big1.yaml") && log.contains("manifest=big2.yaml")
+        },
+    )
+    .await;
+    env.drop_file(
+        "small.yaml",
+        b"images:\n  - input: storage://demo/small-64x48.png\n",
+    );
+    wait_until("the small one taken in", Duration::from_secs(120), || {
+        env.daemon_log(0).contains(
+            "manifest{manifest=small.yaml}: claid_hotfolder::pipeline::intake: Manifest accepted",
+        )
+    })
+    .await;
+    let log = env.daemon_log(0);
+    let accepted: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("Manifest accepted"))
+        .collect();
+    assert!(
+        accepted.first().is_some_and(|l| l.contains("small.yaml")),
+        "the small drop first: {accepted:#?}"
+    );
+    stop(&mut daemon).await;
+}
