@@ -382,6 +382,16 @@ pub fn api_requests(stats: &ClientStats) -> u64 {
 
 /// The outbox's disk: its free space for the daemon's user and whether it can be written.
 pub fn check_disk(outbox: &std::path::Path) -> Disk {
+    check_filesystem_and(outbox, true)
+}
+
+/// The outbox's filesystem alone: mounted read-only, or full. Not whether the daemon may
+/// write the outbox's own folder (its subfolders may take outputs all the same).
+pub fn check_filesystem(outbox: &std::path::Path) -> Disk {
+    check_filesystem_and(outbox, false)
+}
+
+fn check_filesystem_and(outbox: &std::path::Path, access: bool) -> Disk {
     match rustix::fs::statvfs(outbox) {
         Ok(stat) => {
             if stat.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY) {
@@ -389,7 +399,7 @@ pub fn check_disk(outbox: &std::path::Path) -> Disk {
                     why: "it is on a read-only filesystem".to_owned(),
                 };
             }
-            if let Err(err) = rustix::fs::access(outbox, rustix::fs::Access::WRITE_OK) {
+            if access && let Err(err) = rustix::fs::access(outbox, rustix::fs::Access::WRITE_OK) {
                 return Disk::Unwritable {
                     why: format!("{}", crate::os_error::OsCause(&std::io::Error::from(err))),
                 };

@@ -1347,7 +1347,7 @@ fn transport_error(
     request_id: Option<String>,
 ) -> ClaidError {
     let addr = match err.url().and_then(proxy_of) {
-        Some(proxy) => format!("{} through the proxy {proxy}", addr_of(err.url())),
+        Some(proxy) => format!("{} ({proxy})", addr_of(err.url())),
         None => addr_of(err.url()),
     };
     let cause = || os_error::root_cause(err).unwrap_or_else(|| text::escape(&err.to_string()));
@@ -1378,11 +1378,10 @@ fn transport_error(
     }
 }
 
-/// `host:port` of a request URL, for messages (`127.0.0.1:9`, `api.claid.ai:443`).
 /// The proxy a request to `url` goes through, as the client reads the environment
 /// (`HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY`, either case, unless `NO_PROXY` names the host):
-/// `host:port (VARIABLE)`, without any credentials in it. Told with connection errors, so an
-/// operator looks at the host that refused, not at the API behind it.
+/// `VARIABLE is set to host:port`, without any credentials in it. Told with connection
+/// errors, so an operator looks at the proxy too, not only at the API behind it.
 fn proxy_of(url: &Url) -> Option<String> {
     let var = |name: &str| {
         [name.to_owned(), name.to_lowercase()]
@@ -1394,10 +1393,10 @@ fn proxy_of(url: &Url) -> Option<String> {
                     .map(|v| (n, v))
             })
     };
-    let host = url.host_str()?;
+    let host = url.host_str()?.to_ascii_lowercase();
     if let Some((_, no_proxy)) = var("NO_PROXY") {
         let skipped = no_proxy.split(',').map(str::trim).any(|entry| {
-            let entry = entry.trim_start_matches('.');
+            let entry = entry.trim_start_matches('.').to_ascii_lowercase();
             entry == "*"
                 || (!entry.is_empty() && (host == entry || host.ends_with(&format!(".{entry}"))))
         });
@@ -1424,9 +1423,10 @@ fn proxy_of(url: &Url) -> Option<String> {
             })
         })
         .unwrap_or_else(|| "(unreadable)".to_owned());
-    Some(format!("{shown} ({name})"))
+    Some(format!("{name} is set to {shown}"))
 }
 
+/// `host:port` of a request URL, for messages (`127.0.0.1:9`, `api.claid.ai:443`).
 fn addr_of(url: Option<&Url>) -> String {
     match url.and_then(|u| Some((u.host_str()?, u.port_or_known_default()))) {
         Some((host, Some(port))) => format!("{host}:{port}"),
@@ -1506,6 +1506,19 @@ fn other_task(status: u16, request_id: Option<String>) -> ClaidError {
     }
 }
 
+/// Whether `body` is an error document of Claid's own: a JSON object with `error_code`, at its
+/// top or under `detail`. A framework's `{"detail": "Not Found"}` or a problem document
+/// from a gateway is not (an unknown route while something in front of Claid deploys).
+fn claids_envelope(body: &[u8]) -> bool {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return false;
+    };
+    value.get("error_code").is_some()
+        || value
+            .get("detail")
+            .is_some_and(|detail| detail.get("error_code").is_some())
+}
+
 /// Classifies a non-2xx, non-429 answer.
 fn status_error(endpoint: Endpoint, answer: &Answer) -> ClaidError {
     let status = answer.status.as_u16();
@@ -1545,7 +1558,7 @@ fn status_error(endpoint: Endpoint, answer: &Answer) -> ClaidError {
             message: parsed.map(|b| b.error_message),
         },
         400..=499 => {
-            let documented = parsed.is_some();
+            let documented = claids_envelope(&answer.body);
             let body = parsed.unwrap_or_else(|| wire::ErrorBody {
                 error_message: fallback_message(),
                 ..wire::ErrorBody::default()
@@ -1598,6 +1611,26 @@ fn reset_header(headers: &HeaderMap) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only Claid's own error document says the task is unknown: a framework's or a
+    /// gateway's 404 body (taken for Claid's, a deploy's 404 lost billed tasks) is not.
+    #[test]
+    fn only_claids_own_envelope_is_taken_for_its_word() {
+        assert!(claids_envelope(
+            br#"{"error_code":"1404","error_type":"general","error_message":"Batch image edit pipeline not found."}"#
+        ));
+        assert!(claids_envelope(
+            br#"{"detail":{"error_code":"1404","error_message":"x"}}"#
+        ));
+        assert!(!claids_envelope(br#"{"detail":"Not Found"}"#));
+        assert!(!claids_envelope(
+            br#"{"type":"about:blank","title":"Not Found","status":404}"#
+        ));
+        assert!(!claids_envelope(
+            b"<html><body><h1>404 Not Found</h1>nginx</body></html>"
+        ));
+        assert!(!claids_envelope(b""));
+    }
 
     /// `result_url` is optional in Claid's schema, and one on another origin must neither get
     /// the key nor fail a billed task: both are polled by id on the API's origin; one on the

@@ -920,12 +920,22 @@ async fn run_watching(
     let mut stuck = None;
     // The config in force: what a SIGHUP's file is compared with.
     let mut running = config.clone();
+    // A SIGHUP's reading of the files, while it goes on (one at a time).
+    let mut reading: Option<std::pin::Pin<Box<ReloadReading>>> = None;
     tokio::pin!(forward);
     loop {
         tokio::select! {
             _ = &mut forward => break,
             Some(()) = recv_hangup(&mut hangup) => {
-                let read = read_for_reload(opts.config_path.as_deref()).await;
+                // Read off the loop: the watchdog, SIGTERM and the ticks go on meanwhile.
+                if reading.is_some() {
+                    warn!("SIGHUP ignored: the config of the previous one is still being read");
+                } else {
+                    reading = Some(Box::pin(read_for_reload(opts.config_path.clone())));
+                }
+            }
+            read = async { reading.as_mut().expect("guarded").await }, if reading.is_some() => {
+                reading = None;
                 reload(
                     pipeline,
                     opts.config_path.as_deref(),
@@ -1053,12 +1063,29 @@ struct ReloadRead {
     storage_keys: std::collections::BTreeMap<String, Option<String>>,
 }
 
+/// A SIGHUP's reading of the config ([`read_for_reload`]).
+type ReloadReading = dyn std::future::Future<Output = Option<Result<ReloadRead, String>>> + Send;
+
+/// A reading of the config that outlived [`RELOAD_READ_LIMIT`] still holds its thread (a file
+/// on a share that hangs): no other starts until it ends, so hung reads never take more than
+/// one of the blocking pool's threads.
+static RELOAD_THREAD_BUSY: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 /// Reads the config for a SIGHUP off the runtime, within [`RELOAD_READ_LIMIT`]; `None` without
 /// a config file, `Some(Err(why))` when it cannot be read in time or is no regular file (a
 /// FIFO would block the read until something writes into it).
-async fn read_for_reload(path: Option<&Path>) -> Option<Result<ReloadRead, String>> {
-    let path = path?.to_path_buf();
+async fn read_for_reload(path: Option<PathBuf>) -> Option<Result<ReloadRead, String>> {
+    use std::sync::atomic::Ordering;
+    let path = path?;
+    if RELOAD_THREAD_BUSY.swap(true, Ordering::AcqRel) {
+        return Some(Err(
+            "an earlier reading of the config has not returned yet (a file on a share that does not answer?)"
+                .to_owned(),
+        ));
+    }
     let read = tokio::task::spawn_blocking(move || {
+        let _done = ReloadThreadDone;
         match std::fs::metadata(&path) {
             Ok(meta) if !meta.is_file() => {
                 return Err(
@@ -1091,6 +1118,15 @@ async fn read_for_reload(path: Option<&Path>) -> Option<Result<ReloadRead, Strin
             RELOAD_READ_LIMIT.as_secs()
         )),
     })
+}
+
+/// Marks the reload thread free when its reading returns.
+struct ReloadThreadDone;
+
+impl Drop for ReloadThreadDone {
+    fn drop(&mut self) {
+        RELOAD_THREAD_BUSY.store(false, std::sync::atomic::Ordering::Release);
+    }
 }
 
 /// SIGHUP: takes the config `read` by [`read_for_reload`]; an invalid one is refused and the

@@ -260,7 +260,7 @@ fn check_local(
             problems.add(
                 path,
                 format!(
-                    "local input `{trimmed}` is {what}, not a regular file; name an image file"
+                    "local input `{trimmed}` is not a regular file (it is {what}); name an image file"
                 ),
             );
             return None;

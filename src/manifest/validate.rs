@@ -714,8 +714,10 @@ fn same_object(storages: &BTreeMap<String, StorageEntry>, a: &str, b: &str) -> b
         let entry = storages
             .get(name)
             .or_else(|| storages.values().find(|entry| entry.claid_name == name))?;
+        // The same bucket name on two servers is two buckets.
         Some(format!(
-            "{}/{}",
+            "{} {}/{}",
+            entry.endpoint.as_deref().unwrap_or(""),
             entry.url().trim_end_matches('/'),
             key.trim_start_matches('/')
         ))

@@ -96,20 +96,29 @@ impl Intake {
                 busy.insert(candidate.path.clone(), None);
             }
             // A small file (most drops, recipe images) may also take the lane of its own, so
-            // it is never held behind large manifests being validated; each waits in its task,
-            // so the loop goes on taking candidates meanwhile.
-            let small = std::fs::symlink_metadata(&candidate.path)
-                .is_ok_and(|meta| meta.len() <= SMALL_FILE_BYTES);
-            let (workers, small_lane) = (workers.clone(), small_lane.clone());
+            // it is never held behind large manifests being validated. Each candidate waits
+            // for its worker in its own task, so the loop goes on taking candidates; its place
+            // in the workers' (first come, first served) line is taken here, in the order the
+            // candidates came.
+            let small = candidate.fingerprint.size <= SMALL_FILE_BYTES;
+            let mut worker = Box::pin(workers.clone().acquire_owned());
+            let ready = std::future::poll_fn(|cx| {
+                std::task::Poll::Ready(std::future::Future::poll(worker.as_mut(), cx))
+            })
+            .await;
+            let small_lane = small_lane.clone();
             let this = this.clone();
             let busy = busy.clone();
             let cancel = cancel.clone();
             this.tracker.clone().spawn(async move {
-                let permit = tokio::select! {
-                    biased;
-                    _ = cancel.cancelled() => return,
-                    p = workers.acquire_owned() => p,
-                    p = small_lane.acquire_owned(), if small => p,
+                let permit = match ready {
+                    std::task::Poll::Ready(permit) => permit,
+                    std::task::Poll::Pending => tokio::select! {
+                        biased;
+                        _ = cancel.cancelled() => return,
+                        p = &mut worker => p,
+                        p = small_lane.acquire_owned(), if small => p,
+                    },
                 };
                 let Ok(permit) = permit else {
                     return;
@@ -570,8 +579,9 @@ impl Intake {
         Taken::HandedOn
     }
 
-    /// Looks at the outbox's disk before a drop's jobs are queued: one that takes no outputs
-    /// (a read-only or full filesystem, no write permission) holds every new submit at once,
+    /// Looks at the outbox's filesystem before a drop's jobs are queued: a read-only or full
+    /// one holds every new submit at once (a folder the daemon may not write is told by the
+    /// first write there, and holds only the images going there),
     /// before Claid bills an image whose result could not be written (the activity monitor
     /// looks only every few seconds, and clears the hold once the disk takes outputs again).
     /// A check that hangs (a stuck share) is left to the monitor.
@@ -579,7 +589,7 @@ impl Intake {
         let outbox = self.folders.outbox.clone();
         let checked = tokio::time::timeout(
             crate::activity::DISK_EVERY,
-            on_file_pool(move || crate::activity::check_disk(&outbox)),
+            on_file_pool(move || crate::activity::check_filesystem(&outbox)),
         )
         .await;
         if let Ok(disk) = checked

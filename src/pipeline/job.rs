@@ -1354,12 +1354,26 @@ impl Runner {
             Err(err) => Ok(Err(err)),
         };
         // A read-only outbox fails this job at once and takes no other output either: new
-        // submits stop before this job's permit lets one more go (Claid would bill it).
+        // submits stop before this job's permit lets one more go (Claid would bill it). A
+        // read-only filesystem mounted inside the outbox stops those going under it.
         if let Ok(Err(err)) = &written
             && err.code() == FailureCode::OutputReadOnly
         {
-            deps.health
-                .set_disk_problem(Some(format!("the outbox cannot be written: {err}")));
+            let outbox = deps.outbox.clone();
+            let whole = tokio::task::spawn_blocking(move || {
+                crate::activity::check_filesystem(&outbox) != crate::activity::Disk::Ok
+            })
+            .await
+            .unwrap_or(true);
+            if whole {
+                deps.health
+                    .set_disk_problem(Some(format!("the outbox cannot be written: {err}")));
+            } else {
+                deps.health.gave_up_on(
+                    refusing_folder(&deps.outbox, &deps.outbox.join(&job.output_rel)),
+                    err.to_string(),
+                );
+            }
         }
         drop(permit);
         match written {

@@ -33,8 +33,8 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 pub const PAUSE_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Jobs waiting to be submitted, with their run (so a draining run's jobs are skipped
-/// without a store read); systemically refused jobs go back to the front. Each run's jobs go
-/// in their order, and the runs take turns: a drop of one image is not queued behind the
+/// without a store read); systemically refused jobs go back to the front of their run. Each
+/// run's jobs go in their order, and the runs take turns: a drop of one image is not queued behind the
 /// 5,000 of a drop before it (it waited twenty minutes at Claid's default rate).
 ///
 /// Held as spans of consecutive job ids of one run: a run's jobs get consecutive ids when it

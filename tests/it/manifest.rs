@@ -985,11 +985,11 @@ fn a_local_input_that_is_no_file_is_named_for_what_it_is() {
     let err = env.load(&path).expect_err("refused");
     let text = err.error_txt();
     assert!(
-        text.contains("`photos/dir.png` is a folder, not a regular file"),
+        text.contains("`photos/dir.png` is not a regular file (it is a folder)"),
         "{text}"
     );
     assert!(
-        text.contains("`photos/pipe.png` is a FIFO, not a regular file"),
+        text.contains("`photos/pipe.png` is not a regular file (it is a FIFO)"),
         "{text}"
     );
 }

@@ -762,8 +762,9 @@ async fn a_read_only_outbox_stops_submits_before_claid_bills_what_cannot_be_writ
         env.daemon_log(0).contains("Manifest accepted")
     })
     .await;
-    wait_until("the outbox's state told", deadline, || {
-        env.daemon_log(0).contains("the outbox cannot be written")
+    // Told by intake itself (the disk monitor looks only every 5 s).
+    wait_until("the drop held at intake", deadline, || {
+        env.daemon_log(0).contains("the drop's images wait")
     })
     .await;
     assert_eq!(env.stats().submits, 0, "{}", env.daemon_log(0));
