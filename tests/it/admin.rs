@@ -770,8 +770,10 @@ async fn sighup_refuses_a_config_the_next_start_would_refuse() {
     assert_ne!(broken, text, "the inbox line was found");
     std::fs::write(&config, &broken).unwrap();
     signal(&daemon, "-HUP");
+    // Each problem is a line of its own, written after the refusal's line.
     wait_until("refusal logged", Duration::from_secs(20), || {
-        env.daemon_log(0).contains("would not start the daemon")
+        let log = env.daemon_log(0);
+        log.contains("would not start the daemon") && log.contains("no-such-url")
     })
     .await;
     let log = env.daemon_log(0);
