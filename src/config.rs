@@ -525,36 +525,13 @@ pub fn parse_with_env(
 pub const ENV_PREFIX: &str = "CLAID_HOTFOLDER__";
 
 /// Reads the API key: `api_key_file` when set, else `$CLAID_API_KEY`. Never logged.
-/// A key file's text: opened without waiting (a FIFO would block until something wrote into
-/// it), refused when it is a FIFO or a socket, read no further than 64 KiB (`/dev/zero`).
-fn read_key_file(path: &Path) -> std::io::Result<String> {
-    use std::io::Read;
-    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-    const MAX_BYTES: u64 = 64 * 1024;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)?;
-    let kind = file.metadata()?.file_type();
-    if kind.is_fifo() || kind.is_socket() {
-        return Err(std::io::Error::other(
-            "it is a FIFO or a socket, not a file: name a regular file",
-        ));
-    }
-    let mut text = String::new();
-    file.take(MAX_BYTES + 1).read_to_string(&mut text)?;
-    if text.len() as u64 > MAX_BYTES {
-        return Err(std::io::Error::other("more than 64 KiB: not a key file"));
-    }
-    Ok(text)
-}
-
 pub fn load_api_key(api: &ApiConfig) -> Result<Option<String>, ConfigError> {
     if let Some(path) = &api.api_key_file {
-        let text = read_key_file(path).map_err(|cause| ConfigError::ApiKeyFile {
-            path: path.clone(),
-            cause,
-        })?;
+        let text =
+            crate::objects::read_small_file(path).map_err(|cause| ConfigError::ApiKeyFile {
+                path: path.clone(),
+                cause,
+            })?;
         // A byte-order mark (an editor's UTF-8 "with BOM") is no part of the key.
         let key = text.trim_start_matches('\u{feff}').trim();
         if key.is_empty() {

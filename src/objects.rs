@@ -304,32 +304,34 @@ impl Access {
 
 /// A small file's text (a credentials file): at most 64 KiB, or a message.
 fn read_small(path: &Path) -> Result<String, String> {
+    read_small_file(path).map_err(|err| crate::os_error::OsCause(&err).to_string())
+}
+
+/// The text of a key or credentials file: opened without waiting (a FIFO would block the open,
+/// and the start or a reload with it, until something wrote into it), refused when it is a
+/// FIFO or a socket, read no further than 64 KiB (`/dev/zero` would be read until memory
+/// runs out).
+pub(crate) fn read_small_file(path: &Path) -> std::io::Result<String> {
     use std::io::Read;
-    // More is not a credentials file (`/dev/zero` would be read until memory runs out).
-    const MAX_BYTES: u64 = 64 * 1024;
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-    let mut text = String::new();
-    // Opened without waiting: a FIFO would block the open (and the start, or a reload) until
-    // something wrote into it.
+    const MAX_BYTES: u64 = 64 * 1024;
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|err| crate::os_error::OsCause(&err).to_string())?;
-    if file
-        .metadata()
-        .is_ok_and(|meta| meta.file_type().is_fifo() || meta.file_type().is_socket())
-    {
-        return Err("it is a FIFO or a socket, not a file: name a regular file".to_owned());
-    }
-    file.take(MAX_BYTES + 1)
-        .read_to_string(&mut text)
-        .map_err(|err| crate::os_error::OsCause(&err).to_string())?;
-    if text.len() as u64 > MAX_BYTES {
-        return Err(format!(
-            "more than {} KiB: not a credentials file",
-            MAX_BYTES / 1024
+        .open(path)?;
+    let kind = file.metadata()?.file_type();
+    if kind.is_fifo() || kind.is_socket() {
+        return Err(std::io::Error::other(
+            "it is a FIFO or a socket, not a file: name a regular file",
         ));
+    }
+    let mut text = String::new();
+    file.take(MAX_BYTES + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_BYTES {
+        return Err(std::io::Error::other(format!(
+            "more than {} KiB: not a credentials file or key file",
+            MAX_BYTES / 1024
+        )));
     }
     Ok(text)
 }

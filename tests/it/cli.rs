@@ -948,6 +948,26 @@ async fn validate_reads_the_webhook_secret_and_the_api_key_as_the_start_would() 
             && out.contains("no-such-key: ENOENT"),
         "{out}"
     );
+    // A key file that is a FIFO is refused at once (the open waited for a writer for ever).
+    let fifo = env.dir.path().join("key-fifo");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo")
+            .success()
+    );
+    let piped = text.replace(&key_file.display().to_string(), &fifo.display().to_string());
+    let path = env.dir.path().join("fifo-key.yaml");
+    std::fs::write(&path, piped).expect("config");
+    let (code, out, _) = tokio::time::timeout(
+        Duration::from_secs(30),
+        cli(&["validate", path.to_str().unwrap()]),
+    )
+    .await
+    .expect("validate ends");
+    assert_eq!(code, exit::USAGE, "{out}");
+    assert!(out.contains("FIFO"), "{out}");
     // A key file every user may read is warned about, by `validate` and at the start, never
     // showing the key.
     let config = env.config("", "");

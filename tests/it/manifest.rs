@@ -799,6 +799,24 @@ async fn issue11_a_manifest_named_too_long_for_its_suffix_still_gets_its_outcome
     );
 }
 
+/// `manifest::load` of `text` written at `rel`, with `storages` in the config.
+fn load_with_storages(
+    env: &Env,
+    storages: &BTreeMap<String, claid_hotfolder::config::StorageEntry>,
+    rel: &str,
+    text: &str,
+) -> Result<ManifestSpec, ManifestError> {
+    let path = env.write(rel, text);
+    let ctx = manifest::LoadContext {
+        inbox: &env.inbox,
+        outbox: Some(&env.outbox),
+        profiles: &profiles(),
+        limits: &limits(),
+        storages,
+    };
+    manifest::load(&ctx, &path)
+}
+
 /// A `storage://` input or a storage destination whose key S3 or Claid would refuse (a `.`,
 /// `..` or empty segment, a leading `/`, more than 1024 bytes with the storage's prefix) is a
 /// problem of the manifest, with its line, before anything is spent: Claid would otherwise
@@ -820,17 +838,7 @@ fn issue15_storage_keys_s3_would_refuse_are_refused_at_validation() {
             output_local_copy: false,
         },
     );
-    let load = |rel: &str, text: &str| {
-        let path = env.write(rel, text);
-        let ctx = manifest::LoadContext {
-            inbox: &env.inbox,
-            outbox: Some(&env.outbox),
-            profiles: &profiles(),
-            limits: &limits(),
-            storages: &storages,
-        };
-        manifest::load(&ctx, &path)
-    };
+    let load = |rel: &str, text: &str| load_with_storages(&env, &storages, rel, text);
     // "images" + "/" + 1018 bytes = 1025.
     let long = format!("in/{}.png", "k".repeat(1011));
     let text = format!(
@@ -909,17 +917,7 @@ fn issue15_an_output_over_its_own_input_through_another_storage_is_refused() {
     let mut storages = BTreeMap::new();
     storages.insert("catalog".to_owned(), entry("catalog-s3", "images"));
     storages.insert("deep".to_owned(), entry("deep-s3", "images/out"));
-    let load = |rel: &str, text: &str| {
-        let path = env.write(rel, text);
-        let ctx = manifest::LoadContext {
-            inbox: &env.inbox,
-            outbox: Some(&env.outbox),
-            profiles: &profiles(),
-            limits: &limits(),
-            storages: &storages,
-        };
-        manifest::load(&ctx, &path)
-    };
+    let load = |rel: &str, text: &str| load_with_storages(&env, &storages, rel, text);
     for input in ["storage://deep/m/x.png", "storage://deep-s3/m/x.png"] {
         let text = format!(
             "output: {{ format: png, destination: storage://catalog/out/ }}\nimages:\n  - input: {input}\n"
