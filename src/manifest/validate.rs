@@ -578,10 +578,7 @@ fn resolve_destination(
                 );
             };
             let (name, folder) = rest.split_once('/').unwrap_or((rest, ""));
-            let entry = storages
-                .get(name)
-                .or_else(|| storages.values().find(|e| e.claid_name == name));
-            let Some(entry) = entry else {
+            let Some(entry) = storage_entry(storages, name) else {
                 return fail(
                     problems,
                     format!(
@@ -704,16 +701,13 @@ pub fn unknown_key_message(key: &str, known: &[&str]) -> String {
     }
 }
 
-/// The key prefix of the configured storage called `name` here or on Claid's side.
 /// Whether two `storage://NAME/key` URIs name one object: their storages (by name or
 /// connector name) resolved to `s3://bucket/prefix`, their keys under it. Two storages may
 /// point into one bucket, one prefix inside the other.
 fn same_object(storages: &BTreeMap<String, StorageEntry>, a: &str, b: &str) -> bool {
     let place = |uri: &str| {
         let (name, key) = crate::storages::split_uri(uri)?;
-        let entry = storages
-            .get(name)
-            .or_else(|| storages.values().find(|entry| entry.claid_name == name))?;
+        let entry = storage_entry(storages, name)?;
         // The same bucket name on two servers is two buckets.
         Some(format!(
             "{} {}/{}",
@@ -725,14 +719,22 @@ fn same_object(storages: &BTreeMap<String, StorageEntry>, a: &str, b: &str) -> b
     matches!((place(a), place(b)), (Some(a), Some(b)) if a == b)
 }
 
+/// The configured storage called `name` here or on Claid's side (its connector's name).
+fn storage_entry<'a>(
+    storages: &'a BTreeMap<String, StorageEntry>,
+    name: &str,
+) -> Option<&'a StorageEntry> {
+    storages
+        .get(name)
+        .or_else(|| storages.values().find(|entry| entry.claid_name == name))
+}
+
+/// The key prefix of the configured storage called `name` here or on Claid's side.
 pub fn storage_prefix<'a>(
     storages: &'a BTreeMap<String, StorageEntry>,
     name: &str,
 ) -> Option<&'a str> {
-    storages
-        .get(name)
-        .or_else(|| storages.values().find(|entry| entry.claid_name == name))
-        .map(|entry| entry.prefix.as_str())
+    storage_entry(storages, name).map(|entry| entry.prefix.as_str())
 }
 
 #[cfg(test)]

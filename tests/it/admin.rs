@@ -809,11 +809,7 @@ async fn sighup_of_a_config_that_cannot_be_read_in_time_leaves_the_daemon_in_han
     wait_socket(&env).await;
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::remove_file(&config).unwrap();
-    let made = std::process::Command::new("mkfifo")
-        .arg(&config)
-        .status()
-        .expect("mkfifo");
-    assert!(made.success());
+    crate::support::mkfifo(&config);
     signal(&daemon, "-HUP");
     wait_until("refusal logged", Duration::from_secs(20), || {
         env.daemon_log(0).contains("not a regular file")

@@ -950,13 +950,7 @@ async fn validate_reads_the_webhook_secret_and_the_api_key_as_the_start_would() 
     );
     // A key file that is a FIFO is refused at once (the open waited for a writer for ever).
     let fifo = env.dir.path().join("key-fifo");
-    assert!(
-        std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .expect("mkfifo")
-            .success()
-    );
+    crate::support::mkfifo(&fifo);
     let piped = text.replace(&key_file.display().to_string(), &fifo.display().to_string());
     let path = env.dir.path().join("fifo-key.yaml");
     std::fs::write(&path, piped).expect("config");

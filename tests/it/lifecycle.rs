@@ -246,11 +246,7 @@ async fn a_manifest_with_an_extra_extension_or_on_a_pipe_is_named_not_skipped_si
         b"images:\n  - input: storage://demo/a-64x48.png\n",
     );
     let fifo = env.inbox.join("pipe.yaml");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .expect("mkfifo runs");
-    assert!(made.success());
+    crate::support::mkfifo(&fifo);
     let (code, stderr) = env.run_once(&env.config("", "")).await;
     assert_eq!(code, 0, "{stderr}");
     let named = |what: &str| stderr.lines().filter(|l| l.contains(what)).count();

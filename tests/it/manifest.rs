@@ -969,13 +969,7 @@ fn issue11_a_report_path_blocked_in_the_outbox_is_refused_at_validation() {
 fn a_local_input_that_is_no_file_is_named_for_what_it_is() {
     let env = env();
     std::fs::create_dir_all(env.inbox.join("photos/dir.png")).unwrap();
-    assert!(
-        std::process::Command::new("mkfifo")
-            .arg(env.inbox.join("photos/pipe.png"))
-            .status()
-            .unwrap()
-            .success()
-    );
+    crate::support::mkfifo(&env.inbox.join("photos/pipe.png"));
     let path = env.write(
         "kinds.yaml",
         "images:\n  - input: photos/dir.png\n  - input: photos/pipe.png\n",

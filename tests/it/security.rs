@@ -285,11 +285,7 @@ async fn a_local_input_swapped_for_a_fifo_after_validation_fails_and_the_run_end
     .await;
     let local = env.inbox.join("photos/p.png");
     std::fs::remove_file(&local).expect("remove");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&local)
-        .status()
-        .expect("mkfifo runs");
-    assert!(made.success(), "mkfifo");
+    crate::support::mkfifo(&local);
     env.emulator.control().set_credits_exhausted(false);
     wait_until("m.yaml is finished", DEADLINE, || {
         env.outbox.join("m.report.json").is_file()

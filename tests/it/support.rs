@@ -825,6 +825,15 @@ impl TestEnv {
     }
 }
 
+/// Makes a FIFO at `path` (`mkfifo`), asserting it was made.
+pub fn mkfifo(path: &Path) {
+    let made = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success(), "mkfifo {}", path.display());
+}
+
 /// `claid-hotfolder web-user add NAME --users-file F` with the password on standard input.
 pub async fn web_user_add(users_file: &Path, name: &str, password: &str) -> (i32, String) {
     use tokio::io::AsyncWriteExt;
