@@ -473,10 +473,20 @@ fn kind_of(path: &Path) -> (FileKind, Option<String>) {
     {
         return (FileKind::Recipe, None);
     }
-    // Larger than a manifest may be: no config is, so it is a manifest, refused for its size
-    // without being read (it was parsed whole first: 25 MB took 20 s and 400 MB).
+    // Larger than a manifest may be: refused for its size without being parsed (it was parsed
+    // whole first: 25 MB took 20 s and 400 MB). Its first lines' top-level keys still tell a
+    // padded config (refused as a config, for the config's own limit) from a manifest.
     if std::fs::metadata(path).is_ok_and(|m| m.len() > config::DEFAULT_MAX_MANIFEST_BYTES) {
-        return (FileKind::Manifest, None);
+        let mut head = Vec::new();
+        let _ = std::fs::File::open(path).and_then(|file| {
+            use std::io::Read as _;
+            file.take(KIND_HEAD_BYTES).read_to_end(&mut head)
+        });
+        let kind = match kind_by_top_keys(&String::from_utf8_lossy(&head)) {
+            FileKind::Config => FileKind::Config,
+            _ => FileKind::Manifest,
+        };
+        return (kind, None);
     }
     let Ok(bytes) = std::fs::read(path) else {
         return (FileKind::Unknown, None);
@@ -498,23 +508,7 @@ fn kind_of(path: &Path) -> (FileKind, Option<String>) {
         }) if within == "images" => return (FileKind::Manifest, None),
         // Not YAML: its top-level keys, read line by line, still tell a config from a
         // manifest, so its problems are told as the file's kind (not both ways).
-        Err(_) => {
-            let top_key = |line: &str| {
-                line.split_once(':')
-                    .map(|(key, _)| key.trim_end().to_owned())
-                    .filter(|key| !key.is_empty() && !key.starts_with([' ', '\t', '#', '-']))
-            };
-            let keys: Vec<String> = text.lines().filter_map(top_key).collect();
-            let has = |key: &str| keys.iter().any(|k| k == key);
-            let kind = if has("images") {
-                FileKind::Manifest
-            } else if config::TOP_KEYS.iter().any(|key| has(key)) {
-                FileKind::Config
-            } else {
-                FileKind::Unknown
-            };
-            return (kind, None);
-        }
+        Err(_) => return (kind_by_top_keys(&text), None),
     };
     let serde_json::Value::Object(map) = &doc.root else {
         return (FileKind::Unknown, None);
@@ -529,6 +523,28 @@ fn kind_of(path: &Path) -> (FileKind, Option<String>) {
         (FileKind::Config, None)
     } else {
         (FileKind::Manifest, profile)
+    }
+}
+
+/// How much of a file too large to parse `kind_of` reads to see its top-level keys.
+const KIND_HEAD_BYTES: u64 = 64 * 1024;
+
+/// A file's kind from its top-level keys, read line by line (for text that is not YAML, or
+/// too large to parse): `images` makes it a manifest, a config key a config.
+fn kind_by_top_keys(text: &str) -> FileKind {
+    let top_key = |line: &str| {
+        line.split_once(':')
+            .map(|(key, _)| key.trim_end().trim_start_matches('\u{feff}').to_owned())
+            .filter(|key| !key.is_empty() && !key.starts_with([' ', '\t', '#', '-']))
+    };
+    let keys: Vec<String> = text.lines().filter_map(top_key).collect();
+    let has = |key: &str| keys.iter().any(|k| k == key);
+    if has("images") {
+        FileKind::Manifest
+    } else if config::TOP_KEYS.iter().any(|key| has(key)) {
+        FileKind::Config
+    } else {
+        FileKind::Unknown
     }
 }
 

@@ -123,6 +123,9 @@ pub struct StorageEntry {
     pub credentials_file: Option<PathBuf>,
     /// Storage outputs are also downloaded into the outbox, as local outputs are.
     pub output_local_copy: bool,
+    /// This storage is `api.staging`: its `staging/` folder holds the daemon's staged inputs
+    /// (deleted once their jobs end), so manifests may neither read from nor write into it.
+    pub staging: bool,
 }
 
 impl StorageEntry {

@@ -151,9 +151,12 @@ impl Checker {
             ),
         };
         let shutdown_grace = self.duration(root, "shutdown_grace", DEFAULT_SHUTDOWN_GRACE, true);
-        let storages = self.storages(root, &base_dir);
+        let mut storages = self.storages(root, &base_dir);
         if let Some(api) = &mut api {
             api.staging = self.staging(root, &storages);
+            if let Some(entry) = api.staging.as_ref().and_then(|name| storages.get_mut(name)) {
+                entry.staging = true;
+            }
         }
         let profiles = self.profiles(root, &storages);
         let webhook = self.webhook(root, &base_dir);
@@ -389,6 +392,7 @@ impl Checker {
                         region,
                         credentials_file,
                         output_local_copy,
+                        staging: false,
                     },
                 );
             }

@@ -93,7 +93,18 @@ fn check_storage_key(
     let (name, key) = crate::storages::split_uri(url).unwrap_or((&url["storage://".len()..], ""));
     let prefix = super::validate::storage_prefix(ctx.storages, name).unwrap_or("");
     match crate::objects::check_key_under(prefix, key) {
-        Ok(()) => Some(()),
+        Ok(()) => match super::validate::in_staging_area(ctx.storages, url) {
+            None => Some(()),
+            Some(staging) => {
+                problems.add(
+                    path,
+                    format!(
+                        "`{url}` is in the `staging/` folder of the storage `{staging}`, where the daemon stages local inputs (api.staging) and deletes them once their jobs end; name the original object, or copy it out of `staging/` first"
+                    ),
+                );
+                None
+            }
+        },
         Err(err) => {
             problems.add(
                 path,

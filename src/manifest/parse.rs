@@ -89,6 +89,11 @@ pub fn problem(err: ParseError, syntax: Syntax, text: &str) -> Problem {
                 ("", _) => format!(
                     "the document has more than {max} entries at its top{at}; a manifest has only `profile`, `operations`, `output` and `images`"
                 ),
+                // Inside one image (its `operations`, `output` or input list), not the list of
+                // images: told as such, so the fix is not looked for in `limits.max_images`.
+                ("images", false) => format!(
+                    "images: a list or mapping inside an image (its `operations` or `output`) has more than {max} entries{at}; no image needs that many: check the image around that line"
+                ),
                 (key, _) => format!(
                     "{key}: a list or mapping here has more than {max} entries{at}; only `images` may be that long: check what is under `{key}`"
                 ),
@@ -141,5 +146,26 @@ pub fn utf8_text<'b>(bytes: &'b [u8], what: &str, formats: &str) -> Result<&'b s
                 ),
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_list_inside_an_image_is_told_apart_from_too_many_images() {
+        let limits = Limits::default();
+        let items = vec!["1"; MAX_OTHER_ENTRIES + 1].join(", ");
+        let text =
+            format!("images:\n  - input: a.jpg\n    operations:\n      adjustments: [{items}]\n");
+        let problem = parse_manifest(text.as_bytes(), Syntax::Yaml, &limits).unwrap_err();
+        assert!(
+            problem.message.contains("inside an image")
+                && !problem.message.contains("limits.max_images"),
+            "{}",
+            problem.message
+        );
+        assert_eq!(problem.line, Some(4), "{}", problem.message);
     }
 }

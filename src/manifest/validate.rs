@@ -395,6 +395,15 @@ pub fn validate(
                 );
                 continue;
             }
+            if let Some(staging) = in_staging_area(ctx.storages, &object) {
+                problems.add(
+                    &output_at,
+                    format!(
+                        "the object `{object}` is in the `staging/` folder of the storage `{staging}`, where the daemon stages local inputs (api.staging) and deletes them once their jobs end; give `output.destination` another folder (e.g. `storage://{staging}/edited/`)"
+                    ),
+                );
+                continue;
+            }
             if object.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 // Claid refuses such an `output.destination` (it holds the mirrored folders
                 // and, for an image sent alone, the file name): refused here, before any spend.
@@ -705,18 +714,44 @@ pub fn unknown_key_message(key: &str, known: &[&str]) -> String {
 /// connector name) resolved to `s3://bucket/prefix`, their keys under it. Two storages may
 /// point into one bucket, one prefix inside the other.
 fn same_object(storages: &BTreeMap<String, StorageEntry>, a: &str, b: &str) -> bool {
-    let place = |uri: &str| {
-        let (name, key) = crate::storages::split_uri(uri)?;
-        let entry = storage_entry(storages, name)?;
-        // The same bucket name on two servers is two buckets.
-        Some(format!(
-            "{} {}/{}",
-            entry.endpoint.as_deref().unwrap_or(""),
-            entry.url().trim_end_matches('/'),
-            key.trim_start_matches('/')
-        ))
-    };
+    let place = |uri| object_place(storages, uri);
     matches!((place(a), place(b)), (Some(a), Some(b)) if a == b)
+}
+
+/// Where a `storage://NAME/key` URI points: `ENDPOINT s3://bucket/prefix/key` (the same bucket
+/// name on two servers is two buckets); `None` for a storage that is not configured.
+fn object_place(storages: &BTreeMap<String, StorageEntry>, uri: &str) -> Option<String> {
+    let (name, key) = crate::storages::split_uri(uri)?;
+    let entry = storage_entry(storages, name)?;
+    Some(format!(
+        "{}/{}",
+        folder_place(entry),
+        key.trim_start_matches('/')
+    ))
+}
+
+/// `ENDPOINT s3://bucket/prefix`: a storage's folder, as [`object_place`] spells places.
+fn folder_place(entry: &StorageEntry) -> String {
+    format!(
+        "{} {}",
+        entry.endpoint.as_deref().unwrap_or(""),
+        entry.url().trim_end_matches('/')
+    )
+}
+
+/// The staging storage (`api.staging`) whose `staging/` folder `uri` is in, reached through
+/// any storage on the same bucket: the daemon's staged inputs live there and are deleted once
+/// their jobs end, so no manifest reads from it or writes into it.
+pub fn in_staging_area<'a>(
+    storages: &'a BTreeMap<String, StorageEntry>,
+    uri: &str,
+) -> Option<&'a str> {
+    let place = object_place(storages, uri)?;
+    storages
+        .iter()
+        .filter(|(_, entry)| entry.staging)
+        .find(|(_, entry)| place.starts_with(&format!("{}/staging/", folder_place(entry))))
+        .map(|(name, _)| name.as_str())
 }
 
 /// The configured storage called `name` here or on Claid's side (its connector's name).

@@ -1775,6 +1775,21 @@ async fn validate_refuses_a_file_for_the_state_folder_and_reads_broken_configs_a
     let (code, out, err) = cli(&["validate", broken.to_str().unwrap()]).await;
     assert_eq!(code, 65, "{out}{err}");
     assert!(!out.contains("As a manifest"), "{out}");
+
+    // A config padded past a manifest's size limit (sparse: no disk used) is still a config,
+    // refused for the config's own limit, not "over limits.max_manifest_bytes".
+    let padded = env.dir.path().join("padded.yaml");
+    std::fs::write(&padded, &text).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&padded)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    let (code, out, err) = cli(&["validate", padded.to_str().unwrap()]).await;
+    assert_eq!(code, 65, "{out}{err}");
+    assert!(out.contains("larger than 1024 KiB"), "{out}{err}");
+    assert!(!out.contains("max_manifest_bytes"), "{out}{err}");
 }
 
 /// An API that answers every call with a redirect (the API moved) is named as such, with where

@@ -836,6 +836,7 @@ fn issue15_storage_keys_s3_would_refuse_are_refused_at_validation() {
             region: "us-east-1".to_owned(),
             credentials_file: None,
             output_local_copy: false,
+            staging: false,
         },
     );
     let load = |rel: &str, text: &str| load_with_storages(&env, &storages, rel, text);
@@ -913,6 +914,7 @@ fn issue15_an_output_over_its_own_input_through_another_storage_is_refused() {
         region: "us-east-1".to_owned(),
         credentials_file: None,
         output_local_copy: false,
+        staging: false,
     };
     let mut storages = BTreeMap::new();
     storages.insert("catalog".to_owned(), entry("catalog-s3", "images"));
@@ -932,6 +934,62 @@ fn issue15_an_output_over_its_own_input_through_another_storage_is_refused() {
     // Another object of the same bucket is fine.
     let text = "output: { format: png, destination: storage://catalog/out/ }\nimages:\n  - input: storage://deep/m/y/x.png\n";
     load("m.yaml", text).expect("another object");
+}
+
+/// The staging storage's `staging/` folder (`api.staging`) holds the daemon's staged inputs,
+/// which it deletes once their jobs end: a manifest may neither write its outputs there
+/// (reached directly, or through another storage on the same bucket) nor read inputs from
+/// there. Other folders of that storage, and `staging/` of a storage that does not stage,
+/// are ordinary.
+#[test]
+fn issue15_the_staging_folder_is_neither_a_destination_nor_an_input() {
+    let env = env();
+    let entry = |claid: &str, prefix: &str, staging: bool| claid_hotfolder::config::StorageEntry {
+        claid_name: claid.to_owned(),
+        provider: claid_hotfolder::objects::Provider::S3,
+        bucket: "cat".to_owned(),
+        prefix: prefix.to_owned(),
+        endpoint: None,
+        region: "us-east-1".to_owned(),
+        credentials_file: None,
+        output_local_copy: false,
+        staging,
+    };
+    let mut storages = BTreeMap::new();
+    storages.insert("stage".to_owned(), entry("stage-s3", "work", true));
+    storages.insert("whole".to_owned(), entry("whole-s3", "", false));
+    storages.insert("other".to_owned(), entry("other-s3", "other", false));
+    let load = |rel: &str, text: &str| load_with_storages(&env, &storages, rel, text);
+    for destination in [
+        "storage://stage/staging/",
+        "storage://stage-s3/staging/out/",
+        "storage://whole/work/staging/",
+    ] {
+        let text = format!(
+            "output: {{ format: png, destination: {destination} }}\nimages:\n  - input: https://example.com/x.png\n"
+        );
+        let err = load("m.yaml", &text).expect_err("refused");
+        assert!(
+            err.error_txt()
+                .contains("`staging/` folder of the storage `stage`"),
+            "{destination}: {}",
+            err.error_txt()
+        );
+    }
+    let text = "images:\n  - input: storage://stage/staging/abc/x.png\n";
+    let err = load("m.yaml", text).expect_err("refused");
+    assert!(
+        err.error_txt()
+            .contains("`staging/` folder of the storage `stage`"),
+        "{}",
+        err.error_txt()
+    );
+    for text in [
+        "output: { format: png, destination: storage://stage/edited/ }\nimages:\n  - input: storage://stage/raw/x.png\n",
+        "output: { format: png, destination: storage://other/staging/ }\nimages:\n  - input: storage://other/staging/in/x.png\n",
+    ] {
+        load("m.yaml", text).expect("an ordinary folder");
+    }
 }
 
 /// A report that could not be written (its path is a folder in the outbox, or a symbolic
