@@ -462,6 +462,8 @@ impl Runner {
         let mut recorded_task = false;
         // Writes of this job's output that failed with an error that may heal.
         let mut write_failures = Writes::default();
+        // Whether the task was polled again for a fresh result URL (once per run).
+        let mut asked_fresh_url = false;
         loop {
             let job = match self.deps.store.job(id).await {
                 Ok(Some(job)) => job,
@@ -511,7 +513,13 @@ impl Runner {
                         self.verify_object(id, &job, result, copy_of, &mut write_failures)
                             .await
                     } else {
-                        self.download(id, &job, result, &mut write_failures).await
+                        let fresh_url = if asked_fresh_url {
+                            None
+                        } else {
+                            Some(&mut asked_fresh_url)
+                        };
+                        self.download(id, &job, result, &mut write_failures, fresh_url)
+                            .await
                     }
                 }
                 JobState::Submitting { .. }
@@ -1212,6 +1220,7 @@ impl Runner {
         job: &JobV1,
         (url, width, height, task_id): (String, u32, u32, Option<u64>),
         write_failures: &mut Writes,
+        fresh_url: Option<&mut bool>,
     ) -> Step {
         let deps = &*self.deps;
         let permit = tokio::select! {
@@ -1279,6 +1288,33 @@ impl Runner {
                             after
                         }
                         Decision::Fail(_) | Decision::Pause => {
+                            // A result URL refused through the download's asks may be one
+                            // Claid has replaced (re-signed, moved): the task is polled once
+                            // more (no bill) and a different URL is downloaded from the start.
+                            if matches!(err, ClaidError::ResultGone { .. })
+                                && let (Some(asked), Some(task_id)) = (fresh_url, task_id)
+                            {
+                                *asked = true;
+                                if let Some((fresh, w, h)) =
+                                    self.fresh_result_url(id, job, task_id, &url).await
+                                {
+                                    info!(
+                                        task_id,
+                                        "The result URL was refused; the task gives a new one, which is downloaded"
+                                    );
+                                    return match deps
+                                        .store
+                                        .mark_downloading(id, Some(task_id), &fresh, w, h)
+                                        .await
+                                    {
+                                        Ok(_) => Step::Continue,
+                                        Err(err) => {
+                                            error!(error = %err, "Cannot record the result's new URL; it is downloaded at the next start");
+                                            Step::End(JobOutcome::Parked)
+                                        }
+                                    };
+                                }
+                            }
                             return self.fail(id, err.code(), &err.to_string()).await;
                         }
                     }
@@ -1297,6 +1333,46 @@ impl Runner {
             permit,
         )
         .await
+    }
+
+    /// The task's (or batch's) result for this job as Claid gives it now, polled once: its
+    /// URL and size when DONE with a `tmp_url` other than `refused`; else `None` (the same URL,
+    /// no result, or a poll that failed: the job fails as it would have).
+    async fn fresh_result_url(
+        &self,
+        id: JobId,
+        job: &JobV1,
+        task_id: u64,
+        refused: &str,
+    ) -> Option<(String, u32, u32)> {
+        // A local file's result came from the synchronous upload: it has no task to poll.
+        if job.local && job.staged.is_none() {
+            return None;
+        }
+        let client = &self.deps.client;
+        let output = if job.batch.is_some() {
+            let polled = client.poll_batch_once("", task_id).await.ok()?;
+            if polled.batch.status != TaskStatus::Done {
+                return None;
+            }
+            let member = super::batch::Member {
+                manifest: job.manifest,
+                id,
+                job: job.clone(),
+            };
+            let matched = super::batch::match_results(&polled.batch, std::slice::from_ref(&member));
+            matched.done.into_iter().next()?.1
+        } else {
+            let polled = client.poll_once("", task_id).await.ok()?;
+            if polled.task.status != TaskStatus::Done {
+                return None;
+            }
+            polled.task.result.output_object?
+        };
+        let fresh = output
+            .tmp_url
+            .filter(|url| url != refused && !url.is_empty())?;
+        Some((fresh, output.width, output.height))
     }
 
     /// Writes a result's bytes atomically into the outbox and marks the job done: one unit

@@ -1132,3 +1132,147 @@ async fn a_refusing_proxy_is_named_not_only_the_api_behind_it() {
     );
     assert_eq!(env.stats().submits, 0);
 }
+
+/// A result URL that Claid's storage refuses (403) through the download's asks, when the task
+/// polled again gives another URL for the same result (re-signed, moved): the task is polled
+/// once more (no bill) and the new URL downloaded, for a single task (an upload) and for the
+/// jobs of a batch (URLs). It failed as `result-expired`: a billed result lost for a URL.
+/// A proxy in front of the emulator replaces every `tmp_url` of each task's first DONE answer
+/// with one of its own that answers 403; later answers pass unchanged.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_result_url_is_replaced_by_polling_the_task_once_more() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    let env = TestEnv::new(Scenario::default()).await;
+    let origin = env.emulator.base_url().trim_end_matches("/v1").to_owned();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let proxy = format!("http://{}", listener.local_addr().expect("addr"));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let done_seen: Arc<Mutex<std::collections::HashSet<String>>> = Arc::default();
+    {
+        let (origin, proxy, refused) = (origin.clone(), proxy.clone(), refused.clone());
+        let http = reqwest::Client::new();
+        let forward = move |request: axum::extract::Request| {
+            let (origin, proxy, refused) = (origin.clone(), proxy.clone(), refused.clone());
+            let (http, done_seen) = (http.clone(), done_seen.clone());
+            async move {
+                let (parts, body) = request.into_parts();
+                let path = parts
+                    .uri
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .to_owned();
+                if path.starts_with("/gone") {
+                    refused.fetch_add(1, Ordering::SeqCst);
+                    return axum::response::Response::builder()
+                        .status(axum::http::StatusCode::FORBIDDEN)
+                        .body(axum::body::Body::empty())
+                        .expect("response");
+                }
+                let body = axum::body::to_bytes(body, 64 << 20)
+                    .await
+                    .unwrap_or_default();
+                let mut headers = parts.headers.clone();
+                headers.remove(axum::http::header::HOST);
+                let answer = http
+                    .request(parts.method.clone(), format!("{origin}{path}"))
+                    .headers(headers)
+                    .body(body)
+                    .send()
+                    .await
+                    .expect("the emulator answers");
+                let status = answer.status();
+                let answer_headers = answer.headers().clone();
+                let mut bytes = answer.bytes().await.unwrap_or_default().to_vec();
+                if parts.method == axum::http::Method::GET
+                    && path.contains("/image/edit/")
+                    && let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(&bytes)
+                    && value.to_string().contains("\"DONE\"")
+                    && done_seen.lock().expect("seen").insert(path.clone())
+                {
+                    fn replace(value: &mut serde_json::Value, proxy: &str, n: &mut usize) {
+                        match value {
+                            serde_json::Value::Object(map) => {
+                                for (key, value) in map.iter_mut() {
+                                    if key == "tmp_url" && value.is_string() {
+                                        *n += 1;
+                                        *value = format!("{proxy}/gone/{n}").into();
+                                    } else {
+                                        replace(value, proxy, n);
+                                    }
+                                }
+                            }
+                            serde_json::Value::Array(items) => {
+                                items.iter_mut().for_each(|v| replace(v, proxy, n));
+                            }
+                            _ => {}
+                        }
+                    }
+                    let mut n = 0;
+                    replace(&mut value, &proxy, &mut n);
+                    bytes = serde_json::to_vec(&value).expect("json");
+                }
+                let mut response = axum::response::Response::builder().status(status);
+                for (name, value) in &answer_headers {
+                    if name != axum::http::header::CONTENT_LENGTH {
+                        response = response.header(name, value);
+                    }
+                }
+                response
+                    .body(axum::body::Body::from(bytes))
+                    .expect("response")
+            }
+        };
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, axum::Router::new().fallback(forward)).await;
+        });
+    }
+    // Alone (`batch: { max_images: 1 }`: async tasks), then in batches.
+    for (stem, api_extra, names) in [
+        (
+            "single",
+            "batch: { max_images: 1 }",
+            &["a-64x48", "b-64x48"][..],
+        ),
+        ("batched", "", &["c-64x48", "d-64x48", "e-64x48"][..]),
+    ] {
+        let config = env.config(api_extra, "");
+        let text = std::fs::read_to_string(&config)
+            .expect("config")
+            .replace(&env.emulator.base_url(), &format!("{proxy}/v1"));
+        std::fs::write(&config, text).expect("config");
+        let images: String = names
+            .iter()
+            .map(|name| format!("  - storage://demo/{name}.png\n"))
+            .collect();
+        env.drop_file(
+            &format!("{stem}.yaml"),
+            format!(
+                "operations: {{ resizing: {{ width: 32, height: 24, fit: crop }} }}\nimages:\n{images}"
+            )
+            .as_bytes(),
+        );
+        let refused_before = refused.load(Ordering::SeqCst);
+        let (code, stderr) = env.run_once(&config).await;
+        assert_eq!(code, 0, "{stderr}");
+        let report = env.report(stem);
+        let rows = report["jobs"].as_array().expect("rows");
+        assert_eq!(rows.len(), names.len(), "{report}");
+        for row in rows {
+            assert_eq!(row["status"], "done", "{row}\n{stderr}");
+        }
+        for name in names {
+            let out = env.outbox.join(format!("{stem}/{name}.jpg"));
+            assert_eq!(dimensions(&out), OUT, "{}", out.display());
+        }
+        assert!(
+            refused.load(Ordering::SeqCst) >= refused_before + names.len(),
+            "every first result URL was refused"
+        );
+        assert!(stderr.contains("the task gives a new one"), "{stderr}");
+    }
+    let stats = env.emulator.stats();
+    assert_eq!(stats.duplicate_submits, 0, "nothing was billed again");
+}
