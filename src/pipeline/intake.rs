@@ -40,6 +40,11 @@ const WORKERS: usize = 2;
 /// validating large ones (two 85,000-image manifests held a one-image drop for 13 s).
 const SMALL_FILE_BYTES: u64 = 256 * 1024;
 
+/// Candidates taken off the watcher's channel and not yet done (each waits for its worker in
+/// a task of its own): past this many, intake takes no more until one is done, so the
+/// watcher's channel (and the scan behind it) waits instead of a task per file piling up.
+const MAX_WAITING: usize = 1024;
+
 /// Intake's parts.
 pub struct Intake {
     pub store: Store,
@@ -74,6 +79,7 @@ impl Intake {
         let this = Arc::new(self);
         let workers = Arc::new(Semaphore::new(WORKERS));
         let small_lane = Arc::new(Semaphore::new(1));
+        let waiting = Arc::new(Semaphore::new(MAX_WAITING));
         // Paths being taken, with the newest candidate that arrived meanwhile.
         let busy: Arc<Mutex<HashMap<PathBuf, Option<Candidate>>>> = Arc::default();
         loop {
@@ -101,6 +107,13 @@ impl Intake {
             // in the workers' (first come, first served) line is taken here, in the order the
             // candidates came.
             let small = candidate.fingerprint.size <= SMALL_FILE_BYTES;
+            let in_line = tokio::select! {
+                permit = waiting.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                },
+                _ = cancel.cancelled() => return,
+            };
             let mut worker = Box::pin(workers.clone().acquire_owned());
             let ready = std::future::poll_fn(|cx| {
                 std::task::Poll::Ready(std::future::Future::poll(worker.as_mut(), cx))
@@ -140,6 +153,7 @@ impl Intake {
                     }
                 }
                 drop(permit);
+                drop(in_line);
             });
         }
     }
