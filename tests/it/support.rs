@@ -977,17 +977,34 @@ pub async fn wait_for<T>(
 
 /// A stand-in for Google Cloud Storage's XML API in front of moto, whose S3 API it is: each
 /// request is passed on as it came but for its `Authorization` (a GCS client sends a bearer
-/// token; moto wants a signature's shape). Returns `http://127.0.0.1:PORT`; serves until the
-/// test's runtime ends.
-pub async fn gcs_xml_api(s3: &S3Server) -> String {
+/// token; moto wants a signature's shape), which is kept in `authorizations`. Serves until
+/// the test's runtime ends.
+pub struct GcsXmlApi {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// The `Authorization` header of every request, in order.
+    pub authorizations: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+pub async fn gcs_xml_api(s3: &S3Server) -> GcsXmlApi {
     use axum::body::Body;
     use axum::extract::Request;
     let target = s3.endpoint.clone();
     let http = reqwest::Client::new();
+    let authorizations: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let seen = authorizations.clone();
     let forward = move |request: Request| {
-        let (target, http) = (target.clone(), http.clone());
+        let (target, http, seen) = (target.clone(), http.clone(), seen.clone());
         async move {
             let (parts, body) = request.into_parts();
+            seen.lock().expect("authorizations").push(
+                parts
+                    .headers
+                    .get(axum::http::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
             let body = axum::body::to_bytes(body, 64 * 1024 * 1024)
                 .await
                 .unwrap_or_default();
@@ -1025,7 +1042,10 @@ pub async fn gcs_xml_api(s3: &S3Server) -> String {
     tokio::spawn(async move {
         let _ = axum::serve(listener, axum::Router::new().fallback(forward)).await;
     });
-    format!("http://{addr}")
+    GcsXmlApi {
+        url: format!("http://{addr}"),
+        authorizations,
+    }
 }
 
 /// A tmpfs mounted over a folder while it lives (root only; `None` where mounts are not

@@ -2018,9 +2018,10 @@ async fn staged_inputs_with_a_storage_destination_go_in_batches() {
 /// A `gs://` storage (Google Cloud Storage): the daemon reaches the bucket through Google's
 /// API with a service account's JSON key, and the embedded emulator serves it as a `gcs`
 /// connector. The key's `gcs_base_url` points the client at a local stand-in for GCS's XML
-/// API (moto, whose S3 API it is, behind [`crate::support::gcs_xml_api`]) and
-/// `disable_oauth` spares it Google's token service; everything else is the path a real key
-/// takes.
+/// API (moto, whose S3 API it is, behind [`crate::support::gcs_xml_api`]); everything else
+/// is the path a real key takes: its RSA private key (a test key, `tests/fixtures/gcs/`)
+/// signs each request's bearer token, a JWT naming the service account (no token service is
+/// called: the client signs its own token).
 #[tokio::test]
 async fn a_gs_storage_is_read_and_written_through_a_service_account_key() {
     let Some(s3) = S3Server::start().await else {
@@ -2032,15 +2033,23 @@ async fn a_gs_storage_is_read_and_written_through_a_service_account_key() {
     let gcs = crate::support::gcs_xml_api(&s3).await;
     let env = TestEnv::new(quick()).await;
     let key = env.dir.path().join("sa-key.json");
+    let private_key = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gcs/test-service-account.pem"),
+    )
+    .expect("the test key");
+    let key_line = private_key
+        .lines()
+        .nth(1)
+        .expect("a line of the key")
+        .to_owned();
     std::fs::write(
         &key,
         serde_json::json!({
             "type": "service_account",
             "client_email": "hotfolder@project.iam.gserviceaccount.com",
             "private_key_id": "k1",
-            "private_key": "-----BEGIN PRIVATE KEY-----\nTOP-SECRET-KEY\n-----END PRIVATE KEY-----\n",
-            "gcs_base_url": gcs,
-            "disable_oauth": true,
+            "private_key": private_key,
+            "gcs_base_url": gcs.url,
         })
         .to_string(),
     )
@@ -2101,7 +2110,38 @@ async fn a_gs_storage_is_read_and_written_through_a_service_account_key() {
         row["object"], "storage://catalog-gcs/out/shoes/sku-0.jpg",
         "{row}"
     );
-    assert!(!stderr.contains("TOP-SECRET"), "{stderr}");
+    assert!(!stderr.contains(&key_line), "{stderr}");
+    // Every request to the bucket carried a JWT the key signed, for the service account.
+    let authorizations = gcs.authorizations.lock().expect("authorizations").clone();
+    assert!(!authorizations.is_empty());
+    for authorization in &authorizations {
+        let jwt = authorization
+            .strip_prefix("Bearer ")
+            .unwrap_or_else(|| panic!("not a bearer token: {authorization}"));
+        let parts: Vec<&str> = jwt.split('.').collect();
+        assert_eq!(parts.len(), 3, "{jwt}");
+        let decode = |part: &str| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(part)
+                .expect("base64url")
+        };
+        let header: serde_json::Value = serde_json::from_slice(&decode(parts[0])).expect("json");
+        let claims: serde_json::Value = serde_json::from_slice(&decode(parts[1])).expect("json");
+        assert_eq!(header["alg"], "RS256", "{header}");
+        assert_eq!(header["kid"], "k1", "{header}");
+        assert_eq!(
+            claims["iss"], "hotfolder@project.iam.gserviceaccount.com",
+            "{claims}"
+        );
+        assert!(
+            claims["scope"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("https://www.googleapis.com/auth/")),
+            "{claims}"
+        );
+        assert_eq!(decode(parts[2]).len(), 256, "a 2048-bit RSA signature");
+    }
 
     // A key file that is not a service account's key is told, never quoted.
     std::fs::write(
