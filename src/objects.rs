@@ -627,6 +627,19 @@ impl ObjectStorage {
             .map_err(|err| self.failed(op, key, err))
     }
 
+    /// The bytes of `key` in `range` (a range past the object's end is cut at its end).
+    pub async fn get_range(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<Bytes, ObjectError> {
+        let path = self.path(key)?;
+        self.store
+            .get_range(&path, range)
+            .await
+            .map_err(|err| self.failed("read", key, err))
+    }
+
     /// Writes `bytes` to `key` in one request: the object appears whole or not at all.
     pub async fn put(&self, key: &str, bytes: Bytes) -> Result<ObjectInfo, ObjectError> {
         let path = self.path(key)?;

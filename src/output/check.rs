@@ -118,6 +118,31 @@ pub fn cut_short(bytes: &[u8]) -> Option<&'static str> {
     None
 }
 
+/// How many last bytes of an object [`ends_cut_short`] needs: an end marker may be followed
+/// by [`TRAILER_SLACK`] bytes.
+pub const TAIL_BYTES: u64 = TRAILER_SLACK as u64 + 16;
+
+/// [`cut_short`] for an object read only at its ends: `head` its first bytes (16 at least),
+/// `tail` its last [`TAIL_BYTES`] (or all of it), `size` its length. A WebP's RIFF length is
+/// checked against `size`; AVIF/HEIF, whose boxes need the whole file, are not checked.
+pub fn ends_cut_short(head: &[u8], tail: &[u8], size: u64) -> Option<&'static str> {
+    if head.starts_with(b"RIFF") && head.get(8..12) == Some(b"WEBP") {
+        let declared = head
+            .get(4..8)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
+            .map_or(u64::MAX, u64::from);
+        return (size < declared.saturating_add(8))
+            .then_some("the WebP file is shorter than its RIFF header says");
+    }
+    if head.get(4..8) == Some(b"ftyp") {
+        return None;
+    }
+    let mut ends = head[..head.len().min(16)].to_vec();
+    ends.extend_from_slice(tail);
+    cut_short(&ends)
+}
+
 /// Reads the dimensions from an encoded image's header without decoding it.
 fn image_dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
     image::ImageReader::new(std::io::Cursor::new(bytes))
@@ -269,6 +294,43 @@ fn heif_dimensions(bytes: &[u8], expected: (u32, u32)) -> Option<(u32, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An object read at its ends (first 16 KiB, last [`TAIL_BYTES`]) of an image far larger:
+    /// whole, it passes; cut anywhere past its head, its end is missing (a WebP's length says
+    /// more than the object holds).
+    #[test]
+    fn an_object_read_at_its_ends_is_told_whole_or_cut_short() {
+        let (w, h) = (640u32, 480u32);
+        let noise = image::RgbImage::from_fn(w, h, |x, y| {
+            let v = x
+                .wrapping_mul(2_654_435_761)
+                .wrapping_add(y.wrapping_mul(40_503));
+            image::Rgb([(v >> 3) as u8, (v >> 11) as u8, (v >> 19) as u8])
+        });
+        for format in [
+            image::ImageFormat::Png,
+            image::ImageFormat::Jpeg,
+            image::ImageFormat::WebP,
+        ] {
+            let mut bytes = Vec::new();
+            noise
+                .write_to(&mut std::io::Cursor::new(&mut bytes), format)
+                .expect("encode");
+            assert!(bytes.len() > 40_000, "{format:?}: {} bytes", bytes.len());
+            let ends = |bytes: &[u8]| {
+                let tail_from = bytes.len() - TAIL_BYTES as usize;
+                ends_cut_short(&bytes[..16 * 1024], &bytes[tail_from..], bytes.len() as u64)
+            };
+            assert_eq!(ends(&bytes), None, "{format:?}");
+            assert_eq!(
+                dimensions(&bytes[..16 * 1024], (w, h)),
+                Some((w, h)),
+                "{format:?}"
+            );
+            let half = &bytes[..bytes.len() / 2];
+            assert!(ends(half).is_some(), "{format:?}: half the object");
+        }
+    }
 
     /// Formats are told by their magic numbers, and an output's extension names its format:
     /// a download of another format than the output's is refused (a JPEG written as

@@ -1668,6 +1668,40 @@ impl Runner {
                 .write_and_finish(id, job, bytes, dims, write_failures, permit)
                 .await;
         }
+        // Read at its two ends, not downloaded (a few KiB, whatever the image's size): the
+        // image Claid described (its format, and its size from the header) and whole (its end
+        // marker; a WebP's length against the object's). A store that kept part of the object
+        // was recorded done ("not empty" was all a HEAD could tell).
+        let wanted = wanted_format(job);
+        let mut reads = 0u32;
+        loop {
+            let ends = self
+                .through_bucket_outage(storage, || object_ends(&storage.objects, key, info.size))
+                .await;
+            let (head, tail) = match ends {
+                Ok(ends) => ends,
+                Err(None) => return Step::End(JobOutcome::Parked),
+                Err(Some(err)) => {
+                    return self.fail(id, object_failure(&err), &err.to_string()).await;
+                }
+            };
+            let Some(message) = object_mismatch(&head, &tail, info.size, (width, height), wanted)
+            else {
+                break;
+            };
+            reads += 1;
+            if reads >= MAX_MISMATCHED_DOWNLOADS {
+                let message = format!("{message} ({})", storage.objects.uri(key));
+                return self.fail(id, FailureCode::ResultMismatch, &message).await;
+            }
+            warn!(message = %message, object = %storage.objects.uri(key), "The output object does not match the result; reading it again");
+            if !self
+                .wait(jitter(reads, deps.retry.base, deps.retry.cap))
+                .await
+            {
+                return Step::End(JobOutcome::Parked);
+            }
+        }
         let done = DoneInfo {
             path: storage.objects.uri(key),
             bytes: info.size,
@@ -1932,6 +1966,61 @@ fn result_mismatch(
             wanted.unwrap_or("another format")
         )),
         _ => Some(format!("{what} bytes are not a decodable image")),
+    }
+}
+
+/// How many first bytes of an output object are read to check it ([`object_mismatch`]).
+const OBJECT_HEAD_BYTES: u64 = 16 * 1024;
+
+/// An output object's first [`OBJECT_HEAD_BYTES`] and last [`output::check::TAIL_BYTES`]
+/// (the whole object, once, when it is no larger than the two).
+async fn object_ends(
+    objects: &crate::objects::ObjectStorage,
+    key: &str,
+    size: u64,
+) -> Result<(bytes::Bytes, bytes::Bytes), crate::objects::ObjectError> {
+    if size <= OBJECT_HEAD_BYTES + output::check::TAIL_BYTES {
+        let whole = objects.get_range(key, 0..size).await?;
+        return Ok((whole.clone(), whole));
+    }
+    let head = objects.get_range(key, 0..OBJECT_HEAD_BYTES).await?;
+    let tail = objects
+        .get_range(key, size - output::check::TAIL_BYTES..size)
+        .await?;
+    Ok((head, tail))
+}
+
+/// [`result_mismatch`] for an object read at its ends ([`object_ends`]): its format, its
+/// dimensions when its header is within `head` (and Claid gave them), and whether it ends
+/// as its format does. A whole object is checked as a download is.
+fn object_mismatch(
+    head: &[u8],
+    tail: &[u8],
+    size: u64,
+    (width, height): (u32, u32),
+    wanted: Option<&str>,
+) -> Option<String> {
+    let what = "the output object's";
+    if head.len() as u64 == size && width > 0 && height > 0 {
+        return result_mismatch(head, (width, height), wanted, what);
+    }
+    if let Some(why) = output::check::ends_cut_short(head, tail, size) {
+        return Some(format!("{what} image is cut short: {why}"));
+    }
+    let found = output::check::format_of(head);
+    if let (Some(want), Some(got)) = (wanted, found)
+        && want != got
+    {
+        return Some(format!("{what} image is {got}, the output is {want}"));
+    }
+    if found.is_none() {
+        return Some(format!("{what} bytes are not an image"));
+    }
+    match output::check::dimensions(head, (width, height)) {
+        Some((w, h)) if width > 0 && height > 0 && (w, h) != (width, height) => Some(format!(
+            "{what} image is {w}x{h}, the result says {width}x{height}"
+        )),
+        _ => None,
     }
 }
 

@@ -730,6 +730,41 @@ async fn a_local_copy_of_a_broken_object_fails_as_a_mismatch_not_done() {
     s3.stop().await;
 }
 
+/// Without `output_local_copy`, the object Claid wrote is still read at its two ends (a few
+/// KiB, not downloaded): one the bucket kept only half of fails as `result-mismatch`, not
+/// recorded done ("not empty" was all a HEAD could tell); a whole one is done.
+#[tokio::test]
+async fn a_broken_output_object_fails_as_a_mismatch_without_a_local_copy() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    for (short, input) in [(true, "sku-0"), (false, "sku-1")] {
+        let (env, config) = storage_env(&s3, quick().short_objects(short), "", 2).await;
+        env.drop_file(
+            "shoes.yaml",
+            format!(
+                "output: {{ format: png, destination: storage://catalog/out/ }}\nimages:\n  - storage://catalog/in/{input}.png\n"
+            )
+            .as_bytes(),
+        );
+        let (code, stderr) = env.run_once(&config).await;
+        let report = env.report("shoes");
+        let row = &report["jobs"][0];
+        if short {
+            assert_eq!(code, 2, "{stderr}");
+            let reason = row["reason"].as_str().unwrap_or_default();
+            assert!(
+                reason.starts_with("result-mismatch") && reason.contains("cut short"),
+                "{report:#}"
+            );
+        } else {
+            assert_eq!(code, 0, "{stderr}");
+            assert_eq!(row["status"], "done", "{row}");
+        }
+    }
+    s3.stop().await;
+}
+
 /// A later run whose local copy is gone and whose object was replaced in the bucket since
 /// (another tool wrote over it) does not take that object for the image's result (it was
 /// copied into the outbox as if Claid had made it): the image is made again.
