@@ -175,6 +175,10 @@ pub fn validate(
     let mut outputs = Outputs::with_capacity(images.len());
     // Object keys of storage outputs: two images may not write the same object either.
     let mut objects: HashMap<String, usize> = HashMap::new();
+    // Where `storage://` inputs and storage outputs point (`object_place`): no image's output
+    // may be another image's input (Claid would write an edit over an original it reads).
+    let mut input_places: HashMap<String, usize> = HashMap::new();
+    let mut output_places: HashMap<String, usize> = HashMap::new();
     let mut local = LocalFiles::default();
     for (idx, item) in images.into_iter().enumerate() {
         let image = item.to_value();
@@ -361,6 +365,25 @@ pub fn validate(
             problems.add(&output_at, why);
             continue;
         }
+        let input_place = match &input {
+            super::Input::Remote(url) if url.starts_with("storage://") => {
+                Some(object_place(ctx.storages, url).unwrap_or_else(|| url.clone()))
+            }
+            _ => None,
+        };
+        if let Some(first) = input_place
+            .as_ref()
+            .and_then(|place| output_places.get(place))
+        {
+            problems.add(
+                &input_path,
+                format!(
+                    "this input is the object images[{first}] writes its output to: Claid would write that edit over the original this image reads; give images[{first}] another `output` or `output.destination`"
+                ),
+            );
+            continue;
+        }
+        let mut output_place = None;
         if let Some(object) = crate::storages::destination_of(&body, &output_rel.to_string_lossy())
         {
             if let Some(first) = objects.get(&object) {
@@ -395,6 +418,17 @@ pub fn validate(
                 );
                 continue;
             }
+            let place = object_place(ctx.storages, &object).unwrap_or_else(|| object.clone());
+            if let Some(first) = input_places.get(&place) {
+                problems.add(
+                    &output_at,
+                    format!(
+                        "the object `{object}` is images[{first}]'s input: Claid would write this edit over that original; give `output.destination` another folder (e.g. `storage://NAME/edited/`) or this image another `output`"
+                    ),
+                );
+                continue;
+            }
+            output_place = Some(place);
             if let Some(staging) = in_staging_area(ctx.storages, &object) {
                 problems.add(
                     &output_at,
@@ -423,6 +457,12 @@ pub fn validate(
             canonical.as_deref().unwrap_or(&shared_canonical),
             &output_rel,
         );
+        if let Some(place) = input_place {
+            input_places.entry(place).or_insert(idx);
+        }
+        if let Some(place) = output_place {
+            output_places.insert(place, idx);
+        }
         let at = jobs.len();
         jobs.push(JobSpec {
             idx,

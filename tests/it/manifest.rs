@@ -936,6 +936,51 @@ fn issue15_an_output_over_its_own_input_through_another_storage_is_refused() {
     load("m.yaml", text).expect("another object");
 }
 
+/// No image's storage output may be another image's `storage://` input, whichever comes
+/// first in the manifest and through whichever storage it is named: Claid would write one
+/// image's edit over the original another image reads (it replaced the customer's photo,
+/// and `validate` said ok).
+#[test]
+fn issue15_an_output_over_another_images_input_is_refused() {
+    let env = env();
+    let entry = |claid: &str, prefix: &str| claid_hotfolder::config::StorageEntry {
+        claid_name: claid.to_owned(),
+        provider: claid_hotfolder::objects::Provider::S3,
+        bucket: "cat".to_owned(),
+        prefix: prefix.to_owned(),
+        endpoint: None,
+        region: "us-east-1".to_owned(),
+        credentials_file: None,
+        output_local_copy: false,
+        staging: false,
+    };
+    let mut storages = BTreeMap::new();
+    storages.insert("catalog".to_owned(), entry("catalog-s3", "images"));
+    storages.insert("whole".to_owned(), entry("whole-s3", ""));
+    let load = |rel: &str, text: &str| load_with_storages(&env, &storages, rel, text);
+    for (text, told) in [
+        // The input first, the output that lands on it after.
+        (
+            "output: { format: png, destination: storage://catalog/d/ }\nimages:\n  - { input: storage://catalog/d/in/b.png, output: c.png }\n  - storage://catalog/src/in/b.png\n",
+            "is images[0]'s input",
+        ),
+        // The output first, through the other storage's name; the input after.
+        (
+            "output: { format: png, destination: storage://catalog/d/ }\nimages:\n  - storage://catalog/src/in/b.png\n  - { input: storage://whole-s3/images/d/in/b.png, output: c.png }\n",
+            "images[0] writes its output to",
+        ),
+    ] {
+        let err = load("in.yaml", text).expect_err("refused");
+        assert!(
+            err.error_txt().contains(told),
+            "{text}\n{}",
+            err.error_txt()
+        );
+    }
+    let text = "output: { format: png, destination: storage://catalog/d/ }\nimages:\n  - { input: storage://catalog/d/in/other.png, output: c.png }\n  - storage://catalog/src/in/b.png\n";
+    load("in.yaml", text).expect("another object");
+}
+
 /// The staging storage's `staging/` folder (`api.staging`) holds the daemon's staged inputs,
 /// which it deletes once their jobs end: a manifest may neither write its outputs there
 /// (reached directly, or through another storage on the same bucket) nor read inputs from
