@@ -384,7 +384,9 @@ fn named_as_batch_output(job: &JobV1) -> bool {
 /// config's storages; others are sent alone). `plan` counts with it too.
 pub fn batchable_input(input: &str, connectors: &HashSet<String>) -> bool {
     if input.starts_with("https://") || input.starts_with("http://") {
-        return true;
+        // A URL without a file name (`…/s/`, `https://host`): what Claid names its batch
+        // output is not known, so its result could not be told from another's. Sent alone.
+        return !wire::decoded(wire::basename(input)).trim().is_empty();
     }
     crate::storages::split_uri(input).is_some_and(|(connector, _)| connectors.contains(connector))
 }
@@ -435,11 +437,15 @@ impl Open {
     }
 
     fn add_to_one(&mut self, member: Member, key: String, target: usize) -> Option<Vec<Member>> {
-        let name = member.output_name();
-        let at = self
-            .batches
-            .iter()
-            .position(|b| b.key == key && b.members.len() < target && !b.names.contains(&name));
+        // Every name a result of this job may carry (`match_results` takes the input's stem
+        // too): `shoe.jpg` and `shoe.jpg.png` in one batch made the result `shoe.jpg` match
+        // both, and two billed images were held in doubt.
+        let names = result_names(input_of(&member.job), extension_of(&member.job.body));
+        let at = self.batches.iter().position(|b| {
+            b.key == key
+                && b.members.len() < target
+                && names.iter().all(|name| !b.names.contains(name))
+        });
         let at = match at {
             Some(at) => at,
             None => {
@@ -453,7 +459,7 @@ impl Open {
             }
         };
         let batch = &mut self.batches[at];
-        batch.names.insert(name);
+        batch.names.extend(names);
         batch.members.push(member);
         if batch.members.len() >= target {
             return Some(self.batches.remove(at).members);
@@ -2056,6 +2062,46 @@ mod tests {
             ]
         );
         assert!(matched.unmatched.is_empty());
+    }
+
+    /// Inputs whose results could carry one name go to different batches, even when their
+    /// outputs are named apart: `shoe.jpg`'s result and `shoe.jpg.png`'s input stem are both
+    /// `shoe.jpg` (two pairs in one batch were unmatchable: two billed images held in doubt).
+    /// Each batch then matches every result by name.
+    #[test]
+    fn inputs_whose_result_names_could_meet_go_to_different_batches() {
+        let with_input = |id: JobId, name: &str| {
+            let mut member = member(id);
+            member.job.input = format!("https://example.com/p/{name}");
+            member
+        };
+        let mut open = Open::default();
+        for (id, name) in [
+            (1, "shoe.jpg"),
+            (2, "shoe.jpg.png"),
+            (3, "boot.jpg"),
+            (4, "boot.jpg.png"),
+        ] {
+            assert!(open.add(with_input(id, name), 100).is_none());
+        }
+        let batches = open.take_all();
+        assert_eq!(batches.len(), 2, "{batches:?}");
+        for members in &batches {
+            let result = done_batch(
+                members
+                    .iter()
+                    .map(|m| result_named(&format!("https://claid.example/r/{}", m.output_name())))
+                    .collect(),
+            );
+            let matched = match_results(&result, members);
+            assert!(matched.unmatched.is_empty(), "{:?}", matched.unmatched);
+            assert_eq!(matched.done.len(), members.len());
+        }
+        // A URL with no file name goes alone (what Claid names its output is not known).
+        let connectors = HashSet::new();
+        assert!(!batchable_input("https://example.com/s/", &connectors));
+        assert!(!batchable_input("https://example.com", &connectors));
+        assert!(batchable_input("https://example.com/s/a.jpg", &connectors));
     }
 
     #[test]
