@@ -131,6 +131,8 @@ pub async fn serve_counted<H, F>(
     let connections = TaskTracker::new();
     let busy = busy_answer(bounds.name);
     let idle = Arc::new(Connections::default());
+    // Newcomers waiting for the place of a connection evicted for them.
+    let waiting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut last_busy_log: Option<Instant> = None;
     let mut last_accept_log: Option<Instant> = None;
     loop {
@@ -156,36 +158,58 @@ pub async fn serve_counted<H, F>(
                 continue;
             }
         };
-        let mut permit = permits.clone().try_acquire_owned().ok();
-        // At the cap, the connection idle the longest (no request in progress: waiting for
-        // its first headers or kept alive) makes room: idle clients can hold every place
-        // only until someone else needs one, so `/healthz` is always answered.
-        if permit.is_none() && idle.evict_oldest() {
-            permit = tokio::time::timeout(EVICT_WAIT, permits.clone().acquire_owned())
-                .await
-                .ok()
-                .and_then(Result::ok);
-        }
-        let Some(permit) = permit else {
-            refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if log_due(&mut last_busy_log) {
-                warn!(
-                    server = bounds.name,
-                    max_connections = bounds.max_connections,
-                    "Too many connections at once; answering 503 to new ones"
-                );
-            }
-            refuse(io, &busy).await;
-            continue;
-        };
-        let (handler, cancel) = (handler.clone(), cancel.clone());
-        let slot = idle.add();
-        let registry = idle.clone();
-        connections.spawn(async move {
-            serve_connection(io, bounds, handler, cancel, slot.clone()).await;
+        let permit = permits.clone().try_acquire_owned().ok();
+        let (handler, cancel_conn, registry) = (handler.clone(), cancel.clone(), idle.clone());
+        let serve = move |permit: tokio::sync::OwnedSemaphorePermit, io| async move {
+            let slot = registry.add();
+            serve_connection(io, bounds, handler, cancel_conn, slot.clone()).await;
             registry.remove(&slot);
             drop(permit);
-        });
+        };
+        if let Some(permit) = permit {
+            connections.spawn(serve(permit, io));
+            continue;
+        }
+        // At the cap, the connection idle the longest (no request in progress: waiting for
+        // its first headers or kept alive) makes room: idle clients can hold every place
+        // only until someone else needs one, so `/healthz` is always answered. The newcomer
+        // waits for that place in a task of its own (at most as many at once as there are
+        // places): waiting here, each of 300 clients trickling headers cost the accept loop
+        // a fifth of a second, and a probe behind them went unanswered for 20 s.
+        let may_wait = waiting.load(std::sync::atomic::Ordering::SeqCst) < bounds.max_connections;
+        if may_wait && idle.evict_oldest() {
+            waiting.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let (permits, waiting, refused, busy) = (
+                permits.clone(),
+                waiting.clone(),
+                refused.clone(),
+                busy.clone(),
+            );
+            connections.spawn(async move {
+                let permit = tokio::time::timeout(EVICT_WAIT, permits.acquire_owned())
+                    .await
+                    .ok()
+                    .and_then(Result::ok);
+                waiting.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                match permit {
+                    Some(permit) => serve(permit, io).await,
+                    None => {
+                        refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        refuse(io, &busy).await;
+                    }
+                }
+            });
+            continue;
+        }
+        refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if log_due(&mut last_busy_log) {
+            warn!(
+                server = bounds.name,
+                max_connections = bounds.max_connections,
+                "Too many connections at once; answering 503 to new ones"
+            );
+        }
+        refuse(io, &busy).await;
     }
     connections.close();
     if tokio::time::timeout(bounds.drain, connections.wait())

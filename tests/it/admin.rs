@@ -1251,6 +1251,55 @@ async fn issue11_idle_admin_clients_cannot_exhaust_descriptors_or_stop_healthz_a
     assert!(status.success(), "{status:?}\n{}", env.daemon_log(0));
 }
 
+/// 150 clients that connect at once and trickle a request header: past the places (32) and
+/// the newcomers waiting for an evicted one's place (32 more), the rest are answered `503` at
+/// once, and `/healthz` is answered. (The accept loop waited for each newcomer's evicted
+/// place, a fifth of a second each: a probe behind 300 such clients went unanswered for 20 s,
+/// and no client was ever told 503.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_trickling_clients_is_answered_503_past_the_places_and_healthz_answers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let env = TestEnv::new(Scenario::default()).await;
+    let config = env.config("", "");
+    let mut daemon = env.spawn_daemon(&config, 0);
+    let socket = env.socket();
+    wait_until_async(
+        "the daemon answers /healthz",
+        Duration::from_secs(30),
+        || healthz_ok(&socket),
+    )
+    .await;
+    let mut flood = Vec::new();
+    for _ in 0..150 {
+        let Ok(mut stream) = tokio::net::UnixStream::connect(&socket).await else {
+            continue;
+        };
+        let _ = stream.write_all(b"GET /status HTTP/1.1\r\nx-a: a").await;
+        flood.push(stream);
+    }
+    assert!(flood.len() > 100, "only {} clients connected", flood.len());
+    wait_until_async(
+        "/healthz answers while the flood stays connected",
+        Duration::from_secs(30),
+        || healthz_ok(&socket),
+    )
+    .await;
+    let mut told_busy = 0;
+    for stream in &mut flood {
+        let mut answer = Vec::new();
+        let _ =
+            tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer)).await;
+        if answer.starts_with(b"HTTP/1.1 503") {
+            told_busy += 1;
+        }
+    }
+    assert!(told_busy > 0, "no client past the places was answered 503");
+    drop(flood);
+    let status = stop(&mut daemon).await;
+    assert!(status.success(), "{status:?}\n{}", env.daemon_log(0));
+}
+
 /// Issue 11 §6, clients that send requests and never read the answers (a stopped `curl`, a
 /// hung script): 40 of them, each with thousands of pipelined requests, held every place of the
 /// admin socket (an answer that could not go out kept its connection, and eviction waited for
