@@ -1166,6 +1166,18 @@ impl Client {
                 request_id,
                 body,
             }),
+            // A submit or upload answered 2xx was accepted (and may be billed) even when its
+            // body then breaks off or stalls: it is held in doubt like a 2xx that cannot be
+            // read, never sent again on its own (taken for a lost answer, it was resent and
+            // billed up to five times).
+            Err(_) if status.is_success() && endpoint.is_billable_post() => {
+                Err(ClaidError::BadResponse {
+                    endpoint,
+                    status: status.as_u16(),
+                    request_id,
+                    about: "Claid accepted it, but its answer broke off before it was read whole; held in doubt, not sent again, since it may be billed (`replay --in-doubt` sends it again)",
+                })
+            }
             Err(err) => Err(transport_error(endpoint, &err, request_id)),
         }
     }

@@ -760,6 +760,30 @@ async fn unreadable_200_is_ambiguous_for_submit_and_transient_for_poll() {
     assert_eq!(mock.seen_on("GET", "/v1/image/edit/async/5").len(), 1);
 }
 
+/// A submit answered `200 OK` whose body then breaks off was accepted by Claid (and may be
+/// billed): it is the 2xx that cannot be read, held in doubt, not a lost answer (resent, it
+/// was billed up to five times). A poll's broken body stays a transport fault, asked again.
+#[tokio::test]
+async fn a_submit_answered_200_whose_body_breaks_off_is_accepted_unread() {
+    let (root, count) = raw_server(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 200\r\nx-request-id: cut\r\n\r\n{\"data\": {\"id\": 5,",
+    )
+    .await;
+    let client = client(&format!("{root}/v1"));
+    let err = client.submit_once(&edit_body()).await.unwrap_err();
+    assert!(err.accepted_unread(), "{err:?}");
+    assert_eq!(err.class(), ErrorClass::Ambiguous);
+    assert_eq!(err.code(), "bad-response");
+    assert_eq!(err.request_id(), Some("cut"));
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+    let err = client
+        .poll_once(&format!("{root}/v1/image/edit/async/5"), 5)
+        .await
+        .unwrap_err();
+    assert!(!err.accepted_unread(), "{err:?}");
+    assert_eq!(err.class(), ErrorClass::Transient, "{err:?}");
+}
+
 /// Nothing listens: the error is transient, says it reached nobody, and names the host, the
 /// port and the OS cause.
 #[tokio::test]
