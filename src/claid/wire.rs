@@ -91,15 +91,15 @@ pub struct AsyncTask {
     /// `{base}/image/edit/async/{id}` ([`crate::claid::Client::poll_url`]).
     #[serde(
         default,
-        deserialize_with = "null_default",
+        deserialize_with = "lenient_string",
         skip_serializing_if = "String::is_empty"
     )]
     pub result_url: String,
-    #[serde(default, deserialize_with = "null_default")]
+    #[serde(default, deserialize_with = "lenient_string")]
     pub created_at: String,
     #[serde(default)]
     pub request: serde_json::Value,
-    #[serde(default, deserialize_with = "null_default")]
+    #[serde(default, deserialize_with = "lenient_errors")]
     pub errors: Vec<TaskError>,
     #[serde(default, deserialize_with = "null_default")]
     pub result: TaskResult,
@@ -120,7 +120,7 @@ impl AsyncTask {
 pub struct TaskError {
     #[serde(default, deserialize_with = "lenient_string")]
     pub error: String,
-    #[serde(default, deserialize_with = "null_default")]
+    #[serde(default, deserialize_with = "lenient_string")]
     pub created_at: String,
     /// The failing input, when Claid could read it (`PipelineInputObjectInError`). A malformed
     /// object is dropped rather than failing the whole answer.
@@ -174,6 +174,47 @@ fn lenient_details<'de, D: Deserializer<'de>>(
     })
 }
 
+/// A number the daemon does not use (`mps`): `null`, a string or anything else reads as 0
+/// (a string holding a number as that number) instead of making a billed result unreadable.
+fn lenient_f64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    Ok(match serde_json::Value::deserialize(deserializer)? {
+        serde_json::Value::Number(number) => number.as_f64().unwrap_or_default(),
+        serde_json::Value::String(text) => text.trim().parse().unwrap_or_default(),
+        _ => 0.0,
+    })
+}
+
+/// `errors`: a list of Claid's error objects; a list item that is a plain message (or any
+/// other value), or a single message instead of a list, is kept as its text. A DONE answer
+/// with `"errors": ["a warning"]` made the billed result unreadable.
+fn lenient_errors<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<TaskError>, D::Error> {
+    let text = |value: serde_json::Value| match value {
+        serde_json::Value::String(text) => text,
+        other => other.to_string(),
+    };
+    let one = |value: serde_json::Value| match value {
+        serde_json::Value::Object(_) => serde_json::from_value(value.clone())
+            .unwrap_or_else(|_| TaskError::message(text(value))),
+        other => TaskError::message(text(other)),
+    };
+    Ok(match serde_json::Value::deserialize(deserializer)? {
+        serde_json::Value::Null => Vec::new(),
+        serde_json::Value::Array(items) => items.into_iter().map(one).collect(),
+        other => vec![one(other)],
+    })
+}
+
+impl TaskError {
+    /// An error that is only its message.
+    fn message(error: String) -> TaskError {
+        TaskError {
+            error,
+            created_at: String::new(),
+            input_object: None,
+        }
+    }
+}
+
 /// A pixel count: an integer, or a number with no fraction (`8.0`); anything else is an error.
 fn whole_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
     let number = serde_json::Number::deserialize(deserializer)?;
@@ -217,13 +258,13 @@ pub struct TaskResult {
 /// makes a billed result unreadable.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ImageObject {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_string")]
     pub ext: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_f64")]
     pub mps: f64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_string")]
     pub mime: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_string")]
     pub format: String,
     #[serde(default, deserialize_with = "whole_number")]
     pub width: u32,
@@ -389,13 +430,13 @@ pub struct BatchTask {
 struct BatchTaskWire {
     id: u64,
     status: TaskStatus,
-    #[serde(default, deserialize_with = "null_default")]
+    #[serde(default, deserialize_with = "lenient_string")]
     result_url: String,
-    #[serde(default, deserialize_with = "null_default")]
+    #[serde(default, deserialize_with = "lenient_string")]
     created_at: String,
     #[serde(default)]
     request: serde_json::Value,
-    #[serde(default, deserialize_with = "null_default")]
+    #[serde(default, deserialize_with = "lenient_errors")]
     errors: Vec<TaskError>,
     #[serde(default, deserialize_with = "readable_items")]
     results: (Vec<BatchResultItem>, usize),
@@ -823,6 +864,37 @@ mod tests {
         assert_eq!(batch.results.len(), 1, "{:?}", batch.results);
         assert_eq!(batch.results[0].output_object.width, 8);
         assert_eq!(batch.unreadable_results, 1, "8.5 is no pixel count");
+    }
+
+    /// Fields the daemon does not use, sent as `null` or another type than the schema's
+    /// (`mps`, `format`, `created_at` as a number, plain messages in `errors`), never make a
+    /// billed result or a submit's answer unreadable (each poll of such a DONE answer failed
+    /// until `give_up_after`, and the result was lost).
+    #[test]
+    fn unused_fields_of_any_type_leave_the_answer_readable() {
+        let task: AsyncTask = serde_json::from_value(serde_json::json!({
+            "id": 3, "status": "DONE", "created_at": 1_765_000_000, "request": {},
+            "errors": ["a warning", {"error": "another", "created_at": 5}],
+            "result": {"output_object": {"ext": null, "mps": null, "mime": 7, "format": "jpeg",
+                "width": 8, "height": 6, "tmp_url": "https://r.test/a.jpg"}}
+        }))
+        .expect("the answer parses");
+        assert_eq!(task.created_at, "1765000000");
+        let errors: Vec<&str> = task.errors.iter().map(|e| e.error.as_str()).collect();
+        assert_eq!(errors, ["a warning", "another"]);
+        let output = task.result.output_object.expect("the output");
+        assert_eq!(output.tmp_url.as_deref(), Some("https://r.test/a.jpg"));
+        let output: ImageObject =
+            serde_json::from_value(serde_json::json!({"mps": "0.5", "width": 1, "height": 1}))
+                .expect("parses");
+        assert!((output.mps - 0.5).abs() < f64::EPSILON);
+        let batch: BatchTask = serde_json::from_value(serde_json::json!({
+            "id": 9, "status": "ACCEPTED", "created_at": 1_765_000_000, "request": {},
+            "errors": "one message"
+        }))
+        .expect("the answer parses");
+        assert_eq!(batch.errors.len(), 1);
+        assert_eq!(batch.errors[0].error, "one message");
     }
 
     #[test]
