@@ -257,6 +257,9 @@ pub struct Scenario {
     pub webhook_body: WebhookBody,
     /// Share of webhooks never sent.
     pub webhook_drop_share: f64,
+    /// The announcement (1-based, in the order they are made) never sent, whatever the share:
+    /// a test's one lost webhook.
+    pub webhook_drop_nth: Option<u64>,
     /// Share of webhooks sent twice.
     pub webhook_duplicate_share: f64,
     /// Share of webhooks sent only after `webhook_delay`.
@@ -342,6 +345,7 @@ impl Default for Scenario {
             webhook_digest: WebhookDigest::Hex,
             webhook_body: WebhookBody::Bare,
             webhook_drop_share: 0.0,
+            webhook_drop_nth: None,
             webhook_duplicate_share: 0.0,
             webhook_delay_share: 0.0,
             webhook_delay: Duration::ZERO,
@@ -570,6 +574,11 @@ impl Scenario {
         self
     }
     /// Share of webhooks sent twice.
+    pub fn webhook_drop_nth(mut self, nth: u64) -> Self {
+        self.webhook_drop_nth = Some(nth);
+        self
+    }
+
     pub fn webhook_duplicate_share(mut self, share: f64) -> Self {
         self.webhook_duplicate_share = share;
         self
@@ -652,6 +661,7 @@ impl std::fmt::Debug for Scenario {
             .field("webhook_digest", &self.webhook_digest)
             .field("webhook_body", &self.webhook_body)
             .field("webhook_drop_share", &self.webhook_drop_share)
+            .field("webhook_drop_nth", &self.webhook_drop_nth)
             .field("webhook_duplicate_share", &self.webhook_duplicate_share)
             .field("webhook_delay_share", &self.webhook_delay_share)
             .field("webhook_delay", &self.webhook_delay)
@@ -926,6 +936,7 @@ impl ScenarioArgs {
             webhook_digest: self.webhook_digest,
             webhook_body: self.webhook_body,
             webhook_drop_share: self.webhook_drop_share,
+            webhook_drop_nth: None,
             webhook_duplicate_share: self.webhook_duplicate_share,
             webhook_delay_share: self.webhook_delay_share,
             webhook_delay: self.webhook_delay,

@@ -71,6 +71,8 @@ pub struct AppState {
     pub(crate) storages: Registry,
     /// The webhook queue; `None` when the scenario sends no webhooks.
     outbox: Option<Outbox>,
+    /// Announcements made so far (for `webhook_drop_nth`).
+    announced: AtomicU64,
     /// Cancelled when the server stops, which ends webhook deliveries still pending.
     shutdown: CancellationToken,
     /// What `unsettled_share` has decided already (`poll:ID`, `done:ID`, `get:TOKEN`).
@@ -184,6 +186,7 @@ impl AppState {
             local_addr,
             storages,
             outbox,
+            announced: AtomicU64::new(0),
             shutdown,
             unsettled: Mutex::new(std::collections::HashSet::new()),
             rate_limited_polls: Mutex::new(std::collections::HashMap::new()),
@@ -298,8 +301,12 @@ impl AppState {
             return;
         };
         let s = &self.scenario;
+        let nth = self
+            .announced
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
         let plan = Plan {
-            drop: self.roll(s.webhook_drop_share),
+            drop: s.webhook_drop_nth == Some(nth) || self.roll(s.webhook_drop_share),
             forge: self.roll(s.webhook_forged_share),
             delay: self.roll(s.webhook_delay_share),
             reorder: self.roll(s.webhook_reorder_share),

@@ -949,6 +949,11 @@ impl BatchRunner {
         // Answers that cannot be final yet, each asked again a bounded number of times (see
         // [`super::job::Unsettled`]).
         let mut unsettled = super::job::Unsettled::default();
+        // Until its first poll, the wait for this batch's webhook follows the estimate of its
+        // size: a size seen to end meanwhile (a sibling batch's announcement) shortens it.
+        // (Fixed at the submit, a lost announcement of a batch of 64 whose twin had ended in
+        // 3 s was waited for two minutes.)
+        let mut first_wait = webhooks.is_some();
         loop {
             if let Some(watch) = &watch {
                 let update = tokio::select! {
@@ -958,6 +963,14 @@ impl BatchRunner {
                         webhooks = None;
                         slim = true;
                         None
+                    }
+                    Ok(()) = changes.changed(), if first_wait => {
+                        if let Some(fallback) = webhooks {
+                            delay = deps
+                                .polls
+                                .batch_webhook_wait(members.len(), submitted_at_ms, fallback);
+                        }
+                        continue;
                     }
                     _ = deps.cancel.cancelled() => return None,
                 };
@@ -1010,6 +1023,7 @@ impl BatchRunner {
             if slim {
                 watch = None;
             }
+            first_wait = false;
             scheduled = true;
             let sent_at = Instant::now();
             match deps.client.poll_batch_once(result_url, batch_id).await {
