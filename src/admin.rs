@@ -549,21 +549,30 @@ pub async fn select_replay(store: &Store, req: &ReplayRequest) -> Result<Vec<Job
 /// Requeues the selected jobs in a store no daemon holds; they run at the next start.
 pub async fn replay_offline(
     store: &Store,
-    outbox: &std::path::Path,
+    folders: (&std::path::Path, &std::path::Path),
     req: &ReplayRequest,
 ) -> Result<ReplayAnswer, ReplayError> {
     let ids = select_replay(store, req).await?;
     if req.dry_run {
+        let mut refused = Vec::new();
+        for &id in &ids {
+            if let Some(job) = store.job(id).await?
+                && job.state.is_replayable()
+                && let Some(why) = pipeline::local_input_gone(folders.0, id, &job)
+            {
+                refused.push(why);
+            }
+        }
         return Ok(ReplayAnswer {
             requeued: 0,
             billed_again: 0,
             in_doubt_again: 0,
             preview: replay_preview(store, &ids).await?,
             jobs: ids,
-            refused: Vec::new(),
+            refused,
         });
     }
-    let (replayed, runs) = pipeline::requeue_for_replay(store, outbox, ids).await?;
+    let (replayed, runs) = pipeline::requeue_for_replay(store, folders, ids).await?;
     Ok(ReplayAnswer {
         requeued: replayed.requeued,
         billed_again: replayed.billed_again,

@@ -1479,7 +1479,7 @@ fn cmd_replay(
                 };
                 let answer = small_runtime()?.block_on(admin::replay_offline(
                     snapshot.store(),
-                    &config.folders.outbox,
+                    (&config.folders.inbox, &config.folders.outbox),
                     &req,
                 ))?;
                 (answer, true)
@@ -1488,7 +1488,7 @@ fn cmd_replay(
                 let store = open_store(&config)?;
                 let answer = small_runtime()?.block_on(admin::replay_offline(
                     &store,
-                    &config.folders.outbox,
+                    (&config.folders.inbox, &config.folders.outbox),
                     &req,
                 ))?;
                 (answer, true)
@@ -1540,6 +1540,9 @@ fn cmd_replay(
                 Escaped::str(&job.input),
                 Escaped::str(&job.output)
             );
+        }
+        for why in &answer.refused {
+            println!("Would be refused: {why}.");
         }
         return Ok(exit::OK);
     }

@@ -154,16 +154,24 @@ pub type ReplayedRuns = Vec<(ManifestId, String, Vec<JobId>)>;
 /// says why).
 pub async fn requeue_for_replay(
     store: &Store,
-    outbox: &std::path::Path,
+    (inbox, outbox): (&std::path::Path, &std::path::Path),
     ids: Vec<JobId>,
 ) -> Result<(Replayed, ReplayedRuns), StoreError> {
     let mut billed = std::collections::HashSet::new();
     let mut in_doubt = std::collections::HashSet::new();
     let mut by_run: BTreeMap<ManifestId, (Vec<JobId>, crate::store::Outputs)> = BTreeMap::new();
+    let mut refused = Vec::new();
     for id in ids {
         let Some(job) = store.job(id).await? else {
             continue;
         };
+        if job.state.is_replayable()
+            && let Some(why) = local_input_gone(inbox, id, &job)
+        {
+            warn!(job_id = id, "Replay refused: {why}");
+            refused.push(why);
+            continue;
+        }
         if job.state.is_replayable() {
             if job.state.billed() {
                 billed.insert(id);
@@ -176,7 +184,10 @@ pub async fn requeue_for_replay(
             run.1.push((job.output_rel.clone(), job.body.clone()));
         }
     }
-    let mut replayed = Replayed::default();
+    let mut replayed = Replayed {
+        refused,
+        ..Replayed::default()
+    };
     let mut runs = Vec::new();
     // Every run, read once when an ended run is replayed (O(runs): a replay is rare).
     let mut all_runs: Option<Vec<(ManifestId, crate::store::ManifestV1)>> = None;
@@ -248,6 +259,23 @@ pub async fn requeue_for_replay(
     }
     store.flush().await?;
     Ok((replayed, runs))
+}
+
+/// Why job `id` cannot be replayed when its local input is no longer in the inbox (a folder
+/// recipe's image is archived once it is made): run, it would fail `input-unreadable`, and a
+/// done job would be recorded failed. `None` for any other job.
+pub fn local_input_gone(
+    inbox: &std::path::Path,
+    id: JobId,
+    job: &crate::store::JobV1,
+) -> Option<String> {
+    if !job.local || inbox.join(&job.input).is_file() {
+        return None;
+    }
+    Some(format!(
+        "job {id} is not replayed: its input `{}` is no longer in the inbox (a folder recipe's image moves to the archive once made); put the file back at that path, then replay it",
+        crate::text::escape(&job.input)
+    ))
 }
 
 /// Totals over the manifests this process has handled, for `run --once`'s exit code.
@@ -372,6 +400,8 @@ struct Shared {
     cancel: CancellationToken,
     /// The outbox root (a replayed run's report paths are reserved under it).
     outbox: PathBuf,
+    /// The inbox (a replayed job's local input must still be in it).
+    inbox: PathBuf,
     /// Parts started by [`Handle::start`]; each is taken once.
     parts: Mutex<Option<Parts>>,
     /// The finisher's task, awaited by [`Handle::stop_finisher`] at shutdown.
@@ -520,6 +550,7 @@ impl Handle {
             started: Instant::now(),
             cancel: deps.cancel,
             outbox: outbox_root,
+            inbox: deps.folders.inbox.clone(),
             finisher_task: Mutex::new(None),
             parts: Mutex::new(Some(Parts {
                 intake,
@@ -1039,8 +1070,12 @@ impl Handle {
     /// [`Handle::replay`], also saying which runs were not replayed because another active
     /// manifest writes one of their outputs or reports now (one sentence each).
     pub async fn replay_checked(&self, ids: Vec<JobId>) -> Result<Replayed, StoreError> {
-        let (replayed, runs) =
-            requeue_for_replay(&self.shared.store, &self.shared.outbox, ids).await?;
+        let (replayed, runs) = requeue_for_replay(
+            &self.shared.store,
+            (&self.shared.inbox, &self.shared.outbox),
+            ids,
+        )
+        .await?;
         for (mid, rel, requeued) in runs {
             self.shared
                 .finisher

@@ -133,6 +133,43 @@ async fn an_identical_image_dropped_again_costs_zero_api_calls() {
     assert_eq!(dimensions(&env.outbox.join("r/shoe.jpg")), (200, 100));
 }
 
+/// `replay --job` of a folder recipe's image, which was archived once made: refused, naming
+/// the input to put back, and the job stays done (run, it failed `input-unreadable` and its
+/// done record turned failed); `--dry-run` says so first. Put back, it is replayed.
+#[tokio::test(flavor = "multi_thread")]
+async fn replaying_an_archived_recipe_image_is_refused_until_it_is_put_back() {
+    let env = TestEnv::new(Scenario::default()).await;
+    env.drop_file("r/.claid.yaml", RECIPE.as_bytes());
+    let shoe = png(640, 480);
+    env.drop_file("r/shoe.png", &shoe);
+    let config = env.config("", "");
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "stderr:\n{stderr}");
+    assert!(!env.inbox.join("r/shoe.png").exists(), "archived");
+    let config_arg = config.to_str().expect("utf-8");
+    let (code, out, err) =
+        crate::support::cli(&["replay", "--config", config_arg, "--job", "1", "--dry-run"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("Would be refused: job 1") && out.contains("r/shoe.png"),
+        "{out}"
+    );
+    let (code, out, err) =
+        crate::support::cli(&["replay", "--config", config_arg, "--job", "1"]).await;
+    assert_eq!(code, 75, "{out}{err}");
+    assert!(out.contains("no longer in the inbox"), "{out}");
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "stderr:\n{stderr}");
+    let (_, jobs, _) = crate::support::cli(&["jobs", "--config", config_arg]).await;
+    assert!(jobs.contains("done") && !jobs.contains("failed"), "{jobs}");
+
+    std::fs::write(env.inbox.join("r/shoe.png"), &shoe).expect("put back");
+    let (code, out, err) =
+        crate::support::cli(&["replay", "--config", config_arg, "--job", "1"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("Requeued 1"), "{out}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_changed_recipe_is_a_new_drop_for_the_images_it_keeps() {
     let env = TestEnv::new(Scenario::default()).await;
