@@ -383,16 +383,22 @@ pub const IMAGE_EXTENSIONS: &[&str] = &[
 /// Whether a file is an image a recipe folder processes: an image extension, and not hidden,
 /// an office lock file or a partial download (those end in another extension).
 pub fn is_image_name(path: &Path) -> bool {
-    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+    // Read as bytes: a name that is not UTF-8 (`shoe\xfe1.png`) is still an image's, taken in
+    // and refused with a reason (it lay in the inbox unseen, with no word).
+    let Some(name) = path.file_name() else {
         return false;
     };
-    if name.starts_with('.') || name.starts_with("~$") {
+    let name = name.as_encoded_bytes();
+    if name.starts_with(b".") || name.starts_with(b"~$") {
         return false;
     }
-    match name.rsplit_once('.') {
-        Some((stem, ext)) if !stem.is_empty() => IMAGE_EXTENSIONS
-            .iter()
-            .any(|known| ext.eq_ignore_ascii_case(known)),
+    match name.iter().rposition(|&b| b == b'.') {
+        Some(dot) if dot > 0 => {
+            let ext = &name[dot + 1..];
+            IMAGE_EXTENSIONS
+                .iter()
+                .any(|known| ext.eq_ignore_ascii_case(known.as_bytes()))
+        }
         _ => false,
     }
 }

@@ -133,6 +133,36 @@ async fn an_identical_image_dropped_again_costs_zero_api_calls() {
     assert_eq!(dimensions(&env.outbox.join("r/shoe.jpg")), (200, 100));
 }
 
+/// An image in a recipe folder whose name is not UTF-8 is taken in and refused, with an
+/// error file saying to rename it (it lay in the inbox, unseen and untold, for ever); the
+/// others are made.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recipe_image_whose_name_is_not_utf8_is_rejected_with_a_reason() {
+    use std::os::unix::ffi::OsStrExt;
+    let env = TestEnv::new(Scenario::default()).await;
+    env.drop_file("r/.claid.yaml", RECIPE.as_bytes());
+    env.drop_file("r/ok.png", &png(640, 480));
+    let name = std::ffi::OsStr::from_bytes(b"shoe\xfe1.png");
+    std::fs::write(env.inbox.join("r").join(name), png(640, 480)).expect("image");
+    let config = env.config("", "");
+    let (code, stderr) = env.run_once(&config).await;
+    assert_ne!(code, 0, "stderr:\n{stderr}");
+    assert_eq!(dimensions(&env.outbox.join("r/ok.jpg")), (200, 100));
+    assert!(
+        !env.inbox.join("r").join(name).exists(),
+        "taken out of the inbox"
+    );
+    assert!(
+        env.rejected.join("r").join(name).is_file(),
+        "moved to rejected/"
+    );
+    let mut error_name = name.to_owned();
+    error_name.push(".error.txt");
+    let text =
+        std::fs::read_to_string(env.rejected.join("r").join(error_name)).expect("error file");
+    assert!(text.contains("UTF-8"), "{text}");
+}
+
 /// `replay --job` of a folder recipe's image, which was archived once made: refused, naming
 /// the input to put back, and the job stays done (run, it failed `input-unreadable` and its
 /// done record turned failed); `--dry-run` says so first. Put back, it is replayed.
