@@ -391,7 +391,8 @@ fn cmd_run(path: &Path, once: bool, print_config: bool) -> i32 {
             }
         }
         Ok(Outcome::Unreachable { why, bucket }) => {
-            let what = if bucket && why.contains("access denied") {
+            let denied = bucket && why.contains("access denied");
+            let what = if denied {
                 "A storage's bucket kept refusing the daemon's keys (the Claid API answers): fix the storage's `credentials_file` or the bucket's policy"
             } else if bucket {
                 "A storage's bucket stayed unreachable (the Claid API answers)"
@@ -404,7 +405,13 @@ fn cmd_run(path: &Path, once: bool, print_config: bool) -> i32 {
                 error = %Escaped::str(&why),
                 "{what}; unfinished jobs stay in the store and resume at the next run"
             );
-            exit::UNAVAILABLE
+            // Refused keys are no outage: access refused, as at the start's check (77), so
+            // a wrapper does not keep trying what only new keys heal.
+            if denied {
+                exit::NO_PERM
+            } else {
+                exit::UNAVAILABLE
+            }
         }
         Ok(Outcome::StoreUnwritable { why }) => {
             tracing::error!(
