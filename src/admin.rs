@@ -795,8 +795,12 @@ async fn healthz(State(state): State<AdminState>) -> Response {
             "for_seconds": for_.as_secs(),
         }));
     }
-    if let Some(why) = state.pipeline.writes_blocked() {
-        return unavailable(serde_json::json!({"status": "failing", "reason": why.describe()}));
+    if let Some((for_, why)) = state.pipeline.writes_blocked_for() {
+        return unavailable(serde_json::json!({
+            "status": "failing",
+            "reason": why.describe(),
+            "for_seconds": for_.as_secs(),
+        }));
     }
     if let Some((for_, why)) = state.pipeline.store().write_failing() {
         return unavailable(serde_json::json!({

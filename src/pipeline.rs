@@ -723,6 +723,11 @@ impl Handle {
         self.shared.health.writes_blocked()
     }
 
+    /// [`Handle::writes_blocked`], with since how long.
+    pub fn writes_blocked_for(&self) -> Option<(std::time::Duration, health::WriteBlock)> {
+        self.shared.health.writes_blocked_for()
+    }
+
     /// Why no new image is submitted at all (a full disk, no file descriptors left), while so.
     pub fn writes_blocked_everywhere(&self) -> Option<health::WriteBlock> {
         self.shared.health.writes_blocked_everywhere()

@@ -74,6 +74,8 @@ struct Writes {
     /// tried and why it failed: an image whose output goes there fails without a submit while
     /// a write there still fails (tried again at most every [`GIVEN_UP_PROBE`]).
     given_up: std::collections::HashMap<PathBuf, (Instant, String)>,
+    /// Since when some output has been held (none released them all since).
+    since: Option<Instant>,
 }
 
 /// How often a folder given up on (see [`HealthState::given_up_for`]) is tried again.
@@ -118,6 +120,12 @@ impl Drop for WritesBlocked {
             .writes
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        if writes.everywhere.0 <= usize::from(self.folder.is_none())
+            && writes.folders.values().map(|held| held.0).sum::<usize>()
+                <= usize::from(self.folder.is_some())
+        {
+            writes.since = None;
+        }
         match &self.folder {
             None => {
                 writes.everywhere.0 = writes.everywhere.0.saturating_sub(1);
@@ -203,6 +211,7 @@ impl HealthState {
     /// output goes under `folder` (a folder the daemon may not write).
     pub fn block_writes(self: &Arc<Self>, why: String, folder: Option<PathBuf>) -> WritesBlocked {
         let mut writes = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
+        writes.since.get_or_insert_with(Instant::now);
         match &folder {
             None => {
                 writes.everywhere.0 += 1;
@@ -224,6 +233,23 @@ impl HealthState {
             health: self.clone(),
             folder,
         }
+    }
+
+    /// [`HealthState::writes_blocked`], with since how long (for `/healthz`'s `for_seconds`).
+    pub fn writes_blocked_for(&self) -> Option<(std::time::Duration, WriteBlock)> {
+        let since = self
+            .writes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .since;
+        let block = self.writes_blocked()?;
+        let for_ = match (&block, since) {
+            (WriteBlock::Write(_), Some(since)) => since.elapsed(),
+            _ => self
+                .disk_problem()
+                .map_or(std::time::Duration::ZERO, |(for_, _)| for_),
+        };
+        Some((for_, block))
     }
 
     /// Why outputs cannot be written now, while some cannot (everywhere, or under a folder):
@@ -614,6 +640,25 @@ mod tests {
             "127.0.0.1:1".to_owned(),
             Arc::new(Unanswered::default()),
         )
+    }
+
+    /// A hold of writes says since when it lasts (`/healthz`'s `for_seconds`), from its first
+    /// guard until its last one goes; a hold starting later counts from then.
+    #[tokio::test(start_paused = true)]
+    async fn a_hold_of_writes_says_since_when() {
+        let health = Arc::new(health());
+        let a = health.block_writes("ENOSPC".to_owned(), None);
+        tokio::time::advance(std::time::Duration::from_secs(20)).await;
+        let b = health.block_writes("EACCES".to_owned(), Some(PathBuf::from("/out/a")));
+        tokio::time::advance(std::time::Duration::from_secs(10)).await;
+        drop(a);
+        let (lasted, _) = health.writes_blocked_for().expect("held");
+        assert_eq!(lasted.as_secs(), 30);
+        drop(b);
+        assert!(health.writes_blocked_for().is_none());
+        let _c = health.block_writes("ENOSPC".to_owned(), None);
+        tokio::time::advance(std::time::Duration::from_secs(5)).await;
+        assert_eq!(health.writes_blocked_for().expect("held").0.as_secs(), 5);
     }
 
     /// A folder's hold holds only outputs under it, not everything; it ends (and is told) when

@@ -411,6 +411,8 @@ async fn an_outbox_the_daemon_may_not_write_holds_new_submits_and_is_told_by_hea
         "{}",
         failing.1
     );
+    // Since how long, as for every failing answer (a probe that alerts after N seconds).
+    assert!(failing.1.contains("\"for_seconds\":"), "{}", failing.1);
     assert_eq!(
         env.stats().submits,
         1,
