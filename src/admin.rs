@@ -983,6 +983,17 @@ async fn exchange(
     path_and_query: &str,
     body: Option<&serde_json::Value>,
 ) -> Result<(u16, Vec<u8>), AdminError> {
+    exchange_within(socket, method, path_and_query, body, MAX_ANSWER_BYTES).await
+}
+
+/// [`exchange`], reading at most `max_answer` bytes of the answer's body.
+async fn exchange_within(
+    socket: &Path,
+    method: &str,
+    path_and_query: &str,
+    body: Option<&serde_json::Value>,
+    max_answer: usize,
+) -> Result<(u16, Vec<u8>), AdminError> {
     let stream = match tokio::net::UnixStream::connect(socket).await {
         Ok(stream) => stream,
         Err(err) if err.kind() == std::io::ErrorKind::PermissionDenied => {
@@ -1018,18 +1029,58 @@ async fn exchange(
         .await
         .map_err(|e| fail(e.to_string()))?;
     let status = res.status().as_u16();
-    let body = res
-        .into_body()
+    // Bounded: whatever answers on the socket cannot make the CLI read without end (a server
+    // streaming an endless body grew it to 9 GB).
+    let body = http_body_util::Limited::new(res.into_body(), max_answer)
         .collect()
         .await
-        .map_err(|e| fail(e.to_string()))?
+        .map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                fail(format!(
+                    "the answer is larger than {} KiB; ask for less (`jobs --state S`, `jobs --manifest F`)",
+                    max_answer >> 10
+                ))
+            } else {
+                fail(e.to_string())
+            }
+        })?
         .to_bytes();
     Ok((status, body.to_vec()))
 }
 
+/// The largest answer the CLI reads from the admin socket (a `/jobs` of a million jobs is
+/// about 300 MB).
+const MAX_ANSWER_BYTES: usize = 1 << 30;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whatever answers on the socket, the CLI reads at most so much of its answer (a server
+    /// streaming an endless body grew it to 9 GB), and says the answer was too large.
+    #[tokio::test]
+    async fn an_endless_answer_is_read_only_up_to_the_bound() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("admin.sock");
+        let listener = tokio::net::UnixListener::bind(&path).expect("bind");
+        tokio::spawn(async move {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let mut request = [0u8; 1024];
+            let _ = stream.read(&mut request).await;
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                .await;
+            let chunk = format!("1000\r\n{}\r\n", "x".repeat(0x1000));
+            while stream.write_all(chunk.as_bytes()).await.is_ok() {}
+        });
+        let err = exchange_within(&path, "GET", "/status", None, 64 * 1024)
+            .await
+            .expect_err("refused");
+        assert!(err.to_string().contains("larger than 64 KiB"), "{err}");
+    }
 
     fn mode_of(path: &Path) -> u32 {
         std::fs::metadata(path).unwrap().permissions().mode() & 0o777
