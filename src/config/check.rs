@@ -29,6 +29,9 @@ use crate::yaml::kind;
 mod web;
 
 /// Turns the parsed value into a [`Config`], collecting every problem on the way.
+/// The longest path a Unix socket's address holds (`sun_path` is 108 bytes, with its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
 #[derive(Default)]
 pub struct Checker {
     pub problems: Vec<ConfigProblem>,
@@ -129,6 +132,17 @@ impl Checker {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_ADMIN_SOCKET)),
             metrics_listen: self.socket_addr(root, "admin.metrics_listen"),
         };
+        // The daemon can bind a longer path (it binds a short name, then renames it), but no
+        // client can connect to it: `status`, `jobs` and `replay` never reached the daemon.
+        let socket_len = admin.socket.as_os_str().len();
+        if socket_len > MAX_SOCKET_PATH {
+            self.problem(
+                "admin.socket",
+                format!(
+                    "the path is {socket_len} bytes long, and a Unix socket's address holds at most {MAX_SOCKET_PATH}: no client (`status`, `curl --unix-socket`) could connect to it; choose a shorter path, such as /run/claid-hotfolder/admin.sock"
+                ),
+            );
+        }
         let log = LogConfig {
             format: self.choice(root, "log.format", LogFormat::Text),
         };
