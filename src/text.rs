@@ -118,6 +118,18 @@ pub fn write_unsafe_escaped(out: &mut impl Write, text: &str) -> fmt::Result {
     write_escaped(out, text, false)
 }
 
+/// `text` with every [`is_unsafe_char`] escaped, backslashes left as they are: for a message
+/// that quotes values it was given (a manifest's `"\e]0;…"` cleared the screen of whoever
+/// read its error file). Returned as it was when it holds none.
+pub fn unsafe_escaped(text: String) -> String {
+    if !text.chars().any(is_unsafe_char) {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    let _ = write_unsafe_escaped(&mut out, &text);
+    out
+}
+
 /// `text` with every unsafe character escaped and backslashes doubled (the [`Escaped`] form),
 /// as an owned string: for messages stored or sent on.
 pub fn escape(text: &str) -> String {

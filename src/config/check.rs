@@ -42,7 +42,7 @@ impl Checker {
         self.problems.push(ConfigProblem {
             key: key.to_owned(),
             line: None,
-            message: message.into(),
+            message: crate::text::unsafe_escaped(message.into()),
         });
     }
 

@@ -30,7 +30,7 @@ impl Collector {
         self.pending.push(Pending {
             path: path.into(),
             fallback,
-            message,
+            message: crate::text::unsafe_escaped(message),
         });
     }
 

@@ -1037,6 +1037,22 @@ fn issue15_the_staging_folder_is_neither_a_destination_nor_an_input() {
     }
 }
 
+/// A value quoted in a problem is shown with its control characters escaped: a manifest's
+/// `width: "\e]0;…\e[2J"` retitled and cleared the terminal of whoever read its error file
+/// or ran `validate`.
+#[test]
+fn control_characters_of_a_quoted_value_are_escaped_in_its_problem() {
+    let env = env();
+    let text = "images:\n  - input: storage://demo/a-64x48.png\n    operations: { resizing: { width: \"\\e]0;PWNED\\a\\e[2J\" } }\n";
+    let err = env.load_text("m.yaml", text).expect_err("refused");
+    let told = err.error_txt();
+    assert!(told.contains("\\x1b]0;PWNED\\x07\\x1b[2J"), "{told}");
+    assert!(
+        !told.contains('\u{1b}') && !told.contains('\u{7}'),
+        "{told:?}"
+    );
+}
+
 /// A report that could not be written (its path is a folder in the outbox, or a symbolic
 /// link) is a problem of the manifest at intake: the run would be billed and end with no
 /// report.
