@@ -64,6 +64,9 @@ use tokio::time::Instant;
 /// daemon for hours (the longest documented window is 60 s).
 pub const MAX_RESET: Duration = Duration::from_secs(120);
 
+/// A closure of the gate this long or longer is told (a WARN, at most once a minute).
+const LONG_BLOCK: Duration = Duration::from_secs(10);
+
 /// Pause used after a 429 or `Remaining <= 0` when the server sent no usable `RateLimit-Reset`.
 pub const DEFAULT_RESET: Duration = Duration::from_secs(1);
 
@@ -141,6 +144,8 @@ struct State {
     /// Higher quotas (at most the config's) every answer has announced since then: applied
     /// once they have been announced for [`RAISE_AFTER`] without a lower one in between.
     raise: Option<(Instant, (usize, usize))>,
+    /// When a long closure was last told (at most one WARN a minute).
+    long_block_told: Option<Instant>,
 }
 
 /// How long the server must keep announcing higher quotas (an account whose plan was raised)
@@ -325,10 +330,25 @@ impl Limiter {
     /// Closes the gate for everyone for `reset` (capped at [`MAX_RESET`]); never shortens an
     /// existing closure.
     pub fn block_for(&self, reset: Duration) {
-        let until = Instant::now() + reset.min(MAX_RESET);
+        let now = Instant::now();
+        let until = now + reset.min(MAX_RESET);
         let mut state = self.lock();
         if state.blocked_until.is_none_or(|current| current < until) {
             state.blocked_until = Some(until);
+            // A long wait is told: with every answer saying no request is left for minutes,
+            // the daemon sat idle for hours without a word.
+            if reset >= LONG_BLOCK
+                && state
+                    .long_block_told
+                    .is_none_or(|told| now.duration_since(told) >= Duration::from_secs(60))
+            {
+                state.long_block_told = Some(now);
+                drop(state);
+                tracing::warn!(
+                    wait_s = reset.min(MAX_RESET).as_secs(),
+                    "Claid says no request is left for a while (429, or RateLimit-Remaining: 0 with RateLimit-Reset); every call waits (a Reset past 120 s is cut to 120 s); if this goes on, check the account's limits with Claid or lower api.requests_per_minute"
+                );
+            }
         }
     }
 
@@ -531,6 +551,38 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     use super::*;
+
+    /// A closure of the gate for 10 s or more is told, once a minute at most (every answer
+    /// saying no request was left for minutes kept the daemon idle without a word).
+    #[test]
+    fn a_long_closure_of_the_gate_is_told_once_a_minute() {
+        #[derive(Clone, Default)]
+        struct Capture(std::sync::Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Capture {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let capture = Capture::default();
+        let writer = capture.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let limiter = Limiter::new(NonZeroU32::new(4).unwrap(), NonZeroU32::new(120).unwrap());
+        tracing::subscriber::with_default(subscriber, || {
+            limiter.block_for(Duration::from_secs(2));
+            limiter.block_for(MAX_RESET);
+            limiter.block_for(MAX_RESET + Duration::from_secs(1));
+        });
+        let text = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.matches("no request is left").count(), 1, "{text}");
+        assert!(text.contains("wait_s=120"), "{text}");
+    }
 
     /// The server's quota policies lower the configured quotas at once, from Claid's
     /// `RateLimit-Limit` form and the bare `RateLimit-Policy` one.
