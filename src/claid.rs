@@ -217,6 +217,12 @@ pub enum ClaidError {
         request_id: Option<String>,
         about: &'static str,
     },
+    /// A URL (a result's; the API's redirects are never followed) that redirects past the
+    /// client's limit: a loop, no outage of its host.
+    #[error(
+        "{endpoint}: {addr} redirects in a loop (more than 10 redirects); the URL leads to no file"
+    )]
+    RedirectLoop { endpoint: Endpoint, addr: String },
     #[error("download: result gone ({status})")]
     ResultGone {
         status: u16,
@@ -302,6 +308,8 @@ impl ClaidError {
             // billed image at the first answer.
             DownloadStatus { .. } => ErrorClass::Transient,
             Truncated { .. } => ErrorClass::Transient,
+            // Asked again on the download's budget (the loop may be a moment's), then failed.
+            RedirectLoop { .. } => ErrorClass::Transient,
         }
     }
 
@@ -365,6 +373,7 @@ impl ClaidError {
             DownloadStatus { .. } => C::DownloadFailed,
             TooLarge { .. } => C::DownloadTooLarge,
             Truncated { .. } => C::DownloadTruncated,
+            RedirectLoop { .. } => C::DownloadFailed,
         }
     }
 
@@ -384,7 +393,7 @@ impl ClaidError {
             | DownloadStatus { request_id, .. }
             | TooLarge { request_id, .. }
             | Truncated { request_id, .. } => request_id.as_deref(),
-            Config { .. } | BadUrl { .. } | Connect { .. } => None,
+            Config { .. } | BadUrl { .. } | Connect { .. } | RedirectLoop { .. } => None,
         }
     }
 
@@ -1375,6 +1384,8 @@ fn transport_error(
             addr,
             request_id,
         }
+    } else if err.is_redirect() {
+        ClaidError::RedirectLoop { endpoint, addr }
     } else if err.is_builder() {
         ClaidError::BadUrl {
             endpoint,

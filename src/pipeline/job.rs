@@ -1291,8 +1291,10 @@ impl Runner {
                             // A result URL refused through the download's asks may be one
                             // Claid has replaced (re-signed, moved): the task is polled once
                             // more (no bill) and a different URL is downloaded from the start.
-                            if matches!(err, ClaidError::ResultGone { .. })
-                                && let (Some(asked), Some(task_id)) = (fresh_url, task_id)
+                            if matches!(
+                                err,
+                                ClaidError::ResultGone { .. } | ClaidError::RedirectLoop { .. }
+                            ) && let (Some(asked), Some(task_id)) = (fresh_url, task_id)
                             {
                                 *asked = true;
                                 if let Some((fresh, w, h)) =

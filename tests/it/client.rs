@@ -784,6 +784,24 @@ async fn a_submit_answered_200_whose_body_breaks_off_is_accepted_unread() {
     assert_eq!(err.class(), ErrorClass::Transient, "{err:?}");
 }
 
+/// A result URL that redirects to itself for ever is a loop, told as such: no outage of the
+/// result's host (it was waited out as one, 12 requests a second, and told "unreachable").
+#[tokio::test]
+async fn a_result_url_redirecting_in_a_loop_is_told_as_a_loop_not_an_outage() {
+    let (root, count) =
+        raw_server(b"HTTP/1.1 302 Found\r\nLocation: /files/a.png\r\nContent-Length: 0\r\n\r\n")
+            .await;
+    let client = client(&format!("{root}/v1"));
+    let err = client
+        .download_once(&format!("{root}/files/a.png"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("redirects in a loop"), "{err}");
+    assert!(!err.is_unreachable(), "{err:?}");
+    assert_eq!(err.code(), "download-failed");
+    assert!(count.load(Ordering::SeqCst) > 1);
+}
+
 /// Nothing listens: the error is transient, says it reached nobody, and names the host, the
 /// port and the OS cause.
 #[tokio::test]
