@@ -512,6 +512,15 @@ pub fn parse_with_env(
                     problem.message.push_str(&format!(" (set by ${var})"));
                 } else if problem.line.is_none() && !problem.key.is_empty() {
                     problem.line = lines.line(&problem.key);
+                    // A section only a variable made (`CLAID_HOTFOLDER__APII__X`): not in the
+                    // file, so the variable is named (the file was blamed for a key it lacks).
+                    if problem.line.is_none()
+                        && let Some((_, var)) = env_keys
+                            .iter()
+                            .find(|(key, _)| key.starts_with(&format!("{}.", problem.key)))
+                    {
+                        problem.message.push_str(&format!(" (set by ${var})"));
+                    }
                 }
             }
             problems.sort_by_key(|problem| problem.line.unwrap_or(0));

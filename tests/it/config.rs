@@ -386,6 +386,20 @@ fn environment_overrides_layer_over_the_file_and_name_their_variable() {
     );
     // A value from the environment has no line in the file.
     assert!(err.problems().iter().all(|p| p.line.is_none()), "{shown}");
+
+    // An unknown section that only a variable makes is the variable's, not the file's.
+    let err = config::parse_with_env(
+        text,
+        Path::new("/c.yaml"),
+        env(&[("CLAID_HOTFOLDER__APII__X", "1")]),
+    )
+    .unwrap_err();
+    let shown = err.to_string();
+    assert!(
+        shown.contains("`apii`: unknown key")
+            && shown.contains("(set by $CLAID_HOTFOLDER__APII__X)"),
+        "{shown}"
+    );
 }
 
 /// Credentials written into a storage's `endpoint` are refused, and never echoed: S3 requests
