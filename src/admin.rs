@@ -554,23 +554,7 @@ pub async fn replay_offline(
 ) -> Result<ReplayAnswer, ReplayError> {
     let ids = select_replay(store, req).await?;
     if req.dry_run {
-        let mut refused = Vec::new();
-        for &id in &ids {
-            if let Some(job) = store.job(id).await?
-                && job.state.is_replayable()
-                && let Some(why) = pipeline::local_input_gone(folders.0, id, &job)
-            {
-                refused.push(why);
-            }
-        }
-        return Ok(ReplayAnswer {
-            requeued: 0,
-            billed_again: 0,
-            in_doubt_again: 0,
-            preview: replay_preview(store, &ids).await?,
-            jobs: ids,
-            refused,
-        });
+        return dry_run_answer(store, folders.0, ids).await;
     }
     let (replayed, runs) = pipeline::requeue_for_replay(store, folders, ids).await?;
     Ok(ReplayAnswer {
@@ -580,6 +564,36 @@ pub async fn replay_offline(
         jobs: runs.into_iter().flat_map(|(_, _, ids)| ids).collect(),
         preview: Vec::new(),
         refused: replayed.refused,
+    })
+}
+
+/// What a replay of `ids` would do, changing nothing: the jobs it would requeue (their
+/// preview), and those it would refuse (a local input no longer in `inbox`), each told.
+async fn dry_run_answer(
+    store: &Store,
+    inbox: &std::path::Path,
+    ids: Vec<JobId>,
+) -> Result<ReplayAnswer, ReplayError> {
+    let mut refused = Vec::new();
+    let mut kept = Vec::with_capacity(ids.len());
+    for id in ids {
+        match store.job(id).await? {
+            Some(job) if job.state.is_replayable() => {
+                match pipeline::local_input_gone(inbox, id, &job) {
+                    Some(why) => refused.push(why),
+                    None => kept.push(id),
+                }
+            }
+            _ => kept.push(id),
+        }
+    }
+    Ok(ReplayAnswer {
+        requeued: 0,
+        billed_again: 0,
+        in_doubt_again: 0,
+        preview: replay_preview(store, &kept).await?,
+        jobs: kept,
+        refused,
     })
 }
 
@@ -884,16 +898,8 @@ async fn replay(
         }
     };
     if req.dry_run {
-        return match replay_preview(state.pipeline.store(), &ids).await {
-            Ok(preview) => axum::Json(ReplayAnswer {
-                requeued: 0,
-                billed_again: 0,
-                in_doubt_again: 0,
-                jobs: ids,
-                preview,
-                refused: Vec::new(),
-            })
-            .into_response(),
+        return match dry_run_answer(state.pipeline.store(), state.pipeline.inbox(), ids).await {
+            Ok(answer) => axum::Json(answer).into_response(),
             Err(err) => internal(&err),
         };
     }

@@ -1502,7 +1502,7 @@ fn cmd_replay(
             }
         }
     };
-    if dry_run && !answer.preview.is_empty() {
+    if dry_run && (!answer.preview.is_empty() || !answer.refused.is_empty()) {
         let done = answer.preview.iter().filter(|p| p.state == "done").count();
         // Failed after Claid took the task (a task-timeout, a download or write that failed):
         // Claid made, or may still make, the result it bills for.
@@ -1528,10 +1528,12 @@ fn cmd_replay(
                 " ({done} of them done and {taken} failed after Claid took their task: sending those again is billed again)"
             ),
         };
-        println!(
-            "Would requeue {} jobs{billed}{held}; nothing was changed (run it again without --dry-run):",
-            answer.preview.len()
-        );
+        if !answer.preview.is_empty() {
+            println!(
+                "Would requeue {} jobs{billed}{held}; nothing was changed (run it again without --dry-run):",
+                answer.preview.len()
+            );
+        }
         for job in &answer.preview {
             let note = if job.billed && job.state != "done" {
                 "  (Claid took its task: it may be billed already)"

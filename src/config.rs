@@ -494,7 +494,7 @@ pub fn parse_with_env(
             checker.problems.push(ConfigProblem {
                 key: String::new(),
                 line: err.line,
-                message: format!("not valid YAML: {}", err.message),
+                message: crate::text::unsafe_escaped(format!("not valid YAML: {}", err.message)),
             });
             None
         }

@@ -172,7 +172,8 @@ pub async fn serve_counted<H, F>(
         }
         // At the cap, the connection idle the longest (no request in progress: waiting for
         // its first headers or kept alive) makes room: idle clients can hold every place
-        // only until someone else needs one, so `/healthz` is always answered. The newcomer
+        // only until someone else needs one, so `/healthz` is answered (or, past the waiting
+        // places too, told 503 at once: never left unanswered in the accept queue). The newcomer
         // waits for that place in a task of its own (at most as many at once as there are
         // places): waiting here, each of 300 clients trickling headers cost the accept loop
         // a fifth of a second, and a probe behind them went unanswered for 20 s.

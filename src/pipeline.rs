@@ -744,6 +744,11 @@ impl Handle {
         self.shared.health.set_inbox_problem(why);
     }
 
+    /// The inbox the daemon watches.
+    pub fn inbox(&self) -> &std::path::Path {
+        &self.shared.inbox
+    }
+
     /// Since how long, and why, the inbox cannot be watched.
     pub fn inbox_problem(&self) -> Option<(std::time::Duration, String)> {
         self.shared.health.inbox_problem()

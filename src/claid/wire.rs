@@ -130,6 +130,10 @@ pub struct TaskError {
         skip_serializing_if = "Option::is_none"
     )]
     pub input_object: Option<ImageObject>,
+    /// Sent as a plain message, not an error object (`"errors": ["a warning"]`): kept for its
+    /// text, but no image's answer (a batch's warning is not one of its images' results).
+    #[serde(skip)]
+    pub plain: bool,
 }
 
 /// An optional field sent as `null` reads as its default, as an absent one does.
@@ -211,6 +215,7 @@ impl TaskError {
             error,
             created_at: String::new(),
             input_object: None,
+            plain: true,
         }
     }
 }
@@ -495,13 +500,18 @@ impl BatchTask {
         !self.status.is_terminal()
             || (self.status == TaskStatus::Done
                 && self.results.is_empty()
-                && self.errors.is_empty())
+                && self.answering_errors() == 0)
+    }
+
+    /// Errors that may be an image's answer (not plain messages).
+    fn answering_errors(&self) -> usize {
+        self.errors.iter().filter(|error| !error.plain).count()
     }
 
     /// DONE with fewer results and errors than the batch's `images`: Claid may not have
     /// attached every result yet (a batch's results are not documented as attached at once).
     pub fn answers_fewer_than(&self, images: usize) -> bool {
-        self.status == TaskStatus::Done && self.results.len() + self.errors.len() < images
+        self.status == TaskStatus::Done && self.results.len() + self.answering_errors() < images
     }
 }
 
@@ -895,6 +905,12 @@ mod tests {
         .expect("the answer parses");
         assert_eq!(batch.errors.len(), 1);
         assert_eq!(batch.errors[0].error, "one message");
+        // A DONE batch whose only `errors` are plain messages has answered for no image yet.
+        let done: BatchTask = serde_json::from_value(serde_json::json!({
+            "id": 9, "status": "DONE", "errors": ["a warning"]
+        }))
+        .expect("the answer parses");
+        assert!(done.lacks_result() && done.answers_fewer_than(1));
     }
 
     #[test]

@@ -28,10 +28,10 @@ use crate::yaml::kind;
 
 mod web;
 
-/// Turns the parsed value into a [`Config`], collecting every problem on the way.
 /// The longest path a Unix socket's address holds (`sun_path` is 108 bytes, with its NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
+/// Turns the parsed value into a [`Config`], collecting every problem on the way.
 #[derive(Default)]
 pub struct Checker {
     pub problems: Vec<ConfigProblem>,

@@ -547,6 +547,7 @@ async fn process_image(
         error: format!("{}: {message}", plan.input),
         created_at: now_rfc3339(),
         input_object,
+        plain: false,
     };
     let rendered = rendered.map_err(|err| failed(err.message(), None))?;
     if plan.forced_error {

@@ -1133,6 +1133,7 @@ fn async_view(id: u64, task: &Task) -> AsyncTask {
                 error: message.clone(),
                 created_at: at.clone(),
                 input_object: None,
+                plain: false,
             }],
             TaskResult::default(),
         ),

@@ -102,7 +102,7 @@ pub fn problem(err: ParseError, syntax: Syntax, text: &str) -> Problem {
     };
     Problem {
         line: err.line,
-        message,
+        message: crate::text::unsafe_escaped(message),
     }
 }
 

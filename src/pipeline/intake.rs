@@ -43,6 +43,8 @@ const SMALL_FILE_BYTES: u64 = 256 * 1024;
 /// Candidates taken off the watcher's channel and not yet done (each waits for its worker in
 /// a task of its own): past this many, intake takes no more until one is done, so the
 /// watcher's channel (and the scan behind it) waits instead of a task per file piling up.
+/// The price: while 1,024 wait, a small file behind them waits too (its lane is taken only
+/// once it is off the channel).
 const MAX_WAITING: usize = 1024;
 
 /// Intake's parts.

@@ -192,6 +192,15 @@ async fn replaying_an_archived_recipe_image_is_refused_until_it_is_put_back() {
     assert_eq!(code, 0, "stderr:\n{stderr}");
     let (_, jobs, _) = crate::support::cli(&["jobs", "--config", config_arg]).await;
     assert!(jobs.contains("done") && !jobs.contains("failed"), "{jobs}");
+    // Through a running daemon's socket, the dry run says so too.
+    let mut daemon = env.spawn_daemon(&config, 0);
+    let socket = env.socket();
+    wait_until("the admin socket", DEADLINE, || socket.exists()).await;
+    let (code, out, err) =
+        crate::support::cli(&["replay", "--config", config_arg, "--job", "1", "--dry-run"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("Would be refused: job 1"), "{out}");
+    stop(&mut daemon).await;
 
     std::fs::write(env.inbox.join("r/shoe.png"), &shoe).expect("put back");
     let (code, out, err) =
