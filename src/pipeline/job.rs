@@ -307,8 +307,9 @@ impl Runner {
         let mut found = None;
         for key in std::iter::once(key.to_owned()).chain(extension_alias(key)) {
             match storage.objects.head(&key).await {
-                // An empty object is no output to keep: `skip` has Claid write it again.
-                Ok(info) if info.size == 0 && policy == OnOutputExists::Skip => return None,
+                // An empty object is no output (as an empty file is not): under `skip` and
+                // `fail` alike, Claid writes it again.
+                Ok(info) if info.size == 0 => return None,
                 Ok(info) => {
                     found = Some((key, info));
                     break;
@@ -329,12 +330,18 @@ impl Runner {
                 Step::Continue => None,
             };
         }
+        // Its size, as a kept file's is reported, read from its header (a few KiB).
+        let (width, height) = object_ends(&storage.objects, &key, info.size)
+            .await
+            .ok()
+            .and_then(|(head, _)| output::check::dimensions(&head, (0, 0)))
+            .unwrap_or((0, 0));
         let done = DoneInfo {
             path: object.clone(),
             bytes: info.size,
             sha256: String::new(),
-            width: 0,
-            height: 0,
+            width,
+            height,
             task_id: None,
             unchanged: false,
             skipped: true,

@@ -1812,15 +1812,14 @@ async fn on_output_exists_skip_and_fail_protect_existing_objects_before_any_spen
         let mut text = std::fs::read_to_string(&config).expect("config");
         text.push_str(&format!("on_output_exists: {policy}\n"));
         std::fs::write(&config, text).expect("config");
-        let kept = b"an object the operator keeps".to_vec();
+        let kept = crate::support::png(9, 7);
         let prefix = format!("raw/{policy}/");
         s3.put_object("catalog", &format!("{prefix}shoes/sku-0.jpg"), &kept)
             .await;
-        if policy == "skip" {
-            // An empty object is no output to keep: Claid writes this one again.
-            s3.put_object("catalog", &format!("{prefix}shoes/sku-1.jpg"), b"")
-                .await;
-        }
+        // An empty object is no output, under either policy: Claid writes this one again
+        // (`fail` failed it while `skip` replaced it).
+        s3.put_object("catalog", &format!("{prefix}shoes/sku-1.jpg"), b"")
+            .await;
         env.drop_file(
             "shoes.yaml",
             format!(
@@ -1839,6 +1838,14 @@ async fn on_output_exists_skip_and_fail_protect_existing_objects_before_any_spen
                     .as_str()
                     .is_some_and(|r| r.starts_with("output-exists")),
                 "{report:#}"
+            );
+        } else {
+            // The kept object's size, read from its header, as a kept file's is reported.
+            let row = &report["jobs"][0];
+            assert_eq!(
+                (row["width"].as_u64(), row["height"].as_u64()),
+                (Some(9), Some(7)),
+                "{row}"
             );
         }
         assert_eq!(
