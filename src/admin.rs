@@ -989,7 +989,13 @@ async fn exchange(
     path_and_query: &str,
     body: Option<&serde_json::Value>,
 ) -> Result<(u16, Vec<u8>), AdminError> {
-    exchange_within(socket, method, path_and_query, body, MAX_ANSWER_BYTES).await
+    // Only `/jobs` lists per job (about 300 bytes each); every other answer is small.
+    let max_answer = if path_and_query.starts_with("/jobs") {
+        MAX_JOBS_ANSWER_BYTES
+    } else {
+        MAX_ANSWER_BYTES
+    };
+    exchange_within(socket, method, path_and_query, body, max_answer).await
 }
 
 /// [`exchange`], reading at most `max_answer` bytes of the answer's body.
@@ -1054,9 +1060,12 @@ async fn exchange_within(
     Ok((status, body.to_vec()))
 }
 
-/// The largest answer the CLI reads from the admin socket (a `/jobs` of a million jobs is
+/// The largest answer of `/jobs` the CLI reads from the admin socket (a million jobs are
 /// about 300 MB).
-const MAX_ANSWER_BYTES: usize = 1 << 30;
+const MAX_JOBS_ANSWER_BYTES: usize = 1 << 30;
+
+/// The largest other answer the CLI reads (`/status` lists the active runs and 50 others).
+const MAX_ANSWER_BYTES: usize = 64 << 20;
 
 #[cfg(test)]
 mod tests {

@@ -1659,17 +1659,9 @@ impl Runner {
                 else {
                     break bytes;
                 };
-                reads += 1;
-                if reads >= MAX_MISMATCHED_DOWNLOADS {
-                    let message = format!("{message} ({})", storage.objects.uri(key));
-                    return self.fail(id, FailureCode::ResultMismatch, &message).await;
-                }
-                warn!(message = %message, object = %storage.objects.uri(key), "The output object does not match the result; reading it again");
-                if !self
-                    .wait(jitter(reads, deps.retry.base, deps.retry.cap))
-                    .await
-                {
-                    return Step::End(JobOutcome::Parked);
+                let object = storage.objects.uri(key);
+                if let Some(step) = self.read_again(id, &mut reads, message, &object).await {
+                    return step;
                 }
             };
             let dims = (width, height, task_id);
@@ -1698,17 +1690,9 @@ impl Runner {
             else {
                 break;
             };
-            reads += 1;
-            if reads >= MAX_MISMATCHED_DOWNLOADS {
-                let message = format!("{message} ({})", storage.objects.uri(key));
-                return self.fail(id, FailureCode::ResultMismatch, &message).await;
-            }
-            warn!(message = %message, object = %storage.objects.uri(key), "The output object does not match the result; reading it again");
-            if !self
-                .wait(jitter(reads, deps.retry.base, deps.retry.cap))
-                .await
-            {
-                return Step::End(JobOutcome::Parked);
+            let object = storage.objects.uri(key);
+            if let Some(step) = self.read_again(id, &mut reads, message, &object).await {
+                return step;
             }
         }
         let done = DoneInfo {
@@ -1732,6 +1716,29 @@ impl Runner {
                 Step::End(JobOutcome::Parked)
             }
         }
+    }
+
+    /// One more read of an output `object` found not to be the result (`message` says how):
+    /// after [`MAX_MISMATCHED_DOWNLOADS`] reads the job fails `result-mismatch`, naming the
+    /// object; before, a warning and a wait. `Some(step)` ends the job's step.
+    async fn read_again(
+        &self,
+        id: JobId,
+        reads: &mut u32,
+        message: String,
+        object: &str,
+    ) -> Option<Step> {
+        *reads += 1;
+        if *reads >= MAX_MISMATCHED_DOWNLOADS {
+            let message = format!("{message} ({object})");
+            return Some(self.fail(id, FailureCode::ResultMismatch, &message).await);
+        }
+        warn!(message = %message, object = %object, "The output object does not match the result; reading it again");
+        let retry = &self.deps.retry;
+        if !self.wait(jitter(*reads, retry.base, retry.cap)).await {
+            return Some(Step::End(JobOutcome::Parked));
+        }
+        None
     }
 
     /// Queues a job of a later run whose earlier output object cannot be taken again (gone,

@@ -898,14 +898,14 @@ fn issue15_storage_keys_s3_would_refuse_are_refused_at_validation() {
     );
 }
 
-/// A storage output that is its own input spelled through another storage on the same
-/// bucket (one storage's prefix inside the other's), or through the connector's name: refused
-/// at validation, before Claid writes the edit over the original (compared as written, the
-/// two spellings passed, and the customer's photo was replaced).
-#[test]
-fn issue15_an_output_over_its_own_input_through_another_storage_is_refused() {
-    let env = env();
-    let entry = |claid: &str, prefix: &str| claid_hotfolder::config::StorageEntry {
+/// A storage of bucket `cat` on Amazon S3, its connector `claid`, under `prefix`; the
+/// staging storage (`api.staging`) when `staging`.
+fn storage_entry(
+    claid: &str,
+    prefix: &str,
+    staging: bool,
+) -> claid_hotfolder::config::StorageEntry {
+    claid_hotfolder::config::StorageEntry {
         claid_name: claid.to_owned(),
         provider: claid_hotfolder::objects::Provider::S3,
         bucket: "cat".to_owned(),
@@ -914,8 +914,18 @@ fn issue15_an_output_over_its_own_input_through_another_storage_is_refused() {
         region: "us-east-1".to_owned(),
         credentials_file: None,
         output_local_copy: false,
-        staging: false,
-    };
+        staging,
+    }
+}
+
+/// A storage output that is its own input spelled through another storage on the same
+/// bucket (one storage's prefix inside the other's), or through the connector's name: refused
+/// at validation, before Claid writes the edit over the original (compared as written, the
+/// two spellings passed, and the customer's photo was replaced).
+#[test]
+fn issue15_an_output_over_its_own_input_through_another_storage_is_refused() {
+    let env = env();
+    let entry = |claid: &str, prefix: &str| storage_entry(claid, prefix, false);
     let mut storages = BTreeMap::new();
     storages.insert("catalog".to_owned(), entry("catalog-s3", "images"));
     storages.insert("deep".to_owned(), entry("deep-s3", "images/out"));
@@ -943,17 +953,7 @@ fn issue15_an_output_over_its_own_input_through_another_storage_is_refused() {
 #[test]
 fn issue15_an_output_over_another_images_input_is_refused() {
     let env = env();
-    let entry = |claid: &str, prefix: &str| claid_hotfolder::config::StorageEntry {
-        claid_name: claid.to_owned(),
-        provider: claid_hotfolder::objects::Provider::S3,
-        bucket: "cat".to_owned(),
-        prefix: prefix.to_owned(),
-        endpoint: None,
-        region: "us-east-1".to_owned(),
-        credentials_file: None,
-        output_local_copy: false,
-        staging: false,
-    };
+    let entry = |claid: &str, prefix: &str| storage_entry(claid, prefix, false);
     let mut storages = BTreeMap::new();
     storages.insert("catalog".to_owned(), entry("catalog-s3", "images"));
     storages.insert("whole".to_owned(), entry("whole-s3", ""));
@@ -989,17 +989,7 @@ fn issue15_an_output_over_another_images_input_is_refused() {
 #[test]
 fn issue15_the_staging_folder_is_neither_a_destination_nor_an_input() {
     let env = env();
-    let entry = |claid: &str, prefix: &str, staging: bool| claid_hotfolder::config::StorageEntry {
-        claid_name: claid.to_owned(),
-        provider: claid_hotfolder::objects::Provider::S3,
-        bucket: "cat".to_owned(),
-        prefix: prefix.to_owned(),
-        endpoint: None,
-        region: "us-east-1".to_owned(),
-        credentials_file: None,
-        output_local_copy: false,
-        staging,
-    };
+    let entry = storage_entry;
     let mut storages = BTreeMap::new();
     storages.insert("stage".to_owned(), entry("stage-s3", "work", true));
     storages.insert("whole".to_owned(), entry("whole-s3", "", false));
