@@ -307,9 +307,9 @@ impl Runner {
         let mut found = None;
         for key in std::iter::once(key.to_owned()).chain(extension_alias(key)) {
             match storage.objects.head(&key).await {
-                // An empty object is no output (as an empty file is not): under `skip` and
-                // `fail` alike, Claid writes it again.
-                Ok(info) if info.size == 0 => return None,
+                // An empty object is no output to keep: `skip` has Claid write it again
+                // (`fail` refuses anything there, as it does an empty file).
+                Ok(info) if info.size == 0 && policy == OnOutputExists::Skip => return None,
                 Ok(info) => {
                     found = Some((key, info));
                     break;
