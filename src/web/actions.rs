@@ -255,7 +255,8 @@ fn rerun(
     ));
     // A file rejected again was kept as `name.1.yaml`: its error file names where it came
     // from, and it goes back there (outputs and reports under its own name), when free.
-    let origin = std::fs::read_to_string(&error_file).ok().and_then(|text| {
+    let error_text = std::fs::read_to_string(&error_file).ok();
+    let origin = error_text.as_deref().and_then(|text| {
         let first = text.lines().next()?.strip_prefix("manifest: ")?.to_owned();
         // Written escaped (a newline in the name as `\n`): the name itself, not its escape.
         let first = crate::text::unescape(&first).unwrap_or(first);
@@ -267,17 +268,27 @@ fn rerun(
         };
         (!inbox.join(&rel).exists()).then_some(rel)
     });
-    let dest = match origin {
-        Some(rel) => crate::output::move_into(&src, inbox, &rel),
-        None => crate::output::move_mirrored(rejected, &src, inbox),
-    }
-    .map_err(|err| err.to_string())?;
+    // The error file goes first: removed after the move, it could be the one the daemon had
+    // just written for the file rejected again (the new reason was lost).
     if let Err(err) = std::fs::remove_file(&error_file)
         && err.kind() != std::io::ErrorKind::NotFound
     {
         warn!(error = %crate::os_error::OsCause(&err), file = %Escaped::path(&error_file), "Cannot remove the error file of a re-run file");
     }
-    Ok(dest)
+    let moved = match origin {
+        Some(rel) => crate::output::move_into(&src, inbox, &rel),
+        None => crate::output::move_mirrored(rejected, &src, inbox),
+    };
+    match moved {
+        Ok(dest) => Ok(dest),
+        Err(err) => {
+            // Not moved: the file stays rejected, with its reason.
+            if let Some(text) = error_text {
+                let _ = std::fs::write(&error_file, text);
+            }
+            Err(err.to_string())
+        }
+    }
 }
 
 #[cfg(test)]
@@ -310,5 +321,26 @@ mod tests {
         assert_eq!(dest, inbox.join(name));
         assert!(inbox.join(name).is_file());
         assert!(!error_file.exists(), "its error file is removed");
+    }
+
+    /// The error file is removed before the move (after it, it could be the one the daemon had
+    /// just written for the file rejected again); a move that fails puts it back, so the
+    /// file stays rejected with its reason.
+    #[test]
+    fn a_rerun_that_cannot_move_keeps_the_files_reason() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (rejected, inbox) = (dir.path().join("rejected"), dir.path().join("inbox"));
+        std::fs::create_dir_all(&rejected).expect("rejected");
+        // The inbox is a file: nothing can move into it.
+        std::fs::write(&inbox, b"not a folder").expect("inbox");
+        std::fs::write(rejected.join("m.yaml"), b"images: []\n").expect("file");
+        let error_file = rejected.join("m.yaml.error.txt");
+        std::fs::write(&error_file, "manifest: m.yaml\n\nthe reason\n").expect("error file");
+        assert!(rerun(&rejected, &inbox, "m.yaml").is_err());
+        assert!(rejected.join("m.yaml").is_file());
+        assert_eq!(
+            std::fs::read_to_string(&error_file).expect("kept"),
+            "manifest: m.yaml\n\nthe reason\n"
+        );
     }
 }
