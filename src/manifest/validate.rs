@@ -406,9 +406,12 @@ pub fn validate(
                 problems.add(&output_at, format!("the object `{object}`: {err}"));
                 continue;
             }
+            let place = object_place(ctx.storages, &object).unwrap_or_else(|| object.clone());
             // Claid would write the edit over the very photo it reads: the source is lost.
-            if matches!(&input, super::Input::Remote(url)
-                if *url == object || same_object(ctx.storages, url, &object))
+            // (Its own input through another storage on the bucket, or the connector's name,
+            // has the same place.)
+            if matches!(&input, super::Input::Remote(url) if *url == object)
+                || input_place.as_ref() == Some(&place)
             {
                 problems.add(
                     &output_at,
@@ -418,7 +421,6 @@ pub fn validate(
                 );
                 continue;
             }
-            let place = object_place(ctx.storages, &object).unwrap_or_else(|| object.clone());
             if let Some(first) = input_places.get(&place) {
                 problems.add(
                     &output_at,
@@ -750,16 +752,10 @@ pub fn unknown_key_message(key: &str, known: &[&str]) -> String {
     }
 }
 
-/// Whether two `storage://NAME/key` URIs name one object: their storages (by name or
-/// connector name) resolved to `s3://bucket/prefix`, their keys under it. Two storages may
-/// point into one bucket, one prefix inside the other.
-fn same_object(storages: &BTreeMap<String, StorageEntry>, a: &str, b: &str) -> bool {
-    let place = |uri| object_place(storages, uri);
-    matches!((place(a), place(b)), (Some(a), Some(b)) if a == b)
-}
-
 /// Where a `storage://NAME/key` URI points: `ENDPOINT s3://bucket/prefix/key` (the same bucket
-/// name on two servers is two buckets); `None` for a storage that is not configured.
+/// name on two servers is two buckets); `None` for a storage that is not configured. Two
+/// URIs name one object when their places are equal: their storages (by name or connector
+/// name) may point into one bucket, one prefix inside the other.
 fn object_place(storages: &BTreeMap<String, StorageEntry>, uri: &str) -> Option<String> {
     let (name, key) = crate::storages::split_uri(uri)?;
     let entry = storage_entry(storages, name)?;

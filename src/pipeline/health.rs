@@ -78,6 +78,15 @@ struct Writes {
     since: Option<Instant>,
 }
 
+impl Writes {
+    /// Forgets since when outputs have been held once none is any more.
+    fn end_hold_if_released(&mut self) {
+        if self.everywhere.0 == 0 && self.folders.is_empty() {
+            self.since = None;
+        }
+    }
+}
+
 /// How often a folder given up on (see [`HealthState::given_up_for`]) is tried again.
 const GIVEN_UP_PROBE: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -120,15 +129,10 @@ impl Drop for WritesBlocked {
             .writes
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if writes.everywhere.0 <= usize::from(self.folder.is_none())
-            && writes.folders.values().map(|held| held.0).sum::<usize>()
-                <= usize::from(self.folder.is_some())
-        {
-            writes.since = None;
-        }
         match &self.folder {
             None => {
                 writes.everywhere.0 = writes.everywhere.0.saturating_sub(1);
+                writes.end_hold_if_released();
                 if writes.everywhere.0 == 0 {
                     info!("No output waits for room to be written any more; submitting resumed");
                 }
@@ -140,6 +144,7 @@ impl Drop for WritesBlocked {
                 });
                 if left == Some(0) {
                     writes.folders.remove(folder);
+                    writes.end_hold_if_released();
                     let given_up = writes.given_up.contains_key(folder);
                     drop(writes);
                     if given_up {
