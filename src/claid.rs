@@ -1403,7 +1403,8 @@ fn transport_error(
 
 /// The proxy a request to `url` goes through, as the client reads the environment
 /// (`HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY`, either case, unless `NO_PROXY` names the host):
-/// `VARIABLE is set to host:port`, without any credentials in it. Told with connection
+/// `VARIABLE is set to host:port and NO_PROXY does not name HOST`, without any credentials
+/// in it. Told with connection
 /// errors, so an operator looks at the proxy too, not only at the API behind it.
 fn proxy_of(url: &Url) -> Option<String> {
     let var = |name: &str| {
@@ -1446,7 +1447,9 @@ fn proxy_of(url: &Url) -> Option<String> {
             })
         })
         .unwrap_or_else(|| "(unreadable)".to_owned());
-    Some(format!("{name} is set to {shown}"))
+    Some(format!(
+        "{name} is set to {shown} and NO_PROXY does not name {host}"
+    ))
 }
 
 /// `host:port` of a request URL, for messages (`127.0.0.1:9`, `api.claid.ai:443`).

@@ -133,7 +133,9 @@ pub async fn serve_counted<H, F>(
     let idle = Arc::new(Connections::default());
     // Newcomers waiting for the place of a connection evicted for them.
     let waiting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut last_busy_log: Option<Instant> = None;
+    // When "too many connections" was last logged (by the accept loop or a newcomer that
+    // waited for an evicted place in vain): at most once a minute.
+    let last_busy_log = Arc::new(std::sync::Mutex::new(None::<Instant>));
     let mut last_accept_log: Option<Instant> = None;
     loop {
         let accepted = tokio::select! {
@@ -180,11 +182,12 @@ pub async fn serve_counted<H, F>(
         let may_wait = waiting.load(std::sync::atomic::Ordering::SeqCst) < bounds.max_connections;
         if may_wait && idle.evict_oldest() {
             waiting.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let (permits, waiting, refused, busy) = (
+            let (permits, waiting, refused, busy, last_busy_log) = (
                 permits.clone(),
                 waiting.clone(),
                 refused.clone(),
                 busy.clone(),
+                last_busy_log.clone(),
             );
             connections.spawn(async move {
                 let permit = tokio::time::timeout(EVICT_WAIT, permits.acquire_owned())
@@ -196,6 +199,13 @@ pub async fn serve_counted<H, F>(
                     Some(permit) => serve(permit, io).await,
                     None => {
                         refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if busy_log_due(&last_busy_log) {
+                            warn!(
+                                server = bounds.name,
+                                max_connections = bounds.max_connections,
+                                "Too many connections at once, none of them idle; answering 503 to new ones"
+                            );
+                        }
                         refuse(io, &busy).await;
                     }
                 }
@@ -203,7 +213,7 @@ pub async fn serve_counted<H, F>(
             continue;
         }
         refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if log_due(&mut last_busy_log) {
+        if busy_log_due(&last_busy_log) {
             warn!(
                 server = bounds.name,
                 max_connections = bounds.max_connections,
@@ -439,6 +449,14 @@ pub fn error_response(status: StatusCode, message: &str) -> Response {
 }
 
 /// True (and the clock restarted) when a throttled log line is due.
+fn busy_log_due(last: &std::sync::Mutex<Option<Instant>>) -> bool {
+    log_due(
+        &mut last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    )
+}
+
 fn log_due(last: &mut Option<Instant>) -> bool {
     let due = last.is_none_or(|at| at.elapsed() >= LOG_EVERY);
     if due {

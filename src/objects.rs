@@ -82,7 +82,12 @@ impl Credentials {
     /// The standard environment variables `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`
     /// (and `AWS_SESSION_TOKEN` when set).
     pub fn from_env() -> Result<Credentials, ObjectError> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        Credentials::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// [`Credentials::from_env`] over any source of variables.
+    fn from_vars(read: impl Fn(&str) -> Option<String>) -> Result<Credentials, ObjectError> {
+        let var = |name: &str| read(name).filter(|v| !v.is_empty());
         match (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) {
             (Some(access_key_id), Some(secret_access_key)) => {
                 let credentials = Credentials {
@@ -93,7 +98,13 @@ impl Credentials {
                 credentials.register();
                 Ok(credentials)
             }
-            _ => Err(ObjectError::NoCredentials),
+            (key, secret) => Err(ObjectError::NoCredentials {
+                missing: match (key, secret) {
+                    (Some(_), None) => "AWS_SECRET_ACCESS_KEY is not set (AWS_ACCESS_KEY_ID is)",
+                    (None, Some(_)) => "AWS_ACCESS_KEY_ID is not set (AWS_SECRET_ACCESS_KEY is)",
+                    _ => "neither AWS_ACCESS_KEY_ID nor AWS_SECRET_ACCESS_KEY is set",
+                },
+            }),
         }
     }
 
@@ -431,9 +442,9 @@ pub enum ObjectError {
     )]
     Url { url: String, reason: &'static str },
     #[error(
-        "no S3 credentials: give a credentials file (YAML with access_key_id and secret_access_key) or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+        "no S3 credentials: {missing}; give a credentials file (YAML with access_key_id and secret_access_key) or set both variables"
     )]
-    NoCredentials,
+    NoCredentials { missing: &'static str },
     #[error(
         "no Google credentials: give a credentials file (a service account's JSON key) or set GOOGLE_APPLICATION_CREDENTIALS to one"
     )]
@@ -471,7 +482,7 @@ impl ObjectError {
         match self {
             ObjectError::UnsafeKey { .. } => "object-unsafe-key",
             ObjectError::Url { .. } => "object-storage-url",
-            ObjectError::NoCredentials
+            ObjectError::NoCredentials { .. }
             | ObjectError::NoGcsCredentials
             | ObjectError::CredentialsFile { .. } => "object-credentials",
             ObjectError::Setup { .. } => "object-storage-config",
@@ -996,6 +1007,24 @@ fn without_xml(message: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn missing_s3_variables_are_named() {
+        let only_key = |name: &str| (name == "AWS_ACCESS_KEY_ID").then(|| "AKIA".to_owned());
+        let err = super::Credentials::from_vars(only_key)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("AWS_SECRET_ACCESS_KEY is not set (AWS_ACCESS_KEY_ID is)"),
+            "{err}"
+        );
+        let err = super::Credentials::from_vars(|_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("neither AWS_ACCESS_KEY_ID nor"), "{err}");
+        let both = |_: &str| Some("x".to_owned());
+        assert!(super::Credentials::from_vars(both).is_ok());
+    }
+
     use super::*;
 
     #[test]

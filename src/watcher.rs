@@ -674,6 +674,7 @@ fn walk(root: &Path, reported: &mut Reported) -> std::io::Result<Vec<Found>> {
         let mut images = Vec::new();
         let mut recipe = None;
         let mut linked_images = Vec::new();
+        let mut odd_images = Vec::new();
         let mut linked_recipe = None;
         for entry in entries {
             let Ok(entry) = entry else { continue };
@@ -729,6 +730,8 @@ fn walk(root: &Path, reported: &mut Reported) -> std::io::Result<Vec<Found>> {
             if !file_type.is_file() {
                 if !hidden && is_manifest_name(&path) {
                     links.warn_once(&path, LinkKind::NotAFile);
+                } else if !hidden && is_image_name(&path) {
+                    odd_images.push(path);
                 }
                 continue;
             }
@@ -775,6 +778,9 @@ fn walk(root: &Path, reported: &mut Reported) -> std::io::Result<Vec<Found>> {
             for path in linked_images {
                 links.warn_once(&path, LinkKind::Image);
             }
+            for path in odd_images {
+                links.warn_once(&path, LinkKind::ImageNotAFile);
+            }
         }
         if let Some(recipe_link) = linked_recipe {
             links.warn_once(&recipe_link, LinkKind::Recipe);
@@ -812,6 +818,8 @@ enum LinkKind {
     /// Not a link: a manifest's name on something that is no regular file (a pipe, a socket,
     /// a device).
     NotAFile,
+    /// Not a link: an image's name in a recipe folder on something that is no regular file.
+    ImageNotAFile,
 }
 
 /// Whether a file's name says it is a list in a format manifests do not come in: a team that
@@ -914,6 +922,10 @@ impl LinkWarnings<'_> {
             LinkKind::ExtraExtension => warn!(
                 path = %path,
                 "A file in the inbox looks like a manifest saved with an extra `.txt` (an editor added it); it is left alone. Manifests end in .yaml, .yml or .json: rename it"
+            ),
+            LinkKind::ImageNotAFile => warn!(
+                path = %path,
+                "An image's name in a recipe folder is on something that is no regular file (a pipe, a socket or a device); it is not processed: put the image file there"
             ),
             LinkKind::NotAFile => warn!(
                 path = %path,

@@ -1127,7 +1127,9 @@ async fn a_refusing_proxy_is_named_not_only_the_api_behind_it() {
         .await;
     assert_eq!(code, 69, "{log}");
     assert!(
-        log.contains(&format!("(HTTP_PROXY is set to {proxy})")),
+        log.contains(&format!(
+            "(HTTP_PROXY is set to {proxy} and NO_PROXY does not name 127.0.0.1)"
+        )),
         "{log}"
     );
     assert_eq!(env.stats().submits, 0);

@@ -163,6 +163,30 @@ async fn a_recipe_image_whose_name_is_not_utf8_is_rejected_with_a_reason() {
     assert!(text.contains("UTF-8"), "{text}");
 }
 
+/// A named pipe with an image's name in a recipe folder is named once in a WARN (it was
+/// skipped without a word); the folder's real images are made and the pipe is left alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pipe_named_as_an_image_in_a_recipe_folder_is_named_not_skipped_silently() {
+    let env = TestEnv::new(Scenario::default()).await;
+    env.drop_file("r/.claid.yaml", RECIPE.as_bytes());
+    env.drop_file("r/ok.png", &png(640, 480));
+    let fifo = env.inbox.join("r/pipe.png");
+    crate::support::mkfifo(&fifo);
+    let (code, stderr) = env.run_once(&env.config("", "")).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(dimensions(&env.outbox.join("r/ok.jpg")), (200, 100));
+    let named: Vec<_> = stderr
+        .lines()
+        .filter(|l| l.contains("in a recipe folder is on something that is no regular file"))
+        .collect();
+    assert_eq!(named.len(), 1, "{stderr}");
+    assert!(named[0].contains("pipe.png"), "{stderr}");
+    assert!(
+        std::fs::symlink_metadata(&fifo).is_ok(),
+        "left where it was"
+    );
+}
+
 /// `replay --job` of a folder recipe's image, which was archived once made: refused, naming
 /// the input to put back, and the job stays done (run, it failed `input-unreadable` and its
 /// done record turned failed); `--dry-run` says so first. Put back, it is replayed.
