@@ -1014,7 +1014,9 @@ fn cmd_plan(config_path: &Path, file: &Path) -> anyhow::Result<i32> {
         crate::config::OnOutputExists::Fail => Some("fails"),
     };
     println!("{:>6}  {:<9}  {:<50}  output", "image", "plan", "input");
+    let mut parsed = crate::manifest::ParsedBodies::default();
     for job in &spec.jobs {
+        let body = parsed.get(&job.body);
         // As the daemon decides at registration: an output still there with the recorded
         // content, an object recorded in a storage, or a local copy fetched again from its
         // object are not submitted.
@@ -1022,7 +1024,7 @@ fn cmd_plan(config_path: &Path, file: &Path) -> anyhow::Result<i32> {
             match rt.block_on(snapshot.store().done_by_key(&job.key.hex())) {
                 Ok(Some((_, prev))) => crate::pipeline::intake::unchanged_state(
                     &config.folders.outbox,
-                    &job.body,
+                    &body,
                     &job.output_rel.to_string_lossy(),
                     &prev.state,
                 ),
@@ -1037,7 +1039,7 @@ fn cmd_plan(config_path: &Path, file: &Path) -> anyhow::Result<i32> {
         };
         let exists = exists_plan.filter(|_| {
             !unchanged
-                && crate::storages::destination_of(&job.body, &job.output_rel.to_string_lossy())
+                && crate::storages::destination_of(&body, &job.output_rel.to_string_lossy())
                     .is_none()
                 && std::fs::symlink_metadata(config.folders.outbox.join(&job.output_rel)).is_ok_and(
                     |meta| {
@@ -1063,19 +1065,19 @@ fn cmd_plan(config_path: &Path, file: &Path) -> anyhow::Result<i32> {
             let output_rel = job.output_rel.to_string_lossy();
             let batchable = if local {
                 // Named as the daemon stages it (its hash stands for any).
-                let named_as = crate::storages::Staging::named_as(&job.body, &output_rel);
+                let named_as = crate::storages::Staging::named_as(&body, &output_rel);
                 let staged = crate::storages::Staging::key_for("0", "0", &input, named_as);
                 config.api.staging.is_some()
                     && crate::pipeline::batch::output_named_as_in_a_batch(
                         &staged,
-                        &job.body,
+                        &body,
                         &output_rel,
                     )
             } else {
                 crate::pipeline::batch::batchable_input(&input, &connectors)
                     && crate::pipeline::batch::output_named_as_in_a_batch(
                         &input,
-                        &job.body,
+                        &body,
                         &output_rel,
                     )
             };

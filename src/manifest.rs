@@ -76,13 +76,81 @@ pub struct JobSpec {
     pub idx: usize,
     pub input: Input,
     /// `{"operations": .., "output": ..}` after the merge, WITHOUT `input` (added at submit, or
-    /// sent as the upload's `data` part as is). Shared: images without their own operations or
-    /// output hold the manifest's one body, so a 100,000-image manifest keeps one copy.
-    pub body: Arc<Value>,
+    /// sent as the upload's `data` part as is). Shared: images with the same body (all those
+    /// without operations or output of their own) hold one text.
+    pub body: Body,
     /// Output path relative to the outbox root (`a/b/shoes/sku-1.webp`).
     pub output_rel: PathBuf,
     /// Sha256 of input identity, canonical body and `output_rel` (README "Incremental").
     pub key: key::JobKey,
+}
+
+/// A job's request body as its canonical JSON text (keys sorted, no whitespace:
+/// [`key::canonical_json`], what the job key hashes). Kept as text until registration parses
+/// it: a parsed body of a few operations is about 3 KB of maps, its text about 100 bytes, and
+/// a validated manifest holds every image's body until the last job is registered (100,000
+/// images with operations of their own peaked at 335 MB). Equal bodies share one text.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Body(Arc<str>);
+
+impl Body {
+    /// The body, parsed. (Its text was written from a JSON value, so it always parses.)
+    pub fn value(&self) -> Value {
+        serde_json::from_str(&self.0).unwrap_or_default()
+    }
+
+    /// The canonical JSON text.
+    pub fn text(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether two bodies are one shared text (not only equal ones).
+    pub fn shares(&self, other: &Body) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Bodies as texts shared by every image that has the same one.
+#[derive(Default)]
+pub(crate) struct Bodies(std::collections::HashSet<Arc<str>>);
+
+impl Bodies {
+    /// The body of this canonical text, sharing the text of an equal one made before.
+    pub(crate) fn intern(&mut self, canonical: String) -> Body {
+        if let Some(text) = self.0.get(canonical.as_str()) {
+            return Body(Arc::clone(text));
+        }
+        let text: Arc<str> = Arc::from(canonical);
+        self.0.insert(Arc::clone(&text));
+        Body(text)
+    }
+}
+
+/// Jobs' bodies parsed for their store records, parsed once for a run of jobs sharing one
+/// text (a manifest whose images share a body keeps one parsed copy in its records too).
+#[derive(Default)]
+pub struct ParsedBodies {
+    last: Option<(Body, Arc<Value>)>,
+}
+
+impl ParsedBodies {
+    /// `body` parsed (the last one again when it shares its text).
+    pub fn get(&mut self, body: &Body) -> Arc<Value> {
+        match &self.last {
+            Some((last, value)) if last.shares(body) => Arc::clone(value),
+            _ => {
+                let value = Arc::new(body.value());
+                self.last = Some((body.clone(), Arc::clone(&value)));
+                value
+            }
+        }
+    }
 }
 
 /// Where an image comes from.
@@ -438,6 +506,32 @@ fn relative_to(inbox: &Path, manifest: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A body kept as its canonical text parses back to the value it was made from (numbers
+    /// of every kind included), equal texts are shared, and a run of jobs sharing one text is
+    /// parsed once.
+    #[test]
+    fn a_body_kept_as_text_is_the_value_it_was_made_from() {
+        let value = serde_json::json!({
+            "operations": {"resizing": {"width": 1000, "fit": "crop"}, "adjustments": {
+                "hdr": 0.1, "exposure": -1.0000000000000002, "tiny": 5e-324, "big": 1.7976931348623157e308,
+                "huge": u64::MAX, "neg": i64::MIN, "text": "é\"\n\u{1}", "list": [1, null, true, []]
+            }},
+            "output": {"format": {"type": "webp", "quality": 85}}
+        });
+        let mut bodies = Bodies::default();
+        let body = bodies.intern(key::canonical_json(&value));
+        assert_eq!(body.value(), value);
+        assert_eq!(body.text(), key::canonical_json(&body.value()));
+        let again = bodies.intern(key::canonical_json(&value.clone()));
+        assert!(body.shares(&again), "equal bodies share one text");
+        let other = bodies.intern(key::canonical_json(&serde_json::json!({"operations": {}})));
+        assert!(!body.shares(&other));
+        let mut parsed = ParsedBodies::default();
+        let first = parsed.get(&body);
+        assert!(Arc::ptr_eq(&first, &parsed.get(&again)), "parsed once");
+        assert_eq!(*parsed.get(&other), serde_json::json!({"operations": {}}));
+    }
 
     #[test]
     fn names() {

@@ -181,7 +181,8 @@ pub async fn requeue_for_replay(
             }
             let run = by_run.entry(job.manifest).or_default();
             run.0.push(id);
-            run.1.push((job.output_rel.clone(), job.body.clone()));
+            let object = crate::storages::destination_of(&job.body, &job.output_rel);
+            run.1.push((job.output_rel.clone(), object));
         }
     }
     let mut replayed = Replayed {

@@ -234,8 +234,10 @@ impl Reader<'_> {
     }
 }
 
-/// Outputs a run writes, each with its request body (a storage output reserves its object).
-pub type Outputs = Vec<(String, Arc<serde_json::Value>)>;
+/// Outputs a run writes, each with the `storage://` object it writes, if any (a storage
+/// output reserves its object too): the object, not the request body, so that a list of
+/// 100,000 outputs holds no parsed body.
+pub type Outputs = Vec<(String, Option<String>)>;
 
 /// Summaries of the jobs not Done or Failed, in id order: what a restart resumes.
 pub type Unfinished = Vec<(JobId, JobSummary)>;

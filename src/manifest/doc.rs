@@ -4,8 +4,10 @@
 //! The data is built straight from the parser's events by one serde seed (no intermediate
 //! `serde_yaml::Value` tree), and an image entry that is only `{input: "…"}` is kept as its
 //! string instead of a one-entry map: a `serde_json::Map` costs ≈ 600 bytes even for one key,
-//! so a 100,000-image manifest held 60 MB of maps before validation started. The validator
-//! sees the same entries either way ([`Item::to_value`]).
+//! so a 100,000-image manifest held 60 MB of maps before validation started. Any other entry
+//! is kept as its JSON text until the validator reads it (100,000 entries with operations of
+//! their own held 126 MB of maps; their texts hold about a tenth). The validator sees the same
+//! entries either way ([`Item::to_value`]).
 //!
 //! Every value below the root is built by `yaml::value`'s seed, under the same rules as a
 //! config (duplicate keys, tags and non-finite numbers refused) and the manifest's bounds:
@@ -34,20 +36,28 @@ pub struct Doc {
 pub enum Item {
     /// `{input: "…"}` and nothing else: only the string is kept.
     Input(String),
-    /// Any other entry, as written.
-    Other(Value),
+    /// Any other entry, as written, kept as its JSON text ([`Item::other`]).
+    Other(Box<str>),
 }
 
 impl Item {
+    /// Any entry but `{input: "…"}`, kept as its JSON text. (Object keys come back sorted,
+    /// as a parsed map holds them anyway; numbers come back exactly: serde_json's
+    /// `float_roundtrip`.)
+    pub fn other(value: &Value) -> Item {
+        Item::Other(value.to_string().into_boxed_str())
+    }
+
     /// The entry as the document wrote it (a one-key map is rebuilt for `Input`).
-    pub fn to_value(&self) -> std::borrow::Cow<'_, Value> {
+    pub fn to_value(&self) -> Value {
         match self {
             Item::Input(input) => {
                 let mut map = Map::new();
                 map.insert("input".to_owned(), Value::String(input.clone()));
-                std::borrow::Cow::Owned(Value::Object(map))
+                Value::Object(map)
             }
-            Item::Other(value) => std::borrow::Cow::Borrowed(value),
+            // Written by `other` from a value, so it always reads back.
+            Item::Other(text) => serde_json::from_str(text).unwrap_or_default(),
         }
     }
 }
@@ -275,7 +285,7 @@ fn compact(value: Value) -> Item {
                 _ => unreachable!("checked above: one string `input`"),
             }
         }
-        other => Item::Other(other),
+        other => Item::other(&other),
     }
 }
 
@@ -318,14 +328,15 @@ mod tests {
         );
         let images = doc.images.expect("a list");
         assert!(matches!(&images[0], Item::Input(s) if s == "a.jpg"));
-        assert!(matches!(&images[1], Item::Other(Value::Object(m)) if m.len() == 2));
-        assert!(matches!(&images[2], Item::Other(Value::String(s)) if s == "c.jpg"));
+        assert!(matches!(&images[1].to_value(), Value::Object(m) if m.len() == 2));
+        assert!(matches!(&images[2].to_value(), Value::String(s) if s == "c.jpg"));
         assert!(
-            matches!(&images[3], Item::Other(Value::Object(_))),
+            matches!(&images[3], Item::Other(_))
+                && matches!(images[3].to_value(), Value::Object(_)),
             "not a string input"
         );
         assert_eq!(
-            *images[0].to_value(),
+            images[0].to_value(),
             serde_json::json!({"input": "a.jpg"}),
             "the validator sees the entry as written"
         );

@@ -58,7 +58,7 @@ pub fn load_image(ctx: &LoadContext<'_>, image: &Path) -> Result<ManifestSpec, M
     let mut outbox = Outbox::new(ctx.outbox);
     let doc = Doc {
         root: Value::Object(view),
-        images: Some(vec![Item::Other(Value::String(name.to_owned()))]),
+        images: Some(vec![Item::other(&Value::String(name.to_owned()))]),
     };
     let jobs = validate(doc, &validation, &mut outbox, &mut problems);
     // Problems about the synthetic `images[0]` are about the dropped image itself, not about a
@@ -190,7 +190,7 @@ pub fn check(ctx: &LoadContext<'_>, recipe: &Path) -> Result<(), ManifestError> 
     // An image stands in for those dropped later: what is said about it is not the recipe's.
     let doc = Doc {
         root: Value::Object(view),
-        images: Some(vec![Item::Other(Value::String(
+        images: Some(vec![Item::other(&Value::String(
             "https://recipe.invalid/IMAGE.png".to_owned(),
         ))]),
     };

@@ -5,13 +5,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
 use crate::claid::request::{self, InputRule};
 use crate::config::{Profile, StorageEntry};
-use crate::manifest::JobSpec;
 use crate::manifest::doc::{Doc, Item};
 use crate::manifest::input::{LocalFiles, check_input};
 use crate::manifest::key::{canonical_json, job_key};
@@ -19,6 +17,7 @@ use crate::manifest::merge::{merge, merge_opt};
 use crate::manifest::outbox::{Naming, Outbox};
 use crate::manifest::output_name::{check_output_name, default_output_name, output_format};
 use crate::manifest::problems::Collector;
+use crate::manifest::{Bodies, JobSpec};
 use crate::yaml;
 
 /// Placeholder input used to validate operations with the request schema: the input itself is
@@ -165,10 +164,11 @@ pub fn validate(
     // A storage destination names a configured storage; the body carries its Claid name.
     let shared_dest_ok = resolve_destination(&mut base_output, "output", ctx.storages, problems);
     // The shared body is validated once: a problem in it is reported once, not per image.
-    let shared_body = Arc::new(make_body(&base_ops, base_output.as_ref()));
+    let shared_value = make_body(&base_ops, base_output.as_ref());
     let shared_ok =
-        check_schema(&shared_body, "", None, profile_name.as_deref(), problems) & shared_dest_ok;
-    let shared_canonical = canonical_json(&shared_body);
+        check_schema(&shared_value, "", None, profile_name.as_deref(), problems) & shared_dest_ok;
+    let mut bodies = Bodies::default();
+    let shared_body = bodies.intern(canonical_json(&shared_value));
     let shared_format = output_format(base_output.as_ref());
 
     let mut jobs = Vec::with_capacity(images.len());
@@ -182,7 +182,7 @@ pub fn validate(
     let mut local = LocalFiles::default();
     for (idx, item) in images.into_iter().enumerate() {
         let image = item.to_value();
-        let image = image.as_ref();
+        let image = &image;
         let at = format!("images[{idx}]");
         let (input_value, image_map) = match image {
             Value::String(_) => (Some(image), None),
@@ -277,8 +277,9 @@ pub fn validate(
             }
         }
 
-        let (body, canonical, format, body_ok) = if own_ops.is_none() && own_options.is_none() {
-            (Arc::clone(&shared_body), None, shared_format, shared_ok)
+        // The image's own body, parsed while it is checked (the shared one otherwise).
+        let (own_value, body, format, body_ok) = if own_ops.is_none() && own_options.is_none() {
+            (None, shared_body.clone(), shared_format, shared_ok)
         } else {
             let mut ops = base_ops.clone();
             match own_ops {
@@ -311,8 +312,8 @@ pub fn validate(
             let ok =
                 check_schema(&body, &at, Some(image), profile_name.as_deref(), problems) & dest_ok;
             let format = output_format(output.as_ref());
-            let canonical = canonical_json(&body);
-            (Arc::new(body), Some(canonical), format, ok)
+            let text = bodies.intern(canonical_json(&body));
+            (Some(body), text, format, ok)
         };
 
         let name = match &own_output_name {
@@ -384,8 +385,10 @@ pub fn validate(
             continue;
         }
         let mut output_place = None;
-        if let Some(object) = crate::storages::destination_of(&body, &output_rel.to_string_lossy())
-        {
+        if let Some(object) = crate::storages::destination_of(
+            own_value.as_ref().unwrap_or(&shared_value),
+            &output_rel.to_string_lossy(),
+        ) {
             if let Some(first) = objects.get(&object) {
                 problems.add(
                     &output_at,
@@ -454,11 +457,7 @@ pub fn validate(
             }
             objects.insert(object, idx);
         }
-        let key = job_key(
-            &input,
-            canonical.as_deref().unwrap_or(&shared_canonical),
-            &output_rel,
-        );
+        let key = job_key(&input, body.text(), &output_rel);
         if let Some(place) = input_place {
             input_places.entry(place).or_insert(idx);
         }
@@ -831,7 +830,7 @@ mod tests {
             idx,
             key: job_key(&input, "{}", Path::new(output)),
             input,
-            body: Arc::new(Value::Null),
+            body: crate::manifest::Bodies::default().intern("null".to_owned()),
             output_rel: PathBuf::from(output),
         }
     }

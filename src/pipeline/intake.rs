@@ -387,6 +387,7 @@ impl Intake {
             counts: None,
             staging_cleanup: false,
         };
+        let mut parsed = manifest::ParsedBodies::default();
         let jobs = spec.jobs.into_iter().map(move |job| {
             let (input, local) = match job.input {
                 Input::Remote(url) => (url, false),
@@ -398,7 +399,7 @@ impl Intake {
                 key: job.key.hex(),
                 input,
                 local,
-                body: job.body,
+                body: parsed.get(&job.body),
                 output_rel: job.output_rel.to_string_lossy().into_owned(),
                 state: JobState::Queued,
                 attempts: 0,
@@ -527,14 +528,14 @@ impl Intake {
         rel: &str,
     ) -> Option<(String, String)> {
         let extra_paths = report::reserved_paths(&self.folders.outbox, Path::new(rel));
+        let mut parsed = manifest::ParsedBodies::default();
         let outputs = spec
             .jobs
             .iter()
             .map(|job| {
-                (
-                    job.output_rel.to_string_lossy().into_owned(),
-                    job.body.clone(),
-                )
+                let output_rel = job.output_rel.to_string_lossy().into_owned();
+                let object = crate::storages::destination_of(&parsed.get(&job.body), &output_rel);
+                (output_rel, object)
             })
             .collect();
         match self.store.first_conflict(old, extra_paths, outputs).await {

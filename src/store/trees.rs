@@ -497,18 +497,23 @@ impl Trees {
 
     /// The object a job's storage output writes, as reserved: `s3://bucket/prefix/key`.
     fn object_of(&self, body: &serde_json::Value, output_rel: &str) -> Option<String> {
-        let uri = crate::storages::destination_of(body, output_rel)?;
+        Some(self.place_of(crate::storages::destination_of(body, output_rel)?))
+    }
+
+    /// Where a `storage://CONNECTOR/key` object is (the connector's bucket place), so that
+    /// two connectors naming one bucket reserve one object once.
+    fn place_of(&self, uri: String) -> String {
         let places = self
             .object_places
             .read()
             .unwrap_or_else(PoisonError::into_inner);
-        Some(match crate::storages::split_uri(&uri) {
+        match crate::storages::split_uri(&uri) {
             Some((connector, key)) => match places.get(connector) {
                 Some(place) => format!("{}/{key}", place.trim_end_matches('/')),
                 None => uri,
             },
             None => uri,
-        })
+        }
     }
 
     /// Reserves `path` for `owner`, unless a run that has not ended holds it, or holds a path
@@ -617,14 +622,14 @@ impl Trees {
         &self,
         owner: ManifestId,
         extra_paths: &[String],
-        outputs: &[(String, std::sync::Arc<serde_json::Value>)],
+        outputs: &[(String, Option<String>)],
     ) -> Result<(), StoreError> {
         for path in extra_paths {
             self.reserve(owner, path, Indexed::Yes)?;
         }
-        for (output_rel, body) in outputs {
+        for (output_rel, object) in outputs {
             self.reserve(owner, output_rel, Indexed::No)?;
-            if let Some(object) = self.object_of(body, output_rel) {
+            if let Some(object) = object.clone().map(|uri| self.place_of(uri)) {
                 self.reserve(owner, &object, Indexed::No)?;
             }
         }
@@ -639,7 +644,7 @@ impl Trees {
         &self,
         old: ManifestId,
         extra_paths: &[String],
-        outputs: &[(String, std::sync::Arc<serde_json::Value>)],
+        outputs: &[(String, Option<String>)],
     ) -> Result<Option<Registration>, StoreError> {
         let check = |path: &str| -> Result<Option<Registration>, StoreError> {
             let conflict = |other: ManifestId, taken: &str| self.conflict_with(other, taken, path);
@@ -661,11 +666,11 @@ impl Trees {
                 return Ok(Some(found));
             }
         }
-        for (output_rel, body) in outputs {
+        for (output_rel, object) in outputs {
             if let Some(found) = check(output_rel)? {
                 return Ok(Some(found));
             }
-            if let Some(object) = self.object_of(body, output_rel)
+            if let Some(object) = object.clone().map(|uri| self.place_of(uri))
                 && let Some(found) = check(&object)?
             {
                 return Ok(Some(found));

@@ -240,16 +240,17 @@ fn merge_profile_then_manifest_then_image() {
         "output": {"format": "webp"}
     });
     assert_eq!(
-        *spec.jobs[0].body, shared,
+        spec.jobs[0].body.value(),
+        shared,
         "scalar replaces object, null removes"
     );
-    assert_eq!(*spec.jobs[1].body, shared);
+    assert_eq!(spec.jobs[1].body.value(), shared);
     assert!(
-        std::sync::Arc::ptr_eq(&spec.jobs[0].body, &spec.jobs[1].body),
+        spec.jobs[0].body.shares(&spec.jobs[1].body),
         "images without their own operations share the manifest's body"
     );
     assert_eq!(
-        *spec.jobs[2].body,
+        spec.jobs[2].body.value(),
         json!({
             "operations": {"resizing": {"width": 2000, "height": 1000}, "background": {"remove": true}},
             "output": {"format": "webp"}
@@ -257,10 +258,14 @@ fn merge_profile_then_manifest_then_image() {
         "image operations deep-merge over the manifest's"
     );
     assert_eq!(
-        spec.jobs[3].body["output"],
+        spec.jobs[3].body.value()["output"],
         json!({"format": {"type": "png"}})
     );
-    assert!(spec.jobs.iter().all(|j| j.body.get("input").is_none()));
+    assert!(
+        spec.jobs
+            .iter()
+            .all(|j| j.body.value().get("input").is_none())
+    );
 
     let outs: Vec<_> = spec.jobs.iter().map(|j| j.output_rel.clone()).collect();
     assert_eq!(
@@ -299,7 +304,7 @@ fn manifest_null_removes_profile_output() {
             "profile: white-1000\noutput: null\noperations: null\nimages: [\"https://c.example/x.png\"]\n",
         )
         .unwrap();
-    assert_eq!(*spec.jobs[0].body, json!({"operations": {}}));
+    assert_eq!(spec.jobs[0].body.value(), json!({"operations": {}}));
     assert_eq!(spec.jobs[0].output_rel, PathBuf::from("m/x.jpg"));
 }
 
@@ -432,7 +437,7 @@ fn keys_are_stable_and_change_with_input_ops_output() {
     // The key is what key_for computes from the public parts.
     let job = &a.jobs[0];
     assert_eq!(
-        manifest::key_for(&job.input, &job.body, &job.output_rel),
+        manifest::key_for(&job.input, &job.body.value(), &job.output_rel),
         job.key
     );
 }

@@ -539,8 +539,9 @@ mod load {
                 job.input
             );
             if let Some(format) = format {
-                assert_eq!(job.body["output"]["format"], format, "{recipe:?}");
-                assert_eq!(job.body["operations"]["resizing"]["width"], 500);
+                let body = job.body.value();
+                assert_eq!(body["output"]["format"], format, "{recipe:?}");
+                assert_eq!(body["operations"]["resizing"]["width"], 500);
             }
         }
     }
