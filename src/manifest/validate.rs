@@ -173,7 +173,7 @@ pub fn validate(
 
     let mut jobs = Vec::with_capacity(images.len());
     let mut outputs = Outputs::with_capacity(images.len());
-    // Object keys of storage outputs: two images may not write the same object either.
+    // Storage outputs by their object's place: two images may not write the same object either.
     let mut objects: HashMap<String, usize> = HashMap::new();
     // Where `storage://` inputs and storage outputs point (`object_place`): no image's output
     // may be another image's input (Claid would write an edit over an original it reads).
@@ -389,7 +389,9 @@ pub fn validate(
             own_value.as_ref().unwrap_or(&shared_value),
             &output_rel.to_string_lossy(),
         ) {
-            if let Some(first) = objects.get(&object) {
+            // By the object's place: two storages on one bucket name one object two ways.
+            let place = object_place(ctx.storages, &object).unwrap_or_else(|| object.clone());
+            if let Some(first) = objects.get(&place) {
                 problems.add(
                     &output_at,
                     format!(
@@ -409,7 +411,6 @@ pub fn validate(
                 problems.add(&output_at, format!("the object `{object}`: {err}"));
                 continue;
             }
-            let place = object_place(ctx.storages, &object).unwrap_or_else(|| object.clone());
             // Claid would write the edit over the very photo it reads: the source is lost.
             // (Its own input through another storage on the bucket, or the connector's name,
             // has the same place.)
@@ -433,7 +434,7 @@ pub fn validate(
                 );
                 continue;
             }
-            output_place = Some(place);
+            output_place = Some(place.clone());
             if let Some(staging) = in_staging_area(ctx.storages, &object) {
                 problems.add(
                     &output_at,
@@ -455,7 +456,7 @@ pub fn validate(
                 );
                 continue;
             }
-            objects.insert(object, idx);
+            objects.insert(place, idx);
         }
         let key = job_key(&input, body.text(), &output_rel);
         if let Some(place) = input_place {

@@ -986,6 +986,28 @@ fn issue15_an_output_over_another_images_input_is_refused() {
     load("in.yaml", text).expect("another object");
 }
 
+/// Two images of one manifest writing one object through two storages on one bucket (one's
+/// prefix inside the other's) are refused at validation, as through one storage: compared as
+/// written, both were billed and Claid wrote one result over the other.
+#[test]
+fn issue15_two_images_writing_one_object_through_two_storages_are_refused() {
+    let env = env();
+    let entry = |claid: &str, prefix: &str| storage_entry(claid, prefix, false);
+    let mut storages = BTreeMap::new();
+    storages.insert("catalog".to_owned(), entry("catalog-s3", "images"));
+    storages.insert("sub".to_owned(), entry("sub-s3", "images/out"));
+    let load = |text: &str| load_with_storages(&env, &storages, "m.yaml", text);
+    let text = "output: { format: png, destination: storage://catalog/out/z/ }\nimages:\n  - { input: https://example.com/a/x.png, output: m/x.png }\n  - { input: https://example.com/b/x.png, output: { destination: storage://sub/z/m/ } }\n";
+    let err = load(text).expect_err("refused");
+    assert!(
+        err.error_txt().contains("is also written by images[0]"),
+        "{}",
+        err.error_txt()
+    );
+    let apart = text.replace("storage://sub/z/m/", "storage://sub/z/n/");
+    load(&apart).expect("different objects");
+}
+
 /// The staging storage's `staging/` folder (`api.staging`) holds the daemon's staged inputs,
 /// which it deletes once their jobs end: a manifest may neither write its outputs there
 /// (reached directly, or through another storage on the same bucket) nor read inputs from
