@@ -404,11 +404,12 @@ impl ClaidError {
         text.contains("EMFILE") || text.contains("ENFILE")
     }
 
-    /// A submit or upload Claid answered with a 2xx whose body is not the expected JSON: it
-    /// was accepted (and may be billed), but its task id or result is unknown.
+    /// A submit or upload Claid answered with a 2xx whose body is not the expected JSON, or
+    /// with `303 See Other`: it was accepted (and may be billed), but its task id or result is
+    /// unknown.
     pub fn accepted_unread(&self) -> bool {
         matches!(self, ClaidError::BadResponse { endpoint, status, .. }
-            if endpoint.is_billable_post() && (200..300).contains(status))
+            if endpoint.is_billable_post() && ((200..300).contains(status) || *status == 303))
     }
 
     /// How long the server asked us to stay away, when it said so.
@@ -1156,6 +1157,17 @@ impl Client {
                 endpoint,
                 retry_after: reset_of(response.headers()),
                 request_id,
+            });
+        }
+        // `303 See Other` to a POST says it was processed and its answer is elsewhere: the
+        // task exists and may be billed. Held in doubt like a 2xx that cannot be read (taken
+        // for "the API moved", the job stayed queued and the next run submitted it again).
+        if status == StatusCode::SEE_OTHER && endpoint.is_billable_post() {
+            return Err(ClaidError::BadResponse {
+                endpoint,
+                status: status.as_u16(),
+                request_id,
+                about: "Claid answered 303 See Other: the request was processed (and may be billed) and its answer is elsewhere; held in doubt, not sent again (`replay --in-doubt` sends it again)",
             });
         }
         if status.is_redirection() {

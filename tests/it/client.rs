@@ -784,6 +784,36 @@ async fn a_submit_answered_200_whose_body_breaks_off_is_accepted_unread() {
     assert_eq!(err.class(), ErrorClass::Transient, "{err:?}");
 }
 
+/// A submit answered `303 See Other` was processed (the task exists and may be billed): held
+/// in doubt like a 2xx that cannot be read, never sent again (taken for "the API moved", the
+/// job stayed queued and the next run submitted it again: billed twice, counted nowhere). A
+/// 307 stays a redirect of the API, which pauses.
+#[tokio::test]
+async fn a_submit_answered_303_see_other_is_accepted_unread() {
+    let (root, count) = raw_server(
+        b"HTTP/1.1 303 See Other\r\nLocation: /v1/image/edit/async/1001\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await;
+    let err = client(&format!("{root}/v1"))
+        .submit_once(&edit_body())
+        .await
+        .unwrap_err();
+    assert!(err.accepted_unread(), "{err:?}");
+    assert_eq!(err.class(), ErrorClass::Ambiguous);
+    assert!(err.to_string().contains("303 See Other"), "{err}");
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+    let (root, _) = raw_server(
+        b"HTTP/1.1 307 Temporary Redirect\r\nLocation: /elsewhere\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await;
+    let err = client(&format!("{root}/v1"))
+        .submit_once(&edit_body())
+        .await
+        .unwrap_err();
+    assert!(!err.accepted_unread(), "{err:?}");
+    assert!(err.to_string().contains("a redirect to"), "{err}");
+}
+
 /// A result URL that redirects to itself for ever is a loop, told as such: no outage of the
 /// result's host (it was waited out as one, 12 requests a second, and told "unreachable").
 #[tokio::test]
