@@ -241,8 +241,8 @@ pub enum ClaidError {
     #[error(
         "download: truncated at {received} bytes{}",
         match (expected, image_end) {
-            (Some(e), _) => format!(" of {e}"),
-            (None, Some(why)) => format!(" (the body ended early: {why})"),
+            (Some(e), None) => format!(" of {e}"),
+            (_, Some(why)) => format!(" (the body ended early: {why})"),
             (None, None) => " (the body broke off)".to_owned(),
         }
     )]
@@ -1344,7 +1344,7 @@ impl Client {
         // cache kept half a file under a length of its own): fetched again, never written.
         if let Some(why) = crate::output::check::cut_short(&buf) {
             return Err(ClaidError::Truncated {
-                expected: None,
+                expected,
                 received: buf.len() as u64,
                 request_id,
                 image_end: Some(why),

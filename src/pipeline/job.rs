@@ -2051,11 +2051,19 @@ fn result_host_away(err: &ClaidError) -> bool {
         }
         // A body broken off again and again (a host or a proxy closing mid-transfer) is the
         // host's fault, not the result's: it failed the billed image after ten tries in a few
-        // seconds, and a replay paid for it again. Not an empty body, nor one that ended
-        // cleanly without a whole image: those are the result's own, asked again on the
-        // download's budget (waiting a day for them told a healthy host as away).
+        // seconds, and a replay paid for it again. So is a body without an announced length
+        // (delimited by the connection's close) that ends before its image does: on the wire
+        // that is a cut too. Not an empty body, nor one that had all of its announced length
+        // without a whole image: those are the result's own (a cache keeping half a file),
+        // asked again on the download's budget (waiting a day for them told a healthy host
+        // as away).
         ClaidError::Truncated {
             image_end: None,
+            received,
+            ..
+        }
+        | ClaidError::Truncated {
+            expected: None,
             received,
             ..
         } => *received > 0,
@@ -2491,6 +2499,34 @@ fn kept_file(path: &Path) -> std::io::Result<DoneInfo> {
 
 #[cfg(test)]
 mod tests {
+    /// A result's body cut on the wire (broken off, or ended by the connection's close before
+    /// its image did, without an announced length) is the host's fault, waited out like an
+    /// outage; an empty body, or one that had all its announced length without a whole image,
+    /// is the result's own (asked again on the download's budget).
+    #[test]
+    fn a_body_cut_on_the_wire_is_the_hosts_fault() {
+        let cut = |expected: Option<u64>, received: u64, image_end: Option<&'static str>| {
+            super::result_host_away(&ClaidError::Truncated {
+                expected,
+                received,
+                request_id: None,
+                image_end,
+            })
+        };
+        let no_end = Some("the PNG has no whole IEND chunk");
+        assert!(cut(Some(100), 37, None), "broken off under its length");
+        assert!(cut(None, 37, None), "chunked, broken off");
+        assert!(
+            cut(None, 37, no_end),
+            "close-delimited, ended before its image"
+        );
+        assert!(
+            !cut(Some(37), 37, no_end),
+            "its whole length, no whole image"
+        );
+        assert!(!cut(None, 0, None), "empty");
+    }
+
     /// A poll answered 200 with a body that cannot be read is no outage (the API answered):
     /// it is tried again on the step's budget, so it ends; a refused connection still counts
     /// as one.
