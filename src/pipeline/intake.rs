@@ -199,10 +199,22 @@ impl Intake {
         }
         // Fast path: a re-drop of a file already registered is recognised by its hash alone,
         // without validating it again (a 100,000-image manifest costs seconds to validate).
-        let hash_path = path.clone();
-        let sha256 = on_file_pool(move || output::sha256_file(&hash_path))
-            .await
-            .ok();
+        // Not for a file over its size limit, which validation refuses from its size alone
+        // (hashed first, a 20 GB file was read whole before it was refused).
+        let limits = &self.settings().limits;
+        let limit = if candidate.kind == CandidateKind::RecipeImage {
+            limits.max_input_bytes
+        } else {
+            limits.max_manifest_bytes
+        };
+        let sha256 = if candidate.fingerprint.size > limit {
+            None
+        } else {
+            let hash_path = path.clone();
+            on_file_pool(move || output::sha256_file(&hash_path))
+                .await
+                .ok()
+        };
         let latest = match self.store.latest_run(&rel_str).await {
             Ok(latest) => latest,
             Err(err) => {
