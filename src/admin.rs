@@ -625,6 +625,18 @@ pub struct BoundSocket {
     identity: Option<(u64, u64)>,
 }
 
+/// Only a socket is ever removed: a path that names something else (a typo pointing at the
+/// config or the key file) is refused, never deleted. Also asked by `validate`.
+pub fn not_a_socket(path: &Path) -> Option<AdminError> {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .filter(|meta| !meta.file_type().is_socket())
+        .map(|_| AdminError::NotASocket {
+            path: path.to_path_buf(),
+        })
+}
+
 /// Binds the admin socket at `path` (before anything runs: a socket that cannot be bound stops
 /// the start). A file left there by a daemon that was killed is removed first; one that a live
 /// process answers on is not: another daemon was given the same `admin.socket`, and taking
@@ -639,13 +651,8 @@ pub fn bind_socket(path: PathBuf) -> Result<BoundSocket, AdminError> {
     if std::os::unix::net::UnixStream::connect(&path).is_ok() {
         return Err(AdminError::Taken { path });
     }
-    // Only a socket is ever removed: a path that names a file (a typo pointing at the config
-    // or the key file) is refused, never deleted.
-    if let Ok(meta) = std::fs::symlink_metadata(&path) {
-        use std::os::unix::fs::FileTypeExt;
-        if !meta.file_type().is_socket() {
-            return Err(AdminError::NotASocket { path });
-        }
+    if let Some(err) = not_a_socket(&path) {
+        return Err(err);
     }
     match std::fs::remove_file(&path) {
         Ok(()) => info!(socket = %Escaped::path(&path), "Removed a stale admin socket"),

@@ -628,6 +628,12 @@ fn validate_config_file(file: &Path) -> (bool, Option<i32>) {
             for warning in config::web_file_exposures(config.web.as_ref()) {
                 println!("  warning: {warning}");
             }
+            // The admin socket's path: the start refuses one that names anything but a socket.
+            if let Some(err) = crate::admin::not_a_socket(&config.admin.socket) {
+                println!("{}: admin problem", file.display());
+                println!("  {err}");
+                return (false, Some(crate::exit::USAGE));
+            }
             // The dashboard's users and token files, and the alert sinks' URL files.
             let start_problem = match &config.web {
                 Some(web) if !credential(web.token_file.as_deref()) => {

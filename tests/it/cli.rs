@@ -1029,6 +1029,24 @@ async fn validate_reads_the_webhook_secret_and_the_api_key_as_the_start_would() 
 /// start does: each config the daemon would refuse to start is refused by `validate` too,
 /// with the same exit code (64: what was configured is wrong), naming the file; the URL in an
 /// alert file is never printed.
+/// An `admin.socket` that names a regular file is refused by `validate` as the start refuses
+/// it (64), and the file is left as it is (`validate` said ok, then the unit stayed down).
+#[tokio::test(flavor = "multi_thread")]
+async fn validate_refuses_an_admin_socket_that_names_a_file_as_the_start_would() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let config = env.config("", "");
+    std::fs::write(env.socket(), b"notes\n").expect("a file there");
+    let (code, out, err) = cli(&["validate", config.to_str().unwrap()]).await;
+    assert_eq!(code, 64, "{out}{err}");
+    assert!(
+        out.contains("admin problem") && out.contains("which is not a socket"),
+        "{out}"
+    );
+    let (code, out, err) = cli(&["run", "--once", "--config", config.to_str().unwrap()]).await;
+    assert_eq!(code, 64, "{out}{err}");
+    assert_eq!(std::fs::read(env.socket()).expect("kept"), b"notes\n");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn validate_reads_the_dashboard_and_alert_files_as_the_start_would() {
     let env = TestEnv::new(Scenario::default()).await;
