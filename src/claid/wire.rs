@@ -510,8 +510,26 @@ impl BatchTask {
 
     /// DONE with fewer results and errors than the batch's `images`: Claid may not have
     /// attached every result yet (a batch's results are not documented as attached at once).
+    /// The same object listed twice is one result (counted twice, the image left without one
+    /// failed at once instead of being asked again, then held in doubt).
     pub fn answers_fewer_than(&self, images: usize) -> bool {
-        self.status == TaskStatus::Done && self.results.len() + self.answering_errors() < images
+        let distinct = self.results.len() - self.repeated_results();
+        self.status == TaskStatus::Done && distinct + self.answering_errors() < images
+    }
+
+    /// Results that list an object an earlier result of the answer listed already: the
+    /// answer is garbled where they stand, so an image left without a result may be one
+    /// Claid billed (held in doubt, like one whose result could not be read).
+    pub fn repeated_results(&self) -> usize {
+        self.results
+            .iter()
+            .enumerate()
+            .filter(|(at, item)| {
+                self.results[..*at]
+                    .iter()
+                    .any(|before| before.output_object == item.output_object)
+            })
+            .count()
     }
 }
 
@@ -845,6 +863,20 @@ mod tests {
         }))
         .expect("null results parse");
         assert!(none.results.is_empty());
+        let twice: BatchTask = serde_json::from_value(serde_json::json!({
+            "id": 9, "status": "DONE", "created_at": "t", "request": {"input": []},
+            "results": [
+                {"input_object": image("a.jpg"), "output_object": image("a.jpg")},
+                {"input_object": image("a.jpg"), "output_object": image("a.jpg")},
+            ]
+        }))
+        .expect("the answer parses");
+        assert!(
+            twice.answers_fewer_than(2),
+            "one object listed twice answers one image"
+        );
+        assert!(!twice.answers_fewer_than(1));
+        assert_eq!(twice.repeated_results(), 1);
     }
 
     /// JSON Schema's integers include `8.0`; an input description the daemon does not use

@@ -1258,9 +1258,13 @@ impl BatchRunner {
             if handled.contains(&member.id) {
                 continue;
             }
-            if !matched.unmatched.is_empty() || explained || result.unreadable_results > 0 {
-                // A result we could not attribute (or not read) may be this job's: Claid may
-                // have billed it.
+            if !matched.unmatched.is_empty()
+                || explained
+                || result.unreadable_results > 0
+                || result.repeated_results() > 0
+            {
+                // A result we could not attribute (or not read, or one listed in the place of
+                // another) may be this job's: Claid may have billed it.
                 match deps.store.hold_unmatched(member.id).await {
                     Ok(_) => self.report(member.manifest, JobOutcome::Held),
                     Err(err) => error!(error = %err, "Cannot hold the job in doubt"),
