@@ -85,6 +85,7 @@ impl TaskStatus {
 /// `AsyncAcceptedResponse` and `AsyncResultResponse`: one shape for submit and poll answers.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AsyncTask {
+    #[serde(deserialize_with = "task_id")]
     pub id: u64,
     pub status: TaskStatus,
     /// Optional in Claid's schema: when absent (or not on the API's origin) the client polls
@@ -218,6 +219,23 @@ impl TaskError {
             plain: true,
         }
     }
+}
+
+/// A task id: an integer, or a number with no fraction (`1001.0`, as JSON Schema's integers
+/// allow) that a double holds exactly; anything else is an error (a poll answer with its id
+/// written `1001.0` was unreadable until `give_up_after`).
+fn task_id<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    let number = serde_json::Number::deserialize(deserializer)?;
+    number
+        .as_u64()
+        .or_else(|| {
+            number
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && (0.0..=9_007_199_254_740_992.0).contains(f))
+                // In range and whole, so the cast is exact.
+                .map(|f| f as u64)
+        })
+        .ok_or_else(|| serde::de::Error::custom(format!("{number} is not a task id")))
 }
 
 /// A pixel count: an integer, or a number with no fraction (`8.0`); anything else is an error.
@@ -433,6 +451,7 @@ pub struct BatchTask {
 /// [`BatchTask`] as it comes: absent and `null` fields read as empty, `results` item by item.
 #[derive(Deserialize)]
 struct BatchTaskWire {
+    #[serde(deserialize_with = "task_id")]
     id: u64,
     status: TaskStatus,
     #[serde(default, deserialize_with = "lenient_string")]
@@ -877,6 +896,26 @@ mod tests {
         );
         assert!(!twice.answers_fewer_than(1));
         assert_eq!(twice.repeated_results(), 1);
+    }
+
+    /// A task id written as a whole decimal (`1001.0`) is that id, in task and batch answers;
+    /// a fraction is no id.
+    #[test]
+    fn a_task_id_written_as_a_whole_decimal_is_read() {
+        let task = |id: serde_json::Value| {
+            serde_json::from_value::<AsyncTask>(serde_json::json!({
+                "id": id, "status": "PROCESSING", "created_at": "t", "request": {}
+            }))
+        };
+        assert_eq!(task(serde_json::json!(1001.0)).expect("whole").id, 1001);
+        assert_eq!(task(serde_json::json!(1001)).expect("integer").id, 1001);
+        assert!(task(serde_json::json!(1001.5)).is_err());
+        assert!(task(serde_json::json!(-1.0)).is_err());
+        let batch: BatchTask = serde_json::from_value(serde_json::json!({
+            "id": 7.0, "status": "PROCESSING", "created_at": "t", "request": {"input": []}
+        }))
+        .expect("whole");
+        assert_eq!(batch.id, 7);
     }
 
     /// JSON Schema's integers include `8.0`; an input description the daemon does not use
