@@ -737,7 +737,12 @@ async fn run_once(
         .map(|terminal| Progress::start(pipeline, terminal));
     let end = tokio::select! {
         () = pipeline.wait_settled() => OnceEnd::Settled,
-        end = give_up(pipeline.health_state(), pipeline.store().clone(), config.api.unreachable_timeout) => end,
+        end = give_up(
+            pipeline.health_state(),
+            pipeline.store().clone(),
+            config.api.unreachable_timeout,
+            || pipeline.in_flight(),
+        ) => end,
     };
     if let Some(bar) = bar {
         bar.finish(pipeline);
@@ -810,14 +815,19 @@ async fn check_storages_at_start(
 }
 
 /// Completes when `run --once` should stop waiting: the API refused the daemon (paused), or
-/// no call has succeeded for `timeout` while some failed.
+/// no call has succeeded for `timeout` while some failed. Refused for want of credits (402),
+/// the tasks Claid already took (`in_flight`: billed, and their polls and downloads are free)
+/// are waited for first, for `timeout` at most: given up at once, their results waited at
+/// Claid while nobody ran the daemon again, and a day later they were paid for again.
 async fn give_up(
     health: Arc<pipeline::health::HealthState>,
     store: crate::store::Store,
     timeout: Duration,
+    in_flight: impl Fn() -> usize,
 ) -> OnceEnd {
     let mut changes = health.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut out_of_credits_since: Option<tokio::time::Instant> = None;
     loop {
         // A result or a manifest that cannot be recorded is waited for until the next start:
         // a run does not wait for ever for a store that cannot be written.
@@ -826,8 +836,32 @@ async fn give_up(
         {
             return OnceEnd::StoreUnwritable { why };
         }
-        if let pipeline::Health::Paused { reason, status } = health.current() {
-            return OnceEnd::Refused { status, reason };
+        match health.current() {
+            pipeline::Health::Paused {
+                status: 402,
+                reason,
+            } if in_flight() > 0 => {
+                let since = match out_of_credits_since {
+                    Some(since) => since,
+                    None => {
+                        info!(
+                            in_flight = in_flight(),
+                            "No credits left: no new image is submitted; the images Claid already took are finished first"
+                        );
+                        *out_of_credits_since.insert(tokio::time::Instant::now())
+                    }
+                };
+                if since.elapsed() >= timeout {
+                    return OnceEnd::Refused {
+                        status: 402,
+                        reason,
+                    };
+                }
+            }
+            pipeline::Health::Paused { reason, status } => {
+                return OnceEnd::Refused { status, reason };
+            }
+            _ => out_of_credits_since = None,
         }
         if let Some((for_how_long, why)) = health.failing()
             && for_how_long >= timeout

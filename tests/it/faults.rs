@@ -895,6 +895,45 @@ async fn fault_out_of_credits_pauses_and_resumes_without_failing_jobs() {
     .await;
 }
 
+/// `run --once` refused for want of credits (402) while Claid already works on tasks it
+/// took (billed): those are polled and downloaded before the run exits 77, new images are
+/// not submitted. (It exited at the 402, and the billed results waited at Claid for a run
+/// that might come after their day.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_once_out_of_credits_finishes_the_tasks_claid_already_took() {
+    let env = TestEnv::new(
+        Scenario::default()
+            .seed(61)
+            .rps(1)
+            .latency(Latency::Fixed(Duration::from_secs(8))),
+    )
+    .await;
+    let mut text = String::from("images:\n");
+    for i in 0..4 {
+        text.push_str(&format!("  - storage://demo/c{i}-64x48.png\n"));
+    }
+    env.drop_file("m.yaml", text.as_bytes());
+    let config = env.config("batch: { max_images: 1 }", "");
+    let control = env.emulator.control();
+    let ((code, stderr), ()) = tokio::join!(env.run_once(&config), async {
+        wait_until("a first task taken", DEADLINE, || env.stats().submits >= 1).await;
+        control.set_credits_exhausted(true);
+    });
+    assert_eq!(code, 77, "{stderr}");
+    let stats = env.stats();
+    assert!(stats.refused_402 >= 1, "{stats:?}");
+    assert!(stats.submits >= 1, "{stats:?}");
+    assert_eq!(
+        stats.downloads, stats.submits,
+        "every task Claid took is fetched before the run ends: {stats:?}"
+    );
+    assert_eq!(
+        TestEnv::files_under(&env.outbox.join("m")).len() as u64,
+        stats.submits,
+        "{stderr}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn fault_forbidden_key_pauses_and_resumes_without_failing_jobs() {
     check_fault(Case {
