@@ -321,7 +321,15 @@ impl Runner {
                 }
             }
         }
-        let (key, info) = found?;
+        let Some((key, info)) = found else {
+            // No object: with `output_local_copy`, a file at the copy's place is an output
+            // that exists too, which `fail` refuses before the submit (found only at the
+            // copy, after Claid had written and billed the object).
+            if policy == OnOutputExists::Fail && storage.entry.output_local_copy {
+                return self.settle_existing_file(id, job, policy).await;
+            }
+            return None;
+        };
         let object = storage.objects.uri(&key);
         if policy == OnOutputExists::Fail {
             let message = format!("the object {object} already exists (`on_output_exists: fail`)");

@@ -1874,6 +1874,45 @@ async fn on_output_exists_skip_and_fail_protect_existing_objects_before_any_spen
     s3.stop().await;
 }
 
+/// With `output_local_copy`, a file already at the local copy's place is an output that exists:
+/// `on_output_exists: fail` refuses it before the submit, nothing billed and the file kept (it
+/// was found only at the copy, after Claid had written and billed the object).
+#[tokio::test]
+async fn on_output_exists_fail_sees_a_file_at_the_local_copys_place_before_any_spend() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let (env, config) = storage_env(&s3, quick(), "output_local_copy: true", 1).await;
+    let mut text = std::fs::read_to_string(&config).expect("config");
+    text.push_str("on_output_exists: fail\n");
+    std::fs::write(&config, text).expect("config");
+    let copy = env.outbox.join("shoes/sku-0.jpg");
+    std::fs::create_dir_all(copy.parent().unwrap()).expect("folder");
+    std::fs::write(&copy, b"someone's file").expect("file");
+    env.drop_file(
+        "shoes.yaml",
+        b"output: { format: jpeg, destination: storage://catalog/out/ }\nimages:\n  - storage://catalog/in/sku-0.png\n",
+    );
+    let (exit, stderr) = env.run_once(&config).await;
+    assert_eq!(exit, 2, "{stderr}");
+    let report = env.report("shoes");
+    assert!(
+        report["jobs"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("output-exists")),
+        "{report:#}"
+    );
+    let stats = env.stats();
+    assert_eq!(stats.submits + stats.batch_images, 0, "nothing billed");
+    assert_eq!(std::fs::read(&copy).expect("kept"), b"someone's file");
+    assert!(
+        s3.get_object("catalog", "raw/out/shoes/sku-0.jpg")
+            .await
+            .is_none()
+    );
+    s3.stop().await;
+}
+
 /// Staged inputs deleted from the bucket before their jobs were submitted (a lifecycle rule,
 /// the cleanup of another daemon sharing the staging prefix): each is staged again before its
 /// submit instead of Claid failing it with "object not found"; every image is delivered.
