@@ -423,6 +423,22 @@ impl Checker {
                 );
             }
         }
+        // A row's `storage://NAME/…` names a storage, or else a connector: a storage named
+        // like another storage's connector would send such rows to the other's bucket.
+        for (name, entry) in &storages {
+            if let Some((other, _)) = storages
+                .iter()
+                .find(|(other, e)| *other != name && e.claid_name == *name)
+            {
+                self.problem(
+                    &format!("storages.{name}"),
+                    format!(
+                        "the storage's name `{name}` is the connector (`claid_name`) of `storages.{other}`, so `storage://{name}/…` could mean either bucket; rename the storage (its connector `{}` stays)",
+                        entry.claid_name
+                    ),
+                );
+            }
+        }
         storages
     }
 

@@ -208,6 +208,28 @@ fn listeners_on_port_zero_do_not_clash_and_the_input_limit_is_read() {
     assert!(err.to_string().contains("cannot share an address"), "{err}");
 }
 
+/// A storage named like another storage's connector is refused: `storage://NAME/…` could mean
+/// either bucket (it was taken as the other's connector, and rows went to its bucket).
+#[test]
+fn a_storage_named_like_another_storages_connector_is_refused() {
+    let origin = Path::new("/etc/claid/c.yaml");
+    let base = "api: { base_url: embedded }\n\
+                folders: { inbox: /i, outbox: /o, archive: /a, rejected: /r, state: /s }\n";
+    let text = format!(
+        "{base}storages:\n  first: {{ claid_name: second, url: s3://cat/in }}\n  second: {{ claid_name: second-s3, url: s3://cat2/in }}\n"
+    );
+    let err = config::parse(&text, origin).expect_err("ambiguous");
+    assert!(
+        err.to_string()
+            .contains("`storages.second`: the storage's name `second` is the connector (`claid_name`) of `storages.first`"),
+        "{err}"
+    );
+    let text = format!(
+        "{base}storages:\n  first: {{ claid_name: first-s3, url: s3://cat/in }}\n  second: {{ claid_name: second-s3, url: s3://cat2/in }}\n"
+    );
+    config::parse(&text, origin).expect("each name its own");
+}
+
 #[test]
 fn embedded_base_url_and_custom_values() {
     let origin = Path::new("/etc/claid/c.yaml");
