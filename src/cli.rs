@@ -1030,6 +1030,7 @@ fn cmd_plan(config_path: &Path, file: &Path) -> anyhow::Result<i32> {
             match rt.block_on(snapshot.store().done_by_key(&job.key.hex())) {
                 Ok(Some((_, prev))) => crate::pipeline::intake::unchanged_state(
                     &config.folders.outbox,
+                    &config.storages,
                     &body,
                     &job.output_rel.to_string_lossy(),
                     &prev.state,

@@ -384,6 +384,7 @@ impl Intake {
     /// whose identical output already exists as done-unchanged, then queues the rest.
     async fn register(&self, spec: ManifestSpec, rel: String, phase: Phase, path: &Path) -> Taken {
         let outbox = self.folders.outbox.clone();
+        let storages = self.settings().storages.clone();
         let rel_path = PathBuf::from(&rel);
         let recipe_image = manifest::is_image_name(&rel_path);
         let extra_paths = report::reserved_paths(&self.folders.outbox, &rel_path);
@@ -433,7 +434,9 @@ impl Intake {
                     extra_paths,
                 },
                 jobs,
-                move |job, prev| unchanged_state(&outbox, &job.body, &job.output_rel, prev),
+                move |job, prev| {
+                    unchanged_state(&outbox, &storages, &job.body, &job.output_rel, prev)
+                },
             )
             .await;
         let (id, queued, unchanged) = match registered {
@@ -1068,6 +1071,7 @@ fn changed_at_ms(path: &Path) -> Option<u64> {
 /// job's).
 pub fn unchanged_state(
     outbox: &Path,
+    storages: &std::collections::BTreeMap<String, crate::config::StorageEntry>,
     body: &serde_json::Value,
     output_rel: &str,
     prev: &JobState,
@@ -1086,8 +1090,21 @@ pub fn unchanged_state(
         return None;
     };
     let path_buf = PathBuf::from(path);
-    // An object in a storage is taken from the record; a file in the outbox must still be
-    // there with the recorded content.
+    // An object in a storage is taken from the record, while the storage its destination
+    // names is still where it was written: a storage moved to another bucket or prefix keeps
+    // its connector's name, and so the job's key, and its rows were all taken as made while
+    // the new bucket had none of them.
+    if path.contains("://")
+        && let Some(uri) = crate::storages::destination_of(body, output_rel)
+        && let Some((connector, _)) = crate::storages::split_uri(&uri)
+        && let Some(entry) = storages
+            .get(connector)
+            .or_else(|| storages.values().find(|e| e.claid_name == connector))
+        && !path.starts_with(&format!("{}/", entry.url().trim_end_matches('/')))
+    {
+        return None;
+    }
+    // A file in the outbox must still be there with the recorded content.
     let still_there = path.contains("://")
         || (path_buf.starts_with(outbox)
             && std::fs::metadata(&path_buf).is_ok_and(|meta| meta.len() == *bytes)
@@ -1125,6 +1142,56 @@ fn log_problems(rel: &Path, text: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A storage output recorded done is taken as made while its storage still names the
+    /// bucket and prefix it was written under; moved elsewhere (same connector name, so the
+    /// same job key), the row is made again there.
+    #[test]
+    fn a_recorded_object_is_unchanged_only_where_its_storage_still_is() {
+        let storages = |url_bucket: &str| {
+            let mut map = std::collections::BTreeMap::new();
+            map.insert(
+                "catalog".to_owned(),
+                crate::config::StorageEntry {
+                    claid_name: "catalog-s3".to_owned(),
+                    provider: crate::objects::Provider::S3,
+                    bucket: url_bucket.to_owned(),
+                    prefix: "images".to_owned(),
+                    endpoint: None,
+                    region: "us-east-1".to_owned(),
+                    credentials_file: None,
+                    output_local_copy: false,
+                    staging: false,
+                },
+            );
+            map
+        };
+        let body = serde_json::json!({"operations": {}, "output": {"destination": "storage://catalog-s3/out/"}});
+        let prev = JobState::Done {
+            path: "s3://cat/images/out/m/a.png".to_owned(),
+            bytes: 108,
+            sha256: String::new(),
+            width: 40,
+            height: 30,
+            task_id: Some(7),
+            unchanged: false,
+            skipped: false,
+        };
+        let outbox = Path::new("/nonexistent-outbox");
+        let same = unchanged_state(outbox, &storages("cat"), &body, "m/a.png", &prev);
+        assert!(
+            matches!(
+                same,
+                Some(JobState::Done {
+                    unchanged: true,
+                    ..
+                })
+            ),
+            "{same:?}"
+        );
+        let moved = unchanged_state(outbox, &storages("cat2"), &body, "m/a.png", &prev);
+        assert!(moved.is_none(), "{moved:?}");
+    }
 
     /// The copy of a long name's waiting version fits NAME_MAX with its temporary name, and
     /// is traced back to its manifest through the runs (a start puts it back).
