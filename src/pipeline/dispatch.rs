@@ -866,7 +866,7 @@ fn echoed_key<V>(registered: &HashMap<String, V>, echo: &serde_json::Value) -> O
     if registered.contains_key(&own) {
         return Some(own);
     }
-    let echo = whole_numbers(echo);
+    let echo = inputs_sorted(&whole_numbers(echo));
     let mut holding = registered.keys().filter(|key| {
         serde_json::from_str::<serde_json::Value>(key).is_ok_and(|sent| holds(&sent, &echo))
     });
@@ -896,7 +896,19 @@ pub fn echoes_other_inputs(echo: &serde_json::Value, inputs: &[&str]) -> bool {
 /// more is not taken: it may be another job's request that has the same fields and more, and
 /// adopting its task would deliver that job's image.
 fn echoes(sent: &serde_json::Value, echo: &serde_json::Value) -> bool {
-    holds(sent, &whole_numbers(echo))
+    holds(&inputs_sorted(sent), &inputs_sorted(&whole_numbers(echo)))
+}
+
+/// `request` with a batch's `input` list in sorted order: Claid may echo a batch's inputs in
+/// another order than they were sent (its results come in any order too), and the request is
+/// the same (a batch never holds one input twice). An echo in another order was not
+/// recognised until the jobs had been held in doubt.
+fn inputs_sorted(request: &serde_json::Value) -> serde_json::Value {
+    let mut request = request.clone();
+    if let Some(serde_json::Value::Array(inputs)) = request.get_mut("input") {
+        inputs.sort_by(|a, b| a.to_string().cmp(&b.to_string()));
+    }
+    request
 }
 
 /// `echo` has every field of `sent`, recursively, with the same values (lists item by item),
@@ -926,8 +938,8 @@ pub fn request_key(request: &serde_json::Value) -> Option<String> {
     if request.is_null() || request.as_object().is_some_and(|o| o.is_empty()) {
         return None;
     }
-    Some(crate::manifest::key::canonical_json(&whole_numbers(
-        request,
+    Some(crate::manifest::key::canonical_json(&inputs_sorted(
+        &whole_numbers(request),
     )))
 }
 
@@ -1254,6 +1266,48 @@ mod tests {
         assert!(
             !dispatch.would_keep(TaskRef::Batch(7)) && dispatch.would_keep(TaskRef::Async(8)),
             "an ended task is not kept again; an unknown one would be"
+        );
+    }
+
+    /// A lost batch submit is adopted by a webhook that echoes its inputs in another order,
+    /// whether the webhook comes before the submit is given up or after (it waited for the
+    /// jobs to be held in doubt, and `run --once` ended before the late adoption delivered).
+    #[tokio::test]
+    async fn a_lost_batch_submit_is_adopted_whatever_the_order_of_the_echoed_inputs() {
+        let batch = |id: u64, inputs: [&str; 2]| {
+            TaskUpdate::parse(
+                serde_json::json!({
+                    "id": id, "status": "DONE",
+                    "result_url": format!("http://x/v1/image/edit/batch/{id}"),
+                    "request": {"input": inputs, "operations": {"resizing": {"width": 400.0}}},
+                    "results": [], "errors": []
+                })
+                .to_string()
+                .as_bytes(),
+            )
+            .expect("parses")
+        };
+        let sent = serde_json::json!({"input": ["https://x/a.jpg", "https://x/b.jpg"],
+            "operations": {"resizing": {"width": 400}}});
+        let dispatch = Arc::new(Dispatch::default());
+        let lost = dispatch.lost_submit(&sent, 2).expect("a key");
+        assert_eq!(
+            dispatch.deliver(batch(5, ["https://x/b.jpg", "https://x/a.jpg"])),
+            Delivery::Adopted
+        );
+        assert_eq!(
+            lost.wait(Duration::from_millis(1)).await.map(|u| u.id()),
+            Some(5)
+        );
+        // The webhook first, kept; the lost submit after it takes it at once.
+        assert_eq!(
+            dispatch.deliver(batch(6, ["https://x/b.jpg", "https://x/a.jpg"])),
+            Delivery::Kept
+        );
+        let lost = dispatch.lost_submit(&sent, 2).expect("a key");
+        assert_eq!(
+            lost.wait(Duration::from_millis(1)).await.map(|u| u.id()),
+            Some(6)
         );
     }
 
