@@ -1105,7 +1105,10 @@ impl Handle {
             let notified = board.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if board.is_settled() && self.shared.queue.is_empty() {
+            if board.is_settled()
+                && self.shared.queue.is_empty()
+                && !self.shared.dispatch.held_adoption_pending()
+            {
                 return;
             }
             tokio::select! {
@@ -1319,7 +1322,12 @@ async fn adopt_when_announced(shared: Arc<Shared>, submitter: submitter::Submitt
             adoption = shared.dispatch.next_held_adoption() => adoption,
             () = shared.cancel.cancelled() => return,
         };
-        if !adopt_announced(&shared, &submitter, update, owners).await {
+        let going = adopt_announced(&shared, &submitter, update, owners).await;
+        shared.dispatch.held_adoption_done();
+        // Whoever waits for the pipeline to settle looks again (an adoption that found no
+        // job waiting changed nothing else).
+        shared.board.changed.notify_waiters();
+        if !going {
             return;
         }
     }

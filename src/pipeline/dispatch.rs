@@ -140,6 +140,9 @@ struct Inner {
     held_batch: HashMap<String, HashMap<String, Vec<LostOwner>>>,
     /// Tasks held jobs adopted, for [`Dispatch::next_held_adoption`].
     held_adoptions: Vec<Adoption>,
+    /// Of those, taken by [`Dispatch::next_held_adoption`] and not yet seen through
+    /// ([`Dispatch::held_adoption_done`]).
+    adopting: usize,
     /// Jobs failed as `task-timeout`, by the task (or batch) Claid had not finished: a late
     /// final webhook for it gives them its result instead of leaving it to `replay`, which
     /// would pay again (see [`Dispatch::timed_out`]).
@@ -596,13 +599,34 @@ impl Dispatch {
         std::mem::take(&mut self.lock().held_adoptions)
     }
 
+    /// An adoption [`Dispatch::next_held_adoption`] gave is seen through (its jobs reopened
+    /// and started, or none waited any more).
+    pub fn held_adoption_done(&self) {
+        let mut inner = self.lock();
+        inner.adopting = inner.adopting.saturating_sub(1);
+    }
+
+    /// Whether jobs held in doubt have adopted a task that is not yet seen through: their
+    /// run is about to open again, so `run --once` is not settled (it ended with the jobs
+    /// adopted and nothing delivered, its report saying "in doubt").
+    pub fn held_adoption_pending(&self) -> bool {
+        let inner = self.lock();
+        !inner.held_adoptions.is_empty() || inner.adopting > 0
+    }
+
     /// The next task adopted by jobs registered with [`Dispatch::hold`], with them.
     pub async fn next_held_adoption(&self) -> (TaskUpdate, Vec<LostOwner>) {
         loop {
             let notified = self.held_adopted.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(adoption) = self.lock().held_adoptions.pop() {
+            let popped = {
+                let mut inner = self.lock();
+                let popped = inner.held_adoptions.pop();
+                inner.adopting += usize::from(popped.is_some());
+                popped
+            };
+            if let Some(adoption) = popped {
                 return adoption;
             }
             notified.await;
@@ -906,7 +930,7 @@ fn echoes(sent: &serde_json::Value, echo: &serde_json::Value) -> bool {
 fn inputs_sorted(request: &serde_json::Value) -> serde_json::Value {
     let mut request = request.clone();
     if let Some(serde_json::Value::Array(inputs)) = request.get_mut("input") {
-        inputs.sort_by(|a, b| a.to_string().cmp(&b.to_string()));
+        inputs.sort_by_key(serde_json::Value::to_string);
     }
     request
 }
@@ -1013,6 +1037,28 @@ mod tests {
         let wait = Duration::from_millis(1);
         assert_eq!(first.wait(wait).await.map(|u| u.id()), Some(5));
         assert_eq!(second.wait(wait).await.map(|u| u.id()), Some(6));
+    }
+
+    /// A task held jobs adopted stays pending from its webhook until it is seen through, so
+    /// `run --once` does not settle in between (it ended with the jobs adopted and nothing
+    /// delivered).
+    #[tokio::test]
+    async fn a_held_adoption_is_pending_until_seen_through() {
+        let dispatch = Arc::new(Dispatch::default());
+        let req = serde_json::json!({"input": "https://x/a.jpg", "operations": {}});
+        dispatch.hold(vec![HeldJob {
+            owner: (1, 2),
+            alone: request_key(&req),
+            in_batch: None,
+        }]);
+        assert!(!dispatch.held_adoption_pending());
+        assert_eq!(dispatch.deliver(update(7, "DONE", req)), Delivery::Adopted);
+        assert!(dispatch.held_adoption_pending(), "queued");
+        let (update, owners) = dispatch.next_held_adoption().await;
+        assert_eq!((update.id(), owners), (7, vec![(1, 2)]));
+        assert!(dispatch.held_adoption_pending(), "being seen through");
+        dispatch.held_adoption_done();
+        assert!(!dispatch.held_adoption_pending());
     }
 
     /// A task a job took (an earlier run's webhook played again) is never adopted by a lost

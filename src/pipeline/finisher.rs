@@ -146,6 +146,9 @@ struct Run {
     finished_this_run: u64,
     /// Its jobs this process counted as held (`totals.held`).
     held_counted: u64,
+    /// Reported with jobs held in doubt (counted in `totals.manifests_held`, and in
+    /// `manifests_with_failures` when `Some(true)`): taken back if it runs again.
+    reported_held: Option<bool>,
 }
 
 impl Finisher {
@@ -249,7 +252,22 @@ impl Finisher {
                 let (id, replay) = (*id, matches!(event, Event::Replayed { .. }));
                 match self.runs.get_mut(&id) {
                     Some(run) => match run.phase.next(LifeEvent::Replayed) {
-                        Ok(next) if replay || run.phase == Phase::Held => run.phase = next,
+                        Ok(next) if replay || run.phase == Phase::Held => {
+                            run.phase = next;
+                            // Reported held, it runs again: its next end counts it anew
+                            // (`run --once` exited 2 for a run whose held jobs were all
+                            // delivered by a late webhook).
+                            if let Some(failed) = run.reported_held.take() {
+                                self.deps.board.update(|s| {
+                                    s.totals.manifests_held =
+                                        s.totals.manifests_held.saturating_sub(1);
+                                    if failed {
+                                        s.totals.manifests_with_failures =
+                                            s.totals.manifests_with_failures.saturating_sub(1);
+                                    }
+                                });
+                            }
+                        }
                         Ok(_) => {}
                         Err(err) if replay => {
                             warn!(error = %err, "Replay of a run in this phase is ignored")
@@ -329,6 +347,7 @@ impl Finisher {
                 started: Instant::now(),
                 finished_this_run: 0,
                 held_counted: 0,
+                reported_held: None,
             },
         );
         self.publish(id);
@@ -493,6 +512,7 @@ impl Finisher {
                 && let Ok(next) = run.phase.held()
             {
                 run.phase = next;
+                run.reported_held = Some(failed);
             }
             self.publish(id);
             self.deps.board.update(|s| {
