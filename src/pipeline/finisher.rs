@@ -522,6 +522,20 @@ impl Finisher {
                 }
             });
             info!(manifest = %rel.display(), "Run reported; jobs held in doubt wait for `replay --in-doubt`");
+            // The staged copies of its finished jobs are deleted now (those the held jobs
+            // need stay): held, the run does not end until a replay, and the user's files
+            // stayed in the bucket meanwhile.
+            if self.deps.staging.is_some() && !self.staging_unwell() {
+                match self.deps.store.staged_of_run(id).await {
+                    Ok(staged) if !staged.is_empty() => {
+                        self.clean_staged(id, staged.into_iter().collect()).await;
+                    }
+                    Ok(_) => {}
+                    Err(err) => {
+                        warn!(error = %err, "Cannot list the run's staged objects; they stay until it ends")
+                    }
+                }
+            }
             self.deps.notices.send(Notice::InDoubtHeld {
                 id,
                 rel: rel.to_string_lossy().into_owned(),

@@ -1913,6 +1913,57 @@ async fn on_output_exists_fail_sees_a_file_at_the_local_copys_place_before_any_s
     s3.stop().await;
 }
 
+/// A run reported with jobs held in doubt deletes the staged copies of its finished local
+/// files at once (held, the run does not end until a replay, and the user's files stayed in
+/// the bucket); the held jobs' own are not staged copies here (storage inputs).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_held_in_doubt_deletes_the_staged_copies_of_its_finished_files() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let (env, _) = storage_env(&s3, quick().batch_rename_share(1.0), "", 2).await;
+    let keys = credentials_file(env.dir.path());
+    let storages = storages_yaml("catalog-s3", "s3://catalog/raw", &s3.endpoint, &keys);
+    let config = env.config("staging: catalog", &storages);
+    // The storage inputs first: they make the canary batch, whose renamed results match no
+    // job (held in doubt, batching off); the local files then go alone, staged.
+    let mut manifest = String::from("output: { format: jpeg }\nimages:\n");
+    for i in 0..2 {
+        manifest.push_str(&format!("  - storage://catalog/in/sku-{i}.png\n"));
+    }
+    for i in 0..2 {
+        env.drop_file(
+            &format!("shoes/img-{i}.png"),
+            &crate::support::png(50 + i, 30),
+        );
+        manifest.push_str(&format!(
+            "  - {{ input: shoes/img-{i}.png, output: local-{i}.jpg }}\n"
+        ));
+    }
+    env.drop_file("shoes.yaml", manifest.as_bytes());
+    let (exit, stderr) = env.run_once(&config).await;
+    assert_eq!(exit, 2, "{stderr}");
+    let report = env.report("shoes");
+    let statuses: Vec<_> = report["jobs"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|row| row["status"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        statuses,
+        ["in-doubt", "in-doubt", "done", "done"],
+        "{report:#}"
+    );
+    assert!(
+        env.stats().storage_reads >= 2,
+        "the local files were read by Claid from their staged copies"
+    );
+    let left = s3.list_keys("catalog", "raw/staging/").await;
+    assert!(left.is_empty(), "{left:?}");
+    s3.stop().await;
+}
+
 /// Staged inputs deleted from the bucket before their jobs were submitted (a lifecycle rule,
 /// the cleanup of another daemon sharing the staging prefix): each is staged again before its
 /// submit instead of Claid failing it with "object not found"; every image is delivered.
