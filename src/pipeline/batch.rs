@@ -1073,7 +1073,10 @@ impl BatchRunner {
                     }
                     if polled.batch.status.is_terminal() {
                         if watch.is_some() {
-                            deps.dispatch.polled_final(submitted_at_ms);
+                            deps.dispatch.polled_final(
+                                submitted_at_ms,
+                                polled.batch.status == TaskStatus::Done,
+                            );
                         }
                         let took = Duration::from_millis(now_ms().saturating_sub(submitted_at_ms));
                         clock.ended(took, Seen::Poll { pending_at });

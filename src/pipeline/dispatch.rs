@@ -71,6 +71,10 @@ pub struct Dispatch {
     /// Tasks a poll found ended while webhooks are on (their webhook had not come), since
     /// the last webhook handed to (or adopted by) one of this daemon's tasks.
     polled_final: std::sync::atomic::AtomicU64,
+    /// Of those, tasks a poll found DONE, since the last webhook that announced one DONE:
+    /// webhooks that come for failed tasks only (a subscription to "failed" events alone)
+    /// kept `polled_final` at zero while every successful task waited its `poll_fallback`.
+    polled_done: std::sync::atomic::AtomicU64,
     /// When this process started taking webhooks (ms since the epoch; 0: always).
     started_ms: u64,
 }
@@ -282,9 +286,10 @@ impl Dispatch {
 
     /// Hands a verified update to whoever waits for it (see [`Delivery`]).
     pub fn deliver(&self, update: TaskUpdate) -> Delivery {
+        let done = *update.status() == crate::claid::wire::TaskStatus::Done;
         let delivery = self.deliver_to(update, false);
         if matches!(delivery, Delivery::Handed | Delivery::Adopted) {
-            self.heard_now();
+            self.heard_now(done);
         }
         delivery
     }
@@ -384,9 +389,10 @@ impl Dispatch {
     /// even when its echoed request is theirs (a webhook of an earlier run played again
     /// would hide a second bill and deliver one image twice).
     pub fn deliver_owned(&self, update: TaskUpdate) -> Delivery {
+        let done = *update.status() == crate::claid::wire::TaskStatus::Done;
         let delivery = self.deliver_to(update, true);
         if delivery == Delivery::Handed {
-            self.heard_now();
+            self.heard_now(done);
         }
         delivery
     }
@@ -640,12 +646,22 @@ impl Dispatch {
     /// A poll found a task (or batch) submitted at `submitted_at_ms` ended while webhooks are
     /// on: its webhook had not come. One submitted before this process started is not
     /// counted: its webhook may have come while the daemon was down.
-    pub fn polled_final(&self, submitted_at_ms: u64) {
+    pub fn polled_final(&self, submitted_at_ms: u64, done: bool) {
         use std::sync::atomic::Ordering;
         if submitted_at_ms < self.started_ms {
             return;
         }
         let n = self.polled_final.fetch_add(1, Ordering::Relaxed) + 1;
+        if done
+            && self.polled_done.fetch_add(1, Ordering::Relaxed) + 1 == SILENT_AFTER_HEARD
+            && n < self.silent_after()
+            && self.heard_any()
+        {
+            self.silent.notify_waiters();
+            tracing::warn!(
+                "Webhooks come, but not for tasks that end DONE: polls found {SILENT_AFTER_HEARD} successful tasks in a row without theirs; results are polled as without webhooks until one comes (is the webhook subscribed to failed tasks only? Subscribe it to successful ones too in Claid's dashboard, docs/webhooks.md)"
+            );
+        }
         if n == self.silent_after() {
             // Tasks already waiting for their webhook poll now, not at their fallback.
             self.silent.notify_waiters();
@@ -667,10 +683,15 @@ impl Dispatch {
         self.silent.notified().await;
     }
 
-    /// A webhook reached one of this daemon's tasks: webhooks arrive (again).
-    fn heard_now(&self) {
+    /// A webhook reached one of this daemon's tasks: webhooks arrive (again); one that says
+    /// DONE: they arrive for successful tasks too.
+    fn heard_now(&self, done: bool) {
         self.polled_final
             .store(0, std::sync::atomic::Ordering::Relaxed);
+        if done {
+            self.polled_done
+                .store(0, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// Webhooks are configured but do not arrive: none reached one of this daemon's tasks
@@ -679,7 +700,9 @@ impl Dispatch {
     /// daemon without webhooks (a first guess of `poll.max`, at least 10 s, per task cost
     /// every batch that long however fast Claid was).
     pub fn webhooks_silent(&self) -> bool {
-        self.polled_final.load(std::sync::atomic::Ordering::Relaxed) >= self.silent_after()
+        use std::sync::atomic::Ordering;
+        self.polled_final.load(Ordering::Relaxed) >= self.silent_after()
+            || self.polled_done.load(Ordering::Relaxed) >= SILENT_AFTER_HEARD
     }
 
     /// Tasks found ended by polls in a row that make webhooks silent: [`SILENT_AFTER`], or
@@ -1039,6 +1062,34 @@ mod tests {
         assert_eq!(second.wait(wait).await.map(|u| u.id()), Some(6));
     }
 
+    /// Webhooks that come for failed tasks only keep the general count at zero; successful
+    /// tasks found DONE by polls in a row still make webhooks silent for them (each waited
+    /// its whole `poll_fallback`), until a webhook announces one DONE.
+    #[tokio::test]
+    async fn webhooks_for_failed_tasks_only_are_silence_for_successful_ones() {
+        let dispatch = Arc::new(Dispatch::default());
+        let req = |n: u64| serde_json::json!({"input": format!("https://x/{n}.jpg"), "operations": {}});
+        let mut id = 100;
+        let mut announce = |status: &str| {
+            id += 1;
+            let _watch = dispatch.watch(TaskRef::Async(id));
+            assert_eq!(dispatch.deliver(update(id, status, req(id))), Delivery::Handed);
+        };
+        for n in 1..SILENT_AFTER_HEARD {
+            announce("ERROR");
+            dispatch.polled_final(crate::store::now_ms(), true);
+            assert!(!dispatch.webhooks_silent(), "{n}");
+        }
+        announce("ERROR");
+        dispatch.polled_final(crate::store::now_ms(), true);
+        assert!(
+            dispatch.webhooks_silent(),
+            "successful tasks in a row found by polls"
+        );
+        announce("DONE");
+        assert!(!dispatch.webhooks_silent(), "a DONE webhook came");
+    }
+
     /// A task held jobs adopted stays pending from its webhook until it is seen through, so
     /// `run --once` does not settle in between (it ended with the jobs adopted and nothing
     /// delivered).
@@ -1379,13 +1430,13 @@ mod tests {
         tokio::task::yield_now().await;
         // Webhooks were heard: some lost on the way are no silence.
         for n in 1..SILENT_AFTER_HEARD {
-            dispatch.polled_final(crate::store::now_ms());
+            dispatch.polled_final(crate::store::now_ms(), true);
             assert!(
                 !dispatch.webhooks_silent(),
                 "{n} polls in a row are no pattern"
             );
         }
-        dispatch.polled_final(crate::store::now_ms());
+        dispatch.polled_final(crate::store::now_ms(), true);
         assert!(
             dispatch.webhooks_silent(),
             "ten tasks in a row ended without theirs"

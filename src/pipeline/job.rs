@@ -1058,7 +1058,8 @@ impl Runner {
                     }
                     let task = polled.task;
                     if watch.is_some() && !from_webhook && task.status.is_terminal() {
-                        deps.dispatch.polled_final(submitted_at_ms);
+                        deps.dispatch
+                            .polled_final(submitted_at_ms, task.status == TaskStatus::Done);
                     }
                     match task.status {
                         TaskStatus::Done => {
