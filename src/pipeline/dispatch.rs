@@ -1068,12 +1068,16 @@ mod tests {
     #[tokio::test]
     async fn webhooks_for_failed_tasks_only_are_silence_for_successful_ones() {
         let dispatch = Arc::new(Dispatch::default());
-        let req = |n: u64| serde_json::json!({"input": format!("https://x/{n}.jpg"), "operations": {}});
+        let req =
+            |n: u64| serde_json::json!({"input": format!("https://x/{n}.jpg"), "operations": {}});
         let mut id = 100;
         let mut announce = |status: &str| {
             id += 1;
             let _watch = dispatch.watch(TaskRef::Async(id));
-            assert_eq!(dispatch.deliver(update(id, status, req(id))), Delivery::Handed);
+            assert_eq!(
+                dispatch.deliver(update(id, status, req(id))),
+                Delivery::Handed
+            );
         };
         for n in 1..SILENT_AFTER_HEARD {
             announce("ERROR");
