@@ -319,7 +319,12 @@ fn check_local(
         Err(why) => {
             let message = match why {
                 Unusable::Empty => format!(
-                    "local file `{trimmed}` is empty (0 bytes): it was probably not copied completely; copy the image again, then drop the manifest again"
+                    "local file `{trimmed}` is empty (0 bytes): it was probably not copied completely; {}",
+                    if ctx.recipe_image {
+                        "copy the whole image into the folder again"
+                    } else {
+                        "copy the image again, then drop the manifest again"
+                    }
                 ),
                 Unusable::NotAnImage(what) => format!(
                     "local file `{trimmed}` is not an image Claid accepts: {what}; give a {ACCEPTED} file (convert it, or fix the path)"

@@ -165,6 +165,19 @@ impl<'de> Visitor<'de> for Data<'_> {
         Ok(Value::from(v))
     }
 
+    // Integers past 64 bits: told as such ("invalid type: integer … as u128" said nothing).
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<Value, E> {
+        Err(E::custom(format_args!(
+            "the number `{v}` is too large (integers go up to 18446744073709551615); write a smaller one, or quote it if it is text"
+        )))
+    }
+
+    fn visit_i128<E: de::Error>(self, v: i128) -> Result<Value, E> {
+        Err(E::custom(format_args!(
+            "the number `{v}` is too large (integers go down to -9223372036854775808); write a smaller one, or quote it if it is text"
+        )))
+    }
+
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
         serde_json::Number::from_f64(v)
             .map(Value::Number)
@@ -340,6 +353,24 @@ mod tests {
         }
         .deserialize(&mut de);
         (res, rules.take_refusal())
+    }
+
+    /// A YAML integer past 64 bits is told as too large, not as "invalid type … as u128".
+    #[test]
+    fn an_integer_past_64_bits_is_told_too_large() {
+        let bounds = Bounds {
+            max_depth: 8,
+            max_entries: 8,
+            long_list: None,
+        };
+        for text in [
+            "width: 99999999999999999999999\n",
+            "width: -99999999999999999999999\n",
+        ] {
+            let err = crate::yaml::parse(text, &bounds).unwrap_err().message;
+            assert!(err.contains("is too large"), "{err}");
+            assert!(!err.contains("u128") && !err.contains("i128"), "{err}");
+        }
     }
 
     #[test]

@@ -163,6 +163,25 @@ async fn a_recipe_image_whose_name_is_not_utf8_is_rejected_with_a_reason() {
     assert!(text.contains("UTF-8"), "{text}");
 }
 
+/// An empty image in a recipe folder is refused with a fix that fits a folder recipe (copy
+/// the image again), not "drop the manifest again" (there is no manifest to drop).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_empty_recipe_image_is_told_to_be_copied_again() {
+    let env = TestEnv::new(Scenario::default()).await;
+    env.drop_file("r/.claid.yaml", RECIPE.as_bytes());
+    env.drop_file("r/empty.png", b"");
+    let (code, stderr) = env.run_once(&env.config("", "")).await;
+    assert_ne!(code, 0, "{stderr}");
+    let text = std::fs::read_to_string(env.rejected.join("r/empty.png.error.txt"))
+        .unwrap_or_else(|err| panic!("error file: {err}\n{stderr}"));
+    assert!(
+        text.contains("is empty (0 bytes)")
+            && text.contains("copy the whole image into the folder again")
+            && !text.contains("drop the manifest"),
+        "{text}"
+    );
+}
+
 /// A named pipe with an image's name in a recipe folder is named once in a WARN (it was
 /// skipped without a word); the folder's real images are made and the pipe is left alone.
 #[tokio::test(flavor = "multi_thread")]
