@@ -275,6 +275,13 @@ impl ClaidError {
             // A gateway that gave up (502/504, and a CDN's 520 "unknown error" and 524 "a
             // timeout occurred", both answered after the origin took the request) may have
             // handed a POST on to Claid already.
+            // `501 Not Implemented` to a submit says, like a 405, that the endpoint is not
+            // there (`api.base_url` is wrong): it was retried as an outage, 118 POSTs in 30 s.
+            Server {
+                endpoint,
+                status: 501,
+                ..
+            } if endpoint.is_billable_post() => ErrorClass::Systemic,
             Server {
                 endpoint, status, ..
             } => {
@@ -1163,6 +1170,14 @@ impl Client {
         // task exists and may be billed. Held in doubt like a 2xx that cannot be read (taken
         // for "the API moved", the job stayed queued and the next run submitted it again).
         if status == StatusCode::SEE_OTHER && endpoint.is_billable_post() {
+            let location = header_str(response.headers(), "location")
+                .map(|location| crate::text::redact_credentials(location).into_owned())
+                .unwrap_or_default();
+            tracing::warn!(
+                endpoint = endpoint.as_str(),
+                location = %Escaped::str(&location),
+                "Claid answered 303 See Other to a billable request"
+            );
             return Err(ClaidError::BadResponse {
                 endpoint,
                 status: status.as_u16(),
@@ -1290,6 +1305,18 @@ impl Client {
         }
         let limit = self.max_download_bytes;
         let expected = response.content_length();
+        // Whether the body's end is told by its framing (chunked, decoded from a content
+        // encoding, or HTTP/2's own), not by the connection's close: a body that ends so
+        // before its image does came whole, as the host has it.
+        let framed = response.version() >= reqwest::Version::HTTP_2
+            || response
+                .headers()
+                .contains_key(reqwest::header::CONTENT_ENCODING)
+            || response
+                .headers()
+                .get(reqwest::header::TRANSFER_ENCODING)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
         if expected.is_some_and(|len| len > limit) {
             return Err(ClaidError::TooLarge { limit, request_id });
         }
@@ -1344,7 +1371,9 @@ impl Client {
         // cache kept half a file under a length of its own): fetched again, never written.
         if let Some(why) = crate::output::check::cut_short(&buf) {
             return Err(ClaidError::Truncated {
-                expected,
+                // Its whole length, when the framing says the body is whole; `None` only for
+                // a body the connection's close ended (on the wire, that is a cut).
+                expected: expected.or(framed.then_some(buf.len() as u64)),
                 received: buf.len() as u64,
                 request_id,
                 image_end: Some(why),
@@ -1766,6 +1795,10 @@ mod tests {
         check(Endpoint::Upload, 504, Ambiguous, "server-error");
         check(Endpoint::Poll, 502, Transient, "server-error");
         check(Endpoint::Poll, 504, Transient, "server-error");
+        // 501 Not Implemented to a submit or upload: no such endpoint, like a 405.
+        check(Endpoint::Submit, 501, Systemic, "server-error");
+        check(Endpoint::Upload, 501, Systemic, "server-error");
+        check(Endpoint::Poll, 501, Transient, "server-error");
     }
 
     /// A 2xx to a submit or upload created a task (or made the edit): an answer that cannot

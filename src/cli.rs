@@ -374,7 +374,7 @@ fn cmd_run(path: &Path, once: bool, print_config: bool) -> i32 {
                 300..=399 => {
                     "The Claid API answered with a redirect: set `api.base_url` to where it points"
                 }
-                404 | 405 => {
+                404 | 405 | 501 => {
                     "The Claid API has no such endpoint: check `api.base_url` (Claid's is https://api.claid.ai/v1, with its version)"
                 }
                 _ => "The API refused the daemon",
@@ -384,7 +384,7 @@ fn cmd_run(path: &Path, once: bool, print_config: bool) -> i32 {
                 reason = %Escaped::str(&reason),
                 "{what}; unfinished jobs stay in the store and resume at the next run"
             );
-            if (300..400).contains(&status) || matches!(status, 404 | 405) {
+            if (300..400).contains(&status) || matches!(status, 404 | 405 | 501) {
                 exit::USAGE
             } else {
                 exit::NO_PERM

@@ -723,8 +723,8 @@ async fn start_webhooks(
 }
 
 /// `run --once`: every manifest in the inbox now, then wait for all jobs; gives up at once
-/// when the API refuses the key or credits, and after `api.unreachable_timeout` without any
-/// answer from the API.
+/// when the API refuses the key (for want of credits, once the tasks Claid already took are
+/// delivered), and after `api.unreachable_timeout` without any answer from the API.
 async fn run_once(
     pipeline: &pipeline::Handle,
     config: &Config,

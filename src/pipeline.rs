@@ -1322,14 +1322,26 @@ async fn adopt_when_announced(shared: Arc<Shared>, submitter: submitter::Submitt
             adoption = shared.dispatch.next_held_adoption() => adoption,
             () = shared.cancel.cancelled() => return,
         };
-        let going = adopt_announced(&shared, &submitter, update, owners).await;
-        shared.dispatch.held_adoption_done();
-        // Whoever waits for the pipeline to settle looks again (an adoption that found no
-        // job waiting changed nothing else).
-        shared.board.changed.notify_waiters();
-        if !going {
+        // Seen through when dropped, even by a panic (the count stayed up, and `run --once`
+        // waited for ever).
+        let _seen = AdoptionSeenThrough(shared.clone());
+        if !adopt_announced(&shared, &submitter, update, owners).await {
             return;
         }
+    }
+}
+
+/// Tells the dispatch that an adoption [`Dispatch::next_held_adoption`] gave is seen through,
+/// when dropped, and whoever waits for the pipeline to settle to look again (an adoption
+/// that found no job waiting changed nothing else).
+///
+/// [`Dispatch::next_held_adoption`]: dispatch::Dispatch::next_held_adoption
+struct AdoptionSeenThrough(Arc<Shared>);
+
+impl Drop for AdoptionSeenThrough {
+    fn drop(&mut self) {
+        self.0.dispatch.held_adoption_done();
+        self.0.board.changed.notify_waiters();
     }
 }
 

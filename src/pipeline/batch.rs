@@ -788,6 +788,11 @@ impl BatchRunner {
                             return Sent::Ended;
                         }
                         warn!(error = %err, images = members.len(), "Claid accepted the batch but its answer cannot be read: held in doubt, never sent again (a webhook may still name its batch)");
+                        // A 303 is said to every submit by a gateway in front of the API:
+                        // submitting pauses, or every queued image would be held in turn.
+                        if err.http_status() == Some(303) {
+                            deps.health.pause(&err, 303);
+                        }
                     }
                     if let Some(update) = self.wait_for_lost(&request).await {
                         let (batch_id, result_url) = (update.id, update.result_url.clone());

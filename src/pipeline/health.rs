@@ -491,7 +491,7 @@ impl HealthState {
                 401 => "The API refused the daemon's key (401)",
                 402 => "The API says the account has no credits left (402)",
                 403 => "The API refused the key's permission for this call (403)",
-                404 | 405 => "The API has no such endpoint (check `api.base_url`)",
+                404 | 405 | 501 => "The API has no such endpoint (check `api.base_url`)",
                 _ => "The API refused the daemon's requests",
             };
             error!(error = %reason, "{what}; submitting is paused, queued jobs are kept");

@@ -197,30 +197,32 @@ impl Intake {
             self.reject(&path, &rel, &text, why).await;
             return Taken::HandedOn;
         }
-        // Fast path: a re-drop of a file already registered is recognised by its hash alone,
-        // without validating it again (a 100,000-image manifest costs seconds to validate).
-        // Not for a file over its size limit, which validation refuses from its size alone
-        // (hashed first, a 20 GB file was read whole before it was refused).
-        let limits = &self.settings().limits;
-        let limit = if candidate.kind == CandidateKind::RecipeImage {
-            limits.max_input_bytes
-        } else {
-            limits.max_manifest_bytes
-        };
-        let sha256 = if candidate.fingerprint.size > limit {
-            None
-        } else {
-            let hash_path = path.clone();
-            on_file_pool(move || output::sha256_file(&hash_path))
-                .await
-                .ok()
-        };
         let latest = match self.store.latest_run(&rel_str).await {
             Ok(latest) => latest,
             Err(err) => {
                 error!(error = %err, "Cannot read the store; will retry this manifest at the next scan");
                 return Taken::Done;
             }
+        };
+        // Fast path: a re-drop of a file already registered is recognised by its hash alone,
+        // without validating it again (a 100,000-image manifest costs seconds to validate).
+        // Not a new file over its size limit, which validation refuses from its size alone
+        // (hashed first, a 20 GB file was read whole before it was refused); one with a run
+        // before it is hashed still (a finished one kept in the inbox under a limit lowered
+        // since is the same file, not a new one to reject).
+        let limits = &self.settings().limits;
+        let limit = if candidate.kind == CandidateKind::RecipeImage {
+            limits.max_input_bytes
+        } else {
+            limits.max_manifest_bytes
+        };
+        let sha256 = if candidate.fingerprint.size > limit && latest.is_none() {
+            None
+        } else {
+            let hash_path = path.clone();
+            on_file_pool(move || output::sha256_file(&hash_path))
+                .await
+                .ok()
         };
         let keep = self.settings().policies.on_manifest_done == crate::config::OnManifestDone::Keep;
         if let (Some(sha256), Some((id, prev))) = (&sha256, &latest)
@@ -1094,13 +1096,25 @@ pub fn unchanged_state(
     // names is still where it was written: a storage moved to another bucket or prefix keeps
     // its connector's name, and so the job's key, and its rows were all taken as made while
     // the new bucket had none of them.
+    // (Compared by folder: Claid may name the file under the format's other extension.)
+    let folder = |place: &str| {
+        place
+            .rsplit_once('/')
+            .map_or("", |(folder, _)| folder)
+            .to_owned()
+    };
     if path.contains("://")
         && let Some(uri) = crate::storages::destination_of(body, output_rel)
-        && let Some((connector, _)) = crate::storages::split_uri(&uri)
+        && let Some((connector, key)) = crate::storages::split_uri(&uri)
         && let Some(entry) = storages
             .get(connector)
             .or_else(|| storages.values().find(|e| e.claid_name == connector))
-        && !path.starts_with(&format!("{}/", entry.url().trim_end_matches('/')))
+        && folder(path)
+            != folder(&format!(
+                "{}/{}",
+                entry.url().trim_end_matches('/'),
+                key.trim_start_matches('/')
+            ))
     {
         return None;
     }
@@ -1190,6 +1204,11 @@ mod tests {
             "{same:?}"
         );
         let moved = unchanged_state(outbox, &storages("cat2"), &body, "m/a.png", &prev);
+        assert!(moved.is_none(), "{moved:?}");
+        // Moved to the bucket's root: the record's path still starts with the new URL.
+        let mut root = storages("cat");
+        root.get_mut("catalog").expect("entry").prefix = String::new();
+        let moved = unchanged_state(outbox, &root, &body, "m/a.png", &prev);
         assert!(moved.is_none(), "{moved:?}");
     }
 

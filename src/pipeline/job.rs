@@ -705,6 +705,11 @@ impl Runner {
                     return Step::End(JobOutcome::Parked);
                 }
                 warn!(error = %err, "Claid accepted the submit but its answer cannot be read: held in doubt, never sent again (a webhook may still name its task)");
+                // A 303 is said to every submit by a gateway in front of the API (a login
+                // page): submitting pauses, or every queued image would be held in turn.
+                if err.http_status() == Some(303) {
+                    deps.health.pause(&err, 303);
+                }
             }
             match failure {
                 Failure::Job => {
@@ -2338,7 +2343,7 @@ pub(crate) fn submit_decision(
 pub fn systemic_status(err: &ClaidError) -> u16 {
     match err {
         ClaidError::Account { status, .. } | ClaidError::Redirected { status, .. } => *status,
-        ClaidError::Rejected { status, .. }
+        ClaidError::Rejected { status, .. } | ClaidError::Server { status, .. }
             if err.class() == crate::claid::ErrorClass::Systemic =>
         {
             *status

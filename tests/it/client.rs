@@ -814,6 +814,50 @@ async fn a_submit_answered_303_see_other_is_accepted_unread() {
     assert!(err.to_string().contains("a redirect to"), "{err}");
 }
 
+/// A result body that ends before its image does is a cut on the wire when the connection's
+/// close ended it (no length, not chunked: waited out as the host's fault); one whose framing
+/// says it came whole (chunked) is the result's own, as one that had all its announced length.
+#[tokio::test]
+async fn a_result_ended_by_the_close_is_a_cut_and_a_whole_chunked_one_is_not() {
+    let png = crate::support::png(64, 48);
+    let half = &png[..png.len() / 2];
+    let close = [
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".as_slice(),
+        half,
+    ]
+    .concat();
+    let chunked = [
+        format!(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+            half.len()
+        )
+        .as_bytes(),
+        half,
+        b"\r\n0\r\n\r\n",
+    ]
+    .concat();
+    for (answer, by_close) in [(close, true), (chunked, false)] {
+        let (root, _) = raw_server(Box::leak(answer.into_boxed_slice())).await;
+        let err = client(&format!("{root}/v1"))
+            .download_once(&format!("{root}/files/a.png"))
+            .await
+            .unwrap_err();
+        match err {
+            claid_hotfolder::claid::ClaidError::Truncated {
+                expected,
+                image_end,
+                received,
+                ..
+            } => {
+                assert!(image_end.is_some(), "the image is cut");
+                assert_eq!(received, half.len() as u64);
+                assert_eq!(expected.is_none(), by_close, "{expected:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
 /// A result URL that redirects to itself for ever is a loop, told as such: no outage of the
 /// result's host (it was waited out as one, 12 requests a second, and told "unreachable").
 #[tokio::test]

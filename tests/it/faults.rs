@@ -1174,6 +1174,63 @@ async fn a_refusing_proxy_is_named_not_only_the_api_behind_it() {
     assert_eq!(env.stats().submits, 0);
 }
 
+/// A gateway in front of the API that answers `303 See Other` to every submit: the first job
+/// is held in doubt (its request may have been processed and billed), never sent again, and
+/// submitting pauses (`run --once` exits 64 as for a redirect), so the queue is not held in
+/// doubt image after image; before, the job stayed queued and was submitted again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_submit_answered_303_is_held_in_doubt_and_submitting_pauses() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let env = TestEnv::new(Scenario::default()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let gateway = format!("http://{}", listener.local_addr().expect("addr"));
+    let posts = Arc::new(AtomicUsize::new(0));
+    {
+        let posts = posts.clone();
+        let answer = move |request: axum::extract::Request| {
+            let posts = posts.clone();
+            async move {
+                let status = if request.method() == axum::http::Method::POST {
+                    posts.fetch_add(1, Ordering::SeqCst);
+                    axum::http::StatusCode::SEE_OTHER
+                } else {
+                    axum::http::StatusCode::NOT_FOUND
+                };
+                axum::response::Response::builder()
+                    .status(status)
+                    .header("location", "/login")
+                    .body(axum::body::Body::empty())
+                    .expect("response")
+            }
+        };
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, axum::Router::new().fallback(answer)).await;
+        });
+    }
+    let config = env.config("batch: { max_images: 1 }\nmax_in_flight: 1", "");
+    let text = std::fs::read_to_string(&config)
+        .expect("config")
+        .replace(&env.emulator.base_url(), &format!("{gateway}/v1"));
+    std::fs::write(&config, text).expect("config");
+    env.drop_file(
+        "m.yaml",
+        b"images:\n  - https://cdn.example.com/a.jpg\n  - https://cdn.example.com/b.jpg\n",
+    );
+    let (code, log) = env.run_once(&config).await;
+    assert_eq!(code, 64, "{log}");
+    assert_eq!(posts.load(Ordering::SeqCst), 1, "one submit only: {log}");
+    let (_, out, _) = crate::support::cli(&["jobs", "--config", config.to_str().unwrap()]).await;
+    let queued = out.lines().filter(|l| l.contains("queued")).count();
+    let held = out
+        .lines()
+        .filter(|l| l.contains("submitting") || l.contains("in-doubt"))
+        .count();
+    assert_eq!((queued, held), (1, 1), "{out}");
+}
+
 /// A result URL that Claid's storage refuses (403) through the download's asks, when the task
 /// polled again gives another URL for the same result (re-signed, moved): the task is polled
 /// once more (no bill) and the new URL downloaded, for a single task (an upload) and for the
