@@ -1624,7 +1624,12 @@ impl Runner {
                 )
                 .await;
         }
-        if storage.entry.output_local_copy {
+        let max_copy = self.settings().limits.max_download_bytes;
+        if storage.entry.output_local_copy && info.size > max_copy {
+            // The object is the output, written and billed; only its copy is over the limit.
+            // Failed (`download-too-large`), the job had a later drop bill the image again.
+            warn!(object = %storage.objects.uri(key), bytes = info.size, max = max_copy, "The output object is larger than limits.max_download_bytes: no local copy is made; the job is done with the object");
+        } else if storage.entry.output_local_copy {
             let permit = tokio::select! {
                 permit = deps.downloads.clone().acquire_owned() => match permit {
                     Ok(permit) => permit,

@@ -609,11 +609,12 @@ async fn a_storage_output_over_its_own_input_is_refused_before_any_spend() {
     s3.stop().await;
 }
 
-/// `output_local_copy` of an object larger than `limits.max_download_bytes`: the job fails as
-/// `download-too-large`, as a local download does (it said `object-missing` of an object that
-/// is in the bucket).
+/// `output_local_copy` of an object larger than `limits.max_download_bytes`: the object is the
+/// output, written and billed, so the job is done with it and no local copy is made (a WARN
+/// says so); dropped again, nothing is billed. (It failed as `download-too-large`, and a later
+/// drop billed the image again.)
 #[tokio::test]
-async fn a_local_copy_over_the_download_cap_fails_as_too_large_not_missing() {
+async fn a_local_copy_over_the_download_cap_is_left_out_and_the_object_is_the_output() {
     let Some(s3) = S3Server::start().await else {
         return;
     };
@@ -621,15 +622,27 @@ async fn a_local_copy_over_the_download_cap_fails_as_too_large_not_missing() {
     let mut text = std::fs::read_to_string(&config).expect("config");
     text.push_str("limits: { max_download_bytes: 64 }\n");
     std::fs::write(&config, text).expect("config");
-    env.drop_file(
-        "shoes.yaml",
-        b"output: { format: png, destination: storage://catalog/out/ }\nimages:\n  - storage://catalog/in/sku-0.png\n",
-    );
+    let manifest = b"output: { format: png, destination: storage://catalog/out/ }\nimages:\n  - storage://catalog/in/sku-0.png\n";
+    env.drop_file("shoes.yaml", manifest);
     let (code, stderr) = env.run_once(&config).await;
-    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("no local copy is made"), "{stderr}");
     let report = env.report("shoes");
-    let reason = report["jobs"][0]["reason"].as_str().unwrap_or_default();
-    assert!(reason.starts_with("download-too-large"), "{report:#}");
+    assert_eq!(report["jobs"][0]["status"], "done", "{report:#}");
+    assert!(
+        !env.outbox.join("shoes/sku-0.png").exists(),
+        "no local copy"
+    );
+    let billed = env.stats().submits + env.stats().batch_images;
+    assert_eq!(billed, 1);
+    env.drop_file("shoes.yaml", manifest);
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        env.stats().submits + env.stats().batch_images,
+        billed,
+        "dropped again, nothing is billed"
+    );
     s3.stop().await;
 }
 
