@@ -316,7 +316,15 @@ impl ImageObject {
     /// fragment, percent-decoded (a URL encodes `café-1.png` as `caf%C3%A9-1.png`). `None`
     /// when no location is given or it ends in `/`.
     pub fn file_name(&self) -> Option<String> {
-        [
+        self.file_names().into_iter().next()
+    }
+
+    /// Every file name the output's locations give, in [`ImageObject::file_name`]'s order,
+    /// each once: a `tmp_url` may be an opaque signed URL (its last segment a hash) while
+    /// `object_key` still carries the name Claid chose.
+    pub fn file_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for name in [
             &self.tmp_url,
             &self.object_key,
             &self.gcs_key,
@@ -326,7 +334,12 @@ impl ImageObject {
         .into_iter()
         .flatten()
         .map(|location| decoded(basename(location)))
-        .find(|name| !name.is_empty())
+        {
+            if !name.is_empty() && !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        names
     }
 
     /// The object's key in its bucket, when Claid names it by key alone (`object_key`, or a

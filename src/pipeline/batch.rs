@@ -1537,16 +1537,21 @@ pub fn match_results(result: &BatchTask, members: &[Member]) -> Matched {
     // matched by neither: which of the two images is its own cannot be told.
     let mut claims: HashMap<usize, Vec<(String, &wire::ImageObject)>> = HashMap::new();
     for item in &result.results {
-        let name = item
-            .output_object
-            .file_name()
-            .unwrap_or_default()
-            .to_owned();
-        let candidates = by_name
-            .get(&name)
-            .or_else(|| by_name.get(stem(&name)))
-            .map(Vec::as_slice)
-            .unwrap_or_default();
+        // The first of the output's names that names any member (an opaque `tmp_url` gives a
+        // hash; its `object_key` the name).
+        let names = item.output_object.file_names();
+        let lookup = |name: &String| {
+            by_name
+                .get(name)
+                .or_else(|| by_name.get(stem(name)))
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+        };
+        let (name, candidates) = names
+            .iter()
+            .map(|name| (name.clone(), lookup(name)))
+            .find(|(_, candidates)| !candidates.is_empty())
+            .unwrap_or_else(|| (names.first().cloned().unwrap_or_default(), &[][..]));
         match candidates {
             [index] => claims
                 .entry(*index)
@@ -1857,6 +1862,43 @@ mod tests {
                 task
             })
             .expect("a batch task")
+    }
+
+    /// A result whose `tmp_url` is an opaque signed URL (its last segment a hash) is matched
+    /// by the name in its `object_key` (it matched no job: both images held in doubt and
+    /// batching switched off).
+    #[test]
+    fn a_result_with_an_opaque_tmp_url_is_matched_by_its_object_key() {
+        let members = [member(1), member(2)];
+        let item = |n: u32, hash: &str| {
+            let object = serde_json::from_value::<wire::ImageObject>(serde_json::json!({
+                "ext": "jpg", "mps": 0.01, "mime": "image/jpeg", "format": "jpeg",
+                "width": 10, "height": 10,
+                "tmp_url": format!("https://r.test/tmp/{hash}?X-Amz-Signature=abc"),
+                "object_key": format!("tmp/2026-12-05/{n}.jpg"),
+            }))
+            .expect("an image object");
+            wire::BatchResultItem {
+                input_object: object.clone(),
+                output_object: object,
+            }
+        };
+        let result = done_batch(vec![item(2, "3bc5b4fe"), item(1, "f28bebc4")]);
+        let matched = match_results(&result, &members);
+        assert!(matched.unmatched.is_empty(), "{:?}", matched.unmatched);
+        let mut done: Vec<_> = matched
+            .done
+            .iter()
+            .map(|(index, object)| (*index, object.object_key.clone().unwrap_or_default()))
+            .collect();
+        done.sort();
+        assert_eq!(
+            done,
+            [
+                (0, "tmp/2026-12-05/1.jpg".to_owned()),
+                (1, "tmp/2026-12-05/2.jpg".to_owned())
+            ]
+        );
     }
 
     /// An ERROR batch whose one error names another member's input: that error is the other
