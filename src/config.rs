@@ -582,7 +582,12 @@ pub fn load_api_key(api: &ApiConfig) -> Result<Option<String>, ConfigError> {
 /// may, or it cannot be read.
 pub fn exposure(path: &Path, what: &str, secret: &str) -> Option<String> {
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
+    // Only a file holds a secret: a folder named instead is refused as no file, not warned
+    // about for its mode (told to `chmod` it).
+    let meta = std::fs::metadata(path)
+        .ok()
+        .filter(std::fs::Metadata::is_file)?;
+    let mode = meta.permissions().mode() & 0o7777;
     let may = match (mode & 0o004 != 0, mode & 0o002 != 0) {
         (true, true) => "read and replace",
         (true, false) => "read",

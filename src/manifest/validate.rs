@@ -766,13 +766,13 @@ fn object_place(storages: &BTreeMap<String, StorageEntry>, uri: &str) -> Option<
     ))
 }
 
-/// `ENDPOINT s3://bucket/prefix`: a storage's folder, as [`object_place`] spells places.
+/// `s3://bucket/prefix`: a storage's folder, as [`object_place`] spells places. Not told
+/// apart by `endpoint`: one bucket reached through two spellings of its server (Amazon's
+/// default and `https://s3.us-east-1.amazonaws.com`, or `127.0.0.1` and `localhost`) is one
+/// place (two storages on it were taken for two places, and one billed image was written
+/// over another), as the reservations across manifests already take it.
 fn folder_place(entry: &StorageEntry) -> String {
-    format!(
-        "{} {}",
-        entry.endpoint.as_deref().unwrap_or(""),
-        entry.url().trim_end_matches('/')
-    )
+    entry.url().trim_end_matches('/').to_owned()
 }
 
 /// The staging storage (`api.staging`) whose `staging/` folder `uri` is in, reached through

@@ -1006,6 +1006,16 @@ fn issue15_two_images_writing_one_object_through_two_storages_are_refused() {
     );
     let apart = text.replace("storage://sub/z/m/", "storage://sub/z/n/");
     load(&apart).expect("different objects");
+    // The same bucket through two spellings of its server is one place too.
+    let mut spelled = storages.clone();
+    spelled.get_mut("sub").expect("sub").endpoint =
+        Some("https://s3.us-east-1.amazonaws.com".to_owned());
+    let err = load_with_storages(&env, &spelled, "m.yaml", text).expect_err("refused");
+    assert!(
+        err.error_txt().contains("is also written by images[0]"),
+        "{}",
+        err.error_txt()
+    );
 }
 
 /// The staging storage's `staging/` folder (`api.staging`) holds the daemon's staged inputs,
