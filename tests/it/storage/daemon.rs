@@ -355,6 +355,13 @@ async fn storage_env(
     (env, config)
 }
 
+/// Appends `text` to the config file (keys the test adds to what `storage_env` wrote).
+fn append_to(config: &Path, text: &str) {
+    let mut whole = std::fs::read_to_string(config).expect("config");
+    whole.push_str(text);
+    std::fs::write(config, whole).expect("config");
+}
+
 /// The image files under `root` (reports left out).
 fn images_under(root: &Path) -> Vec<PathBuf> {
     TestEnv::files_under(root)
@@ -531,9 +538,7 @@ async fn the_dashboard_names_storage_objects_and_shows_no_stale_outbox_file() {
         env.outbox.join("m/sku-0.jpg").is_file(),
         "run 1 wrote a local file"
     );
-    let mut text = std::fs::read_to_string(&config).expect("config");
-    text.push_str("web:\n  listen: 127.0.0.1:0\n");
-    std::fs::write(&config, text).expect("config");
+    append_to(&config, "web:\n  listen: 127.0.0.1:0\n");
     let mut daemon = env.spawn_daemon(&config, 0);
     let base = format!("http://{}", env.dashboard(0).await);
     env.drop_file(
@@ -619,9 +624,7 @@ async fn a_local_copy_over_the_download_cap_is_left_out_and_the_object_is_the_ou
         return;
     };
     let (env, config) = storage_env(&s3, quick(), "output_local_copy: true", 1).await;
-    let mut text = std::fs::read_to_string(&config).expect("config");
-    text.push_str("limits: { max_download_bytes: 64 }\n");
-    std::fs::write(&config, text).expect("config");
+    append_to(&config, "limits: { max_download_bytes: 64 }\n");
     let manifest = b"output: { format: png, destination: storage://catalog/out/ }\nimages:\n  - storage://catalog/in/sku-0.png\n";
     env.drop_file("shoes.yaml", manifest);
     let (code, stderr) = env.run_once(&config).await;
@@ -1822,9 +1825,7 @@ async fn on_output_exists_skip_and_fail_protect_existing_objects_before_any_spen
     };
     for (policy, code, status) in [("skip", 0, "skipped"), ("fail", 2, "failed")] {
         let (env, config) = storage_env(&s3, quick(), "", 2).await;
-        let mut text = std::fs::read_to_string(&config).expect("config");
-        text.push_str(&format!("on_output_exists: {policy}\n"));
-        std::fs::write(&config, text).expect("config");
+        append_to(&config, &format!("on_output_exists: {policy}\n"));
         let kept = crate::support::png(9, 7);
         let prefix = format!("raw/{policy}/");
         s3.put_object("catalog", &format!("{prefix}shoes/sku-0.jpg"), &kept)
@@ -1896,9 +1897,7 @@ async fn on_output_exists_fail_sees_a_file_at_the_local_copys_place_before_any_s
         return;
     };
     let (env, config) = storage_env(&s3, quick(), "output_local_copy: true", 1).await;
-    let mut text = std::fs::read_to_string(&config).expect("config");
-    text.push_str("on_output_exists: fail\n");
-    std::fs::write(&config, text).expect("config");
+    append_to(&config, "on_output_exists: fail\n");
     let copy = env.outbox.join("shoes/sku-0.jpg");
     std::fs::create_dir_all(copy.parent().unwrap()).expect("folder");
     std::fs::write(&copy, b"someone's file").expect("file");
