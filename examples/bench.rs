@@ -29,11 +29,12 @@ mod api;
 mod storage;
 
 /// Every row, in table order.
-const ROWS: [&str; 14] = [
+const ROWS: [&str; 15] = [
     "throughput",
     "ratelimit",
     "delay",
     "rss",
+    "rss-rows",
     "restart",
     "scan",
     "overview",
@@ -52,7 +53,7 @@ struct Args {
     /// Scaled-down counts (minutes instead of an hour); the table says so.
     #[arg(long)]
     quick: bool,
-    /// Run only this row (repeatable): throughput, ratelimit, delay, rss, restart, scan,
+    /// Run only this row (repeatable): throughput, ratelimit, delay, rss, rss-rows, restart, scan,
     /// overview, scrape, batch, webhooks, batchhooks, smalldrop, billing, storage.
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(ROWS))]
     only: Vec<String>,
@@ -223,6 +224,22 @@ fn main() -> Result<()> {
     if wanted("rss") {
         eprintln!("== rss: manifests of {:?} images", sizes.rss);
         rows.extend(bench.rss(sizes.rss, args.slow_runs, &mut notes)?);
+    }
+    if wanted("rss-rows")
+        && let Some(base) = &baseline
+    {
+        eprintln!("== rss-rows, baseline {}", base.daemon.display());
+        rows.extend(label(
+            base.rss_rows(sizes.rss[1], args.slow_runs, &mut notes)?,
+            "baseline",
+        ));
+    }
+    if wanted("rss-rows") {
+        eprintln!(
+            "== rss-rows: a manifest of {} images, each with its own operations",
+            sizes.rss[1]
+        );
+        rows.extend(bench.rss_rows(sizes.rss[1], args.slow_runs, &mut notes)?);
     }
     if wanted("restart")
         && let Some(base) = &baseline
@@ -810,6 +827,44 @@ impl Bench {
         }])
     }
 
+    /// Peak RSS of a manifest whose every image has operations of its own (no two alike),
+    /// processed to the end: the validated rows hold a body each until registered.
+    fn rss_rows(&self, n: usize, runs: usize, notes: &mut Notes) -> Result<Vec<Row>> {
+        let mut mb = Vec::new();
+        for run in 0..runs.max(1) {
+            let scenario = Scenario::default()
+                .latency(Latency::Fixed(Duration::ZERO))
+                .tmp_url_ttl(Duration::from_secs(60))
+                .seed(5);
+            let emu = Emu::start(scenario, 2)?;
+            let work = self.workdir()?;
+            work.write_config(&emu.base_url(), &self.unlimited)?;
+            work.write_manifest_own_operations("rows.yaml", "r", n)?;
+            let r = self.run_daemon(&work)?;
+            let peak = r.hwm_kib as f64 / 1024.0;
+            notes.add(format!(
+                "rss-rows {} images run {}: peak RSS {:.1} MB, reached {:.0} s in; wall {:.1} s; exit {}; {}",
+                n,
+                run + 1,
+                peak,
+                r.hwm_at.as_secs_f64(),
+                r.wall.as_secs_f64(),
+                exit_text(r.status),
+                stats_text(&emu.stats())
+            ));
+            mb.push(peak);
+            work.finish(notes);
+        }
+        let peak = median(&mb);
+        Ok(vec![Row {
+            figure: "peak RSS of the daemon (VmHWM), per-image operations",
+            scenario: format!("one manifest of {n} images, each with its own `operations`"),
+            measured: format!("{peak:.1} MB"),
+            target: "≤ 100 MB",
+            met: Some(peak <= 100.0),
+        }])
+    }
+
     // ---- row 6 -------------------------------------------------------------------------
 
     fn restart(&self, n: usize, runs: usize, notes: &mut Notes) -> Result<Vec<Row>> {
@@ -1293,6 +1348,24 @@ admin:
         s.push_str("operations: { resizing: { width: 32 } }\noutput: { format: png }\nimages:\n");
         for i in 0..n {
             writeln!(s, "  - input: storage://demo/{prefix}{i:06}-64x48.png")?;
+        }
+        let tmp = self.inbox.join(format!(".{name}.part"));
+        fs::write(&tmp, s)?;
+        fs::rename(&tmp, self.inbox.join(name))?;
+        Ok(())
+    }
+
+    /// A manifest of `n` images each with operations of its own (no two alike).
+    fn write_manifest_own_operations(&self, name: &str, prefix: &str, n: usize) -> Result<()> {
+        let mut s = String::with_capacity(n * 110 + 64);
+        s.push_str("output: { format: png }\nimages:\n");
+        for i in 0..n {
+            writeln!(
+                s,
+                "  - {{ input: storage://demo/{prefix}{i:06}-64x48.png, operations: {{ resizing: {{ width: {}, height: {} }} }} }}",
+                16 + i % 48,
+                16 + i / 48
+            )?;
         }
         let tmp = self.inbox.join(format!(".{name}.part"));
         fs::write(&tmp, s)?;
