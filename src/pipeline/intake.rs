@@ -862,12 +862,13 @@ impl Intake {
             // inbox, and no error file is written for it.
             Err(_) if std::fs::symlink_metadata(path).is_err() => {}
             Err(err) => {
-                error!(error = %err, manifest = %rel.display(), "Cannot move the rejected manifest out of the inbox");
+                error!(error = %err, manifest = %rel.display(), "Cannot move the rejected manifest out of the inbox; tried again every few minutes while it stays there");
+                self.move_rejected_later(path, rel, text);
                 // Its outcome file still goes somewhere: the top of `rejected/`, named after
                 // its whole path.
                 let rejected = self.folders.rejected.clone();
                 let text = format!(
-                    "{text}\nThe manifest itself stays in the inbox: it could not be moved into the rejected folder ({err}). Clear that, then drop it again.\n"
+                    "{text}\nThe manifest itself stays in the inbox for now: it could not be moved into the rejected folder ({err}). Clear that (free space there, or make it writable): the daemon moves it there as soon as it can, trying again every few minutes.\n"
                 );
                 let flat = flattened_name(rel);
                 let file_text = text.clone();
@@ -905,6 +906,69 @@ impl Intake {
                 .take(12)
                 .collect::<Vec<_>>()
                 .join("\n"),
+        });
+    }
+}
+
+/// First wait before a rejected manifest that could not be moved out of the inbox is moved
+/// again; doubled after each failed try, up to [`MOVE_AGAIN_MAX`].
+const MOVE_AGAIN_FIRST: std::time::Duration = std::time::Duration::from_secs(5);
+const MOVE_AGAIN_MAX: std::time::Duration = std::time::Duration::from_secs(300);
+
+impl Intake {
+    /// Moves a rejected manifest out of the inbox again later (the rejected folder's disk was
+    /// full, or it could not be written): the watcher offers a file once per version, so it
+    /// lay in the inbox until a restart although space was freed. Tried while the daemon runs
+    /// and the file is there unchanged; its error file is written with the move.
+    fn move_rejected_later(&self, path: &Path, rel: &Path, text: &str) {
+        let fingerprint = |path: &Path| {
+            std::fs::symlink_metadata(path)
+                .ok()
+                .map(|meta| (meta.len(), meta.modified().ok()))
+        };
+        let Some(seen) = fingerprint(path) else {
+            return;
+        };
+        let (src, inbox, rejected) = (
+            path.to_path_buf(),
+            self.folders.inbox.clone(),
+            self.folders.rejected.clone(),
+        );
+        let (text, cancel) = (text.to_owned(), self.cancel.clone());
+        let flat = flattened_name(rel);
+        tokio::spawn(async move {
+            let mut wait = MOVE_AGAIN_FIRST;
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = cancel.cancelled() => return,
+                }
+                // Gone or changed: the watcher takes the new version (or nothing is left).
+                if fingerprint(&src) != Some(seen) {
+                    return;
+                }
+                let (src, inbox, to, text) =
+                    (src.clone(), inbox.clone(), rejected.clone(), text.clone());
+                let moved =
+                    on_file_pool(move || output::move_rejected(&inbox, &src, &to, &text)).await;
+                match moved {
+                    Ok((dest, _)) => {
+                        info!(to = %dest.display(), "Moved the rejected manifest out of the inbox at last");
+                        // The error file written at the top of the folder meanwhile, which
+                        // said it stays in the inbox, is replaced by the one beside it.
+                        let stale = rejected.join(filename::error_file_name(
+                            &flat,
+                            &filename::FsLimits::of(&rejected),
+                        ));
+                        let _ = std::fs::remove_file(stale);
+                        return;
+                    }
+                    Err(err) => {
+                        debug!(error = %err, "The rejected manifest still cannot be moved out of the inbox");
+                        wait = (wait * 2).min(MOVE_AGAIN_MAX);
+                    }
+                }
+            }
         });
     }
 }

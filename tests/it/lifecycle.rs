@@ -317,6 +317,33 @@ async fn issue11_a_rejected_manifest_that_cannot_be_moved_still_gets_an_error_fi
     assert_eq!(env.stats().submits, 0);
 }
 
+/// The daemon moves a rejected manifest it could not move out of the inbox once it can (the
+/// watcher offers a file once per version: it lay in the inbox until a restart), with its
+/// error file beside it, and removes the flat one that said it stays in the inbox.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue11_a_rejected_manifest_that_could_not_be_moved_is_moved_once_it_can() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let blocker = env.rejected.join("team");
+    std::fs::write(&blocker, b"a file").expect("file where the folder goes");
+    let config = env.config("", "");
+    let mut daemon = env.spawn_daemon(&config, 0);
+    let bad = env.drop_file("team/bad.yaml", b"images:\n  - input: ftp://x/a.png\n");
+    let flat = env.rejected.join("team__bad.yaml.error.txt");
+    wait_until("the flat error file", DEADLINE, || flat.is_file()).await;
+    assert!(bad.is_file(), "still in the inbox");
+    std::fs::remove_file(&blocker).expect("the way is free");
+    wait_until("moved out of the inbox", DEADLINE, || {
+        !bad.exists() && env.rejected.join("team/bad.yaml").is_file()
+    })
+    .await;
+    let text = std::fs::read_to_string(env.rejected.join("team/bad.yaml.error.txt"))
+        .expect("its error file beside it");
+    assert!(text.contains("line 2"), "{text}");
+    assert!(!flat.exists(), "the flat error file is gone");
+    stop(&mut daemon).await;
+    assert_eq!(env.stats().submits, 0);
+}
+
 /// A manifest deep in the inbox tree, whose mirrored place in `rejected/` is too long a path
 /// for its error file (the folder names are longer there), still gets its error file: both go
 /// flat into the top of `rejected/`, `<hash>~bad.yaml` (the manifest was moved and its
