@@ -743,80 +743,24 @@ impl Finisher {
             .unwrap_or_else(PoisonError::into_inner)
             .policies
             .on_manifest_done;
-        let rel = rel.to_path_buf();
-        let sha256 = sha256.to_owned();
-        let res = on_file_pool(move || -> Result<Option<PathBuf>, String> {
-            let src = folders.inbox.join(&rel);
-            let copy = folders.copies.join(&rel);
-            // The file of a superseded run belongs to the newer version that waits for it,
-            // even when it holds the same bytes again (saved A → B → A): only the copy kept at
-            // intake is archived.
-            let is_processed = !superseded
-                && (recipe_image || output::sha256_file(&src).is_ok_and(|found| found == sha256));
-            // A version saved over the file between the hash above and the move (or the
-            // delete) is not the one processed: the file moved is hashed again, and one that
-            // is not the processed version goes back to its place in the inbox (it was
-            // archived, or deleted, without ever running).
-            // (A file that cannot be hashed, out of descriptors say, is taken for the processed
-            // one, as it was a moment ago: putting a processed manifest back would run it
-            // again.)
-            let still_processed =
-                |path: &Path| recipe_image || output::sha256_file(path).map_or(true, |f| f == sha256);
-            let moved = match policy {
-                OnManifestDone::Keep => None,
-                OnManifestDone::Delete => {
-                    if is_processed && src.is_file() {
-                        let taken = deleting_name(&src);
-                        std::fs::rename(&src, &taken)
-                            .map_err(|e| format!("cannot delete {}: {e}", src.display()))?;
-                        if still_processed(&taken) {
-                            std::fs::remove_file(&taken)
-                                .map_err(|e| format!("cannot delete {}: {e}", taken.display()))?;
-                        } else {
-                            put_back(&taken, &folders.inbox, &rel)?;
-                        }
-                    }
-                    None
-                }
-                OnManifestDone::Archive => {
-                    let archived = if is_processed && src.is_file() {
-                        let dest = output::move_mirrored(&folders.inbox, &src, &folders.archive)
-                            .map_err(|e| e.to_string())?;
-                        if still_processed(&dest) {
-                            Some(dest)
-                        } else {
-                            put_back(&dest, &folders.inbox, &rel)?;
-                            None
-                        }
-                    } else {
-                        None
-                    };
-                    if archived.is_some() {
-                        archived
-                    } else if copy.is_file() {
-                        // The file changed (or was removed) since it was processed: archive
-                        // the processed version kept at intake.
-                        Some(
-                            output::move_mirrored(&folders.copies, &copy, &folders.archive)
-                                .map_err(|e| e.to_string())?,
-                        )
-                    } else {
-                        None
-                    }
-                }
-            };
-            match std::fs::remove_file(&copy) {
-                Ok(()) => {}
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-                Err(err) => warn!(copy = %copy.display(), error = %err, "Cannot remove the kept copy of a manifest"),
-            }
-            Ok(moved)
-        })
-        .await;
-        match res {
+        let job = Dispose {
+            rel: rel.to_path_buf(),
+            sha256: sha256.to_owned(),
+            recipe_image,
+            superseded,
+            policy,
+        };
+        let seen = inbox_version(&folders.inbox.join(rel));
+        let (f, j) = (folders.clone(), job.clone());
+        match on_file_pool(move || j.run(&f)).await {
             Ok(Some(dest)) => info!(to = %dest.display(), "Manifest archived"),
             Ok(None) => {}
-            Err(err) => error!(error = %err, "Cannot move the finished manifest"),
+            Err(err) => {
+                error!(error = %err, "Cannot move the finished manifest; tried again every few minutes while it stays in the inbox unchanged");
+                if let Some(seen) = seen {
+                    tokio::spawn(dispose_later(folders, job, seen));
+                }
+            }
         }
     }
 
@@ -894,4 +838,128 @@ fn put_back(
         "A version of the manifest saved just as its run ended was not processed; it was put back into the inbox, where it runs"
     );
     Ok(())
+}
+
+/// What [`Finisher::dispose`] does with a finished run's manifest file, as a value a retry
+/// can do again.
+#[derive(Clone)]
+struct Dispose {
+    rel: PathBuf,
+    sha256: String,
+    recipe_image: bool,
+    superseded: bool,
+    policy: OnManifestDone,
+}
+
+impl Dispose {
+    /// Archives (or deletes, or keeps) the processed version of the manifest; the archived
+    /// path, if one.
+    fn run(&self, folders: &Folders) -> Result<Option<PathBuf>, String> {
+        let (rel, sha256, recipe_image, superseded, policy) = (
+            self.rel.as_path(),
+            self.sha256.as_str(),
+            self.recipe_image,
+            self.superseded,
+            self.policy,
+        );
+        let src = folders.inbox.join(rel);
+        let copy = folders.copies.join(rel);
+        // The file of a superseded run belongs to the newer version that waits for it,
+        // even when it holds the same bytes again (saved A → B → A): only the copy kept at
+        // intake is archived.
+        let is_processed = !superseded
+            && (recipe_image || output::sha256_file(&src).is_ok_and(|found| found == sha256));
+        // A version saved over the file between the hash above and the move (or the
+        // delete) is not the one processed: the file moved is hashed again, and one that
+        // is not the processed version goes back to its place in the inbox (it was
+        // archived, or deleted, without ever running).
+        // (A file that cannot be hashed, out of descriptors say, is taken for the processed
+        // one, as it was a moment ago: putting a processed manifest back would run it
+        // again.)
+        let still_processed =
+            |path: &Path| recipe_image || output::sha256_file(path).map_or(true, |f| f == sha256);
+        let moved = match policy {
+            OnManifestDone::Keep => None,
+            OnManifestDone::Delete => {
+                if is_processed && src.is_file() {
+                    let taken = deleting_name(&src);
+                    std::fs::rename(&src, &taken)
+                        .map_err(|e| format!("cannot delete {}: {e}", src.display()))?;
+                    if still_processed(&taken) {
+                        std::fs::remove_file(&taken)
+                            .map_err(|e| format!("cannot delete {}: {e}", taken.display()))?;
+                    } else {
+                        put_back(&taken, &folders.inbox, rel)?;
+                    }
+                }
+                None
+            }
+            OnManifestDone::Archive => {
+                let archived = if is_processed && src.is_file() {
+                    let dest = output::move_mirrored(&folders.inbox, &src, &folders.archive)
+                        .map_err(|e| e.to_string())?;
+                    if still_processed(&dest) {
+                        Some(dest)
+                    } else {
+                        put_back(&dest, &folders.inbox, rel)?;
+                        None
+                    }
+                } else {
+                    None
+                };
+                if archived.is_some() {
+                    archived
+                } else if copy.is_file() {
+                    // The file changed (or was removed) since it was processed: archive
+                    // the processed version kept at intake.
+                    Some(
+                        output::move_mirrored(&folders.copies, &copy, &folders.archive)
+                            .map_err(|e| e.to_string())?,
+                    )
+                } else {
+                    None
+                }
+            }
+        };
+        match std::fs::remove_file(&copy) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => {
+                warn!(copy = %copy.display(), error = %err, "Cannot remove the kept copy of a manifest")
+            }
+        }
+        Ok(moved)
+    }
+}
+
+/// A file's size and mtime, to tell whether it is the same version later.
+fn inbox_version(path: &Path) -> Option<(u64, Option<std::time::SystemTime>)> {
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|meta| (meta.len(), meta.modified().ok()))
+}
+
+/// Does a finished manifest's [`Dispose`] again, every few minutes (5 s doubling to 5 min)
+/// while the file is in the inbox unchanged (the archive's disk was full, or a file stood
+/// where its folder goes): the watcher offers a file once per version, so it lay in the
+/// inbox until a restart. A changed or removed file is a newer version's (its kept copy too).
+async fn dispose_later(folders: Folders, job: Dispose, seen: (u64, Option<std::time::SystemTime>)) {
+    let mut wait = std::time::Duration::from_secs(5);
+    loop {
+        tokio::time::sleep(wait).await;
+        if inbox_version(&folders.inbox.join(&job.rel)) != Some(seen) {
+            return;
+        }
+        let (f, j) = (folders.clone(), job.clone());
+        match on_file_pool(move || j.run(&f)).await {
+            Ok(dest) => {
+                info!(manifest = %job.rel.display(), to = ?dest, "The finished manifest is moved out of the inbox at last");
+                return;
+            }
+            Err(err) => {
+                debug!(error = %err, "The finished manifest still cannot be moved");
+                wait = (wait * 2).min(std::time::Duration::from_secs(300));
+            }
+        }
+    }
 }

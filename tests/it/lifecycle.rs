@@ -344,6 +344,38 @@ async fn issue11_a_rejected_manifest_that_could_not_be_moved_is_moved_once_it_ca
     assert_eq!(env.stats().submits, 0);
 }
 
+/// A finished manifest the daemon could not archive (a file where its folder goes in the
+/// archive, or a full disk) is archived once it can, while it is in the inbox unchanged (it
+/// lay there until a restart).
+#[tokio::test(flavor = "multi_thread")]
+async fn issue11_a_finished_manifest_that_could_not_be_archived_is_archived_once_it_can() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let blocker = env.archive.join("team");
+    std::fs::write(&blocker, b"a file").expect("file where the folder goes");
+    let config = env.config("", "");
+    let mut daemon = env.spawn_daemon(&config, 0);
+    let manifest = env.drop_file(
+        "team/m.yaml",
+        b"images:\n  - input: storage://demo/a-64x48.png\n",
+    );
+    wait_until("reported", DEADLINE, || {
+        env.outbox.join("team/m.report.json").is_file()
+    })
+    .await;
+    assert!(manifest.is_file(), "not archived yet");
+    std::fs::remove_file(&blocker).expect("the way is free");
+    wait_until("archived", DEADLINE, || {
+        !manifest.exists() && env.archive.join("team/m.yaml").is_file()
+    })
+    .await;
+    stop(&mut daemon).await;
+    assert_eq!(
+        env.stats().submits + env.stats().batch_images,
+        1,
+        "made once"
+    );
+}
+
 /// A manifest deep in the inbox tree, whose mirrored place in `rejected/` is too long a path
 /// for its error file (the folder names are longer there), still gets its error file: both go
 /// flat into the top of `rejected/`, `<hash>~bad.yaml` (the manifest was moved and its
