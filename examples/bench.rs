@@ -781,12 +781,7 @@ impl Bench {
         for &n in &sizes {
             let mut mb = Vec::new();
             for run in 0..runs.max(1) {
-                // Results expire quickly so the emulator's own memory stays small.
-                let scenario = Scenario::default()
-                    .latency(Latency::Fixed(Duration::ZERO))
-                    .tmp_url_ttl(Duration::from_secs(60))
-                    .seed(5);
-                let emu = Emu::start(scenario, 2)?;
+                let emu = rss_emulator()?;
                 let work = self.workdir()?;
                 work.write_config(&emu.base_url(), &self.unlimited)?;
                 work.write_manifest("big.yaml", "m", n)?;
@@ -832,11 +827,7 @@ impl Bench {
     fn rss_rows(&self, n: usize, runs: usize, notes: &mut Notes) -> Result<Vec<Row>> {
         let mut mb = Vec::new();
         for run in 0..runs.max(1) {
-            let scenario = Scenario::default()
-                .latency(Latency::Fixed(Duration::ZERO))
-                .tmp_url_ttl(Duration::from_secs(60))
-                .seed(5);
-            let emu = Emu::start(scenario, 2)?;
+            let emu = rss_emulator()?;
             let work = self.workdir()?;
             work.write_config(&emu.base_url(), &self.unlimited)?;
             work.write_manifest_own_operations("rows.yaml", "r", n)?;
@@ -1380,6 +1371,16 @@ admin:
             None => notes.add(format!("kept {}", self.root.display())),
         }
     }
+}
+
+/// The emulator of the RSS rows: no latency, and results that expire quickly so that its own
+/// memory stays small.
+fn rss_emulator() -> Result<Emu> {
+    let scenario = Scenario::default()
+        .latency(Latency::Fixed(Duration::ZERO))
+        .tmp_url_ttl(Duration::from_secs(60))
+        .seed(5);
+    Emu::start(scenario, 2)
 }
 
 /// Counts output images and the span between the first and the last one's mtime.
