@@ -752,11 +752,11 @@ pub fn unknown_key_message(key: &str, known: &[&str]) -> String {
     }
 }
 
-/// Where a `storage://NAME/key` URI points: `ENDPOINT s3://bucket/prefix/key` (the same bucket
-/// name on two servers is two buckets); `None` for a storage that is not configured. Two
+/// Where a `storage://NAME/key` URI points: `s3://bucket/prefix/key`, whatever the storage's
+/// `endpoint` (see [`folder_place`]); `None` for a storage that is not configured. Two
 /// URIs name one object when their places are equal: their storages (by name or connector
 /// name) may point into one bucket, one prefix inside the other.
-fn object_place(storages: &BTreeMap<String, StorageEntry>, uri: &str) -> Option<String> {
+pub(crate) fn object_place(storages: &BTreeMap<String, StorageEntry>, uri: &str) -> Option<String> {
     let (name, key) = crate::storages::split_uri(uri)?;
     let entry = storage_entry(storages, name)?;
     Some(format!(

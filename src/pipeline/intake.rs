@@ -1169,16 +1169,8 @@ pub fn unchanged_state(
     };
     if path.contains("://")
         && let Some(uri) = crate::storages::destination_of(body, output_rel)
-        && let Some((connector, key)) = crate::storages::split_uri(&uri)
-        && let Some(entry) = storages
-            .get(connector)
-            .or_else(|| storages.values().find(|e| e.claid_name == connector))
-        && folder(path)
-            != folder(&format!(
-                "{}/{}",
-                entry.url().trim_end_matches('/'),
-                key.trim_start_matches('/')
-            ))
+        && let Some(place) = manifest::object_place(storages, &uri)
+        && folder(path) != folder(&place)
     {
         return None;
     }
