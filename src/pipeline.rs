@@ -1127,6 +1127,62 @@ impl Handle {
     }
 }
 
+/// The first wait before a manifest that could not be moved out of the inbox is moved again
+/// ([`move_again_later`]); doubled after each failed try, up to [`MOVE_AGAIN_MAX`].
+const MOVE_AGAIN_FIRST: Duration = Duration::from_secs(5);
+const MOVE_AGAIN_MAX: Duration = Duration::from_secs(300);
+
+/// A file's size and mtime: whether it is still the same version later.
+type FileVersion = (u64, Option<std::time::SystemTime>);
+
+fn file_version(path: &std::path::Path) -> Option<FileVersion> {
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|meta| (meta.len(), meta.modified().ok()))
+}
+
+/// Moves a manifest out of the inbox again later, when its move (into `rejected/` or the
+/// archive) failed: a full disk, a file where a folder goes. The watcher offers a file once
+/// per version, so it lay in the inbox until a restart although the way was clear again.
+/// `attempt` (file work, run on the blocking pool) is tried again every few minutes while
+/// the file at `path` is the version it is now; it ends once `attempt` succeeds (`moved`
+/// is told), when the file changes or goes (a newer version is the watcher's), or at `cancel`.
+fn move_again_later<T, E>(
+    path: PathBuf,
+    cancel: Option<CancellationToken>,
+    attempt: impl Fn() -> Result<T, E> + Send + Sync + 'static,
+    moved: impl FnOnce(T) + Send + 'static,
+) where
+    T: Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    let Some(seen) = file_version(&path) else {
+        return;
+    };
+    let attempt = Arc::new(attempt);
+    let cancel = cancel.unwrap_or_default();
+    tokio::spawn(async move {
+        let mut wait = MOVE_AGAIN_FIRST;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = cancel.cancelled() => return,
+            }
+            if file_version(&path) != Some(seen) {
+                return;
+            }
+            let attempt = attempt.clone();
+            match on_file_pool(move || attempt()).await {
+                Ok(done) => return moved(done),
+                Err(err) => {
+                    tracing::debug!(error = %err, path = %path.display(), "The manifest still cannot be moved out of the inbox");
+                    wait = (wait * 2).min(MOVE_AGAIN_MAX);
+                }
+            }
+        }
+    });
+}
+
 /// Runs file work (reading inputs, writing outputs and reports, moving manifests) on the
 /// blocking pool, so it never stalls the async workers.
 async fn on_file_pool<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {

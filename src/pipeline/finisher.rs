@@ -22,7 +22,7 @@ use crate::output;
 use crate::pipeline::job::JobOutcome;
 use crate::pipeline::notices::{Notice, Notices};
 use crate::pipeline::submitter::Queue;
-use crate::pipeline::{Board, Folders, RunView, Settings, on_file_pool};
+use crate::pipeline::{Board, Folders, RunView, Settings, move_again_later, on_file_pool};
 use crate::report;
 use crate::store::{JobState, ManifestId, ManifestState, ManifestV1, RunEnd, Store, StoreError};
 use crate::watcher::Candidate;
@@ -750,16 +750,19 @@ impl Finisher {
             superseded,
             policy,
         };
-        let seen = inbox_version(&folders.inbox.join(rel));
         let (f, j) = (folders.clone(), job.clone());
         match on_file_pool(move || j.run(&f)).await {
             Ok(Some(dest)) => info!(to = %dest.display(), "Manifest archived"),
             Ok(None) => {}
             Err(err) => {
                 error!(error = %err, "Cannot move the finished manifest; tried again every few minutes while it stays in the inbox unchanged");
-                if let Some(seen) = seen {
-                    tokio::spawn(dispose_later(folders, job, seen));
-                }
+                let rel = job.rel.clone();
+                move_again_later(
+                    folders.inbox.join(rel),
+                    None,
+                    move || job.run(&folders),
+                    |dest| info!(to = ?dest, "The finished manifest is moved out of the inbox at last"),
+                );
             }
         }
     }
@@ -840,8 +843,8 @@ fn put_back(
     Ok(())
 }
 
-/// What [`Finisher::dispose`] does with a finished run's manifest file, as a value a retry
-/// can do again.
+/// What [`Finisher::dispose`] does with a finished run's manifest file, as a value
+/// [`move_again_later`] can do again.
 #[derive(Clone)]
 struct Dispose {
     rel: PathBuf,
@@ -929,37 +932,5 @@ impl Dispose {
             }
         }
         Ok(moved)
-    }
-}
-
-/// A file's size and mtime, to tell whether it is the same version later.
-fn inbox_version(path: &Path) -> Option<(u64, Option<std::time::SystemTime>)> {
-    std::fs::symlink_metadata(path)
-        .ok()
-        .map(|meta| (meta.len(), meta.modified().ok()))
-}
-
-/// Does a finished manifest's [`Dispose`] again, every few minutes (5 s doubling to 5 min)
-/// while the file is in the inbox unchanged (the archive's disk was full, or a file stood
-/// where its folder goes): the watcher offers a file once per version, so it lay in the
-/// inbox until a restart. A changed or removed file is a newer version's (its kept copy too).
-async fn dispose_later(folders: Folders, job: Dispose, seen: (u64, Option<std::time::SystemTime>)) {
-    let mut wait = std::time::Duration::from_secs(5);
-    loop {
-        tokio::time::sleep(wait).await;
-        if inbox_version(&folders.inbox.join(&job.rel)) != Some(seen) {
-            return;
-        }
-        let (f, j) = (folders.clone(), job.clone());
-        match on_file_pool(move || j.run(&f)).await {
-            Ok(dest) => {
-                info!(manifest = %job.rel.display(), to = ?dest, "The finished manifest is moved out of the inbox at last");
-                return;
-            }
-            Err(err) => {
-                debug!(error = %err, "The finished manifest still cannot be moved");
-                wait = (wait * 2).min(std::time::Duration::from_secs(300));
-            }
-        }
     }
 }

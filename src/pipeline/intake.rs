@@ -24,7 +24,7 @@ use crate::output;
 use crate::pipeline::finisher::{self, Event};
 use crate::pipeline::notices::{Notice, Notices};
 use crate::pipeline::submitter::Queue;
-use crate::pipeline::{Board, Folders, Settings, on_file_pool};
+use crate::pipeline::{Board, Folders, Settings, move_again_later, on_file_pool};
 use crate::report;
 use crate::store::{
     JobState, JobV1, ManifestId, ManifestState, ManifestV1, NewRun, Registered, Store, StoreError,
@@ -910,66 +910,31 @@ impl Intake {
     }
 }
 
-/// First wait before a rejected manifest that could not be moved out of the inbox is moved
-/// again; doubled after each failed try, up to [`MOVE_AGAIN_MAX`].
-const MOVE_AGAIN_FIRST: std::time::Duration = std::time::Duration::from_secs(5);
-const MOVE_AGAIN_MAX: std::time::Duration = std::time::Duration::from_secs(300);
-
 impl Intake {
-    /// Moves a rejected manifest out of the inbox again later (the rejected folder's disk was
-    /// full, or it could not be written): the watcher offers a file once per version, so it
-    /// lay in the inbox until a restart although space was freed. Tried while the daemon runs
-    /// and the file is there unchanged; its error file is written with the move.
+    /// Moves a rejected manifest out of the inbox again later ([`move_again_later`]), with
+    /// its error file beside it; the flat one written meanwhile, which said it stays in the
+    /// inbox, is removed then.
     fn move_rejected_later(&self, path: &Path, rel: &Path, text: &str) {
-        let fingerprint = |path: &Path| {
-            std::fs::symlink_metadata(path)
-                .ok()
-                .map(|meta| (meta.len(), meta.modified().ok()))
-        };
-        let Some(seen) = fingerprint(path) else {
-            return;
-        };
         let (src, inbox, rejected) = (
             path.to_path_buf(),
             self.folders.inbox.clone(),
             self.folders.rejected.clone(),
         );
-        let (text, cancel) = (text.to_owned(), self.cancel.clone());
-        let flat = flattened_name(rel);
-        tokio::spawn(async move {
-            let mut wait = MOVE_AGAIN_FIRST;
-            loop {
-                tokio::select! {
-                    () = tokio::time::sleep(wait) => {}
-                    () = cancel.cancelled() => return,
-                }
-                // Gone or changed: the watcher takes the new version (or nothing is left).
-                if fingerprint(&src) != Some(seen) {
-                    return;
-                }
-                let (src, inbox, to, text) =
-                    (src.clone(), inbox.clone(), rejected.clone(), text.clone());
-                let moved =
-                    on_file_pool(move || output::move_rejected(&inbox, &src, &to, &text)).await;
-                match moved {
-                    Ok((dest, _)) => {
-                        info!(to = %dest.display(), "Moved the rejected manifest out of the inbox at last");
-                        // The error file written at the top of the folder meanwhile, which
-                        // said it stays in the inbox, is replaced by the one beside it.
-                        let stale = rejected.join(filename::error_file_name(
-                            &flat,
-                            &filename::FsLimits::of(&rejected),
-                        ));
-                        let _ = std::fs::remove_file(stale);
-                        return;
-                    }
-                    Err(err) => {
-                        debug!(error = %err, "The rejected manifest still cannot be moved out of the inbox");
-                        wait = (wait * 2).min(MOVE_AGAIN_MAX);
-                    }
-                }
-            }
-        });
+        let (text, flat) = (text.to_owned(), flattened_name(rel));
+        let to = rejected.clone();
+        move_again_later(
+            path.to_path_buf(),
+            Some(self.cancel.clone()),
+            move || output::move_rejected(&inbox, &src, &to, &text),
+            move |(dest, _)| {
+                info!(to = %dest.display(), "Moved the rejected manifest out of the inbox at last");
+                let stale = rejected.join(filename::error_file_name(
+                    &flat,
+                    &filename::FsLimits::of(&rejected),
+                ));
+                let _ = std::fs::remove_file(stale);
+            },
+        );
     }
 }
 
