@@ -1166,29 +1166,27 @@ impl Client {
                 request_id,
             });
         }
-        // `303 See Other` to a POST says it was processed and its answer is elsewhere: the
-        // task exists and may be billed. Held in doubt like a 2xx that cannot be read (taken
-        // for "the API moved", the job stayed queued and the next run submitted it again).
-        if status == StatusCode::SEE_OTHER && endpoint.is_billable_post() {
-            let location = header_str(response.headers(), "location")
-                .map(|location| crate::text::redact_credentials(location).into_owned())
-                .unwrap_or_default();
-            tracing::warn!(
-                endpoint = endpoint.as_str(),
-                location = %Escaped::str(&location),
-                "Claid answered 303 See Other to a billable request"
-            );
-            return Err(ClaidError::BadResponse {
-                endpoint,
-                status: status.as_u16(),
-                request_id,
-                about: "Claid answered 303 See Other: the request was processed (and may be billed) and its answer is elsewhere; held in doubt, not sent again (`replay --in-doubt` sends it again)",
-            });
-        }
         if status.is_redirection() {
             let location = header_str(response.headers(), "location")
                 .map(|location| crate::text::redact_credentials(location).into_owned())
                 .unwrap_or_else(|| "nowhere named (no Location header)".to_owned());
+            // `303 See Other` to a POST says it was processed and its answer is elsewhere:
+            // the task exists and may be billed. Held in doubt like a 2xx that cannot be read
+            // (taken for "the API moved", the job stayed queued and the next run submitted it
+            // again).
+            if status == StatusCode::SEE_OTHER && endpoint.is_billable_post() {
+                tracing::warn!(
+                    endpoint = endpoint.as_str(),
+                    location = %Escaped::str(&location),
+                    "Claid answered 303 See Other to a billable request"
+                );
+                return Err(ClaidError::BadResponse {
+                    endpoint,
+                    status: status.as_u16(),
+                    request_id,
+                    about: "Claid answered 303 See Other: the request was processed (and may be billed) and its answer is elsewhere; held in doubt, not sent again (`replay --in-doubt` sends it again)",
+                });
+            }
             return Err(ClaidError::Redirected {
                 endpoint,
                 status: status.as_u16(),
