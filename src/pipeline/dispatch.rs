@@ -447,7 +447,8 @@ impl Dispatch {
         jobs: usize,
     ) -> Option<LostSubmit> {
         let key = request_key(request)?;
-        let sent = whole_numbers(request);
+        // Normalised once for every kept update it is compared with ([`echoes`]).
+        let sent = inputs_sorted(&whole_numbers(request));
         let slot = Arc::new(Slot::default());
         let mut inner = self.lock();
         let came = inner
@@ -952,13 +953,14 @@ pub fn echoes_other_inputs(echo: &serde_json::Value, inputs: &[&str]) -> bool {
     }
 }
 
-/// Whether `echo` is the request `sent` (with whole numbers as integers): the same, or (Claid may echo the
+/// Whether `echo` is the request `sent` (`sent` with whole numbers as integers and a batch's
+/// inputs sorted, as [`request_key`] normalises it; `echo` is normalised here): the same, or (Claid may echo the
 /// request as its model holds it, with `null` for every field not sent) one that holds every
 /// field sent with the same value and only `null` besides. An echo with any other field
 /// more is not taken: it may be another job's request that has the same fields and more, and
 /// adopting its task would deliver that job's image.
 fn echoes(sent: &serde_json::Value, echo: &serde_json::Value) -> bool {
-    holds(&inputs_sorted(sent), &inputs_sorted(&whole_numbers(echo)))
+    holds(sent, &inputs_sorted(&whole_numbers(echo)))
 }
 
 /// `request` with a batch's `input` list in sorted order: Claid may echo a batch's inputs in
