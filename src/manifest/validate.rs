@@ -569,7 +569,29 @@ fn make_body(ops: &Value, output: Option<&Value>) -> Value {
 /// where NAME is a configured storage (`storages`): the outputs then mirror the inbox tree under
 /// that folder of the bucket, and the daemon checks each object instead of downloading it.
 /// NAME is rewritten to the storage's `claid_name` (what Claid knows it by); `true` when fine.
+/// A destination found wrong is taken out of the output, so the schema's check that follows
+/// does not tell the same fault a second time.
 fn resolve_destination(
+    output: &mut Option<Value>,
+    path: &str,
+    storages: &BTreeMap<String, StorageEntry>,
+    problems: &mut Collector,
+) -> bool {
+    let ok = check_destination(output, path, storages, problems);
+    if !ok {
+        match output {
+            Some(Value::Object(fields)) => {
+                fields.remove("destination");
+            }
+            Some(Value::String(_)) => *output = None,
+            _ => {}
+        }
+    }
+    ok
+}
+
+/// [`resolve_destination`]'s check and rewrite.
+fn check_destination(
     output: &mut Option<Value>,
     path: &str,
     storages: &BTreeMap<String, StorageEntry>,

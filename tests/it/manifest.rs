@@ -1064,6 +1064,33 @@ fn issue15_the_staging_folder_is_neither_a_destination_nor_an_input() {
     }
 }
 
+/// A destination that is no storage folder is one fault, told once: the schema's own check of
+/// `destination` said it a second time (`must start with http://, https:// or storage://`),
+/// for `output: "s3://x/"` and for `output: { destination: s3://x/ }`.
+#[test]
+fn a_wrong_destination_is_told_once() {
+    let env = env();
+    for (text, told) in [
+        (
+            "output: \"s3://x/\"\nimages:\n  - input: https://example.com/a.png\n",
+            "a destination URI alone is not supported",
+        ),
+        (
+            "images:\n  - input: https://example.com/a.png\n    output: { destination: \"s3://x/\" }\n",
+            "is not a storage folder",
+        ),
+        (
+            "images:\n  - input: https://example.com/a.png\n    output: { format: png, destination: storage://nowhere/out/ }\n",
+            "names no configured storage",
+        ),
+    ] {
+        let err = env.load_text("m.yaml", text).expect_err("refused");
+        let problems: Vec<_> = err.problems().iter().map(|p| p.message.clone()).collect();
+        assert_eq!(problems.len(), 1, "{text}: {problems:#?}");
+        assert!(problems[0].contains(told), "{text}: {problems:#?}");
+    }
+}
+
 /// A value quoted in a problem is shown with its control characters escaped: a manifest's
 /// `width: "\e]0;…\e[2J"` retitled and cleared the terminal of whoever read its error file
 /// or ran `validate`.
