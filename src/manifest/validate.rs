@@ -447,11 +447,23 @@ pub fn validate(
             if object.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 // Claid refuses such an `output.destination` (it holds the mirrored folders
                 // and, for an image sent alone, the file name): refused here, before any spend.
+                let part = object
+                    .split('/')
+                    .find(|part| part.chars().any(|c| c.is_whitespace() || c.is_control()))
+                    .unwrap_or(&object);
+                // An image of a folder recipe has no `output` of its own: its name and its
+                // folders' are the key.
+                let fix = if ctx.recipe_image {
+                    "rename the image file, or its folders in the inbox, without spaces (e.g. `spring-sale/red-shoe.png`)"
+                } else {
+                    "rename the manifest (or its folders in the inbox), or give the image an `output` without spaces (e.g. `spring-sale/red-shoe.png`)"
+                };
                 problems.add(
                     &output_at,
                     format!(
-                        "the object `{}` has a space or a control character in its key, and Claid refuses such a destination; rename the manifest's folders or the image's `output` without spaces (e.g. `spring-sale/`)",
-                        crate::text::escape(&object)
+                        "the object `{}` has a space or a control character in its key (in `{}`), and Claid refuses such a destination; {fix}",
+                        crate::text::escape(&object),
+                        crate::text::escape(part)
                     ),
                 );
                 continue;

@@ -1091,6 +1091,47 @@ fn a_wrong_destination_is_told_once() {
     }
 }
 
+/// A storage output whose object key would hold a space is refused with the part that holds it
+/// and the fix that applies: a manifest's image can be given an `output`, a folder recipe's
+/// image cannot (its file name is its key; the message told a recipe's user to change the
+/// image's `output`).
+#[test]
+fn issue15_a_space_in_an_object_key_names_its_part_and_the_fix_that_applies() {
+    let env = env();
+    let mut storages = BTreeMap::new();
+    storages.insert("cat".to_owned(), storage_entry("cat-s3", "", false));
+    let err = load_with_storages(
+        &env,
+        &storages,
+        "spring sale/m.yaml",
+        "output: { format: png, destination: storage://cat/out/ }\nimages:\n  - input: https://example.com/a.png\n",
+    )
+    .expect_err("refused");
+    let told = err.error_txt();
+    assert!(told.contains("(in `spring sale`)"), "{told}");
+    assert!(told.contains("rename the manifest"), "{told}");
+    assert!(!told.contains("rename the image file"), "{told}");
+
+    env.write(
+        "studio/.claid.yaml",
+        "output: { format: png, destination: storage://cat/out/ }\n",
+    );
+    let image = env.inbox.join("studio/red shoe.png");
+    std::fs::write(&image, png(4, 3)).unwrap();
+    let ctx = manifest::LoadContext {
+        inbox: &env.inbox,
+        outbox: Some(&env.outbox),
+        profiles: &profiles(),
+        limits: &limits(),
+        storages: &storages,
+    };
+    let err = manifest::load_recipe_image(&ctx, &image).expect_err("refused");
+    let told = err.error_txt();
+    assert!(told.contains("(in `red shoe.png`)"), "{told}");
+    assert!(told.contains("rename the image file"), "{told}");
+    assert!(!told.contains("`output`"), "{told}");
+}
+
 /// A value quoted in a problem is shown with its control characters escaped: a manifest's
 /// `width: "\e]0;…\e[2J"` retitled and cleared the terminal of whoever read its error file
 /// or ran `validate`.
