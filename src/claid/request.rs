@@ -23,12 +23,16 @@
 //! Files, one reason to change each: this one holds the typed schema and [`validate`] (the
 //! body's top level); `walk` the validator and its checks of one value; `operations` and
 //! `output` the rules of those two parts of the body; `grammar` the grammars of string values
-//! (URIs, colours, lengths, padding).
+//! (URIs, colours, lengths, padding); `defaults` the schema's defaults, and whether an echoed
+//! request is the one sent.
 
+mod defaults;
 mod grammar;
 mod operations;
 mod output;
 mod walk;
+
+pub use defaults::{same_request, with_defaults};
 
 use serde::Serialize;
 use serde_json::Value;

@@ -156,7 +156,7 @@ pub async fn submit(
         id,
         Batch {
             created_at: created_at.clone(),
-            request: value.clone(),
+            request: state.echoed(&value),
             result_url: result_url.clone(),
             processing_at: Instant::now() + first_latency / 4,
             outcome: None,
@@ -180,7 +180,7 @@ pub async fn submit(
         status: TaskStatus::Accepted,
         result_url,
         created_at,
-        request: value,
+        request: state.echoed(&value),
         errors: Vec::new(),
         results: Vec::new(),
         unreadable_results: 0,

@@ -276,6 +276,10 @@ pub struct Scenario {
     pub webhook_reorder_hold: Duration,
     /// Share of webhooks preceded by a forged copy: status ERROR, signed with a wrong key.
     pub webhook_forged_share: f64,
+    /// Echo each task's request (in answers, polls and webhooks) as a model-backed server may:
+    /// every documented default filled in, the other fields `null`, shorthands in their object
+    /// forms (`claid::request::with_defaults`); otherwise as it was sent.
+    pub echo_defaults: bool,
 }
 
 /// Encoding of the `X-Claid-Hmac-SHA256` digest (Claid does not document it).
@@ -353,6 +357,7 @@ impl Default for Scenario {
             webhook_reorder_share: 0.0,
             webhook_reorder_hold: DEFAULT_REORDER_HOLD,
             webhook_forged_share: 0.0,
+            echo_defaults: false,
         }
     }
 }
@@ -605,6 +610,11 @@ impl Scenario {
         self.webhook_forged_share = share;
         self
     }
+    /// Echo requests with their documented defaults filled in (see the field).
+    pub fn echo_defaults(mut self, on: bool) -> Self {
+        self.echo_defaults = on;
+        self
+    }
 }
 
 fn redacted(key: &Option<String>) -> &'static str {
@@ -669,6 +679,7 @@ impl std::fmt::Debug for Scenario {
             .field("webhook_reorder_share", &self.webhook_reorder_share)
             .field("webhook_reorder_hold", &self.webhook_reorder_hold)
             .field("webhook_forged_share", &self.webhook_forged_share)
+            .field("echo_defaults", &self.echo_defaults)
             .finish()
     }
 }
@@ -883,6 +894,10 @@ pub struct ScenarioArgs {
     /// Share (0..1) of webhooks preceded by a forged copy (status ERROR, wrong signature).
     #[arg(long, default_value = "0", value_parser = parse_share)]
     pub webhook_forged_share: f64,
+    /// Echo each task's request with the schema's defaults filled in, as a model-backed
+    /// server may (answers, polls and webhooks); otherwise as it was sent.
+    #[arg(long)]
+    pub echo_defaults: bool,
 }
 
 impl ScenarioArgs {
@@ -944,6 +959,7 @@ impl ScenarioArgs {
             webhook_reorder_share: self.webhook_reorder_share,
             webhook_reorder_hold: self.webhook_reorder_hold,
             webhook_forged_share: self.webhook_forged_share,
+            echo_defaults: self.echo_defaults,
         }
     }
 }

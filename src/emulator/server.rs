@@ -194,6 +194,15 @@ impl AppState {
         }))
     }
 
+    /// A task's request as its answers, polls and webhooks echo it (`echo_defaults`).
+    pub(crate) fn echoed(&self, request: &Value) -> Value {
+        if self.scenario.echo_defaults {
+            request::with_defaults(request)
+        } else {
+            request.clone()
+        }
+    }
+
     /// True with probability `share`.
     pub(crate) fn roll(&self, share: f64) -> bool {
         share > 0.0 && lock(&self.rng).random::<f64>() < share
@@ -1019,7 +1028,7 @@ async fn submit(
         id,
         Task {
             created_at: created_at.clone(),
-            request: value.clone(),
+            request: state.echoed(&value),
             result_url: result_url.clone(),
             processing_at: started + latency / 4,
             outcome: None,
@@ -1057,7 +1066,7 @@ async fn submit(
         status: TaskStatus::Accepted,
         result_url,
         created_at,
-        request: value,
+        request: state.echoed(&value),
         errors: Vec::new(),
         result: TaskResult::default(),
     };

@@ -954,11 +954,11 @@ pub fn echoes_other_inputs(echo: &serde_json::Value, inputs: &[&str]) -> bool {
 }
 
 /// Whether `echo` is the request `sent` (`sent` with whole numbers as integers and a batch's
-/// inputs sorted, as [`request_key`] normalises it; `echo` is normalised here): the same, or (Claid may echo the
-/// request as its model holds it, with `null` for every field not sent) one that holds every
-/// field sent with the same value and only `null` besides. An echo with any other field
-/// more is not taken: it may be another job's request that has the same fields and more, and
-/// adopting its task would deliver that job's image.
+/// inputs sorted, as [`request_key`] normalises it; `echo` is normalised here): the same, or
+/// one Claid wrote as its model holds it, with the fields not sent as `null` or as their
+/// documented defaults ([`crate::claid::request::same_request`]). An echo with any other
+/// field more is not taken: it may be another job's request that has the same fields and
+/// more, and adopting its task would deliver that job's image.
 fn echoes(sent: &serde_json::Value, echo: &serde_json::Value) -> bool {
     holds(sent, &inputs_sorted(&whole_numbers(echo)))
 }
@@ -975,23 +975,9 @@ fn inputs_sorted(request: &serde_json::Value) -> serde_json::Value {
     request
 }
 
-/// `echo` has every field of `sent`, recursively, with the same values (lists item by item),
-/// and no other field but `null` ones.
+/// `echo` is `sent`, up to fields that hold their documented default (or `null`).
 fn holds(sent: &serde_json::Value, echo: &serde_json::Value) -> bool {
-    use serde_json::Value;
-    match (sent, echo) {
-        (Value::Object(sent), Value::Object(echo)) => {
-            sent.iter()
-                .all(|(key, value)| echo.get(key).is_some_and(|echoed| holds(value, echoed)))
-                && echo
-                    .iter()
-                    .all(|(key, value)| sent.contains_key(key) || value.is_null())
-        }
-        (Value::Array(sent), Value::Array(echo)) => {
-            sent.len() == echo.len() && sent.iter().zip(echo).all(|(s, e)| holds(s, e))
-        }
-        _ => sent == echo,
-    }
+    crate::claid::request::same_request(sent, echo)
 }
 
 /// The identity of a request: its body in canonical JSON (keys sorted, so a server that

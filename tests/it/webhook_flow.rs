@@ -386,6 +386,60 @@ async fn issue12_a_submit_cut_short_by_sigkill_is_adopted_from_its_webhook_after
     );
 }
 
+/// The same, against a Claid that echoes each request as its model holds it (every documented
+/// default filled in, the other fields `null`, `"png"` as `{"type": "png", "compression":
+/// "optimal"}`): the echo is still the request sent, and the lost submits are adopted, single
+/// and batched. (The echo was compared field for field: every image was billed again.)
+#[tokio::test(flavor = "multi_thread")]
+async fn issue12_lost_submits_are_adopted_from_webhooks_that_echo_the_schemas_defaults() {
+    for batch in [1, 100] {
+        let port = free_port();
+        let env = TestEnv::new(
+            announcing(port)
+                .latency(Latency::Fixed(Duration::ZERO))
+                .submit_response_delay(Duration::from_secs(30))
+                .webhook_delay(1.0, Duration::from_secs(4))
+                .echo_defaults(true),
+        )
+        .await;
+        let mut text = String::from(
+            "operations: { resizing: { width: 32 } }\noutput: { format: png }\nimages:\n",
+        );
+        for i in 0..3 {
+            text.push_str(&format!("  - storage://demo/d{i}-64x48.png\n"));
+        }
+        env.drop_file("m.yaml", text.as_bytes());
+        let config = env.config(
+            &format!("batch: {{ max_images: {batch} }}"),
+            &webhook_section(&env, port, "60s"),
+        );
+        let mut daemon = env.spawn_daemon(&config, 0);
+        wait_until("the submits received", DEADLINE, || {
+            let stats = env.stats();
+            stats.submits + stats.batch_images >= 3
+        })
+        .await;
+        daemon.start_kill().expect("SIGKILL");
+        let status = daemon.wait().await.expect("wait");
+        assert_eq!(status.code(), None, "killed, not exited");
+        assert_eq!(env.stats().webhooks_sent, 0, "no webhook before the kill");
+
+        let (code, stderr) = env.run_once(&config).await;
+        assert_eq!(code, 0, "batch {batch}: {stderr}");
+        all_done(&env, 3);
+        let stats = env.stats();
+        assert_eq!(
+            stats.submits + stats.batch_images,
+            3,
+            "batch {batch}: no image billed twice: {stats:?}"
+        );
+        assert!(
+            stderr.contains("recovered from"),
+            "batch {batch}: they were adopted: {stderr}"
+        );
+    }
+}
+
 /// While jobs a SIGKILL caught mid-submit wait for their webhooks after the restart, `status`
 /// says so (`daemon.awaiting_webhook`), and the count falls to 0 once they are adopted.
 #[tokio::test(flavor = "multi_thread")]
