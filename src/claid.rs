@@ -1227,7 +1227,8 @@ impl Client {
                 remaining: parse_remaining(
                     header_str(headers, "ratelimit-remaining")
                         .or_else(|| header_str(headers, "x-ratelimit-remaining")),
-                ),
+                )
+                .or_else(|| limiter::parse_combined(header_str(headers, "ratelimit")).0),
                 reset: reset_header(headers),
             },
         );
@@ -1659,23 +1660,75 @@ fn request_id_of(headers: &HeaderMap) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// `RateLimit-Reset` (Claid), else `Retry-After`, else [`DEFAULT_RESET`].
+/// How long a 429 is waited out: `RateLimit-Reset` (Claid), else `Retry-After`, else
+/// [`DEFAULT_RESET`]; never less than [`DEFAULT_RESET`] (a reset of `0`, told in whole seconds,
+/// or a date already past, had every 429 sent again at once, dozens a second).
 fn reset_of(headers: &HeaderMap) -> Duration {
-    reset_header(headers).unwrap_or(DEFAULT_RESET)
+    reset_header(headers)
+        .unwrap_or(DEFAULT_RESET)
+        .max(DEFAULT_RESET)
 }
 
 /// `RateLimit-Reset` (Claid: seconds, or a Unix time), else `Retry-After` (seconds or an HTTP
 /// date), else the older `X-RateLimit-Reset` (as `RateLimit-Reset`, which a gateway in front of
-/// Claid may send instead); `None` when none is usable.
+/// Claid may send instead), else the reset of the IETF drafts' combined `RateLimit` field;
+/// `None` when none is usable.
 fn reset_header(headers: &HeaderMap) -> Option<Duration> {
     parse_reset(header_str(headers, "ratelimit-reset"))
         .or_else(|| limiter::parse_retry_after(header_str(headers, "retry-after")))
         .or_else(|| parse_reset(header_str(headers, "x-ratelimit-reset")))
+        .or_else(|| limiter::parse_combined(header_str(headers, "ratelimit")).1)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A 429 is waited out at least a second, whatever its headers say (a reset of `0`, a
+    /// `Retry-After: 0`, a date already past: it was sent again at once, dozens a second), and
+    /// the IETF drafts' combined `RateLimit` field is read when the split fields are not sent.
+    #[test]
+    fn a_429_is_waited_out_at_least_a_second_and_the_combined_field_is_read() {
+        let headers = |pairs: &[(&'static str, &str)]| {
+            let mut map = HeaderMap::new();
+            for (name, value) in pairs {
+                map.insert(*name, value.parse().expect("value"));
+            }
+            map
+        };
+        let past = httpdate::fmt_http_date(std::time::SystemTime::now() - Duration::from_secs(5));
+        for pairs in [
+            vec![("retry-after", "0")],
+            vec![("ratelimit-reset", "0"), ("ratelimit-remaining", "-1")],
+            vec![("retry-after", past.as_str())],
+            vec![],
+        ] {
+            assert_eq!(
+                reset_of(&headers(&pairs)),
+                Duration::from_secs(1),
+                "{pairs:?}"
+            );
+        }
+        assert_eq!(
+            reset_of(&headers(&[("ratelimit", "limit=4, remaining=0, reset=20")])),
+            Duration::from_secs(20)
+        );
+        assert_eq!(
+            reset_of(&headers(&[
+                ("ratelimit", "\"default\";r=0;t=20"),
+                ("ratelimit-policy", "\"default\";q=4;w=1")
+            ])),
+            Duration::from_secs(20)
+        );
+        assert_eq!(
+            reset_of(&headers(&[
+                ("ratelimit-reset", "3"),
+                ("ratelimit", "limit=4, remaining=0, reset=20")
+            ])),
+            Duration::from_secs(3),
+            "the split field first"
+        );
+    }
 
     /// Only Claid's own error document says the task is unknown: a framework's or a
     /// gateway's 404 body (taken for Claid's, a deploy's 404 lost billed tasks) is not.

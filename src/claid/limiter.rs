@@ -316,9 +316,14 @@ impl Limiter {
     /// one minute window sets no cap (a 429 or `Remaining <= 0` still closes the gate).
     pub fn observe(&self, sent_at: Instant, word: ServerWord) {
         let reset = word.reset.unwrap_or(DEFAULT_RESET).min(MAX_RESET);
+        // A closure of less than a second is one: the reset is told in whole seconds, and `0`
+        // (a window about to roll over) or a date already past (a server clock behind this
+        // one) would let every caller straight back in, at the full rate, for as long as the
+        // 429s last.
+        let closure = reset.max(DEFAULT_RESET);
         match word.remaining {
-            _ if word.rate_limited => self.block_for(reset),
-            Some(remaining) if remaining <= 0 => self.block_for(reset),
+            _ if word.rate_limited => self.block_for(closure),
+            Some(remaining) if remaining <= 0 => self.block_for(closure),
             Some(remaining) => {
                 let remaining = usize::try_from(remaining).unwrap_or(usize::MAX);
                 self.cap_from(sent_at, remaining, reset);
@@ -490,6 +495,43 @@ pub fn parse_retry_after(value: Option<&str>) -> Option<Duration> {
     })
 }
 
+/// Reads the combined `RateLimit` field of the IETF drafts, which a gateway in front of Claid
+/// may send instead of the split `RateLimit-Remaining` / `RateLimit-Reset`: a dictionary
+/// `limit=4, remaining=0, reset=20` (drafts 03–06), or a list of policies
+/// `"default";r=0;t=20, "burst";r=5;t=1` (drafts 07 and later), of which the one with the
+/// fewest requests left binds. `(remaining, reset)`, each `None` when not told.
+pub fn parse_combined(value: Option<&str>) -> (Option<i64>, Option<Duration>) {
+    let Some(value) = value else {
+        return (None, None);
+    };
+    let member = |text: &str, keys: [&str; 2]| {
+        text.split([',', ';']).find_map(|part| {
+            let (key, value) = part.split_once('=')?;
+            keys.contains(&key.trim().to_ascii_lowercase().as_str())
+                .then(|| value.trim().trim_matches('"').to_owned())
+        })
+    };
+    let is_list =
+        value.trim_start().starts_with('"') || value.contains(";r=") || value.contains("; r=");
+    if !is_list {
+        return (
+            parse_remaining(member(value, ["remaining", "remaining"]).as_deref()),
+            parse_reset(member(value, ["reset", "reset"]).as_deref()),
+        );
+    }
+    value
+        .split(',')
+        .map(|item| {
+            (
+                parse_remaining(member(item, ["r", "remaining"]).as_deref()),
+                parse_reset(member(item, ["t", "reset"]).as_deref()),
+            )
+        })
+        .filter(|(remaining, _)| remaining.is_some())
+        .min_by_key(|(remaining, _)| *remaining)
+        .unwrap_or((None, None))
+}
+
 /// Reads `RateLimit-Remaining` (may be negative: Claid sends `-1` once exceeded).
 pub fn parse_remaining(value: Option<&str>) -> Option<i64> {
     value?.trim().parse().ok()
@@ -498,6 +540,27 @@ pub fn parse_remaining(value: Option<&str>) -> Option<i64> {
 #[cfg(test)]
 mod reset_tests {
     use super::*;
+
+    /// The IETF drafts' combined `RateLimit` field, in both of its forms; the policy with the
+    /// fewest requests left binds.
+    #[test]
+    fn the_combined_ratelimit_field_is_read_in_both_draft_forms() {
+        let secs = |s| Some(Duration::from_secs(s));
+        assert_eq!(
+            parse_combined(Some("limit=4, remaining=0, reset=20")),
+            (Some(0), secs(20))
+        );
+        assert_eq!(
+            parse_combined(Some("\"default\";r=0;t=20")),
+            (Some(0), secs(20))
+        );
+        assert_eq!(
+            parse_combined(Some("\"minute\";r=50;t=30, \"second\";r=0;t=1")),
+            (Some(0), secs(1))
+        );
+        assert_eq!(parse_combined(Some("limit=4")), (None, None));
+        assert_eq!(parse_combined(None), (None, None));
+    }
 
     /// `RateLimit-Reset` as a delay or as a Unix time, `Retry-After` as a delay or an HTTP
     /// date: each is the time left, never more than `MAX_RESET` (an epoch value read as a delay
