@@ -239,11 +239,13 @@ pub enum ClaidError {
         request_id: Option<String>,
     },
     #[error(
-        "download: truncated at {received} bytes{}",
-        match (expected, image_end) {
-            (Some(e), None) => format!(" of {e}"),
-            (_, Some(why)) => format!(" (the body ended early: {why})"),
-            (None, None) => " (the body broke off)".to_owned(),
+        "download: {}",
+        match (received, expected, image_end) {
+            (0, Some(0), _) => "the body was empty (Content-Length: 0): no image".to_owned(),
+            (0, None, None) => "the body was empty: no image".to_owned(),
+            (_, Some(e), None) => format!("truncated at {received} bytes of {e}"),
+            (_, _, Some(why)) => format!("truncated at {received} bytes (the body ended early: {why})"),
+            (_, None, None) => format!("truncated at {received} bytes (the body broke off)"),
         }
     )]
     Truncated {

@@ -1290,9 +1290,9 @@ impl Runner {
                     // answer is waited out like an outage of the API (told to health, so
                     // `run --once` ends at `api.unreachable_timeout` and leaves the job to the
                     // next run), not given up on after a few tries, until the day is over.
-                    let away = result_host_away(&err)
-                        && now_ms().saturating_sub(job.updated_at_ms)
-                            < crate::pipeline::dispatch::KEPT_TTL.as_millis() as u64;
+                    let away = result_host_away_for(&err).is_some_and(|patience| {
+                        now_ms().saturating_sub(job.updated_at_ms) < patience.as_millis() as u64
+                    });
                     let failure = if away {
                         deps.health.result_host_failed(&url, &err);
                         Failure::Unreachable
@@ -2059,6 +2059,22 @@ fn object_mismatch(
     }
 }
 
+/// How long after its result was recorded a job's downloads that get an empty body are waited
+/// out as the host's fault (a CDN that answers before it has the file), before they spend the
+/// download's budget: ten empty answers in a few seconds failed a billed image.
+const EMPTY_BODY_PATIENCE: Duration = Duration::from_secs(300);
+
+/// How long after the result was recorded a download failing with `err` is waited out as the
+/// host's fault: a day (Claid keeps the result that long) for a host away, a few minutes for
+/// an empty body; `None` when the failure is not the host's.
+fn result_host_away_for(err: &ClaidError) -> Option<Duration> {
+    match err {
+        _ if !result_host_away(err) => None,
+        ClaidError::Truncated { received: 0, .. } => Some(EMPTY_BODY_PATIENCE),
+        _ => Some(crate::pipeline::dispatch::KEPT_TTL),
+    }
+}
+
 /// A download failed because the result's host is away (it answered 5xx, 408 or 429, broke
 /// the body off, or did not answer at all), not because of the result: waited out while the
 /// result may still be there.
@@ -2072,10 +2088,12 @@ fn result_host_away(err: &ClaidError) -> bool {
         // host's fault, not the result's: it failed the billed image after ten tries in a few
         // seconds, and a replay paid for it again. So is a body without an announced length
         // (delimited by the connection's close) that ends before its image does: on the wire
-        // that is a cut too. Not an empty body, nor one that had all of its announced length
-        // without a whole image: those are the result's own (a cache keeping half a file),
-        // asked again on the download's budget (waiting a day for them told a healthy host
-        // as away).
+        // that is a cut too. Not one that had all of its announced length without a whole
+        // image: that is the result's own (a cache keeping half a file), asked again on the
+        // download's budget (waiting a day for it told a healthy host as away).
+        // An empty body, though, is a host (a CDN or a cache between) that answered before it
+        // had the file: waited out too, for [`EMPTY_BODY_PATIENCE`] only (`result_host_away_for`).
+        ClaidError::Truncated { received: 0, .. } => true,
         ClaidError::Truncated {
             image_end: None,
             received,
@@ -2520,8 +2538,8 @@ fn kept_file(path: &Path) -> std::io::Result<DoneInfo> {
 mod tests {
     /// A result's body cut on the wire (broken off, or ended by the connection's close before
     /// its image did, without an announced length) is the host's fault, waited out like an
-    /// outage; an empty body, or one that had all its announced length without a whole image,
-    /// is the result's own (asked again on the download's budget).
+    /// outage, and so is an empty body for a few minutes; one that had all its announced length
+    /// without a whole image is the result's own (asked again on the download's budget).
     #[test]
     fn a_body_cut_on_the_wire_is_the_hosts_fault() {
         let cut = |expected: Option<u64>, received: u64, image_end: Option<&'static str>| {
@@ -2543,7 +2561,38 @@ mod tests {
             !cut(Some(37), 37, no_end),
             "its whole length, no whole image"
         );
-        assert!(!cut(None, 0, None), "empty");
+        // An empty body is the host's too, for a few minutes only.
+        assert!(cut(None, 0, None), "empty");
+        assert!(cut(Some(0), 0, None), "empty, Content-Length: 0");
+        let empty = ClaidError::Truncated {
+            expected: Some(0),
+            received: 0,
+            request_id: None,
+            image_end: None,
+        };
+        assert_eq!(
+            super::result_host_away_for(&empty),
+            Some(super::EMPTY_BODY_PATIENCE)
+        );
+        assert!(empty.to_string().contains("the body was empty"), "{empty}");
+        assert_eq!(
+            super::result_host_away_for(&ClaidError::Truncated {
+                expected: Some(100),
+                received: 37,
+                request_id: None,
+                image_end: None,
+            }),
+            Some(crate::pipeline::dispatch::KEPT_TTL)
+        );
+        assert_eq!(
+            super::result_host_away_for(&ClaidError::Truncated {
+                expected: Some(37),
+                received: 37,
+                request_id: None,
+                image_end: no_end,
+            }),
+            None
+        );
     }
 
     /// A poll answered 200 with a body that cannot be read is no outage (the API answered):
