@@ -89,6 +89,9 @@ pub fn cut_short(bytes: &[u8]) -> Option<&'static str> {
         return (bytes.len() < declared.saturating_add(8))
             .then_some("the WebP file is shorter than its RIFF header says");
     }
+    if let Some(cut) = tiff_cut(bytes, bytes.len() as u64) {
+        return cut;
+    }
     if bytes.get(4..8) == Some(b"ftyp") {
         // Top-level boxes: each says its length (0: to the end; 1: a 64-bit length follows).
         let mut at = 0usize;
@@ -118,6 +121,41 @@ pub fn cut_short(bytes: &[u8]) -> Option<&'static str> {
     None
 }
 
+/// For a classic TIFF (`II*\0` or `MM\0*`) of `size` bytes whose first bytes are `head`:
+/// `Some(Some(why))` when its first directory lies past its end (a TIFF writer puts it after
+/// the image data, so a file cut short loses it), or runs past it when `head` holds it;
+/// `Some(None)` when it is whole as far as that tells; `None` for anything else.
+fn tiff_cut(head: &[u8], size: u64) -> Option<Option<&'static str>> {
+    let little = match head.get(0..4)? {
+        b"II*\0" => true,
+        b"MM\0*" => false,
+        _ => return None,
+    };
+    let read = |at: usize, n: usize| -> Option<u64> {
+        let bytes = head.get(at..at + n)?;
+        Some(bytes.iter().enumerate().fold(0u64, |acc, (i, b)| {
+            let shift = if little { 8 * i } else { 8 * (n - 1 - i) };
+            acc | (u64::from(*b) << shift)
+        }))
+    };
+    let Some(ifd) = read(4, 4) else {
+        return Some(Some("the TIFF file ends inside its header"));
+    };
+    // The directory: a 2-byte count, 12 bytes an entry, then the 4-byte offset of the next.
+    if ifd < 8 || ifd.saturating_add(2) > size {
+        return Some(Some(
+            "the TIFF file is shorter than its header says (its first directory is past the end)",
+        ));
+    }
+    let within_head = usize::try_from(ifd).ok().and_then(|at| read(at, 2));
+    if let Some(entries) = within_head
+        && ifd + 2 + 12 * entries + 4 > size
+    {
+        return Some(Some("the TIFF file ends inside its first directory"));
+    }
+    Some(None)
+}
+
 /// How many last bytes of an object [`ends_cut_short`] needs: an end marker may be followed
 /// by [`TRAILER_SLACK`] bytes.
 pub const TAIL_BYTES: u64 = TRAILER_SLACK as u64 + 16;
@@ -137,6 +175,9 @@ pub fn ends_cut_short(head: &[u8], tail: &[u8], size: u64) -> Option<&'static st
     }
     if head.get(4..8) == Some(b"ftyp") {
         return None;
+    }
+    if let Some(cut) = tiff_cut(head, size) {
+        return cut;
     }
     let mut ends = head[..head.len().min(16)].to_vec();
     ends.extend_from_slice(tail);
@@ -311,6 +352,7 @@ mod tests {
             image::ImageFormat::Png,
             image::ImageFormat::Jpeg,
             image::ImageFormat::WebP,
+            image::ImageFormat::Tiff,
         ] {
             let mut bytes = Vec::new();
             noise
@@ -322,13 +364,18 @@ mod tests {
                 ends_cut_short(&bytes[..16 * 1024], &bytes[tail_from..], bytes.len() as u64)
             };
             assert_eq!(ends(&bytes), None, "{format:?}");
-            assert_eq!(
-                dimensions(&bytes[..16 * 1024], (w, h)),
-                Some((w, h)),
-                "{format:?}"
-            );
+            assert_eq!(cut_short(&bytes), None, "{format:?}");
+            // A TIFF's directory, which sizes it, is written after its image data.
+            if format != image::ImageFormat::Tiff {
+                assert_eq!(
+                    dimensions(&bytes[..16 * 1024], (w, h)),
+                    Some((w, h)),
+                    "{format:?}"
+                );
+            }
             let half = &bytes[..bytes.len() / 2];
             assert!(ends(half).is_some(), "{format:?}: half the object");
+            assert!(cut_short(half).is_some(), "{format:?}: half the download");
         }
     }
 
