@@ -688,6 +688,18 @@ fn check_destination(
                     ),
                 );
             }
+            // `out//` is another key prefix than `out/` (an empty segment) but the same place
+            // to the eye: it was accepted, and a re-drop with only that edit billed every image
+            // again, over the same objects.
+            if folder.ends_with("//") {
+                return fail(
+                    problems,
+                    format!(
+                        "`{text}` ends with an empty folder name (`//`); write `storage://{name}/{}/`",
+                        folder.trim_end_matches('/')
+                    ),
+                );
+            }
             let trimmed = folder.trim_end_matches('/');
             if !trimmed.is_empty()
                 && let Err(err) = crate::objects::check_key(trimmed)

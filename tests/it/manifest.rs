@@ -901,6 +901,27 @@ fn issue15_storage_keys_s3_would_refuse_are_refused_at_validation() {
             needle: "1024 bytes".into(),
         }],
     );
+
+    // A destination with an empty folder name at its end, or in it: `out//` was accepted
+    // (and a re-drop with only that edit billed every image again, over the same objects).
+    for destination in [
+        "storage://catalog/out//",
+        "storage://catalog/out///",
+        "storage://catalog/a//b/",
+    ] {
+        let err = load(
+            "dest.yaml",
+            &format!(
+                "output: {{ format: jpeg, destination: \"{destination}\" }}\nimages:\n  - input: storage://catalog/in/sku-1.png\n"
+            ),
+        )
+        .expect_err(destination);
+        assert!(
+            err.error_txt().contains("empty"),
+            "{destination}: {}",
+            err.error_txt()
+        );
+    }
 }
 
 /// A storage of bucket `cat` on Amazon S3, its connector `claid`, under `prefix`; the
