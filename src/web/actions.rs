@@ -157,11 +157,33 @@ async fn requeue(
         })
         .await;
     let requeued = match ids {
-        Ok(ids) => state.pipeline.replay(ids).await,
+        Ok(ids) => state.pipeline.replay_checked(ids).await,
         Err(err) => Err(err),
     };
     let n = match requeued {
-        Ok(n) => n,
+        // Refused (another active manifest writes one of its outputs now, or a later one its
+        // report): told as the CLI tells it, never as "requeued 0".
+        Ok(replayed) if replayed.requeued == 0 && !replayed.refused.is_empty() => {
+            info!(
+                audit = true,
+                user = %Escaped::str(&principal.user),
+                action = match kind {
+                    Kind::Failed => "retry-failed",
+                    Kind::InDoubt => "release-in-doubt",
+                },
+                manifest = %Escaped::str(&manifest.rel),
+                run = id,
+                refused = %Escaped::str(&replayed.refused.join("; ")),
+                "Dashboard action refused"
+            );
+            return problem_page(
+                &state,
+                &principal,
+                StatusCode::CONFLICT,
+                &format!("Not requeued: {}.", replayed.refused.join("; ")),
+            );
+        }
+        Ok(replayed) => replayed.requeued,
         Err(err) => {
             return problem_page(
                 &state,

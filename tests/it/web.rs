@@ -644,6 +644,53 @@ async fn dashboard_for_scripts_takes_basic_or_a_bearer_token_and_csrf_guards_bas
     stop(&mut daemon).await;
 }
 
+/// A retry the daemon refuses (here: a later manifest of the same stem, `s.json` after
+/// `s.yaml`, writes the report now) is told with its reason, as the CLI tells it: the page said
+/// "Requeued 0 failed job(s); they run again now" and nothing ran.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_dashboard_retry_says_why() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let token = token_file(&env);
+    let config = env.config("", &web_section(None, Some(&token), true));
+    let mut daemon = env.spawn_daemon(&config, 0);
+    let base = format!("http://{}", env.dashboard(0).await);
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    env.drop_file("s.yaml", manifest(2, "s", &[1]).as_bytes());
+    let id = run_id(&env, "s.yaml").await;
+    wait_finished(&env, "s.yaml").await;
+    env.drop_file(
+        "s.json",
+        br#"{"images": [{"input": "storage://demo/j000-160x120.png", "output": "other.jpg"}]}"#,
+    );
+    wait_finished(&env, "s.json").await;
+    let res = http
+        .post(format!("{base}/manifests/{id}/retry-failed"))
+        .bearer_auth(TOKEN)
+        .form(&[("x", "")])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status(), 409);
+    let page = res.text().await.expect("page");
+    assert!(page.contains("Not requeued"), "{page}");
+    assert!(page.contains("s.json"), "{page}");
+    let log = env.daemon_log(0);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("Dashboard action refused") && l.contains("retry-failed")),
+        "{log}"
+    );
+    assert_eq!(
+        status(&env).await["manifests"][0]["failed"],
+        1,
+        "nothing ran again"
+    );
+    stop(&mut daemon).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn dashboard_actions_release_in_doubt_jobs_and_rerun_a_fixed_rejected_manifest() {
     let env = TestEnv::new(Scenario::default().seed(11).drop_share(0.5)).await;
