@@ -1114,6 +1114,27 @@ fn overlap(inbox: &Path, folder: &Path, name: &str) -> Option<String> {
         "rejected" => "rejected manifests and their error files",
         _ => "the job store",
     };
+    // Compared as written (and with links resolved) first: a folder plainly inside the inbox
+    // is told so, not blamed on a bind mount.
+    for (inbox, folder) in pairs {
+        if folder == inbox {
+            return Some(format!(
+                "is the inbox: the daemon would take {what} written there for new drops (an archived manifest runs and is billed again, over and over); use a folder outside `folders.inbox`"
+            ));
+        }
+        if folder.starts_with(&inbox) {
+            return Some(format!(
+                "is inside the inbox ({}): the daemon would take {what} written there for new drops; use a folder outside `folders.inbox`",
+                inbox.display()
+            ));
+        }
+        if inbox.starts_with(&folder) && name != "state" {
+            return Some(format!(
+                "holds the inbox ({}): keep the inbox and this folder apart (for example side by side under one parent)",
+                inbox.display()
+            ));
+        }
+    }
     // The same folder may be reached by paths no comparison of names relates: a bind mount
     // of the inbox, one network share mounted twice. Compared by (device, inode) too.
     if let Some(inbox_id) = identity(inbox) {
@@ -1135,25 +1156,6 @@ fn overlap(inbox: &Path, folder: &Path, name: &str) -> Option<String> {
         {
             return Some(format!(
                 "holds the inbox ({}), reached another way (a bind mount, or one share mounted twice): keep the inbox and this folder apart",
-                inbox.display()
-            ));
-        }
-    }
-    for (inbox, folder) in pairs {
-        if folder == inbox {
-            return Some(format!(
-                "is the inbox: the daemon would take {what} written there for new drops (an archived manifest runs and is billed again, over and over); use a folder outside `folders.inbox`"
-            ));
-        }
-        if folder.starts_with(&inbox) {
-            return Some(format!(
-                "is inside the inbox ({}): the daemon would take {what} written there for new drops; use a folder outside `folders.inbox`",
-                inbox.display()
-            ));
-        }
-        if inbox.starts_with(&folder) && name != "state" {
-            return Some(format!(
-                "holds the inbox ({}): keep the inbox and this folder apart (for example side by side under one parent)",
                 inbox.display()
             ));
         }

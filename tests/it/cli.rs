@@ -1426,6 +1426,35 @@ async fn a_second_daemon_on_an_overlapping_inbox_is_refused() {
     );
 }
 
+/// A folder plainly inside the inbox (or the inbox itself), both existing, is told so: the
+/// message blamed a bind mount that was not there, since the check by (device, inode) ran
+/// before the one by path.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_folder_plainly_inside_the_inbox_is_not_blamed_on_a_bind_mount() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let inside = env.inbox.join("out");
+    std::fs::create_dir_all(&inside).expect("folder");
+    for (place, told) in [
+        (&inside, "is inside the inbox"),
+        (&env.inbox, "is the inbox"),
+    ] {
+        let config = env.config("", "");
+        let text = std::fs::read_to_string(&config).expect("config").replace(
+            &format!("outbox: {}", env.outbox.display()),
+            &format!("outbox: {}", place.display()),
+        );
+        std::fs::write(&config, text).expect("config");
+        let (code, out, err) = cli(&["validate", config.to_str().unwrap()]).await;
+        assert_eq!(code, 65, "{out}{err}");
+        let said = format!("{out}{err}");
+        assert!(
+            said.contains("folders.outbox") && said.contains(told),
+            "{said}"
+        );
+        assert!(!said.contains("bind mount"), "{said}");
+    }
+}
+
 /// The inbox bind-mounted at a second path: an archive (or outbox, rejected) folder under that
 /// path is inside the inbox though no comparison of names says so. Refused by `validate` (65)
 /// and at the start (64); it was accepted, and each archived manifest ran again, billed, at an
