@@ -25,7 +25,7 @@ pub struct OsCause<'a>(pub &'a io::Error);
 
 impl fmt::Display for OsCause<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let Some(code) = self.0.raw_os_error() else {
+        let Some(code) = self.0.raw_os_error().or_else(|| wrapped_errno(self.0)) else {
             return write!(f, "{}", crate::text::Escaped::str(&self.0.to_string()));
         };
         let text = strerror(code);
@@ -34,6 +34,21 @@ impl fmt::Display for OsCause<'_> {
             None => write!(f, "{text} (os error {code})"),
         }
     }
+}
+
+/// The errno of an OS error another library wrapped in an `io::Error` of its own: as its
+/// payload, or only as the `Debug` text of one (sled's failed flush reads `Os { code: 28,
+/// kind: StorageFull, message: "No space left on device" }`, which reached `/healthz` as such).
+fn wrapped_errno(err: &io::Error) -> Option<i32> {
+    if let Some(inner) = err.get_ref()
+        && let Some(inner) = inner.downcast_ref::<io::Error>()
+    {
+        return inner.raw_os_error().or_else(|| wrapped_errno(inner));
+    }
+    let text = err.to_string();
+    let rest = &text[text.find("Os { code: ")? + "Os { code: ".len()..];
+    let end = rest.find(|c: char| !c.is_ascii_digit())?;
+    rest[..end].parse().ok()
 }
 
 /// What went wrong at the bottom of `err`'s source chain: the first `io::Error` with an errno,
@@ -161,6 +176,25 @@ mod tests {
         assert_eq!(OsCause(&err).to_string(), "disk said\\nno");
         let unnamed = io::Error::from_raw_os_error(4000);
         assert!(OsCause(&unnamed).to_string().ends_with("(os error 4000)"));
+    }
+
+    /// An OS error wrapped by another library (sled's flush) is named by its errno too: as
+    /// the payload of an `io::Error`, or as only its `Debug` text.
+    #[test]
+    fn a_wrapped_os_error_is_named() {
+        let full = io::Error::from_raw_os_error(libc::ENOSPC);
+        let as_text = io::Error::new(io::ErrorKind::StorageFull, format!("{full:?}"));
+        assert_eq!(
+            OsCause(&as_text).to_string(),
+            "ENOSPC: no space left on device"
+        );
+        let as_payload = io::Error::other(io::Error::from_raw_os_error(libc::ENOSPC));
+        assert_eq!(
+            OsCause(&as_payload).to_string(),
+            "ENOSPC: no space left on device"
+        );
+        let db = crate::store::DbCause(&sled::Error::Io(as_text)).to_string();
+        assert_eq!(db, "ENOSPC: no space left on device");
     }
 
     #[test]
