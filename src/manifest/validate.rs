@@ -706,6 +706,17 @@ fn check_destination(
             {
                 return fail(problems, format!("`{text}`: {err}"));
             }
+            // A folder inside the staging area is told once, at the destination (per image,
+            // it was told at each image's input line).
+            if let Some(staging) = in_staging_area(storages, &format!("storage://{name}/{folder}x"))
+            {
+                return fail(
+                    problems,
+                    format!(
+                        "`{text}` is in the `staging/` folder of the storage `{staging}`, where the daemon stages local inputs (api.staging) and deletes them once their jobs end; give another folder (e.g. `storage://{staging}/edited/`)"
+                    ),
+                );
+            }
             let resolved = format!("storage://{}/{folder}", entry.claid_name);
             fields.insert("destination".into(), Value::String(resolved));
             true

@@ -1059,14 +1059,20 @@ fn issue15_the_staging_folder_is_neither_a_destination_nor_an_input() {
         "storage://whole/work/staging/",
     ] {
         let text = format!(
-            "output: {{ format: png, destination: {destination} }}\nimages:\n  - input: https://example.com/x.png\n"
+            "output: {{ format: png, destination: {destination} }}\nimages:\n  - input: https://example.com/x.png\n  - input: https://example.com/y.png\n"
         );
         let err = load("m.yaml", &text).expect_err("refused");
+        let told = err.error_txt();
+        // Told once, at the destination (it was told at each image's input line).
+        assert_eq!(
+            told.matches("`staging/` folder of the storage `stage`")
+                .count(),
+            1,
+            "{destination}: {told}"
+        );
         assert!(
-            err.error_txt()
-                .contains("`staging/` folder of the storage `stage`"),
-            "{destination}: {}",
-            err.error_txt()
+            told.contains("line 1: output.destination:"),
+            "{destination}: {told}"
         );
     }
     let text = "images:\n  - input: storage://stage/staging/abc/x.png\n";
