@@ -135,6 +135,42 @@ impl Credentials {
                 "it looks like the AWS CLI's own credentials file (`[profile]` and `aws_access_key_id = …` lines); write a YAML map instead: `access_key_id: …` and `secret_access_key: …` on two lines".to_owned(),
             ));
         }
+        // A shell environment file (`AWS_ACCESS_KEY_ID=…` lines) reads as one string in YAML.
+        if text.lines().any(|line| {
+            let line = line.trim().trim_start_matches("export ");
+            line.split_once('=').is_some_and(|(name, _)| {
+                !name.is_empty()
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            })
+        }) {
+            return Err(fail(
+                "it looks like a shell environment file (`AWS_ACCESS_KEY_ID=…` lines); write a YAML map instead: `access_key_id: …` and `secret_access_key: …` on two lines (or leave credentials_file out and set the AWS environment variables)".to_owned(),
+            ));
+        }
+        // Told by their line, never by what they hold (the secret may be there).
+        if let Some(line) = text.lines().position(|line| {
+            line.chars()
+                .any(|c| c.is_control() && c != '\t' && c != '\r')
+        }) {
+            return Err(fail(format!(
+                "line {}: a control character; remove it (it often comes from a copy and paste)",
+                line + 1
+            )));
+        }
+        let mut keys_seen = std::collections::HashSet::new();
+        if let Some((line, key)) = text.lines().enumerate().find_map(|(at, line)| {
+            let key = line.split_once(':')?.0.trim();
+            (!line.starts_with([' ', '\t', '#'])
+                && ["access_key_id", "secret_access_key", "session_token"].contains(&key)
+                && !keys_seen.insert(key.to_owned()))
+            .then(|| (at + 1, key.to_owned()))
+        }) {
+            return Err(fail(format!(
+                "line {line}: `{key}` is given a second time; keep one"
+            )));
+        }
         let credentials: Credentials = serde_yaml::from_str(text).map_err(|err| {
             let message = err.to_string();
             let line = err.location().map_or(0, |at| at.line());
@@ -1256,5 +1292,45 @@ mod tests {
         );
         let err = Credentials::from_file(&fifo).expect_err("fifo").to_string();
         assert!(err.contains("FIFO"), "{err}");
+    }
+
+    /// A key given twice, a control character, a shell environment file: each named by its
+    /// line or its kind (they were told "line 1: not a YAML map", or "both keys take a string
+    /// value"), never by what it holds.
+    #[test]
+    fn a_malformed_credentials_file_is_told_at_its_line_without_the_secret() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("creds.yaml");
+        for (text, told) in [
+            (
+                "access_key_id: ak\nsecret_access_key: hunter2\nsecret_access_key: hunter3\n",
+                "line 3: `secret_access_key` is given a second time",
+            ),
+            (
+                "access_key_id: ak\nsecret_access_key: hun\u{1}ter2\n",
+                "line 2: a control character",
+            ),
+            (
+                "AWS_ACCESS_KEY_ID=ak\nAWS_SECRET_ACCESS_KEY=hunter2\n",
+                "shell environment file",
+            ),
+            (
+                "export AWS_ACCESS_KEY_ID=ak\nexport AWS_SECRET_ACCESS_KEY=hunter2\n",
+                "shell environment file",
+            ),
+        ] {
+            std::fs::write(&path, text).expect("write");
+            let err = Credentials::from_file(&path).expect_err(text).to_string();
+            assert!(err.contains(told), "{text:?}: {err}");
+            assert!(
+                !err.contains("hunter") && !err.contains("hun\u{1}"),
+                "{err}"
+            );
+        }
+        std::fs::write(&path, "access_key_id: ak\nsecret_access_key: a=b/c+d\n").expect("write");
+        assert_eq!(
+            Credentials::from_file(&path).expect("a secret with = in it"),
+            Credentials::new("ak", "a=b/c+d")
+        );
     }
 }
