@@ -65,6 +65,7 @@ pub fn problem(err: ParseError, syntax: Syntax, text: &str) -> Problem {
             ),
         };
     }
+    let mut line = err.line;
     let message = match err.kind {
         ParseErrorKind::Invalid => {
             let what = match syntax {
@@ -82,6 +83,12 @@ pub fn problem(err: ParseError, syntax: Syntax, text: &str) -> Problem {
             let at = entry_line.map_or_else(String::new, |line| {
                 format!(" (entry {} is on line {line})", max + 1)
             });
+            // Told at the entry past the limit, except for the list of images, told at its
+            // key (`images:`, where `limits.max_images` applies): the start of the document
+            // or of the list said nothing of where to look.
+            if !(within == "images" && is_top_value) && entry_line.is_some() {
+                line = entry_line;
+            }
             match (within.as_str(), is_top_value) {
                 ("images", true) => format!(
                     "images: more than {max} images, over the limit of {max} (limits.max_images){at}; split the manifest into manifests of at most {max} images, or raise limits.max_images in the config"
@@ -101,7 +108,7 @@ pub fn problem(err: ParseError, syntax: Syntax, text: &str) -> Problem {
         }
     };
     Problem {
-        line: err.line,
+        line,
         message: crate::text::unsafe_escaped(message),
     }
 }

@@ -1159,6 +1159,46 @@ fn issue15_a_space_in_an_object_key_names_its_part_and_the_fix_that_applies() {
     assert!(!told.contains("`output`"), "{told}");
 }
 
+/// Too many entries are told at the entry past the limit, not at the document's first line
+/// ("line 1: the document has more than 10000 entries at its top"); too many images are told
+/// at `images:`, where `limits.max_images` applies.
+#[test]
+fn too_many_entries_are_told_at_the_entry_past_the_limit() {
+    let env = env();
+    let max = 10_000; // `manifest::parse::MAX_OTHER_ENTRIES`
+    let mut text = String::new();
+    for i in 0..=max {
+        text.push_str(&format!("k{i}: 1\n"));
+    }
+    let roomy = Limits {
+        max_manifest_bytes: 1 << 20,
+        ..limits()
+    };
+    let err = env
+        .load_with(&env.write("top.yaml", &text), &roomy)
+        .expect_err("refused");
+    let problem = &err.problems()[0];
+    assert_eq!(problem.line, Some(max + 1), "{}", problem.message);
+    assert!(
+        problem.message.contains("entries at its top"),
+        "{}",
+        problem.message
+    );
+
+    let mut text = String::from("operations: {}\nimages:\n");
+    for i in 0..=limits().max_images {
+        text.push_str(&format!("  - https://example.com/{i}.jpg\n"));
+    }
+    let err = env.load_text("many.yaml", &text).expect_err("refused");
+    let problem = &err.problems()[0];
+    assert_eq!(problem.line, Some(2), "{}", problem.message);
+    assert!(
+        problem.message.contains("limits.max_images"),
+        "{}",
+        problem.message
+    );
+}
+
 /// A value quoted in a problem is shown with its control characters escaped: a manifest's
 /// `width: "\e]0;…\e[2J"` retitled and cleared the terminal of whoever read its error file
 /// or ran `validate`.
