@@ -63,7 +63,7 @@ pub fn default_output_name(
     let stem: String = stem
         .chars()
         .map(|c| {
-            if c.is_control() || "/\\<>:\"|?*".contains(c) {
+            if c.is_control() || crate::text::is_unsafe_char(c) || "/\\<>:\"|?*".contains(c) {
                 '_'
             } else {
                 c
@@ -136,10 +136,17 @@ fn safe_relative(name: &str) -> Result<PathBuf, String> {
         }
         if let Some(bad) = part
             .chars()
-            .find(|c| c.is_control() || "<>:\"|?*".contains(*c))
+            .find(|c| c.is_control() || crate::text::is_unsafe_char(*c) || "<>:\"|?*".contains(*c))
         {
             let shown = if bad.is_control() {
                 format!("U+{:04X} (a control character)", u32::from(bad))
+            } else if crate::text::is_unsafe_char(bad) {
+                // A bidirectional override shows the name reversed (`\u{202e}gpj.exe` reads
+                // as `exe.jpg`); a line separator breaks the line it is printed on.
+                format!(
+                    "U+{:04X} (a character that changes how the name is shown)",
+                    u32::from(bad)
+                )
             } else {
                 format!("`{bad}`")
             };

@@ -1199,6 +1199,25 @@ fn too_many_entries_are_told_at_the_entry_past_the_limit() {
     );
 }
 
+/// An output name holding a bidirectional override (`U+202E`: `\u{202e}gpj.exe` shows as
+/// `exe.jpg`) or an isolate is refused like a control character; it was written as given.
+#[test]
+fn an_output_name_with_a_bidirectional_override_is_refused() {
+    let env = env();
+    for name in ["\u{202e}gpj.evil.jpg", "a\u{2066}b.jpg", "x\u{2028}y.jpg"] {
+        let text = format!(
+            "{{\"images\": [{{\"input\": \"https://example.com/a.jpg\", \"output\": {}}}]}}",
+            serde_json::to_string(name).unwrap()
+        );
+        let err = env.load_text("m.json", &text).expect_err(name);
+        assert!(
+            err.error_txt().contains("changes how the name is shown"),
+            "{name:?}: {}",
+            err.error_txt()
+        );
+    }
+}
+
 /// A value quoted in a problem is shown with its control characters escaped: a manifest's
 /// `width: "\e]0;…\e[2J"` retitled and cleared the terminal of whoever read its error file
 /// or ran `validate`.
