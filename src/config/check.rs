@@ -1027,6 +1027,10 @@ fn display(value: &Value) -> String {
 /// What makes an `http(s)://…` text no usable URL (one that does not parse: a port past
 /// 65535, an unclosed IPv6 bracket; or one without a host), in words that follow the URL.
 fn url_problem(text: &str) -> Option<String> {
+    // The URL parser takes a space in a path as `%20`: a typo (`/v 1`) became another path.
+    if text.chars().any(char::is_whitespace) {
+        return Some("holds a space (a URL has none; write `%20` where one is meant)".to_owned());
+    }
     match reqwest::Url::parse(text) {
         Err(err) => Some(format!("is not a valid URL ({err})")),
         Ok(url) if url.host_str().is_none_or(str::is_empty) => Some("names no host".to_owned()),
