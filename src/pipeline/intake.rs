@@ -490,6 +490,13 @@ fn conflict_text(
     wanted: &str,
     owner_rel: Option<String>,
 ) -> (String, String) {
+    // A folder recipe's image is one too, and told as an image (it was called a manifest and
+    // told to take another name, which is the image's).
+    let is_image = |rel: &str| crate::manifest::is_image_name(Path::new(rel));
+    let owner_kind = match owner_rel.as_deref() {
+        Some(rel) if is_image(rel) => "image",
+        _ => "manifest",
+    };
     // Names and paths come from file names: escaped like in the logs.
     let other = owner_rel.map_or_else(
         || "another manifest being taken in".to_owned(),
@@ -505,33 +512,39 @@ fn conflict_text(
     let (clash, why) = if wanted == taken {
         (
             format!(
-                "it would write `{taken}` {place}, which the manifest `{other}` is still writing"
+                "it would write `{taken}` {place}, which the {owner_kind} `{other}` is still writing"
             ),
-            format!("`{taken}` is being written by the active manifest `{other}`"),
+            format!("`{taken}` is being written by the active {owner_kind} `{other}`"),
         )
     } else if wanted.starts_with(&format!("{taken}/")) {
         (
             format!(
-                "it would write `{wanted}` {place}, and the manifest `{other}` is still writing the file `{taken}`, where this path needs a folder"
+                "it would write `{wanted}` {place}, and the {owner_kind} `{other}` is still writing the file `{taken}`, where this path needs a folder"
             ),
             format!(
-                "`{wanted}` needs a folder where the active manifest `{other}` writes the file `{taken}`"
+                "`{wanted}` needs a folder where the active {owner_kind} `{other}` writes the file `{taken}`"
             ),
         )
     } else {
         (
             format!(
-                "it would write the file `{wanted}` {place}, and the manifest `{other}` is still writing `{taken}` inside a folder of that name"
+                "it would write the file `{wanted}` {place}, and the {owner_kind} `{other}` is still writing `{taken}` inside a folder of that name"
             ),
             format!(
-                "`{wanted}` would be a file where the active manifest `{other}` writes `{taken}` inside a folder"
+                "`{wanted}` would be a file where the active {owner_kind} `{other}` writes `{taken}` inside a folder"
             ),
         )
     };
     let shown = crate::text::Escaped::str(rel);
-    let text = format!(
-        "manifest: {shown}\n\nRefused before anything was submitted: {clash}.\nTwo manifests that are active at the same time may not write the same output or report (manifests with the same name but another extension, like `s.yaml` and `s.json`, write the same report `s.report.json`), nor a file where the other needs a folder.\nWait until `{other}` has finished, or give this manifest another name or other output names, then drop it again.\n"
-    );
+    let text = if is_image(rel) {
+        format!(
+            "image: {shown}\n\nRefused before anything was submitted: {clash}.\nTwo images of a folder recipe (or an image and a manifest) that are active at the same time may not write the same output (`shoe.png` and `shoe.PNG` both make `shoe.jpg`), nor a file where the other needs a folder.\nWait until `{other}` has finished, or give this image another name, then drop it into the folder again.\n"
+        )
+    } else {
+        format!(
+            "manifest: {shown}\n\nRefused before anything was submitted: {clash}.\nTwo manifests that are active at the same time may not write the same output or report (manifests with the same name but another extension, like `s.yaml` and `s.json`, write the same report `s.report.json`), nor a file where the other needs a folder.\nWait until `{other}` has finished, or give this manifest another name or other output names, then drop it again.\n"
+        )
+    };
     (text, why)
 }
 

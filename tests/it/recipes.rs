@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use claid_hotfolder::emulator::Scenario;
+use claid_hotfolder::emulator::{Latency, Scenario};
 
 use crate::support::{TestEnv, dimensions, png, stop, wait_until};
 
@@ -161,6 +161,38 @@ async fn a_recipe_image_whose_name_is_not_utf8_is_rejected_with_a_reason() {
     let text =
         std::fs::read_to_string(env.rejected.join("r").join(error_name)).expect("error file");
     assert!(text.contains("UTF-8"), "{text}");
+}
+
+/// Two images of a recipe folder that make one output (`shoe.png` and `shoe.PNG` both make
+/// `shoe.jpg`) while the first is active: the second is refused as an image, told to take
+/// another name (its error file called it a manifest and said to rename the manifest).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recipe_image_refused_for_another_images_output_is_told_as_an_image() {
+    let env =
+        TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_secs(2)))).await;
+    env.drop_file("r/.claid.yaml", RECIPE.as_bytes());
+    env.drop_file("r/shoe.png", &png(640, 480));
+    env.drop_file("r/shoe.PNG", &png(640, 480));
+    let (code, stderr) = env.run_once(&env.config("", "")).await;
+    assert_ne!(code, 0, "{stderr}");
+    let refused = ["shoe.png", "shoe.PNG"]
+        .into_iter()
+        .find(|name| {
+            env.rejected
+                .join("r")
+                .join(format!("{name}.error.txt"))
+                .is_file()
+        })
+        .unwrap_or_else(|| panic!("one is refused: {stderr}"));
+    let text = std::fs::read_to_string(env.rejected.join("r").join(format!("{refused}.error.txt")))
+        .expect("error file");
+    assert!(text.starts_with(&format!("image: r/{refused}")), "{text}");
+    assert!(
+        text.contains("the image `r/shoe.") && text.contains("give this image another name"),
+        "{text}"
+    );
+    assert!(!text.contains("manifest another name"), "{text}");
+    assert_eq!(dimensions(&env.outbox.join("r/shoe.jpg")), (200, 100));
 }
 
 /// An empty image in a recipe folder is refused with a fix that fits a folder recipe (copy
