@@ -240,12 +240,11 @@ pub enum ClaidError {
     },
     #[error(
         "download: {}",
-        match (received, expected, image_end) {
-            (0, Some(0), _) => "the body was empty (Content-Length: 0): no image".to_owned(),
-            (0, None, None) => "the body was empty: no image".to_owned(),
-            (_, Some(e), None) => format!("truncated at {received} bytes of {e}"),
-            (_, _, Some(why)) => format!("truncated at {received} bytes (the body ended early: {why})"),
-            (_, None, None) => format!("truncated at {received} bytes (the body broke off)"),
+        match (expected, image_end) {
+            (_, Some(EMPTY_BODY)) => "the body was empty: no image".to_owned(),
+            (Some(e), None) => format!("truncated at {received} bytes of {e}"),
+            (_, Some(why)) => format!("truncated at {received} bytes (the body ended early: {why})"),
+            (None, None) => format!("truncated at {received} bytes (the body broke off)"),
         }
     )]
     Truncated {
@@ -257,6 +256,9 @@ pub enum ClaidError {
         image_end: Option<&'static str>,
     },
 }
+
+/// [`ClaidError::Truncated`]'s `image_end` for a body that ended cleanly with no byte.
+pub const EMPTY_BODY: &str = "the body is empty";
 
 impl ClaidError {
     /// What the caller should do; see the module doc and ARCHITECTURE.md.
@@ -1348,14 +1350,15 @@ impl Client {
                 }
             }
         }
-        // An empty body is no image: a host that answered before it had the file (a cache
-        // or CDN between), fetched again on the download's budget like a body cut short.
+        // An empty body that ended cleanly is no image: a host that answered before it had
+        // the file (a cache or CDN between), fetched again (`pipeline::job` waits it out a
+        // few minutes).
         if buf.is_empty() {
             return Err(ClaidError::Truncated {
                 expected,
                 received: 0,
                 request_id,
-                image_end: None,
+                image_end: Some(EMPTY_BODY),
             });
         }
         if let Some(expected) = expected {

@@ -136,8 +136,9 @@ impl Credentials {
             ));
         }
         // A shell environment file (`AWS_ACCESS_KEY_ID=…` lines) reads as one string in YAML.
+        // (Lines at the first column only: an indented line continues a YAML value.)
         if text.lines().any(|line| {
-            let line = line.trim().trim_start_matches("export ");
+            let line = line.trim_end().trim_start_matches("export ");
             line.split_once('=').is_some_and(|(name, _)| {
                 !name.is_empty()
                     && name

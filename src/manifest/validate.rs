@@ -688,6 +688,17 @@ fn check_destination(
                     ),
                 );
             }
+            // Claid refuses a destination with a blank or a control character: told once
+            // here (each image's object key would tell it again, with a fix about names).
+            if folder.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return fail(
+                    problems,
+                    format!(
+                        "`{}` has a space or a control character in its folder, and Claid refuses such a destination; name the folder without spaces (e.g. `storage://{name}/spring-sale/`)",
+                        crate::text::escape(text)
+                    ),
+                );
+            }
             // `out//` is another key prefix than `out/` (an empty segment) but the same place
             // to the eye: it was accepted, and a re-drop with only that edit billed every image
             // again, over the same objects.

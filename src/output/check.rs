@@ -57,11 +57,13 @@ pub fn format_of_extension(extension: &str) -> Option<&'static str> {
 const TRAILER_SLACK: usize = 4096;
 
 /// Why `bytes` are not a whole image of the format they start as: `None` when they are (or
-/// the format is not one checked: GIF, BMP, TIFF end without a marker worth trusting).
+/// the format is not one checked: GIF and BMP end without a marker worth trusting).
 /// - JPEG ends with its end-of-image marker `FF D9` (an embedded thumbnail's marker sits near
 ///   the start, so only one near the end counts);
 /// - PNG with its `IEND` chunk (and that chunk's CRC);
-/// - WebP (RIFF) and AVIF/HEIF (ISO boxes) say their own lengths: the bytes must hold them.
+/// - WebP (RIFF) and AVIF/HEIF (ISO boxes) say their own lengths: the bytes must hold them;
+/// - a classic TIFF's first directory, which its writers put after the image data, must lie
+///   within the bytes.
 pub fn cut_short(bytes: &[u8]) -> Option<&'static str> {
     // Whether `marker` and `after` more bytes end within the slack of the end.
     let near_end = |marker: &[u8], after: usize| {
@@ -142,7 +144,12 @@ fn tiff_cut(head: &[u8], size: u64) -> Option<Option<&'static str>> {
         return Some(Some("the TIFF file ends inside its header"));
     };
     // The directory: a 2-byte count, 12 bytes an entry, then the 4-byte offset of the next.
-    if ifd < 8 || ifd.saturating_add(2) > size {
+    if ifd < 8 {
+        return Some(Some(
+            "the TIFF header's directory offset is invalid (inside the header)",
+        ));
+    }
+    if ifd.saturating_add(2) > size {
         return Some(Some(
             "the TIFF file is shorter than its header says (its first directory is past the end)",
         ));
@@ -161,8 +168,9 @@ fn tiff_cut(head: &[u8], size: u64) -> Option<Option<&'static str>> {
 pub const TAIL_BYTES: u64 = TRAILER_SLACK as u64 + 16;
 
 /// [`cut_short`] for an object read only at its ends: `head` its first bytes (16 at least),
-/// `tail` its last [`TAIL_BYTES`] (or all of it), `size` its length. A WebP's RIFF length is
-/// checked against `size`; AVIF/HEIF, whose boxes need the whole file, are not checked.
+/// `tail` its last [`TAIL_BYTES`] (or all of it), `size` its length. A WebP's RIFF length and
+/// a TIFF's first directory are checked against `size`; AVIF/HEIF, whose boxes need the whole
+/// file, are not checked.
 pub fn ends_cut_short(head: &[u8], tail: &[u8], size: u64) -> Option<&'static str> {
     if head.starts_with(b"RIFF") && head.get(8..12) == Some(b"WEBP") {
         let declared = head

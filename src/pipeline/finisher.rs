@@ -854,6 +854,29 @@ struct Dispose {
     policy: OnManifestDone,
 }
 
+/// Why a manifest could not be archived, with what to do when a file stands where its
+/// mirrored folder must be (`archive/dir.yaml`, a manifest archived earlier, and now a folder
+/// `dir.yaml/` of manifests in the inbox): the move is tried again every few minutes and
+/// succeeds once that file is moved away.
+fn archive_error(err: &output::OutputError) -> String {
+    match err {
+        output::OutputError::Io { path, cause } if cause.raw_os_error() == Some(libc::ENOTDIR) => {
+            let blocker = path
+                .ancestors()
+                .skip(1)
+                .find(|dir| std::fs::symlink_metadata(dir).is_ok_and(|m| !m.is_dir()));
+            match blocker {
+                Some(file) => format!(
+                    "{err}; the file {} stands where the archive needs a folder: move it away (or rename it), and the manifest is archived at the next try",
+                    crate::text::Escaped::path(file)
+                ),
+                None => err.to_string(),
+            }
+        }
+        _ => err.to_string(),
+    }
+}
+
 impl Dispose {
     /// Archives (or deletes, or keeps) the processed version of the manifest; the archived
     /// path, if one.
@@ -900,7 +923,7 @@ impl Dispose {
             OnManifestDone::Archive => {
                 let archived = if is_processed && src.is_file() {
                     let dest = output::move_mirrored(&folders.inbox, &src, &folders.archive)
-                        .map_err(|e| e.to_string())?;
+                        .map_err(|e| archive_error(&e))?;
                     if still_processed(&dest) {
                         Some(dest)
                     } else {
@@ -917,7 +940,7 @@ impl Dispose {
                     // the processed version kept at intake.
                     Some(
                         output::move_mirrored(&folders.copies, &copy, &folders.archive)
-                            .map_err(|e| e.to_string())?,
+                            .map_err(|e| archive_error(&e))?,
                     )
                 } else {
                     None

@@ -1294,7 +1294,10 @@ impl Runner {
                         now_ms().saturating_sub(job.updated_at_ms) < patience.as_millis() as u64
                     });
                     let failure = if away {
-                        deps.health.result_host_failed(&url, &err);
+                        // A host that answers empty bodies answers: not told as unreachable.
+                        if !is_empty_body(&err) {
+                            deps.health.result_host_failed(&url, &err);
+                        }
                         Failure::Unreachable
                     } else {
                         Failure::of(&err)
@@ -2064,13 +2067,27 @@ fn object_mismatch(
 /// download's budget: ten empty answers in a few seconds failed a billed image.
 const EMPTY_BODY_PATIENCE: Duration = Duration::from_secs(300);
 
+/// Whether `err` is a download whose body ended cleanly with no byte.
+fn is_empty_body(err: &ClaidError) -> bool {
+    matches!(
+        err,
+        ClaidError::Truncated {
+            image_end: Some(crate::claid::EMPTY_BODY),
+            ..
+        }
+    )
+}
+
 /// How long after the result was recorded a download failing with `err` is waited out as the
 /// host's fault: a day (Claid keeps the result that long) for a host away, a few minutes for
 /// an empty body; `None` when the failure is not the host's.
 fn result_host_away_for(err: &ClaidError) -> Option<Duration> {
     match err {
         _ if !result_host_away(err) => None,
-        ClaidError::Truncated { received: 0, .. } => Some(EMPTY_BODY_PATIENCE),
+        ClaidError::Truncated {
+            image_end: Some(crate::claid::EMPTY_BODY),
+            ..
+        } => Some(EMPTY_BODY_PATIENCE),
         _ => Some(crate::pipeline::dispatch::KEPT_TTL),
     }
 }
@@ -2091,9 +2108,13 @@ fn result_host_away(err: &ClaidError) -> bool {
         // that is a cut too. Not one that had all of its announced length without a whole
         // image: that is the result's own (a cache keeping half a file), asked again on the
         // download's budget (waiting a day for it told a healthy host as away).
-        // An empty body, though, is a host (a CDN or a cache between) that answered before it
-        // had the file: waited out too, for [`EMPTY_BODY_PATIENCE`] only (`result_host_away_for`).
-        ClaidError::Truncated { received: 0, .. } => true,
+        // An empty body (ended cleanly), though, is a host (a CDN or a cache between) that
+        // answered before it had the file: waited out too, for [`EMPTY_BODY_PATIENCE`] only
+        // (`result_host_away_for`).
+        ClaidError::Truncated {
+            image_end: Some(crate::claid::EMPTY_BODY),
+            ..
+        } => true,
         ClaidError::Truncated {
             image_end: None,
             received,
@@ -2561,14 +2582,18 @@ mod tests {
             !cut(Some(37), 37, no_end),
             "its whole length, no whole image"
         );
-        // An empty body is the host's too, for a few minutes only.
-        assert!(cut(None, 0, None), "empty");
-        assert!(cut(Some(0), 0, None), "empty, Content-Length: 0");
+        // An empty body that ended cleanly is the host's too, for a few minutes only; one
+        // broken off before its first byte is a cut like any other.
+        let empty_end = Some(crate::claid::EMPTY_BODY);
+        assert!(cut(None, 0, empty_end), "empty");
+        assert!(cut(Some(0), 0, empty_end), "empty, Content-Length: 0");
+        assert!(!cut(None, 0, None), "broken off before a byte, no length");
+        assert!(!cut(Some(100), 0, None), "broken off before a byte");
         let empty = ClaidError::Truncated {
             expected: Some(0),
             received: 0,
             request_id: None,
-            image_end: None,
+            image_end: empty_end,
         };
         assert_eq!(
             super::result_host_away_for(&empty),

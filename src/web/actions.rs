@@ -183,7 +183,17 @@ async fn requeue(
                 &format!("Not requeued: {}.", replayed.refused.join("; ")),
             );
         }
-        Ok(replayed) => replayed.requeued,
+        Ok(replayed) => {
+            if !replayed.refused.is_empty() {
+                warn!(
+                    manifest = %Escaped::str(&manifest.rel),
+                    run = id,
+                    refused = %Escaped::str(&replayed.refused.join("; ")),
+                    "Dashboard action: some jobs were not requeued"
+                );
+            }
+            replayed.requeued
+        }
         Err(err) => {
             return problem_page(
                 &state,

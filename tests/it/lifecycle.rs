@@ -363,6 +363,12 @@ async fn issue11_a_finished_manifest_that_could_not_be_archived_is_archived_once
     })
     .await;
     assert!(manifest.is_file(), "not archived yet");
+    // The error names the file in the way and what to do with it.
+    wait_until("the blocker named", DEADLINE, || {
+        env.daemon_log(0)
+            .contains("stands where the archive needs a folder: move it away")
+    })
+    .await;
     std::fs::remove_file(&blocker).expect("the way is free");
     wait_until("archived", DEADLINE, || {
         !manifest.exists() && env.archive.join("team/m.yaml").is_file()

@@ -904,10 +904,10 @@ fn issue15_storage_keys_s3_would_refuse_are_refused_at_validation() {
 
     // A destination with an empty folder name at its end, or in it: `out//` was accepted
     // (and a re-drop with only that edit billed every image again, over the same objects).
-    for destination in [
-        "storage://catalog/out//",
-        "storage://catalog/out///",
-        "storage://catalog/a//b/",
+    for (destination, told) in [
+        ("storage://catalog/out//", "ends with an empty folder name"),
+        ("storage://catalog/out///", "ends with an empty folder name"),
+        ("storage://catalog/a//b/", "empty segment"),
     ] {
         let err = load(
             "dest.yaml",
@@ -917,7 +917,7 @@ fn issue15_storage_keys_s3_would_refuse_are_refused_at_validation() {
         )
         .expect_err(destination);
         assert!(
-            err.error_txt().contains("empty"),
+            err.error_txt().contains(told),
             "{destination}: {}",
             err.error_txt()
         );
@@ -1157,6 +1157,22 @@ fn issue15_a_space_in_an_object_key_names_its_part_and_the_fix_that_applies() {
     assert!(told.contains("(in `red shoe.png`)"), "{told}");
     assert!(told.contains("rename the image file"), "{told}");
     assert!(!told.contains("`output`"), "{told}");
+
+    // A space in the destination's own folder is told once, at the destination.
+    let err = load_with_storages(
+        &env,
+        &storages,
+        "m.yaml",
+        "output: { format: png, destination: \"storage://cat/spring sale/\" }\nimages:\n  - input: https://example.com/a.png\n  - input: https://example.com/b.png\n",
+    )
+    .expect_err("refused");
+    let told = err.error_txt();
+    assert_eq!(told.matches("has a space").count(), 1, "{told}");
+    assert!(
+        told.contains("line 1: output.destination:")
+            && told.contains("name the folder without spaces"),
+        "{told}"
+    );
 }
 
 /// Too many entries are told at the entry past the limit, not at the document's first line
