@@ -1256,6 +1256,10 @@ impl Runner {
         // The format the output is named for (its extension follows the output format).
         let wanted = wanted_format(job);
         let mut out_of_descriptors = 0u32;
+        // When this download first got an empty body: its patience counts from there (from
+        // the result's record, a job resumed after a stop of minutes, or one that waited for a
+        // download slot, had none, and ten empty answers failed it).
+        let mut first_empty: Option<Instant> = None;
         let bytes = loop {
             // Held through the wait when the machine ran out of file descriptors.
             let mut _blocking = None;
@@ -1291,7 +1295,11 @@ impl Runner {
                     // `run --once` ends at `api.unreachable_timeout` and leaves the job to the
                     // next run), not given up on after a few tries, until the day is over.
                     let away = result_host_away_for(&err).is_some_and(|patience| {
-                        now_ms().saturating_sub(job.updated_at_ms) < patience.as_millis() as u64
+                        if is_empty_body(&err) {
+                            first_empty.get_or_insert_with(Instant::now).elapsed() < patience
+                        } else {
+                            now_ms().saturating_sub(job.updated_at_ms) < patience.as_millis() as u64
+                        }
                     });
                     let failure = if away {
                         // A host that answers empty bodies answers: not told as unreachable.
@@ -2062,8 +2070,8 @@ fn object_mismatch(
     }
 }
 
-/// How long after its result was recorded a job's downloads that get an empty body are waited
-/// out as the host's fault (a CDN that answers before it has the file), before they spend the
+/// How long after its first empty answer a job's download that gets empty bodies is waited
+/// out as the host's fault (a CDN that answers before it has the file), before it spends the
 /// download's budget: ten empty answers in a few seconds failed a billed image.
 const EMPTY_BODY_PATIENCE: Duration = Duration::from_secs(300);
 
@@ -2078,9 +2086,9 @@ fn is_empty_body(err: &ClaidError) -> bool {
     )
 }
 
-/// How long after the result was recorded a download failing with `err` is waited out as the
-/// host's fault: a day (Claid keeps the result that long) for a host away, a few minutes for
-/// an empty body; `None` when the failure is not the host's.
+/// How long a download failing with `err` is waited out as the host's fault: a day after the
+/// result was recorded (Claid keeps it that long) for a host away, a few minutes after the
+/// first empty answer for an empty body; `None` when the failure is not the host's.
 fn result_host_away_for(err: &ClaidError) -> Option<Duration> {
     match err {
         _ if !result_host_away(err) => None,

@@ -170,6 +170,19 @@ fn same_at(path: &str, sent: &Value, echo: &Value) -> bool {
         (Value::String(name), Value::Object(form)) | (Value::Object(form), Value::String(name)) => {
             discriminated(path) && shorthand_of(path, name, form)
         }
+        // `hdr: 40` is `{"intensity": 40}` with `stitching` at its default.
+        (Value::Number(n), Value::Object(form)) | (Value::Object(form), Value::Number(n))
+            if path == "operations.adjustments.hdr" =>
+        {
+            let intensity = form
+                .get("intensity")
+                .cloned()
+                .or_else(|| default_at("operations.adjustments.hdr.intensity"));
+            intensity.as_ref().and_then(Value::as_f64) == n.as_f64()
+                && form
+                    .iter()
+                    .all(|(key, value)| key == "intensity" || is_default(&join(path, key), value))
+        }
         // `remove: true` is the removal with its default options (`{"clipping": false}`).
         (Value::Bool(true), Value::Object(form)) | (Value::Object(form), Value::Bool(true)) => {
             TRUE_IS_DEFAULT_FORM.contains(&path)
@@ -316,6 +329,32 @@ mod tests {
             assert!(!same_request(&sent, &echo), "{echo}");
             assert!(!same_request(&echo, &sent), "{echo}");
         }
+        // `hdr` as an intensity, or as its object form.
+        let hdr = |value: Value| json!({"input": "https://x/a.jpg", "operations": {"adjustments": {"hdr": value}}});
+        assert!(same_request(
+            &hdr(json!(40)),
+            &hdr(json!({"intensity": 40, "stitching": false}))
+        ));
+        assert!(same_request(
+            &hdr(json!({"intensity": 40})),
+            &hdr(json!(40))
+        ));
+        assert!(same_request(
+            &hdr(json!(100)),
+            &hdr(json!({"stitching": false}))
+        ));
+        assert!(!same_request(
+            &hdr(json!(40)),
+            &hdr(json!({"intensity": 40, "stitching": true}))
+        ));
+        assert!(!same_request(
+            &hdr(json!(40)),
+            &hdr(json!({"intensity": 50}))
+        ));
+        assert!(!same_request(
+            &hdr(json!(40)),
+            &hdr(json!({"stitching": false}))
+        ));
         let blur =
             json!({"input": "https://x/a.jpg", "operations": {"background": {"blur": true}}});
         let blur_form = json!({"input": "https://x/a.jpg", "operations": {"background": {"blur": {"type": "regular", "level": "medium"}}}});
