@@ -1068,21 +1068,30 @@ fn key_digest(config: &Config) -> Option<String> {
     Some(hex::encode(sha2::Sha256::digest(key.as_bytes())))
 }
 
-/// A digest of each storage's credentials file (`None`: none, or unreadable), by storage.
+/// A digest of each file a start reads secrets from besides the API key (`None`: none, or
+/// unreadable), by the key that names it: each storage's credentials file
+/// (`storages.NAME.credentials_file`) and each alert sink's URL file (`alerts.NAME.url_file`,
+/// whose URL is read at start: a rotated webhook URL was said to be reloaded, and alerts kept
+/// going to the old one).
 fn storage_key_digests(config: &Config) -> std::collections::BTreeMap<String, Option<String>> {
     use sha2::Digest;
-    config
-        .storages
-        .iter()
-        .map(|(name, entry)| {
-            let digest = entry
-                .credentials_file
-                .as_ref()
-                .and_then(|path| std::fs::read(path).ok())
-                .map(|bytes| hex::encode(sha2::Sha256::digest(&bytes)));
-            (name.clone(), digest)
-        })
-        .collect()
+    let digest = |path: Option<&Path>| {
+        path.and_then(|path| std::fs::read(path).ok())
+            .map(|bytes| hex::encode(sha2::Sha256::digest(&bytes)))
+    };
+    let storages = config.storages.iter().map(|(name, entry)| {
+        (
+            format!("storages.{name}.credentials_file"),
+            digest(entry.credentials_file.as_deref()),
+        )
+    });
+    let sinks = config.alerts.iter().map(|sink| {
+        (
+            format!("alerts.{}.url_file", sink.name),
+            digest(Some(&sink.url_file)),
+        )
+    });
+    storages.chain(sinks).collect()
 }
 
 /// How long a SIGHUP's reading of the config and the files it names may take: a file on a
@@ -1211,17 +1220,23 @@ fn reload(
             {
                 restart.push("api.api_key_file (the key in it changed)".to_owned());
             }
-            // The same credentials file with other keys in it (rotated keys).
-            for (name, digest) in storage_keys {
-                let prefix = format!("storages.{name}");
+            // The same credentials or URL file with other keys or another URL in it.
+            for (file_key, digest) in storage_keys {
+                let section = file_key.split('.').take(2).collect::<Vec<_>>().join(".");
+                let top = file_key.split('.').next().unwrap_or_default();
                 if storage_keys_in_force
-                    .get(&name)
+                    .get(&file_key)
                     .is_some_and(|running| *running != digest)
-                    && !restart.iter().any(|key| key.starts_with(&prefix))
+                    && !restart
+                        .iter()
+                        .any(|key| key.starts_with(&section) || key == top)
                 {
-                    restart.push(format!(
-                        "{prefix}.credentials_file (the keys in it changed)"
-                    ));
+                    let what = if top == "alerts" {
+                        "the URL in it changed"
+                    } else {
+                        "the keys in it changed"
+                    };
+                    restart.push(format!("{file_key} ({what})"));
                 }
             }
             pipeline.reload(config.profiles.clone(), policies(&config), config.limits);
@@ -1276,6 +1291,19 @@ fn would_not_start(config: &Config) -> Vec<String> {
         problems.push(err.to_string());
     }
     if let Err(err) = crate::alerts::check_sinks(&config.alerts) {
+        problems.push(err.to_string());
+    }
+    // The webhook listener's secret and the dashboard's token and users files: the start
+    // reads them and refuses to run without them (a reload took a missing one with a WARN,
+    // and the restart it asked for then exited 64).
+    if let Some(webhook) = &config.webhook
+        && let Err(err) = webhook::Secret::load(webhook)
+    {
+        problems.push(err.to_string());
+    }
+    if let Some(web) = &config.web
+        && let Err(err) = crate::web::auth::Auth::new(web)
+    {
         problems.push(err.to_string());
     }
     problems

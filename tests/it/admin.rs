@@ -750,6 +750,80 @@ async fn metrics_count_failed_jobs_by_their_failure_code() {
     daemon.wait().await.unwrap();
 }
 
+/// A reload that adds a webhook listener whose secret file is missing, or a dashboard whose
+/// token file is missing, is refused the same way: the start would refuse it (exit 64), and
+/// it was taken with only a "not applied until a restart" warning.
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_refuses_a_webhook_secret_or_dashboard_token_the_start_could_not_read() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let config = env.config("", "");
+    let mut daemon = env.spawn_daemon(&config, 0);
+    wait_socket(&env).await;
+    let text = std::fs::read_to_string(&config).unwrap();
+    for (section, named) in [
+        (
+            format!(
+                "webhook:\n  listen: 127.0.0.1:0\n  secret_file: {}\n",
+                env.dir.path().join("no-such-secret").display()
+            ),
+            "no-such-secret",
+        ),
+        (
+            format!(
+                "web:\n  listen: 127.0.0.1:0\n  token_file: {}\n",
+                env.dir.path().join("no-such-token").display()
+            ),
+            "no-such-token",
+        ),
+    ] {
+        std::fs::write(&config, format!("{text}{section}")).unwrap();
+        signal(&daemon, "-HUP");
+        wait_until("refusal logged", Duration::from_secs(20), || {
+            let log = env.daemon_log(0);
+            log.contains("would not start the daemon") && log.contains(named)
+        })
+        .await;
+        assert!(
+            !env.daemon_log(0).contains("Reloaded the config"),
+            "{named}"
+        );
+    }
+    stop(&mut daemon).await;
+}
+
+/// An alert sink's URL file rewritten with another URL (a leaked Slack webhook rotated) and a
+/// SIGHUP: the sink keeps the URL it started with until a restart, and the reload says so (it
+/// said "Reloaded the config" and alerts kept going to the old URL).
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_names_a_rotated_alert_url_as_not_in_force() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let url_file = env.dir.path().join("team-url");
+    std::fs::write(&url_file, "http://127.0.0.1:9/hook/old\n").unwrap();
+    let config = env.config(
+        "",
+        &format!(
+            "alerts:\n  - {{ name: team, url_file: {} }}\n",
+            url_file.display()
+        ),
+    );
+    let mut daemon = env.spawn_daemon(&config, 0);
+    wait_socket(&env).await;
+    std::fs::write(&url_file, "http://127.0.0.1:9/hook/new\n").unwrap();
+    signal(&daemon, "-HUP");
+    wait_until("the rotated URL named", Duration::from_secs(20), || {
+        env.daemon_log(0).lines().any(|l| {
+            l.contains("NOT in force") && l.contains("alerts.team.url_file (the URL in it changed)")
+        })
+    })
+    .await;
+    let log = env.daemon_log(0);
+    assert!(
+        !log.contains("/hook/new") && !log.contains("/hook/old"),
+        "no URL logged: {log}"
+    );
+    stop(&mut daemon).await;
+}
+
 /// A reload of a config that is valid but would not start the daemon (an inbox folder that
 /// does not exist, an alert sink whose URL file is missing) is refused, naming each problem,
 /// and the running config stays in force (it was taken with only a "not applied" warning,
