@@ -2046,6 +2046,14 @@ async fn a_staged_input_deleted_while_its_batch_submit_is_retried_is_staged_agai
     for key in s3.list_keys("catalog", "raw/staging/").await {
         s3.delete_object("catalog", &key).await;
     }
+    // Two more calls while the API is still down: a retry whose look at the staged inputs
+    // came just before the deletion is answered 503 too, so the retry that reaches Claid
+    // looked after it (the API brought back at once raced that retry on a loaded machine).
+    let after_delete = env.stats().requests;
+    crate::support::wait_until("two more calls while the API is down", deadline, || {
+        env.stats().requests >= after_delete + 2
+    })
+    .await;
     env.emulator.control().set_down(false);
     crate::support::wait_until("the drop's report", deadline, || {
         env.outbox.join("shoes.report.json").is_file()
