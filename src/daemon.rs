@@ -942,7 +942,7 @@ async fn run_watching(
     // the bucket clients keep the keys they started with. Read before the line that says the
     // daemon watches (a change after it is one a SIGHUP names).
     let key_in_force = key_digest(config);
-    let storage_keys_in_force = storage_key_digests(config);
+    let secret_files_in_force = secret_file_digests(config);
     info!(inbox = %config.folders.inbox.display(), "Watching the inbox");
     let watchdog = sd_notify::watchdog_enabled();
     let mut watchdog_tick =
@@ -974,7 +974,7 @@ async fn run_watching(
                     pipeline,
                     opts.config_path.as_deref(),
                     &mut running,
-                    (key_in_force.as_deref(), &storage_keys_in_force),
+                    (key_in_force.as_deref(), &secret_files_in_force),
                     read,
                 );
             }
@@ -1073,7 +1073,7 @@ fn key_digest(config: &Config) -> Option<String> {
 /// (`storages.NAME.credentials_file`) and each alert sink's URL file (`alerts.NAME.url_file`,
 /// whose URL is read at start: a rotated webhook URL was said to be reloaded, and alerts kept
 /// going to the old one).
-fn storage_key_digests(config: &Config) -> std::collections::BTreeMap<String, Option<String>> {
+fn secret_file_digests(config: &Config) -> std::collections::BTreeMap<String, Option<String>> {
     use sha2::Digest;
     let digest = |path: Option<&Path>| {
         path.and_then(|path| std::fs::read(path).ok())
@@ -1099,11 +1099,12 @@ fn storage_key_digests(config: &Config) -> std::collections::BTreeMap<String, Op
 const RELOAD_READ_LIMIT: Duration = Duration::from_secs(5);
 
 /// What a SIGHUP read: the config and what a start would refuse in it, the digests of the
-/// key and credentials files it names; or why it could not be read.
+/// key file and of the other files it reads secrets from ([`secret_file_digests`]); or why it
+/// could not be read.
 struct ReloadRead {
     loaded: Result<(Config, Vec<String>), crate::config::ConfigError>,
     key: Option<String>,
-    storage_keys: std::collections::BTreeMap<String, Option<String>>,
+    secret_files: std::collections::BTreeMap<String, Option<String>>,
 }
 
 /// A SIGHUP's reading of the config ([`read_for_reload`]).
@@ -1143,14 +1144,14 @@ async fn read_for_reload(path: Option<PathBuf>) -> Option<Result<ReloadRead, Str
             let problems = would_not_start(&config);
             (config, problems)
         });
-        let (key, storage_keys) = match &loaded {
-            Ok((config, _)) => (key_digest(config), storage_key_digests(config)),
+        let (key, secret_files) = match &loaded {
+            Ok((config, _)) => (key_digest(config), secret_file_digests(config)),
             Err(_) => (None, Default::default()),
         };
         Ok(ReloadRead {
             loaded,
             key,
-            storage_keys,
+            secret_files,
         })
     });
     Some(match tokio::time::timeout(RELOAD_READ_LIMIT, read).await {
@@ -1180,7 +1181,7 @@ fn reload(
     pipeline: &pipeline::Handle,
     path: Option<&Path>,
     running: &mut Config,
-    (key_in_force, storage_keys_in_force): (
+    (key_in_force, secret_files_in_force): (
         Option<&str>,
         &std::collections::BTreeMap<String, Option<String>>,
     ),
@@ -1194,7 +1195,7 @@ fn reload(
     let ReloadRead {
         loaded,
         key,
-        storage_keys,
+        secret_files,
     } = match read {
         Ok(read) => read,
         Err(why) => {
@@ -1221,10 +1222,10 @@ fn reload(
                 restart.push("api.api_key_file (the key in it changed)".to_owned());
             }
             // The same credentials or URL file with other keys or another URL in it.
-            for (file_key, digest) in storage_keys {
+            for (file_key, digest) in secret_files {
                 let section = file_key.split('.').take(2).collect::<Vec<_>>().join(".");
                 let top = file_key.split('.').next().unwrap_or_default();
-                if storage_keys_in_force
+                if secret_files_in_force
                     .get(&file_key)
                     .is_some_and(|running| *running != digest)
                     && !restart
