@@ -948,8 +948,11 @@ async fn run_watching(
     let mut watchdog_tick =
         tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |d| d / 2));
     let mut status_tick = tokio::time::interval(STATUS_INTERVAL);
-    // The inbox's lock is looked at as often as the inbox is rescanned.
-    let mut claim_tick = tokio::time::interval(config.watch.rescan.max(Duration::from_secs(1)));
+    // The inbox's lock is looked at as often as the inbox is rescanned, first one period after
+    // the start (the claim was just made; an interval's first tick would come at once).
+    let claim_every = config.watch.rescan.max(Duration::from_secs(1));
+    let mut claim_tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + claim_every, claim_every);
     let mut taken = None;
     let mut stuck = None;
     // The config in force: what a SIGHUP's file is compared with.
