@@ -104,6 +104,10 @@ pub struct StatusView {
     /// The running daemon, or `None` when the store was read directly.
     pub daemon: Option<DaemonView>,
     pub manifests: Vec<ManifestView>,
+    /// Ended runs older than the newest [`STATUS_RECENT`] exist and are not listed (absent
+    /// from older daemons).
+    #[serde(default)]
+    pub older_runs_not_listed: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -143,6 +147,10 @@ pub struct ManifestView {
     pub images_per_minute: Option<f64>,
     /// Seconds until the manifest is done at that rate (live only).
     pub eta_secs: Option<u64>,
+    /// When the run was taken in (ms since the epoch): tells two runs of one file apart
+    /// (absent from older daemons).
+    #[serde(default)]
+    pub registered_at_ms: Option<u64>,
 }
 
 /// One row of `jobs`.
@@ -261,7 +269,13 @@ pub async fn status_view(
             runs.insert(*id, (m, *c));
         }
     }
-    for (id, m) in store.recent_manifests(STATUS_RECENT).await? {
+    // One more than listed, to tell whether older runs are left out.
+    let mut recent = store.recent_manifests(STATUS_RECENT + 1).await?;
+    let older_runs_not_listed = recent.len() > STATUS_RECENT
+        && recent.pop().is_some_and(|(id, m)| {
+            m.counts.is_some() && !counts.active.iter().any(|(active, _)| *active == id)
+        });
+    for (id, m) in recent {
         if let Some(c) = m.counts {
             runs.entry(id).or_insert((m, c));
         }
@@ -297,6 +311,7 @@ pub async fn status_view(
                 superseded: c.superseded,
                 images_per_minute,
                 eta_secs,
+                registered_at_ms: Some(m.registered_at_ms),
             }
         })
         .collect::<Vec<ManifestView>>();
@@ -351,7 +366,11 @@ pub async fn status_view(
             batching: Some(p.batching()),
         }
     });
-    Ok(StatusView { daemon, manifests })
+    Ok(StatusView {
+        daemon,
+        manifests,
+        older_runs_not_listed,
+    })
 }
 
 /// A job state's short name, as `jobs --state` takes it.

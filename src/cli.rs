@@ -1228,6 +1228,7 @@ fn cmd_status(config_path: &Path, json: bool) -> anyhow::Result<i32> {
                 admin::StatusView {
                     daemon: None,
                     manifests: Vec::new(),
+                    older_runs_not_listed: false,
                 }
             }
         },
@@ -1263,7 +1264,7 @@ fn cmd_status(config_path: &Path, json: bool) -> anyhow::Result<i32> {
         return Ok(exit::OK);
     }
     println!(
-        "{:<40} {:>10} {:>7} {:>7} {:>9} {:>7} {:>8} {:>8} {:>9} {:>8}",
+        "{:<40} {:>10} {:>7} {:>7} {:>9} {:>7} {:>8} {:>8} {:>9} {:>8} {:>6}  taken in (UTC)",
         "manifest",
         "state",
         "total",
@@ -1273,13 +1274,14 @@ fn cmd_status(config_path: &Path, json: bool) -> anyhow::Result<i32> {
         "failed",
         "in doubt",
         "img/min",
-        "eta"
+        "eta",
+        "run"
     );
     for m in &view.manifests {
         // Nothing left to run but jobs held in doubt: the run waits for `replay --in-doubt`.
         let held = !m.finished && m.in_doubt > 0 && m.in_flight == 0 && m.queued == 0;
         println!(
-            "{:<40} {:>10} {:>7} {:>7} {:>9} {:>7} {:>8} {:>8} {:>9} {:>8}",
+            "{:<40} {:>10} {:>7} {:>7} {:>9} {:>7} {:>8} {:>8} {:>9} {:>8} {:>6}  {}",
             Escaped::str(&m.manifest).to_string(),
             if m.finished && m.superseded > 0 {
                 "superseded"
@@ -1303,6 +1305,20 @@ fn cmd_status(config_path: &Path, json: bool) -> anyhow::Result<i32> {
             } else {
                 m.eta_secs.map_or("-".to_owned(), |s| format!("{s}s"))
             },
+            // Two runs of one file are told apart by their id and when each was taken in.
+            m.id,
+            m.registered_at_ms.map_or("-".to_owned(), |ms| {
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+                )
+                .to_string()
+            }),
+        );
+    }
+    if view.older_runs_not_listed {
+        println!(
+            "Older finished runs are not listed (every active run and the newest {} are): their reports are in the outbox, and `jobs --manifest PATH` lists a file's jobs.",
+            admin::STATUS_RECENT
         );
     }
     for m in view.manifests.iter().filter(|m| m.superseded > 0) {

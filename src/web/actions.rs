@@ -160,7 +160,7 @@ async fn requeue(
         Ok(ids) => state.pipeline.replay_checked(ids).await,
         Err(err) => Err(err),
     };
-    let n = match requeued {
+    let (n, refused) = match requeued {
         // Refused (another active manifest writes one of its outputs now, or a later one its
         // report): told as the CLI tells it, never as "requeued 0".
         Ok(replayed) if replayed.requeued == 0 && !replayed.refused.is_empty() => {
@@ -192,7 +192,7 @@ async fn requeue(
                     "Dashboard action: some jobs were not requeued"
                 );
             }
-            replayed.requeued
+            (replayed.requeued, replayed.refused.len())
         }
         Err(err) => {
             return problem_page(
@@ -214,9 +214,14 @@ async fn requeue(
         manifest = %Escaped::str(&manifest.rel),
         run = id,
         jobs = n,
+        refused,
         "Dashboard action"
     );
-    Redirect::to(&format!("/manifests/{id}?flash={flash}&n={n}")).into_response()
+    let refused = match refused {
+        0 => String::new(),
+        r => format!("&refused={r}"),
+    };
+    Redirect::to(&format!("/manifests/{id}?flash={flash}&n={n}{refused}")).into_response()
 }
 
 pub async fn rerun_rejected(

@@ -43,16 +43,28 @@ pub const ERROR_TEXT_BYTES: usize = 16 * 1024;
 pub struct FlashQuery {
     pub flash: Option<String>,
     pub n: Option<u64>,
+    /// Jobs of the action the daemon refused (each named in its log).
+    pub refused: Option<u64>,
 }
 
 impl FlashQuery {
     fn message(&self) -> Option<String> {
         let n = self.n.unwrap_or(0);
-        Some(match self.flash.as_deref()? {
+        let done = match self.flash.as_deref()? {
             "retried" => format!("Requeued {n} failed job(s); they run again now."),
             "released" => format!("Released {n} job(s) held in doubt; they are submitted again."),
-            "rerun" => "Moved the file back into the inbox; it is read again shortly.".to_owned(),
+            "rerun" => {
+                return Some(
+                    "Moved the file back into the inbox; it is read again shortly.".to_owned(),
+                );
+            }
             _ => return None,
+        };
+        Some(match self.refused.unwrap_or(0) {
+            0 => done,
+            r => format!(
+                "{done} {r} other job(s) were not requeued (a local input no longer in the inbox, for one): the daemon's log names each (\"Dashboard action: some jobs were not requeued\")."
+            ),
         })
     }
 }
@@ -245,6 +257,8 @@ pub struct ManifestQuery {
     pub page: Option<usize>,
     pub flash: Option<String>,
     pub n: Option<u64>,
+    /// Jobs of the action the daemon refused (each named in its log).
+    pub refused: Option<u64>,
 }
 
 pub async fn manifest(
@@ -361,6 +375,7 @@ pub async fn manifest(
     let flash = FlashQuery {
         flash: query.flash.clone(),
         n: query.n,
+        refused: query.refused,
     }
     .message();
     render(

@@ -1514,6 +1514,62 @@ async fn jobs_and_status_read_the_store_when_the_socket_breaks_the_connection() 
     assert_eq!(status["manifests"][0]["done"], 2, "{status:#}");
 }
 
+/// `status`'s table tells two runs of one file apart (their run id and when each was taken
+/// in: the rows were identical), and says when it leaves older finished runs out (it listed
+/// the newest 50 without a word).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_status_table_tells_runs_of_one_file_apart_and_says_when_it_leaves_runs_out() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let config = env.config("", "");
+    let config_arg = config.to_str().expect("utf-8");
+    env.drop_file("m.yaml", manifest_of(1, "a").as_bytes());
+    assert_eq!(env.run_once(&config).await.0, 0);
+    env.drop_file("m.yaml", manifest_of(1, "b").as_bytes());
+    assert_eq!(env.run_once(&config).await.0, 0);
+    let (code, out, err) = cli(&["status", "--config", config_arg]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let header = out
+        .lines()
+        .find(|l| l.starts_with("manifest"))
+        .expect("header");
+    assert!(header.ends_with("run  taken in (UTC)"), "{out}");
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .filter(|l| l.starts_with("m.yaml"))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    assert_ne!(rows[0][10], rows[1][10], "run ids: {out}");
+    for row in &rows {
+        assert!(
+            humantime::parse_rfc3339(row[11]).is_ok(),
+            "a UTC time: {out}"
+        );
+    }
+    assert!(!out.contains("Older finished runs"), "{out}");
+    // 50 more runs: the first two are older than the newest 50.
+    for i in 0..50 {
+        env.drop_file(
+            &format!("r{i:02}.yaml"),
+            manifest_of(1, &format!("r{i}-")).as_bytes(),
+        );
+    }
+    assert_eq!(env.run_once(&config).await.0, 0);
+    let (code, out, err) = cli(&["status", "--config", config_arg]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with('r')).count(),
+        50,
+        "{out}"
+    );
+    assert!(!out.lines().any(|l| l.starts_with("m.yaml")), "{out}");
+    assert!(
+        out.contains("Older finished runs are not listed (every active run and the newest 50 are)"),
+        "{out}"
+    );
+    assert_eq!(status_json(&config).await["older_runs_not_listed"], true);
+}
+
 /// A run whose only jobs left are held in doubt says so in `status`'s table: state `held`,
 /// an `in doubt` column, no ETA, and how to release them.
 #[tokio::test(flavor = "multi_thread")]

@@ -691,6 +691,67 @@ async fn a_refused_dashboard_retry_says_why() {
     stop(&mut daemon).await;
 }
 
+/// A retry the daemon takes for some of a run's jobs only (here: one failed job's local input
+/// is no longer in the inbox) says how many it left and where they are named: the page said
+/// "Requeued 1 failed job(s)" alone, and the refusal was in the log only.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dashboard_retry_refused_for_some_jobs_says_how_many_were_left() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let token = token_file(&env);
+    let config = env.config("", &web_section(None, Some(&token), true));
+    let mut daemon = env.spawn_daemon(&config, 0);
+    let base = format!("http://{}", env.dashboard(0).await);
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let png = crate::support::png(64, 48);
+    env.drop_file("in/corrupt-a.png", &png);
+    env.drop_file("in/corrupt-b.png", &png);
+    env.drop_file(
+        "p.yaml",
+        b"images:\n  - input: in/corrupt-a.png\n  - input: in/corrupt-b.png\n",
+    );
+    let id = run_id(&env, "p.yaml").await;
+    wait_finished(&env, "p.yaml").await;
+    assert_eq!(status(&env).await["manifests"][0]["failed"], 2);
+    std::fs::remove_file(env.inbox.join("in/corrupt-b.png")).expect("rm");
+    let res = http
+        .post(format!("{base}/manifests/{id}/retry-failed"))
+        .bearer_auth(TOKEN)
+        .form(&[("x", "")])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status(), 303);
+    let to = res.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_owned();
+    assert!(to.contains("n=1") && to.contains("refused=1"), "{to}");
+    let page = http
+        .get(format!("{base}{to}"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("page");
+    assert!(
+        page.contains("Requeued 1 failed job(s)")
+            && page.contains("1 other job(s) were not requeued"),
+        "{page}"
+    );
+    let log = env.daemon_log(0);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("some jobs were not requeued") && l.contains("corrupt-b.png")),
+        "{log}"
+    );
+    stop(&mut daemon).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn dashboard_actions_release_in_doubt_jobs_and_rerun_a_fixed_rejected_manifest() {
     let env = TestEnv::new(Scenario::default().seed(11).drop_share(0.5)).await;
