@@ -56,6 +56,37 @@ fn token_file(env: &TestEnv) -> PathBuf {
     path
 }
 
+/// A client that leaves redirects to the test (an action answers 303 to its page).
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+}
+
+/// A dashboard action posted as a script posts it: the bearer token, a form.
+async fn post_with_token(
+    http: &reqwest::Client,
+    url: impl reqwest::IntoUrl,
+    form: &[(&str, &str)],
+) -> reqwest::Response {
+    http.post(url)
+        .bearer_auth(TOKEN)
+        .form(form)
+        .send()
+        .await
+        .expect("post")
+}
+
+/// A daemon whose dashboard takes actions from a script (the bearer token), and its address.
+async fn daemon_taking_actions(env: &TestEnv) -> (tokio::process::Child, String) {
+    let token = token_file(env);
+    let config = env.config("", &web_section(None, Some(&token), true));
+    let daemon = env.spawn_daemon(&config, 0);
+    let base = format!("http://{}", env.dashboard(0).await);
+    (daemon, base)
+}
+
 /// The status JSON of the daemon of `config` over its admin socket.
 async fn status(env: &TestEnv) -> serde_json::Value {
     match claid_hotfolder::admin::request(&env.socket(), "GET", "/status", None).await {
@@ -542,10 +573,7 @@ async fn dashboard_for_scripts_takes_basic_or_a_bearer_token_and_csrf_guards_bas
     env.drop_file("s.yaml", manifest(3, "s", &[0]).as_bytes());
     let id = run_id(&env, "s.yaml").await;
     wait_finished(&env, "s.yaml").await;
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client");
+    let http = no_redirects();
 
     let anonymous = http.get(format!("{base}/")).send().await.expect("get");
     assert_eq!(anonymous.status(), 401);
@@ -623,13 +651,7 @@ async fn dashboard_for_scripts_takes_basic_or_a_bearer_token_and_csrf_guards_bas
         .expect("post");
     assert_eq!(res.status(), 303, "{:?}", res.text().await);
     wait_finished(&env, "s.yaml").await;
-    let res = http
-        .post(&action)
-        .bearer_auth(TOKEN)
-        .form(&[("x", "")])
-        .send()
-        .await
-        .expect("post");
+    let res = post_with_token(&http, &action, &[("x", "")]).await;
     assert_eq!(res.status(), 303);
     let log = env.daemon_log(0);
     let audits: Vec<&str> = log
@@ -650,14 +672,8 @@ async fn dashboard_for_scripts_takes_basic_or_a_bearer_token_and_csrf_guards_bas
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refused_dashboard_retry_says_why() {
     let env = TestEnv::new(Scenario::default()).await;
-    let token = token_file(&env);
-    let config = env.config("", &web_section(None, Some(&token), true));
-    let mut daemon = env.spawn_daemon(&config, 0);
-    let base = format!("http://{}", env.dashboard(0).await);
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client");
+    let (mut daemon, base) = daemon_taking_actions(&env).await;
+    let http = no_redirects();
     env.drop_file("s.yaml", manifest(2, "s", &[1]).as_bytes());
     let id = run_id(&env, "s.yaml").await;
     wait_finished(&env, "s.yaml").await;
@@ -666,13 +682,12 @@ async fn a_refused_dashboard_retry_says_why() {
         br#"{"images": [{"input": "storage://demo/j000-160x120.png", "output": "other.jpg"}]}"#,
     );
     wait_finished(&env, "s.json").await;
-    let res = http
-        .post(format!("{base}/manifests/{id}/retry-failed"))
-        .bearer_auth(TOKEN)
-        .form(&[("x", "")])
-        .send()
-        .await
-        .expect("post");
+    let res = post_with_token(
+        &http,
+        format!("{base}/manifests/{id}/retry-failed"),
+        &[("x", "")],
+    )
+    .await;
     assert_eq!(res.status(), 409);
     let page = res.text().await.expect("page");
     assert!(page.contains("Not requeued"), "{page}");
@@ -697,14 +712,8 @@ async fn a_refused_dashboard_retry_says_why() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dashboard_retry_refused_for_some_jobs_says_how_many_were_left() {
     let env = TestEnv::new(Scenario::default()).await;
-    let token = token_file(&env);
-    let config = env.config("", &web_section(None, Some(&token), true));
-    let mut daemon = env.spawn_daemon(&config, 0);
-    let base = format!("http://{}", env.dashboard(0).await);
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client");
+    let (mut daemon, base) = daemon_taking_actions(&env).await;
+    let http = no_redirects();
     let png = crate::support::png(64, 48);
     env.drop_file("in/corrupt-a.png", &png);
     env.drop_file("in/corrupt-b.png", &png);
@@ -716,13 +725,12 @@ async fn a_dashboard_retry_refused_for_some_jobs_says_how_many_were_left() {
     wait_finished(&env, "p.yaml").await;
     assert_eq!(status(&env).await["manifests"][0]["failed"], 2);
     std::fs::remove_file(env.inbox.join("in/corrupt-b.png")).expect("rm");
-    let res = http
-        .post(format!("{base}/manifests/{id}/retry-failed"))
-        .bearer_auth(TOKEN)
-        .form(&[("x", "")])
-        .send()
-        .await
-        .expect("post");
+    let res = post_with_token(
+        &http,
+        format!("{base}/manifests/{id}/retry-failed"),
+        &[("x", "")],
+    )
+    .await;
     assert_eq!(res.status(), 303);
     let to = res.headers()["location"]
         .to_str()
@@ -762,10 +770,7 @@ async fn dashboard_actions_release_in_doubt_jobs_and_rerun_a_fixed_rejected_mani
     );
     let mut daemon = env.spawn_daemon(&config, 0);
     let base = format!("http://{}", env.dashboard(0).await);
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client");
+    let http = no_redirects();
     env.drop_file("d.yaml", manifest(8, "d", &[]).as_bytes());
     let id = run_id(&env, "d.yaml").await;
     let release = format!("{base}/manifests/{id}/release-in-doubt");
@@ -783,21 +788,9 @@ async fn dashboard_actions_release_in_doubt_jobs_and_rerun_a_fixed_rejected_mani
         }
         rounds += 1;
         assert!(rounds < 20, "in-doubt jobs keep coming back: {view:#}");
-        let unconfirmed = http
-            .post(&release)
-            .bearer_auth(TOKEN)
-            .form(&[("x", "")])
-            .send()
-            .await
-            .expect("post");
+        let unconfirmed = post_with_token(&http, &release, &[("x", "")]).await;
         assert_eq!(unconfirmed.status(), 400, "the warning must be confirmed");
-        let res = http
-            .post(&release)
-            .bearer_auth(TOKEN)
-            .form(&[("confirm", "yes")])
-            .send()
-            .await
-            .expect("post");
+        let res = post_with_token(&http, &release, &[("confirm", "yes")]).await;
         assert_eq!(res.status(), 303);
     }
     assert!(
@@ -823,25 +816,23 @@ async fn dashboard_actions_release_in_doubt_jobs_and_rerun_a_fixed_rejected_mani
     wait_until("its error file", DEADLINE, || error_file.is_file()).await;
     std::fs::write(&in_rejected, manifest(2, "f", &[])).expect("fixed");
     // Its error file is no file to re-run: refused, both files stay where they are.
-    let res = http
-        .post(format!("{base}/rejected/rerun"))
-        .bearer_auth(TOKEN)
-        .form(&[("file", "later/fix.yaml.error.txt")])
-        .send()
-        .await
-        .expect("post");
+    let res = post_with_token(
+        &http,
+        format!("{base}/rejected/rerun"),
+        &[("file", "later/fix.yaml.error.txt")],
+    )
+    .await;
     assert_eq!(res.status(), 400);
     let page = res.text().await.expect("page");
     assert!(page.contains("error file"), "{page}");
     assert!(in_rejected.is_file() && error_file.is_file());
     assert!(!env.inbox.join("later/fix.yaml.error.txt").exists());
-    let res = http
-        .post(format!("{base}/rejected/rerun"))
-        .bearer_auth(TOKEN)
-        .form(&[("file", "later/fix.yaml")])
-        .send()
-        .await
-        .expect("post");
+    let res = post_with_token(
+        &http,
+        format!("{base}/rejected/rerun"),
+        &[("file", "later/fix.yaml")],
+    )
+    .await;
     assert_eq!(res.status(), 303);
     assert!(!in_rejected.exists() && !error_file.exists());
     // It is read again and registered (its jobs then run like any others').
@@ -858,23 +849,16 @@ async fn dashboard_actions_release_in_doubt_jobs_and_rerun_a_fixed_rejected_mani
         manifest(2, "t", &[]),
     )
     .expect("fixed");
-    let res = http
-        .post(format!("{base}/rejected/rerun"))
-        .bearer_auth(TOKEN)
-        .form(&[("file", "later/twice.1.yaml")])
-        .send()
-        .await
-        .expect("post");
+    let res = post_with_token(
+        &http,
+        format!("{base}/rejected/rerun"),
+        &[("file", "later/twice.1.yaml")],
+    )
+    .await;
     assert_eq!(res.status(), 303);
     run_id(&env, "later/twice.yaml").await;
     for bad in ["../d.yaml", "/etc/passwd", "later/../../x"] {
-        let res = http
-            .post(format!("{base}/rejected/rerun"))
-            .bearer_auth(TOKEN)
-            .form(&[("file", bad)])
-            .send()
-            .await
-            .expect("post");
+        let res = post_with_token(&http, format!("{base}/rejected/rerun"), &[("file", bad)]).await;
         assert_eq!(res.status(), 400, "{bad}");
         // Said as the path it is (one in the rejected folder), not as an output path.
         let page = res.text().await.expect("page");
@@ -907,13 +891,12 @@ async fn dashboard_actions_are_refused_unless_allowed() {
         .await
         .expect("page");
     assert!(!page.contains("retry-failed"), "no action is offered");
-    let res = http
-        .post(format!("{base}/manifests/{id}/retry-failed"))
-        .bearer_auth(TOKEN)
-        .form(&[("x", "")])
-        .send()
-        .await
-        .expect("post");
+    let res = post_with_token(
+        &http,
+        format!("{base}/manifests/{id}/retry-failed"),
+        &[("x", "")],
+    )
+    .await;
     assert_eq!(res.status(), 403);
     stop(&mut daemon).await;
 }
