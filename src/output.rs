@@ -318,31 +318,48 @@ pub fn blocked_way(outbox: &Path, rel: &str) -> Option<(FailureCode, String)> {
             ),
         ));
     }
-    for folder in output
+    match in_the_way(&output, outbox)? {
+        (folder, InTheWay::Link) => Some((
+            FailureCode::OutputUnsafePath,
+            format!(
+                "{} in the outbox is a symbolic link, and outputs are never written through links",
+                Escaped::path(folder)
+            ),
+        )),
+        (folder, InTheWay::NoFolder) => Some((
+            FailureCode::OutputNotADirectory,
+            format!(
+                "{} in the outbox is a file, where a folder of this image's output path goes",
+                Escaped::path(folder)
+            ),
+        )),
+    }
+}
+
+/// What stands where a folder of a path must be ([`in_the_way`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InTheWay {
+    /// A symbolic link (never followed on the way to an output).
+    Link,
+    /// A file, or anything else that is no folder.
+    NoFolder,
+}
+
+/// The first of `path`'s folders, nearest first, up to `top` (not included), that is there and
+/// is no folder: what refuses a write (or a move) to `path`. `None` when each one present is a
+/// folder, or when one cannot be looked at (whoever writes reports that). Shared by the
+/// outbox's check before a submit ([`blocked_way`]) and the archive's error
+/// (`pipeline::finisher`).
+pub fn in_the_way<'a>(path: &'a Path, top: &Path) -> Option<(&'a Path, InTheWay)> {
+    for folder in path
         .ancestors()
         .skip(1)
-        .take_while(|folder| folder.starts_with(outbox) && *folder != outbox)
+        .take_while(|folder| folder.starts_with(top) && *folder != top)
     {
         match fs::symlink_metadata(folder) {
             Ok(meta) if meta.is_dir() => {}
-            Ok(meta) if meta.file_type().is_symlink() => {
-                return Some((
-                    FailureCode::OutputUnsafePath,
-                    format!(
-                        "{} in the outbox is a symbolic link, and outputs are never written through links",
-                        Escaped::path(folder)
-                    ),
-                ));
-            }
-            Ok(_) => {
-                return Some((
-                    FailureCode::OutputNotADirectory,
-                    format!(
-                        "{} in the outbox is a file, where a folder of this image's output path goes",
-                        Escaped::path(folder)
-                    ),
-                ));
-            }
+            Ok(meta) if meta.file_type().is_symlink() => return Some((folder, InTheWay::Link)),
+            Ok(_) => return Some((folder, InTheWay::NoFolder)),
             // Missing, or under a file (ENOTDIR): that file is found further up.
             Err(err)
                 if matches!(

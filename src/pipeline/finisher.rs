@@ -858,15 +858,11 @@ struct Dispose {
 /// mirrored folder must be (`archive/dir.yaml`, a manifest archived earlier, and now a folder
 /// `dir.yaml/` of manifests in the inbox): the move is tried again every few minutes and
 /// succeeds once that file is moved away.
-fn archive_error(err: &output::OutputError) -> String {
+fn archive_error(err: &output::OutputError, archive: &Path) -> String {
     match err {
         output::OutputError::Io { path, cause } if cause.raw_os_error() == Some(libc::ENOTDIR) => {
-            let blocker = path
-                .ancestors()
-                .skip(1)
-                .find(|dir| std::fs::symlink_metadata(dir).is_ok_and(|m| !m.is_dir()));
-            match blocker {
-                Some(file) => format!(
+            match output::in_the_way(path, archive) {
+                Some((file, _)) => format!(
                     "{err}; the file {} stands where the archive needs a folder: move it away (or rename it), and the manifest is archived at the next try",
                     crate::text::Escaped::path(file)
                 ),
@@ -923,7 +919,7 @@ impl Dispose {
             OnManifestDone::Archive => {
                 let archived = if is_processed && src.is_file() {
                     let dest = output::move_mirrored(&folders.inbox, &src, &folders.archive)
-                        .map_err(|e| archive_error(&e))?;
+                        .map_err(|e| archive_error(&e, &folders.archive))?;
                     if still_processed(&dest) {
                         Some(dest)
                     } else {
@@ -940,7 +936,7 @@ impl Dispose {
                     // the processed version kept at intake.
                     Some(
                         output::move_mirrored(&folders.copies, &copy, &folders.archive)
-                            .map_err(|e| archive_error(&e))?,
+                            .map_err(|e| archive_error(&e, &folders.archive))?,
                     )
                 } else {
                     None
