@@ -779,30 +779,9 @@ impl Bench {
     fn rss(&self, sizes: [usize; 2], runs: usize, notes: &mut Notes) -> Result<Vec<Row>> {
         let mut peaks = Vec::new();
         for &n in &sizes {
-            let mut mb = Vec::new();
-            for run in 0..runs.max(1) {
-                let emu = rss_emulator()?;
-                let work = self.workdir()?;
-                work.write_config(&emu.base_url(), &self.unlimited)?;
-                work.write_manifest("big.yaml", "m", n)?;
-                let r = self.run_daemon(&work)?;
-                let stats = emu.stats();
-                let peak = r.hwm_kib as f64 / 1024.0;
-                notes.add(format!(
-                    "rss {} images run {}: peak RSS {:.1} MB, reached {:.0} s in; wall {:.1} s ({:.0} images/s); daemon CPU {:.2} ms/image; exit {}; {}",
-                    n,
-                    run + 1,
-                    peak,
-                    r.hwm_at.as_secs_f64(),
-                    r.wall.as_secs_f64(),
-                    n as f64 / r.wall.as_secs_f64(),
-                    r.cpu.as_secs_f64() * 1000.0 / n as f64,
-                    exit_text(r.status),
-                    stats_text(&stats)
-                ));
-                mb.push(peak);
-                work.finish(notes);
-            }
+            let mb = self.peak_rss_runs("rss", n, runs, notes, |work| {
+                work.write_manifest("big.yaml", "m", n)
+            })?;
             peaks.push((n, median(&mb)));
         }
         let (small_n, small) = peaks[0];
@@ -825,27 +804,9 @@ impl Bench {
     /// Peak RSS of a manifest whose every image has operations of its own (no two alike),
     /// processed to the end: the validated rows hold a body each until registered.
     fn rss_rows(&self, n: usize, runs: usize, notes: &mut Notes) -> Result<Vec<Row>> {
-        let mut mb = Vec::new();
-        for run in 0..runs.max(1) {
-            let emu = rss_emulator()?;
-            let work = self.workdir()?;
-            work.write_config(&emu.base_url(), &self.unlimited)?;
-            work.write_manifest_own_operations("rows.yaml", "r", n)?;
-            let r = self.run_daemon(&work)?;
-            let peak = r.hwm_kib as f64 / 1024.0;
-            notes.add(format!(
-                "rss-rows {} images run {}: peak RSS {:.1} MB, reached {:.0} s in; wall {:.1} s; exit {}; {}",
-                n,
-                run + 1,
-                peak,
-                r.hwm_at.as_secs_f64(),
-                r.wall.as_secs_f64(),
-                exit_text(r.status),
-                stats_text(&emu.stats())
-            ));
-            mb.push(peak);
-            work.finish(notes);
-        }
+        let mb = self.peak_rss_runs("rss-rows", n, runs, notes, |work| {
+            work.write_manifest_own_operations("rows.yaml", "r", n)
+        })?;
         let peak = median(&mb);
         Ok(vec![Row {
             figure: "peak RSS of the daemon (VmHWM), per-image operations",
@@ -854,6 +815,42 @@ impl Bench {
             target: "≤ 100 MB",
             met: Some(peak <= 100.0),
         }])
+    }
+
+    /// `runs` runs of the daemon on a manifest of `n` images that `write_manifest` puts in
+    /// a fresh tree, unlimited, to the end; the peak RSS (MB) of each, each noted under `label`.
+    fn peak_rss_runs(
+        &self,
+        label: &str,
+        n: usize,
+        runs: usize,
+        notes: &mut Notes,
+        write_manifest: impl Fn(&Work) -> Result<()>,
+    ) -> Result<Vec<f64>> {
+        let mut mb = Vec::new();
+        for run in 0..runs.max(1) {
+            let emu = rss_emulator()?;
+            let work = self.workdir()?;
+            work.write_config(&emu.base_url(), &self.unlimited)?;
+            write_manifest(&work)?;
+            let r = self.run_daemon(&work)?;
+            let peak = r.hwm_kib as f64 / 1024.0;
+            notes.add(format!(
+                "{label} {} images run {}: peak RSS {:.1} MB, reached {:.0} s in; wall {:.1} s ({:.0} images/s); daemon CPU {:.2} ms/image; exit {}; {}",
+                n,
+                run + 1,
+                peak,
+                r.hwm_at.as_secs_f64(),
+                r.wall.as_secs_f64(),
+                n as f64 / r.wall.as_secs_f64(),
+                r.cpu.as_secs_f64() * 1000.0 / n as f64,
+                exit_text(r.status),
+                stats_text(&emu.stats())
+            ));
+            mb.push(peak);
+            work.finish(notes);
+        }
+        Ok(mb)
     }
 
     // ---- row 6 -------------------------------------------------------------------------
