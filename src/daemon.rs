@@ -1076,7 +1076,7 @@ fn key_digest(config: &Config) -> Option<String> {
 /// (`storages.NAME.credentials_file`) and each alert sink's URL file (`alerts.NAME.url_file`,
 /// whose URL is read at start: a rotated webhook URL was said to be reloaded, and alerts kept
 /// going to the old one).
-fn secret_file_digests(config: &Config) -> std::collections::BTreeMap<String, Option<String>> {
+fn secret_file_digests(config: &Config) -> std::collections::BTreeMap<String, SecretFile> {
     use sha2::Digest;
     let digest = |path: Option<&Path>| {
         path.and_then(|path| std::fs::read(path).ok())
@@ -1085,16 +1085,50 @@ fn secret_file_digests(config: &Config) -> std::collections::BTreeMap<String, Op
     let storages = config.storages.iter().map(|(name, entry)| {
         (
             format!("storages.{name}.credentials_file"),
-            digest(entry.credentials_file.as_deref()),
+            SecretFile {
+                section: format!("storages.{name}"),
+                changed: "the keys in it changed",
+                digest: digest(entry.credentials_file.as_deref()),
+            },
         )
     });
     let sinks = config.alerts.iter().map(|sink| {
         (
             format!("alerts.{}.url_file", sink.name),
-            digest(Some(&sink.url_file)),
+            SecretFile {
+                section: format!("alerts.{}", sink.name),
+                changed: "the URL in it changed",
+                digest: digest(Some(&sink.url_file)),
+            },
         )
     });
     storages.chain(sinks).collect()
+}
+
+/// A file the config reads a secret from, as a SIGHUP compares it with the one in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SecretFile {
+    /// The config section a restart applies it with (a change there is named already).
+    section: String,
+    /// What a new digest means, for `not_applied`.
+    changed: &'static str,
+    /// SHA-256 of its content; `None` when it cannot be read.
+    digest: Option<String>,
+}
+
+impl SecretFile {
+    /// Whether the changed config key `key` names this file's section already (`storages`,
+    /// `storages.NAME…`; `alerts`, `alerts.NAME…`).
+    fn named_by(&self, key: &str) -> bool {
+        // One is the other, or holds it: a whole part of a dotted key, never a part's start
+        // (`storages.catalogue` is another storage than `storages.catalog`).
+        let within = |inner: &str, outer: &str| {
+            inner
+                .strip_prefix(outer)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+        };
+        within(key, &self.section) || within(&self.section, key)
+    }
 }
 
 /// How long a SIGHUP's reading of the config and the files it names may take: a file on a
@@ -1107,7 +1141,7 @@ const RELOAD_READ_LIMIT: Duration = Duration::from_secs(5);
 struct ReloadRead {
     loaded: Result<(Config, Vec<String>), crate::config::ConfigError>,
     key: Option<String>,
-    secret_files: std::collections::BTreeMap<String, Option<String>>,
+    secret_files: std::collections::BTreeMap<String, SecretFile>,
 }
 
 /// A SIGHUP's reading of the config ([`read_for_reload`]).
@@ -1186,7 +1220,7 @@ fn reload(
     running: &mut Config,
     (key_in_force, secret_files_in_force): (
         Option<&str>,
-        &std::collections::BTreeMap<String, Option<String>>,
+        &std::collections::BTreeMap<String, SecretFile>,
     ),
     read: Option<Result<ReloadRead, String>>,
 ) {
@@ -1225,22 +1259,13 @@ fn reload(
                 restart.push("api.api_key_file (the key in it changed)".to_owned());
             }
             // The same credentials or URL file with other keys or another URL in it.
-            for (file_key, digest) in secret_files {
-                let section = file_key.split('.').take(2).collect::<Vec<_>>().join(".");
-                let top = file_key.split('.').next().unwrap_or_default();
+            for (file_key, file) in secret_files {
                 if secret_files_in_force
                     .get(&file_key)
-                    .is_some_and(|running| *running != digest)
-                    && !restart
-                        .iter()
-                        .any(|key| key.starts_with(&section) || key == top)
+                    .is_some_and(|running| running.digest != file.digest)
+                    && !restart.iter().any(|key| file.named_by(key))
                 {
-                    let what = if top == "alerts" {
-                        "the URL in it changed"
-                    } else {
-                        "the keys in it changed"
-                    };
-                    restart.push(format!("{file_key} ({what})"));
+                    restart.push(format!("{file_key} ({})", file.changed));
                 }
             }
             pipeline.reload(config.profiles.clone(), policies(&config), config.limits);
@@ -1568,6 +1593,22 @@ impl Progress {
 
 #[cfg(test)]
 mod tests {
+    /// A SIGHUP names a changed secret file only when no changed key names its section already.
+    #[test]
+    fn a_secret_file_is_named_by_its_section_or_a_key_above_it() {
+        let file = super::SecretFile {
+            section: "storages.catalog".to_owned(),
+            changed: "the keys in it changed",
+            digest: None,
+        };
+        assert!(file.named_by("storages"));
+        assert!(file.named_by("storages.catalog"));
+        assert!(file.named_by("storages.catalog.credentials_file"));
+        assert!(!file.named_by("storages.cat"));
+        assert!(!file.named_by("storages.catalogue"));
+        assert!(!file.named_by("alerts"));
+    }
+
     use super::*;
 
     /// The fix a folder error suggests follows its cause: a read-only file system is no
