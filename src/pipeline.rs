@@ -274,7 +274,7 @@ pub fn local_input_gone(
         return None;
     }
     Some(format!(
-        "job {id} is not replayed: its input `{}` is no longer in the inbox (a folder recipe's image moves to the archive once made); put the file back at that path, then replay it",
+        "job {id} is not replayed: its input `{}` is no longer in the inbox (a folder recipe's image moves to the archive once made, or to rejected/ when its edit failed); put the file back at that path, then replay it",
         crate::text::escape(&job.input)
     ))
 }

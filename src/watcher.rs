@@ -751,6 +751,8 @@ fn walk(root: &Path, reported: &mut Reported) -> std::io::Result<Vec<Found>> {
                     links.warn_once(&path, LinkKind::OtherFormat);
                 } else if with_an_extra_extension(&name) {
                     links.warn_once(&path, LinkKind::ExtraExtension);
+                } else if left_under_a_temporary_name(&name, &entry) {
+                    links.warn_once(&path, LinkKind::LeftTemporary);
                 }
                 continue;
             };
@@ -815,6 +817,8 @@ enum LinkKind {
     /// Not a link: a manifest saved with an extra extension (`shoes.yaml.txt`, as Notepad
     /// saves it).
     ExtraExtension,
+    /// A manifest left under an upload's temporary name ([`left_under_a_temporary_name`]).
+    LeftTemporary,
     /// Not a link: a manifest's name on something that is no regular file (a pipe, a socket,
     /// a device).
     NotAFile,
@@ -839,6 +843,29 @@ fn is_misnamed_recipe(path: &str) -> bool {
             name.to_ascii_lowercase().as_str(),
             ".claid.yml" | ".claid.json" | ".claid.yaml"
         )
+}
+
+/// How long a manifest may lie under an upload's temporary name before it is named in a WARN:
+/// far longer than any copy takes, so a file being written is never named.
+const LEFT_TEMPORARY_AFTER: Duration = Duration::from_secs(10 * 60);
+
+/// Whether a file is a manifest under an upload's or a download's temporary name
+/// (`shoes.yaml.part`, `.tmp`, `.crdownload`) unchanged for [`LEFT_TEMPORARY_AFTER`]: a copy
+/// that never renamed it into place, so it is never read. Not editors' swap and backup files
+/// (`.swp`, `…~`), which lie beside the manifests they belong to as long as they like.
+fn left_under_a_temporary_name(name: &std::ffi::OsStr, entry: &std::fs::DirEntry) -> bool {
+    let lower = String::from_utf8_lossy(name.as_encoded_bytes()).to_ascii_lowercase();
+    let Some(base) = [".part", ".tmp", ".crdownload"]
+        .iter()
+        .find_map(|ext| lower.strip_suffix(ext))
+    else {
+        return false;
+    };
+    is_manifest_name(Path::new(base))
+        && entry
+            .metadata()
+            .and_then(|meta| meta.modified())
+            .is_ok_and(|at| at.elapsed().is_ok_and(|age| age >= LEFT_TEMPORARY_AFTER))
 }
 
 /// Whether a file's name is a manifest's with `.txt` added (`shoes.yaml.txt`): what an editor
@@ -922,6 +949,10 @@ impl LinkWarnings<'_> {
             LinkKind::ExtraExtension => warn!(
                 path = %path,
                 "A file in the inbox looks like a manifest saved with an extra `.txt` (an editor added it); it is left alone. Manifests end in .yaml, .yml or .json: rename it"
+            ),
+            LinkKind::LeftTemporary => warn!(
+                path = %path,
+                "A manifest has lain under a temporary name (`.part`, `.tmp`, `.crdownload`) unchanged for 10 minutes; files under such names are never read (they are still being written): if the copy is complete, rename it without that ending"
             ),
             LinkKind::ImageNotAFile => warn!(
                 path = %path,

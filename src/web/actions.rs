@@ -290,11 +290,16 @@ fn rerun(
         &name,
         &crate::filename::FsLimits::of(&dir),
     ));
-    // A file rejected again was kept as `name.1.yaml`: its error file names where it came
-    // from, and it goes back there (outputs and reports under its own name), when free.
+    // A file rejected again was kept as `name.1.yaml` (a recipe's image as `name.1.png`): its
+    // error file names where it came from, and it goes back there (outputs and reports under
+    // its own name), when free.
     let error_text = std::fs::read_to_string(&error_file).ok();
     let origin = error_text.as_deref().and_then(|text| {
-        let first = text.lines().next()?.strip_prefix("manifest: ")?.to_owned();
+        let line = text.lines().next()?;
+        let first = line
+            .strip_prefix("manifest: ")
+            .or_else(|| line.strip_prefix("image: "))?
+            .to_owned();
         // Written escaped (a newline in the name as `\n`): the name itself, not its escape.
         let first = crate::text::unescape(&first).unwrap_or(first);
         let named = std::path::Path::new(&first);
@@ -358,6 +363,30 @@ mod tests {
         assert_eq!(dest, inbox.join(name));
         assert!(inbox.join(name).is_file());
         assert!(!error_file.exists(), "its error file is removed");
+    }
+
+    /// A recipe's image rejected twice (kept as `x.1.png`) goes back under its own name, which
+    /// its error file gives, relative or absolute (it went back as `x.1.png`, and its output
+    /// was `x.1.jpg`).
+    #[test]
+    fn a_recipe_image_rejected_twice_goes_back_under_its_own_name() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (rejected, inbox) = (dir.path().join("rejected"), dir.path().join("inbox"));
+        std::fs::create_dir_all(rejected.join("rec")).expect("rejected");
+        std::fs::create_dir_all(inbox.join("rec")).expect("inbox");
+        for (kept, named) in [
+            ("rec/x.1.png", "rec/x.png".to_owned()),
+            ("rec/y.1.png", inbox.join("rec/y.png").display().to_string()),
+        ] {
+            std::fs::write(rejected.join(kept), b"png").expect("file");
+            std::fs::write(
+                rejected.join(format!("{kept}.error.txt")),
+                format!("image: {named}\nrecipe: rec/.claid.yaml\n\nthe reason\n"),
+            )
+            .expect("error file");
+            let dest = rerun(&rejected, &inbox, kept).expect("moved back");
+            assert_eq!(dest, inbox.join(kept.replace(".1.", ".")), "{kept}");
+        }
     }
 
     /// The error file is removed before the move (after it, it could be the one the daemon had

@@ -259,6 +259,43 @@ async fn a_manifest_with_an_extra_extension_or_on_a_pipe_is_named_not_skipped_si
     assert_eq!(env.stats().submits, 0);
 }
 
+/// A manifest left under an upload's temporary name (`.part`, `.tmp`) for 10 minutes is named
+/// once in a WARN (an upload that never renamed it lay unseen); one being written (fresh) and
+/// editors' backup and swap files are not named.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_manifest_left_under_a_temporary_name_is_named_once_it_is_stale() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let body = b"images:\n  - input: storage://demo/a-64x48.png\n";
+    let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    for name in [
+        "left.yaml.part",
+        "left2.json.tmp",
+        "backup.yaml~",
+        ".x.yaml.swp",
+    ] {
+        let path = env.drop_file(name, body);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|file| file.set_modified(an_hour_ago))
+            .expect("mtime");
+    }
+    env.drop_file("fresh.yaml.part", body);
+    let (code, stderr) = env.run_once(&env.config("", "")).await;
+    assert_eq!(code, 0, "{stderr}");
+    let named: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("lain under a temporary name"))
+        .collect();
+    assert_eq!(named.len(), 2, "{stderr}");
+    assert!(
+        named.iter().any(|l| l.contains("left.yaml.part"))
+            && named.iter().any(|l| l.contains("left2.json.tmp")),
+        "{stderr}"
+    );
+    assert_eq!(env.stats().submits, 0);
+}
+
 /// Two manifests whose names differ only in bytes that are not UTF-8 get an error file each
 /// (the names were made lossy and both wrote one file), and an error file never carries the
 /// raw control characters of a manifest's name.

@@ -761,3 +761,35 @@ async fn a_manifest_listing_a_recipe_folders_images_is_refused_and_the_recipe_st
         "each image made once, by the recipe"
     );
 }
+
+/// A recipe image whose edit failed moves to `rejected/` with an error file whose advice
+/// holds there: move it back into its folder. It said "Retry it with `replay --failed`",
+/// which refuses an image no longer in the inbox (75), and the refusal said such images move
+/// to the archive.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recipe_image_whose_edit_failed_is_told_how_to_try_again_from_rejected() {
+    let env = TestEnv::new(Scenario::default()).await;
+    env.drop_file("r/.claid.yaml", RECIPE.as_bytes());
+    env.drop_file("r/ok.png", &png(640, 480));
+    env.drop_file("r/corrupt-x.png", &png(640, 480));
+    let config = env.config("", "");
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 2, "one image failed:\n{stderr}");
+    assert_eq!(dimensions(&env.outbox.join("r/ok.jpg")), (200, 100));
+    assert!(env.rejected.join("r/corrupt-x.png").is_file(), "{stderr}");
+    let text = std::fs::read_to_string(env.rejected.join("r/corrupt-x.png.error.txt"))
+        .expect("error file");
+    assert!(
+        text.contains("move it back into its recipe folder")
+            && text.contains("`replay --failed` refuses it while it is here"),
+        "{text}"
+    );
+    let config_arg = config.to_str().expect("utf-8");
+    let (code, out, err) =
+        crate::support::cli(&["replay", "--config", config_arg, "--failed"]).await;
+    assert_eq!(code, 75, "{out}{err}");
+    assert!(
+        out.contains("or to rejected/ when its edit failed"),
+        "{out}{err}"
+    );
+}
