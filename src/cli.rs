@@ -1164,6 +1164,14 @@ fn cmd_plan(config_path: &Path, file: &Path) -> anyhow::Result<i32> {
     if let Some(why) = no_store {
         println!("(unchanged images were not detected: {why})");
     }
+    if !file.starts_with(&config.folders.inbox) {
+        // Its place in the inbox decides its outputs and which images are unchanged.
+        println!(
+            "({} is outside the inbox: planned as if dropped at the top of the inbox, as `{}`; dropped into a folder of the inbox, its outputs go under that folder, and its unchanged images are those of that path.)",
+            Escaped::path(&file),
+            Escaped::str(&file.file_name().unwrap_or_default().to_string_lossy())
+        );
+    }
     Ok(exit::OK)
 }
 

@@ -135,6 +135,26 @@ async fn plan_counts_new_and_unchanged_images_without_calling_the_api() {
     .await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("3 images: 1 to process, 2 unchanged"), "{out}");
+    assert!(!out.contains("outside the inbox"), "{out}");
+    // A copy outside the inbox is planned as if at the inbox's top, and says so (it said
+    // nothing, and a file meant for a subfolder was planned with another folder's outputs).
+    let outside = env.dir.path().join("staging/p.yaml");
+    std::fs::create_dir_all(outside.parent().expect("parent")).expect("dir");
+    std::fs::copy(&changed, &outside).expect("copy");
+    let (code, out, err) = cli(&[
+        "plan",
+        outside.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(
+            "is outside the inbox: planned as if dropped at the top of the inbox, as `p.yaml`"
+        ),
+        "{out}"
+    );
     assert_eq!(env.stats().requests, before, "plan makes no API call");
 }
 
