@@ -576,9 +576,11 @@ fn validate_config_file(file: &Path) -> (bool, Option<i32>) {
             }
             // The files the daemon reads at start, read as it reads them; a systemd credential
             // (`/run/credentials/…`) exists only for the running service and is left to it.
+            // Every problem is told (what, the message, its exit code), not the first alone.
             let credential = |path: Option<&Path>| {
                 path.is_some_and(|p| p.starts_with("/run/credentials/") && !p.exists())
             };
+            let mut problems: Vec<(&str, String, i32)> = Vec::new();
             if let Some(hook) = &config.webhook {
                 if credential(hook.secret_file.as_deref()) {
                     println!(
@@ -586,11 +588,11 @@ fn validate_config_file(file: &Path) -> (bool, Option<i32>) {
                     );
                 } else {
                     match crate::webhook::Secret::load(hook) {
-                        Err(err) => {
-                            println!("{}: webhook problem", file.display());
-                            println!("  {err}");
-                            return (false, Some(crate::exit::of_webhook(&err)));
-                        }
+                        Err(err) => problems.push((
+                            "webhook",
+                            err.to_string(),
+                            crate::exit::of_webhook(&err),
+                        )),
                         Ok(secret) => {
                             if let Some(weakness) = secret.weakness() {
                                 println!("  warning: {weakness}");
@@ -606,15 +608,15 @@ fn validate_config_file(file: &Path) -> (bool, Option<i32>) {
             } else {
                 match config::load_api_key(&config.api) {
                     Err(err) => {
-                        println!("{}: API key problem", file.display());
-                        println!("  {err}");
-                        return (false, Some(crate::exit::of_config(&err)));
+                        problems.push(("API key", err.to_string(), crate::exit::of_config(&err)))
                     }
                     // The start refuses it too (`embedded` needs no key).
                     Ok(None) if !matches!(config.api.base_url, config::BaseUrl::Embedded) => {
-                        println!("{}: API key problem", file.display());
-                        println!("  {}", daemon::FatalError::NoApiKey);
-                        return (false, Some(crate::exit::USAGE));
+                        problems.push((
+                            "API key",
+                            daemon::FatalError::NoApiKey.to_string(),
+                            crate::exit::USAGE,
+                        ));
                     }
                     Ok(_) => {
                         if let Some(warning) = config::api_key_exposure(&config.api) {
@@ -630,45 +632,46 @@ fn validate_config_file(file: &Path) -> (bool, Option<i32>) {
             }
             // The admin socket's path: the start refuses one that names anything but a socket.
             if let Some(err) = crate::admin::not_a_socket(&config.admin.socket) {
-                println!("{}: admin problem", file.display());
-                println!("  {err}");
-                return (false, Some(crate::exit::USAGE));
+                problems.push(("admin", err.to_string(), crate::exit::USAGE));
             }
-            // The dashboard's users and token files, and the alert sinks' URL files.
-            let start_problem = match &config.web {
-                Some(web) if !credential(web.token_file.as_deref()) => {
-                    crate::web::auth::Auth::new(web)
-                        .err()
-                        .map(|err| ("dashboard", daemon::FatalError::Web(err)))
+            // The dashboard's users and token files, and each alert sink's URL file.
+            if let Some(web) = &config.web
+                && !credential(web.token_file.as_deref())
+                && let Err(err) = crate::web::auth::Auth::new(web)
+            {
+                let err = daemon::FatalError::Web(err);
+                problems.push(("dashboard", err.to_string(), crate::exit::of_fatal(&err)));
+            }
+            for sink in config
+                .alerts
+                .iter()
+                .filter(|sink| !credential(Some(&sink.url_file)))
+            {
+                if let Err(err) = crate::alerts::check_sinks(std::slice::from_ref(sink)) {
+                    let err = daemon::FatalError::Alerts(err);
+                    problems.push(("alert", err.to_string(), crate::exit::of_fatal(&err)));
                 }
-                _ => None,
-            }
-            .or_else(|| {
-                let sinks: Vec<_> = config
-                    .alerts
-                    .iter()
-                    .filter(|sink| !credential(Some(&sink.url_file)))
-                    .cloned()
-                    .collect();
-                crate::alerts::check_sinks(&sinks)
-                    .err()
-                    .map(|err| ("alert", daemon::FatalError::Alerts(err)))
-            });
-            if let Some((what, err)) = start_problem {
-                println!("{}: {what} problem", file.display());
-                println!("  {err}");
-                return (false, Some(crate::exit::of_fatal(&err)));
             }
             for warning in crate::storages::credential_warnings(&config.storages) {
                 println!("  warning: {warning}");
             }
-            if let Err(err) = check_storages(&config) {
-                println!("{}: storage problem", file.display());
-                println!("  {err}");
-                if let Some(hint) = err.hint() {
-                    println!("  hint: {hint}");
+            // The storages are looked at over the network: only once the rest is right.
+            if problems.is_empty()
+                && let Err(err) = check_storages(&config)
+            {
+                let text = match err.hint() {
+                    Some(hint) => format!("{err}\n  hint: {hint}"),
+                    None => err.to_string(),
+                };
+                problems.push(("storage", text, err.exit_code()));
+            }
+            if let Some((_, _, code)) = problems.first() {
+                let code = *code;
+                for (what, text, _) in problems {
+                    println!("{}: {what} problem", file.display());
+                    println!("  {text}");
                 }
-                return (false, Some(err.exit_code()));
+                return (false, Some(code));
             }
             println!("{}: ok (config)", file.display());
             if config.api.unreachable_timeout < config.api.request_timeout {

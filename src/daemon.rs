@@ -1319,8 +1319,10 @@ fn would_not_start(config: &Config) -> Vec<String> {
     if let Err(err) = crate::config::load_api_key(&config.api) {
         problems.push(err.to_string());
     }
-    if let Err(err) = crate::alerts::check_sinks(&config.alerts) {
-        problems.push(err.to_string());
+    for sink in &config.alerts {
+        if let Err(err) = crate::alerts::check_sinks(std::slice::from_ref(sink)) {
+            problems.push(err.to_string());
+        }
     }
     // The webhook listener's secret and the dashboard's token and users files: the start
     // reads them and refuses to run without them (a reload took a missing one with a WARN,

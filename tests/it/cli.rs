@@ -1117,6 +1117,31 @@ async fn validate_reads_the_dashboard_and_alert_files_as_the_start_would() {
     let config = env.config("", &alert("good-url"));
     let (code, out, err) = cli(&["validate", config.to_str().unwrap()]).await;
     assert_eq!(code, 0, "{out}{err}");
+    // Every bad file at once is told at once (the first alone was, one fix and run per file).
+    let config = env.config(
+        "",
+        &format!(
+            "{}alerts:\n  - {{ name: one, url_file: {} }}\n  - {{ name: two, url_file: {} }}\nwebhook:\n  listen: 127.0.0.1:{}\n  secret_file: {}\n",
+            web("token_file", "no-token"),
+            dir.join("no-url").display(),
+            dir.join("ftp-url").display(),
+            crate::support::free_port(),
+            dir.join("no-secret").display()
+        ),
+    );
+    let (code, out, err) = cli(&["validate", config.to_str().unwrap()]).await;
+    assert_ne!(code, 0, "{out}{err}");
+    for needle in [
+        "webhook problem",
+        "no-secret",
+        "dashboard problem",
+        "no-token",
+        "no-url",
+        "ftp-url",
+    ] {
+        assert!(out.contains(needle), "{needle}: {out}");
+    }
+    assert_eq!(out.matches("alert problem").count(), 2, "{out}");
 }
 
 /// A command whose output pipe closes early stops quietly (141, as the shell's tools do
