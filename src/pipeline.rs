@@ -974,6 +974,8 @@ impl Handle {
             .map(|p| (p.submitter.clone(), p.tracker.clone()));
         if let Some((submitter, tracker)) = parts {
             if shared.webhooks.is_some() {
+                // Counted again once the kept announcements are handed over: those adopt some.
+                let held_ids: Vec<JobId> = held.iter().map(|job| job.owner.1).collect();
                 shared.dispatch.hold(held);
                 shared.dispatch.lost_batch_jobs(lost_batch);
                 // Jobs failed as task-timeout before this start: their task's late
@@ -1006,6 +1008,18 @@ impl Handle {
                         return Ok(summary);
                     }
                 }
+                // Jobs held in an earlier life that such an announcement delivered are held no
+                // more: the start's summary and `run --once`'s last line said they still were.
+                let mut adopted = 0;
+                for id in held_ids {
+                    if !matches!(
+                        store.job(id).await?.map(|job| job.state),
+                        Some(crate::store::JobState::InDoubt { .. })
+                    ) {
+                        adopted += 1;
+                    }
+                }
+                summary.still_held = summary.still_held.saturating_sub(adopted);
                 let shared = self.shared.clone();
                 let submitter = submitter.clone();
                 tracker.spawn(async move {

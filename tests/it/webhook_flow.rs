@@ -1266,3 +1266,51 @@ async fn a_submit_accepted_with_an_unreadable_answer_is_held_across_a_crash_neve
         assert_eq!(report["counts"]["in-doubt"], 2, "{api}: held: {report:#}");
     }
 }
+
+/// Jobs held in doubt in an earlier life whose task's webhook the store kept (an older
+/// daemon could not match its echoed request; put there by hand here) are delivered at the
+/// start, and the start's summary and `run --once`'s last line no longer count them as held:
+/// they said `still_held=1` and `held_from_before=1` for a job just delivered.
+#[tokio::test(flavor = "multi_thread")]
+async fn jobs_held_before_that_a_kept_webhook_delivers_are_not_told_as_held() {
+    let port = free_port();
+    let env = TestEnv::new(
+        Scenario::default()
+            .drop_share(1.0)
+            .first_task_id(4242)
+            .latency(Latency::Fixed(Duration::from_millis(100))),
+    )
+    .await;
+    env.drop_file("m.yaml", manifest(1, "k").as_bytes());
+    let config = env.config(
+        "batch: { max_images: 1 }",
+        &format!("{}in_doubt: hold\n", webhook_section(&env, port, "1s")),
+    );
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 2, "held in doubt: {stderr}");
+    assert_eq!(env.stats().submits, 1);
+    // The task its lost answer created, as its webhook announces it (Claid's own object).
+    let body = env
+        .emulator_result_when_done("image/edit/async/4242", DEADLINE)
+        .await;
+    {
+        let store = claid_hotfolder::store::Store::open(&env.state).expect("store");
+        store
+            .keep_announcement(
+                claid_hotfolder::claid::wire::TaskRef::Async(4242),
+                body.as_bytes(),
+            )
+            .await
+            .expect("kept");
+    }
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    all_done(&env, 1);
+    assert!(
+        stderr.contains("Webhooks that came before a crash were handed to their jobs"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("still_held=0"), "{stderr}");
+    assert!(stderr.contains("held_from_before=0"), "{stderr}");
+    assert_eq!(env.stats().submits, 1, "never sent again");
+}
