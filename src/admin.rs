@@ -269,12 +269,13 @@ pub async fn status_view(
             runs.insert(*id, (m, *c));
         }
     }
-    // One more than listed, to tell whether older runs are left out.
-    let mut recent = store.recent_manifests(STATUS_RECENT + 1).await?;
-    let older_runs_not_listed = recent.len() > STATUS_RECENT
-        && recent.pop().is_some_and(|(id, m)| {
-            m.counts.is_some() && !counts.active.iter().any(|(active, _)| *active == id)
-        });
+    // Beyond the newest STATUS_RECENT records, enough more to pass every active run (listed
+    // anyway): a finished run among them is one left out.
+    let mut recent = store
+        .recent_manifests(STATUS_RECENT + counts.active.len() + 1)
+        .await?;
+    let older = recent.split_off(recent.len().min(STATUS_RECENT));
+    let older_runs_not_listed = older.iter().any(|(_, m)| m.counts.is_some());
     for (id, m) in recent {
         if let Some(c) = m.counts {
             runs.entry(id).or_insert((m, c));

@@ -1328,7 +1328,7 @@ fn cmd_status(config_path: &Path, json: bool) -> anyhow::Result<i32> {
     }
     if view.older_runs_not_listed {
         println!(
-            "Older finished runs are not listed (every active run and the newest {} are): their reports are in the outbox, and `jobs --manifest PATH` lists a file's jobs.",
+            "Older finished runs are not listed (every active run is, and the finished ones among the newest {} runs): their reports are in the outbox (or beside the archived manifest, where the outbox refused one), and `jobs --manifest PATH` lists a file's jobs.",
             admin::STATUS_RECENT
         );
     }

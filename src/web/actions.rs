@@ -300,8 +300,14 @@ fn rerun(
             .strip_prefix("manifest: ")
             .or_else(|| line.strip_prefix("image: "))?
             .to_owned();
-        // Written escaped (a newline in the name as `\n`): the name itself, not its escape.
-        let first = crate::text::unescape(&first).unwrap_or(first);
+        // Written escaped (a newline in the name as `\n`): the name itself, not its escape. One
+        // that cannot be read back (a name that is no UTF-8, written `\xe9`) names no origin:
+        // the file goes back under the name it has here, never under its escape.
+        let first = if first.contains('\\') {
+            crate::text::unescape(&first)?
+        } else {
+            first
+        };
         let named = std::path::Path::new(&first);
         let rel = if named.is_absolute() {
             named.strip_prefix(inbox).ok()?.to_owned()
@@ -387,6 +393,25 @@ mod tests {
             let dest = rerun(&rejected, &inbox, kept).expect("moved back");
             assert_eq!(dest, inbox.join(kept.replace(".1.", ".")), "{kept}");
         }
+    }
+
+    /// An error file whose name cannot be read back (a name that is no UTF-8, written
+    /// `caf\xe9.png`) names no origin: the file goes back under the name it has in
+    /// `rejected/`, never under the escape taken literally (a file named `caf\xe9.png`).
+    #[test]
+    fn an_origin_that_cannot_be_read_back_is_not_taken_literally() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (rejected, inbox) = (dir.path().join("rejected"), dir.path().join("inbox"));
+        std::fs::create_dir_all(rejected.join("rec")).expect("rejected");
+        std::fs::create_dir_all(inbox.join("rec")).expect("inbox");
+        std::fs::write(rejected.join("rec/x.1.png"), b"png").expect("file");
+        std::fs::write(
+            rejected.join("rec/x.1.png.error.txt"),
+            "image: rec/caf\\xe9.png\n\nthe reason\n",
+        )
+        .expect("error file");
+        let dest = rerun(&rejected, &inbox, "rec/x.1.png").expect("moved back");
+        assert_eq!(dest, inbox.join("rec/x.1.png"));
     }
 
     /// The error file is removed before the move (after it, it could be the one the daemon had

@@ -1564,7 +1564,9 @@ async fn the_status_table_tells_runs_of_one_file_apart_and_says_when_it_leaves_r
     );
     assert!(!out.lines().any(|l| l.starts_with("m.yaml")), "{out}");
     assert!(
-        out.contains("Older finished runs are not listed (every active run and the newest 50 are)"),
+        out.contains(
+            "Older finished runs are not listed (every active run is, and the finished ones among the newest 50 runs)"
+        ),
         "{out}"
     );
     assert_eq!(status_json(&config).await["older_runs_not_listed"], true);

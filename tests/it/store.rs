@@ -1183,3 +1183,43 @@ fn open_raw(path: &std::path::Path) -> sled::Db {
         }
     }
 }
+
+/// `status` lists every active run and the finished ones among the newest 50 records, and says
+/// when it leaves a finished run out, also when the record just past the 50 is an active run
+/// (held in doubt for days, say) and the finished one lies beyond it: only the 51st was looked
+/// at, and the older run was left out without a word.
+#[tokio::test]
+async fn status_says_it_leaves_out_a_finished_run_that_lies_beyond_an_active_one() {
+    let (_dir, store) = open_tmp();
+    let (oldest, _) = register(&store, manifest("oldest.yaml"), vec![job(0, "k-oldest")]).await;
+    store
+        .end_run(oldest, RunEnd::Finished, false)
+        .await
+        .unwrap();
+    let (held, _) = register(&store, manifest("held.yaml"), vec![job(0, "k-held")]).await;
+    let view = claid_hotfolder::admin::status_view(&store, None)
+        .await
+        .unwrap();
+    assert!(!view.older_runs_not_listed, "2 runs: all listed");
+    for i in 0..50 {
+        let (id, _) = register(
+            &store,
+            manifest(&format!("r{i}.yaml")),
+            vec![job(0, &format!("k-r{i}"))],
+        )
+        .await;
+        store.end_run(id, RunEnd::Finished, false).await.unwrap();
+    }
+    let view = claid_hotfolder::admin::status_view(&store, None)
+        .await
+        .unwrap();
+    assert!(view.older_runs_not_listed, "the oldest run is left out");
+    let ids: Vec<u64> = view.manifests.iter().map(|m| m.id).collect();
+    assert!(ids.contains(&held), "every active run is listed: {ids:?}");
+    assert!(!ids.contains(&oldest), "{ids:?}");
+    assert_eq!(
+        ids.len(),
+        51,
+        "the active run and the 50 newest finished: {ids:?}"
+    );
+}
