@@ -985,6 +985,15 @@ fn cmd_plan(config_path: &Path, file: &Path) -> anyhow::Result<i32> {
     } else {
         file.parent().map(Path::to_path_buf).unwrap_or_default()
     };
+    // Its place in the inbox decides its outputs and which images are unchanged: said for a
+    // file outside it, whatever the plan finds.
+    let outside = (!file.starts_with(&config.folders.inbox)).then(|| {
+        format!(
+            "({} is outside the inbox: planned as if dropped at the top of the inbox, as `{}`, with its local inputs looked for beside it; dropped into a folder of the inbox, its outputs go under that folder, and its unchanged images are those of that path.)",
+            Escaped::path(&file),
+            Escaped::str(&file.file_name().unwrap_or_default().to_string_lossy())
+        )
+    });
     let load_ctx = manifest::LoadContext {
         inbox: &inbox,
         outbox: Some(&config.folders.outbox),
@@ -996,6 +1005,9 @@ fn cmd_plan(config_path: &Path, file: &Path) -> anyhow::Result<i32> {
         Ok(spec) => spec,
         Err(err) => {
             print!("{}", err.check_txt());
+            if let Some(outside) = &outside {
+                println!("{outside}");
+            }
             return Ok(exit::DATA_ERR);
         }
     };
@@ -1096,12 +1108,14 @@ fn cmd_plan(config_path: &Path, file: &Path) -> anyhow::Result<i32> {
             }
             "new"
         };
+        // Escaped as `jobs` shows them: a name derived from an input keeps a bidirectional
+        // override or a line separator, which would turn or break the line on a terminal.
         println!(
             "{:>6}  {:<9}  {:<50}  {}",
             job.idx,
             plan,
-            input,
-            job.output_rel.display()
+            Escaped::str(&input).to_string(),
+            Escaped::path(&job.output_rel)
         );
     }
     // With `api.staging`, local files are staged into the bucket (no API call) and submitted
@@ -1167,13 +1181,8 @@ fn cmd_plan(config_path: &Path, file: &Path) -> anyhow::Result<i32> {
     if let Some(why) = no_store {
         println!("(unchanged images were not detected: {why})");
     }
-    if !file.starts_with(&config.folders.inbox) {
-        // Its place in the inbox decides its outputs and which images are unchanged.
-        println!(
-            "({} is outside the inbox: planned as if dropped at the top of the inbox, as `{}`; dropped into a folder of the inbox, its outputs go under that folder, and its unchanged images are those of that path.)",
-            Escaped::path(&file),
-            Escaped::str(&file.file_name().unwrap_or_default().to_string_lossy())
-        );
+    if let Some(outside) = outside {
+        println!("{outside}");
     }
     Ok(exit::OK)
 }

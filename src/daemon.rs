@@ -244,6 +244,13 @@ pub async fn run(
     } else {
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
     };
+    // The key in force (a digest): a SIGHUP after the key file changed says the new key waits
+    // for a restart, as the client keeps the key it started with; likewise the storages' keys
+    // (the bucket clients keep theirs) and the alert sinks' URLs. Taken here, just before
+    // those files are read for use and before anything answers (the admin socket): a file
+    // rewritten once the socket answered was taken in force unseen, and its SIGHUP named
+    // nothing.
+    let in_force = (key_digest(&config), secret_file_digests(&config));
     let api_key = crate::config::load_api_key(&config.api)?;
     if let Some(warning) = crate::config::api_key_exposure(&config.api) {
         warn!("{warning}");
@@ -465,9 +472,16 @@ pub async fn run(
         if opts.once {
             run_once(&pipeline, &config, &opts).await
         } else {
-            run_watching(&pipeline, &config, &opts, &cancel, &mut inbox_claim, hangup)
-                .await
-                .map(|()| OnceEnd::Settled)
+            run_watching(
+                &pipeline,
+                &config,
+                &opts,
+                &cancel,
+                &mut inbox_claim,
+                (hangup, in_force),
+            )
+            .await
+            .map(|()| OnceEnd::Settled)
         }
     };
     tokio::pin!(work);
@@ -909,7 +923,10 @@ async fn run_watching(
     opts: &RunOptions,
     cancel: &CancellationToken,
     inbox_claim: &mut watcher::InboxClaim,
-    mut hangup: Option<tokio::signal::unix::Signal>,
+    (mut hangup, (key_in_force, secret_files_in_force)): (
+        Option<tokio::signal::unix::Signal>,
+        InForce,
+    ),
 ) -> Result<(), FatalError> {
     // The first scan is done before READY, so `systemctl start` returns once the inbox is known.
     // (Unreadable subfolders were named in a WARN; the daemon takes them in once readable.)
@@ -937,22 +954,17 @@ async fn run_watching(
             }
         })
     };
-    // The key in force (a digest): a SIGHUP after the key file changed says the new key waits
-    // for a restart, as the client keeps the key it started with. Likewise the storages' keys:
-    // the bucket clients keep the keys they started with. Read before the line that says the
-    // daemon watches (a change after it is one a SIGHUP names).
-    let key_in_force = key_digest(config);
-    let secret_files_in_force = secret_file_digests(config);
     info!(inbox = %config.folders.inbox.display(), "Watching the inbox");
     let watchdog = sd_notify::watchdog_enabled();
     let mut watchdog_tick =
         tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |d| d / 2));
     let mut status_tick = tokio::time::interval(STATUS_INTERVAL);
-    // The inbox's lock is looked at as often as the inbox is rescanned, first one period after
-    // the start (the claim was just made; an interval's first tick would come at once).
-    let claim_every = config.watch.rescan.max(Duration::from_secs(1));
-    let mut claim_tick =
-        tokio::time::interval_at(tokio::time::Instant::now() + claim_every, claim_every);
+    // The inbox's health and lock are looked at as often as the inbox is rescanned; the lock
+    // first one period after the start (the claim was just made: a lock file deleted in the
+    // start's first milliseconds was made again before a second daemon could be refused by
+    // the folder's lock), the health at once.
+    let mut claim_tick = tokio::time::interval(config.watch.rescan.max(Duration::from_secs(1)));
+    let mut claim_made_now = true;
     let mut taken = None;
     let mut stuck = None;
     // The config in force: what a SIGHUP's file is compared with.
@@ -1000,6 +1012,9 @@ async fn run_watching(
                     Ok(_) => Some(format!("the inbox {} is no folder any more; nothing dropped is taken in until it is one again", inbox.display())),
                     Err(err) => Some(format!("the inbox {} cannot be read ({}); nothing dropped is taken in until it is back", inbox.display(), crate::os_error::OsCause(&err))),
                 });
+                if std::mem::take(&mut claim_made_now) {
+                    continue;
+                }
                 if let Err(err) = inbox_claim.keep(&config.folders.inbox, &config.folders.state) {
                     // Another daemon took the inbox while its lock was gone: this one stops,
                     // or both would take in (and bill) every drop.
@@ -1104,6 +1119,14 @@ fn secret_file_digests(config: &Config) -> std::collections::BTreeMap<String, Se
     });
     storages.chain(sinks).collect()
 }
+
+/// What a SIGHUP compares a new config's secret files with: the digest of the API key file
+/// ([`key_digest`]) and of the other files secrets are read from ([`secret_file_digests`]), as
+/// the start read them.
+type InForce = (
+    Option<String>,
+    std::collections::BTreeMap<String, SecretFile>,
+);
 
 /// A file the config reads a secret from, as a SIGHUP compares it with the one in force.
 #[derive(Debug, Clone, PartialEq, Eq)]

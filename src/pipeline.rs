@@ -270,12 +270,27 @@ pub fn local_input_gone(
     id: JobId,
     job: &crate::store::JobV1,
 ) -> Option<String> {
-    if !job.local || inbox.join(&job.input).is_file() {
+    let path = inbox.join(&job.input);
+    if !job.local || path.is_file() {
         return None;
     }
+    let recipe_image = crate::manifest::recipe_for(&path).is_file();
+    // A failed recipe image (moved to rejected/) put back into its folder is taken in anew
+    // and made again by itself; a replay besides would find only the earlier run.
+    if recipe_image && job.state.name() == crate::codes::StateName::Failed {
+        return Some(format!(
+            "job {id} is not replayed: its input `{}` is no longer in the inbox (a folder recipe's image whose edit failed moves to rejected/); move it back into its recipe folder, which makes it again by itself (no replay needed)",
+            crate::text::escape(&job.input)
+        ));
+    }
     Some(format!(
-        "job {id} is not replayed: its input `{}` is no longer in the inbox (a folder recipe's image moves to the archive once made, or to rejected/ when its edit failed); put the file back at that path, then replay it",
-        crate::text::escape(&job.input)
+        "job {id} is not replayed: its input `{}` is no longer in the inbox{}; put the file back at that path, then replay it",
+        crate::text::escape(&job.input),
+        if recipe_image {
+            " (a folder recipe's image moves to the archive once made)"
+        } else {
+            ""
+        }
     ))
 }
 

@@ -861,7 +861,8 @@ struct Dispose {
 fn archive_error(err: &output::OutputError, archive: &Path) -> String {
     match err {
         output::OutputError::Io { path, cause } if cause.raw_os_error() == Some(libc::ENOTDIR) => {
-            match output::in_the_way(path, archive) {
+            // From above the archive folder: the archive itself replaced by a file is named too.
+            match output::in_the_way(path, archive.parent().unwrap_or(archive)) {
                 Some((file, _)) => format!(
                     "{err}; the file {} stands where the archive needs a folder: move it away (or rename it), and the manifest is archived at the next try",
                     crate::text::Escaped::path(file)

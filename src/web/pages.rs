@@ -50,9 +50,15 @@ pub struct FlashQuery {
 impl FlashQuery {
     fn message(&self) -> Option<String> {
         let n = self.n.unwrap_or(0);
-        let done = match self.flash.as_deref()? {
-            "retried" => format!("Requeued {n} failed job(s); they run again now."),
-            "released" => format!("Released {n} job(s) held in doubt; they are submitted again."),
+        let (done, verb) = match self.flash.as_deref()? {
+            "retried" => (
+                format!("Requeued {n} failed job(s); they run again now."),
+                "requeued",
+            ),
+            "released" => (
+                format!("Released {n} job(s) held in doubt; they are submitted again."),
+                "released",
+            ),
             "rerun" => {
                 return Some(
                     "Moved the file back into the inbox; it is read again shortly.".to_owned(),
@@ -63,7 +69,7 @@ impl FlashQuery {
         Some(match self.refused.unwrap_or(0) {
             0 => done,
             r => format!(
-                "{done} {r} other job(s) were not requeued (a local input no longer in the inbox, for one): the daemon's log names each (\"Dashboard action: some jobs were not requeued\")."
+                "{done} {r} other job(s) were not {verb} (for example, a local input no longer in the inbox): the daemon's log names each (\"Dashboard action: some jobs were not requeued\")."
             ),
         })
     }

@@ -158,6 +158,29 @@ async fn plan_counts_new_and_unchanged_images_without_calling_the_api() {
     assert_eq!(env.stats().requests, before, "plan makes no API call");
 }
 
+/// `plan` shows a name derived from an input that keeps a bidirectional override escaped, as
+/// `jobs` does: it printed U+202E raw, which turns the rest of the line around on a terminal.
+#[tokio::test(flavor = "multi_thread")]
+async fn plan_escapes_a_bidirectional_override_in_the_names_it_shows() {
+    let env = TestEnv::new(Scenario::default()).await;
+    env.drop_file("x\u{202e}gnp.exe.png", &crate::support::png(64, 48));
+    let manifest = env.dir.path().join("p.yaml");
+    std::fs::write(&manifest, "images:\n  - input: \"x\u{202e}gnp.exe.png\"\n").expect("manifest");
+    let inbox_copy = env.inbox.join(".p.yaml");
+    std::fs::copy(&manifest, &inbox_copy).expect("copy");
+    let config = env.config("", "");
+    let (code, out, err) = cli(&[
+        "plan",
+        inbox_copy.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("x\\u{202e}gnp.exe.png"), "{out}");
+    assert!(!out.contains('\u{202e}'), "{out:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn print_config_shows_the_effective_config_without_the_key() {
     let env = TestEnv::new(Scenario::default()).await;
@@ -1130,7 +1153,11 @@ async fn validate_reads_the_dashboard_and_alert_files_as_the_start_would() {
         ),
     );
     let (code, out, err) = cli(&["validate", config.to_str().unwrap()]).await;
-    assert_ne!(code, 0, "{out}{err}");
+    assert_eq!(
+        code,
+        exit::USAGE,
+        "the first one's (a missing secret file): {out}{err}"
+    );
     for needle in [
         "webhook problem",
         "no-secret",
