@@ -180,6 +180,7 @@ async fn overview_markup(state: &WebState) -> Result<Markup, crate::store::Store
         }
     }
     recent.reverse();
+    let older_not_listed = view.older_runs_not_listed || recent.len() > RECENT_ON_OVERVIEW;
     recent.truncate(RECENT_ON_OVERVIEW);
     let service = service_state(
         &pipeline.health(),
@@ -197,6 +198,7 @@ async fn overview_markup(state: &WebState) -> Result<Markup, crate::store::Store
         in_doubt_events: counts.totals.in_doubt_events,
         active: &active,
         recent: &recent,
+        older_not_listed,
         uptime: pipeline.uptime(),
     };
     Ok(views::overview_live(&overview))

@@ -55,6 +55,8 @@ pub struct Overview<'a> {
     pub in_doubt_events: u64,
     pub active: &'a [(ManifestView, &'static str)],
     pub recent: &'a [ManifestView],
+    /// Finished runs older than those in `recent` exist.
+    pub older_not_listed: bool,
     pub uptime: Duration,
 }
 
@@ -222,17 +224,26 @@ pub fn overview_live(o: &Overview<'_>) -> Markup {
                 p.muted { "None yet." }
             } @else {
                 table #recent {
-                    thead { tr { th { "Manifest" } th.num { "Images" } th.num { "Done" } th.num { "Failed" } th.num { "In doubt" } } }
+                    thead { tr { th { "Manifest" } th { "Taken in (UTC)" } th.num { "Images" } th.num { "Done" } th.num { "Failed" } th.num { "In doubt" } } }
                     tbody {
                         @for m in o.recent {
                             tr.failed[m.failed > 0] {
                                 td { a href=(format!("/manifests/{}", m.id)) { (m.manifest) } }
+                                // Two runs of one file are told apart by when each was taken in.
+                                td.when { (taken_in(m.registered_at_ms)) }
                                 td.num { (m.total) }
                                 td.num { (m.done) }
                                 td.num { (m.failed) }
                                 td.num { (m.in_doubt) }
                             }
                         }
+                    }
+                }
+                @if o.older_not_listed {
+                    p.muted #older-runs {
+                        "Older finished runs are not listed here: their reports are in the outbox (or beside the archived manifest, where the outbox refused one), and "
+                        code { "claid-hotfolder jobs --manifest PATH" }
+                        " lists a file's jobs."
                     }
                 }
             }
@@ -242,6 +253,20 @@ pub fn overview_live(o: &Overview<'_>) -> Markup {
             (ago(o.uptime)) " ago; a restart begins them afresh. Counts of jobs come from the store."
         }
     }
+}
+
+/// When a run was taken in, to the second, in UTC (`-` when an older daemon did not say).
+fn taken_in(ms: Option<u64>) -> String {
+    ms.map_or_else(
+        || "-".to_owned(),
+        |ms| {
+            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms))
+                .to_string()
+                .replacen('T', " ", 1)
+                .trim_end_matches('Z')
+                .to_owned()
+        },
+    )
 }
 
 fn figure(label: &str, value: &str, unit: &str, id: &str) -> Markup {

@@ -666,6 +666,55 @@ async fn dashboard_for_scripts_takes_basic_or_a_bearer_token_and_csrf_guards_bas
     stop(&mut daemon).await;
 }
 
+/// The overview's finished runs say when each was taken in (two runs of one file were two
+/// identical rows) and, past the 20 it lists, that older ones are left out (it said nothing).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_overview_tells_finished_runs_apart_and_says_when_it_leaves_some_out() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let (mut daemon, base) = daemon_taking_actions(&env).await;
+    let http = no_redirects();
+    let overview = async || {
+        http.get(format!("{base}/partial/overview"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("get")
+            .text()
+            .await
+            .expect("page")
+    };
+    env.drop_file("m00.yaml", manifest(1, "a", &[]).as_bytes());
+    wait_finished(&env, "m00.yaml").await;
+    let page = overview().await;
+    assert!(page.contains("Taken in (UTC)"), "{page}");
+    let year = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    assert!(
+        page.contains(&format!("<td class=\"when\">{}", &year[..4])),
+        "{page}"
+    );
+    assert!(!page.contains("older-runs"), "{page}");
+    for i in 1..=20 {
+        env.drop_file(
+            &format!("m{i:02}.yaml"),
+            manifest(1, &format!("b{i}-"), &[]).as_bytes(),
+        );
+    }
+    wait_finished(&env, "m20.yaml").await;
+    wait_for("every run finished", DEADLINE, async || {
+        let view = status(&env).await;
+        let runs = view["manifests"].as_array()?;
+        (runs.len() == 21 && runs.iter().all(|m| m["finished"] == true)).then_some(())
+    })
+    .await;
+    let page = overview().await;
+    assert!(page.contains("id=\"older-runs\""), "{page}");
+    assert!(
+        !page.contains(">m00.yaml<"),
+        "the oldest is left out: {page}"
+    );
+    stop(&mut daemon).await;
+}
+
 /// A retry the daemon refuses (here: a later manifest of the same stem, `s.json` after
 /// `s.yaml`, writes the report now) is told with its reason, as the CLI tells it: the page said
 /// "Requeued 0 failed job(s); they run again now" and nothing ran.
