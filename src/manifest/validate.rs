@@ -759,14 +759,33 @@ fn check_schema(
         }
         any = true;
         let in_image = image.is_some_and(|image| value_at(image, &error.path).is_some());
+        // A field the image does not write, inside one it does (its `output.format`, where a
+        // profile's jpeg `quality` was merged into the png it asks for): told at the image's
+        // own field, naming where the value came from, not at the profile's line.
+        let merged_into = (!in_image)
+            .then(|| image.and_then(|image| deepest_set(image, &error.path)))
+            .flatten();
         let path = if in_image {
             format!("{image_at}.{}", error.path)
+        } else if let Some(field) = merged_into {
+            format!("{image_at}.{field}")
         } else {
             error.path.clone()
         };
         let from_profile = profile.is_some() && image.is_none();
-        let message = match (from_profile, profile) {
-            (true, Some(name)) => format!(
+        let message = match (merged_into, from_profile, profile) {
+            (Some(field), _, _) => {
+                let key = error.path.rsplit('.').next().unwrap_or(&error.path);
+                let source = match profile {
+                    Some(name) => format!("profile `{name}` or the manifest's own options"),
+                    None => "the manifest's own options".to_owned(),
+                };
+                format!(
+                    "`{}`: {} (this image does not write `{key}`: it comes from {source}, merged into this image's `{field}`; write `{key}: null` there to drop it)",
+                    error.path, error.message
+                )
+            }
+            (None, true, Some(name)) => format!(
                 "{} (after merging profile `{name}`; set the key to null here to drop the profile's value)",
                 error.message
             ),
@@ -782,6 +801,16 @@ fn check_schema(
         problems.push(path, fallback, message);
     }
     !any
+}
+
+/// The longest proper prefix of the dotted `path` that `image` sets itself (`output.format`
+/// of `output.format.quality`), if any.
+fn deepest_set<'p>(image: &Value, path: &'p str) -> Option<&'p str> {
+    path.char_indices()
+        .filter(|(_, c)| *c == '.')
+        .map(|(i, _)| &path[..i])
+        .rev()
+        .find(|prefix| value_at(image, prefix).is_some())
 }
 
 /// The value at a dotted path like `operations.resizing.width` or `a[2].b`.

@@ -1215,6 +1215,30 @@ fn too_many_entries_are_told_at_the_entry_past_the_limit() {
     );
 }
 
+/// A row that asks for another format under a profile whose format has options of its own
+/// (`white-1000`: jpeg, quality 90) is told at its own line and field, naming where the
+/// option came from and how to drop it: it was told at line 1 (the profile's) with no image
+/// named, so in a long manifest the row could not be found.
+#[test]
+fn a_profile_option_merged_into_a_rows_own_format_is_told_at_the_row() {
+    let env = env();
+    let text = "profile: white-1000\nimages:\n  - input: https://example.com/1.jpg\n  - input: https://example.com/2.jpg\n    output: { format: { type: png } }\n";
+    let err = env.load_text("m.yaml", text).expect_err("refused");
+    let told = err.error_txt();
+    assert!(
+        told.contains("line 5: images[1].output.format: `output.format.quality`"),
+        "{told}"
+    );
+    assert!(
+        told.contains("profile `white-1000`") && told.contains("write `quality: null` there"),
+        "{told}"
+    );
+    // As told, it is accepted.
+    let fixed = text.replace("{ type: png }", "{ type: png, quality: null }");
+    env.load_text("m.yaml", &fixed)
+        .expect("the fix the message gives is accepted");
+}
+
 /// An output name holding a bidirectional override (`U+202E`: `\u{202e}gpj.exe` shows as
 /// `exe.jpg`) or an isolate is refused like a control character; it was written as given.
 #[test]
