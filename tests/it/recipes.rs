@@ -781,7 +781,7 @@ async fn a_recipe_image_whose_edit_failed_is_told_how_to_try_again_from_rejected
         .expect("error file");
     assert!(
         text.contains("move it back into its recipe folder")
-            && text.contains("`replay --failed` refuses it while it is here"),
+            && text.contains("a replay refuses it while it is here"),
         "{text}"
     );
     let config_arg = config.to_str().expect("utf-8");
