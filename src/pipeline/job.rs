@@ -2092,10 +2092,7 @@ fn is_empty_body(err: &ClaidError) -> bool {
 fn result_host_away_for(err: &ClaidError) -> Option<Duration> {
     match err {
         _ if !result_host_away(err) => None,
-        ClaidError::Truncated {
-            image_end: Some(crate::claid::EMPTY_BODY),
-            ..
-        } => Some(EMPTY_BODY_PATIENCE),
+        _ if is_empty_body(err) => Some(EMPTY_BODY_PATIENCE),
         _ => Some(crate::pipeline::dispatch::KEPT_TTL),
     }
 }
@@ -2119,10 +2116,7 @@ fn result_host_away(err: &ClaidError) -> bool {
         // An empty body (ended cleanly), though, is a host (a CDN or a cache between) that
         // answered before it had the file: waited out too, for [`EMPTY_BODY_PATIENCE`] only
         // (`result_host_away_for`).
-        ClaidError::Truncated {
-            image_end: Some(crate::claid::EMPTY_BODY),
-            ..
-        } => true,
+        _ if is_empty_body(err) => true,
         ClaidError::Truncated {
             image_end: None,
             received,
