@@ -318,6 +318,10 @@ impl ManifestError {
     }
 }
 
+/// Endings of a file still being copied or downloaded (`shoes.yaml.part`): never a manifest
+/// ([`is_manifest_name`]), and named by the watcher once one lies there unchanged for long.
+pub const COPY_IN_PROGRESS: [&str; 3] = [".tmp", ".part", ".crdownload"];
+
 /// Whether a file in the inbox is a manifest: `*.yaml`, `*.yml`, `*.json`, but not hidden,
 /// temporary, partial, office lock, editor swap or backup files, folder recipes, or reports.
 pub fn is_manifest_name(path: &Path) -> bool {
@@ -330,7 +334,7 @@ pub fn is_manifest_name(path: &Path) -> bool {
     if lower.starts_with('.') || lower.starts_with("~$") || lower.ends_with('~') {
         return false;
     }
-    for suffix in [".tmp", ".part", ".crdownload", ".swp", ".report.json"] {
+    for suffix in COPY_IN_PROGRESS.iter().chain(&[".swp", ".report.json"]) {
         if lower.ends_with(suffix) {
             return false;
         }

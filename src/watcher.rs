@@ -855,7 +855,7 @@ const LEFT_TEMPORARY_AFTER: Duration = Duration::from_secs(10 * 60);
 /// (`.swp`, `…~`), which lie beside the manifests they belong to as long as they like.
 fn left_under_a_temporary_name(name: &std::ffi::OsStr, entry: &std::fs::DirEntry) -> bool {
     let lower = String::from_utf8_lossy(name.as_encoded_bytes()).to_ascii_lowercase();
-    let Some(base) = [".part", ".tmp", ".crdownload"]
+    let Some(base) = crate::manifest::COPY_IN_PROGRESS
         .iter()
         .find_map(|ext| lower.strip_suffix(ext))
     else {
