@@ -173,10 +173,10 @@ impl Alerts {
     }
 }
 
-/// The start's check of every sink's `url_file`, for `validate` (the URL itself is never
-/// printed).
-pub fn check_sinks(sinks: &[AlertSink]) -> Result<(), AlertError> {
-    sinks.iter().try_for_each(|sink| read_url(sink).map(drop))
+/// The start's check of a sink's `url_file`, for `validate` and a SIGHUP, which tell every
+/// sink's problem (the URL itself is never printed).
+pub fn check_sink(sink: &AlertSink) -> Result<(), AlertError> {
+    read_url(sink).map(drop)
 }
 
 /// The webhook URL from the sink's file: its first non-empty line, http(s) only.

@@ -647,7 +647,7 @@ fn validate_config_file(file: &Path) -> (bool, Option<i32>) {
                 .iter()
                 .filter(|sink| !credential(Some(&sink.url_file)))
             {
-                if let Err(err) = crate::alerts::check_sinks(std::slice::from_ref(sink)) {
+                if let Err(err) = crate::alerts::check_sink(sink) {
                     let err = daemon::FatalError::Alerts(err);
                     problems.push(("alert", err.to_string(), crate::exit::of_fatal(&err)));
                 }
@@ -1327,12 +1327,8 @@ fn cmd_status(config_path: &Path, json: bool) -> anyhow::Result<i32> {
             },
             // Two runs of one file are told apart by their id and when each was taken in.
             m.id,
-            m.registered_at_ms.map_or("-".to_owned(), |ms| {
-                humantime::format_rfc3339_seconds(
-                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
-                )
-                .to_string()
-            }),
+            m.registered_at_ms
+                .map_or("-".to_owned(), crate::store::utc_seconds),
         );
     }
     if view.older_runs_not_listed {

@@ -1343,7 +1343,7 @@ fn would_not_start(config: &Config) -> Vec<String> {
         problems.push(err.to_string());
     }
     for sink in &config.alerts {
-        if let Err(err) = crate::alerts::check_sinks(std::slice::from_ref(sink)) {
+        if let Err(err) = crate::alerts::check_sink(sink) {
             problems.push(err.to_string());
         }
     }

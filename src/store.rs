@@ -1428,6 +1428,12 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// A record's time (ms since the Unix epoch, as [`now_ms`] gives) as people read it: UTC to
+/// the second, RFC 3339 (`2026-12-05T11:02:33Z`).
+pub fn utc_seconds(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

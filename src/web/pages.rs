@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use axum::Extension;
 use axum::extract::{Form, Path as UrlPath, Query, State};
@@ -357,9 +357,7 @@ pub async fn manifest(
             ManifestState::Finished { .. } => "finished",
             ManifestState::Superseded { .. } => "superseded",
         });
-    let registered =
-        humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(m.registered_at_ms))
-            .to_string();
+    let registered = crate::store::utc_seconds(m.registered_at_ms);
     let view = views::ManifestPage {
         id,
         rel: &m.rel,
@@ -608,10 +606,7 @@ pub async fn failures(
                             input: crate::text::redact_credentials(&job.input).into_owned(),
                             output: job.output_rel.clone(),
                             message: crate::text::redact_urls_in(message).into_owned(),
-                            when: humantime::format_rfc3339_seconds(
-                                UNIX_EPOCH + Duration::from_millis(job.updated_at_ms),
-                            )
-                            .to_string(),
+                            when: crate::store::utc_seconds(job.updated_at_ms),
                         },
                     ));
                     if rows.len() >= 2 * limit {

@@ -230,7 +230,7 @@ pub fn overview_live(o: &Overview<'_>) -> Markup {
                             tr.failed[m.failed > 0] {
                                 td { a href=(format!("/manifests/{}", m.id)) { (m.manifest) } }
                                 // Two runs of one file are told apart by when each was taken in.
-                                td.when { (taken_in(m.registered_at_ms)) }
+                                td.when { (m.registered_at_ms.map_or("-".to_owned(), crate::store::utc_seconds)) }
                                 td.num { (m.total) }
                                 td.num { (m.done) }
                                 td.num { (m.failed) }
@@ -253,20 +253,6 @@ pub fn overview_live(o: &Overview<'_>) -> Markup {
             (ago(o.uptime)) " ago; a restart begins them afresh. Counts of jobs come from the store."
         }
     }
-}
-
-/// When a run was taken in, to the second, in UTC (`-` when an older daemon did not say).
-fn taken_in(ms: Option<u64>) -> String {
-    ms.map_or_else(
-        || "-".to_owned(),
-        |ms| {
-            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms))
-                .to_string()
-                .replacen('T', " ", 1)
-                .trim_end_matches('Z')
-                .to_owned()
-        },
-    )
 }
 
 fn figure(label: &str, value: &str, unit: &str, id: &str) -> Markup {
