@@ -64,6 +64,18 @@ fn no_redirects() -> reqwest::Client {
         .expect("client")
 }
 
+/// A dashboard page as a script reads it: the bearer token; its text.
+async fn page_with_token(http: &reqwest::Client, url: impl reqwest::IntoUrl) -> String {
+    http.get(url)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("page")
+}
+
 /// A dashboard action posted as a script posts it: the bearer token, a form.
 async fn post_with_token(
     http: &reqwest::Client,
@@ -673,16 +685,7 @@ async fn the_overview_tells_finished_runs_apart_and_says_when_it_leaves_some_out
     let env = TestEnv::new(Scenario::default()).await;
     let (mut daemon, base) = daemon_taking_actions(&env).await;
     let http = no_redirects();
-    let overview = async || {
-        http.get(format!("{base}/partial/overview"))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .expect("get")
-            .text()
-            .await
-            .expect("page")
-    };
+    let overview = async || page_with_token(&http, format!("{base}/partial/overview")).await;
     env.drop_file("m00.yaml", manifest(1, "a", &[]).as_bytes());
     wait_finished(&env, "m00.yaml").await;
     let page = overview().await;
@@ -786,15 +789,7 @@ async fn a_dashboard_retry_refused_for_some_jobs_says_how_many_were_left() {
         .expect("location")
         .to_owned();
     assert!(to.contains("n=1") && to.contains("refused=1"), "{to}");
-    let page = http
-        .get(format!("{base}{to}"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .expect("get")
-        .text()
-        .await
-        .expect("page");
+    let page = page_with_token(&http, format!("{base}{to}")).await;
     assert!(
         page.contains("Requeued 1 failed job(s)")
             && page.contains("1 other job(s) were not requeued"),
@@ -930,15 +925,7 @@ async fn dashboard_actions_are_refused_unless_allowed() {
     let id = run_id(&env, "a.yaml").await;
     wait_finished(&env, "a.yaml").await;
     let http = reqwest::Client::new();
-    let page = http
-        .get(format!("{base}/manifests/{id}"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .expect("get")
-        .text()
-        .await
-        .expect("page");
+    let page = page_with_token(&http, format!("{base}/manifests/{id}")).await;
     assert!(!page.contains("retry-failed"), "no action is offered");
     let res = post_with_token(
         &http,
