@@ -533,6 +533,7 @@ impl Handle {
             intake: intake_tx.clone(),
             notices: notices.clone(),
             staging: deps.staging.clone().filter(|s| s.delete),
+            staging_kept: deps.staging.as_ref().is_some_and(|s| !s.delete),
         });
         let intake = intake::Intake {
             store: deps.store.clone(),

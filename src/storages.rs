@@ -144,7 +144,11 @@ impl StorageError {
     pub fn hint(&self) -> Option<String> {
         match self {
             StorageError::Bucket { cause, .. } => Some(match cause.as_ref() {
-                ObjectError::Request { cause, .. } if looks_like_wrong_region(cause) => "S3 says the bucket is in another region than the storage's `region` (its answer names the right one): set `region` to it (or correct the `endpoint`)".to_owned(),
+                ObjectError::Request { cause, .. } if looks_like_wrong_region(cause) => match expected_region(cause) {
+                    Some(region) => format!("S3 says the bucket is in another region than the storage's `region`: set `region: {region}` (or correct the `endpoint`)"),
+                    // A 301 without a body to read names no region.
+                    None => "S3 says the bucket is in another region than the storage's `region`, without naming it: `aws s3api get-bucket-location --bucket BUCKET` tells it; set `region` to it (or correct the `endpoint`)".to_owned(),
+                },
                 ObjectError::Denied { .. } => "S3 refused the daemon's keys: check `access_key_id` and `secret_access_key` in the storage's credentials file (or the AWS_* variables), and that they may list, read, write and delete under the prefix".to_owned(),
                 _ if self.exit_code() == exit::USAGE => "check the bucket name and the `endpoint` of the storage".to_owned(),
                 _ => "check that the S3 endpoint is reachable from this machine".to_owned(),
@@ -173,6 +177,18 @@ fn looks_like_wrong_region(cause: &str) -> bool {
     ]
     .iter()
     .any(|sign| cause.contains(sign))
+}
+
+/// The region S3 names in its answer to a request signed for another one
+/// (`AuthorizationHeaderMalformed`: "… is wrong; expecting 'eu-west-3'"), if it does.
+fn expected_region(cause: &str) -> Option<&str> {
+    let rest = &cause[cause.find("expecting '")? + "expecting '".len()..];
+    let region = &rest[..rest.find('\'')?];
+    (!region.is_empty()
+        && region
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-'))
+    .then_some(region)
 }
 
 /// S3 answers a listing of a bucket that does not exist with `NoSuchBucket`.
@@ -717,6 +733,44 @@ impl Staging {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The region S3 expects is named in the hint when its answer names it, and a 301 that
+    /// names none is not said to (its hint tells how to find it).
+    #[test]
+    fn a_wrong_region_hint_names_the_region_only_when_s3_does() {
+        assert_eq!(
+            expected_region(
+                "AuthorizationHeaderMalformed: the region 'us-east-1' is wrong; expecting 'eu-west-3'"
+            ),
+            Some("eu-west-3")
+        );
+        assert_eq!(
+            expected_region(
+                "Received redirect without LOCATION, this normally indicates an incorrectly configured region"
+            ),
+            None
+        );
+        assert_eq!(expected_region("expecting 'x; rm'"), None);
+        let hint = |cause: &str| {
+            StorageError::Bucket {
+                storage: "catalog".to_owned(),
+                connector: "catalog-s3".to_owned(),
+                url: "s3://b/p".to_owned(),
+                cause: Box::new(ObjectError::Request {
+                    op: "list",
+                    uri: "s3://b/p".to_owned(),
+                    cause: cause.to_owned(),
+                }),
+            }
+            .hint()
+            .unwrap_or_default()
+        };
+        assert!(hint("301 Moved Permanently").contains("get-bucket-location"));
+        assert!(
+            hint("AuthorizationHeaderMalformed … expecting 'eu-west-3'")
+                .contains("`region: eu-west-3`")
+        );
+    }
 
     /// Claid's own name for a storage output is checked when it differs only in the extension;
     /// another folder, another name, or no name keeps the expected object.

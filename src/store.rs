@@ -49,7 +49,7 @@ use crate::codes::{FailureCode, StateName};
 pub use crate::store::counts::CountsSnapshot;
 pub use crate::store::records::{
     DoneInfo, JobId, JobRecord, JobState, JobSummary, JobV1, ManifestCounts, ManifestId,
-    ManifestRecord, ManifestState, ManifestV1,
+    ManifestRecord, ManifestState, ManifestV1, ObjectSeen,
 };
 pub use crate::store::trees::SCHEMA_DIR;
 use crate::store::trees::{Registration, Trees};
@@ -706,6 +706,24 @@ impl Store {
             .await?;
         self.flush().await?;
         Ok(job)
+    }
+
+    /// Notes the object already at a queued job's storage output before its first submit
+    /// ([`JobV1::replaces`]); kept if one is noted already. Made durable by the submit's intent
+    /// (`mark_submitting`), which flushes after it.
+    pub async fn note_replaced_object(
+        &self,
+        id: JobId,
+        seen: ObjectSeen,
+    ) -> Result<JobV1, StoreError> {
+        self.step(id, "queued", move |job| match job.state {
+            JobState::Queued if job.replaces.is_none() => Some(JobV1 {
+                replaces: Some(seen.clone()),
+                ..job.clone()
+            }),
+            _ => None,
+        })
+        .await
     }
 
     /// A queued job's staged input is gone from the bucket (deleted meanwhile): forgotten, so

@@ -736,6 +736,21 @@ impl Checker {
                         );
                         continue;
                     }
+                    // As a manifest's own destination: every manifest using the profile
+                    // would be refused, naming no line of its own.
+                    let name = named.unwrap_or_default();
+                    let probe = if folder.is_empty() {
+                        format!("storage://{name}/x")
+                    } else {
+                        format!("storage://{name}/{folder}/x")
+                    };
+                    if let Some(staging) = crate::manifest::in_staging_area(storages, &probe) {
+                        self.problem(
+                            &format!("{key}.output.destination"),
+                            format!("is in the `staging/` folder of the storage `{staging}`, where the daemon stages local inputs (api.staging) and deletes them once their jobs end; give another folder (e.g. `storage://{staging}/edited/`)"),
+                        );
+                        continue;
+                    }
                 }
                 _ => {}
             }

@@ -1081,6 +1081,7 @@ impl BatchRunner {
                             deps.dispatch.polled_final(
                                 submitted_at_ms,
                                 polled.batch.status == TaskStatus::Done,
+                                true,
                             );
                         }
                         let took = Duration::from_millis(now_ms().saturating_sub(submitted_at_ms));
@@ -1835,6 +1836,7 @@ mod tests {
                 batch: None,
                 batch_images: None,
                 staged: None,
+                replaces: None,
                 accepted_unread: false,
                 updated_at_ms: 0,
             },

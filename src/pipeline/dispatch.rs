@@ -94,6 +94,13 @@ const SILENT_AFTER: u64 = 2;
 /// lost, and at 100% it costs ten tasks their fallback wait.
 const SILENT_AFTER_HEARD: u64 = 10;
 
+/// What one batch found ended by a poll counts for against [`SILENT_AFTER_HEARD`]: two in a row
+/// make webhooks silent. A run has few batches (a drop of 1,000 images, about 25), and each
+/// waits up to `webhook.poll_fallback` for its webhook while its size has no estimate: ten in a
+/// row held a drop whose webhooks stopped after the canary for three rounds of two minutes. A
+/// false alarm costs a poll for each batch waiting, a few requests.
+const BATCH_SILENCE_WEIGHT: u64 = SILENT_AFTER_HEARD / SILENT_AFTER;
+
 /// A job held in doubt after its submit answer was lost, as a webhook's echoed request would
 /// show it: the request it sent alone, and the batch body and input it would go with.
 #[derive(Debug, Clone)]
@@ -646,17 +653,25 @@ impl Dispatch {
         self.lock().stats
     }
 
-    /// A poll found a task (or batch) submitted at `submitted_at_ms` ended while webhooks are
+    /// A poll found a task (or, with `batch`, a batch; it counts for
+    /// [`BATCH_SILENCE_WEIGHT`] tasks) submitted at `submitted_at_ms` ended while webhooks are
     /// on: its webhook had not come. One submitted before this process started is not
     /// counted: its webhook may have come while the daemon was down.
-    pub fn polled_final(&self, submitted_at_ms: u64, done: bool) {
+    pub fn polled_final(&self, submitted_at_ms: u64, done: bool, batch: bool) {
         use std::sync::atomic::Ordering;
         if submitted_at_ms < self.started_ms {
             return;
         }
-        let n = self.polled_final.fetch_add(1, Ordering::Relaxed) + 1;
+        let weight = if batch { BATCH_SILENCE_WEIGHT } else { 1 };
+        let before = self.polled_final.fetch_add(weight, Ordering::Relaxed);
+        let n = before + weight;
+        let reached =
+            |before: u64, threshold: u64| before < threshold && before + weight >= threshold;
         if done
-            && self.polled_done.fetch_add(1, Ordering::Relaxed) + 1 == self.silent_after_done()
+            && reached(
+                self.polled_done.fetch_add(weight, Ordering::Relaxed),
+                self.silent_after_done(),
+            )
             && n < self.silent_after()
             && self.heard_any()
         {
@@ -665,7 +680,7 @@ impl Dispatch {
                 "Webhooks come, but not for tasks that end DONE: polls found successful tasks without theirs; results are polled as without webhooks until one comes (is the webhook subscribed to failed tasks only? Subscribe it to successful ones too in Claid's dashboard, docs/webhooks.md)"
             );
         }
-        if n == self.silent_after() {
+        if reached(before, self.silent_after()) {
             // Tasks already waiting for their webhook poll now, not at their fallback.
             self.silent.notify_waiters();
             if self.heard_any() {
@@ -1084,22 +1099,28 @@ mod tests {
         };
         // No webhook has said DONE in this run: two successful tasks found by polls.
         announce("ERROR");
-        dispatch.polled_final(crate::store::now_ms(), true);
+        dispatch.polled_final(crate::store::now_ms(), true, false);
         assert!(!dispatch.webhooks_silent(), "one is no pattern");
         announce("ERROR");
-        dispatch.polled_final(crate::store::now_ms(), true);
+        dispatch.polled_final(crate::store::now_ms(), true, false);
         assert!(dispatch.webhooks_silent(), "two successful tasks by polls");
         announce("DONE");
         assert!(!dispatch.webhooks_silent(), "a DONE webhook came");
         // One did: ten in a row, as for webhooks lost on the way.
         for n in 1..SILENT_AFTER_HEARD {
             announce("ERROR");
-            dispatch.polled_final(crate::store::now_ms(), true);
+            dispatch.polled_final(crate::store::now_ms(), true, false);
             assert!(!dispatch.webhooks_silent(), "{n}");
         }
         announce("ERROR");
-        dispatch.polled_final(crate::store::now_ms(), true);
+        dispatch.polled_final(crate::store::now_ms(), true, false);
         assert!(dispatch.webhooks_silent(), "ten in a row");
+        // Batches: two in a row are enough once webhooks were heard.
+        announce("DONE");
+        dispatch.polled_final(crate::store::now_ms(), true, true);
+        assert!(!dispatch.webhooks_silent(), "one batch is no pattern");
+        dispatch.polled_final(crate::store::now_ms(), true, true);
+        assert!(dispatch.webhooks_silent(), "two batches in a row");
     }
 
     /// A task held jobs adopted stays pending from its webhook until it is seen through, so
@@ -1442,13 +1463,13 @@ mod tests {
         tokio::task::yield_now().await;
         // Webhooks were heard: some lost on the way are no silence.
         for n in 1..SILENT_AFTER_HEARD {
-            dispatch.polled_final(crate::store::now_ms(), true);
+            dispatch.polled_final(crate::store::now_ms(), true, false);
             assert!(
                 !dispatch.webhooks_silent(),
                 "{n} polls in a row are no pattern"
             );
         }
-        dispatch.polled_final(crate::store::now_ms(), true);
+        dispatch.polled_final(crate::store::now_ms(), true, false);
         assert!(
             dispatch.webhooks_silent(),
             "ten tasks in a row ended without theirs"

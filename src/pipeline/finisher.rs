@@ -122,6 +122,9 @@ pub struct FinisherDeps {
     /// `api.staging` with `api.staging_delete`: a run's staged objects no unfinished job needs
     /// are deleted when it ends.
     pub staging: Option<crate::storages::Staging>,
+    /// `api.staging` set with `api.staging_delete: false`: staged objects stay by choice (a
+    /// lifecycle rule of the bucket removes them), so a run's end neither marks nor warns.
+    pub staging_kept: bool,
 }
 
 /// The finisher's own state; only its task touches it.
@@ -572,6 +575,7 @@ impl Finisher {
         // setting was removed keeps its mark, so that they are deleted once it is set again;
         // they were forgotten in the bucket without a word.)
         let staged: Vec<String> = match self.deps.store.staged_of_run(id).await {
+            Ok(_) if self.deps.staging_kept => Vec::new(),
             Ok(staged) => staged.into_iter().collect(),
             Err(err) => {
                 warn!(error = %err, "Cannot list the run's staged objects; they stay");

@@ -424,6 +424,7 @@ impl Intake {
                 batch: None,
                 batch_images: None,
                 staged: None,
+                replaces: None,
                 accepted_unread: false,
                 updated_at_ms: now,
             }

@@ -27,7 +27,7 @@ use crate::pipeline::polls::{Kind, Polls, Seen};
 use crate::pipeline::submitter::Queue;
 use crate::pipeline::{Settings, on_file_pool};
 use crate::retry::{self, Decision, Failure, GiveUp};
-use crate::store::{DoneInfo, JobId, JobState, JobV1, Store, StoreError, now_ms};
+use crate::store::{DoneInfo, JobId, JobState, JobV1, ObjectSeen, Store, StoreError, now_ms};
 use crate::text::Escaped;
 
 /// Downloads whose bytes are not the image the result describes, before the job fails.
@@ -296,6 +296,7 @@ impl Runner {
         let deps = &*self.deps;
         let policy = self.settings().policies.on_output_exists;
         if policy == OnOutputExists::Replace {
+            self.note_replaced_object(id, job).await;
             return None;
         }
         let Some(uri) = crate::storages::destination_of(&job.body, &job.output_rel) else {
@@ -355,6 +356,44 @@ impl Runner {
             skipped: true,
         };
         self.record_skipped(id, done).await
+    }
+
+    /// `on_output_exists: replace` with a storage output, before the job's first submit: the
+    /// object already at its key (an earlier edit) is noted ([`JobV1::replaces`]), so that the
+    /// check after Claid's answer tells Claid's new object from it (a connector pointing
+    /// elsewhere since the start, or a DONE without the write, left the earlier edit there,
+    /// recorded done). A bucket that cannot be asked leaves nothing noted (a warning): the
+    /// check then takes whatever object is there.
+    async fn note_replaced_object(&self, id: JobId, job: &JobV1) {
+        if job.attempts > 0 || job.replaces.is_some() {
+            return;
+        }
+        let deps = &*self.deps;
+        let Some(uri) = crate::storages::destination_of(&job.body, &job.output_rel) else {
+            return;
+        };
+        let Some((connector, key)) = crate::storages::split_uri(&uri) else {
+            return;
+        };
+        let Some(storage) = deps.storages.by_connector(connector) else {
+            return;
+        };
+        for key in std::iter::once(key.to_owned()).chain(extension_alias(key)) {
+            match storage.objects.head(&key).await {
+                Ok(info) => {
+                    let seen = ObjectSeen::new(&key, info.e_tag, info.last_modified);
+                    if let Err(err) = deps.store.note_replaced_object(id, seen).await {
+                        debug!(error = %err, job_id = id, "The object an edit replaces was not noted");
+                    }
+                    return;
+                }
+                Err(crate::objects::ObjectError::NotFound { .. }) => {}
+                Err(err) => {
+                    warn!(error = %err, job_id = id, "Cannot see the object this edit replaces; the output check takes whatever object is there");
+                    return;
+                }
+            }
+        }
     }
 
     /// [`Runner::settle_existing_output`] for a local output: a file already at the output
@@ -1063,8 +1102,11 @@ impl Runner {
                     }
                     let task = polled.task;
                     if watch.is_some() && !from_webhook && task.status.is_terminal() {
-                        deps.dispatch
-                            .polled_final(submitted_at_ms, task.status == TaskStatus::Done);
+                        deps.dispatch.polled_final(
+                            submitted_at_ms,
+                            task.status == TaskStatus::Done,
+                            false,
+                        );
                     }
                     match task.status {
                         TaskStatus::Done => {
@@ -1598,7 +1640,34 @@ impl Runner {
                 .through_bucket_outage(storage, || storage.objects.head(key))
                 .await
             {
-                Ok(info) => break info,
+                Ok(info) => {
+                    let now = ObjectSeen::new(key, info.e_tag.clone(), info.last_modified);
+                    let Some(before) = job.replaces.as_ref().filter(|b| b.is_same(&now)) else {
+                        break info;
+                    };
+                    // Still the object that was there before the submit: Claid's may not be
+                    // visible yet (looked at again, as for a missing one), or Claid wrote
+                    // elsewhere (its connector changed since the start) or not at all.
+                    if n_missing < MISSING_OBJECT_CHECKS {
+                        n_missing += 1;
+                        debug!(object = %storage.objects.uri(key), "The output object is still the one the edit replaces; looking again");
+                        if !self
+                            .wait(jitter(n_missing, deps.retry.base, deps.retry.cap))
+                            .await
+                        {
+                            return Step::End(JobOutcome::Parked);
+                        }
+                        continue;
+                    }
+                    let message = format!(
+                        "{} is still the object that was there before this image was submitted ({}): Claid did not write the new edit there. Check that Claid's connector \"{}\" writes to the bucket and folder of `storages.{}` (the daemon compares them at its start only), then `replay --failed`",
+                        storage.objects.uri(key),
+                        before.describe(),
+                        crate::text::Escaped::str(connector),
+                        storage.name,
+                    );
+                    return self.fail(id, FailureCode::ObjectMissing, &message).await;
+                }
                 Err(None) => return Step::End(JobOutcome::Parked),
                 Err(Some(err)) => err,
             };

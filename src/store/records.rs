@@ -236,6 +236,11 @@ pub struct JobV1 {
     /// says, instead of sending it again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub accepted_unread: bool,
+    /// The object already at this job's storage output when it was first submitted
+    /// (`on_output_exists: replace`): the output check after Claid's answer does not take that
+    /// older object for the new edit. Recorded before the submit's intent is flushed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<ObjectSeen>,
     /// Time of the last change, for reports and stale-state diagnosis.
     pub updated_at_ms: u64,
 }
@@ -279,6 +284,54 @@ impl JobV1 {
         } else {
             self.in_doubt
         }
+    }
+}
+
+/// An object as a HEAD saw it: its key in the storage, its ETag and when it was last written
+/// (milliseconds since the epoch, by the bucket's clock).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ObjectSeen {
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e_tag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modified_ms: Option<u64>,
+}
+
+impl ObjectSeen {
+    /// `key` as a HEAD answered it now (`e_tag`, `modified_ms`).
+    pub fn new(key: &str, e_tag: Option<String>, modified: Option<std::time::SystemTime>) -> Self {
+        ObjectSeen {
+            key: key.to_owned(),
+            e_tag,
+            modified_ms: modified.and_then(|t| {
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .ok()
+                    .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            }),
+        }
+    }
+
+    /// How an error message names it: its time of writing and ETag, as known.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(ms) = self.modified_ms {
+            parts.push(format!("last written {}", crate::store::utc_seconds(ms)));
+        }
+        if let Some(tag) = &self.e_tag {
+            parts.push(format!("ETag {}", crate::text::Escaped::str(tag)));
+        }
+        parts.join(", ")
+    }
+
+    /// Whether `later` is still this object: the same key, ETag and time of writing. A write
+    /// changes the time even with the same bytes (and their ETag), so an object with neither
+    /// known is never taken for the same.
+    pub fn is_same(&self, later: &ObjectSeen) -> bool {
+        self.key == later.key
+            && (self.e_tag.is_some() || self.modified_ms.is_some())
+            && self.e_tag == later.e_tag
+            && self.modified_ms == later.modified_ms
     }
 }
 

@@ -145,6 +145,7 @@ fn job(input: &str, state: JobState, in_doubt: u32) -> JobV1 {
         batch: None,
         batch_images: None,
         staged: None,
+        replaces: None,
         accepted_unread: false,
         updated_at_ms: 0,
     }

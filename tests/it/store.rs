@@ -53,6 +53,7 @@ fn job(idx: u32, key: &str) -> JobV1 {
         batch: None,
         batch_images: None,
         staged: None,
+        replaces: None,
         accepted_unread: false,
         updated_at_ms: 0,
     }

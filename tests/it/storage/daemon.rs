@@ -95,6 +95,11 @@ fn storage_config_errors_name_the_key_and_the_fix() {
             "also the connector",
         ),
         (
+            "api:\n  staging: catalog\nstorages:\n  catalog: { claid_name: c, url: s3://b/x }\nprofiles:\n  stg: { output: { destination: storage://catalog/staging/ } }\n",
+            "profiles.stg.output.destination",
+            "is in the `staging/` folder of the storage `catalog`",
+        ),
+        (
             "api:\n  staging: nope\nstorages:\n  catalog: { claid_name: c, url: s3://b/x }\n",
             "api.staging",
             "use one of `catalog`",
@@ -580,6 +585,95 @@ async fn the_dashboard_names_storage_objects_and_shows_no_stale_outbox_file() {
     s3.stop().await;
 }
 
+/// A re-edit whose new object Claid writes where the daemon does not look (its connector
+/// pointed elsewhere since the daemon's start) finds the earlier edit at the key: that older
+/// object is not taken for the new one. The job fails `object-missing`, naming the object as
+/// the one that was there before the submit; it was recorded done, the catalogue keeping the
+/// old image.
+#[tokio::test]
+async fn an_earlier_edit_left_at_the_key_is_not_taken_for_the_new_one() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let (env, config) = storage_env(&s3, quick(), "", 1).await;
+    let mut daemon = env.spawn_daemon(&config, 0);
+    let deadline = std::time::Duration::from_secs(60);
+    env.drop_file(
+        "m.yaml",
+        b"output: { format: png, destination: storage://catalog/out/ }\nimages:\n  - storage://catalog/in/sku-0.png\n",
+    );
+    crate::support::wait_until("the first edit is archived", deadline, || {
+        TestEnv::files_under(&env.archive).len() == 1
+    })
+    .await;
+    assert_eq!(env.report("m")["jobs"][0]["status"], "done");
+    assert_eq!(
+        s3.list_keys("catalog", "raw/out/").await,
+        ["raw/out/m/sku-0.png"]
+    );
+
+    // Claid's connector now reads and writes under `other/` (the input is there too); the
+    // daemon compares them at its start only.
+    s3.put_object(
+        "catalog",
+        "other/in/sku-0.png",
+        &crate::support::png(40, 30),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let connectors = format!("{}/storage/storages", env.emulator.base_url());
+    let listed: serde_json::Value = http
+        .get(&connectors)
+        .bearer_auth("test-key")
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    let id = listed["data"]
+        .as_array()
+        .and_then(|all| all.iter().find(|c| c["name"] == "catalog-s3"))
+        .and_then(|c| c["id"].as_u64())
+        .unwrap_or_else(|| panic!("{listed}"));
+    let answer = http
+        .patch(format!("{connectors}/{id}"))
+        .bearer_auth("test-key")
+        .json(&serde_json::json!({"parameters": {"path": "other"}}))
+        .send()
+        .await
+        .expect("update");
+    assert!(answer.status().is_success(), "{:?}", answer.text().await);
+
+    // The team's re-edit: new operations, the same output key.
+    env.drop_file(
+        "m.yaml",
+        b"output: { format: png, destination: storage://catalog/out/ }\noperations: { adjustments: { exposure: 10 } }\nimages:\n  - storage://catalog/in/sku-0.png\n",
+    );
+    // Both versions archived: the re-edit's run has ended and been reported.
+    crate::support::wait_until("the re-edit is archived", deadline, || {
+        TestEnv::files_under(&env.archive).len() == 2
+    })
+    .await;
+    crate::support::stop(&mut daemon).await;
+    let report = env.report("m");
+    let row = &report["jobs"][0];
+    assert_eq!(row["status"], "failed", "{report}");
+    let reason = row["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("object-missing: ")
+            && reason.contains("still the object that was there before")
+            && reason.contains("catalog-s3"),
+        "{reason}"
+    );
+    // Claid did write the new edit, under its connector's new path.
+    assert_eq!(
+        s3.list_keys("catalog", "other/out/").await,
+        ["other/out/m/sku-0.png"]
+    );
+    s3.stop().await;
+}
+
 /// A storage output that is the row's own input (the destination folder mirrors the inbox
 /// onto the inputs' own folder) is refused at intake, before any spend: Claid would have
 /// written the edit over the original photo.
@@ -1011,6 +1105,12 @@ async fn local_inputs_are_staged_by_content_sent_in_batches_and_their_objects_de
     env.drop_file("shoes.yaml", b"images:\n  - { input: shoes/img-0.png, output: again-0.jpg }\n  - { input: shoes/img-4.png, output: again-4.jpg }\n  - { input: shoes/img-5.png, output: again-5.jpg }\n");
     let (code, stderr) = env.run_once(&config).await;
     assert_eq!(code, 0, "{stderr}");
+    // Kept by choice: no warning that `api.staging` is unset, no mark for a later cleanup.
+    assert!(!stderr.contains("no longer set"), "{stderr}");
+    {
+        let store = claid_hotfolder::store::Store::open(&env.state).expect("store");
+        assert!(store.staging_cleanups().await.expect("read").is_empty());
+    }
     let staged = s3.list_keys("catalog", "raw/staging/").await;
     assert_eq!(
         staged.len(),
