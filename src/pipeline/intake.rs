@@ -282,6 +282,34 @@ impl Intake {
             loaded = validation => loaded,
             () = self.cancel.cancelled() => return Taken::Done,
         };
+        // Saved again while it was validated (a fix saved over a broken version, a new version
+        // over one not yet taken in): what was validated is not the file any more. Rejected,
+        // the new version went to `rejected/` with the old one's problems; registered, a
+        // version was billed that no archive keeps. The new version is taken in instead (the
+        // watcher hands it on, as it does every change).
+        let changed_meanwhile = match (&sha256, &loaded) {
+            (
+                Some(before),
+                Ok(_)
+                | Err(
+                    manifest::ManifestError::Invalid { .. }
+                    | manifest::ManifestError::Recipe { .. },
+                ),
+            ) => {
+                let hash_path = path.clone();
+                let now = on_file_pool(move || output::sha256_file(&hash_path))
+                    .await
+                    .ok();
+                now.as_ref() != Some(before)
+            }
+            _ => false,
+        };
+        if changed_meanwhile {
+            info!(
+                "The manifest was saved again (or removed) while it was validated; its new version is taken in instead"
+            );
+            return Taken::Done;
+        }
         let phase = Phase::Found;
         let spec = match loaded {
             Ok(spec) => spec,

@@ -1699,3 +1699,74 @@ async fn issue11_a_small_drop_is_taken_in_while_large_ones_are_validated() {
     );
     stop(&mut daemon).await;
 }
+
+/// A fix saved over a broken manifest while the broken version is being validated is the
+/// version taken in: it runs, and nothing goes to `rejected/` (the fix was moved there with the
+/// broken version's problems, and never ran).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fix_saved_while_the_broken_version_is_validated_runs_and_is_not_rejected() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let config = env.config("", "");
+    let mut daemon = env.spawn_daemon(&config, 0);
+    wait_until("ready", DEADLINE, || env.daemon_log(0).contains("Ready")).await;
+    // Broken at its last row (an output written twice), so validation reads it all.
+    let mut broken = large_manifest();
+    broken.extend_from_slice(
+        b"  - { input: \"https://cdn.example.com/sku/x.jpg\", output: \"o/0.webp\" }\n",
+    );
+    env.drop_file("m.yaml", &broken);
+    wait_until("validation started", DEADLINE, || {
+        env.daemon_log(0).contains("Validating the manifest")
+    })
+    .await;
+    let fix = b"images:\n  - input: storage://demo/fixed-64x48.png\n".to_vec();
+    env.drop_file("m.yaml", &fix);
+    wait_until("the fix is archived", DEADLINE, || {
+        TestEnv::files_under(&env.archive).len() == 1
+    })
+    .await;
+    stop(&mut daemon).await;
+    assert_eq!(
+        std::fs::read(env.archive.join("m.yaml")).expect("archived"),
+        fix
+    );
+    assert!(env.outbox.join("m/fixed-64x48.jpg").is_file());
+    assert_eq!(env.report("m")["jobs"][0]["status"], "done");
+    assert!(
+        TestEnv::files_under(&env.rejected).is_empty(),
+        "{:?}",
+        error_files(&env.rejected)
+    );
+}
+
+/// A version replaced while it is being validated (before its run was taken in) is never
+/// registered: nothing of it is submitted (it was, and billed, with no archived copy of it).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_version_replaced_while_it_is_validated_is_never_submitted() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let config = env.config("", "");
+    let mut daemon = env.spawn_daemon(&config, 0);
+    wait_until("ready", DEADLINE, || env.daemon_log(0).contains("Ready")).await;
+    env.drop_file("m.yaml", &large_manifest());
+    wait_until("validation started", DEADLINE, || {
+        env.daemon_log(0).contains("Validating the manifest")
+    })
+    .await;
+    let new = b"images:\n  - input: storage://demo/new-64x48.png\n".to_vec();
+    env.drop_file("m.yaml", &new);
+    wait_until("the new version is archived", DEADLINE, || {
+        TestEnv::files_under(&env.archive).len() == 1
+    })
+    .await;
+    stop(&mut daemon).await;
+    assert_eq!(
+        std::fs::read(env.archive.join("m.yaml")).expect("archived"),
+        new
+    );
+    let stats = env.stats();
+    assert_eq!(stats.submits + stats.batch_images, 1, "{stats:?}");
+    assert!(
+        env.superseded_report("m").is_none(),
+        "no run of the replaced version"
+    );
+}
