@@ -1234,6 +1234,29 @@ fn from_daemon<T: serde::de::DeserializeOwned>(answer: (u16, Vec<u8>)) -> anyhow
     })
 }
 
+/// `status`'s line about batches: switched off in this run (why), or the sizes sent lately;
+/// nothing while none was sent with batching on (or when `max_images` is 1).
+fn batching_line(b: &crate::pipeline::batch::BatchingView) -> Option<String> {
+    if let Some(why) = &b.off_reason {
+        return Some(format!(
+            "batches: off for the rest of this run ({why}); images are sent one by one"
+        ));
+    }
+    if !b.enabled || b.batches == 0 {
+        return None;
+    }
+    let sizes: Vec<String> = b.recent_sizes.iter().map(usize::to_string).collect();
+    Some(format!(
+        "batches: {} sent ({} images); latest sizes {}{}",
+        b.batches,
+        b.images,
+        sizes.join(", "),
+        b.paced_size
+            .map(|n| format!("; sized to Claid's pace: {n}"))
+            .unwrap_or_default()
+    ))
+}
+
 fn cmd_status(config_path: &Path, json: bool) -> anyhow::Result<i32> {
     let config = load_config(config_path)?;
     let mut no_store = false;
@@ -1278,6 +1301,14 @@ fn cmd_status(config_path: &Path, json: bool) -> anyhow::Result<i32> {
             config.folders.state.display()
         ),
         None => println!("daemon: not running (read from the store)"),
+    }
+    if let Some(line) = view
+        .daemon
+        .as_ref()
+        .and_then(|d| d.batching.as_ref())
+        .and_then(batching_line)
+    {
+        println!("{line}");
     }
     if view.manifests.is_empty() {
         println!("No manifests in the store.");

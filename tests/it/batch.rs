@@ -564,6 +564,15 @@ async fn issue12_batching_switched_off_shows_in_metrics_and_status() {
         status["daemon"]["batching"]["off_reason"].is_string(),
         "{status:#}"
     );
+    // And the operator's command says it in a line of its own.
+    let (code, out, err) =
+        crate::support::cli(&["status", "--config", config.to_str().expect("utf-8")]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("batches: off for the rest of this run (")),
+        "{out}"
+    );
     crate::support::stop(&mut daemon).await;
 }
 
