@@ -1405,6 +1405,33 @@ async fn read_limited(
     Ok(buf.freeze())
 }
 
+/// A TLS failure told as one: rustls names what it received ("received corrupt message of
+/// type InvalidContentType" when an `https://` URL reaches a server that speaks plain HTTP),
+/// which says nothing of TLS to an operator.
+fn tls_named(cause: String, url: Option<&reqwest::Url>) -> String {
+    let https = url.is_some_and(|u| u.scheme() == "https");
+    if https && cause.contains("InvalidContentType") {
+        format!(
+            "TLS handshake failed: the server does not answer in TLS (it may speak plain HTTP: is the URL meant to be http://?) ({cause})"
+        )
+    } else if https
+        && [
+            "certificate",
+            "handshake",
+            "alert",
+            "corrupt message",
+            "peer",
+        ]
+        .iter()
+        .any(|sign| cause.contains(sign))
+        && !cause.to_ascii_lowercase().contains("tls")
+    {
+        format!("TLS handshake failed: {cause}")
+    } else {
+        cause
+    }
+}
+
 /// Maps a reqwest failure to a class-bearing error that names the host and the OS cause:
 /// connect errors mean nothing was sent.
 fn transport_error(
@@ -1421,7 +1448,7 @@ fn transport_error(
         ClaidError::Connect {
             endpoint,
             addr,
-            cause: cause(),
+            cause: tls_named(cause(), err.url()),
         }
     } else if err.is_timeout() {
         ClaidError::Timeout {

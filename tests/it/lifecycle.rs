@@ -1770,3 +1770,32 @@ async fn a_version_replaced_while_it_is_validated_is_never_submitted() {
         "no run of the replaced version"
     );
 }
+
+/// `run --once` with an `https://` base URL on a port that speaks plain HTTP (the emulator)
+/// ends 69 at `api.unreachable_timeout` with a last line that says the TLS handshake failed
+/// and names the likely fix; it was rustls' "received corrupt message of type
+/// InvalidContentType", naming neither.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue11_run_once_names_a_tls_handshake_with_a_plain_http_server() {
+    let env = TestEnv::new(Scenario::default()).await;
+    env.drop_file(
+        "m.yaml",
+        b"images:\n  - input: storage://demo/a-64x48.png\n",
+    );
+    let plain = env.emulator.base_url();
+    let text = std::fs::read_to_string(env.config("", "")).expect("config");
+    let pointed = text
+        .replace(&plain, &plain.replacen("http://", "https://", 1))
+        .replace("api:\n", "api:\n  unreachable_timeout: 2s\n");
+    let path = env.dir.path().join("https-on-plain.yaml");
+    std::fs::write(&path, pointed).expect("config");
+    let (code, stderr) = tokio::time::timeout(DEADLINE, env.run_once(&path))
+        .await
+        .expect("run --once ends");
+    assert_eq!(code, 69, "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("TLS handshake failed") && last.contains("http://"),
+        "{last}"
+    );
+}
