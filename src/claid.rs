@@ -1415,15 +1415,11 @@ fn tls_named(cause: String, url: Option<&reqwest::Url>) -> String {
             "TLS handshake failed: the server does not answer in TLS (it may speak plain HTTP: is the URL meant to be http://?) ({cause})"
         )
     } else if https
-        && [
-            "certificate",
-            "handshake",
-            "alert",
-            "corrupt message",
-            "peer",
-        ]
-        .iter()
-        .any(|sign| cause.contains(sign))
+        // An OS error (`ECONNRESET: connection reset by peer`) is no TLS failure.
+        && !cause.starts_with('E')
+        && ["certificate", "handshake", "received fatal alert", "corrupt message"]
+            .iter()
+            .any(|sign| cause.contains(sign))
         && !cause.to_ascii_lowercase().contains("tls")
     {
         format!("TLS handshake failed: {cause}")
@@ -1714,6 +1710,36 @@ fn reset_header(headers: &HeaderMap) -> Option<Duration> {
 
 #[cfg(test)]
 mod tests {
+    /// A TLS failure is named as one; an OS error on an https URL, or anything on http, is
+    /// left as it is.
+    #[test]
+    fn a_tls_failure_is_named_and_an_os_error_is_not() {
+        let https = reqwest::Url::parse("https://api.claid.ai/v1").ok();
+        let http = reqwest::Url::parse("http://api.claid.ai/v1").ok();
+        assert!(
+            tls_named(
+                "received corrupt message of type InvalidContentType".into(),
+                https.as_ref()
+            )
+            .starts_with("TLS handshake failed: the server does not answer in TLS")
+        );
+        assert!(
+            tls_named(
+                "invalid peer certificate: UnknownIssuer".into(),
+                https.as_ref()
+            )
+            .starts_with("TLS handshake failed: invalid peer certificate")
+        );
+        for cause in [
+            "ECONNRESET: connection reset by peer",
+            "ECONNREFUSED: connection refused",
+        ] {
+            assert_eq!(tls_named(cause.into(), https.as_ref()), cause);
+        }
+        let plain = "received corrupt message of type InvalidContentType";
+        assert_eq!(tls_named(plain.into(), http.as_ref()), plain);
+    }
+
     use super::*;
 
     /// A 429 is waited out at least a second, whatever its headers say (a reset of `0`, a

@@ -708,13 +708,13 @@ impl Store {
         Ok(job)
     }
 
-    /// Notes the object already at a queued job's storage output before its first submit
-    /// ([`JobV1::replaces`]); kept if one is noted already. Made durable by the submit's intent
-    /// (`mark_submitting`), which flushes after it.
-    pub async fn note_replaced_object(
+    /// Notes the objects already at a queued job's storage output before its submit
+    /// ([`JobV1::replaces`]; empty: none); kept if noted already. Made durable by the submit's
+    /// intent (`mark_submitting`), which flushes after it.
+    pub async fn note_replaced_objects(
         &self,
         id: JobId,
-        seen: ObjectSeen,
+        seen: Vec<ObjectSeen>,
     ) -> Result<JobV1, StoreError> {
         self.step(id, "queued", move |job| match job.state {
             JobState::Queued if job.replaces.is_none() => Some(JobV1 {
@@ -1101,6 +1101,9 @@ impl Store {
                 next.accepted_unread = false;
                 if job.state.is_terminal() {
                     next.staged = None;
+                    // Looked at again before the replay's submit: the object there now may be
+                    // this job's own earlier edit.
+                    next.replaces = None;
                 }
                 Some(next)
             })

@@ -100,6 +100,9 @@ pub struct Batching {
     connectors: HashSet<String>,
 }
 
+/// Batch members whose replaced objects are asked at once before a batch is sent.
+const REPLACED_OBJECT_CHECKS: usize = 16;
+
 /// What `/status` shows about batching.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct BatchingView {
@@ -595,6 +598,17 @@ impl BatchRunner {
     }
 
     async fn run(&self, members: Vec<Member>, permit: OwnedSemaphorePermit) {
+        // The objects each storage output replaces, asked side by side (a HEAD or two each):
+        // noted on the jobs in the store before the batch's intent is flushed.
+        {
+            use futures_util::StreamExt;
+            let runner = &self.deps.runner;
+            futures_util::stream::iter(&members)
+                .for_each_concurrent(REPLACED_OBJECT_CHECKS, |m| {
+                    runner.note_replaced_objects(m.id, &m.job)
+                })
+                .await;
+        }
         // `on_output_exists` (an output already there), before the batch is sent.
         let mut to_send = Vec::with_capacity(members.len());
         for member in members {

@@ -94,13 +94,6 @@ const SILENT_AFTER: u64 = 2;
 /// lost, and at 100% it costs ten tasks their fallback wait.
 const SILENT_AFTER_HEARD: u64 = 10;
 
-/// What one batch found ended by a poll counts for against [`SILENT_AFTER_HEARD`]: two in a row
-/// make webhooks silent. A run has few batches (a drop of 1,000 images, about 25), and each
-/// waits up to `webhook.poll_fallback` for its webhook while its size has no estimate: ten in a
-/// row held a drop whose webhooks stopped after the canary for three rounds of two minutes. A
-/// false alarm costs a poll for each batch waiting, a few requests.
-const BATCH_SILENCE_WEIGHT: u64 = SILENT_AFTER_HEARD / SILENT_AFTER;
-
 /// A job held in doubt after its submit answer was lost, as a webhook's echoed request would
 /// show it: the request it sent alone, and the batch body and input it would go with.
 #[derive(Debug, Clone)]
@@ -662,25 +655,32 @@ impl Dispatch {
         if submitted_at_ms < self.started_ms {
             return;
         }
-        let weight = if batch { BATCH_SILENCE_WEIGHT } else { 1 };
-        let before = self.polled_final.fetch_add(weight, Ordering::Relaxed);
-        let n = before + weight;
-        let reached =
-            |before: u64, threshold: u64| before < threshold && before + weight >= threshold;
-        if done
-            && reached(
-                self.polled_done.fetch_add(weight, Ordering::Relaxed),
-                self.silent_after_done(),
-            )
-            && n < self.silent_after()
-            && self.heard_any()
-        {
-            self.silent.notify_waiters();
-            tracing::warn!(
-                "Webhooks come, but not for tasks that end DONE: polls found successful tasks without theirs; results are polled as without webhooks until one comes (is the webhook subscribed to failed tasks only? Subscribe it to successful ones too in Claid's dashboard, docs/webhooks.md)"
-            );
+        // A batch counts for as many tasks as make two in a row reach either threshold: a run
+        // has few batches (a drop of 1,000 images, about 25), and each waits up to
+        // `webhook.poll_fallback` for its webhook while its size has no estimate, so ten in a
+        // row held a drop whose webhooks stopped after the canary for three rounds of two
+        // minutes. A false alarm costs a poll for each batch waiting, a few requests.
+        let weight = |threshold: u64| if batch { threshold / SILENT_AFTER } else { 1 };
+        let reached = |before: u64, weight: u64, threshold: u64| {
+            before < threshold && before + weight >= threshold
+        };
+        let final_after = self.silent_after();
+        let final_weight = weight(final_after);
+        let before = self.polled_final.fetch_add(final_weight, Ordering::Relaxed);
+        let n = before + final_weight;
+        if done {
+            let done_after = self.silent_after_done();
+            let done_weight = weight(done_after);
+            let done_before = self.polled_done.fetch_add(done_weight, Ordering::Relaxed);
+            if reached(done_before, done_weight, done_after) && n < final_after && self.heard_any()
+            {
+                self.silent.notify_waiters();
+                tracing::warn!(
+                    "Webhooks come, but not for tasks that end DONE: polls found successful tasks without theirs; results are polled as without webhooks until one comes (is the webhook subscribed to failed tasks only? Subscribe it to successful ones too in Claid's dashboard, docs/webhooks.md)"
+                );
+            }
         }
-        if reached(before, self.silent_after()) {
+        if reached(before, final_weight, final_after) {
             // Tasks already waiting for their webhook poll now, not at their fallback.
             self.silent.notify_waiters();
             if self.heard_any() {
@@ -1121,6 +1121,18 @@ mod tests {
         assert!(!dispatch.webhooks_silent(), "one batch is no pattern");
         dispatch.polled_final(crate::store::now_ms(), true, true);
         assert!(dispatch.webhooks_silent(), "two batches in a row");
+    }
+
+    /// Before any webhook is heard a batch counts as one task, as after: two batches found
+    /// ended by polls make webhooks silent, one does not (a canary polled just before its
+    /// webhook came was a false alarm).
+    #[test]
+    fn one_batch_found_by_a_poll_before_any_webhook_is_no_pattern() {
+        let dispatch = Dispatch::default();
+        dispatch.polled_final(crate::store::now_ms(), true, true);
+        assert!(!dispatch.webhooks_silent(), "one batch");
+        dispatch.polled_final(crate::store::now_ms(), true, true);
+        assert!(dispatch.webhooks_silent(), "two batches");
     }
 
     /// A task held jobs adopted stays pending from its webhook until it is seen through, so

@@ -72,7 +72,13 @@ enum Taken {
     HandedOn,
     /// Nothing to do, or retried at the next scan.
     Done,
+    /// The file changed while it was validated: to be taken again as it is now.
+    Again,
 }
+
+/// Times a candidate saved again while it was validated is taken again at once; a file that
+/// keeps changing is left to the watcher, which offers it again once it settles.
+const MAX_RETAKES: usize = 5;
 
 impl Intake {
     /// Takes candidates until the daemon stops. The same path is never taken twice at once: a
@@ -146,7 +152,7 @@ impl Intake {
                     let path = candidate.path.clone();
                     match this.take(candidate).await {
                         Taken::HandedOn => {}
-                        Taken::Done => this.done_without_handing_on(),
+                        Taken::Done | Taken::Again => this.done_without_handing_on(),
                     }
                     let mut busy = busy.lock().unwrap_or_else(PoisonError::into_inner);
                     next = busy.get_mut(&path).and_then(Option::take);
@@ -181,7 +187,28 @@ impl Intake {
             }
         };
         let span = info_span!("manifest", manifest = %rel.display());
-        self.take_in(candidate, rel).instrument(span).await
+        let mut candidate = candidate;
+        for _ in 0..MAX_RETAKES {
+            match self
+                .take_in(candidate.clone(), rel.clone())
+                .instrument(span.clone())
+                .await
+            {
+                // As it is now (its size decides the size limit's fast path).
+                Taken::Again => {
+                    let path = candidate.path.clone();
+                    if let Ok(meta) = on_file_pool(move || std::fs::symlink_metadata(path)).await {
+                        candidate.fingerprint = crate::watcher::Fingerprint {
+                            size: meta.len(),
+                            mtime: meta.modified().unwrap_or(std::time::UNIX_EPOCH),
+                        };
+                    }
+                }
+                taken => return taken,
+            }
+        }
+        warn!(parent: &span, "The manifest changed each time it was validated; it is taken in once it stays the same");
+        Taken::Done
     }
 
     async fn take_in(&self, candidate: Candidate, rel: PathBuf) -> Taken {
@@ -285,30 +312,38 @@ impl Intake {
         // Saved again while it was validated (a fix saved over a broken version, a new version
         // over one not yet taken in): what was validated is not the file any more. Rejected,
         // the new version went to `rejected/` with the old one's problems; registered, a
-        // version was billed that no archive keeps. The new version is taken in instead (the
-        // watcher hands it on, as it does every change).
-        let changed_meanwhile = match (&sha256, &loaded) {
-            (
-                Some(before),
-                Ok(_)
-                | Err(
-                    manifest::ManifestError::Invalid { .. }
-                    | manifest::ManifestError::Recipe { .. },
-                ),
-            ) => {
-                let hash_path = path.clone();
-                let now = on_file_pool(move || output::sha256_file(&hash_path))
-                    .await
-                    .ok();
-                now.as_ref() != Some(before)
-            }
-            _ => false,
+        // version was billed that no archive keeps. The file is taken again, as it is now.
+        let validated = match &loaded {
+            // The bytes validated (a recipe image's identity hashes its recipe too: the image's
+            // own hash, read first, stands for it).
+            Ok(spec) if candidate.kind == CandidateKind::Manifest => Some(spec.sha256.clone()),
+            Ok(_)
+            | Err(
+                manifest::ManifestError::Invalid { .. } | manifest::ManifestError::Recipe { .. },
+            ) => sha256.clone(),
+            Err(manifest::ManifestError::Read { .. }) => None,
         };
-        if changed_meanwhile {
-            info!(
-                "The manifest was saved again (or removed) while it was validated; its new version is taken in instead"
-            );
-            return Taken::Done;
+        if let Some(validated) = validated {
+            let hash_path = path.clone();
+            match on_file_pool(move || output::sha256_file(&hash_path)).await {
+                Ok(now) if now == validated => {}
+                Ok(_) => {
+                    info!(
+                        "The manifest was saved again while it was validated; it is taken again as it is now"
+                    );
+                    return Taken::Again;
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                    info!("The manifest left the inbox while it was validated; nothing to do");
+                    // As for a file gone before it was read: a copy kept of a version that
+                    // waited for a drain is not brought back later.
+                    let pending = pending_path(&path);
+                    let _ = on_file_pool(move || std::fs::remove_file(pending)).await;
+                    return Taken::Done;
+                }
+                // Cannot tell (EMFILE, EIO): taken as validated, as before this check.
+                Err(_) => {}
+            }
         }
         let phase = Phase::Found;
         let spec = match loaded {
@@ -891,6 +926,28 @@ impl Intake {
                         log_problems(rel, text);
                     }
                 }
+                // An earlier rejection of this file that could not move it wrote its error file
+                // flat at the top of `rejected/`, saying the manifest stays in the inbox: no
+                // longer true (a manifest at the inbox's top has its error file there anyway).
+                // (Nor when this rejection went flat itself: a path too deep for `rejected/`.)
+                let rejected = self.folders.rejected.clone();
+                let flat = flattened_name(rel);
+                let own = dest.clone();
+                let _ = on_file_pool(move || {
+                    let stale = rejected.join(filename::error_file_name(
+                        &flat,
+                        &filename::FsLimits::of(&rejected),
+                    ));
+                    let name = own.file_name().unwrap_or_default().to_owned();
+                    let own_error = own.with_file_name(filename::error_file_name(
+                        &name,
+                        &filename::FsLimits::of(&own),
+                    ));
+                    if stale != own_error {
+                        let _ = std::fs::remove_file(stale);
+                    }
+                })
+                .await;
                 // A valid version saved before this one waits for its predecessor's drain: it
                 // is put back, so the rejection does not lose it.
                 if restore_pending(&self.store, path, rel).await {

@@ -296,7 +296,6 @@ impl Runner {
         let deps = &*self.deps;
         let policy = self.settings().policies.on_output_exists;
         if policy == OnOutputExists::Replace {
-            self.note_replaced_object(id, job).await;
             return None;
         }
         let Some(uri) = crate::storages::destination_of(&job.body, &job.output_rel) else {
@@ -358,14 +357,19 @@ impl Runner {
         self.record_skipped(id, done).await
     }
 
-    /// `on_output_exists: replace` with a storage output, before the job's first submit: the
-    /// object already at its key (an earlier edit) is noted ([`JobV1::replaces`]), so that the
-    /// check after Claid's answer tells Claid's new object from it (a connector pointing
-    /// elsewhere since the start, or a DONE without the write, left the earlier edit there,
-    /// recorded done). A bucket that cannot be asked leaves nothing noted (a warning): the
+    /// `on_output_exists: replace` with a storage output, before the job's submit: the objects
+    /// already at its key and at the key with its format's other extension (an earlier edit)
+    /// are noted ([`JobV1::replaces`]; none there is noted too, so they are asked once), so
+    /// that the check after Claid's answer tells Claid's new object from them (a connector
+    /// pointing elsewhere since the start, or a DONE without the write, left the earlier edit
+    /// there, recorded done). Not for a job waiting to adopt the task of a lost submit: the
+    /// object there may be that task's. A bucket that cannot be asked leaves nothing noted: the
     /// check then takes whatever object is there.
-    async fn note_replaced_object(&self, id: JobId, job: &JobV1) {
-        if job.attempts > 0 || job.replaces.is_some() {
+    pub async fn note_replaced_objects(&self, id: JobId, job: &JobV1) {
+        if job.replaces.is_some()
+            || job.waits_for_adoption()
+            || self.settings().policies.on_output_exists != OnOutputExists::Replace
+        {
             return;
         }
         let deps = &*self.deps;
@@ -378,21 +382,19 @@ impl Runner {
         let Some(storage) = deps.storages.by_connector(connector) else {
             return;
         };
+        let mut seen = Vec::new();
         for key in std::iter::once(key.to_owned()).chain(extension_alias(key)) {
             match storage.objects.head(&key).await {
-                Ok(info) => {
-                    let seen = ObjectSeen::new(&key, info.e_tag, info.last_modified);
-                    if let Err(err) = deps.store.note_replaced_object(id, seen).await {
-                        debug!(error = %err, job_id = id, "The object an edit replaces was not noted");
-                    }
-                    return;
-                }
+                Ok(info) => seen.push(ObjectSeen::new(&key, info.e_tag, info.last_modified)),
                 Err(crate::objects::ObjectError::NotFound { .. }) => {}
                 Err(err) => {
-                    warn!(error = %err, job_id = id, "Cannot see the object this edit replaces; the output check takes whatever object is there");
+                    debug!(error = %err, job_id = id, "Cannot see the object this edit replaces; the output check takes whatever object is there");
                     return;
                 }
             }
+        }
+        if let Err(err) = deps.store.note_replaced_objects(id, seen).await {
+            debug!(error = %err, job_id = id, "The objects an edit replaces were not noted");
         }
     }
 
@@ -603,6 +605,7 @@ impl Runner {
         if let Some(outcome) = self.settle_existing_output(id, job).await {
             return Step::End(outcome);
         }
+        self.note_replaced_objects(id, job).await;
         if let Some(outcome) = self.restage_if_gone(id, job).await {
             return Step::End(outcome);
         }
@@ -1642,7 +1645,8 @@ impl Runner {
             {
                 Ok(info) => {
                     let now = ObjectSeen::new(key, info.e_tag.clone(), info.last_modified);
-                    let Some(before) = job.replaces.as_ref().filter(|b| b.is_same(&now)) else {
+                    let Some(before) = job.replaces.iter().flatten().find(|b| b.is_same(&now))
+                    else {
                         break info;
                     };
                     // Still the object that was there before the submit: Claid's may not be

@@ -236,11 +236,12 @@ pub struct JobV1 {
     /// says, instead of sending it again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub accepted_unread: bool,
-    /// The object already at this job's storage output when it was first submitted
-    /// (`on_output_exists: replace`): the output check after Claid's answer does not take that
-    /// older object for the new edit. Recorded before the submit's intent is flushed.
+    /// The objects already at this job's storage output key (and at its format's other
+    /// extension) before it was submitted (`on_output_exists: replace`; empty: none was
+    /// there; `None`: not looked at): the output check after Claid's answer does not take such
+    /// an older object for the new edit. Recorded before the submit's intent is flushed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replaces: Option<ObjectSeen>,
+    pub replaces: Option<Vec<ObjectSeen>>,
     /// Time of the last change, for reports and stale-state diagnosis.
     pub updated_at_ms: u64,
 }

@@ -1799,3 +1799,49 @@ async fn issue11_run_once_names_a_tls_handshake_with_a_plain_http_server() {
         "{last}"
     );
 }
+
+/// The same under `run --once`, which has no watcher to offer the file again: the fix saved
+/// while the broken version is validated is taken again at once, runs, and `run --once` ends
+/// with nothing left in the inbox and nothing rejected.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_once_takes_a_fix_saved_while_the_broken_version_is_validated() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let config = env.config("", "");
+    let mut broken = large_manifest();
+    broken.extend_from_slice(
+        b"  - { input: \"https://cdn.example.com/sku/x.jpg\", output: \"o/0.webp\" }\n",
+    );
+    env.drop_file("m.yaml", &broken);
+    let log_path = env.dir.path().join("once.log");
+    let log = std::fs::File::create(&log_path).expect("log");
+    let mut once = tokio::process::Command::new(crate::support::bin())
+        .args(["run", "--once", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run --once starts");
+    wait_until("validation started", DEADLINE, || {
+        std::fs::read_to_string(&log_path).is_ok_and(|l| l.contains("Validating the manifest"))
+    })
+    .await;
+    let fix = b"images:\n  - input: storage://demo/fixed-64x48.png\n".to_vec();
+    env.drop_file("m.yaml", &fix);
+    let status = tokio::time::timeout(DEADLINE, once.wait())
+        .await
+        .expect("run --once ends")
+        .expect("status");
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert_eq!(
+        std::fs::read(env.archive.join("m.yaml")).expect("archived"),
+        fix,
+        "{log}"
+    );
+    assert!(env.outbox.join("m/fixed-64x48.jpg").is_file(), "{log}");
+    assert!(TestEnv::files_under(&env.rejected).is_empty(), "{log}");
+    assert!(!env.inbox.join("m.yaml").exists(), "{log}");
+}
