@@ -369,8 +369,13 @@ async fn issue11_a_rejected_manifest_that_could_not_be_moved_is_moved_once_it_ca
     wait_until("the flat error file", DEADLINE, || flat.is_file()).await;
     assert!(bad.is_file(), "still in the inbox");
     std::fs::remove_file(&blocker).expect("the way is free");
+    // The manifest is moved first, then its error file written beside it, then the flat one
+    // removed: waited for as a whole.
     wait_until("moved out of the inbox", DEADLINE, || {
-        !bad.exists() && env.rejected.join("team/bad.yaml").is_file()
+        !bad.exists()
+            && env.rejected.join("team/bad.yaml").is_file()
+            && env.rejected.join("team/bad.yaml.error.txt").is_file()
+            && !flat.exists()
     })
     .await;
     let text = std::fs::read_to_string(env.rejected.join("team/bad.yaml.error.txt"))
