@@ -556,15 +556,7 @@ async fn dashboard_rate_limit_figure_follows_a_lower_quota_claid_announced() {
     let base = format!("http://{}", env.dashboard(0).await);
     env.drop_file("q.yaml", manifest(2, "q", &[]).as_bytes());
     wait_finished(&env, "q.yaml").await;
-    let page = reqwest::Client::new()
-        .get(format!("{base}/"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .expect("get")
-        .text()
-        .await
-        .expect("page");
+    let page = page_with_token(&reqwest::Client::new(), format!("{base}/")).await;
     let figure = page
         .split("rate-limit")
         .nth(1)
