@@ -794,11 +794,17 @@ fn walk(root: &Path, reported: &mut Reported) -> std::io::Result<Vec<Found>> {
 
 /// Size and mtime of the entry itself (`lstat`: a symlink's own, never its target's).
 fn own_fingerprint(entry: &std::fs::DirEntry) -> Option<Fingerprint> {
-    let meta = entry.metadata().ok()?;
-    Some(Fingerprint {
-        size: meta.len(),
-        mtime: meta.modified().ok()?,
-    })
+    Fingerprint::of(&entry.metadata().ok()?)
+}
+
+impl Fingerprint {
+    /// The size and mtime `meta` gives (`None` when the filesystem keeps no mtime).
+    pub fn of(meta: &std::fs::Metadata) -> Option<Fingerprint> {
+        Some(Fingerprint {
+            size: meta.len(),
+            mtime: meta.modified().ok()?,
+        })
+    }
 }
 
 /// What a symlink that was not followed stood for, to name it in the WARN.

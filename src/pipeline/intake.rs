@@ -197,11 +197,10 @@ impl Intake {
                 // As it is now (its size decides the size limit's fast path).
                 Taken::Again => {
                     let path = candidate.path.clone();
-                    if let Ok(meta) = on_file_pool(move || std::fs::symlink_metadata(path)).await {
-                        candidate.fingerprint = crate::watcher::Fingerprint {
-                            size: meta.len(),
-                            mtime: meta.modified().unwrap_or(std::time::UNIX_EPOCH),
-                        };
+                    if let Ok(meta) = on_file_pool(move || std::fs::symlink_metadata(path)).await
+                        && let Some(now) = crate::watcher::Fingerprint::of(&meta)
+                    {
+                        candidate.fingerprint = now;
                     }
                 }
                 taken => return taken,
@@ -927,27 +926,14 @@ impl Intake {
                     }
                 }
                 // An earlier rejection of this file that could not move it wrote its error file
-                // flat at the top of `rejected/`, saying the manifest stays in the inbox: no
-                // longer true (a manifest at the inbox's top has its error file there anyway).
-                // (Nor when this rejection went flat itself: a path too deep for `rejected/`.)
-                let rejected = self.folders.rejected.clone();
-                let flat = flattened_name(rel);
-                let own = dest.clone();
-                let _ = on_file_pool(move || {
-                    let stale = rejected.join(filename::error_file_name(
-                        &flat,
-                        &filename::FsLimits::of(&rejected),
-                    ));
-                    let name = own.file_name().unwrap_or_default().to_owned();
-                    let own_error = own.with_file_name(filename::error_file_name(
-                        &name,
-                        &filename::FsLimits::of(&own),
-                    ));
-                    if stale != own_error {
-                        let _ = std::fs::remove_file(stale);
-                    }
-                })
-                .await;
+                // flat at the top of `rejected/`: no longer true.
+                let (rejected, rel_owned, moved_to) = (
+                    self.folders.rejected.clone(),
+                    rel.to_path_buf(),
+                    dest.clone(),
+                );
+                on_file_pool(move || remove_stale_flat_error(&rejected, &rel_owned, &moved_to))
+                    .await;
                 // A valid version saved before this one waits for its predecessor's drain: it
                 // is put back, so the rejection does not lose it.
                 if restore_pending(&self.store, path, rel).await {
@@ -1019,7 +1005,7 @@ impl Intake {
             self.folders.inbox.clone(),
             self.folders.rejected.clone(),
         );
-        let (text, flat) = (text.to_owned(), flattened_name(rel));
+        let (text, rel) = (text.to_owned(), rel.to_path_buf());
         let to = rejected.clone();
         move_again_later(
             path.to_path_buf(),
@@ -1027,13 +1013,28 @@ impl Intake {
             move || output::move_rejected(&inbox, &src, &to, &text),
             move |(dest, _)| {
                 info!(to = %dest.display(), "Moved the rejected manifest out of the inbox at last");
-                let stale = rejected.join(filename::error_file_name(
-                    &flat,
-                    &filename::FsLimits::of(&rejected),
-                ));
-                let _ = std::fs::remove_file(stale);
+                remove_stale_flat_error(&rejected, &rel, &dest);
             },
         );
+    }
+}
+
+/// Removes the error file a rejection of `rel` that could not move it wrote flat at the top
+/// of `rejected/` (it said the manifest stays in the inbox), now that the manifest was moved to
+/// `dest`; not when that file is `dest`'s own (a manifest at the inbox's top, or a path too deep
+/// for `rejected/`, goes flat itself).
+fn remove_stale_flat_error(rejected: &Path, rel: &Path, dest: &Path) {
+    let stale = rejected.join(filename::error_file_name(
+        &flattened_name(rel),
+        &filename::FsLimits::of(rejected),
+    ));
+    let name = dest.file_name().unwrap_or_default().to_owned();
+    let own = dest.with_file_name(filename::error_file_name(
+        &name,
+        &filename::FsLimits::of(dest),
+    ));
+    if stale != own {
+        let _ = std::fs::remove_file(stale);
     }
 }
 
