@@ -574,12 +574,16 @@ impl Finisher {
         // (Looked up with `api.staging` unset too: a run that staged objects before the
         // setting was removed keeps its mark, so that they are deleted once it is set again;
         // they were forgotten in the bucket without a word.)
-        let staged: Vec<String> = match self.deps.store.staged_of_run(id).await {
-            Ok(_) if self.deps.staging_kept => Vec::new(),
-            Ok(staged) => staged.into_iter().collect(),
-            Err(err) => {
-                warn!(error = %err, "Cannot list the run's staged objects; they stay");
-                Vec::new()
+        let staged: Vec<String> = if self.deps.staging_kept {
+            // Kept by choice: not even looked up.
+            Vec::new()
+        } else {
+            match self.deps.store.staged_of_run(id).await {
+                Ok(staged) => staged.into_iter().collect(),
+                Err(err) => {
+                    warn!(error = %err, "Cannot list the run's staged objects; they stay");
+                    Vec::new()
+                }
             }
         };
         if !staged.is_empty() && self.deps.staging.is_none() {
