@@ -908,12 +908,19 @@ impl Intake {
         // error file, on the dashboard or in an alert that leaves the machine (the manifest
         // itself, moved beside it, still has it).
         let text = &*crate::text::redact_urls_in(text);
+        // A valid version saved before this one, waiting for its predecessor's drain, is
+        // marked to be put back before this one leaves the inbox: a stop between the two puts
+        // it back at the next start, while a copy whose manifest its user deleted is not.
+        let marked = mark_for_restore(path).await;
         let src = path.to_path_buf();
         let inbox = self.folders.inbox.clone();
         let rejected = self.folders.rejected.clone();
         let error_text = text.to_owned();
         let moved =
             on_file_pool(move || output::move_rejected(&inbox, &src, &rejected, &error_text)).await;
+        if marked && moved.is_err() {
+            unmark_for_restore(path).await;
+        }
         match moved {
             Ok((dest, written)) => {
                 match written {
@@ -936,7 +943,7 @@ impl Intake {
                     .await;
                 // A valid version saved before this one waits for its predecessor's drain: it
                 // is put back, so the rejection does not lose it.
-                if restore_pending(&self.store, path, rel).await {
+                if marked && restore_pending(&self.store, path, rel).await {
                     info!(
                         "Put back the valid version saved before the rejected one; it runs once the version before it has drained"
                     );
@@ -1038,32 +1045,69 @@ fn remove_stale_flat_error(rejected: &Path, rel: &Path, dest: &Path) {
     }
 }
 
-/// `team/bad.yaml` → `team__bad.yaml`: an inbox-relative path as one file name.
 /// Where [`Intake::keep_pending`] keeps a waiting version of the manifest at `path`:
 /// `.NAME.claid-pending`, or, when that (with the `-PID` of its temporary name) would pass
 /// the filesystem's `NAME_MAX`, `NAME` shortened with a hash as `filename` says (a version of
 /// a manifest with a long name was lost: its copy could not be made).
 fn pending_path(path: &Path) -> PathBuf {
     // `-` and a process id (at most 10 digits) after it, in the temporary name.
-    filename::hidden_beside(path, ".claid-pending", 1 + 10)
+    filename::hidden_beside(path, PENDING_SUFFIX, 1 + 10)
 }
 
-/// The manifest a waiting version's copy at `pending` belongs to, among the runs in `runs`
-/// (inbox-relative paths): the copy of a long name is named with a hash, not the name.
-fn owner_of_pending(inbox: &Path, pending: &Path, runs: &[String]) -> Option<PathBuf> {
+/// Where a waiting version's copy goes while a broken save of its manifest is rejected
+/// ([`mark_for_restore`]): `.NAME.claid-restore`, shortened as [`pending_path`] is. Only a copy
+/// under this name is put back at a start; one under [`pending_path`] whose manifest is gone
+/// was deleted with it by its user.
+fn restore_path(path: &Path) -> PathBuf {
+    filename::hidden_beside(path, RESTORE_SUFFIX, 1 + 10)
+}
+
+const PENDING_SUFFIX: &str = ".claid-pending";
+const RESTORE_SUFFIX: &str = ".claid-restore";
+
+/// The manifest a waiting version's copy at `copy` (named by `name_of`) belongs to, among the
+/// runs in `runs` (inbox-relative paths): the copy of a long name is named with a hash, not
+/// the name.
+fn owner_of_copy(
+    inbox: &Path,
+    copy: &Path,
+    runs: &[String],
+    name_of: fn(&Path) -> PathBuf,
+) -> Option<PathBuf> {
     runs.iter()
         .map(|rel| inbox.join(rel))
-        .find(|manifest| pending_path(manifest) == pending)
+        .find(|manifest| name_of(manifest) == copy)
 }
 
-/// Puts back the copy [`Intake::keep_pending`] kept of a valid version that waits for its
-/// predecessor's drain, where the manifest at `path` (inbox-relative `rel`) was moved away
+/// Marks the copy of a version waiting beside the manifest at `path` to be put back: renamed
+/// from [`pending_path`] to [`restore_path`] (one atomic step, before a broken save of the
+/// manifest leaves the inbox). True when there was such a copy.
+async fn mark_for_restore(path: &Path) -> bool {
+    let manifest = path.to_path_buf();
+    on_file_pool(move || {
+        let pending = pending_path(&manifest);
+        std::fs::symlink_metadata(&pending).is_ok_and(|m| m.file_type().is_file())
+            && std::fs::rename(&pending, restore_path(&manifest)).is_ok()
+    })
+    .await
+}
+
+/// Undoes [`mark_for_restore`]: the broken save stayed in the inbox (or its user removed it),
+/// so the copy waits again as it did.
+async fn unmark_for_restore(path: &Path) {
+    let manifest = path.to_path_buf();
+    let _ = on_file_pool(move || std::fs::rename(restore_path(&manifest), pending_path(&manifest)))
+        .await;
+}
+
+/// Puts back the copy of a valid version that waits for its predecessor's drain, marked by
+/// [`mark_for_restore`], where the manifest at `path` (inbox-relative `rel`) was moved away
 /// (rejected) or is missing (a crash came between the rejection and the putting back), so
 /// that version is what the drain's end takes in. Only a regular file, and only where nothing
-/// is (a hard link fails if the user saved again meanwhile), and only while the version before
-/// it drains or has drained without this one taken in: a copy left from an earlier wait (its
-/// run finished since) is stale, and removed instead of being taken in (and billed). True
-/// when it put the version back.
+/// is (a hard link fails if the user saved again meanwhile: the copy waits again then, as
+/// before the rejection), and only while the version before it drains or has drained without
+/// this one taken in: a copy left from an earlier wait (its run finished since) is stale, and
+/// removed instead of being taken in (and billed). True when it put the version back.
 async fn restore_pending(store: &Store, path: &Path, rel: &Path) -> bool {
     let draining = matches!(
         store.latest_run(&rel.to_string_lossy()).await,
@@ -1075,27 +1119,62 @@ async fn restore_pending(store: &Store, path: &Path, rel: &Path) -> bool {
         )
     );
     let manifest = path.to_path_buf();
-    if !draining {
-        let pending = pending_path(&manifest);
-        let _ = on_file_pool(move || std::fs::remove_file(pending)).await;
-        return false;
-    }
     on_file_pool(move || {
-        let pending = pending_path(&manifest);
-        std::fs::symlink_metadata(&pending).is_ok_and(|m| m.file_type().is_file())
-            && std::fs::hard_link(&pending, &manifest).is_ok()
-            && std::fs::remove_file(&pending).is_ok()
+        let kept = restore_path(&manifest);
+        if !draining {
+            let _ = std::fs::remove_file(kept);
+            return false;
+        }
+        let put_back = std::fs::symlink_metadata(&kept).is_ok_and(|m| m.file_type().is_file())
+            && std::fs::hard_link(&kept, &manifest).is_ok();
+        if put_back {
+            let _ = std::fs::remove_file(&kept);
+        } else {
+            let _ = std::fs::rename(&kept, pending_path(&manifest));
+        }
+        put_back
     })
     .await
 }
 
-/// At a start, before the first scan: the waiting versions a crash left only as their hidden
-/// copy (`.NAME.claid-pending`, the manifest itself moved to `rejected/` as a broken save, the
-/// crash before the copy was put back) are put back, so the first scan takes them in (after
-/// their predecessor's drain) instead of leaving them hidden for good. Returns how many.
+/// A hidden copy of a waiting version found in the inbox at a start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeptCopy {
+    /// `.NAME.claid-pending`: waits for its predecessor's drain.
+    Pending,
+    /// `.NAME.claid-restore`: marked to be put back while a broken save was rejected.
+    Restore,
+}
+
+impl KeptCopy {
+    fn of(name: &str) -> Option<(KeptCopy, &str)> {
+        let name = name.strip_prefix('.')?;
+        let (kind, manifest) = match name.strip_suffix(PENDING_SUFFIX) {
+            Some(manifest) => (KeptCopy::Pending, manifest),
+            None => (KeptCopy::Restore, name.strip_suffix(RESTORE_SUFFIX)?),
+        };
+        (!manifest.is_empty()).then_some((kind, manifest))
+    }
+
+    fn path_for(self) -> fn(&Path) -> PathBuf {
+        match self {
+            KeptCopy::Pending => pending_path,
+            KeptCopy::Restore => restore_path,
+        }
+    }
+}
+
+/// At a start, before the first scan, the hidden copies of waiting versions a stop left:
+/// one marked to be put back (`.NAME.claid-restore`: the manifest itself moved to
+/// `rejected/` as a broken save, the stop before the copy was put back) is put back, so the
+/// first scan takes it in (after its predecessor's drain) instead of leaving it hidden for
+/// good; with the broken save still in the inbox it waits again. A waiting copy
+/// (`.NAME.claid-pending`) whose manifest is gone is removed: its user deleted or renamed the
+/// file, and a restart must not bring that version back (and bill it). Returns how many were
+/// put back.
 pub async fn restore_waiting_versions(store: &Store, inbox: &Path) -> usize {
     let root = inbox.to_path_buf();
-    let orphans = on_file_pool(move || {
+    let copies = on_file_pool(move || {
         let mut found = Vec::new();
         let mut dirs = vec![root.clone()];
         while let Some(dir) = dirs.pop() {
@@ -1113,15 +1192,11 @@ pub async fn restore_waiting_versions(store: &Store, inbox: &Path) -> usize {
                 }
                 let name = entry.file_name();
                 let name = name.to_string_lossy();
-                let Some(manifest) = name
-                    .strip_prefix('.')
-                    .and_then(|n| n.strip_suffix(".claid-pending"))
-                    .filter(|n| !n.is_empty())
-                else {
+                let Some((copy, manifest)) = KeptCopy::of(&name) else {
                     continue;
                 };
                 if kind.is_file() {
-                    found.push((path.with_file_name(manifest), path.clone()));
+                    found.push((copy, path.with_file_name(manifest), path.clone()));
                 }
             }
         }
@@ -1130,9 +1205,9 @@ pub async fn restore_waiting_versions(store: &Store, inbox: &Path) -> usize {
     .await;
     // A copy named with a hash (a long manifest name) belongs to the run whose copy has that
     // name; the store knows the runs (read only when there is such a copy).
-    let runs = if orphans
+    let runs = if copies
         .iter()
-        .any(|(manifest, pending)| pending_path(manifest) != *pending)
+        .any(|(copy, manifest, kept)| copy.path_for()(manifest) != *kept)
     {
         match store.manifests().await {
             Ok(runs) => runs.into_iter().map(|(_, m)| m.rel).collect(),
@@ -1143,11 +1218,11 @@ pub async fn restore_waiting_versions(store: &Store, inbox: &Path) -> usize {
     };
     let root = inbox.to_path_buf();
     let mut restored = 0;
-    for (manifest, pending) in orphans {
-        let manifest = if pending_path(&manifest) == pending {
+    for (copy, manifest, kept) in copies {
+        let manifest = if copy.path_for()(&manifest) == kept {
             manifest
         } else {
-            match owner_of_pending(&root, &pending, &runs) {
+            match owner_of_copy(&root, &kept, &runs, copy.path_for()) {
                 Some(manifest) => manifest,
                 None => continue,
             }
@@ -1155,18 +1230,26 @@ pub async fn restore_waiting_versions(store: &Store, inbox: &Path) -> usize {
         let Ok(rel) = manifest.strip_prefix(&root).map(Path::to_path_buf) else {
             continue;
         };
-        if std::fs::symlink_metadata(&manifest).is_ok() {
-            continue;
-        }
-        let path = manifest;
-        if restore_pending(store, &path, &rel).await {
-            warn!(manifest = %rel.display(), "Put back a valid version of a manifest that waited for its predecessor's drain (a stop came while a broken save of it was rejected)");
-            restored += 1;
+        let present = std::fs::symlink_metadata(&manifest).is_ok();
+        match (copy, present) {
+            (KeptCopy::Pending, true) => {}
+            (KeptCopy::Pending, false) => {
+                let _ = on_file_pool(move || std::fs::remove_file(kept)).await;
+                info!(manifest = %rel.display(), "Removed the copy kept of a version of a manifest that waited for its predecessor's drain: the manifest was deleted from the inbox since");
+            }
+            (KeptCopy::Restore, true) => unmark_for_restore(&manifest).await,
+            (KeptCopy::Restore, false) => {
+                if restore_pending(store, &manifest, &rel).await {
+                    warn!(manifest = %rel.display(), "Put back a valid version of a manifest that waited for its predecessor's drain (a stop came while a broken save of it was rejected)");
+                    restored += 1;
+                }
+            }
         }
     }
     restored
 }
 
+/// `team/bad.yaml` → `team__bad.yaml`: an inbox-relative path as one file name.
 fn flattened_name(rel: &Path) -> std::ffi::OsString {
     let mut flat = std::ffi::OsString::new();
     for (i, part) in rel.iter().enumerate() {
@@ -1344,12 +1427,33 @@ mod tests {
         assert!(name + "-4294967295".len() <= 255, "{name}");
         let runs = vec!["team/other.yaml".to_owned(), long.clone()];
         assert_eq!(
-            owner_of_pending(inbox, &pending, &runs),
+            owner_of_copy(inbox, &pending, &runs, pending_path),
+            Some(inbox.join(&long))
+        );
+        let marked = restore_path(&inbox.join(&long));
+        assert_eq!(marked.file_name().expect("name").len(), name);
+        assert_eq!(
+            owner_of_copy(inbox, &marked, &runs, restore_path),
             Some(inbox.join(&long))
         );
         assert_eq!(
             pending_path(&inbox.join("m.yaml")),
             inbox.join(".m.yaml.claid-pending")
         );
+    }
+
+    #[test]
+    fn kept_copies_are_told_by_their_suffix() {
+        assert_eq!(
+            KeptCopy::of(".m.yaml.claid-pending"),
+            Some((KeptCopy::Pending, "m.yaml"))
+        );
+        assert_eq!(
+            KeptCopy::of(".m.yaml.claid-restore"),
+            Some((KeptCopy::Restore, "m.yaml"))
+        );
+        assert_eq!(KeptCopy::of("m.yaml.claid-pending"), None);
+        assert_eq!(KeptCopy::of("..claid-restore"), None);
+        assert_eq!(KeptCopy::of(".m.yaml"), None);
     }
 }

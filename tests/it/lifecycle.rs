@@ -689,6 +689,13 @@ async fn a_version_waiting_for_a_drain_survives_a_crash_during_a_broken_save() {
         daemon.start_kill().expect("SIGKILL");
         daemon.wait().await.expect("killed");
         if broken_moved {
+            // What the rejection leaves when the stop comes between its move and the putting
+            // back: the copy marked to be put back, the broken save in rejected/.
+            std::fs::rename(
+                env.inbox.join(".m.yaml.claid-pending"),
+                env.inbox.join(".m.yaml.claid-restore"),
+            )
+            .expect("marked");
             std::fs::remove_file(env.inbox.join("m.yaml")).expect("moved away");
             std::fs::write(env.rejected.join("m.yaml"), &v3).expect("the broken save");
         } else {
@@ -715,6 +722,59 @@ async fn a_version_waiting_for_a_drain_survives_a_crash_during_a_broken_save() {
             TestEnv::files_under(&env.inbox)
         );
     }
+}
+
+/// A valid version saved while the running one drains, then deleted by its user, then a
+/// crash (SIGKILL) before the drain ends: the next start does not bring the deleted version
+/// back from its hidden copy (it did, and billed it); the version that ran still ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_waiting_version_deleted_by_its_user_before_a_crash_is_not_brought_back() {
+    let env =
+        TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_millis(4000))))
+            .await;
+    let v1 = b"images:\n  - input: storage://demo/one-64x48.png\n  - input: storage://demo/two-64x48.png\n".to_vec();
+    let v2 = b"images:\n  - input: storage://demo/new-64x48.png\n".to_vec();
+    let config = env.config("max_in_flight: 1", "");
+    let mut daemon = env.spawn_daemon(&config, 0);
+    env.drop_file("m.yaml", &v1);
+    wait_until("the first image is submitted", DEADLINE, || {
+        env.stats().submits >= 1
+    })
+    .await;
+    env.drop_file("m.yaml", &v2);
+    let pending = env.inbox.join(".m.yaml.claid-pending");
+    wait_until("v2 waits for v1's drain", DEADLINE, || pending.is_file()).await;
+    std::fs::remove_file(env.inbox.join("m.yaml")).expect("delete v2");
+    daemon.start_kill().expect("SIGKILL");
+    daemon.wait().await.expect("killed");
+    assert!(pending.is_file(), "the kill came before the drain's end");
+    let (code, stderr) = env.run_once(&config).await;
+    assert!(code == 0 || code == 2, "{stderr}");
+    assert!(
+        !env.stats()
+            .submits_by_key
+            .keys()
+            .any(|k| k.starts_with("storage://demo/new")),
+        "the deleted version was never submitted: {stderr}"
+    );
+    assert!(!pending.exists(), "its copy is removed: {stderr}");
+    assert!(!env.inbox.join("m.yaml").exists(), "nothing put back");
+    assert!(!stderr.contains("Put back a valid version"), "{stderr}");
+    // v1's run ends and is reported (under its superseded name or the plain one).
+    let reports: Vec<serde_json::Value> = TestEnv::files_under(&env.outbox)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".report.json"))
+        .map(|p| {
+            serde_json::from_slice(&std::fs::read(env.outbox.join(p)).expect("report"))
+                .expect("json")
+        })
+        .collect();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert_eq!(
+        reports[0]["sha256"],
+        sha256_hex(&v1).as_str(),
+        "{reports:?}"
+    );
 }
 
 /// A valid version saved while the running one drains, then deleted by its user: the copy
