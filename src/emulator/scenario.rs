@@ -260,6 +260,9 @@ pub struct Scenario {
     /// The announcement (1-based, in the order they are made) never sent, whatever the share:
     /// a test's one lost webhook.
     pub webhook_drop_nth: Option<u64>,
+    /// Every announcement from this one on (1-based) never sent: a test's webhooks that stop
+    /// mid-run.
+    pub webhook_drop_from: Option<u64>,
     /// Share of webhooks sent twice.
     pub webhook_duplicate_share: f64,
     /// Share of webhooks sent only after `webhook_delay`.
@@ -350,6 +353,7 @@ impl Default for Scenario {
             webhook_body: WebhookBody::Bare,
             webhook_drop_share: 0.0,
             webhook_drop_nth: None,
+            webhook_drop_from: None,
             webhook_duplicate_share: 0.0,
             webhook_delay_share: 0.0,
             webhook_delay: Duration::ZERO,
@@ -578,12 +582,17 @@ impl Scenario {
         self.webhook_drop_share = share;
         self
     }
-    /// Share of webhooks sent twice.
+    /// The `nth` announcement (1-based) never sent.
     pub fn webhook_drop_nth(mut self, nth: u64) -> Self {
         self.webhook_drop_nth = Some(nth);
         self
     }
-
+    /// Every announcement from the `nth` (1-based) on never sent.
+    pub fn webhook_drop_from(mut self, nth: u64) -> Self {
+        self.webhook_drop_from = Some(nth);
+        self
+    }
+    /// Share of webhooks sent twice.
     pub fn webhook_duplicate_share(mut self, share: f64) -> Self {
         self.webhook_duplicate_share = share;
         self
@@ -672,6 +681,7 @@ impl std::fmt::Debug for Scenario {
             .field("webhook_body", &self.webhook_body)
             .field("webhook_drop_share", &self.webhook_drop_share)
             .field("webhook_drop_nth", &self.webhook_drop_nth)
+            .field("webhook_drop_from", &self.webhook_drop_from)
             .field("webhook_duplicate_share", &self.webhook_duplicate_share)
             .field("webhook_delay_share", &self.webhook_delay_share)
             .field("webhook_delay", &self.webhook_delay)
@@ -952,6 +962,7 @@ impl ScenarioArgs {
             webhook_body: self.webhook_body,
             webhook_drop_share: self.webhook_drop_share,
             webhook_drop_nth: None,
+            webhook_drop_from: None,
             webhook_duplicate_share: self.webhook_duplicate_share,
             webhook_delay_share: self.webhook_delay_share,
             webhook_delay: self.webhook_delay,

@@ -315,7 +315,9 @@ impl AppState {
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
             + 1;
         let plan = Plan {
-            drop: s.webhook_drop_nth == Some(nth) || self.roll(s.webhook_drop_share),
+            drop: s.webhook_drop_nth == Some(nth)
+                || s.webhook_drop_from.is_some_and(|from| nth >= from)
+                || self.roll(s.webhook_drop_share),
             forge: self.roll(s.webhook_forged_share),
             delay: self.roll(s.webhook_delay_share),
             reorder: self.roll(s.webhook_reorder_share),

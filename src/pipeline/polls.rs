@@ -61,6 +61,13 @@ const MIN_SAMPLES: usize = 8;
 /// nearly every single-image edit Claid documents (seconds), short of `poll.max`.
 pub const FIRST_GUESS: Duration = Duration::from_secs(10);
 
+/// With webhooks on, a first-round batch (a size no batch has ended at yet) whose webhook has
+/// not come is polled at the latest after this share of `webhook.poll_fallback` (a third: 40 s
+/// of the default two minutes), so webhooks that stop after the canary's delay the first
+/// round by that much, not the whole fallback. One poll more per first-round batch only where
+/// Claid takes longer than that over such a batch.
+pub const FIRST_ROUND_SHARE: f64 = 3.0;
+
 /// Batch samples kept with their sizes: few, so that an estimate set late by a slow spell comes
 /// back down (by a tenth every half window of batches done at their first poll).
 const SIZED_SAMPLES: usize = 16;
@@ -657,7 +664,9 @@ impl Polls {
     /// (the first round's batches) twice the longest batch seen as if its images had been done
     /// one after the other at its pace, plus a second: generous, so a webhook that comes in
     /// time costs no poll, but a first round whose webhooks are lost is not held for the whole
-    /// `fallback` (20 images of 1 s waited 2 minutes).
+    /// `fallback` (20 images of 1 s waited 2 minutes); and at most [`FIRST_ROUND_SHARE`] of
+    /// `fallback`, since nothing predicts a size not seen yet (webhooks that stopped after the
+    /// canary's held every first-round batch of 64 for the whole two minutes).
     pub fn batch_webhook_wait(
         &self,
         images: usize,
@@ -676,7 +685,8 @@ impl Polls {
                 None => FIRST_GUESS,
                 Some(longest) => {
                     let scale = images.max(1) as f64 / super::batch::CANARY_IMAGES as f64;
-                    longest.mul_f64(2.0 * scale.max(1.0)) + Duration::from_secs(1)
+                    (longest.mul_f64(2.0 * scale.max(1.0)) + Duration::from_secs(1))
+                        .min(fallback.div_f64(FIRST_ROUND_SHARE))
                 }
             },
         };
@@ -1270,7 +1280,7 @@ mod tests {
 
         // A batch: `FIRST_GUESS` while no batch has ended (the canary, which every other batch
         // waits for: `poll.max` held a drop 30 s when its announcement was lost); then, for a
-        // size with no estimate (the first round), the fallback; then its size's estimate,
+        // size with no estimate (the first round), at most a third of the fallback; then its size's estimate,
         // half again, + 1 s.
         let batches = new_polls();
         let at = |polls: &Polls, images| {
@@ -1278,9 +1288,10 @@ mod tests {
         };
         assert!(at(&batches, 2) > secs(9) && at(&batches, 2) <= FIRST_GUESS);
         ended(&batches, 2, &[3.0]);
+        let due = at(&batches, 64);
         assert!(
-            at(&batches, 64) > secs(119),
-            "a large first-round batch waits for its webhook"
+            due > secs(39) && due <= secs(40),
+            "a large first-round batch waits for its webhook a third of the fallback: {due:?}"
         );
         // A small one is overdue at twice the canary's pace for its images, plus a second.
         let due = at(&batches, 4);

@@ -158,6 +158,42 @@ async fn issue12_a_lost_batch_webhook_is_polled_by_what_its_twins_took() {
     assert_eq!(stats.duplicate_submits, 0);
 }
 
+/// Webhooks that stop after the canary's: the first round's batch, of a size no batch has
+/// ended at, is polled at a third of `poll_fallback` (the canary's pace said it could take
+/// minutes, and it waited for the whole fallback: a two-minute tail by default).
+#[tokio::test(flavor = "multi_thread")]
+async fn issue12_webhooks_that_stop_after_the_canary_do_not_hold_the_first_round_for_the_fallback()
+{
+    let port = free_port();
+    let statics = tempfile::tempdir().expect("static dir");
+    let mut text = String::from("images:\n");
+    for i in 0..66 {
+        std::fs::write(statics.path().join(format!("s{i}.png")), png(64, 48)).expect("image");
+        text.push_str(&format!("  - input: http://STATIC/s{i}.png\n"));
+    }
+    let env = TestEnv::new(
+        announcing(port)
+            .static_dir(statics.path())
+            .latency(Latency::Fixed(Duration::from_millis(3000)))
+            .batch_parallelism(64)
+            .webhook_drop_from(2),
+    )
+    .await;
+    let text = text.replace("STATIC", &format!("{}/_static", env.emulator.addr()));
+    env.drop_file("m.yaml", text.as_bytes());
+    let config = env.config("max_in_flight: 256", &webhook_section(&env, port, "90s"));
+    // The canary (3 s), then one batch of 64 that takes 3 s: polled after 30 s, not 90.
+    let (code, stderr) = tokio::time::timeout(Duration::from_secs(70), env.run_once(&config))
+        .await
+        .expect("ends well before the first round's fallback");
+    assert_eq!(code, 0, "{stderr}");
+    all_done(&env, 66);
+    let stats = env.stats();
+    assert_eq!(stats.webhooks_sent, 1, "the canary's only");
+    assert!(stats.batch_polls >= 1, "the first round was polled");
+    assert_eq!(stats.duplicate_submits, 0);
+}
+
 /// A submit whose answer was lost (the task exists at Claid) adopts the task its webhook
 /// announces: no second submit, nothing held.
 #[tokio::test(flavor = "multi_thread")]
