@@ -4,8 +4,9 @@
 //!
 //! The server is bounded ([`crate::http_server`], shared with the webhook receiver), so no
 //! number of idle or slow clients can exhaust the daemon's file descriptors or stop
-//! `/healthz`: at most [`MAX_CONNECTIONS`] connections per listener are served at once (more
-//! are answered `503` and closed at once), a client has [`HEADER_TIMEOUT`] to send a request's
+//! `/healthz`: at most [`MAX_CONNECTIONS`] connections per listener are served at once (at the
+//! cap the one idle the longest makes room; when none is idle, more are answered `503` and
+//! closed at once), a client has [`HEADER_TIMEOUT`] to send a request's
 //! headers (also the idle keep-alive timeout) and [`BODY_TIMEOUT`] to send its body.
 //!
 //! The views (`StatusView`, `JobView`) and the replay selection are plain functions over the

@@ -4,9 +4,10 @@
 //!
 //! Bounded so that no number of idle, slow or greedy clients can exhaust the daemon's file
 //! descriptors or memory: at most [`Bounds::max_connections`] connections per listener are
-//! served at once (at the cap, the connection idle the longest is closed to make room; when
-//! every one has a request in progress, more are answered `503` and closed at once, which also
-//! drains the kernel's accept queue), a client has [`Bounds::header_timeout`] to send a request's headers (from the
+//! served at once (at the cap, the connection idle the longest is closed to make room, at once
+//! when it never sent a whole request; when every one has a request in progress, or newcomers
+//! have waited [`ROOM_WAIT`] for a place in vain, more are answered `503` and closed at once,
+//! which also drains the kernel's accept queue), a client has [`Bounds::header_timeout`] to send a request's headers (from the
 //! connection, and again while a kept-alive connection sits idle), and a handler reads a body
 //! with [`read_body`]: at most [`Bounds::max_body`] bytes within [`Bounds::body_timeout`].
 //! An answer the client does not take ([`WRITE_TIMEOUT`] without a byte going out: a client
@@ -131,8 +132,9 @@ pub async fn serve_counted<H, F>(
     let connections = TaskTracker::new();
     let busy = busy_answer(bounds.name);
     let idle = Arc::new(Connections::default());
-    // Newcomers waiting for the place of a connection evicted for them.
-    let waiting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // Places for newcomers waiting for the place of a connection evicted for them (as many as
+    // there are places).
+    let waiting_room = Arc::new(Semaphore::new(bounds.max_connections));
     // When "too many connections" was last logged (by the accept loop or a newcomer that
     // waited for an evicted place in vain): at most once a minute.
     let last_busy_log = Arc::new(std::sync::Mutex::new(None::<Instant>));
@@ -162,11 +164,18 @@ pub async fn serve_counted<H, F>(
         };
         let permit = permits.clone().try_acquire_owned().ok();
         let (handler, cancel_conn, registry) = (handler.clone(), cancel.clone(), idle.clone());
+        let (busy_evicted, refused_evicted) = (busy.clone(), refused.clone());
         let serve = move |permit: tokio::sync::OwnedSemaphorePermit, io| async move {
             let slot = registry.add();
-            serve_connection(io, bounds, handler, cancel_conn, slot.clone()).await;
+            let ended = serve_connection(io, bounds, handler, cancel_conn, slot.clone()).await;
             registry.remove(&slot);
             drop(permit);
+            // Evicted before it sent a whole request: told it is over the cap, as a newcomer
+            // past the places is, after its place was handed on.
+            if let Some(io) = ended {
+                refused_evicted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                refuse(io, &busy_evicted).await;
+            }
         };
         if let Some(permit) = permit {
             connections.spawn(serve(permit, io));
@@ -179,12 +188,22 @@ pub async fn serve_counted<H, F>(
         // waits for that place in a task of its own (at most as many at once as there are
         // places): waiting here, each of 300 clients trickling headers cost the accept loop
         // a fifth of a second, and a probe behind them went unanswered for 20 s.
-        let may_wait = waiting.load(std::sync::atomic::Ordering::SeqCst) < bounds.max_connections;
-        if may_wait && idle.evict_oldest() {
-            waiting.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let (permits, waiting, refused, busy, last_busy_log) = (
+        // With the waiting room full, the loop waits a moment for a place in it before it
+        // refuses: evicted connections close within it, and newcomers queued behind (a
+        // probe among clients that reconnect as soon as they are closed) are then taken in
+        // instead of refused.
+        let room = match waiting_room.clone().try_acquire_owned() {
+            Ok(room) => Some(room),
+            Err(_) => tokio::select! {
+                _ = cancel.cancelled() => break,
+                room = tokio::time::timeout(ROOM_WAIT, waiting_room.clone().acquire_owned()) => {
+                    room.ok().and_then(Result::ok)
+                }
+            },
+        };
+        if let Some(room) = room.filter(|_| idle.evict_oldest()) {
+            let (permits, refused, busy, last_busy_log) = (
                 permits.clone(),
-                waiting.clone(),
                 refused.clone(),
                 busy.clone(),
                 last_busy_log.clone(),
@@ -194,7 +213,7 @@ pub async fn serve_counted<H, F>(
                     .await
                     .ok()
                     .and_then(Result::ok);
-                waiting.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                drop(room);
                 match permit {
                     Some(permit) => serve(permit, io).await,
                     None => {
@@ -234,6 +253,9 @@ pub async fn serve_counted<H, F>(
     }
 }
 
+/// How long the accept loop waits for a place in the waiting room before it refuses a
+/// newcomer.
+const ROOM_WAIT: Duration = Duration::from_millis(50);
 /// How long a new connection waits for the place of an idle one it evicted.
 const EVICT_WAIT: Duration = Duration::from_millis(200);
 /// How long an evicted connection may take to finish what it is doing (an answer the client
@@ -350,6 +372,9 @@ struct Connections {
 #[derive(Debug)]
 struct Slot {
     in_request: std::sync::atomic::AtomicUsize,
+    /// Whether a request ever began on it: one that never sent a whole request's headers has
+    /// no answer going out, and closes at once when evicted.
+    served: std::sync::atomic::AtomicBool,
     /// Since when it has been idle (no request in progress), or was accepted.
     idle_since: std::sync::Mutex<Instant>,
     evict: CancellationToken,
@@ -365,6 +390,7 @@ impl Connections {
     fn add(&self) -> Arc<Slot> {
         let slot = Arc::new(Slot {
             in_request: std::sync::atomic::AtomicUsize::new(0),
+            served: std::sync::atomic::AtomicBool::new(false),
             idle_since: std::sync::Mutex::new(Instant::now()),
             evict: CancellationToken::new(),
         });
@@ -409,6 +435,7 @@ impl InRequest {
     fn start(slot: &Arc<Slot>) -> InRequest {
         slot.in_request
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        slot.served.store(true, std::sync::atomic::Ordering::SeqCst);
         InRequest(slot.clone())
     }
 }
@@ -478,21 +505,24 @@ fn busy_answer(name: &str) -> Bytes {
     ))
 }
 
-/// Answers a connection over the cap with `busy` and closes it. Inline in the accept loop and
-/// bounded, so refused connections never pile up as open descriptors.
+/// Answers a connection over the cap (or evicted before a whole request came) with `busy` and
+/// closes it. Bounded, so refused connections never pile up as open descriptors.
 async fn refuse(mut io: impl AsyncWrite + Unpin, busy: &[u8]) {
     let _ = tokio::time::timeout(REFUSE_WRITE, io.write_all(busy)).await;
 }
 
 /// One HTTP/1 connection with the header-read (and idle) timeout. On `cancel` an idle
-/// connection closes at once and a request in progress finishes.
-async fn serve_connection<H, F>(
-    io: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
+/// connection closes at once and a request in progress finishes. Returns the connection's
+/// stream when it was evicted before a whole request came (to be told `503`).
+async fn serve_connection<H, F, I>(
+    io: I,
     bounds: Bounds,
     handler: H,
     cancel: CancellationToken,
     slot: Arc<Slot>,
-) where
+) -> Option<I>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response> + Send + 'static,
 {
@@ -511,22 +541,29 @@ async fn serve_connection<H, F>(
         .timer(TokioTimer::new())
         .header_read_timeout(bounds.header_timeout)
         .keep_alive(true);
-    let conn = builder.serve_connection(TokioIo::new(WriteTimeout::new(io)), service);
-    let mut conn = std::pin::pin!(conn);
+    let mut conn = builder.serve_connection(TokioIo::new(WriteTimeout::new(io)), service);
     let res = tokio::select! {
-        res = conn.as_mut() => res,
+        res = &mut conn => res,
         _ = cancel.cancelled() => {
-            conn.as_mut().graceful_shutdown();
+            std::pin::Pin::new(&mut conn).graceful_shutdown();
             conn.await
         }
         _ = slot.evict.cancelled() => {
-            // Idle, and its place wanted: closes at once (a request that began meanwhile,
-            // or an answer going out, gets a moment to finish; a client that does not read
-            // its answer does not keep the place).
-            conn.as_mut().graceful_shutdown();
+            // Idle, and its place wanted: closes at once. A connection that never sent a
+            // whole request (a slow client trickling headers) hands its place on there and
+            // then, and is told 503: a graceful shutdown waited for its headers the whole
+            // grace, so clients that
+            // reconnect as soon as they are closed kept every place and the waiting room
+            // busy, and a probe of `/healthz` was refused. On one that was served, a request
+            // that began meanwhile, or an answer going out, gets a moment to finish (a client
+            // that does not read its answer does not keep the place).
+            if !slot.served.load(std::sync::atomic::Ordering::SeqCst) {
+                return Some(conn.into_parts().io.into_inner().inner);
+            }
+            std::pin::Pin::new(&mut conn).graceful_shutdown();
             match tokio::time::timeout(EVICTED_GRACE, conn).await {
                 Ok(res) => res,
-                Err(_) => return,
+                Err(_) => return None,
             }
         }
     };
@@ -534,6 +571,7 @@ async fn serve_connection<H, F>(
         // Timeouts and clients that go away are routine.
         debug!(server = bounds.name, error = %err, "Connection ended with an error");
     }
+    None
 }
 
 #[cfg(test)]
