@@ -760,35 +760,6 @@ impl Intake {
         }
     }
 
-    /// The version put back at `path` is taken in once its predecessor's drain ends, as if
-    /// it had been found there: after a restart the drain's end knows of no waiting version,
-    /// and `run --once` has no watcher to see the file come back.
-    async fn follow_drain(&self, path: &Path, rel: &Path) {
-        let Ok(Some((id, _))) = self.store.latest_run(&rel.to_string_lossy()).await else {
-            return;
-        };
-        let manifest = path.to_path_buf();
-        let Some(fingerprint) = on_file_pool(move || {
-            let meta = std::fs::symlink_metadata(&manifest).ok()?;
-            Some(crate::watcher::Fingerprint {
-                size: meta.len(),
-                mtime: meta.modified().ok()?,
-            })
-        })
-        .await
-        else {
-            return;
-        };
-        self.finisher.send_counted(Event::Supersede {
-            id,
-            then: Candidate {
-                path: path.to_path_buf(),
-                fingerprint,
-                kind: CandidateKind::Manifest,
-            },
-        });
-    }
-
     /// Keeps a copy of the processed version of the manifest (under the state folder) so that
     /// it is what gets archived even if the file is saved again meanwhile.
     async fn keep_copy(&self, path: &Path, rel: &Path, sha256: &str) {
@@ -911,16 +882,12 @@ impl Intake {
         // A valid version saved before this one, waiting for its predecessor's drain, is
         // marked to be put back before this one leaves the inbox: a stop between the two puts
         // it back at the next start, while a copy whose manifest its user deleted is not.
-        let marked = mark_for_restore(path).await;
         let src = path.to_path_buf();
         let inbox = self.folders.inbox.clone();
         let rejected = self.folders.rejected.clone();
         let error_text = text.to_owned();
-        let moved =
-            on_file_pool(move || output::move_rejected(&inbox, &src, &rejected, &error_text)).await;
-        if marked && moved.is_err() {
-            unmark_for_restore(path).await;
-        }
+        let (moved, marked) =
+            on_file_pool(move || move_rejected_marking(&inbox, &src, &rejected, &error_text)).await;
         match moved {
             Ok((dest, written)) => {
                 match written {
@@ -947,7 +914,7 @@ impl Intake {
                     info!(
                         "Put back the valid version saved before the rejected one; it runs once the version before it has drained"
                     );
-                    self.follow_drain(path, rel).await;
+                    follow_drain(&self.store, &self.finisher, path, rel).await;
                 }
             }
             // Gone meanwhile (moved by an earlier rejection, or deleted): nothing stays in the
@@ -1005,7 +972,8 @@ impl Intake {
 impl Intake {
     /// Moves a rejected manifest out of the inbox again later ([`move_again_later`]), with
     /// its error file beside it; the flat one written meanwhile, which said it stays in the
-    /// inbox, is removed then.
+    /// inbox, is removed then, and a valid version that waited beside it is put back, as
+    /// the first try does.
     fn move_rejected_later(&self, path: &Path, rel: &Path, text: &str) {
         let (src, inbox, rejected) = (
             path.to_path_buf(),
@@ -1014,13 +982,32 @@ impl Intake {
         );
         let (text, rel) = (text.to_owned(), rel.to_path_buf());
         let to = rejected.clone();
+        let (store, finisher, tracker, manifest) = (
+            self.store.clone(),
+            self.finisher.clone(),
+            self.tracker.clone(),
+            path.to_path_buf(),
+        );
         move_again_later(
             path.to_path_buf(),
             Some(self.cancel.clone()),
-            move || output::move_rejected(&inbox, &src, &to, &text),
-            move |(dest, _)| {
+            move || {
+                let (moved, marked) = move_rejected_marking(&inbox, &src, &to, &text);
+                moved.map(|moved| (moved, marked))
+            },
+            move |((dest, _), marked)| {
                 info!(to = %dest.display(), "Moved the rejected manifest out of the inbox at last");
                 remove_stale_flat_error(&rejected, &rel, &dest);
+                if marked {
+                    tracker.spawn(async move {
+                        if restore_pending(&store, &manifest, &rel).await {
+                            info!(
+                                "Put back the valid version saved before the rejected one; it runs once the version before it has drained"
+                            );
+                            follow_drain(&store, &finisher, &manifest, &rel).await;
+                        }
+                    });
+                }
             },
         );
     }
@@ -1045,59 +1032,81 @@ fn remove_stale_flat_error(rejected: &Path, rel: &Path, dest: &Path) {
     }
 }
 
+/// The version put back at `path` is taken in once its predecessor's drain ends, as if it had
+/// been found there: after a restart the drain's end knows of no waiting version, and
+/// `run --once` has no watcher to see the file come back.
+async fn follow_drain(store: &Store, finisher: &finisher::Tx, path: &Path, rel: &Path) {
+    let Ok(Some((id, _))) = store.latest_run(&rel.to_string_lossy()).await else {
+        return;
+    };
+    let manifest = path.to_path_buf();
+    let Some(fingerprint) = on_file_pool(move || {
+        crate::watcher::Fingerprint::of(&std::fs::symlink_metadata(&manifest).ok()?)
+    })
+    .await
+    else {
+        return;
+    };
+    finisher.send_counted(Event::Supersede {
+        id,
+        then: Candidate {
+            path: path.to_path_buf(),
+            fingerprint,
+            kind: CandidateKind::Manifest,
+        },
+    });
+}
+
 /// Where [`Intake::keep_pending`] keeps a waiting version of the manifest at `path`:
 /// `.NAME.claid-pending`, or, when that (with the `-PID` of its temporary name) would pass
 /// the filesystem's `NAME_MAX`, `NAME` shortened with a hash as `filename` says (a version of
 /// a manifest with a long name was lost: its copy could not be made).
 fn pending_path(path: &Path) -> PathBuf {
-    // `-` and a process id (at most 10 digits) after it, in the temporary name.
-    filename::hidden_beside(path, PENDING_SUFFIX, 1 + 10)
+    KeptCopy::Pending.path_beside(path)
 }
 
-/// Where a waiting version's copy goes while a broken save of its manifest is rejected
-/// ([`mark_for_restore`]): `.NAME.claid-restore`, shortened as [`pending_path`] is. Only a copy
-/// under this name is put back at a start; one under [`pending_path`] whose manifest is gone
-/// was deleted with it by its user.
-fn restore_path(path: &Path) -> PathBuf {
-    filename::hidden_beside(path, RESTORE_SUFFIX, 1 + 10)
-}
-
-const PENDING_SUFFIX: &str = ".claid-pending";
-const RESTORE_SUFFIX: &str = ".claid-restore";
-
-/// The manifest a waiting version's copy at `copy` (named by `name_of`) belongs to, among the
-/// runs in `runs` (inbox-relative paths): the copy of a long name is named with a hash, not
-/// the name.
-fn owner_of_copy(
-    inbox: &Path,
-    copy: &Path,
-    runs: &[String],
-    name_of: fn(&Path) -> PathBuf,
-) -> Option<PathBuf> {
+/// The manifest a waiting version's copy `copy` at `kept` belongs to, among the runs in
+/// `runs` (inbox-relative paths): the copy of a long name is named with a hash, not the name.
+fn owner_of_copy(inbox: &Path, copy: KeptCopy, kept: &Path, runs: &[String]) -> Option<PathBuf> {
     runs.iter()
         .map(|rel| inbox.join(rel))
-        .find(|manifest| name_of(manifest) == copy)
+        .find(|manifest| copy.path_beside(manifest) == kept)
 }
 
 /// Marks the copy of a version waiting beside the manifest at `path` to be put back: renamed
-/// from [`pending_path`] to [`restore_path`] (one atomic step, before a broken save of the
-/// manifest leaves the inbox). True when there was such a copy.
-async fn mark_for_restore(path: &Path) -> bool {
-    let manifest = path.to_path_buf();
-    on_file_pool(move || {
-        let pending = pending_path(&manifest);
-        std::fs::symlink_metadata(&pending).is_ok_and(|m| m.file_type().is_file())
-            && std::fs::rename(&pending, restore_path(&manifest)).is_ok()
-    })
-    .await
+/// from `.NAME.claid-pending` to `.NAME.claid-restore` (one atomic step, before a broken save
+/// of the manifest leaves the inbox). True when there was such a copy. File work.
+fn mark_for_restore(path: &Path) -> bool {
+    let pending = pending_path(path);
+    std::fs::symlink_metadata(&pending).is_ok_and(|m| m.file_type().is_file())
+        && std::fs::rename(&pending, KeptCopy::Restore.path_beside(path)).is_ok()
 }
 
 /// Undoes [`mark_for_restore`]: the broken save stayed in the inbox (or its user removed it),
-/// so the copy waits again as it did.
-async fn unmark_for_restore(path: &Path) {
-    let manifest = path.to_path_buf();
-    let _ = on_file_pool(move || std::fs::rename(restore_path(&manifest), pending_path(&manifest)))
-        .await;
+/// so the copy waits again as it did. File work.
+fn unmark_for_restore(path: &Path) {
+    let _ = std::fs::rename(KeptCopy::Restore.path_beside(path), pending_path(path));
+}
+
+/// What [`output::move_rejected`] did: where the file went and whether its error file was
+/// written beside it.
+type RejectedMove = Result<(PathBuf, Result<(), output::OutputError>), output::OutputError>;
+
+/// Moves the broken save at `path` to `rejected/` ([`output::move_rejected`]), the copy of a
+/// valid version waiting beside it marked to be put back first (and unmarked when the move
+/// fails). Returns the move's outcome and whether a copy was marked. File work.
+fn move_rejected_marking(
+    inbox: &Path,
+    path: &Path,
+    rejected: &Path,
+    text: &str,
+) -> (RejectedMove, bool) {
+    let marked = mark_for_restore(path);
+    let moved = output::move_rejected(inbox, path, rejected, text);
+    if marked && moved.is_err() {
+        unmark_for_restore(path);
+    }
+    (moved, marked)
 }
 
 /// Puts back the copy of a valid version that waits for its predecessor's drain, marked by
@@ -1120,7 +1129,7 @@ async fn restore_pending(store: &Store, path: &Path, rel: &Path) -> bool {
     );
     let manifest = path.to_path_buf();
     on_file_pool(move || {
-        let kept = restore_path(&manifest);
+        let kept = KeptCopy::Restore.path_beside(&manifest);
         if !draining {
             let _ = std::fs::remove_file(kept);
             return false;
@@ -1149,18 +1158,24 @@ enum KeptCopy {
 impl KeptCopy {
     fn of(name: &str) -> Option<(KeptCopy, &str)> {
         let name = name.strip_prefix('.')?;
-        let (kind, manifest) = match name.strip_suffix(PENDING_SUFFIX) {
-            Some(manifest) => (KeptCopy::Pending, manifest),
-            None => (KeptCopy::Restore, name.strip_suffix(RESTORE_SUFFIX)?),
-        };
-        (!manifest.is_empty()).then_some((kind, manifest))
+        [KeptCopy::Pending, KeptCopy::Restore]
+            .into_iter()
+            .find_map(|copy| Some((copy, name.strip_suffix(copy.suffix())?)))
+            .filter(|(_, manifest)| !manifest.is_empty())
     }
 
-    fn path_for(self) -> fn(&Path) -> PathBuf {
+    fn suffix(self) -> &'static str {
         match self {
-            KeptCopy::Pending => pending_path,
-            KeptCopy::Restore => restore_path,
+            KeptCopy::Pending => ".claid-pending",
+            KeptCopy::Restore => ".claid-restore",
         }
+    }
+
+    /// The copy's name beside the manifest at `path`, shortened with a hash when it would
+    /// pass `NAME_MAX` (with room for the `-PID` of the pending copy's temporary name; both
+    /// are shortened alike).
+    fn path_beside(self, path: &Path) -> PathBuf {
+        filename::hidden_beside(path, self.suffix(), 1 + 10)
     }
 }
 
@@ -1207,7 +1222,7 @@ pub async fn restore_waiting_versions(store: &Store, inbox: &Path) -> usize {
     // name; the store knows the runs (read only when there is such a copy).
     let runs = if copies
         .iter()
-        .any(|(copy, manifest, kept)| copy.path_for()(manifest) != *kept)
+        .any(|(copy, manifest, kept)| copy.path_beside(manifest) != *kept)
     {
         match store.manifests().await {
             Ok(runs) => runs.into_iter().map(|(_, m)| m.rel).collect(),
@@ -1219,10 +1234,10 @@ pub async fn restore_waiting_versions(store: &Store, inbox: &Path) -> usize {
     let root = inbox.to_path_buf();
     let mut restored = 0;
     for (copy, manifest, kept) in copies {
-        let manifest = if copy.path_for()(&manifest) == kept {
+        let manifest = if copy.path_beside(&manifest) == kept {
             manifest
         } else {
-            match owner_of_copy(&root, &kept, &runs, copy.path_for()) {
+            match owner_of_copy(&root, copy, &kept, &runs) {
                 Some(manifest) => manifest,
                 None => continue,
             }
@@ -1237,7 +1252,9 @@ pub async fn restore_waiting_versions(store: &Store, inbox: &Path) -> usize {
                 let _ = on_file_pool(move || std::fs::remove_file(kept)).await;
                 info!(manifest = %rel.display(), "Removed the copy kept of a version of a manifest that waited for its predecessor's drain: the manifest was deleted from the inbox since");
             }
-            (KeptCopy::Restore, true) => unmark_for_restore(&manifest).await,
+            (KeptCopy::Restore, true) => {
+                let _ = on_file_pool(move || unmark_for_restore(&manifest)).await;
+            }
             (KeptCopy::Restore, false) => {
                 if restore_pending(store, &manifest, &rel).await {
                     warn!(manifest = %rel.display(), "Put back a valid version of a manifest that waited for its predecessor's drain (a stop came while a broken save of it was rejected)");
@@ -1427,13 +1444,13 @@ mod tests {
         assert!(name + "-4294967295".len() <= 255, "{name}");
         let runs = vec!["team/other.yaml".to_owned(), long.clone()];
         assert_eq!(
-            owner_of_copy(inbox, &pending, &runs, pending_path),
+            owner_of_copy(inbox, KeptCopy::Pending, &pending, &runs),
             Some(inbox.join(&long))
         );
-        let marked = restore_path(&inbox.join(&long));
+        let marked = KeptCopy::Restore.path_beside(&inbox.join(&long));
         assert_eq!(marked.file_name().expect("name").len(), name);
         assert_eq!(
-            owner_of_copy(inbox, &marked, &runs, restore_path),
+            owner_of_copy(inbox, KeptCopy::Restore, &marked, &runs),
             Some(inbox.join(&long))
         );
         assert_eq!(

@@ -717,11 +717,66 @@ async fn a_version_waiting_for_a_drain_survives_a_crash_during_a_broken_save() {
             "{broken_moved}: {stderr}"
         );
         assert!(
-            !env.inbox.join(".m.yaml.claid-pending").exists() && !env.inbox.join("m.yaml").exists(),
+            !env.inbox.join(".m.yaml.claid-pending").exists()
+                && !env.inbox.join(".m.yaml.claid-restore").exists()
+                && !env.inbox.join("m.yaml").exists(),
             "{broken_moved}: nothing left in the inbox: {:?}",
             TestEnv::files_under(&env.inbox)
         );
     }
+}
+
+/// A valid version waits for the drain, and the broken save that follows it cannot be moved
+/// to `rejected/` at first (a file where its folder goes): when the later try moves it, the
+/// valid version is put back and runs, as when the first try moves it (it was left hidden,
+/// and removed at the drain's end: lost).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_version_waiting_for_a_drain_runs_when_a_broken_save_is_rejected_at_a_later_try() {
+    let env =
+        TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_millis(12_000))))
+            .await;
+    let v1 = b"images:\n  - input: storage://demo/one-64x48.png\n  - input: storage://demo/two-64x48.png\n".to_vec();
+    let v2 = b"images:\n  - input: storage://demo/one-64x48.png\n  - input: storage://demo/new-64x48.png\n".to_vec();
+    let v3 = b"images: [ {input: 3} \n".to_vec();
+    let blocker = env.rejected.join("team");
+    std::fs::write(&blocker, b"a file").expect("file where the folder goes");
+    let config = env.config("max_in_flight: 1", "");
+    let mut daemon = env.spawn_daemon(&config, 0);
+    env.drop_file("team/m.yaml", &v1);
+    wait_until("the first image is submitted", DEADLINE, || {
+        env.stats().submits >= 1
+    })
+    .await;
+    env.drop_file("team/m.yaml", &v2);
+    let pending = env.inbox.join("team/.m.yaml.claid-pending");
+    wait_until("v2 waits for v1's drain", DEADLINE, || pending.is_file()).await;
+    env.drop_file("team/m.yaml", &v3);
+    let flat = env.rejected.join("team__m.yaml.error.txt");
+    wait_until("v3 is refused but cannot be moved", DEADLINE, || {
+        flat.is_file()
+    })
+    .await;
+    assert!(pending.is_file(), "v2's copy waits again");
+    std::fs::remove_file(&blocker).expect("the way is free");
+    wait_until("v3 is moved at a later try", DEADLINE, || {
+        env.rejected.join("team/m.yaml").is_file()
+    })
+    .await;
+    let report_is_v2 = || {
+        std::fs::read_to_string(env.outbox.join("team/m.report.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .is_some_and(|r| r["sha256"] == sha256_hex(&v2).as_str())
+    };
+    wait_until("v2 runs and is reported", DEADLINE, report_is_v2).await;
+    stop(&mut daemon).await;
+    assert!(env.outbox.join("team/m/new-64x48.jpg").is_file());
+    assert_eq!(
+        std::fs::read(env.rejected.join("team/m.yaml")).expect("v3"),
+        v3
+    );
+    assert!(!pending.exists());
+    assert!(!env.inbox.join("team/.m.yaml.claid-restore").exists());
 }
 
 /// A valid version saved while the running one drains, then deleted by its user, then a
