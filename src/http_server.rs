@@ -188,12 +188,13 @@ pub async fn serve_counted<H, F>(
         // waits for that place in a task of its own (at most as many at once as there are
         // places): waiting here, each of 300 clients trickling headers cost the accept loop
         // a fifth of a second, and a probe behind them went unanswered for 20 s.
-        // With the waiting room full, the loop waits a moment for a place in it before it
-        // refuses: evicted connections close within it, and newcomers queued behind (a
-        // probe among clients that reconnect as soon as they are closed) are then taken in
-        // instead of refused.
+        // With the waiting room full and an idle connection to make room, the loop waits a
+        // moment for a place in the room before it refuses: evicted connections that never
+        // sent a whole request close well within it, and newcomers queued behind (a probe among clients that reconnect as
+        // soon as they are closed) are then taken in instead of refused.
         let room = match waiting_room.clone().try_acquire_owned() {
             Ok(room) => Some(room),
+            Err(_) if !idle.any_idle() => None,
             Err(_) => tokio::select! {
                 _ = cancel.cancelled() => break,
                 room = tokio::time::timeout(ROOM_WAIT, waiting_room.clone().acquire_owned()) => {
@@ -255,7 +256,7 @@ pub async fn serve_counted<H, F>(
 
 /// How long the accept loop waits for a place in the waiting room before it refuses a
 /// newcomer.
-const ROOM_WAIT: Duration = Duration::from_millis(50);
+const ROOM_WAIT: Duration = Duration::from_millis(10);
 /// How long a new connection waits for the place of an idle one it evicted.
 const EVICT_WAIT: Duration = Duration::from_millis(200);
 /// How long an evicted connection may take to finish what it is doing (an answer the client
@@ -373,7 +374,7 @@ struct Connections {
 struct Slot {
     in_request: std::sync::atomic::AtomicUsize,
     /// Whether a request ever began on it: one that never sent a whole request's headers has
-    /// no answer going out, and closes at once when evicted.
+    /// no answer going out; evicted, it closes at once and is told `503`.
     served: std::sync::atomic::AtomicBool,
     /// Since when it has been idle (no request in progress), or was accepted.
     idle_since: std::sync::Mutex<Instant>,
@@ -402,16 +403,22 @@ impl Connections {
         self.lock().retain(|other| !Arc::ptr_eq(other, slot));
     }
 
+    /// Whether a connection could be evicted ([`Connections::evict_oldest`]).
+    fn any_idle(&self) -> bool {
+        self.lock().iter().any(|slot| Self::evictable(slot))
+    }
+
+    fn evictable(slot: &Slot) -> bool {
+        slot.in_request.load(std::sync::atomic::Ordering::SeqCst) == 0 && !slot.evict.is_cancelled()
+    }
+
     /// Closes the connection idle the longest that is not closing already; false when every
     /// connection has a request in progress.
     fn evict_oldest(&self) -> bool {
         let slots = self.lock();
         let oldest = slots
             .iter()
-            .filter(|slot| {
-                slot.in_request.load(std::sync::atomic::Ordering::SeqCst) == 0
-                    && !slot.evict.is_cancelled()
-            })
+            .filter(|slot| Self::evictable(slot))
             .min_by_key(|slot| {
                 *slot
                     .idle_since
@@ -549,14 +556,13 @@ where
             conn.await
         }
         _ = slot.evict.cancelled() => {
-            // Idle, and its place wanted: closes at once. A connection that never sent a
-            // whole request (a slow client trickling headers) hands its place on there and
-            // then, and is told 503: a graceful shutdown waited for its headers the whole
-            // grace, so clients that
-            // reconnect as soon as they are closed kept every place and the waiting room
-            // busy, and a probe of `/healthz` was refused. On one that was served, a request
-            // that began meanwhile, or an answer going out, gets a moment to finish (a client
-            // that does not read its answer does not keep the place).
+            // Idle, and its place wanted: closes at once. One that never sent a whole
+            // request (a slow client trickling headers) hands its place on there and then,
+            // and is told 503: a graceful shutdown waited the whole grace for its headers, so
+            // clients that reconnect as soon as they are closed kept every place and the
+            // waiting room busy, and probes of `/healthz` were refused. On one that was
+            // served, a request that began meanwhile, or an answer going out, gets a moment
+            // to finish (a client that does not read its answer does not keep the place).
             if !slot.served.load(std::sync::atomic::Ordering::SeqCst) {
                 return Some(conn.into_parts().io.into_inner().inner);
             }

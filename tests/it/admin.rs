@@ -1377,11 +1377,13 @@ async fn a_flood_of_trickling_clients_is_answered_503_past_the_places_and_health
 }
 
 /// Issue 11 §6, slow clients that reconnect as soon as they are closed: 150 of them, each
-/// sending half a request header and waiting, in a loop. Evicted ones held their places for a
-/// grace meant for answers going out, newcomers filled the waiting room, and nearly every probe
-/// of `/healthz` was refused (3 of 68 answered in a run of the old build). Now a connection
-/// that never sent a whole request closes at once when evicted, and the accept loop waits a
-/// moment for the waiting room instead of refusing: the probes are answered.
+/// sending half a request header and waiting, in a loop; then 150 that first ask one whole
+/// request (and read its answer) and then trickle the next one. Evicted ones held their places
+/// for a grace meant for answers going out, newcomers filled the waiting room, and nearly every
+/// probe of `/healthz` was refused (3 of 68 answered in a run of the old build). Now an
+/// evicted connection with no request in progress and no answer waiting to go out closes at
+/// once, and the accept loop waits a moment for the waiting room instead of refusing: the
+/// probes are answered.
 #[tokio::test(flavor = "multi_thread")]
 async fn issue11_slow_clients_that_reconnect_at_once_cannot_stop_healthz() {
     use std::sync::Arc;
@@ -1398,47 +1400,60 @@ async fn issue11_slow_clients_that_reconnect_at_once_cannot_stop_healthz() {
         || healthz_ok(&socket),
     )
     .await;
-    let done = Arc::new(AtomicBool::new(false));
-    let connects = Arc::new(AtomicU64::new(0));
-    let mut flood = Vec::new();
-    for _ in 0..150 {
-        let (socket, done, connects) = (socket.clone(), done.clone(), connects.clone());
-        flood.push(tokio::spawn(async move {
-            while !done.load(Ordering::SeqCst) {
-                let Ok(mut stream) = tokio::net::UnixStream::connect(&socket).await else {
-                    tokio::task::yield_now().await;
-                    continue;
-                };
-                connects.fetch_add(1, Ordering::SeqCst);
-                let _ = stream.write_all(b"GET /status HTTP/1.1\r\nx-a: a").await;
-                // Waits until the daemon closes it (evicted, or its header timeout), or the
-                // test ends.
-                let mut sink = [0u8; 256];
-                let _ = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut sink)).await;
-            }
-        }));
-    }
-    wait_until("the flood reconnects", Duration::from_secs(30), || {
-        connects.load(Ordering::SeqCst) > 1_000
-    })
-    .await;
-    let mut answered = 0;
-    let mut pace = tokio::time::interval(Duration::from_millis(100));
-    for _ in 0..20 {
-        pace.tick().await;
-        if healthz_ok(&socket).await {
-            answered += 1;
+    for served_first in [false, true] {
+        let done = Arc::new(AtomicBool::new(false));
+        let connects = Arc::new(AtomicU64::new(0));
+        let mut flood = Vec::new();
+        for _ in 0..150 {
+            let (socket, done, connects) = (socket.clone(), done.clone(), connects.clone());
+            flood.push(tokio::spawn(async move {
+                while !done.load(Ordering::SeqCst) {
+                    let Ok(mut stream) = tokio::net::UnixStream::connect(&socket).await else {
+                        tokio::task::yield_now().await;
+                        continue;
+                    };
+                    connects.fetch_add(1, Ordering::SeqCst);
+                    let mut answer = [0u8; 4096];
+                    if served_first {
+                        // One whole request, its answer read (kept alive), then the next
+                        // trickled.
+                        let _ = stream
+                            .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+                            .await;
+                        let _ =
+                            tokio::time::timeout(Duration::from_secs(2), stream.read(&mut answer))
+                                .await;
+                    }
+                    let _ = stream.write_all(b"GET /status HTTP/1.1\r\nx-a: a").await;
+                    // Waits until the daemon closes it (evicted, or its header timeout), or
+                    // the test ends.
+                    let _ = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut answer))
+                        .await;
+                }
+            }));
         }
+        wait_until("the flood reconnects", Duration::from_secs(30), || {
+            connects.load(Ordering::SeqCst) > 1_000
+        })
+        .await;
+        let mut answered = 0;
+        let mut pace = tokio::time::interval(Duration::from_millis(100));
+        for _ in 0..20 {
+            pace.tick().await;
+            if healthz_ok(&socket).await {
+                answered += 1;
+            }
+        }
+        let reconnects = connects.load(Ordering::SeqCst);
+        done.store(true, Ordering::SeqCst);
+        for client in flood {
+            let _ = client.await;
+        }
+        assert!(
+            answered >= 18,
+            "served first: {served_first}: /healthz answered {answered} of 20 probes among clients that reconnected {reconnects} times"
+        );
     }
-    let reconnects = connects.load(Ordering::SeqCst);
-    done.store(true, Ordering::SeqCst);
-    for client in flood {
-        let _ = client.await;
-    }
-    assert!(
-        answered >= 18,
-        "/healthz answered {answered} of 20 probes among clients that reconnected {reconnects} times"
-    );
     let status = stop(&mut daemon).await;
     assert!(status.success(), "{status:?}\n{}", env.daemon_log(0));
 }
