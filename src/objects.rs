@@ -440,6 +440,12 @@ pub struct ObjectStorageConfig {
     pub access: Access,
 }
 
+/// Amazon S3's endpoint when a storage names none: it answers a bucket's `HEAD` from any
+/// region, naming the bucket's own in `x-amz-bucket-region`.
+const AWS_GLOBAL_ENDPOINT: &str = "https://s3.amazonaws.com";
+/// How long [`ObjectStorage::bucket_region`] waits for its answer.
+const REGION_LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// What a listing, a head or a write reports about one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectInfo {
@@ -457,6 +463,8 @@ pub struct ObjectStorage {
     provider: Provider,
     bucket: String,
     prefix: String,
+    /// Where S3 tells the bucket's region (`HEAD` of the bucket, path style); `None` for GCS.
+    region_url: Option<String>,
 }
 
 impl std::fmt::Debug for ObjectStorage {
@@ -575,6 +583,7 @@ impl ObjectStorage {
                     provider,
                     bucket: config.bucket.clone(),
                     prefix,
+                    region_url: None,
                 });
             }
         };
@@ -606,12 +615,44 @@ impl ObjectStorage {
             .with_client_options(options)
             .build()
             .map_err(|err| setup(describe(&err)))?;
+        let endpoint = config
+            .endpoint
+            .as_deref()
+            .map_or(AWS_GLOBAL_ENDPOINT, |e| e.trim_end_matches('/'));
         Ok(ObjectStorage {
             store: Arc::new(store),
             provider,
             bucket: config.bucket.clone(),
             prefix,
+            region_url: Some(format!("{endpoint}/{}", config.bucket)),
         })
+    }
+
+    /// The region S3 names for the bucket in the `x-amz-bucket-region` header of its answer
+    /// to an unsigned `HEAD` of the bucket (given whatever the answer's status: 200, 301 or
+    /// 403), when a request signed for the storage's `region` was refused as signed for the
+    /// wrong one without naming the right one. `None` when it cannot tell (GCS, no header, no
+    /// answer within a few seconds).
+    pub async fn bucket_region(&self) -> Option<String> {
+        let url = self.region_url.as_ref()?;
+        let client = reqwest::Client::builder()
+            .timeout(REGION_LOOKUP_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .ok()?;
+        let answer = client.head(url).send().await.ok()?;
+        let region = answer
+            .headers()
+            .get("x-amz-bucket-region")?
+            .to_str()
+            .ok()?
+            .trim();
+        (!region.is_empty()
+            && region.len() <= 64
+            && region
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        .then(|| region.to_owned())
     }
 
     /// Amazon S3 (or S3-compatible) or Google Cloud Storage.

@@ -101,6 +101,9 @@ pub enum StorageError {
         connector: String,
         url: String,
         cause: Box<ObjectError>,
+        /// The bucket's region as S3 names it in `x-amz-bucket-region`, looked up when the
+        /// listing was refused as signed for the wrong region without naming the right one.
+        region: Option<String>,
     },
 }
 
@@ -143,8 +146,8 @@ impl StorageError {
     /// What to do about it, when there is something to say.
     pub fn hint(&self) -> Option<String> {
         match self {
-            StorageError::Bucket { cause, .. } => Some(match cause.as_ref() {
-                ObjectError::Request { cause, .. } if looks_like_wrong_region(cause) => match expected_region(cause) {
+            StorageError::Bucket { cause, region, .. } => Some(match cause.as_ref() {
+                ObjectError::Request { cause, .. } if looks_like_wrong_region(cause) => match expected_region(cause).or(region.as_deref()) {
                     Some(region) => format!("S3 says the bucket is in another region than the storage's `region`: set `region: {region}` (or correct the `endpoint`)"),
                     // A 301 without a body to read names no region.
                     None => "S3 says the bucket is in another region than the storage's `region`, without naming it: `aws s3api get-bucket-location --bucket BUCKET` tells it; set `region` to it (or correct the `endpoint`)".to_owned(),
@@ -390,16 +393,26 @@ impl Storages {
             }
         }
         for storage in self.by_name.values() {
-            storage
-                .objects
-                .probe()
-                .await
-                .map_err(|cause| StorageError::Bucket {
-                    storage: storage.name.clone(),
-                    connector: storage.entry.claid_name.clone(),
-                    url: storage.entry.url(),
-                    cause: Box::new(cause),
-                })?;
+            let Err(cause) = storage.objects.probe().await else {
+                continue;
+            };
+            // A 301 says the region is wrong without saying which: S3 names it to a plain
+            // `HEAD` of the bucket.
+            let region = match &cause {
+                ObjectError::Request { cause, .. }
+                    if looks_like_wrong_region(cause) && expected_region(cause).is_none() =>
+                {
+                    storage.objects.bucket_region().await
+                }
+                _ => None,
+            };
+            return Err(StorageError::Bucket {
+                storage: storage.name.clone(),
+                connector: storage.entry.claid_name.clone(),
+                url: storage.entry.url(),
+                cause: Box::new(cause),
+                region,
+            });
         }
         Ok(())
     }
@@ -761,6 +774,7 @@ mod tests {
                     uri: "s3://b/p".to_owned(),
                     cause: cause.to_owned(),
                 }),
+                region: None,
             }
             .hint()
             .unwrap_or_default()

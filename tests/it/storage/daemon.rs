@@ -333,6 +333,40 @@ async fn a_wrong_region_is_a_config_error_naming_region_not_an_outage() {
     s3.stop().await;
 }
 
+/// A wrong `region` answered with a bare 301 (S3's answer to a request for a bucket of
+/// another region, which object_store reports as "a redirect without LOCATION"): the daemon
+/// asks the bucket's region with a plain `HEAD`, which S3 answers with an
+/// `x-amz-bucket-region` header, and names it in the fix. (The hint said to find it with the
+/// AWS command line.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_region_redirect_is_told_with_the_region_s3_names() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    s3.create_bucket("catalog").await;
+    let env = TestEnv::new(quick().storage(s3.connector("catalog-s3", "catalog", "raw"))).await;
+    let keys = credentials_file(env.dir.path());
+    let switch = Switch::start(&s3.endpoint).await;
+    switch
+        .answer_with(
+            "301 Moved Permanently",
+            "PermanentRedirect",
+            "x-amz-bucket-region: eu-west-3\r\n",
+        )
+        .await;
+    let config = env.config(
+        "",
+        &storages_yaml("catalog-s3", "s3://catalog/raw", &switch.endpoint(), &keys),
+    );
+    let (code, stdout, stderr) = cli(&["validate", config.to_str().expect("utf-8")]).await;
+    assert_eq!(code, 64, "{stdout}{stderr}");
+    assert!(stdout.contains("set `region: eu-west-3`"), "{stdout}");
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("set `region: eu-west-3`"), "{stderr}");
+    s3.stop().await;
+}
+
 /// A moto bucket `catalog` with a connector `catalog-s3` on prefix `raw`, an emulator serving
 /// it, a config whose storage `catalog` (with `extra` keys) points at it, and `n` inputs
 /// `raw/in/sku-N.png` in the bucket.
@@ -1256,6 +1290,11 @@ impl Switch {
     /// (rotated or revoked), `503 Service Unavailable` `SlowDown` from a busy bucket; `off`
     /// then `on` forwards again.
     async fn answer(&self, status: &'static str, code: &'static str) {
+        self.answer_with(status, code, "").await;
+    }
+
+    /// [`Switch::answer`] with `headers` (each line ending in `\r\n`) added to every answer.
+    async fn answer_with(&self, status: &'static str, code: &'static str, headers: &'static str) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         self.off().await;
         let listener = Switch::listen(self.addr);
@@ -1274,7 +1313,7 @@ impl Switch {
                     }
                     let body = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{code}</Message></Error>");
                     let mut answer = format!(
-                        "HTTP/1.1 {status}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        "HTTP/1.1 {status}\r\n{headers}Content-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                         body.len()
                     );
                     if !head.starts_with(b"HEAD ") {
