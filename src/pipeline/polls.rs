@@ -66,7 +66,7 @@ pub const FIRST_GUESS: Duration = Duration::from_secs(10);
 /// of the default two minutes), so webhooks that stop after the canary's delay the first
 /// round by that much, not the whole fallback. One poll more per first-round batch only where
 /// Claid takes longer than that over such a batch.
-pub const FIRST_ROUND_SHARE: f64 = 3.0;
+pub const FIRST_ROUND_SHARE: f64 = 1.0 / 3.0;
 
 /// Batch samples kept with their sizes: few, so that an estimate set late by a slow spell comes
 /// back down (by a tenth every half window of batches done at their first poll).
@@ -686,7 +686,7 @@ impl Polls {
                 Some(longest) => {
                     let scale = images.max(1) as f64 / super::batch::CANARY_IMAGES as f64;
                     (longest.mul_f64(2.0 * scale.max(1.0)) + Duration::from_secs(1))
-                        .min(fallback.div_f64(FIRST_ROUND_SHARE))
+                        .min(fallback.mul_f64(FIRST_ROUND_SHARE))
                 }
             },
         };
