@@ -190,8 +190,9 @@ pub async fn serve_counted<H, F>(
         // a fifth of a second, and a probe behind them went unanswered for 20 s.
         // With the waiting room full and an idle connection to make room, the loop waits a
         // moment for a place in the room before it refuses: evicted connections that never
-        // sent a whole request close well within it, and newcomers queued behind (a probe among clients that reconnect as
-        // soon as they are closed) are then taken in instead of refused.
+        // sent a whole request close well within it, and newcomers queued behind (a probe
+        // among clients that reconnect as soon as they are closed) are then taken in instead
+        // of refused.
         let room = match waiting_room.clone().try_acquire_owned() {
             Ok(room) => Some(room),
             Err(_) if !idle.any_idle() => None,

@@ -104,6 +104,8 @@ pub enum StorageError {
         /// The bucket's region as S3 names it in `x-amz-bucket-region`, looked up when the
         /// listing was refused as signed for the wrong region without naming the right one.
         region: Option<String>,
+        /// The storage's own `region` (S3's default `us-east-1` when it sets none).
+        configured_region: String,
     },
 }
 
@@ -146,8 +148,10 @@ impl StorageError {
     /// What to do about it, when there is something to say.
     pub fn hint(&self) -> Option<String> {
         match self {
-            StorageError::Bucket { cause, region, .. } => Some(match cause.as_ref() {
+            StorageError::Bucket { cause, region, configured_region, .. } => Some(match cause.as_ref() {
                 ObjectError::Request { cause, .. } if looks_like_wrong_region(cause) => match expected_region(cause).or(region.as_deref()) {
+                    // The region is right: the endpoint is another region's.
+                    Some(region) if region == configured_region => format!("the bucket is in `{region}`, as the storage's `region` says: its `endpoint` is another region's; correct the `endpoint` (or remove it, for Amazon S3)"),
                     Some(region) => format!("S3 says the bucket is in another region than the storage's `region`: set `region: {region}` (or correct the `endpoint`)"),
                     // A 301 without a body to read names no region.
                     None => "S3 says the bucket is in another region than the storage's `region`, without naming it: `aws s3api get-bucket-location --bucket BUCKET` tells it; set `region` to it (or correct the `endpoint`)".to_owned(),
@@ -412,6 +416,7 @@ impl Storages {
                 url: storage.entry.url(),
                 cause: Box::new(cause),
                 region,
+                configured_region: storage.entry.region.clone(),
             });
         }
         Ok(())
@@ -764,7 +769,7 @@ mod tests {
             None
         );
         assert_eq!(expected_region("expecting 'x; rm'"), None);
-        let hint = |cause: &str| {
+        let hint_with = |cause: &str, region: Option<&str>| {
             StorageError::Bucket {
                 storage: "catalog".to_owned(),
                 connector: "catalog-s3".to_owned(),
@@ -774,15 +779,27 @@ mod tests {
                     uri: "s3://b/p".to_owned(),
                     cause: cause.to_owned(),
                 }),
-                region: None,
+                region: region.map(str::to_owned),
+                configured_region: "us-east-1".to_owned(),
             }
             .hint()
             .unwrap_or_default()
         };
+        let hint = |cause: &str| hint_with(cause, None);
         assert!(hint("301 Moved Permanently").contains("get-bucket-location"));
         assert!(
             hint("AuthorizationHeaderMalformed … expecting 'eu-west-3'")
                 .contains("`region: eu-west-3`")
+        );
+        // A region looked up in `x-amz-bucket-region`: named; when it is the storage's own,
+        // the endpoint is what is wrong.
+        assert!(
+            hint_with("301 Moved Permanently", Some("eu-west-3")).contains("`region: eu-west-3`")
+        );
+        let same = hint_with("301 Moved Permanently", Some("us-east-1"));
+        assert!(
+            same.contains("correct the `endpoint`") && !same.contains("set `region"),
+            "{same}"
         );
     }
 

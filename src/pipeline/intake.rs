@@ -982,10 +982,11 @@ impl Intake {
         );
         let (text, rel) = (text.to_owned(), rel.to_path_buf());
         let to = rejected.clone();
-        let (store, finisher, tracker, manifest) = (
+        let (store, finisher, tracker, cancel, manifest) = (
             self.store.clone(),
             self.finisher.clone(),
             self.tracker.clone(),
+            self.cancel.clone(),
             path.to_path_buf(),
         );
         move_again_later(
@@ -998,7 +999,8 @@ impl Intake {
             move |((dest, _), marked)| {
                 info!(to = %dest.display(), "Moved the rejected manifest out of the inbox at last");
                 remove_stale_flat_error(&rejected, &rel, &dest);
-                if marked {
+                // Stopping: the marked copy stays, and the next start puts it back.
+                if marked && !cancel.is_cancelled() {
                     tracker.spawn(async move {
                         if restore_pending(&store, &manifest, &rel).await {
                             info!(
@@ -1118,15 +1120,19 @@ fn move_rejected_marking(
 /// this one taken in: a copy left from an earlier wait (its run finished since) is stale, and
 /// removed instead of being taken in (and billed). True when it put the version back.
 async fn restore_pending(store: &Store, path: &Path, rel: &Path) -> bool {
-    let draining = matches!(
-        store.latest_run(&rel.to_string_lossy()).await,
+    let draining = match store.latest_run(&rel.to_string_lossy()).await {
         // Running: the copy is made before the drain is recorded (`after_drain`), so a stop
         // between the two leaves a copy beside a run still running; it is no stale one.
-        Ok(Some((_, m))) if matches!(
+        Ok(Some((_, m))) => matches!(
             m.state,
-            ManifestState::Running | ManifestState::Draining { .. } | ManifestState::Superseded { .. }
-        )
-    );
+            ManifestState::Running
+                | ManifestState::Draining { .. }
+                | ManifestState::Superseded { .. }
+        ),
+        Ok(None) => false,
+        // Cannot tell: the marked copy stays, for the next start to decide.
+        Err(_) => return false,
+    };
     let manifest = path.to_path_buf();
     on_file_pool(move || {
         let kept = KeptCopy::Restore.path_beside(&manifest);

@@ -1381,9 +1381,10 @@ async fn a_flood_of_trickling_clients_is_answered_503_past_the_places_and_health
 /// request (and read its answer) and then trickle the next one. Evicted ones held their places
 /// for a grace meant for answers going out, newcomers filled the waiting room, and nearly every
 /// probe of `/healthz` was refused (3 of 68 answered in a run of the old build). Now an
-/// evicted connection with no request in progress and no answer waiting to go out closes at
-/// once, and the accept loop waits a moment for the waiting room instead of refusing: the
-/// probes are answered.
+/// evicted connection that never sent a whole request closes at once (told 503), and the
+/// accept loop waits a moment for the waiting room instead of refusing: the probes are
+/// answered. (The second flood guards a served connection's eviction, which was quick
+/// before too.)
 #[tokio::test(flavor = "multi_thread")]
 async fn issue11_slow_clients_that_reconnect_at_once_cannot_stop_healthz() {
     use std::sync::Arc;

@@ -361,6 +361,20 @@ async fn a_wrong_region_redirect_is_told_with_the_region_s3_names() {
     let (code, stdout, stderr) = cli(&["validate", config.to_str().expect("utf-8")]).await;
     assert_eq!(code, 64, "{stdout}{stderr}");
     assert!(stdout.contains("set `region: eu-west-3`"), "{stdout}");
+    // The region was asked with a plain HEAD of the bucket, carrying no key.
+    let heads = switch.answered.lock().expect("lock").clone();
+    let asked: Vec<&String> = heads.iter().filter(|h| h.starts_with("HEAD ")).collect();
+    assert_eq!(asked.len(), 1, "{heads:?}");
+    assert!(
+        asked[0].starts_with("HEAD /catalog HTTP/1.1\r\n"),
+        "{}",
+        asked[0]
+    );
+    assert!(
+        !asked[0].to_ascii_lowercase().contains("authorization"),
+        "{}",
+        asked[0]
+    );
     let (code, stderr) = env.run_once(&config).await;
     assert_eq!(code, 64, "{stderr}");
     assert!(stderr.contains("set `region: eu-west-3`"), "{stderr}");
@@ -1228,6 +1242,8 @@ struct Switch {
     addr: std::net::SocketAddr,
     target: String,
     forwarding: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The heads of the requests answered by [`Switch::answer`] (not of those forwarded).
+    answered: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Switch {
@@ -1239,6 +1255,7 @@ impl Switch {
             addr,
             target,
             forwarding: std::sync::Mutex::new(None),
+            answered: std::sync::Arc::default(),
         };
         switch.forward(listener);
         switch
@@ -1298,9 +1315,11 @@ impl Switch {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         self.off().await;
         let listener = Switch::listen(self.addr);
+        let answered = self.answered.clone();
         let task = tokio::spawn(async move {
             let mut connections = tokio::task::JoinSet::new();
             while let Ok((mut inbound, _)) = listener.accept().await {
+                let answered = answered.clone();
                 connections.spawn(async move {
                     // The request's head (HEAD and GET have no body).
                     let mut head = Vec::new();
@@ -1311,6 +1330,10 @@ impl Switch {
                             Ok(n) => head.extend_from_slice(&buf[..n]),
                         }
                     }
+                    answered
+                        .lock()
+                        .expect("lock")
+                        .push(String::from_utf8_lossy(&head).into_owned());
                     let body = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{code}</Message></Error>");
                     let mut answer = format!(
                         "HTTP/1.1 {status}\r\n{headers}Content-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
