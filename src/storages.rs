@@ -101,12 +101,18 @@ pub enum StorageError {
         connector: String,
         url: String,
         cause: Box<ObjectError>,
-        /// The bucket's region as S3 names it in `x-amz-bucket-region`, looked up when the
-        /// listing was refused as signed for the wrong region without naming the right one.
-        region: Option<String>,
-        /// The storage's own `region` (S3's default `us-east-1` when it sets none).
-        configured_region: String,
+        regions: Box<Regions>,
     },
+}
+
+/// The regions a refused listing of a bucket is told with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Regions {
+    /// The bucket's region as S3 names it in `x-amz-bucket-region`, looked up when the
+    /// listing was refused as signed for the wrong region without naming the right one.
+    pub found: Option<String>,
+    /// The storage's own `region` (S3's default `us-east-1` when it sets none).
+    pub configured: String,
 }
 
 impl StorageError {
@@ -148,10 +154,10 @@ impl StorageError {
     /// What to do about it, when there is something to say.
     pub fn hint(&self) -> Option<String> {
         match self {
-            StorageError::Bucket { cause, region, configured_region, .. } => Some(match cause.as_ref() {
-                ObjectError::Request { cause, .. } if looks_like_wrong_region(cause) => match expected_region(cause).or(region.as_deref()) {
+            StorageError::Bucket { cause, regions, .. } => Some(match cause.as_ref() {
+                ObjectError::Request { cause, .. } if looks_like_wrong_region(cause) => match expected_region(cause).or(regions.found.as_deref()) {
                     // The region is right: the endpoint is another region's.
-                    Some(region) if region == configured_region => format!("the bucket is in `{region}`, as the storage's `region` says: its `endpoint` is another region's; correct the `endpoint` (or remove it, for Amazon S3)"),
+                    Some(region) if region == regions.configured => format!("the bucket is in `{region}`, as the storage's `region` says: its `endpoint` is another region's; correct the `endpoint` (or remove it, for Amazon S3)"),
                     Some(region) => format!("S3 says the bucket is in another region than the storage's `region`: set `region: {region}` (or correct the `endpoint`)"),
                     // A 301 without a body to read names no region.
                     None => "S3 says the bucket is in another region than the storage's `region`, without naming it: `aws s3api get-bucket-location --bucket BUCKET` tells it; set `region` to it (or correct the `endpoint`)".to_owned(),
@@ -415,8 +421,10 @@ impl Storages {
                 connector: storage.entry.claid_name.clone(),
                 url: storage.entry.url(),
                 cause: Box::new(cause),
-                region,
-                configured_region: storage.entry.region.clone(),
+                regions: Box::new(Regions {
+                    found: region,
+                    configured: storage.entry.region.clone(),
+                }),
             });
         }
         Ok(())
@@ -779,8 +787,10 @@ mod tests {
                     uri: "s3://b/p".to_owned(),
                     cause: cause.to_owned(),
                 }),
-                region: region.map(str::to_owned),
-                configured_region: "us-east-1".to_owned(),
+                regions: Box::new(Regions {
+                    found: region.map(str::to_owned),
+                    configured: "us-east-1".to_owned(),
+                }),
             }
             .hint()
             .unwrap_or_default()
