@@ -2,15 +2,29 @@
 //! a manifest is its content, `run --once` always ends, and the supervisor answers signals
 //! while a large manifest is validated.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use claid_hotfolder::emulator::{Latency, Scenario};
 use sha2::Digest;
+use tokio::process::Child;
 
 use crate::support::{TestEnv, cli, signal, stop, wait_until, wait_until_async};
 
 const DEADLINE: Duration = Duration::from_secs(60);
+
+/// A daemon (`max_in_flight: 1`) running `v1` of the manifest `name`, its first image
+/// submitted; and its config.
+async fn daemon_running(env: &TestEnv, name: &str, v1: &[u8]) -> (Child, PathBuf) {
+    let config = env.config("max_in_flight: 1", "");
+    let daemon = env.spawn_daemon(&config, 0);
+    env.drop_file(name, v1);
+    wait_until("the first image is submitted", DEADLINE, || {
+        env.stats().submits >= 1
+    })
+    .await;
+    (daemon, config)
+}
 
 fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
@@ -564,13 +578,7 @@ async fn a_version_waiting_for_a_drain_runs_even_when_a_broken_save_follows_it()
     let v1 = b"images:\n  - input: storage://demo/one-64x48.png\n  - input: storage://demo/two-64x48.png\n".to_vec();
     let v2 = b"images:\n  - input: storage://demo/one-64x48.png\n  - input: storage://demo/new-64x48.png\n".to_vec();
     let v3 = b"images: [ {input: 3} \n".to_vec();
-    let config = env.config("max_in_flight: 1", "");
-    let mut daemon = env.spawn_daemon(&config, 0);
-    env.drop_file("m.yaml", &v1);
-    wait_until("the first image is submitted", DEADLINE, || {
-        env.stats().submits >= 1
-    })
-    .await;
+    let (mut daemon, _) = daemon_running(&env, "m.yaml", &v1).await;
     env.drop_file("m.yaml", &v2);
     wait_until("v2 waits for v1's drain", DEADLINE, || {
         env.inbox.join(".m.yaml.claid-pending").is_file()
@@ -619,13 +627,7 @@ async fn a_version_waiting_for_a_drain_with_a_long_name_runs_after_a_broken_save
     let v1 = b"images:\n  - input: storage://demo/one-64x48.png\n  - input: storage://demo/two-64x48.png\n".to_vec();
     let v2 = b"images:\n  - input: storage://demo/one-64x48.png\n  - input: storage://demo/new-64x48.png\n".to_vec();
     let v3 = b"images: [ {input: 3} \n".to_vec();
-    let config = env.config("max_in_flight: 1", "");
-    let mut daemon = env.spawn_daemon(&config, 0);
-    env.drop_file(&name, &v1);
-    wait_until("the first image is submitted", DEADLINE, || {
-        env.stats().submits >= 1
-    })
-    .await;
+    let (mut daemon, _) = daemon_running(&env, &name, &v1).await;
     env.drop_file(&name, &v2);
     let pending = || {
         std::fs::read_dir(&env.inbox)
@@ -674,13 +676,7 @@ async fn a_version_waiting_for_a_drain_survives_a_crash_during_a_broken_save() {
         let v1 = b"images:\n  - input: storage://demo/one-64x48.png\n  - input: storage://demo/two-64x48.png\n".to_vec();
         let v2 = b"images:\n  - input: storage://demo/one-64x48.png\n  - input: storage://demo/new-64x48.png\n".to_vec();
         let v3 = b"images: [ {input: 3} \n".to_vec();
-        let config = env.config("max_in_flight: 1", "");
-        let mut daemon = env.spawn_daemon(&config, 0);
-        env.drop_file("m.yaml", &v1);
-        wait_until("the first image is submitted", DEADLINE, || {
-            env.stats().submits >= 1
-        })
-        .await;
+        let (mut daemon, config) = daemon_running(&env, "m.yaml", &v1).await;
         env.drop_file("m.yaml", &v2);
         wait_until("v2 waits for v1's drain", DEADLINE, || {
             env.inbox.join(".m.yaml.claid-pending").is_file()
@@ -740,13 +736,7 @@ async fn a_version_waiting_for_a_drain_runs_when_a_broken_save_is_rejected_at_a_
     let v3 = b"images: [ {input: 3} \n".to_vec();
     let blocker = env.rejected.join("team");
     std::fs::write(&blocker, b"a file").expect("file where the folder goes");
-    let config = env.config("max_in_flight: 1", "");
-    let mut daemon = env.spawn_daemon(&config, 0);
-    env.drop_file("team/m.yaml", &v1);
-    wait_until("the first image is submitted", DEADLINE, || {
-        env.stats().submits >= 1
-    })
-    .await;
+    let (mut daemon, _) = daemon_running(&env, "team/m.yaml", &v1).await;
     env.drop_file("team/m.yaml", &v2);
     let pending = env.inbox.join("team/.m.yaml.claid-pending");
     wait_until("v2 waits for v1's drain", DEADLINE, || pending.is_file()).await;
@@ -789,13 +779,7 @@ async fn a_waiting_version_deleted_by_its_user_before_a_crash_is_not_brought_bac
             .await;
     let v1 = b"images:\n  - input: storage://demo/one-64x48.png\n  - input: storage://demo/two-64x48.png\n".to_vec();
     let v2 = b"images:\n  - input: storage://demo/new-64x48.png\n".to_vec();
-    let config = env.config("max_in_flight: 1", "");
-    let mut daemon = env.spawn_daemon(&config, 0);
-    env.drop_file("m.yaml", &v1);
-    wait_until("the first image is submitted", DEADLINE, || {
-        env.stats().submits >= 1
-    })
-    .await;
+    let (mut daemon, config) = daemon_running(&env, "m.yaml", &v1).await;
     env.drop_file("m.yaml", &v2);
     let pending = env.inbox.join(".m.yaml.claid-pending");
     wait_until("v2 waits for v1's drain", DEADLINE, || pending.is_file()).await;
@@ -843,13 +827,7 @@ async fn a_waiting_version_deleted_by_its_user_is_not_brought_back_by_a_later_br
     let v1 = b"images:\n  - input: storage://demo/one-64x48.png\n  - input: storage://demo/two-64x48.png\n".to_vec();
     let v2 = b"images:\n  - input: storage://demo/new-64x48.png\n".to_vec();
     let broken = b"images: [ broken\n".to_vec();
-    let config = env.config("max_in_flight: 1", "");
-    let mut daemon = env.spawn_daemon(&config, 0);
-    env.drop_file("m.yaml", &v1);
-    wait_until("the first image is submitted", DEADLINE, || {
-        env.stats().submits >= 1
-    })
-    .await;
+    let (mut daemon, _) = daemon_running(&env, "m.yaml", &v1).await;
     env.drop_file("m.yaml", &v2);
     let pending = env.inbox.join(".m.yaml.claid-pending");
     wait_until("v2 waits for v1's drain", DEADLINE, || pending.is_file()).await;
@@ -946,13 +924,7 @@ async fn issue11_a_manifest_saved_again_while_it_runs_is_processed_in_its_new_ve
             .await;
     let v1 = b"images:\n  - input: storage://demo/keep-64x48.png\n  - input: storage://demo/typo-64x48.png\n  - input: storage://demo/also-64x48.png\n".to_vec();
     let v2 = b"images:\n  - input: storage://demo/keep-64x48.png\n  - input: storage://demo/fixed-64x48.png\n".to_vec();
-    let config = env.config("max_in_flight: 1", "");
-    let mut daemon = env.spawn_daemon(&config, 0);
-    env.drop_file("m.yaml", &v1);
-    wait_until("the first image is submitted", DEADLINE, || {
-        env.stats().submits >= 1
-    })
-    .await;
+    let (mut daemon, config) = daemon_running(&env, "m.yaml", &v1).await;
     env.drop_file("m.yaml", &v2);
     let report_is_v2 = || {
         std::fs::read_to_string(env.outbox.join("m.report.json"))
@@ -1110,13 +1082,7 @@ async fn issue11_run_once_counts_add_up_after_a_resave() {
             .await;
     let v1 = b"images:\n  - input: storage://demo/keep-64x48.png\n  - input: storage://demo/typo-64x48.png\n  - input: storage://demo/also-64x48.png\n";
     let v2 = b"images:\n  - input: storage://demo/keep-64x48.png\n  - input: storage://demo/fixed-64x48.png\n";
-    let config = env.config("max_in_flight: 1", "");
-    let mut daemon = env.spawn_daemon(&config, 0);
-    env.drop_file("m.yaml", v1);
-    wait_until("the first image is submitted", DEADLINE, || {
-        env.stats().submits >= 1
-    })
-    .await;
+    let (mut daemon, config) = daemon_running(&env, "m.yaml", v1).await;
     daemon.start_kill().expect("SIGKILL");
     daemon.wait().await.expect("wait");
     env.drop_file("m.yaml", v2);
@@ -1148,13 +1114,7 @@ async fn issue11_a_manifest_saved_back_to_its_running_content_is_not_lost() {
             .await;
     let v1 = b"images:\n  - input: storage://demo/keep-64x48.png\n  - input: storage://demo/typo-64x48.png\n  - input: storage://demo/also-64x48.png\n".to_vec();
     let v2 = b"images:\n  - input: storage://demo/keep-64x48.png\n  - input: storage://demo/fixed-64x48.png\n".to_vec();
-    let config = env.config("max_in_flight: 1", "");
-    let mut daemon = env.spawn_daemon(&config, 0);
-    env.drop_file("m.yaml", &v1);
-    wait_until("the first image is submitted", DEADLINE, || {
-        env.stats().submits >= 1
-    })
-    .await;
+    let (mut daemon, _) = daemon_running(&env, "m.yaml", &v1).await;
     env.drop_file("m.yaml", &v2);
     wait_until("the run drains for the new version", DEADLINE, || {
         env.daemon_log(0).contains("saved again while it ran")
