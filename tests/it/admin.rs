@@ -1250,6 +1250,24 @@ async fn a_user_outside_the_sockets_group_is_refused_with_a_clear_message() {
 
 /// `GET /healthz` answered 200 within a couple of seconds (a server that never accepts the
 /// connection makes the request hang: that is a "no").
+/// A daemon with the default config (behind `wrapper`, e.g. `prlimit …`), once its admin
+/// socket answers `/healthz`; and the socket.
+async fn answering_daemon(
+    env: &TestEnv,
+    wrapper: &[&str],
+) -> (tokio::process::Child, std::path::PathBuf) {
+    let config = env.config("", "");
+    let daemon = env.spawn_daemon_wrapped(&config, 0, &[], wrapper);
+    let socket = env.socket();
+    wait_until_async(
+        "the daemon answers /healthz",
+        Duration::from_secs(30),
+        || healthz_ok(&socket),
+    )
+    .await;
+    (daemon, socket)
+}
+
 async fn healthz_ok(socket: &Path) -> bool {
     matches!(
         tokio::time::timeout(
@@ -1272,16 +1290,7 @@ async fn issue11_idle_admin_clients_cannot_exhaust_descriptors_or_stop_healthz_a
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let env = TestEnv::new(Scenario::default()).await;
-    let config = env.config("", "");
-    let mut daemon =
-        env.spawn_daemon_wrapped(&config, 0, &[], &["prlimit", "--nofile=128:128", "--"]);
-    let socket = env.socket();
-    wait_until_async(
-        "the daemon answers /healthz",
-        Duration::from_secs(30),
-        || healthz_ok(&socket),
-    )
-    .await;
+    let (mut daemon, socket) = answering_daemon(&env, &["prlimit", "--nofile=128:128", "--"]).await;
 
     let mut idle = Vec::new();
     for i in 0..200 {
@@ -1337,15 +1346,7 @@ async fn a_flood_of_trickling_clients_is_answered_503_past_the_places_and_health
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let env = TestEnv::new(Scenario::default()).await;
-    let config = env.config("", "");
-    let mut daemon = env.spawn_daemon(&config, 0);
-    let socket = env.socket();
-    wait_until_async(
-        "the daemon answers /healthz",
-        Duration::from_secs(30),
-        || healthz_ok(&socket),
-    )
-    .await;
+    let (mut daemon, socket) = answering_daemon(&env, &[]).await;
     let mut flood = Vec::new();
     for _ in 0..150 {
         let Ok(mut stream) = tokio::net::UnixStream::connect(&socket).await else {
@@ -1392,15 +1393,7 @@ async fn issue11_slow_clients_that_reconnect_at_once_cannot_stop_healthz() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let env = TestEnv::new(Scenario::default()).await;
-    let config = env.config("", "");
-    let mut daemon = env.spawn_daemon(&config, 0);
-    let socket = env.socket();
-    wait_until_async(
-        "the daemon answers /healthz",
-        Duration::from_secs(30),
-        || healthz_ok(&socket),
-    )
-    .await;
+    let (mut daemon, socket) = answering_daemon(&env, &[]).await;
     for served_first in [false, true] {
         let done = Arc::new(AtomicBool::new(false));
         let connects = Arc::new(AtomicU64::new(0));
@@ -1469,15 +1462,7 @@ async fn issue11_clients_that_never_read_their_answers_cannot_stop_healthz() {
     use tokio::io::AsyncWriteExt;
 
     let env = TestEnv::new(Scenario::default()).await;
-    let config = env.config("", "");
-    let mut daemon = env.spawn_daemon(&config, 0);
-    let socket = env.socket();
-    wait_until_async(
-        "the daemon answers /healthz",
-        Duration::from_secs(30),
-        || healthz_ok(&socket),
-    )
-    .await;
+    let (mut daemon, socket) = answering_daemon(&env, &[]).await;
     let requests = b"GET /metrics HTTP/1.1\r\nhost: localhost\r\n\r\n".repeat(4000);
     let mut greedy = Vec::new();
     for _ in 0..40 {
