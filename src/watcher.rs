@@ -805,6 +805,11 @@ impl Fingerprint {
             mtime: meta.modified().ok()?,
         })
     }
+
+    /// The size and mtime of the file at `path` itself (`lstat`), if it is there.
+    pub fn at(path: &Path) -> Option<Fingerprint> {
+        Fingerprint::of(&std::fs::symlink_metadata(path).ok()?)
+    }
 }
 
 /// What a symlink that was not followed stood for, to name it in the WARN.

@@ -197,8 +197,8 @@ impl Intake {
                 // As it is now (its size decides the size limit's fast path).
                 Taken::Again => {
                     let path = candidate.path.clone();
-                    if let Ok(meta) = on_file_pool(move || std::fs::symlink_metadata(path)).await
-                        && let Some(now) = crate::watcher::Fingerprint::of(&meta)
+                    if let Some(now) =
+                        on_file_pool(move || crate::watcher::Fingerprint::at(&path)).await
                     {
                         candidate.fingerprint = now;
                     }
@@ -336,8 +336,7 @@ impl Intake {
                     info!("The manifest left the inbox while it was validated; nothing to do");
                     // As for a file gone before it was read: a copy kept of a version that
                     // waited for a drain is not brought back later.
-                    let pending = pending_path(&path);
-                    let _ = on_file_pool(move || std::fs::remove_file(pending)).await;
+                    remove_pending_copy(&path).await;
                     return Taken::Done;
                 }
                 // Cannot tell (EMFILE, EIO): taken as validated, as before this check.
@@ -355,8 +354,7 @@ impl Intake {
                 info!("The manifest left the inbox before it was read; nothing to do");
                 // Deleted or renamed by its user: a copy kept of a version that waited for a
                 // drain is not brought back later (by a rejected save of the same name).
-                let pending = pending_path(&path);
-                let _ = on_file_pool(move || std::fs::remove_file(pending)).await;
+                remove_pending_copy(&path).await;
                 return Taken::Done;
             }
             // An image of a recipe folder whose run is under way, seen again because its
@@ -664,8 +662,7 @@ impl Intake {
         if !recipe_image {
             self.keep_copy(path, rel_path, &sha256).await;
             // A copy kept while an older version drained is not needed once a version runs.
-            let pending = pending_path(path);
-            let _ = on_file_pool(move || std::fs::remove_file(pending)).await;
+            remove_pending_copy(path).await;
         }
         info!(
             manifest_id = id,
@@ -910,11 +907,8 @@ impl Intake {
                     .await;
                 // A valid version saved before this one waits for its predecessor's drain: it
                 // is put back, so the rejection does not lose it.
-                if marked && restore_pending(&self.store, path, rel).await {
-                    info!(
-                        "Put back the valid version saved before the rejected one; it runs once the version before it has drained"
-                    );
-                    follow_drain(&self.store, &self.finisher, path, rel).await;
+                if marked {
+                    put_back_waiting_version(&self.store, &self.finisher, path, rel).await;
                 }
             }
             // Gone meanwhile (moved by an earlier rejection, or deleted): nothing stays in the
@@ -1002,12 +996,7 @@ impl Intake {
                 // Stopping: the marked copy stays, and the next start puts it back.
                 if marked && !cancel.is_cancelled() {
                     tracker.spawn(async move {
-                        if restore_pending(&store, &manifest, &rel).await {
-                            info!(
-                                "Put back the valid version saved before the rejected one; it runs once the version before it has drained"
-                            );
-                            follow_drain(&store, &finisher, &manifest, &rel).await;
-                        }
+                        put_back_waiting_version(&store, &finisher, &manifest, &rel).await;
                     });
                 }
             },
@@ -1034,6 +1023,18 @@ fn remove_stale_flat_error(rejected: &Path, rel: &Path, dest: &Path) {
     }
 }
 
+/// After a broken save at `path` was moved to `rejected/` with the copy of a waiting version
+/// marked ([`move_rejected_marking`]): that version is put back ([`restore_pending`]) and taken
+/// in once its predecessor's drain ends ([`follow_drain`]).
+async fn put_back_waiting_version(store: &Store, finisher: &finisher::Tx, path: &Path, rel: &Path) {
+    if restore_pending(store, path, rel).await {
+        info!(
+            "Put back the valid version saved before the rejected one; it runs once the version before it has drained"
+        );
+        follow_drain(store, finisher, path, rel).await;
+    }
+}
+
 /// The version put back at `path` is taken in once its predecessor's drain ends, as if it had
 /// been found there: after a restart the drain's end knows of no waiting version, and
 /// `run --once` has no watcher to see the file come back.
@@ -1042,10 +1043,7 @@ async fn follow_drain(store: &Store, finisher: &finisher::Tx, path: &Path, rel: 
         return;
     };
     let manifest = path.to_path_buf();
-    let Some(fingerprint) = on_file_pool(move || {
-        crate::watcher::Fingerprint::of(&std::fs::symlink_metadata(&manifest).ok()?)
-    })
-    .await
+    let Some(fingerprint) = on_file_pool(move || crate::watcher::Fingerprint::at(&manifest)).await
     else {
         return;
     };
@@ -1073,6 +1071,13 @@ fn owner_of_copy(inbox: &Path, copy: KeptCopy, kept: &Path, runs: &[String]) -> 
     runs.iter()
         .map(|rel| inbox.join(rel))
         .find(|manifest| copy.path_beside(manifest) == kept)
+}
+
+/// Removes the copy kept of a version waiting beside the manifest at `path` (none there: no
+/// error): the manifest was taken in, or left the inbox.
+async fn remove_pending_copy(path: &Path) {
+    let pending = pending_path(path);
+    let _ = on_file_pool(move || std::fs::remove_file(pending)).await;
 }
 
 /// Marks the copy of a version waiting beside the manifest at `path` to be put back: renamed
@@ -1145,7 +1150,7 @@ async fn restore_pending(store: &Store, path: &Path, rel: &Path) -> bool {
         if put_back {
             let _ = std::fs::remove_file(&kept);
         } else {
-            let _ = std::fs::rename(&kept, pending_path(&manifest));
+            unmark_for_restore(&manifest);
         }
         put_back
     })
