@@ -398,6 +398,18 @@ impl Runner {
         }
     }
 
+    /// Before one more look at a storage output that is not Claid's new object (yet): waits,
+    /// up to [`MISSING_OBJECT_CHECKS`] looks (about 15 s in all). `Some(true)` to look again,
+    /// `Some(false)` when the daemon stops meanwhile, `None` when the looks are spent.
+    async fn look_again(&self, looks: &mut u32) -> Option<bool> {
+        if *looks >= MISSING_OBJECT_CHECKS {
+            return None;
+        }
+        *looks += 1;
+        let retry = &self.deps.retry;
+        Some(self.wait(jitter(*looks, retry.base, retry.cap)).await)
+    }
+
     /// [`Runner::settle_existing_output`] for a local output: a file already at the output
     /// path is kept (`skip`: the job is done as `skipped`, with that file's size, hash and
     /// dimensions) or fails the job (`fail`), before the submit.
@@ -1652,16 +1664,13 @@ impl Runner {
                     // Still the object that was there before the submit: Claid's may not be
                     // visible yet (looked at again, as for a missing one), or Claid wrote
                     // elsewhere (its connector changed since the start) or not at all.
-                    if n_missing < MISSING_OBJECT_CHECKS {
-                        n_missing += 1;
-                        debug!(object = %storage.objects.uri(key), "The output object is still the one the edit replaces; looking again");
-                        if !self
-                            .wait(jitter(n_missing, deps.retry.base, deps.retry.cap))
-                            .await
-                        {
-                            return Step::End(JobOutcome::Parked);
+                    match self.look_again(&mut n_missing).await {
+                        Some(true) => {
+                            debug!(object = %storage.objects.uri(key), "The output object is still the one the edit replaces; looked again");
+                            continue;
                         }
-                        continue;
+                        Some(false) => return Step::End(JobOutcome::Parked),
+                        None => {}
                     }
                     let message = format!(
                         "{} is still the object that was there before this image was submitted ({}): Claid did not write the new edit there. Check that Claid's connector \"{}\" writes to the bucket and folder of `storages.{}` (the daemon compares them at its start only), then `replay --failed`",
@@ -1685,16 +1694,15 @@ impl Runner {
             // Not there yet: Claid may announce the task before the object is visible in the
             // bucket. Looked at again a few times (about 15 s in all) before it counts as
             // missing.
-            if code == FailureCode::ObjectMissing && n_missing < MISSING_OBJECT_CHECKS {
-                n_missing += 1;
-                debug!(error = %err, "The output object is not in the bucket yet; looking again");
-                if !self
-                    .wait(jitter(n_missing, deps.retry.base, deps.retry.cap))
-                    .await
-                {
-                    return Step::End(JobOutcome::Parked);
+            if code == FailureCode::ObjectMissing {
+                match self.look_again(&mut n_missing).await {
+                    Some(true) => {
+                        debug!(error = %err, "The output object was not in the bucket yet; looked again");
+                        continue;
+                    }
+                    Some(false) => return Step::End(JobOutcome::Parked),
+                    None => {}
                 }
-                continue;
             }
             // Any other answer (a bucket away or busy was waited out above) does not heal.
             return self.fail(id, code, &err.to_string()).await;
