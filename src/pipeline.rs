@@ -532,8 +532,7 @@ impl Handle {
             queue: queue.clone(),
             intake: intake_tx.clone(),
             notices: notices.clone(),
-            staging: deps.staging.clone().filter(|s| s.delete),
-            staging_kept: deps.staging.as_ref().is_some_and(|s| !s.delete),
+            staging: deps.staging.clone(),
         });
         let intake = intake::Intake {
             store: deps.store.clone(),

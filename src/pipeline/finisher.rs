@@ -119,12 +119,11 @@ pub struct FinisherDeps {
     pub intake: mpsc::Sender<Candidate>,
     /// Told when runs end, jobs fail or are held.
     pub notices: Notices,
-    /// `api.staging` with `api.staging_delete`: a run's staged objects no unfinished job needs
-    /// are deleted when it ends.
+    /// `api.staging`: with `api.staging_delete`, a run's staged objects no unfinished job needs
+    /// are deleted when it ends ([`Finisher::staging_to_delete`]); without it they stay by
+    /// choice (a lifecycle rule of the bucket removes them), and a run's end neither marks
+    /// nor warns.
     pub staging: Option<crate::storages::Staging>,
-    /// `api.staging` set with `api.staging_delete: false`: staged objects stay by choice (a
-    /// lifecycle rule of the bucket removes them), so a run's end neither marks nor warns.
-    pub staging_kept: bool,
 }
 
 /// The finisher's own state; only its task touches it.
@@ -528,7 +527,7 @@ impl Finisher {
             // The staged copies of its finished jobs are deleted now (those the held jobs
             // need stay): held, the run does not end until a replay, and the user's files
             // stayed in the bucket meanwhile.
-            if self.deps.staging.is_some() && !self.staging_unwell() {
+            if self.staging_to_delete().is_some() && !self.staging_unwell() {
                 match self.deps.store.staged_of_run(id).await {
                     Ok(staged) if !staged.is_empty() => {
                         self.clean_staged(id, staged.into_iter().collect()).await;
@@ -574,7 +573,7 @@ impl Finisher {
         // (Looked up with `api.staging` unset too: a run that staged objects before the
         // setting was removed keeps its mark, so that they are deleted once it is set again;
         // they were forgotten in the bucket without a word.)
-        let staged: Vec<String> = if self.deps.staging_kept {
+        let staged: Vec<String> = if self.deps.staging.as_ref().is_some_and(|s| !s.delete) {
             // Kept by choice: not even looked up.
             Vec::new()
         } else {
@@ -586,7 +585,7 @@ impl Finisher {
                 }
             }
         };
-        if !staged.is_empty() && self.deps.staging.is_none() {
+        if !staged.is_empty() && self.staging_to_delete().is_none() {
             warn!(
                 objects = staged.len(),
                 "This run staged local files in a bucket, but `api.staging` is no longer set: they stay there, marked, and are deleted once it is set again (or delete them by hand)"
@@ -627,8 +626,14 @@ impl Finisher {
             .is_some_and(|until| tokio::time::Instant::now() < until)
     }
 
+    /// The staging storage whose objects a run's end deletes (`api.staging` with
+    /// `api.staging_delete`).
+    fn staging_to_delete(&self) -> Option<&crate::storages::Staging> {
+        self.deps.staging.as_ref().filter(|s| s.delete)
+    }
+
     async fn clean_staged(&mut self, id: ManifestId, candidates: Vec<String>) -> bool {
-        let Some(staging) = &self.deps.staging else {
+        let Some(staging) = self.staging_to_delete() else {
             return true;
         };
         let complete = if candidates.is_empty() {
