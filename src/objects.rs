@@ -443,6 +443,14 @@ pub struct ObjectStorageConfig {
 /// Amazon S3's endpoint when a storage names none: it answers a bucket's `HEAD` from any
 /// region, naming the bucket's own in `x-amz-bucket-region`.
 const AWS_GLOBAL_ENDPOINT: &str = "https://s3.amazonaws.com";
+/// Whether `name`, read from an S3 answer, looks like a region (`eu-west-3`): letters,
+/// digits and dashes, at most 64 bytes; anything else is not repeated in a hint.
+pub fn is_region_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
 /// How long [`ObjectStorage::bucket_region`] waits for its answer.
 const REGION_LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -647,12 +655,7 @@ impl ObjectStorage {
             .to_str()
             .ok()?
             .trim();
-        (!region.is_empty()
-            && region.len() <= 64
-            && region
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-'))
-        .then(|| region.to_owned())
+        is_region_name(region).then(|| region.to_owned())
     }
 
     /// Amazon S3 (or S3-compatible) or Google Cloud Storage.

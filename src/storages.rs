@@ -197,11 +197,7 @@ fn looks_like_wrong_region(cause: &str) -> bool {
 fn expected_region(cause: &str) -> Option<&str> {
     let rest = &cause[cause.find("expecting '")? + "expecting '".len()..];
     let region = &rest[..rest.find('\'')?];
-    (!region.is_empty()
-        && region
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-'))
-    .then_some(region)
+    crate::objects::is_region_name(region).then_some(region)
 }
 
 /// S3 answers a listing of a bucket that does not exist with `NoSuchBucket`.
