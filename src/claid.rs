@@ -143,6 +143,16 @@ pub enum ClaidError {
         /// The OS error (`ECONNREFUSED: connection refused`) or the innermost message.
         cause: String,
     },
+    /// Nothing was sent: the TLS handshake failed in a way no retry mends (a certificate the
+    /// daemon cannot trust, a server that does not speak TLS, a protocol it refuses). See
+    /// [`tls_refusal`].
+    #[error("{endpoint}: connect to {addr}: {cause}")]
+    Tls {
+        endpoint: Endpoint,
+        addr: String,
+        /// What the handshake met, beginning "TLS handshake failed".
+        cause: String,
+    },
     #[error(
         "{endpoint}: no answer from {addr} within {}",
         if *endpoint == Endpoint::Upload { "api.upload_timeout" } else { "api.request_timeout" }
@@ -268,6 +278,11 @@ impl ClaidError {
             Config { .. } => ErrorClass::Systemic,
             BadUrl { .. } => ErrorClass::Job,
             Connect { .. } => ErrorClass::Transient,
+            // The API's certificate or protocol is wrong for every call alike: submitting
+            // pauses (and `run --once` ends) rather than waiting out an outage that is none.
+            // A result's host is another one: its download is asked again on its budget.
+            Tls { endpoint, .. } if *endpoint != Endpoint::Download => ErrorClass::Systemic,
+            Tls { .. } => ErrorClass::Transient,
             Timeout { endpoint, .. } | Network { endpoint, .. } => {
                 if endpoint.is_billable_post() {
                     ErrorClass::Ambiguous
@@ -360,7 +375,7 @@ impl ClaidError {
         match self {
             Config { .. } => C::ClientConfig,
             BadUrl { .. } => C::BadUrl,
-            Connect { .. } => C::ConnectFailed,
+            Connect { .. } | Tls { .. } => C::ConnectFailed,
             Timeout { .. } => C::Timeout,
             Network { .. } => C::ConnectionLost,
             RateLimited { .. } => C::RateLimited,
@@ -404,7 +419,9 @@ impl ClaidError {
             | DownloadStatus { request_id, .. }
             | TooLarge { request_id, .. }
             | Truncated { request_id, .. } => request_id.as_deref(),
-            Config { .. } | BadUrl { .. } | Connect { .. } | RedirectLoop { .. } => None,
+            Config { .. } | BadUrl { .. } | Connect { .. } | Tls { .. } | RedirectLoop { .. } => {
+                None
+            }
         }
     }
 
@@ -443,8 +460,17 @@ impl ClaidError {
 
     /// Whether nothing was sent because the API could not be reached: during an outage every
     /// call fails this way, and it is not the job's fault (see [`crate::retry`]).
+    /// A result host's failed TLS handshake is one too; the API's pauses instead
+    /// ([`ClaidError::class`]).
     pub fn is_unreachable(&self) -> bool {
-        matches!(self, ClaidError::Connect { .. })
+        matches!(
+            self,
+            ClaidError::Connect { .. }
+                | ClaidError::Tls {
+                    endpoint: Endpoint::Download,
+                    ..
+                }
+        )
     }
 }
 
@@ -1417,7 +1443,13 @@ fn tls_named(cause: String, url: Option<&reqwest::Url>) -> String {
     } else if https
         // An OS error (`ECONNRESET: connection reset by peer`) is no TLS failure.
         && !cause.starts_with('E')
-        && ["certificate", "handshake", "received fatal alert", "corrupt message"]
+        && [
+            "certificate",
+            "handshake",
+            "received fatal alert",
+            "corrupt message",
+            "peer is incompatible",
+        ]
             .iter()
             .any(|sign| cause.contains(sign))
         && !cause.to_ascii_lowercase().contains("tls")
@@ -1426,6 +1458,27 @@ fn tls_named(cause: String, url: Option<&reqwest::Url>) -> String {
     } else {
         cause
     }
+}
+
+/// Whether a connect failure is a TLS handshake that no retry mends: the server's certificate
+/// (unknown issuer, expired, for another name), a server that does not answer in TLS, or one
+/// that refuses the handshake with a fatal alert (no common protocol version or cipher). An OS
+/// error, an end of file or a reset during the handshake (a server restarting), and a server's
+/// `InternalError` alert may pass: they stay an outage, retried until
+/// `api.unreachable_timeout`.
+fn tls_refusal(cause: &str, url: Option<&reqwest::Url>) -> bool {
+    url.is_some_and(|u| u.scheme() == "https")
+        && !cause.starts_with('E')
+        && !cause.contains("InternalError")
+        && [
+            "InvalidContentType",
+            "corrupt message",
+            "invalid peer certificate",
+            "received fatal alert",
+            "peer is incompatible",
+        ]
+        .iter()
+        .any(|sign| cause.contains(sign))
 }
 
 /// Maps a reqwest failure to a class-bearing error that names the host and the OS cause:
@@ -1441,10 +1494,19 @@ fn transport_error(
     };
     let cause = || os_error::root_cause(err).unwrap_or_else(|| text::escape(&err.to_string()));
     if err.is_connect() {
-        ClaidError::Connect {
-            endpoint,
-            addr,
-            cause: tls_named(cause(), err.url()),
+        let cause = cause();
+        if tls_refusal(&cause, err.url()) {
+            ClaidError::Tls {
+                endpoint,
+                addr,
+                cause: tls_named(cause, err.url()),
+            }
+        } else {
+            ClaidError::Connect {
+                endpoint,
+                addr,
+                cause: tls_named(cause, err.url()),
+            }
         }
     } else if err.is_timeout() {
         ClaidError::Timeout {
@@ -1738,6 +1800,43 @@ mod tests {
         }
         let plain = "received corrupt message of type InvalidContentType";
         assert_eq!(tls_named(plain.into(), http.as_ref()), plain);
+    }
+
+    /// A handshake no retry mends pauses submitting (so `run --once` ends at once); one that
+    /// may pass (an end of file, a reset, the server's internal error) stays an outage, and a
+    /// result host's is asked again on the download's budget.
+    #[test]
+    fn a_tls_refusal_pauses_and_a_passing_handshake_failure_is_an_outage() {
+        let https = reqwest::Url::parse("https://api.claid.ai/v1").ok();
+        let http = reqwest::Url::parse("http://api.claid.ai/v1").ok();
+        for cause in [
+            "received corrupt message of type InvalidContentType",
+            "invalid peer certificate: UnknownIssuer",
+            "invalid peer certificate: Expired",
+            "received fatal alert: ProtocolVersion",
+            "peer is incompatible: Tls12NotOffered",
+        ] {
+            assert!(tls_refusal(cause, https.as_ref()), "{cause}");
+            assert!(!tls_refusal(cause, http.as_ref()), "{cause} on http");
+        }
+        for cause in [
+            "tls handshake eof",
+            "ECONNRESET: connection reset by peer",
+            "received fatal alert: InternalError",
+        ] {
+            assert!(!tls_refusal(cause, https.as_ref()), "{cause}");
+        }
+        let refused = |endpoint| ClaidError::Tls {
+            endpoint,
+            addr: "api.claid.ai:443".to_owned(),
+            cause: "TLS handshake failed: invalid peer certificate: UnknownIssuer".to_owned(),
+        };
+        for endpoint in [Endpoint::Submit, Endpoint::Upload, Endpoint::Poll] {
+            assert_eq!(refused(endpoint).class(), ErrorClass::Systemic);
+        }
+        assert_eq!(refused(Endpoint::Download).class(), ErrorClass::Transient);
+        assert!(refused(Endpoint::Download).is_unreachable());
+        assert!(!refused(Endpoint::Submit).is_unreachable());
     }
 
     use super::*;

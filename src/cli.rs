@@ -20,6 +20,7 @@ use crate::config::{self, Config, ConfigError};
 use crate::daemon::{self, Outcome, RunOptions};
 use crate::manifest::{self, Input};
 use crate::os_error::OsCause;
+use crate::pipeline::health::NO_HTTP_ANSWER;
 use crate::store::records::JobState;
 use crate::store::snapshot::Snapshot;
 use crate::store::{Store, StoreError};
@@ -377,15 +378,27 @@ fn cmd_run(path: &Path, once: bool, print_config: bool) -> i32 {
                 404 | 405 | 501 => {
                     "The Claid API has no such endpoint: check `api.base_url` (Claid's is https://api.claid.ai/v1, with its version)"
                 }
+                NO_HTTP_ANSWER => {
+                    "No TLS handshake with the Claid API succeeds, and no retry mends that: check `api.base_url` (its scheme and host) and the server's certificate"
+                }
                 _ => "The API refused the daemon",
             };
-            tracing::error!(
-                status,
-                reason = %Escaped::str(&reason),
-                "{what}; unfinished jobs stay in the store and resume at the next run"
-            );
+            if status == NO_HTTP_ANSWER {
+                tracing::error!(
+                    reason = %Escaped::str(&reason),
+                    "{what}; unfinished jobs stay in the store and resume at the next run"
+                );
+            } else {
+                tracing::error!(
+                    status,
+                    reason = %Escaped::str(&reason),
+                    "{what}; unfinished jobs stay in the store and resume at the next run"
+                );
+            }
             if (300..400).contains(&status) || matches!(status, 404 | 405 | 501) {
                 exit::USAGE
+            } else if status == NO_HTTP_ANSWER {
+                exit::UNAVAILABLE
             } else {
                 exit::NO_PERM
             }

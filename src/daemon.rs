@@ -780,7 +780,8 @@ async fn run_once(
 /// bucket that does not answer (a 5xx, a 429, a refused or timed-out connection: the
 /// `EX_UNAVAILABLE` class) for up to `patience` (`api.unreachable_timeout`) with backoff: a
 /// Claid blip or an S3 server still starting at boot is not a refused start (systemd restarted
-/// it every 5 s). Told once; what cannot heal (a missing connector, refused keys) fails at once.
+/// it every 5 s). Told once; what cannot heal (a missing connector, refused keys, an API no TLS
+/// handshake with succeeds) fails at once.
 async fn check_storages_at_start(
     storages: &crate::storages::Storages,
     client: &Client,
@@ -803,7 +804,7 @@ async fn check_storages_at_start(
         // The last wait is cut to what is left of the patience (it gave up once the next
         // whole wait would pass it: at about half of `api.unreachable_timeout`).
         let left = patience.saturating_sub(started.elapsed());
-        if err.exit_code() != crate::exit::UNAVAILABLE || left.is_zero() {
+        if err.exit_code() != crate::exit::UNAVAILABLE || err.tls_refused() || left.is_zero() {
             return Err(err);
         }
         let wait_now = wait.min(left);

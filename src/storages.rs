@@ -151,6 +151,12 @@ impl StorageError {
         }
     }
 
+    /// Claid's API could not be asked because no TLS handshake with it succeeds: an
+    /// `EX_UNAVAILABLE` that no retry mends ([`ClaidError::Tls`]).
+    pub fn tls_refused(&self) -> bool {
+        matches!(self, StorageError::Api { cause, .. } if matches!(cause.as_ref(), ClaidError::Tls { .. }))
+    }
+
     /// What to do about it, when there is something to say.
     pub fn hint(&self) -> Option<String> {
         match self {

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use crate::codes::FailureCode;
 use crate::config::web::AlertEvent;
+use crate::pipeline::health::NO_HTTP_ANSWER;
 use crate::store::{ManifestCounts, ManifestId};
 
 /// Problems of a rejected manifest shown in a message, at most.
@@ -19,7 +20,9 @@ pub const MAX_STALLED_MANIFESTS: usize = 5;
 /// Why outputs or submits stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cause {
-    /// The API refused the key (401), the credits (402) or the scope (403).
+    /// The API refused the key (401), the credits (402) or the scope (403), or told that
+    /// `api.base_url` is wrong (a 3xx, 404, 405, 501, or no TLS handshake succeeds:
+    /// [`NO_HTTP_ANSWER`]).
     Api { status: u16 },
     /// The outbox's disk is full.
     DiskFull,
@@ -30,6 +33,9 @@ pub enum Cause {
 impl Cause {
     pub fn code(&self) -> String {
         match self {
+            Cause::Api {
+                status: NO_HTTP_ANSWER,
+            } => "tls-handshake".to_owned(),
             Cause::Api { status } => status.to_string(),
             Cause::DiskFull => "disk-full".to_owned(),
             Cause::OutboxUnwritable => "outbox-unwritable".to_owned(),
@@ -41,6 +47,9 @@ impl Cause {
             Cause::Api { status: 401 } => "the API refused the key (401)",
             Cause::Api { status: 402 } => "the Claid account is out of credits (402)",
             Cause::Api { status: 403 } => "the API key lacks a permission (403)",
+            Cause::Api {
+                status: NO_HTTP_ANSWER,
+            } => "no TLS handshake with the API succeeds",
             Cause::Api { .. } => "the API refused the daemon",
             Cause::DiskFull => "the outbox's disk is full",
             Cause::OutboxUnwritable => "the outbox cannot be written",

@@ -18,12 +18,18 @@ use crate::pipeline::notices::{Notice, Notices};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Health {
     Healthy,
-    /// The API refused the key, the credits or the scope: `status` is 401, 402 or 403.
+    /// The API refused the key, the credits or the scope: `status` is 401, 402 or 403; or
+    /// `api.base_url` is wrong (a redirect, 404, 405, 501, or [`NO_HTTP_ANSWER`]: no TLS
+    /// handshake with it succeeds).
     Paused {
         reason: String,
         status: u16,
     },
 }
+
+/// The status of a pause that no HTTP answer caused: the API's TLS handshake failed in a way no
+/// retry mends ([`ClaidError::Tls`]).
+pub const NO_HTTP_ANSWER: u16 = 0;
 
 /// How an outage of a result's download host begins its reason (`the result host h:443: …`).
 pub const RESULT_HOST: &str = "the result host";
@@ -492,6 +498,9 @@ impl HealthState {
                 402 => "The API says the account has no credits left (402)",
                 403 => "The API refused the key's permission for this call (403)",
                 404 | 405 | 501 => "The API has no such endpoint (check `api.base_url`)",
+                NO_HTTP_ANSWER if matches!(err, ClaidError::Tls { .. }) => {
+                    "The TLS handshake with the API failed (check `api.base_url`)"
+                }
                 _ => "The API refused the daemon's requests",
             };
             error!(error = %reason, "{what}; submitting is paused, queued jobs are kept");

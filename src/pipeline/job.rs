@@ -2208,9 +2208,10 @@ fn result_host_away(err: &ClaidError) -> bool {
             received,
             ..
         } => *received > 0,
-        ClaidError::Connect { .. } | ClaidError::Timeout { .. } | ClaidError::Network { .. } => {
-            true
-        }
+        ClaidError::Connect { .. }
+        | ClaidError::Tls { .. }
+        | ClaidError::Timeout { .. }
+        | ClaidError::Network { .. } => true,
         _ => false,
     }
 }
@@ -2466,7 +2467,9 @@ pub(crate) fn submit_decision(
     }
 }
 
-/// The HTTP status of a systemic refusal (401, 402 or 403).
+/// The HTTP status of a systemic refusal (401, 402 or 403, or a status that says
+/// `api.base_url` is wrong), or [`crate::pipeline::health::NO_HTTP_ANSWER`] for one that came
+/// before any answer (the TLS handshake).
 pub fn systemic_status(err: &ClaidError) -> u16 {
     match err {
         ClaidError::Account { status, .. } | ClaidError::Redirected { status, .. } => *status,

@@ -213,10 +213,13 @@ pub fn service_state(
     idle: bool,
 ) -> views::ServiceState {
     if let Health::Paused { reason, status } = health {
-        let title = match status {
+        let title = match *status {
             401 => "Paused: the API refused the key (401)",
             402 => "Paused: the Claid account is out of credits (402)",
             403 => "Paused: the API key lacks a permission (403)",
+            crate::pipeline::health::NO_HTTP_ANSWER => {
+                "Paused: no TLS handshake with the API succeeds"
+            }
             _ => "Paused: the API refused the daemon",
         };
         return views::ServiceState {

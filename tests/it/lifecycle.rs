@@ -1852,9 +1852,10 @@ async fn a_version_replaced_while_it_is_validated_is_never_submitted() {
 }
 
 /// `run --once` with an `https://` base URL on a port that speaks plain HTTP (the emulator)
-/// ends 69 at `api.unreachable_timeout` with a last line that says the TLS handshake failed
-/// and names the likely fix; it was rustls' "received corrupt message of type
-/// InvalidContentType", naming neither.
+/// ends 69 at once, not at `api.unreachable_timeout` (ten minutes here: no retry mends it),
+/// with a last line that says the TLS handshake failed and names the likely fix; it was
+/// rustls' "received corrupt message of type InvalidContentType", naming neither. The image
+/// stays in the store for the next run.
 #[tokio::test(flavor = "multi_thread")]
 async fn issue11_run_once_names_a_tls_handshake_with_a_plain_http_server() {
     let env = TestEnv::new(Scenario::default()).await;
@@ -1866,7 +1867,7 @@ async fn issue11_run_once_names_a_tls_handshake_with_a_plain_http_server() {
     let text = std::fs::read_to_string(env.config("", "")).expect("config");
     let pointed = text
         .replace(&plain, &plain.replacen("http://", "https://", 1))
-        .replace("api:\n", "api:\n  unreachable_timeout: 2s\n");
+        .replace("api:\n", "api:\n  unreachable_timeout: 10m\n");
     let path = env.dir.path().join("https-on-plain.yaml");
     std::fs::write(&path, pointed).expect("config");
     let (code, stderr) = tokio::time::timeout(DEADLINE, env.run_once(&path))
@@ -1878,6 +1879,10 @@ async fn issue11_run_once_names_a_tls_handshake_with_a_plain_http_server() {
         last.contains("TLS handshake failed") && last.contains("http://"),
         "{last}"
     );
+    let (code, stderr) = env.run_once(&env.config("", "")).await;
+    assert_eq!(code, 0, "the kept job finishes:\n{stderr}");
+    assert!(env.outbox.join("m/a-64x48.jpg").is_file());
+    assert_eq!(env.stats().submits, 1);
 }
 
 /// The same under `run --once`, which has no watcher to offer the file again: the fix saved

@@ -1439,6 +1439,25 @@ async fn a_bucket_away_at_start_is_waited_out_not_a_refused_start() {
         .run_once(&env.config("unreachable_timeout: 5m", &missing))
         .await;
     assert_eq!(code, 64, "{stderr}");
+
+    // Nor is an API that no TLS handshake can reach (`https://` on a plain-HTTP server): the
+    // start fails at once (69, naming it), not after half of `api.unreachable_timeout`.
+    let plain = env.emulator.base_url();
+    let good = storages_yaml("catalog-s3", "s3://catalog/raw", &s3.endpoint, &keys);
+    let text = std::fs::read_to_string(env.config("unreachable_timeout: 5m", &good))
+        .expect("config")
+        .replace(&plain, &plain.replacen("http://", "https://", 1));
+    let https = env.dir.path().join("https-on-plain.yaml");
+    std::fs::write(&https, text).expect("config");
+    let (code, stderr) = tokio::time::timeout(deadline, env.run_once(&https))
+        .await
+        .expect("the start fails at once");
+    assert_eq!(code, 69, "{stderr}");
+    assert!(stderr.contains("TLS handshake failed"), "{stderr}");
+    assert!(
+        !stderr.contains("Cannot check the storages yet"),
+        "{stderr}"
+    );
     s3.stop().await;
 }
 
