@@ -589,81 +589,19 @@ fn validate_config_file(file: &Path) -> (bool, Option<i32>) {
             }
             // The files the daemon reads at start, read as it reads them; a systemd credential
             // (`/run/credentials/…`) exists only for the running service and is left to it.
-            // Every problem is told (what, the message, its exit code), not the first alone.
-            let credential = |path: Option<&Path>| {
-                path.is_some_and(|p| p.starts_with("/run/credentials/") && !p.exists())
-            };
-            let mut problems: Vec<(&str, String, i32)> = Vec::new();
-            if let Some(hook) = &config.webhook {
-                if credential(hook.secret_file.as_deref()) {
-                    println!(
-                        "  note: webhook.secret_file is a systemd credential, readable only by the running service: not checked"
-                    );
-                } else {
-                    match crate::webhook::Secret::load(hook) {
-                        Err(err) => problems.push((
-                            "webhook",
-                            err.to_string(),
-                            crate::exit::of_webhook(&err),
-                        )),
-                        Ok(secret) => {
-                            if let Some(weakness) = secret.weakness() {
-                                println!("  warning: {weakness}");
-                            }
-                        }
-                    }
-                }
-            }
-            if credential(config.api.api_key_file.as_deref()) {
-                println!(
-                    "  note: api.api_key_file is a systemd credential, readable only by the running service: not checked"
-                );
-            } else {
-                match config::load_api_key(&config.api) {
-                    Err(err) => {
-                        problems.push(("API key", err.to_string(), crate::exit::of_config(&err)))
-                    }
-                    // The start refuses it too (`embedded` needs no key).
-                    Ok(None) if !matches!(config.api.base_url, config::BaseUrl::Embedded) => {
-                        problems.push((
-                            "API key",
-                            daemon::FatalError::NoApiKey.to_string(),
-                            crate::exit::USAGE,
-                        ));
-                    }
-                    Ok(_) => {
-                        if let Some(warning) = config::api_key_exposure(&config.api) {
-                            println!("  warning: {warning}");
-                        }
-                    }
-                }
+            let mut notes = Vec::new();
+            let mut problems: Vec<(&str, String, i32)> =
+                daemon::start_file_problems(&config, true, &mut notes)
+                    .into_iter()
+                    .map(|problem| (problem.what, problem.text, problem.code))
+                    .collect();
+            for note in notes {
+                println!("  {note}");
             }
             // Files that let their holder act on the dashboard (release images held in doubt,
             // re-run drops): warned about like the API key when every user may read them.
             for warning in config::web_file_exposures(config.web.as_ref()) {
                 println!("  warning: {warning}");
-            }
-            // The admin socket's path: the start refuses one that names anything but a socket.
-            if let Some(err) = crate::admin::not_a_socket(&config.admin.socket) {
-                problems.push(("admin", err.to_string(), crate::exit::USAGE));
-            }
-            // The dashboard's users and token files, and each alert sink's URL file.
-            if let Some(web) = &config.web
-                && !credential(web.token_file.as_deref())
-                && let Err(err) = crate::web::auth::Auth::new(web)
-            {
-                let err = daemon::FatalError::Web(err);
-                problems.push(("dashboard", err.to_string(), crate::exit::of_fatal(&err)));
-            }
-            for sink in config
-                .alerts
-                .iter()
-                .filter(|sink| !credential(Some(&sink.url_file)))
-            {
-                if let Err(err) = crate::alerts::check_sink(sink) {
-                    let err = daemon::FatalError::Alerts(err);
-                    problems.push(("alert", err.to_string(), crate::exit::of_fatal(&err)));
-                }
             }
             for warning in crate::storages::credential_warnings(&config.storages) {
                 println!("  warning: {warning}");

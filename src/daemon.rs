@@ -1333,33 +1333,96 @@ fn reload(
 }
 
 /// What a start would refuse in `config` beyond its own validity: a folder that is missing
-/// (where the daemon would not create it) or is no folder, an API key file that cannot be
-/// read, an alert sink's URL file that cannot be read or holds no URL. One sentence each.
+/// (where the daemon would not create it) or is no folder, and every file problem of
+/// [`start_file_problems`]. One sentence each.
 fn would_not_start(config: &Config) -> Vec<String> {
     let mut problems: Vec<String> = check_folders(config)
         .iter()
         .map(ToString::to_string)
         .collect();
-    if let Err(err) = crate::config::load_api_key(&config.api) {
-        problems.push(err.to_string());
-    }
-    for sink in &config.alerts {
-        if let Err(err) = crate::alerts::check_sink(sink) {
-            problems.push(err.to_string());
+    problems.extend(
+        start_file_problems(config, false, &mut Vec::new())
+            .into_iter()
+            .map(|problem| problem.text),
+    );
+    problems
+}
+
+/// A file (or path) a config names that the daemon's start cannot use.
+pub struct FileProblem {
+    /// What it is for: `API key`, `webhook`, `dashboard`, `alert`, `admin`.
+    pub what: &'static str,
+    pub text: String,
+    /// The exit code a start refused for it would end with.
+    pub code: i32,
+}
+
+/// The files a start reads beyond its folders, read as the start reads them: the API key (and
+/// that there is one, `embedded` aside), the webhook's secret, the admin socket's path, the
+/// dashboard's token and users files, and each alert sink's URL file. Every problem is told,
+/// not the first alone. `notes` gets what a start would only warn about (a weak secret, a key
+/// file others may read). With `unseen_credentials` (`validate`, run outside the service), a
+/// systemd credential (`/run/credentials/…`) that is not there, which exists only for the
+/// running service, is left to it and named in `notes`.
+pub fn start_file_problems(
+    config: &Config,
+    unseen_credentials: bool,
+    notes: &mut Vec<String>,
+) -> Vec<FileProblem> {
+    let unseen = |path: Option<&Path>| {
+        unseen_credentials
+            && path.is_some_and(|p| p.starts_with("/run/credentials/") && !p.exists())
+    };
+    let mut problems = Vec::new();
+    let mut problem = |what, text: String, code| problems.push(FileProblem { what, text, code });
+    if let Some(hook) = &config.webhook {
+        if unseen(hook.secret_file.as_deref()) {
+            notes.push("note: webhook.secret_file is a systemd credential, readable only by the running service: not checked".to_owned());
+        } else {
+            match webhook::Secret::load(hook) {
+                Err(err) => problem("webhook", err.to_string(), crate::exit::of_webhook(&err)),
+                Ok(secret) => notes.extend(secret.weakness().map(|w| format!("warning: {w}"))),
+            }
         }
     }
-    // The webhook listener's secret and the dashboard's token and users files: the start
-    // reads them and refuses to run without them (a reload took a missing one with a WARN,
-    // and the restart it asked for then exited 64).
-    if let Some(webhook) = &config.webhook
-        && let Err(err) = webhook::Secret::load(webhook)
-    {
-        problems.push(err.to_string());
+    if unseen(config.api.api_key_file.as_deref()) {
+        notes.push("note: api.api_key_file is a systemd credential, readable only by the running service: not checked".to_owned());
+    } else {
+        match crate::config::load_api_key(&config.api) {
+            Err(err) => problem("API key", err.to_string(), crate::exit::of_config(&err)),
+            // `embedded` needs no key.
+            Ok(None) if !matches!(config.api.base_url, crate::config::BaseUrl::Embedded) => {
+                problem(
+                    "API key",
+                    FatalError::NoApiKey.to_string(),
+                    crate::exit::USAGE,
+                );
+            }
+            Ok(_) => notes.extend(
+                crate::config::api_key_exposure(&config.api).map(|w| format!("warning: {w}")),
+            ),
+        }
+    }
+    // The admin socket's path: the start refuses one that names anything but a socket.
+    if let Some(err) = crate::admin::not_a_socket(&config.admin.socket) {
+        problem("admin", err.to_string(), crate::exit::USAGE);
     }
     if let Some(web) = &config.web
+        && !unseen(web.token_file.as_deref())
         && let Err(err) = crate::web::auth::Auth::new(web)
     {
-        problems.push(err.to_string());
+        let err = FatalError::Web(err);
+        problem("dashboard", err.to_string(), crate::exit::of_fatal(&err));
+    }
+    for sink in config
+        .alerts
+        .iter()
+        .filter(|sink| !unseen(Some(&sink.url_file)))
+    {
+        if let Err(err) = crate::alerts::check_sink(sink) {
+            let err = FatalError::Alerts(err);
+            problem("alert", err.to_string(), crate::exit::of_fatal(&err));
+        }
     }
     problems
 }

@@ -293,7 +293,6 @@ impl Runner {
     /// appears meanwhile. `None`: submit as usual (`replace`, nothing there, or the bucket could
     /// not be asked: a warning is logged).
     pub async fn settle_existing_output(&self, id: JobId, job: &JobV1) -> Option<JobOutcome> {
-        let deps = &*self.deps;
         let policy = self.settings().policies.on_output_exists;
         if policy == OnOutputExists::Replace {
             return None;
@@ -301,27 +300,23 @@ impl Runner {
         let Some(uri) = crate::storages::destination_of(&job.body, &job.output_rel) else {
             return self.settle_existing_file(id, job, policy).await;
         };
-        let (connector, key) = crate::storages::split_uri(&uri)?;
-        let storage = deps.storages.by_connector(connector)?;
-        // Claid may have written it under the format's other extension (`.jpeg`, `.tif`).
-        let mut found = None;
-        for key in std::iter::once(key.to_owned()).chain(extension_alias(key)) {
-            match storage.objects.head(&key).await {
-                // An empty object is no output to keep: `skip` has Claid write it again
-                // (`fail` refuses anything there, as it does an empty file).
-                Ok(info) if info.size == 0 && policy == OnOutputExists::Skip => return None,
-                Ok(info) => {
-                    found = Some((key, info));
-                    break;
-                }
-                Err(crate::objects::ObjectError::NotFound { .. }) => {}
-                Err(err) => {
-                    warn!(error = %err, job_id = id, "Cannot see whether the output object exists; `on_output_exists` is not applied to it");
-                    return None;
-                }
+        let (storage, key) = self.output_storage(&uri)?;
+        let found = match objects_at(storage, key, 1).await {
+            Ok(found) => found.into_iter().next(),
+            Err(err) => {
+                warn!(error = %err, job_id = id, "Cannot see whether the output object exists; `on_output_exists` is not applied to it");
+                return None;
             }
+        };
+        // An empty object is no output to keep: `skip` has Claid write it again (`fail`
+        // refuses anything there, as it does an empty file).
+        if found
+            .as_ref()
+            .is_some_and(|info| info.size == 0 && policy == OnOutputExists::Skip)
+        {
+            return None;
         }
-        let Some((key, info)) = found else {
+        let Some(info) = found else {
             // No object: with `output_local_copy`, a file at the copy's place is an output
             // that exists too, which `fail` refuses before the submit (found only at the
             // copy, after Claid had written and billed the object).
@@ -330,7 +325,8 @@ impl Runner {
             }
             return None;
         };
-        let object = storage.objects.uri(&key);
+        let key = &info.key;
+        let object = storage.objects.uri(key);
         if policy == OnOutputExists::Fail {
             let message = format!("the object {object} already exists (`on_output_exists: fail`)");
             return match self.fail(id, FailureCode::OutputExists, &message).await {
@@ -339,7 +335,7 @@ impl Runner {
             };
         }
         // Its size, as a kept file's is reported, read from its header (a few KiB).
-        let (width, height) = object_ends(&storage.objects, &key, info.size)
+        let (width, height) = object_ends(&storage.objects, key, info.size)
             .await
             .ok()
             .and_then(|(head, _)| output::check::dimensions(&head, (0, 0)))
@@ -372,30 +368,35 @@ impl Runner {
         {
             return;
         }
-        let deps = &*self.deps;
         let Some(uri) = crate::storages::destination_of(&job.body, &job.output_rel) else {
             return;
         };
-        let Some((connector, key)) = crate::storages::split_uri(&uri) else {
+        let Some((storage, key)) = self.output_storage(&uri) else {
             return;
         };
-        let Some(storage) = deps.storages.by_connector(connector) else {
-            return;
-        };
-        let mut seen = Vec::new();
-        for key in std::iter::once(key.to_owned()).chain(extension_alias(key)) {
-            match storage.objects.head(&key).await {
-                Ok(info) => seen.push(ObjectSeen::new(&key, info.e_tag, info.last_modified)),
-                Err(crate::objects::ObjectError::NotFound { .. }) => {}
-                Err(err) => {
-                    debug!(error = %err, job_id = id, "Cannot see the object this edit replaces; the output check takes whatever object is there");
-                    return;
-                }
+        let seen = match objects_at(storage, key, 2).await {
+            Ok(found) => found
+                .into_iter()
+                .map(|info| ObjectSeen::new(&info.key, info.e_tag, info.last_modified))
+                .collect(),
+            Err(err) => {
+                debug!(error = %err, job_id = id, "Cannot see the object this edit replaces; the output check takes whatever object is there");
+                return;
             }
-        }
-        if let Err(err) = deps.store.note_replaced_objects(id, seen).await {
+        };
+        if let Err(err) = self.deps.store.note_replaced_objects(id, seen).await {
             debug!(error = %err, job_id = id, "The objects an edit replaces were not noted");
         }
+    }
+
+    /// The configured storage a job's output object (`storage://CONNECTOR/key`) goes to, and
+    /// its key there; `None` when no storage of the config has that connector.
+    fn output_storage<'a>(
+        &'a self,
+        uri: &'a str,
+    ) -> Option<(&'a crate::storages::OpenStorage, &'a str)> {
+        let (connector, key) = crate::storages::split_uri(uri)?;
+        Some((self.deps.storages.by_connector(connector)?, key))
     }
 
     /// Before one more look at a storage output that is not Claid's new object (yet): waits,
@@ -1949,6 +1950,28 @@ impl Runner {
 
 /// `key` under its format's other usual extension (`a.jpg` ↔ `a.jpeg`, `a.tif` ↔ `a.tiff`,
 /// in any letter case), where Claid may have written it.
+/// The objects now at a storage output's key and at the key with its format's other extension
+/// (`.jpeg`, `.tif`: Claid may write either), in that order, looked at until `wanted` are
+/// found. An error other than "not there" ends the looks.
+async fn objects_at(
+    storage: &crate::storages::OpenStorage,
+    key: &str,
+    wanted: usize,
+) -> Result<Vec<crate::objects::ObjectInfo>, crate::objects::ObjectError> {
+    let mut found = Vec::new();
+    for key in std::iter::once(key.to_owned()).chain(extension_alias(key)) {
+        if found.len() >= wanted {
+            break;
+        }
+        match storage.objects.head(&key).await {
+            Ok(info) => found.push(info),
+            Err(crate::objects::ObjectError::NotFound { .. }) => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(found)
+}
+
 fn extension_alias(key: &str) -> Option<String> {
     let (stem, ext) = key.rsplit_once('.')?;
     let other = match ext.to_ascii_lowercase().as_str() {
