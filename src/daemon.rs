@@ -250,7 +250,10 @@ pub async fn run(
     // those files are read for use and before anything answers (the admin socket): a file
     // rewritten once the socket answered was taken in force unseen, and its SIGHUP named
     // nothing.
-    let in_force = (key_digest(&config), secret_file_digests(&config));
+    let in_force = InForce {
+        key: key_digest(&config),
+        secret_files: secret_file_digests(&config),
+    };
     let api_key = crate::config::load_api_key(&config.api)?;
     if let Some(warning) = crate::config::api_key_exposure(&config.api) {
         warn!("{warning}");
@@ -478,7 +481,8 @@ pub async fn run(
                 &opts,
                 &cancel,
                 &mut inbox_claim,
-                (hangup, in_force),
+                hangup,
+                in_force,
             )
             .await
             .map(|()| OnceEnd::Settled)
@@ -924,10 +928,8 @@ async fn run_watching(
     opts: &RunOptions,
     cancel: &CancellationToken,
     inbox_claim: &mut watcher::InboxClaim,
-    (mut hangup, (key_in_force, secret_files_in_force)): (
-        Option<tokio::signal::unix::Signal>,
-        InForce,
-    ),
+    mut hangup: Option<tokio::signal::unix::Signal>,
+    in_force: InForce,
 ) -> Result<(), FatalError> {
     // The first scan is done before READY, so `systemctl start` returns once the inbox is known.
     // (Unreadable subfolders were named in a WARN; the daemon takes them in once readable.)
@@ -990,7 +992,7 @@ async fn run_watching(
                     pipeline,
                     opts.config_path.as_deref(),
                     &mut running,
-                    (key_in_force.as_deref(), &secret_files_in_force),
+                    &in_force,
                     read,
                 );
             }
@@ -1124,10 +1126,10 @@ fn secret_file_digests(config: &Config) -> std::collections::BTreeMap<String, Se
 /// What a SIGHUP compares a new config's secret files with: the digest of the API key file
 /// ([`key_digest`]) and of the other files secrets are read from ([`secret_file_digests`]), as
 /// the start read them.
-type InForce = (
-    Option<String>,
-    std::collections::BTreeMap<String, SecretFile>,
-);
+struct InForce {
+    key: Option<String>,
+    secret_files: std::collections::BTreeMap<String, SecretFile>,
+}
 
 /// A file the config reads a secret from, as a SIGHUP compares it with the one in force.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1242,10 +1244,7 @@ fn reload(
     pipeline: &pipeline::Handle,
     path: Option<&Path>,
     running: &mut Config,
-    (key_in_force, secret_files_in_force): (
-        Option<&str>,
-        &std::collections::BTreeMap<String, SecretFile>,
-    ),
+    in_force: &InForce,
     read: Option<Result<ReloadRead, String>>,
 ) {
     let (Some(path), Some(read)) = (path, read) else {
@@ -1277,14 +1276,13 @@ fn reload(
         Ok((config, _)) => {
             let mut restart = crate::config::print::restart_keys(running, &config);
             // The same key file with another key in it (a rotated key).
-            if key.as_deref() != key_in_force
-                && !restart.iter().any(|key| key.starts_with("api.api_key"))
-            {
+            if key != in_force.key && !restart.iter().any(|key| key.starts_with("api.api_key")) {
                 restart.push("api.api_key_file (the key in it changed)".to_owned());
             }
             // The same credentials or URL file with other keys or another URL in it.
             for (file_key, file) in secret_files {
-                if secret_files_in_force
+                if in_force
+                    .secret_files
                     .get(&file_key)
                     .is_some_and(|running| running.digest != file.digest)
                     && !restart.iter().any(|key| file.named_by(key))
