@@ -1467,8 +1467,13 @@ fn tls_named(cause: String, url: Option<&reqwest::Url>) -> String {
 /// `InternalError` alert may pass: they stay an outage, retried until
 /// `api.unreachable_timeout`.
 fn tls_refusal(cause: &str, url: Option<&reqwest::Url>) -> bool {
-    url.is_some_and(|u| u.scheme() == "https")
-        && !cause.starts_with('E')
+    url.is_some_and(|u| u.scheme() == "https") && is_tls_refusal(cause)
+}
+
+/// Whether `cause` (an error's text, or its innermost cause) tells of a TLS handshake that no
+/// retry mends, as rustls words it: see [`tls_refusal`]. Also for a bucket's endpoint.
+pub fn is_tls_refusal(cause: &str) -> bool {
+    !cause.starts_with('E')
         && !cause.contains("InternalError")
         && [
             "InvalidContentType",
@@ -1476,6 +1481,7 @@ fn tls_refusal(cause: &str, url: Option<&reqwest::Url>) -> bool {
             "invalid peer certificate",
             "received fatal alert",
             "peer is incompatible",
+            "peer sent no certificates",
         ]
         .iter()
         .any(|sign| cause.contains(sign))

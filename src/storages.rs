@@ -151,10 +151,18 @@ impl StorageError {
         }
     }
 
-    /// Claid's API could not be asked because no TLS handshake with it succeeds: an
-    /// `EX_UNAVAILABLE` that no retry mends ([`ClaidError::Tls`]).
+    /// Claid's API or the bucket's endpoint could not be asked because no TLS handshake with
+    /// it succeeds: an `EX_UNAVAILABLE` that no retry mends ([`ClaidError::Tls`],
+    /// [`crate::claid::is_tls_refusal`]).
     pub fn tls_refused(&self) -> bool {
-        matches!(self, StorageError::Api { cause, .. } if matches!(cause.as_ref(), ClaidError::Tls { .. }))
+        match self {
+            StorageError::Api { cause, .. } => matches!(cause.as_ref(), ClaidError::Tls { .. }),
+            StorageError::Bucket { cause, .. } => matches!(
+                cause.as_ref(),
+                ObjectError::Request { cause, .. } if crate::claid::is_tls_refusal(cause)
+            ),
+            _ => false,
+        }
     }
 
     /// What to do about it, when there is something to say.
@@ -168,6 +176,13 @@ impl StorageError {
                     // A 301 without a body to read names no region.
                     None => "S3 says the bucket is in another region than the storage's `region`, without naming it: `aws s3api get-bucket-location --bucket BUCKET` tells it; set `region` to it (or correct the `endpoint`)".to_owned(),
                 },
+                ObjectError::Request { cause, .. } if crate::claid::is_tls_refusal(cause) => {
+                    if cause.contains("InvalidContentType") {
+                        "no TLS handshake with the storage's `endpoint` succeeds: it does not answer in TLS (it may speak plain HTTP: is the endpoint meant to be http://?)".to_owned()
+                    } else {
+                        "no TLS handshake with the storage's `endpoint` succeeds (its certificate, or its TLS, is refused): correct the `endpoint`, or the server's certificate".to_owned()
+                    }
+                }
                 ObjectError::Denied { .. } => "S3 refused the daemon's keys: check `access_key_id` and `secret_access_key` in the storage's credentials file (or the AWS_* variables), and that they may list, read, write and delete under the prefix".to_owned(),
                 _ if self.exit_code() == exit::USAGE => "check the bucket name and the `endpoint` of the storage".to_owned(),
                 _ => "check that the S3 endpoint is reachable from this machine".to_owned(),

@@ -64,6 +64,22 @@ pub(crate) struct Unsettled {
 /// for again before it counts as missing.
 const MISSING_OBJECT_CHECKS: u32 = 4;
 
+/// The waits before those looks (each from three quarters of it to all of it): 11 to 15 s in
+/// all, as docs/storage.md says.
+const MISSING_OBJECT_GAPS: [Duration; MISSING_OBJECT_CHECKS as usize] = [
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+    Duration::from_secs(8),
+];
+
+/// S3 tells an object's time of writing to the second (`Last-Modified`), so an edit Claid
+/// writes within the second of the object it replaces, with the same bytes (a replay's, or a
+/// second drop's), would look like that object, still there: after noting it, a job waits
+/// until that second is over (on this machine's clock, with a tenth of a second to spare; at
+/// most twice this when the bucket's clock runs ahead) before its submit.
+const SAME_SECOND_MS: u64 = 1_100;
+
 /// How often a 404 for a new task is asked again: with the backoff (0.5 s doubling, 30 s at
 /// most, jittered) about half a minute, a minute at most, inside [`NEW_TASK`]. Three asks
 /// (about 2 s) took a store lagging a few seconds behind the answer that named the task for
@@ -374,7 +390,7 @@ impl Runner {
         let Some((storage, key)) = self.output_storage(&uri) else {
             return;
         };
-        let seen = match objects_at(storage, key, 2).await {
+        let seen: Vec<ObjectSeen> = match objects_at(storage, key, 2).await {
             Ok(found) => found
                 .into_iter()
                 .map(|info| ObjectSeen::new(&info.key, info.e_tag, info.last_modified))
@@ -384,8 +400,23 @@ impl Runner {
                 return;
             }
         };
+        // A time of writing told to the second (S3's `Last-Modified`; a time with milliseconds
+        // is told apart anyway): the second it names must be over before Claid writes.
+        let newest_second = seen
+            .iter()
+            .filter_map(|seen| seen.modified_ms)
+            .filter(|ms| ms % 1000 == 0)
+            .max();
         if let Err(err) = self.deps.store.note_replaced_objects(id, seen).await {
             debug!(error = %err, job_id = id, "The objects an edit replaces were not noted");
+            return;
+        }
+        if let Some(ms) = newest_second {
+            let left = (ms + SAME_SECOND_MS).saturating_sub(crate::store::now_ms());
+            if left > 0 {
+                self.wait(Duration::from_millis(left.min(2 * SAME_SECOND_MS)))
+                    .await;
+            }
         }
     }
 
@@ -400,15 +431,17 @@ impl Runner {
     }
 
     /// Before one more look at a storage output that is not Claid's new object (yet): waits,
-    /// up to [`MISSING_OBJECT_CHECKS`] looks (about 15 s in all). `Some(true)` to look again,
-    /// `Some(false)` when the daemon stops meanwhile, `None` when the looks are spent.
+    /// up to [`MISSING_OBJECT_CHECKS`] looks ([`MISSING_OBJECT_GAPS`]: 11 to 15 s in all).
+    /// `Some(true)` to look again, `Some(false)` when the daemon stops meanwhile, `None` when
+    /// the looks are spent.
     async fn look_again(&self, looks: &mut u32) -> Option<bool> {
         if *looks >= MISSING_OBJECT_CHECKS {
             return None;
         }
+        let share = rand::Rng::random_range(&mut rand::rng(), 0.75..=1.0);
+        let gap = MISSING_OBJECT_GAPS[*looks as usize].mul_f64(share);
         *looks += 1;
-        let retry = &self.deps.retry;
-        Some(self.wait(jitter(*looks, retry.base, retry.cap)).await)
+        Some(self.wait(gap).await)
     }
 
     /// [`Runner::settle_existing_output`] for a local output: a file already at the output
@@ -1693,7 +1726,7 @@ impl Runner {
                 return self.make_again(id).await;
             }
             // Not there yet: Claid may announce the task before the object is visible in the
-            // bucket. Looked at again a few times (about 15 s in all) before it counts as
+            // bucket. Looked at again four times (11 to 15 s in all) before it counts as
             // missing.
             if code == FailureCode::ObjectMissing {
                 match self.look_again(&mut n_missing).await {
@@ -1948,8 +1981,6 @@ impl Runner {
     }
 }
 
-/// `key` under its format's other usual extension (`a.jpg` ↔ `a.jpeg`, `a.tif` ↔ `a.tiff`,
-/// in any letter case), where Claid may have written it.
 /// The objects now at a storage output's key and at the key with its format's other extension
 /// (`.jpeg`, `.tif`: Claid may write either), in that order, looked at until `wanted` are
 /// found. An error other than "not there" ends the looks.
@@ -1972,6 +2003,8 @@ async fn objects_at(
     Ok(found)
 }
 
+/// `key` under its format's other usual extension (`a.jpg` ↔ `a.jpeg`, `a.tif` ↔ `a.tiff`,
+/// in any letter case), where Claid may have written it.
 fn extension_alias(key: &str) -> Option<String> {
     let (stem, ext) = key.rsplit_once('.')?;
     let other = match ext.to_ascii_lowercase().as_str() {

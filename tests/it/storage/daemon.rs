@@ -633,6 +633,62 @@ async fn the_dashboard_names_storage_objects_and_shows_no_stale_outbox_file() {
     s3.stop().await;
 }
 
+/// A replay whose edit Claid writes with the same bytes within the same second as the object
+/// it replaces (S3 tells the time of writing to the second: the same ETag and the same
+/// `Last-Modified`) is done, not failed `object-missing` as if Claid had not written it: the
+/// submit waits until the noted object's second is over.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edit_written_in_the_second_of_the_object_it_replaces_is_told_apart() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let (env, config) = storage_env(&s3, quick(), "", 1).await;
+    let mut daemon = env.spawn_daemon(&config, 0);
+    let deadline = std::time::Duration::from_secs(60);
+    env.drop_file(
+        "m.yaml",
+        b"output: { format: png, destination: storage://catalog/out/ }\nimages:\n  - storage://catalog/in/sku-0.png\n",
+    );
+    let report = env.outbox.join("m.report.json");
+    crate::support::wait_until("the first edit is reported", deadline, || report.is_file()).await;
+    assert_eq!(env.report("m")["jobs"][0]["status"], "done");
+    let first_report = std::fs::metadata(&report).and_then(|m| m.modified()).ok();
+    let edit = s3
+        .get_object("catalog", "raw/out/m/sku-0.png")
+        .await
+        .expect("the first edit");
+
+    // The same bytes written again at the start of a second, then replayed at once: Claid's
+    // edit of the replay (the same bytes again) would land in that second.
+    let since_second = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_millis())
+            .unwrap_or(0)
+    };
+    crate::support::wait_until("a second starts", deadline, || since_second() < 50).await;
+    s3.put_object("catalog", "raw/out/m/sku-0.png", &edit).await;
+    let (code, out, err) = crate::support::cli(&[
+        "replay",
+        "--manifest",
+        "m.yaml",
+        "--config",
+        config.to_str().expect("utf-8"),
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    crate::support::wait_until("the replay is reported", deadline, || {
+        std::fs::metadata(&report).and_then(|m| m.modified()).ok() != first_report
+    })
+    .await;
+    crate::support::stop(&mut daemon).await;
+    let report = env.report("m");
+    assert_eq!(report["jobs"][0]["status"], "done", "{report}");
+    let stats = env.stats();
+    assert_eq!(stats.submits + stats.batch_submits, 2, "{stats:?}");
+    s3.stop().await;
+}
+
 /// A re-edit whose new object Claid writes where the daemon does not look (its connector
 /// pointed elsewhere since the daemon's start) finds the earlier edit at the key: that older
 /// object is not taken for the new one. The job fails `object-missing`, naming the object as
@@ -1454,6 +1510,26 @@ async fn a_bucket_away_at_start_is_waited_out_not_a_refused_start() {
         .expect("the start fails at once");
     assert_eq!(code, 69, "{stderr}");
     assert!(stderr.contains("TLS handshake failed"), "{stderr}");
+    assert!(
+        !stderr.contains("Cannot check the storages yet"),
+        "{stderr}"
+    );
+
+    // The same for a bucket endpoint written `https://` on a plain-HTTP server, with a hint
+    // that says so (it was "check that the S3 endpoint is reachable", after the wait).
+    let https_bucket = s3.endpoint.replacen("http://", "https://", 1);
+    let storages = storages_yaml("catalog-s3", "s3://catalog/raw", &https_bucket, &keys);
+    let (code, stderr) = tokio::time::timeout(
+        deadline,
+        env.run_once(&env.config("unreachable_timeout: 5m", &storages)),
+    )
+    .await
+    .expect("the start fails at once");
+    assert_eq!(code, 69, "{stderr}");
+    assert!(
+        stderr.contains("does not answer in TLS") && stderr.contains("http://"),
+        "{stderr}"
+    );
     assert!(
         !stderr.contains("Cannot check the storages yet"),
         "{stderr}"
