@@ -5,10 +5,11 @@
 //! Bounded so that no number of idle, slow or greedy clients can exhaust the daemon's file
 //! descriptors or memory: at most [`Bounds::max_connections`] connections per listener are
 //! served at once (at the cap, the connection idle the longest is closed to make room, at once
-//! when it never sent a whole request; when every one has a request in progress, or newcomers
-//! have waited [`ROOM_WAIT`] for a place in vain, more are answered `503` and closed at once,
-//! which also drains the kernel's accept queue), a client has [`Bounds::header_timeout`] to send a request's headers (from the
-//! connection, and again while a kept-alive connection sits idle), and a handler reads a body
+//! when it never sent a whole request; when every one has a request in progress, or the
+//! connections on their way to their places have not settled within [`SETTLE_WAIT`], more are
+//! answered `503` and closed at once, which also drains the kernel's accept queue), a client
+//! has [`Bounds::header_timeout`] to send a request's headers (from the connection, and again
+//! while a kept-alive connection sits idle), and a handler reads a body
 //! with [`read_body`]: at most [`Bounds::max_body`] bytes within [`Bounds::body_timeout`].
 //! An answer the client does not take ([`WRITE_TIMEOUT`] without a byte going out: a client
 //! that sends requests and never reads) ends its connection, and a connection evicted for a
@@ -169,7 +170,19 @@ pub async fn serve_counted<H, F>(
             let slot = registry.add();
             let ended = serve_connection(io, bounds, handler, cancel_conn, slot.clone()).await;
             registry.remove(&slot);
-            drop(permit);
+            // Evicted: the place goes to the newcomer that evicted it (back to the semaphore if
+            // that one has given up waiting).
+            let heir = slot
+                .heir
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            if let Some(heir) = heir {
+                let _ = heir.send(permit);
+            } else {
+                drop(permit);
+            }
+            registry.changed.notify_waiters();
             // Evicted before it sent a whole request: told it is over the cap, as a newcomer
             // past the places is, after its place was handed on.
             if let Some(io) = ended {
@@ -188,50 +201,75 @@ pub async fn serve_counted<H, F>(
         // waits for that place in a task of its own (at most as many at once as there are
         // places): waiting here, each of 300 clients trickling headers cost the accept loop
         // a fifth of a second, and a probe behind them went unanswered for 20 s.
-        // With the waiting room full and an idle connection to make room, the loop waits a
-        // moment for a place in the room before it refuses: evicted connections that never
-        // sent a whole request close well within it, and newcomers queued behind (a probe
-        // among clients that reconnect as soon as they are closed) are then taken in instead
-        // of refused.
-        let room = match waiting_room.clone().try_acquire_owned() {
-            Ok(room) => Some(room),
-            Err(_) if !idle.any_idle() => None,
-            Err(_) => tokio::select! {
-                _ = cancel.cancelled() => break,
-                room = tokio::time::timeout(ROOM_WAIT, waiting_room.clone().acquire_owned()) => {
-                    room.ok().and_then(Result::ok)
-                }
-            },
+        // When nothing can be taken now but connections are on their way (evicted ones
+        // closing, newcomers waiting in the room for their places, each soon idle and
+        // evictable in turn), the loop waits a moment for them to settle instead of refusing:
+        // a probe behind a burst of 300 quiet clients, or among clients that reconnect as soon
+        // as they are closed, was refused while the burst's newcomers were still on their way.
+        // When every place has a request in progress, nothing is on its way: refused at once.
+        let settle_by = Instant::now() + SETTLE_WAIT;
+        let place = loop {
+            // Registered before looking, so that a change made meanwhile is not missed.
+            let changed = idle.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Ok(permit) = permits.clone().try_acquire_owned() {
+                break Some(Ok(permit));
+            }
+            if let Ok(room) = waiting_room.clone().try_acquire_owned()
+                && let Some(place) = idle.evict_oldest()
+            {
+                break Some(Err((room, place)));
+            }
+            let on_the_way =
+                idle.closing() || waiting_room.available_permits() < bounds.max_connections;
+            if !on_the_way {
+                break None;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break None,
+                _ = &mut changed => {}
+                _ = tokio::time::sleep_until(settle_by) => break None,
+            }
         };
-        if let Some(room) = room.filter(|_| idle.evict_oldest()) {
-            let (permits, refused, busy, last_busy_log) = (
-                permits.clone(),
-                refused.clone(),
-                busy.clone(),
-                last_busy_log.clone(),
-            );
-            connections.spawn(async move {
-                let permit = tokio::time::timeout(EVICT_WAIT, permits.acquire_owned())
-                    .await
-                    .ok()
-                    .and_then(Result::ok);
-                drop(room);
-                match permit {
-                    Some(permit) => serve(permit, io).await,
-                    None => {
-                        refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        if busy_log_due(&last_busy_log) {
-                            warn!(
-                                server = bounds.name,
-                                max_connections = bounds.max_connections,
-                                "Too many connections at once, none of them idle; answering 503 to new ones"
-                            );
+        match place {
+            Some(Ok(permit)) => {
+                connections.spawn(serve(permit, io));
+                continue;
+            }
+            Some(Err((room, place))) => {
+                let (refused, busy, last_busy_log, changed) = (
+                    refused.clone(),
+                    busy.clone(),
+                    last_busy_log.clone(),
+                    idle.changed.clone(),
+                );
+                connections.spawn(async move {
+                    let permit = tokio::time::timeout(EVICT_WAIT, place)
+                        .await
+                        .ok()
+                        .and_then(Result::ok);
+                    drop(room);
+                    changed.notify_waiters();
+                    match permit {
+                        Some(permit) => serve(permit, io).await,
+                        None => {
+                            refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            if busy_log_due(&last_busy_log) {
+                                warn!(
+                                    server = bounds.name,
+                                    max_connections = bounds.max_connections,
+                                    "Too many connections at once, none of them idle; answering 503 to new ones"
+                                );
+                            }
+                            refuse(io, &busy).await;
                         }
-                        refuse(io, &busy).await;
                     }
-                }
-            });
-            continue;
+                });
+                continue;
+            }
+            None if cancel.is_cancelled() => break,
+            None => {}
         }
         refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if busy_log_due(&last_busy_log) {
@@ -255,9 +293,9 @@ pub async fn serve_counted<H, F>(
     }
 }
 
-/// How long the accept loop waits for a place in the waiting room before it refuses a
-/// newcomer.
-const ROOM_WAIT: Duration = Duration::from_millis(10);
+/// How long the accept loop waits, at most, for connections on their way to settle before it
+/// refuses a newcomer (see the loop).
+const SETTLE_WAIT: Duration = Duration::from_millis(50);
 /// How long a new connection waits for the place of an idle one it evicted.
 const EVICT_WAIT: Duration = Duration::from_millis(200);
 /// How long an evicted connection may take to finish what it is doing (an answer the client
@@ -368,6 +406,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<T> {
 #[derive(Debug, Default)]
 struct Connections {
     slots: std::sync::Mutex<Vec<Arc<Slot>>>,
+    /// Told whenever a place may have come free or a connection become evictable: one taken
+    /// (a newcomer in its place), given back, or a request ended; and a waiting-room place
+    /// given back. The accept loop waits on it while connections are on their way.
+    changed: Arc<tokio::sync::Notify>,
 }
 
 /// One served connection: requests in progress on it, and how to close it.
@@ -380,6 +422,12 @@ struct Slot {
     /// Since when it has been idle (no request in progress), or was accepted.
     idle_since: std::sync::Mutex<Instant>,
     evict: CancellationToken,
+    /// [`Connections::changed`], told when a request on it ends.
+    changed: Arc<tokio::sync::Notify>,
+    /// Evicted: the newcomer its place goes to, once it has closed. Handed on directly, not
+    /// through the semaphore, where a newcomer whose task had not asked for the place yet lost
+    /// it to another (and was refused after its wait, every place held by a quiet client).
+    heir: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<tokio::sync::OwnedSemaphorePermit>>>,
 }
 
 impl Connections {
@@ -395,8 +443,11 @@ impl Connections {
             served: std::sync::atomic::AtomicBool::new(false),
             idle_since: std::sync::Mutex::new(Instant::now()),
             evict: CancellationToken::new(),
+            changed: self.changed.clone(),
+            heir: std::sync::Mutex::new(None),
         });
         self.lock().push(slot.clone());
+        self.changed.notify_waiters();
         slot
     }
 
@@ -404,18 +455,21 @@ impl Connections {
         self.lock().retain(|other| !Arc::ptr_eq(other, slot));
     }
 
-    /// Whether a connection could be evicted ([`Connections::evict_oldest`]).
-    fn any_idle(&self) -> bool {
-        self.lock().iter().any(|slot| Self::evictable(slot))
+    /// Whether an evicted connection is still closing (its place about to come free).
+    fn closing(&self) -> bool {
+        self.lock().iter().any(|slot| slot.evict.is_cancelled())
     }
 
     fn evictable(slot: &Slot) -> bool {
         slot.in_request.load(std::sync::atomic::Ordering::SeqCst) == 0 && !slot.evict.is_cancelled()
     }
 
-    /// Closes the connection idle the longest that is not closing already; false when every
-    /// connection has a request in progress.
-    fn evict_oldest(&self) -> bool {
+    /// Closes the connection idle the longest that is not closing already; its place, once it
+    /// has closed, comes through the receiver. `None` when every connection has a request in
+    /// progress or is closing already.
+    fn evict_oldest(
+        &self,
+    ) -> Option<tokio::sync::oneshot::Receiver<tokio::sync::OwnedSemaphorePermit>> {
         let slots = self.lock();
         let oldest = slots
             .iter()
@@ -426,13 +480,14 @@ impl Connections {
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
             });
-        match oldest {
-            Some(slot) => {
-                slot.evict.cancel();
-                true
-            }
-            None => false,
-        }
+        let slot = oldest?;
+        let (heir, place) = tokio::sync::oneshot::channel();
+        *slot
+            .heir
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(heir);
+        slot.evict.cancel();
+        Some(place)
     }
 }
 
@@ -458,6 +513,7 @@ impl Drop for InRequest {
         self.0
             .in_request
             .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.changed.notify_waiters();
     }
 }
 

@@ -1452,6 +1452,46 @@ async fn issue11_slow_clients_that_reconnect_at_once_cannot_stop_healthz() {
     assert!(status.success(), "{status:?}\n{}", env.daemon_log(0));
 }
 
+/// Issue 11 §6, a burst: 300 clients connect at once (quiet, half a request header, or a mix)
+/// and stay, and `/healthz` is asked right after them. The accept loop refused connections
+/// while the newcomers it had let in (each evicting an idle one) were still on their way to
+/// their places, and the probe behind the burst got 503 in most trials. Now it waits for
+/// them to settle (a moment) when some are on their way, and every probe is answered.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue11_a_burst_of_quiet_clients_cannot_stop_the_healthz_right_after_it() {
+    use tokio::io::AsyncWriteExt;
+
+    let env = TestEnv::new(Scenario::default()).await;
+    let (mut daemon, socket) = answering_daemon(&env, &[]).await;
+    let mut refused = Vec::new();
+    for trial in 0..9 {
+        let mut burst = Vec::new();
+        for i in 0..300 {
+            let Ok(mut stream) = tokio::net::UnixStream::connect(&socket).await else {
+                continue;
+            };
+            // Quiet, half a request header, or a mix of both.
+            if trial % 3 == 1 || (trial % 3 == 2 && i % 2 == 1) {
+                let _ = stream
+                    .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+                    .await;
+            }
+            burst.push(stream);
+        }
+        assert_eq!(burst.len(), 300, "every client of the burst connects");
+        if !healthz_ok(&socket).await {
+            refused.push(trial);
+        }
+        drop(burst);
+    }
+    assert!(
+        refused.is_empty(),
+        "/healthz right after a burst of 300 clients was not answered in trials {refused:?} of 9"
+    );
+    let status = stop(&mut daemon).await;
+    assert!(status.success(), "{status:?}\n{}", env.daemon_log(0));
+}
+
 /// Issue 11 §6, clients that send requests and never read the answers (a stopped `curl`, a
 /// hung script): 40 of them, each with thousands of pipelined requests, held every place of the
 /// admin socket (an answer that could not go out kept its connection, and eviction waited for
