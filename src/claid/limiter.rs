@@ -64,7 +64,8 @@ use tokio::time::Instant;
 /// daemon for hours (the longest documented window is 60 s).
 pub const MAX_RESET: Duration = Duration::from_secs(120);
 
-/// A closure of the gate this long or longer is told (a WARN, at most once a minute).
+/// A closure of the gate this long or longer is told (a WARN, at most once a minute) when a
+/// call waits for it: one that ends a run, with nothing more to send, is not.
 const LONG_BLOCK: Duration = Duration::from_secs(10);
 
 /// Pause used after a 429 or `Remaining <= 0` when the server sent no usable `RateLimit-Reset`.
@@ -286,7 +287,12 @@ impl Limiter {
                 let (per_second, per_minute) = self.quotas();
                 let earliest = state.earliest(per_second, per_minute, now);
                 match earliest {
-                    Some(at) if at > now => at,
+                    Some(at) if at > now => {
+                        if let Some(until) = state.blocked_until.filter(|until| *until > now) {
+                            Self::tell_long_block(&mut state, now, until);
+                        }
+                        at
+                    }
                     _ => {
                         state.admit(now, per_minute);
                         let slot = earliest.unwrap_or(called);
@@ -340,20 +346,24 @@ impl Limiter {
         let mut state = self.lock();
         if state.blocked_until.is_none_or(|current| current < until) {
             state.blocked_until = Some(until);
-            // A long wait is told: with every answer saying no request is left for minutes,
-            // the daemon sat idle for hours without a word.
-            if reset >= LONG_BLOCK
-                && state
-                    .long_block_told
-                    .is_none_or(|told| now.duration_since(told) >= Duration::from_secs(60))
-            {
-                state.long_block_told = Some(now);
-                drop(state);
-                tracing::warn!(
-                    wait_s = reset.min(MAX_RESET).as_secs(),
-                    "Claid says no request is left for a while (429, or RateLimit-Remaining: 0 with RateLimit-Reset); every call waits (a Reset past 120 s is cut to 120 s); if this goes on, check the account's limits with Claid or lower api.requests_per_minute"
-                );
-            }
+        }
+    }
+
+    /// A call waits for the gate's closure until `until`: a long wait is told (with every
+    /// answer saying no request is left for minutes, the daemon sat idle for hours without a
+    /// word), once a minute at most.
+    fn tell_long_block(state: &mut State, now: Instant, until: Instant) {
+        let wait = until.saturating_duration_since(now);
+        if wait >= LONG_BLOCK
+            && state
+                .long_block_told
+                .is_none_or(|told| now.duration_since(told) >= Duration::from_secs(60))
+        {
+            state.long_block_told = Some(now);
+            tracing::warn!(
+                wait_s = wait.as_secs(),
+                "Claid says no request is left for a while (429, or RateLimit-Remaining: 0 with RateLimit-Reset); every call waits (a Reset past 120 s is cut to 120 s); if this goes on, check the account's limits with Claid or lower api.requests_per_minute"
+            );
         }
     }
 
@@ -626,10 +636,11 @@ mod tests {
 
     use super::*;
 
-    /// A closure of the gate for 10 s or more is told, once a minute at most (every answer
-    /// saying no request was left for minutes kept the daemon idle without a word).
-    #[test]
-    fn a_long_closure_of_the_gate_is_told_once_a_minute() {
+    /// A closure of the gate for 10 s or more is told when a call waits for it, once a minute
+    /// at most (every answer saying no request was left for minutes kept the daemon idle
+    /// without a word); one no call waits for (the answer to a run's last request) is not.
+    #[tokio::test(start_paused = true)]
+    async fn a_long_closure_of_the_gate_is_told_once_a_minute_when_a_call_waits() {
         #[derive(Clone, Default)]
         struct Capture(std::sync::Arc<Mutex<Vec<u8>>>);
         impl std::io::Write for Capture {
@@ -647,15 +658,27 @@ mod tests {
             .with_writer(move || writer.clone())
             .with_ansi(false)
             .finish();
+        let _default = tracing::subscriber::set_default(subscriber);
+        let text = || String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
         let limiter = Limiter::new(NonZeroU32::new(4).unwrap(), NonZeroU32::new(120).unwrap());
-        tracing::subscriber::with_default(subscriber, || {
-            limiter.block_for(Duration::from_secs(2));
-            limiter.block_for(MAX_RESET);
-            limiter.block_for(MAX_RESET + Duration::from_secs(1));
-        });
-        let text = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
-        assert_eq!(text.matches("no request is left").count(), 1, "{text}");
-        assert!(text.contains("wait_s=120"), "{text}");
+        limiter.block_for(Duration::from_secs(15));
+        assert!(!text().contains("no request is left"), "no call waits yet");
+        limiter.acquire().await;
+        let told = text();
+        assert_eq!(told.matches("no request is left").count(), 1, "{told}");
+        assert!(told.contains("wait_s=15"), "{told}");
+        // Within the minute after it (15 s, then 45 s in), not told again, short or long.
+        limiter.block_for(Duration::from_secs(2));
+        limiter.acquire().await;
+        limiter.block_for(Duration::from_secs(28));
+        limiter.acquire().await;
+        limiter.block_for(MAX_RESET);
+        limiter.acquire().await;
+        assert_eq!(text().matches("no request is left").count(), 1);
+        // Over a minute after it, told again.
+        limiter.block_for(Duration::from_secs(20));
+        limiter.acquire().await;
+        assert_eq!(text().matches("no request is left").count(), 2);
     }
 
     /// The server's quota policies lower the configured quotas at once, from Claid's
