@@ -956,7 +956,36 @@ pub fn check_key(key: &str) -> Result<(), ObjectError> {
             _ => {}
         }
     }
+    // The same once percent-encoded dots and slashes are decoded and a backslash is read as a
+    // slash, as a service on the way (Claid's storage reader, a proxy) may do: `%2e%2e/x.png`
+    // and `..\x.png` would leave the prefix there.
+    let mut read = key.replace('\\', "/");
+    for (encoded, plain) in [("%2e", "."), ("%2f", "/"), ("%5c", "/")] {
+        read = replace_ignoring_case(&read, encoded, plain);
+    }
+    if read
+        .split('/')
+        .any(|segment| segment == "." || segment == "..")
+    {
+        return refuse(
+            "it holds a \".\" or \"..\" segment once read as a URL path (\"%2e\" is \".\", \"%2f\", \"%5c\" and \"\\\" are \"/\"): keys never leave the prefix",
+        );
+    }
     Ok(())
+}
+
+/// `text` with every `from` (ASCII, matched in any letter case) replaced by `to`.
+fn replace_ignoring_case(text: &str, from: &str, to: &str) -> String {
+    let lower = text.to_ascii_lowercase();
+    let mut out = String::with_capacity(text.len());
+    let mut rest = 0;
+    for (at, _) in lower.match_indices(from) {
+        out.push_str(&text[rest..at]);
+        out.push_str(to);
+        rest = at + from.len();
+    }
+    out.push_str(&text[rest..]);
+    out
 }
 
 /// A prefix without slashes at its ends, its segments checked like a key's.
@@ -1191,11 +1220,27 @@ mod tests {
             "..",
             "a/\u{0}b",
             "a\nb",
+            "%2e%2e/x.png",
+            "a/%2E%2e/%2e%2E/x.png",
+            "..%2fx.png",
+            "..\\x.png",
+            "a\\..\\..\\x.png",
+            "a/%2e/b.png",
+            ".%2E%5cx.png",
         ] {
             let err = check_key(key).expect_err(key);
             assert_eq!(err.code(), "object-unsafe-key", "{key}");
         }
-        for key in ["a.png", "a/b/c.png", "a..b/c.png", "sp ace/é.png", "...png"] {
+        for key in [
+            "a.png",
+            "a/b/c.png",
+            "a..b/c.png",
+            "sp ace/é.png",
+            "...png",
+            "100%25.png",
+            "a%2e.png",
+            "back\\slash.png",
+        ] {
             assert!(check_key(key).is_ok(), "{key}");
         }
     }

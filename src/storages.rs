@@ -187,11 +187,20 @@ impl StorageError {
                 _ if self.exit_code() == exit::USAGE => "check the bucket name and the `endpoint` of the storage".to_owned(),
                 _ => "check that the S3 endpoint is reachable from this machine".to_owned(),
             }),
-            StorageError::Api { cause, .. }
-                if matches!(cause.as_ref(), ClaidError::Account { status: 403, .. }) =>
-            {
-                Some("the API key needs the `storage` permission to list connectors".to_owned())
-            }
+            StorageError::Api { cause, .. } => match cause.as_ref() {
+                ClaidError::Account { status: 401, .. } => Some(
+                    "the API key was refused: check the key in `api.api_key_file` (or CLAID_API_KEY)"
+                        .to_owned(),
+                ),
+                ClaidError::Account { status: 402, .. } => Some(
+                    "the Claid account has no credits left: top it up, then start again"
+                        .to_owned(),
+                ),
+                ClaidError::Account { status: 403, .. } => Some(
+                    "the API key needs the `storage` permission to list connectors".to_owned(),
+                ),
+                _ => None,
+            },
             _ => None,
         }
     }
@@ -828,6 +837,30 @@ mod tests {
             same.contains("correct the `endpoint`") && !same.contains("set `region"),
             "{same}"
         );
+    }
+
+    /// A key Claid refuses while the start lists its connectors says which key and where it
+    /// comes from; no credits and a missing permission say what to do too.
+    #[test]
+    fn an_account_refusal_at_the_start_check_names_the_fix() {
+        let hint = |status: u16| {
+            StorageError::Api {
+                storage: "catalog".to_owned(),
+                connector: "catalog-s3".to_owned(),
+                cause: Box::new(ClaidError::Account {
+                    endpoint: crate::claid::Endpoint::Probe,
+                    status,
+                    request_id: None,
+                    error_code: String::new(),
+                    error_message: "Authorization is required.".to_owned(),
+                }),
+            }
+            .hint()
+            .unwrap_or_default()
+        };
+        assert!(hint(401).contains("`api.api_key_file` (or CLAID_API_KEY)"));
+        assert!(hint(402).contains("no credits left"));
+        assert!(hint(403).contains("`storage` permission"));
     }
 
     /// Claid's own name for a storage output is checked when it differs only in the extension;

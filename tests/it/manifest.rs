@@ -922,6 +922,25 @@ fn issue15_storage_keys_s3_would_refuse_are_refused_at_validation() {
             err.error_txt()
         );
     }
+
+    // An input key that leaves the prefix once percent-decoded, or with a backslash read as a
+    // slash, as a service on the way may read it: passed as written, it was accepted.
+    for input in [
+        "storage://catalog/%2e%2e/x.png",
+        "storage://catalog/in/..%2F..%2Fx.png",
+        "storage://catalog/..\\\\x.png",
+    ] {
+        let err = load(
+            "keys.yaml",
+            &format!("output: {{ format: jpeg }}\nimages:\n  - input: \"{input}\"\n"),
+        )
+        .expect_err(input);
+        assert!(
+            err.error_txt().contains("once read as a URL path"),
+            "{input}: {}",
+            err.error_txt()
+        );
+    }
 }
 
 /// A storage of bucket `cat` on Amazon S3, its connector `claid`, under `prefix`; the
