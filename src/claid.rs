@@ -162,7 +162,7 @@ pub enum ClaidError {
         addr: String,
         request_id: Option<String>,
     },
-    #[error("{endpoint}: connection to {addr} failed: {cause}")]
+    #[error("{endpoint}: the connection to {addr} broke: {cause}")]
     Network {
         endpoint: Endpoint,
         addr: String,

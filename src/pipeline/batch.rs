@@ -808,7 +808,7 @@ impl BatchRunner {
                             deps.health.pause(&err, 303);
                         }
                     }
-                    if let Some(update) = self.wait_for_lost(&request).await {
+                    if let Some(update) = self.wait_for_lost(&request, &err).await {
                         let (batch_id, result_url) = (update.id, update.result_url.clone());
                         let recorded = deps
                             .store
@@ -916,7 +916,11 @@ impl BatchRunner {
 
     /// With webhooks on, a lost batch answer may still be announced: waits up to the poll
     /// fallback for a webhook whose echoed request is this one.
-    async fn wait_for_lost(&self, request: &BatchEditRequest) -> Option<Box<BatchTask>> {
+    async fn wait_for_lost(
+        &self,
+        request: &BatchEditRequest,
+        err: &crate::claid::ClaidError,
+    ) -> Option<Box<BatchTask>> {
         let fallback = self.deps.webhooks?;
         let value = serde_json::to_value(request).ok()?;
         let jobs = match &request.input {
@@ -924,6 +928,8 @@ impl BatchRunner {
             _ => 1,
         };
         let lost = self.deps.dispatch.lost_submit(&value, jobs)?;
+        // Told now: the wait may last `poll_fallback` (2 minutes by default) without a word.
+        warn!(error = %err, images = jobs, wait_s = fallback.as_secs(), "The answer to a batch submit was lost; waiting for a webhook naming the batch it may have created (adopted, not billed twice), at most `webhook.poll_fallback`");
         match lost.wait(fallback).await? {
             TaskUpdate::Batch(batch) => Some(batch),
             TaskUpdate::Async(_) => None,

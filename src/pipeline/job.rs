@@ -829,7 +829,7 @@ impl Runner {
                     // With webhooks on, a lost answer may still be announced: a task created
                     // by this very request is adopted, so nothing is billed twice.
                     _ if local_bytes.is_none()
-                        && let Some(update) = self.wait_for_lost(job).await =>
+                        && let Some(update) = self.wait_for_lost(job, &err).await =>
                     {
                         let (task_id, result_url) = match &update {
                             TaskUpdate::Async(task) => (task.id, task.result_url.clone()),
@@ -1001,9 +1001,11 @@ impl Runner {
 
     /// With webhooks on, waits up to the poll fallback for a webhook whose echoed request is
     /// the one this job sent (its submit answer was lost).
-    async fn wait_for_lost(&self, job: &JobV1) -> Option<TaskUpdate> {
+    async fn wait_for_lost(&self, job: &JobV1, err: &ClaidError) -> Option<TaskUpdate> {
         let fallback = self.deps.webhooks?;
         let lost = self.deps.dispatch.lost_submit(&request_of(job), 1)?;
+        // Told now: the wait may last `poll_fallback` (2 minutes by default) without a word.
+        warn!(error = %err, wait_s = fallback.as_secs(), "The answer to this image's submit was lost; waiting for a webhook naming the task it may have created (adopted, not billed twice), at most `webhook.poll_fallback`");
         tokio::select! {
             update = lost.wait(fallback) => update,
             _ = self.deps.cancel.cancelled() => None,

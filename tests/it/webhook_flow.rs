@@ -195,7 +195,7 @@ async fn issue12_webhooks_that_stop_after_the_canary_do_not_hold_the_first_round
 }
 
 /// A submit whose answer was lost (the task exists at Claid) adopts the task its webhook
-/// announces: no second submit, nothing held.
+/// announces: no second submit, nothing held; the wait for it is told as it begins.
 #[tokio::test(flavor = "multi_thread")]
 async fn issue12_a_lost_submit_answer_is_recovered_from_the_webhook_without_a_second_bill() {
     let port = free_port();
@@ -221,6 +221,12 @@ async fn issue12_a_lost_submit_answer_is_recovered_from_the_webhook_without_a_se
     assert!(
         stderr.contains("recovered from its webhook"),
         "the lost answers were recovered: {stderr}"
+    );
+    // The wait for the webhook is told when it begins, not only at its end (it may last
+    // `webhook.poll_fallback`, two minutes by default).
+    assert!(
+        stderr.contains("submit was lost; waiting for a webhook naming the task"),
+        "{stderr}"
     );
 }
 
