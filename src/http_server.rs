@@ -253,17 +253,7 @@ pub async fn serve_counted<H, F>(
                     changed.notify_waiters();
                     match permit {
                         Some(permit) => serve(permit, io).await,
-                        None => {
-                            refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            if busy_log_due(&last_busy_log) {
-                                warn!(
-                                    server = bounds.name,
-                                    max_connections = bounds.max_connections,
-                                    "Too many connections at once, none of them idle; answering 503 to new ones"
-                                );
-                            }
-                            refuse(io, &busy).await;
-                        }
+                        None => refuse_over_cap(io, &bounds, &refused, &busy, &last_busy_log).await,
                     }
                 });
                 continue;
@@ -271,15 +261,7 @@ pub async fn serve_counted<H, F>(
             None if cancel.is_cancelled() => break,
             None => {}
         }
-        refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if busy_log_due(&last_busy_log) {
-            warn!(
-                server = bounds.name,
-                max_connections = bounds.max_connections,
-                "Too many connections at once; answering 503 to new ones"
-            );
-        }
-        refuse(io, &busy).await;
+        refuse_over_cap(io, &bounds, &refused, &busy, &last_busy_log).await;
     }
     connections.close();
     if tokio::time::timeout(bounds.drain, connections.wait())
@@ -567,6 +549,26 @@ fn busy_answer(name: &str) -> Bytes {
          content-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     ))
+}
+
+/// Refuses a newcomer over the cap (no place came free for it): counted, told (a WARN once a
+/// minute at most) and answered `busy`.
+async fn refuse_over_cap(
+    io: impl AsyncWrite + Unpin,
+    bounds: &Bounds,
+    refused: &std::sync::atomic::AtomicU64,
+    busy: &[u8],
+    last_busy_log: &std::sync::Mutex<Option<Instant>>,
+) {
+    refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if busy_log_due(last_busy_log) {
+        warn!(
+            server = bounds.name,
+            max_connections = bounds.max_connections,
+            "Too many connections at once; answering 503 to new ones"
+        );
+    }
+    refuse(io, busy).await;
 }
 
 /// Answers a connection over the cap (or evicted before a whole request came) with `busy` and

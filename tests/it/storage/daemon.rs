@@ -633,6 +633,26 @@ async fn the_dashboard_names_storage_objects_and_shows_no_stale_outbox_file() {
     s3.stop().await;
 }
 
+/// A daemon on a storage env (`storage_env`, one image) whose first edit is done and its run
+/// archived: `m.yaml` sent `sku-0.png` to `storage://catalog/out/`, written at
+/// `raw/out/m/sku-0.png`.
+async fn daemon_after_a_first_edit(s3: &S3Server) -> (TestEnv, PathBuf, tokio::process::Child) {
+    let (env, config) = storage_env(s3, quick(), "", 1).await;
+    let daemon = env.spawn_daemon(&config, 0);
+    env.drop_file(
+        "m.yaml",
+        b"output: { format: png, destination: storage://catalog/out/ }\nimages:\n  - storage://catalog/in/sku-0.png\n",
+    );
+    crate::support::wait_until(
+        "the first edit is archived",
+        std::time::Duration::from_secs(60),
+        || TestEnv::files_under(&env.archive).len() == 1,
+    )
+    .await;
+    assert_eq!(env.report("m")["jobs"][0]["status"], "done");
+    (env, config, daemon)
+}
+
 /// A replay whose edit Claid writes with the same bytes within the same second as the object
 /// it replaces (S3 tells the time of writing to the second: the same ETag and the same
 /// `Last-Modified`) is done, not failed `object-missing` as if Claid had not written it: the
@@ -642,16 +662,9 @@ async fn an_edit_written_in_the_second_of_the_object_it_replaces_is_told_apart()
     let Some(s3) = S3Server::start().await else {
         return;
     };
-    let (env, config) = storage_env(&s3, quick(), "", 1).await;
-    let mut daemon = env.spawn_daemon(&config, 0);
+    let (env, config, mut daemon) = daemon_after_a_first_edit(&s3).await;
     let deadline = std::time::Duration::from_secs(60);
-    env.drop_file(
-        "m.yaml",
-        b"output: { format: png, destination: storage://catalog/out/ }\nimages:\n  - storage://catalog/in/sku-0.png\n",
-    );
     let report = env.outbox.join("m.report.json");
-    crate::support::wait_until("the first edit is reported", deadline, || report.is_file()).await;
-    assert_eq!(env.report("m")["jobs"][0]["status"], "done");
     let first_report = std::fs::metadata(&report).and_then(|m| m.modified()).ok();
     let edit = s3
         .get_object("catalog", "raw/out/m/sku-0.png")
@@ -699,18 +712,8 @@ async fn an_earlier_edit_left_at_the_key_is_not_taken_for_the_new_one() {
     let Some(s3) = S3Server::start().await else {
         return;
     };
-    let (env, config) = storage_env(&s3, quick(), "", 1).await;
-    let mut daemon = env.spawn_daemon(&config, 0);
+    let (env, _config, mut daemon) = daemon_after_a_first_edit(&s3).await;
     let deadline = std::time::Duration::from_secs(60);
-    env.drop_file(
-        "m.yaml",
-        b"output: { format: png, destination: storage://catalog/out/ }\nimages:\n  - storage://catalog/in/sku-0.png\n",
-    );
-    crate::support::wait_until("the first edit is archived", deadline, || {
-        TestEnv::files_under(&env.archive).len() == 1
-    })
-    .await;
-    assert_eq!(env.report("m")["jobs"][0]["status"], "done");
     assert_eq!(
         s3.list_keys("catalog", "raw/out/").await,
         ["raw/out/m/sku-0.png"]
