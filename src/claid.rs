@@ -162,7 +162,7 @@ pub enum ClaidError {
         addr: String,
         request_id: Option<String>,
     },
-    #[error("{endpoint}: the connection to {addr} broke: {cause}")]
+    #[error("{endpoint}: the exchange with {addr} broke off: {cause}")]
     Network {
         endpoint: Endpoint,
         addr: String,
@@ -1460,12 +1460,14 @@ fn tls_named(cause: String, url: Option<&reqwest::Url>) -> String {
     }
 }
 
-/// Whether a connect failure is a TLS handshake that no retry mends: the server's certificate
-/// (unknown issuer, expired, for another name), a server that does not answer in TLS, or one
-/// that refuses the handshake with a fatal alert (no common protocol version or cipher). An OS
-/// error, an end of file or a reset during the handshake (a server restarting), and a server's
-/// `InternalError` alert may pass: they stay an outage, retried until
-/// `api.unreachable_timeout`.
+/// Whether a connect failure is a TLS handshake that no retry mends: a server that does not
+/// answer in TLS, a certificate the daemon cannot trust (unknown issuer, issued for another
+/// name, a bad signature), or a server that refuses every handshake the daemon can offer (no
+/// common protocol version). What may pass stays an outage, retried until
+/// `api.unreachable_timeout`: an OS error, an end of file or a reset during the handshake (a
+/// server restarting), any other fatal alert (a `HandshakeFailure` from one backend of a load
+/// balancer while certificates rotate), and a certificate expired or not valid yet (this
+/// machine's clock may be wrong at boot, until it is set).
 fn tls_refusal(cause: &str, url: Option<&reqwest::Url>) -> bool {
     url.is_some_and(|u| u.scheme() == "https") && is_tls_refusal(cause)
 }
@@ -1473,13 +1475,17 @@ fn tls_refusal(cause: &str, url: Option<&reqwest::Url>) -> bool {
 /// Whether `cause` (an error's text, or its innermost cause) tells of a TLS handshake that no
 /// retry mends, as rustls words it: see [`tls_refusal`]. Also for a bucket's endpoint.
 pub fn is_tls_refusal(cause: &str) -> bool {
+    let about_time = ["xpired", "NotValidYet", "not valid yet"]
+        .iter()
+        .any(|sign| cause.contains(sign));
     !cause.starts_with('E')
-        && !cause.contains("InternalError")
+        && !about_time
         && [
             "InvalidContentType",
             "corrupt message",
             "invalid peer certificate",
-            "received fatal alert",
+            "received fatal alert: ProtocolVersion",
+            "received fatal alert: InsufficientSecurity",
             "peer is incompatible",
             "peer sent no certificates",
         ]
@@ -1818,7 +1824,7 @@ mod tests {
         for cause in [
             "received corrupt message of type InvalidContentType",
             "invalid peer certificate: UnknownIssuer",
-            "invalid peer certificate: Expired",
+            "invalid peer certificate: certificate not valid for name \"api.claid.ai\"; certificate is only valid for example.com",
             "received fatal alert: ProtocolVersion",
             "peer is incompatible: Tls12NotOffered",
         ] {
@@ -1829,6 +1835,11 @@ mod tests {
             "tls handshake eof",
             "ECONNRESET: connection reset by peer",
             "received fatal alert: InternalError",
+            "received fatal alert: HandshakeFailure",
+            "invalid peer certificate: Expired",
+            "invalid peer certificate: certificate expired: verification time 1800000000 (UNIX), but certificate is not valid after 1700000000 (100000000 seconds ago)",
+            "invalid peer certificate: certificate not valid yet: verification time 1 (UNIX), but certificate is not valid before 1700000000 (1699999999 seconds in future)",
+            "invalid peer certificate: NotValidYet",
         ] {
             assert!(!tls_refusal(cause, https.as_ref()), "{cause}");
         }

@@ -168,21 +168,16 @@ pub async fn serve_counted<H, F>(
         let (busy_evicted, refused_evicted) = (busy.clone(), refused.clone());
         let serve = move |permit: tokio::sync::OwnedSemaphorePermit, io| async move {
             let slot = registry.add();
-            let ended = serve_connection(io, bounds, handler, cancel_conn, slot.clone()).await;
-            registry.remove(&slot);
-            // Evicted: the place goes to the newcomer that evicted it (back to the semaphore if
-            // that one has given up waiting).
-            let heir = slot
-                .heir
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take();
-            if let Some(heir) = heir {
-                let _ = heir.send(permit);
-            } else {
-                drop(permit);
-            }
-            registry.changed.notify_waiters();
+            // Given back when the connection ends, also when its task unwinds from a panic (a
+            // slot left behind looked idle for ever, and every newcomer over the cap evicted it
+            // in vain or waited for it to settle).
+            let seat = Seat {
+                registry,
+                slot: slot.clone(),
+                permit: Some(permit),
+            };
+            let ended = serve_connection(io, bounds, handler, cancel_conn, slot).await;
+            drop(seat);
             // Evicted before it sent a whole request: told it is over the cap, as a newcomer
             // past the places is, after its place was handed on.
             if let Some(io) = ended {
@@ -470,6 +465,33 @@ impl Connections {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(heir);
         slot.evict.cancel();
         Some(place)
+    }
+}
+
+/// A served connection's place: when it drops, the slot leaves the registry and the place
+/// goes to the newcomer that evicted the connection (back to the semaphore when there is none,
+/// or it has given up waiting), and the accept loop is told.
+struct Seat {
+    registry: Arc<Connections>,
+    slot: Arc<Slot>,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        self.registry.remove(&self.slot);
+        let heir = self
+            .slot
+            .heir
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let (Some(heir), Some(permit)) = (heir, self.permit.take()) {
+            // Refused (the newcomer gave up): the permit comes back and is dropped here.
+            let _ = heir.send(permit);
+        }
+        self.permit = None;
+        self.registry.changed.notify_waiters();
     }
 }
 

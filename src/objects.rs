@@ -958,17 +958,25 @@ pub fn check_key(key: &str) -> Result<(), ObjectError> {
     }
     // The same once percent-encoded dots and slashes are decoded and a backslash is read as a
     // slash, as a service on the way (Claid's storage reader, a proxy) may do: `%2e%2e/x.png`
-    // and `..\x.png` would leave the prefix there.
-    let mut read = key.replace('\\', "/");
-    for (encoded, plain) in [("%2e", "."), ("%2f", "/"), ("%5c", "/")] {
-        read = replace_ignoring_case(&read, encoded, plain);
+    // and `..\x.png` would leave the prefix there; decoded again while that changes it
+    // (`%252e` is `%2e` once decoded), a few times.
+    let mut read = key.to_owned();
+    for _ in 0..4 {
+        let mut next = read.replace('\\', "/");
+        for (encoded, plain) in [("%2e", "."), ("%2f", "/"), ("%5c", "/"), ("%25", "%")] {
+            next = replace_ignoring_case(&next, encoded, plain);
+        }
+        if next == read {
+            break;
+        }
+        read = next;
     }
     if read
         .split('/')
         .any(|segment| segment == "." || segment == "..")
     {
         return refuse(
-            "it holds a \".\" or \"..\" segment once read as a URL path (\"%2e\" is \".\", \"%2f\", \"%5c\" and \"\\\" are \"/\"): keys never leave the prefix",
+            "it holds a \".\" or \"..\" segment once read as a URL path (\"%2e\" is \".\", \"%2f\", \"%5c\" and \"\\\" are \"/\", \"%25\" is \"%\"): keys never leave the prefix",
         );
     }
     Ok(())
@@ -1227,6 +1235,8 @@ mod tests {
             "a\\..\\..\\x.png",
             "a/%2e/b.png",
             ".%2E%5cx.png",
+            "%252e%252e/x.png",
+            "%25252E%25252e%25252Fx.png",
         ] {
             let err = check_key(key).expect_err(key);
             assert_eq!(err.code(), "object-unsafe-key", "{key}");

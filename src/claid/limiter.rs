@@ -282,16 +282,17 @@ impl Limiter {
         let _turn = self.turn.lock().await;
         loop {
             let now = Instant::now();
-            let ready = {
+            let (ready, told) = {
                 let mut state = self.lock();
                 let (per_second, per_minute) = self.quotas();
                 let earliest = state.earliest(per_second, per_minute, now);
                 match earliest {
                     Some(at) if at > now => {
-                        if let Some(until) = state.blocked_until.filter(|until| *until > now) {
-                            Self::tell_long_block(&mut state, now, until);
-                        }
-                        at
+                        let told = state
+                            .blocked_until
+                            .filter(|until| *until > now)
+                            .and_then(|until| Self::long_block_to_tell(&mut state, now, until));
+                        (at, told)
                     }
                     _ => {
                         state.admit(now, per_minute);
@@ -303,6 +304,13 @@ impl Limiter {
                     }
                 }
             };
+            // Told once the lock is let go: a log write that stalls holds no other caller.
+            if let Some(wait) = told {
+                tracing::warn!(
+                    wait_s = wait.as_secs(),
+                    "Claid says no request is left for a while (429, or RateLimit-Remaining: 0 with RateLimit-Reset); every call waits (a Reset past 120 s is cut to 120 s); if this goes on, check the account's limits with Claid or lower api.requests_per_minute"
+                );
+            }
             tokio::time::sleep_until(ready).await;
         }
     }
@@ -349,22 +357,19 @@ impl Limiter {
         }
     }
 
-    /// A call waits for the gate's closure until `until`: a long wait is told (with every
-    /// answer saying no request is left for minutes, the daemon sat idle for hours without a
-    /// word), once a minute at most.
-    fn tell_long_block(state: &mut State, now: Instant, until: Instant) {
+    /// A call waits for the gate's closure until `until`: a long wait is to be told (with
+    /// every answer saying no request is left for minutes, the daemon sat idle for hours
+    /// without a word), once a minute at most. The wait to tell, when it is.
+    fn long_block_to_tell(state: &mut State, now: Instant, until: Instant) -> Option<Duration> {
         let wait = until.saturating_duration_since(now);
-        if wait >= LONG_BLOCK
+        let due = wait >= LONG_BLOCK
             && state
                 .long_block_told
-                .is_none_or(|told| now.duration_since(told) >= Duration::from_secs(60))
-        {
+                .is_none_or(|told| now.duration_since(told) >= Duration::from_secs(60));
+        if due {
             state.long_block_told = Some(now);
-            tracing::warn!(
-                wait_s = wait.as_secs(),
-                "Claid says no request is left for a while (429, or RateLimit-Remaining: 0 with RateLimit-Reset); every call waits (a Reset past 120 s is cut to 120 s); if this goes on, check the account's limits with Claid or lower api.requests_per_minute"
-            );
         }
+        due.then_some(wait)
     }
 
     /// Caps the limiter when the server has fewer calls left than the log: the log counts

@@ -652,6 +652,10 @@ impl Runner {
             return Step::End(outcome);
         }
         self.note_replaced_objects(id, job).await;
+        // Stopped during its wait for the noted object's second: not submitted, left queued.
+        if deps.cancel.is_cancelled() {
+            return Step::End(JobOutcome::Parked);
+        }
         if let Some(outcome) = self.restage_if_gone(id, job).await {
             return Step::End(outcome);
         }
