@@ -1440,9 +1440,18 @@ fn tls_named(cause: String, url: Option<&reqwest::Url>) -> String {
         format!(
             "TLS handshake failed: the server does not answer in TLS (it may speak plain HTTP: is the URL meant to be http://?) ({cause})"
         )
-    } else if https
-        // An OS error (`ECONNRESET: connection reset by peer`) is no TLS failure.
-        && !cause.starts_with('E')
+    } else if https && is_tls_failure(&cause) && !cause.to_ascii_lowercase().contains("tls") {
+        format!("TLS handshake failed: {cause}")
+    } else {
+        cause
+    }
+}
+
+/// Whether `cause` (an error's innermost cause) is a failed TLS handshake as rustls words it;
+/// an OS error (`ECONNRESET: connection reset by peer`) is none. [`is_tls_refusal`] tells
+/// which of them no retry mends.
+fn is_tls_failure(cause: &str) -> bool {
+    !cause.starts_with('E')
         && [
             "certificate",
             "handshake",
@@ -1450,14 +1459,8 @@ fn tls_named(cause: String, url: Option<&reqwest::Url>) -> String {
             "corrupt message",
             "peer is incompatible",
         ]
-            .iter()
-            .any(|sign| cause.contains(sign))
-        && !cause.to_ascii_lowercase().contains("tls")
-    {
-        format!("TLS handshake failed: {cause}")
-    } else {
-        cause
-    }
+        .iter()
+        .any(|sign| cause.contains(sign))
 }
 
 /// Whether a connect failure is a TLS handshake that no retry mends: a server that does not
@@ -1478,7 +1481,7 @@ pub fn is_tls_refusal(cause: &str) -> bool {
     let about_time = ["xpired", "NotValidYet", "not valid yet"]
         .iter()
         .any(|sign| cause.contains(sign));
-    !cause.starts_with('E')
+    is_tls_failure(cause)
         && !about_time
         && [
             "InvalidContentType",
@@ -1507,17 +1510,19 @@ fn transport_error(
     let cause = || os_error::root_cause(err).unwrap_or_else(|| text::escape(&err.to_string()));
     if err.is_connect() {
         let cause = cause();
-        if tls_refusal(&cause, err.url()) {
+        let refused = tls_refusal(&cause, err.url());
+        let cause = tls_named(cause, err.url());
+        if refused {
             ClaidError::Tls {
                 endpoint,
                 addr,
-                cause: tls_named(cause, err.url()),
+                cause,
             }
         } else {
             ClaidError::Connect {
                 endpoint,
                 addr,
-                cause: tls_named(cause, err.url()),
+                cause,
             }
         }
     } else if err.is_timeout() {
