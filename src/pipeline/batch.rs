@@ -1213,7 +1213,6 @@ impl BatchRunner {
         // a result is then held in doubt rather than failed (its result may be among them
         // under a name Claid chose otherwise; failing it would have a replay bill it again).
         let mut explained = false;
-        let mut whole_batch = false;
         if !matched.unmatched.is_empty() {
             // Results of jobs of this batch that are not here (settled before a crash, or no
             // longer waiting when the batch was adopted) are theirs, not a failed match.
@@ -1221,26 +1220,11 @@ impl BatchRunner {
             let before = matched.unmatched.len();
             matched.unmatched = unexplained(matched.unmatched, &members, &siblings);
             explained = matched.unmatched.len() < before;
-            // Whole only as far as its echoed request tells: without it, a job of the batch
-            // in another run would not be seen.
-            whole_batch = siblings.is_empty()
-                && result
-                    .request
-                    .get("input")
-                    .and_then(serde_json::Value::as_array)
-                    .is_some_and(|inputs| inputs.len() == members.len());
         }
         // (Not when results were taken as other jobs': a member left over may have its result
         // among them, and is held in doubt below.)
-        // Nor one result by elimination for a storage output: Claid wrote that object under
-        // the name it gave it, not under the image's mirrored key, which the check would then
-        // not find (failed as object-missing, though written and billed); left unmatched, it
-        // is held in doubt with batching switched off, as any result no name explains.
-        let storage_output = members
-            .first()
-            .is_some_and(|m| crate::storages::destination_folder(&m.job.body).is_some());
         if !explained {
-            matched.eliminate(&result, members.len(), whole_batch && !storage_output);
+            matched.eliminate(members.len());
         }
         if !matched.unmatched.is_empty() {
             deps.batching.switch_off(&format!(
@@ -1495,15 +1479,13 @@ pub struct Matched {
 }
 
 impl Matched {
-    /// Settles by elimination what names could not, where nothing else is possible:
-    /// - errors: when no result is left unmatched and as many members have neither a result
-    ///   nor an error as there are errors naming no input, those members are exactly the
-    ///   images Claid failed (each gets Claid's text, or all the texts when several);
-    /// - one result: when the members are the whole batch (`whole_batch`: no other job of it
-    ///   is elsewhere), no error is loose, other results matched by name (so Claid's naming is
-    ///   understood and the canary still tests it), and exactly one result and one member are
-    ///   left, the result is that member's.
-    pub fn eliminate(&mut self, result: &BatchTask, members: usize, whole_batch: bool) {
+    /// Settles by elimination the errors names could not: when no result is left unmatched
+    /// and as many members have neither a result nor an error as there are errors naming no
+    /// input, those members are exactly the images Claid failed (each gets Claid's text, or
+    /// all the texts when several). A result is never given by elimination: one that no
+    /// name explains means Claid's naming is not what the daemon assumes, which is what the
+    /// safety valve is for (batching off, the image left held in doubt).
+    pub fn eliminate(&mut self, members: usize) {
         let accounted: HashSet<usize> = self
             .done
             .iter()
@@ -1511,10 +1493,7 @@ impl Matched {
             .chain(self.failed.iter().map(|(index, _)| *index))
             .collect();
         let left: Vec<usize> = (0..members).filter(|i| !accounted.contains(i)).collect();
-        if left.is_empty() {
-            return;
-        }
-        if self.unmatched.is_empty() && self.loose_errors.len() == left.len() {
+        if !left.is_empty() && self.unmatched.is_empty() && self.loose_errors.len() == left.len() {
             let message = match self.loose_errors.as_slice() {
                 [one] => one.clone(),
                 all => format!("one of Claid's errors for this batch: {}", all.join("; ")),
@@ -1522,20 +1501,6 @@ impl Matched {
             self.failed
                 .extend(left.into_iter().map(|index| (index, message.clone())));
             self.loose_errors.clear();
-            return;
-        }
-        if whole_batch
-            && !self.done.is_empty()
-            && self.loose_errors.is_empty()
-            && result.results.len() + result.errors.len() == members
-            && let ([index], [name]) = (left.as_slice(), self.unmatched.as_slice())
-            && let Some(item) = result
-                .results
-                .iter()
-                .find(|item| item.output_object.file_name().unwrap_or_default() == *name)
-        {
-            self.done.push((*index, item.output_object.clone()));
-            self.unmatched.clear();
         }
     }
 }
@@ -2068,7 +2033,7 @@ mod tests {
         result.errors = vec![error("Image could not be processed.")];
         let mut matched = match_results(&result, &members);
         assert_eq!(matched.loose_errors, vec!["Image could not be processed."]);
-        matched.eliminate(&result, members.len(), false);
+        matched.eliminate(members.len());
         assert_eq!(
             matched.failed,
             vec![(1, "Image could not be processed.".to_owned())]
@@ -2078,7 +2043,7 @@ mod tests {
         let mut alone = done_batch(Vec::new());
         alone.errors = vec![error("Unsupported image.")];
         let mut matched = match_results(&alone, &one);
-        matched.eliminate(&alone, one.len(), false);
+        matched.eliminate(one.len());
         assert_eq!(matched.failed, vec![(0, "Unsupported image.".to_owned())]);
 
         // Two errors for two images: both fail, each with both texts.
@@ -2086,17 +2051,17 @@ mod tests {
         let mut both = done_batch(Vec::new());
         both.errors = vec![error("a"), error("b")];
         let mut matched = match_results(&both, &two);
-        matched.eliminate(&both, two.len(), false);
+        matched.eliminate(two.len());
         let failed: Vec<usize> = matched.failed.iter().map(|(i, _)| *i).collect();
         assert_eq!(failed, vec![0, 1]);
         assert!(matched.failed[0].1.contains("a; b"));
     }
 
-    /// One result Claid named otherwise goes to the one image left, but only where Claid's
-    /// naming was understood for the others and the batch has no other jobs elsewhere: a
-    /// batch whose names are all foreign stays unmatched (held in doubt, batching off).
+    /// A result Claid named otherwise is never given to the one image left: a name the
+    /// daemon cannot explain means its naming assumption failed, so the image is held in
+    /// doubt (batching off) even when elimination would point at it.
     #[test]
-    fn one_result_named_otherwise_goes_to_the_one_image_left_only_when_safe() {
+    fn one_result_named_otherwise_is_not_given_to_the_one_image_left() {
         let members = [member(1), member(2), member(3)];
         let result = done_batch(vec![
             result_named("https://claid.example/out/2.jpg"),
@@ -2104,29 +2069,12 @@ mod tests {
             result_named("https://claid.example/out/1.jpg"),
         ]);
         let mut matched = match_results(&result, &members);
-        matched.eliminate(&result, members.len(), true);
-        assert!(matched.unmatched.is_empty());
-        let third = matched.done.iter().find(|(index, _)| *index == 2);
-        assert_eq!(
-            third.and_then(|(_, object)| object.file_name()).as_deref(),
-            Some("9f3ac.jpg")
-        );
-
-        // Other jobs of the batch are elsewhere: the result may be theirs.
-        let mut matched = match_results(&result, &members);
-        matched.eliminate(&result, members.len(), false);
+        matched.eliminate(members.len());
         assert_eq!(matched.unmatched, vec!["9f3ac.jpg"]);
-
-        // No name understood at all: nothing is guessed.
-        let two = [member(1), member(2)];
-        let foreign = done_batch(vec![
-            result_named("https://claid.example/out/aa.jpg"),
-            result_named("https://claid.example/out/bb.jpg"),
-        ]);
-        let mut matched = match_results(&foreign, &two);
-        matched.eliminate(&foreign, two.len(), true);
-        assert!(matched.done.is_empty());
-        assert_eq!(matched.unmatched.len(), 2);
+        let mut done: Vec<usize> = matched.done.iter().map(|(index, _)| *index).collect();
+        done.sort_unstable();
+        assert_eq!(done, vec![0, 1], "only the named results are matched");
+        assert!(matched.failed.is_empty());
     }
 
     #[test]

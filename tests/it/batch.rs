@@ -261,6 +261,46 @@ async fn issue12_inputs_with_the_same_file_name_go_to_different_batches() {
     }
 }
 
+/// One result of the canary named otherwise while the other matched: even with a single
+/// image left for it, the result is not given to that image by elimination. The naming
+/// assumption failed, so batching is switched off and that image is held in doubt.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue12_one_foreign_result_name_in_a_batch_is_not_matched_by_elimination() {
+    let mut exercised = false;
+    for seed in 1..=16 {
+        let (_static, env, _) = url_drop(4, "e-", |scenario| {
+            scenario.batch_rename_share(0.5).seed(seed)
+        })
+        .await;
+        let config = env.config("max_in_flight: 32", "");
+        let (code, stderr) = env.run_once(&config).await;
+        let stats = env.stats();
+        let canary = stats.batches.values().next().expect("the canary");
+        if canary.images != 2 || canary.renamed != 1 {
+            continue;
+        }
+        exercised = true;
+        assert_eq!(stats.batches.len(), 1, "only the canary went as a batch");
+        assert_eq!(code, 2, "one image is held in doubt:\n{stderr}");
+        assert!(
+            stderr.contains("Batching is switched off"),
+            "an ERROR says so: {stderr}"
+        );
+        let rows = rows(&env, "m");
+        let held: Vec<_> = rows.iter().filter(|(_, s, _)| s == "in-doubt").collect();
+        let done: Vec<_> = rows.iter().filter(|(_, s, _)| s == "done").collect();
+        assert_eq!(held.len(), 1, "the renamed one is held: {rows:?}");
+        assert_eq!(done.len(), 3, "the named one and the two alone: {rows:?}");
+        assert_eq!(stats.submits, 2, "the two after the canary went alone");
+        assert_eq!(stats.duplicate_submits, 0, "nothing held is resubmitted");
+        break;
+    }
+    assert!(
+        exercised,
+        "no seed gave a canary with exactly one renamed result"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn issue12_a_result_that_matches_no_image_switches_batching_off_and_holds_the_batch() {
     let (_static, env, _) = url_drop(6, "p-", |scenario| scenario.batch_rename_share(1.0)).await;

@@ -523,10 +523,10 @@ async fn a_storage_output_with_output_local_copy_is_also_written_into_the_outbox
 }
 
 /// A batch with storage outputs where Claid gave one result a name that matches no input: the
-/// object is not given to the one image left by elimination (Claid wrote it under its own
-/// name, not under that image's mirrored key, so the check failed the image as
-/// `object-missing` though written and billed, and batching stayed on); the image is held in
-/// doubt and batching is switched off, as for any result no name explains.
+/// object is not given to the one image left (Claid wrote it under its own name, not under
+/// that image's mirrored key, so the check would fail the image as `object-missing` though
+/// written and billed); the image is held in doubt and batching is switched off, as for any
+/// result no name explains.
 #[tokio::test]
 async fn a_renamed_result_with_storage_outputs_is_held_in_doubt_not_failed_as_missing() {
     let Some(s3) = S3Server::start().await else {
