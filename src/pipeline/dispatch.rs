@@ -728,8 +728,8 @@ impl Dispatch {
     /// Webhooks are configured but do not arrive: none reached one of this daemon's tasks
     /// since polls found [`SILENT_AFTER`] tasks ended (none in this run, or none since they
     /// stopped). Waits for results then follow the poll schedule of a
-    /// daemon without webhooks (a first guess of `poll.max`, at least 10 s, per task cost
-    /// every batch that long however fast Claid was).
+    /// daemon without webhooks (waiting until each task's webhook is overdue held every
+    /// task that long however fast Claid was).
     pub fn webhooks_silent(&self) -> bool {
         use std::sync::atomic::Ordering;
         self.polled_final.load(Ordering::Relaxed) >= self.silent_after()

@@ -700,10 +700,11 @@ impl Polls {
     /// With webhooks on, the wait before polling a task whose webhook has not come: until it
     /// is overdue, i.e. later than the observed spread of task durations (their 0.95
     /// quantile, half again, plus a second; twice the longest while fewer than
-    /// [`MIN_SAMPLES`] are known; `poll.max`, at least [`FIRST_GUESS`], while none is), at
-    /// least `poll.min` and at most
-    /// `fallback`. (Waiting for `fallback` while nothing was known held a whole drop for two
-    /// minutes when the canary's webhook was lost.)
+    /// [`MIN_SAMPLES`] are known; [`FIRST_GUESS`] while none is), at least `poll.min` and at
+    /// most `fallback`. (Waiting for `fallback` while nothing was known held a whole drop for
+    /// two minutes when the canary's webhook was lost; waiting `poll.max` held the first
+    /// tasks of a run whose webhooks never come 30 s before a poll found it out. Only the
+    /// tasks sent before any duration is known wait this guess: a few seconds' worth.)
     pub fn overdue_after(&self, kind: Kind, elapsed: Duration, fallback: Duration) -> Duration {
         let spread = match self.quantile(kind, 0.95) {
             Some(q) => q.mul_f64(1.5) + Duration::from_secs(1),
@@ -711,7 +712,7 @@ impl Polls {
                 .samples(kind)
                 .iter()
                 .max()
-                .map_or(self.poll.max.max(FIRST_GUESS), |longest| {
+                .map_or(FIRST_GUESS, |longest| {
                     longest.mul_f64(2.0) + Duration::from_secs(1)
                 }),
         };
@@ -1249,10 +1250,10 @@ mod tests {
     fn a_webhook_is_overdue_soon_after_the_durations_seen_and_at_once_for_a_resumed_task() {
         let polls = new_polls();
         let fallback = secs(120);
-        // Nothing seen yet (the canary): `poll.max`, not the whole fallback.
+        // Nothing seen yet: the first guess, neither `poll.max` nor the whole fallback.
         assert_eq!(
-            polls.overdue_after(Kind::Batch, Duration::ZERO, fallback),
-            secs(30)
+            polls.overdue_after(Kind::Single, Duration::ZERO, fallback),
+            FIRST_GUESS
         );
         // A few seen: twice the longest, plus a second.
         for took in [2, 4, 3] {
