@@ -38,6 +38,7 @@ use crate::alerts::message::{Alert, Cause, MAX_PROBLEM_LINES, MAX_STALLED_MANIFE
 use crate::codes::FailureCode;
 use crate::config::web::{AlertEvent, AlertFormat, AlertSink};
 use crate::metrics::Metrics;
+use crate::pipeline::health::Refusal;
 use crate::pipeline::notices::Notice;
 use crate::pipeline::{self, Health};
 use crate::store::ManifestId;
@@ -226,8 +227,8 @@ struct Router {
     flushed: BTreeMap<ManifestId, BTreeMap<FailureCode, u64>>,
     /// Runs that ended lately: a failure heard after its run's end is in that end's message.
     ended: VecDeque<ManifestId>,
-    /// The status of the API refusal going on, for the `resumed` message.
-    api_pause: Option<u16>,
+    /// The API refusal going on, for the `resumed` message.
+    api_pause: Option<Refusal>,
     /// The last disk condition seen.
     disk: Disk,
     /// When the last pause (API or disk) ended: a stall is counted from then at the earliest.
@@ -361,18 +362,18 @@ impl Router {
             Notice::InDoubtHeld { id, rel, held } => {
                 self.send(&Alert::InDoubt { id, rel, held });
             }
-            Notice::Paused { status, reason } => {
-                self.api_pause = Some(status);
+            Notice::Paused { refusal, reason } => {
+                self.api_pause = Some(refusal);
                 self.send(&Alert::Paused {
-                    cause: Cause::Api { status },
+                    cause: Cause::Api(refusal),
                     reason,
                 });
             }
             Notice::Resumed => {
-                let status = self.api_pause.take().unwrap_or_default();
+                let refusal = self.api_pause.take().unwrap_or(Refusal::Other);
                 self.unpaused_at = Instant::now();
                 self.send(&Alert::Resumed {
-                    cause: Cause::Api { status },
+                    cause: Cause::Api(refusal),
                 });
             }
         }

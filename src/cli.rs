@@ -20,7 +20,6 @@ use crate::config::{self, Config, ConfigError};
 use crate::daemon::{self, Outcome, RunOptions};
 use crate::manifest::{self, Input};
 use crate::os_error::OsCause;
-use crate::pipeline::health::NO_HTTP_ANSWER;
 use crate::store::records::JobState;
 use crate::store::snapshot::Snapshot;
 use crate::store::{Store, StoreError};
@@ -365,43 +364,14 @@ fn cmd_run(path: &Path, once: bool, print_config: bool) -> i32 {
         Ok(Outcome::AllDone) => exit::OK,
         Ok(Outcome::SomeFailed) => exit::JOBS_FAILED,
         Ok(Outcome::Interrupted) => exit::TEMP_FAIL,
-        Ok(Outcome::Refused { status, reason }) => {
-            let what = match status {
-                401 => {
-                    "The API key was refused: check the key in `api.api_key_file` (or CLAID_API_KEY)"
-                }
-                402 => "The Claid account has no credits left: top it up, then run again",
-                403 => "The API key lacks the `image_editing` permission: create a key with it",
-                300..=399 => {
-                    "The Claid API answered with a redirect: set `api.base_url` to where it points"
-                }
-                404 | 405 | 501 => {
-                    "The Claid API has no such endpoint: check `api.base_url` (Claid's is https://api.claid.ai/v1, with its version)"
-                }
-                NO_HTTP_ANSWER => {
-                    "No TLS handshake with the Claid API succeeds, and no retry mends that: check `api.base_url` (its scheme and host) and the server's certificate"
-                }
-                _ => "The API refused the daemon",
-            };
-            if status == NO_HTTP_ANSWER {
-                tracing::error!(
-                    reason = %Escaped::str(&reason),
-                    "{what}; unfinished jobs stay in the store and resume at the next run"
-                );
-            } else {
-                tracing::error!(
-                    status,
-                    reason = %Escaped::str(&reason),
-                    "{what}; unfinished jobs stay in the store and resume at the next run"
-                );
-            }
-            if (300..400).contains(&status) || matches!(status, 404 | 405 | 501) {
-                exit::USAGE
-            } else if status == NO_HTTP_ANSWER {
-                exit::UNAVAILABLE
-            } else {
-                exit::NO_PERM
-            }
+        Ok(Outcome::Refused { refusal, reason }) => {
+            tracing::error!(
+                status = refusal.status(),
+                reason = %Escaped::str(&reason),
+                "{}; unfinished jobs stay in the store and resume at the next run",
+                crate::pipeline::health::capitalised(refusal.fix())
+            );
+            refusal.exit_code()
         }
         Ok(Outcome::Unreachable { why, bucket }) => {
             let denied = bucket && why.contains("access denied");

@@ -183,9 +183,13 @@ pub enum Outcome {
     SomeFailed,
     /// Stopped by a signal before the work was finished (the rest resumes at the next start).
     Interrupted,
-    /// `run --once` stopped because the API refused the key, the credits or the scope
-    /// (`status` 401, 402 or 403); unfinished jobs stay in the store.
-    Refused { status: u16, reason: String },
+    /// `run --once` stopped because the API refused the daemon in a way no retry mends (the
+    /// key, the credits or the scope; a wrong `api.base_url`; a TLS handshake that fails);
+    /// unfinished jobs stay in the store.
+    Refused {
+        refusal: pipeline::health::Refusal,
+        reason: String,
+    },
     /// `run --once` stopped because the API (or, with `bucket`, a storage's bucket) stayed
     /// unreachable for `api.unreachable_timeout`; unfinished jobs stay in the store.
     Unreachable { why: String, bucket: bool },
@@ -220,7 +224,7 @@ enum OnceEnd {
         why: String,
     },
     Refused {
-        status: u16,
+        refusal: pipeline::health::Refusal,
         reason: String,
     },
     Unreachable {
@@ -614,7 +618,7 @@ pub async fn run(
     match once_end {
         OnceEnd::Settled => {}
         OnceEnd::Unscanned(folders) => unscanned = folders,
-        OnceEnd::Refused { status, reason } => return Ok(Outcome::Refused { status, reason }),
+        OnceEnd::Refused { refusal, reason } => return Ok(Outcome::Refused { refusal, reason }),
         OnceEnd::Unreachable { why, bucket } => {
             return Ok(Outcome::Unreachable { why, bucket });
         }
@@ -857,7 +861,7 @@ async fn give_up(
         }
         match health.current() {
             pipeline::Health::Paused {
-                status: 402,
+                refusal: pipeline::health::Refusal::Status(402),
                 reason,
             } if in_flight() > 0 => {
                 let since = match out_of_credits_since {
@@ -872,13 +876,13 @@ async fn give_up(
                 };
                 if since.elapsed() >= timeout {
                     return OnceEnd::Refused {
-                        status: 402,
+                        refusal: pipeline::health::Refusal::Status(402),
                         reason,
                     };
                 }
             }
-            pipeline::Health::Paused { reason, status } => {
-                return OnceEnd::Refused { status, reason };
+            pipeline::Health::Paused { reason, refusal } => {
+                return OnceEnd::Refused { refusal, reason };
             }
             _ => out_of_credits_since = None,
         }

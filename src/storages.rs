@@ -18,6 +18,7 @@ use crate::exit;
 use crate::objects::{
     Access, Credentials, GcsKey, ObjectError, ObjectStorage, ObjectStorageConfig, Provider,
 };
+use crate::pipeline::health::Refusal;
 use crate::text::escape;
 
 /// One configured storage, opened.
@@ -188,14 +189,10 @@ impl StorageError {
                 _ => "check that the S3 endpoint is reachable from this machine".to_owned(),
             }),
             StorageError::Api { cause, .. } => match cause.as_ref() {
-                ClaidError::Account { status: 401, .. } => Some(
-                    "the API key was refused: check the key in `api.api_key_file` (or CLAID_API_KEY)"
-                        .to_owned(),
-                ),
-                ClaidError::Account { status: 402, .. } => Some(
-                    "the Claid account has no credits left: top it up, then start again"
-                        .to_owned(),
-                ),
+                ClaidError::Account {
+                    status: status @ (401 | 402),
+                    ..
+                } => Some(Refusal::Status(*status).fix().to_owned()),
                 ClaidError::Account { status: 403, .. } => Some(
                     "the API key needs the `storage` permission to list connectors".to_owned(),
                 ),

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::codes::FailureCode;
 use crate::config::web::AlertEvent;
-use crate::pipeline::health::NO_HTTP_ANSWER;
+use crate::pipeline::health::Refusal;
 use crate::store::{ManifestCounts, ManifestId};
 
 /// Problems of a rejected manifest shown in a message, at most.
@@ -20,10 +20,8 @@ pub const MAX_STALLED_MANIFESTS: usize = 5;
 /// Why outputs or submits stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cause {
-    /// The API refused the key (401), the credits (402) or the scope (403), or told that
-    /// `api.base_url` is wrong (a 3xx, 404, 405, 501, or no TLS handshake succeeds:
-    /// [`NO_HTTP_ANSWER`]).
-    Api { status: u16 },
+    /// The API refused the daemon in a way no retry mends (see [`Refusal`]).
+    Api(Refusal),
     /// The outbox's disk is full.
     DiskFull,
     /// The outbox cannot be written.
@@ -33,10 +31,7 @@ pub enum Cause {
 impl Cause {
     pub fn code(&self) -> String {
         match self {
-            Cause::Api {
-                status: NO_HTTP_ANSWER,
-            } => "tls-handshake".to_owned(),
-            Cause::Api { status } => status.to_string(),
+            Cause::Api(refusal) => refusal.code(),
             Cause::DiskFull => "disk-full".to_owned(),
             Cause::OutboxUnwritable => "outbox-unwritable".to_owned(),
         }
@@ -44,13 +39,7 @@ impl Cause {
 
     fn what(&self) -> &'static str {
         match self {
-            Cause::Api { status: 401 } => "the API refused the key (401)",
-            Cause::Api { status: 402 } => "the Claid account is out of credits (402)",
-            Cause::Api { status: 403 } => "the API key lacks a permission (403)",
-            Cause::Api {
-                status: NO_HTTP_ANSWER,
-            } => "no TLS handshake with the API succeeds",
-            Cause::Api { .. } => "the API refused the daemon",
+            Cause::Api(refusal) => refusal.what(),
             Cause::DiskFull => "the outbox's disk is full",
             Cause::OutboxUnwritable => "the outbox cannot be written",
         }
@@ -177,7 +166,7 @@ impl Alert {
                 format!("Paused: {}; queued images wait. {reason}", cause.what())
             }
             Alert::Resumed { cause } => match cause {
-                Cause::Api { .. } => "Resumed: the API accepts requests again".to_owned(),
+                Cause::Api(_) => "Resumed: the API accepts requests again".to_owned(),
                 Cause::DiskFull | Cause::OutboxUnwritable => {
                     "Resumed: the outbox can be written again".to_owned()
                 }

@@ -32,7 +32,8 @@ use crate::pipeline::Settings;
 use crate::pipeline::dispatch::{self, Dispatch, LostBatchJob};
 use crate::pipeline::finisher;
 use crate::pipeline::health::HealthState;
-use crate::pipeline::job::{JobOutcome, Runner, failure_of, input_of, systemic_status};
+use crate::pipeline::health::Refusal;
+use crate::pipeline::job::{JobOutcome, Runner, failure_of, input_of};
 use crate::pipeline::polls::{BatchClock, Polls, Seen};
 use crate::pipeline::submitter::Queue;
 use crate::retry::{self, Decision, Failure, GiveUp};
@@ -599,15 +600,25 @@ impl BatchRunner {
 
     async fn run(&self, members: Vec<Member>, permit: OwnedSemaphorePermit) {
         // The objects each storage output replaces, asked side by side (a HEAD or two each):
-        // noted on the jobs in the store before the batch's intent is flushed.
-        {
+        // noted on the jobs in the store before the batch's intent is flushed; then the
+        // latest noted second is waited out, once for the batch.
+        let same_second = {
             use futures_util::StreamExt;
+            use std::sync::atomic::{AtomicU64, Ordering};
             let runner = &self.deps.runner;
+            let longest_ms = &AtomicU64::new(0);
             futures_util::stream::iter(&members)
-                .for_each_concurrent(REPLACED_OBJECT_CHECKS, |m| {
-                    runner.note_replaced_objects(m.id, &m.job)
+                .for_each_concurrent(REPLACED_OBJECT_CHECKS, |m| async move {
+                    let left = runner.note_replaced_objects(m.id, &m.job).await;
+                    longest_ms.fetch_max(left.as_millis() as u64, Ordering::Relaxed);
                 })
                 .await;
+            Duration::from_millis(longest_ms.load(Ordering::Relaxed))
+        };
+        // Stopped meanwhile: nothing is sent; the jobs stay queued in the store for the next
+        // start, as a single job's are.
+        if !self.deps.runner.wait(same_second).await || self.deps.cancel.is_cancelled() {
+            return;
         }
         // `on_output_exists` (an output already there), before the batch is sent.
         let mut to_send = Vec::with_capacity(members.len());
@@ -786,7 +797,7 @@ impl BatchRunner {
                 }
                 Failure::Systemic => {
                     self.requeue_all(members, true).await;
-                    deps.health.pause(&err, systemic_status(&err));
+                    deps.health.pause(&err, Refusal::of(&err));
                     return Sent::Ended;
                 }
                 Failure::Ambiguous => {
@@ -805,7 +816,7 @@ impl BatchRunner {
                         // A 303 is said to every submit by a gateway in front of the API:
                         // submitting pauses, or every queued image would be held in turn.
                         if err.http_status() == Some(303) {
-                            deps.health.pause(&err, 303);
+                            deps.health.pause(&err, Refusal::Status(303));
                         }
                     }
                     if let Some(update) = self.wait_for_lost(&request, &err).await {
@@ -1144,7 +1155,7 @@ impl BatchRunner {
                         return None;
                     }
                     Failure::Systemic => {
-                        deps.health.pause(&err, systemic_status(&err));
+                        deps.health.pause(&err, Refusal::of(&err));
                         delay = deps.poll.max;
                         scheduled = false;
                     }

@@ -18,18 +18,122 @@ use crate::pipeline::notices::{Notice, Notices};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Health {
     Healthy,
-    /// The API refused the key, the credits or the scope: `status` is 401, 402 or 403; or
-    /// `api.base_url` is wrong (a redirect, 404, 405, 501, or [`NO_HTTP_ANSWER`]: no TLS
-    /// handshake with it succeeds).
+    /// The API refused the daemon in a way no retry mends (see [`Refusal`]); `reason` is the
+    /// error's text.
     Paused {
         reason: String,
-        status: u16,
+        refusal: Refusal,
     },
 }
 
-/// The status of a pause that no HTTP answer caused: the API's TLS handshake failed in a way no
-/// retry mends ([`ClaidError::Tls`]).
-pub const NO_HTTP_ANSWER: u16 = 0;
+/// Why the API's answer pauses submitting (queued jobs kept, a probe resumes it): what no
+/// retry mends. Every text that tells a pause (its log line, the `run --once` ending and its
+/// exit code, the dashboard's banner, the alert's cause, the storage check's hint) is read
+/// from here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// An HTTP status: 401, 402 or 403 (the key, the credits, the scope), or one that says
+    /// `api.base_url` is wrong (a redirect, 404, 405, 501).
+    Status(u16),
+    /// No TLS handshake with the API succeeds, in a way no retry mends ([`ClaidError::Tls`]).
+    Tls,
+    /// Another systemic error, with no HTTP answer.
+    Other,
+}
+
+impl Refusal {
+    /// The refusal a systemic error stands for.
+    pub fn of(err: &ClaidError) -> Self {
+        match err {
+            ClaidError::Tls { .. } => Refusal::Tls,
+            ClaidError::Account { status, .. } | ClaidError::Redirected { status, .. } => {
+                Refusal::Status(*status)
+            }
+            ClaidError::Rejected { status, .. } | ClaidError::Server { status, .. }
+                if err.class() == crate::claid::ErrorClass::Systemic =>
+            {
+                Refusal::Status(*status)
+            }
+            _ => Refusal::Other,
+        }
+    }
+
+    /// The HTTP status, when an answer came.
+    pub fn status(self) -> Option<u16> {
+        match self {
+            Refusal::Status(status) => Some(status),
+            Refusal::Tls | Refusal::Other => None,
+        }
+    }
+
+    /// How an alert names it: the status, or `tls-handshake`.
+    pub fn code(self) -> String {
+        match self {
+            Refusal::Status(status) => status.to_string(),
+            Refusal::Tls => "tls-handshake".to_owned(),
+            Refusal::Other => "refused".to_owned(),
+        }
+    }
+
+    /// What happened, in a few words (`the API refused the key (401)`): the pause's log line,
+    /// the dashboard's banner and the alert say it.
+    pub fn what(self) -> &'static str {
+        match self {
+            Refusal::Status(401) => "the API refused the key (401)",
+            Refusal::Status(402) => "the Claid account is out of credits (402)",
+            Refusal::Status(403) => "the API key lacks a permission (403)",
+            Refusal::Status(300..=399) => "the API answered with a redirect (check `api.base_url`)",
+            Refusal::Status(404 | 405 | 501) => {
+                "the API has no such endpoint (check `api.base_url`)"
+            }
+            Refusal::Tls => "no TLS handshake with the API succeeds (check `api.base_url`)",
+            Refusal::Status(_) | Refusal::Other => "the API refused the daemon",
+        }
+    }
+
+    /// What happened and what mends it, as a sentence without its capital: the ending of
+    /// `run --once` says it, and the start's check for a 401 or 402.
+    pub fn fix(self) -> &'static str {
+        match self {
+            Refusal::Status(401) => {
+                "the API key was refused: check the key in `api.api_key_file` (or CLAID_API_KEY)"
+            }
+            Refusal::Status(402) => "the Claid account has no credits left: top it up",
+            Refusal::Status(403) => {
+                "the API key lacks the `image_editing` permission: create a key with it"
+            }
+            Refusal::Status(300..=399) => {
+                "the Claid API answered with a redirect: set `api.base_url` to where it points"
+            }
+            Refusal::Status(404 | 405 | 501) => {
+                "the Claid API has no such endpoint: check `api.base_url` (Claid's is https://api.claid.ai/v1, with its version)"
+            }
+            Refusal::Tls => {
+                "no TLS handshake with the Claid API succeeds, and no retry mends that: check `api.base_url` (its scheme and host) and the server's certificate"
+            }
+            Refusal::Status(_) | Refusal::Other => "the API refused the daemon",
+        }
+    }
+
+    /// The exit code of `run --once` it ends: a wrong `api.base_url` is a usage error (64), a
+    /// handshake that fails is an unavailable service (69), the rest is access refused (77).
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Refusal::Status(300..=399 | 404 | 405 | 501) => crate::exit::USAGE,
+            Refusal::Tls => crate::exit::UNAVAILABLE,
+            Refusal::Status(_) | Refusal::Other => crate::exit::NO_PERM,
+        }
+    }
+}
+
+/// `text` with its first letter in capitals, for a sentence that begins with it.
+pub fn capitalised(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
 
 /// How an outage of a result's download host begins its reason (`the result host h:443: …`).
 pub const RESULT_HOST: &str = "the result host";
@@ -478,9 +582,9 @@ impl HealthState {
         }
     }
 
-    /// A systemic refusal (401/402/403, or 404/405 from an edit endpoint: a wrong
-    /// `api.base_url`): pause submitting.
-    pub fn pause(&self, err: &ClaidError, status: u16) {
+    /// A systemic refusal (401/402/403, a wrong `api.base_url`, a TLS handshake that fails):
+    /// pause submitting.
+    pub fn pause(&self, err: &ClaidError, refusal: Refusal) {
         let reason = crate::daemon::error_chain(err);
         let changed = self.health.send_if_modified(|h| {
             if matches!(h, Health::Paused { .. }) {
@@ -488,23 +592,17 @@ impl HealthState {
             }
             *h = Health::Paused {
                 reason: reason.clone(),
-                status,
+                refusal,
             };
             true
         });
         if changed {
-            let what = match status {
-                401 => "The API refused the daemon's key (401)",
-                402 => "The API says the account has no credits left (402)",
-                403 => "The API refused the key's permission for this call (403)",
-                404 | 405 | 501 => "The API has no such endpoint (check `api.base_url`)",
-                NO_HTTP_ANSWER if matches!(err, ClaidError::Tls { .. }) => {
-                    "The TLS handshake with the API failed (check `api.base_url`)"
-                }
-                _ => "The API refused the daemon's requests",
-            };
-            error!(error = %reason, "{what}; submitting is paused, queued jobs are kept");
-            self.notices.send(Notice::Paused { status, reason });
+            error!(
+                error = %reason,
+                "{}; submitting is paused, queued jobs are kept",
+                capitalised(refusal.what())
+            );
+            self.notices.send(Notice::Paused { refusal, reason });
         }
     }
 
@@ -647,6 +745,52 @@ impl HealthState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One type tells a pause everywhere: its cause read from the error, its alert code, its
+    /// words and its `run --once` exit code (a TLS refusal carries no status).
+    #[test]
+    fn a_refusal_is_read_from_the_error_and_tells_its_code_words_and_exit() {
+        use crate::claid::Endpoint;
+        let account = |status| ClaidError::Account {
+            endpoint: Endpoint::Submit,
+            status,
+            request_id: None,
+            error_code: String::new(),
+            error_message: String::new(),
+        };
+        let tls = ClaidError::Tls {
+            endpoint: Endpoint::Submit,
+            addr: "127.0.0.1:1".to_owned(),
+            cause: "TLS handshake failed: InvalidContentType".to_owned(),
+        };
+        assert_eq!(Refusal::of(&account(402)), Refusal::Status(402));
+        assert_eq!(Refusal::of(&tls), Refusal::Tls);
+        assert_eq!(Refusal::Tls.status(), None);
+        assert_eq!(Refusal::Tls.code(), "tls-handshake");
+        assert_eq!(Refusal::Status(401).code(), "401");
+        assert_eq!(Refusal::Status(401).exit_code(), crate::exit::NO_PERM);
+        assert_eq!(Refusal::Status(308).exit_code(), crate::exit::USAGE);
+        assert_eq!(Refusal::Status(404).exit_code(), crate::exit::USAGE);
+        assert_eq!(Refusal::Tls.exit_code(), crate::exit::UNAVAILABLE);
+        assert!(Refusal::Tls.what().contains("TLS handshake"));
+        assert!(Refusal::Status(404).fix().contains("`api.base_url`"));
+        assert_eq!(
+            capitalised(Refusal::Status(402).what()),
+            "The Claid account is out of credits (402)"
+        );
+
+        // The pause carries it, and tells it once.
+        let state = health();
+        state.pause(&tls, Refusal::of(&tls));
+        state.pause(&account(401), Refusal::Status(401));
+        assert!(matches!(
+            state.current(),
+            Health::Paused {
+                refusal: Refusal::Tls,
+                ..
+            }
+        ));
+    }
 
     fn health() -> HealthState {
         HealthState::new(

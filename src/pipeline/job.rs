@@ -22,7 +22,7 @@ use crate::manifest::{self, Input, LocalFile};
 use crate::metrics::Metrics;
 use crate::output::{self, ExistsPolicy};
 use crate::pipeline::dispatch::Dispatch;
-use crate::pipeline::health::HealthState;
+use crate::pipeline::health::{HealthState, Refusal};
 use crate::pipeline::polls::{Kind, Polls, Seen};
 use crate::pipeline::submitter::Queue;
 use crate::pipeline::{Settings, on_file_pool};
@@ -377,18 +377,23 @@ impl Runner {
     /// there, recorded done). Not for a job waiting to adopt the task of a lost submit: the
     /// object there may be that task's. A bucket that cannot be asked leaves nothing noted: the
     /// check then takes whatever object is there.
-    pub async fn note_replaced_objects(&self, id: JobId, job: &JobV1) {
+    ///
+    /// Returns how long the caller must wait before the submit: S3 tells the time of writing
+    /// to the second, so while the second a noted object was written in lasts, Claid's object
+    /// written with the same bytes would look the same ([`SAME_SECOND_MS`]; zero otherwise).
+    #[must_use = "the submit must wait out the noted object's second"]
+    pub async fn note_replaced_objects(&self, id: JobId, job: &JobV1) -> Duration {
         if job.replaces.is_some()
             || job.waits_for_adoption()
             || self.settings().policies.on_output_exists != OnOutputExists::Replace
         {
-            return;
+            return Duration::ZERO;
         }
         let Some(uri) = crate::storages::destination_of(&job.body, &job.output_rel) else {
-            return;
+            return Duration::ZERO;
         };
         let Some((storage, key)) = self.output_storage(&uri) else {
-            return;
+            return Duration::ZERO;
         };
         let seen: Vec<ObjectSeen> = match objects_at(storage, key, 2).await {
             Ok(found) => found
@@ -397,7 +402,7 @@ impl Runner {
                 .collect(),
             Err(err) => {
                 debug!(error = %err, job_id = id, "Cannot see the object this edit replaces; the output check takes whatever object is there");
-                return;
+                return Duration::ZERO;
             }
         };
         // A time of writing told to the second (S3's `Last-Modified`; a time with milliseconds
@@ -409,15 +414,12 @@ impl Runner {
             .max();
         if let Err(err) = self.deps.store.note_replaced_objects(id, seen).await {
             debug!(error = %err, job_id = id, "The objects an edit replaces were not noted");
-            return;
+            return Duration::ZERO;
         }
-        if let Some(ms) = newest_second {
+        newest_second.map_or(Duration::ZERO, |ms| {
             let left = (ms + SAME_SECOND_MS).saturating_sub(crate::store::now_ms());
-            if left > 0 {
-                self.wait(Duration::from_millis(left.min(2 * SAME_SECOND_MS)))
-                    .await;
-            }
-        }
+            Duration::from_millis(left.min(2 * SAME_SECOND_MS))
+        })
     }
 
     /// The configured storage a job's output object (`storage://CONNECTOR/key`) goes to, and
@@ -651,9 +653,9 @@ impl Runner {
         if let Some(outcome) = self.settle_existing_output(id, job).await {
             return Step::End(outcome);
         }
-        self.note_replaced_objects(id, job).await;
+        let same_second = self.note_replaced_objects(id, job).await;
         // Stopped during its wait for the noted object's second: not submitted, left queued.
-        if deps.cancel.is_cancelled() {
+        if !self.wait(same_second).await || deps.cancel.is_cancelled() {
             return Step::End(JobOutcome::Parked);
         }
         if let Some(outcome) = self.restage_if_gone(id, job).await {
@@ -800,7 +802,7 @@ impl Runner {
                 // A 303 is said to every submit by a gateway in front of the API (a login
                 // page): submitting pauses, or every queued image would be held in turn.
                 if err.http_status() == Some(303) {
-                    deps.health.pause(&err, 303);
+                    deps.health.pause(&err, Refusal::Status(303));
                 }
             }
             match failure {
@@ -813,7 +815,7 @@ impl Runner {
                     if deps.store.requeue(id, false).await.is_err() {
                         return Step::End(JobOutcome::Parked);
                     }
-                    deps.health.pause(&err, systemic_status(&err));
+                    deps.health.pause(&err, Refusal::of(&err));
                     deps.queue.push_front((job.manifest, id));
                     return Step::End(JobOutcome::Requeued);
                 }
@@ -1275,7 +1277,7 @@ impl Runner {
                             .await;
                     }
                     Failure::Systemic => {
-                        deps.health.pause(&err, systemic_status(&err));
+                        deps.health.pause(&err, Refusal::of(&err));
                         delay = deps.poll.max;
                     }
                     // The task is billed: a 429 only delays its poll (the limiter's gate waits
@@ -1979,7 +1981,8 @@ impl Runner {
     }
 
     /// Sleeps `d` unless the daemon stops first; returns false when it stopped.
-    async fn wait(&self, d: Duration) -> bool {
+    /// Waits `d`; `false` when the daemon stops meanwhile.
+    pub(crate) async fn wait(&self, d: Duration) -> bool {
         tokio::select! {
             _ = tokio::time::sleep(d) => true,
             _ = self.deps.cancel.cancelled() => false,
@@ -2526,21 +2529,6 @@ pub(crate) fn submit_decision(
             decide(attempts, Failure::Unreachable)
         }
         decision => decision,
-    }
-}
-
-/// The HTTP status of a systemic refusal (401, 402 or 403, or a status that says
-/// `api.base_url` is wrong), or [`crate::pipeline::health::NO_HTTP_ANSWER`] for one that came
-/// before any answer (the TLS handshake).
-pub fn systemic_status(err: &ClaidError) -> u16 {
-    match err {
-        ClaidError::Account { status, .. } | ClaidError::Redirected { status, .. } => *status,
-        ClaidError::Rejected { status, .. } | ClaidError::Server { status, .. }
-            if err.class() == crate::claid::ErrorClass::Systemic =>
-        {
-            *status
-        }
-        _ => 0,
     }
 }
 

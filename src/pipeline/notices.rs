@@ -44,7 +44,10 @@ pub enum Notice {
         held: u64,
     },
     /// The API refused the key, the credits or the scope: submitting is paused.
-    Paused { status: u16, reason: String },
+    Paused {
+        refusal: crate::pipeline::health::Refusal,
+        reason: String,
+    },
     /// The API accepts requests again.
     Resumed,
 }

@@ -212,19 +212,11 @@ pub fn service_state(
     disk: &Disk,
     idle: bool,
 ) -> views::ServiceState {
-    if let Health::Paused { reason, status } = health {
-        let title = match *status {
-            401 => "Paused: the API refused the key (401)",
-            402 => "Paused: the Claid account is out of credits (402)",
-            403 => "Paused: the API key lacks a permission (403)",
-            crate::pipeline::health::NO_HTTP_ANSWER => {
-                "Paused: no TLS handshake with the API succeeds"
-            }
-            _ => "Paused: the API refused the daemon",
-        };
+    if let Health::Paused { reason, refusal } = health {
+        let title = format!("Paused: {}", refusal.what());
         return views::ServiceState {
             code: "paused",
-            title: title.to_owned(),
+            title,
             detail: Some(format!(
                 "Queued images wait and nothing is lost; submitting resumes by itself once the API accepts the key. ({reason})"
             )),
@@ -912,11 +904,13 @@ mod tests {
     fn the_banner_names_the_cause() {
         let paused = Health::Paused {
             reason: "HTTP 402".into(),
-            status: 402,
+            refusal: crate::pipeline::health::Refusal::Status(402),
         };
+        let state = service_state(&paused, None, &Disk::Ok, false);
+        assert_eq!(state.code, "paused");
         assert_eq!(
-            service_state(&paused, None, &Disk::Ok, false).code,
-            "paused"
+            state.title,
+            "Paused: the Claid account is out of credits (402)"
         );
         let full = Disk::Full { free_bytes: 10 };
         assert_eq!(
