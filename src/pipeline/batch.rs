@@ -79,9 +79,9 @@ const RECENT_SIZES: usize = 16;
 pub struct Batching {
     pub config: BatchConfig,
     enabled: AtomicBool,
-    /// The canary (the first batch) was sent.
+    /// The canary (the first batch) was sent, and has not ended unanswered.
     canary_sent: AtomicBool,
-    /// The canary's results are in (or it ended otherwise): larger batches may go.
+    /// The canary's results are in: larger batches may go.
     canary_settled: AtomicBool,
     /// Wakes the submitter when the canary settles.
     pub canary_wake: tokio::sync::Notify,
@@ -182,13 +182,28 @@ impl Batching {
         self.canary_settled.load(Ordering::Relaxed)
     }
 
-    /// A batch task ended: if it was the canary, larger batches may go.
-    fn settled(&self) {
-        if self.canary_sent.load(Ordering::Relaxed)
-            && !self.canary_settled.swap(true, Ordering::Relaxed)
+    /// Whether a canary is at Claid or answered (no canary goes next).
+    pub fn canary_sent(&self) -> bool {
+        self.canary_sent.load(Ordering::Relaxed)
+    }
+
+    /// A batch task ended, `answered` when its results came and were matched: if it was the
+    /// canary, larger batches may go. A canary that ended without its results (refused:
+    /// submitting paused on a 401 or 402, the batch refused as a whole, its task lost) tested
+    /// nothing, so the next batch is a canary again. (It was counted as settled, and after a
+    /// pause at the first batch the whole drop went in full batches untested: 20 of 20 images
+    /// held in doubt where Claid named results otherwise, instead of the canary's 2.)
+    fn settled(&self, answered: bool) {
+        if !self.canary_sent.load(Ordering::Relaxed) || self.canary_settled.load(Ordering::Relaxed)
         {
-            self.canary_wake.notify_waiters();
+            return;
         }
+        if answered {
+            self.canary_settled.store(true, Ordering::Relaxed);
+        } else {
+            self.canary_sent.store(false, Ordering::Relaxed);
+        }
+        self.canary_wake.notify_waiters();
     }
 
     /// The size the next batch aims for: the canary first; then at most a
@@ -565,8 +580,8 @@ impl BatchRunner {
         );
         self.deps.tracker.spawn(
             async move {
-                this.run(members, permit).await;
-                this.deps.batching.settled();
+                let answered = this.run(members, permit).await;
+                this.deps.batching.settled(answered);
             }
             .instrument(span),
         );
@@ -589,16 +604,19 @@ impl BatchRunner {
                 let result = this
                     .wait_result(batch_id, &result_url, submitted_at_ms, &members, false)
                     .await;
+                let answered = result.is_some();
                 if let Some(result) = result {
                     this.settle(batch_id, *result, members, permit).await;
                 }
-                this.deps.batching.settled();
+                this.deps.batching.settled(answered);
             }
             .instrument(span),
         );
     }
 
-    async fn run(&self, members: Vec<Member>, permit: OwnedSemaphorePermit) {
+    /// Sends `members` as one batch and sees it through; whether its results came (and were
+    /// settled), as the canary's end needs to know.
+    async fn run(&self, members: Vec<Member>, permit: OwnedSemaphorePermit) -> bool {
         // The objects each storage output replaces, asked side by side (a HEAD or two each):
         // noted on the jobs in the store before the batch's intent is flushed; then the
         // latest noted second is waited out, once for the batch.
@@ -618,7 +636,7 @@ impl BatchRunner {
         // Stopped meanwhile: nothing is sent; the jobs stay queued in the store for the next
         // start, as a single job's are.
         if !self.deps.runner.wait(same_second).await || self.deps.cancel.is_cancelled() {
-            return;
+            return false;
         }
         // `on_output_exists` (an output already there), before the batch is sent.
         let mut to_send = Vec::with_capacity(members.len());
@@ -637,7 +655,7 @@ impl BatchRunner {
         }
         let members = to_send;
         if members.is_empty() {
-            return;
+            return false;
         }
         let sent = self.send(&members).await;
         let (batch_id, result) = match sent {
@@ -651,7 +669,7 @@ impl BatchRunner {
                     .await;
                 match result {
                     Some(result) => (batch_id, *result),
-                    None => return,
+                    None => return false,
                 }
             }
             // An announcement without the results (Claid does not document a webhook's body
@@ -666,13 +684,14 @@ impl BatchRunner {
                     .await;
                 match result {
                     Some(result) => (update.id, *result),
-                    None => return,
+                    None => return false,
                 }
             }
             Sent::Adopted { update } => (update.id, *update),
-            Sent::Ended => return,
+            Sent::Ended => return false,
         };
         self.settle(batch_id, result, members, permit).await;
+        true
     }
 
     /// Holds every member in doubt (reported held; parked when that cannot be recorded).

@@ -532,11 +532,14 @@ impl Submitter {
         self.queue.push_front_all(members.chain(ids).collect());
     }
 
-    /// How many of `len` grouped jobs go in the next batch: all of them until the canary has
-    /// settled (the canary itself, and nothing else goes while it is at Claid), then at most
-    /// the size [`BatchRunner::target_size`] gives now.
+    /// How many of `len` grouped jobs go in the next batch: at most the size
+    /// [`BatchRunner::target_size`] gives now, which is the canary's while no canary is out
+    /// (at the start, or again after a canary that ended unanswered: jobs grouped for a full
+    /// batch meanwhile must not go untested); all of them while a canary is out (nothing
+    /// else goes then but batches resumed at the start).
     fn batch_size(&self, len: usize) -> usize {
-        if self.batches.batching().canary_settled() {
+        let batching = self.batches.batching();
+        if batching.canary_settled() || !batching.canary_sent() {
             self.batches.target_size(self.max_in_flight).max(1).min(len)
         } else {
             len

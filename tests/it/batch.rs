@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use claid_hotfolder::emulator::{Latency, Scenario};
 
-use crate::support::{TestEnv, dimensions, png, wait_until, wait_until_async};
+use crate::support::{TestEnv, dimensions, png, signal, wait_until, wait_until_async};
 
 const DEADLINE: Duration = Duration::from_secs(90);
 
@@ -336,6 +336,40 @@ async fn issue12_a_result_that_matches_no_image_switches_batching_off_and_holds_
         "the rest were submitted one by one"
     );
     assert_eq!(stats.duplicate_submits, 0, "nothing held is resubmitted");
+}
+
+/// A canary refused at its submit (no credits: submitting pauses) tested nothing: once
+/// submitting resumes, the first batch Claid takes is a canary of at most 2 images again,
+/// not a full batch (jobs grouped for one meanwhile are split). After a pause at the first
+/// batch, the whole drop went in full batches: had Claid named their results otherwise,
+/// every image would have been held in doubt instead of the canary's two.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue12_a_canary_refused_by_a_pause_is_sent_again_as_a_canary() {
+    let (_static, env, files) = url_drop(12, "r-", |scenario| scenario).await;
+    let control = env.emulator.control();
+    control.set_credits_exhausted(true);
+    let config = env.config("max_in_flight: 32", "");
+    let mut daemon = env.spawn_daemon(&config, 0);
+    wait_until("the canary refused with 402", DEADLINE, || {
+        env.stats().refused_402 >= 1
+    })
+    .await;
+    control.set_credits_exhausted(false);
+    wait_until("every output written", DEADLINE, || {
+        TestEnv::files_under(&env.outbox.join("m")).len() == files.len()
+    })
+    .await;
+    signal(&daemon, "-TERM");
+    daemon.wait().await.expect("the daemon ends");
+    let stats = env.stats();
+    let first = stats.batches.values().next().expect("a batch was taken");
+    assert!(
+        first.images <= 2,
+        "the first batch Claid took is a canary: {:?}",
+        stats.batches.values().map(|b| b.images).collect::<Vec<_>>()
+    );
+    assert_eq!(stats.batch_images, 12, "every image went in a batch, once");
+    assert_eq!(stats.duplicate_submits, 0);
 }
 
 async fn killed(
