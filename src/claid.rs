@@ -562,6 +562,8 @@ pub struct ClientStats {
     pub limiter_wait_total: Duration,
     /// Calls whose wait was at least [`SIGNIFICANT_WAIT`].
     pub limiter_pressure: u64,
+    /// When the last of them was let through.
+    pub last_pressure_at: Option<Instant>,
     /// Backoff retries of transient errors made by the legacy retrying calls.
     pub retries: u64,
 }
@@ -1006,13 +1008,22 @@ impl Client {
         }
     }
 
-    /// Calls that waited at least [`SIGNIFICANT_WAIT`] in the rate limiter so far: the limit
+    /// Records a limiter wait of at least [`SIGNIFICANT_WAIT`] at `at`, as a call would.
+    #[cfg(test)]
+    pub(crate) fn note_pressure_at(&self, at: Instant) {
+        self.with_stats(|s| {
+            s.limiter_pressure += 1;
+            s.last_pressure_at = Some(at);
+        });
+    }
+
+    /// When a call last waited at least [`SIGNIFICANT_WAIT`] in the rate limiter: the limit
     /// binds. (Spacing waits of microseconds under a very high limit do not count.)
-    pub fn limiter_pressure(&self) -> u64 {
+    pub fn last_limiter_pressure(&self) -> Option<Instant> {
         self.stats
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .limiter_pressure
+            .last_pressure_at
     }
 
     /// The requests per second the configured quotas allow over a minute and more: the
@@ -1136,6 +1147,7 @@ impl Client {
                 s.limiter_wait_total += waited.0;
                 if waited.0 >= SIGNIFICANT_WAIT {
                     s.limiter_pressure += 1;
+                    s.last_pressure_at = Some(Instant::now());
                 }
             });
         }

@@ -11,7 +11,11 @@
 //! finds a task DONE at its first try only says "at most this long", and recording it would
 //! let a long first delay confirm itself. Samples come from webhooks (the time they arrive) and
 //! from tasks seen running before they were seen DONE (the middle of that interval). Single
-//! tasks and batch tasks keep separate samples: a batch ends with its slowest image.
+//! tasks and batch tasks keep separate samples: a batch ends with its slowest image. What such
+//! a first poll does say brings a single task's first guess down (to 0.8 of that poll's time,
+//! never below `poll.min` nor the longest sample): without it, a drop whose every first poll
+//! found its task done kept the 10 s guess to its end (tasks of 2 s each polled 10 s after
+//! its submit, a quarter of the speed the limit allows).
 //!
 //! A batch's duration grows with its size (Claid processes a few of its images at a time), so
 //! batches also keep their samples with their sizes: once two batches of about the same size
@@ -257,7 +261,7 @@ pub enum Seen {
 #[derive(Debug)]
 pub struct Polls {
     poll: PollConfig,
-    /// Read for the limiter's pressure count.
+    /// Read for when its rate limiter last made a call wait.
     client: Client,
     single: Mutex<VecDeque<Duration>>,
     batch: Mutex<VecDeque<Duration>>,
@@ -273,8 +277,9 @@ pub struct Polls {
     /// Batches found done at their first poll in a row, as samples (see
     /// [`DONE_AT_FIRST_POLL`]).
     done_at_first: Mutex<u32>,
-    /// The client's limiter-wait count when last seen, and when it last grew.
-    pressure: Mutex<(u64, Option<Instant>)>,
+    /// A single task's first guess while too few samples are known (see
+    /// [`Polls::first_guess`]).
+    single_guess: Mutex<Duration>,
     /// When this process made its polls (ms since the epoch): tasks submitted before are
     /// resumed ones.
     started_ms: u64,
@@ -299,7 +304,7 @@ impl Polls {
             changes: watch::channel(0).0,
             scout: Mutex::new(Scout::default()),
             done_at_first: Mutex::new(0),
-            pressure: Mutex::new((0, None)),
+            single_guess: Mutex::new(FIRST_GUESS),
             started_ms: crate::store::now_ms(),
         }
     }
@@ -316,6 +321,16 @@ impl Polls {
     /// Records a task that ended `took` after its submit, seen as `seen`.
     pub fn record(&self, kind: Kind, took: Duration, seen: Seen) {
         let Some(sample) = sample_of(took, seen) else {
+            // Found done at its first poll: it took at most `took`.
+            if kind == Kind::Single {
+                let mut guess = self
+                    .single_guess
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                *guess = (*guess)
+                    .min(took.mul_f64(DONE_AT_FIRST_POLL))
+                    .max(self.poll.min);
+            }
             return;
         };
         let mut samples = self.samples(kind);
@@ -628,6 +643,24 @@ impl Polls {
         }
     }
 
+    /// The first poll's wait under a binding limit while too few durations are known:
+    /// [`FIRST_GUESS`] for a batch; for a single task, a guess that first polls finding the
+    /// task done bring down (each to 0.8 of its time, never below `poll.min`), and never
+    /// below the longest duration seen.
+    fn first_guess(&self, kind: Kind) -> Duration {
+        match kind {
+            Kind::Batch => FIRST_GUESS,
+            Kind::Single => {
+                let guess = *self
+                    .single_guess
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                let longest = self.samples(kind).iter().max().copied();
+                guess.max(longest.unwrap_or_default())
+            }
+        }
+    }
+
     /// The wait before the first poll of a task submitted `elapsed` ago.
     pub fn first_delay(&self, kind: Kind, elapsed: Duration) -> Duration {
         let poll = &self.poll;
@@ -637,7 +670,9 @@ impl Polls {
                 .saturating_sub(elapsed)
                 .max(Duration::from_millis(10));
         }
-        let expected = self.quantile(kind, 0.95).unwrap_or(FIRST_GUESS);
+        let expected = self
+            .quantile(kind, 0.95)
+            .unwrap_or_else(|| self.first_guess(kind));
         expected
             .max(poll.min)
             .min(poll.max)
@@ -748,14 +783,14 @@ impl Polls {
     }
 
     /// Whether the client's rate limiter made a call wait noticeably within the last
-    /// [`PRESSURE_MEMORY`]: then every poll costs a submit, and polls are rationed.
+    /// [`PRESSURE_MEMORY`]: then every poll costs a submit, and polls are rationed. Timed
+    /// from the wait itself: timed from when it was first noticed here, a wait 40 s old
+    /// rationed the first poll of an image dropped alone on an idle daemon (10 s for a task
+    /// of 1 s).
     fn budget_is_tight(&self) -> bool {
-        let waits = self.client.limiter_pressure();
-        let mut pressure = self.pressure.lock().unwrap_or_else(PoisonError::into_inner);
-        if waits != pressure.0 {
-            *pressure = (waits, Some(Instant::now()));
-        }
-        pressure.1.is_some_and(|at| at.elapsed() < PRESSURE_MEMORY)
+        self.client
+            .last_limiter_pressure()
+            .is_some_and(|at| at.elapsed() < PRESSURE_MEMORY)
     }
 }
 
@@ -879,6 +914,63 @@ mod tests {
             Some(secs(8))
         );
         assert_eq!(sample_of(secs(7), Seen::Webhook), Some(secs(7)));
+    }
+
+    /// Polls are rationed for [`PRESSURE_MEMORY`] after the limiter made a call wait, timed
+    /// from the wait: a wait long past does not ration the first poll of an image dropped
+    /// later on an idle daemon (timed from when it was first noticed, it did: 10 s for a
+    /// task of 1 s).
+    #[tokio::test(start_paused = true)]
+    async fn polls_are_rationed_for_a_while_after_a_limiter_wait_timed_from_the_wait() {
+        let polls = new_polls();
+        assert_eq!(polls.first_delay(Kind::Single, Duration::ZERO), secs(1));
+        polls.client.note_pressure_at(Instant::now());
+        assert_eq!(
+            polls.first_delay(Kind::Single, Duration::ZERO),
+            FIRST_GUESS,
+            "the limit binds: the first poll waits for the task's likely end"
+        );
+        tokio::time::advance(PRESSURE_MEMORY + secs(1)).await;
+        assert_eq!(polls.first_delay(Kind::Single, Duration::ZERO), secs(1));
+
+        // A wait 40 s ago, never looked at until now: no rationing.
+        let fresh = new_polls();
+        fresh.client.note_pressure_at(Instant::now());
+        tokio::time::advance(secs(40)).await;
+        assert_eq!(fresh.first_delay(Kind::Single, Duration::ZERO), secs(1));
+    }
+
+    /// Under a binding limit, single tasks found done at their first poll bring the first
+    /// guess down (0.8 of that poll's time each), to `poll.min` at the least and never below
+    /// the longest duration seen; a batch keeps its guess.
+    #[tokio::test(start_paused = true)]
+    async fn first_polls_that_find_tasks_done_bring_the_first_guess_down() {
+        let polls = new_polls();
+        polls.client.note_pressure_at(Instant::now());
+        let first = |polls: &Polls| polls.first_delay(Kind::Single, Duration::ZERO);
+        assert_eq!(first(&polls), FIRST_GUESS);
+        let done_at_first = Seen::Poll { pending_at: None };
+        polls.record(Kind::Single, first(&polls), done_at_first);
+        assert_eq!(first(&polls), secs(8));
+        polls.record(Kind::Single, first(&polls), done_at_first);
+        assert_eq!(first(&polls), ms(6400));
+        // A first poll that came late (30 s) says nothing new.
+        polls.record(Kind::Single, secs(30), done_at_first);
+        assert_eq!(first(&polls), ms(6400));
+        for _ in 0..20 {
+            polls.record(Kind::Single, first(&polls), done_at_first);
+        }
+        assert_eq!(first(&polls), secs(1), "down to poll.min");
+        // A task seen running before it ended: never below that duration.
+        polls.record(
+            Kind::Single,
+            secs(4),
+            Seen::Poll {
+                pending_at: Some(secs(2)),
+            },
+        );
+        assert_eq!(first(&polls), secs(3));
+        assert_eq!(polls.first_delay(Kind::Batch, Duration::ZERO), FIRST_GUESS);
     }
 
     fn new_polls() -> Arc<Polls> {
