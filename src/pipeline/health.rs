@@ -115,6 +115,32 @@ impl Refusal {
         }
     }
 
+    /// What ends the pause, for a daemon that keeps running (the dashboard's banner says it):
+    /// submitting resumes by itself once a probe passes, but a new key or a corrected
+    /// `api.base_url` takes a restart (a reload does not apply them).
+    pub fn remedy(self) -> &'static str {
+        match self {
+            Refusal::Status(401) => {
+                "submitting resumes by itself once the API accepts the key again; a new key in `api.api_key_file` takes a restart"
+            }
+            Refusal::Status(402) => {
+                "submitting resumes by itself once the Claid account has credits again"
+            }
+            Refusal::Status(403) => {
+                "submitting resumes by itself once the key has the `image_editing` permission again; a new key takes a restart"
+            }
+            Refusal::Status(300..=399 | 404 | 405 | 501) => {
+                "correct `api.base_url` in the config and restart the daemon (a reload does not change it); submitting resumes by itself if the API answers there again"
+            }
+            Refusal::Tls => {
+                "submitting resumes by itself once a TLS handshake with the API succeeds (the server's certificate); a corrected `api.base_url` takes a restart"
+            }
+            Refusal::Status(_) | Refusal::Other => {
+                "submitting resumes by itself once the API accepts the daemon's requests"
+            }
+        }
+    }
+
     /// The exit code of `run --once` it ends: a wrong `api.base_url` is a usage error (64), a
     /// handshake that fails is an unavailable service (69), the rest is access refused (77).
     pub fn exit_code(self) -> i32 {

@@ -160,6 +160,12 @@ pub async fn overview_partial(
 async fn overview_markup(state: &WebState) -> Result<Markup, crate::store::StoreError> {
     let pipeline = &state.pipeline;
     let view = admin::status_view(pipeline.store(), Some(pipeline)).await?;
+    // The store's rows, as `/status` counts them: the in-memory queue holds none while
+    // submitting is paused (it said "Queued 0" beside a run with 3 queued).
+    let (in_flight, queued) = view
+        .daemon
+        .as_ref()
+        .map_or((0, 0), |d| (d.in_flight, d.queued));
     let phases = pipeline.phases();
     let counts = pipeline.store().counts();
     let snapshot = state.activity.snapshot();
@@ -192,8 +198,8 @@ async fn overview_markup(state: &WebState) -> Result<Markup, crate::store::Store
         state: &service,
         activity: &snapshot,
         rate_limit_per_minute: pipeline.requests_per_minute_in_force(),
-        in_flight: pipeline.in_flight(),
-        queued: pipeline.queued(),
+        in_flight,
+        queued,
         held_in_doubt: counts.totals.in_doubt,
         in_doubt_events: counts.totals.in_doubt_events,
         active: &active,
@@ -218,7 +224,8 @@ pub fn service_state(
             code: "paused",
             title,
             detail: Some(format!(
-                "Queued images wait and nothing is lost; submitting resumes by itself once the API accepts the key. ({reason})"
+                "Queued images wait and nothing is lost; {}. ({reason})",
+                refusal.remedy()
             )),
         };
     }
@@ -912,6 +919,20 @@ mod tests {
             state.title,
             "Paused: the Claid account is out of credits (402)"
         );
+        let detail = state.detail.unwrap_or_default();
+        assert!(
+            detail.contains("once the Claid account has credits again"),
+            "{detail}"
+        );
+        // A wrong `api.base_url` does not heal by itself: the banner says what does.
+        let moved = Health::Paused {
+            reason: "HTTP 404".into(),
+            refusal: crate::pipeline::health::Refusal::Status(404),
+        };
+        let detail = service_state(&moved, None, &Disk::Ok, false)
+            .detail
+            .unwrap_or_default();
+        assert!(detail.contains("restart the daemon"), "{detail}");
         let full = Disk::Full { free_bytes: 10 };
         assert_eq!(
             service_state(&Health::Healthy, None, &full, false).code,

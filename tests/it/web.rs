@@ -566,6 +566,37 @@ async fn dashboard_rate_limit_figure_follows_a_lower_quota_claid_announced() {
     stop(&mut daemon).await;
 }
 
+/// While submitting is paused (no credits), the overview counts the images waiting as
+/// `/status` does, from the store (it said "Queued 0" beside a run with 3 queued: the
+/// in-memory queue holds none while paused), and its banner says what ends the pause.
+#[tokio::test(flavor = "multi_thread")]
+async fn dashboard_while_paused_counts_the_queued_images_and_says_what_resumes() {
+    let env = TestEnv::new(Scenario::default().seed(8)).await;
+    env.emulator.control().set_credits_exhausted(true);
+    let token = token_file(&env);
+    let config = env.config("", &web_section(None, Some(&token), false));
+    let mut daemon = env.spawn_daemon(&config, 0);
+    let base = format!("http://{}", env.dashboard(0).await);
+    env.drop_file("p.yaml", manifest(3, "p", &[]).as_bytes());
+    wait_for("paused with 3 queued", DEADLINE, async || {
+        let s = status(&env).await;
+        (s["daemon"]["health"] == "paused" && s["daemon"]["queued"] == 3).then_some(())
+    })
+    .await;
+    let page = page_with_token(&reqwest::Client::new(), format!("{base}/")).await;
+    let figure: String = page
+        .split("id=\"queued\"")
+        .nth(1)
+        .expect("the queued figure")
+        .chars()
+        .take(120)
+        .collect();
+    assert!(figure.contains(">3<"), "3 queued: {figure}");
+    assert!(page.contains("out of credits (402)"), "{page}");
+    assert!(page.contains("has credits again"), "{page}");
+    stop(&mut daemon).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn dashboard_for_scripts_takes_basic_or_a_bearer_token_and_csrf_guards_basic_posts() {
     let env = TestEnv::new(Scenario::default().seed(6)).await;
