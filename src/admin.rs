@@ -820,7 +820,8 @@ async fn handle(app: Router, req: Request<Incoming>) -> Response {
     }
 }
 
-/// 200 `ok`; 503 `paused` while a 401/402/403 pauses submitting; 503 `failing` while the API
+/// 200 `ok`; 503 `paused` while a refusal pauses submitting (401/402/403, a wrong
+/// `api.base_url`, a TLS handshake that fails: [`pipeline::health::Refusal`]); 503 `failing` while the API
 /// or a bucket has not answered for [`pipeline::health::OUTAGE_AFTER`] or more, or outputs cannot be written
 /// (the daemon waits these out and loses nothing, but no work moves).
 async fn healthz(State(state): State<AdminState>) -> Response {
@@ -940,7 +941,7 @@ async fn replay(
         }) => {
             info!(
                 requeued = n,
-                billed_again, "Replay requested over the admin socket"
+                billed_again, in_doubt_again, "Replay requested over the admin socket"
             );
             axum::Json(ReplayAnswer {
                 requeued: n,

@@ -635,7 +635,9 @@ impl BatchRunner {
         };
         // Stopped meanwhile: nothing is sent; the jobs stay queued in the store for the next
         // start, as a single job's are.
-        if !self.deps.runner.wait(same_second).await || self.deps.cancel.is_cancelled() {
+        if (!same_second.is_zero() && !self.wait(same_second).await)
+            || self.deps.cancel.is_cancelled()
+        {
             return false;
         }
         // `on_output_exists` (an output already there), before the batch is sent.

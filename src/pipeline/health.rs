@@ -37,7 +37,8 @@ pub enum Refusal {
     Status(u16),
     /// No TLS handshake with the API succeeds, in a way no retry mends ([`ClaidError::Tls`]).
     Tls,
-    /// Another systemic error, with no HTTP answer.
+    /// Another systemic error, with no HTTP answer: the daemon cannot make the API's
+    /// requests (`api.base_url` does not combine with an endpoint's path).
     Other,
 }
 
@@ -66,12 +67,12 @@ impl Refusal {
         }
     }
 
-    /// How an alert names it: the status, or `tls-handshake`.
+    /// How an alert names it: the status, `tls-handshake`, or `config`.
     pub fn code(self) -> String {
         match self {
             Refusal::Status(status) => status.to_string(),
             Refusal::Tls => "tls-handshake".to_owned(),
-            Refusal::Other => "refused".to_owned(),
+            Refusal::Other => "config".to_owned(),
         }
     }
 
@@ -82,12 +83,16 @@ impl Refusal {
             Refusal::Status(401) => "the API refused the key (401)",
             Refusal::Status(402) => "the Claid account is out of credits (402)",
             Refusal::Status(403) => "the API key lacks a permission (403)",
+            Refusal::Status(303) => {
+                "the API answered 303 See Other (a gateway or login page in front of it?)"
+            }
             Refusal::Status(300..=399) => "the API answered with a redirect (check `api.base_url`)",
             Refusal::Status(404 | 405 | 501) => {
                 "the API has no such endpoint (check `api.base_url`)"
             }
             Refusal::Tls => "no TLS handshake with the API succeeds (check `api.base_url`)",
-            Refusal::Status(_) | Refusal::Other => "the API refused the daemon",
+            Refusal::Other => "the daemon cannot make the API's requests (check `api.base_url`)",
+            Refusal::Status(_) => "the API refused the daemon",
         }
     }
 
@@ -102,8 +107,11 @@ impl Refusal {
             Refusal::Status(403) => {
                 "the API key lacks the `image_editing` permission: create a key with it"
             }
+            Refusal::Status(303) => {
+                "the Claid API answered 303 See Other, as a gateway or a login page in front of it does: check what stands between this machine and `api.base_url` (a proxy that wants a login), and `api.base_url` itself"
+            }
             Refusal::Status(300..=399) => {
-                "the Claid API answered with a redirect: set `api.base_url` to where it points"
+                "the Claid API answered with a redirect: set `api.base_url` to the API's new address (the redirect's target without the endpoint's path, such as https://api.claid.ai/v1)"
             }
             Refusal::Status(404 | 405 | 501) => {
                 "the Claid API has no such endpoint: check `api.base_url` (Claid's is https://api.claid.ai/v1, with its version)"
@@ -111,7 +119,10 @@ impl Refusal {
             Refusal::Tls => {
                 "no TLS handshake with the Claid API succeeds, and no retry mends that: check `api.base_url` (its scheme and host) and the server's certificate"
             }
-            Refusal::Status(_) | Refusal::Other => "the API refused the daemon",
+            Refusal::Other => {
+                "the daemon cannot make its requests to the Claid API: check `api.base_url`"
+            }
+            Refusal::Status(_) => "the API refused the daemon",
         }
     }
 
@@ -129,13 +140,13 @@ impl Refusal {
             Refusal::Status(403) => {
                 "submitting resumes by itself once the key has the `image_editing` permission again; a new key takes a restart"
             }
-            Refusal::Status(300..=399 | 404 | 405 | 501) => {
+            Refusal::Status(300..=399 | 404 | 405 | 501) | Refusal::Other => {
                 "correct `api.base_url` in the config and restart the daemon (a reload does not change it); submitting resumes by itself if the API answers there again"
             }
             Refusal::Tls => {
                 "submitting resumes by itself once a TLS handshake with the API succeeds (the server's certificate); a corrected `api.base_url` takes a restart"
             }
-            Refusal::Status(_) | Refusal::Other => {
+            Refusal::Status(_) => {
                 "submitting resumes by itself once the API accepts the daemon's requests"
             }
         }
@@ -145,9 +156,9 @@ impl Refusal {
     /// handshake that fails is an unavailable service (69), the rest is access refused (77).
     pub fn exit_code(self) -> i32 {
         match self {
-            Refusal::Status(300..=399 | 404 | 405 | 501) => crate::exit::USAGE,
+            Refusal::Status(300..=399 | 404 | 405 | 501) | Refusal::Other => crate::exit::USAGE,
             Refusal::Tls => crate::exit::UNAVAILABLE,
-            Refusal::Status(_) | Refusal::Other => crate::exit::NO_PERM,
+            Refusal::Status(_) => crate::exit::NO_PERM,
         }
     }
 }
@@ -798,6 +809,16 @@ mod tests {
         assert_eq!(Refusal::Status(308).exit_code(), crate::exit::USAGE);
         assert_eq!(Refusal::Status(404).exit_code(), crate::exit::USAGE);
         assert_eq!(Refusal::Tls.exit_code(), crate::exit::UNAVAILABLE);
+        // Only a `base_url` that makes no request causes `Other`: a usage error, like a 404.
+        assert_eq!(Refusal::Other.exit_code(), crate::exit::USAGE);
+        assert_eq!(Refusal::Other.code(), "config");
+        // A 303 is a gateway's login page, not Claid moved: not "set base_url to it".
+        assert!(!Refusal::Status(303).fix().contains("new address"));
+        assert!(
+            Refusal::Status(308)
+                .fix()
+                .contains("without the endpoint's path")
+        );
         assert!(Refusal::Tls.what().contains("TLS handshake"));
         assert!(Refusal::Status(404).fix().contains("`api.base_url`"));
         assert_eq!(

@@ -655,7 +655,7 @@ impl Runner {
         }
         let same_second = self.note_replaced_objects(id, job).await;
         // Stopped during its wait for the noted object's second: not submitted, left queued.
-        if !self.wait(same_second).await || deps.cancel.is_cancelled() {
+        if (!same_second.is_zero() && !self.wait(same_second).await) || deps.cancel.is_cancelled() {
             return Step::End(JobOutcome::Parked);
         }
         if let Some(outcome) = self.restage_if_gone(id, job).await {
@@ -1981,8 +1981,7 @@ impl Runner {
     }
 
     /// Sleeps `d` unless the daemon stops first; returns false when it stopped.
-    /// Waits `d`; `false` when the daemon stops meanwhile.
-    pub(crate) async fn wait(&self, d: Duration) -> bool {
+    async fn wait(&self, d: Duration) -> bool {
         tokio::select! {
             _ = tokio::time::sleep(d) => true,
             _ = self.deps.cancel.cancelled() => false,

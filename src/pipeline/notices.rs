@@ -43,7 +43,8 @@ pub enum Notice {
         rel: String,
         held: u64,
     },
-    /// The API refused the key, the credits or the scope: submitting is paused.
+    /// The API refused the daemon in a way no retry mends (the key, the credits or the scope; a
+    /// wrong `api.base_url`; a TLS handshake that fails): submitting is paused.
     Paused {
         refusal: crate::pipeline::health::Refusal,
         reason: String,
