@@ -517,11 +517,6 @@ impl Polls {
                 (0, Some(due)) => due
                     .saturating_duration_since(Instant::now())
                     .max(Duration::from_millis(10)),
-                // It took the role from a scout whose batch ended: the batches of a round go
-                // out within a second or two, so this one is likely done too, whether or not
-                // the limit binds (rationed, it waited the 10 s first guess: a batch sent
-                // beside one that ended in 1 s was first polled at 10 s).
-                (0, None) if clock.inherited => Duration::from_millis(10),
                 (0, None) => {
                     drop(scout);
                     self.first_delay(Kind::Batch, elapsed)
@@ -1202,16 +1197,6 @@ mod tests {
         );
         second.ended(secs(12), Seen::Poll { pending_at: None });
         assert_eq!(chain.batch_pace(), Some(ms(300)), "12 s / 40 images");
-        // So while the limit binds (polls rationed): the batch sent beside a scout that ended
-        // in 1 s polls at once, not at the 10 s first guess.
-        let tight = new_polls();
-        tight.client.note_pressure_at(Instant::now());
-        let mut first = tight.batch_clock(1, 8, true);
-        let mut second = tight.batch_clock(2, 8, true);
-        assert_eq!(tight.batch_delay(&mut first, Duration::ZERO), FIRST_GUESS);
-        assert_eq!(tight.batch_delay(&mut second, Duration::ZERO), secs(30));
-        drop(first);
-        assert_eq!(tight.batch_delay(&mut second, secs(1)), ms(10));
         // The scout itself, found done at its first poll with nothing known, says nothing.
         let fresh = new_polls();
         let mut scout = fresh.batch_clock(1, 64, true);
