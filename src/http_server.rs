@@ -486,11 +486,11 @@ impl Drop for Seat {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
+        // Without an heir the permit is dropped here, back to the semaphore; refused (the
+        // newcomer gave up waiting), it comes back from `send` and is dropped too.
         if let (Some(heir), Some(permit)) = (heir, self.permit.take()) {
-            // Refused (the newcomer gave up): the permit comes back and is dropped here.
             let _ = heir.send(permit);
         }
-        self.permit = None;
         self.registry.changed.notify_waiters();
     }
 }

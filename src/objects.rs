@@ -956,16 +956,15 @@ pub fn check_key(key: &str) -> Result<(), ObjectError> {
             _ => {}
         }
     }
-    // The same once percent-encoded dots and slashes are decoded and a backslash is read as a
-    // slash, as a service on the way (Claid's storage reader, a proxy) may do: `%2e%2e/x.png`
-    // and `..\x.png` would leave the prefix there; decoded again while that changes it
-    // (`%252e` is `%2e` once decoded), a few times.
+    // The same once percent-decoded and with a backslash read as a slash, as a service on the
+    // way (Claid's storage reader, a proxy) may do: `%2e%2e/x.png` and `..\x.png` would leave
+    // the prefix there; decoded again while that changes it (`%252e` is `%2e` once decoded), a
+    // few times.
     let mut read = key.to_owned();
     for _ in 0..4 {
-        let mut next = read.replace('\\', "/");
-        for (encoded, plain) in [("%2e", "."), ("%2f", "/"), ("%5c", "/"), ("%25", "%")] {
-            next = replace_ignoring_case(&next, encoded, plain);
-        }
+        let next = percent_encoding::percent_decode_str(&read)
+            .decode_utf8_lossy()
+            .replace('\\', "/");
         if next == read {
             break;
         }
@@ -980,20 +979,6 @@ pub fn check_key(key: &str) -> Result<(), ObjectError> {
         );
     }
     Ok(())
-}
-
-/// `text` with every `from` (ASCII, matched in any letter case) replaced by `to`.
-fn replace_ignoring_case(text: &str, from: &str, to: &str) -> String {
-    let lower = text.to_ascii_lowercase();
-    let mut out = String::with_capacity(text.len());
-    let mut rest = 0;
-    for (at, _) in lower.match_indices(from) {
-        out.push_str(&text[rest..at]);
-        out.push_str(to);
-        rest = at + from.len();
-    }
-    out.push_str(&text[rest..]);
-    out
 }
 
 /// A prefix without slashes at its ends, its segments checked like a key's.
