@@ -1011,6 +1011,9 @@ impl BatchRunner {
         // (Fixed at the submit, a lost announcement of a batch of 64 whose twin had ended in
         // 3 s was waited for two minutes.)
         let mut first_wait = webhooks.is_some();
+        // The last poll was refused by a pause (a 402 while the batch ran): asked again when
+        // the pause ends (see `HealthState::after_refused_poll`).
+        let mut refused_by_pause = false;
         loop {
             if let Some(watch) = &watch {
                 let update = tokio::select! {
@@ -1029,6 +1032,7 @@ impl BatchRunner {
                         }
                         continue;
                     }
+                    () = deps.health.after_refused_poll(delay), if refused_by_pause => None,
                     _ = deps.cancel.cancelled() => return None,
                 };
                 match update {
@@ -1074,9 +1078,14 @@ impl BatchRunner {
                 {
                     return None;
                 }
-            } else if !self.wait(delay).await {
-                return None;
+            } else {
+                tokio::select! {
+                    _ = tokio::time::sleep(delay), if !refused_by_pause => {}
+                    () = deps.health.after_refused_poll(delay), if refused_by_pause => {}
+                    _ = deps.cancel.cancelled() => return None,
+                }
             }
+            refused_by_pause = false;
             if slim {
                 watch = None;
             }
@@ -1179,6 +1188,7 @@ impl BatchRunner {
                         deps.health.pause(&err, Refusal::of(&err));
                         delay = deps.poll.max;
                         scheduled = false;
+                        refused_by_pause = true;
                     }
                     // The batch is billed: a 429 only delays its poll, until `give_up_after`.
                     Failure::RateLimited { retry_after } => {

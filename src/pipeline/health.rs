@@ -207,6 +207,9 @@ pub struct HealthState {
     disk: Mutex<Option<(Instant, String)>>,
     /// Why the inbox cannot be watched (its folder gone), since when.
     inbox: Mutex<Option<(Instant, String)>>,
+    /// When a poll refused by a pause last went again as the pause's probe (see
+    /// [`HealthState::after_refused_poll`]).
+    poll_probe: Mutex<Option<Instant>>,
 }
 
 /// Output writes that fail with an error that may heal, by where they hold submits.
@@ -354,6 +357,7 @@ impl HealthState {
             writes_failing: Mutex::new((0, None)),
             disk: Mutex::new(None),
             inbox: Mutex::new(None),
+            poll_probe: Mutex::new(None),
         }
     }
 
@@ -597,6 +601,35 @@ impl HealthState {
     /// A receiver that sees every change.
     pub fn subscribe(&self) -> watch::Receiver<Health> {
         self.health.subscribe()
+    }
+
+    /// The wait of a task's or a batch's poll that a pause refused (a 401/402/403 while it
+    /// was at Claid), `max` at the latest (`poll.max`). It ends at once when submitting
+    /// resumes (the submitter's probe found the API accepting requests), and meanwhile one
+    /// such poll goes again every [`PAUSE_PROBE_INTERVAL`] as the pause's probe: when the
+    /// tasks at Claid hold every `max_in_flight` slot, no submit can probe, and without it a
+    /// mended account was found out only at `poll.max`. (Measured before: batches at Claid
+    /// during a 402 that a probe mended 10 s later were polled 30 s after it.)
+    ///
+    /// [`PAUSE_PROBE_INTERVAL`]: crate::pipeline::submitter::PAUSE_PROBE_INTERVAL
+    pub async fn after_refused_poll(&self, max: std::time::Duration) {
+        let interval = crate::pipeline::submitter::PAUSE_PROBE_INTERVAL;
+        let deadline = Instant::now() + max;
+        let mut health = self.health.subscribe();
+        loop {
+            tokio::select! {
+                // The sender lives as long as `self`: this ends only when the pause does.
+                _ = health.wait_for(|h| !matches!(h, Health::Paused { .. })) => return,
+                () = tokio::time::sleep_until(deadline) => return,
+                () = tokio::time::sleep(interval) => {
+                    let mut last = self.poll_probe.lock().unwrap_or_else(PoisonError::into_inner);
+                    if last.is_none_or(|at| at.elapsed() >= interval) {
+                        *last = Some(Instant::now());
+                        return;
+                    }
+                }
+            }
+        }
     }
 
     /// The API answered a call successfully: not paused, not failing.
@@ -845,6 +878,49 @@ mod tests {
             "127.0.0.1:1".to_owned(),
             Arc::new(Unanswered::default()),
         )
+    }
+
+    /// Polls a pause refused wait for its end, for `poll.max` at the latest, and meanwhile
+    /// one of them goes every probe interval (the others keep waiting).
+    #[tokio::test(start_paused = true)]
+    async fn refused_polls_go_again_one_per_probe_interval_and_all_when_the_pause_ends() {
+        use crate::pipeline::submitter::PAUSE_PROBE_INTERVAL;
+        use std::time::Duration;
+        let state = Arc::new(health());
+        let refused = ClaidError::Account {
+            endpoint: crate::claid::Endpoint::Poll,
+            status: 402,
+            request_id: None,
+            error_code: String::new(),
+            error_message: String::new(),
+        };
+        state.pause(&refused, Refusal::of(&refused));
+        let long = Duration::from_secs(600);
+        let waiter = |max| {
+            let state = state.clone();
+            let start = Instant::now();
+            tokio::spawn(async move {
+                state.after_refused_poll(max).await;
+                start.elapsed()
+            })
+        };
+        // Two wait: one goes as the probe at the first interval, the other at the next.
+        let (a, b) = (waiter(long), waiter(long));
+        let mut waited = [a.await.expect("a"), b.await.expect("b")];
+        waited.sort();
+        assert_eq!(waited, [PAUSE_PROBE_INTERVAL, PAUSE_PROBE_INTERVAL * 2]);
+        // One that waits when the pause ends goes at once.
+        let c = waiter(long);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(!c.is_finished(), "still paused");
+        state.ok();
+        assert_eq!(c.await.expect("c"), Duration::from_secs(1));
+        // Never past `max`, whoever probes.
+        state.pause(&refused, Refusal::of(&refused));
+        *state.poll_probe.lock().expect("lock") = Some(Instant::now() + long);
+        let begun = Instant::now();
+        state.after_refused_poll(Duration::from_secs(7)).await;
+        assert_eq!(begun.elapsed(), Duration::from_secs(7));
     }
 
     /// A hold of writes says since when it lasts (`/healthz`'s `for_seconds`), from its first

@@ -1089,6 +1089,9 @@ impl Runner {
         // When a poll last found the task running (since its submit).
         let mut pending_at = None;
         let mut unsettled = Unsettled::default();
+        // The last poll was refused by a pause (a 402 while the task ran): asked again when
+        // the pause ends (see `HealthState::after_refused_poll`).
+        let mut refused_by_pause = false;
         loop {
             let mut announced = match &watch {
                 Some(watch) => tokio::select! {
@@ -1098,15 +1101,16 @@ impl Runner {
                         webhooks = None;
                         None
                     }
+                    () = deps.health.after_refused_poll(delay), if refused_by_pause => None,
                     _ = deps.cancel.cancelled() => return Step::End(JobOutcome::Parked),
                 },
-                None => {
-                    if !self.wait(delay).await {
-                        return Step::End(JobOutcome::Parked);
-                    }
-                    None
-                }
+                None => tokio::select! {
+                    _ = tokio::time::sleep(delay), if !refused_by_pause => None,
+                    () = deps.health.after_refused_poll(delay), if refused_by_pause => None,
+                    _ = deps.cancel.cancelled() => return Step::End(JobOutcome::Parked),
+                },
             };
+            refused_by_pause = false;
             // An announcement that the task ended without its result: the result is polled
             // (failing the job would lose an image Claid made and billed).
             // (A batch-shaped announcement for this single task is no result either.)
@@ -1279,6 +1283,7 @@ impl Runner {
                     Failure::Systemic => {
                         deps.health.pause(&err, Refusal::of(&err));
                         delay = deps.poll.max;
+                        refused_by_pause = true;
                     }
                     // The task is billed: a 429 only delays its poll (the limiter's gate waits
                     // the reset), whatever their number, until `give_up_after`.

@@ -372,6 +372,47 @@ async fn issue12_a_canary_refused_by_a_pause_is_sent_again_as_a_canary() {
     assert_eq!(stats.duplicate_submits, 0);
 }
 
+/// A batch whose poll is refused by a pause (here a 403: the key lost its scope while the
+/// batch ran) is polled again as soon as submitting resumes, not `poll.max` later. Measured
+/// before the fix against a simulator that answered polls 402: batches at Claid were polled
+/// 30 s after the pause, though the probe had mended it in 10. `poll.max` is 10 minutes here,
+/// so a batch that waited for it would never end within the deadline.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue12_a_batch_whose_poll_a_pause_refused_is_polled_again_when_the_pause_ends() {
+    let (_static, env, files) = url_drop(24, "p-", |scenario| {
+        scenario.latency(Latency::Fixed(Duration::from_millis(1500)))
+    })
+    .await;
+    let control = env.emulator.control();
+    let config = env.config("max_in_flight: 16", "");
+    let text = std::fs::read_to_string(&config).expect("config");
+    let text = text.replace("max: 500ms", "max: 10m");
+    std::fs::write(&config, text).expect("config");
+    let mut daemon = env.spawn_daemon(&config, 0);
+    // The canary ended and a full batch is at Claid: its polls start now.
+    wait_until("a batch after the canary submitted", DEADLINE, || {
+        env.stats().batch_submits >= 2
+    })
+    .await;
+    control.set_forbidden(true);
+    // The batches at Claid hold every slot: no submit can probe the pause, their polls
+    // must (one every 5 s once refused).
+    wait_until("polls refused with 403", DEADLINE, || {
+        env.stats().refused_403 >= 3
+    })
+    .await;
+    control.set_forbidden(false);
+    wait_until("every output written", DEADLINE, || {
+        TestEnv::files_under(&env.outbox.join("m")).len() == files.len()
+    })
+    .await;
+    signal(&daemon, "-TERM");
+    daemon.wait().await.expect("the daemon ends");
+    let stats = env.stats();
+    assert_eq!(stats.batch_images, 24, "every image went in a batch, once");
+    assert_eq!(stats.duplicate_submits, 0);
+}
+
 async fn killed(
     env: &TestEnv,
     config: &Path,
