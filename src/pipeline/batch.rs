@@ -1121,13 +1121,28 @@ impl BatchRunner {
                         None
                     };
                     if let Some(after) = unsettled_wait {
-                        warn!(
-                            batch_id,
-                            results = polled.batch.results.len(),
-                            errors = polled.batch.errors.len(),
-                            images = members.len(),
-                            "Claid says the batch is DONE but sent a result or an error for fewer than its images; polling it again"
+                        let (results, errors, images) = (
+                            polled.batch.results.len(),
+                            polled.batch.errors.len(),
+                            members.len(),
                         );
+                        if unsettled.first_unsettled_ask() {
+                            warn!(
+                                batch_id,
+                                results,
+                                errors,
+                                images,
+                                "Claid says the batch is DONE but sent a result or an error for fewer than its images; polling it again"
+                            );
+                        } else {
+                            debug!(
+                                batch_id,
+                                results,
+                                errors,
+                                images,
+                                "The batch's answer is still short; polling it again"
+                            );
+                        }
                         delay = after;
                         scheduled = false;
                         continue;

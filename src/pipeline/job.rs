@@ -131,6 +131,13 @@ impl Unsettled {
         (self.partial <= PARTIAL_RESULT_ASKS).then(|| healing_write_wait(self.partial).min(cap))
     }
 
+    /// Whether the ask just counted (by [`Unsettled::done_without_result`] or
+    /// [`Unsettled::partial_results`]) is the first of its run: only that one is told at WARN,
+    /// the asks after it at DEBUG (an answer that stays short was logged four times in 7 s).
+    pub(crate) fn first_unsettled_ask(&self) -> bool {
+        self.done_without_result + self.partial <= 1
+    }
+
     /// The wait before asking again about a task (or batch) `age` old whose poll Claid
     /// refused (`err`, a failure of the job's own), and why, or `None` when the refusal is
     /// believed: a 404 for a young one ([`Unsettled::not_found_yet`]), another 4xx
@@ -1182,10 +1189,17 @@ impl Runner {
                             deps.metrics.task_seconds.observe(took.as_secs_f64());
                             let Some(output) = task.result.output_object else {
                                 if let Some(after) = unsettled.done_without_result() {
-                                    warn!(
-                                        task_id,
-                                        "Claid says the task is DONE but sent no result; polling it again"
-                                    );
+                                    if unsettled.first_unsettled_ask() {
+                                        warn!(
+                                            task_id,
+                                            "Claid says the task is DONE but sent no result; polling it again"
+                                        );
+                                    } else {
+                                        debug!(
+                                            task_id,
+                                            "The task's answer still has no result; polling it again"
+                                        );
+                                    }
                                     delay = after;
                                     continue;
                                 }
@@ -2837,6 +2851,29 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
+    }
+
+    /// An answer that stays short (DONE without a result, a batch with fewer results than
+    /// images) is told once at WARN, on its first ask; the asks after it are not (a tester saw
+    /// the same WARN four times in 7 s), however the answer changes between them.
+    #[test]
+    fn a_short_answer_is_warned_about_on_its_first_ask_only() {
+        let mut unsettled = Unsettled::default();
+        assert!(unsettled.partial_results(Duration::from_secs(30)).is_some());
+        assert!(unsettled.first_unsettled_ask());
+        let mut asks = 1;
+        while unsettled.partial_results(Duration::from_secs(30)).is_some() {
+            assert!(!unsettled.first_unsettled_ask(), "ask {asks}");
+            asks += 1;
+        }
+        assert_eq!(asks, PARTIAL_RESULT_ASKS);
+        assert!(unsettled.done_without_result().is_some());
+        assert!(!unsettled.first_unsettled_ask());
+        let mut single = Unsettled::default();
+        assert!(single.done_without_result().is_some());
+        assert!(single.first_unsettled_ask());
+        assert!(single.done_without_result().is_some());
+        assert!(!single.first_unsettled_ask());
     }
 
     #[test]
