@@ -144,12 +144,17 @@ pub fn row(job: &JobV1) -> ReportRow {
             }
             row.reason = format!("{code}: {message}");
         }
-        JobState::InDoubt { .. } => {
+        JobState::InDoubt { claid_said, .. } => {
             row.reason = match job.batch {
                 // Only a batch result that could not be matched holds a job whose batch id is
                 // known: the batch surely ran.
                 Some(batch) => format!(
-                    "in-doubt: batch {batch} ran at Claid (it may have billed this image), but none of its results could be matched to this image alone; see `replay --in-doubt`"
+                    "in-doubt: batch {batch} ran at Claid (it may have billed this image), but none of its results could be matched to this image alone{}; see `replay --in-doubt`",
+                    claid_said
+                        .as_deref()
+                        .map_or_else(String::new, |said| format!(
+                            " (Claid's errors for images it did not name: {said})"
+                        ))
                 ),
                 None => "in-doubt: the submit may have reached Claid; see `replay --in-doubt`"
                     .to_owned(),

@@ -1003,7 +1003,10 @@ impl Store {
         let job = self
             .step(id, "submitting", move |job| match job.state {
                 JobState::Submitting { .. } => Some(JobV1 {
-                    state: JobState::InDoubt { since_ms: now },
+                    state: JobState::InDoubt {
+                        since_ms: now,
+                        claid_said: None,
+                    },
                     in_doubt: job.in_doubt.saturating_add(1),
                     ..job.clone()
                 }),
@@ -1016,13 +1019,21 @@ impl Store {
 
     /// A submitted job whose result cannot be told apart from another's (a batch result that
     /// matches no job, or more than one): held in doubt for a human, `in_doubt += 1`, never
-    /// resubmitted automatically (Claid may have billed it). Durable.
-    pub async fn hold_unmatched(&self, id: JobId) -> Result<JobV1, StoreError> {
+    /// resubmitted automatically (Claid may have billed it). `claid_said`: Claid's errors of
+    /// the batch that named no image, kept for the report. Durable.
+    pub async fn hold_unmatched(
+        &self,
+        id: JobId,
+        claid_said: Option<String>,
+    ) -> Result<JobV1, StoreError> {
         let now = now_ms();
         let job = self
             .step(id, "submitted", move |job| match job.state {
                 JobState::Submitting { .. } | JobState::Submitted { .. } => Some(JobV1 {
-                    state: JobState::InDoubt { since_ms: now },
+                    state: JobState::InDoubt {
+                        since_ms: now,
+                        claid_said: claid_said.clone(),
+                    },
                     in_doubt: job.in_doubt.saturating_add(1),
                     ..job.clone()
                 }),

@@ -543,10 +543,15 @@ async fn process_image(
         tokio::time::sleep_until(started + plan.latency)
     );
     Progress::end(progress);
+    let anonymous = state.scenario.anonymous_batch_errors;
     let failed = |message: String, input_object| TaskError {
-        error: format!("{}: {message}", plan.input),
+        error: if anonymous {
+            message
+        } else {
+            format!("{}: {message}", plan.input)
+        },
         created_at: now_rfc3339(),
-        input_object,
+        input_object: if anonymous { None } else { input_object },
         plain: false,
     };
     let rendered = rendered.map_err(|err| failed(err.message(), None))?;

@@ -242,6 +242,9 @@ pub struct Scenario {
     pub shuffle_results: bool,
     /// Share of batch results whose output file name matches no input (a random name).
     pub batch_rename_share: f64,
+    /// A batch image's error names no input, neither in its text nor by `input_object` (Claid
+    /// documents neither).
+    pub anonymous_batch_errors: bool,
     /// How the `result_url` of tasks and batches is given (Claid's schema makes it optional).
     pub result_url: ResultUrlForm,
     /// How long the answer to a submit (async or batch) is held after the task was created, so
@@ -345,6 +348,7 @@ impl Default for Scenario {
             batch_parallelism: DEFAULT_BATCH_PARALLELISM,
             shuffle_results: false,
             batch_rename_share: 0.0,
+            anonymous_batch_errors: false,
             result_url: ResultUrlForm::Local,
             submit_response_delay: Duration::ZERO,
             webhook_url: None,
@@ -547,6 +551,11 @@ impl Scenario {
         self.batch_rename_share = share;
         self
     }
+    /// Batch errors that name no input.
+    pub fn anonymous_batch_errors(mut self, on: bool) -> Self {
+        self.anonymous_batch_errors = on;
+        self
+    }
     /// How `result_url` is given in every answer and webhook.
     pub fn result_url(mut self, form: ResultUrlForm) -> Self {
         self.result_url = form;
@@ -670,6 +679,7 @@ impl std::fmt::Debug for Scenario {
             .field("batch_parallelism", &self.batch_parallelism)
             .field("shuffle_results", &self.shuffle_results)
             .field("batch_rename_share", &self.batch_rename_share)
+            .field("anonymous_batch_errors", &self.anonymous_batch_errors)
             .field("result_url", &self.result_url)
             .field("submit_response_delay", &self.submit_response_delay)
             .field("webhook_url", &self.webhook_url)
@@ -954,6 +964,7 @@ impl ScenarioArgs {
             batch_parallelism: self.batch_parallelism.max(1),
             shuffle_results: self.shuffle_results,
             batch_rename_share: self.batch_rename_share,
+            anonymous_batch_errors: false,
             result_url: self.result_url,
             submit_response_delay: self.submit_response_delay,
             webhook_url: self.webhook_url,

@@ -1335,7 +1335,9 @@ impl BatchRunner {
             {
                 // A result we could not attribute (or not read, or one listed in the place of
                 // another) may be this job's: Claid may have billed it.
-                match deps.store.hold_unmatched(member.id).await {
+                let claid_said =
+                    (!matched.loose_errors.is_empty()).then(|| matched.loose_errors.join("; "));
+                match deps.store.hold_unmatched(member.id, claid_said).await {
                     Ok(_) => self.report(member.manifest, JobOutcome::Held),
                     Err(err) => error!(error = %err, "Cannot hold the job in doubt"),
                 }

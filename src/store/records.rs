@@ -363,6 +363,10 @@ pub enum JobState {
     #[serde(alias = "in_doubt")]
     InDoubt {
         since_ms: u64,
+        /// What Claid said that the daemon could not tie to one image when the safety valve
+        /// held this one (errors of its batch that name no input): kept for its report row.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        claid_said: Option<String>,
     },
     Done {
         path: String,

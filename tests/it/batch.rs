@@ -301,6 +301,51 @@ async fn issue12_one_foreign_result_name_in_a_batch_is_not_matched_by_eliminatio
     );
 }
 
+/// When the safety valve holds a batch's images, what Claid said that names no image (an
+/// error with no input in its text) is kept in their report rows: it may be the reason one of
+/// them has no result, and a human deciding `replay --in-doubt` reads it there.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue12_images_held_by_the_safety_valve_keep_claids_unattributed_error_text() {
+    let mut exercised = false;
+    for seed in 1..=16 {
+        let (_static, env, _) = url_drop(4, "a-", |scenario| {
+            scenario
+                .batch_rename_share(1.0)
+                .error_share(0.5)
+                .anonymous_batch_errors(true)
+                .seed(seed)
+        })
+        .await;
+        let config = env.config("max_in_flight: 32", "");
+        let (code, stderr) = env.run_once(&config).await;
+        let stats = env.stats();
+        let canary = stats.batches.values().next().expect("the canary");
+        if canary.images != 2 || canary.failed != 1 {
+            continue;
+        }
+        exercised = true;
+        assert_eq!(code, 2, "the canary's images are held in doubt:\n{stderr}");
+        let report = env.report("m");
+        let held: Vec<String> = report["jobs"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .filter(|r| r["status"] == "in-doubt")
+            .map(|r| r["reason"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        assert_eq!(held.len(), 2, "both canary images held: {report}");
+        for reason in &held {
+            assert!(
+                reason
+                    .contains("Claid's errors for images it did not name: Image processing failed"),
+                "{reason}"
+            );
+        }
+        break;
+    }
+    assert!(exercised, "no seed gave a canary with exactly one error");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn issue12_a_result_that_matches_no_image_switches_batching_off_and_holds_the_batch() {
     let (_static, env, _) = url_drop(6, "p-", |scenario| scenario.batch_rename_share(1.0)).await;

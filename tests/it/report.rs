@@ -176,7 +176,14 @@ fn build_maps_job_states_to_rows_and_counts() {
             },
             0,
         ),
-        job("d", JobState::InDoubt { since_ms: 1 }, 2),
+        job(
+            "d",
+            JobState::InDoubt {
+                since_ms: 1,
+                claid_said: None,
+            },
+            2,
+        ),
         job(
             "e",
             JobState::Submitted {
