@@ -980,9 +980,13 @@ impl BatchRunner {
         timed: bool,
     ) -> Option<Box<BatchTask>> {
         let deps = &*self.deps;
-        // Webhooks that do not arrive are not waited for (see `Dispatch::webhooks_silent`).
-        let mut webhooks = deps.webhooks.filter(|_| !deps.dispatch.webhooks_silent());
+        // Webhooks that do not arrive are not waited for (see `Dispatch::webhooks_unproven`).
+        let mut webhooks = deps.webhooks.filter(|_| !deps.dispatch.webhooks_unproven());
         let mut watch = webhooks.map(|_| deps.dispatch.watch(TaskRef::Batch(batch_id)));
+        // Sent while webhooks are unproven or silent: not waiting for its webhook, but its
+        // end found by a poll still tells whether they come (else the warning that they do
+        // not would never be given).
+        let unwatched_with_webhooks = deps.webhooks.is_some() && watch.is_none();
         // An announcement without the results came: polled from then on, on the schedule
         // (its slot keeps that update, which a watch would hand back at once, every time).
         let mut slim = false;
@@ -1153,7 +1157,7 @@ impl BatchRunner {
                         warn!(batch_id, status = %status, "Claid answered a batch status the daemon does not know; polling on until it ends or `api.poll.give_up_after`");
                     }
                     if polled.batch.status.is_terminal() {
-                        if watch.is_some() {
+                        if watch.is_some() || unwatched_with_webhooks {
                             deps.dispatch.polled_final(
                                 submitted_at_ms,
                                 polled.batch.status == TaskStatus::Done,

@@ -736,6 +736,20 @@ impl Dispatch {
             || self.polled_done.load(Ordering::Relaxed) >= self.silent_after_done()
     }
 
+    /// Whether a task or batch sent now waits for its webhook at all: not while webhooks are
+    /// silent ([`Dispatch::webhooks_silent`]), nor while none has come in this run and a poll
+    /// already found a task ended without one (the canary, usually). Until one comes, new
+    /// tasks are polled on the plain schedule, without the warning (that takes two tasks):
+    /// the first round of batches waited for webhooks that never came, then was polled,
+    /// 33 s for 40 images of 2 s against 8 s without a `webhook:` section. Where webhooks do
+    /// come, this costs only the first round's polls after a canary whose announcement was
+    /// late; the first one heard ends it.
+    pub fn webhooks_unproven(&self) -> bool {
+        self.webhooks_silent()
+            || (!self.heard_any()
+                && self.polled_final.load(std::sync::atomic::Ordering::Relaxed) > 0)
+    }
+
     /// Tasks found ended by polls in a row that make webhooks silent: [`SILENT_AFTER`], or
     /// [`SILENT_AFTER_HEARD`] once one was heard in this run.
     fn silent_after(&self) -> u64 {
@@ -1133,6 +1147,32 @@ mod tests {
         assert!(!dispatch.webhooks_silent(), "one batch");
         dispatch.polled_final(crate::store::now_ms(), true, true);
         assert!(dispatch.webhooks_silent(), "two batches");
+    }
+
+    /// Before any webhook is heard, one task found ended by a poll (the canary, usually) is
+    /// no pattern for the warning, but tasks sent after it do not wait for their webhooks
+    /// (webhooks configured, never delivered: 40 images of 2 s took 33 s, 16 s with this,
+    /// 8 s without a `webhook:` section). Once one is heard, one such poll changes nothing.
+    #[tokio::test]
+    async fn tasks_sent_after_one_ended_unannounced_before_any_webhook_do_not_wait_for_theirs() {
+        let dispatch = Dispatch::default();
+        assert!(
+            !dispatch.webhooks_unproven(),
+            "nothing known: wait for webhooks"
+        );
+        dispatch.polled_final(crate::store::now_ms(), true, true);
+        assert!(!dispatch.webhooks_silent(), "one batch is no pattern");
+        assert!(dispatch.webhooks_unproven(), "but none came for it");
+        let heard = Arc::new(Dispatch::default());
+        let id = 7;
+        let _watch = heard.watch(TaskRef::Async(id));
+        let req = serde_json::json!({"input": "https://x/7.jpg", "operations": {}});
+        assert_eq!(heard.deliver(update(id, "DONE", req)), Delivery::Handed);
+        heard.polled_final(crate::store::now_ms(), true, true);
+        assert!(
+            !heard.webhooks_unproven(),
+            "webhooks were heard in this run"
+        );
     }
 
     /// A task held jobs adopted stays pending from its webhook until it is seen through, so

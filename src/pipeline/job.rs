@@ -1084,9 +1084,13 @@ impl Runner {
         let mut attempts = deps.retry.start(retry::Step::Poll);
         // With webhooks on, the task's result usually arrives by itself; a poll comes only
         // when it is overdue.
-        // Webhooks that do not arrive are not waited for (see `Dispatch::webhooks_silent`).
-        let mut webhooks = deps.webhooks.filter(|_| !deps.dispatch.webhooks_silent());
+        // Webhooks that do not arrive are not waited for (see `Dispatch::webhooks_unproven`).
+        let mut webhooks = deps.webhooks.filter(|_| !deps.dispatch.webhooks_unproven());
         let mut watch = webhooks.map(|_| deps.dispatch.watch(TaskRef::Async(task_id)));
+        // Sent while webhooks are unproven or silent: not waiting for its webhook, but its
+        // end found by a poll still tells whether they come (else the warning that they do
+        // not would never be given).
+        let unwatched_with_webhooks = deps.webhooks.is_some() && watch.is_none();
         let mut delay = match webhooks {
             Some(fallback) => deps
                 .polls
@@ -1169,7 +1173,10 @@ impl Runner {
                             .await;
                     }
                     let task = polled.task;
-                    if watch.is_some() && !from_webhook && task.status.is_terminal() {
+                    if (watch.is_some() || unwatched_with_webhooks)
+                        && !from_webhook
+                        && task.status.is_terminal()
+                    {
                         deps.dispatch.polled_final(
                             submitted_at_ms,
                             task.status == TaskStatus::Done,
