@@ -243,7 +243,7 @@ pub struct Scenario {
     /// Share of batch results whose output file name matches no input (a random name).
     pub batch_rename_share: f64,
     /// A batch image's error names no input, neither in its text nor by `input_object` (Claid
-    /// documents neither).
+    /// documents neither). For tests only: `claid-hotfolder emulator` has no flag for it.
     pub anonymous_batch_errors: bool,
     /// How the `result_url` of tasks and batches is given (Claid's schema makes it optional).
     pub result_url: ResultUrlForm,

@@ -695,6 +695,25 @@ impl Dispatch {
         }
     }
 
+    /// [`Dispatch::polled_final`] for a task or batch that waited for no webhook (sent while
+    /// webhooks were unproven or silent, see [`Dispatch::webhooks_unproven`]): if its webhook
+    /// came meanwhile (kept, since nothing watched for it), webhooks do come, and it is heard
+    /// (the kept copy is dropped: the poll has the result); else it counts as one without.
+    /// (Counted as without, webhooks that came for such tasks set off the warning, and kept
+    /// them unwatched for the daemon's life.)
+    pub fn polled_final_unwatched(&self, task: TaskRef, submitted_at_ms: u64, done: bool) {
+        let announced = {
+            let mut inner = self.lock();
+            let owned = inner.owned_early.remove(&task).is_some();
+            inner.early.remove(&task).is_some() || owned
+        };
+        if announced {
+            self.heard_now(done);
+        } else {
+            self.polled_final(submitted_at_ms, done, matches!(task, TaskRef::Batch(_)));
+        }
+    }
+
     /// Completes when webhooks are next found silent (see [`Dispatch::webhooks_silent`]): a
     /// task waiting up to `poll_fallback` for its webhook then polls on the schedule instead.
     pub async fn went_silent(&self) {
@@ -739,7 +758,8 @@ impl Dispatch {
     /// Whether a task or batch sent now waits for its webhook at all: not while webhooks are
     /// silent ([`Dispatch::webhooks_silent`]), nor while none has come in this run and a poll
     /// already found a task ended without one (the canary, usually). Until one comes, new
-    /// tasks are polled on the plain schedule, without the warning (that takes two tasks):
+    /// tasks are polled on the plain schedule, without the warning (that takes two tasks;
+    /// their ends found by polls count, see [`Dispatch::polled_final_unwatched`]):
     /// the first round of batches waited for webhooks that never came, then was polled,
     /// 33 s for 40 images of 2 s against 8 s without a `webhook:` section. Where webhooks do
     /// come, this costs only the first round's polls after a canary whose announcement was
@@ -1173,6 +1193,38 @@ mod tests {
             !heard.webhooks_unproven(),
             "webhooks were heard in this run"
         );
+    }
+
+    /// A task sent without watching for its webhook (webhooks unproven) whose webhook came
+    /// anyway (kept for its owner) is heard when its poll finds it ended, not counted as
+    /// silence: counted, such webhooks set off "Webhooks stopped coming" and kept webhooks
+    /// unwatched for the daemon's life. One whose webhook did not come counts.
+    #[test]
+    fn a_webhook_kept_for_an_unwatched_task_is_heard_when_its_poll_finds_it_ended() {
+        let dispatch = Dispatch::default();
+        dispatch.polled_final(crate::store::now_ms(), true, true);
+        assert!(dispatch.webhooks_unproven());
+        let id = 11;
+        let req = serde_json::json!({"input": "https://x/11.jpg", "operations": {}});
+        assert_eq!(
+            dispatch.deliver_owned(update(id, "DONE", req)),
+            Delivery::KeptForOwner
+        );
+        dispatch.polled_final_unwatched(TaskRef::Async(id), crate::store::now_ms(), true);
+        assert!(!dispatch.webhooks_unproven(), "a webhook came: heard");
+        assert!(!dispatch.webhooks_silent());
+        // Its kept copy is gone: the poll had the result.
+        assert!(
+            !dispatch
+                .lock()
+                .owned_early
+                .contains_key(&TaskRef::Async(id))
+        );
+        // Without a webhook, two such ends make webhooks silent again.
+        for id in [12, 13] {
+            dispatch.polled_final_unwatched(TaskRef::Batch(id), crate::store::now_ms(), true);
+        }
+        assert!(dispatch.webhooks_silent(), "two batches without theirs");
     }
 
     /// A task held jobs adopted stays pending from its webhook until it is seen through, so

@@ -604,8 +604,9 @@ impl HealthState {
     }
 
     /// The wait of a task's or a batch's poll that a pause refused (a 401/402/403 while it
-    /// was at Claid), `max` at the latest (`poll.max`). It ends at once when submitting
-    /// resumes (the submitter's probe found the API accepting requests), and meanwhile one
+    /// was at Claid), `max` at the latest (`poll.max`). It ends when submitting resumes (the
+    /// submitter's probe found the API accepting requests; a probe interval after its own
+    /// refusal at the soonest), and meanwhile at most one
     /// such poll goes again every [`PAUSE_PROBE_INTERVAL`] as the pause's probe: when the
     /// tasks at Claid hold every `max_in_flight` slot, no submit can probe, and without it a
     /// mended account was found out only at `poll.max`. (Measured before: batches at Claid
@@ -615,11 +616,15 @@ impl HealthState {
     pub async fn after_refused_poll(&self, max: std::time::Duration) {
         let interval = crate::pipeline::submitter::PAUSE_PROBE_INTERVAL;
         let deadline = Instant::now() + max;
+        // Never sooner than a probe interval after its own refusal, resumed or not: a task
+        // refused for its own reason while others' calls succeed would flip the pause (an
+        // ERROR and an alert each time) on every success elsewhere.
+        let earliest = (Instant::now() + interval).min(deadline);
         let mut health = self.health.subscribe();
         loop {
             tokio::select! {
                 // The sender lives as long as `self`: this ends only when the pause does.
-                _ = health.wait_for(|h| !matches!(h, Health::Paused { .. })) => return,
+                _ = health.wait_for(|h| !matches!(h, Health::Paused { .. })) => break,
                 () = tokio::time::sleep_until(deadline) => return,
                 () = tokio::time::sleep(interval) => {
                     let mut last = self.poll_probe.lock().unwrap_or_else(PoisonError::into_inner);
@@ -630,6 +635,7 @@ impl HealthState {
                 }
             }
         }
+        tokio::time::sleep_until(earliest).await;
     }
 
     /// The API answered a call successfully: not paused, not failing.
@@ -880,8 +886,8 @@ mod tests {
         )
     }
 
-    /// Polls a pause refused wait for its end, for `poll.max` at the latest, and meanwhile
-    /// one of them goes every probe interval (the others keep waiting).
+    /// Polls a pause refused wait for its end (a probe interval at least), for `poll.max` at
+    /// the latest, and meanwhile one of them goes every probe interval (the others wait).
     #[tokio::test(start_paused = true)]
     async fn refused_polls_go_again_one_per_probe_interval_and_all_when_the_pause_ends() {
         use crate::pipeline::submitter::PAUSE_PROBE_INTERVAL;
@@ -909,15 +915,29 @@ mod tests {
         let mut waited = [a.await.expect("a"), b.await.expect("b")];
         waited.sort();
         assert_eq!(waited, [PAUSE_PROBE_INTERVAL, PAUSE_PROBE_INTERVAL * 2]);
-        // One that waits when the pause ends goes at once.
+        // One that waits when the pause ends goes then, though not sooner than a probe
+        // interval after its own refusal.
         let c = waiter(long);
+        // Let it start waiting before time moves.
+        tokio::task::yield_now().await;
         tokio::time::advance(Duration::from_secs(1)).await;
         assert!(!c.is_finished(), "still paused");
         state.ok();
-        assert_eq!(c.await.expect("c"), Duration::from_secs(1));
-        // Never past `max`, whoever probes.
+        assert_eq!(c.await.expect("c"), PAUSE_PROBE_INTERVAL);
+        // One still waiting past that interval goes at once when the pause ends.
         state.pause(&refused, Refusal::of(&refused));
         *state.poll_probe.lock().expect("lock") = Some(Instant::now() + long);
+        let d = waiter(long);
+        tokio::task::yield_now().await;
+        tokio::time::advance(PAUSE_PROBE_INTERVAL + Duration::from_secs(2)).await;
+        assert!(!d.is_finished(), "no probe turn for it");
+        state.ok();
+        assert_eq!(
+            d.await.expect("d"),
+            PAUSE_PROBE_INTERVAL + Duration::from_secs(2)
+        );
+        // Never past `max`, whoever probes.
+        state.pause(&refused, Refusal::of(&refused));
         let begun = Instant::now();
         state.after_refused_poll(Duration::from_secs(7)).await;
         assert_eq!(begun.elapsed(), Duration::from_secs(7));

@@ -1091,6 +1091,7 @@ impl Runner {
         // end found by a poll still tells whether they come (else the warning that they do
         // not would never be given).
         let unwatched_with_webhooks = deps.webhooks.is_some() && watch.is_none();
+        let mut silence_counted = false;
         let mut delay = match webhooks {
             Some(fallback) => deps
                 .polls
@@ -1173,15 +1174,19 @@ impl Runner {
                             .await;
                     }
                     let task = polled.task;
-                    if (watch.is_some() || unwatched_with_webhooks)
-                        && !from_webhook
-                        && task.status.is_terminal()
-                    {
-                        deps.dispatch.polled_final(
-                            submitted_at_ms,
-                            task.status == TaskStatus::Done,
-                            false,
-                        );
+                    // Once per task (a DONE without its result is asked again).
+                    if !from_webhook && task.status.is_terminal() && !silence_counted {
+                        silence_counted = true;
+                        let done = task.status == TaskStatus::Done;
+                        if watch.is_some() {
+                            deps.dispatch.polled_final(submitted_at_ms, done, false);
+                        } else if unwatched_with_webhooks {
+                            deps.dispatch.polled_final_unwatched(
+                                TaskRef::Async(task_id),
+                                submitted_at_ms,
+                                done,
+                            );
+                        }
                     }
                     match task.status {
                         TaskStatus::Done => {

@@ -431,6 +431,10 @@ async fn issue12_a_batch_whose_poll_a_pause_refused_is_polled_again_when_the_pau
     let control = env.emulator.control();
     let config = env.config("max_in_flight: 16", "");
     let text = std::fs::read_to_string(&config).expect("config");
+    assert!(
+        text.contains("max: 500ms"),
+        "the test config's poll.max: {text}"
+    );
     let text = text.replace("max: 500ms", "max: 10m");
     std::fs::write(&config, text).expect("config");
     let mut daemon = env.spawn_daemon(&config, 0);
