@@ -1017,6 +1017,14 @@ impl Client {
         });
     }
 
+    /// Takes `n` slots of the rate limiter, as `n` calls would.
+    #[cfg(test)]
+    pub(crate) async fn take_slots(&self, n: usize) {
+        for _ in 0..n {
+            self.limiter.acquire().await;
+        }
+    }
+
     /// When a call last waited at least [`SIGNIFICANT_WAIT`] in the rate limiter: the limit
     /// binds. (Spacing waits of microseconds under a very high limit do not count.)
     pub fn last_limiter_pressure(&self) -> Option<Instant> {
@@ -1024,6 +1032,11 @@ impl Client {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .last_pressure_at
+    }
+
+    /// The share (0 to 1) of the minute's quota the calls of the last minute took.
+    pub fn minute_quota_used(&self) -> f64 {
+        self.limiter.minute_used()
     }
 
     /// The requests per second the configured quotas allow over a minute and more: the

@@ -403,6 +403,20 @@ impl Limiter {
         });
     }
 
+    /// The share (0 to 1) of the minute's quota that calls admitted in the last minute took.
+    pub fn minute_used(&self) -> f64 {
+        let now = Instant::now();
+        let from = now.checked_sub(MINUTE_WINDOW);
+        let used = self
+            .lock()
+            .admitted
+            .iter()
+            .rev()
+            .take_while(|t| from.is_none_or(|from| **t >= from))
+            .count();
+        used as f64 / self.quotas().1.max(1) as f64
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }

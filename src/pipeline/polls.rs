@@ -15,7 +15,10 @@
 //! a first poll does say brings a single task's first guess down (to 0.8 of that poll's time,
 //! never below `poll.min` nor the longest sample): without it, a drop whose every first poll
 //! found its task done kept the 10 s guess to its end (tasks of 2 s each polled 10 s after
-//! its submit, a quarter of the speed the limit allows).
+//! its submit, a quarter of the speed the limit allows). It does so only while less than a
+//! quarter of the minute's quota was used in the last minute: a drop the size of the quota
+//! needs every request, and one first poll that finds its task running makes it wait for
+//! the next minute.
 //!
 //! A batch's duration grows with its size (Claid processes a few of its images at a time), so
 //! batches also keep their samples with their sizes: once two batches of about the same size
@@ -25,7 +28,9 @@
 //! first few each costs about two polls instead of one every `poll.min`. That schedule is
 //! anchored to its estimate: when a batch of its size ends and the estimate appears or moves by
 //! more than a fifth, waiting pollers wake and plan again from it. Until a size has an
-//! estimate, one batch scouts (polls backing off from `poll.min`) and the batches sent
+//! estimate, one batch scouts (polls backing off from `poll.min`, its first poll while the
+//! limit binds no later than its images would take one after the other at the canary's
+//! latency) and the batches sent
 //! beside it wait for its end or `poll.max`; each poll that finds the scout's batch running
 //! hands the role to another batch of the round, so one slow batch cannot hold the round back
 //! (measured: a scout of 34 s among batches of 15 to 20 s kept the others waiting until their
@@ -64,6 +69,10 @@ const MIN_SAMPLES: usize = 8;
 /// The first poll's wait under a binding limit before durations are known: long enough for
 /// nearly every single-image edit Claid documents (seconds), short of `poll.max`.
 pub const FIRST_GUESS: Duration = Duration::from_secs(10);
+
+/// The share of the minute's quota used in the last minute under which first polls that
+/// find their task done bring the single-task first guess down (see [`Polls::record`]).
+const GUESS_FALLS_BELOW_USE: f64 = 0.25;
 
 /// With webhooks on, a first-round batch (a size no batch has ended at yet) whose webhook has
 /// not come is polled at the latest after this share of `webhook.poll_fallback` (a third: 40 s
@@ -321,8 +330,12 @@ impl Polls {
     /// Records a task that ended `took` after its submit, seen as `seen`.
     pub fn record(&self, kind: Kind, took: Duration, seen: Seen) {
         let Some(sample) = sample_of(took, seen) else {
-            // Found done at its first poll: it took at most `took`.
-            if kind == Kind::Single {
+            // Found done at its first poll: it took at most `took`. The guess comes down
+            // only while the minute's quota has room to spare: a first poll that then finds
+            // its task running wastes a request, and a drop the size of the quota needs every
+            // one (60 images under 120 a minute: one such poll made the drop wait for the
+            // next minute, 61 s against 35).
+            if kind == Kind::Single && self.client.minute_quota_used() < GUESS_FALLS_BELOW_USE {
                 let mut guess = self
                     .single_guess
                     .lock()
@@ -519,7 +532,7 @@ impl Polls {
                     .max(Duration::from_millis(10)),
                 (0, None) => {
                     drop(scout);
-                    self.first_delay(Kind::Batch, elapsed)
+                    self.scout_first_delay(clock.images, elapsed)
                 }
                 (n_poll, _) => {
                     drop(scout);
@@ -564,6 +577,29 @@ impl Polls {
                 .max(self.poll.min)
                 .min(self.poll.max)
         }
+    }
+
+    /// The first-round scout's first poll: [`Polls::first_delay`], but no later than a batch
+    /// of its size would take if Claid did its images one after the other, each as long as
+    /// the latest small batch (the canary) took. Claid works on several at once, so the
+    /// scout rarely finds its batch still running; without this, while the limit bound the
+    /// first round waited the 10 s guess after a canary of 1 s (60 URL images of 1 s, sent
+    /// in batches of 4: the round took 10 s where 4 were enough).
+    fn scout_first_delay(&self, images: usize, elapsed: Duration) -> Duration {
+        let first = self.first_delay(Kind::Batch, elapsed);
+        let small = *self
+            .small_batch
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(small) = small else {
+            return first;
+        };
+        let serial = small
+            .mul_f64(images.max(1) as f64)
+            .max(self.poll.min)
+            .saturating_sub(elapsed)
+            .max(Duration::from_millis(10));
+        first.min(serial)
     }
 
     fn scout(&self) -> std::sync::MutexGuard<'_, Scout> {
@@ -942,7 +978,8 @@ mod tests {
 
     /// Under a binding limit, single tasks found done at their first poll bring the first
     /// guess down (0.8 of that poll's time each), to `poll.min` at the least and never below
-    /// the longest duration seen; a batch keeps its guess.
+    /// the longest duration seen, while less than a quarter of the minute's quota is used; a
+    /// batch keeps its guess.
     #[tokio::test(start_paused = true)]
     async fn first_polls_that_find_tasks_done_bring_the_first_guess_down() {
         let polls = new_polls();
@@ -971,6 +1008,56 @@ mod tests {
         );
         assert_eq!(first(&polls), secs(3));
         assert_eq!(polls.first_delay(Kind::Batch, Duration::ZERO), FIRST_GUESS);
+
+        // Once a quarter of the minute's quota is spent, the guess stays: a first poll that
+        // finds its task running would cost a request a drop the size of the quota needs.
+        let busy = new_polls();
+        busy.client.take_slots(30).await;
+        busy.client.note_pressure_at(Instant::now());
+        busy.record(Kind::Single, FIRST_GUESS, done_at_first);
+        assert_eq!(first(&busy), FIRST_GUESS, "30 of 120 used in the minute");
+        tokio::time::advance(secs(61)).await;
+        busy.client.note_pressure_at(Instant::now());
+        busy.record(Kind::Single, FIRST_GUESS, done_at_first);
+        assert_eq!(
+            first(&busy),
+            secs(8),
+            "a minute later, the quota has room again"
+        );
+    }
+
+    /// While the limit binds, the first round's scout polls no later than its batch would
+    /// take at the canary's latency per image, one after the other (else the 10 s guess:
+    /// nothing known, or a canary slower than that).
+    #[tokio::test(start_paused = true)]
+    async fn the_first_rounds_scout_polls_by_the_canarys_latency_per_image_at_the_latest() {
+        let polls = new_polls();
+        polls.client.note_pressure_at(Instant::now());
+        let mut before = polls.batch_clock(1, 4, true);
+        assert_eq!(
+            polls.batch_delay(&mut before, Duration::ZERO),
+            FIRST_GUESS,
+            "no batch ended yet"
+        );
+        drop(before);
+        // The canary (2 images) ended 1.2 s after its submit, seen running at 1 s.
+        polls.record_batch(
+            2,
+            ms(1200),
+            Seen::Poll {
+                pending_at: Some(secs(1)),
+            },
+            false,
+        );
+        let mut scout = polls.batch_clock(2, 4, true);
+        assert_eq!(polls.batch_delay(&mut scout, Duration::ZERO), ms(4400));
+        drop(scout);
+        let mut large = polls.batch_clock(3, 16, true);
+        assert_eq!(
+            polls.batch_delay(&mut large, Duration::ZERO),
+            FIRST_GUESS,
+            "16 images at 1.1 s each: the guess comes first"
+        );
     }
 
     fn new_polls() -> Arc<Polls> {
