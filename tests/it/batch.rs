@@ -400,13 +400,7 @@ async fn issue12_a_canary_refused_by_a_pause_is_sent_again_as_a_canary() {
     })
     .await;
     control.set_credits_exhausted(false);
-    wait_until("every output written", DEADLINE, || {
-        TestEnv::files_under(&env.outbox.join("m")).len() == files.len()
-    })
-    .await;
-    signal(&daemon, "-TERM");
-    daemon.wait().await.expect("the daemon ends");
-    let stats = env.stats();
+    let stats = all_written_then_stopped(&env, &mut daemon, &files).await;
     let first = stats.batches.values().next().expect("a batch was taken");
     assert!(
         first.images <= 2,
@@ -451,15 +445,25 @@ async fn issue12_a_batch_whose_poll_a_pause_refused_is_polled_again_when_the_pau
     })
     .await;
     control.set_forbidden(false);
+    let stats = all_written_then_stopped(&env, &mut daemon, &files).await;
+    assert_eq!(stats.batch_images, 24, "every image went in a batch, once");
+    assert_eq!(stats.duplicate_submits, 0);
+}
+
+/// Waits until every one of `files` has its output under the outbox's `m/`, then stops the
+/// daemon (SIGTERM) and returns the emulator's counts.
+async fn all_written_then_stopped(
+    env: &TestEnv,
+    daemon: &mut tokio::process::Child,
+    files: &[String],
+) -> claid_hotfolder::emulator::Stats {
     wait_until("every output written", DEADLINE, || {
         TestEnv::files_under(&env.outbox.join("m")).len() == files.len()
     })
     .await;
-    signal(&daemon, "-TERM");
+    signal(daemon, "-TERM");
     daemon.wait().await.expect("the daemon ends");
-    let stats = env.stats();
-    assert_eq!(stats.batch_images, 24, "every image went in a batch, once");
-    assert_eq!(stats.duplicate_submits, 0);
+    env.stats()
 }
 
 async fn killed(
