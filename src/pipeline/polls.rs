@@ -443,14 +443,19 @@ impl Polls {
         self.sized().pace()
     }
 
+    /// How long the latest batch of at most [`CANARY_IMAGES`] took (about one image's latency).
+    fn small_batch_latency(&self) -> Option<Duration> {
+        *self
+            .small_batch
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// About how many images of one batch Claid works on at once: one image's latency (a
     /// batch of at most [`CANARY_IMAGES`], e.g. the canary) over the pace; `None` until both
     /// are known.
     pub fn batch_parallelism(&self) -> Option<f64> {
-        let latency = (*self
-            .small_batch
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner))?;
+        let latency = self.small_batch_latency()?;
         let pace = self.batch_pace()?;
         Some(latency.as_secs_f64() / pace.as_secs_f64().max(1e-3))
     }
@@ -587,11 +592,7 @@ impl Polls {
     /// in batches of 4: the round took 10 s where 4 were enough).
     fn scout_first_delay(&self, images: usize, elapsed: Duration) -> Duration {
         let first = self.first_delay(Kind::Batch, elapsed);
-        let small = *self
-            .small_batch
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let Some(small) = small else {
+        let Some(small) = self.small_batch_latency() else {
             return first;
         };
         let serial = small
