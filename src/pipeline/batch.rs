@@ -1157,14 +1157,11 @@ impl BatchRunner {
                         warn!(batch_id, status = %status, "Claid answered a batch status the daemon does not know; polling on until it ends or `api.poll.give_up_after`");
                     }
                     if polled.batch.status.is_terminal() {
-                        let done = polled.batch.status == TaskStatus::Done;
-                        if watch.is_some() {
-                            deps.dispatch.polled_final(submitted_at_ms, done, true);
-                        } else if unwatched_with_webhooks {
-                            deps.dispatch.polled_final_unwatched(
+                        if watch.is_some() || unwatched_with_webhooks {
+                            deps.dispatch.polled_final(
                                 TaskRef::Batch(batch_id),
                                 submitted_at_ms,
-                                done,
+                                polled.batch.status == TaskStatus::Done,
                             );
                         }
                         let took = Duration::from_millis(now_ms().saturating_sub(submitted_at_ms));

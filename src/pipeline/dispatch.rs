@@ -646,15 +646,29 @@ impl Dispatch {
         self.lock().stats
     }
 
-    /// A poll found a task (or, with `batch`, a batch; it counts for
-    /// [`BATCH_SILENCE_WEIGHT`] tasks) submitted at `submitted_at_ms` ended while webhooks are
-    /// on: its webhook had not come. One submitted before this process started is not
-    /// counted: its webhook may have come while the daemon was down.
-    pub fn polled_final(&self, submitted_at_ms: u64, done: bool, batch: bool) {
+    /// A poll found `task` (a batch counts for [`BATCH_SILENCE_WEIGHT`] tasks) submitted at
+    /// `submitted_at_ms` ended while webhooks are on. If its webhook came meanwhile and was
+    /// kept (nothing watched for it: the task was sent while webhooks were unproven or
+    /// silent, see [`Dispatch::webhooks_unproven`]), webhooks do come: it is heard, and the
+    /// kept copy is dropped (the poll has the result). (Counted as one without, webhooks that
+    /// came for such tasks set off the warning, and kept them unwatched for the daemon's
+    /// life.) Else its webhook had not come, unless it was submitted before this process
+    /// started: its webhook may have come while the daemon was down, and it is not counted.
+    pub fn polled_final(&self, task: TaskRef, submitted_at_ms: u64, done: bool) {
         use std::sync::atomic::Ordering;
+        let announced = {
+            let mut inner = self.lock();
+            let owned = inner.owned_early.remove(&task).is_some();
+            inner.early.remove(&task).is_some() || owned
+        };
+        if announced {
+            self.heard_now(done);
+            return;
+        }
         if submitted_at_ms < self.started_ms {
             return;
         }
+        let batch = matches!(task, TaskRef::Batch(_));
         // A batch counts for as many tasks as make two in a row reach either threshold: a run
         // has few batches (a drop of 1,000 images, about 25), and each waits up to
         // `webhook.poll_fallback` for its webhook while its size has no estimate, so ten in a
@@ -692,25 +706,6 @@ impl Dispatch {
                     "No webhook has come while polls found tasks ended: results are polled as without webhooks until one comes; check the webhook URL and secret in Claid's dashboard (docs/webhooks.md)"
                 );
             }
-        }
-    }
-
-    /// [`Dispatch::polled_final`] for a task or batch that waited for no webhook (sent while
-    /// webhooks were unproven or silent, see [`Dispatch::webhooks_unproven`]): if its webhook
-    /// came meanwhile (kept, since nothing watched for it), webhooks do come, and it is heard
-    /// (the kept copy is dropped: the poll has the result); else it counts as one without.
-    /// (Counted as without, webhooks that came for such tasks set off the warning, and kept
-    /// them unwatched for the daemon's life.)
-    pub fn polled_final_unwatched(&self, task: TaskRef, submitted_at_ms: u64, done: bool) {
-        let announced = {
-            let mut inner = self.lock();
-            let owned = inner.owned_early.remove(&task).is_some();
-            inner.early.remove(&task).is_some() || owned
-        };
-        if announced {
-            self.heard_now(done);
-        } else {
-            self.polled_final(submitted_at_ms, done, matches!(task, TaskRef::Batch(_)));
         }
     }
 
@@ -759,7 +754,7 @@ impl Dispatch {
     /// silent ([`Dispatch::webhooks_silent`]), nor while none has come in this run and a poll
     /// already found a task ended without one (the canary, usually). Until one comes, new
     /// tasks are polled on the plain schedule, without the warning (that takes two tasks;
-    /// their ends found by polls count, see [`Dispatch::polled_final_unwatched`]):
+    /// their ends found by polls count, see [`Dispatch::polled_final`]):
     /// the first round of batches waited for webhooks that never came, then was polled,
     /// 33 s for 40 images of 2 s against 8 s without a `webhook:` section. Where webhooks do
     /// come, this costs only the first round's polls after a canary whose announcement was
@@ -1133,27 +1128,27 @@ mod tests {
         };
         // No webhook has said DONE in this run: two successful tasks found by polls.
         announce("ERROR");
-        dispatch.polled_final(crate::store::now_ms(), true, false);
+        dispatch.polled_final(TaskRef::Async(0), crate::store::now_ms(), true);
         assert!(!dispatch.webhooks_silent(), "one is no pattern");
         announce("ERROR");
-        dispatch.polled_final(crate::store::now_ms(), true, false);
+        dispatch.polled_final(TaskRef::Async(0), crate::store::now_ms(), true);
         assert!(dispatch.webhooks_silent(), "two successful tasks by polls");
         announce("DONE");
         assert!(!dispatch.webhooks_silent(), "a DONE webhook came");
         // One did: ten in a row, as for webhooks lost on the way.
         for n in 1..SILENT_AFTER_HEARD {
             announce("ERROR");
-            dispatch.polled_final(crate::store::now_ms(), true, false);
+            dispatch.polled_final(TaskRef::Async(0), crate::store::now_ms(), true);
             assert!(!dispatch.webhooks_silent(), "{n}");
         }
         announce("ERROR");
-        dispatch.polled_final(crate::store::now_ms(), true, false);
+        dispatch.polled_final(TaskRef::Async(0), crate::store::now_ms(), true);
         assert!(dispatch.webhooks_silent(), "ten in a row");
         // Batches: two in a row are enough once webhooks were heard.
         announce("DONE");
-        dispatch.polled_final(crate::store::now_ms(), true, true);
+        dispatch.polled_final(TaskRef::Batch(0), crate::store::now_ms(), true);
         assert!(!dispatch.webhooks_silent(), "one batch is no pattern");
-        dispatch.polled_final(crate::store::now_ms(), true, true);
+        dispatch.polled_final(TaskRef::Batch(0), crate::store::now_ms(), true);
         assert!(dispatch.webhooks_silent(), "two batches in a row");
     }
 
@@ -1163,9 +1158,9 @@ mod tests {
     #[test]
     fn one_batch_found_by_a_poll_before_any_webhook_is_no_pattern() {
         let dispatch = Dispatch::default();
-        dispatch.polled_final(crate::store::now_ms(), true, true);
+        dispatch.polled_final(TaskRef::Batch(0), crate::store::now_ms(), true);
         assert!(!dispatch.webhooks_silent(), "one batch");
-        dispatch.polled_final(crate::store::now_ms(), true, true);
+        dispatch.polled_final(TaskRef::Batch(0), crate::store::now_ms(), true);
         assert!(dispatch.webhooks_silent(), "two batches");
     }
 
@@ -1180,7 +1175,7 @@ mod tests {
             !dispatch.webhooks_unproven(),
             "nothing known: wait for webhooks"
         );
-        dispatch.polled_final(crate::store::now_ms(), true, true);
+        dispatch.polled_final(TaskRef::Batch(0), crate::store::now_ms(), true);
         assert!(!dispatch.webhooks_silent(), "one batch is no pattern");
         assert!(dispatch.webhooks_unproven(), "but none came for it");
         let heard = Arc::new(Dispatch::default());
@@ -1188,7 +1183,7 @@ mod tests {
         let _watch = heard.watch(TaskRef::Async(id));
         let req = serde_json::json!({"input": "https://x/7.jpg", "operations": {}});
         assert_eq!(heard.deliver(update(id, "DONE", req)), Delivery::Handed);
-        heard.polled_final(crate::store::now_ms(), true, true);
+        heard.polled_final(TaskRef::Batch(0), crate::store::now_ms(), true);
         assert!(
             !heard.webhooks_unproven(),
             "webhooks were heard in this run"
@@ -1202,7 +1197,7 @@ mod tests {
     #[test]
     fn a_webhook_kept_for_an_unwatched_task_is_heard_when_its_poll_finds_it_ended() {
         let dispatch = Dispatch::default();
-        dispatch.polled_final(crate::store::now_ms(), true, true);
+        dispatch.polled_final(TaskRef::Batch(0), crate::store::now_ms(), true);
         assert!(dispatch.webhooks_unproven());
         let id = 11;
         let req = serde_json::json!({"input": "https://x/11.jpg", "operations": {}});
@@ -1210,7 +1205,7 @@ mod tests {
             dispatch.deliver_owned(update(id, "DONE", req)),
             Delivery::KeptForOwner
         );
-        dispatch.polled_final_unwatched(TaskRef::Async(id), crate::store::now_ms(), true);
+        dispatch.polled_final(TaskRef::Async(id), crate::store::now_ms(), true);
         assert!(!dispatch.webhooks_unproven(), "a webhook came: heard");
         assert!(!dispatch.webhooks_silent());
         // Its kept copy is gone: the poll had the result.
@@ -1222,7 +1217,7 @@ mod tests {
         );
         // Without a webhook, two such ends make webhooks silent again.
         for id in [12, 13] {
-            dispatch.polled_final_unwatched(TaskRef::Batch(id), crate::store::now_ms(), true);
+            dispatch.polled_final(TaskRef::Batch(id), crate::store::now_ms(), true);
         }
         assert!(dispatch.webhooks_silent(), "two batches without theirs");
     }
@@ -1567,13 +1562,13 @@ mod tests {
         tokio::task::yield_now().await;
         // Webhooks were heard: some lost on the way are no silence.
         for n in 1..SILENT_AFTER_HEARD {
-            dispatch.polled_final(crate::store::now_ms(), true, false);
+            dispatch.polled_final(TaskRef::Async(0), crate::store::now_ms(), true);
             assert!(
                 !dispatch.webhooks_silent(),
                 "{n} polls in a row are no pattern"
             );
         }
-        dispatch.polled_final(crate::store::now_ms(), true, false);
+        dispatch.polled_final(TaskRef::Async(0), crate::store::now_ms(), true);
         assert!(
             dispatch.webhooks_silent(),
             "ten tasks in a row ended without theirs"

@@ -1177,14 +1177,11 @@ impl Runner {
                     // Once per task (a DONE without its result is asked again).
                     if !from_webhook && task.status.is_terminal() && !silence_counted {
                         silence_counted = true;
-                        let done = task.status == TaskStatus::Done;
-                        if watch.is_some() {
-                            deps.dispatch.polled_final(submitted_at_ms, done, false);
-                        } else if unwatched_with_webhooks {
-                            deps.dispatch.polled_final_unwatched(
+                        if watch.is_some() || unwatched_with_webhooks {
+                            deps.dispatch.polled_final(
                                 TaskRef::Async(task_id),
                                 submitted_at_ms,
-                                done,
+                                task.status == TaskStatus::Done,
                             );
                         }
                     }
