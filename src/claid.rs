@@ -827,8 +827,20 @@ impl Client {
     /// `GET` the task's `result_url` as Claid returned it when it is on the API's origin, else
     /// `{base}/image/edit/async/{task_id}` (see [`Client::poll_url`]): one HTTP attempt.
     pub async fn poll_once(&self, result_url: &str, task_id: u64) -> Result<Polled, ClaidError> {
+        self.poll_in(self.turn().await, result_url, task_id).await
+    }
+
+    /// [`Client::poll_once`] in a [`Turn`] the caller took first: a poll that waited for the
+    /// rate limiter can still be held back (a pause that refuses polls began meanwhile) and
+    /// give its turn back unspent.
+    pub async fn poll_in(
+        &self,
+        turn: Turn,
+        result_url: &str,
+        task_id: u64,
+    ) -> Result<Polled, ClaidError> {
         let url = self.checked_poll_url(TaskKind::Async, task_id, result_url)?;
-        let answer = self.get_poll(url).await?;
+        let answer = self.get_poll(turn, url).await?;
         let status = answer.status.as_u16();
         let (task, request_id) = expect_ok::<wire::AsyncTask>(Endpoint::Poll, answer)?;
         if task.id != task_id {
@@ -871,8 +883,20 @@ impl Client {
         result_url: &str,
         batch_id: u64,
     ) -> Result<PolledBatch, ClaidError> {
+        self.poll_batch_in(self.turn().await, result_url, batch_id)
+            .await
+    }
+
+    /// [`Client::poll_batch_once`] in a [`Turn`] the caller took first (see
+    /// [`Client::poll_in`]).
+    pub async fn poll_batch_in(
+        &self,
+        turn: Turn,
+        result_url: &str,
+        batch_id: u64,
+    ) -> Result<PolledBatch, ClaidError> {
         let url = self.checked_poll_url(TaskKind::Batch, batch_id, result_url)?;
-        let answer = self.get_poll(url).await?;
+        let answer = self.get_poll(turn, url).await?;
         let status = answer.status.as_u16();
         let (batch, request_id) = expect_ok::<wire::BatchTask>(Endpoint::Poll, answer)?;
         if batch.id != batch_id {
@@ -885,12 +909,18 @@ impl Client {
     /// a GET is safe to send again (unlike a submit), and a `result_url` under an older
     /// prefix (`/v1-beta1`) may redirect to the current one; pausing on it left billed
     /// results undelivered. A redirect elsewhere is refused as any redirect of the API.
-    async fn get_poll(&self, mut url: Url) -> Result<Answer, ClaidError> {
+    /// The first request goes in `turn`, a redirect's in a turn of its own.
+    async fn get_poll(&self, turn: Turn, mut url: Url) -> Result<Answer, ClaidError> {
         let mut hops = 0;
+        let mut turn = Some(turn);
         loop {
             let target = url.clone();
             let build = || Ok(self.api.get(target.clone()));
-            match self.call(Endpoint::Poll, build).await {
+            let turn = match turn.take() {
+                Some(turn) => turn,
+                None => self.turn().await,
+            };
+            match self.call_in(turn, Endpoint::Poll, build).await {
                 Err(ClaidError::Redirected {
                     ref location,
                     status,

@@ -31,7 +31,7 @@ pub use scenario::{
     DEFAULT_BATCH_PARALLELISM, DEFAULT_REORDER_HOLD, FaultShares, Latency, LatencyParseError,
     ResultUrlForm, Scenario, ScenarioArgs, StoragesFile, WebhookBody, WebhookDigest,
 };
-pub use stats::{BatchTrace, Control, ControlState, Stats, submit_key};
+pub use stats::{BatchTrace, Control, ControlState, RefusedCall, Stats, submit_key};
 pub use storage::StorageConnector;
 pub use storage_file::{StoragesFileError, load as load_storages_file};
 pub use webhook::{SIGNATURE_HEADER, signature as webhook_signature};

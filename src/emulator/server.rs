@@ -610,6 +610,21 @@ enum Endpoint {
     Other,
 }
 
+impl Endpoint {
+    /// The endpoint's name in [`super::stats::RefusedCall`].
+    fn label(self) -> &'static str {
+        match self {
+            Endpoint::Submit => "submit",
+            Endpoint::Poll => "poll",
+            Endpoint::BatchSubmit => "batch-submit",
+            Endpoint::BatchPoll => "batch-poll",
+            Endpoint::Sync => "sync",
+            Endpoint::Upload => "upload",
+            Endpoint::Other => "other",
+        }
+    }
+}
+
 fn endpoint(method: &Method, path: &str) -> Endpoint {
     match (method, path.trim_end_matches('/')) {
         (&Method::POST, "/image/edit/async") => Endpoint::Submit,
@@ -678,6 +693,22 @@ async fn api_gate(State(state): State<Arc<AppState>>, req: Request, next: Next) 
         return response;
     }
     let kind = endpoint(req.method(), req.uri().path());
+    let refused = state.control.forbidden()
+        || (state.control.credits_exhausted()
+            && matches!(
+                kind,
+                Endpoint::Submit | Endpoint::BatchSubmit | Endpoint::Sync | Endpoint::Upload
+            ));
+    if refused {
+        state.recorder.update(|s| {
+            if s.refused_calls.len() < super::stats::REFUSED_CALLS_KEPT {
+                s.refused_calls.push(super::stats::RefusedCall {
+                    at_ms: crate::store::now_ms(),
+                    endpoint: kind.label().to_owned(),
+                });
+            }
+        });
+    }
     let mut response = if state.control.forbidden() {
         api_error(
             StatusCode::FORBIDDEN,

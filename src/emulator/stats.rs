@@ -47,6 +47,9 @@ pub struct Stats {
     pub refused_402: u64,
     /// 403 answers sent (forbidden).
     pub refused_403: u64,
+    /// The first [`REFUSED_CALLS_KEPT`] calls answered 402 or 403: when, and to which
+    /// endpoint (tests read how often a pause's calls went).
+    pub refused_calls: Vec<RefusedCall>,
     /// 429 answers sent.
     pub rate_limited: u64,
     /// 5xx answers sent (injected faults and `down`).
@@ -104,6 +107,19 @@ pub struct Stats {
     pub storage_lists: u64,
     /// Storage reads, writes and listings that failed (missing object, denied, unreachable).
     pub storage_errors: u64,
+}
+
+/// How many refused calls [`Stats::refused_calls`] keeps.
+pub const REFUSED_CALLS_KEPT: usize = 1_000;
+
+/// A call the emulator answered 402 or 403 (in [`Stats::refused_calls`]).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(default)]
+pub struct RefusedCall {
+    /// Milliseconds since the Unix epoch, when the answer was made.
+    pub at_ms: u64,
+    /// `submit`, `poll`, `batch-submit`, `batch-poll`, `sync`, `upload` or `other`.
+    pub endpoint: String,
 }
 
 /// What the emulator recorded about one batch (in [`Stats::batches`]).

@@ -32,7 +32,7 @@ use crate::pipeline::Settings;
 use crate::pipeline::dispatch::{self, Dispatch, LostBatchJob};
 use crate::pipeline::finisher;
 use crate::pipeline::health::HealthState;
-use crate::pipeline::health::Refusal;
+use crate::pipeline::health::{PollHold, Refusal};
 use crate::pipeline::job::{JobOutcome, Runner, failure_of, input_of};
 use crate::pipeline::polls::{BatchClock, Polls, Seen};
 use crate::pipeline::submitter::Queue;
@@ -1015,9 +1015,9 @@ impl BatchRunner {
         // (Fixed at the submit, a lost announcement of a batch of 64 whose twin had ended in
         // 3 s was waited for two minutes.)
         let mut first_wait = webhooks.is_some();
-        // The last poll was refused by a pause (a 402 while the batch ran): asked again when
-        // the pause ends (see `HealthState::after_refused_poll`).
-        let mut refused_by_pause = false;
+        // The poll waits for a pause: its last one was refused (a 402 while the batch ran),
+        // or it came due while others' were (see `HealthState::poll_hold`).
+        let mut hold: Option<PollHold> = None;
         loop {
             if let Some(watch) = &watch {
                 let update = tokio::select! {
@@ -1036,7 +1036,7 @@ impl BatchRunner {
                         }
                         continue;
                     }
-                    () = deps.health.after_refused_poll(delay), if refused_by_pause => None,
+                    () = deps.health.poll_hold(hold.unwrap_or(PollHold::Held), delay), if hold.is_some() => None,
                     _ = deps.cancel.cancelled() => return None,
                 };
                 match update {
@@ -1084,19 +1084,33 @@ impl BatchRunner {
                 }
             } else {
                 tokio::select! {
-                    _ = tokio::time::sleep(delay), if !refused_by_pause => {}
-                    () = deps.health.after_refused_poll(delay), if refused_by_pause => {}
+                    _ = tokio::time::sleep(delay), if hold.is_none() => {}
+                    () = deps.health.poll_hold(hold.unwrap_or(PollHold::Held), delay), if hold.is_some() => {}
                     _ = deps.cancel.cancelled() => return None,
                 }
             }
-            refused_by_pause = false;
+            let held = hold.take().is_some();
             if slim {
                 watch = None;
             }
             first_wait = false;
             scheduled = true;
             let sent_at = Instant::now();
-            match deps.client.poll_batch_once(result_url, batch_id).await {
+            let turn = deps.client.turn().await;
+            // Polls are being refused (a pause met by another's poll, maybe while this one
+            // waited for the rate limiter): this one waits for the pause's end or its turn as
+            // its probe, instead of being refused too.
+            if !held && deps.health.polls_refused() {
+                debug!(
+                    batch_id,
+                    "Polls are refused by the pause; this one waits for its end"
+                );
+                hold = Some(PollHold::Held);
+                delay = deps.poll.max;
+                scheduled = false;
+                continue;
+            }
+            match deps.client.poll_batch_in(turn, result_url, batch_id).await {
                 Ok(polled) => {
                     debug!(
                         status = ?polled.batch.status,
@@ -1204,10 +1218,10 @@ impl BatchRunner {
                         return None;
                     }
                     Failure::Systemic => {
-                        deps.health.pause(&err, Refusal::of(&err));
+                        deps.health.poll_refused(&err, Refusal::of(&err));
                         delay = deps.poll.max;
                         scheduled = false;
-                        refused_by_pause = true;
+                        hold = Some(PollHold::Refused);
                     }
                     // The batch is billed: a 429 only delays its poll, until `give_up_after`.
                     Failure::RateLimited { retry_after } => {

@@ -210,6 +210,20 @@ pub struct HealthState {
     /// When a poll refused by a pause last went again as the pause's probe (see
     /// [`HealthState::after_refused_poll`]).
     poll_probe: Mutex<Option<Instant>>,
+    /// A poll was refused by the pause (not only submits), and no call has succeeded since:
+    /// the other tasks' polls are held too (see [`HealthState::polls_refused`]).
+    polls_refused: std::sync::atomic::AtomicBool,
+}
+
+/// Why a task's or a batch's poll waits for the pause to end (see
+/// [`HealthState::poll_hold`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PollHold {
+    /// Its own last poll was refused by the pause.
+    Refused,
+    /// Its poll came due while polls are refused (another's poll was refused since the last
+    /// call that succeeded): it is not sent to be refused too.
+    Held,
 }
 
 /// Output writes that fail with an error that may heal, by where they hold submits.
@@ -358,6 +372,7 @@ impl HealthState {
             disk: Mutex::new(None),
             inbox: Mutex::new(None),
             poll_probe: Mutex::new(None),
+            polls_refused: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -603,23 +618,26 @@ impl HealthState {
         self.health.subscribe()
     }
 
-    /// The wait of a task's or a batch's poll that a pause refused (a 401/402/403 while it
-    /// was at Claid), `max` at the latest (`poll.max`). It ends when submitting resumes (the
-    /// submitter's probe found the API accepting requests; a probe interval after its own
-    /// refusal at the soonest), and meanwhile at most one
-    /// such poll goes again every [`PAUSE_PROBE_INTERVAL`] as the pause's probe: when the
-    /// tasks at Claid hold every `max_in_flight` slot, no submit can probe, and without it a
-    /// mended account was found out only at `poll.max`. (Measured before: batches at Claid
-    /// during a 402 that a probe mended 10 s later were polled 30 s after it.)
+    /// The wait of a task's or a batch's poll that waits for a pause ([`PollHold`]), `max`
+    /// at the latest (`poll.max`). It ends when submitting resumes (the submitter's probe, or
+    /// another poll, found the API accepting requests; for a poll that was itself refused, a
+    /// probe interval after its refusal at the soonest), and meanwhile at most one such poll
+    /// goes again every [`PAUSE_PROBE_INTERVAL`] as the pause's probe: when the tasks at
+    /// Claid hold every `max_in_flight` slot, no submit can probe, and without it a mended
+    /// account was found out only at `poll.max`. (Measured before: batches at Claid during a
+    /// 402 that a probe mended 10 s later were polled 30 s after it.)
     ///
     /// [`PAUSE_PROBE_INTERVAL`]: crate::pipeline::submitter::PAUSE_PROBE_INTERVAL
-    pub async fn after_refused_poll(&self, max: std::time::Duration) {
+    pub async fn poll_hold(&self, hold: PollHold, max: std::time::Duration) {
         let interval = crate::pipeline::submitter::PAUSE_PROBE_INTERVAL;
         let deadline = Instant::now() + max;
         // Never sooner than a probe interval after its own refusal, resumed or not: a task
         // refused for its own reason while others' calls succeed would flip the pause (an
         // ERROR and an alert each time) on every success elsewhere.
-        let earliest = (Instant::now() + interval).min(deadline);
+        let earliest = match hold {
+            PollHold::Refused => (Instant::now() + interval).min(deadline),
+            PollHold::Held => Instant::now(),
+        };
         let mut health = self.health.subscribe();
         loop {
             tokio::select! {
@@ -638,6 +656,25 @@ impl HealthState {
         tokio::time::sleep_until(earliest).await;
     }
 
+    /// Whether a poll that comes due now is held ([`PollHold::Held`]): submitting is paused
+    /// and a poll was refused since the last call that succeeded. A pause only submits meet
+    /// (Claid refuses a submit with 402 when the credits are spent and may still answer
+    /// polls) holds no poll. Without it, every task at Claid sent its next poll to be refused
+    /// too, which spent the minute's quota the mended account then lacked.
+    pub fn polls_refused(&self) -> bool {
+        self.polls_refused
+            .load(std::sync::atomic::Ordering::Relaxed)
+            && matches!(*self.health.borrow(), Health::Paused { .. })
+    }
+
+    /// A task's or a batch's poll met a systemic refusal: pause, and hold the other polls
+    /// (see [`HealthState::polls_refused`]).
+    pub fn poll_refused(&self, err: &ClaidError, refusal: Refusal) {
+        self.polls_refused
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.pause(err, refusal);
+    }
+
     /// The API answered a call successfully: not paused, not failing.
     pub fn ok(&self) {
         {
@@ -645,6 +682,8 @@ impl HealthState {
             inner.last_ok = Some(Instant::now());
             inner.failing = None;
         }
+        self.polls_refused
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         let changed = self.health.send_if_modified(|h| {
             if *h == Health::Healthy {
                 return false;
@@ -906,7 +945,7 @@ mod tests {
             let state = state.clone();
             let start = Instant::now();
             tokio::spawn(async move {
-                state.after_refused_poll(max).await;
+                state.poll_hold(PollHold::Refused, max).await;
                 start.elapsed()
             })
         };
@@ -939,8 +978,48 @@ mod tests {
         // Never past `max`, whoever probes.
         state.pause(&refused, Refusal::of(&refused));
         let begun = Instant::now();
-        state.after_refused_poll(Duration::from_secs(7)).await;
+        state
+            .poll_hold(PollHold::Refused, Duration::from_secs(7))
+            .await;
         assert_eq!(begun.elapsed(), Duration::from_secs(7));
+    }
+
+    /// Polls are held only after a poll was refused (a pause only submits meet holds none),
+    /// until a call succeeds; a held poll goes as soon as the pause ends.
+    #[tokio::test(start_paused = true)]
+    async fn polls_are_held_once_a_poll_is_refused_until_a_call_succeeds() {
+        use std::time::Duration;
+        let state = Arc::new(health());
+        let refused = ClaidError::Account {
+            endpoint: crate::claid::Endpoint::Submit,
+            status: 402,
+            request_id: None,
+            error_code: String::new(),
+            error_message: String::new(),
+        };
+        state.pause(&refused, Refusal::of(&refused));
+        assert!(!state.polls_refused(), "a submit's refusal holds no poll");
+        state.poll_refused(&refused, Refusal::of(&refused));
+        assert!(state.polls_refused());
+        let held = {
+            let state = state.clone();
+            let start = Instant::now();
+            tokio::spawn(async move {
+                state
+                    .poll_hold(PollHold::Held, Duration::from_secs(600))
+                    .await;
+                start.elapsed()
+            })
+        };
+        tokio::task::yield_now().await;
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(!held.is_finished(), "held while paused");
+        state.ok();
+        assert!(!state.polls_refused(), "a success ends the hold");
+        assert_eq!(held.await.expect("held"), Duration::from_secs(2));
+        // A new pause met by a submit alone holds none again.
+        state.pause(&refused, Refusal::of(&refused));
+        assert!(!state.polls_refused());
     }
 
     /// A hold of writes says since when it lasts (`/healthz`'s `for_seconds`), from its first

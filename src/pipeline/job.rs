@@ -22,7 +22,7 @@ use crate::manifest::{self, Input, LocalFile};
 use crate::metrics::Metrics;
 use crate::output::{self, ExistsPolicy};
 use crate::pipeline::dispatch::Dispatch;
-use crate::pipeline::health::{HealthState, Refusal};
+use crate::pipeline::health::{HealthState, PollHold, Refusal};
 use crate::pipeline::polls::{Kind, Polls, Seen};
 use crate::pipeline::submitter::Queue;
 use crate::pipeline::{Settings, on_file_pool};
@@ -1101,9 +1101,9 @@ impl Runner {
         // When a poll last found the task running (since its submit).
         let mut pending_at = None;
         let mut unsettled = Unsettled::default();
-        // The last poll was refused by a pause (a 402 while the task ran): asked again when
-        // the pause ends (see `HealthState::after_refused_poll`).
-        let mut refused_by_pause = false;
+        // The poll waits for a pause: its last one was refused (a 402 while the task ran), or
+        // it came due while others' were (see `HealthState::poll_hold`).
+        let mut hold: Option<PollHold> = None;
         loop {
             let mut announced = match &watch {
                 Some(watch) => tokio::select! {
@@ -1113,16 +1113,16 @@ impl Runner {
                         webhooks = None;
                         None
                     }
-                    () = deps.health.after_refused_poll(delay), if refused_by_pause => None,
+                    () = deps.health.poll_hold(hold.unwrap_or(PollHold::Held), delay), if hold.is_some() => None,
                     _ = deps.cancel.cancelled() => return Step::End(JobOutcome::Parked),
                 },
                 None => tokio::select! {
-                    _ = tokio::time::sleep(delay), if !refused_by_pause => None,
-                    () = deps.health.after_refused_poll(delay), if refused_by_pause => None,
+                    _ = tokio::time::sleep(delay), if hold.is_none() => None,
+                    () = deps.health.poll_hold(hold.unwrap_or(PollHold::Held), delay), if hold.is_some() => None,
                     _ = deps.cancel.cancelled() => return Step::End(JobOutcome::Parked),
                 },
             };
-            refused_by_pause = false;
+            let held = hold.take().is_some();
             // An announcement that the task ended without its result: the result is polled
             // (failing the job would lose an image Claid made and billed).
             // (A batch-shaped announcement for this single task is no result either.)
@@ -1158,7 +1158,22 @@ impl Runner {
                     task: *task,
                     request_id: None,
                 }),
-                _ => deps.client.poll_once(&result_url, task_id).await,
+                _ => {
+                    let turn = deps.client.turn().await;
+                    // Polls are being refused (a pause met by another's poll, maybe while
+                    // this one waited for the rate limiter): this one waits for the pause's
+                    // end or its turn as its probe, instead of being refused too.
+                    if !held && deps.health.polls_refused() {
+                        debug!(
+                            task_id,
+                            "Polls are refused by the pause; this one waits for its end"
+                        );
+                        hold = Some(PollHold::Held);
+                        delay = deps.poll.max;
+                        continue;
+                    }
+                    deps.client.poll_in(turn, &result_url, task_id).await
+                }
             };
             match polled {
                 Ok(polled) => {
@@ -1304,9 +1319,9 @@ impl Runner {
                             .await;
                     }
                     Failure::Systemic => {
-                        deps.health.pause(&err, Refusal::of(&err));
+                        deps.health.poll_refused(&err, Refusal::of(&err));
                         delay = deps.poll.max;
-                        refused_by_pause = true;
+                        hold = Some(PollHold::Refused);
                     }
                     // The task is billed: a 429 only delays its poll (the limiter's gate waits
                     // the reset), whatever their number, until `give_up_after`.

@@ -433,21 +433,123 @@ async fn issue12_a_batch_whose_poll_a_pause_refused_is_polled_again_when_the_pau
     std::fs::write(&config, text).expect("config");
     let mut daemon = env.spawn_daemon(&config, 0);
     // The canary ended and a full batch is at Claid: its polls start now.
-    wait_until("a batch after the canary submitted", DEADLINE, || {
-        env.stats().batch_submits >= 2
-    })
+    wait_until(
+        "the canary and 16 images after it submitted",
+        DEADLINE,
+        || env.stats().batch_images >= 18,
+    )
     .await;
     control.set_forbidden(true);
     // The batches at Claid hold every slot: no submit can probe the pause, their polls
     // must (one every 5 s once refused).
-    wait_until("polls refused with 403", DEADLINE, || {
-        env.stats().refused_403 >= 3
+    wait_until("two probes after the first refused poll", DEADLINE, || {
+        probes_after_first_refused_poll(&env.stats()) >= 2
     })
     .await;
     control.set_forbidden(false);
     let stats = all_written_then_stopped(&env, &mut daemon, &files).await;
     assert_eq!(stats.batch_images, 24, "every image went in a batch, once");
     assert_eq!(stats.duplicate_submits, 0);
+    refused_polls_went_one_per_probe(&stats);
+}
+
+/// While a pause refuses polls (403 to every call, a key that lost its scope), the tasks at
+/// Claid do not each send their next poll to be refused too: after the first refused one
+/// they wait for the pause's end, one of them going every probe interval to find it.
+/// (Before, every task's next poll went and was refused, spending the minute's quota the
+/// mended key then lacked.)
+#[tokio::test(flavor = "multi_thread")]
+async fn issue12_while_a_pause_refuses_polls_the_other_tasks_polls_are_held() {
+    let (_static, env, files) = url_drop(12, "h-", |scenario| {
+        scenario.latency(Latency::Fixed(Duration::from_secs(20)))
+    })
+    .await;
+    let control = env.emulator.control();
+    // Single tasks, all at Claid at once: the queue is empty, so no submit probes the pause
+    // and every refused call is a poll. Claid's own 4 requests a second: polls that came due
+    // together wait for the rate limiter, and the pause may begin meanwhile.
+    let config = env.config("max_in_flight: 32\nbatch: { max_images: 1 }", "");
+    let text = std::fs::read_to_string(&config).expect("config");
+    assert!(
+        text.contains("max: 500ms") && text.contains("requests_per_second: 1000"),
+        "the test config's poll.max and rate: {text}"
+    );
+    let text = text
+        .replace("max: 500ms", "max: 10m")
+        .replace("requests_per_second: 1000", "requests_per_second: 4");
+    std::fs::write(&config, text).expect("config");
+    let mut daemon = env.spawn_daemon(&config, 0);
+    wait_until("every task at Claid polled once", DEADLINE, || {
+        env.stats().polls_by_task.len() == files.len()
+    })
+    .await;
+    control.set_forbidden(true);
+    wait_until(
+        "two refused polls after the first one's second",
+        DEADLINE,
+        || probes_after_first_refused_poll(&env.stats()) >= 2,
+    )
+    .await;
+    control.set_forbidden(false);
+    let stats = all_written_then_stopped(&env, &mut daemon, &files).await;
+    assert_eq!(stats.submits, 12, "every image submitted once");
+    assert_eq!(stats.duplicate_submits, 0);
+    assert!(
+        stats.refused_calls.iter().all(|c| c.endpoint == "poll"),
+        "only polls were refused: {:?}",
+        stats.refused_calls
+    );
+    refused_polls_went_one_per_probe(&stats);
+}
+
+/// When the emulator refused the polls (of tasks and batches), in order.
+fn refused_polls(stats: &claid_hotfolder::emulator::Stats) -> Vec<u64> {
+    let mut polls: Vec<u64> = stats
+        .refused_calls
+        .iter()
+        .filter(|c| c.endpoint.ends_with("poll"))
+        .map(|c| c.at_ms)
+        .collect();
+    polls.sort_unstable();
+    polls
+}
+
+/// Refused polls more than a second after the first (past those already on the wire then).
+fn probes_after_first_refused_poll(stats: &claid_hotfolder::emulator::Stats) -> usize {
+    let polls = refused_polls(stats);
+    polls.first().map_or(0, |&first| {
+        polls.iter().filter(|&&at| at > first + 1_000).count()
+    })
+}
+
+/// The polls the emulator refused during a pause went one at a time: past those already on
+/// the wire when the first was refused (within a second of it: at most 4, the rate a second
+/// these tests allow or the batches at Claid), each at least 4 s (the 5 s probe interval,
+/// less the network's jitter) after the one before. A slower machine only spaces them more.
+fn refused_polls_went_one_per_probe(stats: &claid_hotfolder::emulator::Stats) {
+    let polls = refused_polls(stats);
+    let Some(&first) = polls.first() else {
+        panic!("no poll was refused: {:?}", stats.refused_calls);
+    };
+    let burst = polls.iter().filter(|&&at| at <= first + 1_000).count();
+    assert!(
+        burst <= 4,
+        "{burst} polls refused within a second of the first (ms since it: {:?})",
+        polls.iter().map(|at| at - first).collect::<Vec<_>>()
+    );
+    assert!(
+        polls.len() > burst,
+        "a probe went during the pause (ms since the first: {:?})",
+        polls.iter().map(|at| at - first).collect::<Vec<_>>()
+    );
+    for pair in polls[burst - 1..].windows(2) {
+        assert!(
+            pair[1] - pair[0] >= 4_000,
+            "refused polls {} ms apart (ms since the first: {:?})",
+            pair[1] - pair[0],
+            polls.iter().map(|at| at - first).collect::<Vec<_>>()
+        );
+    }
 }
 
 /// Waits until every one of `files` has its output under the outbox's `m/`, then stops the
