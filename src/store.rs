@@ -929,7 +929,7 @@ impl Store {
     ) -> Result<JobV1, StoreError> {
         // Kept as every reader may show it (reports, the dashboard, alerts): Claid's messages
         // quote the inputs, and an input's URL may carry a signature.
-        let message = crate::text::redact_urls_in(message).into_owned();
+        let message = crate::text::capped(&crate::text::redact_urls_in(message)).into_owned();
         let job = self
             .step(id, "unfinished", move |job| {
                 if job.state.is_terminal() {
@@ -1027,6 +1027,9 @@ impl Store {
         claid_said: Option<String>,
     ) -> Result<JobV1, StoreError> {
         let now = now_ms();
+        // Kept as `mark_failed` keeps a message.
+        let claid_said = claid_said
+            .map(|text| crate::text::capped(&crate::text::redact_urls_in(&text)).into_owned());
         let job = self
             .step(id, "submitted", move |job| match job.state {
                 JobState::Submitting { .. } | JobState::Submitted { .. } => Some(JobV1 {

@@ -194,6 +194,46 @@ pub fn unescape(text: &str) -> Option<String> {
     Some(out)
 }
 
+/// Longest text of Claid's (an error message, its errors for images it did not name) a
+/// job's record keeps: each row of a report, the dashboard and alerts carry it, and one
+/// answer can be long (seen: 6,000 characters copied into every image of a batch).
+pub const KEPT_TEXT_MAX: usize = 2_000;
+
+/// `text` cut to at most [`KEPT_TEXT_MAX`] bytes at a character boundary, saying how much
+/// was cut.
+pub fn capped(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.len() <= KEPT_TEXT_MAX {
+        return text.into();
+    }
+    let mut end = KEPT_TEXT_MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} more bytes)", &text[..end], text.len() - end).into()
+}
+
+/// Distinct texts in their first order, joined with `; `, a repeated one followed by how
+/// often it came (`Image processing failed (×2)`).
+pub fn tally(texts: &[String]) -> String {
+    let mut seen: Vec<(&str, usize)> = Vec::new();
+    for text in texts {
+        match seen.iter_mut().find(|(known, _)| *known == text.as_str()) {
+            Some((_, n)) => *n += 1,
+            None => seen.push((text, 1)),
+        }
+    }
+    seen.iter()
+        .map(|(text, n)| {
+            if *n > 1 {
+                format!("{text} (×{n})")
+            } else {
+                (*text).to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// An error and its sources, joined with `: ` (for logs and stderr).
 pub fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
@@ -431,6 +471,21 @@ mod tests {
     use std::os::unix::ffi::OsStrExt;
 
     use super::*;
+
+    /// Long text is cut at a character boundary under the cap, saying how much went;
+    /// repeated texts are counted, not repeated.
+    #[test]
+    fn long_text_is_capped_and_repeats_are_counted() {
+        let short = "Image processing failed";
+        assert_eq!(capped(short), short);
+        let long = "é".repeat(KEPT_TEXT_MAX);
+        let cut = capped(&long);
+        assert!(cut.len() < KEPT_TEXT_MAX + 30, "{}", cut.len());
+        assert!(cut.ends_with(&format!("… ({} more bytes)", long.len() - KEPT_TEXT_MAX)));
+        let texts = [short, "Bad input", short].map(str::to_owned);
+        assert_eq!(tally(&texts), "Image processing failed (×2); Bad input");
+        assert_eq!(tally(&[]), "");
+    }
 
     /// What `escape` writes, `unescape` reads back, for every kind of escaped character.
     #[test]

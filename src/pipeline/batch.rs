@@ -1353,8 +1353,8 @@ impl BatchRunner {
             {
                 // A result we could not attribute (or not read, or one listed in the place of
                 // another) may be this job's: Claid may have billed it.
-                let claid_said =
-                    (!matched.loose_errors.is_empty()).then(|| matched.loose_errors.join("; "));
+                let claid_said = (!matched.loose_errors.is_empty())
+                    .then(|| crate::text::tally(&matched.loose_errors));
                 match deps.store.hold_unmatched(member.id, claid_said).await {
                     Ok(_) => self.report(member.manifest, JobOutcome::Held),
                     Err(err) => error!(error = %err, "Cannot hold the job in doubt"),
@@ -1366,7 +1366,7 @@ impl BatchRunner {
                 } else {
                     format!(
                         " (Claid's errors for images it did not name: {})",
-                        matched.loose_errors.join("; ")
+                        crate::text::tally(&matched.loose_errors)
                     )
                 };
                 self.fail(
