@@ -47,6 +47,20 @@ pub enum Delivery {
     Duplicate,
 }
 
+/// Which warning a poll's finding set off, that webhooks are taken as silent (see
+/// [`Dispatch::polled_final`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Silence {
+    /// None has come in this run.
+    NoneCame,
+    /// They came, then stopped.
+    Stopped,
+    /// They come, after the polls found their tasks ended.
+    Late,
+    /// They come for failed tasks only.
+    NotForDone,
+}
+
 /// Counters for `/metrics` and the benchmark.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DispatchStats {
@@ -75,8 +89,11 @@ pub struct Dispatch {
     /// webhooks that come for failed tasks only (a subscription to "failed" events alone)
     /// kept `polled_final` at zero while every successful task waited its `poll_fallback`.
     polled_done: std::sync::atomic::AtomicU64,
-    /// Whether a webhook announced a task DONE in this run.
+    /// Whether a webhook announced a task DONE in this run (in time or late).
     heard_done: std::sync::atomic::AtomicBool,
+    /// Webhooks that came after a poll had found their task ended (see
+    /// [`Inner::polled_ended`]), since the last one that came in time.
+    late: std::sync::atomic::AtomicU64,
     /// When this process started taking webhooks (ms since the epoch; 0: always).
     started_ms: u64,
 }
@@ -135,6 +152,10 @@ struct Inner {
     lost: HashMap<String, Vec<Arc<Slot>>>,
     /// Ids that already got their final update (bounded like `early`), to tell duplicates.
     done: HashMap<TaskRef, Instant>,
+    /// Tasks a poll found ended before their webhook came, while it counted as silence
+    /// ([`Dispatch::polled_final`]; bounded like `early`): their webhook, if it comes, is
+    /// late, not missing.
+    polled_ended: HashMap<TaskRef, Instant>,
     /// Jobs a crash caught mid-submit that may have gone in a batch: by the batch body they
     /// would have been sent with (without `input`), then by their input.
     lost_batch: HashMap<String, HashMap<String, Vec<LostOwner>>>,
@@ -289,9 +310,12 @@ impl Dispatch {
     /// Hands a verified update to whoever waits for it (see [`Delivery`]).
     pub fn deliver(&self, update: TaskUpdate) -> Delivery {
         let done = *update.status() == crate::claid::wire::TaskStatus::Done;
+        let task = update.task();
         let delivery = self.deliver_to(update, false);
         if matches!(delivery, Delivery::Handed | Delivery::Adopted) {
             self.heard_now(done);
+        } else {
+            self.heard_late(task, done);
         }
         delivery
     }
@@ -362,6 +386,14 @@ impl Dispatch {
             self.held_adopted.notify_waiters();
             return Delivery::Adopted;
         }
+        // Late: a poll found the task ended already and had its result (see
+        // `Dispatch::heard_late`); kept, it lay in the store for a day.
+        // Its copies are duplicates too.
+        if inner.polled_ended.contains_key(&id) {
+            inner.mark_done(id);
+            inner.stats.duplicates += 1;
+            return Delivery::Duplicate;
+        }
         inner.prune_early();
         let kept = if owned {
             &mut inner.owned_early
@@ -392,11 +424,29 @@ impl Dispatch {
     /// would hide a second bill and deliver one image twice).
     pub fn deliver_owned(&self, update: TaskUpdate) -> Delivery {
         let done = *update.status() == crate::claid::wire::TaskStatus::Done;
+        let task = update.task();
         let delivery = self.deliver_to(update, true);
         if delivery == Delivery::Handed {
             self.heard_now(done);
+        } else {
+            self.heard_late(task, done);
         }
         delivery
+    }
+
+    /// A final webhook for `task` that no wait took: if a poll found the task ended first
+    /// (counted as silence), its webhook comes late. Webhooks are not missing, and one that
+    /// says DONE shows they come for successful tasks: without this, webhooks late by more
+    /// than the wait for them were told as "not for tasks that end DONE".
+    fn heard_late(&self, task: TaskRef, done: bool) {
+        use std::sync::atomic::Ordering;
+        if self.lock().polled_ended.remove(&task).is_none() {
+            return;
+        }
+        self.late.fetch_add(1, Ordering::Relaxed);
+        if done {
+            self.heard_done.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Keeps an update for the task that will wait for it (an adopted task's result, which
@@ -653,8 +703,10 @@ impl Dispatch {
     /// kept copy is dropped (the poll has the result). (Counted as one without, webhooks that
     /// came for such tasks set off the warning, and kept them unwatched for the daemon's
     /// life.) Else its webhook had not come, unless it was submitted before this process
-    /// started: its webhook may have come while the daemon was down, and it is not counted.
-    pub fn polled_final(&self, task: TaskRef, submitted_at_ms: u64, done: bool) {
+    /// started: its webhook may have come while the daemon was down, and it is not counted;
+    /// if it comes after all, it is late (see [`Dispatch::heard_late`]). Returns the warning
+    /// it set off, if any.
+    pub fn polled_final(&self, task: TaskRef, submitted_at_ms: u64, done: bool) -> Option<Silence> {
         use std::sync::atomic::Ordering;
         let announced = {
             let mut inner = self.lock();
@@ -663,10 +715,21 @@ impl Dispatch {
         };
         if announced {
             self.heard_now(done);
-            return;
+            return None;
         }
         if submitted_at_ms < self.started_ms {
-            return;
+            return None;
+        }
+        {
+            let mut inner = self.lock();
+            if inner.polled_ended.len() >= MAX_EARLY {
+                let cutoff = Instant::now() - EARLY_TTL;
+                inner.polled_ended.retain(|_, at| *at > cutoff);
+                if inner.polled_ended.len() >= MAX_EARLY {
+                    inner.polled_ended.clear();
+                }
+            }
+            inner.polled_ended.insert(task, Instant::now());
         }
         let batch = matches!(task, TaskRef::Batch(_));
         // A batch counts for as many tasks as make two in a row reach either threshold: a run
@@ -692,20 +755,29 @@ impl Dispatch {
                 tracing::warn!(
                     "Webhooks come, but not for tasks that end DONE: polls found successful tasks without theirs; results are polled as without webhooks until one comes (is the webhook subscribed to failed tasks only? Subscribe it to successful ones too in Claid's dashboard, docs/webhooks.md)"
                 );
+                return Some(Silence::NotForDone);
             }
         }
-        if reached(before, final_weight, final_after) {
-            // Tasks already waiting for their webhook poll now, not at their fallback.
-            self.silent.notify_waiters();
-            if self.heard_any() {
-                tracing::warn!(
-                    "Webhooks stopped coming: polls found tasks ended without theirs since the last one; results are polled as without webhooks until one comes (check the webhook's delivery in Claid's dashboard, docs/webhooks.md)"
-                );
-            } else {
-                tracing::warn!(
-                    "No webhook has come while polls found tasks ended: results are polled as without webhooks until one comes; check the webhook URL and secret in Claid's dashboard (docs/webhooks.md)"
-                );
-            }
+        if !reached(before, final_weight, final_after) {
+            return None;
+        }
+        // Tasks already waiting for their webhook poll now, not at their fallback.
+        self.silent.notify_waiters();
+        if self.late.load(Ordering::Relaxed) > 0 {
+            tracing::warn!(
+                "Webhooks come late: polls found tasks ended before their webhooks came, which came after; results are polled as without webhooks until one comes in time (how long Claid takes to deliver shows in its dashboard's webhook log; a proxy in front of `webhook.listen` may hold them, docs/webhooks.md)"
+            );
+            Some(Silence::Late)
+        } else if self.heard_any() {
+            tracing::warn!(
+                "Webhooks stopped coming: polls found tasks ended without theirs since the last one; results are polled as without webhooks until one comes (check the webhook's delivery in Claid's dashboard, docs/webhooks.md)"
+            );
+            Some(Silence::Stopped)
+        } else {
+            tracing::warn!(
+                "No webhook has come while polls found tasks ended: results are polled as without webhooks until one comes; check the webhook URL and secret in Claid's dashboard (docs/webhooks.md)"
+            );
+            Some(Silence::NoneCame)
         }
     }
 
@@ -720,6 +792,7 @@ impl Dispatch {
     fn heard_now(&self, done: bool) {
         self.polled_final
             .store(0, std::sync::atomic::Ordering::Relaxed);
+        self.late.store(0, std::sync::atomic::Ordering::Relaxed);
         if done {
             self.polled_done
                 .store(0, std::sync::atomic::Ordering::Relaxed);
@@ -1220,6 +1293,49 @@ mod tests {
             dispatch.polled_final(TaskRef::Batch(id), crate::store::now_ms(), true);
         }
         assert!(dispatch.webhooks_silent(), "two batches without theirs");
+    }
+
+    /// Webhooks that come after the polls found their tasks ended are late, not missing nor
+    /// missing for DONE tasks: the warning says so. (Every webhook of a drop 9 s late was
+    /// told as "not for tasks that end DONE", then as "stopped coming".)
+    #[test]
+    fn webhooks_that_come_after_their_tasks_polls_are_told_late() {
+        let dispatch = Arc::new(Dispatch::default());
+        let req =
+            |id: u64| serde_json::json!({"input": format!("https://x/{id}.jpg"), "operations": {}});
+        // One came in time, for a failed task: webhooks do come.
+        let heard = dispatch.watch(TaskRef::Async(1));
+        assert_eq!(
+            dispatch.deliver(update(1, "ERROR", req(1))),
+            Delivery::Handed
+        );
+        drop(heard);
+        // The rest come after their task's poll found it DONE.
+        let mut told = Vec::new();
+        for id in 2..14 {
+            told.extend(dispatch.polled_final(TaskRef::Async(id), crate::store::now_ms(), true));
+            assert_eq!(
+                dispatch.deliver_owned(update(id, "DONE", req(id))),
+                Delivery::Duplicate,
+                "not kept: the poll had the result"
+            );
+        }
+        assert_eq!(told, vec![Silence::Late], "told once, as late");
+        assert!(dispatch.webhooks_silent(), "polled as without webhooks");
+        // One in time ends it.
+        let heard = dispatch.watch(TaskRef::Async(20));
+        assert_eq!(
+            dispatch.deliver(update(20, "DONE", req(20))),
+            Delivery::Handed
+        );
+        drop(heard);
+        assert!(!dispatch.webhooks_silent());
+        // Webhooks that never come after the polls stay "stopped".
+        let mut told = Vec::new();
+        for id in 30..40 {
+            told.extend(dispatch.polled_final(TaskRef::Async(id), crate::store::now_ms(), true));
+        }
+        assert_eq!(told, vec![Silence::Stopped]);
     }
 
     /// A task held jobs adopted stays pending from its webhook until it is seen through, so
