@@ -488,6 +488,13 @@ async fn run(
         state.shuffle(&mut results);
         state.shuffle(&mut errors);
     }
+    if state.scenario.repeat_batch_result
+        && results.len() >= 2
+        && let Some(first) = results.first().cloned()
+        && let Some(last) = results.last_mut()
+    {
+        *last = first;
+    }
     let failed = errors.len() as u64;
     let p = progress
         .into_inner()

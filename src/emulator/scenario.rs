@@ -245,6 +245,9 @@ pub struct Scenario {
     /// A batch image's error names no input, neither in its text nor by `input_object` (Claid
     /// documents neither). For tests only: `claid-hotfolder emulator` has no flag for it.
     pub anonymous_batch_errors: bool,
+    /// A DONE batch of two images or more lists its first result again in the place of its
+    /// last (the last image has no result). For tests only, like `anonymous_batch_errors`.
+    pub repeat_batch_result: bool,
     /// How the `result_url` of tasks and batches is given (Claid's schema makes it optional).
     pub result_url: ResultUrlForm,
     /// How long the answer to a submit (async or batch) is held after the task was created, so
@@ -349,6 +352,7 @@ impl Default for Scenario {
             shuffle_results: false,
             batch_rename_share: 0.0,
             anonymous_batch_errors: false,
+            repeat_batch_result: false,
             result_url: ResultUrlForm::Local,
             submit_response_delay: Duration::ZERO,
             webhook_url: None,
@@ -556,6 +560,11 @@ impl Scenario {
         self.anonymous_batch_errors = on;
         self
     }
+    /// A batch's first result listed again in the place of its last.
+    pub fn repeat_batch_result(mut self, on: bool) -> Self {
+        self.repeat_batch_result = on;
+        self
+    }
     /// How `result_url` is given in every answer and webhook.
     pub fn result_url(mut self, form: ResultUrlForm) -> Self {
         self.result_url = form;
@@ -680,6 +689,7 @@ impl std::fmt::Debug for Scenario {
             .field("shuffle_results", &self.shuffle_results)
             .field("batch_rename_share", &self.batch_rename_share)
             .field("anonymous_batch_errors", &self.anonymous_batch_errors)
+            .field("repeat_batch_result", &self.repeat_batch_result)
             .field("result_url", &self.result_url)
             .field("submit_response_delay", &self.submit_response_delay)
             .field("webhook_url", &self.webhook_url)
@@ -965,6 +975,7 @@ impl ScenarioArgs {
             shuffle_results: self.shuffle_results,
             batch_rename_share: self.batch_rename_share,
             anonymous_batch_errors: false,
+            repeat_batch_result: false,
             result_url: self.result_url,
             submit_response_delay: self.submit_response_delay,
             webhook_url: self.webhook_url,

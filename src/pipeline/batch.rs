@@ -1353,6 +1353,16 @@ impl BatchRunner {
             {
                 // A result we could not attribute (or not read, or one listed in the place of
                 // another) may be this job's: Claid may have billed it.
+                if !explained && (result.unreadable_results > 0 || result.repeated_results() > 0) {
+                    // An answer that leaves an image without its result because it lists one
+                    // twice, or lists one the daemon cannot read, cannot be matched to its
+                    // images one to one either: the safety valve's case.
+                    deps.batching.switch_off(&format!(
+                        "batch {batch_id}: an image has no result, and the answer lists {} result(s) twice and {} it cannot read",
+                        result.repeated_results(),
+                        result.unreadable_results
+                    ));
+                }
                 let claid_said = (!matched.loose_errors.is_empty())
                     .then(|| crate::text::tally(&matched.loose_errors));
                 match deps.store.hold_unmatched(member.id, claid_said).await {

@@ -383,6 +383,40 @@ async fn issue12_a_result_that_matches_no_image_switches_batching_off_and_holds_
     assert_eq!(stats.duplicate_submits, 0, "nothing held is resubmitted");
 }
 
+/// A batch answer that lists one image's result twice, in the place of another's, leaves
+/// that other image without its result: it is held in doubt (Claid may have billed it), and
+/// since the answer cannot be matched to the images one to one, batching is switched off
+/// for the rest of the run (before, batching went on and could hold more images so).
+#[tokio::test(flavor = "multi_thread")]
+async fn issue12_a_result_listed_twice_switches_batching_off_and_holds_the_image_without_one() {
+    let (_static, env, _) = url_drop(6, "t-", |scenario| scenario.repeat_batch_result(true)).await;
+    let config = env.config("max_in_flight: 32", "");
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 2, "an image is held in doubt:\n{stderr}");
+    assert!(
+        stderr.contains("Batching is switched off") && stderr.contains("twice"),
+        "an ERROR says so and why: {stderr}"
+    );
+    let stats = env.stats();
+    assert_eq!(
+        stats.batch_submits, 1,
+        "only the canary went as a batch:\n{stderr}"
+    );
+    let canary = stats.batches.values().next().expect("the canary").images;
+    assert_eq!(canary, 2, "a canary of two");
+    let rows = rows(&env, "m");
+    let held: Vec<_> = rows.iter().filter(|(_, s, _)| s == "in-doubt").collect();
+    let done: Vec<_> = rows.iter().filter(|(_, s, _)| s == "done").collect();
+    assert_eq!(
+        held.len(),
+        1,
+        "the canary's image without a result: {rows:?}"
+    );
+    assert_eq!(done.len(), 5, "its other image and the rest: {rows:?}");
+    assert_eq!(stats.submits, 4, "the rest were submitted one by one");
+    assert_eq!(stats.duplicate_submits, 0, "nothing held is resubmitted");
+}
+
 /// A canary refused at its submit (no credits: submitting pauses) tested nothing: once
 /// submitting resumes, the first batch Claid takes is a canary of at most 2 images again,
 /// not a full batch (jobs grouped for one meanwhile are split). After a pause at the first
