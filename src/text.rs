@@ -199,8 +199,8 @@ pub fn unescape(text: &str) -> Option<String> {
 /// answer can be long (seen: 6,000 characters copied into every image of a batch).
 pub const KEPT_TEXT_MAX: usize = 2_000;
 
-/// `text` cut to at most [`KEPT_TEXT_MAX`] bytes at a character boundary, saying how much
-/// was cut.
+/// `text` cut to [`KEPT_TEXT_MAX`] bytes at most at a character boundary, followed by how
+/// much was cut (`… (N more bytes)`).
 pub fn capped(text: &str) -> std::borrow::Cow<'_, str> {
     if text.len() <= KEPT_TEXT_MAX {
         return text.into();

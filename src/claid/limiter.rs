@@ -321,6 +321,13 @@ impl Limiter {
         let mut state = self.lock();
         if let Some(index) = state.admitted.iter().rposition(|t| *t == at) {
             state.admitted.remove(index);
+            // Nor does it spend the server's announced cap (polls held by a pause gave
+            // their turns back one by one, and emptied it).
+            if let Some(cap) = &mut state.cap
+                && cap.until > Instant::now()
+            {
+                cap.left = cap.left.saturating_add(1);
+            }
         }
     }
 

@@ -693,13 +693,14 @@ async fn api_gate(State(state): State<Arc<AppState>>, req: Request, next: Next) 
         return response;
     }
     let kind = endpoint(req.method(), req.uri().path());
-    let refused = state.control.forbidden()
-        || (state.control.credits_exhausted()
-            && matches!(
-                kind,
-                Endpoint::Submit | Endpoint::BatchSubmit | Endpoint::Sync | Endpoint::Upload
-            ));
-    if refused {
+    // Read once: a toggle flipped meanwhile must not make a call counted and not refused.
+    let forbidden = state.control.forbidden();
+    let no_credits = state.control.credits_exhausted()
+        && matches!(
+            kind,
+            Endpoint::Submit | Endpoint::BatchSubmit | Endpoint::Sync | Endpoint::Upload
+        );
+    if forbidden || no_credits {
         state.recorder.update(|s| {
             if s.refused_calls.len() < super::stats::REFUSED_CALLS_KEPT {
                 s.refused_calls.push(super::stats::RefusedCall {
@@ -709,19 +710,14 @@ async fn api_gate(State(state): State<Arc<AppState>>, req: Request, next: Next) 
             }
         });
     }
-    let mut response = if state.control.forbidden() {
+    let mut response = if forbidden {
         api_error(
             StatusCode::FORBIDDEN,
             "1403",
             "auth",
             "The API key lacks the image_editing permission scope.",
         )
-    } else if state.control.credits_exhausted()
-        && matches!(
-            kind,
-            Endpoint::Submit | Endpoint::BatchSubmit | Endpoint::Sync | Endpoint::Upload
-        )
-    {
+    } else if no_credits {
         api_error(
             StatusCode::PAYMENT_REQUIRED,
             "1402",

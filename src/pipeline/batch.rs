@@ -1095,7 +1095,6 @@ impl BatchRunner {
             }
             first_wait = false;
             scheduled = true;
-            let sent_at = Instant::now();
             let turn = deps.client.turn().await;
             // Polls are being refused (a pause met by another's poll, maybe while this one
             // waited for the rate limiter): this one waits for the pause's end or its turn as
@@ -1110,6 +1109,9 @@ impl BatchRunner {
                 scheduled = false;
                 continue;
             }
+            // Sent now, not when it began to wait for the limiter (a success elsewhere
+            // meanwhile says nothing of this call's failure).
+            let sent_at = Instant::now();
             match deps.client.poll_batch_in(turn, result_url, batch_id).await {
                 Ok(polled) => {
                     debug!(
@@ -1176,6 +1178,8 @@ impl BatchRunner {
                                 TaskRef::Batch(batch_id),
                                 submitted_at_ms,
                                 polled.batch.status == TaskStatus::Done,
+                                !(polled.batch.lacks_result()
+                                    || polled.batch.answers_fewer_than(members.len())),
                             );
                         }
                         let took = Duration::from_millis(now_ms().saturating_sub(submitted_at_ms));
@@ -1342,6 +1346,13 @@ impl BatchRunner {
                 self.fail(member, FailureCode::ClaidError, message).await;
             }
         }
+        // An answer with an entry for every image (results, unreadable ones, errors) of which
+        // one is listed twice or cannot be read: the image left without a result had its entry
+        // taken by it (a short answer is not that: it only lacks one).
+        let garbled = !explained
+            && (result.unreadable_results > 0 || result.repeated_results() > 0)
+            && result.results.len() + result.unreadable_results + result.errors.len()
+                >= members.len();
         for member in &members {
             if handled.contains(&member.id) {
                 continue;
@@ -1353,7 +1364,7 @@ impl BatchRunner {
             {
                 // A result we could not attribute (or not read, or one listed in the place of
                 // another) may be this job's: Claid may have billed it.
-                if !explained && (result.unreadable_results > 0 || result.repeated_results() > 0) {
+                if garbled {
                     // An answer that leaves an image without its result because it lists one
                     // twice, or lists one the daemon cannot read, cannot be matched to its
                     // images one to one either: the safety valve's case.

@@ -310,12 +310,9 @@ impl Dispatch {
     /// Hands a verified update to whoever waits for it (see [`Delivery`]).
     pub fn deliver(&self, update: TaskUpdate) -> Delivery {
         let done = *update.status() == crate::claid::wire::TaskStatus::Done;
-        let task = update.task();
         let delivery = self.deliver_to(update, false);
         if matches!(delivery, Delivery::Handed | Delivery::Adopted) {
             self.heard_now(done);
-        } else {
-            self.heard_late(task, done);
         }
         delivery
     }
@@ -389,9 +386,11 @@ impl Dispatch {
         // Late: a poll found the task ended already and had its result (see
         // `Dispatch::heard_late`); kept, it lay in the store for a day.
         // Its copies are duplicates too.
-        if inner.polled_ended.contains_key(&id) {
+        if inner.polled_ended.remove(&id).is_some() {
             inner.mark_done(id);
             inner.stats.duplicates += 1;
+            drop(inner);
+            self.heard_late(*update.status() == crate::claid::wire::TaskStatus::Done);
             return Delivery::Duplicate;
         }
         inner.prune_early();
@@ -424,25 +423,19 @@ impl Dispatch {
     /// would hide a second bill and deliver one image twice).
     pub fn deliver_owned(&self, update: TaskUpdate) -> Delivery {
         let done = *update.status() == crate::claid::wire::TaskStatus::Done;
-        let task = update.task();
         let delivery = self.deliver_to(update, true);
         if delivery == Delivery::Handed {
             self.heard_now(done);
-        } else {
-            self.heard_late(task, done);
         }
         delivery
     }
 
-    /// A final webhook for `task` that no wait took: if a poll found the task ended first
-    /// (counted as silence), its webhook comes late. Webhooks are not missing, and one that
-    /// says DONE shows they come for successful tasks: without this, webhooks late by more
-    /// than the wait for them were told as "not for tasks that end DONE".
-    fn heard_late(&self, task: TaskRef, done: bool) {
+    /// The first final webhook for a task whose end (with its result, or its error) a poll
+    /// found first, while it counted as silence: late, not missing. One that says DONE
+    /// shows webhooks come for successful tasks: without this, webhooks late by more than
+    /// the wait for them were told as "not for tasks that end DONE".
+    fn heard_late(&self, done: bool) {
         use std::sync::atomic::Ordering;
-        if self.lock().polled_ended.remove(&task).is_none() {
-            return;
-        }
         self.late.fetch_add(1, Ordering::Relaxed);
         if done {
             self.heard_done.store(true, Ordering::Relaxed);
@@ -462,7 +455,9 @@ impl Dispatch {
     /// so that a crash before its submit answer is recorded does not lose it.
     pub fn would_keep(&self, id: TaskRef) -> bool {
         let inner = self.lock();
-        !inner.waiting.contains_key(&id) && !inner.done.contains_key(&id)
+        !inner.waiting.contains_key(&id)
+            && !inner.done.contains_key(&id)
+            && !inner.polled_ended.contains_key(&id)
     }
 
     /// Registers interest in task `id`; an update that came early is handed over at once.
@@ -704,9 +699,16 @@ impl Dispatch {
     /// came for such tasks set off the warning, and kept them unwatched for the daemon's
     /// life.) Else its webhook had not come, unless it was submitted before this process
     /// started: its webhook may have come while the daemon was down, and it is not counted;
-    /// if it comes after all, it is late (see [`Dispatch::heard_late`]). Returns the warning
-    /// it set off, if any.
-    pub fn polled_final(&self, task: TaskRef, submitted_at_ms: u64, done: bool) -> Option<Silence> {
+    /// if it comes after all, it is late (see [`Dispatch::heard_late`]) when the poll had the
+    /// task's whole answer (`complete`: its result, or its error). Returns the warning it set
+    /// off, if any.
+    pub fn polled_final(
+        &self,
+        task: TaskRef,
+        submitted_at_ms: u64,
+        done: bool,
+        complete: bool,
+    ) -> Option<Silence> {
         use std::sync::atomic::Ordering;
         let announced = {
             let mut inner = self.lock();
@@ -720,7 +722,8 @@ impl Dispatch {
         if submitted_at_ms < self.started_ms {
             return None;
         }
-        {
+        // (Not a DONE without its result: its webhook may bring it.)
+        if complete {
             let mut inner = self.lock();
             if inner.polled_ended.len() >= MAX_EARLY {
                 let cutoff = Instant::now() - EARLY_TTL;
@@ -873,6 +876,7 @@ impl Inner {
         let Some(slot) = self.waiting.get(&id).cloned() else {
             return Err(update);
         };
+        self.polled_ended.remove(&id);
         self.mark_done(id);
         Ok(if slot.put(update) {
             self.stats.handed += 1;
@@ -1201,27 +1205,27 @@ mod tests {
         };
         // No webhook has said DONE in this run: two successful tasks found by polls.
         announce("ERROR");
-        dispatch.polled_final(TaskRef::Async(0), crate::store::now_ms(), true);
+        dispatch.polled_final(TaskRef::Async(0), crate::store::now_ms(), true, true);
         assert!(!dispatch.webhooks_silent(), "one is no pattern");
         announce("ERROR");
-        dispatch.polled_final(TaskRef::Async(0), crate::store::now_ms(), true);
+        dispatch.polled_final(TaskRef::Async(0), crate::store::now_ms(), true, true);
         assert!(dispatch.webhooks_silent(), "two successful tasks by polls");
         announce("DONE");
         assert!(!dispatch.webhooks_silent(), "a DONE webhook came");
         // One did: ten in a row, as for webhooks lost on the way.
         for n in 1..SILENT_AFTER_HEARD {
             announce("ERROR");
-            dispatch.polled_final(TaskRef::Async(0), crate::store::now_ms(), true);
+            dispatch.polled_final(TaskRef::Async(0), crate::store::now_ms(), true, true);
             assert!(!dispatch.webhooks_silent(), "{n}");
         }
         announce("ERROR");
-        dispatch.polled_final(TaskRef::Async(0), crate::store::now_ms(), true);
+        dispatch.polled_final(TaskRef::Async(0), crate::store::now_ms(), true, true);
         assert!(dispatch.webhooks_silent(), "ten in a row");
         // Batches: two in a row are enough once webhooks were heard.
         announce("DONE");
-        dispatch.polled_final(TaskRef::Batch(0), crate::store::now_ms(), true);
+        dispatch.polled_final(TaskRef::Batch(0), crate::store::now_ms(), true, true);
         assert!(!dispatch.webhooks_silent(), "one batch is no pattern");
-        dispatch.polled_final(TaskRef::Batch(0), crate::store::now_ms(), true);
+        dispatch.polled_final(TaskRef::Batch(0), crate::store::now_ms(), true, true);
         assert!(dispatch.webhooks_silent(), "two batches in a row");
     }
 
@@ -1231,9 +1235,9 @@ mod tests {
     #[test]
     fn one_batch_found_by_a_poll_before_any_webhook_is_no_pattern() {
         let dispatch = Dispatch::default();
-        dispatch.polled_final(TaskRef::Batch(0), crate::store::now_ms(), true);
+        dispatch.polled_final(TaskRef::Batch(0), crate::store::now_ms(), true, true);
         assert!(!dispatch.webhooks_silent(), "one batch");
-        dispatch.polled_final(TaskRef::Batch(0), crate::store::now_ms(), true);
+        dispatch.polled_final(TaskRef::Batch(0), crate::store::now_ms(), true, true);
         assert!(dispatch.webhooks_silent(), "two batches");
     }
 
@@ -1248,7 +1252,7 @@ mod tests {
             !dispatch.webhooks_unproven(),
             "nothing known: wait for webhooks"
         );
-        dispatch.polled_final(TaskRef::Batch(0), crate::store::now_ms(), true);
+        dispatch.polled_final(TaskRef::Batch(0), crate::store::now_ms(), true, true);
         assert!(!dispatch.webhooks_silent(), "one batch is no pattern");
         assert!(dispatch.webhooks_unproven(), "but none came for it");
         let heard = Arc::new(Dispatch::default());
@@ -1256,7 +1260,7 @@ mod tests {
         let _watch = heard.watch(TaskRef::Async(id));
         let req = serde_json::json!({"input": "https://x/7.jpg", "operations": {}});
         assert_eq!(heard.deliver(update(id, "DONE", req)), Delivery::Handed);
-        heard.polled_final(TaskRef::Batch(0), crate::store::now_ms(), true);
+        heard.polled_final(TaskRef::Batch(0), crate::store::now_ms(), true, true);
         assert!(
             !heard.webhooks_unproven(),
             "webhooks were heard in this run"
@@ -1270,7 +1274,7 @@ mod tests {
     #[test]
     fn a_webhook_kept_for_an_unwatched_task_is_heard_when_its_poll_finds_it_ended() {
         let dispatch = Dispatch::default();
-        dispatch.polled_final(TaskRef::Batch(0), crate::store::now_ms(), true);
+        dispatch.polled_final(TaskRef::Batch(0), crate::store::now_ms(), true, true);
         assert!(dispatch.webhooks_unproven());
         let id = 11;
         let req = serde_json::json!({"input": "https://x/11.jpg", "operations": {}});
@@ -1278,7 +1282,7 @@ mod tests {
             dispatch.deliver_owned(update(id, "DONE", req)),
             Delivery::KeptForOwner
         );
-        dispatch.polled_final(TaskRef::Async(id), crate::store::now_ms(), true);
+        dispatch.polled_final(TaskRef::Async(id), crate::store::now_ms(), true, true);
         assert!(!dispatch.webhooks_unproven(), "a webhook came: heard");
         assert!(!dispatch.webhooks_silent());
         // Its kept copy is gone: the poll had the result.
@@ -1290,7 +1294,7 @@ mod tests {
         );
         // Without a webhook, two such ends make webhooks silent again.
         for id in [12, 13] {
-            dispatch.polled_final(TaskRef::Batch(id), crate::store::now_ms(), true);
+            dispatch.polled_final(TaskRef::Batch(id), crate::store::now_ms(), true, true);
         }
         assert!(dispatch.webhooks_silent(), "two batches without theirs");
     }
@@ -1313,7 +1317,12 @@ mod tests {
         // The rest come after their task's poll found it DONE.
         let mut told = Vec::new();
         for id in 2..14 {
-            told.extend(dispatch.polled_final(TaskRef::Async(id), crate::store::now_ms(), true));
+            told.extend(dispatch.polled_final(
+                TaskRef::Async(id),
+                crate::store::now_ms(),
+                true,
+                true,
+            ));
             assert_eq!(
                 dispatch.deliver_owned(update(id, "DONE", req(id))),
                 Delivery::Duplicate,
@@ -1333,9 +1342,40 @@ mod tests {
         // Webhooks that never come after the polls stay "stopped".
         let mut told = Vec::new();
         for id in 30..40 {
-            told.extend(dispatch.polled_final(TaskRef::Async(id), crate::store::now_ms(), true));
+            told.extend(dispatch.polled_final(
+                TaskRef::Async(id),
+                crate::store::now_ms(),
+                true,
+                true,
+            ));
         }
         assert_eq!(told, vec![Silence::Stopped]);
+    }
+
+    /// A task a poll found DONE without its result is not taken as ended: its webhook, which
+    /// may bring the result, is kept for its job (and made durable first), not dropped as
+    /// late. One whose poll had the result: its webhook is not made durable.
+    #[test]
+    fn a_webhook_after_a_poll_found_done_without_the_result_is_kept() {
+        let dispatch = Dispatch::default();
+        let req = serde_json::json!({"input": "https://x/1.jpg", "operations": {}});
+        let done_bare = TaskRef::Async(1);
+        dispatch.polled_final(done_bare, crate::store::now_ms(), true, false);
+        assert!(
+            dispatch.would_keep(done_bare),
+            "made durable before it is answered"
+        );
+        assert_eq!(
+            dispatch.deliver_owned(update(1, "DONE", req.clone())),
+            Delivery::KeptForOwner
+        );
+        let done_whole = TaskRef::Async(2);
+        dispatch.polled_final(done_whole, crate::store::now_ms(), true, true);
+        assert!(!dispatch.would_keep(done_whole), "late: not kept");
+        assert_eq!(
+            dispatch.deliver_owned(update(2, "DONE", req)),
+            Delivery::Duplicate
+        );
     }
 
     /// A task held jobs adopted stays pending from its webhook until it is seen through, so
@@ -1678,13 +1718,13 @@ mod tests {
         tokio::task::yield_now().await;
         // Webhooks were heard: some lost on the way are no silence.
         for n in 1..SILENT_AFTER_HEARD {
-            dispatch.polled_final(TaskRef::Async(0), crate::store::now_ms(), true);
+            dispatch.polled_final(TaskRef::Async(0), crate::store::now_ms(), true, true);
             assert!(
                 !dispatch.webhooks_silent(),
                 "{n} polls in a row are no pattern"
             );
         }
-        dispatch.polled_final(TaskRef::Async(0), crate::store::now_ms(), true);
+        dispatch.polled_final(TaskRef::Async(0), crate::store::now_ms(), true, true);
         assert!(
             dispatch.webhooks_silent(),
             "ten tasks in a row ended without theirs"

@@ -208,7 +208,7 @@ pub struct HealthState {
     /// Why the inbox cannot be watched (its folder gone), since when.
     inbox: Mutex<Option<(Instant, String)>>,
     /// When a poll refused by a pause last went again as the pause's probe (see
-    /// [`HealthState::after_refused_poll`]).
+    /// [`HealthState::poll_hold`]).
     poll_probe: Mutex<Option<Instant>>,
     /// A poll was refused by the pause (not only submits), and no call has succeeded since:
     /// the other tasks' polls are held too (see [`HealthState::polls_refused`]).
@@ -670,9 +670,10 @@ impl HealthState {
     /// A task's or a batch's poll met a systemic refusal: pause, and hold the other polls
     /// (see [`HealthState::polls_refused`]).
     pub fn poll_refused(&self, err: &ClaidError, refusal: Refusal) {
+        // After the pause: a pause that begins clears the flag (see `pause`).
+        self.pause(err, refusal);
         self.polls_refused
             .store(true, std::sync::atomic::Ordering::Relaxed);
-        self.pause(err, refusal);
     }
 
     /// The API answered a call successfully: not paused, not failing.
@@ -682,9 +683,10 @@ impl HealthState {
             inner.last_ok = Some(Instant::now());
             inner.failing = None;
         }
-        self.polls_refused
-            .store(false, std::sync::atomic::Ordering::Relaxed);
         let changed = self.health.send_if_modified(|h| {
+            // Under the watch's lock, as `pause` sets and clears it.
+            self.polls_refused
+                .store(false, std::sync::atomic::Ordering::Relaxed);
             if *h == Health::Healthy {
                 return false;
             }
@@ -705,6 +707,11 @@ impl HealthState {
             if matches!(h, Health::Paused { .. }) {
                 return false;
             }
+            // A pause begins: whether its polls are refused is told by one of them (a flag a
+            // refusal raced past `ok` left set would hold the polls of a pause that only
+            // submits meet).
+            self.polls_refused
+                .store(false, std::sync::atomic::Ordering::Relaxed);
             *h = Health::Paused {
                 reason: reason.clone(),
                 refusal,
@@ -1017,9 +1024,24 @@ mod tests {
         state.ok();
         assert!(!state.polls_refused(), "a success ends the hold");
         assert_eq!(held.await.expect("held"), Duration::from_secs(2));
-        // A new pause met by a submit alone holds none again.
+        // A new pause met by a submit alone holds none again, even when a refusal that
+        // raced past the success left the flag raised.
+        state
+            .polls_refused
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         state.pause(&refused, Refusal::of(&refused));
         assert!(!state.polls_refused());
+        // A held poll goes as the pause's probe when its turn comes.
+        state.poll_refused(&refused, Refusal::of(&refused));
+        let begun = Instant::now();
+        state
+            .poll_hold(PollHold::Held, Duration::from_secs(600))
+            .await;
+        assert_eq!(
+            begun.elapsed(),
+            crate::pipeline::submitter::PAUSE_PROBE_INTERVAL
+        );
+        assert!(state.polls_refused(), "still paused: the others stay held");
     }
 
     /// A hold of writes says since when it lasts (`/healthz`'s `for_seconds`), from its first

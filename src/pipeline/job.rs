@@ -1151,7 +1151,7 @@ impl Runner {
                 // schedule (a watch would hand it back at once, every time).
                 watch = None;
             }
-            let sent_at = Instant::now();
+            let mut sent_at = Instant::now();
             let from_webhook = announced.is_some();
             let polled = match announced {
                 Some(TaskUpdate::Async(task)) => Ok(crate::claid::Polled {
@@ -1172,6 +1172,9 @@ impl Runner {
                         delay = deps.poll.max;
                         continue;
                     }
+                    // Sent now, not when it began to wait for the limiter (a success
+                    // elsewhere meanwhile says nothing of this call's failure).
+                    sent_at = Instant::now();
                     deps.client.poll_in(turn, &result_url, task_id).await
                 }
             };
@@ -1180,7 +1183,11 @@ impl Runner {
                     // An answered poll ends its step: the next poll has a fresh budget.
                     attempts = deps.retry.start(retry::Step::Poll);
                     unsettled.answered();
-                    deps.health.ok();
+                    // A webhook is no answer of the API to the daemon: it neither ends a
+                    // pause (it released every held poll to be refused again) nor an outage.
+                    if !from_webhook {
+                        deps.health.ok();
+                    }
                     // Not flushed: a lost poll count only skews statistics.
                     if !from_webhook {
                         let _ = deps
@@ -1197,6 +1204,7 @@ impl Runner {
                                 TaskRef::Async(task_id),
                                 submitted_at_ms,
                                 task.status == TaskStatus::Done,
+                                !task.lacks_result(),
                             );
                         }
                     }
