@@ -32,7 +32,7 @@ use crate::pipeline::Settings;
 use crate::pipeline::dispatch::{self, Dispatch, LostBatchJob};
 use crate::pipeline::finisher;
 use crate::pipeline::health::HealthState;
-use crate::pipeline::health::{PollHold, Refusal};
+use crate::pipeline::health::{HELD_FOR, PollHold, Refusal};
 use crate::pipeline::job::{JobOutcome, Runner, failure_of, input_of};
 use crate::pipeline::polls::{BatchClock, Polls, Seen};
 use crate::pipeline::submitter::Queue;
@@ -1019,6 +1019,8 @@ impl BatchRunner {
         // or it came due while others' were (see `HealthState::poll_hold`).
         let mut hold: Option<PollHold> = None;
         loop {
+            // Whether a hold let this poll go (see `held` below).
+            let mut released = false;
             if let Some(watch) = &watch {
                 let update = tokio::select! {
                     update = watch.wait(delay) => update,
@@ -1036,7 +1038,10 @@ impl BatchRunner {
                         }
                         continue;
                     }
-                    () = deps.health.poll_hold(hold.unwrap_or(PollHold::Held), delay), if hold.is_some() => None,
+                    () = deps.health.poll_hold(hold.unwrap_or(PollHold::Held)), if hold.is_some() => {
+                        released = true;
+                        None
+                    }
                     _ = deps.cancel.cancelled() => return None,
                 };
                 match update {
@@ -1085,11 +1090,15 @@ impl BatchRunner {
             } else {
                 tokio::select! {
                     _ = tokio::time::sleep(delay), if hold.is_none() => {}
-                    () = deps.health.poll_hold(hold.unwrap_or(PollHold::Held), delay), if hold.is_some() => {}
+                    () = deps.health.poll_hold(hold.unwrap_or(PollHold::Held)), if hold.is_some() => released = true,
                     _ = deps.cancel.cancelled() => return None,
                 }
             }
-            let held = hold.take().is_some();
+            // Let go by its hold (the pause ended, or its turn as the probe came), the poll
+            // goes now; ended otherwise (webhooks found silent, an update that is no result),
+            // it is held again below while polls are refused.
+            hold = None;
+            let held = released;
             if slim {
                 watch = None;
             }
@@ -1105,7 +1114,7 @@ impl BatchRunner {
                     "Polls are refused by the pause; this one waits for its end"
                 );
                 hold = Some(PollHold::Held);
-                delay = deps.poll.max;
+                delay = HELD_FOR;
                 scheduled = false;
                 continue;
             }
@@ -1121,7 +1130,7 @@ impl BatchRunner {
                     );
                     attempts = deps.retry.start(retry::Step::Poll);
                     unsettled.answered();
-                    deps.health.ok();
+                    deps.health.poll_ok();
                     for m in members {
                         let _ = deps
                             .store
@@ -1223,7 +1232,7 @@ impl BatchRunner {
                     }
                     Failure::Systemic => {
                         deps.health.poll_refused(&err, Refusal::of(&err));
-                        delay = deps.poll.max;
+                        delay = HELD_FOR;
                         scheduled = false;
                         hold = Some(PollHold::Refused);
                     }
@@ -1594,7 +1603,10 @@ impl Matched {
         if !left.is_empty() && self.unmatched.is_empty() && self.loose_errors.len() == left.len() {
             let message = match self.loose_errors.as_slice() {
                 [one] => one.clone(),
-                all => format!("one of Claid's errors for this batch: {}", all.join("; ")),
+                all => format!(
+                    "one of Claid's errors for this batch: {}",
+                    crate::text::tally(all)
+                ),
             };
             self.failed
                 .extend(left.into_iter().map(|index| (index, message.clone())));

@@ -94,6 +94,9 @@ pub struct Dispatch {
     /// Webhooks that came after a poll had found their task ended (see
     /// [`Inner::polled_ended`]), since the last one that came in time.
     late: std::sync::atomic::AtomicU64,
+    /// The silence warning last given, since the last webhook that came in time: the same is
+    /// not given twice, and a late webhook corrects another.
+    told: Mutex<Option<Silence>>,
     /// When this process started taking webhooks (ms since the epoch; 0: always).
     started_ms: u64,
 }
@@ -440,6 +443,47 @@ impl Dispatch {
         if done {
             self.heard_done.store(true, Ordering::Relaxed);
         }
+        // A warning given before the late ones came said they do not come (at all, any more,
+        // or for successful tasks): corrected once.
+        let mut told = self.told.lock().unwrap_or_else(PoisonError::into_inner);
+        if told.is_some_and(|said| said != Silence::Late) {
+            *told = Some(Silence::Late);
+            drop(told);
+            tracing::warn!(
+                "Webhooks do come, but late: one came after its task's poll had found the task ended (the warning before was given too soon); results are polled as without webhooks until one comes in time (how long Claid takes to deliver shows in its dashboard's webhook log; a proxy in front of `webhook.listen` may hold them, docs/webhooks.md)"
+            );
+        }
+    }
+
+    /// Gives the silence warning `silence` unless it is the one last given: whether it did.
+    fn tell(&self, silence: Silence) -> bool {
+        let mut told = self.told.lock().unwrap_or_else(PoisonError::into_inner);
+        if *told == Some(silence) {
+            return false;
+        }
+        *told = Some(silence);
+        drop(told);
+        match silence {
+            Silence::NotForDone => tracing::warn!(
+                "Webhooks come, but not for tasks that end DONE: polls found successful tasks without theirs; results are polled as without webhooks until one comes (is the webhook subscribed to failed tasks only? Subscribe it to successful ones too in Claid's dashboard, docs/webhooks.md)"
+            ),
+            Silence::Late => tracing::warn!(
+                "Webhooks come late: polls found tasks ended before their webhooks came, which came after; results are polled as without webhooks until one comes in time (how long Claid takes to deliver shows in its dashboard's webhook log; a proxy in front of `webhook.listen` may hold them, docs/webhooks.md)"
+            ),
+            Silence::Stopped => tracing::warn!(
+                "Webhooks stopped coming: polls found tasks ended without theirs since the last one; results are polled as without webhooks until one comes (check the webhook's delivery in Claid's dashboard, docs/webhooks.md)"
+            ),
+            Silence::NoneCame => tracing::warn!(
+                "No webhook has come while polls found tasks ended: results are polled as without webhooks until one comes; check the webhook URL and secret in Claid's dashboard (docs/webhooks.md)"
+            ),
+        }
+        true
+    }
+
+    /// The silence warning last given since the last webhook that came in time.
+    #[cfg(test)]
+    fn last_told(&self) -> Option<Silence> {
+        *self.told.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Keeps an update for the task that will wait for it (an adopted task's result, which
@@ -724,15 +768,7 @@ impl Dispatch {
         }
         // (Not a DONE without its result: its webhook may bring it.)
         if complete {
-            let mut inner = self.lock();
-            if inner.polled_ended.len() >= MAX_EARLY {
-                let cutoff = Instant::now() - EARLY_TTL;
-                inner.polled_ended.retain(|_, at| *at > cutoff);
-                if inner.polled_ended.len() >= MAX_EARLY {
-                    inner.polled_ended.clear();
-                }
-            }
-            inner.polled_ended.insert(task, Instant::now());
+            insert_bounded(&mut self.lock().polled_ended, task);
         }
         let batch = matches!(task, TaskRef::Batch(_));
         // A batch counts for as many tasks as make two in a row reach either threshold: a run
@@ -755,10 +791,9 @@ impl Dispatch {
             if reached(done_before, done_weight, done_after) && n < final_after && self.heard_any()
             {
                 self.silent.notify_waiters();
-                tracing::warn!(
-                    "Webhooks come, but not for tasks that end DONE: polls found successful tasks without theirs; results are polled as without webhooks until one comes (is the webhook subscribed to failed tasks only? Subscribe it to successful ones too in Claid's dashboard, docs/webhooks.md)"
-                );
-                return Some(Silence::NotForDone);
+                return self
+                    .tell(Silence::NotForDone)
+                    .then_some(Silence::NotForDone);
             }
         }
         if !reached(before, final_weight, final_after) {
@@ -766,22 +801,14 @@ impl Dispatch {
         }
         // Tasks already waiting for their webhook poll now, not at their fallback.
         self.silent.notify_waiters();
-        if self.late.load(Ordering::Relaxed) > 0 {
-            tracing::warn!(
-                "Webhooks come late: polls found tasks ended before their webhooks came, which came after; results are polled as without webhooks until one comes in time (how long Claid takes to deliver shows in its dashboard's webhook log; a proxy in front of `webhook.listen` may hold them, docs/webhooks.md)"
-            );
-            Some(Silence::Late)
+        let silence = if self.late.load(Ordering::Relaxed) > 0 {
+            Silence::Late
         } else if self.heard_any() {
-            tracing::warn!(
-                "Webhooks stopped coming: polls found tasks ended without theirs since the last one; results are polled as without webhooks until one comes (check the webhook's delivery in Claid's dashboard, docs/webhooks.md)"
-            );
-            Some(Silence::Stopped)
+            Silence::Stopped
         } else {
-            tracing::warn!(
-                "No webhook has come while polls found tasks ended: results are polled as without webhooks until one comes; check the webhook URL and secret in Claid's dashboard (docs/webhooks.md)"
-            );
-            Some(Silence::NoneCame)
-        }
+            Silence::NoneCame
+        };
+        self.tell(silence).then_some(silence)
     }
 
     /// Completes when webhooks are next found silent (see [`Dispatch::webhooks_silent`]): a
@@ -793,6 +820,7 @@ impl Dispatch {
     /// A webhook reached one of this daemon's tasks: webhooks arrive (again); one that says
     /// DONE: they arrive for successful tasks too.
     fn heard_now(&self, done: bool) {
+        *self.told.lock().unwrap_or_else(PoisonError::into_inner) = None;
         self.polled_final
             .store(0, std::sync::atomic::Ordering::Relaxed);
         self.late.store(0, std::sync::atomic::Ordering::Relaxed);
@@ -926,14 +954,7 @@ impl Inner {
     }
 
     fn mark_done(&mut self, id: TaskRef) {
-        if self.done.len() >= MAX_EARLY {
-            let cutoff = Instant::now() - EARLY_TTL;
-            self.done.retain(|_, at| *at > cutoff);
-            if self.done.len() >= MAX_EARLY {
-                self.done.clear();
-            }
-        }
-        self.done.insert(id, Instant::now());
+        insert_bounded(&mut self.done, id);
     }
 
     /// The registered jobs a batch update's echoed request belongs to: its body is theirs
@@ -981,6 +1002,19 @@ impl Inner {
         self.owned_early.retain(|_, (at, _)| *at > cutoff);
         self.named.retain(|_, (at, _)| *at > cutoff);
     }
+}
+
+/// Notes `id` now in `map`, which holds at most [`MAX_EARLY`] ids: when full, those older
+/// than [`EARLY_TTL`] go, and all of them if none is.
+fn insert_bounded(map: &mut HashMap<TaskRef, Instant>, id: TaskRef) {
+    if map.len() >= MAX_EARLY {
+        let cutoff = Instant::now() - EARLY_TTL;
+        map.retain(|_, at| *at > cutoff);
+        if map.len() >= MAX_EARLY {
+            map.clear();
+        }
+    }
+    map.insert(id, Instant::now());
 }
 
 /// The jobs registered in `registrations` a batch update's echoed request belongs to: its body is theirs
@@ -1350,6 +1384,40 @@ mod tests {
             ));
         }
         assert_eq!(told, vec![Silence::Stopped]);
+    }
+
+    /// Webhooks all late by more than a drop's polls: the warning that none came is given
+    /// first (true then), and the first late one corrects it, once; the threshold reached
+    /// later does not say it again.
+    #[test]
+    fn a_late_webhook_corrects_the_warning_that_none_came() {
+        let dispatch = Dispatch::default();
+        let req =
+            |id: u64| serde_json::json!({"input": format!("https://x/{id}.jpg"), "operations": {}});
+        let mut told = Vec::new();
+        for id in 1..=3 {
+            told.extend(dispatch.polled_final(
+                TaskRef::Async(id),
+                crate::store::now_ms(),
+                true,
+                true,
+            ));
+        }
+        assert_eq!(told, vec![Silence::NoneCame]);
+        assert_eq!(
+            dispatch.deliver_owned(update(1, "DONE", req(1))),
+            Delivery::Duplicate
+        );
+        assert_eq!(dispatch.last_told(), Some(Silence::Late), "corrected");
+        for id in 4..20 {
+            told.extend(dispatch.polled_final(
+                TaskRef::Async(id),
+                crate::store::now_ms(),
+                true,
+                true,
+            ));
+        }
+        assert_eq!(told, vec![Silence::NoneCame], "not said again");
     }
 
     /// A task a poll found DONE without its result is not taken as ended: its webhook, which

@@ -180,6 +180,10 @@ pub const RESULT_HOST: &str = "the result host";
 /// that a retry mends is not one.
 pub const OUTAGE_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// What a poll waiting in [`HealthState::poll_hold`] gives its other waits (a webhook's watch)
+/// as their timeout: the hold, not the time, ends it.
+pub const HELD_FOR: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// Shared by the submitter and every job task.
 #[derive(Debug)]
 pub struct HealthState {
@@ -618,24 +622,25 @@ impl HealthState {
         self.health.subscribe()
     }
 
-    /// The wait of a task's or a batch's poll that waits for a pause ([`PollHold`]), `max`
-    /// at the latest (`poll.max`). It ends when submitting resumes (the submitter's probe, or
-    /// another poll, found the API accepting requests; for a poll that was itself refused, a
-    /// probe interval after its refusal at the soonest), and meanwhile at most one such poll
-    /// goes again every [`PAUSE_PROBE_INTERVAL`] as the pause's probe: when the tasks at
-    /// Claid hold every `max_in_flight` slot, no submit can probe, and without it a mended
-    /// account was found out only at `poll.max`. (Measured before: batches at Claid during a
-    /// 402 that a probe mended 10 s later were polled 30 s after it.)
+    /// The wait of a task's or a batch's poll that waits for a pause ([`PollHold`]). It ends
+    /// when submitting resumes (the submitter's probe, or another poll, found the API
+    /// accepting requests; for a poll that was itself refused, a probe interval after its
+    /// refusal at the soonest), or when its turn comes as the pause's probe: one such poll
+    /// goes every [`PAUSE_PROBE_INTERVAL`], for as long as the pause lasts. (When the tasks
+    /// at Claid hold every `max_in_flight` slot, no submit can probe; without it a mended
+    /// account was found out only at `poll.max`: batches at Claid during a 402 that a probe
+    /// mended 10 s later were polled 30 s after it. Bounded by `poll.max` instead, the polls
+    /// held through a pause longer than it all went at once, to be refused, and spent the
+    /// minute's quota just before the pause ended.)
     ///
     /// [`PAUSE_PROBE_INTERVAL`]: crate::pipeline::submitter::PAUSE_PROBE_INTERVAL
-    pub async fn poll_hold(&self, hold: PollHold, max: std::time::Duration) {
+    pub async fn poll_hold(&self, hold: PollHold) {
         let interval = crate::pipeline::submitter::PAUSE_PROBE_INTERVAL;
-        let deadline = Instant::now() + max;
         // Never sooner than a probe interval after its own refusal, resumed or not: a task
         // refused for its own reason while others' calls succeed would flip the pause (an
         // ERROR and an alert each time) on every success elsewhere.
         let earliest = match hold {
-            PollHold::Refused => (Instant::now() + interval).min(deadline),
+            PollHold::Refused => Instant::now() + interval,
             PollHold::Held => Instant::now(),
         };
         let mut health = self.health.subscribe();
@@ -643,7 +648,6 @@ impl HealthState {
             tokio::select! {
                 // The sender lives as long as `self`: this ends only when the pause does.
                 _ = health.wait_for(|h| !matches!(h, Health::Paused { .. })) => break,
-                () = tokio::time::sleep_until(deadline) => return,
                 () = tokio::time::sleep(interval) => {
                     let mut last = self.poll_probe.lock().unwrap_or_else(PoisonError::into_inner);
                     if last.is_none_or(|at| at.elapsed() >= interval) {
@@ -676,13 +680,33 @@ impl HealthState {
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// The API answered a poll successfully: not failing; and not paused, unless the pause
+    /// is one only submits met (no poll was refused since it began: Claid refuses a submit
+    /// 402 when the credits are spent and may still answer polls), which the submitter's
+    /// probe ends. (Ended by every answered poll, such a pause flapped: "submitting resumed",
+    /// the next submits refused, paused again, an ERROR and an alert each time.)
+    pub fn poll_ok(&self) {
+        let submits_only = matches!(*self.health.borrow(), Health::Paused { .. })
+            && !self
+                .polls_refused
+                .load(std::sync::atomic::Ordering::Relaxed);
+        if submits_only {
+            self.answered();
+            return;
+        }
+        self.ok();
+    }
+
+    /// The API answered: not failing (no outage).
+    fn answered(&self) {
+        let mut inner = self.lock();
+        inner.last_ok = Some(Instant::now());
+        inner.failing = None;
+    }
+
     /// The API answered a call successfully: not paused, not failing.
     pub fn ok(&self) {
-        {
-            let mut inner = self.lock();
-            inner.last_ok = Some(Instant::now());
-            inner.failing = None;
-        }
+        self.answered();
         let changed = self.health.send_if_modified(|h| {
             // Under the watch's lock, as `pause` sets and clears it.
             self.polls_refused
@@ -948,22 +972,22 @@ mod tests {
         };
         state.pause(&refused, Refusal::of(&refused));
         let long = Duration::from_secs(600);
-        let waiter = |max| {
+        let waiter = || {
             let state = state.clone();
             let start = Instant::now();
             tokio::spawn(async move {
-                state.poll_hold(PollHold::Refused, max).await;
+                state.poll_hold(PollHold::Refused).await;
                 start.elapsed()
             })
         };
         // Two wait: one goes as the probe at the first interval, the other at the next.
-        let (a, b) = (waiter(long), waiter(long));
+        let (a, b) = (waiter(), waiter());
         let mut waited = [a.await.expect("a"), b.await.expect("b")];
         waited.sort();
         assert_eq!(waited, [PAUSE_PROBE_INTERVAL, PAUSE_PROBE_INTERVAL * 2]);
         // One that waits when the pause ends goes then, though not sooner than a probe
         // interval after its own refusal.
-        let c = waiter(long);
+        let c = waiter();
         // Let it start waiting before time moves.
         tokio::task::yield_now().await;
         tokio::time::advance(Duration::from_secs(1)).await;
@@ -973,7 +997,7 @@ mod tests {
         // One still waiting past that interval goes at once when the pause ends.
         state.pause(&refused, Refusal::of(&refused));
         *state.poll_probe.lock().expect("lock") = Some(Instant::now() + long);
-        let d = waiter(long);
+        let d = waiter();
         tokio::task::yield_now().await;
         tokio::time::advance(PAUSE_PROBE_INTERVAL + Duration::from_secs(2)).await;
         assert!(!d.is_finished(), "no probe turn for it");
@@ -982,13 +1006,16 @@ mod tests {
             d.await.expect("d"),
             PAUSE_PROBE_INTERVAL + Duration::from_secs(2)
         );
-        // Never past `max`, whoever probes.
+        // No time bound (`poll.max` was one: every poll held through a longer pause then
+        // went at once): while others take the probe turns, it waits for the pause's end.
         state.pause(&refused, Refusal::of(&refused));
-        let begun = Instant::now();
-        state
-            .poll_hold(PollHold::Refused, Duration::from_secs(7))
-            .await;
-        assert_eq!(begun.elapsed(), Duration::from_secs(7));
+        *state.poll_probe.lock().expect("lock") = Some(Instant::now() + long);
+        let e = waiter();
+        tokio::task::yield_now().await;
+        tokio::time::advance(Duration::from_secs(120)).await;
+        assert!(!e.is_finished(), "held past any poll.max");
+        state.ok();
+        assert_eq!(e.await.expect("e"), Duration::from_secs(120));
     }
 
     /// Polls are held only after a poll was refused (a pause only submits meet holds none),
@@ -1012,9 +1039,7 @@ mod tests {
             let state = state.clone();
             let start = Instant::now();
             tokio::spawn(async move {
-                state
-                    .poll_hold(PollHold::Held, Duration::from_secs(600))
-                    .await;
+                state.poll_hold(PollHold::Held).await;
                 start.elapsed()
             })
         };
@@ -1031,12 +1056,21 @@ mod tests {
             .store(true, std::sync::atomic::Ordering::Relaxed);
         state.pause(&refused, Refusal::of(&refused));
         assert!(!state.polls_refused());
+        // An answered poll does not end a pause only submits met (it flapped), nor is it
+        // held; one a poll's refusal began, it ends.
+        state.poll_ok();
+        assert!(
+            matches!(state.current(), Health::Paused { .. }),
+            "a submit-only pause stays"
+        );
+        state.poll_refused(&refused, Refusal::of(&refused));
+        state.poll_ok();
+        assert_eq!(state.current(), Health::Healthy);
+        state.pause(&refused, Refusal::of(&refused));
         // A held poll goes as the pause's probe when its turn comes.
         state.poll_refused(&refused, Refusal::of(&refused));
         let begun = Instant::now();
-        state
-            .poll_hold(PollHold::Held, Duration::from_secs(600))
-            .await;
+        state.poll_hold(PollHold::Held).await;
         assert_eq!(
             begun.elapsed(),
             crate::pipeline::submitter::PAUSE_PROBE_INTERVAL

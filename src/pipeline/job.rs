@@ -22,7 +22,7 @@ use crate::manifest::{self, Input, LocalFile};
 use crate::metrics::Metrics;
 use crate::output::{self, ExistsPolicy};
 use crate::pipeline::dispatch::Dispatch;
-use crate::pipeline::health::{HealthState, PollHold, Refusal};
+use crate::pipeline::health::{HELD_FOR, HealthState, PollHold, Refusal};
 use crate::pipeline::polls::{Kind, Polls, Seen};
 use crate::pipeline::submitter::Queue;
 use crate::pipeline::{Settings, on_file_pool};
@@ -1105,6 +1105,8 @@ impl Runner {
         // it came due while others' were (see `HealthState::poll_hold`).
         let mut hold: Option<PollHold> = None;
         loop {
+            // Whether a hold let this poll go (see `held` below).
+            let mut released = false;
             let mut announced = match &watch {
                 Some(watch) => tokio::select! {
                     update = watch.wait(delay) => update,
@@ -1113,16 +1115,26 @@ impl Runner {
                         webhooks = None;
                         None
                     }
-                    () = deps.health.poll_hold(hold.unwrap_or(PollHold::Held), delay), if hold.is_some() => None,
+                    () = deps.health.poll_hold(hold.unwrap_or(PollHold::Held)), if hold.is_some() => {
+                        released = true;
+                        None
+                    }
                     _ = deps.cancel.cancelled() => return Step::End(JobOutcome::Parked),
                 },
                 None => tokio::select! {
                     _ = tokio::time::sleep(delay), if hold.is_none() => None,
-                    () = deps.health.poll_hold(hold.unwrap_or(PollHold::Held), delay), if hold.is_some() => None,
+                    () = deps.health.poll_hold(hold.unwrap_or(PollHold::Held)), if hold.is_some() => {
+                        released = true;
+                        None
+                    }
                     _ = deps.cancel.cancelled() => return Step::End(JobOutcome::Parked),
                 },
             };
-            let held = hold.take().is_some();
+            // Let go by its hold (the pause ended, or its turn as the probe came), the poll
+            // goes now; ended otherwise (webhooks found silent, an update that is no result),
+            // it is held again below while polls are refused.
+            hold = None;
+            let held = released;
             // An announcement that the task ended without its result: the result is polled
             // (failing the job would lose an image Claid made and billed).
             // (A batch-shaped announcement for this single task is no result either.)
@@ -1169,7 +1181,7 @@ impl Runner {
                             "Polls are refused by the pause; this one waits for its end"
                         );
                         hold = Some(PollHold::Held);
-                        delay = deps.poll.max;
+                        delay = HELD_FOR;
                         continue;
                     }
                     // Sent now, not when it began to wait for the limiter (a success
@@ -1186,7 +1198,7 @@ impl Runner {
                     // A webhook is no answer of the API to the daemon: it neither ends a
                     // pause (it released every held poll to be refused again) nor an outage.
                     if !from_webhook {
-                        deps.health.ok();
+                        deps.health.poll_ok();
                     }
                     // Not flushed: a lost poll count only skews statistics.
                     if !from_webhook {
@@ -1328,7 +1340,7 @@ impl Runner {
                     }
                     Failure::Systemic => {
                         deps.health.poll_refused(&err, Refusal::of(&err));
-                        delay = deps.poll.max;
+                        delay = HELD_FOR;
                         hold = Some(PollHold::Refused);
                     }
                     // The task is billed: a 429 only delays its poll (the limiter's gate waits

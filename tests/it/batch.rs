@@ -457,14 +457,7 @@ async fn issue12_a_batch_whose_poll_a_pause_refused_is_polled_again_when_the_pau
     })
     .await;
     let control = env.emulator.control();
-    let config = env.config("max_in_flight: 16", "");
-    let text = std::fs::read_to_string(&config).expect("config");
-    assert!(
-        text.contains("max: 500ms"),
-        "the test config's poll.max: {text}"
-    );
-    let text = text.replace("max: 500ms", "max: 10m");
-    std::fs::write(&config, text).expect("config");
+    let config = config_polled_slowly(&env, "max_in_flight: 16", None);
     let mut daemon = env.spawn_daemon(&config, 0);
     // The canary ended and a full batch is at Claid: its polls start now.
     wait_until(
@@ -502,16 +495,8 @@ async fn issue12_while_a_pause_refuses_polls_the_other_tasks_polls_are_held() {
     // Single tasks, all at Claid at once: the queue is empty, so no submit probes the pause
     // and every refused call is a poll. Claid's own 4 requests a second: polls that came due
     // together wait for the rate limiter, and the pause may begin meanwhile.
-    let config = env.config("max_in_flight: 32\nbatch: { max_images: 1 }", "");
-    let text = std::fs::read_to_string(&config).expect("config");
-    assert!(
-        text.contains("max: 500ms") && text.contains("requests_per_second: 1000"),
-        "the test config's poll.max and rate: {text}"
-    );
-    let text = text
-        .replace("max: 500ms", "max: 10m")
-        .replace("requests_per_second: 1000", "requests_per_second: 4");
-    std::fs::write(&config, text).expect("config");
+    let config = config_polled_slowly(&env, "max_in_flight: 32\nbatch: { max_images: 1 }", Some(4));
+
     let mut daemon = env.spawn_daemon(&config, 0);
     wait_until("every task at Claid polled once", DEADLINE, || {
         env.stats().polls_by_task.len() == files.len()
@@ -534,6 +519,66 @@ async fn issue12_while_a_pause_refuses_polls_the_other_tasks_polls_are_held() {
         stats.refused_calls
     );
     refused_polls_went_one_per_probe(&stats);
+}
+
+/// A pause only submits meet (402: the credits are spent, polls still answered) is not
+/// ended by every answered poll: before, each one logged "submitting resumed", the next
+/// submits were refused and it paused again, an ERROR and an alert each time. It ends once,
+/// when a submit goes through again; the tasks at Claid finish meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue12_a_pause_only_submits_meet_does_not_flap_while_polls_are_answered() {
+    // Tasks that end apart: while a freed slot's submit is refused, the others are polled.
+    let (_static, env, files) = url_drop(24, "c-", |scenario| {
+        scenario
+            .latency(Latency::Uniform {
+                min: Duration::from_secs(1),
+                max: Duration::from_secs(12),
+            })
+            .seed(3)
+    })
+    .await;
+    let control = env.emulator.control();
+    let config = env.config("max_in_flight: 8\nbatch: { max_images: 1 }", "");
+    let mut daemon = env.spawn_daemon(&config, 0);
+    wait_until("8 submits", DEADLINE, || env.stats().submits >= 8).await;
+    control.set_credits_exhausted(true);
+    // The submitter's probes, 5 s apart, while the tasks at Claid are polled and finish.
+    wait_until("three submits refused", DEADLINE, || {
+        env.stats().refused_402 >= 3
+    })
+    .await;
+    let during = env.stats();
+    control.set_credits_exhausted(false);
+    let stats = all_written_then_stopped(&env, &mut daemon, &files).await;
+    assert!(
+        during.polls > 8 && during.refused_calls.iter().all(|c| c.endpoint == "submit"),
+        "polls went on and only submits were refused: {during:?}"
+    );
+    assert_eq!(stats.submits, 24, "every image submitted once");
+    let log = env.daemon_log(0);
+    let paused = log.matches("submitting is paused").count();
+    let resumed = log.matches("submitting resumed").count();
+    assert_eq!((paused, resumed), (1, 1), "one pause, one resume:\n{log}");
+}
+
+/// The test config with `poll.max: 10m` (a poll that waited for it would not end within
+/// the deadline) and, if given, that many requests a second.
+fn config_polled_slowly(env: &TestEnv, api_extra: &str, per_second: Option<u32>) -> PathBuf {
+    let config = env.config(api_extra, "");
+    let mut text = std::fs::read_to_string(&config).expect("config");
+    assert!(
+        text.contains("max: 500ms") && text.contains("requests_per_second: 1000"),
+        "the test config's poll.max and rate: {text}"
+    );
+    text = text.replace("max: 500ms", "max: 10m");
+    if let Some(n) = per_second {
+        text = text.replace(
+            "requests_per_second: 1000",
+            &format!("requests_per_second: {n}"),
+        );
+    }
+    std::fs::write(&config, text).expect("config");
+    config
 }
 
 /// When the emulator refused the polls (of tasks and batches), in order.
