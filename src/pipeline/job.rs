@@ -1086,11 +1086,15 @@ impl Runner {
         // when it is overdue.
         // Webhooks that do not arrive are not waited for (see `Dispatch::webhooks_unproven`).
         let mut webhooks = deps.webhooks.filter(|_| !deps.dispatch.webhooks_unproven());
-        let mut watch = webhooks.map(|_| deps.dispatch.watch(TaskRef::Async(task_id)));
-        // Sent while webhooks are unproven or silent: not waiting for its webhook, but its
-        // end found by a poll still tells whether they come (else the warning that they do
-        // not would never be given).
-        let unwatched_with_webhooks = deps.webhooks.is_some() && watch.is_none();
+        // Watched whenever webhooks are on, even when its wait follows the plain poll schedule
+        // (webhooks unproven or silent): one that comes is taken without a poll, and shows
+        // they come. (Unwatched, after a drop whose webhooks were late the next drop was
+        // polled in full though its own came in time.) Its end found by a poll tells whether
+        // they come, waited for or not (else the warning that they do not would never be
+        // given).
+        let mut watch = deps
+            .webhooks
+            .map(|_| deps.dispatch.watch(TaskRef::Async(task_id)));
         let mut silence_counted = false;
         let mut delay = match webhooks {
             Some(fallback) => deps
@@ -1110,8 +1114,9 @@ impl Runner {
             let mut announced = match &watch {
                 Some(watch) => tokio::select! {
                     update = watch.wait(delay) => update,
-                    // Webhooks found silent meanwhile: polled now, then on the schedule.
-                    () = deps.dispatch.went_silent() => {
+                    // Webhooks found silent meanwhile: polled now, then on the schedule (a
+                    // task already on it is not woken).
+                    () = deps.dispatch.went_silent(), if webhooks.is_some() => {
                         webhooks = None;
                         None
                     }
@@ -1211,7 +1216,7 @@ impl Runner {
                     // Once per task (a DONE without its result is asked again).
                     if !from_webhook && task.status.is_terminal() && !silence_counted {
                         silence_counted = true;
-                        if watch.is_some() || unwatched_with_webhooks {
+                        if watch.is_some() {
                             deps.dispatch.polled_final(
                                 TaskRef::Async(task_id),
                                 submitted_at_ms,
