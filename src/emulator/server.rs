@@ -704,7 +704,9 @@ async fn api_gate(State(state): State<Arc<AppState>>, req: Request, next: Next) 
         state.recorder.update(|s| {
             if s.refused_calls.len() < super::stats::REFUSED_CALLS_KEPT {
                 s.refused_calls.push(super::stats::RefusedCall {
-                    at_ms: crate::store::now_ms(),
+                    at_ms: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
                     endpoint: kind.label().to_owned(),
                 });
             }
