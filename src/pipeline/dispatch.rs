@@ -445,30 +445,29 @@ impl Dispatch {
         }
         // A warning given before the late ones came said they do not come (at all, any more,
         // or for successful tasks): corrected once.
-        let mut told = self.told.lock().unwrap_or_else(PoisonError::into_inner);
-        if told.is_some_and(|said| said != Silence::Late) {
-            *told = Some(Silence::Late);
-            drop(told);
-            tracing::warn!(
-                "Webhooks do come, but late: one came after its task's poll had found the task ended (the warning before was given too soon); results are polled as without webhooks until one comes in time (how long Claid takes to deliver shows in its dashboard's webhook log; a proxy in front of `webhook.listen` may hold them, docs/webhooks.md)"
-            );
-        }
+        self.tell(Silence::Late, true);
     }
 
     /// Gives the silence warning `silence` unless it is the one last given: whether it did.
-    fn tell(&self, silence: Silence) -> bool {
+    /// A `correction` (a late webhook shows the warning given before was wrong) is given only
+    /// after another warning.
+    fn tell(&self, silence: Silence, correction: bool) -> bool {
         let mut told = self.told.lock().unwrap_or_else(PoisonError::into_inner);
-        if *told == Some(silence) {
+        if *told == Some(silence) || (correction && told.is_none()) {
             return false;
         }
         *told = Some(silence);
         drop(told);
+        const LATE: &str = "results are polled as without webhooks until one comes in time (how long Claid takes to deliver shows in its dashboard's webhook log; a proxy in front of `webhook.listen` may hold them, docs/webhooks.md)";
         match silence {
             Silence::NotForDone => tracing::warn!(
                 "Webhooks come, but not for tasks that end DONE: polls found successful tasks without theirs; results are polled as without webhooks until one comes (is the webhook subscribed to failed tasks only? Subscribe it to successful ones too in Claid's dashboard, docs/webhooks.md)"
             ),
+            Silence::Late if correction => tracing::warn!(
+                "Webhooks do come, but late: one came after its task's poll had found the task ended (the warning before was given too soon); {LATE}"
+            ),
             Silence::Late => tracing::warn!(
-                "Webhooks come late: polls found tasks ended before their webhooks came, which came after; results are polled as without webhooks until one comes in time (how long Claid takes to deliver shows in its dashboard's webhook log; a proxy in front of `webhook.listen` may hold them, docs/webhooks.md)"
+                "Webhooks come late: polls found tasks ended before their webhooks came, which came after; {LATE}"
             ),
             Silence::Stopped => tracing::warn!(
                 "Webhooks stopped coming: polls found tasks ended without theirs since the last one; results are polled as without webhooks until one comes (check the webhook's delivery in Claid's dashboard, docs/webhooks.md)"
@@ -792,7 +791,7 @@ impl Dispatch {
             {
                 self.silent.notify_waiters();
                 return self
-                    .tell(Silence::NotForDone)
+                    .tell(Silence::NotForDone, false)
                     .then_some(Silence::NotForDone);
             }
         }
@@ -808,7 +807,7 @@ impl Dispatch {
         } else {
             Silence::NoneCame
         };
-        self.tell(silence).then_some(silence)
+        self.tell(silence, false).then_some(silence)
     }
 
     /// Completes when webhooks are next found silent (see [`Dispatch::webhooks_silent`]): a

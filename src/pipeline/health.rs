@@ -671,6 +671,15 @@ impl HealthState {
             && matches!(*self.health.borrow(), Health::Paused { .. })
     }
 
+    /// The hold of a poll about to go (its rate-limit turn taken), if it waits instead of
+    /// going: polls are being refused (a pause met by another's poll, maybe while this one
+    /// waited for the limiter) and no hold has just let this one go (`released`). It waits
+    /// for the pause's end or its turn as the probe ([`HealthState::poll_hold`]), instead of
+    /// being refused too.
+    pub fn holds_poll(&self, released: bool) -> Option<PollHold> {
+        (!released && self.polls_refused()).then_some(PollHold::Held)
+    }
+
     /// A task's or a batch's poll met a systemic refusal: pause, and hold the other polls
     /// (see [`HealthState::polls_refused`]).
     pub fn poll_refused(&self, err: &ClaidError, refusal: Refusal) {
@@ -686,11 +695,8 @@ impl HealthState {
     /// probe ends. (Ended by every answered poll, such a pause flapped: "submitting resumed",
     /// the next submits refused, paused again, an ERROR and an alert each time.)
     pub fn poll_ok(&self) {
-        let submits_only = matches!(*self.health.borrow(), Health::Paused { .. })
-            && !self
-                .polls_refused
-                .load(std::sync::atomic::Ordering::Relaxed);
-        if submits_only {
+        let paused = matches!(*self.health.borrow(), Health::Paused { .. });
+        if paused && !self.polls_refused() {
             self.answered();
             return;
         }

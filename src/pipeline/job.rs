@@ -1177,16 +1177,12 @@ impl Runner {
                 }),
                 _ => {
                     let turn = deps.client.turn().await;
-                    // Polls are being refused (a pause met by another's poll, maybe while
-                    // this one waited for the rate limiter): this one waits for the pause's
-                    // end or its turn as its probe, instead of being refused too.
-                    if !held && deps.health.polls_refused() {
+                    if let Some(held) = deps.health.holds_poll(held) {
                         debug!(
                             task_id,
                             "Polls are refused by the pause; this one waits for its end"
                         );
-                        hold = Some(PollHold::Held);
-                        delay = HELD_FOR;
+                        (hold, delay) = (Some(held), HELD_FOR);
                         continue;
                     }
                     // Sent now, not when it began to wait for the limiter (a success
