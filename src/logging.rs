@@ -13,6 +13,10 @@
 //! escapes the C0 controls and [`JsonSafeWriter`] escapes the rest (DEL, C1, U+2028/U+2029,
 //! bidirectional overrides) as `\uXXXX`.
 //!
+//! No field value is longer than [`crate::text::LOG_VALUE_MAX`] bytes: a longer one (Claid's
+//! message, which may be megabytes long) is cut, followed by how much was
+//! ([`crate::text::capped_at`]), in both formats.
+//!
 //! No log line shows a URL's credentials: in both formats every URL in a value (an input with
 //! a password or a presigned signature, also as Claid's messages quote it) is written with them
 //! replaced by `REDACTED` ([`crate::text::redact_urls_in`]).
@@ -245,8 +249,45 @@ impl fmt::Debug for EscapedDebug<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Whole, so that a URL's credentials are redacted however the value is written.
         let text = format!("{:?}", self.0);
-        write_unsafe_escaped(f, &crate::text::redact_urls_in(&text))
+        let text = crate::text::redact_urls_in(&text);
+        write_unsafe_escaped(
+            f,
+            &crate::text::capped_at(&text, crate::text::LOG_VALUE_MAX),
+        )
     }
+}
+
+/// A json line with a string longer than [`crate::text::LOG_VALUE_MAX`] bytes, written again
+/// with every string capped ([`crate::text::capped_at`]); `None` for a line that has none (or
+/// is no json object, which is written as it is).
+fn capped_json_line(line: &[u8]) -> Option<Vec<u8>> {
+    use crate::text::LOG_VALUE_MAX;
+    fn cap(value: &mut serde_json::Value) -> bool {
+        match value {
+            serde_json::Value::String(text) => match crate::text::capped_at(text, LOG_VALUE_MAX) {
+                std::borrow::Cow::Owned(cut) => {
+                    *text = cut;
+                    true
+                }
+                std::borrow::Cow::Borrowed(_) => false,
+            },
+            serde_json::Value::Array(items) => items.iter_mut().fold(false, |cut, v| cap(v) | cut),
+            serde_json::Value::Object(map) => map.values_mut().fold(false, |cut, v| cap(v) | cut),
+            _ => false,
+        }
+    }
+    if line.len() <= LOG_VALUE_MAX {
+        return None;
+    }
+    let mut value: serde_json::Value = serde_json::from_slice(line).ok()?;
+    if !cap(&mut value) {
+        return None;
+    }
+    let mut out = serde_json::to_vec(&value).ok()?;
+    if line.ends_with(b"\n") {
+        out.push(b'\n');
+    }
+    Some(out)
 }
 
 /// A `MakeWriter` for the json format: wraps each writer in a [`JsonSafeWriter`].
@@ -270,12 +311,14 @@ pub struct JsonSafeWriter<W>(pub W);
 
 impl<W: io::Write> io::Write for JsonSafeWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let capped = capped_json_line(buf);
+        let line = capped.as_deref().unwrap_or(buf);
         // A line whose URLs carry credentials is written with them redacted.
-        let redacted = std::str::from_utf8(buf)
+        let redacted = std::str::from_utf8(line)
             .ok()
             .map(crate::text::redact_urls_in)
             .filter(|text| matches!(text, std::borrow::Cow::Owned(_)));
-        let line = redacted.as_deref().map_or(buf, str::as_bytes);
+        let line = redacted.as_deref().map_or(line, str::as_bytes);
         match std::str::from_utf8(line) {
             Ok(text) if text.chars().any(|c| c >= '\u{7f}' && is_unsafe_char(c)) => {
                 let mut safe = String::with_capacity(text.len() + 16);
@@ -329,6 +372,51 @@ mod tests {
             "{line}"
         );
         assert!(line.contains("sig=REDACTED"), "{line}");
+    }
+
+    /// A field value of any length (Claid's message may be megabytes long) is cut to
+    /// `LOG_VALUE_MAX` bytes and how much was cut, in both formats.
+    #[test]
+    fn long_field_values_are_capped_in_both_formats() {
+        let long = format!("start {} end", "x".repeat(200_000));
+        let log = || tracing::warn!(reason = %long, "Job failed");
+        let capture = Capture::default();
+        let subscriber = tracing_subscriber::fmt()
+            .fmt_fields(EscapingFields)
+            .with_writer(capture.clone())
+            .without_time()
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, log);
+        let out = capture.text();
+        assert!(
+            out.len() < 2 * crate::text::LOG_VALUE_MAX,
+            "{} bytes",
+            out.len()
+        );
+        assert!(out.contains("reason=start xxx"), "{out}");
+        assert!(out.contains("… (") && out.contains(" more bytes)"), "{out}");
+        assert!(!out.contains(" end"), "the tail is cut");
+        assert_eq!(out.matches('\n').count(), 1);
+
+        let capture = Capture::default();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_writer(JsonSafe(capture.clone()))
+            .finish();
+        tracing::subscriber::with_default(subscriber, log);
+        let out = capture.text();
+        assert!(
+            out.len() < 2 * crate::text::LOG_VALUE_MAX,
+            "{} bytes",
+            out.len()
+        );
+        assert_eq!(out.matches('\n').count(), 1);
+        let value: serde_json::Value = serde_json::from_str(out.trim_end()).expect("json");
+        let reason = value["fields"]["reason"].as_str().expect("reason");
+        assert!(reason.starts_with("start xxx"), "{reason}");
+        assert!(reason.ends_with(" more bytes)"), "{reason}");
+        assert_eq!(value["fields"]["message"], "Job failed", "the rest kept");
     }
 
     /// Collects everything written, for one test's subscriber.

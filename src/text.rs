@@ -199,13 +199,22 @@ pub fn unescape(text: &str) -> Option<String> {
 /// answer can be long (seen: 6,000 characters copied into every image of a batch).
 pub const KEPT_TEXT_MAX: usize = 2_000;
 
+/// Longest field value of a log line (Claid's message can be megabytes long), far above any
+/// of the daemon's own (a list of a config's errors, of folders it cannot read).
+pub const LOG_VALUE_MAX: usize = 16 * 1024;
+
 /// `text` cut to [`KEPT_TEXT_MAX`] bytes at most at a character boundary, followed by how
 /// much was cut (`… (N more bytes)`).
 pub fn capped(text: &str) -> std::borrow::Cow<'_, str> {
-    if text.len() <= KEPT_TEXT_MAX {
+    capped_at(text, KEPT_TEXT_MAX)
+}
+
+/// [`capped`] at `max` bytes.
+pub fn capped_at(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
         return text.into();
     }
-    let mut end = KEPT_TEXT_MAX;
+    let mut end = max;
     while !text.is_char_boundary(end) {
         end -= 1;
     }
