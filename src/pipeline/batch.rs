@@ -1095,12 +1095,18 @@ impl BatchRunner {
                 }
             }
             // Let go by its hold (the pause ended, or its turn as the probe came), the poll
-            // goes now; ended otherwise (webhooks found silent, an update that is no result),
-            // it is held again below while polls are refused.
-            hold = None;
+            // goes now. Woken otherwise while held (webhooks found silent, an update that is
+            // no result), it stays held: a poll refused for its own reason goes no sooner
+            // than a probe interval after, even once others' successes ended the pause (let
+            // go at once, it was refused again and paused again).
+            let kept = hold.take().filter(|_| !released);
             let held = released;
             if slim {
                 watch = None;
+            }
+            if let Some(kept) = kept {
+                (hold, scheduled) = (Some(kept), false);
+                continue;
             }
             first_wait = false;
             scheduled = true;

@@ -1136,9 +1136,11 @@ impl Runner {
                 },
             };
             // Let go by its hold (the pause ended, or its turn as the probe came), the poll
-            // goes now; ended otherwise (webhooks found silent, an update that is no result),
-            // it is held again below while polls are refused.
-            hold = None;
+            // goes now. Woken otherwise while held (webhooks found silent, an update that is
+            // no result), it stays held (`kept`, below): a poll refused for its own reason
+            // goes no sooner than a probe interval after, even once others' successes ended
+            // the pause (let go at once, it was refused again and paused again).
+            let kept = hold.take().filter(|_| !released);
             let held = released;
             // An announcement that the task ended without its result: the result is polled
             // (failing the job would lose an image Claid made and billed).
@@ -1167,6 +1169,12 @@ impl Runner {
                 // Its slot keeps that update: the task is polled from here on, on the
                 // schedule (a watch would hand it back at once, every time).
                 watch = None;
+            }
+            if let Some(kept) = kept
+                && announced.is_none()
+            {
+                hold = Some(kept);
+                continue;
             }
             let mut sent_at = Instant::now();
             let from_webhook = announced.is_some();
