@@ -380,15 +380,7 @@ mod tests {
     fn long_field_values_are_capped_in_both_formats() {
         let long = format!("start {} end", "x".repeat(200_000));
         let log = || tracing::warn!(reason = %long, "Job failed");
-        let capture = Capture::default();
-        let subscriber = tracing_subscriber::fmt()
-            .fmt_fields(EscapingFields)
-            .with_writer(capture.clone())
-            .without_time()
-            .with_ansi(false)
-            .finish();
-        tracing::subscriber::with_default(subscriber, log);
-        let out = capture.text();
+        let out = logged_as_text(log);
         assert!(
             out.len() < 2 * crate::text::LOG_VALUE_MAX,
             "{} bytes",
@@ -399,13 +391,7 @@ mod tests {
         assert!(!out.contains(" end"), "the tail is cut");
         assert_eq!(out.matches('\n').count(), 1);
 
-        let capture = Capture::default();
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .with_writer(JsonSafe(capture.clone()))
-            .finish();
-        tracing::subscriber::with_default(subscriber, log);
-        let out = capture.text();
+        let out = logged_as_json(log);
         assert!(
             out.len() < 2 * crate::text::LOG_VALUE_MAX,
             "{} bytes",
@@ -446,6 +432,31 @@ mod tests {
         }
     }
 
+    /// What `log` writes in the text format, as the daemon configures it (no time, no colour).
+    fn logged_as_text(log: impl FnOnce()) -> String {
+        let capture = Capture::default();
+        let subscriber = tracing_subscriber::fmt()
+            .fmt_fields(EscapingFields)
+            .with_writer(capture.clone())
+            .without_time()
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, log);
+        capture.text()
+    }
+
+    /// What `log` writes in the json format, as the daemon configures it.
+    fn logged_as_json(log: impl FnOnce()) -> String {
+        let capture = Capture::default();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_current_span(true)
+            .with_writer(JsonSafe(capture.clone()))
+            .finish();
+        tracing::subscriber::with_default(subscriber, log);
+        capture.text()
+    }
+
     const EVIL: &str = "a.yaml\nERROR FORGED line\r\x1b[2K\u{85}\u{2028}\u{202e}end";
 
     fn log_evil() {
@@ -473,15 +484,7 @@ mod tests {
 
     #[test]
     fn text_lines_cannot_be_forged_by_any_field() {
-        let capture = Capture::default();
-        let subscriber = tracing_subscriber::fmt()
-            .fmt_fields(EscapingFields)
-            .with_writer(capture.clone())
-            .without_time()
-            .with_ansi(false)
-            .finish();
-        tracing::subscriber::with_default(subscriber, log_evil);
-        let out = capture.text();
+        let out = logged_as_text(log_evil);
         assert_one_clean_line(&out);
         // The span field is escaped too, and an escaped field is not escaped twice.
         assert!(out.contains("manifest{manifest=a.yaml\\nERROR"), "{out:?}");
@@ -490,14 +493,7 @@ mod tests {
 
     #[test]
     fn json_lines_cannot_be_forged_and_stay_json() {
-        let capture = Capture::default();
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .with_current_span(true)
-            .with_writer(JsonSafe(capture.clone()))
-            .finish();
-        tracing::subscriber::with_default(subscriber, log_evil);
-        let out = capture.text();
+        let out = logged_as_json(log_evil);
         assert_eq!(out.matches('\n').count(), 1, "{out:?}");
         let line = out.trim_end_matches('\n');
         assert!(!line.chars().any(is_unsafe_char), "{line:?}");
