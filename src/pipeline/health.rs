@@ -217,6 +217,10 @@ pub struct HealthState {
     /// A poll was refused by the pause (not only submits), and no call has succeeded since:
     /// the other tasks' polls are held too (see [`HealthState::polls_refused`]).
     polls_refused: std::sync::atomic::AtomicBool,
+    /// Pauses begun in this process's life: a held poll tells the end of its pause from
+    /// the same state again (another pause begun before it was woken, see
+    /// [`HealthState::poll_hold`]).
+    pauses: std::sync::atomic::AtomicU64,
 }
 
 /// Why a task's or a batch's poll waits for the pause to end (see
@@ -377,6 +381,7 @@ impl HealthState {
             inbox: Mutex::new(None),
             poll_probe: Mutex::new(None),
             polls_refused: std::sync::atomic::AtomicBool::new(false),
+            pauses: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -644,10 +649,17 @@ impl HealthState {
             PollHold::Held => Instant::now(),
         };
         let mut health = self.health.subscribe();
+        // A pause that ended while another began before this was woken (a watch shows the
+        // latest state only) ended too: the other held this poll, maybe only submits meet it.
+        let pause = self.pauses.load(std::sync::atomic::Ordering::Relaxed);
+        let ended = |h: &Health| {
+            !matches!(h, Health::Paused { .. })
+                || self.pauses.load(std::sync::atomic::Ordering::Relaxed) != pause
+        };
         loop {
             tokio::select! {
                 // The sender lives as long as `self`: this ends only when the pause does.
-                _ = health.wait_for(|h| !matches!(h, Health::Paused { .. })) => break,
+                _ = health.wait_for(ended) => break,
                 () = tokio::time::sleep(interval) => {
                     let mut last = self.poll_probe.lock().unwrap_or_else(PoisonError::into_inner);
                     if last.is_none_or(|at| at.elapsed() >= interval) {
@@ -666,9 +678,17 @@ impl HealthState {
     /// polls) holds no poll. Without it, every task at Claid sent its next poll to be refused
     /// too, which spent the minute's quota the mended account then lacked.
     pub fn polls_refused(&self) -> bool {
-        self.polls_refused
-            .load(std::sync::atomic::Ordering::Relaxed)
-            && matches!(*self.health.borrow(), Health::Paused { .. })
+        self.pause_state() == Some(true)
+    }
+
+    /// `Some(whether polls are refused)` while paused, `None` otherwise: read together under
+    /// the watch's lock, under which `pause` and `ok` change both.
+    fn pause_state(&self) -> Option<bool> {
+        let health = self.health.borrow();
+        matches!(*health, Health::Paused { .. }).then(|| {
+            self.polls_refused
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
     }
 
     /// The hold of a poll about to go (its rate-limit turn taken), if it waits instead of
@@ -683,10 +703,7 @@ impl HealthState {
     /// A task's or a batch's poll met a systemic refusal: pause, and hold the other polls
     /// (see [`HealthState::polls_refused`]).
     pub fn poll_refused(&self, err: &ClaidError, refusal: Refusal) {
-        // After the pause: a pause that begins clears the flag (see `pause`).
-        self.pause(err, refusal);
-        self.polls_refused
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.begin_pause(err, refusal, true);
     }
 
     /// The API answered a poll successfully: not failing; and not paused, unless the pause
@@ -695,8 +712,7 @@ impl HealthState {
     /// probe ends. (Ended by every answered poll, such a pause flapped: "submitting resumed",
     /// the next submits refused, paused again, an ERROR and an alert each time.)
     pub fn poll_ok(&self) {
-        let paused = matches!(*self.health.borrow(), Health::Paused { .. });
-        if paused && !self.polls_refused() {
+        if self.pause_state() == Some(false) {
             self.answered();
             return;
         }
@@ -732,16 +748,26 @@ impl HealthState {
     /// A systemic refusal (401/402/403, a wrong `api.base_url`, a TLS handshake that fails):
     /// pause submitting.
     pub fn pause(&self, err: &ClaidError, refusal: Refusal) {
+        self.begin_pause(err, refusal, false);
+    }
+
+    /// Pauses, or marks the pause on as one whose polls are refused (`by_poll`). The flag
+    /// is set and cleared under the watch's lock, with the state it belongs to (set after
+    /// the pause, out of the lock, a poll refused in a pause that `ok` ended meanwhile
+    /// marked the next pause, one only submits met).
+    fn begin_pause(&self, err: &ClaidError, refusal: Refusal, by_poll: bool) {
+        use std::sync::atomic::Ordering;
         let reason = crate::daemon::error_chain(err);
         let changed = self.health.send_if_modified(|h| {
             if matches!(h, Health::Paused { .. }) {
+                if by_poll {
+                    self.polls_refused.store(true, Ordering::Relaxed);
+                }
                 return false;
             }
-            // A pause begins: whether its polls are refused is told by one of them (a flag a
-            // refusal raced past `ok` left set would hold the polls of a pause that only
-            // submits meet).
-            self.polls_refused
-                .store(false, std::sync::atomic::Ordering::Relaxed);
+            // A pause begins: whether its polls are refused is told by one of them.
+            self.polls_refused.store(by_poll, Ordering::Relaxed);
+            self.pauses.fetch_add(1, Ordering::Relaxed);
             *h = Health::Paused {
                 reason: reason.clone(),
                 refusal,
@@ -960,6 +986,43 @@ mod tests {
             "127.0.0.1:1".to_owned(),
             Arc::new(Unanswered::default()),
         )
+    }
+
+    /// A held poll is let go when its pause ends though another begins before it is woken
+    /// (the watch shows the latest state only: it stayed held through the second pause, one
+    /// only submits met, at one poll per probe interval); the new pause's polls are not
+    /// refused until one of them is.
+    #[tokio::test(start_paused = true)]
+    async fn a_held_poll_goes_when_its_pause_ends_though_another_begins_at_once() {
+        use std::time::Duration;
+        let state = Arc::new(health());
+        let refused = ClaidError::Account {
+            endpoint: crate::claid::Endpoint::Poll,
+            status: 403,
+            request_id: None,
+            error_code: String::new(),
+            error_message: String::new(),
+        };
+        state.poll_refused(&refused, Refusal::of(&refused));
+        assert!(state.polls_refused());
+        *state.poll_probe.lock().expect("lock") = Some(Instant::now() + Duration::from_secs(600));
+        let held = {
+            let state = state.clone();
+            tokio::spawn(async move { state.poll_hold(PollHold::Held).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!held.is_finished(), "held while polls are refused");
+        // Ended, and a submit's refusal begins another before the held poll runs.
+        state.ok();
+        state.pause(&refused, Refusal::of(&refused));
+        assert!(!state.polls_refused(), "a pause only submits met so far");
+        tokio::time::timeout(Duration::from_secs(1), held)
+            .await
+            .expect("let go: its pause ended")
+            .expect("joined");
+        // A poll refused while that pause is on marks it as refusing polls.
+        state.poll_refused(&refused, Refusal::of(&refused));
+        assert!(state.polls_refused());
     }
 
     /// Polls a pause refused wait for its end (a probe interval at least), for `poll.max` at
