@@ -1018,6 +1018,9 @@ impl BatchRunner {
         // The poll waits for a pause: its last one was refused (a 402 while the batch ran),
         // or it came due while others' were (see `HealthState::poll_hold`).
         let mut hold: Option<PollHold> = None;
+        // A pause held a poll since a poll last found the batch running: a poll that finds it
+        // done then gives no duration sample (the pause's time is not Claid's).
+        let mut paused_since_running = false;
         loop {
             // Whether a hold let this poll go (see `held` below).
             let mut released = false;
@@ -1117,6 +1120,7 @@ impl BatchRunner {
                     "Polls are refused by the pause; this one waits for its end"
                 );
                 (hold, delay, scheduled) = (Some(held), HELD_FOR, false);
+                paused_since_running = true;
                 continue;
             }
             // Sent now, not when it began to wait for the limiter (a success elsewhere
@@ -1193,7 +1197,9 @@ impl BatchRunner {
                             );
                         }
                         let took = Duration::from_millis(now_ms().saturating_sub(submitted_at_ms));
-                        clock.ended(took, Seen::Poll { pending_at });
+                        if !paused_since_running {
+                            clock.ended(took, Seen::Poll { pending_at });
+                        }
                         return Some(Box::new(polled.batch));
                     }
                     if let Some(message) = super::job::overdue(
@@ -1206,6 +1212,7 @@ impl BatchRunner {
                     }
                     clock.running();
                     pending_at = Some(since_submit());
+                    paused_since_running = false;
                     delay = match webhooks {
                         Some(fallback) => fallback.min(deps.poll.max),
                         None => deps.polls.batch_delay(&mut clock, since_submit()),
@@ -1236,6 +1243,7 @@ impl BatchRunner {
                         delay = HELD_FOR;
                         scheduled = false;
                         hold = Some(PollHold::Refused);
+                        paused_since_running = true;
                     }
                     // The batch is billed: a 429 only delays its poll, until `give_up_after`.
                     Failure::RateLimited { retry_after } => {

@@ -1108,6 +1108,9 @@ impl Runner {
         // The poll waits for a pause: its last one was refused (a 402 while the task ran), or
         // it came due while others' were (see `HealthState::poll_hold`).
         let mut hold: Option<PollHold> = None;
+        // A pause held a poll since a poll last found the task running: a poll that finds it
+        // done then gives no duration sample (the pause's time is not Claid's).
+        let mut paused_since_running = false;
         loop {
             // Whether a hold let this poll go (see `held` below).
             let mut released = false;
@@ -1190,7 +1193,7 @@ impl Runner {
                             task_id,
                             "Polls are refused by the pause; this one waits for its end"
                         );
-                        (hold, delay) = (Some(held), HELD_FOR);
+                        (hold, delay, paused_since_running) = (Some(held), HELD_FOR, true);
                         continue;
                     }
                     // Sent now, not when it began to wait for the limiter (a success
@@ -1238,7 +1241,9 @@ impl Runner {
                             } else {
                                 Seen::Poll { pending_at }
                             };
-                            deps.polls.record(Kind::Single, took, seen);
+                            if from_webhook || !paused_since_running {
+                                deps.polls.record(Kind::Single, took, seen);
+                            }
                             deps.metrics.task_seconds.observe(took.as_secs_f64());
                             let Some(output) = task.result.output_object else {
                                 if let Some(after) = unsettled.done_without_result() {
@@ -1320,6 +1325,7 @@ impl Runner {
                             .await;
                     }
                     n_poll += 1;
+                    paused_since_running = false;
                     pending_at = Some(Duration::from_millis(
                         now_ms().saturating_sub(submitted_at_ms),
                     ));
@@ -1351,6 +1357,7 @@ impl Runner {
                         deps.health.poll_refused(&err, Refusal::of(&err));
                         delay = HELD_FOR;
                         hold = Some(PollHold::Refused);
+                        paused_since_running = true;
                     }
                     // The task is billed: a 429 only delays its poll (the limiter's gate waits
                     // the reset), whatever their number, until `give_up_after`.
