@@ -450,11 +450,14 @@ impl Handle {
         let staging_delete = deps.staging.as_ref().is_some_and(|s| s.delete);
         let queue = Arc::new(submitter::Queue::default());
         let notices = notices::Notices::default();
-        let health = Arc::new(health::HealthState::new(
-            notices.clone(),
-            deps.client.api_addr(),
-            deps.client.unanswered(),
-        ));
+        let health = Arc::new(
+            health::HealthState::new(
+                notices.clone(),
+                deps.client.api_addr(),
+                deps.client.unanswered(),
+            )
+            .watching_outbox(deps.folders.outbox.clone()),
+        );
         let in_flight = Arc::new(Semaphore::new(deps.max_in_flight));
         let (intake_tx, intake_rx) = mpsc::channel(INTAKE_QUEUE);
         let (finisher_raw, finisher_rx) = mpsc::unbounded_channel();

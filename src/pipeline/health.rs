@@ -209,6 +209,10 @@ pub struct HealthState {
     /// Why the outbox's disk takes no more outputs (nearly full, or not writable), as the
     /// activity monitor last found it: new submits wait too.
     disk: Mutex<Option<(Instant, String)>>,
+    /// The outbox, whose filesystem [`HealthState::writable`] looks at before a submit (none
+    /// in unit tests), and when it last did.
+    outbox: Option<PathBuf>,
+    outbox_looked: Mutex<Option<Instant>>,
     /// Why the inbox cannot be watched (its folder gone), since when.
     inbox: Mutex<Option<(Instant, String)>>,
     /// When a poll refused by a pause last went again as the pause's probe (see
@@ -264,6 +268,9 @@ const GIVEN_UP_PROBE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How often a submit held back by [`HealthState::writable`] looks again.
 const WRITES_PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// How often [`HealthState::writable`] looks at the outbox's filesystem at most.
+pub const OUTBOX_LOOK_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Why outputs cannot be written now (see [`HealthState::writes_blocked`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -378,6 +385,8 @@ impl HealthState {
             folders_changed: tokio::sync::Notify::new(),
             writes_failing: Mutex::new((0, None)),
             disk: Mutex::new(None),
+            outbox: None,
+            outbox_looked: Mutex::new(None),
             inbox: Mutex::new(None),
             poll_probe: Mutex::new(None),
             polls_refused: std::sync::atomic::AtomicBool::new(false),
@@ -606,9 +615,22 @@ impl HealthState {
             .map(|(since, why)| (since.elapsed(), why.clone()))
     }
 
+    /// This state, looking at `outbox`'s filesystem before submits (see
+    /// [`HealthState::writable`]).
+    pub fn watching_outbox(mut self, outbox: PathBuf) -> HealthState {
+        self.outbox = Some(outbox);
+        self
+    }
+
     /// Waits while outputs cannot be written (see [`HealthState::block_writes`]); false when
-    /// `cancel` fires first.
+    /// `cancel` fires first. Every submit asks first: the outbox's filesystem is looked at
+    /// again here (at most every [`OUTBOX_LOOK_EVERY`]), not only by the activity monitor's
+    /// sample every few seconds. (A filesystem remounted read-only between two samples had
+    /// batches sent whose results could not be written: Claid billed ten images, none
+    /// delivered.) A problem found here is cleared by the monitor's next sample that finds
+    /// none.
     pub async fn writable(&self, cancel: &tokio_util::sync::CancellationToken) -> bool {
+        self.look_at_outbox().await;
         while self.writes_blocked_everywhere().is_some() {
             tokio::select! {
                 () = tokio::time::sleep(WRITES_PROBE_INTERVAL) => {}
@@ -616,6 +638,36 @@ impl HealthState {
             }
         }
         true
+    }
+
+    /// Looks at the outbox's filesystem (read-only, or full) unless it did within
+    /// [`OUTBOX_LOOK_EVERY`]; a problem is recorded as the activity monitor's would be.
+    async fn look_at_outbox(&self) {
+        let Some(outbox) = &self.outbox else {
+            return;
+        };
+        {
+            let mut looked = self
+                .outbox_looked
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if looked.is_some_and(|at| at.elapsed() < OUTBOX_LOOK_EVERY) {
+                return;
+            }
+            *looked = Some(Instant::now());
+        }
+        let dir = outbox.clone();
+        // Off the runtime, and bounded: a stuck network share keeps the last answer.
+        let looked = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            tokio::task::spawn_blocking(move || crate::activity::check_filesystem(&dir)),
+        )
+        .await;
+        if let Ok(Ok(disk)) = looked
+            && disk != crate::activity::Disk::Ok
+        {
+            self.set_disk_problem(Some(disk.describe()));
+        }
     }
 
     pub fn current(&self) -> Health {

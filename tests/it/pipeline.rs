@@ -730,6 +730,108 @@ fn config_with_outbox(env: &TestEnv, api: &str, outbox: &std::path::Path) -> std
     config
 }
 
+/// The same with batches: a filesystem remounted read-only while the canary is at Claid stops
+/// the batches that would follow it, since every submit looks at the outbox's filesystem
+/// first. (They went out as the canary's results came, before those met the read-only
+/// outbox: Claid billed ten images, none written.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_only_outbox_stops_the_batches_after_the_canary() {
+    let statics = tempfile::tempdir().expect("static dir");
+    let mut rows = String::from("images:\n");
+    for i in 0..10 {
+        std::fs::write(statics.path().join(format!("r{i}.png")), png(64, 48)).expect("image");
+        rows.push_str(&format!("  - input: http://STATIC/r{i}.png\n"));
+    }
+    let env = TestEnv::new(
+        Scenario::default()
+            .static_dir(statics.path())
+            .latency(Latency::Fixed(Duration::from_secs(2))),
+    )
+    .await;
+    let disk = env.dir.path().join("disk");
+    std::fs::create_dir_all(&disk).expect("mount point");
+    let Some(_tmpfs) = crate::support::Tmpfs::mount(&disk, "64m") else {
+        eprintln!("read-only outbox: skipped, tmpfs cannot be mounted here");
+        return;
+    };
+    let outbox = disk.join("outbox");
+    std::fs::create_dir_all(&outbox).expect("outbox");
+    let config = config_with_outbox(&env, "max_in_flight: 16", &outbox);
+    let deadline = Duration::from_secs(60);
+    let mut daemon = env.spawn_daemon(&config, 0);
+    wait_until("the daemon is ready", deadline, || env.socket().exists()).await;
+    let rows = rows.replace("STATIC", &format!("{}/_static", env.emulator.addr()));
+    env.drop_file("m.yaml", rows.as_bytes());
+    wait_until("the canary at Claid", deadline, || {
+        env.stats().batch_submits >= 1
+    })
+    .await;
+    assert!(remount(&disk, "ro"), "remount read-only");
+    wait_until(
+        "the canary's images failed output-read-only",
+        deadline,
+        || env.daemon_log(0).matches("output-read-only").count() >= 2,
+    )
+    .await;
+    let told = "activity: the outbox cannot be written";
+    wait_until("the disk monitor's look", deadline, || {
+        env.daemon_log(0).contains(told)
+    })
+    .await;
+    let stats = env.stats();
+    assert_eq!(
+        (stats.batch_submits, stats.batch_images),
+        (1, 2),
+        "only the canary was billed: {}",
+        env.daemon_log(0)
+    );
+    assert!(remount(&disk, "rw"), "remount read-write");
+    stop(&mut daemon).await;
+}
+
+/// `run --once` on an outbox whose filesystem is remounted read-only mid-run ends after
+/// `api.unreachable_timeout` (73) with the images not yet sent kept unsubmitted, and names
+/// the fix: remount it read-write (it said "free space or fix its permissions").
+#[tokio::test(flavor = "multi_thread")]
+async fn run_once_on_an_outbox_turned_read_only_ends_73_naming_the_remount() {
+    let env =
+        TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_secs(2)))).await;
+    let disk = env.dir.path().join("disk");
+    std::fs::create_dir_all(&disk).expect("mount point");
+    let Some(_tmpfs) = crate::support::Tmpfs::mount(&disk, "64m") else {
+        eprintln!("read-only outbox: skipped, tmpfs cannot be mounted here");
+        return;
+    };
+    let outbox = disk.join("outbox");
+    std::fs::create_dir_all(&outbox).expect("outbox");
+    let config = config_with_outbox(
+        &env,
+        "max_in_flight: 1\nunreachable_timeout: 2s\nbatch: { max_images: 1 }",
+        &outbox,
+    );
+    let rows: String = (0..3)
+        .map(|i| format!("  - input: storage://demo/ro{i}-64x48.png\n"))
+        .collect();
+    env.drop_file("ro.yaml", format!("images:\n{rows}").as_bytes());
+    let run = {
+        let (env, config) = (&env, config.clone());
+        async move { env.run_once(&config).await }
+    };
+    let remounted = async {
+        wait_until("the first image at Claid", Duration::from_secs(60), || {
+            env.stats().submits >= 1
+        })
+        .await;
+        assert!(remount(&disk, "ro"), "remount read-only");
+    };
+    let ((code, stderr), ()) = tokio::join!(run, remounted);
+    assert!(remount(&disk, "rw"), "remount read-write");
+    assert_eq!(code, 73, "{stderr}");
+    assert!(stderr.contains("stayed read-only"), "{stderr}");
+    assert!(stderr.contains("remount it read-write"), "{stderr}");
+    assert_eq!(env.stats().submits, 1, "nothing more billed: {stderr}");
+}
+
 /// An outbox on a filesystem remounted read-only: a drop taken in then is checked before any
 /// submit, so its images wait (nothing is billed whose result could not be written) and are
 /// made once the outbox takes writes again (they were submitted, billed, and failed
