@@ -1007,10 +1007,16 @@ impl Intake {
 /// Removes the error file a rejection of `rel` that could not move it wrote flat at the top
 /// of `rejected/` (it said the manifest stays in the inbox), now that the manifest was moved to
 /// `dest`; not when that file is `dest`'s own (a manifest at the inbox's top, or a path too deep
-/// for `rejected/`, goes flat itself).
+/// for `rejected/`, goes flat itself), nor when a file it describes lies beside it: a manifest
+/// at the inbox's top rejected before under the same name (`r.yaml`, then `r.1.yaml`: the
+/// flat name of `r.yaml` is its own, and the first rejection's error file was removed).
 fn remove_stale_flat_error(rejected: &Path, rel: &Path, dest: &Path) {
+    let flat = flattened_name(rel);
+    if std::fs::symlink_metadata(rejected.join(&flat)).is_ok() {
+        return;
+    }
     let stale = rejected.join(filename::error_file_name(
-        &flattened_name(rel),
+        &flat,
         &filename::FsLimits::of(rejected),
     ));
     let name = dest.file_name().unwrap_or_default().to_owned();

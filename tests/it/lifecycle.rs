@@ -346,6 +346,53 @@ async fn issue11_every_rejected_manifest_gets_its_own_error_file_with_an_escaped
     assert_eq!(env.stats().submits, 0);
 }
 
+/// A manifest rejected again under the same name (`r.yaml`, fixed badly and saved again)
+/// goes to `rejected/r.1.yaml` with its own error file, and the first rejection's error file
+/// stays beside `rejected/r.yaml` (it was removed, taken for the flat error file of a
+/// rejection that could not move the manifest); so for a name too long to take `.1` whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue11_a_manifest_rejected_again_under_its_name_keeps_both_error_files() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let config = env.config("", "");
+    let long = format!("{}.yaml", "R".repeat(250));
+    for name in ["r.yaml", long.as_str()] {
+        env.drop_file(name, b"images:\n  - input: [x\n");
+        let (code, stderr) = env.run_once(&config).await;
+        assert_eq!(code, 2, "{stderr}");
+        env.drop_file(name, b"images: 5\n");
+        let (code, stderr) = env.run_once(&config).await;
+        assert_eq!(code, 2, "{stderr}");
+    }
+    let texts: Vec<String> = error_files(&env.rejected)
+        .into_iter()
+        .map(|(_, text)| text)
+        .collect();
+    assert_eq!(
+        texts.len(),
+        4,
+        "two rejections of each name, an error file each: {texts:?}"
+    );
+    for name in ["r.yaml", long.as_str()] {
+        let of_name: Vec<&String> = texts
+            .iter()
+            .filter(|text| {
+                text.lines()
+                    .next()
+                    .is_some_and(|first| first.ends_with(&format!("/inbox/{name}")))
+            })
+            .collect();
+        assert_eq!(of_name.len(), 2, "{name}: {texts:?}");
+        assert_ne!(of_name[0], of_name[1], "each says its own problem");
+    }
+    let moved = std::fs::read_dir(&env.rejected)
+        .expect("rejected")
+        .filter_map(Result::ok)
+        .filter(|e| !e.file_name().to_string_lossy().ends_with(".error.txt"))
+        .count();
+    assert_eq!(moved, 4, "both versions of both kept");
+    assert_eq!(env.stats().submits, 0);
+}
+
 /// A rejected manifest that cannot be moved into `rejected/` (a file stands where its folder
 /// goes there) still gets its outcome file, at the top of `rejected/`, named after its path,
 /// saying why it stays in the inbox.
