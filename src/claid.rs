@@ -996,6 +996,15 @@ impl Client {
         })
     }
 
+    /// The URL [`Client::list_storages_once`] asks, credentials redacted, for messages.
+    pub fn storages_url(&self) -> String {
+        let text = format!(
+            "{}/storage/storages",
+            self.base.as_str().trim_end_matches('/')
+        );
+        crate::text::redact_urls_in(&text).into_owned()
+    }
+
     /// `GET {base}/storage/storages`: the storage connectors of the account (no pagination),
     /// one HTTP attempt, counted as a probe. Needs the key's `storage` scope.
     pub async fn list_storages_once(&self) -> Result<Vec<wire::StorageOut>, ClaidError> {

@@ -85,12 +85,14 @@ pub enum StorageError {
         kind: String,
     },
     #[error(
-        "`storages.{storage}`: cannot list Claid's storage connectors to find \"{}\": {cause}",
+        "`storages.{storage}`: cannot list Claid's storage connectors (GET {url}) to find \"{}\": {cause}",
         escape(connector)
     )]
     Api {
         storage: String,
         connector: String,
+        /// The listing's URL, credentials redacted.
+        url: String,
         cause: Box<ClaidError>,
     },
     #[error(
@@ -133,7 +135,9 @@ impl StorageError {
             | StorageError::NotABucket { .. } => exit::USAGE,
             StorageError::Api { cause, .. } => match cause.as_ref() {
                 ClaidError::Account { .. } => exit::NO_PERM,
-                ClaidError::Config { .. } => exit::USAGE,
+                // An answer no retry changes (404: no such endpoint at `api.base_url`): what
+                // was configured is wrong, not an API away.
+                ClaidError::Config { .. } | ClaidError::Rejected { .. } => exit::USAGE,
                 _ => exit::UNAVAILABLE,
             },
             StorageError::Bucket { cause, .. } => match cause.as_ref() {
@@ -195,6 +199,11 @@ impl StorageError {
                 } => Some(Refusal::Status(*status).fix().to_owned()),
                 ClaidError::Account { status: 403, .. } => Some(
                     "the API key needs the `storage` permission to list connectors".to_owned(),
+                ),
+                ClaidError::Rejected {
+                    status: 404 | 405, ..
+                } => Some(
+                    "the API has no such endpoint at that address: `api.base_url` must be Claid's API root with its version, e.g. `https://api.claid.ai/v1` (a proxy in front of it must pass `/storage/storages` through)".to_owned(),
                 ),
                 _ => None,
             },
@@ -366,6 +375,7 @@ impl Storages {
                     .map_err(|cause| StorageError::Api {
                         storage: first.name.clone(),
                         connector: first.entry.claid_name.clone(),
+                        url: client.storages_url(),
                         cause: Box::new(cause),
                     })?;
             let known: Vec<String> = connectors.iter().map(|c| c.name.clone()).collect();
@@ -844,6 +854,7 @@ mod tests {
             StorageError::Api {
                 storage: "catalog".to_owned(),
                 connector: "catalog-s3".to_owned(),
+                url: "https://api.claid.ai/v1/storage/storages".to_owned(),
                 cause: Box::new(ClaidError::Account {
                     endpoint: crate::claid::Endpoint::Probe,
                     status,

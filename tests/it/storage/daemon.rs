@@ -299,6 +299,41 @@ async fn validate_and_the_start_check_the_connector_and_the_bucket_with_the_righ
     s3.stop().await;
 }
 
+/// Claid's API answering 404 to the listing of connectors (`api.base_url` without its `/v1`,
+/// or a proxy that does not pass the path): 64 at once from `validate` and the start, naming
+/// the URL asked and the fix. It was 69 "rejected with 404: Not found", and the start retried
+/// it as an outage until `api.unreachable_timeout`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_404_to_the_connector_listing_is_a_config_error_naming_the_url_and_base_url() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    s3.create_bucket("catalog").await;
+    let env = TestEnv::new(quick().storage(s3.connector("catalog-s3", "catalog", "raw"))).await;
+    let keys = credentials_file(env.dir.path());
+    let config = env.config(
+        "unreachable_timeout: 60s",
+        &storages_yaml("catalog-s3", "s3://catalog/raw", &s3.endpoint, &keys),
+    );
+    let base = format!("http://{}/v1", env.emulator.addr());
+    let text = std::fs::read_to_string(&config).expect("config");
+    assert!(text.contains(&base), "{text}");
+    let without = format!("http://{}/nope", env.emulator.addr());
+    std::fs::write(&config, text.replace(&base, &without)).expect("config");
+    let (code, stdout, stderr) = cli(&["validate", config.to_str().expect("utf-8")]).await;
+    assert_eq!(code, 64, "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!("GET {without}/storage/storages"))
+            && stdout.contains("`api.base_url`"),
+        "names the URL and the key to fix: {stdout}"
+    );
+    // Not retried as an outage: 69 after the minute of `api.unreachable_timeout` otherwise.
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("/nope/storage/storages"), "{stderr}");
+    s3.stop().await;
+}
+
 /// A storage whose `region` is not its bucket's: S3 answers `AuthorizationHeaderMalformed`
 /// (or a 301 redirect), which no retry heals. `validate` and the start say 64 and name
 /// `region` as the fix; it was 69 "check that the S3 endpoint is reachable", and the start
