@@ -571,9 +571,10 @@ async fn scan(
 ) -> Result<Vec<Candidate>, WatchError> {
     let root = inbox.to_owned();
     let reported = std::mem::take(&mut tracker.reported);
+    let settle = watch.settle;
     let (listing, reported) = tokio::task::spawn_blocking(move || {
         let mut reported = reported;
-        let listing = walk(&root, &mut reported);
+        let listing = walk(&root, &mut reported, settle);
         (listing, reported)
     })
     .await
@@ -648,8 +649,9 @@ struct Found {
 
 /// Lists manifests, and images in recipe folders, under `root` with their fingerprints. Only an
 /// unreadable `root` is an error; unreadable subfolders are logged (once) and skipped. Hidden
-/// folders are not entered; symlinks are not followed (see the module doc).
-fn walk(root: &Path, reported: &mut Reported) -> std::io::Result<Vec<Found>> {
+/// folders are not entered; symlinks are not followed (see the module doc). A hidden manifest
+/// is named once it has lain unchanged for `settle` ([`lain_for`]).
+fn walk(root: &Path, reported: &mut Reported, settle: Duration) -> std::io::Result<Vec<Found>> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_owned()];
     let mut links = LinkWarnings {
@@ -692,7 +694,7 @@ fn walk(root: &Path, reported: &mut Reported) -> std::io::Result<Vec<Found>> {
                 if is_recipe {
                     linked_recipe = Some(path);
                 } else if hidden {
-                    if looks_like_a_manifest(&name) {
+                    if looks_like_a_manifest(&name) && lain_for(&entry, settle) {
                         links.warn_once(&path, LinkKind::HiddenManifest);
                     }
                     continue;
@@ -738,7 +740,7 @@ fn walk(root: &Path, reported: &mut Reported) -> std::io::Result<Vec<Found>> {
             let kind = if is_recipe {
                 None
             } else if hidden {
-                if looks_like_a_manifest(&name) {
+                if looks_like_a_manifest(&name) && lain_for(&entry, settle) {
                     links.warn_once(&path, LinkKind::HiddenManifest);
                 }
                 continue;
@@ -854,6 +856,17 @@ fn is_misnamed_recipe(path: &str) -> bool {
             name.to_ascii_lowercase().as_str(),
             ".claid.yml" | ".claid.json" | ".claid.yaml"
         )
+}
+
+/// Whether a directory entry has lain unchanged (by its own modification time) for `settle`:
+/// a hidden manifest is named only then. Written under a dot name and renamed into place (as
+/// the README advises), one was named as hidden by the scan its creation set off, already
+/// renamed and taken in.
+fn lain_for(entry: &std::fs::DirEntry, settle: Duration) -> bool {
+    entry
+        .metadata()
+        .and_then(|meta| meta.modified())
+        .is_ok_and(|at| at.elapsed().is_ok_and(|age| age >= settle))
 }
 
 /// How long a manifest may lie under an upload's temporary name before it is named in a WARN:

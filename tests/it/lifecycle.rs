@@ -188,6 +188,13 @@ async fn issue11_hidden_manifests_and_folders_are_named_not_skipped_silently() {
     let env = TestEnv::new(Scenario::default()).await;
     let row = b"images:\n  - input: storage://demo/h-64x48.png\n";
     let hidden = env.drop_file(".hidden.yaml", row);
+    // Named once it has lain unchanged for `watch.settle` (a dot name being renamed into
+    // place is not named): this one for a minute.
+    std::fs::File::options()
+        .write(true)
+        .open(&hidden)
+        .and_then(|f| f.set_modified(std::time::SystemTime::now() - Duration::from_secs(60)))
+        .expect("mtime");
     env.drop_file(".team/m.yaml", row);
     env.drop_file(
         "seen.yaml",
@@ -217,6 +224,50 @@ async fn issue11_hidden_manifests_and_folders_are_named_not_skipped_silently() {
         out.contains("the daemon never takes this file in: `.hidden.yaml` starts with a dot"),
         "{out}"
     );
+}
+
+/// A manifest written under a dot name and renamed into place (as the README advises) is not
+/// named as a hidden manifest by a scan that saw it before the rename: it was, in a WARN
+/// telling to rename a file already renamed and taken in.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_manifest_renamed_from_a_dot_name_into_place_is_not_warned_about() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let config = env.config("", "");
+    // A settle long enough that the dot file is still young at the scan the next drop sets off.
+    let text = std::fs::read_to_string(&config)
+        .expect("config")
+        .replace("settle: 100ms", "settle: 3s");
+    std::fs::write(&config, text).expect("config");
+    let mut daemon = env.spawn_daemon(&config, 0);
+    wait_until("the daemon is ready", DEADLINE, || env.socket().exists()).await;
+    let dot = env.drop_file(
+        ".d.yaml",
+        b"images:\n  - input: storage://demo/d-64x48.png\n",
+    );
+    // A scan sees the dot file while it is young: the one that takes in a drop made after it
+    // (old already, so taken at first sight).
+    let other = env.drop_file(
+        "other.yaml",
+        b"images:\n  - input: storage://demo/o-64x48.png\n",
+    );
+    std::fs::File::options()
+        .write(true)
+        .open(&other)
+        .and_then(|f| f.set_modified(std::time::SystemTime::now() - Duration::from_secs(60)))
+        .expect("mtime");
+    wait_until("a scan after the dot file", DEADLINE, || {
+        env.daemon_log(0).contains("Manifest accepted")
+    })
+    .await;
+    assert!(dot.is_file(), "still under its dot name then");
+    std::fs::rename(&dot, env.inbox.join("d.yaml")).expect("rename into place");
+    wait_until("the renamed manifest done", DEADLINE, || {
+        env.outbox.join("d.report.json").is_file()
+    })
+    .await;
+    stop(&mut daemon).await;
+    let log = env.daemon_log(0);
+    assert!(!log.contains("starts with a dot"), "{log}");
 }
 
 /// A list of images dropped as a spreadsheet (`.csv`) is not a manifest, but it is named once
