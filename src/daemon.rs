@@ -639,6 +639,10 @@ pub async fn run(
         // `replay --in-doubt` (the exit code counts them too).
         held_from_before = summary.still_held,
         superseded = totals.superseded,
+        // Of resumed runs, ended in an earlier life: in their reports, not in the counts above.
+        done_before = summary.ended_before.done,
+        failed_before = summary.ended_before.failed,
+        superseded_before = summary.ended_before.superseded,
         "Inbox processed"
     );
     if !unscanned.is_empty() {

@@ -122,6 +122,17 @@ pub struct ResumeSummary {
     pub manifests: usize,
     /// Ended runs whose staged objects are deleted now (a crash cut their cleanup short).
     pub staging_cleanups: usize,
+    /// Jobs of the resumed runs that ended in an earlier life (their reports count them;
+    /// `run --once`'s closing line counts this process's work and names these apart).
+    pub ended_before: EndedBefore,
+}
+
+/// Jobs of resumed runs that ended before this start, by how.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EndedBefore {
+    pub done: u64,
+    pub failed: u64,
+    pub superseded: u64,
 }
 
 /// What a replay did (see [`Handle::replay_checked`]).
@@ -958,7 +969,11 @@ impl Handle {
             }
             // Counted here, before any of its jobs runs again: each open job then ends done,
             // failed, held or superseded in this process.
-            let open = store.counts_of_active(mid).map_or(0, |c| c.open());
+            let counts = store.counts_of_active(mid).unwrap_or_default();
+            let open = counts.open();
+            summary.ended_before.done += counts.done;
+            summary.ended_before.failed += counts.failed;
+            summary.ended_before.superseded += counts.superseded;
             shared.finisher.send_counted(finisher::Event::Resumed {
                 id: mid,
                 manifest: m,

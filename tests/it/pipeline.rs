@@ -830,6 +830,16 @@ async fn run_once_on_an_outbox_turned_read_only_ends_73_naming_the_remount() {
     assert!(stderr.contains("stayed read-only"), "{stderr}");
     assert!(stderr.contains("remount it read-write"), "{stderr}");
     assert_eq!(env.stats().submits, 1, "nothing more billed: {stderr}");
+    // The next run makes the two left; its closing line names the one that failed before
+    // (the report counts it, and the exit code says so: it read `failed=0`, exit 2).
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("done=2")
+            && stderr.contains("failed=0")
+            && stderr.contains("failed_before=1"),
+        "{stderr}"
+    );
 }
 
 /// An outbox on a filesystem remounted read-only: a drop taken in then is checked before any
