@@ -730,6 +730,27 @@ fn config_with_outbox(env: &TestEnv, api: &str, outbox: &std::path::Path) -> std
     config
 }
 
+/// An outbox on a tmpfs of its own under the test's folder (which the tests remount
+/// read-only): the mount, its mount point and the outbox; `None` (said on stderr) where tmpfs
+/// cannot be mounted.
+fn outbox_on_a_tmpfs(
+    env: &TestEnv,
+) -> Option<(
+    crate::support::Tmpfs,
+    std::path::PathBuf,
+    std::path::PathBuf,
+)> {
+    let disk = env.dir.path().join("disk");
+    std::fs::create_dir_all(&disk).expect("mount point");
+    let Some(tmpfs) = crate::support::Tmpfs::mount(&disk, "64m") else {
+        eprintln!("read-only outbox: skipped, tmpfs cannot be mounted here");
+        return None;
+    };
+    let outbox = disk.join("outbox");
+    std::fs::create_dir_all(&outbox).expect("outbox");
+    Some((tmpfs, disk, outbox))
+}
+
 /// The same with batches: a filesystem remounted read-only while the canary is at Claid stops
 /// the batches that would follow it, since every submit looks at the outbox's filesystem
 /// first. (They went out as the canary's results came, before those met the read-only
@@ -748,14 +769,9 @@ async fn a_read_only_outbox_stops_the_batches_after_the_canary() {
             .latency(Latency::Fixed(Duration::from_secs(2))),
     )
     .await;
-    let disk = env.dir.path().join("disk");
-    std::fs::create_dir_all(&disk).expect("mount point");
-    let Some(_tmpfs) = crate::support::Tmpfs::mount(&disk, "64m") else {
-        eprintln!("read-only outbox: skipped, tmpfs cannot be mounted here");
+    let Some((_tmpfs, disk, outbox)) = outbox_on_a_tmpfs(&env) else {
         return;
     };
-    let outbox = disk.join("outbox");
-    std::fs::create_dir_all(&outbox).expect("outbox");
     let config = config_with_outbox(&env, "max_in_flight: 16", &outbox);
     let deadline = Duration::from_secs(60);
     let mut daemon = env.spawn_daemon(&config, 0);
@@ -796,14 +812,9 @@ async fn a_read_only_outbox_stops_the_batches_after_the_canary() {
 async fn run_once_on_an_outbox_turned_read_only_ends_73_naming_the_remount() {
     let env =
         TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_secs(2)))).await;
-    let disk = env.dir.path().join("disk");
-    std::fs::create_dir_all(&disk).expect("mount point");
-    let Some(_tmpfs) = crate::support::Tmpfs::mount(&disk, "64m") else {
-        eprintln!("read-only outbox: skipped, tmpfs cannot be mounted here");
+    let Some((_tmpfs, disk, outbox)) = outbox_on_a_tmpfs(&env) else {
         return;
     };
-    let outbox = disk.join("outbox");
-    std::fs::create_dir_all(&outbox).expect("outbox");
     let config = config_with_outbox(
         &env,
         "max_in_flight: 1\nunreachable_timeout: 2s\nbatch: { max_images: 1 }",
@@ -852,14 +863,9 @@ async fn run_once_on_an_outbox_turned_read_only_ends_73_naming_the_remount() {
 async fn a_read_only_outbox_stops_submits_before_claid_bills_what_cannot_be_written() {
     let env =
         TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_secs(2)))).await;
-    let disk = env.dir.path().join("disk");
-    std::fs::create_dir_all(&disk).expect("mount point");
-    let Some(_tmpfs) = crate::support::Tmpfs::mount(&disk, "64m") else {
-        eprintln!("read-only outbox: skipped, tmpfs cannot be mounted here");
+    let Some((_tmpfs, disk, outbox)) = outbox_on_a_tmpfs(&env) else {
         return;
     };
-    let outbox = disk.join("outbox");
-    std::fs::create_dir_all(&outbox).expect("outbox");
     let config = config_with_outbox(&env, "max_in_flight: 2", &outbox);
     let deadline = Duration::from_secs(60);
     let mut daemon = env.spawn_daemon(&config, 0);
