@@ -998,11 +998,10 @@ impl Client {
 
     /// The URL [`Client::list_storages_once`] asks, credentials redacted, for messages.
     pub fn storages_url(&self) -> String {
-        let text = format!(
-            "{}/storage/storages",
-            self.base.as_str().trim_end_matches('/')
-        );
-        crate::text::redact_urls_in(&text).into_owned()
+        self.endpoint_url("storage/storages").map_or_else(
+            |_| "(api.base_url)/storage/storages".to_owned(),
+            |url| crate::text::redact_urls_in(url.as_str()).into_owned(),
+        )
     }
 
     /// `GET {base}/storage/storages`: the storage connectors of the account (no pagination),

@@ -410,7 +410,9 @@ fn cmd_run(path: &Path, once: bool, print_config: bool) -> i32 {
             );
             exit::CANT_CREATE
         }
-        Ok(Outcome::Unwritable { why }) if why.contains("read-only") || why.contains("EROFS") => {
+        Ok(Outcome::Unwritable { why })
+            if why.contains("read-only filesystem") || why.contains("EROFS") =>
+        {
             tracing::error!(
                 error = %Escaped::str(&why),
                 "The outbox's filesystem stayed read-only (api.unreachable_timeout), so no new image was submitted; remount it read-write (`mount -o remount,rw`, or find why the kernel made it read-only: `dmesg`): unfinished jobs stay in the store and resume at the next run"

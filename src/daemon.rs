@@ -641,6 +641,7 @@ pub async fn run(
         superseded = totals.superseded,
         // Of resumed runs, ended in an earlier life: in their reports, not in the counts above.
         done_before = summary.ended_before.done,
+        unchanged_before = summary.ended_before.unchanged,
         failed_before = summary.ended_before.failed,
         superseded_before = summary.ended_before.superseded,
         "Inbox processed"

@@ -250,10 +250,14 @@ impl fmt::Debug for EscapedDebug<'_> {
         // Whole, so that a URL's credentials are redacted however the value is written.
         let text = format!("{:?}", self.0);
         let text = crate::text::redact_urls_in(&text);
-        write_unsafe_escaped(
-            f,
-            &crate::text::capped_at(&text, crate::text::LOG_VALUE_MAX),
-        )
+        match crate::text::capped_at(&text, crate::text::LOG_VALUE_MAX) {
+            // A quoted value cut keeps its closing quote: the fields after it stay fields.
+            std::borrow::Cow::Owned(mut cut) if text.starts_with('"') => {
+                cut.push('"');
+                write_unsafe_escaped(f, &cut)
+            }
+            capped => write_unsafe_escaped(f, &capped),
+        }
     }
 }
 
@@ -311,14 +315,15 @@ pub struct JsonSafeWriter<W>(pub W);
 
 impl<W: io::Write> io::Write for JsonSafeWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let capped = capped_json_line(buf);
-        let line = capped.as_deref().unwrap_or(buf);
-        // A line whose URLs carry credentials is written with them redacted.
-        let redacted = std::str::from_utf8(line)
+        // A line whose URLs carry credentials is written with them redacted; before a long
+        // value is cut, which could cut a URL before its `@` and leave its password unseen.
+        let redacted = std::str::from_utf8(buf)
             .ok()
             .map(crate::text::redact_urls_in)
             .filter(|text| matches!(text, std::borrow::Cow::Owned(_)));
-        let line = redacted.as_deref().map_or(line, str::as_bytes);
+        let line = redacted.as_deref().map_or(buf, str::as_bytes);
+        let capped = capped_json_line(line);
+        let line = capped.as_deref().unwrap_or(line);
         match std::str::from_utf8(line) {
             Ok(text) if text.chars().any(|c| c >= '\u{7f}' && is_unsafe_char(c)) => {
                 let mut safe = String::with_capacity(text.len() + 16);
@@ -403,6 +408,25 @@ mod tests {
         assert!(reason.starts_with("start xxx"), "{reason}");
         assert!(reason.ends_with(" more bytes)"), "{reason}");
         assert_eq!(value["fields"]["message"], "Job failed", "the rest kept");
+        // A URL whose password the cut would fall in: redacted first, so none of it shows.
+        let url = format!(
+            "{} https://user:Zq9PwSecret@host/a.png",
+            "x".repeat(crate::text::LOG_VALUE_MAX - 20)
+        );
+        let log = || tracing::warn!(reason = %url, after = "kept", "Job failed");
+        for out in [logged_as_text(log), logged_as_json(log)] {
+            assert!(!out.contains("Zq9P"), "{}", &out[out.len() - 200..]);
+            assert!(out.contains("user:REDA"), "{}", &out[out.len() - 200..]);
+        }
+        // A quoted value cut keeps its closing quote, so the next field is still one.
+        let out = logged_as_text(|| {
+            tracing::warn!(reason = long.as_str(), after = "kept", "Job failed");
+        });
+        assert!(
+            out.contains(" more bytes)\" after=\"kept\""),
+            "{}",
+            &out[out.len() - 200..]
+        );
     }
 
     /// Collects everything written, for one test's subscriber.

@@ -130,7 +130,10 @@ pub struct ResumeSummary {
 /// Jobs of resumed runs that ended before this start, by how.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct EndedBefore {
+    /// Made by a call to Claid (as `done` counts them in the closing line).
     pub done: u64,
+    /// Done without one (an identical output already there).
+    pub unchanged: u64,
     pub failed: u64,
     pub superseded: u64,
 }
@@ -971,7 +974,8 @@ impl Handle {
             // failed, held or superseded in this process.
             let counts = store.counts_of_active(mid).unwrap_or_default();
             let open = counts.open();
-            summary.ended_before.done += counts.done;
+            summary.ended_before.done += counts.done.saturating_sub(counts.unchanged);
+            summary.ended_before.unchanged += counts.unchanged;
             summary.ended_before.failed += counts.failed;
             summary.ended_before.superseded += counts.superseded;
             shared.finisher.send_counted(finisher::Event::Resumed {

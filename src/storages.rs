@@ -135,9 +135,13 @@ impl StorageError {
             | StorageError::NotABucket { .. } => exit::USAGE,
             StorageError::Api { cause, .. } => match cause.as_ref() {
                 ClaidError::Account { .. } => exit::NO_PERM,
-                // An answer no retry changes (404: no such endpoint at `api.base_url`): what
-                // was configured is wrong, not an API away.
-                ClaidError::Config { .. } | ClaidError::Rejected { .. } => exit::USAGE,
+                // No such endpoint at `api.base_url` (404, 405): what was configured is wrong,
+                // not an API away. (Other 4xx are waited out: a proxy in front answers 421 or
+                // 409 for a moment while it rolls out, and 64 is not restarted by systemd.)
+                ClaidError::Config { .. }
+                | ClaidError::Rejected {
+                    status: 404 | 405, ..
+                } => exit::USAGE,
                 _ => exit::UNAVAILABLE,
             },
             StorageError::Bucket { cause, .. } => match cause.as_ref() {

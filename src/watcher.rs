@@ -858,15 +858,23 @@ fn is_misnamed_recipe(path: &str) -> bool {
         )
 }
 
-/// Whether a directory entry has lain unchanged (by its own modification time) for `settle`:
-/// a hidden manifest is named only then. Written under a dot name and renamed into place (as
-/// the README advises), one was named as hidden by the scan its creation set off, already
-/// renamed and taken in.
+/// Whether a directory entry has lain unchanged for `settle`, by its inode's change time
+/// (which a write, a rename or a copy sets, and no copy keeps from its source, unlike the
+/// modification time `cp -p` carries over): a hidden manifest is named only then. Written
+/// under a dot name and renamed into place (as the README advises), one was named as hidden
+/// by the scan its creation set off, already renamed and taken in. A change time ahead of
+/// this machine's clock says nothing: named.
 fn lain_for(entry: &std::fs::DirEntry, settle: Duration) -> bool {
-    entry
-        .metadata()
-        .and_then(|meta| meta.modified())
-        .is_ok_and(|at| at.elapsed().is_ok_and(|age| age >= settle))
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = entry.metadata() else {
+        return false;
+    };
+    let changed = std::time::UNIX_EPOCH
+        + Duration::new(
+            u64::try_from(meta.ctime()).unwrap_or(0),
+            u32::try_from(meta.ctime_nsec()).unwrap_or(0),
+        );
+    changed.elapsed().map_or(true, |age| age >= settle)
 }
 
 /// How long a manifest may lie under an upload's temporary name before it is named in a WARN:

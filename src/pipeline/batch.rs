@@ -32,7 +32,7 @@ use crate::pipeline::Settings;
 use crate::pipeline::dispatch::{self, Dispatch, LostBatchJob};
 use crate::pipeline::finisher;
 use crate::pipeline::health::HealthState;
-use crate::pipeline::health::{HELD_FOR, PollHold, Refusal};
+use crate::pipeline::health::{HELD_FOR, Hold, PollHold, Refusal};
 use crate::pipeline::job::{JobOutcome, Runner, failure_of, input_of};
 use crate::pipeline::polls::{BatchClock, Polls, Seen};
 use crate::pipeline::submitter::Queue;
@@ -1017,7 +1017,7 @@ impl BatchRunner {
         let mut first_wait = webhooks.is_some();
         // The poll waits for a pause: its last one was refused (a 402 while the batch ran),
         // or it came due while others' were (see `HealthState::poll_hold`).
-        let mut hold: Option<PollHold> = None;
+        let mut hold: Option<Hold> = None;
         // A pause held a poll since a poll last found the batch running: a poll that finds it
         // done then gives no duration sample (the pause's time is not Claid's).
         let mut paused_since_running = false;
@@ -1041,7 +1041,7 @@ impl BatchRunner {
                         }
                         continue;
                     }
-                    () = deps.health.poll_hold(hold.unwrap_or(PollHold::Held)), if hold.is_some() => {
+                    () = deps.health.poll_hold(hold), if hold.is_some() => {
                         released = true;
                         None
                     }
@@ -1093,7 +1093,7 @@ impl BatchRunner {
             } else {
                 tokio::select! {
                     _ = tokio::time::sleep(delay), if hold.is_none() => {}
-                    () = deps.health.poll_hold(hold.unwrap_or(PollHold::Held)), if hold.is_some() => released = true,
+                    () = deps.health.poll_hold(hold), if hold.is_some() => released = true,
                     _ = deps.cancel.cancelled() => return None,
                 }
             }
@@ -1242,7 +1242,7 @@ impl BatchRunner {
                         deps.health.poll_refused(&err, Refusal::of(&err));
                         delay = HELD_FOR;
                         scheduled = false;
-                        hold = Some(PollHold::Refused);
+                        hold = Some(deps.health.hold(PollHold::Refused));
                         paused_since_running = true;
                     }
                     // The batch is billed: a 429 only delays its poll, until `give_up_after`.

@@ -212,7 +212,12 @@ pub struct HealthState {
     /// The outbox, whose filesystem [`HealthState::writable`] looks at before a submit (none
     /// in unit tests), and when it last did.
     outbox: Option<PathBuf>,
-    outbox_looked: Mutex<Option<Instant>>,
+    /// Held while one look is under way, so a submit that asks meanwhile waits for its
+    /// answer instead of going on the last one.
+    outbox_looked: tokio::sync::Mutex<Option<Instant>>,
+    /// A look is still stuck in its `statvfs` (a hung network share): no other starts, so
+    /// blocked threads do not pile up.
+    outbox_stuck: Arc<std::sync::atomic::AtomicBool>,
     /// Why the inbox cannot be watched (its folder gone), since when.
     inbox: Mutex<Option<(Instant, String)>>,
     /// When a poll refused by a pause last went again as the pause's probe (see
@@ -236,6 +241,17 @@ pub enum PollHold {
     /// Its poll came due while polls are refused (another's poll was refused since the last
     /// call that succeeded): it is not sent to be refused too.
     Held,
+}
+
+/// One hold of a poll ([`HealthState::hold`]), as it began: kept whole across the wakes that
+/// do not end it, so a poll woken meanwhile (webhooks found silent) neither waits a fresh
+/// probe interval nor takes a pause begun since for its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hold {
+    /// Not let go sooner (a probe interval after its own refusal).
+    earliest: Instant,
+    /// The pause it began in (the count of pauses begun, `pauses`, then).
+    pause: u64,
 }
 
 /// Output writes that fail with an error that may heal, by where they hold submits.
@@ -386,7 +402,8 @@ impl HealthState {
             writes_failing: Mutex::new((0, None)),
             disk: Mutex::new(None),
             outbox: None,
-            outbox_looked: Mutex::new(None),
+            outbox_looked: tokio::sync::Mutex::new(None),
+            outbox_stuck: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             inbox: Mutex::new(None),
             poll_probe: Mutex::new(None),
             polls_refused: std::sync::atomic::AtomicBool::new(false),
@@ -646,28 +663,33 @@ impl HealthState {
         let Some(outbox) = &self.outbox else {
             return;
         };
-        {
-            let mut looked = self
-                .outbox_looked
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if looked.is_some_and(|at| at.elapsed() < OUTBOX_LOOK_EVERY) {
-                return;
-            }
-            *looked = Some(Instant::now());
+        let mut looked = self.outbox_looked.lock().await;
+        if looked.is_some_and(|at| at.elapsed() < OUTBOX_LOOK_EVERY) {
+            return;
         }
-        let dir = outbox.clone();
+        use std::sync::atomic::Ordering;
+        if self.outbox_stuck.swap(true, Ordering::AcqRel) {
+            // The last look has not come back: its answer is still the last one.
+            *looked = Some(Instant::now());
+            return;
+        }
+        let (dir, stuck) = (outbox.clone(), self.outbox_stuck.clone());
         // Off the runtime, and bounded: a stuck network share keeps the last answer.
-        let looked = tokio::time::timeout(
+        let found = tokio::time::timeout(
             std::time::Duration::from_secs(1),
-            tokio::task::spawn_blocking(move || crate::activity::check_filesystem(&dir)),
+            tokio::task::spawn_blocking(move || {
+                let disk = crate::activity::check_filesystem(&dir);
+                stuck.store(false, Ordering::Release);
+                disk
+            }),
         )
         .await;
-        if let Ok(Ok(disk)) = looked
+        if let Ok(Ok(disk)) = found
             && disk != crate::activity::Disk::Ok
         {
             self.set_disk_problem(Some(disk.describe()));
         }
+        *looked = Some(Instant::now());
     }
 
     pub fn current(&self) -> Health {
@@ -691,19 +713,15 @@ impl HealthState {
     /// minute's quota just before the pause ended.)
     ///
     /// [`PAUSE_PROBE_INTERVAL`]: crate::pipeline::submitter::PAUSE_PROBE_INTERVAL
-    pub async fn poll_hold(&self, hold: PollHold) {
-        let interval = crate::pipeline::submitter::PAUSE_PROBE_INTERVAL;
-        // Never sooner than a probe interval after its own refusal, resumed or not: a task
-        // refused for its own reason while others' calls succeed would flip the pause (an
-        // ERROR and an alert each time) on every success elsewhere.
-        let earliest = match hold {
-            PollHold::Refused => Instant::now() + interval,
-            PollHold::Held => Instant::now(),
+    /// `None` never ends (a loop's hold not on: its `select!` arm is off).
+    pub async fn poll_hold(&self, hold: Option<Hold>) {
+        let Some(Hold { earliest, pause }) = hold else {
+            return std::future::pending().await;
         };
+        let interval = crate::pipeline::submitter::PAUSE_PROBE_INTERVAL;
         let mut health = self.health.subscribe();
         // A pause that ended while another began before this was woken (a watch shows the
         // latest state only) ended too: the other held this poll, maybe only submits meet it.
-        let pause = self.pauses.load(std::sync::atomic::Ordering::Relaxed);
         let ended = |h: &Health| {
             !matches!(h, Health::Paused { .. })
                 || self.pauses.load(std::sync::atomic::Ordering::Relaxed) != pause
@@ -748,8 +766,23 @@ impl HealthState {
     /// waited for the limiter) and no hold has just let this one go (`released`). It waits
     /// for the pause's end or its turn as the probe ([`HealthState::poll_hold`]), instead of
     /// being refused too.
-    pub fn holds_poll(&self, released: bool) -> Option<PollHold> {
-        (!released && self.polls_refused()).then_some(PollHold::Held)
+    pub fn holds_poll(&self, released: bool) -> Option<Hold> {
+        (!released && self.polls_refused()).then(|| self.hold(PollHold::Held))
+    }
+
+    /// A hold of `kind` beginning now, in the pause on now. One refused for its own poll is
+    /// never let go sooner than a probe interval after, resumed or not: a task refused for
+    /// its own reason while others' calls succeed would flip the pause (an ERROR and an alert
+    /// each time) on every success elsewhere.
+    pub fn hold(&self, kind: PollHold) -> Hold {
+        let now = Instant::now();
+        Hold {
+            earliest: match kind {
+                PollHold::Refused => now + crate::pipeline::submitter::PAUSE_PROBE_INTERVAL,
+                PollHold::Held => now,
+            },
+            pause: self.pauses.load(std::sync::atomic::Ordering::Relaxed),
+        }
     }
 
     /// A task's or a batch's poll met a systemic refusal: pause, and hold the other polls
@@ -1060,7 +1093,7 @@ mod tests {
         *state.poll_probe.lock().expect("lock") = Some(Instant::now() + Duration::from_secs(600));
         let held = {
             let state = state.clone();
-            tokio::spawn(async move { state.poll_hold(PollHold::Held).await })
+            tokio::spawn(async move { state.poll_hold(Some(state.hold(PollHold::Held))).await })
         };
         tokio::task::yield_now().await;
         assert!(!held.is_finished(), "held while polls are refused");
@@ -1075,6 +1108,38 @@ mod tests {
         // A poll refused while that pause is on marks it as refusing polls.
         state.poll_refused(&refused, Refusal::of(&refused));
         assert!(state.polls_refused());
+    }
+
+    /// A hold kept across a wake that does not end it (webhooks found silent) keeps its start:
+    /// its refusal's probe interval counts from the refusal, not from the wake, and a pause
+    /// begun since is not taken for its own.
+    #[tokio::test(start_paused = true)]
+    async fn a_hold_kept_across_a_wake_keeps_its_start() {
+        use crate::pipeline::submitter::PAUSE_PROBE_INTERVAL;
+        use std::time::Duration;
+        let state = Arc::new(health());
+        let refused = ClaidError::Account {
+            endpoint: crate::claid::Endpoint::Poll,
+            status: 403,
+            request_id: None,
+            error_code: String::new(),
+            error_message: String::new(),
+        };
+        state.poll_refused(&refused, Refusal::of(&refused));
+        *state.poll_probe.lock().expect("lock") = Some(Instant::now() + Duration::from_secs(600));
+        let hold = state.hold(PollHold::Refused);
+        let start = Instant::now();
+        // Woken after 3 s by something else; meanwhile the pause ends and another begins.
+        let woken = tokio::time::timeout(Duration::from_secs(3), state.poll_hold(Some(hold))).await;
+        assert!(woken.is_err(), "still held at the wake");
+        state.ok();
+        state.pause(&refused, Refusal::of(&refused));
+        state.poll_hold(Some(hold)).await;
+        assert_eq!(
+            start.elapsed(),
+            PAUSE_PROBE_INTERVAL,
+            "let go a probe interval after its refusal: its pause ended"
+        );
     }
 
     /// Polls a pause refused wait for its end (a probe interval at least), for `poll.max` at
@@ -1097,7 +1162,7 @@ mod tests {
             let state = state.clone();
             let start = Instant::now();
             tokio::spawn(async move {
-                state.poll_hold(PollHold::Refused).await;
+                state.poll_hold(Some(state.hold(PollHold::Refused))).await;
                 start.elapsed()
             })
         };
@@ -1160,7 +1225,7 @@ mod tests {
             let state = state.clone();
             let start = Instant::now();
             tokio::spawn(async move {
-                state.poll_hold(PollHold::Held).await;
+                state.poll_hold(Some(state.hold(PollHold::Held))).await;
                 start.elapsed()
             })
         };
@@ -1191,7 +1256,7 @@ mod tests {
         // A held poll goes as the pause's probe when its turn comes.
         state.poll_refused(&refused, Refusal::of(&refused));
         let begun = Instant::now();
-        state.poll_hold(PollHold::Held).await;
+        state.poll_hold(Some(state.hold(PollHold::Held))).await;
         assert_eq!(
             begun.elapsed(),
             crate::pipeline::submitter::PAUSE_PROBE_INTERVAL

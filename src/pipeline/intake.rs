@@ -921,7 +921,7 @@ impl Intake {
                 // its whole path.
                 let rejected = self.folders.rejected.clone();
                 let text = format!(
-                    "{text}\nThe manifest itself stays in the inbox for now: it could not be moved into the rejected folder ({err}). Clear that (free space there, or make it writable): the daemon moves it there as soon as it can, trying again every few minutes.\n"
+                    "{text}\n{STAYS_IN_THE_INBOX}: it could not be moved into the rejected folder ({err}). Clear that (free space there, or make it writable): the daemon moves it there as soon as it can, trying again every few minutes.\n"
                 );
                 let flat = flattened_name(rel);
                 let file_text = text.clone();
@@ -1004,21 +1004,24 @@ impl Intake {
     }
 }
 
+/// What the error file of a rejected manifest that could not be moved says of it.
+const STAYS_IN_THE_INBOX: &str = "The manifest itself stays in the inbox for now";
+
 /// Removes the error file a rejection of `rel` that could not move it wrote flat at the top
 /// of `rejected/` (it said the manifest stays in the inbox), now that the manifest was moved to
 /// `dest`; not when that file is `dest`'s own (a manifest at the inbox's top, or a path too deep
-/// for `rejected/`, goes flat itself), nor when a file it describes lies beside it: a manifest
-/// at the inbox's top rejected before under the same name (`r.yaml`, then `r.1.yaml`: the
-/// flat name of `r.yaml` is its own, and the first rejection's error file was removed).
+/// for `rejected/`, goes flat itself), nor when it says no such thing: the flat name of a
+/// manifest at the inbox's top is its own, so `rejected/r.yaml.error.txt` is the error file of
+/// an earlier `r.yaml` moved there (it was removed when `r.yaml` was rejected again, into
+/// `r.1.yaml`).
 fn remove_stale_flat_error(rejected: &Path, rel: &Path, dest: &Path) {
-    let flat = flattened_name(rel);
-    if std::fs::symlink_metadata(rejected.join(&flat)).is_ok() {
-        return;
-    }
     let stale = rejected.join(filename::error_file_name(
-        &flat,
+        &flattened_name(rel),
         &filename::FsLimits::of(rejected),
     ));
+    if !std::fs::read_to_string(&stale).is_ok_and(|text| text.contains(STAYS_IN_THE_INBOX)) {
+        return;
+    }
     let name = dest.file_name().unwrap_or_default().to_owned();
     let own = dest.with_file_name(filename::error_file_name(
         &name,

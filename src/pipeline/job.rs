@@ -22,7 +22,7 @@ use crate::manifest::{self, Input, LocalFile};
 use crate::metrics::Metrics;
 use crate::output::{self, ExistsPolicy};
 use crate::pipeline::dispatch::Dispatch;
-use crate::pipeline::health::{HELD_FOR, HealthState, PollHold, Refusal};
+use crate::pipeline::health::{HELD_FOR, HealthState, Hold, PollHold, Refusal};
 use crate::pipeline::polls::{Kind, Polls, Seen};
 use crate::pipeline::submitter::Queue;
 use crate::pipeline::{Settings, on_file_pool};
@@ -1107,7 +1107,7 @@ impl Runner {
         let mut unsettled = Unsettled::default();
         // The poll waits for a pause: its last one was refused (a 402 while the task ran), or
         // it came due while others' were (see `HealthState::poll_hold`).
-        let mut hold: Option<PollHold> = None;
+        let mut hold: Option<Hold> = None;
         // A pause held a poll since a poll last found the task running: a poll that finds it
         // done then gives no duration sample (the pause's time is not Claid's).
         let mut paused_since_running = false;
@@ -1123,7 +1123,7 @@ impl Runner {
                         webhooks = None;
                         None
                     }
-                    () = deps.health.poll_hold(hold.unwrap_or(PollHold::Held)), if hold.is_some() => {
+                    () = deps.health.poll_hold(hold), if hold.is_some() => {
                         released = true;
                         None
                     }
@@ -1131,7 +1131,7 @@ impl Runner {
                 },
                 None => tokio::select! {
                     _ = tokio::time::sleep(delay), if hold.is_none() => None,
-                    () = deps.health.poll_hold(hold.unwrap_or(PollHold::Held)), if hold.is_some() => {
+                    () = deps.health.poll_hold(hold), if hold.is_some() => {
                         released = true;
                         None
                     }
@@ -1356,7 +1356,7 @@ impl Runner {
                     Failure::Systemic => {
                         deps.health.poll_refused(&err, Refusal::of(&err));
                         delay = HELD_FOR;
-                        hold = Some(PollHold::Refused);
+                        hold = Some(deps.health.hold(PollHold::Refused));
                         paused_since_running = true;
                     }
                     // The task is billed: a 429 only delays its poll (the limiter's gate waits
