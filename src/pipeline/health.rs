@@ -1065,6 +1065,17 @@ mod tests {
         ));
     }
 
+    /// Claid's answer `status` (401/402/403) to a call to `endpoint`.
+    fn refusal(endpoint: crate::claid::Endpoint, status: u16) -> ClaidError {
+        ClaidError::Account {
+            endpoint,
+            status,
+            request_id: None,
+            error_code: String::new(),
+            error_message: String::new(),
+        }
+    }
+
     fn health() -> HealthState {
         HealthState::new(
             Notices::default(),
@@ -1081,13 +1092,7 @@ mod tests {
     async fn a_held_poll_goes_when_its_pause_ends_though_another_begins_at_once() {
         use std::time::Duration;
         let state = Arc::new(health());
-        let refused = ClaidError::Account {
-            endpoint: crate::claid::Endpoint::Poll,
-            status: 403,
-            request_id: None,
-            error_code: String::new(),
-            error_message: String::new(),
-        };
+        let refused = refusal(crate::claid::Endpoint::Poll, 403);
         state.poll_refused(&refused, Refusal::of(&refused));
         assert!(state.polls_refused());
         *state.poll_probe.lock().expect("lock") = Some(Instant::now() + Duration::from_secs(600));
@@ -1118,13 +1123,7 @@ mod tests {
         use crate::pipeline::submitter::PAUSE_PROBE_INTERVAL;
         use std::time::Duration;
         let state = Arc::new(health());
-        let refused = ClaidError::Account {
-            endpoint: crate::claid::Endpoint::Poll,
-            status: 403,
-            request_id: None,
-            error_code: String::new(),
-            error_message: String::new(),
-        };
+        let refused = refusal(crate::claid::Endpoint::Poll, 403);
         state.poll_refused(&refused, Refusal::of(&refused));
         *state.poll_probe.lock().expect("lock") = Some(Instant::now() + Duration::from_secs(600));
         let hold = state.hold(PollHold::Refused);
@@ -1149,13 +1148,7 @@ mod tests {
         use crate::pipeline::submitter::PAUSE_PROBE_INTERVAL;
         use std::time::Duration;
         let state = Arc::new(health());
-        let refused = ClaidError::Account {
-            endpoint: crate::claid::Endpoint::Poll,
-            status: 402,
-            request_id: None,
-            error_code: String::new(),
-            error_message: String::new(),
-        };
+        let refused = refusal(crate::claid::Endpoint::Poll, 402);
         state.pause(&refused, Refusal::of(&refused));
         let long = Duration::from_secs(600);
         let waiter = || {
@@ -1210,13 +1203,7 @@ mod tests {
     async fn polls_are_held_once_a_poll_is_refused_until_a_call_succeeds() {
         use std::time::Duration;
         let state = Arc::new(health());
-        let refused = ClaidError::Account {
-            endpoint: crate::claid::Endpoint::Submit,
-            status: 402,
-            request_id: None,
-            error_code: String::new(),
-            error_message: String::new(),
-        };
+        let refused = refusal(crate::claid::Endpoint::Submit, 402);
         state.pause(&refused, Refusal::of(&refused));
         assert!(!state.polls_refused(), "a submit's refusal holds no poll");
         state.poll_refused(&refused, Refusal::of(&refused));
