@@ -201,7 +201,7 @@ pub async fn run_with(
                 .map_err(WatchError::ScanTask)?
         };
         // Every scan is a full scan: events only decide when it runs.
-        let stable = match scan(&inbox, &watch, &mut tracker).await {
+        let stable = match scan(&inbox, &watch, watch.settle, &mut tracker).await {
             Ok(stable) => {
                 if inbox_failing {
                     info!(inbox = %Escaped::path(&inbox), "The inbox is readable again");
@@ -463,7 +463,9 @@ pub async fn scan_stable_telling(
     let started = Instant::now();
     // A file that never stops changing (a log, a copy that stalled) is not waited for ever.
     let patience = watch.settle.saturating_mul(10).max(FIRST_SCAN_PATIENCE);
-    let mut out: Vec<Candidate> = scan(inbox, watch, &mut tracker).await?;
+    // A hidden manifest is named at once here: `run --once` looks only now (a later scan
+    // would name it once it has lain for `watch.settle`, but there is none).
+    let mut out: Vec<Candidate> = scan(inbox, watch, Duration::ZERO, &mut tracker).await?;
     let wanted: HashSet<PathBuf> = tracker.files.keys().cloned().collect();
     let mut told = false;
     loop {
@@ -496,7 +498,7 @@ pub async fn scan_stable_telling(
             );
         }
         tokio::time::sleep_until(deadline.min(started + patience)).await;
-        let stable = scan(inbox, watch, &mut tracker).await?;
+        let stable = scan(inbox, watch, Duration::ZERO, &mut tracker).await?;
         out.extend(stable.into_iter().filter(|c| wanted.contains(&c.path)));
     }
     out.sort_by(|a, b| a.path.cmp(&b.path));
@@ -563,15 +565,17 @@ impl Tracker {
     }
 }
 
-/// One full scan: updates the tracker and returns the files that just became stable.
+/// One full scan: updates the tracker and returns the files that just became stable. A
+/// hidden manifest is named once it has lain unchanged for `hidden_after` (see [`walk`]).
 async fn scan(
     inbox: &Path,
     watch: &WatchConfig,
+    hidden_after: Duration,
     tracker: &mut Tracker,
 ) -> Result<Vec<Candidate>, WatchError> {
     let root = inbox.to_owned();
     let reported = std::mem::take(&mut tracker.reported);
-    let settle = watch.settle;
+    let settle = hidden_after;
     let (listing, reported) = tokio::task::spawn_blocking(move || {
         let mut reported = reported;
         let listing = walk(&root, &mut reported, settle);
