@@ -575,10 +575,9 @@ async fn scan(
 ) -> Result<Vec<Candidate>, WatchError> {
     let root = inbox.to_owned();
     let reported = std::mem::take(&mut tracker.reported);
-    let settle = hidden_after;
     let (listing, reported) = tokio::task::spawn_blocking(move || {
         let mut reported = reported;
-        let listing = walk(&root, &mut reported, settle);
+        let listing = walk(&root, &mut reported, hidden_after);
         (listing, reported)
     })
     .await
@@ -654,8 +653,12 @@ struct Found {
 /// Lists manifests, and images in recipe folders, under `root` with their fingerprints. Only an
 /// unreadable `root` is an error; unreadable subfolders are logged (once) and skipped. Hidden
 /// folders are not entered; symlinks are not followed (see the module doc). A hidden manifest
-/// is named once it has lain unchanged for `settle` ([`lain_for`]).
-fn walk(root: &Path, reported: &mut Reported, settle: Duration) -> std::io::Result<Vec<Found>> {
+/// is named once it has lain unchanged for `hidden_after` ([`lain_for`]).
+fn walk(
+    root: &Path,
+    reported: &mut Reported,
+    hidden_after: Duration,
+) -> std::io::Result<Vec<Found>> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_owned()];
     let mut links = LinkWarnings {
@@ -698,7 +701,7 @@ fn walk(root: &Path, reported: &mut Reported, settle: Duration) -> std::io::Resu
                 if is_recipe {
                     linked_recipe = Some(path);
                 } else if hidden {
-                    if looks_like_a_manifest(&name) && lain_for(&entry, settle) {
+                    if looks_like_a_manifest(&name) && lain_for(&entry, hidden_after) {
                         links.warn_once(&path, LinkKind::HiddenManifest);
                     }
                     continue;
@@ -744,7 +747,7 @@ fn walk(root: &Path, reported: &mut Reported, settle: Duration) -> std::io::Resu
             let kind = if is_recipe {
                 None
             } else if hidden {
-                if looks_like_a_manifest(&name) && lain_for(&entry, settle) {
+                if looks_like_a_manifest(&name) && lain_for(&entry, hidden_after) {
                     links.warn_once(&path, LinkKind::HiddenManifest);
                 }
                 continue;
