@@ -196,6 +196,11 @@ pub struct ReplayAnswer {
     /// is billed again when it runs. Absent in an older daemon's answer.
     #[serde(default)]
     pub billed_again: usize,
+    /// Of those requeued, the jobs whose billed result an earlier run could not write: their
+    /// result is fetched again from Claid (which keeps it a day), not billed again. Absent in
+    /// an older daemon's answer.
+    #[serde(default)]
+    pub refetched: usize,
     /// Of those requeued, the jobs held in doubt: Claid may have taken their submit, and
     /// sending them again may bill them twice. Absent in an older daemon's answer.
     #[serde(default)]
@@ -221,8 +226,13 @@ pub struct ReplayPreview {
     pub output: String,
     /// Claid made this image's result already, or may still make it: the job is done, or failed after Claid accepted its task for a reason of this side or of time
     /// (`task-timeout`, a download or a write that failed). Sending it again is billed again.
+    /// False for a result fetched again (`refetch`).
     #[serde(default)]
     pub billed: bool,
+    /// Claid made and billed this image's result, and an earlier run could not write it: the
+    /// replay fetches that result again (Claid keeps it a day), with no new bill.
+    #[serde(default)]
+    pub refetch: bool,
 }
 
 /// The jobs `ids` as a dry run shows them.
@@ -231,6 +241,7 @@ pub async fn replay_preview(
     ids: &[JobId],
 ) -> Result<Vec<ReplayPreview>, ReplayError> {
     let mut preview = Vec::with_capacity(ids.len());
+    let now = crate::store::now_ms();
     for id in ids {
         if let Some(job) = store.job(*id).await? {
             preview.push(ReplayPreview {
@@ -238,7 +249,8 @@ pub async fn replay_preview(
                 state: job.state.kind().to_owned(),
                 input: crate::text::redact_credentials(&job.input).into_owned(),
                 output: job.output_rel.clone(),
-                billed: job.state.billed(),
+                billed: job.state.billed_again_by_replay(now),
+                refetch: job.state.refetchable(now).is_some(),
             });
         }
     }
@@ -581,6 +593,7 @@ pub async fn replay_offline(
     Ok(ReplayAnswer {
         requeued: replayed.requeued,
         billed_again: replayed.billed_again,
+        refetched: replayed.refetched,
         in_doubt_again: replayed.in_doubt_again,
         jobs: runs.into_iter().flat_map(|(_, _, ids)| ids).collect(),
         preview: Vec::new(),
@@ -611,6 +624,7 @@ async fn dry_run_answer(
     Ok(ReplayAnswer {
         requeued: 0,
         billed_again: 0,
+        refetched: 0,
         in_doubt_again: 0,
         preview: replay_preview(store, &kept).await?,
         jobs: kept,
@@ -936,16 +950,18 @@ async fn replay(
         Ok(pipeline::Replayed {
             requeued: n,
             billed_again,
+            refetched,
             in_doubt_again,
             refused,
         }) => {
             info!(
                 requeued = n,
-                billed_again, in_doubt_again, "Replay requested over the admin socket"
+                billed_again, refetched, in_doubt_again, "Replay requested over the admin socket"
             );
             axum::Json(ReplayAnswer {
                 requeued: n,
                 billed_again,
+                refetched,
                 in_doubt_again,
                 jobs: ids,
                 preview: Vec::new(),

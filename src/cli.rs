@@ -1530,14 +1530,17 @@ fn cmd_replay(
                 " ({done} of them done and {taken} failed after Claid took their task: sending those again is billed again)"
             ),
         };
+        let refetch = refetch_note(answer.preview.iter().filter(|p| p.refetch).count());
         if !answer.preview.is_empty() {
             println!(
-                "Would requeue {} jobs{billed}{held}; nothing was changed (run it again without --dry-run):",
+                "Would requeue {} jobs{billed}{refetch}{held}; nothing was changed (run it again without --dry-run):",
                 answer.preview.len()
             );
         }
         for job in &answer.preview {
-            let note = if job.billed && job.state != "done" {
+            let note = if job.refetch {
+                "  (its result, made and billed, is fetched again: not billed again)"
+            } else if job.billed && job.state != "done" {
                 "  (Claid took its task: it may be billed already)"
             } else if job.state == "in-doubt" {
                 "  (in doubt: Claid may have taken it)"
@@ -1585,6 +1588,7 @@ fn cmd_replay(
                 " ({n} of them Claid had billed already, done or failed after it took their task: each is billed again)"
             ),
         };
+        billed.push_str(&refetch_note(answer.refetched));
         billed.push_str(&in_doubt_note(answer.in_doubt_again));
         if later {
             println!(
@@ -1608,6 +1612,16 @@ fn in_doubt_note(n: usize) -> String {
         0 => String::new(),
         n => format!(
             " ({n} of them in doubt: Claid may have taken their submit, and sending them again may bill them twice)"
+        ),
+    }
+}
+
+/// What a replay says of the jobs whose billed result it fetches again (`n` of them).
+fn refetch_note(n: usize) -> String {
+    match n {
+        0 => String::new(),
+        n => format!(
+            " ({n} of them made and billed but not written: their results are fetched again from Claid, which keeps them a day, not billed again)"
         ),
     }
 }

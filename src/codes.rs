@@ -116,6 +116,24 @@ impl FailureCode {
         matches!(self, FailureCode::TaskTimeout | FailureCode::TaskLost)
     }
 
+    /// A write of a result into the outbox failed: Claid made (and billed) the result.
+    pub fn is_local_write(self) -> bool {
+        matches!(
+            self,
+            FailureCode::OutputExists
+                | FailureCode::OutputUnsafePath
+                | FailureCode::OutputNameTooLong
+                | FailureCode::OutputReadOnly
+                | FailureCode::OutputNotADirectory
+                | FailureCode::OutputIsADirectory
+                | FailureCode::OutputInvalidName
+                | FailureCode::DiskFull
+                | FailureCode::OutputTooManyOpenFiles
+                | FailureCode::OutputPermissionDenied
+                | FailureCode::OutputIo
+        )
+    }
+
     /// Every code, in declaration order (the docs list exactly these).
     pub const ALL: &[FailureCode] = &[
         FailureCode::ClaidError,

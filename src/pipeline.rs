@@ -145,6 +145,9 @@ pub struct Replayed {
     pub requeued: usize,
     /// Of those, jobs Claid had billed already: each is billed again when it runs.
     pub billed_again: usize,
+    /// Of those, jobs whose billed result an earlier run could not write, fetched again from
+    /// Claid (which keeps it a day) instead of being billed again.
+    pub refetched: usize,
     /// Of those, jobs held in doubt: Claid may have taken their submit.
     pub in_doubt_again: usize,
     /// Runs not replayed because another active manifest writes one of their outputs or
@@ -260,9 +263,17 @@ pub async fn requeue_for_replay(
         let mut requeued = Vec::with_capacity(ids.len());
         for id in ids {
             match store.requeue_replayable(id).await {
-                Ok(_) => {
+                Ok(next) => {
                     requeued.push(id);
-                    replayed.billed_again += usize::from(billed.contains(&id));
+                    let refetched = matches!(
+                        next.state,
+                        crate::store::JobState::Downloading {
+                            kept_since_ms: Some(_),
+                            ..
+                        }
+                    );
+                    replayed.refetched += usize::from(refetched);
+                    replayed.billed_again += usize::from(billed.contains(&id) && !refetched);
                     replayed.in_doubt_again += usize::from(in_doubt.contains(&id));
                 }
                 Err(StoreError::Conflict { .. }) => {}

@@ -49,7 +49,7 @@ use crate::codes::{FailureCode, StateName};
 pub use crate::store::counts::CountsSnapshot;
 pub use crate::store::records::{
     DoneInfo, JobId, JobRecord, JobState, JobSummary, JobV1, ManifestCounts, ManifestId,
-    ManifestRecord, ManifestState, ManifestV1, ObjectSeen,
+    ManifestRecord, ManifestState, ManifestV1, ObjectSeen, UNWRITTEN_RESULT_KEPT, UnwrittenResult,
 };
 pub use crate::store::trees::SCHEMA_DIR;
 use crate::store::trees::{Registration, Trees};
@@ -855,6 +855,7 @@ impl Store {
                         width,
                         height,
                         copy_of: None,
+                        kept_since_ms: None,
                     };
                     push_request_id(&mut next, request_id.as_deref());
                     Some(next)
@@ -890,6 +891,11 @@ impl Store {
                         width,
                         height,
                         copy_of: None,
+                        // A kept result's new URL (the task polled again) is still that result.
+                        kept_since_ms: match job.state {
+                            JobState::Downloading { kept_since_ms, .. } => kept_since_ms,
+                            _ => None,
+                        },
                     },
                     ..job.clone()
                 }),
@@ -942,6 +948,7 @@ impl Store {
                         message: message.clone(),
                         attempts: job.attempts,
                         task_id: job.state.task_id(),
+                        unwritten: unwritten_result(job, code),
                     },
                 ))
             })
@@ -1102,12 +1109,33 @@ impl Store {
 
     /// Done, Failed or held in doubt → Queued, for a replay: a job that changed meanwhile (a
     /// late webhook adopted its task, another replay took it) is left as it is (`Conflict`).
+    /// A job whose billed result could not be written, while Claid keeps that result
+    /// ([`JobState::refetchable`]), goes to Downloading it again instead: no new bill.
     /// Durable.
     pub async fn requeue_replayable(&self, id: JobId) -> Result<JobV1, StoreError> {
         let job = self
             .step(id, "done|failed|in-doubt", move |job| {
                 if !job.state.is_replayable() {
                     return None;
+                }
+                // A billed result whose write failed is fetched again while Claid keeps it:
+                // its task (or batch) stays the job's, for a new URL should this one be
+                // refused.
+                if let Some(result) = job.state.refetchable(now_ms()) {
+                    let mut next = with_state(
+                        job,
+                        JobState::Downloading {
+                            task_id: job.state.task_id(),
+                            url: result.url.clone(),
+                            width: result.width,
+                            height: result.height,
+                            copy_of: None,
+                            kept_since_ms: Some(result.at_ms),
+                        },
+                    );
+                    next.staged = None;
+                    next.replaces = None;
+                    return Some(next);
                 }
                 let mut next = with_state(job, JobState::Queued);
                 next.batch = None;
@@ -1375,6 +1403,7 @@ impl Store {
                             message: message.to_owned(),
                             attempts: job.attempts,
                             task_id: None,
+                            unwritten: None,
                         },
                     )
                 })
@@ -1444,6 +1473,28 @@ fn with_state(job: &JobV1, state: JobState) -> JobV1 {
     JobV1 {
         state,
         ..job.clone()
+    }
+}
+
+/// The result a job downloading it keeps when it fails `code`: one whose write into the
+/// outbox failed (Claid made and billed it, and keeps it a day). A storage output's object,
+/// a local copy fetched again, and a download that failed keep none.
+fn unwritten_result(job: &JobV1, code: FailureCode) -> Option<UnwrittenResult> {
+    match &job.state {
+        JobState::Downloading {
+            url,
+            width,
+            height,
+            copy_of: None,
+            kept_since_ms,
+            ..
+        } if code.is_local_write() && !url.starts_with("storage://") => Some(UnwrittenResult {
+            url: url.clone(),
+            width: *width,
+            height: *height,
+            at_ms: kept_since_ms.unwrap_or(job.updated_at_ms),
+        }),
+        _ => None,
     }
 }
 

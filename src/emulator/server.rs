@@ -107,6 +107,7 @@ enum Outcome {
 struct Stored {
     bytes: Option<Bytes>,
     mime: String,
+    made: Instant,
     expires_at: Instant,
 }
 
@@ -369,6 +370,7 @@ impl AppState {
             Stored {
                 bytes: Some(Bytes::from(bytes)),
                 mime: mime.to_owned(),
+                made: now,
                 expires_at: now + self.scenario.tmp_url_ttl,
             },
         );
@@ -1450,7 +1452,8 @@ async fn download(State(state): State<Arc<AppState>>, Path(token): Path<String>)
     let found = {
         let mut results = lock(&state.results);
         results.get_mut(&token).map(|stored| {
-            if stored.expires_at <= Instant::now() {
+            if stored.expires_at <= Instant::now() || state.control.expired(stored.made.into_std())
+            {
                 stored.bytes = None;
             }
             (stored.bytes.clone(), stored.mime.clone())

@@ -279,6 +279,8 @@ struct Flags {
     downloads_rate_limited: AtomicBool,
     /// A task (or batch) id whose polls answer 500; 0: none.
     polls_down_for: AtomicU64,
+    /// Results made before this moment are gone (their day is over); `None`: none yet.
+    expired_before: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// Body of `POST /_emulator/control` (absent fields stay as they are) and its answer.
@@ -300,6 +302,11 @@ pub struct ControlState {
     /// API answers as usual.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub polls_down_for: Option<u64>,
+    /// `true`: every result made so far is gone now, as once its day is over (its `tmp_url`
+    /// answers 410; a poll still gives it). An action, not a toggle: results made later live
+    /// their day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expire_results: Option<bool>,
 }
 
 impl Control {
@@ -356,6 +363,22 @@ impl Control {
     pub fn polls_down_for(&self) -> Option<u64> {
         Some(self.flags.polls_down_for.load(Ordering::SeqCst)).filter(|id| *id != 0)
     }
+    /// Every result made before now is gone, as once its day is over.
+    pub fn expire_results(&self) {
+        *self
+            .flags
+            .expired_before
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(std::time::Instant::now());
+    }
+    /// Whether a result made at `made` is gone by [`Control::expire_results`].
+    pub fn expired(&self, made: std::time::Instant) -> bool {
+        self.flags
+            .expired_before
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some_and(|before| made <= before)
+    }
     /// Applies the fields present in `state`.
     pub fn apply(&self, state: &ControlState) {
         if let Some(on) = state.credits_exhausted {
@@ -376,6 +399,9 @@ impl Control {
         if let Some(id) = state.polls_down_for {
             self.set_polls_down_for(Some(id).filter(|id| *id != 0));
         }
+        if state.expire_results == Some(true) {
+            self.expire_results();
+        }
     }
     /// The current toggles.
     pub fn state(&self) -> ControlState {
@@ -386,6 +412,7 @@ impl Control {
             downloads_down: Some(self.downloads_down()),
             downloads_rate_limited: Some(self.downloads_rate_limited()),
             polls_down_for: Some(self.polls_down_for().unwrap_or(0)),
+            expire_results: None,
         }
     }
 }

@@ -1372,6 +1372,7 @@ pub fn unchanged_state(
             width: *width,
             height: *height,
             copy_of: Some(sha256.clone()),
+            kept_since_ms: None,
         });
     }
     Some(JobState::Done {

@@ -617,6 +617,7 @@ impl Runner {
                     height,
                     task_id,
                     copy_of,
+                    kept_since_ms,
                 } => {
                     let result = (url.clone(), *width, *height, *task_id);
                     if url.starts_with("storage://") {
@@ -629,7 +630,8 @@ impl Runner {
                         } else {
                             Some(&mut asked_fresh_url)
                         };
-                        self.download(id, &job, result, &mut write_failures, fresh_url)
+                        let kept = kept_since_ms.is_some();
+                        self.download(id, &job, result, &mut write_failures, fresh_url, kept)
                             .await
                     }
                 }
@@ -1412,7 +1414,9 @@ impl Runner {
     }
 
     /// Downloads the result, checks it is the image the result describes, writes it atomically
-    /// and marks the job done: one unit that a shutdown does not interrupt.
+    /// and marks the job done: one unit that a shutdown does not interrupt. `kept`: the result
+    /// is one an earlier run could not write, fetched again by a replay; found gone, the image
+    /// is submitted again.
     async fn download(
         &self,
         id: JobId,
@@ -1420,6 +1424,7 @@ impl Runner {
         (url, width, height, task_id): (String, u32, u32, Option<u64>),
         write_failures: &mut Writes,
         fresh_url: Option<&mut bool>,
+        kept: bool,
     ) -> Step {
         let deps = &*self.deps;
         let permit = tokio::select! {
@@ -1527,6 +1532,14 @@ impl Runner {
                                     };
                                 }
                             }
+                            if kept
+                                && matches!(
+                                    err,
+                                    ClaidError::ResultGone { .. } | ClaidError::RedirectLoop { .. }
+                                )
+                            {
+                                return self.submit_again(id, job, &err).await;
+                            }
                             return self.fail(id, err.code(), &err.to_string()).await;
                         }
                     }
@@ -1545,6 +1558,22 @@ impl Runner {
             permit,
         )
         .await
+    }
+
+    /// A replay's kept result that Claid no longer has: the image goes back to the queue and
+    /// is submitted again (billed again), as a replay of it did before results were kept.
+    async fn submit_again(&self, id: JobId, job: &JobV1, err: &ClaidError) -> Step {
+        match self.deps.store.requeue(id, false).await {
+            Ok(_) => {
+                warn!(error = %err, "The result kept from the earlier run is gone; the image is submitted again (billed again)");
+                self.deps.queue.push_front((job.manifest, id));
+                Step::End(JobOutcome::Requeued)
+            }
+            Err(err) => {
+                error!(error = %err, "Cannot queue the image again; it is downloaded (or submitted) at the next start");
+                Step::End(JobOutcome::Parked)
+            }
+        }
     }
 
     /// The task's (or batch's) result for this job as Claid gives it now, polled once: its
@@ -1676,7 +1705,8 @@ impl Runner {
                 // A policy refusal, a path out of the outbox, a name too long, a read-only
                 // filesystem: about this job, and waiting will not heal it. Fail it at once.
                 if !err.heals() {
-                    return self.fail(id, code, &err.to_string()).await;
+                    let message = format!("{err}{}", refetch_hint(job));
+                    return self.fail(id, code, &message).await;
                 }
                 // A full disk, too many open files, an I/O error, a permission: the job stays
                 // Downloading and is written again after a wait, a bounded number of times.
@@ -1687,7 +1717,10 @@ impl Runner {
                 let folder = (code == FailureCode::OutputPermissionDenied)
                     .then(|| refusing_folder(&deps.outbox, &deps.outbox.join(&job.output_rel)));
                 if n >= MAX_OUTPUT_WRITES {
-                    let message = format!("{err} (still failing after {n} attempts)");
+                    let message = format!(
+                        "{err} (still failing after {n} attempts){}",
+                        refetch_hint(job)
+                    );
                     if let Some(folder) = folder {
                         deps.health.gave_up_on(folder, message.clone());
                     }
@@ -2065,6 +2098,20 @@ impl Runner {
             _ = tokio::time::sleep(d) => true,
             _ = self.deps.cancel.cancelled() => false,
         }
+    }
+}
+
+/// What a failed write of `job`'s result adds to its failure: a replay fetches the result
+/// again (the store keeps it, [`crate::store::UnwrittenResult`]) rather than paying for it.
+/// Empty for a storage output's local copy, which the replay takes from the bucket again.
+fn refetch_hint(job: &JobV1) -> &'static str {
+    match &job.state {
+        JobState::Downloading {
+            url, copy_of: None, ..
+        } if !url.starts_with("storage://") => {
+            "; once the cause is mended, `replay --failed` fetches the result Claid made again (it keeps it a day): no new bill"
+        }
+        _ => "",
     }
 }
 

@@ -359,6 +359,11 @@ pub enum JobState {
         /// replaced in the bucket since, and is not taken for this image's result.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         copy_of: Option<String>,
+        /// A result an earlier run downloaded and could not write, fetched again by a replay
+        /// ([`UnwrittenResult`]): when Claid made it (its day counts from there). Such a
+        /// download that finds the result gone submits the image again instead of failing.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kept_since_ms: Option<u64>,
     },
     #[serde(alias = "in_doubt")]
     InDoubt {
@@ -390,7 +395,29 @@ pub enum JobState {
         /// finished), for the report and for Claid's support.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         task_id: Option<u64>,
+        /// The result Claid made (and billed) that could not be written into the outbox (a
+        /// read-only filesystem, a full disk, a name too long): a replay fetches it again
+        /// while Claid keeps it, instead of paying for the edit again.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        unwritten: Option<UnwrittenResult>,
     },
+}
+
+/// How long after it was made a result whose write failed is fetched again by a replay
+/// rather than submitted again: Claid keeps a result at its temporary URL for a day, counted
+/// from a moment a little before the daemon saw it (the last hour is left to that gap and to
+/// clocks). A result found gone all the same is submitted again.
+pub const UNWRITTEN_RESULT_KEPT: std::time::Duration = std::time::Duration::from_secs(23 * 3600);
+
+/// A result Claid made and billed whose write into the outbox failed ([`JobState::Failed`]).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct UnwrittenResult {
+    /// Its temporary URL.
+    pub url: String,
+    pub width: u32,
+    pub height: u32,
+    /// When the daemon first had it (milliseconds since the epoch): Claid keeps it a day.
+    pub at_ms: u64,
 }
 
 /// The fields of [`JobState::Done`], passed to `Store::mark_done`.
@@ -465,10 +492,15 @@ impl JobState {
 
     /// Whether Claid has billed (or may yet bill) the task this records: done (not skipped),
     /// or failed after Claid took its task (a `task-timeout`, a download or a write that
-    /// failed). A task Claid ended in error made nothing. Sending it again is billed again.
+    /// failed). A task Claid ended in error made nothing. Sending it again is billed again,
+    /// unless a replay fetches its result again ([`JobState::refetchable`]).
     pub fn billed(&self) -> bool {
         match self {
             JobState::Done { skipped, .. } => !skipped,
+            // A synchronous upload's result names no task.
+            JobState::Failed {
+                unwritten: Some(_), ..
+            } => true,
             JobState::Failed {
                 task_id: Some(_),
                 code,
@@ -476,6 +508,26 @@ impl JobState {
             } => *code != FailureCode::ClaidError,
             _ => false,
         }
+    }
+
+    /// A failed write's result a replay at `now_ms` fetches again instead of submitting the
+    /// image again: Claid still keeps it ([`UNWRITTEN_RESULT_KEPT`]).
+    pub fn refetchable(&self, now_ms: u64) -> Option<&UnwrittenResult> {
+        match self {
+            JobState::Failed {
+                unwritten: Some(result),
+                ..
+            } if now_ms.saturating_sub(result.at_ms) < UNWRITTEN_RESULT_KEPT.as_millis() as u64 => {
+                Some(result)
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether a replay at `now_ms` sends this image to Claid again, which bills it again:
+    /// [`JobState::billed`], and not fetched again ([`JobState::refetchable`]).
+    pub fn billed_again_by_replay(&self, now_ms: u64) -> bool {
+        self.billed() && self.refetchable(now_ms).is_none()
     }
 
     /// Done because `on_output_exists: skip` kept what was already there.

@@ -853,6 +853,113 @@ async fn run_once_on_an_outbox_turned_read_only_ends_73_naming_the_remount() {
     );
 }
 
+/// Runs one image (a storage input, an async task) with `run --once` into an outbox remounted
+/// read-only while Claid makes it: the result is billed and cannot be written (exit 2: the run
+/// ended with a failure; its report went to the archive). Then
+/// the outbox takes writes again and `replay --failed` runs (its stdout is returned). `None`
+/// where tmpfs cannot be mounted.
+async fn a_result_unwritten_then_replayed(
+    env: &TestEnv,
+) -> Option<(
+    crate::support::Tmpfs,
+    std::path::PathBuf,
+    std::path::PathBuf,
+    String,
+)> {
+    let (tmpfs, disk, outbox) = outbox_on_a_tmpfs(env)?;
+    let config = config_with_outbox(
+        env,
+        "max_in_flight: 1\nunreachable_timeout: 2s\nbatch: { max_images: 1 }",
+        &outbox,
+    );
+    env.drop_file(
+        "kept.yaml",
+        b"images:\n  - input: storage://demo/k-64x48.png\n",
+    );
+    let run = {
+        let config = config.clone();
+        async move { env.run_once(&config).await }
+    };
+    let remounted = async {
+        wait_until("the image at Claid", Duration::from_secs(60), || {
+            env.stats().submits >= 1
+        })
+        .await;
+        assert!(remount(&disk, "ro"), "remount read-only");
+    };
+    let ((code, stderr), ()) = tokio::join!(run, remounted);
+    assert!(remount(&disk, "rw"), "remount read-write");
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("replay --failed` fetches the result"),
+        "{stderr}"
+    );
+    assert_eq!(env.stats().submits, 1, "{stderr}");
+    let config_arg = config.to_str().expect("utf-8");
+    let (code, stdout, err) =
+        crate::support::cli(&["replay", "--failed", "--dry-run", "--config", config_arg]).await;
+    assert_eq!(code, 0, "{stdout}{err}");
+    assert!(
+        stdout.contains("Would requeue 1 jobs (1 of them made and billed but not written")
+            && stdout.contains("is fetched again: not billed again"),
+        "{stdout}"
+    );
+    let (code, stdout, err) =
+        crate::support::cli(&["replay", "--failed", "--config", config_arg]).await;
+    assert_eq!(code, 0, "{stdout}{err}");
+    Some((tmpfs, config, outbox, stdout))
+}
+
+/// A result Claid made and billed that met a read-only outbox is kept in the store: once the
+/// outbox is writable again, `replay --failed` fetches that result again (Claid keeps it a
+/// day) instead of paying for the edit twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_result_that_met_a_read_only_outbox_is_fetched_again_by_replay_not_billed_again() {
+    let env =
+        TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_secs(2)))).await;
+    let Some((_tmpfs, config, outbox, stdout)) = a_result_unwritten_then_replayed(&env).await
+    else {
+        return;
+    };
+    assert!(
+        stdout.contains("Requeued 1 jobs")
+            && stdout.contains("fetched again")
+            && stdout.contains("not billed again")
+            && !stdout.contains("Claid had billed already"),
+        "{stdout}"
+    );
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        dimensions(&outbox.join("kept/k-64x48.jpg")),
+        (64, 48),
+        "{stderr}"
+    );
+    assert_eq!(env.stats().submits, 1, "not billed again: {stderr}");
+}
+
+/// The same when Claid no longer has the result at the replay (its day is over): the image is
+/// submitted again, made and written, as before results were kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kept_result_gone_by_the_replay_is_submitted_again() {
+    let env =
+        TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_secs(2)))).await;
+    let Some((_tmpfs, config, outbox, stdout)) = a_result_unwritten_then_replayed(&env).await
+    else {
+        return;
+    };
+    assert!(stdout.contains("fetched again"), "{stdout}");
+    env.emulator.control().expire_results();
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("is gone; the image is submitted again"),
+        "{stderr}"
+    );
+    assert!(outbox.join("kept/k-64x48.jpg").is_file(), "{stderr}");
+    assert_eq!(env.stats().submits, 2, "{stderr}");
+}
+
 /// An outbox on a filesystem remounted read-only: a drop taken in then is checked before any
 /// submit, so its images wait (nothing is billed whose result could not be written) and are
 /// made once the outbox takes writes again (they were submitted, billed, and failed

@@ -9,7 +9,9 @@ use claid_hotfolder::codes::FailureCode;
 use claid_hotfolder::store::records::{
     JobRecord, JobState, JobV1, ManifestRecord, ManifestState, ManifestV1,
 };
-use claid_hotfolder::store::{DoneInfo, JobId, NewRun, Registered, RunEnd, Store, StoreError};
+use claid_hotfolder::store::{
+    DoneInfo, JobId, NewRun, Registered, RunEnd, Store, StoreError, UnwrittenResult,
+};
 
 const ALL_STATES: [&str; 7] = [
     "queued",
@@ -367,6 +369,7 @@ fn a_timed_out_job_takes_only_an_announcement_of_its_own_kind() {
             message: String::new(),
             attempts: 1,
             task_id: Some(7),
+            unwritten: None,
         };
         j.batch = batch;
         j
@@ -1223,4 +1226,87 @@ async fn status_says_it_leaves_out_a_finished_run_that_lies_beyond_an_active_one
         51,
         "the active run and the 50 newest finished: {ids:?}"
     );
+}
+
+/// A result whose write into the outbox failed is kept on the failed job, and a replay within
+/// its day downloads it again (same task, same URL, the first time kept) instead of queueing
+/// a new submit; a failed download keeps nothing, and a kept result past its day is sent
+/// again.
+#[tokio::test]
+async fn a_result_whose_write_failed_is_kept_for_a_replay_within_its_day() {
+    let (_dir, store) = open_tmp();
+    let id = one_job(&store, "k").await;
+    put_in_state(&store, id, "downloading").await;
+    let since = get(&store, id).await.updated_at_ms;
+    store
+        .mark_failed(id, FailureCode::OutputReadOnly, "EROFS")
+        .await
+        .expect("failed");
+    let failed = get(&store, id).await.state;
+    let JobState::Failed {
+        unwritten: Some(kept),
+        ..
+    } = &failed
+    else {
+        panic!("no result kept: {failed:?}");
+    };
+    assert_eq!(
+        (kept.url.as_str(), kept.width, kept.height, kept.at_ms),
+        ("http://x/t.webp", 32, 32, since)
+    );
+    let now = claid_hotfolder::store::now_ms();
+    assert!(failed.billed() && !failed.billed_again_by_replay(now));
+    let replayed = store.requeue_replayable(id).await.expect("replayed");
+    assert_eq!(
+        replayed.state,
+        JobState::Downloading {
+            task_id: Some(7),
+            url: "http://x/t.webp".to_owned(),
+            width: 32,
+            height: 32,
+            copy_of: None,
+            kept_since_ms: Some(since),
+        }
+    );
+    // Failing its write again keeps it from the first time: Claid's day counts from there.
+    store
+        .mark_failed(id, FailureCode::DiskFull, "ENOSPC")
+        .await
+        .expect("failed again");
+    assert!(matches!(
+        get(&store, id).await.state,
+        JobState::Failed { unwritten: Some(UnwrittenResult { at_ms, .. }), .. } if at_ms == since
+    ));
+    // Past its day: sent again, and said to be billed again.
+    let day = claid_hotfolder::store::UNWRITTEN_RESULT_KEPT.as_millis() as u64;
+    let old = JobState::Failed {
+        code: FailureCode::OutputReadOnly,
+        message: String::new(),
+        attempts: 1,
+        task_id: None,
+        unwritten: Some(UnwrittenResult {
+            url: "http://x/t.webp".to_owned(),
+            width: 32,
+            height: 32,
+            at_ms: now - day,
+        }),
+    };
+    assert!(old.refetchable(now).is_none() && old.billed_again_by_replay(now));
+    assert!(old.refetchable(now - 1).is_some());
+    // A download that failed keeps nothing: the replay submits again.
+    let other = one_job(&store, "k2").await;
+    put_in_state(&store, other, "downloading").await;
+    store
+        .mark_failed(other, FailureCode::ResultExpired, "410")
+        .await
+        .expect("failed");
+    assert!(matches!(
+        get(&store, other).await.state,
+        JobState::Failed {
+            unwritten: None,
+            ..
+        }
+    ));
+    let replayed = store.requeue_replayable(other).await.expect("replayed");
+    assert_eq!(replayed.state, JobState::Queued);
 }
