@@ -982,11 +982,13 @@ impl BatchRunner {
         let deps = &*self.deps;
         // Webhooks that do not arrive are not waited for (see `Dispatch::webhooks_unproven`).
         let mut webhooks = deps.webhooks.filter(|_| !deps.dispatch.webhooks_unproven());
-        let mut watch = webhooks.map(|_| deps.dispatch.watch(TaskRef::Batch(batch_id)));
-        // Sent while webhooks are unproven or silent: not waiting for its webhook, but its
-        // end found by a poll still tells whether they come (else the warning that they do
-        // not would never be given).
-        let unwatched_with_webhooks = deps.webhooks.is_some() && watch.is_none();
+        // Watched whenever webhooks are on, as a single task is, even when its wait follows
+        // the poll schedule (webhooks unproven or silent): one that comes is taken without a
+        // poll, and shows they come. Its end found by a poll tells whether they come, waited
+        // for or not (else the warning that they do not would never be given).
+        let mut watch = deps
+            .webhooks
+            .map(|_| deps.dispatch.watch(TaskRef::Batch(batch_id)));
         // An announcement without the results came: polled from then on, on the schedule
         // (its slot keeps that update, which a watch would hand back at once, every time).
         let mut slim = false;
@@ -1024,13 +1026,13 @@ impl BatchRunner {
         loop {
             // Whether a hold let this poll go (see `held` below).
             let mut released = false;
-            if let Some(watch) = &watch {
-                let update = tokio::select! {
+            let update = if let Some(watch) = watch.as_ref().filter(|_| webhooks.is_some()) {
+                tokio::select! {
                     update = watch.wait(delay) => update,
-                    // Webhooks found silent meanwhile: polled now, then on the schedule.
+                    // Webhooks found silent meanwhile: polled now, then on the schedule
+                    // (still watched).
                     () = deps.dispatch.went_silent() => {
                         webhooks = None;
-                        slim = true;
                         None
                     }
                     Ok(()) = changes.changed(), if first_wait => {
@@ -1046,56 +1048,63 @@ impl BatchRunner {
                         None
                     }
                     _ = deps.cancel.cancelled() => return None,
-                };
-                match update {
-                    // A webhook for this batch id echoing other inputs than its images' is
-                    // no result of it (a replayed or forged delivery): polled instead.
-                    Some(TaskUpdate::Batch(batch))
-                        if super::dispatch::echoes_other_inputs(
-                            &batch.request,
-                            &members.iter().map(|m| input_of(&m.job)).collect::<Vec<_>>(),
-                        ) =>
-                    {
-                        warn!(
-                            batch_id,
-                            "A webhook for this batch echoes other inputs than its images'; it is not taken, the batch is polled"
-                        );
-                        slim = true;
-                    }
-                    // An announcement that the batch ended without its results: they are
-                    // polled now (failing its images would lose what Claid made and billed).
-                    // (So is one that is not final: the batch named while it runs.)
-                    Some(TaskUpdate::Batch(batch))
-                        if batch.lacks_result() || batch.answers_fewer_than(members.len()) =>
-                    {
-                        debug!(
-                            batch_id,
-                            "The webhook said the batch is done without all its results; polling it"
-                        );
-                        slim = true;
-                    }
-                    Some(TaskUpdate::Batch(batch)) => {
-                        let took = Duration::from_millis(now_ms().saturating_sub(submitted_at_ms));
-                        clock.ended(took, Seen::Webhook);
-                        return Some(batch);
-                    }
-                    // A single task's announcement for a batch id is no result either.
-                    Some(TaskUpdate::Async(_)) => slim = true,
-                    None => {}
                 }
             } else if scheduled {
-                if !self
-                    .wait_planned(&mut clock, &mut changes, delay, &since_submit)
-                    .await
-                {
-                    return None;
+                tokio::select! {
+                    waited = self.wait_planned(&mut clock, &mut changes, delay, &since_submit) => {
+                        if !waited {
+                            return None;
+                        }
+                        None
+                    }
+                    Some(update) = announced(watch.as_ref()) => Some(update),
                 }
             } else {
                 tokio::select! {
-                    _ = tokio::time::sleep(delay), if hold.is_none() => {}
-                    () = deps.health.poll_hold(hold), if hold.is_some() => released = true,
+                    _ = tokio::time::sleep(delay), if hold.is_none() => None,
+                    () = deps.health.poll_hold(hold), if hold.is_some() => {
+                        released = true;
+                        None
+                    }
+                    Some(update) = announced(watch.as_ref()) => Some(update),
                     _ = deps.cancel.cancelled() => return None,
                 }
+            };
+            match update {
+                // A webhook for this batch id echoing other inputs than its images' is
+                // no result of it (a replayed or forged delivery): polled instead.
+                Some(TaskUpdate::Batch(batch))
+                    if super::dispatch::echoes_other_inputs(
+                        &batch.request,
+                        &members.iter().map(|m| input_of(&m.job)).collect::<Vec<_>>(),
+                    ) =>
+                {
+                    warn!(
+                        batch_id,
+                        "A webhook for this batch echoes other inputs than its images'; it is not taken, the batch is polled"
+                    );
+                    slim = true;
+                }
+                // An announcement that the batch ended without its results: they are
+                // polled now (failing its images would lose what Claid made and billed).
+                // (So is one that is not final: the batch named while it runs.)
+                Some(TaskUpdate::Batch(batch))
+                    if batch.lacks_result() || batch.answers_fewer_than(members.len()) =>
+                {
+                    debug!(
+                        batch_id,
+                        "The webhook said the batch is done without all its results; polling it"
+                    );
+                    slim = true;
+                }
+                Some(TaskUpdate::Batch(batch)) => {
+                    let took = Duration::from_millis(now_ms().saturating_sub(submitted_at_ms));
+                    clock.ended(took, Seen::Webhook);
+                    return Some(batch);
+                }
+                // A single task's announcement for a batch id is no result either.
+                Some(TaskUpdate::Async(_)) => slim = true,
+                None => {}
             }
             // Let go by its hold (the pause ended, or its turn as the probe came), the poll
             // goes now. Woken otherwise while held (webhooks found silent, an update that is
@@ -1187,7 +1196,7 @@ impl BatchRunner {
                         warn!(batch_id, status = %status, "Claid answered a batch status the daemon does not know; polling on until it ends or `api.poll.give_up_after`");
                     }
                     if polled.batch.status.is_terminal() {
-                        if watch.is_some() || unwatched_with_webhooks {
+                        if watch.is_some() {
                             deps.dispatch.polled_final(
                                 TaskRef::Batch(batch_id),
                                 submitted_at_ms,
@@ -1578,6 +1587,16 @@ impl BatchRunner {
             _ = tokio::time::sleep(d) => true,
             _ = self.deps.cancel.cancelled() => false,
         }
+    }
+}
+
+/// The final update `watch` is handed, whenever it comes (never without a watch): what a
+/// batch polled on the schedule while webhooks are unproven or silent takes without a poll.
+async fn announced(watch: Option<&super::dispatch::Watch>) -> Option<TaskUpdate> {
+    match watch {
+        // A year: the batch is polled (and given up on) long before.
+        Some(watch) => watch.wait(Duration::from_secs(365 * 24 * 3600)).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -218,12 +218,16 @@ impl TestEnv {
         path
     }
 
-    /// `run --once` to completion; returns (exit code, stderr).
+    /// `run --once` to completion; returns (exit code, stderr). Its log filter is `info`, or
+    /// `IT_RUST_LOG` when set (to read a failing test's run in detail).
     pub async fn run_once(&self, config: &Path) -> (i32, String) {
         let out = Command::new(bin())
             .args(["run", "--once", "--config"])
             .arg(config)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("IT_RUST_LOG").unwrap_or_else(|_| "info".to_owned()),
+            )
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .output()

@@ -116,6 +116,50 @@ async fn issue12_when_every_webhook_is_lost_polls_take_over() {
     assert_eq!(stats.webhooks_sent, 0);
 }
 
+/// The canary's webhook lost: its poll finds it ended with no webhook heard yet, so webhooks
+/// are unproven and the next batch's wait follows the poll schedule. That batch is still
+/// watched: its webhook, which comes, gives its results without a poll (unwatched, it was
+/// kept and the batch polled all the same).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_sent_while_webhooks_are_unproven_takes_its_webhook_without_a_poll() {
+    let port = free_port();
+    let statics = tempfile::tempdir().expect("static dir");
+    let mut text = String::from("images:\n");
+    for i in 0..10 {
+        std::fs::write(statics.path().join(format!("u{i}.png")), png(64, 48)).expect("image");
+        text.push_str(&format!("  - input: http://STATIC/u{i}.png\n"));
+    }
+    let env = TestEnv::new(
+        announcing(port)
+            .static_dir(statics.path())
+            .latency(Latency::Fixed(Duration::from_secs(1)))
+            .webhook_drop_nth(1),
+    )
+    .await;
+    let text = text.replace("STATIC", &format!("{}/_static", env.emulator.addr()));
+    env.drop_file("m.yaml", text.as_bytes());
+    let config = env.config("", &webhook_section(&env, port, "60s"));
+    // Polls no sooner than 3 s after a submit: a batch of 1 s is then polled only if its
+    // webhook is not taken.
+    let text = std::fs::read_to_string(&config).expect("config");
+    let slower = text.replace(
+        "poll: { min: 50ms, max: 500ms }",
+        "poll: { min: 3s, max: 5s }",
+    );
+    assert_ne!(text, slower, "the test config's poll line");
+    std::fs::write(&config, slower).expect("config");
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    all_done(&env, 10);
+    let stats = env.stats();
+    assert!(stats.batch_submits >= 2, "the canary and more: {stats:?}");
+    assert_eq!(
+        stats.batch_polls, 1,
+        "the canary's only: the batches after it took their webhooks: {stderr}"
+    );
+    assert_eq!(stats.duplicate_submits, 0);
+}
+
 /// One batch's announcement lost while a twin of its size is announced: the lost one is
 /// polled once overdue by what its twin took, not after a wait fixed at its submit (a batch of
 /// 64 whose twin ended in 3 s waited two minutes for its lost webhook; the issue asks that a
