@@ -595,7 +595,7 @@ pub async fn replay_offline(
         billed_again: replayed.billed_again,
         refetched: replayed.refetched,
         in_doubt_again: replayed.in_doubt_again,
-        jobs: runs.into_iter().flat_map(|(_, _, ids)| ids).collect(),
+        jobs: runs.into_iter().flat_map(|(_, _, ids, _)| ids).collect(),
         preview: Vec::new(),
         refused: replayed.refused,
     })

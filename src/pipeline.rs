@@ -156,8 +156,9 @@ pub struct Replayed {
 }
 
 /// The jobs a replay queued again, by run: the run, its manifest's inbox-relative path, its
-/// jobs.
-pub type ReplayedRuns = Vec<(ManifestId, String, Vec<JobId>)>;
+/// jobs, and of those the ones that download a kept result again ([`Replayed::refetched`]:
+/// no submit, so the submit queue is not theirs).
+pub type ReplayedRuns = Vec<(ManifestId, String, Vec<JobId>, Vec<JobId>)>;
 
 /// Queues `ids` again for a replay, run by run, in the store: the one place a replay changes
 /// state, for the daemon ([`Handle::replay_checked`], which then schedules the jobs) and for
@@ -261,6 +262,7 @@ pub async fn requeue_for_replay(
             }
         }
         let mut requeued = Vec::with_capacity(ids.len());
+        let mut refetching = Vec::new();
         for id in ids {
             match store.requeue_replayable(id).await {
                 Ok(next) => {
@@ -272,6 +274,9 @@ pub async fn requeue_for_replay(
                             ..
                         }
                     );
+                    if refetched {
+                        refetching.push(id);
+                    }
                     replayed.refetched += usize::from(refetched);
                     replayed.billed_again += usize::from(billed.contains(&id) && !refetched);
                     replayed.in_doubt_again += usize::from(in_doubt.contains(&id));
@@ -281,7 +286,7 @@ pub async fn requeue_for_replay(
             }
         }
         replayed.requeued += requeued.len();
-        runs.push((mid, m.rel.clone(), requeued));
+        runs.push((mid, m.rel.clone(), requeued, refetching));
     }
     store.flush().await?;
     Ok((replayed, runs))
@@ -300,6 +305,10 @@ pub fn local_input_gone(
         return None;
     }
     let recipe_image = crate::manifest::recipe_for(&path).is_file();
+    // A manifest row's result kept from a failed write is fetched again, which needs no input.
+    if !recipe_image && job.state.refetchable(crate::store::now_ms()).is_some() {
+        return None;
+    }
     // A failed recipe image (moved to rejected/) put back into its folder is taken in anew
     // and made again by itself; a replay besides would find only the earlier run.
     if recipe_image && job.state.name() == crate::codes::StateName::Failed {
@@ -1149,13 +1158,41 @@ impl Handle {
             ids,
         )
         .await?;
-        for (mid, rel, requeued) in runs {
+        let parts = self
+            .shared
+            .parts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|p| (p.submitter.clone(), p.tracker.clone()));
+        for (mid, rel, requeued, refetching) in runs {
             self.shared
                 .finisher
                 .send_counted(finisher::Event::Replayed { id: mid, rel });
+            // A kept result is downloaded again as a resumed download is, by its own task
+            // (the submit queue takes queued jobs: one not queued there was dropped).
+            let (drive, queue): (Vec<JobId>, Vec<JobId>) = match &parts {
+                Some(_) => {
+                    let refetching: std::collections::HashSet<JobId> =
+                        refetching.into_iter().collect();
+                    requeued.into_iter().partition(|id| refetching.contains(id))
+                }
+                None => (Vec::new(), requeued),
+            };
             self.shared
                 .queue
-                .push_back(requeued.into_iter().map(|id| (mid, id)).collect());
+                .push_back(queue.into_iter().map(|id| (mid, id)).collect());
+            if let Some((submitter, tracker)) = parts.clone()
+                && !drive.is_empty()
+            {
+                tracker.spawn(async move {
+                    for id in drive {
+                        if !submitter.start_job(mid, id).await {
+                            return;
+                        }
+                    }
+                });
+            }
         }
         Ok(replayed)
     }

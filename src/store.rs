@@ -1133,7 +1133,8 @@ impl Store {
                             kept_since_ms: Some(result.at_ms),
                         },
                     );
-                    next.staged = None;
+                    // (`staged` is kept: a staged input's task is polled for a new URL should
+                    // this one be refused, and a resubmit stages again if the object went.)
                     next.replaces = None;
                     return Some(next);
                 }
@@ -1477,8 +1478,10 @@ fn with_state(job: &JobV1, state: JobState) -> JobV1 {
 }
 
 /// The result a job downloading it keeps when it fails `code`: one whose write into the
-/// outbox failed (Claid made and billed it, and keeps it a day). A storage output's object,
-/// a local copy fetched again, and a download that failed keep none.
+/// outbox failed (Claid made and billed it, and keeps it a day), and one a replay fetched
+/// again that failed for any reason (found gone, it is submitted again instead of failing).
+/// A storage output's object, a local copy fetched again, and a first download that failed
+/// keep none.
 fn unwritten_result(job: &JobV1, code: FailureCode) -> Option<UnwrittenResult> {
     match &job.state {
         JobState::Downloading {
@@ -1488,12 +1491,16 @@ fn unwritten_result(job: &JobV1, code: FailureCode) -> Option<UnwrittenResult> {
             copy_of: None,
             kept_since_ms,
             ..
-        } if code.is_local_write() && !url.starts_with("storage://") => Some(UnwrittenResult {
-            url: url.clone(),
-            width: *width,
-            height: *height,
-            at_ms: kept_since_ms.unwrap_or(job.updated_at_ms),
-        }),
+        } if (code.is_local_write() || kept_since_ms.is_some())
+            && !url.starts_with("storage://") =>
+        {
+            Some(UnwrittenResult {
+                url: url.clone(),
+                width: *width,
+                height: *height,
+                at_ms: kept_since_ms.unwrap_or(job.updated_at_ms),
+            })
+        }
         _ => None,
     }
 }

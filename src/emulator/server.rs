@@ -107,7 +107,8 @@ enum Outcome {
 struct Stored {
     bytes: Option<Bytes>,
     mime: String,
-    made: Instant,
+    /// When it was made, by the clock `Control::expire_results` reads.
+    made: std::time::Instant,
     expires_at: Instant,
 }
 
@@ -370,7 +371,7 @@ impl AppState {
             Stored {
                 bytes: Some(Bytes::from(bytes)),
                 mime: mime.to_owned(),
-                made: now,
+                made: std::time::Instant::now(),
                 expires_at: now + self.scenario.tmp_url_ttl,
             },
         );
@@ -1452,8 +1453,7 @@ async fn download(State(state): State<Arc<AppState>>, Path(token): Path<String>)
     let found = {
         let mut results = lock(&state.results);
         results.get_mut(&token).map(|stored| {
-            if stored.expires_at <= Instant::now() || state.control.expired(stored.made.into_std())
-            {
+            if stored.expires_at <= Instant::now() || state.control.expired(stored.made) {
                 stored.bytes = None;
             }
             (stored.bytes.clone(), stored.mime.clone())

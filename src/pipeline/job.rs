@@ -630,8 +630,8 @@ impl Runner {
                         } else {
                             Some(&mut asked_fresh_url)
                         };
-                        let kept = kept_since_ms.is_some();
-                        self.download(id, &job, result, &mut write_failures, fresh_url, kept)
+                        let kept_since = *kept_since_ms;
+                        self.download(id, &job, result, &mut write_failures, fresh_url, kept_since)
                             .await
                     }
                 }
@@ -1414,9 +1414,9 @@ impl Runner {
     }
 
     /// Downloads the result, checks it is the image the result describes, writes it atomically
-    /// and marks the job done: one unit that a shutdown does not interrupt. `kept`: the result
-    /// is one an earlier run could not write, fetched again by a replay; found gone, the image
-    /// is submitted again.
+    /// and marks the job done: one unit that a shutdown does not interrupt. `kept_since`: the
+    /// result is one an earlier run could not write, made then, fetched again by a replay;
+    /// found gone, the image is submitted again.
     async fn download(
         &self,
         id: JobId,
@@ -1424,7 +1424,7 @@ impl Runner {
         (url, width, height, task_id): (String, u32, u32, Option<u64>),
         write_failures: &mut Writes,
         fresh_url: Option<&mut bool>,
-        kept: bool,
+        kept_since: Option<u64>,
     ) -> Step {
         let deps = &*self.deps;
         let permit = tokio::select! {
@@ -1481,7 +1481,9 @@ impl Runner {
                         if is_empty_body(&err) {
                             first_empty.get_or_insert_with(Instant::now).elapsed() < patience
                         } else {
-                            now_ms().saturating_sub(job.updated_at_ms) < patience.as_millis() as u64
+                            // A kept result's day counts from when it was made.
+                            now_ms().saturating_sub(kept_since.unwrap_or(job.updated_at_ms))
+                                < patience.as_millis() as u64
                         }
                     });
                     let failure = if away {
@@ -1506,15 +1508,18 @@ impl Runner {
                             // A result URL refused through the download's asks may be one
                             // Claid has replaced (re-signed, moved): the task is polled once
                             // more (no bill) and a different URL is downloaded from the start.
+                            // Whether the result is known gone: its URL answered so, and
+                            // the task, if asked, gives no other.
+                            let mut gone = matches!(err, ClaidError::ResultGone { .. });
                             if matches!(
                                 err,
                                 ClaidError::ResultGone { .. } | ClaidError::RedirectLoop { .. }
                             ) && let (Some(asked), Some(task_id)) = (fresh_url, task_id)
                             {
                                 *asked = true;
-                                if let Some((fresh, w, h)) =
-                                    self.fresh_result_url(id, job, task_id, &url).await
-                                {
+                                let fresh = self.fresh_result_url(id, job, task_id, &url).await;
+                                gone &= matches!(fresh, Fresh::None);
+                                if let Fresh::Url(fresh, w, h) = fresh {
                                     info!(
                                         task_id,
                                         "The result URL was refused; the task gives a new one, which is downloaded"
@@ -1532,12 +1537,10 @@ impl Runner {
                                     };
                                 }
                             }
-                            if kept
-                                && matches!(
-                                    err,
-                                    ClaidError::ResultGone { .. } | ClaidError::RedirectLoop { .. }
-                                )
-                            {
+                            // A kept result known gone is made again. One not known gone
+                            // (the poll for another URL failed, a redirect loop) fails the
+                            // job, which keeps it for a later replay (no new bill on a guess).
+                            if kept_since.is_some() && gone {
                                 return self.submit_again(id, job, &err).await;
                             }
                             return self.fail(id, err.code(), &err.to_string()).await;
@@ -1576,25 +1579,21 @@ impl Runner {
         }
     }
 
-    /// The task's (or batch's) result for this job as Claid gives it now, polled once: its
-    /// URL and size when DONE with a `tmp_url` other than `refused`; else `None` (the same URL,
-    /// no result, or a poll that failed: the job fails as it would have).
-    async fn fresh_result_url(
-        &self,
-        id: JobId,
-        job: &JobV1,
-        task_id: u64,
-        refused: &str,
-    ) -> Option<(String, u32, u32)> {
+    /// The task's (or batch's) result for this job as Claid gives it now, polled once (see
+    /// [`Fresh`]).
+    async fn fresh_result_url(&self, id: JobId, job: &JobV1, task_id: u64, refused: &str) -> Fresh {
         // A local file's result came from the synchronous upload: it has no task to poll.
         if job.local && job.staged.is_none() {
-            return None;
+            return Fresh::Unknown;
         }
         let client = &self.deps.client;
         let output = if job.batch.is_some() {
-            let polled = client.poll_batch_once("", task_id).await.ok()?;
+            let polled = match client.poll_batch_once("", task_id).await {
+                Ok(polled) => polled,
+                Err(err) => return Fresh::after_failed_poll(&err),
+            };
             if polled.batch.status != TaskStatus::Done {
-                return None;
+                return Fresh::Unknown;
             }
             let member = super::batch::Member {
                 manifest: job.manifest,
@@ -1602,18 +1601,26 @@ impl Runner {
                 job: job.clone(),
             };
             let matched = super::batch::match_results(&polled.batch, std::slice::from_ref(&member));
-            matched.done.into_iter().next()?.1
+            matched.done.into_iter().next().map(|(_, output)| output)
         } else {
-            let polled = client.poll_once("", task_id).await.ok()?;
+            let polled = match client.poll_once("", task_id).await {
+                Ok(polled) => polled,
+                Err(err) => return Fresh::after_failed_poll(&err),
+            };
             if polled.task.status != TaskStatus::Done {
-                return None;
+                return Fresh::Unknown;
             }
-            polled.task.result.output_object?
+            polled.task.result.output_object
         };
-        let fresh = output
-            .tmp_url
-            .filter(|url| url != refused && !url.is_empty())?;
-        Some((fresh, output.width, output.height))
+        match output.and_then(|output| {
+            let url = output
+                .tmp_url
+                .filter(|url| url != refused && !url.is_empty())?;
+            Some((url, output.width, output.height))
+        }) {
+            Some((url, width, height)) => Fresh::Url(url, width, height),
+            None => Fresh::None,
+        }
     }
 
     /// Writes a result's bytes atomically into the outbox and marks the job done: one unit
@@ -1705,7 +1712,7 @@ impl Runner {
                 // A policy refusal, a path out of the outbox, a name too long, a read-only
                 // filesystem: about this job, and waiting will not heal it. Fail it at once.
                 if !err.heals() {
-                    let message = format!("{err}{}", refetch_hint(job));
+                    let message = format!("{err}{}", refetch_hint(job, &deps.inbox));
                     return self.fail(id, code, &message).await;
                 }
                 // A full disk, too many open files, an I/O error, a permission: the job stays
@@ -1719,7 +1726,7 @@ impl Runner {
                 if n >= MAX_OUTPUT_WRITES {
                     let message = format!(
                         "{err} (still failing after {n} attempts){}",
-                        refetch_hint(job)
+                        refetch_hint(job, &deps.inbox)
                     );
                     if let Some(folder) = folder {
                         deps.health.gave_up_on(folder, message.clone());
@@ -2101,10 +2108,39 @@ impl Runner {
     }
 }
 
+/// What the task says of a result whose URL was refused, polled once
+/// ([`Runner::fresh_result_url`]).
+enum Fresh {
+    /// DONE with another URL (re-signed, moved): downloaded from the start.
+    Url(String, u32, u32),
+    /// DONE with the same URL or none, or Claid no longer knows the task: the result is gone.
+    None,
+    /// The poll failed, or the task is not DONE: nothing is known.
+    Unknown,
+}
+
+impl Fresh {
+    /// A poll for another URL that failed with `err`: a task Claid no longer knows (404, 410)
+    /// has no result left; anything else says nothing.
+    fn after_failed_poll(err: &ClaidError) -> Fresh {
+        match err {
+            ClaidError::Rejected {
+                status: 404 | 410, ..
+            } => Fresh::None,
+            _ => Fresh::Unknown,
+        }
+    }
+}
+
 /// What a failed write of `job`'s result adds to its failure: a replay fetches the result
 /// again (the store keeps it, [`crate::store::UnwrittenResult`]) rather than paying for it.
-/// Empty for a storage output's local copy, which the replay takes from the bucket again.
-fn refetch_hint(job: &JobV1) -> &'static str {
+/// Empty for a storage output's local copy, which the replay takes from the bucket again,
+/// and for a folder recipe's image, which moves to `rejected/` and is made again once put
+/// back (a replay refuses it).
+fn refetch_hint(job: &JobV1, inbox: &Path) -> &'static str {
+    if job.local && crate::manifest::recipe_for(&inbox.join(&job.input)).is_file() {
+        return "";
+    }
     match &job.state {
         JobState::Downloading {
             url, copy_of: None, ..

@@ -192,6 +192,14 @@ async fn requeue(
                     "Dashboard action: some jobs were not requeued"
                 );
             }
+            if replayed.refetched > 0 {
+                info!(
+                    manifest = %Escaped::str(&manifest.rel),
+                    run = id,
+                    refetched = replayed.refetched,
+                    "Dashboard action: results made but not written are fetched again (not billed again)"
+                );
+            }
             (replayed.requeued, replayed.refused.len())
         }
         Err(err) => {

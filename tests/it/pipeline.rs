@@ -754,9 +754,11 @@ fn outbox_on_a_tmpfs(
 /// The same with batches: a filesystem remounted read-only while the canary is at Claid stops
 /// the batches that would follow it, since every submit looks at the outbox's filesystem
 /// first. (They went out as the canary's results came, before those met the read-only
-/// outbox: Claid billed ten images, none written.)
+/// outbox: Claid billed ten images, none written.) Once the outbox takes writes again, the
+/// images left go, and `replay --failed` in the running daemon fetches the canary's results
+/// again from its batch instead of paying for them twice.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_read_only_outbox_stops_the_batches_after_the_canary() {
+async fn a_read_only_outbox_stops_the_batches_after_the_canary_whose_results_replay_fetches() {
     let statics = tempfile::tempdir().expect("static dir");
     let mut rows = String::from("images:\n");
     for i in 0..10 {
@@ -802,6 +804,30 @@ async fn a_read_only_outbox_stops_the_batches_after_the_canary() {
         env.daemon_log(0)
     );
     assert!(remount(&disk, "rw"), "remount read-write");
+    let (code, stdout, err) = crate::support::cli(&[
+        "replay",
+        "--failed",
+        "--config",
+        config.to_str().expect("utf-8"),
+    ])
+    .await;
+    assert_eq!(code, 0, "{stdout}{err}");
+    assert!(
+        stdout.contains("Requeued 2 jobs (2 of them made and billed but not written")
+            && stdout.contains("in the running daemon"),
+        "{stdout}"
+    );
+    wait_until("every image written", deadline, || {
+        (0..10).all(|i| outbox.join(format!("m/r{i}.jpg")).is_file())
+    })
+    .await;
+    let stats = env.stats();
+    assert_eq!(
+        stats.batch_images,
+        10,
+        "the canary's two fetched again, not billed again: {}",
+        env.daemon_log(0)
+    );
     stop(&mut daemon).await;
 }
 
@@ -939,7 +965,8 @@ async fn a_result_that_met_a_read_only_outbox_is_fetched_again_by_replay_not_bil
 }
 
 /// The same when Claid no longer has the result at the replay (its day is over): the image is
-/// submitted again, made and written, as before results were kept.
+/// submitted again, made and written, as before results were kept; but only once the task,
+/// polled, says so (a poll that fails is no proof, and nothing is sent on it).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_kept_result_gone_by_the_replay_is_submitted_again() {
     let env =
@@ -950,6 +977,24 @@ async fn a_kept_result_gone_by_the_replay_is_submitted_again() {
     };
     assert!(stdout.contains("fetched again"), "{stdout}");
     env.emulator.control().expire_results();
+    // Gone, while the API is down: the poll for another URL fails, so the result is not known
+    // gone; the job fails again, keeps it, and nothing is sent.
+    env.emulator.control().set_down(true);
+    let (code, stderr) = env.run_once(&config).await;
+    env.emulator.control().set_down(false);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("result-expired"), "{stderr}");
+    assert_eq!(env.stats().submits, 1, "not sent on a guess: {stderr}");
+    let (code, stdout, err) = crate::support::cli(&[
+        "replay",
+        "--failed",
+        "--config",
+        config.to_str().expect("utf-8"),
+    ])
+    .await;
+    assert_eq!(code, 0, "{stdout}{err}");
+    assert!(stdout.contains("fetched again"), "{stdout}");
+    // The API answers: its poll gives the same URL, so the result is gone, and made again.
     let (code, stderr) = env.run_once(&config).await;
     assert_eq!(code, 0, "{stderr}");
     assert!(

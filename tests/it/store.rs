@@ -1293,6 +1293,21 @@ async fn a_result_whose_write_failed_is_kept_for_a_replay_within_its_day() {
     };
     assert!(old.refetchable(now).is_none() && old.billed_again_by_replay(now));
     assert!(old.refetchable(now - 1).is_some());
+    let mut expired = job(1, "k-old");
+    expired.state = old;
+    expired.batch = Some(5);
+    expired.batch_images = Some(2);
+    let (run, _) = register(&store, manifest("old.yaml"), vec![expired]).await;
+    let (expired_id, _) = jobs_of_manifest(&store, run).await[0];
+    let replayed = store
+        .requeue_replayable(expired_id)
+        .await
+        .expect("replayed");
+    assert_eq!(
+        (replayed.state, replayed.batch, replayed.batch_images),
+        (JobState::Queued, None, None),
+        "sent again, alone or in a new batch"
+    );
     // A download that failed keeps nothing: the replay submits again.
     let other = one_job(&store, "k2").await;
     put_in_state(&store, other, "downloading").await;
@@ -1309,4 +1324,34 @@ async fn a_result_whose_write_failed_is_kept_for_a_replay_within_its_day() {
     ));
     let replayed = store.requeue_replayable(other).await.expect("replayed");
     assert_eq!(replayed.state, JobState::Queued);
+}
+
+/// A manifest row's local input gone from the inbox refuses a replay that would submit it,
+/// not one that fetches its kept result again (which needs no input).
+#[test]
+fn a_kept_result_is_replayed_though_its_local_input_is_gone() {
+    let inbox = tempfile::tempdir().expect("inbox");
+    let mut row = job(0, "local");
+    row.local = true;
+    row.input = "gone.png".to_owned();
+    let failed = |unwritten| JobState::Failed {
+        code: FailureCode::OutputReadOnly,
+        message: String::new(),
+        attempts: 1,
+        task_id: None,
+        unwritten,
+    };
+    row.state = failed(None);
+    let why = claid_hotfolder::pipeline::local_input_gone(inbox.path(), 1, &row);
+    assert!(why.is_some_and(|why| why.contains("no longer in the inbox")));
+    row.state = failed(Some(UnwrittenResult {
+        url: "http://x/t.webp".to_owned(),
+        width: 32,
+        height: 32,
+        at_ms: claid_hotfolder::store::now_ms(),
+    }));
+    assert_eq!(
+        claid_hotfolder::pipeline::local_input_gone(inbox.path(), 1, &row),
+        None
+    );
 }
