@@ -331,14 +331,8 @@ pub async fn spawn(
 /// Checks the outbox's disk (off the runtime, at most [`DISK_EVERY`]) and tells the sampler
 /// and the pipeline what it found.
 async fn check_disk_now(sampler: &Handle, pipeline: &pipeline::Handle, outbox: &Path) {
-    let dir = outbox.to_path_buf();
-    let checked = tokio::time::timeout(
-        DISK_EVERY,
-        tokio::task::spawn_blocking(move || check_disk(&dir)),
-    )
-    .await;
     // A check that hangs (a stuck network share) or fails keeps the last answer.
-    let Ok(Ok(disk)) = checked else {
+    let Some(disk) = look_within(DISK_EVERY, outbox.to_path_buf(), check_disk).await else {
         return;
     };
     sampler.lock().set_disk(disk.clone());
@@ -378,6 +372,20 @@ pub fn api_requests(stats: &ClientStats) -> u64 {
         .map(|(_, n)| n)
         .sum();
     answered + failed
+}
+
+/// `look` at `outbox` on the blocking pool, its answer if it comes within `bound`: a look
+/// that hangs (a stuck network share) or panics says nothing, and the last answer stands.
+/// (`HealthState::writable`'s own look and the monitor's sample both go through here.)
+pub async fn look_within(
+    bound: std::time::Duration,
+    outbox: std::path::PathBuf,
+    look: impl FnOnce(&std::path::Path) -> Disk + Send + 'static,
+) -> Option<Disk> {
+    tokio::time::timeout(bound, tokio::task::spawn_blocking(move || look(&outbox)))
+        .await
+        .ok()?
+        .ok()
 }
 
 /// The outbox's disk: its free space for the daemon's user and whether it can be written.

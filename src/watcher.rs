@@ -872,16 +872,24 @@ fn is_misnamed_recipe(path: &str) -> bool {
 /// by the scan its creation set off, already renamed and taken in. A change time ahead of
 /// this machine's clock says nothing: named.
 fn lain_for(entry: &std::fs::DirEntry, settle: Duration) -> bool {
-    use std::os::unix::fs::MetadataExt;
     let Ok(meta) = entry.metadata() else {
         return false;
     };
-    let changed = std::time::UNIX_EPOCH
+    changed_at(&meta)
+        .elapsed()
+        .map_or(true, |age| age >= settle)
+}
+
+/// When a file last changed, its content or its name (its ctime: a rename into place sets
+/// it, which its mtime, kept by `mv` and `rsync`, does not). A time before the epoch reads
+/// as the epoch.
+pub(crate) fn changed_at(meta: &std::fs::Metadata) -> std::time::SystemTime {
+    use std::os::unix::fs::MetadataExt;
+    std::time::UNIX_EPOCH
         + Duration::new(
             u64::try_from(meta.ctime()).unwrap_or(0),
             u32::try_from(meta.ctime_nsec()).unwrap_or(0),
-        );
-    changed.elapsed().map_or(true, |age| age >= settle)
+        )
 }
 
 /// How long a manifest may lie under an upload's temporary name before it is named in a WARN:

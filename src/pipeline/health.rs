@@ -673,18 +673,19 @@ impl HealthState {
             *looked = Some(Instant::now());
             return;
         }
-        let (dir, stuck) = (outbox.clone(), self.outbox_stuck.clone());
+        let stuck = self.outbox_stuck.clone();
         // Off the runtime, and bounded: a stuck network share keeps the last answer.
-        let found = tokio::time::timeout(
+        let found = crate::activity::look_within(
             std::time::Duration::from_secs(1),
-            tokio::task::spawn_blocking(move || {
-                let disk = crate::activity::check_filesystem(&dir);
+            outbox.clone(),
+            move |dir| {
+                let disk = crate::activity::check_filesystem(dir);
                 stuck.store(false, Ordering::Release);
                 disk
-            }),
+            },
         )
         .await;
-        if let Ok(Ok(disk)) = found
+        if let Some(disk) = found
             && disk != crate::activity::Disk::Ok
         {
             self.set_disk_problem(Some(disk.describe()));

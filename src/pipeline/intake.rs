@@ -1301,11 +1301,11 @@ fn flattened_name(rel: &Path) -> std::ffi::OsString {
 /// When the file's inode last changed (ctime, ms since the epoch): a copy, a move or a save
 /// into the inbox sets it; `None` when it cannot be read.
 fn changed_at_ms(path: &Path) -> Option<u64> {
-    use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path).ok()?;
-    let secs = u64::try_from(meta.ctime()).ok()?;
-    let nanos = u64::try_from(meta.ctime_nsec()).ok()?;
-    Some(secs * 1000 + nanos / 1_000_000)
+    let since = crate::watcher::changed_at(&meta)
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    u64::try_from(since.as_millis()).ok()
 }
 
 /// A `Done { unchanged }` state when the previous done job's output file is still there with
