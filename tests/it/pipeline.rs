@@ -759,12 +759,7 @@ fn outbox_on_a_tmpfs(
 /// again from its batch instead of paying for them twice.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_read_only_outbox_stops_the_batches_after_the_canary_whose_results_replay_fetches() {
-    let statics = tempfile::tempdir().expect("static dir");
-    let mut rows = String::from("images:\n");
-    for i in 0..10 {
-        std::fs::write(statics.path().join(format!("r{i}.png")), png(64, 48)).expect("image");
-        rows.push_str(&format!("  - input: http://STATIC/r{i}.png\n"));
-    }
+    let (statics, rows) = crate::support::static_images(10, "r");
     let env = TestEnv::new(
         Scenario::default()
             .static_dir(statics.path())
@@ -778,7 +773,7 @@ async fn a_read_only_outbox_stops_the_batches_after_the_canary_whose_results_rep
     let deadline = Duration::from_secs(60);
     let mut daemon = env.spawn_daemon(&config, 0);
     wait_until("the daemon is ready", deadline, || env.socket().exists()).await;
-    let rows = rows.replace("STATIC", &format!("{}/_static", env.emulator.addr()));
+    let rows = env.static_urls(&rows);
     env.drop_file("m.yaml", rows.as_bytes());
     wait_until("the canary at Claid", deadline, || {
         env.stats().batch_submits >= 1
@@ -804,14 +799,7 @@ async fn a_read_only_outbox_stops_the_batches_after_the_canary_whose_results_rep
         env.daemon_log(0)
     );
     assert!(remount(&disk, "rw"), "remount read-write");
-    let (code, stdout, err) = crate::support::cli(&[
-        "replay",
-        "--failed",
-        "--config",
-        config.to_str().expect("utf-8"),
-    ])
-    .await;
-    assert_eq!(code, 0, "{stdout}{err}");
+    let stdout = replay_failed(&config).await;
     assert!(
         stdout.contains("Requeued 2 jobs (2 of them made and billed but not written")
             && stdout.contains("in the running daemon"),
@@ -850,19 +838,7 @@ async fn run_once_on_an_outbox_turned_read_only_ends_73_naming_the_remount() {
         .map(|i| format!("  - input: storage://demo/ro{i}-64x48.png\n"))
         .collect();
     env.drop_file("ro.yaml", format!("images:\n{rows}").as_bytes());
-    let run = {
-        let (env, config) = (&env, config.clone());
-        async move { env.run_once(&config).await }
-    };
-    let remounted = async {
-        wait_until("the first image at Claid", Duration::from_secs(60), || {
-            env.stats().submits >= 1
-        })
-        .await;
-        assert!(remount(&disk, "ro"), "remount read-only");
-    };
-    let ((code, stderr), ()) = tokio::join!(run, remounted);
-    assert!(remount(&disk, "rw"), "remount read-write");
+    let (code, stderr) = run_once_turning_read_only(&env, &config, &disk).await;
     assert_eq!(code, 73, "{stderr}");
     assert!(stderr.contains("stayed read-only"), "{stderr}");
     assert!(stderr.contains("remount it read-write"), "{stderr}");
@@ -877,6 +853,38 @@ async fn run_once_on_an_outbox_turned_read_only_ends_73_naming_the_remount() {
             && stderr.contains("failed_before=1"),
         "{stderr}"
     );
+}
+
+/// `run --once` with `config`, the outbox's filesystem `disk` remounted read-only once the
+/// first image is at Claid, and read-write again after the run: its exit code and stderr.
+async fn run_once_turning_read_only(
+    env: &TestEnv,
+    config: &std::path::Path,
+    disk: &std::path::Path,
+) -> (i32, String) {
+    let remounted = async {
+        wait_until("the first image at Claid", Duration::from_secs(60), || {
+            env.stats().submits >= 1
+        })
+        .await;
+        assert!(remount(disk, "ro"), "remount read-only");
+    };
+    let (ran, ()) = tokio::join!(env.run_once(config), remounted);
+    assert!(remount(disk, "rw"), "remount read-write");
+    ran
+}
+
+/// `replay --failed` with `config`, which succeeds: its stdout.
+async fn replay_failed(config: &std::path::Path) -> String {
+    let (code, stdout, err) = crate::support::cli(&[
+        "replay",
+        "--failed",
+        "--config",
+        config.to_str().expect("utf-8"),
+    ])
+    .await;
+    assert_eq!(code, 0, "{stdout}{err}");
+    stdout
 }
 
 /// Runs one image (a storage input, an async task) with `run --once` into an outbox remounted
@@ -902,19 +910,7 @@ async fn a_result_unwritten_then_replayed(
         "kept.yaml",
         b"images:\n  - input: storage://demo/k-64x48.png\n",
     );
-    let run = {
-        let config = config.clone();
-        async move { env.run_once(&config).await }
-    };
-    let remounted = async {
-        wait_until("the image at Claid", Duration::from_secs(60), || {
-            env.stats().submits >= 1
-        })
-        .await;
-        assert!(remount(&disk, "ro"), "remount read-only");
-    };
-    let ((code, stderr), ()) = tokio::join!(run, remounted);
-    assert!(remount(&disk, "rw"), "remount read-write");
+    let (code, stderr) = run_once_turning_read_only(env, &config, &disk).await;
     assert_eq!(code, 2, "{stderr}");
     assert!(
         stderr.contains("replay --failed` fetches the result"),
@@ -930,9 +926,7 @@ async fn a_result_unwritten_then_replayed(
             && stdout.contains("is fetched again: not billed again"),
         "{stdout}"
     );
-    let (code, stdout, err) =
-        crate::support::cli(&["replay", "--failed", "--config", config_arg]).await;
-    assert_eq!(code, 0, "{stdout}{err}");
+    let stdout = replay_failed(&config).await;
     Some((tmpfs, config, outbox, stdout))
 }
 
@@ -985,14 +979,7 @@ async fn a_kept_result_gone_by_the_replay_is_submitted_again() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("result-expired"), "{stderr}");
     assert_eq!(env.stats().submits, 1, "not sent on a guess: {stderr}");
-    let (code, stdout, err) = crate::support::cli(&[
-        "replay",
-        "--failed",
-        "--config",
-        config.to_str().expect("utf-8"),
-    ])
-    .await;
-    assert_eq!(code, 0, "{stdout}{err}");
+    let stdout = replay_failed(&config).await;
     assert!(stdout.contains("fetched again"), "{stdout}");
     // The API answers: its poll gives the same URL, so the result is gone, and made again.
     let (code, stderr) = env.run_once(&config).await;

@@ -218,6 +218,11 @@ impl TestEnv {
         path
     }
 
+    /// A manifest of [`static_images`] with its `STATIC` host the emulator's own.
+    pub fn static_urls(&self, manifest: &str) -> String {
+        manifest.replace("STATIC", &format!("{}/_static", self.emulator.addr()))
+    }
+
     /// `run --once` to completion; returns (exit code, stderr). Its log filter is `info`, or
     /// `IT_RUST_LOG` when set (to read a failing test's run in detail).
     pub async fn run_once(&self, config: &Path) -> (i32, String) {
@@ -1075,4 +1080,18 @@ impl Drop for Tmpfs {
             .arg(&self.0)
             .status();
     }
+}
+
+/// `n` PNG images of 64×48, `{prefix}{i}.png`, in a new folder for the emulator to serve
+/// (`Scenario::static_dir`), and a manifest listing them as URLs on the host `STATIC`
+/// ([`TestEnv::static_urls`] names the emulator's).
+pub fn static_images(n: usize, prefix: &str) -> (tempfile::TempDir, String) {
+    let statics = tempfile::tempdir().expect("static dir");
+    let mut text = String::from("images:\n");
+    for i in 0..n {
+        std::fs::write(statics.path().join(format!("{prefix}{i}.png")), png(64, 48))
+            .expect("image");
+        text.push_str(&format!("  - input: http://STATIC/{prefix}{i}.png\n"));
+    }
+    (statics, text)
 }

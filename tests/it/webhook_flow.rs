@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use claid_hotfolder::emulator::{Latency, Scenario, WebhookDigest};
 
-use crate::support::{TestEnv, free_port, png, wait_until};
+use crate::support::{TestEnv, free_port, png, static_images, wait_until};
 
 const SECRET: &str = "a-shared-secret-for-the-tests-only";
 const DEADLINE: Duration = Duration::from_secs(90);
@@ -123,12 +123,7 @@ async fn issue12_when_every_webhook_is_lost_polls_take_over() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_batch_sent_while_webhooks_are_unproven_takes_its_webhook_without_a_poll() {
     let port = free_port();
-    let statics = tempfile::tempdir().expect("static dir");
-    let mut text = String::from("images:\n");
-    for i in 0..10 {
-        std::fs::write(statics.path().join(format!("u{i}.png")), png(64, 48)).expect("image");
-        text.push_str(&format!("  - input: http://STATIC/u{i}.png\n"));
-    }
+    let (statics, text) = static_images(10, "u");
     let env = TestEnv::new(
         announcing(port)
             .static_dir(statics.path())
@@ -136,7 +131,7 @@ async fn a_batch_sent_while_webhooks_are_unproven_takes_its_webhook_without_a_po
             .webhook_drop_nth(1),
     )
     .await;
-    let text = text.replace("STATIC", &format!("{}/_static", env.emulator.addr()));
+    let text = env.static_urls(&text);
     env.drop_file("m.yaml", text.as_bytes());
     let config = env.config("", &webhook_section(&env, port, "60s"));
     // Polls no sooner than 3 s after a submit: a batch of 1 s is then polled only if its
@@ -167,12 +162,7 @@ async fn a_batch_sent_while_webhooks_are_unproven_takes_its_webhook_without_a_po
 #[tokio::test(flavor = "multi_thread")]
 async fn issue12_a_lost_batch_webhook_is_polled_by_what_its_twins_took() {
     let port = free_port();
-    let statics = tempfile::tempdir().expect("static dir");
-    let mut text = String::from("images:\n");
-    for i in 0..130 {
-        std::fs::write(statics.path().join(format!("t{i}.png")), png(64, 48)).expect("image");
-        text.push_str(&format!("  - input: http://STATIC/t{i}.png\n"));
-    }
+    let (statics, text) = static_images(130, "t");
     let env = TestEnv::new(
         announcing(port)
             .static_dir(statics.path())
@@ -182,7 +172,7 @@ async fn issue12_a_lost_batch_webhook_is_polled_by_what_its_twins_took() {
             .webhook_drop_nth(3),
     )
     .await;
-    let text = text.replace("STATIC", &format!("{}/_static", env.emulator.addr()));
+    let text = env.static_urls(&text);
     env.drop_file("m.yaml", text.as_bytes());
     let config = env.config("max_in_flight: 256", &webhook_section(&env, port, "2m"));
     // Batches of 32 and 64 that take about half a second: the wait fixed at the submit (twice
@@ -209,12 +199,7 @@ async fn issue12_a_lost_batch_webhook_is_polled_by_what_its_twins_took() {
 async fn issue12_webhooks_that_stop_after_the_canary_do_not_hold_the_first_round_for_the_fallback()
 {
     let port = free_port();
-    let statics = tempfile::tempdir().expect("static dir");
-    let mut text = String::from("images:\n");
-    for i in 0..66 {
-        std::fs::write(statics.path().join(format!("s{i}.png")), png(64, 48)).expect("image");
-        text.push_str(&format!("  - input: http://STATIC/s{i}.png\n"));
-    }
+    let (statics, text) = static_images(66, "s");
     let env = TestEnv::new(
         announcing(port)
             .static_dir(statics.path())
@@ -223,7 +208,7 @@ async fn issue12_webhooks_that_stop_after_the_canary_do_not_hold_the_first_round
             .webhook_drop_from(2),
     )
     .await;
-    let text = text.replace("STATIC", &format!("{}/_static", env.emulator.addr()));
+    let text = env.static_urls(&text);
     env.drop_file("m.yaml", text.as_bytes());
     let config = env.config("max_in_flight: 256", &webhook_section(&env, port, "90s"));
     // The canary (3 s), then one batch of 64 that takes 3 s: polled after 30 s, not 90.
