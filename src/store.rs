@@ -856,6 +856,7 @@ impl Store {
                         height,
                         copy_of: None,
                         kept_since_ms: None,
+                        submitted_at_ms: None,
                     };
                     push_request_id(&mut next, request_id.as_deref());
                     Some(next)
@@ -894,6 +895,13 @@ impl Store {
                         // A kept result's new URL (the task polled again) is still that result.
                         kept_since_ms: match job.state {
                             JobState::Downloading { kept_since_ms, .. } => kept_since_ms,
+                            _ => None,
+                        },
+                        submitted_at_ms: match job.state {
+                            JobState::Submitted { at_ms, .. } => Some(at_ms),
+                            JobState::Downloading {
+                                submitted_at_ms, ..
+                            } => submitted_at_ms,
                             _ => None,
                         },
                     },
@@ -1131,6 +1139,7 @@ impl Store {
                             height: result.height,
                             copy_of: None,
                             kept_since_ms: Some(result.at_ms),
+                            submitted_at_ms: None,
                         },
                     );
                     // (`staged` is kept: a staged input's task is polled for a new URL should
@@ -1490,6 +1499,7 @@ fn unwritten_result(job: &JobV1, code: FailureCode) -> Option<UnwrittenResult> {
             height,
             copy_of: None,
             kept_since_ms,
+            submitted_at_ms,
             ..
         } if (code.is_local_write() || kept_since_ms.is_some())
             && !url.starts_with("storage://") =>
@@ -1498,7 +1508,10 @@ fn unwritten_result(job: &JobV1, code: FailureCode) -> Option<UnwrittenResult> {
                 url: url.clone(),
                 width: *width,
                 height: *height,
-                at_ms: kept_since_ms.unwrap_or(job.updated_at_ms),
+                // Claid's day for it counts from no sooner than its submit.
+                at_ms: kept_since_ms
+                    .or(*submitted_at_ms)
+                    .unwrap_or(job.updated_at_ms),
             })
         }
         _ => None,

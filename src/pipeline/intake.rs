@@ -1373,6 +1373,7 @@ pub fn unchanged_state(
             height: *height,
             copy_of: Some(sha256.clone()),
             kept_since_ms: None,
+            submitted_at_ms: None,
         });
     }
     Some(JobState::Done {

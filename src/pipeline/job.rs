@@ -618,6 +618,7 @@ impl Runner {
                     task_id,
                     copy_of,
                     kept_since_ms,
+                    ..
                 } => {
                     let result = (url.clone(), *width, *height, *task_id);
                     if url.starts_with("storage://") {

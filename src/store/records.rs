@@ -364,6 +364,11 @@ pub enum JobState {
         /// download that finds the result gone submits the image again instead of failing.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         kept_since_ms: Option<u64>,
+        /// When its task (or batch) was submitted: Claid made the result after that, so the
+        /// day it keeps it ends no sooner than a day after this. `None`: a synchronous
+        /// upload's result (made as it was recorded), or a record from before this field.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        submitted_at_ms: Option<u64>,
     },
     #[serde(alias = "in_doubt")]
     InDoubt {

@@ -1235,9 +1235,20 @@ async fn status_says_it_leaves_out_a_finished_run_that_lies_beyond_an_active_one
 #[tokio::test]
 async fn a_result_whose_write_failed_is_kept_for_a_replay_within_its_day() {
     let (_dir, store) = open_tmp();
-    let id = one_job(&store, "k").await;
-    put_in_state(&store, id, "downloading").await;
-    let since = get(&store, id).await.updated_at_ms;
+    // Claid made the result after its submit (an hour ago): its day counts from no sooner.
+    let since = claid_hotfolder::store::now_ms() - 3_600_000;
+    let mut at_claid = job(0, "k");
+    at_claid.state = JobState::Submitted {
+        task_id: 7,
+        result_url: "http://x/7".to_owned(),
+        at_ms: since,
+    };
+    let (run, _) = register(&store, manifest("m.yaml"), vec![at_claid]).await;
+    let (id, _) = jobs_of_manifest(&store, run).await[0];
+    store
+        .mark_downloading(id, Some(7), "http://x/t.webp", 32, 32)
+        .await
+        .expect("downloading");
     store
         .mark_failed(id, FailureCode::OutputReadOnly, "EROFS")
         .await
@@ -1266,6 +1277,7 @@ async fn a_result_whose_write_failed_is_kept_for_a_replay_within_its_day() {
             height: 32,
             copy_of: None,
             kept_since_ms: Some(since),
+            submitted_at_ms: None,
         }
     );
     // Failing its write again keeps it from the first time: Claid's day counts from there.
