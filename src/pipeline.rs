@@ -1226,6 +1226,14 @@ impl Handle {
     }
 }
 
+/// Sleeps `d` unless `cancel` comes first (the daemon stops): false when it did.
+pub(crate) async fn sleep_unless_cancelled(d: Duration, cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => true,
+        _ = cancel.cancelled() => false,
+    }
+}
+
 /// The first wait before a manifest that could not be moved out of the inbox is moved again
 /// ([`move_again_later`]); doubled after each failed try, up to [`MOVE_AGAIN_MAX`].
 const MOVE_AGAIN_FIRST: Duration = Duration::from_secs(5);

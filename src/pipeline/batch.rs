@@ -1583,10 +1583,7 @@ impl BatchRunner {
     }
 
     async fn wait(&self, d: Duration) -> bool {
-        tokio::select! {
-            _ = tokio::time::sleep(d) => true,
-            _ = self.deps.cancel.cancelled() => false,
-        }
+        super::sleep_unless_cancelled(d, &self.deps.cancel).await
     }
 }
 

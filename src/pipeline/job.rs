@@ -2102,10 +2102,7 @@ impl Runner {
 
     /// Sleeps `d` unless the daemon stops first; returns false when it stopped.
     async fn wait(&self, d: Duration) -> bool {
-        tokio::select! {
-            _ = tokio::time::sleep(d) => true,
-            _ = self.deps.cancel.cancelled() => false,
-        }
+        super::sleep_unless_cancelled(d, &self.deps.cancel).await
     }
 }
 
