@@ -953,6 +953,7 @@ async fn replay(
             refetched,
             in_doubt_again,
             refused,
+            ..
         }) => {
             info!(
                 requeued = n,

@@ -984,6 +984,14 @@ fn cmd_plan(config_path: &Path, file: &Path) -> anyhow::Result<i32> {
             }
         });
         let refetch = matches!(again, Some(JobState::Downloading { .. }));
+        // A result made but not written, fetched again from Claid (not a local copy).
+        let kept = matches!(
+            again,
+            Some(JobState::Downloading {
+                kept_since_ms: Some(_),
+                ..
+            })
+        );
         let unchanged = again.is_some();
         let (input, local) = match &job.input {
             Input::Remote(url) => (url.clone(), false),
@@ -1003,7 +1011,13 @@ fn cmd_plan(config_path: &Path, file: &Path) -> anyhow::Result<i32> {
         });
         let plan = if unchanged {
             n_unchanged += 1;
-            if refetch { "copy" } else { "unchanged" }
+            if kept {
+                "fetch"
+            } else if refetch {
+                "copy"
+            } else {
+                "unchanged"
+            }
         } else if let Some(plan) = exists {
             n_exists += 1;
             plan

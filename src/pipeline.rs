@@ -150,6 +150,9 @@ pub struct Replayed {
     pub refetched: usize,
     /// Of those, jobs held in doubt: Claid may have taken their submit.
     pub in_doubt_again: usize,
+    /// Of those, the failed ones: when each failed (milliseconds since the epoch). A failure
+    /// this process counted is taken back from its totals (`run --once`'s exit code).
+    pub failed_at: Vec<u64>,
     /// Runs not replayed because another active manifest writes one of their outputs or
     /// reports now, one sentence each.
     pub refused: Vec<String>,
@@ -177,6 +180,7 @@ pub async fn requeue_for_replay(
 ) -> Result<(Replayed, ReplayedRuns), StoreError> {
     let mut billed = std::collections::HashSet::new();
     let mut in_doubt = std::collections::HashSet::new();
+    let mut failed_at = std::collections::HashMap::new();
     let mut by_run: BTreeMap<ManifestId, (Vec<JobId>, crate::store::Outputs)> = BTreeMap::new();
     let mut refused = Vec::new();
     for id in ids {
@@ -197,6 +201,9 @@ pub async fn requeue_for_replay(
             if matches!(job.state, crate::store::JobState::InDoubt { .. }) {
                 in_doubt.insert(id);
             }
+            if job.state.name() == crate::codes::StateName::Failed {
+                failed_at.insert(id, job.updated_at_ms);
+            }
             let run = by_run.entry(job.manifest).or_default();
             run.0.push(id);
             let object = crate::storages::destination_of(&job.body, &job.output_rel);
@@ -215,6 +222,16 @@ pub async fn requeue_for_replay(
             continue;
         };
         if matches!(m.state, crate::store::ManifestState::Superseded { .. }) {
+            continue;
+        }
+        // Its file was saved again: the newer version stands for its images (its queued jobs
+        // end superseded, and the run ends once its tasks at Claid are recorded).
+        if matches!(m.state, crate::store::ManifestState::Draining { .. }) {
+            warn!(manifest = %m.rel, "Replay refused: a newer version of the manifest replaces it");
+            replayed.refused.push(format!(
+                "`{}` is not replayed: a newer version of it was saved and is taken in once this run ends; that version makes its images (one whose result was kept is not billed again)",
+                crate::text::escape(&m.rel)
+            ));
             continue;
         }
         if m.state.is_ended() {
@@ -280,6 +297,7 @@ pub async fn requeue_for_replay(
                     replayed.refetched += usize::from(refetched);
                     replayed.billed_again += usize::from(billed.contains(&id) && !refetched);
                     replayed.in_doubt_again += usize::from(in_doubt.contains(&id));
+                    replayed.failed_at.extend(failed_at.get(&id));
                 }
                 Err(StoreError::Conflict { .. }) => {}
                 Err(err) => return Err(err),
@@ -454,6 +472,10 @@ struct Shared {
     inbox: PathBuf,
     /// Parts started by [`Handle::start`]; each is taken once.
     parts: Mutex<Option<Parts>>,
+    /// The submitter and the tracker of job tasks, kept past the start: a replay starts a
+    /// job that fetches its kept result again as a resumed download (not through the
+    /// submit queue).
+    drive: (submitter::Submitter, TaskTracker),
     /// The finisher's task, awaited by [`Handle::stop_finisher`] at shutdown.
     finisher_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -605,6 +627,7 @@ impl Handle {
             outbox: outbox_root,
             inbox: deps.folders.inbox.clone(),
             finisher_task: Mutex::new(None),
+            drive: (submitter.clone(), deps.tracker.clone()),
             parts: Mutex::new(Some(Parts {
                 intake,
                 intake_rx,
@@ -1158,33 +1181,33 @@ impl Handle {
             ids,
         )
         .await?;
-        let parts = self
-            .shared
-            .parts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .map(|p| (p.submitter.clone(), p.tracker.clone()));
+        // Failures this process counted, requeued: no longer failures of this run (a job
+        // that fails again is counted again).
+        let started = self.shared.dispatch.started_ms();
+        let taken_back = replayed
+            .failed_at
+            .iter()
+            .filter(|at| **at >= started)
+            .count() as u64;
+        if taken_back > 0 {
+            self.shared
+                .board
+                .update(|s| s.totals.failed = s.totals.failed.saturating_sub(taken_back));
+        }
         for (mid, rel, requeued, refetching) in runs {
             self.shared
                 .finisher
                 .send_counted(finisher::Event::Replayed { id: mid, rel });
             // A kept result is downloaded again as a resumed download is, by its own task
             // (the submit queue takes queued jobs: one not queued there was dropped).
-            let (drive, queue): (Vec<JobId>, Vec<JobId>) = match &parts {
-                Some(_) => {
-                    let refetching: std::collections::HashSet<JobId> =
-                        refetching.into_iter().collect();
-                    requeued.into_iter().partition(|id| refetching.contains(id))
-                }
-                None => (Vec::new(), requeued),
-            };
+            let refetching: std::collections::HashSet<JobId> = refetching.into_iter().collect();
+            let (drive, queue): (Vec<JobId>, Vec<JobId>) =
+                requeued.into_iter().partition(|id| refetching.contains(id));
             self.shared
                 .queue
                 .push_back(queue.into_iter().map(|id| (mid, id)).collect());
-            if let Some((submitter, tracker)) = parts.clone()
-                && !drive.is_empty()
-            {
+            if !drive.is_empty() {
+                let (submitter, tracker) = self.shared.drive.clone();
                 tracker.spawn(async move {
                     for id in drive {
                         if !submitter.start_job(mid, id).await {

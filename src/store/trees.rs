@@ -435,6 +435,19 @@ impl Trees {
                 // A state that is not an end (a local copy fetched again from its object)
                 // still has work to do: queued below, not counted as unchanged.
                 n_unchanged += u64::from(state.is_terminal());
+                // A kept result fetched again belongs to the earlier job's task: a batch's is
+                // asked of the batch for a new URL, and a staged input's record goes along.
+                if matches!(
+                    state,
+                    JobState::Downloading {
+                        kept_since_ms: Some(_),
+                        ..
+                    }
+                ) {
+                    job.batch = done.1.batch;
+                    job.batch_images = done.1.batch_images;
+                    job.staged = done.1.staged.clone();
+                }
                 job.state = state;
             }
             let job_id = self.db.generate_id()?;
@@ -1135,7 +1148,8 @@ impl Trees {
         Ok(out)
     }
 
-    /// The done job that produced the output for `key`, if any.
+    /// The done job that produced the output for `key`, if any, or the failed one whose
+    /// result for it is kept (its write failed: see [`answers_for_key`]).
     pub fn done_by_key(&self, key: &str) -> Result<Option<(JobId, JobV1)>, StoreError> {
         let Some(id) = self.done_by_key.get(key.as_bytes())? else {
             return Ok(None);
@@ -1144,7 +1158,7 @@ impl Trees {
             return Ok(None);
         };
         match self.job(id)? {
-            Some(job) if matches!(job.state, JobState::Done { .. }) => Ok(Some((id, job))),
+            Some(job) if answers_for_key(&job.state) => Ok(Some((id, job))),
             _ => Ok(None),
         }
     }
@@ -1196,7 +1210,7 @@ impl Trees {
                     return abort(conflict(id, expected, &job));
                 };
                 new.updated_at_ms = crate::store::now_ms();
-                update_done_index(done_by_key, id, &job, &new)?;
+                update_done_index((jobs, done_by_key), id, &job, &new)?;
                 match (job.state.is_terminal(), new.state.is_terminal()) {
                     (false, true) => drop(unfinished.remove(&key)?),
                     (true, false) => drop(unfinished.insert(&key, &[])?),
@@ -1384,17 +1398,50 @@ fn read_announcement(value: &[u8]) -> Option<(Vec<u8>, u64)> {
     Some((value[8..].to_vec(), at_ms))
 }
 
+/// Whether a job in `state` answers for its key in `done_by_key`: done (its output is the
+/// key's), or failed with its result kept (a write that failed: a later run of the same row
+/// fetches that result again instead of paying for it, `intake::unchanged_state`).
+fn answers_for_key(state: &JobState) -> bool {
+    matches!(
+        state,
+        JobState::Done { .. }
+            | JobState::Failed {
+                unwritten: Some(_),
+                ..
+            }
+    )
+}
+
 fn update_done_index(
-    done_by_key: &TransactionalTree,
+    (jobs, done_by_key): (&TransactionalTree, &TransactionalTree),
     id: JobId,
     old: &JobV1,
     new: &JobV1,
 ) -> TxResult<()> {
     // A job `on_output_exists: skip` left done kept a file it did not make: it never answers
     // for its key.
-    let was_done = matches!(old.state, JobState::Done { .. });
+    let was_done = answers_for_key(&old.state);
     let is_done = matches!(new.state, JobState::Done { skipped: false, .. });
-    if is_done {
+    // A kept result answers for its key, unless a done job's output does (that file is
+    // still the key's).
+    let kept = matches!(
+        new.state,
+        JobState::Failed {
+            unwritten: Some(_),
+            ..
+        }
+    ) && match done_by_key
+        .get(new.key.as_bytes())?
+        .and_then(|v| read_id(&v))
+        .filter(|other| *other != id)
+    {
+        Some(other) => !jobs
+            .get(id_key(other))?
+            .and_then(|bytes| decode_job(&bytes).ok())
+            .is_some_and(|other| matches!(other.state, JobState::Done { .. })),
+        None => true,
+    };
+    if is_done || kept {
         done_by_key.insert(new.key.as_bytes(), &id_key(id))?;
     } else if was_done {
         let points_here = done_by_key

@@ -889,16 +889,14 @@ async fn replay_failed(config: &std::path::Path) -> String {
 
 /// Runs one image (a storage input, an async task) with `run --once` into an outbox remounted
 /// read-only while Claid makes it: the result is billed and cannot be written (exit 2: the run
-/// ended with a failure; its report went to the archive). Then
-/// the outbox takes writes again and `replay --failed` runs (its stdout is returned). `None`
-/// where tmpfs cannot be mounted.
-async fn a_result_unwritten_then_replayed(
+/// ended with a failure; its report went to the archive). Then the outbox takes writes
+/// again. `None` where tmpfs cannot be mounted.
+async fn a_result_unwritten(
     env: &TestEnv,
 ) -> Option<(
     crate::support::Tmpfs,
     std::path::PathBuf,
     std::path::PathBuf,
-    String,
 )> {
     let (tmpfs, disk, outbox) = outbox_on_a_tmpfs(env)?;
     let config = config_with_outbox(
@@ -917,6 +915,19 @@ async fn a_result_unwritten_then_replayed(
         "{stderr}"
     );
     assert_eq!(env.stats().submits, 1, "{stderr}");
+    Some((tmpfs, config, outbox))
+}
+
+/// [`a_result_unwritten`], then `replay --failed` (its stdout is returned).
+async fn a_result_unwritten_then_replayed(
+    env: &TestEnv,
+) -> Option<(
+    crate::support::Tmpfs,
+    std::path::PathBuf,
+    std::path::PathBuf,
+    String,
+)> {
+    let (tmpfs, config, outbox) = a_result_unwritten(env).await?;
     let config_arg = config.to_str().expect("utf-8");
     let (code, stdout, err) =
         crate::support::cli(&["replay", "--failed", "--dry-run", "--config", config_arg]).await;
@@ -956,6 +967,97 @@ async fn a_result_that_met_a_read_only_outbox_is_fetched_again_by_replay_not_bil
         "{stderr}"
     );
     assert_eq!(env.stats().submits, 1, "not billed again: {stderr}");
+}
+
+/// The same when the manifest is dropped again instead of replayed (its run ended): the new
+/// run's image fetches the result kept by the earlier one (`plan` says `fetch`), and Claid
+/// is not paid twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_manifest_dropped_again_fetches_a_result_kept_from_its_last_run() {
+    let env =
+        TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_secs(2)))).await;
+    let Some((_tmpfs, config, outbox)) = a_result_unwritten(&env).await else {
+        return;
+    };
+    let manifest = b"images:\n  - input: storage://demo/k-64x48.png\n";
+    let planned = env.dir.path().join("kept.yaml");
+    std::fs::write(&planned, manifest).expect("manifest");
+    let (code, stdout, err) = crate::support::cli(&[
+        "plan",
+        planned.to_str().expect("utf-8"),
+        "--config",
+        config.to_str().expect("utf-8"),
+    ])
+    .await;
+    assert_eq!(code, 0, "{stdout}{err}");
+    assert!(stdout.contains("fetch"), "{stdout}");
+    env.drop_file("kept.yaml", manifest);
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        dimensions(&outbox.join("kept/k-64x48.jpg")),
+        (64, 48),
+        "{stderr}"
+    );
+    assert_eq!(env.stats().submits, 1, "not billed again: {stderr}");
+}
+
+/// `run --once` whose failed image a `replay --failed` over its socket fetches again while it
+/// runs: the run ends with every image done and exits 0 (the failure was counted, and the
+/// run exited 2 with `failed=1` beside `done=3`).
+#[tokio::test(flavor = "multi_thread")]
+async fn run_once_whose_failure_a_replay_mends_meanwhile_exits_0() {
+    let env =
+        TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_secs(2)))).await;
+    let Some((_tmpfs, disk, outbox)) = outbox_on_a_tmpfs(&env) else {
+        return;
+    };
+    let config = config_with_outbox(
+        &env,
+        "max_in_flight: 1\nunreachable_timeout: 60s\nbatch: { max_images: 1 }",
+        &outbox,
+    );
+    let rows: String = (0..3)
+        .map(|i| format!("  - input: storage://demo/mend{i}-64x48.png\n"))
+        .collect();
+    env.drop_file("mend.yaml", format!("images:\n{rows}").as_bytes());
+    let mended = async {
+        let deadline = Duration::from_secs(60);
+        wait_until("the first image at Claid", deadline, || {
+            env.stats().submits >= 1
+        })
+        .await;
+        assert!(remount(&disk, "ro"), "remount read-only");
+        wait_until("its result downloaded (and not written)", deadline, || {
+            env.stats().downloads >= 1
+        })
+        .await;
+        assert!(remount(&disk, "rw"), "remount read-write");
+        let asked = std::time::Instant::now();
+        let stdout = loop {
+            assert!(asked.elapsed() < deadline, "the failure never recorded");
+            let (code, stdout, err) = crate::support::cli(&[
+                "replay",
+                "--failed",
+                "--config",
+                config.to_str().expect("utf-8"),
+            ])
+            .await;
+            assert_eq!(code, 0, "{stdout}{err}");
+            // Asked before the failure was recorded: nothing yet.
+            if stdout.contains("Requeued") {
+                break stdout;
+            }
+        };
+        assert!(stdout.contains("in the running daemon"), "{stdout}");
+    };
+    let ((code, stderr), ()) = tokio::join!(env.run_once(&config), mended);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("done=3") && stderr.contains("failed=0"),
+        "{stderr}"
+    );
+    assert_eq!(env.stats().submits, 3, "{stderr}");
 }
 
 /// The same when Claid no longer has the result at the replay (its day is over): the image is

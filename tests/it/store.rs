@@ -1367,3 +1367,32 @@ fn a_kept_result_is_replayed_though_its_local_input_is_gone() {
         None
     );
 }
+
+/// A run whose file was saved again (draining) is not replayed: its newer version makes its
+/// images, and a job requeued into it would be cancelled or left hanging. The refusal says so.
+#[tokio::test]
+async fn a_draining_run_is_not_replayed_and_says_why() {
+    let (_dir, store) = open_tmp();
+    let id = one_job(&store, "k").await;
+    put_in_state(&store, id, "failed").await;
+    store.mark_draining(0).await.expect("draining");
+    let folders = tempfile::tempdir().expect("folders");
+    let (replayed, runs) = claid_hotfolder::pipeline::requeue_for_replay(
+        &store,
+        (folders.path(), folders.path()),
+        vec![id],
+    )
+    .await
+    .expect("replay");
+    assert_eq!(replayed.requeued, 0);
+    assert!(runs.is_empty());
+    assert!(
+        replayed
+            .refused
+            .iter()
+            .any(|why| why.contains("a newer version of it was saved")),
+        "{:?}",
+        replayed.refused
+    );
+    assert_eq!(get(&store, id).await.state.kind(), "failed");
+}
