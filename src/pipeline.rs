@@ -389,6 +389,9 @@ struct BoardState {
     /// candidate off it (a candidate in intake, a resumed or replayed run): while any is on
     /// its way, nothing is settled.
     pending: usize,
+    /// Failures this process counted (or will: the outcome may still be on its way to the
+    /// finisher) whose jobs a replay requeued: taken from `totals.failed` when it is read.
+    failed_taken_back: u64,
 }
 
 /// One run as others see it.
@@ -420,7 +423,10 @@ impl Board {
     }
 
     fn totals(&self) -> Totals {
-        self.lock().totals
+        let state = self.lock();
+        let mut totals = state.totals;
+        totals.failed = totals.failed.saturating_sub(state.failed_taken_back);
+        totals
     }
 
     /// No candidate in intake and no run that still waits for jobs or is finishing.
@@ -605,6 +611,7 @@ impl Handle {
             notices: notices.clone(),
             cancel: deps.cancel.clone(),
             health: health.clone(),
+            submitter: submitter.clone(),
         };
         let shared = Shared {
             store: deps.store,
@@ -1192,7 +1199,7 @@ impl Handle {
         if taken_back > 0 {
             self.shared
                 .board
-                .update(|s| s.totals.failed = s.totals.failed.saturating_sub(taken_back));
+                .update(|s| s.failed_taken_back += taken_back);
         }
         for (mid, rel, requeued, refetching) in runs {
             self.shared

@@ -18,7 +18,8 @@
 //! - `job_ranges`: run id ‖ first job id → last job id, a run's jobs as ranges of consecutive
 //!   ids (one entry per run, or a few); `jobs_by_manifest` (run id ‖ job id → empty) is the
 //!   index older versions wrote, still read, no longer written;
-//! - `done_by_key`: job key → the job that made the output;
+//! - `done_by_key`: job key → the job that made the output (or whose result for it, made but
+//!   not written, is kept: a later run of the row fetches it again);
 //! - `unfinished`: job id → empty for every job not Done or Failed, so a restart does not read
 //!   the whole history;
 //! - `reserved`: outbox-relative path (or `storage://` object) → the run that will write it;
@@ -173,6 +174,9 @@ pub enum Registered {
         id: ManifestId,
         /// The jobs to submit, in manifest order.
         queued: Vec<JobId>,
+        /// Of those, the ones that fetch a result again instead (a kept result, a storage
+        /// output's local copy): started as resumed downloads, not through the submit queue.
+        fetching: Vec<JobId>,
         /// Jobs done without an API call.
         unchanged: u64,
         counts: ManifestCounts,
@@ -434,6 +438,7 @@ impl Store {
             Registration::Registered {
                 id,
                 queued,
+                fetching,
                 unchanged,
                 counts,
             } => {
@@ -441,6 +446,7 @@ impl Store {
                 Registered::Run {
                     id,
                     queued,
+                    fetching,
                     unchanged,
                     counts,
                 }
@@ -1093,7 +1099,8 @@ impl Store {
     }
 
     /// Any state → Queued (resubmit after a crash, replay, expired result).
-    /// `in_doubt += 1` when `count_in_doubt`. A done job leaves `done_by_key`. Durable.
+    /// `in_doubt += 1` when `count_in_doubt`. A done job (or one with a kept result) leaves
+    /// `done_by_key`. Durable.
     pub async fn requeue(&self, id: JobId, count_in_doubt: bool) -> Result<JobV1, StoreError> {
         let job = self
             .step(id, "any", move |job| {

@@ -135,6 +135,9 @@ pub struct Finisher {
     /// turn, holding up every run's end behind the bucket's timeout. Their marks stay; the
     /// next run's end after this time, or the next start, cleans up.
     staging_unwell_until: Option<tokio::time::Instant>,
+    /// Runs this process counted in `totals.manifests_with_failures` (ended with a failed
+    /// job): a replay of one takes it back.
+    counted_with_failures: std::collections::HashSet<ManifestId>,
 }
 
 /// One run the finisher tracks (no per-image data: counts come from the store).
@@ -159,6 +162,7 @@ impl Finisher {
             deps,
             runs: HashMap::new(),
             staging_unwell_until: None,
+            counted_with_failures: std::collections::HashSet::new(),
         }
     }
 
@@ -252,6 +256,14 @@ impl Finisher {
                     return;
                 };
                 let (id, replay) = (*id, matches!(event, Event::Replayed { .. }));
+                // Counted as ended with failures in this process, it runs again: its next
+                // end counts it anew (`run --once` exited 2 for a run a replay mended).
+                if replay && self.counted_with_failures.remove(&id) {
+                    self.deps.board.update(|s| {
+                        s.totals.manifests_with_failures =
+                            s.totals.manifests_with_failures.saturating_sub(1);
+                    });
+                }
                 match self.runs.get_mut(&id) {
                     Some(run) => match run.phase.next(LifeEvent::Replayed) {
                         Ok(next) if replay || run.phase == Phase::Held => {
@@ -555,6 +567,7 @@ impl Finisher {
         };
         self.count_manifest(outcome);
         if failed && !superseded {
+            self.counted_with_failures.insert(id);
             self.deps
                 .board
                 .update(|s| s.totals.manifests_with_failures += 1);

@@ -64,6 +64,8 @@ pub struct Intake {
     pub cancel: CancellationToken,
     /// Told at once when a drop's outbox takes no outputs (its jobs then wait unsubmitted).
     pub health: Arc<super::health::HealthState>,
+    /// Starts a registered job that fetches a result again (not submitted).
+    pub submitter: super::submitter::Submitter,
 }
 
 /// What one candidate came to.
@@ -502,13 +504,14 @@ impl Intake {
                 },
             )
             .await;
-        let (id, queued, unchanged) = match registered {
+        let (id, queued, fetching, unchanged) = match registered {
             Ok(Registered::Run {
                 id,
                 queued,
+                fetching,
                 unchanged,
                 ..
-            }) => (id, queued, unchanged),
+            }) => (id, queued, fetching, unchanged),
             Ok(Registered::Conflict {
                 path: taken,
                 wanted,
@@ -530,7 +533,7 @@ impl Intake {
             .and_then(|p| p.next(LifeEvent::Registered));
         self.registered(
             id,
-            queued,
+            (queued, fetching),
             unchanged,
             n_jobs,
             rel,
@@ -650,7 +653,7 @@ impl Intake {
     async fn registered(
         &self,
         id: ManifestId,
-        queued: Vec<crate::store::JobId>,
+        (queued, fetching): (Vec<crate::store::JobId>, Vec<crate::store::JobId>),
         unchanged: u64,
         n_jobs: u64,
         rel: String,
@@ -681,8 +684,24 @@ impl Intake {
             n_jobs,
             unchanged,
         });
+        // Jobs that fetch a result again start as resumed downloads (the submit queue takes
+        // queued jobs: one not queued there was dropped when its run drained).
+        let fetching: std::collections::HashSet<crate::store::JobId> =
+            fetching.into_iter().collect();
+        let (fetch, submit): (Vec<crate::store::JobId>, Vec<crate::store::JobId>) =
+            queued.into_iter().partition(|job| fetching.contains(job));
         self.queue
-            .push_back(queued.into_iter().map(|job| (id, job)).collect());
+            .push_back(submit.into_iter().map(|job| (id, job)).collect());
+        if !fetch.is_empty() {
+            let submitter = self.submitter.clone();
+            self.tracker.spawn(async move {
+                for job in fetch {
+                    if !submitter.start_job(id, job).await {
+                        return;
+                    }
+                }
+            });
+        }
         Taken::HandedOn
     }
 

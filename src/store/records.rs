@@ -198,7 +198,8 @@ pub struct JobV1 {
     pub manifest: ManifestId,
     /// Position in the manifest, so reports keep the manifest's order.
     pub idx: u32,
-    /// Incremental-processing key (README "Incremental"); indexed in `done_by_key` once done.
+    /// Incremental-processing key (README "Incremental"); indexed in `done_by_key` once done
+    /// (or failed with its result kept).
     pub key: String,
     /// The input URL, or the inbox-relative path for local files.
     pub input: String,

@@ -121,6 +121,8 @@ pub enum Registration {
         id: ManifestId,
         /// Jobs to submit, in manifest order.
         queued: Vec<JobId>,
+        /// Of those, the ones that fetch a result again instead (not queued: `Downloading`).
+        fetching: Vec<JobId>,
         /// Jobs marked done without an API call (identical output already there).
         unchanged: u64,
         counts: ManifestCounts,
@@ -394,6 +396,7 @@ impl Trees {
             .insert(id_key(manifest_id), m.rel.as_bytes())?;
         let mut n_jobs: usize = 0;
         let mut queued: Vec<JobId> = Vec::new();
+        let mut fetching: Vec<JobId> = Vec::new();
         let mut counts = ManifestCounts::default();
         let mut n_unchanged = 0;
         let mut repoint: Vec<(String, JobId)> = Vec::new();
@@ -461,6 +464,9 @@ impl Trees {
                 }
             } else {
                 batch.unfinished.insert(&id_key(job_id), &[]);
+                if !matches!(job.state, JobState::Queued) {
+                    fetching.push(job_id);
+                }
                 queued.push(job_id);
             }
             counts.add_job(&job);
@@ -494,6 +500,7 @@ impl Trees {
         Ok(Registration::Registered {
             id: manifest_id,
             queued,
+            fetching,
             unchanged: n_unchanged,
             counts,
         })
@@ -1422,24 +1429,31 @@ fn update_done_index(
     // for its key.
     let was_done = answers_for_key(&old.state);
     let is_done = matches!(new.state, JobState::Done { skipped: false, .. });
-    // A kept result answers for its key, unless a done job's output does (that file is
-    // still the key's).
-    let kept = matches!(
-        new.state,
+    // A kept result answers for its key: the latest edit made for it (a done job's file,
+    // if still there, is the same image; fetching it again costs a download, not a bill).
+    // Of two kept results, the one Claid keeps longer.
+    let kept = match &new.state {
         JobState::Failed {
-            unwritten: Some(_),
+            unwritten: Some(result),
             ..
-        }
-    ) && match done_by_key
-        .get(new.key.as_bytes())?
-        .and_then(|v| read_id(&v))
-        .filter(|other| *other != id)
-    {
-        Some(other) => !jobs
-            .get(id_key(other))?
-            .and_then(|bytes| decode_job(&bytes).ok())
-            .is_some_and(|other| matches!(other.state, JobState::Done { .. })),
-        None => true,
+        } => match done_by_key
+            .get(new.key.as_bytes())?
+            .and_then(|v| read_id(&v))
+            .filter(|other| *other != id)
+        {
+            Some(other) => !jobs
+                .get(id_key(other))?
+                .and_then(|bytes| decode_job(&bytes).ok())
+                .is_some_and(|other| match other.state {
+                    JobState::Failed {
+                        unwritten: Some(theirs),
+                        ..
+                    } => theirs.at_ms > result.at_ms,
+                    _ => false,
+                }),
+            None => true,
+        },
+        _ => false,
     };
     if is_done || kept {
         done_by_key.insert(new.key.as_bytes(), &id_key(id))?;

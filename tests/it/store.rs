@@ -1375,7 +1375,8 @@ async fn a_draining_run_is_not_replayed_and_says_why() {
     let (_dir, store) = open_tmp();
     let id = one_job(&store, "k").await;
     put_in_state(&store, id, "failed").await;
-    store.mark_draining(0).await.expect("draining");
+    let run = get(&store, id).await.manifest;
+    store.mark_draining(run).await.expect("draining");
     let folders = tempfile::tempdir().expect("folders");
     let (replayed, runs) = claid_hotfolder::pipeline::requeue_for_replay(
         &store,
