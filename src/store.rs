@@ -1136,19 +1136,8 @@ impl Store {
                 // A billed result whose write failed is fetched again while Claid keeps it:
                 // its task (or batch) stays the job's, for a new URL should this one be
                 // refused.
-                if let Some(result) = job.state.refetchable(now_ms()) {
-                    let mut next = with_state(
-                        job,
-                        JobState::Downloading {
-                            task_id: job.state.task_id(),
-                            url: result.url.clone(),
-                            width: result.width,
-                            height: result.height,
-                            copy_of: None,
-                            kept_since_ms: Some(result.at_ms),
-                            submitted_at_ms: None,
-                        },
-                    );
+                if let Some(fetch) = job.state.refetch(now_ms()) {
+                    let mut next = with_state(job, fetch);
                     // (`staged` is kept: a staged input's task is polled for a new URL should
                     // this one be refused, and a resubmit stages again if the object went.)
                     next.replaces = None;

@@ -1348,16 +1348,8 @@ pub fn unchanged_state(
 ) -> Option<JobState> {
     // A result made and billed whose write failed, still kept by Claid: fetched again, not
     // made again (a manifest dropped again once the outbox takes writes).
-    if let Some(result) = prev.refetchable(crate::store::now_ms()) {
-        return Some(JobState::Downloading {
-            task_id: prev.task_id(),
-            url: result.url.clone(),
-            width: result.width,
-            height: result.height,
-            copy_of: None,
-            kept_since_ms: Some(result.at_ms),
-            submitted_at_ms: None,
-        });
+    if let Some(fetch) = prev.refetch(crate::store::now_ms()) {
+        return Some(fetch);
     }
     let JobState::Done {
         path,

@@ -530,6 +530,22 @@ impl JobState {
         }
     }
 
+    /// The state that downloads again, at `now_ms`, the result this failed write kept
+    /// ([`JobState::refetchable`]): its task (or batch) stays named, for a new URL should
+    /// this one be refused.
+    pub fn refetch(&self, now_ms: u64) -> Option<JobState> {
+        let result = self.refetchable(now_ms)?;
+        Some(JobState::Downloading {
+            task_id: self.task_id(),
+            url: result.url.clone(),
+            width: result.width,
+            height: result.height,
+            copy_of: None,
+            kept_since_ms: Some(result.at_ms),
+            submitted_at_ms: None,
+        })
+    }
+
     /// Whether a replay at `now_ms` sends this image to Claid again, which bills it again:
     /// [`JobState::billed`], and not fetched again ([`JobState::refetchable`]).
     pub fn billed_again_by_replay(&self, now_ms: u64) -> bool {

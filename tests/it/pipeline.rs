@@ -941,6 +941,23 @@ async fn a_result_unwritten_then_replayed(
     Some((tmpfs, config, outbox, stdout))
 }
 
+/// `run --once` with `config` writes the kept image (64×48) into `outbox`, and Claid billed
+/// it once in all.
+async fn the_kept_result_is_written_unbilled(
+    env: &TestEnv,
+    config: &std::path::Path,
+    outbox: &std::path::Path,
+) {
+    let (code, stderr) = env.run_once(config).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        dimensions(&outbox.join("kept/k-64x48.jpg")),
+        (64, 48),
+        "{stderr}"
+    );
+    assert_eq!(env.stats().submits, 1, "not billed again: {stderr}");
+}
+
 /// A result Claid made and billed that met a read-only outbox is kept in the store: once the
 /// outbox is writable again, `replay --failed` fetches that result again (Claid keeps it a
 /// day) instead of paying for the edit twice.
@@ -959,14 +976,7 @@ async fn a_result_that_met_a_read_only_outbox_is_fetched_again_by_replay_not_bil
             && !stdout.contains("Claid had billed already"),
         "{stdout}"
     );
-    let (code, stderr) = env.run_once(&config).await;
-    assert_eq!(code, 0, "{stderr}");
-    assert_eq!(
-        dimensions(&outbox.join("kept/k-64x48.jpg")),
-        (64, 48),
-        "{stderr}"
-    );
-    assert_eq!(env.stats().submits, 1, "not billed again: {stderr}");
+    the_kept_result_is_written_unbilled(&env, &config, &outbox).await;
 }
 
 /// The same when the manifest is dropped again instead of replayed (its run ended): the new
@@ -992,14 +1002,7 @@ async fn a_manifest_dropped_again_fetches_a_result_kept_from_its_last_run() {
     assert_eq!(code, 0, "{stdout}{err}");
     assert!(stdout.contains("fetch"), "{stdout}");
     env.drop_file("kept.yaml", manifest);
-    let (code, stderr) = env.run_once(&config).await;
-    assert_eq!(code, 0, "{stderr}");
-    assert_eq!(
-        dimensions(&outbox.join("kept/k-64x48.jpg")),
-        (64, 48),
-        "{stderr}"
-    );
-    assert_eq!(env.stats().submits, 1, "not billed again: {stderr}");
+    the_kept_result_is_written_unbilled(&env, &config, &outbox).await;
 }
 
 /// `run --once` whose failed image a `replay --failed` over its socket fetches again while it
