@@ -819,6 +819,37 @@ async fn a_read_only_outbox_stops_the_batches_after_the_canary_whose_results_rep
     stop(&mut daemon).await;
 }
 
+/// An outbox on a tmpfs ([`outbox_on_a_tmpfs`]), a config that sends one image at a time
+/// (single tasks) and waits `unreachable` for an outbox that takes no writes, and a drop
+/// `{name}.yaml` of three storage inputs: the mount, its mount point, the outbox, the config.
+fn three_images_on_a_tmpfs(
+    env: &TestEnv,
+    name: &str,
+    unreachable: &str,
+) -> Option<(
+    crate::support::Tmpfs,
+    std::path::PathBuf,
+    std::path::PathBuf,
+    std::path::PathBuf,
+)> {
+    let (tmpfs, disk, outbox) = outbox_on_a_tmpfs(env)?;
+    let config = config_with_outbox(
+        env,
+        &format!(
+            "max_in_flight: 1\nunreachable_timeout: {unreachable}\nbatch: {{ max_images: 1 }}"
+        ),
+        &outbox,
+    );
+    let rows: String = (0..3)
+        .map(|i| format!("  - input: storage://demo/{name}{i}-64x48.png\n"))
+        .collect();
+    env.drop_file(
+        &format!("{name}.yaml"),
+        format!("images:\n{rows}").as_bytes(),
+    );
+    Some((tmpfs, disk, outbox, config))
+}
+
 /// `run --once` on an outbox whose filesystem is remounted read-only mid-run ends after
 /// `api.unreachable_timeout` (73) with the images not yet sent kept unsubmitted, and names
 /// the fix: remount it read-write (it said "free space or fix its permissions").
@@ -826,18 +857,9 @@ async fn a_read_only_outbox_stops_the_batches_after_the_canary_whose_results_rep
 async fn run_once_on_an_outbox_turned_read_only_ends_73_naming_the_remount() {
     let env =
         TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_secs(2)))).await;
-    let Some((_tmpfs, disk, outbox)) = outbox_on_a_tmpfs(&env) else {
+    let Some((_tmpfs, disk, _, config)) = three_images_on_a_tmpfs(&env, "ro", "2s") else {
         return;
     };
-    let config = config_with_outbox(
-        &env,
-        "max_in_flight: 1\nunreachable_timeout: 2s\nbatch: { max_images: 1 }",
-        &outbox,
-    );
-    let rows: String = (0..3)
-        .map(|i| format!("  - input: storage://demo/ro{i}-64x48.png\n"))
-        .collect();
-    env.drop_file("ro.yaml", format!("images:\n{rows}").as_bytes());
     let (code, stderr) = run_once_turning_read_only(&env, &config, &disk).await;
     assert_eq!(code, 73, "{stderr}");
     assert!(stderr.contains("stayed read-only"), "{stderr}");
@@ -1012,18 +1034,9 @@ async fn a_manifest_dropped_again_fetches_a_result_kept_from_its_last_run() {
 async fn run_once_whose_failure_a_replay_mends_meanwhile_exits_0() {
     let env =
         TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_secs(2)))).await;
-    let Some((_tmpfs, disk, outbox)) = outbox_on_a_tmpfs(&env) else {
+    let Some((_tmpfs, disk, _, config)) = three_images_on_a_tmpfs(&env, "mend", "60s") else {
         return;
     };
-    let config = config_with_outbox(
-        &env,
-        "max_in_flight: 1\nunreachable_timeout: 60s\nbatch: { max_images: 1 }",
-        &outbox,
-    );
-    let rows: String = (0..3)
-        .map(|i| format!("  - input: storage://demo/mend{i}-64x48.png\n"))
-        .collect();
-    env.drop_file("mend.yaml", format!("images:\n{rows}").as_bytes());
     let mended = async {
         let deadline = Duration::from_secs(60);
         wait_until("the first image at Claid", deadline, || {
