@@ -962,7 +962,7 @@ impl Store {
                         message: message.clone(),
                         attempts: job.attempts,
                         task_id: job.state.task_id(),
-                        unwritten: unwritten_result(job, code),
+                        unwritten: job.unwritten_result(code),
                     },
                 ))
             })
@@ -1479,38 +1479,6 @@ fn with_state(job: &JobV1, state: JobState) -> JobV1 {
     JobV1 {
         state,
         ..job.clone()
-    }
-}
-
-/// The result a job downloading it keeps when it fails `code`: one whose write into the
-/// outbox failed (Claid made and billed it, and keeps it a day), and one a replay fetched
-/// again that failed for any reason (found gone, it is submitted again instead of failing).
-/// A storage output's object, a local copy fetched again, and a first download that failed
-/// keep none.
-fn unwritten_result(job: &JobV1, code: FailureCode) -> Option<UnwrittenResult> {
-    match &job.state {
-        JobState::Downloading {
-            url,
-            width,
-            height,
-            copy_of: None,
-            kept_since_ms,
-            submitted_at_ms,
-            ..
-        } if (code.is_local_write() || kept_since_ms.is_some())
-            && !url.starts_with("storage://") =>
-        {
-            Some(UnwrittenResult {
-                url: url.clone(),
-                width: *width,
-                height: *height,
-                // Claid's day for it counts from no sooner than its submit.
-                at_ms: kept_since_ms
-                    .or(*submitted_at_ms)
-                    .unwrap_or(job.updated_at_ms),
-            })
-        }
-        _ => None,
     }
 }
 

@@ -1713,7 +1713,7 @@ impl Runner {
                 // A policy refusal, a path out of the outbox, a name too long, a read-only
                 // filesystem: about this job, and waiting will not heal it. Fail it at once.
                 if !err.heals() {
-                    let message = format!("{err}{}", refetch_hint(job, &deps.inbox));
+                    let message = format!("{err}{}", refetch_hint(job, code, &deps.inbox));
                     return self.fail(id, code, &message).await;
                 }
                 // A full disk, too many open files, an I/O error, a permission: the job stays
@@ -1727,7 +1727,7 @@ impl Runner {
                 if n >= MAX_OUTPUT_WRITES {
                     let message = format!(
                         "{err} (still failing after {n} attempts){}",
-                        refetch_hint(job, &deps.inbox)
+                        refetch_hint(job, code, &deps.inbox)
                     );
                     if let Some(folder) = folder {
                         deps.health.gave_up_on(folder, message.clone());
@@ -2130,23 +2130,16 @@ impl Fresh {
     }
 }
 
-/// What a failed write of `job`'s result adds to its failure: a replay fetches the result
-/// again (the store keeps it, [`crate::store::UnwrittenResult`]) rather than paying for it.
-/// Empty for a storage output's local copy, which the replay takes from the bucket again,
-/// and for a folder recipe's image, which moves to `rejected/` and is made again once put
-/// back (a replay refuses it).
-fn refetch_hint(job: &JobV1, inbox: &Path) -> &'static str {
-    if job.local && crate::manifest::recipe_for(&inbox.join(&job.input)).is_file() {
+/// What a failed write (`code`) of `job`'s result adds to its failure: that a replay fetches
+/// the result again, when the store keeps it ([`JobV1::unwritten_result`]: not a storage
+/// output's object or local copy, which a replay submits again). Not for a folder recipe's
+/// image, which moves to `rejected/` and is made again once put back (a replay refuses it).
+fn refetch_hint(job: &JobV1, code: FailureCode, inbox: &Path) -> &'static str {
+    let recipe_image = job.local && crate::manifest::recipe_for(&inbox.join(&job.input)).is_file();
+    if recipe_image || job.unwritten_result(code).is_none() {
         return "";
     }
-    match &job.state {
-        JobState::Downloading {
-            url, copy_of: None, ..
-        } if !url.starts_with("storage://") => {
-            "; once the cause is mended, `replay --failed` fetches the result Claid made again (it keeps it a day): no new bill"
-        }
-        _ => "",
-    }
+    "; once the cause is mended, `replay --failed` fetches the result Claid made again (it keeps it a day): no new bill"
 }
 
 /// The objects now at a storage output's key and at the key with its format's other extension

@@ -269,6 +269,38 @@ impl JobV1 {
             )
     }
 
+    /// The result a job downloading it keeps when it fails `code`: one whose write into the
+    /// outbox failed (Claid made and billed it, and keeps it a day), and one a replay fetched
+    /// again that failed for any reason (found gone, it is submitted again instead of failing).
+    /// A storage output's object, a local copy fetched again, and a first download that failed
+    /// keep none.
+    pub fn unwritten_result(&self, code: FailureCode) -> Option<UnwrittenResult> {
+        match &self.state {
+            JobState::Downloading {
+                url,
+                width,
+                height,
+                copy_of: None,
+                kept_since_ms,
+                submitted_at_ms,
+                ..
+            } if (code.is_local_write() || kept_since_ms.is_some())
+                && !url.starts_with("storage://") =>
+            {
+                Some(UnwrittenResult {
+                    url: url.clone(),
+                    width: *width,
+                    height: *height,
+                    // Claid's day for it counts from no sooner than its submit.
+                    at_ms: kept_since_ms
+                        .or(*submitted_at_ms)
+                        .unwrap_or(self.updated_at_ms),
+                })
+            }
+            _ => None,
+        }
+    }
+
     pub fn waits_for_adoption(&self) -> bool {
         match self.state {
             JobState::InDoubt { .. } => true,
