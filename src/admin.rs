@@ -478,9 +478,10 @@ pub enum ReplayError {
 }
 
 /// Whether run `id` no longer stands for its file: superseded by a version saved while it ran
-/// (or draining for one saved while it runs), or followed by a newer run of the same file. Its jobs are then never replayed: their images
-/// belong to the newer run (replaying would bill what that run delivered or dropped, and write
-/// the older run's report over the newer one's).
+/// (or draining for one saved while it runs), or followed by a newer run of the same file.
+/// Its jobs are then never replayed: their images belong to the newer run (replaying would
+/// bill what that run delivered or dropped, and write the older run's report over the newer
+/// one's).
 pub async fn run_replaced(store: &Store, id: u64, m: &ManifestV1) -> Result<bool, StoreError> {
     Ok(matches!(
         m.state,

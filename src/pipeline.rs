@@ -478,10 +478,9 @@ struct Shared {
     inbox: PathBuf,
     /// Parts started by [`Handle::start`]; each is taken once.
     parts: Mutex<Option<Parts>>,
-    /// The submitter and the tracker of job tasks, kept past the start: a replay starts a
-    /// job that fetches its kept result again as a resumed download (not through the
-    /// submit queue).
-    drive: (submitter::Submitter, TaskTracker),
+    /// The submitter, kept past the start: a replay hands its jobs on through it
+    /// ([`submitter::Submitter::hand_on`]).
+    submitter: submitter::Submitter,
     /// The finisher's task, awaited by [`Handle::stop_finisher`] at shutdown.
     finisher_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -634,7 +633,7 @@ impl Handle {
             outbox: outbox_root,
             inbox: deps.folders.inbox.clone(),
             finisher_task: Mutex::new(None),
-            drive: (submitter.clone(), deps.tracker.clone()),
+            submitter: submitter.clone(),
             parts: Mutex::new(Some(Parts {
                 intake,
                 intake_rx,
@@ -1190,7 +1189,8 @@ impl Handle {
         .await?;
         // Failures this process counted, requeued: no longer failures of this run (a job
         // that fails again is counted again).
-        let started = self.shared.dispatch.started_ms();
+        let started =
+            crate::store::now_ms().saturating_sub(self.shared.started.elapsed().as_millis() as u64);
         let taken_back = replayed
             .failed_at
             .iter()
@@ -1205,24 +1205,7 @@ impl Handle {
             self.shared
                 .finisher
                 .send_counted(finisher::Event::Replayed { id: mid, rel });
-            // A kept result is downloaded again as a resumed download is, by its own task
-            // (the submit queue takes queued jobs: one not queued there was dropped).
-            let refetching: std::collections::HashSet<JobId> = refetching.into_iter().collect();
-            let (drive, queue): (Vec<JobId>, Vec<JobId>) =
-                requeued.into_iter().partition(|id| refetching.contains(id));
-            self.shared
-                .queue
-                .push_back(queue.into_iter().map(|id| (mid, id)).collect());
-            if !drive.is_empty() {
-                let (submitter, tracker) = self.shared.drive.clone();
-                tracker.spawn(async move {
-                    for id in drive {
-                        if !submitter.start_job(mid, id).await {
-                            return;
-                        }
-                    }
-                });
-            }
+            self.shared.submitter.hand_on(mid, requeued, refetching);
         }
         Ok(replayed)
     }

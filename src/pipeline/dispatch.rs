@@ -310,11 +310,6 @@ impl Dispatch {
         }
     }
 
-    /// When this daemon started (milliseconds since the epoch).
-    pub fn started_ms(&self) -> u64 {
-        self.started_ms
-    }
-
     /// Hands a verified update to whoever waits for it (see [`Delivery`]).
     pub fn deliver(&self, update: TaskUpdate) -> Delivery {
         let done = *update.status() == crate::claid::wire::TaskStatus::Done;

@@ -684,24 +684,7 @@ impl Intake {
             n_jobs,
             unchanged,
         });
-        // Jobs that fetch a result again start as resumed downloads (the submit queue takes
-        // queued jobs: one not queued there was dropped when its run drained).
-        let fetching: std::collections::HashSet<crate::store::JobId> =
-            fetching.into_iter().collect();
-        let (fetch, submit): (Vec<crate::store::JobId>, Vec<crate::store::JobId>) =
-            queued.into_iter().partition(|job| fetching.contains(job));
-        self.queue
-            .push_back(submit.into_iter().map(|job| (id, job)).collect());
-        if !fetch.is_empty() {
-            let submitter = self.submitter.clone();
-            self.tracker.spawn(async move {
-                for job in fetch {
-                    if !submitter.start_job(id, job).await {
-                        return;
-                    }
-                }
-            });
-        }
+        self.submitter.hand_on(id, queued, fetching);
         Taken::HandedOn
     }
 

@@ -607,6 +607,29 @@ impl Submitter {
         true
     }
 
+    /// Hands run `mid`'s registered (or requeued) `jobs` on: those that fetch a result again
+    /// (`fetching`, some of `jobs`: a kept result, a storage output's local copy) start as
+    /// resumed downloads, in a task of their own; the others go to the submit queue, which
+    /// takes queued jobs (one not queued there was dropped when its run drained, and the run
+    /// never ended).
+    pub fn hand_on(&self, mid: ManifestId, jobs: Vec<JobId>, fetching: Vec<JobId>) {
+        let fetching: std::collections::HashSet<JobId> = fetching.into_iter().collect();
+        let (fetch, submit): (Vec<JobId>, Vec<JobId>) =
+            jobs.into_iter().partition(|id| fetching.contains(id));
+        self.queue
+            .push_back(submit.into_iter().map(|id| (mid, id)).collect());
+        if !fetch.is_empty() {
+            let submitter = self.clone();
+            self.tracker.spawn(async move {
+                for id in fetch {
+                    if !submitter.start_job(mid, id).await {
+                        return;
+                    }
+                }
+            });
+        }
+    }
+
     /// Starts a job whose task is already at Claid (resumed after a restart, or adopted from
     /// a webhook) once it has a `max_in_flight` slot. It never waits for outputs to be
     /// writable: its task is billed whatever the disk, its polls cost nothing, and its write
