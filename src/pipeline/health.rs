@@ -329,7 +329,17 @@ impl Drop for WritesBlocked {
                 writes.everywhere.0 = writes.everywhere.0.saturating_sub(1);
                 writes.end_hold_if_released();
                 if writes.everywhere.0 == 0 {
-                    info!("No output waits for room to be written any more; submitting resumed");
+                    drop(writes);
+                    // The outbox's disk may still be full as the activity monitor saw it:
+                    // then submitting stays paused, and saying "resumed" would be untrue.
+                    match self.health.disk_problem() {
+                        None => info!(
+                            "No output waits for room to be written any more; submitting resumed"
+                        ),
+                        Some((_, disk)) => info!(
+                            "No output waits for room to be written any more; submitting stays paused while the outbox's disk is full ({disk})"
+                        ),
+                    }
                 }
             }
             Some(folder) => {
@@ -1355,6 +1365,50 @@ mod tests {
         health.storage_ok("a");
         assert_eq!(health.failing(), None);
         assert!(!health.only_storage_failing());
+    }
+
+    /// What `log` writes through the daemon's own text format.
+    fn logged(log: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Capture {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let capture = Capture::default();
+        let writer = capture.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .without_time()
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, log);
+        String::from_utf8(capture.0.lock().unwrap().clone()).unwrap()
+    }
+
+    /// When the last write waiting for room ends while the outbox's disk is still full, the log
+    /// says submitting stays paused (it said "submitting resumed" with 0 B free); once the disk
+    /// has room, it says resumed.
+    #[test]
+    fn the_last_blocked_write_ending_on_a_full_disk_does_not_say_resumed() {
+        let health = Arc::new(health());
+        health.set_disk_problem(Some("0 B free".to_owned()));
+        let blocked = health.block_writes("No space left on device".to_owned(), None);
+        let log = logged(|| drop(blocked));
+        assert!(
+            log.contains("submitting stays paused") && log.contains("0 B free"),
+            "{log}"
+        );
+        assert!(!log.contains("resumed"), "{log}");
+        health.set_disk_problem(None);
+        let blocked = health.block_writes("No space left on device".to_owned(), None);
+        let log = logged(|| drop(blocked));
+        assert!(log.contains("submitting resumed"), "{log}");
     }
 
     /// The outbox's disk problem holds new submits back, keeps the instant it began while it
