@@ -1383,7 +1383,7 @@ fn cmd_jobs(
             Escaped::str(&j.detail)
         );
     }
-    println!("{} jobs", jobs.len());
+    println!("{}", crate::text::count(jobs.len(), "job"));
     Ok(exit::OK)
 }
 
@@ -1547,8 +1547,8 @@ fn cmd_replay(
         let refetch = refetch_note(answer.preview.iter().filter(|p| p.refetch).count());
         if !answer.preview.is_empty() {
             println!(
-                "Would requeue {} jobs{billed}{refetch}{held}; nothing was changed (run it again without --dry-run):",
-                answer.preview.len()
+                "Would requeue {}{billed}{refetch}{held}; nothing was changed (run it again without --dry-run):",
+                crate::text::count(answer.preview.len(), "job")
             );
         }
         for job in &answer.preview {
@@ -1606,13 +1606,13 @@ fn cmd_replay(
         billed.push_str(&in_doubt_note(answer.in_doubt_again));
         if later {
             println!(
-                "Requeued {} jobs{billed}; they run at the daemon's next start.",
-                answer.requeued
+                "Requeued {}{billed}; they run at the daemon's next start.",
+                crate::text::count(answer.requeued, "job")
             );
         } else {
             println!(
-                "Requeued {} jobs{billed} in the running daemon.",
-                answer.requeued
+                "Requeued {}{billed} in the running daemon.",
+                crate::text::count(answer.requeued, "job")
             );
         }
     }

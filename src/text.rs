@@ -100,12 +100,14 @@ fn looks_like_a_secret(path: &Path) -> bool {
 
 /// Whether `c` must never reach a log line or a terminal raw: C0 controls (newline, carriage
 /// return, tab, ESC, …), DEL, C1 controls (including NEL, U+0085), the Unicode line and
-/// paragraph separators (U+2028, U+2029), and the bidirectional overrides and isolates that
-/// make text read differently from what it is (U+202A–U+202E, U+2066–U+2069).
+/// paragraph separators (U+2028, U+2029), and the bidirectional controls that make text read
+/// differently from what it is: the overrides and isolates (U+202A–U+202E, U+2066–U+2069) and
+/// the invisible direction marks (U+061C, U+200E, U+200F).
 pub fn is_unsafe_char(c: char) -> bool {
     matches!(c,
         '\u{0}'..='\u{1f}'
         | '\u{7f}'..='\u{9f}'
+        | '\u{61c}' | '\u{200e}' | '\u{200f}'
         | '\u{2028}' | '\u{2029}'
         | '\u{202a}'..='\u{202e}'
         | '\u{2066}'..='\u{2069}'
@@ -155,6 +157,15 @@ fn write_escaped(out: &mut impl Write, text: &str, backslash: bool) -> fmt::Resu
         rest = &rest[at + c.len_utf8()..];
     }
     out.write_str(rest)
+}
+
+/// `n` and a countable English noun, plural unless `n` is 1: "1 job", "2 jobs", "0 jobs".
+pub fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }
 
 /// The text an [`escape`]d (or [`Escaped::str`]) form was made of: `\\`, `\n`, `\r`, `\t`,
@@ -630,6 +641,10 @@ mod tests {
         check("csi\u{9b}", "csi\\u{9b}");
         check("ls\u{2028}ps\u{2029}", "ls\\u{2028}ps\\u{2029}");
         check("rlo\u{202e}gpj.exe", "rlo\\u{202e}gpj.exe");
+        check(
+            "rlm\u{200f}lrm\u{200e}alm\u{61c}",
+            "rlm\\u{200f}lrm\\u{200e}alm\\u{61c}",
+        );
         check("back\\slash", "back\\\\slash");
         check("Ünïcödé ok ✓", "Ünïcödé ok ✓");
         // The escaped form of a literal `\n` differs from the escaped newline.
@@ -637,6 +652,13 @@ mod tests {
             Escaped::str("a\\nb").to_string(),
             Escaped::str("a\nb").to_string()
         );
+    }
+
+    #[test]
+    fn counts_read_as_english() {
+        assert_eq!(count(1, "job"), "1 job");
+        assert_eq!(count(0, "job"), "0 jobs");
+        assert_eq!(count(2, "failed job"), "2 failed jobs");
     }
 
     #[test]

@@ -20,6 +20,7 @@ use crate::admin::{self, ManifestView};
 use crate::codes::StateName;
 use crate::pipeline::Health;
 use crate::store::records::{JobState, ManifestState};
+use crate::text::count;
 use crate::web::WebState;
 use crate::web::auth::{Denied, Principal};
 use crate::web::files::{self, Refused};
@@ -49,14 +50,17 @@ pub struct FlashQuery {
 
 impl FlashQuery {
     fn message(&self) -> Option<String> {
-        let n = self.n.unwrap_or(0);
+        let n = usize::try_from(self.n.unwrap_or(0)).unwrap_or(usize::MAX);
         let (done, verb) = match self.flash.as_deref()? {
             "retried" => (
-                format!("Requeued {n} failed job(s); they run again now."),
+                format!("Requeued {}; they run again now.", count(n, "failed job")),
                 "requeued",
             ),
             "released" => (
-                format!("Released {n} job(s) held in doubt; they are submitted again."),
+                format!(
+                    "Released {} held in doubt; they are submitted again.",
+                    count(n, "job")
+                ),
                 "released",
             ),
             "rerun" => {
@@ -68,8 +72,11 @@ impl FlashQuery {
         };
         Some(match self.refused.unwrap_or(0) {
             0 => done,
+            1 => format!(
+                "{done} 1 other job was not {verb} (for example, a local input no longer in the inbox): the daemon's log names it (\"Dashboard action: some jobs were not requeued\")."
+            ),
             r => format!(
-                "{done} {r} other job(s) were not {verb} (for example, a local input no longer in the inbox): the daemon's log names each (\"Dashboard action: some jobs were not requeued\")."
+                "{done} {r} other jobs were not {verb} (for example, a local input no longer in the inbox): the daemon's log names each (\"Dashboard action: some jobs were not requeued\")."
             ),
         })
     }

@@ -9,6 +9,7 @@ use maud::{DOCTYPE, Markup, html};
 
 use crate::activity::Snapshot;
 use crate::admin::ManifestView;
+use crate::text::count;
 use crate::web::files::encode_path;
 
 /// What every page's frame needs.
@@ -344,7 +345,7 @@ pub fn manifest(m: &ManifestPage<'_>, csrf: Option<&str>) -> Markup {
                 @if m.counts.failed > 0 {
                     form method="post" action=(format!("/manifests/{}/retry-failed", m.id)) {
                         @if let Some(csrf) = csrf { input type="hidden" name="csrf" value=(csrf); }
-                        button #retry-failed type="submit" { "Retry the " (m.counts.failed) " failed job(s)" }
+                        button #retry-failed type="submit" { "Retry the " (count(m.counts.failed.try_into().unwrap_or(usize::MAX), "failed job")) }
                     }
                 }
                 @if m.counts.in_doubt > 0 {
@@ -352,7 +353,7 @@ pub fn manifest(m: &ManifestPage<'_>, csrf: Option<&str>) -> Markup {
                         @if let Some(csrf) = csrf { input type="hidden" name="csrf" value=(csrf); }
                         p.warning { "Jobs held in doubt may already have reached Claid: submitting them again may bill them twice." }
                         label { input type="checkbox" name="confirm" value="yes" required; " I understand Claid may bill these images twice" }
-                        button #release-in-doubt type="submit" { "Release the " (m.counts.in_doubt) " job(s) held in doubt" }
+                        button #release-in-doubt type="submit" { "Release the " (count(m.counts.in_doubt.try_into().unwrap_or(usize::MAX), "job")) " held in doubt" }
                     }
                 }
             }

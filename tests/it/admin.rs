@@ -173,7 +173,7 @@ async fn replay_of_failed_jobs_runs_them_to_completion_and_rewrites_the_report()
     std::fs::write(storage.path().join("shop/late.png"), png(80, 60)).unwrap();
     let (code, out, err) = cli(&["replay", "--failed", "--config", config.to_str().unwrap()]).await;
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("Requeued 1 jobs"), "{out}");
+    assert!(out.contains("Requeued 1 job"), "{out}");
     let (code, stderr) = env.run_once(&config).await;
     assert_eq!(code, 0, "the replayed job succeeds: {stderr}");
     let report = env.report("m");
@@ -1154,7 +1154,7 @@ async fn replay_over_the_socket_reopens_a_finished_manifest_and_rewrites_its_rep
     ])
     .await;
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("Would requeue 1 jobs;"), "{out}");
+    assert!(out.contains("Would requeue 1 job;"), "{out}");
     assert!(out.contains("failed    storage://shop/late.png"), "{out}");
     assert_eq!(env.report("r")["counts"]["failed"], 1);
     // Over the socket, a misspelled key (`dryrun`) or two selectors are refused, not taken
@@ -1185,7 +1185,7 @@ async fn replay_over_the_socket_reopens_a_finished_manifest_and_rewrites_its_rep
     .await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(
-        out.contains("Requeued 1 jobs in the running daemon"),
+        out.contains("Requeued 1 job in the running daemon"),
         "{out}"
     );
     wait_until("the report rewritten", Duration::from_secs(30), || {

@@ -770,7 +770,7 @@ async fn issue13_replay_writes_the_store_only_as_its_owner() {
         // A dry run writes nothing, so it needs no ownership: it reads a copy.
         let (code, out, err) = cli(&["replay", "--failed", "--dry-run", "--config", config]).await;
         assert_eq!(code, 0, "{out}{err}");
-        assert!(out.contains("Would requeue 1 jobs"), "{out}");
+        assert!(out.contains("Would requeue 1 job"), "{out}");
         assert_eq!(
             tree_state(&env.state),
             before,
@@ -780,7 +780,7 @@ async fn issue13_replay_writes_the_store_only_as_its_owner() {
     }
     let (code, out, err) = cli(&["replay", "--failed", "--config", config]).await;
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("Requeued 1 jobs"), "{out}");
+    assert!(out.contains("Requeued 1 job"), "{out}");
 }
 
 /// Credentials in `api.base_url` are never sent (they went as a second `Authorization` header

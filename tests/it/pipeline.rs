@@ -955,7 +955,7 @@ async fn a_result_unwritten_then_replayed(
         crate::support::cli(&["replay", "--failed", "--dry-run", "--config", config_arg]).await;
     assert_eq!(code, 0, "{stdout}{err}");
     assert!(
-        stdout.contains("Would requeue 1 jobs (1 of them made and billed but not written")
+        stdout.contains("Would requeue 1 job (1 of them made and billed but not written")
             && stdout.contains("is fetched again: not billed again"),
         "{stdout}"
     );
@@ -992,7 +992,7 @@ async fn a_result_that_met_a_read_only_outbox_is_fetched_again_by_replay_not_bil
         return;
     };
     assert!(
-        stdout.contains("Requeued 1 jobs")
+        stdout.contains("Requeued 1 job")
             && stdout.contains("fetched again")
             && stdout.contains("not billed again")
             && !stdout.contains("Claid had billed already"),
@@ -1057,14 +1057,14 @@ async fn run_once_whose_failure_a_replay_mends_meanwhile_exits_0() {
             ])
             .await;
             assert_eq!(code, 0, "{stdout}{err}");
-            if stdout.contains("Would requeue 1 jobs") {
+            if stdout.contains("Would requeue 1 job") {
                 break;
             }
         }
         assert!(remount(&disk, "rw"), "remount read-write");
         let stdout = replay_failed(&config).await;
         assert!(
-            stdout.contains("Requeued 1 jobs") && stdout.contains("in the running daemon"),
+            stdout.contains("Requeued 1 job") && stdout.contains("in the running daemon"),
             "{stdout}"
         );
     };

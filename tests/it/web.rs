@@ -814,8 +814,7 @@ async fn a_dashboard_retry_refused_for_some_jobs_says_how_many_were_left() {
     assert!(to.contains("n=1") && to.contains("refused=1"), "{to}");
     let page = page_with_token(&http, format!("{base}{to}")).await;
     assert!(
-        page.contains("Requeued 1 failed job(s)")
-            && page.contains("1 other job(s) were not requeued"),
+        page.contains("Requeued 1 failed job;") && page.contains("1 other job was not requeued"),
         "{page}"
     );
     let log = env.daemon_log(0);

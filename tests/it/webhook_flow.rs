@@ -946,7 +946,7 @@ async fn a_job_queued_again_after_a_lost_submit_adopts_a_late_announcement() {
     let task = wait_for_task(&env, 1).await;
     let (code, out, err) = crate::support::cli(&["replay", "--in-doubt", "--config", cfg]).await;
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("Requeued 1 jobs"), "{out}");
+    assert!(out.contains("Requeued 1 job"), "{out}");
 
     env.emulator.control().set_credits_exhausted(true);
     let mut daemon = env.spawn_daemon(&config, 0);
