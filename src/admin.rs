@@ -615,7 +615,7 @@ async fn dry_run_answer(
     for id in ids {
         match store.job(id).await? {
             Some(job) if job.state.is_replayable() => {
-                match pipeline::local_input_gone(inbox, id, &job) {
+                match pipeline::replay_refusal(inbox, id, &job).await {
                     Some(why) => refused.push(why),
                     None => kept.push(id),
                 }

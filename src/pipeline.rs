@@ -188,7 +188,7 @@ pub async fn requeue_for_replay(
             continue;
         };
         if job.state.is_replayable()
-            && let Some(why) = local_input_gone(inbox, id, &job)
+            && let Some(why) = replay_refusal(inbox, id, &job).await
         {
             warn!(job_id = id, "Replay refused: {why}");
             refused.push(why);
@@ -308,6 +308,51 @@ pub async fn requeue_for_replay(
     }
     store.flush().await?;
     Ok((replayed, runs))
+}
+
+/// Why job `id` (replayable) is not replayed, in a sentence, or `None`: its local input is
+/// no longer in the inbox ([`local_input_gone`]), or its failed write kept a result that is
+/// not its input's edit any more ([`kept_result_fits`]). The replay and its dry run both ask.
+pub async fn replay_refusal(
+    inbox: &std::path::Path,
+    id: JobId,
+    job: &crate::store::JobV1,
+) -> Option<String> {
+    if let Some(why) = local_input_gone(inbox, id, job) {
+        return Some(why);
+    }
+    if kept_result_fits(inbox, job).await {
+        return None;
+    }
+    Some(format!(
+        "job {id} is not replayed: its input `{}` changed after its manifest was validated, and the result Claid made and kept for it is the edit of the file as it was; drop the manifest again to process the new content (or put the earlier file back, and the replay fetches that result without a new bill)",
+        crate::text::escape(&job.input)
+    ))
+}
+
+/// Whether the result `job` kept from a failed write ([`crate::store::JobState::refetchable`])
+/// is still the edit of its input: false when its local input's content changed since its
+/// manifest was validated (the job key, which hashes that content, differs). A replay that
+/// fetched it would write the edit of a file that is no longer there, where a submit would
+/// fail `input-changed`. True for every other job, and for an input gone or unreadable (the
+/// kept result needs none: [`local_input_gone`] tells the rest).
+pub async fn kept_result_fits(inbox: &std::path::Path, job: &crate::store::JobV1) -> bool {
+    if !job.local || job.state.refetchable(crate::store::now_ms()).is_none() {
+        return true;
+    }
+    let path = inbox.join(&job.input);
+    let read = path.clone();
+    let Ok(Ok(sha256)) =
+        tokio::task::spawn_blocking(move || crate::output::sha256_file(&read)).await
+    else {
+        return true;
+    };
+    let input = crate::manifest::Input::Local(Box::new(crate::manifest::LocalFile {
+        path,
+        rel: std::path::PathBuf::from(&job.input),
+        sha256,
+    }));
+    crate::manifest::key_for(&input, &job.body, std::path::Path::new(&job.output_rel)) == job.key
 }
 
 /// Why job `id` cannot be replayed when its local input is no longer in the inbox (a folder

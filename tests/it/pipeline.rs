@@ -1001,6 +1001,74 @@ async fn a_result_that_met_a_read_only_outbox_is_fetched_again_by_replay_not_bil
     the_kept_result_is_written_unbilled(&env, &config, &outbox).await;
 }
 
+/// A local image whose result met a read-only outbox keeps that result for a replay; but
+/// while the file itself is changed, the kept result is not its edit: the replay (and its dry
+/// run) refuses the job, naming the file and the fix, and changes nothing. With the file put
+/// back, the replay fetches the kept result: one upload in all.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kept_result_whose_local_file_changed_is_not_fetched_by_replay() {
+    let env =
+        TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_secs(2)))).await;
+    let Some((_tmpfs, disk, outbox)) = outbox_on_a_tmpfs(&env) else {
+        return;
+    };
+    let config = config_with_outbox(&env, "max_in_flight: 1\nunreachable_timeout: 2s", &outbox);
+    let original = png(40, 30);
+    env.drop_file("photos/a.png", &original);
+    env.drop_file("local.yaml", b"images:\n  - input: photos/a.png\n");
+    // The upload is at Claid (2 s) when the outbox turns read-only.
+    let remounted = async {
+        wait_until("the upload at Claid", Duration::from_secs(60), || {
+            env.stats().requests >= 1
+        })
+        .await;
+        assert!(remount(&disk, "ro"), "remount read-only");
+    };
+    let ((code, stderr), ()) = tokio::join!(env.run_once(&config), remounted);
+    assert!(remount(&disk, "rw"), "remount read-write");
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(env.stats().uploads, 1, "{stderr}");
+    let config_arg = config.to_str().expect("utf-8");
+    let replay = |dry_run: bool| async move {
+        let mut args = vec!["replay", "--failed", "--config", config_arg];
+        if dry_run {
+            args.push("--dry-run");
+        }
+        crate::support::cli(&args).await
+    };
+    let (_, stdout, _) = replay(true).await;
+    assert!(
+        stdout.contains("is fetched again: not billed again"),
+        "the file as it was: {stdout}"
+    );
+    env.drop_file("photos/a.png", &png(50, 20));
+    let (code, stdout, err) = replay(true).await;
+    assert_eq!(code, 0, "{stdout}{err}");
+    let refusal = "its input `photos/a.png` changed after its manifest was validated";
+    assert!(
+        stdout.contains(refusal) && stdout.contains("drop the manifest again"),
+        "the dry run: {stdout}"
+    );
+    let (code, stdout, err) = replay(false).await;
+    assert_eq!(code, 75, "nothing replayed: {stdout}{err}");
+    assert!(stdout.contains(refusal), "{stdout}");
+    env.drop_file("photos/a.png", &original);
+    let (code, stdout, err) = replay(false).await;
+    assert_eq!(code, 0, "{stdout}{err}");
+    assert!(
+        stdout.contains("Requeued 1 job (1 of them made and billed but not written"),
+        "the file put back: {stdout}"
+    );
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        dimensions(&outbox.join("local/a.jpg")),
+        (40, 30),
+        "{stderr}"
+    );
+    assert_eq!(env.stats().uploads, 1, "not billed again: {stderr}");
+}
+
 /// The same when the manifest is dropped again instead of replayed (its run ended): the new
 /// run's image fetches the result kept by the earlier one (`plan` says `fetch`), and Claid
 /// is not paid twice.
