@@ -799,7 +799,7 @@ impl Finisher {
         let folders = self.deps.folders.clone();
         let src = folders.inbox.join(rel);
         let text = format!(
-            "image: {}\nrecipe: {}\nfailed: {reason}\n\nThe edit of this image failed, and the image was moved here from the inbox. To try again, move it back into its recipe folder (the dashboard's page of rejected files does that), after fixing the image or the recipe if the reason calls for it: it is made anew (a replay refuses it while it is here).\n",
+            "image: {}\nrecipe: {}\nfailed: {reason}\n\nThe edit of this image failed, and the image was moved here from the inbox. To try again, move it back into its recipe folder (the dashboard's page of rejected files does that), after fixing the image or the recipe if the reason calls for it: it is taken in anew (a replay refuses it while it is here).\n",
             crate::text::Escaped::path(&src),
             crate::text::Escaped::path(&manifest::recipe_for(&src))
         );

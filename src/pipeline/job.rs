@@ -2132,12 +2132,16 @@ impl Fresh {
 
 /// What a failed write (`code`) of `job`'s result adds to its failure: that a replay fetches
 /// the result again, when the store keeps it ([`JobV1::unwritten_result`]: not a storage
-/// output's object or local copy, which a replay submits again). Not for a folder recipe's
-/// image, which moves to `rejected/` and is made again once put back (a replay refuses it).
+/// output's object or local copy, which a replay submits again). For a folder recipe's image,
+/// which moves to `rejected/` where a replay refuses it: that moving it back fetches it.
 fn refetch_hint(job: &JobV1, code: FailureCode, inbox: &Path) -> &'static str {
-    let recipe_image = job.local && crate::manifest::recipe_for(&inbox.join(&job.input)).is_file();
-    if recipe_image || job.unwritten_result(code).is_none() {
+    if job.unwritten_result(code).is_none() {
         return "";
+    }
+    // A recipe's image moves to rejected/, where a replay refuses it; moved back, it is taken
+    // in anew, and its key finds the result kept (`done_by_key`).
+    if job.local && crate::manifest::recipe_for(&inbox.join(&job.input)).is_file() {
+        return "; once the cause is mended, moving the image back into its recipe folder fetches the result Claid made (it keeps it a day): no new bill";
     }
     "; once the cause is mended, `replay --failed` fetches the result Claid made again (it keeps it a day): no new bill"
 }

@@ -1069,6 +1069,49 @@ async fn a_kept_result_whose_local_file_changed_is_not_fetched_by_replay() {
     assert_eq!(env.stats().uploads, 1, "not billed again: {stderr}");
 }
 
+/// A folder recipe's image whose result met a read-only outbox moves to rejected/, its error
+/// file saying to move it back; moved back into its folder, it is taken in anew and fetches the
+/// result Claid made and kept for it: one upload in all.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recipe_image_whose_result_was_not_written_fetches_it_once_moved_back() {
+    let env =
+        TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_secs(2)))).await;
+    let Some((_tmpfs, disk, outbox)) = outbox_on_a_tmpfs(&env) else {
+        return;
+    };
+    let config = config_with_outbox(&env, "max_in_flight: 1\nunreachable_timeout: 2s", &outbox);
+    env.drop_file(
+        "r/.claid.yaml",
+        b"operations:\n  resizing: { width: 20, height: 10, fit: crop }\n",
+    );
+    let image = png(40, 30);
+    env.drop_file("r/shoe.png", &image);
+    let remounted = async {
+        wait_until("the upload at Claid", Duration::from_secs(60), || {
+            env.stats().requests >= 1
+        })
+        .await;
+        assert!(remount(&disk, "ro"), "remount read-only");
+    };
+    let ((code, stderr), ()) = tokio::join!(env.run_once(&config), remounted);
+    assert!(remount(&disk, "rw"), "remount read-write");
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(env.stats().uploads, 1, "{stderr}");
+    let rejected = env.rejected.join("r/shoe.png");
+    let told =
+        std::fs::read_to_string(env.rejected.join("r/shoe.png.error.txt")).expect("error file");
+    assert!(
+        told.contains("moving the image back into its recipe folder fetches the result")
+            && told.contains("no new bill"),
+        "{told}"
+    );
+    std::fs::rename(&rejected, env.inbox.join("r/shoe.png")).expect("moved back");
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(dimensions(&outbox.join("r/shoe.jpg")), (20, 10), "{stderr}");
+    assert_eq!(env.stats().uploads, 1, "not billed again: {stderr}");
+}
+
 /// The same when the manifest is dropped again instead of replayed (its run ended): the new
 /// run's image fetches the result kept by the earlier one (`plan` says `fetch`), and Claid
 /// is not paid twice.
