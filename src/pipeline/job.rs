@@ -575,6 +575,8 @@ impl Runner {
         let mut write_failures = Writes::default();
         // Whether the task was polled again for a fresh result URL (once per run).
         let mut asked_fresh_url = false;
+        // Whether `on_output_exists` was applied to a kept result before its fetch (once).
+        let mut settled_kept = false;
         loop {
             let job = match self.deps.store.job(id).await {
                 Ok(Some(job)) => job,
@@ -620,6 +622,15 @@ impl Runner {
                     kept_since_ms,
                     ..
                 } => {
+                    // A kept result fetched again (a replay, a re-drop): an output put there
+                    // since its write failed is kept (`skip`) or refused (`fail`) before the
+                    // download, as before a submit; the result stays kept.
+                    if kept_since_ms.is_some() && !settled_kept {
+                        settled_kept = true;
+                        if let Some(outcome) = self.settle_existing_output(id, &job).await {
+                            return outcome;
+                        }
+                    }
                     let result = (url.clone(), *width, *height, *task_id);
                     if url.starts_with("storage://") {
                         let copy_of = copy_of.as_deref();

@@ -1112,6 +1112,41 @@ async fn a_recipe_image_whose_result_was_not_written_fetches_it_once_moved_back(
     assert_eq!(env.stats().uploads, 1, "not billed again: {stderr}");
 }
 
+/// With `on_output_exists: skip`, a file put at the output's place since the kept result's
+/// write failed is kept by the replay before anything is downloaded (the result was fetched,
+/// then thrown away); the job is done as skipped, and the file is as it was.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kept_result_is_not_fetched_when_skip_keeps_a_file_put_there_since() {
+    let env =
+        TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_secs(2)))).await;
+    let Some((_tmpfs, config, outbox)) = a_result_unwritten(&env).await else {
+        return;
+    };
+    let mut text = std::fs::read_to_string(&config).expect("config");
+    text.push_str("on_output_exists: skip\n");
+    std::fs::write(&config, text).expect("config");
+    let theirs = png(5, 5);
+    let output = outbox.join("kept/k-64x48.jpg");
+    std::fs::create_dir_all(output.parent().expect("folder")).expect("folder");
+    std::fs::write(&output, &theirs).expect("their file");
+    let downloads = env.stats().downloads;
+    let stdout = replay_failed(&config).await;
+    assert!(stdout.contains("Requeued 1 job"), "{stdout}");
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("kept (`on_output_exists: skip`)"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(&output).expect("their file"), theirs);
+    assert_eq!(
+        env.stats().downloads,
+        downloads,
+        "nothing fetched: {stderr}"
+    );
+    assert_eq!(env.stats().submits, 1, "{stderr}");
+}
+
 /// The same when the manifest is dropped again instead of replayed (its run ended): the new
 /// run's image fetches the result kept by the earlier one (`plan` says `fetch`), and Claid
 /// is not paid twice.
