@@ -1635,7 +1635,7 @@ fn refetch_note(n: usize) -> String {
     match n {
         0 => String::new(),
         n => format!(
-            " ({n} of them made and billed but not written: their results are fetched again from Claid, which keeps them a day, not billed again)"
+            " ({n} of them made and billed but not written: their results are fetched again, from Claid (which keeps them a day) or from a storage output's bucket, not billed again)"
         ),
     }
 }

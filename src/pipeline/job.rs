@@ -1859,8 +1859,18 @@ impl Runner {
             };
             let code = object_failure(&err);
             // A local copy fetched again by a later run of the same row (the job was never
-            // submitted): the object Claid wrote is gone as well, so the image is made again.
-            if code == FailureCode::ObjectMissing && job.attempts == 0 {
+            // submitted), or an object whose local copy could not be written, fetched again
+            // by a replay (its kept result): the object Claid wrote is gone since, so the
+            // image is made again.
+            let checked_before = job.attempts == 0
+                || matches!(
+                    job.state,
+                    JobState::Downloading {
+                        kept_since_ms: Some(_),
+                        ..
+                    }
+                );
+            if code == FailureCode::ObjectMissing && checked_before {
                 info!(object = %storage.objects.uri(key), "The output object of an earlier run is gone from the bucket; the image is made again");
                 return self.make_again(id).await;
             }
@@ -2142,8 +2152,8 @@ impl Fresh {
 }
 
 /// What a failed write (`code`) of `job`'s result adds to its failure: that a replay fetches
-/// the result again, when the store keeps it ([`JobV1::unwritten_result`]: not a storage
-/// output's object or local copy, which a replay submits again). For a folder recipe's image,
+/// the result (or copies the storage output's object) again, when the store keeps it
+/// ([`JobV1::unwritten_result`]). For a folder recipe's image,
 /// which moves to `rejected/` where a replay refuses it: that moving it back fetches it.
 fn refetch_hint(job: &JobV1, code: FailureCode, inbox: &Path) -> &'static str {
     if job.unwritten_result(code).is_none() {
@@ -2153,6 +2163,9 @@ fn refetch_hint(job: &JobV1, code: FailureCode, inbox: &Path) -> &'static str {
     // in anew, and its key finds the result kept (`done_by_key`).
     if job.local && crate::manifest::recipe_for(&inbox.join(&job.input)).is_file() {
         return "; once the cause is mended, moving the image back into its recipe folder fetches the result Claid made (it keeps it a day): no new bill";
+    }
+    if matches!(&job.state, JobState::Downloading { url, .. } if url.starts_with("storage://")) {
+        return "; once the cause is mended, `replay --failed` copies the object Claid wrote from the bucket again: no new bill";
     }
     "; once the cause is mended, `replay --failed` fetches the result Claid made again (it keeps it a day): no new bill"
 }

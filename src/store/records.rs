@@ -270,10 +270,11 @@ impl JobV1 {
     }
 
     /// The result a job downloading it keeps when it fails `code`: one whose write into the
-    /// outbox failed (Claid made and billed it, and keeps it a day), and one a replay fetched
-    /// again that failed for any reason (found gone, it is submitted again instead of failing).
-    /// A storage output's object, a local copy fetched again, and a first download that failed
-    /// keep none.
+    /// outbox failed (Claid made and billed it, and keeps it a day; a storage output's object,
+    /// whose local copy `output_local_copy` could not write, stays in the bucket), and one a
+    /// replay fetched again that failed for any reason (found gone, it is submitted again
+    /// instead of failing). A local copy a later run fetched again (`copy_of`), and a first
+    /// download or object check that failed, keep none.
     pub fn unwritten_result(&self, code: FailureCode) -> Option<UnwrittenResult> {
         match &self.state {
             JobState::Downloading {
@@ -284,9 +285,7 @@ impl JobV1 {
                 kept_since_ms,
                 submitted_at_ms,
                 ..
-            } if (code.is_local_write() || kept_since_ms.is_some())
-                && !url.starts_with("storage://") =>
-            {
+            } if code.is_local_write() || kept_since_ms.is_some() => {
                 Some(UnwrittenResult {
                     url: url.clone(),
                     width: *width,
@@ -450,12 +449,21 @@ pub const UNWRITTEN_RESULT_KEPT: std::time::Duration = std::time::Duration::from
 /// A result Claid made and billed whose write into the outbox failed ([`JobState::Failed`]).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct UnwrittenResult {
-    /// Its temporary URL.
+    /// Its temporary URL, or the storage output's object (`storage://CONNECTOR/key`) whose
+    /// local copy could not be written.
     pub url: String,
     pub width: u32,
     pub height: u32,
     /// When the daemon first had it (milliseconds since the epoch): Claid keeps it a day.
     pub at_ms: u64,
+}
+
+impl UnwrittenResult {
+    /// A storage output's object, in the bucket for as long as nobody deletes it (not a
+    /// temporary URL that Claid keeps a day).
+    pub fn is_object(&self) -> bool {
+        self.url.starts_with("storage://")
+    }
 }
 
 /// The fields of [`JobState::Done`], passed to `Store::mark_done`.
@@ -549,13 +557,17 @@ impl JobState {
     }
 
     /// A failed write's result a replay at `now_ms` fetches again instead of submitting the
-    /// image again: Claid still keeps it ([`UNWRITTEN_RESULT_KEPT`]).
+    /// image again: Claid still keeps it ([`UNWRITTEN_RESULT_KEPT`]), or it is a storage
+    /// output's object, which stays in the bucket (found gone, the image is made again).
     pub fn refetchable(&self, now_ms: u64) -> Option<&UnwrittenResult> {
         match self {
             JobState::Failed {
                 unwritten: Some(result),
                 ..
-            } if now_ms.saturating_sub(result.at_ms) < UNWRITTEN_RESULT_KEPT.as_millis() as u64 => {
+            } if result.is_object()
+                || now_ms.saturating_sub(result.at_ms)
+                    < UNWRITTEN_RESULT_KEPT.as_millis() as u64 =>
+            {
                 Some(result)
             }
             _ => None,

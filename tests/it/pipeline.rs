@@ -711,7 +711,7 @@ async fn a_report_the_full_outbox_refuses_leaves_no_stale_report_and_goes_to_the
 }
 
 /// `mount -o remount,MODE` of a test's tmpfs; false when it cannot be done here.
-fn remount(disk: &std::path::Path, mode: &str) -> bool {
+pub(crate) fn remount(disk: &std::path::Path, mode: &str) -> bool {
     std::process::Command::new("mount")
         .args(["-o", &format!("remount,{mode}")])
         .arg(disk)
@@ -722,18 +722,23 @@ fn remount(disk: &std::path::Path, mode: &str) -> bool {
 /// A config whose outbox is `outbox` (on a test's tmpfs).
 fn config_with_outbox(env: &TestEnv, api: &str, outbox: &std::path::Path) -> std::path::PathBuf {
     let config = env.config(api, "");
-    let text = std::fs::read_to_string(&config).expect("config").replace(
+    move_outbox(env, &config, outbox);
+    config
+}
+
+/// Has `config` (one of `env`'s) name `outbox` for its outbox.
+pub(crate) fn move_outbox(env: &TestEnv, config: &std::path::Path, outbox: &std::path::Path) {
+    let text = std::fs::read_to_string(config).expect("config").replace(
         &format!("outbox: {}", env.outbox.display()),
         &format!("outbox: {}", outbox.display()),
     );
-    std::fs::write(&config, text).expect("config");
-    config
+    std::fs::write(config, text).expect("config");
 }
 
 /// An outbox on a tmpfs of its own under the test's folder (which the tests remount
 /// read-only): the mount, its mount point and the outbox; `None` (said on stderr) where tmpfs
 /// cannot be mounted.
-fn outbox_on_a_tmpfs(
+pub(crate) fn outbox_on_a_tmpfs(
     env: &TestEnv,
 ) -> Option<(
     crate::support::Tmpfs,

@@ -1305,6 +1305,21 @@ async fn a_result_whose_write_failed_is_kept_for_a_replay_within_its_day() {
     };
     assert!(old.refetchable(now).is_none() && old.billed_again_by_replay(now));
     assert!(old.refetchable(now - 1).is_some());
+    // A storage output's object whose local copy could not be written stays in the bucket:
+    // past the day, it is still copied again, not made again.
+    let object = JobState::Failed {
+        code: FailureCode::OutputReadOnly,
+        message: String::new(),
+        attempts: 1,
+        task_id: Some(7),
+        unwritten: Some(UnwrittenResult {
+            url: "storage://catalog-s3/out/a.png".to_owned(),
+            width: 32,
+            height: 32,
+            at_ms: now - 2 * day,
+        }),
+    };
+    assert!(object.refetchable(now).is_some() && !object.billed_again_by_replay(now));
     let mut expired = job(1, "k-old");
     expired.state = old;
     expired.batch = Some(5);

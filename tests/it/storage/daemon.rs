@@ -1017,6 +1017,102 @@ async fn a_broken_output_object_fails_as_a_mismatch_without_a_local_copy() {
     s3.stop().await;
 }
 
+/// `output_local_copy` of one image whose copy meets an outbox turned read-only while Claid
+/// writes the object: the run ends 2, its failure naming the replay that copies the object
+/// again; then the outbox takes writes again. The env, config, mount and outbox; `None` where
+/// tmpfs cannot be mounted.
+async fn a_local_copy_unwritten(
+    s3: &S3Server,
+) -> Option<(TestEnv, PathBuf, crate::support::Tmpfs, PathBuf)> {
+    let scenario = Scenario::default().latency(Latency::Fixed(std::time::Duration::from_secs(2)));
+    let (env, config) = storage_env(s3, scenario, "output_local_copy: true", 1).await;
+    let (tmpfs, disk, outbox) = crate::pipeline::outbox_on_a_tmpfs(&env)?;
+    crate::pipeline::move_outbox(&env, &config, &outbox);
+    let text = std::fs::read_to_string(&config).expect("config").replacen(
+        "api:\n",
+        "api:\n  unreachable_timeout: 2s\n  batch: { max_images: 1 }\n",
+        1,
+    );
+    std::fs::write(&config, text).expect("config");
+    env.drop_file(
+        "shoes.yaml",
+        b"output: { format: png, destination: storage://catalog/out/ }\nimages:\n  - storage://catalog/in/sku-0.png\n",
+    );
+    let remounted = async {
+        crate::support::wait_until(
+            "the image at Claid",
+            std::time::Duration::from_secs(60),
+            || env.stats().submits >= 1,
+        )
+        .await;
+        assert!(crate::pipeline::remount(&disk, "ro"), "remount read-only");
+    };
+    let ((code, stderr), ()) = tokio::join!(env.run_once(&config), remounted);
+    assert!(crate::pipeline::remount(&disk, "rw"), "remount read-write");
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("copies the object Claid wrote from the bucket again"),
+        "{stderr}"
+    );
+    let config_arg = config.to_str().expect("utf-8");
+    let (code, stdout, err) =
+        crate::support::cli(&["replay", "--failed", "--config", config_arg]).await;
+    assert_eq!(code, 0, "{stdout}{err}");
+    assert!(
+        stdout.contains("made and billed but not written"),
+        "{stdout}"
+    );
+    Some((env, config, tmpfs, outbox))
+}
+
+/// [`a_local_copy_unwritten`], replayed: the object Claid wrote (and billed) is copied from
+/// the bucket again: one image sent in all (it was sent again, and billed twice).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_local_copy_that_could_not_be_written_is_copied_again_by_replay_not_billed_again() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let Some((env, config, _tmpfs, outbox)) = a_local_copy_unwritten(&s3).await else {
+        s3.stop().await;
+        return;
+    };
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    let local = std::fs::read(outbox.join("shoes/sku-0.png")).expect("local copy");
+    let object = s3
+        .get_object("catalog", "raw/out/shoes/sku-0.png")
+        .await
+        .expect("object");
+    assert_eq!(local, object, "the local copy is the object");
+    assert_eq!(env.stats().submits, 1, "not billed again: {stderr}");
+    s3.stop().await;
+}
+
+/// The same when the object was deleted from the bucket before the replay's copy: known gone,
+/// the image is made again (not failed again at every replay), and its copy written.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kept_object_deleted_from_the_bucket_is_made_again_by_the_replay() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let Some((env, config, _tmpfs, outbox)) = a_local_copy_unwritten(&s3).await else {
+        s3.stop().await;
+        return;
+    };
+    s3.delete_object("catalog", "raw/out/shoes/sku-0.png").await;
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("the image is made again"), "{stderr}");
+    assert_eq!(env.stats().submits, 2, "{stderr}");
+    let local = std::fs::read(outbox.join("shoes/sku-0.png")).expect("local copy");
+    let object = s3
+        .get_object("catalog", "raw/out/shoes/sku-0.png")
+        .await
+        .expect("object made again");
+    assert_eq!(local, object, "the local copy is the new object");
+    s3.stop().await;
+}
+
 /// A later run whose local copy is gone and whose object was replaced in the bucket since
 /// (another tool wrote over it) does not take that object for the image's result (it was
 /// copied into the outbox as if Claid had made it): the image is made again.
