@@ -1587,7 +1587,7 @@ async fn issue11_images_held_in_doubt_by_a_run_saved_again_end_superseded_and_co
     wait_until_async("v2's image is held", DEADLINE, || async {
         held()
             .await
-            .is_some_and(|out| out.contains("c-64x48") && out.ends_with("\n1 jobs\n"))
+            .is_some_and(|out| out.contains("c-64x48") && out.ends_with("\n1 job\n"))
     })
     .await;
     stop(&mut daemon).await;
@@ -1614,7 +1614,7 @@ async fn issue11_images_held_in_doubt_by_a_run_saved_again_end_superseded_and_co
     // Only v2's image is held, and only it is replayed.
     let (_, out, _) = cli(&["jobs", "--state", "in-doubt", "--config", cfg]).await;
     assert!(
-        out.contains("c-64x48") && out.ends_with("\n1 jobs\n"),
+        out.contains("c-64x48") && out.ends_with("\n1 job\n"),
         "{out}"
     );
     let (_, out, _) = cli(&["jobs", "--state", "superseded", "--config", cfg]).await;

@@ -1071,7 +1071,7 @@ async fn images_held_while_their_run_drains_end_superseded_with_it() {
     let (_, out, err) =
         crate::support::cli(&["jobs", "--state", "in-doubt", "--config", cfg]).await;
     assert!(
-        out.contains("v2-0") && out.ends_with("\n1 jobs\n"),
+        out.contains("v2-0") && out.ends_with("\n1 job\n"),
         "only v2's image is held: {out}{err}"
     );
 }
