@@ -286,6 +286,7 @@ impl Metrics {
             ("handed", dispatch.handed),
             ("adopted", dispatch.adopted),
             ("duplicate", dispatch.duplicates),
+            ("not_final", dispatch.not_final),
         ] {
             self.webhooks
                 .get_or_create(&OutcomeLabel {

@@ -514,6 +514,9 @@ impl Dispatch {
             .or_else(|| inner.owned_early.remove(&id))
         {
             inner.mark_done(id);
+            // It came before its submit's answer was recorded: handed now, and counted so
+            // (it was counted `kept` only, in no outcome `/metrics` shows).
+            inner.stats.handed += 1;
             slot.put(update);
         }
         inner.waiting.insert(id, slot.clone());
@@ -756,7 +759,12 @@ impl Dispatch {
         let announced = {
             let mut inner = self.lock();
             let owned = inner.owned_early.remove(&task).is_some();
-            inner.early.remove(&task).is_some() || owned
+            let announced = inner.early.remove(&task).is_some() || owned;
+            // Kept, and never taken: the poll had the task's end first, so it was a duplicate.
+            if announced {
+                inner.stats.duplicates += 1;
+            }
+            announced
         };
         if announced {
             self.heard_now(done);
@@ -1548,8 +1556,15 @@ mod tests {
         );
         let stats = dispatch.stats();
         assert_eq!(
-            (stats.handed, stats.kept, stats.adopted, stats.duplicates),
-            (1, 1, 1, 1)
+            (
+                stats.handed,
+                stats.kept,
+                stats.adopted,
+                stats.duplicates,
+                stats.not_final
+            ),
+            (2, 1, 1, 1, 1),
+            "the early update is handed once its task is watched"
         );
     }
 
