@@ -392,6 +392,26 @@ async fn the_daemons_own_early_and_late_announcements_are_not_counted_as_unknown
         text.contains("claid_hotfolder_webhooks{outcome=\"unknown_task\"} 1"),
         "only the unknown task's: {text}"
     );
+    // Every verified one ends in exactly one outcome: those that came before their submit's
+    // answer were verified and counted in none.
+    let outcome = |name: &str| -> u64 {
+        let prefix = format!("claid_hotfolder_webhooks{{outcome=\"{name}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name}: {text}"))
+    };
+    let ended: u64 = [
+        "handed",
+        "adopted",
+        "duplicate",
+        "unknown_task",
+        "not_final",
+    ]
+    .iter()
+    .map(|name| outcome(name))
+    .sum();
+    assert_eq!(ended, outcome("verified"), "{text}");
     crate::support::stop(&mut daemon).await;
 }
 
