@@ -61,6 +61,14 @@ pub enum Silence {
     NotForDone,
 }
 
+/// The dispatch before webhooks an earlier process kept are delivered again
+/// ([`Dispatch::replaying`]).
+#[derive(Debug)]
+pub struct Replaying {
+    stats: DispatchStats,
+    early: std::collections::HashSet<TaskRef>,
+}
+
 /// Counters for `/metrics` and the benchmark.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DispatchStats {
@@ -69,6 +77,10 @@ pub struct DispatchStats {
     pub adopted: u64,
     pub duplicates: u64,
     pub not_final: u64,
+    /// Webhooks an earlier process verified and kept in the store, given to this one's jobs
+    /// at its start ([`Dispatch::replayed`]): in none of the outcomes above, which count
+    /// what this process verified.
+    pub replayed: u64,
 }
 
 /// Shared by the webhook consumer and every job and batch task.
@@ -143,6 +155,10 @@ struct Inner {
     waiting: HashMap<TaskRef, Arc<Slot>>,
     /// Final updates that came before anyone waited, with their arrival.
     early: HashMap<TaskRef, (Instant, TaskUpdate)>,
+    /// Of those (and of `owned_early`), the ones already counted in an outcome (an adopted
+    /// task's update kept for its job's next look, [`Dispatch::keep`]) or in none (one an
+    /// earlier process verified, [`Dispatch::replayed`]): taken, they are not counted again.
+    counted_early: std::collections::HashSet<TaskRef>,
     /// The same for tasks a job took already ([`Dispatch::deliver_owned`]): only that job's
     /// own wait takes them, never an adoption.
     owned_early: HashMap<TaskRef, (Instant, TaskUpdate)>,
@@ -326,8 +342,8 @@ impl Dispatch {
         let id = update.task();
         let mut inner = self.lock();
         if !update.status().is_terminal() {
-            inner.stats.not_final += 1;
             if owned {
+                inner.stats.not_final += 1;
                 return Delivery::NotFinal;
             }
             // A lost submit's task named before it ends (an ACCEPTED or PROCESSING webhook):
@@ -349,6 +365,8 @@ impl Dispatch {
                     inner.named.insert(id, (Instant::now(), update));
                 }
             }
+            // Counted here: a lost submit that adopts its task later moves it to `adopted`.
+            inner.stats.not_final += 1;
             return Delivery::NotFinal;
         }
         let update = match inner.hand_over(update) {
@@ -490,6 +508,8 @@ impl Dispatch {
     pub fn keep(&self, update: TaskUpdate) {
         let mut inner = self.lock();
         inner.done.remove(&update.task());
+        // Counted as `adopted` already.
+        inner.counted_early.insert(update.task());
         inner.early.insert(update.task(), (Instant::now(), update));
     }
 
@@ -515,8 +535,11 @@ impl Dispatch {
         {
             inner.mark_done(id);
             // It came before its submit's answer was recorded: handed now, and counted so
-            // (it was counted `kept` only, in no outcome `/metrics` shows).
-            inner.stats.handed += 1;
+            // (it was counted `kept` only, in no outcome `/metrics` shows), unless an
+            // adoption counted it.
+            if !inner.counted_early.remove(&id) {
+                inner.stats.handed += 1;
+            }
             slot.put(update);
         }
         inner.waiting.insert(id, slot.clone());
@@ -557,11 +580,15 @@ impl Dispatch {
         match came.and_then(|id| inner.early.remove(&id).map(|(_, update)| (id, update))) {
             Some((id, update)) => {
                 inner.mark_done(id);
-                inner.stats.adopted += 1;
+                if !inner.counted_early.remove(&id) {
+                    inner.stats.adopted += 1;
+                }
                 slot.put(update);
             }
             None => match named.and_then(|id| inner.named.remove(&id)) {
                 Some((_, update)) => {
+                    // Counted `not_final` when it came: one outcome each.
+                    inner.stats.not_final = inner.stats.not_final.saturating_sub(1);
                     inner.stats.adopted += 1;
                     slot.put(update);
                 }
@@ -737,6 +764,40 @@ impl Dispatch {
         self.lock().stats
     }
 
+    /// Before webhooks an earlier process kept are delivered again at the start: what
+    /// [`Dispatch::replayed`] needs to leave them out of this process's outcomes.
+    pub fn replaying(&self) -> Replaying {
+        let inner = self.lock();
+        Replaying {
+            stats: inner.stats,
+            early: inner
+                .early
+                .keys()
+                .chain(inner.owned_early.keys())
+                .copied()
+                .collect(),
+        }
+    }
+
+    /// After `n` webhooks an earlier process kept were delivered again (since `before`): the
+    /// outcomes they were counted in are taken back (the earlier process verified them; this
+    /// one's `/metrics` counts what it verified, each in one outcome), they count as
+    /// `replayed`, and those kept for a job that has not taken them yet are not counted when
+    /// it does.
+    pub fn replayed(&self, before: Replaying, n: u64) {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        inner.stats = DispatchStats {
+            replayed: before.stats.replayed + n,
+            ..before.stats
+        };
+        for id in inner.early.keys().chain(inner.owned_early.keys()) {
+            if !before.early.contains(id) {
+                inner.counted_early.insert(*id);
+            }
+        }
+    }
+
     /// A poll found `task` (a batch counts for [`BATCH_SILENCE_WEIGHT`] tasks) submitted at
     /// `submitted_at_ms` ended while webhooks are on. If its webhook came meanwhile and was
     /// kept (nothing watched for it: the task was sent while webhooks were unproven or
@@ -760,8 +821,9 @@ impl Dispatch {
             let mut inner = self.lock();
             let owned = inner.owned_early.remove(&task).is_some();
             let announced = inner.early.remove(&task).is_some() || owned;
-            // Kept, and never taken: the poll had the task's end first, so it was a duplicate.
-            if announced {
+            // Kept, and never taken: the poll had the task's end first, so it was a duplicate
+            // (unless an adoption counted it).
+            if announced && !inner.counted_early.remove(&task) {
                 inner.stats.duplicates += 1;
             }
             announced
@@ -890,7 +952,7 @@ impl Dispatch {
     /// being delivered, not only configured.
     pub fn heard_any(&self) -> bool {
         let s = self.stats();
-        s.handed + s.kept + s.adopted + s.duplicates + s.not_final > 0
+        s.handed + s.kept + s.adopted + s.duplicates + s.not_final + s.replayed > 0
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -948,7 +1010,9 @@ impl Inner {
             match take(self, &update) {
                 Some(owners) => {
                     self.mark_done(id);
-                    self.stats.adopted += 1;
+                    if !self.counted_early.remove(&id) {
+                        self.stats.adopted += 1;
+                    }
                     adoptions(self).push((update, owners));
                     any = true;
                 }
@@ -1007,6 +1071,9 @@ impl Inner {
         let cutoff = Instant::now() - EARLY_TTL;
         self.early.retain(|_, (at, _)| *at > cutoff);
         self.owned_early.retain(|_, (at, _)| *at > cutoff);
+        let (early, owned) = (&self.early, &self.owned_early);
+        self.counted_early
+            .retain(|id| early.contains_key(id) || owned.contains_key(id));
         self.named.retain(|_, (at, _)| *at > cutoff);
     }
 }
@@ -1566,6 +1633,72 @@ mod tests {
             (2, 1, 1, 1, 1),
             "the early update is handed once its task is watched"
         );
+    }
+
+    /// Each webhook ends in one outcome of `/metrics`: an adopted task's update kept for its
+    /// job's next look and then watched is not counted `handed` besides `adopted`, and a
+    /// not-final update later adopted by a lost submit moves from `not_final` to `adopted`.
+    #[tokio::test]
+    async fn every_webhook_is_counted_in_one_outcome() {
+        let dispatch = Arc::new(Dispatch::default());
+        let req = serde_json::json!({"input": "https://x/a.jpg", "operations": {}});
+        let lost = dispatch.lost_submit(&req, 1).expect("a key");
+        assert_eq!(
+            dispatch.deliver(update(1, "DONE", req.clone())),
+            Delivery::Adopted
+        );
+        let adopted = lost.wait(Duration::from_millis(1)).await.expect("adopted");
+        dispatch.keep(adopted);
+        let watch = dispatch.watch(TaskRef::Async(1));
+        assert!(watch.wait(Duration::from_millis(1)).await.is_some());
+        let other = serde_json::json!({"input": "https://x/b.jpg", "operations": {}});
+        assert_eq!(
+            dispatch.deliver(update(2, "PROCESSING", other.clone())),
+            Delivery::NotFinal
+        );
+        assert_eq!(dispatch.stats().not_final, 1);
+        let lost = dispatch.lost_submit(&other, 1).expect("a key");
+        assert!(lost.wait(Duration::from_millis(1)).await.is_some());
+        let s = dispatch.stats();
+        assert_eq!(
+            (s.handed, s.adopted, s.duplicates, s.not_final),
+            (0, 2, 0, 0)
+        );
+    }
+
+    /// Webhooks an earlier process verified and kept, delivered again at the start, count in
+    /// none of this process's outcomes, whether a job then takes one by its id or a lost
+    /// submit adopts it (one such counted `handed` and `adopted` after a restart), and still
+    /// show that webhooks come.
+    #[tokio::test]
+    async fn webhooks_kept_before_a_restart_count_in_no_outcome_of_this_process() {
+        let dispatch = Arc::new(Dispatch::default());
+        let own = serde_json::json!({"input": "https://x/own.jpg", "operations": {}});
+        let lost = serde_json::json!({"input": "https://x/lost.jpg", "operations": {}});
+        let before = dispatch.replaying();
+        assert_eq!(dispatch.deliver(update(5, "DONE", own)), Delivery::Kept);
+        assert_eq!(
+            dispatch.deliver(update(6, "DONE", lost.clone())),
+            Delivery::Kept
+        );
+        dispatch.replayed(before, 2);
+        let watch = dispatch.watch(TaskRef::Async(5));
+        assert!(watch.wait(Duration::from_millis(1)).await.is_some());
+        let adopting = dispatch.lost_submit(&lost, 1).expect("a key");
+        assert!(adopting.wait(Duration::from_millis(1)).await.is_some());
+        let s = dispatch.stats();
+        assert_eq!(
+            (
+                s.handed,
+                s.kept,
+                s.adopted,
+                s.duplicates,
+                s.not_final,
+                s.replayed
+            ),
+            (0, 0, 0, 0, 0, 2)
+        );
+        assert!(dispatch.heard_any(), "webhooks came, before the restart");
     }
 
     /// An echo with `null` for the fields the job did not send (as a model-backed server

@@ -407,6 +407,8 @@ async fn the_daemons_own_early_and_late_announcements_are_not_counted_as_unknown
         "duplicate",
         "unknown_task",
         "not_final",
+        "rejected_body",
+        "sink_busy",
     ]
     .iter()
     .map(|name| outcome(name))
