@@ -230,7 +230,8 @@ pub struct ReplayPreview {
     #[serde(default)]
     pub billed: bool,
     /// Claid made and billed this image's result, and an earlier run could not write it: the
-    /// replay fetches that result again (Claid keeps it a day), with no new bill.
+    /// replay fetches that result again (Claid keeps it a day; a storage output's object stays
+    /// in its bucket), with no new bill.
     #[serde(default)]
     pub refetch: bool,
 }

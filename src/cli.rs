@@ -984,13 +984,15 @@ fn cmd_plan(config_path: &Path, file: &Path) -> anyhow::Result<i32> {
             }
         });
         let refetch = matches!(again, Some(JobState::Downloading { .. }));
-        // A result made but not written, fetched again from Claid (not a local copy).
+        // A result made but not written, fetched again from Claid (a storage output's object
+        // is copied again, `copy`, as a local copy that is gone is).
         let kept = matches!(
-            again,
+            &again,
             Some(JobState::Downloading {
                 kept_since_ms: Some(_),
+                url,
                 ..
-            })
+            }) if !url.starts_with("storage://")
         );
         let unchanged = again.is_some();
         let (input, local) = match &job.input {
@@ -1605,8 +1607,13 @@ fn cmd_replay(
         billed.push_str(&refetch_note(answer.refetched));
         billed.push_str(&in_doubt_note(answer.in_doubt_again));
         if later {
+            let they = if answer.requeued == 1 {
+                "it runs"
+            } else {
+                "they run"
+            };
             println!(
-                "Requeued {}{billed}; they run at the daemon's next start.",
+                "Requeued {}{billed}; {they} at the daemon's next start.",
                 crate::text::count(answer.requeued, "job")
             );
         } else {

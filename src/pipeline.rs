@@ -342,10 +342,27 @@ pub async fn kept_result_fits(inbox: &std::path::Path, job: &crate::store::JobV1
     }
     let path = inbox.join(&job.input);
     let read = path.clone();
-    let Ok(Ok(sha256)) =
-        tokio::task::spawn_blocking(move || crate::output::sha256_file(&read)).await
-    else {
-        return true;
+    // Opened without blocking, and hashed only as a regular file: a FIFO put in its place
+    // blocked the open, and the replay (or its dry run) with it, for ever. Anything else
+    // there is not the file the result was made from.
+    let hashed = tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&read)?;
+        if !file.metadata()?.is_file() {
+            return Ok(None);
+        }
+        let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+        std::io::copy(&mut file, &mut hasher)?;
+        Ok::<_, std::io::Error>(Some(hex::encode(sha2::Digest::finalize(hasher))))
+    })
+    .await;
+    let sha256 = match hashed {
+        Ok(Ok(Some(sha256))) => sha256,
+        Ok(Ok(None)) => return false,
+        _ => return true,
     };
     let input = crate::manifest::Input::Local(Box::new(crate::manifest::LocalFile {
         path,
@@ -376,7 +393,7 @@ pub fn local_input_gone(
     // and made again by itself; a replay besides would find only the earlier run.
     if recipe_image && job.state.name() == crate::codes::StateName::Failed {
         return Some(format!(
-            "job {id} is not replayed: its input `{}` is no longer in the inbox (a folder recipe's image whose edit failed moves to rejected/); move it back into its recipe folder, which makes it again by itself (no replay needed)",
+            "job {id} is not replayed: its input `{}` is no longer in the inbox (a folder recipe's image whose edit failed moves to rejected/); move it back into its recipe folder, which takes it in anew by itself (no replay needed; a result Claid made and kept for it is fetched, not billed again)",
             crate::text::escape(&job.input)
         ));
     }
@@ -1193,6 +1210,7 @@ impl Handle {
         let kept = store.kept_announcements(dispatch::KEPT_TTL).await?;
         let mut taken = 0usize;
         let n = kept.len();
+        let before = self.shared.dispatch.replaying();
         for (key, body) in kept {
             let delivery = match TaskUpdate::parse(&body) {
                 Ok(update) => Some(deliver_checked(&self.shared, update).await),
@@ -1206,6 +1224,7 @@ impl Handle {
                 taken += usize::from(delivery.is_some());
             }
         }
+        self.shared.dispatch.replayed(before, n as u64);
         if n > 0 {
             info!(
                 kept = n,

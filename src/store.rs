@@ -947,6 +947,19 @@ impl Store {
         code: FailureCode,
         message: &str,
     ) -> Result<JobV1, StoreError> {
+        self.mark_failed_keeping(id, code, message, None).await
+    }
+
+    /// [`Store::mark_failed`] of a job whose storage object's copy could not be written:
+    /// `object_sha` is the sha256 of the bytes read from the object, kept with it
+    /// ([`UnwrittenResult::sha256`]) for a replay to copy only that object again.
+    pub async fn mark_failed_keeping(
+        &self,
+        id: JobId,
+        code: FailureCode,
+        message: &str,
+        object_sha: Option<String>,
+    ) -> Result<JobV1, StoreError> {
         // Kept as every reader may show it (reports, the dashboard, alerts): Claid's messages
         // quote the inputs, and an input's URL may carry a signature.
         let message = crate::text::capped(&crate::text::redact_urls_in(message)).into_owned();
@@ -962,7 +975,10 @@ impl Store {
                         message: message.clone(),
                         attempts: job.attempts,
                         task_id: job.state.task_id(),
-                        unwritten: job.unwritten_result(code),
+                        unwritten: job.unwritten_result(code).map(|mut kept| {
+                            kept.sha256 = kept.sha256.or_else(|| object_sha.clone());
+                            kept
+                        }),
                     },
                 ))
             })

@@ -337,7 +337,7 @@ impl Drop for WritesBlocked {
                             "No output waits for room to be written any more; submitting resumed"
                         ),
                         Some((_, disk)) => info!(
-                            "No output waits for room to be written any more; submitting stays paused while the outbox's disk is full ({disk})"
+                            "No output waits for room to be written any more; submitting stays paused: {disk}"
                         ),
                     }
                 }

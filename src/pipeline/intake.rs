@@ -671,7 +671,9 @@ impl Intake {
             manifest_id = id,
             jobs = n_jobs,
             unchanged,
-            to_submit = queued.len(),
+            // (`queued` holds the jobs that fetch a result again too: no submit for those.)
+            to_submit = queued.iter().filter(|id| !fetching.contains(id)).count(),
+            fetched_again = fetching.len(),
             "Manifest accepted"
         );
         if !queued.is_empty() {

@@ -575,8 +575,6 @@ impl Runner {
         let mut write_failures = Writes::default();
         // Whether the task was polled again for a fresh result URL (once per run).
         let mut asked_fresh_url = false;
-        // Whether `on_output_exists` was applied to a kept result before its fetch (once).
-        let mut settled_kept = false;
         loop {
             let job = match self.deps.store.job(id).await {
                 Ok(Some(job)) => job,
@@ -622,15 +620,6 @@ impl Runner {
                     kept_since_ms,
                     ..
                 } => {
-                    // A kept result fetched again (a replay, a re-drop): an output put there
-                    // since its write failed is kept (`skip`) or refused (`fail`) before the
-                    // download, as before a submit; the result stays kept.
-                    if kept_since_ms.is_some() && !settled_kept {
-                        settled_kept = true;
-                        if let Some(outcome) = self.settle_existing_output(id, &job).await {
-                            return outcome;
-                        }
-                    }
                     let result = (url.clone(), *width, *height, *task_id);
                     if url.starts_with("storage://") {
                         let copy_of = copy_of.as_deref();
@@ -1725,7 +1714,9 @@ impl Runner {
                 // filesystem: about this job, and waiting will not heal it. Fail it at once.
                 if !err.heals() {
                     let message = format!("{err}{}", refetch_hint(job, code, &deps.inbox));
-                    return self.fail(id, code, &message).await;
+                    return self
+                        .fail_keeping(id, code, &message, object_sha(job, &result))
+                        .await;
                 }
                 // A full disk, too many open files, an I/O error, a permission: the job stays
                 // Downloading and is written again after a wait, a bounded number of times.
@@ -1743,7 +1734,9 @@ impl Runner {
                     if let Some(folder) = folder {
                         deps.health.gave_up_on(folder, message.clone());
                     }
-                    return self.fail(id, code, &message).await;
+                    return self
+                        .fail_keeping(id, code, &message, object_sha(job, &result))
+                        .await;
                 }
                 let after = healing_write_wait(n);
                 error!(error = %err, code = %code, attempt = n, retry_in_ms = after.as_millis() as u64, "Cannot write the output; retrying later");
@@ -1797,6 +1790,18 @@ impl Runner {
         write_failures: &mut Writes,
     ) -> Step {
         let deps = &*self.deps;
+        // Checked before, by an earlier run or by this job before its copy's write failed
+        // (a local copy fetched again by a later run of the same row, never submitted; or a
+        // replay's kept object): an object gone since, or no longer the one copied, is not
+        // this image's result, and the image is made again.
+        let checked_before = job.attempts == 0
+            || matches!(
+                job.state,
+                JobState::Downloading {
+                    kept_since_ms: Some(_),
+                    ..
+                }
+            );
         let Some((connector, key)) = crate::storages::split_uri(&uri) else {
             return self
                 .fail(
@@ -1858,18 +1863,7 @@ impl Runner {
                 Err(Some(err)) => err,
             };
             let code = object_failure(&err);
-            // A local copy fetched again by a later run of the same row (the job was never
-            // submitted), or an object whose local copy could not be written, fetched again
-            // by a replay (its kept result): the object Claid wrote is gone since, so the
-            // image is made again.
-            let checked_before = job.attempts == 0
-                || matches!(
-                    job.state,
-                    JobState::Downloading {
-                        kept_since_ms: Some(_),
-                        ..
-                    }
-                );
+            // The object Claid wrote is gone since it was checked: made again.
             if code == FailureCode::ObjectMissing && checked_before {
                 info!(object = %storage.objects.uri(key), "The output object of an earlier run is gone from the bucket; the image is made again");
                 return self.make_again(id).await;
@@ -1942,7 +1936,7 @@ impl Runner {
                 // any more (replaced in the bucket since, by another tool or a person): not
                 // this image's result, so it is made again, as when the object is gone.
                 if let Some(copied) = copy_of
-                    && job.attempts == 0
+                    && checked_before
                     && hex::encode(sha2::Sha256::digest(&bytes)) != copied
                 {
                     warn!(object = %storage.objects.uri(key), bytes = bytes.len(), "The output object of an earlier run was replaced in the bucket since its local copy was made; the image is made again");
@@ -1953,6 +1947,12 @@ impl Runner {
                 else {
                     break bytes;
                 };
+                // It passed this check when it was copied before: another image was put at
+                // its key since (read again, it would fail the job at every replay).
+                if checked_before {
+                    warn!(object = %storage.objects.uri(key), reason = %message, "The output object copied before is not the same image any more; the image is made again");
+                    return self.make_again(id).await;
+                }
                 let object = storage.objects.uri(key);
                 if let Some(step) = self.read_again(id, &mut reads, message, &object).await {
                     return step;
@@ -2109,7 +2109,25 @@ impl Runner {
     }
 
     async fn fail(&self, id: JobId, code: FailureCode, message: &str) -> Step {
-        match self.deps.store.mark_failed(id, code, message).await {
+        self.fail_keeping(id, code, message, None).await
+    }
+
+    /// [`Runner::fail`] of a job whose storage object's copy could not be written, with the
+    /// sha256 of the object's bytes (`object_sha`): a replay copies the object again only
+    /// while it still has them.
+    async fn fail_keeping(
+        &self,
+        id: JobId,
+        code: FailureCode,
+        message: &str,
+        object_sha: Option<String>,
+    ) -> Step {
+        match self
+            .deps
+            .store
+            .mark_failed_keeping(id, code, message, object_sha)
+            .await
+        {
             Ok(_) => {
                 warn!(code = %code, reason = %message, "Job failed");
                 Step::End(JobOutcome::Failed(code))
@@ -2151,6 +2169,13 @@ impl Fresh {
     }
 }
 
+/// The sha256 of `bytes` when `job` copies a storage output's object (the copy a failed
+/// write keeps for a replay, [`Runner::fail_keeping`]); `None` for a downloaded result.
+fn object_sha(job: &JobV1, bytes: &[u8]) -> Option<String> {
+    matches!(&job.state, JobState::Downloading { url, .. } if url.starts_with("storage://"))
+        .then(|| hex::encode(sha2::Sha256::digest(bytes)))
+}
+
 /// What a failed write (`code`) of `job`'s result adds to its failure: that a replay fetches
 /// the result (or copies the storage output's object) again, when the store keeps it
 /// ([`JobV1::unwritten_result`]). For a folder recipe's image,
@@ -2162,12 +2187,12 @@ fn refetch_hint(job: &JobV1, code: FailureCode, inbox: &Path) -> &'static str {
     // A recipe's image moves to rejected/, where a replay refuses it; moved back, it is taken
     // in anew, and its key finds the result kept (`done_by_key`).
     if job.local && crate::manifest::recipe_for(&inbox.join(&job.input)).is_file() {
-        return "; once the cause is mended, moving the image back into its recipe folder fetches the result Claid made (it keeps it a day): no new bill";
+        return "; once the cause is mended, moving the image back into its recipe folder within 23 hours fetches the result Claid made (it keeps it a day): no new bill (later, the image is sent again)";
     }
     if matches!(&job.state, JobState::Downloading { url, .. } if url.starts_with("storage://")) {
         return "; once the cause is mended, `replay --failed` copies the object Claid wrote from the bucket again: no new bill";
     }
-    "; once the cause is mended, `replay --failed` fetches the result Claid made again (it keeps it a day): no new bill"
+    "; once the cause is mended, `replay --failed` within 23 hours fetches the result Claid made again (it keeps it a day): no new bill (later, the image is sent again)"
 }
 
 /// The objects now at a storage output's key and at the key with its format's other extension

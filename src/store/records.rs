@@ -273,15 +273,17 @@ impl JobV1 {
     /// outbox failed (Claid made and billed it, and keeps it a day; a storage output's object,
     /// whose local copy `output_local_copy` could not write, stays in the bucket), and one a
     /// replay fetched again that failed for any reason (found gone, it is submitted again
-    /// instead of failing). A local copy a later run fetched again (`copy_of`), and a first
-    /// download or object check that failed, keep none.
+    /// instead of failing). A first download or object check that failed keeps none. A
+    /// storage object keeps the sha256 of the bytes copied from it (`copy_of`, or given to
+    /// `Store::mark_failed_keeping`), for the replay to tell it from an object put there
+    /// since.
     pub fn unwritten_result(&self, code: FailureCode) -> Option<UnwrittenResult> {
         match &self.state {
             JobState::Downloading {
                 url,
                 width,
                 height,
-                copy_of: None,
+                copy_of,
                 kept_since_ms,
                 submitted_at_ms,
                 ..
@@ -290,6 +292,8 @@ impl JobV1 {
                     url: url.clone(),
                     width: *width,
                     height: *height,
+                    // A storage object copied before: the bytes it must still have.
+                    sha256: copy_of.clone(),
                     // Claid's day for it counts from no sooner than its submit.
                     at_ms: kept_since_ms
                         .or(*submitted_at_ms)
@@ -456,6 +460,10 @@ pub struct UnwrittenResult {
     pub height: u32,
     /// When the daemon first had it (milliseconds since the epoch): Claid keeps it a day.
     pub at_ms: u64,
+    /// A storage object's: the sha256 of the bytes its copy was made of. A replay copies only
+    /// an object that still has them (another put at its key since is not this result).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 impl UnwrittenResult {
@@ -584,7 +592,7 @@ impl JobState {
             url: result.url.clone(),
             width: result.width,
             height: result.height,
-            copy_of: None,
+            copy_of: result.sha256.clone(),
             kept_since_ms: Some(result.at_ms),
             submitted_at_ms: None,
         })

@@ -53,13 +53,18 @@ impl FlashQuery {
         let n = usize::try_from(self.n.unwrap_or(0)).unwrap_or(usize::MAX);
         let (done, verb) = match self.flash.as_deref()? {
             "retried" => (
-                format!("Requeued {}; they run again now.", count(n, "failed job")),
+                format!(
+                    "Requeued {}; {} again now.",
+                    count(n, "failed job"),
+                    if n == 1 { "it runs" } else { "they run" }
+                ),
                 "requeued",
             ),
             "released" => (
                 format!(
-                    "Released {} held in doubt; they are submitted again.",
-                    count(n, "job")
+                    "Released {} held in doubt; {} submitted again.",
+                    count(n, "job"),
+                    if n == 1 { "it is" } else { "they are" }
                 ),
                 "released",
             ),

@@ -938,7 +938,7 @@ async fn a_result_unwritten(
     let (code, stderr) = run_once_turning_read_only(env, &config, &disk).await;
     assert_eq!(code, 2, "{stderr}");
     assert!(
-        stderr.contains("replay --failed` fetches the result"),
+        stderr.contains("replay --failed` within 23 hours fetches the result"),
         "{stderr}"
     );
     assert_eq!(env.stats().submits, 1, "{stderr}");
@@ -1106,8 +1106,9 @@ async fn a_recipe_image_whose_result_was_not_written_fetches_it_once_moved_back(
     let told =
         std::fs::read_to_string(env.rejected.join("r/shoe.png.error.txt")).expect("error file");
     assert!(
-        told.contains("moving the image back into its recipe folder fetches the result")
-            && told.contains("no new bill"),
+        told.contains(
+            "moving the image back into its recipe folder within 23 hours fetches the result"
+        ) && told.contains("no new bill"),
         "{told}"
     );
     std::fs::rename(&rejected, env.inbox.join("r/shoe.png")).expect("moved back");
@@ -1118,10 +1119,11 @@ async fn a_recipe_image_whose_result_was_not_written_fetches_it_once_moved_back(
 }
 
 /// With `on_output_exists: skip`, a file put at the output's place since the kept result's
-/// write failed is kept by the replay before anything is downloaded (the result was fetched,
-/// then thrown away); the job is done as skipped, and the file is as it was.
+/// write failed is kept by the replay (the write applies the policy: looked at before the
+/// download, the job's own file written before a crash could not be told from a user's): the
+/// job is done as skipped, the file is as it was, and nothing is billed again.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_kept_result_is_not_fetched_when_skip_keeps_a_file_put_there_since() {
+async fn a_kept_result_fetched_again_keeps_a_file_put_there_since_under_skip() {
     let env =
         TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_secs(2)))).await;
     let Some((_tmpfs, config, outbox)) = a_result_unwritten(&env).await else {
@@ -1134,22 +1136,16 @@ async fn a_kept_result_is_not_fetched_when_skip_keeps_a_file_put_there_since() {
     let output = outbox.join("kept/k-64x48.jpg");
     std::fs::create_dir_all(output.parent().expect("folder")).expect("folder");
     std::fs::write(&output, &theirs).expect("their file");
-    let downloads = env.stats().downloads;
     let stdout = replay_failed(&config).await;
-    assert!(stdout.contains("Requeued 1 job"), "{stdout}");
+    assert!(stdout.contains("Requeued 1 job ("), "{stdout}");
     let (code, stderr) = env.run_once(&config).await;
     assert_eq!(code, 0, "{stderr}");
-    assert!(
-        stderr.contains("kept (`on_output_exists: skip`)"),
-        "{stderr}"
-    );
     assert_eq!(std::fs::read(&output).expect("their file"), theirs);
-    assert_eq!(
-        env.stats().downloads,
-        downloads,
-        "nothing fetched: {stderr}"
-    );
-    assert_eq!(env.stats().submits, 1, "{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(outbox.join("kept.report.json")).expect("report"))
+            .expect("JSON");
+    assert_eq!(report["jobs"][0]["status"], "skipped", "{report:#}");
+    assert_eq!(env.stats().submits, 1, "not billed again: {stderr}");
 }
 
 /// The same when the manifest is dropped again instead of replayed (its run ended): the new

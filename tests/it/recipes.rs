@@ -789,7 +789,7 @@ async fn a_recipe_image_whose_edit_failed_is_told_how_to_try_again_from_rejected
         crate::support::cli(&["replay", "--config", config_arg, "--failed"]).await;
     assert_eq!(code, 75, "{out}{err}");
     assert!(
-        out.contains("(a folder recipe's image whose edit failed moves to rejected/); move it back into its recipe folder, which makes it again by itself"),
+        out.contains("(a folder recipe's image whose edit failed moves to rejected/); move it back into its recipe folder, which takes it in anew by itself"),
         "{out}{err}"
     );
 }

@@ -1301,6 +1301,7 @@ async fn a_result_whose_write_failed_is_kept_for_a_replay_within_its_day() {
             width: 32,
             height: 32,
             at_ms: now - day,
+            sha256: None,
         }),
     };
     assert!(old.refetchable(now).is_none() && old.billed_again_by_replay(now));
@@ -1317,6 +1318,7 @@ async fn a_result_whose_write_failed_is_kept_for_a_replay_within_its_day() {
             width: 32,
             height: 32,
             at_ms: now - 2 * day,
+            sha256: None,
         }),
     };
     assert!(object.refetchable(now).is_some() && !object.billed_again_by_replay(now));
@@ -1376,6 +1378,7 @@ fn a_kept_result_is_replayed_though_its_local_input_is_gone() {
         width: 32,
         height: 32,
         at_ms: claid_hotfolder::store::now_ms(),
+        sha256: None,
     }));
     assert_eq!(
         claid_hotfolder::pipeline::local_input_gone(inbox.path(), 1, &row),

@@ -1066,7 +1066,7 @@ async fn a_local_copy_unwritten(
 }
 
 /// [`a_local_copy_unwritten`], replayed: the object Claid wrote (and billed) is copied from
-/// the bucket again: one image sent in all (it was sent again, and billed twice).
+/// the bucket again: one image sent in all (a replay used to send it again, billed twice).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_local_copy_that_could_not_be_written_is_copied_again_by_replay_not_billed_again() {
     let Some(s3) = S3Server::start().await else {
@@ -1110,6 +1110,43 @@ async fn a_kept_object_deleted_from_the_bucket_is_made_again_by_the_replay() {
         .await
         .expect("object made again");
     assert_eq!(local, object, "the local copy is the new object");
+    s3.stop().await;
+}
+
+/// The same when another image of the same size and format was put at the object's key
+/// before the replay (another tool wrote over it): it is not copied for this image's result
+/// (the kept result carries the sha256 of the bytes the failed copy read); the image is made
+/// again, and the local copy is Claid's new object.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kept_object_replaced_in_the_bucket_is_not_copied_by_the_replay() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let Some((env, config, _tmpfs, outbox)) = a_local_copy_unwritten(&s3).await else {
+        s3.stop().await;
+        return;
+    };
+    let key = "raw/out/shoes/sku-0.png";
+    let claids = s3.get_object("catalog", key).await.expect("object");
+    let (width, height) = image::load_from_memory(&claids)
+        .map(|i| (i.width(), i.height()))
+        .expect("an image");
+    let mut foreign = Vec::new();
+    image::RgbImage::from_pixel(width, height, image::Rgb([200, 10, 10]))
+        .write_to(
+            &mut std::io::Cursor::new(&mut foreign),
+            image::ImageFormat::Png,
+        )
+        .expect("png");
+    assert_ne!(foreign, claids);
+    s3.put_object("catalog", key, &foreign).await;
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(env.stats().submits, 2, "made again: {stderr}");
+    let local = std::fs::read(outbox.join("shoes/sku-0.png")).expect("local copy");
+    assert_ne!(local, foreign, "the foreign object is not the result");
+    let object = s3.get_object("catalog", key).await.expect("object");
+    assert_eq!(local, object, "the local copy is Claid's new object");
     s3.stop().await;
 }
 
