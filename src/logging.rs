@@ -347,8 +347,62 @@ impl<W: io::Write> io::Write for JsonSafeWriter<W> {
     }
 }
 
+/// Log lines kept in memory, for unit tests that check what the daemon says.
+#[cfg(test)]
+pub(crate) mod captured {
+    use std::io;
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::fmt::MakeWriter;
+
+    /// Collects everything written, for one test's subscriber.
+    #[derive(Clone, Default)]
+    pub struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Capture {
+        type Writer = Capture;
+        fn make_writer(&'a self) -> Capture {
+            self.clone()
+        }
+    }
+
+    impl Capture {
+        /// Everything written so far.
+        pub fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+
+        /// A text-format subscriber (no time, no colour) that writes here.
+        pub fn subscriber(&self) -> impl tracing::Subscriber + Send + Sync + use<> {
+            tracing_subscriber::fmt()
+                .with_writer(self.clone())
+                .without_time()
+                .with_ansi(false)
+                .finish()
+        }
+    }
+
+    /// What `log` writes in the text format.
+    pub fn logged(log: impl FnOnce()) -> String {
+        let capture = Capture::default();
+        tracing::subscriber::with_default(capture.subscriber(), log);
+        capture.text()
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::captured::Capture;
     use std::path::Path;
     use std::sync::{Arc, Mutex};
 
@@ -427,33 +481,6 @@ mod tests {
             "{}",
             &out[out.len() - 200..]
         );
-    }
-
-    /// Collects everything written, for one test's subscriber.
-    #[derive(Clone, Default)]
-    struct Capture(Arc<Mutex<Vec<u8>>>);
-
-    impl io::Write for Capture {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl<'a> MakeWriter<'a> for Capture {
-        type Writer = Capture;
-        fn make_writer(&'a self) -> Capture {
-            self.clone()
-        }
-    }
-
-    impl Capture {
-        fn text(&self) -> String {
-            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
-        }
     }
 
     /// What `log` writes in the text format, as the daemon configures it (no time, no colour).

@@ -667,25 +667,9 @@ mod tests {
     /// without a word); one no call waits for (the answer to a run's last request) is not.
     #[tokio::test(start_paused = true)]
     async fn a_long_closure_of_the_gate_is_told_once_a_minute_when_a_call_waits() {
-        #[derive(Clone, Default)]
-        struct Capture(std::sync::Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Capture {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(buf);
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let capture = Capture::default();
-        let writer = capture.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .finish();
-        let _default = tracing::subscriber::set_default(subscriber);
-        let text = || String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+        let capture = crate::logging::captured::Capture::default();
+        let _default = tracing::subscriber::set_default(capture.subscriber());
+        let text = || capture.text();
         let limiter = Limiter::new(NonZeroU32::new(4).unwrap(), NonZeroU32::new(120).unwrap());
         limiter.block_for(Duration::from_secs(15));
         assert!(!text().contains("no request is left"), "no call waits yet");

@@ -1367,30 +1367,6 @@ mod tests {
         assert!(!health.only_storage_failing());
     }
 
-    /// What `log` writes through the daemon's own text format.
-    fn logged(log: impl FnOnce()) -> String {
-        #[derive(Clone, Default)]
-        struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
-        impl std::io::Write for Capture {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(buf);
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let capture = Capture::default();
-        let writer = capture.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .without_time()
-            .with_ansi(false)
-            .finish();
-        tracing::subscriber::with_default(subscriber, log);
-        String::from_utf8(capture.0.lock().unwrap().clone()).unwrap()
-    }
-
     /// When the last write waiting for room ends while the outbox's disk is still full, the log
     /// says submitting stays paused (it said "submitting resumed" with 0 B free); once the disk
     /// has room, it says resumed.
@@ -1399,7 +1375,7 @@ mod tests {
         let health = Arc::new(health());
         health.set_disk_problem(Some("0 B free".to_owned()));
         let blocked = health.block_writes("No space left on device".to_owned(), None);
-        let log = logged(|| drop(blocked));
+        let log = crate::logging::captured::logged(|| drop(blocked));
         assert!(
             log.contains("submitting stays paused") && log.contains("0 B free"),
             "{log}"
@@ -1407,7 +1383,7 @@ mod tests {
         assert!(!log.contains("resumed"), "{log}");
         health.set_disk_problem(None);
         let blocked = health.block_writes("No space left on device".to_owned(), None);
-        let log = logged(|| drop(blocked));
+        let log = crate::logging::captured::logged(|| drop(blocked));
         assert!(log.contains("submitting resumed"), "{log}");
     }
 
