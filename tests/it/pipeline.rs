@@ -883,15 +883,27 @@ async fn run_once_on_an_outbox_turned_read_only_ends_73_naming_the_remount() {
 }
 
 /// `run --once` with `config`, the outbox's filesystem `disk` remounted read-only once the
-/// first image is at Claid, and read-write again after the run: its exit code and stderr.
+/// first image is at Claid (an async task made), and read-write again after the run: its exit
+/// code and stderr.
 async fn run_once_turning_read_only(
     env: &TestEnv,
     config: &std::path::Path,
     disk: &std::path::Path,
 ) -> (i32, String) {
+    run_once_turning_read_only_when(env, config, disk, |stats| stats.submits >= 1).await
+}
+
+/// [`run_once_turning_read_only`], remounting once `at_claid` holds of the emulator's counts
+/// (`requests >= 1` for a local file's upload, which Claid answers only once it is made).
+pub(crate) async fn run_once_turning_read_only_when(
+    env: &TestEnv,
+    config: &std::path::Path,
+    disk: &std::path::Path,
+    at_claid: impl Fn(&claid_hotfolder::emulator::Stats) -> bool,
+) -> (i32, String) {
     let remounted = async {
         wait_until("the first image at Claid", Duration::from_secs(60), || {
-            env.stats().submits >= 1
+            at_claid(&env.stats())
         })
         .await;
         assert!(remount(disk, "ro"), "remount read-only");
@@ -1022,15 +1034,8 @@ async fn a_kept_result_whose_local_file_changed_is_not_fetched_by_replay() {
     env.drop_file("photos/a.png", &original);
     env.drop_file("local.yaml", b"images:\n  - input: photos/a.png\n");
     // The upload is at Claid (2 s) when the outbox turns read-only.
-    let remounted = async {
-        wait_until("the upload at Claid", Duration::from_secs(60), || {
-            env.stats().requests >= 1
-        })
-        .await;
-        assert!(remount(&disk, "ro"), "remount read-only");
-    };
-    let ((code, stderr), ()) = tokio::join!(env.run_once(&config), remounted);
-    assert!(remount(&disk, "rw"), "remount read-write");
+    let (code, stderr) =
+        run_once_turning_read_only_when(&env, &config, &disk, |s| s.requests >= 1).await;
     assert_eq!(code, 2, "{stderr}");
     assert_eq!(env.stats().uploads, 1, "{stderr}");
     let config_arg = config.to_str().expect("utf-8");
@@ -1091,15 +1096,8 @@ async fn a_recipe_image_whose_result_was_not_written_fetches_it_once_moved_back(
     );
     let image = png(40, 30);
     env.drop_file("r/shoe.png", &image);
-    let remounted = async {
-        wait_until("the upload at Claid", Duration::from_secs(60), || {
-            env.stats().requests >= 1
-        })
-        .await;
-        assert!(remount(&disk, "ro"), "remount read-only");
-    };
-    let ((code, stderr), ()) = tokio::join!(env.run_once(&config), remounted);
-    assert!(remount(&disk, "rw"), "remount read-write");
+    let (code, stderr) =
+        run_once_turning_read_only_when(&env, &config, &disk, |s| s.requests >= 1).await;
     assert_eq!(code, 2, "{stderr}");
     assert_eq!(env.stats().uploads, 1, "{stderr}");
     let rejected = env.rejected.join("r/shoe.png");

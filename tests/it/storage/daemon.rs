@@ -1038,17 +1038,9 @@ async fn a_local_copy_unwritten(
         "shoes.yaml",
         b"output: { format: png, destination: storage://catalog/out/ }\nimages:\n  - storage://catalog/in/sku-0.png\n",
     );
-    let remounted = async {
-        crate::support::wait_until(
-            "the image at Claid",
-            std::time::Duration::from_secs(60),
-            || env.stats().submits >= 1,
-        )
-        .await;
-        assert!(crate::pipeline::remount(&disk, "ro"), "remount read-only");
-    };
-    let ((code, stderr), ()) = tokio::join!(env.run_once(&config), remounted);
-    assert!(crate::pipeline::remount(&disk, "rw"), "remount read-write");
+    let (code, stderr) =
+        crate::pipeline::run_once_turning_read_only_when(&env, &config, &disk, |s| s.submits >= 1)
+            .await;
     assert_eq!(code, 2, "{stderr}");
     assert!(
         stderr.contains("copies the object Claid wrote from the bucket again"),
