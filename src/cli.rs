@@ -999,8 +999,9 @@ fn cmd_plan(config_path: &Path, file: &Path) -> anyhow::Result<i32> {
             Input::Remote(url) => (url.clone(), false),
             Input::Local(file) => (file.rel.display().to_string(), true),
         };
+        // (A kept result fetched again meets the policy at its write, as a new result does.)
         let exists = exists_plan.filter(|_| {
-            !unchanged
+            (!unchanged || kept)
                 && crate::storages::destination_of(&body, &job.output_rel.to_string_lossy())
                     .is_none()
                 && std::fs::symlink_metadata(config.folders.outbox.join(&job.output_rel)).is_ok_and(
@@ -1011,7 +1012,10 @@ fn cmd_plan(config_path: &Path, file: &Path) -> anyhow::Result<i32> {
                     },
                 )
         });
-        let plan = if unchanged {
+        let plan = if let Some(plan) = exists.filter(|_| kept) {
+            n_exists += 1;
+            plan
+        } else if unchanged {
             n_unchanged += 1;
             if kept {
                 "fetch"
@@ -1538,18 +1542,19 @@ fn cmd_replay(
         );
         let billed = match (done, taken) {
             (0, 0) => String::new(),
-            (done, 0) => format!(" ({done} of them done: sending those again is billed again)"),
+            (done, 0) => format!("{done} of them done: sending those again is billed again"),
             (0, taken) => format!(
-                " ({taken} of them failed after Claid took their task, which it may have made and billed: sending those again may be billed twice)"
+                "{taken} of them failed after Claid took their task, which it may have made and billed: sending those again may be billed twice"
             ),
             (done, taken) => format!(
-                " ({done} of them done and {taken} failed after Claid took their task: sending those again is billed again)"
+                "{done} of them done and {taken} failed after Claid took their task: sending those again is billed again"
             ),
         };
         let refetch = refetch_note(answer.preview.iter().filter(|p| p.refetch).count());
+        let notes = parenthesised(&[billed, refetch, held]);
         if !answer.preview.is_empty() {
             println!(
-                "Would requeue {}{billed}{refetch}{held}; nothing was changed (run it again without --dry-run):",
+                "Would requeue {}{notes}; nothing was changed (run it again without --dry-run):",
                 crate::text::count(answer.preview.len(), "job")
             );
         }
@@ -1598,14 +1603,17 @@ fn cmd_replay(
         println!("Nothing to replay: {what}{since}.");
     } else {
         // Said, not asked: `--dry-run` lists them first.
-        let mut billed = match answer.billed_again {
+        let billed = match answer.billed_again {
             0 => String::new(),
             n => format!(
-                " ({n} of them Claid had billed already, done or failed after it took their task: each is billed again)"
+                "{n} of them Claid had billed already, done or failed after it took their task: each is billed again"
             ),
         };
-        billed.push_str(&refetch_note(answer.refetched));
-        billed.push_str(&in_doubt_note(answer.in_doubt_again));
+        let billed = parenthesised(&[
+            billed,
+            refetch_note(answer.refetched),
+            in_doubt_note(answer.in_doubt_again),
+        ]);
         if later {
             let they = if answer.requeued == 1 {
                 "it runs"
@@ -1632,7 +1640,7 @@ fn in_doubt_note(n: usize) -> String {
     match n {
         0 => String::new(),
         n => format!(
-            " ({n} of them in doubt: Claid may have taken their submit, and sending them again may bill them twice)"
+            "{n} of them in doubt: Claid may have taken their submit, and sending them again may bill them twice"
         ),
     }
 }
@@ -1642,8 +1650,23 @@ fn refetch_note(n: usize) -> String {
     match n {
         0 => String::new(),
         n => format!(
-            " ({n} of them made and billed but not written: their results are fetched again, from Claid (which keeps them a day) or from a storage output's bucket, not billed again)"
+            "{n} of them made and billed but not written: their results are fetched again (from Claid, which keeps them a day, or from a storage output's bucket), not billed again"
         ),
+    }
+}
+
+/// The notes of a replay's count that say anything, in one parenthesis after it
+/// (` (a; b)`), or nothing.
+fn parenthesised(notes: &[String]) -> String {
+    let said: Vec<&str> = notes
+        .iter()
+        .map(String::as_str)
+        .filter(|note| !note.is_empty())
+        .collect();
+    if said.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", said.join("; "))
     }
 }
 
@@ -2003,6 +2026,25 @@ fn cmd_generate_assets(out: &Path) -> anyhow::Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A replay's notes read as one parenthesis after its count: "(2 of them done: …; 1 of
+    /// them made and billed …)", not two side by side; none says nothing.
+    #[test]
+    fn a_replays_notes_are_one_parenthesis() {
+        let notes = ["2 of them done".to_owned(), String::new(), refetch_note(1)];
+        let said = parenthesised(&notes);
+        assert!(
+            said.starts_with(" (2 of them done; 1 of them made"),
+            "{said}"
+        );
+        assert_eq!(
+            said.matches(" (").count(),
+            2,
+            "the count's and the bucket's: {said}"
+        );
+        assert!(said.ends_with("not billed again)"), "{said}");
+        assert_eq!(parenthesised(&[String::new(), in_doubt_note(0)]), "");
+    }
 
     /// `--since` takes RFC 3339 times with `Z` or an offset (what `date -Iseconds` prints off
     /// UTC), and refuses one without a zone rather than guessing UTC.

@@ -1134,6 +1134,25 @@ async fn a_kept_result_fetched_again_keeps_a_file_put_there_since_under_skip() {
     let output = outbox.join("kept/k-64x48.jpg");
     std::fs::create_dir_all(output.parent().expect("folder")).expect("folder");
     std::fs::write(&output, &theirs).expect("their file");
+    // `plan` of the same rows says the file is kept, not that the result is fetched.
+    let planned = env.dir.path().join("kept.yaml");
+    std::fs::write(
+        &planned,
+        b"images:\n  - input: storage://demo/k-64x48.png\n",
+    )
+    .expect("manifest");
+    let (code, stdout, err) = crate::support::cli(&[
+        "plan",
+        planned.to_str().expect("utf-8"),
+        "--config",
+        config.to_str().expect("utf-8"),
+    ])
+    .await;
+    assert_eq!(code, 0, "{stdout}{err}");
+    assert!(
+        stdout.contains("kept") && !stdout.contains("fetch"),
+        "{stdout}"
+    );
     let stdout = replay_failed(&config).await;
     assert!(stdout.contains("Requeued 1 job ("), "{stdout}");
     let (code, stderr) = env.run_once(&config).await;
