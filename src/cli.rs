@@ -949,6 +949,8 @@ fn cmd_plan(config_path: &Path, file: &Path) -> anyhow::Result<i32> {
     };
     let rt = small_runtime()?;
     let (mut n_new, mut n_unchanged, mut n_uploads) = (0u64, 0u64, 0u64);
+    // Rows whose result (or storage object) is taken again without a submit: `fetch`, `copy`.
+    let mut n_fetched = 0u64;
     // Outputs already in the outbox that `on_output_exists` keeps (skip) or refuses (fail):
     // neither is submitted.
     let mut n_exists = 0u64;
@@ -1016,12 +1018,14 @@ fn cmd_plan(config_path: &Path, file: &Path) -> anyhow::Result<i32> {
             n_exists += 1;
             plan
         } else if unchanged {
-            n_unchanged += 1;
             if kept {
+                n_fetched += 1;
                 "fetch"
             } else if refetch {
+                n_fetched += 1;
                 "copy"
             } else {
+                n_unchanged += 1;
                 "unchanged"
             }
         } else if let Some(plan) = exists {
@@ -1111,8 +1115,12 @@ fn cmd_plan(config_path: &Path, file: &Path) -> anyhow::Result<i32> {
         (false, false) => format!("about {} polls", n_single + n_single / 5),
     };
     println!();
+    let fetched = match n_fetched {
+        0 => String::new(),
+        n => format!(", {n} fetched again without a new bill"),
+    };
     println!(
-        "{} images: {n_new} to process, {n_unchanged} unchanged. API calls: {submits} + {polls} + {n_uploads} uploads.",
+        "{} images: {n_new} to process, {n_unchanged} unchanged{fetched}. API calls: {submits} + {polls} + {n_uploads} uploads.",
         spec.jobs.len(),
     );
     if let Some(plan) = exists_plan.filter(|_| n_exists > 0) {
@@ -1650,7 +1658,7 @@ fn refetch_note(n: usize) -> String {
     match n {
         0 => String::new(),
         n => format!(
-            "{n} of them made and billed but not written: their results are fetched again (from Claid, which keeps them a day, or from a storage output's bucket), not billed again"
+            "{n} of them made and billed but not written: their results are fetched again (from Claid, which keeps them a day, or from a storage output's bucket), not billed again, unless one is found gone or replaced there: that image is made again, and billed"
         ),
     }
 }
@@ -2042,7 +2050,10 @@ mod tests {
             2,
             "the count's and the bucket's: {said}"
         );
-        assert!(said.ends_with("not billed again)"), "{said}");
+        assert!(
+            said.ends_with("that image is made again, and billed)"),
+            "{said}"
+        );
         assert_eq!(parenthesised(&[String::new(), in_doubt_note(0)]), "");
     }
 

@@ -310,8 +310,17 @@ pub async fn run(
             .map(|entry| (entry.claid_name.clone(), entry.url()))
             .collect(),
     );
-    let removed = output::clean_stale_tmp(&folders.outbox).map_err(FatalError::CleanOutbox)?;
-    info!(removed, outbox = %folders.outbox.display(), "Removed stale temporary files");
+    // (On a read-only outbox none can be removed, and none can be made: left for a start
+    // that finds it writable.)
+    match output::clean_stale_tmp(&folders.outbox) {
+        Ok(removed) => {
+            info!(removed, outbox = %folders.outbox.display(), "Removed stale temporary files");
+        }
+        Err(err) if err.code() == crate::codes::FailureCode::OutputReadOnly => {
+            warn!(error = %err, "Stale temporary files of the outbox are left: its filesystem is read-only");
+        }
+        Err(err) => return Err(FatalError::CleanOutbox(err)),
+    }
 
     let metrics = Arc::new(Metrics::new());
     let observer = metrics.clone();
@@ -685,6 +694,10 @@ async fn start_webhooks(
     let dispatch_to = pipeline.clone();
     let unknown = counters.clone();
     tokio::spawn(async move {
+        // Verified webhooks wait in the channel (the receiver answers once it holds them, and
+        // keeps those nobody waits for in the store first) until the start's resume has
+        // registered the jobs they may belong to.
+        dispatch_to.wait_resumed().await;
         // Announcements nobody waited for while a submit was on the wire: each may be that
         // submit's own (Claid announced it before answering), so it is counted as unknown only
         // once no job took its task after that submit's answer was recorded.
@@ -1492,6 +1505,14 @@ fn prepare_folders(config: &Config, copies: &Path) -> Result<(), FatalError> {
             needs.access(),
             rustix::fs::AtFlags::EACCESS,
         ) {
+            // An outbox on a filesystem mounted read-only is one that takes no outputs now,
+            // as when it turns read-only while the daemon runs: no image is submitted until
+            // it takes writes again (`run --once` ends 73 at `api.unreachable_timeout`), and
+            // the daemon is up to say so (it exited 74 at once).
+            if key == "folders.outbox" && cause == rustix::io::Errno::ROFS {
+                warn!(outbox = %crate::text::Escaped::path(path), "The outbox's filesystem is read-only: no image is submitted until it takes writes again (remount it read-write)");
+                continue;
+            }
             return Err(FatalError::FolderNotWritable {
                 key,
                 path: path.clone(),

@@ -785,6 +785,11 @@ impl Handle {
         deliver_checked(&self.shared, update).await
     }
 
+    /// Completes once the start's resume is over (see [`dispatch::Dispatch::wait_resumed`]).
+    pub async fn wait_resumed(&self) {
+        self.shared.dispatch.wait_resumed().await;
+    }
+
     pub fn dispatch_stats(&self) -> dispatch::DispatchStats {
         self.shared.dispatch.stats()
     }
@@ -967,6 +972,14 @@ impl Handle {
     /// Failed or held in doubt at the open: those the resume leaves alone), so the list is
     /// still what the resume must drive.
     pub async fn resume(&self, unfinished: Unfinished) -> Result<ResumeSummary, StoreError> {
+        let resumed = self.resume_unfinished(unfinished).await;
+        // Live webhooks wait for this (`Dispatch::wait_resumed`), whatever the outcome.
+        self.shared.dispatch.mark_resumed();
+        resumed
+    }
+
+    /// [`Handle::resume`]'s work.
+    async fn resume_unfinished(&self, unfinished: Unfinished) -> Result<ResumeSummary, StoreError> {
         let shared = &self.shared;
         let store = &shared.store;
         let policy = self.settings().policies.in_doubt;
@@ -1211,11 +1224,13 @@ impl Handle {
         let mut taken = 0usize;
         let n = kept.len();
         let before = self.shared.dispatch.replaying();
+        let mut delivered = 0u64;
         for (key, body) in kept {
             let delivery = match TaskUpdate::parse(&body) {
                 Ok(update) => Some(deliver_checked(&self.shared, update).await),
                 Err(_) => None,
             };
+            delivered += u64::from(delivery.is_some());
             if !matches!(
                 delivery,
                 Some(dispatch::Delivery::Kept | dispatch::Delivery::KeptForOwner)
@@ -1224,11 +1239,12 @@ impl Handle {
                 taken += usize::from(delivery.is_some());
             }
         }
-        self.shared.dispatch.replayed(before, n as u64);
+        self.shared.dispatch.replayed(before, delivered);
         if n > 0 {
             info!(
                 kept = n,
-                taken, "Webhooks that came before a crash were handed to their jobs"
+                taken,
+                "Webhooks kept in the store by an earlier run (they came before their submit's answer was recorded, or for no known task) were given again; those taken went to their jobs"
             );
         }
         Ok(())

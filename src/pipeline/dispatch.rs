@@ -111,6 +111,10 @@ pub struct Dispatch {
     told: Mutex<Option<Silence>>,
     /// When this process started taking webhooks (ms since the epoch; 0: always).
     started_ms: u64,
+    /// Whether the start's resume has registered the jobs webhooks may belong to (caught
+    /// mid-submit, held in doubt) and delivered the announcements an earlier process kept:
+    /// live webhooks are delivered only after ([`Dispatch::wait_resumed`]).
+    resumed: tokio::sync::watch::Sender<bool>,
 }
 
 /// Tasks found ended by a poll, with no webhook for one of this daemon's tasks heard in this
@@ -324,6 +328,21 @@ impl Dispatch {
             started_ms: crate::store::now_ms(),
             ..Dispatch::default()
         }
+    }
+
+    /// The start's resume is over (whatever its outcome): live webhooks may be delivered.
+    pub fn mark_resumed(&self) {
+        self.resumed.send_replace(true);
+    }
+
+    /// Completes once the start's resume is over ([`Dispatch::mark_resumed`]). The webhook
+    /// consumer waits for it: delivered before, an announcement of a job the resume had not
+    /// registered yet was counted `unknown_task` and then adopted, and one delivered while
+    /// the resume gave the announcements kept before a crash again was counted with them.
+    pub async fn wait_resumed(&self) {
+        let mut resumed = self.resumed.subscribe();
+        // (Err: the sender is gone with the dispatch; nothing is left to wait for.)
+        let _ = resumed.wait_for(|resumed| *resumed).await;
     }
 
     /// Hands a verified update to whoever waits for it (see [`Delivery`]).

@@ -672,7 +672,7 @@ impl Intake {
             jobs = n_jobs,
             unchanged,
             // (`queued` holds the jobs that fetch a result again too: no submit for those.)
-            to_submit = queued.iter().filter(|id| !fetching.contains(id)).count(),
+            to_submit = queued.len().saturating_sub(fetching.len()),
             fetched_again = fetching.len(),
             "Manifest accepted"
         );

@@ -1674,7 +1674,11 @@ impl Runner {
                     unchanged: false,
                     skipped: written.skipped,
                 };
-                deps.store.mark_done(id, info).await.map(|_| Ok(n_bytes))
+                let kept = written.skipped.then_some((width, height));
+                deps.store
+                    .mark_done(id, info)
+                    .await
+                    .map(|_| Ok((n_bytes, kept)))
             }
             Err(err) => Ok(Err(err)),
         };
@@ -1702,9 +1706,18 @@ impl Runner {
         }
         drop(permit);
         match written {
-            Ok(Ok(n_bytes)) => {
+            Ok(Ok((n_bytes, None))) => {
                 info!(bytes = n_bytes, width, height, "Output written");
                 deps.metrics.bytes_written.inc_by(n_bytes);
+                deps.metrics.polls_per_job.observe(f64::from(job.polls));
+                Step::End(JobOutcome::Done)
+            }
+            // `skip` kept a file put there meanwhile: nothing was written.
+            Ok(Ok((n_bytes, Some((width, height))))) => {
+                info!(
+                    bytes = n_bytes,
+                    width, height, "The output exists; kept (`on_output_exists: skip`)"
+                );
                 deps.metrics.polls_per_job.observe(f64::from(job.polls));
                 Step::End(JobOutcome::Done)
             }
@@ -1865,7 +1878,7 @@ impl Runner {
             let code = object_failure(&err);
             // The object Claid wrote is gone since it was checked: made again.
             if code == FailureCode::ObjectMissing && checked_before {
-                info!(object = %storage.objects.uri(key), "The output object of an earlier run is gone from the bucket; the image is made again");
+                info!(object = %storage.objects.uri(key), "The output object of an earlier run is gone from the bucket; the image is made again (billed again)");
                 return self.make_again(id).await;
             }
             // Not there yet: Claid may announce the task before the object is visible in the
@@ -1884,6 +1897,17 @@ impl Runner {
             // Any other answer (a bucket away or busy was waited out above) does not heal.
             return self.fail(id, code, &err.to_string()).await;
         };
+        let max_copy = self.settings().limits.max_download_bytes;
+        // Its bytes were read whole before (`copy_of`): an object empty now, or larger than a
+        // copy may be, is another put at its key since (failed or done with the object, the
+        // job kept failing at every replay, or took a foreign image for its result).
+        if checked_before
+            && copy_of.is_some()
+            && (info.size == 0 || (storage.entry.output_local_copy && info.size > max_copy))
+        {
+            warn!(object = %storage.objects.uri(key), bytes = info.size, "The output object copied before is not the one there now; the image is made again (billed again)");
+            return self.make_again(id).await;
+        }
         if info.size == 0 {
             return self
                 .fail(
@@ -1893,7 +1917,6 @@ impl Runner {
                 )
                 .await;
         }
-        let max_copy = self.settings().limits.max_download_bytes;
         if storage.entry.output_local_copy && info.size > max_copy {
             // The object is the output, written and billed; only its copy is over the limit.
             // Failed (`download-too-large`), the job had a later drop bill the image again.
@@ -1939,7 +1962,7 @@ impl Runner {
                     && checked_before
                     && hex::encode(sha2::Sha256::digest(&bytes)) != copied
                 {
-                    warn!(object = %storage.objects.uri(key), bytes = bytes.len(), "The output object of an earlier run was replaced in the bucket since its local copy was made; the image is made again");
+                    warn!(object = %storage.objects.uri(key), bytes = bytes.len(), "The output object of an earlier run was replaced in the bucket since its local copy was made; the image is made again (billed again)");
                     return self.make_again(id).await;
                 }
                 let Some(message) =
@@ -1950,7 +1973,7 @@ impl Runner {
                 // It passed this check when it was copied before: another image was put at
                 // its key since (read again, it would fail the job at every replay).
                 if checked_before {
-                    warn!(object = %storage.objects.uri(key), reason = %message, "The output object copied before is not the same image any more; the image is made again");
+                    warn!(object = %storage.objects.uri(key), reason = %message, "The output object copied before is not the same image any more; the image is made again (billed again)");
                     return self.make_again(id).await;
                 }
                 let object = storage.objects.uri(key);
@@ -1984,6 +2007,12 @@ impl Runner {
             else {
                 break;
             };
+            // (`output_local_copy` turned off since its copy was made.) It passed the check
+            // when it was copied: another image was put at its key since.
+            if checked_before && copy_of.is_some() {
+                warn!(object = %storage.objects.uri(key), reason = %message, "The output object copied before is not the same image any more; the image is made again (billed again)");
+                return self.make_again(id).await;
+            }
             let object = storage.objects.uri(key);
             if let Some(step) = self.read_again(id, &mut reads, message, &object).await {
                 return step;

@@ -721,7 +721,7 @@ async fn issue12_a_webhook_answered_before_a_sigkill_is_kept_for_the_restart() {
             "batch {batch}: one submit, never sent again"
         );
         assert!(
-            stderr.contains("Webhooks that came before a crash were handed to their jobs"),
+            stderr.contains("Webhooks kept in the store by an earlier run"),
             "batch {batch}: {stderr}"
         );
     }
@@ -1400,7 +1400,7 @@ async fn jobs_held_before_that_a_kept_webhook_delivers_are_not_told_as_held() {
     assert_eq!(code, 0, "{stderr}");
     all_done(&env, 1);
     assert!(
-        stderr.contains("Webhooks that came before a crash were handed to their jobs"),
+        stderr.contains("Webhooks kept in the store by an earlier run"),
         "{stderr}"
     );
     assert!(stderr.contains("still_held=0"), "{stderr}");

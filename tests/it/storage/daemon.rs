@@ -925,6 +925,10 @@ async fn a_lost_local_copy_is_fetched_again_from_its_object_without_a_submit() {
         .take(3)
         .collect();
     assert_eq!(plans, ["copy", "copy", "unchanged"], "{out}");
+    assert!(
+        out.contains("3 images: 0 to process, 1 unchanged, 2 fetched again without a new bill"),
+        "the summary counts the copies apart: {out}"
+    );
     let (code, stderr) = env.run_once(&config).await;
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(
@@ -1138,6 +1142,29 @@ async fn a_kept_object_replaced_in_the_bucket_is_not_copied_by_the_replay() {
     let local = std::fs::read(outbox.join("shoes/sku-0.png")).expect("local copy");
     assert_ne!(local, foreign, "the foreign object is not the result");
     let object = s3.get_object("catalog", key).await.expect("object");
+    assert_eq!(local, object, "the local copy is Claid's new object");
+    s3.stop().await;
+}
+
+/// The same when the object was emptied (a 0-byte placeholder put at its key): made again,
+/// not failed `object-missing` at every replay.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kept_object_emptied_in_the_bucket_is_made_again_by_the_replay() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let Some((env, config, _tmpfs, outbox)) = a_local_copy_unwritten(&s3).await else {
+        s3.stop().await;
+        return;
+    };
+    let key = "raw/out/shoes/sku-0.png";
+    s3.put_object("catalog", key, b"").await;
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(env.stats().submits, 2, "made again: {stderr}");
+    let local = std::fs::read(outbox.join("shoes/sku-0.png")).expect("local copy");
+    let object = s3.get_object("catalog", key).await.expect("object");
+    assert!(!object.is_empty());
     assert_eq!(local, object, "the local copy is Claid's new object");
     s3.stop().await;
 }
