@@ -310,17 +310,8 @@ pub async fn run(
             .map(|entry| (entry.claid_name.clone(), entry.url()))
             .collect(),
     );
-    // (On a read-only outbox none can be removed, and none can be made: left for a start
-    // that finds it writable.)
-    match output::clean_stale_tmp(&folders.outbox) {
-        Ok(removed) => {
-            info!(removed, outbox = %folders.outbox.display(), "Removed stale temporary files");
-        }
-        Err(err) if err.code() == crate::codes::FailureCode::OutputReadOnly => {
-            warn!(error = %err, "Stale temporary files of the outbox are left: its filesystem is read-only");
-        }
-        Err(err) => return Err(FatalError::CleanOutbox(err)),
-    }
+    let removed = output::clean_stale_tmp(&folders.outbox).map_err(FatalError::CleanOutbox)?;
+    info!(removed, outbox = %folders.outbox.display(), "Removed stale temporary files");
 
     let metrics = Arc::new(Metrics::new());
     let observer = metrics.clone();
@@ -1505,14 +1496,6 @@ fn prepare_folders(config: &Config, copies: &Path) -> Result<(), FatalError> {
             needs.access(),
             rustix::fs::AtFlags::EACCESS,
         ) {
-            // An outbox on a filesystem mounted read-only is one that takes no outputs now,
-            // as when it turns read-only while the daemon runs: no image is submitted until
-            // it takes writes again (`run --once` ends 73 at `api.unreachable_timeout`), and
-            // the daemon is up to say so (it exited 74 at once).
-            if key == "folders.outbox" && cause == rustix::io::Errno::ROFS {
-                warn!(outbox = %crate::text::Escaped::path(path), "The outbox's filesystem is read-only: no image is submitted until it takes writes again (remount it read-write)");
-                continue;
-            }
             return Err(FatalError::FolderNotWritable {
                 key,
                 path: path.clone(),

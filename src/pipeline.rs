@@ -973,7 +973,8 @@ impl Handle {
     /// still what the resume must drive.
     pub async fn resume(&self, unfinished: Unfinished) -> Result<ResumeSummary, StoreError> {
         let resumed = self.resume_unfinished(unfinished).await;
-        // Live webhooks wait for this (`Dispatch::wait_resumed`), whatever the outcome.
+        // Live webhooks wait for this (`Dispatch::wait_resumed`), whatever the outcome (the
+        // resume marks it itself once every job is registered, before it starts them).
         self.shared.dispatch.mark_resumed();
         resumed
     }
@@ -1196,6 +1197,11 @@ impl Handle {
                     adopt_or_give_up(shared, submitter, late, fallback, policy).await;
                 });
             }
+            // Every job a webhook may belong to is registered: live webhooks may come in now.
+            // (Starting the resumed jobs below waits for `max_in_flight` slots, which turn over
+            // only as their tasks end: held back that long, a webhook for a job caught
+            // mid-submit came after its wait had given up on it, and it was sent again.)
+            shared.dispatch.mark_resumed();
             for (batch_id, (result_url, at_ms, members)) in batches {
                 if !submitter
                     .resume_batch(batch_id, result_url, at_ms, members)

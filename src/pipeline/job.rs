@@ -1898,13 +1898,11 @@ impl Runner {
             return self.fail(id, code, &err.to_string()).await;
         };
         let max_copy = self.settings().limits.max_download_bytes;
-        // Its bytes were read whole before (`copy_of`): an object empty now, or larger than a
-        // copy may be, is another put at its key since (failed or done with the object, the
-        // job kept failing at every replay, or took a foreign image for its result).
-        if checked_before
-            && copy_of.is_some()
-            && (info.size == 0 || (storage.entry.output_local_copy && info.size > max_copy))
-        {
+        // Its bytes were read whole before (`copy_of`), and passed the image check: an object
+        // empty now is another put at its key since (failed `object-missing`, the job kept
+        // failing at every replay). (One larger than a copy may be now is not told apart
+        // from `limits.max_download_bytes` lowered since: done with the object, as always.)
+        if checked_before && copy_of.is_some() && info.size == 0 {
             warn!(object = %storage.objects.uri(key), bytes = info.size, "The output object copied before is not the one there now; the image is made again (billed again)");
             return self.make_again(id).await;
         }

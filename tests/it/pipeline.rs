@@ -882,36 +882,6 @@ async fn run_once_on_an_outbox_turned_read_only_ends_73_naming_the_remount() {
     );
 }
 
-/// An outbox whose filesystem is read-only when `run --once` starts is one that takes no
-/// outputs, as when it turns so mid-run: nothing is submitted, the run ends 73 at
-/// `api.unreachable_timeout` naming the remount (it exited 74 at once, while `validate` passed
-/// the same config), and once remounted read-write the next run makes the image.
-#[tokio::test(flavor = "multi_thread")]
-async fn run_once_on_an_outbox_read_only_from_the_start_ends_73_naming_the_remount() {
-    let env = TestEnv::new(Scenario::default()).await;
-    let Some((_tmpfs, disk, outbox)) = outbox_on_a_tmpfs(&env) else {
-        return;
-    };
-    let config = config_with_outbox(&env, "unreachable_timeout: 2s", &outbox);
-    env.drop_file(
-        "ro.yaml",
-        b"images:\n  - input: storage://demo/ro-64x48.png\n",
-    );
-    assert!(remount(&disk, "ro"), "remount read-only");
-    let (code, stderr) = env.run_once(&config).await;
-    assert!(remount(&disk, "rw"), "remount read-write");
-    assert_eq!(code, 73, "{stderr}");
-    assert!(stderr.contains("remount it read-write"), "{stderr}");
-    assert_eq!(
-        env.stats().submits + env.stats().batch_images,
-        0,
-        "{stderr}"
-    );
-    let (code, stderr) = env.run_once(&config).await;
-    assert_eq!(code, 0, "{stderr}");
-    assert!(outbox.join("ro/ro-64x48.jpg").is_file(), "{stderr}");
-}
-
 /// `run --once` with `config`, the outbox's filesystem `disk` remounted read-only once the
 /// first image is at Claid (an async task made), and read-write again after the run: its exit
 /// code and stderr.
