@@ -566,6 +566,11 @@ fn validate_config_file(file: &Path) -> (bool, Option<i32>) {
                 }
                 return (false, None);
             }
+            // A folder on a filesystem mounted read-only stops the start (74): told here too.
+            if let Some(problem) = daemon::read_only_folders(&config).into_iter().next() {
+                println!("{}: folder problem\n  {problem}", file.display());
+                return (false, Some(crate::exit::of_fatal(&problem)));
+            }
             // The files the daemon reads at start, read as it reads them; a systemd credential
             // (`/run/credentials/…`) exists only for the running service and is left to it.
             let mut notes = Vec::new();

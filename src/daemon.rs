@@ -1569,6 +1569,39 @@ pub fn check_folders(config: &Config) -> Vec<FatalError> {
     problems
 }
 
+/// The folders the daemon writes that sit on a filesystem mounted read-only (`validate` tells
+/// them as the start would: the start stops at them). Only that: whether this user may write
+/// them says nothing of the daemon's user, who runs the start.
+pub fn read_only_folders(config: &Config) -> Vec<FatalError> {
+    let folders = &config.folders;
+    let mut problems = Vec::new();
+    let mut written = vec![
+        ("folders.outbox", &folders.outbox),
+        ("folders.archive", &folders.archive),
+        ("folders.rejected", &folders.rejected),
+        ("folders.state", &folders.state),
+    ];
+    if config.on_manifest_done != OnManifestDone::Keep {
+        written.insert(0, ("folders.inbox", &folders.inbox));
+    }
+    for (key, path) in written {
+        if let Err(rustix::io::Errno::ROFS) = rustix::fs::accessat(
+            rustix::fs::CWD,
+            path.as_path(),
+            Needs::ReadWrite.access(),
+            rustix::fs::AtFlags::EACCESS,
+        ) {
+            problems.push(FatalError::FolderNotWritable {
+                key,
+                path: path.clone(),
+                needs: Needs::ReadWrite.words(),
+                cause: std::io::Error::from_raw_os_error(libc::EROFS),
+            });
+        }
+    }
+    problems
+}
+
 /// The nearest existing ancestor of `path` when it is not a folder (a regular file, say).
 fn file_above(path: &Path) -> Option<PathBuf> {
     path.ancestors()

@@ -882,6 +882,30 @@ async fn run_once_on_an_outbox_turned_read_only_ends_73_naming_the_remount() {
     );
 }
 
+/// `validate` tells an outbox on a filesystem mounted read-only as the start does (the start
+/// stops at it, 74): it said `ok (config)` while `run` exited 74 at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn validate_tells_a_read_only_outbox_as_the_start_does() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let Some((_tmpfs, disk, outbox)) = outbox_on_a_tmpfs(&env) else {
+        return;
+    };
+    let config = config_with_outbox(&env, "", &outbox);
+    let config_arg = config.to_str().expect("utf-8");
+    assert!(remount(&disk, "ro"), "remount read-only");
+    let (validated, out, err) = crate::support::cli(&["validate", config_arg]).await;
+    let (started, started_err) = env.run_once(&config).await;
+    assert!(remount(&disk, "rw"), "remount read-write");
+    assert_eq!(started, 74, "{started_err}");
+    assert_eq!(validated, started, "{out}{err}");
+    assert!(
+        out.contains("folders.outbox") && out.contains("read-only"),
+        "{out}{err}"
+    );
+    let (code, out, err) = crate::support::cli(&["validate", config_arg]).await;
+    assert_eq!(code, 0, "writable again: {out}{err}");
+}
+
 /// `run --once` with `config`, the outbox's filesystem `disk` remounted read-only once the
 /// first image is at Claid (an async task made), and read-write again after the run: its exit
 /// code and stderr.
