@@ -1471,38 +1471,14 @@ fn status_line(pipeline: &pipeline::Handle) -> String {
 fn prepare_folders(config: &Config, copies: &Path) -> Result<(), FatalError> {
     let folders = &config.folders;
     let create = folders.create || config.api.base_url == BaseUrl::Embedded;
-    // With `keep`, manifests and recipe images stay where they are: the inbox is only read
-    // (an invalid manifest that cannot be moved to `rejected/` stays, with an error logged).
-    let inbox_needs = if config.on_manifest_done == OnManifestDone::Keep {
-        Needs::Read
-    } else {
-        Needs::ReadWrite
-    };
     if let Some(err) = check_folders(config).into_iter().next() {
         return Err(err);
     }
-    for (key, path, needs) in [
-        ("folders.inbox", &folders.inbox, inbox_needs),
-        ("folders.outbox", &folders.outbox, Needs::ReadWrite),
-        ("folders.archive", &folders.archive, Needs::ReadWrite),
-        ("folders.rejected", &folders.rejected, Needs::ReadWrite),
-    ] {
+    for (key, path, needs) in operator_folders(config) {
         if create {
             create_folder(path)?;
         }
-        if let Err(cause) = rustix::fs::accessat(
-            rustix::fs::CWD,
-            path.as_path(),
-            needs.access(),
-            rustix::fs::AtFlags::EACCESS,
-        ) {
-            return Err(FatalError::FolderNotWritable {
-                key,
-                path: path.clone(),
-                needs: needs.words(),
-                cause: cause.into(),
-            });
-        }
+        check_access(key, path, needs)?;
     }
     for path in [&folders.state, copies] {
         create_folder(path)?;
@@ -1573,33 +1549,50 @@ pub fn check_folders(config: &Config) -> Vec<FatalError> {
 /// them as the start would: the start stops at them). Only that: whether this user may write
 /// them says nothing of the daemon's user, who runs the start.
 pub fn read_only_folders(config: &Config) -> Vec<FatalError> {
+    operator_folders(config)
+        .into_iter()
+        .chain([("folders.state", &config.folders.state, Needs::ReadWrite)])
+        .filter_map(|(key, path, needs)| check_access(key, path, needs).err())
+        .filter(|err| {
+            matches!(err, FatalError::FolderNotWritable { cause, .. }
+                if cause.raw_os_error() == Some(libc::EROFS))
+        })
+        .collect()
+}
+
+/// The operator's folders the daemon reads or writes, with what it needs of each: with
+/// `on_manifest_done: keep`, manifests and recipe images stay where they are, and the inbox is
+/// only read (an invalid manifest that cannot be moved to `rejected/` stays, with an error
+/// logged).
+fn operator_folders(config: &Config) -> [(&'static str, &PathBuf, Needs); 4] {
     let folders = &config.folders;
-    let mut problems = Vec::new();
-    let mut written = vec![
-        ("folders.outbox", &folders.outbox),
-        ("folders.archive", &folders.archive),
-        ("folders.rejected", &folders.rejected),
-        ("folders.state", &folders.state),
-    ];
-    if config.on_manifest_done != OnManifestDone::Keep {
-        written.insert(0, ("folders.inbox", &folders.inbox));
-    }
-    for (key, path) in written {
-        if let Err(rustix::io::Errno::ROFS) = rustix::fs::accessat(
-            rustix::fs::CWD,
-            path.as_path(),
-            Needs::ReadWrite.access(),
-            rustix::fs::AtFlags::EACCESS,
-        ) {
-            problems.push(FatalError::FolderNotWritable {
-                key,
-                path: path.clone(),
-                needs: Needs::ReadWrite.words(),
-                cause: std::io::Error::from_raw_os_error(libc::EROFS),
-            });
-        }
-    }
-    problems
+    let inbox_needs = if config.on_manifest_done == OnManifestDone::Keep {
+        Needs::Read
+    } else {
+        Needs::ReadWrite
+    };
+    [
+        ("folders.inbox", &folders.inbox, inbox_needs),
+        ("folders.outbox", &folders.outbox, Needs::ReadWrite),
+        ("folders.archive", &folders.archive, Needs::ReadWrite),
+        ("folders.rejected", &folders.rejected, Needs::ReadWrite),
+    ]
+}
+
+/// Whether this process may do what `needs` says to the folder `path` (config key `key`).
+fn check_access(key: &'static str, path: &Path, needs: Needs) -> Result<(), FatalError> {
+    rustix::fs::accessat(
+        rustix::fs::CWD,
+        path,
+        needs.access(),
+        rustix::fs::AtFlags::EACCESS,
+    )
+    .map_err(|cause| FatalError::FolderNotWritable {
+        key,
+        path: path.to_path_buf(),
+        needs: needs.words(),
+        cause: cause.into(),
+    })
 }
 
 /// The nearest existing ancestor of `path` when it is not a folder (a regular file, say).
