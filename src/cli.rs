@@ -993,14 +993,15 @@ fn cmd_plan(config_path: &Path, file: &Path) -> anyhow::Result<i32> {
         let refetch = matches!(again, Some(JobState::Downloading { .. }));
         // A result made but not written, fetched again from Claid (a storage output's object
         // is copied again, `copy`, as a local copy that is gone is).
-        let kept = matches!(
-            &again,
-            Some(JobState::Downloading {
-                kept_since_ms: Some(_),
-                url,
-                ..
-            }) if !url.starts_with("storage://")
-        );
+        let kept = again.as_ref().is_some_and(|state| {
+            matches!(
+                state,
+                JobState::Downloading {
+                    kept_since_ms: Some(_),
+                    ..
+                }
+            ) && !state.downloads_object()
+        });
         let unchanged = again.is_some();
         let (input, local) = match &job.input {
             Input::Remote(url) => (url.clone(), false),

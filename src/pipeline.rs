@@ -342,34 +342,23 @@ pub async fn kept_result_fits(inbox: &std::path::Path, job: &crate::store::JobV1
     }
     let path = inbox.join(&job.input);
     let read = path.clone();
-    // Opened without blocking, and hashed only as a regular file: a FIFO put in its place
-    // blocked the open, and the replay (or its dry run) with it, for ever. Anything else
-    // there is not the file the result was made from.
+    // Hashed only as a regular file, opened without blocking (a FIFO put in its place
+    // blocked the replay, or its dry run, for ever): anything else there is not the file the
+    // result was made from.
     let hashed = tokio::task::spawn_blocking(move || {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&read)?;
-        if !file.metadata()?.is_file() {
+        let Some((mut file, _)) = job::open_regular(&read)? else {
             return Ok(None);
-        }
+        };
         let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
         std::io::copy(&mut file, &mut hasher)?;
         Ok::<_, std::io::Error>(Some(hex::encode(sha2::Digest::finalize(hasher))))
     })
     .await;
-    let sha256 = match hashed {
-        Ok(Ok(Some(sha256))) => sha256,
-        Ok(Ok(None)) => return false,
-        _ => return true,
-    };
-    let input = crate::manifest::Input::Local(Box::new(crate::manifest::LocalFile {
-        path,
-        rel: std::path::PathBuf::from(&job.input),
-        sha256,
-    }));
-    crate::manifest::key_for(&input, &job.body, std::path::Path::new(&job.output_rel)) == job.key
+    match hashed {
+        Ok(Ok(Some(sha256))) => job::is_validated_content(job, path, sha256),
+        Ok(Ok(None)) => false,
+        _ => true,
+    }
 }
 
 /// Why job `id` cannot be replayed when its local input is no longer in the inbox (a folder

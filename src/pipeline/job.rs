@@ -1903,8 +1903,9 @@ impl Runner {
         // failing at every replay). (One larger than a copy may be now is not told apart
         // from `limits.max_download_bytes` lowered since: done with the object, as always.)
         if checked_before && copy_of.is_some() && info.size == 0 {
-            warn!(object = %storage.objects.uri(key), bytes = info.size, "The output object copied before is not the one there now; the image is made again (billed again)");
-            return self.make_again(id).await;
+            return self
+                .object_replaced(id, &storage.objects.uri(key), "it is empty now")
+                .await;
         }
         if info.size == 0 {
             return self
@@ -1960,8 +1961,10 @@ impl Runner {
                     && checked_before
                     && hex::encode(sha2::Sha256::digest(&bytes)) != copied
                 {
-                    warn!(object = %storage.objects.uri(key), bytes = bytes.len(), "The output object of an earlier run was replaced in the bucket since its local copy was made; the image is made again (billed again)");
-                    return self.make_again(id).await;
+                    let why = format!("its {} bytes are not those copied before", bytes.len());
+                    return self
+                        .object_replaced(id, &storage.objects.uri(key), &why)
+                        .await;
                 }
                 let Some(message) =
                     result_mismatch(&bytes, (width, height), wanted, "the output object's")
@@ -1971,8 +1974,9 @@ impl Runner {
                 // It passed this check when it was copied before: another image was put at
                 // its key since (read again, it would fail the job at every replay).
                 if checked_before {
-                    warn!(object = %storage.objects.uri(key), reason = %message, "The output object copied before is not the same image any more; the image is made again (billed again)");
-                    return self.make_again(id).await;
+                    return self
+                        .object_replaced(id, &storage.objects.uri(key), &message)
+                        .await;
                 }
                 let object = storage.objects.uri(key);
                 if let Some(step) = self.read_again(id, &mut reads, message, &object).await {
@@ -2008,8 +2012,9 @@ impl Runner {
             // (`output_local_copy` turned off since its copy was made.) It passed the check
             // when it was copied: another image was put at its key since.
             if checked_before && copy_of.is_some() {
-                warn!(object = %storage.objects.uri(key), reason = %message, "The output object copied before is not the same image any more; the image is made again (billed again)");
-                return self.make_again(id).await;
+                return self
+                    .object_replaced(id, &storage.objects.uri(key), &message)
+                    .await;
             }
             let object = storage.objects.uri(key);
             if let Some(step) = self.read_again(id, &mut reads, message, &object).await {
@@ -2064,6 +2069,13 @@ impl Runner {
 
     /// Queues a job of a later run whose earlier output object cannot be taken again (gone,
     /// or replaced): the image is made again.
+    /// A storage object checked (and copied) before that is another now, put at its key since
+    /// (`why`): not this image's result, so the image is made again (billed again).
+    async fn object_replaced(&self, id: JobId, object: &str, why: &str) -> Step {
+        warn!(object = %object, reason = %Escaped::str(why), "The output object checked before was replaced in the bucket since; the image is made again (billed again)");
+        self.make_again(id).await
+    }
+
     async fn make_again(&self, id: JobId) -> Step {
         match self.deps.store.requeue(id, false).await {
             Ok(_) => Step::Continue,
@@ -2199,7 +2211,8 @@ impl Fresh {
 /// The sha256 of `bytes` when `job` copies a storage output's object (the copy a failed
 /// write keeps for a replay, [`Runner::fail_keeping`]); `None` for a downloaded result.
 fn object_sha(job: &JobV1, bytes: &[u8]) -> Option<String> {
-    matches!(&job.state, JobState::Downloading { url, .. } if url.starts_with("storage://"))
+    job.state
+        .downloads_object()
         .then(|| hex::encode(sha2::Sha256::digest(bytes)))
 }
 
@@ -2216,7 +2229,7 @@ fn refetch_hint(job: &JobV1, code: FailureCode, inbox: &Path) -> &'static str {
     if job.local && crate::manifest::recipe_for(&inbox.join(&job.input)).is_file() {
         return "; once the cause is mended, moving the image back into its recipe folder within 23 hours fetches the result Claid made (it keeps it a day): no new bill (later, the image is sent again)";
     }
-    if matches!(&job.state, JobState::Downloading { url, .. } if url.starts_with("storage://")) {
+    if job.state.downloads_object() {
         return "; once the cause is mended, `replay --failed` copies the object Claid wrote from the bucket again: no new bill";
     }
     "; once the cause is mended, `replay --failed` within 23 hours fetches the result Claid made again (it keeps it a day): no new bill (later, the image is sent again)"
@@ -2796,13 +2809,7 @@ fn read_local_input(
     }
     // Opened without blocking and checked to be a regular file before it is read: a FIFO
     // swapped in after validation blocked the open (and its job, and `run --once`) for ever.
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(&resolved)
-        .map_err(unreadable)?;
-    let meta = file.metadata().map_err(unreadable)?;
-    if !meta.is_file() {
+    let Some((file, meta)) = open_regular(&resolved).map_err(unreadable)? else {
         return Err((
             FailureCode::InputChanged,
             format!(
@@ -2810,7 +2817,7 @@ fn read_local_input(
                 path.display()
             ),
         ));
-    }
+    };
     if meta.len() > max_input {
         return Err((
             FailureCode::InputChanged,
@@ -2823,12 +2830,8 @@ fn read_local_input(
     }
     let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
     std::io::Read::read_to_end(&mut &file, &mut bytes).map_err(unreadable)?;
-    let input = Input::Local(Box::new(LocalFile {
-        path: resolved,
-        rel: PathBuf::from(&job.input),
-        sha256: hex::encode(sha2::Sha256::digest(&bytes)),
-    }));
-    if manifest::key_for(&input, &job.body, Path::new(&job.output_rel)) != job.key {
+    let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
+    if !is_validated_content(job, resolved, sha256) {
         return Err((
             FailureCode::InputChanged,
             format!(
@@ -2838,6 +2841,30 @@ fn read_local_input(
         ));
     }
     Ok(bytes)
+}
+
+/// `path` opened without blocking (a FIFO put there would block the open until something
+/// wrote into it), with its metadata, when it is a regular file; `None` for anything else.
+pub(crate) fn open_regular(
+    path: &Path,
+) -> std::io::Result<Option<(std::fs::File, std::fs::Metadata)>> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    Ok(meta.is_file().then_some((file, meta)))
+}
+
+/// Whether `sha256`, the content now at `path` (`job`'s local input), is what its manifest
+/// was validated with: the job key hashes a local input's content (README "Incremental").
+pub(crate) fn is_validated_content(job: &JobV1, path: PathBuf, sha256: String) -> bool {
+    let input = Input::Local(Box::new(LocalFile {
+        path,
+        rel: PathBuf::from(&job.input),
+        sha256,
+    }));
+    manifest::key_for(&input, &job.body, Path::new(&job.output_rel)) == job.key
 }
 
 /// Why a task (or batch) watched since `submitted_at_ms` (see `Polls::watched_since`) and

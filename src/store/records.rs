@@ -564,6 +564,12 @@ impl JobState {
         }
     }
 
+    /// Downloading a storage output's object (`storage://…`: checked in its bucket, and
+    /// copied with `output_local_copy`), not a result at a temporary URL.
+    pub fn downloads_object(&self) -> bool {
+        matches!(self, JobState::Downloading { url, .. } if url.starts_with("storage://"))
+    }
+
     /// A failed write's result a replay at `now_ms` fetches again instead of submitting the
     /// image again: Claid still keeps it ([`UNWRITTEN_RESULT_KEPT`]), or it is a storage
     /// output's object, which stays in the bucket (found gone, the image is made again).
