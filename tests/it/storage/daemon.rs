@@ -1096,17 +1096,30 @@ async fn a_kept_object_deleted_from_the_bucket_is_made_again_by_the_replay() {
         return;
     };
     s3.delete_object("catalog", "raw/out/shoes/sku-0.png").await;
-    let (code, stderr) = env.run_once(&config).await;
+    the_replay_makes_the_image_again(&env, &config, &outbox, &s3).await;
+    s3.stop().await;
+}
+
+/// `run --once` after [`a_local_copy_unwritten`] and a change to the object in the bucket:
+/// the image is made again (a second submit), and its local copy is Claid's new object, which
+/// is returned.
+async fn the_replay_makes_the_image_again(
+    env: &TestEnv,
+    config: &Path,
+    outbox: &Path,
+    s3: &S3Server,
+) -> Vec<u8> {
+    let (code, stderr) = env.run_once(config).await;
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("the image is made again"), "{stderr}");
-    assert_eq!(env.stats().submits, 2, "{stderr}");
+    assert_eq!(env.stats().submits, 2, "made again: {stderr}");
     let local = std::fs::read(outbox.join("shoes/sku-0.png")).expect("local copy");
     let object = s3
         .get_object("catalog", "raw/out/shoes/sku-0.png")
         .await
         .expect("object made again");
-    assert_eq!(local, object, "the local copy is the new object");
-    s3.stop().await;
+    assert_eq!(local, object, "the local copy is Claid's new object");
+    local
 }
 
 /// The same when another image of the same size and format was put at the object's key
@@ -1136,13 +1149,8 @@ async fn a_kept_object_replaced_in_the_bucket_is_not_copied_by_the_replay() {
         .expect("png");
     assert_ne!(foreign, claids);
     s3.put_object("catalog", key, &foreign).await;
-    let (code, stderr) = env.run_once(&config).await;
-    assert_eq!(code, 0, "{stderr}");
-    assert_eq!(env.stats().submits, 2, "made again: {stderr}");
-    let local = std::fs::read(outbox.join("shoes/sku-0.png")).expect("local copy");
+    let local = the_replay_makes_the_image_again(&env, &config, &outbox, &s3).await;
     assert_ne!(local, foreign, "the foreign object is not the result");
-    let object = s3.get_object("catalog", key).await.expect("object");
-    assert_eq!(local, object, "the local copy is Claid's new object");
     s3.stop().await;
 }
 
@@ -1159,13 +1167,8 @@ async fn a_kept_object_emptied_in_the_bucket_is_made_again_by_the_replay() {
     };
     let key = "raw/out/shoes/sku-0.png";
     s3.put_object("catalog", key, b"").await;
-    let (code, stderr) = env.run_once(&config).await;
-    assert_eq!(code, 0, "{stderr}");
-    assert_eq!(env.stats().submits, 2, "made again: {stderr}");
-    let local = std::fs::read(outbox.join("shoes/sku-0.png")).expect("local copy");
-    let object = s3.get_object("catalog", key).await.expect("object");
-    assert!(!object.is_empty());
-    assert_eq!(local, object, "the local copy is Claid's new object");
+    let local = the_replay_makes_the_image_again(&env, &config, &outbox, &s3).await;
+    assert!(!local.is_empty());
     s3.stop().await;
 }
 
