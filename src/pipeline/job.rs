@@ -1444,6 +1444,7 @@ impl Runner {
         // the result's record, a job resumed after a stop of minutes, or one that waited for a
         // download slot, had none, and ten empty answers failed it).
         let mut first_empty: Option<Instant> = None;
+        let mut kept_refusals = 0u32;
         let bytes = loop {
             // Held through the wait when the machine ran out of file descriptors.
             let mut _blocking = None;
@@ -1496,7 +1497,25 @@ impl Runner {
                     } else {
                         Failure::of(&err)
                     };
-                    match decide(&mut attempts, failure) {
+                    // A kept result's URL served its bytes once (the earlier run downloaded
+                    // them, then could not write them): refused twice in a row, it is no URL
+                    // still propagating, and the task is asked at once for another (free).
+                    // Each gone result of a replay waited out the download's nine asks, about
+                    // a minute of backoff, before it was made again.
+                    if kept_since.is_some()
+                        && fresh_url.is_some()
+                        && matches!(err, ClaidError::ResultGone { .. })
+                    {
+                        kept_refusals += 1;
+                    } else {
+                        kept_refusals = 0;
+                    }
+                    let decision = if kept_refusals >= KEPT_RESULT_REFUSALS {
+                        Decision::Fail(GiveUp::NotRetryable)
+                    } else {
+                        decide(&mut attempts, failure)
+                    };
+                    match decision {
                         Decision::Retry { after } => {
                             if away && attempts.failed_attempts() > 1 {
                                 debug!(error = %err, "Download failed; the result's host is still away; retrying");
@@ -2651,6 +2670,10 @@ pub fn failure_of(health: &HealthState, err: &ClaidError, sent_at: Instant) -> F
         Failure::Job | Failure::Systemic | Failure::RateLimited { .. } => failure,
     }
 }
+
+/// Refusals in a row (403/404/410) of a kept result's URL, which served it once, after which
+/// the task is asked for another URL, and the result, given none, is known gone.
+const KEPT_RESULT_REFUSALS: u32 = 2;
 
 /// Lost submit answers in a row after which a job is held in doubt instead of sent again.
 pub(crate) const MAX_LOST_ANSWERS: u32 = 5;

@@ -1284,15 +1284,29 @@ async fn a_kept_result_gone_by_the_replay_is_submitted_again() {
     // Gone, while the API is down: the poll for another URL fails, so the result is not known
     // gone; the job fails again, keeps it, and nothing is sent.
     env.emulator.control().set_down(true);
+    let refused_before = env.stats().downloads_expired;
     let (code, stderr) = env.run_once(&config).await;
     env.emulator.control().set_down(false);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("result-expired"), "{stderr}");
     assert_eq!(env.stats().submits, 1, "not sent on a guess: {stderr}");
+    // The URL served the result once: two refusals tell it is gone (the download's whole
+    // budget, nine asks and about a minute of backoff, was spent on it).
+    assert_eq!(
+        env.stats().downloads_expired - refused_before,
+        2,
+        "the kept result's URL asked twice: {stderr}"
+    );
     let stdout = replay_failed(&config).await;
     assert!(stdout.contains("fetched again"), "{stdout}");
     // The API answers: its poll gives the same URL, so the result is gone, and made again.
+    let refused_before = env.stats().downloads_expired;
     let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(
+        env.stats().downloads_expired - refused_before,
+        2,
+        "the kept result's URL asked twice: {stderr}"
+    );
     assert_eq!(code, 0, "{stderr}");
     assert!(
         stderr.contains("is gone; the image is submitted again"),
