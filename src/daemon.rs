@@ -31,16 +31,16 @@ use crate::{activity, admin, alerts, emulator, output, watcher, web, webhook};
 pub const PID_FILE: &str = "claid-hotfolder.pid";
 /// Where the processed version of each running manifest is kept, under the state folder.
 const COPIES_DIR: &str = "copies";
-/// How long shutdown waits for alert messages still queued (the last run's `manifest-finished`).
-/// An announcement nobody waited for while submits were on the wire is counted as unknown
+/// An announcement nobody waited for is counted as unknown
 /// (`claid_hotfolder_webhooks{outcome="unknown_task"}`) once no submit is on the wire and
-/// this long has passed for the answer to be recorded (or after [`UNDECIDED_FOR`]) and no
-/// job took its task: an early announcement of the daemon's own is not unknown.
+/// this long has passed for a submit's answer to be recorded (or after [`UNDECIDED_FOR`]) and
+/// no job took its task: an early announcement of the daemon's own is not unknown.
 const OWN_ANSWER_GRACE: Duration = Duration::from_secs(2);
 const UNDECIDED_FOR: Duration = Duration::from_secs(600);
 /// Past this many undecided announcements, each new one is counted at once.
 const UNDECIDED_MAX: usize = 10_000;
 
+/// How long shutdown waits for alert messages still queued (the last run's `manifest-finished`).
 const ALERTS_FLUSH: Duration = Duration::from_secs(5);
 /// How often `STATUS=` is refreshed for systemd.
 const STATUS_INTERVAL: Duration = Duration::from_secs(5);
@@ -689,9 +689,12 @@ async fn start_webhooks(
         // keeps those nobody waits for in the store first) until the start's resume has
         // registered the jobs they may belong to.
         dispatch_to.wait_resumed().await;
-        // Announcements nobody waited for while a submit was on the wire: each may be that
-        // submit's own (Claid announced it before answering), so it is counted as unknown only
-        // once no job took its task after that submit's answer was recorded.
+        // Announcements nobody waited for: each may be the own of a submit on the wire (Claid
+        // announced it before answering) or of one answered just now whose task is not
+        // recorded yet (the client is done with a call before the pipeline records its task),
+        // so it is counted as unknown only once no job took its task after the grace. Counted
+        // at once when no submit was on the wire, one answered in between was counted twice:
+        // unknown, then handed to its job.
         let mut undecided: VecDeque<(TaskRef, Instant)> = VecDeque::new();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -703,9 +706,8 @@ async fn start_webhooks(
                     if dispatch_to.deliver(update).await != pipeline::dispatch::Delivery::Kept {
                         continue;
                     }
-                    // Decided in the order they came: one heard while earlier ones wait waits too.
-                    let quiet = dispatch_to.billable_on_the_wire() == 0 && undecided.is_empty();
-                    if quiet || undecided.len() >= UNDECIDED_MAX {
+                    // Decided in the order they came.
+                    if undecided.len() >= UNDECIDED_MAX {
                         unknown.count_unknown_task();
                     } else {
                         undecided.push_back((task, Instant::now()));
