@@ -114,7 +114,7 @@ impl Metrics {
         let manifests = Family::<OutcomeLabel, Counter>::default();
         registry.register(
             "manifests",
-            "Manifests finished or rejected, by outcome",
+            "Manifest runs ended (finished or rejected), by outcome; a run a replay reopens counts again when it ends again",
             manifests.clone(),
         );
         let job_failures = Family::<CodeLabel, Counter>::default();

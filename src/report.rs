@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -260,6 +261,41 @@ pub fn write_streamed_to(
     Ok((json_path, csv_path))
 }
 
+/// Removes the report of content `sha256` that an earlier write left at `(json_rel, csv_rel)`
+/// under `archive` (where a report goes when the outbox takes none), once the outbox holds
+/// the run's report again (a replay ended the run anew): left there, it told the run's old
+/// outcome ("2 failed") beside a manifest whose images were all delivered since. A report of
+/// other content there is another run's only one: kept. Returns the JSON report removed.
+pub fn remove_archived_fallback(
+    archive: &Path,
+    (json_rel, csv_rel): (&Path, &Path),
+    sha256: &str,
+) -> Option<PathBuf> {
+    let json = output::safe_join(archive, json_rel).ok()?;
+    let csv = output::safe_join(archive, csv_rel).ok()?;
+    // The header comes first, pretty-printed: `"sha256"` after a line break and two spaces
+    // can only be its key (a line break inside a string is escaped). The manifest's path
+    // before it is at most 4 KiB, escaped up to six bytes a byte.
+    // Opened without blocking (a FIFO put there) and read only as a regular file.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(&json)
+        .ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut head = Vec::new();
+    io::Read::read_to_end(&mut io::Read::take(file, 32 * 1024), &mut head).ok()?;
+    let key = format!("\n  \"sha256\": \"{sha256}\"");
+    if !head.windows(key.len()).any(|w| w == key.as_bytes()) {
+        return None;
+    }
+    std::fs::remove_file(&json).ok()?;
+    let _ = std::fs::remove_file(&csv);
+    Some(json)
+}
+
 /// The object a storage output's row names: the expected `storage://` URI, with the name of
 /// the object that was checked in the bucket (`checked`, its `s3://`/`gs://` URI) when Claid
 /// wrote it under the same stem with another extension (`f1.tif` for `f1.tiff`).
@@ -405,6 +441,62 @@ pub fn rel_paths_of_run(
 ) -> (PathBuf, PathBuf) {
     let tag = superseded.then(|| superseded_tag(m.registered_at_ms));
     rel_paths_tagged(outbox, Path::new(&m.rel), tag.as_deref())
+}
+
+#[cfg(test)]
+mod fallback_tests {
+    use super::*;
+
+    fn report_of(sha: &str) -> String {
+        format!("{{\n  \"manifest\": \"m.yaml\",\n  \"sha256\": \"{sha}\",\n  \"jobs\": []\n}}\n")
+    }
+
+    #[test]
+    fn only_a_report_of_the_same_content_is_removed_from_the_archive() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (json, csv) = (Path::new("m.report.json"), Path::new("m.report.csv"));
+        std::fs::write(dir.path().join(json), report_of("aa11")).expect("json");
+        std::fs::write(dir.path().join(csv), "status\n").expect("csv");
+        // Another content's report: that run's only one, kept.
+        assert_eq!(
+            remove_archived_fallback(dir.path(), (json, csv), "bb22"),
+            None
+        );
+        assert!(dir.path().join(json).exists() && dir.path().join(csv).exists());
+        // A manifest path that holds the text of the key is no header.
+        std::fs::write(
+            dir.path().join(json),
+            "{\n  \"manifest\": \"x\\n  \\\"sha256\\\": \\\"bb22\\\"\",\n  \"sha256\": \"aa11\"\n}\n",
+        )
+        .expect("json");
+        assert_eq!(
+            remove_archived_fallback(dir.path(), (json, csv), "bb22"),
+            None
+        );
+        std::fs::write(dir.path().join(json), report_of("aa11")).expect("json");
+        assert_eq!(
+            remove_archived_fallback(dir.path(), (json, csv), "aa11"),
+            Some(dir.path().join(json))
+        );
+        assert!(!dir.path().join(json).exists() && !dir.path().join(csv).exists());
+        // Nothing there, or no regular file: nothing removed (a FIFO does not block).
+        assert_eq!(
+            remove_archived_fallback(dir.path(), (json, csv), "aa11"),
+            None
+        );
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(dir.path().join(json))
+                .status()
+                .expect("mkfifo")
+                .success()
+        );
+        assert_eq!(
+            remove_archived_fallback(dir.path(), (json, csv), "aa11"),
+            None
+        );
+        assert!(dir.path().join(json).exists());
+    }
 }
 
 #[cfg(test)]

@@ -726,7 +726,14 @@ impl Finisher {
                 };
                 match write(&outbox, paths.clone()) {
                     Ok((json, _csv)) => {
-                        info!(manifest = %m.rel, report = %json.display(), counts = ?tally.counts, "Manifest report written")
+                        info!(manifest = %m.rel, report = %json.display(), counts = ?tally.counts, "Manifest report written");
+                        if let Some(old) = report::remove_archived_fallback(
+                            &archive,
+                            (&paths.0, &paths.1),
+                            &m.sha256,
+                        ) {
+                            info!(report = %old.display(), "Removed the report an earlier end of this content left in the archive (the outbox could not take it then); the outbox's replaces it");
+                        }
                     }
                     // An outbox that takes no report (read-only, not the daemon's to write, a
                     // full disk): a report an earlier run left at these names describes

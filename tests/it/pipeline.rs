@@ -1039,7 +1039,20 @@ async fn a_result_that_met_a_read_only_outbox_is_fetched_again_by_replay_not_bil
             && !stdout.contains("Claid had billed already"),
         "{stdout}"
     );
+    // The read-only outbox took no report: the run's went into the archive.
+    let fallback = env.archive.join("kept.report.json");
+    let failed = |path: &std::path::Path| -> u64 {
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(path).expect("report")).expect("json");
+        report["counts"]["failed"].as_u64().unwrap_or(0)
+    };
+    assert_eq!(failed(&fallback), 1);
     the_kept_result_is_written_unbilled(&env, &config, &outbox).await;
+    // Ended anew by the replay, the run's report is in the outbox, and the archive's, which
+    // told the old outcome (1 failed), is gone with its CSV.
+    assert_eq!(failed(&outbox.join("kept.report.json")), 0);
+    assert!(!fallback.exists(), "the stale report left in the archive");
+    assert!(!env.archive.join("kept.report.csv").exists());
 }
 
 /// A local image whose result met a read-only outbox keeps that result for a replay; but
