@@ -620,18 +620,31 @@ impl BatchRunner {
         // The objects each storage output replaces, asked side by side (a HEAD or two each):
         // noted on the jobs in the store before the batch's intent is flushed; then the
         // latest noted second is waited out, once for the batch.
-        let same_second = {
+        // A member whose bucket cannot be looked at is not sent (failed, or parked).
+        let (members, same_second) = {
             use futures_util::StreamExt;
-            use std::sync::atomic::{AtomicU64, Ordering};
             let runner = &self.deps.runner;
-            let longest_ms = &AtomicU64::new(0);
-            futures_util::stream::iter(&members)
-                .for_each_concurrent(REPLACED_OBJECT_CHECKS, |m| async move {
-                    let left = runner.note_replaced_objects(m.id, &m.job).await;
-                    longest_ms.fetch_max(left.as_millis() as u64, Ordering::Relaxed);
-                })
-                .await;
-            Duration::from_millis(longest_ms.load(Ordering::Relaxed))
+            let looked: Vec<(Member, Result<Duration, JobOutcome>)> =
+                futures_util::stream::iter(members)
+                    .map(|m| async move {
+                        let left = runner.note_replaced_objects(m.id, &m.job).await;
+                        (m, left)
+                    })
+                    .buffered(REPLACED_OBJECT_CHECKS)
+                    .collect()
+                    .await;
+            let mut longest = Duration::ZERO;
+            let mut kept = Vec::with_capacity(looked.len());
+            for (member, left) in looked {
+                match left {
+                    Ok(left) => {
+                        longest = longest.max(left);
+                        kept.push(member);
+                    }
+                    Err(outcome) => self.report(member.manifest, outcome),
+                }
+            }
+            (kept, longest)
         };
         // Stopped meanwhile: nothing is sent; the jobs stay queued in the store for the next
         // start, as a single job's are.

@@ -313,8 +313,12 @@ impl Runner {
     /// the job done as `skipped` without a submit; with `fail`, it fails the job with
     /// `output-exists`. For a storage output this is the only place the policy applies (Claid
     /// writes the object itself); for a local one the write applies it again, for a file that
-    /// appears meanwhile. `None`: submit as usual (`replace`, nothing there, or the bucket could
-    /// not be asked: a warning is logged).
+    /// appears meanwhile. `None`: submit as usual (`replace`, or nothing there). A bucket that
+    /// does not answer (or refuses the daemon's keys) is waited out like an outage (parked
+    /// when the daemon stops, or `run --once` gives up); one that answers the look with
+    /// another error fails the job, unbilled: without the answer the policy cannot be kept
+    /// (a blip of the bucket had the image submitted, billed, and the object the policy kept
+    /// replaced).
     pub async fn settle_existing_output(&self, id: JobId, job: &JobV1) -> Option<JobOutcome> {
         let policy = self.settings().policies.on_output_exists;
         if policy == OnOutputExists::Replace {
@@ -324,12 +328,9 @@ impl Runner {
             return self.settle_existing_file(id, job, policy).await;
         };
         let (storage, key) = self.output_storage(&uri)?;
-        let found = match objects_at(storage, key, 1).await {
+        let found = match self.output_objects(id, storage, (&uri, key), 1).await {
             Ok(found) => found.into_iter().next(),
-            Err(err) => {
-                warn!(error = %err, job_id = id, "Cannot see whether the output object exists; `on_output_exists` is not applied to it");
-                return None;
-            }
+            Err(outcome) => return Some(outcome),
         };
         // An empty object is no output to keep: `skip` has Claid write it again (`fail`
         // refuses anything there, as it does an empty file).
@@ -383,35 +384,37 @@ impl Runner {
     /// pointing elsewhere since the start, or a DONE without the write, left the earlier edit
     /// there, recorded done). Not for a job waiting to adopt the task of a lost submit: the
     /// object there may be that task's. A bucket that cannot be asked leaves nothing noted: the
-    /// check then takes whatever object is there.
+    /// is waited out, and one that answers the look with another error fails the job, unbilled,
+    /// as in [`Runner::settle_existing_output`]: with nothing noted, the check after the task
+    /// took whatever object was there, the earlier edit too, for the new one.
     ///
     /// Returns how long the caller must wait before the submit: S3 tells the time of writing
     /// to the second, so while the second a noted object was written in lasts, Claid's object
     /// written with the same bytes would look the same ([`SAME_SECOND_MS`]; zero otherwise).
-    #[must_use = "the submit must wait out the noted object's second"]
-    pub async fn note_replaced_objects(&self, id: JobId, job: &JobV1) -> Duration {
+    /// `Err`: the job is not submitted (failed, or parked).
+    pub async fn note_replaced_objects(
+        &self,
+        id: JobId,
+        job: &JobV1,
+    ) -> Result<Duration, JobOutcome> {
         if job.replaces.is_some()
             || job.waits_for_adoption()
             || self.settings().policies.on_output_exists != OnOutputExists::Replace
         {
-            return Duration::ZERO;
+            return Ok(Duration::ZERO);
         }
         let Some(uri) = crate::storages::destination_of(&job.body, &job.output_rel) else {
-            return Duration::ZERO;
+            return Ok(Duration::ZERO);
         };
         let Some((storage, key)) = self.output_storage(&uri) else {
-            return Duration::ZERO;
+            return Ok(Duration::ZERO);
         };
-        let seen: Vec<ObjectSeen> = match objects_at(storage, key, 2).await {
-            Ok(found) => found
-                .into_iter()
-                .map(|info| ObjectSeen::new(&info.key, info.e_tag, info.last_modified))
-                .collect(),
-            Err(err) => {
-                debug!(error = %err, job_id = id, "Cannot see the object this edit replaces; the output check takes whatever object is there");
-                return Duration::ZERO;
-            }
-        };
+        let seen: Vec<ObjectSeen> = self
+            .output_objects(id, storage, (&uri, key), 2)
+            .await?
+            .into_iter()
+            .map(|info| ObjectSeen::new(&info.key, info.e_tag, info.last_modified))
+            .collect();
         // A time of writing told to the second (S3's `Last-Modified`; a time with milliseconds
         // is told apart anyway): the second it names must be over before Claid writes.
         let newest_second = seen
@@ -421,12 +424,43 @@ impl Runner {
             .max();
         if let Err(err) = self.deps.store.note_replaced_objects(id, seen).await {
             debug!(error = %err, job_id = id, "The objects an edit replaces were not noted");
-            return Duration::ZERO;
+            return Ok(Duration::ZERO);
         }
-        newest_second.map_or(Duration::ZERO, |ms| {
+        Ok(newest_second.map_or(Duration::ZERO, |ms| {
             let left = (ms + SAME_SECOND_MS).saturating_sub(crate::store::now_ms());
             Duration::from_millis(left.min(2 * SAME_SECOND_MS))
-        })
+        }))
+    }
+
+    /// The objects at a storage output's key (`uri`, `key` in `storage`) and at its other
+    /// extension (up to `wanted`), looked at before the submit. A bucket away or refusing the
+    /// daemon's keys is waited out ([`Runner::through_bucket_outage`]; `Err(Parked)` when the
+    /// daemon stops or `run --once` gives up: the job stays queued); any other error fails
+    /// the job, unbilled, naming the object and the fix.
+    async fn output_objects(
+        &self,
+        id: JobId,
+        storage: &crate::storages::OpenStorage,
+        (uri, key): (&str, &str),
+        wanted: usize,
+    ) -> Result<Vec<crate::objects::ObjectInfo>, JobOutcome> {
+        match self
+            .through_bucket_outage(storage, || objects_at(storage, key, wanted))
+            .await
+        {
+            Ok(found) => Ok(found),
+            Err(None) => Err(JobOutcome::Parked),
+            Err(Some(err)) => {
+                let message = format!(
+                    "not submitted: cannot see whether the output object {} is there ({err}), which must be known before Claid writes it; nothing was billed: `replay --failed` once the bucket answers",
+                    crate::text::Escaped::str(uri)
+                );
+                match self.fail(id, object_failure(&err), &message).await {
+                    Step::End(outcome) => Err(outcome),
+                    Step::Continue => Err(JobOutcome::Parked),
+                }
+            }
+        }
     }
 
     /// The configured storage a job's output object (`storage://CONNECTOR/key`) goes to, and
@@ -663,7 +697,10 @@ impl Runner {
         if let Some(outcome) = self.settle_existing_output(id, job).await {
             return Step::End(outcome);
         }
-        let same_second = self.note_replaced_objects(id, job).await;
+        let same_second = match self.note_replaced_objects(id, job).await {
+            Ok(wait) => wait,
+            Err(outcome) => return Step::End(outcome),
+        };
         // Stopped during its wait for the noted object's second: not submitted, left queued.
         if (!same_second.is_zero() && !self.wait(same_second).await) || deps.cancel.is_cancelled() {
             return Step::End(JobOutcome::Parked);
@@ -2133,7 +2170,7 @@ impl Runner {
             };
             if matches!(err, crate::objects::ObjectError::Denied { .. }) {
                 if deps.health.storage_failed(&storage.name, err.to_string()) {
-                    warn!(storage = %crate::text::Escaped::str(&storage.name), error = %err, "A storage's bucket refuses the daemon's keys for an output Claid wrote; it waits and is retried (fix `credentials_file`, then restart the daemon; in `run --once` until `api.unreachable_timeout`)");
+                    warn!(storage = %crate::text::Escaped::str(&storage.name), error = %err, "A storage's bucket refuses the daemon's keys for an output object; what needs it waits and is retried (fix `credentials_file`, then restart the daemon; in `run --once` until `api.unreachable_timeout`)");
                 }
             } else if bucket_away(&err) {
                 bucket_failure(&deps.health, &storage.name, &err, true);

@@ -2338,6 +2338,96 @@ async fn on_output_exists_skip_and_fail_protect_existing_objects_before_any_spen
     s3.stop().await;
 }
 
+/// The look before the submit (whether the output object is there, which `skip` and `fail`
+/// need, and which object `replace` replaces) waits for a bucket that does not answer, or
+/// answers 503: nothing is submitted meanwhile, and once it answers, `skip` keeps the object
+/// there, unbilled. (Told a warning, the image was submitted at once: billed, the object
+/// `skip` was to keep replaced, and with `replace` nothing noted, so an earlier edit left at
+/// the key could be recorded as the new one.)
+#[tokio::test(flavor = "multi_thread")]
+async fn the_look_before_a_storage_outputs_submit_waits_for_the_bucket() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    for (policy, fault) in [
+        ("skip", None),
+        ("replace", Some(("503 Service Unavailable", "SlowDown"))),
+    ] {
+        let (env, _) = storage_env(&s3, quick(), "", 2).await;
+        let switch = Switch::start(&s3.endpoint).await;
+        let keys = credentials_file(env.dir.path());
+        let storages = storages_yaml("catalog-s3", "s3://catalog/raw", &switch.endpoint(), &keys);
+        let config = env.config(&format!("batch: {{ max_images: 1 }}"), &storages);
+        append_to(&config, &format!("on_output_exists: {policy}\n"));
+        let kept = crate::support::png(9, 7);
+        let key = format!("raw/away-{policy}/shoes/sku-0.jpg");
+        s3.put_object("catalog", &key, &kept).await;
+        // Each look that fails is logged at debug.
+        let mut daemon = env.spawn_daemon_with(
+            &config,
+            0,
+            &[("RUST_LOG", "info,claid_hotfolder::pipeline::job=debug")],
+        );
+        let deadline = std::time::Duration::from_secs(60);
+        crate::support::wait_until("ready", deadline, || env.daemon_log(0).contains("Ready")).await;
+        match fault {
+            Some((status, code)) => switch.answer(status, code).await,
+            None => switch.off().await,
+        }
+        env.drop_file(
+            "shoes.yaml",
+            format!(
+                "output: {{ format: jpeg, destination: storage://catalog/away-{policy}/ }}\nimages:\n  - storage://catalog/in/sku-0.png\n  - storage://catalog/in/sku-1.png\n"
+            )
+            .as_bytes(),
+        );
+        crate::support::wait_until("the bucket told away", deadline, || {
+            env.daemon_log(0).contains("does not answer")
+        })
+        .await;
+        // Well past object_store's own quick retries (under a second).
+        crate::support::wait_until("the looks retried", deadline, || {
+            env.daemon_log(0)
+                .matches("Cannot reach the bucket of an output object")
+                .count()
+                >= 4
+                || env.daemon_log(0).contains("Batch submitted")
+                || env.stats().submits + env.stats().batch_images > 0
+        })
+        .await;
+        assert_eq!(
+            env.stats().submits + env.stats().batch_images,
+            0,
+            "{policy}: nothing submitted while the bucket cannot be looked at:\n{}",
+            env.daemon_log(0)
+        );
+        switch.off().await;
+        switch.on();
+        crate::support::wait_until("the report", deadline, || {
+            env.outbox.join("shoes.report.json").exists()
+        })
+        .await;
+        let report = env.report("shoes");
+        let first = if policy == "skip" { "skipped" } else { "done" };
+        assert_eq!(report["jobs"][0]["status"], first, "{policy}: {report:#}");
+        assert_eq!(report["jobs"][1]["status"], "done", "{policy}: {report:#}");
+        let billed = env.stats().submits + env.stats().batch_images;
+        if policy == "skip" {
+            assert_eq!(
+                s3.get_object("catalog", &key).await.expect("object"),
+                kept,
+                "the object `skip` keeps"
+            );
+            assert_eq!(billed, 1, "only the image without an object is billed");
+        } else {
+            assert_ne!(s3.get_object("catalog", &key).await.expect("object"), kept);
+            assert_eq!(billed, 2);
+        }
+        crate::support::stop(&mut daemon).await;
+    }
+    s3.stop().await;
+}
+
 /// With `output_local_copy`, a file already at the local copy's place is an output that exists:
 /// `on_output_exists: fail` refuses it before the submit, nothing billed and the file kept (it
 /// was found only at the copy, after Claid had written and billed the object).
