@@ -91,6 +91,15 @@ fn check_storage_key(
     problems: &mut Collector,
 ) -> Option<()> {
     let (name, key) = crate::storages::split_uri(url).unwrap_or((&url["storage://".len()..], ""));
+    // `storage://user:password@NAME/…`: Claid reads no credentials there (it would be sent,
+    // refused, and its answer quote the password into the log). Not repeated here.
+    if name.contains('@') {
+        problems.add(
+            path,
+            "a storage input names its storage, not credentials: remove the `user:password@` before the storage's name, like `storage://catalog/a.jpg` (the daemon reaches the bucket with `storages.NAME.credentials_file`, Claid with its connector)".to_owned(),
+        );
+        return None;
+    }
     let prefix = super::validate::storage_prefix(ctx.storages, name).unwrap_or("");
     match crate::objects::check_key_under(prefix, key) {
         Ok(()) => match super::validate::in_staging_area(ctx.storages, url) {

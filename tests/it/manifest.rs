@@ -1058,6 +1058,28 @@ fn issue15_two_images_writing_one_object_through_two_storages_are_refused() {
     );
 }
 
+/// A storage input with credentials before its storage's name (`storage://user:pw@catalog/…`)
+/// is refused at validation, naming the fix and not the password: it was sent to Claid,
+/// refused there, and its answer put the password into the log.
+#[test]
+fn a_storage_input_with_credentials_is_refused_without_repeating_them() {
+    let env = env();
+    let mut storages = BTreeMap::new();
+    storages.insert(
+        "catalog".to_owned(),
+        storage_entry("catalog-s3", "raw", false),
+    );
+    let text = "images:\n  - input: https://example.com/x.png\n  - input: storage://ops:hunter2@catalog/in/a.png\n";
+    let err = load_with_storages(&env, &storages, "m.yaml", text).expect_err("refused");
+    let told = err.error_txt();
+    assert!(
+        told.contains("line 3:") && told.contains("remove the `user:password@`"),
+        "{told}"
+    );
+    assert!(!told.contains("hunter2"), "{told}");
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+}
+
 /// The staging storage's `staging/` folder (`api.staging`) holds the daemon's staged inputs,
 /// which it deletes once their jobs end: a manifest may neither write its outputs there
 /// (reached directly, or through another storage on the same bucket) nor read inputs from
