@@ -351,6 +351,7 @@ fn cmd_run(path: &Path, once: bool, print_config: bool) -> i32 {
         Ok(rt) => rt,
         Err(err) => return report(Err(err)),
     };
+    let unreachable_timeout = config.api.unreachable_timeout;
     let opts = RunOptions {
         once,
         progress_bar: (once && io::stderr().is_terminal()).then_some(terminal),
@@ -386,7 +387,8 @@ fn cmd_run(path: &Path, once: bool, print_config: bool) -> i32 {
             };
             tracing::error!(
                 error = %Escaped::str(&why),
-                "{what}; unfinished jobs stay in the store and resume at the next run"
+                "{what} for `api.unreachable_timeout` ({}); unfinished jobs stay in the store and resume at the next run (a longer `api.unreachable_timeout` waits longer)",
+                humantime::format_duration(unreachable_timeout)
             );
             // Refused keys are no outage: access refused, as at the start's check (77), so
             // a wrapper does not keep trying what only new keys heal.

@@ -916,7 +916,11 @@ impl BatchRunner {
                 Decision::Retry { after } => {
                     let after = after.max(lost_answers.least_wait(deps.retry.cap));
                     // An answer lost is told above already ("resubmitting (in doubt)").
-                    if !matches!(failure, Failure::Ambiguous) {
+                    // In an outage, told once (health says the API is away): each
+                    // retry after the first at debug (36 lines in 30 s before).
+                    if retry_as == Failure::Unreachable && attempts.failed_attempts() > 1 {
+                        debug!(error = %err, "Batch submit failed; the API is still away; retrying");
+                    } else if !matches!(failure, Failure::Ambiguous) {
                         warn!(error = %err, "Batch submit failed; retrying");
                     }
                     if !self.wait(after).await {

@@ -947,7 +947,12 @@ impl Runner {
             match submit_decision(&deps.health, &mut attempts, retry_as, &err) {
                 Decision::Retry { after } => {
                     let after = after.max(lost_answers.least_wait(deps.retry.cap));
-                    warn!(error = %err, attempt = attempts.failed_attempts(), "Submit failed; retrying");
+                    // In an outage, each retry after the first at debug (health tells it).
+                    if retry_as == Failure::Unreachable && attempts.failed_attempts() > 1 {
+                        debug!(error = %err, attempt = attempts.failed_attempts(), "Submit failed; the API is still away; retrying");
+                    } else {
+                        warn!(error = %err, attempt = attempts.failed_attempts(), "Submit failed; retrying");
+                    }
                     if !self.wait(after).await {
                         return Step::End(JobOutcome::Parked);
                     }

@@ -1329,6 +1329,17 @@ async fn issue11_run_once_gives_up_on_an_unreachable_api() {
         stderr.to_lowercase().contains("connection refused"),
         "names the system's reason: {stderr}"
     );
+    assert!(
+        stderr.contains("for `api.unreachable_timeout` (2s)"),
+        "names the key it waited for: {stderr}"
+    );
+    // The outage's retries are told once (each was a warning: 36 in 30 s).
+    assert_eq!(
+        stderr.matches("submit failed; retrying").count()
+            + stderr.matches("Submit failed; retrying").count(),
+        1,
+        "{stderr}"
+    );
     let (code, stderr) = env.run_once(&good).await;
     assert_eq!(code, 0, "the kept job finishes:\n{stderr}");
     assert!(env.outbox.join("m/a-64x48.jpg").is_file());
