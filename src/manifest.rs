@@ -215,14 +215,17 @@ pub enum ManifestError {
         #[source]
         source: std::io::Error,
     },
-    #[error("invalid manifest {path} ({} problem{})", problems.len(), if problems.len() == 1 { "" } else { "s" })]
+    #[error("invalid manifest {path} ({})", problems_told(problems))]
     Invalid {
         path: PathBuf,
         problems: Vec<Problem>,
     },
     /// An image dropped into a recipe folder that cannot become a job: the folder's recipe is
     /// invalid or unreadable, or the image itself is (README "Folder recipes").
-    #[error("image {image} not processed ({} problem{}; its folder recipe is {recipe})", problems.len(), if problems.len() == 1 { "" } else { "s" })]
+    #[error(
+        "image {image} not processed ({}; its folder recipe is {recipe})",
+        problems_told(problems)
+    )]
     Recipe {
         /// The dropped image (it is the file moved to `rejected/`).
         image: PathBuf,
@@ -230,6 +233,33 @@ pub enum ManifestError {
         recipe: PathBuf,
         problems: Vec<Problem>,
     },
+}
+
+/// How many problems, and the first with its line, as one log line tells them (the rest are
+/// in the error file): a journal reader sees what to fix without opening it.
+fn problems_told(problems: &[Problem]) -> String {
+    let count = match problems.len() {
+        1 => "1 problem".to_owned(),
+        n => format!("{n} problems"),
+    };
+    match problems.first() {
+        Some(first) => {
+            let line = first
+                .line
+                .map(|l| format!("line {l}: "))
+                .unwrap_or_default();
+            let first_of = if problems.len() > 1 {
+                "the first: "
+            } else {
+                ""
+            };
+            format!(
+                "{count}; {first_of}{line}{}",
+                crate::text::escape(&first.message)
+            )
+        }
+        None => count,
+    }
 }
 
 impl ManifestError {

@@ -38,8 +38,20 @@ pub fn parse_manifest<'b>(
         });
     }
     let text = utf8_text(bytes, "manifest", "YAML or JSON")?;
-    let doc =
-        doc::parse(text, syntax, &bounds(limits)).map_err(|err| problem(err, syntax, text))?;
+    let doc = doc::parse(text, syntax, &bounds(limits)).map_err(|err| {
+        let invalid = matches!(err.kind, ParseErrorKind::Invalid);
+        let mut told = problem(err, syntax, text);
+        // A YAML manifest saved under `.json` (most often beside its `.yaml` twin).
+        if invalid
+            && syntax == Syntax::Json
+            && doc::parse(text, Syntax::Yaml, &bounds(limits)).is_ok()
+        {
+            told.message.push_str(
+                "; the file holds YAML, not JSON: give it the extension `.yaml` (the extension decides how a manifest is read)",
+            );
+        }
+        told
+    })?;
     Ok((text, doc))
 }
 
@@ -174,5 +186,22 @@ mod tests {
             problem.message
         );
         assert_eq!(problem.line, Some(4), "{}", problem.message);
+    }
+
+    #[test]
+    fn yaml_saved_as_json_is_told_to_take_the_yaml_extension() {
+        let limits = Limits::default();
+        let yaml = "images:\n  - input: https://example.com/a.png\n";
+        let problem = parse_manifest(yaml.as_bytes(), Syntax::Json, &limits).unwrap_err();
+        assert!(
+            problem.message.starts_with("not valid JSON")
+                && problem.message.contains("holds YAML, not JSON")
+                && problem.message.contains("`.yaml`"),
+            "{}",
+            problem.message
+        );
+        // Broken JSON that is no YAML either gets no such hint.
+        let broken = parse_manifest(b"{\"images\": [", Syntax::Json, &limits).unwrap_err();
+        assert!(!broken.message.contains("holds YAML"), "{}", broken.message);
     }
 }

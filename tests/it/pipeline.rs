@@ -270,6 +270,16 @@ async fn an_invalid_manifest_is_rejected_with_every_problem_and_others_still_run
         error_txt.contains("line 5"),
         "every problem, not only the first: {error_txt}"
     );
+    // The log line tells the count and the first problem with its line (it told only the
+    // count; the rest is in the error file).
+    let told = stderr
+        .lines()
+        .find(|l| l.contains("Manifest rejected"))
+        .unwrap_or_else(|| panic!("the rejection is logged: {stderr}"));
+    assert!(
+        told.contains("2 problems; the first: line 3:") && told.contains(".."),
+        "{told}"
+    );
     assert!(
         env.outbox.join("team/good/hat-800x600.jpg").is_file(),
         "the good manifest still ran"
