@@ -3,7 +3,8 @@
 //!
 //! Under systemd (`JOURNAL_STREAM` is set) lines carry no timestamp and no colours: journald
 //! adds its own timestamp, and escape codes would end up in the journal. `RUST_LOG` filters
-//! (default `info`).
+//! (default `info`); the storage client's (object_store's) own lines only from `warn` up unless
+//! `RUST_LOG` names `object_store`.
 //!
 //! Field values (file names, Claid's messages, manifest text) may hold newlines, carriage
 //! returns, terminal escapes or Unicode line separators. In the text formats every field value,
@@ -47,11 +48,27 @@ pub enum Format {
     Json,
 }
 
+/// `filter` (from `RUST_LOG`, `rust_log`) with the storage client's own lines kept to warnings
+/// unless `RUST_LOG` names it: object_store logs each of its retries at `info` (972 lines in a
+/// 12 s outage of a bucket, burying the daemon's one warning that tells it).
+fn with_quiet_dependencies(rust_log: Option<&str>, filter: EnvFilter) -> EnvFilter {
+    if rust_log.is_some_and(|text| text.contains("object_store")) {
+        return filter;
+    }
+    match "object_store=warn".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    }
+}
+
 /// Installs the global subscriber, writing to stderr through the returned [`Terminal`] (which
 /// `run --once` hands its progress bar). Safe to call once; later calls keep the first
 /// subscriber.
 pub fn init(format: Format) -> Terminal {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = with_quiet_dependencies(
+        std::env::var("RUST_LOG").ok().as_deref(),
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    );
     let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
     let terminal = Terminal::default();
     let builder = tracing_subscriber::fmt().with_env_filter(filter);

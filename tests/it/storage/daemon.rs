@@ -2057,6 +2057,13 @@ async fn run_once_gives_up_on_a_bucket_away_after_claid_wrote_and_the_next_run_d
         "the bucket is blamed, not the API:\n{}",
         log()
     );
+    // The storage client's own retry lines (one per retry, at info) stay out of the log, also
+    // with `RUST_LOG=info`: the daemon tells the outage once.
+    assert!(
+        !log().contains("object_store::"),
+        "no line of the storage client's own:\n{}",
+        log()
+    );
     switch.on();
     let (code, stderr) = env.run_once(&config).await;
     assert_eq!(code, 0, "{stderr}");
