@@ -380,7 +380,17 @@ impl Checker {
             };
             let region = match lookup(root, &format!("{key}.region")) {
                 None | Some(Value::Null) => DEFAULT_STORAGE_REGION.to_owned(),
-                Some(Value::String(text)) if !text.trim().is_empty() => text.trim().to_owned(),
+                // A region is signed into every request: letters, digits, `-`, `_`, `.`
+                // (`us east 1` passed, and was refused only by a server that checks it).
+                Some(Value::String(text))
+                    if !text.trim().is_empty()
+                        && text
+                            .trim()
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) =>
+                {
+                    text.trim().to_owned()
+                }
                 Some(other) => {
                     self.problem(
                         &format!("{key}.region"),

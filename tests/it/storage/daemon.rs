@@ -85,6 +85,11 @@ fn storage_config_errors_name_the_key_and_the_fix() {
             "unknown key",
         ),
         (
+            "storages:\n  catalog:\n    claid_name: c\n    url: s3://b\n    region: us east 1\n",
+            "storages.catalog.region",
+            "expected a region like `us-east-1`, found `us east 1`",
+        ),
+        (
             "storages:\n  cat.alog:\n    claid_name: c\n    url: s3://b\n",
             "storages.cat.alog",
             "letters, digits",
