@@ -615,8 +615,9 @@ pub struct Client {
     billable: Arc<std::sync::atomic::AtomicUsize>,
 }
 
-/// One submit or upload on the wire (see [`Client::billable_on_the_wire`]).
-struct Billable(Arc<std::sync::atomic::AtomicUsize>);
+/// One submit or upload on the wire, or answered and not yet recorded (see
+/// [`Client::billable_on_the_wire`], [`Client::until_recorded`]).
+pub struct Billable(Arc<std::sync::atomic::AtomicUsize>);
 
 impl Drop for Billable {
     fn drop(&mut self) {
@@ -705,6 +706,17 @@ impl Client {
     /// cut them off would leave them in doubt.
     pub fn billable_on_the_wire(&self) -> usize {
         self.billable.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Counts one billable call in [`Client::billable_on_the_wire`] from now (before it is
+    /// sent) until the guard is dropped (the caller has recorded its answer). The client's own
+    /// count ends with the answer: an announcement heard before the answer was recorded was
+    /// then told from no submit at all and counted `unknown_task`, then handed to its job; a
+    /// stop waited for the answer but not for its record.
+    pub fn until_recorded(&self) -> Billable {
+        self.billable
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Billable(self.billable.clone())
     }
 
     /// Builds the client; fails (Systemic, `client-config`) on a bad base URL, a key that cannot

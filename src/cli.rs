@@ -376,20 +376,25 @@ fn cmd_run(path: &Path, once: bool, print_config: bool) -> i32 {
         }
         Ok(Outcome::Unreachable { why, bucket }) => {
             let denied = bucket && why.contains("access denied");
-            let what = if denied {
-                "A storage's bucket kept refusing the daemon's keys (the Claid API answers): fix the storage's `credentials_file` or the bucket's policy"
-            } else if bucket {
+            let what = if bucket {
                 "A storage's bucket stayed unreachable (the Claid API answers)"
             } else if why.starts_with(crate::pipeline::health::RESULT_HOST) {
                 "The host of Claid's results stayed unreachable (the Claid API answers; results wait there for a day)"
             } else {
                 "The Claid API stayed unreachable"
             };
-            tracing::error!(
-                error = %Escaped::str(&why),
-                "{what} for `api.unreachable_timeout` ({}); unfinished jobs stay in the store and resume at the next run (a longer `api.unreachable_timeout` waits longer)",
-                humantime::format_duration(unreachable_timeout)
-            );
+            let waited = humantime::format_duration(unreachable_timeout);
+            if denied {
+                tracing::error!(
+                    error = %Escaped::str(&why),
+                    "Through `api.unreachable_timeout` ({waited}), a storage's bucket kept refusing the daemon's keys (the Claid API answers): fix the storage's `credentials_file` or the bucket's policy; unfinished jobs stay in the store and resume at the next run"
+                );
+            } else {
+                tracing::error!(
+                    error = %Escaped::str(&why),
+                    "{what} for `api.unreachable_timeout` ({waited}); unfinished jobs stay in the store and resume at the next run (a longer `api.unreachable_timeout` waits longer)"
+                );
+            }
             // Refused keys are no outage: access refused, as at the start's check (77), so
             // a wrapper does not keep trying what only new keys heal.
             if denied {

@@ -52,7 +52,12 @@ pub enum Format {
 /// unless `RUST_LOG` names it: object_store logs each of its retries at `info` (972 lines in a
 /// 12 s outage of a bucket, burying the daemon's one warning that tells it).
 fn with_quiet_dependencies(rust_log: Option<&str>, filter: EnvFilter) -> EnvFilter {
-    if rust_log.is_some_and(|text| text.contains("object_store")) {
+    // A filter at `warn` or quieter keeps them out already (the directive would let its
+    // warnings through `RUST_LOG=error`).
+    let verbose = filter
+        .max_level_hint()
+        .is_none_or(|level| level > tracing_subscriber::filter::LevelFilter::WARN);
+    if !verbose || rust_log.is_some_and(|text| text.contains("object_store")) {
         return filter;
     }
     match "object_store=warn".parse() {
@@ -425,6 +430,33 @@ mod tests {
 
     use super::*;
     use crate::text::Escaped;
+
+    /// The storage client's retry lines are kept to warnings under a verbose filter only,
+    /// and never against a `RUST_LOG` that names it.
+    #[test]
+    fn the_storage_clients_lines_are_quietened_only_where_they_would_flood() {
+        let shown = |rust_log: &str| {
+            with_quiet_dependencies(Some(rust_log), EnvFilter::new(rust_log)).to_string()
+        };
+        assert!(
+            shown("info").contains("object_store=warn"),
+            "{}",
+            shown("info")
+        );
+        assert!(shown("warn,claid_hotfolder=debug").contains("object_store=warn"));
+        // `error` keeps its warnings out already; a directive would let them through.
+        assert!(
+            !shown("error").contains("object_store"),
+            "{}",
+            shown("error")
+        );
+        assert!(!shown("off").contains("object_store"), "{}", shown("off"));
+        let named = shown("info,object_store=debug");
+        assert!(
+            named.contains("object_store=debug") && !named.contains("object_store=warn"),
+            "{named}"
+        );
+    }
 
     /// The json format's lines show no URL credentials either.
     #[test]

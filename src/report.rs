@@ -262,10 +262,11 @@ pub fn write_streamed_to(
 }
 
 /// Removes the report of content `sha256` that an earlier write left at `(json_rel, csv_rel)`
-/// under `archive` (where a report goes when the outbox takes none), once the outbox holds
-/// the run's report again (a replay ended the run anew): left there, it told the run's old
-/// outcome ("2 failed") beside a manifest whose images were all delivered since. A report of
-/// other content there is another run's only one: kept. Returns the JSON report removed.
+/// under `archive` (where a report goes when the outbox takes none), once the outbox holds a
+/// report of that content again (a replay ended the run anew, or the same content was dropped
+/// again): left there, it told the old outcome ("2 failed") beside a manifest whose images
+/// were all delivered since. A report of other content there is another run's only one: kept.
+/// Returns the JSON report removed.
 pub fn remove_archived_fallback(
     archive: &Path,
     (json_rel, csv_rel): (&Path, &Path),

@@ -41,10 +41,12 @@ pub fn parse_manifest<'b>(
     let doc = doc::parse(text, syntax, &bounds(limits)).map_err(|err| {
         let invalid = matches!(err.kind, ParseErrorKind::Invalid);
         let mut told = problem(err, syntax, text);
-        // A YAML manifest saved under `.json` (most often beside its `.yaml` twin).
+        // A YAML manifest saved under `.json` (most often beside its `.yaml` twin): a mapping
+        // (plain text, an HTML page, is a YAML scalar, and no manifest under any name).
         if invalid
             && syntax == Syntax::Json
-            && doc::parse(text, Syntax::Yaml, &bounds(limits)).is_ok()
+            && doc::parse(text, Syntax::Yaml, &bounds(limits))
+                .is_ok_and(|doc| doc.root.is_object() || doc.images.is_some())
         {
             told.message.push_str(
                 "; the file holds YAML, not JSON: give it the extension `.yaml` (the extension decides how a manifest is read)",
@@ -200,8 +202,14 @@ mod tests {
             "{}",
             problem.message
         );
-        // Broken JSON that is no YAML either gets no such hint.
-        let broken = parse_manifest(b"{\"images\": [", Syntax::Json, &limits).unwrap_err();
-        assert!(!broken.message.contains("holds YAML"), "{}", broken.message);
+        // Broken JSON that is no YAML either gets no such hint, nor text that YAML reads as
+        // a scalar (an error page saved as `.json`).
+        for text in [
+            "{\"images\": [",
+            "<html><body>502 Bad Gateway</body></html>",
+        ] {
+            let broken = parse_manifest(text.as_bytes(), Syntax::Json, &limits).unwrap_err();
+            assert!(!broken.message.contains("holds YAML"), "{}", broken.message);
+        }
     }
 }

@@ -782,6 +782,8 @@ impl BatchRunner {
                     return Sent::Ended;
                 }
             }
+            // Held until the answer is recorded (dropped below when it is a failure).
+            let recording = deps.client.until_recorded();
             let sent_at = Instant::now();
             let err = match deps.client.submit_batch_in(turn, &request).await {
                 Ok(accepted) => {
@@ -819,6 +821,7 @@ impl BatchRunner {
                 }
                 Err(err) => err,
             };
+            drop(recording);
             let failure = failure_of(&deps.health, &err, sent_at);
             match failure {
                 Failure::Job => {

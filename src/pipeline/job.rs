@@ -383,10 +383,10 @@ impl Runner {
     /// that the check after Claid's answer tells Claid's new object from them (a connector
     /// pointing elsewhere since the start, or a DONE without the write, left the earlier edit
     /// there, recorded done). Not for a job waiting to adopt the task of a lost submit: the
-    /// object there may be that task's. A bucket that cannot be asked leaves nothing noted: the
-    /// is waited out, and one that answers the look with another error fails the job, unbilled,
-    /// as in [`Runner::settle_existing_output`]: with nothing noted, the check after the task
-    /// took whatever object was there, the earlier edit too, for the new one.
+    /// object there may be that task's. A bucket that does not answer (or refuses the daemon's
+    /// keys) is waited out, and one that answers the look with another error fails the job,
+    /// unbilled, as in [`Runner::settle_existing_output`]: with nothing noted, the check after
+    /// the task took whatever object was there, the earlier edit too, for the new one.
     ///
     /// Returns how long the caller must wait before the submit: S3 tells the time of writing
     /// to the second, so while the second a noted object was written in lasts, Claid's object
@@ -779,6 +779,8 @@ impl Runner {
                     return Step::End(JobOutcome::Parked);
                 }
             }
+            // Held until the answer is recorded (dropped below when it is a failure).
+            let recording = deps.client.until_recorded();
             let sent_at = Instant::now();
             let res = match &local_bytes {
                 Some(bytes) => self.upload(turn, job, bytes.clone()).await,
@@ -832,6 +834,7 @@ impl Runner {
                 }
                 Err(err) => err,
             };
+            drop(recording);
             if let Some(rid) = err.request_id() {
                 let _ = deps.store.record_request_id(id, rid).await;
             }
@@ -1543,9 +1546,12 @@ impl Runner {
                     // them, then could not write them): refused twice in a row, it is no URL
                     // still propagating, and the task is asked at once for another (free).
                     // Each gone result of a replay waited out the download's nine asks, about
-                    // a minute of backoff, before it was made again.
+                    // a minute of backoff, before it was made again. Not a result without a
+                    // task (a local file's upload): nothing can be asked, and the refusals
+                    // alone decide whether it is made (and billed) again.
                     if kept_since.is_some()
                         && fresh_url.is_some()
+                        && task_id.is_some()
                         && matches!(err, ClaidError::ResultGone { .. })
                     {
                         kept_refusals += 1;
