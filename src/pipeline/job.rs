@@ -342,9 +342,10 @@ impl Runner {
         }
         let Some(info) = found else {
             // No object: with `output_local_copy`, a file at the copy's place is an output
-            // that exists too, which `fail` refuses before the submit (found only at the
-            // copy, after Claid had written and billed the object).
-            if policy == OnOutputExists::Fail && storage.entry.output_local_copy {
+            // that exists too, which `fail` refuses and `skip` keeps before the submit (found
+            // only at the copy, after Claid had written and billed the object: `skip` then
+            // kept the old file and reported the billed image `skipped`).
+            if storage.entry.output_local_copy {
                 return self.settle_existing_file(id, job, policy).await;
             }
             return None;

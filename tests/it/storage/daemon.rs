@@ -2504,39 +2504,52 @@ impl std::ops::Deref for SwitchedEnv {
 }
 
 /// With `output_local_copy`, a file already at the local copy's place is an output that exists:
-/// `on_output_exists: fail` refuses it before the submit, nothing billed and the file kept (it
-/// was found only at the copy, after Claid had written and billed the object).
+/// `on_output_exists: fail` refuses it and `skip` keeps it before the submit, nothing billed and
+/// the file kept (`fail` found it only at the copy, after Claid had written and billed the
+/// object).
 #[tokio::test]
 async fn on_output_exists_fail_sees_a_file_at_the_local_copys_place_before_any_spend() {
     let Some(s3) = S3Server::start().await else {
         return;
     };
-    let (env, config) = storage_env(&s3, quick(), "output_local_copy: true", 1).await;
-    append_to(&config, "on_output_exists: fail\n");
-    let copy = env.outbox.join("shoes/sku-0.jpg");
-    std::fs::create_dir_all(copy.parent().unwrap()).expect("folder");
-    std::fs::write(&copy, b"someone's file").expect("file");
-    env.drop_file(
-        "shoes.yaml",
-        b"output: { format: jpeg, destination: storage://catalog/out/ }\nimages:\n  - storage://catalog/in/sku-0.png\n",
-    );
-    let (exit, stderr) = env.run_once(&config).await;
-    assert_eq!(exit, 2, "{stderr}");
-    let report = env.report("shoes");
-    assert!(
-        report["jobs"][0]["reason"]
-            .as_str()
-            .is_some_and(|r| r.starts_with("output-exists")),
-        "{report:#}"
-    );
-    let stats = env.stats();
-    assert_eq!(stats.submits + stats.batch_images, 0, "nothing billed");
-    assert_eq!(std::fs::read(&copy).expect("kept"), b"someone's file");
-    assert!(
-        s3.get_object("catalog", "raw/out/shoes/sku-0.jpg")
-            .await
-            .is_none()
-    );
+    // `skip` keeps it the same way, unbilled (it was submitted, billed, and the old file
+    // kept and reported `skipped` beside Claid's new object).
+    for (policy, exit_code, status) in [("fail", 2, "failed"), ("skip", 0, "skipped")] {
+        let (env, config) = storage_env(&s3, quick(), "output_local_copy: true", 1).await;
+        append_to(&config, &format!("on_output_exists: {policy}\n"));
+        let copy = env.outbox.join("shoes/sku-0.jpg");
+        std::fs::create_dir_all(copy.parent().unwrap()).expect("folder");
+        std::fs::write(&copy, b"someone's file").expect("file");
+        env.drop_file(
+            "shoes.yaml",
+            format!("output: {{ format: jpeg, destination: storage://catalog/out-{policy}/ }}\nimages:\n  - storage://catalog/in/sku-0.png\n").as_bytes(),
+        );
+        let (exit, stderr) = env.run_once(&config).await;
+        assert_eq!(exit, exit_code, "{policy}: {stderr}");
+        let report = env.report("shoes");
+        assert_eq!(report["jobs"][0]["status"], status, "{policy}: {report:#}");
+        if policy == "fail" {
+            assert!(
+                report["jobs"][0]["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("output-exists")),
+                "{report:#}"
+            );
+        }
+        let stats = env.stats();
+        assert_eq!(
+            stats.submits + stats.batch_images,
+            0,
+            "{policy}: nothing billed"
+        );
+        assert_eq!(std::fs::read(&copy).expect("kept"), b"someone's file");
+        assert!(
+            s3.get_object("catalog", &format!("raw/out-{policy}/shoes/sku-0.jpg"))
+                .await
+                .is_none(),
+            "{policy}"
+        );
+    }
     s3.stop().await;
 }
 
