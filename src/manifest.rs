@@ -255,7 +255,7 @@ fn problems_told(problems: &[Problem]) -> String {
             };
             format!(
                 "{count}; {first_of}{line}{}",
-                crate::text::escape(&first.message)
+                crate::text::escape(&crate::text::redact_urls_in(&first.message))
             )
         }
         None => count,
@@ -345,7 +345,9 @@ impl ManifestError {
                 problems,
             } => recipe::recipe_error_txt(&mut out, image, recipe, problems),
         }
-        out
+        // Written to `rejected/`, printed by `validate` and `plan` (a terminal, a CI log): a
+        // password in a URL of the manifest (an input's or a destination's) is `REDACTED`.
+        crate::text::redact_urls_in(&out).into_owned()
     }
 }
 

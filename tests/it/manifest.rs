@@ -1078,6 +1078,15 @@ fn a_storage_input_with_credentials_is_refused_without_repeating_them() {
     );
     assert!(!told.contains("hunter2"), "{told}");
     assert!(!err.to_string().contains("hunter2"), "{err}");
+    // A destination's, quoted by its problem, is shown redacted by `validate` and `plan` too.
+    let text = "output: { format: png, destination: \"storage://adm:DestPW7@zzz/out/\" }\nimages:\n  - input: https://example.com/x.png\n";
+    let err = load_with_storages(&env, &storages, "m.yaml", text).expect_err("refused");
+    for shown in [err.check_txt(), err.error_txt(), err.to_string()] {
+        assert!(
+            !shown.contains("DestPW7") && shown.contains("REDACTED"),
+            "{shown}"
+        );
+    }
 }
 
 /// The staging storage's `staging/` folder (`api.staging`) holds the daemon's staged inputs,
