@@ -1106,9 +1106,9 @@ fn key_digest(config: &Config) -> Option<String> {
 
 /// A digest of each file a start reads secrets from besides the API key (`None`: none, or
 /// unreadable), by the key that names it: each storage's credentials file
-/// (`storages.NAME.credentials_file`) and each alert sink's URL file (`alerts.NAME.url_file`,
+/// (`storages.NAME.credentials_file`), each alert sink's URL file (`alerts.NAME.url_file`,
 /// whose URL is read at start: a rotated webhook URL was said to be reloaded, and alerts kept
-/// going to the old one).
+/// going to the old one), and the webhook receiver's secret (`webhook.secret_file`).
 fn secret_file_digests(config: &Config) -> std::collections::BTreeMap<String, SecretFile> {
     use sha2::Digest;
     let digest = |path: Option<&Path>| {
@@ -1135,7 +1135,19 @@ fn secret_file_digests(config: &Config) -> std::collections::BTreeMap<String, Se
             },
         )
     });
-    storages.chain(sinks).collect()
+    // The webhook's secret (read when the receiver starts): a rotated secret was reloaded
+    // without a word, the old one kept verifying, and the new one's webhooks were refused 401.
+    let webhook = config.webhook.iter().map(|hook| {
+        (
+            "webhook.secret_file".to_owned(),
+            SecretFile {
+                section: "webhook".to_owned(),
+                changed: "the secret in it changed",
+                digest: digest(hook.secret_file.as_deref()),
+            },
+        )
+    });
+    storages.chain(sinks).chain(webhook).collect()
 }
 
 /// What a SIGHUP compares a new config's secret files with: the digest of the API key file
@@ -1426,6 +1438,19 @@ pub fn start_file_problems(
     {
         let err = FatalError::Web(err);
         problem("dashboard", err.to_string(), crate::exit::of_fatal(&err));
+    }
+    // Each storage's credentials (its file, or the `AWS_*` variables), read as the start
+    // reads them: a SIGHUP took a deleted or broken file with a warning, and the next
+    // restart stopped with 64.
+    for (name, entry) in &config.storages {
+        if unseen(entry.credentials_file.as_deref()) {
+            notes.push(format!("note: storages.{name}.credentials_file is a systemd credential, readable only by the running service: not checked"));
+            continue;
+        }
+        let one = std::collections::BTreeMap::from([(name.clone(), entry.clone())]);
+        if let Err(err) = crate::storages::Storages::open(&one) {
+            problem("storage", err.to_string(), err.exit_code());
+        }
     }
     for sink in config
         .alerts

@@ -417,6 +417,35 @@ async fn the_daemons_own_early_and_late_announcements_are_not_counted_as_unknown
     crate::support::stop(&mut daemon).await;
 }
 
+/// A secret rotated in `webhook.secret_file` (the same file, another secret in it) is named by
+/// a SIGHUP as not in force until a restart, like a rotated API key: the receiver keeps
+/// verifying with the secret it started with. (The reload said "Reloaded" without a word, and
+/// every webhook signed with the new secret was refused 401.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotated_webhook_secret_is_named_by_a_reload_as_waiting_for_a_restart() {
+    let port = free_port();
+    let env = TestEnv::new(announcing(port)).await;
+    let config = env.config("", &webhook_section(&env, port, "1m"));
+    let mut daemon = env.spawn_daemon(&config, 0);
+    wait_until("ready", DEADLINE, || env.daemon_log(0).contains("Ready")).await;
+    let rotated = "a-rotated-secret-for-the-tests-only-000000";
+    std::fs::write(
+        env.dir.path().join("webhook-secret"),
+        format!("{rotated}\n"),
+    )
+    .expect("rotated");
+    crate::support::signal(&daemon, "-HUP");
+    wait_until("the rotated secret named", DEADLINE, || {
+        env.daemon_log(0).lines().any(|l| {
+            l.contains("NOT in force")
+                && l.contains("webhook.secret_file (the secret in it changed)")
+        })
+    })
+    .await;
+    assert!(!env.daemon_log(0).contains(rotated));
+    crate::support::stop(&mut daemon).await;
+}
+
 /// The receiver does not start without a secret: a configuration error naming the key.
 #[tokio::test(flavor = "multi_thread")]
 async fn issue12_the_receiver_refuses_to_start_without_a_secret() {

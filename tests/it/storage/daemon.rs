@@ -1608,7 +1608,7 @@ impl Switch {
 /// Keys rotated in a storage's credentials file (the same file, other keys in it) are named
 /// by a SIGHUP as not in force until a restart, like a rotated API key: the bucket client
 /// keeps the keys it started with, and a reload that said "Reloaded" without a word let an
-/// operator believe the new keys were used.
+/// operator believe the new keys were used. A file deleted or broken is refused by the reload.
 #[tokio::test(flavor = "multi_thread")]
 async fn rotated_storage_keys_are_named_by_a_reload_as_waiting_for_a_restart() {
     let Some(s3) = S3Server::start().await else {
@@ -1636,6 +1636,32 @@ async fn rotated_storage_keys_are_named_by_a_reload_as_waiting_for_a_restart() {
     })
     .await;
     assert!(!env.daemon_log(0).contains("rotated-secret"));
+    // A credentials file deleted (or broken) is refused by the reload, as any file a restart
+    // would refuse: it was taken with the same warning, and the next restart stopped with 64.
+    let refused = |log: &str| log.matches("Config reload refused").count();
+    for (broken, told) in [
+        (Some("access_key_id: [broken\n"), "s3-keys.yaml"),
+        (None, "s3-keys.yaml"),
+    ] {
+        let before = refused(&env.daemon_log(0));
+        let keys = env.dir.path().join("s3-keys.yaml");
+        match broken {
+            Some(text) => std::fs::write(&keys, text).expect("broken keys"),
+            None => std::fs::remove_file(&keys).expect("keys deleted"),
+        }
+        crate::support::signal(&daemon, "-HUP");
+        crate::support::wait_until("the reload refused", deadline, || {
+            refused(&env.daemon_log(0)) > before
+        })
+        .await;
+        assert!(
+            env.daemon_log(0)
+                .lines()
+                .any(|l| l.contains("storages.catalog") && l.contains(told)),
+            "names the storage and its file:\n{}",
+            env.daemon_log(0)
+        );
+    }
     crate::support::stop(&mut daemon).await;
     s3.stop().await;
 }
