@@ -71,6 +71,9 @@ pub enum Command {
         print_config: bool,
     },
     /// Validate manifests or config files; print every problem; exit 65 if a file has any.
+    ///
+    /// A config whose files or storages the start would refuse exits with the start's own code
+    /// (64, 69, 74 or 77), as the README's exit codes say.
     Validate {
         /// Profiles, limits and the outbox come from this config when given.
         #[arg(long, short = 'c', env = "CLAID_HOTFOLDER_CONFIG")]
