@@ -605,6 +605,7 @@ impl Handle {
             queue: queue.clone(),
             storages: deps.storages.clone(),
             staging: deps.staging.clone(),
+            restaged: Default::default(),
             cancel: deps.cancel.clone(),
         });
         let batches = batch::BatchRunner::new(batch::BatchDeps {

@@ -269,8 +269,17 @@ pub struct RunnerDeps {
     pub storages: crate::storages::Storages,
     /// `api.staging`: local inputs are staged into this storage and submitted from there.
     pub staging: Option<crate::storages::Staging>,
+    /// How often each job's staged input was found gone before its submit, in this process
+    /// (see [`MAX_RESTAGES`]).
+    pub restaged: std::sync::Mutex<std::collections::HashMap<JobId, u32>>,
     pub cancel: CancellationToken,
 }
+
+/// Times a job's staged input may be found gone before its submit and staged again, in one
+/// process: something that keeps deleting `staging/` (a lifecycle rule, a cleanup script) had
+/// the daemon upload and warn without end (4,109 uploads in two minutes), and `run --once`
+/// never ended.
+const MAX_RESTAGES: u32 = 3;
 
 /// Runs job tasks; cheap to clone.
 #[derive(Clone)]
@@ -585,6 +594,23 @@ impl Runner {
                     return None;
                 }
             }
+        }
+        let restaged = {
+            let mut counts = deps.restaged.lock().unwrap_or_else(PoisonError::into_inner);
+            let count = counts.entry(id).or_default();
+            *count += 1;
+            *count
+        };
+        if restaged > MAX_RESTAGES {
+            let message = format!(
+                "not submitted: its staged copy ({}) was deleted from the bucket {MAX_RESTAGES} times before its submit: something deletes objects under `staging/` of the storage `{}` (a lifecycle rule, a cleanup script); stop it, then `replay --failed` (nothing was billed)",
+                crate::text::Escaped::str(uri),
+                crate::text::Escaped::str(name)
+            );
+            return match self.fail(id, FailureCode::StagingFailed, &message).await {
+                Step::End(outcome) => Some(outcome),
+                Step::Continue => Some(JobOutcome::Parked),
+            };
         }
         warn!(job_id = id, object = %uri, "The staged input is gone from the bucket; it is staged again");
         let job = match deps.store.unstage(id).await {

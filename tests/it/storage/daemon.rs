@@ -2669,6 +2669,66 @@ async fn a_staged_input_deleted_before_its_submit_is_staged_again() {
     s3.stop().await;
 }
 
+/// Staged inputs that something keeps deleting (a lifecycle rule, a cleanup script): each job
+/// stages its input again a few times, then fails as `staging-failed`, naming the cause and the
+/// fix, unbilled, and `run --once` ends. (It staged and warned without end: 4,109 uploads in
+/// two minutes, and the run never ended while the deleting went on.)
+#[tokio::test(flavor = "multi_thread")]
+async fn staged_inputs_deleted_again_and_again_fail_the_jobs_instead_of_staging_without_end() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let scenario = Scenario::default()
+        .latency(Latency::Fixed(std::time::Duration::from_secs(3)))
+        .seed(7);
+    let (env, _) = storage_env(&s3, scenario, "", 0).await;
+    let keys = credentials_file(env.dir.path());
+    let storages = storages_yaml("catalog-s3", "s3://catalog/raw", &s3.endpoint, &keys);
+    let config = env.config("staging: catalog", &storages);
+    drop_local_manifest(&env, 4, false);
+    let deadline = std::time::Duration::from_secs(90);
+    let (mut once, log_path) = spawn_run_once(&env, &config);
+    // The canary (2 images) read by Claid: the other two wait for its end (3 s), and from
+    // then on every staged object is deleted as soon as it is seen, until the run ends.
+    crate::support::wait_until_async("the canary read", deadline, || async {
+        env.stats().storage_reads >= 2
+    })
+    .await;
+    let status = tokio::time::timeout(deadline, async {
+        loop {
+            for key in s3.list_keys("catalog", "raw/staging/").await {
+                s3.delete_object("catalog", &key).await;
+            }
+            if let Some(status) = once.try_wait().expect("wait") {
+                return status;
+            }
+        }
+    })
+    .await
+    .expect("run --once ends while the deleting goes on");
+    let stderr = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.matches("it is staged again").count() <= 2 * 3,
+        "each of the two stages again at most three times:\n{stderr}"
+    );
+    let report = env.report("shoes");
+    let gave_up = report["jobs"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter(|row| {
+            row["reason"].as_str().is_some_and(|r| {
+                r.starts_with("staging-failed")
+                    && r.contains("was deleted from the bucket 3 times")
+                    && r.contains("nothing was billed")
+            })
+        })
+        .count();
+    assert!(gave_up >= 1, "{report:#}");
+    s3.stop().await;
+}
+
 /// Staged inputs deleted while their batch's submit is being retried (the API answering 503):
 /// each retry looks at them again and stages the missing ones again, as the first submit
 /// does; the retried submit was sent unchecked and Claid failed every image ("object not
