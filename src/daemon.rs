@@ -121,6 +121,11 @@ pub enum FatalError {
         for_how_long: Duration,
         why: String,
     },
+    #[error(
+        "the job store's folder {} {why} while the daemon ran (a cleanup of the state folder?): what it recorded is gone with it, and a start on an empty store would submit, and bill, again every image it had sent; stopping with 64, which the service does not restart: put the state folder back from a backup, or start the daemon again to begin afresh knowingly",
+        Escaped::path(path)
+    )]
+    StoreGone { path: PathBuf, why: &'static str },
     #[error(transparent)]
     Admin(#[from] admin::AdminError),
     #[error("cannot build the API client")]
@@ -984,6 +989,10 @@ async fn run_watching(
     let mut claim_tick = tokio::time::interval(config.watch.rescan.max(Duration::from_secs(1)));
     let mut claim_made_now = true;
     let mut taken = None;
+    // The store's folder as opened: looked at with the inbox's lock (see `store_folder_gone`).
+    let store_dir = config.folders.state.join(crate::store::SCHEMA_DIR);
+    let store_identity = folder_identity(&store_dir);
+    let mut state_gone = None;
     let mut stuck = None;
     // The config in force: what a SIGHUP's file is compared with.
     let mut running = config.clone();
@@ -1024,6 +1033,12 @@ async fn run_watching(
                 }
             }
             _ = claim_tick.tick() => {
+                if let Some(err) = store_folder_gone(&store_dir, store_identity) {
+                    error!(error = %err, "Stopping");
+                    state_gone = Some(err);
+                    cancel.cancel();
+                    break;
+                }
                 let inbox = &config.folders.inbox;
                 pipeline.set_inbox_problem(match std::fs::metadata(inbox) {
                     Ok(meta) if meta.is_dir() => None,
@@ -1047,6 +1062,9 @@ async fn run_watching(
     let watched = watch.await;
     if let Some(err) = taken {
         return Err(FatalError::InboxTaken(err));
+    }
+    if let Some(err) = state_gone {
+        return Err(err);
     }
     if let Some(err) = stuck {
         return Err(err);
@@ -1085,6 +1103,33 @@ fn store_stuck(pipeline: &pipeline::Handle, state: &Path) -> Option<FatalError> 
     Some(FatalError::StoreStuck {
         state: state.to_path_buf(),
         for_how_long,
+        why,
+    })
+}
+
+/// A folder's device and inode, to tell it from one made again at its path.
+fn folder_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .ok()
+        .map(|meta| (meta.dev(), meta.ino()))
+}
+
+/// The job store's folder deleted (or replaced) under the running daemon (a cleanup of the
+/// state folder, an `rm` at the wrong place): what it records goes into files no longer
+/// there, and the next start would open an empty store and submit, and bill, again every
+/// image in flight, counted nowhere. It went on with one warning of a note it could not
+/// write. A folder that cannot be looked at now (permissions) is no proof: `None`.
+fn store_folder_gone(store_dir: &Path, opened: Option<(u64, u64)>) -> Option<FatalError> {
+    let why = match std::fs::metadata(store_dir) {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => "was deleted",
+        Ok(_) if opened.is_some() && folder_identity(store_dir) != opened => {
+            "was deleted and made again"
+        }
+        _ => return None,
+    };
+    Some(FatalError::StoreGone {
+        path: store_dir.to_path_buf(),
         why,
     })
 }

@@ -186,6 +186,8 @@ pub fn of_fatal(err: &FatalError) -> i32 {
         FatalError::MissingFolder { .. }
         | FatalError::NotAFolder { .. }
         | FatalError::Overlap { .. } => USAGE,
+        // Not restarted by the service (`RestartPreventExitStatus=64`): a human decides.
+        FatalError::StoreGone { .. } => USAGE,
         // No folder can be made there (the exit table's "cannot create").
         FatalError::UnderAFile { .. } => CANT_CREATE,
         FatalError::FolderNotWritable { cause, .. } => of_io(cause, Access::Write),

@@ -1294,6 +1294,35 @@ async fn issue11_run_once_ends_when_the_key_is_refused() {
     );
 }
 
+/// The state folder deleted under a running daemon (a cleanup, an `rm` at the wrong place)
+/// stops it within a rescan period, naming the folder and what a restart would cost, with 64,
+/// which the service does not restart. (It went on writing into the deleted store; killed,
+/// it started again on an empty store and billed every image in flight a second time,
+/// counted nowhere.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_state_folder_deleted_under_the_daemon_stops_it_with_64() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let config = env.config("", "");
+    let mut daemon = env.spawn_daemon(&config, 0);
+    crate::support::wait_until("watching", DEADLINE, || {
+        env.daemon_log(0).contains("Watching the inbox")
+    })
+    .await;
+    std::fs::remove_dir_all(&env.state).expect("state deleted");
+    let status = tokio::time::timeout(DEADLINE, daemon.wait())
+        .await
+        .expect("the daemon stops")
+        .expect("status");
+    let log = env.daemon_log(0);
+    assert_eq!(status.code(), Some(64), "{log}");
+    assert!(
+        log.contains("the job store's folder")
+            && log.contains("was deleted while the daemon ran")
+            && log.contains("put the state folder back from a backup"),
+        "{log}"
+    );
+}
+
 /// `run --once` against an API that cannot be reached gives up after
 /// `api.unreachable_timeout`, naming host, port and the system's reason; the job is kept and a
 /// later run against a working API finishes it.
