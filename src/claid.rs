@@ -613,6 +613,9 @@ pub struct Client {
     /// Submits and uploads on the wire (billable once Claid has them): a stop waits for
     /// their answers, so they are not in doubt at the next start.
     billable: Arc<std::sync::atomic::AtomicUsize>,
+    /// Billable calls from before they are sent until their answer is recorded
+    /// ([`Client::until_recorded`]).
+    unrecorded: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// One submit or upload on the wire, or answered and not yet recorded (see
@@ -705,7 +708,10 @@ impl Client {
     /// Submits and uploads sent and not yet answered: Claid may bill them, and a stop that
     /// cut them off would leave them in doubt.
     pub fn billable_on_the_wire(&self) -> usize {
-        self.billable.load(std::sync::atomic::Ordering::SeqCst)
+        // Every billable call of the pipeline is also counted until recorded: the larger
+        // count, not the sum (which told each call twice).
+        let sent = self.billable.load(std::sync::atomic::Ordering::SeqCst);
+        sent.max(self.unrecorded.load(std::sync::atomic::Ordering::SeqCst))
     }
 
     /// Counts one billable call in [`Client::billable_on_the_wire`] from now (before it is
@@ -714,9 +720,9 @@ impl Client {
     /// then told from no submit at all and counted `unknown_task`, then handed to its job; a
     /// stop waited for the answer but not for its record.
     pub fn until_recorded(&self) -> Billable {
-        self.billable
+        self.unrecorded
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Billable(self.billable.clone())
+        Billable(self.unrecorded.clone())
     }
 
     /// Builds the client; fails (Systemic, `client-config`) on a bad base URL, a key that cannot
@@ -800,6 +806,7 @@ impl Client {
             latency_observer: None,
             unanswered: Arc::default(),
             billable: Arc::default(),
+            unrecorded: Arc::default(),
         })
     }
 

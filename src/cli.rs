@@ -647,10 +647,23 @@ fn validate_config_file(file: &Path) -> (bool, Option<i32>) {
 /// side (with the configured API; skipped for `embedded`, whose connectors are the storages
 /// themselves, and without a readable key, said on stdout), then a listing of each prefix.
 fn check_storages(config: &Config) -> Result<(), crate::storages::StorageError> {
-    if config.storages.is_empty() {
+    // A storage whose credentials are a systemd credential not here (it exists only for the
+    // running service) is left to the start, as `validate` said in its notes.
+    let seen: std::collections::BTreeMap<_, _> = config
+        .storages
+        .iter()
+        .filter(|(_, entry)| {
+            !entry
+                .credentials_file
+                .as_deref()
+                .is_some_and(|path| path.starts_with("/run/credentials/") && !path.exists())
+        })
+        .map(|(name, entry)| (name.clone(), entry.clone()))
+        .collect();
+    if seen.is_empty() {
         return Ok(());
     }
-    let storages = crate::storages::Storages::open(&config.storages)?;
+    let storages = crate::storages::Storages::open(&seen)?;
     let client = match &config.api.base_url {
         config::BaseUrl::Embedded => None,
         config::BaseUrl::Url(url) => match config::load_api_key(&config.api) {

@@ -1121,9 +1121,10 @@ fn folder_identity(path: &Path) -> Option<(u64, u64)> {
 /// image in flight, counted nowhere. It went on with one warning of a note it could not
 /// write. A folder that cannot be looked at now (permissions) is no proof: `None`.
 fn store_folder_gone(store_dir: &Path, opened: Option<(u64, u64)>) -> Option<FatalError> {
+    use std::os::unix::fs::MetadataExt;
     let why = match std::fs::metadata(store_dir) {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => "was deleted",
-        Ok(_) if opened.is_some() && folder_identity(store_dir) != opened => {
+        Ok(meta) if opened.is_some_and(|opened| opened != (meta.dev(), meta.ino())) => {
             "was deleted and made again"
         }
         _ => return None,

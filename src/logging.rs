@@ -52,12 +52,18 @@ pub enum Format {
 /// unless `RUST_LOG` names it: object_store logs each of its retries at `info` (972 lines in a
 /// 12 s outage of a bucket, burying the daemon's one warning that tells it).
 fn with_quiet_dependencies(rust_log: Option<&str>, filter: EnvFilter) -> EnvFilter {
-    // A filter at `warn` or quieter keeps them out already (the directive would let its
-    // warnings through `RUST_LOG=error`).
-    let verbose = filter
-        .max_level_hint()
-        .is_none_or(|level| level > tracing_subscriber::filter::LevelFilter::WARN);
-    if !verbose || rust_log.is_some_and(|text| text.contains("object_store")) {
+    use tracing_subscriber::filter::LevelFilter;
+    // The level that applies to object_store: the filter's own for targets it does not name
+    // (its last bare level; none means off). At `warn` or quieter it keeps them out already,
+    // and the directive would let warnings through `RUST_LOG=error,claid_hotfolder=info`.
+    let applies = match rust_log {
+        None => Some(LevelFilter::INFO),
+        Some(text) if text.contains("object_store") => return filter,
+        Some(text) => text
+            .rsplit(',')
+            .find_map(|directive| directive.trim().parse::<LevelFilter>().ok()),
+    };
+    if applies.is_none_or(|level| level <= LevelFilter::WARN) {
         return filter;
     }
     match "object_store=warn".parse() {
@@ -443,14 +449,22 @@ mod tests {
             "{}",
             shown("info")
         );
-        assert!(shown("warn,claid_hotfolder=debug").contains("object_store=warn"));
-        // `error` keeps its warnings out already; a directive would let them through.
-        assert!(
-            !shown("error").contains("object_store"),
-            "{}",
-            shown("error")
-        );
-        assert!(!shown("off").contains("object_store"), "{}", shown("off"));
+        assert!(shown("debug,claid_hotfolder=trace").contains("object_store=warn"));
+        // A quieter level for the targets it does not name keeps their warnings out already:
+        // a directive would let them through.
+        for quiet in [
+            "error",
+            "off",
+            "warn,claid_hotfolder=debug",
+            "error,claid_hotfolder=info",
+            "claid_hotfolder=debug",
+        ] {
+            assert!(
+                !shown(quiet).contains("object_store"),
+                "{quiet}: {}",
+                shown(quiet)
+            );
+        }
         let named = shown("info,object_store=debug");
         assert!(
             named.contains("object_store=debug") && !named.contains("object_store=warn"),

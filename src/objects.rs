@@ -22,7 +22,9 @@ use futures_util::TryStreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::path::Path as StorePath;
-use object_store::{BackoffConfig, ClientOptions, ObjectStore, PutPayload, RetryConfig};
+use object_store::{
+    BackoffConfig, ClientOptions, MultipartUpload, ObjectStore, PutPayload, RetryConfig,
+};
 
 use crate::text::escape;
 
@@ -30,10 +32,10 @@ use crate::text::escape;
 pub const MAX_KEY_BYTES: usize = 1024;
 /// How long one request may take, body included.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-/// Objects larger than this are written in parts ([`ObjectStorage::put_in_parts`]).
-pub const PARTS_OVER: usize = 8 * 1024 * 1024;
-/// The size of each part but the last (S3's least is 5 MiB).
+/// The size of each part but the last of an object written in parts (S3's least is 5 MiB).
 pub const PART_SIZE: usize = 5 * 1024 * 1024;
+/// Objects larger than this are written in parts ([`ObjectStorage::put_in_parts`]).
+pub const PARTS_OVER: usize = PART_SIZE;
 /// How long connecting may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often `object_store` retries a request that failed with a 5xx or a transport error.
@@ -766,23 +768,32 @@ impl ObjectStorage {
     /// `bytes` written to `path` as a multipart upload, one part on the wire at a time: each
     /// request then stays within the client's [`REQUEST_TIMEOUT`] down to an uplink of about
     /// 90 KB/s. In one request, a 20 MB file over 2 Mbit/s never finished within it, and was
-    /// sent again and again, told as a bucket that does not answer. A part that fails aborts
-    /// the upload (its parts are removed; the object never appears).
+    /// sent again and again, told as a bucket that does not answer. A part (the last one
+    /// too) or the completion that fails aborts the upload (its parts are removed; the
+    /// object never appears); one cut off by a stop leaves its parts to the bucket's rule for
+    /// incomplete uploads (docs/storage.md).
     async fn put_in_parts(
         &self,
         path: &StorePath,
         mut bytes: Bytes,
     ) -> object_store::Result<object_store::PutResult> {
-        let upload = self.store.put_multipart(path).await?;
-        let mut write = object_store::WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+        let mut upload = self.store.put_multipart(path).await?;
+        let mut failed = None;
         while !bytes.is_empty() {
-            if let Err(err) = write.wait_for_capacity(1).await {
-                let _ = write.abort().await;
-                return Err(err);
+            let part = bytes.split_to(bytes.len().min(PART_SIZE));
+            if let Err(err) = upload.put_part(PutPayload::from_bytes(part)).await {
+                failed = Some(err);
+                break;
             }
-            write.put(bytes.split_to(bytes.len().min(PART_SIZE)));
         }
-        write.finish().await
+        let result = match failed {
+            Some(err) => Err(err),
+            None => upload.complete().await,
+        };
+        if result.is_err() {
+            let _ = upload.abort().await;
+        }
+        result
     }
 
     /// Size and tag of `key`, without its body.

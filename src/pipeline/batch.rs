@@ -821,7 +821,8 @@ impl BatchRunner {
                 }
                 Err(err) => err,
             };
-            drop(recording);
+            // Held on through the record of an accepted answer that cannot be read.
+            let recording = (err.accepted_unread()).then_some(recording);
             let failure = failure_of(&deps.health, &err, sent_at);
             match failure {
                 Failure::Job => {
@@ -845,7 +846,9 @@ impl BatchRunner {
                     if unread {
                         // Noted before the wait (they stay submitting: their run does not end
                         // while the batch's webhook may still come); a restart holds them.
-                        if let Err(err) = deps.store.mark_accepted_unread(&ids).await {
+                        let recorded = deps.store.mark_accepted_unread(&ids).await;
+                        drop(recording);
+                        if let Err(err) = recorded {
                             error!(error = %err, "Cannot record the batch's jobs as held in doubt");
                             return Sent::Ended;
                         }

@@ -599,7 +599,13 @@ impl Runner {
             let mut counts = deps.restaged.lock().unwrap_or_else(PoisonError::into_inner);
             let count = counts.entry(id).or_default();
             *count += 1;
-            *count
+            let count = *count;
+            // Counted afresh after the failure: a `replay --failed` once the deleting is
+            // stopped gets its three again.
+            if count > MAX_RESTAGES {
+                counts.remove(&id);
+            }
+            count
         };
         if restaged > MAX_RESTAGES {
             let message = format!(
@@ -861,7 +867,6 @@ impl Runner {
                 }
                 Err(err) => err,
             };
-            drop(recording);
             if let Some(rid) = err.request_id() {
                 let _ = deps.store.record_request_id(id, rid).await;
             }
@@ -871,7 +876,9 @@ impl Runner {
             // and a restart sent it again); it stays submitting meanwhile, so its run does
             // not end (and `run --once` does not exit) while its webhook may still come.
             if failure == Failure::Ambiguous && err.accepted_unread() {
-                if let Err(err) = deps.store.mark_accepted_unread(&[id]).await {
+                let recorded = deps.store.mark_accepted_unread(&[id]).await;
+                drop(recording);
+                if let Err(err) = recorded {
                     error!(error = %err, "Cannot record the job as held in doubt");
                     return Step::End(JobOutcome::Parked);
                 }
@@ -881,6 +888,8 @@ impl Runner {
                 if err.http_status() == Some(303) {
                     deps.health.pause(&err, Refusal::Status(303));
                 }
+            } else {
+                drop(recording);
             }
             match failure {
                 Failure::Job => {
