@@ -2630,6 +2630,28 @@ async fn a_run_held_in_doubt_deletes_the_staged_copies_of_its_finished_files() {
     s3.stop().await;
 }
 
+/// `run --once` (its child and log) of four local files staged into `s3` (`api.staging`), in
+/// batches whose tasks take 3 s at Claid.
+async fn four_staged_in_a_run_once(s3: &S3Server) -> (TestEnv, tokio::process::Child, PathBuf) {
+    let scenario = Scenario::default()
+        .latency(Latency::Fixed(std::time::Duration::from_secs(3)))
+        .seed(7);
+    let (env, _) = storage_env(s3, scenario, "", 0).await;
+    let keys = credentials_file(env.dir.path());
+    let storages = storages_yaml("catalog-s3", "s3://catalog/raw", &s3.endpoint, &keys);
+    let config = env.config("staging: catalog", &storages);
+    drop_local_manifest(&env, 4, false);
+    let (once, log_path) = spawn_run_once(&env, &config);
+    (env, once, log_path)
+}
+
+/// Deletes every staged object there is now.
+async fn delete_staged(s3: &S3Server) {
+    for key in s3.list_keys("catalog", "raw/staging/").await {
+        s3.delete_object("catalog", &key).await;
+    }
+}
+
 /// Staged inputs deleted from the bucket before their jobs were submitted (a lifecycle rule,
 /// the cleanup of another daemon sharing the staging prefix): each is staged again before its
 /// submit instead of Claid failing it with "object not found"; every image is delivered.
@@ -2638,25 +2660,15 @@ async fn a_staged_input_deleted_before_its_submit_is_staged_again() {
     let Some(s3) = S3Server::start().await else {
         return;
     };
-    let scenario = Scenario::default()
-        .latency(Latency::Fixed(std::time::Duration::from_secs(3)))
-        .seed(7);
-    let (env, _) = storage_env(&s3, scenario, "", 0).await;
-    let keys = credentials_file(env.dir.path());
-    let storages = storages_yaml("catalog-s3", "s3://catalog/raw", &s3.endpoint, &keys);
-    let config = env.config("staging: catalog", &storages);
-    drop_local_manifest(&env, 4, false);
+    let (env, mut once, log_path) = four_staged_in_a_run_once(&s3).await;
     let deadline = std::time::Duration::from_secs(60);
-    let (mut once, log_path) = spawn_run_once(&env, &config);
     // Every input staged, the canary batch (2 images) read by Claid: the other two wait for
     // the canary's end (3 s), and their staged objects are deleted meanwhile.
     crate::support::wait_until_async("staged and the canary read", deadline, || async {
         s3.list_keys("catalog", "raw/staging/").await.len() == 4 && env.stats().storage_reads >= 2
     })
     .await;
-    for key in s3.list_keys("catalog", "raw/staging/").await {
-        s3.delete_object("catalog", &key).await;
-    }
+    delete_staged(&s3).await;
     let status = tokio::time::timeout(deadline, once.wait())
         .await
         .expect("run --once ends")
@@ -2678,16 +2690,8 @@ async fn staged_inputs_deleted_again_and_again_fail_the_jobs_instead_of_staging_
     let Some(s3) = S3Server::start().await else {
         return;
     };
-    let scenario = Scenario::default()
-        .latency(Latency::Fixed(std::time::Duration::from_secs(3)))
-        .seed(7);
-    let (env, _) = storage_env(&s3, scenario, "", 0).await;
-    let keys = credentials_file(env.dir.path());
-    let storages = storages_yaml("catalog-s3", "s3://catalog/raw", &s3.endpoint, &keys);
-    let config = env.config("staging: catalog", &storages);
-    drop_local_manifest(&env, 4, false);
+    let (env, mut once, log_path) = four_staged_in_a_run_once(&s3).await;
     let deadline = std::time::Duration::from_secs(90);
-    let (mut once, log_path) = spawn_run_once(&env, &config);
     // The canary (2 images) read by Claid: the other two wait for its end (3 s), and from
     // then on every staged object is deleted as soon as it is seen, until the run ends.
     crate::support::wait_until_async("the canary read", deadline, || async {
@@ -2696,9 +2700,7 @@ async fn staged_inputs_deleted_again_and_again_fail_the_jobs_instead_of_staging_
     .await;
     let status = tokio::time::timeout(deadline, async {
         loop {
-            for key in s3.list_keys("catalog", "raw/staging/").await {
-                s3.delete_object("catalog", &key).await;
-            }
+            delete_staged(&s3).await;
             if let Some(status) = once.try_wait().expect("wait") {
                 return status;
             }
@@ -2757,9 +2759,7 @@ async fn a_staged_input_deleted_while_its_batch_submit_is_retried_is_staged_agai
         s3.list_keys("catalog", "raw/staging/").await.len() == 2 && env.stats().requests > before
     })
     .await;
-    for key in s3.list_keys("catalog", "raw/staging/").await {
-        s3.delete_object("catalog", &key).await;
-    }
+    delete_staged(&s3).await;
     // Two more calls while the API is still down: a retry whose look at the staged inputs
     // came just before the deletion is answered 503 too, so the retry that reaches Claid
     // looked after it (the API brought back at once raced that retry on a loaded machine).
