@@ -26,6 +26,7 @@ use crate::yaml::value::Bounds;
 
 mod check;
 pub use check::folder_overlaps;
+pub(crate) use check::identity;
 mod env;
 pub mod print;
 mod schema;

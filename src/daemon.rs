@@ -991,7 +991,7 @@ async fn run_watching(
     let mut taken = None;
     // The store's folder as opened: looked at with the inbox's lock (see `store_folder_gone`).
     let store_dir = config.folders.state.join(crate::store::SCHEMA_DIR);
-    let store_identity = folder_identity(&store_dir);
+    let store_identity = crate::config::identity(&store_dir);
     let mut state_gone = None;
     let mut stuck = None;
     // The config in force: what a SIGHUP's file is compared with.
@@ -1105,14 +1105,6 @@ fn store_stuck(pipeline: &pipeline::Handle, state: &Path) -> Option<FatalError> 
         for_how_long,
         why,
     })
-}
-
-/// A folder's device and inode, to tell it from one made again at its path.
-fn folder_identity(path: &Path) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path)
-        .ok()
-        .map(|meta| (meta.dev(), meta.ino()))
 }
 
 /// The job store's folder deleted (or replaced) under the running daemon (a cleanup of the

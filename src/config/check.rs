@@ -1192,8 +1192,9 @@ fn overlap(inbox: &Path, folder: &Path, name: &str) -> Option<String> {
     None
 }
 
-/// The (device, inode) of an existing folder.
-fn identity(path: &Path) -> Option<(u64, u64)> {
+/// The (device, inode) of an existing folder (also how the daemon tells its store's folder
+/// from one made again at its path).
+pub(crate) fn identity(path: &Path) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
