@@ -403,9 +403,11 @@ fn named_as_batch_output(job: &JobV1) -> bool {
 /// config's storages; others are sent alone). `plan` counts with it too.
 pub fn batchable_input(input: &str, connectors: &HashSet<String>) -> bool {
     if input.starts_with("https://") || input.starts_with("http://") {
-        // A URL without a file name (`…/s/`, `https://host`): what Claid names its batch
-        // output is not known, so its result could not be told from another's. Sent alone.
-        return !wire::decoded(wire::basename(input)).trim().is_empty();
+        // A URL without a file name (`…/s/`, `https://host`), or with a query or fragment
+        // (`…/x.jpg?v=2`: whether Claid's name for the output keeps the query is not said):
+        // its result could not be told from another's. Sent alone.
+        return !input.contains(['?', '#'])
+            && !wire::decoded(wire::basename(input)).trim().is_empty();
     }
     crate::storages::split_uri(input).is_some_and(|(connector, _)| connectors.contains(connector))
 }
@@ -2298,6 +2300,8 @@ mod tests {
         assert!(!batchable_input("https://example.com/s/", &connectors));
         assert!(!batchable_input("https://example.com", &connectors));
         assert!(batchable_input("https://example.com/s/a.jpg", &connectors));
+        assert!(!batchable_input("https://example.com/s/a.jpg?v=2", &connectors));
+        assert!(!batchable_input("https://example.com/s/a.jpg#x", &connectors));
     }
 
     #[test]
