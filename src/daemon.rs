@@ -315,8 +315,14 @@ pub async fn run(
             .map(|entry| (entry.claid_name.clone(), entry.url()))
             .collect(),
     );
-    let removed = output::clean_stale_tmp(&folders.outbox).map_err(FatalError::CleanOutbox)?;
-    info!(removed, outbox = %folders.outbox.display(), "Removed stale temporary files");
+    let cleaned = output::clean_stale_tmp(&folders.outbox).map_err(FatalError::CleanOutbox)?;
+    info!(removed = cleaned.removed, outbox = %folders.outbox.display(), "Removed stale temporary files");
+    if let Some(problem) = &cleaned.first_problem {
+        warn!(
+            skipped = cleaned.skipped,
+            "Some of the outbox could not be looked through for stale temporary files (first: {problem}); they were skipped. Give the daemon's user access to them, or leave them: an output written there fails alone"
+        );
+    }
 
     let metrics = Arc::new(Metrics::new());
     let observer = metrics.clone();

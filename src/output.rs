@@ -114,35 +114,66 @@ const TMP_MARKER: &str = ".tmp-";
 /// How many `.N` suffixes `move_mirrored` tries before giving up.
 const MAX_SUFFIX: u32 = 10_000;
 
+/// What [`clean_stale_tmp`] did: files removed, and the entries below the root it could not
+/// read or remove (each skipped, the first kept to be told).
+#[derive(Debug, Default)]
+pub struct Cleaned {
+    pub removed: usize,
+    pub skipped: usize,
+    pub first_problem: Option<OutputError>,
+}
+
 /// Removes stale temp files (`.<name>.tmp-<id>`) under `root`, recursively, without following
-/// symlinks. A missing root is fine. Returns how many files were removed.
-pub fn clean_stale_tmp(root: &Path) -> Result<usize, OutputError> {
-    let mut n_removed = 0;
+/// symlinks. A missing root is fine; a root that cannot be read is an error. A folder or file
+/// below it that cannot be read or removed (another team's folder without permission) is
+/// skipped and counted: one such entry must not keep the daemon from starting.
+pub fn clean_stale_tmp(root: &Path) -> Result<Cleaned, OutputError> {
+    let mut cleaned = Cleaned::default();
+    let skip = |cleaned: &mut Cleaned, path: &Path, err: io::Error| {
+        cleaned.skipped += 1;
+        cleaned
+            .first_problem
+            .get_or_insert_with(|| OutputError::io(path, err));
+    };
     let mut dirs = vec![root.to_path_buf()];
     while let Some(dir) = dirs.pop() {
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
             Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
-            Err(err) => return Err(OutputError::io(&dir, err)),
+            Err(err) if dir == root => return Err(OutputError::io(&dir, err)),
+            Err(err) => {
+                skip(&mut cleaned, &dir, err);
+                continue;
+            }
         };
         for entry in entries {
-            let entry = entry.map_err(|err| OutputError::io(&dir, err))?;
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(err) => {
+                    skip(&mut cleaned, &dir, err);
+                    break;
+                }
+            };
             let path = entry.path();
-            let file_type = entry
-                .file_type()
-                .map_err(|err| OutputError::io(&path, err))?;
+            let file_type = match entry.file_type() {
+                Ok(file_type) => file_type,
+                Err(err) => {
+                    skip(&mut cleaned, &path, err);
+                    continue;
+                }
+            };
             if file_type.is_dir() {
                 dirs.push(path);
             } else if file_type.is_file() && is_tmp_name(&entry.file_name()) {
                 match fs::remove_file(&path) {
-                    Ok(()) => n_removed += 1,
+                    Ok(()) => cleaned.removed += 1,
                     Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-                    Err(err) => return Err(OutputError::io(&path, err)),
+                    Err(err) => skip(&mut cleaned, &path, err),
                 }
             }
         }
     }
-    Ok(n_removed)
+    Ok(cleaned)
 }
 
 /// True for names made by [`tmp_name`]: `.<name>.tmp-<id>`.

@@ -2300,8 +2300,14 @@ mod tests {
         assert!(!batchable_input("https://example.com/s/", &connectors));
         assert!(!batchable_input("https://example.com", &connectors));
         assert!(batchable_input("https://example.com/s/a.jpg", &connectors));
-        assert!(!batchable_input("https://example.com/s/a.jpg?v=2", &connectors));
-        assert!(!batchable_input("https://example.com/s/a.jpg#x", &connectors));
+        assert!(!batchable_input(
+            "https://example.com/s/a.jpg?v=2",
+            &connectors
+        ));
+        assert!(!batchable_input(
+            "https://example.com/s/a.jpg#x",
+            &connectors
+        ));
     }
 
     #[test]

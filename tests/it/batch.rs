@@ -280,8 +280,14 @@ async fn issue12_urls_with_a_query_string_are_sent_alone_and_the_rest_batched() 
     let (code, stderr) = env.run_once(&config).await;
     assert_eq!(code, 0, "{stderr}");
     let stats = env.stats();
-    assert_eq!(stats.batch_images, 2, "only the plain URLs batched: {stats:?}");
-    assert_eq!(stats.submits, 2, "each query URL submitted alone: {stats:?}");
+    assert_eq!(
+        stats.batch_images, 2,
+        "only the plain URLs batched: {stats:?}"
+    );
+    assert_eq!(
+        stats.submits, 2,
+        "each query URL submitted alone: {stats:?}"
+    );
     assert!(
         !stderr.contains("switched off") && !stderr.contains("in doubt"),
         "{stderr}"

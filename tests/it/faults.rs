@@ -1114,6 +1114,54 @@ async fn run_once_ends_73_when_an_output_folder_stays_unwritable() {
     );
 }
 
+/// A folder in the outbox the daemon may not read (another team's, mode 000) does not keep it
+/// from starting: the look for stale temporary files skips it with a warning, removes the
+/// stale files it can reach, and the manifest is delivered.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreadable_folder_in_the_outbox_is_skipped_by_the_start_not_fatal() {
+    use std::os::unix::fs::PermissionsExt;
+    // As root, file modes refuse nothing: the run goes without the capabilities that
+    // bypass them (root still owns every folder the test made).
+    let wrapper: &[&str] = if crate::support::is_root() {
+        &[
+            "setpriv",
+            "--bounding-set=-dac_override,-dac_read_search",
+            "--",
+        ]
+    } else {
+        &[]
+    };
+    let env = TestEnv::new(Scenario::default()).await;
+    let locked = env.outbox.join("another-team");
+    std::fs::create_dir_all(&locked).expect("locked folder");
+    let stale = env.outbox.join(".x.png.tmp-ab12");
+    std::fs::write(&stale, b"half").expect("stale tmp");
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).expect("chmod");
+    env.drop_file("m.yaml", manifest("m", 0).as_bytes());
+    for i in 0..LOCAL {
+        env.drop_file(&format!("photos/local{i}.png"), &png(64, 48));
+    }
+    let config = env.config("", "");
+    let (code, stderr) = tokio::time::timeout(DEADLINE, env.run_once_with(&config, &[], wrapper))
+        .await
+        .expect("run --once ends");
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("could not be looked through") && stderr.contains("another-team"),
+        "the skipped folder is told: {stderr}"
+    );
+    assert!(!stale.exists(), "the stale file it could reach was removed");
+    let report = env.report("m");
+    let rows = report["jobs"].as_array().expect("rows");
+    assert_eq!(rows.len(), LOCAL);
+    for row in rows {
+        assert_eq!(row["status"], "done", "{row}");
+        let output = env.outbox.join(row["output"].as_str().expect("output"));
+        assert_eq!(dimensions(&output), (32, 24), "{}", output.display());
+    }
+}
+
 /// Answers that are not settled yet are asked again, not believed: a 404 to the first poll of
 /// a task or batch Claid named a moment ago, a DONE without its result, a 404 to the first
 /// download of a result URL. Every image is delivered and none is paid for twice, with

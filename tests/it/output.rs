@@ -222,11 +222,11 @@ fn clean_stale_tmp_removes_only_temp_files() {
     for name in keep.iter().chain(&stale) {
         fs::write(root.join(name), b"data").unwrap();
     }
-    assert_eq!(clean_stale_tmp(root).unwrap(), stale.len());
+    assert_eq!(clean_stale_tmp(root).unwrap().removed, stale.len());
     let mut expected: Vec<_> = keep.iter().map(|s| s.to_string()).collect();
     expected.sort();
     assert_eq!(files(root), expected);
-    assert_eq!(clean_stale_tmp(&root.join("missing")).unwrap(), 0);
+    assert_eq!(clean_stale_tmp(&root.join("missing")).unwrap().removed, 0);
 }
 
 #[test]
