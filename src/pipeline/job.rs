@@ -363,10 +363,7 @@ impl Runner {
         let object = storage.objects.uri(key);
         if policy == OnOutputExists::Fail {
             let message = format!("the object {object} already exists (`on_output_exists: fail`)");
-            return match self.fail(id, FailureCode::OutputExists, &message).await {
-                Step::End(outcome) => Some(outcome),
-                Step::Continue => None,
-            };
+            return Some(self.failed(id, FailureCode::OutputExists, &message).await);
         }
         // Its size, as a kept file's is reported, read from its header (a few KiB).
         let (width, height) = object_ends(&storage.objects, key, info.size)
@@ -465,10 +462,7 @@ impl Runner {
                     "not submitted: cannot see whether the output object {} is there ({err}), which must be known before Claid writes it; nothing was billed: `replay --failed` once the bucket answers",
                     crate::text::Escaped::str(uri)
                 );
-                match self.fail(id, object_failure(&err), &message).await {
-                    Step::End(outcome) => Err(outcome),
-                    Step::Continue => Err(JobOutcome::Parked),
-                }
+                Err(self.failed(id, object_failure(&err), &message).await)
             }
         }
     }
@@ -520,10 +514,7 @@ impl Runner {
                 "output {} already exists (`on_output_exists: fail`); nothing was submitted",
                 Escaped::path(&path)
             );
-            return match self.fail(id, FailureCode::OutputExists, &message).await {
-                Step::End(outcome) => Some(outcome),
-                Step::Continue => None,
-            };
+            return Some(self.failed(id, FailureCode::OutputExists, &message).await);
         }
         let kept = path.clone();
         let Ok(done) = on_file_pool(move || kept_file(&kept)).await else {
@@ -613,10 +604,7 @@ impl Runner {
                 crate::text::Escaped::str(uri),
                 crate::text::Escaped::str(name)
             );
-            return match self.fail(id, FailureCode::StagingFailed, &message).await {
-                Step::End(outcome) => Some(outcome),
-                Step::Continue => Some(JobOutcome::Parked),
-            };
+            return Some(self.failed(id, FailureCode::StagingFailed, &message).await);
         }
         warn!(job_id = id, object = %uri, "The staged input is gone from the bucket; it is staged again");
         let job = match deps.store.unstage(id).await {
@@ -2251,7 +2239,12 @@ impl Runner {
     }
 
     async fn fail(&self, id: JobId, code: FailureCode, message: &str) -> Step {
-        self.fail_keeping(id, code, message, None).await
+        Step::End(self.failed(id, code, message).await)
+    }
+
+    /// [`Runner::fail`] where the caller wants the outcome itself (a look before the submit).
+    async fn failed(&self, id: JobId, code: FailureCode, message: &str) -> JobOutcome {
+        self.failed_keeping(id, code, message, None).await
     }
 
     /// [`Runner::fail`] of a job whose storage object's copy could not be written, with the
@@ -2264,6 +2257,18 @@ impl Runner {
         message: &str,
         object_sha: Option<String>,
     ) -> Step {
+        Step::End(self.failed_keeping(id, code, message, object_sha).await)
+    }
+
+    /// The job recorded failed (see [`Runner::fail_keeping`]); `Parked` when the store
+    /// refused the write.
+    async fn failed_keeping(
+        &self,
+        id: JobId,
+        code: FailureCode,
+        message: &str,
+        object_sha: Option<String>,
+    ) -> JobOutcome {
         match self
             .deps
             .store
@@ -2272,11 +2277,11 @@ impl Runner {
         {
             Ok(_) => {
                 warn!(code = %code, reason = %message, "Job failed");
-                Step::End(JobOutcome::Failed(code))
+                JobOutcome::Failed(code)
             }
             Err(err) => {
                 error!(error = %err, "Cannot record the job failure");
-                Step::End(JobOutcome::Parked)
+                JobOutcome::Parked
             }
         }
     }
