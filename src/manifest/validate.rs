@@ -880,10 +880,16 @@ pub fn in_staging_area<'a>(
     uri: &str,
 ) -> Option<&'a str> {
     let place = object_place(storages, uri)?;
+    // Also as percent-decoded (`st%61ging/`): whether Claid decodes a storage URI is not
+    // said, so a spelling that may reach the folder is refused as the folder is.
+    let decoded = crate::claid::wire::decoded(&place);
     storages
         .iter()
         .filter(|(_, entry)| entry.staging)
-        .find(|(_, entry)| place.starts_with(&format!("{}/staging/", folder_place(entry))))
+        .find(|(_, entry)| {
+            let folder = format!("{}/staging/", folder_place(entry));
+            place.starts_with(&folder) || decoded.starts_with(&folder)
+        })
         .map(|(name, _)| name.as_str())
 }
 
