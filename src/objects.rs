@@ -36,6 +36,10 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 pub const PART_SIZE: usize = 5 * 1024 * 1024;
 /// Objects larger than this are written in parts ([`ObjectStorage::put_in_parts`]).
 pub const PARTS_OVER: usize = PART_SIZE;
+/// How long the listing that checks a storage (`validate`, the start) may take: a listing
+/// of one page answers in well under a second; a server that took the connection and says
+/// nothing is told in this time, not in a whole [`REQUEST_TIMEOUT`] and its retries.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long connecting may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often `object_store` retries a request that failed with a 5xx or a transport error.
@@ -864,9 +868,17 @@ impl ObjectStorage {
             )
         };
         let mut listing = self.store.list(prefix.as_ref());
-        match listing.try_next().await {
-            Ok(_) => Ok(()),
-            Err(err) => Err(self.failed("list", "", err)),
+        match tokio::time::timeout(PROBE_TIMEOUT, listing.try_next()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(err)) => Err(self.failed("list", "", err)),
+            Err(_) => Err(ObjectError::Request {
+                op: "list",
+                uri: self.uri(""),
+                cause: format!(
+                    "the bucket's server took the connection but did not answer a listing within {} s (a server that hangs, or a proxy or firewall in between holding the connection; check the storage's `endpoint`)",
+                    PROBE_TIMEOUT.as_secs()
+                ),
+            }),
         }
     }
 

@@ -1898,6 +1898,40 @@ async fn the_embedded_emulator_serves_the_configs_own_storages_as_its_connectors
     s3.stop().await;
 }
 
+/// A bucket server that takes the connection and never answers (a hung server, a proxy
+/// holding the connection) is told by `validate` in the daemon's own words within the
+/// probe's 20 s, as an outage (69), not after the storage client's whole request timeout
+/// and retries in its wording.
+#[tokio::test(flavor = "multi_thread")]
+async fn validate_tells_a_bucket_server_that_never_answers_as_an_outage() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let endpoint = format!("http://{}", silent.local_addr().expect("addr"));
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            open.push(stream);
+        }
+    });
+    let env = TestEnv::new(quick().storage(s3.connector("catalog-s3", "catalog", "raw"))).await;
+    let keys = credentials_file(env.dir.path());
+    let storages = storages_yaml("catalog-s3", "s3://catalog/raw", &endpoint, &keys);
+    let config = env.config("", &storages);
+    let (code, stdout, stderr) = cli(&["validate", config.to_str().expect("utf-8")]).await;
+    held.abort();
+    assert_eq!(code, 69, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("did not answer a listing within 20 s")
+            && stdout.contains("s3://catalog/raw"),
+        "{stdout}"
+    );
+    s3.stop().await;
+}
+
 #[tokio::test]
 async fn a_connector_pointing_elsewhere_than_its_storage_stops_the_start_with_64() {
     let Some(s3) = S3Server::start().await else {
