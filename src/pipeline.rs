@@ -1408,14 +1408,14 @@ async fn in_doubt_after_crash(
             store.requeue(id, true).await?;
             warn!(
                 job_id = id,
-                "Job was caught mid-submit by a crash; resubmitting (in doubt)"
+                "Job was left mid-submit by the last run (a crash, or a submit whose answer could not be recorded before it stopped); resubmitting (in doubt)"
             );
         }
         InDoubtPolicy::Hold => {
             store.mark_in_doubt(id).await?;
             warn!(
                 job_id = id,
-                "Job was caught mid-submit by a crash; held for `replay --in-doubt`"
+                "Job was left mid-submit by the last run (a crash, or a submit whose answer could not be recorded before it stopped); held for `replay --in-doubt`"
             );
         }
     }
