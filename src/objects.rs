@@ -869,13 +869,42 @@ impl ObjectStorage {
         };
         let mut listing = self.store.list(prefix.as_ref());
         match tokio::time::timeout(PROBE_TIMEOUT, listing.try_next()).await {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(_)) => self.probe_absent().await,
             Ok(Err(err)) => Err(self.failed("list", "", err)),
             Err(_) => Err(ObjectError::Request {
                 op: "list",
                 uri: self.uri(""),
                 cause: format!(
                     "the bucket's server took the connection but did not answer a listing within {} s (a server that hangs, or a proxy or firewall in between holding the connection; check the storage's `endpoint`)",
+                    PROBE_TIMEOUT.as_secs()
+                ),
+            }),
+        }
+    }
+
+    /// The second half of [`ObjectStorage::probe`]: a `HEAD` of a key no one wrote must be
+    /// answered "not found". A server that is not the bucket's (a web console's port, a
+    /// proxy's default page answering 200 to everything) passed the listing, then told every
+    /// output "already there": `skip` kept nothing and reported success, `replace` failed
+    /// every billed image.
+    async fn probe_absent(&self) -> Result<(), ObjectError> {
+        let key = format!(".claid-hotfolder-probe-{:016x}", rand::random::<u64>());
+        let answered = tokio::time::timeout(PROBE_TIMEOUT, self.head(&key)).await;
+        match answered {
+            Ok(Err(ObjectError::NotFound { .. })) => Ok(()),
+            Ok(Err(err)) => Err(err),
+            Ok(Ok(_)) => Err(ObjectError::Setup {
+                bucket: self.bucket.clone(),
+                cause: format!(
+                    "its endpoint does not answer as an S3 server: it says {}, which no one wrote, is there (a web page, a console's port, a proxy's default page?); give the storage's `endpoint` as the S3 API's address",
+                    self.uri(&key)
+                ),
+            }),
+            Err(_) => Err(ObjectError::Request {
+                op: "head",
+                uri: self.uri(&key),
+                cause: format!(
+                    "the bucket's server took the connection but did not answer within {} s",
                     PROBE_TIMEOUT.as_secs()
                 ),
             }),

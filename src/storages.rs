@@ -151,7 +151,9 @@ impl StorageError {
                 | ObjectError::Url { .. }
                 | ObjectError::Setup { .. } => exit::USAGE,
                 ObjectError::Request { cause, .. }
-                    if looks_like_no_bucket(cause) || looks_like_wrong_region(cause) =>
+                    if looks_like_no_bucket(cause)
+                        || looks_like_wrong_region(cause)
+                        || not_an_s3_answer(cause) =>
                 {
                     exit::USAGE
                 }
@@ -193,6 +195,7 @@ impl StorageError {
                     }
                 }
                 ObjectError::Denied { .. } => "S3 refused the daemon's keys: check `access_key_id` and `secret_access_key` in the storage's credentials file (or the AWS_* variables), and that they may list, read, write and delete under the prefix".to_owned(),
+                ObjectError::Request { cause, .. } if not_an_s3_answer(cause) => "the endpoint answers 404 to the bucket's listing without S3's `NoSuchBucket`: it is not an S3 API (another service, or a path after the host); give the storage's `endpoint` as the S3 API's address, `http(s)://HOST:PORT`".to_owned(),
                 _ if self.exit_code() == exit::USAGE => "check the bucket name and the `endpoint` of the storage".to_owned(),
                 _ => "check that the S3 endpoint is reachable from this machine".to_owned(),
             }),
@@ -243,6 +246,14 @@ fn expected_region(cause: &str) -> Option<&str> {
 /// S3 answers a listing of a bucket that does not exist with `NoSuchBucket`.
 fn looks_like_no_bucket(cause: &str) -> bool {
     cause.contains("NoSuchBucket") || cause.contains("does not exist")
+}
+
+/// A 404 to the listing of a bucket that is not S3's "no such bucket": the endpoint answers,
+/// and is not an S3 API (another service's port, a path after the host). What was configured
+/// is wrong; retrying does not mend it (it was waited out as an outage, and systemd restarted
+/// the daemon every 5 s).
+fn not_an_s3_answer(cause: &str) -> bool {
+    cause.contains("404 Not Found") && !looks_like_no_bucket(cause)
 }
 
 /// Warns when storage `name`'s credentials file may be read or replaced by every user of the

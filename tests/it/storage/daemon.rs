@@ -1898,6 +1898,69 @@ async fn the_embedded_emulator_serves_the_configs_own_storages_as_its_connectors
     s3.stop().await;
 }
 
+/// An HTTP server on 127.0.0.1 that answers every request with `status` and an HTML page,
+/// as a web console's port or a proxy's default page does. Returns its `http://` address.
+async fn not_s3(status: &'static str) -> (String, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+    let served = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let body = "<html><body>Welcome</body></html>";
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    (endpoint, served)
+}
+
+/// A storage `endpoint` that answers HTTP but is not an S3 API is a configuration error
+/// (64) that names the endpoint as the thing to fix: one that answers 200 to everything
+/// (it passed the listing, then told every output "already there": `skip` kept nothing
+/// and reported success), and one that answers 404 (told as a bucket away, 69, and waited
+/// out; systemd restarted the daemon every 5 s).
+#[tokio::test(flavor = "multi_thread")]
+async fn validate_refuses_an_endpoint_that_is_not_an_s3_api() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let env = TestEnv::new(quick().storage(s3.connector("catalog-s3", "catalog", "raw"))).await;
+    let keys = credentials_file(env.dir.path());
+    for (status, needle) in [
+        ("200 OK", "does not answer as an S3 server"),
+        ("404 Not Found", "is not an S3 API"),
+    ] {
+        let (endpoint, served) = not_s3(status).await;
+        let storages = storages_yaml("catalog-s3", "s3://catalog/raw", &endpoint, &keys);
+        let config = env.config("", &storages);
+        let (code, stdout, stderr) = cli(&["validate", config.to_str().expect("utf-8")]).await;
+        assert_eq!(code, 64, "{status}: {stdout}{stderr}");
+        assert!(
+            stdout.contains(needle) && stdout.contains("endpoint"),
+            "{status}: {stdout}"
+        );
+        let (code, stderr) = env.run_once(&config).await;
+        assert_eq!(code, 64, "{status}: {stderr}");
+        served.abort();
+    }
+    s3.stop().await;
+}
+
 /// A bucket server that takes the connection and never answers (a hung server, a proxy
 /// holding the connection) is told by `validate` in the daemon's own words within the
 /// probe's 20 s, as an outage (69), not after the storage client's whole request timeout
