@@ -1138,6 +1138,32 @@ impl Store {
         Ok(job)
     }
 
+    /// Queued → Downloading the storage object `url` (`storage://CONNECTOR/key`) without a
+    /// task: a job in doubt whose lost submit's output is at its key takes that object as its
+    /// result (checked as any output object). Durable.
+    pub async fn take_written_object(&self, id: JobId, url: &str) -> Result<JobV1, StoreError> {
+        let url = url.to_owned();
+        let job = self
+            .step(id, "queued", move |job| match job.state {
+                JobState::Queued => Some(with_state(
+                    job,
+                    JobState::Downloading {
+                        task_id: None,
+                        url: url.clone(),
+                        width: 0,
+                        height: 0,
+                        copy_of: None,
+                        kept_since_ms: None,
+                        submitted_at_ms: None,
+                    },
+                )),
+                _ => None,
+            })
+            .await?;
+        self.flush().await?;
+        Ok(job)
+    }
+
     /// Done, Failed or held in doubt → Queued, for a replay: a job that changed meanwhile (a
     /// late webhook adopted its task, another replay took it) is left as it is (`Conflict`).
     /// A job whose billed result could not be written, while Claid keeps that result

@@ -361,6 +361,27 @@ impl Runner {
         };
         let key = &info.key;
         let object = storage.objects.uri(key);
+        // A job whose submit may have reached Claid (its answer lost: counted in doubt) and
+        // that was submitted because nothing was at its key then (else `fail`/`skip` would
+        // not have sent it): an object there now is most likely that submit's output, written
+        // and billed. Taken as the result and checked as any output object (with its local
+        // copy); `fail` failed it as `output-exists`, every replay again, and `skip` reported
+        // it kept without the copy.
+        if job.in_doubt > 0 && job.attempts > 0 && info.size > 0 {
+            let (connector, _) = crate::storages::split_uri(&uri)?;
+            let written = format!("storage://{connector}/{key}");
+            info!(job_id = id, object = %object, "The output object is there after a submit whose answer was lost: taken as that submit's result, not submitted again");
+            return Some(
+                match self.deps.store.take_written_object(id, &written).await {
+                    Ok(_) => Box::pin(self.run(id)).await,
+                    Err(StoreError::Conflict { .. }) => JobOutcome::NotRun,
+                    Err(err) => {
+                        error!(error = %err, "Cannot record the job's output object");
+                        JobOutcome::Parked
+                    }
+                },
+            );
+        }
         if policy == OnOutputExists::Fail {
             let message = format!("the object {object} already exists (`on_output_exists: fail`)");
             return Some(self.failed(id, FailureCode::OutputExists, &message).await);
@@ -2074,6 +2095,12 @@ impl Runner {
                     return step;
                 }
             };
+            // An object taken without Claid's description of it: its size is the image's own.
+            let (width, height) = if width == 0 || height == 0 {
+                output::check::dimensions(&bytes, (0, 0)).unwrap_or((width, height))
+            } else {
+                (width, height)
+            };
             let dims = (width, height, task_id);
             return self
                 .write_and_finish(id, job, bytes, dims, write_failures, permit)
@@ -2085,7 +2112,7 @@ impl Runner {
         // was recorded done ("not empty" was all a HEAD could tell).
         let wanted = wanted_format(job);
         let mut reads = 0u32;
-        loop {
+        let (width, height) = loop {
             let ends = self
                 .through_bucket_outage(storage, || object_ends(&storage.objects, key, info.size))
                 .await;
@@ -2098,7 +2125,11 @@ impl Runner {
             };
             let Some(message) = object_mismatch(&head, &tail, info.size, (width, height), wanted)
             else {
-                break;
+                // An object taken without Claid's description of it: its size from its header.
+                if width == 0 || height == 0 {
+                    break output::check::dimensions(&head, (0, 0)).unwrap_or((width, height));
+                }
+                break (width, height);
             };
             // (`output_local_copy` turned off since its copy was made.) It passed the check
             // when it was copied: another image was put at its key since.
@@ -2111,7 +2142,7 @@ impl Runner {
             if let Some(step) = self.read_again(id, &mut reads, message, &object).await {
                 return step;
             }
-        }
+        };
         let done = DoneInfo {
             path: storage.objects.uri(key),
             bytes: info.size,
@@ -2351,12 +2382,18 @@ async fn objects_at(
     key: &str,
     wanted: usize,
 ) -> Result<Vec<crate::objects::ObjectInfo>, crate::objects::ObjectError> {
+    // Both keys asked at once (one after the other, a slow bucket made the wait twice as long).
+    let keys: Vec<String> = std::iter::once(key.to_owned())
+        .chain(extension_alias(key))
+        .collect();
+    let answers =
+        futures_util::future::join_all(keys.iter().map(|key| storage.objects.head(key))).await;
     let mut found = Vec::new();
-    for key in std::iter::once(key.to_owned()).chain(extension_alias(key)) {
+    for answer in answers {
         if found.len() >= wanted {
             break;
         }
-        match storage.objects.head(&key).await {
+        match answer {
             Ok(info) => found.push(info),
             Err(crate::objects::ObjectError::NotFound { .. }) => {}
             Err(err) => return Err(err),
@@ -2493,17 +2530,19 @@ fn result_mismatch(
     if let Some(why) = output::check::cut_short(bytes) {
         return Some(format!("{what} image is cut short: {why}"));
     }
+    // 0x0: no size was given (an object taken as a lost submit's result): not compared.
+    let unsized_result = width == 0 || height == 0;
     match (
         output::check::dimensions(bytes, (width, height)),
         output::check::format_of(bytes),
     ) {
         (Some((w, h)), found)
-            if (w, h) == (width, height)
+            if ((w, h) == (width, height) || unsized_result)
                 && !matches!((wanted, found), (Some(want), Some(got)) if want != got) =>
         {
             None
         }
-        (Some((w, h)), _) if (w, h) != (width, height) => Some(format!(
+        (Some((w, h)), _) if (w, h) != (width, height) && !unsized_result => Some(format!(
             "{what} image is {w}x{h}, the result says {width}x{height}"
         )),
         (Some(_), Some(got)) => Some(format!(

@@ -2626,6 +2626,68 @@ impl std::ops::Deref for SwitchedEnv {
     }
 }
 
+/// A job whose submit answer was lost (held in doubt) while Claid wrote its output: under
+/// `on_output_exists: fail` or `skip`, the object at its key after `replay --in-doubt` is
+/// that submit's result (nothing was there when it was sent), taken and checked without a
+/// second submit: done, with its local copy. (`fail` failed it as `output-exists`, at every
+/// replay; `skip` reported it kept, without the copy.)
+#[tokio::test(flavor = "multi_thread")]
+async fn an_object_written_for_a_lost_submit_is_taken_as_its_result_under_fail_and_skip() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    for policy in ["fail", "skip"] {
+        let (env, _) = storage_env(&s3, quick().drop_share(1.0), "", 2).await;
+        let keys = credentials_file(env.dir.path());
+        let mut storages = storages_yaml("catalog-s3", "s3://catalog/raw", &s3.endpoint, &keys);
+        storages.push_str("    output_local_copy: true\n");
+        let config = env.config("batch: { max_images: 1 }", &storages);
+        append_to(
+            &config,
+            &format!("on_output_exists: {policy}\nin_doubt: hold\n"),
+        );
+        env.drop_file(
+            "shoes.yaml",
+            format!("output: {{ format: jpeg, destination: storage://catalog/{policy}/ }}\nimages:\n  - storage://catalog/in/sku-0.png\n  - storage://catalog/in/sku-1.png\n").as_bytes(),
+        );
+        let (_, stderr) = env.run_once(&config).await;
+        let report = env.report("shoes");
+        for row in report["jobs"].as_array().expect("rows") {
+            assert_eq!(row["status"], "in-doubt", "{policy}: {row}\n{stderr}");
+        }
+        let written = |keys: &Vec<String>| keys.len() == 2;
+        let mut keys = Vec::new();
+        for _ in 0..500 {
+            keys = s3.list_keys("catalog", &format!("raw/{policy}/")).await;
+            if written(&keys) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(
+            written(&keys),
+            "{policy}: Claid wrote both objects: {keys:?}"
+        );
+        let cfg = config.to_str().expect("utf-8");
+        let (code, out, err) = cli(&["replay", "--in-doubt", "--config", cfg]).await;
+        assert_eq!(code, 0, "{out}{err}");
+        let (code, stderr) = env.run_once(&config).await;
+        assert_eq!(code, 0, "{policy}: {stderr}");
+        let report = env.report("shoes");
+        for (i, row) in report["jobs"].as_array().expect("rows").iter().enumerate() {
+            assert_eq!(row["status"], "done", "{policy}: {row}");
+            assert_eq!(row["width"], 40 + i as u64, "{policy}: {row}");
+            assert_eq!(
+                crate::support::dimensions(&env.outbox.join(format!("shoes/sku-{i}.jpg"))),
+                (40 + i as u32, 30),
+                "{policy}: the local copy of Claid's object"
+            );
+        }
+        assert_eq!(env.stats().submits, 2, "{policy}: not submitted again");
+    }
+    s3.stop().await;
+}
+
 /// With `output_local_copy`, a file already at the local copy's place is an output that exists:
 /// `on_output_exists: fail` refuses it and `skip` keeps it before the submit, nothing billed and
 /// the file kept (`fail` found it only at the copy, after Claid had written and billed the
