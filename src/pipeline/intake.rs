@@ -372,6 +372,14 @@ impl Intake {
                 warn!(error = %err, "The folder's recipe was saved with a mistake; this image's run goes on with the recipe it was taken in with (images dropped now are rejected until the recipe is fixed)");
                 return Taken::Done;
             }
+            // A recipe image gone from the inbox (deleted, or moved to rejected/ by the same
+            // version's first offer: the start's scan and the watcher's first look each offer
+            // what is there) is told as "not found" by its validation: nothing is left to
+            // reject. Rejected, it got a second error file and alert with that false reason.
+            Err(_) if is_recipe_image && !exists_here(&path).await => {
+                info!("The image left the inbox before it was taken in; nothing to do");
+                return Taken::Done;
+            }
             Err(err) => {
                 let _ = phase.next(LifeEvent::Invalid);
                 self.reject(&path, &rel, &err.error_txt(), &err.to_string())
@@ -1074,6 +1082,16 @@ async fn follow_drain(store: &Store, finisher: &finisher::Tx, path: &Path, rel: 
 /// `.NAME.claid-pending`, or, when that (with the `-PID` of its temporary name) would pass
 /// the filesystem's `NAME_MAX`, `NAME` shortened with a hash as `filename` says (a version of
 /// a manifest with a long name was lost: its copy could not be made).
+/// Whether `path` is still there (not followed if a link; an error other than "not found"
+/// counts as there).
+async fn exists_here(path: &Path) -> bool {
+    let path = path.to_path_buf();
+    on_file_pool(move || {
+        !matches!(std::fs::symlink_metadata(&path), Err(err) if err.kind() == std::io::ErrorKind::NotFound)
+    })
+    .await
+}
+
 fn pending_path(path: &Path) -> PathBuf {
     KeptCopy::Pending.path_beside(path)
 }

@@ -214,6 +214,43 @@ async fn an_empty_recipe_image_is_told_to_be_copied_again() {
     );
 }
 
+/// Bad images already in a recipe folder when the daemon starts are rejected once each, with
+/// their own reason: the start's scan and the watcher's first look both offer them, and the
+/// second offer, finding the image moved to rejected/, rejected it again as "not found" (a
+/// second alert with a false reason).
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_recipe_images_there_at_the_start_are_rejected_once_with_their_own_reason() {
+    let env = TestEnv::new(Scenario::default()).await;
+    env.drop_file("r/.claid.yaml", RECIPE.as_bytes());
+    env.drop_file("r/empty.png", b"");
+    env.drop_file("r/text.png", b"text");
+    env.drop_file("r/fine.png", &png(100, 100));
+    let config = env.config("", "");
+    let mut daemon = env.spawn_daemon(&config, 0);
+    wait_until(
+        "the fine image is made, the bad ones rejected",
+        DEADLINE,
+        || {
+            env.outbox.join("r/fine.jpg").is_file()
+                && env.rejected.join("r/empty.png.error.txt").is_file()
+                && env.rejected.join("r/text.png.error.txt").is_file()
+        },
+    )
+    .await;
+    // An image dropped after the start's looks: once it is made, both looks' offers were taken.
+    env.drop_file("r/late.png", &png(100, 100));
+    wait_until("the image dropped later is made", DEADLINE, || {
+        env.outbox.join("r/late.jpg").is_file()
+    })
+    .await;
+    stop(&mut daemon).await;
+    let log = env.daemon_log(0);
+    assert_eq!(log.matches("Manifest rejected").count(), 2, "{log}");
+    assert!(!log.contains("not found (looked for"), "{log}");
+    let text = std::fs::read_to_string(env.rejected.join("r/empty.png.error.txt")).expect("error");
+    assert!(text.contains("is empty (0 bytes)"), "{text}");
+}
+
 /// A named pipe with an image's name in a recipe folder is named once in a WARN (it was
 /// skipped without a word); the folder's real images are made and the pipe is left alone.
 #[tokio::test(flavor = "multi_thread")]
