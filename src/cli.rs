@@ -381,6 +381,8 @@ fn cmd_run(path: &Path, once: bool, print_config: bool) -> i32 {
             let denied = bucket && why.contains("access denied");
             let what = if bucket {
                 "A storage's bucket stayed unreachable (the Claid API answers)"
+            } else if why.contains(crate::pipeline::health::RATE_LIMITED) {
+                "The Claid API answered every call with 429 (rate limited: another client using the same API key may be spending its quota, or the account's limits are lower than `api.requests_per_minute`)"
             } else if why.starts_with(crate::pipeline::health::RESULT_HOST) {
                 "The host of Claid's results stayed unreachable (the Claid API answers; results wait there for a day)"
             } else {

@@ -928,6 +928,10 @@ impl BatchRunner {
                     // retry after the first at debug (36 lines in 30 s before).
                     if retry_as == Failure::Unreachable && attempts.failed_attempts() > 1 {
                         debug!(error = %err, "Batch submit failed; the API is still away; retrying");
+                    } else if matches!(failure, Failure::RateLimited { .. }) {
+                        // Flow control, waited out at the reset; a streak of nothing else is
+                        // told by health (one WARN for each 429 before).
+                        debug!(error = %err, "Batch submit rate limited; retrying after the reset");
                     } else if !matches!(failure, Failure::Ambiguous) {
                         warn!(error = %err, "Batch submit failed; retrying");
                     }

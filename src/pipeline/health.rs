@@ -173,6 +173,13 @@ pub fn capitalised(text: &str) -> String {
 }
 
 /// How an outage of a result's download host begins its reason (`the result host h:443: …`).
+/// How long a streak of nothing but 429 answers is flow control before it counts as the API
+/// failing: Claid's quota window (a minute), after which a well-spaced call is answered.
+pub const RATE_LIMITED_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How a streak of 429 answers begins its reason in [`HealthState::failing`].
+pub const RATE_LIMITED: &str = "every call answered 429 (rate limited)";
+
 pub const RESULT_HOST: &str = "the result host";
 
 /// How long calls to the API or a bucket must have failed (or waited for an answer) without
@@ -396,6 +403,8 @@ struct Inner {
     /// calls (staging an input, checking an output object) without one succeeding, and why.
     /// One entry each, so a bucket that answers does not end another's outage.
     storage_failing: std::collections::BTreeMap<String, (Instant, String)>,
+    /// Since when calls are answered 429 without one succeeding.
+    rate_limited_since: Option<Instant>,
 }
 
 impl HealthState {
@@ -820,6 +829,7 @@ impl HealthState {
         let mut inner = self.lock();
         inner.last_ok = Some(Instant::now());
         inner.failing = None;
+        inner.rate_limited_since = None;
     }
 
     /// The API answered a call successfully: not paused, not failing.
@@ -877,6 +887,25 @@ impl HealthState {
                 capitalised(refusal.what())
             );
             self.notices.send(Notice::Paused { refusal, reason });
+        }
+    }
+
+    /// A call was answered 429. 429s are flow control, waited out at the reset; a streak of
+    /// nothing else for longer than [`RATE_LIMITED_GRACE`] (Claid's quota window) counts as
+    /// the API failing ([`HealthState::failing`]), told as rate limited: `run --once` ended
+    /// only after a submit's 120 of them (two hours at Claid's minute window), told as
+    /// "unreachable".
+    pub fn rate_limited(&self, err: &ClaidError) {
+        let streak = *self
+            .lock()
+            .rate_limited_since
+            .get_or_insert_with(Instant::now);
+        if streak.elapsed() >= RATE_LIMITED_GRACE {
+            self.failing_because(format!(
+                "{RATE_LIMITED} for {} s: {}",
+                streak.elapsed().as_secs(),
+                crate::daemon::error_chain(err)
+            ));
         }
     }
 

@@ -998,6 +998,10 @@ impl Runner {
                     // In an outage, each retry after the first at debug (health tells it).
                     if retry_as == Failure::Unreachable && attempts.failed_attempts() > 1 {
                         debug!(error = %err, attempt = attempts.failed_attempts(), "Submit failed; the API is still away; retrying");
+                    } else if matches!(failure, Failure::RateLimited { .. }) {
+                        // Flow control, waited out at the reset; a streak of nothing else is
+                        // told by health (one WARN for each 429 before).
+                        debug!(error = %err, attempt = attempts.failed_attempts(), "Submit rate limited; retrying after the reset");
                     } else {
                         warn!(error = %err, attempt = attempts.failed_attempts(), "Submit failed; retrying");
                     }
@@ -2795,7 +2799,13 @@ pub fn failure_of(health: &HealthState, err: &ClaidError, sent_at: Instant) -> F
             }
             failure
         }
-        Failure::Job | Failure::Systemic | Failure::RateLimited { .. } => failure,
+        // Waited out (the limiter's gate holds every call until the reset); a long streak of
+        // nothing else is the API failing ([`HealthState::rate_limited`]).
+        Failure::RateLimited { .. } => {
+            health.rate_limited(err);
+            failure
+        }
+        Failure::Job | Failure::Systemic => failure,
     }
 }
 
@@ -2921,7 +2931,7 @@ pub(crate) fn submit_decision(
 ) -> Decision {
     match decide(attempts, failure) {
         Decision::Fail(GiveUp::RateLimited) => {
-            health.failed(err);
+            health.rate_limited(err);
             decide(attempts, Failure::Unreachable)
         }
         decision => decision,

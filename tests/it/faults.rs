@@ -490,6 +490,41 @@ async fn fault_a_long_run_of_429s_to_submits_never_fails_an_image() {
     }
 }
 
+/// An API that answers every call 429 (another client spending the key's whole quota): the
+/// streak counts as the API failing once it has lasted Claid's minute window, so `run --once`
+/// ends `api.unreachable_timeout` later (it ended after the submit's 120 of them, two hours at
+/// Claid's minute window, told as "unreachable"), saying so, without a WARN for each 429;
+/// polls alike.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_once_under_nothing_but_429s_ends_at_the_unreachable_timeout_saying_so() {
+    let submits = Scenario::default().submits_rate_limited(1_000_000);
+    let polls = Scenario::default().polls_rate_limited(1_000_000);
+    tokio::join!(
+        nothing_but_429s(submits, "submits"),
+        nothing_but_429s(polls, "polls")
+    );
+}
+
+async fn nothing_but_429s(scenario: Scenario, what: &str) {
+    {
+        let env = TestEnv::new(scenario).await;
+        let config = env.config("unreachable_timeout: 3s\nbatch: { max_images: 1 }", "");
+        env.drop_file(
+            "m.yaml",
+            b"images:\n  - input: storage://demo/a-64x48.png\n",
+        );
+        let (code, stderr) = tokio::time::timeout(DEADLINE, env.run_once(&config))
+            .await
+            .expect("run --once ends");
+        assert_eq!(code, 69, "{what}: {stderr}");
+        assert!(
+            stderr.contains("answered every call with 429"),
+            "{what}: {stderr}"
+        );
+        assert!(!stderr.contains("failed; retrying"), "{what}: {stderr}");
+    }
+}
+
 /// A 409 (or another 4xx Claid's contract does not name for a GET, other than 404) to the
 /// polls of billed tasks and batches: asked again, so the images are delivered (the first one
 /// failed them as `task-lost`, results Claid had billed lost, and a replay paid again).
