@@ -719,7 +719,10 @@ async fn start_webhooks(
                     }
                     // Decided in the order they came.
                     if undecided.len() >= UNDECIDED_MAX {
+                        // A flood: told at once, and not kept (an own one lost this way is
+                        // polled).
                         unknown.count_unknown_task();
+                        let _ = dispatch_to.store().forget_announcement_of(task).await;
                     } else {
                         undecided.push_back((task, Instant::now()));
                     }
@@ -733,6 +736,9 @@ async fn start_webhooks(
                         undecided.pop_front();
                         if !matches!(dispatch_to.store().task_owner(task).await, Ok(Some(_))) {
                             unknown.count_unknown_task();
+                            // No job's: not kept for a day (another client's announcements on
+                            // the same account filled the store and the memory of each start).
+                            let _ = dispatch_to.store().forget_announcement_of(task).await;
                         }
                     }
                 }

@@ -537,6 +537,13 @@ impl Store {
         self.flush().await
     }
 
+    /// Forgets the kept announcement of `task` (counted as no job's): kept, every
+    /// announcement of another client on the same Claid account lay in the store for a day,
+    /// and was read into memory at each start.
+    pub async fn forget_announcement_of(&self, task: TaskRef) -> Result<(), StoreError> {
+        self.trees.forget_announcement_of(task)
+    }
+
     /// Forgets the kept announcement under `key` (a job took it).
     pub async fn forget_announcement(&self, key: &[u8]) -> Result<(), StoreError> {
         self.trees.forget_announcement(key)

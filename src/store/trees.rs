@@ -882,6 +882,11 @@ impl Trees {
         Ok(())
     }
 
+    /// Forgets the kept announcement of `task`, if any (no job of this daemon owns it).
+    pub fn forget_announcement_of(&self, task: TaskRef) -> Result<(), StoreError> {
+        self.forget_announcement(&announcement_key(task))
+    }
+
     /// Forgets the kept announcement under `key` (it was taken).
     pub fn forget_announcement(&self, key: &[u8]) -> Result<(), StoreError> {
         self.announced.remove(key)?;

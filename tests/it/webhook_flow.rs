@@ -318,6 +318,14 @@ async fn issue12_an_unknown_tasks_webhook_is_acknowledged_and_a_forged_one_refus
         "{text}"
     );
     crate::support::stop(&mut daemon).await;
+    // Counted as no job's, it is not kept in the store for a day (another client's
+    // announcements on the same Claid account filled the store and each start's memory).
+    let store = claid_hotfolder::store::Store::open(&env.state).expect("store");
+    let kept = store
+        .kept_announcements(Duration::from_secs(24 * 3600))
+        .await
+        .expect("kept");
+    assert!(kept.is_empty(), "{} kept", kept.len());
 }
 
 /// The daemon's own announcements are never counted as unknown tasks: neither those that
