@@ -25,7 +25,7 @@ use crate::config::{Limits, Profile};
 use crate::filename;
 use crate::manifest::outbox::Outbox;
 use crate::manifest::problems::Collector;
-pub(crate) use crate::manifest::validate::in_staging_area;
+pub(crate) use crate::manifest::validate::destination_problem;
 pub(crate) use crate::manifest::validate::object_place;
 use crate::manifest::validate::{Context, validate};
 use crate::yaml::value::Syntax;

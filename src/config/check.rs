@@ -727,38 +727,14 @@ impl Checker {
                         );
                         continue;
                     }
-                    // The folder is checked as the manifests' own destinations are (no `..`,
-                    // no leading `/`, no empty part): every manifest using the profile
-                    // would be refused otherwise, naming a key it does not hold.
-                    let folder = fields
-                        .get("destination")
-                        .and_then(Value::as_str)
-                        .and_then(|uri| uri.strip_prefix("storage://"))
-                        .and_then(|rest| rest.split_once('/'))
-                        .map_or("", |(_, folder)| folder);
-                    let folder = folder.strip_suffix('/').unwrap_or(folder);
-                    if !folder.is_empty()
-                        && let Err(err) = crate::objects::check_key(folder)
+                    // Held to what a manifest's own destination is (a folder, ending in `/`;
+                    // no space): one without its `/` passed, and every manifest using the
+                    // profile was refused, naming a key it does not hold.
+                    if let Some(why) = output
+                        .as_ref()
+                        .and_then(|output| crate::manifest::destination_problem(output, storages))
                     {
-                        self.problem(
-                            &format!("{key}.output.destination"),
-                            format!("{err}; name a folder inside the storage, like `storage://NAME/out/`"),
-                        );
-                        continue;
-                    }
-                    // As a manifest's own destination: every manifest using the profile
-                    // would be refused, naming no line of its own.
-                    let name = named.unwrap_or_default();
-                    let probe = if folder.is_empty() {
-                        format!("storage://{name}/x")
-                    } else {
-                        format!("storage://{name}/{folder}/x")
-                    };
-                    if let Some(staging) = crate::manifest::in_staging_area(storages, &probe) {
-                        self.problem(
-                            &format!("{key}.output.destination"),
-                            format!("is in the `staging/` folder of the storage `{staging}`, where the daemon stages local inputs (api.staging) and deletes them once their jobs end; give another folder (e.g. `storage://{staging}/edited/`)"),
-                        );
+                        self.problem(&format!("{key}.output.destination"), why);
                         continue;
                     }
                 }

@@ -602,6 +602,21 @@ fn resolve_destination(
     ok
 }
 
+/// The first problem a manifest's `output` would meet in its `destination` (as
+/// [`check_destination`] finds it): the config's check holds a profile's destination to it,
+/// else every manifest using the profile was refused, naming a key it does not hold.
+pub fn destination_problem(
+    output: &Value,
+    storages: &BTreeMap<String, StorageEntry>,
+) -> Option<String> {
+    let mut output = Some(output.clone());
+    let mut problems = Collector::default();
+    if check_destination(&mut output, "output", storages, &mut problems) {
+        return None;
+    }
+    problems.pending.into_iter().next().map(|p| p.message)
+}
+
 /// [`resolve_destination`]'s check and rewrite.
 fn check_destination(
     output: &mut Option<Value>,

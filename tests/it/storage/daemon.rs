@@ -124,6 +124,18 @@ fn storage_config_errors_name_the_key_and_the_fix() {
             "profiles.p.output.destination",
             "invalid object key",
         ),
+        // As a manifest's own: a folder, ending in `/` (without it, every manifest using the
+        // profile was refused, naming a key it does not hold).
+        (
+            "profiles:\n  p:\n    output:\n      destination: storage://catalog/out25\nstorages:\n  catalog: { claid_name: c, url: s3://b/x }\n",
+            "profiles.p.output.destination",
+            "must be a folder (end with `/`)",
+        ),
+        (
+            "profiles:\n  p:\n    output:\n      destination: \"storage://catalog/spring sale/\"\nstorages:\n  catalog: { claid_name: c, url: s3://b/x }\n",
+            "profiles.p.output.destination",
+            "space",
+        ),
     ];
     for (yaml, key, needle) in cases {
         let err = config::parse(&format!("{base}{yaml}"), origin).expect_err(yaml);
