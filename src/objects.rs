@@ -736,10 +736,51 @@ impl ObjectStorage {
         range: std::ops::Range<u64>,
     ) -> Result<Bytes, ObjectError> {
         let path = self.path(key)?;
-        self.store
-            .get_range(&path, range)
+        match self.store.get_range(&path, range.clone()).await {
+            Ok(bytes) => Ok(bytes),
+            // A server that ignores `Range` (HTTP allows it: a proxy, a plain web server in
+            // front) answers 200 with the whole object: read through, keeping the range. It
+            // failed the check of every billed output at once (`storage-unreachable`).
+            Err(err) if ignores_range(&describe(&err)) => {
+                self.range_of_whole(&path, key, range).await
+            }
+            Err(err) => Err(self.failed("read", key, err)),
+        }
+    }
+
+    /// `range` of `key`'s bytes, read from a plain GET of the whole object (its bytes past the
+    /// range are not read; those before it are read and dropped).
+    async fn range_of_whole(
+        &self,
+        path: &StorePath,
+        key: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<Bytes, ObjectError> {
+        let result = self
+            .store
+            .get(path)
             .await
-            .map_err(|err| self.failed("read", key, err))
+            .map_err(|err| self.failed("read", key, err))?;
+        let mut stream = result.into_stream();
+        let mut at = 0u64;
+        let mut kept = Vec::with_capacity(usize::try_from(range.end - range.start).unwrap_or(0));
+        while at < range.end {
+            let Some(chunk) = stream
+                .try_next()
+                .await
+                .map_err(|err| self.failed("read", key, err))?
+            else {
+                break;
+            };
+            let end = at + chunk.len() as u64;
+            if end > range.start {
+                let from = usize::try_from(range.start.saturating_sub(at)).unwrap_or(0);
+                let to = usize::try_from(range.end.min(end) - at).unwrap_or(chunk.len());
+                kept.extend_from_slice(&chunk[from..to]);
+            }
+            at = end;
+        }
+        Ok(Bytes::from(kept))
     }
 
     /// Writes `bytes` to `key`: the object appears whole or not at all. Over [`PARTS_OVER`]
@@ -973,6 +1014,13 @@ impl ObjectStorage {
             }
         }
     }
+}
+
+/// Whether a ranged read failed because the server answered the whole object (it ignores
+/// `Range`, as HTTP allows) or a part without saying which.
+fn ignores_range(cause: &str) -> bool {
+    cause.contains("non-partial response when range requested")
+        || cause.contains("Content-Range header not present")
 }
 
 /// Whether an S3 answer object_store passed on as a plain error refuses the request's

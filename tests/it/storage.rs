@@ -1087,3 +1087,61 @@ async fn object_storage_reads_writes_lists_and_deletes_inside_its_prefix() {
 }
 
 mod daemon;
+
+/// A server in front of the bucket that ignores `Range` (HTTP allows it: it answers 200 with
+/// the whole object): a ranged read takes its part of the whole answer instead of failing
+/// (every billed output's check failed at once as `storage-unreachable`).
+#[tokio::test]
+async fn a_ranged_read_from_a_server_that_ignores_range_takes_its_part_of_the_whole() {
+    use claid_hotfolder::objects::ObjectStorage;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let object: Vec<u8> = (0..40_000u32).map(|i| (i % 253) as u8).collect();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+    let served = object.clone();
+    let server = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let body = served.clone();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\netag: \"e1\"\r\nlast-modified: Tue, 01 Dec 2026 00:00:00 GMT\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes()).await;
+                if seen.starts_with(b"GET") {
+                    let _ = stream.write_all(&body).await;
+                }
+            });
+        }
+    });
+    let storage = ObjectStorage::new(&ObjectStorageConfig {
+        bucket: "catalog".to_owned(),
+        prefix: "raw".to_owned(),
+        endpoint: Some(endpoint),
+        region: None,
+        access: claid_hotfolder::objects::Access::S3(Credentials::new("KEY", "SECRET")),
+    })
+    .expect("storage");
+    for range in [0..16_384u64, 30_000..40_000, 39_990..40_000] {
+        let part = storage
+            .get_range("out/a.jpg", range.clone())
+            .await
+            .unwrap_or_else(|err| panic!("{range:?}: {err}"));
+        assert_eq!(
+            part.as_ref(),
+            &object[range.start as usize..range.end as usize],
+            "{range:?}"
+        );
+    }
+    server.abort();
+}
