@@ -1109,6 +1109,35 @@ pub fn check_key(key: &str) -> Result<(), ObjectError> {
     Ok(())
 }
 
+/// [`check_key`] for a key Claid writes (an output object, a destination folder), whose
+/// object the daemon then looks for at that key: also no `?` or `#` (they end the path of a
+/// `storage://` URI) and nothing another reading would cut into other folders (`a%2Fb`,
+/// `a\b`) or end (`%3F`, `%23`). Such keys were accepted, Claid (which may decode them)
+/// wrote another object, and the billed image failed `object-missing`.
+pub fn check_written_key(key: &str) -> Result<(), ObjectError> {
+    check_key(key)?;
+    let refuse = |reason: &'static str| {
+        Err(ObjectError::UnsafeKey {
+            key: key.to_owned(),
+            reason,
+        })
+    };
+    if key.contains(['?', '#']) {
+        return refuse(
+            "it holds \"?\" or \"#\", which end the path of a storage:// URI (a query, a fragment); rename the file or folder",
+        );
+    }
+    let read = percent_encoding::percent_decode_str(key)
+        .decode_utf8_lossy()
+        .replace('\\', "/");
+    if read.matches('/').count() != key.matches('/').count() || read.contains(['?', '#']) {
+        return refuse(
+            "it holds \"%2f\", \"%5c\" or \"\\\" (read as \"/\" by a service on the way) or an escaped \"?\" or \"#\": the object written could be another; use \"/\" between folders and rename the rest",
+        );
+    }
+    Ok(())
+}
+
 /// A prefix without slashes at its ends, its segments checked like a key's.
 fn normalize_prefix(prefix: &str) -> Result<String, ObjectError> {
     let trimmed = prefix.trim_matches('/');
@@ -1353,6 +1382,22 @@ mod tests {
         ] {
             let err = check_key(key).expect_err(key);
             assert_eq!(err.code(), "object-unsafe-key", "{key}");
+        }
+        // A key Claid writes: also nothing a service that decodes the URI reads otherwise,
+        // nor what ends its path.
+        for key in [
+            "back\\slash.png",
+            "out/a%2Fb/x.png",
+            "out/x?y=1/a.png",
+            "out/x#y/a.png",
+            "a%3Fb.png",
+            "%2e%2e/x.png",
+        ] {
+            let err = check_written_key(key).expect_err(key);
+            assert_eq!(err.code(), "object-unsafe-key", "{key}");
+        }
+        for key in ["a/b/c.png", "sp ace/é.png", "100%25.png", "caf%C3%A9/x.png"] {
+            assert!(check_written_key(key).is_ok(), "{key}");
         }
         for key in [
             "a.png",

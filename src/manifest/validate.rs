@@ -404,8 +404,9 @@ pub fn validate(
                 Some((name, key)) => crate::objects::check_key_under(
                     storage_prefix(ctx.storages, name).unwrap_or(""),
                     key,
-                ),
-                None => crate::objects::check_key(&object["storage://".len()..]),
+                )
+                .and_then(|()| crate::objects::check_written_key(key)),
+                None => crate::objects::check_written_key(&object["storage://".len()..]),
             };
             if let Err(err) = checked {
                 problems.add(&output_at, format!("the object `{object}`: {err}"));
@@ -728,7 +729,7 @@ fn check_destination(
             }
             let trimmed = folder.trim_end_matches('/');
             if !trimmed.is_empty()
-                && let Err(err) = crate::objects::check_key(trimmed)
+                && let Err(err) = crate::objects::check_written_key(trimmed)
             {
                 return fail(problems, format!("`{text}`: {err}"));
             }

@@ -1089,6 +1089,41 @@ fn a_storage_input_with_credentials_is_refused_without_repeating_them() {
     }
 }
 
+/// A storage output's key is written by Claid and then looked for by the daemon at that key:
+/// no `?` or `#` (they end a `storage://` URI's path) and nothing a service that decodes the
+/// URI would cut into other folders (`%2F`, `\\`), in a destination folder or in the inbox
+/// folders an output mirrors. Accepted, Claid wrote another object and the billed image
+/// failed `object-missing`. Storage inputs keep their names (passed to Claid as written).
+#[test]
+fn issue15_storage_output_keys_hold_nothing_another_reading_would_change() {
+    let env = env();
+    let mut storages = BTreeMap::new();
+    storages.insert("cat".to_owned(), storage_entry("cat-s3", "work", false));
+    let load = |rel: &str, text: &str| load_with_storages(&env, &storages, rel, text);
+    for (rel, destination) in [
+        ("m.yaml", "storage://cat/out/a%2Fb/"),
+        ("m.yaml", "storage://cat/out/x?y=1/"),
+        ("m.yaml", "storage://cat/out\\\\x/"),
+        ("sale#1/m.yaml", "storage://cat/out/"),
+        ("a%2Fb/m.yaml", "storage://cat/out/"),
+    ] {
+        let text = format!(
+            "output: {{ format: png, destination: \"{destination}\" }}\nimages:\n  - input: https://example.com/x.png\n"
+        );
+        let err = load(rel, &text).expect_err(rel);
+        assert!(
+            err.error_txt().contains("invalid object key"),
+            "{rel} {destination}: {}",
+            err.error_txt()
+        );
+    }
+    load(
+        "m.yaml",
+        "output: { format: png, destination: storage://cat/out/ }\nimages:\n  - input: storage://cat/in/v#1/x.png\n",
+    )
+    .expect("an input keeps its name");
+}
+
 /// The staging storage's `staging/` folder (`api.staging`) holds the daemon's staged inputs,
 /// which it deletes once their jobs end: a manifest may neither write its outputs there
 /// (reached directly, or through another storage on the same bucket) nor read inputs from
