@@ -372,7 +372,9 @@ fn write_csv(w: &mut dyn Write, rows: &RowSource<'_>) -> io::Result<()> {
                 spreadsheet_safe(row.input),
                 spreadsheet_safe(row.output),
                 row.status,
-                spreadsheet_safe(row.reason),
+                // Claid's words may hold raw control characters (ESC, a newline): escaped, as
+                // the log shows them, so a `cat` of the file cannot drive the terminal.
+                spreadsheet_safe(crate::text::unsafe_escaped(row.reason)),
                 opt(row.task_id.map(|v| v.to_string())),
                 opt(row.width.map(|v| v.to_string())),
                 opt(row.height.map(|v| v.to_string())),
@@ -539,5 +541,34 @@ mod csv_tests {
         ] {
             assert_eq!(super::spreadsheet_safe(cell.to_owned()), shown);
         }
+    }
+
+    /// A reason's control characters (Claid's words) are escaped in the CSV, not written raw.
+    #[test]
+    fn csv_reasons_hold_no_raw_control_characters() {
+        let report = super::Report {
+            manifest: "m.yaml".to_owned(),
+            sha256: String::new(),
+            generated_at: String::new(),
+            counts: Default::default(),
+            in_doubt: 0,
+            jobs: vec![super::ReportRow {
+                input: "a.png".to_owned(),
+                output: "m/a.jpg".to_owned(),
+                status: "failed".to_owned(),
+                reason: "claid-error: bad\u{1b}[31m\nline".to_owned(),
+                task_id: None,
+                width: None,
+                height: None,
+                bytes: None,
+                in_doubt: 0,
+                batch_id: None,
+                batch_images: None,
+                object: None,
+            }],
+        };
+        let csv = super::to_csv(&report).expect("csv");
+        assert!(!csv.contains('\u{1b}'), "{csv:?}");
+        assert_eq!(csv.lines().count(), 2, "{csv:?}");
     }
 }
