@@ -854,7 +854,11 @@ impl BatchRunner {
                             error!(error = %err, "Cannot record the batch's jobs as held in doubt");
                             return Sent::Ended;
                         }
-                        warn!(error = %err, images = members.len(), "Claid accepted the batch but its answer cannot be read: held in doubt, never sent again (a webhook may still name its batch)");
+                        if deps.webhooks.is_some() {
+                            warn!(error = %err, images = members.len(), "Claid accepted the batch but its answer cannot be read: held in doubt, never sent again (a webhook may still name its batch)");
+                        } else {
+                            warn!(error = %err, images = members.len(), "Claid accepted the batch but its answer cannot be read: held in doubt, never sent again (`replay --in-doubt` sends them again, and may bill them twice)");
+                        }
                         // A 303 is said to every submit by a gateway in front of the API:
                         // submitting pauses, or every queued image would be held in turn.
                         if err.http_status() == Some(303) {
