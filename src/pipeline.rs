@@ -619,6 +619,7 @@ impl Handle {
             poll: deps.poll,
             retry,
             health: health.clone(),
+            metrics: deps.metrics.clone(),
             queue: queue.clone(),
             runner: runner.clone(),
             finisher: finisher_tx.clone(),

@@ -965,6 +965,35 @@ async fn issue12_batching_switched_off_shows_in_metrics_and_status() {
     crate::support::stop(&mut daemon).await;
 }
 
+/// Each image of a batch seen DONE counts in `task_processing_seconds` (its batch's time
+/// from submit to DONE), as a single task does: the histogram stayed empty in batch mode.
+#[tokio::test(flavor = "multi_thread")]
+async fn images_done_in_batches_count_in_the_task_processing_histogram() {
+    let (_static, env, files) = url_drop(4, "h-", |scenario| scenario).await;
+    let config = env.config("max_in_flight: 32", "");
+    let mut daemon = env.spawn_daemon(&config, 0);
+    wait_until("all four delivered", DEADLINE, || {
+        files.iter().all(|f| {
+            env.outbox
+                .join("m")
+                .join(f.replace(".png", ".jpg"))
+                .is_file()
+        })
+    })
+    .await;
+    let (code, body) = claid_hotfolder::admin::request(&env.socket(), "GET", "/metrics", None)
+        .await
+        .expect("metrics");
+    assert_eq!(code, 200);
+    let text = String::from_utf8_lossy(&body).into_owned();
+    assert_eq!(env.stats().batch_images, 4, "{:?}", env.stats());
+    assert!(
+        text.contains("claid_hotfolder_task_processing_seconds_count 4"),
+        "{text}"
+    );
+    crate::support::stop(&mut daemon).await;
+}
+
 /// The value of `field=` in the `Inbox processed` line `run --once` logs at its end.
 pub(crate) fn processed_field(output: &str, field: &str) -> Option<u64> {
     let line = output.lines().find(|l| l.contains("Inbox processed"))?;
