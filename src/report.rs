@@ -112,6 +112,13 @@ pub fn row(job: &JobV1) -> ReportRow {
         batch_images: job.batch.and(job.batch_images),
         // Only an object that was written (and checked) is listed.
         object: match &job.state {
+            // A local file kept by `skip` (`output_local_copy`, no object at the key): no
+            // object was written, and none is listed.
+            JobState::Done {
+                path,
+                skipped: true,
+                ..
+            } if !path.contains("://") => None,
             JobState::Done { path, .. } => {
                 crate::storages::destination_of(&job.body, &job.output_rel)
                     .map(|expected| checked_name(expected, path))

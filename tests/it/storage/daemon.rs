@@ -2725,6 +2725,11 @@ async fn on_output_exists_fail_sees_a_file_at_the_local_copys_place_before_any_s
         assert_eq!(exit, exit_code, "{policy}: {stderr}");
         let report = env.report("shoes");
         assert_eq!(report["jobs"][0]["status"], status, "{policy}: {report:#}");
+        // No object was written: none is listed (the kept file's row named one).
+        assert!(
+            report["jobs"][0]["object"].is_null(),
+            "{policy}: {report:#}"
+        );
         if policy == "fail" {
             assert!(
                 report["jobs"][0]["reason"]
