@@ -184,23 +184,32 @@ impl Credentials {
         }
         let credentials: Credentials = serde_yaml::from_str(text).map_err(|err| {
             let message = err.to_string();
-            let line = err.location().map_or(0, |at| at.line());
+            // Where the parser stopped, within the file (it names the line after the last at
+            // the end of the text, and no line for a second document).
+            let lines = text.lines().count().max(1);
+            let line = match err.location() {
+                Some(at) => format!("line {}", at.line().clamp(1, lines)),
+                None if message.contains("more than one document") => {
+                    "a second document (`---`)".to_owned()
+                }
+                None => "the file".to_owned(),
+            };
             // Messages quote what they found (a value, an unknown key), which may be the
             // secret: say where and what was expected, never what is there. Only a missing
             // key's message (it names ours) is passed on.
             if message.contains("invalid type") || message.contains("invalid value") {
-                fail(format!("line {line}: both keys take a string value"))
+                fail(format!("{line}: both keys take a string value"))
             } else if message.starts_with("missing field") {
                 fail(format!(
                     "{message} (expected access_key_id and secret_access_key)"
                 ))
             } else if message.contains("unknown field") {
                 fail(format!(
-                    "line {line}: a key other than access_key_id, secret_access_key and session_token"
+                    "{line}: a key other than access_key_id, secret_access_key and session_token"
                 ))
             } else {
                 fail(format!(
-                    "line {line}: not a YAML map of access_key_id and secret_access_key"
+                    "{line}: not one YAML map of access_key_id and secret_access_key"
                 ))
             }
         })?;
@@ -1575,6 +1584,16 @@ mod tests {
             (
                 "export AWS_ACCESS_KEY_ID=ak\nexport AWS_SECRET_ACCESS_KEY=hunter2\n",
                 "shell environment file",
+            ),
+            // A line within the file (the parser names the one after the last at its end),
+            // and a second document told as one.
+            (
+                "access_key_id: ak\nsecret_access_key: [hunter2]\n",
+                "line 2:",
+            ),
+            (
+                "access_key_id: ak\nsecret_access_key: hunter2\n---\nsession_token: t\n",
+                "a second document",
             ),
         ] {
             std::fs::write(&path, text).expect("write");
