@@ -734,10 +734,14 @@ async fn start_webhooks(
                             break;
                         }
                         undecided.pop_front();
-                        if !matches!(dispatch_to.store().task_owner(task).await, Ok(Some(_))) {
+                        let owner = dispatch_to.store().task_owner(task).await;
+                        if !matches!(owner, Ok(Some(_))) {
                             unknown.count_unknown_task();
-                            // No job's: not kept for a day (another client's announcements on
-                            // the same account filled the store and the memory of each start).
+                        }
+                        // No job's: not kept for a day (another client's announcements on the
+                        // same account filled the store and the memory of each start). Kept
+                        // while a lost submit may still adopt it, or the store could not say.
+                        if matches!(owner, Ok(None)) && dispatch_to.awaiting_adoption() == 0 {
                             let _ = dispatch_to.store().forget_announcement_of(task).await;
                         }
                     }

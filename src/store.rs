@@ -1152,18 +1152,24 @@ impl Store {
         let url = url.to_owned();
         let job = self
             .step(id, "queued", move |job| match job.state {
-                JobState::Queued => Some(with_state(
-                    job,
-                    JobState::Downloading {
-                        task_id: None,
-                        url: url.clone(),
-                        width: 0,
-                        height: 0,
-                        copy_of: None,
-                        kept_since_ms: None,
-                        submitted_at_ms: None,
-                    },
-                )),
+                JobState::Queued => {
+                    let mut next = with_state(
+                        job,
+                        JobState::Downloading {
+                            task_id: None,
+                            url: url.clone(),
+                            width: 0,
+                            height: 0,
+                            copy_of: None,
+                            kept_since_ms: None,
+                            submitted_at_ms: None,
+                        },
+                    );
+                    // Nothing was sent twice: the doubt the lost submit counted is resolved,
+                    // as when a webhook adopts its task.
+                    next.in_doubt = job.in_doubt_resolved();
+                    Some(next)
+                }
                 _ => None,
             })
             .await?;

@@ -403,8 +403,8 @@ struct Inner {
     /// calls (staging an input, checking an output object) without one succeeding, and why.
     /// One entry each, so a bucket that answers does not end another's outage.
     storage_failing: std::collections::BTreeMap<String, (Instant, String)>,
-    /// Since when calls are answered 429 without one succeeding.
-    rate_limited_since: Option<Instant>,
+    /// Since when calls are answered 429 without one succeeding, and when the last was.
+    rate_limited: Option<(Instant, Instant)>,
 }
 
 impl HealthState {
@@ -829,7 +829,7 @@ impl HealthState {
         let mut inner = self.lock();
         inner.last_ok = Some(Instant::now());
         inner.failing = None;
-        inner.rate_limited_since = None;
+        inner.rate_limited = None;
     }
 
     /// The API answered a call successfully: not paused, not failing.
@@ -896,16 +896,28 @@ impl HealthState {
     /// only after a submit's 120 of them (two hours at Claid's minute window), told as
     /// "unreachable".
     pub fn rate_limited(&self, err: &ClaidError) {
-        let streak = *self
-            .lock()
-            .rate_limited_since
-            .get_or_insert_with(Instant::now);
-        if streak.elapsed() >= RATE_LIMITED_GRACE {
-            self.failing_because(format!(
+        let now = Instant::now();
+        let mut inner = self.lock();
+        // A streak is 429s each within the window of the one before (a 429 hours after the
+        // last, with failures of other kinds between, begins a new one).
+        let since = match inner.rate_limited {
+            Some((since, last)) if now.duration_since(last) < RATE_LIMITED_GRACE => since,
+            _ => now,
+        };
+        inner.rate_limited = Some((since, now));
+        let streak = now.duration_since(since);
+        if streak >= RATE_LIMITED_GRACE {
+            let why = format!(
                 "{RATE_LIMITED} for {} s: {}",
-                streak.elapsed().as_secs(),
+                streak.as_secs(),
                 crate::daemon::error_chain(err)
-            ));
+            );
+            // As `failing_because`, under the same lock (a success between the two undid
+            // nothing).
+            match &mut inner.failing {
+                Some((_, last)) => *last = why,
+                None => inner.failing = Some((now, why)),
+            }
         }
     }
 

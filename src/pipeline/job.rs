@@ -367,14 +367,24 @@ impl Runner {
         // and billed. Taken as the result and checked as any output object (with its local
         // copy); `fail` failed it as `output-exists`, every replay again, and `skip` reported
         // it kept without the copy.
-        if job.in_doubt > 0 && job.attempts > 0 && info.size > 0 {
+        // (An object noted before a submit, `replace` reloaded to `fail`/`skip` since, is not
+        // that submit's.)
+        let noted_before = job.replaces.iter().flatten().any(|before| {
+            before.is_same(&ObjectSeen::new(
+                key,
+                info.e_tag.clone(),
+                info.last_modified,
+            ))
+        });
+        if job.waits_for_adoption() && job.attempts > 0 && info.size > 0 && !noted_before {
             let (connector, _) = crate::storages::split_uri(&uri)?;
             let written = format!("storage://{connector}/{key}");
             info!(job_id = id, object = %object, "The output object is there after a submit whose answer was lost: taken as that submit's result, not submitted again");
             return Some(
                 match self.deps.store.take_written_object(id, &written).await {
-                    Ok(_) => Box::pin(self.run(id)).await,
-                    Err(StoreError::Conflict { .. }) => JobOutcome::NotRun,
+                    // Run on from the state now recorded: the object's check, or (a webhook
+                    // adopted the lost submit's task meanwhile: `Conflict`) that task's poll.
+                    Ok(_) | Err(StoreError::Conflict { .. }) => Box::pin(self.run(id)).await,
                     Err(err) => {
                         error!(error = %err, "Cannot record the job's output object");
                         JobOutcome::Parked
