@@ -379,9 +379,10 @@ fn write_csv(w: &mut dyn Write, rows: &RowSource<'_>) -> io::Result<()> {
                 spreadsheet_safe(row.input),
                 spreadsheet_safe(row.output),
                 row.status,
-                // Claid's words may hold raw control characters (ESC, a newline): escaped, as
-                // the log shows them, so a `cat` of the file cannot drive the terminal.
-                spreadsheet_safe(crate::text::unsafe_escaped(row.reason)),
+                // Claid's words may hold raw control characters (ESC): escaped, as the log
+                // shows them, so a `cat` of the file cannot drive the terminal. (A newline stays:
+                // a quoted CSV field holds it, and a reader gets the text back.)
+                spreadsheet_safe(terminal_safe(row.reason)),
                 opt(row.task_id.map(|v| v.to_string())),
                 opt(row.width.map(|v| v.to_string())),
                 opt(row.height.map(|v| v.to_string())),
@@ -394,6 +395,21 @@ fn write_csv(w: &mut dyn Write, rows: &RowSource<'_>) -> io::Result<()> {
             .map_err(io::Error::from)
     })?;
     writer.flush()
+}
+
+/// `text` with every unsafe character but the newline escaped ([`crate::text::unsafe_escaped`]
+/// line by line).
+fn terminal_safe(text: String) -> String {
+    if !text
+        .chars()
+        .any(|c| c != '\n' && crate::text::is_unsafe_char(c))
+    {
+        return text;
+    }
+    text.split('\n')
+        .map(|line| crate::text::unsafe_escaped(line.to_owned()))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A cell a spreadsheet would run as a formula (a file named `=HYPERLINK(…).png` dropped in
@@ -550,7 +566,8 @@ mod csv_tests {
         }
     }
 
-    /// A reason's control characters (Claid's words) are escaped in the CSV, not written raw.
+    /// A reason's control characters (Claid's words) but its newlines are escaped in the CSV,
+    /// not written raw.
     #[test]
     fn csv_reasons_hold_no_raw_control_characters() {
         let report = super::Report {
@@ -576,6 +593,13 @@ mod csv_tests {
         };
         let csv = super::to_csv(&report).expect("csv");
         assert!(!csv.contains('\u{1b}'), "{csv:?}");
-        assert_eq!(csv.lines().count(), 2, "{csv:?}");
+        // The newline stays, inside the quoted field: a reader gets the line break back.
+        let mut reader = csv::Reader::from_reader(csv.as_bytes());
+        let row = reader.records().next().expect("row").expect("a record");
+        assert!(
+            row[3].ends_with("[31m\nline") && row[3].contains("bad\\"),
+            "{:?}",
+            &row[3]
+        );
     }
 }
