@@ -1094,36 +1094,20 @@ mod daemon;
 #[tokio::test]
 async fn a_ranged_read_from_a_server_that_ignores_range_takes_its_part_of_the_whole() {
     use claid_hotfolder::objects::ObjectStorage;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let object: Vec<u8> = (0..40_000u32).map(|i| (i % 253) as u8).collect();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
     let served = object.clone();
-    let server = tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let body = served.clone();
-            tokio::spawn(async move {
-                let mut seen = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\netag: \"e1\"\r\nlast-modified: Tue, 01 Dec 2026 00:00:00 GMT\r\nconnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = stream.write_all(head.as_bytes()).await;
-                if seen.starts_with(b"GET") {
-                    let _ = stream.write_all(&body).await;
-                }
-            });
+    let (endpoint, server) = crate::support::raw_http_server(move |head| {
+        let mut answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\netag: \"e1\"\r\nlast-modified: Tue, 01 Dec 2026 00:00:00 GMT\r\nconnection: close\r\n\r\n",
+            served.len()
+        )
+        .into_bytes();
+        if head.starts_with(b"GET") {
+            answer.extend_from_slice(&served);
         }
-    });
+        answer
+    })
+    .await;
     let storage = ObjectStorage::new(&ObjectStorageConfig {
         bucket: "catalog".to_owned(),
         prefix: "raw".to_owned(),

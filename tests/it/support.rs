@@ -348,6 +348,38 @@ impl TestEnv {
     }
 }
 
+/// A raw HTTP/1.1 server on 127.0.0.1 that reads each request's head and writes what
+/// `answer` makes of it (status line, headers and body), then closes the connection: a
+/// server that is not what it should be (not S3, ignoring `Range`). Returns its `http://`
+/// address and the task serving it (abort it when done).
+pub async fn raw_http_server(
+    answer: impl Fn(&[u8]) -> Vec<u8> + Send + Sync + 'static,
+) -> (String, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+    let answer = std::sync::Arc::new(answer);
+    let served = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream.write_all(&answer(&seen)).await;
+            });
+        }
+    });
+    (endpoint, served)
+}
+
 /// Runs the CLI with `args`; returns (exit code, stdout, stderr).
 pub async fn cli(args: &[&str]) -> (i32, String, String) {
     cli_with(args, &[]).await
