@@ -407,6 +407,17 @@ struct Inner {
     rate_limited: Option<(Instant, Instant)>,
 }
 
+impl Inner {
+    /// Calls fail for `why` (from `now`, when no failure was noted since the last success):
+    /// the outage's start is kept, its reason is the latest.
+    fn failing_because(&mut self, now: Instant, why: String) {
+        match &mut self.failing {
+            Some((_, last)) => *last = why,
+            None => self.failing = Some((now, why)),
+        }
+    }
+}
+
 impl HealthState {
     /// `api` is the API's `host:port`; `unanswered` the client's calls on the wire.
     pub fn new(notices: Notices, api: String, unanswered: Arc<Unanswered>) -> HealthState {
@@ -912,12 +923,8 @@ impl HealthState {
                 streak.as_secs(),
                 crate::daemon::error_chain(err)
             );
-            // As `failing_because`, under the same lock (a success between the two undid
-            // nothing).
-            match &mut inner.failing {
-                Some((_, last)) => *last = why,
-                None => inner.failing = Some((now, why)),
-            }
+            // Under the same lock as the streak (a success between the two undid nothing).
+            inner.failing_because(now, why);
         }
     }
 
@@ -928,11 +935,7 @@ impl HealthState {
 
     /// Calls fail for `why`: the outage's start is kept, its reason is the latest.
     fn failing_because(&self, why: String) {
-        let mut inner = self.lock();
-        match &mut inner.failing {
-            Some((_, last)) => *last = why,
-            None => inner.failing = Some((Instant::now(), why)),
-        }
+        self.lock().failing_because(Instant::now(), why);
     }
 
     /// A result's download found its host away (`url` is the result's temporary URL): an
