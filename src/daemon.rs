@@ -32,7 +32,7 @@ pub const PID_FILE: &str = "claid-hotfolder.pid";
 /// Where the processed version of each running manifest is kept, under the state folder.
 const COPIES_DIR: &str = "copies";
 /// An announcement nobody waited for is counted as unknown
-/// (`claid_hotfolder_webhooks{outcome="unknown_task"}`) once no submit is on the wire and
+/// (`claid_hotfolder_webhooks_total{outcome="unknown_task"}`) once no submit is on the wire and
 /// this long has passed for a submit's answer to be recorded (or after [`UNDECIDED_FOR`]) and
 /// no job took its task: an early announcement of the daemon's own is not unknown.
 const OWN_ANSWER_GRACE: Duration = Duration::from_secs(2);

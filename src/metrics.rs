@@ -78,8 +78,9 @@ pub struct Metrics {
     pub rate_limited: Counter,
     /// Tasks submitted and not yet finished (permits of `max_in_flight` in use).
     pub in_flight: Gauge,
-    /// Submits that may have reached Claid twice (crash or lost response), ever.
-    pub in_doubt: Gauge,
+    /// Submits that may have reached Claid twice (crash or lost response), ever: the store's
+    /// count, carried over restarts; set at scrape time through [`Metrics::set_in_doubt_events`].
+    in_doubt: Counter,
     /// Output bytes written.
     pub bytes_written: Counter,
     /// 1 while submitting is paused by a systemic API error.
@@ -90,10 +91,12 @@ pub struct Metrics {
     pub alerts_dropped: Family<AlertDropLabels, Counter>,
     /// Webhooks by what became of them (`received`, `verified`, `rejected_signature`, …, and
     /// the dispatch's `handed`, `adopted`, `duplicate`), read at scrape time.
-    pub webhooks: Family<OutcomeLabel, Gauge>,
-    /// Batching in this run: `enabled` (1, or 0 once off by config or the safety valve),
-    /// `batches` and `images` submitted in batches; read at scrape time.
-    pub batching: Family<OutcomeLabel, Gauge>,
+    webhooks: Family<OutcomeLabel, Counter>,
+    /// Batching in this run: 1, or 0 once off by config or the safety valve.
+    batching_enabled: Gauge,
+    /// Batch submits in this run, and the images they carried; read at scrape time.
+    batch_submits: Counter,
+    batch_images: Counter,
     /// The receiver's counters, when webhooks are on.
     webhook_counters: Mutex<Option<std::sync::Arc<crate::webhook::WebhookCounters>>>,
     /// The last client counters folded into the families above, so scrapes add deltas only.
@@ -173,10 +176,10 @@ impl Metrics {
             "Tasks submitted and not yet finished",
             in_flight.clone(),
         );
-        let in_doubt = Gauge::default();
+        let in_doubt = Counter::default();
         registry.register(
             "in_doubt_jobs",
-            "Times a submit may have reached Claid twice (crash or lost response)",
+            "Times a submit may have reached Claid twice (crash or lost response), over the store's life",
             in_doubt.clone(),
         );
         let bytes_written = Counter::default();
@@ -203,22 +206,36 @@ impl Metrics {
             "Alert messages dropped without delivery, by sink and reason",
             alerts_dropped.clone(),
         );
-        let webhooks = Family::<OutcomeLabel, Gauge>::default();
+        let webhooks = Family::<OutcomeLabel, Counter>::default();
         registry.register(
             "webhooks",
             "Claid webhooks by what became of them (receiver and dispatch counts)",
             webhooks.clone(),
         );
-        let batching = Family::<OutcomeLabel, Gauge>::default();
+        let batching_enabled = Gauge::default();
         registry.register(
-            "batching",
-            "Batch submits in this run: enabled (1 or 0), batches and images sent",
-            batching.clone(),
+            "batching_enabled",
+            "1 while batch submits are on, 0 once off by config or the safety valve",
+            batching_enabled.clone(),
+        );
+        let batch_submits = Counter::default();
+        registry.register(
+            "batch_submits",
+            "Batch submits sent in this run",
+            batch_submits.clone(),
+        );
+        let batch_images = Counter::default();
+        registry.register(
+            "batch_images",
+            "Images sent in batch submits in this run",
+            batch_images.clone(),
         );
         Metrics {
             registry,
             webhooks,
-            batching,
+            batching_enabled,
+            batch_submits,
+            batch_images,
             webhook_counters: Mutex::new(None),
             jobs,
             manifests,
@@ -248,22 +265,19 @@ impl Metrics {
             .unwrap_or_else(|e| e.into_inner()) = Some(counters);
     }
 
-    /// Sets the webhook gauges from the receiver's and the dispatch's counts.
-    /// Batching's state for `/metrics` (see [`Metrics::batching`]).
+    /// Batching's state for `/metrics`, read at scrape time.
     pub fn set_batching(&self, view: &crate::pipeline::batch::BatchingView) {
-        for (outcome, n) in [
-            ("enabled", u64::from(view.enabled)),
-            ("batches", view.batches),
-            ("images", view.images),
-        ] {
-            self.batching
-                .get_or_create(&OutcomeLabel {
-                    outcome: outcome.to_owned(),
-                })
-                .set(i64::try_from(n).unwrap_or(i64::MAX));
-        }
+        self.batching_enabled.set(i64::from(view.enabled));
+        raise_to(&self.batch_submits, view.batches);
+        raise_to(&self.batch_images, view.images);
     }
 
+    /// The store's count of submits that may have reached Claid twice, read at scrape time.
+    pub fn set_in_doubt_events(&self, total: u64) {
+        raise_to(&self.in_doubt, total);
+    }
+
+    /// Sets the webhook counters from the receiver's and the dispatch's counts.
     pub fn set_webhooks(&self, dispatch: &crate::pipeline::dispatch::DispatchStats) {
         let receiver = self
             .webhook_counters
@@ -288,11 +302,12 @@ impl Metrics {
             ("duplicate", dispatch.duplicates),
             ("not_final", dispatch.not_final),
         ] {
-            self.webhooks
-                .get_or_create(&OutcomeLabel {
+            raise_to(
+                &self.webhooks.get_or_create(&OutcomeLabel {
                     outcome: outcome.to_owned(),
-                })
-                .set(n as i64);
+                }),
+                n,
+            );
         }
     }
 
@@ -343,7 +358,6 @@ impl Metrics {
         *last = now.clone();
     }
 
-    /// Sets the jobs-by-state gauges from the store's counts.
     /// Counts a job that failed with `code`.
     pub fn job_failed(&self, code: FailureCode) {
         self.job_failures
@@ -353,6 +367,7 @@ impl Metrics {
             .inc();
     }
 
+    /// Sets the jobs-by-state gauges from the store's counts.
     pub fn set_job_counts(&self, counts: &ManifestCounts) {
         for state in StateName::ALL {
             self.jobs
@@ -380,6 +395,15 @@ impl Metrics {
             text.clear();
         }
         text
+    }
+}
+
+/// Brings a counter up to `total`, a count kept elsewhere that only grows (a counter never goes
+/// down: a smaller `total` changes nothing).
+fn raise_to(counter: &Counter, total: u64) {
+    let now = counter.get();
+    if total > now {
+        counter.inc_by(total - now);
     }
 }
 

@@ -944,7 +944,7 @@ impl Handle {
     pub fn refresh_metrics(&self, metrics: &Metrics) {
         let counts = self.shared.store.counts();
         metrics.set_job_counts(&counts.totals);
-        metrics.in_doubt.set(counts.totals.in_doubt_events as i64);
+        metrics.set_in_doubt_events(counts.totals.in_doubt_events);
         metrics.in_flight.set(counts.totals.in_flight() as i64);
         metrics
             .paused

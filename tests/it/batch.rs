@@ -936,11 +936,11 @@ async fn issue12_batching_switched_off_shows_in_metrics_and_status() {
     assert_eq!(code, 200);
     let text = String::from_utf8_lossy(&body).into_owned();
     assert!(
-        text.contains("claid_hotfolder_batching{outcome=\"enabled\"} 0"),
+        text.contains("claid_hotfolder_batching_enabled 0"),
         "{text}"
     );
     assert!(
-        text.contains("claid_hotfolder_batching{outcome=\"batches\"} 1"),
+        text.contains("claid_hotfolder_batch_submits_total 1"),
         "the canary was the only batch: {text}"
     );
     let (code, body) = claid_hotfolder::admin::request(&env.socket(), "GET", "/status", None)

@@ -305,16 +305,16 @@ async fn issue12_an_unknown_tasks_webhook_is_acknowledged_and_a_forged_one_refus
     crate::support::wait_until_async("the unknown task counted", DEADLINE, || async {
         metrics()
             .await
-            .contains("claid_hotfolder_webhooks{outcome=\"unknown_task\"} 1")
+            .contains("claid_hotfolder_webhooks_total{outcome=\"unknown_task\"} 1")
     })
     .await;
     let text = metrics().await;
     assert!(
-        text.contains("claid_hotfolder_webhooks{outcome=\"unknown_task\"} 1"),
+        text.contains("claid_hotfolder_webhooks_total{outcome=\"unknown_task\"} 1"),
         "{text}"
     );
     assert!(
-        text.contains("claid_hotfolder_webhooks{outcome=\"rejected_signature\"} 1"),
+        text.contains("claid_hotfolder_webhooks_total{outcome=\"rejected_signature\"} 1"),
         "{text}"
     );
     crate::support::stop(&mut daemon).await;
@@ -362,7 +362,7 @@ async fn the_daemons_own_early_and_late_announcements_are_not_counted_as_unknown
             .expect("metrics");
         String::from_utf8_lossy(&answer.1).into_owned()
     };
-    let verified = |n: usize| format!("claid_hotfolder_webhooks{{outcome=\"verified\"}} {n}");
+    let verified = |n: usize| format!("claid_hotfolder_webhooks_total{{outcome=\"verified\"}} {n}");
     crate::support::wait_until_async("every announcement verified", DEADLINE, || async {
         metrics().await.contains(&verified(n))
     })
@@ -392,18 +392,18 @@ async fn the_daemons_own_early_and_late_announcements_are_not_counted_as_unknown
         metrics().await.contains(&verified(n + 1))
             && !metrics()
                 .await
-                .contains("claid_hotfolder_webhooks{outcome=\"unknown_task\"} 0")
+                .contains("claid_hotfolder_webhooks_total{outcome=\"unknown_task\"} 0")
     })
     .await;
     let text = metrics().await;
     assert!(
-        text.contains("claid_hotfolder_webhooks{outcome=\"unknown_task\"} 1"),
+        text.contains("claid_hotfolder_webhooks_total{outcome=\"unknown_task\"} 1"),
         "only the unknown task's: {text}"
     );
     // Every verified one ends in exactly one outcome: those that came before their submit's
     // answer were verified and counted in none.
     let outcome = |name: &str| -> u64 {
-        let prefix = format!("claid_hotfolder_webhooks{{outcome=\"{name}\"}} ");
+        let prefix = format!("claid_hotfolder_webhooks_total{{outcome=\"{name}\"}} ");
         text.lines()
             .find_map(|l| l.strip_prefix(&prefix))
             .and_then(|v| v.trim().parse().ok())
