@@ -426,6 +426,11 @@ impl S3Url {
             (None, Some(rest)) => (Provider::Gcs, rest),
             (None, None) => return Err(fail("must start with s3:// or gs://")),
         };
+        if rest.contains(['?', '#']) {
+            return Err(fail(
+                "holds a `?` or `#`: a storage URL names a bucket and a prefix only, never a query or a fragment",
+            ));
+        }
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.contains('@') {
             return Err(fail(
@@ -1170,6 +1175,40 @@ pub fn check_bucket(bucket: &str) -> Result<(), &'static str> {
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
     {
         return Err("may hold only letters, digits, \".\", \"-\" and \"_\"");
+    }
+    Ok(())
+}
+
+/// The bucket naming rules of Amazon S3 and Google Cloud Storage themselves, for a storage with
+/// no `endpoint` of its own (S3-compatible servers are looser, so [`check_bucket`] is). The
+/// error completes "bucket name …".
+pub fn check_provider_bucket(provider: Provider, bucket: &str) -> Result<(), &'static str> {
+    if bucket.len() < 3 {
+        return Err("is shorter than 3 characters");
+    }
+    let allowed = |c: char| {
+        c.is_ascii_lowercase()
+            || c.is_ascii_digit()
+            || c == '-'
+            || c == '.'
+            || (provider == Provider::Gcs && c == '_')
+    };
+    if !bucket.chars().all(allowed) {
+        return Err(match provider {
+            Provider::S3 => {
+                "may hold only lower-case letters, digits, \".\" and \"-\" on Amazon S3 (set `endpoint` for an S3-compatible server)"
+            }
+            Provider::Gcs => {
+                "may hold only lower-case letters, digits, \".\", \"-\" and \"_\" on Google Cloud Storage"
+            }
+        });
+    }
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if !edge(bucket.chars().next()) || !edge(bucket.chars().last()) {
+        return Err("must begin and end with a lower-case letter or a digit");
+    }
+    if bucket.contains("..") {
+        return Err("holds two dots in a row");
     }
     Ok(())
 }

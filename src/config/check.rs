@@ -402,6 +402,16 @@ impl Checker {
                     DEFAULT_STORAGE_REGION.to_owned()
                 }
             };
+            // Amazon S3 and Google Cloud Storage refuse more names than the servers one sets
+            // `endpoint` for; told here rather than as a failed listing at the start.
+            if endpoint.is_none() && !bucket.is_empty() {
+                if let Err(why) = crate::objects::check_provider_bucket(provider, &bucket) {
+                    self.problem(
+                        &format!("{key}.url"),
+                        format!("bucket name `{bucket}` {why}"),
+                    );
+                }
+            }
             let credentials_file = self.path(root, &format!("{key}.credentials_file"), base_dir);
             let output_local_copy = self.boolean(root, &format!("{key}.output_local_copy"), false);
             if self.problems.len() == n_problems {

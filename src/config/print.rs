@@ -354,7 +354,7 @@ mod tests {
         let text = "api: { base_url: embedded }\n\
                     folders: { inbox: /i, outbox: /o, archive: /a, rejected: /r, state: /s }\n\
                     profiles: { p: { operations: {}, output: { format: webp } } }\n\
-                    storages: { s: { claid_name: c, url: s3://b/p } }\n";
+                    storages: { s: { claid_name: c, url: s3://bkt/p } }\n";
         let config =
             crate::config::parse(text, std::path::Path::new("/etc/c.yaml")).expect("valid");
         let printed: Value = serde_yaml::from_str(&to_yaml(&config)).expect("yaml");

@@ -230,6 +230,43 @@ fn a_storage_named_like_another_storages_connector_is_refused() {
     config::parse(&text, origin).expect("each name its own");
 }
 
+/// A storage URL names a bucket and a prefix: a query or fragment is refused, and so is a bucket
+/// name Amazon S3 itself would refuse when no `endpoint` names an S3-compatible server.
+#[test]
+fn issue15_storage_urls_with_a_query_or_a_bucket_amazon_refuses_are_refused_at_validation() {
+    let origin = Path::new("/etc/claid/c.yaml");
+    let base = "api: { base_url: embedded }\n\
+                folders: { inbox: /i, outbox: /o, archive: /a, rejected: /r, state: /s }\n";
+    let parse =
+        |storage: &str| config::parse(&format!("{base}storages:\n  cat: {storage}\n"), origin);
+    for url in ["s3://cat/in?versionId=1", "s3://cat/in#frag", "s3://cat?x"] {
+        let err = parse(&format!("{{ claid_name: c, url: \"{url}\" }}")).expect_err(url);
+        assert!(
+            err.to_string().contains("`storages.cat.url`")
+                && err.to_string().contains("never a query or a fragment"),
+            "{url}: {err}"
+        );
+    }
+    for (bucket, why) in [
+        ("My_Bucket", "lower-case letters"),
+        ("ab", "shorter than 3"),
+        ("-cat", "begin and end"),
+        ("c..at", "two dots"),
+    ] {
+        let err = parse(&format!("{{ claid_name: c, url: s3://{bucket}/in }}")).expect_err(bucket);
+        assert!(
+            err.to_string().contains(&format!("bucket name `{bucket}`"))
+                && err.to_string().contains(why),
+            "{bucket}: {err}"
+        );
+    }
+    // An S3-compatible server has its own, looser rules: the name goes to it as written.
+    parse("{ claid_name: c, url: s3://My_Bucket/in, endpoint: \"http://127.0.0.1:9000\" }")
+        .expect("an S3-compatible server's bucket");
+    // Google Cloud Storage takes underscores.
+    parse("{ claid_name: c, url: gs://cat_images/in }").expect("a gs:// bucket with an underscore");
+}
+
 #[test]
 fn embedded_base_url_and_custom_values() {
     let origin = Path::new("/etc/claid/c.yaml");
