@@ -65,74 +65,74 @@ fn storage_config_errors_name_the_key_and_the_fix() {
             "s3://bucket/prefix",
         ),
         (
-            "storages:\n  catalog:\n    claid_name: c\n    url: s3://b\n    endpoint: ftp://x\n",
+            "storages:\n  catalog:\n    claid_name: c\n    url: s3://bkt\n    endpoint: ftp://x\n",
             "storages.catalog.endpoint",
             "http(s)",
         ),
         (
-            "storages:\n  catalog:\n    claid_name: c\n    url: s3://b\n    endpoint: http://127.0.0.1:9000/bkt\n",
+            "storages:\n  catalog:\n    claid_name: c\n    url: s3://bkt\n    endpoint: http://127.0.0.1:9000/bkt\n",
             "storages.catalog.endpoint",
             "after the server `http://127.0.0.1:9000`: give the server alone",
         ),
         (
-            "storages:\n  catalog:\n    claid_name: c\n    url: s3://b\n    endpoint: \"http://127.0.0.1:9000/?X-Amz-Security-Token=SECRETTOKEN\"\n",
+            "storages:\n  catalog:\n    claid_name: c\n    url: s3://bkt\n    endpoint: \"http://127.0.0.1:9000/?X-Amz-Security-Token=SECRETTOKEN\"\n",
             "storages.catalog.endpoint",
             "the bucket and prefix go in `url`",
         ),
         (
-            "storages:\n  catalog:\n    claid_name: c\n    url: s3://b\n    bucket: b\n",
+            "storages:\n  catalog:\n    claid_name: c\n    url: s3://bkt\n    bucket: b\n",
             "storages.catalog.bucket",
             "unknown key",
         ),
         (
-            "storages:\n  catalog:\n    claid_name: c\n    url: s3://b\n    region: us east 1\n",
+            "storages:\n  catalog:\n    claid_name: c\n    url: s3://bkt\n    region: us east 1\n",
             "storages.catalog.region",
             "expected a region like `us-east-1`, found `us east 1`",
         ),
         (
-            "storages:\n  cat.alog:\n    claid_name: c\n    url: s3://b\n",
+            "storages:\n  cat.alog:\n    claid_name: c\n    url: s3://bkt\n",
             "storages.cat.alog",
             "letters, digits",
         ),
         (
-            "storages:\n  a: { claid_name: c, url: s3://b/x }\n  b: { claid_name: c, url: s3://b/y }\n",
+            "storages:\n  a: { claid_name: c, url: s3://bkt/x }\n  b: { claid_name: c, url: s3://bkt/y }\n",
             "storages.b.claid_name",
             "also the connector",
         ),
         (
-            "api:\n  staging: catalog\nstorages:\n  catalog: { claid_name: c, url: s3://b/x }\nprofiles:\n  stg: { output: { destination: storage://catalog/staging/ } }\n",
+            "api:\n  staging: catalog\nstorages:\n  catalog: { claid_name: c, url: s3://bkt/x }\nprofiles:\n  stg: { output: { destination: storage://catalog/staging/ } }\n",
             "profiles.stg.output.destination",
             "is in the `staging/` folder of the storage `catalog`",
         ),
         (
-            "api:\n  staging: nope\nstorages:\n  catalog: { claid_name: c, url: s3://b/x }\n",
+            "api:\n  staging: nope\nstorages:\n  catalog: { claid_name: c, url: s3://bkt/x }\n",
             "api.staging",
             "use one of `catalog`",
         ),
         (
-            "profiles:\n  p:\n    output:\n      destination: storage://nope/out/\nstorages:\n  catalog: { claid_name: c, url: s3://b/x }\n",
+            "profiles:\n  p:\n    output:\n      destination: storage://nope/out/\nstorages:\n  catalog: { claid_name: c, url: s3://bkt/x }\n",
             "profiles.p.output.destination",
             "storage of `storages`",
         ),
         (
-            "profiles:\n  p:\n    output:\n      destination: storage://catalog/../x/\nstorages:\n  catalog: { claid_name: c, url: s3://b/x }\n",
+            "profiles:\n  p:\n    output:\n      destination: storage://catalog/../x/\nstorages:\n  catalog: { claid_name: c, url: s3://bkt/x }\n",
             "profiles.p.output.destination",
             "..",
         ),
         (
-            "profiles:\n  p:\n    output:\n      destination: storage://catalog//abs/\nstorages:\n  catalog: { claid_name: c, url: s3://b/x }\n",
+            "profiles:\n  p:\n    output:\n      destination: storage://catalog//abs/\nstorages:\n  catalog: { claid_name: c, url: s3://bkt/x }\n",
             "profiles.p.output.destination",
             "invalid object key",
         ),
         // As a manifest's own: a folder, ending in `/` (without it, every manifest using the
         // profile was refused, naming a key it does not hold).
         (
-            "profiles:\n  p:\n    output:\n      destination: storage://catalog/out25\nstorages:\n  catalog: { claid_name: c, url: s3://b/x }\n",
+            "profiles:\n  p:\n    output:\n      destination: storage://catalog/out25\nstorages:\n  catalog: { claid_name: c, url: s3://bkt/x }\n",
             "profiles.p.output.destination",
             "must be a folder (end with `/`)",
         ),
         (
-            "profiles:\n  p:\n    output:\n      destination: \"storage://catalog/spring sale/\"\nstorages:\n  catalog: { claid_name: c, url: s3://b/x }\n",
+            "profiles:\n  p:\n    output:\n      destination: \"storage://catalog/spring sale/\"\nstorages:\n  catalog: { claid_name: c, url: s3://bkt/x }\n",
             "profiles.p.output.destination",
             "space",
         ),
