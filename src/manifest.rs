@@ -31,7 +31,7 @@ use crate::manifest::validate::{Context, validate};
 use crate::yaml::value::Syntax;
 
 pub mod doc;
-mod input;
+pub(crate) mod input;
 pub mod key;
 mod merge;
 mod outbox;

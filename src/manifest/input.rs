@@ -17,10 +17,10 @@ use crate::manifest::{Input, LocalFile};
 const MAX_INPUT_LEN: usize = 4096;
 
 /// Bytes read to tell an image's format by its signature.
-const HEAD_LEN: usize = 64;
+pub(crate) const HEAD_LEN: usize = 64;
 
 /// The input formats Claid accepts (docs/claid-api.md), as messages name them.
-const ACCEPTED: &str = "BMP, GIF, JPEG, PNG, TIFF, WEBP, AVIF or HEIC";
+pub(crate) const ACCEPTED: &str = "BMP, GIF, JPEG, PNG, TIFF, WEBP, AVIF or HEIC";
 
 /// Local files already read in this manifest: their hash, or why they cannot be an input.
 #[derive(Default)]
@@ -375,7 +375,7 @@ fn read_local(path: &Path) -> Result<String, Unusable> {
 
 /// Whether `head` (a file's first bytes) starts like an image Claid accepts; else what it
 /// looks like, for the message.
-fn check_image_signature(head: &[u8]) -> Result<(), String> {
+pub(crate) fn check_image_signature(head: &[u8]) -> Result<(), String> {
     use image::ImageFormat as F;
     match image::guess_format(head) {
         Ok(F::Png | F::Jpeg | F::Gif | F::WebP | F::Tiff | F::Bmp | F::Avif) => return Ok(()),

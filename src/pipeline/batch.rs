@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -103,6 +104,10 @@ pub struct Batching {
 
 /// Batch members whose replaced objects are asked at once before a batch is sent.
 const REPLACED_OBJECT_CHECKS: usize = 16;
+
+/// Storage inputs of one batch looked at at once before it is sent
+/// ([`Runner::check_storage_input`]).
+const INPUT_CHECKS: usize = 16;
 
 /// What `/status` shows about batching.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -658,12 +663,34 @@ impl BatchRunner {
             return false;
         }
         // `on_output_exists` (an output already there), before the batch is sent.
-        let mut to_send = Vec::with_capacity(members.len());
+        let runner = &self.deps.runner;
+        let mut settled = Vec::with_capacity(members.len());
         for member in members {
-            let runner = &self.deps.runner;
             if let Some(outcome) = runner.settle_existing_output(member.id, &member.job).await {
                 self.report(member.manifest, outcome);
                 continue;
+            }
+            settled.push(member);
+        }
+        // Storage inputs that are missing, empty or not images fail unbilled; looked at a few
+        // at a time (one HEAD, and a read of the first bytes, each).
+        let looks: Vec<_> = settled
+            .iter()
+            .map(|member| runner.check_storage_input(member.id, &member.job))
+            .collect();
+        let checks: Vec<Option<JobOutcome>> = futures_util::stream::iter(looks)
+            .buffered(INPUT_CHECKS)
+            .collect()
+            .await;
+        let mut to_send = Vec::with_capacity(settled.len());
+        for (member, checked) in settled.into_iter().zip(checks) {
+            match checked {
+                Some(JobOutcome::NotRun | JobOutcome::Parked) => continue,
+                Some(outcome) => {
+                    self.report(member.manifest, outcome);
+                    continue;
+                }
+                None => {}
             }
             // A staged input gone from the bucket is staged again; the job is queued again.
             match runner.restage_if_gone(member.id, &member.job).await {

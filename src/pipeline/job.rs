@@ -652,6 +652,87 @@ impl Runner {
         }
     }
 
+    /// A storage input (`storage://CONNECTOR/key` of a configured storage) is looked at in the
+    /// bucket before its submit, as a local file is at intake: one that is not there, is empty,
+    /// or does not start like an image Claid accepts fails `input-unreadable` unbilled, instead
+    /// of being sent (and, in a batch, maybe billed) for Claid to fail. Only a definite answer
+    /// fails the job: a key with `%` (which Claid may read decoded), a refused read (Claid reads
+    /// with its own connector's access) or a read cut short leave it to Claid. A bucket that
+    /// does not answer is waited out like any outage of it; given up (`run --once` at
+    /// `api.unreachable_timeout`), the job stays queued for the next run (`Some(Parked)`).
+    pub async fn check_storage_input(&self, id: JobId, job: &JobV1) -> Option<JobOutcome> {
+        use crate::manifest::input::{ACCEPTED, HEAD_LEN, check_image_signature};
+        let deps = &*self.deps;
+        if job.local || job.staged.is_some() {
+            return None;
+        }
+        let uri = input_of(job);
+        let (storage, key) = self.output_storage(uri)?;
+        if key.contains('%') {
+            return None;
+        }
+        let name = &storage.name;
+        let shown = crate::text::Escaped::str(uri);
+        let mut attempts = deps.retry.start(retry::Step::Upload);
+        let size = loop {
+            match storage.objects.head(key).await {
+                Ok(info) => {
+                    deps.health.storage_ok(name);
+                    break info.size;
+                }
+                Err(crate::objects::ObjectError::NotFound { .. }) => {
+                    deps.health.storage_ok(name);
+                    let message = format!(
+                        "not submitted: its input {shown} is not in the bucket (no object at {}); nothing was billed; put the image there or fix the row, then `replay --failed`",
+                        crate::text::Escaped::str(&storage.objects.uri(key))
+                    );
+                    return Some(
+                        self.failed(id, FailureCode::InputUnreadable, &message)
+                            .await,
+                    );
+                }
+                Err(err) if bucket_away(&err) => {
+                    let (_, failure) = bucket_failure(&deps.health, name, &err, true);
+                    match decide(&mut attempts, failure) {
+                        Decision::Retry { after } => {
+                            debug!(error = %err, job_id = id, "Cannot look at the storage input before the submit; waiting for the bucket");
+                            if !self.wait(after).await {
+                                return Some(JobOutcome::Parked);
+                            }
+                        }
+                        _ => return Some(JobOutcome::Parked),
+                    }
+                }
+                Err(err) => {
+                    bucket_answered(&deps.health, name, &err);
+                    return None;
+                }
+            }
+        };
+        if size == 0 {
+            let message = format!(
+                "not submitted: its input {shown} is empty (0 bytes) in the bucket: it was probably not copied completely; nothing was billed; copy the image again, then `replay --failed`"
+            );
+            return Some(
+                self.failed(id, FailureCode::InputUnreadable, &message)
+                    .await,
+            );
+        }
+        let head = storage
+            .objects
+            .get_range(key, 0..size.min(HEAD_LEN as u64))
+            .await
+            .ok()?;
+        let what = check_image_signature(&head).err()?;
+        let message = format!(
+            "not submitted: its input {shown} is not an image Claid accepts: {what}; nothing was billed; give a {ACCEPTED} object (convert it, or fix the row), then `replay --failed`"
+        );
+        Some(
+            self.failed(id, FailureCode::InputUnreadable, &message)
+                .await,
+        )
+    }
+
     /// Runs a job's steps until it is terminal, held, parked for shutdown, or requeued.
     pub async fn run(&self, id: JobId) -> JobOutcome {
         let span = tracing::Span::current();
@@ -756,6 +837,9 @@ impl Runner {
         // Stopped during its wait for the noted object's second: not submitted, left queued.
         if (!same_second.is_zero() && !self.wait(same_second).await) || deps.cancel.is_cancelled() {
             return Step::End(JobOutcome::Parked);
+        }
+        if let Some(outcome) = self.check_storage_input(id, job).await {
+            return Step::End(outcome);
         }
         if let Some(outcome) = self.restage_if_gone(id, job).await {
             return Step::End(outcome);

@@ -3191,3 +3191,59 @@ async fn a_gs_storage_is_read_and_written_through_a_service_account_key() {
     );
     s3.stop().await;
 }
+
+/// Storage inputs are looked at in the bucket before they are sent, as local files are at
+/// intake: one that is not there, is empty, or is not an image fails `input-unreadable`
+/// without reaching Claid (nothing billed), naming the object and the fix; the good ones of
+/// the same batch are made.
+#[tokio::test]
+async fn issue15_storage_inputs_missing_empty_or_not_images_fail_before_any_spend() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let (env, config) = storage_env(&s3, quick(), "", 2).await;
+    s3.put_object("catalog", "raw/in/empty.png", b"").await;
+    s3.put_object(
+        "catalog",
+        "raw/in/notes.png",
+        b"shopping list: shoes, socks\n",
+    )
+    .await;
+    env.drop_file(
+        "shoes.yaml",
+        b"output: { format: png }\nimages:\n  - storage://catalog/in/sku-0.png\n  - storage://catalog/in/gone.png\n  - storage://catalog/in/empty.png\n  - storage://catalog/in/notes.png\n  - storage://catalog/in/sku-1.png\n",
+    );
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 2, "{stderr}");
+    let report = env.report("shoes");
+    let rows = report["jobs"].as_array().expect("rows");
+    let row = |name: &str| {
+        rows.iter()
+            .find(|row| row["input"].as_str().unwrap_or_default().ends_with(name))
+            .unwrap_or_else(|| panic!("no row for {name}: {report:#}"))
+    };
+    for name in ["sku-0.png", "sku-1.png"] {
+        assert_eq!(row(name)["status"], "done", "{report:#}");
+    }
+    for (name, says) in [
+        (
+            "gone.png",
+            "is not in the bucket (no object at s3://catalog/raw/in/gone.png)",
+        ),
+        ("empty.png", "is empty (0 bytes)"),
+        ("notes.png", "is not an image Claid accepts: it is text"),
+    ] {
+        let reason = row(name)["reason"].as_str().unwrap_or_default();
+        assert!(
+            row(name)["status"] == "failed"
+                && reason.starts_with("input-unreadable")
+                && reason.contains(says)
+                && reason.contains("nothing was billed"),
+            "{name}: {reason}"
+        );
+    }
+    // Claid saw the two good images only.
+    let stats = env.stats();
+    assert_eq!(stats.batch_images + stats.submits, 2, "{stats:?}");
+    s3.stop().await;
+}
