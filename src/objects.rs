@@ -937,6 +937,41 @@ impl ObjectStorage {
         }
     }
 
+    /// Whether the bucket exists: one listing of the prefix's first entry. S3 answers a `HEAD`
+    /// in a bucket that does not exist (deleted, or a proxy in between answering for another)
+    /// `404` with no body, like a missing object; a listing tells the two apart
+    /// (`NoSuchBucket`). `Err`: the listing was answered otherwise, or not within
+    /// [`PROBE_TIMEOUT`].
+    pub async fn bucket_exists(&self) -> Result<bool, ObjectError> {
+        let prefix = if self.prefix.is_empty() {
+            None
+        } else {
+            Some(
+                StorePath::parse(&self.prefix).map_err(|err| ObjectError::UnsafeKey {
+                    key: self.prefix.clone(),
+                    reason: path_reason(&err),
+                })?,
+            )
+        };
+        let mut listing = self.store.list(prefix.as_ref());
+        match tokio::time::timeout(PROBE_TIMEOUT, listing.try_next()).await {
+            Ok(Ok(_)) => Ok(true),
+            Ok(Err(err)) => match self.failed("list", "", err) {
+                ObjectError::NotFound { .. } => Ok(false),
+                ObjectError::Request { cause, .. } if cause.contains("NoSuchBucket") => Ok(false),
+                other => Err(other),
+            },
+            Err(_) => Err(ObjectError::Request {
+                op: "list",
+                uri: self.uri(""),
+                cause: format!(
+                    "no answer to a listing within {} s (timed out)",
+                    PROBE_TIMEOUT.as_secs()
+                ),
+            }),
+        }
+    }
+
     /// The second half of [`ObjectStorage::probe`]: a `HEAD` of a key no one wrote must be
     /// answered "not found". A server that is not the bucket's (a web console's port, a
     /// proxy's default page answering 200 to everything) passed the listing, then told every

@@ -606,6 +606,7 @@ impl Handle {
             storages: deps.storages.clone(),
             staging: deps.staging.clone(),
             restaged: Default::default(),
+            buckets_seen: Default::default(),
             cancel: deps.cancel.clone(),
         });
         let batches = batch::BatchRunner::new(batch::BatchDeps {

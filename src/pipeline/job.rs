@@ -272,8 +272,15 @@ pub struct RunnerDeps {
     /// How often each job's staged input was found gone before its submit, in this process
     /// (see [`MAX_RESTAGES`]).
     pub restaged: std::sync::Mutex<std::collections::HashMap<JobId, u32>>,
+    /// When each storage's bucket was last seen to exist ([`Runner::confirm_bucket`]).
+    pub buckets_seen: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
     pub cancel: CancellationToken,
 }
+
+/// How long a bucket seen to exist is taken to still exist by a look that found nothing at an
+/// output's key ([`Runner::confirm_bucket`]): one listing per storage in that time, however
+/// many images are looked at.
+const BUCKET_SEEN_FOR: Duration = Duration::from_secs(10);
 
 /// Times a job's staged input may be found gone before its submit and staged again, in one
 /// process: something that keeps deleting `staging/` (a lifecycle rule, a cleanup script) had
@@ -331,7 +338,7 @@ impl Runner {
     pub async fn settle_existing_output(&self, id: JobId, job: &JobV1) -> Option<JobOutcome> {
         let policy = self.settings().policies.on_output_exists;
         if policy == OnOutputExists::Replace {
-            return None;
+            return self.take_lost_submits_object(id, job).await;
         }
         let Some(uri) = crate::storages::destination_of(&job.body, &job.output_rel) else {
             return self.settle_existing_file(id, job, policy).await;
@@ -359,39 +366,11 @@ impl Runner {
             }
             return None;
         };
+        if let Some(outcome) = self.take_if_lost_submits(id, job, &uri, &info).await {
+            return Some(outcome);
+        }
         let key = &info.key;
         let object = storage.objects.uri(key);
-        // A job whose submit may have reached Claid (its answer lost: counted in doubt) and
-        // that was submitted because nothing was at its key then (else `fail`/`skip` would
-        // not have sent it): an object there now is most likely that submit's output, written
-        // and billed. Taken as the result and checked as any output object (with its local
-        // copy); `fail` failed it as `output-exists`, every replay again, and `skip` reported
-        // it kept without the copy.
-        // (An object noted before a submit, `replace` reloaded to `fail`/`skip` since, is not
-        // that submit's.)
-        let noted_before = job.replaces.iter().flatten().any(|before| {
-            before.is_same(&ObjectSeen::new(
-                key,
-                info.e_tag.clone(),
-                info.last_modified,
-            ))
-        });
-        if job.waits_for_adoption() && job.attempts > 0 && info.size > 0 && !noted_before {
-            let (connector, _) = crate::storages::split_uri(&uri)?;
-            let written = format!("storage://{connector}/{key}");
-            info!(job_id = id, object = %object, "The output object is there after a submit whose answer was lost: taken as that submit's result, not submitted again");
-            return Some(
-                match self.deps.store.take_written_object(id, &written).await {
-                    // Run on from the state now recorded: the object's check, or (a webhook
-                    // adopted the lost submit's task meanwhile: `Conflict`) that task's poll.
-                    Ok(_) | Err(StoreError::Conflict { .. }) => Box::pin(self.run(id)).await,
-                    Err(err) => {
-                        error!(error = %err, "Cannot record the job's output object");
-                        JobOutcome::Parked
-                    }
-                },
-            );
-        }
         if policy == OnOutputExists::Fail {
             let message = format!("the object {object} already exists (`on_output_exists: fail`)");
             return Some(self.failed(id, FailureCode::OutputExists, &message).await);
@@ -413,6 +392,70 @@ impl Runner {
             skipped: true,
         };
         self.record_skipped(id, done).await
+    }
+
+    /// `on_output_exists: replace` for a job whose submit's answer was lost: the objects at its
+    /// key were noted before that submit ([`JobV1::replaces`]), so an object there now that is
+    /// none of them is that submit's output, written and billed, and is taken as its result
+    /// ([`Runner::take_if_lost_submits`]) instead of a second submit billing the image again.
+    /// `None`: submit as usual (nothing new there, nothing noted, or not a storage output).
+    async fn take_lost_submits_object(&self, id: JobId, job: &JobV1) -> Option<JobOutcome> {
+        if !(job.waits_for_adoption() && job.attempts > 0) || job.replaces.is_none() {
+            return None;
+        }
+        let uri = crate::storages::destination_of(&job.body, &job.output_rel)?;
+        let (storage, key) = self.output_storage(&uri)?;
+        let found = match self.output_objects(id, storage, (&uri, key), 1).await {
+            Ok(found) => found.into_iter().next()?,
+            Err(outcome) => return Some(outcome),
+        };
+        self.take_if_lost_submits(id, job, &uri, &found).await
+    }
+
+    /// Takes the object `info` at a storage output's key (`uri`) as the result of the job's
+    /// lost submit, and runs on from there; `None` when it cannot be that submit's.
+    async fn take_if_lost_submits(
+        &self,
+        id: JobId,
+        job: &JobV1,
+        uri: &str,
+        info: &crate::objects::ObjectInfo,
+    ) -> Option<JobOutcome> {
+        let (storage, _) = self.output_storage(uri)?;
+        let key = &info.key;
+        let object = storage.objects.uri(key);
+        // A job whose submit may have reached Claid (its answer lost: counted in doubt) and
+        // that was submitted because nothing was at its key then (else `fail`/`skip` would
+        // not have sent it), or, under `replace`, with the objects there then noted: an object
+        // there now (not one noted) is most likely that submit's output, written and billed. Taken as the result and checked as any output object (with its local
+        // copy); `fail` failed it as `output-exists`, every replay again, and `skip` reported
+        // it kept without the copy.
+        // (An object noted before a submit, `replace` reloaded to `fail`/`skip` since, is not
+        // that submit's.)
+        let noted_before = job.replaces.iter().flatten().any(|before| {
+            before.is_same(&ObjectSeen::new(
+                key,
+                info.e_tag.clone(),
+                info.last_modified,
+            ))
+        });
+        if job.waits_for_adoption() && job.attempts > 0 && info.size > 0 && !noted_before {
+            let (connector, _) = crate::storages::split_uri(uri)?;
+            let written = format!("storage://{connector}/{key}");
+            info!(job_id = id, object = %object, "The output object is there after a submit whose answer was lost: taken as that submit's result, not submitted again");
+            return Some(
+                match self.deps.store.take_written_object(id, &written).await {
+                    // Run on from the state now recorded: the object's check, or (a webhook
+                    // adopted the lost submit's task meanwhile: `Conflict`) that task's poll.
+                    Ok(_) | Err(StoreError::Conflict { .. }) => Box::pin(self.run(id)).await,
+                    Err(err) => {
+                        error!(error = %err, "Cannot record the job's output object");
+                        JobOutcome::Parked
+                    }
+                },
+            );
+        }
+        None
     }
 
     /// `on_output_exists: replace` with a storage output, before the job's submit: the objects
@@ -486,6 +529,11 @@ impl Runner {
             .through_bucket_outage(storage, || objects_at(storage, key, wanted))
             .await
         {
+            // Nothing there is an answer only from a bucket that exists.
+            Ok(found) if found.is_empty() => match self.confirm_bucket(storage, false).await {
+                Ok(_) => Ok(found),
+                Err(()) => Err(JobOutcome::Parked),
+            },
             Ok(found) => Ok(found),
             Err(None) => Err(JobOutcome::Parked),
             Err(Some(err)) => {
@@ -681,7 +729,12 @@ impl Runner {
                     break info.size;
                 }
                 Err(crate::objects::ObjectError::NotFound { .. }) => {
-                    deps.health.storage_ok(name);
+                    // Not found in a bucket that is gone is no answer about the object.
+                    match self.confirm_bucket(storage, false).await {
+                        Ok(true) => continue,
+                        Ok(false) => {}
+                        Err(()) => return Some(JobOutcome::Parked),
+                    }
                     let message = format!(
                         "not submitted: its input {shown} is not in the bucket (no object at {}); nothing was billed; put the image there or fix the row, then `replay --failed`",
                         crate::text::Escaped::str(&storage.objects.uri(key))
@@ -2086,6 +2139,20 @@ impl Runner {
                 Err(Some(err)) => err,
             };
             let code = object_failure(&err);
+            // "Not found" from a bucket that is gone (deleted, a proxy answering for another)
+            // is no answer about the object: waited out, then looked at afresh.
+            if code == FailureCode::ObjectMissing
+                && (checked_before || n_missing >= MISSING_OBJECT_CHECKS)
+            {
+                match self.confirm_bucket(storage, true).await {
+                    Ok(true) => {
+                        n_missing = 0;
+                        continue;
+                    }
+                    Ok(false) => {}
+                    Err(()) => return Step::End(JobOutcome::Parked),
+                }
+            }
             // The object Claid wrote is gone since it was checked: made again.
             if code == FailureCode::ObjectMissing && checked_before {
                 info!(object = %storage.objects.uri(key), "The output object of an earlier run is gone from the bucket; the image is made again (billed again)");
@@ -2346,6 +2413,66 @@ impl Runner {
             match decide(&mut attempts, Failure::Unreachable) {
                 Decision::Retry { after } if self.wait(after).await => {}
                 _ => return Err(None),
+            }
+        }
+    }
+
+    /// Waits while `storage`'s bucket does not exist. S3 answers a `HEAD` in a bucket that does
+    /// not exist `404` without a body, like a missing object: a look before the submit took it
+    /// for "nothing there" (every image submitted and billed into a bucket that was gone), and
+    /// the check after Claid's answer failed billed images `object-missing`, which a replay
+    /// billed again. A listing tells them apart; a bucket gone is an outage of the storage
+    /// (named in `/healthz`, `run --once` ends 69 at `api.unreachable_timeout`), waited out.
+    /// Unless `fresh`, a bucket seen within [`BUCKET_SEEN_FOR`] is not listed again.
+    /// `Ok(waited)`: the bucket exists (or the listing was answered otherwise, and the look
+    /// stands); `waited` when it was missing first. `Err`: the daemon stops, or gave up.
+    async fn confirm_bucket(
+        &self,
+        storage: &crate::storages::OpenStorage,
+        fresh: bool,
+    ) -> Result<bool, ()> {
+        let deps = &*self.deps;
+        let seen = || {
+            deps.buckets_seen
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&storage.name)
+                .is_some_and(|at| at.elapsed() < BUCKET_SEEN_FOR)
+        };
+        if !fresh && seen() {
+            return Ok(false);
+        }
+        let mut attempts = deps.retry.start(retry::Step::Download);
+        let mut waited = false;
+        loop {
+            match storage.objects.bucket_exists().await {
+                Ok(true) => {
+                    deps.buckets_seen
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(storage.name.clone(), Instant::now());
+                    deps.health.storage_ok(&storage.name);
+                    return Ok(waited);
+                }
+                Ok(false) => {
+                    let why = format!(
+                        "the bucket {} does not exist (NoSuchBucket): it answers a look at any object \"not found\"; what needs it waits (recreate the bucket, or fix `storages.{}`; in `run --once` until `api.unreachable_timeout`)",
+                        crate::text::Escaped::str(storage.objects.bucket()),
+                        storage.name
+                    );
+                    if deps.health.storage_failed(&storage.name, why.clone()) {
+                        error!(storage = %crate::text::Escaped::str(&storage.name), "{why}");
+                    }
+                }
+                Err(err) if bucket_away(&err) => {
+                    bucket_failure(&deps.health, &storage.name, &err, true);
+                }
+                Err(_) => return Ok(waited),
+            }
+            waited = true;
+            match decide(&mut attempts, Failure::Unreachable) {
+                Decision::Retry { after } if self.wait(after).await => {}
+                _ => return Err(()),
             }
         }
     }

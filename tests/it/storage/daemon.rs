@@ -2621,17 +2621,18 @@ impl std::ops::Deref for SwitchedEnv {
     }
 }
 
-/// A job whose submit answer was lost (held in doubt) while Claid wrote its output: under
-/// `on_output_exists: fail` or `skip`, the object at its key after `replay --in-doubt` is
-/// that submit's result (nothing was there when it was sent), taken and checked without a
-/// second submit: done, with its local copy. (`fail` failed it as `output-exists`, at every
-/// replay; `skip` reported it kept, without the copy.)
+/// A job whose submit answer was lost (held in doubt) while Claid wrote its output: the object
+/// at its key after `replay --in-doubt` is that submit's result (under `fail` or `skip`
+/// nothing was there when it was sent; under `replace` it is none of the objects noted
+/// then), taken and checked without a second submit: done, with its local copy. (`fail`
+/// failed it as `output-exists`, at every replay; `skip` reported it kept, without the copy;
+/// `replace` sent it again and Claid billed it twice.)
 #[tokio::test(flavor = "multi_thread")]
-async fn an_object_written_for_a_lost_submit_is_taken_as_its_result_under_fail_and_skip() {
+async fn an_object_written_for_a_lost_submit_is_taken_as_its_result_under_every_policy() {
     let Some(s3) = S3Server::start().await else {
         return;
     };
-    for policy in ["fail", "skip"] {
+    for policy in ["fail", "skip", "replace"] {
         let (env, _) = storage_env(&s3, quick().drop_share(1.0), "", 2).await;
         let keys = credentials_file(env.dir.path());
         let mut storages = storages_yaml("catalog-s3", "s3://catalog/raw", &s3.endpoint, &keys);
@@ -3245,5 +3246,54 @@ async fn issue15_storage_inputs_missing_empty_or_not_images_fail_before_any_spen
     // Claid saw the two good images only.
     let stats = env.stats();
     assert_eq!(stats.batch_images + stats.submits, 2, "{stats:?}");
+    s3.stop().await;
+}
+
+/// A bucket that answers "NoSuchBucket" (deleted, or a proxy answering for another) answers
+/// every HEAD `404` without a body, like a missing object. The looks before the submit took
+/// that for "nothing there" and every image was submitted and billed, then failed
+/// `object-missing`, which a replay billed again. The daemon lists the bucket to tell the two
+/// apart: while it is gone nothing is sent (an outage of the storage, named), and once it is
+/// back each image is made once.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue15_a_bucket_that_is_gone_mid_run_is_waited_out_not_billed_into() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let (env, mut daemon, key, kept) =
+        looking_before_the_submit(&s3, "replace", "", Some(("404 Not Found", "NoSuchBucket")))
+            .await;
+    crate::support::wait_until(
+        "the missing bucket named",
+        std::time::Duration::from_secs(60),
+        || env.daemon_log(0).contains("does not exist (NoSuchBucket)"),
+    )
+    .await;
+    let stats = env.stats();
+    assert_eq!(stats.submits + stats.batch_images, 0, "{stats:?}");
+    assert!(
+        !env.outbox.join("shoes.report.json").exists(),
+        "nothing ends while the bucket is gone"
+    );
+    // The bucket is back.
+    env.switch.off().await;
+    env.switch.on();
+    crate::support::wait_until("the report", std::time::Duration::from_secs(120), || {
+        env.outbox.join("shoes.report.json").exists()
+    })
+    .await;
+    let report = env.report("shoes");
+    for row in report["jobs"].as_array().expect("rows") {
+        assert_eq!(row["status"], "done", "{report:#}");
+    }
+    let stats = env.stats();
+    assert_eq!(stats.submits + stats.batch_images, 2, "{stats:?}");
+    assert_eq!(stats.duplicate_submits, 0, "{stats:?}");
+    assert_ne!(
+        s3.get_object("catalog", &key).await.expect("object"),
+        kept,
+        "the edit replaced the object"
+    );
+    crate::support::stop(&mut daemon).await;
     s3.stop().await;
 }
