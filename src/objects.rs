@@ -431,7 +431,15 @@ impl S3Url {
                 "holds a `?` or `#`: a storage URL names a bucket and a prefix only, never a query or a fragment",
             ));
         }
+        if rest.contains('\\') {
+            return Err(fail(
+                "holds a backslash, which S3 keys Claid writes may not hold; separate folders with `/`",
+            ));
+        }
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(fail("names no bucket (`s3://BUCKET/…`)"));
+        }
         if bucket.contains('@') {
             return Err(fail(
                 "holds credentials (`key:secret@`): the daemon's keys go in `credentials_file` (or the AWS environment variables), never in the URL",

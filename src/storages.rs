@@ -196,6 +196,12 @@ impl StorageError {
                 }
                 ObjectError::Denied { .. } => "S3 refused the daemon's keys: check `access_key_id` and `secret_access_key` in the storage's credentials file (or the AWS_* variables), and that they may list, read, write and delete under the prefix".to_owned(),
                 ObjectError::Request { cause, .. } if not_an_s3_answer(cause) => "the endpoint answers 404 to the bucket's listing without S3's `NoSuchBucket`: it is not an S3 API (another service, or a path after the host); give the storage's `endpoint` as the S3 API's address, `http(s)://HOST:PORT`".to_owned(),
+                // A server that answers, but is busy: reachable, and nothing to correct.
+                ObjectError::Request { cause, .. }
+                    if ["503", "SlowDown", "429", "500 Internal"].iter().any(|n| cause.contains(n)) =>
+                {
+                    "the bucket's server answers that it is busy (a 5xx or 429, such as S3's 503 SlowDown): it is reachable and throttles or fails requests for now; try again later (the daemon's start waits it out up to `api.unreachable_timeout`)".to_owned()
+                }
                 _ if self.exit_code() == exit::USAGE => "check the bucket name and the `endpoint` of the storage".to_owned(),
                 _ => "check that the S3 endpoint is reachable from this machine".to_owned(),
             }),
@@ -858,6 +864,12 @@ mod tests {
         assert!(
             same.contains("correct the `endpoint`") && !same.contains("set `region"),
             "{same}"
+        );
+        // A throttling server is reachable: told as busy, not as one to check the reach of.
+        let busy = hint("Server returned non-2xx status code: 503 Service Unavailable: SlowDown");
+        assert!(
+            busy.contains("busy") && !busy.contains("reachable from this machine"),
+            "{busy}"
         );
     }
 

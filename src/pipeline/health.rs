@@ -177,6 +177,9 @@ pub fn capitalised(text: &str) -> String {
 /// failing: Claid's quota window (a minute), after which a well-spaced call is answered.
 pub const RATE_LIMITED_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// At most one outage of a storage's bucket is told (logged, with its end) in this time.
+const STORAGE_TOLD_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// How a streak of 429 answers begins its reason in [`HealthState::failing`].
 pub const RATE_LIMITED: &str = "every call answered 429 (rate limited)";
 
@@ -403,6 +406,10 @@ struct Inner {
     /// calls (staging an input, checking an output object) without one succeeding, and why.
     /// One entry each, so a bucket that answers does not end another's outage.
     storage_failing: std::collections::BTreeMap<String, (Instant, String)>,
+    /// By storage name: when an outage of its bucket was last told (logged). A bucket that
+    /// fails one call in a few (a throttling 503 SlowDown) begins and ends an outage at every
+    /// other call: one is told per [`STORAGE_TOLD_EVERY`], and so is its end.
+    storage_told: std::collections::BTreeMap<String, Instant>,
     /// Since when calls are answered 429 without one succeeding, and when the last was.
     rate_limited: Option<(Instant, Instant)>,
 }
@@ -961,27 +968,46 @@ impl HealthState {
     /// A call of the daemon's own to a bucket (staging, an output check) found its endpoint
     /// away (`why` names it): an outage of the storage, which `run --once` gives up on like
     /// one of the API.
-    /// True when this failure starts an outage of `storage`'s bucket (none was being told),
-    /// so that the caller logs it once rather than once per job and retry.
+    /// True when this failure is to be told (logged) by the caller: the start of an outage of
+    /// `storage`'s bucket when none was told in the last [`STORAGE_TOLD_EVERY`], or an outage
+    /// not told at its start that has lasted past that; so it is logged once rather than once
+    /// per job and retry, and a flapping bucket once a minute.
     pub fn storage_failed(&self, storage: &str, why: String) -> bool {
         let mut inner = self.lock();
-        match inner.storage_failing.get_mut(storage) {
-            Some((_, last)) => {
+        let now = Instant::now();
+        let since = match inner.storage_failing.get_mut(storage) {
+            Some((since, last)) => {
                 *last = why;
-                false
+                *since
             }
             None => {
-                inner
-                    .storage_failing
-                    .insert(storage.to_owned(), (Instant::now(), why));
-                true
+                inner.storage_failing.insert(storage.to_owned(), (now, why));
+                now
             }
+        };
+        // This outage was told already, or another one was lately (an outage not told then is
+        // told once it has lasted past that).
+        let told = inner.storage_told.get(storage).copied();
+        if told.is_some_and(|at| at >= since || now.duration_since(at) < STORAGE_TOLD_EVERY) {
+            return false;
         }
+        inner.storage_told.insert(storage.to_owned(), now);
+        true
     }
 
-    /// A call to `storage`'s bucket succeeded: its outage, if any, is over (said once).
+    /// A call to `storage`'s bucket succeeded: its outage, if any, is over (said once, when
+    /// its beginning was).
     pub fn storage_ok(&self, storage: &str) {
-        if let Some((since, _)) = self.lock().storage_failing.remove(storage) {
+        let mut inner = self.lock();
+        let Some((since, _)) = inner.storage_failing.remove(storage) else {
+            return;
+        };
+        let told = inner
+            .storage_told
+            .get(storage)
+            .is_some_and(|at| *at >= since);
+        drop(inner);
+        if told {
             tracing::info!(
                 storage = %crate::text::Escaped::str(storage),
                 after_s = since.elapsed().as_secs(),
@@ -1409,6 +1435,26 @@ mod tests {
         health.storage_ok("a");
         assert_eq!(health.failing(), None);
         assert!(!health.only_storage_failing());
+    }
+
+    /// A bucket that fails one call in a few (a throttling 503 SlowDown) begins and ends an
+    /// outage at every other call: one outage is told a minute, and one not told then is told
+    /// once it lasts past that minute.
+    #[tokio::test(start_paused = true)]
+    async fn a_flapping_bucket_is_told_once_a_minute() {
+        let health = health();
+        assert!(health.storage_failed("a", "503 SlowDown".to_owned()));
+        health.storage_ok("a");
+        for _ in 0..5 {
+            tokio::time::advance(std::time::Duration::from_secs(2)).await;
+            assert!(!health.storage_failed("a", "503 SlowDown".to_owned()));
+            health.storage_ok("a");
+        }
+        // An outage begun within the minute, not told, goes on past it: told then.
+        assert!(!health.storage_failed("a", "connection refused".to_owned()));
+        tokio::time::advance(STORAGE_TOLD_EVERY).await;
+        assert!(health.storage_failed("a", "connection refused".to_owned()));
+        assert!(!health.storage_failed("a", "connection refused".to_owned()));
     }
 
     /// When the last write waiting for room ends while the outbox's disk is still full, the log

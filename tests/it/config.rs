@@ -247,6 +247,13 @@ fn issue15_storage_urls_with_a_query_or_a_bucket_amazon_refuses_are_refused_at_v
             "{url}: {err}"
         );
     }
+    for (url, why) in [
+        ("s3:///img", "names no bucket"),
+        ("s3://cat/im\\g", "holds a backslash"),
+    ] {
+        let err = parse(&format!("{{ claid_name: c, url: '{url}' }}")).expect_err(url);
+        assert!(err.to_string().contains(why), "{url}: {err}");
+    }
     for (bucket, why) in [
         ("My_Bucket", "lower-case letters"),
         ("ab", "shorter than 3"),
