@@ -826,7 +826,7 @@ impl Intake {
                         return Ok::<_, StoreError>(());
                     }
                     if !keys.contains(&job.key) {
-                        left = Some("an input file or the config's profiles changed");
+                        left = Some("an input file, a profile of the config or a storage's connector (`claid_name`) changed");
                     } else {
                         match &job.state {
                             JobState::Done { path, bytes, .. } => {
@@ -843,7 +843,7 @@ impl Intake {
                     Ok(())
                 })?;
                 if left.is_none() && seen != keys.len() {
-                    left = Some("an input file or the config's profiles changed");
+                    left = Some("an input file, a profile of the config or a storage's connector (`claid_name`) changed");
                 }
                 Ok::<_, StoreError>(left)
             })
