@@ -920,16 +920,7 @@ impl ObjectStorage {
     /// Whether the prefix can be listed: one listing request that reads at most its first
     /// page, whatever the prefix holds (the check `validate` and the daemon's start make).
     pub async fn probe(&self) -> Result<(), ObjectError> {
-        let prefix = if self.prefix.is_empty() {
-            None
-        } else {
-            Some(
-                StorePath::parse(&self.prefix).map_err(|err| ObjectError::UnsafeKey {
-                    key: self.prefix.clone(),
-                    reason: path_reason(&err),
-                })?,
-            )
-        };
+        let prefix = self.prefix_path()?;
         let mut listing = self.store.list(prefix.as_ref());
         match tokio::time::timeout(PROBE_TIMEOUT, listing.try_next()).await {
             Ok(Ok(_)) => self.probe_absent().await,
@@ -945,22 +936,26 @@ impl ObjectStorage {
         }
     }
 
+    /// The storage's prefix as a path to list under; `None` for the whole bucket.
+    fn prefix_path(&self) -> Result<Option<StorePath>, ObjectError> {
+        if self.prefix.is_empty() {
+            return Ok(None);
+        }
+        StorePath::parse(&self.prefix)
+            .map(Some)
+            .map_err(|err| ObjectError::UnsafeKey {
+                key: self.prefix.clone(),
+                reason: path_reason(&err),
+            })
+    }
+
     /// Whether the bucket exists: one listing of the prefix's first entry. S3 answers a `HEAD`
     /// in a bucket that does not exist (deleted, or a proxy in between answering for another)
     /// `404` with no body, like a missing object; a listing tells the two apart
     /// (`NoSuchBucket`). `Err`: the listing was answered otherwise, or not within
     /// [`PROBE_TIMEOUT`].
     pub async fn bucket_exists(&self) -> Result<bool, ObjectError> {
-        let prefix = if self.prefix.is_empty() {
-            None
-        } else {
-            Some(
-                StorePath::parse(&self.prefix).map_err(|err| ObjectError::UnsafeKey {
-                    key: self.prefix.clone(),
-                    reason: path_reason(&err),
-                })?,
-            )
-        };
+        let prefix = self.prefix_path()?;
         let mut listing = self.store.list(prefix.as_ref());
         match tokio::time::timeout(PROBE_TIMEOUT, listing.try_next()).await {
             Ok(Ok(_)) => Ok(true),

@@ -644,15 +644,11 @@ impl Runner {
                     break;
                 }
                 Err(err) if bucket_away(&err) => {
-                    let (_, failure) = bucket_failure(&deps.health, name, &err, true);
-                    match decide(&mut attempts, failure) {
-                        Decision::Retry { after } => {
-                            debug!(error = %err, job_id = id, "Cannot see the staged input before the submit; waiting for the bucket");
-                            if !self.wait(after).await {
-                                return Some(JobOutcome::Parked);
-                            }
-                        }
-                        _ => return Some(JobOutcome::Parked),
+                    if !self
+                        .wait_for_bucket(&mut attempts, (id, name), &err, "the staged input")
+                        .await
+                    {
+                        return Some(JobOutcome::Parked);
                     }
                 }
                 Ok(_) => {
@@ -745,15 +741,11 @@ impl Runner {
                     );
                 }
                 Err(err) if bucket_away(&err) => {
-                    let (_, failure) = bucket_failure(&deps.health, name, &err, true);
-                    match decide(&mut attempts, failure) {
-                        Decision::Retry { after } => {
-                            debug!(error = %err, job_id = id, "Cannot look at the storage input before the submit; waiting for the bucket");
-                            if !self.wait(after).await {
-                                return Some(JobOutcome::Parked);
-                            }
-                        }
-                        _ => return Some(JobOutcome::Parked),
+                    if !self
+                        .wait_for_bucket(&mut attempts, (id, name), &err, "the storage input")
+                        .await
+                    {
+                        return Some(JobOutcome::Parked);
                     }
                 }
                 Err(err) => {
@@ -784,6 +776,26 @@ impl Runner {
             self.failed(id, FailureCode::InputUnreadable, &message)
                 .await,
         )
+    }
+
+    /// A bucket away (`err`) at a look before job `id`'s submit at `what` in storage `name`:
+    /// waits the retry policy's next delay. `false` when the daemon stops meanwhile or gives
+    /// up (`run --once` at `api.unreachable_timeout`): the job stays queued.
+    async fn wait_for_bucket(
+        &self,
+        attempts: &mut retry::Attempts,
+        (id, name): (JobId, &str),
+        err: &crate::objects::ObjectError,
+        what: &str,
+    ) -> bool {
+        let (_, failure) = bucket_failure(&self.deps.health, name, err, true);
+        match decide(attempts, failure) {
+            Decision::Retry { after } => {
+                debug!(error = %err, job_id = id, "Cannot look at {what} before the submit; waiting for the bucket");
+                self.wait(after).await
+            }
+            _ => false,
+        }
     }
 
     /// Runs a job's steps until it is terminal, held, parked for shutdown, or requeued.
