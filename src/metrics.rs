@@ -78,9 +78,11 @@ pub struct Metrics {
     pub rate_limited: Counter,
     /// Tasks submitted and not yet finished (permits of `max_in_flight` in use).
     pub in_flight: Gauge,
-    /// Submits that may have reached Claid twice (crash or lost response), ever: the store's
-    /// count, carried over restarts; set at scrape time through [`Metrics::set_in_doubt_events`].
-    in_doubt: Counter,
+    /// Submits that may have reached Claid twice (crash or lost response) and were not resolved
+    /// since (a webhook or the written object adopted the lost submit), over the jobs the store
+    /// holds: a gauge, it goes down when a doubt is resolved or old jobs are removed; set at
+    /// scrape time through [`Metrics::set_in_doubt_events`].
+    in_doubt: Gauge,
     /// Output bytes written.
     pub bytes_written: Counter,
     /// 1 while submitting is paused by a systemic API error.
@@ -101,6 +103,9 @@ pub struct Metrics {
     webhook_counters: Mutex<Option<std::sync::Arc<crate::webhook::WebhookCounters>>>,
     /// The last client counters folded into the families above, so scrapes add deltas only.
     folded: Mutex<ClientStats>,
+    /// Held while counters are brought up to counts kept elsewhere ([`raise_to`]): two scrapes
+    /// at once (two Prometheus servers) each added the same difference.
+    raising: Mutex<()>,
 }
 
 impl Default for Metrics {
@@ -176,10 +181,10 @@ impl Metrics {
             "Tasks submitted and not yet finished",
             in_flight.clone(),
         );
-        let in_doubt = Counter::default();
+        let in_doubt = Gauge::default();
         registry.register(
             "in_doubt_jobs",
-            "Times a submit may have reached Claid twice (crash or lost response), over the store's life",
+            "Submits that may have reached Claid twice (crash or lost response), not resolved since, over the jobs in the store",
             in_doubt.clone(),
         );
         let bytes_written = Counter::default();
@@ -254,6 +259,7 @@ impl Metrics {
             alerts_sent,
             alerts_dropped,
             folded: Mutex::new(ClientStats::default()),
+            raising: Mutex::new(()),
         }
     }
 
@@ -267,6 +273,7 @@ impl Metrics {
 
     /// Batching's state for `/metrics`, read at scrape time.
     pub fn set_batching(&self, view: &crate::pipeline::batch::BatchingView) {
+        let _raising = self.raising.lock().unwrap_or_else(|e| e.into_inner());
         self.batching_enabled.set(i64::from(view.enabled));
         raise_to(&self.batch_submits, view.batches);
         raise_to(&self.batch_images, view.images);
@@ -274,7 +281,7 @@ impl Metrics {
 
     /// The store's count of submits that may have reached Claid twice, read at scrape time.
     pub fn set_in_doubt_events(&self, total: u64) {
-        raise_to(&self.in_doubt, total);
+        self.in_doubt.set(i64::try_from(total).unwrap_or(i64::MAX));
     }
 
     /// Sets the webhook counters from the receiver's and the dispatch's counts.
@@ -286,6 +293,7 @@ impl Metrics {
             .as_ref()
             .map(|c| c.snapshot());
         let Some(r) = receiver else { return };
+        let _raising = self.raising.lock().unwrap_or_else(|e| e.into_inner());
         for (outcome, n) in [
             ("received", r.received),
             ("verified", r.verified),
@@ -399,7 +407,7 @@ impl Metrics {
 }
 
 /// Brings a counter up to `total`, a count kept elsewhere that only grows (a counter never goes
-/// down: a smaller `total` changes nothing).
+/// down: a smaller `total` changes nothing). Called under [`Metrics::raising`].
 fn raise_to(counter: &Counter, total: u64) {
     let now = counter.get();
     if total > now {

@@ -426,6 +426,15 @@ impl S3Url {
             (None, Some(rest)) => (Provider::Gcs, rest),
             (None, None) => return Err(fail("must start with s3:// or gs://")),
         };
+        // Anywhere in it: a secret key may hold `/` (AWS's do) or `?`, which end a URL's
+        // authority, so that `s3://KEY:ab/cd@bucket` passed with its `ab` as the bucket, and
+        // `s3://KEY:a?b@bucket` was echoed whole. Everything before the last `@` is hidden.
+        if let Some(at) = rest.rfind('@') {
+            return Err(ObjectError::Url {
+                url: format!("{}REDACTED{}", &url[..url.len() - rest.len()], &rest[at..]),
+                reason: "holds credentials (`key:secret@`) or an `@`: the daemon's keys go in `credentials_file` (or the AWS environment variables), never in the URL",
+            });
+        }
         if rest.contains(['?', '#']) {
             return Err(fail(
                 "holds a `?` or `#`: a storage URL names a bucket and a prefix only, never a query or a fragment",
@@ -1218,32 +1227,25 @@ pub fn check_bucket(bucket: &str) -> Result<(), &'static str> {
 }
 
 /// The bucket naming rules of Amazon S3 and Google Cloud Storage themselves, for a storage with
-/// no `endpoint` of its own (S3-compatible servers are looser, so [`check_bucket`] is). The
-/// error completes "bucket name …".
+/// no `endpoint` of its own (S3-compatible servers are looser, so [`check_bucket`] is). For S3
+/// only what has always held: buckets made in `us-east-1` before 2018 may still have upper-case
+/// letters and `_`, and are served. The error completes "bucket name …".
 pub fn check_provider_bucket(provider: Provider, bucket: &str) -> Result<(), &'static str> {
     if bucket.len() < 3 {
         return Err("is shorter than 3 characters");
     }
-    let allowed = |c: char| {
-        c.is_ascii_lowercase()
-            || c.is_ascii_digit()
-            || c == '-'
-            || c == '.'
-            || (provider == Provider::Gcs && c == '_')
-    };
-    if !bucket.chars().all(allowed) {
-        return Err(match provider {
-            Provider::S3 => {
-                "may hold only lower-case letters, digits, \".\" and \"-\" on Amazon S3 (set `endpoint` for an S3-compatible server)"
-            }
-            Provider::Gcs => {
-                "may hold only lower-case letters, digits, \".\", \"-\" and \"_\" on Google Cloud Storage"
-            }
-        });
+    if provider == Provider::Gcs
+        && !bucket
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.' | '_'))
+    {
+        return Err(
+            "may hold only lower-case letters, digits, \".\", \"-\" and \"_\" on Google Cloud Storage",
+        );
     }
-    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
     if !edge(bucket.chars().next()) || !edge(bucket.chars().last()) {
-        return Err("must begin and end with a lower-case letter or a digit");
+        return Err("must begin and end with a letter or a digit");
     }
     if bucket.contains("..") {
         return Err("holds two dots in a row");

@@ -404,7 +404,11 @@ impl Checker {
             };
             // Amazon S3 and Google Cloud Storage refuse more names than the servers one sets
             // `endpoint` for; told here rather than as a failed listing at the start.
-            if endpoint.is_none() && !bucket.is_empty() {
+            let no_endpoint = matches!(
+                lookup(root, &format!("{key}.endpoint")),
+                None | Some(Value::Null)
+            );
+            if no_endpoint && !bucket.is_empty() {
                 if let Err(why) = crate::objects::check_provider_bucket(provider, &bucket) {
                     self.problem(
                         &format!("{key}.url"),

@@ -254,22 +254,38 @@ fn issue15_storage_urls_with_a_query_or_a_bucket_amazon_refuses_are_refused_at_v
         let err = parse(&format!("{{ claid_name: c, url: '{url}' }}")).expect_err(url);
         assert!(err.to_string().contains(why), "{url}: {err}");
     }
-    for (bucket, why) in [
-        ("My_Bucket", "lower-case letters"),
-        ("ab", "shorter than 3"),
-        ("-cat", "begin and end"),
-        ("c..at", "two dots"),
+    for (url, why) in [
+        ("gs://My_Bucket", "lower-case letters"),
+        ("s3://ab", "shorter than 3"),
+        ("s3://-cat", "begin and end"),
+        ("s3://c..at", "two dots"),
     ] {
-        let err = parse(&format!("{{ claid_name: c, url: s3://{bucket}/in }}")).expect_err(bucket);
+        let bucket = &url[5..];
+        let err = parse(&format!("{{ claid_name: c, url: {url}/in }}")).expect_err(url);
         assert!(
             err.to_string().contains(&format!("bucket name `{bucket}`"))
                 && err.to_string().contains(why),
             "{bucket}: {err}"
         );
     }
-    // An S3-compatible server has its own, looser rules: the name goes to it as written.
-    parse("{ claid_name: c, url: s3://My_Bucket/in, endpoint: \"http://127.0.0.1:9000\" }")
+    // An S3-compatible server has its own, looser rules: the name goes to it as written; and so
+    // does a bucket Amazon made in us-east-1 before 2018, with upper-case letters and `_`.
+    parse("{ claid_name: c, url: s3://-My_Bucket/in, endpoint: \"http://127.0.0.1:9000\" }")
         .expect("an S3-compatible server's bucket");
+    parse("{ claid_name: c, url: s3://Legacy_Bucket/in }").expect("a legacy us-east-1 bucket");
+    // A credential in the URL is told as one, whatever it holds.
+    for url in ["s3://KEY:SE?CRET@bkt/in", "s3://KEY:SE/CRET@bkt/in"] {
+        let err = parse(&format!("{{ claid_name: c, url: \"{url}\" }}")).expect_err(url);
+        assert!(
+            err.to_string().contains("holds credentials")
+                && !err.to_string().contains("SE")
+                && err.to_string().contains("s3://REDACTED@bkt/in"),
+            "{err}"
+        );
+    }
+    // An endpoint that is wrong is told alone, not with a bucket rule it would lift.
+    let err = parse("{ claid_name: c, url: s3://My_B/in, endpoint: ftp://x }").expect_err("ftp");
+    assert!(!err.to_string().contains("bucket name"), "{err}");
     // Google Cloud Storage takes underscores.
     parse("{ claid_name: c, url: gs://cat_images/in }").expect("a gs:// bucket with an underscore");
 }
