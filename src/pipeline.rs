@@ -606,7 +606,8 @@ impl Handle {
             storages: deps.storages.clone(),
             staging: deps.staging.clone(),
             restaged: Default::default(),
-            buckets_seen: Default::default(),
+            buckets: Default::default(),
+            bucket_gate: Default::default(),
             cancel: deps.cancel.clone(),
         });
         let batches = batch::BatchRunner::new(batch::BatchDeps {

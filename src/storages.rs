@@ -197,8 +197,7 @@ impl StorageError {
                 ObjectError::Denied { .. } => "S3 refused the daemon's keys: check `access_key_id` and `secret_access_key` in the storage's credentials file (or the AWS_* variables), and that they may list, read, write and delete under the prefix".to_owned(),
                 ObjectError::Request { cause, .. } if not_an_s3_answer(cause) => "the endpoint answers 404 to the bucket's listing without S3's `NoSuchBucket`: it is not an S3 API (another service, or a path after the host); give the storage's `endpoint` as the S3 API's address, `http(s)://HOST:PORT`".to_owned(),
                 // A server that answers, but is busy: reachable, and nothing to correct.
-                ObjectError::Request { cause, .. }
-                    if ["503", "SlowDown", "429", "500 Internal"].iter().any(|n| cause.contains(n)) =>
+                ObjectError::Request { cause, .. } if answered_busy(cause) =>
                 {
                     "the bucket's server answers that it is busy (a 5xx or 429, such as S3's 503 SlowDown): it is reachable and throttles or fails requests for now; try again later (the daemon's start waits it out up to `api.unreachable_timeout`)".to_owned()
                 }
@@ -247,6 +246,17 @@ fn expected_region(cause: &str) -> Option<&str> {
     let rest = &cause[cause.find("expecting '")? + "expecting '".len()..];
     let region = &rest[..rest.find('\'')?];
     crate::objects::is_region_name(region).then_some(region)
+}
+
+/// An answer of a server that is busy or failing for now: a 5xx or 429 status as object_store
+/// words it (`status code: 503 Service Unavailable`), or S3's `SlowDown` (not a number that
+/// happens to be in the URL).
+fn answered_busy(cause: &str) -> bool {
+    cause.contains("SlowDown")
+        || cause.match_indices("status code: ").any(|(at, found)| {
+            let status = &cause[at + found.len()..];
+            status.starts_with('5') || status.starts_with("429")
+        })
 }
 
 /// S3 answers a listing of a bucket that does not exist with `NoSuchBucket`.
@@ -871,6 +881,9 @@ mod tests {
             busy.contains("busy") && !busy.contains("reachable from this machine"),
             "{busy}"
         );
+        // A number in the URL is no status.
+        let away = hint("error sending request for url (http://127.0.0.1:15030/sale-2503)");
+        assert!(away.contains("reachable from this machine"), "{away}");
     }
 
     /// A key Claid refuses while the start lists its connectors says which key and where it

@@ -406,15 +406,37 @@ struct Inner {
     /// calls (staging an input, checking an output object) without one succeeding, and why.
     /// One entry each, so a bucket that answers does not end another's outage.
     storage_failing: std::collections::BTreeMap<String, (Instant, String)>,
-    /// By storage name: when an outage of its bucket was last told (logged). A bucket that
-    /// fails one call in a few (a throttling 503 SlowDown) begins and ends an outage at every
-    /// other call: one is told per [`STORAGE_TOLD_EVERY`], and so is its end.
+    /// By storage name: when a flapping kind of outage of its bucket was last told (logged)
+    /// ([`HealthState::storage_flaky`]). A bucket that fails one call in a few (a throttling
+    /// 503 SlowDown) begins and ends an outage at every other call: one is told per
+    /// [`STORAGE_TOLD_EVERY`], and so is its end.
     storage_told: std::collections::BTreeMap<String, Instant>,
+    /// The outages of `storage_failing` that were told, whose end is told too.
+    storage_outage_told: std::collections::BTreeSet<String>,
+    /// Storages whose bucket a listing found missing (`NoSuchBucket`): every look at an object
+    /// there is answered "not found", which ends no outage; only a listing that finds the
+    /// bucket does ([`HealthState::bucket_found`]).
+    storage_missing: std::collections::BTreeSet<String>,
     /// Since when calls are answered 429 without one succeeding, and when the last was.
     rate_limited: Option<(Instant, Instant)>,
 }
 
 impl Inner {
+    /// Records an outage of `storage`'s bucket (`why` its last cause); true when it begins.
+    fn begin_storage_outage(&mut self, storage: &str, why: String) -> bool {
+        match self.storage_failing.get_mut(storage) {
+            Some((_, last)) => {
+                *last = why;
+                false
+            }
+            None => {
+                self.storage_failing
+                    .insert(storage.to_owned(), (Instant::now(), why));
+                true
+            }
+        }
+    }
+
     /// Calls fail for `why` (from `now`, when no failure was noted since the last success):
     /// the outage's start is kept, its reason is the latest.
     fn failing_because(&mut self, now: Instant, why: String) {
@@ -968,44 +990,68 @@ impl HealthState {
     /// A call of the daemon's own to a bucket (staging, an output check) found its endpoint
     /// away (`why` names it): an outage of the storage, which `run --once` gives up on like
     /// one of the API.
-    /// True when this failure is to be told (logged) by the caller: the start of an outage of
-    /// `storage`'s bucket when none was told in the last [`STORAGE_TOLD_EVERY`], or an outage
-    /// not told at its start that has lasted past that; so it is logged once rather than once
-    /// per job and retry, and a flapping bucket once a minute.
+    /// A call of the daemon's own to a bucket (staging, an output check) failed in a way that
+    /// does not heal by itself at once (`why` names it): an outage of the storage, which
+    /// `run --once` gives up on like one of the API. True when this starts an outage of
+    /// `storage`'s bucket, so that the caller logs it once rather than once per job and retry.
     pub fn storage_failed(&self, storage: &str, why: String) -> bool {
         let mut inner = self.lock();
+        let started = inner.begin_storage_outage(storage, why);
+        if started {
+            inner.storage_outage_told.insert(storage.to_owned());
+        }
+        started
+    }
+
+    /// [`HealthState::storage_failed`] for a failure that may come and go from call to call (no
+    /// answer, a 5xx): true when it is to be told, that is when it starts an outage and none
+    /// was told in the last [`STORAGE_TOLD_EVERY`], or when an outage not told at its start
+    /// has lasted past that; a flapping bucket is logged once a minute.
+    pub fn storage_flaky(&self, storage: &str, why: String) -> bool {
+        let mut inner = self.lock();
+        inner.begin_storage_outage(storage, why);
+        if inner.storage_outage_told.contains(storage) {
+            return false;
+        }
         let now = Instant::now();
-        let since = match inner.storage_failing.get_mut(storage) {
-            Some((since, last)) => {
-                *last = why;
-                *since
-            }
-            None => {
-                inner.storage_failing.insert(storage.to_owned(), (now, why));
-                now
-            }
-        };
-        // This outage was told already, or another one was lately (an outage not told then is
-        // told once it has lasted past that).
-        let told = inner.storage_told.get(storage).copied();
-        if told.is_some_and(|at| at >= since || now.duration_since(at) < STORAGE_TOLD_EVERY) {
+        if inner
+            .storage_told
+            .get(storage)
+            .is_some_and(|at| now.duration_since(*at) < STORAGE_TOLD_EVERY)
+        {
             return false;
         }
         inner.storage_told.insert(storage.to_owned(), now);
+        inner.storage_outage_told.insert(storage.to_owned());
         true
     }
 
+    /// A listing found `storage`'s bucket missing (`NoSuchBucket`, `why`): an outage that only
+    /// [`HealthState::bucket_found`] ends. True when this is news (to be logged).
+    pub fn bucket_missing(&self, storage: &str, why: String) -> bool {
+        let mut inner = self.lock();
+        inner.begin_storage_outage(storage, why);
+        inner.storage_outage_told.insert(storage.to_owned());
+        inner.storage_missing.insert(storage.to_owned())
+    }
+
+    /// A listing found `storage`'s bucket: a missing bucket's outage is over.
+    pub fn bucket_found(&self, storage: &str) {
+        self.lock().storage_missing.remove(storage);
+        self.storage_ok(storage);
+    }
+
     /// A call to `storage`'s bucket succeeded: its outage, if any, is over (said once, when
-    /// its beginning was).
+    /// its beginning was). Not a missing bucket's, which answers every look "not found".
     pub fn storage_ok(&self, storage: &str) {
         let mut inner = self.lock();
+        if inner.storage_missing.contains(storage) {
+            return;
+        }
         let Some((since, _)) = inner.storage_failing.remove(storage) else {
             return;
         };
-        let told = inner
-            .storage_told
-            .get(storage)
-            .is_some_and(|at| *at >= since);
+        let told = inner.storage_outage_told.remove(storage);
         drop(inner);
         if told {
             tracing::info!(
@@ -1443,18 +1489,42 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_flapping_bucket_is_told_once_a_minute() {
         let health = health();
-        assert!(health.storage_failed("a", "503 SlowDown".to_owned()));
+        assert!(health.storage_flaky("a", "503 SlowDown".to_owned()));
         health.storage_ok("a");
         for _ in 0..5 {
             tokio::time::advance(std::time::Duration::from_secs(2)).await;
-            assert!(!health.storage_failed("a", "503 SlowDown".to_owned()));
+            assert!(!health.storage_flaky("a", "503 SlowDown".to_owned()));
+            assert!(
+                health.failing().is_some(),
+                "not told, but failing all the same"
+            );
             health.storage_ok("a");
         }
         // An outage begun within the minute, not told, goes on past it: told then.
-        assert!(!health.storage_failed("a", "connection refused".to_owned()));
+        assert!(!health.storage_flaky("a", "connection refused".to_owned()));
         tokio::time::advance(STORAGE_TOLD_EVERY).await;
-        assert!(health.storage_failed("a", "connection refused".to_owned()));
-        assert!(!health.storage_failed("a", "connection refused".to_owned()));
+        assert!(health.storage_flaky("a", "connection refused".to_owned()));
+        assert!(!health.storage_flaky("a", "connection refused".to_owned()));
+        // Another cause during a flapping one's quiet minute is told at once.
+        health.storage_ok("a");
+        assert!(!health.storage_flaky("a", "503 SlowDown".to_owned()));
+        assert!(health.bucket_missing("a", "NoSuchBucket".to_owned()));
+    }
+
+    /// A missing bucket answers every look "not found": such answers end no outage; only a
+    /// listing that finds the bucket does.
+    #[tokio::test]
+    async fn a_missing_buckets_outage_ends_only_when_it_is_found() {
+        let health = health();
+        assert!(health.bucket_missing("a", "NoSuchBucket".to_owned()));
+        assert!(
+            !health.bucket_missing("a", "NoSuchBucket".to_owned()),
+            "told once"
+        );
+        health.storage_ok("a");
+        assert!(health.failing().is_some(), "a 404 ends nothing");
+        health.bucket_found("a");
+        assert_eq!(health.failing(), None);
     }
 
     /// When the last write waiting for room ends while the outbox's disk is still full, the log

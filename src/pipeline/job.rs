@@ -272,9 +272,22 @@ pub struct RunnerDeps {
     /// How often each job's staged input was found gone before its submit, in this process
     /// (see [`MAX_RESTAGES`]).
     pub restaged: std::sync::Mutex<std::collections::HashMap<JobId, u32>>,
-    /// When each storage's bucket was last seen to exist ([`Runner::confirm_bucket`]).
-    pub buckets_seen: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
+    /// What listings told of each storage's bucket ([`Runner::confirm_bucket`]).
+    pub buckets: std::sync::Mutex<std::collections::HashMap<String, BucketSeen>>,
+    /// One listing for [`Runner::confirm_bucket`] at a time: the looks of a batch that found
+    /// nothing at once wait for the first one's listing instead of each sending one.
+    pub bucket_gate: tokio::sync::Mutex<()>,
     pub cancel: CancellationToken,
+}
+
+/// What listings told of one storage's bucket.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BucketSeen {
+    /// When a listing last found it, after the last one that found it missing.
+    exists_at: Option<Instant>,
+    /// How many listings found it missing: a look made before one of them may have been
+    /// answered "not found" by the missing bucket.
+    missing: u64,
 }
 
 /// How long a bucket seen to exist is taken to still exist by a look that found nothing at an
@@ -344,7 +357,10 @@ impl Runner {
             return self.settle_existing_file(id, job, policy).await;
         };
         let (storage, key) = self.output_storage(&uri)?;
-        let found = match self.output_objects(id, storage, (&uri, key), 1).await {
+        let found = match self
+            .output_objects((id, job), storage, (&uri, key), 1)
+            .await
+        {
             Ok(found) => found.into_iter().next(),
             Err(outcome) => return Some(outcome),
         };
@@ -405,11 +421,21 @@ impl Runner {
         }
         let uri = crate::storages::destination_of(&job.body, &job.output_rel)?;
         let (storage, key) = self.output_storage(&uri)?;
-        let found = match self.output_objects(id, storage, (&uri, key), 1).await {
-            Ok(found) => found.into_iter().next()?,
+        // The key and its twin with the format's other extension, where Claid may have
+        // written: the lost submit's object may be at the twin while a noted one is at the key.
+        let found = match self
+            .output_objects((id, job), storage, (&uri, key), 2)
+            .await
+        {
+            Ok(found) => found,
             Err(outcome) => return Some(outcome),
         };
-        self.take_if_lost_submits(id, job, &uri, &found).await
+        for info in &found {
+            if let Some(outcome) = self.take_if_lost_submits(id, job, &uri, info).await {
+                return Some(outcome);
+            }
+        }
+        None
     }
 
     /// Takes the object `info` at a storage output's key (`uri`) as the result of the job's
@@ -491,7 +517,7 @@ impl Runner {
             return Ok(Duration::ZERO);
         };
         let seen: Vec<ObjectSeen> = self
-            .output_objects(id, storage, (&uri, key), 2)
+            .output_objects((id, job), storage, (&uri, key), 2)
             .await?
             .into_iter()
             .map(|info| ObjectSeen::new(&info.key, info.e_tag, info.last_modified))
@@ -520,29 +546,36 @@ impl Runner {
     /// the job, unbilled, naming the object and the fix.
     async fn output_objects(
         &self,
-        id: JobId,
+        (id, job): (JobId, &JobV1),
         storage: &crate::storages::OpenStorage,
         (uri, key): (&str, &str),
         wanted: usize,
     ) -> Result<Vec<crate::objects::ObjectInfo>, JobOutcome> {
-        match self
-            .through_bucket_outage(storage, || objects_at(storage, key, wanted))
-            .await
-        {
-            // Nothing there is an answer only from a bucket that exists.
-            Ok(found) if found.is_empty() => match self.confirm_bucket(storage, false).await {
-                Ok(_) => Ok(found),
-                Err(()) => Err(JobOutcome::Parked),
-            },
-            Ok(found) => Ok(found),
-            Err(None) => Err(JobOutcome::Parked),
-            Err(Some(err)) => {
-                let message = format!(
-                    "not submitted: cannot see whether the output object {} is there ({err}), which must be known before Claid writes it; nothing was billed: `replay --failed` once the bucket answers",
-                    crate::text::Escaped::str(uri)
-                );
-                Err(self.failed(id, object_failure(&err), &message).await)
-            }
+        loop {
+            let sightings = self.bucket_sightings(storage);
+            return match self
+                .through_bucket_outage(storage, || objects_at(storage, key, wanted))
+                .await
+            {
+                // Nothing there is an answer only from a bucket that exists.
+                Ok(found) if found.is_empty() => {
+                    match self.confirm_bucket(storage, sightings, false).await {
+                        Ok(true) => continue,
+                        Ok(false) => Ok(found),
+                        Err(()) => Err(JobOutcome::Parked),
+                    }
+                }
+                Ok(found) => Ok(found),
+                Err(None) => Err(JobOutcome::Parked),
+                Err(Some(err)) => {
+                    let message = format!(
+                        "not submitted: cannot see whether the output object {} is there ({err}), which must be known before Claid writes it; {}: `replay --failed` once the bucket answers",
+                        crate::text::Escaped::str(uri),
+                        nothing_billed(job)
+                    );
+                    Err(self.failed(id, object_failure(&err), &message).await)
+                }
+            };
         }
     }
 
@@ -719,6 +752,7 @@ impl Runner {
         let shown = crate::text::Escaped::str(uri);
         let mut attempts = deps.retry.start(retry::Step::Upload);
         let size = loop {
+            let sightings = self.bucket_sightings(storage);
             match storage.objects.head(key).await {
                 Ok(info) => {
                     deps.health.storage_ok(name);
@@ -726,14 +760,15 @@ impl Runner {
                 }
                 Err(crate::objects::ObjectError::NotFound { .. }) => {
                     // Not found in a bucket that is gone is no answer about the object.
-                    match self.confirm_bucket(storage, false).await {
+                    match self.confirm_bucket(storage, sightings, false).await {
                         Ok(true) => continue,
                         Ok(false) => {}
                         Err(()) => return Some(JobOutcome::Parked),
                     }
                     let message = format!(
-                        "not submitted: its input {shown} is not in the bucket (no object at {}); nothing was billed; put the image there or fix the row, then `replay --failed`",
-                        crate::text::Escaped::str(&storage.objects.uri(key))
+                        "not submitted: its input {shown} is not in the bucket (no object at {}); {}; put the image there or fix the row, then `replay --failed`",
+                        crate::text::Escaped::str(&storage.objects.uri(key)),
+                        nothing_billed(job)
                     );
                     return Some(
                         self.failed(id, FailureCode::InputUnreadable, &message)
@@ -756,7 +791,8 @@ impl Runner {
         };
         if size == 0 {
             let message = format!(
-                "not submitted: its input {shown} is empty (0 bytes) in the bucket: it was probably not copied completely; nothing was billed; copy the image again, then `replay --failed`"
+                "not submitted: its input {shown} is empty (0 bytes) in the bucket: it was probably not copied completely; {}; copy the image again, then `replay --failed`",
+                nothing_billed(job)
             );
             return Some(
                 self.failed(id, FailureCode::InputUnreadable, &message)
@@ -770,7 +806,8 @@ impl Runner {
             .ok()?;
         let what = check_image_signature(&head).err()?;
         let message = format!(
-            "not submitted: its input {shown} is not an image Claid accepts: {what}; nothing was billed; give a {ACCEPTED} object (convert it, or fix the row), then `replay --failed`"
+            "not submitted: its input {shown} is not an image Claid accepts: {what}; {}; give a {ACCEPTED} object (convert it, or fix the row), then `replay --failed`",
+            nothing_billed(job)
         );
         Some(
             self.failed(id, FailureCode::InputUnreadable, &message)
@@ -2117,6 +2154,7 @@ impl Runner {
         };
         let mut n_missing = 0u32;
         let info = loop {
+            let sightings = self.bucket_sightings(storage);
             let err = match self
                 .through_bucket_outage(storage, || storage.objects.head(key))
                 .await
@@ -2156,7 +2194,7 @@ impl Runner {
             if code == FailureCode::ObjectMissing
                 && (checked_before || n_missing >= MISSING_OBJECT_CHECKS)
             {
-                match self.confirm_bucket(storage, true).await {
+                match self.confirm_bucket(storage, sightings, true).await {
                     Ok(true) => {
                         n_missing = 0;
                         continue;
@@ -2429,59 +2467,94 @@ impl Runner {
         }
     }
 
-    /// Waits while `storage`'s bucket does not exist. S3 answers a `HEAD` in a bucket that does
-    /// not exist `404` without a body, like a missing object: a look before the submit took it
-    /// for "nothing there" (every image submitted and billed into a bucket that was gone), and
-    /// the check after Claid's answer failed billed images `object-missing`, which a replay
-    /// billed again. A listing tells them apart; a bucket gone is an outage of the storage
-    /// (named in `/healthz`, `run --once` ends 69 at `api.unreachable_timeout`), waited out.
-    /// Unless `fresh`, a bucket seen within [`BUCKET_SEEN_FOR`] is not listed again.
-    /// `Ok(waited)`: the bucket exists (or the listing was answered otherwise, and the look
-    /// stands); `waited` when it was missing first. `Err`: the daemon stops, or gave up.
+    /// How many listings have found `storage`'s bucket missing so far: read before a look, and
+    /// handed to [`Runner::confirm_bucket`] if the look finds nothing.
+    fn bucket_sightings(&self, storage: &crate::storages::OpenStorage) -> u64 {
+        self.deps
+            .buckets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&storage.name)
+            .map_or(0, |seen| seen.missing)
+    }
+
+    /// Whether a look that found nothing in `storage`'s bucket (begun when
+    /// [`Runner::bucket_sightings`] said `sightings`) may stand, waiting while the bucket does
+    /// not exist. S3 answers a `HEAD` in a bucket that does not exist `404` without a body,
+    /// like a missing object: a look before the submit took it for "nothing there" (every
+    /// image submitted and billed into a bucket that was gone), and the check after Claid's
+    /// answer failed billed images `object-missing`, which a replay billed again. A listing
+    /// tells them apart; a bucket gone is an outage of the storage (an ERROR once, `/healthz`,
+    /// `run --once` ends 69 at `api.unreachable_timeout`), waited out. Unless `fresh`, a bucket
+    /// found within [`BUCKET_SEEN_FOR`] is not listed again, and one listing at a time is sent.
+    /// `Ok(true)`: look again (the bucket was missing at or after the look began, and is back);
+    /// `Ok(false)`: the look stands (the bucket exists, or a listing was answered otherwise).
+    /// `Err`: the daemon stops, or gave up.
     async fn confirm_bucket(
         &self,
         storage: &crate::storages::OpenStorage,
+        sightings: u64,
         fresh: bool,
     ) -> Result<bool, ()> {
         let deps = &*self.deps;
-        let seen = || {
-            deps.buckets_seen
+        let name = &storage.name;
+        let _gate = tokio::select! {
+            gate = deps.bucket_gate.lock() => gate,
+            () = deps.cancel.cancelled() => return Err(()),
+        };
+        let seen = |deps: &RunnerDeps| {
+            deps.buckets
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .get(&storage.name)
-                .is_some_and(|at| at.elapsed() < BUCKET_SEEN_FOR)
+                .get(name)
+                .copied()
+                .unwrap_or_default()
         };
-        if !fresh && seen() {
-            return Ok(false);
+        let before = seen(deps);
+        // Another look's listing found it missing since this look began.
+        let mut look_again = before.missing != sightings;
+        let found_lately = before
+            .exists_at
+            .is_some_and(|at| at.elapsed() < BUCKET_SEEN_FOR);
+        if found_lately && (look_again || !fresh) {
+            return Ok(look_again);
         }
         let mut attempts = deps.retry.start(retry::Step::Download);
-        let mut waited = false;
         loop {
             match storage.objects.bucket_exists().await {
                 Ok(true) => {
-                    deps.buckets_seen
+                    deps.buckets
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
-                        .insert(storage.name.clone(), Instant::now());
-                    deps.health.storage_ok(&storage.name);
-                    return Ok(waited);
+                        .entry(name.clone())
+                        .or_default()
+                        .exists_at = Some(Instant::now());
+                    deps.health.bucket_found(name);
+                    return Ok(look_again);
                 }
                 Ok(false) => {
+                    look_again = true;
+                    {
+                        let mut buckets =
+                            deps.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+                        let seen = buckets.entry(name.clone()).or_default();
+                        seen.missing += 1;
+                        seen.exists_at = None;
+                    }
                     let why = format!(
                         "the bucket {} does not exist (NoSuchBucket): it answers a look at any object \"not found\"; what needs it waits (recreate the bucket, or fix `storages.{}`; in `run --once` until `api.unreachable_timeout`)",
                         crate::text::Escaped::str(storage.objects.bucket()),
-                        storage.name
+                        name
                     );
-                    if deps.health.storage_failed(&storage.name, why.clone()) {
-                        error!(storage = %crate::text::Escaped::str(&storage.name), "{why}");
+                    if deps.health.bucket_missing(name, why.clone()) {
+                        error!(storage = %crate::text::Escaped::str(name), "{why}");
                     }
                 }
                 Err(err) if bucket_away(&err) => {
-                    bucket_failure(&deps.health, &storage.name, &err, true);
+                    bucket_failure(&deps.health, name, &err, true);
                 }
-                Err(_) => return Ok(waited),
+                Err(_) => return Ok(look_again),
             }
-            waited = true;
             match decide(&mut attempts, Failure::Unreachable) {
                 Decision::Retry { after } if self.wait(after).await => {}
                 _ => return Err(()),
@@ -2639,6 +2712,16 @@ async fn objects_at(
     Ok(found)
 }
 
+/// What a job failed before its submit cost: nothing, unless an earlier submit of it, whose
+/// answer was lost, may have been billed.
+fn nothing_billed(job: &JobV1) -> &'static str {
+    if job.waits_for_adoption() {
+        "nothing was billed now (its earlier submit, whose answer was lost, may have been)"
+    } else {
+        "nothing was billed"
+    }
+}
+
 /// `key` under its format's other usual extension (`a.jpg` ↔ `a.jpeg`, `a.tif` ↔ `a.tiff`,
 /// in any letter case), where Claid may have written it.
 fn extension_alias(key: &str) -> Option<String> {
@@ -2697,8 +2780,8 @@ fn bucket_failure(
 ) -> (bool, Failure) {
     let outage = transient && bucket_away(err);
     if outage {
-        if health.storage_failed(storage, err.to_string()) {
-            warn!(storage = %crate::text::Escaped::str(storage), error = %err, "A storage's bucket does not answer, or answers that it is busy (5xx); what needs it waits and is retried with backoff (told once; `/healthz` says failing; in `run --once` until `api.unreachable_timeout`)");
+        if health.storage_flaky(storage, err.to_string()) {
+            warn!(storage = %crate::text::Escaped::str(storage), error = %err, "A storage's bucket does not answer, or answers that it is busy (5xx); what needs it waits and is retried with backoff (told at most once a minute; `/healthz` says failing; in `run --once` until `api.unreachable_timeout`)");
         }
         (true, Failure::Unreachable)
     } else {

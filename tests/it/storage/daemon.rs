@@ -3254,46 +3254,55 @@ async fn issue15_storage_inputs_missing_empty_or_not_images_fail_before_any_spen
 /// that for "nothing there" and every image was submitted and billed, then failed
 /// `object-missing`, which a replay billed again. The daemon lists the bucket to tell the two
 /// apart: while it is gone nothing is sent (an outage of the storage, named), and once it is
-/// back each image is made once.
+/// back each image is looked at afresh: under `replace` made once each, under `skip` the
+/// object already at the first one's key kept, untouched and unbilled.
 #[tokio::test(flavor = "multi_thread")]
 async fn issue15_a_bucket_that_is_gone_mid_run_is_waited_out_not_billed_into() {
     let Some(s3) = S3Server::start().await else {
         return;
     };
-    let (env, mut daemon, key, kept) =
-        looking_before_the_submit(&s3, "replace", "", Some(("404 Not Found", "NoSuchBucket")))
-            .await;
-    crate::support::wait_until(
-        "the missing bucket named",
-        std::time::Duration::from_secs(60),
-        || env.daemon_log(0).contains("does not exist (NoSuchBucket)"),
-    )
-    .await;
-    let stats = env.stats();
-    assert_eq!(stats.submits + stats.batch_images, 0, "{stats:?}");
-    assert!(
-        !env.outbox.join("shoes.report.json").exists(),
-        "nothing ends while the bucket is gone"
-    );
-    // The bucket is back.
-    env.switch.off().await;
-    env.switch.on();
-    crate::support::wait_until("the report", std::time::Duration::from_secs(120), || {
-        env.outbox.join("shoes.report.json").exists()
-    })
-    .await;
-    let report = env.report("shoes");
-    for row in report["jobs"].as_array().expect("rows") {
-        assert_eq!(row["status"], "done", "{report:#}");
+    for (policy, billed) in [("replace", 2), ("skip", 1)] {
+        let (env, mut daemon, key, kept) =
+            looking_before_the_submit(&s3, policy, "", Some(("404 Not Found", "NoSuchBucket")))
+                .await;
+        crate::support::wait_until(
+            "the missing bucket named",
+            std::time::Duration::from_secs(60),
+            || env.daemon_log(0).contains("does not exist (NoSuchBucket)"),
+        )
+        .await;
+        let stats = env.stats();
+        assert_eq!(stats.submits + stats.batch_images, 0, "{policy}: {stats:?}");
+        assert!(
+            !env.outbox.join("shoes.report.json").exists(),
+            "{policy}: nothing ends while the bucket is gone"
+        );
+        // The bucket is back.
+        env.switch.off().await;
+        env.switch.on();
+        crate::support::wait_until("the report", std::time::Duration::from_secs(120), || {
+            env.outbox.join("shoes.report.json").exists()
+        })
+        .await;
+        let report = env.report("shoes");
+        let rows = report["jobs"].as_array().expect("rows");
+        let want = if policy == "skip" { "skipped" } else { "done" };
+        assert_eq!(rows[0]["status"], want, "{policy}: {report:#}");
+        assert_eq!(rows[1]["status"], "done", "{policy}: {report:#}");
+        let stats = env.stats();
+        assert_eq!(
+            stats.submits + stats.batch_images,
+            billed,
+            "{policy}: {stats:?}"
+        );
+        assert_eq!(stats.duplicate_submits, 0, "{policy}: {stats:?}");
+        let now = s3.get_object("catalog", &key).await.expect("object");
+        if policy == "skip" {
+            assert_eq!(now, kept, "skip kept the object");
+        } else {
+            assert_ne!(now, kept, "the edit replaced the object");
+        }
+        crate::support::stop(&mut daemon).await;
     }
-    let stats = env.stats();
-    assert_eq!(stats.submits + stats.batch_images, 2, "{stats:?}");
-    assert_eq!(stats.duplicate_submits, 0, "{stats:?}");
-    assert_ne!(
-        s3.get_object("catalog", &key).await.expect("object"),
-        kept,
-        "the edit replaced the object"
-    );
-    crate::support::stop(&mut daemon).await;
     s3.stop().await;
 }
