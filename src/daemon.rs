@@ -637,7 +637,13 @@ pub async fn run(
         OnceEnd::StoreUnwritable { why } => return Ok(Outcome::StoreUnwritable { why }),
     }
     // Read after the drain: every job task has ended and the finisher has handled every
-    // outcome sent before its stop, so the counts are whole.
+    // outcome sent before its stop, so the counts are whole. Of the jobs found held at the
+    // start, those a newer version of their manifest superseded, or a webhook delivered, are
+    // held no more.
+    let held_now = usize::try_from(pipeline.store().counts().totals.in_doubt).unwrap_or(usize::MAX);
+    let held_from_before = summary
+        .still_held
+        .min(held_now.saturating_sub(usize::try_from(totals.held).unwrap_or(usize::MAX)));
     info!(
         manifests = totals.manifests,
         rejected = totals.rejected,
@@ -648,7 +654,7 @@ pub async fn run(
         held_in_doubt = totals.held,
         // Held by an earlier run and found so at this start: still waiting for
         // `replay --in-doubt` (the exit code counts them too).
-        held_from_before = summary.still_held,
+        held_from_before,
         superseded = totals.superseded,
         // Of resumed runs, ended in an earlier life: in their reports, not in the counts above.
         done_before = summary.ended_before.done,

@@ -441,6 +441,22 @@ impl Finisher {
     /// possible bill counted (`in_doubt`) in its report. Those this process counted as held
     /// move over to superseded in the totals.
     async fn supersede_held(&mut self, id: ManifestId) {
+        // Reported held (in this process, or found so at its start), it ends superseded: its
+        // hold counts no more (`run --once` exited 2 for a run whose newer version delivered
+        // everything).
+        if let Some(failed) = self
+            .runs
+            .get_mut(&id)
+            .and_then(|run| run.reported_held.take())
+        {
+            self.deps.board.update(|s| {
+                s.totals.manifests_held = s.totals.manifests_held.saturating_sub(1);
+                if failed {
+                    s.totals.manifests_with_failures =
+                        s.totals.manifests_with_failures.saturating_sub(1);
+                }
+            });
+        }
         let ended = match self.deps.store.supersede_held(id).await {
             Ok(ended) => ended.len() as u64,
             Err(err) => {

@@ -1664,6 +1664,41 @@ async fn issue11_images_held_in_doubt_by_a_run_saved_again_end_superseded_and_co
     assert!(out.contains("Requeued 1 job"), "{out}");
 }
 
+/// `run --once` after a run held images in doubt: the manifest saved again supersedes the held
+/// run, and when the new version delivers everything, nothing is held or failed any more, so
+/// the exit is 0 and the last line counts no image held from before (it exited 2, and said
+/// `held_from_before=1`, for a hold that had ended).
+#[tokio::test(flavor = "multi_thread")]
+async fn issue11_run_once_exits_0_when_the_runs_it_found_held_are_superseded_and_delivered() {
+    let env = TestEnv::new(Scenario::default().drop_share(1.0)).await;
+    let config = env.config("batch: { max_images: 1 }", "in_doubt: hold\n");
+    env.drop_file(
+        "m.yaml",
+        b"images:\n  - input: storage://demo/a-64x48.png\n",
+    );
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 2, "held: {stderr}");
+    assert!(stderr.contains("held_in_doubt=1"), "{stderr}");
+    // The same manifest, saved again with one more image, to an API whose answers arrive.
+    let answering = claid_hotfolder::emulator::spawn(Scenario::default())
+        .await
+        .expect("emulator");
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        text.replace(&env.emulator.base_url(), &answering.base_url()),
+    )
+    .expect("config");
+    env.drop_file(
+        "m.yaml",
+        b"images:\n  - input: storage://demo/a-64x48.png\n  - input: storage://demo/b-64x48.png\n",
+    );
+    let (code, stderr) = env.run_once(&config).await;
+    assert!(env.superseded_report("m").is_some(), "{stderr}");
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("held_from_before=0"), "{stderr}");
+}
+
 /// A manifest that never stops changing (still being written) does not keep `run --once`
 /// waiting silently for ever: it says it waits, then goes on without it after its patience
 /// (ten seconds here), naming the file; the other manifest is processed.
