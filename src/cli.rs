@@ -452,7 +452,7 @@ fn cmd_run(path: &Path, once: bool, print_config: bool) -> i32 {
                 .collect();
             tracing::error!(
                 folders = %names.join(", "),
-                "Inbox folders could not be read, so what they hold was not processed: give the daemon's user read and search access to them (e.g. `chmod g+rx` with the daemon's group), or move them out of the inbox; the rest of the inbox was processed"
+                "Inbox folders could not be read, so what they hold was not processed: mend the cause the WARN of each names (permissions: give the daemon's user read and search access, e.g. `chmod g+rx` with the daemon's group; a path too long: move the folder up the tree), or move them out of the inbox; the rest of the inbox was processed"
             );
             exit::IO_ERR
         }

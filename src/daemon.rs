@@ -907,7 +907,7 @@ async fn give_up(
                     None => {
                         info!(
                             in_flight = in_flight(),
-                            "No credits left: no new image is submitted; the images Claid already took are finished first"
+                            "No credits left: no new image is submitted; the images already on their way to Claid are finished first (those it refused end at once)"
                         );
                         *out_of_credits_since.insert(tokio::time::Instant::now())
                     }
