@@ -230,11 +230,15 @@ impl Finisher {
                 self.settle_if_done(id).await;
                 self.done_pending();
             }
+            // The candidate stays counted as on its way until the old run is draining (or the
+            // candidate went back to intake): taken off first, `run --once` could see nothing
+            // pending and a held run, during the look at the store, and stop without the new
+            // version (it exited 0 with the re-saved manifest left in the inbox).
             Event::Supersede { id, then } => {
+                self.supersede(id, then).await;
                 self.deps
                     .board
                     .update(|s| s.pending = s.pending.saturating_sub(1));
-                self.supersede(id, then).await;
             }
             Event::Rejected => {
                 self.deps.board.update(|s| {
@@ -641,9 +645,18 @@ impl Finisher {
             debug!(manifest = %rel.display(), took = ?run.started.elapsed(), "Run ended");
             run.then
         });
+        // The newer version is counted as on its way before the run leaves the board, so
+        // that `run --once` never sees neither of them.
+        if then.is_some() {
+            self.deps.board.update(|s| s.pending += 1);
+        }
         self.publish(id);
-        if let Some(then) = then {
-            self.hand_to_intake(then).await;
+        if let Some(then) = then
+            && self.deps.intake.send(then).await.is_err()
+        {
+            self.deps
+                .board
+                .update(|s| s.pending = s.pending.saturating_sub(1));
         }
     }
 

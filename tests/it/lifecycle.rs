@@ -1697,6 +1697,15 @@ async fn issue11_run_once_exits_0_when_the_runs_it_found_held_are_superseded_and
     assert!(env.superseded_report("m").is_some(), "{stderr}");
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("held_from_before=0"), "{stderr}");
+    // The new version ran in this same run (a race had the run stop before taking it in,
+    // exit 0, with the re-saved manifest left in the inbox and the old report in the outbox).
+    let report = env.report("m");
+    let rows = report["jobs"].as_array().expect("rows");
+    assert_eq!(rows.len(), 2, "{report:#}");
+    for row in rows {
+        assert_eq!(row["status"], "done", "{report:#}");
+    }
+    assert!(!env.inbox.join("m.yaml").exists(), "{stderr}");
 }
 
 /// A manifest that never stops changing (still being written) does not keep `run --once`
