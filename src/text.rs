@@ -412,18 +412,18 @@ pub fn has_user_info(url: &str) -> bool {
 /// after its `scheme://`. A password holding a `/` (S3 secret keys often do) would cut it short
 /// at that slash (`KEY:abc/def@host`): a `:` followed by more than a port, with an `@` further
 /// on before the query, is taken for user information running up to that `@`.
-fn authority_len(rest: &str) -> usize {
+/// A `?` or `#` in the password (`KEY:SE?CRET@host`) would cut it short the same way, and
+/// had the rest of it echoed: the user information then runs up to the first `@`.
+pub(crate) fn authority_len(rest: &str) -> usize {
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     if let Some((_, after_colon)) = rest[..end].split_once(':')
         && !after_colon.bytes().all(|b| b.is_ascii_digit())
         && !rest[..end].contains('@')
+        && let Some(at) = rest.find('@')
     {
-        let query_at = rest.find(['?', '#']).unwrap_or(rest.len());
-        if let Some(at) = rest[..query_at].rfind('@') {
-            return rest[at..]
-                .find(['/', '?', '#'])
-                .map_or(rest.len(), |end| at + end);
-        }
+        return rest[at..]
+            .find(['/', '?', '#'])
+            .map_or(rest.len(), |end| at + end);
     }
     end
 }
@@ -543,6 +543,19 @@ mod tests {
         let path = "https://cdn.example.com:8443/users/@anna/a.jpg";
         assert_eq!(redact_credentials(path), path);
         assert!(!has_user_info(path));
+        // A `?` or `#` in the password does not end the user information either.
+        for url in [
+            "http://AKIA:SE?KRET@127.0.0.1:19201",
+            "http://AKIA:SE#KRET@127.0.0.1:19201/v1",
+        ] {
+            let redacted = redact_credentials(url);
+            assert!(
+                !redacted.contains("KRET") && redacted.contains("@127.0.0.1:19201"),
+                "{redacted}"
+            );
+            assert!(has_user_info(url), "{url}");
+            assert!(!crate::config::print::redact_url(url).contains("KRET"));
+        }
     }
 
     /// A registered secret is replaced wherever it stands; short ones are not registered.

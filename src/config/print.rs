@@ -235,7 +235,7 @@ pub fn redact_url(url: &str) -> String {
         return url.to_owned();
     };
     let rest = &url[scheme_end..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority_end = crate::text::authority_len(rest);
     match rest[..authority_end].rfind('@') {
         Some(at) => format!("{}{REDACTED}{}", &url[..scheme_end], &rest[at..]),
         None => url.to_owned(),

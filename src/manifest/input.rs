@@ -387,7 +387,9 @@ pub(crate) fn check_image_signature(head: &[u8]) -> Result<(), String> {
         }
         Err(_) => {}
     }
-    if is_heif(head) {
+    // HEIC/AVIF boxes, and BigTIFF (a TIFF with 64-bit offsets, which `image` does not
+    // name): left to Claid, as TIFF is.
+    if is_heif(head) || head.starts_with(b"II+\0") || head.starts_with(b"MM\0+") {
         return Ok(());
     }
     let text = String::from_utf8_lossy(head);
@@ -444,6 +446,9 @@ mod tests {
         assert!(check_image_signature(b"\xff\xd8\xff\xe0\0\x10JFIF").is_ok());
         assert!(check_image_signature(b"\0\0\0\x18ftypheic\0\0\0\0").is_ok());
         assert!(check_image_signature(b"\0\0\0\x1cftypavif\0\0\0\0").is_ok());
+        // BigTIFF, little- and big-endian: a TIFF, not text.
+        assert!(check_image_signature(b"II+\0\x08\0\0\0\x10\0\0\0\0\0\0\0").is_ok());
+        assert!(check_image_signature(b"MM\0+\0\x08\0\0\0\0\0\0\0\0\0\x10").is_ok());
         let svg = check_image_signature(b"<?xml version=\"1.0\"?>\n<svg xmlns=").unwrap_err();
         assert!(svg.contains("SVG"), "{svg}");
         let text = check_image_signature(b"this is not a png").unwrap_err();

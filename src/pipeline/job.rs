@@ -290,10 +290,18 @@ pub struct BucketSeen {
     missing: u64,
 }
 
-/// How long a bucket seen to exist is taken to still exist by a look that found nothing at an
-/// output's key ([`Runner::confirm_bucket`]): one listing per storage in that time, however
-/// many images are looked at.
-const BUCKET_SEEN_FOR: Duration = Duration::from_secs(10);
+/// The least wait between two listings of a bucket found missing ([`Runner::confirm_bucket`]):
+/// each listing is a billed request, and the retry policy's cap is `poll.max` (a second or two
+/// in some configs, which listed twice a second for a whole outage).
+const MISSING_BUCKET_RELIST: Duration = Duration::from_secs(5);
+
+/// When a look at a bucket began, and how many listings had found it missing by then
+/// ([`Runner::bucket_sightings`]).
+#[derive(Debug, Clone, Copy)]
+struct Sighting {
+    at: Instant,
+    missing: u64,
+}
 
 /// Times a job's staged input may be found gone before its submit and staged again, in one
 /// process: something that keeps deleting `staging/` (a lifecycle rule, a cleanup script) had
@@ -559,7 +567,7 @@ impl Runner {
             {
                 // Nothing there is an answer only from a bucket that exists.
                 Ok(found) if found.is_empty() => {
-                    match self.confirm_bucket(storage, sightings, false).await {
+                    match self.confirm_bucket(storage, sightings).await {
                         Ok(true) => continue,
                         Ok(false) => Ok(found),
                         Err(()) => Err(JobOutcome::Parked),
@@ -760,7 +768,7 @@ impl Runner {
                 }
                 Err(crate::objects::ObjectError::NotFound { .. }) => {
                     // Not found in a bucket that is gone is no answer about the object.
-                    match self.confirm_bucket(storage, sightings, false).await {
+                    match self.confirm_bucket(storage, sightings).await {
                         Ok(true) => continue,
                         Ok(false) => {}
                         Err(()) => return Some(JobOutcome::Parked),
@@ -2194,7 +2202,7 @@ impl Runner {
             if code == FailureCode::ObjectMissing
                 && (checked_before || n_missing >= MISSING_OBJECT_CHECKS)
             {
-                match self.confirm_bucket(storage, sightings, true).await {
+                match self.confirm_bucket(storage, sightings).await {
                     Ok(true) => {
                         n_missing = 0;
                         continue;
@@ -2265,6 +2273,7 @@ impl Runner {
             let wanted = wanted_format(job);
             let mut reads = 0u32;
             let bytes = loop {
+                let sighting = self.bucket_sightings(storage);
                 let bytes = match self
                     .through_bucket_outage(storage, || storage.objects.get(key, max))
                     .await
@@ -2272,6 +2281,9 @@ impl Runner {
                     Ok(bytes) => bytes,
                     Err(None) => return Step::End(JobOutcome::Parked),
                     Err(Some(err)) => {
+                        if let Some(step) = self.read_not_found(storage, sighting, &err).await {
+                            return step;
+                        }
                         let code = match err {
                             crate::objects::ObjectError::TooLarge { .. } => {
                                 FailureCode::DownloadTooLarge
@@ -2328,6 +2340,7 @@ impl Runner {
         let wanted = wanted_format(job);
         let mut reads = 0u32;
         let (width, height) = loop {
+            let sighting = self.bucket_sightings(storage);
             let ends = self
                 .through_bucket_outage(storage, || object_ends(&storage.objects, key, info.size))
                 .await;
@@ -2335,6 +2348,9 @@ impl Runner {
                 Ok(ends) => ends,
                 Err(None) => return Step::End(JobOutcome::Parked),
                 Err(Some(err)) => {
+                    if let Some(step) = self.read_not_found(storage, sighting, &err).await {
+                        return step;
+                    }
                     return self.fail(id, object_failure(&err), &err.to_string()).await;
                 }
             };
@@ -2467,34 +2483,38 @@ impl Runner {
         }
     }
 
-    /// How many listings have found `storage`'s bucket missing so far: read before a look, and
-    /// handed to [`Runner::confirm_bucket`] if the look finds nothing.
-    fn bucket_sightings(&self, storage: &crate::storages::OpenStorage) -> u64 {
-        self.deps
+    /// Now, and how many listings have found `storage`'s bucket missing so far: read before a
+    /// look, and handed to [`Runner::confirm_bucket`] if the look finds nothing.
+    fn bucket_sightings(&self, storage: &crate::storages::OpenStorage) -> Sighting {
+        let missing = self
+            .deps
             .buckets
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&storage.name)
-            .map_or(0, |seen| seen.missing)
+            .map_or(0, |seen| seen.missing);
+        Sighting {
+            at: Instant::now(),
+            missing,
+        }
     }
 
-    /// Whether a look that found nothing in `storage`'s bucket (begun when
-    /// [`Runner::bucket_sightings`] said `sightings`) may stand, waiting while the bucket does
-    /// not exist. S3 answers a `HEAD` in a bucket that does not exist `404` without a body,
-    /// like a missing object: a look before the submit took it for "nothing there" (every
-    /// image submitted and billed into a bucket that was gone), and the check after Claid's
-    /// answer failed billed images `object-missing`, which a replay billed again. A listing
-    /// tells them apart; a bucket gone is an outage of the storage (an ERROR once, `/healthz`,
-    /// `run --once` ends 69 at `api.unreachable_timeout`), waited out. Unless `fresh`, a bucket
-    /// found within [`BUCKET_SEEN_FOR`] is not listed again, and one listing at a time is sent.
-    /// `Ok(true)`: look again (the bucket was missing at or after the look began, and is back);
-    /// `Ok(false)`: the look stands (the bucket exists, or a listing was answered otherwise).
-    /// `Err`: the daemon stops, or gave up.
+    /// Whether a look that found nothing in `storage`'s bucket (begun as `sighting` says) may
+    /// stand, waiting while the bucket does not exist. S3 answers a `HEAD` or `GET` in a bucket
+    /// that does not exist `404` without a body it can be told by, like a missing object: a
+    /// look before the submit took it for "nothing there" (every image submitted and billed
+    /// into a bucket that was gone, objects `skip` should keep overwritten), and the check
+    /// after Claid's answer failed billed images `object-missing`, which a replay billed again.
+    /// A listing made after the look began tells them apart (one listing at a time: the looks
+    /// of a batch share one); a bucket gone is an outage of the storage (an ERROR once,
+    /// `/healthz`, `run --once` ends 69 at `api.unreachable_timeout`), waited out, listed again
+    /// every [`MISSING_BUCKET_RELIST`] at least. `Ok(true)`: look again (the bucket was missing
+    /// at or after the look began, and is back); `Ok(false)`: the look stands (the bucket
+    /// exists, or a listing was answered otherwise). `Err`: the daemon stops, or gave up.
     async fn confirm_bucket(
         &self,
         storage: &crate::storages::OpenStorage,
-        sightings: u64,
-        fresh: bool,
+        sighting: Sighting,
     ) -> Result<bool, ()> {
         let deps = &*self.deps;
         let name = &storage.name;
@@ -2502,21 +2522,17 @@ impl Runner {
             gate = deps.bucket_gate.lock() => gate,
             () = deps.cancel.cancelled() => return Err(()),
         };
-        let seen = |deps: &RunnerDeps| {
-            deps.buckets
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get(name)
-                .copied()
-                .unwrap_or_default()
-        };
-        let before = seen(deps);
+        let before = deps
+            .buckets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .copied()
+            .unwrap_or_default();
         // Another look's listing found it missing since this look began.
-        let mut look_again = before.missing != sightings;
-        let found_lately = before
-            .exists_at
-            .is_some_and(|at| at.elapsed() < BUCKET_SEEN_FOR);
-        if found_lately && (look_again || !fresh) {
+        let mut look_again = before.missing != sighting.missing;
+        // A listing made after this look began found it: no need for another.
+        if before.exists_at.is_some_and(|at| at > sighting.at) {
             return Ok(look_again);
         }
         let mut attempts = deps.retry.start(retry::Step::Download);
@@ -2556,9 +2572,39 @@ impl Runner {
                 Err(_) => return Ok(look_again),
             }
             match decide(&mut attempts, Failure::Unreachable) {
-                Decision::Retry { after } if self.wait(after).await => {}
+                Decision::Retry { after } => {
+                    let after = if look_again {
+                        after.max(MISSING_BUCKET_RELIST)
+                    } else {
+                        after
+                    };
+                    if !self.wait(after).await {
+                        return Err(());
+                    }
+                }
                 _ => return Err(()),
             }
+        }
+    }
+
+    /// A read of an output object answered "not found" (`err`) after its HEAD found it: from
+    /// a bucket gone meanwhile (a flapping proxy answering `NoSuchBucket`), it is no answer
+    /// about the object, and the object's check starts again once the bucket is back
+    /// (`Some(Continue)`; `Some(End(Parked))` when the daemon stops). `None`: the bucket is
+    /// there (the object went), or `err` is no "not found".
+    async fn read_not_found(
+        &self,
+        storage: &crate::storages::OpenStorage,
+        sighting: Sighting,
+        err: &crate::objects::ObjectError,
+    ) -> Option<Step> {
+        if !matches!(err, crate::objects::ObjectError::NotFound { .. }) {
+            return None;
+        }
+        match self.confirm_bucket(storage, sighting).await {
+            Ok(true) => Some(Step::Continue),
+            Ok(false) => None,
+            Err(()) => Some(Step::End(JobOutcome::Parked)),
         }
     }
 

@@ -283,6 +283,21 @@ fn issue15_storage_urls_with_a_query_or_a_bucket_amazon_refuses_are_refused_at_v
             "{err}"
         );
     }
+    // Nor in an endpoint or the API's base URL, whatever the password holds (`?` and `#`
+    // ended the user information early, and the rest of the password was echoed).
+    let err = parse(
+        "{ claid_name: c, url: s3://bkt/in, endpoint: 'http://AKIA:SE?KRET@127.0.0.1:9000' }",
+    )
+    .expect_err("creds in endpoint");
+    assert!(
+        err.to_string().contains("holds credentials") && !err.to_string().contains("KRET"),
+        "{err}"
+    );
+    let text = "api: { base_url: 'http://user:SE#KRET@127.0.0.1:9/v1' }\n\
+                folders: { inbox: /i, outbox: /o, archive: /a, rejected: /r, state: /s }\n";
+    if let Err(err) = config::parse(text, origin) {
+        assert!(!err.to_string().contains("KRET"), "{err}");
+    }
     // An endpoint that is wrong is told alone, not with a bucket rule it would lift.
     let err = parse("{ claid_name: c, url: s3://My_B/in, endpoint: ftp://x }").expect_err("ftp");
     assert!(!err.to_string().contains("bucket name"), "{err}");
