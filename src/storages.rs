@@ -201,6 +201,13 @@ impl StorageError {
                 {
                     "the bucket's server answers that it is busy (a 5xx or 429, such as S3's 503 SlowDown): it is reachable and throttles or fails requests for now; try again later (the daemon's start waits it out up to `api.unreachable_timeout`)".to_owned()
                 }
+                ObjectError::Request { cause, .. } if looks_like_no_bucket(cause) => {
+                    "the bucket does not exist at the storage's endpoint (NoSuchBucket): check the bucket name in the storage's `url` (and its `endpoint`), or create the bucket".to_owned()
+                }
+                // A listing answered 404: no such bucket.
+                ObjectError::NotFound { op: "list", .. } => {
+                    "the bucket does not exist at the storage's endpoint (NoSuchBucket): check the bucket name in the storage's `url` (and its `endpoint`), or create the bucket".to_owned()
+                }
                 _ if self.exit_code() == exit::USAGE => "check the bucket name and the `endpoint` of the storage".to_owned(),
                 _ => "check that the S3 endpoint is reachable from this machine".to_owned(),
             }),
@@ -881,6 +888,8 @@ mod tests {
             busy.contains("busy") && !busy.contains("reachable from this machine"),
             "{busy}"
         );
+        let missing = hint("Generic S3 error: Error performing list request: NoSuchBucket");
+        assert!(missing.contains("does not exist"), "{missing}");
         // A number in the URL is no status.
         let away = hint("error sending request for url (http://127.0.0.1:15030/sale-2503)");
         assert!(away.contains("reachable from this machine"), "{away}");
