@@ -1214,8 +1214,10 @@ pub fn check_bucket(bucket: &str) -> Result<(), &'static str> {
     if bucket.is_empty() {
         return Err("is empty");
     }
-    if bucket.len() > 63 {
-        return Err("is longer than 63 characters");
+    // Amazon's legacy us-east-1 names run to 255 characters (its rule today, and most
+    // S3-compatible servers', is 63; a server that refuses a longer one says so itself).
+    if bucket.len() > 255 {
+        return Err("is longer than 255 characters");
     }
     if !bucket
         .chars()
@@ -1234,14 +1236,24 @@ pub fn check_provider_bucket(provider: Provider, bucket: &str) -> Result<(), &'s
     if bucket.len() < 3 {
         return Err("is shorter than 3 characters");
     }
-    if provider == Provider::Gcs
-        && !bucket
+    if provider == Provider::Gcs {
+        if !bucket
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.' | '_'))
-    {
-        return Err(
-            "may hold only lower-case letters, digits, \".\", \"-\" and \"_\" on Google Cloud Storage",
-        );
+        {
+            return Err(
+                "may hold only lower-case letters, digits, \".\", \"-\" and \"_\" on Google Cloud Storage",
+            );
+        }
+        // 63 characters, or 222 in all for a name with dots (each part 63 at most).
+        if bucket.len() > 222 || bucket.split('.').any(|part| part.len() > 63) {
+            return Err(
+                "is too long for Google Cloud Storage (63 characters, or 222 with dots and 63 between them)",
+            );
+        }
+        if bucket.starts_with("goog") || bucket.contains("google") {
+            return Err("may not begin with \"goog\" or hold \"google\" on Google Cloud Storage");
+        }
     }
     let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
     if !edge(bucket.chars().next()) || !edge(bucket.chars().last()) {

@@ -259,6 +259,8 @@ fn issue15_storage_urls_with_a_query_or_a_bucket_amazon_refuses_are_refused_at_v
         ("s3://ab", "shorter than 3"),
         ("s3://-cat", "begin and end"),
         ("s3://c..at", "two dots"),
+        ("gs://google-images", "google"),
+        ("gs://goog-images", "goog"),
     ] {
         let bucket = &url[5..];
         let err = parse(&format!("{{ claid_name: c, url: {url}/in }}")).expect_err(url);
@@ -273,6 +275,10 @@ fn issue15_storage_urls_with_a_query_or_a_bucket_amazon_refuses_are_refused_at_v
     parse("{ claid_name: c, url: s3://-My_Bucket/in, endpoint: \"http://127.0.0.1:9000\" }")
         .expect("an S3-compatible server's bucket");
     parse("{ claid_name: c, url: s3://Legacy_Bucket/in }").expect("a legacy us-east-1 bucket");
+    let long = format!("legacy{}", "x".repeat(100));
+    parse(&format!("{{ claid_name: c, url: s3://{long}/in }}")).expect("a legacy name past 63");
+    let err = parse(&format!("{{ claid_name: c, url: gs://{long}/in }}")).expect_err("gcs 63");
+    assert!(err.to_string().contains("too long"), "{err}");
     // A credential in the URL is told as one, whatever it holds.
     for url in ["s3://KEY:SE?CRET@bkt/in", "s3://KEY:SE/CRET@bkt/in"] {
         let err = parse(&format!("{{ claid_name: c, url: \"{url}\" }}")).expect_err(url);
