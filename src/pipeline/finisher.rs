@@ -651,12 +651,8 @@ impl Finisher {
             self.deps.board.update(|s| s.pending += 1);
         }
         self.publish(id);
-        if let Some(then) = then
-            && self.deps.intake.send(then).await.is_err()
-        {
-            self.deps
-                .board
-                .update(|s| s.pending = s.pending.saturating_sub(1));
+        if let Some(then) = then {
+            self.send_counted_to_intake(then).await;
         }
     }
 
@@ -862,6 +858,11 @@ impl Finisher {
 
     async fn hand_to_intake(&self, candidate: Candidate) {
         self.deps.board.update(|s| s.pending += 1);
+        self.send_counted_to_intake(candidate).await;
+    }
+
+    /// Sends a candidate already counted as on its way to intake; uncounted if intake is gone.
+    async fn send_counted_to_intake(&self, candidate: Candidate) {
         if self.deps.intake.send(candidate).await.is_err() {
             self.deps
                 .board
