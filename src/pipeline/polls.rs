@@ -292,6 +292,9 @@ pub struct Polls {
     /// When this process made its polls (ms since the epoch): tasks submitted before are
     /// resumed ones.
     started_ms: u64,
+    /// A batch was seen to take longer than `poll.max` (told once: see
+    /// [`Polls::record_batch`]).
+    told_max: std::sync::atomic::AtomicBool,
 }
 
 impl Polls {
@@ -315,6 +318,7 @@ impl Polls {
             done_at_first: Mutex::new(0),
             single_guess: Mutex::new(FIRST_GUESS),
             started_ms: crate::store::now_ms(),
+            told_max: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -384,7 +388,29 @@ impl Polls {
             None => None,
         };
         if let Some(sample) = sample {
+            tracing::debug!(
+                images,
+                took_ms = took.as_millis() as u64,
+                sample_ms = sample.as_millis() as u64,
+                "Batch duration sample kept"
+            );
             self.sized().push(size, sample);
+            if sample > self.poll.max.mul_f64(1.5)
+                && !self
+                    .told_max
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                // The first poll of a batch comes within `poll.max` of its submit, so each
+                // such batch costs a poll every `poll.max` until it ends.
+                tracing::info!(
+                    images,
+                    took_ms = sample.as_millis() as u64,
+                    poll_max_ms = self.poll.max.as_millis() as u64,
+                    "A batch took longer than api.poll.max: each such batch is polled every \
+                     poll.max until it ends (raise api.poll.max above batches' duration, or \
+                     use webhooks, to spend fewer requests)"
+                );
+            }
             // The first round is over once a batch's duration is known.
             let mut scout = self.scout();
             (scout.probes, scout.due, scout.running_at, scout.last) = (0, None, None, None);
@@ -505,6 +531,21 @@ impl Polls {
     /// first. Batches of one size go out together, so polling them all would spend the same
     /// requests several times over to learn one duration.
     pub fn batch_delay(&self, clock: &mut BatchClock, elapsed: Duration) -> Duration {
+        let delay = self.plan_batch_poll(clock, elapsed);
+        tracing::debug!(
+            batch_id = clock.id,
+            images = clock.images,
+            expected_ms = clock.expected.map(|e| e.as_millis() as u64),
+            from_size = clock.from_size,
+            late_polls = clock.late_polls,
+            since_submit_ms = elapsed.as_millis() as u64,
+            delay_ms = delay.as_millis() as u64,
+            "Batch poll planned"
+        );
+        delay
+    }
+
+    fn plan_batch_poll(&self, clock: &mut BatchClock, elapsed: Duration) -> Duration {
         let estimate = self.batch_estimate(clock.images);
         let expected = estimate.map(|(expected, _)| expected);
         let moved = match (clock.expected, expected) {
@@ -1059,6 +1100,31 @@ mod tests {
             FIRST_GUESS,
             "16 images at 1.1 s each: the guess comes first"
         );
+    }
+
+    #[test]
+    fn a_batch_longer_than_poll_max_is_told_once() {
+        let polls = new_polls();
+        // poll.max is 30 s: a batch of 40 s seen (running at 38 s, done at 42 s) is within
+        // half again of it, one of 50 s is not.
+        polls.record_batch(
+            64,
+            secs(42),
+            Seen::Poll {
+                pending_at: Some(secs(38)),
+            },
+            false,
+        );
+        assert!(!polls.told_max.load(std::sync::atomic::Ordering::Relaxed));
+        polls.record_batch(
+            64,
+            secs(52),
+            Seen::Poll {
+                pending_at: Some(secs(48)),
+            },
+            false,
+        );
+        assert!(polls.told_max.load(std::sync::atomic::Ordering::Relaxed));
     }
 
     fn new_polls() -> Arc<Polls> {
