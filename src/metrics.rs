@@ -108,6 +108,9 @@ pub struct Metrics {
     raising: Mutex<()>,
 }
 
+/// The outcomes `claid_hotfolder_manifests_total` counts a manifest run's end under.
+pub const MANIFEST_OUTCOMES: &[&str] = &["done", "with-failures", "superseded", "rejected"];
+
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
@@ -235,6 +238,23 @@ impl Metrics {
             "Images sent in batch submits in this run",
             batch_images.clone(),
         );
+        // Every outcome and failure code is shown from the start at 0, so an alert on a
+        // rise (`increase(…[5m]) > 0`) sees the first one (a series that appears with its
+        // first value has no earlier point to rise from).
+        for outcome in MANIFEST_OUTCOMES {
+            manifests
+                .get_or_create(&OutcomeLabel {
+                    outcome: (*outcome).to_owned(),
+                })
+                .inc_by(0);
+        }
+        for code in FailureCode::ALL {
+            job_failures
+                .get_or_create(&CodeLabel {
+                    code: code.as_str().to_owned(),
+                })
+                .inc_by(0);
+        }
         Metrics {
             registry,
             webhooks,
@@ -417,4 +437,25 @@ fn raise_to(counter: &Counter, total: u64) {
 
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 2.0, 14))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_manifest_outcome_and_failure_code_is_shown_at_zero_from_the_start() {
+        let text = Metrics::new().encode();
+        for outcome in MANIFEST_OUTCOMES {
+            let line = format!("claid_hotfolder_manifests_total{{outcome=\"{outcome}\"}} 0");
+            assert!(text.contains(&line), "no {line} in:\n{text}");
+        }
+        for code in FailureCode::ALL {
+            let line = format!(
+                "claid_hotfolder_job_failures_total{{code=\"{}\"}} 0",
+                code.as_str()
+            );
+            assert!(text.contains(&line), "no {line} in:\n{text}");
+        }
+    }
 }

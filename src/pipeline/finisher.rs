@@ -871,6 +871,7 @@ impl Finisher {
     }
 
     fn count_manifest(&self, outcome: &str) {
+        debug_assert!(crate::metrics::MANIFEST_OUTCOMES.contains(&outcome));
         self.deps
             .metrics
             .manifests
