@@ -586,7 +586,15 @@ impl ObjectError {
             ObjectError::Request { .. } => "object-storage-io",
         }
     }
+
+    /// A write answered "not found": the bucket does not exist (see [`ObjectStorage::put`]).
+    pub fn no_such_bucket(&self) -> bool {
+        matches!(self, ObjectError::Request { op: "write", cause, .. } if cause.ends_with(NO_SUCH_BUCKET))
+    }
 }
+
+/// How [`ObjectStorage::put`] ends the cause of a write into a bucket that does not exist.
+const NO_SUCH_BUCKET: &str = "does not exist (NoSuchBucket)";
 
 impl ObjectStorage {
     /// Builds the client; makes no request (a wrong endpoint or key shows at the first call).
@@ -829,7 +837,7 @@ impl ObjectStorage {
             object_store::Error::NotFound { .. } => ObjectError::Request {
                 op: "write",
                 uri: self.uri(key),
-                cause: format!("the bucket {} does not exist (NoSuchBucket)", self.bucket),
+                cause: format!("the bucket {} {NO_SUCH_BUCKET}", self.bucket),
             },
             other => self.failed("write", key, other),
         })?;

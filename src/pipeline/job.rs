@@ -679,10 +679,20 @@ impl Runner {
         let name = &staging.storage.name;
         let mut attempts = deps.retry.start(retry::Step::Upload);
         loop {
+            let sightings = self.bucket_sightings(&staging.storage);
             match staging.storage.objects.head(key).await {
                 Err(crate::objects::ObjectError::NotFound { .. }) => {
-                    deps.health.storage_ok(name);
-                    break;
+                    // Not found in a bucket that is gone says nothing of the staged copy:
+                    // staged again there, it would be an upload into nothing, counted
+                    // against the job's restages.
+                    match self.confirm_bucket(&staging.storage, sightings).await {
+                        Ok(true) => continue,
+                        Ok(false) => {
+                            deps.health.storage_ok(name);
+                            break;
+                        }
+                        Err(()) => return Some(JobOutcome::Parked),
+                    }
                 }
                 Err(err) if bucket_away(&err) => {
                     if !self
@@ -1257,6 +1267,7 @@ impl Runner {
         let mut attempts = deps.retry.start(retry::Step::Upload);
         let mut n_failures = 0u32;
         loop {
+            let sightings = self.bucket_sightings(&staging.storage);
             let err = match staging.upload(&key, bytes.clone()).await {
                 Ok(uploaded) => {
                     deps.health.storage_ok(&staging.storage.name);
@@ -1265,6 +1276,16 @@ impl Runner {
                 }
                 Err(err) => err,
             };
+            if err.no_such_bucket() {
+                // An upload answered "not found": the bucket is gone (NoSuchBucket), an outage
+                // of the storage waited out as before a submit, not a few retries that fail
+                // the drop `staging-failed`.
+                match self.confirm_bucket(&staging.storage, sightings).await {
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    Err(()) => return Step::End(JobOutcome::Parked),
+                }
+            }
             bucket_answered(&deps.health, &staging.storage.name, &err);
             let code = match object_failure(&err) {
                 FailureCode::StorageDenied => FailureCode::StorageDenied,

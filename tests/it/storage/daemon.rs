@@ -1596,10 +1596,26 @@ impl Switch {
                             Ok(n) => head.extend_from_slice(&buf[..n]),
                         }
                     }
-                    answered
-                        .lock()
-                        .expect("lock")
-                        .push(String::from_utf8_lossy(&head).into_owned());
+                    // A write's body is read whole before the answer, as S3 does: answered
+                    // while it is still being sent, the client may see a reset instead.
+                    let text = String::from_utf8_lossy(&head).into_owned();
+                    let end = text.find("\r\n\r\n").map_or(text.len(), |at| at + 4);
+                    let length: usize = text
+                        .lines()
+                        .find_map(|line| {
+                            let (name, value) = line.split_once(':')?;
+                            name.eq_ignore_ascii_case("content-length")
+                                .then(|| value.trim().parse().ok())?
+                        })
+                        .unwrap_or(0);
+                    let mut read = head.len().saturating_sub(end);
+                    while read < length {
+                        match inbound.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => read += n,
+                        }
+                    }
+                    answered.lock().expect("lock").push(text);
                     let body = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{code}</Message></Error>");
                     let mut answer = format!(
                         "HTTP/1.1 {status}\r\n{headers}Content-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -2303,6 +2319,48 @@ async fn staged_inputs_are_not_submitted_while_the_staging_bucket_is_away() {
     let (code, stderr) = env.run_once(&config).await;
     assert_eq!(code, 0, "{stderr}");
     check_staged_run(&env, 6, 0);
+    s3.stop().await;
+}
+
+/// The staging bucket does not exist (NoSuchBucket: deleted, or a proxy answering for another)
+/// while local inputs are staged: every upload is answered 404, which is the bucket's, not
+/// the object's. The staging waits it out as an outage of the storage (an ERROR naming the
+/// bucket, nothing sent to Claid, nothing failed), and once the bucket is back every input is
+/// staged and delivered. (The uploads were retried a few times and the whole drop failed
+/// `staging-failed`.)
+#[tokio::test(flavor = "multi_thread")]
+async fn issue15_staging_into_a_bucket_that_is_gone_waits_for_it_and_fails_nothing() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let (env, _) = storage_env(&s3, quick(), "", 0).await;
+    let switch = Switch::start(&s3.endpoint).await;
+    let keys = credentials_file(env.dir.path());
+    let storages = storages_yaml("catalog-s3", "s3://catalog/raw", &switch.endpoint(), &keys);
+    let config = env.config("staging: catalog", &storages);
+    let mut daemon = env.spawn_daemon(&config, 0);
+    let deadline = std::time::Duration::from_secs(60);
+    crate::support::wait_until("ready", deadline, || env.daemon_log(0).contains("Ready")).await;
+    switch.answer("404 Not Found", "NoSuchBucket").await;
+    drop_local_manifest(&env, 4, false);
+    crate::support::wait_until("the missing bucket named as an outage", deadline, || {
+        env.daemon_log(0)
+            .contains("what needs it waits (recreate the bucket")
+    })
+    .await;
+    let log = env.daemon_log(0);
+    assert!(!log.contains("Job failed"), "nothing failed:\n{log}");
+    let stats = env.stats();
+    assert_eq!(stats.submits + stats.batch_images, 0, "{stats:?}");
+    // The bucket is back.
+    switch.off().await;
+    switch.on();
+    crate::support::wait_until("the report", std::time::Duration::from_secs(120), || {
+        env.outbox.join("shoes.report.json").exists()
+    })
+    .await;
+    check_staged_run(&env, 4, 0);
+    crate::support::stop(&mut daemon).await;
     s3.stop().await;
 }
 
