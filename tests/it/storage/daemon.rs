@@ -460,6 +460,22 @@ async fn storage_env(
     (env, config)
 }
 
+/// [`storage_env`] whose daemon reaches the bucket through a [`Switch`], with `api` keys in
+/// the config's `api` section.
+async fn switched_env(
+    s3: &S3Server,
+    scenario: Scenario,
+    n: usize,
+    api: &str,
+) -> (TestEnv, Switch, PathBuf) {
+    let (env, _) = storage_env(s3, scenario, "", n).await;
+    let switch = Switch::start(&s3.endpoint).await;
+    let keys = credentials_file(env.dir.path());
+    let storages = storages_yaml("catalog-s3", "s3://catalog/raw", &switch.endpoint(), &keys);
+    let config = env.config(api, &storages);
+    (env, switch, config)
+}
+
 /// Appends `text` to the config file (keys the test adds to what `storage_env` wrote).
 fn append_to(config: &Path, text: &str) {
     let mut whole = std::fs::read_to_string(config).expect("config");
@@ -1823,11 +1839,8 @@ async fn a_bucket_endpoint_refusing_connections_while_staging_is_waited_out() {
     let Some(s3) = S3Server::start().await else {
         return;
     };
-    let (env, _) = storage_env(&s3, quick(), "", 0).await;
-    let switch = Switch::start(&s3.endpoint).await;
-    let keys = credentials_file(env.dir.path());
-    let storages = storages_yaml("catalog-s3", "s3://catalog/raw", &switch.endpoint(), &keys);
-    let config = env.config("staging: catalog\nmax_in_flight: 1", &storages);
+    let (env, switch, config) =
+        switched_env(&s3, quick(), 0, "staging: catalog\nmax_in_flight: 1").await;
     let deadline = std::time::Duration::from_secs(60);
     // Each retry is logged at debug level: the outage itself is told once.
     let mut daemon = env.spawn_daemon_with(
@@ -2160,11 +2173,7 @@ async fn run_once_gives_up_on_a_bucket_away_after_claid_wrote_and_the_next_run_d
     let scenario = Scenario::default()
         .latency(Latency::Fixed(std::time::Duration::from_secs(2)))
         .seed(7);
-    let (env, _) = storage_env(&s3, scenario, "", 2).await;
-    let switch = Switch::start(&s3.endpoint).await;
-    let keys = credentials_file(env.dir.path());
-    let storages = storages_yaml("catalog-s3", "s3://catalog/raw", &switch.endpoint(), &keys);
-    let config = env.config("unreachable_timeout: 4s", &storages);
+    let (env, switch, config) = switched_env(&s3, scenario, 2, "unreachable_timeout: 4s").await;
     env.drop_file(
         "shoes.yaml",
         b"output: { format: jpeg, destination: storage://catalog/out/ }\nimages:\n  - storage://catalog/in/sku-0.png\n  - storage://catalog/in/sku-1.png\n",
@@ -2287,11 +2296,13 @@ async fn staged_inputs_are_not_submitted_while_the_staging_bucket_is_away() {
     let scenario = Scenario::default()
         .latency(Latency::Fixed(std::time::Duration::from_secs(2)))
         .seed(9);
-    let (env, _) = storage_env(&s3, scenario, "", 0).await;
-    let switch = Switch::start(&s3.endpoint).await;
-    let keys = credentials_file(env.dir.path());
-    let storages = storages_yaml("catalog-s3", "s3://catalog/raw", &switch.endpoint(), &keys);
-    let config = env.config("staging: catalog\nunreachable_timeout: 4s", &storages);
+    let (env, switch, config) = switched_env(
+        &s3,
+        scenario,
+        0,
+        "staging: catalog\nunreachable_timeout: 4s",
+    )
+    .await;
     drop_local_manifest(&env, 6, false);
     let (mut once, log_path) = spawn_run_once(&env, &config);
     let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
@@ -2333,11 +2344,7 @@ async fn issue15_staging_into_a_bucket_that_is_gone_waits_for_it_and_fails_nothi
     let Some(s3) = S3Server::start().await else {
         return;
     };
-    let (env, _) = storage_env(&s3, quick(), "", 0).await;
-    let switch = Switch::start(&s3.endpoint).await;
-    let keys = credentials_file(env.dir.path());
-    let storages = storages_yaml("catalog-s3", "s3://catalog/raw", &switch.endpoint(), &keys);
-    let config = env.config("staging: catalog", &storages);
+    let (env, switch, config) = switched_env(&s3, quick(), 0, "staging: catalog").await;
     let mut daemon = env.spawn_daemon(&config, 0);
     let deadline = std::time::Duration::from_secs(60);
     crate::support::wait_until("ready", deadline, || env.daemon_log(0).contains("Ready")).await;
@@ -2408,11 +2415,7 @@ async fn checks_wait_out_a_bucket_answering(
     let scenario = Scenario::default()
         .latency(Latency::Fixed(std::time::Duration::from_secs(2)))
         .seed(7);
-    let (env, _) = storage_env(&s3, scenario, "", 2).await;
-    let switch = Switch::start(&s3.endpoint).await;
-    let keys = credentials_file(env.dir.path());
-    let storages = storages_yaml("catalog-s3", "s3://catalog/raw", &switch.endpoint(), &keys);
-    let config = env.config("unreachable_timeout: 4s", &storages);
+    let (env, switch, config) = switched_env(&s3, scenario, 2, "unreachable_timeout: 4s").await;
     env.drop_file(
         "shoes.yaml",
         b"output: { format: jpeg, destination: storage://catalog/out/ }\nimages:\n  - storage://catalog/in/sku-0.png\n  - storage://catalog/in/sku-1.png\n",
@@ -2635,11 +2638,7 @@ async fn looking_before_the_submit(
     batch: &str,
     fault: Option<(&'static str, &'static str)>,
 ) -> (SwitchedEnv, tokio::process::Child, String, Vec<u8>) {
-    let (env, _) = storage_env(s3, quick(), "", 2).await;
-    let switch = Switch::start(&s3.endpoint).await;
-    let keys = credentials_file(env.dir.path());
-    let storages = storages_yaml("catalog-s3", "s3://catalog/raw", &switch.endpoint(), &keys);
-    let config = env.config(batch, &storages);
+    let (env, switch, config) = switched_env(s3, quick(), 2, batch).await;
     append_to(&config, &format!("on_output_exists: {policy}\n"));
     let kept = crate::support::png(9, 7);
     let key = format!("raw/away-{policy}/shoes/sku-0.jpg");
