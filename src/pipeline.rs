@@ -1081,10 +1081,21 @@ impl Handle {
         }
         let mut draining = Vec::new();
         for (mid, _) in store.counts().active {
-            let Some(m) = store.manifest(mid).await? else {
+            let Some(mut m) = store.manifest(mid).await? else {
                 continue;
             };
             summary.manifests += 1;
+            // Saved again while the daemon was down: the run drains as if saved while it ran
+            // (its queued images are not sent; the newer version, taken in by the first scan,
+            // makes them), instead of sending images of a version no longer in the inbox
+            // before the scan sees the new one.
+            if !matches!(m.state, crate::store::ManifestState::Draining { .. })
+                && saved_again(&shared.inbox, &m).await
+            {
+                info!(manifest = %crate::text::Escaped::str(&m.rel), "The manifest was saved again while the daemon was down; its unsubmitted images are left to the new version");
+                store.mark_draining(mid).await?;
+                m = store.manifest(mid).await?.unwrap_or(m);
+            }
             if matches!(m.state, crate::store::ManifestState::Draining { .. }) {
                 draining.push(mid);
             }
@@ -1384,6 +1395,17 @@ fn move_again_later<T, E>(
 
 /// Runs file work (reading inputs, writing outputs and reports, moving manifests) on the
 /// blocking pool, so it never stalls the async workers.
+/// Whether the file of the run `m` in `inbox` now holds other content than the run's (a file
+/// gone, or unreadable, is not taken for a new version).
+async fn saved_again(inbox: &std::path::Path, m: &crate::store::ManifestV1) -> bool {
+    let path = inbox.join(&m.rel);
+    let sha256 = m.sha256.clone();
+    on_file_pool(move || {
+        path.is_file() && crate::output::sha256_file(&path).is_ok_and(|now| now != sha256)
+    })
+    .await
+}
+
 async fn on_file_pool<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
     match tokio::task::spawn_blocking(work).await {
         Ok(value) => value,

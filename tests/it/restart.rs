@@ -339,3 +339,65 @@ async fn a_damaged_store_is_refused_at_start_not_taken_for_an_empty_one() {
         "nothing is billed again"
     );
 }
+
+/// A manifest saved again while the daemon was down (killed with images of the old version
+/// still queued): at the start the old run drains as if the new version had been saved while
+/// it ran. Its queued images are not sent (they went out before the first scan saw the new
+/// version: billed for a version no longer in the inbox), the new version runs, and its row
+/// identical to one the old run delivered is not billed again.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue11_a_manifest_saved_again_while_the_daemon_was_down_is_run_in_its_new_version() {
+    let env =
+        TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_millis(800)))).await;
+    let v1 = b"images:\n  - input: storage://demo/keep-64x48.png\n  - input: storage://demo/typo-64x48.png\n  - input: storage://demo/also-64x48.png\n";
+    let v2 = b"images:\n  - input: storage://demo/keep-64x48.png\n  - input: storage://demo/fixed-64x48.png\n";
+    env.drop_file("m.yaml", v1);
+    // One image at Claid at a time: the other two wait in the queue at the kill.
+    let config = env.config("max_in_flight: 1\nbatch: { max_images: 1 }", "");
+    kill_when(&env, 0, &config, "the first image submitted", |env| {
+        env.stats().submits >= 1
+    })
+    .await;
+    env.drop_file("m.yaml", v2);
+    // Room for every image at once: the queued ones would go out at the start.
+    let config = env.config("max_in_flight: 8\nbatch: { max_images: 1 }", "");
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("saved again while the daemon was down"),
+        "{stderr}"
+    );
+    let stats = env.stats();
+    let submits_of = |name: &str| {
+        stats
+            .submits_by_key
+            .iter()
+            .filter(|(k, _)| k.contains(name))
+            .map(|(_, n)| *n)
+            .sum::<u64>()
+    };
+    assert_eq!(
+        submits_of("typo-") + submits_of("also-"),
+        0,
+        "nothing of the old version's queue is sent: {:?}\n{stderr}",
+        stats.submits_by_key
+    );
+    assert_eq!(submits_of("keep-"), 1, "delivered once: {stderr}");
+    assert_eq!(submits_of("fixed-"), 1);
+    let report = env.report("m");
+    let inputs: Vec<&str> = report["jobs"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| r["input"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        inputs,
+        [
+            "storage://demo/keep-64x48.png",
+            "storage://demo/fixed-64x48.png"
+        ]
+    );
+    assert!(env.outbox.join("m/fixed-64x48.jpg").is_file());
+    assert!(!env.outbox.join("m/typo-64x48.jpg").exists());
+}
