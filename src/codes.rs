@@ -116,6 +116,18 @@ impl FailureCode {
         matches!(self, FailureCode::TaskTimeout | FailureCode::TaskLost)
     }
 
+    /// A storage output's object Claid wrote (and billed) could not be read or did not read
+    /// as the edit's image: the object stays in the bucket, and a replay looks at it again
+    /// instead of sending the image again (`JobV1::unwritten_result`).
+    pub fn is_object_read(self) -> bool {
+        matches!(
+            self,
+            FailureCode::StorageUnreachable
+                | FailureCode::StorageDenied
+                | FailureCode::ResultMismatch
+        )
+    }
+
     /// A write of a result into the outbox failed: Claid made (and billed) the result.
     pub fn is_local_write(self) -> bool {
         matches!(

@@ -1077,6 +1077,10 @@ impl ObjectStorage {
                 let cause = describe(&other);
                 if refused_keys(&cause) {
                     ObjectError::Denied { op, uri, cause }
+                } else if answered_not_found(&cause) {
+                    // object_store passes a 404 on as a plain error once it has retried the
+                    // request (a read cut short, then "not found").
+                    ObjectError::NotFound { op, uri }
                 } else {
                     ObjectError::Request { op, uri, cause }
                 }
@@ -1090,6 +1094,12 @@ impl ObjectStorage {
 fn ignores_range(cause: &str) -> bool {
     cause.contains("non-partial response when range requested")
         || cause.contains("Content-Range header not present")
+}
+
+/// Whether an S3 answer object_store passed on as a plain error is S3's "no such key" (a 404
+/// without S3's code may be no S3 server's at all: told apart at the start).
+fn answered_not_found(cause: &str) -> bool {
+    cause.contains("NoSuchKey")
 }
 
 /// Whether an S3 answer object_store passed on as a plain error refuses the request's

@@ -1192,11 +1192,12 @@ impl Store {
                 // its task (or batch) stays the job's, for a new URL should this one be
                 // refused.
                 if let Some(fetch) = job.state.refetch(now_ms()) {
-                    let mut next = with_state(job, fetch);
                     // (`staged` is kept: a staged input's task is polled for a new URL should
-                    // this one be refused, and a resubmit stages again if the object went.)
-                    next.replaces = None;
-                    return Some(next);
+                    // this one be refused, and a resubmit stages again if the object went.
+                    // So are the objects noted before the submit (`replaces`): a storage
+                    // output whose check failed is looked at again, and the earlier edit
+                    // still at its key must not pass for Claid's.)
+                    return Some(with_state(job, fetch));
                 }
                 let mut next = with_state(job, JobState::Queued);
                 next.batch = None;

@@ -149,7 +149,7 @@ pub async fn submit(
             input,
         })
         .collect();
-    let dropped = state.roll(state.scenario.drop_share);
+    let dropped = state.drops_answer();
     let first_latency = images.first().map_or(Duration::ZERO, |image| image.latency);
     let created_at = now_rfc3339();
     lock(&state.batches).insert(

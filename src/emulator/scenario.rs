@@ -169,6 +169,9 @@ pub struct Scenario {
     /// Share of async submits whose task is created but whose connection is closed without
     /// any response (the client cannot know the task id: an "in doubt" submit).
     pub drop_share: f64,
+    /// The first this many submits' answers (async or batch) are dropped after their task
+    /// was made.
+    pub drop_first: u32,
     /// Share of async and batch submits whose task is created and answered 200 with a body
     /// that is no task (a proxy's page): accepted, but its id cannot be read.
     pub garbled_share: f64,
@@ -324,6 +327,7 @@ impl Default for Scenario {
             error_share: 0.0,
             fault_5xx: FaultShares::default(),
             drop_share: 0.0,
+            drop_first: 0,
             garbled_share: 0.0,
             rps: None,
             rpm: None,
@@ -416,6 +420,12 @@ impl Scenario {
     /// Share of async submits whose response is dropped after the task was created.
     pub fn drop_share(mut self, share: f64) -> Self {
         self.drop_share = share;
+        self
+    }
+
+    /// The first `n` submits' answers (async or batch) dropped after their task was made.
+    pub fn drop_first(mut self, n: u32) -> Self {
+        self.drop_first = n;
         self
     }
 
@@ -661,6 +671,7 @@ impl std::fmt::Debug for Scenario {
             .field("error_share", &self.error_share)
             .field("fault_5xx", &self.fault_5xx)
             .field("drop_share", &self.drop_share)
+            .field("drop_first", &self.drop_first)
             .field("garbled_share", &self.garbled_share)
             .field("rps", &self.rps)
             .field("rpm", &self.rpm)
@@ -947,6 +958,7 @@ impl ScenarioArgs {
                 sync: self.sync_5xx,
             },
             drop_share: self.drop_share,
+            drop_first: 0,
             garbled_share: self.garbled_share,
             rps: (self.rps > 0).then_some(self.rps),
             rpm: (self.rpm > 0).then_some(self.rpm),

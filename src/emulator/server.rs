@@ -73,6 +73,8 @@ pub struct AppState {
     outbox: Option<Outbox>,
     /// Announcements made so far (for `webhook_drop_nth`).
     announced: AtomicU64,
+    /// Submits (async or batch) answered or dropped so far (for `drop_first`).
+    submits_seen: AtomicU64,
     /// Cancelled when the server stops, which ends webhook deliveries still pending.
     shutdown: CancellationToken,
     /// What `unsettled_share` has decided already (`poll:ID`, `done:ID`, `get:TOKEN`).
@@ -189,6 +191,7 @@ impl AppState {
             storages,
             outbox,
             announced: AtomicU64::new(0),
+            submits_seen: AtomicU64::new(0),
             shutdown,
             unsettled: Mutex::new(std::collections::HashSet::new()),
             rate_limited_polls: Mutex::new(std::collections::HashMap::new()),
@@ -208,6 +211,13 @@ impl AppState {
     /// True with probability `share`.
     pub(crate) fn roll(&self, share: f64) -> bool {
         share > 0.0 && lock(&self.rng).random::<f64>() < share
+    }
+
+    /// Whether this submit's answer is dropped after its task is made: one of the scenario's
+    /// first `drop_first` submits, or by `drop_share`.
+    pub(crate) fn drops_answer(&self) -> bool {
+        let nth = self.submits_seen.fetch_add(1, Ordering::SeqCst);
+        nth < u64::from(self.scenario.drop_first) || self.roll(self.scenario.drop_share)
     }
 
     /// With `unsettled_share`: whether the first answer of its kind about `key` is unsettled
@@ -1055,7 +1065,7 @@ async fn submit(
     let result_url = state.scenario.result_url.url(&host, prefix, "async", id);
     let latency = state.sample_latency();
     let forced_error = state.roll(state.scenario.error_share);
-    let dropped = state.roll(state.scenario.drop_share);
+    let dropped = state.drops_answer();
     let started = Instant::now();
     let created_at = now_rfc3339();
     lock(&state.tasks).insert(

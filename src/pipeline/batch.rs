@@ -84,6 +84,9 @@ pub struct Batching {
     canary_sent: AtomicBool,
     /// The canary's results are in: larger batches may go.
     canary_settled: AtomicBool,
+    /// Bumped when a canary is dispatched: a batch's end settles the canary only when it was
+    /// sent in the current round (see [`Batching::dispatched`]).
+    canary_round: AtomicU64,
     /// Wakes the submitter when the canary settles.
     pub canary_wake: tokio::sync::Notify,
     /// Why the safety valve switched batching off.
@@ -132,6 +135,7 @@ impl Batching {
             config,
             canary_sent: AtomicBool::new(false),
             canary_settled: AtomicBool::new(false),
+            canary_round: AtomicU64::new(0),
             canary_wake: tokio::sync::Notify::new(),
             off_reason: Mutex::new(None),
             recent_sizes: Mutex::new(VecDeque::new()),
@@ -198,8 +202,13 @@ impl Batching {
     /// nothing, so the next batch is a canary again. (It was counted as settled, and after a
     /// pause at the first batch the whole drop went in full batches untested: 20 of 20 images
     /// held in doubt where Claid named results otherwise, instead of the canary's 2.)
-    fn settled(&self, answered: bool) {
-        if !self.canary_sent.load(Ordering::Relaxed) || self.canary_settled.load(Ordering::Relaxed)
+    ///
+    /// A batch of an earlier round (a canary whose answer was lost, given up on for the round
+    /// by [`Batching::canary_unanswered`]) settles nothing: the round's own canary does.
+    fn settled(&self, answered: bool, round: u64) {
+        if !self.canary_sent.load(Ordering::Relaxed)
+            || self.canary_settled.load(Ordering::Relaxed)
+            || round != self.canary_round.load(Ordering::Relaxed)
         {
             return;
         }
@@ -262,9 +271,14 @@ impl Batching {
         size
     }
 
-    /// A batch leaves the submitter (the canary counts as sent from here).
-    pub fn dispatched(&self) {
-        self.canary_sent.store(true, Ordering::Relaxed);
+    /// A batch leaves the submitter (the canary counts as sent from here); returns the canary
+    /// round it belongs to, which its end passes to [`Batching::settled`].
+    pub fn dispatched(&self) -> u64 {
+        if self.canary_sent.swap(true, Ordering::Relaxed) {
+            self.canary_round.load(Ordering::Relaxed)
+        } else {
+            self.canary_round.fetch_add(1, Ordering::Relaxed) + 1
+        }
     }
 
     fn sent(&self, size: usize) {
@@ -278,6 +292,19 @@ impl Batching {
             sizes.pop_front();
         }
         sizes.push_back(size);
+    }
+
+    /// The answer to the canary of `round` was lost: it waits (for a webhook naming its batch,
+    /// up to `webhook.poll_fallback`) and tests nothing meanwhile, so the next batch is a
+    /// canary again, and the drop goes on. (Every other batch waited those two minutes with
+    /// it, and no call was made, so `run --once` ended 69 taking the API to be down.)
+    pub fn canary_unanswered(&self, round: u64) {
+        if !self.canary_settled.load(Ordering::Relaxed)
+            && round == self.canary_round.load(Ordering::Relaxed)
+        {
+            info!("The canary batch's answer was lost: the next batch is a canary in its place");
+        }
+        self.settled(false, round);
     }
 
     /// The safety valve: batching is off for the rest of the run.
@@ -538,6 +565,9 @@ pub struct BatchDeps {
 #[derive(Clone)]
 pub struct BatchRunner {
     deps: Arc<BatchDeps>,
+    /// The canary round of the batch this runner's clone sees through (see
+    /// [`Batching::dispatched`]).
+    round: u64,
 }
 
 /// How the submit part of a batch ended.
@@ -553,6 +583,7 @@ enum Sent {
 impl BatchRunner {
     pub fn new(deps: BatchDeps) -> BatchRunner {
         BatchRunner {
+            round: 0,
             deps: Arc::new(deps),
         }
     }
@@ -580,8 +611,9 @@ impl BatchRunner {
 
     /// Submits `members` as one batch and sees it through; `permit` holds one slot of
     /// `max_in_flight` per image.
-    pub fn spawn(&self, members: Vec<Member>, permit: OwnedSemaphorePermit) {
-        let this = self.clone();
+    pub fn spawn(&self, members: Vec<Member>, permit: OwnedSemaphorePermit, round: u64) {
+        let mut this = self.clone();
+        this.round = round;
         let span = info_span!(
             "batch",
             images = members.len(),
@@ -590,7 +622,7 @@ impl BatchRunner {
         self.deps.tracker.spawn(
             async move {
                 let answered = this.run(members, permit).await;
-                this.deps.batching.settled(answered);
+                this.deps.batching.settled(answered, this.round);
             }
             .instrument(span),
         );
@@ -604,6 +636,7 @@ impl BatchRunner {
         submitted_at_ms: u64,
         members: Vec<Member>,
         permit: OwnedSemaphorePermit,
+        round: u64,
     ) {
         let this = self.clone();
         let span = info_span!("batch", images = members.len(), batch_id);
@@ -617,7 +650,7 @@ impl BatchRunner {
                 if let Some(result) = result {
                     this.settle(batch_id, *result, members, permit).await;
                 }
-                this.deps.batching.settled(answered);
+                this.deps.batching.settled(answered, round);
             }
             .instrument(span),
         );
@@ -1022,9 +1055,15 @@ impl BatchRunner {
             _ => 1,
         };
         let lost = self.deps.dispatch.lost_submit(&value, jobs)?;
+        self.deps.batching.canary_unanswered(self.round);
         // Told now: the wait may last `poll_fallback` (2 minutes by default) without a word.
         warn!(error = %err, images = jobs, wait_s = fallback.as_secs(), "The answer to a batch submit was lost; waiting for a webhook naming the batch it may have created (adopted, not billed twice), at most `webhook.poll_fallback`");
-        match lost.wait(fallback).await? {
+        let deps = &*self.deps;
+        let update = tokio::select! {
+            update = lost.wait(fallback) => update?,
+            () = super::job::answered_meanwhile(&deps.client, &deps.health, &deps.retry, &deps.cancel) => return None,
+        };
+        match update {
             TaskUpdate::Batch(batch) => Some(batch),
             TaskUpdate::Async(_) => None,
         }

@@ -865,7 +865,7 @@ impl HealthState {
     }
 
     /// The API answered: not failing (no outage).
-    fn answered(&self) {
+    pub(crate) fn answered(&self) {
         let mut inner = self.lock();
         inner.last_ok = Some(Instant::now());
         inner.failing = None;

@@ -1341,8 +1341,10 @@ impl Runner {
         let lost = self.deps.dispatch.lost_submit(&request_of(job), 1)?;
         // Told now: the wait may last `poll_fallback` (2 minutes by default) without a word.
         warn!(error = %err, wait_s = fallback.as_secs(), "The answer to this image's submit was lost; waiting for a webhook naming the task it may have created (adopted, not billed twice), at most `webhook.poll_fallback`");
+        let deps = &*self.deps;
         tokio::select! {
             update = lost.wait(fallback) => update,
+            () = answered_meanwhile(&deps.client, &deps.health, &deps.retry, &deps.cancel) => None,
             _ = self.deps.cancel.cancelled() => None,
         }
     }
@@ -2251,7 +2253,7 @@ impl Runner {
                 }
             }
             // Any other answer (a bucket away or busy was waited out above) does not heal.
-            return self.fail(id, code, &err.to_string()).await;
+            return self.fail(id, code, &object_read_failed(code, &err)).await;
         };
         let max_copy = self.settings().limits.max_download_bytes;
         // Its bytes were read whole before (`copy_of`), and passed the image check: an object
@@ -2302,8 +2304,18 @@ impl Runner {
                     Ok(bytes) => bytes,
                     Err(None) => return Step::End(JobOutcome::Parked),
                     Err(Some(err)) => {
-                        if let Some(step) = self.read_not_found(storage, sighting, &err).await {
-                            return step;
+                        match self
+                            .read_not_found(storage, sighting, &err, &mut n_missing)
+                            .await
+                        {
+                            NotFoundRead::Other => {}
+                            NotFoundRead::Again => continue,
+                            NotFoundRead::Gone if checked_before => {
+                                info!(object = %storage.objects.uri(key), "The output object of an earlier run is gone from the bucket; the image is made again (billed again)");
+                                return self.make_again(id).await;
+                            }
+                            NotFoundRead::Gone => {}
+                            NotFoundRead::End(step) => return step,
                         }
                         let code = match err {
                             crate::objects::ObjectError::TooLarge { .. } => {
@@ -2311,7 +2323,7 @@ impl Runner {
                             }
                             _ => object_failure(&err),
                         };
-                        return self.fail(id, code, &err.to_string()).await;
+                        return self.fail(id, code, &object_read_failed(code, &err)).await;
                     }
                 };
                 // The copy an earlier run made is gone, and the object is not what it copied
@@ -2339,7 +2351,10 @@ impl Runner {
                         .await;
                 }
                 let object = storage.objects.uri(key);
-                if let Some(step) = self.read_again(id, &mut reads, message, &object).await {
+                if let Some(step) = self
+                    .read_again(id, (&mut reads, checked_before), message, &object)
+                    .await
+                {
                     return step;
                 }
             };
@@ -2369,10 +2384,21 @@ impl Runner {
                 Ok(ends) => ends,
                 Err(None) => return Step::End(JobOutcome::Parked),
                 Err(Some(err)) => {
-                    if let Some(step) = self.read_not_found(storage, sighting, &err).await {
-                        return step;
+                    match self
+                        .read_not_found(storage, sighting, &err, &mut n_missing)
+                        .await
+                    {
+                        NotFoundRead::Other => {}
+                        NotFoundRead::Again => continue,
+                        NotFoundRead::Gone if checked_before => {
+                            info!(object = %storage.objects.uri(key), "The output object of an earlier run is gone from the bucket; the image is made again (billed again)");
+                            return self.make_again(id).await;
+                        }
+                        NotFoundRead::Gone => {}
+                        NotFoundRead::End(step) => return step,
                     }
-                    return self.fail(id, object_failure(&err), &err.to_string()).await;
+                    let code = object_failure(&err);
+                    return self.fail(id, code, &object_read_failed(code, &err)).await;
                 }
             };
             let Some(message) = object_mismatch(&head, &tail, info.size, (width, height), wanted)
@@ -2391,7 +2417,10 @@ impl Runner {
                     .await;
             }
             let object = storage.objects.uri(key);
-            if let Some(step) = self.read_again(id, &mut reads, message, &object).await {
+            if let Some(step) = self
+                .read_again(id, (&mut reads, checked_before), message, &object)
+                .await
+            {
                 return step;
             }
         };
@@ -2424,14 +2453,22 @@ impl Runner {
     async fn read_again(
         &self,
         id: JobId,
-        reads: &mut u32,
+        (reads, checked_before): (&mut u32, bool),
         message: String,
         object: &str,
     ) -> Option<Step> {
         *reads += 1;
         if *reads >= MAX_MISMATCHED_DOWNLOADS {
-            let message = format!("{message} ({object})");
-            return Some(self.fail(id, FailureCode::ResultMismatch, &message).await);
+            // Looked at again (a replay of a failed check, a later run of the row): it is
+            // still no image of the edit, so it is made again. (Failed, it was kept for the
+            // next replay to look at again, which would never end.)
+            if checked_before {
+                warn!(object = %object, reason = %Escaped::str(&message), "The output object is still not the edit's image when looked at again; the image is made again (billed again)");
+                return Some(self.make_again(id).await);
+            }
+            let code = FailureCode::ResultMismatch;
+            let message = object_read_failed(code, &format!("{message} ({object})"));
+            return Some(self.fail(id, code, &message).await);
         }
         warn!(message = %message, object = %object, "The output object does not match the result; reading it again");
         let retry = &self.deps.retry;
@@ -2611,21 +2648,32 @@ impl Runner {
     /// A read of an output object answered "not found" (`err`) after its HEAD found it: from
     /// a bucket gone meanwhile (a flapping proxy answering `NoSuchBucket`), it is no answer
     /// about the object, and the object's check starts again once the bucket is back
-    /// (`Some(Continue)`; `Some(End(Parked))` when the daemon stops). `None`: the bucket is
-    /// there (the object went), or `err` is no "not found".
+    /// (`End(Continue)`; `End(End(Parked))` when the daemon stops). In a bucket that is
+    /// there, the object is read again as a missing one is looked at again (`Again`, after
+    /// the wait; `looks` counts them with the HEAD's): one such answer failed a billed image
+    /// `object-missing`, which a replay billed again. `Gone` once those looks are spent.
     async fn read_not_found(
         &self,
         storage: &crate::storages::OpenStorage,
         sighting: Sighting,
         err: &crate::objects::ObjectError,
-    ) -> Option<Step> {
+        looks: &mut u32,
+    ) -> NotFoundRead {
         if !matches!(err, crate::objects::ObjectError::NotFound { .. }) {
-            return None;
+            return NotFoundRead::Other;
         }
         match self.confirm_bucket(storage, sighting).await {
-            Ok(true) => Some(Step::Continue),
-            Ok(false) => None,
-            Err(()) => Some(Step::End(JobOutcome::Parked)),
+            Ok(true) => return NotFoundRead::End(Step::Continue),
+            Ok(false) => {}
+            Err(()) => return NotFoundRead::End(Step::End(JobOutcome::Parked)),
+        }
+        match self.look_again(looks).await {
+            Some(true) => {
+                debug!(error = %err, "The output object was not found by its read after its HEAD found it; read again");
+                NotFoundRead::Again
+            }
+            Some(false) => NotFoundRead::End(Step::End(JobOutcome::Parked)),
+            None => NotFoundRead::Gone,
         }
     }
 
@@ -2698,6 +2746,30 @@ impl Runner {
     async fn wait(&self, d: Duration) -> bool {
         super::sleep_unless_cancelled(d, &self.deps.cancel).await
     }
+}
+
+/// The failure message of a storage output's check that ended in `code`: when the object stays
+/// kept for a replay ([`FailureCode::is_object_read`]), that a replay looks at it again.
+fn object_read_failed(code: FailureCode, why: &impl std::fmt::Display) -> String {
+    if code.is_object_read() {
+        format!(
+            "{why}; the object Claid wrote (and billed) stays in the bucket: once the cause is mended, `replay --failed` looks at it again, no new bill"
+        )
+    } else {
+        why.to_string()
+    }
+}
+
+/// What a read of an output object answered "not found" comes to ([`Runner::read_not_found`]).
+enum NotFoundRead {
+    /// The error is no "not found".
+    Other,
+    /// Read it again (after the wait).
+    Again,
+    /// Not there after every look: gone.
+    Gone,
+    /// The job's step ends so (the bucket was away and is back: checked afresh; or parked).
+    End(Step),
 }
 
 /// What the task says of a result whose URL was refused, polled once
@@ -2887,6 +2959,13 @@ fn bucket_away(err: &crate::objects::ObjectError) -> bool {
         "timed out",
         "timeout",
         "dns error",
+        // An answer cut short (the connection closed before its Content-Length was sent):
+        // the bucket's server or a proxy on the way failing, not the object.
+        "body error",
+        "end of file before message length",
+        "error decoding response body",
+        "incomplete message",
+        "connection closed before message completed",
     ]
     .iter()
     .any(|needle| cause.contains(needle));
@@ -3279,6 +3358,23 @@ pub(crate) async fn api_answers_again(
             _ = cancel.cancelled() => return false,
         }
     }
+}
+
+/// While a lost submit waits for its webhook (nothing else may be sent meanwhile: a drop of
+/// one batch), tells health whether the API answers, with [`api_answers_again`]'s free probes:
+/// a lost answer alone is no outage, and without a call made the wait counted as one, so
+/// `run --once` ended 69 ("unreachable") when the wait did, and `/healthz` failed for an API
+/// nobody was asking. Never completes (a `select!` arm beside the wait).
+pub(crate) async fn answered_meanwhile(
+    client: &Client,
+    health: &HealthState,
+    retry: &retry::Policy,
+    cancel: &CancellationToken,
+) {
+    if api_answers_again(client, health, retry, cancel, Instant::now()).await {
+        health.answered();
+    }
+    std::future::pending::<()>().await;
 }
 
 /// How a failed submit is retried once the in-doubt policy has dealt with it: a submit whose

@@ -510,7 +510,7 @@ impl Submitter {
                 members.len()
             );
         }
-        self.batches.batching().dispatched();
+        let round = self.batches.batching().dispatched();
         // Even pieces, in queue order: the first ones one image larger when they do not divide.
         for k in (2..=pieces).rev() {
             let take = members.len().div_ceil(k);
@@ -519,9 +519,9 @@ impl Submitter {
             };
             let rest = members.split_off(take);
             self.batches
-                .spawn(std::mem::replace(&mut members, rest), piece_permit);
+                .spawn(std::mem::replace(&mut members, rest), piece_permit, round);
         }
-        self.batches.spawn(members, permit);
+        self.batches.spawn(members, permit, round);
         true
     }
 
@@ -563,9 +563,15 @@ impl Submitter {
             },
             _ = self.cancel.cancelled() => return false,
         };
-        self.batches.batching().dispatched();
-        self.batches
-            .spawn_resumed(batch_id, result_url, submitted_at_ms, members, permit);
+        let round = self.batches.batching().dispatched();
+        self.batches.spawn_resumed(
+            batch_id,
+            result_url,
+            submitted_at_ms,
+            members,
+            permit,
+            round,
+        );
         true
     }
 

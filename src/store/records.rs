@@ -287,7 +287,10 @@ impl JobV1 {
                 kept_since_ms,
                 submitted_at_ms,
                 ..
-            } if code.is_local_write() || kept_since_ms.is_some() => {
+            } if code.is_local_write()
+                || kept_since_ms.is_some()
+                || (url.starts_with("storage://") && code.is_object_read()) =>
+            {
                 Some(UnwrittenResult {
                     url: url.clone(),
                     width: *width,

@@ -259,6 +259,52 @@ async fn issue12_a_lost_submit_answer_is_recovered_from_the_webhook_without_a_se
     );
 }
 
+/// The canary batch's submit answer is lost and so is its webhook: while it waits (up to
+/// `webhook.poll_fallback`) for a webhook that would save a second bill, the next batch goes
+/// as a canary in its place and the drop flows on, and a free probe shows the API answers, so
+/// `run --once` does not take the wait for an outage. (Nothing was sent for the whole wait,
+/// no call was made, and the run ended 69 "unreachable" when `unreachable_timeout` was not
+/// longer than the wait.)
+#[tokio::test(flavor = "multi_thread")]
+async fn issue12_a_lost_canary_answer_holds_neither_the_drop_nor_counts_as_an_outage() {
+    let port = free_port();
+    let (statics, text) = static_images(12, "c");
+    let env = TestEnv::new(
+        announcing(port)
+            .static_dir(statics.path())
+            .drop_first(1)
+            .webhook_drop_nth(1)
+            .latency(Latency::Fixed(Duration::from_millis(300))),
+    )
+    .await;
+    let text = env.static_urls(&text);
+    env.drop_file("m.yaml", text.as_bytes());
+    let config = env.config(
+        "unreachable_timeout: 6s",
+        &webhook_section(&env, port, "10s"),
+    );
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    all_done(&env, 12);
+    assert!(
+        stderr.contains("the next batch is a canary in its place"),
+        "{stderr}"
+    );
+    let stats = env.stats();
+    assert_eq!(stats.dropped_responses, 1, "{stats:?}");
+    let report = env.report("m");
+    let in_doubt: u64 = report["jobs"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| r["in_doubt"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(
+        stats.duplicate_submits <= in_doubt,
+        "billed twice only as counted in doubt: {stats:?}"
+    );
+}
+
 /// An unknown task's webhook is acknowledged (2xx) and counted; a forged one is refused.
 #[tokio::test(flavor = "multi_thread")]
 async fn issue12_an_unknown_tasks_webhook_is_acknowledged_and_a_forged_one_refused() {

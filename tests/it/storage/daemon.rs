@@ -1649,6 +1649,301 @@ impl Switch {
     }
 }
 
+/// How [`Spoiler`] spoils an answer.
+#[derive(Clone, Copy, Debug)]
+enum Spoil {
+    /// The head as the server sent it (its full `Content-Length`), half the body, then the
+    /// connection closed.
+    Cut,
+    /// A whole answer of half the body (`Content-Length` says so): a broken object.
+    Short,
+    /// `404 NoSuchKey`, as S3 answers an object that is not there.
+    NotFound,
+}
+
+/// A proxy in front of the S3 server that spoils the answers to GETs whose path contains a
+/// given part, as its rules say (each rule for so many answers, in order); every other
+/// request is forwarded as it came, one request per connection.
+struct Spoiler {
+    addr: std::net::SocketAddr,
+    rules: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<(String, Spoil, usize)>>>,
+    spoiled: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Spoiler {
+    async fn start(endpoint: &str) -> Spoiler {
+        let target = endpoint.trim_start_matches("http://").to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let rules = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::<(
+            String,
+            Spoil,
+            usize,
+        )>::new()));
+        let spoiled = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (rules_in, spoiled_in) = (rules.clone(), spoiled.clone());
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((inbound, _)) = listener.accept().await {
+                let (target, rules, spoiled) =
+                    (target.clone(), rules_in.clone(), spoiled_in.clone());
+                connections.spawn(async move {
+                    let _ = Spoiler::serve(inbound, &target, &rules, &spoiled).await;
+                });
+            }
+        });
+        Spoiler {
+            addr,
+            rules,
+            spoiled,
+            task,
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The next `n` GETs whose path contains `part` (once the rules before are spent) are
+    /// answered spoiled by `spoil`.
+    fn spoil(&self, part: &str, spoil: Spoil, n: usize) {
+        self.rules
+            .lock()
+            .expect("lock")
+            .push_back((part.to_owned(), spoil, n));
+    }
+
+    /// How many answers were spoiled so far.
+    fn spoiled(&self) -> usize {
+        self.spoiled.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Reads a message's head (up to the blank line) and then `Content-Length` bytes of body
+    /// (all until the end with `to_end`).
+    async fn read_message(
+        stream: &mut tokio::net::TcpStream,
+        to_end: bool,
+    ) -> std::io::Result<(String, Vec<u8>)> {
+        use tokio::io::AsyncReadExt;
+        let mut data = Vec::new();
+        let mut buf = [0u8; 8192];
+        let end = loop {
+            if let Some(at) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            data.extend_from_slice(&buf[..n]);
+        };
+        let head = String::from_utf8_lossy(&data[..end]).into_owned();
+        let mut body = data[end..].to_vec();
+        if to_end {
+            stream.read_to_end(&mut body).await?;
+        } else {
+            let length = header_value(&head, "content-length")
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            while body.len() < length {
+                let n = stream.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                body.extend_from_slice(&buf[..n]);
+            }
+        }
+        Ok((head, body))
+    }
+
+    async fn serve(
+        mut inbound: tokio::net::TcpStream,
+        target: &str,
+        rules: &std::sync::Mutex<std::collections::VecDeque<(String, Spoil, usize)>>,
+        spoiled: &std::sync::atomic::AtomicUsize,
+    ) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let (head, body) = Spoiler::read_message(&mut inbound, false).await?;
+        let line = head.lines().next().unwrap_or_default().to_owned();
+        let mut words = line.split(' ');
+        let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+        let spoil = (method == "GET")
+            .then(|| {
+                let mut rules = rules.lock().expect("lock");
+                let rule = rules
+                    .front_mut()
+                    .filter(|(part, _, _)| path.contains(part))?;
+                rule.2 -= 1;
+                let spoil = rule.1;
+                if rule.2 == 0 {
+                    rules.pop_front();
+                }
+                Some(spoil)
+            })
+            .flatten();
+        // One request per connection: the server closes after its answer.
+        let mut forwarded: String = head
+            .trim_end()
+            .lines()
+            .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+            .map(|l| format!("{l}\r\n"))
+            .collect();
+        forwarded.push_str("Connection: close\r\n\r\n");
+        let mut outbound = tokio::net::TcpStream::connect(target).await?;
+        outbound.write_all(forwarded.as_bytes()).await?;
+        outbound.write_all(&body).await?;
+        let (answer_head, answer_body) = Spoiler::read_message(&mut outbound, true).await?;
+        let answer = match spoil {
+            None => [answer_head.into_bytes(), answer_body].concat(),
+            Some(spoil) => {
+                spoiled.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let half = &answer_body[..answer_body.len() / 2];
+                match spoil {
+                    Spoil::Cut => [answer_head.into_bytes(), half.to_vec()].concat(),
+                    Spoil::Short => {
+                        let head: String = answer_head
+                            .trim_end()
+                            .lines()
+                            .map(|l| {
+                                if l.to_ascii_lowercase().starts_with("content-length:") {
+                                    format!("Content-Length: {}\r\n", half.len())
+                                } else {
+                                    format!("{l}\r\n")
+                                }
+                            })
+                            .collect();
+                        [format!("{head}\r\n").into_bytes(), half.to_vec()].concat()
+                    }
+                    Spoil::NotFound => {
+                        let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>NoSuchKey</Code><Message>The specified key does not exist.</Message></Error>";
+                        format!(
+                            "HTTP/1.1 404 Not Found\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .into_bytes()
+                    }
+                }
+            }
+        };
+        inbound.write_all(&answer).await?;
+        inbound.shutdown().await
+    }
+}
+
+impl Drop for Spoiler {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The value of the header `name` (lowercase) in an HTTP message's head.
+fn header_value<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.trim()
+            .eq_ignore_ascii_case(name)
+            .then_some(value.trim())
+    })
+}
+
+/// [`storage_env`] whose daemon reaches the bucket through a [`Spoiler`], storage outputs
+/// under `out/` (`output_local_copy` as `local_copy` says), and a manifest `shoes.yaml`
+/// of `n` storage inputs, sent one by one.
+async fn spoiled_env(s3: &S3Server, n: usize, local_copy: bool) -> (TestEnv, Spoiler, PathBuf) {
+    let (env, _) = storage_env(s3, quick(), "", n).await;
+    let spoiler = Spoiler::start(&s3.endpoint).await;
+    let keys = credentials_file(env.dir.path());
+    let mut storages = storages_yaml("catalog-s3", "s3://catalog/raw", &spoiler.endpoint(), &keys);
+    storages.push_str(&format!("    output_local_copy: {local_copy}\n"));
+    let config = env.config("batch: { max_images: 1 }", &storages);
+    let mut manifest =
+        String::from("output: { format: png, destination: storage://catalog/out/ }\nimages:\n");
+    for i in 0..n {
+        manifest.push_str(&format!("  - storage://catalog/in/sku-{i}.png\n"));
+    }
+    env.drop_file("shoes.yaml", manifest.as_bytes());
+    (env, spoiler, config)
+}
+
+/// Reads of output objects Claid wrote that are cut short (the connection closed mid-body) or
+/// answered "not found" just after the object's HEAD found it are read again, not failed:
+/// every image done, each billed once. (A cut read failed the job `storage-unreachable` in
+/// under a second and one 404 failed it `object-missing`; either way the only way on was a
+/// replay, which billed the image again, uncounted.)
+#[tokio::test(flavor = "multi_thread")]
+async fn issue15_output_object_reads_cut_short_or_not_found_are_read_again_not_failed() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    for local_copy in [false, true] {
+        let (env, spoiler, config) = spoiled_env(&s3, 1, local_copy).await;
+        // More cuts in a row than the storage client retries a read by itself (3).
+        spoiler.spoil("/out/", Spoil::Cut, 5);
+        spoiler.spoil("/out/", Spoil::NotFound, 2);
+        let (code, stderr) = env.run_once(&config).await;
+        assert_eq!(code, 0, "local copy {local_copy}: {stderr}");
+        assert_eq!(spoiler.spoiled(), 7, "every fault was met: {stderr}");
+        let report = env.report("shoes");
+        for row in report["jobs"].as_array().expect("rows") {
+            assert_eq!(row["status"], "done", "{row}\n{stderr}");
+        }
+        let stats = env.stats();
+        assert_eq!(stats.submits, 1, "{stats:?}");
+        for key in s3.list_keys("catalog", "raw/out/").await {
+            s3.delete_object("catalog", &key).await;
+        }
+    }
+    s3.stop().await;
+}
+
+/// An output object that reads broken (half its bytes) at every read of a run fails the job
+/// `result-mismatch`, naming the replay; the object Claid wrote and billed is kept, so the
+/// replay reads it again instead of sending the image again: done, one submit in all.
+/// (The replay sent it again: billed twice, not counted in doubt.)
+#[tokio::test(flavor = "multi_thread")]
+async fn issue15_an_output_object_that_read_broken_is_read_again_by_the_replay_not_billed_again() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let (env, spoiler, config) = spoiled_env(&s3, 1, true).await;
+    spoiler.spoil("/out/", Spoil::Short, 3);
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 2, "{stderr}");
+    let report = env.report("shoes");
+    let row = &report["jobs"][0];
+    assert_eq!(row["status"], "failed", "{row}");
+    let reason = row["reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("result-mismatch"), "{row}");
+    assert!(
+        reason.contains("`replay --failed` looks at it again, no new bill"),
+        "{row}"
+    );
+    let config_arg = config.to_str().expect("utf-8");
+    let (code, stdout, err) =
+        crate::support::cli(&["replay", "--failed", "--config", config_arg]).await;
+    assert_eq!(code, 0, "{stdout}{err}");
+    assert!(
+        stdout.contains("1 of them made and billed but not written"),
+        "{stdout}"
+    );
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    let report = env.report("shoes");
+    assert_eq!(report["jobs"][0]["status"], "done", "{report:#}");
+    let stats = env.stats();
+    assert_eq!(stats.submits, 1, "one bill in all: {stats:?}");
+    let object = s3
+        .get_object("catalog", "raw/out/shoes/sku-0.png")
+        .await
+        .expect("object");
+    let local = std::fs::read(env.outbox.join("shoes/sku-0.png")).expect("local copy");
+    assert_eq!(local, object, "the local copy is Claid's object");
+    s3.stop().await;
+}
+
 /// Keys rotated in a storage's credentials file (the same file, other keys in it) are named
 /// by a SIGHUP as not in force until a restart, like a rotated API key: the bucket client
 /// keeps the keys it started with, and a reload that said "Reloaded" without a word let an
