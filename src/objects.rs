@@ -593,6 +593,10 @@ impl ObjectError {
     }
 }
 
+/// The folder under a storage's prefix that [`ObjectStorage::bucket_exists`] lists: no one
+/// writes there, so the listing is empty in a bucket that exists.
+const BUCKET_CHECK_FOLDER: &str = ".claid-hotfolder-bucket-check";
+
 /// How [`ObjectStorage::put`] ends the cause of a write into a bucket that does not exist.
 const NO_SUCH_BUCKET: &str = "does not exist (NoSuchBucket)";
 
@@ -966,14 +970,18 @@ impl ObjectStorage {
             })
     }
 
-    /// Whether the bucket exists: one listing of the prefix's first entry. S3 answers a `HEAD`
-    /// in a bucket that does not exist (deleted, or a proxy in between answering for another)
-    /// `404` with no body, like a missing object; a listing tells the two apart
-    /// (`NoSuchBucket`). `Err`: the listing was answered otherwise, or not within
-    /// [`PROBE_TIMEOUT`].
+    /// Whether the bucket exists: one listing, of a folder under the prefix that holds nothing
+    /// (its answer is a few hundred bytes; a listing of the prefix itself brought a page of up
+    /// to a thousand keys, some 200 KB, for every check). S3 answers a `HEAD` in a bucket that
+    /// does not exist (deleted, or a proxy in between answering for another) `404` with no
+    /// body, like a missing object; a listing tells the two apart (`NoSuchBucket`). `Err`: the
+    /// listing was answered otherwise, or not within [`PROBE_TIMEOUT`].
     pub async fn bucket_exists(&self) -> Result<bool, ObjectError> {
-        let prefix = self.prefix_path()?;
-        let mut listing = self.store.list(prefix.as_ref());
+        let folder = self
+            .prefix_path()?
+            .unwrap_or_default()
+            .child(BUCKET_CHECK_FOLDER);
+        let mut listing = self.store.list(Some(&folder));
         match tokio::time::timeout(PROBE_TIMEOUT, listing.try_next()).await {
             Ok(Ok(_)) => Ok(true),
             Ok(Err(err)) => match self.failed("list", "", err) {

@@ -100,6 +100,19 @@ fn check_storage_key(
         );
         return None;
     }
+    // In a URI `?` and `#` end the path: whether Claid reads them as part of the key is not
+    // said, so the object the daemon checks (the key as written) could be another than the
+    // one Claid reads. Refused, as for an output's key.
+    if let Some(mark) = key.chars().find(|c| matches!(c, '?' | '#')) {
+        problems.add(
+            path,
+            format!(
+                "`{}` has a `{mark}` in its key, which ends a storage:// URI's path: whether Claid reads it as part of the key is not documented; copy the object to a key without `?` or `#`",
+                crate::text::escape(url)
+            ),
+        );
+        return None;
+    }
     let prefix = super::validate::storage_prefix(ctx.storages, name).unwrap_or("");
     match crate::objects::check_key_under(prefix, key) {
         Ok(()) => match super::validate::in_staging_area(ctx.storages, url) {

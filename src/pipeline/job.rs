@@ -2627,6 +2627,14 @@ impl Runner {
                 Err(err) if bucket_away(&err) => {
                     bucket_failure(&deps.health, name, &err, true);
                 }
+                // The daemon's keys may list the bucket (the start checked it): a listing
+                // refused now is keys rotated or revoked, waited out as a look refused is. (The
+                // look's "not found" stood, and the image was submitted on it.)
+                Err(err @ crate::objects::ObjectError::Denied { .. }) => {
+                    if deps.health.storage_failed(name, err.to_string()) {
+                        warn!(storage = %crate::text::Escaped::str(name), error = %err, "A storage's bucket refuses the daemon's keys a listing; what needs it waits and is retried (fix `credentials_file`, then restart the daemon; in `run --once` until `api.unreachable_timeout`)");
+                    }
+                }
                 Err(_) => return Ok(look_again),
             }
             match decide(&mut attempts, Failure::Unreachable) {

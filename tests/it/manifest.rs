@@ -823,7 +823,9 @@ fn load_with_storages(
 }
 
 /// A `storage://` input or a storage destination whose key S3 or Claid would refuse (a `.`,
-/// `..` or empty segment, a leading `/`, more than 1024 bytes with the storage's prefix) is a
+/// `..` or empty segment, a leading `/`, more than 1024 bytes with the storage's prefix; for
+/// an input, a `?` or `#`, which end a URI's path: the daemon would check another object than
+/// the one Claid may read) is a
 /// problem of the manifest, with its line, before anything is spent: Claid would otherwise
 /// refuse the whole batch the input goes in, or bill an edit that cannot be written.
 #[test]
@@ -848,7 +850,7 @@ fn issue15_storage_keys_s3_would_refuse_are_refused_at_validation() {
     // "images" + "/" + 1018 bytes = 1025.
     let long = format!("in/{}.png", "k".repeat(1011));
     let text = format!(
-        "images:\n  - input: storage://catalog/in/good.png\n  - input: storage://catalog/../secret.png\n  - input: storage://catalog//etc/passwd.png\n  - input: storage://elsewhere/in/./x.png\n  - input: storage://catalog/{long}\n"
+        "images:\n  - input: storage://catalog/in/good.png\n  - input: storage://catalog/../secret.png\n  - input: storage://catalog//etc/passwd.png\n  - input: storage://elsewhere/in/./x.png\n  - input: storage://catalog/{long}\n  - input: storage://catalog/in/q.png?v=2\n  - input: storage://catalog/in/r.png#x\n"
     );
     let err = load("keys.yaml", &text).expect_err("refused");
     check_problems(
@@ -874,6 +876,16 @@ fn issue15_storage_keys_s3_would_refuse_are_refused_at_validation() {
                 schema: false,
                 line: Some(6),
                 needle: "1024 bytes".into(),
+            },
+            Expect {
+                schema: false,
+                line: Some(7),
+                needle: "has a `?` in its key".into(),
+            },
+            Expect {
+                schema: false,
+                line: Some(8),
+                needle: "has a `#` in its key".into(),
             },
         ],
     );
