@@ -613,12 +613,12 @@ pub async fn run(
         return Ok(Outcome::AllDone);
     }
     if shutdown_requested {
-        let ended =
-            totals.done + totals.unchanged + totals.failed + totals.held + totals.superseded;
+        // (`done` counts the unchanged rows too.)
+        let ended = totals.done + totals.failed + totals.held + totals.superseded;
         warn!(
             manifests = totals.manifests,
             jobs = totals.jobs,
-            done = totals.done + totals.unchanged,
+            done = totals.done,
             failed = totals.failed,
             unfinished = totals.jobs.saturating_sub(ended),
             "run --once was stopped by a signal before the inbox was processed: the unfinished jobs stay in the store and resume at the next run (exit 75)"
@@ -648,7 +648,9 @@ pub async fn run(
         manifests = totals.manifests,
         rejected = totals.rejected,
         jobs = totals.jobs,
-        done = totals.done,
+        // Made now, as the reports count `done`; the rows already done before are `unchanged`
+        // (it counted both, so a reader adding the two counted those twice).
+        done = totals.done.saturating_sub(totals.unchanged),
         unchanged = totals.unchanged,
         failed = totals.failed,
         held_in_doubt = totals.held,

@@ -1178,7 +1178,19 @@ async fn issue11_run_once_counts_add_up_after_a_resave() {
             .await;
     let v1 = b"images:\n  - input: storage://demo/keep-64x48.png\n  - input: storage://demo/typo-64x48.png\n  - input: storage://demo/also-64x48.png\n";
     let v2 = b"images:\n  - input: storage://demo/keep-64x48.png\n  - input: storage://demo/fixed-64x48.png\n";
-    let (mut daemon, config) = daemon_running(&env, "m.yaml", v1).await;
+    let config = env.config("max_in_flight: 1", "");
+    // Killed once the first image's task is recorded (not while its answer is on the way:
+    // in doubt, that image would end superseded with its run too).
+    let mut daemon = env.spawn_daemon_with(
+        &config,
+        0,
+        &[("RUST_LOG", "info,claid_hotfolder::pipeline::job=debug")],
+    );
+    env.drop_file("m.yaml", v1);
+    wait_until("the first image's task recorded", DEADLINE, || {
+        env.daemon_log(0).contains("Submitted task_id=")
+    })
+    .await;
     daemon.start_kill().expect("SIGKILL");
     daemon.wait().await.expect("wait");
     env.drop_file("m.yaml", v2);
@@ -1195,7 +1207,7 @@ async fn issue11_run_once_counts_add_up_after_a_resave() {
     );
     assert_eq!(
         field("jobs"),
-        field("done") + field("failed") + field("held_in_doubt") + superseded,
+        field("done") + field("unchanged") + field("failed") + field("held_in_doubt") + superseded,
         "{stderr}"
     );
 }
@@ -2112,4 +2124,36 @@ async fn run_once_takes_a_fix_saved_while_the_broken_version_is_validated() {
     assert!(env.outbox.join("m/fixed-64x48.jpg").is_file(), "{log}");
     assert!(TestEnv::files_under(&env.rejected).is_empty(), "{log}");
     assert!(!env.inbox.join("m.yaml").exists(), "{log}");
+}
+
+/// `run --once`'s closing line counts as `done` the images made in this run, as the report
+/// does, and rows already done before as `unchanged` only: the counts add up to `jobs`. (It
+/// counted the unchanged rows in `done` too: 14 done and 12 unchanged of 14 jobs.)
+#[tokio::test(flavor = "multi_thread")]
+async fn the_closing_line_counts_unchanged_rows_once_as_the_report_does() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let config = env.config("", "");
+    let first =
+        "images:\n  - input: storage://demo/u0-64x48.png\n  - input: storage://demo/u1-64x48.png\n";
+    env.drop_file("m.yaml", first.as_bytes());
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    env.drop_file(
+        "m.yaml",
+        format!("{first}  - input: storage://demo/u2-64x48.png\n").as_bytes(),
+    );
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    let field = |name: &str| {
+        crate::batch::processed_field(&stderr, name)
+            .unwrap_or_else(|| panic!("no {name}= in the closing line:\n{stderr}"))
+    };
+    assert_eq!(
+        (field("jobs"), field("done"), field("unchanged")),
+        (3, 1, 2),
+        "{stderr}"
+    );
+    let report = env.report("m");
+    assert_eq!(report["counts"]["done"], 1, "{report:#}");
+    assert_eq!(report["counts"]["unchanged"], 2, "{report:#}");
 }

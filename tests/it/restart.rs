@@ -352,12 +352,23 @@ async fn issue11_a_manifest_saved_again_while_the_daemon_was_down_is_run_in_its_
     let v1 = b"images:\n  - input: storage://demo/keep-64x48.png\n  - input: storage://demo/typo-64x48.png\n  - input: storage://demo/also-64x48.png\n";
     let v2 = b"images:\n  - input: storage://demo/keep-64x48.png\n  - input: storage://demo/fixed-64x48.png\n";
     env.drop_file("m.yaml", v1);
-    // One image at Claid at a time: the other two wait in the queue at the kill.
+    // One image at Claid at a time: the other two wait in the queue at the kill, which comes
+    // once the first image's task is recorded (not while its answer is on the way: in doubt,
+    // it would end superseded with its run too, and the new version bill it again).
     let config = env.config("max_in_flight: 1\nbatch: { max_images: 1 }", "");
-    kill_when(&env, 0, &config, "the first image submitted", |env| {
-        env.stats().submits >= 1
-    })
+    let mut daemon = env.spawn_daemon_with(
+        &config,
+        0,
+        &[("RUST_LOG", "info,claid_hotfolder::pipeline::job=debug")],
+    );
+    wait_until(
+        "the first image's task recorded",
+        Duration::from_secs(60),
+        || env.daemon_log(0).contains("Submitted task_id="),
+    )
     .await;
+    daemon.start_kill().expect("SIGKILL");
+    daemon.wait().await.expect("wait");
     env.drop_file("m.yaml", v2);
     // Room for every image at once: the queued ones would go out at the start.
     let config = env.config("max_in_flight: 8\nbatch: { max_images: 1 }", "");
