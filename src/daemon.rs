@@ -613,12 +613,13 @@ pub async fn run(
         return Ok(Outcome::AllDone);
     }
     if shutdown_requested {
-        // (`done` counts the unchanged rows too.)
+        // (`totals.done` counts the unchanged rows too.)
         let ended = totals.done + totals.failed + totals.held + totals.superseded;
         warn!(
             manifests = totals.manifests,
             jobs = totals.jobs,
-            done = totals.done,
+            done = totals.done.saturating_sub(totals.unchanged),
+            unchanged = totals.unchanged,
             failed = totals.failed,
             unfinished = totals.jobs.saturating_sub(ended),
             "run --once was stopped by a signal before the inbox was processed: the unfinished jobs stay in the store and resume at the next run (exit 75)"
@@ -961,6 +962,9 @@ async fn first_scan(
     for candidate in candidates {
         pipeline.offer(candidate).await;
     }
+    // Queued images of runs saved again while the daemon was down wait for these candidates.
+    let resaved = pipeline.clone();
+    tokio::spawn(async move { resaved.release_resaved().await });
     Ok(unreadable)
 }
 

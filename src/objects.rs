@@ -587,9 +587,16 @@ impl ObjectError {
         }
     }
 
-    /// A write answered "not found": the bucket does not exist (see [`ObjectStorage::put`]).
+    /// A write answered "not found": the bucket does not exist (see [`ObjectStorage::put`];
+    /// a write object_store retried comes as "not found").
     pub fn no_such_bucket(&self) -> bool {
-        matches!(self, ObjectError::Request { op: "write", cause, .. } if cause.ends_with(NO_SUCH_BUCKET))
+        match self {
+            ObjectError::Request {
+                op: "write", cause, ..
+            } => cause.ends_with(NO_SUCH_BUCKET),
+            ObjectError::NotFound { op, .. } => *op == "write",
+            _ => false,
+        }
     }
 }
 
@@ -981,7 +988,24 @@ impl ObjectStorage {
             .prefix_path()?
             .unwrap_or_default()
             .child(BUCKET_CHECK_FOLDER);
-        let mut listing = self.store.list(Some(&folder));
+        match self.first_listed(Some(&folder)).await {
+            // Keys allowed to list the prefix itself only (an IAM condition on `s3:prefix`
+            // that names it exactly), as the start checked: that listing, then.
+            Err(ObjectError::Denied { .. }) => {
+                let prefix = self.prefix_path()?;
+                self.first_listed(prefix.as_ref()).await
+            }
+            answer => answer,
+        }
+    }
+
+    /// [`ObjectStorage::bucket_exists`]'s listing of `folder`: `Ok(false)` when S3 answers that
+    /// the bucket does not exist.
+    async fn first_listed(
+        &self,
+        folder: Option<&object_store::path::Path>,
+    ) -> Result<bool, ObjectError> {
+        let mut listing = self.store.list(folder);
         match tokio::time::timeout(PROBE_TIMEOUT, listing.try_next()).await {
             Ok(Ok(_)) => Ok(true),
             Ok(Err(err)) => match self.failed("list", "", err) {
@@ -1085,7 +1109,7 @@ impl ObjectStorage {
                 let cause = describe(&other);
                 if refused_keys(&cause) {
                     ObjectError::Denied { op, uri, cause }
-                } else if answered_not_found(&cause) {
+                } else if answered_not_found(&cause) && op != "list" {
                     // object_store passes a 404 on as a plain error once it has retried the
                     // request (a read cut short, then "not found").
                     ObjectError::NotFound { op, uri }
@@ -1104,10 +1128,12 @@ fn ignores_range(cause: &str) -> bool {
         || cause.contains("Content-Range header not present")
 }
 
-/// Whether an S3 answer object_store passed on as a plain error is S3's "no such key" (a 404
-/// without S3's code may be no S3 server's at all: told apart at the start).
+/// Whether an S3 answer object_store passed on as a plain error (after its retries) is S3's
+/// "no such key" or "no such bucket" (a 404 without S3's code may be no S3 server's at all:
+/// told apart at the start). The callers tell the two apart with a listing, whose own
+/// `NoSuchBucket` is read from its cause.
 fn answered_not_found(cause: &str) -> bool {
-    cause.contains("NoSuchKey")
+    cause.contains("NoSuchKey") || cause.contains("NoSuchBucket")
 }
 
 /// Whether an S3 answer object_store passed on as a plain error refuses the request's

@@ -30,7 +30,7 @@ pub mod notices;
 pub mod polls;
 pub mod submitter;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
@@ -527,6 +527,9 @@ struct Shared {
     outbox: PathBuf,
     /// The inbox (a replayed job's local input must still be in it).
     inbox: PathBuf,
+    /// Queued jobs of runs whose manifest was saved again while the daemon was down, held
+    /// from the queue until the first scan's candidates are taken ([`Handle::release_resaved`]).
+    resaved: Mutex<Vec<(ManifestId, JobId)>>,
     /// Parts started by [`Handle::start`]; each is taken once.
     parts: Mutex<Option<Parts>>,
     /// The submitter, kept past the start: a replay hands its jobs on through it
@@ -687,6 +690,7 @@ impl Handle {
             cancel: deps.cancel,
             outbox: outbox_root,
             inbox: deps.folders.inbox.clone(),
+            resaved: Mutex::new(Vec::new()),
             finisher_task: Mutex::new(None),
             submitter: submitter.clone(),
             parts: Mutex::new(Some(Parts {
@@ -1080,24 +1084,21 @@ impl Handle {
             }
         }
         let mut draining = Vec::new();
+        let mut resaved = HashSet::new();
         for (mid, _) in store.counts().active {
-            let Some(mut m) = store.manifest(mid).await? else {
+            let Some(m) = store.manifest(mid).await? else {
                 continue;
             };
             summary.manifests += 1;
-            // Saved again while the daemon was down: the run drains as if saved while it ran
-            // (its queued images are not sent; the newer version, taken in by the first scan,
-            // makes them), instead of sending images of a version no longer in the inbox
-            // before the scan sees the new one.
-            if !matches!(m.state, crate::store::ManifestState::Draining { .. })
-                && saved_again(&shared.inbox, &m).await
-            {
-                info!(manifest = %crate::text::Escaped::str(&m.rel), "The manifest was saved again while the daemon was down; its unsubmitted images are left to the new version");
-                store.mark_draining(mid).await?;
-                m = store.manifest(mid).await?.unwrap_or(m);
-            }
             if matches!(m.state, crate::store::ManifestState::Draining { .. }) {
                 draining.push(mid);
+            } else if saved_again(&shared.inbox, &m).await {
+                // Saved again while the daemon was down: its queued images wait for the first
+                // scan's verdict on the new version (`Handle::release_resaved`), as a save
+                // while it runs is validated before the run drains. They went out before the
+                // scan saw the new version: billed for a version no longer in the inbox.
+                info!(manifest = %crate::text::Escaped::str(&m.rel), "The manifest was saved again while the daemon was down; its unsubmitted images wait until the new version is validated");
+                resaved.insert(mid);
             }
             // Counted here, before any of its jobs runs again: each open job then ends done,
             // failed, held or superseded in this process.
@@ -1131,6 +1132,13 @@ impl Handle {
                 .update(|s| s.totals.superseded += cancelled.len() as u64);
         }
         to_queue.retain(|(mid, _)| !draining.contains(mid));
+        let (held_back, to_queue): (Vec<_>, Vec<_>) = to_queue
+            .into_iter()
+            .partition(|(mid, _)| resaved.contains(mid));
+        *shared
+            .resaved
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = held_back;
         // Resumed tasks exist at Claid already: they take their permits first.
         let parts = shared
             .parts
@@ -1301,6 +1309,48 @@ impl Handle {
     }
 
     /// Completes when intake is idle and every run this process tracks has ended or is held.
+    /// Once intake has taken every candidate offered so far (the first scan's: call it after
+    /// them), queues the held jobs of runs saved again while the daemon was down that are
+    /// still queued in the store: a newer version that superseded their run cancelled them,
+    /// one that was refused (invalid, or another run's outputs) left them to their run.
+    pub async fn release_resaved(&self) {
+        let board = &self.shared.board;
+        loop {
+            let notified = board.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if board.lock().pending == 0 {
+                break;
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = self.shared.cancel.cancelled() => return,
+            }
+        }
+        let held = std::mem::take(
+            &mut *self
+                .shared
+                .resaved
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        let mut still = Vec::new();
+        for (mid, id) in held {
+            if let Ok(Some(job)) = self.shared.store.job(id).await
+                && matches!(job.state, crate::store::JobState::Queued)
+            {
+                still.push((mid, id));
+            }
+        }
+        if !still.is_empty() {
+            info!(
+                images = still.len(),
+                "The newer version of a manifest saved while the daemon was down was not taken: its run's queued images go on"
+            );
+        }
+        self.shared.queue.push_back(still);
+    }
+
     pub async fn wait_settled(&self) {
         let board = &self.shared.board;
         loop {
@@ -1393,11 +1443,13 @@ fn move_again_later<T, E>(
     });
 }
 
-/// Runs file work (reading inputs, writing outputs and reports, moving manifests) on the
-/// blocking pool, so it never stalls the async workers.
 /// Whether the file of the run `m` in `inbox` now holds other content than the run's (a file
-/// gone, or unreadable, is not taken for a new version).
+/// gone, or unreadable, is not taken for a new version; nor is a recipe folder's image, whose
+/// run is keyed by its recipe too).
 async fn saved_again(inbox: &std::path::Path, m: &crate::store::ManifestV1) -> bool {
+    if crate::manifest::is_image_name(std::path::Path::new(&m.rel)) {
+        return false;
+    }
     let path = inbox.join(&m.rel);
     let sha256 = m.sha256.clone();
     on_file_pool(move || {
@@ -1406,6 +1458,8 @@ async fn saved_again(inbox: &std::path::Path, m: &crate::store::ManifestV1) -> b
     .await
 }
 
+/// Runs file work (reading inputs, writing outputs and reports, moving manifests) on the
+/// blocking pool, so it never stalls the async workers.
 async fn on_file_pool<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
     match tokio::task::spawn_blocking(work).await {
         Ok(value) => value,

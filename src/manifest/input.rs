@@ -101,9 +101,13 @@ fn check_storage_key(
         return None;
     }
     // In a URI `?` and `#` end the path: whether Claid reads them as part of the key is not
-    // said, so the object the daemon checks (the key as written) could be another than the
-    // one Claid reads. Refused, as for an output's key.
-    if let Some(mark) = key.chars().find(|c| matches!(c, '?' | '#')) {
+    // said, so the object the daemon checks before the submit (the key as written, in a
+    // configured storage) could be another than the one Claid reads. Refused, as for an
+    // output's key. (A connector the config does not name is passed on as written, unchecked.)
+    let configured = super::validate::storage_prefix(ctx.storages, name).is_some();
+    if let Some(mark) = key.chars().find(|c| matches!(c, '?' | '#'))
+        && configured
+    {
         problems.add(
             path,
             format!(

@@ -638,7 +638,8 @@ impl BatchRunner {
         permit: OwnedSemaphorePermit,
         round: u64,
     ) {
-        let this = self.clone();
+        let mut this = self.clone();
+        this.round = round;
         let span = info_span!("batch", images = members.len(), batch_id);
         self.deps.tracker.spawn(
             async move {
@@ -650,7 +651,7 @@ impl BatchRunner {
                 if let Some(result) = result {
                     this.settle(batch_id, *result, members, permit).await;
                 }
-                this.deps.batching.settled(answered, round);
+                this.deps.batching.settled(answered, this.round);
             }
             .instrument(span),
         );
@@ -1062,6 +1063,7 @@ impl BatchRunner {
         let update = tokio::select! {
             update = lost.wait(fallback) => update?,
             () = super::job::answered_meanwhile(&deps.client, &deps.health, &deps.retry, &deps.cancel) => return None,
+            () = deps.cancel.cancelled() => return None,
         };
         match update {
             TaskUpdate::Batch(batch) => Some(batch),

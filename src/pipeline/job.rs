@@ -2266,6 +2266,13 @@ impl Runner {
                 .await;
         }
         if info.size == 0 {
+            // Looked at again (a replay, a later run of the row): made again, as a broken
+            // one is (failed, a replay would look at it again and again).
+            if checked_before {
+                return self
+                    .object_replaced(id, &storage.objects.uri(key), "it is empty")
+                    .await;
+            }
             return self
                 .fail(
                     id,
@@ -2761,7 +2768,7 @@ impl Runner {
 fn object_read_failed(code: FailureCode, why: &impl std::fmt::Display) -> String {
     if code.is_object_read() {
         format!(
-            "{why}; the object Claid wrote (and billed) stays in the bucket: once the cause is mended, `replay --failed` looks at it again, no new bill"
+            "{why}; the object Claid wrote (and billed) stays in the bucket: once the cause is mended, `replay --failed` looks at it again, no new bill (unless it is found gone or broken then: that image is made again)"
         )
     } else {
         why.to_string()

@@ -406,9 +406,9 @@ impl Polls {
                     images,
                     took_ms = sample.as_millis() as u64,
                     poll_max_ms = self.poll.max.as_millis() as u64,
-                    "A batch took longer than api.poll.max: each such batch is polled every \
-                     poll.max until it ends (raise api.poll.max above batches' duration, or \
-                     use webhooks, to spend fewer requests)"
+                    "A batch took half again api.poll.max or longer: each such batch is \
+                     polled every poll.max until it ends (raise api.poll.max above batches' \
+                     duration, or use webhooks, to spend fewer requests)"
                 );
             }
             // The first round is over once a batch's duration is known.

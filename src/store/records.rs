@@ -271,9 +271,11 @@ impl JobV1 {
 
     /// The result a job downloading it keeps when it fails `code`: one whose write into the
     /// outbox failed (Claid made and billed it, and keeps it a day; a storage output's object,
-    /// whose local copy `output_local_copy` could not write, stays in the bucket), and one a
-    /// replay fetched again that failed for any reason (found gone, it is submitted again
-    /// instead of failing). A first download or object check that failed keeps none. A
+    /// whose local copy `output_local_copy` could not write, stays in the bucket), a storage
+    /// output's object that could not be read or read broken ([`FailureCode::is_object_read`]:
+    /// a replay reads it again), and a result at a temporary URL a replay fetched again that
+    /// failed for any reason (found gone, it is submitted again instead of failing). A first
+    /// download that failed keeps none, nor does a storage object found missing. A
     /// storage object keeps the sha256 of the bytes copied from it (`copy_of`, or given to
     /// `Store::mark_failed_keeping`), for the replay to tell it from an object put there
     /// since.
@@ -288,8 +290,10 @@ impl JobV1 {
                 submitted_at_ms,
                 ..
             } if code.is_local_write()
-                || kept_since_ms.is_some()
-                || (url.starts_with("storage://") && code.is_object_read()) =>
+                || code.is_object_read() && url.starts_with("storage://")
+                // A storage object looked at again that is missing (or not Claid's) is made
+                // again, not kept for one more look.
+                || kept_since_ms.is_some() && !url.starts_with("storage://") =>
             {
                 Some(UnwrittenResult {
                     url: url.clone(),

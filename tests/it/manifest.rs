@@ -1105,7 +1105,9 @@ fn a_storage_input_with_credentials_is_refused_without_repeating_them() {
 /// no `?` or `#` (they end a `storage://` URI's path) and nothing a service that decodes the
 /// URI would cut into other folders (`%2F`, `\\`), in a destination folder or in the inbox
 /// folders an output mirrors. Accepted, Claid wrote another object and the billed image
-/// failed `object-missing`. Storage inputs keep their names (passed to Claid as written).
+/// failed `object-missing`. Inputs of a connector the config does not name keep their names
+/// (passed to Claid as written, unchecked); a configured storage's input with `?` or `#` is
+/// refused (the daemon looks at the key as written before the submit, Claid may read another).
 #[test]
 fn issue15_storage_output_keys_hold_nothing_another_reading_would_change() {
     let env = env();
@@ -1131,9 +1133,19 @@ fn issue15_storage_output_keys_hold_nothing_another_reading_would_change() {
     }
     load(
         "m.yaml",
+        "output: { format: png, destination: storage://cat/out/ }\nimages:\n  - input: storage://elsewhere/in/v#1/x.png\n",
+    )
+    .expect("an input of another connector keeps its name");
+    let err = load(
+        "m.yaml",
         "output: { format: png, destination: storage://cat/out/ }\nimages:\n  - input: storage://cat/in/v#1/x.png\n",
     )
-    .expect("an input keeps its name");
+    .expect_err("a configured storage's input with # is refused");
+    assert!(
+        err.error_txt().contains("has a `#` in its key"),
+        "{}",
+        err.error_txt()
+    );
 }
 
 /// The staging storage's `staging/` folder (`api.staging`) holds the daemon's staged inputs,

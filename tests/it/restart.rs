@@ -412,3 +412,44 @@ async fn issue11_a_manifest_saved_again_while_the_daemon_was_down_is_run_in_its_
     assert!(env.outbox.join("m/fixed-64x48.jpg").is_file());
     assert!(!env.outbox.join("m/typo-64x48.jpg").exists());
 }
+
+/// The same, but the version saved while the daemon was down is invalid: it is rejected, and
+/// the old run's queued images, held until the first scan had its verdict, go on (the run is
+/// not drained for a version that never runs: its images would be made by neither).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_save_while_the_daemon_was_down_leaves_the_old_run_to_finish() {
+    let env =
+        TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_millis(800)))).await;
+    let v1 = b"images:\n  - input: storage://demo/keep-64x48.png\n  - input: storage://demo/typo-64x48.png\n  - input: storage://demo/also-64x48.png\n";
+    env.drop_file("m.yaml", v1);
+    let config = env.config("max_in_flight: 1\nbatch: { max_images: 1 }", "");
+    let mut daemon = env.spawn_daemon_with(
+        &config,
+        0,
+        &[("RUST_LOG", "info,claid_hotfolder::pipeline::job=debug")],
+    );
+    wait_until(
+        "the first image's task recorded",
+        Duration::from_secs(60),
+        || env.daemon_log(0).contains("Submitted task_id="),
+    )
+    .await;
+    daemon.start_kill().expect("SIGKILL");
+    daemon.wait().await.expect("wait");
+    env.drop_file("m.yaml", b"images:\n  - input: [not, a, url\n");
+    let config = env.config("max_in_flight: 8\nbatch: { max_images: 1 }", "");
+    let (_, stderr) = env.run_once(&config).await;
+    assert!(
+        env.rejected.join("m.yaml").is_file(),
+        "the broken version is rejected: {stderr}"
+    );
+    let report = env.report("m");
+    let rows = report["jobs"].as_array().expect("rows");
+    assert_eq!(rows.len(), 3, "{report:#}");
+    assert!(
+        rows.iter().all(|r| r["status"] == "done"),
+        "the old run finished: {report:#}\n{stderr}"
+    );
+    let stats = env.stats();
+    assert_eq!(stats.duplicate_submits, 0, "{stats:?}");
+}
