@@ -2311,17 +2311,13 @@ impl Runner {
                     Ok(bytes) => bytes,
                     Err(None) => return Step::End(JobOutcome::Parked),
                     Err(Some(err)) => {
+                        let looked = (&mut n_missing, checked_before);
                         match self
-                            .read_not_found(storage, sighting, &err, &mut n_missing)
+                            .read_not_found(id, (storage, key), sighting, &err, looked)
                             .await
                         {
                             NotFoundRead::Other => {}
                             NotFoundRead::Again => continue,
-                            NotFoundRead::Gone if checked_before => {
-                                info!(object = %storage.objects.uri(key), "The output object of an earlier run is gone from the bucket; the image is made again (billed again)");
-                                return self.make_again(id).await;
-                            }
-                            NotFoundRead::Gone => {}
                             NotFoundRead::End(step) => return step,
                         }
                         let code = match err {
@@ -2391,17 +2387,13 @@ impl Runner {
                 Ok(ends) => ends,
                 Err(None) => return Step::End(JobOutcome::Parked),
                 Err(Some(err)) => {
+                    let looked = (&mut n_missing, checked_before);
                     match self
-                        .read_not_found(storage, sighting, &err, &mut n_missing)
+                        .read_not_found(id, (storage, key), sighting, &err, looked)
                         .await
                     {
                         NotFoundRead::Other => {}
                         NotFoundRead::Again => continue,
-                        NotFoundRead::Gone if checked_before => {
-                            info!(object = %storage.objects.uri(key), "The output object of an earlier run is gone from the bucket; the image is made again (billed again)");
-                            return self.make_again(id).await;
-                        }
-                        NotFoundRead::Gone => {}
                         NotFoundRead::End(step) => return step,
                     }
                     let code = object_failure(&err);
@@ -2666,13 +2658,16 @@ impl Runner {
     /// (`End(Continue)`; `End(End(Parked))` when the daemon stops). In a bucket that is
     /// there, the object is read again as a missing one is looked at again (`Again`, after
     /// the wait; `looks` counts them with the HEAD's): one such answer failed a billed image
-    /// `object-missing`, which a replay billed again. `Gone` once those looks are spent.
+    /// `object-missing`, which a replay billed again. Once those looks are spent: `Other`
+    /// (failed as missing by the caller), or, for an object `checked_before` (an earlier run's,
+    /// or one kept for a replay), made again.
     async fn read_not_found(
         &self,
-        storage: &crate::storages::OpenStorage,
+        id: JobId,
+        (storage, key): (&crate::storages::OpenStorage, &str),
         sighting: Sighting,
         err: &crate::objects::ObjectError,
-        looks: &mut u32,
+        (looks, checked_before): (&mut u32, bool),
     ) -> NotFoundRead {
         if !matches!(err, crate::objects::ObjectError::NotFound { .. }) {
             return NotFoundRead::Other;
@@ -2688,7 +2683,11 @@ impl Runner {
                 NotFoundRead::Again
             }
             Some(false) => NotFoundRead::End(Step::End(JobOutcome::Parked)),
-            None => NotFoundRead::Gone,
+            None if checked_before => {
+                info!(object = %storage.objects.uri(key), "The output object of an earlier run is gone from the bucket; the image is made again (billed again)");
+                NotFoundRead::End(self.make_again(id).await)
+            }
+            None => NotFoundRead::Other,
         }
     }
 
@@ -2777,13 +2776,13 @@ fn object_read_failed(code: FailureCode, why: &impl std::fmt::Display) -> String
 
 /// What a read of an output object answered "not found" comes to ([`Runner::read_not_found`]).
 enum NotFoundRead {
-    /// The error is no "not found".
+    /// The error is no "not found", or the object is not there after every look: the caller
+    /// fails the job with it.
     Other,
     /// Read it again (after the wait).
     Again,
-    /// Not there after every look: gone.
-    Gone,
-    /// The job's step ends so (the bucket was away and is back: checked afresh; or parked).
+    /// The job's step ends so (the bucket was away and is back: checked afresh; made again;
+    /// or parked).
     End(Step),
 }
 

@@ -1051,14 +1051,7 @@ async fn issue11_a_manifest_saved_again_while_it_runs_is_processed_in_its_new_ve
         ]
     );
     let stats = env.stats();
-    let submits_of = |name: &str| {
-        stats
-            .submits_by_key
-            .iter()
-            .filter(|(k, _)| k.contains(name))
-            .map(|(_, n)| *n)
-            .sum::<u64>()
-    };
+    let submits_of = |name: &str| crate::support::submits_of(&stats, name);
     assert_eq!(
         submits_of("keep-"),
         1,
@@ -1176,23 +1169,9 @@ async fn issue11_run_once_counts_add_up_after_a_resave() {
     let env =
         TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_millis(1500))))
             .await;
-    let v1 = b"images:\n  - input: storage://demo/keep-64x48.png\n  - input: storage://demo/typo-64x48.png\n  - input: storage://demo/also-64x48.png\n";
     let v2 = b"images:\n  - input: storage://demo/keep-64x48.png\n  - input: storage://demo/fixed-64x48.png\n";
     let config = env.config("max_in_flight: 1", "");
-    // Killed once the first image's task is recorded (not while its answer is on the way:
-    // in doubt, that image would end superseded with its run too).
-    let mut daemon = env.spawn_daemon_with(
-        &config,
-        0,
-        &[("RUST_LOG", "info,claid_hotfolder::pipeline::job=debug")],
-    );
-    env.drop_file("m.yaml", v1);
-    wait_until("the first image's task recorded", DEADLINE, || {
-        env.daemon_log(0).contains("Submitted task_id=")
-    })
-    .await;
-    daemon.start_kill().expect("SIGKILL");
-    daemon.wait().await.expect("wait");
+    crate::restart::kill_once_a_task_is_recorded(&env, &config).await;
     env.drop_file("m.yaml", v2);
     let (code, stderr) = env.run_once(&config).await;
     assert_eq!(code, 0, "{stderr}");

@@ -32,6 +32,30 @@ async fn kill_when(
     );
 }
 
+/// The three-image manifest `m.yaml` of the resave tests (`keep-`, `typo-`, `also-`).
+pub(crate) const RESAVED_V1: &[u8] = b"images:\n  - input: storage://demo/keep-64x48.png\n  - input: storage://demo/typo-64x48.png\n  - input: storage://demo/also-64x48.png\n";
+
+/// Runs the daemon on `config` over [`RESAVED_V1`] and SIGKILLs it once the first image's task
+/// is recorded (not while its answer is on the way: in doubt, that image would end with the
+/// old run too, and a new version bill it again). With `max_in_flight: 1` the other two are
+/// queued at the kill.
+pub(crate) async fn kill_once_a_task_is_recorded(env: &TestEnv, config: &Path) {
+    env.drop_file("m.yaml", RESAVED_V1);
+    let mut daemon = env.spawn_daemon_with(
+        config,
+        0,
+        &[("RUST_LOG", "info,claid_hotfolder::pipeline::job=debug")],
+    );
+    wait_until(
+        "the first image's task recorded",
+        Duration::from_secs(60),
+        || env.daemon_log(0).contains("Submitted task_id="),
+    )
+    .await;
+    daemon.start_kill().expect("SIGKILL");
+    daemon.wait().await.expect("wait");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_while_submitting_polling_and_downloading_loses_nothing_and_never_pays_twice() {
     let scenario = Scenario::default().seed(7).latency(Latency::LogNormal {
@@ -349,26 +373,10 @@ async fn a_damaged_store_is_refused_at_start_not_taken_for_an_empty_one() {
 async fn issue11_a_manifest_saved_again_while_the_daemon_was_down_is_run_in_its_new_version() {
     let env =
         TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_millis(800)))).await;
-    let v1 = b"images:\n  - input: storage://demo/keep-64x48.png\n  - input: storage://demo/typo-64x48.png\n  - input: storage://demo/also-64x48.png\n";
     let v2 = b"images:\n  - input: storage://demo/keep-64x48.png\n  - input: storage://demo/fixed-64x48.png\n";
-    env.drop_file("m.yaml", v1);
-    // One image at Claid at a time: the other two wait in the queue at the kill, which comes
-    // once the first image's task is recorded (not while its answer is on the way: in doubt,
-    // it would end superseded with its run too, and the new version bill it again).
+    // One image at Claid at a time: the other two wait in the queue at the kill.
     let config = env.config("max_in_flight: 1\nbatch: { max_images: 1 }", "");
-    let mut daemon = env.spawn_daemon_with(
-        &config,
-        0,
-        &[("RUST_LOG", "info,claid_hotfolder::pipeline::job=debug")],
-    );
-    wait_until(
-        "the first image's task recorded",
-        Duration::from_secs(60),
-        || env.daemon_log(0).contains("Submitted task_id="),
-    )
-    .await;
-    daemon.start_kill().expect("SIGKILL");
-    daemon.wait().await.expect("wait");
+    kill_once_a_task_is_recorded(&env, &config).await;
     env.drop_file("m.yaml", v2);
     // Room for every image at once: the queued ones would go out at the start.
     let config = env.config("max_in_flight: 8\nbatch: { max_images: 1 }", "");
@@ -379,14 +387,7 @@ async fn issue11_a_manifest_saved_again_while_the_daemon_was_down_is_run_in_its_
         "{stderr}"
     );
     let stats = env.stats();
-    let submits_of = |name: &str| {
-        stats
-            .submits_by_key
-            .iter()
-            .filter(|(k, _)| k.contains(name))
-            .map(|(_, n)| *n)
-            .sum::<u64>()
-    };
+    let submits_of = |name: &str| crate::support::submits_of(&stats, name);
     assert_eq!(
         submits_of("typo-") + submits_of("also-"),
         0,
@@ -420,22 +421,8 @@ async fn issue11_a_manifest_saved_again_while_the_daemon_was_down_is_run_in_its_
 async fn a_broken_save_while_the_daemon_was_down_leaves_the_old_run_to_finish() {
     let env =
         TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_millis(800)))).await;
-    let v1 = b"images:\n  - input: storage://demo/keep-64x48.png\n  - input: storage://demo/typo-64x48.png\n  - input: storage://demo/also-64x48.png\n";
-    env.drop_file("m.yaml", v1);
     let config = env.config("max_in_flight: 1\nbatch: { max_images: 1 }", "");
-    let mut daemon = env.spawn_daemon_with(
-        &config,
-        0,
-        &[("RUST_LOG", "info,claid_hotfolder::pipeline::job=debug")],
-    );
-    wait_until(
-        "the first image's task recorded",
-        Duration::from_secs(60),
-        || env.daemon_log(0).contains("Submitted task_id="),
-    )
-    .await;
-    daemon.start_kill().expect("SIGKILL");
-    daemon.wait().await.expect("wait");
+    kill_once_a_task_is_recorded(&env, &config).await;
     env.drop_file("m.yaml", b"images:\n  - input: [not, a, url\n");
     let config = env.config("max_in_flight: 8\nbatch: { max_images: 1 }", "");
     let (_, stderr) = env.run_once(&config).await;

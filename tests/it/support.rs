@@ -1127,3 +1127,13 @@ pub fn static_images(n: usize, prefix: &str) -> (tempfile::TempDir, String) {
     }
     (statics, text)
 }
+
+/// How many submits the emulator billed for inputs whose key contains `name`.
+pub fn submits_of(stats: &claid_hotfolder::emulator::Stats, name: &str) -> u64 {
+    stats
+        .submits_by_key
+        .iter()
+        .filter(|(key, _)| key.contains(name))
+        .map(|(_, n)| *n)
+        .sum()
+}
