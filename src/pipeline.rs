@@ -1308,7 +1308,6 @@ impl Handle {
         Ok(replayed)
     }
 
-    /// Completes when intake is idle and every run this process tracks has ended or is held.
     /// Once intake has taken every candidate offered so far (the first scan's: call it after
     /// them), queues the held jobs of runs saved again while the daemon was down that are
     /// still queued in the store: a newer version that superseded their run cancelled them,
@@ -1351,6 +1350,7 @@ impl Handle {
         self.shared.queue.push_back(still);
     }
 
+    /// Completes when intake is idle and every run this process tracks has ended or is held.
     pub async fn wait_settled(&self) {
         let board = &self.shared.board;
         loop {
