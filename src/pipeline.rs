@@ -1313,18 +1313,8 @@ impl Handle {
     /// still queued in the store: a newer version that superseded their run cancelled them,
     /// one that was refused (invalid, or another run's outputs) left them to their run.
     pub async fn release_resaved(&self) {
-        let board = &self.shared.board;
-        loop {
-            let notified = board.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if board.lock().pending == 0 {
-                break;
-            }
-            tokio::select! {
-                _ = notified => {}
-                _ = self.shared.cancel.cancelled() => return,
-            }
+        if !self.board_until(|board| board.lock().pending == 0).await {
+            return;
         }
         let held = std::mem::take(
             &mut *self
@@ -1352,20 +1342,29 @@ impl Handle {
 
     /// Completes when intake is idle and every run this process tracks has ended or is held.
     pub async fn wait_settled(&self) {
+        self.board_until(|board| {
+            board.is_settled()
+                && self.shared.queue.is_empty()
+                && !self.shared.dispatch.held_adoption_pending()
+        })
+        .await;
+    }
+
+    /// Waits until `done` holds of the board, re-checked at each of its changes (subscribed
+    /// before each check, so no change between the check and the wait is missed); false when
+    /// the daemon stops first.
+    async fn board_until(&self, done: impl Fn(&Board) -> bool) -> bool {
         let board = &self.shared.board;
         loop {
             let notified = board.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if board.is_settled()
-                && self.shared.queue.is_empty()
-                && !self.shared.dispatch.held_adoption_pending()
-            {
-                return;
+            if done(board) {
+                return true;
             }
             tokio::select! {
                 _ = notified => {}
-                _ = self.shared.cancel.cancelled() => return,
+                _ = self.shared.cancel.cancelled() => return false,
             }
         }
     }

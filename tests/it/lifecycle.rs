@@ -1037,14 +1037,8 @@ async fn issue11_a_manifest_saved_again_while_it_runs_is_processed_in_its_new_ve
     assert_eq!(status.code(), Some(0), "{}", env.daemon_log(0));
 
     let report = env.report("m");
-    let inputs: Vec<&str> = report["jobs"]
-        .as_array()
-        .expect("rows")
-        .iter()
-        .map(|r| r["input"].as_str().unwrap_or_default())
-        .collect();
     assert_eq!(
-        inputs,
+        crate::support::report_inputs(&report),
         [
             "storage://demo/keep-64x48.png",
             "storage://demo/fixed-64x48.png"

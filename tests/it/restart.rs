@@ -397,14 +397,8 @@ async fn issue11_a_manifest_saved_again_while_the_daemon_was_down_is_run_in_its_
     assert_eq!(submits_of("keep-"), 1, "delivered once: {stderr}");
     assert_eq!(submits_of("fixed-"), 1);
     let report = env.report("m");
-    let inputs: Vec<&str> = report["jobs"]
-        .as_array()
-        .expect("rows")
-        .iter()
-        .map(|r| r["input"].as_str().unwrap_or_default())
-        .collect();
     assert_eq!(
-        inputs,
+        crate::support::report_inputs(&report),
         [
             "storage://demo/keep-64x48.png",
             "storage://demo/fixed-64x48.png"

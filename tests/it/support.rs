@@ -1137,3 +1137,13 @@ pub fn submits_of(stats: &claid_hotfolder::emulator::Stats, name: &str) -> u64 {
         .map(|(_, n)| *n)
         .sum()
 }
+
+/// The `input` of each row of a manifest's JSON report, in order.
+pub fn report_inputs(report: &serde_json::Value) -> Vec<String> {
+    report["jobs"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| r["input"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
