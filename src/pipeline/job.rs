@@ -274,9 +274,12 @@ pub struct RunnerDeps {
     pub restaged: std::sync::Mutex<std::collections::HashMap<JobId, u32>>,
     /// What listings told of each storage's bucket ([`Runner::confirm_bucket`]).
     pub buckets: std::sync::Mutex<std::collections::HashMap<String, BucketSeen>>,
-    /// One listing for [`Runner::confirm_bucket`] at a time: the looks of a batch that found
-    /// nothing at once wait for the first one's listing instead of each sending one.
-    pub bucket_gate: tokio::sync::Mutex<()>,
+    /// One listing for [`Runner::confirm_bucket`] at a time per storage: the looks of a batch
+    /// that found nothing at once wait for the first one's listing instead of each sending
+    /// one. Per storage, as the gate is held through the listing's retry waits: a bucket away
+    /// does not hold the confirmations of the others.
+    pub bucket_gate:
+        std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     pub cancel: CancellationToken,
 }
 
@@ -2523,8 +2526,11 @@ impl Runner {
                 Err(err) => err,
             };
             if matches!(err, crate::objects::ObjectError::Denied { .. }) {
-                if deps.health.storage_failed(&storage.name, err.to_string()) {
-                    warn!(storage = %crate::text::Escaped::str(&storage.name), error = %err, "A storage's bucket refuses the daemon's keys for an output object; what needs it waits and is retried (fix `credentials_file`, then restart the daemon; in `run --once` until `api.unreachable_timeout`)");
+                // Told at most once a minute: another job's call to the bucket that succeeds
+                // meanwhile ends the outage, and the next refusal began another (the same
+                // warning three times in a second).
+                if deps.health.storage_flaky(&storage.name, err.to_string()) {
+                    warn!(storage = %crate::text::Escaped::str(&storage.name), error = %err, "A storage's bucket refuses the daemon's keys for an output object; what needs it waits and is retried (told at most once a minute; fix `credentials_file`, then restart the daemon; in `run --once` until `api.unreachable_timeout`)");
                 }
             } else if bucket_away(&err) {
                 bucket_failure(&deps.health, &storage.name, &err, true);
@@ -2575,8 +2581,15 @@ impl Runner {
     ) -> Result<bool, ()> {
         let deps = &*self.deps;
         let name = &storage.name;
+        let gate = deps
+            .bucket_gate
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(name.clone())
+            .or_default()
+            .clone();
         let _gate = tokio::select! {
-            gate = deps.bucket_gate.lock() => gate,
+            gate = gate.lock() => gate,
             () = deps.cancel.cancelled() => return Err(()),
         };
         let before = deps
@@ -2630,11 +2643,16 @@ impl Runner {
                 // refused now is keys rotated or revoked, waited out as a look refused is. (The
                 // look's "not found" stood, and the image was submitted on it.)
                 Err(err @ crate::objects::ObjectError::Denied { .. }) => {
-                    if deps.health.storage_failed(name, err.to_string()) {
-                        warn!(storage = %crate::text::Escaped::str(name), error = %err, "A storage's bucket refuses the daemon's keys a listing; what needs it waits and is retried (fix `credentials_file`, then restart the daemon; in `run --once` until `api.unreachable_timeout`)");
+                    if deps.health.storage_flaky(name, err.to_string()) {
+                        warn!(storage = %crate::text::Escaped::str(name), error = %err, "A storage's bucket refuses the daemon's keys a listing; what needs it waits and is retried (told at most once a minute; fix `credentials_file`, then restart the daemon; in `run --once` until `api.unreachable_timeout`)");
                     }
                 }
-                Err(_) => return Ok(look_again),
+                Err(err) => {
+                    // Answered otherwise: a refusal waited out above is over (it stayed on
+                    // `/healthz` until a call to the bucket succeeded).
+                    bucket_answered(&deps.health, name, &err);
+                    return Ok(look_again);
+                }
             }
             match decide(&mut attempts, Failure::Unreachable) {
                 Decision::Retry { after } => {
@@ -3817,6 +3835,28 @@ mod tests {
         };
         bucket_answered(&health, "catalog", &missing);
         assert!(!health.only_storage_failing(), "the bucket answered");
+    }
+
+    /// The refusals of a listing or an output object's read are told as a flapping outage is:
+    /// once a minute, although another job's call that succeeds between two of them ends the
+    /// outage each time (the tester saw one refusal warned three times in a second).
+    #[test]
+    fn a_refusal_between_successes_is_told_once_a_minute() {
+        use crate::pipeline::notices::Notices;
+        let health = HealthState::new(
+            Notices::default(),
+            "127.0.0.1:1".to_owned(),
+            Arc::new(crate::claid::Unanswered::default()),
+        );
+        let denied = "403 AccessDenied".to_owned();
+        assert!(health.storage_flaky("catalog", denied.clone()), "told");
+        health.storage_ok("catalog");
+        assert!(!health.only_storage_failing(), "ended by the success");
+        assert!(
+            !health.storage_flaky("catalog", denied.clone()),
+            "a refusal again within the minute is not told again"
+        );
+        assert!(health.only_storage_failing(), "but it is failing again");
     }
 
     #[test]
