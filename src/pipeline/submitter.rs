@@ -268,10 +268,11 @@ impl Submitter {
             }
             if batching.may_send() || !batching.enabled() {
                 let mut left = Vec::new();
-                for members in std::mem::take(&mut full) {
-                    if !self.send(members, &mut health, &mut left, false).await {
-                        return;
-                    }
+                if !self
+                    .send_groups(std::mem::take(&mut full), &mut health, &mut left, false)
+                    .await
+                {
+                    return;
                 }
                 self.put_back(left, std::mem::take(&mut deferred));
             }
@@ -385,13 +386,40 @@ impl Submitter {
         health: &mut tokio::sync::watch::Receiver<Health>,
     ) -> bool {
         let mut left = Vec::new();
-        for members in open.take_all() {
-            // The queue is dry: these are a drop's last jobs (or all of a small one).
-            if !self.send(members, health, &mut left, true).await {
+        // The queue is dry: these are a drop's last jobs (or all of a small one).
+        if !self
+            .send_groups(open.take_all(), health, &mut left, true)
+            .await
+        {
+            return false;
+        }
+        self.put_back(left, Vec::new());
+        true
+    }
+
+    /// Sends groups of jobs one after the other ([`Submitter::send`]), until one of them goes
+    /// as the canary: the groups after it are added to `left` (back to the queue's front, to
+    /// be grouped again once the canary settles). They went with the canary in one pass, each
+    /// whole and untested: a drop of several request bodies sent every batch before the
+    /// canary's results said whether Claid names them as the daemon expects. False when the
+    /// daemon stops.
+    async fn send_groups(
+        &self,
+        groups: Vec<Vec<Member>>,
+        health: &mut tokio::sync::watch::Receiver<Health>,
+        left: &mut Vec<Member>,
+        last: bool,
+    ) -> bool {
+        let batching = self.batches.batching();
+        for members in groups {
+            if batching.enabled() && !batching.may_send() {
+                left.extend(members);
+                continue;
+            }
+            if !self.send(members, health, left, last).await {
                 return false;
             }
         }
-        self.put_back(left, Vec::new());
         true
     }
 

@@ -457,6 +457,42 @@ async fn issue12_a_result_listed_twice_switches_batching_off_and_holds_the_image
     assert_eq!(stats.duplicate_submits, 0, "nothing held is resubmitted");
 }
 
+/// A small drop of several request bodies (one image each: no group fills a batch before
+/// the queue runs dry) sends its first group as the canary and waits for it: the canary's
+/// result is named otherwise, so batching is switched off and the other groups go one by one.
+/// (They went with the canary in one pass, each a batch of its own: every image held in doubt
+/// where the canary's one would have been.)
+#[tokio::test(flavor = "multi_thread")]
+async fn issue12_groups_sent_together_wait_for_the_canary_before_they_go() {
+    let refs = ["g0.png", "g1.png", "g2.png"];
+    let (_static, scenario) = static_images(&refs);
+    let env = TestEnv::new(scenario.batch_rename_share(1.0)).await;
+    let base = format!("http://{}/_static", env.emulator.addr());
+    let mut text = String::from("images:\n");
+    for (i, name) in refs.iter().enumerate() {
+        text.push_str(&format!(
+            "  - input: {base}/{name}\n    operations: {{ resizing: {{ width: {}, height: 24, fit: crop }} }}\n",
+            30 + i
+        ));
+    }
+    env.drop_file("m.yaml", text.as_bytes());
+    let config = env.config("max_in_flight: 32", "");
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 2, "the canary's image is held in doubt:\n{stderr}");
+    let stats = env.stats();
+    assert_eq!(
+        stats.batch_submits, 1,
+        "only the canary went as a batch: {:?}\n{stderr}",
+        stats.batches
+    );
+    assert_eq!(stats.submits, 2, "the two other groups went alone");
+    let rows = rows(&env, "m");
+    let held = rows.iter().filter(|(_, s, _)| s == "in-doubt").count();
+    let done = rows.iter().filter(|(_, s, _)| s == "done").count();
+    assert_eq!((held, done), (1, 2), "{rows:?}");
+    assert_eq!(stats.duplicate_submits, 0, "nothing held is resubmitted");
+}
+
 /// A canary refused at its submit (no credits: submitting pauses) tested nothing: once
 /// submitting resumes, the first batch Claid takes is a canary of at most 2 images again,
 /// not a full batch (jobs grouped for one meanwhile are split). After a pause at the first
