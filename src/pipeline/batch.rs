@@ -204,11 +204,16 @@ impl Batching {
     /// held in doubt where Claid named results otherwise, instead of the canary's 2.)
     ///
     /// A batch of an earlier round (a canary whose answer was lost, given up on for the round
-    /// by [`Batching::canary_unanswered`]) settles nothing: the round's own canary does.
+    /// by [`Batching::canary_unanswered`]) that ends without its results settles nothing: the
+    /// round's own canary does. One whose results came and were matched (adopted from its
+    /// webhook) tested Claid's naming as well as the round's own canary would: it settles the
+    /// round (its replacement, a canary of two more images, held every full batch until its
+    /// own results came).
     fn settled(&self, answered: bool, round: u64) {
+        let current = self.canary_round.load(Ordering::Relaxed);
         if !self.canary_sent.load(Ordering::Relaxed)
             || self.canary_settled.load(Ordering::Relaxed)
-            || round != self.canary_round.load(Ordering::Relaxed)
+            || (round != current && !(answered && round < current))
         {
             return;
         }
@@ -2417,6 +2422,37 @@ mod tests {
             .map(|b| b.into_iter().map(|m| m.id).collect())
             .collect();
         assert_eq!(rest, vec![vec![11]]);
+    }
+
+    /// Canary rounds: a canary whose answer was lost gives up its round (the next batch is a
+    /// canary again); when it is answered later (adopted from its webhook) and its results
+    /// match, it settles the round then; ended unanswered, it settles nothing.
+    #[test]
+    fn an_earlier_rounds_canary_settles_the_round_only_when_answered() {
+        let batching = Batching::new(BatchConfig {
+            max_images: 100,
+            linger: ms(200),
+        });
+        assert!(batching.may_send(), "nothing sent yet");
+        let first = batching.dispatched();
+        assert!(!batching.may_send(), "the canary is out");
+        batching.canary_unanswered(first);
+        assert!(batching.may_send(), "a canary goes in its place");
+        let second = batching.dispatched();
+        assert!(second > first);
+        assert!(!batching.may_send(), "the second canary is out");
+        batching.settled(false, first);
+        assert!(
+            !batching.may_send() && batching.canary_sent(),
+            "the first ending unanswered changes nothing"
+        );
+        batching.settled(true, first);
+        assert!(
+            batching.canary_settled() && batching.may_send(),
+            "the first, answered and matched, settles the round"
+        );
+        batching.settled(false, second);
+        assert!(batching.canary_settled(), "settled stays settled");
     }
 
     #[test]
