@@ -1222,6 +1222,42 @@ pub fn check_key(key: &str) -> Result<(), ObjectError> {
     Ok(())
 }
 
+/// `key` (or a URI, a place) with its format's usual extension in one spelling: `.jpeg` and
+/// `.JPG` as `.jpg`, `.tiff` and `.TIF` as `.tif`. Claid may name an output under either
+/// spelling, and the daemon takes an object at the key or its twin (the format's other
+/// extension) for the output, so two outputs (or an output and an input) whose keys differ
+/// only there are one object: compared as written, two rows writing `x.jpg` and `x.jpeg` were
+/// both accepted, and one was recorded done with the other's object, never made.
+pub fn one_spelling(key: &str) -> std::borrow::Cow<'_, str> {
+    if !has_twin(key) {
+        return key.into();
+    }
+    let Some((stem, ext)) = key.rsplit_once('.') else {
+        return key.into();
+    };
+    let one = match ext.to_ascii_lowercase().as_str() {
+        "jpg" | "jpeg" => "jpg",
+        "tif" | "tiff" => "tif",
+        _ => return key.into(),
+    };
+    if ext == one {
+        key.into()
+    } else {
+        format!("{stem}.{one}").into()
+    }
+}
+
+/// Whether `key` ends in an extension Claid may spell two ways (`.jpg`/`.jpeg`,
+/// `.tif`/`.tiff`, in any letter case): see [`one_spelling`].
+pub fn has_twin(key: &str) -> bool {
+    key.rsplit_once('.').is_some_and(|(_, ext)| {
+        matches!(
+            ext.to_ascii_lowercase().as_str(),
+            "jpg" | "jpeg" | "tif" | "tiff"
+        )
+    })
+}
+
 /// [`check_key`] for a key Claid writes (an output object, a destination folder), whose
 /// object the daemon then looks for at that key: also no `?` or `#` (they end the path of a
 /// `storage://` URI) and nothing another reading would cut into other folders (`a%2Fb`,

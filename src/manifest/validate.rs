@@ -367,9 +367,10 @@ pub fn validate(
             continue;
         }
         let input_place = match &input {
-            super::Input::Remote(url) if url.starts_with("storage://") => {
-                Some(object_place(ctx.storages, url).unwrap_or_else(|| url.clone()))
-            }
+            super::Input::Remote(url) if url.starts_with("storage://") => Some(
+                object_place(ctx.storages, url)
+                    .unwrap_or_else(|| crate::objects::one_spelling(url).into_owned()),
+            ),
             _ => None,
         };
         if let Some(first) = input_place
@@ -390,12 +391,16 @@ pub fn validate(
             &output_rel.to_string_lossy(),
         ) {
             // By the object's place: two storages on one bucket name one object two ways.
-            let place = object_place(ctx.storages, &object).unwrap_or_else(|| object.clone());
+            // (Keys that differ only in the spelling of their format's extension, `x.jpg` and
+            // `x.jpeg`, are one place: `objects::one_spelling`.)
+            let place = object_place(ctx.storages, &object)
+                .unwrap_or_else(|| crate::objects::one_spelling(&object).into_owned());
             if let Some(first) = objects.get(&place) {
                 problems.add(
                     &output_at,
                     format!(
-                        "the object `{object}` is also written by images[{first}]; give one of them a different `output`"
+                        "the object `{object}` is also written by images[{first}]{}; give one of them a different `output`",
+                        twin_note(&object)
                     ),
                 );
                 continue;
@@ -421,7 +426,8 @@ pub fn validate(
                 problems.add(
                     &output_at,
                     format!(
-                        "the object `{object}` is this image's own input: Claid would write the edit over the original; give `output.destination` another folder (e.g. `storage://NAME/edited/`) or the image another `output`"
+                        "the object `{object}`{} is this image's own input: Claid would write the edit over the original; give `output.destination` another folder (e.g. `storage://NAME/edited/`) or the image another `output`",
+                        twin_note(&object)
                     ),
                 );
                 continue;
@@ -430,7 +436,8 @@ pub fn validate(
                 problems.add(
                     &output_at,
                     format!(
-                        "the object `{object}` is images[{first}]'s input: Claid would write this edit over that original; give `output.destination` another folder (e.g. `storage://NAME/edited/`) or this image another `output`"
+                        "the object `{object}`{} is images[{first}]'s input: Claid would write this edit over that original; give `output.destination` another folder (e.g. `storage://NAME/edited/`) or this image another `output`",
+                        twin_note(&object)
                     ),
                 );
                 continue;
@@ -865,17 +872,30 @@ pub fn unknown_key_message(key: &str, known: &[&str]) -> String {
     }
 }
 
+/// What a refusal of `object` adds when its key ends in an extension Claid may spell two ways
+/// (`.jpg`/`.jpeg`, `.tif`/`.tiff`): that the two spellings are one object (rows writing
+/// `x.jpg` and `x.jpeg` are refused as writing one object, which they do).
+fn twin_note(object: &str) -> &'static str {
+    if crate::objects::has_twin(object) {
+        " (a key with `.jpg` or `.jpeg`, `.tif` or `.tiff`, is one object under either spelling: Claid may write either)"
+    } else {
+        ""
+    }
+}
+
 /// Where a `storage://NAME/key` URI points: `s3://bucket/prefix/key`, whatever the storage's
-/// `endpoint` (see [`folder_place`]); `None` for a storage that is not configured. Two
+/// `endpoint` (see [`folder_place`]), with its format's extension in one spelling
+/// ([`crate::objects::one_spelling`]); `None` for a storage that is not configured. Two
 /// URIs name one object when their places are equal: their storages (by name or connector
-/// name) may point into one bucket, one prefix inside the other.
+/// name) may point into one bucket, one prefix inside the other, and Claid may write either
+/// spelling of `.jpg`/`.jpeg` (`.tif`/`.tiff`).
 pub(crate) fn object_place(storages: &BTreeMap<String, StorageEntry>, uri: &str) -> Option<String> {
     let (name, key) = crate::storages::split_uri(uri)?;
     let entry = storage_entry(storages, name)?;
     Some(format!(
         "{}/{}",
         folder_place(entry),
-        key.trim_start_matches('/')
+        crate::objects::one_spelling(key.trim_start_matches('/'))
     ))
 }
 

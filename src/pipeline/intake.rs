@@ -576,8 +576,13 @@ fn conflict_text(
     );
     let (taken, wanted) = (crate::text::escape(taken), crate::text::escape(wanted));
     // A storage output is reserved as the object it writes (`s3://bucket/key`).
+    // (Reserved with its format's extension in one spelling: `x.jpeg` as `x.jpg`.)
     let place = if wanted.contains("://") {
-        "in the bucket"
+        if crate::objects::has_twin(&wanted) {
+            "in the bucket (or its twin with the format's other extension, `.jpeg` or `.tiff`, which Claid may write and the daemon takes for it)"
+        } else {
+            "in the bucket"
+        }
     } else {
         "in the outbox"
     };

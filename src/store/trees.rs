@@ -521,19 +521,22 @@ impl Trees {
     }
 
     /// Where a `storage://CONNECTOR/key` object is (the connector's bucket place), so that
-    /// two connectors naming one bucket reserve one object once.
+    /// two connectors naming one bucket reserve one object once, with its format's extension
+    /// in one spelling (`objects::one_spelling`: `x.jpeg` and `x.jpg` are one object to the
+    /// daemon's checks, and two active runs writing them were both taken in).
     fn place_of(&self, uri: String) -> String {
         let places = self
             .object_places
             .read()
             .unwrap_or_else(PoisonError::into_inner);
-        match crate::storages::split_uri(&uri) {
+        let place = match crate::storages::split_uri(&uri) {
             Some((connector, key)) => match places.get(connector) {
                 Some(place) => format!("{}/{key}", place.trim_end_matches('/')),
                 None => uri,
             },
             None => uri,
-        }
+        };
+        crate::objects::one_spelling(&place).into_owned()
     }
 
     /// Reserves `path` for `owner`, unless a run that has not ended holds it, or holds a path

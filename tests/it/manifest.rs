@@ -1070,6 +1070,50 @@ fn issue15_two_images_writing_one_object_through_two_storages_are_refused() {
     );
 }
 
+/// Storage keys that differ only in the spelling of their format's extension (`.jpg` and
+/// `.jpeg`, `.tif` and `.TIFF`) are one object: Claid may write either, and the daemon takes
+/// an object at either for the output. Two rows writing such twins, or a row writing over the
+/// twin of its own input or another row's, are refused at validation. (Both rows were taken
+/// in, and one was recorded done with the other's object, or with its own original.)
+#[test]
+fn issue15_storage_keys_that_differ_only_in_the_extensions_spelling_are_one_object() {
+    let env = env();
+    let mut storages = BTreeMap::new();
+    storages.insert(
+        "catalog".to_owned(),
+        storage_entry("catalog-s3", "images", false),
+    );
+    let load = |text: &str| load_with_storages(&env, &storages, "m.yaml", text);
+    for (text, told) in [
+        (
+            "output: { format: jpeg, destination: storage://catalog/o/ }\nimages:\n  - { input: storage://catalog/in/p1.png, output: x.jpg }\n  - { input: storage://catalog/in/p2.png, output: x.jpeg }\n",
+            "is also written by images[0] (a key with `.jpg` or `.jpeg`",
+        ),
+        (
+            "output: { format: tiff, destination: storage://catalog/o/ }\nimages:\n  - { input: storage://catalog/in/p1.png, output: x.tif }\n  - { input: storage://catalog/in/p2.png, output: x.TIFF }\n",
+            "is also written by images[0]",
+        ),
+        (
+            "output: { format: jpeg, destination: storage://catalog/o/ }\nimages:\n  - storage://catalog/o/m/x.jpeg\n",
+            "is this image's own input",
+        ),
+        (
+            "output: { format: jpeg, destination: storage://catalog/o/ }\nimages:\n  - { input: storage://catalog/o/m/y.JPG, output: z.jpg }\n  - { input: storage://catalog/in/p2.png, output: y.jpeg }\n",
+            "is images[0]'s input",
+        ),
+    ] {
+        let err = load(text).expect_err("refused");
+        assert!(
+            err.error_txt().contains(told),
+            "{text}\n{}",
+            err.error_txt()
+        );
+    }
+    // Another extension is another object.
+    let text = "output: { format: png, destination: storage://catalog/o/ }\nimages:\n  - { input: storage://catalog/in/p1.png, output: x.png }\n  - { input: storage://catalog/in/p2.png, output: x.jpg.png }\n";
+    load(text).expect("different objects");
+}
+
 /// A storage input with credentials before its storage's name (`storage://user:pw@catalog/…`)
 /// is refused at validation, naming the fix and not the password: it was sent to Claid,
 /// refused there, and its answer put the password into the log.

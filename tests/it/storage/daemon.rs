@@ -1300,6 +1300,48 @@ async fn refuses_the_second_writer_of_one_object(
     );
 }
 
+/// Keys that differ only in the spelling of their format's extension (`sku-0.jpg`,
+/// `sku-0.jpeg`) are one object to Claid, which may write either, and to the daemon's checks,
+/// which take an object at either: a second active manifest writing the twin is refused at
+/// intake as one writing the same key. (Both were taken in, and one row was recorded done
+/// with the other's object, its own image never made.)
+#[tokio::test]
+async fn issue15_a_second_manifest_writing_the_twin_key_is_refused_at_intake() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let scenario = Scenario::default()
+        .latency(Latency::Fixed(std::time::Duration::from_millis(1500)))
+        .seed(3);
+    let (env, config) = storage_env(&s3, scenario, "", 1).await;
+    env.drop_file(
+        "a/shoes.yaml",
+        b"output: { destination: storage://catalog/x/ }\nimages:\n  - storage://catalog/in/sku-0.png\n",
+    );
+    env.drop_file(
+        "shoes.yaml",
+        b"output: { destination: storage://catalog/x/a/ }\nimages:\n  - { input: storage://catalog/in/sku-1.png, output: sku-0.jpeg }\n",
+    );
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 2, "one manifest is rejected: {stderr}");
+    let rejected: Vec<PathBuf> = TestEnv::files_under(&env.rejected)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".error.txt"))
+        .collect();
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    let text = std::fs::read_to_string(env.rejected.join(&rejected[0])).expect("error file");
+    assert!(
+        text.contains("s3://catalog/raw/x/a/shoes/sku-0.jpg` in the bucket (or its twin"),
+        "{text}"
+    );
+    assert_eq!(
+        s3.list_keys("catalog", "raw/x/a/shoes/").await.len(),
+        1,
+        "one object written"
+    );
+    s3.stop().await;
+}
+
 /// Two storages (two Claid connectors) on one bucket prefix name one object two ways: the
 /// second manifest writing it through the other storage is refused at intake all the same.
 #[tokio::test]
