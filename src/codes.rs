@@ -128,6 +128,15 @@ impl FailureCode {
         )
     }
 
+    /// A storage output's object Claid reported written was not found (or found empty) after
+    /// the looks: a replay looks for it once more before it sends the image again, since a
+    /// bucket (or something in front of it) that answered "not found" for an object that was
+    /// there had the replay bill the image again, uncounted. Found missing (or empty, or still
+    /// the object its submit replaced) by that look, the image is made again.
+    pub fn is_object_looked_for_again(self) -> bool {
+        self == FailureCode::ObjectMissing
+    }
+
     /// A write of a result into the outbox failed: Claid made (and billed) the result.
     pub fn is_local_write(self) -> bool {
         matches!(

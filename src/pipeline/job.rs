@@ -2202,6 +2202,12 @@ impl Runner {
                     // Still the object that was there before the submit: Claid's may not be
                     // visible yet (looked at again, as for a missing one), or Claid wrote
                     // elsewhere (its connector changed since the start) or not at all.
+                    // Looked for again by a replay (the object was kept for it), still that
+                    // object: the edit is not there, and the image is made again.
+                    if checked_before {
+                        info!(object = %storage.objects.uri(key), "The output object is still the one the edit replaced; the image is made again (billed again)");
+                        return self.make_again(id).await;
+                    }
                     match self.look_again(&mut n_missing).await {
                         Some(true) => {
                             debug!(object = %storage.objects.uri(key), "The output object is still the one the edit replaces; looked again");
@@ -2217,7 +2223,10 @@ impl Runner {
                         crate::text::Escaped::str(connector),
                         storage.name,
                     );
-                    return self.fail(id, FailureCode::ObjectMissing, &message).await;
+                    let code = FailureCode::ObjectMissing;
+                    return self
+                        .fail(id, code, &object_read_failed(code, &message))
+                        .await;
                 }
                 Err(None) => return Step::End(JobOutcome::Parked),
                 Err(Some(err)) => err,
@@ -2276,13 +2285,9 @@ impl Runner {
                     .object_replaced(id, &storage.objects.uri(key), "it is empty")
                     .await;
             }
-            return self
-                .fail(
-                    id,
-                    FailureCode::ObjectMissing,
-                    &format!("{} is empty", storage.objects.uri(key)),
-                )
-                .await;
+            let code = FailureCode::ObjectMissing;
+            let why = format!("{} is empty", storage.objects.uri(key));
+            return self.fail(id, code, &object_read_failed(code, &why)).await;
         }
         if storage.entry.output_local_copy && info.size > max_copy {
             // The object is the output, written and billed; only its copy is over the limit.
@@ -2781,9 +2786,15 @@ impl Runner {
 }
 
 /// The failure message of a storage output's check that ended in `code`: when the object stays
-/// kept for a replay ([`FailureCode::is_object_read`]), that a replay looks at it again.
+/// kept for a replay ([`FailureCode::is_object_read`]), that a replay looks at it again; when
+/// it was not found ([`FailureCode::is_object_looked_for_again`]), that a replay looks for it
+/// first.
 fn object_read_failed(code: FailureCode, why: &impl std::fmt::Display) -> String {
-    if code.is_object_read() {
+    if code.is_object_looked_for_again() {
+        format!(
+            "{why}; once the cause is mended, `replay --failed` looks for the object in the bucket again first: no new bill if Claid's edit is there then (else the image is made again, billed)"
+        )
+    } else if code.is_object_read() {
         format!(
             "{why}; the object Claid wrote (and billed) stays in the bucket: once the cause is mended, `replay --failed` looks at it again, no new bill (unless it is found gone or broken then: that image is made again)"
         )

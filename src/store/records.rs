@@ -273,7 +273,9 @@ impl JobV1 {
     /// outbox failed (Claid made and billed it, and keeps it a day; a storage output's object,
     /// whose local copy `output_local_copy` could not write, stays in the bucket), a storage
     /// output's object that could not be read or read broken ([`FailureCode::is_object_read`]:
-    /// a replay reads it again), and a result at a temporary URL a replay fetched again that
+    /// a replay reads it again) or was not found after Claid reported it written
+    /// ([`FailureCode::is_object_looked_for_again`]: a replay looks for it once more), and a
+    /// result at a temporary URL a replay fetched again that
     /// failed for any reason (found gone, it is submitted again instead of failing). A first
     /// download that failed keeps none, nor does a storage object found missing. A
     /// storage object keeps the sha256 of the bytes copied from it (`copy_of`, or given to
@@ -290,7 +292,8 @@ impl JobV1 {
                 submitted_at_ms,
                 ..
             } if code.is_local_write()
-                || code.is_object_read() && url.starts_with("storage://")
+                || (code.is_object_read() || code.is_object_looked_for_again())
+                    && url.starts_with("storage://")
                 // A storage object looked at again that is missing (or not Claid's) is made
                 // again, not kept for one more look.
                 || kept_since_ms.is_some() && !url.starts_with("storage://") =>

@@ -1701,6 +1701,19 @@ enum Spoil {
     Short,
     /// `404 NoSuchKey`, as S3 answers an object that is not there.
     NotFound,
+    /// `404` without a body to a HEAD (the only spoil of a HEAD), as S3 answers a look at an
+    /// object that is not there.
+    HeadNotFound,
+}
+
+impl Spoil {
+    /// The method whose answers it spoils.
+    fn method(self) -> &'static str {
+        match self {
+            Spoil::HeadNotFound => "HEAD",
+            Spoil::Cut | Spoil::Short | Spoil::NotFound => "GET",
+        }
+    }
 }
 
 /// A proxy in front of the S3 server that spoils the answers to GETs whose path contains a
@@ -1758,6 +1771,11 @@ impl Spoiler {
             .push_back((part.to_owned(), spoil, n));
     }
 
+    /// Forgets the rules not spent yet: every answer is forwarded as it came from now on.
+    fn clear(&self) {
+        self.rules.lock().expect("lock").clear();
+    }
+
     /// How many answers were spoiled so far.
     fn spoiled(&self) -> usize {
         self.spoiled.load(std::sync::atomic::Ordering::SeqCst)
@@ -1812,20 +1830,22 @@ impl Spoiler {
         let line = head.lines().next().unwrap_or_default().to_owned();
         let mut words = line.split(' ');
         let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-        let spoil = (method == "GET")
-            .then(|| {
-                let mut rules = rules.lock().expect("lock");
-                let rule = rules
-                    .front_mut()
-                    .filter(|(part, _, _)| path.contains(part))?;
-                rule.2 -= 1;
-                let spoil = rule.1;
-                if rule.2 == 0 {
-                    rules.pop_front();
-                }
-                Some(spoil)
-            })
-            .flatten();
+        let spoil = {
+            let mut rules = rules.lock().expect("lock");
+            rules
+                .front_mut()
+                .filter(|(part, spoil, _)| path.contains(part) && method == spoil.method())
+                .map(|rule| {
+                    rule.2 -= 1;
+                    (rule.1, rule.2 == 0)
+                })
+                .map(|(spoil, spent)| {
+                    if spent {
+                        rules.pop_front();
+                    }
+                    spoil
+                })
+        };
         // One request per connection: the server closes after its answer.
         let mut forwarded: String = head
             .trim_end()
@@ -1858,6 +1878,10 @@ impl Spoiler {
                             })
                             .collect();
                         [format!("{head}\r\n").into_bytes(), half.to_vec()].concat()
+                    }
+                    Spoil::HeadNotFound => {
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                            .to_vec()
                     }
                     Spoil::NotFound => {
                         let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>NoSuchKey</Code><Message>The specified key does not exist.</Message></Error>";
@@ -1983,6 +2007,53 @@ async fn issue15_an_output_object_that_read_broken_is_read_again_by_the_replay_n
         .expect("object");
     let local = std::fs::read(env.outbox.join("shoes/sku-0.png")).expect("local copy");
     assert_eq!(local, object, "the local copy is Claid's object");
+    s3.stop().await;
+}
+
+/// An output object that every look of a run answers "not found" (a proxy in front of the
+/// bucket, here) fails the job `object-missing`, naming the replay; the replay looks for the
+/// object first and, finding Claid's edit there, is done with it: one submit in all. (The
+/// replay sent the image again: billed twice, not counted in doubt.)
+#[tokio::test(flavor = "multi_thread")]
+async fn issue15_an_output_object_not_found_is_looked_for_again_by_the_replay_not_billed_again() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let (env, spoiler, config) = spoiled_env(&s3, 1, false).await;
+    // Every look of the run at the object (and the one before its submit, truly empty).
+    spoiler.spoil("/out/", Spoil::HeadNotFound, 1000);
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 2, "{stderr}");
+    let report = env.report("shoes");
+    let row = &report["jobs"][0];
+    assert_eq!(row["status"], "failed", "{row}");
+    let reason = row["reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("object-missing"), "{row}");
+    assert!(
+        reason.contains("`replay --failed` looks for the object in the bucket again first"),
+        "{row}"
+    );
+    assert_eq!(
+        s3.list_keys("catalog", "raw/out/shoes/").await,
+        ["raw/out/shoes/sku-0.png"],
+        "Claid wrote it"
+    );
+    spoiler.clear();
+    let config_arg = config.to_str().expect("utf-8");
+    let (code, stdout, err) =
+        crate::support::cli(&["replay", "--failed", "--config", config_arg]).await;
+    assert_eq!(code, 0, "{stdout}{err}");
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    let report = env.report("shoes");
+    let row = &report["jobs"][0];
+    assert_eq!(row["status"], "done", "{report:#}");
+    assert_eq!(
+        row["object"], "storage://catalog-s3/out/shoes/sku-0.png",
+        "{report:#}"
+    );
+    let stats = env.stats();
+    assert_eq!(stats.submits, 1, "one bill in all: {stats:?}");
     s3.stop().await;
 }
 
