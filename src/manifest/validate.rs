@@ -414,7 +414,13 @@ pub fn validate(
                 None => crate::objects::check_written_key(&object["storage://".len()..]),
             };
             if let Err(err) = checked {
-                problems.add(&output_at, format!("the object `{object}`: {err}"));
+                problems.add(
+                    &output_at,
+                    format!(
+                        "the object `{object}`: {err}{}",
+                        unsafe_key_source(ctx, &name)
+                    ),
+                );
                 continue;
             }
             // Claid would write the edit over the very photo it reads: the source is lost.
@@ -870,6 +876,39 @@ pub fn unknown_key_message(key: &str, known: &[&str]) -> String {
                 .join(", ")
         ),
     }
+}
+
+/// What a refusal of a storage output's key adds when the part that makes it unsafe is not in
+/// the destination folder: the manifest's folders and name in the inbox (mirrored into the key:
+/// rename them) or the image's output name (give another). The refusal was told at the image's
+/// `input` with no word of the inbox folder (`%2e%2e/m.yaml`) that caused it.
+fn unsafe_key_source(ctx: &Context<'_>, name: &Path) -> String {
+    let unsafe_part = |part: &std::ffi::OsStr| {
+        crate::objects::check_written_key(&part.to_string_lossy()).is_err()
+    };
+    if let Some(part) = ctx.out_dir.iter().find(|part| unsafe_part(part)) {
+        let (what, fix) = if ctx.recipe_image {
+            ("a folder of this image in the inbox", "rename that folder")
+        } else {
+            (
+                "a folder (or the name) of this manifest in the inbox",
+                "rename it, or move the manifest",
+            )
+        };
+        return format!(
+            "; the unsafe part `{}` is {what}, which the key mirrors: {fix}",
+            crate::text::escape(&part.to_string_lossy())
+        );
+    }
+    if name.iter().any(unsafe_part) {
+        let fix = if ctx.recipe_image {
+            "rename the image file"
+        } else {
+            "give the image another `output`"
+        };
+        return format!("; the unsafe part is in the image's output name: {fix}");
+    }
+    String::new()
 }
 
 /// What a refusal of `object` adds when its key ends in an extension Claid may spell two ways

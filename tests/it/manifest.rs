@@ -1174,7 +1174,27 @@ fn issue15_storage_output_keys_hold_nothing_another_reading_would_change() {
             "{rel} {destination}: {}",
             err.error_txt()
         );
+        // A folder of the inbox the key mirrors is named with the fix (it was told at the
+        // image's `input` alone).
+        assert_eq!(
+            err.error_txt()
+                .contains("of this manifest in the inbox, which the key mirrors: rename it"),
+            rel != "m.yaml",
+            "{rel} {destination}: {}",
+            err.error_txt()
+        );
     }
+    let err = load(
+        "%2e%2e/m.yaml",
+        "output: { format: png, destination: storage://cat/out/ }\nimages:\n  - input: https://example.com/x.png\n",
+    )
+    .expect_err("a folder read as `..`");
+    assert!(
+        err.error_txt()
+            .contains("the unsafe part `%2e%2e` is a folder (or the name) of this manifest"),
+        "{}",
+        err.error_txt()
+    );
     load(
         "m.yaml",
         "output: { format: png, destination: storage://cat/out/ }\nimages:\n  - input: storage://elsewhere/in/v#1/x.png\n",
