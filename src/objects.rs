@@ -1222,40 +1222,32 @@ pub fn check_key(key: &str) -> Result<(), ObjectError> {
     Ok(())
 }
 
-/// `key` (or a URI, a place) with its format's usual extension in one spelling: `.jpeg` and
-/// `.JPG` as `.jpg`, `.tiff` and `.TIF` as `.tif`. Claid may name an output under either
-/// spelling, and the daemon takes an object at the key or its twin (the format's other
-/// extension) for the output, so two outputs (or an output and an input) whose keys differ
-/// only there are one object: compared as written, two rows writing `x.jpg` and `x.jpeg` were
-/// both accepted, and one was recorded done with the other's object, never made.
-pub fn one_spelling(key: &str) -> std::borrow::Cow<'_, str> {
-    if !has_twin(key) {
-        return key.into();
+/// `key` (or a URI) under its format's other usual extension, where Claid may write an output
+/// asked at `key`: `a.jpg` ↔ `a.jpeg`, `a.tif` ↔ `a.tiff`, the other in lower case (`a.JPG`
+/// → `a.jpeg`). The daemon takes an object at either for the output
+/// (`pipeline::job::objects_at`), so an output occupies both keys ([`output_keys`]): two outputs
+/// whose keys share one are one object, and so are an output and an input at one of its keys.
+/// `None` for another extension.
+pub fn twin_key(key: &str) -> Option<String> {
+    let (stem, ext) = key.rsplit_once('.')?;
+    if stem.is_empty() || ext.contains('/') {
+        return None;
     }
-    let Some((stem, ext)) = key.rsplit_once('.') else {
-        return key.into();
+    let other = match ext.to_ascii_lowercase().as_str() {
+        "jpg" => "jpeg",
+        "jpeg" => "jpg",
+        "tif" => "tiff",
+        "tiff" => "tif",
+        _ => return None,
     };
-    let one = match ext.to_ascii_lowercase().as_str() {
-        "jpg" | "jpeg" => "jpg",
-        "tif" | "tiff" => "tif",
-        _ => return key.into(),
-    };
-    if ext == one {
-        key.into()
-    } else {
-        format!("{stem}.{one}").into()
-    }
+    Some(format!("{stem}.{other}"))
 }
 
-/// Whether `key` ends in an extension Claid may spell two ways (`.jpg`/`.jpeg`,
-/// `.tif`/`.tiff`, in any letter case): see [`one_spelling`].
-pub fn has_twin(key: &str) -> bool {
-    key.rsplit_once('.').is_some_and(|(_, ext)| {
-        matches!(
-            ext.to_ascii_lowercase().as_str(),
-            "jpg" | "jpeg" | "tif" | "tiff"
-        )
-    })
+/// The keys an output object asked at `key` occupies: `key`, then its [`twin_key`]. Compared
+/// as written alone, two rows writing `x.jpg` and `x.jpeg` were both accepted, and one was
+/// recorded done with the other's object, never made.
+pub fn output_keys(key: &str) -> impl Iterator<Item = String> + '_ {
+    std::iter::once(key.to_owned()).chain(twin_key(key))
 }
 
 /// [`check_key`] for a key Claid writes (an output object, a destination folder), whose
@@ -1455,6 +1447,19 @@ fn without_xml(message: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_object_key_has_its_formats_other_extension() {
+        assert_eq!(twin_key("out/m/f1.tiff").as_deref(), Some("out/m/f1.tif"));
+        assert_eq!(twin_key("out/m/f1.JPG").as_deref(), Some("out/m/f1.jpeg"));
+        assert_eq!(twin_key("out/m/f1.png"), None);
+        assert_eq!(twin_key("out/v1.2/f1"), None);
+        assert_eq!(
+            output_keys("s3://b/x.jpeg").collect::<Vec<_>>(),
+            ["s3://b/x.jpeg", "s3://b/x.jpg"]
+        );
+        assert_eq!(output_keys("s3://b/x.png").count(), 1);
+    }
+
     #[test]
     fn missing_s3_variables_are_named() {
         let only_key = |name: &str| (name == "AWS_ACCESS_KEY_ID").then(|| "AKIA".to_owned());

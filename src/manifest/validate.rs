@@ -179,6 +179,9 @@ pub fn validate(
     // may be another image's input (Claid would write an edit over an original it reads).
     let mut input_places: HashMap<String, usize> = HashMap::new();
     let mut output_places: HashMap<String, usize> = HashMap::new();
+    // Storage outputs by their place as written alone (`objects` and `output_places` hold
+    // each at its twin key too): tells a refusal at a twin from one at the key itself.
+    let mut output_keys: HashMap<String, usize> = HashMap::new();
     let mut local = LocalFiles::default();
     for (idx, item) in images.into_iter().enumerate() {
         let image = item.to_value();
@@ -367,10 +370,9 @@ pub fn validate(
             continue;
         }
         let input_place = match &input {
-            super::Input::Remote(url) if url.starts_with("storage://") => Some(
-                object_place(ctx.storages, url)
-                    .unwrap_or_else(|| crate::objects::one_spelling(url).into_owned()),
-            ),
+            super::Input::Remote(url) if url.starts_with("storage://") => {
+                Some(object_place(ctx.storages, url).unwrap_or_else(|| url.clone()))
+            }
             _ => None,
         };
         if let Some(first) = input_place
@@ -380,7 +382,12 @@ pub fn validate(
             problems.add(
                 &input_path,
                 format!(
-                    "this input is the object images[{first}] writes its output to: Claid would write that edit over the original this image reads; give images[{first}] another `output` or `output.destination`"
+                    "this input is the object images[{first}] writes its output to{}: Claid would write that edit over the original this image reads; give images[{first}] another `output` or `output.destination`",
+                    if output_keys.contains_key(input_place.as_deref().unwrap_or_default()) {
+                        ""
+                    } else {
+                        TWIN_NOTE
+                    }
                 ),
             );
             continue;
@@ -391,16 +398,22 @@ pub fn validate(
             &output_rel.to_string_lossy(),
         ) {
             // By the object's place: two storages on one bucket name one object two ways.
-            // (Keys that differ only in the spelling of their format's extension, `x.jpg` and
-            // `x.jpeg`, are one place: `objects::one_spelling`.)
-            let place = object_place(ctx.storages, &object)
-                .unwrap_or_else(|| crate::objects::one_spelling(&object).into_owned());
-            if let Some(first) = objects.get(&place) {
+            let place = object_place(ctx.storages, &object).unwrap_or_else(|| object.clone());
+            // The places it occupies: its key and its twin with the format's other extension
+            // (`x.jpg` and `x.jpeg`), where Claid may write it and the daemon takes it from.
+            let places: Vec<String> = crate::objects::output_keys(&place).collect();
+            if let Some((at, first)) = places
+                .iter()
+                .enumerate()
+                .find_map(|(at, place)| Some((at, *objects.get(place)?)))
+            {
+                // Told as a twin when they meet at another key than this one as written.
+                let twin = at > 0 || !output_keys.contains_key(&place);
                 problems.add(
                     &output_at,
                     format!(
                         "the object `{object}` is also written by images[{first}]{}; give one of them a different `output`",
-                        twin_note(&object)
+                        if twin { TWIN_NOTE } else { "" }
                     ),
                 );
                 continue;
@@ -427,28 +440,34 @@ pub fn validate(
             // (Its own input through another storage on the bucket, or the connector's name,
             // has the same place.)
             if matches!(&input, super::Input::Remote(url) if *url == object)
-                || input_place.as_ref() == Some(&place)
+                || input_place
+                    .as_ref()
+                    .is_some_and(|input| places.contains(input))
             {
                 problems.add(
                     &output_at,
                     format!(
                         "the object `{object}`{} is this image's own input: Claid would write the edit over the original; give `output.destination` another folder (e.g. `storage://NAME/edited/`) or the image another `output`",
-                        twin_note(&object)
+                        if input_place.as_ref() == Some(&place) { "" } else { TWIN_NOTE }
                     ),
                 );
                 continue;
             }
-            if let Some(first) = input_places.get(&place) {
+            if let Some((at, first)) = places
+                .iter()
+                .enumerate()
+                .find_map(|(at, place)| Some((at, *input_places.get(place)?)))
+            {
                 problems.add(
                     &output_at,
                     format!(
                         "the object `{object}`{} is images[{first}]'s input: Claid would write this edit over that original; give `output.destination` another folder (e.g. `storage://NAME/edited/`) or this image another `output`",
-                        twin_note(&object)
+                        if at > 0 { TWIN_NOTE } else { "" }
                     ),
                 );
                 continue;
             }
-            output_place = Some(place.clone());
+            output_place = Some(places.clone());
             if let Some(staging) = in_staging_area(ctx.storages, &object) {
                 problems.add(
                     &output_at,
@@ -482,13 +501,16 @@ pub fn validate(
                 );
                 continue;
             }
-            objects.insert(place, idx);
+            output_keys.insert(place.clone(), idx);
+            for place in places {
+                objects.insert(place, idx);
+            }
         }
         let key = job_key(&input, body.text(), &output_rel);
         if let Some(place) = input_place {
             input_places.entry(place).or_insert(idx);
         }
-        if let Some(place) = output_place {
+        for place in output_place.into_iter().flatten() {
             output_places.insert(place, idx);
         }
         let at = jobs.len();
@@ -911,30 +933,23 @@ fn unsafe_key_source(ctx: &Context<'_>, name: &Path) -> String {
     String::new()
 }
 
-/// What a refusal of `object` adds when its key ends in an extension Claid may spell two ways
-/// (`.jpg`/`.jpeg`, `.tif`/`.tiff`): that the two spellings are one object (rows writing
-/// `x.jpg` and `x.jpeg` are refused as writing one object, which they do).
-fn twin_note(object: &str) -> &'static str {
-    if crate::objects::has_twin(object) {
-        " (a key with `.jpg` or `.jpeg`, `.tif` or `.tiff`, is one object under either spelling: Claid may write either)"
-    } else {
-        ""
-    }
-}
+/// What a refusal adds when two objects meet at a key one of them has as its twin (the format's
+/// other extension), not as written: rows writing `x.jpg` and `x.jpeg` are refused as writing
+/// one object, which they do.
+const TWIN_NOTE: &str = " (at its twin key: an output at a key with `.jpg` or `.jpeg`, `.tif` or `.tiff`, is one object under either extension, as Claid may write either)";
 
 /// Where a `storage://NAME/key` URI points: `s3://bucket/prefix/key`, whatever the storage's
-/// `endpoint` (see [`folder_place`]), with its format's extension in one spelling
-/// ([`crate::objects::one_spelling`]); `None` for a storage that is not configured. Two
+/// `endpoint` (see [`folder_place`]); `None` for a storage that is not configured. Two
 /// URIs name one object when their places are equal: their storages (by name or connector
-/// name) may point into one bucket, one prefix inside the other, and Claid may write either
-/// spelling of `.jpg`/`.jpeg` (`.tif`/`.tiff`).
+/// name) may point into one bucket, one prefix inside the other. (An output also occupies its
+/// place's twin, [`crate::objects::output_keys`].)
 pub(crate) fn object_place(storages: &BTreeMap<String, StorageEntry>, uri: &str) -> Option<String> {
     let (name, key) = crate::storages::split_uri(uri)?;
     let entry = storage_entry(storages, name)?;
     Some(format!(
         "{}/{}",
         folder_place(entry),
-        crate::objects::one_spelling(key.trim_start_matches('/'))
+        key.trim_start_matches('/')
     ))
 }
 

@@ -211,13 +211,16 @@ impl Batching {
     /// own results came).
     fn settled(&self, answered: bool, round: u64) {
         let current = self.canary_round.load(Ordering::Relaxed);
-        if !self.canary_sent.load(Ordering::Relaxed)
-            || self.canary_settled.load(Ordering::Relaxed)
-            || (round != current && !(answered && round < current))
+        // Answered late (a round given up on, this one or an earlier): settles the round, its
+        // canary out or not sent yet (no other canary then goes).
+        let late_answer = answered && round <= current;
+        if self.canary_settled.load(Ordering::Relaxed)
+            || (!late_answer && (!self.canary_sent.load(Ordering::Relaxed) || round != current))
         {
             return;
         }
         if answered {
+            self.canary_sent.store(true, Ordering::Relaxed);
             self.canary_settled.store(true, Ordering::Relaxed);
         } else {
             self.canary_sent.store(false, Ordering::Relaxed);
@@ -2453,6 +2456,16 @@ mod tests {
         );
         batching.settled(false, second);
         assert!(batching.canary_settled(), "settled stays settled");
+        // Answered while no canary is out (the next not sent yet): settled as well.
+        let idle = Batching::new(BatchConfig {
+            max_images: 100,
+            linger: ms(200),
+        });
+        let lost = idle.dispatched();
+        idle.canary_unanswered(lost);
+        assert!(!idle.canary_sent(), "no canary out");
+        idle.settled(true, lost);
+        assert!(idle.canary_settled() && idle.may_send(), "settled");
     }
 
     #[test]

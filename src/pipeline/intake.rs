@@ -576,10 +576,10 @@ fn conflict_text(
     );
     let (taken, wanted) = (crate::text::escape(taken), crate::text::escape(wanted));
     // A storage output is reserved as the object it writes (`s3://bucket/key`).
-    // (Reserved with its format's extension in one spelling: `x.jpeg` as `x.jpg`.)
+    // (An object is reserved at its key and at its twin with the format's other extension.)
     let place = if wanted.contains("://") {
-        if crate::objects::has_twin(&wanted) {
-            "in the bucket (or its twin with the format's other extension, `.jpeg` or `.tiff`, which Claid may write and the daemon takes for it)"
+        if crate::objects::twin_key(&wanted).is_some() {
+            "in the bucket (an object at a `.jpg`, `.jpeg`, `.tif` or `.tiff` key is reserved with its twin under the format's other extension, where Claid may write it)"
         } else {
             "in the bucket"
         }

@@ -2234,9 +2234,7 @@ impl Runner {
             let code = object_failure(&err);
             // "Not found" from a bucket that is gone (deleted, a proxy answering for another)
             // is no answer about the object: waited out, then looked at afresh.
-            if code == FailureCode::ObjectMissing
-                && (checked_before || n_missing >= MISSING_OBJECT_CHECKS)
-            {
+            if code == FailureCode::ObjectMissing && n_missing >= MISSING_OBJECT_CHECKS {
                 match self.confirm_bucket(storage, sightings).await {
                     Ok(true) => {
                         n_missing = 0;
@@ -2246,14 +2244,11 @@ impl Runner {
                     Err(()) => return Step::End(JobOutcome::Parked),
                 }
             }
-            // The object Claid wrote is gone since it was checked: made again.
-            if code == FailureCode::ObjectMissing && checked_before {
-                info!(object = %storage.objects.uri(key), "The output object of an earlier run is gone from the bucket; the image is made again (billed again)");
-                return self.make_again(id).await;
-            }
             // Not there yet: Claid may announce the task before the object is visible in the
             // bucket. Looked at again four times (11 to 15 s in all) before it counts as
-            // missing.
+            // missing; so is one looked for again (a replay of a job kept for that, a later
+            // run of a done row): a "not found" that comes and goes (a proxy in front of the
+            // bucket) made the image again, billed, at the first.
             if code == FailureCode::ObjectMissing {
                 match self.look_again(&mut n_missing).await {
                     Some(true) => {
@@ -2263,6 +2258,11 @@ impl Runner {
                     Some(false) => return Step::End(JobOutcome::Parked),
                     None => {}
                 }
+            }
+            // The object Claid wrote is gone since it was checked: made again.
+            if code == FailureCode::ObjectMissing && checked_before {
+                info!(object = %storage.objects.uri(key), "The output object of an earlier run is gone from the bucket; the image is made again (billed again)");
+                return self.make_again(id).await;
             }
             // Any other answer (a bucket away or busy was waited out above) does not heal.
             return self.fail(id, code, &object_read_failed(code, &err)).await;
@@ -2875,9 +2875,7 @@ async fn objects_at(
     wanted: usize,
 ) -> Result<Vec<crate::objects::ObjectInfo>, crate::objects::ObjectError> {
     // Both keys asked at once (one after the other, a slow bucket made the wait twice as long).
-    let keys: Vec<String> = std::iter::once(key.to_owned())
-        .chain(extension_alias(key))
-        .collect();
+    let keys: Vec<String> = crate::objects::output_keys(key).collect();
     let answers =
         futures_util::future::join_all(keys.iter().map(|key| storage.objects.head(key))).await;
     let mut found = Vec::new();
@@ -2902,20 +2900,6 @@ fn nothing_billed(job: &JobV1) -> &'static str {
     } else {
         "nothing was billed"
     }
-}
-
-/// `key` under its format's other usual extension (`a.jpg` ↔ `a.jpeg`, `a.tif` ↔ `a.tiff`,
-/// in any letter case), where Claid may have written it.
-fn extension_alias(key: &str) -> Option<String> {
-    let (stem, ext) = key.rsplit_once('.')?;
-    let other = match ext.to_ascii_lowercase().as_str() {
-        "jpg" => "jpeg",
-        "jpeg" => "jpg",
-        "tif" => "tiff",
-        "tiff" => "tif",
-        _ => return None,
-    };
-    Some(format!("{stem}.{other}"))
 }
 
 /// What in the outbox would refuse the result of `job` (see [`crate::output::blocked_way`]);
@@ -3800,20 +3784,6 @@ mod tests {
         assert!(!single.first_unsettled_ask());
     }
 
-    #[test]
-    fn an_object_key_has_its_formats_other_extension() {
-        use super::extension_alias;
-        assert_eq!(
-            extension_alias("out/m/f1.tiff").as_deref(),
-            Some("out/m/f1.tif")
-        );
-        assert_eq!(
-            extension_alias("out/m/f1.JPG").as_deref(),
-            Some("out/m/f1.jpeg")
-        );
-        assert_eq!(extension_alias("out/m/f1.png"), None);
-        assert_eq!(extension_alias("out/v1.2/f1"), None);
-    }
     use super::*;
     use crate::objects::ObjectError;
 

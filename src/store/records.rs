@@ -277,7 +277,7 @@ impl JobV1 {
     /// ([`FailureCode::is_object_looked_for_again`]: a replay looks for it once more), and a
     /// result at a temporary URL a replay fetched again that
     /// failed for any reason (found gone, it is submitted again instead of failing). A first
-    /// download that failed keeps none, nor does a storage object found missing. A
+    /// download that failed keeps none, nor does a storage object found gone when looked for again. A
     /// storage object keeps the sha256 of the bytes copied from it (`copy_of`, or given to
     /// `Store::mark_failed_keeping`), for the replay to tell it from an object put there
     /// since.

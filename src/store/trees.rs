@@ -413,16 +413,20 @@ impl Trees {
         for mut job in jobs {
             // A storage output also reserves its object (`storage://CONNECTOR/key`): two runs
             // writing the same object collide like two writing the same file.
-            let object = self.object_of(&job.body, &job.output_rel);
+            let objects = self.objects_of(&job.body, &job.output_rel);
             let mut conflict = self.reserve(manifest_id, &job.output_rel, Indexed::No)?;
-            if conflict.is_none()
-                && let Some(object) = &object
-            {
+            for (at, object) in objects.iter().enumerate() {
+                if conflict.is_some() {
+                    break;
+                }
                 conflict = self.reserve(manifest_id, object, Indexed::No)?;
                 if conflict.is_some() {
                     // The job is not written, so the rollback cannot find its output through
                     // it: released here.
                     self.unreserve(manifest_id, &job.output_rel)?;
+                    for reserved in &objects[..at] {
+                        self.unreserve(manifest_id, reserved)?;
+                    }
                 }
             }
             if let Some(conflict) = conflict {
@@ -439,7 +443,10 @@ impl Trees {
                 // still has work to do: queued below, not counted as unchanged.
                 n_unchanged += u64::from(state.is_terminal());
                 // A kept result fetched again belongs to the earlier job's task: a batch's is
-                // asked of the batch for a new URL, and a staged input's record goes along.
+                // asked of the batch for a new URL, and a staged input's record goes along, and
+                // so do the objects its submit replaced (a storage output's object found to be
+                // still the earlier edit is then made again; without them that edit passed for
+                // the new one).
                 if matches!(
                     state,
                     JobState::Downloading {
@@ -450,6 +457,7 @@ impl Trees {
                     job.batch = done.1.batch;
                     job.batch_images = done.1.batch_images;
                     job.staged = done.1.staged.clone();
+                    job.replaces = done.1.replaces.clone();
                 }
                 job.state = state;
             }
@@ -521,22 +529,29 @@ impl Trees {
     }
 
     /// Where a `storage://CONNECTOR/key` object is (the connector's bucket place), so that
-    /// two connectors naming one bucket reserve one object once, with its format's extension
-    /// in one spelling (`objects::one_spelling`: `x.jpeg` and `x.jpg` are one object to the
-    /// daemon's checks, and two active runs writing them were both taken in).
+    /// two connectors naming one bucket reserve one object once.
     fn place_of(&self, uri: String) -> String {
         let places = self
             .object_places
             .read()
             .unwrap_or_else(PoisonError::into_inner);
-        let place = match crate::storages::split_uri(&uri) {
+        match crate::storages::split_uri(&uri) {
             Some((connector, key)) => match places.get(connector) {
                 Some(place) => format!("{}/{key}", place.trim_end_matches('/')),
                 None => uri,
             },
             None => uri,
-        };
-        crate::objects::one_spelling(&place).into_owned()
+        }
+    }
+
+    /// The places a job's storage output reserves: its object's key and its twin with the
+    /// format's other extension (`objects::output_keys`: `x.jpg` and `x.jpeg` are one object
+    /// to Claid and to the daemon's checks; two active runs writing them were both taken in).
+    /// None for a local output.
+    fn objects_of(&self, body: &serde_json::Value, output_rel: &str) -> Vec<String> {
+        self.object_of(body, output_rel)
+            .map(|object| crate::objects::output_keys(&object).collect())
+            .unwrap_or_default()
     }
 
     /// Reserves `path` for `owner`, unless a run that has not ended holds it, or holds a path
@@ -653,7 +668,9 @@ impl Trees {
         for (output_rel, object) in outputs {
             self.reserve(owner, output_rel, Indexed::No)?;
             if let Some(object) = object.clone().map(|uri| self.place_of(uri)) {
-                self.reserve(owner, &object, Indexed::No)?;
+                for object in crate::objects::output_keys(&object) {
+                    self.reserve(owner, &object, Indexed::No)?;
+                }
             }
         }
         Ok(())
@@ -693,10 +710,12 @@ impl Trees {
             if let Some(found) = check(output_rel)? {
                 return Ok(Some(found));
             }
-            if let Some(object) = object.clone().map(|uri| self.place_of(uri))
-                && let Some(found) = check(&object)?
-            {
-                return Ok(Some(found));
+            if let Some(object) = object.clone().map(|uri| self.place_of(uri)) {
+                for object in crate::objects::output_keys(&object) {
+                    if let Some(found) = check(&object)? {
+                        return Ok(Some(found));
+                    }
+                }
             }
         }
         Ok(None)
@@ -771,8 +790,10 @@ impl Trees {
             let Some(job) = self.job(job_id?)? else {
                 continue;
             };
-            let object = self.object_of(&job.body, &job.output_rel);
-            for path in std::iter::once(job.output_rel.as_str()).chain(object.as_deref()) {
+            let objects = self.objects_of(&job.body, &job.output_rel);
+            for path in
+                std::iter::once(job.output_rel.as_str()).chain(objects.iter().map(String::as_str))
+            {
                 if self.reserved_for(owner, path)? {
                     batch.remove(path.as_bytes())?;
                     n += 1;

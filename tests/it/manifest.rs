@@ -1087,7 +1087,7 @@ fn issue15_storage_keys_that_differ_only_in_the_extensions_spelling_are_one_obje
     for (text, told) in [
         (
             "output: { format: jpeg, destination: storage://catalog/o/ }\nimages:\n  - { input: storage://catalog/in/p1.png, output: x.jpg }\n  - { input: storage://catalog/in/p2.png, output: x.jpeg }\n",
-            "is also written by images[0] (a key with `.jpg` or `.jpeg`",
+            "is also written by images[0] (at its twin key",
         ),
         (
             "output: { format: tiff, destination: storage://catalog/o/ }\nimages:\n  - { input: storage://catalog/in/p1.png, output: x.tif }\n  - { input: storage://catalog/in/p2.png, output: x.TIFF }\n",
@@ -1098,8 +1098,13 @@ fn issue15_storage_keys_that_differ_only_in_the_extensions_spelling_are_one_obje
             "is this image's own input",
         ),
         (
-            "output: { format: jpeg, destination: storage://catalog/o/ }\nimages:\n  - { input: storage://catalog/o/m/y.JPG, output: z.jpg }\n  - { input: storage://catalog/in/p2.png, output: y.jpeg }\n",
-            "is images[0]'s input",
+            "output: { format: jpeg, destination: storage://catalog/o/ }\nimages:\n  - { input: storage://catalog/o/m/y.jpg, output: z.jpg }\n  - { input: storage://catalog/in/p2.png, output: y.jpeg }\n",
+            "(at its twin key: an output at a key with `.jpg` or `.jpeg`, `.tif` or `.tiff`, is one object under either extension, as Claid may write either) is images[0]'s input",
+        ),
+        // `x.jpg` and `x.JPG` meet at `x.jpeg`, where both may be written.
+        (
+            "output: { format: jpeg, destination: storage://catalog/o/ }\nimages:\n  - { input: storage://catalog/in/p1.png, output: x.jpg }\n  - { input: storage://catalog/in/p2.png, output: x.JPG }\n",
+            "is also written by images[0] (at its twin key",
         ),
     ] {
         let err = load(text).expect_err("refused");
@@ -1112,6 +1117,12 @@ fn issue15_storage_keys_that_differ_only_in_the_extensions_spelling_are_one_obje
     // Another extension is another object.
     let text = "output: { format: png, destination: storage://catalog/o/ }\nimages:\n  - { input: storage://catalog/in/p1.png, output: x.png }\n  - { input: storage://catalog/in/p2.png, output: x.jpg.png }\n";
     load(text).expect("different objects");
+    // Claid writes `.jpg` or `.jpeg`, in lower case: an input `IMG_1.JPG` beside its output
+    // `IMG_1.jpg` is not overwritten, and `x.JPG` and `x.JPEG` share no key.
+    let text = "output: { format: jpeg, destination: storage://catalog/o/ }\nimages:\n  - storage://catalog/o/m/IMG_1.JPG\n";
+    load(text).expect("an upper-case original beside its output");
+    let text = "output: { format: jpeg, destination: storage://catalog/o/ }\nimages:\n  - { input: storage://catalog/in/p1.png, output: x.JPG }\n  - { input: storage://catalog/in/p2.png, output: x.JPEG }\n";
+    load(text).expect("keys that share no spelling");
 }
 
 /// A storage input with credentials before its storage's name (`storage://user:pw@catalog/…`)
