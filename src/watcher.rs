@@ -684,6 +684,10 @@ fn walk(
         let mut recipe = None;
         let mut linked_images = Vec::new();
         let mut odd_images = Vec::new();
+        // Files that are neither a manifest nor an image a recipe takes (by extension), named
+        // when the folder has a recipe: dropped there, `photo.jfif` or `logo.svg` lay in the
+        // inbox with no word while the images beside them were edited.
+        let mut not_images = Vec::new();
         let mut linked_recipe = None;
         for entry in entries {
             let Ok(entry) = entry else { continue };
@@ -762,6 +766,8 @@ fn walk(
                     links.warn_once(&path, LinkKind::ExtraExtension);
                 } else if left_under_a_temporary_name(&name, &entry) {
                     links.warn_once(&path, LinkKind::LeftTemporary);
+                } else if !is_nobodys_drop(&name) {
+                    not_images.push(path);
                 }
                 continue;
             };
@@ -791,6 +797,9 @@ fn walk(
             }
             for path in odd_images {
                 links.warn_once(&path, LinkKind::ImageNotAFile);
+            }
+            for path in not_images {
+                links.warn_once(&path, LinkKind::NotARecipeImage);
             }
         }
         if let Some(recipe_link) = linked_recipe {
@@ -844,6 +853,23 @@ enum LinkKind {
     NotAFile,
     /// Not a link: an image's name in a recipe folder on something that is no regular file.
     ImageNotAFile,
+    /// Not a link: a file in a recipe folder that is no image the recipe takes by its name
+    /// (`photo.jfif`, `logo.svg`, a name without an extension).
+    NotARecipeImage,
+}
+
+/// Whether a file in a recipe folder is nobody's drop, or not one yet: still being written by
+/// a copy or a download (`.part`, `.tmp`, `.crdownload`: it may become an image), an editor's
+/// or an office program's own file (`~$…`, `…~`, `.swp`), or a file the desktop keeps
+/// (`Thumbs.db`, `desktop.ini`). Not named.
+fn is_nobodys_drop(name: &std::ffi::OsStr) -> bool {
+    let lower = String::from_utf8_lossy(name.as_encoded_bytes()).to_ascii_lowercase();
+    crate::manifest::COPY_IN_PROGRESS
+        .iter()
+        .chain(&[".swp", "~"])
+        .any(|ext| lower.ends_with(ext))
+        || lower.starts_with("~$")
+        || matches!(lower.as_str(), "thumbs.db" | "desktop.ini")
 }
 
 /// Whether a file's name says it is a list in a format manifests do not come in: a team that
@@ -1000,6 +1026,11 @@ impl LinkWarnings<'_> {
             LinkKind::LeftTemporary => warn!(
                 path = %path,
                 "A manifest has lain under a temporary name (`.part`, `.tmp`, `.crdownload`) unchanged for 10 minutes; files under such names are never read (they are still being written): if the copy is complete, rename it without that ending"
+            ),
+            LinkKind::NotARecipeImage => warn!(
+                path = %path,
+                extensions = %crate::manifest::IMAGE_EXTENSIONS.join(", "),
+                "A file in a recipe folder is not an image the recipe takes (by the end of its name); it is left where it is. A JPEG saved as `.jfif` or `.jpe`: rename it to `.jpg`; another format: convert it, or list it in a manifest"
             ),
             LinkKind::ImageNotAFile => warn!(
                 path = %path,

@@ -275,6 +275,35 @@ async fn a_pipe_named_as_an_image_in_a_recipe_folder_is_named_not_skipped_silent
     );
 }
 
+/// Files in a recipe folder that are no image the recipe takes by their name (`photo.jfif`, a
+/// JPEG saved so by a browser; `logo.svg`; a name without an extension) are each named once
+/// in a WARN and left where they are; the folder's images are made; a file still being copied
+/// (`.part`) and the desktop's `Thumbs.db` are not named. (They lay in the inbox with no word
+/// while `run --once` ended 0.)
+#[tokio::test(flavor = "multi_thread")]
+async fn files_a_recipe_does_not_take_are_named_once_not_left_without_a_word() {
+    let env = TestEnv::new(Scenario::default()).await;
+    env.drop_file("r/.claid.yaml", RECIPE.as_bytes());
+    env.drop_file("r/ok.png", &png(640, 480));
+    for name in ["photo.jfif", "logo.svg", "h", "big.png.part", "Thumbs.db"] {
+        env.drop_file(&format!("r/{name}"), &jpeg(64, 48));
+    }
+    let (code, stderr) = env.run_once(&env.config("", "")).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(dimensions(&env.outbox.join("r/ok.jpg")), (200, 100));
+    let named: Vec<_> = stderr
+        .lines()
+        .filter(|l| l.contains("is not an image the recipe takes"))
+        .collect();
+    assert_eq!(named.len(), 3, "{stderr}");
+    for name in ["photo.jfif", "logo.svg", "r/h"] {
+        assert!(named.iter().any(|l| l.contains(name)), "{name}: {stderr}");
+        let left = name.trim_start_matches("r/");
+        assert!(env.inbox.join("r").join(left).is_file(), "{name} left");
+    }
+    assert!(named.iter().any(|l| l.contains("rename it to `.jpg`")));
+}
+
 /// `replay --job` of a folder recipe's image, which was archived once made: refused, naming
 /// the input to put back, and the job stays done (run, it failed `input-unreadable` and its
 /// done record turned failed); `--dry-run` says so first. Put back, it is replayed.
