@@ -441,6 +441,13 @@ fn job_view(id: JobId, manifest: &str, job: &JobV1) -> JobView {
         ),
         JobState::Submitted { task_id, .. } => (Some(*task_id), String::new()),
         JobState::Downloading { task_id, .. } => (*task_id, String::new()),
+        // Why it is held, as the report says it (`jobs --state in-doubt` showed nothing).
+        JobState::InDoubt { .. } => (
+            None,
+            crate::report::in_doubt_reason(job)
+                .map(|why| crate::text::redact_urls_in(&why).into_owned())
+                .unwrap_or_default(),
+        ),
         _ => (None, String::new()),
     };
     JobView {

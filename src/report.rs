@@ -152,21 +152,8 @@ pub fn row(job: &JobV1) -> ReportRow {
             }
             row.reason = format!("{code}: {message}");
         }
-        JobState::InDoubt { claid_said, .. } => {
-            row.reason = match job.batch {
-                // Only a batch result that could not be matched holds a job whose batch id is
-                // known: the batch surely ran.
-                Some(batch) => format!(
-                    "in-doubt: batch {batch} ran at Claid (it may have billed this image), but none of its results could be matched to this image alone{}; see `replay --in-doubt`",
-                    claid_said
-                        .as_deref()
-                        .map_or_else(String::new, |said| format!(
-                            " (Claid's errors for images it did not name: {said})"
-                        ))
-                ),
-                None => "in-doubt: the submit may have reached Claid; see `replay --in-doubt`"
-                    .to_owned(),
-            };
+        JobState::InDoubt { .. } => {
+            row.reason = in_doubt_reason(job).unwrap_or_default();
         }
         JobState::Queued
         | JobState::Submitting { .. }
@@ -174,6 +161,27 @@ pub fn row(job: &JobV1) -> ReportRow {
         | JobState::Downloading { .. } => {}
     }
     row
+}
+
+/// Why a job held in doubt is held, as its report row and `jobs` say it; `None` for a job in
+/// another state.
+pub fn in_doubt_reason(job: &JobV1) -> Option<String> {
+    let JobState::InDoubt { claid_said, .. } = &job.state else {
+        return None;
+    };
+    Some(match job.batch {
+        // Only a batch result that could not be matched holds a job whose batch id is
+        // known: the batch surely ran.
+        Some(batch) => format!(
+            "in-doubt: batch {batch} ran at Claid (it may have billed this image), but none of its results could be matched to this image alone{}; see `replay --in-doubt`",
+            claid_said
+                .as_deref()
+                .map_or_else(String::new, |said| format!(
+                    " (Claid's errors for images it did not name: {said})"
+                ))
+        ),
+        None => "in-doubt: the submit may have reached Claid; see `replay --in-doubt`".to_owned(),
+    })
 }
 
 /// The current time as RFC 3339 (UTC, seconds).

@@ -1604,6 +1604,14 @@ async fn issue11_images_held_in_doubt_by_a_run_saved_again_end_superseded_and_co
         held().await.is_some_and(|out| out.ends_with("\n2 jobs\n"))
     })
     .await;
+    // Each says why, as its report row will (the detail column was empty).
+    let out = held().await.unwrap_or_default();
+    assert_eq!(
+        out.matches("in-doubt: the submit may have reached Claid")
+            .count(),
+        2,
+        "{out}"
+    );
     env.drop_file("m.yaml", &v2);
     wait_until("the old version's report", DEADLINE, || {
         env.superseded_report("m").is_some()
