@@ -1737,15 +1737,29 @@ fn expect_ok<T: serde::de::DeserializeOwned>(
     }
     match serde_json::from_slice::<wire::Envelope<T>>(&answer.body) {
         Ok(envelope) => Ok((envelope.data, answer.request_id)),
-        Err(_) => Err(ClaidError::BadResponse {
-            endpoint,
-            status: answer.status.as_u16(),
-            request_id: answer.request_id,
-            about: if endpoint.is_billable_post() {
-                "Claid accepted it, but its answer is not the expected json; held in doubt, not sent again, since it may be billed (`replay --in-doubt` sends it again)"
-            } else {
-                "body is not the expected json"
-            },
+        Err(err) => Err({
+            // What was wrong with it (a field missing, an HTML page from a proxy), for the
+            // operator to tell a gateway's page from a change of Claid's answers: the error
+            // alone ("not the expected json") said neither. Its start, URLs redacted (a
+            // result's signed URL is a credential for a day).
+            let start = String::from_utf8_lossy(&answer.body[..answer.body.len().min(160)]);
+            tracing::warn!(
+                endpoint = %endpoint,
+                status = answer.status.as_u16(),
+                parse_error = %err,
+                body_start = %text::Escaped::str(&text::redact_urls_in(&start)),
+                "Claid's answer could not be read"
+            );
+            ClaidError::BadResponse {
+                endpoint,
+                status: answer.status.as_u16(),
+                request_id: answer.request_id,
+                about: if endpoint.is_billable_post() {
+                    "Claid accepted it, but its answer is not the expected json; held in doubt, not sent again, since it may be billed (`replay --in-doubt` sends it again)"
+                } else {
+                    "body is not the expected json"
+                },
+            }
         }),
     }
 }

@@ -1424,6 +1424,12 @@ async fn a_submit_accepted_with_an_unreadable_answer_is_held_across_a_crash_neve
                 >= if api.is_empty() { 1 } else { 2 }
         })
         .await;
+        // What was wrong with the answer is told (it said "not the expected json" alone).
+        let log = env.daemon_log(0);
+        assert!(
+            log.contains("Claid's answer could not be read") && log.contains("parse_error="),
+            "{api}: {log}"
+        );
         // Killed while it waits (up to a minute) for the webhook; the next run waits less
         // for webhooks that never come.
         daemon.start_kill().expect("SIGKILL");
