@@ -3368,7 +3368,8 @@ pub(crate) async fn api_answers_again(
         if health.succeeded_since(lost_at) {
             return true;
         }
-        match client.poll_once("", 0).await {
+        // Counted as a probe (`endpoint="probe"`), not as a poll answered 404.
+        match client.probe().await {
             Ok(_) => return true,
             Err(err)
                 if err
