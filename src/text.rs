@@ -373,9 +373,14 @@ fn redact_whole_urls_in(text: &str) -> std::borrow::Cow<'_, str> {
     let mut rest = text;
     let mut changed = false;
     while let Some(at) = rest.find("://") {
+        // The scheme starts after the last character that cannot be in one, whatever its
+        // width (`é` is two bytes: one past its start cut it, a panic on any text with a
+        // non-ASCII character right before a scheme, such as a rejected manifest's line).
         let start = rest[..at]
-            .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
-            .map_or(0, |i| i + 1);
+            .char_indices()
+            .rev()
+            .find(|(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+            .map_or(0, |(i, c)| i + c.len_utf8());
         let end = rest[at..].find(ends).map_or(rest.len(), |i| at + i);
         out.push_str(&rest[..start]);
         let url = &rest[start..end];
@@ -491,6 +496,21 @@ mod tests {
     use std::os::unix::ffi::OsStrExt;
 
     use super::*;
+
+    /// A URL right after a character of more than one byte is found and redacted, not cut
+    /// inside that character (it panicked: found by the manifest property test with
+    /// `…/éstorage://…` in a rejected line).
+    #[test]
+    fn a_url_after_a_wide_character_is_redacted_without_a_panic() {
+        assert_eq!(
+            redact_urls_in("x éstorage://demo/a.png ok"),
+            "x éstorage://demo/a.png ok"
+        );
+        assert_eq!(
+            redact_urls_in("éhttps://u:pw@h/a?sig=1 ok"),
+            "éhttps://u:REDACTED@h/a?sig=REDACTED ok"
+        );
+    }
 
     /// Long text is cut at a character boundary under the cap, saying how much went;
     /// repeated texts are counted, not repeated.
