@@ -364,15 +364,22 @@ pub fn is_manifest_name(path: &Path) -> bool {
     // By bytes, not `to_str`: a name that is not UTF-8 (Latin-1 from an SMB share) is still a
     // manifest, which `load` rejects with a message instead of it lying unseen in the inbox.
     let lower = String::from_utf8_lossy(name.as_encoded_bytes()).to_ascii_lowercase();
-    if lower.starts_with('.') || lower.starts_with("~$") || lower.ends_with('~') {
+    if lower.starts_with('.') || is_tool_file(&lower) || lower.ends_with(".report.json") {
         return false;
     }
-    for suffix in COPY_IN_PROGRESS.iter().chain(&[".swp", ".report.json"]) {
-        if lower.ends_with(suffix) {
-            return false;
-        }
-    }
     lower.ends_with(".yaml") || lower.ends_with(".yml") || lower.ends_with(".json")
+}
+
+/// Whether a file name (in lower case) is one a tool writes beside the team's files, never a
+/// drop: a file still being copied or downloaded ([`COPY_IN_PROGRESS`]), an office lock file
+/// (`~$…`), an editor's swap (`.swp`) or backup (`…~`).
+pub fn is_tool_file(lower: &str) -> bool {
+    lower.starts_with("~$")
+        || lower.ends_with('~')
+        || COPY_IN_PROGRESS
+            .iter()
+            .chain(&[".swp"])
+            .any(|suffix| lower.ends_with(suffix))
 }
 
 /// Reads and validates the manifest at `manifest` (inside `ctx.inbox`).

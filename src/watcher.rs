@@ -864,12 +864,7 @@ enum LinkKind {
 /// (`Thumbs.db`, `desktop.ini`). Not named.
 fn is_nobodys_drop(name: &std::ffi::OsStr) -> bool {
     let lower = String::from_utf8_lossy(name.as_encoded_bytes()).to_ascii_lowercase();
-    crate::manifest::COPY_IN_PROGRESS
-        .iter()
-        .chain(&[".swp", "~"])
-        .any(|ext| lower.ends_with(ext))
-        || lower.starts_with("~$")
-        || matches!(lower.as_str(), "thumbs.db" | "desktop.ini")
+    crate::manifest::is_tool_file(&lower) || matches!(lower.as_str(), "thumbs.db" | "desktop.ini")
 }
 
 /// Whether a file's name says it is a list in a format manifests do not come in: a team that

@@ -173,15 +173,13 @@ pub fn validate(
 
     let mut jobs = Vec::with_capacity(images.len());
     let mut outputs = Outputs::with_capacity(images.len());
-    // Storage outputs by their object's place: two images may not write the same object either.
-    let mut objects: HashMap<String, usize> = HashMap::new();
-    // Where `storage://` inputs and storage outputs point (`object_place`): no image's output
-    // may be another image's input (Claid would write an edit over an original it reads).
+    // Storage outputs by their object's place (`object_place`), at its key as written (`true`)
+    // and at its twin (`false`, `objects::output_keys`), with the image writing it: two images
+    // may not write the same object either, nor may an image read one.
+    let mut objects: HashMap<String, (usize, bool)> = HashMap::new();
+    // Where `storage://` inputs point: no image's output may be another image's input (Claid
+    // would write an edit over an original it reads).
     let mut input_places: HashMap<String, usize> = HashMap::new();
-    let mut output_places: HashMap<String, usize> = HashMap::new();
-    // Storage outputs by their place as written alone (`objects` and `output_places` hold
-    // each at its twin key too): tells a refusal at a twin from one at the key itself.
-    let mut output_keys: HashMap<String, usize> = HashMap::new();
     let mut local = LocalFiles::default();
     for (idx, item) in images.into_iter().enumerate() {
         let image = item.to_value();
@@ -375,24 +373,18 @@ pub fn validate(
             }
             _ => None,
         };
-        if let Some(first) = input_place
-            .as_ref()
-            .and_then(|place| output_places.get(place))
+        if let Some(&(first, as_written)) =
+            input_place.as_ref().and_then(|place| objects.get(place))
         {
             problems.add(
                 &input_path,
                 format!(
                     "this input is the object images[{first}] writes its output to{}: Claid would write that edit over the original this image reads; give images[{first}] another `output` or `output.destination`",
-                    if output_keys.contains_key(input_place.as_deref().unwrap_or_default()) {
-                        ""
-                    } else {
-                        TWIN_NOTE
-                    }
+                    if as_written { "" } else { TWIN_NOTE }
                 ),
             );
             continue;
         }
-        let mut output_place = None;
         if let Some(object) = crate::storages::destination_of(
             own_value.as_ref().unwrap_or(&shared_value),
             &output_rel.to_string_lossy(),
@@ -402,13 +394,13 @@ pub fn validate(
             // The places it occupies: its key and its twin with the format's other extension
             // (`x.jpg` and `x.jpeg`), where Claid may write it and the daemon takes it from.
             let places: Vec<String> = crate::objects::output_keys(&place).collect();
-            if let Some((at, first)) = places
+            if let Some((at, (first, as_written))) = places
                 .iter()
                 .enumerate()
                 .find_map(|(at, place)| Some((at, *objects.get(place)?)))
             {
-                // Told as a twin when they meet at another key than this one as written.
-                let twin = at > 0 || !output_keys.contains_key(&place);
+                // Told as a twin when they meet at another key than either's as written.
+                let twin = at > 0 || !as_written;
                 problems.add(
                     &output_at,
                     format!(
@@ -467,7 +459,6 @@ pub fn validate(
                 );
                 continue;
             }
-            output_place = Some(places.clone());
             if let Some(staging) = in_staging_area(ctx.storages, &object) {
                 problems.add(
                     &output_at,
@@ -501,17 +492,13 @@ pub fn validate(
                 );
                 continue;
             }
-            output_keys.insert(place.clone(), idx);
-            for place in places {
-                objects.insert(place, idx);
+            for (at, place) in places.into_iter().enumerate() {
+                objects.insert(place, (idx, at == 0));
             }
         }
         let key = job_key(&input, body.text(), &output_rel);
         if let Some(place) = input_place {
             input_places.entry(place).or_insert(idx);
-        }
-        for place in output_place.into_iter().flatten() {
-            output_places.insert(place, idx);
         }
         let at = jobs.len();
         jobs.push(JobSpec {

@@ -3819,28 +3819,6 @@ mod tests {
         assert!(!health.only_storage_failing(), "the bucket answered");
     }
 
-    /// The refusals of a listing or an output object's read are told as a flapping outage is:
-    /// once a minute, although another job's call that succeeds between two of them ends the
-    /// outage each time (the tester saw one refusal warned three times in a second).
-    #[test]
-    fn a_refusal_between_successes_is_told_once_a_minute() {
-        use crate::pipeline::notices::Notices;
-        let health = HealthState::new(
-            Notices::default(),
-            "127.0.0.1:1".to_owned(),
-            Arc::new(crate::claid::Unanswered::default()),
-        );
-        let denied = "403 AccessDenied".to_owned();
-        assert!(health.storage_flaky("catalog", denied.clone()), "told");
-        health.storage_ok("catalog");
-        assert!(!health.only_storage_failing(), "ended by the success");
-        assert!(
-            !health.storage_flaky("catalog", denied.clone()),
-            "a refusal again within the minute is not told again"
-        );
-        assert!(health.only_storage_failing(), "but it is failing again");
-    }
-
     #[test]
     fn object_errors_map_to_storage_failure_codes() {
         let uri = || "s3://b/k".to_owned();

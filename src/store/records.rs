@@ -275,12 +275,11 @@ impl JobV1 {
     /// output's object that could not be read or read broken ([`FailureCode::is_object_read`]:
     /// a replay reads it again) or was not found after Claid reported it written
     /// ([`FailureCode::is_object_looked_for_again`]: a replay looks for it once more), and a
-    /// result at a temporary URL a replay fetched again that
-    /// failed for any reason (found gone, it is submitted again instead of failing). A first
-    /// download that failed keeps none, nor does a storage object found gone when looked for again. A
-    /// storage object keeps the sha256 of the bytes copied from it (`copy_of`, or given to
-    /// `Store::mark_failed_keeping`), for the replay to tell it from an object put there
-    /// since.
+    /// result at a temporary URL a replay fetched again that failed for any reason (found gone,
+    /// it is submitted again instead of failing). A first download that failed keeps none, nor
+    /// does a storage object found gone when looked for again. A storage object keeps the
+    /// sha256 of the bytes copied from it (`copy_of`, or given to `Store::mark_failed_keeping`),
+    /// for the replay to tell it from an object put there since.
     pub fn unwritten_result(&self, code: FailureCode) -> Option<UnwrittenResult> {
         match &self.state {
             JobState::Downloading {

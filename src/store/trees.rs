@@ -523,11 +523,6 @@ impl Trees {
             .unwrap_or_else(PoisonError::into_inner) = places;
     }
 
-    /// The object a job's storage output writes, as reserved: `s3://bucket/prefix/key`.
-    fn object_of(&self, body: &serde_json::Value, output_rel: &str) -> Option<String> {
-        Some(self.place_of(crate::storages::destination_of(body, output_rel)?))
-    }
-
     /// Where a `storage://CONNECTOR/key` object is (the connector's bucket place), so that
     /// two connectors naming one bucket reserve one object once.
     fn place_of(&self, uri: String) -> String {
@@ -544,13 +539,18 @@ impl Trees {
         }
     }
 
-    /// The places a job's storage output reserves: its object's key and its twin with the
-    /// format's other extension (`objects::output_keys`: `x.jpg` and `x.jpeg` are one object
-    /// to Claid and to the daemon's checks; two active runs writing them were both taken in).
-    /// None for a local output.
+    /// The places a job's storage output reserves (`s3://bucket/prefix/key`): its object's key
+    /// and its twin with the format's other extension (`objects::output_keys`: `x.jpg` and
+    /// `x.jpeg` are one object to Claid and to the daemon's checks; two active runs writing
+    /// them were both taken in). None for a local output.
     fn objects_of(&self, body: &serde_json::Value, output_rel: &str) -> Vec<String> {
-        self.object_of(body, output_rel)
-            .map(|object| crate::objects::output_keys(&object).collect())
+        self.places_of(crate::storages::destination_of(body, output_rel))
+    }
+
+    /// [`Trees::objects_of`] for a storage output's `storage://` URI, if any.
+    fn places_of(&self, object: Option<String>) -> Vec<String> {
+        object
+            .map(|uri| crate::objects::output_keys(&self.place_of(uri)).collect())
             .unwrap_or_default()
     }
 
@@ -667,10 +667,8 @@ impl Trees {
         }
         for (output_rel, object) in outputs {
             self.reserve(owner, output_rel, Indexed::No)?;
-            if let Some(object) = object.clone().map(|uri| self.place_of(uri)) {
-                for object in crate::objects::output_keys(&object) {
-                    self.reserve(owner, &object, Indexed::No)?;
-                }
+            for object in self.places_of(object.clone()) {
+                self.reserve(owner, &object, Indexed::No)?;
             }
         }
         Ok(())
@@ -710,11 +708,9 @@ impl Trees {
             if let Some(found) = check(output_rel)? {
                 return Ok(Some(found));
             }
-            if let Some(object) = object.clone().map(|uri| self.place_of(uri)) {
-                for object in crate::objects::output_keys(&object) {
-                    if let Some(found) = check(&object)? {
-                        return Ok(Some(found));
-                    }
+            for object in self.places_of(object.clone()) {
+                if let Some(found) = check(&object)? {
+                    return Ok(Some(found));
                 }
             }
         }
