@@ -1107,12 +1107,27 @@ impl BatchRunner {
         // Subscribed before the first plan, so no change after it is missed.
         let mut changes = deps.polls.batch_changes();
         let mut clock = deps.polls.batch_clock(batch_id, members.len(), timed);
-        let mut delay = match webhooks {
-            Some(fallback) => {
-                deps.polls
+        // When (since its submit) its webhook is due: a poll that finds it ended earlier says
+        // nothing yet of whether the webhook comes.
+        let webhook_due = webhooks.map(|fallback| {
+            since_submit()
+                + deps
+                    .polls
                     .batch_webhook_wait(members.len(), submitted_at_ms, fallback)
-            }
-            None => deps.polls.batch_delay(&mut clock, since_submit()),
+        });
+        // Webhooks lost lately: polled on the schedule, its webhook taken if it comes first
+        // (see `Dispatch::batch_webhooks_lossy`).
+        let lossy = webhooks.is_some() && deps.dispatch.batch_webhooks_lossy();
+        if lossy {
+            debug!(
+                batch_id,
+                "Webhooks of recent batches were lost; this one is polled on the schedule"
+            );
+            webhooks = None;
+        }
+        let mut delay = match (webhooks, webhook_due) {
+            (Some(_), Some(due)) => due.saturating_sub(since_submit()),
+            _ => deps.polls.batch_delay(&mut clock, since_submit()),
         };
         // When a poll last found the batch running (since its submit).
         let mut pending_at = None;
@@ -1314,6 +1329,9 @@ impl BatchRunner {
                                 polled.batch.status == TaskStatus::Done,
                                 !(polled.batch.lacks_result()
                                     || polled.batch.answers_fewer_than(members.len())),
+                                webhook_due
+                                    .filter(|_| lossy)
+                                    .and_then(|due| due.checked_sub(since_submit())),
                             );
                         }
                         let took = Duration::from_millis(now_ms().saturating_sub(submitted_at_ms));

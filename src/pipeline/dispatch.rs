@@ -130,6 +130,17 @@ const SILENT_AFTER: u64 = 2;
 /// lost, and at 100% it costs ten tasks their fallback wait.
 const SILENT_AFTER_HEARD: u64 = 10;
 
+/// Batches found ended by polls in a row, without their webhooks, that make webhooks silent
+/// once webhooks have been heard in this run (each counts for a share of
+/// [`SILENT_AFTER_HEARD`]). Four: with a third of webhooks lost on the way, two in a row
+/// are common (the acceptance run: "Webhooks stopped coming" logged while 26 of 39 came),
+/// four one chance in a hundred; batches polled on the schedule meanwhile
+/// ([`Dispatch::batch_webhooks_lossy`]) wait for nothing, so a real stop costs little.
+const SILENT_AFTER_HEARD_BATCHES: u64 = 4;
+
+/// Batches whose webhook outcome [`Dispatch::batch_webhooks_lossy`] looks at.
+const BATCH_OUTCOMES: usize = 8;
+
 /// A job held in doubt after its submit answer was lost, as a webhook's echoed request would
 /// show it: the request it sent alone, and the batch body and input it would go with.
 #[derive(Debug, Clone)]
@@ -179,6 +190,14 @@ struct Inner {
     /// ([`Dispatch::polled_final`]; bounded like `early`): their webhook, if it comes, is
     /// late, not missing.
     polled_ended: HashMap<TaskRef, Instant>,
+    /// Batches a poll found ended before their webhook was due (polled on the schedule while
+    /// webhooks are lossy, [`Dispatch::batch_webhooks_lossy`]), with when it was due and
+    /// whether the batch ended DONE: a webhook that comes by then came in time; past it,
+    /// the batch counts as one whose webhook was lost ([`Dispatch::polled_final`]).
+    polled_early: HashMap<TaskRef, (Instant, bool)>,
+    /// Whether the webhooks of the last [`BATCH_OUTCOMES`] batches came in time (`false`: a
+    /// poll found the batch ended once its webhook was due, without it).
+    batch_outcomes: std::collections::VecDeque<bool>,
     /// Jobs a crash caught mid-submit that may have gone in a batch: by the batch body they
     /// would have been sent with (without `input`), then by their input.
     lost_batch: HashMap<String, HashMap<String, Vec<LostOwner>>>,
@@ -347,6 +366,7 @@ impl Dispatch {
 
     /// Hands a verified update to whoever waits for it (see [`Delivery`]).
     pub fn deliver(&self, update: TaskUpdate) -> Delivery {
+        self.sweep_early();
         let done = *update.status() == crate::claid::wire::TaskStatus::Done;
         let delivery = self.deliver_to(update, false);
         if matches!(delivery, Delivery::Handed | Delivery::Adopted) {
@@ -423,6 +443,16 @@ impl Dispatch {
             self.held_adopted.notify_waiters();
             return Delivery::Adopted;
         }
+        // A batch a poll found ended before its webhook was due, which came by then: heard
+        // in time (`sweep_early` on the way in moved those past due to `polled_ended`).
+        if inner.polled_early.remove(&id).is_some() {
+            inner.mark_done(id);
+            inner.stats.duplicates += 1;
+            inner.batch_outcome(true);
+            drop(inner);
+            self.heard_now(*update.status() == crate::claid::wire::TaskStatus::Done);
+            return Delivery::Duplicate;
+        }
         // Late: a poll found the task ended already and had its result (see
         // `Dispatch::heard_late`); kept, it lay in the store for a day.
         // Its copies are duplicates too.
@@ -462,6 +492,7 @@ impl Dispatch {
     /// even when its echoed request is theirs (a webhook of an earlier run played again
     /// would hide a second bill and deliver one image twice).
     pub fn deliver_owned(&self, update: TaskUpdate) -> Delivery {
+        self.sweep_early();
         let done = *update.status() == crate::claid::wire::TaskStatus::Done;
         let delivery = self.deliver_to(update, true);
         if delivery == Delivery::Handed {
@@ -834,8 +865,10 @@ impl Dispatch {
         submitted_at_ms: u64,
         done: bool,
         complete: bool,
+        early: Option<Duration>,
     ) -> Option<Silence> {
-        use std::sync::atomic::Ordering;
+        let swept = self.sweep_early();
+        let batch = matches!(task, TaskRef::Batch(_));
         let announced = {
             let mut inner = self.lock();
             let owned = inner.owned_early.remove(&task).is_some();
@@ -845,6 +878,9 @@ impl Dispatch {
             if announced && !inner.counted_early.remove(&task) {
                 inner.stats.duplicates += 1;
             }
+            if announced && batch {
+                inner.batch_outcome(true);
+            }
             announced
         };
         if announced {
@@ -852,19 +888,52 @@ impl Dispatch {
             return None;
         }
         if submitted_at_ms < self.started_ms {
-            return None;
+            return swept;
+        }
+        // Found ended before its webhook was due: nothing is known of the webhook yet. It
+        // is heard if it comes by then, else counted then as one that did not come.
+        if let Some(due) = early.filter(|_| complete && batch) {
+            let mut inner = self.lock();
+            if inner.polled_early.len() >= MAX_EARLY {
+                inner.polled_early.clear();
+            }
+            inner
+                .polled_early
+                .insert(task, (Instant::now() + due, done));
+            return swept;
         }
         // (Not a DONE without its result: its webhook may bring it.)
-        if complete {
-            insert_bounded(&mut self.lock().polled_ended, task);
+        {
+            let mut inner = self.lock();
+            if complete {
+                insert_bounded(&mut inner.polled_ended, task);
+            }
+            if batch {
+                inner.batch_outcome(false);
+            }
         }
-        let batch = matches!(task, TaskRef::Batch(_));
-        // A batch counts for as many tasks as make two in a row reach either threshold: a run
+        self.count_unheard(batch, done).or(swept)
+    }
+
+    /// Counts a task (or batch) whose end a poll found once its webhook was due, without it,
+    /// towards webhooks taken as silent; returns the warning it set off, if any.
+    fn count_unheard(&self, batch: bool, done: bool) -> Option<Silence> {
+        use std::sync::atomic::Ordering;
+        // A batch counts for as many tasks as make two in a row reach the threshold while
+        // none was heard in this run, and [`SILENT_AFTER_HEARD_BATCHES`] once one was: a run
         // has few batches (a drop of 1,000 images, about 25), and each waits up to
         // `webhook.poll_fallback` for its webhook while its size has no estimate, so ten in a
         // row held a drop whose webhooks stopped after the canary for three rounds of two
         // minutes. A false alarm costs a poll for each batch waiting, a few requests.
-        let weight = |threshold: u64| if batch { threshold / SILENT_AFTER } else { 1 };
+        let weight = |threshold: u64| {
+            if !batch {
+                1
+            } else if threshold > SILENT_AFTER {
+                threshold.div_ceil(SILENT_AFTER_HEARD_BATCHES)
+            } else {
+                threshold.div_ceil(SILENT_AFTER)
+            }
+        };
         let reached = |before: u64, weight: u64, threshold: u64| {
             before < threshold && before + weight >= threshold
         };
@@ -897,6 +966,48 @@ impl Dispatch {
             Silence::NoneCame
         };
         self.tell(silence, false).then_some(silence)
+    }
+
+    /// Batches a poll found ended before their webhook was due whose due time has passed
+    /// without it: counted now as batches whose webhook did not come (a webhook after is
+    /// late). Returns the warning that set off, if any.
+    fn sweep_early(&self) -> Option<Silence> {
+        let now = Instant::now();
+        let expired: Vec<bool> = {
+            let mut inner = self.lock();
+            if inner.polled_early.is_empty() {
+                return None;
+            }
+            let expired: Vec<(TaskRef, bool)> = inner
+                .polled_early
+                .iter()
+                .filter(|(_, (due, _))| *due <= now)
+                .map(|(id, (_, done))| (*id, *done))
+                .collect();
+            for (id, _) in &expired {
+                inner.polled_early.remove(id);
+                insert_bounded(&mut inner.polled_ended, *id);
+                inner.batch_outcome(false);
+            }
+            expired.into_iter().map(|(_, done)| done).collect()
+        };
+        let mut told = None;
+        for done in expired {
+            told = self.count_unheard(true, done).or(told);
+        }
+        told
+    }
+
+    /// Whether the webhook of one of the last [`BATCH_OUTCOMES`] batches was not there when
+    /// it was due (lost on the way, or late). A batch sent then is polled on the schedule
+    /// of a daemon without webhooks (its webhook still taken if it comes first), not when
+    /// its webhook is overdue: each lost webhook held its batch, and the batch's share of
+    /// `max_in_flight`, half its duration again plus a second (the acceptance run: 30 % of
+    /// webhooks lost made a drop slower than no webhooks at all, 96.6 s against 88.1 s). A
+    /// few polls a batch of up to `api.batch.max_images` images cost less than that wait.
+    pub fn batch_webhooks_lossy(&self) -> bool {
+        self.sweep_early();
+        self.lock().batch_outcomes.contains(&false)
     }
 
     /// Completes when webhooks are next found silent (see [`Dispatch::webhooks_silent`]): a
@@ -995,6 +1106,9 @@ impl Inner {
         self.polled_ended.remove(&id);
         self.mark_done(id);
         Ok(if slot.put(update) {
+            if matches!(id, TaskRef::Batch(_)) {
+                self.batch_outcome(true);
+            }
             self.stats.handed += 1;
             Delivery::Handed
         } else {
@@ -1041,6 +1155,14 @@ impl Inner {
             }
         }
         any
+    }
+
+    /// Records whether a batch's webhook came in time (see [`Inner::batch_outcomes`]).
+    fn batch_outcome(&mut self, heard: bool) {
+        if self.batch_outcomes.len() == BATCH_OUTCOMES {
+            self.batch_outcomes.pop_front();
+        }
+        self.batch_outcomes.push_back(heard);
     }
 
     fn mark_done(&mut self, id: TaskRef) {
@@ -1271,6 +1393,73 @@ mod tests {
         TaskUpdate::parse(body.to_string().as_bytes()).expect("parses")
     }
 
+    fn batch_update(id: u64) -> TaskUpdate {
+        let body = serde_json::json!({
+            "id": id, "status": "DONE", "result_url": format!("http://x/v1/image/edit/batch/{id}"),
+            "request": {"input": [format!("https://x/{id}.jpg")], "operations": {}},
+            "results": [], "errors": []
+        });
+        TaskUpdate::parse(body.to_string().as_bytes()).expect("parses")
+    }
+
+    /// A batch whose webhook was not there when due makes the next batches poll on the
+    /// schedule (lossy) until eight in a row have had theirs in time. A batch such a poll
+    /// found ended before its webhook was due is heard when the webhook comes by then (no
+    /// warning, not late), and counts as one whose webhook did not come once the due time
+    /// passed without it. Once webhooks were heard, four such batches in a row, not two,
+    /// make them silent (with a third lost, two in a row set off "Webhooks stopped coming"
+    /// while most came).
+    #[tokio::test(start_paused = true)]
+    async fn batches_whose_webhooks_are_lost_are_polled_on_the_schedule_and_counted_when_due() {
+        let dispatch = Arc::new(Dispatch::default());
+        let now = crate::store::now_ms;
+        // Heard: one batch's webhook handed to its waiter.
+        let first = dispatch.watch(TaskRef::Batch(1));
+        assert_eq!(dispatch.deliver(batch_update(1)), Delivery::Handed);
+        drop(first);
+        assert!(!dispatch.batch_webhooks_lossy(), "no webhook lost yet");
+        // One found ended at its due time, without its webhook: lossy, not silent.
+        dispatch.polled_final(TaskRef::Batch(2), now(), true, true, None);
+        assert!(dispatch.batch_webhooks_lossy());
+        assert!(!dispatch.webhooks_silent(), "one lost webhook is no stop");
+        // Found ended 5 s before its webhook is due; the webhook comes 3 s later: heard.
+        dispatch.polled_final(TaskRef::Batch(3), now(), true, true, Some(secs(5)));
+        tokio::time::advance(secs(3)).await;
+        assert_eq!(dispatch.deliver(batch_update(3)), Delivery::Duplicate);
+        assert_eq!(dispatch.last_told(), None, "no warning");
+        assert_eq!(dispatch.stats().duplicates, 1);
+        // Three found ended early whose webhooks never come: counted once due, as lost,
+        // and with the one before them (heard since) not yet four in a row.
+        for id in 4..7 {
+            dispatch.polled_final(TaskRef::Batch(id), now(), true, true, Some(secs(5)));
+        }
+        assert!(!dispatch.webhooks_silent(), "not due yet: nothing known");
+        tokio::time::advance(secs(6)).await;
+        assert!(dispatch.batch_webhooks_lossy());
+        assert!(!dispatch.webhooks_silent(), "three in a row");
+        // The fourth in a row makes them silent, told as stopped.
+        assert_eq!(
+            dispatch.polled_final(TaskRef::Batch(7), now(), true, true, None),
+            Some(Silence::Stopped)
+        );
+        assert!(dispatch.webhooks_silent());
+        // A webhook of a swept batch coming now is late, and says webhooks come.
+        assert_eq!(dispatch.deliver(batch_update(5)), Delivery::Duplicate);
+        assert_eq!(dispatch.last_told(), Some(Silence::Late));
+        // Eight batches in a row heard in time end the lossy spell.
+        for id in 10..18 {
+            let watch = dispatch.watch(TaskRef::Batch(id));
+            assert_eq!(dispatch.deliver(batch_update(id)), Delivery::Handed);
+            drop(watch);
+            assert_eq!(dispatch.batch_webhooks_lossy(), id < 17, "after batch {id}");
+        }
+        assert!(!dispatch.webhooks_silent());
+    }
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
     /// An announcement echoing another input than its task was sent with is told apart; an
     /// echo without an input, or a folder input, is not held against it.
     #[test]
@@ -1332,28 +1521,30 @@ mod tests {
         };
         // No webhook has said DONE in this run: two successful tasks found by polls.
         announce("ERROR");
-        dispatch.polled_final(TaskRef::Async(0), crate::store::now_ms(), true, true);
+        dispatch.polled_final(TaskRef::Async(0), crate::store::now_ms(), true, true, None);
         assert!(!dispatch.webhooks_silent(), "one is no pattern");
         announce("ERROR");
-        dispatch.polled_final(TaskRef::Async(0), crate::store::now_ms(), true, true);
+        dispatch.polled_final(TaskRef::Async(0), crate::store::now_ms(), true, true, None);
         assert!(dispatch.webhooks_silent(), "two successful tasks by polls");
         announce("DONE");
         assert!(!dispatch.webhooks_silent(), "a DONE webhook came");
         // One did: ten in a row, as for webhooks lost on the way.
         for n in 1..SILENT_AFTER_HEARD {
             announce("ERROR");
-            dispatch.polled_final(TaskRef::Async(0), crate::store::now_ms(), true, true);
+            dispatch.polled_final(TaskRef::Async(0), crate::store::now_ms(), true, true, None);
             assert!(!dispatch.webhooks_silent(), "{n}");
         }
         announce("ERROR");
-        dispatch.polled_final(TaskRef::Async(0), crate::store::now_ms(), true, true);
+        dispatch.polled_final(TaskRef::Async(0), crate::store::now_ms(), true, true, None);
         assert!(dispatch.webhooks_silent(), "ten in a row");
-        // Batches: two in a row are enough once webhooks were heard.
+        // Batches: four in a row are enough once webhooks were heard.
         announce("DONE");
-        dispatch.polled_final(TaskRef::Batch(0), crate::store::now_ms(), true, true);
-        assert!(!dispatch.webhooks_silent(), "one batch is no pattern");
-        dispatch.polled_final(TaskRef::Batch(0), crate::store::now_ms(), true, true);
-        assert!(dispatch.webhooks_silent(), "two batches in a row");
+        for n in 1..SILENT_AFTER_HEARD_BATCHES {
+            dispatch.polled_final(TaskRef::Batch(0), crate::store::now_ms(), true, true, None);
+            assert!(!dispatch.webhooks_silent(), "{n} batches are no pattern");
+        }
+        dispatch.polled_final(TaskRef::Batch(0), crate::store::now_ms(), true, true, None);
+        assert!(dispatch.webhooks_silent(), "four batches in a row");
     }
 
     /// Before any webhook is heard a batch counts as one task, as after: two batches found
@@ -1362,9 +1553,9 @@ mod tests {
     #[test]
     fn one_batch_found_by_a_poll_before_any_webhook_is_no_pattern() {
         let dispatch = Dispatch::default();
-        dispatch.polled_final(TaskRef::Batch(0), crate::store::now_ms(), true, true);
+        dispatch.polled_final(TaskRef::Batch(0), crate::store::now_ms(), true, true, None);
         assert!(!dispatch.webhooks_silent(), "one batch");
-        dispatch.polled_final(TaskRef::Batch(0), crate::store::now_ms(), true, true);
+        dispatch.polled_final(TaskRef::Batch(0), crate::store::now_ms(), true, true, None);
         assert!(dispatch.webhooks_silent(), "two batches");
     }
 
@@ -1379,7 +1570,7 @@ mod tests {
             !dispatch.webhooks_unproven(),
             "nothing known: wait for webhooks"
         );
-        dispatch.polled_final(TaskRef::Batch(0), crate::store::now_ms(), true, true);
+        dispatch.polled_final(TaskRef::Batch(0), crate::store::now_ms(), true, true, None);
         assert!(!dispatch.webhooks_silent(), "one batch is no pattern");
         assert!(dispatch.webhooks_unproven(), "but none came for it");
         let heard = Arc::new(Dispatch::default());
@@ -1387,7 +1578,7 @@ mod tests {
         let _watch = heard.watch(TaskRef::Async(id));
         let req = serde_json::json!({"input": "https://x/7.jpg", "operations": {}});
         assert_eq!(heard.deliver(update(id, "DONE", req)), Delivery::Handed);
-        heard.polled_final(TaskRef::Batch(0), crate::store::now_ms(), true, true);
+        heard.polled_final(TaskRef::Batch(0), crate::store::now_ms(), true, true, None);
         assert!(
             !heard.webhooks_unproven(),
             "webhooks were heard in this run"
@@ -1401,7 +1592,7 @@ mod tests {
     #[test]
     fn a_webhook_kept_for_an_unwatched_task_is_heard_when_its_poll_finds_it_ended() {
         let dispatch = Dispatch::default();
-        dispatch.polled_final(TaskRef::Batch(0), crate::store::now_ms(), true, true);
+        dispatch.polled_final(TaskRef::Batch(0), crate::store::now_ms(), true, true, None);
         assert!(dispatch.webhooks_unproven());
         let id = 11;
         let req = serde_json::json!({"input": "https://x/11.jpg", "operations": {}});
@@ -1409,7 +1600,7 @@ mod tests {
             dispatch.deliver_owned(update(id, "DONE", req)),
             Delivery::KeptForOwner
         );
-        dispatch.polled_final(TaskRef::Async(id), crate::store::now_ms(), true, true);
+        dispatch.polled_final(TaskRef::Async(id), crate::store::now_ms(), true, true, None);
         assert!(!dispatch.webhooks_unproven(), "a webhook came: heard");
         assert!(!dispatch.webhooks_silent());
         // Its kept copy is gone: the poll had the result.
@@ -1419,11 +1610,14 @@ mod tests {
                 .owned_early
                 .contains_key(&TaskRef::Async(id))
         );
-        // Without a webhook, two such ends make webhooks silent again.
-        for id in [12, 13] {
-            dispatch.polled_final(TaskRef::Batch(id), crate::store::now_ms(), true, true);
+        // Without a webhook, four such ends make webhooks silent again (webhooks were heard
+        // in this run: see `SILENT_AFTER_HEARD_BATCHES`).
+        for id in [12, 13, 14] {
+            dispatch.polled_final(TaskRef::Batch(id), crate::store::now_ms(), true, true, None);
         }
-        assert!(dispatch.webhooks_silent(), "two batches without theirs");
+        assert!(!dispatch.webhooks_silent(), "three batches without theirs");
+        dispatch.polled_final(TaskRef::Batch(15), crate::store::now_ms(), true, true, None);
+        assert!(dispatch.webhooks_silent(), "four batches without theirs");
     }
 
     /// Webhooks that come after the polls found their tasks ended are late, not missing nor
@@ -1449,6 +1643,7 @@ mod tests {
                 crate::store::now_ms(),
                 true,
                 true,
+                None,
             ));
             assert_eq!(
                 dispatch.deliver_owned(update(id, "DONE", req(id))),
@@ -1474,6 +1669,7 @@ mod tests {
                 crate::store::now_ms(),
                 true,
                 true,
+                None,
             ));
         }
         assert_eq!(told, vec![Silence::Stopped]);
@@ -1494,6 +1690,7 @@ mod tests {
                 crate::store::now_ms(),
                 true,
                 true,
+                None,
             ));
         }
         assert_eq!(told, vec![Silence::NoneCame]);
@@ -1508,6 +1705,7 @@ mod tests {
                 crate::store::now_ms(),
                 true,
                 true,
+                None,
             ));
         }
         assert_eq!(told, vec![Silence::NoneCame], "not said again");
@@ -1521,7 +1719,7 @@ mod tests {
         let dispatch = Dispatch::default();
         let req = serde_json::json!({"input": "https://x/1.jpg", "operations": {}});
         let done_bare = TaskRef::Async(1);
-        dispatch.polled_final(done_bare, crate::store::now_ms(), true, false);
+        dispatch.polled_final(done_bare, crate::store::now_ms(), true, false, None);
         assert!(
             dispatch.would_keep(done_bare),
             "made durable before it is answered"
@@ -1531,7 +1729,7 @@ mod tests {
             Delivery::KeptForOwner
         );
         let done_whole = TaskRef::Async(2);
-        dispatch.polled_final(done_whole, crate::store::now_ms(), true, true);
+        dispatch.polled_final(done_whole, crate::store::now_ms(), true, true, None);
         assert!(!dispatch.would_keep(done_whole), "late: not kept");
         assert_eq!(
             dispatch.deliver_owned(update(2, "DONE", req)),
@@ -1952,13 +2150,13 @@ mod tests {
         tokio::task::yield_now().await;
         // Webhooks were heard: some lost on the way are no silence.
         for n in 1..SILENT_AFTER_HEARD {
-            dispatch.polled_final(TaskRef::Async(0), crate::store::now_ms(), true, true);
+            dispatch.polled_final(TaskRef::Async(0), crate::store::now_ms(), true, true, None);
             assert!(
                 !dispatch.webhooks_silent(),
                 "{n} polls in a row are no pattern"
             );
         }
-        dispatch.polled_final(TaskRef::Async(0), crate::store::now_ms(), true, true);
+        dispatch.polled_final(TaskRef::Async(0), crate::store::now_ms(), true, true, None);
         assert!(
             dispatch.webhooks_silent(),
             "ten tasks in a row ended without theirs"

@@ -1556,6 +1556,7 @@ impl Runner {
                                 submitted_at_ms,
                                 task.status == TaskStatus::Done,
                                 !task.lacks_result(),
+                                None,
                             );
                         }
                     }
