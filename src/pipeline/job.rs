@@ -288,8 +288,9 @@ pub struct RunnerDeps {
 pub struct BucketSeen {
     /// When a listing last found it, after the last one that found it missing.
     exists_at: Option<Instant>,
-    /// How many listings found it missing: a look made before one of them may have been
-    /// answered "not found" by the missing bucket.
+    /// How many listings found it missing, or answered as no S3 bucket does (a web page's
+    /// 404): a look made before one of them may have been answered "not found" by the
+    /// missing bucket.
     missing: u64,
 }
 
@@ -304,6 +305,10 @@ const MISSING_BUCKET_RELIST: Duration = Duration::from_secs(5);
 struct Sighting {
     at: Instant,
     missing: u64,
+    /// The last listing before the look did not find the bucket: the look's "not found" may
+    /// be the missing bucket's, whatever a later listing finds (taken as the object's, `skip`
+    /// had an object it should keep overwritten when the bucket came back).
+    unconfirmed: bool,
 }
 
 /// Times a job's staged input may be found gone before its submit and staged again, in one
@@ -2555,16 +2560,18 @@ impl Runner {
     /// Now, and how many listings have found `storage`'s bucket missing so far: read before a
     /// look, and handed to [`Runner::confirm_bucket`] if the look finds nothing.
     fn bucket_sightings(&self, storage: &crate::storages::OpenStorage) -> Sighting {
-        let missing = self
+        let seen = self
             .deps
             .buckets
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&storage.name)
-            .map_or(0, |seen| seen.missing);
+            .copied()
+            .unwrap_or_default();
         Sighting {
             at: Instant::now(),
-            missing,
+            missing: seen.missing,
+            unconfirmed: seen.missing > 0 && seen.exists_at.is_none(),
         }
     }
 
@@ -2605,8 +2612,8 @@ impl Runner {
             .get(name)
             .copied()
             .unwrap_or_default();
-        // Another look's listing found it missing since this look began.
-        let mut look_again = before.missing != sighting.missing;
+        // Missing when this look began, or found missing since by another look's listing.
+        let mut look_again = sighting.unconfirmed || before.missing != sighting.missing;
         // A listing made after this look began found it: no need for another.
         if before.exists_at.is_some_and(|at| at > sighting.at) {
             return Ok(look_again);
@@ -2626,13 +2633,7 @@ impl Runner {
                 }
                 Ok(false) => {
                     look_again = true;
-                    {
-                        let mut buckets =
-                            deps.buckets.lock().unwrap_or_else(PoisonError::into_inner);
-                        let seen = buckets.entry(name.clone()).or_default();
-                        seen.missing += 1;
-                        seen.exists_at = None;
-                    }
+                    not_found_by_listing(&deps.buckets, name);
                     let why = format!(
                         "the bucket {} does not exist (NoSuchBucket): it answers a look at any object \"not found\"; what needs it waits (recreate the bucket, or fix `storages.{}`; in `run --once` until `api.unreachable_timeout`)",
                         crate::text::Escaped::str(storage.objects.bucket()),
@@ -2653,11 +2654,18 @@ impl Runner {
                         warn!(storage = %crate::text::Escaped::str(name), error = %err, "A storage's bucket refuses the daemon's keys a listing; what needs it waits and is retried (told at most once a minute; fix `credentials_file`, then restart the daemon; in `run --once` until `api.unreachable_timeout`)");
                     }
                 }
+                // Answered, but not as S3 answers a listing (a web page's 404, a proxy's 400):
+                // whether the bucket is there is not known, so the look's "not found" cannot
+                // stand (it stood: behind a proxy answering 404 pages, `skip` had every
+                // object it should keep overwritten, without a word). Waited out as an
+                // outage of the storage, listed again until it answers; the look is made
+                // again after. (A refusal told before is replaced by this on `/healthz`.)
                 Err(err) => {
-                    // Answered otherwise: a refusal waited out above is over (it stayed on
-                    // `/healthz` until a call to the bucket succeeded).
-                    bucket_answered(&deps.health, name, &err);
-                    return Ok(look_again);
+                    look_again = true;
+                    not_found_by_listing(&deps.buckets, name);
+                    if deps.health.storage_flaky(name, err.to_string()) {
+                        warn!(storage = %crate::text::Escaped::str(name), error = %err, "A storage's bucket answers a listing as no S3 bucket does; what needs to know whether an object is there waits, and the bucket is listed again (told at most once a minute; is a proxy or another server answering at the storage's `endpoint`? In `run --once` until `api.unreachable_timeout`)");
+                    }
                 }
             }
             match decide(&mut attempts, Failure::Unreachable) {
@@ -2954,6 +2962,17 @@ fn bucket_failure(
     } else {
         (false, Failure::Transient)
     }
+}
+
+/// Notes that a listing did not find `storage`'s bucket (see [`BucketSeen::missing`]).
+fn not_found_by_listing(
+    buckets: &std::sync::Mutex<std::collections::HashMap<String, BucketSeen>>,
+    storage: &str,
+) {
+    let mut buckets = buckets.lock().unwrap_or_else(PoisonError::into_inner);
+    let seen = buckets.entry(storage.to_owned()).or_default();
+    seen.missing += 1;
+    seen.exists_at = None;
 }
 
 /// A call to a bucket failed with an answer (a missing object or bucket): its endpoint is

@@ -1669,6 +1669,27 @@ impl Switch {
 
     /// [`Switch::answer`] with `headers` (each line ending in `\r\n`) added to every answer.
     async fn answer_with(&self, status: &'static str, code: &'static str, headers: &'static str) {
+        let body = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{code}</Message></Error>"
+        );
+        self.answer_raw(status, "application/xml", body, headers)
+            .await;
+    }
+
+    /// [`Switch::answer`] with a web page, as a server that is no S3 API answers (a proxy's
+    /// error page, a console's port).
+    async fn answer_page(&self, status: &'static str) {
+        let body = format!("<!DOCTYPE html><html><body><h1>{status}</h1></body></html>");
+        self.answer_raw(status, "text/html", body, "").await;
+    }
+
+    async fn answer_raw(
+        &self,
+        status: &'static str,
+        content_type: &'static str,
+        body: String,
+        headers: &'static str,
+    ) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         self.off().await;
         let listener = Switch::listen(self.addr);
@@ -1676,7 +1697,7 @@ impl Switch {
         let task = tokio::spawn(async move {
             let mut connections = tokio::task::JoinSet::new();
             while let Ok((mut inbound, _)) = listener.accept().await {
-                let answered = answered.clone();
+                let (answered, body) = (answered.clone(), body.clone());
                 connections.spawn(async move {
                     // The request's head (HEAD and GET have no body).
                     let mut head = Vec::new();
@@ -1707,9 +1728,8 @@ impl Switch {
                         }
                     }
                     answered.lock().expect("lock").push(text);
-                    let body = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{code}</Message></Error>");
                     let mut answer = format!(
-                        "HTTP/1.1 {status}\r\n{headers}Content-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        "HTTP/1.1 {status}\r\n{headers}Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                         body.len()
                     );
                     if !head.starts_with(b"HEAD ") {
@@ -3067,6 +3087,121 @@ async fn a_look_before_the_submit_answered_otherwise_fails_the_images_unbilled()
     env.switch.off().await;
     env.switch.on();
     assert_eq!(s3.get_object("catalog", &key).await.expect("object"), kept);
+    crate::support::stop(&mut daemon).await;
+    s3.stop().await;
+}
+
+/// The look before the submit answered "not found" while the bucket's endpoint answers web
+/// pages (a 404 page of a proxy, not S3's answer) is no answer about the object: the listing
+/// that should confirm the bucket is answered the same way, so the look waits, as for an
+/// outage, and is made again once the bucket answers. `skip` then keeps the object there:
+/// nothing billed for it. (The look stood: `skip` had the object overwritten, without a
+/// word; acceptance run.)
+#[tokio::test(flavor = "multi_thread")]
+async fn issue15_a_look_answered_by_web_pages_waits_and_skip_keeps_the_object() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let (env, mut daemon, key, kept) = looking_before_the_submit(&s3, "skip", "", None).await;
+    env.switch.answer_page("404 Not Found").await;
+    let deadline = std::time::Duration::from_secs(60);
+    crate::support::wait_until("the pages warned of", deadline, || {
+        env.daemon_log(0)
+            .contains("answers a listing as no S3 bucket does")
+    })
+    .await;
+    let listings = |switch: &Switch| {
+        switch
+            .answered
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|head| head.starts_with("GET ") && head.contains("list-type=2"))
+            .count()
+    };
+    // Listed again while it answers pages; nothing is sent meanwhile.
+    crate::support::wait_until("a second listing", deadline, || listings(&env.switch) >= 2).await;
+    assert_eq!(env.stats().submits + env.stats().batch_images, 0);
+    env.switch.off().await;
+    env.switch.on();
+    crate::support::wait_until("the report", deadline, || {
+        env.outbox.join("shoes.report.json").exists()
+    })
+    .await;
+    let report = env.report("shoes");
+    assert_eq!(report["jobs"][0]["status"], "skipped", "{report:#}");
+    assert_eq!(report["jobs"][1]["status"], "done", "{report:#}");
+    assert_eq!(s3.get_object("catalog", &key).await.expect("object"), kept);
+    assert_eq!(
+        env.stats().submits + env.stats().batch_images,
+        1,
+        "sku-1 only"
+    );
+    crate::support::stop(&mut daemon).await;
+    s3.stop().await;
+}
+
+/// A look made after a listing had found the bucket missing, and answered "not found" by
+/// it, is made again once the bucket is back, although another look's listing found it
+/// back after the look began: `skip` keeps the object there. (That later listing let the
+/// look stand: the image was submitted, billed, and the object `skip` should keep
+/// overwritten; acceptance run.)
+#[tokio::test(flavor = "multi_thread")]
+async fn issue15_a_look_made_while_the_bucket_was_missing_is_made_again_once_it_is_back() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    // Images one by one, each with its own look (a batch's looks are made one batch at a
+    // time).
+    let (env, switch, config) = switched_env(&s3, quick(), 2, "batch: { max_images: 1 }").await;
+    append_to(&config, "on_output_exists: skip\n");
+    let kept = crate::support::png(9, 7);
+    let key = "raw/back/shoes/sku-0.jpg";
+    s3.put_object("catalog", key, &kept).await;
+    let mut daemon = env.spawn_daemon(&config, 0);
+    let deadline = std::time::Duration::from_secs(60);
+    crate::support::wait_until("ready", deadline, || env.daemon_log(0).contains("Ready")).await;
+    switch.answer("404 Not Found", "NoSuchBucket").await;
+    // A first drop's look finds the bucket missing.
+    env.drop_file(
+        "first.yaml",
+        b"output: { format: jpeg, destination: storage://catalog/first/ }\nimages:\n  - storage://catalog/in/sku-1.png\n",
+    );
+    crate::support::wait_until("the missing bucket told", deadline, || {
+        env.daemon_log(0).contains("does not exist (NoSuchBucket)")
+    })
+    .await;
+    // Then the second drop's look at an object that is there, answered by the missing bucket.
+    env.drop_file(
+        "shoes.yaml",
+        b"output: { format: jpeg, destination: storage://catalog/back/ }\nimages:\n  - storage://catalog/in/sku-0.png\n",
+    );
+    crate::support::wait_until("the look at the kept object", deadline, || {
+        switch
+            .answered
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|head| head.starts_with("HEAD ") && head.contains("back/shoes/sku-0"))
+    })
+    .await;
+    // Back before the first drop's next listing (five seconds after its last).
+    switch.off().await;
+    switch.on();
+    crate::support::wait_until("both reports", deadline, || {
+        env.outbox.join("shoes.report.json").exists()
+            && env.outbox.join("first.report.json").exists()
+    })
+    .await;
+    let report = env.report("shoes");
+    assert_eq!(report["jobs"][0]["status"], "skipped", "{report:#}");
+    assert_eq!(s3.get_object("catalog", key).await.expect("object"), kept);
+    assert_eq!(env.report("first")["jobs"][0]["status"], "done");
+    assert_eq!(
+        env.stats().submits + env.stats().batch_images,
+        1,
+        "the first drop's only"
+    );
     crate::support::stop(&mut daemon).await;
     s3.stop().await;
 }
