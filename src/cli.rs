@@ -834,7 +834,7 @@ fn check_readable(file: &Path, command: &str) -> anyhow::Result<()> {
 fn cmd_validate(config_path: Option<&Path>, files: &[PathBuf]) -> anyhow::Result<i32> {
     let config = match config_path {
         Some(path) => Some(load_config(path)?),
-        None => None,
+        None => config_among(files),
     };
     let mut n_bad = 0;
     let mut unreadable = None;
@@ -884,6 +884,27 @@ fn cmd_validate(config_path: Option<&Path>, files: &[PathBuf]) -> anyhow::Result
         None if n_bad > 0 => exit::DATA_ERR,
         None => exit::OK,
     })
+}
+
+/// Without `--config`, the config among the files `validate` is given (one, and one that
+/// loads), for the manifests and recipes among them: `validate config.yaml m.yaml` checked
+/// the manifest without it (its storages "not configured", its profiles unknown).
+fn config_among(files: &[PathBuf]) -> Option<Config> {
+    let mut configs = files
+        .iter()
+        .filter(|file| file.is_file() && matches!(kind_of(file).0, FileKind::Config));
+    let (Some(path), None) = (configs.next(), configs.next()) else {
+        return None;
+    };
+    let others = files
+        .iter()
+        .any(|file| !matches!(kind_of(file).0, FileKind::Config));
+    let config = load_config(path).ok().filter(|_| others)?;
+    println!(
+        "Manifests are checked with the config {} (given among the files; `--config` names one explicitly).",
+        path.display()
+    );
+    Some(config)
 }
 
 /// The store, read from a private copy ([`Snapshot`]) for a command that only reads it while no

@@ -590,6 +590,20 @@ async fn issue13_validate_hints_at_the_config_only_for_a_profile_no_config_defin
     .await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(!out.contains("hint"), "{out}");
+
+    // Given among the files (`validate config.yaml p.yaml`), the config is used for the
+    // manifest too, and says so (the manifest was checked without it).
+    let (code, out, err) = cli(&[
+        "validate",
+        config.to_str().unwrap(),
+        profiled.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("Manifests are checked with the config") && !out.contains("hint"),
+        "{out}"
+    );
 }
 
 /// Every file under `root`: its size, modification time, mode and owner.
