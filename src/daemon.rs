@@ -793,7 +793,9 @@ async fn run_once(
     config: &Config,
     opts: &RunOptions,
 ) -> Result<OnceEnd, FatalError> {
-    let unreadable = first_scan(pipeline, config).await?;
+    let (unreadable, manifests) = first_scan(pipeline, config).await?;
+    let resaves = tokio::spawn(follow_resaves(pipeline.clone(), manifests)).abort_handle();
+    let _resaves = abort_on_drop(resaves);
     let bar = opts
         .progress_bar
         .as_ref()
@@ -948,24 +950,95 @@ async fn give_up(
 }
 
 /// Takes in every manifest of the inbox once it is stable; returns the inbox's subfolders that
-/// could not be read (each was named in a WARN).
+/// could not be read (each was named in a WARN), and the manifests taken in with the version
+/// of each (for [`follow_resaves`]).
 async fn first_scan(
     pipeline: &pipeline::Handle,
     config: &Config,
-) -> Result<Vec<PathBuf>, FatalError> {
+) -> Result<(Vec<PathBuf>, Vec<(PathBuf, watcher::Fingerprint)>), FatalError> {
     pipeline::intake::restore_waiting_versions(pipeline.store(), &config.folders.inbox).await;
     let (candidates, unreadable) =
         watcher::scan_stable_telling(&config.folders.inbox, &config.watch)
             .await
             .map_err(FatalError::Watcher)?;
     info!(manifests = candidates.len(), "Scanned the inbox");
+    let manifests = candidates
+        .iter()
+        .filter(|c| c.kind == watcher::CandidateKind::Manifest)
+        .map(|c| (c.path.clone(), c.fingerprint))
+        .collect();
     for candidate in candidates {
         pipeline.offer(candidate).await;
     }
     // Queued images of runs saved again while the daemon was down wait for these candidates.
     let resaved = pipeline.clone();
     tokio::spawn(async move { resaved.release_resaved().await });
-    Ok(unreadable)
+    Ok((unreadable, manifests))
+}
+
+/// Aborts the task of `handle` when dropped (at every return of [`run_once`]).
+fn abort_on_drop(handle: tokio::task::AbortHandle) -> impl Drop {
+    struct Abort(tokio::task::AbortHandle);
+    impl Drop for Abort {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    Abort(handle)
+}
+
+/// How often `run --once` looks whether a manifest it took in was saved again.
+const ONCE_RESAVE_LOOK: Duration = Duration::from_secs(1);
+
+/// `run --once` has no watcher, so a manifest of its first scan saved again while it runs
+/// ("fixed a typo, saved over it") went unseen: the old version's rows were all submitted
+/// (billed, though no longer wanted) and the new one waited for the next run. Each such
+/// manifest is looked at every [`ONCE_RESAVE_LOOK`]; a new version, unchanged for one look,
+/// is offered to intake as the watcher would offer it: the old run stops submitting and the
+/// new version runs in this `run --once`, as in the daemon. A manifest gone from its place
+/// (archived, moved away) is no longer looked at: a file put there later is a new drop, which
+/// `run --once` leaves for the next run.
+async fn follow_resaves(
+    pipeline: pipeline::Handle,
+    manifests: Vec<(PathBuf, watcher::Fingerprint)>,
+) {
+    // Each path: the version last offered, and the one the last look saw.
+    let mut watched: Vec<(PathBuf, watcher::Fingerprint, Option<watcher::Fingerprint>)> =
+        manifests.into_iter().map(|(p, f)| (p, f, None)).collect();
+    while !watched.is_empty() {
+        tokio::time::sleep(ONCE_RESAVE_LOOK).await;
+        let paths: Vec<PathBuf> = watched.iter().map(|(p, _, _)| p.clone()).collect();
+        let Ok(now) = tokio::task::spawn_blocking(move || {
+            paths
+                .iter()
+                .map(|p| watcher::Fingerprint::at(p))
+                .collect::<Vec<_>>()
+        })
+        .await
+        else {
+            return;
+        };
+        let mut kept = Vec::with_capacity(watched.len());
+        for ((path, offered, seen), now) in watched.into_iter().zip(now) {
+            let Some(now) = now else {
+                continue;
+            };
+            if now != offered && seen == Some(now) {
+                info!(manifest = %crate::text::Escaped::path(&path), "A manifest was saved again while `run --once` runs; its new version is taken in");
+                pipeline
+                    .offer(watcher::Candidate {
+                        path: path.clone(),
+                        fingerprint: now,
+                        kind: watcher::CandidateKind::Manifest,
+                    })
+                    .await;
+                kept.push((path, now, Some(now)));
+            } else {
+                kept.push((path, offered, Some(now)));
+            }
+        }
+        watched = kept;
+    }
 }
 
 /// The daemon proper: the first scan, READY, then the watcher feeds candidates until shutdown,

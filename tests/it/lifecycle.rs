@@ -2138,3 +2138,56 @@ async fn the_closing_line_counts_unchanged_rows_once_as_the_report_does() {
     assert_eq!(report["counts"]["done"], 1, "{report:#}");
     assert_eq!(report["counts"]["unchanged"], 2, "{report:#}");
 }
+
+/// `run --once` takes a manifest saved again while it runs as the daemon does: the old version
+/// stops submitting, the new one runs in the same `run --once` (its report is the plain one,
+/// it is archived), and the old version's rows the new one dropped are not billed. (`run
+/// --once` has no watcher: every row of the old version was submitted and billed, and the new
+/// version was left in the inbox for the next run; acceptance run.)
+#[tokio::test(flavor = "multi_thread")]
+async fn issue11_run_once_takes_a_manifest_saved_again_while_it_runs() {
+    let env =
+        TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_millis(1500))))
+            .await;
+    let mut v1 = String::from("images:\n");
+    for i in 0..6 {
+        v1.push_str(&format!("  - input: storage://demo/old{i}-64x48.png\n"));
+    }
+    let v2 = b"images:\n  - input: storage://demo/old0-64x48.png\n  - input: storage://demo/new-64x48.png\n".to_vec();
+    let config = env.config("max_in_flight: 1\nbatch: { max_images: 1 }", "");
+    env.drop_file("m.yaml", v1.as_bytes());
+    let resave = async {
+        wait_until("the first submit", DEADLINE, || env.stats().submits >= 1).await;
+        env.drop_file("m.yaml", &v2);
+    };
+    let ((code, stderr), ()) = tokio::join!(env.run_once(&config), resave);
+    assert_eq!(code, 0, "{stderr}");
+    let report = env.report("m");
+    assert_eq!(report["sha256"], sha256_hex(&v2).as_str(), "{stderr}");
+    assert_eq!(
+        crate::support::report_inputs(&report),
+        [
+            "storage://demo/old0-64x48.png",
+            "storage://demo/new-64x48.png"
+        ]
+    );
+    for row in report["jobs"].as_array().expect("rows") {
+        assert!(
+            row["status"] == "done" || row["status"] == "unchanged",
+            "{row}"
+        );
+    }
+    let stats = env.stats();
+    let dropped: u64 = (1..6)
+        .map(|i| crate::support::submits_of(&stats, &format!("old{i}-")) as u64)
+        .sum();
+    assert!(
+        dropped <= 2,
+        "the old version stopped submitting: {:?}",
+        stats.submits_by_key
+    );
+    assert!(
+        !env.inbox.join("m.yaml").exists(),
+        "the new version ran and was archived"
+    );
+}
