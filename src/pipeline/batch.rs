@@ -52,16 +52,14 @@ pub const CANARY_IMAGES: usize = 2;
 /// batch submits and polls. This is the cap; once Claid's pace inside a batch is known,
 /// [`paced_size`] may choose smaller batches.
 pub const MAX_IN_FLIGHT_SHARE: usize = 4;
-/// Until Claid's pace is known (the first batches after the canary), a batch whose results are
-/// polled holds at most this share of `max_in_flight` (an eighth), and at least
-/// [`MIN_PACED_IMAGES`] within the cap: before the pace is known its polls cannot be aimed, and
+/// Until Claid's pace is known (the first batches after the canary), a batch holds at most
+/// this share of `max_in_flight` (an eighth), and at least [`MIN_PACED_IMAGES`] within the cap:
 /// a batch half the size ends twice as soon where Claid works on few of a batch's images at
-/// once. With webhooks delivered (one has come in this run, e.g. the canary's), the first
-/// batches hold the cap: each is announced the moment it ends (no poll to aim), and a batch
-/// costs its one submit, so halving the first round's batches would be most of the run's
-/// requests (measured at 8 images at once per batch: 0.029 requests/image with an eighth,
-/// 0.025 with the cap, docs/benchmark.md). Webhooks configured but not arriving leave batches
-/// polled after `webhook.poll_fallback`: those keep the eighth.
+/// once, and before the pace is known its polls cannot be aimed. So do batches announced by
+/// webhook: they held the cap from the start once a webhook had come (a batch costs its one
+/// submit, 0.025 requests an image against 0.029), and the first round, half as many batches
+/// side by side, made webhooks slower than polling (the acceptance run: 63.5 s against 54.2 s
+/// for 400 images; docs/benchmark.md: 10.1 against 11.2 images/s).
 pub const FIRST_WAVE_SHARE: usize = 8;
 /// Batch submits and polls are planned to use at most this share of the sustained request
 /// rate (`Client::sustained_rate`), leaving the rest for single tasks, uploads and retries.
@@ -231,15 +229,13 @@ impl Batching {
     /// The size the next batch aims for: the canary first; then at most a
     /// [`MAX_IN_FLIGHT_SHARE`]th of `max_in_flight` and at most `max_images` (the cap); once
     /// Claid's `pace` inside a batch is known (time per image of recent batches), the size
-    /// [`paced_size`] gives for it and the sustained `request_rate`. Until then, batches whose
-    /// results are polled hold an eighth; with `webhooks` (delivered in this run) they hold the
-    /// cap (see [`FIRST_WAVE_SHARE`]).
+    /// [`paced_size`] gives for it and the sustained `request_rate`. Until then, batches hold
+    /// an eighth (see [`FIRST_WAVE_SHARE`]).
     pub fn target_size(
         &self,
         max_in_flight: usize,
         pace: Option<Duration>,
         request_rate: f64,
-        webhooks: bool,
     ) -> usize {
         if !self.canary_sent.load(Ordering::Relaxed) {
             // Never more images than `max_in_flight` slots: a batch waits for one per image.
@@ -254,11 +250,8 @@ impl Batching {
             .min((max_in_flight / MAX_IN_FLIGHT_SHARE).max(1))
             .max(1);
         let Some(pace) = pace else {
-            if webhooks {
-                return cap;
-            }
-            // Until Claid's pace is known, polled batches hold at most an eighth: if Claid
-            // works on few images of a batch at once, the first round ends twice as soon.
+            // Until Claid's pace is known, batches hold at most an eighth: if Claid works on
+            // few images of a batch at once, the first round ends twice as soon.
             return cap.min((max_in_flight / FIRST_WAVE_SHARE).max(MIN_PACED_IMAGES));
         };
         let size = paced_size(max_in_flight, pace, request_rate, cap);
@@ -442,14 +435,21 @@ fn named_as_batch_output(job: &JobV1) -> bool {
 /// An input a batch may take: `http(s)://`, or `storage://` of one of `connectors` (the
 /// config's storages; others are sent alone). `plan` counts with it too.
 pub fn batchable_input(input: &str, connectors: &HashSet<String>) -> bool {
+    // A file name that starts with a dot (`.x`, `.jpg`): whether Claid takes it all as the
+    // stem or as an extension with no stem is not said, so its result could not be matched
+    // (one such URL switched batching off for the rest of a run; acceptance run). Sent alone.
+    let dotted = wire::decoded(wire::basename(input)).starts_with('.');
     if input.starts_with("https://") || input.starts_with("http://") {
         // A URL without a file name (`…/s/`, `https://host`), or with a query or fragment
         // (`…/x.jpg?v=2`: whether Claid's name for the output keeps the query is not said):
         // its result could not be told from another's. Sent alone.
         return !input.contains(['?', '#'])
+            && !dotted
             && !wire::decoded(wire::basename(input)).trim().is_empty();
     }
-    crate::storages::split_uri(input).is_some_and(|(connector, _)| connectors.contains(connector))
+    !dotted
+        && crate::storages::split_uri(input)
+            .is_some_and(|(connector, _)| connectors.contains(connector))
 }
 
 /// Whether the output of `input` (sent as it is) may come out of a batch: a local output, or
@@ -608,7 +608,6 @@ impl BatchRunner {
             max_in_flight,
             self.deps.polls.batch_pace(),
             self.deps.client.sustained_rate(),
-            self.deps.webhooks.is_some() && self.deps.dispatch.heard_any(),
         )
     }
 
@@ -709,6 +708,11 @@ impl BatchRunner {
         let mut settled = Vec::with_capacity(members.len());
         for member in members {
             if let Some(outcome) = runner.settle_existing_output(member.id, &member.job).await {
+                self.report(member.manifest, outcome);
+                continue;
+            }
+            // The outbox may have changed while the batch waited (for the canary, a slot).
+            if let Some(outcome) = runner.refuse_blocked_output(member.id, &member.job).await {
                 self.report(member.manifest, outcome);
                 continue;
             }
@@ -1295,7 +1299,17 @@ impl BatchRunner {
                             polled.batch.errors.len(),
                             members.len(),
                         );
-                        if unsettled.first_unsettled_ask() {
+                        let repeated = polled.batch.repeated_results();
+                        if unsettled.first_unsettled_ask() && repeated > 0 {
+                            warn!(
+                                batch_id,
+                                results,
+                                repeated,
+                                errors,
+                                images,
+                                "Claid says the batch is DONE but lists a result twice, so fewer of its images have one; polling it again"
+                            );
+                        } else if unsettled.first_unsettled_ask() {
                             warn!(
                                 batch_id,
                                 results,
@@ -1351,10 +1365,12 @@ impl BatchRunner {
                     clock.running();
                     pending_at = Some(since_submit());
                     paused_since_running = false;
-                    delay = match webhooks {
-                        Some(fallback) => fallback.min(deps.poll.max),
-                        None => deps.polls.batch_delay(&mut clock, since_submit()),
-                    };
+                    // Running past the time its webhook was due: polled on the schedule from
+                    // now on, its webhook still taken if it comes first. (Waiting `poll.max`
+                    // for it held a batch whose webhook was then lost 27 s past its end; the
+                    // acceptance run.)
+                    webhooks = None;
+                    delay = deps.polls.batch_delay(&mut clock, since_submit());
                 }
                 Err(err) => match failure_of(&deps.health, &err, sent_at) {
                     Failure::Job
@@ -2424,6 +2440,15 @@ mod tests {
             "https://example.com/s/a.jpg#x",
             &connectors
         ));
+        // Nor does a name that starts with a dot (Claid's name for its output is not said).
+        assert!(!batchable_input("https://example.com/o/.x", &connectors));
+        assert!(!batchable_input(
+            "https://example.com/o/%2Ex.png",
+            &connectors
+        ));
+        let connectors = HashSet::from(["cat".to_owned()]);
+        assert!(batchable_input("storage://cat/in/a.png", &connectors));
+        assert!(!batchable_input("storage://cat/in/.a.png", &connectors));
     }
 
     #[test]
@@ -2493,35 +2518,26 @@ mod tests {
             linger: ms(200),
         });
         assert_eq!(
-            batching.target_size(256, Some(ms(425)), DEFAULT_RATE, false),
+            batching.target_size(256, Some(ms(425)), DEFAULT_RATE),
             CANARY_IMAGES
         );
         assert_eq!(batching.view().paced_size, None);
         batching.dispatched();
         assert_eq!(
-            batching.target_size(256, None, DEFAULT_RATE, false),
+            batching.target_size(256, None, DEFAULT_RATE),
             32,
             "until the pace is known, an eighth of max_in_flight"
         );
         assert_eq!(
-            batching.target_size(32, None, DEFAULT_RATE, false),
+            batching.target_size(32, None, DEFAULT_RATE),
             8,
             "an eighth is at least 8 images (the cap of the default max_in_flight)"
         );
-        assert_eq!(
-            batching.target_size(256, None, DEFAULT_RATE, true),
-            64,
-            "with webhooks, the cap (a quarter) until the pace is known"
-        );
         assert_eq!(batching.view().paced_size, None, "no pace known yet");
         assert_eq!(
-            batching.target_size(256, Some(ms(425)), DEFAULT_RATE, true),
+            batching.target_size(256, Some(ms(425)), DEFAULT_RATE),
             43,
-            "once the pace is known, webhooks or not, the paced size"
-        );
-        assert_eq!(
-            batching.target_size(256, Some(ms(425)), DEFAULT_RATE, false),
-            43
+            "once the pace is known, the paced size"
         );
         assert_eq!(batching.view().paced_size, Some(43), "shown in /status");
         // `max_in_flight: 1`: a canary of one (it waits for a slot per image).
@@ -2529,19 +2545,16 @@ mod tests {
             max_images: 100,
             linger: ms(200),
         });
-        assert_eq!(one.target_size(1, None, DEFAULT_RATE, false), 1);
+        assert_eq!(one.target_size(1, None, DEFAULT_RATE), 1);
         one.dispatched();
-        assert_eq!(one.target_size(1, Some(ms(425)), DEFAULT_RATE, false), 1);
+        assert_eq!(one.target_size(1, Some(ms(425)), DEFAULT_RATE), 1);
         // `max_images` still bounds it.
         let small = Batching::new(BatchConfig {
             max_images: 10,
             linger: ms(200),
         });
         small.dispatched();
-        assert_eq!(
-            small.target_size(256, Some(ms(425)), DEFAULT_RATE, false),
-            10
-        );
+        assert_eq!(small.target_size(256, Some(ms(425)), DEFAULT_RATE), 10);
     }
 
     #[test]

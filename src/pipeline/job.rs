@@ -354,6 +354,19 @@ impl Runner {
         }
     }
 
+    /// Fails the job, unbilled, when the outbox changed since intake so that its result could
+    /// not be written (a file now where a folder of its path goes, a link, a folder where the
+    /// file goes: see [`local_output_blocked`]). Looked at again just before a batch is sent:
+    /// a batch assembled before a folder appeared at an output's place waited for the canary,
+    /// was sent, billed, and the image failed `output-is-a-directory` (acceptance run).
+    pub async fn refuse_blocked_output(&self, id: JobId, job: &JobV1) -> Option<JobOutcome> {
+        let (code, why) = local_output_blocked(&self.deps.outbox, job)?;
+        let message = format!(
+            "not submitted: {why}; move it away, then `replay --failed` (nothing was billed)"
+        );
+        Some(self.failed(id, code, &message).await)
+    }
+
     /// `on_output_exists` before anything is spent. With `skip`, an output already there makes
     /// the job done as `skipped` without a submit; with `fail`, it fails the job with
     /// `output-exists`. For a storage output this is the only place the policy applies (Claid
@@ -991,11 +1004,8 @@ impl Runner {
         // The outbox changed since intake (a file now where a folder of the path goes, a link,
         // a folder where the file goes): every write of the result would fail. Claid is not
         // paid for it.
-        if let Some((code, why)) = local_output_blocked(&deps.outbox, job) {
-            let message = format!(
-                "not submitted: {why}; move it away, then `replay --failed` (nothing was billed)"
-            );
-            return self.fail(id, code, &message).await;
+        if let Some(outcome) = self.refuse_blocked_output(id, job).await {
+            return Step::End(outcome);
         }
         if job.local
             && job.staged.is_none()
