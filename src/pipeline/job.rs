@@ -420,12 +420,22 @@ impl Runner {
             let message = format!("the object {object} already exists (`on_output_exists: fail`)");
             return Some(self.failed(id, FailureCode::OutputExists, &message).await);
         }
-        // Its size, as a kept file's is reported, read from its header (a few KiB).
-        let (width, height) = object_ends(&storage.objects, key, info.size)
-            .await
-            .ok()
-            .and_then(|(head, _)| output::check::dimensions(&head, (0, 0)))
-            .unwrap_or((0, 0));
+        // Its size, as a kept file's is reported, read from its header (a few KiB). An object
+        // that does not start as any image format does is no output to keep either (a text file, a page a proxy
+        // answered with): made again, as an empty one is (it was kept and reported `skipped`,
+        // 0×0). One that cannot be read now is kept.
+        let (width, height) = match object_ends(&storage.objects, key, info.size).await {
+            Ok((head, _)) => match output::check::dimensions(&head, (0, 0)) {
+                Some(size) => size,
+                // An image whose size lies past the header read (a long EXIF block): kept.
+                None if output::check::format_of(&head).is_some() => (0, 0),
+                None => {
+                    warn!(job_id = id, object = %object, bytes = info.size, "The object at the output's key is no image, so `on_output_exists: skip` does not keep it: Claid writes the edit there");
+                    return None;
+                }
+            },
+            Err(_) => (0, 0),
+        };
         let done = DoneInfo {
             path: object.clone(),
             bytes: info.size,

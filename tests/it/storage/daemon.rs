@@ -3319,6 +3319,37 @@ async fn an_object_written_for_a_lost_submit_is_taken_as_its_result_under_every_
     s3.stop().await;
 }
 
+/// `on_output_exists: skip` keeps only an image at an output's key: an object there that
+/// starts as no image format does (a text file here) is no output to keep, and Claid writes
+/// the edit there, as over an empty one. (It was kept and reported `skipped`, 0×0;
+/// acceptance run.)
+#[tokio::test]
+async fn skip_does_not_keep_an_object_that_is_no_image() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let (env, config) = storage_env(&s3, quick(), "", 1).await;
+    append_to(&config, "on_output_exists: skip\n");
+    let key = "raw/noimg/shoes/sku-0.jpg";
+    s3.put_object("catalog", key, b"EXISTING\n").await;
+    env.drop_file(
+        "shoes.yaml",
+        b"output: { format: jpeg, destination: storage://catalog/noimg/ }\nimages:\n  - storage://catalog/in/sku-0.png\n",
+    );
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    let report = env.report("shoes");
+    assert_eq!(report["jobs"][0]["status"], "done", "{report:#}");
+    assert!(stderr.contains("is no image"), "{stderr}");
+    let made = s3.get_object("catalog", key).await.expect("object");
+    assert!(
+        made.starts_with(&[0xFF, 0xD8, 0xFF]),
+        "Claid's JPEG is there"
+    );
+    assert_eq!(env.stats().submits + env.stats().batch_images, 1);
+    s3.stop().await;
+}
+
 /// With `output_local_copy`, a file already at the local copy's place is an output that exists:
 /// `on_output_exists: fail` refuses it and `skip` keeps it before the submit, nothing billed and
 /// the file kept (`fail` found it only at the copy, after Claid had written and billed the
