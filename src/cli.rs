@@ -899,7 +899,19 @@ fn config_among(files: &[PathBuf]) -> Option<Config> {
     let others = files
         .iter()
         .any(|file| !matches!(kind_of(file).0, FileKind::Config));
-    let config = load_config(path).ok().filter(|_| others)?;
+    if !others {
+        return None;
+    }
+    let config = match load_config(path) {
+        Ok(config) => config,
+        Err(err) => {
+            println!(
+                "Manifests are checked without the config {} given among the files: it cannot be used ({err:#}).",
+                path.display()
+            );
+            return None;
+        }
+    };
     println!(
         "Manifests are checked with the config {} (given among the files; `--config` names one explicitly).",
         path.display()

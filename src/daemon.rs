@@ -794,7 +794,12 @@ async fn run_once(
     opts: &RunOptions,
 ) -> Result<OnceEnd, FatalError> {
     let (unreadable, manifests) = first_scan(pipeline, config).await?;
-    let resaves = tokio::spawn(follow_resaves(pipeline.clone(), manifests)).abort_handle();
+    let resaves = tokio::spawn(follow_resaves(
+        pipeline.clone(),
+        manifests,
+        config.watch.settle,
+    ))
+    .abort_handle();
     let _resaves = abort_on_drop(resaves);
     let bar = opts
         .progress_bar
@@ -993,51 +998,80 @@ const ONCE_RESAVE_LOOK: Duration = Duration::from_secs(1);
 /// `run --once` has no watcher, so a manifest of its first scan saved again while it runs
 /// ("fixed a typo, saved over it") went unseen: the old version's rows were all submitted
 /// (billed, though no longer wanted) and the new one waited for the next run. Each such
-/// manifest is looked at every [`ONCE_RESAVE_LOOK`]; a new version, unchanged for one look,
-/// is offered to intake as the watcher would offer it: the old run stops submitting and the
-/// new version runs in this `run --once`, as in the daemon. A manifest gone from its place
-/// (archived, moved away) is no longer looked at: a file put there later is a new drop, which
-/// `run --once` leaves for the next run.
+/// path is looked at every [`ONCE_RESAVE_LOOK`] until `run --once` ends; a new version, a
+/// plain file unchanged for `watch.settle` (a network share's upload pausing mid-file is not
+/// taken for a whole version), is offered to intake as the watcher would offer it: the old run
+/// stops submitting and the new version runs in this `run --once`, as in the daemon. A path
+/// found empty (a broken save moved to `rejected/`, an editor's delete-and-write) is looked
+/// at on; a link or a folder put there is not offered (links are never followed; the
+/// daemon's watcher rejects them).
 async fn follow_resaves(
     pipeline: pipeline::Handle,
     manifests: Vec<(PathBuf, watcher::Fingerprint)>,
+    settle: Duration,
 ) {
-    // Each path: the version last offered, and the one the last look saw.
-    let mut watched: Vec<(PathBuf, watcher::Fingerprint, Option<watcher::Fingerprint>)> =
-        manifests.into_iter().map(|(p, f)| (p, f, None)).collect();
-    while !watched.is_empty() {
+    struct Followed {
+        path: PathBuf,
+        /// The version last offered.
+        offered: watcher::Fingerprint,
+        /// The version the looks see, and since when.
+        seen: Option<(watcher::Fingerprint, tokio::time::Instant)>,
+    }
+    let mut followed: Vec<Followed> = manifests
+        .into_iter()
+        .map(|(path, offered)| Followed {
+            path,
+            offered,
+            seen: None,
+        })
+        .collect();
+    if followed.is_empty() {
+        return;
+    }
+    loop {
         tokio::time::sleep(ONCE_RESAVE_LOOK).await;
-        let paths: Vec<PathBuf> = watched.iter().map(|(p, _, _)| p.clone()).collect();
+        let paths: Vec<PathBuf> = followed.iter().map(|f| f.path.clone()).collect();
         let Ok(now) = tokio::task::spawn_blocking(move || {
             paths
                 .iter()
-                .map(|p| watcher::Fingerprint::at(p))
+                .map(|p| {
+                    // A plain file only: a link or a folder is never read as a manifest.
+                    std::fs::symlink_metadata(p)
+                        .ok()
+                        .filter(std::fs::Metadata::is_file)
+                        .and_then(|_| watcher::Fingerprint::at(p))
+                })
                 .collect::<Vec<_>>()
         })
         .await
         else {
             return;
         };
-        let mut kept = Vec::with_capacity(watched.len());
-        for ((path, offered, seen), now) in watched.into_iter().zip(now) {
+        let at = tokio::time::Instant::now();
+        for (f, now) in followed.iter_mut().zip(now) {
             let Some(now) = now else {
+                f.seen = None;
                 continue;
             };
-            if now != offered && seen == Some(now) {
-                info!(manifest = %crate::text::Escaped::path(&path), "A manifest was saved again while `run --once` runs; its new version is taken in");
+            let since = match f.seen {
+                Some((seen, since)) if seen == now => since,
+                _ => {
+                    f.seen = Some((now, at));
+                    continue;
+                }
+            };
+            if now != f.offered && at.duration_since(since) >= settle {
+                info!(manifest = %crate::text::Escaped::path(&f.path), "A manifest was saved again while `run --once` runs; its new version is taken in");
                 pipeline
                     .offer(watcher::Candidate {
-                        path: path.clone(),
+                        path: f.path.clone(),
                         fingerprint: now,
                         kind: watcher::CandidateKind::Manifest,
                     })
                     .await;
-                kept.push((path, now, Some(now)));
-            } else {
-                kept.push((path, offered, Some(now)));
+                f.offered = now;
             }
         }
-        watched = kept;
     }
 }
 

@@ -40,6 +40,13 @@ use crate::pipeline::submitter::Queue;
 use crate::retry::{self, Decision, Failure, GiveUp};
 use crate::store::{JobId, JobState, JobV1, ManifestId, Store, now_ms};
 
+/// How long a batch found ended by a poll on the schedule gives its webhook to come, at least,
+/// before it counts as one whose webhook did not come (`Dispatch::polled_final`): a poll
+/// aimed at a batch's end beats its webhook by a moment as often as not, and counted at once,
+/// every batch of a slow spell kept webhooks "lossy", and four in a row told them stopped,
+/// while they came.
+const WEBHOOK_GRACE: Duration = Duration::from_secs(2);
+
 /// The images of the first batch after a start, at most.
 pub const CANARY_IMAGES: usize = 2;
 
@@ -1343,9 +1350,12 @@ impl BatchRunner {
                                 polled.batch.status == TaskStatus::Done,
                                 !(polled.batch.lacks_result()
                                     || polled.batch.answers_fewer_than(members.len())),
-                                webhook_due
-                                    .filter(|_| lossy)
-                                    .and_then(|due| due.checked_sub(since_submit())),
+                                // Found ended on the schedule (webhooks lossy, or it ran past
+                                // its due time): its webhook is given until it is due, and
+                                // at least a moment, to come.
+                                webhook_due.filter(|_| webhooks.is_none()).map(|due| {
+                                    due.saturating_sub(since_submit()).max(WEBHOOK_GRACE)
+                                }),
                             );
                         }
                         let took = Duration::from_millis(now_ms().saturating_sub(submitted_at_ms));

@@ -366,7 +366,7 @@ impl Dispatch {
 
     /// Hands a verified update to whoever waits for it (see [`Delivery`]).
     pub fn deliver(&self, update: TaskUpdate) -> Delivery {
-        self.sweep_early();
+        self.sweep_early(false);
         let done = *update.status() == crate::claid::wire::TaskStatus::Done;
         let delivery = self.deliver_to(update, false);
         if matches!(delivery, Delivery::Handed | Delivery::Adopted) {
@@ -492,7 +492,7 @@ impl Dispatch {
     /// even when its echoed request is theirs (a webhook of an earlier run played again
     /// would hide a second bill and deliver one image twice).
     pub fn deliver_owned(&self, update: TaskUpdate) -> Delivery {
-        self.sweep_early();
+        self.sweep_early(false);
         let done = *update.status() == crate::claid::wire::TaskStatus::Done;
         let delivery = self.deliver_to(update, true);
         if delivery == Delivery::Handed {
@@ -571,6 +571,7 @@ impl Dispatch {
         !inner.waiting.contains_key(&id)
             && !inner.done.contains_key(&id)
             && !inner.polled_ended.contains_key(&id)
+            && !inner.polled_early.contains_key(&id)
     }
 
     /// Registers interest in task `id`; an update that came early is handed over at once.
@@ -867,10 +868,16 @@ impl Dispatch {
         complete: bool,
         early: Option<Duration>,
     ) -> Option<Silence> {
-        let swept = self.sweep_early();
+        let swept = self.sweep_early(true);
         let batch = matches!(task, TaskRef::Batch(_));
         let announced = {
             let mut inner = self.lock();
+            // Handed to its waiter while the poll was on its way (the wait for the limiter's
+            // turn and the answer listens for none): heard, counted there. (Counted as one
+            // that did not come too, it kept webhooks lossy while they came.)
+            if inner.done.contains_key(&task) {
+                return swept;
+            }
             let owned = inner.owned_early.remove(&task).is_some();
             let announced = inner.early.remove(&task).is_some() || owned;
             // Kept, and never taken: the poll had the task's end first, so it was a duplicate
@@ -970,8 +977,11 @@ impl Dispatch {
 
     /// Batches a poll found ended before their webhook was due whose due time has passed
     /// without it: counted now as batches whose webhook did not come (a webhook after is
-    /// late). Returns the warning that set off, if any.
-    fn sweep_early(&self) -> Option<Silence> {
+    /// late). Returns the warning that set off, if any. Not `count`ed towards silence when a
+    /// webhook is being delivered: one that comes shows webhooks come (counted, they set off
+    /// "Webhooks stopped coming" just before that webhook was heard, and woke every batch
+    /// waiting for its own).
+    fn sweep_early(&self, count: bool) -> Option<Silence> {
         let now = Instant::now();
         let expired: Vec<bool> = {
             let mut inner = self.lock();
@@ -992,7 +1002,7 @@ impl Dispatch {
             expired.into_iter().map(|(_, done)| done).collect()
         };
         let mut told = None;
-        for done in expired {
+        for done in expired.into_iter().filter(|_| count) {
             told = self.count_unheard(true, done).or(told);
         }
         told
@@ -1006,7 +1016,7 @@ impl Dispatch {
     /// webhooks lost made a drop slower than no webhooks at all, 96.6 s against 88.1 s). A
     /// few polls a batch of up to `api.batch.max_images` images cost less than that wait.
     pub fn batch_webhooks_lossy(&self) -> bool {
-        self.sweep_early();
+        self.sweep_early(true);
         self.lock().batch_outcomes.contains(&false)
     }
 
@@ -1454,6 +1464,22 @@ mod tests {
             assert_eq!(dispatch.batch_webhooks_lossy(), id < 17, "after batch {id}");
         }
         assert!(!dispatch.webhooks_silent());
+        // A webhook handed to its waiter while the batch's poll was on its way: the poll's
+        // finding counts for nothing (it counted as lost too, and kept webhooks lossy).
+        let watch = dispatch.watch(TaskRef::Batch(30));
+        assert_eq!(dispatch.deliver(batch_update(30)), Delivery::Handed);
+        assert_eq!(
+            dispatch.polled_final(TaskRef::Batch(30), now(), true, true, None),
+            None
+        );
+        drop(watch);
+        use std::sync::atomic::Ordering::Relaxed;
+        assert_eq!(dispatch.polled_final.load(Relaxed), 0);
+        assert!(!dispatch.batch_webhooks_lossy());
+        // A webhook for a batch waiting to be heard in time is not kept in the store: it is
+        // that batch's, whose poll had the result.
+        dispatch.polled_final(TaskRef::Batch(31), now(), true, true, Some(secs(5)));
+        assert!(!dispatch.would_keep(TaskRef::Batch(31)));
     }
 
     fn secs(n: u64) -> Duration {

@@ -2146,8 +2146,9 @@ async fn the_closing_line_counts_unchanged_rows_once_as_the_report_does() {
 /// version was left in the inbox for the next run; acceptance run.)
 #[tokio::test(flavor = "multi_thread")]
 async fn issue11_run_once_takes_a_manifest_saved_again_while_it_runs() {
+    // Images of 3 s, one at a time: the new version is seen within 2 s of its save.
     let env =
-        TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_millis(1500))))
+        TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_millis(3000))))
             .await;
     let mut v1 = String::from("images:\n");
     for i in 0..6 {

@@ -223,6 +223,45 @@ async fn issue12_webhooks_that_stop_after_the_canary_do_not_hold_the_first_round
     assert_eq!(stats.duplicate_submits, 0);
 }
 
+/// A batch whose webhook is lost (the second one here) is polled once it is overdue; the
+/// batches sent after that are polled on the schedule, their webhooks still taken when they
+/// come first, so a lost webhook no longer holds each later batch until its own is overdue.
+/// One lost webhook is no stop: no "Webhooks stopped coming". Every image done, none billed
+/// twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue12_batches_after_a_lost_webhook_are_polled_on_the_schedule() {
+    let port = free_port();
+    let (statics, text) = static_images(200, "l");
+    let env = TestEnv::new(
+        announcing(port)
+            .static_dir(statics.path())
+            .latency(Latency::Fixed(Duration::from_millis(2000)))
+            .batch_parallelism(64)
+            .webhook_drop_nth(2),
+    )
+    .await;
+    let text = env.static_urls(&text);
+    env.drop_file("m.yaml", text.as_bytes());
+    let config = env.config("max_in_flight: 64", &webhook_section(&env, port, "9s"));
+    let (code, stderr) = env
+        .run_once_with(
+            &config,
+            &[("RUST_LOG", "info,claid_hotfolder::pipeline::batch=debug")],
+            &[],
+        )
+        .await;
+    assert_eq!(code, 0, "{stderr}");
+    all_done(&env, 200);
+    assert!(
+        stderr.contains("Webhooks of recent batches were lost; this one is polled on the schedule"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("Webhooks stopped coming"), "{stderr}");
+    let stats = env.stats();
+    assert!(stats.batch_polls >= 1, "the lost one was polled");
+    assert_eq!(stats.duplicate_submits, 0);
+}
+
 /// A submit whose answer was lost (the task exists at Claid) adopts the task its webhook
 /// announces: no second submit, nothing held; the wait for it is told as it begins.
 #[tokio::test(flavor = "multi_thread")]
