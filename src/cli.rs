@@ -890,18 +890,24 @@ fn cmd_validate(config_path: Option<&Path>, files: &[PathBuf]) -> anyhow::Result
 /// loads), for the manifests and recipes among them: `validate config.yaml m.yaml` checked
 /// the manifest without it (its storages "not configured", its profiles unknown).
 fn config_among(files: &[PathBuf]) -> Option<Config> {
-    let mut configs = files
+    let configs: Vec<&PathBuf> = files
         .iter()
-        .filter(|file| file.is_file() && matches!(kind_of(file).0, FileKind::Config));
-    let (Some(path), None) = (configs.next(), configs.next()) else {
-        return None;
-    };
+        .filter(|file| file.is_file() && matches!(kind_of(file).0, FileKind::Config))
+        .collect();
     let others = files
         .iter()
         .any(|file| !matches!(kind_of(file).0, FileKind::Config));
-    if !others {
-        return None;
-    }
+    let path = match configs.as_slice() {
+        [path] if others => *path,
+        [_, _, ..] if others => {
+            println!(
+                "Manifests are checked without a config: {} configs are among the files; name the one to use with `--config`.",
+                configs.len()
+            );
+            return None;
+        }
+        _ => return None,
+    };
     let config = match load_config(path) {
         Ok(config) => config,
         Err(err) => {

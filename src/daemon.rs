@@ -794,9 +794,10 @@ async fn run_once(
     opts: &RunOptions,
 ) -> Result<OnceEnd, FatalError> {
     let (unreadable, manifests) = first_scan(pipeline, config).await?;
+    let offered = Arc::new(std::sync::Mutex::new(manifests));
     let resaves = tokio::spawn(follow_resaves(
         pipeline.clone(),
-        manifests,
+        offered.clone(),
         config.watch.settle,
     ))
     .abort_handle();
@@ -821,6 +822,7 @@ async fn run_once(
     if !matches!(end, OnceEnd::Settled) {
         return Ok(end);
     }
+    tell_resaves_left(&offered);
     // Settled while the store's writes fail: what could not be recorded (a manifest, a
     // result) is not done, whatever the counts say.
     if let Some((_, why)) = pipeline.store().write_failing() {
@@ -992,6 +994,25 @@ fn abort_on_drop(handle: tokio::task::AbortHandle) -> impl Drop {
     Abort(handle)
 }
 
+/// At the end of `run --once`: a manifest of its first scan saved again too late to run in it
+/// (its run ended first, or it had not stood for `watch.settle`) is left in the inbox for the
+/// next run, which is said (it ended 0 without a word; acceptance run).
+fn tell_resaves_left(offered: &std::sync::Mutex<Vec<(PathBuf, watcher::Fingerprint)>>) {
+    let offered = offered
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    for (path, version) in offered {
+        let now = std::fs::symlink_metadata(&path)
+            .ok()
+            .filter(std::fs::Metadata::is_file)
+            .and_then(|_| watcher::Fingerprint::at(&path));
+        if now.is_some_and(|now| now != version) {
+            warn!(manifest = %crate::text::Escaped::path(&path), "This manifest was saved again as `run --once` ended; the new version is left in the inbox for the next run");
+        }
+    }
+}
+
 /// How often `run --once` looks whether a manifest it took in was saved again.
 const ONCE_RESAVE_LOOK: Duration = Duration::from_secs(1);
 
@@ -1007,9 +1028,13 @@ const ONCE_RESAVE_LOOK: Duration = Duration::from_secs(1);
 /// daemon's watcher rejects them).
 async fn follow_resaves(
     pipeline: pipeline::Handle,
-    manifests: Vec<(PathBuf, watcher::Fingerprint)>,
+    offered_versions: Arc<std::sync::Mutex<Vec<(PathBuf, watcher::Fingerprint)>>>,
     settle: Duration,
 ) {
+    let manifests = offered_versions
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
     struct Followed {
         path: PathBuf,
         /// The version last offered.
@@ -1070,6 +1095,14 @@ async fn follow_resaves(
                     })
                     .await;
                 f.offered = now;
+                if let Some(version) = offered_versions
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .iter_mut()
+                    .find(|(path, _)| *path == f.path)
+                {
+                    version.1 = now;
+                }
             }
         }
     }

@@ -40,11 +40,12 @@ use crate::pipeline::submitter::Queue;
 use crate::retry::{self, Decision, Failure, GiveUp};
 use crate::store::{JobId, JobState, JobV1, ManifestId, Store, now_ms};
 
-/// How long a batch found ended by a poll on the schedule gives its webhook to come, at least,
-/// before it counts as one whose webhook did not come (`Dispatch::polled_final`): a poll
-/// aimed at a batch's end beats its webhook by a moment as often as not, and counted at once,
-/// every batch of a slow spell kept webhooks "lossy", and four in a row told them stopped,
-/// while they came.
+/// How long a batch found ended by a poll gives its webhook to come, at least, before it
+/// counts as one whose webhook did not come (`Dispatch::polled_final`): a poll aimed at a
+/// batch's end (or made at its due time just after it ended) beats its webhook by a moment
+/// as often as not, and counted at once, every batch of a slow spell kept webhooks "lossy"
+/// (polled on the schedule: requests every webhook would have saved), and four in a row told
+/// them stopped, while they came.
 const WEBHOOK_GRACE: Duration = Duration::from_secs(2);
 
 /// The images of the first batch after a start, at most.
@@ -1172,6 +1173,14 @@ impl BatchRunner {
                         webhooks = None;
                         None
                     }
+                    // Another batch's webhook counted lost meanwhile: on the schedule from
+                    // now (still watched), as a batch sent now would be.
+                    () = deps.dispatch.went_lossy() => {
+                        webhooks = None;
+                        first_wait = false;
+                        delay = deps.polls.batch_delay(&mut clock, since_submit());
+                        continue;
+                    }
                     Ok(()) = changes.changed(), if first_wait => {
                         if let Some(fallback) = webhooks {
                             delay = deps
@@ -1350,13 +1359,22 @@ impl BatchRunner {
                                 polled.batch.status == TaskStatus::Done,
                                 !(polled.batch.lacks_result()
                                     || polled.batch.answers_fewer_than(members.len())),
-                                // Found ended on the schedule (webhooks lossy, or it ran past
-                                // its due time): its webhook is given until it is due, and
-                                // at least a moment, to come.
-                                webhook_due.filter(|_| webhooks.is_none()).map(|due| {
+                                // Found ended without its webhook: the webhook is given until
+                                // it is due, and at least a moment, to come (a batch that
+                                // ended just before its due poll has its webhook on the way).
+                                webhook_due.map(|due| {
                                     due.saturating_sub(since_submit()).max(WEBHOOK_GRACE)
                                 }),
                             );
+                            // Counted when that time comes, whatever else happens then.
+                            if let Some(due) = webhook_due {
+                                let wait = due.saturating_sub(since_submit()).max(WEBHOOK_GRACE);
+                                let dispatch = deps.dispatch.clone();
+                                tokio::spawn(async move {
+                                    tokio::time::sleep(wait + Duration::from_millis(10)).await;
+                                    dispatch.sweep_due();
+                                });
+                            }
                         }
                         let took = Duration::from_millis(now_ms().saturating_sub(submitted_at_ms));
                         if !paused_since_running {

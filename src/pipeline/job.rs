@@ -428,7 +428,12 @@ impl Runner {
             Ok((head, _)) => match output::check::dimensions(&head, (0, 0)) {
                 Some(size) => size,
                 // An image whose size lies past the header read (a long EXIF block): kept.
-                None if output::check::format_of(&head).is_some() => (0, 0),
+                // (Read whole, it has no size anywhere: no image.)
+                None if output::check::format_of(&head).is_some()
+                    && (head.len() as u64) < info.size =>
+                {
+                    (0, 0)
+                }
                 None => {
                     warn!(job_id = id, object = %object, bytes = info.size, "The object at the output's key is no image, so `on_output_exists: skip` does not keep it: Claid writes the edit there");
                     return None;

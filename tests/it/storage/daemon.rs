@@ -3328,25 +3328,34 @@ async fn skip_does_not_keep_an_object_that_is_no_image() {
     let Some(s3) = S3Server::start().await else {
         return;
     };
-    let (env, config) = storage_env(&s3, quick(), "", 1).await;
+    let (env, config) = storage_env(&s3, quick(), "", 2).await;
     append_to(&config, "on_output_exists: skip\n");
-    let key = "raw/noimg/shoes/sku-0.jpg";
-    s3.put_object("catalog", key, b"EXISTING\n").await;
+    let keys = ["raw/noimg/shoes/sku-0.jpg", "raw/noimg/shoes/sku-1.jpg"];
+    s3.put_object("catalog", keys[0], b"EXISTING\n").await;
+    // A JPEG's first bytes and nothing an image has after them: read whole, no size.
+    s3.put_object("catalog", keys[1], b"\xFF\xD8\xFF\xE0garbage-after-magic")
+        .await;
     env.drop_file(
         "shoes.yaml",
-        b"output: { format: jpeg, destination: storage://catalog/noimg/ }\nimages:\n  - storage://catalog/in/sku-0.png\n",
+        b"output: { format: jpeg, destination: storage://catalog/noimg/ }\nimages:\n  - storage://catalog/in/sku-0.png\n  - storage://catalog/in/sku-1.png\n",
     );
     let (code, stderr) = env.run_once(&config).await;
     assert_eq!(code, 0, "{stderr}");
     let report = env.report("shoes");
-    assert_eq!(report["jobs"][0]["status"], "done", "{report:#}");
-    assert!(stderr.contains("is no image"), "{stderr}");
-    let made = s3.get_object("catalog", key).await.expect("object");
-    assert!(
-        made.starts_with(&[0xFF, 0xD8, 0xFF]),
-        "Claid's JPEG is there"
-    );
-    assert_eq!(env.stats().submits + env.stats().batch_images, 1);
+    for (i, key) in keys.iter().enumerate() {
+        assert_eq!(report["jobs"][i]["status"], "done", "{report:#}");
+        let made = s3.get_object("catalog", key).await.expect("object");
+        assert!(
+            image::ImageReader::new(std::io::Cursor::new(&made))
+                .with_guessed_format()
+                .expect("read")
+                .into_dimensions()
+                .is_ok(),
+            "Claid's image is at {key}"
+        );
+    }
+    assert_eq!(stderr.matches("is no image").count(), 2, "{stderr}");
+    assert_eq!(env.stats().submits + env.stats().batch_images, 2);
     s3.stop().await;
 }
 
