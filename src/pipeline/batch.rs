@@ -60,14 +60,16 @@ pub const CANARY_IMAGES: usize = 2;
 /// batch submits and polls. This is the cap; once Claid's pace inside a batch is known,
 /// [`paced_size`] may choose smaller batches.
 pub const MAX_IN_FLIGHT_SHARE: usize = 4;
-/// Until Claid's pace is known (the first batches after the canary), a batch holds at most
-/// this share of `max_in_flight` (an eighth), and at least [`MIN_PACED_IMAGES`] within the cap:
+/// Until Claid's pace is known (the first batches after the canary), a batch whose results are
+/// polled holds at most this share of `max_in_flight` (an eighth), and at least
+/// [`MIN_PACED_IMAGES`] within the cap: before the pace is known its polls cannot be aimed, and
 /// a batch half the size ends twice as soon where Claid works on few of a batch's images at
-/// once, and before the pace is known its polls cannot be aimed. So do batches announced by
-/// webhook: they held the cap from the start once a webhook had come (a batch costs its one
-/// submit, 0.025 requests an image against 0.029), and the first round, half as many batches
-/// side by side, made webhooks slower than polling (the acceptance run: 63.5 s against 54.2 s
-/// for 400 images; docs/benchmark.md: 10.1 against 11.2 images/s).
+/// once. With webhooks delivered (one has come in this run, e.g. the canary's), the first
+/// batches hold the cap: each is announced the moment it ends (no poll to aim), and a batch
+/// costs its one submit: measured at 8 images at once per batch, 0.025 requests/image with the
+/// cap against 0.032 with an eighth (over the 0.03 for batches with webhooks), for
+/// 10.3 against 11.3 images/s (docs/benchmark.md, 2026-12-07). Webhooks configured but not
+/// arriving leave batches polled: those keep the eighth.
 pub const FIRST_WAVE_SHARE: usize = 8;
 /// Batch submits and polls are planned to use at most this share of the sustained request
 /// rate (`Client::sustained_rate`), leaving the rest for single tasks, uploads and retries.
@@ -237,13 +239,15 @@ impl Batching {
     /// The size the next batch aims for: the canary first; then at most a
     /// [`MAX_IN_FLIGHT_SHARE`]th of `max_in_flight` and at most `max_images` (the cap); once
     /// Claid's `pace` inside a batch is known (time per image of recent batches), the size
-    /// [`paced_size`] gives for it and the sustained `request_rate`. Until then, batches hold
-    /// an eighth (see [`FIRST_WAVE_SHARE`]).
+    /// [`paced_size`] gives for it and the sustained `request_rate`. Until then, batches whose
+    /// results are polled hold an eighth; with `webhooks` (delivered in this run) they hold the
+    /// cap (see [`FIRST_WAVE_SHARE`]).
     pub fn target_size(
         &self,
         max_in_flight: usize,
         pace: Option<Duration>,
         request_rate: f64,
+        webhooks: bool,
     ) -> usize {
         if !self.canary_sent.load(Ordering::Relaxed) {
             // Never more images than `max_in_flight` slots: a batch waits for one per image.
@@ -258,8 +262,11 @@ impl Batching {
             .min((max_in_flight / MAX_IN_FLIGHT_SHARE).max(1))
             .max(1);
         let Some(pace) = pace else {
-            // Until Claid's pace is known, batches hold at most an eighth: if Claid works on
-            // few images of a batch at once, the first round ends twice as soon.
+            if webhooks {
+                return cap;
+            }
+            // Until Claid's pace is known, polled batches hold at most an eighth: if Claid
+            // works on few images of a batch at once, the first round ends twice as soon.
             return cap.min((max_in_flight / FIRST_WAVE_SHARE).max(MIN_PACED_IMAGES));
         };
         let size = paced_size(max_in_flight, pace, request_rate, cap);
@@ -616,6 +623,7 @@ impl BatchRunner {
             max_in_flight,
             self.deps.polls.batch_pace(),
             self.deps.client.sustained_rate(),
+            self.deps.webhooks.is_some() && self.deps.dispatch.heard_any(),
         )
     }
 
@@ -2546,26 +2554,35 @@ mod tests {
             linger: ms(200),
         });
         assert_eq!(
-            batching.target_size(256, Some(ms(425)), DEFAULT_RATE),
+            batching.target_size(256, Some(ms(425)), DEFAULT_RATE, false),
             CANARY_IMAGES
         );
         assert_eq!(batching.view().paced_size, None);
         batching.dispatched();
         assert_eq!(
-            batching.target_size(256, None, DEFAULT_RATE),
+            batching.target_size(256, None, DEFAULT_RATE, false),
             32,
             "until the pace is known, an eighth of max_in_flight"
         );
         assert_eq!(
-            batching.target_size(32, None, DEFAULT_RATE),
+            batching.target_size(32, None, DEFAULT_RATE, false),
             8,
             "an eighth is at least 8 images (the cap of the default max_in_flight)"
         );
         assert_eq!(batching.view().paced_size, None, "no pace known yet");
         assert_eq!(
-            batching.target_size(256, Some(ms(425)), DEFAULT_RATE),
+            batching.target_size(256, None, DEFAULT_RATE, true),
+            64,
+            "with webhooks, the cap (a quarter) until the pace is known"
+        );
+        assert_eq!(
+            batching.target_size(256, Some(ms(425)), DEFAULT_RATE, true),
             43,
-            "once the pace is known, the paced size"
+            "once the pace is known, webhooks or not, the paced size"
+        );
+        assert_eq!(
+            batching.target_size(256, Some(ms(425)), DEFAULT_RATE, false),
+            43
         );
         assert_eq!(batching.view().paced_size, Some(43), "shown in /status");
         // `max_in_flight: 1`: a canary of one (it waits for a slot per image).
@@ -2573,16 +2590,19 @@ mod tests {
             max_images: 100,
             linger: ms(200),
         });
-        assert_eq!(one.target_size(1, None, DEFAULT_RATE), 1);
+        assert_eq!(one.target_size(1, None, DEFAULT_RATE, false), 1);
         one.dispatched();
-        assert_eq!(one.target_size(1, Some(ms(425)), DEFAULT_RATE), 1);
+        assert_eq!(one.target_size(1, Some(ms(425)), DEFAULT_RATE, false), 1);
         // `max_images` still bounds it.
         let small = Batching::new(BatchConfig {
             max_images: 10,
             linger: ms(200),
         });
         small.dispatched();
-        assert_eq!(small.target_size(256, Some(ms(425)), DEFAULT_RATE), 10);
+        assert_eq!(
+            small.target_size(256, Some(ms(425)), DEFAULT_RATE, false),
+            10
+        );
     }
 
     #[test]
