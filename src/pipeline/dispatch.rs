@@ -1509,6 +1509,40 @@ mod tests {
     fn secs(n: u64) -> Duration {
         Duration::from_secs(n)
     }
+    /// A batch's webhook counted lost wakes the batches waiting for theirs (they then follow
+    /// the poll schedule): at once when a poll at its due time finds it ended without one,
+    /// and when the grace of one found ended earlier runs out (`sweep_due`, called by a timer
+    /// then: before, nothing counted it until another batch ended).
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_webhook_counted_lost_wakes_the_batches_waiting_for_theirs() {
+        let dispatch = Arc::new(Dispatch::default());
+        let now = crate::store::now_ms;
+        let waiter = |dispatch: &Arc<Dispatch>| {
+            let dispatch = dispatch.clone();
+            tokio::spawn(async move { dispatch.went_lossy().await })
+        };
+        let woken = waiter(&dispatch);
+        tokio::task::yield_now().await;
+        dispatch.polled_final(TaskRef::Batch(1), now(), true, true, None);
+        tokio::time::timeout(secs(1), woken)
+            .await
+            .expect("woken at once")
+            .expect("joins");
+        // Found ended 2 s before its due time: nothing yet, then woken when the time is up.
+        let woken = waiter(&dispatch);
+        tokio::task::yield_now().await;
+        dispatch.polled_final(TaskRef::Batch(2), now(), true, true, Some(secs(2)));
+        dispatch.sweep_due();
+        tokio::task::yield_now().await;
+        assert!(!woken.is_finished(), "not due yet");
+        tokio::time::advance(secs(3)).await;
+        dispatch.sweep_due();
+        tokio::time::timeout(secs(1), woken)
+            .await
+            .expect("woken once due")
+            .expect("joins");
+        assert!(dispatch.batch_webhooks_lossy());
+    }
 
     /// An announcement echoing another input than its task was sent with is told apart; an
     /// echo without an input, or a folder input, is not held against it.
