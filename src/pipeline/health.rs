@@ -957,9 +957,19 @@ impl HealthState {
         }
     }
 
-    /// A call failed transiently (no answer, a 5xx, a timeout).
-    pub fn failed(&self, err: &ClaidError) {
-        self.failing_because(crate::daemon::error_chain(err));
+    /// A call sent at `sent_at` failed transiently (no answer, a 5xx, a timeout). With no
+    /// success since it was sent, the outage began when it was sent: it waited for its answer
+    /// all along (counted as waiting until then; starting at its failure, a hung API's
+    /// `run --once` ended one `api.request_timeout` after `api.unreachable_timeout`).
+    pub fn failed(&self, err: &ClaidError, sent_at: Instant) {
+        let why = crate::daemon::error_chain(err);
+        let mut inner = self.lock();
+        let since = if inner.last_ok.is_some_and(|at| at > sent_at) {
+            Instant::now()
+        } else {
+            sent_at
+        };
+        inner.failing_because(since, why);
     }
 
     /// Calls fail for `why`: the outage's start is kept, its reason is the latest.
@@ -1209,6 +1219,35 @@ mod tests {
             "127.0.0.1:1".to_owned(),
             Arc::new(Unanswered::default()),
         )
+    }
+
+    /// A call that waited for its answer and then failed (a hung API's timeout), with no
+    /// success since it was sent, makes the outage begin when it was sent: `run --once` gives
+    /// up `api.unreachable_timeout` after that, not one request timeout later. A call sent
+    /// before a success counts from its failure.
+    #[tokio::test(start_paused = true)]
+    async fn a_call_that_timed_out_counts_the_outage_from_when_it_was_sent() {
+        use std::time::Duration;
+        let state = health();
+        let err = ClaidError::Connect {
+            endpoint: crate::claid::Endpoint::Poll,
+            addr: "127.0.0.1:1".to_owned(),
+            cause: "timed out".to_owned(),
+        };
+        let sent = Instant::now();
+        tokio::time::advance(Duration::from_secs(30)).await;
+        state.failed(&err, sent);
+        let (failing_for, _) = state.failing().expect("failing");
+        assert!(failing_for >= Duration::from_secs(30), "{failing_for:?}");
+        // After a success, a call sent before it counts from its own failure.
+        state.ok();
+        let before = Instant::now();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        state.ok();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        state.failed(&err, before);
+        let (failing_for, _) = state.failing().expect("failing");
+        assert!(failing_for < Duration::from_secs(1), "{failing_for:?}");
     }
 
     /// A held poll is let go when its pause ends though another begins before it is woken

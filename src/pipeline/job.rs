@@ -3319,7 +3319,7 @@ pub fn failure_of(health: &HealthState, err: &ClaidError, sent_at: Instant) -> F
             failure
         }
         Failure::Transient | Failure::Unreachable => {
-            health.failed(err);
+            health.failed(err, sent_at);
             if health.succeeded_since(sent_at) {
                 failure
             } else {
@@ -3329,7 +3329,7 @@ pub fn failure_of(health: &HealthState, err: &ClaidError, sent_at: Instant) -> F
         // A 2xx whose answer cannot be read: the API is there.
         Failure::Ambiguous => {
             if !err.accepted_unread() {
-                health.failed(err);
+                health.failed(err, sent_at);
             }
             failure
         }
