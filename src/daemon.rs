@@ -1003,14 +1003,19 @@ fn tell_resaves_left(offered: &std::sync::Mutex<Vec<(PathBuf, watcher::Fingerpri
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
     for (path, version) in offered {
-        let now = std::fs::symlink_metadata(&path)
-            .ok()
-            .filter(std::fs::Metadata::is_file)
-            .and_then(|_| watcher::Fingerprint::at(&path));
-        if now.is_some_and(|now| now != version) {
+        if plain_file_version(&path).is_some_and(|now| now != version) {
             warn!(manifest = %crate::text::Escaped::path(&path), "This manifest was saved again as `run --once` ended; the new version is left in the inbox for the next run");
         }
     }
+}
+
+/// The version (size and mtime) of the plain file at `path`, from one `lstat`; `None` for a
+/// link or a folder (never read as a manifest: links are not followed) or nothing there.
+fn plain_file_version(path: &Path) -> Option<watcher::Fingerprint> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    meta.is_file()
+        .then(|| watcher::Fingerprint::of(&meta))
+        .flatten()
 }
 
 /// How often `run --once` looks whether a manifest it took in was saved again.
@@ -1059,13 +1064,7 @@ async fn follow_resaves(
         let Ok(now) = tokio::task::spawn_blocking(move || {
             paths
                 .iter()
-                .map(|p| {
-                    // A plain file only: a link or a folder is never read as a manifest.
-                    std::fs::symlink_metadata(p)
-                        .ok()
-                        .filter(std::fs::Metadata::is_file)
-                        .and_then(|_| watcher::Fingerprint::at(p))
-                })
+                .map(|p| plain_file_version(p))
                 .collect::<Vec<_>>()
         })
         .await

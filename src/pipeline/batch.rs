@@ -1137,8 +1137,7 @@ impl BatchRunner {
         });
         // Webhooks lost lately: polled on the schedule, its webhook taken if it comes first
         // (see `Dispatch::batch_webhooks_lossy`).
-        let lossy = webhooks.is_some() && deps.dispatch.batch_webhooks_lossy();
-        if lossy {
+        if webhooks.is_some() && deps.dispatch.batch_webhooks_lossy() {
             debug!(
                 batch_id,
                 "Webhooks of recent batches were lost; this one is polled on the schedule"
@@ -1361,22 +1360,21 @@ impl BatchRunner {
                     }
                     if polled.batch.status.is_terminal() {
                         if watch.is_some() {
+                            // Found ended without its webhook: the webhook is given until
+                            // it is due, and at least a moment, to come (a batch that ended
+                            // just before its due poll has its webhook on the way).
+                            let grace = webhook_due
+                                .map(|due| due.saturating_sub(since_submit()).max(WEBHOOK_GRACE));
                             deps.dispatch.polled_final(
                                 TaskRef::Batch(batch_id),
                                 submitted_at_ms,
                                 polled.batch.status == TaskStatus::Done,
                                 !(polled.batch.lacks_result()
                                     || polled.batch.answers_fewer_than(members.len())),
-                                // Found ended without its webhook: the webhook is given until
-                                // it is due, and at least a moment, to come (a batch that
-                                // ended just before its due poll has its webhook on the way).
-                                webhook_due.map(|due| {
-                                    due.saturating_sub(since_submit()).max(WEBHOOK_GRACE)
-                                }),
+                                grace,
                             );
                             // Counted when that time comes, whatever else happens then.
-                            if let Some(due) = webhook_due {
-                                let wait = due.saturating_sub(since_submit()).max(WEBHOOK_GRACE);
+                            if let Some(wait) = grace {
                                 let dispatch = deps.dispatch.clone();
                                 tokio::spawn(async move {
                                     tokio::time::sleep(wait + Duration::from_millis(10)).await;
