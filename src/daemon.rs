@@ -795,13 +795,11 @@ async fn run_once(
 ) -> Result<OnceEnd, FatalError> {
     let (unreadable, manifests) = first_scan(pipeline, config).await?;
     let offered = Arc::new(std::sync::Mutex::new(manifests));
-    let resaves = tokio::spawn(follow_resaves(
+    let _resaves = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(follow_resaves(
         pipeline.clone(),
         offered.clone(),
         config.watch.settle,
-    ))
-    .abort_handle();
-    let _resaves = abort_on_drop(resaves);
+    )));
     let bar = opts
         .progress_bar
         .as_ref()
@@ -983,17 +981,6 @@ async fn first_scan(
     Ok((unreadable, manifests))
 }
 
-/// Aborts the task of `handle` when dropped (at every return of [`run_once`]).
-fn abort_on_drop(handle: tokio::task::AbortHandle) -> impl Drop {
-    struct Abort(tokio::task::AbortHandle);
-    impl Drop for Abort {
-        fn drop(&mut self) {
-            self.0.abort();
-        }
-    }
-    Abort(handle)
-}
-
 /// At the end of `run --once`: a manifest of its first scan saved again too late to run in it
 /// (its run ended first, or it had not stood for `watch.settle`) is left in the inbox for the
 /// next run, which is said (it ended 0 without a word; acceptance run).
@@ -1033,36 +1020,27 @@ const ONCE_RESAVE_LOOK: Duration = Duration::from_secs(1);
 /// daemon's watcher rejects them).
 async fn follow_resaves(
     pipeline: pipeline::Handle,
-    offered_versions: Arc<std::sync::Mutex<Vec<(PathBuf, watcher::Fingerprint)>>>,
+    offered: Arc<std::sync::Mutex<Vec<(PathBuf, watcher::Fingerprint)>>>,
     settle: Duration,
 ) {
-    let manifests = offered_versions
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
-    struct Followed {
-        path: PathBuf,
-        /// The version last offered.
-        offered: watcher::Fingerprint,
-        /// The version the looks see, and since when.
-        seen: Option<(watcher::Fingerprint, tokio::time::Instant)>,
-    }
-    let mut followed: Vec<Followed> = manifests
-        .into_iter()
-        .map(|(path, offered)| Followed {
-            path,
-            offered,
-            seen: None,
-        })
-        .collect();
-    if followed.is_empty() {
+    let lock = || {
+        offered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
+    // The list keeps its order: index `i` is the same path throughout.
+    let paths: Vec<PathBuf> = lock().iter().map(|(path, _)| path.clone()).collect();
+    if paths.is_empty() {
         return;
     }
+    // The version the looks see at each path, and since when.
+    let mut seen: Vec<Option<(watcher::Fingerprint, tokio::time::Instant)>> =
+        vec![None; paths.len()];
     loop {
         tokio::time::sleep(ONCE_RESAVE_LOOK).await;
-        let paths: Vec<PathBuf> = followed.iter().map(|f| f.path.clone()).collect();
-        let Ok(now) = tokio::task::spawn_blocking(move || {
-            paths
+        let looked = paths.clone();
+        let Ok(versions) = tokio::task::spawn_blocking(move || {
+            looked
                 .iter()
                 .map(|p| plain_file_version(p))
                 .collect::<Vec<_>>()
@@ -1072,37 +1050,31 @@ async fn follow_resaves(
             return;
         };
         let at = tokio::time::Instant::now();
-        for (f, now) in followed.iter_mut().zip(now) {
+        for (i, now) in versions.into_iter().enumerate() {
             let Some(now) = now else {
-                f.seen = None;
+                seen[i] = None;
                 continue;
             };
-            let since = match f.seen {
-                Some((seen, since)) if seen == now => since,
+            let since = match seen[i] {
+                Some((version, since)) if version == now => since,
                 _ => {
-                    f.seen = Some((now, at));
+                    seen[i] = Some((now, at));
                     continue;
                 }
             };
-            if now != f.offered && at.duration_since(since) >= settle {
-                info!(manifest = %crate::text::Escaped::path(&f.path), "A manifest was saved again while `run --once` runs; its new version is taken in");
-                pipeline
-                    .offer(watcher::Candidate {
-                        path: f.path.clone(),
-                        fingerprint: now,
-                        kind: watcher::CandidateKind::Manifest,
-                    })
-                    .await;
-                f.offered = now;
-                if let Some(version) = offered_versions
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .iter_mut()
-                    .find(|(path, _)| *path == f.path)
-                {
-                    version.1 = now;
-                }
+            if lock()[i].1 == now || at.duration_since(since) < settle {
+                continue;
             }
+            let path = &paths[i];
+            info!(manifest = %crate::text::Escaped::path(path), "A manifest was saved again while `run --once` runs; its new version is taken in");
+            pipeline
+                .offer(watcher::Candidate {
+                    path: path.clone(),
+                    fingerprint: now,
+                    kind: watcher::CandidateKind::Manifest,
+                })
+                .await;
+            lock()[i].1 = now;
         }
     }
 }

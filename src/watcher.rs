@@ -176,7 +176,7 @@ pub async fn run_with(
             }
         })
     });
-    let _forwarder = AbortOnDrop(forwarder);
+    let _forwarder = forwarder.map(tokio_util::task::AbortOnDropHandle::new);
     // Holds the live watcher for the whole loop: dropping it stops the events.
     let mut watching = if watch.poll_only {
         info!(inbox = %Escaped::path(&inbox), "Watching the inbox by polling only");
@@ -422,17 +422,6 @@ fn handle_event(shared: &Shared, res: notify::Result<notify::Event>) {
                 warn!(error = %err, "Watch error; the periodic rescan still finds files");
             }
             let _ = shared.wake.try_send(());
-        }
-    }
-}
-
-/// Aborts the injected-event forwarder when the watcher ends.
-struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        if let Some(task) = &self.0 {
-            task.abort();
         }
     }
 }

@@ -1373,14 +1373,6 @@ impl BatchRunner {
                                     || polled.batch.answers_fewer_than(members.len())),
                                 grace,
                             );
-                            // Counted when that time comes, whatever else happens then.
-                            if let Some(wait) = grace {
-                                let dispatch = deps.dispatch.clone();
-                                tokio::spawn(async move {
-                                    tokio::time::sleep(wait + Duration::from_millis(10)).await;
-                                    dispatch.sweep_due();
-                                });
-                            }
                         }
                         let took = Duration::from_millis(now_ms().saturating_sub(submitted_at_ms));
                         if !paused_since_running {

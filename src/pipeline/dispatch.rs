@@ -864,7 +864,7 @@ impl Dispatch {
     /// task's whole answer (`complete`: its result, or its error). Returns the warning it set
     /// off, if any.
     pub fn polled_final(
-        &self,
+        self: &Arc<Self>,
         task: TaskRef,
         submitted_at_ms: u64,
         done: bool,
@@ -903,20 +903,27 @@ impl Dispatch {
         // Found ended before its webhook was due: nothing is known of the webhook yet. It
         // is heard if it comes by then, else counted then as one that did not come.
         if let Some(due) = early.filter(|_| complete && batch) {
-            let mut inner = self.lock();
-            if inner.polled_early.len() >= MAX_EARLY {
-                inner.polled_early.clear();
-            }
-            inner
-                .polled_early
-                .insert(task, (Instant::now() + due, done));
+            let due = Instant::now() + due;
+            insert_bounded(
+                &mut self.lock().polled_early,
+                task,
+                (due, done),
+                |(due, _)| *due > Instant::now(),
+            );
+            // Counted when that time comes, whatever else happens then (see
+            // [`Dispatch::sweep_early`]).
+            let dispatch = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep_until(due + Duration::from_millis(10)).await;
+                dispatch.sweep_early(true);
+            });
             return swept;
         }
         // (Not a DONE without its result: its webhook may bring it.)
         {
             let mut inner = self.lock();
             if complete {
-                insert_bounded(&mut inner.polled_ended, task);
+                insert_recent(&mut inner.polled_ended, task);
             }
             if batch {
                 inner.batch_outcome(false);
@@ -1002,7 +1009,7 @@ impl Dispatch {
                 .collect();
             for (id, _) in &expired {
                 inner.polled_early.remove(id);
-                insert_bounded(&mut inner.polled_ended, *id);
+                insert_recent(&mut inner.polled_ended, *id);
                 inner.batch_outcome(false);
             }
             expired.into_iter().map(|(_, done)| done).collect()
@@ -1027,15 +1034,6 @@ impl Dispatch {
     pub fn batch_webhooks_lossy(&self) -> bool {
         self.sweep_early(true);
         self.lock().batch_outcomes.contains(&false)
-    }
-
-    /// Sweeps the batches found ended before their webhook was due whose time has passed
-    /// (see [`Dispatch::polled_final`]): called when that time comes, so that a loss is
-    /// counted, and the batches waiting for their webhooks learn of it, then, not at the
-    /// next batch's end (the canary's lost webhook was counted only after the whole first
-    /// round had waited its due time, 27 to 31 s past its end; acceptance run).
-    pub fn sweep_due(&self) {
-        self.sweep_early(true);
     }
 
     /// Completes when a batch's webhook is next counted lost: a batch waiting for its own
@@ -1200,7 +1198,7 @@ impl Inner {
     }
 
     fn mark_done(&mut self, id: TaskRef) {
-        insert_bounded(&mut self.done, id);
+        insert_recent(&mut self.done, id);
     }
 
     /// The registered jobs a batch update's echoed request belongs to: its body is theirs
@@ -1253,17 +1251,28 @@ impl Inner {
     }
 }
 
-/// Notes `id` now in `map`, which holds at most [`MAX_EARLY`] ids: when full, those older
-/// than [`EARLY_TTL`] go, and all of them if none is.
-fn insert_bounded(map: &mut HashMap<TaskRef, Instant>, id: TaskRef) {
+/// Notes `id` now in `map`, which holds at most [`MAX_EARLY`] ids.
+fn insert_recent(map: &mut HashMap<TaskRef, Instant>, id: TaskRef) {
+    let cutoff = Instant::now() - EARLY_TTL;
+    insert_bounded(map, id, Instant::now(), |at| *at > cutoff);
+}
+
+/// Inserts `value` for `id` in `map`, which holds at most [`MAX_EARLY`] ids: when full, the
+/// entries not to `keep` (older than [`EARLY_TTL`], past their due time) go, and all of them
+/// if none is.
+fn insert_bounded<V>(
+    map: &mut HashMap<TaskRef, V>,
+    id: TaskRef,
+    value: V,
+    keep: impl Fn(&V) -> bool,
+) {
     if map.len() >= MAX_EARLY {
-        let cutoff = Instant::now() - EARLY_TTL;
-        map.retain(|_, at| *at > cutoff);
+        map.retain(|_, v| keep(v));
         if map.len() >= MAX_EARLY {
             map.clear();
         }
     }
-    map.insert(id, Instant::now());
+    map.insert(id, value);
 }
 
 /// The jobs registered in `registrations` a batch update's echoed request belongs to: its body is theirs
@@ -1511,8 +1520,8 @@ mod tests {
     }
     /// A batch's webhook counted lost wakes the batches waiting for theirs (they then follow
     /// the poll schedule): at once when a poll at its due time finds it ended without one,
-    /// and when the grace of one found ended earlier runs out (`sweep_due`, called by a timer
-    /// then: before, nothing counted it until another batch ended).
+    /// and when the grace of one found ended earlier runs out (a timer `polled_final` sets
+    /// counts it then: before, nothing counted it until another batch ended).
     #[tokio::test(start_paused = true)]
     async fn a_batch_webhook_counted_lost_wakes_the_batches_waiting_for_theirs() {
         let dispatch = Arc::new(Dispatch::default());
@@ -1532,11 +1541,10 @@ mod tests {
         let woken = waiter(&dispatch);
         tokio::task::yield_now().await;
         dispatch.polled_final(TaskRef::Batch(2), now(), true, true, Some(secs(2)));
-        dispatch.sweep_due();
-        tokio::task::yield_now().await;
+        tokio::time::advance(secs(1)).await;
         assert!(!woken.is_finished(), "not due yet");
-        tokio::time::advance(secs(3)).await;
-        dispatch.sweep_due();
+        // No other call: the timer `polled_final` set counts it.
+        tokio::time::advance(secs(2)).await;
         tokio::time::timeout(secs(1), woken)
             .await
             .expect("woken once due")
@@ -1636,7 +1644,7 @@ mod tests {
     /// webhook came was a false alarm).
     #[test]
     fn one_batch_found_by_a_poll_before_any_webhook_is_no_pattern() {
-        let dispatch = Dispatch::default();
+        let dispatch = Arc::new(Dispatch::default());
         dispatch.polled_final(TaskRef::Batch(0), crate::store::now_ms(), true, true, None);
         assert!(!dispatch.webhooks_silent(), "one batch");
         dispatch.polled_final(TaskRef::Batch(0), crate::store::now_ms(), true, true, None);
@@ -1649,7 +1657,7 @@ mod tests {
     /// 8 s without a `webhook:` section). Once one is heard, one such poll changes nothing.
     #[tokio::test]
     async fn tasks_sent_after_one_ended_unannounced_before_any_webhook_do_not_wait_for_theirs() {
-        let dispatch = Dispatch::default();
+        let dispatch = Arc::new(Dispatch::default());
         assert!(
             !dispatch.webhooks_unproven(),
             "nothing known: wait for webhooks"
@@ -1675,7 +1683,7 @@ mod tests {
     /// unwatched for the daemon's life. One whose webhook did not come counts.
     #[test]
     fn a_webhook_kept_for_an_unwatched_task_is_heard_when_its_poll_finds_it_ended() {
-        let dispatch = Dispatch::default();
+        let dispatch = Arc::new(Dispatch::default());
         dispatch.polled_final(TaskRef::Batch(0), crate::store::now_ms(), true, true, None);
         assert!(dispatch.webhooks_unproven());
         let id = 11;
@@ -1764,7 +1772,7 @@ mod tests {
     /// later does not say it again.
     #[test]
     fn a_late_webhook_corrects_the_warning_that_none_came() {
-        let dispatch = Dispatch::default();
+        let dispatch = Arc::new(Dispatch::default());
         let req =
             |id: u64| serde_json::json!({"input": format!("https://x/{id}.jpg"), "operations": {}});
         let mut told = Vec::new();
@@ -1800,7 +1808,7 @@ mod tests {
     /// late. One whose poll had the result: its webhook is not made durable.
     #[test]
     fn a_webhook_after_a_poll_found_done_without_the_result_is_kept() {
-        let dispatch = Dispatch::default();
+        let dispatch = Arc::new(Dispatch::default());
         let req = serde_json::json!({"input": "https://x/1.jpg", "operations": {}});
         let done_bare = TaskRef::Async(1);
         dispatch.polled_final(done_bare, crate::store::now_ms(), true, false, None);

@@ -961,15 +961,19 @@ impl HealthState {
     /// success since it was sent, the outage began when it was sent: it waited for its answer
     /// all along (counted as waiting until then; starting at its failure, a hung API's
     /// `run --once` ended one `api.request_timeout` after `api.unreachable_timeout`).
-    pub fn failed(&self, err: &ClaidError, sent_at: Instant) {
+    /// Returns whether a call succeeded since `sent_at`, read under the same lock: the API is
+    /// there, so the failure is this call's own, not an outage.
+    pub fn failed(&self, err: &ClaidError, sent_at: Instant) -> bool {
         let why = crate::daemon::error_chain(err);
         let mut inner = self.lock();
-        let since = if inner.last_ok.is_some_and(|at| at > sent_at) {
+        let answered_since = inner.last_ok.is_some_and(|at| at > sent_at);
+        let since = if answered_since {
             Instant::now()
         } else {
             sent_at
         };
         inner.failing_because(since, why);
+        answered_since
     }
 
     /// Calls fail for `why`: the outage's start is kept, its reason is the latest.

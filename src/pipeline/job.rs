@@ -3319,8 +3319,7 @@ pub fn failure_of(health: &HealthState, err: &ClaidError, sent_at: Instant) -> F
             failure
         }
         Failure::Transient | Failure::Unreachable => {
-            health.failed(err, sent_at);
-            if health.succeeded_since(sent_at) {
+            if health.failed(err, sent_at) {
                 failure
             } else {
                 Failure::Unreachable
