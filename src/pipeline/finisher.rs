@@ -45,8 +45,11 @@ pub enum Event {
     Settled { id: ManifestId, outcome: JobOutcome },
     /// The run's file was saved again with other content: drain the run, then take `then` in.
     Supersede { id: ManifestId, then: Candidate },
-    /// Intake refused a file (moved to `rejected/`).
-    Rejected,
+    /// Intake refused a file (moved to `rejected/`); `rel` as in `Registered`.
+    Rejected { rel: String },
+    /// Intake found the file at `rel` valid and taken care of (its content is that of a run
+    /// already taken in): a rejection of it in this process was mended.
+    Valid { rel: String },
     /// Intake is done with a candidate without handing it on (already known, or retried later).
     IntakeDone,
     /// Jobs of the run were requeued by a replay.
@@ -138,6 +141,10 @@ pub struct Finisher {
     /// Runs this process counted in `totals.manifests_with_failures` (ended with a failed
     /// job): a replay of one takes it back.
     counted_with_failures: std::collections::HashSet<ManifestId>,
+    /// Files this process rejected (`totals.rejected`), with how many times, whose rejections
+    /// stand: a valid version saved at the same path since takes them back (a broken save
+    /// fixed in the same `run --once` ended it 2 though every image was made).
+    rejected: HashMap<String, usize>,
 }
 
 /// One run the finisher tracks (no per-image data: counts come from the store).
@@ -163,6 +170,7 @@ impl Finisher {
             runs: HashMap::new(),
             staging_unwell_until: None,
             counted_with_failures: std::collections::HashSet::new(),
+            rejected: HashMap::new(),
         }
     }
 
@@ -187,6 +195,7 @@ impl Finisher {
                 n_jobs,
                 unchanged,
             } => {
+                self.mended(&rel);
                 // The run is on the board before intake's count drops: a waiter never sees
                 // the candidate neither pending nor running.
                 self.track(id, PathBuf::from(rel), sha256, Phase::Running);
@@ -240,13 +249,15 @@ impl Finisher {
                     .board
                     .update(|s| s.pending = s.pending.saturating_sub(1));
             }
-            Event::Rejected => {
+            Event::Rejected { rel } => {
+                *self.rejected.entry(rel).or_default() += 1;
                 self.deps.board.update(|s| {
                     s.pending = s.pending.saturating_sub(1);
                     s.totals.rejected += 1;
                 });
                 self.count_manifest("rejected");
             }
+            Event::Valid { rel } => self.mended(&rel),
             Event::IntakeDone => {
                 self.deps
                     .board
@@ -352,6 +363,22 @@ impl Finisher {
         self.deps
             .board
             .update(|s| s.pending = s.pending.saturating_sub(1));
+    }
+
+    /// A valid version of the file at `rel` was taken care of: its rejections in this process
+    /// no longer count (`run --once` ends 0 if nothing else failed). The rejected copies and
+    /// their error files stay in `rejected/`, for the record.
+    fn mended(&mut self, rel: &str) {
+        let Some(times) = self.rejected.remove(rel) else {
+            return;
+        };
+        info!(
+            manifest = %crate::text::Escaped::str(rel),
+            "A valid version of a file rejected earlier in this run was taken in; that rejection no longer counts (its copy stays in the rejected folder)"
+        );
+        self.deps
+            .board
+            .update(|s| s.totals.rejected = s.totals.rejected.saturating_sub(times));
     }
 
     fn track(&mut self, id: ManifestId, rel: PathBuf, sha256: String, phase: Phase) {

@@ -168,6 +168,14 @@ impl Intake {
         }
     }
 
+    /// The file at `rel` is a version of a run already taken in (running, or finished): a
+    /// broken save put back as it was mends its rejection in this process.
+    fn valid(&self, rel: &str) {
+        let _ = self.finisher.send(Event::Valid {
+            rel: rel.to_owned(),
+        });
+    }
+
     fn done_without_handing_on(&self) {
         let _ = self.finisher.send(Event::IntakeDone);
     }
@@ -269,6 +277,7 @@ impl Intake {
                 // the finished run's own file seen again, not a new drop.
                 state if state.is_ended() && keep => {
                     debug!("Manifest is unchanged and already finished; nothing to do");
+                    self.valid(&rel_str);
                     return Taken::Done;
                 }
                 // Dropped again after its run finished: validated below, which tells whether
@@ -277,6 +286,7 @@ impl Intake {
                 state if state.is_ended() => {}
                 _ => {
                     debug!(manifest_id = id, "Manifest is already being processed");
+                    self.valid(&rel_str);
                     return Taken::Done;
                 }
             }
@@ -429,6 +439,7 @@ impl Intake {
                 if matches!(prev.state, ManifestState::Draining { .. }) {
                     return self.after_drain(*id, candidate, &spec.sha256).await;
                 }
+                self.valid(&rel_str);
                 if prev.state.is_ended() {
                     info!("Unchanged and already finished; nothing to do");
                     self.dispose_again(&rel).await;
@@ -960,7 +971,9 @@ impl Intake {
                 }
             }
         }
-        let _ = self.finisher.send(Event::Rejected);
+        let _ = self.finisher.send(Event::Rejected {
+            rel: rel.to_string_lossy().into_owned(),
+        });
         self.notices.send(Notice::ManifestRejected {
             rel: rel.to_string_lossy().into_owned(),
             // The problems themselves: not the error file's header (the file's path, the

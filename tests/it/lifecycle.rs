@@ -2192,3 +2192,50 @@ async fn issue11_run_once_takes_a_manifest_saved_again_while_it_runs() {
         "the new version ran and was archived"
     );
 }
+
+/// A broken save fixed within the same `run --once` (a valid version saved at the path, or
+/// the running version put back) takes the rejection back: every image was made, so the run
+/// ends 0, not 2; the rejected copy stays in `rejected/` for the record.
+#[tokio::test]
+async fn issue11_a_broken_save_fixed_within_run_once_ends_it_0() {
+    for put_back in [false, true] {
+        let env =
+            TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_millis(1500))))
+                .await;
+        let mut v1 = String::from("images:\n");
+        for i in 0..6 {
+            v1.push_str(&format!("  - input: storage://demo/old{i}-64x48.png\n"));
+        }
+        let v2 = b"images:\n  - input: storage://demo/new-64x48.png\n".to_vec();
+        let fixed = if put_back { v1.as_bytes().to_vec() } else { v2 };
+        let config = env.config("max_in_flight: 1\nbatch: { max_images: 1 }", "");
+        env.drop_file("m.yaml", v1.as_bytes());
+        let resaves = async {
+            wait_until("the first submit", DEADLINE, || env.stats().submits >= 1).await;
+            env.drop_file("m.yaml", b"images: [\n");
+            wait_until("the broken save rejected", DEADLINE, || {
+                env.rejected.join("m.yaml.error.txt").exists()
+            })
+            .await;
+            env.drop_file("m.yaml", &fixed);
+        };
+        let ((code, stderr), ()) = tokio::join!(env.run_once(&config), resaves);
+        assert_eq!(code, 0, "put back {put_back}: {stderr}");
+        assert!(
+            stderr.contains("that rejection no longer counts"),
+            "put back {put_back}: {stderr}"
+        );
+        let report = env.report("m");
+        assert_eq!(report["sha256"], sha256_hex(&fixed).as_str(), "{stderr}");
+        for row in report["jobs"].as_array().expect("rows") {
+            assert!(
+                row["status"] == "done" || row["status"] == "unchanged",
+                "{row}"
+            );
+        }
+        assert_eq!(
+            std::fs::read(env.rejected.join("m.yaml")).expect("the rejected copy stays"),
+            b"images: [\n"
+        );
+    }
+}
