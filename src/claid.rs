@@ -1065,6 +1065,12 @@ impl Client {
         }
     }
 
+    /// After a 429: tells a long closure of the limiter's gate, as a call waiting for it would
+    /// ([`Limiter::tell_if_long_closed`]).
+    pub fn tell_if_long_closed(&self) {
+        self.limiter.tell_if_long_closed();
+    }
+
     /// Records a limiter wait of at least [`SIGNIFICANT_WAIT`] at `at`, as a call would.
     #[cfg(test)]
     pub(crate) fn note_pressure_at(&self, at: Instant) {

@@ -1168,7 +1168,7 @@ fn cmd_plan(config_path: &Path, file: &Path) -> anyhow::Result<i32> {
     }
     if n_single > 0 || n_batched == 0 {
         let why = if n_batched > 0 {
-            " (inputs a batch does not take: storage connectors that are not in `storages`, or storage outputs renamed)"
+            " (inputs a batch does not take: URLs with a query string or fragment, or no file name, or a name that starts with a dot; storage connectors that are not in `storages`; storage outputs renamed)"
         } else {
             ""
         };

@@ -68,6 +68,14 @@ pub const MAX_RESET: Duration = Duration::from_secs(120);
 /// call waits for it: one that ends a run, with nothing more to send, is not.
 const LONG_BLOCK: Duration = Duration::from_secs(10);
 
+/// Tells a closure of the gate of `wait` ([`LONG_BLOCK`] or more).
+fn tell_long_block(wait: Duration) {
+    tracing::warn!(
+        wait_s = wait.as_secs(),
+        "Claid says no request is left for a while (429, or RateLimit-Remaining: 0 with RateLimit-Reset); every call waits (a Reset past 120 s is cut to 120 s); if this goes on, check the account's limits with Claid or lower api.requests_per_minute"
+    );
+}
+
 /// Pause used after a 429 or `Remaining <= 0` when the server sent no usable `RateLimit-Reset`.
 pub const DEFAULT_RESET: Duration = Duration::from_secs(1);
 
@@ -306,12 +314,27 @@ impl Limiter {
             };
             // Told once the lock is let go: a log write that stalls holds no other caller.
             if let Some(wait) = told {
-                tracing::warn!(
-                    wait_s = wait.as_secs(),
-                    "Claid says no request is left for a while (429, or RateLimit-Remaining: 0 with RateLimit-Reset); every call waits (a Reset past 120 s is cut to 120 s); if this goes on, check the account's limits with Claid or lower api.requests_per_minute"
-                );
+                tell_long_block(wait);
             }
             tokio::time::sleep_until(ready).await;
+        }
+    }
+
+    /// A call answered 429 waits for the gate's closure by itself (its retry sleeps until the
+    /// reset before it asks for a turn, and finds the gate open): a long closure is told as
+    /// when a call waits for it. (A lone image's submit waited 120 s after a 429 without a
+    /// word above DEBUG; acceptance run.)
+    pub fn tell_if_long_closed(&self) {
+        let now = Instant::now();
+        let told = {
+            let mut state = self.lock();
+            state
+                .blocked_until
+                .filter(|until| *until > now)
+                .and_then(|until| Self::long_block_to_tell(&mut state, now, until))
+        };
+        if let Some(wait) = told {
+            tell_long_block(wait);
         }
     }
 
@@ -689,6 +712,25 @@ mod tests {
         limiter.block_for(Duration::from_secs(20));
         limiter.acquire().await;
         assert_eq!(text().matches("no request is left").count(), 2);
+    }
+
+    /// A call answered 429 that waits out the reset by itself (its retry sleeps, then finds
+    /// the gate open) tells a long closure too, once a minute at most, and a short one not.
+    #[tokio::test(start_paused = true)]
+    async fn a_long_closure_a_429_waits_out_by_itself_is_told() {
+        let capture = crate::logging::captured::Capture::default();
+        let _default = tracing::subscriber::set_default(capture.subscriber());
+        let count = || capture.text().matches("no request is left").count();
+        let limiter = Limiter::new(NonZeroU32::new(4).unwrap(), NonZeroU32::new(120).unwrap());
+        limiter.block_for(Duration::from_secs(5));
+        limiter.tell_if_long_closed();
+        assert_eq!(count(), 0, "5 s is no long closure");
+        limiter.block_for(MAX_RESET);
+        limiter.tell_if_long_closed();
+        assert_eq!(count(), 1);
+        assert!(capture.text().contains("wait_s=120"), "{}", capture.text());
+        limiter.tell_if_long_closed();
+        assert_eq!(count(), 1, "once a minute at most");
     }
 
     /// The server's quota policies lower the configured quotas at once, from Claid's

@@ -31,6 +31,9 @@ mod web;
 /// The longest path a Unix socket's address holds (`sun_path` is 108 bytes, with its NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
+/// The longest `api.batch.linger` (see `Checker::linger`).
+const MAX_LINGER: Duration = Duration::from_secs(10);
+
 /// Turns the parsed value into a [`Config`], collecting every problem on the way.
 #[derive(Default)]
 pub struct Checker {
@@ -584,12 +587,7 @@ impl Checker {
                     "api.batch.max_images",
                     BatchConfig::default().max_images,
                 ),
-                linger: self.duration(
-                    root,
-                    "api.batch.linger",
-                    BatchConfig::default().linger,
-                    true,
-                ),
+                linger: self.linger(root),
             },
             staging: None,
             staging_delete: self.boolean(root, "api.staging_delete", true),
@@ -772,6 +770,26 @@ impl Checker {
             profiles.insert(name.clone(), Profile { operations, output });
         }
         profiles
+    }
+
+    /// `api.batch.linger`, at most [`MAX_LINGER`]: each batch of a drop's last images waits
+    /// it out, so `run --once` took a minute longer with `linger: 60s`, and `30d` passed
+    /// (acceptance run).
+    fn linger(&mut self, root: &Value) -> Duration {
+        const KEY: &str = "api.batch.linger";
+        let linger = self.duration(root, KEY, BatchConfig::default().linger, true);
+        if linger > MAX_LINGER {
+            self.problem(
+                KEY,
+                format!(
+                    "`{}` is too long; at most `{}`: a batch waits this long for more images once none is queued, and a drop's last batch waits all of it",
+                    humantime::format_duration(linger),
+                    humantime::format_duration(MAX_LINGER)
+                ),
+            );
+            return BatchConfig::default().linger;
+        }
+        linger
     }
 
     fn duration(&mut self, root: &Value, key: &str, default: Duration, zero_ok: bool) -> Duration {

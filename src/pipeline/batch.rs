@@ -891,8 +891,20 @@ impl BatchRunner {
                         .await
                     {
                         if let crate::store::StoreError::TaskTaken { .. } = err {
-                            // An answer naming a batch other jobs took: whatever batch this
-                            // submit made is unknown.
+                            // Other jobs with the same request, whose submit answer was lost,
+                            // adopted this batch from its webhook first (Claid announced both
+                            // batches before answering either): the batch this submit made is
+                            // the one those jobs made, announced too, and is adopted in turn
+                            // (the same edits of the same inputs). Its images were held in
+                            // doubt, and `replay --in-doubt` billed them again.
+                            drop(recording);
+                            let skip = vec![TaskRef::Batch(accepted.batch_id)];
+                            if let Some(sent) = self.adopt_lost(&request, &err, members, skip).await
+                            {
+                                return sent;
+                            }
+                            // An answer naming a batch other jobs took (a cache or a proxy
+                            // mixing answers up): whatever batch this submit made is unknown.
                             error!(error = %err, batch_id = accepted.batch_id, "Claid's answer names a batch other jobs took; its images are held in doubt (`replay --in-doubt` sends them again)");
                             self.hold_in_doubt(members).await;
                             return Sent::Ended;
@@ -956,21 +968,8 @@ impl BatchRunner {
                             deps.health.pause(&err, Refusal::Status(303));
                         }
                     }
-                    if let Some(update) = self.wait_for_lost(&request, &err).await {
-                        let (batch_id, result_url) = (update.id, update.result_url.clone());
-                        let recorded = deps
-                            .store
-                            .mark_batch_submitted(&ids, batch_id, &result_url, None)
-                            .await;
-                        if recorded.is_ok() {
-                            info!(
-                                batch_id,
-                                "A lost batch answer was recovered from its webhook; nothing is submitted twice"
-                            );
-                            deps.batching.sent(members.len());
-                            return Sent::Adopted { update };
-                        }
-                        return Sent::Ended;
+                    if let Some(sent) = self.adopt_lost(&request, &err, members, Vec::new()).await {
+                        return sent;
                     }
                     // A 2xx whose answer cannot be read was accepted: held, never sent again; so
                     // is a batch whose answers were lost too often in a row.
@@ -1027,6 +1026,7 @@ impl BatchRunner {
                         // Flow control, waited out at the reset; a streak of nothing else is
                         // told by health (one WARN for each 429 before).
                         debug!(error = %err, "Batch submit rate limited; retrying after the reset");
+                        deps.client.tell_if_long_closed();
                     } else if !matches!(failure, Failure::Ambiguous) {
                         warn!(error = %err, "Batch submit failed; retrying");
                     }
@@ -1070,12 +1070,68 @@ impl BatchRunner {
         }
     }
 
+    /// With webhooks on, waits for a webhook naming the batch a submit whose answer was lost
+    /// (or named a batch other jobs took) may have made, and records it for `members`:
+    /// `Some(Adopted)` then. A batch other jobs' submit answer named first (the same request
+    /// sent twice) is given back to them, added to `skip`, and the wait goes on for another
+    /// (its members stayed submitting, or were held in doubt; acceptance run). `None` when no
+    /// webhook came: the caller's `in_doubt` policy applies.
+    async fn adopt_lost(
+        &self,
+        request: &BatchEditRequest,
+        err: &(dyn std::fmt::Display + Sync),
+        members: &[Member],
+        mut skip: Vec<TaskRef>,
+    ) -> Option<Sent> {
+        let deps = &*self.deps;
+        let ids: Vec<JobId> = members.iter().map(|m| m.id).collect();
+        loop {
+            let update = self.wait_for_lost(request, err, &skip).await?;
+            let (batch_id, result_url) = (update.id, update.result_url.clone());
+            match deps
+                .store
+                .mark_batch_submitted(&ids, batch_id, &result_url, None)
+                .await
+            {
+                Ok(()) => {
+                    info!(
+                        batch_id,
+                        "A lost batch answer was recovered from its webhook; nothing is submitted twice"
+                    );
+                    deps.batching.sent(members.len());
+                    return Some(Sent::Adopted { update });
+                }
+                // Bounded: each batch skipped is one more webhook that came with this request.
+                Err(crate::store::StoreError::TaskTaken { .. })
+                    if skip.len() < super::job::MAX_SKIPPED_ADOPTIONS =>
+                {
+                    info!(
+                        batch_id,
+                        "The batch a webhook named for this lost submit is other jobs' with the same request (their answer named it first); waiting for this one's own"
+                    );
+                    skip.push(TaskRef::Batch(batch_id));
+                    deps.dispatch.give_back(TaskUpdate::Batch(update));
+                }
+                Err(err) => {
+                    error!(error = %err, batch_id, "Cannot record the adopted batch; its images are in doubt");
+                    if let crate::store::StoreError::TaskTaken { .. } = err {
+                        deps.dispatch.give_back(TaskUpdate::Batch(update));
+                        self.hold_in_doubt(members).await;
+                    }
+                    return Some(Sent::Ended);
+                }
+            }
+        }
+    }
+
     /// With webhooks on, a lost batch answer may still be announced: waits up to the poll
-    /// fallback for a webhook whose echoed request is this one.
+    /// fallback for a webhook whose echoed request is this one (not one of the batches in
+    /// `skip`, other jobs').
     async fn wait_for_lost(
         &self,
         request: &BatchEditRequest,
-        err: &crate::claid::ClaidError,
+        err: &(dyn std::fmt::Display + Sync),
+        skip: &[TaskRef],
     ) -> Option<Box<BatchTask>> {
         let fallback = self.deps.webhooks?;
         let value = serde_json::to_value(request).ok()?;
@@ -1083,7 +1139,10 @@ impl BatchRunner {
             crate::claid::wire::BatchInput::Urls(urls) => urls.len(),
             _ => 1,
         };
-        let lost = self.deps.dispatch.lost_submit(&value, jobs)?;
+        let lost = self
+            .deps
+            .dispatch
+            .lost_submit_skipping(&value, jobs, skip)?;
         self.deps.batching.canary_unanswered(self.round);
         // Told now: the wait may last `poll_fallback` (2 minutes by default) without a word.
         warn!(error = %err, images = jobs, wait_s = fallback.as_secs(), "The answer to a batch submit was lost; waiting for a webhook naming the batch it may have created (adopted, not billed twice), at most `webhook.poll_fallback`");
@@ -1504,10 +1563,26 @@ impl BatchRunner {
             matched.eliminate(members.len());
         }
         if !matched.unmatched.is_empty() {
-            deps.batching.switch_off(&format!(
-                "batch {batch_id}: result(s) {:?} match no job or more than one",
-                matched.unmatched
-            ));
+            // A result without a name (no `tmp_url` nor storage URI to take it from) is told
+            // as such: it was listed as a result named `""`.
+            let named: Vec<&str> = matched
+                .unmatched
+                .iter()
+                .filter(|name| !name.is_empty())
+                .map(String::as_str)
+                .collect();
+            let nameless = matched.unmatched.len() - named.len();
+            let why = match (named.is_empty(), nameless) {
+                (false, 0) => format!("result(s) {named:?} match no job or more than one"),
+                (true, n) => format!(
+                    "{n} result(s) without a file name (no `tmp_url` nor storage URI) match no job"
+                ),
+                (false, n) => format!(
+                    "result(s) {named:?} match no job or more than one, and {n} without a file name (no `tmp_url` nor storage URI) none"
+                ),
+            };
+            deps.batching
+                .switch_off(&format!("batch {batch_id}: {why}"));
         }
         let mut handled: HashSet<JobId> = HashSet::new();
         for (index, object) in &matched.done {

@@ -614,6 +614,18 @@ impl Dispatch {
         request: &serde_json::Value,
         jobs: usize,
     ) -> Option<LostSubmit> {
+        self.lost_submit_skipping(request, jobs, &[])
+    }
+
+    /// [`Dispatch::lost_submit`], not adopting at once the kept updates of the tasks in `skip`
+    /// (other jobs' with the same request, which their submit answers named first: see
+    /// [`Dispatch::give_back`]).
+    pub fn lost_submit_skipping(
+        self: &Arc<Self>,
+        request: &serde_json::Value,
+        jobs: usize,
+        skip: &[TaskRef],
+    ) -> Option<LostSubmit> {
         let key = request_key(request)?;
         // Normalised once for every kept update it is compared with ([`echoes`]).
         let sent = inputs_sorted(&whole_numbers(request));
@@ -622,14 +634,14 @@ impl Dispatch {
         let came = inner
             .early
             .iter()
-            .find(|(_, (_, update))| echoes(&sent, update.request()))
+            .find(|(id, (_, update))| !skip.contains(id) && echoes(&sent, update.request()))
             .map(|(id, _)| *id);
         // A task only named so far (not final) is adopted without marking it done: its final
         // update still comes to whoever watches it.
         let named = inner
             .named
             .iter()
-            .find(|(_, (_, update))| echoes(&sent, update.request()))
+            .find(|(id, (_, update))| !skip.contains(id) && echoes(&sent, update.request()))
             .map(|(id, _)| *id);
         match came.and_then(|id| inner.early.remove(&id).map(|(_, update)| (id, update))) {
             Some((id, update)) => {
@@ -666,6 +678,30 @@ impl Dispatch {
                 jobs,
             },
         })
+    }
+
+    /// Undoes the adoption of `update` by a lost submit whose job could not take its task:
+    /// another job's submit answer named it first. Two jobs sent the same request and Claid
+    /// announced both tasks before answering either: the lost submit took the other's. The
+    /// update goes to that job if it waits for the task, else is kept for it (and the lost
+    /// submit waits on for its own, skipping this one). (The job stayed submitting for ever,
+    /// and `run --once` never ended; acceptance run.)
+    pub fn give_back(&self, update: TaskUpdate) {
+        let id = update.task();
+        let mut inner = self.lock();
+        inner.stats.adopted = inner.stats.adopted.saturating_sub(1);
+        if !update.status().is_terminal() {
+            // Only named: its final update still comes to whoever watches it.
+            inner.stats.not_final += 1;
+            if !inner.waiting.contains_key(&id) && inner.named.len() < MAX_EARLY {
+                inner.named.insert(id, (Instant::now(), update));
+            }
+            return;
+        }
+        inner.done.remove(&id);
+        if let Err(update) = inner.hand_over(update) {
+            inner.early.insert(id, (Instant::now(), update));
+        }
     }
 
     /// Counts `jobs` as waiting for a webhook to adopt their lost submit while the returned

@@ -64,6 +64,10 @@ pub(crate) struct Unsettled {
 /// for again before it counts as missing.
 const MISSING_OBJECT_CHECKS: u32 = 4;
 
+/// At most this many tasks a lost submit's webhook wait finds taken by other jobs with the
+/// same request (see `Runner::adopt_lost`) before the job is held in doubt (a batch's too).
+pub(crate) const MAX_SKIPPED_ADOPTIONS: usize = 16;
+
 /// The waits before those looks (each from three quarters of it to all of it): 11 to 15 s in
 /// all, as docs/storage.md says.
 const MISSING_OBJECT_GAPS: [Duration; MISSING_OBJECT_CHECKS as usize] = [
@@ -1087,6 +1091,20 @@ impl Runner {
                         .await;
                     if let Err(err) = recorded {
                         if let StoreError::TaskTaken { .. } = err {
+                            // Another job with the same request, whose submit answer was lost,
+                            // adopted this task from its webhook first (Claid announced both
+                            // tasks before answering either): this job's own task is the one
+                            // that job made, announced too, so it is adopted in turn (the two
+                            // results are the same edit of the same input). It was held in
+                            // doubt, and `replay --in-doubt` billed it again.
+                            drop(recording);
+                            if local_bytes.is_none()
+                                && let Some(step) = self
+                                    .adopt_lost(id, job, &err, vec![TaskRef::Async(task_id)])
+                                    .await
+                            {
+                                return step;
+                            }
                             // An answer naming another job's task (a cache or a proxy mixing
                             // answers up): whatever task this submit made is unknown.
                             error!(error = %err, task_id, "Claid's answer names a task another job took; this job is held in doubt (`replay --in-doubt` sends it again)");
@@ -1177,28 +1195,9 @@ impl Runner {
                     // With webhooks on, a lost answer may still be announced: a task created
                     // by this very request is adopted, so nothing is billed twice.
                     _ if local_bytes.is_none()
-                        && let Some(update) = self.wait_for_lost(job, &err).await =>
+                        && let Some(step) = self.adopt_lost(id, job, &err, Vec::new()).await =>
                     {
-                        let (task_id, result_url) = match &update {
-                            TaskUpdate::Async(task) => (task.id, task.result_url.clone()),
-                            TaskUpdate::Batch(batch) => (batch.id, batch.result_url.clone()),
-                        };
-                        if let Err(err) =
-                            deps.store.adopt_task(id, update.task(), &result_url).await
-                        {
-                            error!(error = %err, task_id, "Cannot record the adopted task; the job is in doubt");
-                            return Step::End(JobOutcome::Parked);
-                        }
-                        info!(
-                            task_id,
-                            "A lost submit answer was recovered from its webhook; nothing is submitted twice"
-                        );
-                        // A final update is the result; one that only named the task (it was
-                        // still running) is not: its end is awaited like any task's.
-                        if update.status().is_terminal() {
-                            deps.dispatch.keep(update);
-                        }
-                        return Step::Continue;
+                        return step;
                     }
                     InDoubtPolicy::Resubmit => {
                         warn!(error = %err, "Submit outcome unknown; resubmitting (in doubt)");
@@ -1249,6 +1248,7 @@ impl Runner {
                         // Flow control, waited out at the reset; a streak of nothing else is
                         // told by health (one WARN for each 429 before).
                         debug!(error = %err, attempt = attempts.failed_attempts(), "Submit rate limited; retrying after the reset");
+                        deps.client.tell_if_long_closed();
                     } else {
                         warn!(error = %err, attempt = attempts.failed_attempts(), "Submit failed; retrying");
                     }
@@ -1369,9 +1369,74 @@ impl Runner {
 
     /// With webhooks on, waits up to the poll fallback for a webhook whose echoed request is
     /// the one this job sent (its submit answer was lost).
-    async fn wait_for_lost(&self, job: &JobV1, err: &ClaidError) -> Option<TaskUpdate> {
+    /// With webhooks on, waits for a webhook naming the task a submit whose answer was lost
+    /// (or named another job's task) may have made, and adopts it: `Some(Continue)` then
+    /// (`Some(End)` when the adoption cannot be recorded). A task another job's submit answer
+    /// named first (two jobs with the same request) is given back to it, added to `skip`,
+    /// and the wait goes on for another: the job stayed submitting for ever (acceptance run).
+    /// `None` when no webhook came: the caller's `in_doubt` policy applies.
+    async fn adopt_lost(
+        &self,
+        id: JobId,
+        job: &JobV1,
+        why: &(dyn std::fmt::Display + Sync),
+        mut skip: Vec<TaskRef>,
+    ) -> Option<Step> {
+        let deps = &*self.deps;
+        loop {
+            let update = self.wait_for_lost(job, why, &skip).await?;
+            let (task_id, result_url) = match &update {
+                TaskUpdate::Async(task) => (task.id, task.result_url.clone()),
+                TaskUpdate::Batch(batch) => (batch.id, batch.result_url.clone()),
+            };
+            match deps.store.adopt_task(id, update.task(), &result_url).await {
+                Ok(_) => {}
+                // Bounded: each task skipped is one more webhook that came with this request.
+                Err(StoreError::TaskTaken { .. }) if skip.len() < MAX_SKIPPED_ADOPTIONS => {
+                    info!(
+                        task_id,
+                        "The task a webhook named for this lost submit is another job's with the same request (its answer named it first); waiting for this job's own"
+                    );
+                    skip.push(update.task());
+                    deps.dispatch.give_back(update);
+                    continue;
+                }
+                Err(err) => {
+                    error!(error = %err, task_id, "Cannot record the adopted task; the job is in doubt");
+                    if let StoreError::TaskTaken { .. } = err {
+                        deps.dispatch.give_back(update);
+                        return Some(match deps.store.mark_in_doubt(id).await {
+                            Ok(_) => Step::End(JobOutcome::Held),
+                            Err(_) => Step::End(JobOutcome::Parked),
+                        });
+                    }
+                    return Some(Step::End(JobOutcome::Parked));
+                }
+            }
+            info!(
+                task_id,
+                "A lost submit answer was recovered from its webhook; nothing is submitted twice"
+            );
+            // A final update is the result; one that only named the task (it was still
+            // running) is not: its end is awaited like any task's.
+            if update.status().is_terminal() {
+                deps.dispatch.keep(update);
+            }
+            return Some(Step::Continue);
+        }
+    }
+
+    async fn wait_for_lost(
+        &self,
+        job: &JobV1,
+        err: &(dyn std::fmt::Display + Sync),
+        skip: &[TaskRef],
+    ) -> Option<TaskUpdate> {
         let fallback = self.deps.webhooks?;
-        let lost = self.deps.dispatch.lost_submit(&request_of(job), 1)?;
+        let lost = self
+            .deps
+            .dispatch
+            .lost_submit_skipping(&request_of(job), 1, skip)?;
         // Told now: the wait may last `poll_fallback` (2 minutes by default) without a word.
         warn!(error = %err, wait_s = fallback.as_secs(), "The answer to this image's submit was lost; waiting for a webhook naming the task it may have created (adopted, not billed twice), at most `webhook.poll_fallback`");
         let deps = &*self.deps;
@@ -1729,6 +1794,7 @@ impl Runner {
                                 .await;
                         }
                         debug!(error = %err, "Poll rate limited; asking again after the reset");
+                        deps.client.tell_if_long_closed();
                         delay = retry_after;
                     }
                     failure => match decide(&mut attempts, failure) {

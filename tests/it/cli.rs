@@ -1689,7 +1689,7 @@ async fn plan_counts_batches_single_submits_and_webhook_polls_as_the_daemon_make
         (
             "",
             "",
-            "at least 2 batch submits (up to 8 images each) + 4 single submits (inputs a batch does not take: storage connectors that are not in `storages`, or storage outputs renamed) + a few polls per batch and about 4 for the single submits",
+            "at least 2 batch submits (up to 8 images each) + 4 single submits (inputs a batch does not take: URLs with a query string or fragment, or no file name, or a name that starts with a dot; storage connectors that are not in `storages`; storage outputs renamed) + a few polls per batch and about 4 for the single submits",
         ),
         (
             "batch: { max_images: 1 }",
@@ -1699,7 +1699,7 @@ async fn plan_counts_batches_single_submits_and_webhook_polls_as_the_daemon_make
         (
             "",
             webhook.as_str(),
-            "+ 4 single submits (inputs a batch does not take: storage connectors that are not in `storages`, or storage outputs renamed) + polls only for results whose webhook is late",
+            "+ 4 single submits (inputs a batch does not take: URLs with a query string or fragment, or no file name, or a name that starts with a dot; storage connectors that are not in `storages`; storage outputs renamed) + polls only for results whose webhook is late",
         ),
     ] {
         let config = env.config(api, extra);
