@@ -761,10 +761,11 @@ impl Staging {
 
     /// Deletes the staged objects `candidates` (URIs) that no job needs: neither held by a
     /// staging nor in `in_use()` (the unfinished jobs' staged objects, read after the keys
-    /// are marked). Returns how many it deleted, and whether every candidate was either
-    /// deleted or still needed (false when the unfinished jobs could not be read or a
-    /// delete failed: those objects stay, and the cleanup must be done again).
-    pub async fn clean<F, Fut>(&self, candidates: Vec<String>, in_use: F) -> (usize, bool)
+    /// are marked). Says how many it deleted, and whether every candidate was either deleted
+    /// or still needed (not when one is being staged right now, the unfinished jobs could not
+    /// be read, a delete failed, or one lies outside this staging storage: those objects stay,
+    /// and the cleanup must be done again).
+    pub async fn clean<F, Fut>(&self, candidates: Vec<String>, in_use: F) -> Cleaned
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Option<std::collections::HashSet<String>>>,
@@ -774,14 +775,19 @@ impl Staging {
         // that staging fails before its job records the object, only a later cleanup that
         // finds no user deletes it.
         let mut complete = true;
+        let mut cleaned = Cleaned::default();
         {
             let mut users = self
                 .users
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             for uri in candidates {
+                // Staged while `api.staging` named another storage: left, and the cleanup
+                // stays to be done (it was marked done, and the objects left for good, once
+                // `api.staging` named their storage again; acceptance run).
                 let Some(key) = self.key_of(&uri).map(str::to_owned) else {
-                    tracing::warn!(uri = %uri, "A staged object outside the staging storage (was `api.staging` changed?) is left");
+                    cleaned.elsewhere += 1;
+                    complete = false;
                     continue;
                 };
                 if users.contains_key(&key) {
@@ -805,6 +811,7 @@ impl Staging {
                             // The bucket refuses or is away: the rest waits for the next
                             // cleanup rather than each delete waiting out its retries.
                             complete = false;
+                            cleaned.failed = true;
                             tracing::warn!(error = %err, "Cannot delete a staged object; the run's cleanup is done again at the next start");
                             break;
                         }
@@ -823,8 +830,22 @@ impl Staging {
             }
         }
         self.released.notify_waiters();
-        (deleted, complete)
+        cleaned.deleted = deleted;
+        cleaned.complete = complete;
+        cleaned
     }
+}
+
+/// What [`Staging::clean`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Cleaned {
+    pub deleted: usize,
+    /// Every candidate deleted or still needed: the run's cleanup mark may go.
+    pub complete: bool,
+    /// A delete failed (the bucket refuses or is away): cleanups wait a while.
+    pub failed: bool,
+    /// Candidates in another storage than this staging one (`api.staging` changed since).
+    pub elsewhere: usize,
 }
 
 #[cfg(test)]

@@ -701,20 +701,37 @@ impl Finisher {
         let Some(staging) = self.staging_to_delete() else {
             return true;
         };
-        let complete = if candidates.is_empty() {
-            true
+        let cleaned = if candidates.is_empty() {
+            crate::storages::Cleaned {
+                complete: true,
+                ..Default::default()
+            }
         } else {
             let store = self.deps.store.clone();
-            let (deleted, complete) = staging
+            let cleaned = staging
                 .clean(
                     candidates,
                     || async move { store.staged_in_use().await.ok() },
                 )
                 .await;
-            debug!(deleted, complete, "Staged objects deleted");
-            complete
+            debug!(
+                deleted = cleaned.deleted,
+                complete = cleaned.complete,
+                "Staged objects deleted"
+            );
+            cleaned
         };
-        if !complete {
+        let complete = cleaned.complete;
+        if cleaned.elsewhere > 0 {
+            warn!(
+                objects = cleaned.elsewhere,
+                "Staged objects of this run lie in another storage than `api.staging` names now (was it changed?); they are left, and deleted once `api.staging` names their storage again"
+            );
+        }
+        // Only a delete that failed is a reason to wait: an object another run is staging
+        // right now is left to the run that stages it (it was told as a failure, and every
+        // cleanup waited 10 minutes; acceptance run).
+        if cleaned.failed {
             warn!(
                 "Some staged objects could not be deleted; this run's and other runs' staging cleanups are left for {} min (their marks stay: a later run's end or the next start deletes them)",
                 STAGING_PAUSE.as_secs() / 60

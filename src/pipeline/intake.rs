@@ -845,12 +845,24 @@ impl Intake {
                         left = Some("an input file, a profile of the config or a storage's connector (`claid_name`) changed");
                     } else {
                         match &job.state {
-                            JobState::Done { path, bytes, .. } => {
-                                if Path::new(path).starts_with(&outbox)
+                            JobState::Done {
+                                path,
+                                bytes,
+                                skipped,
+                                ..
+                            } => {
+                                let local = Path::new(path).starts_with(&outbox);
+                                if local
                                     && !std::fs::metadata(path)
                                         .is_ok_and(|meta| meta.len() == *bytes)
                                 {
                                     left = Some("outputs of its finished run are gone or changed");
+                                } else if !local && *skipped {
+                                    // An object `skip` kept is looked at again (it may be gone
+                                    // since); not looked up here, in the store's read. (Dropped
+                                    // again, the run did nothing while the object was deleted;
+                                    // `plan` said it would be made.)
+                                    left = Some("objects it kept under `on_output_exists: skip` are looked at again");
                                 }
                             }
                             _ => left = Some("images of the run failed or were not made"),

@@ -3359,6 +3359,37 @@ async fn skip_does_not_keep_an_object_that_is_no_image() {
     s3.stop().await;
 }
 
+/// `on_output_exists: skip` keeps an object already at an output's key; the same manifest
+/// dropped again looks at the key again, and an object deleted since is made then. (The
+/// re-drop did nothing, "unchanged and already finished", though `plan` said the image would
+/// be made; acceptance run.)
+#[tokio::test]
+async fn issue15_a_kept_object_deleted_since_is_made_when_its_manifest_is_dropped_again() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let (env, config) = storage_env(&s3, quick(), "", 1).await;
+    append_to(&config, "on_output_exists: skip\n");
+    let key = "raw/kept/shoes/sku-0.jpg";
+    let theirs = crate::support::png(20, 10);
+    s3.put_object("catalog", key, &theirs).await;
+    let text = b"output: { format: jpeg, destination: storage://catalog/kept/ }\nimages:\n  - storage://catalog/in/sku-0.png\n";
+    env.drop_file("shoes.yaml", text);
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(env.report("shoes")["jobs"][0]["status"], "skipped");
+    assert_eq!(env.stats().submits + env.stats().batch_images, 0);
+    s3.delete_object("catalog", key).await;
+    env.drop_file("shoes.yaml", text);
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(env.report("shoes")["jobs"][0]["status"], "done", "{stderr}");
+    let made = s3.get_object("catalog", key).await.expect("made");
+    assert_ne!(made, theirs);
+    assert_eq!(env.stats().submits + env.stats().batch_images, 1);
+    s3.stop().await;
+}
+
 /// With `output_local_copy`, a file already at the local copy's place is an output that exists:
 /// `on_output_exists: fail` refuses it and `skip` keeps it before the submit, nothing billed and
 /// the file kept (`fail` found it only at the copy, after Claid had written and billed the
@@ -3659,6 +3690,65 @@ async fn staged_objects_of_a_run_ended_without_staging_set_are_deleted_once_it_i
         0,
         "deleted once staging is set again:\n{stderr}"
     );
+    check_staged_run(&env, 2, 0);
+    s3.stop().await;
+}
+
+/// `api.staging` changed to another storage (a restart after a kill) while a run had staged
+/// objects: the run ends with its cleanup marked and one WARN for them, and once staging names
+/// their storage again the next start deletes them. (Each object got a WARN of its own, the
+/// mark was cleared and the objects left for good; acceptance run.)
+#[tokio::test(flavor = "multi_thread")]
+async fn staged_objects_of_a_run_ended_with_staging_on_another_storage_are_deleted_once_it_is_back()
+{
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let scenario = Scenario::default()
+        .latency(Latency::Fixed(std::time::Duration::from_secs(2)))
+        .storage(s3.connector("other-s3", "catalog", "other"))
+        .seed(7);
+    let (env, _) = storage_env(&s3, scenario, "", 0).await;
+    let keys = credentials_file(env.dir.path());
+    let storages = storages_yaml("catalog-s3", "s3://catalog/raw", &s3.endpoint, &keys)
+        + &format!(
+            "  other:\n    claid_name: other-s3\n    url: s3://catalog/other\n    endpoint: {}\n    credentials_file: {}\n",
+            s3.endpoint,
+            keys.display()
+        );
+    let config = env.config("staging: catalog", &storages);
+    drop_local_manifest(&env, 2, false);
+    let (mut once, log_path) = spawn_run_once(&env, &config);
+    crate::support::wait_until(
+        "staged and submitted",
+        std::time::Duration::from_secs(60),
+        || std::fs::read_to_string(&log_path).is_ok_and(|log| log.contains("Batch submitted")),
+    )
+    .await;
+    once.start_kill().expect("kill -9");
+    let _ = once.wait().await;
+    let staged = || async { s3.list_keys("catalog", "raw/staging/").await.len() };
+    assert_eq!(staged().await, 2);
+    let elsewhere = env.config("staging: other", &storages);
+    let (code, stderr) = env.run_once(&elsewhere).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        stderr
+            .matches("lie in another storage than `api.staging` names now")
+            .count(),
+        1,
+        "{stderr}"
+    );
+    assert!(!stderr.contains("could not be deleted"), "{stderr}");
+    assert_eq!(
+        staged().await,
+        2,
+        "kept while staging names another storage"
+    );
+    let config = env.config("staging: catalog", &storages);
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(staged().await, 0, "deleted once staging is back:\n{stderr}");
     check_staged_run(&env, 2, 0);
     s3.stop().await;
 }
