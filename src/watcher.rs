@@ -717,6 +717,12 @@ fn walk(
                 }
                 continue;
             }
+            // A recipe's name on a folder, a pipe or a device: never read, its images never
+            // taken in; named (it was silent, where a linked recipe is named).
+            if is_recipe && !file_type.is_file() {
+                links.warn_once(&path, LinkKind::RecipeNotAFile);
+                continue;
+            }
             if file_type.is_dir() {
                 if hidden {
                     // Named only when it holds something that looks like a manifest: `.git`,
@@ -842,6 +848,8 @@ enum LinkKind {
     NotAFile,
     /// Not a link: an image's name in a recipe folder on something that is no regular file.
     ImageNotAFile,
+    /// Not a link: a recipe's name (`.claid.yaml`) on a folder, a pipe or a device.
+    RecipeNotAFile,
     /// Not a link: a file in a recipe folder that is no image the recipe takes by its name
     /// (`photo.jfif`, `logo.svg`, a name without an extension).
     NotARecipeImage,
@@ -986,6 +994,10 @@ impl LinkWarnings<'_> {
             LinkKind::Recipe => warn!(
                 path = %path,
                 "A folder recipe is a symlink; it is not followed, so the images in its folder are not processed (put the file itself there)"
+            ),
+            LinkKind::RecipeNotAFile => warn!(
+                path = %path,
+                "A folder recipe is no regular file (a folder, a pipe or a device); it is not read, so the images in its folder are not processed (put the recipe file itself there)"
             ),
             LinkKind::Image => warn!(
                 path = %path,

@@ -136,6 +136,13 @@ fn safe_relative(name: &str) -> Result<PathBuf, String> {
                 "`{name}` has a hidden name `{part}`; names may not start with `.`"
             ));
         }
+        // `z.png ` was written as `z.png .png`, and ` lead.png` kept its space, without a
+        // word (inputs with such spaces are refused; acceptance run).
+        if part.starts_with(char::is_whitespace) || part.ends_with(char::is_whitespace) {
+            return Err(format!(
+                "`{name}` has a name `{part}` that starts or ends with a space; remove it (names in the outbox are easy to get wrong so)"
+            ));
+        }
         if let Some(bad) = part
             .chars()
             .find(|c| c.is_control() || crate::text::is_unsafe_char(*c) || "<>:\"|?*".contains(*c))

@@ -275,6 +275,36 @@ async fn a_pipe_named_as_an_image_in_a_recipe_folder_is_named_not_skipped_silent
     );
 }
 
+/// A recipe's name on a pipe or a folder is named once in a WARN each (it was silent, where a
+/// linked recipe is named: its folder's images lay unprocessed while `run --once` ended 0;
+/// acceptance run); a real recipe beside them still runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recipe_that_is_a_pipe_or_a_folder_is_named_not_skipped_silently() {
+    let env = TestEnv::new(Scenario::default()).await;
+    env.drop_file("r/.claid.yaml", RECIPE.as_bytes());
+    env.drop_file("r/ok.png", &png(640, 480));
+    env.drop_file("p/a.png", &png(640, 480));
+    crate::support::mkfifo(&env.inbox.join("p/.claid.yaml"));
+    env.drop_file("d/b.png", &png(640, 480));
+    std::fs::create_dir(env.inbox.join("d/.claid.yaml")).expect("a folder");
+    let (code, stderr) = env.run_once(&env.config("", "")).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(dimensions(&env.outbox.join("r/ok.jpg")), (200, 100));
+    let named: Vec<_> = stderr
+        .lines()
+        .filter(|l| l.contains("A folder recipe is no regular file"))
+        .collect();
+    assert_eq!(named.len(), 2, "{stderr}");
+    assert!(
+        named.iter().any(|l| l.contains("p/.claid.yaml")),
+        "{stderr}"
+    );
+    assert!(
+        named.iter().any(|l| l.contains("d/.claid.yaml")),
+        "{stderr}"
+    );
+}
+
 /// Files in a recipe folder that are no image the recipe takes by their name (`photo.jfif`, a
 /// JPEG saved so by a browser; `logo.svg`; a name without an extension) are each named once
 /// in a WARN and left where they are; the folder's images are made; a file still being copied
