@@ -818,7 +818,12 @@ impl Staging {
                     }
                 }
             }
-            None => complete = false,
+            // The unfinished jobs could not be read: nothing is deleted, and cleanups wait
+            // as after a failed delete (told).
+            None => {
+                complete = false;
+                cleaned.failed = true;
+            }
         }
         {
             let mut users = self

@@ -907,6 +907,8 @@ impl BatchRunner {
                             // mixing answers up): whatever batch this submit made is unknown.
                             error!(error = %err, batch_id = accepted.batch_id, "Claid's answer names a batch other jobs took; its images are held in doubt (`replay --in-doubt` sends them again)");
                             self.hold_in_doubt(members).await;
+                            // Its batch may still be announced, later than the wait.
+                            self.recognise_late_announcement(members);
                             return Sent::Ended;
                         }
                         error!(error = %err, batch_id = accepted.batch_id, "Cannot record the batch id; its jobs are in doubt");
@@ -967,6 +969,10 @@ impl BatchRunner {
                         if err.http_status() == Some(303) {
                             deps.health.pause(&err, Refusal::Status(303));
                         }
+                    }
+                    if self.deps.webhooks.is_some() {
+                        // Its answer is lost: the next batch goes as a canary in its place.
+                        self.deps.batching.canary_unanswered(self.round);
                     }
                     if let Some(sent) = self.adopt_lost(&request, &err, members, Vec::new()).await {
                         return sent;
@@ -1143,7 +1149,6 @@ impl BatchRunner {
             .deps
             .dispatch
             .lost_submit_skipping(&value, jobs, skip)?;
-        self.deps.batching.canary_unanswered(self.round);
         // Told now: the wait may last `poll_fallback` (2 minutes by default) without a word.
         warn!(error = %err, images = jobs, wait_s = fallback.as_secs(), "The answer to a batch submit was lost; waiting for a webhook naming the batch it may have created (adopted, not billed twice), at most `webhook.poll_fallback`");
         let deps = &*self.deps;

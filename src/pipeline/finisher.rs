@@ -37,6 +37,9 @@ pub enum Event {
     Registered {
         id: ManifestId,
         rel: String,
+        /// When its file was last written (mtime), if known: a rejection of the same path
+        /// before that is mended ([`Finisher::mended`]).
+        saved: Option<std::time::SystemTime>,
         sha256: String,
         n_jobs: u64,
         unchanged: u64,
@@ -45,11 +48,17 @@ pub enum Event {
     Settled { id: ManifestId, outcome: JobOutcome },
     /// The run's file was saved again with other content: drain the run, then take `then` in.
     Supersede { id: ManifestId, then: Candidate },
-    /// Intake refused a file (moved to `rejected/`); `rel` as in `Registered`.
-    Rejected { rel: String },
-    /// Intake found the file at `rel` valid and taken care of (its content is that of a run
-    /// already taken in): a rejection of it in this process was mended.
-    Valid { rel: String },
+    /// Intake refused a file (moved to `rejected/`) `at`; `rel` as in `Registered`.
+    Rejected {
+        rel: String,
+        at: std::time::SystemTime,
+    },
+    /// Intake found the file at `rel`, written at `saved`, valid and taken care of (its
+    /// content is that of a run already taken in): a rejection of it before then was mended.
+    Valid {
+        rel: String,
+        saved: Option<std::time::SystemTime>,
+    },
     /// Intake is done with a candidate without handing it on (already known, or retried later).
     IntakeDone,
     /// Jobs of the run were requeued by a replay.
@@ -141,10 +150,10 @@ pub struct Finisher {
     /// Runs this process counted in `totals.manifests_with_failures` (ended with a failed
     /// job): a replay of one takes it back.
     counted_with_failures: std::collections::HashSet<ManifestId>,
-    /// Files this process rejected (`totals.rejected`), with how many times, whose rejections
-    /// stand: a valid version saved at the same path since takes them back (a broken save
-    /// fixed in the same `run --once` ended it 2 though every image was made).
-    rejected: HashMap<String, usize>,
+    /// Files this process rejected (`totals.rejected`), with how many times and when last,
+    /// whose rejections stand: a valid version saved at the same path since takes them back
+    /// (a broken save fixed in the same `run --once` ended it 2 though every image was made).
+    rejected: HashMap<String, (usize, std::time::SystemTime)>,
 }
 
 /// One run the finisher tracks (no per-image data: counts come from the store).
@@ -191,11 +200,12 @@ impl Finisher {
             Event::Registered {
                 id,
                 rel,
+                saved,
                 sha256,
                 n_jobs,
                 unchanged,
             } => {
-                self.mended(&rel);
+                self.mended(&rel, saved);
                 // The run is on the board before intake's count drops: a waiter never sees
                 // the candidate neither pending nor running.
                 self.track(id, PathBuf::from(rel), sha256, Phase::Running);
@@ -249,15 +259,16 @@ impl Finisher {
                     .board
                     .update(|s| s.pending = s.pending.saturating_sub(1));
             }
-            Event::Rejected { rel } => {
-                *self.rejected.entry(rel).or_default() += 1;
+            Event::Rejected { rel, at } => {
+                let rejected = self.rejected.entry(rel).or_insert((0, at));
+                *rejected = (rejected.0 + 1, rejected.1.max(at));
                 self.deps.board.update(|s| {
                     s.pending = s.pending.saturating_sub(1);
                     s.totals.rejected += 1;
                 });
                 self.count_manifest("rejected");
             }
-            Event::Valid { rel } => self.mended(&rel),
+            Event::Valid { rel, saved } => self.mended(&rel, saved),
             Event::IntakeDone => {
                 self.deps
                     .board
@@ -365,13 +376,20 @@ impl Finisher {
             .update(|s| s.pending = s.pending.saturating_sub(1));
     }
 
-    /// A valid version of the file at `rel` was taken care of: its rejections in this process
-    /// no longer count (`run --once` ends 0 if nothing else failed). The rejected copies and
-    /// their error files stay in `rejected/`, for the record.
-    fn mended(&mut self, rel: &str) {
-        let Some(times) = self.rejected.remove(rel) else {
+    /// A valid version of the file at `rel`, written at `saved`, was taken care of: its
+    /// rejections in this process no longer count (`run --once` ends 0 if nothing else
+    /// failed) when it was written after the last of them, so by its user since. (A version
+    /// that waited for a drain and was put back when a later save was rejected is older than
+    /// that rejection: it mends nothing.) The rejected copies and their error files stay in
+    /// `rejected/`, for the record.
+    fn mended(&mut self, rel: &str, saved: Option<std::time::SystemTime>) {
+        let Some(&(times, at)) = self.rejected.get(rel) else {
             return;
         };
+        if saved.is_none_or(|saved| saved <= at) {
+            return;
+        }
+        self.rejected.remove(rel);
         info!(
             manifest = %crate::text::Escaped::str(rel),
             "A valid version of a file rejected earlier in this run was taken in; that rejection no longer counts (its copy stays in the rejected folder)"

@@ -168,11 +168,13 @@ impl Intake {
         }
     }
 
-    /// The file at `rel` is a version of a run already taken in (running, or finished): a
-    /// broken save put back as it was mends its rejection in this process.
-    fn valid(&self, rel: &str) {
+    /// The file at `rel`, written at `saved`, is a version of a run already taken in
+    /// (running, or finished): a broken save put back as it was mends its rejection in this
+    /// process.
+    fn valid(&self, rel: &str, saved: std::time::SystemTime) {
         let _ = self.finisher.send(Event::Valid {
             rel: rel.to_owned(),
+            saved: Some(saved),
         });
     }
 
@@ -277,7 +279,7 @@ impl Intake {
                 // the finished run's own file seen again, not a new drop.
                 state if state.is_ended() && keep => {
                     debug!("Manifest is unchanged and already finished; nothing to do");
-                    self.valid(&rel_str);
+                    self.valid(&rel_str, candidate.fingerprint.mtime);
                     return Taken::Done;
                 }
                 // Dropped again after its run finished: validated below, which tells whether
@@ -286,7 +288,7 @@ impl Intake {
                 state if state.is_ended() => {}
                 _ => {
                     debug!(manifest_id = id, "Manifest is already being processed");
-                    self.valid(&rel_str);
+                    self.valid(&rel_str, candidate.fingerprint.mtime);
                     return Taken::Done;
                 }
             }
@@ -439,7 +441,7 @@ impl Intake {
                 if matches!(prev.state, ManifestState::Draining { .. }) {
                     return self.after_drain(*id, candidate, &spec.sha256).await;
                 }
-                self.valid(&rel_str);
+                self.valid(&rel_str, candidate.fingerprint.mtime);
                 if prev.state.is_ended() {
                     info!("Unchanged and already finished; nothing to do");
                     self.dispose_again(&rel).await;
@@ -703,9 +705,15 @@ impl Intake {
         if !queued.is_empty() {
             self.check_outbox().await;
         }
+        // When the file was written: a rejection of its path since is not mended by it.
+        let saved = tokio::fs::symlink_metadata(path)
+            .await
+            .and_then(|meta| meta.modified())
+            .ok();
         let _ = self.finisher.send(Event::Registered {
             id,
             rel,
+            saved,
             sha256,
             n_jobs,
             unchanged,
@@ -911,6 +919,9 @@ impl Intake {
 
     /// Moves a refused file to `rejected/` (mirrored) with `<name>.error.txt` beside it.
     async fn reject(&self, path: &Path, rel: &Path, text: &str, why: &str) {
+        // Before anything of the rejection shows (the error file): a version its user saves
+        // after seeing it is written later than this.
+        let at = std::time::SystemTime::now();
         error!(error = %why, "Manifest rejected; nothing was submitted");
         // Problems may quote an input URL: its password or signature is not repeated in the
         // error file, on the dashboard or in an alert that leaves the machine (the manifest
@@ -985,6 +996,7 @@ impl Intake {
         }
         let _ = self.finisher.send(Event::Rejected {
             rel: rel.to_string_lossy().into_owned(),
+            at,
         });
         self.notices.send(Notice::ManifestRejected {
             rel: rel.to_string_lossy().into_owned(),

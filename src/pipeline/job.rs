@@ -1108,10 +1108,18 @@ impl Runner {
                             // An answer naming another job's task (a cache or a proxy mixing
                             // answers up): whatever task this submit made is unknown.
                             error!(error = %err, task_id, "Claid's answer names a task another job took; this job is held in doubt (`replay --in-doubt` sends it again)");
-                            return match deps.store.mark_in_doubt(id).await {
-                                Ok(_) => Step::End(JobOutcome::Held),
-                                Err(_) => Step::End(JobOutcome::Parked),
-                            };
+                            if deps.store.mark_in_doubt(id).await.is_err() {
+                                return Step::End(JobOutcome::Parked);
+                            }
+                            if deps.webhooks.is_some() {
+                                // Its task may still be announced, later than the wait.
+                                deps.dispatch.hold(vec![crate::pipeline::held_job(
+                                    job.manifest,
+                                    id,
+                                    job,
+                                )]);
+                            }
+                            return Step::End(JobOutcome::Held);
                         }
                         // The task exists but is not recorded: the job stays Submitting, which the
                         // next start treats as in doubt. Stop here rather than guess.

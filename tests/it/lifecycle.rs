@@ -2193,6 +2193,40 @@ async fn issue11_run_once_takes_a_manifest_saved_again_while_it_runs() {
     );
 }
 
+/// A broken save that is never fixed still ends `run --once` 2 when the daemon itself puts back
+/// the valid version saved before it (that version waited for the running one to drain): it
+/// is older than the rejection, so it mends nothing (it was taken as a fix; review).
+#[tokio::test]
+async fn issue11_a_broken_save_the_daemon_puts_an_older_version_back_over_still_ends_it_2() {
+    let env =
+        TestEnv::new(Scenario::default().latency(Latency::Fixed(Duration::from_secs(4)))).await;
+    let mut v1 = String::from("images:\n");
+    for i in 0..4 {
+        v1.push_str(&format!("  - input: storage://demo/old{i}-64x48.png\n"));
+    }
+    let v2 = b"images:\n  - input: storage://demo/new-64x48.png\n".to_vec();
+    let config = env.config("max_in_flight: 1\nbatch: { max_images: 1 }", "");
+    env.drop_file("m.yaml", v1.as_bytes());
+    let resaves = async {
+        wait_until("the first submit", DEADLINE, || env.stats().submits >= 1).await;
+        env.drop_file("m.yaml", &v2);
+        wait_until("the valid version waiting for the drain", DEADLINE, || {
+            env.inbox.join(".m.yaml.claid-pending").exists()
+        })
+        .await;
+        env.drop_file("m.yaml", b"images: [\n");
+    };
+    let ((code, stderr), ()) = tokio::join!(env.run_once(&config), resaves);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(!stderr.contains("no longer counts"), "{stderr}");
+    assert!(env.rejected.join("m.yaml.error.txt").exists(), "{stderr}");
+    assert_eq!(
+        env.report("m")["sha256"],
+        sha256_hex(&v2).as_str(),
+        "the version put back ran: {stderr}"
+    );
+}
+
 /// A broken save fixed within the same `run --once` (a valid version saved at the path, or
 /// the running version put back) takes the rejection back: every image was made, so the run
 /// ends 0, not 2; the rejected copy stays in `rejected/` for the record.
