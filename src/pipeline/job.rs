@@ -1108,18 +1108,7 @@ impl Runner {
                             // An answer naming another job's task (a cache or a proxy mixing
                             // answers up): whatever task this submit made is unknown.
                             error!(error = %err, task_id, "Claid's answer names a task another job took; this job is held in doubt (`replay --in-doubt` sends it again)");
-                            if deps.store.mark_in_doubt(id).await.is_err() {
-                                return Step::End(JobOutcome::Parked);
-                            }
-                            if deps.webhooks.is_some() {
-                                // Its task may still be announced, later than the wait.
-                                deps.dispatch.hold(vec![crate::pipeline::held_job(
-                                    job.manifest,
-                                    id,
-                                    job,
-                                )]);
-                            }
-                            return Step::End(JobOutcome::Held);
+                            return self.hold_in_doubt(id, job).await;
                         }
                         // The task exists but is not recorded: the job stays Submitting, which the
                         // next start treats as in doubt. Stop here rather than guess.
@@ -1224,19 +1213,7 @@ impl Runner {
                     }
                     InDoubtPolicy::Hold => {
                         warn!(error = %err, "Submit outcome unknown; held for `replay --in-doubt`");
-                        if let Err(err) = deps.store.mark_in_doubt(id).await {
-                            error!(error = %err, "Cannot record the job as held in doubt");
-                            return Step::End(JobOutcome::Parked);
-                        }
-                        if deps.webhooks.is_some() {
-                            // Its task may still be announced, later than the wait.
-                            deps.dispatch.hold(vec![crate::pipeline::held_job(
-                                job.manifest,
-                                id,
-                                job,
-                            )]);
-                        }
-                        return Step::End(JobOutcome::Held);
+                        return self.hold_in_doubt(id, job).await;
                     }
                 },
                 Failure::Transient | Failure::RateLimited { .. } | Failure::Unreachable => {
@@ -1432,6 +1409,22 @@ impl Runner {
             }
             return Some(Step::Continue);
         }
+    }
+
+    /// Holds the job in doubt for `replay --in-doubt` (its submit may have made a task nobody
+    /// knows) and, with webhooks on, keeps it registered: its task may still be announced,
+    /// later than the wait.
+    async fn hold_in_doubt(&self, id: JobId, job: &JobV1) -> Step {
+        let deps = &*self.deps;
+        if let Err(err) = deps.store.mark_in_doubt(id).await {
+            error!(error = %err, "Cannot record the job as held in doubt");
+            return Step::End(JobOutcome::Parked);
+        }
+        if deps.webhooks.is_some() {
+            deps.dispatch
+                .hold(vec![crate::pipeline::held_job(job.manifest, id, job)]);
+        }
+        Step::End(JobOutcome::Held)
     }
 
     async fn wait_for_lost(
