@@ -408,6 +408,13 @@ fn cmd_run(path: &Path, once: bool, print_config: bool) -> i32 {
                 exit::UNAVAILABLE
             }
         }
+        Ok(Outcome::StorageHeld { why }) => {
+            tracing::error!(
+                error = %Escaped::str(&why),
+                "A storage cannot be used as configured (below): fix the config (or the connector at Claid) as it says, then run again (the images Claid already wrote are found, not billed again); unfinished jobs stay in the store and resume at the next run"
+            );
+            exit::USAGE
+        }
         Ok(Outcome::StoreUnwritable { why }) => {
             tracing::error!(
                 error = %Escaped::str(&why),

@@ -209,6 +209,10 @@ pub enum Outcome {
     /// `run --once` stopped because the job store could not be written (the state folder's
     /// disk full or read-only) for `api.unreachable_timeout`, or ended with writes failing.
     StoreUnwritable { why: String },
+    /// `run --once` stopped because a storage cannot be used as configured (`why`: Claid's
+    /// connector found pointing elsewhere than its `url` during the run, or the storage taken
+    /// out of the config while Claid wrote its objects); unfinished jobs stay in the store.
+    StorageHeld { why: String },
 }
 
 /// How the work of `run --once` ended.
@@ -235,6 +239,9 @@ enum OnceEnd {
     Unreachable {
         why: String,
         bucket: bool,
+    },
+    StorageHeld {
+        why: String,
     },
 }
 
@@ -636,6 +643,7 @@ pub async fn run(
         }
         OnceEnd::Unwritable { why } => return Ok(Outcome::Unwritable { why }),
         OnceEnd::StoreUnwritable { why } => return Ok(Outcome::StoreUnwritable { why }),
+        OnceEnd::StorageHeld { why } => return Ok(Outcome::StorageHeld { why }),
     }
     // Read after the drain: every job task has ended and the finisher has handled every
     // outcome sent before its stop, so the counts are whole. Of the jobs found held at the
@@ -933,6 +941,12 @@ async fn give_up(
                 return OnceEnd::Refused { refusal, reason };
             }
             _ => out_of_credits_since = None,
+        }
+        // A storage that cannot be used as configured (its outputs go where the daemon does
+        // not look, or it left the config): nothing of it moves until a restart with the
+        // config fixed, which a wait does not bring.
+        if let Some(why) = health.any_storage_held() {
+            return OnceEnd::StorageHeld { why };
         }
         if let Some((for_how_long, why)) = health.failing()
             && for_how_long >= timeout

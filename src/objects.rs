@@ -891,6 +891,28 @@ impl ObjectStorage {
         result
     }
 
+    /// Copies `key` of `from` (another prefix or bucket of the same endpoint and keys) to
+    /// `key` here: by the server itself within one bucket, else read (at most `max_bytes`)
+    /// and written. Returns what the write reports.
+    pub async fn copy_from(
+        &self,
+        from: &ObjectStorage,
+        key: &str,
+        max_bytes: u64,
+    ) -> Result<ObjectInfo, ObjectError> {
+        if from.bucket == self.bucket && from.provider == self.provider {
+            let source = from.path(key)?;
+            let path = self.path(key)?;
+            self.store
+                .copy(&source, &path)
+                .await
+                .map_err(|err| self.failed("copy", key, err))?;
+            return self.head(key).await;
+        }
+        let bytes = from.get(key, max_bytes).await?;
+        self.put(key, bytes).await
+    }
+
     /// Size and tag of `key`, without its body.
     pub async fn head(&self, key: &str) -> Result<ObjectInfo, ObjectError> {
         let path = self.path(key)?;

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::claid::wire::StorageType;
+use crate::claid::wire::{StorageOut, StorageType};
 use crate::claid::{ClaidError, Client};
 use crate::config::StorageEntry;
 use crate::exit;
@@ -33,11 +33,108 @@ pub struct OpenStorage {
     config: ObjectStorageConfig,
 }
 
+impl OpenStorage {
+    /// Compares the storage with Claid's connectors (`GET /v1/storage/storages`): its
+    /// connector must be there, a bucket, and point at the storage's bucket and path.
+    pub fn compare(&self, connectors: &[StorageOut]) -> Result<(), StorageError> {
+        let Some(connector) = connectors.iter().find(|c| c.name == self.entry.claid_name) else {
+            return Err(StorageError::NoConnector {
+                storage: self.name.clone(),
+                connector: self.entry.claid_name.clone(),
+                bucket: self.entry.url(),
+                known: connectors.iter().map(|c| c.name.clone()).collect(),
+            });
+        };
+        // The bucket and path Claid reports (when it does) must be the storage's.
+        let params = &connector.parameters;
+        let bucket = params.bucket.as_deref().unwrap_or(&self.entry.bucket);
+        // A connector reported with its bucket and no path has Claid's default path, none;
+        // one reported without either says nothing to compare.
+        let path = match (params.bucket.as_deref(), params.path.as_deref()) {
+            (_, Some(path)) => path.trim_matches('/'),
+            (Some(_), None) => "",
+            (None, None) => &self.entry.prefix,
+        };
+        // So must its type: an s3 connector reads another bucket than a gs:// one, and a web
+        // folder is no bucket at all.
+        let provider = match &connector.kind {
+            StorageType::S3 => Provider::S3,
+            StorageType::Gcs => Provider::Gcs,
+            other => {
+                return Err(StorageError::NotABucket {
+                    storage: self.name.clone(),
+                    connector: self.entry.claid_name.clone(),
+                    kind: match other {
+                        StorageType::Other(kind) => escape(kind).to_string(),
+                        _ => "web_folder".to_owned(),
+                    },
+                });
+            }
+        };
+        let scheme = provider.scheme();
+        if bucket != self.entry.bucket
+            || path != self.entry.prefix
+            || provider != self.entry.provider
+        {
+            return Err(StorageError::Mismatch {
+                storage: self.name.clone(),
+                connector: self.entry.claid_name.clone(),
+                claid: if path.is_empty() {
+                    format!("{scheme}://{bucket}")
+                } else {
+                    format!("{scheme}://{bucket}/{path}")
+                },
+                ours: self.entry.url(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The daemon's access to another bucket and prefix (`url`, `s3://bucket/prefix`) of the
+    /// same kind, endpoint and keys: where the storage pointed when a job was submitted
+    /// ([`crate::store::records::JobV1::submitted_to`]), its `url` changed since. `None` for a
+    /// URL of another kind, or one that cannot be used.
+    pub fn former(&self, url: &str) -> Option<ObjectStorage> {
+        let former = crate::objects::S3Url::parse(url).ok()?;
+        if former.provider != self.entry.provider {
+            return None;
+        }
+        ObjectStorage::new(&ObjectStorageConfig {
+            bucket: former.bucket,
+            prefix: former.prefix,
+            ..self.config.clone()
+        })
+        .ok()
+    }
+}
+
 /// Every configured storage, by name. Cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct Storages {
     by_name: BTreeMap<String, OpenStorage>,
+    /// By storage name: the last comparison of its connector with it during the run
+    /// ([`Storages::recheck`]).
+    rechecked: std::sync::Arc<tokio::sync::Mutex<BTreeMap<String, Rechecked>>>,
 }
+
+/// A storage's connector compared with it during the run.
+#[derive(Debug, Clone)]
+struct Rechecked {
+    /// When the listing was sent.
+    at: std::time::Instant,
+    /// Why it no longer matches (`None`: it does).
+    why: Option<String>,
+    /// Where the connector points then (`s3://bucket/path`), when it points at another place.
+    place: Option<String>,
+}
+
+/// The waits between the listings of one [`Storages::recheck`] that Claid does not answer.
+const RECHECK_RETRIES: [std::time::Duration; 4] = [
+    std::time::Duration::from_secs(1),
+    std::time::Duration::from_secs(2),
+    std::time::Duration::from_secs(4),
+    std::time::Duration::from_secs(8),
+];
 
 /// Why a storage cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -353,7 +450,71 @@ impl Storages {
                 },
             );
         }
-        Ok(Storages { by_name })
+        Ok(Storages {
+            by_name,
+            rechecked: Default::default(),
+        })
+    }
+
+    /// Compares `storage` with its connector at Claid again, during a run (an object Claid
+    /// was to write is not at its key, as a look sent at `looked_at` found): `Some(why)` when
+    /// the connector points elsewhere now (or is gone, or no bucket). A listing sent after
+    /// that look answers for every caller that looked before it was sent (callers meanwhile
+    /// wait for it): one listing serves the images found missing together, and none made
+    /// before the look stands for it (the connector may have moved since). A listing Claid
+    /// does not answer is sent again a few times (15 s in all); `None` also when it never is
+    /// (the object counts as missing, as before the comparison existed).
+    pub async fn recheck(
+        &self,
+        storage: &OpenStorage,
+        client: &Client,
+        looked_at: std::time::Instant,
+    ) -> Option<String> {
+        let mut rechecked = self.rechecked.lock().await;
+        if let Some(last) = rechecked.get(&storage.name)
+            && last.at >= looked_at
+        {
+            return last.why.clone();
+        }
+        let mut waits = RECHECK_RETRIES.iter();
+        let (at, connectors) = loop {
+            let at = std::time::Instant::now();
+            match client.list_storages_once().await {
+                Ok(connectors) => break (at, connectors),
+                Err(err) => match waits.next() {
+                    Some(wait) => {
+                        tracing::debug!(storage = %escape(&storage.name), error = %err, "Claid's storage connectors could not be listed to compare one with its storage; asking again");
+                        tokio::time::sleep(*wait).await;
+                    }
+                    None => {
+                        tracing::warn!(storage = %escape(&storage.name), error = %err, "Claid's storage connectors could not be listed to see whether the storage's connector still points at its `url`; the output object counts as missing");
+                        return None;
+                    }
+                },
+            }
+        };
+        let found = storage.compare(&connectors).err();
+        let place = match &found {
+            Some(StorageError::Mismatch { claid, .. }) => Some(claid.clone()),
+            _ => None,
+        };
+        let why = found.map(|err| err.to_string());
+        rechecked.insert(
+            storage.name.clone(),
+            Rechecked {
+                at,
+                why: why.clone(),
+                place,
+            },
+        );
+        why
+    }
+
+    /// Where `storage`'s connector at Claid pointed when [`Storages::recheck`] last found it
+    /// pointing elsewhere than the storage (`s3://bucket/path`).
+    pub async fn connector_place(&self, storage: &str) -> Option<String> {
+        let rechecked = self.rechecked.lock().await;
+        rechecked.get(storage)?.place.clone()
     }
 
     /// No storage configured.
@@ -416,61 +577,8 @@ impl Storages {
                         url: client.storages_url(),
                         cause: Box::new(cause),
                     })?;
-            let known: Vec<String> = connectors.iter().map(|c| c.name.clone()).collect();
             for storage in self.by_name.values() {
-                let Some(connector) = connectors
-                    .iter()
-                    .find(|c| c.name == storage.entry.claid_name)
-                else {
-                    return Err(StorageError::NoConnector {
-                        storage: storage.name.clone(),
-                        connector: storage.entry.claid_name.clone(),
-                        bucket: storage.entry.url(),
-                        known,
-                    });
-                };
-                // The bucket and path Claid reports (when it does) must be the storage's.
-                let params = &connector.parameters;
-                let bucket = params.bucket.as_deref().unwrap_or(&storage.entry.bucket);
-                // A connector reported with its bucket and no path has Claid's default path,
-                // none; one reported without either says nothing to compare.
-                let path = match (params.bucket.as_deref(), params.path.as_deref()) {
-                    (_, Some(path)) => path.trim_matches('/'),
-                    (Some(_), None) => "",
-                    (None, None) => &storage.entry.prefix,
-                };
-                // So must its type: an s3 connector reads another bucket than a gs:// one,
-                // and a web folder is no bucket at all.
-                let provider = match &connector.kind {
-                    StorageType::S3 => Provider::S3,
-                    StorageType::Gcs => Provider::Gcs,
-                    other => {
-                        return Err(StorageError::NotABucket {
-                            storage: storage.name.clone(),
-                            connector: storage.entry.claid_name.clone(),
-                            kind: match other {
-                                StorageType::Other(kind) => escape(kind).to_string(),
-                                _ => "web_folder".to_owned(),
-                            },
-                        });
-                    }
-                };
-                let scheme = provider.scheme();
-                if bucket != storage.entry.bucket
-                    || path != storage.entry.prefix
-                    || provider != storage.entry.provider
-                {
-                    return Err(StorageError::Mismatch {
-                        storage: storage.name.clone(),
-                        connector: storage.entry.claid_name.clone(),
-                        claid: if path.is_empty() {
-                            format!("{scheme}://{bucket}")
-                        } else {
-                            format!("{scheme}://{bucket}/{path}")
-                        },
-                        ours: storage.entry.url(),
-                    });
-                }
+                storage.compare(&connectors)?;
             }
         }
         for storage in self.by_name.values() {

@@ -739,6 +739,23 @@ impl Store {
         .await
     }
 
+    /// Records `url` as where the storage of an unfinished job's output pointed when Claid
+    /// wrote it ([`JobV1::submitted_to`]): its connector was found moved during the run, and
+    /// the object missing at its key is most likely there. Durable.
+    pub async fn note_submitted_to(&self, id: JobId, url: &str) -> Result<JobV1, StoreError> {
+        let url = url.to_owned();
+        let job = self
+            .step(id, "unfinished", move |job| {
+                (!job.state.is_terminal()).then(|| JobV1 {
+                    submitted_to: Some(url.clone()),
+                    ..job.clone()
+                })
+            })
+            .await?;
+        self.flush().await?;
+        Ok(job)
+    }
+
     /// A queued job's staged input is gone from the bucket (deleted meanwhile): forgotten, so
     /// that the input is staged again. Durable.
     pub async fn unstage(&self, id: JobId) -> Result<JobV1, StoreError> {
@@ -782,12 +799,23 @@ impl Store {
 
     /// Queued → Submitting, `attempts += 1`. Durability point 1 (ARCHITECTURE.md "Crash safety"): returns once on disk.
     pub async fn mark_submitting(&self, id: JobId) -> Result<JobV1, StoreError> {
+        self.mark_submitting_to(id, None).await
+    }
+
+    /// [`Store::mark_submitting`] of a job whose output object goes into a storage that points
+    /// at `submitted_to` now (its `url`; [`JobV1::submitted_to`]).
+    pub async fn mark_submitting_to(
+        &self,
+        id: JobId,
+        submitted_to: Option<String>,
+    ) -> Result<JobV1, StoreError> {
         let now = now_ms();
         let job = self
             .step(id, "queued", move |job| match job.state {
                 JobState::Queued => Some(JobV1 {
                     state: JobState::Submitting { since_ms: now },
                     attempts: job.attempts.saturating_add(1),
+                    submitted_to: submitted_to.clone(),
                     ..job.clone()
                 }),
                 _ => None,
@@ -1219,15 +1247,21 @@ impl Store {
     /// Every job of a batch: Queued → Submitting, `attempts += 1`, in one durable step
     /// (durability point 1 for all of them, one flush). Jobs not queued any more are left out;
     /// returns the ids it marked.
-    pub async fn mark_batch_submitting(&self, ids: &[JobId]) -> Result<Vec<JobId>, StoreError> {
+    pub async fn mark_batch_submitting(
+        &self,
+        ids: &[JobId],
+        submitted_to: Option<&str>,
+    ) -> Result<Vec<JobId>, StoreError> {
         let now = now_ms();
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
+            let submitted_to = submitted_to.map(str::to_owned);
             let res = self
                 .step(*id, "queued", move |job| match job.state {
                     JobState::Queued => Some(JobV1 {
                         state: JobState::Submitting { since_ms: now },
                         attempts: job.attempts.saturating_add(1),
+                        submitted_to: submitted_to.clone(),
                         ..job.clone()
                     }),
                     _ => None,

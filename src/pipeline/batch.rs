@@ -683,6 +683,11 @@ impl BatchRunner {
     /// Sends `members` as one batch and sees it through; whether its results came (and were
     /// settled), as the canary's end needs to know.
     async fn run(&self, members: Vec<Member>, permit: OwnedSemaphorePermit) -> bool {
+        // Not sent: members reading or writing a storage whose connector moved at Claid.
+        let members: Vec<Member> = members
+            .into_iter()
+            .filter(|m| self.deps.runner.held_for_storage(m.id, &m.job).is_none())
+            .collect();
         // The objects each storage output replaces, asked side by side (a HEAD or two each):
         // noted on the jobs in the store before the batch's intent is flushed; then the
         // latest noted second is waited out, once for the batch.
@@ -825,7 +830,9 @@ impl BatchRunner {
         let mut attempts = deps.retry.start(retry::Step::Submit);
         let mut retry = false;
         // Past `MAX_LOST_ANSWERS` the batch's jobs are held in doubt, whatever `in_doubt` says.
-        let mut lost_answers = super::job::LostAnswers::default();
+        let mut lost_answers = super::job::LostAnswers::already(
+            members.iter().map(|m| m.job.in_doubt).max().unwrap_or(0),
+        );
         loop {
             // A retry waits, like a first submit, while outputs cannot be written (only a
             // shutdown ends the wait: the jobs are then resumed from the store).
@@ -853,7 +860,14 @@ impl BatchRunner {
                 // As at the wait above: the jobs resume from the store.
                 () = deps.cancel.cancelled() => return Sent::Ended,
             };
-            match deps.store.mark_batch_submitting(&ids).await {
+            let submitted_to = members
+                .first()
+                .and_then(|m| deps.runner.submitted_to(&m.job));
+            match deps
+                .store
+                .mark_batch_submitting(&ids, submitted_to.as_deref())
+                .await
+            {
                 Ok(marked) if marked.len() == ids.len() => {}
                 Ok(marked) => {
                     // Some changed meanwhile: cancelled (their run drains), or adopted by a
@@ -1123,6 +1137,8 @@ impl BatchRunner {
                     if let crate::store::StoreError::TaskTaken { .. } = err {
                         deps.dispatch.give_back(TaskUpdate::Batch(update));
                         self.hold_in_doubt(members).await;
+                        // Their own batch may still be announced, later than the wait.
+                        self.recognise_late_announcement(members);
                     }
                     return Some(Sent::Ended);
                 }
@@ -1630,10 +1646,11 @@ impl BatchRunner {
                 }
             }
         }
+        let answered_at = std::time::Instant::now();
         for (index, message) in &matched.failed {
             let member = &members[*index];
             if handled.insert(member.id) {
-                self.fail(member, FailureCode::ClaidError, message).await;
+                self.fail_unless_moved(member, message, answered_at).await;
             }
         }
         // An answer with an entry for every image (results, unreadable ones, errors) of which
@@ -1690,7 +1707,7 @@ impl BatchRunner {
                 .await;
             } else {
                 let message = unattributed_failure(&result, &matched.loose_errors);
-                self.fail(member, FailureCode::ClaidError, &message).await;
+                self.fail_unless_moved(member, &message, answered_at).await;
             }
         }
     }
@@ -1788,6 +1805,25 @@ impl BatchRunner {
             TaskRef::Batch(batch_id),
             members.iter().map(|m| (m.manifest, m.id)).collect(),
         );
+    }
+
+    /// Claid failed the image (`message`): a failure, unless its input is in a storage whose
+    /// connector moved at Claid ([`crate::pipeline::job::Runner::held_for_moved_input`]: the
+    /// job waits in the queue for a restart).
+    async fn fail_unless_moved(
+        &self,
+        member: &Member,
+        message: &str,
+        answered_at: std::time::Instant,
+    ) {
+        let runner = &self.deps.runner;
+        match runner
+            .held_for_moved_input(member.id, &member.job, answered_at)
+            .await
+        {
+            Some(outcome) => self.report(member.manifest, outcome),
+            None => self.fail(member, FailureCode::ClaidError, message).await,
+        }
     }
 
     async fn fail(&self, member: &Member, code: FailureCode, message: &str) {
@@ -2220,6 +2256,7 @@ mod tests {
                 batch_images: None,
                 staged: None,
                 replaces: None,
+                submitted_to: None,
                 accepted_unread: false,
                 updated_at_ms: 0,
             },

@@ -417,6 +417,11 @@ struct Inner {
     /// there is answered "not found", which ends no outage; only a listing that finds the
     /// bucket does ([`HealthState::bucket_found`]).
     storage_missing: std::collections::BTreeSet<String>,
+    /// By storage (or connector) name: a storage that cannot be used as configured until the
+    /// daemon restarts (why, in words): Claid's connector found pointing elsewhere than its
+    /// `url` during the run (its outputs go where the daemon does not look), or taken out of
+    /// the config while Claid wrote its objects.
+    storage_held: std::collections::BTreeMap<String, String>,
     /// Since when calls are answered 429 without one succeeding, and when the last was.
     rate_limited: Option<(Instant, Instant)>,
 }
@@ -1049,6 +1054,27 @@ impl HealthState {
         inner.storage_missing.insert(storage.to_owned())
     }
 
+    /// `storage` cannot be used as configured (`why`: its connector at Claid points elsewhere
+    /// than its `url`, or it left the config while Claid wrote its objects): an outage of the
+    /// storage that lasts until the daemon restarts ([`HealthState::storage_held`]); nothing
+    /// of it is submitted meanwhile, and `run --once` ends 64. True when this is news.
+    pub fn hold_storage(&self, storage: &str, why: String) -> bool {
+        let mut inner = self.lock();
+        inner.begin_storage_outage(storage, why.clone());
+        inner.storage_outage_told.insert(storage.to_owned());
+        inner.storage_held.insert(storage.to_owned(), why).is_none()
+    }
+
+    /// Why `storage` is held until a restart ([`HealthState::hold_storage`]), if it is.
+    pub fn storage_held(&self, storage: &str) -> Option<String> {
+        self.lock().storage_held.get(storage).cloned()
+    }
+
+    /// [`HealthState::storage_held`] of the first storage found so, if any.
+    pub fn any_storage_held(&self) -> Option<String> {
+        self.lock().storage_held.values().next().cloned()
+    }
+
     /// A listing found `storage`'s bucket: a missing bucket's outage is over.
     pub fn bucket_found(&self, storage: &str) {
         self.lock().storage_missing.remove(storage);
@@ -1059,7 +1085,7 @@ impl HealthState {
     /// its beginning was). Not a missing bucket's, which answers every look "not found".
     pub fn storage_ok(&self, storage: &str) {
         let mut inner = self.lock();
-        if inner.storage_missing.contains(storage) {
+        if inner.storage_missing.contains(storage) || inner.storage_held.contains_key(storage) {
             return;
         }
         let Some((since, _)) = inner.storage_failing.remove(storage) else {
@@ -1137,8 +1163,11 @@ impl HealthState {
     }
 
     /// [`HealthState::failing`], once it has lasted [`OUTAGE_AFTER`].
+    /// A storage held until a restart ([`HealthState::hold_storage`]) is one at once.
     pub fn outage(&self) -> Option<(std::time::Duration, String)> {
-        self.failing().filter(|(for_, _)| *for_ >= OUTAGE_AFTER)
+        let held = !self.lock().storage_held.is_empty();
+        self.failing()
+            .filter(|(for_, _)| held || *for_ >= OUTAGE_AFTER)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -1500,6 +1529,26 @@ mod tests {
             0,
             "the probe leaves no file behind"
         );
+    }
+
+    /// A storage whose connector moved at Claid stays held until a restart: a call to its
+    /// bucket that succeeds (objects Claid wrote before the move) does not end it; it is news
+    /// once, and names itself in `failing`.
+    #[tokio::test]
+    async fn a_moved_connector_holds_its_storage_until_a_restart() {
+        let health = health();
+        assert!(health.storage_held("a").is_none());
+        assert!(health.hold_storage("a", "points at s3://b/moved".to_owned()));
+        assert!(!health.hold_storage("a", "points at s3://b/moved".to_owned()));
+        health.storage_ok("a");
+        assert_eq!(
+            health.storage_held("a").as_deref(),
+            Some("points at s3://b/moved")
+        );
+        assert!(health.any_storage_held().is_some());
+        assert!(health.storage_held("b").is_none());
+        let (_, why) = health.failing().expect("the storage is failing");
+        assert!(why.contains("s3://b/moved"), "{why}");
     }
 
     /// Two storages: one bucket answering does not end the other's outage, each outage is told

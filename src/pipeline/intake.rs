@@ -508,6 +508,7 @@ impl Intake {
                 batch_images: None,
                 staged: None,
                 replaces: None,
+                submitted_to: None,
                 accepted_unread: false,
                 updated_at_ms: now,
             }

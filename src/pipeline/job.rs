@@ -244,6 +244,32 @@ pub enum JobOutcome {
     NotRun,
 }
 
+/// What [`Runner::copy_from_former`] did.
+enum Former {
+    /// Copied (what the write reports).
+    Copied(crate::objects::ObjectInfo),
+    /// No object there that may be the edit (none, empty, one the edit replaces, or the look
+    /// was answered otherwise).
+    NotThere,
+    /// The daemon stops, or gave up on the bucket.
+    Parked,
+    /// There, and not copied: why, in words.
+    Failed(String),
+}
+
+/// What [`Runner::find_moved_output`] found of a storage output missing at its key.
+enum Moved {
+    /// Nothing: the object is missing.
+    No,
+    /// Copied to its key from where the storage pointed at the submit (once a check): looked
+    /// at again.
+    Copied,
+    /// The job waits (the daemon stops, or the storage's connector moved).
+    Parked,
+    /// Written elsewhere and not copied: why, in words.
+    Elsewhere(String),
+}
+
 /// What a job task needs.
 pub struct RunnerDeps {
     pub store: Store,
@@ -483,6 +509,22 @@ impl Runner {
                 return Some(outcome);
             }
         }
+        // The storage pointed elsewhere when the lost submit was sent (its `url` moved with
+        // Claid's connector since): its object is looked for there, and copied to the key.
+        let former = self.former_place(job, storage)?;
+        for key in crate::objects::output_keys(key) {
+            match self
+                .copy_from_former((id, job), storage, &former, &key)
+                .await
+            {
+                Former::Copied(info) => {
+                    let info = crate::objects::ObjectInfo { key, ..info };
+                    return self.take_if_lost_submits(id, job, &uri, &info).await;
+                }
+                Former::Parked => return Some(JobOutcome::Parked),
+                Former::NotThere | Former::Failed(_) => {}
+            }
+        }
         None
     }
 
@@ -635,6 +677,211 @@ impl Runner {
     ) -> Option<(&'a crate::storages::OpenStorage, &'a str)> {
         let (connector, key) = crate::storages::split_uri(uri)?;
         Some((self.deps.storages.by_connector(connector)?, key))
+    }
+
+    /// The `url` of the storage a job's output object goes into now, recorded with its submit
+    /// ([`JobV1::submitted_to`]); `None` for an output downloaded into the outbox.
+    pub fn submitted_to(&self, job: &JobV1) -> Option<String> {
+        let uri = crate::storages::destination_of(&job.body, &job.output_rel)?;
+        let (storage, _) = self.output_storage(&uri)?;
+        Some(storage.entry.url())
+    }
+
+    /// A job that would read from or write into a storage held until a restart
+    /// ([`HealthState::storage_held`]: its connector at Claid found pointing elsewhere during
+    /// the run, or taken out of the config) is not submitted: Claid would write its object
+    /// where the daemon does not look. It stays queued for the next start, whose check
+    /// compares them again. `None`: submit as usual.
+    pub fn held_for_storage(&self, id: JobId, job: &JobV1) -> Option<JobOutcome> {
+        let deps = &*self.deps;
+        let input = (!job.local).then(|| input_of(job).to_owned());
+        let output = crate::storages::destination_of(&job.body, &job.output_rel);
+        // By storage name, and by connector name (a storage taken out of the config is held
+        // under its connector's).
+        let mut names: Vec<String> = Vec::new();
+        for uri in [input, job.staged.clone(), output].into_iter().flatten() {
+            if let Some((connector, _)) = crate::storages::split_uri(&uri) {
+                names.push(connector.to_owned());
+            }
+            if let Some((storage, _)) = self.output_storage(&uri) {
+                names.push(storage.name.clone());
+            }
+        }
+        if job.local
+            && let Some(staging) = &deps.staging
+        {
+            names.push(staging.storage.name.clone());
+        }
+        let why = names
+            .iter()
+            .find_map(|name| deps.health.storage_held(name))?;
+        debug!(job_id = id, why = %why, "Not submitted: a storage it uses is held until a restart; the job waits for it");
+        Some(JobOutcome::Parked)
+    }
+
+    /// Holds `storage` until a restart: Claid's connector points elsewhere now (`why`).
+    fn hold_moved_storage(&self, storage: &crate::storages::OpenStorage, why: String) {
+        if self.deps.health.hold_storage(&storage.name, why.clone()) {
+            error!(storage = %storage.name, error = %why, "Claid's connector changed during the run: it reads and writes this storage's objects where the daemon does not look. No image reading or writing this storage is submitted until the daemon restarts (its check compares them again); the images whose objects are missing wait for that restart, not billed again (`run --once` ends 64)");
+        }
+    }
+
+    /// Claid failed a job that reads a storage input (a `storage://` row of a configured
+    /// storage, or a staged input; its answer came at `answered_at`): when that storage's
+    /// connector at Claid points elsewhere now (compared again), Claid looked for the input
+    /// where the daemon did not put or check it. The storage is held until a restart
+    /// ([`Runner::hold_moved_storage`]) and the job goes back to the queue instead of failing
+    /// (each image sent into the moved connector failed, and batches kept being sent).
+    /// `None`: the failure stands.
+    pub async fn held_for_moved_input(
+        &self,
+        id: JobId,
+        job: &JobV1,
+        answered_at: std::time::Instant,
+    ) -> Option<JobOutcome> {
+        let deps = &*self.deps;
+        let uri = match &job.staged {
+            Some(staged) => staged.as_str(),
+            None if !job.local => input_of(job),
+            None => return None,
+        };
+        let (storage, _) = self.output_storage(uri)?;
+        if deps.health.storage_held(&storage.name).is_none() {
+            let why = deps
+                .storages
+                .recheck(storage, &deps.client, answered_at)
+                .await?;
+            self.hold_moved_storage(storage, why);
+        }
+        match deps.store.requeue(id, false).await {
+            Ok(_) => {
+                info!(job_id = id, storage = %storage.name, "Claid could not make the image: its input is in a storage whose connector moved; the job waits in the queue for the restart");
+            }
+            Err(err) => {
+                error!(error = %err, job_id = id, "Cannot put the job back in the queue; it resumes at the next start");
+            }
+        }
+        Some(JobOutcome::Parked)
+    }
+
+    /// Where the storage of a job's output pointed when it was submitted, when its `url` is
+    /// another now ([`JobV1::submitted_to`]): Claid wrote there.
+    fn former_place(
+        &self,
+        job: &JobV1,
+        storage: &crate::storages::OpenStorage,
+    ) -> Option<crate::objects::ObjectStorage> {
+        let url = job.submitted_to.as_deref()?;
+        (url != storage.entry.url())
+            .then(|| storage.former(url))
+            .flatten()
+    }
+
+    /// Copies the object at `key` of `former` (where the storage pointed at the job's submit)
+    /// to `key` of the storage, when one is there that is not an object the edit replaces.
+    async fn copy_from_former(
+        &self,
+        (id, job): (JobId, &JobV1),
+        storage: &crate::storages::OpenStorage,
+        former: &crate::objects::ObjectStorage,
+        key: &str,
+    ) -> Former {
+        let found = match self
+            .through_bucket_outage(storage, || former.head(key))
+            .await
+        {
+            Ok(info) => info,
+            Err(None) => return Former::Parked,
+            Err(Some(_)) => return Former::NotThere,
+        };
+        let seen = ObjectSeen::new(key, found.e_tag.clone(), found.last_modified);
+        if found.size == 0
+            || job
+                .replaces
+                .iter()
+                .flatten()
+                .any(|before| before.is_same(&seen))
+        {
+            return Former::NotThere;
+        }
+        let max = self.settings().limits.max_download_bytes;
+        let (from, to) = (former.uri(key), storage.objects.uri(key));
+        match self
+            .through_bucket_outage(storage, || storage.objects.copy_from(former, key, max))
+            .await
+        {
+            Ok(info) => {
+                warn!(job_id = id, from = %from, to = %to, storage = %storage.name, "The output object was written where the storage pointed when the image was submitted (its `url` changed since, with Claid's connector): copied to where it points now, not billed again");
+                Former::Copied(info)
+            }
+            Err(None) => Former::Parked,
+            Err(Some(err)) => Former::Failed(format!(
+                "Claid wrote it at {from}, where `storages.{}` pointed when the image was submitted, and it could not be copied to {to} ({err}): copy it there",
+                storage.name
+            )),
+        }
+    }
+
+    /// A storage output not at its key after Claid's answer (or still the object the edit
+    /// replaces) may have been written where the daemon does not look, rather than not at all:
+    /// - where the storage pointed when the image was submitted ([`JobV1::submitted_to`]),
+    ///   its `url` changed since with Claid's connector (a restart in between): the object
+    ///   found there is copied to the key, not billed again;
+    /// - where Claid's connector points now, moved at Claid during the run: compared again
+    ///   ([`crate::storages::Storages::recheck`], by a listing begun after `looked_at`, the
+    ///   look that found the object missing); found so, the storage is held (an ERROR,
+    ///   `/healthz`; no image of it is submitted; `run --once` ends 64), and the job records
+    ///   where the connector points as where it was written, and waits for a restart: with the
+    ///   `url` made the connector's, its object is found there; with the connector moved back
+    ///   instead, it is copied from there.
+    async fn find_moved_output(
+        &self,
+        (id, job): (JobId, &JobV1),
+        (storage, key): (&crate::storages::OpenStorage, &str),
+        looked_at: Instant,
+        copied: &mut bool,
+    ) -> Moved {
+        let deps = &*self.deps;
+        if !*copied && let Some(former) = self.former_place(job, storage) {
+            match self
+                .copy_from_former((id, job), storage, &former, key)
+                .await
+            {
+                Former::Copied(_) => {
+                    *copied = true;
+                    return Moved::Copied;
+                }
+                Former::Parked => return Moved::Parked,
+                Former::Failed(why) => return Moved::Elsewhere(why),
+                Former::NotThere => {}
+            }
+        }
+        let held = match deps.health.storage_held(&storage.name) {
+            Some(_) => true,
+            None => match deps
+                .storages
+                .recheck(storage, &deps.client, looked_at.into_std())
+                .await
+            {
+                Some(why) => {
+                    self.hold_moved_storage(storage, why);
+                    true
+                }
+                None => false,
+            },
+        };
+        if !held {
+            return Moved::No;
+        }
+        // Written where the connector points now, most likely: recorded as where the storage
+        // pointed at the submit, for the next start to look there.
+        if let Some(now_at) = deps.storages.connector_place(&storage.name).await
+            && job.submitted_to.as_deref() != Some(now_at.as_str())
+            && let Err(err) = deps.store.note_submitted_to(id, &now_at).await
+        {
+            debug!(error = %err, job_id = id, "Where the moved connector points was not noted on the job");
+        }
+        Moved::Parked
     }
 
     /// Before one more look at a storage output that is not Claid's new object (yet): waits,
@@ -987,6 +1234,9 @@ impl Runner {
     /// HTTP request; the retry policy alone decides whether another follows.
     async fn submit(&self, id: JobId, job: &JobV1) -> Step {
         let deps = &*self.deps;
+        if let Some(outcome) = self.held_for_storage(id, job) {
+            return Step::End(outcome);
+        }
         if let Some(outcome) = self.settle_existing_output(id, job).await {
             return Step::End(outcome);
         }
@@ -1049,8 +1299,9 @@ impl Runner {
             retry::Step::Submit
         };
         let mut attempts = deps.retry.start(step);
-        // Past [`MAX_LOST_ANSWERS`] the job is held in doubt, whatever `in_doubt` says.
-        let mut lost_answers = LostAnswers::default();
+        // Past [`MAX_LOST_ANSWERS`] (this run's and earlier ones') the job is held in doubt,
+        // whatever `in_doubt` says.
+        let mut lost_answers = LostAnswers::already(job.in_doubt);
         loop {
             // A retry waits, like a first submit, while outputs cannot be written.
             if !deps.health.writable(&deps.cancel).await {
@@ -1062,7 +1313,11 @@ impl Runner {
                 turn = deps.client.turn() => turn,
                 () = deps.cancel.cancelled() => return Step::End(JobOutcome::Parked),
             };
-            match deps.store.mark_submitting(id).await {
+            match deps
+                .store
+                .mark_submitting_to(id, self.submitted_to(job))
+                .await
+            {
                 Ok(_) => {}
                 // Changed meanwhile: cancelled (its run drains), or a late webhook adopted the
                 // task of its lost submit. Looked at again: an adopted task is polled here.
@@ -1732,6 +1987,12 @@ impl Runner {
                             } else {
                                 message
                             };
+                            let answered_at = std::time::Instant::now();
+                            if let Some(outcome) =
+                                self.held_for_moved_input(id, &job, answered_at).await
+                            {
+                                return Step::End(outcome);
+                            }
                             return self.fail(id, FailureCode::ClaidError, &message).await;
                         }
                         TaskStatus::Other(ref status) if unsettled.first_unknown_status() => {
@@ -2271,20 +2532,20 @@ impl Runner {
         let Some(storage) = deps.storages.by_connector(connector) else {
             // A storage taken out of the config while Claid wrote its objects: failing the
             // job would have a replay or a second drop bill the written object again. It
-            // waits, named as a failing storage (`/healthz`; `run --once` ends 69 at
-            // `api.unreachable_timeout`), for the entry to be put back and the daemon
-            // restarted.
+            // waits for the entry to be put back and the daemon restarted, the storage held
+            // under its connector's name (`/healthz`; `run --once` ends 64 at once).
             let why = format!(
                 "no storage of the config has the connector \"{}\", which Claid wrote this job's output to: put its `storages` entry back and restart the daemon (the object is then checked, not made again)",
                 crate::text::Escaped::str(connector)
             );
-            if deps.health.storage_failed(connector, why.clone()) {
+            if deps.health.hold_storage(connector, why.clone()) {
                 error!(object = %crate::text::Escaped::str(&uri), "{why}");
             }
-            deps.cancel.cancelled().await;
             return Step::End(JobOutcome::Parked);
         };
         let mut n_missing = 0u32;
+        // Copied once from where the storage pointed at the submit ([`Runner::find_moved_output`]).
+        let mut copied = false;
         let info = loop {
             let sightings = self.bucket_sightings(storage);
             let err = match self
@@ -2293,6 +2554,30 @@ impl Runner {
             {
                 Ok(info) => {
                     let now = ObjectSeen::new(key, info.e_tag.clone(), info.last_modified);
+                    // The bytes of an object the edit replaced, written again since, while the
+                    // storage pointed elsewhere at the submit: a copy of the earlier edit (a
+                    // catalogue copied to the new place before the move), not Claid's. Claid's
+                    // is looked for where it wrote (and copied over it).
+                    if !copied
+                        && job.replaces.iter().flatten().any(|b| b.same_bytes(&now))
+                        && let Some(former) = self.former_place(job, storage)
+                    {
+                        match self
+                            .copy_from_former((id, job), storage, &former, key)
+                            .await
+                        {
+                            Former::Copied(_) => {
+                                copied = true;
+                                continue;
+                            }
+                            Former::Parked => return Step::End(JobOutcome::Parked),
+                            Former::Failed(why) => {
+                                let code = FailureCode::ObjectMissing;
+                                return self.fail(id, code, &object_read_failed(code, &why)).await;
+                            }
+                            Former::NotThere => {}
+                        }
+                    }
                     let Some(before) = job.replaces.iter().flatten().find(|b| b.is_same(&now))
                     else {
                         break info;
@@ -2302,20 +2587,37 @@ impl Runner {
                     // elsewhere (its connector changed since the start) or not at all.
                     // Looked for again by a replay (the object was kept for it), still that
                     // object: the edit is not there, and the image is made again.
+                    if !checked_before {
+                        match self.look_again(&mut n_missing).await {
+                            Some(true) => {
+                                debug!(object = %storage.objects.uri(key), "The output object is still the one the edit replaces; looked again");
+                                continue;
+                            }
+                            Some(false) => return Step::End(JobOutcome::Parked),
+                            None => {}
+                        }
+                    }
+                    match self
+                        .find_moved_output((id, job), (storage, key), sightings.at, &mut copied)
+                        .await
+                    {
+                        Moved::Copied => {
+                            n_missing = 0;
+                            continue;
+                        }
+                        Moved::Parked => return Step::End(JobOutcome::Parked),
+                        Moved::Elsewhere(why) => {
+                            let code = FailureCode::ObjectMissing;
+                            return self.fail(id, code, &object_read_failed(code, &why)).await;
+                        }
+                        Moved::No => {}
+                    }
                     if checked_before {
                         info!(object = %storage.objects.uri(key), "The output object is still the one the edit replaced; the image is made again (billed again)");
                         return self.make_again(id).await;
                     }
-                    match self.look_again(&mut n_missing).await {
-                        Some(true) => {
-                            debug!(object = %storage.objects.uri(key), "The output object is still the one the edit replaces; looked again");
-                            continue;
-                        }
-                        Some(false) => return Step::End(JobOutcome::Parked),
-                        None => {}
-                    }
                     let message = format!(
-                        "{} is still the object that was there before this image was submitted ({}): Claid did not write the new edit there. Check that Claid's connector \"{}\" writes to the bucket and folder of `storages.{}` (the daemon compares them at its start only), then `replay --failed`",
+                        "{} is still the object that was there before this image was submitted ({}): Claid did not write the new edit there. Check that Claid's connector \"{}\" writes to the bucket and folder of `storages.{}` (they matched when the daemon last compared them), then `replay --failed`",
                         storage.objects.uri(key),
                         before.describe(),
                         crate::text::Escaped::str(connector),
@@ -2355,6 +2657,23 @@ impl Runner {
                     }
                     Some(false) => return Step::End(JobOutcome::Parked),
                     None => {}
+                }
+            }
+            // Written where the daemon did not look (a storage moved with its connector)?
+            if code == FailureCode::ObjectMissing {
+                match self
+                    .find_moved_output((id, job), (storage, key), sightings.at, &mut copied)
+                    .await
+                {
+                    Moved::Copied => {
+                        n_missing = 0;
+                        continue;
+                    }
+                    Moved::Parked => return Step::End(JobOutcome::Parked),
+                    Moved::Elsewhere(why) => {
+                        return self.fail(id, code, &object_read_failed(code, &why)).await;
+                    }
+                    Moved::No => {}
                 }
             }
             // The object Claid wrote is gone since it was checked: made again.
@@ -3416,12 +3735,21 @@ const KEPT_RESULT_REFUSALS: u32 = 2;
 /// Lost submit answers in a row after which a job is held in doubt instead of sent again.
 pub(crate) const MAX_LOST_ANSWERS: u32 = 5;
 
-/// The answers lost in one submit call of a job or a batch (each send may have been billed):
-/// how long a resend waits, and when the job is held in doubt instead.
+/// The answers lost of a job's or a batch's submits (each send may have been billed): how
+/// long a resend waits, and when the job is held in doubt instead.
 #[derive(Debug, Default)]
 pub(crate) struct LostAnswers(u32);
 
 impl LostAnswers {
+    /// Counting from the lost answers a job's record already counts ([`JobV1::in_doubt`]: the
+    /// submits of earlier runs, and of this one, whose answer was lost and that nothing
+    /// resolved since). Counted per call, a batch whose answers came too late for
+    /// `api.request_timeout` was sent four times in each `run --once` (which then ended at
+    /// `api.unreachable_timeout`) and again in the next, billed without end (acceptance run).
+    pub(crate) fn already(in_doubt: u32) -> LostAnswers {
+        LostAnswers(in_doubt)
+    }
+
     /// One more lost answer; true when it is the [`MAX_LOST_ANSWERS`]th, and the job (or
     /// batch) is held in doubt rather than sent (and maybe billed) once more.
     pub(crate) fn one_more(&mut self) -> bool {

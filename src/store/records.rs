@@ -243,6 +243,14 @@ pub struct JobV1 {
     /// an older object for the new edit. Recorded before the submit's intent is flushed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replaces: Option<Vec<ObjectSeen>>,
+    /// Where the storage of this job's output object pointed when it was last submitted (the
+    /// storage's `url`, `s3://bucket/prefix`; `None`: not a storage output, or submitted by an
+    /// older version). Claid writes under its connector's path at the time: a `url` changed
+    /// since (the connector moved with it while the image was at Claid) is where the object
+    /// is looked for when it is not at its key now, and copied from, instead of billing the
+    /// image again. Recorded with the submit's intent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted_to: Option<String>,
     /// Time of the last change, for reports and stale-state diagnosis.
     pub updated_at_ms: u64,
 }
@@ -368,6 +376,12 @@ impl ObjectSeen {
             parts.push(format!("ETag {}", crate::text::Escaped::str(tag)));
         }
         parts.join(", ")
+    }
+
+    /// Whether `later` holds this object's bytes: the same key and ETag (a copy of it, made
+    /// since, has another time of writing).
+    pub fn same_bytes(&self, later: &ObjectSeen) -> bool {
+        self.key == later.key && self.e_tag.is_some() && self.e_tag == later.e_tag
     }
 
     /// Whether `later` is still this object: the same key, ETag and time of writing. A write

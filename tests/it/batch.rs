@@ -1217,3 +1217,33 @@ async fn issue12_batches_with_max_in_flight_one_still_end() {
         assert!(out.is_file(), "{}", out.display());
     }
 }
+
+/// A batch whose submit answers all come too late (past `api.request_timeout`) is held in
+/// doubt after five sends in all, counted across runs: the count lived in one submit call,
+/// so each `run --once` (ended at `api.unreachable_timeout`, or killed) sent the batch a few
+/// more times, billed without end (acceptance run: 17 bills after four runs).
+#[tokio::test(flavor = "multi_thread")]
+async fn issue12_a_batch_whose_answers_never_come_in_time_is_sent_five_times_across_runs() {
+    let (_static, env, _) = url_drop(2, "late-", |scenario| {
+        scenario.submit_response_delay(Duration::from_secs(3))
+    })
+    .await;
+    let config = env.config("max_in_flight: 32\nrequest_timeout: 1s", "");
+    killed(&env, &config, 0, "two sends of the batch", |env| {
+        env.stats().batch_submits >= 2
+    })
+    .await;
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 2, "held in doubt:\n{stderr}");
+    assert!(stderr.contains("were lost again and again"), "{stderr}");
+    let rows = rows(&env, "m");
+    assert!(
+        rows.iter().all(|(_, state, _)| state == "in-doubt"),
+        "{rows:?}"
+    );
+    let stats = env.stats();
+    assert!(
+        (3..=5).contains(&stats.batch_submits),
+        "five sends in all, not five more in the second run: {stats:?}"
+    );
+}

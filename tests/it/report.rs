@@ -146,6 +146,7 @@ fn job(input: &str, state: JobState, in_doubt: u32) -> JobV1 {
         batch_images: None,
         staged: None,
         replaces: None,
+        submitted_to: None,
         accepted_unread: false,
         updated_at_ms: 0,
     }

@@ -56,6 +56,7 @@ fn job(idx: u32, key: &str) -> JobV1 {
         batch_images: None,
         staged: None,
         replaces: None,
+        submitted_to: None,
         accepted_unread: false,
         updated_at_ms: 0,
     }

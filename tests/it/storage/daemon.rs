@@ -771,10 +771,12 @@ async fn an_edit_written_in_the_second_of_the_object_it_replaces_is_told_apart()
 }
 
 /// A re-edit whose new object Claid writes where the daemon does not look (its connector
-/// pointed elsewhere since the daemon's start) finds the earlier edit at the key: that older
-/// object is not taken for the new one. The job fails `object-missing`, naming the object as
-/// the one that was there before the submit; it was recorded done, the catalogue keeping the
-/// old image.
+/// moved at Claid since the daemon's start) finds the earlier edit at the key: that older
+/// object is not taken for the new one (it was recorded done, the catalogue keeping the old
+/// image). Nor is the job failed `object-missing`, which had the next drop bill the image
+/// again: the daemon compares the connector again, holds the storage and notes where the
+/// connector points. With the connector mended and the daemon restarted, the new edit is
+/// copied from where Claid wrote it over the earlier one, billed once.
 #[tokio::test]
 async fn an_earlier_edit_left_at_the_key_is_not_taken_for_the_new_one() {
     let Some(s3) = S3Server::start().await else {
@@ -786,96 +788,63 @@ async fn an_earlier_edit_left_at_the_key_is_not_taken_for_the_new_one() {
         s3.list_keys("catalog", "raw/out/").await,
         ["raw/out/m/sku-0.png"]
     );
+    let first_edit = s3.get_object("catalog", "raw/out/m/sku-0.png").await;
 
-    // Claid's connector now reads and writes under `other/` (the input is there too); the
-    // daemon compares them at its start only.
+    // Claid's connector now reads and writes under `other/` (the input is there too).
     s3.put_object(
         "catalog",
         "other/in/sku-0.png",
         &crate::support::png(40, 30),
     )
     .await;
-    let http = reqwest::Client::new();
-    let connectors = format!("{}/storage/storages", env.emulator.base_url());
-    let listed: serde_json::Value = http
-        .get(&connectors)
-        .bearer_auth("test-key")
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("json");
-    let id = listed["data"]
-        .as_array()
-        .and_then(|all| all.iter().find(|c| c["name"] == "catalog-s3"))
-        .and_then(|c| c["id"].as_u64())
-        .unwrap_or_else(|| panic!("{listed}"));
-    let answer = http
-        .patch(format!("{connectors}/{id}"))
-        .bearer_auth("test-key")
-        .json(&serde_json::json!({"parameters": {"path": "other"}}))
-        .send()
-        .await
-        .expect("update");
-    assert!(answer.status().is_success(), "{:?}", answer.text().await);
+    move_connector(&env, "other").await;
 
     // The team's re-edit: new operations, the same output key.
     env.drop_file(
         "m.yaml",
         b"output: { format: png, destination: storage://catalog/out/ }\noperations: { adjustments: { exposure: 10 } }\nimages:\n  - storage://catalog/in/sku-0.png\n",
     );
-    // Both versions archived: the re-edit's run has ended and been reported.
+    crate::support::wait_until("the moved connector is found", deadline, || {
+        env.daemon_log(0)
+            .contains("Claid's connector changed during the run")
+    })
+    .await;
+    crate::support::stop(&mut daemon).await;
+    let log = env.daemon_log(0);
+    assert!(!log.contains("Job failed"), "nothing failed:\n{log}");
+    // Claid did write the new edit, under its connector's new path; the first is at the key.
+    assert_eq!(
+        s3.list_keys("catalog", "other/out/").await,
+        ["other/out/m/sku-0.png"]
+    );
+    assert_eq!(
+        s3.get_object("catalog", "raw/out/m/sku-0.png").await,
+        first_edit
+    );
+    let billed = env.stats().submits + env.stats().batch_images;
+
+    // The connector mended (moved back) and the daemon restarted: the re-edit is copied from
+    // where Claid wrote it over the earlier edit, and recorded done; nothing is billed again.
+    move_connector(&env, "raw").await;
+    let mut daemon = env.spawn_daemon(&config, 1);
     crate::support::wait_until("the re-edit is archived", deadline, || {
         TestEnv::files_under(&env.archive).len() == 2
     })
     .await;
     crate::support::stop(&mut daemon).await;
     let report = env.report("m");
-    let row = &report["jobs"][0];
-    assert_eq!(row["status"], "failed", "{report}");
-    let reason = row["reason"].as_str().unwrap_or_default();
-    assert!(
-        reason.starts_with("object-missing: ")
-            && reason.contains("still the object that was there before")
-            && reason.contains("catalog-s3"),
-        "{reason}"
-    );
-    // Claid did write the new edit, under its connector's new path.
-    assert_eq!(
-        s3.list_keys("catalog", "other/out/").await,
-        ["other/out/m/sku-0.png"]
-    );
-
-    // The connector mended and the re-edit dropped again (the team's way to "make what its
-    // run left"): its row looks at the object kept for it, still the first edit, and makes
-    // the image again instead of taking that edit for the re-edit (the kept result lost the
-    // objects its submit replaced, and the first edit passed for the new one).
-    let answer = http
-        .patch(format!("{connectors}/{id}"))
-        .bearer_auth("test-key")
-        .json(&serde_json::json!({"parameters": {"path": "raw"}}))
-        .send()
-        .await
-        .expect("update");
-    assert!(answer.status().is_success(), "{:?}", answer.text().await);
-    let submits = env.stats().submits + env.stats().batch_images;
-    let mut daemon = env.spawn_daemon(&config, 1);
-    env.drop_file(
-        "m.yaml",
-        b"output: { format: png, destination: storage://catalog/out/ }\noperations: { adjustments: { exposure: 10 } }\nimages:\n  - storage://catalog/in/sku-0.png\n",
-    );
-    crate::support::wait_until("the re-edit's second drop is archived", deadline, || {
-        TestEnv::files_under(&env.archive).len() == 3
-    })
-    .await;
-    crate::support::stop(&mut daemon).await;
-    let report = env.report("m");
     assert_eq!(report["jobs"][0]["status"], "done", "{report}");
+    let re_edit = s3.get_object("catalog", "other/out/m/sku-0.png").await;
+    assert!(re_edit.is_some() && re_edit != first_edit);
+    assert_eq!(
+        s3.get_object("catalog", "raw/out/m/sku-0.png").await,
+        re_edit,
+        "the key holds the re-edit"
+    );
     assert_eq!(
         env.stats().submits + env.stats().batch_images,
-        submits + 1,
-        "made again, not done with the first edit: {report}"
+        billed,
+        "not billed again: {report}"
     );
     s3.stop().await;
 }
@@ -2692,9 +2661,10 @@ async fn run_once_gives_up_on_a_bucket_away_after_claid_wrote_and_the_next_run_d
 }
 
 /// A storage taken out of the config (a restart after a kill) while Claid was writing its
-/// objects: the jobs wait for it, named (`run --once` ends 69 at `api.unreachable_timeout`
-/// saying to put the entry back), instead of failing as `storage-unreachable`, which had a
-/// replay or a second drop bill the written objects again. With the entry back, the next run
+/// objects: the jobs wait for it, named (`run --once` ends 64, a config problem, at once,
+/// saying to put the entry back; it ended 69 at `api.unreachable_timeout`, as for an outage),
+/// instead of failing as `storage-unreachable`, which had a replay or a second drop bill the
+/// written objects again. With the entry back, the next run
 /// checks the objects and delivers them without a second submit.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_storage_taken_out_of_the_config_while_claid_writes_holds_its_jobs_not_fails_them() {
@@ -2723,7 +2693,7 @@ async fn a_storage_taken_out_of_the_config_while_claid_writes_holds_its_jobs_not
     let _ = once.wait().await;
     let without = env.config("unreachable_timeout: 4s", "");
     let (code, stderr) = env.run_once(&without).await;
-    assert_eq!(code, 69, "{stderr}");
+    assert_eq!(code, 64, "{stderr}");
     assert!(!stderr.contains("Job failed"), "nothing failed:\n{stderr}");
     assert!(
         stderr.contains("put its `storages` entry back"),
@@ -4069,5 +4039,243 @@ async fn issue15_a_bucket_that_is_gone_mid_run_is_waited_out_not_billed_into() {
         }
         crate::support::stop(&mut daemon).await;
     }
+    s3.stop().await;
+}
+
+/// Points Claid's connector `catalog-s3` (the scenario's, id 1) at `path` of its bucket, as an
+/// operator would in Claid's dashboard.
+async fn move_connector(env: &TestEnv, path: &str) {
+    let url = format!("{}/storage/storages/1", env.emulator.base_url());
+    let answer = reqwest::Client::new()
+        .patch(&url)
+        .bearer_auth("test-key")
+        .json(&serde_json::json!({"parameters": {"path": path}}))
+        .send()
+        .await
+        .expect("connector updated");
+    assert!(answer.status().is_success(), "{:?}", answer.text().await);
+}
+
+/// The storage `catalog` of the config pointed at `url` (the config file written again).
+fn config_at(env: &TestEnv, s3: &S3Server, url: &str) -> PathBuf {
+    let keys = credentials_file(env.dir.path());
+    env.config("", &storages_yaml("catalog-s3", url, &s3.endpoint, &keys))
+}
+
+const TWO_SHOES: &[u8] = b"output: { format: jpeg, destination: storage://catalog/out/ }\nimages:\n  - storage://catalog/in/sku-0.png\n  - storage://catalog/in/sku-1.png\n";
+
+/// Claid's connector and the storage's `url` moved to another prefix together (the daemon
+/// killed in between) while Claid had already written the run's objects under the old one:
+/// the next run finds each object where the storage pointed when its image was submitted and
+/// copies it to where it points now. Each image is billed once (they failed `object-missing`,
+/// and `replay --failed` billed them again; acceptance run).
+#[tokio::test(flavor = "multi_thread")]
+async fn issue15_objects_written_before_the_connector_and_url_moved_are_copied_not_billed_again() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let scenario = Scenario::default()
+        .latency(Latency::Fixed(std::time::Duration::from_secs(2)))
+        .seed(7);
+    let (env, config) = storage_env(&s3, scenario, "", 2).await;
+    env.drop_file("shoes.yaml", TWO_SHOES);
+    let (mut once, log_path) = spawn_run_once(&env, &config);
+    let deadline = std::time::Duration::from_secs(60);
+    crate::support::wait_until("the batch is submitted and recorded", deadline, || {
+        std::fs::read_to_string(&log_path).is_ok_and(|log| log.contains("Batch submitted"))
+    })
+    .await;
+    crate::support::wait_until_async("Claid wrote both objects", deadline, || async {
+        s3.list_keys("catalog", "raw/out/shoes/").await.len() == 2
+    })
+    .await;
+    once.start_kill().expect("kill -9");
+    let _ = once.wait().await;
+
+    move_connector(&env, "moved").await;
+    let config = config_at(&env, &s3, "s3://catalog/moved");
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("copied to where it points now") && !stderr.contains("Job failed"),
+        "{stderr}"
+    );
+    let report = env.report("shoes");
+    let rows = report["jobs"].as_array().expect("rows");
+    assert!(rows.iter().all(|r| r["status"] == "done"), "{report:#}");
+    let mut moved = s3.list_keys("catalog", "moved/out/shoes/").await;
+    moved.sort();
+    assert_eq!(
+        moved,
+        ["moved/out/shoes/sku-0.jpg", "moved/out/shoes/sku-1.jpg"]
+    );
+    // The copies are Claid's objects, byte for byte.
+    for name in ["sku-0.jpg", "sku-1.jpg"] {
+        let written = s3
+            .get_object("catalog", &format!("raw/out/shoes/{name}"))
+            .await;
+        let copied = s3
+            .get_object("catalog", &format!("moved/out/shoes/{name}"))
+            .await;
+        assert!(written.is_some() && written == copied, "{name}");
+    }
+    let stats = env.stats();
+    assert_eq!(
+        stats.batch_images + stats.submits,
+        2,
+        "each image billed once"
+    );
+    assert_eq!(stats.duplicate_submits, 0);
+    s3.stop().await;
+}
+
+/// Claid's connector moved to another prefix during a daemon's run, its config unchanged:
+/// Claid writes the outputs where the daemon does not look. The first object missing has the
+/// daemon compare the connector again; the storage is then held (an ERROR naming both places),
+/// nothing failed, and no image of it is submitted while the config says otherwise (every
+/// output was billed and failed `object-missing`, and the daemon kept submitting; acceptance
+/// run). Restarted with the storage's `url` fixed, the daemon finds the objects Claid wrote,
+/// each image billed once.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue15_a_connector_moved_at_claid_during_the_run_holds_its_storage_not_its_bills() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let scenario = Scenario::default()
+        .latency(Latency::Fixed(std::time::Duration::from_millis(500)))
+        .seed(7);
+    let (env, config) = storage_env(&s3, scenario, "", 4).await;
+    let mut daemon =
+        env.spawn_daemon_with(&config, 0, &[("RUST_LOG", "info,claid_hotfolder=debug")]);
+    let deadline = std::time::Duration::from_secs(90);
+    crate::support::wait_until("the daemon watches", deadline, || {
+        env.daemon_log(0).contains("Watching the inbox")
+    })
+    .await;
+    // Moved with the inputs copied along, so that Claid reads them where it points now.
+    move_connector(&env, "moved").await;
+    for i in 0..4 {
+        let bytes = crate::support::png(40 + i, 30);
+        s3.put_object("catalog", &format!("moved/in/sku-{i}.png"), &bytes)
+            .await;
+    }
+    env.drop_file("shoes.yaml", TWO_SHOES);
+    crate::support::wait_until("the moved connector is found", deadline, || {
+        env.daemon_log(0)
+            .contains("Claid's connector changed during the run")
+    })
+    .await;
+    let log = env.daemon_log(0);
+    assert!(
+        log.contains("s3://catalog/moved") && log.contains("s3://catalog/raw"),
+        "both places are named:\n{log}"
+    );
+    assert_eq!(env.stats().batch_images + env.stats().submits, 2);
+    // A new manifest of the storage waits, unsent.
+    env.drop_file(
+        "boots.yaml",
+        b"output: { format: jpeg, destination: storage://catalog/out/ }\nimages:\n  - storage://catalog/in/sku-2.png\n  - storage://catalog/in/sku-3.png\n",
+    );
+    crate::support::wait_until("the new images are held", deadline, || {
+        env.daemon_log(0)
+            .matches("Not submitted: a storage it uses is held until a restart")
+            .count()
+            >= 2
+    })
+    .await;
+    let status = crate::support::stop(&mut daemon).await;
+    assert!(status.success(), "{status:?}");
+    let log = env.daemon_log(0);
+    assert!(!log.contains("Job failed"), "nothing failed:\n{log}");
+    assert_eq!(
+        env.stats().batch_images + env.stats().submits,
+        2,
+        "nothing more was sent"
+    );
+
+    // The config follows the connector.
+    let config = config_at(&env, &s3, "s3://catalog/moved");
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    for stem in ["shoes", "boots"] {
+        let report = env.report(stem);
+        let rows = report["jobs"].as_array().expect("rows");
+        assert!(rows.iter().all(|r| r["status"] == "done"), "{report:#}");
+    }
+    let mut keys = s3.list_keys("catalog", "moved/out/").await;
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "moved/out/boots/sku-2.jpg",
+            "moved/out/boots/sku-3.jpg",
+            "moved/out/shoes/sku-0.jpg",
+            "moved/out/shoes/sku-1.jpg"
+        ]
+    );
+    let stats = env.stats();
+    assert_eq!(
+        stats.batch_images + stats.submits,
+        4,
+        "each image billed once"
+    );
+    assert_eq!(stats.duplicate_submits, 0);
+    s3.stop().await;
+}
+
+/// Claid's connector of the staging storage moved at Claid during a daemon's run: Claid looks
+/// for the staged inputs where the daemon did not put them and fails them. Those images go back
+/// to the queue (they failed `claid-error`, every batch was sent into the moved connector, and
+/// a replay was needed; acceptance run), the storage is held, and no other image of it is
+/// sent. Restarted with the storage's `url` fixed, every image is made.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue15_staged_inputs_claid_cannot_read_through_a_moved_connector_wait_for_the_fix() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let (env, _) = storage_env(&s3, quick(), "", 0).await;
+    let keys = credentials_file(env.dir.path());
+    let storages = storages_yaml("catalog-s3", "s3://catalog/raw", &s3.endpoint, &keys);
+    let config = env.config("staging: catalog", &storages);
+    let mut daemon =
+        env.spawn_daemon_with(&config, 0, &[("RUST_LOG", "info,claid_hotfolder=debug")]);
+    let deadline = std::time::Duration::from_secs(90);
+    crate::support::wait_until("the daemon watches", deadline, || {
+        env.daemon_log(0).contains("Watching the inbox")
+    })
+    .await;
+    move_connector(&env, "other").await;
+    drop_local_manifest(&env, 4, false);
+    crate::support::wait_until("the moved connector is found", deadline, || {
+        env.daemon_log(0)
+            .contains("Claid's connector changed during the run")
+    })
+    .await;
+    crate::support::wait_until("the images wait for the restart", deadline, || {
+        let log = env.daemon_log(0);
+        log.matches("its input is in a storage whose connector moved")
+            .count()
+            + log
+                .matches("Not submitted: a storage it uses is held")
+                .count()
+            >= 4
+    })
+    .await;
+    let status = crate::support::stop(&mut daemon).await;
+    assert!(status.success(), "{status:?}");
+    let log = env.daemon_log(0);
+    assert!(!log.contains("Job failed"), "nothing failed:\n{log}");
+
+    let config = env.config(
+        "staging: catalog",
+        &storages_yaml("catalog-s3", "s3://catalog/other", &s3.endpoint, &keys),
+    );
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    let report = env.report("shoes");
+    let rows = report["jobs"].as_array().expect("rows");
+    assert_eq!(rows.len(), 4);
+    assert!(rows.iter().all(|r| r["status"] == "done"), "{report:#}");
+    assert_eq!(images_under(&env.outbox).len(), 4);
     s3.stop().await;
 }
