@@ -1989,7 +1989,7 @@ impl Runner {
                             };
                             let answered_at = std::time::Instant::now();
                             if let Some(outcome) =
-                                self.held_for_moved_input(id, &job, answered_at).await
+                                self.held_for_moved_input(id, job, answered_at).await
                             {
                                 return Step::End(outcome);
                             }
