@@ -137,6 +137,20 @@ impl FailureCode {
         self == FailureCode::ObjectMissing
     }
 
+    /// Claid's result could not be fetched or did not check out (its download failed, was
+    /// too large, cut short, expired or not the image Claid described): Claid made (and
+    /// billed) it.
+    pub fn is_result_download(self) -> bool {
+        matches!(
+            self,
+            FailureCode::ResultExpired
+                | FailureCode::DownloadFailed
+                | FailureCode::DownloadTooLarge
+                | FailureCode::DownloadTruncated
+                | FailureCode::ResultMismatch
+        )
+    }
+
     /// A write of a result into the outbox failed: Claid made (and billed) the result.
     pub fn is_local_write(self) -> bool {
         matches!(

@@ -115,7 +115,12 @@ pub struct Storages {
     /// By storage name: the last comparison of its connector with it during the run
     /// ([`Storages::recheck`]).
     rechecked: std::sync::Arc<tokio::sync::Mutex<BTreeMap<String, Rechecked>>>,
+    /// By storage name: when a listing for [`Storages::recheck`] went unanswered last.
+    unanswered: std::sync::Arc<std::sync::Mutex<BTreeMap<String, std::time::Instant>>>,
 }
+
+/// How long a storage's connector is not listed again after Claid did not answer.
+const RECHECK_UNANSWERED_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A storage's connector compared with it during the run.
 #[derive(Debug, Clone)]
@@ -453,6 +458,7 @@ impl Storages {
         Ok(Storages {
             by_name,
             rechecked: Default::default(),
+            unanswered: Default::default(),
         })
     }
 
@@ -476,6 +482,13 @@ impl Storages {
         {
             return last.why.clone();
         }
+        // Claid did not answer the last listing: not asked again for a minute (each image
+        // found missing meanwhile waited 15 s for its own listings, one after another).
+        if let Some(at) = self.unanswered(&storage.name)
+            && at.elapsed() < RECHECK_UNANSWERED_FOR
+        {
+            return None;
+        }
         let mut waits = RECHECK_RETRIES.iter();
         let (at, connectors) = loop {
             let at = std::time::Instant::now();
@@ -487,7 +500,11 @@ impl Storages {
                         tokio::time::sleep(*wait).await;
                     }
                     None => {
-                        tracing::warn!(storage = %escape(&storage.name), error = %err, "Claid's storage connectors could not be listed to see whether the storage's connector still points at its `url`; the output object counts as missing");
+                        tracing::warn!(storage = %escape(&storage.name), error = %err, "Claid's storage connectors could not be listed to see whether the storage's connector still points at its `url`; the output object counts as missing (not asked again for a minute)");
+                        self.unanswered
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .insert(storage.name.clone(), std::time::Instant::now());
                         return None;
                     }
                 },
@@ -508,6 +525,15 @@ impl Storages {
             },
         );
         why
+    }
+
+    /// When a listing for [`Storages::recheck`] of `storage` last went unanswered.
+    fn unanswered(&self, storage: &str) -> Option<std::time::Instant> {
+        self.unanswered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(storage)
+            .copied()
     }
 
     /// Where `storage`'s connector at Claid pointed when [`Storages::recheck`] last found it

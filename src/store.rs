@@ -739,21 +739,20 @@ impl Store {
         .await
     }
 
-    /// Records `url` as where the storage of an unfinished job's output pointed when Claid
-    /// wrote it ([`JobV1::submitted_to`]): its connector was found moved during the run, and
-    /// the object missing at its key is most likely there. Durable.
-    pub async fn note_submitted_to(&self, id: JobId, url: &str) -> Result<JobV1, StoreError> {
-        let url = url.to_owned();
-        let job = self
-            .step(id, "unfinished", move |job| {
-                (!job.state.is_terminal()).then(|| JobV1 {
-                    submitted_to: Some(url.clone()),
-                    ..job.clone()
-                })
-            })
-            .await?;
-        self.flush().await?;
-        Ok(job)
+    /// The other places (`s3://bucket/path`) `storage`'s connector at Claid was found pointing
+    /// at during earlier runs or this one, oldest first: objects Claid wrote then are there.
+    pub async fn storage_places(&self, storage: &str) -> Result<Vec<String>, StoreError> {
+        let (trees, storage) = (self.trees.clone(), storage.to_owned());
+        self.on_pool(move || trees.storage_places(&storage)).await?
+    }
+
+    /// Notes `place` as where `storage`'s connector at Claid points now, elsewhere than the
+    /// storage's `url` (found during a run): every later start looks there for an object not
+    /// at its key, whichever of the two is made to match the other. Durable.
+    pub async fn note_storage_place(&self, storage: &str, place: &str) -> Result<(), StoreError> {
+        let (trees, storage, place) = (self.trees.clone(), storage.to_owned(), place.to_owned());
+        self.on_pool(move || trees.note_storage_place(&storage, &place))
+            .await?
     }
 
     /// A queued job's staged input is gone from the bucket (deleted meanwhile): forgotten, so
@@ -1165,6 +1164,7 @@ impl Store {
                 }
                 if count_in_doubt {
                     next.in_doubt = next.in_doubt.saturating_add(1);
+                    next.lost_answers = next.lost_answers.saturating_add(1);
                 }
                 Some(next)
             })
@@ -1231,6 +1231,8 @@ impl Store {
                 next.batch = None;
                 next.batch_images = None;
                 next.accepted_unread = false;
+                // A person sends it again: the lost answers before count no more.
+                next.lost_answers = 0;
                 if job.state.is_terminal() {
                     next.staged = None;
                     // Looked at again before the replay's submit: the object there now may be
@@ -1523,6 +1525,20 @@ impl Store {
         // The counts move with the write, on the lane: a caller that goes away (a dropped
         // request) after the write was queued cannot leave them behind the store.
         let counters = Arc::clone(&self.counters);
+        // A submit answered (a task, a result): the lost answers before count no more.
+        let next = move |job: &JobV1| {
+            next(job).map(|mut new| {
+                if matches!(
+                    new.state,
+                    JobState::Submitted { .. }
+                        | JobState::Downloading { .. }
+                        | JobState::Done { .. }
+                ) {
+                    new.lost_answers = 0;
+                }
+                new
+            })
+        };
         self.write_on(lane::Kind::Step, move || {
             let (old, new) = trees.transition(id, expected, next)?;
             counters.apply(&old, &new);

@@ -831,7 +831,11 @@ impl BatchRunner {
         let mut retry = false;
         // Past `MAX_LOST_ANSWERS` the batch's jobs are held in doubt, whatever `in_doubt` says.
         let mut lost_answers = super::job::LostAnswers::already(
-            members.iter().map(|m| m.job.in_doubt).max().unwrap_or(0),
+            members
+                .iter()
+                .map(|m| m.job.lost_answers)
+                .max()
+                .unwrap_or(0),
         );
         loop {
             // A retry waits, like a first submit, while outputs cannot be written (only a
@@ -2257,6 +2261,7 @@ mod tests {
                 staged: None,
                 replaces: None,
                 submitted_to: None,
+                lost_answers: 0,
                 accepted_unread: false,
                 updated_at_ms: 0,
             },

@@ -429,6 +429,10 @@ struct Inner {
 impl Inner {
     /// Records an outage of `storage`'s bucket (`why` its last cause); true when it begins.
     fn begin_storage_outage(&mut self, storage: &str, why: String) -> bool {
+        // A storage held until a restart keeps the reason it was held for.
+        if self.storage_held.contains_key(storage) {
+            return false;
+        }
         match self.storage_failing.get_mut(storage) {
             Some((_, last)) => {
                 *last = why;
@@ -1165,9 +1169,22 @@ impl HealthState {
     /// [`HealthState::failing`], once it has lasted [`OUTAGE_AFTER`].
     /// A storage held until a restart ([`HealthState::hold_storage`]) is one at once.
     pub fn outage(&self) -> Option<(std::time::Duration, String)> {
-        let held = !self.lock().storage_held.is_empty();
-        self.failing()
-            .filter(|(for_, _)| held || *for_ >= OUTAGE_AFTER)
+        let inner = self.lock();
+        if let Some((name, why)) = inner.storage_held.iter().next() {
+            let since = inner
+                .storage_failing
+                .get(name)
+                .map_or(std::time::Duration::ZERO, |(since, _)| since.elapsed());
+            return Some((
+                since,
+                format!(
+                    "the bucket of storage `{}`: {why}",
+                    crate::text::Escaped::str(name)
+                ),
+            ));
+        }
+        drop(inner);
+        self.failing().filter(|(for_, _)| *for_ >= OUTAGE_AFTER)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {

@@ -509,6 +509,7 @@ impl Intake {
                 staged: None,
                 replaces: None,
                 submitted_to: None,
+                lost_answers: 0,
                 accepted_unread: false,
                 updated_at_ms: now,
             }

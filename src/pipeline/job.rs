@@ -244,16 +244,13 @@ pub enum JobOutcome {
     NotRun,
 }
 
-/// What [`Runner::copy_from_former`] did.
+/// What [`Runner::copy_from_elsewhere`] did.
 enum Former {
     /// Copied (what the write reports).
     Copied(crate::objects::ObjectInfo),
-    /// No object there that may be the edit (none, empty, one the edit replaces, or the look
-    /// was answered otherwise).
+    /// No object there that may be the edit (none, empty, or one the edit replaces).
     NotThere,
-    /// The daemon stops, or gave up on the bucket.
-    Parked,
-    /// There, and not copied: why, in words.
+    /// There and not copied, or a place that could not be looked at: why, in words.
     Failed(String),
 }
 
@@ -504,25 +501,39 @@ impl Runner {
             Ok(found) => found,
             Err(outcome) => return Some(outcome),
         };
+        // Where the storage's connector pointed before (its `url` moved with the connector
+        // since the lost submit, or the connector moved during a run): Claid wrote there. An
+        // object at the key with the bytes of one the edit replaced is then a copy of the
+        // earlier edit (a catalogue copied to the new place), not the lost submit's.
+        let elsewhere = self.former_places(job, storage).await;
         for info in &found {
+            let seen = ObjectSeen::new(&info.key, info.e_tag.clone(), info.last_modified);
+            if !elsewhere.is_empty() && job.replaces.iter().flatten().any(|b| b.same_bytes(&seen)) {
+                continue;
+            }
             if let Some(outcome) = self.take_if_lost_submits(id, job, &uri, info).await {
                 return Some(outcome);
             }
         }
-        // The storage pointed elsewhere when the lost submit was sent (its `url` moved with
-        // Claid's connector since): its object is looked for there, and copied to the key.
-        let former = self.former_place(job, storage)?;
+        if elsewhere.is_empty() {
+            return None;
+        }
         for key in crate::objects::output_keys(key) {
             match self
-                .copy_from_former((id, job), storage, &former, &key)
+                .copy_from_elsewhere((id, job), storage, &elsewhere, &key)
                 .await
             {
                 Former::Copied(info) => {
                     let info = crate::objects::ObjectInfo { key, ..info };
                     return self.take_if_lost_submits(id, job, &uri, &info).await;
                 }
-                Former::Parked => return Some(JobOutcome::Parked),
-                Former::NotThere | Former::Failed(_) => {}
+                // There, maybe billed, and not copied (or the place could not be looked at):
+                // failed for a replay to look again, not sent again.
+                Former::Failed(why) => {
+                    let code = FailureCode::ObjectMissing;
+                    return Some(self.failed(id, code, &object_read_failed(code, &why)).await);
+                }
+                Former::NotThere => {}
             }
         }
         None
@@ -719,9 +730,18 @@ impl Runner {
         Some(JobOutcome::Parked)
     }
 
-    /// Holds `storage` until a restart: Claid's connector points elsewhere now (`why`).
-    fn hold_moved_storage(&self, storage: &crate::storages::OpenStorage, why: String) {
-        if self.deps.health.hold_storage(&storage.name, why.clone()) {
+    /// Holds `storage` until a restart: Claid's connector points elsewhere now (`why`). The
+    /// place it points at is noted in the store ([`Store::note_storage_place`]): every job
+    /// whose object is not at its key looks there at the next start, whichever of the
+    /// storage's `url` and the connector is made to match the other.
+    async fn hold_moved_storage(&self, storage: &crate::storages::OpenStorage, why: String) {
+        let deps = &*self.deps;
+        if let Some(place) = deps.storages.connector_place(&storage.name).await
+            && let Err(err) = deps.store.note_storage_place(&storage.name, &place).await
+        {
+            error!(error = %err, storage = %storage.name, place = %place, "Where the storage's connector points now could not be recorded: objects Claid wrote there are not looked for there after a restart");
+        }
+        if deps.health.hold_storage(&storage.name, why.clone()) {
             error!(storage = %storage.name, error = %why, "Claid's connector changed during the run: it reads and writes this storage's objects where the daemon does not look. No image reading or writing this storage is submitted until the daemon restarts (its check compares them again); the images whose objects are missing wait for that restart, not billed again (`run --once` ends 64)");
         }
     }
@@ -740,22 +760,37 @@ impl Runner {
         answered_at: std::time::Instant,
     ) -> Option<JobOutcome> {
         let deps = &*self.deps;
-        let uri = match &job.staged {
-            Some(staged) => staged.as_str(),
-            None if !job.local => input_of(job),
-            None => return None,
+        let input = match &job.staged {
+            Some(staged) => Some(staged.clone()),
+            None if !job.local => Some(input_of(job).to_owned()),
+            None => None,
         };
-        let (storage, _) = self.output_storage(uri)?;
-        if deps.health.storage_held(&storage.name).is_none() {
-            let why = deps
-                .storages
-                .recheck(storage, &deps.client, answered_at)
-                .await?;
-            self.hold_moved_storage(storage, why);
+        // Its input's storage, then its output's (Claid could not write there).
+        let output = crate::storages::destination_of(&job.body, &job.output_rel);
+        let mut held = None;
+        for uri in [input, output].into_iter().flatten() {
+            let Some(storage) = crate::storages::split_uri(&uri)
+                .and_then(|(connector, _)| deps.storages.by_connector(connector))
+            else {
+                continue;
+            };
+            if deps.health.storage_held(&storage.name).is_none() {
+                let Some(why) = deps
+                    .storages
+                    .recheck(storage, &deps.client, answered_at)
+                    .await
+                else {
+                    continue;
+                };
+                self.hold_moved_storage(storage, why).await;
+            }
+            held = Some(storage);
+            break;
         }
+        let storage = held?;
         match deps.store.requeue(id, false).await {
             Ok(_) => {
-                info!(job_id = id, storage = %storage.name, "Claid could not make the image: its input is in a storage whose connector moved; the job waits in the queue for the restart");
+                info!(job_id = id, storage = %storage.name, "Claid could not make the image: it reads or writes a storage whose connector moved; the job waits in the queue for the restart");
             }
             Err(err) => {
                 error!(error = %err, job_id = id, "Cannot put the job back in the queue; it resumes at the next start");
@@ -764,74 +799,91 @@ impl Runner {
         Some(JobOutcome::Parked)
     }
 
-    /// Where the storage of a job's output pointed when it was submitted, when its `url` is
-    /// another now ([`JobV1::submitted_to`]): Claid wrote there.
-    fn former_place(
+    /// The other places Claid may have written a job's output object: where its storage
+    /// pointed when it was submitted ([`JobV1::submitted_to`]), and where the storage's
+    /// connector was found pointing during a run ([`Store::storage_places`]), when they are
+    /// not where the storage points now. Empty for a daemon whose connectors never moved.
+    async fn former_places(
         &self,
         job: &JobV1,
         storage: &crate::storages::OpenStorage,
-    ) -> Option<crate::objects::ObjectStorage> {
-        let url = job.submitted_to.as_deref()?;
-        (url != storage.entry.url())
-            .then(|| storage.former(url))
-            .flatten()
+    ) -> Vec<crate::objects::ObjectStorage> {
+        let mut urls: Vec<String> = job.submitted_to.iter().cloned().collect();
+        match self.deps.store.storage_places(&storage.name).await {
+            Ok(places) => urls.extend(places),
+            Err(err) => {
+                warn!(error = %err, storage = %storage.name, "The places the storage's connector pointed at before could not be read; the object is looked for at its key only");
+            }
+        }
+        let now = storage.entry.url();
+        let mut seen = std::collections::HashSet::new();
+        urls.into_iter()
+            .filter(|url| *url != now && seen.insert(url.clone()))
+            .filter_map(|url| storage.former(&url))
+            .collect()
     }
 
-    /// Copies the object at `key` of `former` (where the storage pointed at the job's submit)
-    /// to `key` of the storage, when one is there that is not an object the edit replaces.
-    async fn copy_from_former(
+    /// Copies the object at `key` found at one of `places` ([`Runner::former_places`]: where
+    /// Claid wrote while the storage's connector pointed there) to `key` of the storage, when
+    /// one is there that is not an object the edit replaces. One look and one copy each, at
+    /// that place's own risk: an outage or a refusal there is not the storage's (it neither
+    /// waits nor is told in `/healthz`), and is said in `Failed` when nothing was found.
+    async fn copy_from_elsewhere(
         &self,
         (id, job): (JobId, &JobV1),
         storage: &crate::storages::OpenStorage,
-        former: &crate::objects::ObjectStorage,
+        places: &[crate::objects::ObjectStorage],
         key: &str,
     ) -> Former {
-        let found = match self
-            .through_bucket_outage(storage, || former.head(key))
-            .await
-        {
-            Ok(info) => info,
-            Err(None) => return Former::Parked,
-            Err(Some(_)) => return Former::NotThere,
-        };
-        let seen = ObjectSeen::new(key, found.e_tag.clone(), found.last_modified);
-        if found.size == 0
-            || job
+        let mut failed = None;
+        for place in places {
+            let (from, to) = (place.uri(key), storage.objects.uri(key));
+            let found = match place.head(key).await {
+                Ok(info) => info,
+                Err(crate::objects::ObjectError::NotFound { .. }) => continue,
+                Err(err) => {
+                    failed.get_or_insert(format!(
+                        "Claid may have written it at {from}, where the storage `{}`'s connector pointed before, and that place answered: {err}; copy it to {to} if it is there",
+                        storage.name
+                    ));
+                    continue;
+                }
+            };
+            let seen = ObjectSeen::new(key, found.e_tag.clone(), found.last_modified);
+            let replaced = job
                 .replaces
                 .iter()
                 .flatten()
-                .any(|before| before.is_same(&seen))
-        {
-            return Former::NotThere;
-        }
-        let max = self.settings().limits.max_download_bytes;
-        let (from, to) = (former.uri(key), storage.objects.uri(key));
-        match self
-            .through_bucket_outage(storage, || storage.objects.copy_from(former, key, max))
-            .await
-        {
-            Ok(info) => {
-                warn!(job_id = id, from = %from, to = %to, storage = %storage.name, "The output object was written where the storage pointed when the image was submitted (its `url` changed since, with Claid's connector): copied to where it points now, not billed again");
-                Former::Copied(info)
+                .any(|before| before.is_same(&seen));
+            if found.size == 0 || replaced {
+                continue;
             }
-            Err(None) => Former::Parked,
-            Err(Some(err)) => Former::Failed(format!(
-                "Claid wrote it at {from}, where `storages.{}` pointed when the image was submitted, and it could not be copied to {to} ({err}): copy it there",
-                storage.name
-            )),
+            let max = self.settings().limits.max_download_bytes;
+            return match storage.objects.copy_from(place, key, max).await {
+                Ok(info) => {
+                    warn!(job_id = id, from = %from, to = %to, storage = %storage.name, "The output object was written where the storage's connector pointed before (its `url` or Claid's connector changed since): copied to where the storage points now, not billed again");
+                    Former::Copied(info)
+                }
+                Err(err) => Former::Failed(format!(
+                    "Claid wrote it at {from}, where the storage `{}`'s connector pointed before, and it could not be copied to {to} ({err}): copy it there",
+                    storage.name
+                )),
+            };
         }
+        failed.map_or(Former::NotThere, Former::Failed)
     }
 
     /// A storage output not at its key after Claid's answer (or still the object the edit
     /// replaces) may have been written where the daemon does not look, rather than not at all:
-    /// - where the storage pointed when the image was submitted ([`JobV1::submitted_to`]),
-    ///   its `url` changed since with Claid's connector (a restart in between): the object
-    ///   found there is copied to the key, not billed again;
+    /// - where its connector pointed before ([`Runner::former_places`]: the storage's `url`
+    ///   at the submit, changed since with the connector, or a place the connector was found
+    ///   pointing at during a run): the object found there is copied to the key, not billed
+    ///   again;
     /// - where Claid's connector points now, moved at Claid during the run: compared again
     ///   ([`crate::storages::Storages::recheck`], by a listing begun after `looked_at`, the
     ///   look that found the object missing); found so, the storage is held (an ERROR,
-    ///   `/healthz`; no image of it is submitted; `run --once` ends 64), and the job records
-    ///   where the connector points as where it was written, and waits for a restart: with the
+    ///   `/healthz`; no image of it is submitted; `run --once` ends 64), the place noted in
+    ///   the store ([`Store::note_storage_place`]), and the job waits for a restart: with the
     ///   `url` made the connector's, its object is found there; with the connector moved back
     ///   instead, it is copied from there.
     async fn find_moved_output(
@@ -842,44 +894,29 @@ impl Runner {
         copied: &mut bool,
     ) -> Moved {
         let deps = &*self.deps;
-        if !*copied && let Some(former) = self.former_place(job, storage) {
+        if !*copied {
+            let places = self.former_places(job, storage).await;
             match self
-                .copy_from_former((id, job), storage, &former, key)
+                .copy_from_elsewhere((id, job), storage, &places, key)
                 .await
             {
                 Former::Copied(_) => {
                     *copied = true;
                     return Moved::Copied;
                 }
-                Former::Parked => return Moved::Parked,
                 Former::Failed(why) => return Moved::Elsewhere(why),
                 Former::NotThere => {}
             }
         }
-        let held = match deps.health.storage_held(&storage.name) {
-            Some(_) => true,
-            None => match deps
+        if deps.health.storage_held(&storage.name).is_none() {
+            let Some(why) = deps
                 .storages
                 .recheck(storage, &deps.client, looked_at.into_std())
                 .await
-            {
-                Some(why) => {
-                    self.hold_moved_storage(storage, why);
-                    true
-                }
-                None => false,
-            },
-        };
-        if !held {
-            return Moved::No;
-        }
-        // Written where the connector points now, most likely: recorded as where the storage
-        // pointed at the submit, for the next start to look there.
-        if let Some(now_at) = deps.storages.connector_place(&storage.name).await
-            && job.submitted_to.as_deref() != Some(now_at.as_str())
-            && let Err(err) = deps.store.note_submitted_to(id, &now_at).await
-        {
-            debug!(error = %err, job_id = id, "Where the moved connector points was not noted on the job");
+            else {
+                return Moved::No;
+            };
+            self.hold_moved_storage(storage, why).await;
         }
         Moved::Parked
     }
@@ -1301,7 +1338,7 @@ impl Runner {
         let mut attempts = deps.retry.start(step);
         // Past [`MAX_LOST_ANSWERS`] (this run's and earlier ones') the job is held in doubt,
         // whatever `in_doubt` says.
-        let mut lost_answers = LostAnswers::already(job.in_doubt);
+        let mut lost_answers = LostAnswers::already(job.lost_answers);
         loop {
             // A retry waits, like a first submit, while outputs cannot be written.
             if !deps.health.writable(&deps.cancel).await {
@@ -1645,10 +1682,8 @@ impl Runner {
                     error!(error = %err, task_id, "Cannot record the adopted task; the job is in doubt");
                     if let StoreError::TaskTaken { .. } = err {
                         deps.dispatch.give_back(update);
-                        return Some(match deps.store.mark_in_doubt(id).await {
-                            Ok(_) => Step::End(JobOutcome::Held),
-                            Err(_) => Step::End(JobOutcome::Parked),
-                        });
+                        // Registered for its own task's later announcement, as held jobs are.
+                        return Some(self.hold_in_doubt(id, job).await);
                     }
                     return Some(Step::End(JobOutcome::Parked));
                 }
@@ -2558,19 +2593,23 @@ impl Runner {
                     // storage pointed elsewhere at the submit: a copy of the earlier edit (a
                     // catalogue copied to the new place before the move), not Claid's. Claid's
                     // is looked for where it wrote (and copied over it).
-                    if !copied
-                        && job.replaces.iter().flatten().any(|b| b.same_bytes(&now))
-                        && let Some(former) = self.former_place(job, storage)
-                    {
+                    // (Such a copy is not taken for the new edit either when nothing is found
+                    // elsewhere: it is the earlier edit, whatever its time of writing.)
+                    let places = if job.replaces.iter().flatten().any(|b| b.same_bytes(&now)) {
+                        self.former_places(job, storage).await
+                    } else {
+                        Vec::new()
+                    };
+                    let moved = !places.is_empty();
+                    if !copied && moved {
                         match self
-                            .copy_from_former((id, job), storage, &former, key)
+                            .copy_from_elsewhere((id, job), storage, &places, key)
                             .await
                         {
                             Former::Copied(_) => {
                                 copied = true;
                                 continue;
                             }
-                            Former::Parked => return Step::End(JobOutcome::Parked),
                             Former::Failed(why) => {
                                 let code = FailureCode::ObjectMissing;
                                 return self.fail(id, code, &object_read_failed(code, &why)).await;
@@ -2578,7 +2617,11 @@ impl Runner {
                             Former::NotThere => {}
                         }
                     }
-                    let Some(before) = job.replaces.iter().flatten().find(|b| b.is_same(&now))
+                    let Some(before) = job
+                        .replaces
+                        .iter()
+                        .flatten()
+                        .find(|b| b.is_same(&now) || (moved && b.same_bytes(&now)))
                     else {
                         break info;
                     };
@@ -3741,9 +3784,9 @@ pub(crate) const MAX_LOST_ANSWERS: u32 = 5;
 pub(crate) struct LostAnswers(u32);
 
 impl LostAnswers {
-    /// Counting from the lost answers a job's record already counts ([`JobV1::in_doubt`]: the
-    /// submits of earlier runs, and of this one, whose answer was lost and that nothing
-    /// resolved since). Counted per call, a batch whose answers came too late for
+    /// Counting from the lost answers a job's record already counts ([`JobV1::lost_answers`]:
+    /// of earlier runs and of this one, since a submit of it was answered or a replay sent it
+    /// again). Counted per call, a batch whose answers came too late for
     /// `api.request_timeout` was sent four times in each `run --once` (which then ended at
     /// `api.unreachable_timeout`) and again in the next, billed without end (acceptance run).
     pub(crate) fn already(in_doubt: u32) -> LostAnswers {

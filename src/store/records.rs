@@ -10,6 +10,10 @@ pub type JobId = u64;
 /// A manifest id, from the same id generator as job ids.
 pub type ManifestId = u64;
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 /// The stored form of a manifest; the version tag lets a later schema read old databases.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(tag = "v")]
@@ -216,6 +220,13 @@ pub struct JobV1 {
     pub attempts: u32,
     /// Number of times the job was found in doubt (a submit may have reached Claid).
     pub in_doubt: u32,
+    /// Submits of this job in a row whose answer was lost (sent again, or found mid-submit
+    /// after a crash) since one was answered or a replay sent it again: past
+    /// [`crate::pipeline::job::MAX_LOST_ANSWERS`] it is held in doubt rather than sent once
+    /// more, in whatever run (counted per run, a gateway answering every submit too late had
+    /// each `run --once` send the image a few more times, without end).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lost_answers: u32,
     /// Number of polls, for statistics and the poll schedule.
     pub polls: u32,
     /// The last few `x-request-id`s seen for this job, for support tickets.
@@ -574,10 +585,15 @@ impl JobState {
     pub fn billed(&self) -> bool {
         match self {
             JobState::Done { skipped, .. } => !skipped,
-            // A synchronous upload's result names no task.
+            // A synchronous upload's result names no task: written or fetched, it was made.
             JobState::Failed {
                 unwritten: Some(_), ..
             } => true,
+            JobState::Failed {
+                task_id: None,
+                code,
+                ..
+            } if code.is_result_download() => true,
             JobState::Failed {
                 task_id: Some(_),
                 code,
@@ -688,5 +704,33 @@ impl KindOnly {
             (StateName::Failed, Some(FailureCode::Superseded)) => StateName::Superseded,
             (kind, _) => kind,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(code: FailureCode, task_id: Option<u64>) -> JobState {
+        JobState::Failed {
+            code,
+            message: String::new(),
+            attempts: 1,
+            task_id,
+            unwritten: None,
+        }
+    }
+
+    /// A synchronous upload names no task: its result that could not be fetched was made and
+    /// billed all the same (a replay's dry run did not count it), while an upload Claid
+    /// refused, or whose edit ended in error, made nothing.
+    #[test]
+    fn an_uploads_result_that_could_not_be_fetched_counts_as_billed() {
+        assert!(failed(FailureCode::ResultExpired, None).billed());
+        assert!(failed(FailureCode::DownloadFailed, None).billed());
+        assert!(failed(FailureCode::ResultExpired, Some(7)).billed());
+        assert!(!failed(FailureCode::ClaidError, None).billed());
+        assert!(!failed(FailureCode::ClaidBadRequest, None).billed());
+        assert!(!failed(FailureCode::InputUnreadable, None).billed());
     }
 }

@@ -29,6 +29,11 @@ pub const TREE_JOBS_BY_MANIFEST: &str = "jobs_by_manifest";
 /// range where the older index had one per job.
 pub const TREE_JOB_RANGES: &str = "job_ranges";
 pub const TREE_DONE_BY_KEY: &str = "done_by_key";
+/// Meta key prefix of the places a storage's connector was found pointing at during a run,
+/// by storage name ([`Trees::note_storage_place`]).
+const META_STORAGE_PLACES: &str = "storage-places/";
+/// How many such places are kept per storage.
+const MAX_STORAGE_PLACES: usize = 8;
 pub const TREE_META: &str = "meta";
 pub const TREE_UNFINISHED: &str = "unfinished";
 pub const TREE_RESERVED: &str = "reserved";
@@ -217,6 +222,36 @@ impl Trees {
         trees.db.flush()?;
         trees.check_highwater()?;
         Ok(trees)
+    }
+
+    /// The other places (`s3://bucket/path`) a storage's connector at Claid was found pointing
+    /// at during a run ([`Trees::note_storage_place`]), oldest first.
+    pub fn storage_places(&self, storage: &str) -> Result<Vec<String>, StoreError> {
+        let meta = self.db.open_tree(TREE_META)?;
+        Ok(meta
+            .get(format!("{META_STORAGE_PLACES}{storage}"))?
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default())
+    }
+
+    /// Notes `place` as a place `storage`'s connector pointed at during a run (the objects
+    /// Claid wrote then are there); the last [`MAX_STORAGE_PLACES`] are kept. Flushed.
+    pub fn note_storage_place(&self, storage: &str, place: &str) -> Result<(), StoreError> {
+        let mut places = self.storage_places(storage)?;
+        if places.iter().any(|known| known == place) {
+            return Ok(());
+        }
+        places.push(place.to_owned());
+        if places.len() > MAX_STORAGE_PLACES {
+            places.remove(0);
+        }
+        let bytes =
+            serde_json::to_vec(&places).map_err(|err| StoreError::Worker(err.to_string()))?;
+        self.db
+            .open_tree(TREE_META)?
+            .insert(format!("{META_STORAGE_PLACES}{storage}"), bytes)?;
+        self.db.flush()?;
+        Ok(())
     }
 
     /// A store whose files were damaged (sled reads its log up to the first record that fails

@@ -4097,7 +4097,7 @@ async fn issue15_objects_written_before_the_connector_and_url_moved_are_copied_n
     let (code, stderr) = env.run_once(&config).await;
     assert_eq!(code, 0, "{stderr}");
     assert!(
-        stderr.contains("copied to where it points now") && !stderr.contains("Job failed"),
+        stderr.contains("copied to where the storage points now") && !stderr.contains("Job failed"),
         "{stderr}"
     );
     let report = env.report("shoes");
@@ -4253,7 +4253,7 @@ async fn issue15_staged_inputs_claid_cannot_read_through_a_moved_connector_wait_
     .await;
     crate::support::wait_until("the images wait for the restart", deadline, || {
         let log = env.daemon_log(0);
-        log.matches("its input is in a storage whose connector moved")
+        log.matches("it reads or writes a storage whose connector moved")
             .count()
             + log
                 .matches("Not submitted: a storage it uses is held")
@@ -4277,5 +4277,68 @@ async fn issue15_staged_inputs_claid_cannot_read_through_a_moved_connector_wait_
     assert_eq!(rows.len(), 4);
     assert!(rows.iter().all(|r| r["status"] == "done"), "{report:#}");
     assert_eq!(images_under(&env.outbox).len(), 4);
+    s3.stop().await;
+}
+
+/// `run --once` whose storage is held (Claid's connector moved during the run) ends 64 with
+/// images still at Claid; the connector is then moved back (the config left as it was): the
+/// next run finds every image Claid wrote where the connector pointed, and copies it back,
+/// billed once. (Only the job that found the move noted where it pointed: the others, still
+/// at Claid, failed `object-missing`, and the replay billed them again; acceptance run.)
+#[tokio::test(flavor = "multi_thread")]
+async fn issue15_run_once_held_by_a_moved_connector_finds_every_image_once_it_is_moved_back() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let scenario = Scenario::default()
+        .latency(Latency::Fixed(std::time::Duration::from_secs(1)))
+        .seed(7);
+    let (env, config) = storage_env(&s3, scenario, "", 8).await;
+    for i in 0..8 {
+        let bytes = crate::support::png(40 + i, 30);
+        s3.put_object("catalog", &format!("other/in/sku-{i}.png"), &bytes)
+            .await;
+    }
+    let mut manifest =
+        String::from("output: { format: jpeg, destination: storage://catalog/out/ }\nimages:\n");
+    for i in 0..8 {
+        manifest.push_str(&format!("  - storage://catalog/in/sku-{i}.png\n"));
+    }
+    env.drop_file("shoes.yaml", manifest.as_bytes());
+    let (mut once, log_path) = spawn_run_once(&env, &config);
+    let deadline = std::time::Duration::from_secs(90);
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    // Moved once the canary is at Claid: the batches after it are written under `other/`.
+    crate::support::wait_until("the canary is submitted", deadline, || {
+        log().contains("Batch submitted")
+    })
+    .await;
+    move_connector(&env, "other").await;
+    let status = tokio::time::timeout(deadline, once.wait())
+        .await
+        .expect("run --once ends")
+        .expect("exit status");
+    assert_eq!(status.code(), Some(64), "{}", log());
+    assert!(
+        log().contains("Claid's connector changed during the run") && !log().contains("Job failed"),
+        "{}",
+        log()
+    );
+    let billed = env.stats().batch_images + env.stats().submits;
+    assert_eq!(billed, 8, "every image was sent once: {:?}", env.stats());
+
+    move_connector(&env, "raw").await;
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    let report = env.report("shoes");
+    let rows = report["jobs"].as_array().expect("rows");
+    assert!(rows.iter().all(|r| r["status"] == "done"), "{report:#}");
+    assert_eq!(s3.list_keys("catalog", "raw/out/shoes/").await.len(), 8);
+    let stats = env.stats();
+    assert_eq!(
+        stats.batch_images + stats.submits,
+        8,
+        "each image billed once"
+    );
     s3.stop().await;
 }
