@@ -112,11 +112,28 @@ impl OpenStorage {
 #[derive(Debug, Clone, Default)]
 pub struct Storages {
     by_name: BTreeMap<String, OpenStorage>,
-    /// By storage name: the last comparison of its connector with it during the run
-    /// ([`Storages::recheck`]).
-    rechecked: std::sync::Arc<tokio::sync::Mutex<BTreeMap<String, Rechecked>>>,
-    /// By storage name: when a listing for [`Storages::recheck`] went unanswered last.
-    unanswered: std::sync::Arc<std::sync::Mutex<BTreeMap<String, std::time::Instant>>>,
+    /// The comparisons of connectors with their storages during the run
+    /// ([`Storages::recheck`]), one at a time.
+    rechecks: std::sync::Arc<tokio::sync::Mutex<Rechecks>>,
+}
+
+/// What [`Storages::recheck`] knows, by storage name.
+#[derive(Debug, Default)]
+struct Rechecks {
+    /// The last comparison Claid answered.
+    answered: BTreeMap<String, Rechecked>,
+    /// When a listing last went unanswered.
+    unanswered: BTreeMap<String, std::time::Instant>,
+}
+
+/// A storage's connector found pointing elsewhere than the storage ([`Storages::recheck`]).
+#[derive(Debug, Clone)]
+pub struct ConnectorMoved {
+    /// Why, in words (the start check's error).
+    pub why: String,
+    /// Where it points now (`s3://bucket/path`), when it points at another place of a bucket
+    /// (not when it is gone or no bucket).
+    pub place: Option<String>,
 }
 
 /// How long a storage's connector is not listed again after Claid did not answer.
@@ -127,10 +144,8 @@ const RECHECK_UNANSWERED_FOR: std::time::Duration = std::time::Duration::from_se
 struct Rechecked {
     /// When the listing was sent.
     at: std::time::Instant,
-    /// Why it no longer matches (`None`: it does).
-    why: Option<String>,
-    /// Where the connector points then (`s3://bucket/path`), when it points at another place.
-    place: Option<String>,
+    /// What was found (`None`: it matches).
+    moved: Option<ConnectorMoved>,
 }
 
 /// The waits between the listings of one [`Storages::recheck`] that Claid does not answer.
@@ -457,14 +472,13 @@ impl Storages {
         }
         Ok(Storages {
             by_name,
-            rechecked: Default::default(),
-            unanswered: Default::default(),
+            rechecks: Default::default(),
         })
     }
 
     /// Compares `storage` with its connector at Claid again, during a run (an object Claid
     /// was to write is not at its key, as a look sent at `looked_at` found): `Some(why)` when
-    /// the connector points elsewhere now (or is gone, or no bucket). A listing sent after
+    /// the connector points elsewhere now (or is gone, or no bucket), and where. A listing sent after
     /// that look answers for every caller that looked before it was sent (callers meanwhile
     /// wait for it): one listing serves the images found missing together, and none made
     /// before the look stands for it (the connector may have moved since). A listing Claid
@@ -475,16 +489,16 @@ impl Storages {
         storage: &OpenStorage,
         client: &Client,
         looked_at: std::time::Instant,
-    ) -> Option<String> {
-        let mut rechecked = self.rechecked.lock().await;
-        if let Some(last) = rechecked.get(&storage.name)
+    ) -> Option<ConnectorMoved> {
+        let mut rechecks = self.rechecks.lock().await;
+        if let Some(last) = rechecks.answered.get(&storage.name)
             && last.at >= looked_at
         {
-            return last.why.clone();
+            return last.moved.clone();
         }
         // Claid did not answer the last listing: not asked again for a minute (each image
         // found missing meanwhile waited 15 s for its own listings, one after another).
-        if let Some(at) = self.unanswered(&storage.name)
+        if let Some(at) = rechecks.unanswered.get(&storage.name)
             && at.elapsed() < RECHECK_UNANSWERED_FOR
         {
             return None;
@@ -501,46 +515,32 @@ impl Storages {
                     }
                     None => {
                         tracing::warn!(storage = %escape(&storage.name), error = %err, "Claid's storage connectors could not be listed to see whether the storage's connector still points at its `url`; the output object counts as missing (not asked again for a minute)");
-                        self.unanswered
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        rechecks
+                            .unanswered
                             .insert(storage.name.clone(), std::time::Instant::now());
                         return None;
                     }
                 },
             }
         };
-        let found = storage.compare(&connectors).err();
-        let place = match &found {
-            Some(StorageError::Mismatch { claid, .. }) => Some(claid.clone()),
-            _ => None,
-        };
-        let why = found.map(|err| err.to_string());
-        rechecked.insert(
+        let moved = storage
+            .compare(&connectors)
+            .err()
+            .map(|err| ConnectorMoved {
+                place: match &err {
+                    StorageError::Mismatch { claid, .. } => Some(claid.clone()),
+                    _ => None,
+                },
+                why: err.to_string(),
+            });
+        rechecks.answered.insert(
             storage.name.clone(),
             Rechecked {
                 at,
-                why: why.clone(),
-                place,
+                moved: moved.clone(),
             },
         );
-        why
-    }
-
-    /// When a listing for [`Storages::recheck`] of `storage` last went unanswered.
-    fn unanswered(&self, storage: &str) -> Option<std::time::Instant> {
-        self.unanswered
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(storage)
-            .copied()
-    }
-
-    /// Where `storage`'s connector at Claid pointed when [`Storages::recheck`] last found it
-    /// pointing elsewhere than the storage (`s3://bucket/path`).
-    pub async fn connector_place(&self, storage: &str) -> Option<String> {
-        let rechecked = self.rechecked.lock().await;
-        rechecked.get(storage)?.place.clone()
+        moved
     }
 
     /// No storage configured.

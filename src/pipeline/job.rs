@@ -730,13 +730,18 @@ impl Runner {
         Some(JobOutcome::Parked)
     }
 
-    /// Holds `storage` until a restart: Claid's connector points elsewhere now (`why`). The
+    /// Holds `storage` until a restart: Claid's connector points elsewhere now (`moved`). The
     /// place it points at is noted in the store ([`Store::note_storage_place`]): every job
     /// whose object is not at its key looks there at the next start, whichever of the
     /// storage's `url` and the connector is made to match the other.
-    async fn hold_moved_storage(&self, storage: &crate::storages::OpenStorage, why: String) {
+    async fn hold_moved_storage(
+        &self,
+        storage: &crate::storages::OpenStorage,
+        moved: crate::storages::ConnectorMoved,
+    ) {
         let deps = &*self.deps;
-        if let Some(place) = deps.storages.connector_place(&storage.name).await
+        let crate::storages::ConnectorMoved { why, place } = moved;
+        if let Some(place) = place
             && let Err(err) = deps.store.note_storage_place(&storage.name, &place).await
         {
             error!(error = %err, storage = %storage.name, place = %place, "Where the storage's connector points now could not be recorded: objects Claid wrote there are not looked for there after a restart");
@@ -775,14 +780,14 @@ impl Runner {
                 continue;
             };
             if deps.health.storage_held(&storage.name).is_none() {
-                let Some(why) = deps
+                let Some(moved) = deps
                     .storages
                     .recheck(storage, &deps.client, answered_at)
                     .await
                 else {
                     continue;
                 };
-                self.hold_moved_storage(storage, why).await;
+                self.hold_moved_storage(storage, moved).await;
             }
             held = Some(storage);
             break;
@@ -909,14 +914,14 @@ impl Runner {
             }
         }
         if deps.health.storage_held(&storage.name).is_none() {
-            let Some(why) = deps
+            let Some(moved) = deps
                 .storages
                 .recheck(storage, &deps.client, looked_at.into_std())
                 .await
             else {
                 return Moved::No;
             };
-            self.hold_moved_storage(storage, why).await;
+            self.hold_moved_storage(storage, moved).await;
         }
         Moved::Parked
     }
