@@ -1811,8 +1811,8 @@ impl BatchRunner {
         );
     }
 
-    /// Claid failed the image (`message`): a failure, unless its input is in a storage whose
-    /// connector moved at Claid ([`crate::pipeline::job::Runner::held_for_moved_input`]: the
+    /// Claid failed the image (`message`): a failure, unless its input or output is in a
+    /// storage whose connector moved at Claid ([`crate::pipeline::job::Runner::held_for_moved_input`]: the
     /// job waits in the queue for a restart).
     async fn fail_unless_moved(
         &self,

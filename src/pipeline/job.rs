@@ -752,9 +752,10 @@ impl Runner {
     }
 
     /// Claid failed a job that reads a storage input (a `storage://` row of a configured
-    /// storage, or a staged input; its answer came at `answered_at`): when that storage's
-    /// connector at Claid points elsewhere now (compared again), Claid looked for the input
-    /// where the daemon did not put or check it. The storage is held until a restart
+    /// storage, or a staged input) or writes a storage output (its answer came at
+    /// `answered_at`): when that storage's connector at Claid points elsewhere now (compared
+    /// again; the input's storage first), Claid looked for the input where the daemon did not
+    /// put or check it, or could not write there. The storage is held until a restart
     /// ([`Runner::hold_moved_storage`]) and the job goes back to the queue instead of failing
     /// (each image sent into the moved connector failed, and batches kept being sent).
     /// `None`: the failure stands.
