@@ -5,7 +5,8 @@
 //! Bounded so that no number of idle, slow or greedy clients can exhaust the daemon's file
 //! descriptors or memory: at most [`Bounds::max_connections`] connections per listener are
 //! served at once (at the cap, the connection idle the longest is closed to make room, at once
-//! when it never sent a whole request; when every one has a request in progress, or the
+//! when it never sent a whole request, but never before it has had [`QUIET_BEFORE_EVICT`] to
+//! be read; when every one has a request in progress, or the
 //! connections on their way to their places have not settled within [`SETTLE_WAIT`], more are
 //! answered `503` and closed at once, which also drains the kernel's accept queue), a client
 //! has [`Bounds::header_timeout`] to send a request's headers (from the connection, and again
@@ -196,12 +197,15 @@ pub async fn serve_counted<H, F>(
         // waits for that place in a task of its own (at most as many at once as there are
         // places): waiting here, each of 300 clients trickling headers cost the accept loop
         // a fifth of a second, and a probe behind them went unanswered for 20 s.
-        // When nothing can be taken now but connections are on their way (evicted ones
-        // closing, newcomers waiting in the room for their places, each soon idle and
-        // evictable in turn), the loop waits a moment for them to settle instead of refusing:
-        // a probe behind a burst of 300 quiet clients, or among clients that reconnect as soon
-        // as they are closed, was refused while the burst's newcomers were still on their way.
-        // When every place has a request in progress, nothing is on its way: refused at once.
+        // A connection is not evicted before it has had its chance to be read
+        // ([`Slot::ripe_at`]): among clients that reconnect as soon as they are closed, each
+        // newcomer evicted the one placed just before it, and a probe placed among them was
+        // closed before its task read the request it had sent (or was refused, every place
+        // closing). When nothing can be taken now but connections are on their way (evicted
+        // ones closing, newcomers waiting in the room for their places, new ones soon
+        // evictable), the loop waits for them to settle (at most [`SETTLE_WAIT`]) instead of
+        // refusing: the newcomer is the next in line either way. When every place has a
+        // request in progress, nothing is on its way: refused at once.
         let settle_by = Instant::now() + SETTLE_WAIT;
         let place = loop {
             // Registered before looking, so that a change made meanwhile is not missed.
@@ -216,15 +220,20 @@ pub async fn serve_counted<H, F>(
             {
                 break Some(Err((room, place)));
             }
-            let on_the_way =
-                idle.closing() || waiting_room.available_permits() < bounds.max_connections;
-            if !on_the_way {
+            let now = Instant::now();
+            let ripens = idle.next_ripe(now);
+            let on_the_way = ripens.is_some()
+                || idle.closing()
+                || waiting_room.available_permits() < bounds.max_connections;
+            if !on_the_way || now >= settle_by {
                 break None;
             }
+            // Woken when one ripens too: nothing tells the loop of that.
+            let wake = ripens.map_or(settle_by, |at| at.min(settle_by));
             tokio::select! {
                 _ = cancel.cancelled() => break None,
                 _ = &mut changed => {}
-                _ = tokio::time::sleep_until(settle_by) => break None,
+                _ = tokio::time::sleep_until(wake) => {}
             }
         };
         match place {
@@ -272,9 +281,14 @@ pub async fn serve_counted<H, F>(
 
 /// How long the accept loop waits, at most, for connections on their way to settle before it
 /// refuses a newcomer (see the loop).
-const SETTLE_WAIT: Duration = Duration::from_millis(50);
+const SETTLE_WAIT: Duration = Duration::from_millis(500);
 /// How long a new connection waits for the place of an idle one it evicted.
-const EVICT_WAIT: Duration = Duration::from_millis(200);
+const EVICT_WAIT: Duration = Duration::from_millis(500);
+/// How long a connection must have waited on its client before it may be evicted.
+const QUIET_BEFORE_EVICT: Duration = Duration::from_millis(50);
+/// How long after it was accepted (or its last request ended) a connection may be evicted
+/// whether or not its task got to read it.
+const NEW_BEFORE_EVICT: Duration = Duration::from_millis(500);
 /// How long an evicted connection may take to finish what it is doing (an answer the client
 /// does not read kept it, and its place, for as long as the client liked).
 const EVICTED_GRACE: Duration = Duration::from_millis(100);
@@ -284,16 +298,19 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection's stream whose writes fail with `TimedOut` once one has waited
 /// [`WRITE_TIMEOUT`] for the client to take a byte (hyper has a timeout for reading headers,
 /// none for writing).
+/// Its reads also tell the connection's [`Slot`] when it waits on its client.
 struct WriteTimeout<T> {
     inner: T,
     stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    slot: Arc<Slot>,
 }
 
 impl<T> WriteTimeout<T> {
-    fn new(inner: T) -> WriteTimeout<T> {
+    fn new(inner: T, slot: Arc<Slot>) -> WriteTimeout<T> {
         WriteTimeout {
             inner,
             stalled: None,
+            slot,
         }
     }
 
@@ -335,7 +352,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for WriteTimeout<T> {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+        let read = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if read.is_pending() {
+            self.slot.waits_on_client();
+        }
+        read
     }
 }
 
@@ -398,6 +419,9 @@ struct Slot {
     served: std::sync::atomic::AtomicBool,
     /// Since when it has been idle (no request in progress), or was accepted.
     idle_since: std::sync::Mutex<Instant>,
+    /// Since when it has waited on its client for the next request: its reads found nothing
+    /// more to read since it was accepted or its last request ended. `None` until then.
+    waiting_since: std::sync::Mutex<Option<Instant>>,
     evict: CancellationToken,
     /// [`Connections::changed`], told when a request on it ends.
     changed: Arc<tokio::sync::Notify>,
@@ -419,6 +443,7 @@ impl Connections {
             in_request: std::sync::atomic::AtomicUsize::new(0),
             served: std::sync::atomic::AtomicBool::new(false),
             idle_since: std::sync::Mutex::new(Instant::now()),
+            waiting_since: std::sync::Mutex::new(None),
             evict: CancellationToken::new(),
             changed: self.changed.clone(),
             heir: std::sync::Mutex::new(None),
@@ -437,20 +462,36 @@ impl Connections {
         self.lock().iter().any(|slot| slot.evict.is_cancelled())
     }
 
-    fn evictable(slot: &Slot) -> bool {
+    /// Idle (no request in progress) and not closing already.
+    fn idle(slot: &Slot) -> bool {
         slot.in_request.load(std::sync::atomic::Ordering::SeqCst) == 0 && !slot.evict.is_cancelled()
     }
 
-    /// Closes the connection idle the longest that is not closing already; its place, once it
-    /// has closed, comes through the receiver. `None` when every connection has a request in
-    /// progress or is closing already.
+    fn evictable(slot: &Slot, now: Instant) -> bool {
+        Self::idle(slot) && slot.ripe_at() <= now
+    }
+
+    /// When the next idle connection that may not be evicted yet may be.
+    fn next_ripe(&self, now: Instant) -> Option<Instant> {
+        self.lock()
+            .iter()
+            .filter(|slot| Self::idle(slot))
+            .map(|slot| slot.ripe_at())
+            .filter(|at| *at > now)
+            .min()
+    }
+
+    /// Closes the connection idle the longest that may be evicted ([`Slot::ripe_at`]) and is
+    /// not closing already; its place, once it has closed, comes through the receiver. `None`
+    /// when every connection has a request in progress, is closing already, or is too new.
     fn evict_oldest(
         &self,
     ) -> Option<tokio::sync::oneshot::Receiver<tokio::sync::OwnedSemaphorePermit>> {
+        let now = Instant::now();
         let slots = self.lock();
         let oldest = slots
             .iter()
-            .filter(|slot| Self::evictable(slot))
+            .filter(|slot| Self::evictable(slot, now))
             .min_by_key(|slot| {
                 *slot
                     .idle_since
@@ -465,6 +506,33 @@ impl Connections {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(heir);
         slot.evict.cancel();
         Some(place)
+    }
+}
+
+impl Slot {
+    /// From when it may be evicted: once it has waited on its client for [`QUIET_BEFORE_EVICT`]
+    /// (a client that sent its whole request at once is read before then, even on a busy
+    /// machine), or [`NEW_BEFORE_EVICT`] after it was accepted or its last request ended (its
+    /// task never got to read it).
+    fn ripe_at(&self) -> Instant {
+        let idle_since = *self
+            .idle_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let waiting_since = *self
+            .waiting_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let new = idle_since + NEW_BEFORE_EVICT;
+        waiting_since.map_or(new, |since| new.min(since + QUIET_BEFORE_EVICT))
+    }
+
+    /// A read found nothing more to read: from now (unless already), it waits on its client.
+    fn waits_on_client(&self) {
+        self.waiting_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_or_insert_with(Instant::now);
     }
 }
 
@@ -503,6 +571,10 @@ impl InRequest {
         slot.in_request
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         slot.served.store(true, std::sync::atomic::Ordering::SeqCst);
+        *slot
+            .waiting_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         InRequest(slot.clone())
     }
 }
@@ -514,6 +586,12 @@ impl Drop for InRequest {
             .idle_since
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
+        // A read of its body does not count: it waits for the next request from now on.
+        *self
+            .0
+            .waiting_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         self.0
             .in_request
             .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
@@ -629,7 +707,8 @@ where
         .timer(TokioTimer::new())
         .header_read_timeout(bounds.header_timeout)
         .keep_alive(true);
-    let mut conn = builder.serve_connection(TokioIo::new(WriteTimeout::new(io)), service);
+    let mut conn =
+        builder.serve_connection(TokioIo::new(WriteTimeout::new(io, slot.clone())), service);
     let res = tokio::select! {
         res = &mut conn => res,
         _ = cancel.cancelled() => {
@@ -664,6 +743,35 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connection_may_be_evicted_only_once_it_has_waited_on_its_client_or_aged() {
+        let connections = Connections::default();
+        let slot = connections.add();
+        let accepted = *slot.idle_since.lock().unwrap();
+        // Its task has not read it yet: safe until it is old.
+        assert_eq!(slot.ripe_at(), accepted + NEW_BEFORE_EVICT);
+        assert!(connections.evict_oldest().is_none());
+        assert_eq!(
+            connections.next_ripe(Instant::now()),
+            Some(accepted + NEW_BEFORE_EVICT)
+        );
+        // Its read found nothing more: safe only for a moment more.
+        slot.waits_on_client();
+        let waiting = slot.waiting_since.lock().unwrap().expect("waiting");
+        assert_eq!(slot.ripe_at(), waiting + QUIET_BEFORE_EVICT);
+        assert!(Connections::evictable(&slot, waiting + QUIET_BEFORE_EVICT));
+        // A request on it: not idle, so never evicted; once it ends, it waits anew.
+        let request = InRequest::start(&slot);
+        assert!(slot.waiting_since.lock().unwrap().is_none());
+        assert!(!Connections::evictable(
+            &slot,
+            waiting + NEW_BEFORE_EVICT * 10
+        ));
+        drop(request);
+        let ended = *slot.idle_since.lock().unwrap();
+        assert_eq!(slot.ripe_at(), ended + NEW_BEFORE_EVICT);
+    }
 
     #[test]
     fn the_busy_answer_is_one_complete_http_response() {
