@@ -385,6 +385,12 @@ fn cmd_run(path: &Path, once: bool, print_config: bool) -> i32 {
                 "The Claid API answered every call with 429 (rate limited: another client using the same API key may be spending its quota, or the account's limits are lower than `api.requests_per_minute`)"
             } else if why.starts_with(crate::pipeline::health::RESULT_HOST) {
                 "The host of Claid's results stayed unreachable (the Claid API answers; results wait there for a day)"
+            } else if why.contains("within api.request_timeout")
+                || why.contains("within api.upload_timeout")
+            {
+                // It takes connections but its answers do not come: "unreachable" sent the
+                // operator to the network.
+                "The Claid API took every connection but answered no call in time (`error` names the call and its timeout: a slow Claid wants a longer one; a proxy or firewall that holds answers up wants a look)"
             } else {
                 "The Claid API stayed unreachable"
             };

@@ -618,6 +618,35 @@ async fn fault_a_run_of_404s_is_asked_for_half_a_minute_whatever_the_poll_settin
     }
 }
 
+/// An API that takes connections but holds every submit's answer past `api.request_timeout`:
+/// `run --once` ends 69 at `api.unreachable_timeout` saying the API answered no call in time
+/// and naming the call and its timeout (it said "The Claid API stayed unreachable", which sent
+/// the operator to the network), and fails no image (the submits are in doubt, not lost).
+#[tokio::test(flavor = "multi_thread")]
+async fn fault_submits_answered_too_late_end_run_once_saying_the_api_answers_too_slowly() {
+    let env =
+        TestEnv::new(Scenario::default().submit_response_delay(Duration::from_secs(30))).await;
+    let config = env.config(
+        "request_timeout: 1s
+unreachable_timeout: 4s",
+        "",
+    );
+    env.drop_file(
+        "m.yaml",
+        b"images:\n  - input: storage://demo/a-64x48.png\n",
+    );
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 69, "{stderr}");
+    assert!(
+        stderr.contains("The Claid API took every connection but answered no call in time")
+            && stderr.contains("within api.request_timeout"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("stayed unreachable"), "{stderr}");
+    assert!(!stderr.contains("Job failed"), "{stderr}");
+    assert!(env.stats().submits >= 1, "{:?}", env.stats());
+}
+
 /// A result host that answers 503 (the API answering as usual) for longer than a download's
 /// failure budget: the image was made and billed, and its result stays at its `tmp_url` for a
 /// day, so the download waits it out like an outage. `run --once` ends at
