@@ -758,6 +758,15 @@ impl ObjectStorage {
 
     /// The bytes of `key`; an object larger than `max_bytes` is refused before its body is read.
     pub async fn get(&self, key: &str, max_bytes: u64) -> Result<Bytes, ObjectError> {
+        Ok(self.get_with_attributes(key, max_bytes).await?.0)
+    }
+
+    /// [`ObjectStorage::get`], with the object's attributes (its `Content-Type` and the like).
+    async fn get_with_attributes(
+        &self,
+        key: &str,
+        max_bytes: u64,
+    ) -> Result<(Bytes, object_store::Attributes), ObjectError> {
         let path = self.path(key)?;
         let op = "read";
         let result = self
@@ -773,10 +782,12 @@ impl ObjectStorage {
                 max: max_bytes,
             });
         }
-        result
+        let attributes = result.attributes.clone();
+        let bytes = result
             .bytes()
             .await
-            .map_err(|err| self.failed(op, key, err))
+            .map_err(|err| self.failed(op, key, err))?;
+        Ok((bytes, attributes))
     }
 
     /// The bytes of `key` in `range` (a range past the object's end is cut at its end).
@@ -836,12 +847,29 @@ impl ObjectStorage {
     /// Writes `bytes` to `key`: the object appears whole or not at all. Over [`PARTS_OVER`]
     /// bytes it is sent in parts of [`PART_SIZE`], one after the other ([`Self::put_in_parts`]).
     pub async fn put(&self, key: &str, bytes: Bytes) -> Result<ObjectInfo, ObjectError> {
+        self.put_with_attributes(key, bytes, object_store::Attributes::new())
+            .await
+    }
+
+    /// [`ObjectStorage::put`], giving the object `attributes` (its `Content-Type` and the like).
+    async fn put_with_attributes(
+        &self,
+        key: &str,
+        bytes: Bytes,
+        attributes: object_store::Attributes,
+    ) -> Result<ObjectInfo, ObjectError> {
         let path = self.path(key)?;
         let size = bytes.len() as u64;
         let put = if bytes.len() > PARTS_OVER {
-            self.put_in_parts(&path, bytes).await
+            self.put_in_parts(&path, bytes, attributes).await
         } else {
-            self.store.put(&path, PutPayload::from_bytes(bytes)).await
+            let options = object_store::PutOptions {
+                attributes,
+                ..Default::default()
+            };
+            self.store
+                .put_opts(&path, PutPayload::from_bytes(bytes), options)
+                .await
         };
         let put = put.map_err(|err| match err {
             // A write makes the object: a 404 can only be the bucket's (NoSuchBucket).
@@ -871,8 +899,13 @@ impl ObjectStorage {
         &self,
         path: &StorePath,
         mut bytes: Bytes,
+        attributes: object_store::Attributes,
     ) -> object_store::Result<object_store::PutResult> {
-        let mut upload = self.store.put_multipart(path).await?;
+        let options = object_store::PutMultipartOptions {
+            attributes,
+            ..Default::default()
+        };
+        let mut upload = self.store.put_multipart_opts(path, options).await?;
         let mut failed = None;
         while !bytes.is_empty() {
             let part = bytes.split_to(bytes.len().min(PART_SIZE));
@@ -893,7 +926,7 @@ impl ObjectStorage {
 
     /// Copies `key` of `from` (another prefix or bucket of the same endpoint and keys) to
     /// `key` here: by the server itself within one bucket, else read (at most `max_bytes`)
-    /// and written. Returns what the write reports.
+    /// and written with its attributes (`Content-Type`). Returns what the write reports.
     pub async fn copy_from(
         &self,
         from: &ObjectStorage,
@@ -909,8 +942,10 @@ impl ObjectStorage {
                 .map_err(|err| self.failed("copy", key, err))?;
             return self.head(key).await;
         }
-        let bytes = from.get(key, max_bytes).await?;
-        self.put(key, bytes).await
+        // Read and written with its attributes: the object served from the new place keeps
+        // its `Content-Type` (a CDN in front of the bucket served the copy as a download).
+        let (bytes, attributes) = from.get_with_attributes(key, max_bytes).await?;
+        self.put_with_attributes(key, bytes, attributes).await
     }
 
     /// Size and tag of `key`, without its body.

@@ -1086,6 +1086,57 @@ async fn object_storage_reads_writes_lists_and_deletes_inside_its_prefix() {
     s3.stop().await;
 }
 
+/// An object copied from where a moved connector pointed (issue 15): within one bucket by the
+/// server, across buckets read and written again, and either way served with the
+/// `Content-Type` it had (across buckets the copy was served as `binary/octet-stream`, a
+/// download instead of an image behind a CDN). Big ones too (written in parts).
+#[tokio::test]
+async fn an_object_copied_from_a_former_place_keeps_its_bytes_and_content_type() {
+    use claid_hotfolder::objects::ObjectStorage;
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    for bucket in ["old", "new"] {
+        s3.create_bucket(bucket).await;
+    }
+    let big: Vec<u8> = (0..9 * 1024 * 1024 + 3).map(|i| (i % 253) as u8).collect();
+    s3.put_object_typed("old", "shop/x.png", b"png bytes", "image/png")
+        .await;
+    s3.put_object_typed("old", "shop/big.webp", &big, "image/webp")
+        .await;
+    let storage = |bucket: &str, prefix: &str| {
+        ObjectStorage::new(&s3.connector("cat", bucket, prefix).storage).expect("storage")
+    };
+    let former = storage("old", "shop");
+    for (here, bucket, prefix) in [
+        (storage("old", "moved"), "old", "moved"),
+        (storage("new", "shop"), "new", "shop"),
+    ] {
+        for (key, bytes, content_type) in [
+            ("x.png", &b"png bytes"[..], "image/png"),
+            ("big.webp", &big[..], "image/webp"),
+        ] {
+            let info = here
+                .copy_from(&former, key, 64 << 20)
+                .await
+                .unwrap_or_else(|err| panic!("{bucket}/{prefix}/{key}: {err}"));
+            assert_eq!(info.size, bytes.len() as u64, "{bucket}/{prefix}/{key}");
+            let full = format!("{prefix}/{key}");
+            assert_eq!(
+                s3.get_object(bucket, &full).await.as_deref(),
+                Some(bytes),
+                "{bucket}/{full}"
+            );
+            assert_eq!(
+                s3.content_type(bucket, &full).await.as_deref(),
+                Some(content_type),
+                "{bucket}/{full}"
+            );
+        }
+    }
+    s3.stop().await;
+}
+
 mod daemon;
 
 /// A server in front of the bucket that ignores `Range` (HTTP allows it: it answers 200 with

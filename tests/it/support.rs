@@ -732,11 +732,23 @@ impl S3Server {
 
     /// Writes an object (its key is the full key in the bucket).
     pub async fn put_object(&self, bucket: &str, key: &str, bytes: &[u8]) {
+        self.put_object_typed(bucket, key, bytes, "application/octet-stream")
+            .await;
+    }
+
+    /// Writes an object with its `Content-Type`.
+    pub async fn put_object_typed(
+        &self,
+        bucket: &str,
+        key: &str,
+        bytes: &[u8],
+        content_type: &str,
+    ) {
         let resp = self
             .http
             .put(format!("{}/{bucket}/{key}", self.endpoint))
             .header("authorization", S3_AUTHORIZATION)
-            .header("content-type", "application/octet-stream")
+            .header("content-type", content_type)
             .body(bytes.to_vec())
             .send()
             .await
@@ -746,6 +758,29 @@ impl S3Server {
             "put {bucket}/{key}: {}",
             resp.status()
         );
+    }
+
+    /// The `Content-Type` an object is served with, or `None` when it does not exist.
+    pub async fn content_type(&self, bucket: &str, key: &str) -> Option<String> {
+        let resp = self
+            .http
+            .head(format!("{}/{bucket}/{key}", self.endpoint))
+            .header("authorization", S3_AUTHORIZATION)
+            .send()
+            .await
+            .expect("head object");
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return None;
+        }
+        assert!(
+            resp.status().is_success(),
+            "head {bucket}/{key}: {}",
+            resp.status()
+        );
+        resp.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
     }
 
     /// The bytes of an object, or `None` when it does not exist.
