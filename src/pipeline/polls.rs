@@ -203,9 +203,18 @@ pub struct BatchClock {
     waited: bool,
     /// It took the scout role after waiting for another scout, which ended without a sample.
     inherited: bool,
+    /// It waited for its webhook until webhooks were found lost: as the first round's scout,
+    /// its first poll is not rationed (see [`Polls::batch_delay`]).
+    from_webhook_wait: bool,
 }
 
 impl BatchClock {
+    /// Its webhook is no longer waited for (webhooks were found lost): polled on the schedule
+    /// from now.
+    pub fn stopped_waiting_for_webhook(&mut self) {
+        self.from_webhook_wait = true;
+    }
+
     /// A poll found the batch running.
     pub fn running(&mut self) {
         self.late_polls += 1;
@@ -503,6 +512,7 @@ impl Polls {
             plan: 0,
             waited: false,
             inherited: false,
+            from_webhook_wait: false,
         }
     }
 
@@ -576,6 +586,18 @@ impl Polls {
                 (0, Some(due)) => due
                     .saturating_duration_since(Instant::now())
                     .max(Duration::from_millis(10)),
+                // One that waited for its webhook until webhooks were found lost polls as it
+                // would have from its submit without webhooks: its first poll is due, not
+                // rationed. (The burst of submits that followed the canary's end had the
+                // limiter wait, so a plan made then was rationed to the 10 s guess: the first
+                // round of a drop whose webhooks never came waited 10 s for batches of 2 s.)
+                (0, None) if clock.from_webhook_wait => {
+                    drop(scout);
+                    self.poll
+                        .min
+                        .saturating_sub(elapsed)
+                        .max(Duration::from_millis(10))
+                }
                 (0, None) => {
                     drop(scout);
                     self.scout_first_delay(clock.images, elapsed)

@@ -954,21 +954,32 @@ async fn issue12_a_webhook_later_than_the_wait_is_adopted_by_the_jobs_held_in_do
 /// once in a warning: it speaks plain HTTP.
 #[tokio::test(flavor = "multi_thread")]
 async fn issue12_a_receiver_listening_beyond_loopback_is_warned_about() {
-    let port = free_port();
-    let env = TestEnv::new(announcing(port)).await;
-    let section = webhook_section(&env, port, "1m").replace("127.0.0.1:", "0.0.0.0:");
-    let config = env.config("", &section);
-    let mut daemon = env.spawn_daemon(&config, 0);
-    wait_until("the receiver listens", DEADLINE, || {
-        env.daemon_log(0).contains("Webhook receiver listening")
-    })
-    .await;
-    crate::support::stop(&mut daemon).await;
-    assert!(
-        env.daemon_log(0).contains("listens beyond this machine"),
-        "{}",
-        env.daemon_log(0)
-    );
+    // A port found free on 127.0.0.1 may be taken by another test's listener before the
+    // daemon binds it on every address: then the daemon stops at once, and another is tried.
+    for attempt in 0.. {
+        let port = free_port();
+        let env = TestEnv::new(announcing(port)).await;
+        let section = webhook_section(&env, port, "1m").replace("127.0.0.1:", "0.0.0.0:");
+        let config = env.config("", &section);
+        let mut daemon = env.spawn_daemon(&config, 0);
+        let mut exited = false;
+        wait_until("the receiver listens or the daemon stops", DEADLINE, || {
+            exited = matches!(daemon.try_wait(), Ok(Some(_)));
+            exited || env.daemon_log(0).contains("Webhook receiver listening")
+        })
+        .await;
+        if exited && attempt < 3 {
+            continue;
+        }
+        assert!(!exited, "{}", env.daemon_log(0));
+        crate::support::stop(&mut daemon).await;
+        assert!(
+            env.daemon_log(0).contains("listens beyond this machine"),
+            "{}",
+            env.daemon_log(0)
+        );
+        break;
+    }
 }
 
 /// Webhooks configured but never arriving (a wrong secret in Claid's dashboard): once polls
