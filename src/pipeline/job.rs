@@ -2587,7 +2587,7 @@ impl Runner {
         let mut n_missing = 0u32;
         // Copied once from where the storage pointed at the submit ([`Runner::find_moved_output`]).
         let mut copied = false;
-        let info = loop {
+        let mut info = loop {
             let sightings = self.bucket_sightings(storage);
             let err = match self
                 .through_bucket_outage(storage, || storage.objects.head(key))
@@ -2820,6 +2820,16 @@ impl Runner {
                 else {
                     break bytes;
                 };
+                if !copied {
+                    copied = true;
+                    if self
+                        .copy_over_mismatch((id, job), storage, (key, width, height), &message)
+                        .await
+                        .is_some()
+                    {
+                        continue;
+                    }
+                }
                 // It passed this check when it was copied before: another image was put at
                 // its key since (read again, it would fail the job at every replay).
                 if checked_before {
@@ -2882,6 +2892,16 @@ impl Runner {
                 }
                 break (width, height);
             };
+            if !copied {
+                copied = true;
+                if let Some(copy) = self
+                    .copy_over_mismatch((id, job), storage, (key, width, height), &message)
+                    .await
+                {
+                    info = copy;
+                    continue;
+                }
+            }
             // (`output_local_copy` turned off since its copy was made.) It passed the check
             // when it was copied: another image was put at its key since.
             if checked_before && copy_of.is_some() {
@@ -2918,6 +2938,61 @@ impl Runner {
                 Step::End(JobOutcome::Parked)
             }
         }
+    }
+
+    /// An output object at its key that is not the edit's image (`message` says how), in a
+    /// storage that pointed elsewhere when the job was submitted (or whose connector was found
+    /// pointing elsewhere since): Claid's object may be at that place, and the one at the key
+    /// another (a stale object of an older sync at the new place). An object there that is
+    /// the image Claid described (`width`×`height`, the output's format, whole) is copied over
+    /// the one at the key: what the copy reports. None other is copied (the object at the key
+    /// is the user's to keep). (The object at the key was failed `result-mismatch`, and a
+    /// replay made the image again, billed again, while the paid edit lay at the old place:
+    /// acceptance run.)
+    async fn copy_over_mismatch(
+        &self,
+        (id, job): (JobId, &JobV1),
+        storage: &crate::storages::OpenStorage,
+        (key, width, height): (&str, u32, u32),
+        message: &str,
+    ) -> Option<crate::objects::ObjectInfo> {
+        let places = self.former_places(job, storage).await;
+        if places.is_empty() {
+            return None;
+        }
+        let wanted = wanted_format(job);
+        for place in &places {
+            let Ok(found) = place.head(key).await else {
+                continue;
+            };
+            let seen = ObjectSeen::new(key, found.e_tag.clone(), found.last_modified);
+            let replaced = job
+                .replaces
+                .iter()
+                .flatten()
+                .any(|before| before.is_same(&seen));
+            if found.size == 0 || replaced {
+                continue;
+            }
+            let Ok((head, tail)) = object_ends(place, key, found.size).await else {
+                continue;
+            };
+            if object_mismatch(&head, &tail, found.size, (width, height), wanted).is_some() {
+                continue;
+            }
+            let (from, to) = (place.uri(key), storage.objects.uri(key));
+            let max = self.settings().limits.max_download_bytes;
+            match storage.objects.copy_from(place, key, max).await {
+                Ok(info) => {
+                    warn!(job_id = id, from = %from, to = %to, storage = %storage.name, replaced = %Escaped::str(message), "The object at the output's key was not the edit's image; the edit was where the storage's connector pointed before (its `url` or Claid's connector changed since): copied over it, not billed again");
+                    return Some(info);
+                }
+                Err(err) => {
+                    warn!(job_id = id, from = %from, to = %to, error = %err, "The edit is where the storage's connector pointed before, and could not be copied to the output's key");
+                }
+            }
+        }
+        None
     }
 
     /// One more read of an output `object` found not to be the result (`message` says how):

@@ -4068,9 +4068,18 @@ const TWO_SHOES: &[u8] = b"output: { format: jpeg, destination: storage://catalo
 /// killed in between) while Claid had already written the run's objects under the old one:
 /// the next run finds each object where the storage pointed when its image was submitted and
 /// copies it to where it points now. Each image is billed once (they failed `object-missing`,
-/// and `replay --failed` billed them again; acceptance run).
+/// and `replay --failed` billed them again; acceptance run). Also when another image already
+/// lies at one output's key at the new place (a stale object of an older sync): the edit is
+/// copied over it (it failed `result-mismatch`, and a replay billed the image again, the
+/// paid edit left at the old place; acceptance run).
 #[tokio::test(flavor = "multi_thread")]
 async fn issue15_objects_written_before_the_connector_and_url_moved_are_copied_not_billed_again() {
+    for stale in [false, true] {
+        objects_written_before_a_move_are_copied(stale).await;
+    }
+}
+
+async fn objects_written_before_a_move_are_copied(stale: bool) {
     let Some(s3) = S3Server::start().await else {
         return;
     };
@@ -4093,12 +4102,25 @@ async fn issue15_objects_written_before_the_connector_and_url_moved_are_copied_n
     let _ = once.wait().await;
 
     move_connector(&env, "moved").await;
+    if stale {
+        s3.put_object(
+            "catalog",
+            "moved/out/shoes/sku-1.jpg",
+            &crate::support::png(60, 90),
+        )
+        .await;
+    }
     let config = config_at(&env, &s3, "s3://catalog/moved");
     let (code, stderr) = env.run_once(&config).await;
-    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(code, 0, "stale {stale}: {stderr}");
     assert!(
         stderr.contains("copied to where the storage points now") && !stderr.contains("Job failed"),
-        "{stderr}"
+        "stale {stale}: {stderr}"
+    );
+    assert_eq!(
+        stderr.contains("copied over it, not billed again"),
+        stale,
+        "stale {stale}: {stderr}"
     );
     let report = env.report("shoes");
     let rows = report["jobs"].as_array().expect("rows");
