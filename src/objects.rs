@@ -1089,10 +1089,14 @@ impl ObjectStorage {
     async fn probe_absent(&self) -> Result<(), ObjectError> {
         let key = format!(".claid-hotfolder-probe-{:016x}", rand::random::<u64>());
         let answered = tokio::time::timeout(PROBE_TIMEOUT, self.head(&key)).await;
+        // Answered 200 without the headers every S3 object's answer has (a page served
+        // chunked, without `Content-Length`): a server that is not the bucket's too. (It was
+        // told as an endpoint that does not answer: 69, waited out, instead of 64.)
+        let headless = |err: &ObjectError| matches!(err, ObjectError::Request { cause, .. } if cause.contains("Header missing from response"));
         match answered {
             Ok(Err(ObjectError::NotFound { .. })) => Ok(()),
-            Ok(Err(err)) => Err(err),
-            Ok(Ok(_)) => Err(ObjectError::Setup {
+            Ok(Err(err)) if !headless(&err) => Err(err),
+            Ok(_) => Err(ObjectError::Setup {
                 bucket: self.bucket.clone(),
                 cause: format!(
                     "its endpoint does not answer as an S3 server: it says {}, which no one wrote, is there (a web page, a console's port, a proxy's default page?); give the storage's `endpoint` as the S3 API's address",

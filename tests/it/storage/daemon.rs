@@ -2372,10 +2372,18 @@ async fn the_embedded_emulator_serves_the_configs_own_storages_as_its_connectors
 }
 
 /// An HTTP server on 127.0.0.1 that answers every request with `status` and an HTML page,
-/// as a web console's port or a proxy's default page does. Returns its `http://` address.
-async fn not_s3(status: &'static str) -> (String, tokio::task::JoinHandle<()>) {
+/// as a web console's port or a proxy's default page does (`chunked`: sent chunked, without
+/// `Content-Length`, as many do). Returns its `http://` address.
+async fn not_s3(status: &'static str, chunked: bool) -> (String, tokio::task::JoinHandle<()>) {
     crate::support::raw_http_server(move |_| {
         let body = "<html><body>Welcome</body></html>";
+        if chunked {
+            return format!(
+                "HTTP/1.1 {status}\r\ncontent-type: text/html\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
+        }
         format!(
             "HTTP/1.1 {status}\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
             body.len()
@@ -2388,8 +2396,9 @@ async fn not_s3(status: &'static str) -> (String, tokio::task::JoinHandle<()>) {
 /// A storage `endpoint` that answers HTTP but is not an S3 API is a configuration error
 /// (64) that names the endpoint as the thing to fix: one that answers 200 to everything
 /// (it passed the listing, then told every output "already there": `skip` kept nothing
-/// and reported success), and one that answers 404 (told as a bucket away, 69, and waited
-/// out; systemd restarted the daemon every 5 s).
+/// and reported success), one that does so chunked, without `Content-Length` (told as an
+/// endpoint that does not answer, 69, and waited out; acceptance run), and one that answers
+/// 404 (told as a bucket away, 69, and waited out; systemd restarted the daemon every 5 s).
 #[tokio::test(flavor = "multi_thread")]
 async fn validate_refuses_an_endpoint_that_is_not_an_s3_api() {
     let Some(s3) = S3Server::start().await else {
@@ -2397,11 +2406,12 @@ async fn validate_refuses_an_endpoint_that_is_not_an_s3_api() {
     };
     let env = TestEnv::new(quick().storage(s3.connector("catalog-s3", "catalog", "raw"))).await;
     let keys = credentials_file(env.dir.path());
-    for (status, needle) in [
-        ("200 OK", "does not answer as an S3 server"),
-        ("404 Not Found", "is not an S3 API"),
+    for (status, chunked, needle) in [
+        ("200 OK", false, "does not answer as an S3 server"),
+        ("200 OK", true, "does not answer as an S3 server"),
+        ("404 Not Found", false, "is not an S3 API"),
     ] {
-        let (endpoint, served) = not_s3(status).await;
+        let (endpoint, served) = not_s3(status, chunked).await;
         let storages = storages_yaml("catalog-s3", "s3://catalog/raw", &endpoint, &keys);
         let config = env.config("", &storages);
         let (code, stdout, stderr) = cli(&["validate", config.to_str().expect("utf-8")]).await;
