@@ -692,6 +692,20 @@ fn check_destination(
                 );
             };
             let Some(rest) = text.strip_prefix("storage://") else {
+                // `STORAGE://catalog/out/`: the scheme in capitals (an input may be written
+                // so); told as such, not as "not a storage folder" beside the very name.
+                if text.len() > 10
+                    && text.is_char_boundary(10)
+                    && text[..10].eq_ignore_ascii_case("storage://")
+                {
+                    return fail(
+                        problems,
+                        format!(
+                            "`{text}`: write the scheme in lower case, `storage://{}`",
+                            &text[10..]
+                        ),
+                    );
+                }
                 return fail(
                     problems,
                     format!(

@@ -1301,6 +1301,12 @@ fn a_wrong_destination_is_told_once() {
             "images:\n  - input: https://example.com/a.png\n    output: { format: png, destination: storage://nowhere/out/ }\n",
             "names no configured storage",
         ),
+        // The scheme in capitals: told so, not "not a storage folder" beside its very name
+        // (acceptance run).
+        (
+            "images:\n  - input: https://example.com/a.png\n    output: { format: png, destination: \"STORAGE://nowhere/out/\" }\n",
+            "write the scheme in lower case, `storage://nowhere/out/`",
+        ),
     ] {
         let err = env.load_text("m.yaml", text).expect_err("refused");
         let problems: Vec<_> = err.problems().iter().map(|p| p.message.clone()).collect();
