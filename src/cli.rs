@@ -390,7 +390,7 @@ fn cmd_run(path: &Path, once: bool, print_config: bool) -> i32 {
             {
                 // It takes connections but its answers do not come: "unreachable" sent the
                 // operator to the network.
-                "The Claid API took every connection but answered no call in time (`error` names the call and its timeout: a slow Claid wants a longer one; a proxy or firewall that holds answers up wants a look)"
+                "The Claid API answered its last calls too late (`error` names the call and its timeout: a slow Claid wants a longer one; a proxy or firewall that holds answers up wants a look)"
             } else {
                 "The Claid API stayed unreachable"
             };

@@ -215,12 +215,13 @@ pub async fn serve_counted<H, F>(
             if let Ok(permit) = permits.clone().try_acquire_owned() {
                 break Some(Ok(permit));
             }
+            // One time for both looks: a connection that ripens between them is not missed.
+            let now = Instant::now();
             if let Ok(room) = waiting_room.clone().try_acquire_owned()
-                && let Some(place) = idle.evict_oldest()
+                && let Some(place) = idle.evict_oldest(now)
             {
                 break Some(Err((room, place)));
             }
-            let now = Instant::now();
             let ripens = idle.next_ripe(now);
             let on_the_way = ripens.is_some()
                 || idle.closing()
@@ -281,7 +282,7 @@ pub async fn serve_counted<H, F>(
 
 /// How long the accept loop waits, at most, for connections on their way to settle before it
 /// refuses a newcomer (see the loop).
-const SETTLE_WAIT: Duration = Duration::from_millis(500);
+const SETTLE_WAIT: Duration = Duration::from_millis(250);
 /// How long a new connection waits for the place of an idle one it evicted.
 const EVICT_WAIT: Duration = Duration::from_millis(500);
 /// How long a connection must have waited on its client before it may be evicted.
@@ -486,8 +487,8 @@ impl Connections {
     /// when every connection has a request in progress, is closing already, or is too new.
     fn evict_oldest(
         &self,
+        now: Instant,
     ) -> Option<tokio::sync::oneshot::Receiver<tokio::sync::OwnedSemaphorePermit>> {
-        let now = Instant::now();
         let slots = self.lock();
         let oldest = slots
             .iter()
@@ -528,11 +529,17 @@ impl Slot {
     }
 
     /// A read found nothing more to read: from now (unless already), it waits on its client.
+    /// The accept loop is told: the connection may be evicted sooner than it planned.
     fn waits_on_client(&self) {
-        self.waiting_since
+        let mut waiting = self
+            .waiting_since
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get_or_insert_with(Instant::now);
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if waiting.is_none() {
+            *waiting = Some(Instant::now());
+            drop(waiting);
+            self.changed.notify_waiters();
+        }
     }
 }
 
@@ -751,7 +758,7 @@ mod tests {
         let accepted = *slot.idle_since.lock().unwrap();
         // Its task has not read it yet: safe until it is old.
         assert_eq!(slot.ripe_at(), accepted + NEW_BEFORE_EVICT);
-        assert!(connections.evict_oldest().is_none());
+        assert!(connections.evict_oldest(Instant::now()).is_none());
         assert_eq!(
             connections.next_ripe(Instant::now()),
             Some(accepted + NEW_BEFORE_EVICT)

@@ -32,6 +32,9 @@ use crate::text::Escaped;
 
 /// Downloads whose bytes are not the image the result describes, before the job fails.
 const MAX_MISMATCHED_DOWNLOADS: u32 = 3;
+/// How far a bucket's clock (an object's `Last-Modified`) may be behind the daemon's when an
+/// object is told to be written after a submit.
+const BUCKET_CLOCK_SKEW: Duration = Duration::from_secs(60);
 /// Attempts at something that failed with an error that may heal (staging an input, reading
 /// an output object), before the job fails.
 const MAX_HEALING_WRITES: u32 = 10;
@@ -2820,7 +2823,8 @@ impl Runner {
                 else {
                     break bytes;
                 };
-                if !copied {
+                // Once the reads are spent (a bucket still settling is read again first).
+                if !copied && (checked_before || reads + 1 >= MAX_MISMATCHED_DOWNLOADS) {
                     copied = true;
                     if self
                         .copy_over_mismatch((id, job), storage, (key, width, height), &message)
@@ -2892,7 +2896,7 @@ impl Runner {
                 }
                 break (width, height);
             };
-            if !copied {
+            if !copied && (checked_before || reads + 1 >= MAX_MISMATCHED_DOWNLOADS) {
                 copied = true;
                 if let Some(copy) = self
                     .copy_over_mismatch((id, job), storage, (key, width, height), &message)
@@ -2944,10 +2948,13 @@ impl Runner {
     /// storage that pointed elsewhere when the job was submitted (or whose connector was found
     /// pointing elsewhere since): Claid's object may be at that place, and the one at the key
     /// another (a stale object of an older sync at the new place). An object there that is
-    /// the image Claid described (`width`×`height`, the output's format, whole) is copied over
-    /// the one at the key: what the copy reports. None other is copied (the object at the key
-    /// is the user's to keep). (The object at the key was failed `result-mismatch`, and a
-    /// replay made the image again, billed again, while the paid edit lay at the old place:
+    /// the image Claid described (`width`×`height`, the output's format, whole) and was
+    /// written after the job's submit (so not an earlier edit left at the old place) is
+    /// copied over the one at the key: what the copy reports. None other is copied (the
+    /// object at the key is the user's to keep), and nothing under `on_output_exists: fail`.
+    /// Called once the reads of the object at the key are spent (a bucket still settling is
+    /// read again first). (The object at the key was failed `result-mismatch`, and a replay
+    /// made the image again, billed again, while the paid edit lay at the old place:
     /// acceptance run.)
     async fn copy_over_mismatch(
         &self,
@@ -2956,6 +2963,23 @@ impl Runner {
         (key, width, height): (&str, u32, u32),
         message: &str,
     ) -> Option<crate::objects::ObjectInfo> {
+        if self.settings().policies.on_output_exists == OnOutputExists::Fail {
+            return None;
+        }
+        let JobState::Downloading {
+            submitted_at_ms: Some(submitted_at_ms),
+            ..
+        } = job.state
+        else {
+            return None;
+        };
+        // Written since the submit, give or take the bucket's clock.
+        let since_submit = |at: Option<std::time::SystemTime>| {
+            at.and_then(|at| at.duration_since(std::time::UNIX_EPOCH).ok())
+                .is_some_and(|at| {
+                    at.as_millis() as u64 + BUCKET_CLOCK_SKEW.as_millis() as u64 >= submitted_at_ms
+                })
+        };
         let places = self.former_places(job, storage).await;
         if places.is_empty() {
             return None;
@@ -2965,6 +2989,9 @@ impl Runner {
             let Ok(found) = place.head(key).await else {
                 continue;
             };
+            if !since_submit(found.last_modified) {
+                continue;
+            }
             let seen = ObjectSeen::new(key, found.e_tag.clone(), found.last_modified);
             let replaced = job
                 .replaces

@@ -1392,7 +1392,7 @@ async fn a_flood_of_trickling_clients_is_answered_503_past_the_places_and_health
 /// before too.) On a busy machine (CI), each newcomer still evicted the one placed just before
 /// it: a probe was closed before its task read the request it had sent, or refused while every
 /// place was closing (16 of 20 answered in 8 of 12 runs). Now a connection is not evicted
-/// before it has waited on its client for a moment, and every probe is answered.
+/// before it has waited on its client for a moment, and the probes are answered.
 #[tokio::test(flavor = "multi_thread")]
 async fn issue11_slow_clients_that_reconnect_at_once_cannot_stop_healthz() {
     use std::sync::Arc;

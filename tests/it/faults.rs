@@ -619,8 +619,8 @@ async fn fault_a_run_of_404s_is_asked_for_half_a_minute_whatever_the_poll_settin
 }
 
 /// An API that takes connections but holds every submit's answer past `api.request_timeout`:
-/// `run --once` ends 69 at `api.unreachable_timeout` saying the API answered no call in time
-/// and naming the call and its timeout (it said "The Claid API stayed unreachable", which sent
+/// `run --once` ends 69 at `api.unreachable_timeout` saying the API answered its calls too
+/// late and naming the call and its timeout (it said "The Claid API stayed unreachable", which sent
 /// the operator to the network), and fails no image (the submits are in doubt, not lost).
 #[tokio::test(flavor = "multi_thread")]
 async fn fault_submits_answered_too_late_end_run_once_saying_the_api_answers_too_slowly() {
@@ -638,7 +638,7 @@ unreachable_timeout: 4s",
     let (code, stderr) = env.run_once(&config).await;
     assert_eq!(code, 69, "{stderr}");
     assert!(
-        stderr.contains("The Claid API took every connection but answered no call in time")
+        stderr.contains("The Claid API answered its last calls too late")
             && stderr.contains("within api.request_timeout"),
         "{stderr}"
     );
