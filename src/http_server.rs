@@ -528,6 +528,15 @@ impl Slot {
         waiting_since.map_or(new, |since| new.min(since + QUIET_BEFORE_EVICT))
     }
 
+    /// A request began or ended on it: it does not wait on its client until a read finds
+    /// nothing more to read again.
+    fn stops_waiting(&self) {
+        *self
+            .waiting_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+
     /// A read found nothing more to read: from now (unless already), it waits on its client.
     /// The accept loop is told: the connection may be evicted sooner than it planned.
     fn waits_on_client(&self) {
@@ -578,10 +587,7 @@ impl InRequest {
         slot.in_request
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         slot.served.store(true, std::sync::atomic::Ordering::SeqCst);
-        *slot
-            .waiting_since
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        slot.stops_waiting();
         InRequest(slot.clone())
     }
 }
@@ -594,11 +600,7 @@ impl Drop for InRequest {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
         // A read of its body does not count: it waits for the next request from now on.
-        *self
-            .0
-            .waiting_since
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        self.0.stops_waiting();
         self.0
             .in_request
             .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);

@@ -858,13 +858,7 @@ impl Runner {
                     continue;
                 }
             };
-            let seen = ObjectSeen::new(key, found.e_tag.clone(), found.last_modified);
-            let replaced = job
-                .replaces
-                .iter()
-                .flatten()
-                .any(|before| before.is_same(&seen));
-            if found.size == 0 || replaced {
+            if !may_be_the_edit(job, key, &found) {
                 continue;
             }
             let max = self.settings().limits.max_download_bytes;
@@ -2992,13 +2986,7 @@ impl Runner {
             if !since_submit(found.last_modified) {
                 continue;
             }
-            let seen = ObjectSeen::new(key, found.e_tag.clone(), found.last_modified);
-            let replaced = job
-                .replaces
-                .iter()
-                .flatten()
-                .any(|before| before.is_same(&seen));
-            if found.size == 0 || replaced {
+            if !may_be_the_edit(job, key, &found) {
                 continue;
             }
             let Ok((head, tail)) = object_ends(place, key, found.size).await else {
@@ -3592,6 +3580,18 @@ fn wanted_format(job: &JobV1) -> Option<&'static str> {
     job.output_rel
         .rsplit_once('.')
         .and_then(|(_, extension)| output::check::format_of_extension(extension))
+}
+
+/// Whether `found`, the object at `key` of a place the job's storage pointed at before, may be
+/// Claid's edit: not empty, and not an object the edit replaces ([`JobV1::replaces`]).
+fn may_be_the_edit(job: &JobV1, key: &str, found: &crate::objects::ObjectInfo) -> bool {
+    let seen = ObjectSeen::new(key, found.e_tag.clone(), found.last_modified);
+    found.size != 0
+        && !job
+            .replaces
+            .iter()
+            .flatten()
+            .any(|before| before.is_same(&seen))
 }
 
 /// Why `bytes` are not the result Claid described (`width`×`height`, in the format `wanted`

@@ -593,10 +593,7 @@ impl Polls {
                 // round of a drop whose webhooks never came waited 10 s for batches of 2 s.)
                 (0, None) if clock.from_webhook_wait => {
                     drop(scout);
-                    self.poll
-                        .min
-                        .saturating_sub(elapsed)
-                        .max(Duration::from_millis(10))
+                    self.due_at_poll_min(elapsed)
                 }
                 (0, None) => {
                     drop(scout);
@@ -761,14 +758,19 @@ impl Polls {
         }
     }
 
+    /// The wait until `poll.min` after a submit `elapsed` ago: a first poll not rationed.
+    fn due_at_poll_min(&self, elapsed: Duration) -> Duration {
+        self.poll
+            .min
+            .saturating_sub(elapsed)
+            .max(Duration::from_millis(10))
+    }
+
     /// The wait before the first poll of a task submitted `elapsed` ago.
     pub fn first_delay(&self, kind: Kind, elapsed: Duration) -> Duration {
         let poll = &self.poll;
         if !self.budget_is_tight() {
-            return poll
-                .min
-                .saturating_sub(elapsed)
-                .max(Duration::from_millis(10));
+            return self.due_at_poll_min(elapsed);
         }
         let expected = self
             .quantile(kind, 0.95)
