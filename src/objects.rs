@@ -1085,8 +1085,9 @@ impl ObjectStorage {
     /// answered "not found". A server that is not the bucket's (a web console's port, a
     /// proxy's default page answering 200 to everything) passed the listing, then told every
     /// output "already there": `skip` kept nothing and reported success, `replace` failed
-    /// every billed image.
-    async fn probe_absent(&self) -> Result<(), ObjectError> {
+    /// every billed image. Also asked at run time when an output object read is not the
+    /// edit's image (a proxy that began answering pages since the start).
+    pub async fn probe_absent(&self) -> Result<(), ObjectError> {
         let key = format!(".claid-hotfolder-probe-{:016x}", rand::random::<u64>());
         let answered = tokio::time::timeout(PROBE_TIMEOUT, self.head(&key)).await;
         // Answered 200 without the headers every S3 object's answer has (a page served

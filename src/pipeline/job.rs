@@ -416,72 +416,99 @@ impl Runner {
             return self.settle_existing_file(id, job, policy).await;
         };
         let (storage, key) = self.output_storage(&uri)?;
-        let found = match self
-            .output_objects((id, job), storage, (&uri, key), 1)
-            .await
-        {
-            Ok(found) => found.into_iter().next(),
-            Err(outcome) => return Some(outcome),
-        };
-        // An empty object is no output to keep: `skip` has Claid write it again (`fail`
-        // refuses anything there, as it does an empty file).
-        if found
-            .as_ref()
-            .is_some_and(|info| info.size == 0 && policy == OnOutputExists::Skip)
-        {
-            return None;
-        }
-        let Some(info) = found else {
-            // No object: with `output_local_copy`, a file at the copy's place is an output
-            // that exists too, which `fail` refuses and `skip` keeps before the submit (found
-            // only at the copy, after Claid had written and billed the object: `skip` then
-            // kept the old file and reported the billed image `skipped`).
-            if storage.entry.output_local_copy {
-                return self.settle_existing_file(id, job, policy).await;
+        // Looked at again when what answered was found not to be the bucket (a proxy's page
+        // answering for it: `skip` reported the image kept, never edited, and `fail` failed
+        // it), once the endpoint answers as the bucket again
+        // ([`Runner::unless_served_by_the_bucket`]).
+        loop {
+            let found = match self
+                .output_objects((id, job), storage, (&uri, key), 1)
+                .await
+            {
+                Ok(found) => found.into_iter().next(),
+                Err(outcome) => return Some(outcome),
+            };
+            // An empty object is no output to keep: `skip` has Claid write it again (`fail`
+            // refuses anything there, as it does an empty file).
+            if found
+                .as_ref()
+                .is_some_and(|info| info.size == 0 && policy == OnOutputExists::Skip)
+            {
+                return None;
             }
-            return None;
-        };
-        if let Some(outcome) = self.take_if_lost_submits(id, job, &uri, &info).await {
-            return Some(outcome);
-        }
-        let key = &info.key;
-        let object = storage.objects.uri(key);
-        if policy == OnOutputExists::Fail {
-            let message = format!("the object {object} already exists (`on_output_exists: fail`)");
-            return Some(self.failed(id, FailureCode::OutputExists, &message).await);
-        }
-        // Its size, as a kept file's is reported, read from its header (a few KiB). An object
-        // that does not start as any image format does is no output to keep either (a text file, a page a proxy
-        // answered with): made again, as an empty one is (it was kept and reported `skipped`,
-        // 0×0). One that cannot be read now is kept.
-        let (width, height) = match object_ends(&storage.objects, key, info.size).await {
-            Ok((head, _)) => match output::check::dimensions(&head, (0, 0)) {
-                Some(size) => size,
-                // An image whose size lies past the header read (a long EXIF block): kept.
-                // (Read whole, it has no size anywhere: no image.)
-                None if output::check::format_of(&head).is_some()
-                    && (head.len() as u64) < info.size =>
-                {
+            let Some(info) = found else {
+                // No object: with `output_local_copy`, a file at the copy's place is an output
+                // that exists too, which `fail` refuses and `skip` keeps before the submit (found
+                // only at the copy, after Claid had written and billed the object: `skip` then
+                // kept the old file and reported the billed image `skipped`).
+                if storage.entry.output_local_copy {
+                    return self.settle_existing_file(id, job, policy).await;
+                }
+                return None;
+            };
+            if let Some(outcome) = self.take_if_lost_submits(id, job, &uri, &info).await {
+                return Some(outcome);
+            }
+            let key = &info.key;
+            let object = storage.objects.uri(key);
+            if policy == OnOutputExists::Fail {
+                match self.unless_served_by_the_bucket(storage).await {
+                    None => {}
+                    // The endpoint answers as the bucket again: looked at afresh.
+                    Some(Step::Continue) => continue,
+                    Some(Step::End(outcome)) => return Some(outcome),
+                }
+                let message =
+                    format!("the object {object} already exists (`on_output_exists: fail`)");
+                return Some(self.failed(id, FailureCode::OutputExists, &message).await);
+            }
+            // Its size, as a kept file's is reported, read from its header (a few KiB). An object
+            // that does not start as any image format does is no output to keep either (a text file, a page a proxy
+            // answered with): made again, as an empty one is (it was kept and reported `skipped`,
+            // 0×0). One that cannot be read now is kept.
+            let (width, height) = match object_ends(&storage.objects, key, info.size).await {
+                Ok((head, _)) => match output::check::dimensions(&head, (0, 0)) {
+                    Some(size) => size,
+                    // An image whose size lies past the header read (a long EXIF block): kept.
+                    // (Read whole, it has no size anywhere: no image.)
+                    None if output::check::format_of(&head).is_some()
+                        && (head.len() as u64) < info.size =>
+                    {
+                        (0, 0)
+                    }
+                    None => {
+                        match self.unless_served_by_the_bucket(storage).await {
+                            None => {}
+                            // The endpoint answers as the bucket again: looked at afresh.
+                            Some(Step::Continue) => continue,
+                            Some(Step::End(outcome)) => return Some(outcome),
+                        }
+                        warn!(job_id = id, object = %object, bytes = info.size, "The object at the output's key is no image, so `on_output_exists: skip` does not keep it: Claid writes the edit there");
+                        return None;
+                    }
+                },
+                Err(_) => {
+                    match self.unless_served_by_the_bucket(storage).await {
+                        None => {}
+                        // The endpoint answers as the bucket again: looked at afresh.
+                        Some(Step::Continue) => continue,
+                        Some(Step::End(outcome)) => return Some(outcome),
+                    }
                     (0, 0)
                 }
-                None => {
-                    warn!(job_id = id, object = %object, bytes = info.size, "The object at the output's key is no image, so `on_output_exists: skip` does not keep it: Claid writes the edit there");
-                    return None;
-                }
-            },
-            Err(_) => (0, 0),
-        };
-        let done = DoneInfo {
-            path: object.clone(),
-            bytes: info.size,
-            sha256: String::new(),
-            width,
-            height,
-            task_id: None,
-            unchanged: false,
-            skipped: true,
-        };
-        self.record_skipped(id, done).await
+            };
+            let done = DoneInfo {
+                path: object.clone(),
+                bytes: info.size,
+                sha256: String::new(),
+                width,
+                height,
+                task_id: None,
+                unchanged: false,
+                skipped: true,
+            };
+            return self.record_skipped(id, done).await;
+        }
     }
 
     /// `on_output_exists: replace` for a job whose submit's answer was lost: the objects at its
@@ -1095,48 +1122,73 @@ impl Runner {
         }
         let name = &storage.name;
         let shown = crate::text::Escaped::str(uri);
-        let mut attempts = deps.retry.start(retry::Step::Upload);
-        let size = loop {
-            let sightings = self.bucket_sightings(storage);
-            match storage.objects.head(key).await {
-                Ok(info) => {
-                    deps.health.storage_ok(name);
-                    break info.size;
-                }
-                Err(crate::objects::ObjectError::NotFound { .. }) => {
-                    // Not found in a bucket that is gone is no answer about the object.
-                    match self.confirm_bucket(storage, sightings).await {
-                        Ok(true) => continue,
-                        Ok(false) => {}
-                        Err(()) => return Some(JobOutcome::Parked),
+        // Looked at again when what answered was found not to be the bucket (a proxy's page
+        // answering for it failed every storage input `input-unreadable`), once the endpoint
+        // answers as the bucket again ([`Runner::unless_served_by_the_bucket`]).
+        loop {
+            let mut attempts = deps.retry.start(retry::Step::Upload);
+            let size = loop {
+                let sightings = self.bucket_sightings(storage);
+                match storage.objects.head(key).await {
+                    Ok(info) => {
+                        deps.health.storage_ok(name);
+                        break info.size;
                     }
-                    let message = format!(
-                        "not submitted: its input {shown} is not in the bucket (no object at {}); {}; put the image there or fix the row, then `replay --failed`",
-                        crate::text::Escaped::str(&storage.objects.uri(key)),
-                        nothing_billed(job)
-                    );
-                    return Some(
-                        self.failed(id, FailureCode::InputUnreadable, &message)
-                            .await,
-                    );
-                }
-                Err(err) if bucket_away(&err) => {
-                    if !self
-                        .wait_for_bucket(&mut attempts, (id, name), &err, "the storage input")
-                        .await
-                    {
-                        return Some(JobOutcome::Parked);
+                    Err(crate::objects::ObjectError::NotFound { .. }) => {
+                        // Not found in a bucket that is gone is no answer about the object.
+                        match self.confirm_bucket(storage, sightings).await {
+                            Ok(true) => continue,
+                            Ok(false) => {}
+                            Err(()) => return Some(JobOutcome::Parked),
+                        }
+                        let message = format!(
+                            "not submitted: its input {shown} is not in the bucket (no object at {}); {}; put the image there or fix the row, then `replay --failed`",
+                            crate::text::Escaped::str(&storage.objects.uri(key)),
+                            nothing_billed(job)
+                        );
+                        return Some(
+                            self.failed(id, FailureCode::InputUnreadable, &message)
+                                .await,
+                        );
+                    }
+                    Err(err) if bucket_away(&err) => {
+                        if !self
+                            .wait_for_bucket(&mut attempts, (id, name), &err, "the storage input")
+                            .await
+                        {
+                            return Some(JobOutcome::Parked);
+                        }
+                    }
+                    Err(err) => {
+                        bucket_answered(&deps.health, name, &err);
+                        return None;
                     }
                 }
-                Err(err) => {
-                    bucket_answered(&deps.health, name, &err);
-                    return None;
-                }
+            };
+            if size == 0 {
+                let message = format!(
+                    "not submitted: its input {shown} is empty (0 bytes) in the bucket: it was probably not copied completely; {}; copy the image again, then `replay --failed`",
+                    nothing_billed(job)
+                );
+                return Some(
+                    self.failed(id, FailureCode::InputUnreadable, &message)
+                        .await,
+                );
             }
-        };
-        if size == 0 {
+            let head = storage
+                .objects
+                .get_range(key, 0..size.min(HEAD_LEN as u64))
+                .await
+                .ok()?;
+            let what = check_image_signature(&head).err()?;
+            match self.unless_served_by_the_bucket(storage).await {
+                None => {}
+                // The endpoint answers as the bucket again: looked at afresh.
+                Some(Step::Continue) => continue,
+                Some(Step::End(outcome)) => return Some(outcome),
+            }
             let message = format!(
-                "not submitted: its input {shown} is empty (0 bytes) in the bucket: it was probably not copied completely; {}; copy the image again, then `replay --failed`",
+                "not submitted: its input {shown} is not an image Claid accepts: {what}; {}; give a {ACCEPTED} object (convert it, or fix the row), then `replay --failed`",
                 nothing_billed(job)
             );
             return Some(
@@ -1144,20 +1196,6 @@ impl Runner {
                     .await,
             );
         }
-        let head = storage
-            .objects
-            .get_range(key, 0..size.min(HEAD_LEN as u64))
-            .await
-            .ok()?;
-        let what = check_image_signature(&head).err()?;
-        let message = format!(
-            "not submitted: its input {shown} is not an image Claid accepts: {what}; {}; give a {ACCEPTED} object (convert it, or fix the row), then `replay --failed`",
-            nothing_billed(job)
-        );
-        Some(
-            self.failed(id, FailureCode::InputUnreadable, &message)
-                .await,
-        )
     }
 
     /// A bucket away (`err`) at a look before job `id`'s submit at `what` in storage `name`:
@@ -2817,6 +2855,9 @@ impl Runner {
                 else {
                     break bytes;
                 };
+                if let Some(step) = self.unless_served_by_the_bucket(storage).await {
+                    return step;
+                }
                 // Once the reads are spent (a bucket still settling is read again first).
                 if !copied && (checked_before || reads + 1 >= MAX_MISMATCHED_DOWNLOADS) {
                     copied = true;
@@ -2890,6 +2931,9 @@ impl Runner {
                 }
                 break (width, height);
             };
+            if let Some(step) = self.unless_served_by_the_bucket(storage).await {
+                return step;
+            }
             if !copied && (checked_before || reads + 1 >= MAX_MISMATCHED_DOWNLOADS) {
                 copied = true;
                 if let Some(copy) = self
@@ -3008,6 +3052,57 @@ impl Runner {
             }
         }
         None
+    }
+
+    /// An output object read as not the edit's image: whether the bucket served it at all.
+    /// A storage's endpoint that says a key no one wrote is there ([`ObjectStorage::probe_absent`];
+    /// a proxy's or captive portal's page answering 200 to everything) serves no object of
+    /// the bucket, so what was read says nothing of Claid's: the check waits that out as an
+    /// outage of the bucket (told at most once a minute, `/healthz` failing, `run --once`
+    /// ends 69 at `api.unreachable_timeout` with the job left for the next run), then starts
+    /// again from the object's `HEAD`. (Read three times, the page failed the billed image
+    /// `result-mismatch`, and a replay made before the proxy was mended billed it again; one
+    /// checked before was made again at once: acceptance run.) `None`: the endpoint answers
+    /// as the bucket (the mismatch stands); `Some(step)`: the job's step ends.
+    ///
+    /// [`ObjectStorage::probe_absent`]: crate::objects::ObjectStorage::probe_absent
+    async fn unless_served_by_the_bucket(
+        &self,
+        storage: &crate::storages::OpenStorage,
+    ) -> Option<Step> {
+        let deps = &*self.deps;
+        let name = &storage.name;
+        let mut attempts = deps.retry.start(retry::Step::Download);
+        let mut waited = false;
+        loop {
+            let err = match storage.objects.probe_absent().await {
+                Ok(()) if waited => {
+                    deps.health.storage_ok(name);
+                    info!(storage = %Escaped::str(name), "A storage's endpoint answers as its bucket again; the output object is checked afresh");
+                    return Some(Step::Continue);
+                }
+                Ok(()) => return None,
+                Err(err) => err,
+            };
+            if matches!(err, crate::objects::ObjectError::Setup { .. }) {
+                if deps.health.storage_flaky(name, err.to_string()) {
+                    warn!(storage = %Escaped::str(name), error = %err, "A storage's endpoint serves something other than its bucket: what it answered for an output object is not Claid's object, so the checks wait and are retried with backoff, failing nothing (told at most once a minute; `/healthz` says failing; in `run --once` until `api.unreachable_timeout`)");
+                }
+            } else if bucket_away(&err) {
+                bucket_failure(&deps.health, name, &err, true);
+            } else if waited {
+                // Answered otherwise (keys refused now, a listing error): checked afresh,
+                // as any read of the object is.
+                return Some(Step::Continue);
+            } else {
+                return None;
+            }
+            waited = true;
+            match decide(&mut attempts, Failure::Unreachable) {
+                Decision::Retry { after } if self.wait(after).await => {}
+                _ => return Some(Step::End(JobOutcome::Parked)),
+            }
+        }
     }
 
     /// One more read of an output `object` found not to be the result (`message` says how):

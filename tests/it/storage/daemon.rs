@@ -2846,6 +2846,25 @@ async fn output_checks_wait_out_a_bucket_answering_503_and_never_fail_a_billed_i
     .await;
 }
 
+/// The bucket's endpoint starts answering every request 200 with a web page (a proxy's or a
+/// captive portal's page) after Claid wrote the outputs: what it serves is not the objects,
+/// so the checks wait as for an outage (`run --once` ends 69 at `api.unreachable_timeout`),
+/// nothing fails, and the next run delivers without a second submit. (The page was read as
+/// the object three times, then the billed images failed `result-mismatch`, and a replay made
+/// before the proxy was mended billed them again: acceptance run.)
+#[tokio::test(flavor = "multi_thread")]
+async fn output_checks_wait_out_an_endpoint_answering_web_pages_and_never_fail_a_billed_image() {
+    checks_wait_out_a_bucket_answering(
+        "200 OK",
+        "",
+        &["serves something other than its bucket"],
+        69,
+    )
+    .await;
+}
+
+/// The checks of two images written by Claid when the bucket's endpoint starts answering
+/// `status` with S3's error document for `code` (with a web page when `code` is empty).
 async fn checks_wait_out_a_bucket_answering(
     status: &'static str,
     code: &'static str,
@@ -2870,7 +2889,11 @@ async fn checks_wait_out_a_bucket_answering(
         env.stats().batch_images + env.stats().submits >= 2
     })
     .await;
-    switch.answer(status, code).await;
+    if code.is_empty() {
+        switch.answer_page(status).await;
+    } else {
+        switch.answer(status, code).await;
+    }
     let status = tokio::time::timeout(deadline, once.wait())
         .await
         .expect("run --once ends")
@@ -3118,6 +3141,69 @@ async fn issue15_a_look_answered_by_web_pages_waits_and_skip_keeps_the_object() 
         "sku-1 only"
     );
     crate::support::stop(&mut daemon).await;
+    s3.stop().await;
+}
+
+/// The look before the submit answered 200 with a web page for every key (a proxy's or a
+/// captive portal's page) is no answer about the objects: the endpoint says a key no one
+/// wrote is there, so the look waits, as for an outage, and is made again once the bucket
+/// answers. `skip` then keeps the object there, `fail` refuses it, and the image with nothing
+/// at its key is edited. (The page was taken for an object: `skip` had the kept object
+/// overwritten, as "no image", and `fail` failed the image with nothing there.) The look at
+/// a storage input (made under every policy; the only one under `replace`) waits too: the
+/// page failed every input `input-unreadable`.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue15_a_look_answered_200_by_web_pages_waits_for_the_bucket() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    for (policy, first) in [("skip", "skipped"), ("fail", "failed"), ("replace", "done")] {
+        let (env, mut daemon, key, kept) = looking_before_the_submit(&s3, policy, "", None).await;
+        env.switch.answer_page("200 OK").await;
+        let deadline = std::time::Duration::from_secs(60);
+        crate::support::wait_until("the page warned of", deadline, || {
+            env.daemon_log(0)
+                .contains("serves something other than its bucket")
+        })
+        .await;
+        let probes = |switch: &Switch| {
+            switch
+                .answered
+                .lock()
+                .expect("lock")
+                .iter()
+                .filter(|head| head.contains(".claid-hotfolder-probe-"))
+                .count()
+        };
+        // Asked again while it answers pages; nothing is sent meanwhile.
+        crate::support::wait_until("a second probe", deadline, || probes(&env.switch) >= 2)
+            .await;
+        assert_eq!(env.stats().submits + env.stats().batch_images, 0, "{policy}");
+        env.switch.off().await;
+        env.switch.on();
+        crate::support::wait_until("the report", deadline, || {
+            env.outbox.join("shoes.report.json").exists()
+        })
+        .await;
+        let report = env.report("shoes");
+        assert_eq!(report["jobs"][0]["status"], first, "{policy}: {report:#}");
+        if policy == "fail" {
+            let reason = report["jobs"][0]["reason"].as_str().unwrap_or_default();
+            assert!(reason.starts_with("output-exists"), "{report:#}");
+        }
+        assert_eq!(report["jobs"][1]["status"], "done", "{policy}: {report:#}");
+        let object = s3.get_object("catalog", &key).await.expect("object");
+        // `replace` looks at no object before the submit, but at each storage input, which
+        // the pages failed `input-unreadable`: both images are edited once.
+        let (is_kept, billed) = if policy == "replace" { (false, 2) } else { (true, 1) };
+        assert_eq!(object == kept, is_kept, "{policy}");
+        assert_eq!(
+            env.stats().submits + env.stats().batch_images,
+            billed,
+            "{policy}: each image edited at most once"
+        );
+        crate::support::stop(&mut daemon).await;
+    }
     s3.stop().await;
 }
 
