@@ -3634,7 +3634,8 @@ fn bucket_answered(health: &HealthState, storage: &str, err: &crate::objects::Ob
 /// Whether a bucket's endpoint is away: a request failed before any answer came (refused,
 /// reset, timed out, a name that does not resolve), as object_store describes it, or every
 /// try was answered that the server cannot serve now (5xx, such as S3's 503 SlowDown or 500
-/// InternalError; 429; 408). Either heals by itself, so what needs the bucket waits.
+/// InternalError; 429; 408), or answered without S3's headers (a proxy's page). Each heals
+/// by itself, so what needs the bucket waits.
 fn bucket_away(err: &crate::objects::ObjectError) -> bool {
     let crate::objects::ObjectError::Request { cause, .. } = err else {
         return false;
@@ -3658,6 +3659,10 @@ fn bucket_away(err: &crate::objects::ObjectError) -> bool {
         "error decoding response body",
         "incomplete message",
         "connection closed before message completed",
+        // Answered without the headers every S3 answer has (`Content-Length` to a `HEAD`):
+        // a page served chunked by a proxy in front of the bucket, not S3. (It failed the
+        // billed images `storage-unreachable`.)
+        "header missing from response",
     ]
     .iter()
     .any(|needle| cause.contains(needle));

@@ -1697,11 +1697,20 @@ impl Switch {
                         }
                     }
                     answered.lock().expect("lock").push(text);
+                    // Sent chunked when `headers` say so (no `Content-Length`).
+                    let chunked = headers.contains("chunked");
+                    let length = if chunked {
+                        String::new()
+                    } else {
+                        format!("Content-Length: {}\r\n", body.len())
+                    };
                     let mut answer = format!(
-                        "HTTP/1.1 {status}\r\n{headers}Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                        body.len()
+                        "HTTP/1.1 {status}\r\n{headers}Content-Type: {content_type}\r\n{length}Connection: close\r\n\r\n"
                     );
-                    if !head.starts_with(b"HEAD ") {
+                    if head.starts_with(b"HEAD ") {
+                    } else if chunked {
+                        answer.push_str(&format!("{:x}\r\n{body}\r\n0\r\n\r\n", body.len()));
+                    } else {
                         answer.push_str(&body);
                     }
                     let _ = inbound.write_all(answer.as_bytes()).await;
@@ -2863,8 +2872,17 @@ async fn output_checks_wait_out_an_endpoint_answering_web_pages_and_never_fail_a
     .await;
 }
 
+/// As above, with the page sent chunked (no `Content-Length`, which every S3 answer to a
+/// `HEAD` has): the look at the object fails rather than reading a page, and is waited out
+/// the same way. (It failed the billed images `storage-unreachable`.)
+#[tokio::test(flavor = "multi_thread")]
+async fn output_checks_wait_out_an_endpoint_answering_chunked_pages() {
+    checks_wait_out_a_bucket_answering("200 OK", "chunked", &["Header missing"], 69).await;
+}
+
 /// The checks of two images written by Claid when the bucket's endpoint starts answering
-/// `status` with S3's error document for `code` (with a web page when `code` is empty).
+/// `status` with S3's error document for `code` (with a web page when `code` is empty, sent
+/// chunked when it is `chunked`).
 async fn checks_wait_out_a_bucket_answering(
     status: &'static str,
     code: &'static str,
@@ -2891,6 +2909,10 @@ async fn checks_wait_out_a_bucket_answering(
     .await;
     if code.is_empty() {
         switch.answer_page(status).await;
+    } else if code == "chunked" {
+        let body = "<!DOCTYPE html><html><body>Welcome</body></html>".to_owned();
+        let chunked = "Transfer-Encoding: chunked\r\n";
+        switch.answer_raw(status, "text/html", body, chunked).await;
     } else {
         switch.answer(status, code).await;
     }
@@ -3176,9 +3198,12 @@ async fn issue15_a_look_answered_200_by_web_pages_waits_for_the_bucket() {
                 .count()
         };
         // Asked again while it answers pages; nothing is sent meanwhile.
-        crate::support::wait_until("a second probe", deadline, || probes(&env.switch) >= 2)
-            .await;
-        assert_eq!(env.stats().submits + env.stats().batch_images, 0, "{policy}");
+        crate::support::wait_until("a second probe", deadline, || probes(&env.switch) >= 2).await;
+        assert_eq!(
+            env.stats().submits + env.stats().batch_images,
+            0,
+            "{policy}"
+        );
         env.switch.off().await;
         env.switch.on();
         crate::support::wait_until("the report", deadline, || {
@@ -3195,7 +3220,11 @@ async fn issue15_a_look_answered_200_by_web_pages_waits_for_the_bucket() {
         let object = s3.get_object("catalog", &key).await.expect("object");
         // `replace` looks at no object before the submit, but at each storage input, which
         // the pages failed `input-unreadable`: both images are edited once.
-        let (is_kept, billed) = if policy == "replace" { (false, 2) } else { (true, 1) };
+        let (is_kept, billed) = if policy == "replace" {
+            (false, 2)
+        } else {
+            (true, 1)
+        };
         assert_eq!(object == kept, is_kept, "{policy}");
         assert_eq!(
             env.stats().submits + env.stats().batch_images,
