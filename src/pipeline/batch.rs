@@ -1398,7 +1398,7 @@ impl BatchRunner {
                     let unsettled_wait = if polled.batch.status != TaskStatus::Done {
                         None
                     } else if polled.batch.lacks_result() {
-                        unsettled.done_without_result()
+                        unsettled.done_without_result(deps.poll.max)
                     } else if polled.batch.answers_fewer_than(members.len()) {
                         unsettled.partial_results(deps.poll.max)
                     } else {

@@ -55,6 +55,8 @@ const MAX_OUTPUT_WRITES: u32 = 16;
 #[derive(Debug, Default)]
 pub(crate) struct Unsettled {
     done_without_result: u32,
+    /// The waits granted to a DONE without its result so far.
+    done_without_result_waited: Duration,
     partial: u32,
     not_found: u32,
     /// When the current run of 404s began (an answered poll ends it).
@@ -93,10 +95,13 @@ const SAME_SECOND_MS: u64 = 1_100;
 /// a lost task, and failed an image Claid billed as `task-lost`.
 const UNSETTLED_ASKS: u32 = 7;
 
-/// How often a DONE without its result is asked again: with [`healing_write_wait`]'s waits
-/// (1 s doubling, under a minute) about four minutes, time for Claid to attach a result it
-/// was billed for (a poll is free).
-const DONE_WITHOUT_RESULT_ASKS: u32 = 8;
+/// How long a DONE without its result is asked about again (the waits added up), time for
+/// Claid to attach a result it was billed for (a poll is free): [`healing_write_wait`]'s
+/// waits (1 s doubling, a minute at most), each at most `api.poll.max`, and at most
+/// [`DONE_WITHOUT_RESULT_ASKS`] asks. (Eight asks of waits up to a minute were not capped by
+/// `api.poll.max`.)
+const DONE_WITHOUT_RESULT_WINDOW: Duration = Duration::from_secs(180);
+const DONE_WITHOUT_RESULT_ASKS: u32 = 40;
 
 /// How often a batch DONE with results for only some of its images is asked again (about
 /// 15 s with [`healing_write_wait`]'s waits).
@@ -120,12 +125,19 @@ const NOT_FOUND_MAX_ASKS: u32 = 30;
 const BARE_NOT_FOUND_ASKS: u32 = 3;
 
 impl Unsettled {
-    /// The wait before asking again about a DONE without its result, or `None` when it has
-    /// been asked often enough.
-    pub(crate) fn done_without_result(&mut self) -> Option<Duration> {
+    /// The wait before asking again about a DONE without its result (at most `cap`,
+    /// `api.poll.max`), or `None` when it has been asked long or often enough
+    /// ([`DONE_WITHOUT_RESULT_WINDOW`]).
+    pub(crate) fn done_without_result(&mut self, cap: Duration) -> Option<Duration> {
         self.done_without_result += 1;
-        (self.done_without_result <= DONE_WITHOUT_RESULT_ASKS)
-            .then(|| healing_write_wait(self.done_without_result))
+        if self.done_without_result > DONE_WITHOUT_RESULT_ASKS
+            || self.done_without_result_waited >= DONE_WITHOUT_RESULT_WINDOW
+        {
+            return None;
+        }
+        let wait = healing_write_wait(self.done_without_result).min(cap);
+        self.done_without_result_waited += wait;
+        Some(wait)
     }
 
     /// The wait before asking again about a batch DONE with a result or an error for only
@@ -2001,7 +2013,7 @@ impl Runner {
                             }
                             deps.metrics.task_seconds.observe(took.as_secs_f64());
                             let Some(output) = task.result.output_object else {
-                                if let Some(after) = unsettled.done_without_result() {
+                                if let Some(after) = unsettled.done_without_result(deps.poll.max) {
                                     if unsettled.first_unsettled_ask() {
                                         warn!(
                                             task_id,
@@ -4466,13 +4478,40 @@ mod tests {
             asks += 1;
         }
         assert_eq!(asks, PARTIAL_RESULT_ASKS);
-        assert!(unsettled.done_without_result().is_some());
+        let cap = Duration::from_secs(30);
+        assert!(unsettled.done_without_result(cap).is_some());
         assert!(!unsettled.first_unsettled_ask());
         let mut single = Unsettled::default();
-        assert!(single.done_without_result().is_some());
+        assert!(single.done_without_result(cap).is_some());
         assert!(single.first_unsettled_ask());
-        assert!(single.done_without_result().is_some());
+        assert!(single.done_without_result(cap).is_some());
         assert!(!single.first_unsettled_ask());
+    }
+
+    /// A DONE without its result is asked about again for about three minutes, each wait at
+    /// most `api.poll.max` (the waits grew to a minute whatever it said), and not for ever
+    /// when `api.poll.max` is short.
+    #[test]
+    fn a_done_without_its_result_is_asked_again_within_poll_max_for_a_bounded_time() {
+        for (max, least_asks) in [(30u64, 9u32), (60, 7), (2, DONE_WITHOUT_RESULT_ASKS)] {
+            let cap = Duration::from_secs(max);
+            let mut unsettled = Unsettled::default();
+            let (mut asks, mut waited) = (0u32, Duration::ZERO);
+            while let Some(wait) = unsettled.done_without_result(cap) {
+                assert!(wait <= cap, "max {max}: {wait:?}");
+                asks += 1;
+                waited += wait;
+            }
+            assert!(asks >= least_asks, "max {max}: {asks} asks");
+            assert!(asks <= DONE_WITHOUT_RESULT_ASKS, "max {max}: {asks} asks");
+            assert!(
+                waited <= DONE_WITHOUT_RESULT_WINDOW + cap,
+                "max {max}: {waited:?}"
+            );
+            if max >= 30 {
+                assert!(waited >= Duration::from_secs(120), "max {max}: {waited:?}");
+            }
+        }
     }
 
     use super::*;
