@@ -278,7 +278,7 @@ pub async fn run(
         warn!("{warning}");
     }
     // The storages' keys are read now: a missing credentials file stops the start.
-    let storages = crate::storages::Storages::open(&config.storages)?;
+    let mut storages = crate::storages::Storages::open(&config.storages)?;
 
     // The embedded emulator lives as long as this function; its storage connectors are the
     // config's own storages.
@@ -361,6 +361,8 @@ pub async fn run(
             "Checked the storages: every connector exists and every prefix can be listed"
         );
     }
+
+    follow_renamed_connectors(&store, &mut storages, &config).await?;
 
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -838,6 +840,50 @@ async fn run_once(
         return Ok(OnceEnd::Unscanned(unreadable));
     }
     Ok(end)
+}
+
+/// A connector renamed at Claid, and in the config (`claid_name`), since the last start:
+/// the jobs not sent yet, and the failed ones, are rewritten to name it by its new name (Claid
+/// refuses the old one: every queued image failed `claid-invalid-request`, at every replay),
+/// and the objects Claid wrote under the old name are the storage's (the jobs at Claid were
+/// held, "put its `storages` entry back", with the entry there). Then the connectors of the
+/// config are noted for the next start.
+async fn follow_renamed_connectors(
+    store: &Store,
+    storages: &mut crate::storages::Storages,
+    config: &Config,
+) -> Result<(), FatalError> {
+    if storages.is_empty() {
+        return Ok(());
+    }
+    let noted = store.noted_connectors().await?;
+    let renamed = storages.renamed_since(&noted);
+    if !renamed.is_empty() {
+        storages.follow_renames(&renamed);
+        // Objects under the old names are where the new ones write.
+        let mut places: std::collections::BTreeMap<String, String> = config
+            .storages
+            .values()
+            .map(|entry| (entry.claid_name.clone(), entry.url()))
+            .collect();
+        for (old, new) in &renamed {
+            if let Some(place) = places.get(new).cloned() {
+                places.insert(old.clone(), place);
+            }
+        }
+        store.set_object_places(places);
+        let jobs = store.rename_connectors(renamed.clone()).await?;
+        for (old, new) in &renamed {
+            info!(
+                from = %crate::text::Escaped::str(old),
+                to = %crate::text::Escaped::str(new),
+                jobs,
+                "A storage's connector was renamed since the last start; the images not sent yet (and the failed ones) are sent under its new name, and objects written under the old one are the storage's"
+            );
+        }
+    }
+    store.note_connectors(storages.connectors()).await?;
+    Ok(())
 }
 
 /// The storages' start check ([`crate::storages::Storages::check`]), waiting out an API or a

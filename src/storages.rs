@@ -115,6 +115,10 @@ pub struct Storages {
     /// The comparisons of connectors with their storages during the run
     /// ([`Storages::recheck`]), one at a time.
     rechecks: std::sync::Arc<tokio::sync::Mutex<Rechecks>>,
+    /// Connector names of earlier runs renamed since (old name → the storage's name), found
+    /// at the start ([`Storages::renamed_since`]): the objects Claid wrote under the old
+    /// name are the storage's.
+    renamed: BTreeMap<String, String>,
 }
 
 /// What [`Storages::recheck`] knows, by storage name.
@@ -473,6 +477,7 @@ impl Storages {
         Ok(Storages {
             by_name,
             rechecks: Default::default(),
+            renamed: BTreeMap::new(),
         })
     }
 
@@ -558,6 +563,40 @@ impl Storages {
         self.by_name
             .values()
             .find(|storage| storage.entry.claid_name == claid_name)
+            .or_else(|| self.by_name.get(self.renamed.get(claid_name)?))
+    }
+
+    /// The connectors renamed since they were noted (`noted`: connector name → storage name,
+    /// as an earlier start saw them): a storage of the config now has another `claid_name`,
+    /// and no storage has the old one. Old name → new name.
+    pub fn renamed_since(&self, noted: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+        noted
+            .iter()
+            .filter(|(old, _)| !self.by_name.values().any(|s| &s.entry.claid_name == *old))
+            .filter_map(|(old, name)| {
+                let storage = self.by_name.get(name)?;
+                Some((old.clone(), storage.entry.claid_name.clone()))
+            })
+            .collect()
+    }
+
+    /// Takes objects named by the old connector names of `renamed` (old → new, from
+    /// [`Storages::renamed_since`]) as the renamed storages' own.
+    pub fn follow_renames(&mut self, renamed: &BTreeMap<String, String>) {
+        for (old, new) in renamed {
+            if let Some(storage) = self.by_connector(new) {
+                let name = storage.name.clone();
+                self.renamed.insert(old.clone(), name);
+            }
+        }
+    }
+
+    /// Each connector name of the config, with its storage's name.
+    pub fn connectors(&self) -> BTreeMap<String, String> {
+        self.by_name
+            .values()
+            .map(|storage| (storage.entry.claid_name.clone(), storage.name.clone()))
+            .collect()
     }
 
     /// The config entries, by name.

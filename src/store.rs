@@ -746,6 +746,38 @@ impl Store {
         self.on_pool(move || trees.storage_places(&storage)).await?
     }
 
+    /// The storage each Claid connector name was noted with at a start (see
+    /// [`Store::note_connectors`]).
+    pub async fn noted_connectors(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, String>, StoreError> {
+        let trees = self.trees.clone();
+        self.on_pool(move || trees.noted_connectors()).await?
+    }
+
+    /// Notes which storage of the config each connector name (`claid_name` → storage name)
+    /// belongs to now. Durable.
+    pub async fn note_connectors(
+        &self,
+        connectors: std::collections::BTreeMap<String, String>,
+    ) -> Result<(), StoreError> {
+        let trees = self.trees.clone();
+        self.on_pool(move || trees.note_connectors(&connectors))
+            .await?
+    }
+
+    /// Has the jobs not sent yet, and the failed ones, name each renamed connector (OLD →
+    /// NEW) by its new name (see `Trees::rename_connectors`); how many were rewritten.
+    /// Durable.
+    pub async fn rename_connectors(
+        &self,
+        renamed: std::collections::BTreeMap<String, String>,
+    ) -> Result<usize, StoreError> {
+        let trees = self.trees.clone();
+        self.on_pool(move || trees.rename_connectors(&renamed))
+            .await?
+    }
+
     /// Notes `place` as where `storage`'s connector at Claid points now, elsewhere than the
     /// storage's `url` (found during a run): every later start looks there for an object not
     /// at its key, whichever of the two is made to match the other. Durable.
@@ -1152,9 +1184,15 @@ impl Store {
     /// `in_doubt += 1` when `count_in_doubt`. A done job (or one with a kept result) leaves
     /// `done_by_key`. Durable.
     pub async fn requeue(&self, id: JobId, count_in_doubt: bool) -> Result<JobV1, StoreError> {
+        let trees = self.trees.clone();
         let job = self
             .step(id, "any", move |job| {
                 let mut next = with_state(job, JobState::Queued);
+                // Made again (not a lost submit's, which a webhook echoing its request may
+                // still announce): under its connector's name at Claid now.
+                if !count_in_doubt && !job.waits_for_adoption() {
+                    trees.follow_renamed(&mut next);
+                }
                 next.batch = None;
                 next.batch_images = None;
                 next.accepted_unread = false;
@@ -1211,6 +1249,7 @@ impl Store {
     /// ([`JobState::refetchable`]), goes to Downloading it again instead: no new bill.
     /// Durable.
     pub async fn requeue_replayable(&self, id: JobId) -> Result<JobV1, StoreError> {
+        let trees = self.trees.clone();
         let job = self
             .step(id, "done|failed|in-doubt", move |job| {
                 if !job.state.is_replayable() {
@@ -1238,6 +1277,9 @@ impl Store {
                     // Looked at again before the replay's submit: the object there now may be
                     // this job's own earlier edit.
                     next.replaces = None;
+                    // Sent under its connector's name at Claid now (a failed job of before a
+                    // rename).
+                    trees.follow_renamed(&mut next);
                 }
                 Some(next)
             })

@@ -749,6 +749,26 @@ impl Runner {
         let deps = &*self.deps;
         let input = (!job.local).then(|| input_of(job).to_owned());
         let output = crate::storages::destination_of(&job.body, &job.output_rel);
+        // An output or a staged input in a storage no longer in the config (taken out while
+        // the job was queued): Claid would write where the daemon cannot look, so the
+        // connector is held as when an output check finds it so (`run --once` ends 64). (Such
+        // jobs were sent and billed, while the run ended saying the storage was held.)
+        for (uri, what) in [(&output, "output"), (&job.staged, "staged input")] {
+            let Some((connector, _)) = uri.as_deref().and_then(crate::storages::split_uri) else {
+                continue;
+            };
+            if deps.storages.by_connector(connector).is_some() {
+                continue;
+            }
+            let why = format!(
+                "no storage of the config has the connector \"{}\", which a queued job's {what} is in: put its `storages` entry back and restart the daemon (its images are not sent meanwhile)",
+                crate::text::Escaped::str(connector)
+            );
+            if deps.health.hold_storage(connector, why.clone()) {
+                error!(job_id = id, "{why}");
+            }
+            return Some(JobOutcome::Parked);
+        }
         // By storage name, and by connector name (a storage taken out of the config is held
         // under its connector's).
         let mut names: Vec<String> = Vec::new();
@@ -3157,9 +3177,15 @@ impl Runner {
         self.make_again(id).await
     }
 
+    /// Queues the job again (its submit is to be made again) at the back of the submit
+    /// queue, where a batch may take it with others. (Made again in this task, it went
+    /// alone: a `replay --failed` of many storage outputs found gone sent them one by one.)
     async fn make_again(&self, id: JobId) -> Step {
         match self.deps.store.requeue(id, false).await {
-            Ok(_) => Step::Continue,
+            Ok(job) => {
+                self.deps.queue.push_back(vec![(job.manifest, id)]);
+                Step::End(JobOutcome::Requeued)
+            }
             Err(err) => {
                 error!(error = %err, "Cannot queue the image again; it resumes at the next start");
                 Step::End(JobOutcome::Parked)

@@ -34,6 +34,14 @@ pub const TREE_DONE_BY_KEY: &str = "done_by_key";
 const META_STORAGE_PLACES: &str = "storage-places/";
 /// How many such places are kept per storage.
 const MAX_STORAGE_PLACES: usize = 8;
+
+/// `meta` key prefix of the storage (its name in the config) each Claid connector name was
+/// last seen with ([`Trees::note_connectors`]).
+const META_CONNECTOR: &str = "connector/";
+
+/// `meta` key of the connector renames the jobs were last rewritten for
+/// ([`Trees::rename_connectors`]).
+const META_RENAMED: &str = "connectors-renamed";
 pub const TREE_META: &str = "meta";
 pub const TREE_UNFINISHED: &str = "unfinished";
 pub const TREE_RESERVED: &str = "reserved";
@@ -111,6 +119,10 @@ pub struct Trees {
     /// output is reserved under the object it writes, not under the connector's name, so two
     /// connectors (or storages) on one bucket prefix cannot both write one object.
     object_places: Arc<RwLock<BTreeMap<String, String>>>,
+    /// Connector names renamed since an earlier start (old → new,
+    /// [`Trees::rename_connectors`]): a failed job replayed, or a job made again, names the
+    /// connector by its new name.
+    renamed: Arc<RwLock<BTreeMap<String, String>>>,
     /// This store's own random id, made once at its creation (`meta` key `store_id`): names
     /// what this daemon stages in a bucket, apart from another daemon's.
     pub id: String,
@@ -197,6 +209,7 @@ impl Trees {
             path,
             db,
             object_places: Arc::default(),
+            renamed: Arc::default(),
             id: String::new(),
         };
         let meta = trees.db.open_tree(TREE_META)?;
@@ -232,6 +245,111 @@ impl Trees {
             .get(format!("{META_STORAGE_PLACES}{storage}"))?
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
             .unwrap_or_default())
+    }
+
+    /// The storage (its name in the config) each Claid connector name was noted with at a
+    /// start ([`Trees::note_connectors`]).
+    pub fn noted_connectors(&self) -> Result<BTreeMap<String, String>, StoreError> {
+        let meta = self.db.open_tree(TREE_META)?;
+        let mut noted = BTreeMap::new();
+        for item in meta.scan_prefix(META_CONNECTOR) {
+            let (key, value) = item?;
+            noted.insert(
+                String::from_utf8_lossy(&key[META_CONNECTOR.len()..]).into_owned(),
+                String::from_utf8_lossy(&value).into_owned(),
+            );
+        }
+        Ok(noted)
+    }
+
+    /// Notes which storage each connector name (`claid_name` → storage name) belongs to, so
+    /// that a later start can tell a connector renamed at Claid (and in the config) from one
+    /// taken out. Flushed.
+    pub fn note_connectors(&self, connectors: &BTreeMap<String, String>) -> Result<(), StoreError> {
+        let meta = self.db.open_tree(TREE_META)?;
+        for (connector, storage) in connectors {
+            meta.insert(format!("{META_CONNECTOR}{connector}"), storage.as_bytes())?;
+        }
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Rewrites `storage://OLD/…` to `storage://NEW/…` (`renamed`: OLD → NEW) in the input,
+    /// the output destination and the staged input of every job not sent yet or failed (what
+    /// a submit or a replay sends next), so that it names the connector by its name at Claid
+    /// now. A job that may adopt the task of a lost submit keeps its request as it was sent
+    /// (the announcement that names that task echoes it). Its key stays. Returns how many
+    /// jobs were rewritten. Flushed.
+    ///
+    /// Made once for a set of renames (noted in `meta`): a later start with the same renames
+    /// does not read every job again.
+    pub fn rename_connectors(
+        &self,
+        renamed: &BTreeMap<String, String>,
+    ) -> Result<usize, StoreError> {
+        *self.renamed.write().unwrap_or_else(PoisonError::into_inner) = renamed.clone();
+        let meta = self.db.open_tree(TREE_META)?;
+        let applied =
+            serde_json::to_vec(renamed).map_err(|err| StoreError::Worker(err.to_string()))?;
+        if renamed.is_empty() || meta.get(META_RENAMED)?.as_deref() == Some(&applied[..]) {
+            return Ok(0);
+        }
+        let mut count = 0;
+        for item in self.jobs.iter() {
+            let (key, bytes) = item?;
+            let job = decode_job(&bytes)?;
+            let open = matches!(job.state, JobState::Queued | JobState::Failed { .. });
+            if !open || job.waits_for_adoption() {
+                continue;
+            }
+            let mut new = job.clone();
+            if !self.follow_renamed(&mut new) {
+                continue;
+            }
+            // A step taken meanwhile (none runs before the pipeline starts) wins.
+            if self
+                .jobs
+                .compare_and_swap(&key, Some(bytes), Some(encode_job(&new)))?
+                .is_ok()
+            {
+                count += 1;
+            }
+        }
+        meta.insert(META_RENAMED, applied)?;
+        self.db.flush()?;
+        Ok(count)
+    }
+
+    /// Has `job` name each renamed connector ([`Trees::rename_connectors`]) by its new name,
+    /// in its input, output destination and staged input; whether anything changed.
+    pub fn follow_renamed(&self, job: &mut JobV1) -> bool {
+        let renamed = self.renamed.read().unwrap_or_else(PoisonError::into_inner);
+        if renamed.is_empty() {
+            return false;
+        }
+        let rename = |uri: &str| -> Option<String> {
+            let (connector, rest) = crate::storages::split_uri(uri)?;
+            let new = renamed.get(connector)?;
+            Some(format!("storage://{new}/{rest}"))
+        };
+        let mut changed = false;
+        if !job.local
+            && let Some(input) = rename(&job.input)
+        {
+            job.input = input;
+            changed = true;
+        }
+        if let Some(staged) = job.staged.as_deref().and_then(rename) {
+            job.staged = Some(staged);
+            changed = true;
+        }
+        if let Some(folder) = crate::storages::destination_folder(&job.body).and_then(rename) {
+            let mut body = (*job.body).clone();
+            body["output"]["destination"] = serde_json::Value::String(folder);
+            job.body = std::sync::Arc::new(body);
+            changed = true;
+        }
+        changed
     }
 
     /// Notes `place` as a place `storage`'s connector pointed at during a run (the objects

@@ -2683,8 +2683,10 @@ async fn run_once_gives_up_on_a_bucket_away_after_claid_wrote_and_the_next_run_d
 /// objects: the jobs wait for it, named (`run --once` ends 64, a config problem, at once,
 /// saying to put the entry back; it ended 69 at `api.unreachable_timeout`, as for an outage),
 /// instead of failing as `storage-unreachable`, which had a replay or a second drop bill the
-/// written objects again. With the entry back, the next run
-/// checks the objects and delivers them without a second submit.
+/// written objects again. The images still queued (behind the canary) are not sent meanwhile
+/// (they were sent and billed while the run ended saying the storage was held: acceptance
+/// run). With the entry back, the next run checks the objects and delivers them all, each
+/// billed once.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_storage_taken_out_of_the_config_while_claid_writes_holds_its_jobs_not_fails_them() {
     let Some(s3) = S3Server::start().await else {
@@ -2693,13 +2695,13 @@ async fn a_storage_taken_out_of_the_config_while_claid_writes_holds_its_jobs_not
     let scenario = Scenario::default()
         .latency(Latency::Fixed(std::time::Duration::from_secs(2)))
         .seed(7);
-    let (env, _) = storage_env(&s3, scenario, "", 2).await;
+    let (env, _) = storage_env(&s3, scenario, "", 4).await;
     let keys = credentials_file(env.dir.path());
     let storages = storages_yaml("catalog-s3", "s3://catalog/raw", &s3.endpoint, &keys);
     let config = env.config("unreachable_timeout: 4s", &storages);
     env.drop_file(
         "shoes.yaml",
-        b"output: { format: jpeg, destination: storage://catalog/out/ }\nimages:\n  - storage://catalog/in/sku-0.png\n  - storage://catalog/in/sku-1.png\n",
+        b"output: { format: jpeg, destination: storage://catalog/out/ }\nimages:\n  - storage://catalog/in/sku-0.png\n  - storage://catalog/in/sku-1.png\n  - storage://catalog/in/sku-2.png\n  - storage://catalog/in/sku-3.png\n",
     );
     let (mut once, log_path) = spawn_run_once(&env, &config);
     let deadline = std::time::Duration::from_secs(60);
@@ -2718,6 +2720,12 @@ async fn a_storage_taken_out_of_the_config_while_claid_writes_holds_its_jobs_not
         stderr.contains("put its `storages` entry back"),
         "the missing storage is named:\n{stderr}"
     );
+    let stats = env.stats();
+    assert_eq!(
+        stats.batch_images + stats.submits,
+        2,
+        "only the canary was sent: {stats:?}"
+    );
     // The entry put back (the config file is written again: `env.config` has one path).
     let config = env.config("unreachable_timeout: 4s", &storages);
     let (code, stderr) = env.run_once(&config).await;
@@ -2728,7 +2736,7 @@ async fn a_storage_taken_out_of_the_config_while_claid_writes_holds_its_jobs_not
     let stats = env.stats();
     assert_eq!(
         stats.batch_images + stats.submits,
-        2,
+        4,
         "each image billed once"
     );
     assert_eq!(stats.duplicate_submits, 0);
@@ -4164,6 +4172,77 @@ async fn issue15_a_bucket_that_is_gone_mid_run_is_waited_out_not_billed_into() {
         }
         crate::support::stop(&mut daemon).await;
     }
+    s3.stop().await;
+}
+
+/// Claid's connector renamed (and `claid_name` with it, as the start's error says to) after
+/// a kill, with the canary at Claid and two images still queued: the next run sends the
+/// queued images under the new name, and takes the canary's objects, written under the old
+/// one, as the storage's. Each image is billed once, all done. (Every queued image failed
+/// `claid-invalid-request`, Claid refusing the old name, at every replay: acceptance run.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connector_renamed_at_claid_and_in_the_config_is_followed_by_queued_jobs() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let scenario = Scenario::default()
+        .latency(Latency::Fixed(std::time::Duration::from_secs(2)))
+        .seed(7);
+    let (env, config) = storage_env(&s3, scenario, "", 4).await;
+    env.drop_file(
+        "shoes.yaml",
+        b"output: { format: jpeg, destination: storage://catalog/out/ }\nimages:\n  - storage://catalog/in/sku-0.png\n  - storage://catalog/in/sku-1.png\n  - storage://catalog/in/sku-2.png\n  - storage://catalog/in/sku-3.png\n",
+    );
+    let (mut once, log_path) = spawn_run_once(&env, &config);
+    let deadline = std::time::Duration::from_secs(60);
+    crate::support::wait_until("the canary is submitted and recorded", deadline, || {
+        std::fs::read_to_string(&log_path).is_ok_and(|log| log.contains("Batch submitted"))
+    })
+    .await;
+    once.start_kill().expect("kill -9");
+    let _ = once.wait().await;
+    // Renamed once Claid wrote the canary's objects (under the old name).
+    crate::support::wait_until_async("the canary's objects", deadline, || async {
+        s3.list_keys("catalog", "raw/out/").await.len() >= 2
+    })
+    .await;
+    let url = format!("{}/storage/storages/1", env.emulator.base_url());
+    let answer = reqwest::Client::new()
+        .patch(&url)
+        .bearer_auth("test-key")
+        .json(&serde_json::json!({"name": "catalog-new"}))
+        .send()
+        .await
+        .expect("connector renamed");
+    assert!(answer.status().is_success(), "{:?}", answer.text().await);
+    // The old name: refused at the start, naming the fix.
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("catalog-new"), "{stderr}");
+    let keys = credentials_file(env.dir.path());
+    let renamed = env.config(
+        "",
+        &storages_yaml("catalog-new", "s3://catalog/raw", &s3.endpoint, &keys),
+    );
+    let (code, stderr) = env.run_once(&renamed).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("connector was renamed since the last start"),
+        "{stderr}"
+    );
+    let report = env.report("shoes");
+    let rows = report["jobs"].as_array().expect("rows");
+    assert!(rows.iter().all(|r| r["status"] == "done"), "{report:#}");
+    let stats = env.stats();
+    assert_eq!(
+        stats.batch_images + stats.submits,
+        4,
+        "each image billed once: {stats:?}"
+    );
+    assert_eq!(stats.duplicate_submits, 0);
+    let mut keys = s3.list_keys("catalog", "raw/out/").await;
+    keys.sort();
+    assert_eq!(keys.len(), 4, "{keys:?}");
     s3.stop().await;
 }
 
