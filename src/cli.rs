@@ -491,6 +491,11 @@ enum FileKind {
 /// A mapping with `images` is a manifest, one with a config key a config; anything else that
 /// parses as a mapping is taken for a manifest. Also the manifest's `profile`, if it names one.
 fn kind_of(path: &Path) -> (FileKind, Option<String>) {
+    // Only a regular file is read (a FIFO would wait for a writer for ever, a device never
+    // ends).
+    if !std::fs::metadata(path).is_ok_and(|meta| meta.is_file()) {
+        return (FileKind::Unknown, None);
+    }
     if path
         .file_name()
         .is_some_and(|name| name == manifest::RECIPE_NAME)
@@ -823,6 +828,26 @@ fn validate_recipe_file(config: Option<&Config>, file: &Path) -> bool {
 /// A file named on the command line that cannot be opened: 64 when it is missing, 77 when
 /// access is refused.
 fn check_readable(file: &Path, command: &str) -> anyhow::Result<()> {
+    // Looked at before it is opened: opening a FIFO waits for a writer (for ever), and a
+    // device or a pipe (`<(…)`) has no size to bound its reading by (`/dev/zero` was read
+    // until memory ran out).
+    if let Ok(meta) = std::fs::metadata(file)
+        && !meta.is_file()
+    {
+        let what = if meta.is_dir() {
+            "a folder"
+        } else {
+            "no regular file (a FIFO, a pipe such as `<(…)`, or a device)"
+        };
+        return Err(exit::Coded::new(
+            exit::DATA_ERR,
+            format!(
+                "{} is {what}: `{command}` reads regular files only; save it to a file first, then give that file",
+                file.display()
+            ),
+        )
+        .into());
+    }
     match std::fs::File::open(file) {
         Ok(_) => Ok(()),
         Err(cause) => {

@@ -16,6 +16,38 @@ use crate::support::{TestEnv, cli, cli_unprivileged, cli_with, png};
 const GOOD: &str =
     "images:\n  - input: storage://demo/a-64x48.png\n  - input: storage://demo/b-64x48.png\n";
 
+/// `validate` and `plan` given a FIFO, a device or a folder refuse it at once (65), naming
+/// it and what to give instead: a FIFO's open waited for a writer for ever, and `/dev/zero`
+/// was read until memory ran out (acceptance run).
+#[tokio::test(flavor = "multi_thread")]
+async fn validate_and_plan_refuse_what_is_no_regular_file_at_once() {
+    let env = TestEnv::new(Scenario::default()).await;
+    let config = env.config("", "");
+    let fifo = env.dir.path().join("m.yaml");
+    crate::support::mkfifo(&fifo);
+    let fifo = fifo.to_str().unwrap();
+    let folder = env.dir.path().to_str().unwrap();
+    let config = config.to_str().unwrap();
+    for args in [
+        vec!["validate", fifo],
+        vec!["validate", "/dev/zero"],
+        vec!["validate", "-c", config, folder],
+        vec!["plan", "-c", config, fifo],
+    ] {
+        let (code, out, err) = tokio::time::timeout(Duration::from_secs(30), cli(&args))
+            .await
+            .expect("ends at once");
+        assert_eq!(code, 65, "{args:?}: {out}{err}");
+        let said = format!("{out}{err}");
+        assert!(
+            said.contains(args[args.len() - 1])
+                && (said.contains("no regular file") || said.contains("a folder"))
+                && said.contains("save it to a file first"),
+            "{args:?}: {said}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn validate_prints_every_problem_and_exits_65_for_a_bad_manifest() {
     let env = TestEnv::new(Scenario::default()).await;
