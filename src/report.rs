@@ -99,7 +99,10 @@ pub fn build(manifest: &ManifestV1, jobs: &[JobV1], generated_at: String) -> Rep
 /// for a held job; `reason` is `<code>: <message>` for failed and superseded jobs.
 pub fn row(job: &JobV1) -> ReportRow {
     let mut row = ReportRow {
-        input: job.input.clone(),
+        // Without the credentials a URL may carry (`user:password@`, a signed query): the
+        // outbox is shared more widely than the inbox (they were written in clear, while the
+        // log, `jobs` and `status` redacted them: acceptance run).
+        input: crate::text::redact_credentials(&job.input).into_owned(),
         output: job.output_rel.clone(),
         status: job.state.kind().to_owned(),
         reason: String::new(),

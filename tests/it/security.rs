@@ -779,6 +779,7 @@ async fn issue11_a_newline_in_a_local_file_name_is_percent_encoded_in_the_upload
 
 /// Secrets in an input URL (a password in its user information, a presigned URL's signature,
 /// an access token) never reach the log: the job's `input` field shows them as `REDACTED`.
+/// Nor the reports in the outbox (written in clear: acceptance run).
 #[tokio::test(flavor = "multi_thread")]
 async fn secrets_in_input_urls_never_reach_the_log() {
     let env = TestEnv::new(Scenario::default()).await;
@@ -800,6 +801,13 @@ async fn secrets_in_input_urls_never_reach_the_log() {
             !stderr.contains(secret),
             "{secret} is in the log:\n{stderr}"
         );
+    }
+    for report in ["s.report.csv", "s.report.json"] {
+        let text = std::fs::read_to_string(env.outbox.join(report)).expect("report");
+        assert!(text.contains("user:REDACTED@"), "{report}: {text}");
+        for secret in ["hunter2pw", "SIGSECRET"] {
+            assert!(!text.contains(secret), "{secret} is in {report}:\n{text}");
+        }
     }
     // Nor the terminal of whoever lists the jobs or previews a replay.
     let config = config.to_str().unwrap();
