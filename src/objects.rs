@@ -213,11 +213,15 @@ impl Credentials {
                 ))
             }
         })?;
-        if credentials.access_key_id.trim().is_empty()
-            || credentials.secret_access_key.trim().is_empty()
-        {
+        // `~` and `null` are YAML's empty value (read as the text itself into a string: the
+        // requests were signed `Credential=~/…`, and the bucket refused them as bad keys).
+        let empty = |value: &str| {
+            let value = value.trim();
+            value.is_empty() || matches!(value, "~" | "null" | "Null" | "NULL")
+        };
+        if empty(&credentials.access_key_id) || empty(&credentials.secret_access_key) {
             return Err(fail(
-                "access_key_id and secret_access_key must not be empty".to_owned(),
+                "access_key_id and secret_access_key must not be empty (nor `~` or `null`, YAML's empty value)".to_owned(),
             ));
         }
         credentials.register();

@@ -533,6 +533,34 @@ fn issue15_a_credentials_file_error_never_shows_its_content() {
     assert!(err.to_string().contains("not a credentials file"), "{err}");
 }
 
+/// A key given as YAML's empty value (`~`, `null`) is refused as empty, as `""` is: it was
+/// taken as the text itself, and the requests were signed with `Credential=~/…`.
+#[test]
+fn issue15_a_credential_given_as_yaml_null_is_refused_as_empty() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("creds.yaml");
+    for text in [
+        "access_key_id: ~\nsecret_access_key: s3cr3t\n",
+        "access_key_id: null\nsecret_access_key: s3cr3t\n",
+        "access_key_id: AKIATEST\nsecret_access_key: NULL\n",
+        "access_key_id: \"\"\nsecret_access_key: s3cr3t\n",
+    ] {
+        std::fs::write(&path, text).expect("write");
+        let err = claid_hotfolder::objects::Credentials::from_file(&path).expect_err(text);
+        assert!(
+            err.to_string().contains("must not be empty"),
+            "{text}: {err}"
+        );
+        assert!(!err.to_string().contains("s3cr3t"), "{err}");
+    }
+    std::fs::write(
+        &path,
+        "access_key_id: AKIATEST\nsecret_access_key: s3cr3t\nsession_token: ~\n",
+    )
+    .expect("write");
+    claid_hotfolder::objects::Credentials::from_file(&path).expect("a null token is no token");
+}
+
 /// A bad value is told once: `api.poll.give_up_after: 0s` was one line printed twice.
 #[test]
 fn a_bad_give_up_after_is_one_problem() {
