@@ -732,6 +732,18 @@ fn check_destination(
                     ),
                 );
             }
+            // A folder inside the staging area is told once, at the destination (per image,
+            // it was told at each image's input line); before the missing `/` (the fix that
+            // suggested was refused in turn).
+            let as_folder = format!("storage://{name}/{}/x", folder.trim_end_matches('/'));
+            if let Some(staging) = in_staging_area(storages, &as_folder) {
+                return fail(
+                    problems,
+                    format!(
+                        "`{text}` is in the `staging/` folder of the storage `{staging}`, where the daemon stages local inputs (api.staging) and deletes them once their jobs end; give another folder (e.g. `storage://{staging}/edited/`)"
+                    ),
+                );
+            }
             if !folder.ends_with('/') {
                 return fail(
                     problems,
@@ -768,17 +780,6 @@ fn check_destination(
                 && let Err(err) = crate::objects::check_written_key(trimmed)
             {
                 return fail(problems, format!("`{text}`: {err}"));
-            }
-            // A folder inside the staging area is told once, at the destination (per image,
-            // it was told at each image's input line).
-            if let Some(staging) = in_staging_area(storages, &format!("storage://{name}/{folder}x"))
-            {
-                return fail(
-                    problems,
-                    format!(
-                        "`{text}` is in the `staging/` folder of the storage `{staging}`, where the daemon stages local inputs (api.staging) and deletes them once their jobs end; give another folder (e.g. `storage://{staging}/edited/`)"
-                    ),
-                );
             }
             let resolved = format!("storage://{}/{folder}", entry.claid_name);
             fields.insert("destination".into(), Value::String(resolved));

@@ -104,6 +104,13 @@ fn storage_config_errors_name_the_key_and_the_fix() {
             "profiles.stg.output.destination",
             "is in the `staging/` folder of the storage `catalog`",
         ),
+        // Without its `/`: told it is in the staging area, not to add the `/` (that fix was
+        // refused in turn).
+        (
+            "api:\n  staging: catalog\nstorages:\n  catalog: { claid_name: c, url: s3://bkt/x }\nprofiles:\n  stg: { output: { destination: storage://catalog/staging } }\n",
+            "profiles.stg.output.destination",
+            "is in the `staging/` folder of the storage `catalog`",
+        ),
         (
             "api:\n  staging: nope\nstorages:\n  catalog: { claid_name: c, url: s3://bkt/x }\n",
             "api.staging",
