@@ -762,6 +762,17 @@ impl LoadParts {
     }
 }
 
+/// What a manifest's check says of a storage destination when the config has no storages
+/// (see `manifest::validate`): without `--config`, because none was read.
+const NO_STORAGES: &str = "the config has no `storages`";
+
+/// The hint after [`NO_STORAGES`] when no config was read: it blamed a config never given.
+fn no_storages_hint() -> String {
+    format!(
+        "hint: no config was read, so no storage is known: give the config that defines its `storages` with --config FILE or CLAID_HOTFOLDER_CONFIG (the daemon's is {DEFAULT_CONFIG})"
+    )
+}
+
 /// Validates one file as a manifest; `true` when valid. Without a config, a manifest that names
 /// a profile gets a hint: the profile is unknown only because no config was read.
 fn validate_manifest_file(config: Option<&Config>, file: &Path, profile: Option<&str>) -> bool {
@@ -778,11 +789,15 @@ fn validate_manifest_file(config: Option<&Config>, file: &Path, profile: Option<
             true
         }
         Err(err) => {
-            print!("{}", err.check_txt());
+            let text = err.check_txt();
+            print!("{text}");
             if let (None, Some(profile)) = (config, profile) {
                 println!(
                     "hint: no config was read, so the profile `{profile}` is unknown: give the config that defines it with --config FILE or CLAID_HOTFOLDER_CONFIG (the daemon's is {DEFAULT_CONFIG})"
                 );
+            }
+            if config.is_none() && text.contains(NO_STORAGES) {
+                println!("{}", no_storages_hint());
             }
             false
         }
@@ -819,6 +834,9 @@ fn validate_recipe_file(config: Option<&Config>, file: &Path) -> bool {
                 println!(
                     "hint: no config was read, so its profiles are unknown: give the config with --config FILE or CLAID_HOTFOLDER_CONFIG (the daemon's is {DEFAULT_CONFIG})"
                 );
+            }
+            if config.is_none() && problems.iter().any(|p| p.message.contains(NO_STORAGES)) {
+                println!("{}", no_storages_hint());
             }
             false
         }

@@ -585,6 +585,7 @@ async fn issue13_every_enum_valued_flag_refuses_other_values_and_lists_them() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn issue13_validate_hints_at_the_config_only_for_a_profile_no_config_defines() {
+    // (And for a storage destination, issue 15.)
     let env = TestEnv::new(Scenario::default()).await;
     let profiled = env.drop_file(
         "p.yaml",
@@ -600,6 +601,20 @@ async fn issue13_validate_hints_at_the_config_only_for_a_profile_no_config_defin
         "validate-profile-without-config",
         &out,
         Some(env.dir.path()),
+    );
+
+    // So is a storage destination: no storage is known because no config was read (it
+    // said to add one to a config never given).
+    let stored = env.drop_file(
+        "s.yaml",
+        b"output: { destination: storage://catalog/out/ }\nimages:\n  - input: https://example.com/a.png\n",
+    );
+    let (code, out, _) = cli(&["validate", stored.to_str().unwrap()]).await;
+    assert_eq!(code, 65, "{out}");
+    assert!(
+        out.contains("hint: no config was read, so no storage is known")
+            && out.contains("--config"),
+        "{out}"
     );
 
     // Not appended to unrelated problems.
