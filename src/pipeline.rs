@@ -669,6 +669,7 @@ impl Handle {
             cancel: deps.cancel.clone(),
             health: health.clone(),
             submitter: submitter.clone(),
+            storages: deps.storages.clone(),
         };
         let shared = Shared {
             store: deps.store,

@@ -787,6 +787,25 @@ impl Store {
             .await?
     }
 
+    /// Notes how a queued job's storage input looked just before its submit
+    /// ([`JobV1::input_seen`]). Made durable by the submit's own flush.
+    pub async fn note_input_seen(&self, id: JobId, seen: ObjectSeen) -> Result<(), StoreError> {
+        self.step(id, "queued", move |job| match job.state {
+            JobState::Queued if job.input_seen.as_ref() != Some(&seen) => Some(JobV1 {
+                input_seen: Some(seen.clone()),
+                ..job.clone()
+            }),
+            _ => None,
+        })
+        .await
+        .map(|_| ())
+        .or_else(|err| match err {
+            // Seen as it is already, or no longer queued: nothing to note.
+            StoreError::Conflict { .. } => Ok(()),
+            err => Err(err),
+        })
+    }
+
     /// A queued job's staged input is gone from the bucket (deleted meanwhile): forgotten, so
     /// that the input is staged again. Durable.
     pub async fn unstage(&self, id: JobId) -> Result<JobV1, StoreError> {

@@ -2272,6 +2272,7 @@ mod tests {
                 staged: None,
                 replaces: None,
                 submitted_to: None,
+                input_seen: None,
                 lost_answers: 0,
                 accepted_unread: false,
                 updated_at_ms: 0,

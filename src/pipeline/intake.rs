@@ -66,7 +66,13 @@ pub struct Intake {
     pub health: Arc<super::health::HealthState>,
     /// Starts a registered job that fetches a result again (not submitted).
     pub submitter: super::submitter::Submitter,
+    /// The config's storages, opened: a storage input of a row made before is looked at
+    /// before the row is taken as `unchanged` ([`Intake::replaced_inputs`]).
+    pub storages: crate::storages::Storages,
 }
+
+/// Storage inputs looked at at once by [`Intake::replaced_inputs`].
+const INPUT_LOOKS: usize = 16;
 
 /// What one candidate came to.
 enum Taken {
@@ -426,7 +432,18 @@ impl Intake {
                 && dropped_again
                 && {
                     let keys = spec.jobs.iter().map(|job| job.key.hex()).collect();
-                    match self.left_to_make(*id, keys).await {
+                    let left = match self.left_to_make(*id, keys).await {
+                        Some(why) => Some(why),
+                        // Not with `on_manifest_done: keep`, as for anything left.
+                        None if self.settings().policies.on_manifest_done
+                            != crate::config::OnManifestDone::Keep
+                            && !self.replaced_inputs(&spec.jobs).await.is_empty() =>
+                        {
+                            Some("storage inputs of its run were replaced at their keys since")
+                        }
+                        None => None,
+                    };
+                    match left {
                         Some(why) => {
                             info!(
                                 reason = why,
@@ -465,9 +482,88 @@ impl Intake {
         self.register(spec, rel_str, phase, &path).await
     }
 
+    /// The keys of rows whose storage input is another object now than the one the row was
+    /// made from (replaced at its key since, as its last submit's look noted it,
+    /// [`JobV1::input_seen`]): made again, not taken as `unchanged`. (A catalogue kept in a
+    /// bucket had a replaced image reported `unchanged`, the edit of the old one left in
+    /// place: acceptance run.) One `HEAD` per row done before with its input noted,
+    /// [`INPUT_LOOKS`] at a time; an input that cannot be looked at now is taken as the same
+    /// (nothing is billed on a guess), with a WARN.
+    async fn replaced_inputs(
+        &self,
+        jobs: &[manifest::JobSpec],
+    ) -> std::collections::HashSet<String> {
+        use futures_util::StreamExt as _;
+        let mut looks = Vec::new();
+        for job in jobs {
+            let Input::Remote(uri) = &job.input else {
+                continue;
+            };
+            let Some((connector, key)) = crate::storages::split_uri(uri) else {
+                continue;
+            };
+            let Some(storage) = self.storages.by_connector(connector) else {
+                continue;
+            };
+            let hex = job.key.hex();
+            let Ok(Some((_, prev))) = self.store.done_by_key(&hex).await else {
+                continue;
+            };
+            let Some(seen) = prev.input_seen else {
+                continue;
+            };
+            if seen.key != key {
+                continue;
+            }
+            looks.push((hex, storage.clone(), seen));
+        }
+        if looks.is_empty() {
+            return std::collections::HashSet::new();
+        }
+        let answers: Vec<(String, Result<bool, String>)> = futures_util::stream::iter(looks)
+            .map(|(hex, storage, seen)| async move {
+                let now = match storage.objects.head(&seen.key).await {
+                    Ok(info) => {
+                        crate::store::ObjectSeen::new(&seen.key, info.e_tag, info.last_modified)
+                    }
+                    // Gone: the row is made again, and its look before the submit says why.
+                    Err(crate::objects::ObjectError::NotFound { .. }) => return (hex, Ok(true)),
+                    Err(err) => return (hex, Err(err.to_string())),
+                };
+                (hex, Ok(!(seen.same_bytes(&now) || seen.is_same(&now))))
+            })
+            .buffer_unordered(INPUT_LOOKS)
+            .collect()
+            .await;
+        let mut replaced = std::collections::HashSet::new();
+        let mut unlooked = None;
+        for (hex, answer) in answers {
+            match answer {
+                Ok(true) => {
+                    replaced.insert(hex);
+                }
+                Ok(false) => {}
+                Err(err) => {
+                    unlooked.get_or_insert(err);
+                }
+            }
+        }
+        if let Some(err) = unlooked {
+            warn!(error = %err, "Some storage inputs of rows made before could not be looked at; they are taken as unchanged (a replaced image is made again at the next drop that can look)");
+        }
+        if !replaced.is_empty() {
+            info!(
+                images = replaced.len(),
+                "Storage inputs replaced at their key since their rows were made; those rows are made again"
+            );
+        }
+        replaced
+    }
+
     /// Records the run and its jobs (reserving every output and report path), marking jobs
     /// whose identical output already exists as done-unchanged, then queues the rest.
     async fn register(&self, spec: ManifestSpec, rel: String, phase: Phase, path: &Path) -> Taken {
+        let replaced = self.replaced_inputs(&spec.jobs).await;
         let outbox = self.folders.outbox.clone();
         let storages = self.settings().storages.clone();
         let rel_path = PathBuf::from(&rel);
@@ -509,6 +605,7 @@ impl Intake {
                 staged: None,
                 replaces: None,
                 submitted_to: None,
+                input_seen: None,
                 lost_answers: 0,
                 accepted_unread: false,
                 updated_at_ms: now,
@@ -523,6 +620,9 @@ impl Intake {
                 },
                 jobs,
                 move |job, prev| {
+                    if replaced.contains(&job.key) {
+                        return None;
+                    }
                     unchanged_state(&outbox, &storages, &job.body, &job.output_rel, prev)
                 },
             )

@@ -1164,6 +1164,12 @@ impl Runner {
                 match storage.objects.head(key).await {
                     Ok(info) => {
                         deps.health.storage_ok(name);
+                        // Noted, so that a later run of the row can tell the input replaced
+                        // at its key (made again) from the same one (`unchanged`).
+                        let seen = ObjectSeen::new(key, info.e_tag.clone(), info.last_modified);
+                        if let Err(err) = deps.store.note_input_seen(id, seen).await {
+                            debug!(error = %err, "Cannot note how the storage input looked");
+                        }
                         break info.size;
                     }
                     Err(crate::objects::ObjectError::NotFound { .. }) => {

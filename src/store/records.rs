@@ -262,6 +262,12 @@ pub struct JobV1 {
     /// image again. Recorded with the submit's intent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub submitted_to: Option<String>,
+    /// A storage input of a configured storage as the look before its last submit saw it
+    /// (its key in the storage, ETag, time of writing): a later run of the same row whose
+    /// input is another object now (replaced at its key) is made again, not `unchanged`.
+    /// `None`: not looked at (a local file, a URL, a key with `%`, an older version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_seen: Option<ObjectSeen>,
     /// Time of the last change, for reports and stale-state diagnosis.
     pub updated_at_ms: u64,
 }

@@ -612,6 +612,9 @@ impl Trees {
                     job.staged = done.1.staged.clone();
                     job.replaces = done.1.replaces.clone();
                 }
+                // The input the result was made from: the job answers for the key from now
+                // on, and a later run compares the input with it (made again if replaced).
+                job.input_seen = done.1.input_seen.clone();
                 job.state = state;
             }
             let job_id = self.db.generate_id()?;

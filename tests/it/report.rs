@@ -147,6 +147,7 @@ fn job(input: &str, state: JobState, in_doubt: u32) -> JobV1 {
         staged: None,
         replaces: None,
         submitted_to: None,
+        input_seen: None,
         lost_answers: 0,
         accepted_unread: false,
         updated_at_ms: 0,

@@ -57,6 +57,7 @@ fn job(idx: u32, key: &str) -> JobV1 {
         staged: None,
         replaces: None,
         submitted_to: None,
+        input_seen: None,
         lost_answers: 0,
         accepted_unread: false,
         updated_at_ms: 0,

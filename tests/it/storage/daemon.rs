@@ -995,6 +995,61 @@ async fn a_lost_local_copy_is_fetched_again_from_its_object_without_a_submit() {
     s3.stop().await;
 }
 
+/// A storage input replaced at its key since its row was made (a catalogue kept in a bucket,
+/// an image shot again): the manifest dropped again unchanged makes that row again, and its
+/// output is the edit of the new image; the row whose input is the same stays `unchanged`,
+/// and a third drop makes nothing. (The row was reported `unchanged`, the edit of the old
+/// image left in place: acceptance run.)
+#[tokio::test(flavor = "multi_thread")]
+async fn issue15_a_storage_input_replaced_at_its_key_is_made_again_not_unchanged() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let (env, config) = storage_env(&s3, quick(), "", 2).await;
+    let manifest = b"output: { format: png, destination: storage://catalog/out/ }\nimages:\n  - storage://catalog/in/sku-0.png\n  - storage://catalog/in/sku-1.png\n";
+    let sent = |env: &TestEnv| {
+        let stats = env.stats();
+        stats.submits + stats.batch_images
+    };
+    env.drop_file("shoes.yaml", manifest);
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(sent(&env), 2);
+    let before = s3
+        .get_object("catalog", "raw/out/shoes/sku-0.png")
+        .await
+        .expect("object");
+    s3.put_object("catalog", "raw/in/sku-0.png", &crate::support::png(90, 70))
+        .await;
+    env.drop_file("shoes.yaml", manifest);
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        sent(&env),
+        3,
+        "only the replaced image is made again: {stderr}"
+    );
+    let report = env.report("shoes");
+    let statuses: Vec<_> = report["jobs"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|row| row["status"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(statuses, ["done", "unchanged"], "{report:#}");
+    let after = s3
+        .get_object("catalog", "raw/out/shoes/sku-0.png")
+        .await
+        .expect("object");
+    assert_ne!(after, before, "the edit of the new image is there");
+    // Nothing changed since: nothing is made.
+    env.drop_file("shoes.yaml", manifest);
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(sent(&env), 3, "{stderr}");
+    s3.stop().await;
+}
+
 /// `output_local_copy` of an object the bucket kept only part of: checked like a download
 /// (the image Claid described), so the job fails as `result-mismatch` and no broken file is in
 /// the outbox (it was copied and reported done).
