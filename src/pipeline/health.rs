@@ -183,6 +183,10 @@ const STORAGE_TOLD_EVERY: std::time::Duration = std::time::Duration::from_secs(6
 /// How a streak of 429 answers begins its reason in [`HealthState::failing`].
 pub const RATE_LIMITED: &str = "every call answered 429 (rate limited)";
 
+/// A streak of 429s this long is told once in the log (short resets are waited out without a
+/// word: a run of nothing but 429s was silent until it ended).
+pub const RATE_LIMITED_TOLD_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub const RESULT_HOST: &str = "the result host";
 
 /// How long calls to the API or a bucket must have failed (or waited for an answer) without
@@ -424,6 +428,8 @@ struct Inner {
     storage_held: std::collections::BTreeMap<String, String>,
     /// Since when calls are answered 429 without one succeeding, and when the last was.
     rate_limited: Option<(Instant, Instant)>,
+    /// Whether the current streak of 429s was told in the log ([`RATE_LIMITED_TOLD_AFTER`]).
+    rate_limited_told: bool,
 }
 
 impl Inner {
@@ -951,10 +957,22 @@ impl HealthState {
         // last, with failures of other kinds between, begins a new one).
         let since = match inner.rate_limited {
             Some((since, last)) if now.duration_since(last) < RATE_LIMITED_GRACE => since,
-            _ => now,
+            _ => {
+                inner.rate_limited_told = false;
+                now
+            }
         };
         inner.rate_limited = Some((since, now));
         let streak = now.duration_since(since);
+        if streak >= RATE_LIMITED_TOLD_AFTER && !inner.rate_limited_told {
+            inner.rate_limited_told = true;
+            warn!(
+                for_s = streak.as_secs(),
+                error = %crate::daemon::error_chain(err),
+                "Claid has answered every call 429 (rate limited) for a while; calls wait for each reset. If this goes on, another client may spend the same key, or the account's limits are lower than api.requests_per_minute: check them with Claid (after {} s of nothing else `/healthz` says failing, and `run --once` ends 69 at `api.unreachable_timeout`)",
+                RATE_LIMITED_GRACE.as_secs()
+            );
+        }
         if streak >= RATE_LIMITED_GRACE {
             let why = format!(
                 "{RATE_LIMITED} for {} s: {}",
@@ -1269,6 +1287,30 @@ mod tests {
             "127.0.0.1:1".to_owned(),
             Arc::new(Unanswered::default()),
         )
+    }
+
+    /// A streak of 429s is told once in the log once it lasts [`RATE_LIMITED_TOLD_AFTER`] (a
+    /// run of nothing but 429s with short resets was silent until `run --once` ended), and a
+    /// new streak after an answer is told again.
+    #[tokio::test(start_paused = true)]
+    async fn a_streak_of_429s_is_told_once_it_lasts() {
+        use std::time::Duration;
+        let state = health();
+        let err = refusal(crate::claid::Endpoint::Submit, 429);
+        let told = |state: &HealthState| state.lock().rate_limited_told;
+        state.rate_limited(&err);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        state.rate_limited(&err);
+        assert!(!told(&state), "5 s");
+        tokio::time::advance(Duration::from_secs(6)).await;
+        state.rate_limited(&err);
+        assert!(told(&state), "11 s");
+        state.ok();
+        state.rate_limited(&err);
+        assert!(!told(&state), "a new streak");
+        tokio::time::advance(RATE_LIMITED_TOLD_AFTER).await;
+        state.rate_limited(&err);
+        assert!(told(&state), "told again");
     }
 
     /// A call that waited for its answer and then failed (a hung API's timeout), with no
