@@ -267,6 +267,26 @@ fn check_local(
         );
         return None;
     }
+    // Nor a link to a folder inside the inbox on the way to it (`imgdir/a.png` with `imgdir`
+    // a link to `imgs`: read through, as the watcher never enters such a folder). A link
+    // above the inbox (the inbox itself a link to another disk) is not the inbox's.
+    if let Some(link) = joined.ancestors().skip(1).find(|folder| {
+        std::fs::symlink_metadata(folder).is_ok_and(|meta| meta.file_type().is_symlink())
+            && folder
+                .parent()
+                .and_then(|parent| std::fs::canonicalize(parent).ok())
+                .is_some_and(|parent| parent.starts_with(&ctx.inbox_canonical))
+    }) {
+        let shown = link.strip_prefix(ctx.manifest_dir).unwrap_or(link);
+        problems.add(
+            path,
+            format!(
+                "local file `{trimmed}` is reached through a symbolic link to a folder (`{}`), which the daemon does not follow; name the folder itself (its real path in the inbox)",
+                shown.display()
+            ),
+        );
+        return None;
+    }
     match std::fs::metadata(&canonical) {
         // Read whole to be sent (once per image in flight): a 400 MB file in a PNG's clothes
         // took 1.7 GB of memory before Claid refused it.

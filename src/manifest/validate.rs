@@ -419,12 +419,19 @@ pub fn validate(
                 None => crate::objects::check_written_key(&object["storage://".len()..]),
             };
             if let Err(err) = checked {
+                // Told at the input's line when the output is named after it: said to be the
+                // output's key (it read as a problem of the input).
+                let whose = match naming {
+                    Naming::FromInput => "its output, named after this input, is ",
+                    Naming::Given => "",
+                };
+                let mut source = unsafe_key_source(ctx, &name);
+                if source.is_empty() && err.to_string().contains("longer than") {
+                    source = long_key_source(&object, &output_rel, &name);
+                }
                 problems.add(
                     &output_at,
-                    format!(
-                        "the object `{object}`: {err}{}",
-                        unsafe_key_source(ctx, &name)
-                    ),
+                    format!("{whose}the object `{object}`: {err}{source}"),
                 );
                 continue;
             }
@@ -933,6 +940,21 @@ fn unsafe_key_source(ctx: &Context<'_>, name: &Path) -> String {
         return format!("; the unsafe part is in the image's output name: {fix}");
     }
     String::new()
+}
+
+/// What a refusal of an output key longer than S3 allows adds: the parts it is made of and
+/// their lengths (the destination folder, on the manifest's `output` line, may be the long
+/// one, while the problem is told at the image's line).
+fn long_key_source(object: &str, output_rel: &Path, name: &Path) -> String {
+    let rel = output_rel.to_string_lossy();
+    let folder = object.strip_suffix(rel.as_ref()).unwrap_or(object);
+    let folder = crate::storages::split_uri(folder).map_or(folder, |(_, key)| key);
+    let dirs = rel.len().saturating_sub(name.as_os_str().len());
+    format!(
+        "; it is the storage's prefix, `output.destination`'s folder ({} bytes), the manifest's folders and name ({dirs} bytes) and the output name ({} bytes): shorten the longest",
+        folder.len(),
+        name.as_os_str().len()
+    )
 }
 
 /// What a refusal adds when two objects meet at a key one of them has as its twin (the format's

@@ -1206,6 +1206,31 @@ fn issue15_storage_output_keys_hold_nothing_another_reading_would_change() {
         "{}",
         err.error_txt()
     );
+    // Told at the image's input line (its output is named after it): said to be the output's
+    // key, not the input (acceptance run).
+    assert!(
+        err.error_txt()
+            .contains("images[0].input: its output, named after this input, is the object"),
+        "{}",
+        err.error_txt()
+    );
+    // A key longer than S3 allows names the parts it is made of: the destination folder, on
+    // another line, may be the long one.
+    let long = vec!["f".repeat(200); 6].join("/");
+    let err = load(
+        "m.yaml",
+        &format!(
+            "output: {{ format: png, destination: storage://cat/{long}/ }}\nimages:\n  - input: https://example.com/x.png\n"
+        ),
+    )
+    .expect_err("too long");
+    assert!(
+        err.error_txt()
+            .contains("`output.destination`'s folder (1206 bytes)")
+            && err.error_txt().contains("shorten the longest"),
+        "{}",
+        err.error_txt()
+    );
     load(
         "m.yaml",
         "output: { format: png, destination: storage://cat/out/ }\nimages:\n  - input: storage://elsewhere/in/v#1/x.png\n",
@@ -1469,6 +1494,39 @@ fn control_characters_of_a_quoted_value_are_escaped_in_its_problem() {
         !told.contains('\u{1b}') && !told.contains('\u{7}'),
         "{told:?}"
     );
+}
+
+/// A local input reached through a link to a folder inside the inbox is refused, as a link to
+/// the file is (README: a symlink in the inbox is never followed; the watcher never enters
+/// such a folder, but the input was read through it). A link above the inbox, the inbox
+/// itself reached through one, is not the inbox's: its inputs are taken.
+#[test]
+fn issue11_a_local_input_through_a_linked_folder_is_refused() {
+    let env = env();
+    std::os::unix::fs::symlink(env.inbox.join("photos"), env.inbox.join("linked")).expect("link");
+    let err = env
+        .load_text("m.yaml", "images:\n  - input: linked/sku-1.png\n")
+        .expect_err("refused");
+    let txt = err.error_txt();
+    assert!(
+        txt.contains("symbolic link to a folder (`linked`)") && txt.contains("line 2"),
+        "{txt}"
+    );
+    env.load_text("n.yaml", "images:\n  - input: photos/sku-1.png\n")
+        .expect("the folder itself");
+    // The inbox reached through a link of its own.
+    let above = env.root.join("inbox-link");
+    std::os::unix::fs::symlink(&env.inbox, &above).expect("link");
+    let path = above.join("o.yaml");
+    std::fs::write(&path, "images:\n  - input: photos/sku-1.png\n").expect("write");
+    let ctx = manifest::LoadContext {
+        inbox: &above,
+        outbox: Some(&env.outbox),
+        profiles: &profiles(),
+        limits: &limits(),
+        storages: &Default::default(),
+    };
+    manifest::load(&ctx, &path).expect("a link above the inbox is not the inbox's");
 }
 
 /// A report that could not be written (its path is a folder in the outbox, or a symbolic
