@@ -714,7 +714,7 @@ fn check_storages(config: &Config) -> Result<(), crate::storages::StorageError> 
     let Ok(rt) = small_runtime() else {
         return Ok(());
     };
-    rt.block_on(storages.check(client.as_ref()))
+    rt.block_on(storages.check(client.as_ref())).map(drop)
 }
 
 /// The first part of `rel` (a folder or the file's own name) that starts with a dot.

@@ -354,7 +354,8 @@ pub async fn run(
     }));
 
     // Each storage's connector exists on Claid's side and its prefix can be listed.
-    check_storages_at_start(&storages, &client, config.api.unreachable_timeout).await?;
+    let at_claid =
+        check_storages_at_start(&storages, &client, config.api.unreachable_timeout).await?;
     if !storages.is_empty() {
         info!(
             storages = storages.iter().count(),
@@ -362,7 +363,7 @@ pub async fn run(
         );
     }
 
-    follow_renamed_connectors(&store, &mut storages, &config).await?;
+    follow_renamed_connectors(&store, &mut storages, &config, &at_claid).await?;
 
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -852,12 +853,13 @@ async fn follow_renamed_connectors(
     store: &Store,
     storages: &mut crate::storages::Storages,
     config: &Config,
+    at_claid: &[String],
 ) -> Result<(), FatalError> {
     if storages.is_empty() {
         return Ok(());
     }
     let noted = store.noted_connectors().await?;
-    let renamed = storages.renamed_since(&noted);
+    let renamed = storages.renamed_since(&noted, at_claid);
     if !renamed.is_empty() {
         storages.follow_renames(&renamed);
         // Objects under the old names are where the new ones write.
@@ -886,7 +888,8 @@ async fn follow_renamed_connectors(
     Ok(())
 }
 
-/// The storages' start check ([`crate::storages::Storages::check`]), waiting out an API or a
+/// The storages' start check ([`crate::storages::Storages::check`]; the connector names Claid
+/// has), waiting out an API or a
 /// bucket that does not answer (a 5xx, a 429, a refused or timed-out connection: the
 /// `EX_UNAVAILABLE` class) for up to `patience` (`api.unreachable_timeout`) with backoff: a
 /// Claid blip or an S3 server still starting at boot is not a refused start (systemd restarted
@@ -896,18 +899,18 @@ async fn check_storages_at_start(
     storages: &crate::storages::Storages,
     client: &Client,
     patience: Duration,
-) -> Result<(), crate::storages::StorageError> {
+) -> Result<Vec<String>, crate::storages::StorageError> {
     const LONGEST_WAIT: Duration = Duration::from_secs(15);
     let started = tokio::time::Instant::now();
     let mut wait = Duration::from_secs(1);
     let mut told = false;
     loop {
         let err = match storages.check(Some(client)).await {
-            Ok(()) => {
+            Ok(at_claid) => {
                 if told {
                     info!("The storages answer; starting");
                 }
-                return Ok(());
+                return Ok(at_claid);
             }
             Err(err) => err,
         };

@@ -153,7 +153,8 @@ pub fn row(job: &JobV1) -> ReportRow {
             if *code == crate::codes::FailureCode::Superseded {
                 row.status = "superseded".to_owned();
             }
-            row.reason = format!("{code}: {message}");
+            // Claid's message may quote the input's URL, credentials and all.
+            row.reason = crate::text::redact_urls_in(&format!("{code}: {message}")).into_owned();
         }
         JobState::InDoubt { .. } => {
             row.reason = in_doubt_reason(job).unwrap_or_default();

@@ -566,16 +566,25 @@ impl Storages {
             .or_else(|| self.by_name.get(self.renamed.get(claid_name)?))
     }
 
-    /// The connectors renamed since they were noted (`noted`: connector name → storage name,
-    /// as an earlier start saw them): a storage of the config now has another `claid_name`,
-    /// and no storage has the old one. Old name → new name.
-    pub fn renamed_since(&self, noted: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    /// The connectors renamed since they were noted (`noted`: connector name → the storage's
+    /// name and `url`, as an earlier start saw them): a storage of the config, with the same
+    /// `url`, now has another `claid_name`, and neither a storage nor Claid (`at_claid`, the
+    /// connector names Claid has now) has the old one. (A storage name given to another
+    /// bucket since is no rename: the old connector is held as one taken out; nor is an old
+    /// name Claid still has, another connector's now.) Old name → new name.
+    pub fn renamed_since(
+        &self,
+        noted: &BTreeMap<String, (String, String)>,
+        at_claid: &[String],
+    ) -> BTreeMap<String, String> {
         noted
             .iter()
             .filter(|(old, _)| !self.by_name.values().any(|s| &s.entry.claid_name == *old))
-            .filter_map(|(old, name)| {
+            .filter(|(old, _)| !at_claid.contains(old))
+            .filter_map(|(old, (name, url))| {
                 let storage = self.by_name.get(name)?;
-                Some((old.clone(), storage.entry.claid_name.clone()))
+                (storage.entry.url() == *url)
+                    .then(|| (old.clone(), storage.entry.claid_name.clone()))
             })
             .collect()
     }
@@ -591,11 +600,14 @@ impl Storages {
         }
     }
 
-    /// Each connector name of the config, with its storage's name.
-    pub fn connectors(&self) -> BTreeMap<String, String> {
+    /// Each connector name of the config, with its storage's name and `url`.
+    pub fn connectors(&self) -> BTreeMap<String, (String, String)> {
         self.by_name
             .values()
-            .map(|storage| (storage.entry.claid_name.clone(), storage.name.clone()))
+            .map(|storage| {
+                let of = (storage.name.clone(), storage.entry.url());
+                (storage.entry.claid_name.clone(), of)
+            })
             .collect()
     }
 
@@ -626,11 +638,13 @@ impl Storages {
 
     /// The checks of `validate` and of the daemon's start, storage by storage: the connector
     /// exists on Claid's side (one `GET /v1/storage/storages`, skipped when `client` is
-    /// `None`), and the daemon can list the prefix. Stops at the first problem.
-    pub async fn check(&self, client: Option<&Client>) -> Result<(), StorageError> {
+    /// `None`), and the daemon can list the prefix. Stops at the first problem. Returns the
+    /// connector names Claid has (none without `client`).
+    pub async fn check(&self, client: Option<&Client>) -> Result<Vec<String>, StorageError> {
         let Some(first) = self.by_name.values().next() else {
-            return Ok(());
+            return Ok(Vec::new());
         };
+        let mut names = Vec::new();
         if let Some(client) = client {
             let connectors =
                 client
@@ -645,6 +659,7 @@ impl Storages {
             for storage in self.by_name.values() {
                 storage.compare(&connectors)?;
             }
+            names = connectors.into_iter().map(|c| c.name).collect();
         }
         for storage in self.by_name.values() {
             let Err(cause) = storage.objects.probe().await else {
@@ -671,7 +686,7 @@ impl Storages {
                 }),
             });
         }
-        Ok(())
+        Ok(names)
     }
 }
 

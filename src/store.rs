@@ -750,16 +750,16 @@ impl Store {
     /// [`Store::note_connectors`]).
     pub async fn noted_connectors(
         &self,
-    ) -> Result<std::collections::BTreeMap<String, String>, StoreError> {
+    ) -> Result<std::collections::BTreeMap<String, (String, String)>, StoreError> {
         let trees = self.trees.clone();
         self.on_pool(move || trees.noted_connectors()).await?
     }
 
-    /// Notes which storage of the config each connector name (`claid_name` → storage name)
-    /// belongs to now. Durable.
+    /// Notes which storage of the config each connector name belongs to now (`claid_name` →
+    /// the storage's name and `url`). Durable.
     pub async fn note_connectors(
         &self,
-        connectors: std::collections::BTreeMap<String, String>,
+        connectors: std::collections::BTreeMap<String, (String, String)>,
     ) -> Result<(), StoreError> {
         let trees = self.trees.clone();
         self.on_pool(move || trees.note_connectors(&connectors))

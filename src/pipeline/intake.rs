@@ -74,6 +74,13 @@ pub struct Intake {
 /// Storage inputs looked at at once by [`Intake::replaced_inputs`].
 const INPUT_LOOKS: usize = 16;
 
+/// How long one look of [`Intake::replaced_inputs`] waits for the bucket.
+const INPUT_LOOK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long the looks of one drop ([`Intake::replaced_inputs`]) take at most: about 10,000
+/// rows at 16 at a time. What was not looked at by then is taken as unchanged.
+const INPUT_LOOKS_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// What one candidate came to.
 enum Taken {
     /// Handed on to the finisher (registered, rejected, or the old run told to drain).
@@ -410,6 +417,7 @@ impl Intake {
         };
         // The validated content may differ from the hash read first (saved meanwhile), and a
         // recipe image's identity hashes its recipe too.
+        let mut replaced = None;
         if let Some((id, prev)) = &latest {
             let superseded = matches!(prev.state, ManifestState::Superseded { .. });
             // An ended run with something left to make is taken in again: a new run, which
@@ -436,10 +444,14 @@ impl Intake {
                         Some(why) => Some(why),
                         // Not with `on_manifest_done: keep`, as for anything left.
                         None if self.settings().policies.on_manifest_done
-                            != crate::config::OnManifestDone::Keep
-                            && !self.replaced_inputs(&spec.jobs).await.is_empty() =>
+                            != crate::config::OnManifestDone::Keep =>
                         {
-                            Some("storage inputs of its run were replaced at their keys since")
+                            let found = self.replaced_inputs(&spec.jobs).await;
+                            let any = !found.is_empty();
+                            replaced = Some(found);
+                            any.then_some(
+                                "storage inputs of its run were replaced at their keys since",
+                            )
                         }
                         None => None,
                     };
@@ -479,7 +491,7 @@ impl Intake {
                 return self.after_drain(*id, candidate, &spec.sha256).await;
             }
         }
-        self.register(spec, rel_str, phase, &path).await
+        self.register(spec, rel_str, phase, &path, replaced).await
     }
 
     /// The keys of rows whose storage input is another object now than the one the row was
@@ -487,13 +499,21 @@ impl Intake {
     /// [`JobV1::input_seen`]): made again, not taken as `unchanged`. (A catalogue kept in a
     /// bucket had a replaced image reported `unchanged`, the edit of the old one left in
     /// place: acceptance run.) One `HEAD` per row done before with its input noted,
-    /// [`INPUT_LOOKS`] at a time; an input that cannot be looked at now is taken as the same
-    /// (nothing is billed on a guess), with a WARN.
+    /// [`INPUT_LOOKS`] at a time.
+    ///
+    /// Only a definite answer makes a row again (nothing is billed on a guess): an input not
+    /// found (a bucket away or answering for another) is taken as the same, and so is every
+    /// input of a storage whose endpoint, asked once, says a key no one wrote is there (a
+    /// proxy's page, whose ETag is no object's). A storage that fails a look is not looked at
+    /// again in this drop; each look waits [`INPUT_LOOK_TIMEOUT`] at most, all of them
+    /// [`INPUT_LOOKS_DEADLINE`], and a stop ends them: what was not looked at is taken as the
+    /// same, with a WARN.
     async fn replaced_inputs(
         &self,
         jobs: &[manifest::JobSpec],
     ) -> std::collections::HashSet<String> {
         use futures_util::StreamExt as _;
+        use std::collections::{HashMap, HashSet};
         let mut looks = Vec::new();
         for job in jobs {
             let Input::Remote(uri) = &job.input else {
@@ -518,42 +538,118 @@ impl Intake {
             looks.push((hex, storage.clone(), seen));
         }
         if looks.is_empty() {
-            return std::collections::HashSet::new();
+            return HashSet::new();
         }
-        let answers: Vec<(String, Result<bool, String>)> = futures_util::stream::iter(looks)
-            .map(|(hex, storage, seen)| async move {
-                let now = match storage.objects.head(&seen.key).await {
-                    Ok(info) => {
-                        crate::store::ObjectSeen::new(&seen.key, info.e_tag, info.last_modified)
-                    }
-                    // Gone: the row is made again, and its look before the submit says why.
-                    Err(crate::objects::ObjectError::NotFound { .. }) => return (hex, Ok(true)),
-                    Err(err) => return (hex, Err(err.to_string())),
-                };
-                (hex, Ok(!(seen.same_bytes(&now) || seen.is_same(&now))))
-            })
-            .buffer_unordered(INPUT_LOOKS)
-            .collect()
-            .await;
-        let mut replaced = std::collections::HashSet::new();
-        let mut unlooked = None;
-        for (hex, answer) in answers {
-            match answer {
-                Ok(true) => {
-                    replaced.insert(hex);
+        let n_looks = looks.len();
+        let failed: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+        let looked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let ends = {
+            let cancel = self.cancel.clone();
+            async move {
+                tokio::select! {
+                    () = tokio::time::sleep(INPUT_LOOKS_DEADLINE) => {}
+                    () = cancel.cancelled() => {}
                 }
-                Ok(false) => {}
-                Err(err) => {
-                    unlooked.get_or_insert(err);
+            }
+        };
+        let answers: Vec<(String, crate::storages::OpenStorage)> =
+            futures_util::stream::iter(looks)
+                .map(|(hex, storage, seen)| {
+                    let (failed, looked) = (failed.clone(), looked.clone());
+                    async move {
+                        looked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let given_up = || {
+                            failed
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .contains_key(&storage.name)
+                        };
+                        if given_up() {
+                            return None;
+                        }
+                        let head = storage.objects.head(&seen.key);
+                        let now = match tokio::time::timeout(INPUT_LOOK_TIMEOUT, head).await {
+                            Ok(Ok(info)) => crate::store::ObjectSeen::new(
+                                &seen.key,
+                                info.e_tag,
+                                info.last_modified,
+                            ),
+                            // Gone: no new image to make (its look before a submit says so).
+                            Ok(Err(crate::objects::ObjectError::NotFound { .. })) => return None,
+                            Ok(Err(err)) => {
+                                failed
+                                    .lock()
+                                    .unwrap_or_else(PoisonError::into_inner)
+                                    .insert(storage.name.clone(), err.to_string());
+                                return None;
+                            }
+                            Err(_) => {
+                                let why =
+                                    format!("no answer within {} s", INPUT_LOOK_TIMEOUT.as_secs());
+                                failed
+                                    .lock()
+                                    .unwrap_or_else(PoisonError::into_inner)
+                                    .insert(storage.name.clone(), why);
+                                return None;
+                            }
+                        };
+                        (!(seen.same_bytes(&now) || seen.is_same(&now))).then_some((hex, storage))
+                    }
+                })
+                .buffer_unordered(INPUT_LOOKS)
+                .take_until(ends)
+                .filter_map(std::future::ready)
+                .collect()
+                .await;
+        // A storage whose endpoint is not the bucket's answered for none of its inputs.
+        let mut by_storage: HashMap<String, (crate::storages::OpenStorage, Vec<String>)> =
+            HashMap::new();
+        for (hex, storage) in answers {
+            by_storage
+                .entry(storage.name.clone())
+                .or_insert_with(|| (storage, Vec::new()))
+                .1
+                .push(hex);
+        }
+        let mut replaced = HashSet::new();
+        for (name, (storage, keys)) in by_storage {
+            match tokio::time::timeout(INPUT_LOOK_TIMEOUT, storage.objects.probe_absent()).await {
+                Ok(Ok(())) => replaced.extend(keys),
+                Ok(Err(err)) => {
+                    failed
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(name, err.to_string());
+                }
+                Err(_) => {
+                    let why = format!("no answer within {} s", INPUT_LOOK_TIMEOUT.as_secs());
+                    failed
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(name, why);
                 }
             }
         }
-        if let Some(err) = unlooked {
-            warn!(error = %err, "Some storage inputs of rows made before could not be looked at; they are taken as unchanged (a replaced image is made again at the next drop that can look)");
+        let failed = std::mem::take(&mut *failed.lock().unwrap_or_else(PoisonError::into_inner));
+        for (storage, why) in failed {
+            warn!(storage = %crate::text::Escaped::str(&storage), error = %crate::text::Escaped::str(&why), "The storage inputs of rows made before could not all be looked at; they are taken as unchanged (nothing is billed on a guess: a replaced image is made again at the next drop that can look)");
+        }
+        if self.cancel.is_cancelled() {
+            return HashSet::new();
+        }
+        let looked = looked.load(std::sync::atomic::Ordering::Relaxed);
+        if looked < n_looks {
+            warn!(
+                looked,
+                rows = n_looks,
+                "Not every storage input of rows made before could be looked at within {} s; the others are taken as unchanged (a replaced image is made again at the next drop that can look)",
+                INPUT_LOOKS_DEADLINE.as_secs()
+            );
         }
         if !replaced.is_empty() {
             info!(
                 images = replaced.len(),
+                looked_at = n_looks,
                 "Storage inputs replaced at their key since their rows were made; those rows are made again"
             );
         }
@@ -562,8 +658,20 @@ impl Intake {
 
     /// Records the run and its jobs (reserving every output and report path), marking jobs
     /// whose identical output already exists as done-unchanged, then queues the rest.
-    async fn register(&self, spec: ManifestSpec, rel: String, phase: Phase, path: &Path) -> Taken {
-        let replaced = self.replaced_inputs(&spec.jobs).await;
+    async fn register(
+        &self,
+        spec: ManifestSpec,
+        rel: String,
+        phase: Phase,
+        path: &Path,
+        replaced: Option<std::collections::HashSet<String>>,
+    ) -> Taken {
+        // Looked for once per drop (the look that decided to take an unchanged manifest in
+        // again is the one its run goes by).
+        let replaced = match replaced {
+            Some(replaced) => replaced,
+            None => self.replaced_inputs(&spec.jobs).await,
+        };
         let outbox = self.folders.outbox.clone();
         let storages = self.settings().storages.clone();
         let rel_path = PathBuf::from(&rel);

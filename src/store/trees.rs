@@ -214,6 +214,16 @@ impl Trees {
         };
         let meta = trees.db.open_tree(TREE_META)?;
         meta.insert("schema", "1")?;
+        // The connector renames the last start found (a replay made while the daemon is
+        // stopped follows them: `Trees::follow_renamed`).
+        if let Some(bytes) = meta.get(META_RENAMED)?
+            && let Ok(renamed) = serde_json::from_slice::<BTreeMap<String, String>>(&bytes)
+        {
+            *trees
+                .renamed
+                .write()
+                .unwrap_or_else(PoisonError::into_inner) = renamed;
+        }
         trees.id = match meta.get(META_STORE_ID)? {
             Some(id) => String::from_utf8_lossy(&id).into_owned(),
             None => {
@@ -247,28 +257,36 @@ impl Trees {
             .unwrap_or_default())
     }
 
-    /// The storage (its name in the config) each Claid connector name was noted with at a
-    /// start ([`Trees::note_connectors`]).
-    pub fn noted_connectors(&self) -> Result<BTreeMap<String, String>, StoreError> {
+    /// The storage (its name in the config, and its `url`) each Claid connector name was
+    /// noted with at a start ([`Trees::note_connectors`]).
+    pub fn noted_connectors(&self) -> Result<BTreeMap<String, (String, String)>, StoreError> {
         let meta = self.db.open_tree(TREE_META)?;
         let mut noted = BTreeMap::new();
         for item in meta.scan_prefix(META_CONNECTOR) {
             let (key, value) = item?;
+            let Ok(storage) = serde_json::from_slice::<(String, String)>(&value) else {
+                continue;
+            };
             noted.insert(
                 String::from_utf8_lossy(&key[META_CONNECTOR.len()..]).into_owned(),
-                String::from_utf8_lossy(&value).into_owned(),
+                storage,
             );
         }
         Ok(noted)
     }
 
-    /// Notes which storage each connector name (`claid_name` → storage name) belongs to, so
-    /// that a later start can tell a connector renamed at Claid (and in the config) from one
-    /// taken out. Flushed.
-    pub fn note_connectors(&self, connectors: &BTreeMap<String, String>) -> Result<(), StoreError> {
+    /// Notes which storage each connector name belongs to (`claid_name` → the storage's name
+    /// and `url`), so that a later start can tell a connector renamed at Claid (and in the
+    /// config) from one taken out, or from a storage name given to another bucket. Flushed.
+    pub fn note_connectors(
+        &self,
+        connectors: &BTreeMap<String, (String, String)>,
+    ) -> Result<(), StoreError> {
         let meta = self.db.open_tree(TREE_META)?;
         for (connector, storage) in connectors {
-            meta.insert(format!("{META_CONNECTOR}{connector}"), storage.as_bytes())?;
+            let value =
+                serde_json::to_vec(storage).map_err(|err| StoreError::Worker(err.to_string()))?;
+            meta.insert(format!("{META_CONNECTOR}{connector}"), value)?;
         }
         self.db.flush()?;
         Ok(())
@@ -289,9 +307,17 @@ impl Trees {
     ) -> Result<usize, StoreError> {
         *self.renamed.write().unwrap_or_else(PoisonError::into_inner) = renamed.clone();
         let meta = self.db.open_tree(TREE_META)?;
+        // Kept for the commands that open the store while the daemon is stopped (a replay of
+        // a failed job follows the renames too).
+        if renamed.is_empty() {
+            if meta.remove(META_RENAMED)?.is_some() {
+                self.db.flush()?;
+            }
+            return Ok(0);
+        }
         let applied =
             serde_json::to_vec(renamed).map_err(|err| StoreError::Worker(err.to_string()))?;
-        if renamed.is_empty() || meta.get(META_RENAMED)?.as_deref() == Some(&applied[..]) {
+        if meta.get(META_RENAMED)?.as_deref() == Some(&applied[..]) {
             return Ok(0);
         }
         let mut count = 0;

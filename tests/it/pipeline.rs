@@ -652,11 +652,16 @@ async fn a_rejection_whose_error_file_cannot_be_written_logs_its_problems() {
     .expect("manifest");
     let _ = std::fs::write(disk.join("filler"), vec![0u8; 2 * 1024 * 1024]);
     std::fs::rename(&aside, inbox.join("bad.yaml")).expect("dropped");
+    // Until the problem's own line (the lines follow one another: read at the first, the
+    // log did not hold the problem yet).
     wait_until("the problems logged", deadline, || {
-        env.daemon_log(0).contains("its problems follow")
+        env.daemon_log(0)
+            .lines()
+            .any(|l| l.contains("Rejected manifest:") && l.contains("width"))
     })
     .await;
     let log = env.daemon_log(0);
+    assert!(log.contains("its problems follow"), "{log}");
     assert!(
         log.lines()
             .any(|l| l.contains("Rejected manifest:") && l.contains("width")),

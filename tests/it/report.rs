@@ -154,6 +154,28 @@ fn job(input: &str, state: JobState, in_doubt: u32) -> JobV1 {
     }
 }
 
+/// A row's input and its failure's reason (Claid's message may quote the input's URL) show a
+/// URL's credentials as `REDACTED`: the outbox is shared more widely than the inbox.
+#[test]
+fn a_row_never_shows_the_credentials_of_a_url() {
+    let url = "https://user:hunter2pw@cdn.example.com/a.png?X-Amz-Signature=SIGSECRET";
+    let failed = JobState::Failed {
+        code: FailureCode::ClaidError,
+        message: format!("cannot fetch {url}: 403"),
+        attempts: 1,
+        task_id: None,
+        unwritten: None,
+    };
+    let row = report::row(&job(url, failed, 0));
+    for shown in [&row.input, &row.reason] {
+        assert!(shown.contains("REDACTED"), "{shown}");
+        assert!(
+            !shown.contains("hunter2pw") && !shown.contains("SIGSECRET"),
+            "{shown}"
+        );
+    }
+}
+
 #[test]
 fn build_maps_job_states_to_rows_and_counts() {
     let done = |unchanged| JobState::Done {

@@ -1050,6 +1050,62 @@ async fn issue15_a_storage_input_replaced_at_its_key_is_made_again_not_unchanged
     s3.stop().await;
 }
 
+/// The look at storage inputs of rows made before bills nothing on a guess: dropped again
+/// while the bucket's endpoint answers pages (a proxy's, with no object's ETag) or "not
+/// found" for every key, the rows stay `unchanged` and nothing is sent. (Every row was taken
+/// as replaced and billed again: review.)
+#[tokio::test(flavor = "multi_thread")]
+async fn issue15_inputs_looked_at_again_are_made_again_only_on_a_definite_answer() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let (env, switch, config) = switched_env(&s3, quick(), 2, "").await;
+    let manifest = b"output: { format: png, destination: storage://catalog/out/ }\nimages:\n  - storage://catalog/in/sku-0.png\n  - storage://catalog/in/sku-1.png\n";
+    let sent = |env: &TestEnv| {
+        let stats = env.stats();
+        stats.submits + stats.batch_images
+    };
+    env.drop_file("shoes.yaml", manifest);
+    let (code, stderr) = env.run_once(&config).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(sent(&env), 2);
+    // The daemon starts while the bucket answers (its start checks it), then the answers go.
+    let mut daemon = env.spawn_daemon(&config, 0);
+    let deadline = std::time::Duration::from_secs(60);
+    crate::support::wait_until("ready", deadline, || env.daemon_log(0).contains("Ready")).await;
+    for (n, answer) in ["page", "not found"].into_iter().enumerate() {
+        if answer == "page" {
+            switch.answer_page("200 OK").await;
+        } else {
+            switch.answer("404 Not Found", "NoSuchKey").await;
+        }
+        env.drop_file("shoes.yaml", manifest);
+        crate::support::wait_until("the drop taken in", deadline, || {
+            env.daemon_log(0)
+                .matches("Unchanged and already finished; nothing to do")
+                .count()
+                > n
+        })
+        .await;
+        let log = env.daemon_log(0);
+        assert_eq!(sent(&env), 2, "{answer}: nothing billed again: {log}");
+        assert!(
+            !log.contains("those rows are made again"),
+            "{answer}: {log}"
+        );
+        if answer == "page" {
+            assert!(
+                log.contains("could not all be looked at"),
+                "{answer}: {log}"
+            );
+        }
+        switch.off().await;
+        switch.on();
+    }
+    crate::support::stop(&mut daemon).await;
+    s3.stop().await;
+}
+
 /// `output_local_copy` of an object the bucket kept only part of: checked like a download
 /// (the image Claid described), so the job fails as `result-mismatch` and no broken file is in
 /// the outbox (it was copied and reported done).
