@@ -418,6 +418,17 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         path: path.to_owned(),
         cause,
     };
+    // A FIFO's open waits for a writer, for ever when none comes (`validate`, `plan` and
+    // `run` hung on one: acceptance run).
+    if let Ok(meta) = std::fs::metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        let kind = meta.file_type();
+        if kind.is_fifo() || kind.is_socket() || kind.is_dir() {
+            return Err(read_err(std::io::Error::other(
+                "it is not a regular file (a FIFO, a pipe, a socket or a folder); save the config to a file and give that file",
+            )));
+        }
+    }
     let mut bytes = Vec::new();
     std::fs::File::open(path)
         .and_then(|file| file.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes))

@@ -859,8 +859,19 @@ async fn follow_renamed_connectors(
         return Ok(());
     }
     let noted = store.noted_connectors().await?;
+    // The jobs made before this start follow every rename (also names swapped between
+    // storages); objects named by an old name no storage or connector has now are the
+    // renamed storage's, and a replay later follows those renames only (an old name that is
+    // another storage's now names that storage's new jobs).
+    let rewrites = storages.rewrites_since(&noted);
     let renamed = storages.renamed_since(&noted, at_claid);
-    if !renamed.is_empty() {
+    // Also when none is found now: the renames an earlier start kept are forgotten (a name
+    // given to another connector since would have its jobs rewritten to the old one's).
+    if rewrites.is_empty() {
+        store
+            .rename_connectors(rewrites.clone(), renamed.clone())
+            .await?;
+    } else {
         storages.follow_renames(&renamed);
         // Objects under the old names are where the new ones write.
         let mut places: std::collections::BTreeMap<String, String> = config
@@ -874,8 +885,10 @@ async fn follow_renamed_connectors(
             }
         }
         store.set_object_places(places);
-        let jobs = store.rename_connectors(renamed.clone()).await?;
-        for (old, new) in &renamed {
+        let jobs = store
+            .rename_connectors(rewrites.clone(), renamed.clone())
+            .await?;
+        for (old, new) in &rewrites {
             info!(
                 from = %crate::text::Escaped::str(old),
                 to = %crate::text::Escaped::str(new),

@@ -1099,15 +1099,26 @@ impl ObjectStorage {
         // told as an endpoint that does not answer: 69, waited out, instead of 64.)
         let headless = |err: &ObjectError| matches!(err, ObjectError::Request { cause, .. } if cause.contains("Header missing from response"));
         match answered {
-            Ok(Err(ObjectError::NotFound { .. })) => Ok(()),
+            // And a `GET` of it: a proxy may pass `HEAD`s to the bucket and answer `GET`s with
+            // its page (a kept object was then read as "no image", and `skip` had Claid write
+            // over it: acceptance run).
+            Ok(Err(ObjectError::NotFound { .. })) => {
+                match tokio::time::timeout(PROBE_TIMEOUT, self.get_range(&key, 0..1)).await {
+                    Ok(Err(ObjectError::NotFound { .. })) => Ok(()),
+                    Ok(Err(err)) if !headless(&err) => Err(err),
+                    Ok(_) => Err(self.not_s3(&key)),
+                    Err(_) => Err(ObjectError::Request {
+                        op: "get",
+                        uri: self.uri(&key),
+                        cause: format!(
+                            "the bucket's server took the connection but did not answer within {} s",
+                            PROBE_TIMEOUT.as_secs()
+                        ),
+                    }),
+                }
+            }
             Ok(Err(err)) if !headless(&err) => Err(err),
-            Ok(_) => Err(ObjectError::Setup {
-                bucket: self.bucket.clone(),
-                cause: format!(
-                    "its endpoint does not answer as an S3 server: it says {}, which no one wrote, is there (a web page, a console's port, a proxy's default page?); give the storage's `endpoint` as the S3 API's address",
-                    self.uri(&key)
-                ),
-            }),
+            Ok(_) => Err(self.not_s3(&key)),
             Err(_) => Err(ObjectError::Request {
                 op: "head",
                 uri: self.uri(&key),
@@ -1116,6 +1127,18 @@ impl ObjectStorage {
                     PROBE_TIMEOUT.as_secs()
                 ),
             }),
+        }
+    }
+
+    /// [`ObjectStorage::probe_absent`]'s answer when the endpoint says `key`, which no one
+    /// wrote, is there.
+    fn not_s3(&self, key: &str) -> ObjectError {
+        ObjectError::Setup {
+            bucket: self.bucket.clone(),
+            cause: format!(
+                "its endpoint does not answer as an S3 server: it says {}, which no one wrote, is there (a web page, a console's port, a proxy's default page?); give the storage's `endpoint` as the S3 API's address",
+                self.uri(key)
+            ),
         }
     }
 

@@ -157,7 +157,10 @@ pub fn row(job: &JobV1) -> ReportRow {
             row.reason = crate::text::redact_urls_in(&format!("{code}: {message}")).into_owned();
         }
         JobState::InDoubt { .. } => {
-            row.reason = in_doubt_reason(job).unwrap_or_default();
+            // Quotes Claid's words, which may quote the input's URL.
+            row.reason = in_doubt_reason(job)
+                .map(|reason| crate::text::redact_urls_in(&reason).into_owned())
+                .unwrap_or_default();
         }
         JobState::Queued
         | JobState::Submitting { .. }

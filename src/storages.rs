@@ -566,6 +566,41 @@ impl Storages {
             .or_else(|| self.by_name.get(self.renamed.get(claid_name)?))
     }
 
+    /// The storage of an object `storage://CONNECTOR/…` Claid wrote for a job submitted while
+    /// its storage pointed at `submitted_to` (the storage's `url` then): the storage with that
+    /// `url` when the connector's name belongs to a storage elsewhere now (connector names
+    /// swapped between storages since), else [`Storages::by_connector`].
+    pub fn for_object(&self, claid_name: &str, submitted_to: Option<&str>) -> Option<&OpenStorage> {
+        let named = self.by_connector(claid_name);
+        match submitted_to {
+            Some(url) if named.is_some_and(|storage| storage.entry.url() != url) => self
+                .by_name
+                .values()
+                .find(|storage| storage.entry.url() == url)
+                .or(named),
+            _ => named,
+        }
+    }
+
+    /// The connectors whose jobs are to name another connector now (`noted`: connector name →
+    /// the storage's name and `url`, as an earlier start saw them): the storage they belonged
+    /// to, with the same `url`, has another `claid_name` now, whatever the old name is now
+    /// (another storage's, after names were swapped between storages). Old name → new name.
+    /// For rewriting the jobs not sent yet at a start, made before it.
+    pub fn rewrites_since(
+        &self,
+        noted: &BTreeMap<String, (String, String)>,
+    ) -> BTreeMap<String, String> {
+        noted
+            .iter()
+            .filter_map(|(old, (name, url))| {
+                let storage = self.by_name.get(name)?;
+                (storage.entry.url() == *url && storage.entry.claid_name != *old)
+                    .then(|| (old.clone(), storage.entry.claid_name.clone()))
+            })
+            .collect()
+    }
+
     /// The connectors renamed since they were noted (`noted`: connector name → the storage's
     /// name and `url`, as an earlier start saw them): a storage of the config, with the same
     /// `url`, now has another `claid_name`, and neither a storage nor Claid (`at_claid`, the

@@ -766,15 +766,16 @@ impl Store {
             .await?
     }
 
-    /// Has the jobs not sent yet, and the failed ones, name each renamed connector (OLD →
-    /// NEW) by its new name (see `Trees::rename_connectors`); how many were rewritten.
-    /// Durable.
+    /// Has the jobs not sent yet, and the failed ones, name each renamed connector (`rewrite`:
+    /// OLD → NEW) by its new name, and replays from now on follow `follow` (see
+    /// `Trees::rename_connectors`); how many were rewritten. Durable.
     pub async fn rename_connectors(
         &self,
-        renamed: std::collections::BTreeMap<String, String>,
+        rewrite: std::collections::BTreeMap<String, String>,
+        follow: std::collections::BTreeMap<String, String>,
     ) -> Result<usize, StoreError> {
         let trees = self.trees.clone();
-        self.on_pool(move || trees.rename_connectors(&renamed))
+        self.on_pool(move || trees.rename_connectors(&rewrite, &follow))
             .await?
     }
 

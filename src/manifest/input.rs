@@ -192,7 +192,8 @@ fn check_remote(url: &str, path: &str, problems: &mut Collector) -> Option<Input
             path,
             format!(
                 "`{}` contains spaces or control characters; {fix}",
-                crate::text::escape(url)
+                // Its password redacted (a space in it was quoted whole in the error file).
+                crate::text::escape(&crate::text::redact_credentials(url))
             ),
         );
         return None;
@@ -270,13 +271,20 @@ fn check_local(
     // Nor a link to a folder inside the inbox on the way to it (`imgdir/a.png` with `imgdir`
     // a link to `imgs`: read through, as the watcher never enters such a folder). A link
     // above the inbox (the inbox itself a link to another disk) is not the inbox's.
-    if let Some(link) = joined.ancestors().skip(1).find(|folder| {
-        std::fs::symlink_metadata(folder).is_ok_and(|meta| meta.file_type().is_symlink())
-            && folder
-                .parent()
-                .and_then(|parent| std::fs::canonicalize(parent).ok())
-                .is_some_and(|parent| parent.starts_with(&ctx.inbox_canonical))
-    }) {
+    // (Only the folders below the manifest's: the manifest itself was found without entering
+    // a link. One `lstat` per folder of the path there, none for an input beside it.)
+    if let Some(link) = joined
+        .ancestors()
+        .skip(1)
+        .take_while(|folder| *folder != ctx.manifest_dir && folder.starts_with(ctx.manifest_dir))
+        .find(|folder| {
+            std::fs::symlink_metadata(folder).is_ok_and(|meta| meta.file_type().is_symlink())
+                && folder
+                    .parent()
+                    .and_then(|parent| std::fs::canonicalize(parent).ok())
+                    .is_some_and(|parent| parent.starts_with(&ctx.inbox_canonical))
+        })
+    {
         let shown = link.strip_prefix(ctx.manifest_dir).unwrap_or(link);
         problems.add(
             path,

@@ -427,7 +427,10 @@ pub fn validate(
                 };
                 let mut source = unsafe_key_source(ctx, &name);
                 if source.is_empty() && err.to_string().contains("longer than") {
-                    source = long_key_source(&object, &output_rel, &name);
+                    let prefix = crate::storages::split_uri(&object)
+                        .and_then(|(connector, _)| storage_prefix(ctx.storages, connector))
+                        .unwrap_or("");
+                    source = long_key_source(&object, &output_rel, prefix);
                 }
                 problems.add(
                     &output_at,
@@ -942,18 +945,26 @@ fn unsafe_key_source(ctx: &Context<'_>, name: &Path) -> String {
     String::new()
 }
 
-/// What a refusal of an output key longer than S3 allows adds: the parts it is made of and
-/// their lengths (the destination folder, on the manifest's `output` line, may be the long
-/// one, while the problem is told at the image's line).
-fn long_key_source(object: &str, output_rel: &Path, name: &Path) -> String {
+/// What a refusal of an output key longer than S3 allows adds: the parts the bucket's key is
+/// made of and their lengths (the destination folder, on the manifest's `output` line, may
+/// be the long one, while the problem is told at the image's line).
+fn long_key_source(object: &str, output_rel: &Path, prefix: &str) -> String {
     let rel = output_rel.to_string_lossy();
     let folder = object.strip_suffix(rel.as_ref()).unwrap_or(object);
     let folder = crate::storages::split_uri(folder).map_or(folder, |(_, key)| key);
-    let dirs = rel.len().saturating_sub(name.as_os_str().len());
+    let file = output_rel
+        .file_name()
+        .map_or(0, |name| name.to_string_lossy().len());
+    let dirs = rel.len().saturating_sub(file);
+    let prefix = if prefix.is_empty() {
+        0
+    } else {
+        prefix.len() + 1
+    };
     format!(
-        "; it is the storage's prefix, `output.destination`'s folder ({} bytes), the manifest's folders and name ({dirs} bytes) and the output name ({} bytes): shorten the longest",
+        "; its key is {} bytes: the storage's prefix ({prefix}), `output.destination`'s folder ({}), the manifest's folders and name ({dirs}) and the file name ({file}): shorten the longest",
+        prefix + folder.len() + rel.len(),
         folder.len(),
-        name.as_os_str().len()
     )
 }
 

@@ -446,7 +446,10 @@ impl Intake {
                         None if self.settings().policies.on_manifest_done
                             != crate::config::OnManifestDone::Keep =>
                         {
-                            let found = self.replaced_inputs(&spec.jobs).await;
+                            // A stop during the look: not taken in (the file stays).
+                            let Some(found) = self.replaced_inputs(&spec.jobs).await else {
+                                return Taken::Done;
+                            };
                             let any = !found.is_empty();
                             replaced = Some(found);
                             any.then_some(
@@ -499,20 +502,22 @@ impl Intake {
     /// [`JobV1::input_seen`]): made again, not taken as `unchanged`. (A catalogue kept in a
     /// bucket had a replaced image reported `unchanged`, the edit of the old one left in
     /// place: acceptance run.) One `HEAD` per row done before with its input noted,
-    /// [`INPUT_LOOKS`] at a time.
+    /// [`INPUT_LOOKS`] at a time, in a new order at each drop (so that rows a deadline left
+    /// out are looked at by a later drop).
     ///
     /// Only a definite answer makes a row again (nothing is billed on a guess): an input not
     /// found (a bucket away or answering for another) is taken as the same, and so is every
     /// input of a storage whose endpoint, asked once, says a key no one wrote is there (a
     /// proxy's page, whose ETag is no object's). A storage that fails a look is not looked at
     /// again in this drop; each look waits [`INPUT_LOOK_TIMEOUT`] at most, all of them
-    /// [`INPUT_LOOKS_DEADLINE`], and a stop ends them: what was not looked at is taken as the
-    /// same, with a WARN.
+    /// [`INPUT_LOOKS_DEADLINE`]: what was not looked at is taken as the same, with a WARN.
+    /// `None` when the daemon stops meanwhile (the drop is not taken in).
     async fn replaced_inputs(
         &self,
         jobs: &[manifest::JobSpec],
-    ) -> std::collections::HashSet<String> {
+    ) -> Option<std::collections::HashSet<String>> {
         use futures_util::StreamExt as _;
+        use rand::seq::SliceRandom as _;
         use std::collections::{HashMap, HashSet};
         let mut looks = Vec::new();
         for job in jobs {
@@ -535,125 +540,158 @@ impl Intake {
             if seen.key != key {
                 continue;
             }
-            looks.push((hex, storage.clone(), seen));
+            looks.push((hex, storage.name.clone(), seen));
         }
         if looks.is_empty() {
-            return HashSet::new();
+            return Some(HashSet::new());
         }
+        looks.shuffle(&mut rand::rng());
         let n_looks = looks.len();
-        let failed: Arc<Mutex<HashMap<String, String>>> = Arc::default();
-        let looked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let failed: Mutex<HashMap<String, String>> = Mutex::default();
+        let looked = std::sync::atomic::AtomicUsize::new(0);
+        let fail = |storage: &str, why: String| {
+            failed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(storage.to_owned())
+                .or_insert(why);
+        };
+        let deadline = tokio::time::Instant::now() + INPUT_LOOKS_DEADLINE;
         let ends = {
             let cancel = self.cancel.clone();
             async move {
                 tokio::select! {
-                    () = tokio::time::sleep(INPUT_LOOKS_DEADLINE) => {}
+                    () = tokio::time::sleep_until(deadline) => {}
                     () = cancel.cancelled() => {}
                 }
             }
         };
-        let answers: Vec<(String, crate::storages::OpenStorage)> =
-            futures_util::stream::iter(looks)
-                .map(|(hex, storage, seen)| {
-                    let (failed, looked) = (failed.clone(), looked.clone());
-                    async move {
-                        looked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let given_up = || {
-                            failed
-                                .lock()
-                                .unwrap_or_else(PoisonError::into_inner)
-                                .contains_key(&storage.name)
-                        };
-                        if given_up() {
+        let answers: Vec<(String, String)> = futures_util::stream::iter(looks)
+            .map(|(hex, name, seen)| {
+                let (failed, looked, fail) = (&failed, &looked, &fail);
+                async move {
+                    looked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let given_up = failed
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .contains_key(&name);
+                    let storage = self.storages.get(&name)?;
+                    if given_up {
+                        return None;
+                    }
+                    let head = storage.objects.head(&seen.key);
+                    let now = match tokio::time::timeout(INPUT_LOOK_TIMEOUT, head).await {
+                        Ok(Ok(info)) => {
+                            crate::store::ObjectSeen::new(&seen.key, info.e_tag, info.last_modified)
+                        }
+                        // Gone: no new image to make (its look before a submit says so).
+                        Ok(Err(crate::objects::ObjectError::NotFound { .. })) => return None,
+                        Ok(Err(err)) => {
+                            fail(&name, err.to_string());
                             return None;
                         }
-                        let head = storage.objects.head(&seen.key);
-                        let now = match tokio::time::timeout(INPUT_LOOK_TIMEOUT, head).await {
-                            Ok(Ok(info)) => crate::store::ObjectSeen::new(
-                                &seen.key,
-                                info.e_tag,
-                                info.last_modified,
-                            ),
-                            // Gone: no new image to make (its look before a submit says so).
-                            Ok(Err(crate::objects::ObjectError::NotFound { .. })) => return None,
-                            Ok(Err(err)) => {
-                                failed
-                                    .lock()
-                                    .unwrap_or_else(PoisonError::into_inner)
-                                    .insert(storage.name.clone(), err.to_string());
-                                return None;
-                            }
-                            Err(_) => {
-                                let why =
-                                    format!("no answer within {} s", INPUT_LOOK_TIMEOUT.as_secs());
-                                failed
-                                    .lock()
-                                    .unwrap_or_else(PoisonError::into_inner)
-                                    .insert(storage.name.clone(), why);
-                                return None;
-                            }
-                        };
-                        (!(seen.same_bytes(&now) || seen.is_same(&now))).then_some((hex, storage))
+                        Err(_) => {
+                            let secs = INPUT_LOOK_TIMEOUT.as_secs();
+                            fail(&name, format!("no answer within {secs} s"));
+                            return None;
+                        }
+                    };
+                    // Every S3 answer to a `HEAD` has an ETag and a time of writing: one
+                    // without what the look before the submit noted is no answer about the
+                    // object (a proxy's page; every row was made again, billed).
+                    let definite = (seen.e_tag.is_none() || now.e_tag.is_some())
+                        && (seen.modified_ms.is_none() || now.modified_ms.is_some());
+                    if !definite {
+                        let why = format!(
+                            "{} was answered without an ETag or a time of writing, as S3 never answers (a proxy's page?)",
+                            storage.objects.uri(&seen.key)
+                        );
+                        fail(&name, why);
+                        return None;
                     }
-                })
-                .buffer_unordered(INPUT_LOOKS)
-                .take_until(ends)
-                .filter_map(std::future::ready)
-                .collect()
-                .await;
+                    if seen.same_bytes(&now) || seen.is_same(&now) {
+                        return None;
+                    }
+                    // And an image is what is there now (a page served for the key, with an
+                    // ETag of its own, is not a new photo to edit).
+                    let len = crate::manifest::input::HEAD_LEN as u64;
+                    let first = storage.objects.get_range(&seen.key, 0..len);
+                    match tokio::time::timeout(INPUT_LOOK_TIMEOUT, first).await {
+                        Ok(Ok(head))
+                            if crate::manifest::input::check_image_signature(&head).is_ok() =>
+                        {
+                            Some((hex, name))
+                        }
+                        Ok(Ok(_)) => {
+                            let why = format!(
+                                "{} is no image now (replaced by something else, or a page answered for it)",
+                                storage.objects.uri(&seen.key)
+                            );
+                            fail(&name, why);
+                            None
+                        }
+                        Ok(Err(err)) => {
+                            fail(&name, err.to_string());
+                            None
+                        }
+                        Err(_) => {
+                            let secs = INPUT_LOOK_TIMEOUT.as_secs();
+                            fail(&name, format!("no answer within {secs} s"));
+                            None
+                        }
+                    }
+                }
+            })
+            .buffer_unordered(INPUT_LOOKS)
+            .take_until(ends)
+            .filter_map(std::future::ready)
+            .collect()
+            .await;
+        if self.cancel.is_cancelled() {
+            return None;
+        }
         // A storage whose endpoint is not the bucket's answered for none of its inputs.
-        let mut by_storage: HashMap<String, (crate::storages::OpenStorage, Vec<String>)> =
-            HashMap::new();
-        for (hex, storage) in answers {
-            by_storage
-                .entry(storage.name.clone())
-                .or_insert_with(|| (storage, Vec::new()))
-                .1
-                .push(hex);
+        let mut by_storage: HashMap<String, Vec<String>> = HashMap::new();
+        for (hex, name) in answers {
+            by_storage.entry(name).or_default().push(hex);
         }
         let mut replaced = HashSet::new();
-        for (name, (storage, keys)) in by_storage {
-            match tokio::time::timeout(INPUT_LOOK_TIMEOUT, storage.objects.probe_absent()).await {
-                Ok(Ok(())) => replaced.extend(keys),
-                Ok(Err(err)) => {
-                    failed
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .insert(name, err.to_string());
-                }
-                Err(_) => {
-                    let why = format!("no answer within {} s", INPUT_LOOK_TIMEOUT.as_secs());
-                    failed
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .insert(name, why);
-                }
+        for (name, keys) in by_storage {
+            let Some(storage) = self.storages.get(&name) else {
+                continue;
+            };
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let probe = storage.objects.probe_absent();
+            tokio::select! {
+                answer = tokio::time::timeout(left.min(INPUT_LOOK_TIMEOUT), probe) => match answer {
+                    Ok(Ok(())) => replaced.extend(keys),
+                    Ok(Err(err)) => fail(&name, err.to_string()),
+                    Err(_) => fail(&name, "no answer to a look at a key no one wrote".to_owned()),
+                },
+                () = self.cancel.cancelled() => return None,
             }
         }
         let failed = std::mem::take(&mut *failed.lock().unwrap_or_else(PoisonError::into_inner));
         for (storage, why) in failed {
             warn!(storage = %crate::text::Escaped::str(&storage), error = %crate::text::Escaped::str(&why), "The storage inputs of rows made before could not all be looked at; they are taken as unchanged (nothing is billed on a guess: a replaced image is made again at the next drop that can look)");
         }
-        if self.cancel.is_cancelled() {
-            return HashSet::new();
-        }
         let looked = looked.load(std::sync::atomic::Ordering::Relaxed);
         if looked < n_looks {
             warn!(
                 looked,
                 rows = n_looks,
-                "Not every storage input of rows made before could be looked at within {} s; the others are taken as unchanged (a replaced image is made again at the next drop that can look)",
+                "Not every storage input of rows made before could be looked at within {} s; the others are taken as unchanged (a later drop looks at them first, in another order)",
                 INPUT_LOOKS_DEADLINE.as_secs()
             );
         }
         if !replaced.is_empty() {
             info!(
                 images = replaced.len(),
-                looked_at = n_looks,
+                looked_at = looked,
                 "Storage inputs replaced at their key since their rows were made; those rows are made again"
             );
         }
-        replaced
+        Some(replaced)
     }
 
     /// Records the run and its jobs (reserving every output and report path), marking jobs
@@ -670,7 +708,11 @@ impl Intake {
         // again is the one its run goes by).
         let replaced = match replaced {
             Some(replaced) => replaced,
-            None => self.replaced_inputs(&spec.jobs).await,
+            None => match self.replaced_inputs(&spec.jobs).await {
+                Some(replaced) => replaced,
+                // A stop during the look: not taken in (the file stays for the next start).
+                None => return Taken::Done,
+            },
         };
         let outbox = self.folders.outbox.clone();
         let storages = self.settings().storages.clone();

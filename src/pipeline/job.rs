@@ -1205,36 +1205,31 @@ impl Runner {
                     }
                 }
             };
-            if size == 0 {
-                match self.unless_served_by_the_bucket(storage).await {
-                    None => {}
-                    // The endpoint answers as the bucket again: looked at afresh.
-                    Some(Step::Continue) => continue,
-                    Some(Step::End(outcome)) => return Some(outcome),
-                }
-                let message = format!(
-                    "not submitted: its input {shown} is empty (0 bytes) in the bucket: it was probably not copied completely; {}; copy the image again, then `replay --failed`",
-                    nothing_billed(job)
-                );
-                return Some(
-                    self.failed(id, FailureCode::InputUnreadable, &message)
-                        .await,
-                );
-            }
-            let head = storage
-                .objects
-                .get_range(key, 0..size.min(HEAD_LEN as u64))
-                .await
-                .ok()?;
-            let what = check_image_signature(&head).err()?;
+            let why = if size == 0 {
+                "is empty (0 bytes) in the bucket: it was probably not copied completely".to_owned()
+            } else {
+                let head = storage
+                    .objects
+                    .get_range(key, 0..size.min(HEAD_LEN as u64))
+                    .await
+                    .ok()?;
+                let what = check_image_signature(&head).err()?;
+                format!("is not an image Claid accepts: {what}")
+            };
+            // Said by the bucket, not by a proxy's page (every input failed on its word).
             match self.unless_served_by_the_bucket(storage).await {
                 None => {}
                 // The endpoint answers as the bucket again: looked at afresh.
                 Some(Step::Continue) => continue,
                 Some(Step::End(outcome)) => return Some(outcome),
             }
+            let fix = if size == 0 {
+                "copy the image again".to_owned()
+            } else {
+                format!("give a {ACCEPTED} object (convert it, or fix the row)")
+            };
             let message = format!(
-                "not submitted: its input {shown} is not an image Claid accepts: {what}; {}; give a {ACCEPTED} object (convert it, or fix the row), then `replay --failed`",
+                "not submitted: its input {shown} {why}; {}; {fix}, then `replay --failed`",
                 nothing_billed(job)
             );
             return Some(
@@ -2651,7 +2646,12 @@ impl Runner {
                 )
                 .await;
         };
-        let Some(storage) = deps.storages.by_connector(connector) else {
+        // Where the storage pointed at the submit decides, when the connector's name is
+        // another storage's now (names swapped between storages since).
+        let Some(storage) = deps
+            .storages
+            .for_object(connector, job.submitted_to.as_deref())
+        else {
             // A storage taken out of the config while Claid wrote its objects: failing the
             // job would have a replay or a second drop bill the written object again. It
             // waits for the entry to be put back and the daemon restarted, the storage held

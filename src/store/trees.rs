@@ -39,9 +39,13 @@ const MAX_STORAGE_PLACES: usize = 8;
 /// last seen with ([`Trees::note_connectors`]).
 const META_CONNECTOR: &str = "connector/";
 
+/// `meta` key of the connector renames a replay follows ([`Trees::rename_connectors`]'s
+/// `follow`).
+const META_RENAMED: &str = "connectors-renamed";
+
 /// `meta` key of the connector renames the jobs were last rewritten for
 /// ([`Trees::rename_connectors`]).
-const META_RENAMED: &str = "connectors-renamed";
+const META_REWRITTEN: &str = "connectors-rewritten";
 pub const TREE_META: &str = "meta";
 pub const TREE_UNFINISHED: &str = "unfinished";
 pub const TREE_RESERVED: &str = "reserved";
@@ -292,32 +296,37 @@ impl Trees {
         Ok(())
     }
 
-    /// Rewrites `storage://OLD/…` to `storage://NEW/…` (`renamed`: OLD → NEW) in the input,
+    /// Rewrites `storage://OLD/…` to `storage://NEW/…` (`rewrite`: OLD → NEW) in the input,
     /// the output destination and the staged input of every job not sent yet or failed (what
     /// a submit or a replay sends next), so that it names the connector by its name at Claid
     /// now. A job that may adopt the task of a lost submit keeps its request as it was sent
     /// (the announcement that names that task echoes it). Its key stays. Returns how many
-    /// jobs were rewritten. Flushed.
+    /// jobs were rewritten. Flushed. Made once for a set of rewrites (noted in `meta`): a
+    /// later start with the same ones does not read every job again.
     ///
-    /// Made once for a set of renames (noted in `meta`): a later start with the same renames
-    /// does not read every job again.
+    /// `follow` (old names no storage or connector has now) is what a replay or an image made
+    /// again follows from now on ([`Trees::follow_renamed`]), in this process and in the
+    /// commands that open the store while the daemon is stopped. (Not `rewrite`: an old name
+    /// that is another storage's now, after names were swapped, names that storage's new
+    /// jobs.)
     pub fn rename_connectors(
         &self,
-        renamed: &BTreeMap<String, String>,
+        rewrite: &BTreeMap<String, String>,
+        follow: &BTreeMap<String, String>,
     ) -> Result<usize, StoreError> {
-        *self.renamed.write().unwrap_or_else(PoisonError::into_inner) = renamed.clone();
+        *self.renamed.write().unwrap_or_else(PoisonError::into_inner) = follow.clone();
         let meta = self.db.open_tree(TREE_META)?;
-        // Kept for the commands that open the store while the daemon is stopped (a replay of
-        // a failed job follows the renames too).
-        if renamed.is_empty() {
-            if meta.remove(META_RENAMED)?.is_some() {
-                self.db.flush()?;
-            }
-            return Ok(0);
+        if follow.is_empty() {
+            meta.remove(META_RENAMED)?;
+        } else {
+            let bytes =
+                serde_json::to_vec(follow).map_err(|err| StoreError::Worker(err.to_string()))?;
+            meta.insert(META_RENAMED, bytes)?;
         }
         let applied =
-            serde_json::to_vec(renamed).map_err(|err| StoreError::Worker(err.to_string()))?;
-        if meta.get(META_RENAMED)?.as_deref() == Some(&applied[..]) {
+            serde_json::to_vec(rewrite).map_err(|err| StoreError::Worker(err.to_string()))?;
+        if rewrite.is_empty() || meta.get(META_REWRITTEN)?.as_deref() == Some(&applied[..]) {
+            self.db.flush()?;
             return Ok(0);
         }
         let mut count = 0;
@@ -329,7 +338,7 @@ impl Trees {
                 continue;
             }
             let mut new = job.clone();
-            if !self.follow_renamed(&mut new) {
+            if !rename_in(&mut new, rewrite) {
                 continue;
             }
             // A step taken meanwhile (none runs before the pipeline starts) wins.
@@ -341,41 +350,17 @@ impl Trees {
                 count += 1;
             }
         }
-        meta.insert(META_RENAMED, applied)?;
+        meta.insert(META_REWRITTEN, applied)?;
         self.db.flush()?;
         Ok(count)
     }
 
-    /// Has `job` name each renamed connector ([`Trees::rename_connectors`]) by its new name,
-    /// in its input, output destination and staged input; whether anything changed.
+    /// Has `job` name each connector renamed since (the `follow` of
+    /// [`Trees::rename_connectors`]) by its new name, in its input, output destination and
+    /// staged input; whether anything changed.
     pub fn follow_renamed(&self, job: &mut JobV1) -> bool {
         let renamed = self.renamed.read().unwrap_or_else(PoisonError::into_inner);
-        if renamed.is_empty() {
-            return false;
-        }
-        let rename = |uri: &str| -> Option<String> {
-            let (connector, rest) = crate::storages::split_uri(uri)?;
-            let new = renamed.get(connector)?;
-            Some(format!("storage://{new}/{rest}"))
-        };
-        let mut changed = false;
-        if !job.local
-            && let Some(input) = rename(&job.input)
-        {
-            job.input = input;
-            changed = true;
-        }
-        if let Some(staged) = job.staged.as_deref().and_then(rename) {
-            job.staged = Some(staged);
-            changed = true;
-        }
-        if let Some(folder) = crate::storages::destination_folder(&job.body).and_then(rename) {
-            let mut body = (*job.body).clone();
-            body["output"]["destination"] = serde_json::Value::String(folder);
-            job.body = std::sync::Arc::new(body);
-            changed = true;
-        }
-        changed
+        rename_in(job, &renamed)
     }
 
     /// Notes `place` as a place `storage`'s connector pointed at during a run (the objects
@@ -1712,6 +1697,37 @@ fn split_pair(bytes: &[u8]) -> Option<(u64, u64)> {
         return None;
     }
     Some((read_id(&bytes[..8])?, read_id(&bytes[8..])?))
+}
+
+/// Has `job` name each connector of `renamed` (old → new) by its new name, in its input,
+/// output destination and staged input; whether anything changed.
+fn rename_in(job: &mut JobV1, renamed: &BTreeMap<String, String>) -> bool {
+    if renamed.is_empty() {
+        return false;
+    }
+    let rename = |uri: &str| -> Option<String> {
+        let (connector, rest) = crate::storages::split_uri(uri)?;
+        let new = renamed.get(connector)?;
+        Some(format!("storage://{new}/{rest}"))
+    };
+    let mut changed = false;
+    if !job.local
+        && let Some(input) = rename(&job.input)
+    {
+        job.input = input;
+        changed = true;
+    }
+    if let Some(staged) = job.staged.as_deref().and_then(rename) {
+        job.staged = Some(staged);
+        changed = true;
+    }
+    if let Some(folder) = crate::storages::destination_folder(&job.body).and_then(rename) {
+        let mut body = (*job.body).clone();
+        body["output"]["destination"] = serde_json::Value::String(folder);
+        job.body = std::sync::Arc::new(body);
+        changed = true;
+    }
+    changed
 }
 
 fn encode_job(job: &JobV1) -> Vec<u8> {

@@ -46,6 +46,22 @@ async fn validate_and_plan_refuse_what_is_no_regular_file_at_once() {
             "{args:?}: {said}"
         );
     }
+    // A config that is a FIFO, for every command that reads one (they hung).
+    for args in [
+        vec!["validate", "-c", fifo, "/dev/null"],
+        vec!["plan", "-c", fifo, "/dev/null"],
+        vec!["run", "--once", "--config", fifo],
+    ] {
+        let (code, out, err) = tokio::time::timeout(Duration::from_secs(30), cli(&args))
+            .await
+            .expect("ends at once");
+        let said = format!("{out}{err}");
+        assert_ne!(code, 0, "{args:?}: {said}");
+        assert!(
+            said.contains("not a regular file") && said.contains(fifo),
+            "{args:?}: {said}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

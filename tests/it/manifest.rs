@@ -1226,7 +1226,7 @@ fn issue15_storage_output_keys_hold_nothing_another_reading_would_change() {
     .expect_err("too long");
     assert!(
         err.error_txt()
-            .contains("`output.destination`'s folder (1206 bytes)")
+            .contains("its key is 1218 bytes: the storage's prefix (5), `output.destination`'s folder (1206), the manifest's folders and name (2) and the file name (5)")
             && err.error_txt().contains("shorten the longest"),
         "{}",
         err.error_txt()

@@ -483,6 +483,12 @@ async fn switched_env(
     (env, switch, config)
 }
 
+/// The images the emulator was sent to edit (alone or in batches): what was billed.
+fn billed(env: &TestEnv) -> u64 {
+    let stats = env.stats();
+    stats.submits + stats.batch_images
+}
+
 /// Appends `text` to the config file (keys the test adds to what `storage_env` wrote).
 fn append_to(config: &Path, text: &str) {
     let mut whole = std::fs::read_to_string(config).expect("config");
@@ -938,11 +944,7 @@ async fn a_lost_local_copy_is_fetched_again_from_its_object_without_a_submit() {
     env.drop_file("shoes.yaml", manifest);
     let (code, stderr) = env.run_once(&config).await;
     assert_eq!(code, 0, "{stderr}");
-    let sent = |env: &TestEnv| {
-        let stats = env.stats();
-        stats.submits + stats.batch_images
-    };
-    assert_eq!(sent(&env), 3);
+    assert_eq!(billed(&env), 3);
     // sku-0: the local copy is gone, its object is there; sku-1: both are gone; sku-2: both
     // are there.
     std::fs::remove_file(env.outbox.join("shoes/sku-0.png")).expect("remove copy");
@@ -972,7 +974,7 @@ async fn a_lost_local_copy_is_fetched_again_from_its_object_without_a_submit() {
     let (code, stderr) = env.run_once(&config).await;
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(
-        sent(&env),
+        billed(&env),
         4,
         "only the image whose object is gone is made again: {stderr}"
     );
@@ -1007,14 +1009,10 @@ async fn issue15_a_storage_input_replaced_at_its_key_is_made_again_not_unchanged
     };
     let (env, config) = storage_env(&s3, quick(), "", 2).await;
     let manifest = b"output: { format: png, destination: storage://catalog/out/ }\nimages:\n  - storage://catalog/in/sku-0.png\n  - storage://catalog/in/sku-1.png\n";
-    let sent = |env: &TestEnv| {
-        let stats = env.stats();
-        stats.submits + stats.batch_images
-    };
     env.drop_file("shoes.yaml", manifest);
     let (code, stderr) = env.run_once(&config).await;
     assert_eq!(code, 0, "{stderr}");
-    assert_eq!(sent(&env), 2);
+    assert_eq!(billed(&env), 2);
     let before = s3
         .get_object("catalog", "raw/out/shoes/sku-0.png")
         .await
@@ -1025,7 +1023,7 @@ async fn issue15_a_storage_input_replaced_at_its_key_is_made_again_not_unchanged
     let (code, stderr) = env.run_once(&config).await;
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(
-        sent(&env),
+        billed(&env),
         3,
         "only the replaced image is made again: {stderr}"
     );
@@ -1046,7 +1044,7 @@ async fn issue15_a_storage_input_replaced_at_its_key_is_made_again_not_unchanged
     env.drop_file("shoes.yaml", manifest);
     let (code, stderr) = env.run_once(&config).await;
     assert_eq!(code, 0, "{stderr}");
-    assert_eq!(sent(&env), 3, "{stderr}");
+    assert_eq!(billed(&env), 3, "{stderr}");
     s3.stop().await;
 }
 
@@ -1061,14 +1059,10 @@ async fn issue15_inputs_looked_at_again_are_made_again_only_on_a_definite_answer
     };
     let (env, switch, config) = switched_env(&s3, quick(), 2, "").await;
     let manifest = b"output: { format: png, destination: storage://catalog/out/ }\nimages:\n  - storage://catalog/in/sku-0.png\n  - storage://catalog/in/sku-1.png\n";
-    let sent = |env: &TestEnv| {
-        let stats = env.stats();
-        stats.submits + stats.batch_images
-    };
     env.drop_file("shoes.yaml", manifest);
     let (code, stderr) = env.run_once(&config).await;
     assert_eq!(code, 0, "{stderr}");
-    assert_eq!(sent(&env), 2);
+    assert_eq!(billed(&env), 2);
     // The daemon starts while the bucket answers (its start checks it), then the answers go.
     let mut daemon = env.spawn_daemon(&config, 0);
     let deadline = std::time::Duration::from_secs(60);
@@ -1088,7 +1082,7 @@ async fn issue15_inputs_looked_at_again_are_made_again_only_on_a_definite_answer
         })
         .await;
         let log = env.daemon_log(0);
-        assert_eq!(sent(&env), 2, "{answer}: nothing billed again: {log}");
+        assert_eq!(billed(&env), 2, "{answer}: nothing billed again: {log}");
         assert!(
             !log.contains("those rows are made again"),
             "{answer}: {log}"
@@ -1336,11 +1330,7 @@ async fn a_lost_local_copy_whose_object_was_replaced_is_made_again_not_copied() 
     env.drop_file("shoes.yaml", manifest);
     let (code, stderr) = env.run_once(&config).await;
     assert_eq!(code, 0, "{stderr}");
-    let sent = |env: &TestEnv| {
-        let stats = env.stats();
-        stats.submits + stats.batch_images
-    };
-    assert_eq!(sent(&env), 1);
+    assert_eq!(billed(&env), 1);
     std::fs::remove_file(env.outbox.join("shoes/sku-0.png")).expect("remove copy");
     let foreign = crate::support::png(7, 7);
     s3.put_object("catalog", "raw/out/shoes/sku-0.png", &foreign)
@@ -1348,7 +1338,7 @@ async fn a_lost_local_copy_whose_object_was_replaced_is_made_again_not_copied() 
     env.drop_file("shoes.yaml", manifest);
     let (code, stderr) = env.run_once(&config).await;
     assert_eq!(code, 0, "{stderr}");
-    assert_eq!(sent(&env), 2, "the image is made again: {stderr}");
+    assert_eq!(billed(&env), 2, "the image is made again: {stderr}");
     let local = std::fs::read(env.outbox.join("shoes/sku-0.png")).expect("local");
     assert_ne!(
         local, foreign,
@@ -4361,6 +4351,82 @@ async fn a_connector_renamed_at_claid_and_in_the_config_is_followed_by_queued_jo
     let mut keys = s3.list_keys("catalog", "raw/out/").await;
     keys.sort();
     assert_eq!(keys.len(), 4, "{keys:?}");
+    s3.stop().await;
+}
+
+/// Two storages on two buckets whose connector names were swapped at Claid (and in the
+/// config) after a kill, with a canary at Claid and two images queued: the queued images are
+/// sent under their storage's new name, into their own bucket, and the canary's objects,
+/// written before the swap, are taken from their own bucket. Nothing lands in the other
+/// bucket; each image is billed once. (The queued images were sent under the old names,
+/// into the other bucket, and recorded done there: acceptance run.)
+#[tokio::test(flavor = "multi_thread")]
+async fn connector_names_swapped_between_two_storages_keep_each_job_in_its_bucket() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    s3.create_bucket("catalog").await;
+    s3.create_bucket("other").await;
+    for i in 0..4 {
+        let bytes = crate::support::png(40 + i, 30);
+        s3.put_object("catalog", &format!("raw/in/sku-{i}.png"), &bytes)
+            .await;
+    }
+    let scenario = Scenario::default()
+        .latency(Latency::Fixed(std::time::Duration::from_secs(2)))
+        .seed(7)
+        .storage(s3.connector("catalog-s3", "catalog", "raw"))
+        .storage(s3.connector("other-s3", "other", "raw"));
+    let env = TestEnv::new(scenario).await;
+    let keys = credentials_file(env.dir.path());
+    let storages = |catalog: &str, other: &str| {
+        format!(
+            "storages:\n  catalog:\n    claid_name: {catalog}\n    url: s3://catalog/raw\n    endpoint: {e}\n    credentials_file: {k}\n  other:\n    claid_name: {other}\n    url: s3://other/raw\n    endpoint: {e}\n    credentials_file: {k}\n",
+            e = s3.endpoint,
+            k = keys.display()
+        )
+    };
+    let config = env.config("", &storages("catalog-s3", "other-s3"));
+    env.drop_file(
+        "shoes.yaml",
+        b"output: { format: jpeg, destination: storage://catalog/out/ }\nimages:\n  - storage://catalog/in/sku-0.png\n  - storage://catalog/in/sku-1.png\n  - storage://catalog/in/sku-2.png\n  - storage://catalog/in/sku-3.png\n",
+    );
+    let (mut once, log_path) = spawn_run_once(&env, &config);
+    let deadline = std::time::Duration::from_secs(60);
+    crate::support::wait_until("the canary is submitted and recorded", deadline, || {
+        std::fs::read_to_string(&log_path).is_ok_and(|log| log.contains("Batch submitted"))
+    })
+    .await;
+    once.start_kill().expect("kill -9");
+    let _ = once.wait().await;
+    crate::support::wait_until_async("the canary's objects", deadline, || async {
+        s3.list_keys("catalog", "raw/out/").await.len() >= 2
+    })
+    .await;
+    let client = reqwest::Client::new();
+    for (id, name) in [(1, "swapping"), (2, "catalog-s3"), (1, "other-s3")] {
+        let url = format!("{}/storage/storages/{id}", env.emulator.base_url());
+        let answer = client
+            .patch(&url)
+            .bearer_auth("test-key")
+            .json(&serde_json::json!({"name": name}))
+            .send()
+            .await
+            .expect("connector renamed");
+        assert!(answer.status().is_success(), "{:?}", answer.text().await);
+    }
+    let swapped = env.config("", &storages("other-s3", "catalog-s3"));
+    let (code, stderr) = env.run_once(&swapped).await;
+    assert_eq!(code, 0, "{stderr}");
+    let report = env.report("shoes");
+    let rows = report["jobs"].as_array().expect("rows");
+    assert!(rows.iter().all(|r| r["status"] == "done"), "{report:#}");
+    assert_eq!(billed(&env), 4, "each image billed once");
+    assert_eq!(s3.list_keys("catalog", "raw/out/").await.len(), 4);
+    assert!(
+        s3.list_keys("other", "raw/").await.is_empty(),
+        "nothing in the other bucket"
+    );
     s3.stop().await;
 }
 
