@@ -865,14 +865,8 @@ async fn follow_renamed_connectors(
     // another storage's now names that storage's new jobs).
     let rewrites = storages.rewrites_since(&noted);
     let renamed = storages.renamed_since(&noted, at_claid);
-    // Also when none is found now: the renames an earlier start kept are forgotten (a name
-    // given to another connector since would have its jobs rewritten to the old one's).
-    if rewrites.is_empty() {
-        store
-            .rename_connectors(rewrites.clone(), renamed.clone())
-            .await?;
-    } else {
-        storages.follow_renames(&renamed);
+    storages.follow_renames(&renamed);
+    if !renamed.is_empty() {
         // Objects under the old names are where the new ones write.
         let mut places: std::collections::BTreeMap<String, String> = config
             .storages
@@ -885,17 +879,17 @@ async fn follow_renamed_connectors(
             }
         }
         store.set_object_places(places);
-        let jobs = store
-            .rename_connectors(rewrites.clone(), renamed.clone())
-            .await?;
-        for (old, new) in &rewrites {
-            info!(
-                from = %crate::text::Escaped::str(old),
-                to = %crate::text::Escaped::str(new),
-                jobs,
-                "A storage's connector was renamed since the last start; the images not sent yet (and the failed ones) are sent under its new name, and objects written under the old one are the storage's"
-            );
-        }
+    }
+    // Also when there is none: the renames an earlier start kept are forgotten (a name given
+    // to another connector since would have its jobs rewritten to the old one's).
+    let jobs = store.rename_connectors(rewrites.clone(), renamed).await?;
+    for (old, new) in &rewrites {
+        info!(
+            from = %crate::text::Escaped::str(old),
+            to = %crate::text::Escaped::str(new),
+            jobs,
+            "A storage's connector was renamed since the last start; the images not sent yet (and the failed ones) are sent under its new name, and objects written under the old one are the storage's"
+        );
     }
     store.note_connectors(storages.connectors()).await?;
     Ok(())

@@ -1093,34 +1093,30 @@ impl ObjectStorage {
     /// edit's image (a proxy that began answering pages since the start).
     pub async fn probe_absent(&self) -> Result<(), ObjectError> {
         let key = format!(".claid-hotfolder-probe-{:016x}", rand::random::<u64>());
-        let answered = tokio::time::timeout(PROBE_TIMEOUT, self.head(&key)).await;
         // Answered 200 without the headers every S3 object's answer has (a page served
         // chunked, without `Content-Length`): a server that is not the bucket's too. (It was
         // told as an endpoint that does not answer: 69, waited out, instead of 64.)
         let headless = |err: &ObjectError| matches!(err, ObjectError::Request { cause, .. } if cause.contains("Header missing from response"));
-        match answered {
-            // And a `GET` of it: a proxy may pass `HEAD`s to the bucket and answer `GET`s with
-            // its page (a kept object was then read as "no image", and `skip` had Claid write
-            // over it: acceptance run).
+        let head = tokio::time::timeout(PROBE_TIMEOUT, self.head(&key)).await;
+        // A `HEAD` answered "not found", then a `GET` of it, judged alike: a proxy may pass
+        // `HEAD`s to the bucket and answer `GET`s with its page (a kept object was then read
+        // as "no image", and `skip` had Claid write over it: acceptance run). `Err(op)`: no
+        // answer in time.
+        let answered = match head.map(|answer| answer.map(drop)) {
             Ok(Err(ObjectError::NotFound { .. })) => {
-                match tokio::time::timeout(PROBE_TIMEOUT, self.get_range(&key, 0..1)).await {
-                    Ok(Err(ObjectError::NotFound { .. })) => Ok(()),
-                    Ok(Err(err)) if !headless(&err) => Err(err),
-                    Ok(_) => Err(self.not_s3(&key)),
-                    Err(_) => Err(ObjectError::Request {
-                        op: "get",
-                        uri: self.uri(&key),
-                        cause: format!(
-                            "the bucket's server took the connection but did not answer within {} s",
-                            PROBE_TIMEOUT.as_secs()
-                        ),
-                    }),
-                }
+                tokio::time::timeout(PROBE_TIMEOUT, self.get_range(&key, 0..1))
+                    .await
+                    .map(|answer| answer.map(drop))
+                    .map_err(|_| "get")
             }
+            other => other.map_err(|_| "head"),
+        };
+        match answered {
+            Ok(Err(ObjectError::NotFound { .. })) => Ok(()),
             Ok(Err(err)) if !headless(&err) => Err(err),
             Ok(_) => Err(self.not_s3(&key)),
-            Err(_) => Err(ObjectError::Request {
-                op: "head",
+            Err(op) => Err(ObjectError::Request {
+                op,
                 uri: self.uri(&key),
                 cause: format!(
                     "the bucket's server took the connection but did not answer within {} s",

@@ -612,16 +612,11 @@ impl Storages {
         noted: &BTreeMap<String, (String, String)>,
         at_claid: &[String],
     ) -> BTreeMap<String, String> {
-        noted
-            .iter()
-            .filter(|(old, _)| !self.by_name.values().any(|s| &s.entry.claid_name == *old))
-            .filter(|(old, _)| !at_claid.contains(old))
-            .filter_map(|(old, (name, url))| {
-                let storage = self.by_name.get(name)?;
-                (storage.entry.url() == *url)
-                    .then(|| (old.clone(), storage.entry.claid_name.clone()))
-            })
-            .collect()
+        let mut renamed = self.rewrites_since(noted);
+        renamed.retain(|old, _| {
+            !at_claid.contains(old) && !self.by_name.values().any(|s| &s.entry.claid_name == old)
+        });
+        renamed
     }
 
     /// Takes objects named by the old connector names of `renamed` (old → new, from

@@ -4297,32 +4297,9 @@ async fn a_connector_renamed_at_claid_and_in_the_config_is_followed_by_queued_jo
         .latency(Latency::Fixed(std::time::Duration::from_secs(2)))
         .seed(7);
     let (env, config) = storage_env(&s3, scenario, "", 4).await;
-    env.drop_file(
-        "shoes.yaml",
-        b"output: { format: jpeg, destination: storage://catalog/out/ }\nimages:\n  - storage://catalog/in/sku-0.png\n  - storage://catalog/in/sku-1.png\n  - storage://catalog/in/sku-2.png\n  - storage://catalog/in/sku-3.png\n",
-    );
-    let (mut once, log_path) = spawn_run_once(&env, &config);
-    let deadline = std::time::Duration::from_secs(60);
-    crate::support::wait_until("the canary is submitted and recorded", deadline, || {
-        std::fs::read_to_string(&log_path).is_ok_and(|log| log.contains("Batch submitted"))
-    })
-    .await;
-    once.start_kill().expect("kill -9");
-    let _ = once.wait().await;
     // Renamed once Claid wrote the canary's objects (under the old name).
-    crate::support::wait_until_async("the canary's objects", deadline, || async {
-        s3.list_keys("catalog", "raw/out/").await.len() >= 2
-    })
-    .await;
-    let url = format!("{}/storage/storages/1", env.emulator.base_url());
-    let answer = reqwest::Client::new()
-        .patch(&url)
-        .bearer_auth("test-key")
-        .json(&serde_json::json!({"name": "catalog-new"}))
-        .send()
-        .await
-        .expect("connector renamed");
-    assert!(answer.status().is_success(), "{:?}", answer.text().await);
+    killed_with_the_canary_written(&env, &config, &s3).await;
+    patch_connector(&env, 1, serde_json::json!({"name": "catalog-new"})).await;
     // The old name: refused at the start, naming the fix.
     let (code, stderr) = env.run_once(&config).await;
     assert_eq!(code, 64, "{stderr}");
@@ -4387,33 +4364,9 @@ async fn connector_names_swapped_between_two_storages_keep_each_job_in_its_bucke
         )
     };
     let config = env.config("", &storages("catalog-s3", "other-s3"));
-    env.drop_file(
-        "shoes.yaml",
-        b"output: { format: jpeg, destination: storage://catalog/out/ }\nimages:\n  - storage://catalog/in/sku-0.png\n  - storage://catalog/in/sku-1.png\n  - storage://catalog/in/sku-2.png\n  - storage://catalog/in/sku-3.png\n",
-    );
-    let (mut once, log_path) = spawn_run_once(&env, &config);
-    let deadline = std::time::Duration::from_secs(60);
-    crate::support::wait_until("the canary is submitted and recorded", deadline, || {
-        std::fs::read_to_string(&log_path).is_ok_and(|log| log.contains("Batch submitted"))
-    })
-    .await;
-    once.start_kill().expect("kill -9");
-    let _ = once.wait().await;
-    crate::support::wait_until_async("the canary's objects", deadline, || async {
-        s3.list_keys("catalog", "raw/out/").await.len() >= 2
-    })
-    .await;
-    let client = reqwest::Client::new();
+    killed_with_the_canary_written(&env, &config, &s3).await;
     for (id, name) in [(1, "swapping"), (2, "catalog-s3"), (1, "other-s3")] {
-        let url = format!("{}/storage/storages/{id}", env.emulator.base_url());
-        let answer = client
-            .patch(&url)
-            .bearer_auth("test-key")
-            .json(&serde_json::json!({"name": name}))
-            .send()
-            .await
-            .expect("connector renamed");
-        assert!(answer.status().is_success(), "{:?}", answer.text().await);
+        patch_connector(&env, id, serde_json::json!({"name": name})).await;
     }
     let swapped = env.config("", &storages("other-s3", "catalog-s3"));
     let (code, stderr) = env.run_once(&swapped).await;
@@ -4433,15 +4386,43 @@ async fn connector_names_swapped_between_two_storages_keep_each_job_in_its_bucke
 /// Points Claid's connector `catalog-s3` (the scenario's, id 1) at `path` of its bucket, as an
 /// operator would in Claid's dashboard.
 async fn move_connector(env: &TestEnv, path: &str) {
-    let url = format!("{}/storage/storages/1", env.emulator.base_url());
+    patch_connector(env, 1, serde_json::json!({"parameters": {"path": path}})).await;
+}
+
+/// Changes Claid's connector `id` as `change` says (`PATCH /storage/storages/{id}`), as an
+/// operator would in Claid's dashboard.
+async fn patch_connector(env: &TestEnv, id: u32, change: serde_json::Value) {
+    let url = format!("{}/storage/storages/{id}", env.emulator.base_url());
     let answer = reqwest::Client::new()
         .patch(&url)
         .bearer_auth("test-key")
-        .json(&serde_json::json!({"parameters": {"path": path}}))
+        .json(&change)
         .send()
         .await
         .expect("connector updated");
     assert!(answer.status().is_success(), "{:?}", answer.text().await);
+}
+
+/// Drops four images of `catalog` with storage outputs, runs `run --once` with `config` and
+/// kills it (-9) once the canary's batch is recorded, then waits until Claid wrote the
+/// canary's two objects: two images at Claid, done, and two queued.
+async fn killed_with_the_canary_written(env: &TestEnv, config: &Path, s3: &S3Server) {
+    env.drop_file(
+        "shoes.yaml",
+        b"output: { format: jpeg, destination: storage://catalog/out/ }\nimages:\n  - storage://catalog/in/sku-0.png\n  - storage://catalog/in/sku-1.png\n  - storage://catalog/in/sku-2.png\n  - storage://catalog/in/sku-3.png\n",
+    );
+    let (mut once, log_path) = spawn_run_once(env, config);
+    let deadline = std::time::Duration::from_secs(60);
+    crate::support::wait_until("the canary is submitted and recorded", deadline, || {
+        std::fs::read_to_string(&log_path).is_ok_and(|log| log.contains("Batch submitted"))
+    })
+    .await;
+    once.start_kill().expect("kill -9");
+    let _ = once.wait().await;
+    crate::support::wait_until_async("the canary's objects", deadline, || async {
+        s3.list_keys("catalog", "raw/out/").await.len() >= 2
+    })
+    .await;
 }
 
 /// The storage `catalog` of the config pointed at `url` (the config file written again).
